@@ -1,0 +1,188 @@
+"""One reconnecting MQTT 5 session; the only module that talks to aiomqtt.
+
+Reconnection is this module's loop (connect, subscribe, dispatch; on failure back off and
+connect again). Publishing while disconnected raises `LinkDown` instead of dropping silently,
+so a caller always knows whether the broker took its message.
+
+Sessions are persistent (clean_start off, a session expiry interval) with a stable client id:
+QoS 1 messages addressed to us while we reconnect (barrier acks, back-office acks) are held by
+the broker and delivered when we are back, so no ack is lost across a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger("lane.mqtt")
+
+
+class LinkDown(ConnectionError):
+    """The broker is not reachable right now; the message was not sent."""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    retain: bool = False
+    correlation: bytes | None = None
+    response_topic: str | None = None
+
+
+@dataclass(frozen=True)
+class WillSpec:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+Handler = Callable[[Incoming], Awaitable[None]]
+OnConnect = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class MqttLink:
+    host: str
+    port: int
+    client_id: str
+    subscriptions: Sequence[tuple[str, int]] = ()
+    handler: Handler | None = None
+    on_connect: OnConnect | None = None
+    will: WillSpec | None = None
+    credentials: Credentials | None = None
+    session_expiry: int = 300
+    keepalive: int = 10
+    backoff_min: float = 0.05
+    backoff_max: float = 5.0
+    reconnects: int = 0
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    _client: aiomqtt.Client | None = None
+
+    async def run(self) -> None:
+        """Connect and dispatch forever; reconnect with exponential backoff and jitter."""
+        delay = self.backoff_min
+        first = True
+        while True:
+            try:
+                async with self._make_client() as client:
+                    self._client = client
+                    for topic, qos in self.subscriptions:
+                        await client.subscribe(topic, qos)
+                    self.connected.set()
+                    if not first:
+                        self.reconnects += 1
+                    first = False
+                    delay = self.backoff_min
+                    log.info("mqtt connected", extra={"client": self.client_id, "port": self.port})
+                    if self.on_connect is not None:
+                        await self.on_connect()
+                    async for message in client.messages:
+                        await self._dispatch(message)
+            except aiomqtt.MqttError as exc:
+                log.warning(
+                    "mqtt disconnected",
+                    extra={"client": self.client_id, "error": str(exc), "retry_s": round(delay, 3)},
+                )
+            finally:
+                self._client = None
+                self.connected.clear()
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.backoff_max)
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        expiry_s: int | None = None,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        """Publish and wait for the broker's ack (QoS 1); raise LinkDown when not connected."""
+        client = self._client
+        if client is None:
+            raise LinkDown(f"not connected to {self.host}:{self.port}")
+        props = None
+        if expiry_s is not None or response_topic is not None or correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            if expiry_s is not None:
+                props.MessageExpiryInterval = expiry_s
+            if response_topic is not None:
+                props.ResponseTopic = response_topic
+            if correlation is not None:
+                props.CorrelationData = correlation
+        try:
+            await client.publish(
+                topic, payload, qos=qos, retain=retain, properties=props, timeout=timeout
+            )
+        except aiomqtt.MqttError as exc:
+            raise LinkDown(f"publish to {topic} failed: {exc}") from exc
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self.connected.wait(), timeout)
+
+    def _make_client(self) -> aiomqtt.Client:
+        will = None
+        if self.will is not None:
+            will = aiomqtt.Will(
+                self.will.topic, self.will.payload, qos=self.will.qos, retain=self.will.retain
+            )
+        connect_props = Properties(PacketTypes.CONNECT)
+        connect_props.SessionExpiryInterval = self.session_expiry
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=will,
+            clean_start=False,
+            properties=connect_props,
+            keepalive=self.keepalive,
+            username=self.credentials.username if self.credentials else None,
+            password=self.credentials.password if self.credentials else None,
+            max_queued_incoming_messages=10000,
+        )
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        if self.handler is None:
+            return
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            payload = str(payload).encode() if payload is not None else b""
+        props = message.properties
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        incoming = Incoming(
+            topic=message.topic.value,
+            payload=bytes(payload),
+            retain=message.retain,
+            correlation=correlation,
+            response_topic=response_topic,
+        )
+        try:
+            await self.handler(incoming)
+        except Exception:
+            # One bad message must not take the session down; it is logged with its topic.
+            log.exception("mqtt handler failed", extra={"topic": incoming.topic})
+
+
+def subscriptions(topics: Sequence[str], qos: int = 1) -> list[tuple[str, int]]:
+    return [(t, qos) for t in topics]

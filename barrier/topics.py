@@ -1,0 +1,57 @@
+"""The MQTT topic vocabulary of a lane (see the README's protocol section)."""
+
+from __future__ import annotations
+
+SENSORS = ("entry_loop", "safety_loop", "exit_loop", "light_curtain", "classifier")
+
+
+def barrier_cmd(lane: str) -> str:
+    return f"lane/{lane}/barrier/cmd"
+
+
+def barrier_ack(lane: str) -> str:
+    return f"lane/{lane}/barrier/ack"
+
+
+def barrier_state(lane: str) -> str:
+    return f"lane/{lane}/barrier/state"
+
+
+def io(lane: str, sensor: str) -> str:
+    return f"lane/{lane}/io/{sensor}"
+
+
+def io_all(lane: str) -> str:
+    return f"lane/{lane}/io/+"
+
+
+def display(lane: str) -> str:
+    return f"lane/{lane}/display"
+
+
+def status(lane: str) -> str:
+    return f"lane/{lane}/status"
+
+
+def events(lane: str) -> str:
+    return f"lane/{lane}/events"
+
+
+def attendant(lane: str) -> str:
+    return f"lane/{lane}/attendant"
+
+
+def uplink_records(lane: str) -> str:
+    return f"uplink/{lane}/records"
+
+
+def uplink_acks(lane: str) -> str:
+    return f"uplink/{lane}/acks"
+
+
+def sensor_of(topic: str) -> str | None:
+    """The sensor name of an io topic, or None when the topic is not one."""
+    parts = topic.split("/")
+    if len(parts) >= 4 and parts[0] == "lane" and parts[-2] == "io":
+        return parts[-1]
+    return None

@@ -1,0 +1,59 @@
+"""Payload encoding shared by every topic: msgpack maps carrying a schema version `v`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+SCHEMA_VERSION = 1
+
+
+class PayloadError(ValueError):
+    """A payload that is not a well-formed message of our protocol."""
+
+
+def pack(fields: Mapping[str, Any], v: int = SCHEMA_VERSION) -> bytes:
+    body = {"v": v, **fields}
+    data: bytes = msgpack.packb(body, use_bin_type=True, datetime=False)
+    return data
+
+
+def unpack(data: bytes, max_version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """Decode a message; anything that is not a versioned map raises PayloadError."""
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, timestamp=0)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise PayloadError(f"not msgpack: {exc.__class__.__name__}: {exc}") from exc
+    if not isinstance(body, dict):
+        raise PayloadError(f"expected a map, got {type(body).__name__}")
+    version = body.get("v")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise PayloadError("missing schema version 'v'")
+    if not 1 <= version <= max_version:
+        raise PayloadError(f"unsupported schema version {version}")
+    return body
+
+
+def field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """Read a required field of a given type, or raise PayloadError naming it."""
+    if name not in body:
+        raise PayloadError(f"missing field {name!r}")
+    value = body[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise PayloadError(f"field {name!r} must be {_names(kinds)}, got bool")
+    if not isinstance(value, kinds):
+        raise PayloadError(f"field {name!r} must be {_names(kinds)}, got {type(value).__name__}")
+    return value
+
+
+def optional(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    if body.get(name) is None:
+        return None
+    return field(body, name, kind)
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in kinds)

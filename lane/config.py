@@ -1,0 +1,168 @@
+"""The lane's configuration: one typed model, loaded once from TOML, passed down.
+
+No I/O happens in validation; `load_config` reads the file and reports every problem as
+`file: section.key: what is wrong`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used, with every problem listed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class LaneSection(_Section):
+    id: str = Field(
+        "p01/l01", description="Lane id, plaza/lane, used in every topic", pattern=r"^[\w-]+/[\w-]+$"
+    )
+    mode: Literal["toll", "transit-entry", "transit-exit"] = Field(
+        "toll", description="toll barrier lane, or transit fare gate at entry or exit"
+    )
+    data_dir: Path = Field(Path("var/lane"), description="Where the record queue and stores live")
+    max_tries: int = Field(3, ge=1, le=10, description="Codes a driver may present per vehicle")
+    default_class: int = Field(1, ge=0, description="Vehicle class when no classifier reading")
+    passback_window_s: PositiveSeconds = Field(
+        600, description="transit-entry: the same account may not tap in twice within this"
+    )
+    gate_hold_s: PositiveSeconds = Field(8, description="transit: close the gate if nobody passes")
+
+    @property
+    def plaza(self) -> str:
+        return self.id.split("/", 1)[0]
+
+
+class BrokerSection(_Section):
+    host: str = Field("127.0.0.1", description="MQTT broker host")
+    port: int = Field(1883, ge=1, le=65535, description="MQTT broker port")
+    username: str | None = Field(None, description="Per-client user (production ACL)")
+    password: str | None = Field(None, description="Password for username")
+    keepalive_s: int = Field(10, ge=2, le=600, description="MQTT keepalive")
+
+
+class CameraSection(_Section):
+    source: str = Field(
+        "push",
+        description="V4L2 index ('0'), rtsp/http URL, video file, image folder, or 'push' (sim)",
+    )
+    decoder: Literal["zxing", "pyzbar", "cascade"] = Field("cascade", description="QR decoder")
+    workers: int = Field(2, ge=1, le=8, description="Decoder threads")
+    dedup_window_s: PositiveSeconds = Field(3.0, description="Same code reported once within this")
+
+
+class AuthSection(_Section):
+    budget_s: PositiveSeconds = Field(2.0, description="Decision budget from the code being read")
+    grace_s: float = Field(0.5, ge=0, le=10, description="Extra wait for the authoriser's answer")
+    acquirer_url: str | None = Field(None, description="Base URL of the acquirer API")
+    keyset: Path | None = Field(None, description="Issuer public keys (JSON key set file)")
+    deny_list: Path | None = Field(None, description="Denied accounts file")
+    skew_s: float = Field(30, ge=0, le=600, description="Clock skew allowed on token times")
+    keyset_max_age_s: PositiveSeconds = Field(
+        86400 * 7, description="Alarm when the key set is older than this"
+    )
+    offline_policy: Literal["deny", "floor"] = Field(
+        "deny", description="When the acquirer is unreachable: deny, or accept up to a floor"
+    )
+    floor_limit_minor: int = Field(0, ge=0, description="Floor per vehicle, minor units")
+    hourly_limit_minor: int = Field(0, ge=0, description="Floor per hour, minor units")
+    account_secret: str = Field(
+        "change-me", min_length=8, description="Key for hashing wallet codes into account refs"
+    )
+    share_used_tokens: bool = Field(True, description="Share used token ids with the plaza")
+
+
+class FareSection(_Section):
+    tariff: Path | None = Field(None, description="Tariff TOML file; default: flat built-in")
+    currency: str = Field("EUR", pattern=r"^[A-Z]{3}$", description="ISO 4217 currency")
+    flat: dict[str, int] = Field(
+        default_factory=lambda: {"1": 250, "2": 400, "3": 650, "4": 900, "5": 150},
+        description="Built-in flat fares by class, minor units",
+    )
+
+    @field_validator("flat")
+    @classmethod
+    def _classes_are_ints(cls, value: dict[str, int]) -> dict[str, int]:
+        for key, amount in value.items():
+            if not key.isdigit():
+                raise ValueError(f"vehicle class {key!r} must be a number")
+            if amount < 0:
+                raise ValueError(f"fare for class {key} is negative")
+        return value
+
+
+class BarrierSection(_Section):
+    ack_timeout_s: PositiveSeconds = Field(0.6, description="Wait for the device's ack")
+    max_attempts: int = Field(3, ge=1, le=10, description="Sends of one command before FAULT")
+    cmd_ttl_s: int = Field(3, ge=1, le=60, description="MQTT expiry and deadline of a command")
+
+
+class UplinkSection(_Section):
+    max_bytes: int = Field(2_000_000_000, ge=100_000, description="Queue size bound on disk")
+    high_water: float = Field(0.8, gt=0, lt=1, description="Alarm above this share of max_bytes")
+    batch_size: int = Field(200, ge=1, le=5000, description="Records per uplink batch")
+
+
+class MetricsSection(_Section):
+    port: int | None = Field(None, ge=0, le=65535, description="Prometheus/health HTTP port")
+    host: str = Field("127.0.0.1", description="Bind address of the metrics endpoint")
+
+
+class LaneConfig(_Section):
+    lane: LaneSection = Field(default_factory=LaneSection)
+    broker: BrokerSection = Field(default_factory=BrokerSection)
+    camera: CameraSection = Field(default_factory=CameraSection)
+    auth: AuthSection = Field(default_factory=AuthSection)
+    fares: FareSection = Field(default_factory=FareSection)
+    barrier: BarrierSection = Field(default_factory=BarrierSection)
+    uplink: UplinkSection = Field(default_factory=UplinkSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+
+
+def parse_config(data: dict[str, object], source: str = "<config>") -> LaneConfig:
+    try:
+        return LaneConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top)"
+            problems.append(f"{source}: {where}: {err['msg']}")
+        raise ConfigError("\n".join(problems)) from None
+
+
+def load_config(path: Path) -> LaneConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    config = parse_config(data, str(path))
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: LaneConfig, base: Path) -> LaneConfig:
+    """Relative paths in a config file are relative to that file, not to the cwd."""
+
+    def rel(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else base / p
+
+    lane = config.lane.model_copy(update={"data_dir": rel(config.lane.data_dir)})
+    auth = config.auth.model_copy(
+        update={"keyset": rel(config.auth.keyset), "deny_list": rel(config.auth.deny_list)}
+    )
+    fares = config.fares.model_copy(update={"tariff": rel(config.fares.tariff)})
+    return config.model_copy(update={"lane": lane, "auth": auth, "fares": fares})

@@ -1,0 +1,93 @@
+"""Actions: everything the lane core can ask the shell to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from uplink.records import RecordDraft
+
+
+@dataclass(frozen=True)
+class ShowOnDisplay:
+    lines: tuple[str, ...]
+    ttl_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Authorise:
+    auth_id: str
+    vehicle_id: str
+    text: str
+    kind: str
+    amount_minor: int
+    currency: str
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Abandon:
+    """The lane gave up on an authorisation: whatever it charged must be resolved (reversed)."""
+
+    auth_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Settle:
+    """The record of this authorisation is durable: it must never be reversed."""
+
+    auth_id: str
+
+
+@dataclass(frozen=True)
+class Persist:
+    persist_id: str
+    draft: RecordDraft
+
+
+@dataclass(frozen=True)
+class OpenBarrier:
+    cmd_id: str
+    deadline: float
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class CloseBarrier:
+    cmd_id: str
+    deadline: float
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class RaiseAlarm:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ClearAlarm:
+    code: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something operators want to see (lane events topic, dashboard, simulator report)."""
+
+    name: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Action = (
+    ShowOnDisplay
+    | Authorise
+    | Abandon
+    | Settle
+    | Persist
+    | OpenBarrier
+    | CloseBarrier
+    | RaiseAlarm
+    | ClearAlarm
+    | Note
+)

@@ -1,0 +1,126 @@
+"""Events: everything the lane core can be told. Small, frozen, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SensorChanged:
+    """A lane sensor changed: entry_loop, safety_loop, exit_loop or light_curtain.
+
+    `event_id` is a fresh unique id from the shell; an arrival uses it as the vehicle id.
+    """
+
+    sensor: str
+    occupied: bool
+    event_id: str
+
+
+@dataclass(frozen=True)
+class VehicleClassified:
+    vehicle_class: int
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """A code was read; `frame_ts` is when the frame holding it was captured (shell clock)."""
+
+    text: str
+    kind: str  # token | payment_code | emv | unknown
+    reason: str | None
+    frame_ts: float
+    event_id: str
+
+
+@dataclass(frozen=True)
+class Decided:
+    auth_id: str
+    approved: bool
+    reason: str
+    method: str
+    account_ref: str | None = None
+    payment_id: str | None = None
+    acquirer_ref: str | None = None
+    latency_ms: int = 0
+    offline: bool = False
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Persisted:
+    persist_id: str
+    record_id: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class PersistFailed:
+    persist_id: str
+    reason: str  # queue_full | disk_error
+
+
+@dataclass(frozen=True)
+class BarrierAcked:
+    cmd_id: str
+    ok: bool
+    state: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BarrierReported:
+    state: str  # closed | opening | open | closing | fault | offline
+
+
+@dataclass(frozen=True)
+class AttendantOpen:
+    cmd_id: str
+    reason: str
+    attendant: str
+
+
+@dataclass(frozen=True)
+class AttendantCloseLane:
+    reason: str
+
+
+@dataclass(frozen=True)
+class AttendantReopenLane:
+    reason: str
+
+
+@dataclass(frozen=True)
+class QueueChanged:
+    full: bool
+    high_water: bool
+
+
+@dataclass(frozen=True)
+class LinkChanged:
+    """The broker link of the controller went down or came back."""
+
+    up: bool
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed: the shell calls step with Tick at next_deadline()."""
+
+
+Event = (
+    SensorChanged
+    | VehicleClassified
+    | Scanned
+    | Decided
+    | Persisted
+    | PersistFailed
+    | BarrierAcked
+    | BarrierReported
+    | AttendantOpen
+    | AttendantCloseLane
+    | AttendantReopenLane
+    | QueueChanged
+    | LinkChanged
+    | Tick
+)

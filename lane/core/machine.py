@@ -1,0 +1,584 @@
+"""The lane state machine: `step(state, event, now) -> (state, actions)`.
+
+Pure: no I/O, no clock, no tasks. `now` is the shell's monotonic clock in seconds; every
+deadline in the state is on that clock, and `next_deadline(state)` tells the shell when to
+call `step` with a `Tick`.
+
+Each event has one handler below; after it, `_drive` issues whatever barrier command the new
+state calls for. Keeping "what the barrier should do next" in one function is what makes the
+safety rules checkable: OpenBarrier is only ever issued for a Passage, and a Passage only ever
+exists for a vehicle whose record the queue has confirmed durable (Persisted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from lane.core import events as ev
+from lane.core.actions import (
+    Abandon,
+    Action,
+    Authorise,
+    ClearAlarm,
+    CloseBarrier,
+    Note,
+    OpenBarrier,
+    Persist,
+    RaiseAlarm,
+    Settle,
+    ShowOnDisplay,
+)
+from lane.core.state import Attempt, Command, LaneMode, LaneState, Passage, Vehicle, phase
+from uplink.records import AuthInfo, RecordDraft
+
+Result = tuple[LaneState, list[Action]]
+
+FAULT_MESSAGES = {
+    "barrier_offline": "barrier device offline",
+    "barrier_fault": "barrier reports a fault",
+    "barrier_no_ack": "barrier does not acknowledge commands",
+    "barrier_refused": "barrier refused a command",
+    "broker_down": "controller lost the MQTT broker",
+    "queue_full": "record queue is full: paid passages refused",
+    "disk_error": "record queue cannot write to disk",
+}
+
+
+def initial_state(rules: Any) -> LaneState:
+    return LaneState(rules=rules)
+
+
+def step(state: LaneState, event: ev.Event, now: float) -> Result:
+    handler = _HANDLERS[type(event)]
+    new_state, actions = handler(state, event, now)
+    return _drive(new_state, actions, now)
+
+
+def next_deadline(state: LaneState) -> float | None:
+    """The earliest time at which a Tick changes something, or None."""
+    candidates: list[float] = []
+    vehicle = state.vehicle
+    if vehicle is not None and vehicle.attempt is not None:
+        candidates.append(vehicle.attempt.deadline + state.rules.auth_grace_s)
+    if state.command is not None and not state.command.acked:
+        if state.command.ack_deadline is not None:
+            candidates.append(state.command.ack_deadline)
+    passage = state.passage
+    if (
+        passage is not None
+        and passage.opened_at is not None
+        and not passage.left
+        and state.rules.mode is not LaneMode.TOLL
+    ):
+        candidates.append(passage.opened_at + state.rules.gate_hold_s)
+    return min(candidates) if candidates else None
+
+
+# --- sensors -------------------------------------------------------------------------------
+
+
+def _on_sensor(state: LaneState, event: ev.SensorChanged, now: float) -> Result:
+    if event.sensor == "entry_loop":
+        return _entry_loop(state, event, now)
+    if event.sensor in ("safety_loop", "light_curtain"):
+        return _safety_loop(state, event.occupied, now)
+    if event.sensor == "exit_loop" and not event.occupied and state.passage is not None:
+        passage = state.passage
+        note = Note("vehicle_left", {"vehicle_id": passage.vehicle_id})
+        return replace(state, passage=replace(passage, left=True)), [note]
+    return state, []
+
+
+def _entry_loop(state: LaneState, event: ev.SensorChanged, now: float) -> Result:
+    vehicle = state.vehicle
+    if event.occupied:
+        if vehicle is not None:
+            return state, []
+        return _arrive(state, event.event_id, implicit=False)
+    if vehicle is None or vehicle.record_id is not None or vehicle.implicit:
+        return state, []
+    # The vehicle backed away from the pay point before it was cleared to pass.
+    actions: list[Action] = [Note("vehicle_gone", {"vehicle_id": vehicle.vehicle_id})]
+    pending = _pending_auth(vehicle)
+    if pending is not None:
+        actions.append(Abandon(pending, "vehicle_gone"))
+    return replace(state, vehicle=None), actions
+
+
+def _arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
+    rules = state.rules
+    vehicle_class = state.next_class if state.next_class is not None else rules.default_class
+    fare = rules.fares.fare_for(vehicle_class)
+    amount, currency = fare if fare is not None else (None, "")
+    vehicle = Vehicle(vehicle_id, vehicle_class, amount, currency, implicit=implicit)
+    actions: list[Action] = [
+        Note("vehicle_arrived", {"vehicle_id": vehicle_id, "vehicle_class": vehicle_class})
+    ]
+    if not implicit:
+        actions.append(_fare_display(vehicle, state))
+    return replace(state, vehicle=vehicle, next_class=None), actions
+
+
+def _safety_loop(state: LaneState, occupied: bool, now: float) -> Result:
+    actions: list[Action] = []
+    passage = state.passage
+    if occupied and not state.safety_occupied and passage is not None:
+        passage = replace(passage, crossings=passage.crossings + 1)
+        if passage.crossings == 2:
+            # A second vehicle under one opening: record it, the barrier stays safe.
+            state, violation = _violation(state, passage, now)
+            actions.extend(violation)
+        state = replace(state, passage=passage)
+    return replace(state, safety_occupied=occupied), actions
+
+
+def _violation(state: LaneState, passage: Passage, now: float) -> Result:
+    n = state.violations + 1
+    persist_id = f"{passage.vehicle_id}/violation/{n}"
+    draft = RecordDraft(
+        kind="violation",
+        vehicle_id=persist_id,
+        vehicle_class=passage.vehicle_class,
+        amount_minor=0,
+        currency="",
+        method="none",
+        account_ref=None,
+        auth=AuthInfo(result="none"),
+        flags=("tailgating",),
+    )
+    actions: list[Action] = [
+        Persist(persist_id, draft),
+        Note("tailgating", {"vehicle_id": passage.vehicle_id}),
+    ]
+    return replace(state, violations=n), actions
+
+
+def _on_classified(state: LaneState, event: ev.VehicleClassified, now: float) -> Result:
+    vehicle = state.vehicle
+    if vehicle is None or vehicle.attempt is not None or vehicle.approved is not None:
+        return replace(state, next_class=event.vehicle_class), []
+    if vehicle.record_id is not None:
+        return state, []
+    fare = state.rules.fares.fare_for(event.vehicle_class)
+    amount, currency = fare if fare is not None else (None, "")
+    vehicle = replace(
+        vehicle, vehicle_class=event.vehicle_class, amount_minor=amount, currency=currency
+    )
+    return replace(state, vehicle=vehicle), [_fare_display(vehicle, state)]
+
+
+# --- payment ---------------------------------------------------------------------------------
+
+
+def _on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
+    if not state.accepting_payments:
+        why = state.closed_reason or ", ".join(sorted(state.faults))
+        return state, [
+            ShowOnDisplay(("Lane closed", "Please use another lane")),
+            Note("scan_refused", {"reason": why}),
+        ]
+    actions: list[Action] = []
+    if state.vehicle is None:
+        if state.rules.mode is LaneMode.TOLL:
+            return state, [Note("scan_without_vehicle", {"kind": event.kind})]
+        state, actions = _arrive(state, event.event_id, implicit=True)
+    vehicle = state.vehicle
+    assert vehicle is not None
+    if vehicle.attempt is not None or vehicle.approved is not None or vehicle.record_id:
+        return state, actions  # one payment at a time; the driver's later codes are ignored
+    if event.text in vehicle.refused_texts:
+        return state, actions
+    if event.kind == "unknown":
+        return _refuse(state, vehicle, event.text, event.reason or "unreadable code", actions)
+    if vehicle.amount_minor is None:
+        reason = f"no fare for class {vehicle.vehicle_class}"
+        return _refuse(state, vehicle, event.text, reason, actions)
+    tries = vehicle.tries + 1
+    auth_id = f"{vehicle.vehicle_id}/a{tries}"
+    deadline = now + state.rules.budget_s
+    attempt = Attempt(auth_id, event.text, event.kind, event.frame_ts, deadline)
+    vehicle = replace(vehicle, tries=tries, attempt=attempt)
+    actions += [
+        Authorise(
+            auth_id,
+            vehicle.vehicle_id,
+            event.text,
+            event.kind,
+            vehicle.amount_minor or 0,
+            vehicle.currency,
+            deadline,
+        ),
+        ShowOnDisplay(("Processing payment", _money(vehicle))),
+    ]
+    return replace(state, vehicle=vehicle), actions
+
+
+def _refuse(
+    state: LaneState, vehicle: Vehicle, text: str, reason: str, actions: list[Action]
+) -> Result:
+    vehicle = replace(
+        vehicle, tries=vehicle.tries + 1, refused_texts=vehicle.refused_texts | {text}
+    )
+    actions = [*actions, Note("code_refused", {"vehicle_id": vehicle.vehicle_id, "reason": reason})]
+    return _after_decline(state, vehicle, reason, actions)
+
+
+def _after_decline(
+    state: LaneState, vehicle: Vehicle, reason: str, actions: list[Action]
+) -> Result:
+    if vehicle.implicit:
+        actions.append(ShowOnDisplay(("Not accepted", reason), ttl_s=3.0))
+        return replace(state, vehicle=None), actions
+    if vehicle.tries >= state.rules.max_tries:
+        actions += [
+            ShowOnDisplay(("Payment refused", reason, "Please wait for assistance")),
+            RaiseAlarm("attendant_needed", f"vehicle {vehicle.vehicle_id}: {reason}"),
+        ]
+    else:
+        left = state.rules.max_tries - vehicle.tries
+        actions.append(ShowOnDisplay(("Payment refused", reason, f"Try another code ({left} left)")))
+    return replace(state, vehicle=vehicle), actions
+
+
+def _on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
+    vehicle = state.vehicle
+    attempt = vehicle.attempt if vehicle is not None else None
+    if vehicle is None or attempt is None or attempt.auth_id != event.auth_id:
+        # The lane already gave up on this authorisation: nothing may stay charged.
+        late: list[Action] = [Note("late_decision", {"auth_id": event.auth_id})]
+        if event.approved:
+            late.insert(0, Abandon(event.auth_id, "late"))
+        return state, late
+    vehicle = replace(vehicle, attempt=None)
+    if event.approved and state.rules.mode is LaneMode.TRANSIT_ENTRY:
+        recent = _recent_taps(state, now)
+        if any(acct == event.account_ref for acct, _ in recent):
+            state = replace(state, taps=recent)
+            declined = replace(event, approved=False, reason="passback")
+            return _declined(state, vehicle, declined, [Abandon(event.auth_id, "passback")])
+    if not event.approved:
+        return _declined(state, vehicle, event, [])
+    if not state.accepting_payments:
+        why = ", ".join(sorted(state.faults)) or "lane closed"
+        vehicle = replace(vehicle, tries=state.rules.max_tries)
+        return _after_decline(state, vehicle, why, [Abandon(event.auth_id, why)])
+    draft = _draft(state, vehicle, event, "approved" if "deferred" not in event.flags else "deferred")
+    vehicle = replace(vehicle, approved=event, approved_frame_ts=attempt.frame_ts)
+    if state.rules.mode is LaneMode.TRANSIT_ENTRY and event.account_ref is not None:
+        state = replace(state, taps=(*_recent_taps(state, now), (event.account_ref, now)))
+    return replace(state, vehicle=vehicle), [Persist(event.auth_id, draft)]
+
+
+def _declined(
+    state: LaneState, vehicle: Vehicle, event: ev.Decided, actions: list[Action]
+) -> Result:
+    draft = _draft(state, vehicle, event, "declined")
+    actions = [
+        *actions,
+        Persist(event.auth_id, draft),
+        Note("declined", {"vehicle_id": vehicle.vehicle_id, "reason": event.reason}),
+    ]
+    assert vehicle.attempt is None
+    return _after_decline(state, vehicle, event.reason, actions)
+
+
+def _draft(state: LaneState, vehicle: Vehicle, event: ev.Decided, result: str) -> RecordDraft:
+    mode = state.rules.mode
+    kind = {"toll": "toll", "transit-entry": "tap_in", "transit-exit": "tap_out"}[mode.value]
+    flags = tuple(event.flags) + ((event.reason,) if result == "declined" else ())
+    return RecordDraft(
+        kind=kind,
+        vehicle_id=vehicle.vehicle_id,
+        vehicle_class=vehicle.vehicle_class,
+        amount_minor=vehicle.amount_minor or 0,
+        currency=vehicle.currency,
+        method=event.method,
+        account_ref=event.account_ref,
+        auth=AuthInfo(
+            result=result,
+            acquirer_ref=event.acquirer_ref,
+            latency_ms=event.latency_ms,
+            offline=event.offline,
+        ),
+        payment_id=event.payment_id,
+        flags=flags,
+    )
+
+
+def _recent_taps(state: LaneState, now: float) -> tuple[tuple[str, float], ...]:
+    window = state.rules.passback_window_s
+    return tuple((acct, t) for acct, t in state.taps if now - t < window)
+
+
+def _on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
+    vehicle = state.vehicle
+    if vehicle is None:
+        return state, []
+    if vehicle.approved is not None and vehicle.approved.auth_id == event.persist_id:
+        vehicle = replace(vehicle, record_id=event.record_id)
+        return replace(state, vehicle=vehicle), [Settle(event.persist_id)]
+    if vehicle.manual == event.persist_id:
+        return replace(state, vehicle=replace(vehicle, record_id=event.record_id)), []
+    return state, []
+
+
+def _on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> Result:
+    fault = event.reason if event.reason in ("queue_full", "disk_error") else "disk_error"
+    state, actions = _add_fault(state, fault)
+    vehicle = state.vehicle
+    if vehicle is not None and vehicle.approved is not None:
+        if vehicle.approved.auth_id == event.persist_id:
+            actions.insert(0, Abandon(event.persist_id, "record_failed"))
+            vehicle = replace(vehicle, approved=None, tries=state.rules.max_tries)
+            actions.append(ShowOnDisplay(("Payment cancelled", "Lane closed")))
+            state = replace(state, vehicle=vehicle)
+    return state, actions
+
+
+# --- barrier ---------------------------------------------------------------------------------
+
+
+def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
+    cmd = state.command
+    if cmd is None or cmd.cmd_id != event.cmd_id or cmd.acked:
+        return state, []  # a duplicate or stale ack: at-most-once was already settled
+    state, actions = _remove_fault(state, "barrier_no_ack")
+    if not event.ok:
+        if cmd.op == "close" and event.error == "safety_loop_occupied":
+            # The device saw the loop before we did; ask again once it clears.
+            return replace(state, command=replace(cmd, ack_deadline=None)), actions
+        state, more = _add_fault(state, "barrier_refused", event.error or "")
+        return replace(state, command=None), actions + more
+    if cmd.op == "close":
+        return replace(state, command=None, passage=None), actions
+    passage = state.passage
+    assert passage is not None
+    passage = replace(passage, opened_at=now)
+    latency = None if passage.frame_ts is None else round((now - passage.frame_ts) * 1000, 3)
+    actions.append(
+        Note(
+            "barrier_opened",
+            {"vehicle_id": passage.vehicle_id, "record_id": passage.record_id, "latency_ms": latency},
+        )
+    )
+    return replace(state, command=replace(cmd, acked=True), passage=passage), actions
+
+
+def _on_reported(state: LaneState, event: ev.BarrierReported, now: float) -> Result:
+    state = replace(state, barrier=event.state)
+    if event.state == "offline":
+        return _add_fault(state, "barrier_offline")
+    if event.state == "fault":
+        return _add_fault(state, "barrier_fault")
+    actions: list[Action] = []
+    for fault in ("barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused"):
+        state, cleared = _remove_fault(state, fault)
+        actions += cleared
+    return state, actions
+
+
+def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
+    actions: list[Action] = []
+    vehicle = state.vehicle
+    if vehicle is not None and vehicle.attempt is not None:
+        if now >= vehicle.attempt.deadline + state.rules.auth_grace_s:
+            auth_id = vehicle.attempt.auth_id
+            vehicle = replace(vehicle, attempt=None)
+            state, actions = _after_decline(
+                state, vehicle, "payment timed out", [Abandon(auth_id, "timeout")]
+            )
+    cmd = state.command
+    if cmd is not None and not cmd.acked and cmd.ack_deadline is not None and now >= cmd.ack_deadline:
+        if cmd.attempt >= state.rules.max_cmd_attempts:
+            state, more = _add_fault(state, "barrier_no_ack", f"{cmd.op} {cmd.cmd_id}")
+            # Keep the command: the same cmd_id is sent again once the fault clears, so a
+            # device that did receive it still executes it at most once.
+            state = replace(state, command=replace(cmd, attempt=0, ack_deadline=None))
+            actions += more
+        else:
+            state = replace(state, command=replace(cmd, ack_deadline=None))
+    passage = state.passage
+    if (
+        passage is not None
+        and passage.opened_at is not None
+        and not passage.left
+        and state.rules.mode is not LaneMode.TOLL
+        and now >= passage.opened_at + state.rules.gate_hold_s
+    ):
+        state = replace(state, passage=replace(passage, left=True))
+        actions.append(Note("gate_timeout", {"vehicle_id": passage.vehicle_id}))
+    return state, actions
+
+
+# --- attendant and health --------------------------------------------------------------------
+
+
+def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) -> Result:
+    actions: list[Action] = []
+    vehicle = state.vehicle
+    if vehicle is not None and (vehicle.record_id is not None or vehicle.approved is not None):
+        return state, [Note("attendant_open_ignored", {"reason": "vehicle already paid"})]
+    if vehicle is not None:
+        pending = _pending_auth(vehicle)
+        if pending is not None:
+            actions.append(Abandon(pending, "attendant_open"))
+        vehicle = replace(vehicle, attempt=None, manual=event.cmd_id)
+    else:
+        vehicle = Vehicle(event.cmd_id, state.rules.default_class, 0, "", manual=event.cmd_id)
+    draft = RecordDraft(
+        kind="manual",
+        vehicle_id=vehicle.vehicle_id,
+        vehicle_class=vehicle.vehicle_class,
+        amount_minor=0,
+        currency=vehicle.currency,
+        method="manual",
+        account_ref=None,
+        auth=AuthInfo(result="manual"),
+        flags=("manual", f"reason:{event.reason}", f"attendant:{event.attendant}"),
+    )
+    actions += [Persist(event.cmd_id, draft), Note("attendant_open", {"reason": event.reason})]
+    return replace(state, vehicle=vehicle), actions
+
+
+def _on_close_lane(state: LaneState, event: ev.AttendantCloseLane, now: float) -> Result:
+    actions: list[Action] = [ShowOnDisplay(("Lane closed", "Please use another lane"))]
+    vehicle = state.vehicle
+    if vehicle is not None and vehicle.record_id is None and vehicle.approved is None:
+        pending = _pending_auth(vehicle)
+        if pending is not None:
+            actions.append(Abandon(pending, "lane_closed"))
+        state = replace(state, vehicle=None)
+    actions.append(Note("lane_closed", {"reason": event.reason}))
+    return replace(state, closed_reason=event.reason or "closed by attendant"), actions
+
+
+def _on_reopen_lane(state: LaneState, event: ev.AttendantReopenLane, now: float) -> Result:
+    return replace(state, closed_reason=None), [
+        ShowOnDisplay(("Lane open",), ttl_s=3.0),
+        Note("lane_reopened", {"reason": event.reason}),
+    ]
+
+
+def _on_queue(state: LaneState, event: ev.QueueChanged, now: float) -> Result:
+    actions: list[Action] = []
+    if event.full:
+        state, actions = _add_fault(state, "queue_full")
+    else:
+        for fault in ("queue_full", "disk_error"):
+            state, cleared = _remove_fault(state, fault)
+            actions += cleared
+    if event.high_water:
+        actions.append(RaiseAlarm("queue_high_water", "record queue above its high-water mark"))
+    else:
+        actions.append(ClearAlarm("queue_high_water"))
+    return state, actions
+
+
+def _on_link(state: LaneState, event: ev.LinkChanged, now: float) -> Result:
+    if event.up:
+        return _remove_fault(state, "broker_down")
+    return _add_fault(state, "broker_down")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
+    """Issue the barrier command the state calls for, if any, and at most one at a time."""
+    if state.blocked or state.barrier in ("offline", "fault"):
+        return state, actions
+    rules = state.rules
+    cmd = state.command
+    if cmd is not None:
+        if cmd.ack_deadline is None and not cmd.acked:
+            if cmd.op == "close" and state.safety_occupied:
+                return state, actions  # rule 3: never command a close over an occupied loop
+            attempt = cmd.attempt + 1
+            cmd = replace(cmd, attempt=attempt, ack_deadline=now + rules.ack_timeout_s)
+            kind = OpenBarrier if cmd.op == "open" else CloseBarrier
+            actions = [*actions, kind(cmd.cmd_id, now + rules.cmd_ttl_s, attempt)]
+            state = replace(state, command=cmd)
+        if not cmd.acked or cmd.op == "close":
+            return state, actions
+    passage = state.passage
+    if passage is not None:
+        if passage.left and not state.safety_occupied:
+            cmd_id = f"{passage.vehicle_id}/close"
+            command = Command(cmd_id, "close", 1, now + rules.ack_timeout_s)
+            actions = [*actions, CloseBarrier(cmd_id, now + rules.cmd_ttl_s, 1)]
+            return replace(state, command=command), actions
+        return state, actions
+    vehicle = state.vehicle
+    if vehicle is not None and vehicle.record_id is not None:
+        cmd_id = f"{vehicle.vehicle_id}/open"
+        passage = Passage(
+            vehicle.vehicle_id, vehicle.record_id, vehicle.approved_frame_ts, vehicle.vehicle_class
+        )
+        command = Command(cmd_id, "open", 1, now + rules.ack_timeout_s)
+        actions = [
+            *actions,
+            OpenBarrier(cmd_id, now + rules.cmd_ttl_s, 1),
+            ShowOnDisplay(("Thank you", "Have a good journey"), ttl_s=5.0),
+        ]
+        return replace(state, vehicle=None, passage=passage, command=command), actions
+    return state, actions
+
+
+def _add_fault(state: LaneState, fault: str, detail: str = "") -> Result:
+    if fault in state.faults:
+        return state, []
+    message = FAULT_MESSAGES.get(fault, fault) + (f": {detail}" if detail else "")
+    actions: list[Action] = [
+        RaiseAlarm(fault, message),
+        ShowOnDisplay(("Lane closed", "Please use another lane")),
+    ]
+    return replace(state, faults=state.faults | {fault}), actions
+
+
+def _remove_fault(state: LaneState, fault: str) -> Result:
+    if fault not in state.faults:
+        return state, []
+    return replace(state, faults=state.faults - {fault}), [ClearAlarm(fault)]
+
+
+def _pending_auth(vehicle: Vehicle) -> str | None:
+    if vehicle.attempt is not None:
+        return vehicle.attempt.auth_id
+    if vehicle.approved is not None and vehicle.record_id is None:
+        return vehicle.approved.auth_id
+    return None
+
+
+def _fare_display(vehicle: Vehicle, state: LaneState) -> ShowOnDisplay:
+    if vehicle.amount_minor is None:
+        return ShowOnDisplay((f"Class {vehicle.vehicle_class}", "Please wait for assistance"))
+    return ShowOnDisplay((f"Class {vehicle.vehicle_class}", _money(vehicle), "Show your QR code"))
+
+
+def _money(vehicle: Vehicle) -> str:
+    amount = vehicle.amount_minor or 0
+    return f"{amount // 100}.{amount % 100:02d} {vehicle.currency}"
+
+
+Handler = Callable[[LaneState, Any, float], Result]
+
+_HANDLERS: dict[type, Handler] = {
+    ev.SensorChanged: _on_sensor,
+    ev.VehicleClassified: _on_classified,
+    ev.Scanned: _on_scanned,
+    ev.Decided: _on_decided,
+    ev.Persisted: _on_persisted,
+    ev.PersistFailed: _on_persist_failed,
+    ev.BarrierAcked: _on_acked,
+    ev.BarrierReported: _on_reported,
+    ev.AttendantOpen: _on_attendant_open,
+    ev.AttendantCloseLane: _on_close_lane,
+    ev.AttendantReopenLane: _on_reopen_lane,
+    ev.QueueChanged: _on_queue,
+    ev.LinkChanged: _on_link,
+    ev.Tick: _on_tick,
+}
+
+__all__ = ["initial_state", "next_deadline", "phase", "step"]

@@ -1,0 +1,173 @@
+"""The lane's state as plain frozen data, and the rules it runs under."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from lane.core.events import Decided
+
+
+class Phase(StrEnum):
+    IDLE = "idle"
+    VEHICLE_PRESENT = "vehicle_present"
+    AUTHORISING = "authorising"
+    DENIED = "denied"
+    PERSISTING = "persisting"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    FAULT = "fault"
+    CLOSED = "closed"
+
+
+class LaneMode(StrEnum):
+    TOLL = "toll"
+    TRANSIT_ENTRY = "transit-entry"
+    TRANSIT_EXIT = "transit-exit"
+
+
+class FareTable(Protocol):
+    """Fare lookup: (amount in minor units, ISO currency), or None for an unknown class."""
+
+    def fare_for(self, vehicle_class: int) -> tuple[int, str] | None: ...
+
+
+@dataclass(frozen=True)
+class FlatFares:
+    """A fare per vehicle class; the simplest FareTable (tests, defaults)."""
+
+    amounts: tuple[tuple[int, int], ...]
+    currency: str = "EUR"
+
+    def fare_for(self, vehicle_class: int) -> tuple[int, str] | None:
+        for cls, amount in self.amounts:
+            if cls == vehicle_class:
+                return amount, self.currency
+        return None
+
+
+# Faults that stop the lane from taking new payments and from moving the barrier.
+BLOCKING_FAULTS = frozenset(
+    {"barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused", "broker_down"}
+)
+# Faults that stop new payments only (the barrier may still serve a vehicle that already paid).
+PAYMENT_FAULTS = frozenset({"queue_full", "disk_error"})
+
+
+@dataclass(frozen=True)
+class LaneRules:
+    lane_id: str
+    fares: FareTable
+    mode: LaneMode = LaneMode.TOLL
+    budget_s: float = 2.0
+    auth_grace_s: float = 0.5
+    max_tries: int = 3
+    ack_timeout_s: float = 0.6
+    max_cmd_attempts: int = 3
+    cmd_ttl_s: float = 3.0
+    default_class: int = 1
+    passback_window_s: float = 600.0
+    gate_hold_s: float = 8.0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One authorisation in flight for the vehicle at the pay point."""
+
+    auth_id: str
+    text: str
+    kind: str
+    frame_ts: float
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Vehicle:
+    vehicle_id: str
+    vehicle_class: int
+    amount_minor: int | None
+    currency: str
+    implicit: bool = False  # a fare-gate passenger known only from the code they showed
+    tries: int = 0
+    attempt: Attempt | None = None
+    approved: Decided | None = None
+    approved_frame_ts: float | None = None
+    record_id: str | None = None
+    manual: str | None = None  # attendant cmd_id when opened by an attendant
+    refused_texts: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Command:
+    cmd_id: str
+    op: str  # open | close
+    attempt: int
+    ack_deadline: float | None  # None: not sent yet (held back by a fault or the safety loop)
+    acked: bool = False
+
+
+@dataclass(frozen=True)
+class Passage:
+    """The vehicle the barrier is open (or opening) for; it has a durable record."""
+
+    vehicle_id: str
+    record_id: str
+    frame_ts: float | None
+    vehicle_class: int
+    opened_at: float | None = None
+    crossings: int = 0
+    left: bool = False
+
+
+@dataclass(frozen=True)
+class LaneState:
+    rules: LaneRules
+    vehicle: Vehicle | None = None
+    passage: Passage | None = None
+    command: Command | None = None
+    barrier: str = "unknown"
+    safety_occupied: bool = False
+    faults: frozenset[str] = frozenset()
+    closed_reason: str | None = None
+    next_class: int | None = None
+    taps: tuple[tuple[str, float], ...] = field(default=())
+    violations: int = 0
+
+    @property
+    def blocked(self) -> bool:
+        return bool(self.faults & BLOCKING_FAULTS)
+
+    @property
+    def accepting_payments(self) -> bool:
+        return not (self.faults or self.closed_reason)
+
+
+def phase(state: LaneState) -> Phase:
+    """The one-word state shown to operators, derived from the lane's data."""
+    if state.blocked:
+        return Phase.FAULT
+    if state.passage is not None:
+        cmd = state.command
+        if state.passage.left or (cmd is not None and cmd.op == "close"):
+            return Phase.CLOSING
+        if state.passage.opened_at is None:
+            return Phase.OPENING
+        return Phase.OPEN
+    if state.command is not None and state.command.op == "close":
+        return Phase.CLOSING
+    if state.faults:
+        return Phase.FAULT
+    vehicle = state.vehicle
+    if vehicle is not None:
+        if vehicle.approved is not None or vehicle.record_id is not None:
+            return Phase.PERSISTING
+        if vehicle.attempt is not None:
+            return Phase.AUTHORISING
+        if vehicle.tries > 0:
+            return Phase.DENIED
+        return Phase.VEHICLE_PRESENT
+    if state.closed_reason is not None:
+        return Phase.CLOSED
+    return Phase.IDLE

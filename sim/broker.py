@@ -1,0 +1,98 @@
+"""A private Mosquitto broker run as a child process (simulator and tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class BrokerError(RuntimeError):
+    """Mosquitto could not be found or did not start."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def find_mosquitto() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise BrokerError("mosquitto not found: install it (apt-get install -y mosquitto)")
+
+
+@dataclass
+class Mosquitto:
+    """One mosquitto process listening on 127.0.0.1:port, configured from a temporary file."""
+
+    port: int
+    workdir: Path
+    extra_config: str = ""
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    def start(self, timeout: float = 10.0) -> None:
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\n"
+            "max_queued_messages 100000\n"
+            f"{self.extra_config}\n"
+        )
+        log = (self.workdir / "mosquitto.log").open("ab")
+        self.process = subprocess.Popen(
+            [find_mosquitto(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerError(
+                    f"mosquitto exited with {self.process.returncode}: "
+                    f"{(self.workdir / 'mosquitto.log').read_text(errors='replace')[-2000:]}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise BrokerError(f"mosquitto did not listen on port {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@contextlib.contextmanager
+def running_mosquitto(port: int | None = None, extra_config: str = "") -> Iterator[Mosquitto]:
+    with tempfile.TemporaryDirectory(prefix="lane-mosquitto-") as tmp:
+        broker = Mosquitto(port=port or free_port(), workdir=Path(tmp), extra_config=extra_config)
+        broker.start()
+        try:
+            yield broker
+        finally:
+            broker.stop()
