@@ -1,0 +1,127 @@
+"""What a decoded QR text is: offline token, wallet payment code, EMV CPM payload, or unknown.
+
+`classify` is pure and total: it never raises, whatever the camera hands it. Only the shape of
+a code is judged here; signatures, expiry and replay are the business of `lane.auth`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from scanner.emv import (
+    EmvApplication,
+    EmvError,
+    EmvPayload,
+    decode_base64,
+    looks_like_cpm,
+    mask_pan,
+    parse_cpm,
+)
+
+__all__ = [
+    "EmvApplication",
+    "EmvPayload",
+    "Payload",
+    "PaymentCodePayload",
+    "TokenPayload",
+    "UnknownPayload",
+    "classify",
+    "mask_pan",
+]
+
+TOKEN_PREFIX = "LT1:"
+BASE45_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
+# A COSE_Sign1 carries at least a 64-byte signature plus headers and claims; a QR code
+# (version 40, alphanumeric) holds at most 4296 characters, i.e. 2864 bytes of Base45.
+TOKEN_MIN_BYTES = 64
+TOKEN_MAX_BYTES = 2864
+
+_DIGITS = re.compile(r"[0-9]+")
+_B45 = {c: i for i, c in enumerate(BASE45_ALPHABET)}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPayload:
+    text: str
+    kind: Literal["token"] = field(default="token", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentCodePayload:
+    digits: str
+    wallet: Literal["alipay", "wechat"]
+    kind: Literal["payment_code"] = field(default="payment_code", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownPayload:
+    reason: str
+    kind: Literal["unknown"] = field(default="unknown", init=False)
+
+
+Payload = TokenPayload | PaymentCodePayload | EmvPayload | UnknownPayload
+
+
+def classify(text: str) -> Payload:
+    """Classify decoded QR text. Never raises."""
+    try:
+        return _classify(text)
+    except Exception as exc:  # a bug here must not take the lane down; say what happened
+        return UnknownPayload(f"unclassifiable ({exc.__class__.__name__})")
+
+
+def _classify(text: str) -> Payload:
+    # Scanners sometimes append a line end; no format we accept contains one.
+    text = text.strip("\r\n\t")
+    if not text:
+        return UnknownPayload("empty code")
+    if text.startswith(TOKEN_PREFIX):
+        return _token(text)
+    if _DIGITS.fullmatch(text):
+        return _payment_code(text)
+    if looks_like_cpm(text):
+        try:
+            return parse_cpm(decode_base64(text))
+        except EmvError as exc:
+            return UnknownPayload(str(exc))
+    return UnknownPayload("not a payment code")
+
+
+def _payment_code(digits: str) -> Payload:
+    n = len(digits)
+    head = int(digits[:2])
+    if 16 <= n <= 24 and 25 <= head <= 30:
+        return PaymentCodePayload(digits, "alipay")
+    if n == 18 and 10 <= head <= 15:
+        return PaymentCodePayload(digits, "wechat")
+    return UnknownPayload(f"not a payment code ({n} digits starting {digits[:2]})")
+
+
+def _token(text: str) -> Payload:
+    body = text[len(TOKEN_PREFIX) :]
+    problem = base45_problem(body)
+    if problem is not None:
+        return UnknownPayload(f"bad Base45: {problem}")
+    size = len(body) // 3 * 2 + (1 if len(body) % 3 == 2 else 0)
+    if size < TOKEN_MIN_BYTES:
+        return UnknownPayload(f"token too short ({size} bytes, minimum {TOKEN_MIN_BYTES})")
+    if size > TOKEN_MAX_BYTES:
+        return UnknownPayload(f"token too long ({size} bytes, maximum {TOKEN_MAX_BYTES})")
+    return TokenPayload(text)
+
+
+def base45_problem(body: str) -> str | None:
+    """Why `body` is not canonical Base45 (RFC 9285), or None when it is."""
+    if len(body) % 3 == 1:
+        return f"length {len(body)} is not 3k or 3k+2"
+    for i, ch in enumerate(body):
+        if ch not in _B45:
+            return f"character {ch!r} at offset {i}"
+    for i in range(0, len(body), 3):
+        group = body[i : i + 3]
+        value = sum(_B45[c] * 45**k for k, c in enumerate(group))
+        if value > (0xFFFF if len(group) == 3 else 0xFF):
+            return f"group {group!r} at offset {i} out of range"
+    return None
