@@ -1,0 +1,148 @@
+"""Helpers for the uplink tests: drafts, a lane (queue + link + forwarder), an ingest worker,
+polling without fixed sleeps, and the end-of-test reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from barrier.mqtt import Incoming, MqttLink
+from uplink.forwarder import Forwarder
+from uplink.ingest import Ingest
+from uplink.queue import RecordQueue
+from uplink.records import AuthInfo, Record, RecordDraft
+from uplink.store import IngestStore
+
+FAST_LINK = {"backoff_min": 0.02, "backoff_max": 0.2}
+
+
+def draft(i: int = 0, amount: int = 500) -> RecordDraft:
+    return RecordDraft(
+        kind="toll",
+        vehicle_id=f"veh-{i}",
+        vehicle_class=1,
+        amount_minor=amount,
+        currency="CNY",
+        method="token",
+        account_ref=f"acct-{i % 7}",
+        auth=AuthInfo("approved", acquirer_ref=None, latency_ms=12, offline=True),
+        payment_id=f"pay-{i}",
+    )
+
+
+async def eventually(pred: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + within
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or pred}")
+        await asyncio.sleep(0.01)
+
+
+def fast_link(host: str, port: int, client_id: str, **kw: object) -> MqttLink:
+    link = MqttLink(host, port, client_id, **kw)  # type: ignore[arg-type]
+    link.backoff_min = FAST_LINK["backoff_min"]
+    link.backoff_max = FAST_LINK["backoff_max"]
+    return link
+
+
+@dataclass
+class LaneSide:
+    """One lane's uplink: its queue, its MqttLink (acks routed to the forwarder), the forwarder."""
+
+    queue: RecordQueue
+    link: MqttLink
+    forwarder: Forwarder
+    written: dict[int, str] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def append(self, n: int, start: int = 0) -> list[Record]:
+        out = []
+        for i in range(start, start + n):
+            rec = await asyncio.to_thread(self.queue.append, draft(i))
+            self.written[rec.seq] = rec.record_id
+            self.forwarder.wake()
+            out.append(rec)
+        return out
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+
+
+def lane_side(
+    host: str, port: int, lane: str, path: Path, *, max_bytes: int = 50_000_000, **fw: object
+) -> LaneSide:
+    queue = RecordQueue(path, lane, max_bytes)
+    box: list[Forwarder] = []
+
+    async def handler(msg: Incoming) -> None:
+        box[0].handle_ack(msg.payload)
+
+    link = fast_link(host, port, f"lane-{lane}")
+    forwarder = Forwarder(
+        queue,
+        link,
+        lane,
+        **{"ack_timeout": 0.2, "backoff_min": 0.02, "backoff_max": 0.5, **fw},  # type: ignore[arg-type]
+    )
+    box.append(forwarder)
+    link.subscriptions = forwarder.subscriptions()
+    link.handler = handler
+    return LaneSide(queue, link, forwarder)
+
+
+async def start_lane(side: LaneSide) -> LaneSide:
+    side.tasks += [asyncio.create_task(side.link.run()), asyncio.create_task(side.forwarder.run())]
+    return side
+
+
+@dataclass
+class Worker:
+    ingest: Ingest
+    link: MqttLink
+    task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Worker:
+        self.task = asyncio.create_task(self.link.run())
+        await self.link.wait_connected(5)
+        return self
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+
+
+def worker(host: str, port: int, store: IngestStore, client_id: str, group: str) -> Worker:
+    ingest = Ingest(store, group=group)
+    link = ingest.make_link(host, port, client_id)
+    link.backoff_min = FAST_LINK["backoff_min"]
+    link.backoff_max = FAST_LINK["backoff_max"]
+    return Worker(ingest, link)
+
+
+async def drained(side: LaneSide, store: IngestStore, lane: str, within: float = 15.0) -> None:
+    """Wait until the lane's queue is empty and the store holds every written record."""
+
+    def done() -> bool:
+        return side.queue.backlog().count == 0 and store.count(lane) >= len(side.written)
+
+    await eventually(done, within, "uplink drained")
+
+
+def reconcile(side: LaneSide, store: IngestStore, lane: str) -> None:
+    """Every record the lane wrote is in the back office exactly once, with its own seq."""
+    held = store.records(lane)
+    assert side.queue.record_count_total() == len(side.written)
+    assert len(held) == len(side.written), (len(held), len(side.written))
+    assert len({r.record_id for r in held}) == len(held)
+    assert {r.seq: r.record_id for r in held} == side.written
+    assert store.gaps(lane) == []
+    assert store.contiguous(lane) == max(side.written)
+    assert side.queue.backlog().count == 0

@@ -1,0 +1,320 @@
+"""The lane's durable store-and-forward queue: one SQLite file in WAL mode, synchronous=FULL.
+
+`append` returns only after the commit is on disk, so the lane may open the barrier when it
+returns (safety rule 1). Sequence numbers are assigned in the same transaction as the insert and
+kept in a meta table, so they are gap-free and never go back, even after every record has been
+acknowledged and deleted and the process restarts.
+
+The file is never dropped or recreated behind the caller's back: a file that is not a queue (or
+a queue of another lane, or of a newer schema) raises `QueueError` naming the file. A new file is
+created under a temporary name and renamed into place, so a file at `path` is always a complete
+queue and an empty or garbage one is reported as corrupt instead of being silently re-initialised.
+
+Methods are synchronous and thread-safe (one lock around one connection); the asyncio shell calls
+them through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from lane.ids import uuid7
+from uplink.records import Record, RecordDraft
+
+log = logging.getLogger("lane.uplink.queue")
+
+SCHEMA_VERSION = 1
+# Bytes a row costs beyond its blob (rowid, ts, record id, cell header); used for the bound check.
+ROW_OVERHEAD = 80
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+class QueueError(Exception):
+    """The queue file cannot be used: I/O error, full disk, corruption, wrong lane or schema."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+class QueueFull(QueueError):  # noqa: N818 (the name the lane uses)
+    """The configured bound (max_bytes) would be exceeded; the record was NOT stored."""
+
+
+class QueueDiskFull(QueueError):  # noqa: N818
+    """SQLite reported 'database or disk is full'; the record was NOT stored."""
+
+
+class QueueCorrupt(QueueError):  # noqa: N818
+    """The file is not a readable queue database; it is left untouched for inspection."""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    count: int
+    oldest_ts_us: int | None
+    bytes_used: int
+    high_water_reached: bool
+
+
+def _create_v1(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE records ("
+        " seq INTEGER PRIMARY KEY,"  # rowid: the records are stored in seq order
+        " record_id TEXT NOT NULL,"
+        " ts_us INTEGER NOT NULL,"
+        " data BLOB NOT NULL)"  # the encoded record exactly as written, forwarded unchanged
+    )
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL)")
+    db.execute("INSERT INTO meta VALUES ('last_seq', 0), ('appended_total', 0)")
+
+
+# MIGRATIONS[n] upgrades a database at user_version n to n + 1. Records are never re-encoded by a
+# migration: an older record format stays in the queue as bytes and is forwarded unchanged.
+MIGRATIONS: dict[int, Migration] = {0: _create_v1}
+
+
+def migrate(db: sqlite3.Connection, path: Path, steps: Mapping[int, Migration] = MIGRATIONS) -> int:
+    """Bring the schema to the newest version in `steps`, one transaction per step."""
+    target = max(steps) + 1
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > target:
+        raise QueueError(
+            path, f"schema version {version} is newer than this software ({target}); not touched"
+        )
+    while version < target:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            steps[version](db)
+            db.execute(f"PRAGMA user_version = {version + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("queue schema migrated", extra={"path": str(path), "to_version": version + 1})
+        version += 1
+    return version
+
+
+def _classify(path: Path, exc: sqlite3.Error) -> QueueError:
+    text = str(exc)
+    if "disk is full" in text or "database or disk is full" in text:
+        return QueueDiskFull(path, f"database or disk is full ({text})")
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "not a database" in text or "malformed" in text or "corrupt" in text
+    ):
+        return QueueCorrupt(path, f"corrupted queue file, left untouched: {text}")
+    return QueueError(path, f"{exc.__class__.__name__}: {text}")
+
+
+class RecordQueue:
+    def __init__(
+        self,
+        path: Path,
+        lane: str,
+        max_bytes: int,
+        high_water: float = 0.8,
+        wall: Callable[[], float] = time.time,
+        *,
+        sqlite_pragmas: Mapping[str, int | str] | None = None,
+        migrations: Mapping[int, Migration] = MIGRATIONS,
+    ) -> None:
+        """Open (or atomically create) the queue of `lane` at `path`.
+
+        `sqlite_pragmas` are applied after the durability settings: for tuning and for tests
+        (max_page_count simulates a full disk; the benchmark fills a backlog with synchronous=OFF).
+        """
+        self.path = Path(path)
+        self.lane = lane
+        self.max_bytes = max_bytes
+        self.high_water = high_water
+        self._wall = wall
+        self._lock = threading.Lock()
+        if not self.path.exists():
+            self._create(migrations)
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+        except sqlite3.Error as exc:
+            raise _classify(self.path, exc) from exc
+        try:
+            # Read-only checks first: a file that is not our queue must not be modified at all.
+            self._check_file()
+            self._check_owner()
+            self._configure(sqlite_pragmas or {})
+            migrate(self._db, self.path, migrations)
+            self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _classify(self.path, exc) from exc
+        except QueueError:
+            self._db.close()
+            raise
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _create(self, migrations: Mapping[int, Migration]) -> None:
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise QueueCorrupt(self.path, f"queue file missing but {wal.name} exists; not touched")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".init")
+        tmp.unlink(missing_ok=True)  # left by a crash during creation: it never held records
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            migrate(db, tmp, migrations)
+            db.execute("INSERT INTO meta VALUES ('lane', ?)", (self.lane,))
+        finally:
+            db.close()  # checkpoints and removes the -wal file
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        log.info("queue created", extra={"path": str(self.path), "lane": self.lane})
+
+    def _check_file(self) -> None:
+        if self.path.stat().st_size == 0:
+            raise QueueCorrupt(self.path, "empty file is not a queue; not touched")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        if int(self._db.execute("PRAGMA user_version").fetchone()[0]) == 0:
+            # Queues are created complete (see _create): version 0 is someone else's file.
+            raise QueueCorrupt(self.path, "not a lane queue (schema version 0); not touched")
+        problems = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise QueueCorrupt(
+                self.path, "corrupted queue file, left untouched: " + "; ".join(problems[:5])
+            )
+
+    def _configure(self, extra: Mapping[str, int | str]) -> None:
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise QueueError(self.path, f"could not enable WAL mode (got {mode})")
+        self._db.execute("PRAGMA synchronous=FULL")
+        for name, value in extra.items():
+            self._db.execute(f"PRAGMA {name}={value}")
+
+    def _check_owner(self) -> None:
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key='lane'").fetchone()
+        except sqlite3.OperationalError as exc:
+            raise QueueCorrupt(self.path, f"not a lane queue ({exc}); not touched") from exc
+        if row is None:
+            raise QueueCorrupt(self.path, "queue file has no lane id")
+        if row[0] != self.lane:
+            raise QueueError(self.path, f"queue belongs to lane {row[0]!r}, not {self.lane!r}")
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        log.exception("queue rollback failed", extra={"path": str(self.path)})
+                raise _classify(self.path, exc) from exc
+
+    # -- the API -------------------------------------------------------------------------------
+
+    def append(self, draft: RecordDraft) -> Record:
+        """Stamp and durably store one record; return it once the commit is on disk."""
+        now = self._wall()
+        ts_us = int(now * 1_000_000)
+        record_id = str(uuid7(unix_ms=ts_us // 1000))
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            seq = int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0]) + 1
+            record = Record(record_id=record_id, lane=self.lane, seq=seq, ts_us=ts_us, draft=draft)
+            data = record.encode()
+            used = self._used(db)
+            if used + len(data) + ROW_OVERHEAD > self.max_bytes:
+                db.execute("ROLLBACK")
+                raise QueueFull(
+                    self.path, f"queue bound reached ({used} of {self.max_bytes} bytes used)"
+                )
+            db.execute(
+                "INSERT INTO records (seq, record_id, ts_us, data) VALUES (?, ?, ?, ?)",
+                (seq, record_id, ts_us, data),
+            )
+            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
+            db.execute("UPDATE meta SET value=value+1 WHERE key='appended_total'")
+            db.execute("COMMIT")
+        return record
+
+    def batch(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` stored records with seq > after_seq, in seq order, as stored bytes."""
+        with self._locked() as db:
+            rows = db.execute(
+                "SELECT seq, data FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [(int(seq), bytes(data)) for seq, data in rows]
+
+    def ack(self, upto_seq: int) -> int:
+        """Delete the acknowledged records (seq <= upto_seq); return how many were deleted."""
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            cur = db.execute("DELETE FROM records WHERE seq <= ?", (upto_seq,))
+            db.execute("COMMIT")
+        return int(cur.rowcount)
+
+    def backlog(self) -> Backlog:
+        with self._locked() as db:
+            # ack deletes a prefix, so what is left is the contiguous range [first, last].
+            first = db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
+            if first is None:
+                count, oldest = 0, None
+            else:
+                last = db.execute("SELECT MAX(seq) FROM records").fetchone()[0]
+                count = int(last) - int(first) + 1
+                oldest = int(
+                    db.execute("SELECT ts_us FROM records WHERE seq=?", (first,)).fetchone()[0]
+                )
+            used = self._used(db)
+        return Backlog(count, oldest, used, used >= self.high_water * self.max_bytes)
+
+    def last_seq(self) -> int:
+        with self._locked() as db:
+            return int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
+
+    def record_count_total(self) -> int:
+        """Records ever appended to this queue (acknowledged or not): for reconciliation."""
+        with self._locked() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='appended_total'").fetchone()
+            return int(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> RecordQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _used(self, db: sqlite3.Connection) -> int:
+        pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * self._page_size
