@@ -1,0 +1,162 @@
+"""QR decoders behind one small interface, and the cascade the lane uses by default.
+
+- `ZxingDecoder`: zxing-cpp restricted to QR Model 2 (the wider QR family occasionally reports
+  bogus extra symbols); fastest and best reader on our corpus.
+- `PyzbarDecoder`: ZBar via pyzbar, QR only, bytes decoded by us (see `scanner.zbar`).
+- `CascadeDecoder`: the primary decoder, then fallback passes only when it read nothing. The
+  default passes are the ones `bench/scan.py` shows to pay for their cost (docs/scanner.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import zxingcpp
+
+from scanner import fallbacks, zbar
+from scanner.detection import (
+    Decoder,
+    Detection,
+    GrayImage,
+    Locator,
+    Polygon,
+    check_gray,
+    text_from_bytes,
+)
+from scanner.fallbacks import FallbackPass
+
+__all__ = [
+    "DECODER_NAMES",
+    "DEFAULT_PASSES",
+    "CascadeDecoder",
+    "Decoder",
+    "Detection",
+    "PyzbarDecoder",
+    "ZxingDecoder",
+    "make_decoder",
+    "make_pass",
+]
+
+DECODER_NAMES = ("zxing", "pyzbar", "cascade")
+_QR_MODEL_2 = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCodeModel2)
+# Chosen from the corpus measurements in docs/scanner.md: re-read unreadable candidates with a
+# global-histogram binariser (curved, unevenly lit codes) and retry the frame at half size
+# (print texture and moire average out). Both rescue codes; neither costs much on empty frames.
+DEFAULT_PASSES = ("roi-global", "half")
+
+
+class ZxingDecoder:
+    def __init__(
+        self,
+        *,
+        try_rotate: bool = True,
+        try_invert: bool = True,
+        try_downscale: bool = True,
+        binarizer: Literal["local", "global"] = "local",
+        name: str = "zxing",
+    ) -> None:
+        self.name = name
+        self.try_rotate = try_rotate
+        self.try_invert = try_invert
+        self.try_downscale = try_downscale
+        self._binarizer = (
+            zxingcpp.Binarizer.LocalAverage
+            if binarizer == "local"
+            else zxingcpp.Binarizer.GlobalHistogram
+        )
+
+    def decode(self, gray: GrayImage) -> list[Detection]:
+        return self.locate(gray)[0]
+
+    def locate(self, gray: GrayImage) -> tuple[list[Detection], list[Polygon]]:
+        """Codes read, and the outlines of codes found but not read (checksum failures)."""
+        check_gray(gray)
+        found: list[Detection] = []
+        unreadable: list[Polygon] = []
+        barcodes = zxingcpp.read_barcodes(
+            gray,
+            formats=_QR_MODEL_2,
+            try_rotate=self.try_rotate,
+            try_invert=self.try_invert,
+            try_downscale=self.try_downscale,
+            # Plain: control characters come through as themselves, not as "<SOH>" markers.
+            text_mode=zxingcpp.TextMode.Plain,
+            binarizer=self._binarizer,
+            return_errors=True,
+        )
+        for barcode in barcodes:
+            p = barcode.position
+            polygon = tuple(
+                (int(q.x), int(q.y))
+                for q in (p.top_left, p.top_right, p.bottom_right, p.bottom_left)
+            )
+            if barcode.valid:
+                found.append(Detection(barcode.text, bytes(barcode.bytes), polygon, self.name))
+            else:
+                unreadable.append(polygon)
+        return found, unreadable
+
+
+class PyzbarDecoder:
+    def __init__(self, *, name: str = "pyzbar") -> None:
+        self.name = name
+
+    def decode(self, gray: GrayImage) -> list[Detection]:
+        return [
+            Detection(text_from_bytes(raw), raw, polygon, self.name)
+            for raw, polygon in zbar.scan_qr(gray)
+        ]
+
+
+class CascadeDecoder:
+    def __init__(self, primary: Decoder, passes: Sequence[FallbackPass], *, name: str = "cascade"):
+        self.name = name
+        self.primary = primary
+        self.passes = tuple(passes)
+
+    def decode(self, gray: GrayImage) -> list[Detection]:
+        if isinstance(self.primary, Locator):
+            found, candidates = self.primary.locate(gray)
+        else:
+            found, candidates = self.primary.decode(gray), []
+        if found:
+            return found
+        for fallback in self.passes:
+            found = fallback.run(gray, candidates)
+            if found:
+                return found
+        return []
+
+
+def make_pass(name: str) -> FallbackPass:
+    """Fallback passes by name, as the benchmark compares them."""
+    if name == "roi-global":
+        return fallbacks.RoiRetry(name, ZxingDecoder(binarizer="global"))
+    if name == "roi-x2":
+        return fallbacks.RoiRetry(name, ZxingDecoder(), scale=2.0)
+    if name == "roi-pyzbar":
+        return fallbacks.RoiRetry(name, PyzbarDecoder())
+    if name == "half":
+        return fallbacks.WholeFrame(name, ZxingDecoder(), scale=0.5)
+    if name == "clahe":
+        return fallbacks.WholeFrame(name, ZxingDecoder(), fallbacks.clahe)
+    if name == "pyzbar":
+        return fallbacks.WholeFrame(name, PyzbarDecoder())
+    if name == "pyzbar-invert":
+        return fallbacks.WholeFrame(name, PyzbarDecoder(), fallbacks.invert)
+    raise ValueError(f"unknown fallback pass {name!r}")
+
+
+PASS_NAMES = ("roi-global", "roi-x2", "roi-pyzbar", "half", "clahe", "pyzbar", "pyzbar-invert")
+
+
+def make_decoder(name: str = "cascade") -> Decoder:
+    """ "zxing", "pyzbar" or "cascade" (zxing-cpp plus the measured fallbacks; the default)."""
+    if name == "zxing":
+        return ZxingDecoder()
+    if name == "pyzbar":
+        return PyzbarDecoder()
+    if name == "cascade":
+        return CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in DEFAULT_PASSES])
+    raise ValueError(f"unknown decoder {name!r}; expected one of {', '.join(DECODER_NAMES)}")

@@ -1,0 +1,47 @@
+"""Test images: generated QR codes, road-like frames and the real-photo corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import zxingcpp
+
+Gray = npt.NDArray[np.uint8]
+
+
+def corpus_dir() -> Path | None:
+    """The shared corpus: beside the repo in CI (../shared), or at /work/shared on a dev box."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "shared" / "qr-corpus"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def corpus_image(name: str) -> tuple[Path, str]:
+    root = corpus_dir()
+    if root is None:
+        pytest.skip("QR corpus (shared/qr-corpus) not present")
+    path = root / name
+    return path, path.with_suffix(".txt").read_bytes().decode("utf-8")
+
+
+def qr_image(content: str | bytes, scale: int = 4) -> Gray:
+    code = zxingcpp.create_barcode(content, zxingcpp.BarcodeFormat.QRCode)
+    return np.asarray(zxingcpp.write_barcode_to_image(code, scale=scale))
+
+
+def frame_with(
+    code: Gray | None, width: int = 1280, height: int = 720, at: tuple[int, int] = (400, 200)
+) -> Gray:
+    """A dim, noisy road-like frame, optionally with `code` pasted at `at` (x, y)."""
+    rng = np.random.default_rng(3)
+    frame = (60 + rng.normal(0, 8, (height, width))).clip(0, 255).astype(np.uint8)
+    if code is not None:
+        x, y = at
+        frame[y : y + code.shape[0], x : x + code.shape[1]] = code
+    return frame
