@@ -1,0 +1,104 @@
+"""The deny list: account references whose offline tokens the lane refuses.
+
+Same transport as the key set: a JSON file (`load_deny_list`) or a msgpack payload on the
+retained topic `lane/{plaza}/deny` (`decode_deny_list`). Every list carries a generation
+number; a lane replaces its list only with a strictly higher generation, so a late retained
+message or an old file can never bring back an account that was denied since.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from barrier.wire import PayloadError, pack, unpack
+from lane.auth.sourced import Reader, SourcedError, rfc3339, type_name
+
+DENY_VERSION = 1
+
+
+class DenyListError(SourcedError):
+    """A deny list file or payload that cannot be used; says where and what."""
+
+
+@dataclass(frozen=True)
+class DenyList:
+    generation: int
+    accounts: frozenset[str] = frozenset()
+    issued_at: int | None = None
+
+    @classmethod
+    def empty(cls) -> DenyList:
+        """Generation 0: any real list supersedes it."""
+        return cls(0)
+
+    @classmethod
+    def of(cls, generation: int, accounts: Iterable[str], issued_at: int | None = None) -> DenyList:
+        return cls(generation, frozenset(accounts), issued_at)
+
+    def denies(self, account_ref: str) -> bool:
+        return account_ref in self.accounts
+
+    def supersedes(self, other: DenyList) -> bool:
+        return self.generation > other.generation
+
+
+def newer_deny_list(current: DenyList, incoming: DenyList) -> DenyList:
+    """The list a lane should hold after `incoming` arrives."""
+    return incoming if incoming.supersedes(current) else current
+
+
+def parse_deny_list(body: Mapping[str, Any], source: str) -> DenyList:
+    read = Reader(source, DenyListError)
+    version = read.integer(body, "v", "v", minimum=1)
+    if version > DENY_VERSION:
+        raise read.fail("v", f"deny list format {version} is newer than this lane ({DENY_VERSION})")
+    generation = read.integer(body, "generation", "generation", minimum=1)
+    issued_at = read.time(body, "issued_at", "issued_at") if read.has(body, "issued_at") else None
+    accounts: set[str] = set()
+    for i, account in enumerate(read.items(body, "accounts", "accounts")):
+        if not isinstance(account, str) or not account:
+            problem = f"must be a non-empty string, got {type_name(account)}"
+            raise read.fail(f"accounts[{i}]", problem)
+        accounts.add(account)
+    return DenyList(generation, frozenset(accounts), issued_at)
+
+
+def load_deny_list(path: str | Path) -> DenyList:
+    source = str(path)
+    try:
+        body = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DenyListError(source, "", f"cannot read: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DenyListError(source, "", f"not JSON: {exc}") from None
+    if not isinstance(body, Mapping):
+        raise DenyListError(source, "", f"must hold a JSON object, got {type_name(body)}")
+    return parse_deny_list(body, source)
+
+
+def decode_deny_list(payload: bytes, source: str = "mqtt deny") -> DenyList:
+    try:
+        body = unpack(payload, max_version=DENY_VERSION)
+    except PayloadError as exc:
+        raise DenyListError(source, "", str(exc)) from None
+    return parse_deny_list(body, source)
+
+
+def encode_deny_list(deny: DenyList) -> bytes:
+    """The msgpack payload for `lane/{plaza}/deny` (publish it retained)."""
+    body: dict[str, Any] = {"generation": deny.generation, "accounts": sorted(deny.accounts)}
+    if deny.issued_at is not None:
+        body["issued_at"] = deny.issued_at
+    return pack(body, v=DENY_VERSION)
+
+
+def deny_list_to_json(deny: DenyList) -> str:
+    body: dict[str, Any] = {"v": DENY_VERSION, "generation": deny.generation}
+    if deny.issued_at is not None:
+        body["issued_at"] = rfc3339(deny.issued_at)
+    body["accounts"] = sorted(deny.accounts)
+    return json.dumps(body, indent=2) + "\n"

@@ -1,0 +1,66 @@
+"""A token issuer in a box, for the simulator, tests and benchmarks (not used by the lane).
+
+Holds one private key and mints tokens the way a wallet app's back end would; `public()` is
+the matching key set entry for the lanes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lane.auth.cose import Alg, PrivateKey, alg_of_private
+from lane.auth.keys import IssuerKey
+from lane.auth.tokens import issue_token
+
+FAR_FUTURE = 1 << 32
+
+
+@dataclass(frozen=True)
+class TokenIssuer:
+    private_key: PrivateKey
+    kid: bytes
+    issuer: str
+    not_before: int = 0
+    not_after: int = FAR_FUTURE
+
+    @classmethod
+    def generate(
+        cls,
+        alg: Alg = Alg.ED25519,
+        kid: bytes | str = b"k1",
+        issuer: str = "wallet.example",
+        not_before: int = 0,
+        not_after: int = FAR_FUTURE,
+    ) -> TokenIssuer:
+        private: PrivateKey = (
+            Ed25519PrivateKey.generate()
+            if alg is Alg.ED25519
+            else ec.generate_private_key(ec.SECP256R1())
+        )
+        kid_bytes = kid.encode("utf-8") if isinstance(kid, str) else kid
+        return cls(private, kid_bytes, issuer, not_before, not_after)
+
+    @property
+    def alg(self) -> Alg:
+        return alg_of_private(self.private_key)
+
+    def public(self, bind_issuer: bool = True) -> IssuerKey:
+        return IssuerKey(
+            self.kid,
+            self.alg,
+            self.private_key.public_key(),
+            self.not_before,
+            self.not_after,
+            self.issuer if bind_issuer else None,
+        )
+
+    def token(self, account_ref: str, iat: int, ttl_s: int = 60, nonce: bytes | None = None) -> str:
+        """A fresh token; a random 16-byte nonce (cti) unless one is given."""
+        cti = os.urandom(16) if nonce is None else nonce
+        return issue_token(
+            self.private_key, self.kid, self.issuer, account_ref, iat, iat + ttl_s, cti
+        )

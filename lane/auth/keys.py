@@ -1,0 +1,217 @@
+"""Issuer key sets: public keys by key id, each valid for a window, for offline tokens.
+
+A key set arrives as a JSON file (`load_keyset`) or as a msgpack payload on the retained MQTT
+topic `lane/{plaza}/keys` (`decode_keyset`); both carry the same map and go through the same
+validation (`parse_keyset`). JSON rather than TOML because key sets are written by machines
+(the back office, `lane keys new`) and nest a list of records; the tariff, which people edit,
+is TOML. Rotation is two keys side by side with overlapping windows; a token is checked
+against the window of its key at the token's issued-at time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from barrier.wire import PayloadError, pack, unpack
+from lane.auth.cose import Alg, PublicKey, alg_of_public
+from lane.auth.sourced import Reader, SourcedError, rfc3339, type_name
+
+KEYSET_VERSION = 1
+
+
+class KeySetError(SourcedError):
+    """A key set file or payload that cannot be used; says where and what."""
+
+
+@dataclass(frozen=True)
+class IssuerKey:
+    kid: bytes
+    alg: Alg
+    public_key: PublicKey
+    not_before: int  # unix seconds UTC, inclusive
+    not_after: int  # unix seconds UTC, exclusive
+    issuer: str | None = None  # when set, tokens signed with this key must carry this `iss`
+
+    def valid_at(self, unix_s: float) -> bool:
+        return self.not_before <= unix_s < self.not_after
+
+    @property
+    def kid_text(self) -> str:
+        return kid_text(self.kid)
+
+
+@dataclass(frozen=True)
+class KeySet:
+    issued_at: int  # when the issuer produced this set (unix seconds UTC)
+    keys: Mapping[bytes, IssuerKey] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, issued_at: int, keys: Iterable[IssuerKey]) -> KeySet:
+        by_kid: dict[bytes, IssuerKey] = {}
+        for key in keys:
+            if key.kid in by_kid:
+                raise KeySetError("key set", kid_text(key.kid), "duplicate kid")
+            by_kid[key.kid] = key
+        return cls(issued_at, by_kid)
+
+    def get(self, kid: bytes) -> IssuerKey | None:
+        return self.keys.get(kid)
+
+    def supersedes(self, other: KeySet) -> bool:
+        """A set replaces the current one only when it is strictly newer."""
+        return self.issued_at > other.issued_at
+
+
+def keyset_stale(keyset: KeySet, now: float, max_age_s: float) -> bool:
+    """True when the key set is older than `max_age_s`: the lane should raise an alarm."""
+    return now - keyset.issued_at > max_age_s
+
+
+def kid_text(kid: bytes) -> str:
+    """A kid for people: its text when it is printable UTF-8, else `hex:...`."""
+    try:
+        text = kid.decode("utf-8")
+    except UnicodeDecodeError:
+        return "hex:" + kid.hex()
+    return text if text.isprintable() and text else "hex:" + kid.hex()
+
+
+def parse_keyset(body: Mapping[str, Any], source: str) -> KeySet:
+    read = Reader(source, KeySetError)
+    version = read.integer(body, "v", "v", minimum=1)
+    if version > KEYSET_VERSION:
+        raise read.fail("v", f"key set format {version} is newer than this lane ({KEYSET_VERSION})")
+    issued_at = read.time(body, "issued_at", "issued_at")
+    entries = read.items(body, "keys", "keys")
+    keys: dict[bytes, IssuerKey] = {}
+    for i, entry in enumerate(entries):
+        key = _parse_key(read, entry, f"keys[{i}]")
+        if key.kid in keys:
+            raise read.fail(f"keys[{i}].kid", f"duplicate kid {key.kid_text!r}")
+        keys[key.kid] = key
+    return KeySet(issued_at, keys)
+
+
+def _parse_key(read: Reader, entry: Any, path: str) -> IssuerKey:
+    if not isinstance(entry, Mapping):
+        raise read.fail(path, f"must be a table, got {type_name(entry)}")
+    kid = _parse_kid(read, entry, path)
+    alg_name = read.text(entry, "alg", f"{path}.alg")
+    try:
+        alg = Alg(alg_name)
+    except ValueError:
+        choices = ", ".join(a.value for a in Alg)
+        raise read.fail(f"{path}.alg", f"unknown algorithm {alg_name!r} (use {choices})") from None
+    public_key = _parse_public_key(read, entry.get("public_key"), f"{path}.public_key")
+    actual = alg_of_public(public_key)
+    if actual is not alg:
+        got = actual.value if actual else type(public_key).__name__
+        raise read.fail(f"{path}.public_key", f"is a {got} key but alg says {alg.value}")
+    not_before = read.time(entry, "not_before", f"{path}.not_before")
+    not_after = read.time(entry, "not_after", f"{path}.not_after")
+    if not_after <= not_before:
+        raise read.fail(f"{path}.not_after", "must be later than not_before")
+    issuer = None
+    if entry.get("issuer") is not None:
+        issuer = read.text(entry, "issuer", f"{path}.issuer")
+    return IssuerKey(kid, alg, public_key, not_before, not_after, issuer)
+
+
+def _parse_kid(read: Reader, entry: Mapping[str, Any], path: str) -> bytes:
+    if "kid_hex" in entry:
+        value = entry["kid_hex"]
+        try:
+            kid = bytes.fromhex(value) if isinstance(value, str) else b""
+        except ValueError:
+            kid = b""
+        if not kid:
+            raise read.fail(f"{path}.kid_hex", "must be a non-empty hex string")
+        return kid
+    value = entry.get("kid")
+    if isinstance(value, bytes) and value:
+        return value
+    if isinstance(value, str) and value:
+        return value.encode("utf-8")
+    raise read.fail(f"{path}.kid", f"must be non-empty text or bytes, got {type_name(value)}")
+
+
+def _parse_public_key(read: Reader, value: Any, path: str) -> PublicKey:
+    """SubjectPublicKeyInfo: DER bytes, base64 of the DER, or PEM text."""
+    try:
+        if isinstance(value, bytes):
+            loaded = serialization.load_der_public_key(value)
+        elif isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+            loaded = serialization.load_pem_public_key(value.encode("ascii"))
+        elif isinstance(value, str):
+            der = base64.b64decode(value, validate=True)
+            loaded = serialization.load_der_public_key(der)
+        else:
+            raise read.fail(path, f"must be base64 SubjectPublicKeyInfo, got {type_name(value)}")
+    except (ValueError, binascii.Error, UnicodeEncodeError) as exc:
+        raise read.fail(path, f"is not a public key: {exc}") from None
+    if alg_of_public(loaded) is None:
+        raise read.fail(path, f"unsupported key type {type(loaded).__name__} (ed25519 or P-256)")
+    return loaded  # type: ignore[return-value]
+
+
+def load_keyset(path: str | Path) -> KeySet:
+    source = str(path)
+    try:
+        body = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise KeySetError(source, "", f"cannot read: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise KeySetError(source, "", f"not JSON: {exc}") from None
+    if not isinstance(body, Mapping):
+        raise KeySetError(source, "", f"must hold a JSON object, got {type_name(body)}")
+    return parse_keyset(body, source)
+
+
+def decode_keyset(payload: bytes, source: str = "mqtt keys") -> KeySet:
+    try:
+        body = unpack(payload, max_version=KEYSET_VERSION)
+    except PayloadError as exc:
+        raise KeySetError(source, "", str(exc)) from None
+    return parse_keyset(body, source)
+
+
+def _key_fields(key: IssuerKey, json_form: bool) -> dict[str, Any]:
+    der = key.public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    out: dict[str, Any] = {}
+    if json_form:
+        text = kid_text(key.kid)
+        out.update({"kid_hex": key.kid.hex()} if text.startswith("hex:") else {"kid": text})
+    else:
+        out["kid"] = key.kid
+    out["alg"] = key.alg.value
+    if key.issuer is not None:
+        out["issuer"] = key.issuer
+    out["public_key"] = base64.b64encode(der).decode("ascii") if json_form else der
+    out["not_before"] = rfc3339(key.not_before) if json_form else key.not_before
+    out["not_after"] = rfc3339(key.not_after) if json_form else key.not_after
+    return out
+
+
+def encode_keyset(keyset: KeySet) -> bytes:
+    """The msgpack payload for `lane/{plaza}/keys` (publish it retained)."""
+    keys = [_key_fields(k, json_form=False) for k in keyset.keys.values()]
+    return pack({"issued_at": keyset.issued_at, "keys": keys}, v=KEYSET_VERSION)
+
+
+def keyset_to_json(keyset: KeySet) -> str:
+    body = {
+        "v": KEYSET_VERSION,
+        "issued_at": rfc3339(keyset.issued_at),
+        "keys": [_key_fields(k, json_form=True) for k in keyset.keys.values()],
+    }
+    return json.dumps(body, indent=2) + "\n"

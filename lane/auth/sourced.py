@@ -1,0 +1,109 @@
+"""Typed readers for loaded mappings (TOML, JSON, msgpack) whose errors say where and what.
+
+Every error names the source (a file path or "mqtt lane/p07/keys"), the key path inside it
+(`keys[2].not_after`) and what is wrong, so an operator can fix a file without reading code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+
+class SourcedError(ValueError):
+    """A problem in a file or payload: `source: key: problem`."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {problem}")
+
+
+def type_name(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bytes | bytearray):
+        return "bytes"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
+
+
+class Reader:
+    """Reads typed values out of nested mappings, raising `error(source, key, problem)`."""
+
+    def __init__(self, source: str, error: type[SourcedError]) -> None:
+        self.source = source
+        self.error = error
+
+    def fail(self, key: str, problem: str) -> SourcedError:
+        return self.error(self.source, key, problem)
+
+    def has(self, body: Mapping[str, Any], name: str) -> bool:
+        return body.get(name) is not None
+
+    def table(self, body: Mapping[str, Any], name: str, path: str) -> Mapping[Any, Any]:
+        value = self._get(body, name, path)
+        if not isinstance(value, Mapping):
+            raise self.fail(path, f"must be a table, got {type_name(value)}")
+        return value
+
+    def items(self, body: Mapping[str, Any], name: str, path: str) -> list[Any]:
+        value = self._get(body, name, path)
+        if not isinstance(value, list | tuple):
+            raise self.fail(path, f"must be a list, got {type_name(value)}")
+        return list(value)
+
+    def text(self, body: Mapping[str, Any], name: str, path: str) -> str:
+        value = self._get(body, name, path)
+        if not isinstance(value, str) or not value:
+            raise self.fail(path, f"must be a non-empty string, got {type_name(value)}")
+        return value
+
+    def integer(self, body: Mapping[str, Any], name: str, path: str, minimum: int = 0) -> int:
+        value = self._get(body, name, path)
+        return self.check_integer(value, path, minimum)
+
+    def check_integer(self, value: object, path: str, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"must be an integer, got {type_name(value)} {value!r}")
+        if value < minimum:
+            raise self.fail(path, f"must be >= {minimum}, got {value}")
+        return value
+
+    def time(self, body: Mapping[str, Any], name: str, path: str) -> int:
+        """A UTC instant: integer unix seconds or an RFC 3339 string with an explicit offset."""
+        value = self._get(body, name, path)
+        if isinstance(value, str):
+            try:
+                when = datetime.fromisoformat(value)
+            except ValueError:
+                raise self.fail(path, f"{value!r} is not an RFC 3339 time") from None
+            if when.tzinfo is None:
+                raise self.fail(path, f"{value!r} has no UTC offset (add 'Z')")
+            return math.floor(when.timestamp())
+        return self.check_integer(value, path)
+
+    def _get(self, body: Mapping[str, Any], name: str, path: str) -> Any:
+        if name not in body:
+            raise self.fail(path, "is missing")
+        return body[name]
+
+
+def rfc3339(unix_s: int) -> str:
+    """Integer unix seconds as an RFC 3339 UTC string, the way our files write times."""
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

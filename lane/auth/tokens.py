@@ -1,0 +1,241 @@
+"""Offline payment tokens: verify (and, for tools and the simulator, issue) without a network.
+
+QR text = "LT1:" + Base45(COSE_Sign1 bytes); the COSE payload is a CWT claims map.
+Pure: no clock (the caller passes `now`), no I/O. `verify_token` never raises: any input,
+however broken, becomes a `TokenRefused` with a reason from `Reason`.
+
+No zlib layer, unlike the EU DCC: a token is ~150 bytes of mostly signature and nonce, which
+do not compress (zlib makes it larger), and skipping it removes a decompression step an
+attacker could feed. Replay is not decided here: the replay store owns that, keyed by
+`TokenAccepted.token_id` until `exp`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from lane.auth.base45 import Base45Error, b45decode, b45encode
+from lane.auth.cose import (
+    HEADER_ALG,
+    HEADER_KID,
+    Alg,
+    CoseError,
+    PrivateKey,
+    Sign1,
+    decode_sign1,
+    encode_sign1,
+    loads_strict,
+    verify,
+)
+from lane.auth.deny import DenyList
+from lane.auth.keys import KeySet, kid_text
+
+PREFIX = "LT1:"
+MAX_TEXT_LEN = 2048  # ours are ~220 characters; refuse big inputs before decoding
+MAX_TEXT_CLAIM = 256
+MAX_CTI_LEN = 64
+MAX_TIME = 1 << 40  # NumericDate bound: keeps times inside SQLite's and msgpack's integers
+
+CLAIM_ISS, CLAIM_SUB, CLAIM_EXP, CLAIM_NBF, CLAIM_IAT, CLAIM_CTI = 1, 2, 4, 5, 6, 7
+
+
+class Reason(enum.StrEnum):
+    MALFORMED = "malformed"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    DENIED_ACCOUNT = "denied_account"
+    KEY_NOT_VALID_AT_IAT = "key_not_valid_at_iat"
+    WRONG_ALGORITHM = "wrong_algorithm"
+
+
+@dataclass(frozen=True)
+class TokenAccepted:
+    token_id: str  # hex of cti; without cti, SHA-256 hex of the signed bytes
+    issuer: str
+    account_ref: str
+    iat: int
+    exp: int
+    kid: bytes
+
+
+@dataclass(frozen=True)
+class TokenRefused:
+    reason: Reason
+    detail: str
+
+
+TokenVerdict = TokenAccepted | TokenRefused
+
+
+@dataclass(frozen=True)
+class Claims:
+    issuer: str
+    account_ref: str
+    iat: int
+    exp: int
+    nbf: int | None
+    cti: bytes | None
+
+
+class _RefusedError(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.verdict = TokenRefused(reason, detail)
+
+
+def verify_token(
+    text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float
+) -> TokenVerdict:
+    """Decide whether an offline token is acceptable at `now` (unix seconds UTC).
+
+    `skew_s` is the clock difference tolerated between the issuer's phone and the lane, on
+    both ends of the validity window.
+    """
+    try:
+        return _verify(text, keys, deny, now, skew_s)
+    except _RefusedError as refusal:
+        return refusal.verdict
+    except Exception as exc:  # belt and braces: the fuzz tests assert this never happens
+        return TokenRefused(Reason.MALFORMED, f"internal error {exc.__class__.__name__}: {exc}")
+
+
+def _verify(text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float) -> TokenVerdict:
+    if not (math.isfinite(now) and math.isfinite(skew_s) and skew_s >= 0):
+        # A caller bug, but this function never raises: fail closed.
+        raise _RefusedError(Reason.MALFORMED, f"verifier called with now={now} skew_s={skew_s}")
+    sign1 = _decode_text(text)
+    alg_id = sign1.header.get(HEADER_ALG)
+    kid = sign1.header.get(HEADER_KID)
+    if isinstance(alg_id, bool) or not isinstance(alg_id, int):
+        raise _RefusedError(Reason.MALFORMED, "protected header has no integer alg (1)")
+    if not isinstance(kid, bytes) or not kid:
+        raise _RefusedError(Reason.MALFORMED, "protected header has no byte-string kid (4)")
+    alg = Alg.from_cose(alg_id)
+    if alg is None:
+        raise _RefusedError(Reason.WRONG_ALGORITHM, f"alg {alg_id} is not EdDSA (-8) or ES256 (-7)")
+    key = keys.get(kid)
+    if key is None:
+        raise _RefusedError(Reason.UNKNOWN_KEY, f"no key with kid {kid_text(kid)!r}")
+    if key.alg is not alg:
+        raise _RefusedError(
+            Reason.WRONG_ALGORITHM,
+            f"token says {alg.value} but key {key.kid_text!r} is {key.alg.value}",
+        )
+    signed = sign1.to_be_signed()
+    if not verify(key.public_key, sign1.signature, signed):
+        detail = f"signature does not verify with {key.kid_text!r}"
+        raise _RefusedError(Reason.BAD_SIGNATURE, detail)
+
+    claims = _parse_claims(sign1.payload)
+    if key.issuer is not None and claims.issuer != key.issuer:
+        raise _RefusedError(
+            Reason.UNKNOWN_KEY,
+            f"key {key.kid_text!r} belongs to {key.issuer!r}, token claims {claims.issuer!r}",
+        )
+    if not key.valid_at(claims.iat):
+        raise _RefusedError(
+            Reason.KEY_NOT_VALID_AT_IAT,
+            f"key {key.kid_text!r} is valid [{key.not_before}, {key.not_after}), iat {claims.iat}",
+        )
+    if claims.iat > now + skew_s:
+        raise _RefusedError(Reason.NOT_YET_VALID, f"issued at {claims.iat}, now {now:.0f}")
+    if claims.nbf is not None and claims.nbf > now + skew_s:
+        raise _RefusedError(Reason.NOT_YET_VALID, f"not before {claims.nbf}, now {now:.0f}")
+    if now >= claims.exp + skew_s:
+        raise _RefusedError(Reason.EXPIRED, f"expired at {claims.exp}, now {now:.0f}")
+    if deny.denies(claims.account_ref):
+        raise _RefusedError(
+            Reason.DENIED_ACCOUNT,
+            f"account {claims.account_ref!r} is on deny list generation {deny.generation}",
+        )
+    token_id = claims.cti.hex() if claims.cti else hashlib.sha256(signed).hexdigest()
+    return TokenAccepted(token_id, claims.issuer, claims.account_ref, claims.iat, claims.exp, kid)
+
+
+def _decode_text(text: str) -> Sign1:
+    """QR text to a COSE_Sign1, or `_RefusedError(MALFORMED)`; checks structure, not signature."""
+    if not isinstance(text, str):
+        raise _RefusedError(Reason.MALFORMED, f"expected text, got {type(text).__name__}")
+    # Scanners may hand over a line ending; neither CR nor LF is in the Base45 alphabet.
+    text = text.rstrip("\r\n")
+    if len(text) > MAX_TEXT_LEN:
+        raise _RefusedError(Reason.MALFORMED, f"{len(text)} characters, limit {MAX_TEXT_LEN}")
+    if not text.startswith(PREFIX):
+        raise _RefusedError(Reason.MALFORMED, f"does not start with {PREFIX!r}")
+    try:
+        raw = b45decode(text[len(PREFIX) :])
+        return decode_sign1(raw)
+    except (Base45Error, CoseError) as exc:
+        raise _RefusedError(Reason.MALFORMED, str(exc)) from None
+
+
+def _parse_claims(payload: bytes) -> Claims:
+    try:
+        body = loads_strict(payload)
+    except CoseError as exc:
+        raise _RefusedError(Reason.MALFORMED, f"claims: {exc}") from None
+    if not isinstance(body, Mapping):
+        raise _RefusedError(Reason.MALFORMED, "claims must be a CBOR map")
+    issuer = _text_claim(body, CLAIM_ISS, "iss")
+    account = _text_claim(body, CLAIM_SUB, "sub")
+    exp = _time_claim(body, CLAIM_EXP, "exp")
+    iat = _time_claim(body, CLAIM_IAT, "iat")
+    nbf = _time_claim(body, CLAIM_NBF, "nbf") if CLAIM_NBF in body else None
+    if iat is None or exp is None:
+        raise _RefusedError(Reason.MALFORMED, "claims iat (6) and exp (4) are required")
+    if exp < iat:
+        raise _RefusedError(Reason.MALFORMED, f"exp {exp} is before iat {iat}")
+    cti = body.get(CLAIM_CTI)
+    if cti is not None and (not isinstance(cti, bytes) or not 0 < len(cti) <= MAX_CTI_LEN):
+        raise _RefusedError(Reason.MALFORMED, f"cti (7) must be 1..{MAX_CTI_LEN} bytes")
+    return Claims(issuer, account, iat, exp, nbf, cti)
+
+
+def _text_claim(body: Mapping[Any, Any], label: int, name: str) -> str:
+    value = body.get(label)
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT_CLAIM:
+        detail = f"{name} ({label}) must be 1..{MAX_TEXT_CLAIM} characters"
+        raise _RefusedError(Reason.MALFORMED, detail)
+    return value
+
+
+def _time_claim(body: Mapping[Any, Any], label: int, name: str) -> int | None:
+    value = body.get(label)
+    if value is None:
+        return None
+    # RFC 8392 also allows floats; our profile takes integer seconds only.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_TIME:
+        raise _RefusedError(Reason.MALFORMED, f"{name} ({label}) must be integer unix seconds")
+    return value
+
+
+def issue_token(  # noqa: PLR0917 - the signature tools and the simulator share
+    private_key: PrivateKey,
+    kid: bytes | str,
+    issuer: str,
+    account_ref: str,
+    iat: int,
+    exp: int,
+    nonce: bytes | None,
+) -> str:
+    """Sign a token (tests, the simulator, `lane token issue`); raises ValueError on bad input."""
+    kid_bytes = kid.encode("utf-8") if isinstance(kid, str) else kid
+    if not kid_bytes or not issuer or not account_ref:
+        raise ValueError("kid, issuer and account_ref must be non-empty")
+    if exp < iat:
+        raise ValueError("exp must not be before iat")
+    claims: dict[int, Any] = {CLAIM_ISS: issuer, CLAIM_SUB: account_ref, CLAIM_EXP: exp}
+    claims[CLAIM_IAT] = iat
+    if nonce is not None:
+        claims[CLAIM_CTI] = nonce
+    raw = encode_sign1(private_key, kid_bytes, cbor2.dumps(claims))
+    return PREFIX + b45encode(raw)
