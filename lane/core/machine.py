@@ -83,7 +83,7 @@ def _on_sensor(state: LaneState, event: ev.SensorChanged, now: float) -> Result:
     if event.sensor == "entry_loop":
         return _entry_loop(state, event, now)
     if event.sensor in ("safety_loop", "light_curtain"):
-        return _safety_loop(state, event.occupied, now)
+        return _safety_loop(state, event.sensor, event.occupied, now)
     if event.sensor == "exit_loop" and not event.occupied and state.passage is not None:
         passage = state.passage
         note = Note("vehicle_left", {"vehicle_id": passage.vehicle_id})
@@ -121,7 +121,7 @@ def _arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
     return replace(state, vehicle=vehicle, next_class=None), actions
 
 
-def _safety_loop(state: LaneState, occupied: bool, now: float) -> Result:
+def _safety_loop(state: LaneState, sensor: str, occupied: bool, now: float) -> Result:
     actions: list[Action] = []
     passage = state.passage
     if occupied and not state.safety_occupied and passage is not None:
@@ -131,7 +131,8 @@ def _safety_loop(state: LaneState, occupied: bool, now: float) -> Result:
             state, violation = _violation(state, passage, now)
             actions.extend(violation)
         state = replace(state, passage=passage)
-    return replace(state, safety_occupied=occupied), actions
+    sensors = state.occupied | {sensor} if occupied else state.occupied - {sensor}
+    return replace(state, occupied=sensors), actions
 
 
 def _violation(state: LaneState, passage: Passage, now: float) -> Result:

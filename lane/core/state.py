@@ -128,12 +128,18 @@ class LaneState:
     passage: Passage | None = None
     command: Command | None = None
     barrier: str = "unknown"
-    safety_occupied: bool = False
+    # Each safety sensor (safety_loop, light_curtain) that last reported occupied: the area
+    # under the barrier is clear only when none is, whatever order their reports come in.
+    occupied: frozenset[str] = frozenset()
     faults: frozenset[str] = frozenset()
     closed_reason: str | None = None
     next_class: int | None = None
     taps: tuple[tuple[str, float], ...] = field(default=())
     violations: int = 0
+
+    @property
+    def safety_occupied(self) -> bool:
+        return bool(self.occupied)
 
     @property
     def blocked(self) -> bool:
