@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -45,3 +46,24 @@ def frame_with(
         x, y = at
         frame[y : y + code.shape[0], x : x + code.shape[1]] = code
     return frame
+
+
+def load_gray(path: Path) -> Gray:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    assert image is not None, path
+    return image  # type: ignore[return-value]
+
+
+class FakeClock:
+    """Time that moves only when a test (or an injected sleep) moves it."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds

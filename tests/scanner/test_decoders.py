@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
-from scanner_testkit import corpus_image, frame_with, qr_image
+from scanner_testkit import corpus_image, frame_with, load_gray, qr_image
 
 from scanner.decoders import (
     CascadeDecoder,
@@ -95,7 +94,7 @@ def test_roi_pass_decodes_candidate_region() -> None:
 
 def test_corpus_photo_read_by_every_decoder() -> None:
     path, expected = corpus_image("qrcode-1/1.png")
-    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    gray = load_gray(path)
     for name in ("zxing", "pyzbar", "cascade"):
         assert [d.text for d in read(name, gray)] == [expected], name
 
@@ -106,7 +105,7 @@ def test_corpus_photo_read_by_every_decoder() -> None:
 )
 def test_cascade_reads_what_zxing_alone_misses(image: str, rescued_by: str) -> None:
     path, expected = corpus_image(image)
-    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    gray = load_gray(path)
     assert read("zxing", gray) == []
     found = read("cascade", gray)
     assert [(d.text, d.decoder) for d in found] == [(expected, rescued_by)]
@@ -114,7 +113,7 @@ def test_cascade_reads_what_zxing_alone_misses(image: str, rescued_by: str) -> N
 
 def test_control_characters_come_through_plain() -> None:
     path, expected = corpus_image("qrcode-2/33.png")  # starts with SOH DLE
-    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    gray = load_gray(path)
     assert [d.text for d in ZxingDecoder().decode(gray)] == [expected]
 
 

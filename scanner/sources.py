@@ -1,0 +1,343 @@
+"""Frame sources: a V4L2 camera, an RTSP/HTTP stream, a video file, an image folder, or frames
+pushed by the simulator's synthetic camera.
+
+Every source is a blocking iterator of `Frame | SourceEvent`, meant to run on the scanner's
+capture thread. Live sources reconnect with backoff when the stream dies; every source reports
+a blackout (no usable frame for a while) and the recovery after it. Clock and sleep are
+injected so tests step time by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from scanner.health import BlackoutMonitor, EventKind, SourceEvent, backoff_delay, is_black
+
+log = logging.getLogger("lane.scanner")
+
+Image = npt.NDArray[np.uint8]
+Clock = Callable[[], float]
+Sleep = Callable[[float], object]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    id: int  # 1, 2, 3 ... per source, never reused (not even across reconnects)
+    ts: float  # from the source's clock when the frame was taken
+    image: Image
+
+
+Item = Frame | SourceEvent
+
+
+class FrameSource(Protocol):
+    name: str
+
+    def stream(self) -> Iterator[Item]:
+        """Frames and events until the source ends or close() is called. Blocks; one caller."""
+        ...
+
+    def close(self) -> None:
+        """Ask stream() to end soon; safe from any thread."""
+        ...
+
+
+class CaptureLike(Protocol):
+    """The part of cv2.VideoCapture we use (a fake in tests plays a dying camera)."""
+
+    def isOpened(self) -> bool: ...  # noqa: N802 (OpenCV's name)
+
+    def read(self) -> tuple[bool, Any]: ...
+
+    def release(self) -> None: ...
+
+
+def opencv_capture(target: int | str, timeout_ms: int = 5000) -> CaptureLike:
+    """Open a device (V4L2), a stream (FFmpeg, with timeouts so a dead link fails instead of
+    blocking the capture thread for good) or a file."""
+    if isinstance(target, int):
+        return cv2.VideoCapture(target, cv2.CAP_V4L2)
+    if target.startswith(STREAM_SCHEMES):
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            max(timeout_ms, 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            timeout_ms,
+        ]
+        return cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
+    return cv2.VideoCapture(target)
+
+
+class _SourceBase:
+    def __init__(self, name: str, clock: Clock, sleep: Sleep | None, blackout_after_s: float):
+        self.name = name
+        self._clock = clock
+        self._closed = threading.Event()
+        # Waiting on the close event means close() cuts a backoff or a pacing pause short.
+        self._sleep: Sleep = sleep if sleep is not None else self._closed.wait
+        self._blackout_after_s = blackout_after_s
+        self._monitor = BlackoutMonitor(name, clock(), blackout_after_s)
+        self._next_id = 1
+
+    def close(self) -> None:
+        self._closed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def _event(self, kind: EventKind, detail: str = "") -> SourceEvent:
+        event = SourceEvent(kind, self.name, self._clock(), detail)
+        level = logging.INFO if kind in ("opened", "recovered", "ended") else logging.WARNING
+        log.log(level, "camera %s: %s", kind, detail, extra={"source": self.name, "event": kind})
+        return event
+
+    def _frame(self, image: Image, ts: float | None = None) -> Iterator[Item]:
+        now = self._clock() if ts is None else ts
+        frame = Frame(self._next_id, now, image)
+        self._next_id += 1
+        change = self._monitor.on_frame(now, is_black(image))
+        if change is not None:
+            yield self._event(change.kind, change.detail)
+        yield frame
+
+    def _tick(self) -> Iterator[Item]:
+        change = self._monitor.tick(self._clock())
+        if change is not None:
+            yield self._event(change.kind, change.detail)
+
+
+class CaptureSource(_SourceBase):
+    """OpenCV capture: camera index, stream URL (live: reconnects) or video file (ends/loops)."""
+
+    def __init__(
+        self,
+        target: int | str,
+        *,
+        live: bool,
+        loop: bool = False,
+        fps: float | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep | None = None,
+        open_capture: Callable[[int | str], CaptureLike] | None = None,
+        blackout_after_s: float = 2.0,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 10.0,
+    ) -> None:
+        super().__init__(str(target), clock, sleep, blackout_after_s)
+        self.target = target
+        self.live = live
+        self.loop = loop
+        self.fps = fps
+        # A stalled stream should fail its read about when the blackout is due, not later.
+        timeout_ms = max(500, int(blackout_after_s * 1000))
+        self._open_capture = open_capture or (lambda t: opencv_capture(t, timeout_ms))
+        self._backoff = (backoff_base_s, backoff_cap_s)
+        self.reconnects = 0
+
+    def stream(self) -> Iterator[Item]:
+        failures = 0  # consecutive failed opens, for the backoff
+        opened_before = False
+        while not self.closed:
+            cap = self._open_capture(self.target)
+            if not cap.isOpened():
+                cap.release()
+                if not self.live:
+                    yield self._event("error", f"cannot open {self.target}")
+                    yield self._event("ended")
+                    return
+                yield from self._wait_to_reconnect(failures, "cannot open")
+                failures += 1
+                continue
+            if opened_before:
+                self.reconnects += 1
+            opened_before, failures = True, 0
+            yield self._event("opened", str(self.target))
+            try:
+                yield from self._read_all(cap)
+            finally:
+                cap.release()
+            if self.closed:
+                break
+            if not self.live:
+                if self.loop:
+                    continue
+                yield self._event("ended", "end of file")
+                return
+            yield self._event("lost", "stream stopped delivering frames")
+            yield from self._wait_to_reconnect(0, "stream lost")
+            failures = 1
+        yield self._event("ended", "closed")
+
+    def _read_all(self, cap: CaptureLike) -> Iterator[Item]:
+        while not self.closed:
+            try:
+                ok, image = cap.read()
+            except cv2.error as exc:  # FFmpeg/V4L2 errors surface as exceptions sometimes
+                log.warning("camera read failed: %s", exc, extra={"source": self.name})
+                return
+            if not ok or image is None:
+                return
+            yield from self._frame(image)
+            if self.fps:
+                self._sleep(1.0 / self.fps)
+
+    def _wait_to_reconnect(self, attempt: int, why: str) -> Iterator[Item]:
+        delay = backoff_delay(attempt, base=self._backoff[0], cap=self._backoff[1])
+        yield from self._tick()
+        yield self._event("reconnecting", f"{why}; retry {attempt + 1} in {delay:.1f} s")
+        self._sleep(delay)
+        yield from self._tick()
+
+
+class ImageFolderSource(_SourceBase):
+    """Every image file of a folder in name order, once or in a loop."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        loop: bool = False,
+        fps: float | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep | None = None,
+        blackout_after_s: float = 2.0,
+    ) -> None:
+        super().__init__(str(folder), clock, sleep, blackout_after_s)
+        self.folder = Path(folder)
+        self.loop = loop
+        self.fps = fps
+
+    def stream(self) -> Iterator[Item]:
+        if not self.folder.is_dir():
+            yield self._event("error", f"not a folder: {self.folder}")
+            yield self._event("ended")
+            return
+        files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        yield self._event("opened", f"{len(files)} images")
+        while not self.closed:
+            delivered = 0
+            for path in files:
+                if self.closed:
+                    break
+                image = read_image(path)
+                if image is None:
+                    yield self._event("error", f"unreadable image {path.name}")
+                    continue
+                delivered += 1
+                yield from self._frame(image)
+                if self.fps:
+                    self._sleep(1.0 / self.fps)
+            if not self.loop or delivered == 0:
+                break
+        yield self._event("ended", "closed" if self.closed else "end of folder")
+
+
+class PushSource(_SourceBase):
+    """Frames handed over by the simulator's synthetic camera: `put(image, ts)`.
+
+    A one-frame slot: a frame not yet taken when the next one arrives is replaced (counted in
+    `dropped`), so a slow consumer never builds a backlog of stale frames.
+    """
+
+    def __init__(
+        self,
+        name: str = "push",
+        *,
+        clock: Clock = time.monotonic,
+        blackout_after_s: float = 2.0,
+        poll_s: float = 0.1,
+    ) -> None:
+        super().__init__(name, clock, None, blackout_after_s)
+        self._slot: tuple[Image, float | None] | None = None
+        self._cond = threading.Condition()
+        self._poll_s = poll_s
+        self.dropped = 0
+
+    def put(self, image: Image, ts: float | None = None) -> None:
+        with self._cond:
+            if self._slot is not None:
+                self.dropped += 1
+            self._slot = (image, ts)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            super().close()
+            self._cond.notify_all()
+
+    def stream(self) -> Iterator[Item]:
+        yield self._event("opened", "waiting for pushed frames")
+        while True:
+            with self._cond:
+                if self._slot is None and not self.closed:
+                    self._cond.wait(self._poll_s)
+                taken, self._slot = self._slot, None
+            if self.closed:
+                break
+            if taken is None:
+                yield from self._tick()
+                continue
+            yield from self._frame(taken[0], taken[1])
+        yield self._event("ended", "closed")
+
+
+def read_image(path: Path) -> Image | None:
+    """Decode an image file; None when it is missing or not an image (never raises)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        log.warning("cannot read %s: %s", path, exc, extra={"path": str(path)})
+        return None
+    if data.size == 0:
+        return None
+    image: Image | None = cv2.imdecode(data, cv2.IMREAD_COLOR)  # type: ignore[assignment]
+    return image
+
+
+def open_source(
+    spec: str,
+    *,
+    clock: Clock = time.monotonic,
+    sleep: Sleep | None = None,
+    loop: bool = False,
+    fps: float | None = None,
+    blackout_after_s: float = 2.0,
+) -> FrameSource:
+    """Pick a source by spec: "push", "0" (V4L2 device), "rtsp://..." (or http, rtmp ...),
+    "dir/" (image folder), anything else a video file."""
+    if spec == "push":
+        return PushSource(clock=clock, blackout_after_s=blackout_after_s)
+    if spec.isdigit():
+        return CaptureSource(
+            int(spec), live=True, clock=clock, sleep=sleep, blackout_after_s=blackout_after_s
+        )
+    if spec.startswith(STREAM_SCHEMES):
+        return CaptureSource(
+            spec, live=True, clock=clock, sleep=sleep, blackout_after_s=blackout_after_s
+        )
+    if spec.endswith("/") or Path(spec).is_dir():
+        return ImageFolderSource(
+            spec, loop=loop, fps=fps, clock=clock, sleep=sleep, blackout_after_s=blackout_after_s
+        )
+    return CaptureSource(
+        spec,
+        live=False,
+        loop=loop,
+        fps=fps,
+        clock=clock,
+        sleep=sleep,
+        blackout_after_s=blackout_after_s,
+    )
