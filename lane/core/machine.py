@@ -31,9 +31,12 @@ from lane.core.actions import (
     ShowOnDisplay,
 )
 from lane.core.state import Attempt, Command, LaneMode, LaneState, Passage, Vehicle, phase
-from uplink.records import AuthInfo, RecordDraft
+from uplink.records import METHODS, AuthInfo, RecordDraft
 
 Result = tuple[LaneState, list[Action]]
+
+# The kinds of code the lane sends for authorisation; anything else is refused at the lane.
+PAYABLE_KINDS = frozenset({"token", "payment_code", "emv"})
 
 FAULT_MESSAGES = {
     "barrier_offline": "barrier device offline",
@@ -191,8 +194,11 @@ def _on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
         return state, actions  # one payment at a time; the driver's later codes are ignored
     if event.text in vehicle.refused_texts:
         return state, actions
-    if event.kind == "unknown":
-        return _refuse(state, vehicle, event.text, event.reason or "unreadable code", actions)
+    if event.kind not in PAYABLE_KINDS:
+        reason = event.reason or (
+            "unreadable code" if event.kind == "unknown" else f"unsupported code: {event.kind}"
+        )
+        return _refuse(state, vehicle, event.text, reason, actions)
     if vehicle.amount_minor is None:
         reason = f"no fare for class {vehicle.vehicle_class}"
         return _refuse(state, vehicle, event.text, reason, actions)
@@ -253,6 +259,11 @@ def _on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
             late.insert(0, Abandon(event.auth_id, "late"))
         return state, late
     vehicle = replace(vehicle, attempt=None)
+    if event.method not in METHODS:
+        # The record schema rejects unknown methods: record the kind of code the lane sent,
+        # and keep what the authoriser said as a flag.
+        method = attempt.kind if attempt.kind in METHODS else "none"
+        event = replace(event, method=method, flags=(*event.flags, f"method:{event.method}"))
     if event.approved and state.rules.mode is LaneMode.TRANSIT_ENTRY:
         recent = _recent_taps(state, now)
         if any(acct == event.account_ref for acct, _ in recent):
