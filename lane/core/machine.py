@@ -30,7 +30,16 @@ from lane.core.actions import (
     Settle,
     ShowOnDisplay,
 )
-from lane.core.state import Attempt, Command, LaneMode, LaneState, Passage, Vehicle, phase
+from lane.core.state import (
+    COMMITTED_MEMORY,
+    Attempt,
+    Command,
+    LaneMode,
+    LaneState,
+    Passage,
+    Vehicle,
+    phase,
+)
 from uplink.records import METHODS, AuthInfo, RecordDraft
 
 Result = tuple[LaneState, list[Action]]
@@ -252,6 +261,9 @@ def _after_decline(
 def _on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
     vehicle = state.vehicle
     attempt = vehicle.attempt if vehicle is not None else None
+    if event.auth_id in state.committed:
+        # A redelivered answer for a payment the lane accepted: it is (being) settled.
+        return state, [Note("duplicate_decision", {"auth_id": event.auth_id})]
     if vehicle is None or attempt is None or attempt.auth_id != event.auth_id:
         # The lane already gave up on this authorisation: nothing may stay charged.
         late: list[Action] = [Note("late_decision", {"auth_id": event.auth_id})]
@@ -280,6 +292,7 @@ def _on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
     vehicle = replace(vehicle, approved=event, approved_frame_ts=attempt.frame_ts)
     if state.rules.mode is LaneMode.TRANSIT_ENTRY and event.account_ref is not None:
         state = replace(state, taps=(*_recent_taps(state, now), (event.account_ref, now)))
+    state = _commit(state, event.auth_id)
     return replace(state, vehicle=vehicle), [Persist(event.auth_id, draft)]
 
 
@@ -339,6 +352,9 @@ def _on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
 def _on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> Result:
     fault = event.reason if event.reason in ("queue_full", "disk_error") else "disk_error"
     state, actions = _add_fault(state, fault)
+    if event.persist_id in state.committed:
+        committed = tuple(c for c in state.committed if c != event.persist_id)
+        state = replace(state, committed=committed)
     vehicle = state.vehicle
     if vehicle is not None and vehicle.approved is not None:
         if vehicle.approved.auth_id == event.persist_id:
@@ -429,6 +445,8 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
 
 def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) -> Result:
     actions: list[Action] = []
+    if event.cmd_id in state.committed:
+        return state, [Note("attendant_open_ignored", {"reason": "repeated command"})]
     vehicle = state.vehicle
     if vehicle is not None and (vehicle.record_id is not None or vehicle.approved is not None):
         return state, [Note("attendant_open_ignored", {"reason": "vehicle already paid"})]
@@ -451,7 +469,7 @@ def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) ->
         flags=("manual", f"reason:{event.reason}", f"attendant:{event.attendant}"),
     )
     actions += [Persist(event.cmd_id, draft), Note("attendant_open", {"reason": event.reason})]
-    return replace(state, vehicle=vehicle), actions
+    return replace(_commit(state, event.cmd_id), vehicle=vehicle), actions
 
 
 def _on_close_lane(state: LaneState, event: ev.AttendantCloseLane, now: float) -> Result:
@@ -553,6 +571,10 @@ def _remove_fault(state: LaneState, fault: str) -> Result:
     if fault not in state.faults:
         return state, []
     return replace(state, faults=state.faults - {fault}), [ClearAlarm(fault)]
+
+
+def _commit(state: LaneState, persist_id: str) -> LaneState:
+    return replace(state, committed=(*state.committed, persist_id)[-COMMITTED_MEMORY:])
 
 
 def _pending_auth(vehicle: Vehicle) -> str | None:

@@ -54,6 +54,7 @@ BLOCKING_FAULTS = frozenset(
 )
 # Faults that stop new payments only (the barrier may still serve a vehicle that already paid).
 PAYMENT_FAULTS = frozenset({"queue_full", "disk_error"})
+COMMITTED_MEMORY = 64
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,10 @@ class LaneState:
     next_class: int | None = None
     taps: tuple[tuple[str, float], ...] = field(default=())
     violations: int = 0
+    # Persist ids of the records the lane committed to (approved payments, attendant opens),
+    # newest last, the last COMMITTED_MEMORY of them: a repeated Decided or AttendantOpen for
+    # one of these is a redelivery and must not act a second time.
+    committed: tuple[str, ...] = ()
 
     @property
     def safety_occupied(self) -> bool:
