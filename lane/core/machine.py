@@ -339,29 +339,26 @@ def _recent_taps(state: LaneState, now: float) -> tuple[tuple[str, float], ...]:
 
 def _on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
     vehicle = state.vehicle
-    if vehicle is None:
-        return state, []
-    if vehicle.approved is not None and vehicle.approved.auth_id == event.persist_id:
-        vehicle = replace(vehicle, record_id=event.record_id)
-        return replace(state, vehicle=vehicle), [Settle(event.persist_id)]
-    if vehicle.manual == event.persist_id:
-        return replace(state, vehicle=replace(vehicle, record_id=event.record_id)), []
-    return state, []
+    if vehicle is None or _pending_persist(vehicle) != event.persist_id:
+        return state, []  # a duplicate or stale answer: the record it names is settled already
+    vehicle = replace(vehicle, record_id=event.record_id)
+    actions: list[Action] = [Settle(event.persist_id)] if vehicle.approved is not None else []
+    return replace(state, vehicle=vehicle), actions
 
 
 def _on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> Result:
     fault = event.reason if event.reason in ("queue_full", "disk_error") else "disk_error"
     state, actions = _add_fault(state, fault)
-    if event.persist_id in state.committed:
-        committed = tuple(c for c in state.committed if c != event.persist_id)
-        state = replace(state, committed=committed)
     vehicle = state.vehicle
-    if vehicle is not None and vehicle.approved is not None:
-        if vehicle.approved.auth_id == event.persist_id:
-            actions.insert(0, Abandon(event.persist_id, "record_failed"))
-            vehicle = replace(vehicle, approved=None, tries=state.rules.max_tries)
-            actions.append(ShowOnDisplay(("Payment cancelled", "Lane closed")))
-            state = replace(state, vehicle=vehicle)
+    if vehicle is None or _pending_persist(vehicle) != event.persist_id:
+        return state, actions  # not the record the lane waits for: never undo a durable one
+    committed = tuple(c for c in state.committed if c != event.persist_id)
+    state = replace(state, committed=committed)
+    if vehicle.approved is not None:
+        actions.insert(0, Abandon(event.persist_id, "record_failed"))
+        vehicle = replace(vehicle, approved=None, tries=state.rules.max_tries)
+        actions.append(ShowOnDisplay(("Payment cancelled", "Lane closed")))
+        state = replace(state, vehicle=vehicle)
     return state, actions
 
 
@@ -575,6 +572,15 @@ def _remove_fault(state: LaneState, fault: str) -> Result:
 
 def _commit(state: LaneState, persist_id: str) -> LaneState:
     return replace(state, committed=(*state.committed, persist_id)[-COMMITTED_MEMORY:])
+
+
+def _pending_persist(vehicle: Vehicle) -> str | None:
+    """The persist id of the record this vehicle waits for, if any."""
+    if vehicle.record_id is not None:
+        return None
+    if vehicle.approved is not None:
+        return vehicle.approved.auth_id
+    return vehicle.manual
 
 
 def _pending_auth(vehicle: Vehicle) -> str | None:
