@@ -1,0 +1,87 @@
+"""Render cost of the synthetic lane camera (prints figures; asserts nothing).
+
+    .venv/bin/python bench/camera.py
+
+Per preset: a steady scene (the phone patch cached, what the 30 fps loop pays per frame),
+a new scene every frame (the cache-miss cost paid once per show()), and the first-ever frame
+(background and noise fields drawn). Also how much of one core a 30 fps loop takes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from sim.camera import Conditions, Scene, SyntheticCamera, render_frame
+
+PAY = "283015967744120934"
+TOKEN = "LT1:" + "RRQT9P60GO0PQE4DNF6TF68CK.C7380PQE4DKWECECPQE/TE*PDIPC-UE646746QF6" * 3
+SIZE = (1280, 720)
+
+
+def _percentiles(ms: list[float]) -> str:
+    p50, p95 = np.percentile(ms, [50, 95])
+    return f"p50 {p50:6.2f} ms  p95 {p95:6.2f} ms"
+
+
+def bench_camera(frames: int = 200, new_scenes: int = 30) -> None:
+    g = np.random.default_rng(0)
+    started = time.perf_counter()
+    render_frame(Scene(PAY), g, SIZE)
+    first_ms = (time.perf_counter() - started) * 1e3
+    print(f"first frame (background, noise fields, phone): {first_ms:.0f} ms")
+
+    for preset in ("clear", "realistic", "hard"):
+        conditions = Conditions.preset(preset)
+        steady: list[float] = []
+        scene = conditions.sample(TOKEN, g)
+        render_frame(scene, g, SIZE)  # warm the per-scene cache
+        for _ in range(frames):
+            t0 = time.perf_counter()
+            render_frame(scene, g, SIZE)
+            steady.append((time.perf_counter() - t0) * 1e3)
+        fresh: list[float] = []
+        for i in range(new_scenes):
+            s = conditions.sample(TOKEN if i % 2 else PAY, g)
+            t0 = time.perf_counter()
+            render_frame(s, g, SIZE)
+            fresh.append((time.perf_counter() - t0) * 1e3)
+        print(f"{preset:9s} steady     {_percentiles(steady)}")
+        print(f"{preset:9s} new scene  {_percentiles(fresh)}")
+
+    for label, scene in (("empty", Scene(None)), ("blackout", Scene(PAY, blackout=True))):
+        times: list[float] = []
+        for _ in range(frames):
+            t0 = time.perf_counter()
+            render_frame(scene, g, SIZE)
+            times.append((time.perf_counter() - t0) * 1e3)
+        print(f"{label:9s} steady     {_percentiles(times)}")
+
+    _bench_loop()
+
+
+def _bench_loop(seconds: float = 2.0) -> None:
+    """CPU time of the real 30 fps thread over a couple of seconds, as a share of one core."""
+    count = 0
+
+    def sink(frame: np.ndarray, ts: float) -> None:
+        nonlocal count
+        count += 1
+
+    cam = SyntheticCamera(fps=30, size=SIZE, rng=1)
+    cam.show(TOKEN, "realistic")
+    cam.capture()  # the scene's patch is drawn before we time the loop
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cam.start(sink)
+    time.sleep(seconds)
+    cam.stop()
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    print(
+        f"30 fps loop: {count} frames in {wall:.2f} s, dropped {cam.stats.dropped}, "
+        f"CPU {cpu / wall * 100:.1f}% of one core"
+    )
+
+
+if __name__ == "__main__":
+    bench_camera()

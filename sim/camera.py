@@ -1,0 +1,213 @@
+"""The simulator's lane camera: holds what is in front of it and renders frames at a fixed rate.
+
+The traffic generator changes the scene (`show`, `hide`, `blackout`) from the event loop; a
+render thread turns the current scene into frames and pushes each one to a sink
+(`sink(frame, ts)`, e.g. the scanner's `PushSource.put`). Rendering stays off the event loop,
+and it is cheap (see bench/camera.py), so 30 fps costs a small fraction of a core.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from sim.render import DEFAULT_SIZE, Size, render_frame
+from sim.scene import Conditions, Rng, Scene, as_generator
+
+__all__ = [
+    "CameraStats",
+    "Conditions",
+    "FrameSink",
+    "Scene",
+    "SyntheticCamera",
+    "frame_for",
+    "render_frame",
+]
+
+log = logging.getLogger("lane.sim.camera")
+
+FrameSink = Callable[[np.ndarray, float], None]
+Clock = Callable[[], float]
+
+
+def as_conditions(conditions: Conditions | str) -> Conditions:
+    return conditions if isinstance(conditions, Conditions) else Conditions.preset(conditions)
+
+
+def frame_for(
+    code_text: str | None,
+    conditions: Conditions | str = "realistic",
+    rng: Rng = None,
+    size: Size = DEFAULT_SIZE,
+) -> np.ndarray:
+    """One frame of `code_text` under a scene drawn from `conditions` (a preset name or a
+    `Conditions`). The same seed gives the same bytes."""
+    g = as_generator(rng)
+    scene = as_conditions(conditions).sample(code_text, g)
+    return render_frame(scene, g, size)
+
+
+@dataclass
+class CameraStats:
+    frames: int = 0
+    dropped: int = 0  # frame slots skipped because rendering or the sink fell behind
+    sink_errors: int = 0
+    last_render_ms: float = 0.0
+
+
+class SyntheticCamera:
+    """A lane camera in front of a scene, rendering `fps` frames a second into a sink.
+
+    `rng` seeds both the scenes `show` draws and the per-frame noise (two independent streams,
+    so frames stay reproducible however calls interleave between threads). `clock` stamps the
+    frames (default `time.monotonic`); `sleep` paces the loop (default: an interruptible wait,
+    so `stop` is prompt). The sink is called from the camera thread: it must be thread-safe
+    and quick (hand the frame over, do not decode in it).
+    """
+
+    def __init__(
+        self,
+        fps: float = 30.0,
+        size: Size = DEFAULT_SIZE,
+        rng: Rng = None,
+        clock: Clock = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        if not 0 < fps <= 240:
+            raise ValueError(f"fps {fps} outside 0..240")
+        if size[0] < 160 or size[1] < 120:
+            raise ValueError(f"frame size {size} is too small (min 160x120)")
+        self.fps = fps
+        self.size = size
+        self._clock = clock
+        self._scene_rng, self._frame_rng = as_generator(rng).spawn(2)
+        self._scene = Scene(code_text=None)
+        self._blackout = False
+        self._render_lock = threading.Lock()  # one numpy Generator: one renderer at a time
+        self._latest: tuple[np.ndarray, float] | None = None
+        self._stopping = threading.Event()
+        self._sleep = sleep if sleep is not None else self._interruptible_sleep
+        self._thread: threading.Thread | None = None
+        self.stats = CameraStats()
+        self.error: BaseException | None = None
+
+    # -- what the camera sees (called by the traffic generator, any thread) ----------------
+
+    @property
+    def scene(self) -> Scene:
+        """The scene the next frame renders (blackout included)."""
+        scene = self._scene
+        return replace(scene, blackout=True) if self._blackout else scene
+
+    def show(self, code_text: str, conditions: Conditions | str = "realistic") -> Scene:
+        """A phone with `code_text` appears, posed as drawn from `conditions`. Returns the scene."""
+        scene = as_conditions(conditions).sample(code_text, self._scene_rng)
+        self.show_scene(scene)
+        return scene
+
+    def show_scene(self, scene: Scene) -> None:
+        """Show an exact scene (tests, scripted scenarios, a phone that steadies over time)."""
+        self._scene = scene  # one reference assignment: atomic for the render thread
+        log.debug(
+            "camera scene",
+            extra={
+                "code_shown": scene.code_text is not None,
+                "distance_m": round(scene.distance, 2),
+            },
+        )
+
+    def hide(self) -> None:
+        """The phone goes away: the window is empty."""
+        self.show_scene(self._scene.without_code())
+
+    def blackout(self, on: bool = True) -> None:
+        """Camera fault: frames go (near) black until switched off; the scene is kept."""
+        if on != self._blackout:
+            log.info("camera blackout", extra={"blackout": on})
+        self._blackout = on
+
+    # -- frames -----------------------------------------------------------------------------
+
+    def capture(self) -> tuple[np.ndarray, float]:
+        """Render one frame of the current scene now: (frame, ts). Safe from any thread."""
+        scene = self.scene
+        with self._render_lock:
+            ts = self._clock()
+            started = time.perf_counter()
+            frame = render_frame(scene, self._frame_rng, self.size)
+            self.stats.last_render_ms = (time.perf_counter() - started) * 1e3
+            self._latest = (frame, ts)
+        return frame, ts
+
+    def latest(self) -> tuple[np.ndarray, float] | None:
+        """The last frame rendered and its timestamp (for the dashboard), or None."""
+        return self._latest
+
+    # -- the frame loop ---------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, sink: FrameSink) -> None:
+        """Start rendering into `sink` at `fps` in a daemon thread."""
+        if self.running:
+            raise RuntimeError("camera already running")
+        self._stopping.clear()
+        self.error = None
+        self._thread = threading.Thread(
+            target=self._run, args=(sink,), name="sim-camera", daemon=True
+        )
+        self._thread.start()
+        size = f"{self.size[0]}x{self.size[1]}"
+        log.info("camera started", extra={"fps": self.fps, "size": size})
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the loop and wait for the thread (at most one frame's work). From asyncio, use
+        `await asyncio.to_thread(camera.stop)`."""
+        self._stopping.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.error("camera thread did not stop", extra={"timeout_s": timeout})
+            else:
+                log.info(
+                    "camera stopped",
+                    extra={"frames": self.stats.frames, "dropped": self.stats.dropped},
+                )
+
+    def _interruptible_sleep(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+    def _run(self, sink: FrameSink) -> None:
+        period = 1.0 / self.fps
+        next_due = self._clock()
+        try:
+            while not self._stopping.is_set():
+                frame, ts = self.capture()
+                self.stats.frames += 1
+                try:
+                    sink(frame, ts)
+                except Exception:
+                    # A broken consumer must not kill the camera; every failure is logged.
+                    self.stats.sink_errors += 1
+                    log.exception("camera sink failed", extra={"ts": ts})
+                next_due += period
+                now = self._clock()
+                behind = now - next_due
+                if behind > period:
+                    # Skip the slots we missed instead of rendering a burst to catch up.
+                    missed = int(behind // period)
+                    self.stats.dropped += missed
+                    next_due += missed * period
+                if next_due > now and not self._stopping.is_set():
+                    self._sleep(next_due - now)
+        except Exception as exc:
+            self.error = exc
+            log.exception("camera loop failed", extra={"frames": self.stats.frames})
