@@ -109,8 +109,8 @@ def _entry_loop(state: LaneState, event: ev.SensorChanged, now: float) -> Result
         if vehicle is not None:
             return state, []
         return _arrive(state, event.event_id, implicit=False)
-    if vehicle is None or vehicle.record_id is not None or vehicle.implicit:
-        return state, []
+    if vehicle is None or _committed(vehicle) or vehicle.implicit:
+        return state, []  # a vehicle with a record on the way is leaving towards the barrier
     # The vehicle backed away from the pay point before it was cleared to pass.
     actions: list[Action] = [Note("vehicle_gone", {"vehicle_id": vehicle.vehicle_id})]
     pending = _pending_auth(vehicle)
@@ -199,7 +199,7 @@ def _on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
         state, actions = _arrive(state, event.event_id, implicit=True)
     vehicle = state.vehicle
     assert vehicle is not None
-    if vehicle.attempt is not None or vehicle.approved is not None or vehicle.record_id:
+    if vehicle.attempt is not None or _committed(vehicle):
         return state, actions  # one payment at a time; the driver's later codes are ignored
     if event.text in vehicle.refused_texts:
         return state, actions
@@ -358,8 +358,12 @@ def _on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) ->
         actions.insert(0, Abandon(event.persist_id, "record_failed"))
         vehicle = replace(vehicle, approved=None, tries=state.rules.max_tries)
         actions.append(ShowOnDisplay(("Payment cancelled", "Lane closed")))
-        state = replace(state, vehicle=vehicle)
-    return state, actions
+        return replace(state, vehicle=vehicle), actions
+    # An attendant open without a record does not open: the attendant may try again.
+    actions.append(Note("attendant_open_failed", {"cmd_id": event.persist_id}))
+    if vehicle.vehicle_id == vehicle.manual:
+        return replace(state, vehicle=None), actions  # nobody was at the pay point
+    return replace(state, vehicle=replace(vehicle, manual=None)), actions
 
 
 # --- barrier ---------------------------------------------------------------------------------
@@ -445,8 +449,9 @@ def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) ->
     if event.cmd_id in state.committed:
         return state, [Note("attendant_open_ignored", {"reason": "repeated command"})]
     vehicle = state.vehicle
-    if vehicle is not None and (vehicle.record_id is not None or vehicle.approved is not None):
-        return state, [Note("attendant_open_ignored", {"reason": "vehicle already paid"})]
+    if vehicle is not None and _committed(vehicle):
+        why = "attendant open in progress" if vehicle.manual else "vehicle already paid"
+        return state, [Note("attendant_open_ignored", {"reason": why})]
     if vehicle is not None:
         pending = _pending_auth(vehicle)
         if pending is not None:
@@ -472,7 +477,7 @@ def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) ->
 def _on_close_lane(state: LaneState, event: ev.AttendantCloseLane, now: float) -> Result:
     actions: list[Action] = [ShowOnDisplay(("Lane closed", "Please use another lane"))]
     vehicle = state.vehicle
-    if vehicle is not None and vehicle.record_id is None and vehicle.approved is None:
+    if vehicle is not None and not _committed(vehicle):
         pending = _pending_auth(vehicle)
         if pending is not None:
             actions.append(Abandon(pending, "lane_closed"))
@@ -572,6 +577,11 @@ def _remove_fault(state: LaneState, fault: str) -> Result:
 
 def _commit(state: LaneState, persist_id: str) -> LaneState:
     return replace(state, committed=(*state.committed, persist_id)[-COMMITTED_MEMORY:])
+
+
+def _committed(vehicle: Vehicle) -> bool:
+    """A record for this vehicle is durable or on its way to disk: the lane is committed."""
+    return vehicle.record_id is not None or vehicle.approved is not None or bool(vehicle.manual)
 
 
 def _pending_persist(vehicle: Vehicle) -> str | None:
