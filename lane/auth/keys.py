@@ -114,7 +114,7 @@ def _parse_key(read: Reader, entry: Any, path: str) -> IssuerKey:
     actual = alg_of_public(public_key)
     if actual is not alg:
         got = actual.value if actual else type(public_key).__name__
-        raise read.fail(f"{path}.public_key", f"is a {got} key but alg says {alg.value}")
+        raise read.fail(f"{path}.public_key", f"holds an {got} key but alg says {alg.value}")
     not_before = read.time(entry, "not_before", f"{path}.not_before")
     not_after = read.time(entry, "not_after", f"{path}.not_after")
     if not_after <= not_before:

@@ -1,0 +1,188 @@
+"""Sharing used offline-token ids between the lanes of a plaza (rule 4 across lanes).
+
+Each lane publishes the tokens it accepts to `plaza/{plaza}/used_tokens` (QoS 1) and marks
+the ids other lanes publish in its own replay store, so a screenshot shown at lane A is refused
+at lane B. What is left is the propagation window (milliseconds on a plaza LAN); during a link
+outage a lane still refuses its own replays and catches up on the others' uses when the broker
+delivers the QoS 1 messages held in its persistent session.
+
+A local use never waits for MQTT: it is queued and published by `run()` when the link is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from barrier.mqtt import Incoming, LinkDown, MqttLink
+from barrier.wire import PayloadError, field, pack, unpack
+from lane.auth.replay import ReplayStore, ReplayStoreError
+
+log = logging.getLogger("lane.auth.plaza")
+
+USED_TOKEN_VERSION = 1
+MAX_TOKEN_ID_LEN = 128
+MAX_TIME = 1 << 40
+
+
+def used_tokens_topic(plaza: str) -> str:
+    return f"plaza/{plaza}/used_tokens"
+
+
+def keys_topic(plaza: str) -> str:
+    """Retained: the issuer key set (`lane.auth.keys.encode_keyset`)."""
+    return f"lane/{plaza}/keys"
+
+
+def deny_topic(plaza: str) -> str:
+    """Retained: the deny list (`lane.auth.deny.encode_deny_list`)."""
+    return f"lane/{plaza}/deny"
+
+
+@dataclass(frozen=True)
+class UsedTokenMsg:
+    token_id: str
+    exp: int  # token expiry, unix seconds UTC
+    lane: str  # the lane that accepted it
+    ts: float  # when it was accepted, unix seconds UTC
+
+
+def encode_used_token(msg: UsedTokenMsg) -> bytes:
+    body = {"token_id": msg.token_id, "exp": msg.exp, "lane": msg.lane, "ts": msg.ts}
+    return pack(body, v=USED_TOKEN_VERSION)
+
+
+def decode_used_token(payload: bytes) -> UsedTokenMsg:
+    """Raises PayloadError naming the field when the message is not a used-token message."""
+    body = unpack(payload, max_version=USED_TOKEN_VERSION)
+    token_id = field(body, "token_id", str)
+    exp = field(body, "exp", int)
+    lane = field(body, "lane", str)
+    ts = field(body, "ts", (int, float))
+    if not 0 < len(token_id) <= MAX_TOKEN_ID_LEN:
+        raise PayloadError(f"field 'token_id' must be 1..{MAX_TOKEN_ID_LEN} characters")
+    if not 0 <= exp < MAX_TIME:
+        raise PayloadError("field 'exp' is out of range")
+    if not lane:
+        raise PayloadError("field 'lane' must not be empty")
+    if not math.isfinite(ts):
+        raise PayloadError("field 'ts' must be finite")
+    return UsedTokenMsg(token_id, exp, lane, float(ts))
+
+
+class UsedTokenSharing:
+    """Publishes this lane's token uses and records the other lanes' ones.
+
+    Wire it to an `MqttLink` that subscribes `self.subscription()` and routes messages on
+    `self.topic` to `handle`; run `run()` as a task for the publishing side.
+    """
+
+    def __init__(
+        self,
+        link: MqttLink,
+        store: ReplayStore,
+        plaza: str,
+        lane: str,
+        *,
+        max_pending: int = 10_000,
+        useful_after_exp_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.link = link
+        self.store = store
+        self.plaza = plaza
+        self.lane = lane
+        self.topic = used_tokens_topic(plaza)
+        self.useful_after_exp_s = useful_after_exp_s
+        self.clock = clock
+        self.published = 0
+        self.received = 0
+        self.dropped = 0
+        self._pending: asyncio.Queue[UsedTokenMsg] = asyncio.Queue(max_pending)
+
+    @property
+    def link_up(self) -> bool:
+        return self.link.connected.is_set()
+
+    @property
+    def backlog(self) -> int:
+        return self._pending.qsize()
+
+    def subscription(self) -> tuple[str, int]:
+        return (self.topic, 1)
+
+    async def check_and_mark(self, token_id: str, exp: int, now: float) -> bool:
+        """Record a local use (on disk, off the loop); share it when it is the first use."""
+        first = await asyncio.to_thread(self.store.check_and_mark, token_id, exp, self.lane, now)
+        if first:
+            self.share(UsedTokenMsg(token_id, exp, self.lane, now))
+        return first
+
+    def share(self, msg: UsedTokenMsg) -> None:
+        """Queue a use for publishing; when the queue is full the oldest use is dropped."""
+        if self._pending.full():
+            old = self._pending.get_nowait()
+            self.dropped += 1
+            log.warning(
+                "used-token backlog full, dropped oldest",
+                extra={"lane": self.lane, "token_id": old.token_id},
+            )
+        self._pending.put_nowait(msg)
+
+    async def run(self, retry_s: float = 0.2) -> None:
+        while True:
+            msg = await self._pending.get()
+            while True:
+                remaining = msg.exp + self.useful_after_exp_s - self.clock()
+                if remaining <= 0:
+                    break  # no lane can accept this token any more
+                await self.link.connected.wait()
+                try:
+                    await self.link.publish(
+                        self.topic,
+                        encode_used_token(msg),
+                        qos=1,
+                        expiry_s=max(1, min(3600, math.ceil(remaining))),
+                    )
+                except LinkDown as exc:
+                    log.warning(
+                        "used-token publish failed, will retry",
+                        extra={"lane": self.lane, "token_id": msg.token_id, "error": str(exc)},
+                    )
+                    await asyncio.sleep(retry_s)
+                    continue
+                self.published += 1
+                break
+
+    async def handle(self, incoming: Incoming) -> None:
+        if incoming.topic != self.topic:
+            return
+        try:
+            msg = decode_used_token(incoming.payload)
+        except PayloadError as exc:
+            log.warning(
+                "bad used-token message", extra={"topic": incoming.topic, "error": str(exc)}
+            )
+            return
+        if msg.lane == self.lane:
+            return  # our own publish coming back
+        try:
+            new = await asyncio.to_thread(
+                self.store.mark_remote, msg.token_id, msg.exp, msg.lane, msg.ts
+            )
+        except ReplayStoreError as exc:
+            log.error(
+                "cannot record remote token use",
+                extra={"lane": self.lane, "token_id": msg.token_id, "error": str(exc)},
+            )
+            return
+        self.received += 1
+        if new:
+            log.info(
+                "remote token use",
+                extra={"lane": self.lane, "from_lane": msg.lane, "token_id": msg.token_id},
+            )

@@ -1,0 +1,149 @@
+"""Used-token sharing between two lanes of a plaza, over a real mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from barrier.mqtt import MqttLink
+from barrier.wire import PayloadError, pack
+from lane.auth.deny import DenyList
+from lane.auth.issuer import TokenIssuer
+from lane.auth.keys import KeySet
+from lane.auth.plaza import (
+    UsedTokenMsg,
+    UsedTokenSharing,
+    decode_used_token,
+    encode_used_token,
+    used_tokens_topic,
+)
+from lane.auth.replay import ReplayStore
+from lane.auth.tokens import TokenAccepted, verify_token
+from sim.broker import Mosquitto
+
+NOW = 1_800_000_000
+
+
+def test_message_round_trip() -> None:
+    msg = UsedTokenMsg("ab" * 16, NOW + 60, "p07/l03", NOW + 0.25)
+    assert decode_used_token(encode_used_token(msg)) == msg
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b"\xc1", "not msgpack"),
+        (msgpack.packb({"token_id": "a"}), "schema version"),
+        (pack({"exp": 1, "lane": "l", "ts": 1.0}), "token_id"),
+        (pack({"token_id": "a", "exp": "1", "lane": "l", "ts": 1.0}), "'exp' must be int"),
+        (pack({"token_id": "", "exp": 1, "lane": "l", "ts": 1.0}), "token_id"),
+        (pack({"token_id": "a", "exp": -1, "lane": "l", "ts": 1.0}), "out of range"),
+        (pack({"token_id": "a", "exp": 1, "lane": "", "ts": 1.0}), "lane"),
+        (pack({"token_id": "a", "exp": 1, "lane": "l", "ts": float("inf")}), "finite"),
+        (pack({"token_id": "a", "exp": 1, "lane": "l", "ts": 1.0}, v=2), "schema version 2"),
+    ],
+)
+def test_bad_messages(payload: bytes, problem: str) -> None:
+    with pytest.raises(PayloadError, match=problem):
+        decode_used_token(payload)
+
+
+@asynccontextmanager
+async def lane_sharing(
+    broker: Mosquitto, tmp_path: Path, plaza: str, lane: str, *, start: bool = True
+) -> AsyncIterator[tuple[UsedTokenSharing, list[asyncio.Task[None]]]]:
+    store = ReplayStore(tmp_path / f"{lane.replace('/', '_')}.db")
+    topic = used_tokens_topic(plaza)
+    link = MqttLink(broker.host, broker.port, f"auth-{lane}", [(topic, 1)])
+    sharing = UsedTokenSharing(link, store, plaza, lane)
+    link.handler = sharing.handle
+    tasks: list[asyncio.Task[None]] = []
+    if start:
+        tasks += [asyncio.create_task(link.run()), asyncio.create_task(sharing.run())]
+    try:
+        yield sharing, tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        store.close()
+
+
+async def wait_for_mark(store: ReplayStore, token_id: str) -> None:
+    # The mark lands in SQLite from a worker thread: poll the store itself, briefly.
+    async with asyncio.timeout(5):
+        while store.get(token_id) is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_token_used_at_lane_a_is_refused_at_lane_b(
+    mosquitto: Mosquitto, lane_id: str, tmp_path: Path
+) -> None:
+    plaza = lane_id.split("/", maxsplit=1)[0]
+    issuer = TokenIssuer.generate()
+    keys = KeySet.of(NOW, [issuer.public()])
+    text = issuer.token("acct-7", iat=NOW)
+    verdict = verify_token(text, keys, DenyList.empty(), NOW + 1, 5)
+    assert isinstance(verdict, TokenAccepted)
+
+    async with (
+        lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/l01") as (a, _),
+        lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/l02") as (b, _),
+    ):
+        await a.link.wait_connected(5)
+        await b.link.wait_connected(5)
+        assert a.link_up and b.link_up
+        assert await a.check_and_mark(verdict.token_id, verdict.exp, NOW + 1)
+        await wait_for_mark(b.store, verdict.token_id)
+        # The screenshot shown at lane B a moment later:
+        assert not await b.check_and_mark(verdict.token_id, verdict.exp, NOW + 2)
+        used = b.store.get(verdict.token_id)
+        assert used is not None and used.remote and used.lane == f"{plaza}/l01"
+        assert a.published == 1 and b.received == 1
+        # B's refusal is not a use: nothing goes back to A as new.
+        assert b.backlog == 0
+
+
+async def test_uses_made_while_the_link_is_down_are_shared_later(
+    mosquitto: Mosquitto, lane_id: str, tmp_path: Path
+) -> None:
+    plaza = lane_id.split("/", maxsplit=1)[0]
+    async with (
+        lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/l02") as (b, _),
+        lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/l01", start=False) as (a, tasks),
+    ):
+        await b.link.wait_connected(5)
+        assert not a.link_up
+        # Lane A decides offline: the use is on disk now and queued for the plaza.
+        assert await a.check_and_mark("feed01", NOW + 60, NOW)
+        assert not await a.check_and_mark("feed01", NOW + 60, NOW)
+        assert a.backlog == 1
+        tasks += [asyncio.create_task(a.link.run()), asyncio.create_task(a.run())]
+        await wait_for_mark(b.store, "feed01")
+        assert a.backlog == 0
+
+
+async def test_garbage_on_the_topic_is_ignored(
+    mosquitto: Mosquitto, lane_id: str, tmp_path: Path
+) -> None:
+    plaza = lane_id.split("/", maxsplit=1)[0]
+    async with lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/l02") as (b, _):
+        await b.link.wait_connected(5)
+        sender = MqttLink(mosquitto.host, mosquitto.port, f"junk-{lane_id}")
+        task = asyncio.create_task(sender.run())
+        try:
+            await sender.wait_connected(5)
+            topic = used_tokens_topic(plaza)
+            await sender.publish(topic, b"\x00garbage")
+            good = UsedTokenMsg("cafe", NOW + 60, f"{plaza}/l09", NOW)
+            await sender.publish(topic, encode_used_token(good))
+            await wait_for_mark(b.store, "cafe")
+            assert b.received == 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

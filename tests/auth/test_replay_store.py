@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from lane.auth.replay import MIGRATIONS, ReplayStore, ReplayStoreError, UsedToken
+
+NOW = 1_800_000_000.0
+
+
+def test_first_use_wins_and_second_is_refused(tmp_path: Path) -> None:
+    with ReplayStore(tmp_path / "replay.db") as store:
+        assert store.check_and_mark("aa01", 1_800_000_060, "p1/l01", NOW)
+        assert not store.check_and_mark("aa01", 1_800_000_060, "p1/l02", NOW + 1)
+        assert store.get("aa01") == UsedToken("aa01", 1_800_000_060, "p1/l01", NOW, remote=False)
+        assert store.get("bb02") is None
+
+
+def test_survives_restart(tmp_path: Path) -> None:
+    path = tmp_path / "replay.db"
+    store = ReplayStore(path)
+    assert store.check_and_mark("aa01", 1_800_000_060, "p1/l01", NOW)
+    store.close()
+    with ReplayStore(path) as reopened:
+        assert not reopened.check_and_mark("aa01", 1_800_000_060, "p1/l01", NOW + 5)
+        assert reopened.count() == 1
+
+
+def test_file_is_wal(tmp_path: Path) -> None:
+    path = tmp_path / "replay.db"
+    with ReplayStore(path):
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        conn.close()
+
+
+def race(calls: list[object], threads: int = 2) -> list[list[bool]]:
+    start = threading.Barrier(threads)
+    results: list[list[bool]] = [[] for _ in range(threads)]
+
+    def worker(n: int) -> None:
+        store = calls[n]
+        assert isinstance(store, ReplayStore)
+        start.wait()
+        for i in range(200):
+            results[n].append(store.check_and_mark(f"t{i}", 1_800_000_060, f"l{n}", NOW))
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return results
+
+
+def test_two_threads_one_store_only_one_wins(tmp_path: Path) -> None:
+    with ReplayStore(tmp_path / "replay.db") as store:
+        a, b = race([store, store])
+        assert all(x != y for x, y in zip(a, b, strict=True))
+        assert store.count() == 200
+
+
+def test_two_threads_two_connections_only_one_wins(tmp_path: Path) -> None:
+    # Two stores on one file: the database itself decides, not a Python lock.
+    path = tmp_path / "replay.db"
+    with ReplayStore(path) as one, ReplayStore(path) as two:
+        a, b = race([one, two])
+        assert all(x != y for x, y in zip(a, b, strict=True))
+        assert sum(a) + sum(b) == 200
+
+
+def test_remote_marks(tmp_path: Path) -> None:
+    with ReplayStore(tmp_path / "replay.db") as store:
+        assert store.mark_remote("cc03", 1_800_000_060, "p1/l02", NOW - 1)
+        assert not store.mark_remote("cc03", 1_800_000_060, "p1/l03")
+        assert not store.check_and_mark("cc03", 1_800_000_060, "p1/l01", NOW)
+        used = store.get("cc03")
+        assert used is not None and used.remote and used.lane == "p1/l02"
+        assert store.check_and_mark("dd04", 1_800_000_060, "p1/l01", NOW)
+        assert not store.mark_remote("dd04", 1_800_000_060, "p1/l02")
+        local = store.get("dd04")
+        assert local is not None and not local.remote
+
+
+def test_purge_keeps_entries_until_no_lane_can_accept_them(tmp_path: Path) -> None:
+    with ReplayStore(tmp_path / "replay.db", keep_after_exp_s=60) as store:
+        store.check_and_mark("old", 1000, "l", 900)
+        store.check_and_mark("edge", 1100, "l", 1000)
+        store.check_and_mark("new", 2000, "l", 1000)
+        assert store.purge(now=1100) == 1  # "old" expired 100 s ago, beyond the 60 s margin
+        assert store.get("old") is None
+        assert store.get("edge") is not None
+        assert store.purge(now=1161) == 1
+        assert store.count() == 1
+        # Once purged an id could be used again, but verify_token refuses it as expired.
+        assert store.check_and_mark("old", 1000, "l", 1161)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "replay.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(ReplayStoreError, match="schema version 99 is newer"):
+        ReplayStore(path)
+
+
+def test_migration_hook_upgrades_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "replay.db"
+    with ReplayStore(path) as v1:
+        v1.check_and_mark("aa01", 1_800_000_060, "p1/l01", NOW)
+
+    def add_source(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE used_tokens ADD COLUMN source TEXT")
+
+    with ReplayStore(path, migrations=(*MIGRATIONS, add_source)) as v2:
+        assert v2.schema_version == 2
+        assert not v2.check_and_mark("aa01", 1_800_000_060, "p1/l01", NOW)
+    conn = sqlite3.connect(path)
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(used_tokens)")]
+    assert "source" in columns
+    conn.close()
+
+
+def test_failed_migration_leaves_file_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "replay.db"
+    ReplayStore(path).close()
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE used_tokens ADD COLUMN ok TEXT")
+        conn.execute("THIS IS NOT SQL")
+
+    with pytest.raises(ReplayStoreError):
+        ReplayStore(path, migrations=(*MIGRATIONS, broken))
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert "ok" not in [row[1] for row in conn.execute("PRAGMA table_info(used_tokens)")]
+    conn.close()
+
+
+def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "replay.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ReplayStoreError, match=str(path)):
+        ReplayStore(path)
+
+
+def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ReplayStoreError, match="cannot open"):
+        ReplayStore(tmp_path / "missing-dir" / "replay.db")
