@@ -201,6 +201,13 @@ def _on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
     assert vehicle is not None
     if vehicle.attempt is not None or _committed(vehicle):
         return state, actions  # one payment at a time; the driver's later codes are ignored
+    if vehicle.tries >= state.rules.max_tries:
+        # Tries are bounded: this vehicle now waits for an attendant.
+        return state, [
+            *actions,
+            ShowOnDisplay(("Payment refused", "Please wait for assistance")),
+            Note("scan_ignored", {"vehicle_id": vehicle.vehicle_id, "reason": "max_tries"}),
+        ]
     if event.text in vehicle.refused_texts:
         return state, actions
     if event.kind not in PAYABLE_KINDS:
