@@ -1,0 +1,204 @@
+"""HTTP client for the acquirer API (docs/acquirer.md): pay, query, reverse.
+
+Every call takes its own timeout (the caller's remaining budget) and ends in exactly one of:
+an `AcquirerResult`, `AcquirerTimeout`, `AcquirerUnavailable` (could not connect, connection
+dropped, 5xx) or `AcquirerProtocolError` (an answer we cannot trust: bad JSON, wrong schema,
+an unexpected 4xx). A pay call that ended in anything but a result has an UNKNOWN outcome:
+the caller must hand it to the resolver (design safety rule 5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+log = logging.getLogger("lane.auth.acquirer")
+
+MAX_BODY_BYTES = 64 * 1024
+PAYMENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+class PaymentStatus(StrEnum):
+    SUCCEEDED = "SUCCEEDED"
+    PENDING = "PENDING"
+    DECLINED = "DECLINED"
+    REVERSED = "REVERSED"
+    # Client-side only: the acquirer answered 404 to a query (it never saw this payment).
+    NOT_FOUND = "NOT_FOUND"
+
+
+WIRE_STATUSES = frozenset(s.value for s in PaymentStatus) - {PaymentStatus.NOT_FOUND.value}
+
+
+@dataclass(frozen=True)
+class AcquirerResult:
+    payment_id: str
+    status: PaymentStatus
+    reason: str | None = None
+    acquirer_ref: str | None = None
+
+
+class AcquirerError(Exception):
+    """Base of everything the client raises about the acquirer."""
+
+
+class AcquirerUnavailable(AcquirerError):  # noqa: N818 - the name the design uses
+    """Could not reach the acquirer, the connection dropped, or it answered 5xx."""
+
+    def __init__(self, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class AcquirerTimeout(AcquirerError):  # noqa: N818 - the name the design uses
+    """No answer within the caller's timeout."""
+
+
+class AcquirerProtocolError(AcquirerError):
+    """The acquirer answered something we cannot trust (bad JSON, wrong schema, 4xx)."""
+
+    def __init__(self, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class AcquirerClient:
+    """One acquirer endpoint. Pass a shared `session` or let the client own one (then close it)."""
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None) -> None:
+        self._base = base_url.rstrip("/")
+        self._session = session
+        self._owns_session = session is None
+
+    async def __aenter__(self) -> AcquirerClient:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def pay(  # noqa: PLR0917 - mirrors the wire request, field for field
+        self,
+        payment_id: str,
+        code: str,
+        amount_minor: int,
+        currency: str,
+        lane: str,
+        timeout_s: float,
+    ) -> AcquirerResult:
+        _check_id(payment_id)
+        if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor < 0:
+            raise ValueError("amount_minor must be a non-negative int of minor units")
+        if not CURRENCY.fullmatch(currency):
+            raise ValueError(f"currency must be three capital letters, not {currency!r}")
+        body = {
+            "payment_id": payment_id,
+            "code": code,
+            "amount_minor": amount_minor,
+            "currency": currency,
+            "lane": lane,
+        }
+        return await self._call("POST", "/v1/payments", body, payment_id, timeout_s)
+
+    async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        _check_id(payment_id)
+        path = f"/v1/payments/{quote(payment_id, safe='')}"
+        return await self._call("GET", path, None, payment_id, timeout_s)
+
+    async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        _check_id(payment_id)
+        path = f"/v1/payments/{quote(payment_id, safe='')}/reverse"
+        return await self._call("POST", path, {}, payment_id, timeout_s)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        payment_id: str,
+        timeout_s: float,
+    ) -> AcquirerResult:
+        if timeout_s <= 0:
+            raise AcquirerTimeout(f"{method} {path}: no time left")
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        url = self._base + path
+        try:
+            async with self._session.request(
+                method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp:
+                raw = await resp.content.read(MAX_BODY_BYTES + 1)
+                status = resp.status
+        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError subclasses
+            raise AcquirerTimeout(f"{method} {path}: no answer within {timeout_s:.3f} s") from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise AcquirerUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if status >= 500:
+            raise AcquirerUnavailable(f"{method} {path}: HTTP {status}", http_status=status)
+        if status == 404 and method == "GET":
+            return AcquirerResult(payment_id=payment_id, status=PaymentStatus.NOT_FOUND)
+        if len(raw) > MAX_BODY_BYTES:
+            raise AcquirerProtocolError(f"{method} {path}: answer larger than {MAX_BODY_BYTES} B")
+        doc = _decode(raw, f"{method} {path}", status)
+        if status != 200:
+            error = doc.get("error", "?")
+            raise AcquirerProtocolError(
+                f"{method} {path}: HTTP {status}: {error}: {doc.get('detail', '')}",
+                http_status=status,
+            )
+        return _result(doc, payment_id, f"{method} {path}")
+
+
+def _check_id(payment_id: str) -> None:
+    if not PAYMENT_ID.fullmatch(payment_id):
+        raise ValueError(f"payment_id must match {PAYMENT_ID.pattern}, not {payment_id!r}")
+
+
+def _decode(raw: bytes, what: str, status: int) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AcquirerProtocolError(
+            f"{what}: HTTP {status} with a body that is not JSON ({exc}): {raw[:80]!r}", status
+        ) from exc
+    if not isinstance(doc, dict):
+        raise AcquirerProtocolError(f"{what}: JSON answer is not an object", status)
+    return doc
+
+
+def _result(doc: dict[str, Any], payment_id: str, what: str) -> AcquirerResult:
+    status = doc.get("status")
+    if status not in WIRE_STATUSES:
+        raise AcquirerProtocolError(f"{what}: unknown status {status!r}", 200)
+    if doc.get("payment_id") != payment_id:
+        raise AcquirerProtocolError(
+            f"{what}: answer is for payment {doc.get('payment_id')!r}, not {payment_id!r}", 200
+        )
+    for name in ("reason", "acquirer_ref"):
+        if doc.get(name) is not None and not isinstance(doc[name], str):
+            raise AcquirerProtocolError(f"{what}: {name} must be a string", 200)
+    if "amount_minor" in doc and (
+        isinstance(doc["amount_minor"], bool) or not isinstance(doc["amount_minor"], int)
+    ):
+        raise AcquirerProtocolError(f"{what}: amount_minor must be an integer", 200)
+    return AcquirerResult(
+        payment_id=payment_id,
+        status=PaymentStatus(status),
+        reason=doc.get("reason"),
+        acquirer_ref=doc.get("acquirer_ref"),
+    )

@@ -1,0 +1,344 @@
+"""The simulated acquirer: the design's payment API over HTTP, with injectable faults.
+
+API (docs/acquirer.md): POST /v1/payments, GET /v1/payments/{id}, POST /v1/payments/{id}/reverse.
+Admin (also served on a second port that outages never touch, so the dashboard can end them):
+GET/POST /admin/faults, GET /admin/payments.
+
+Run standalone: `python -m sim.acquirer --port 8099 --latency-ms 300`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from scanner.payload import UnknownPayload, classify
+from sim.acquirer_faults import Faults, FaultsError, OutageMode
+from sim.acquirer_ledger import Ledger, Outcome, SimPayment
+
+log = logging.getLogger("sim.acquirer")
+
+PAYMENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+CURRENCY = re.compile(r"[A-Z]{3}")
+MAX_AMOUNT_MINOR = 10**12
+MAX_CODE_CHARS = 512
+
+
+class BadRequestError(Exception):
+    """A request the acquirer refuses with HTTP 400."""
+
+
+class AcquirerServer:
+    """Serve the acquirer API on `host:port` (0: a free port) and the admin API on `admin_port`."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: Faults | None = None,
+        seed: int = 0,
+        *,
+        admin_port: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._admin_port = admin_port
+        self._faults = faults or Faults()
+        self._rng = random.Random(seed)
+        self._clock = clock
+        self._applied_at = clock()
+        self.ledger = Ledger(clock)
+        self._runner: web.AppRunner | None = None
+        self._api_site: web.TCPSite | None = None
+        self._admin_site: web.TCPSite | None = None
+        self._faults_changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/payments", self._pay)
+        app.router.add_get("/v1/payments/{payment_id}", self._get)
+        app.router.add_post("/v1/payments/{payment_id}/reverse", self._reverse)
+        app.router.add_get("/admin/faults", self._admin_faults_get)
+        app.router.add_post("/admin/faults", self._admin_faults_post)
+        app.router.add_get("/admin/payments", self._admin_payments)
+        # handler_cancellation: a handler learns that its client gave up (success-after-timeout
+        # and hang rely on it); payment processing itself runs in shielded tasks.
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        self._api_site = web.TCPSite(self._runner, self._host, self._port)
+        await self._api_site.start()
+        self._port = _bound_port(self._api_site)  # fixed from now on: outages reopen it
+        self._admin_site = web.TCPSite(self._runner, self._host, self._admin_port)
+        await self._admin_site.start()
+        self._admin_port = _bound_port(self._admin_site)
+        self._applied_at = self._clock()
+        await self._sync_listener()
+        self._supervisor = asyncio.create_task(self._supervise(), name="acquirer-outages")
+        log.info("acquirer listening", extra={"url": self.url, "admin_url": self.admin_url})
+        return self.url
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self.ledger.cancel_processing()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self._host}:{self._admin_port}"
+
+    # -- faults ----------------------------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    def set_faults(self, faults: Faults) -> None:
+        """Replace the faults; outage windows count from now."""
+        self._faults = faults
+        self._applied_at = self._clock()
+        self._faults_changed.set()
+        log.info("acquirer faults changed", extra={"faults": faults.to_map()})
+
+    def update_faults(self, **changes: Any) -> Faults:
+        self.set_faults(replace(self._faults, **changes))
+        return self._faults
+
+    def _outage(self) -> OutageMode | None:
+        return self._faults.outage_mode(self._clock() - self._applied_at)
+
+    async def _supervise(self) -> None:
+        """Open and close the API listener at outage window boundaries."""
+        while True:
+            self._faults_changed.clear()
+            await self._sync_listener()
+            nxt = self._faults.next_boundary(self._clock() - self._applied_at)
+            timeout = None if nxt is None else max(0.0, nxt - (self._clock() - self._applied_at))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._faults_changed.wait(), timeout)
+
+    async def _sync_listener(self) -> None:
+        refuse = self._outage() == "refuse"
+        if refuse and self._api_site is not None:
+            await self._api_site.stop()
+            self._api_site = None
+            log.info("acquirer outage: refusing connections", extra={"port": self._port})
+        elif not refuse and self._api_site is None and self._runner is not None:
+            self._api_site = web.TCPSite(self._runner, self._host, self._port)
+            await self._api_site.start()
+            log.info("acquirer outage over: listening", extra={"port": self._port})
+
+    async def _gate(self, request: web.Request) -> web.Response | None:
+        """Outage, injected 5xx and latency common to every API call; None means go on."""
+        mode = self._outage()
+        if mode == "refuse":  # a live keep-alive connection: drop it, as a crash would
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=503)
+        if mode == "503":
+            return _error(503, "unavailable", "acquirer outage")
+        if self._faults.error_rate and self._rng.random() < self._faults.error_rate:
+            return _error(500, "internal", "injected server error")
+        return None
+
+    # -- API handlers ----------------------------------------------------------------------
+
+    async def _pay(self, request: web.Request) -> web.Response:
+        try:
+            body = _payment_body(await request.read())
+        except BadRequestError as exc:
+            return _error(400, "bad_request", str(exc))
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        faults = self._faults
+        if faults.hang_rate and self._rng.random() < faults.hang_rate:
+            await self._stopping.wait()  # until the client gives up (cancels us) or we stop
+            return _error(503, "unavailable", "stopping")
+        existing = self.ledger.get(body["payment_id"])
+        if existing is not None and not existing.same_request(body):
+            return _error(409, "conflict", "payment_id already used with another request")
+        if existing is None:
+            existing = self.ledger.create(body, self._roll(faults), faults.latency_s(self._rng))
+        assert existing.processed is not None
+        try:
+            await asyncio.shield(existing.processed)
+        except asyncio.CancelledError:
+            existing.client_gone.set()  # the client gave up: a late success may now happen
+            raise
+        return web.json_response(self.ledger.view(existing))
+
+    async def _get(self, request: web.Request) -> web.Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        await asyncio.sleep(self._faults.latency_s(self._rng))
+        payment = self.ledger.get(request.match_info["payment_id"])
+        if payment is None:
+            return _error(404, "not_found", "no such payment")
+        return web.json_response(self.ledger.view(payment))
+
+    async def _reverse(self, request: web.Request) -> web.Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        await asyncio.sleep(self._faults.latency_s(self._rng))
+        payment_id = request.match_info["payment_id"]
+        if not PAYMENT_ID.fullmatch(payment_id):
+            return _error(400, "bad_request", "bad payment_id")
+        return web.json_response(self.ledger.view(self.ledger.reverse(payment_id)))
+
+    def _roll(self, faults: Faults) -> Outcome:
+        """Draw the fate of a new payment, in a fixed order so a seed replays a run."""
+        if faults.decline_rate and self._rng.random() < faults.decline_rate:
+            return Outcome("DECLINED", faults.decline_reason)
+        if faults.pending_rate and self._rng.random() < faults.pending_rate:
+            return Outcome("PENDING", pending_s=faults.pending_ms / 1000.0)
+        if faults.late_success_rate and self._rng.random() < faults.late_success_rate:
+            return Outcome(
+                "LATE",
+                late_s=faults.late_success_ms / 1000.0,
+                late_max_wait_s=faults.late_max_wait_ms / 1000.0,
+            )
+        return Outcome("SUCCEEDED")
+
+    # -- admin -----------------------------------------------------------------------------
+
+    async def _admin_faults_get(self, request: web.Request) -> web.Response:
+        return web.json_response(self._faults.to_map())
+
+    async def _admin_faults_post(self, request: web.Request) -> web.Response:
+        """Merge the posted settings into the current faults (omitted keys stay as they are)."""
+        try:
+            changes = json.loads(await request.read())
+            if not isinstance(changes, dict):
+                raise FaultsError("expected a JSON object of fault settings")
+            self.set_faults(self._faults.merged(changes))
+        except (json.JSONDecodeError, UnicodeDecodeError, FaultsError) as exc:
+            return _error(400, "bad_faults", str(exc))
+        return web.json_response(self._faults.to_map())
+
+    async def _admin_payments(self, request: web.Request) -> web.Response:
+        return web.json_response(self.ledger.report())
+
+    def payments(self) -> list[dict[str, Any]]:
+        """Every payment's state (as GET /admin/payments lists them)."""
+        payments: list[dict[str, Any]] = self.ledger.report()["payments"]
+        return payments
+
+    def payment(self, payment_id: str) -> SimPayment | None:
+        return self.ledger.get(payment_id)
+
+
+@contextlib.asynccontextmanager
+async def running_acquirer(
+    faults: Faults | None = None, seed: int = 0, **kwargs: Any
+) -> AsyncIterator[AcquirerServer]:
+    """An AcquirerServer on free ports for the duration of the block."""
+    server = AcquirerServer(faults=faults, seed=seed, **kwargs)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp keeps the asyncio server private; the port is on its socket
+    assert isinstance(server, asyncio.Server)
+    port: int = server.sockets[0].getsockname()[1]
+    return port
+
+
+def _error(status: int, error: str, detail: str) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status)
+
+
+def _payment_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequestError(f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequestError("body must be a JSON object")
+    expected = {"payment_id", "code", "amount_minor", "currency", "lane"}
+    if set(body) != expected:
+        raise BadRequestError(f"fields must be exactly {sorted(expected)}")
+    payment_id, code, amount = body["payment_id"], body["code"], body["amount_minor"]
+    if not isinstance(payment_id, str) or not PAYMENT_ID.fullmatch(payment_id):
+        raise BadRequestError(f"payment_id must match {PAYMENT_ID.pattern}")
+    # Money is an integer of minor units: 100.0 and "100" are both refused.
+    if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT_MINOR:
+        raise BadRequestError("amount_minor must be a non-negative integer of minor units")
+    if not isinstance(body["currency"], str) or not CURRENCY.fullmatch(body["currency"]):
+        raise BadRequestError("currency must be an ISO 4217 code (three capital letters)")
+    if not isinstance(body["lane"], str) or not 0 < len(body["lane"]) <= 64:
+        raise BadRequestError("lane must be a non-empty string")
+    if not isinstance(code, str) or not 0 < len(code) <= MAX_CODE_CHARS:
+        raise BadRequestError("code must be a non-empty string")
+    payload = classify(code)
+    if payload.kind not in ("payment_code", "emv"):
+        reason = payload.reason if isinstance(payload, UnknownPayload) else payload.kind
+        raise BadRequestError(f"code is neither a wallet code nor an EMV payload: {reason}")
+    return body
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Simulated acquirer (lane payment API)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8099)
+    parser.add_argument("--admin-port", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--faults", default="{}", help="JSON, e.g. '{\"decline_rate\": 0.1}'")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        changes = {"latency_ms": args.latency_ms, **json.loads(args.faults)}
+        faults = Faults().merged(changes)
+    except (json.JSONDecodeError, FaultsError) as exc:
+        parser.error(f"--faults: {exc}")
+    asyncio.run(_serve(args.host, args.port, args.admin_port, args.seed, faults))
+
+
+async def _serve(host: str, port: int, admin_port: int, seed: int, faults: Faults) -> None:
+    server = AcquirerServer(host, port, faults, seed, admin_port=admin_port)
+    url = await server.start()
+    print(f"acquirer {url} admin {server.admin_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+if __name__ == "__main__":
+    main()
