@@ -1,0 +1,181 @@
+"""Tariffs: what a vehicle (or passenger) class pays at this lane, in integer minor units.
+
+A tariff file is TOML (people edit it): a currency, the classes, and exactly one of
+`[toll]` (mode "flat": class -> amount, or "matrix": entry plaza -> class -> amount) or
+`[transit]` (mode "flat": class -> amount at the gate, or "zero_at_entry": tap-ins record 0
+and the back office prices the trip from the tap-in/tap-out pair). See
+deploy/tariff.example.toml. `parse_tariff` validates a loaded mapping (pure); amounts must be
+non-negative integers and every declared class must have a fare in every table, so a lane
+never discovers a gap with a vehicle at the barrier.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lane.auth.sourced import Reader, SourcedError, type_name
+
+KINDS = {"toll": ("flat", "matrix"), "transit": ("flat", "zero_at_entry")}
+_CURRENCY = re.compile(r"[A-Z]{3}")
+MAX_CLASS_ID = 999
+
+
+class TariffError(SourcedError):
+    """A tariff file that cannot be used: `file: key: problem`."""
+
+
+class FareError(LookupError):
+    """No fare for this class (or entry plaza) in the tariff."""
+
+
+@dataclass(frozen=True)
+class Money:
+    amount_minor: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class Tariff:
+    currency: str
+    classes: Mapping[int, str]
+    kind: str  # "toll" or "transit"
+    mode: str  # "flat", "matrix" (toll) or "zero_at_entry" (transit)
+    flat: Mapping[int, int] = field(default_factory=dict)
+    matrix: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    minor_digits: int = 2
+
+    def fare(self, vehicle_class: int, entry_plaza: str | None = None) -> Money:
+        """The fare for a class; a matrix tariff also needs the entry plaza (ignored otherwise)."""
+        if vehicle_class not in self.classes:
+            raise FareError(f"unknown vehicle class {vehicle_class!r}")
+        if self.mode == "zero_at_entry":
+            return Money(0, self.currency)
+        if self.mode == "flat":
+            return Money(self.flat[vehicle_class], self.currency)
+        if entry_plaza is None:
+            raise FareError("this toll is priced by entry plaza and none was given")
+        row = self.matrix.get(entry_plaza)
+        if row is None:
+            raise FareError(f"unknown entry plaza {entry_plaza!r}")
+        return Money(row[vehicle_class], self.currency)
+
+    def class_name(self, vehicle_class: int) -> str:
+        try:
+            return self.classes[vehicle_class]
+        except KeyError:
+            raise FareError(f"unknown vehicle class {vehicle_class!r}") from None
+
+    def format(self, money: Money) -> str:
+        """For displays: 'EUR 2.90' (minor units shifted by the tariff's minor_digits)."""
+        if self.minor_digits == 0:
+            return f"{money.currency} {money.amount_minor}"
+        units, minor = divmod(money.amount_minor, 10**self.minor_digits)
+        return f"{money.currency} {units}.{minor:0{self.minor_digits}d}"
+
+
+def load_tariff(path: str | Path) -> Tariff:
+    source = str(path)
+    try:
+        with Path(path).open("rb") as f:
+            body = tomllib.load(f)
+    except OSError as exc:
+        raise TariffError(source, "", f"cannot read: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TariffError(source, "", f"not TOML: {exc}") from None
+    return parse_tariff(body, source)
+
+
+def parse_tariff(body: Mapping[str, Any], source_name: str) -> Tariff:
+    read = Reader(source_name, TariffError)
+    _no_unknown_keys(read, body, {"currency", "minor_digits", "classes", "toll", "transit"}, "")
+    currency = read.text(body, "currency", "currency")
+    if not _CURRENCY.fullmatch(currency):
+        raise read.fail("currency", f"must be an ISO 4217 code like 'EUR', got {currency!r}")
+    minor_digits = 2
+    if "minor_digits" in body:
+        minor_digits = read.integer(body, "minor_digits", "minor_digits")
+        if minor_digits > 4:
+            raise read.fail("minor_digits", f"must be 0..4, got {minor_digits}")
+    classes = _parse_classes(read, read.table(body, "classes", "classes"))
+    kinds = [k for k in KINDS if k in body]
+    if len(kinds) != 1:
+        raise read.fail("", "needs exactly one of [toll] or [transit]")
+    kind = kinds[0]
+    section = read.table(body, kind, kind)
+    _no_unknown_keys(read, section, {"mode", "fares"}, kind)
+    mode = read.text(section, "mode", f"{kind}.mode")
+    if mode not in KINDS[kind]:
+        raise read.fail(f"{kind}.mode", f"must be one of {', '.join(KINDS[kind])}, got {mode!r}")
+    where = f"{kind}.fares"
+    if mode == "zero_at_entry":
+        if "fares" in section:
+            raise read.fail(where, "is not used in zero_at_entry mode; remove it")
+        return Tariff(currency, classes, kind, mode, minor_digits=minor_digits)
+    fares = read.table(section, "fares", where)
+    if mode == "flat":
+        flat = _parse_row(read, fares, classes, where)
+        return Tariff(currency, classes, kind, mode, flat=flat, minor_digits=minor_digits)
+    if not fares:
+        raise read.fail(where, "needs at least one entry plaza table")
+    matrix: dict[str, Mapping[int, int]] = {}
+    for plaza, row in fares.items():
+        if not isinstance(row, Mapping):
+            raise read.fail(f"{where}.{plaza}", f"must be a table of fares, got {type_name(row)}")
+        matrix[plaza] = _parse_row(read, row, classes, f"{where}.{plaza}")
+    return Tariff(currency, classes, kind, mode, matrix=matrix, minor_digits=minor_digits)
+
+
+def _parse_classes(read: Reader, table: Mapping[Any, Any]) -> dict[int, str]:
+    if not table:
+        raise read.fail("classes", "must declare at least one class")
+    classes: dict[int, str] = {}
+    for key, name in table.items():
+        class_id = _class_id(read, key, f"classes.{key}")
+        if not isinstance(name, str) or not name:
+            raise read.fail(f"classes.{key}", f"must be the class name, got {type_name(name)}")
+        classes[class_id] = name
+    return classes
+
+
+def _parse_row(
+    read: Reader, row: Mapping[Any, Any], classes: Mapping[int, str], where: str
+) -> dict[int, int]:
+    amounts: dict[int, int] = {}
+    for key, amount in row.items():
+        path = f"{where}.{key}"
+        class_id = _class_id(read, key, path)
+        if class_id not in classes:
+            raise read.fail(path, f"class {class_id} is not declared in [classes]")
+        if isinstance(amount, float):
+            raise read.fail(
+                path,
+                f"must be an integer of minor units (e.g. 250 for 2.50), got the float {amount}",
+            )
+        amounts[class_id] = read.check_integer(amount, path)
+    missing = sorted(set(classes) - set(amounts))
+    if missing:
+        names = ", ".join(f"{c} ({classes[c]})" for c in missing)
+        raise read.fail(where, f"has no fare for class {names}")
+    return amounts
+
+
+def _class_id(read: Reader, key: Any, path: str) -> int:
+    text = str(key)
+    if not text.isascii() or not text.isdigit() or str(int(text)) != text:
+        raise read.fail(path, f"class ids are integers without leading zeros, got {text!r}")
+    class_id = int(text)
+    if class_id > MAX_CLASS_ID:
+        raise read.fail(path, f"class id must be <= {MAX_CLASS_ID}, got {class_id}")
+    return class_id
+
+
+def _no_unknown_keys(read: Reader, body: Mapping[str, Any], known: set[str], where: str) -> None:
+    for key in body:
+        if key not in known:
+            path = f"{where}.{key}" if where else str(key)
+            raise read.fail(path, f"unknown key (expected one of {', '.join(sorted(known))})")
