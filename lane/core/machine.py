@@ -288,9 +288,10 @@ def _on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
         if any(acct == event.account_ref for acct, _ in recent):
             state = replace(state, taps=recent)
             declined = replace(event, approved=False, reason="passback")
-            return _declined(state, vehicle, declined, [Abandon(event.auth_id, "passback")])
+            abandon = Abandon(event.auth_id, "passback")
+            return _declined(state, vehicle, attempt.text, declined, [abandon])
     if not event.approved:
-        return _declined(state, vehicle, event, [])
+        return _declined(state, vehicle, attempt.text, event, [])
     if not state.accepting_payments:
         why = ", ".join(sorted(state.faults)) or "lane closed"
         vehicle = replace(vehicle, tries=state.rules.max_tries)
@@ -304,8 +305,11 @@ def _on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
 
 
 def _declined(
-    state: LaneState, vehicle: Vehicle, event: ev.Decided, actions: list[Action]
+    state: LaneState, vehicle: Vehicle, text: str, event: ev.Decided, actions: list[Action]
 ) -> Result:
+    # A declined code stays declined: the camera keeps reading the same phone screen, and it
+    # must not spend the driver's remaining tries.
+    vehicle = replace(vehicle, refused_texts=vehicle.refused_texts | {text})
     draft = _draft(state, vehicle, event, "declined")
     actions = [
         *actions,
