@@ -1,0 +1,208 @@
+"""`lane keys ...` and `lane token ...`: make issuer keys, issue and check offline tokens.
+
+    keys new --kid K --alg ed25519|es256 --out DIR [--issuer I] [--valid-days 365]
+    keys check FILE
+    token issue --key PRIV.pem --kid K --issuer I --account A [--ttl 60] [--png out.png]
+    token verify --keys keyset.json [--deny deny.json] [--skew 5] TEXT
+
+Exit codes: 0 done (or token accepted), 1 token refused, 2 usage or file error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lane.auth.cose import Alg, CoseError, PrivateKey, alg_of_private
+from lane.auth.deny import DenyList, DenyListError, load_deny_list
+from lane.auth.keys import IssuerKey, KeySet, KeySetError, keyset_to_json, load_keyset
+from lane.auth.sourced import rfc3339
+from lane.auth.tokens import TokenAccepted, issue_token, verify_token
+
+KEYSET_FILE = "keyset.json"
+_SAFE_KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class CliError(Exception):
+    """A problem to report in one line, exit code 2."""
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse reports usage errors by exiting
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        result: int = args.run(args)
+    except (CliError, KeySetError, DenyListError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lane", description="offline token tooling")
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    keys = groups.add_parser("keys", help="issuer signing keys and key set files")
+    keys_cmds = keys.add_subparsers(dest="cmd", required=True)
+    new = keys_cmds.add_parser(
+        "new", help="make a key pair and add its public key to DIR's key set"
+    )
+    new.add_argument("--kid", required=True, help="key id ([A-Za-z0-9._-], used as file name)")
+    new.add_argument("--alg", required=True, choices=[a.value for a in Alg])
+    new.add_argument("--out", required=True, type=Path, help="directory for the files")
+    new.add_argument("--issuer", help="bind the key to this token issuer (iss)")
+    new.add_argument("--not-before", type=int, help="unix seconds (default: now)")
+    new.add_argument("--valid-days", type=float, default=365.0)
+    new.set_defaults(run=_keys_new)
+    check = keys_cmds.add_parser("check", help="validate a key set file and list its keys")
+    check.add_argument("file", type=Path)
+    check.set_defaults(run=_keys_check)
+
+    token = groups.add_parser("token", help="issue or verify offline tokens")
+    token_cmds = token.add_subparsers(dest="cmd", required=True)
+    issue = token_cmds.add_parser("issue", help="sign a token and print its QR text")
+    issue.add_argument("--key", required=True, type=Path, help="private key PEM")
+    issue.add_argument("--kid", required=True)
+    issue.add_argument("--issuer", required=True)
+    issue.add_argument("--account", required=True)
+    issue.add_argument("--ttl", type=int, default=60, help="seconds of validity (default 60)")
+    issue.add_argument("--iat", type=int, help="issued-at, unix seconds (default: now)")
+    issue.add_argument("--png", type=Path, help="also write the QR code to this image")
+    issue.set_defaults(run=_token_issue)
+    verify = token_cmds.add_parser("verify", help="verify QR text against a key set")
+    verify.add_argument("--keys", required=True, type=Path, help="key set JSON")
+    verify.add_argument("--deny", type=Path, help="deny list JSON")
+    verify.add_argument("--skew", type=float, default=5.0, help="clock skew allowed, s")
+    verify.add_argument("--now", type=float, help="unix seconds (default: now)")
+    verify.add_argument("text")
+    verify.set_defaults(run=_token_verify)
+    return parser
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    kid: str = args.kid
+    if not _SAFE_KID.fullmatch(kid):
+        raise CliError(f"--kid {kid!r}: use 1..64 of A-Z a-z 0-9 . _ -")
+    if args.valid_days <= 0:
+        raise CliError("--valid-days must be positive")
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    key_path = out / f"{kid}.key.pem"
+    keyset_path = out / KEYSET_FILE
+    if key_path.exists():
+        raise CliError(f"{key_path}: exists; refusing to overwrite a private key")
+    now = int(time.time())
+    current = load_keyset(keyset_path) if keyset_path.exists() else KeySet(now)
+    if kid.encode() in current.keys:
+        raise CliError(f"{keyset_path}: already has a key {kid!r}")
+
+    alg = Alg(args.alg)
+    private: PrivateKey = (
+        Ed25519PrivateKey.generate()
+        if alg is Alg.ED25519
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    not_before = now if args.not_before is None else args.not_before
+    not_after = not_before + int(args.valid_days * 86400)
+    entry = IssuerKey(kid.encode(), alg, private.public_key(), not_before, not_after, args.issuer)
+    keyset = KeySet.of(max(now, current.issued_at + 1), [*current.keys.values(), entry])
+
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    tmp = keyset_path.with_suffix(".json.tmp")
+    tmp.write_text(keyset_to_json(keyset), encoding="utf-8")
+    tmp.replace(keyset_path)
+    print(f"private key: {key_path}")
+    print(f"key set:     {keyset_path} ({len(keyset.keys)} keys)")
+    print(f"valid:       {rfc3339(not_before)} .. {rfc3339(not_after)}")
+    return 0
+
+
+def _keys_check(args: argparse.Namespace) -> int:
+    keyset = load_keyset(args.file)
+    print(f"{args.file}: issued {rfc3339(keyset.issued_at)}, {len(keyset.keys)} keys")
+    for key in keyset.keys.values():
+        issuer = f" issuer {key.issuer}" if key.issuer else ""
+        print(
+            f"  {key.kid_text}: {key.alg.value}{issuer}"
+            f" valid {rfc3339(key.not_before)} .. {rfc3339(key.not_after)}"
+        )
+    return 0
+
+
+def _load_private_key(path: Path) -> PrivateKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise CliError(f"{path}: not an unencrypted PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise CliError(f"{path}: {type(key).__name__} keys are not supported")
+    try:
+        alg_of_private(key)
+    except CoseError as exc:
+        raise CliError(f"{path}: {exc}") from None
+    return key
+
+
+def _token_issue(args: argparse.Namespace) -> int:
+    if args.ttl <= 0:
+        raise CliError("--ttl must be positive")
+    private = _load_private_key(args.key)
+    iat = int(time.time()) if args.iat is None else args.iat
+    text = issue_token(
+        private, args.kid, args.issuer, args.account, iat, iat + args.ttl, os.urandom(16)
+    )
+    if args.png is not None:
+        write_qr_png(text, args.png)
+    print(text)
+    return 0
+
+
+def write_qr_png(text: str, path: Path, scale: int = 8) -> None:
+    # Imported here: OpenCV takes a while to load and only this command needs it.
+    import cv2  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    import zxingcpp  # noqa: PLC0415
+
+    # Level M (15% recovery): phone screens at a lane suffer glare and partial occlusion.
+    barcode = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode, ec_level="M")
+    image = np.asarray(zxingcpp.write_barcode_to_image(barcode, scale=scale))
+    if not cv2.imwrite(str(path), image):
+        raise CliError(f"{path}: cannot write the image (check the directory and extension)")
+
+
+def _token_verify(args: argparse.Namespace) -> int:
+    keys = load_keyset(args.keys)
+    deny = load_deny_list(args.deny) if args.deny is not None else DenyList.empty()
+    now = time.time() if args.now is None else args.now
+    verdict = verify_token(args.text, keys, deny, now, args.skew)
+    if isinstance(verdict, TokenAccepted):
+        print(
+            f"accepted: token_id={verdict.token_id} issuer={verdict.issuer}"
+            f" account={verdict.account_ref} iat={verdict.iat} exp={verdict.exp}"
+            f" kid={verdict.kid.decode('utf-8', 'backslashreplace')}"
+        )
+        return 0
+    print(f"refused: {verdict.reason.value}: {verdict.detail}")
+    return 1
