@@ -1,0 +1,317 @@
+"""The scanner shell: capture thread -> one-frame slot -> decode workers -> the asyncio loop.
+
+Capture runs on its own thread and only ever keeps the newest frame; a frame that was not
+picked up before the next one arrived is dropped and counted, so decoding never falls behind
+the camera. Decoding runs on a few worker threads (the decoders release the GIL); results are
+classified, deduplicated and handed to the event loop with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import NamedTuple, TypeVar
+
+import cv2
+import numpy as np
+
+from scanner.decoders import Decoder
+from scanner.dedup import Deduplicator
+from scanner.detection import Polygon, as_gray
+from scanner.health import SourceEvent
+from scanner.payload import Payload, classify
+from scanner.sources import Clock, Frame, FrameSource, Image
+
+log = logging.getLogger("lane.scanner")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    text: str
+    payload: Payload
+    frame_id: int
+    frame_ts: float
+    decoder: str
+    decode_ms: float
+    polygon: Polygon
+
+
+@dataclass(frozen=True, slots=True)
+class ScanStats:
+    frames_in: int  # frames the source delivered
+    decoded: int  # frames a worker decoded
+    dropped: int  # frames replaced by a newer one before any worker took them
+    results: int  # codes reported (after deduplication)
+    duplicates: int  # codes suppressed as repeats
+    errors: int  # decoder failures (logged)
+    pending: int  # frames waiting in the slot or being decoded
+    source_ended: bool
+    decode_ms_p50: float | None  # over the last 500 decoded frames
+    decode_ms_p95: float | None
+
+
+class LatestFrame(NamedTuple):
+    frame_id: int
+    image: bytes | Image  # JPEG bytes, or the frame itself
+    polygons: tuple[Polygon, ...]
+
+
+class _NewestFrameSlot:
+    """Holds at most one frame; put() replaces, take() waits. Shared by capture and workers."""
+
+    def __init__(self) -> None:
+        self._frame: Frame | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self._in_flight = 0  # taken and not yet done()
+
+    def put(self, frame: Frame) -> bool:
+        """Store `frame`; True when it replaced one nobody had taken (a drop)."""
+        with self._cond:
+            replaced = self._frame is not None
+            self._frame = frame
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if self._frame is None and not self._closed:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+            if frame is not None:
+                self._in_flight += 1
+            return frame
+
+    def done(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+
+    @property
+    def pending(self) -> int:
+        """Frames waiting or being decoded (counted atomically with the hand-over)."""
+        with self._cond:
+            return self._in_flight + (self._frame is not None)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._frame = None
+            self._cond.notify_all()
+
+
+class ScanPipeline:
+    def __init__(
+        self,
+        source: FrameSource,
+        decoder: Decoder,
+        on_result: Callable[[ScanResult], object],
+        on_status: Callable[[SourceEvent], object] | None = None,
+        *,
+        workers: int = 2,
+        clock: Clock = time.monotonic,
+        dedup_window_s: float = 2.0,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.source = source
+        self.decoder = decoder
+        self._on_result = on_result
+        self._on_status = on_status
+        self._workers = workers
+        self._clock = clock
+        self._slot = _NewestFrameSlot()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # guards everything below
+        self._dedup = Deduplicator(dedup_window_s)
+        self._counts = dict.fromkeys(
+            ("frames_in", "decoded", "dropped", "results", "duplicates", "errors"), 0
+        )
+        self._decode_ms: deque[float] = deque(maxlen=500)
+        self._source_ended = False
+        self._latest: tuple[Frame, tuple[Polygon, ...]] | None = None
+        self._latest_jpeg: tuple[int, bytes] | None = None
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start capture and decode threads; results go to `loop` (default: the running one)."""
+        if self._threads:
+            raise RuntimeError("pipeline already started")
+        self._loop = loop or asyncio.get_running_loop()
+        self._threads = [
+            threading.Thread(target=self._capture, name="scan-capture", daemon=True),
+            *(
+                threading.Thread(target=self._work, name=f"scan-decode-{i}", daemon=True)
+                for i in range(self._workers)
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop capture, let in-flight decodes finish, join every thread. Idempotent."""
+        self._stop.set()
+        self.source.close()
+        self._slot.close()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                # A capture blocked inside a camera read ends when the read times out.
+                log.warning("thread %s did not stop in time", thread.name)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.stop)
+
+    async def __aenter__(self) -> ScanPipeline:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- observation ------------------------------------------------------------------------
+
+    def stats(self) -> ScanStats:
+        with self._lock:
+            c = dict(self._counts)
+            samples = sorted(self._decode_ms)
+            ended = self._source_ended
+        return ScanStats(
+            frames_in=c["frames_in"],
+            decoded=c["decoded"],
+            dropped=c["dropped"],
+            results=c["results"],
+            duplicates=c["duplicates"],
+            errors=c["errors"],
+            pending=self._slot.pending,
+            source_ended=ended,
+            decode_ms_p50=_percentile(samples, 0.50),
+            decode_ms_p95=_percentile(samples, 0.95),
+        )
+
+    def latest_frame(self, jpeg: bool = True, quality: int = 80) -> LatestFrame | None:
+        """The last decoded frame and the outlines of the codes read in it (for the dashboard)."""
+        with self._lock:
+            latest, cached = self._latest, self._latest_jpeg
+        if latest is None:
+            return None
+        frame, polygons = latest
+        if not jpeg:
+            return LatestFrame(frame.id, frame.image, polygons)
+        if cached is not None and cached[0] == frame.id:
+            return LatestFrame(frame.id, cached[1], polygons)
+        ok, buf = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise ValueError(f"cannot encode frame {frame.id} as JPEG")
+        data = np.asarray(buf).tobytes()
+        with self._lock:
+            self._latest_jpeg = (frame.id, data)
+        return LatestFrame(frame.id, data, polygons)
+
+    # -- threads ----------------------------------------------------------------------------
+
+    def _capture(self) -> None:
+        try:
+            for item in self.source.stream():
+                if isinstance(item, SourceEvent):
+                    self._deliver_status(item)  # even while stopping: "ended" is news too
+                    continue
+                if self._stop.is_set():
+                    continue  # the source is closed and winds down by itself
+                replaced = self._slot.put(item)
+                with self._lock:
+                    self._counts["frames_in"] += 1
+                    self._counts["dropped"] += int(replaced)
+        except Exception as exc:
+            log.exception("camera source %s failed", self.source.name)
+            self._deliver_status(
+                SourceEvent("error", self.source.name, self._clock(), f"source failed: {exc}")
+            )
+        finally:
+            with self._lock:
+                self._source_ended = True
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            frame = self._slot.take(timeout=0.2)
+            if frame is None:
+                continue
+            try:
+                self._decode(frame)
+            except Exception:
+                log.exception("decoding frame %d failed", frame.id, extra={"frame_id": frame.id})
+                with self._lock:
+                    self._counts["errors"] += 1
+            finally:
+                self._slot.done()
+
+    def _decode(self, frame: Frame) -> None:
+        started = self._clock()
+        detections = self.decoder.decode(as_gray(frame.image))
+        ms = (self._clock() - started) * 1000.0
+        fresh = []
+        with self._lock:
+            self._counts["decoded"] += 1
+            self._decode_ms.append(ms)
+            if self._latest is None or frame.id >= self._latest[0].id:
+                self._latest = (frame, tuple(d.polygon for d in detections))
+            for d in detections:
+                if self._dedup.first_sighting(d.text, frame.ts):
+                    fresh.append(d)
+                else:
+                    self._counts["duplicates"] += 1
+            self._counts["results"] += len(fresh)
+        for d in fresh:
+            result = ScanResult(
+                text=d.text,
+                payload=classify(d.text),
+                frame_id=frame.id,
+                frame_ts=frame.ts,
+                decoder=d.decoder,
+                decode_ms=ms,
+                polygon=d.polygon,
+            )
+            log.info(
+                "code read: %s by %s in %.1f ms",
+                result.payload.kind,
+                d.decoder,
+                ms,
+                extra={"frame_id": frame.id, "kind": result.payload.kind},
+            )
+            self._call_soon(self._on_result, result)
+
+    def _deliver_status(self, event: SourceEvent) -> None:
+        if event.kind == "ended":
+            with self._lock:
+                self._source_ended = True
+        if self._on_status is not None:
+            self._call_soon(self._on_status, event)
+
+    def _call_soon(self, callback: Callable[[T], object], arg: T) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, arg)
+        except RuntimeError:  # the loop is closed: we are shutting down
+            log.warning("event loop closed; dropped %s", type(arg).__name__)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
+    return sorted_values[index]

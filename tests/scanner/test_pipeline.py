@@ -1,0 +1,185 @@
+"""ScanPipeline end to end: newest-frame-only decoding, deduplication, results on the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scanner_testkit import frame_with, qr_image
+
+from scanner.decoders import ZxingDecoder, make_decoder
+from scanner.dedup import Deduplicator
+from scanner.detection import Detection, GrayImage
+from scanner.health import SourceEvent
+from scanner.pipeline import ScanPipeline, ScanResult, ScanStats
+from scanner.sources import Frame, ImageFolderSource, Item, PushSource
+
+CODE_A = "281234567890123456"
+CODE_B = "134567890123456789"
+
+
+async def until(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll a condition the worker threads will make true; fail rather than hang."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+class GatedDecoder:
+    """The real zxing decoder, held at a gate so a test can keep a worker busy."""
+
+    name = "zxing"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.frames: list[int] = []
+        self._inner = ZxingDecoder()
+
+    def decode(self, gray: GrayImage) -> list[Detection]:
+        self.entered.set()
+        self.gate.wait(5.0)
+        self.frames.append(int(gray[0, 0]))  # each test frame carries its number in a pixel
+        return self._inner.decode(gray)
+
+
+class AfterFirstFrame:
+    """A real folder source that holds frame 2 back until a worker is busy with frame 1."""
+
+    def __init__(self, inner: ImageFolderSource, busy: threading.Event) -> None:
+        self.name = inner.name
+        self._inner = inner
+        self._busy = busy
+
+    def stream(self) -> Iterator[Item]:
+        for item in self._inner.stream():
+            yield item
+            if isinstance(item, Frame) and item.id == 1:
+                self._busy.wait(5.0)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def numbered_frame(n: int, code: str) -> np.ndarray:
+    frame = frame_with(qr_image(code))
+    frame[0, 0] = n
+    return frame
+
+
+async def test_decodes_only_the_newest_frame(tmp_path: Path) -> None:
+    for n in range(1, 7):
+        cv2.imwrite(str(tmp_path / f"{n}.png"), numbered_frame(n, CODE_A))
+    decoder = GatedDecoder()
+    results: list[ScanResult] = []
+    events: list[SourceEvent] = []
+    source = AfterFirstFrame(ImageFolderSource(tmp_path), decoder.entered)
+    pipeline = ScanPipeline(source, decoder, results.append, events.append, workers=1)
+    async with pipeline:
+        await asyncio.to_thread(decoder.entered.wait, 5.0)  # frame 1 is being decoded
+        await until(lambda: pipeline.stats().source_ended)
+        decoder.gate.set()
+        await until(lambda: pipeline.stats().pending == 0)
+        stats = pipeline.stats()
+    # Frames 2..5 were each replaced by a newer one while the worker was busy: no backlog.
+    assert decoder.frames == [1, 6]
+    assert (stats.frames_in, stats.decoded, stats.dropped) == (6, 2, 4)
+    # Same code in frames 1 and 6 (taken within the dedup window): reported once.
+    assert [(r.text, r.frame_id, r.payload.kind) for r in results] == [(CODE_A, 1, "payment_code")]
+    assert (stats.results, stats.duplicates) == (1, 1)
+    assert [e.kind for e in events][:1] == ["opened"] and events[-1].kind == "ended"
+
+
+async def test_results_reach_the_loop_deduplicated() -> None:
+    loop_thread = threading.get_ident()
+    results: list[tuple[ScanResult, int]] = []
+    source = PushSource()
+    pipeline = ScanPipeline(
+        source,
+        make_decoder("cascade"),
+        lambda r: results.append((r, threading.get_ident())),
+        workers=2,
+        dedup_window_s=2.0,
+    )
+    shots = [(CODE_A, 10.0), (CODE_A, 10.1), (CODE_A, 10.2), (CODE_B, 10.3), (None, 10.4),
+             (CODE_A, 13.0)]  # fmt: skip
+    async with pipeline:
+        for i, (code, ts) in enumerate(shots, start=1):
+            image = frame_with(qr_image(code) if code else None)
+            bgr = np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
+            source.put(bgr, ts=ts)  # cameras give BGR
+
+            def settled(i: int = i) -> bool:
+                stats = pipeline.stats()
+                return stats.decoded == i and stats.pending == 0
+
+            await until(settled)
+        await until(lambda: len(results) == 3)
+        stats = pipeline.stats()
+        latest = pipeline.latest_frame()
+        raw = pipeline.latest_frame(jpeg=False)
+    assert [(r.text, r.frame_ts, r.frame_id) for r, _ in results] == [
+        (CODE_A, 10.0, 1),
+        (CODE_B, 10.3, 4),
+        (CODE_A, 13.0, 6),  # out of view for more than the window: a new presentation
+    ]
+    assert all(thread == loop_thread for _, thread in results)
+    first = results[0][0]
+    assert first.payload.kind == "payment_code" and first.decoder == "zxing"
+    assert len(first.polygon) == 4 and first.decode_ms >= 0
+    assert (stats.frames_in, stats.decoded, stats.dropped, stats.duplicates) == (6, 6, 0, 2)
+    assert stats.decode_ms_p50 is not None and stats.decode_ms_p95 is not None
+    assert latest is not None and raw is not None
+    assert latest.frame_id == 6 and isinstance(latest.image, bytes)
+    assert latest.image[:2] == b"\xff\xd8"  # JPEG
+    assert isinstance(raw.image, np.ndarray) and raw.image.shape == (720, 1280, 3)
+    assert len(latest.polygons) == 1
+
+
+async def test_stop_joins_threads_and_blackout_reaches_status() -> None:
+    events: list[SourceEvent] = []
+    source = PushSource(blackout_after_s=0.05, poll_s=0.01)
+    pipeline = ScanPipeline(source, make_decoder("zxing"), lambda r: None, events.append)
+    pipeline.start()
+    await until(lambda: any(e.kind == "blackout" for e in events))
+    await pipeline.aclose()
+    assert not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("scan-"))
+    assert events[-1].kind == "ended"
+    assert pipeline.latest_frame() is None
+
+
+class ExplodingDecoder:
+    name = "boom"
+
+    def decode(self, gray: GrayImage) -> list[Detection]:
+        raise RuntimeError("decoder crashed")
+
+
+async def test_decoder_failure_is_counted_not_fatal() -> None:
+    source = PushSource()
+    async with ScanPipeline(source, ExplodingDecoder(), lambda r: None) as pipeline:
+        source.put(frame_with(None))
+        await until(lambda: pipeline.stats().errors == 1)
+        source.put(frame_with(None))
+        await until(lambda: pipeline.stats().errors == 2)
+        stats: ScanStats = pipeline.stats()
+    assert stats.decoded == 0 and stats.frames_in == 2
+
+
+def test_dedup_is_pure_and_windowed() -> None:
+    d = Deduplicator(window_s=2.0)
+    assert d.first_sighting("a", 0.0)
+    assert not d.first_sighting("a", 1.5)
+    assert not d.first_sighting("a", 3.0)  # each sighting renews the window
+    assert d.first_sighting("b", 3.1)
+    assert d.first_sighting("a", 5.5)  # 2.5 s since last seen
+    assert not d.first_sighting("a", 5.0)  # a late worker's older frame is still a repeat
+    small = Deduplicator(window_s=60.0, max_entries=2)
+    for text in ("x", "y", "z"):
+        assert small.first_sighting(text, 1.0)
+    assert small.first_sighting("x", 2.0)  # evicted by the bound, so reported again
