@@ -390,7 +390,10 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
             # The device saw the loop before we did; ask again once it clears.
             return replace(state, command=replace(cmd, ack_deadline=None)), actions
         state, more = _add_fault(state, "barrier_refused", event.error or "")
-        return replace(state, command=None), actions + more
+        # Keep the command, as for barrier_no_ack: a paid passage still needs its open. The same
+        # cmd_id is sent again once a barrier state report clears the fault.
+        held = replace(cmd, attempt=0, ack_deadline=None)
+        return replace(state, command=held), actions + more
     if cmd.op == "close":
         return replace(state, command=None, passage=None), actions
     passage = state.passage
