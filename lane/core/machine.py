@@ -74,9 +74,12 @@ def next_deadline(state: LaneState) -> float | None:
     vehicle = state.vehicle
     if vehicle is not None and vehicle.attempt is not None:
         candidates.append(vehicle.attempt.deadline + state.rules.auth_grace_s)
-    if state.command is not None and not state.command.acked:
-        if state.command.ack_deadline is not None:
-            candidates.append(state.command.ack_deadline)
+    cmd = state.command
+    if cmd is not None and not cmd.acked:
+        if cmd.ack_deadline is not None:
+            candidates.append(cmd.ack_deadline)
+        elif cmd.retry_at is not None:
+            candidates.append(cmd.retry_at)
     passage = state.passage
     if (
         passage is not None
@@ -144,7 +147,11 @@ def _safety_loop(state: LaneState, sensor: str, occupied: bool, now: float) -> R
             actions.extend(violation)
         state = replace(state, passage=passage)
     sensors = state.occupied | {sensor} if occupied else state.occupied - {sensor}
-    return replace(state, occupied=sensors), actions
+    state = replace(state, occupied=sensors)
+    cmd = state.command
+    if not sensors and cmd is not None and cmd.retry_at is not None:
+        state = replace(state, command=replace(cmd, retry_at=None))  # what the close waited for
+    return state, actions
 
 
 def _violation(state: LaneState, passage: Passage, now: float) -> Result:
@@ -387,8 +394,11 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
     state, actions = _remove_fault(state, "barrier_no_ack")
     if not event.ok:
         if cmd.op == "close" and event.error == "safety_loop_occupied":
-            # The device saw the loop before we did; ask again once it clears.
-            return replace(state, command=replace(cmd, ack_deadline=None)), actions
+            # The device saw the loop before we did: ask again once our sensors report the area
+            # clear, or after an ack timeout if they never saw it occupied.
+            retry_at = now + state.rules.ack_timeout_s
+            held = replace(cmd, attempt=0, ack_deadline=None, retry_at=retry_at)
+            return replace(state, command=held), actions
         state, more = _add_fault(state, "barrier_refused", event.error or "")
         # Keep the command, as for barrier_no_ack: a paid passage still needs its open. The same
         # cmd_id is sent again once a barrier state report clears the fault.
@@ -432,6 +442,9 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
             state, actions = _after_decline(
                 state, vehicle, "payment timed out", [Abandon(auth_id, "timeout")]
             )
+    cmd = state.command
+    if cmd is not None and cmd.retry_at is not None and now >= cmd.retry_at:
+        state = replace(state, command=replace(cmd, retry_at=None))
     cmd = state.command
     if cmd is not None and not cmd.acked and cmd.ack_deadline is not None and now >= cmd.ack_deadline:
         if cmd.attempt >= state.rules.max_cmd_attempts:
@@ -541,6 +554,8 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
         if cmd.ack_deadline is None and not cmd.acked:
             if cmd.op == "close" and state.safety_occupied:
                 return state, actions  # rule 3: never command a close over an occupied loop
+            if cmd.retry_at is not None:
+                return state, actions  # refused a moment ago: wait for the area or the timer
             attempt = cmd.attempt + 1
             cmd = replace(cmd, attempt=attempt, ack_deadline=now + rules.ack_timeout_s)
             kind = OpenBarrier if cmd.op == "open" else CloseBarrier

@@ -107,6 +107,9 @@ class Command:
     attempt: int
     ack_deadline: float | None  # None: not sent yet (held back by a fault or the safety loop)
     acked: bool = False
+    # Held after the device refused it: not sent again before this time (or the safety area
+    # reporting clear), so a refusal is never answered by an immediate resend.
+    retry_at: float | None = None
 
 
 @dataclass(frozen=True)
