@@ -99,8 +99,12 @@ def _on_sensor(state: LaneState, event: ev.SensorChanged, now: float) -> Result:
         return _entry_loop(state, event, now)
     if event.sensor in ("safety_loop", "light_curtain"):
         return _safety_loop(state, event.sensor, event.occupied, now)
-    if event.sensor == "exit_loop" and not event.occupied and state.passage is not None:
-        passage = state.passage
+    passage = state.passage
+    if event.sensor == "exit_loop" and not event.occupied and passage is not None:
+        if passage.crossings == 0:
+            # Nothing went under the barrier yet: this is not the paying vehicle leaving (a
+            # trailer's second pulse, loop chatter); closing now would close in front of it.
+            return state, [Note("exit_loop_ignored", {"vehicle_id": passage.vehicle_id})]
         note = Note("vehicle_left", {"vehicle_id": passage.vehicle_id})
         return replace(state, passage=replace(passage, left=True)), [note]
     return state, []
@@ -575,7 +579,12 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
     if vehicle is not None and vehicle.record_id is not None:
         cmd_id = f"{vehicle.vehicle_id}/open"
         passage = Passage(
-            vehicle.vehicle_id, vehicle.record_id, vehicle.approved_frame_ts, vehicle.vehicle_class
+            vehicle.vehicle_id,
+            vehicle.record_id,
+            vehicle.approved_frame_ts,
+            vehicle.vehicle_class,
+            # A vehicle already nosing over the loop under the closed barrier is this one.
+            crossings=1 if state.safety_occupied else 0,
         )
         command = Command(cmd_id, "open", 1, now + rules.ack_timeout_s)
         actions = [
