@@ -1,0 +1,5 @@
+import sys
+
+from lane.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""`lane` command line: one subcommand per job, each owned by the module that does it."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, function, extra leading args, one-line help)
+COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
+    "run": ("lane.daemon", "main", [], "run the lane daemon: lane run --config lane.toml"),
+    "sim": ("sim.cli", "main", [], "run a simulated lane (add --headless for a report)"),
+    "scan": ("scanner.cli", "main", [], "decode QR codes in image files"),
+    "watch": ("barrier.watch", "main", [], "print a lane's MQTT traffic decoded"),
+    "ingest": ("uplink.cli", "main", [], "back-office ingest of uplink records"),
+    "keys": ("lane.auth.cli", "main", ["keys"], "make issuer keys and key sets"),
+    "token": ("lane.auth.cli", "main", ["token"], "issue offline tokens (tests, simulator)"),
+    "check-config": ("lane.checks", "check_config_main", [], "validate a config file"),
+    "doctor": ("lane.checks", "doctor_main", [], "probe camera, broker, acquirer, disk, clock"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: lane COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {spec[3]}" for name, spec in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"lane: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name, lead, _ = COMMANDS[name]
+    func = getattr(importlib.import_module(module_name), func_name)
+    code: int = func([*lead, *rest])
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

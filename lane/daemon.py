@@ -1,0 +1,475 @@
+"""`lane run`: the imperative shell around the pure lane core.
+
+Builds every adapter from the config, supervises them in one TaskGroup and shuts down cleanly on
+SIGTERM/SIGINT: no new vehicles, the vehicle in progress finishes (bounded by a grace period),
+records are already durable, the retained status says offline, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from barrier.link import BarrierLink
+from barrier.messages import (
+    AttendantCommand,
+    BarrierAck,
+    BarrierCommand,
+    BarrierStatus,
+    DisplayMessage,
+    LaneStatus,
+    SensorReading,
+)
+from barrier.mqtt import Credentials, Incoming, MqttLink
+from lane.auth.acquirer import AcquirerClient
+from lane.auth.authoriser import Authoriser, AuthRequest
+from lane.auth.deny import DenyList, load_deny_list
+from lane.auth.fares import Tariff, load_tariff
+from lane.auth.keys import KeySet, keyset_stale, load_keyset
+from lane.auth.plaza import UsedTokenSharing
+from lane.auth.policy import OfflinePolicy
+from lane.auth.replay import ReplayStore
+from lane.auth.resolution_store import ResolutionStore
+from lane.auth.resolver import Resolver
+from lane.config import ConfigError, LaneConfig, load_config
+from lane.core import events as ev
+from lane.core.actions import Authorise
+from lane.core.machine import initial_state
+from lane.core.state import FlatFares, LaneMode, LaneRules, phase
+from lane.ids import new_id
+from lane.log import setup_logging
+from lane.runner import Clocks, LaneRunner
+from lane.verifier import TokenVerifier
+from scanner.decoders import make_decoder
+from scanner.health import SourceEvent
+from scanner.pipeline import ScanPipeline, ScanResult
+from scanner.sources import FrameSource, open_source
+from uplink.forwarder import Forwarder
+from uplink.queue import RecordQueue
+
+log = logging.getLogger("lane.daemon")
+
+UNREACHABLE_ACQUIRER = "http://127.0.0.1:9"  # discard port: refused at once, policy decides
+
+
+class Shutdown(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside the TaskGroup to stop every task once the lane is quiet."""
+
+
+@dataclass
+class TariffFares:
+    """Adapts the tariff file to the core's FareTable."""
+
+    tariff: Tariff
+
+    def fare_for(self, vehicle_class: int) -> tuple[int, str] | None:
+        try:
+            money = self.tariff.fare(vehicle_class)
+        except LookupError:
+            return None
+        return money.amount_minor, money.currency
+
+
+class BarrierAdapter:
+    def __init__(self, link: BarrierLink, lane: str) -> None:
+        self.link = link
+        self.lane = lane
+
+    async def command(self, op: str, cmd_id: str, deadline_us: int, expiry_s: int) -> None:
+        await self.link.send(BarrierCommand(op, cmd_id, deadline_us, self.lane), expiry_s)
+
+    async def show(self, lines: tuple[str, ...], ttl_s: float) -> None:
+        if self.link.connected:  # QoS 0: a display frame lost while offline is not worth a retry
+            await self.link.show(DisplayMessage(list(lines), ttl_s))
+
+
+class PaymentsAdapter:
+    def __init__(self, authoriser: Authoriser, lane: str) -> None:
+        self.authoriser = authoriser
+        self.lane = lane
+
+    async def authorise(self, request: Authorise) -> ev.Decided:
+        d = await self.authoriser.authorise(
+            AuthRequest(
+                request.auth_id,
+                self.lane,
+                request.text,
+                request.kind,
+                request.amount_minor,
+                request.currency,
+                request.deadline,
+            )
+        )
+        return ev.Decided(
+            d.auth_id,
+            d.approved,
+            d.reason,
+            d.method,
+            d.account_ref,
+            d.payment_id,
+            d.acquirer_ref,
+            d.latency_ms,
+            d.offline,
+            d.flags,
+        )
+
+    async def abandon(self, auth_id: str, reason: str) -> None:
+        await self.authoriser.abandon(auth_id)
+
+    async def settle(self, auth_id: str) -> None:
+        await self.authoriser.settle(auth_id)
+
+
+def rules_from(config: LaneConfig) -> LaneRules:
+    fares: Any
+    if config.fares.tariff is not None:
+        fares = TariffFares(load_tariff(config.fares.tariff))
+    else:
+        amounts = tuple((int(k), v) for k, v in config.fares.flat.items())
+        fares = FlatFares(amounts, config.fares.currency)
+    return LaneRules(
+        lane_id=config.lane.id,
+        fares=fares,
+        mode=LaneMode(config.lane.mode),
+        budget_s=config.auth.budget_s,
+        auth_grace_s=config.auth.grace_s,
+        max_tries=config.lane.max_tries,
+        ack_timeout_s=config.barrier.ack_timeout_s,
+        max_cmd_attempts=config.barrier.max_attempts,
+        cmd_ttl_s=float(config.barrier.cmd_ttl_s),
+        default_class=config.lane.default_class,
+        passback_window_s=config.lane.passback_window_s,
+        gate_hold_s=config.lane.gate_hold_s,
+    )
+
+
+class LaneDaemon:
+    """Everything one lane computer runs, built from one config."""
+
+    def __init__(
+        self,
+        config: LaneConfig,
+        *,
+        source: FrameSource | None = None,
+        clocks: Clocks | None = None,
+        shutdown_grace_s: float = 10.0,
+    ) -> None:
+        self.config = config
+        self.lane = config.lane.id
+        self.clocks = clocks or Clocks()
+        self.shutdown_grace_s = shutdown_grace_s
+        data = config.lane.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        self.queue = RecordQueue(
+            data / "queue.sqlite3",
+            self.lane,
+            config.uplink.max_bytes,
+            config.uplink.high_water,
+            wall=self.clocks.wall,
+        )
+        self.replay = ReplayStore(data / "replay.sqlite3")
+        self.payments_store = ResolutionStore(data / "payments.sqlite3")
+        self.keys = load_keyset(config.auth.keyset) if config.auth.keyset else KeySet(0, {})
+        deny = load_deny_list(config.auth.deny_list) if config.auth.deny_list else DenyList.empty()
+        creds = None
+        if config.broker.username:
+            creds = Credentials(config.broker.username, config.broker.password or "")
+        self.link = BarrierLink(
+            self.lane,
+            config.broker.host,
+            config.broker.port,
+            on_ack=self._on_ack,
+            on_state=self._on_state,
+            on_sensor=self._on_sensor,
+            on_attendant=self._on_attendant,
+            on_garbage=self._on_garbage,
+            on_link=self._on_link,
+            credentials=creds,
+        )
+        self.uplink = MqttLink(
+            config.broker.host,
+            config.broker.port,
+            f"uplink-{self.lane}",
+            handler=self._on_uplink_message,
+            credentials=creds,
+        )
+        self.forwarder = Forwarder(
+            self.queue, self.uplink, self.lane, batch_size=config.uplink.batch_size
+        )
+        self.sharing: UsedTokenSharing | None = None
+        subs = list(self.forwarder.subscriptions())
+        if config.auth.share_used_tokens:
+            self.sharing = UsedTokenSharing(self.uplink, self.replay, config.lane.plaza, self.lane)
+            subs.append(self.sharing.subscription())
+        self.uplink.subscriptions = subs
+        self.verifier = TokenVerifier(
+            self.lane, self.keys, deny, self.replay, config.auth.skew_s, self.sharing
+        )
+        self.runner = LaneRunner(
+            initial_state(rules_from(config)),
+            barrier=BarrierAdapter(self.link, self.lane),
+            payments=_PendingPayments(),
+            store=self.queue,
+            clocks=self.clocks,
+            on_record=lambda _r: self.forwarder.wake(),
+        )
+        self.runner.observers.append(self._publish_note)
+        self.source = source or open_source(config.camera.source)
+        self.pipeline: ScanPipeline | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.http: aiohttp.ClientSession | None = None
+
+    # --- inputs -> events -----------------------------------------------------------------
+
+    def _on_ack(self, ack: BarrierAck) -> None:
+        self.runner.post(ev.BarrierAcked(ack.cmd_id, ack.ok, ack.state, ack.error))
+
+    def _on_state(self, status: BarrierStatus) -> None:
+        self.runner.post(ev.BarrierReported(status.state))
+
+    def _on_sensor(self, reading: SensorReading) -> None:
+        if reading.sensor == "classifier":
+            if reading.vehicle_class is not None:
+                self.runner.post(ev.VehicleClassified(reading.vehicle_class))
+        elif reading.occupied is not None:
+            self.runner.post(ev.SensorChanged(reading.sensor, reading.occupied, new_id()))
+
+    def _on_attendant(self, cmd: AttendantCommand) -> None:
+        log.info(
+            "attendant command",
+            extra={"lane": self.lane, "op": cmd.op, "cmd_id": cmd.cmd_id, "attendant": cmd.attendant},
+        )
+        if cmd.op == "open":
+            self.runner.post(ev.AttendantOpen(cmd.cmd_id, cmd.reason, cmd.attendant))
+        elif cmd.op == "close_lane":
+            self.runner.post(ev.AttendantCloseLane(cmd.reason))
+        elif cmd.op == "reopen_lane":
+            self.runner.post(ev.AttendantReopenLane(cmd.reason))
+
+    def _on_garbage(self, topic: str, error: str) -> None:
+        log.warning("garbage payload ignored", extra={"lane": self.lane, "topic": topic, "error": error})
+
+    def _on_link(self, up: bool) -> None:
+        self.runner.post(ev.LinkChanged(up))
+
+    async def _on_uplink_message(self, msg: Incoming) -> None:
+        if msg.topic == self.forwarder.ack_topic:
+            self.forwarder.handle_ack(msg.payload)
+        elif self.sharing is not None:
+            await self.sharing.handle(msg)
+
+    def _on_scan(self, result: ScanResult) -> None:
+        reason = getattr(result.payload, "reason", None)
+        self.runner.post(
+            ev.Scanned(result.text, result.payload.kind, reason, result.frame_ts, new_id())
+        )
+
+    def _on_camera(self, event: SourceEvent) -> None:
+        log.warning(
+            "camera event",
+            extra={"lane": self.lane, "camera": event.source, "kind": event.kind, "detail": event.detail},
+        )
+        if event.kind == "recovered":
+            self.runner.alarm("camera_blackout", None)
+        elif event.kind in ("blackout", "error", "lost"):
+            self.runner.alarm("camera_blackout", f"camera {event.kind}: {event.detail}")
+
+    def _publish_note(self, name: str, fields: dict[str, Any]) -> None:
+        """Every lane note goes out on the events topic (QoS 0) for operators."""
+        if not self.link.connected or name == "display":
+            return
+        task = asyncio.ensure_future(self.link.publish_event({"name": name, **fields}))
+        task.add_done_callback(_log_failure)
+
+    # --- running --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.http = aiohttp.ClientSession()
+        cfg = self.config
+        client = AcquirerClient(cfg.auth.acquirer_url or UNREACHABLE_ACQUIRER, self.http)
+        if cfg.auth.acquirer_url is None:
+            log.warning("no acquirer configured: online codes follow the offline policy", extra={"lane": self.lane})
+        resolver = Resolver(self.payments_store, client, clock=self.clocks.wall)
+        authoriser = Authoriser(
+            self.lane,
+            client,
+            resolver,
+            self.verifier,
+            OfflinePolicy(
+                cfg.auth.offline_policy, cfg.auth.floor_limit_minor, cfg.auth.hourly_limit_minor
+            ),
+            self.clocks.monotonic,
+            self.clocks.wall,
+            account_key=cfg.auth.account_secret.encode().ljust(16, b"\0"),
+        )
+        self.runner.payments = PaymentsAdapter(authoriser, self.lane)
+        self.pipeline = ScanPipeline(
+            self.source,
+            make_decoder(cfg.camera.decoder),
+            on_result=self._on_scan,
+            on_status=self._on_camera,
+            workers=cfg.camera.workers,
+            dedup_window_s=cfg.camera.dedup_window_s,
+        )
+        log.info("lane starting", extra={"lane": self.lane, "mode": cfg.lane.mode})
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.link.run(), name="barrier-link")
+                tg.create_task(self.uplink.run(), name="uplink-link")
+                tg.create_task(self.runner.run(), name="lane-runner")
+                tg.create_task(self.forwarder.run(), name="forwarder")
+                tg.create_task(resolver.run(), name="resolver")
+                if self.sharing is not None:
+                    tg.create_task(self.sharing.run(), name="plaza-sharing")
+                tg.create_task(self._status_loop(), name="status")
+                tg.create_task(self._health_loop(), name="health")
+                self.pipeline.start(self._loop)
+                tg.create_task(self._until_stopped(stop), name="shutdown")
+        except* Shutdown:
+            pass
+        finally:
+            await self._close()
+        log.info("lane stopped", extra={"lane": self.lane})
+
+    async def _until_stopped(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        log.info("lane stopping", extra={"lane": self.lane})
+        if self.pipeline is not None:
+            self.pipeline.stop()  # no new codes; the vehicle in progress may finish
+        deadline = time.monotonic() + self.shutdown_grace_s
+        while not self.runner.idle() and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                self.runner.changed.clear()
+                await asyncio.wait_for(self.runner.changed.wait(), 0.2)
+        await self.runner.drain(grace_s=2.0)
+        with contextlib.suppress(ConnectionError):
+            await self.link.publish_status(self._status("offline"))
+        raise Shutdown
+
+    async def _close(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        if self.http is not None:
+            await self.http.close()
+        for closer in (self.queue.close, self.replay.close, self.payments_store.close):
+            try:
+                closer()
+            except Exception:
+                log.exception("close failed", extra={"lane": self.lane})
+
+    # --- status ---------------------------------------------------------------------------
+
+    def _status(self, state: str | None = None) -> LaneStatus:
+        up = self.uplink.connected.is_set()
+        status = self._uplink_status
+        return LaneStatus(
+            state=state or phase(self.runner.state).value,
+            uplink_backlog=status[0],
+            oldest_unsent_s=status[1],
+            link={"broker": self.link.connected, "uplink": up,
+                  "plaza": self.sharing.link_up if self.sharing else False},
+            faults=sorted(self.runner.alarms),
+            ts_us=int(self.clocks.wall() * 1_000_000),
+        )
+
+    _uplink_status: tuple[int, float | None] = (0, None)
+
+    async def _status_loop(self) -> None:
+        last: Any = None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.runner.changed.wait(), 1.0)
+            self.runner.changed.clear()
+            status = self._status()
+            key = (status.state, status.uplink_backlog, tuple(status.faults), tuple(status.link.items()))
+            if key == last or not self.link.connected:
+                continue
+            try:
+                await self.link.publish_status(status)
+                last = key
+            except ConnectionError as exc:
+                log.warning("status not published", extra={"lane": self.lane, "error": str(exc)})
+
+    async def _health_loop(self) -> None:
+        """Queue health into the core; key set age into an alarm."""
+        last: tuple[bool, bool] | None = None
+        while True:
+            uplink = await self.forwarder.status()
+            self._uplink_status = (uplink.backlog, uplink.oldest_age_s)
+            full = uplink.bytes_used >= self.queue.max_bytes
+            now = (full, uplink.high_water_reached)
+            if now != last:
+                self.runner.post(ev.QueueChanged(full=full, high_water=uplink.high_water_reached))
+                last = now
+            if self.verifier.keys.keys and keyset_stale(
+                self.verifier.keys, self.clocks.wall(), self.config.auth.keyset_max_age_s
+            ):
+                if "keyset_stale" not in self.runner.alarms:
+                    self.runner.alarm("keyset_stale", "issuer key set is older than allowed")
+            await asyncio.sleep(1.0)
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("event not published", extra={"error": str(task.exception())})
+
+
+class _PendingPayments:
+    """Placeholder until `run` builds the authoriser (it needs the running loop's HTTP session)."""
+
+    async def authorise(self, request: Authorise) -> ev.Decided:
+        return ev.Decided(request.auth_id, False, "lane_starting", request.kind)
+
+    async def abandon(self, auth_id: str, reason: str) -> None:
+        return None
+
+    async def settle(self, auth_id: str) -> None:
+        return None
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def run_with_uvloop(main: Callable[[], Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lane run", description="Run the lane daemon.")
+    parser.add_argument("--config", type=Path, required=True, help="lane.toml")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"lane: bad configuration\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level, lane=config.lane.id)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await LaneDaemon(config).run(stop)
+
+    run_with_uvloop(serve)
+    return 0

@@ -1,0 +1,249 @@
+"""The one owner of lane state: events in from one queue, actions out to the ports.
+
+The runner reads one event queue and wakes at the next event or at the core's next deadline,
+calls `step`, and hands each action to an adapter. Slow actions (authorisation, disk, MQTT)
+run as tasks that post their outcome back as events, so the state is only ever touched here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lane.core import events as ev
+from lane.core.actions import (
+    Abandon,
+    Action,
+    Authorise,
+    ClearAlarm,
+    CloseBarrier,
+    Note,
+    OpenBarrier,
+    Persist,
+    RaiseAlarm,
+    Settle,
+    ShowOnDisplay,
+)
+from lane.core.machine import next_deadline, step
+from lane.core.state import LaneState, Phase, phase
+from uplink.queue import QueueError, QueueFull
+from uplink.records import Record, RecordDraft
+
+log = logging.getLogger("lane.runner")
+
+
+class BarrierPort(Protocol):
+    async def command(self, op: str, cmd_id: str, deadline_us: int, expiry_s: int) -> None: ...
+    async def show(self, lines: tuple[str, ...], ttl_s: float) -> None: ...
+
+
+class PaymentsPort(Protocol):
+    async def authorise(self, request: Authorise) -> ev.Decided: ...
+    async def abandon(self, auth_id: str, reason: str) -> None: ...
+    async def settle(self, auth_id: str) -> None: ...
+
+
+class RecordStore(Protocol):
+    def append(self, draft: RecordDraft) -> Record: ...
+
+
+Observer = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class Clocks:
+    """Monotonic time for deadlines; wall time (UTC) only where it goes on the wire."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+
+
+class LaneRunner:
+    def __init__(
+        self,
+        state: LaneState,
+        barrier: BarrierPort,
+        payments: PaymentsPort,
+        store: RecordStore,
+        clocks: Clocks | None = None,
+        on_record: Callable[[Record], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.barrier = barrier
+        self.payments = payments
+        self.store = store
+        self.clocks = clocks or Clocks()
+        self.on_record = on_record
+        self.lane = state.rules.lane_id
+        self.events: asyncio.Queue[ev.Event] = asyncio.Queue()
+        self.alarms: dict[str, str] = {}
+        self.observers: list[Observer] = []
+        self.changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # SQLite connections belong to one thread: every queue call runs on this one.
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-queue")
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def post(self, event: ev.Event) -> None:
+        self.events.put_nowait(event)
+
+    def post_threadsafe(self, loop: asyncio.AbstractEventLoop, event: ev.Event) -> None:
+        loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def alarm(self, code: str, message: str | None) -> None:
+        """Raise (message) or clear (None) an alarm the shell itself detected (camera, keys)."""
+        self._execute(ClearAlarm(code) if message is None else RaiseAlarm(code, message))
+        self.changed.set()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                deadline = next_deadline(self.state)
+                timeout = None if deadline is None else max(0.0, deadline - self.clocks.monotonic())
+                try:
+                    event: ev.Event = await asyncio.wait_for(self.events.get(), timeout)
+                except TimeoutError:
+                    event = ev.Tick()
+                self.handle(event)
+        finally:
+            await self.drain(grace_s=2.0)
+            self._disk.shutdown(wait=True)
+
+    def handle(self, event: ev.Event) -> None:
+        before = phase(self.state)
+        self.state, actions = step(self.state, event, self.clocks.monotonic())
+        for action in actions:
+            self._execute(action)
+        after = phase(self.state)
+        if after != before:
+            self._notify("phase", {"from": before.value, "to": after.value})
+        self.changed.set()
+
+    def idle(self) -> bool:
+        """Nothing in progress that a shutdown should wait for."""
+        quiet = phase(self.state) in (Phase.IDLE, Phase.FAULT, Phase.CLOSED, Phase.DENIED)
+        return quiet and not self._tasks
+
+    async def drain(self, grace_s: float) -> None:
+        """Give in-flight work (records being written, payments resolving) time to finish."""
+        if not self._tasks:
+            return
+        done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # --- actions -> I/O -------------------------------------------------------------------
+
+    def _execute(self, action: Action) -> None:
+        match action:
+            case ShowOnDisplay(lines=lines, ttl_s=ttl):
+                self._spawn("display", self.barrier.show(lines, ttl))
+                self._notify("display", {"lines": list(lines)})
+            case Authorise():
+                self._spawn("authorise", self._authorise(action))
+            case Abandon(auth_id=auth_id, reason=reason):
+                log.info("payment abandoned", extra={"lane": self.lane, "auth_id": auth_id, "reason": reason})
+                self._spawn("abandon", self.payments.abandon(auth_id, reason))
+            case Settle(auth_id=auth_id):
+                self._spawn("settle", self.payments.settle(auth_id))
+            case Persist():
+                self._spawn("persist", self._persist(action))
+            case OpenBarrier() | CloseBarrier():
+                self._spawn("barrier", self._command(action))
+            case RaiseAlarm(code=code, message=message):
+                self.alarms[code] = message
+                log.warning("alarm raised", extra={"lane": self.lane, "alarm": code, "detail": message})
+                self._notify("alarm", {"code": code, "message": message, "active": True})
+            case ClearAlarm(code=code):
+                if self.alarms.pop(code, None) is not None:
+                    log.info("alarm cleared", extra={"lane": self.lane, "alarm": code})
+                    self._notify("alarm", {"code": code, "active": False})
+            case Note(name=name, fields=fields):
+                self._notify(name, fields)
+
+    async def _authorise(self, action: Authorise) -> None:
+        try:
+            decision = await self.payments.authorise(action)
+        except Exception as exc:
+            log.exception("authoriser failed", extra={"lane": self.lane, "auth_id": action.auth_id})
+            decision = ev.Decided(action.auth_id, False, f"error: {exc.__class__.__name__}", action.kind)
+        self.post(decision)
+
+    async def _persist(self, action: Persist) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            record = await loop.run_in_executor(self._disk, self.store.append, action.draft)
+        except QueueFull as exc:
+            log.error("queue full", extra={"lane": self.lane, "persist_id": action.persist_id, "error": str(exc)})
+            self.post(ev.PersistFailed(action.persist_id, "queue_full"))
+            return
+        except (QueueError, OSError) as exc:
+            log.error("record write failed", extra={"lane": self.lane, "persist_id": action.persist_id, "error": str(exc)})
+            self.post(ev.PersistFailed(action.persist_id, "disk_error"))
+            return
+        log.info(
+            "record written",
+            extra={
+                "lane": self.lane,
+                "record_id": record.record_id,
+                "seq": record.seq,
+                "kind": record.draft.kind,
+                "result": record.draft.auth.result,
+            },
+        )
+        self.post(ev.Persisted(action.persist_id, record.record_id, record.seq))
+        if self.on_record is not None:
+            self.on_record(record)
+        self._notify("record", {"record": {"v": record.v, **record.to_map()}})
+
+    async def _command(self, action: OpenBarrier | CloseBarrier) -> None:
+        op = "open" if isinstance(action, OpenBarrier) else "close"
+        remaining = max(0.0, action.deadline - self.clocks.monotonic())
+        deadline_us = int((self.clocks.wall() + remaining) * 1_000_000)
+        expiry_s = max(1, int(remaining + 0.999))
+        try:
+            await self.barrier.command(op, action.cmd_id, deadline_us, expiry_s)
+        except ConnectionError as exc:
+            # The core retries on its ack deadline with the same cmd_id.
+            log.warning(
+                "barrier command not sent",
+                extra={"lane": self.lane, "cmd_id": action.cmd_id, "attempt": action.attempt, "error": str(exc)},
+            )
+            return
+        log.info("barrier command sent", extra={"lane": self.lane, "cmd_id": action.cmd_id, "op": op, "attempt": action.attempt})
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _spawn(self, what: str, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._done(what, t))
+
+    def _done(self, what: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error(
+                "lane task failed",
+                extra={"lane": self.lane, "task": what, "error": f"{exc.__class__.__name__}: {exc}"},
+            )
+
+    def _notify(self, name: str, fields: dict[str, Any]) -> None:
+        for observer in self.observers:
+            try:
+                observer(name, fields)
+            except Exception:
+                log.exception("observer failed", extra={"lane": self.lane, "note": name})

@@ -1,0 +1,128 @@
+"""Payment codes as phones would show them: offline tokens, wallet codes, EMV CPM, bad ones.
+
+The simulator's issuer key signs real tokens (the lane verifies them with the real verifier);
+wallet and EMV codes are unique per vehicle, as a wallet app makes them.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lane.auth.cose import Alg
+from lane.auth.keys import IssuerKey, KeySet, keyset_to_json
+from lane.auth.tokens import issue_token
+
+ISSUER = "sim-transit"
+KID = "sim-2026"
+
+
+@dataclass(frozen=True)
+class Code:
+    """One code a driver will show, and what the lane should make of it."""
+
+    kind: str  # token | alipay | wechat | emv | garbage | forged | expired | replay
+    text: str
+    valid: bool
+
+
+def tlv(tag: int, value: bytes) -> bytes:
+    tag_bytes = tag.to_bytes((tag.bit_length() + 7) // 8 or 1, "big")
+    n = len(value)
+    if n < 0x80:
+        length = bytes([n])
+    elif n < 0x100:
+        length = bytes([0x81, n])
+    else:
+        length = bytes([0x82]) + n.to_bytes(2, "big")
+    return tag_bytes + length + value
+
+
+def emv_cpm(pan: str, atc: int, cryptogram: bytes) -> str:
+    """An EMVCo consumer-presented-mode payload (Base64 BER-TLV, CPV01)."""
+    digits = pan + ("F" if len(pan) % 2 else "")
+    pan_bcd = bytes.fromhex(digits)
+    track2 = bytes.fromhex((pan + "D" + "3012" + "201" + "0000000000")[:38].ljust(38, "F"))
+    iad = tlv(0x9F26, cryptogram) + tlv(0x9F36, atc.to_bytes(2, "big")) + tlv(0x9F27, b"\x80")
+    app = (
+        tlv(0x4F, bytes.fromhex("A0000000041010"))
+        + tlv(0x50, b"SIM DEBIT")
+        + tlv(0x5A, pan_bcd)
+        + tlv(0x57, track2)
+        + tlv(0x63, iad)
+    )
+    payload = tlv(0x85, b"CPV01") + tlv(0x61, app)
+    return base64.b64encode(payload).decode("ascii")
+
+
+class CodeFactory:
+    """Makes the codes of simulated drivers; deterministic for a seed, times from the caller."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.key = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
+        self.forger = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
+        self.used_tokens: list[str] = []
+
+    def keyset(self, now: int) -> KeySet:
+        public = self.key.public_key()
+        key = IssuerKey(
+            kid=KID.encode(),
+            alg=Alg.ED25519,
+            issuer=ISSUER,
+            public_key=public,
+            not_before=now - 86400,
+            not_after=now + 86400 * 365,
+        )
+        return KeySet.of(issued_at=now, keys=[key])
+
+    def write_keyset(self, path: Path, now: int) -> Path:
+        path.write_text(keyset_to_json(self.keyset(now)))
+        return path
+
+    def account(self) -> str:
+        return f"acct-{self.rng.randrange(10**8):08d}"
+
+    def make(self, kind: str, now: int) -> Code:
+        """The code of `kind`, made at unix time `now` (a phone refreshes its token)."""
+        if kind == "token":
+            text = self._token(self.key, now, now + 60)
+            self.used_tokens.append(text)
+            return Code(kind, text, True)
+        if kind == "alipay":
+            prefix = self.rng.choice(["25", "26", "27", "28", "29", "30"])
+            return Code(kind, prefix + self._digits(16), True)
+        if kind == "wechat":
+            prefix = self.rng.choice(["10", "11", "12", "13", "14", "15"])
+            return Code(kind, prefix + self._digits(16), True)
+        if kind == "emv":
+            pan = "5413" + self._digits(12)
+            text = emv_cpm(pan, self.rng.randrange(1, 65535), self.rng.randbytes(8))
+            return Code(kind, text, True)
+        if kind == "forged":
+            return Code(kind, self._token(self.forger, now, now + 60), False)
+        if kind == "expired":
+            return Code(kind, self._token(self.key, now - 600, now - 300), False)
+        if kind == "replay" and self.used_tokens:
+            return Code(kind, self.rng.choice(self.used_tokens), False)
+        return Code("garbage", self.rng.choice(_GARBAGE) + self._digits(4), False)
+
+    def _token(self, key: Ed25519PrivateKey, iat: int, exp: int) -> str:
+        nonce = self.rng.randbytes(12)
+        return issue_token(key, KID, ISSUER, self.account(), iat, exp, nonce)
+
+    def _digits(self, n: int) -> str:
+        return "".join(self.rng.choice("0123456789") for _ in range(n))
+
+
+_GARBAGE = (
+    "https://example.com/menu?table=",
+    "WIFI:S:CafeGuest;T:WPA;P:",
+    "BEGIN:VCARD\nFN:Someone\nTEL:+",
+    "hello world ",
+    "9999",
+)
