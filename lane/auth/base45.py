@@ -8,8 +8,12 @@ anything that is not the canonical encoding of some bytes raises `Base45Error`.
 
 from __future__ import annotations
 
+import struct
+
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
-_VALUE = {c: i for i, c in enumerate(ALPHABET)}
+_INVALID = 0xFF
+# bytes.translate table: ASCII code of a character -> its Base45 value, anything else -> 0xFF.
+_VALUES = bytes(ALPHABET.index(chr(c)) if chr(c) in ALPHABET else _INVALID for c in range(256))
 
 
 class Base45Error(ValueError):
@@ -32,21 +36,21 @@ def b45encode(data: bytes) -> str:
 def b45decode(text: str) -> bytes:
     if len(text) % 3 == 1:
         raise Base45Error(f"length {len(text)} is not a valid Base45 length (3k or 3k+2)")
-    try:
-        values = [_VALUE[ch] for ch in text]
-    except KeyError as exc:
-        raise Base45Error(f"character {exc.args[0]!r} is not in the Base45 alphabet") from None
-    out = bytearray()
-    for i in range(0, len(values), 3):
-        chunk = values[i : i + 3]
-        if len(chunk) == 3:
-            n = chunk[0] + chunk[1] * 45 + chunk[2] * 2025
-            if n > 0xFFFF:
-                raise Base45Error(f"group {text[i : i + 3]!r} at {i} exceeds 65535")
-            out += n.to_bytes(2, "big")
-        else:
-            n = chunk[0] + chunk[1] * 45
-            if n > 0xFF:
-                raise Base45Error(f"final group {text[i : i + 2]!r} exceeds 255")
-            out.append(n)
-    return bytes(out)
+    if not text.isascii():
+        bad = next(ch for ch in text if not ch.isascii())
+        raise Base45Error(f"character {bad!r} is not in the Base45 alphabet")
+    v = text.encode("ascii").translate(_VALUES)
+    if _INVALID in v:
+        raise Base45Error(f"character {text[v.index(_INVALID)]!r} is not in the Base45 alphabet")
+    full = len(v) - len(v) % 3
+    groups = [v[i] + v[i + 1] * 45 + v[i + 2] * 2025 for i in range(0, full, 3)]
+    if groups and max(groups) > 0xFFFF:
+        i = next(k for k, n in enumerate(groups) if n > 0xFFFF) * 3
+        raise Base45Error(f"group {text[i : i + 3]!r} at {i} exceeds 65535")
+    out = struct.pack(f">{len(groups)}H", *groups)
+    if full < len(v):
+        n = v[full] + v[full + 1] * 45
+        if n > 0xFF:
+            raise Base45Error(f"final group {text[full:]!r} exceeds 255")
+        out += bytes((n,))
+    return out

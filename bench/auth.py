@@ -1,0 +1,68 @@
+"""Offline token cost on this machine (prints figures; asserts nothing).
+
+    .venv/bin/python bench/auth.py
+
+bench_tokens: verify_token per second for Ed25519 and ES256 (accepted tokens: the full path),
+plus the cost of refusing forgeries (decode + signature check) and garbage (decode only).
+bench_replay: ReplayStore.check_and_mark per second (SQLite WAL, synchronous=FULL: one fsync
+per new use) on a temporary file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from lane.auth.cose import Alg
+from lane.auth.deny import DenyList
+from lane.auth.issuer import TokenIssuer
+from lane.auth.keys import KeySet
+from lane.auth.replay import ReplayStore
+from lane.auth.tokens import verify_token
+
+NOW = 1_800_000_000
+
+
+def _report(label: str, n: int, elapsed: float) -> None:
+    print(f"  {label:<34} {n / elapsed:9.0f} /s   {elapsed / n * 1e6:7.1f} us each")
+
+
+def _verify_all(label: str, texts: list[str], keys: KeySet, deny: DenyList) -> None:
+    verify_token(texts[0], keys, deny, NOW, 5)  # warm up
+    started = time.perf_counter()
+    for text in texts:
+        verify_token(text, keys, deny, NOW, 5)
+    _report(label, len(texts), time.perf_counter() - started)
+
+
+def bench_tokens(n: int = 2000) -> None:
+    deny = DenyList.of(1, [f"acct-denied-{i}" for i in range(100_000)])
+    print(f"verify_token, {n} tokens each, deny list of {len(deny.accounts)} accounts")
+    for alg in Alg:
+        issuer = TokenIssuer.generate(alg, kid=alg.value)
+        forger = TokenIssuer.generate(alg, kid=alg.value)
+        keys = KeySet.of(NOW, [issuer.public()])
+        tokens = [issuer.token(f"acct-{i}", NOW) for i in range(n)]
+        print(f" {alg.value} (QR text {len(tokens[0])} characters)")
+        _verify_all("accepted (full verification)", tokens, keys, deny)
+        forged = [forger.token(f"acct-{i}", NOW) for i in range(n)]
+        _verify_all("forged (bad signature)", forged, keys, deny)
+    _verify_all("garbage (refused at decode)", ["LT1:" + "A" * 300] * n, KeySet(0), deny)
+
+
+def bench_replay(n: int = 500) -> None:
+    ids = [os.urandom(16).hex() for _ in range(n)]
+    with tempfile.TemporaryDirectory() as tmp, ReplayStore(Path(tmp) / "replay.db") as store:
+        print(f"replay store in {tmp}, {n} uses")
+        for label in ("check_and_mark, first use (fsync)", "check_and_mark, replayed id"):
+            started = time.perf_counter()
+            for token_id in ids:
+                store.check_and_mark(token_id, NOW, "p1/l01", NOW)
+            _report(label, n, time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    bench_tokens()
+    bench_replay()
