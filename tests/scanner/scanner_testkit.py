@@ -12,6 +12,15 @@ import zxingcpp
 
 Gray = npt.NDArray[np.uint8]
 
+# The example of EMV QRCPS v1.1 (consumer presented mode), as reproduced by independent CPM
+# libraries; decoded by hand: 85 "CPV01", two 61 templates (A0000000555555 "Product1",
+# A0000000666666 "Product2"), 62 with PAN 1234567890123458, name, language "ruesdeen" and a
+# 64 template holding 9F10, cryptogram 584FD385FA234BCC, ATC 0001 and 9F37.
+EMVCO_SAMPLE = (
+    "hQVDUFYwMWETTwegAAAAVVVVUAhQcm9kdWN0MWETTwegAAAAZmZmUAhQcm9kdWN0MmJJWggSNFZ4kBI0WF8gDkNB"
+    "UkRIT0xERVIvRU1WXy0IcnVlc2RlZW5kIZ8QBwYBCgMAAACfJghYT9OF+iNLzJ82AgABnzcEbVjvEw=="
+)
+
 
 def corpus_dir() -> Path | None:
     """The shared corpus: beside the repo in CI (../shared), or at /work/shared on a dev box."""
