@@ -378,13 +378,15 @@ def _on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) ->
     state = replace(state, committed=committed)
     if vehicle.approved is not None:
         actions.insert(0, Abandon(event.persist_id, "record_failed"))
-        vehicle = replace(vehicle, approved=None, tries=state.rules.max_tries)
         actions.append(ShowOnDisplay(("Payment cancelled", "Lane closed")))
+        if vehicle.implicit:
+            return replace(state, vehicle=None), actions  # no loop will ever clear a passenger
+        vehicle = replace(vehicle, approved=None, tries=state.rules.max_tries)
         return replace(state, vehicle=vehicle), actions
     # An attendant open without a record does not open: the attendant may try again.
     actions.append(Note("attendant_open_failed", {"cmd_id": event.persist_id}))
-    if vehicle.vehicle_id == vehicle.manual:
-        return replace(state, vehicle=None), actions  # nobody was at the pay point
+    if vehicle.implicit or vehicle.vehicle_id == vehicle.manual:
+        return replace(state, vehicle=None), actions  # nobody a loop could clear
     return replace(state, vehicle=replace(vehicle, manual=None)), actions
 
 
