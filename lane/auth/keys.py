@@ -25,6 +25,7 @@ from lane.auth.cose import Alg, PublicKey, alg_of_public
 from lane.auth.sourced import Reader, SourcedError, rfc3339, type_name
 
 KEYSET_VERSION = 1
+MAX_KID_LEN = 64  # as lane.auth.tokens accepts
 
 
 class KeySetError(SourcedError):
@@ -126,6 +127,13 @@ def _parse_key(read: Reader, entry: Any, path: str) -> IssuerKey:
 
 
 def _parse_kid(read: Reader, entry: Mapping[str, Any], path: str) -> bytes:
+    kid = _read_kid(read, entry, path)
+    if len(kid) > MAX_KID_LEN:
+        raise read.fail(f"{path}.kid", f"is {len(kid)} bytes; tokens carry at most {MAX_KID_LEN}")
+    return kid
+
+
+def _read_kid(read: Reader, entry: Mapping[str, Any], path: str) -> bytes:
     if "kid_hex" in entry:
         value = entry["kid_hex"]
         try:

@@ -41,6 +41,7 @@ PREFIX = "LT1:"
 MAX_TEXT_LEN = 2048  # ours are ~220 characters; refuse big inputs before decoding
 MAX_TEXT_CLAIM = 256
 MAX_CTI_LEN = 64
+MAX_KID_LEN = 64
 MAX_TIME = 1 << 40  # NumericDate bound: keeps times inside SQLite's and msgpack's integers
 
 CLAIM_ISS, CLAIM_SUB, CLAIM_EXP, CLAIM_NBF, CLAIM_IAT, CLAIM_CTI = 1, 2, 4, 5, 6, 7
@@ -117,8 +118,9 @@ def _verify(text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float) 
     kid = sign1.header.get(HEADER_KID)
     if isinstance(alg_id, bool) or not isinstance(alg_id, int):
         raise _RefusedError(Reason.MALFORMED, "protected header has no integer alg (1)")
-    if not isinstance(kid, bytes) or not kid:
-        raise _RefusedError(Reason.MALFORMED, "protected header has no byte-string kid (4)")
+    if not isinstance(kid, bytes) or not 0 < len(kid) <= MAX_KID_LEN:
+        detail = f"protected header needs a kid (4) of 1..{MAX_KID_LEN} bytes"
+        raise _RefusedError(Reason.MALFORMED, detail)
     alg = Alg.from_cose(alg_id)
     if alg is None:
         raise _RefusedError(Reason.WRONG_ALGORITHM, f"alg {alg_id} is not EdDSA (-8) or ES256 (-7)")

@@ -133,6 +133,7 @@ OTHER_CURVE = (
         ("keys", {}, "keys", "must be a list"),
         ("keys.0", "k", "keys[0]", "must be a table"),
         ("keys.0.kid", "", "keys[0].kid", "non-empty"),
+        ("keys.0.kid", "k" * 65, "keys[0].kid", "at most 64"),
         ("keys.0.alg", "rsa", "keys[0].alg", "unknown algorithm 'rsa' (use ed25519, es256)"),
         ("keys.0.alg", "es256", "keys[0].public_key", "holds an ed25519 key but alg says es256"),
         ("keys.0.public_key", "not base64!", "keys[0].public_key", "is not a public key"),

@@ -298,6 +298,7 @@ def test_malformed_structure(text: str) -> None:
         ({1: "EdDSA", 4: b"k1"}, None),
         ({1: -8, 4: "k1"}, None),
         ({1: -8, 4: b""}, None),
+        ({1: -8, 4: b"k" * 65}, None),
         ({1: True, 4: b"k1"}, None),
         ({1: -8, 4: b"k1", 2: [99]}, None),  # crit
         ([1, -8], None),
