@@ -309,8 +309,6 @@ def _on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
         return _after_decline(state, vehicle, why, [Abandon(event.auth_id, why)])
     draft = _draft(state, vehicle, event, "approved" if "deferred" not in event.flags else "deferred")
     vehicle = replace(vehicle, approved=event, approved_frame_ts=attempt.frame_ts)
-    if state.rules.mode is LaneMode.TRANSIT_ENTRY and event.account_ref is not None:
-        state = replace(state, taps=(*_recent_taps(state, now), (event.account_ref, now)))
     state = _commit(state, event.auth_id)
     return replace(state, vehicle=vehicle), [Persist(event.auth_id, draft)]
 
@@ -364,8 +362,14 @@ def _on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
     if vehicle is None or _pending_persist(vehicle) != event.persist_id:
         return state, []  # a duplicate or stale answer: the record it names is settled already
     vehicle = replace(vehicle, record_id=event.record_id)
-    actions: list[Action] = [Settle(event.persist_id)] if vehicle.approved is not None else []
-    return replace(state, vehicle=vehicle), actions
+    approved = vehicle.approved
+    if approved is None:
+        return replace(state, vehicle=vehicle), []
+    if state.rules.mode is LaneMode.TRANSIT_ENTRY and approved.account_ref is not None:
+        # The tap-in counts for anti-passback once it is on record, not before: a record that
+        # failed charged nothing and must not lock the passenger out.
+        state = replace(state, taps=(*_recent_taps(state, now), (approved.account_ref, now)))
+    return replace(state, vehicle=vehicle), [Settle(event.persist_id)]
 
 
 def _on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> Result:
