@@ -120,10 +120,7 @@ def _entry_loop(state: LaneState, event: ev.SensorChanged, now: float) -> Result
         return state, []  # a vehicle with a record on the way is leaving towards the barrier
     # The vehicle backed away from the pay point before it was cleared to pass.
     actions: list[Action] = [Note("vehicle_gone", {"vehicle_id": vehicle.vehicle_id})]
-    pending = _pending_auth(vehicle)
-    if pending is not None:
-        actions.append(Abandon(pending, "vehicle_gone"))
-    return replace(state, vehicle=None), actions
+    return replace(state, vehicle=None), actions + _let_go(state, vehicle, "vehicle_gone")
 
 
 def _arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
@@ -490,9 +487,7 @@ def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) ->
         why = "attendant open in progress" if vehicle.manual else "vehicle already paid"
         return state, [Note("attendant_open_ignored", {"reason": why})]
     if vehicle is not None:
-        pending = _pending_auth(vehicle)
-        if pending is not None:
-            actions.append(Abandon(pending, "attendant_open"))
+        actions += _let_go(state, vehicle, "attendant_open")
         vehicle = replace(vehicle, attempt=None, manual=event.cmd_id)
     else:
         vehicle = Vehicle(event.cmd_id, state.rules.default_class, 0, "", manual=event.cmd_id)
@@ -515,9 +510,7 @@ def _on_close_lane(state: LaneState, event: ev.AttendantCloseLane, now: float) -
     actions: list[Action] = [ShowOnDisplay(("Lane closed", "Please use another lane"))]
     vehicle = state.vehicle
     if vehicle is not None and not _committed(vehicle):
-        pending = _pending_auth(vehicle)
-        if pending is not None:
-            actions.append(Abandon(pending, "lane_closed"))
+        actions += _let_go(state, vehicle, "lane_closed")
         state = replace(state, vehicle=None)
     actions.append(Note("lane_closed", {"reason": event.reason}))
     return replace(state, closed_reason=event.reason or "closed by attendant"), actions
@@ -637,12 +630,15 @@ def _pending_persist(vehicle: Vehicle) -> str | None:
     return vehicle.manual
 
 
-def _pending_auth(vehicle: Vehicle) -> str | None:
+def _let_go(state: LaneState, vehicle: Vehicle, reason: str) -> list[Action]:
+    """The lane stops serving this (uncommitted) vehicle: give up its payment in flight, and
+    the attendant it was waiting for is no longer needed."""
+    actions: list[Action] = []
     if vehicle.attempt is not None:
-        return vehicle.attempt.auth_id
-    if vehicle.approved is not None and vehicle.record_id is None:
-        return vehicle.approved.auth_id
-    return None
+        actions.append(Abandon(vehicle.attempt.auth_id, reason))
+    if vehicle.tries >= state.rules.max_tries:
+        actions.append(ClearAlarm("attendant_needed"))
+    return actions
 
 
 def _fare_display(vehicle: Vehicle, state: LaneState) -> ShowOnDisplay:
