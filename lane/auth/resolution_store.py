@@ -1,0 +1,255 @@
+"""Durable book of online payments whose outcome the lane must be able to resolve.
+
+The intent to pay is committed (WAL, synchronous=FULL) BEFORE the pay request leaves, so no
+crash can leave a payment charged at the acquirer and unknown to the lane. States and the only
+allowed moves between them live in `TRANSITIONS`; an illegal move raises and changes nothing.
+
+    intent --pay SUCCEEDED--> charged --record on disk--> settled        (final, never reversed)
+    intent --pay DECLINED---> declined                                    (final)
+    intent | charged --lane gave up / crashed--> given_up --resolver--> reversed | declined
+
+Synchronous on purpose: the resolver calls it from one worker thread, tests call it directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+
+class PaymentState(StrEnum):
+    INTENT = "intent"
+    CHARGED = "charged"
+    GIVEN_UP = "given_up"
+    REVERSED = "reversed"
+    DECLINED = "declined"
+    SETTLED = "settled"
+
+
+S = PaymentState
+TRANSITIONS: dict[PaymentState, frozenset[PaymentState]] = {
+    S.INTENT: frozenset({S.CHARGED, S.DECLINED, S.GIVEN_UP}),
+    S.CHARGED: frozenset({S.CHARGED, S.SETTLED, S.GIVEN_UP}),
+    S.GIVEN_UP: frozenset({S.GIVEN_UP, S.REVERSED, S.DECLINED}),
+    S.SETTLED: frozenset({S.SETTLED}),
+    S.REVERSED: frozenset({S.REVERSED}),
+    S.DECLINED: frozenset({S.DECLINED}),
+}
+FINAL = frozenset({S.SETTLED, S.REVERSED, S.DECLINED})
+OPEN = frozenset({S.INTENT, S.CHARGED})  # the lane may still record or abandon these
+
+_SCHEMA = f"""
+CREATE TABLE payments (
+    payment_id   TEXT PRIMARY KEY,
+    auth_id      TEXT NOT NULL,
+    lane         TEXT NOT NULL,
+    amount_minor INTEGER NOT NULL CHECK (amount_minor >= 0),
+    currency     TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ({", ".join(repr(s.value) for s in S)})),
+    acquirer_ref TEXT,
+    reason       TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    created_ms   INTEGER NOT NULL,
+    updated_ms   INTEGER NOT NULL
+);
+CREATE INDEX payments_by_state ON payments (state);
+"""
+
+
+class StoreError(Exception):
+    """The resolution store cannot be opened or written."""
+
+
+class IllegalTransition(StoreError):  # noqa: N818 - names the refused move, not a failure
+    def __init__(self, payment_id: str, current: PaymentState, wanted: PaymentState) -> None:
+        super().__init__(f"payment {payment_id}: {current} -> {wanted} is not allowed")
+        self.payment_id = payment_id
+        self.current = current
+        self.wanted = wanted
+
+
+class UnknownPayment(StoreError):  # noqa: N818 - a lookup miss, named for what is missing
+    pass
+
+
+@dataclass(frozen=True)
+class PaymentRow:
+    payment_id: str
+    auth_id: str
+    lane: str
+    amount_minor: int
+    currency: str
+    method: str
+    state: PaymentState
+    acquirer_ref: str | None
+    reason: str | None
+    attempts: int
+    created_ms: int
+    updated_ms: int
+
+
+class ResolutionStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open resolution store {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            self._db.executescript(
+                f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
+        elif version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}; this lane knows {SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def begin(
+        self,
+        payment_id: str,
+        *,
+        auth_id: str,
+        lane: str,
+        amount_minor: int,
+        currency: str,
+        method: str,
+        now_ms: int,
+    ) -> tuple[PaymentRow, bool]:
+        """Commit the intent to pay; (row, True) when new, (existing row, False) when not."""
+        with self._tx():
+            row = self._get(payment_id)
+            if row is not None:
+                return row, False
+            self._db.execute(
+                "INSERT INTO payments (payment_id, auth_id, lane, amount_minor, currency, method,"
+                " state, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    payment_id,
+                    auth_id,
+                    lane,
+                    amount_minor,
+                    currency,
+                    method,
+                    S.INTENT,
+                    now_ms,
+                    now_ms,
+                ),
+            )
+            created = self._get(payment_id)
+        assert created is not None
+        return created, True
+
+    def move(
+        self,
+        payment_id: str,
+        to: PaymentState,
+        now_ms: int,
+        *,
+        acquirer_ref: str | None = None,
+        reason: str | None = None,
+    ) -> PaymentRow:
+        """Move a payment to `to` if the table allows it, else raise IllegalTransition."""
+        with self._tx():
+            row = self._get(payment_id)
+            if row is None:
+                raise UnknownPayment(f"no payment {payment_id} in {self.path}")
+            if to not in TRANSITIONS[row.state]:
+                raise IllegalTransition(payment_id, row.state, to)
+            self._db.execute(
+                "UPDATE payments SET state = ?, updated_ms = ?,"
+                " acquirer_ref = COALESCE(?, acquirer_ref), reason = COALESCE(?, reason)"
+                " WHERE payment_id = ?",
+                (to, now_ms, acquirer_ref, reason, payment_id),
+            )
+            moved = self._get(payment_id)
+        assert moved is not None
+        return moved
+
+    def note_attempt(self, payment_id: str, now_ms: int, reason: str) -> None:
+        """Count a failed resolution attempt (for operators: why is this still open?)."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE payments SET attempts = attempts + 1, reason = ?, updated_ms = ?"
+                " WHERE payment_id = ?",
+                (reason, now_ms, payment_id),
+            )
+
+    def get(self, payment_id: str) -> PaymentRow | None:
+        with self._lock:
+            return self._get(payment_id)
+
+    def in_states(self, states: Iterable[PaymentState]) -> list[PaymentRow]:
+        wanted = [PaymentState(s).value for s in states]
+        marks = ", ".join("?" * len(wanted))
+        with self._lock:
+            cur = self._db.execute(
+                f"SELECT * FROM payments WHERE state IN ({marks}) ORDER BY created_ms", wanted
+            )
+            return [_row(r) for r in cur.fetchall()]
+
+    def prune(self, before_ms: int) -> int:
+        """Delete final rows last touched before `before_ms`; return how many."""
+        finals = [s.value for s in FINAL]
+        with self._tx():
+            cur = self._db.execute(
+                "DELETE FROM payments WHERE updated_ms < ? AND state IN (?, ?, ?)",
+                (before_ms, *finals),
+            )
+            return cur.rowcount
+
+    def _get(self, payment_id: str) -> PaymentRow | None:
+        cur = self._db.execute("SELECT * FROM payments WHERE payment_id = ?", (payment_id,))
+        found = cur.fetchone()
+        return None if found is None else _row(found)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT under the lock; ROLLBACK when the body raises."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+
+
+def _row(r: sqlite3.Row) -> PaymentRow:
+    return PaymentRow(
+        payment_id=r["payment_id"],
+        auth_id=r["auth_id"],
+        lane=r["lane"],
+        amount_minor=r["amount_minor"],
+        currency=r["currency"],
+        method=r["method"],
+        state=PaymentState(r["state"]),
+        acquirer_ref=r["acquirer_ref"],
+        reason=r["reason"],
+        attempts=r["attempts"],
+        created_ms=r["created_ms"],
+        updated_ms=r["updated_ms"],
+    )

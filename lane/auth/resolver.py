@@ -1,0 +1,304 @@
+"""Durable resolution of online payments whose outcome the lane did not get (safety rule 5).
+
+The authoriser records the intent before paying (`begin`), the outcome when it has one
+(`charged` / `declined`), and hands over every payment it gives up on (`give_up`). The lane
+`settle`s a charged payment once its record is on disk: from then on it is never reversed.
+A background worker resolves given-up payments: it queries the acquirer and reverses whatever
+succeeded, is still pending after a grace period, or is unknown to the acquirer (a reversal of
+an unknown id voids it, so a pay request still on its way is refused when it lands). While the
+acquirer is unreachable it retries with backoff; the work survives restarts because it is in
+SQLite, and on start every intent left open by a previous run is given up and resolved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from lane.auth.acquirer import (
+    AcquirerClient,
+    AcquirerError,
+    AcquirerProtocolError,
+    AcquirerTimeout,
+    AcquirerUnavailable,
+    PaymentStatus,
+)
+from lane.auth.resolution_store import (
+    FINAL,
+    OPEN,
+    IllegalTransition,
+    PaymentRow,
+    PaymentState,
+    ResolutionStore,
+    StoreError,
+    UnknownPayment,
+)
+
+__all__ = ["Backoff", "PaymentRow", "PaymentState", "ResolutionStore", "Resolver"]
+
+log = logging.getLogger("lane.auth.resolver")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before retry number `failures` (1, 2, ...): initial * factor**(n-1), capped."""
+
+    initial_s: float = 0.25
+    factor: float = 2.0
+    max_s: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1)))
+
+
+class Resolver:
+    """Owns the resolution store's writes (one worker thread) and the resolving task.
+
+    `clock` is the wall clock in Unix seconds (row timestamps, the pending grace period).
+    `is_recorded`, when given, tells recovery whether a payment left open by a crash is in the
+    uplink queue after all (the crash fell between writing the record and `settle`): those are
+    settled, not reversed.
+    """
+
+    def __init__(
+        self,
+        store: ResolutionStore,
+        client: AcquirerClient,
+        clock: Callable[[], float] = time.time,
+        backoff: Backoff = Backoff(),
+        *,
+        request_timeout_s: float = 2.0,
+        pending_grace_s: float = 30.0,
+        is_recorded: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._clock = clock
+        self._backoff = backoff
+        self._timeout_s = request_timeout_s
+        self._grace_ms = int(pending_grace_s * 1000)
+        self._is_recorded = is_recorded
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolution-store")
+        self._queue: dict[str, str] = {}  # payment_id -> why the lane gave up
+        self._mine: set[str] = set()  # begun by this run: never "recovered"
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while the worker has nothing left to resolve
+        self._waiters: dict[str, list[asyncio.Future[PaymentState]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # -- what the authoriser calls ---------------------------------------------------------
+
+    async def begin(
+        self,
+        payment_id: str,
+        *,
+        auth_id: str,
+        lane: str,
+        amount_minor: int,
+        currency: str,
+        method: str,
+    ) -> tuple[PaymentRow, bool]:
+        """Commit the intent to pay; returns (row, created). Pay only when created."""
+        row, created = await self._db(
+            self._store.begin,
+            payment_id,
+            auth_id=auth_id,
+            lane=lane,
+            amount_minor=amount_minor,
+            currency=currency,
+            method=method,
+            now_ms=self._now_ms(),
+        )
+        if created:
+            self._mine.add(payment_id)
+        return row, created
+
+    async def charged(self, payment_id: str, acquirer_ref: str | None) -> PaymentRow:
+        return await self._move(payment_id, PaymentState.CHARGED, acquirer_ref=acquirer_ref)
+
+    async def declined(self, payment_id: str, reason: str) -> PaymentRow:
+        return await self._move(payment_id, PaymentState.DECLINED, reason=reason)
+
+    async def settle(self, payment_id: str) -> PaymentRow:
+        """The record is on disk: never reverse. Raises IllegalTransition if already given up."""
+        return await self._move(payment_id, PaymentState.SETTLED)
+
+    def give_up(self, payment_id: str, reason: str = "gave_up") -> None:
+        """The lane will not use this payment: resolve it (reverse if charged) unless settled."""
+        self._queue.setdefault(payment_id, reason)
+        self._idle.clear()
+        self._wake.set()
+
+    async def get(self, payment_id: str) -> PaymentRow | None:
+        return await self._db(self._store.get, payment_id)
+
+    async def open_payments(self) -> list[PaymentRow]:
+        """Payments not in a final state (for the dashboard and reconciliation)."""
+        return await self._db(self._store.in_states, {*OPEN, PaymentState.GIVEN_UP})
+
+    async def wait_final(self, payment_id: str) -> PaymentState:
+        """Wait until the payment reaches a final state (settled, reversed, declined)."""
+        row = await self.get(payment_id)
+        if row is None:
+            raise UnknownPayment(payment_id)
+        if row.state in FINAL:
+            return row.state
+        future: asyncio.Future[PaymentState] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(payment_id, []).append(future)
+        return await future
+
+    async def wait_idle(self) -> None:
+        """Wait until every payment handed over so far is resolved or refused (needs start)."""
+        await self._idle.wait()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover what a previous run left open, then resolve in the background."""
+        await self.recover()
+        self._task = asyncio.create_task(self.run(), name="payment-resolver")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await asyncio.to_thread(self._io.shutdown)
+
+    async def recover(self) -> int:
+        """Give up every intent a previous run left open (or settle it if it was recorded)."""
+        rows = await self._db(self._store.in_states, OPEN)
+        count = 0
+        for row in rows:
+            if row.payment_id in self._mine:
+                continue
+            if self._is_recorded is not None and await self._is_recorded(row.payment_id):
+                if row.state is PaymentState.CHARGED:
+                    await self.settle(row.payment_id)
+                    log.warning("recovered payment was recorded: settled", extra=_x(row))
+                    continue
+                log.error("recorded payment was never charged: resolving", extra=_x(row))
+            self.give_up(row.payment_id, "recovered")
+            log.warning("payment left open by a previous run: resolving", extra=_x(row))
+            count += 1
+        return count
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            self._wake.clear()
+            try:
+                await self._absorb_queue()
+                rows = await self._db(self._store.in_states, {PaymentState.GIVEN_UP})
+            except StoreError:
+                log.exception("resolution store failed; retrying")
+                failures += 1
+                await asyncio.sleep(self._backoff.delay(failures))
+                continue
+            if not rows:
+                failures = 0
+                if not self._queue:
+                    self._idle.set()
+                await self._wake.wait()
+                continue
+            failed, pending = await self._resolve_all(rows)
+            failures = failures + 1 if failed else 0
+            if failed:
+                await asyncio.sleep(self._backoff.delay(failures))
+            elif pending:  # someone is still deciding: look again soon, or when woken
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._backoff.initial_s)
+
+    # -- inside the worker -----------------------------------------------------------------
+
+    async def _absorb_queue(self) -> None:
+        while self._queue:
+            payment_id, reason = next(iter(self._queue.items()))
+            try:
+                await self._move(payment_id, PaymentState.GIVEN_UP, reason=reason)
+            except IllegalTransition as exc:  # settled (recorded) or already final: leave it
+                level = logging.ERROR if exc.current is PaymentState.SETTLED else logging.INFO
+                log.log(
+                    level,
+                    "not resolving: payment is %s",
+                    exc.current,
+                    extra={"payment_id": payment_id, "reason": reason},
+                )
+            except UnknownPayment:
+                log.error("asked to give up an unknown payment", extra={"payment_id": payment_id})
+            del self._queue[payment_id]
+
+    async def _resolve_all(self, rows: list[PaymentRow]) -> tuple[bool, bool]:
+        """Try each row once; returns (something failed, something still pending)."""
+        failed = pending = False
+        for row in rows:
+            try:
+                pending |= not await self._resolve(row)
+            except AcquirerError as exc:
+                failed = True
+                log.warning("could not resolve payment: %s", exc, extra=_x(row))
+                await self._db(self._store.note_attempt, row.payment_id, self._now_ms(), str(exc))
+                if isinstance(exc, AcquirerUnavailable | AcquirerTimeout):
+                    break  # the acquirer is down: no use trying the rest now
+        return failed, pending
+
+    async def _resolve(self, row: PaymentRow) -> bool:
+        """One step towards a final state; True when the payment is resolved."""
+        answer = await self._client.query(row.payment_id, self._timeout_s)
+        if answer.status is PaymentStatus.DECLINED:
+            await self._move(row.payment_id, PaymentState.DECLINED, reason=answer.reason)
+            return True
+        if answer.status is PaymentStatus.REVERSED:
+            await self._move(row.payment_id, PaymentState.REVERSED, reason="reversed")
+            return True
+        young = self._now_ms() - row.created_ms < self._grace_ms
+        if answer.status is PaymentStatus.PENDING and young:
+            return False
+        # SUCCEEDED after the lane gave up, PENDING for too long, or never seen (NOT_FOUND):
+        # reverse. For the last two this is a void that stops a late success.
+        reversal = await self._client.reverse(row.payment_id, self._timeout_s)
+        if reversal.status is not PaymentStatus.REVERSED:
+            raise AcquirerProtocolError(f"reverse answered {reversal.status}, not REVERSED")
+        await self._move(
+            row.payment_id,
+            PaymentState.REVERSED,
+            acquirer_ref=reversal.acquirer_ref or answer.acquirer_ref,
+            reason=f"reversed:{answer.status.value.lower()}",
+        )
+        level = logging.WARNING if answer.status is PaymentStatus.SUCCEEDED else logging.INFO
+        log.log(level, "payment reversed (was %s)", answer.status.value, extra=_x(row))
+        return True
+
+    async def _move(self, payment_id: str, to: PaymentState, **kw: Any) -> PaymentRow:
+        row = await self._db(self._store.move, payment_id, to, self._now_ms(), **kw)
+        if row.state in FINAL:
+            for future in self._waiters.pop(payment_id, []):
+                if not future.done():
+                    future.set_result(row.state)
+        return row
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, functools.partial(fn, *args, **kwargs))
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+
+def _x(row: PaymentRow) -> dict[str, Any]:
+    return {
+        "payment_id": row.payment_id,
+        "auth_id": row.auth_id,
+        "lane": row.lane,
+        "amount_minor": row.amount_minor,
+        "state": row.state.value,
+    }

@@ -1,0 +1,210 @@
+"""The resolver against the real simulated acquirer: nothing the lane gave up stays charged."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from lane.auth.acquirer import AcquirerClient, PaymentStatus
+from lane.auth.resolver import Backoff, PaymentState, ResolutionStore, Resolver
+from sim.acquirer import AcquirerServer, running_acquirer
+from sim.acquirer_faults import Outage
+
+S = PaymentState
+FAST = Backoff(initial_s=0.01, factor=2.0, max_s=0.05)
+_codes = itertools.count(2900_0000_0000_0000)
+
+
+@pytest.fixture
+async def acquirer() -> AsyncIterator[AcquirerServer]:
+    async with running_acquirer(seed=11) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(acquirer: AcquirerServer) -> AsyncIterator[AcquirerClient]:
+    async with AcquirerClient(acquirer.url) as c:
+        yield c
+
+
+def make_resolver(path: Path, client: AcquirerClient, **kw: object) -> Resolver:
+    kw.setdefault("request_timeout_s", 0.5)
+    return Resolver(ResolutionStore(path), client, backoff=FAST, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def resolver(tmp_path: Path, client: AcquirerClient) -> AsyncIterator[Resolver]:
+    r = make_resolver(tmp_path / "resolve.db", client)
+    await r.start()
+    yield r
+    await r.stop()
+
+
+async def begin_and_pay(resolver: Resolver, client: AcquirerClient, pid: str) -> PaymentStatus:
+    _, created = await resolver.begin(
+        pid, auth_id="a-" + pid, lane="p01/l01", amount_minor=450, currency="CNY", method="emv"
+    )
+    assert created
+    result = await client.pay(pid, str(next(_codes)), 450, "CNY", "p01/l01", 0.5)
+    return result.status
+
+
+async def final(resolver: Resolver, pid: str) -> PaymentState:
+    return await asyncio.wait_for(resolver.wait_final(pid), 5)
+
+
+def charged_not_reversed(acquirer: AcquirerServer) -> list[str]:
+    return [p["payment_id"] for p in acquirer.payments() if p["charged"] and not p["reversed"]]
+
+
+async def test_given_up_success_is_reversed(
+    acquirer: AcquirerServer, client: AcquirerClient, resolver: Resolver
+) -> None:
+    assert await begin_and_pay(resolver, client, "pay_ok") is PaymentStatus.SUCCEEDED
+    await resolver.charged("pay_ok", None)
+    assert charged_not_reversed(acquirer) == ["pay_ok"]
+    resolver.give_up("pay_ok", "vehicle_left")
+    assert await final(resolver, "pay_ok") is S.REVERSED
+    assert charged_not_reversed(acquirer) == []
+    row = await resolver.get("pay_ok")
+    assert row is not None and row.reason == "reversed:succeeded"
+
+
+async def test_settled_payment_is_never_reversed(
+    tmp_path: Path, acquirer: AcquirerServer, client: AcquirerClient, resolver: Resolver
+) -> None:
+    await begin_and_pay(resolver, client, "pay_rec")
+    await resolver.charged("pay_rec", "acq")
+    await resolver.settle("pay_rec")
+    resolver.give_up("pay_rec", "late abandon")  # refused: the record is on disk
+    await asyncio.wait_for(resolver.wait_idle(), 5)
+    await resolver.stop()
+    # A new run on the same file does not touch it either.
+    again = make_resolver(tmp_path / "resolve.db", client)
+    assert await again.recover() == 0
+    await again.start()
+    await asyncio.wait_for(again.wait_idle(), 5)
+    await again.stop()
+    row = await asyncio.to_thread(ResolutionStore(tmp_path / "resolve.db").get, "pay_rec")
+    assert row is not None and row.state is S.SETTLED
+    assert charged_not_reversed(acquirer) == ["pay_rec"]
+
+
+async def test_crash_between_pay_and_record_is_reversed_on_restart(
+    tmp_path: Path, acquirer: AcquirerServer, client: AcquirerClient
+) -> None:
+    path = tmp_path / "crash.db"
+    first = make_resolver(path, client)  # never started: the process "dies" after paying
+    assert await begin_and_pay(first, client, "pay_crash") is PaymentStatus.SUCCEEDED
+    await first.stop()
+    del first
+    assert charged_not_reversed(acquirer) == ["pay_crash"]
+
+    second = make_resolver(path, client)
+    await second.start()
+    try:
+        assert await final(second, "pay_crash") is S.REVERSED
+    finally:
+        await second.stop()
+    assert charged_not_reversed(acquirer) == []
+
+
+async def test_recovery_settles_what_the_uplink_queue_holds(
+    tmp_path: Path, acquirer: AcquirerServer, client: AcquirerClient
+) -> None:
+    path = tmp_path / "crash.db"
+    first = make_resolver(path, client)
+    await begin_and_pay(first, client, "pay_recorded")
+    await first.charged("pay_recorded", "acq")
+    await begin_and_pay(first, client, "pay_not_recorded")
+    await first.charged("pay_not_recorded", "acq")
+    await first.stop()
+
+    async def is_recorded(payment_id: str) -> bool:  # stands in for the uplink queue
+        return payment_id == "pay_recorded"
+
+    second = make_resolver(path, client, is_recorded=is_recorded)
+    await second.start()
+    try:
+        assert await final(second, "pay_recorded") is S.SETTLED
+        assert await final(second, "pay_not_recorded") is S.REVERSED
+    finally:
+        await second.stop()
+    assert charged_not_reversed(acquirer) == ["pay_recorded"]
+
+
+async def test_retries_while_the_acquirer_is_down(
+    acquirer: AcquirerServer, client: AcquirerClient, resolver: Resolver
+) -> None:
+    await begin_and_pay(resolver, client, "pay_down")
+    acquirer.update_faults(outages=(Outage("refuse"),))
+    await asyncio.sleep(0.02)
+    resolver.give_up("pay_down", "timeout")
+    await asyncio.sleep(0.15)  # several backoff rounds against a closed port
+    row = await resolver.get("pay_down")
+    assert row is not None and row.state is S.GIVEN_UP and row.attempts >= 2
+    acquirer.update_faults(outages=())
+    assert await final(resolver, "pay_down") is S.REVERSED
+    assert charged_not_reversed(acquirer) == []
+
+
+async def test_pending_that_succeeds_late_is_reversed(
+    acquirer: AcquirerServer, client: AcquirerClient, resolver: Resolver
+) -> None:
+    acquirer.update_faults(pending_rate=1.0, pending_ms=80)
+    assert await begin_and_pay(resolver, client, "pay_pend") is PaymentStatus.PENDING
+    resolver.give_up("pay_pend", "timeout")
+    assert await final(resolver, "pay_pend") is S.REVERSED
+    payment = acquirer.payment("pay_pend")
+    assert payment is not None and payment.previous == "SUCCEEDED"  # it did go through
+    assert charged_not_reversed(acquirer) == []
+
+
+async def test_pending_too_long_is_voided(
+    tmp_path: Path, acquirer: AcquirerServer, client: AcquirerClient
+) -> None:
+    acquirer.update_faults(pending_rate=1.0, pending_ms=60_000)
+    resolver = make_resolver(tmp_path / "r.db", client, pending_grace_s=0.05)
+    await resolver.start()
+    try:
+        await begin_and_pay(resolver, client, "pay_stuck")
+        resolver.give_up("pay_stuck", "timeout")
+        assert await final(resolver, "pay_stuck") is S.REVERSED
+    finally:
+        await resolver.stop()
+    payment = acquirer.payment("pay_stuck")
+    assert payment is not None and payment.previous == "PENDING" and not payment.charged
+
+
+async def test_unknown_to_the_acquirer_is_voided(
+    acquirer: AcquirerServer, client: AcquirerClient, resolver: Resolver
+) -> None:
+    await resolver.begin(
+        "pay_lost", auth_id="a", lane="l", amount_minor=1, currency="CNY", method="emv"
+    )
+    resolver.give_up("pay_lost", "acquirer_unavailable")
+    assert await final(resolver, "pay_lost") is S.REVERSED
+    # The void refuses a pay request that was still on its way.
+    late = await client.pay("pay_lost", str(next(_codes)), 1, "CNY", "l", 0.5)
+    assert late.status is PaymentStatus.REVERSED
+    assert charged_not_reversed(acquirer) == []
+
+
+async def test_declined_needs_no_reversal(
+    acquirer: AcquirerServer, client: AcquirerClient, resolver: Resolver
+) -> None:
+    acquirer.update_faults(decline_rate=1.0)
+    await begin_and_pay(resolver, client, "pay_no")
+    resolver.give_up("pay_no", "timeout")
+    assert await final(resolver, "pay_no") is S.DECLINED
+    payment = acquirer.payment("pay_no")
+    assert payment is not None and payment.status == "DECLINED"
+
+
+def test_backoff_grows_and_caps() -> None:
+    backoff = Backoff(initial_s=0.25, factor=2.0, max_s=1.0)
+    assert [backoff.delay(n) for n in (1, 2, 3, 4, 10)] == [0.25, 0.5, 1.0, 1.0, 1.0]

@@ -1,0 +1,144 @@
+"""The resolution store: durable intents, the transition table, schema versioning."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from lane.auth.resolution_store import (
+    FINAL,
+    SCHEMA_VERSION,
+    TRANSITIONS,
+    IllegalTransition,
+    PaymentState,
+    ResolutionStore,
+    StoreError,
+    UnknownPayment,
+)
+
+S = PaymentState
+
+
+def begin(store: ResolutionStore, pid: str = "pay_1", now_ms: int = 1000) -> None:
+    store.begin(
+        pid,
+        auth_id=f"auth-{pid}",
+        lane="p01/l01",
+        amount_minor=450,
+        currency="CNY",
+        method="payment_code",
+        now_ms=now_ms,
+    )
+
+
+def test_intent_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "resolve.db"
+    store = ResolutionStore(path)
+    begin(store)
+    store.close()
+    again = ResolutionStore(path)
+    row = again.get("pay_1")
+    assert row is not None
+    assert (row.state, row.amount_minor, row.auth_id) == (S.INTENT, 450, "auth-pay_1")
+    assert again.in_states({S.INTENT}) == [row]
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    again.close()
+
+
+def test_begin_is_idempotent(tmp_path: Path) -> None:
+    store = ResolutionStore(tmp_path / "r.db")
+    begin(store)
+    store.move("pay_1", S.CHARGED, 2000, acquirer_ref="acq-1")
+    row, created = store.begin(
+        "pay_1",
+        auth_id="auth-pay_1",
+        lane="p01/l01",
+        amount_minor=450,
+        currency="CNY",
+        method="payment_code",
+        now_ms=3000,
+    )
+    assert not created
+    assert (row.state, row.acquirer_ref) == (S.CHARGED, "acq-1")
+
+
+def test_happy_path_and_illegal_moves(tmp_path: Path) -> None:
+    store = ResolutionStore(tmp_path / "r.db")
+    begin(store)
+    with pytest.raises(IllegalTransition):
+        store.move("pay_1", S.SETTLED, 2000)  # never settled before it was charged
+    store.move("pay_1", S.CHARGED, 2000, acquirer_ref="acq-1")
+    settled = store.move("pay_1", S.SETTLED, 3000)
+    assert settled.state is S.SETTLED and settled.acquirer_ref == "acq-1"
+    with pytest.raises(IllegalTransition) as err:
+        store.move("pay_1", S.GIVEN_UP, 4000)  # a settled payment is never given up
+    assert err.value.current is S.SETTLED
+    row = store.get("pay_1")
+    assert row is not None and (row.state, row.updated_ms) == (S.SETTLED, 3000)
+    with pytest.raises(UnknownPayment):
+        store.move("nope", S.CHARGED, 1)
+
+
+def test_final_states_are_final() -> None:
+    for state in FINAL:
+        assert state in TRANSITIONS[state]  # idempotent
+        assert TRANSITIONS[state] == {state}
+    assert S.SETTLED not in TRANSITIONS[S.GIVEN_UP]  # once given up, the lane may not record it
+
+
+def test_attempts_are_counted(tmp_path: Path) -> None:
+    store = ResolutionStore(tmp_path / "r.db")
+    begin(store)
+    store.move("pay_1", S.GIVEN_UP, 2000, reason="timeout")
+    store.note_attempt("pay_1", 2500, "acquirer down")
+    store.note_attempt("pay_1", 2600, "acquirer down")
+    row = store.get("pay_1")
+    assert row is not None and (row.attempts, row.reason) == (2, "acquirer down")
+
+
+def test_prune_removes_only_old_final_rows(tmp_path: Path) -> None:
+    store = ResolutionStore(tmp_path / "r.db")
+    for pid in ("old_final", "new_final", "old_open"):
+        begin(store, pid)
+    store.move("old_final", S.DECLINED, 1000, reason="x")
+    store.move("new_final", S.DECLINED, 9000, reason="x")
+    assert store.prune(before_ms=5000) == 1
+    assert store.get("old_final") is None
+    assert store.get("new_final") is not None and store.get("old_open") is not None
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    ResolutionStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="schema version"):
+        ResolutionStore(path)
+
+
+def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    path.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(StoreError, match="cannot open"):
+        ResolutionStore(path)
+
+
+def test_negative_amount_is_refused_by_the_schema(tmp_path: Path) -> None:
+    store = ResolutionStore(tmp_path / "r.db")
+    with pytest.raises(StoreError):
+        store.begin(
+            "p",
+            auth_id="a",
+            lane="l",
+            amount_minor=-1,
+            currency="CNY",
+            method="emv",
+            now_ms=1,
+        )
+    assert store.get("p") is None
