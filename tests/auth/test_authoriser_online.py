@@ -1,0 +1,387 @@
+"""The authoriser's online path against the real simulated acquirer and a real SQLite store.
+
+Budgets are 0.3 s of real time; nothing here waits longer than a budget or two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from lane.auth.acquirer import AcquirerClient
+from lane.auth.authoriser import (
+    Authoriser,
+    AuthRequest,
+    Decision,
+    OfflineResult,
+    payment_id_for,
+)
+from lane.auth.policy import OfflinePolicy
+from lane.auth.resolver import Backoff, PaymentState, ResolutionStore, Resolver
+from sim.acquirer import AcquirerServer, running_acquirer
+from sim.acquirer_faults import Outage
+
+S = PaymentState
+LANE = "p07/l03"
+BUDGET_S = 0.3
+KEY = b"lane-secret-for-tests-0123456789"
+_codes = itertools.count(2500_0000_0000_0000)
+_auths = itertools.count(1)
+
+
+class Clock:
+    """Monotonic time that a test can move forward (the hourly floor window)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+class NoTokens:
+    def verify(self, text: str, now_unix: float) -> OfflineResult:
+        raise AssertionError("online tests verify no tokens")
+
+
+@dataclass
+class Lane:
+    acquirer: AcquirerServer
+    client: AcquirerClient
+    resolver: Resolver
+    clock: Clock
+    policy: OfflinePolicy
+    auth: Authoriser
+
+    def request(
+        self, code: str | None = None, amount: int = 450, kind: str = "payment_code"
+    ) -> AuthRequest:
+        return AuthRequest(
+            auth_id=f"auth-{next(_auths)}",
+            lane=LANE,
+            text=code or str(next(_codes)),
+            kind=kind,
+            amount_minor=amount,
+            currency="CNY",
+            deadline=self.clock() + BUDGET_S,
+        )
+
+    async def final(self, decision: Decision) -> PaymentState:
+        assert decision.payment_id is not None
+        return await asyncio.wait_for(self.resolver.wait_final(decision.payment_id), 5)
+
+    def charged_not_reversed(self) -> list[str]:
+        return [
+            p["payment_id"] for p in self.acquirer.payments() if p["charged"] and not p["reversed"]
+        ]
+
+
+async def make_lane(
+    tmp_path: Path, acquirer: AcquirerServer, policy: OfflinePolicy | None = None
+) -> AsyncIterator[Lane]:
+    clock = Clock()
+    policy = policy or OfflinePolicy("deny")
+    async with AcquirerClient(acquirer.url) as client:
+        resolver = Resolver(
+            ResolutionStore(tmp_path / "resolve.db"),
+            client,
+            backoff=Backoff(initial_s=0.01, max_s=0.05),
+            request_timeout_s=0.5,
+        )
+        await resolver.start()
+        auth = Authoriser(
+            LANE,
+            client,
+            resolver,
+            NoTokens(),
+            policy,
+            clock,
+            time.time,
+            account_key=KEY,
+            poll_interval_s=0.02,
+        )
+        try:
+            yield Lane(acquirer, client, resolver, clock, policy, auth)
+        finally:
+            await resolver.stop()
+
+
+@pytest.fixture
+async def acquirer() -> AsyncIterator[AcquirerServer]:
+    async with running_acquirer(seed=5) as server:
+        yield server
+
+
+@pytest.fixture
+async def lane(tmp_path: Path, acquirer: AcquirerServer) -> AsyncIterator[Lane]:
+    async for env in make_lane(tmp_path, acquirer):
+        yield env
+
+
+@pytest.fixture
+async def floor_lane(tmp_path: Path, acquirer: AcquirerServer) -> AsyncIterator[Lane]:
+    policy = OfflinePolicy("floor", floor_limit_minor=500, hourly_limit_minor=1000)
+    async for env in make_lane(tmp_path, acquirer, policy):
+        yield env
+
+
+async def test_approved_then_settled(lane: Lane) -> None:
+    req = lane.request()
+    decision = await lane.auth.authorise(req)
+    assert (decision.approved, decision.reason, decision.offline) == (True, "approved", False)
+    assert decision.payment_id == payment_id_for(LANE, req.auth_id)
+    assert decision.acquirer_ref and decision.method == "payment_code"
+    assert 0 <= decision.latency_ms <= BUDGET_S * 1000
+    ref = decision.account_ref
+    assert ref is not None and ref.startswith("wallet:") and req.text not in ref
+    await lane.auth.settle(req.auth_id)
+    assert await lane.final(decision) is S.SETTLED
+    await lane.auth.abandon(req.auth_id)  # too late: a settled payment stays charged
+    await asyncio.wait_for(lane.resolver.wait_idle(), 5)
+    assert lane.charged_not_reversed() == [decision.payment_id]
+
+
+async def test_account_ref_is_keyed_and_stable(lane: Lane, tmp_path: Path) -> None:
+    code = str(next(_codes))
+    first = await lane.auth.authorise(lane.request(code))
+    again = await lane.auth.authorise(lane.request(code))  # declined code_used, same account
+    assert again.reason == "code_used"
+    assert first.account_ref == again.account_ref
+    other_key = Authoriser(
+        "x",
+        lane.client,
+        lane.resolver,
+        NoTokens(),
+        lane.policy,
+        lane.clock,
+        time.time,
+        account_key=b"another-secret-0123456789abcdef",
+    )
+    other = await other_key.authorise(lane.request(code))
+    assert other.account_ref != first.account_ref
+
+
+async def test_declined(lane: Lane) -> None:
+    lane.acquirer.update_faults(decline_rate=1.0)
+    decision = await lane.auth.authorise(lane.request())
+    assert (decision.approved, decision.reason) == (False, "insufficient_funds")
+    assert await lane.final(decision) is S.DECLINED
+
+
+async def test_emv_payload(lane: Lane) -> None:
+    first = await lane.auth.authorise(lane.request(emv_payload("4761739001010010", 1), kind="emv"))
+    second = await lane.auth.authorise(lane.request(emv_payload("4761739001010010", 2), kind="emv"))
+    assert first.approved and second.approved and first.method == "emv"
+    assert first.account_ref is not None and first.account_ref.startswith("emv:")
+    assert first.account_ref == second.account_ref  # the card, not the one-time payload
+
+
+async def test_pending_then_success_within_budget(lane: Lane) -> None:
+    lane.acquirer.update_faults(pending_rate=1.0, pending_ms=60)
+    decision = await lane.auth.authorise(lane.request())
+    assert decision.approved
+    assert decision.latency_ms >= 60
+
+
+async def test_pending_past_the_deadline_times_out_and_is_reversed(lane: Lane) -> None:
+    lane.acquirer.update_faults(pending_rate=1.0, pending_ms=BUDGET_S * 1000 + 100)
+    req = lane.request()
+    decision = await lane.auth.authorise(req)
+    assert (decision.approved, decision.reason) == (False, "timeout")
+    assert lane.clock() >= req.deadline
+    assert decision.latency_ms <= BUDGET_S * 1000 + 50
+    assert await lane.final(decision) is S.REVERSED
+    payment = lane.acquirer.payment(decision.payment_id or "")
+    assert payment is not None and payment.previous == "SUCCEEDED"  # it went through, late
+    assert lane.charged_not_reversed() == []
+
+
+async def test_success_one_millisecond_after_the_deadline_is_reversed(lane: Lane) -> None:
+    lane.acquirer.update_faults(late_success_rate=1.0, late_success_ms=1)
+    decision = await lane.auth.authorise(lane.request())
+    assert (decision.approved, decision.reason) == (False, "timeout")
+    assert await lane.final(decision) is S.REVERSED
+    payment = lane.acquirer.payment(decision.payment_id or "")
+    assert payment is not None and payment.charged and payment.previous == "SUCCEEDED"
+    assert lane.charged_not_reversed() == []
+
+
+async def test_hang_times_out_and_the_payment_is_voided(lane: Lane) -> None:
+    lane.acquirer.update_faults(hang_rate=1.0)
+    decision = await lane.auth.authorise(lane.request())
+    assert decision.reason == "timeout"
+    assert await lane.final(decision) is S.REVERSED
+    lane.acquirer.update_faults(hang_rate=0.0)
+    payment = lane.acquirer.payment(decision.payment_id or "")
+    assert payment is not None and payment.previous == "NONE"
+
+
+@pytest.mark.parametrize("fault", ["5xx", "refuse", "503"])
+async def test_unavailable_with_deny_policy(lane: Lane, fault: str) -> None:
+    if fault == "5xx":
+        lane.acquirer.update_faults(error_rate=1.0)
+    else:
+        lane.acquirer.update_faults(outages=(Outage(fault),))  # type: ignore[arg-type]
+    await asyncio.sleep(0.02)
+    decision = await lane.auth.authorise(lane.request())
+    assert (decision.approved, decision.reason, decision.flags) == (
+        False,
+        "acquirer_unavailable",
+        (),
+    )
+    assert decision.latency_ms < BUDGET_S * 1000
+    lane.acquirer.update_faults(error_rate=0.0, outages=())
+    assert await lane.final(decision) is S.REVERSED  # voided, in case it got through
+    assert lane.charged_not_reversed() == []
+
+
+async def test_unavailable_with_floor_policy(floor_lane: Lane) -> None:
+    lane = floor_lane
+    lane.acquirer.update_faults(outages=(Outage("refuse"),))
+    await asyncio.sleep(0.02)
+    first = await lane.auth.authorise(lane.request(amount=400))
+    assert (first.approved, first.offline, first.flags) == (True, True, ("deferred",))
+    assert first.account_ref is not None and first.account_ref.startswith("wallet:")
+    over = await lane.auth.authorise(lane.request(amount=501))
+    assert (over.approved, over.reason) == (False, "over_floor_limit")
+    second = await lane.auth.authorise(lane.request(amount=400))
+    assert second.approved
+    third = await lane.auth.authorise(lane.request(amount=400))  # 1200 > 1000 this hour
+    assert (third.approved, third.reason) == (False, "offline_limit_reached")
+    lane.clock.offset += 3600  # an hour later the window is empty again
+    fourth = await lane.auth.authorise(lane.request(amount=400))
+    assert fourth.approved and fourth.flags == ("deferred",)
+    await lane.auth.settle(first.auth_id)  # nothing charged to settle: no error
+    lane.acquirer.update_faults(outages=())
+    for decision in (first, over, second, third, fourth):
+        assert await lane.final(decision) is S.REVERSED
+    assert lane.charged_not_reversed() == []
+
+
+async def test_one_5xx_is_retried_with_the_same_payment_id(tmp_path: Path) -> None:
+    # A seed whose first error draw fails the first attempt and whose second lets it through.
+    seed = next(s for s in range(1000) if _draws(s, 2) == (True, False))
+    async with running_acquirer(seed=seed) as acquirer:
+        acquirer.update_faults(error_rate=0.5)
+        async for lane in make_lane(tmp_path, acquirer):
+            decision = await lane.auth.authorise(lane.request())
+            assert decision.approved
+            assert [p["payment_id"] for p in acquirer.payments()] == [decision.payment_id]
+
+
+def _draws(seed: int, n: int) -> tuple[bool, ...]:
+    rng = random.Random(seed)
+    return tuple(rng.random() < 0.5 for _ in range(n))
+
+
+async def test_repeated_authorisation_never_pays_twice(lane: Lane) -> None:
+    req = lane.request()
+    first = await lane.auth.authorise(req)
+    again = await lane.auth.authorise(req)
+    assert first.approved and (again.approved, again.reason) == (False, "duplicate_auth")
+    assert len(lane.acquirer.payments()) == 1
+
+
+async def test_abandoned_after_approval_is_reversed(lane: Lane) -> None:
+    req = lane.request()
+    decision = await lane.auth.authorise(req)
+    assert decision.approved
+    await lane.auth.abandon(req.auth_id)  # e.g. the record could not be written
+    assert await lane.final(decision) is S.REVERSED
+    assert lane.charged_not_reversed() == []
+
+
+async def test_abandoned_while_in_flight(lane: Lane) -> None:
+    lane.acquirer.update_faults(latency_ms=50)
+    req = lane.request()
+    task = asyncio.create_task(lane.auth.authorise(req))
+    await asyncio.sleep(0.02)
+    await lane.auth.abandon(req.auth_id)
+    decision = await task
+    assert not decision.approved
+    assert await lane.final(decision) is S.REVERSED
+    assert lane.charged_not_reversed() == []
+
+
+async def test_cancelled_authorisation_is_resolved(lane: Lane) -> None:
+    lane.acquirer.update_faults(latency_ms=50)
+    req = lane.request()
+    task = asyncio.create_task(lane.auth.authorise(req))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    pid = payment_id_for(LANE, req.auth_id)
+    assert await asyncio.wait_for(lane.resolver.wait_final(pid), 5) is S.REVERSED
+    await asyncio.sleep(0.06)  # the acquirer finishes processing: still nothing charged
+    assert lane.charged_not_reversed() == []
+
+
+async def test_bad_codes_never_reach_the_acquirer(lane: Lane) -> None:
+    for text, kind in [
+        ("12345", "payment_code"),
+        ("hello", "payment_code"),
+        ("hQVDUFYwMQ==", "emv"),  # CPV01 and nothing else
+        (str(next(_codes)), "emv"),  # a wallet code sent as EMV
+    ]:
+        decision = await lane.auth.authorise(lane.request(text, kind=kind))
+        assert (decision.approved, decision.reason) == (False, "invalid_code"), text
+        assert decision.payment_id is None
+    unknown = await lane.auth.authorise(lane.request("x", kind="cash"))
+    assert unknown.reason == "unsupported_kind"
+    assert lane.acquirer.payments() == []
+    assert await lane.resolver.open_payments() == []
+
+
+async def test_no_budget_left_means_no_payment(lane: Lane) -> None:
+    req = lane.request()
+    late = AuthRequest(**{**req.__dict__, "deadline": lane.clock() - 0.001})
+    decision = await lane.auth.authorise(late)
+    assert (decision.approved, decision.reason, decision.payment_id) == (False, "timeout", None)
+    assert lane.acquirer.payments() == []
+
+
+async def test_garbage_answer_is_an_acquirer_error(tmp_path: Path) -> None:
+    async def garbage(request: web.Request) -> web.Response:
+        return web.Response(text="<html>502 Bad Gateway</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", garbage)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake = _UrlOnly(f"http://127.0.0.1:{port}")
+    try:
+        async for lane in make_lane(tmp_path, fake):  # type: ignore[arg-type]
+            decision = await lane.auth.authorise(lane.request())
+            assert (decision.approved, decision.reason) == (False, "acquirer_error")
+            row = await lane.resolver.get(decision.payment_id or "")
+            assert row is not None and row.state in (S.INTENT, S.GIVEN_UP)  # still to resolve
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class _UrlOnly:
+    url: str
+
+
+def emv_payload(pan: str, atc: int) -> str:
+    def tlv(tag: int, value: bytes) -> bytes:
+        return tag.to_bytes((tag.bit_length() + 7) // 8, "big") + bytes([len(value)]) + value
+
+    pan_bcd = bytes.fromhex(pan + ("F" if len(pan) % 2 else ""))
+    transparent = tlv(0x9F26, atc.to_bytes(8, "big")) + tlv(0x9F36, atc.to_bytes(2, "big"))
+    app = tlv(0x4F, bytes.fromhex("A0000000041010")) + tlv(0x5A, pan_bcd) + tlv(0x63, transparent)
+    return base64.b64encode(tlv(0x85, b"CPV01") + tlv(0x61, app)).decode()
