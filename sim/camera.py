@@ -8,12 +8,14 @@ and it is cheap (see bench/camera.py), so 30 fps costs a small fraction of a cor
 
 from __future__ import annotations
 
+import argparse
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 
 from sim.render import DEFAULT_SIZE, Size, render_frame
@@ -211,3 +213,29 @@ class SyntheticCamera:
         except Exception as exc:
             self.error = exc
             log.exception("camera loop failed", extra={"frames": self.stats.frames})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write one rendered frame to a PNG: `python -m sim.camera TEXT -o frame.png`."""
+    parser = argparse.ArgumentParser(prog="python -m sim.camera", description=main.__doc__)
+    parser.add_argument("text", help="text of the QR code the phone shows")
+    parser.add_argument("-c", "--conditions", default="realistic", help="clear|realistic|hard")
+    parser.add_argument("-s", "--seed", type=int, default=0)
+    parser.add_argument("-o", "--output", default="frame.png")
+    parser.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT")
+    args = parser.parse_args(argv)
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+        g = as_generator(args.seed)
+        scene = as_conditions(args.conditions).sample(args.text, g)
+        frame = render_frame(scene, g, (w, h))
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not cv2.imwrite(args.output, frame):
+        parser.error(f"could not write {args.output}")
+    print(f"{args.output}: {scene}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -97,7 +97,7 @@ def draw_phone(
     alpha = np.zeros((h, w), np.uint8)
     radius = round(body_w * 0.11)
     _rounded_rect(alpha, (0, 0, body_w, body_h), radius, 255)
-    image[alpha > 0] = _scaled(BODY_BGR, ambient)
+    image[:] = _scaled(BODY_BGR, ambient)  # outside the alpha mask colour never shows
 
     sx, sy = bezel, bezel
     screen = _draw_screen(screen_w, screen_h, dark_mode)
@@ -110,11 +110,11 @@ def draw_phone(
     screen_mask = np.zeros((screen_h, screen_w), np.uint8)
     _rounded_rect(screen_mask, (0, 0, screen_w, screen_h), round(radius * 0.8), 255)
     view = image[sy : sy + screen_h, sx : sx + screen_w]
-    np.copyto(view, screen, where=screen_mask[..., None] > 0)
+    cv2.copyTo(screen, screen_mask, view)
 
     code_box = (sx + cx0, sy + cy0, sx + cx0 + code_w, sy + cy0 + code_w)
     if glare > 0:
-        _add_glare(image, alpha, (body_w, body_h), glare, glare_at)
+        _add_glare(image, (body_w, body_h), glare, glare_at)
     if occlusion > 0:
         quiet = 4 * module_px  # the thumb is aimed at the symbol, not its quiet zone
         x0, y0, x1, y1 = code_box
@@ -188,7 +188,6 @@ def _code_image(modules: np.ndarray, module_px: int, dark_mode: bool) -> np.ndar
 
 def _add_glare(
     image: np.ndarray,
-    alpha: np.ndarray,
     body: tuple[int, int],
     strength: float,
     at: tuple[float, float],
@@ -207,11 +206,9 @@ def _add_glare(
     v = (dx * math.sin(t) + dy * math.cos(t)) / ay
     light = (strength * 265.0) * np.exp(-(u * u + v * v))
     light = cv2.resize(light, (bw, bh), interpolation=cv2.INTER_LINEAR)
-    region = image[:bh, :bw].astype(np.float32)
-    region += light[..., None]
-    lit = np.clip(region, 0, 255).astype(np.uint8)
-    inside = alpha[:bh, :bw] > 0
-    np.copyto(image[:bh, :bw], lit, where=inside[..., None])
+    light_u8 = np.clip(light + 0.5, 0, 255).astype(np.uint8)
+    body_view = image[:bh, :bw]
+    cv2.add(body_view, cv2.merge([light_u8, light_u8, light_u8]), dst=body_view)
 
 
 def _draw_thumb(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import zxingcpp
 
 from sim.camera import Conditions, Scene, frame_for, render_frame
+from sim.camera import main as camera_main
 from sim.phone import QrEncodeError
 from sim.render import code_corners
 
@@ -179,3 +181,18 @@ def test_bad_inputs_raise_clear_errors() -> None:
         Scene(PAY, distance=0.0)
     with pytest.raises(QrEncodeError):
         render_frame(Scene("x" * 5000), np.random.default_rng(1))
+
+
+def test_cli_writes_a_readable_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "frame.png"
+    assert camera_main([PAY, "-c", "clear", "-s", "4", "-o", str(out), "--size", "640x360"]) == 0
+    frame = cv2.imread(str(out))
+    assert frame is not None and frame.shape == (360, 640, 3)
+    assert decode(frame) == [PAY]
+    assert "distance=" in capsys.readouterr().out
+
+
+def test_cli_refuses_a_bad_size_with_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exc:
+        camera_main([PAY, "--size", "wide"])
+    assert exc.value.code == 2
