@@ -46,7 +46,7 @@ def race(calls: list[object], threads: int = 2) -> list[list[bool]]:
         store = calls[n]
         assert isinstance(store, ReplayStore)
         start.wait()
-        for i in range(200):
+        for i in range(100):
             results[n].append(store.check_and_mark(f"t{i}", 1_800_000_060, f"l{n}", NOW))
 
     pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
@@ -61,7 +61,7 @@ def test_two_threads_one_store_only_one_wins(tmp_path: Path) -> None:
     with ReplayStore(tmp_path / "replay.db") as store:
         a, b = race([store, store])
         assert all(x != y for x, y in zip(a, b, strict=True))
-        assert store.count() == 200
+        assert store.count() == 100
 
 
 def test_two_threads_two_connections_only_one_wins(tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_two_threads_two_connections_only_one_wins(tmp_path: Path) -> None:
     with ReplayStore(path) as one, ReplayStore(path) as two:
         a, b = race([one, two])
         assert all(x != y for x, y in zip(a, b, strict=True))
-        assert sum(a) + sum(b) == 200
+        assert sum(a) + sum(b) == 100
 
 
 def test_remote_marks(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ ISSUERS = {alg: TokenIssuer.generate(alg, kid=alg.value) for alg in Alg}
 KEYS = KeySet.of(NOW, [i.public() for i in ISSUERS.values()])
 GOOD = {alg: i.token("acct-1", NOW, nonce=b"0123456789abcdef") for alg, i in ISSUERS.items()}
 EXPECTED = {alg: verify_token(t, KEYS, DenyList.empty(), NOW, 5) for alg, t in GOOD.items()}
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def check(text: str, original: TokenVerdict | None = None) -> TokenVerdict:
@@ -91,7 +91,7 @@ CBOR_VALUES = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     protected=st.one_of(CBOR_VALUES, st.dictionaries(st.integers(-3, 8), CBOR_VALUES, max_size=4)),
     unprotected=CBOR_VALUES,
