@@ -102,6 +102,7 @@ class UsedTokenSharing:
         self.published = 0
         self.received = 0
         self.dropped = 0
+        self.expired_unsent = 0
         self._pending: asyncio.Queue[UsedTokenMsg] = asyncio.Queue(max_pending)
 
     @property
@@ -139,7 +140,8 @@ class UsedTokenSharing:
             while True:
                 remaining = msg.exp + self.useful_after_exp_s - self.clock()
                 if remaining <= 0:
-                    break  # no lane can accept this token any more
+                    self.expired_unsent += 1  # no lane can accept this token any more
+                    break
                 await self.link.connected.wait()
                 try:
                     await self.link.publish(

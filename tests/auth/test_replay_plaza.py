@@ -147,3 +147,27 @@ async def test_garbage_on_the_topic_is_ignored(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_backlog_is_bounded_and_useless_uses_are_not_sent(tmp_path: Path) -> None:
+    # No broker at all: the link never connects.
+    link = MqttLink("127.0.0.1", 1, "never-connects")
+    with ReplayStore(tmp_path / "r.db") as store:
+        sharing = UsedTokenSharing(
+            link, store, "p1", "p1/l01", max_pending=2, useful_after_exp_s=60,
+            clock=lambda: NOW + 1000,
+        )  # fmt: skip
+        for n in range(3):
+            sharing.share(UsedTokenMsg(f"t{n}", NOW, "p1/l01", NOW))
+        assert sharing.backlog == 2 and sharing.dropped == 1
+        task = asyncio.create_task(sharing.run())
+        try:
+            # Every queued use expired long ago (exp + 60 s < clock): dropped, not waited on.
+            async with asyncio.timeout(5):
+                while sharing.expired_unsent < 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            assert sharing.published == 0 and sharing.backlog == 0
+            assert not sharing.link_up
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
