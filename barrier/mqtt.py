@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger("lane.mqtt")
 
 
-class LinkDown(ConnectionError):
+class LinkDown(ConnectionError):  # noqa: N818 - the name other parts import
     """The broker is not reachable right now; the message was not sent."""
 
 
@@ -35,6 +36,9 @@ class Incoming:
     retain: bool = False
     correlation: bytes | None = None
     response_topic: str | None = None
+    # MQTT 5 message expiry as forwarded by the broker: the seconds the message had left when
+    # it was delivered to us (None when the publisher set no expiry).
+    expiry_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,10 @@ class Credentials:
 
 Handler = Callable[[Incoming], Awaitable[None]]
 OnConnect = Callable[[], Awaitable[None]]
+OnDisconnect = Callable[[], None]
+
+# MQTT 5 DISCONNECT reason 0x04: "disconnect with will message" (the broker publishes our will).
+_DISCONNECT_WITH_WILL = 4
 
 
 @dataclass
@@ -71,7 +79,10 @@ class MqttLink:
     backoff_max: float = 5.0
     reconnects: int = 0
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    # Called (synchronously) each time an established connection is lost.
+    on_disconnect: OnDisconnect | None = None
     _client: aiomqtt.Client | None = None
+    _closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
         """Connect and dispatch forever; reconnect with exponential backoff and jitter."""
@@ -81,6 +92,7 @@ class MqttLink:
             try:
                 async with self._make_client() as client:
                     self._client = client
+                    self._closed.clear()
                     for topic, qos in self.subscriptions:
                         await client.subscribe(topic, qos)
                     self.connected.set()
@@ -93,14 +105,19 @@ class MqttLink:
                         await self.on_connect()
                     async for message in client.messages:
                         await self._dispatch(message)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, LinkDown) as exc:
+                # LinkDown: a publish in on_connect met a connection that was already gone.
                 log.warning(
                     "mqtt disconnected",
                     extra={"client": self.client_id, "error": str(exc), "retry_s": round(delay, 3)},
                 )
             finally:
                 self._client = None
-                self.connected.clear()
+                self._closed.set()
+                if self.connected.is_set():
+                    self.connected.clear()
+                    if self.on_disconnect is not None:
+                        self.on_disconnect()
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.backoff_max)
 
@@ -114,7 +131,7 @@ class MqttLink:
         expiry_s: int | None = None,
         response_topic: str | None = None,
         correlation: bytes | None = None,
-        timeout: float = 5.0,
+        timeout: float = 5.0,  # noqa: ASYNC109 - bounds the wait for the broker ack
     ) -> None:
         """Publish and wait for the broker's ack (QoS 1); raise LinkDown when not connected."""
         client = self._client
@@ -122,7 +139,7 @@ class MqttLink:
             raise LinkDown(f"not connected to {self.host}:{self.port}")
         props = None
         if expiry_s is not None or response_topic is not None or correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             if expiry_s is not None:
                 props.MessageExpiryInterval = expiry_s
             if response_topic is not None:
@@ -136,8 +153,23 @@ class MqttLink:
         except aiomqtt.MqttError as exc:
             raise LinkDown(f"publish to {topic} failed: {exc}") from exc
 
-    async def wait_connected(self, timeout: float | None = None) -> None:
+    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         await asyncio.wait_for(self.connected.wait(), timeout)
+
+    async def drop(self) -> None:
+        """Leave the broker so that it publishes our will, as if we had crashed.
+
+        Sends DISCONNECT with reason 0x04 (MQTT 5 "disconnect with will message"); a normal
+        shutdown (cancelling `run`) disconnects cleanly and the broker discards the will.
+        Fault injection and tests use this; `run` reconnects afterwards unless cancelled.
+        """
+        client = self._client
+        if client is None:
+            return
+        reason = ReasonCode(PacketTypes.DISCONNECT, identifier=_DISCONNECT_WITH_WILL)
+        client._client.disconnect(reasoncode=reason)
+        async with asyncio.timeout(5.0):
+            await self._closed.wait()
 
     def _make_client(self) -> aiomqtt.Client:
         will = None
@@ -145,7 +177,7 @@ class MqttLink:
             will = aiomqtt.Will(
                 self.will.topic, self.will.payload, qos=self.will.qos, retain=self.will.retain
             )
-        connect_props = Properties(PacketTypes.CONNECT)
+        connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = self.session_expiry
         return aiomqtt.Client(
             self.host,
@@ -170,12 +202,14 @@ class MqttLink:
         props = message.properties
         correlation = getattr(props, "CorrelationData", None) if props else None
         response_topic = getattr(props, "ResponseTopic", None) if props else None
+        expiry_s = getattr(props, "MessageExpiryInterval", None) if props else None
         incoming = Incoming(
             topic=message.topic.value,
             payload=bytes(payload),
             retain=message.retain,
             correlation=correlation,
             response_topic=response_topic,
+            expiry_s=expiry_s,
         )
         try:
             await self.handler(incoming)

@@ -1,0 +1,371 @@
+"""A barrier and lane I/O device emulator that speaks the same protocol as a real gate.
+
+Used by the tests and the simulator. It subscribes to the lane's command topic, admits,
+executes and acknowledges commands by the rules in `barrier.gate`, publishes its retained
+state with an increasing seq, and plays the lane's sensors (loops, light curtain, classifier)
+for a traffic generator. Faults can be injected: stuck, no_ack, slow_ack, offline, fault.
+
+Time: `clock` is the device's wall clock (Unix seconds, used for deadlines and timestamps);
+`sleep` is how it waits for its mechanism and for passing vehicles, so the simulator can run
+faster than real time and tests can inject their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, fields
+
+from barrier import gate as rules
+from barrier import topics
+from barrier.messages import WILL_SEQ, BarrierAck, BarrierCommand, BarrierStatus, SensorReading
+from barrier.mqtt import Credentials, Incoming, LinkDown, MqttLink, WillSpec
+from barrier.wire import PayloadError, unpack
+
+log = logging.getLogger("lane.barrier.device")
+
+FAULTS = frozenset({"stuck", "no_ack", "slow_ack", "offline", "fault"})
+SAFETY_SENSORS = frozenset({"safety_loop", "light_curtain"})
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds the device takes for things; `scaled(speed)` runs them `speed` times faster."""
+
+    opening_s: float = 0.8
+    closing_s: float = 1.0
+    slow_ack_s: float = 3.0  # extra delay before a command is even looked at, under slow_ack
+    step_s: float = 0.4  # between the loop transitions of a passing vehicle
+
+    def scaled(self, speed: float) -> Timings:
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        return Timings(*(getattr(self, f.name) / speed for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class _Out:
+    """One message waiting to be published; states carry the session they belong to."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    correlation: bytes | None = None
+    session: str | None = None
+
+
+class DeviceEmulator:
+    def __init__(  # noqa: PLR0917 - the positional order is the documented API
+        self,
+        lane: str,
+        host: str,
+        port: int,
+        timings: Timings = Timings(),
+        clock: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+        *,
+        credentials: Credentials | None = None,
+        client_id: str | None = None,
+        memory: int = 1024,
+    ) -> None:
+        self.lane = lane
+        self.timings = timings
+        self.gate = rules.Gate()
+        self.fault: str | None = None
+        self.executed = rules.ExecutedCommands(memory)
+        # Every well-formed command that reached the device, and the cmd_ids it executed.
+        self.received: list[BarrierCommand] = []
+        self.executions: list[str] = []
+        self.sensors: dict[str, bool] = {}
+        self._clock = clock
+        self._sleep = sleep
+        self._session = ""
+        self._next_session = secrets.token_hex(6)
+        self._seq = 0
+        self._io_seq = 0
+        self._inbox: asyncio.Queue[tuple[Incoming, int]] = asyncio.Queue()
+        # Everything goes out through one queue, in the order it happened: an ack before the
+        # state it caused, a safety loop reading before the reversal it triggered.
+        self._outbox: asyncio.Queue[_Out] = asyncio.Queue()
+        self._control: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
+        self._stopped = asyncio.Event()
+        self._running = False
+        self._link_task: asyncio.Task[None] | None = None
+        self._motion: asyncio.Task[None] | None = None
+        self.link = MqttLink(
+            host,
+            port,
+            client_id or f"barrier-{lane}",
+            [(topics.barrier_cmd(lane), 1)],
+            handler=self._on_message,
+            on_connect=self._on_connect,
+            will=self._will(self._next_session),
+            credentials=credentials,
+        )
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until `stop()` (or cancellation)."""
+        self._running = True
+        self._stopped.clear()
+        helpers = [asyncio.create_task(self._work()), asyncio.create_task(self._send())]
+        self._start_link()
+        try:
+            while True:
+                kind, previous = await self._control.get()
+                if kind == "stop":
+                    break
+                await self._after_fault_change(previous)
+        finally:
+            tasks = [t for t in (*helpers, self._link_task, self._motion) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._link_task = self._motion = None
+            self._running = False
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Shut down cleanly: say `offline` (a clean disconnect discards the will), leave."""
+        if not self._running:
+            return
+        self._publish_state("offline")
+        try:
+            async with asyncio.timeout(2.0):
+                await self._outbox.join()
+        except TimeoutError:
+            log.warning("stopping with unsent messages", extra={"lane": self.lane})
+        self._control.put_nowait(("stop", None))
+        await self._stopped.wait()
+
+    async def wait_connected(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        await self.link.wait_connected(timeout)
+
+    def set_fault(self, name: str | None) -> None:
+        """Inject a fault (one of FAULTS) or clear it with None; takes effect right away.
+
+        The next command is handled under the new fault; leaving or rejoining the broker
+        follows on the device's task.
+        """
+        if name is not None and name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r}; known: {sorted(FAULTS)}")
+        previous, self.fault = self.fault, name
+        if previous == name:
+            return
+        log.warning("fault", extra={"lane": self.lane, "fault": name, "previous": previous})
+        if previous == "fault":
+            self._apply(rules.recover(self.gate), None)
+        if name == "fault":
+            self._apply(rules.fail(self.gate, "fault injected"), None)
+        self._control.put_nowait(("fault", previous))
+
+    @property
+    def state(self) -> str:
+        return self.gate.state
+
+    # --- lane I/O, for the traffic generator ---------------------------------------------------
+
+    async def vehicle_enters(self, vehicle_class: int) -> None:
+        """A vehicle drives onto the pay point: classified first, then the entry loop."""
+        self._publish_io("classifier", vehicle_class=vehicle_class)
+        await self.set_sensor("entry_loop", True)
+
+    async def vehicle_passes(self) -> None:
+        """The vehicle at the pay point drives through: safety loop, then exit loop."""
+        if self.gate.state != "open":
+            log.warning(
+                "vehicle passes a barrier that is not open",
+                extra={"lane": self.lane, "state": self.gate.state},
+            )
+        step = self.timings.step_s
+        await self.set_sensor("safety_loop", True)
+        await self._sleep(step)
+        await self.set_sensor("entry_loop", False)
+        await self._sleep(step)
+        await self.set_sensor("safety_loop", False)
+        await self._sleep(step)
+        await self.set_sensor("exit_loop", True)
+        await self._sleep(step)
+        await self.set_sensor("exit_loop", False)
+
+    async def vehicle_backs_away(self) -> None:
+        await self.set_sensor("entry_loop", False)
+
+    async def set_sensor(self, name: str, occupied: bool) -> None:
+        """Set one presence sensor and publish it; a safety sensor also drives the gate."""
+        if name == "classifier":
+            raise ValueError("the classifier reports a class: use vehicle_enters()")
+        self.sensors[name] = occupied
+        self._publish_io(name, occupied=occupied)
+        if name in SAFETY_SENSORS:
+            under = any(self.sensors.get(s, False) for s in SAFETY_SENSORS)
+            if under != self.gate.safety_occupied:
+                self._apply(*rules.safety(self.gate, under))
+
+    # --- commands ------------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Incoming) -> None:
+        # Stamp arrival now: the MQTT expiry the broker forwarded counts from this moment.
+        self._inbox.put_nowait((msg, self._now_us()))
+
+    async def _work(self) -> None:
+        while True:
+            msg, received_us = await self._inbox.get()
+            await self._handle(msg, received_us)
+
+    async def _handle(self, msg: Incoming, received_us: int) -> None:
+        try:
+            cmd = BarrierCommand.decode(msg.payload)
+        except PayloadError as exc:
+            log.warning("malformed command", extra={"lane": self.lane, "error": str(exc)})
+            cmd_id = _salvage_cmd_id(msg.payload)
+            if cmd_id is not None:
+                self._ack(msg, BarrierAck(cmd_id, False, self.gate.state, f"bad_command: {exc}"))
+            return
+        self.received.append(cmd)
+        extra = {"lane": self.lane, "cmd_id": cmd.cmd_id, "op": cmd.op}
+        if self.fault == "no_ack":
+            log.info("command ignored (no_ack fault)", extra=extra)
+            return
+        if self.fault == "slow_ack":
+            await self._sleep(self.timings.slow_ack_s)
+        expires_us = None if msg.expiry_s is None else received_us + msg.expiry_s * 1_000_000
+        verdict = rules.admit(cmd, self.lane, self._now_us(), expires_us)
+        if verdict is not None:
+            if verdict.drop:
+                log.warning("late command dropped", extra=extra)
+                return
+            log.warning("command refused", extra={**extra, "error": verdict.error})
+            self._ack(msg, BarrierAck(cmd.cmd_id, False, self.gate.state, verdict.error))
+            return
+        prior = self.executed.outcome(cmd.cmd_id)
+        if prior is not None:
+            log.info("repeated cmd_id answered, not executed", extra=extra)
+            self._ack(msg, BarrierAck(cmd.cmd_id, prior[0], self.gate.state, prior[1]))
+            return
+        if self.fault == "stuck":
+            # The drive reports success but the boom never moves.
+            self.executed.remember(cmd.cmd_id, True, None)
+            self._ack(msg, BarrierAck(cmd.cmd_id, True, self.gate.state))
+            return
+        gate, ok, error, move = rules.command(self.gate, cmd.op)
+        if ok:
+            self.executed.remember(cmd.cmd_id, ok, error)
+            self.executions.append(cmd.cmd_id)
+        log.info("command", extra={**extra, "ok": ok, "error": error})
+        # The ack goes first: it is what the controller is waiting for.
+        self._ack(msg, BarrierAck(cmd.cmd_id, ok, gate.state, error))
+        self._apply(gate, move)
+
+    def _ack(self, msg: Incoming, ack: BarrierAck) -> None:
+        topic = msg.response_topic or topics.barrier_ack(self.lane)
+        correlation = msg.correlation if msg.correlation is not None else ack.cmd_id.encode()
+        self._outbox.put_nowait(_Out(topic, ack.encode(), correlation=correlation))
+
+    # --- mechanics -----------------------------------------------------------------------------
+
+    def _apply(self, gate: rules.Gate, move: rules.Move | None) -> None:
+        """Take the new gate, start its move, and publish the state if what it says changed."""
+        before = (self.gate.state, self.gate.note)
+        self.gate = gate
+        if move is not None:
+            current = asyncio.current_task()
+            if self._motion is not None and self._motion is not current:
+                self._motion.cancel()  # superseded: its arrival would be ignored anyway
+            self._motion = asyncio.create_task(self._move(move))
+        if (gate.state, gate.note) != before:
+            self._publish_state()
+
+    async def _move(self, move: rules.Move) -> None:
+        duration = self.timings.opening_s if move.target == "open" else self.timings.closing_s
+        await self._sleep(duration)
+        self._apply(*rules.arrived(self.gate, move))
+
+    async def _after_fault_change(self, previous: str | None) -> None:
+        if previous == "offline" and self.fault != "offline":
+            self._start_link()
+        if self.fault == "offline":
+            # Leave as a crashed device would: the broker publishes our will ("offline").
+            await self.link.drop()
+            await self._stop_link()
+
+    # --- MQTT ----------------------------------------------------------------------------------
+
+    def _start_link(self) -> None:
+        if self._link_task is None or self._link_task.done():
+            self._link_task = asyncio.create_task(self.link.run())
+
+    async def _stop_link(self) -> None:
+        task, self._link_task = self._link_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _on_connect(self) -> None:
+        # Each connection is a session of its own: seq restarts, and the will prepared for
+        # this connection (already registered with the broker) names it.
+        self._session, self._seq = self._next_session, 0
+        self._next_session = secrets.token_hex(6)
+        self.link.will = self._will(self._next_session)
+        self._publish_state()
+
+    def _will(self, session: str) -> WillSpec:
+        status = BarrierStatus("offline", WILL_SEQ, self._now_us(), None, session)
+        return WillSpec(topics.barrier_state(self.lane), status.encode(), qos=1, retain=True)
+
+    def _publish_state(self, state: str | None = None) -> None:
+        self._seq += 1
+        status = BarrierStatus(
+            state or self.gate.state, self._seq, self._now_us(), self.gate.note, self._session
+        )
+        topic = topics.barrier_state(self.lane)
+        self._outbox.put_nowait(_Out(topic, status.encode(), retain=True, session=self._session))
+
+    def _publish_io(
+        self, sensor: str, *, occupied: bool | None = None, vehicle_class: int | None = None
+    ) -> None:
+        self._io_seq += 1
+        reading = SensorReading(sensor, occupied, vehicle_class, self._now_us(), self._io_seq)
+        self._outbox.put_nowait(_Out(topics.io(self.lane, sensor), reading.encode()))
+
+    async def _send(self) -> None:
+        while True:
+            out = await self._outbox.get()
+            try:
+                if out.session is not None and out.session != self._session:
+                    continue  # a state of an earlier connection: the new one re-announced it
+                await self.link.publish(
+                    out.topic, out.payload, qos=1, retain=out.retain, correlation=out.correlation
+                )
+            except LinkDown as exc:
+                # States are re-announced on reconnection; a lost ack or reading is what a real
+                # device would lose too, and the controller's timeouts cover it.
+                log.warning(
+                    "message lost: broker down",
+                    extra={"lane": self.lane, "topic": out.topic, "error": str(exc)},
+                )
+            finally:
+                self._outbox.task_done()
+
+    def _now_us(self) -> int:
+        return int(self._clock() * 1_000_000)
+
+
+def _salvage_cmd_id(payload: bytes) -> str | None:
+    """The cmd_id of a malformed command, if it has a usable one, so it can be refused."""
+    try:
+        body = unpack(payload)
+    except PayloadError:
+        return None
+    cmd_id = body.get("cmd_id")
+    if isinstance(cmd_id, str) and 0 < len(cmd_id) <= 128:
+        return cmd_id
+    return None
+
+
+__all__ = ["FAULTS", "DeviceEmulator", "Timings"]

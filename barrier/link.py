@@ -1,0 +1,193 @@
+"""The controller's side of the barrier and lane I/O protocol: a thin adapter over MqttLink.
+
+It turns incoming MQTT messages into typed messages for callbacks and typed messages into
+publishes with the right QoS, retain flag and MQTT 5 properties. It holds no lane logic: ack
+timeouts, retries and FAULT are the lane core's. What it does decide:
+
+- garbage on any subscribed topic goes to `on_garbage(topic, error)`, never into a callback;
+- a barrier state older than one already seen from the same device session (lower or equal
+  seq) is dropped, so a re-delivered retained state never rolls the lane's view back;
+- the controller's will is `lane/{id}/status` = LaneStatus "offline", retained.
+
+Callbacks are plain functions called on the event loop; they should only hand the message on
+(e.g. `queue.put_nowait`). An exception in one is logged by MqttLink with the topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from barrier import topics
+from barrier.messages import (
+    AttendantCommand,
+    BarrierAck,
+    BarrierCommand,
+    BarrierStatus,
+    DisplayMessage,
+    LaneStatus,
+    SensorReading,
+)
+from barrier.mqtt import Credentials, Incoming, MqttLink, WillSpec
+from barrier.wire import PayloadError, pack
+
+log = logging.getLogger("lane.barrier")
+
+
+class BarrierLink:
+    def __init__(
+        self,
+        lane: str,
+        host: str,
+        port: int,
+        *,
+        on_ack: Callable[[BarrierAck], None],
+        on_state: Callable[[BarrierStatus], None],
+        on_sensor: Callable[[SensorReading], None],
+        on_attendant: Callable[[AttendantCommand], None],
+        on_garbage: Callable[[str, str], None],
+        on_link: Callable[[bool], None] | None = None,
+        client_id: str | None = None,
+        credentials: Credentials | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.lane = lane
+        self._on_ack = on_ack
+        self._on_state = on_state
+        self._on_sensor = on_sensor
+        self._on_attendant = on_attendant
+        self._on_garbage = on_garbage
+        self._on_link = on_link
+        self._wall = wall
+        self._ack_topic = topics.barrier_ack(lane)
+        self._state_topic = topics.barrier_state(lane)
+        self._attendant_topic = topics.attendant(lane)
+        # (session, seq) of the newest barrier state passed on.
+        self._last_state: tuple[str, int] | None = None
+        self.mqtt = MqttLink(
+            host,
+            port,
+            client_id or f"controller-{lane}",
+            [
+                (self._ack_topic, 1),
+                (self._state_topic, 1),
+                (topics.io_all(lane), 1),
+                (self._attendant_topic, 1),
+            ],
+            handler=self._dispatch,
+            on_connect=self._connected,
+            on_disconnect=self._disconnected,
+            will=self._will(),
+            credentials=credentials,
+        )
+
+    async def run(self) -> None:
+        """Connect, subscribe and dispatch forever (run it as a task; cancel to stop)."""
+        await self.mqtt.run()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self.mqtt.wait_connected(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self.mqtt.connected.is_set()
+
+    # --- outgoing ------------------------------------------------------------------------------
+
+    async def send(self, cmd: BarrierCommand, expiry_s: int) -> None:
+        """Publish a barrier command: QoS 1, never retained, expiring, answerable.
+
+        Returns once the broker has taken it; raises LinkDown when the broker is unreachable.
+        """
+        if cmd.lane != self.lane:
+            raise ValueError(f"command for lane {cmd.lane!r} sent on lane {self.lane!r}")
+        if isinstance(expiry_s, bool) or not isinstance(expiry_s, int) or expiry_s < 1:
+            raise ValueError(f"expiry_s must be an int >= 1, got {expiry_s!r}")
+        await self.mqtt.publish(
+            topics.barrier_cmd(self.lane),
+            cmd.encode(),
+            qos=1,
+            retain=False,
+            expiry_s=expiry_s,
+            response_topic=self._ack_topic,
+            correlation=cmd.cmd_id.encode(),
+        )
+
+    async def show(self, message: DisplayMessage) -> None:
+        """Put lines on the lane display (QoS 0: a lost frame is replaced by the next one)."""
+        await self.mqtt.publish(topics.display(self.lane), message.encode(), qos=0)
+
+    async def publish_status(self, status: LaneStatus) -> None:
+        await self.mqtt.publish(topics.status(self.lane), status.encode(), qos=1, retain=True)
+
+    async def publish_event(self, event: Mapping[str, Any]) -> None:
+        try:
+            payload = pack(event)
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(f"event cannot be encoded: {exc}") from exc
+        await self.mqtt.publish(topics.events(self.lane), payload, qos=0)
+
+    # --- incoming ------------------------------------------------------------------------------
+
+    async def _dispatch(self, msg: Incoming) -> None:
+        try:
+            deliver = self._decode(msg)
+        except PayloadError as exc:
+            log.warning(
+                "garbage on a lane topic",
+                extra={"lane": self.lane, "topic": msg.topic, "error": str(exc)},
+            )
+            self._on_garbage(msg.topic, str(exc))
+            return
+        deliver()
+
+    def _decode(self, msg: Incoming) -> Callable[[], None]:
+        """Decode and check a message; returns the call that hands it on."""
+        topic = msg.topic
+        if topic == self._ack_topic:
+            ack = BarrierAck.decode(msg.payload)
+            if msg.correlation is not None and msg.correlation != ack.cmd_id.encode():
+                raise PayloadError(f"ack for {ack.cmd_id!r} carries another correlation")
+            return lambda: self._on_ack(ack)
+        if topic == self._state_topic:
+            status = BarrierStatus.decode(msg.payload)
+            return lambda: self._state(status)
+        if topic == self._attendant_topic:
+            command = AttendantCommand.decode(msg.payload)
+            return lambda: self._on_attendant(command)
+        sensor = topics.sensor_of(topic)
+        if sensor is None:
+            raise PayloadError("message on a topic this link does not handle")
+        reading = SensorReading.decode(msg.payload)
+        if reading.sensor != sensor:
+            raise PayloadError(f"reading of {reading.sensor!r} on the topic of {sensor!r}")
+        return lambda: self._on_sensor(reading)
+
+    def _state(self, status: BarrierStatus) -> None:
+        last = self._last_state
+        if last is not None and last[0] == status.session and status.seq <= last[1]:
+            log.debug(
+                "stale barrier state ignored",
+                extra={"lane": self.lane, "seq": status.seq, "last_seq": last[1]},
+            )
+            return
+        self._last_state = (status.session, status.seq)
+        self._on_state(status)
+
+    # --- connection ----------------------------------------------------------------------------
+
+    async def _connected(self) -> None:
+        # The will registered for the next connection says when this one was made.
+        self.mqtt.will = self._will()
+        if self._on_link is not None:
+            self._on_link(True)
+
+    def _disconnected(self) -> None:
+        if self._on_link is not None:
+            self._on_link(False)
+
+    def _will(self) -> WillSpec:
+        offline = LaneStatus.offline(int(self._wall() * 1_000_000))
+        return WillSpec(topics.status(self.lane), offline.encode(), qos=1, retain=True)

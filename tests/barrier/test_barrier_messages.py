@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from barrier.messages import (
+    AttendantCommand,
+    BarrierAck,
+    BarrierCommand,
+    BarrierStatus,
+    DisplayMessage,
+    LaneStatus,
+    SensorReading,
+)
+from barrier.wire import PayloadError, pack, unpack
+
+MESSAGES: list[Any] = [
+    BarrierCommand,
+    BarrierAck,
+    BarrierStatus,
+    SensorReading,
+    DisplayMessage,
+    LaneStatus,
+    AttendantCommand,
+]
+
+EXAMPLES: list[Any] = [
+    BarrierCommand("open", "v1/open", 1_700_000_000_000_000, "p07/l03"),
+    BarrierAck("v1/open", True, "opening"),
+    BarrierAck("v1/close", False, "open", "safety_loop_occupied"),
+    BarrierStatus("closing", 7, 1_700_000_000_000_001, None, "a1b2c3"),
+    BarrierStatus("open", 8, 1_700_000_000_000_002, "safety_reversal", "a1b2c3"),
+    SensorReading("entry_loop", True, None, 1_700_000_000_000_003, 4),
+    SensorReading("classifier", None, 2, 1_700_000_000_000_004),
+    DisplayMessage(["Class 2", "EUR 3.40"], 10.0),
+    LaneStatus("idle", 3, 1.5, {"broker": True, "backoffice": False}, ["queue_high"], 17),
+    LaneStatus.offline(18),
+    AttendantCommand("open", "att-1", "broken phone", "alice", 19),
+]
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_roundtrip(message: Any) -> None:
+    data = message.encode()
+    assert type(message).decode(data) == message
+    assert unpack(data)["v"] == 1
+
+
+def test_wire_keys_follow_the_design_table() -> None:
+    body = unpack(BarrierCommand("close", "c1", 5, "p07/l03").encode())
+    assert body == {"v": 1, "op": "close", "cmd_id": "c1", "deadline": 5, "lane": "p07/l03"}
+    assert unpack(SensorReading("classifier", None, 3, 9).encode()) == {
+        "v": 1,
+        "sensor": "classifier",
+        "class": 3,
+        "ts": 9,
+    }
+    assert unpack(DisplayMessage(["a"], 2.5).encode()) == {"v": 1, "lines": ["a"], "ttl": 2.5}
+
+
+def test_unknown_fields_are_ignored() -> None:
+    data = pack({"cmd_id": "c1", "ok": True, "state": "open", "future": [1, 2]})
+    assert BarrierAck.decode(data) == BarrierAck("c1", True, "open")
+
+
+@pytest.mark.parametrize(
+    ("cls", "body", "needle"),
+    [
+        (BarrierCommand, {"op": "lift", "cmd_id": "c", "deadline": 1, "lane": "x"}, "'op'"),
+        (BarrierCommand, {"op": "open", "cmd_id": "", "deadline": 1, "lane": "x"}, "'cmd_id'"),
+        (BarrierCommand, {"op": "open", "cmd_id": "c", "deadline": -1, "lane": "x"}, "deadline"),
+        (BarrierCommand, {"op": "open", "cmd_id": "c", "deadline": 1.0, "lane": "x"}, "deadline"),
+        (BarrierCommand, {"op": "open", "cmd_id": "c", "deadline": 1}, "'lane'"),
+        (BarrierAck, {"cmd_id": "c", "ok": 1, "state": "open"}, "'ok'"),
+        (BarrierAck, {"cmd_id": "c", "ok": True, "state": "offline"}, "'state'"),
+        (BarrierStatus, {"state": "ajar", "seq": 1, "ts": 1}, "'state'"),
+        (BarrierStatus, {"state": "open", "seq": True, "ts": 1}, "'seq'"),
+        (SensorReading, {"sensor": "entry_loop", "ts": 1}, "occupied"),
+        (SensorReading, {"sensor": "classifier", "occupied": True, "ts": 1}, "class"),
+        (SensorReading, {"sensor": "../x", "occupied": True, "ts": 1}, "'sensor'"),
+        (DisplayMessage, {"lines": ["a", 3], "ttl": 1}, "'lines'"),
+        (DisplayMessage, {"lines": ["a"], "ttl": float("nan")}, "'ttl'"),
+        (DisplayMessage, {"lines": ["a"] * 17, "ttl": 1}, "'lines'"),
+        (LaneStatus, {"state": "idle", "link": {"a": 1}, "faults": [], "ts": 1}, "'link'"),
+        (LaneStatus, {"state": "idle", "link": {}, "faults": [None], "ts": 1}, "'faults'"),
+        (AttendantCommand, {"op": "open", "cmd_id": "c", "reason": "", "ts": 1}, "'attendant'"),
+    ],
+)
+def test_malformed_fields_are_named(cls: Any, body: dict[str, Any], needle: str) -> None:
+    with pytest.raises(PayloadError, match=needle):
+        cls.decode(pack(body))
+
+
+def test_constructing_a_bad_message_in_code_fails_too() -> None:
+    with pytest.raises(PayloadError, match="'op'"):
+        BarrierCommand("raise", "c1", 1, "p07/l03")
+
+
+@pytest.mark.parametrize("cls", MESSAGES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\xc1", b"\x93\x01\x02\x03", msgpack.packb({"v": 2}), msgpack.packb({"v": "1"})],
+)
+def test_not_a_message(cls: Any, data: bytes) -> None:
+    with pytest.raises(PayloadError):
+        cls.decode(data)
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=300),
+    st.binary(max_size=20),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=30,
+)
+KEYS = [
+    "v", "op", "cmd_id", "deadline", "lane", "ok", "state", "error", "seq", "ts", "session",
+    "sensor", "occupied", "class", "lines", "ttl", "uplink_backlog", "oldest_unsent_s", "link",
+    "faults", "reason", "attendant",
+]  # fmt: skip
+maps = st.dictionaries(st.sampled_from(KEYS), values).map(
+    lambda d: msgpack.packb({"v": 1, **d} if d.get("v") is None else d, use_bin_type=True)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_garbage_bytes_only_raise_payload_error(data: bytes) -> None:
+    for cls in MESSAGES:
+        with contextlib.suppress(PayloadError):
+            cls.decode(data)
+
+
+@settings(max_examples=600, deadline=None)
+@given(data=maps)
+def test_plausible_maps_only_raise_payload_error(data: bytes) -> None:
+    for cls in MESSAGES:
+        try:
+            decoded = cls.decode(data)
+        except PayloadError:
+            continue
+        # Whatever decodes is a valid message: it encodes and decodes to itself.
+        assert cls.decode(decoded.encode()) == decoded
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(st.text(max_size=40), max_size=5),
+    ttl=st.floats(min_value=0, max_value=1e6),
+    seq=st.integers(min_value=0, max_value=2**40),
+    cls_=st.integers(min_value=0, max_value=20),
+)
+def test_roundtrip_property(lines: list[str], ttl: float, seq: int, cls_: int) -> None:
+    for message in (
+        DisplayMessage(lines, ttl),
+        BarrierStatus("open", seq, seq, None, "s"),
+        SensorReading("classifier", None, cls_, seq, seq),
+    ):
+        assert type(message).decode(message.encode()) == message
