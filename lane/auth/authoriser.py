@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from lane.auth.acquirer import (
@@ -30,7 +30,7 @@ from lane.auth.acquirer import (
 )
 from lane.auth.paycodes import MIN_KEY_BYTES, CodeError, OnlineCode, online_code
 from lane.auth.policy import OfflinePolicy
-from lane.auth.resolution_store import FINAL, IllegalTransition, StoreError
+from lane.auth.resolution_store import FINAL, StoreError
 from lane.auth.resolver import Resolver
 
 log = logging.getLogger("lane.auth")
@@ -136,9 +136,9 @@ class Authoriser:
             self._inflight.discard(req.auth_id)
             abandoned = req.auth_id in self._abandoned
             self._abandoned.discard(req.auth_id)
-        if abandoned and decision.approved:
+        if abandoned and decision.approved:  # the lane will not record it: reverse, say no
             await self.abandon(req.auth_id)
-            decision = self._decided(req, start, False, "abandoned", ref=decision.account_ref)
+            decision = replace(decision, approved=False, reason="abandoned", flags=())
         log.info(
             "decision %s %s",
             "approved" if decision.approved else "declined",
@@ -252,16 +252,13 @@ class Authoriser:
                 if self._left(req) <= 0:
                     return self._give_up(req, start, pid, ref, "timeout")
         if answer.status is PaymentStatus.SUCCEEDED:
-            try:
-                await self._resolver.charged(pid, answer.acquirer_ref)
-            except IllegalTransition:  # abandoned meanwhile: the resolver reverses it
-                return self._decided(req, start, False, "abandoned", ref=ref, pid=pid)
+            self._resolver.charged(pid, answer.acquirer_ref)
             return self._decided(
                 req, start, True, "approved", ref=ref, pid=pid, acq=answer.acquirer_ref
             )
         if answer.status is PaymentStatus.DECLINED:
             reason = answer.reason or "declined"
-            await self._resolver.declined(pid, reason)
+            self._resolver.declined(pid, reason)
             return self._decided(
                 req, start, False, reason, ref=ref, pid=pid, acq=answer.acquirer_ref
             )

@@ -121,11 +121,17 @@ class Resolver:
             self._mine.add(payment_id)
         return row, created
 
-    async def charged(self, payment_id: str, acquirer_ref: str | None) -> PaymentRow:
-        return await self._move(payment_id, PaymentState.CHARGED, acquirer_ref=acquirer_ref)
+    def charged(self, payment_id: str, acquirer_ref: str | None) -> None:
+        """Note that the payment went through; written in the background, off the decision path.
 
-    async def declined(self, payment_id: str, reason: str) -> PaymentRow:
-        return await self._move(payment_id, PaymentState.DECLINED, reason=reason)
+        Its durability buys nothing: recovery treats `intent` and `charged` alike. The single
+        store thread runs writes in submission order, so a later `settle` finds it done.
+        """
+        self._write_behind(payment_id, PaymentState.CHARGED, acquirer_ref=acquirer_ref)
+
+    def declined(self, payment_id: str, reason: str) -> None:
+        """Note a decline; written in the background (a lost one is re-learnt by query)."""
+        self._write_behind(payment_id, PaymentState.DECLINED, reason=reason)
 
     async def settle(self, payment_id: str) -> PaymentRow:
         """The record is on disk: never reverse. Raises IllegalTransition if already given up."""
@@ -286,12 +292,27 @@ class Resolver:
                     future.set_result(row.state)
         return row
 
+    def _write_behind(self, payment_id: str, to: PaymentState, **kw: Any) -> None:
+        call = functools.partial(self._store.move, payment_id, to, self._now_ms(), **kw)
+        written = asyncio.get_running_loop().run_in_executor(self._io, call)
+        written.add_done_callback(functools.partial(_log_failed_write, payment_id, to))
+
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io, functools.partial(fn, *args, **kwargs))
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+
+def _log_failed_write(payment_id: str, to: PaymentState, done: asyncio.Future[PaymentRow]) -> None:
+    if done.cancelled() or done.exception() is None:
+        return
+    exc = done.exception()
+    if isinstance(exc, IllegalTransition):  # the lane gave up meanwhile: being resolved
+        log.warning("payment not marked %s: %s", to, exc, extra={"payment_id": payment_id})
+    else:
+        log.error("payment not marked %s", to, exc_info=exc, extra={"payment_id": payment_id})
 
 
 def _x(row: PaymentRow) -> dict[str, Any]:

@@ -65,7 +65,7 @@ async def test_given_up_success_is_reversed(
     acquirer: AcquirerServer, client: AcquirerClient, resolver: Resolver
 ) -> None:
     assert await begin_and_pay(resolver, client, "pay_ok") is PaymentStatus.SUCCEEDED
-    await resolver.charged("pay_ok", None)
+    resolver.charged("pay_ok", None)
     assert charged_not_reversed(acquirer) == ["pay_ok"]
     resolver.give_up("pay_ok", "vehicle_left")
     assert await final(resolver, "pay_ok") is S.REVERSED
@@ -78,7 +78,7 @@ async def test_settled_payment_is_never_reversed(
     tmp_path: Path, acquirer: AcquirerServer, client: AcquirerClient, resolver: Resolver
 ) -> None:
     await begin_and_pay(resolver, client, "pay_rec")
-    await resolver.charged("pay_rec", "acq")
+    resolver.charged("pay_rec", "acq")
     await resolver.settle("pay_rec")
     resolver.give_up("pay_rec", "late abandon")  # refused: the record is on disk
     await asyncio.wait_for(resolver.wait_idle(), 5)
@@ -119,9 +119,9 @@ async def test_recovery_settles_what_the_uplink_queue_holds(
     path = tmp_path / "crash.db"
     first = make_resolver(path, client)
     await begin_and_pay(first, client, "pay_recorded")
-    await first.charged("pay_recorded", "acq")
+    first.charged("pay_recorded", "acq")
     await begin_and_pay(first, client, "pay_not_recorded")
-    await first.charged("pay_not_recorded", "acq")
+    first.charged("pay_not_recorded", "acq")
     await first.stop()
 
     async def is_recorded(payment_id: str) -> bool:  # stands in for the uplink queue
