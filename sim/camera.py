@@ -98,7 +98,7 @@ class SyntheticCamera:
         self.stats = CameraStats()
         self.error: BaseException | None = None
 
-    # -- what the camera sees (called by the traffic generator, any thread) ----------------
+    # -- what the camera sees (the traffic generator; any thread, one at a time) -----------
 
     @property
     def scene(self) -> Scene:
@@ -174,6 +174,8 @@ class SyntheticCamera:
         `await asyncio.to_thread(camera.stop)`."""
         self._stopping.set()
         thread, self._thread = self._thread, None
+        if thread is threading.current_thread():
+            return  # called from the sink: the loop ends after this frame
         if thread is not None:
             thread.join(timeout)
             if thread.is_alive():

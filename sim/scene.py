@@ -186,7 +186,7 @@ PRESETS: dict[str, Conditions] = {
         low_light=(0.2, 0.8),
         dark_mode_p=0.25,
         occlusion_p=0.2,
-        occlusion=(0.02, 0.07),
+        occlusion=(0.02, 0.06),
     ),
     # Night, a car that does not stop, a steep angle, strong glare, a thumb over the code.
     "hard": Conditions(

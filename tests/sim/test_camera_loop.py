@@ -202,3 +202,26 @@ async def test_real_time_loop_feeds_an_asyncio_consumer_without_blocking_it() ->
     stamps = [ts for _, ts in received]
     assert stamps == sorted(stamps) and len(set(stamps)) == 3
     assert decode(received[-1][0]) == [PAY]
+
+
+def test_a_sink_may_stop_the_camera_itself() -> None:
+    clock = FakeClock()
+    cam = small_camera(clock)
+    stamps: list[float] = []
+    stopped = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def sink(frame: np.ndarray, ts: float) -> None:
+        stamps.append(ts)
+        if len(stamps) == 2:
+            threads.append(threading.current_thread())
+            cam.stop()
+            stopped.set()
+
+    cam.start(sink)
+    assert stopped.wait(WAIT_S)
+    threads[0].join(WAIT_S)
+    assert not threads[0].is_alive()
+    assert not cam.running
+    assert len(stamps) == 2
+    assert cam.error is None
