@@ -142,7 +142,7 @@ class AcquirerClient:
             async with self._session.request(
                 method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as resp:
-                raw = await resp.content.read(MAX_BODY_BYTES + 1)
+                raw = await _read_capped(resp)
                 status = resp.status
         except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError subclasses
             raise AcquirerTimeout(f"{method} {path}: no answer within {timeout_s:.3f} s") from exc
@@ -150,11 +150,12 @@ class AcquirerClient:
             raise AcquirerUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         if status >= 500:
             raise AcquirerUnavailable(f"{method} {path}: HTTP {status}", http_status=status)
-        if status == 404 and method == "GET":
-            return AcquirerResult(payment_id=payment_id, status=PaymentStatus.NOT_FOUND)
         if len(raw) > MAX_BODY_BYTES:
             raise AcquirerProtocolError(f"{method} {path}: answer larger than {MAX_BODY_BYTES} B")
         doc = _decode(raw, f"{method} {path}", status)
+        # Only the API's own "no such payment" counts: a 404 from a wrong URL is no answer.
+        if status == 404 and method == "GET" and doc.get("error") == "not_found":
+            return AcquirerResult(payment_id=payment_id, status=PaymentStatus.NOT_FOUND)
         if status != 200:
             error = doc.get("error", "?")
             raise AcquirerProtocolError(
@@ -162,6 +163,16 @@ class AcquirerClient:
                 http_status=status,
             )
         return _result(doc, payment_id, f"{method} {path}")
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The body, or its first MAX_BODY_BYTES + 1 bytes when it is longer (then refused)."""
+    raw = bytearray()
+    async for chunk in resp.content.iter_chunked(16 * 1024):
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            break
+    return bytes(raw)
 
 
 def _check_id(payment_id: str) -> None:

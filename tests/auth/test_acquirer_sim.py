@@ -285,6 +285,8 @@ def test_lognormal_latency_matches_median_and_p99() -> None:
         (b'{"payment_id": "pid-x", "status": "MAYBE"}', "unknown status"),
         (b'{"payment_id": "other", "status": "SUCCEEDED"}', "is for payment"),
         (b'{"payment_id": "pid-x", "status": "SUCCEEDED", "acquirer_ref": 5}', "acquirer_ref"),
+        (b'{"payment_id": "pid-x", "status": "SUCCEEDED", "amount_minor": 4.5}', "integer"),
+        (b"{" + b" " * 100_000 + b"}", "larger than"),
     ],
 )
 async def test_bad_answers_are_protocol_errors(body: bytes, match: str) -> None:
@@ -302,6 +304,21 @@ async def test_bad_answers_are_protocol_errors(body: bytes, match: str) -> None:
         async with AcquirerClient(f"http://127.0.0.1:{port}") as client:
             with pytest.raises(AcquirerProtocolError, match=match):
                 await pay(client, "pid-x")
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_404_that_is_not_the_apis_is_no_answer() -> None:
+    runner = web.AppRunner(web.Application(), access_log=None)  # no routes: plain 404s
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with AcquirerClient(f"http://127.0.0.1:{port}/wrong") as client:
+            with pytest.raises(AcquirerProtocolError) as err:
+                await client.query("pid-x", 1.0)
+            assert err.value.http_status == 404
     finally:
         await runner.cleanup()
 
