@@ -1,0 +1,182 @@
+"""`lane watch`: print every message of one lane, decoded, one line each.
+
+    lane watch --broker 127.0.0.1:1883 --lane p07/l03 [--count N] [--username U]
+
+Subscribes to `lane/{id}/#` and `uplink/{id}/#`. Each line is the receive time (UTC), the
+topic, `R` for a retained message, the MQTT 5 properties that matter (expiry, correlation,
+response topic) and the payload as compact JSON. A payload that is not a valid message of its
+topic prints as `ERROR <reason> hex=<first bytes>` instead; watching never stops on garbage.
+The password, if any, comes from the environment variable LANE_MQTT_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from barrier.messages import (
+    AttendantCommand,
+    BarrierAck,
+    BarrierCommand,
+    BarrierStatus,
+    DisplayMessage,
+    LaneStatus,
+    SensorReading,
+)
+from barrier.mqtt import Credentials, Incoming, MqttLink
+from barrier.wire import PayloadError, unpack
+
+HEX_PREFIX = 32
+PASSWORD_ENV = "LANE_MQTT_PASSWORD"
+
+# Topic suffix (after "lane/{id}/") → the decoder that validates it.
+DECODERS: dict[str, Callable[[bytes], object]] = {
+    "barrier/cmd": BarrierCommand.decode,
+    "barrier/ack": BarrierAck.decode,
+    "barrier/state": BarrierStatus.decode,
+    "display": DisplayMessage.decode,
+    "status": LaneStatus.decode,
+    "attendant": AttendantCommand.decode,
+}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lane watch", description="Print a lane's MQTT traffic, decoded, one line each."
+    )
+    parser.add_argument("--broker", default="127.0.0.1:1883", help="host:port of the broker")
+    parser.add_argument("--lane", required=True, help="lane id, e.g. p07/l03")
+    parser.add_argument("--count", type=int, default=None, help="exit after N messages")
+    parser.add_argument("--username", default=None, help=f"MQTT user (password: ${PASSWORD_ENV})")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage or the help already
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        host, port = parse_broker(args.broker)
+    except ValueError as exc:
+        print(f"lane watch: {exc}", file=sys.stderr)
+        return 2
+    if args.count is not None and args.count < 1:
+        print("lane watch: --count must be >= 1", file=sys.stderr)
+        return 2
+    credentials = None
+    if args.username:
+        credentials = Credentials(args.username, os.environ.get(PASSWORD_ENV, ""))
+    try:
+        asyncio.run(watch(host, port, args.lane, args.count, credentials))
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--broker must be host:port, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+async def watch(
+    host: str, port: int, lane: str, count: int | None, credentials: Credentials | None = None
+) -> None:
+    done = asyncio.Event()
+    printed = 0
+
+    async def show(msg: Incoming) -> None:
+        nonlocal printed
+        if done.is_set():
+            return
+        print(format_line(msg, lane, datetime.now(UTC)), flush=True)
+        printed += 1
+        if count is not None and printed >= count:
+            done.set()
+
+    link = MqttLink(
+        host,
+        port,
+        f"watch-{secrets.token_hex(4)}",
+        [(f"lane/{lane}/#", 1), (f"uplink/{lane}/#", 1)],
+        handler=show,
+        credentials=credentials,
+        session_expiry=0,
+    )
+    task = asyncio.create_task(link.run())
+    try:
+        try:
+            await link.wait_connected(3.0)
+        except TimeoutError:
+            print(f"lane watch: waiting for the broker at {host}:{port}", file=sys.stderr)
+        await done.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def format_line(msg: Incoming, lane: str, now: datetime) -> str:
+    """One printable line for one message (pure: the receive time comes in)."""
+    head = [now.strftime("%H:%M:%S.%f"), msg.topic]
+    if msg.retain:
+        head.append("R")
+    if msg.expiry_s is not None:
+        head.append(f"expiry={msg.expiry_s}s")
+    if msg.correlation is not None:
+        head.append(f"corr={_text_or_hex(msg.correlation)}")
+    if msg.response_topic is not None:
+        head.append(f"reply={msg.response_topic}")
+    if not msg.payload:
+        return " ".join([*head, "(empty: retained message cleared)"])
+    try:
+        body = decode(msg.topic, msg.payload, lane)
+    except PayloadError as exc:
+        return " ".join([*head, f"ERROR {exc} hex={msg.payload[:HEX_PREFIX].hex()}"])
+    return " ".join([*head, json.dumps(_plain(body), separators=(",", ":"), ensure_ascii=False)])
+
+
+def decode(topic: str, payload: bytes, lane: str) -> dict[str, Any]:
+    """The payload as a map, checked by its topic's decoder when the topic has one."""
+    prefix = f"lane/{lane}/"
+    if topic.startswith(prefix):
+        suffix = topic[len(prefix) :]
+        decoder = DECODERS.get(suffix)
+        if decoder is None and suffix.startswith("io/"):
+            decoder = SensorReading.decode
+        if decoder is not None:
+            decoder(payload)
+    return unpack(payload)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly: bytes as hex, map keys as text, anything else exotic as its repr."""
+    if isinstance(value, dict):
+        return {_key(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value[:HEX_PREFIX]).hex() + ("…" if len(value) > HEX_PREFIX else "")
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
+
+
+def _key(key: Any) -> str:
+    return key if isinstance(key, str) else str(_plain(key))
+
+
+def _text_or_hex(data: bytes) -> str:
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return "0x" + data[:HEX_PREFIX].hex()
+    return text if text.isprintable() else "0x" + data[:HEX_PREFIX].hex()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

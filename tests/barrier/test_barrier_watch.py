@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from barrier import topics
+from barrier.messages import BarrierStatus, LaneStatus
+from barrier.mqtt import Incoming, MqttLink
+from barrier.watch import format_line, main
+from barrier.wire import pack
+from sim.broker import Mosquitto
+
+NOW = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+async def test_watch_prints_one_line_per_message(
+    mosquitto: Mosquitto, lane_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = MqttLink(mosquitto.host, mosquitto.port, f"raw-{lane_id}")
+    status = LaneStatus("idle", 2, 0.5, {"backoffice": True}, [], 11)
+    # Retained messages reach the watcher whenever it subscribes: no race with its start.
+    retained = [
+        (topics.barrier_state(lane_id), BarrierStatus("open", 4, 10, None, "s1").encode()),
+        (topics.status(lane_id), status.encode()),
+        (topics.io(lane_id, "entry_loop"), b"\xc1\xc1 not msgpack"),
+        (topics.uplink_acks(lane_id), pack({"upto": 7})),
+    ]
+    task = asyncio.create_task(raw.run())
+    try:
+        await raw.wait_connected(5)
+        for topic, payload in retained:
+            await raw.publish(topic, payload, retain=True)
+        argv = ["--broker", f"{mosquitto.host}:{mosquitto.port}", "--lane", lane_id, "--count", "4"]
+        code = await asyncio.wait_for(asyncio.to_thread(main, argv), 10)
+        assert code == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 4
+        by_topic = {line.split(" ")[1]: line for line in lines}
+        state = by_topic[topics.barrier_state(lane_id)]
+        assert " R " in state
+        assert json.loads(state.split(" R ", 1)[1]) == {
+            "v": 1, "state": "open", "seq": 4, "ts": 10, "session": "s1",
+        }  # fmt: skip
+        assert '"backoffice":true' in by_topic[topics.status(lane_id)]
+        garbage = by_topic[topics.io(lane_id, "entry_loop")]
+        assert "ERROR not msgpack" in garbage and "hex=c1c1206e6f74" in garbage
+        assert '{"v":1,"upto":7}' in by_topic[topics.uplink_acks(lane_id)]
+    finally:
+        for topic, _ in retained:
+            await raw.publish(topic, b"", retain=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_format_line_shows_command_properties_and_checks_the_schema() -> None:
+    cmd = Incoming(
+        "lane/p07/l03/barrier/cmd",
+        pack({"op": "open", "cmd_id": "v1/open", "deadline": 5, "lane": "p07/l03"}),
+        correlation=b"v1/open",
+        response_topic="lane/p07/l03/barrier/ack",
+        expiry_s=3,
+    )
+    line = format_line(cmd, "p07/l03", NOW)
+    assert line.startswith("03:04:05.678901 lane/p07/l03/barrier/cmd expiry=3s corr=v1/open")
+    assert "reply=lane/p07/l03/barrier/ack" in line and '"op":"open"' in line
+    # A well-formed map that is not a valid message of its topic is an error line.
+    bad = Incoming("lane/p07/l03/barrier/cmd", pack({"op": "lift"}))
+    assert "ERROR" in format_line(bad, "p07/l03", NOW)
+    # Bytes and odd keys do not break the printer.
+    odd = Incoming("lane/p07/l03/events", pack({"blob": b"\x00\x01", "n": [1.5, None]}))
+    assert '"blob":"0x0001"' in format_line(odd, "p07/l03", NOW)
+    cleared = Incoming("lane/p07/l03/status", b"", retain=True)
+    assert "retained message cleared" in format_line(cleared, "p07/l03", NOW)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--broker", "nohost", "--lane", "a/b"],
+        ["--broker", "h:99999", "--lane", "a/b"],
+        ["--lane", "a/b", "--count", "0"],
+        ["--broker", "h:1"],
+    ],
+)
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert capsys.readouterr().err
