@@ -269,7 +269,9 @@ def _after_decline(
         ]
     else:
         left = state.rules.max_tries - vehicle.tries
-        actions.append(ShowOnDisplay(("Payment refused", reason, f"Try another code ({left} left)")))
+        actions.append(
+            ShowOnDisplay(("Payment refused", reason, f"Try another code ({left} left)"))
+        )
     return replace(state, vehicle=vehicle), actions
 
 
@@ -304,7 +306,9 @@ def _on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
         why = ", ".join(sorted(state.faults)) or "lane closed"
         vehicle = replace(vehicle, tries=state.rules.max_tries)
         return _after_decline(state, vehicle, why, [Abandon(event.auth_id, why)])
-    draft = _draft(state, vehicle, event, "approved" if "deferred" not in event.flags else "deferred")
+    draft = _draft(
+        state, vehicle, event, "approved" if "deferred" not in event.flags else "deferred"
+    )
     vehicle = replace(vehicle, approved=event, approved_frame_ts=attempt.frame_ts)
     state = _commit(state, event.auth_id)
     return replace(state, vehicle=vehicle), [Persist(event.auth_id, draft)]
@@ -420,7 +424,11 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
     actions.append(
         Note(
             "barrier_opened",
-            {"vehicle_id": passage.vehicle_id, "record_id": passage.record_id, "latency_ms": latency},
+            {
+                "vehicle_id": passage.vehicle_id,
+                "record_id": passage.record_id,
+                "latency_ms": latency,
+            },
         )
     )
     return replace(state, command=replace(cmd, acked=True), passage=passage), actions
@@ -442,18 +450,23 @@ def _on_reported(state: LaneState, event: ev.BarrierReported, now: float) -> Res
 def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
     actions: list[Action] = []
     vehicle = state.vehicle
-    if vehicle is not None and vehicle.attempt is not None:
-        if now >= vehicle.attempt.deadline + state.rules.auth_grace_s:
-            auth_id = vehicle.attempt.auth_id
-            vehicle = replace(vehicle, attempt=None)
-            state, actions = _after_decline(
-                state, vehicle, "payment timed out", [Abandon(auth_id, "timeout")]
-            )
+    attempt = vehicle.attempt if vehicle is not None else None
+    timed_out = attempt is not None and now >= attempt.deadline + state.rules.auth_grace_s
+    if vehicle is not None and attempt is not None and timed_out:
+        vehicle = replace(vehicle, attempt=None)
+        state, actions = _after_decline(
+            state, vehicle, "payment timed out", [Abandon(attempt.auth_id, "timeout")]
+        )
     cmd = state.command
     if cmd is not None and cmd.retry_at is not None and now >= cmd.retry_at:
         state = replace(state, command=replace(cmd, retry_at=None))
     cmd = state.command
-    if cmd is not None and not cmd.acked and cmd.ack_deadline is not None and now >= cmd.ack_deadline:
+    if (
+        cmd is not None
+        and not cmd.acked
+        and cmd.ack_deadline is not None
+        and now >= cmd.ack_deadline
+    ):
         if cmd.attempt >= state.rules.max_cmd_attempts:
             state, more = _add_fault(state, "barrier_no_ack", f"{cmd.op} {cmd.cmd_id}")
             # Keep the command: the same cmd_id is sent again once the fault clears, so a
