@@ -655,6 +655,8 @@ def _let_go(state: LaneState, vehicle: Vehicle, reason: str) -> list[Action]:
 
 
 def _fare_display(vehicle: Vehicle, state: LaneState) -> ShowOnDisplay:
+    if not state.accepting_payments:
+        return ShowOnDisplay(("Lane closed", "Please use another lane"))
     if vehicle.amount_minor is None:
         return ShowOnDisplay((f"Class {vehicle.vehicle_class}", "Please wait for assistance"))
     return ShowOnDisplay((f"Class {vehicle.vehicle_class}", _money(vehicle), "Show your QR code"))
