@@ -98,6 +98,10 @@ class _SourceBase:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    def _start_watch(self) -> None:
+        """Blackout time counts from when someone starts reading, not from construction."""
+        self._monitor = BlackoutMonitor(self.name, self._clock(), self._blackout_after_s)
+
     def _event(self, kind: EventKind, detail: str = "") -> SourceEvent:
         event = SourceEvent(kind, self.name, self._clock(), detail)
         level = logging.INFO if kind in ("opened", "recovered", "ended") else logging.WARNING
@@ -148,6 +152,7 @@ class CaptureSource(_SourceBase):
         self.reconnects = 0
 
     def stream(self) -> Iterator[Item]:
+        self._start_watch()
         failures = 0  # consecutive failed opens, for the backoff
         opened_before = False
         while not self.closed:
@@ -221,6 +226,7 @@ class ImageFolderSource(_SourceBase):
         self.fps = fps
 
     def stream(self) -> Iterator[Item]:
+        self._start_watch()
         if not self.folder.is_dir():
             yield self._event("error", f"not a folder: {self.folder}")
             yield self._event("ended")
@@ -279,6 +285,7 @@ class PushSource(_SourceBase):
             self._cond.notify_all()
 
     def stream(self) -> Iterator[Item]:
+        self._start_watch()
         yield self._event("opened", "waiting for pushed frames")
         while True:
             with self._cond:
