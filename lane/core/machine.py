@@ -35,6 +35,7 @@ from lane.core.state import (
     Attempt,
     Command,
     LaneMode,
+    LaneRules,
     LaneState,
     Passage,
     Vehicle,
@@ -58,7 +59,7 @@ FAULT_MESSAGES = {
 }
 
 
-def initial_state(rules: Any) -> LaneState:
+def initial_state(rules: LaneRules) -> LaneState:
     return LaneState(rules=rules)
 
 
