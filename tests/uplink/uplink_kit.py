@@ -4,6 +4,8 @@ polling without fixed sleeps, and the end-of-test reconciliation."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +17,23 @@ from uplink.ingest import Ingest
 from uplink.queue import RecordQueue
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.store import IngestStore
+
+# A lane process appending in a loop; it prints "seq record_id" after each append returned.
+APPENDER = """
+import sys
+from pathlib import Path
+from uplink.queue import RecordQueue
+from uplink.records import AuthInfo, RecordDraft
+d = RecordDraft(kind="toll", vehicle_id="v", vehicle_class=1, amount_minor=700, currency="CNY",
+                method="token", account_ref="a", auth=AuthInfo("approved"))
+q = RecordQueue(Path(sys.argv[1]), sys.argv[2], 10**9)
+n = int(sys.argv[3]) if len(sys.argv) > 3 else -1
+while n != 0:
+    n -= 1
+    r = q.append(d)
+    print(r.seq, r.record_id, flush=True)
+"""
+
 
 FAST_LINK = {"backoff_min": 0.02, "backoff_max": 0.2}
 
@@ -146,3 +165,25 @@ def reconcile(side: LaneSide, store: IngestStore, lane: str) -> None:
     assert store.gaps(lane) == []
     assert store.contiguous(lane) == max(side.written)
     assert side.queue.backlog().count == 0
+
+
+def append_then_kill(path: Path, lane: str, at_least: int, confirmed: dict[int, str]) -> None:
+    """Run APPENDER in a child, SIGKILL it once `at_least` more appends were confirmed."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", APPENDER, str(path), lane],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    target = len(confirmed) + at_least
+    while len(confirmed) < target:
+        raw = child.stdout.readline()
+        assert raw, child.stderr.read() if child.stderr else b""
+        seq_text, rid = raw.decode().split()
+        confirmed[int(seq_text)] = rid
+    child.kill()  # SIGKILL in the middle of the append loop
+    rest, _ = child.communicate()
+    for text in rest.decode().splitlines():
+        parts = text.split()
+        if len(parts) == 2 and parts[0].isdigit() and len(parts[1]) == 36:
+            confirmed[int(parts[0])] = parts[1]

@@ -2,13 +2,11 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-from uplink_kit import draft
+from uplink_kit import append_then_kill, draft
 
 from barrier.wire import pack, unpack
 from uplink.queue import (
@@ -104,10 +102,10 @@ def test_queue_full_refuses_and_keeps_everything(tmp_path: Path) -> None:
 
 
 def test_high_water_flag_before_full(tmp_path: Path) -> None:
-    with RecordQueue(tmp_path / "q.sqlite", LANE, 200_000, high_water=0.5) as q:
+    with RecordQueue(tmp_path / "q.sqlite", LANE, 100_000, high_water=0.5) as q:
         while not q.backlog().high_water_reached:
             q.append(draft(0))
-        assert q.backlog().bytes_used < 200_000
+        assert q.backlog().bytes_used < 100_000
 
 
 def test_sqlite_disk_full_is_a_queue_error_and_loses_nothing(tmp_path: Path) -> None:
@@ -214,43 +212,12 @@ def test_migration_upgrades_in_place_and_keeps_old_record_bytes(tmp_path: Path) 
     db.close()
 
 
-CHILD = """
-import sys
-from pathlib import Path
-from uplink.queue import RecordQueue
-from uplink.records import AuthInfo, RecordDraft
-d = RecordDraft(kind="toll", vehicle_id="v", vehicle_class=1, amount_minor=700, currency="CNY",
-                method="token", account_ref="a", auth=AuthInfo("approved"))
-q = RecordQueue(Path(sys.argv[1]), sys.argv[2], 10**9)
-while True:
-    r = q.append(d)
-    print(r.seq, r.record_id, flush=True)
-"""
-
-
 def test_kill_9_while_appending_loses_no_returned_record(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     RecordQueue(path, LANE, 10**9).close()
     confirmed: dict[int, str] = {}
     for _round in range(2):
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(path), LANE],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert child.stdout is not None
-        target = len(confirmed) + 150
-        while len(confirmed) < target:
-            raw = child.stdout.readline()
-            assert raw, child.stderr.read() if child.stderr else b""
-            seq_text, rid = raw.decode().split()
-            confirmed[int(seq_text)] = rid
-        child.kill()  # SIGKILL in the middle of the append loop
-        rest, _ = child.communicate()
-        for text in rest.decode().splitlines():
-            parts = text.split()
-            if len(parts) == 2 and parts[0].isdigit() and len(parts[1]) == 36:
-                confirmed[int(parts[0])] = parts[1]
+        append_then_kill(path, LANE, 150, confirmed)
     with RecordQueue(path, LANE, 10**9) as q:
         rows = q.batch(0, 10**6)
         seqs = [s for s, _ in rows]

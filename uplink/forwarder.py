@@ -1,0 +1,264 @@
+"""The lane's uplink forwarder: queue -> MQTT (QoS 1) -> back office, deleting only on its ack.
+
+Records leave in seq order, in batches, with at most `window` batches awaiting an ack. The back
+office answers `{upto}` on `uplink/{lane}/acks` after committing; only then does the forwarder
+delete (`queue.ack(upto)`). A batch without an ack is sent again after `ack_timeout`, backing
+off exponentially with jitter; a publish that fails (link down) is retried the same way. Resends
+are harmless because the ingest is idempotent by record id. Nothing is kept across restarts but
+the queue itself: the forwarder starts again from the oldest record on disk.
+
+Acks reach the forwarder through the owner of the MqttLink: route messages on `ack_topic` to
+`handle_ack(payload)` (or feed ints into the `acks` queue passed in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from barrier.mqtt import LinkDown, MqttLink
+from barrier.topics import uplink_acks, uplink_records
+from barrier.wire import PayloadError
+from lane.ids import new_id
+from uplink.messages import decode_ack, encode_batch
+from uplink.queue import QueueError, RecordQueue
+
+log = logging.getLogger("lane.uplink.forwarder")
+
+
+@dataclass(frozen=True)
+class UplinkStatus:
+    backlog: int
+    oldest_age_s: float | None
+    bytes_used: int
+    high_water_reached: bool
+    link_up: bool
+    last_ack_wall: float | None
+    inflight_batches: int
+    sent_batches: int
+    resent_batches: int
+
+
+@dataclass
+class _Inflight:
+    batch_id: str
+    first_seq: int
+    last_seq: int
+    payload: bytes
+    due: float  # monotonic time at which it is (re)sent
+    attempts: int = 0
+
+
+class Forwarder:
+    def __init__(
+        self,
+        queue: RecordQueue,
+        link: MqttLink,
+        lane: str,
+        *,
+        acks: asyncio.Queue[int] | None = None,
+        batch_size: int = 100,
+        window: int = 4,
+        ack_timeout: float = 5.0,
+        backoff_min: float = 0.1,
+        backoff_max: float = 30.0,
+        poll_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.queue = queue
+        self.link = link
+        self.lane = lane
+        self.acks: asyncio.Queue[int] = acks if acks is not None else asyncio.Queue()
+        self.batch_size = batch_size
+        self.window = window
+        self.ack_timeout = ack_timeout
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.poll_interval = poll_interval
+        self._clock = clock
+        self._wall = wall
+        self._sleep = sleep
+        self._rand = rand
+        self._kick = asyncio.Event()
+        self._inflight: list[_Inflight] = []
+        self._sent_upto = 0  # highest seq sent by this process: an ack never deletes beyond it
+        self._acked_upto = 0
+        self._link_epoch = -1
+        self._last_ack_wall: float | None = None
+        self.sent_batches = 0
+        self.resent_batches = 0
+
+    @property
+    def ack_topic(self) -> str:
+        return uplink_acks(self.lane)
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """What the MqttLink owner must subscribe to and route to `handle_ack`."""
+        return [(self.ack_topic, 1)]
+
+    def wake(self) -> None:
+        """Send now (call after an append) instead of waiting for the next timer."""
+        self._kick.set()
+
+    def handle_ack(self, payload: bytes) -> None:
+        """Feed one message from `uplink/{lane}/acks`; garbage is logged and ignored."""
+        try:
+            ack = decode_ack(payload)
+        except PayloadError as exc:
+            log.warning("uplink bad ack", extra={"lane": self.lane, "error": str(exc)})
+            return
+        if ack.lane != self.lane:
+            log.warning("uplink ack for another lane", extra={"lane": self.lane, "ack": ack.lane})
+            return
+        self.acks.put_nowait(ack.upto)
+
+    async def status(self) -> UplinkStatus:
+        b = await asyncio.to_thread(self.queue.backlog)
+        age = None if b.oldest_ts_us is None else max(0.0, self._wall() - b.oldest_ts_us / 1e6)
+        return UplinkStatus(
+            backlog=b.count,
+            oldest_age_s=age,
+            bytes_used=b.bytes_used,
+            high_water_reached=b.high_water_reached,
+            link_up=self.link.connected.is_set(),
+            last_ack_wall=self._last_ack_wall,
+            inflight_batches=len(self._inflight),
+            sent_batches=self.sent_batches,
+            resent_batches=self.resent_batches,
+        )
+
+    async def run(self) -> None:
+        """Forward forever (run as a task; cancel to stop)."""
+        getter: asyncio.Task[int] | None = None
+        delay = self.backoff_min
+        try:
+            while True:
+                try:
+                    await self._apply_acks()
+                    if self.link.connected.is_set():
+                        self._note_reconnect()
+                        await self._send_due()
+                        await self._fill_window()
+                    delay = self.backoff_min
+                except (LinkDown, QueueError) as exc:
+                    wait = delay * (0.5 + self._rand())
+                    log.warning(
+                        "uplink forward failed",
+                        extra={"lane": self.lane, "error": str(exc), "retry_s": round(wait, 3)},
+                    )
+                    await self._sleep(wait)
+                    delay = min(delay * 2, self.backoff_max)
+                    continue
+                if getter is None:
+                    getter = asyncio.ensure_future(self.acks.get())
+                await self._wait(getter)
+                if getter.done():
+                    self.acks.put_nowait(getter.result())
+                    getter = None
+        finally:
+            if getter is not None:
+                getter.cancel()
+
+    async def _wait(self, getter: asyncio.Task[int]) -> None:
+        waits: set[asyncio.Future[Any]] = {getter, asyncio.ensure_future(self._kick.wait())}
+        if not self.link.connected.is_set():
+            waits.add(asyncio.ensure_future(self.link.connected.wait()))
+            timeout = None
+        else:
+            timeout = self._next_due()
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                if w is not getter:
+                    w.cancel()
+        self._kick.clear()
+
+    def _next_due(self) -> float:
+        # The poll is a safety net for appends nobody announced with wake() (another process).
+        if not self._inflight:
+            return self.poll_interval
+        due = min(b.due for b in self._inflight) - self._clock()
+        return max(0.0, min(due, self.poll_interval))
+
+    def _note_reconnect(self) -> None:
+        epoch = self.link.reconnects
+        if epoch != self._link_epoch:
+            # After a (re)connect the broker may have lost what it held (no persistence):
+            # everything unacknowledged goes out again now.
+            if self._link_epoch != -1:
+                now = self._clock()
+                for b in self._inflight:
+                    b.due = now
+            self._link_epoch = epoch
+
+    async def _apply_acks(self) -> None:
+        upto = self._acked_upto
+        while not self.acks.empty():
+            upto = max(upto, self.acks.get_nowait())
+        # An ack can only confirm what this process sent (the back office acks its contiguous
+        # prefix, which after a restart may name records we have not sent again yet).
+        upto = min(upto, self._sent_upto)
+        if upto <= self._acked_upto:
+            return
+        deleted = await asyncio.to_thread(self.queue.ack, upto)
+        self._acked_upto = upto
+        self._last_ack_wall = self._wall()
+        self._inflight = [b for b in self._inflight if b.last_seq > upto]
+        log.debug("uplink acked", extra={"lane": self.lane, "upto": upto, "deleted": deleted})
+
+    async def _send_due(self) -> None:
+        for b in self._inflight:
+            if b.due <= self._clock():
+                await self._publish(b)
+
+    async def _fill_window(self) -> None:
+        while len(self._inflight) < self.window:
+            after = max(self._sent_upto, self._acked_upto)
+            rows = await asyncio.to_thread(self.queue.batch, after, self.batch_size)
+            if not rows:
+                return
+            batch_id = new_id()
+            b = _Inflight(
+                batch_id=batch_id,
+                first_seq=rows[0][0],
+                last_seq=rows[-1][0],
+                payload=encode_batch(self.lane, batch_id, rows),
+                due=self._clock(),
+            )
+            self._inflight.append(b)
+            self._sent_upto = b.last_seq
+            await self._publish(b)
+
+    async def _publish(self, b: _Inflight) -> None:
+        # Set the retry time before trying, so a LinkDown leaves the batch due again later.
+        base = self.ack_timeout * (2 ** min(b.attempts, 16)) * (0.5 + self._rand())
+        b.due = self._clock() + max(self.ack_timeout, min(base, self.backoff_max))
+        try:
+            await self.link.publish(uplink_records(self.lane), b.payload, qos=1)
+        except LinkDown:
+            b.due = self._clock()  # not sent at all: due again as soon as the link allows
+            raise
+        b.attempts += 1
+        if b.attempts == 1:
+            self.sent_batches += 1
+        else:
+            self.resent_batches += 1
+            log.info(
+                "uplink batch resent",
+                extra={
+                    "lane": self.lane,
+                    "batch_id": b.batch_id,
+                    "attempt": b.attempts,
+                    "first_seq": b.first_seq,
+                    "last_seq": b.last_seq,
+                },
+            )
