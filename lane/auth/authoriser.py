@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from lane.auth.acquirer import (
+    CURRENCY,
     AcquirerClient,
     AcquirerProtocolError,
     AcquirerResult,
@@ -52,6 +53,8 @@ class AuthRequest:
         amount = self.amount_minor
         if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
             raise ValueError("amount_minor must be a non-negative int of minor units")
+        if not CURRENCY.fullmatch(self.currency):
+            raise ValueError(f"currency must be an ISO 4217 code, not {self.currency!r}")
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ class Authoriser:
                 decision = await self._paid_online(req, start)
             else:
                 decision = self._decided(req, start, False, "unsupported_kind")
-        except (StoreError, AcquirerProtocolError, ValueError) as exc:
+        except (StoreError, ValueError) as exc:
             log.exception("authorisation failed: %s", exc, extra={"auth_id": req.auth_id})
             decision = self._decided(req, start, False, "internal_error")
         finally:

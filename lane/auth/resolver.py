@@ -41,7 +41,16 @@ from lane.auth.resolution_store import (
     UnknownPayment,
 )
 
-__all__ = ["Backoff", "PaymentRow", "PaymentState", "ResolutionStore", "Resolver"]
+__all__ = [
+    "Backoff",
+    "IllegalTransition",
+    "PaymentRow",
+    "PaymentState",
+    "ResolutionStore",
+    "Resolver",
+    "StoreError",
+    "UnknownPayment",
+]
 
 log = logging.getLogger("lane.auth.resolver")
 T = TypeVar("T")
@@ -205,18 +214,16 @@ class Resolver:
             try:
                 await self._absorb_queue()
                 rows = await self._db(self._store.in_states, {PaymentState.GIVEN_UP})
-            except StoreError:
-                log.exception("resolution store failed; retrying")
-                failures += 1
-                await asyncio.sleep(self._backoff.delay(failures))
-                continue
-            if not rows:
-                failures = 0
-                if not self._queue:
-                    self._idle.set()
-                await self._wake.wait()
-                continue
-            failed, pending = await self._resolve_all(rows)
+                if not rows:
+                    failures = 0
+                    if not self._queue:
+                        self._idle.set()
+                    await self._wake.wait()
+                    continue
+                failed, pending = await self._resolve_all(rows)
+            except Exception:  # the store failed, or a bug: keep resolving, never die quietly
+                log.exception("payment resolution failed; retrying")
+                failed, pending = True, False
             failures = failures + 1 if failed else 0
             if failed:
                 await asyncio.sleep(self._backoff.delay(failures))

@@ -208,3 +208,17 @@ async def test_declined_needs_no_reversal(
 def test_backoff_grows_and_caps() -> None:
     backoff = Backoff(initial_s=0.25, factor=2.0, max_s=1.0)
     assert [backoff.delay(n) for n in (1, 2, 3, 4, 10)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+
+
+async def test_store_failure_does_not_kill_the_worker(
+    tmp_path: Path, client: AcquirerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ResolutionStore(tmp_path / "r.db")
+    resolver = Resolver(store, client, backoff=FAST)
+    await resolver.start()
+    store.close()  # every write fails from now on
+    resolver.give_up("pay_x", "timeout")
+    await asyncio.sleep(0.1)  # several failed rounds
+    await resolver.stop()  # would re-raise here had the worker died
+    failures = [r for r in caplog.records if r.message.startswith("payment resolution failed")]
+    assert len(failures) >= 2
