@@ -59,7 +59,7 @@ class AcquirerServer:
         self._faults = faults or Faults()
         self._rng = random.Random(seed)
         self._clock = clock
-        self._applied_at = clock()
+        self._outages_set_at = clock()
         self.ledger = Ledger(clock)
         self._runner: web.AppRunner | None = None
         self._api_site: web.TCPSite | None = None
@@ -90,7 +90,7 @@ class AcquirerServer:
         self._admin_site = web.TCPSite(self._runner, self._host, self._admin_port)
         await self._admin_site.start()
         self._admin_port = _bound_port(self._admin_site)
-        self._applied_at = self._clock()
+        self._outages_set_at = self._clock()
         await self._sync_listener()
         self._supervisor = asyncio.create_task(self._supervise(), name="acquirer-outages")
         log.info("acquirer listening", extra={"url": self.url, "admin_url": self.admin_url})
@@ -121,27 +121,33 @@ class AcquirerServer:
     def faults(self) -> Faults:
         return self._faults
 
-    def set_faults(self, faults: Faults) -> None:
-        """Replace the faults; outage windows count from now."""
+    def set_faults(self, faults: Faults, *, restart_outages: bool = True) -> None:
+        """Replace the faults; outage windows count from now unless `restart_outages` is off."""
+        if restart_outages:
+            self._outages_set_at = self._clock()
         self._faults = faults
-        self._applied_at = self._clock()
         self._faults_changed.set()
         log.info("acquirer faults changed", extra={"faults": faults.to_map()})
 
     def update_faults(self, **changes: Any) -> Faults:
-        self.set_faults(replace(self._faults, **changes))
+        """Change some faults; outage windows restart only when `outages` is among them."""
+        self.set_faults(replace(self._faults, **changes), restart_outages="outages" in changes)
         return self._faults
 
+    def _since_outages_set(self) -> float:
+        return self._clock() - self._outages_set_at
+
     def _outage(self) -> OutageMode | None:
-        return self._faults.outage_mode(self._clock() - self._applied_at)
+        return self._faults.outage_mode(self._since_outages_set())
 
     async def _supervise(self) -> None:
         """Open and close the API listener at outage window boundaries."""
         while True:
             self._faults_changed.clear()
             await self._sync_listener()
-            nxt = self._faults.next_boundary(self._clock() - self._applied_at)
-            timeout = None if nxt is None else max(0.0, nxt - (self._clock() - self._applied_at))
+            now = self._since_outages_set()
+            nxt = self._faults.next_boundary(now)
+            timeout = None if nxt is None else max(0.0, nxt - now)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._faults_changed.wait(), timeout)
 
@@ -238,7 +244,8 @@ class AcquirerServer:
             changes = json.loads(await request.read())
             if not isinstance(changes, dict):
                 raise FaultsError("expected a JSON object of fault settings")
-            self.set_faults(self._faults.merged(changes))
+            faults = self._faults.merged(changes)
+            self.set_faults(faults, restart_outages="outages" in changes)
         except (json.JSONDecodeError, UnicodeDecodeError, FaultsError) as exc:
             return _error(400, "bad_faults", str(exc))
         return web.json_response(self._faults.to_map())
@@ -270,8 +277,10 @@ async def running_acquirer(
 
 def _bound_port(site: web.TCPSite) -> int:
     server = site._server  # aiohttp keeps the asyncio server private; the port is on its socket
-    assert isinstance(server, asyncio.Server)
-    port: int = server.sockets[0].getsockname()[1]
+    sockets = getattr(server, "sockets", None)  # asyncio.Server or uvloop's Server
+    if not sockets:
+        raise RuntimeError("acquirer server is not listening")
+    port: int = sockets[0].getsockname()[1]
     return port
 
 

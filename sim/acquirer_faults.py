@@ -24,19 +24,19 @@ class FaultsError(ValueError):
 class Outage:
     """The acquirer is down from `start_s` for `duration_s` (None: until cleared).
 
-    Times are seconds after the faults were applied. `refuse` closes the listening socket
-    (clients get connection refused) and drops live connections; `503` answers every API call
-    with HTTP 503.
+    Times are seconds after the outages were set (changing other faults keeps that clock).
+    `refuse` closes the listening socket (clients get connection refused) and drops live
+    connections; `503` answers every API call with HTTP 503.
     """
 
     mode: OutageMode = "refuse"
     start_s: float = 0.0
     duration_s: float | None = None
 
-    def active(self, since_applied_s: float) -> bool:
-        if since_applied_s < self.start_s:
+    def active(self, since_set_s: float) -> bool:
+        if since_set_s < self.start_s:
             return False
-        return self.duration_s is None or since_applied_s < self.start_s + self.duration_s
+        return self.duration_s is None or since_set_s < self.start_s + self.duration_s
 
     def boundaries(self) -> tuple[float, ...]:
         end = () if self.duration_s is None else (self.start_s + self.duration_s,)
@@ -101,15 +101,15 @@ class Faults:
             return rng.lognormvariate(mu, sigma) / 1000.0
         return self.latency_ms / 1000.0
 
-    def outage_mode(self, since_applied_s: float) -> OutageMode | None:
+    def outage_mode(self, since_set_s: float) -> OutageMode | None:
         """The active outage's mode; `refuse` wins when windows overlap."""
-        modes = {o.mode for o in self.outages if o.active(since_applied_s)}
+        modes = {o.mode for o in self.outages if o.active(since_set_s)}
         if "refuse" in modes:
             return "refuse"
         return "503" if modes else None
 
-    def next_boundary(self, since_applied_s: float) -> float | None:
-        later = [b for o in self.outages for b in o.boundaries() if b > since_applied_s]
+    def next_boundary(self, since_set_s: float) -> float | None:
+        later = [b for o in self.outages for b in o.boundaries() if b > since_set_s]
         return min(later, default=None)
 
     def to_map(self) -> dict[str, Any]:
