@@ -4,22 +4,11 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from uplink_kit import draft
+from uplink_kit import recs
 
-from uplink.records import Record
-from uplink.store import IngestRecord, IngestStore, SeqConflictError
+from uplink.store import IngestStore, SeqConflictError
 
 LANE = "p09/l04"
-
-
-def recs(first: int, last: int, lane: str = LANE, tag: str = "") -> list[IngestRecord]:
-    out = []
-    for seq in range(first, last + 1):
-        rec = Record(f"rid-{tag}{lane}-{seq}", lane, seq, 1_700_000_000_000_000 + seq, draft(seq))
-        out.append(
-            IngestRecord(rec.record_id, lane, seq, rec.ts_us, "toll", 500, "CNY", rec.encode())
-        )
-    return out
 
 
 Factory = Callable[[], IngestStore]

@@ -16,7 +16,7 @@ from uplink.forwarder import Forwarder
 from uplink.ingest import Ingest
 from uplink.queue import RecordQueue
 from uplink.records import AuthInfo, Record, RecordDraft
-from uplink.store import IngestStore
+from uplink.store import IngestRecord, IngestStore
 
 # A lane process appending in a loop; it prints "seq record_id" after each append returned.
 APPENDER = """
@@ -50,6 +50,16 @@ def draft(i: int = 0, amount: int = 500) -> RecordDraft:
         auth=AuthInfo("approved", acquirer_ref=None, latency_ms=12, offline=True),
         payment_id=f"pay-{i}",
     )
+
+
+def recs(first: int, last: int, lane: str = "p09/l04", tag: str = "") -> list[IngestRecord]:
+    out = []
+    for seq in range(first, last + 1):
+        rec = Record(f"rid-{tag}{lane}-{seq}", lane, seq, 1_700_000_000_000_000 + seq, draft(seq))
+        out.append(
+            IngestRecord(rec.record_id, lane, seq, rec.ts_us, "toll", 500, "CNY", rec.encode())
+        )
+    return out
 
 
 async def eventually(pred: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
