@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import random
-import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,14 +23,13 @@ from typing import Any
 
 from aiohttp import web
 
+from lane.auth.acquirer import CURRENCY, PAYMENT_ID
 from scanner.payload import UnknownPayload, classify
 from sim.acquirer_faults import Faults, FaultsError, OutageMode
 from sim.acquirer_ledger import Ledger, Outcome, SimPayment
 
 log = logging.getLogger("sim.acquirer")
 
-PAYMENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,64}")
-CURRENCY = re.compile(r"[A-Z]{3}")
 MAX_AMOUNT_MINOR = 10**12
 MAX_CODE_CHARS = 512
 

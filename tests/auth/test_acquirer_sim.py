@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import random
 import statistics
@@ -24,6 +23,7 @@ from lane.auth.acquirer import (
 )
 from sim.acquirer import AcquirerServer, running_acquirer
 from sim.acquirer_faults import Faults, FaultsError, Outage
+from sim.codes import emv_cpm
 
 _codes = itertools.count(2800_0000_0000_0000)
 
@@ -139,7 +139,9 @@ async def test_client_never_sends_float_money(client: AcquirerClient) -> None:
 
 
 async def test_emv_payload_is_accepted(client: AcquirerClient) -> None:
-    result = await client.pay("pid-emv", emv_payload("4761739001010010"), 300, "EUR", "l", 1.0)
+    result = await client.pay(
+        "pid-emv", emv_cpm("4761739001010010", 1, bytes(8)), 300, "EUR", "l", 1.0
+    )
     assert result.status is PaymentStatus.SUCCEEDED
 
 
@@ -349,14 +351,3 @@ async def admin_post(acquirer: AcquirerServer, changes: dict[str, Any]) -> dict[
     ):
         assert r.status == 200, await r.text()
         return await r.json()  # type: ignore[no-any-return]
-
-
-def emv_payload(pan: str) -> str:
-    """A minimal EMVCo CPM payload: PFI CPV01 and one application with ADF name and PAN."""
-
-    def tlv(tag: int, value: bytes) -> bytes:
-        return tag.to_bytes(1, "big") + bytes([len(value)]) + value
-
-    pan_bcd = bytes.fromhex(pan + ("F" if len(pan) % 2 else ""))
-    app = tlv(0x4F, bytes.fromhex("A0000000041010")) + tlv(0x5A, pan_bcd)
-    return base64.b64encode(tlv(0x85, b"CPV01") + tlv(0x61, app)).decode()

@@ -6,7 +6,6 @@ Budgets are 0.3 s of real time; nothing here waits longer than a budget or two.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import random
 import time
@@ -29,6 +28,7 @@ from lane.auth.policy import OfflinePolicy
 from lane.auth.resolver import Backoff, PaymentState, ResolutionStore, Resolver
 from sim.acquirer import AcquirerServer, running_acquirer
 from sim.acquirer_faults import Outage
+from sim.codes import emv_cpm
 
 S = PaymentState
 LANE = "p07/l03"
@@ -178,8 +178,12 @@ async def test_declined(lane: Lane) -> None:
 
 
 async def test_emv_payload(lane: Lane) -> None:
-    first = await lane.auth.authorise(lane.request(emv_payload("4761739001010010", 1), kind="emv"))
-    second = await lane.auth.authorise(lane.request(emv_payload("4761739001010010", 2), kind="emv"))
+    first = await lane.auth.authorise(
+        lane.request(emv_cpm("4761739001010010", 1, bytes([1]) * 8), kind="emv")
+    )
+    second = await lane.auth.authorise(
+        lane.request(emv_cpm("4761739001010010", 2, bytes([2]) * 8), kind="emv")
+    )
     assert first.approved and second.approved and first.method == "emv"
     assert first.account_ref is not None and first.account_ref.startswith("emv:")
     assert first.account_ref == second.account_ref  # the card, not the one-time payload
@@ -375,13 +379,3 @@ async def test_garbage_answer_is_an_acquirer_error(tmp_path: Path) -> None:
 @dataclass
 class _UrlOnly:
     url: str
-
-
-def emv_payload(pan: str, atc: int) -> str:
-    def tlv(tag: int, value: bytes) -> bytes:
-        return tag.to_bytes((tag.bit_length() + 7) // 8, "big") + bytes([len(value)]) + value
-
-    pan_bcd = bytes.fromhex(pan + ("F" if len(pan) % 2 else ""))
-    transparent = tlv(0x9F26, atc.to_bytes(8, "big")) + tlv(0x9F36, atc.to_bytes(2, "big"))
-    app = tlv(0x4F, bytes.fromhex("A0000000041010")) + tlv(0x5A, pan_bcd) + tlv(0x63, transparent)
-    return base64.b64encode(tlv(0x85, b"CPV01") + tlv(0x61, app)).decode()
