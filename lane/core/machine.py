@@ -143,8 +143,8 @@ def _safety_loop(state: LaneState, sensor: str, occupied: bool, now: float) -> R
     passage = state.passage
     if occupied and not state.safety_occupied and passage is not None:
         passage = replace(passage, crossings=passage.crossings + 1)
-        if passage.crossings == 2:
-            # A second vehicle under one opening: record it, the barrier stays safe.
+        if passage.crossings >= 2:
+            # Another vehicle under one opening: record each one, the barrier stays safe.
             state, violation = _violation(state, passage, now)
             actions.extend(violation)
         state = replace(state, passage=passage)
