@@ -102,6 +102,7 @@ class Resolver:
         self._idle = asyncio.Event()  # set while the worker has nothing left to resolve
         self._waiters: dict[str, list[asyncio.Future[PaymentState]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._recovered = False
 
     # -- what the authoriser calls ---------------------------------------------------------
 
@@ -191,6 +192,7 @@ class Resolver:
 
     async def recover(self) -> int:
         """Give up every intent a previous run left open (or settle it if it was recorded)."""
+        self._recovered = True
         rows = await self._db(self._store.in_states, OPEN)
         count = 0
         for row in rows:
@@ -208,6 +210,9 @@ class Resolver:
         return count
 
     async def run(self) -> None:
+        """Resolve given-up payments until cancelled (recovering first, if nobody did)."""
+        if not self._recovered:
+            await self.recover()
         failures = 0
         while True:
             self._wake.clear()

@@ -222,3 +222,22 @@ async def test_store_failure_does_not_kill_the_worker(
     await resolver.stop()  # would re-raise here had the worker died
     failures = [r for r in caplog.records if r.message.startswith("payment resolution failed")]
     assert len(failures) >= 2
+
+
+async def test_run_alone_recovers_first(
+    tmp_path: Path, acquirer: AcquirerServer, client: AcquirerClient
+) -> None:
+    path = tmp_path / "crash.db"
+    first = make_resolver(path, client)
+    await begin_and_pay(first, client, "pay_crash")
+    await first.stop()
+    second = make_resolver(path, client)
+    task = asyncio.create_task(second.run())  # as a TaskGroup would run it, without start()
+    try:
+        assert await final(second, "pay_crash") is S.REVERSED
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await second.stop()
+    assert charged_not_reversed(acquirer) == []
