@@ -115,6 +115,8 @@ class Authoriser:
         if len(account_key) < MIN_KEY_BYTES:
             raise ValueError(f"account_key must be at least {MIN_KEY_BYTES} random bytes")
         self._key = account_key
+        if pay_attempts < 1:
+            raise ValueError("pay_attempts must be at least 1")
         self._poll_s = poll_interval_s
         self._pay_attempts = pay_attempts
         self._retry_pause_s = retry_pause_s
