@@ -145,10 +145,13 @@ async def test_stop_joins_threads_and_blackout_reaches_status() -> None:
     events: list[SourceEvent] = []
     source = PushSource(blackout_after_s=0.05, poll_s=0.01)
     pipeline = ScanPipeline(source, make_decoder("zxing"), lambda r: None, events.append)
+    before = set(threading.enumerate())
     pipeline.start()
+    ours = [t for t in threading.enumerate() if t not in before and t.name.startswith("scan-")]
+    assert len(ours) == 3  # capture + 2 decode workers
     await until(lambda: any(e.kind == "blackout" for e in events))
     await pipeline.aclose()
-    assert not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("scan-"))
+    assert not any(t.is_alive() for t in ours)
     assert events[-1].kind == "ended"
     assert pipeline.latest_frame() is None
 
