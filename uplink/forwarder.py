@@ -19,9 +19,9 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from barrier.mqtt import LinkDown, MqttLink
+from barrier.mqtt import LinkDown
 from barrier.topics import uplink_acks, uplink_records
 from barrier.wire import PayloadError
 from lane.ids import new_id
@@ -29,6 +29,15 @@ from uplink.messages import decode_ack, encode_batch
 from uplink.queue import QueueError, RecordQueue
 
 log = logging.getLogger("lane.uplink.forwarder")
+
+
+class PublishLink(Protocol):
+    """What the forwarder needs of barrier.mqtt.MqttLink (which satisfies it)."""
+
+    connected: asyncio.Event
+    reconnects: int
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = ...) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,7 @@ class Forwarder:
     def __init__(
         self,
         queue: RecordQueue,
-        link: MqttLink,
+        link: PublishLink,
         lane: str,
         *,
         acks: asyncio.Queue[int] | None = None,

@@ -1,0 +1,119 @@
+"""Forwarder behaviour against a small fake link (the broker is tested in test_uplink_delivery)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from uplink_kit import draft, eventually
+
+from barrier.mqtt import LinkDown
+from uplink.forwarder import Forwarder
+from uplink.messages import Ack, decode_batch, encode_ack
+from uplink.queue import RecordQueue
+
+
+class FakeLink:
+    """Connected or not; records what was published; can refuse publishes (broker gone)."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.connected.set()
+        self.reconnects = 0
+        self.refuse = False
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        if self.refuse:
+            raise LinkDown("fake broker gone")
+        self.sent.append((topic, payload))
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0)
+
+
+async def test_publish_failures_back_off_exponentially_with_jitter(tmp_path: Path) -> None:
+    link, sleeps = FakeLink(), Sleeps()
+    with RecordQueue(tmp_path / "q.sqlite", "p1/l1", 10**8) as q:
+        q.append(draft(1))
+        link.refuse = True
+        fw = Forwarder(
+            q, link, "p1/l1", backoff_min=0.1, backoff_max=1.0, sleep=sleeps, rand=lambda: 0.5
+        )
+        task = asyncio.create_task(fw.run())
+        try:
+            await eventually(lambda: len(sleeps.delays) >= 6, what="six retries")
+            assert sleeps.delays[:6] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+            link.refuse = False
+            await eventually(lambda: len(link.sent) == 1, what="the send after recovery")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert decode_batch(link.sent[0][1]).first_seq == 1
+
+
+async def test_unacked_batch_is_resent_with_growing_timeouts(tmp_path: Path) -> None:
+    link = FakeLink()
+    now = [100.0]
+    with RecordQueue(tmp_path / "q.sqlite", "p1/l1", 10**8) as q:
+        q.append(draft(1))
+        fw = Forwarder(
+            q,
+            link,
+            "p1/l1",
+            ack_timeout=0.05,
+            backoff_max=10.0,
+            poll_interval=0.01,
+            clock=lambda: now[0],
+            rand=lambda: 0.5,
+        )
+        task = asyncio.create_task(fw.run())
+        try:
+            await eventually(lambda: len(link.sent) == 1, what="first send")
+            now[0] += 0.049
+            await asyncio.sleep(0.05)
+            assert len(link.sent) == 1  # not yet due
+            now[0] += 0.002
+            await eventually(lambda: len(link.sent) == 2, what="first resend")
+            now[0] += 0.05  # the second wait is twice as long
+            await asyncio.sleep(0.05)
+            assert len(link.sent) == 2
+            now[0] += 0.051
+            await eventually(lambda: len(link.sent) == 3, what="second resend")
+            assert fw.resent_batches == 2
+            fw.handle_ack(encode_ack(Ack("p1/l1", 1)))
+            await eventually(lambda: q.backlog().count == 0, what="ack")
+            now[0] += 100
+            await asyncio.sleep(0.05)
+            assert len(link.sent) == 3  # acked: never resent again
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_reconnect_resends_unacked_at_once(tmp_path: Path) -> None:
+    link = FakeLink()
+    with RecordQueue(tmp_path / "q.sqlite", "p1/l1", 10**8) as q:
+        for i in range(3):
+            q.append(draft(i))
+        fw = Forwarder(q, link, "p1/l1", ack_timeout=60.0, poll_interval=0.01)
+        task = asyncio.create_task(fw.run())
+        try:
+            await eventually(lambda: len(link.sent) == 1, what="first send")
+            link.connected.clear()
+            await asyncio.sleep(0.02)
+            link.reconnects += 1
+            link.connected.set()
+            await eventually(lambda: len(link.sent) == 2, what="resend after reconnect")
+            assert link.sent[0] == link.sent[1]
+            status = await fw.status()
+            assert status.backlog == 3 and status.inflight_batches == 1 and status.link_up
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
