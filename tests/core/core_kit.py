@@ -1,0 +1,521 @@
+"""Helpers for the lane core tests: a driver that steps the machine by hand, a safety monitor
+that checks the lane's invariants after every step, and a source of plausible random events.
+
+Every step a test takes goes through `LaneDriver.feed`, so every unit test is also checked
+against the safety rules and against the declared transition table of `lane.core.diagram`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from lane.core import diagram
+from lane.core import events as ev
+from lane.core.actions import (
+    Abandon,
+    Action,
+    Authorise,
+    ClearAlarm,
+    CloseBarrier,
+    OpenBarrier,
+    Persist,
+    RaiseAlarm,
+    Settle,
+    ShowOnDisplay,
+)
+from lane.core.machine import initial_state, next_deadline, step
+from lane.core.state import FlatFares, LaneMode, LaneRules, LaneState, Phase, phase
+
+T = TypeVar("T")
+
+FARES = FlatFares(((1, 250), (2, 480), (3, 1275)), currency="EUR")
+SAFETY_SENSORS = ("safety_loop", "light_curtain")
+PASSAGE_RESULTS = frozenset({"approved", "deferred", "manual"})
+
+
+def rules(mode: LaneMode = LaneMode.TOLL, **overrides: Any) -> LaneRules:
+    return LaneRules(lane_id="p01/l01", fares=FARES, mode=mode, **overrides)
+
+
+def of_type(actions: Sequence[Action], kind: type[T]) -> list[T]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def one(actions: Sequence[Action], kind: type[T]) -> T:
+    found = of_type(actions, kind)
+    assert len(found) == 1, f"expected one {kind.__name__}, got {found} in {actions}"
+    return found[0]
+
+
+def displayed(actions: Sequence[Action]) -> list[str]:
+    return [line for a in of_type(actions, ShowOnDisplay) for line in a.lines]
+
+
+# --- the safety monitor ----------------------------------------------------------------------
+
+
+@dataclass
+class AuthTrack:
+    approved_persist: bool = False
+    record: str = "none"  # of the approved record: none | pending | failed | durable
+    declined_persist: bool = False
+    settled: bool = False
+    abandoned: bool = False
+
+
+@dataclass
+class SafetyMonitor:
+    """Checks the lane's safety rules on every step; raises AssertionError on a breach."""
+
+    persists: dict[str, list[Persist]] = field(default_factory=dict)
+    durable_vehicles: set[str] = field(default_factory=set)
+    sensors: dict[str, bool] = field(default_factory=dict)
+    auths: dict[str, AuthTrack] = field(default_factory=dict)
+    cmd_owner: dict[str, tuple[str, str]] = field(default_factory=dict)
+    finished_cmds: set[str] = field(default_factory=set)
+    transitions: set[tuple[Phase, str, Phase]] = field(default_factory=set)
+    tries: dict[str, int] = field(default_factory=dict)
+    authorised: dict[str, Authorise] = field(default_factory=dict)
+    declined_codes: set[tuple[str, str]] = field(default_factory=set)
+    alarms: set[str] = field(default_factory=set)
+
+    def observe(
+        self,
+        before: LaneState,
+        event: ev.Event,
+        now: float,
+        after: LaneState,
+        actions: list[Action],
+    ) -> None:
+        self._take_event(before, event, after)
+        for action in actions:
+            self._take_action(action, after)
+        self._check_deadline(before, event, now, after)
+        if "attendant_needed" in self.alarms:
+            waiting = after.vehicle
+            assert waiting is not None, "attendant_needed raised for a vehicle no longer there"
+            assert waiting.tries >= after.rules.max_tries and not waiting.manual, waiting
+        passenger = after.vehicle
+        if passenger is not None and passenger.implicit:
+            # A fare-gate passenger exists only while their code is in hand; else the gate jams.
+            busy = (
+                passenger.attempt or passenger.approved or passenger.record_id or passenger.manual
+            )
+            assert busy, f"idle implicit passenger left at the gate: {passenger}"
+        label = diagram.event_label(event)
+        transition = (phase(before), label, phase(after))
+        assert diagram.allows(*transition), f"transition not in the diagram table: {transition}"
+        self.transitions.add(transition)
+
+    def _take_event(self, before: LaneState, event: ev.Event, after: LaneState) -> None:
+        if isinstance(event, ev.SensorChanged) and event.sensor in SAFETY_SENSORS:
+            self.sensors[event.sensor] = event.occupied
+        if isinstance(event, ev.Persisted | ev.PersistFailed):
+            track = self.auths.get(event.persist_id)
+            if track is not None and track.record == "pending":
+                track.record = "durable" if isinstance(event, ev.Persisted) else "failed"
+        if isinstance(event, ev.Persisted):
+            for persist in self.persists.get(event.persist_id, []):
+                if persist.draft.auth.result in PASSAGE_RESULTS:
+                    self.durable_vehicles.add(persist.draft.vehicle_id)
+        if isinstance(event, ev.BarrierAcked) and event.ok:
+            cmd = before.command
+            if cmd is not None and cmd.cmd_id == event.cmd_id and not cmd.acked:
+                self.finished_cmds.add(cmd.cmd_id)
+
+    def _take_action(self, action: Action, after: LaneState) -> None:
+        if isinstance(action, Authorise):
+            assert action.auth_id not in self.auths, f"auth_id reused: {action}"
+            _check_amount(action.amount_minor)
+            assert action.amount_minor > 0, f"authorising nothing: {action}"
+            self.auths[action.auth_id] = AuthTrack()
+            code = (action.vehicle_id, action.text)
+            assert code not in self.declined_codes, f"declined code sent again: {action}"
+            self.authorised[action.auth_id] = action
+            tries = self.tries[action.vehicle_id] = self.tries.get(action.vehicle_id, 0) + 1
+            assert tries <= after.rules.max_tries, f"try {tries} for one vehicle: {action}"
+        elif isinstance(action, Persist):
+            _check_amount(action.draft.amount_minor)
+            self.persists.setdefault(action.persist_id, []).append(action)
+            track = self.auths.get(action.persist_id)
+            result = action.draft.auth.result
+            if track is not None and result in ("approved", "deferred"):
+                assert not track.abandoned, f"approved record after Abandon: {action}"
+                assert not track.approved_persist, f"approved record persisted twice: {action}"
+                track.approved_persist = True
+                track.record = "pending"
+            elif track is not None and result == "declined":
+                track.declined_persist = True
+                sent = self.authorised[action.persist_id]
+                self.declined_codes.add((sent.vehicle_id, sent.text))
+        elif isinstance(action, Settle):
+            track = self.auths.get(action.auth_id)
+            assert track is not None, f"Settle for an authorisation never made: {action}"
+            assert track.record == "durable", f"Settle before the record is durable: {action}"
+            assert not track.abandoned, f"Settle after Abandon: {action}"
+            assert not track.settled, f"Settle twice: {action}"
+            track.settled = True
+        elif isinstance(action, Abandon):
+            track = self.auths.get(action.auth_id)
+            if track is not None:
+                # Once an approved record is on its way to disk the payment is the passage's:
+                # only a failed write may give it up.
+                assert track.record in ("none", "failed"), (
+                    f"Abandon of a recorded payment: {action}"
+                )
+                track.abandoned = True
+        elif isinstance(action, OpenBarrier | CloseBarrier):
+            self._take_command(action, after)
+        elif isinstance(action, RaiseAlarm):
+            self.alarms.add(action.code)
+        elif isinstance(action, ClearAlarm):
+            self.alarms.discard(action.code)
+
+    def _take_command(self, action: OpenBarrier | CloseBarrier, after: LaneState) -> None:
+        op = "open" if isinstance(action, OpenBarrier) else "close"
+        vehicle_id, _, suffix = action.cmd_id.rpartition("/")
+        assert suffix == op, f"cmd_id does not name its op: {action}"
+        owner = self.cmd_owner.setdefault(action.cmd_id, (op, vehicle_id))
+        assert owner == (op, vehicle_id), f"cmd_id reused for another op/vehicle: {action}"
+        assert action.cmd_id not in self.finished_cmds, f"completed command sent again: {action}"
+        assert 1 <= action.attempt <= after.rules.max_cmd_attempts, (
+            f"attempt out of range: {action}"
+        )
+        if op == "open":
+            # Rule 1: the record of this passage is durably on disk.
+            assert vehicle_id in self.durable_vehicles, f"open without a durable record: {action}"
+        else:
+            # Rule 3: never command a close over an occupied safety loop or light curtain.
+            occupied = [s for s, on in self.sensors.items() if on]
+            assert not occupied, f"close while {occupied} occupied: {action}"
+
+    def _check_deadline(
+        self, before: LaneState, event: ev.Event, now: float, after: LaneState
+    ) -> None:
+        deadline = next_deadline(after)
+        if deadline is None or deadline > now:
+            return
+        # A Tick handles everything due; any other event may leave an overdue deadline only if
+        # one was already overdue before it (the shell will Tick straight away).
+        assert not isinstance(event, ev.Tick), f"Tick at {now} left deadline {deadline} due"
+        previous = next_deadline(before)
+        assert previous is not None and previous <= now, f"new deadline {deadline} in the past"
+
+    def check_outcomes(self) -> None:
+        """Every authorisation ended: approved + settled, or declined / abandoned; never both."""
+        for auth_id, track in self.auths.items():
+            paid = track.record == "durable" and track.settled
+            refused = track.declined_persist or track.abandoned
+            assert paid != refused, f"{auth_id}: {track}"
+
+
+def _check_amount(amount: object) -> None:
+    assert type(amount) is int, f"amount is not an int: {amount!r}"
+    assert amount >= 0, f"negative amount {amount}"
+
+
+# --- the driver --------------------------------------------------------------------------------
+
+
+class LaneDriver:
+    """Steps the machine by hand: time moves only when a test says so."""
+
+    def __init__(self, lane_rules: LaneRules | None = None, now: float = 1000.0) -> None:
+        self.state = initial_state(lane_rules or rules())
+        self.now = now
+        self.monitor = SafetyMonitor()
+        self.log: list[tuple[float, ev.Event, list[Action]]] = []
+        self.actions: list[Action] = []  # every action so far
+        self._ids = 0
+
+    def phase(self) -> Phase:
+        return phase(self.state)
+
+    def feed(self, event: ev.Event, dt: float = 0.0) -> list[Action]:
+        self.now += dt
+        before = self.state
+        self.state, actions = step(self.state, event, self.now)
+        self.monitor.observe(before, event, self.now, self.state, actions)
+        self.log.append((self.now, event, actions))
+        self.actions += actions
+        return actions
+
+    def fresh(self, prefix: str) -> str:
+        self._ids += 1
+        return f"{prefix}{self._ids}"
+
+    # time
+    def tick(self, dt: float = 0.0) -> list[Action]:
+        return self.feed(ev.Tick(), dt)
+
+    def tick_at_deadline(self) -> list[Action]:
+        deadline = next_deadline(self.state)
+        assert deadline is not None, "no deadline to tick at"
+        return self.feed(ev.Tick(), max(0.0, deadline - self.now))
+
+    # sensors
+    def sensor(self, sensor: str, occupied: bool, dt: float = 0.0) -> list[Action]:
+        return self.feed(ev.SensorChanged(sensor, occupied, self.fresh("e")), dt)
+
+    def arrive(self, vehicle_id: str = "v1", dt: float = 0.0) -> list[Action]:
+        return self.feed(ev.SensorChanged("entry_loop", True, vehicle_id), dt)
+
+    def leave_pay_point(self) -> list[Action]:
+        return self.sensor("entry_loop", False)
+
+    def cross(self) -> list[Action]:
+        """The vehicle drives under the barrier, clears it, and leaves the exit loop."""
+        actions = self.sensor("safety_loop", True)
+        actions += self.sensor("safety_loop", False)
+        actions += self.sensor("exit_loop", True)
+        actions += self.sensor("exit_loop", False)
+        return actions
+
+    # payment
+    def scan(
+        self,
+        text: str = "281234567890123456",
+        kind: str = "payment_code",
+        reason: str | None = None,
+    ) -> list[Action]:
+        return self.feed(ev.Scanned(text, kind, reason, self.now - 0.05, self.fresh("s")))
+
+    def decide(
+        self, auth_id: str | None = None, approved: bool = True, dt: float = 0.3, **kw: Any
+    ) -> list[Action]:
+        auth = auth_id or self.last(Authorise).auth_id
+        kw.setdefault("method", "payment_code")
+        kw.setdefault("reason", "ok" if approved else "insufficient_funds")
+        kw.setdefault("account_ref", "acct-1")
+        return self.feed(ev.Decided(auth, approved, **kw), dt)
+
+    def persisted(self, persist_id: str | None = None, dt: float = 0.004) -> list[Action]:
+        pid = persist_id or self.last(Persist).persist_id
+        return self.feed(ev.Persisted(pid, self.fresh("rec-"), self._ids), dt)
+
+    def ack(
+        self, cmd_id: str | None = None, ok: bool = True, error: str | None = None, dt: float = 0.05
+    ) -> list[Action]:
+        cmd = cmd_id or self.last_command().cmd_id
+        state = "open" if cmd.endswith("/open") else "closed"
+        return self.feed(ev.BarrierAcked(cmd, ok, state if ok else "closed", error), dt)
+
+    def report(self, barrier_state: str, dt: float = 0.0) -> list[Action]:
+        return self.feed(ev.BarrierReported(barrier_state), dt)
+
+    # lookups
+    def last(self, kind: type[T]) -> T:
+        found = of_type(self.actions, kind)
+        assert found, f"no {kind.__name__} yet"
+        return found[-1]
+
+    def last_command(self) -> OpenBarrier | CloseBarrier:
+        found = [a for a in self.actions if isinstance(a, OpenBarrier | CloseBarrier)]
+        assert found, "no barrier command yet"
+        return found[-1]
+
+    # whole paths
+    def pay(self, vehicle_id: str = "v1", text: str = "281234567890123456") -> list[Action]:
+        """Arrive, pay, persist: returns the actions of the step that opened the barrier."""
+        self.arrive(vehicle_id)
+        self.scan(text)
+        self.decide()
+        return self.persisted()
+
+    def through(self, vehicle_id: str = "v1", text: str = "281234567890123456") -> None:
+        """One vehicle from arrival to a closed barrier."""
+        self.pay(vehicle_id, text)
+        self.ack()
+        self.leave_pay_point()
+        self.cross()
+        self.ack()
+        assert self.phase() is Phase.IDLE, self.phase()
+
+
+# --- random plausible events -------------------------------------------------------------------
+
+
+class Chooser:
+    """Where the random choices come from: hypothesis' data.draw or a seeded random.Random."""
+
+    def __init__(self, pick: Callable[[Sequence[Any]], Any]) -> None:
+        self._pick = pick
+
+    def pick(self, options: Sequence[T]) -> T:
+        return self._pick(options)  # type: ignore[no-any-return]
+
+    def chance(self, n: int) -> bool:
+        """True about once in n."""
+        return self.pick(range(n)) == 0
+
+    @classmethod
+    def seeded(cls, seed: int) -> Chooser:
+        rng = random.Random(seed)
+        return cls(lambda options: rng.choice(list(options)))
+
+
+TEXTS = ("281111111111111111", "282222222222222222", "HC1:token-a", "HC1:token-b", "junk")
+KINDS = ("payment_code", "payment_code", "token", "emv", "unknown", "barcode")
+METHODS = ("payment_code", "token", "emv", "bogus")
+ACCOUNTS = ("acct-1", "acct-2", None)
+STEPS = (0.0, 0.001, 0.05, 0.3, 0.7, 2.0, 3.0, 700.0)
+
+
+class EventSource:
+    """Draws the next event: sensors, scans and operator input at random; replies (Decided,
+    Persisted, BarrierAcked) mostly for ids the machine really emitted, sometimes stale,
+    duplicated or made up."""
+
+    def __init__(self, choose: Chooser) -> None:
+        self.c = choose
+        self.auth_ids: list[str] = []
+        self.persist_ids: list[str] = []
+        self.cmd_ids: list[str] = []
+        self.attendant_ids: list[str] = []
+        self.n = 0
+
+    def learn(self, actions: Sequence[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Authorise):
+                self.auth_ids.append(a.auth_id)
+            elif isinstance(a, Persist):
+                self.persist_ids.append(a.persist_id)
+            elif isinstance(a, OpenBarrier | CloseBarrier):
+                self.cmd_ids.append(a.cmd_id)
+
+    def _id(self, known: list[str], stale: str) -> str:
+        if known and not self.c.chance(8):
+            # Mostly the newest (the one the machine waits for), sometimes an older one.
+            return known[-1] if not self.c.chance(3) else self.c.pick(known)
+        return stale
+
+    def fresh(self, prefix: str) -> str:
+        self.n += 1
+        return f"{prefix}{self.n}"
+
+    def next(self, state: LaneState, now: float) -> tuple[float, ev.Event]:
+        """The time step and the event."""
+        dt = self.c.pick(STEPS)
+        kind = self.c.pick(
+            (
+                "sensor", "sensor", "sensor", "arrive", "scan", "scan", "decided", "decided",
+                "persisted", "persisted", "ack", "ack", "tick", "tick", "other",
+            )
+        )  # fmt: skip
+        if kind == "tick":
+            deadline = next_deadline(state)
+            if deadline is not None and deadline > now and self.c.chance(2):
+                dt = deadline - now
+            return dt, ev.Tick()
+        return dt, getattr(self, f"_{kind}")(now + dt)
+
+    def _sensor(self, now: float) -> ev.Event:
+        sensor = self.c.pick(("entry_loop", "exit_loop", "safety_loop", "light_curtain", "x"))
+        return ev.SensorChanged(sensor, self.c.chance(2), self.fresh("e"))
+
+    def _arrive(self, now: float) -> ev.Event:
+        return ev.SensorChanged("entry_loop", True, self.fresh("v"))
+
+    def _scan(self, now: float) -> ev.Event:
+        kind = self.c.pick(KINDS)
+        reason = "not a payment code" if kind == "unknown" else None
+        return ev.Scanned(self.c.pick(TEXTS), kind, reason, now - 0.05, self.fresh("s"))
+
+    def _decided(self, now: float) -> ev.Event:
+        approved = not self.c.chance(3)
+        flags = ("deferred",) if self.c.chance(6) else ()
+        return ev.Decided(
+            self._id(self.auth_ids, "zz/a1"),
+            approved,
+            "ok" if approved else "declined",
+            self.c.pick(METHODS),
+            account_ref=self.c.pick(ACCOUNTS),
+            latency_ms=120,
+            flags=flags,
+        )
+
+    def _persisted(self, now: float) -> ev.Event:
+        pid = self._id(self.persist_ids, "zz/a9")
+        if self.c.chance(6):
+            return ev.PersistFailed(pid, self.c.pick(("queue_full", "disk_error", "weird")))
+        self.n += 1
+        return ev.Persisted(pid, f"rec-{self.n}", self.n)
+
+    def _ack(self, now: float) -> ev.Event:
+        cmd = self._id(self.cmd_ids, "zz/open")
+        ok = not self.c.chance(6)
+        error = None if ok else self.c.pick(("safety_loop_occupied", "jammed"))
+        return ev.BarrierAcked(cmd, ok, "open" if ok else "closed", error)
+
+    def _other(self, now: float) -> ev.Event:
+        what = self.c.pick(
+            ("class", "class", "report", "report", "attendant", "close", "reopen", "queue", "link")
+        )
+        if what == "class":
+            return ev.VehicleClassified(self.c.pick((1, 2, 3, 7)))
+        if what == "report":
+            return ev.BarrierReported(
+                self.c.pick(("closed", "open", "opening", "closing", "fault", "offline"))
+            )
+        if what == "attendant":
+            if self.attendant_ids and self.c.chance(3):
+                cmd = self.c.pick(self.attendant_ids)  # an MQTT redelivery
+            else:
+                cmd = self.fresh("att")
+                self.attendant_ids.append(cmd)
+            return ev.AttendantOpen(cmd, "help", "op1")
+        if what == "close":
+            return ev.AttendantCloseLane("maintenance")
+        if what == "reopen":
+            return ev.AttendantReopenLane("done")
+        if what == "queue":
+            return ev.QueueChanged(self.c.chance(3), self.c.chance(2))
+        return ev.LinkChanged(not self.c.chance(3))
+
+
+def random_walk(driver: LaneDriver, source: EventSource, steps: int) -> None:
+    for _ in range(steps):
+        dt, event = source.next(driver.state, driver.now)
+        source.learn(driver.feed(event, dt))
+
+
+def heal(driver: LaneDriver, rounds: int = 12) -> None:
+    """The world gets well and answers everything; the lane must come back to IDLE, with every
+    payment it started ended (settled, declined or abandoned)."""
+    feed = driver.feed
+    world_is_well: list[ev.Event] = [
+        ev.LinkChanged(up=True),
+        ev.QueueChanged(full=False, high_water=False),
+        ev.BarrierReported("closed"),
+        ev.AttendantReopenLane("healed"),
+        *(ev.SensorChanged(s, False, driver.fresh("e")) for s in SAFETY_SENSORS),
+    ]
+    for event in world_is_well:
+        feed(event)
+    for _ in range(rounds):
+        state = driver.state
+        if phase(state) is Phase.IDLE:
+            break
+        cmd, vehicle, passage = state.command, state.vehicle, state.passage
+        if cmd is not None and not cmd.acked:
+            if cmd.ack_deadline is None:
+                driver.tick(1.0)  # a refused close waits for its retry time
+            else:
+                feed(ev.BarrierAcked(cmd.cmd_id, True, "open" if cmd.op == "open" else "closed"))
+        elif passage is not None and passage.opened_at is not None and not passage.left:
+            driver.cross()
+        elif vehicle is not None and vehicle.attempt is not None:
+            driver.tick(10.0)  # the authoriser never answers: the lane gives up
+        elif vehicle is not None and (vehicle.approved is not None or vehicle.manual):
+            pid = vehicle.approved.auth_id if vehicle.approved else vehicle.manual
+            assert pid is not None
+            feed(ev.Persisted(pid, driver.fresh("rec-"), driver._ids))
+        elif vehicle is not None and vehicle.record_id is None:
+            driver.leave_pay_point()
+        else:
+            driver.tick(1.0)
+    assert phase(driver.state) is Phase.IDLE, f"lane did not recover: {driver.state}"
+    driver.monitor.check_outcomes()

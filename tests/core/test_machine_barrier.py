@@ -1,0 +1,293 @@
+"""Opening, closing, safety loop (rule 3), acks and retries, barrier faults, tailgating."""
+
+from __future__ import annotations
+
+import pytest
+from core_kit import LaneDriver, of_type, one, rules
+
+from lane.core.actions import (
+    ClearAlarm,
+    CloseBarrier,
+    Note,
+    OpenBarrier,
+    Persist,
+    RaiseAlarm,
+    Settle,
+)
+from lane.core.machine import next_deadline
+from lane.core.state import Phase
+
+
+def opened(lane: LaneDriver, vehicle_id: str = "v1") -> None:
+    lane.pay(vehicle_id)
+    lane.ack()
+    assert lane.phase() is Phase.OPEN
+
+
+def test_ack_opens_with_a_latency_note() -> None:
+    lane = LaneDriver()
+    lane.arrive("v1")
+    lane.scan()  # the code was in a frame taken 50 ms before
+    lane.decide(dt=0.3)
+    lane.persisted(dt=0.004)
+    actions = lane.ack(dt=0.05)
+    assert lane.phase() is Phase.OPEN
+    note = one(actions, Note)
+    assert note.name == "barrier_opened"
+    assert note.fields["vehicle_id"] == "v1"
+    assert note.fields["record_id"] == lane.state.passage.record_id  # type: ignore[union-attr]
+    assert note.fields["latency_ms"] == pytest.approx(50 + 300 + 4 + 50)
+    assert next_deadline(lane.state) is None  # toll: the barrier waits for the vehicle
+
+
+def test_exit_loop_with_safety_clear_closes_then_idle() -> None:
+    lane = LaneDriver(rules(cmd_ttl_s=3.0))
+    opened(lane)
+    lane.leave_pay_point()
+    assert lane.sensor("safety_loop", True) == []
+    assert lane.sensor("safety_loop", False) == []
+    lane.sensor("exit_loop", True)
+    actions = lane.sensor("exit_loop", False)
+    assert actions == [
+        Note("vehicle_left", {"vehicle_id": "v1"}),
+        CloseBarrier("v1/close", lane.now + 3.0, 1),
+    ]
+    assert lane.phase() is Phase.CLOSING
+    assert lane.ack("v1/close") == []
+    assert lane.phase() is Phase.IDLE
+    assert lane.state.passage is None and lane.state.command is None
+
+
+@pytest.mark.parametrize(
+    "sensors",
+    [("safety_loop",), ("light_curtain",), ("safety_loop", "light_curtain")],
+    ids=["loop", "curtain", "both"],
+)
+def test_close_is_held_while_any_safety_sensor_is_occupied(sensors: tuple[str, ...]) -> None:
+    lane = LaneDriver()
+    opened(lane)
+    for sensor in sensors:
+        lane.sensor(sensor, True)
+    lane.sensor("exit_loop", False)  # rule 3: no close over an occupied area
+    assert of_type(lane.actions[-3:], CloseBarrier) == []
+    assert lane.phase() is Phase.CLOSING
+    for sensor in sensors[:-1]:
+        assert lane.sensor(sensor, False) == []  # the other one still sees something
+    actions = lane.sensor(sensors[-1], False)
+    assert one(actions, CloseBarrier).cmd_id == "v1/close"
+
+
+def test_one_safety_sensor_clearing_does_not_clear_the_other() -> None:
+    lane = LaneDriver()
+    opened(lane)
+    lane.sensor("safety_loop", True)
+    lane.sensor("light_curtain", True)
+    lane.sensor("exit_loop", False)
+    assert lane.sensor("light_curtain", False) == []  # the loop is still occupied
+    assert lane.state.safety_occupied
+
+
+def test_device_refusing_close_for_its_loop_waits_before_resending() -> None:
+    lane = LaneDriver(rules(ack_timeout_s=0.6))
+    opened(lane)
+    lane.cross()
+    assert lane.ack("v1/close", ok=False, error="safety_loop_occupied") == []  # no hot resend
+    assert lane.phase() is Phase.CLOSING
+    assert next_deadline(lane.state) == pytest.approx(lane.now + 0.6)
+    # Our own sensors then see the loop and its clearing: that is what the close waited for.
+    lane.sensor("safety_loop", True)
+    actions = lane.sensor("safety_loop", False)
+    assert one(actions, CloseBarrier) == CloseBarrier("v1/close", lane.now + 3.0, 1)
+
+
+def test_device_refusing_close_is_retried_on_a_timer_if_our_sensors_saw_nothing() -> None:
+    lane = LaneDriver(rules(ack_timeout_s=0.6))
+    opened(lane)
+    lane.cross()
+    lane.ack("v1/close", ok=False, error="safety_loop_occupied")
+    assert lane.tick(0.3) == []
+    actions = lane.tick_at_deadline()
+    assert one(actions, CloseBarrier).cmd_id == "v1/close"  # same cmd_id
+    assert one(actions, CloseBarrier).attempt == 1  # the device answered: count afresh
+
+
+# --- acks, timeouts and retries (rule 2) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["open", "close"])
+def test_ack_timeout_resends_the_same_cmd_id_then_faults(op: str) -> None:
+    lane = LaneDriver(rules(ack_timeout_s=0.6, max_cmd_attempts=3))
+    lane.pay("v1")
+    kind: type[OpenBarrier] | type[CloseBarrier] = OpenBarrier
+    if op == "close":
+        lane.ack()
+        lane.cross()
+        kind = CloseBarrier
+    cmd_id = f"v1/{op}"
+    assert lane.last_command() == kind(cmd_id, lane.now + 3.0, 1)
+    for attempt in (2, 3):
+        assert lane.tick(0.5) == []  # not yet
+        actions = lane.tick_at_deadline()
+        assert actions == [kind(cmd_id, lane.now + 3.0, attempt)]
+    actions = lane.tick_at_deadline()
+    assert one(actions, RaiseAlarm) == RaiseAlarm("barrier_no_ack", f"{_no_ack_msg} {op} {cmd_id}")
+    assert of_type(actions, kind) == []
+    assert lane.phase() is Phase.FAULT
+    assert next_deadline(lane.state) is None  # nothing more until the barrier is heard from
+    # A barrier state report clears the fault: the SAME command goes again.
+    actions = lane.report("closed" if op == "open" else "open")
+    assert ClearAlarm("barrier_no_ack") in actions
+    assert one(actions, kind) == kind(cmd_id, lane.now + 3.0, 1)
+
+
+_no_ack_msg = "barrier does not acknowledge commands:"
+
+
+def test_a_late_ack_clears_the_no_ack_fault() -> None:
+    lane = LaneDriver(rules(max_cmd_attempts=1))
+    lane.pay()
+    lane.tick_at_deadline()
+    assert lane.phase() is Phase.FAULT
+    actions = lane.ack("v1/open")
+    assert ClearAlarm("barrier_no_ack") in actions
+    assert lane.phase() is Phase.OPEN
+
+
+def test_stale_and_duplicate_acks_are_ignored() -> None:
+    lane = LaneDriver()
+    lane.pay()
+    assert lane.ack("v0/open") == []  # someone else's
+    lane.ack("v1/open")
+    assert lane.ack("v1/open") == []  # QoS 1 redelivery
+    assert lane.ack("v1/open", ok=False, error="jammed") == []
+    assert lane.phase() is Phase.OPEN
+
+
+@pytest.mark.parametrize("op", ["open", "close"])
+def test_refused_command_faults_and_goes_again_when_the_barrier_recovers(op: str) -> None:
+    lane = LaneDriver()
+    lane.pay("v1")
+    if op == "close":
+        lane.ack()
+        lane.cross()
+    actions = lane.ack(f"v1/{op}", ok=False, error="jammed")
+    assert one(actions, RaiseAlarm) == RaiseAlarm(
+        "barrier_refused", "barrier refused a command: jammed"
+    )
+    assert lane.phase() is Phase.FAULT
+    actions = lane.report("closed")
+    assert ClearAlarm("barrier_refused") in actions
+    kind: type[OpenBarrier] | type[CloseBarrier] = OpenBarrier if op == "open" else CloseBarrier
+    assert one(actions, kind).cmd_id == f"v1/{op}"
+
+
+# --- barrier health --------------------------------------------------------------------------
+
+BARRIER_DOWN = [("offline", "barrier_offline"), ("fault", "barrier_fault")]
+
+
+@pytest.mark.parametrize(("report", "fault"), BARRIER_DOWN)
+def test_barrier_offline_or_faulted_faults_the_lane(report: str, fault: str) -> None:
+    lane = LaneDriver()
+    actions = lane.report(report)
+    assert one(actions, RaiseAlarm).code == fault
+    assert lane.phase() is Phase.FAULT
+    assert lane.report(report) == []  # raised once
+
+
+@pytest.mark.parametrize(("report", "fault"), BARRIER_DOWN)
+def test_no_command_goes_to_a_barrier_that_is_down(report: str, fault: str) -> None:
+    lane = LaneDriver()
+    lane.arrive()
+    lane.scan()
+    lane.decide()
+    lane.report(report)
+    actions = lane.persisted()
+    assert one(actions, Settle).auth_id == "v1/a1"  # the record is durable: it stays paid
+    assert of_type(actions, OpenBarrier) == []
+    assert lane.phase() is Phase.FAULT
+    actions = lane.report("closed")
+    assert ClearAlarm(fault) in actions
+    assert one(actions, OpenBarrier).cmd_id == "v1/open"
+
+
+def test_barrier_down_while_open_holds_the_close_until_it_is_back() -> None:
+    lane = LaneDriver()
+    opened(lane)
+    lane.report("offline")
+    assert of_type(lane.cross(), CloseBarrier) == []
+    assert one(lane.report("open"), CloseBarrier).cmd_id == "v1/close"
+
+
+# --- crossing the barrier --------------------------------------------------------------------
+
+
+def test_exit_loop_before_anything_crossed_does_not_close() -> None:
+    lane = LaneDriver()
+    lane.pay("v1")
+    assert lane.sensor("exit_loop", False) == [Note("exit_loop_ignored", {"vehicle_id": "v1"})]
+    assert of_type(lane.ack(), CloseBarrier) == []
+    assert lane.phase() is Phase.OPEN
+    assert of_type(lane.cross(), CloseBarrier) != []
+
+
+def test_a_vehicle_already_over_the_loop_counts_as_crossing() -> None:
+    lane = LaneDriver()
+    lane.arrive("v1")
+    lane.sensor("safety_loop", True)  # nosing under the closed barrier
+    lane.scan()
+    lane.decide()
+    lane.persisted()
+    lane.ack()
+    lane.sensor("safety_loop", False)
+    actions = lane.sensor("exit_loop", False)
+    assert one(actions, CloseBarrier).cmd_id == "v1/close"
+    assert lane.state.violations == 0
+
+
+def test_tailgating_is_recorded_as_a_violation() -> None:
+    lane = LaneDriver()
+    opened(lane, "v1")
+    lane.sensor("safety_loop", True)
+    lane.sensor("safety_loop", False)
+    actions = lane.sensor("safety_loop", True)  # a second vehicle under the same opening
+    persist = one(actions, Persist)
+    assert persist.persist_id == "v1/violation/1"
+    draft = persist.draft
+    assert (draft.kind, draft.amount_minor, draft.auth.result) == ("violation", 0, "none")
+    assert draft.flags == ("tailgating",)
+    assert Note("tailgating", {"vehicle_id": "v1"}) in actions
+    assert lane.persisted("v1/violation/1") == []  # the record opens nothing
+    lane.sensor("safety_loop", False)
+    third = one(lane.sensor("safety_loop", True), Persist)  # every one of them is recorded
+    assert third.persist_id == "v1/violation/2"
+    lane.sensor("safety_loop", False)
+    assert one(lane.sensor("exit_loop", False), CloseBarrier).cmd_id == "v1/close"
+    lane.ack()
+    assert lane.phase() is Phase.IDLE
+
+
+def test_next_vehicle_is_served_after_the_close() -> None:
+    lane = LaneDriver()
+    opened(lane, "v1")
+    lane.leave_pay_point()
+    lane.arrive("v2")  # while the barrier is still open for v1
+    lane.scan("280000000000000002")
+    lane.decide()
+    actions = lane.persisted()
+    assert of_type(actions, OpenBarrier) == []  # v1's passage first
+    assert lane.phase() is Phase.OPEN
+    close = one(lane.cross(), CloseBarrier)
+    assert close.cmd_id == "v1/close"
+    actions = lane.ack("v1/close")
+    assert one(actions, OpenBarrier).cmd_id == "v2/open"
+    assert lane.phase() is Phase.OPENING
+    assert lane.state.passage is not None and lane.state.passage.vehicle_id == "v2"
+
+
+def test_a_whole_day_of_vehicles_reuses_no_command() -> None:
+    lane = LaneDriver()
+    for n in range(20):
+        lane.through(f"v{n}", f"28{n:016d}")
+    cmds = [a.cmd_id for a in lane.actions if isinstance(a, OpenBarrier | CloseBarrier)]
+    assert len(cmds) == len(set(cmds)) == 40

@@ -1,0 +1,369 @@
+"""Codes, authorisation, declines and tries, timeouts, late answers, the record of a payment."""
+
+from __future__ import annotations
+
+import pytest
+from core_kit import LaneDriver, displayed, of_type, one, rules
+
+from lane.core import events as ev
+from lane.core.actions import (
+    Abandon,
+    Authorise,
+    ClearAlarm,
+    Note,
+    OpenBarrier,
+    Persist,
+    RaiseAlarm,
+    Settle,
+    ShowOnDisplay,
+)
+from lane.core.machine import next_deadline
+from lane.core.state import Phase
+
+CODE = "281234567890123456"
+
+
+def test_scan_sends_the_fare_for_authorisation_within_the_budget() -> None:
+    lane = LaneDriver(rules(budget_s=2.5, auth_grace_s=0.5))
+    lane.arrive("v1")
+    actions = lane.scan(CODE, "payment_code")
+    assert one(actions, Authorise) == Authorise(
+        auth_id="v1/a1",
+        vehicle_id="v1",
+        text=CODE,
+        kind="payment_code",
+        amount_minor=250,
+        currency="EUR",
+        deadline=lane.now + 2.5,
+    )
+    assert one(actions, ShowOnDisplay).lines == ("Processing payment", "2.50 EUR")
+    assert lane.phase() is Phase.AUTHORISING
+    assert next_deadline(lane.state) == lane.now + 2.5 + 0.5
+
+
+@pytest.mark.parametrize("kind", ["token", "payment_code", "emv"])
+def test_every_payable_kind_is_authorised(kind: str) -> None:
+    lane = LaneDriver()
+    lane.arrive()
+    assert one(lane.scan("some code", kind), Authorise).kind == kind
+
+
+REFUSALS = [
+    # scanner kind, scanner reason, what the driver reads
+    ("unknown", "not a payment code", "not a payment code"),
+    ("unknown", None, "unreadable code"),
+    ("barcode", None, "unsupported code: barcode"),
+    ("", None, "unsupported code: "),
+]
+
+
+@pytest.mark.parametrize(("kind", "reason", "shown"), REFUSALS)
+def test_codes_the_lane_cannot_pay_with_are_refused_with_a_reason(
+    kind: str, reason: str | None, shown: str
+) -> None:
+    lane = LaneDriver()
+    lane.arrive("v1")
+    actions = lane.scan("garbage", kind, reason)
+    assert of_type(actions, Authorise) == []
+    assert one(actions, ShowOnDisplay).lines == (
+        "Payment refused",
+        shown,
+        "Try another code (2 left)",
+    )
+    assert Note("code_refused", {"vehicle_id": "v1", "reason": shown}) in actions
+    assert lane.phase() is Phase.DENIED
+
+
+def test_the_same_refused_text_is_ignored() -> None:
+    lane = LaneDriver()
+    lane.arrive()
+    lane.scan("garbage", "unknown", "not a payment code")
+    assert lane.scan("garbage", "unknown", "not a payment code") == []
+    assert lane.state.vehicle is not None and lane.state.vehicle.tries == 1
+
+
+DECLINE_TABLE = [
+    # declines so far, last line the driver reads, alarm raised
+    (1, "Try another code (2 left)", False),
+    (2, "Try another code (1 left)", False),
+    (3, "Please wait for assistance", True),
+]
+
+
+@pytest.mark.parametrize(("declines", "last_line", "alarm"), DECLINE_TABLE)
+def test_decline_shows_the_tries_left_then_calls_an_attendant(
+    declines: int, last_line: str, alarm: bool
+) -> None:
+    lane = LaneDriver(rules(max_tries=3))
+    lane.arrive("v1")
+    for n in range(declines):
+        lane.scan(f"28000000000000000{n}")
+        actions = lane.decide(approved=False, reason="insufficient_funds")
+    assert lane.phase() is Phase.DENIED
+    show = of_type(actions, ShowOnDisplay)[-1]
+    assert show.lines == ("Payment refused", "insufficient_funds", last_line)
+    raised = of_type(actions, RaiseAlarm)
+    assert bool(raised) == alarm
+    if alarm:
+        assert raised[0].code == "attendant_needed"
+
+
+def test_a_decline_is_recorded() -> None:
+    lane = LaneDriver()
+    lane.arrive("v1")
+    lane.scan()
+    actions = lane.decide(approved=False, reason="insufficient_funds", payment_id="pay-1")
+    persist = one(actions, Persist)
+    assert persist.persist_id == "v1/a1"
+    assert persist.draft.auth.result == "declined"
+    assert persist.draft.kind == "toll" and persist.draft.vehicle_id == "v1"
+    assert persist.draft.payment_id == "pay-1"
+    assert "insufficient_funds" in persist.draft.flags
+    assert Note("declined", {"vehicle_id": "v1", "reason": "insufficient_funds"}) in actions
+    assert of_type(lane.persisted(), OpenBarrier) == []  # a declined record opens nothing
+
+
+def test_after_max_tries_codes_are_ignored_until_an_attendant_comes() -> None:
+    lane = LaneDriver(rules(max_tries=2))
+    lane.arrive("v1")
+    for n in range(2):
+        lane.scan(f"28000000000000000{n}")
+        lane.decide(approved=False)
+    actions = lane.scan("289999999999999999")
+    assert of_type(actions, Authorise) == []
+    assert Note("scan_ignored", {"vehicle_id": "v1", "reason": "max_tries"}) in actions
+    assert "Please wait for assistance" in displayed(actions)
+
+
+def test_a_declined_code_is_not_sent_again() -> None:
+    lane = LaneDriver()
+    lane.arrive()
+    lane.scan(CODE)
+    lane.decide(approved=False)
+    assert lane.scan(CODE) == []  # the camera still sees the same phone screen
+    assert one(lane.scan("280000000000000009"), Authorise).auth_id == "v1/a2"
+
+
+def test_one_payment_at_a_time() -> None:
+    lane = LaneDriver()
+    lane.arrive()
+    lane.scan(CODE)
+    assert lane.scan("280000000000000009") == []
+    lane.decide()
+    assert lane.scan("280000000000000009") == []  # approved: later codes are ignored
+
+
+@pytest.mark.parametrize(
+    ("flags", "result"), [((), "approved"), (("deferred",), "deferred")], ids=["online", "floor"]
+)
+def test_approval_persists_the_record_before_anything_opens(
+    flags: tuple[str, ...], result: str
+) -> None:
+    lane = LaneDriver()
+    lane.arrive("v1")
+    lane.scan(CODE, "payment_code")
+    actions = lane.decide(
+        approved=True,
+        method="payment_code",
+        account_ref="acct-9",
+        payment_id="pay-1",
+        acquirer_ref="acq-1",
+        latency_ms=340,
+        flags=flags,
+    )
+    assert lane.phase() is Phase.PERSISTING
+    persist = one(actions, Persist)
+    assert [type(a) for a in actions] == [Persist]  # nothing opens before the record is durable
+    draft = persist.draft
+    assert persist.persist_id == "v1/a1"
+    assert (draft.kind, draft.vehicle_id, draft.vehicle_class) == ("toll", "v1", 1)
+    assert (draft.amount_minor, draft.currency, draft.method) == (250, "EUR", "payment_code")
+    assert (draft.account_ref, draft.payment_id) == ("acct-9", "pay-1")
+    assert draft.auth.result == result
+    assert (draft.auth.acquirer_ref, draft.auth.latency_ms) == ("acq-1", 340)
+    assert CODE not in repr(draft)  # the raw payment code never goes into a record
+
+
+def test_persisted_settles_then_opens() -> None:
+    lane = LaneDriver(rules(cmd_ttl_s=3.0, ack_timeout_s=0.6))
+    lane.arrive("v1")
+    lane.scan()
+    lane.decide()
+    actions = lane.persisted()
+    assert lane.phase() is Phase.OPENING
+    assert [type(a) for a in actions] == [Settle, OpenBarrier, ShowOnDisplay]
+    assert one(actions, Settle) == Settle("v1/a1")
+    assert one(actions, OpenBarrier) == OpenBarrier("v1/open", lane.now + 3.0, 1)
+    assert one(actions, ShowOnDisplay).lines == ("Thank you", "Have a good journey")
+    assert next_deadline(lane.state) == lane.now + 0.6
+
+
+def test_unknown_method_is_recorded_as_the_kind_the_lane_sent() -> None:
+    lane = LaneDriver()
+    lane.arrive()
+    lane.scan("HC1:abc", "token")
+    draft = one(lane.decide(method="wallet-x"), Persist).draft
+    assert draft.method == "token"
+    assert "method:wallet-x" in draft.flags
+
+
+# --- time: budget and grace ----------------------------------------------------------------
+
+
+def test_no_decision_by_deadline_plus_grace_abandons() -> None:
+    lane = LaneDriver(rules(budget_s=2.0, auth_grace_s=0.5))
+    lane.arrive("v1")
+    lane.scan()
+    assert lane.tick(2.0) == []  # the budget is spent, the grace is not
+    assert lane.phase() is Phase.AUTHORISING
+    actions = lane.tick_at_deadline()
+    assert lane.now == pytest.approx(1002.5)
+    assert actions[0] == Abandon("v1/a1", "timeout")
+    assert one(actions, ShowOnDisplay).lines[:2] == ("Payment refused", "payment timed out")
+    assert lane.phase() is Phase.DENIED
+    assert next_deadline(lane.state) is None
+
+
+def test_a_late_approval_is_abandoned() -> None:
+    lane = LaneDriver()
+    lane.arrive()
+    lane.scan()
+    lane.tick(5.0)
+    actions = lane.decide("v1/a1", approved=True)
+    assert actions == [Abandon("v1/a1", "late"), Note("late_decision", {"auth_id": "v1/a1"})]
+    assert lane.phase() is Phase.DENIED
+
+
+def test_a_late_decline_is_only_noted() -> None:
+    lane = LaneDriver()
+    lane.arrive()
+    lane.scan()
+    lane.tick(5.0)
+    assert lane.decide("v1/a1", approved=False) == [Note("late_decision", {"auth_id": "v1/a1"})]
+
+
+def test_a_repeated_approval_never_reverses_a_recorded_payment() -> None:
+    lane = LaneDriver()
+    lane.arrive()
+    lane.scan()
+    lane.decide()
+    duplicate = [Note("duplicate_decision", {"auth_id": "v1/a1"})]
+    assert lane.decide("v1/a1") == duplicate  # while the record is being written
+    lane.persisted()
+    lane.ack()
+    assert lane.decide("v1/a1") == duplicate  # and after the barrier opened
+
+
+# --- the record queue ------------------------------------------------------------------------
+
+
+def test_record_failure_abandons_and_faults_the_lane() -> None:
+    lane = LaneDriver()
+    lane.arrive()
+    lane.scan()
+    lane.decide()
+    actions = lane.feed(ev.PersistFailed("v1/a1", "queue_full"))
+    assert actions[0] == Abandon("v1/a1", "record_failed")
+    assert one(actions, RaiseAlarm).code == "queue_full"
+    assert ("Payment cancelled", "Lane closed") in [
+        a.lines for a in of_type(actions, ShowOnDisplay)
+    ]
+    assert lane.phase() is Phase.FAULT
+    assert of_type(lane.persisted("v1/a1"), OpenBarrier) == []  # never opens after that
+    refused = lane.scan("280000000000000009")
+    assert Note("scan_refused", {"reason": "queue_full"}) in refused
+
+
+@pytest.mark.parametrize(("reason", "fault"), [("disk_error", "disk_error"), ("odd", "disk_error")])
+def test_record_failure_reasons_map_to_faults(reason: str, fault: str) -> None:
+    lane = LaneDriver()
+    actions = lane.feed(ev.PersistFailed("nobody", reason))
+    assert one(actions, RaiseAlarm).code == fault
+    assert lane.phase() is Phase.FAULT
+
+
+def test_stale_record_answers_touch_no_payment() -> None:
+    lane = LaneDriver()
+    lane.pay()
+    lane.ack()
+    assert lane.persisted("v1/a1") == []  # a duplicate Persisted: no second Settle
+    actions = lane.feed(ev.PersistFailed("v1/a1", "disk_error"))  # stale: record is durable
+    assert of_type(actions, Abandon) == []
+    assert one(actions, RaiseAlarm).code == "disk_error"  # the queue is unwell all the same
+
+
+def test_the_queue_recovering_reopens_payments() -> None:
+    lane = LaneDriver()
+    lane.feed(ev.QueueChanged(full=True, high_water=True))
+    lane.arrive()
+    assert of_type(lane.scan(), Authorise) == []
+    actions = lane.feed(ev.QueueChanged(full=False, high_water=False))
+    assert ClearAlarm("queue_full") in actions
+    assert one(lane.scan(), Authorise).amount_minor == 250
+
+
+# --- refused when the lane cannot take payments ----------------------------------------------
+
+BLOCKERS = [
+    # what happened, the reason noted for a refused scan
+    (ev.BarrierReported("offline"), "barrier_offline"),
+    (ev.BarrierReported("fault"), "barrier_fault"),
+    (ev.LinkChanged(up=False), "broker_down"),
+    (ev.QueueChanged(full=True, high_water=False), "queue_full"),
+    (ev.AttendantCloseLane("maintenance"), "maintenance"),
+]
+
+
+@pytest.mark.parametrize(("blocker", "why"), BLOCKERS)
+def test_scan_while_faulted_or_closed_is_refused(blocker: ev.Event, why: str) -> None:
+    lane = LaneDriver()
+    lane.feed(blocker)
+    lane.arrive()
+    actions = lane.scan()
+    assert actions == [
+        ShowOnDisplay(("Lane closed", "Please use another lane")),
+        Note("scan_refused", {"reason": why}),
+    ]
+
+
+@pytest.mark.parametrize(("blocker", "why"), BLOCKERS[:4])
+def test_approval_after_the_lane_faulted_is_abandoned(blocker: ev.Event, why: str) -> None:
+    lane = LaneDriver()
+    lane.arrive("v1")
+    lane.scan()
+    lane.feed(blocker)
+    actions = lane.decide()
+    assert actions[0] == Abandon("v1/a1", why)
+    assert of_type(actions, Persist) == []
+    assert lane.state.vehicle is not None and lane.state.vehicle.tries == lane.state.rules.max_tries
+
+
+# --- the vehicle leaves ----------------------------------------------------------------------
+
+
+def test_backing_away_while_paying_abandons() -> None:
+    lane = LaneDriver()
+    lane.arrive("v1")
+    lane.scan()
+    actions = lane.leave_pay_point()
+    assert actions == [Note("vehicle_gone", {"vehicle_id": "v1"}), Abandon("v1/a1", "vehicle_gone")]
+    assert lane.phase() is Phase.IDLE
+
+
+def test_leaving_the_loop_once_approved_does_not_undo_the_payment() -> None:
+    lane = LaneDriver()
+    lane.arrive("v1")
+    lane.scan()
+    lane.decide()
+    assert lane.leave_pay_point() == []  # edging forward while the record is written
+    actions = lane.persisted()
+    assert one(actions, Settle) == Settle("v1/a1")
+    assert one(actions, OpenBarrier).cmd_id == "v1/open"
+
+
+def test_backing_away_after_max_tries_clears_the_attendant_alarm() -> None:
+    lane = LaneDriver(rules(max_tries=1))
+    lane.arrive("v1")
+    lane.scan()
+    assert one(lane.decide(approved=False), RaiseAlarm).code == "attendant_needed"
+    assert ClearAlarm("attendant_needed") in lane.leave_pay_point()
