@@ -1,0 +1,132 @@
+"""The declared transition table matches the machine, and renders to Mermaid.
+
+Every LaneDriver step (all unit tests, all hypothesis runs) already asserts that the transition
+it took is in the table. Here: the other direction (every row is taken by something), labels
+cover every event type, and the rendering.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import typing
+
+from core_kit import Chooser, EventSource, LaneDriver, heal, random_walk, rules
+
+from lane.core import diagram
+from lane.core import events as ev
+from lane.core.state import LaneMode, Phase
+
+WALKS_PER_MODE = 80
+
+
+def scripted_rare_rows() -> LaneDriver:
+    """Rows the random walks seldom take, taken on purpose."""
+    lane = LaneDriver(rules(LaneMode.TRANSIT_ENTRY, passback_window_s=600.0))
+    lane.feed(ev.AttendantCloseLane("x"))
+    lane.feed(ev.AttendantOpen("att-1", "help", "op"))  # closed -> persisting
+    lane.persisted("att-1")
+    lane.ack()
+    lane.cross()
+    lane.ack("att-1/close", ok=False, error="jammed")  # closing -> fault
+    lane.report("closed")
+    lane.ack("att-1/close")
+    lane.feed(ev.AttendantReopenLane("x"))
+    lane.scan("HC1:a", "token")
+    lane.decide(method="token", account_ref="acct-1")
+    lane.persisted()
+    lane.ack()
+    lane.tick_at_deadline()
+    lane.ack()
+    lane.scan("HC1:b", "token")
+    lane.decide(method="token", account_ref="acct-1")  # authorising -> idle: passback
+    return lane
+
+
+def test_every_row_of_the_table_is_taken() -> None:
+    taken = set(scripted_rare_rows().monitor.transitions)
+    for mode in LaneMode:
+        for seed in range(WALKS_PER_MODE):
+            lane = LaneDriver(rules(mode))
+            random_walk(lane, EventSource(Chooser.seeded(seed)), 80)
+            heal(lane)
+            taken |= lane.monitor.transitions
+    missing = [t for t in diagram.TRANSITIONS if t not in diagram.rows_taken(taken)]
+    assert missing == [], "rows no run takes: remove them, or find the missing test"
+
+
+def test_every_event_type_has_labels_and_every_label_an_event_type() -> None:
+    event_types = set(typing.get_args(ev.Event))
+    assert set(diagram.LABELS.values()) == event_types
+    samples: list[ev.Event] = [
+        ev.SensorChanged("entry_loop", True, "e"),
+        ev.SensorChanged("entry_loop", False, "e"),
+        ev.SensorChanged("exit_loop", True, "e"),
+        ev.SensorChanged("exit_loop", False, "e"),
+        ev.SensorChanged("safety_loop", True, "e"),
+        ev.SensorChanged("light_curtain", False, "e"),
+        ev.SensorChanged("door", True, "e"),
+        ev.VehicleClassified(1),
+        ev.Scanned("t", "token", None, 0.0, "s"),
+        ev.Decided("a", True, "ok", "token"),
+        ev.Decided("a", False, "no", "token"),
+        ev.Persisted("p", "r", 1),
+        ev.PersistFailed("p", "queue_full"),
+        ev.BarrierAcked("c", True, "open"),
+        ev.BarrierAcked("c", False, "closed", "jammed"),
+        ev.BarrierReported("offline"),
+        ev.BarrierReported("closed"),
+        ev.AttendantOpen("c", "r", "a"),
+        ev.AttendantCloseLane("r"),
+        ev.AttendantReopenLane("r"),
+        ev.QueueChanged(True, False),
+        ev.QueueChanged(False, False),
+        ev.LinkChanged(False),
+        ev.LinkChanged(True),
+        ev.Tick(),
+    ]
+    labels = {diagram.event_label(event) for event in samples}
+    assert labels == set(diagram.LABELS)
+    for event in samples:
+        assert isinstance(event, diagram.LABELS[diagram.event_label(event)])
+    assert {t.label for t in diagram.TRANSITIONS} <= set(diagram.LABELS)
+
+
+def test_allows_self_loops_and_table_rows_only() -> None:
+    assert diagram.allows(Phase.IDLE, "tick", Phase.IDLE)
+    assert diagram.allows(Phase.IDLE, "entry_loop on", Phase.VEHICLE_PRESENT)
+    assert diagram.allows(Phase.OPEN, "link down", Phase.FAULT)  # via the in-service group
+    assert not diagram.allows(Phase.IDLE, "tick", Phase.OPEN)
+    assert not diagram.allows(Phase.AUTHORISING, "persisted", Phase.OPENING)
+    assert not diagram.allows(Phase.OPEN, "queue full", Phase.FAULT)  # a passage goes on
+
+
+def test_mermaid_has_every_row_as_an_edge() -> None:
+    text = diagram.mermaid()
+    lines = text.splitlines()
+    assert lines[0] == "stateDiagram-v2"
+    edges: dict[tuple[str, str], set[str]] = {}
+    for line in lines[1:]:
+        match = re.fullmatch(r"    (\[\*\]|\w+) --> (\w+)(?: : (.+))?", line)
+        if match is None:
+            assert re.fullmatch(r'    state "[^"]+" as \w+', line), line
+            continue
+        source, target, labels = match.groups()
+        assert (source, target) not in edges, f"edge drawn twice: {line}"
+        edges[(source, target)] = set((labels or "").split(" / "))
+    assert edges.pop(("[*]", "idle")) == {""}
+    for t in diagram.TRANSITIONS:
+        source = t.source.name if isinstance(t.source, diagram.Group) else t.source.value
+        target = t.target.name if isinstance(t.target, diagram.Group) else t.target.value
+        assert t.label in edges[(source, target)]
+    drawn = {label for labels in edges.values() for label in labels}
+    assert drawn == {t.label for t in diagram.TRANSITIONS}
+    assert {p.value for p in Phase} <= {end for pair in edges for end in pair}  # all phases
+
+
+def test_module_prints_the_mermaid_text() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lane.core.diagram"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout == diagram.mermaid()
