@@ -140,7 +140,12 @@ class RecordQueue:
         self._wall = wall
         self._lock = threading.Lock()
         if not self.path.exists():
-            self._create(migrations)
+            try:
+                self._create(migrations)
+            except sqlite3.Error as exc:
+                raise _classify(self.path, exc) from exc
+            except OSError as exc:
+                raise QueueError(self.path, f"cannot create the queue: {exc}") from exc
         try:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0

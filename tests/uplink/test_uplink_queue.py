@@ -226,3 +226,11 @@ def test_kill_9_while_appending_loses_no_returned_record(tmp_path: Path) -> None
         for seq, rid in confirmed.items():
             assert held[seq] == rid
         assert q.record_count_total() == q.last_seq()
+
+
+def test_unwritable_directory_is_a_queue_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(QueueError) as err:
+        RecordQueue(blocker / "q.sqlite", LANE, 10_000_000)
+    assert "q.sqlite" in str(err.value)
