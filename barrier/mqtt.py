@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -191,6 +192,8 @@ class MqttLink:
             username=self.credentials.username if self.credentials else None,
             password=self.credentials.password if self.credentials else None,
             max_queued_incoming_messages=10000,
+            # Commands and acks are tiny: without NODELAY each one waits for a delayed TCP ACK.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
