@@ -26,7 +26,9 @@ PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
 
 class LaneSection(_Section):
     id: str = Field(
-        "p01/l01", description="Lane id, plaza/lane, used in every topic", pattern=r"^[\w-]+/[\w-]+$"
+        "p01/l01",
+        description="Lane id, plaza/lane, used in every topic",
+        pattern=r"^[\w-]+/[\w-]+$",
     )
     mode: Literal["toll", "transit-entry", "transit-exit"] = Field(
         "toll", description="toll barrier lane, or transit fare gate at entry or exit"
@@ -77,8 +79,10 @@ class AuthSection(_Section):
     )
     floor_limit_minor: int = Field(0, ge=0, description="Floor per vehicle, minor units")
     hourly_limit_minor: int = Field(0, ge=0, description="Floor per hour, minor units")
-    account_secret: str = Field(
-        "change-me", min_length=8, description="Key for hashing wallet codes into account refs"
+    account_secret: str | None = Field(
+        None,
+        min_length=16,
+        description="Key for hashing wallet codes into account refs; default: made per lane",
     )
     share_used_tokens: bool = Field(True, description="Share used token ids with the plaza")
 

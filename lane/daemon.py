@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import uvloop
 
 from barrier.link import BarrierLink
 from barrier.messages import (
@@ -32,12 +34,13 @@ from barrier.messages import (
     SensorReading,
 )
 from barrier.mqtt import Credentials, Incoming, MqttLink
+from barrier.wire import PayloadError
 from lane.auth.acquirer import AcquirerClient
 from lane.auth.authoriser import Authoriser, AuthRequest
-from lane.auth.deny import DenyList, load_deny_list
+from lane.auth.deny import DenyList, DenyListError, decode_deny_list, load_deny_list
 from lane.auth.fares import Tariff, load_tariff
-from lane.auth.keys import KeySet, keyset_stale, load_keyset
-from lane.auth.plaza import UsedTokenSharing
+from lane.auth.keys import KeySet, KeySetError, decode_keyset, keyset_stale, load_keyset
+from lane.auth.plaza import UsedTokenSharing, deny_topic, keys_topic
 from lane.auth.policy import OfflinePolicy
 from lane.auth.replay import ReplayStore
 from lane.auth.resolution_store import ResolutionStore
@@ -57,6 +60,7 @@ from scanner.pipeline import ScanPipeline, ScanResult
 from scanner.sources import FrameSource, open_source
 from uplink.forwarder import Forwarder
 from uplink.queue import RecordQueue
+from uplink.records import Record
 
 log = logging.getLogger("lane.daemon")
 
@@ -208,7 +212,9 @@ class LaneDaemon:
             self.queue, self.uplink, self.lane, batch_size=config.uplink.batch_size
         )
         self.sharing: UsedTokenSharing | None = None
-        subs = list(self.forwarder.subscriptions())
+        plaza = config.lane.plaza
+        self._plaza_topics = (keys_topic(plaza), deny_topic(plaza))
+        subs = [*self.forwarder.subscriptions(), *((t, 1) for t in self._plaza_topics)]
         if config.auth.share_used_tokens:
             self.sharing = UsedTokenSharing(self.uplink, self.replay, config.lane.plaza, self.lane)
             subs.append(self.sharing.subscription())
@@ -229,6 +235,52 @@ class LaneDaemon:
         self.pipeline: ScanPipeline | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.http: aiohttp.ClientSession | None = None
+        self.resolver: Resolver | None = None
+
+    def account_key(self) -> bytes:
+        """The lane's secret for hashing wallet codes into account references.
+
+        From the config when set; otherwise made once per lane computer and kept in the data
+        directory, so references stay stable across restarts and differ between lanes.
+        """
+        if self.config.auth.account_secret is not None:
+            return self.config.auth.account_secret.encode()
+        path = self.config.lane.data_dir / "account.key"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(secrets.token_bytes(32))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_bytes()
+
+    async def _is_recorded(self, payment_id: str) -> bool:
+        """Crash recovery: is a payment left open in the uplink queue after all? (then settle)"""
+        return await asyncio.to_thread(self._queue_holds_payment, payment_id)
+
+    def _queue_holds_payment(self, payment_id: str) -> bool:
+        after = 0
+        while rows := self.queue.batch(after, 500):
+            for seq, data in rows:
+                after = seq
+                try:
+                    if Record.decode(data).draft.payment_id == payment_id:
+                        return True
+                except PayloadError:
+                    continue  # an older record format: forwarded as is, never ours to settle
+        return False
+
+    async def _on_plaza_update(self, msg: Incoming) -> None:
+        """Key sets and deny lists from the back office (retained topics, newer only)."""
+        try:
+            if msg.topic == keys_topic(self.config.lane.plaza):
+                self.verifier.update_keys(decode_keyset(msg.payload, msg.topic))
+            else:
+                self.verifier.update_deny(decode_deny_list(msg.payload, msg.topic))
+        except (KeySetError, DenyListError) as exc:
+            log.warning(
+                "plaza update refused",
+                extra={"lane": self.lane, "topic": msg.topic, "error": str(exc)},
+            )
 
     # --- inputs -> events -----------------------------------------------------------------
 
@@ -248,7 +300,12 @@ class LaneDaemon:
     def _on_attendant(self, cmd: AttendantCommand) -> None:
         log.info(
             "attendant command",
-            extra={"lane": self.lane, "op": cmd.op, "cmd_id": cmd.cmd_id, "attendant": cmd.attendant},
+            extra={
+                "lane": self.lane,
+                "op": cmd.op,
+                "cmd_id": cmd.cmd_id,
+                "attendant": cmd.attendant,
+            },
         )
         if cmd.op == "open":
             self.runner.post(ev.AttendantOpen(cmd.cmd_id, cmd.reason, cmd.attendant))
@@ -258,7 +315,9 @@ class LaneDaemon:
             self.runner.post(ev.AttendantReopenLane(cmd.reason))
 
     def _on_garbage(self, topic: str, error: str) -> None:
-        log.warning("garbage payload ignored", extra={"lane": self.lane, "topic": topic, "error": error})
+        log.warning(
+            "garbage payload ignored", extra={"lane": self.lane, "topic": topic, "error": error}
+        )
 
     def _on_link(self, up: bool) -> None:
         self.runner.post(ev.LinkChanged(up))
@@ -266,6 +325,8 @@ class LaneDaemon:
     async def _on_uplink_message(self, msg: Incoming) -> None:
         if msg.topic == self.forwarder.ack_topic:
             self.forwarder.handle_ack(msg.payload)
+        elif msg.topic in self._plaza_topics:
+            await self._on_plaza_update(msg)
         elif self.sharing is not None:
             await self.sharing.handle(msg)
 
@@ -278,7 +339,12 @@ class LaneDaemon:
     def _on_camera(self, event: SourceEvent) -> None:
         log.warning(
             "camera event",
-            extra={"lane": self.lane, "camera": event.source, "kind": event.kind, "detail": event.detail},
+            extra={
+                "lane": self.lane,
+                "camera": event.source,
+                "kind": event.kind,
+                "detail": event.detail,
+            },
         )
         if event.kind == "recovered":
             self.runner.alarm("camera_blackout", None)
@@ -300,8 +366,14 @@ class LaneDaemon:
         cfg = self.config
         client = AcquirerClient(cfg.auth.acquirer_url or UNREACHABLE_ACQUIRER, self.http)
         if cfg.auth.acquirer_url is None:
-            log.warning("no acquirer configured: online codes follow the offline policy", extra={"lane": self.lane})
-        resolver = Resolver(self.payments_store, client, clock=self.clocks.wall)
+            log.warning(
+                "no acquirer configured: online codes follow the offline policy",
+                extra={"lane": self.lane},
+            )
+        resolver = Resolver(
+            self.payments_store, client, clock=self.clocks.wall, is_recorded=self._is_recorded
+        )
+        self.resolver = resolver
         authoriser = Authoriser(
             self.lane,
             client,
@@ -312,7 +384,7 @@ class LaneDaemon:
             ),
             self.clocks.monotonic,
             self.clocks.wall,
-            account_key=cfg.auth.account_secret.encode().ljust(16, b"\0"),
+            account_key=self.account_key(),
         )
         self.runner.payments = PaymentsAdapter(authoriser, self.lane)
         self.pipeline = ScanPipeline(
@@ -347,7 +419,7 @@ class LaneDaemon:
         await stop.wait()
         log.info("lane stopping", extra={"lane": self.lane})
         if self.pipeline is not None:
-            self.pipeline.stop()  # no new codes; the vehicle in progress may finish
+            await self.pipeline.aclose()  # no new codes; the vehicle in progress may finish
         deadline = time.monotonic() + self.shutdown_grace_s
         while not self.runner.idle() and time.monotonic() < deadline:
             with contextlib.suppress(TimeoutError):
@@ -360,7 +432,9 @@ class LaneDaemon:
 
     async def _close(self) -> None:
         if self.pipeline is not None:
-            self.pipeline.stop()
+            await self.pipeline.aclose()
+        if self.resolver is not None:
+            await self.resolver.stop()  # its store worker finishes before the store closes
         if self.http is not None:
             await self.http.close()
         for closer in (self.queue.close, self.replay.close, self.payments_store.close):
@@ -378,8 +452,11 @@ class LaneDaemon:
             state=state or phase(self.runner.state).value,
             uplink_backlog=status[0],
             oldest_unsent_s=status[1],
-            link={"broker": self.link.connected, "uplink": up,
-                  "plaza": self.sharing.link_up if self.sharing else False},
+            link={
+                "broker": self.link.connected,
+                "uplink": up,
+                "plaza": self.sharing.link_up if self.sharing else False,
+            },
             faults=sorted(self.runner.alarms),
             ts_us=int(self.clocks.wall() * 1_000_000),
         )
@@ -393,7 +470,12 @@ class LaneDaemon:
                 await asyncio.wait_for(self.runner.changed.wait(), 1.0)
             self.runner.changed.clear()
             status = self._status()
-            key = (status.state, status.uplink_backlog, tuple(status.faults), tuple(status.link.items()))
+            key = (
+                status.state,
+                status.uplink_backlog,
+                tuple(status.faults),
+                tuple(status.link.items()),
+            )
             if key == last or not self.link.connected:
                 continue
             try:
@@ -405,6 +487,7 @@ class LaneDaemon:
     async def _health_loop(self) -> None:
         """Queue health into the core; key set age into an alarm."""
         last: tuple[bool, bool] | None = None
+        purge_in = 0
         while True:
             uplink = await self.forwarder.status()
             self._uplink_status = (uplink.backlog, uplink.oldest_age_s)
@@ -413,11 +496,18 @@ class LaneDaemon:
             if now != last:
                 self.runner.post(ev.QueueChanged(full=full, high_water=uplink.high_water_reached))
                 last = now
-            if self.verifier.keys.keys and keyset_stale(
-                self.verifier.keys, self.clocks.wall(), self.config.auth.keyset_max_age_s
-            ):
-                if "keyset_stale" not in self.runner.alarms:
-                    self.runner.alarm("keyset_stale", "issuer key set is older than allowed")
+            keys = self.verifier.keys
+            stale = bool(keys.keys) and keyset_stale(
+                keys, self.clocks.wall(), self.config.auth.keyset_max_age_s
+            )
+            if stale != ("keyset_stale" in self.runner.alarms):
+                self.runner.alarm(
+                    "keyset_stale", "issuer key set is older than allowed" if stale else None
+                )
+            purge_in -= 1
+            if purge_in <= 0:
+                purge_in = 60
+                await asyncio.to_thread(self.replay.purge, self.clocks.wall())
             await asyncio.sleep(1.0)
 
 
@@ -446,10 +536,6 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 
 
 def run_with_uvloop(main: Callable[[], Any]) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main())
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main())
 

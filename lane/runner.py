@@ -137,7 +137,7 @@ class LaneRunner:
         """Give in-flight work (records being written, payments resolving) time to finish."""
         if not self._tasks:
             return
-        done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
         for task in pending:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -153,7 +153,10 @@ class LaneRunner:
             case Authorise():
                 self._spawn("authorise", self._authorise(action))
             case Abandon(auth_id=auth_id, reason=reason):
-                log.info("payment abandoned", extra={"lane": self.lane, "auth_id": auth_id, "reason": reason})
+                log.info(
+                    "payment abandoned",
+                    extra={"lane": self.lane, "auth_id": auth_id, "reason": reason},
+                )
                 self._spawn("abandon", self.payments.abandon(auth_id, reason))
             case Settle(auth_id=auth_id):
                 self._spawn("settle", self.payments.settle(auth_id))
@@ -163,7 +166,9 @@ class LaneRunner:
                 self._spawn("barrier", self._command(action))
             case RaiseAlarm(code=code, message=message):
                 self.alarms[code] = message
-                log.warning("alarm raised", extra={"lane": self.lane, "alarm": code, "detail": message})
+                log.warning(
+                    "alarm raised", extra={"lane": self.lane, "alarm": code, "detail": message}
+                )
                 self._notify("alarm", {"code": code, "message": message, "active": True})
             case ClearAlarm(code=code):
                 if self.alarms.pop(code, None) is not None:
@@ -177,7 +182,9 @@ class LaneRunner:
             decision = await self.payments.authorise(action)
         except Exception as exc:
             log.exception("authoriser failed", extra={"lane": self.lane, "auth_id": action.auth_id})
-            decision = ev.Decided(action.auth_id, False, f"error: {exc.__class__.__name__}", action.kind)
+            decision = ev.Decided(
+                action.auth_id, False, f"error: {exc.__class__.__name__}", action.kind
+            )
         self.post(decision)
 
     async def _persist(self, action: Persist) -> None:
@@ -185,11 +192,17 @@ class LaneRunner:
         try:
             record = await loop.run_in_executor(self._disk, self.store.append, action.draft)
         except QueueFull as exc:
-            log.error("queue full", extra={"lane": self.lane, "persist_id": action.persist_id, "error": str(exc)})
+            log.error(
+                "queue full",
+                extra={"lane": self.lane, "persist_id": action.persist_id, "error": str(exc)},
+            )
             self.post(ev.PersistFailed(action.persist_id, "queue_full"))
             return
         except (QueueError, OSError) as exc:
-            log.error("record write failed", extra={"lane": self.lane, "persist_id": action.persist_id, "error": str(exc)})
+            log.error(
+                "record write failed",
+                extra={"lane": self.lane, "persist_id": action.persist_id, "error": str(exc)},
+            )
             self.post(ev.PersistFailed(action.persist_id, "disk_error"))
             return
         log.info(
@@ -218,10 +231,18 @@ class LaneRunner:
             # The core retries on its ack deadline with the same cmd_id.
             log.warning(
                 "barrier command not sent",
-                extra={"lane": self.lane, "cmd_id": action.cmd_id, "attempt": action.attempt, "error": str(exc)},
+                extra={
+                    "lane": self.lane,
+                    "cmd_id": action.cmd_id,
+                    "attempt": action.attempt,
+                    "error": str(exc),
+                },
             )
             return
-        log.info("barrier command sent", extra={"lane": self.lane, "cmd_id": action.cmd_id, "op": op, "attempt": action.attempt})
+        log.info(
+            "barrier command sent",
+            extra={"lane": self.lane, "cmd_id": action.cmd_id, "op": op, "attempt": action.attempt},
+        )
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -238,7 +259,11 @@ class LaneRunner:
         if exc is not None:
             log.error(
                 "lane task failed",
-                extra={"lane": self.lane, "task": what, "error": f"{exc.__class__.__name__}: {exc}"},
+                extra={
+                    "lane": self.lane,
+                    "task": what,
+                    "error": f"{exc.__class__.__name__}: {exc}",
+                },
             )
 
     def _notify(self, name: str, fields: dict[str, Any]) -> None:
