@@ -353,6 +353,8 @@ class LaneDaemon:
 
     def _publish_note(self, name: str, fields: dict[str, Any]) -> None:
         """Every lane note goes out on the events topic (QoS 0) for operators."""
+        if name == "vehicle_arrived" and self.pipeline is not None:
+            self.pipeline.forget_seen()
         if not self.link.connected or name == "display":
             return
         task = asyncio.ensure_future(self.link.publish_event({"name": name, **fields}))

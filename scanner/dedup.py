@@ -28,6 +28,11 @@ class Deduplicator:
             self._last_seen.popitem(last=False)
         return previous is None or now - previous > self.window_s
 
+    def clear(self) -> None:
+        """Forget every sighting: the next person at the lane is reported even with the same code
+        (a screenshot of the previous driver's code must reach the lane's replay check)."""
+        self._last_seen.clear()
+
     def _forget_older_than(self, cutoff: float) -> None:
         while self._last_seen:
             text, seen = next(iter(self._last_seen.items()))

@@ -169,6 +169,11 @@ class ScanPipeline:
                 # A capture blocked inside a camera read ends when the read times out.
                 log.warning("thread %s did not stop in time", thread.name)
 
+    def forget_seen(self) -> None:
+        """A new vehicle is at the lane: codes still in view count as new sightings."""
+        with self._lock:
+            self._dedup.clear()
+
     async def aclose(self) -> None:
         await asyncio.to_thread(self.stop)
 

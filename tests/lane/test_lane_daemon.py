@@ -1,0 +1,236 @@
+"""The daemon against the real things: mosquitto, the device emulator, SQLite, the acquirer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from barrier import topics
+from barrier.device import DeviceEmulator, Timings
+from barrier.messages import BarrierCommand, LaneStatus
+from barrier.mqtt import Incoming, MqttLink
+from lane.config import LaneConfig, parse_config
+from lane.daemon import LaneDaemon
+from scanner.sources import PushSource
+from sim.acquirer import AcquirerServer
+from sim.broker import Mosquitto
+from sim.camera import frame_for
+from sim.codes import CodeFactory
+from uplink.records import Record
+
+
+@dataclass
+class Lane:
+    config: LaneConfig
+    daemon: LaneDaemon
+    device: DeviceEmulator
+    source: PushSource
+    codes: CodeFactory
+    notes: list[tuple[str, dict[str, Any]]]
+    queue_path: Path
+
+
+class RecordedBeforeOpen(list[BarrierCommand]):
+    """The device's inbox: on every open command, the record must already be on disk (rule 1)."""
+
+    def __init__(self, queue_path: Path) -> None:
+        super().__init__()
+        self.queue_path = queue_path
+        self.violations: list[str] = []
+
+    def append(self, cmd: BarrierCommand) -> None:
+        if cmd.op == "open":
+            vehicle_id = cmd.cmd_id.removesuffix("/open")
+            with sqlite3.connect(self.queue_path) as db:
+                blobs = [row[0] for row in db.execute("SELECT data FROM records")]
+            drafts = [Record.decode(b).draft for b in blobs]
+            paid = [d for d in drafts if d.vehicle_id == vehicle_id and d.auth.result == "approved"]
+            if not paid:
+                self.violations.append(cmd.cmd_id)
+        super().append(cmd)
+
+
+def config_for(tmp_path: Path, broker: Mosquitto, lane_id: str, acquirer: str, keyset: Path) -> LaneConfig:
+    return parse_config(
+        {
+            "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")},
+            "broker": {"port": broker.port},
+            "camera": {"source": "push"},
+            "auth": {"acquirer_url": acquirer, "keyset": str(keyset)},
+        }
+    )
+
+
+@pytest.fixture
+async def lane(tmp_path: Path, mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[Lane]:
+    codes = CodeFactory(7)
+    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
+    acquirer = AcquirerServer()
+    url = await acquirer.start()
+    config = config_for(tmp_path, mosquitto, lane_id, url, keyset)
+    device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
+    queue_path = config.lane.data_dir / "queue.sqlite3"
+    device.received = RecordedBeforeOpen(queue_path)
+    source = PushSource()
+    daemon = LaneDaemon(config, source=source, shutdown_grace_s=2.0)
+    notes: list[tuple[str, dict[str, Any]]] = []
+    daemon.runner.observers.append(lambda name, fields: notes.append((name, fields)))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(device.run()), asyncio.create_task(daemon.run(stop))]
+    try:
+        await device.wait_connected(5)
+        await daemon.link.wait_connected(5)
+        await wait_until(lambda: daemon.runner.state.barrier == "closed")
+        yield Lane(config, daemon, device, source, codes, notes, queue_path)
+    finally:
+        stop.set()
+        await asyncio.wait_for(tasks[1], 15)
+        await device.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await acquirer.stop()
+
+
+async def wait_until(cond: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def show(lane: Lane, text: str, until: Any, timeout: float = 5.0) -> None:
+    """Hold a phone showing `text` in front of the camera until `until()` holds."""
+    frame = frame_for(text, "clear", rng=1)
+    deadline = time.monotonic() + timeout
+    while not until():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"lane did not react to the code; notes: {lane.notes[-5:]}")
+        lane.source.put(frame, time.monotonic())
+        await asyncio.sleep(0.03)
+
+
+def named(lane: Lane, name: str) -> list[dict[str, Any]]:
+    return [fields for n, fields in lane.notes if n == name]
+
+
+async def test_paid_vehicle_record_is_durable_before_the_barrier_opens(lane: Lane) -> None:
+    await lane.device.vehicle_enters(2)
+    await wait_until(lambda: named(lane, "vehicle_arrived"))
+    token = lane.codes.make("token", int(time.time())).text
+    await show(lane, token, lambda: named(lane, "barrier_opened"))
+    opened = named(lane, "barrier_opened")[0]
+    assert isinstance(lane.device.received, RecordedBeforeOpen)
+    assert lane.device.received.violations == []
+    assert [c.op for c in lane.device.received] == ["open"]
+    records = [r for r in (n[1]["record"] for n in lane.notes if n[0] == "record")]
+    assert records[0]["record_id"] == opened["record_id"]
+    assert records[0]["amount_minor"] == 400  # class 2 at the built-in flat tariff
+    assert records[0]["method"] == "token"
+    assert token not in str(records)  # the raw code is never stored
+
+
+async def test_replayed_token_is_refused_and_recorded_as_declined(lane: Lane) -> None:
+    token = lane.codes.make("token", int(time.time())).text
+    await lane.device.vehicle_enters(1)
+    await wait_until(lambda: len(named(lane, "vehicle_arrived")) == 1)
+    await show(lane, token, lambda: named(lane, "barrier_opened"))
+    await lane.device.vehicle_passes()
+    await wait_until(lambda: lane.daemon.runner.state.passage is None)
+    await lane.device.vehicle_enters(1)
+    await wait_until(lambda: len(named(lane, "vehicle_arrived")) == 2)
+    await show(lane, token, lambda: named(lane, "declined"), timeout=8)
+    assert named(lane, "declined")[0]["reason"] == "replayed"
+    assert len(named(lane, "barrier_opened")) == 1
+    assert [c.op for c in lane.device.received].count("open") == 1
+
+
+async def test_garbage_on_lane_topics_is_ignored(lane: Lane, mosquitto: Mosquitto) -> None:
+    lane_id = lane.config.lane.id
+    noise = MqttLink(mosquitto.host, mosquitto.port, f"noise-{lane_id}")
+    task = asyncio.create_task(noise.run())
+    try:
+        await noise.wait_connected(5)
+        for topic in (
+            topics.barrier_ack(lane_id),
+            topics.barrier_state(lane_id),
+            topics.io(lane_id, "entry_loop"),
+            topics.attendant(lane_id),
+        ):
+            for payload in (b"", b"\xc1", b"not msgpack at all", b"\x93\x01\x02\x03"):
+                await noise.publish(topic, payload)
+        await lane.device.vehicle_enters(1)
+        await wait_until(lambda: named(lane, "vehicle_arrived"))
+        assert lane.daemon.runner.state.faults == frozenset()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_sigterm_stops_cleanly_and_says_offline(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    keyset = CodeFactory(3).write_keyset(tmp_path / "keyset.json", int(time.time()))
+    conf = tmp_path / "lane.toml"
+    conf.write_text(
+        f'[lane]\nid = "{lane_id}"\ndata_dir = "data"\n'
+        f"[broker]\nport = {mosquitto.port}\n"
+        f'[camera]\nsource = "{tmp_path / "frames"}/"\n'
+        f'[auth]\nkeyset = "{keyset.name}"\n'
+    )
+    (tmp_path / "frames").mkdir()
+    statuses: list[LaneStatus] = []
+
+    async def on_status(msg: Incoming) -> None:
+        statuses.append(LaneStatus.decode(msg.payload))
+
+    watcher = MqttLink(
+        mosquitto.host, mosquitto.port, f"w-{lane_id}", [(topics.status(lane_id), 1)], on_status
+    )
+    wtask = asyncio.create_task(watcher.run())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lane", "run", "--config", str(conf),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        await wait_until(lambda: any(s.state == "idle" for s in statuses), timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 20)
+        out = (await proc.stdout.read()).decode() if proc.stdout else ""
+        assert code == 0, out
+        await wait_until(lambda: statuses[-1].state == "offline")
+        assert '"event":"lane stopped"' in out
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        wtask.cancel()
+        await asyncio.gather(wtask, return_exceptions=True)
+
+
+def test_broken_config_is_refused_with_every_problem(tmp_path: Path) -> None:
+    import subprocess
+
+    conf = tmp_path / "lane.toml"
+    conf.write_text('[lane]\nid = "no-slash"\n[broker]\nport = "x"\nwhat = 1\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "lane", "run", "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "lane.id" in proc.stderr
+    assert "broker.port" in proc.stderr
+    assert "broker.what" in proc.stderr
