@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,10 +29,25 @@ def free_port() -> int:
 
 
 def find_mosquitto() -> str:
-    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+    candidates = (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+    for candidate in candidates:
         if candidate and Path(candidate).exists():
             return candidate
     raise BrokerError("mosquitto not found: install it (apt-get install -y mosquitto)")
+
+
+PR_SET_PDEATHSIG = 1
+# Loaded here, not in the child: between fork and exec only a plain foreign call is safe.
+_LIBC = (
+    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if sys.platform == "linux" else None
+)
+
+
+def _die_with_parent() -> None:
+    """Linux: the broker gets SIGTERM when the thread that started it dies, even by SIGKILL,
+    so a killed simulator or test run never leaves a broker behind."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -44,6 +63,10 @@ class Mosquitto:
     def host(self) -> str:
         return "127.0.0.1"
 
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
     def start(self, timeout: float = 10.0) -> None:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
@@ -57,7 +80,10 @@ class Mosquitto:
         )
         log = (self.workdir / "mosquitto.log").open("ab")
         self.process = subprocess.Popen(
-            [find_mosquitto(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            [find_mosquitto(), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, no allocation
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -66,7 +92,7 @@ class Mosquitto:
                     f"mosquitto exited with {self.process.returncode}: "
                     f"{(self.workdir / 'mosquitto.log').read_text(errors='replace')[-2000:]}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+            with contextlib.suppress(OSError), socket.create_connection(self.address, 0.2):
                 return
             time.sleep(0.02)
         self.stop()
