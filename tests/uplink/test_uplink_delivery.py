@@ -374,7 +374,9 @@ async def test_lane_process_killed_during_traffic_then_restarted(
         for _ in range(2):  # kill, restart, kill again
             await asyncio.to_thread(append_then_kill, path, lane_id, 120, confirmed)
         last = side.queue.last_seq()
-        assert last >= len(confirmed) == max(confirmed)
+        # A record committed just before the kill may never have been printed: confirmed can
+        # have holes, the queue cannot.
+        assert last >= max(confirmed)
         await eventually(
             lambda: side.queue.backlog().count == 0 and store.count(lane_id) == last,
             within=15,
