@@ -96,6 +96,7 @@ class MqttLink:
                     self._closed.clear()
                     for topic, qos in self.subscriptions:
                         await client.subscribe(topic, qos)
+                    _reraise_swallowed_cancel()
                     self.connected.set()
                     if not first:
                         self.reconnects += 1
@@ -108,6 +109,7 @@ class MqttLink:
                         await self._dispatch(message)
             except (aiomqtt.MqttError, LinkDown) as exc:
                 # LinkDown: a publish in on_connect met a connection that was already gone.
+                _reraise_swallowed_cancel()
                 log.warning(
                     "mqtt disconnected",
                     extra={"client": self.client_id, "error": str(exc), "retry_s": round(delay, 3)},
@@ -219,6 +221,15 @@ class MqttLink:
         except Exception:
             # One bad message must not take the session down; it is logged with its topic.
             log.exception("mqtt handler failed", extra={"topic": incoming.topic})
+
+
+def _reraise_swallowed_cancel() -> None:
+    """Python 3.11's asyncio.wait_for (used inside aiomqtt) can turn a cancellation that
+    races with a CONNACK, SUBACK or DISCONNECT into that packet's result; without this
+    check `run` would go on after being cancelled, and whoever awaits it would hang."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def subscriptions(topics: Sequence[str], qos: int = 1) -> list[tuple[str, int]]:
