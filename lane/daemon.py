@@ -52,6 +52,7 @@ from lane.core.machine import initial_state
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.ids import new_id
 from lane.log import setup_logging
+from lane.ops import LaneOps
 from lane.runner import Clocks, LaneRunner
 from lane.verifier import TokenVerifier
 from scanner.decoders import make_decoder
@@ -236,6 +237,7 @@ class LaneDaemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.http: aiohttp.ClientSession | None = None
         self.resolver: Resolver | None = None
+        self.ops = LaneOps(self)  # metrics, /healthz, /readyz (lane/ops.py)
 
     def account_key(self) -> bytes:
         """The lane's secret for hashing wallet codes into account references.
@@ -285,6 +287,7 @@ class LaneDaemon:
     # --- inputs -> events -----------------------------------------------------------------
 
     def _on_ack(self, ack: BarrierAck) -> None:
+        self.ops.barrier_acked(ack)
         self.runner.post(ev.BarrierAcked(ack.cmd_id, ack.ok, ack.state, ack.error))
 
     def _on_state(self, status: BarrierStatus) -> None:
@@ -364,7 +367,7 @@ class LaneDaemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        self.http = aiohttp.ClientSession()
+        self.http = aiohttp.ClientSession(trace_configs=self.ops.http_traces())
         cfg = self.config
         client = AcquirerClient(cfg.auth.acquirer_url or UNREACHABLE_ACQUIRER, self.http)
         if cfg.auth.acquirer_url is None:
@@ -402,13 +405,14 @@ class LaneDaemon:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.link.run(), name="barrier-link")
                 tg.create_task(self.uplink.run(), name="uplink-link")
-                tg.create_task(self.runner.run(), name="lane-runner")
+                self.ops.runner_task = tg.create_task(self.runner.run(), name="lane-runner")
                 tg.create_task(self.forwarder.run(), name="forwarder")
                 tg.create_task(resolver.run(), name="resolver")
                 if self.sharing is not None:
                     tg.create_task(self.sharing.run(), name="plaza-sharing")
                 tg.create_task(self._status_loop(), name="status")
                 tg.create_task(self._health_loop(), name="health")
+                tg.create_task(self.ops.run(), name="ops")
                 self.pipeline.start(self._loop)
                 tg.create_task(self._until_stopped(stop), name="shutdown")
         except* Shutdown:
@@ -458,6 +462,7 @@ class LaneDaemon:
                 "broker": self.link.connected,
                 "uplink": up,
                 "plaza": self.sharing.link_up if self.sharing else False,
+                **self.ops.status_links(),  # readiness: camera, broker, barrier, queue
             },
             faults=sorted(self.runner.alarms),
             ts_us=int(self.clocks.wall() * 1_000_000),

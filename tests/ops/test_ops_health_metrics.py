@@ -1,0 +1,231 @@
+"""lane.health (pure checks) and lane.metrics (notes, mirrored counters, acquirer tracing)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from lane import health
+from lane.health import Check, LivenessFacts, ReadinessFacts
+from lane.metrics import LaneMetrics, Snapshot, acquirer_operation, reason_label
+from scanner.pipeline import ScanStats
+from sim.broker import free_port
+
+GOOD = ReadinessFacts(
+    camera_running=True,
+    broker_connected=True,
+    barrier_state="closed",
+    queue_bytes=1000,
+    queue_max_bytes=100_000,
+    data_dir_writable=True,
+    disk_free_bytes=10**10,
+    alarms={},
+)
+
+
+def failing(facts: ReadinessFacts) -> dict[str, str]:
+    return {c.name: c.detail for c in health.readiness(facts) if not c.ok}
+
+
+def test_all_usable_is_ready() -> None:
+    checks = health.readiness(GOOD)
+    assert [c.name for c in checks] == list(health.CHECKS)
+    assert health.all_ok(checks)
+    assert health.report(checks)["ok"] is True
+    assert health.as_links(checks) == dict.fromkeys(health.CHECKS, True)
+
+
+@pytest.mark.parametrize(
+    ("change", "check", "detail"),
+    [
+        ({"camera_running": False}, "camera", "scanner not running"),
+        (
+            {"alarms": {"camera_blackout": "camera blackout: no frames for 2.0 s"}},
+            "camera",
+            "no frames",
+        ),
+        ({"broker_connected": False}, "broker", "not connected"),
+        ({"barrier_state": "unknown"}, "barrier", "no state reported yet"),
+        ({"barrier_state": "offline"}, "barrier", "device is offline"),
+        ({"barrier_state": "fault"}, "barrier", "device is fault"),
+        ({"alarms": {"barrier_no_ack": "barrier does not answer"}}, "barrier", "does not answer"),
+        ({"queue_bytes": None}, "queue", "not read yet"),
+        ({"queue_bytes": 100_000}, "queue", "full (100000 of 100000 bytes)"),
+        ({"alarms": {"disk_error": "record write failed"}}, "queue", "record write failed"),
+        ({"data_dir_writable": False}, "queue", "not writable"),
+        ({"disk_free_bytes": 1000}, "queue", "disk almost full"),
+    ],
+)
+def test_each_unusable_part_fails_its_own_check(
+    change: dict[str, Any], check: str, detail: str
+) -> None:
+    bad = failing(dataclasses.replace(GOOD, **change))
+    assert list(bad) == [check]
+    assert detail in bad[check]
+
+
+def test_liveness() -> None:
+    assert health.all_ok(health.liveness(LivenessFacts(None, True)))
+    assert health.all_ok(health.liveness(LivenessFacts(0.01, True)))
+    late = health.liveness(LivenessFacts(7.5, True))
+    assert [(c.name, c.ok) for c in late] == [("event_loop", False), ("runner", True)]
+    assert "7.5 s late" in late[0].detail
+    dead = health.liveness(LivenessFacts(0.0, False))
+    assert [(c.name, c.ok) for c in dead] == [("event_loop", True), ("runner", False)]
+
+
+@pytest.mark.parametrize(
+    ("reason", "refused", "label"),
+    [
+        (None, False, "none"),
+        ("expired", False, "expired"),
+        ("replayed", False, "replayed"),
+        ("insufficient_funds", False, "other"),  # an acquirer's own word: not a label value
+        ("payment timed out", False, "timeout"),
+        ("error: KeyError", False, "internal_error"),
+        ("unreadable code", True, "unreadable_code"),
+        ("unsupported code: emv", True, "unsupported_code"),
+        ("no fare for class 9", True, "no_fare"),
+        ("not a payment code (12 digits starting 99)", True, "invalid_code"),
+        ("bad Base45: character '!' at offset 3", True, "invalid_code"),
+    ],
+)
+def test_reason_labels_are_bounded(reason: str | None, refused: bool, label: str) -> None:
+    assert reason_label(reason, refused=refused) == label
+
+
+def test_acquirer_operations() -> None:
+    assert acquirer_operation("POST", "/v1/payments") == "pay"
+    assert acquirer_operation("GET", "/v1/payments/p1") == "query"
+    assert acquirer_operation("POST", "/v1/payments/p1/reverse") == "reverse"
+
+
+def value(m: LaneMetrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+def record(method: str, result: str, flags: list[str]) -> dict[str, Any]:
+    return {"record": {"method": method, "auth": {"result": result}, "flags": flags}}
+
+
+def test_notes_become_counts() -> None:
+    m = LaneMetrics("p01/l01", "toll")
+    m.observe_note("vehicle_arrived", {"vehicle_id": "v1", "vehicle_class": 2})
+    m.observe_note("record", record("token", "approved", []))
+    m.observe_note("record", record("payment_code", "declined", ["deferred?", "expired"]))
+    m.observe_note("record", record("bogus", "approved", []))
+    m.observe_note("code_refused", {"vehicle_id": "v1", "reason": "not a payment code"})
+    m.observe_note("scan_refused", {"reason": "barrier_offline"})
+    m.observe_note("barrier_opened", {"vehicle_id": "v1", "record_id": "r", "latency_ms": 180.0})
+    m.observe_note("barrier_opened", {"vehicle_id": "v2", "record_id": "r", "latency_ms": None})
+    m.observe_note("alarm", {"code": "barrier_fault", "message": "x", "active": True})
+    m.observe_note("alarm", {"code": "barrier_fault", "active": False})
+    m.observe_note("alarm", {"code": "Not A Code!", "active": True})
+    assert value(m, "lane_vehicles_total") == 1
+    assert value(m, "lane_decisions_total", method="token", result="approved", reason="none") == 1
+    declined = {"method": "payment_code", "result": "declined", "reason": "expired"}
+    assert value(m, "lane_decisions_total", **declined) == 1
+    assert value(m, "lane_decisions_total", method="other", result="approved", reason="none") == 1
+    refused = {"method": "none", "result": "refused"}
+    assert value(m, "lane_decisions_total", reason="invalid_code", **refused) == 1
+    assert value(m, "lane_decisions_total", reason="lane_closed", **refused) == 1
+    assert value(m, "lane_code_to_open_seconds_count") == 1
+    assert value(m, "lane_code_to_open_seconds_bucket", le="0.2") == 1
+    assert value(m, "lane_code_to_open_seconds_bucket", le="0.15") == 0
+    assert value(m, "lane_barrier_faults_total", fault="barrier_fault") == 1
+    assert value(m, "lane_alarm_active", alarm="barrier_fault") == 0
+    assert value(m, "lane_alarm_active", alarm="Not A Code!") is None
+
+
+def test_barrier_round_trip_uses_the_last_send() -> None:
+    now = [100.0]
+    m = LaneMetrics("p01/l01", "toll", clock=lambda: now[0])
+    m.barrier_sent("v1/open", "open")
+    now[0] = 100.6
+    m.barrier_sent("v1/open", "open")  # resent after an ack timeout
+    now[0] = 100.65
+    m.barrier_acked("v1/open")
+    m.barrier_acked("v1/open")  # a redelivered ack counts once
+    m.barrier_acked("never-sent")
+    assert value(m, "lane_barrier_commands_total", op="open") == 2
+    assert value(m, "lane_barrier_command_rtt_seconds_count", op="open") == 1
+    assert value(m, "lane_barrier_command_rtt_seconds_sum", op="open") == pytest.approx(0.05)
+    for i in range(200):  # acks that never come do not pile up
+        m.barrier_sent(f"lost-{i}", "close")
+    assert len(m._sent) == 64
+
+
+def stats(frames: int, dropped: int) -> ScanStats:
+    return ScanStats(frames, frames, dropped, 1, 0, 0, 0, False, 4.0, None)
+
+
+def test_snapshots_mirror_running_totals_and_survive_a_reset() -> None:
+    m = LaneMetrics("p01/l01", "toll")
+    m.update(Snapshot(scan=stats(10, 2), mqtt={"uplink": (True, 1)}, keyset_age_s=None))
+    m.update(Snapshot(scan=stats(25, 3), mqtt={"uplink": (False, 2)}, alarms={"keyset_stale": "x"}))
+    assert value(m, "lane_scanner_frames_total") == 25
+    assert value(m, "lane_scanner_frames_dropped_total") == 3
+    assert value(m, "lane_scanner_frame_decode_seconds", quantile="0.5") == 0.004
+    assert math.isnan(value(m, "lane_scanner_frame_decode_seconds", quantile="0.95") or 0)
+    assert value(m, "lane_mqtt_connected", link="uplink") == 0
+    assert value(m, "lane_mqtt_reconnects_total", link="uplink") == 2
+    assert value(m, "lane_alarm_active", alarm="keyset_stale") == 1
+    assert math.isnan(value(m, "lane_keyset_age_seconds") or 0)
+    m.update(Snapshot(scan=stats(4, 0), readiness=[Check("queue", False, "full")]))  # restarted
+    assert value(m, "lane_scanner_frames_total") == 29
+    assert value(m, "lane_alarm_active", alarm="keyset_stale") == 0
+    assert value(m, "lane_ready") == 0
+    assert value(m, "lane_ready_check", check="queue") == 0
+
+
+def test_two_lanes_in_one_process_keep_their_own_figures() -> None:
+    a, b = LaneMetrics("p01/l01", "toll"), LaneMetrics("p01/l02", "toll")
+    a.observe_note("vehicle_arrived", {})
+    assert value(a, "lane_vehicles_total") == 1
+    assert value(b, "lane_vehicles_total") == 0
+    assert b"p01/l02" in b.render() and b"p01/l01" not in b.render()
+
+
+async def test_acquirer_requests_are_timed_and_failures_counted() -> None:
+    async def pay(_r: web.Request) -> web.Response:
+        return web.json_response({"status": "SUCCEEDED"})
+
+    async def broken(_r: web.Request) -> web.Response:
+        return web.json_response({"error": "boom"}, status=503)
+
+    async def unknown(_r: web.Request) -> web.Response:
+        return web.json_response({"error": "not_found"}, status=404)
+
+    app = web.Application()
+    app.router.add_post("/v1/payments", pay)
+    app.router.add_post("/v1/payments/{pid}/reverse", broken)
+    app.router.add_get("/v1/payments/{pid}", unknown)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    m = LaneMetrics("p01/l01", "toll")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(trace_configs=[m.acquirer_trace()]) as s:
+            async with s.post(f"{base}/v1/payments", json={}) as r:
+                assert r.status == 200
+            async with s.post(f"{base}/v1/payments/p1/reverse") as r:
+                assert r.status == 503
+            async with s.get(f"{base}/v1/payments/p1") as r:
+                assert r.status == 404
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with s.post(f"http://127.0.0.1:{free_port()}/v1/payments"):
+                    pass
+    finally:
+        await runner.cleanup()
+    assert value(m, "lane_acquirer_request_seconds_count", operation="pay") == 1
+    assert value(m, "lane_acquirer_request_seconds_count", operation="reverse") == 1
+    assert value(m, "lane_acquirer_errors_total", operation="reverse", kind="http_5xx") == 1
+    assert value(m, "lane_acquirer_errors_total", operation="query", kind="http_4xx") is None
+    assert value(m, "lane_acquirer_errors_total", operation="pay", kind="connection") == 1
