@@ -1,0 +1,176 @@
+"""`lane check-config lane.toml` and `lane doctor --config lane.toml`.
+
+check-config reads every file the lane would read at start (the config, the tariff, the issuer
+key set, the deny list) and reports every problem as `file: key: what is wrong`, without
+touching the network, the camera or the data directory: safe to run on a workstation before
+copying files to a lane. Exit 0 when the lane would start with these files, 1 when not.
+Warnings (a stale key set, no acquirer, the simulator's camera) do not change the exit code.
+
+doctor probes what the files cannot tell: the camera, the broker, the acquirer, the disk and
+the clock (see lane/doctor.py). Exit 1 when any probe FAILs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from lane.auth.deny import DenyListError, load_deny_list
+from lane.auth.fares import TariffError, load_tariff
+from lane.auth.keys import KeySetError, keyset_stale, load_keyset
+from lane.config import ConfigError, LaneConfig, load_config
+
+
+@dataclass
+class Findings:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    config: LaneConfig | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_config(path: Path, now: float | None = None) -> Findings:
+    """Everything wrong (problems) or doubtful (warnings) with a lane's files. `now`: wall time."""
+    found = Findings()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        found.problems += str(exc).splitlines()
+        return found
+    found.config = config
+    wall = time.time() if now is None else now
+    _check_tariff(config, path, found)
+    _check_keys(config, path, wall, found)
+    if config.auth.deny_list is not None:
+        try:
+            load_deny_list(config.auth.deny_list)
+        except DenyListError as exc:
+            found.problems.append(str(exc))
+    _check_settings(config, path, found)
+    return found
+
+
+def _check_tariff(config: LaneConfig, path: Path, found: Findings) -> None:
+    if config.fares.tariff is None:
+        found.warnings.append(f"{path}: fares.tariff: not set; the built-in flat fares apply")
+        return
+    try:
+        tariff = load_tariff(config.fares.tariff)
+    except TariffError as exc:
+        found.problems.append(str(exc))
+        return
+    wanted = "toll" if config.lane.mode == "toll" else "transit"
+    if tariff.kind != wanted:
+        found.problems.append(
+            f"{config.fares.tariff}: [{tariff.kind}]: this tariff is for {tariff.kind} lanes, "
+            f"but {path} sets lane.mode = {config.lane.mode!r} (needs a [{wanted}] tariff)"
+        )
+
+
+def _check_keys(config: LaneConfig, path: Path, now: float, found: Findings) -> None:
+    source = config.auth.keyset
+    if source is None:
+        found.warnings.append(f"{path}: auth.keyset: not set; every offline token is refused")
+        return
+    try:
+        keys = load_keyset(source)
+    except KeySetError as exc:
+        found.problems.append(str(exc))
+        return
+    if not keys.keys:
+        found.warnings.append(f"{source}: keys: empty; every offline token is refused")
+        return
+    max_age = config.auth.keyset_max_age_s
+    if keyset_stale(keys, now, max_age):
+        days = (now - keys.issued_at) / 86400
+        found.warnings.append(
+            f"{source}: issued_at: the key set is {days:.1f} days old (limit "
+            f"{max_age / 86400:g} days); the lane will raise the keyset_stale alarm"
+        )
+    if not any(k.valid_at(now) for k in keys.keys.values()):
+        found.warnings.append(f"{source}: keys: no key is valid now; every token is refused")
+
+
+def _check_settings(config: LaneConfig, path: Path, found: Findings) -> None:
+    url = config.auth.acquirer_url
+    if url is None:
+        policy = config.auth.offline_policy
+        found.warnings.append(
+            f"{path}: auth.acquirer_url: not set; online payment codes follow the offline "
+            f"policy ({policy})"
+        )
+    else:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            found.problems.append(
+                f"{path}: auth.acquirer_url: must be an http:// or https:// URL, got {url!r}"
+            )
+    if config.broker.password is not None and config.broker.username is None:
+        found.problems.append(f"{path}: broker.password: set without broker.username")
+    if config.camera.source == "push":
+        found.warnings.append(
+            f"{path}: camera.source: 'push' is the simulator's camera; a lane needs a device "
+            "index, a stream URL, a video file or an image folder"
+        )
+    if config.auth.offline_policy == "floor" and config.auth.hourly_limit_minor == 0:
+        found.warnings.append(
+            f"{path}: auth.hourly_limit_minor: 0 with offline_policy = 'floor' accepts nothing"
+        )
+
+
+def check_config_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lane check-config",
+        description="Validate a lane config and the files it names (tariff, key set, deny list).",
+    )
+    parser.add_argument("config", type=Path, help="lane.toml")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    found = check_config(args.config)
+    for line in found.problems:
+        print(line)
+    for line in found.warnings:
+        print(f"warning: {line}")
+    if found.ok:
+        print(f"{args.config}: OK")
+        return 0
+    n = len(found.problems)
+    print(f"{args.config}: {n} problem{'s' if n != 1 else ''}")
+    return 1
+
+
+def doctor_main(argv: list[str]) -> int:
+    from lane.doctor import run_probes  # noqa: PLC0415 - the probes pull in OpenCV and MQTT
+
+    parser = argparse.ArgumentParser(
+        prog="lane doctor",
+        description="Probe the camera, broker, acquirer, disk and clock of a lane computer.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="lane.toml")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per probe")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"FAIL config   {exc}".replace("\n", "\n              "))
+        return 1
+    print(f"OK   config   {args.config} (lane {config.lane.id}, {config.lane.mode})")
+    # The probes' own adapters log their retries; the one-line verdicts are the output.
+    logging.basicConfig(level=logging.CRITICAL)
+    results = asyncio.run(run_probes(config, args.timeout))
+    for result in results:
+        print(result.line())
+    return 1 if any(r.status == "FAIL" for r in results) else 0

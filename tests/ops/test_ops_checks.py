@@ -1,0 +1,271 @@
+"""`lane check-config` on good and broken files; the probes of `lane doctor`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from aiohttp import web
+
+from lane.checks import check_config, check_config_main
+from lane.config import parse_config
+from lane.doctor import probe_acquirer, probe_broker, probe_camera, probe_clock, probe_disk
+from sim.acquirer import AcquirerServer
+from sim.broker import Mosquitto, free_port
+from sim.camera import frame_for
+from sim.codes import CodeFactory
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+NOW = 1_795_000_000.0  # 2026-11-18, a fixed "now" for the key set checks
+
+
+@pytest.fixture
+def lane_dir(tmp_path: Path) -> Path:
+    """The shipped example config with the shipped tariff and a fresh key set: all good."""
+    shutil.copy(DEPLOY / "lane.toml.example", tmp_path / "lane.toml")
+    shutil.copy(DEPLOY / "tariff.example.toml", tmp_path / "tariff.toml")
+    CodeFactory(1).write_keyset(tmp_path / "keyset.json", int(NOW) - 3600)
+    return tmp_path
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_the_example_config_is_valid(lane_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    found = check_config(lane_dir / "lane.toml", now=NOW)
+    assert found.problems == []
+    assert found.config is not None and found.config.lane.id == "p07/l03"
+    assert check_config_main([str(lane_dir / "lane.toml")]) == 0
+    assert capsys.readouterr().out.strip().endswith("lane.toml: OK")
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "expected"),
+    [
+        ("lane.toml", 'mode = "toll"', 'mode = "toll', "lane.toml: not valid TOML: "),
+        (
+            "lane.toml",
+            "max_tries = 3",
+            "max_tries = 3\nmax_trys = 4",
+            "lane.max_trys: Extra inputs",
+        ),
+        (
+            "lane.toml",
+            "port = 1883",
+            'port = "1883x"',
+            "broker.port: Input should be a valid integer",
+        ),
+        ("lane.toml", 'id = "p07/l03"', 'id = "no-slash"', "lane.id: String should match"),
+        (
+            "tariff.toml",
+            "2 = 290",
+            "2 = 2.90",
+            "tariff.toml: toll.fares.2: must be an integer of minor units",
+        ),
+        ("tariff.toml", "5 = 820\n", "", "tariff.toml: toll.fares: has no fare for class 5"),
+        (
+            "lane.toml",
+            'keyset = "keyset.json"',
+            'keyset = "missing.json"',
+            "missing.json: cannot read",
+        ),
+        ("keyset.json", '"keys"', '"kees"', "keyset.json: keys: is missing"),
+        ("lane.toml", 'mode = "toll"', 'mode = "transit-entry"', "this tariff is for toll lanes"),
+        (
+            "lane.toml",
+            "https://acquirer.example.net",
+            "acquirer.example.net",
+            "auth.acquirer_url: must be",
+        ),
+        (
+            "lane.toml",
+            '# deny_list = "deny.json"',
+            'deny_list = "lane.toml"',
+            "lane.toml: not JSON",
+        ),
+    ],
+)
+def test_a_broken_file_is_named_with_the_key_and_the_problem(
+    lane_dir: Path, file: str, old: str, new: str, expected: str
+) -> None:
+    edit(lane_dir / file, old, new)
+    found = check_config(lane_dir / "lane.toml", now=NOW)
+    assert len(found.problems) == 1, found.problems
+    assert expected in found.problems[0]
+    # every message starts with the file it is about
+    assert found.problems[0].startswith(
+        str(lane_dir / file) if file != "lane.toml" else str(lane_dir)
+    )
+
+
+def test_every_problem_is_reported_at_once(
+    lane_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    edit(lane_dir / "tariff.toml", "2 = 290", "2 = 2.90")
+    (lane_dir / "keyset.json").unlink()
+    edit(lane_dir / "lane.toml", "username =", 'password = "x"\n# username =')
+    edit(lane_dir / "lane.toml", 'password = "change-this-password"', "")
+    assert check_config_main([str(lane_dir / "lane.toml")]) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert any("tariff.toml: toll.fares.2" in line for line in lines)
+    assert any("keyset.json: cannot read" in line for line in lines)
+    assert any("broker.password: set without broker.username" in line for line in lines)
+    assert lines[-1].endswith("lane.toml: 3 problems")
+
+
+def test_warnings_do_not_fail_the_check(lane_dir: Path) -> None:
+    CodeFactory(1).write_keyset(lane_dir / "keyset.json", int(NOW) - 30 * 86400)
+    edit(lane_dir / "lane.toml", 'source = "0"', 'source = "push"')
+    found = check_config(lane_dir / "lane.toml", now=NOW)
+    assert found.ok
+    assert any("30.0 days old" in w and "keyset_stale" in w for w in found.warnings)
+    assert any("camera.source: 'push'" in w for w in found.warnings)
+
+
+def test_the_cli_routes_check_config(lane_dir: Path) -> None:
+    edit(lane_dir / "tariff.toml", "2 = 290", "2 = 2.90")
+    done = subprocess.run(
+        [sys.executable, "-m", "lane", "check-config", str(lane_dir / "lane.toml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "toll.fares.2: must be an integer of minor units" in done.stdout
+
+
+# --- doctor ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def frames(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "0001.png"), frame_for("hello", "clear", rng=1, size=(320, 180)))
+    yield folder
+
+
+async def test_camera_probe(frames: Path, tmp_path: Path) -> None:
+    ok = await probe_camera(f"{frames}/", 5)
+    assert (ok.status, ok.name) == ("OK", "camera") and "320x180 frame" in ok.detail
+    dark = tmp_path / "dark"
+    dark.mkdir()
+    cv2.imwrite(str(dark / "0001.png"), np.zeros((90, 160, 3), np.uint8))
+    assert (await probe_camera(f"{dark}/", 5)).status == "WARN"
+    missing = await probe_camera(str(tmp_path / "no-such-video.mp4"), 5)
+    assert missing.status == "FAIL" and "cannot open" in missing.detail
+    assert (await probe_camera("push", 5)).status == "WARN"
+
+
+async def test_broker_probe(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    def config(port: int) -> object:
+        return parse_config({"broker": {"port": port}})
+
+    ok = await probe_broker(config(mosquitto.port), 5)  # type: ignore[arg-type]
+    assert ok.status == "OK" and "MQTT connected (anonymous)" in ok.detail
+    down = await probe_broker(config(free_port()), 5)  # type: ignore[arg-type]
+    assert down.status == "FAIL" and "cannot connect" in down.detail
+    strict = Mosquitto(port=free_port(), workdir=tmp_path, extra_config="allow_anonymous false")
+    strict.start()
+    try:
+        refused = await probe_broker(config(strict.port), 2)  # type: ignore[arg-type]
+    finally:
+        strict.stop()
+    assert refused.status == "FAIL" and "TCP works but MQTT refused" in refused.detail
+
+
+async def test_acquirer_probe() -> None:
+    acquirer = AcquirerServer()
+    url = await acquirer.start()
+    try:
+        ok = await probe_acquirer(url, 5)
+    finally:
+        await acquirer.stop()
+    assert ok.status == "OK" and "reachable (HTTP" in ok.detail
+    assert (await probe_acquirer(f"http://127.0.0.1:{free_port()}", 5)).status == "FAIL"
+    assert (await probe_acquirer(None, 5)).status == "WARN"
+
+    async def broken(_r: web.Request) -> web.Response:
+        return web.Response(status=502)
+
+    app = web.Application()
+    app.router.add_get("/", broken)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        assert (await probe_acquirer(f"http://127.0.0.1:{port}/", 5)).status == "WARN"
+    finally:
+        await runner.cleanup()
+
+
+def test_disk_probe(tmp_path: Path) -> None:
+    ok = probe_disk(tmp_path, 1_000_000)
+    assert ok.status == "OK" and "writable" in ok.detail
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+    later = probe_disk(tmp_path / "lane" / "data", 1_000_000)
+    assert later.status == "OK" and "will be created" in later.detail
+    assert not (tmp_path / "lane").exists()
+    huge = probe_disk(tmp_path, 10**18)
+    assert huge.status == "WARN" and "lower uplink.max_bytes" in huge.detail
+
+
+def test_clock_probe() -> None:
+    assert probe_clock(0.0, tool=lambda _cmd: None).status == "FAIL"  # 1970: a dead RTC
+    unknown = probe_clock(NOW, tool=lambda _cmd: None)
+    assert unknown.status == "OK" and "sync state unknown" in unknown.detail
+    chrony = (
+        "A29FC87B,ntp1,3,1795000000.1,-0.000123,0.0001,0.0002,1.1,0.0,0.01,0.02,0.03,64.2,Normal\n"
+    )
+    synced = probe_clock(NOW, tool=lambda cmd: chrony if cmd[0] == "chronyc" else None)
+    assert synced.status == "OK" and "offset -0.1 ms, normal" in synced.detail
+    adrift = chrony.replace("-0.000123", "2.5")
+    assert probe_clock(NOW, tool=lambda c: adrift if c[0] == "chronyc" else None).status == "WARN"
+    unsynced = probe_clock(NOW, tool=lambda c: "no\n" if c[0] == "timedatectl" else None)
+    assert unsynced.status == "WARN" and "not synchronised" in unsynced.detail
+
+
+def test_doctor_command(mosquitto: Mosquitto, frames: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "lane.toml"
+    conf.write_text(
+        f'[lane]\ndata_dir = "data"\n[broker]\nport = {mosquitto.port}\n'
+        f'[camera]\nsource = "{frames}/"\n'
+    )
+
+    def doctor() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lane", "doctor", "--config", str(conf), "--timeout", "3"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    done = doctor()
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [line.split()[:2] for line in lines] == [
+        ["OK", "config"], ["OK", "camera"], ["OK", "broker"], ["WARN", "acquirer"],
+        ["OK", "disk"], ["OK", "clock"],
+    ]  # fmt: skip
+    conf.write_text(conf.read_text().replace(f"port = {mosquitto.port}", f"port = {free_port()}"))
+    done = doctor()
+    assert done.returncode == 1
+    assert any(line.startswith("FAIL broker") for line in done.stdout.splitlines())
+
+
+def test_doctor_refuses_a_broken_config(tmp_path: Path) -> None:
+    conf = tmp_path / "lane.toml"
+    conf.write_text("[lane]\nid = 5\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "lane", "doctor", "--config", str(conf)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stdout.startswith("FAIL config") and "lane.id" in done.stdout
