@@ -13,6 +13,7 @@ import time
 from typing import Any, TextIO
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_BASE = frozenset({"ts", "level", "logger", "event", "exc"})
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,7 +32,9 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                body[key] = value
+                # A field named like one of ours (ts, event, ...) must not replace it: the
+                # line would lose its time or its message. It is kept as `ts_`, `event_`.
+                body[f"{key}_" if key in _BASE else key] = value
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
         return json.dumps(body, default=str, separators=(",", ":"))
