@@ -113,6 +113,10 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.OPEN, "exit_loop off", P.CLOSING, "the vehicle crossed and left: CloseBarrier"),
     _t(P.OPENING, "exit_loop off", P.CLOSING, "it crossed before the open ack came"),
     _t(P.OPEN, "tick", P.CLOSING, "fare gate: gate hold over, nobody passed"),
+    _t(P.OPEN, "safety off", P.CLOSING, "fare gate: the passenger is through the curtain"),
+    _t(P.OPENING, "safety off", P.CLOSING, "fare gate: through before the open ack came"),
+    _t(P.CLOSING, "persisted", P.OPEN, "the next vehicle paid under the open barrier: handed over"),
+    _t(P.CLOSING, "ack ok", P.OPEN, "late open ack, the next vehicle has paid: handed over"),
     _t(P.CLOSING, "ack ok", P.IDLE, "barrier closed, nobody waiting"),
     _t(P.CLOSING, "ack ok", NEXT_UP, "barrier closed: serve the next vehicle"),
     # The vehicle goes away, or an attendant steps in.

@@ -153,6 +153,17 @@ def _safety_loop(state: LaneState, sensor: str, occupied: bool, now: float) -> R
     cmd = state.command
     if not sensors and cmd is not None and cmd.retry_at is not None:
         state = replace(state, command=replace(cmd, retry_at=None))  # what the close waited for
+    passage = state.passage
+    if (
+        not sensors
+        and passage is not None
+        and passage.crossings >= 1
+        and not passage.left
+        and state.rules.mode is not LaneMode.TOLL
+    ):
+        # A fare gate has no exit loop: the passenger is through once the curtain clears.
+        state = replace(state, passage=replace(passage, left=True))
+        actions.append(Note("vehicle_left", {"vehicle_id": passage.vehicle_id}))
     return state, actions
 
 
@@ -494,11 +505,13 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
 
 def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) -> Result:
     actions: list[Action] = []
+    if not event.cmd_id:
+        return state, [Note("attendant_open_ignored", {"reason": "command without an id"})]
     if event.cmd_id in state.committed:
         return state, [Note("attendant_open_ignored", {"reason": "repeated command"})]
     vehicle = state.vehicle
     if vehicle is not None and _committed(vehicle):
-        why = "attendant open in progress" if vehicle.manual else "vehicle already paid"
+        why = "attendant open in progress" if vehicle.manual is not None else "vehicle already paid"
         return state, [Note("attendant_open_ignored", {"reason": why})]
     if vehicle is not None:
         actions += _let_go(state, vehicle, "attendant_open")
@@ -582,6 +595,11 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
             return state, actions
     passage = state.passage
     if passage is not None:
+        waiting = state.vehicle
+        if passage.crossings >= 1 and waiting is not None and waiting.record_id is not None:
+            # The next vehicle has paid (its record is durable) and the one before is through:
+            # the open barrier is now its passage, rather than closing in front of it.
+            return _hand_over(state, waiting, actions, now)
         if passage.left and not state.safety_occupied:
             cmd_id = f"{passage.vehicle_id}/close"
             command = Command(cmd_id, "close", 1, now + rules.ack_timeout_s)
@@ -609,6 +627,33 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
     return state, actions
 
 
+def _hand_over(state: LaneState, vehicle: Vehicle, actions: list[Action], now: float) -> Result:
+    assert vehicle.record_id is not None
+    passage = Passage(
+        vehicle.vehicle_id,
+        vehicle.record_id,
+        vehicle.approved_frame_ts,
+        vehicle.vehicle_class,
+        opened_at=now,
+    )
+    frame_ts = vehicle.approved_frame_ts
+    latency = None if frame_ts is None else round((now - frame_ts) * 1000, 3)
+    actions = [
+        *actions,
+        ShowOnDisplay(("Thank you", "Have a good journey"), ttl_s=5.0),
+        Note(
+            "barrier_opened",
+            {
+                "vehicle_id": vehicle.vehicle_id,
+                "record_id": vehicle.record_id,
+                "latency_ms": latency,
+                "handover": True,
+            },
+        ),
+    ]
+    return replace(state, vehicle=None, passage=passage), actions
+
+
 def _add_fault(state: LaneState, fault: str, detail: str = "") -> Result:
     if fault in state.faults:
         return state, []
@@ -632,7 +677,9 @@ def _commit(state: LaneState, persist_id: str) -> LaneState:
 
 def _committed(vehicle: Vehicle) -> bool:
     """A record for this vehicle is durable or on its way to disk: the lane is committed."""
-    return vehicle.record_id is not None or vehicle.approved is not None or bool(vehicle.manual)
+    return (
+        vehicle.record_id is not None or vehicle.approved is not None or vehicle.manual is not None
+    )
 
 
 def _pending_persist(vehicle: Vehicle) -> str | None:

@@ -175,7 +175,11 @@ def phase(state: LaneState) -> Phase:
         return Phase.FAULT
     vehicle = state.vehicle
     if vehicle is not None:
-        if vehicle.approved is not None or vehicle.record_id is not None or vehicle.manual:
+        if (
+            vehicle.approved is not None
+            or vehicle.record_id is not None
+            or vehicle.manual is not None
+        ):
             return Phase.PERSISTING
         if vehicle.attempt is not None:
             return Phase.AUTHORISING

@@ -229,3 +229,10 @@ def test_broker_down_during_a_command_resends_the_same_cmd_id_when_back() -> Non
     assert lane.tick_at_deadline() == []  # ack deadline passes; nothing to send it on
     actions = lane.feed(ev.LinkChanged(up=True))
     assert one(actions, OpenBarrier) == OpenBarrier("v1/open", lane.now + 3.0, 2)
+
+
+def test_attendant_open_without_a_command_id_is_ignored() -> None:
+    lane = LaneDriver()
+    actions = lane.feed(ev.AttendantOpen("", "no id", "op7"))
+    assert of_type(actions, Persist) == [] and of_type(actions, OpenBarrier) == []
+    assert lane.phase() is Phase.IDLE

@@ -271,18 +271,40 @@ def test_next_vehicle_is_served_after_the_close() -> None:
     lane = LaneDriver()
     opened(lane, "v1")
     lane.leave_pay_point()
-    lane.arrive("v2")  # while the barrier is still open for v1
+    lane.cross()
+    lane.arrive("v2")  # v1 is through, the barrier is closing
     lane.scan("280000000000000002")
     lane.decide()
-    actions = lane.persisted()
-    assert of_type(actions, OpenBarrier) == []  # v1's passage first
-    assert lane.phase() is Phase.OPEN
-    close = one(lane.cross(), CloseBarrier)
-    assert close.cmd_id == "v1/close"
+    assert of_type(lane.persisted(), OpenBarrier) == []  # the close in flight comes first
     actions = lane.ack("v1/close")
     assert one(actions, OpenBarrier).cmd_id == "v2/open"
     assert lane.phase() is Phase.OPENING
     assert lane.state.passage is not None and lane.state.passage.vehicle_id == "v2"
+
+
+def test_a_paid_follower_takes_over_the_open_barrier() -> None:
+    """v2 pays while the barrier is up for v1: once v1 is under it, the opening is v2's."""
+    lane = LaneDriver()
+    opened(lane, "v1")
+    lane.leave_pay_point()
+    lane.arrive("v2")
+    lane.scan("280000000000000002")
+    lane.decide()
+    actions = lane.persisted()
+    assert of_type(actions, OpenBarrier) == []  # v1 has not crossed yet: still its passage
+    assert lane.phase() is Phase.OPEN
+    actions = lane.sensor("safety_loop", True)  # v1 under the barrier
+    handed = [a for a in actions if isinstance(a, Note) and a.name == "barrier_opened"]
+    assert handed and handed[0].fields["vehicle_id"] == "v2" and handed[0].fields["handover"]
+    assert of_type(actions, CloseBarrier) == [] and of_type(actions, Persist) == []
+    lane.sensor("safety_loop", False)
+    lane.sensor("exit_loop", True)
+    assert of_type(lane.sensor("exit_loop", False), CloseBarrier) == []  # v1 out, v2 not yet
+    actions = lane.cross()  # v2 drives through: its own crossing, no tailgating record
+    assert of_type(actions, Persist) == []
+    assert one(actions, CloseBarrier).cmd_id == "v2/close"
+    lane.ack("v2/close")
+    assert lane.phase() is Phase.IDLE
 
 
 def test_a_whole_day_of_vehicles_reuses_no_command() -> None:

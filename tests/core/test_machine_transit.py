@@ -148,16 +148,26 @@ def test_tap_out_has_no_passback() -> None:
     assert one(tap(lane, "HC1:second", "acct-1"), Persist).draft.auth.result == "approved"
 
 
-def test_the_next_passenger_is_served_after_the_gate_closes() -> None:
+def test_the_next_passenger_takes_over_the_open_gate() -> None:
     lane = LaneDriver(ENTRY)
     tap(lane, "HC1:first", "acct-1")
     lane.persisted()
     lane.ack()
     tap(lane, "HC1:second", "acct-2")  # while the gate is still open for the first
     assert of_type(lane.persisted(), OpenBarrier) == []
-    lane.sensor("light_curtain", True)
-    lane.sensor("light_curtain", False)
-    lane.tick_at_deadline()
-    actions = lane.ack("s1/close")
-    assert one(actions, OpenBarrier).cmd_id.endswith("/open")
+    actions = lane.sensor("light_curtain", True)  # the first walks through
+    assert of_type(actions, CloseBarrier) == []
     assert lane.state.passage is not None and lane.state.passage.vehicle_id != "s1"
+    lane.sensor("light_curtain", False)
+    actions = lane.sensor("light_curtain", True) + lane.sensor("light_curtain", False)
+    assert one(actions, CloseBarrier).cmd_id.endswith("/close")
+    assert of_type(actions, Persist) == []
+
+
+def test_a_passenger_through_the_curtain_closes_the_gate_at_once() -> None:
+    lane = LaneDriver(ENTRY)
+    tap(lane, "HC1:first", "acct-1")
+    lane.persisted()
+    lane.ack()
+    lane.sensor("light_curtain", True)
+    assert one(lane.sensor("light_curtain", False), CloseBarrier).cmd_id == "s1/close"
