@@ -459,9 +459,16 @@ async def test_controller_outputs_and_will(mosquitto: Mosquitto, lane_id: str) -
 
 
 async def test_send_raises_link_down_without_broker(lane_id: str) -> None:
-    rec = Recorder()
-    nowhere = Mosquitto(port=1, workdir=None)  # type: ignore[arg-type]
-    link = rec.link(nowhere, lane_id)
+    link = BarrierLink(
+        lane_id,
+        "127.0.0.1",
+        1,
+        on_ack=print,
+        on_state=print,
+        on_sensor=print,
+        on_attendant=print,
+        on_garbage=lambda topic, error: None,
+    )
     with pytest.raises(LinkDown):
         await link.send(command(lane_id, "open", "x"), expiry_s=3)
 
