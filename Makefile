@@ -43,10 +43,11 @@ lint: setup
 	$(BIN)/mypy lane scanner barrier uplink sim
 
 bench: setup
-	$(BIN)/python bench/scan.py
-	$(BIN)/python bench/auth.py
-	$(BIN)/python bench/barrier.py
-	$(BIN)/python bench/uplink.py
+	$(BIN)/python -m bench.scan
+	$(BIN)/python -m bench.auth
+	$(BIN)/python -m bench.barrier
+	$(BIN)/python -m bench.uplink
+	$(BIN)/python -m bench.camera
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -64,5 +64,8 @@ def bench_replay(n: int = 500) -> None:
 
 
 if __name__ == "__main__":
+    from bench.auth_online import bench_overhead
+
     bench_tokens()
     bench_replay()
+    bench_overhead()

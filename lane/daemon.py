@@ -237,6 +237,7 @@ class LaneDaemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.http: aiohttp.ClientSession | None = None
         self.resolver: Resolver | None = None
+        self._file_mtimes: dict[Path, int] = {}
         self.ops = LaneOps(self)  # metrics, /healthz, /readyz (lane/ops.py)
 
     def account_key(self) -> bytes:
@@ -491,6 +492,31 @@ class LaneDaemon:
             except ConnectionError as exc:
                 log.warning("status not published", extra={"lane": self.lane, "error": str(exc)})
 
+    def _reload_changed_files(self) -> None:
+        """Key set and deny list files are re-read when they change (an operator or a sync job
+        replaces them); a broken file is refused and the lane keeps what it had."""
+        auth = self.config.auth
+        try:
+            if self._changed(auth.keyset):
+                assert auth.keyset is not None
+                self.verifier.update_keys(load_keyset(auth.keyset))
+            if self._changed(auth.deny_list):
+                assert auth.deny_list is not None
+                self.verifier.update_deny(load_deny_list(auth.deny_list))
+        except (KeySetError, DenyListError) as exc:
+            log.error("file update refused", extra={"lane": self.lane, "error": str(exc)})
+
+    def _changed(self, path: Path | None) -> bool:
+        if path is None:
+            return False
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return False
+        previous = self._file_mtimes.setdefault(path, mtime)
+        self._file_mtimes[path] = mtime
+        return previous != mtime
+
     async def _health_loop(self) -> None:
         """Queue health into the core; key set age into an alarm."""
         last: tuple[bool, bool] | None = None
@@ -511,6 +537,7 @@ class LaneDaemon:
                 self.runner.alarm(
                     "keyset_stale", "issuer key set is older than allowed" if stale else None
                 )
+            self._reload_changed_files()
             purge_in -= 1
             if purge_in <= 0:
                 purge_in = 60
