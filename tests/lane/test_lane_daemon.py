@@ -60,7 +60,9 @@ class RecordedBeforeOpen(list[BarrierCommand]):
         super().append(cmd)
 
 
-def config_for(tmp_path: Path, broker: Mosquitto, lane_id: str, acquirer: str, keyset: Path) -> LaneConfig:
+def config_for(
+    tmp_path: Path, broker: Mosquitto, lane_id: str, acquirer: str, keyset: Path
+) -> LaneConfig:
     return parse_config(
         {
             "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")},
@@ -234,3 +236,28 @@ def test_broken_config_is_refused_with_every_problem(tmp_path: Path) -> None:
     assert "lane.id" in proc.stderr
     assert "broker.port" in proc.stderr
     assert "broker.what" in proc.stderr
+
+
+async def test_a_replaced_key_set_file_is_taken_without_a_restart(lane: Lane) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from lane.auth.cose import Alg
+    from lane.auth.keys import IssuerKey, KeySet, keyset_to_json
+    from lane.auth.tokens import issue_token
+
+    now = int(time.time())
+    new_key = Ed25519PrivateKey.generate()
+    rotated = KeySet.of(
+        issued_at=now + 1,
+        keys=[
+            *lane.codes.keyset(now).keys.values(),
+            IssuerKey(b"rotated", Alg.ED25519, new_key.public_key(), now - 60, now + 3600),
+        ],
+    )
+    assert lane.config.auth.keyset is not None
+    lane.config.auth.keyset.write_text(keyset_to_json(rotated))
+    await wait_until(lambda: lane.daemon.verifier.keys.get(b"rotated") is not None, timeout=5)
+    token = issue_token(new_key, b"rotated", "anyone", "acct-rotated", now, now + 60, b"n" * 16)
+    await lane.device.vehicle_enters(1)
+    await wait_until(lambda: named(lane, "vehicle_arrived"))
+    await show(lane, token, lambda: named(lane, "barrier_opened"))
