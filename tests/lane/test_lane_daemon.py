@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -14,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from barrier import topics
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import BarrierCommand, LaneStatus
 from barrier.mqtt import Incoming, MqttLink
+from lane.auth.cose import Alg
+from lane.auth.keys import IssuerKey, KeySet, keyset_to_json
+from lane.auth.tokens import issue_token
 from lane.config import LaneConfig, parse_config
 from lane.daemon import LaneDaemon
 from scanner.sources import PushSource
@@ -102,18 +107,18 @@ async def lane(tmp_path: Path, mosquitto: Mosquitto, lane_id: str) -> AsyncItera
         await acquirer.stop()
 
 
-async def wait_until(cond: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(cond: Any, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
     while not cond():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
 
 
-async def show(lane: Lane, text: str, until: Any, timeout: float = 5.0) -> None:
+async def show(lane: Lane, text: str, until: Any, within: float = 5.0) -> None:
     """Hold a phone showing `text` in front of the camera until `until()` holds."""
     frame = frame_for(text, "clear", rng=1)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while not until():
         if time.monotonic() > deadline:
             raise AssertionError(f"lane did not react to the code; notes: {lane.notes[-5:]}")
@@ -150,7 +155,7 @@ async def test_replayed_token_is_refused_and_recorded_as_declined(lane: Lane) ->
     await wait_until(lambda: lane.daemon.runner.state.passage is None)
     await lane.device.vehicle_enters(1)
     await wait_until(lambda: len(named(lane, "vehicle_arrived")) == 2)
-    await show(lane, token, lambda: named(lane, "declined"), timeout=8)
+    await show(lane, token, lambda: named(lane, "declined"), within=8)
     assert named(lane, "declined")[0]["reason"] == "replayed"
     assert len(named(lane, "barrier_opened")) == 1
     assert [c.op for c in lane.device.received].count("open") == 1
@@ -205,7 +210,7 @@ async def test_sigterm_stops_cleanly_and_says_offline(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     try:
-        await wait_until(lambda: any(s.state == "idle" for s in statuses), timeout=20)
+        await wait_until(lambda: any(s.state == "idle" for s in statuses), within=20)
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 20)
         out = (await proc.stdout.read()).decode() if proc.stdout else ""
@@ -221,8 +226,6 @@ async def test_sigterm_stops_cleanly_and_says_offline(
 
 
 def test_broken_config_is_refused_with_every_problem(tmp_path: Path) -> None:
-    import subprocess
-
     conf = tmp_path / "lane.toml"
     conf.write_text('[lane]\nid = "no-slash"\n[broker]\nport = "x"\nwhat = 1\n')
     proc = subprocess.run(
@@ -239,12 +242,6 @@ def test_broken_config_is_refused_with_every_problem(tmp_path: Path) -> None:
 
 
 async def test_a_replaced_key_set_file_is_taken_without_a_restart(lane: Lane) -> None:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from lane.auth.cose import Alg
-    from lane.auth.keys import IssuerKey, KeySet, keyset_to_json
-    from lane.auth.tokens import issue_token
-
     now = int(time.time())
     new_key = Ed25519PrivateKey.generate()
     rotated = KeySet.of(
@@ -256,7 +253,7 @@ async def test_a_replaced_key_set_file_is_taken_without_a_restart(lane: Lane) ->
     )
     assert lane.config.auth.keyset is not None
     lane.config.auth.keyset.write_text(keyset_to_json(rotated))
-    await wait_until(lambda: lane.daemon.verifier.keys.get(b"rotated") is not None, timeout=5)
+    await wait_until(lambda: lane.daemon.verifier.keys.get(b"rotated") is not None, within=5)
     token = issue_token(new_key, b"rotated", "anyone", "acct-rotated", now, now + 60, b"n" * 16)
     await lane.device.vehicle_enters(1)
     await wait_until(lambda: named(lane, "vehicle_arrived"))
