@@ -14,8 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from barrier.wire import PayloadError, pack, unpack
-from lane.auth.sourced import Reader, SourcedError, rfc3339, type_name
+from barrier.wire import pack
+from lane.auth.sourced import (
+    Reader,
+    SourcedError,
+    read_json_object,
+    rfc3339,
+    type_name,
+    unpack_object,
+)
 
 DENY_VERSION = 1
 
@@ -68,24 +75,11 @@ def parse_deny_list(body: Mapping[str, Any], source: str) -> DenyList:
 
 
 def load_deny_list(path: str | Path) -> DenyList:
-    source = str(path)
-    try:
-        body = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DenyListError(source, "", f"cannot read: {exc.strerror or exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DenyListError(source, "", f"not JSON: {exc}") from None
-    if not isinstance(body, Mapping):
-        raise DenyListError(source, "", f"must hold a JSON object, got {type_name(body)}")
-    return parse_deny_list(body, source)
+    return parse_deny_list(read_json_object(path, DenyListError), str(path))
 
 
 def decode_deny_list(payload: bytes, source: str = "mqtt deny") -> DenyList:
-    try:
-        body = unpack(payload, max_version=DENY_VERSION)
-    except PayloadError as exc:
-        raise DenyListError(source, "", str(exc)) from None
-    return parse_deny_list(body, source)
+    return parse_deny_list(unpack_object(payload, DENY_VERSION, source, DenyListError), source)
 
 
 def encode_deny_list(deny: DenyList) -> bytes:

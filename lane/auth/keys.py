@@ -20,9 +20,16 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from barrier.wire import PayloadError, pack, unpack
+from barrier.wire import pack
 from lane.auth.cose import Alg, PublicKey, alg_of_public
-from lane.auth.sourced import Reader, SourcedError, rfc3339, type_name
+from lane.auth.sourced import (
+    Reader,
+    SourcedError,
+    read_json_object,
+    rfc3339,
+    type_name,
+    unpack_object,
+)
 
 KEYSET_VERSION = 1
 MAX_KID_LEN = 64  # as lane.auth.tokens accepts
@@ -171,24 +178,11 @@ def _parse_public_key(read: Reader, value: Any, path: str) -> PublicKey:
 
 
 def load_keyset(path: str | Path) -> KeySet:
-    source = str(path)
-    try:
-        body = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise KeySetError(source, "", f"cannot read: {exc.strerror or exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise KeySetError(source, "", f"not JSON: {exc}") from None
-    if not isinstance(body, Mapping):
-        raise KeySetError(source, "", f"must hold a JSON object, got {type_name(body)}")
-    return parse_keyset(body, source)
+    return parse_keyset(read_json_object(path, KeySetError), str(path))
 
 
 def decode_keyset(payload: bytes, source: str = "mqtt keys") -> KeySet:
-    try:
-        body = unpack(payload, max_version=KEYSET_VERSION)
-    except PayloadError as exc:
-        raise KeySetError(source, "", str(exc)) from None
-    return parse_keyset(body, source)
+    return parse_keyset(unpack_object(payload, KEYSET_VERSION, source, KeySetError), source)
 
 
 def _key_fields(key: IssuerKey, json_form: bool) -> dict[str, Any]:

@@ -6,10 +6,14 @@ Every error names the source (a file path or "mqtt lane/p07/keys"), the key path
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+from barrier.wire import PayloadError, unpack
 
 
 class SourcedError(ValueError):
@@ -41,6 +45,30 @@ def type_name(value: object) -> str:
     if isinstance(value, list | tuple):
         return "a list"
     return type(value).__name__
+
+
+def read_json_object(path: str | Path, error: type[SourcedError]) -> Mapping[str, Any]:
+    """The JSON object in a file, or `error(file, "", what is wrong)`."""
+    source = str(path)
+    try:
+        body = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise error(source, "", f"cannot read: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(source, "", f"not JSON: {exc}") from None
+    if not isinstance(body, Mapping):
+        raise error(source, "", f"must hold a JSON object, got {type_name(body)}")
+    return body
+
+
+def unpack_object(
+    payload: bytes, max_version: int, source: str, error: type[SourcedError]
+) -> Mapping[str, Any]:
+    """The versioned msgpack map of an MQTT payload, or `error(source, "", what is wrong)`."""
+    try:
+        return unpack(payload, max_version=max_version)
+    except PayloadError as exc:
+        raise error(source, "", str(exc)) from None
 
 
 class Reader:
