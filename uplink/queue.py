@@ -156,6 +156,7 @@ class RecordQueue:
             # Read-only checks first: a file that is not our queue must not be modified at all.
             self._check_file()
             self._check_owner()
+            self._refuse_newer(max(migrations) + 1)  # before WAL: a refused file stays as it was
             self._configure(sqlite_pragmas or {})
             migrate(self._db, self.path, migrations)
             self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
@@ -207,6 +208,14 @@ class RecordQueue:
         if problems != ["ok"]:
             raise QueueCorrupt(
                 self.path, "corrupted queue file, left untouched: " + "; ".join(problems[:5])
+            )
+
+    def _refuse_newer(self, target: int) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > target:
+            raise QueueError(
+                self.path,
+                f"schema version {version} is newer than this software ({target}); not touched",
             )
 
     def _configure(self, extra: Mapping[str, int | str]) -> None:

@@ -51,14 +51,20 @@ def _create_v1(conn: sqlite3.Connection) -> None:
 MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
 
 
-def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration], source: str) -> int:
-    """Bring the file to `len(migrations)`; each step commits with its new version number."""
+def refuse_newer(conn: sqlite3.Connection, target: int, source: str) -> int:
+    """The file's schema version; a newer one than this software knows is refused."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
-    target = len(migrations)
     if version > target:
         raise ReplayStoreError(
             f"{source}: schema version {version} is newer than this lane knows ({target})"
         )
+    return int(version)
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration], source: str) -> int:
+    """Bring the file to `len(migrations)`; each step commits with its new version number."""
+    target = len(migrations)
+    version = refuse_newer(conn, target, source)
     for step in range(version, target):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -91,6 +97,7 @@ class ReplayStore:
         except sqlite3.Error as exc:
             raise ReplayStoreError(f"{self.path}: cannot open: {exc}") from exc
         try:
+            refuse_newer(self._conn, len(migrations), self.path)  # before WAL changes the file
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self.schema_version = migrate(self._conn, migrations, self.path)

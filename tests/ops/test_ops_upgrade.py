@@ -139,11 +139,6 @@ def test_a_replay_store_of_a_newer_release_is_refused_untouched(tmp_path: Path) 
     assert digest(path) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uplink/queue.py and lane/auth/replay.py switch the file to WAL before they check "
-    "the schema version: a newer file in rollback-journal mode is modified before refusal",
-)
 @pytest.mark.parametrize("fixture", ["queue_v1.sqlite", "replay_v1.sqlite"])
 def test_a_newer_file_in_rollback_mode_is_refused_untouched(fixture: str, tmp_path: Path) -> None:
     path = newer_copy(fixture, tmp_path, journal="delete")
