@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import typing
+from pathlib import Path
 
 from core_kit import Chooser, EventSource, LaneDriver, heal, random_walk, rules
 
@@ -130,3 +131,8 @@ def test_module_prints_the_mermaid_text() -> None:
         [sys.executable, "-m", "lane.core.diagram"], capture_output=True, text=True, check=True
     )
     assert out.stdout == diagram.mermaid()
+
+
+def test_the_readme_shows_the_current_diagram() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "```mermaid\n" + diagram.mermaid() + "```" in readme
