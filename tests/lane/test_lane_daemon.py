@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -28,7 +29,7 @@ from lane.config import LaneConfig, parse_config
 from lane.daemon import LaneDaemon
 from scanner.sources import PushSource
 from sim.acquirer import AcquirerServer
-from sim.broker import Mosquitto
+from sim.broker import Mosquitto, free_port
 from sim.camera import frame_for
 from sim.codes import CodeFactory
 from uplink.records import Record
@@ -80,6 +81,25 @@ def config_for(
 
 @pytest.fixture
 async def lane(tmp_path: Path, mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[Lane]:
+    async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+        yield lane
+
+
+@pytest.fixture
+async def private_broker(tmp_path: Path) -> AsyncIterator[Mosquitto]:
+    """A broker of the test's own, to restart without disturbing the other tests."""
+    work = tmp_path / "broker"
+    work.mkdir()
+    broker = Mosquitto(port=free_port(), workdir=work)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_lane(tmp_path: Path, mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[Lane]:
     codes = CodeFactory(7)
     keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
     acquirer = AcquirerServer()
@@ -258,3 +278,34 @@ async def test_a_replaced_key_set_file_is_taken_without_a_restart(lane: Lane) ->
     await lane.device.vehicle_enters(1)
     await wait_until(lambda: named(lane, "vehicle_arrived"))
     await show(lane, token, lambda: named(lane, "barrier_opened"))
+
+
+async def test_broker_restarted_mid_vehicle_the_lane_recovers(
+    tmp_path: Path, private_broker: Mosquitto, lane_id: str
+) -> None:
+    async with running_lane(tmp_path, private_broker, lane_id) as lane:
+        await lane.device.vehicle_enters(1)
+        await wait_until(lambda: named(lane, "vehicle_arrived"))
+        await asyncio.to_thread(private_broker.restart)
+        await wait_until(lambda: "broker_down" in lane.daemon.runner.state.faults, within=10)
+        await wait_until(lambda: lane.daemon.runner.state.faults == frozenset(), within=15)
+        token = lane.codes.make("token", int(time.time())).text
+        await show(lane, token, lambda: named(lane, "barrier_opened"), within=10)
+        assert lane.device.received.violations == []  # type: ignore[attr-defined]
+
+
+async def test_device_offline_faults_the_lane_and_it_recovers(lane: Lane) -> None:
+    lane.device.set_fault("offline")
+    await wait_until(lambda: "barrier_offline" in lane.daemon.runner.state.faults, within=10)
+    assert "barrier_offline" in lane.daemon.runner.alarms
+    await lane.device.vehicle_enters(1)
+    token = lane.codes.make("token", int(time.time())).text
+    frame = frame_for(token, "clear", rng=1)
+    for _ in range(20):  # a code shown to a faulted lane is refused, nothing is charged
+        lane.source.put(frame, time.monotonic())
+        await asyncio.sleep(0.03)
+    assert named(lane, "barrier_opened") == []
+    assert not any(n == "record" for n, _ in lane.notes)
+    lane.device.set_fault(None)
+    await wait_until(lambda: lane.daemon.runner.state.faults == frozenset(), within=10)
+    assert "barrier_offline" not in lane.daemon.runner.alarms
