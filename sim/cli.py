@@ -1,77 +1,172 @@
-"""`lane sim`: a whole simulated lane; `--headless` runs N vehicles and writes a JSON report."""
+"""`lane sim`: a whole simulated plaza with a web dashboard; `--headless` runs and reports.
+
+lane sim                                   dashboard on http://127.0.0.1:8080/, endless traffic
+lane sim --scenario rush-hour              a scenario's traffic and faults, then on
+lane sim --lanes 4 --port 8081             a plaza of four lanes
+lane sim --headless --vehicles 200         200 vehicles, JSON report on stdout
+lane sim --headless --scenario backoffice-offline-10min --speed 10
+lane sim --list-scenarios
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from lane.daemon import run_with_uvloop
+from lane.daemon import install_signal_handlers, run_with_uvloop
 from lane.log import setup_logging
-from sim.harness import SimLane, SimOptions, run_headless
-from sim.traffic import plan
+from sim.dashboard import Dashboard
+from sim.faults import play_timeline
+from sim.harness import SimOptions, Simulator, options_for, run_headless, run_scenario
+from sim.scenario import Scenario, ScenarioError, load_scenario, shipped
 
 log = logging.getLogger("lane.sim")
 
+HEADLESS_SPEED = 4.0
+
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lane sim", description=__doc__)
-    p.add_argument("--headless", action="store_true", help="run N vehicles, print a report, exit")
-    p.add_argument("--vehicles", type=int, default=200, help="vehicles in a headless run")
-    p.add_argument("--seed", type=int, default=1, help="traffic and camera seed")
-    p.add_argument("--speed", type=float, default=4.0, help="run this many times real time")
-    p.add_argument("--conditions", default="realistic", choices=["clear", "realistic", "hard"])
+    p = argparse.ArgumentParser(
+        prog="lane sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--headless", action="store_true", help="run, print a JSON report, exit")
+    p.add_argument("--scenario", help="a shipped scenario name or a TOML file")
+    p.add_argument("--list-scenarios", action="store_true", help="list shipped scenarios")
+    p.add_argument("--vehicles", type=int, help="vehicles in a headless run (default 200)")
+    p.add_argument("--lanes", type=int, help="lanes in the plaza (default 1, or the scenario's)")
+    p.add_argument("--mode", choices=["toll", "transit-entry", "transit-exit"], help="lane mode")
+    p.add_argument("--seed", type=int, help="traffic, codes and camera seed")
+    p.add_argument(
+        "--speed",
+        type=float,
+        help=f"times real time (default: the scenario's, else 1 with the dashboard,"
+        f" {HEADLESS_SPEED:g} headless)",
+    )
+    p.add_argument("--conditions", choices=["clear", "realistic", "hard"], help="camera scenes")
     p.add_argument("--fps", type=float, default=30.0, help="synthetic camera frame rate")
+    p.add_argument("--host", default="127.0.0.1", help="dashboard address")
+    p.add_argument("--port", type=int, default=8080, help="dashboard port (0: any free one)")
     p.add_argument("--report", type=Path, help="write the JSON report to this file")
-    p.add_argument("--workdir", type=Path, help="keep the lane's files here (default: a temp dir)")
+    p.add_argument("--workdir", type=Path, help="keep the lanes' files here (default: a temp dir)")
     p.add_argument("--log-level", default="WARNING")
     return p
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    if args.speed <= 0 or args.vehicles < 0:
-        print("lane sim: --speed must be > 0 and --vehicles >= 0", file=sys.stderr)
+    if args.list_scenarios:
+        for name in shipped():
+            print(f"{name:28} {load_scenario(name).description}")
+        return 0
+    problems = _check_args(args)
+    if problems:
+        print("lane sim: " + "\nlane sim: ".join(problems), file=sys.stderr)
         return 2
+    scenario: Scenario | None = None
+    if args.scenario:
+        try:
+            scenario = load_scenario(args.scenario)
+        except ScenarioError as exc:
+            print(f"lane sim: bad scenario\n{exc}", file=sys.stderr)
+            return 2
     setup_logging(args.log_level, stream=sys.stderr)
-    options = SimOptions(
-        seed=args.seed,
-        speed=args.speed,
-        conditions=args.conditions,
-        fps=args.fps,
-        workdir=args.workdir,
-    )
+    options = build_options(args, scenario)
     if args.headless:
-        report: dict[str, Any] = run_with_uvloop(lambda: run_headless(args.vehicles, options))
-        text = json.dumps(report, indent=2)
-        print(text)
-        if args.report:
-            args.report.write_text(text + "\n")
-        ok = report["lost"] == 0 and report["paying_passed"] == report["paying_vehicles"]
-        return 0 if ok else 1
-    return run_with_uvloop(lambda: _forever(options))  # type: ignore[no-any-return]
+        return _headless(args, options, scenario)
+    return int(run_with_uvloop(lambda: _interactive(args, options, scenario)))
 
 
-async def _forever(options: SimOptions) -> int:
-    lane = SimLane(options)
-    await lane.start()
-    print(
-        f"lane sim: lane {options.lane_id} running (broker 127.0.0.1:{lane.broker.port if lane.broker else '?'}); "
-        "Ctrl-C to stop",
-        file=sys.stderr,
-    )
+def _check_args(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if args.speed is not None and args.speed <= 0:
+        problems.append("--speed must be > 0")
+    if args.vehicles is not None and args.vehicles < 0:
+        problems.append("--vehicles must be >= 0")
+    if args.lanes is not None and not 1 <= args.lanes <= 16:
+        problems.append("--lanes must be within 1..16")
+    if not 0 < args.fps <= 240:
+        problems.append("--fps must be within 0..240")
+    if not 0 <= args.port <= 65535:
+        problems.append("--port must be within 0..65535")
+    return problems
+
+
+def build_options(args: argparse.Namespace, scenario: Scenario | None) -> SimOptions:
+    """Options from the scenario (if any), then the command line on top."""
+    base = SimOptions(fps=args.fps, workdir=args.workdir)
+    if scenario is not None:
+        base = options_for(scenario, base)
+    speed = args.speed or (scenario.speed if scenario else None)
+    speed = speed or (HEADLESS_SPEED if args.headless else 1.0)
+    changes: dict[str, Any] = {"speed": speed}
+    for name in ("seed", "lanes", "mode", "conditions"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    return dataclasses.replace(base, **changes)
+
+
+def _headless(args: argparse.Namespace, options: SimOptions, scenario: Scenario | None) -> int:
+    if scenario is not None:
+        report: dict[str, Any] = run_with_uvloop(
+            lambda: run_scenario(scenario, options, args.vehicles)
+        )
+    else:
+        n = 200 if args.vehicles is None else args.vehicles
+        report = run_with_uvloop(lambda: run_headless(n, options))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.report:
+        args.report.write_text(text + "\n")
+    if scenario is not None:
+        # Faults and declines make some paying vehicles turn back: only loss is a failure.
+        return 0 if report["lost"] == 0 else 1
+    ok = report["lost"] == 0 and report["paying_passed"] == report["paying_vehicles"]
+    return 0 if ok else 1
+
+
+async def _interactive(
+    args: argparse.Namespace, options: SimOptions, scenario: Scenario | None
+) -> int:
+    sim = Simulator(options)
+    sim.scenario = scenario.name if scenario else None
+    await sim.start()
+    dashboard = Dashboard(sim)
     try:
-        batch = 0
-        while True:
-            await lane.drive(plan(50, options.seed + batch, options.mix))
-            batch += 1
-            print(json.dumps(lane.report()), file=sys.stderr)
-    except asyncio.CancelledError:
-        pass
+        url = await dashboard.start(args.host, args.port)
+    except OSError as exc:
+        await sim.stop()
+        where = f"{args.host}:{args.port}"
+        print(f"lane sim: cannot serve the dashboard on {where}: {exc}", file=sys.stderr)
+        return 2
+    lanes = ", ".join(lane.lane_id for lane in sim.lanes)
+    print(f"lane sim: dashboard at {url}", flush=True)
+    print(
+        f"lane sim: {options.mode} lanes {lanes}, speed {options.speed:g}x"
+        + (f", scenario {scenario.name}" if scenario else "")
+        + "; Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    tasks = [asyncio.create_task(sim.drive_forever(options.mix), name="traffic")]
+    if scenario is not None:
+        tasks.append(asyncio.create_task(play_timeline(sim.faults, scenario.timeline(), sim.speed)))
+    try:
+        await stop.wait()
     finally:
-        await lane.stop()
+        print("lane sim: stopping", file=sys.stderr, flush=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await dashboard.stop()
+        summary = {k: v for k, v in sim.report().items() if k != "lanes"}
+        await sim.stop()
+        print(json.dumps(summary), file=sys.stderr)
     return 0

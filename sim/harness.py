@@ -1,39 +1,47 @@
-"""A whole lane on one machine: broker, barrier device, acquirer, back office, camera, daemon.
+"""A whole plaza on one machine: broker, acquirer, back office, and per lane a barrier device,
+a camera and the real lane daemon.
 
-Everything is real: a mosquitto child process, the device emulator speaking MQTT, the acquirer
-over HTTP, the ingest storing into SQLite, the synthetic camera feeding the real scanner, and the
-real lane daemon in the middle. Drivers (sim.traffic) arrive, show codes to the camera and drive
-through when the barrier opens; the harness watches the lane's own notes to know what happened.
+Everything is real: a mosquitto child process, the device emulators speaking MQTT, the acquirer
+over HTTP, the back-office ingest storing into SQLite, the synthetic cameras feeding the real
+scanners, and the real lane daemons in the middle (one per lane, sharing the broker, the
+acquirer and the back office, and sharing used offline tokens over the plaza topic). Drivers
+(sim.traffic) arrive at the plaza, join the lane with the shortest queue, show codes and drive
+through when the barrier opens; the harness watches each lane's own notes to know what happened.
+
+`Simulator(options)`: `start()`, `drive(drivers)`, `drive_forever(mix)`, `settle()`, `report()`,
+`snapshot()` (the dashboard's view), `faults` (inject faults), `stop()`. `run_headless(n,
+options)` and `run_scenario(scenario, options)` run to the end and return the report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from barrier.device import DeviceEmulator, Timings
-from lane.config import LaneConfig, parse_config
-from lane.daemon import LaneDaemon
-from scanner.sources import PushSource
 from sim.acquirer import AcquirerServer
+from sim.acquirer_faults import Faults
+from sim.backoffice import BackOffice
 from sim.broker import Mosquitto, free_port
-from sim.camera import SyntheticCamera
 from sim.codes import CodeFactory
-from sim.traffic import VALID_KINDS, Driver, Mix, plan
-from uplink.ingest import Ingest
-from uplink.records import Record
-from uplink.store import SqliteIngestStore
+from sim.faults import FaultController, play_timeline
+from sim.lane import Outcome, SimLane
+from sim.report import plaza_report, plaza_view
+from sim.scenario import Scenario
+from sim.traffic import Driver, Mix, plan
 
 log = logging.getLogger("lane.sim")
+
+REPLAY_MIN_AGE_S = 4.0  # real seconds; above the scanner's 3 s dedup window
+
+__all__ = ["Outcome", "SimLane", "SimOptions", "Simulator", "run_headless", "run_scenario"]
 
 
 @dataclass
@@ -43,71 +51,49 @@ class SimOptions:
     mix: Mix = field(default_factory=Mix)
     conditions: str = "realistic"
     fps: float = 30.0
-    lane_id: str = "p01/l01"
+    frame_size: tuple[int, int] = (1280, 720)
+    lane_id: str = "p01/l01"  # the first lane; more lanes count on from it (p01/l02, ...)
+    lanes: int = 1
+    mode: str = "toll"  # toll | transit-entry | transit-exit
     workdir: Path | None = None
     reaction_s: float = 0.6  # from stopping at the pay point to the phone in front of the camera
+    move_up_s: float = 1.0  # from the vehicle ahead leaving the entry loop to the next on it
     max_tries: int = 3
+    acquirer: Faults = field(default_factory=Faults)  # the acquirer's everyday behaviour
+    decode_workers: int = 2
+
+    def lane_ids(self) -> list[str]:
+        plaza, first = self.lane_id.split("/", 1)
+        digits = "".join(c for c in first if c.isdigit())
+        stem = first[: len(first) - len(digits)] if digits else first
+        start = int(digits) if digits else 1
+        if self.lanes == 1:
+            return [self.lane_id]
+        return [f"{plaza}/{stem}{start + i:02d}" for i in range(self.lanes)]
 
 
-@dataclass
-class Outcome:
-    driver: Driver
-    vehicle_id: str | None = None
-    passed: bool = False
-    methods: list[str] = field(default_factory=list)
-    refusals: list[str] = field(default_factory=list)
-    latency_ms: float | None = None  # code shown to the camera -> barrier acked the open
-    frame_latency_ms: float | None = None  # frame that held the code -> barrier acked the open
-
-
-class Watch:
-    """Waits on the lane's notes (the same stream the events topic and dashboard see)."""
-
-    def __init__(self) -> None:
-        self.notes: list[tuple[float, str, dict[str, Any]]] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, name: str, fields: dict[str, Any]) -> None:
-        self.notes.append((time.monotonic(), name, fields))
-        self._changed.set()
-
-    async def wait_for(
-        self, match: Callable[[str, dict[str, Any]], bool], start: int, timeout: float
-    ) -> tuple[int, float, str, dict[str, Any]] | None:
-        deadline = time.monotonic() + timeout
-        i = start
-        while True:
-            while i < len(self.notes):
-                ts, name, fields = self.notes[i]
-                i += 1
-                if match(name, fields):
-                    return i, ts, name, fields
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-
-
-class SimLane:
+class Simulator:
     def __init__(self, options: SimOptions) -> None:
+        if options.speed <= 0:
+            raise ValueError("speed must be > 0")
         self.options = options
         self.rng = random.Random(options.seed)
         self.codes = CodeFactory(options.seed)
-        self.watch = Watch()
-        self.outcomes: list[Outcome] = []
-        self.records_written: dict[str, Record] = {}
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        # token text -> (lane that accepted it, when): what a replaying driver shows
+        self.accepted_tokens: dict[str, tuple[str, float]] = {}
+        self.lanes = [SimLane(self, i, lane_id) for i, lane_id in enumerate(options.lane_ids())]
+        self.faults = FaultController(self)
         self.broker: Mosquitto | None = None
         self.acquirer: AcquirerServer | None = None
-        self.device: DeviceEmulator | None = None
-        self.camera: SyntheticCamera | None = None
-        self.daemon: LaneDaemon | None = None
-        self.ingest_store: SqliteIngestStore | None = None
-        self._stop = asyncio.Event()
-        self.started_at = 0.0
+        self._backoffice: BackOffice | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started_at = time.monotonic()
+        self.arrivals = 0
+        self.burst_count = 0
+        self.scenario: str | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
 
     @property
     def workdir(self) -> Path:
@@ -117,229 +103,254 @@ class SimLane:
             self._tmp = tempfile.TemporaryDirectory(prefix="lane-sim-")
         return Path(self._tmp.name)
 
-    def lane_config(self, broker_port: int, acquirer_url: str, keyset: Path) -> LaneConfig:
-        return parse_config(
-            {
-                "lane": {
-                    "id": self.options.lane_id,
-                    "data_dir": str(self.workdir / "lane"),
-                    "max_tries": self.options.max_tries,
-                },
-                "broker": {"port": broker_port},
-                "camera": {"source": "push"},
-                "auth": {"acquirer_url": acquirer_url, "keyset": str(keyset)},
-            },
-            "simulator",
-        )
+    @property
+    def backoffice(self) -> BackOffice:
+        if self._backoffice is None:
+            raise RuntimeError("simulator not started")
+        return self._backoffice
+
+    @property
+    def speed(self) -> float:
+        return self.options.speed
+
+    def sim_time(self) -> float:
+        """Simulated seconds since the start."""
+        return (time.monotonic() - self.started_at) * self.options.speed
 
     async def start(self) -> None:
         work = self.workdir
         work.mkdir(parents=True, exist_ok=True)
         self.broker = Mosquitto(port=free_port(), workdir=work)
         await asyncio.to_thread(self.broker.start)
-        self.acquirer = AcquirerServer(seed=self.options.seed)
+        self.acquirer = AcquirerServer(faults=self.options.acquirer, seed=self.options.seed)
         acquirer_url = await self.acquirer.start()
         keyset = self.codes.write_keyset(work / "keyset.json", int(time.time()))
-        config = self.lane_config(self.broker.port, acquirer_url, keyset)
-
-        self.ingest_store = SqliteIngestStore(work / "backoffice.sqlite3")
-        ingest = Ingest(self.ingest_store)
-        ingest_link = ingest.make_link(self.broker.host, self.broker.port, "ingest-sim")
-        timings = Timings().scaled(self.options.speed)
-        self.device = DeviceEmulator(config.lane.id, self.broker.host, self.broker.port, timings)
-
-        source = PushSource()
-        self.camera = SyntheticCamera(fps=self.options.fps, rng=self.options.seed)
-        self.daemon = LaneDaemon(config, source=source)
-        self.daemon.runner.observers.append(self.watch)
-        self.daemon.runner.observers.append(self._on_note)
-
-        self._tasks += [
-            asyncio.create_task(ingest_link.run(), name="ingest"),
-            asyncio.create_task(self.device.run(), name="device"),
-            asyncio.create_task(self.daemon.run(self._stop), name="daemon"),
-        ]
-        await self.device.wait_connected(10)
-        await self.daemon.link.wait_connected(10)
-        await ingest_link.wait_connected(10)
-        self.camera.start(source.put)
+        self._backoffice = BackOffice(
+            work / "backoffice.sqlite3", self.broker.host, self.broker.port
+        )
+        await self._backoffice.start()
+        await asyncio.gather(
+            *(lane.start(self.broker, acquirer_url, keyset) for lane in self.lanes)
+        )
         self.started_at = time.monotonic()
-
-    def _on_note(self, name: str, fields: dict[str, Any]) -> None:
-        if name == "record":
-            record = Record.from_map(fields["record"])
-            self.records_written[record.record_id] = record
+        for lane in self.lanes:
+            lane.started_at = self.started_at
+            self._tasks.append(asyncio.create_task(lane.serve(), name=f"serve-{lane.lane_id}"))
+        self._tasks.append(asyncio.create_task(self._monitor(), name="monitor"))
 
     async def stop(self) -> None:
-        if self.camera is not None:
-            await asyncio.to_thread(self.camera.stop)
-        self._stop.set()
-        daemon_task = next((t for t in self._tasks if t.get_name() == "daemon"), None)
-        if daemon_task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(daemon_task), 15)
-        if self.device is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.device.stop(), 5)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(lane.stop() for lane in self.lanes), return_exceptions=True)
         if self.acquirer is not None:
             await self.acquirer.stop()
-        if self.ingest_store is not None:
-            self.ingest_store.close()
+        if self._backoffice is not None:
+            await self._backoffice.stop()
         if self.broker is not None:
             await asyncio.to_thread(self.broker.stop)
         if self._tmp is not None:
             self._tmp.cleanup()
 
+    async def _monitor(self) -> None:
+        """Sample every lane's uplink (backlog, link) twice a second for dashboard and report."""
+        while True:
+            for lane in self.lanes:
+                await lane.sample_uplink()
+            await asyncio.sleep(0.5)
+
     # --- traffic --------------------------------------------------------------------------
 
-    async def drive(self, drivers: list[Driver]) -> None:
-        """Serve the drivers in arrival order through the one pay point."""
+    def dispatch(self, driver: Driver) -> SimLane:
+        """The driver joins the lane with the shortest queue (ties: the lowest lane)."""
+        lane = min(self.lanes, key=lambda ln: (ln.load, ln.index))
+        lane.join(driver)
+        self.arrivals += 1
+        return lane
+
+    async def drive(self, drivers: list[Driver], offset_s: float = 0.0) -> None:
+        """Drivers arrive at their times (simulated seconds after `offset_s`); wait until each
+        one has been served."""
         speed = self.options.speed
-        start = time.monotonic()
+        start = self.started_at + offset_s / speed
         for driver in drivers:
             wait = start + driver.arrival_s / speed - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            self.outcomes.append(await self._serve(driver))
+            self.dispatch(driver)
+        await asyncio.gather(*(lane.drained() for lane in self.lanes))
 
-    async def _serve(self, driver: Driver) -> Outcome:
-        assert self.device is not None and self.camera is not None
-        outcome = Outcome(driver)
+    async def drive_for(self, duration_s: float, mix: Mix, limit: int | None = None) -> None:
+        """Arrivals for `duration_s` simulated seconds from now (or `limit` vehicles)."""
         speed = self.options.speed
-        mark = len(self.watch.notes)
-        await self.device.vehicle_enters(driver.vehicle_class)
-        arrived = await self.watch.wait_for(lambda n, f: n == "vehicle_arrived", mark, 5.0)
-        if arrived is None:
-            log.error("lane did not see the vehicle", extra={"driver": driver.index})
-            await self.device.vehicle_backs_away()
-            return outcome
-        mark, _, _, fields = arrived
-        vehicle_id = fields["vehicle_id"]
-        outcome.vehicle_id = vehicle_id
-        await asyncio.sleep(self.options.reaction_s / speed)
-        for kind in driver.codes[: self.options.max_tries]:
-            code = self.codes.make(kind, int(time.time()))
-            result = await self._present(code.text, vehicle_id, mark)
-            if result is None:
-                outcome.refusals.append("no answer")
-                continue
-            mark, shown_at, ts, name, fields = result
-            if name == "barrier_opened":
-                outcome.passed = True
-                outcome.methods.append(kind)
-                outcome.latency_ms = (ts - shown_at) * 1000
-                outcome.frame_latency_ms = fields.get("latency_ms")
+        start = time.monotonic()
+        for driver in _arrivals(mix, self.options.seed):
+            if limit is not None and driver.index >= limit:
                 break
-            outcome.refusals.append(str(fields.get("reason")))
-            await asyncio.sleep(0.3 / speed)
-        if outcome.passed:
-            await self._drive_through()
-        else:
-            await self.device.vehicle_backs_away()
-        return outcome
+            if driver.arrival_s > duration_s:
+                break
+            wait = start + driver.arrival_s / speed - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.dispatch(driver)
+        await asyncio.gather(*(lane.drained() for lane in self.lanes))
 
-    async def _present(
-        self, text: str, vehicle_id: str, mark: int
-    ) -> tuple[int, float, float, str, dict[str, Any]] | None:
-        """Hold the phone up until the lane answers; re-aim it when it is not read."""
-        assert self.camera is not None
-        shown_at = time.monotonic()
+    async def drive_forever(self, mix: Mix) -> None:
+        await self.drive_for(float("inf"), mix)
 
-        def answer(name: str, fields: dict[str, Any]) -> bool:
-            ours = fields.get("vehicle_id") == vehicle_id
-            return ours and name in ("barrier_opened", "declined", "code_refused")
+    def burst(self, lane_index: int, count: int, kind: str) -> None:
+        """`count` vehicles showing only replayed/forged codes join lane `lane_index` now."""
+        kinds = {"replay": ("replay",), "forged": ("forged",), "mixed": ("replay", "forged")}[kind]
+        for i in range(count):
+            self.burst_count += 1
+            codes = tuple(kinds[(i + j) % len(kinds)] for j in range(self.options.max_tries))
+            driver = Driver(
+                index=-self.burst_count,
+                arrival_s=self.sim_time(),
+                vehicle_class=1,
+                behaviour=f"burst_{kind}",
+                codes=codes,
+            )
+            self.lanes[lane_index].join(driver)
 
-        try:
-            for _ in range(4):
-                self.camera.show(text, self.options.conditions)
-                found = await self.watch.wait_for(answer, mark, 3.5)
-                if found is not None:
-                    i, ts, name, fields = found
-                    return i, shown_at, ts, name, fields
-            return None
-        finally:
-            self.camera.hide()
+    def code_for(self, kind: str, lane: SimLane) -> tuple[str, str | None]:
+        """The text a driver shows for `kind`, and for a replay the lane that accepted it."""
+        if kind == "replay":
+            # Not one the camera read in the last seconds: the scanner would drop it as the
+            # same presentation (its dedup window), and the lane would never see the replay.
+            old = time.monotonic() - REPLAY_MIN_AGE_S
+            seen = [t for t, (_, at) in list(self.accepted_tokens.items())[-300:] if at < old]
+            if seen:
+                text = self.rng.choice(seen)
+                return text, self.accepted_tokens[text][0]
+        code = self.codes.make("garbage" if kind == "replay" else kind, int(time.time()))
+        return code.text, None
 
-    async def _drive_through(self) -> None:
-        assert self.device is not None
-        device = self.device
-        # A driver moves off once the boom is up (the lane's latency ends at the ack, before).
-        deadline = time.monotonic() + 5.0
-        while device.state != "open" and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        passing = asyncio.create_task(device.vehicle_passes())
-        self._tasks.append(passing)
-        # The next driver may pull up once this one has left the entry loop.
-        while device.sensors.get("entry_loop", False) and not passing.done():
-            await asyncio.sleep(0.01)
+    def token_accepted(self, text: str, lane_id: str) -> None:
+        self.accepted_tokens[text] = (lane_id, time.monotonic())
+        if len(self.accepted_tokens) > 5000:
+            for key in list(self.accepted_tokens)[:1000]:
+                del self.accepted_tokens[key]
 
-    # --- the report -----------------------------------------------------------------------
+    # --- the end of a run -----------------------------------------------------------------
 
-    async def settle(self, timeout: float = 30.0) -> None:
-        """Wait until the back office holds every record the lane wrote (or timeout)."""
-        assert self.ingest_store is not None
+    async def settle(self, timeout: float = 60.0) -> bool:  # noqa: ASYNC109
+        """Wait until the back office holds every record the lanes wrote (True) or timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if set(self.records_written) <= self._ingested_ids():
-                return
+            missing = 0
+            for lane in self.lanes:
+                held = await asyncio.to_thread(self.backoffice.ingested_ids, lane.lane_id)
+                missing += len(set(lane.records_written) - held)
+            if not missing:
+                return True
             await asyncio.sleep(0.2)
+        return False
 
-    def _ingested_ids(self) -> set[str]:
-        assert self.ingest_store is not None
-        return {r.record_id for r in self.ingest_store.records(self.options.lane_id)}
+    def report(self, ingested: dict[str, set[str]] | None = None) -> dict[str, Any]:
+        if ingested is None:
+            ingested = {ln.lane_id: self.backoffice.ingested_ids(ln.lane_id) for ln in self.lanes}
+        report = plaza_report(self, ingested)
+        report["faults"] = self.faults.history
+        if self.scenario is not None:
+            report["scenario"] = self.scenario
+        return report
 
-    def report(self) -> dict[str, Any]:
-        elapsed = time.monotonic() - self.started_at
-        ingested = self._ingested_ids()
-        written = set(self.records_written)
-        latencies = sorted(o.latency_ms for o in self.outcomes if o.latency_ms is not None)
-        frame_lat = sorted(o.frame_latency_ms for o in self.outcomes if o.frame_latency_ms is not None)
-        paying = [o for o in self.outcomes if o.driver.pays(self.options.max_tries)]
-        methods = Counter(m for o in self.outcomes for m in o.methods)
-        refusals = Counter(r for o in self.outcomes for r in o.refusals)
-        simulated_h = elapsed * self.options.speed / 3600
-        kinds = Counter(r.draft.kind + ":" + r.draft.auth.result for r in self.records_written.values())
+    async def report_async(self) -> dict[str, Any]:
+        """The report, reading the back office off the event loop."""
+        ids = await asyncio.gather(
+            *(asyncio.to_thread(self.backoffice.ingested_ids, ln.lane_id) for ln in self.lanes)
+        )
+        return self.report({ln.lane_id: held for ln, held in zip(self.lanes, ids, strict=True)})
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Everything the dashboard shows, as JSON-able data."""
+        counts = await asyncio.gather(
+            *(asyncio.to_thread(self.backoffice.store.count, ln.lane_id) for ln in self.lanes)
+        )
         return {
-            "vehicles": len(self.outcomes),
-            "passed": sum(o.passed for o in self.outcomes),
-            "denied": sum(not o.passed for o in self.outcomes),
-            "paying_vehicles": len(paying),
-            "paying_passed": sum(o.passed for o in paying),
-            "records_written": len(written),
-            "records_ingested": len(written & ingested),
-            "lost": len(written - ingested),
-            "records_by_kind": dict(sorted(kinds.items())),
-            "latency_ms": _percentiles(latencies),
-            "frame_latency_ms": _percentiles(frame_lat),
-            "throughput_vph": round(len(self.outcomes) / simulated_h, 1) if simulated_h else 0.0,
-            "methods": dict(sorted(methods.items())),
-            "refusals": dict(sorted(refusals.items())),
-            "valid_kinds": sorted(VALID_KINDS),
-            "duration_s": round(elapsed, 2),
+            "t": round(self.sim_time(), 1),
             "speed": self.options.speed,
-            "seed": self.options.seed,
+            "mode": self.options.mode,
+            "scenario": self.scenario,
+            "arrivals": self.arrivals,
+            "backoffice": {
+                "online": self.backoffice.online,
+                "connected": self.backoffice.connected,
+                "batches": self.backoffice.stats.batches,
+                "records": self.backoffice.stats.records,
+                "duplicates": self.backoffice.stats.duplicates,
+            },
+            "acquirer": self.acquirer.faults.to_map() if self.acquirer else None,
+            "faults": self.faults.snapshot(),
+            "plaza": plaza_view(self.lanes),
+            "lanes": [ln.snapshot(held) for ln, held in zip(self.lanes, counts, strict=True)],
         }
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None, "max": None}
-
-    def pick(q: float) -> float:
-        return round(values[min(len(values) - 1, int(q * len(values)))], 1)
-
-    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99), "max": round(values[-1], 1)}
+def _arrivals(mix: Mix, seed: int, chunk: int = 200) -> Any:
+    """Endless Poisson arrivals: plan() in chunks, each shifted to follow the last."""
+    offset, index, batch = 0.0, 0, 0
+    while True:
+        drivers = plan(chunk, seed * 7919 + batch, mix)
+        for d in drivers:
+            yield dataclasses.replace(d, index=index, arrival_s=offset + d.arrival_s)
+            index += 1
+        offset += drivers[-1].arrival_s
+        batch += 1
 
 
 async def run_headless(n: int, options: SimOptions) -> dict[str, Any]:
-    lane = SimLane(options)
-    await lane.start()
+    sim = Simulator(options)
+    await sim.start()
     try:
-        await lane.drive(plan(n, options.seed, options.mix))
-        await lane.settle()
-        return lane.report()
+        await sim.drive(plan(n, options.seed, options.mix))
+        await sim.settle()
+        return sim.report()
     finally:
-        await lane.stop()
+        await sim.stop()
+
+
+def options_for(scenario: Scenario, base: SimOptions) -> SimOptions:
+    """The simulator options a scenario asks for (speed and workdir stay the caller's)."""
+    acquirer = Faults().merged(scenario.acquirer.model_dump())
+    return dataclasses.replace(
+        base,
+        seed=scenario.seed,
+        mix=scenario.mix(),
+        conditions=scenario.conditions,
+        lanes=scenario.lanes,
+        mode=scenario.mode,
+        acquirer=acquirer,
+    )
+
+
+async def run_scenario(
+    scenario: Scenario, options: SimOptions, vehicles: int | None = None
+) -> dict[str, Any]:
+    """Play a scenario to its end (duration or vehicle count) and return the report.
+
+    `options` are used as given: build them with `options_for(scenario, base)`."""
+    sim = Simulator(options)
+    sim.scenario = scenario.name
+    await sim.start()
+    timeline = asyncio.create_task(
+        play_timeline(sim.faults, scenario.timeline(), sim.speed), name="timeline"
+    )
+    try:
+        duration = scenario.duration_s if scenario.duration_s is not None else float("inf")
+        await sim.drive_for(duration, sim.options.mix, vehicles or scenario.vehicles)
+        # Faults still to be cleared are cleared before the end (a back office comes back).
+        timeline.cancel()
+        for active in list(sim.faults.active.values()):
+            index = None
+            if active.lane is not None:
+                index = next(ln.index + 1 for ln in sim.lanes if ln.lane_id == active.lane)
+            await sim.faults.apply(active.name, False, index)
+        await sim.settle()
+        return sim.report()
+    finally:
+        timeline.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await timeline
+        await sim.stop()

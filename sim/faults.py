@@ -1,0 +1,307 @@
+"""Faults an operator (dashboard button) or a scenario timeline (TOML) injects into the simulator.
+
+The catalogue is data: each fault has a name, a label, whether it hits the whole plaza (back
+office, acquirer) or one lane (barrier, camera), whether it is a one-shot event (a burst of bad
+codes) and its parameters with defaults. `check_params` validates parameters the same way for
+both callers, so a typo in a scenario file and a bad POST from the dashboard get the same
+message. `FaultController` applies faults to a running simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from sim.acquirer_faults import Outage
+
+if TYPE_CHECKING:
+    from sim.harness import Simulator
+
+log = logging.getLogger("lane.sim.faults")
+
+Scope = Literal["plaza", "lane"]
+Param = float | str
+
+
+class FaultError(ValueError):
+    """A fault name, lane or parameter that cannot be applied (with what is wrong)."""
+
+
+@dataclass(frozen=True)
+class NumberParam:
+    default: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class ChoiceParam:
+    default: str
+    choices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    name: str
+    label: str
+    scope: Scope
+    description: str
+    one_shot: bool = False
+    params: Mapping[str, NumberParam | ChoiceParam] = field(default_factory=dict)
+
+
+FAULTS: dict[str, FaultSpec] = {
+    spec.name: spec
+    for spec in (
+        FaultSpec(
+            "backoffice_offline",
+            "Cut back-office link",
+            "plaza",
+            "the ingest leaves the broker: records pile up in each lane's queue, drain after",
+        ),
+        FaultSpec(
+            "acquirer_outage",
+            "Acquirer outage",
+            "plaza",
+            "the acquirer refuses connections (or answers 503): online codes follow the policy",
+            params={"mode": ChoiceParam("refuse", ("refuse", "503"))},
+        ),
+        FaultSpec(
+            "acquirer_slow",
+            "Acquirer slow",
+            "plaza",
+            "lognormal acquirer latency; a tail beyond the 2 s budget times out",
+            params={
+                "median_ms": NumberParam(1200.0, 1.0, 60_000.0),
+                "p99_ms": NumberParam(4000.0, 1.0, 120_000.0),
+            },
+        ),
+        FaultSpec(
+            "acquirer_declines",
+            "Acquirer declines",
+            "plaza",
+            "a share of online payments is declined",
+            params={"rate": NumberParam(0.3, 0.0, 1.0)},
+        ),
+        FaultSpec("barrier_stuck", "Barrier stuck", "lane", "acks commands, never moves"),
+        FaultSpec("barrier_offline", "Barrier offline", "lane", "the device leaves the broker"),
+        FaultSpec("barrier_no_ack", "Barrier no ack", "lane", "commands are ignored"),
+        FaultSpec("barrier_slow_ack", "Barrier slow ack", "lane", "acks arrive seconds late"),
+        FaultSpec("barrier_fault", "Barrier fault", "lane", "the device reports a fault"),
+        FaultSpec("camera_blackout", "Camera blackout", "lane", "frames go black"),
+        FaultSpec(
+            "code_burst",
+            "Burst of bad codes",
+            "lane",
+            "vehicles showing replayed and forged codes join the queue now",
+            one_shot=True,
+            params={
+                "count": NumberParam(5.0, 1.0, 100.0),
+                "kind": ChoiceParam("mixed", ("mixed", "replay", "forged")),
+            },
+        ),
+    )
+}
+BARRIER_FAULTS = {
+    "barrier_stuck": "stuck",
+    "barrier_offline": "offline",
+    "barrier_no_ack": "no_ack",
+    "barrier_slow_ack": "slow_ack",
+    "barrier_fault": "fault",
+}
+
+
+def spec_of(name: str) -> FaultSpec:
+    try:
+        return FAULTS[name]
+    except KeyError:
+        raise FaultError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}") from None
+
+
+def check_params(name: str, params: Mapping[str, Any]) -> dict[str, Param]:
+    """The fault's parameters with defaults filled in; FaultError names the bad one."""
+    spec = spec_of(name)
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        known = ", ".join(spec.params) or "none"
+        raise FaultError(f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {known}")
+    out: dict[str, Param] = {}
+    for key, rule in spec.params.items():
+        value = params.get(key, rule.default)
+        if isinstance(rule, NumberParam):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or not math.isfinite(value) or not rule.low <= value <= rule.high:
+                raise FaultError(
+                    f"{name}: {key} must be a number within {rule.low:g}..{rule.high:g},"
+                    f" not {value!r}"
+                )
+            out[key] = float(value)
+        else:
+            if value not in rule.choices:
+                raise FaultError(f"{name}: {key} must be one of {', '.join(rule.choices)}")
+            out[key] = str(value)
+    if name == "acquirer_slow" and float(out["median_ms"]) > float(out["p99_ms"]):
+        raise FaultError("acquirer_slow: median_ms must not exceed p99_ms")
+    return out
+
+
+def catalogue() -> list[dict[str, Any]]:
+    """The faults as JSON for the dashboard's buttons."""
+    return [
+        {
+            "name": s.name,
+            "label": s.label,
+            "scope": s.scope,
+            "description": s.description,
+            "one_shot": s.one_shot,
+            "params": {k: p.default for k, p in s.params.items()},
+        }
+        for s in FAULTS.values()
+    ]
+
+
+@dataclass(frozen=True)
+class ActiveFault:
+    name: str
+    lane: str | None  # None: the plaza
+    params: Mapping[str, Param]
+    since: float  # simulator time (simulated seconds) when applied
+
+
+class FaultController:
+    """Turns fault names into actions on the running simulator; remembers what is active."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.active: dict[tuple[str, str | None], ActiveFault] = {}
+        self.history: list[dict[str, Any]] = []
+
+    def lanes_for(self, name: str, lane: int | None) -> list[int | None]:
+        """Lane indexes (0-based) a fault applies to: None for plaza faults, every lane if
+        `lane` is None, else the one named (1-based, as shown to operators)."""
+        spec = spec_of(name)
+        if spec.scope == "plaza":
+            return [None]
+        n = len(self.sim.lanes)
+        if lane is None:
+            return list(range(n))
+        if not 1 <= lane <= n:
+            raise FaultError(f"{name}: lane {lane} does not exist (lanes 1..{n})")
+        return [lane - 1]
+
+    async def apply(
+        self,
+        name: str,
+        on: bool = True,
+        lane: int | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> list[str]:
+        """Apply (on) or clear (off) a fault; returns a line per thing done. FaultError if bad."""
+        spec = spec_of(name)
+        values = check_params(name, params or {})
+        if spec.one_shot and not on:
+            raise FaultError(f"{name} is a one-shot event: there is nothing to clear")
+        done = []
+        for index in self.lanes_for(name, lane):
+            lane_id = None if index is None else self.sim.lanes[index].lane_id
+            await self._apply_one(name, on, index, values)
+            key = (name, lane_id)
+            if spec.one_shot:
+                pass
+            elif on:
+                self.active[key] = ActiveFault(name, lane_id, values, self.sim.sim_time())
+            else:
+                self.active.pop(key, None)
+            what = f"{name} {'on' if on else 'off'}" + (f" at {lane_id}" if lane_id else "")
+            done.append(what)
+            self.history.append(
+                {
+                    "t": round(self.sim.sim_time(), 1),
+                    "fault": name,
+                    "on": on,
+                    "lane": lane_id,
+                    "params": dict(values),
+                }
+            )
+            log.warning("fault injected", extra={"fault": name, "on": on, "lane": lane_id})
+        return done
+
+    async def _apply_one(
+        self, name: str, on: bool, index: int | None, values: Mapping[str, Param]
+    ) -> None:
+        sim = self.sim
+        acquirer = sim.acquirer
+        if name == "backoffice_offline":
+            await (sim.backoffice.cut() if on else sim.backoffice.restore())
+        elif name == "acquirer_outage":
+            assert acquirer is not None
+            outages = (Outage(mode="503" if values["mode"] == "503" else "refuse"),) if on else ()
+            acquirer.update_faults(outages=outages)
+        elif name == "acquirer_slow":
+            assert acquirer is not None
+            median = float(values["median_ms"]) if on else None
+            p99 = float(values["p99_ms"]) if on else None
+            acquirer.update_faults(latency_median_ms=median, latency_p99_ms=p99)
+        elif name == "acquirer_declines":
+            assert acquirer is not None
+            acquirer.update_faults(decline_rate=float(values["rate"]) if on else 0.0)
+        else:
+            assert index is not None
+            lane = sim.lanes[index]
+            if name in BARRIER_FAULTS:
+                assert lane.device is not None
+                if on:
+                    # The device has one fault at a time: the new one replaces the others.
+                    for other in BARRIER_FAULTS:
+                        self.active.pop((other, lane.lane_id), None)
+                    lane.device.set_fault(BARRIER_FAULTS[name])
+                elif lane.device.fault == BARRIER_FAULTS[name]:
+                    lane.device.set_fault(None)
+            elif name == "camera_blackout":
+                assert lane.camera is not None
+                lane.camera.blackout(on)
+            elif name == "code_burst":
+                sim.burst(index, int(values["count"]), str(values["kind"]))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [
+            {"name": f.name, "lane": f.lane, "params": dict(f.params), "since": round(f.since, 1)}
+            for f in self.active.values()
+        ]
+
+
+@dataclass(frozen=True)
+class TimelineStep:
+    """At `at_s` simulated seconds apply `fault`; clear it at `clear_at_s` if given."""
+
+    at_s: float
+    fault: str
+    clear_at_s: float | None = None
+    lane: int | None = None  # 1-based; None: every lane (lane faults) or the plaza
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+async def play_timeline(
+    controller: FaultController, steps: list[TimelineStep], speed: float
+) -> None:
+    """Apply and clear faults at their simulated times (run as a task; cancel to stop)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    actions: list[tuple[float, int, TimelineStep, bool]] = []
+    for i, step in enumerate(steps):
+        actions.append((step.at_s, i, step, True))
+        if step.clear_at_s is not None:
+            actions.append((step.clear_at_s, i, step, False))
+    actions.sort(key=lambda a: (a[0], a[1], a[3]))
+    for at_s, _, step, on in actions:
+        wait = start + at_s / speed - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        try:
+            await controller.apply(step.fault, on, step.lane, step.params)
+        except FaultError as exc:  # validated up front; a lane that vanished is still logged
+            log.error("timeline fault not applied", extra={"fault": step.fault, "error": str(exc)})

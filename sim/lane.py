@@ -1,0 +1,419 @@
+"""One simulated lane: its barrier device, its camera, the real lane daemon, and the drivers
+queueing at it.
+
+A lane serves the drivers who joined its queue one at a time. In toll mode a driver pulls up
+onto the entry loop (classified first), reacts, shows a code to the camera, re-aims when it is
+not read, tries the next code after a refusal, and drives through (safety loop, exit loop) once
+the boom is up; the next driver pulls up when the entry loop is clear. In transit mode a
+passenger has no loops: showing the code is the arrival (the core makes an implicit passenger);
+after the gate opens the passenger walks through (safety loop, then exit loop) while the next
+one already shows a code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from barrier.device import DeviceEmulator, Timings
+from lane.config import LaneConfig, parse_config
+from lane.core.state import phase
+from lane.daemon import LaneDaemon
+from scanner.sources import PushSource
+from sim.broker import Mosquitto
+from sim.camera import SyntheticCamera
+from sim.stats import LaneStats
+from sim.traffic import Driver
+from uplink.records import Record
+
+if TYPE_CHECKING:
+    from sim.harness import Simulator
+
+log = logging.getLogger("lane.sim")
+
+SWALLOWING_LOOPS = frozenset({"status", "health"})  # LaneDaemon task names (see _wait_daemon)
+ANSWERS = ("barrier_opened", "declined", "code_refused")
+STEP_UP_S = 0.5  # transit: the next passenger steps up to the reader, phone in hand
+GATE_HOLD_S = 8.0  # transit: a gate nobody walks through closes after this (simulated) time
+
+
+@dataclass
+class Outcome:
+    driver: Driver
+    lane: str = ""
+    vehicle_id: str | None = None
+    passed: bool = False
+    methods: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    latency_ms: float | None = None  # code shown to the camera -> barrier acked the open
+    frame_latency_ms: float | None = None  # frame that held the code -> barrier acked the open
+    replays: list[tuple[str, bool]] = field(default_factory=list)  # (accepted at lane, refused)
+    started_at: float = 0.0  # monotonic: the driver reached the pay point
+    done_at: float = 0.0  # monotonic: the pay point is free for the next one
+
+
+class Watch:
+    """Waits on the lane's notes (the same stream the events topic and dashboard see).
+
+    Indexes are absolute; old notes are dropped in halves so an endless run stays bounded."""
+
+    KEEP = 20_000
+
+    def __init__(self) -> None:
+        self.notes: list[tuple[float, str, dict[str, Any]]] = []
+        self.base = 0  # absolute index of notes[0]
+        self._changed = asyncio.Event()
+
+    def __call__(self, name: str, fields: dict[str, Any]) -> None:
+        self.notes.append((time.monotonic(), name, fields))
+        if len(self.notes) > self.KEEP:
+            drop = self.KEEP // 2
+            del self.notes[:drop]
+            self.base += drop
+        self._changed.set()
+
+    @property
+    def mark(self) -> int:
+        return self.base + len(self.notes)
+
+    async def wait_for(
+        self,
+        match: Callable[[str, dict[str, Any]], bool],
+        start: int,
+        timeout: float,  # noqa: ASYNC109
+    ) -> tuple[int, float, str, dict[str, Any]] | None:
+        deadline = time.monotonic() + timeout
+        i = max(start, self.base)
+        while True:
+            while i < self.mark:
+                ts, name, fields = self.notes[i - self.base]
+                i += 1
+                if match(name, fields):
+                    return i, ts, name, fields
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._changed.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+            # that arrives as the event is set, and the serving task would never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
+
+
+async def _until(condition: Callable[[], bool], timeout: float) -> None:  # noqa: ASYNC109
+    """Poll the device emulator (it has no change events) every 10 ms, up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+
+
+async def _wait_daemon(daemon: asyncio.Task[Any], timeout: float) -> None:  # noqa: ASYNC109
+    """Wait for a stopping daemon; re-deliver a cancellation its status loop swallowed.
+
+    LaneDaemon._status_loop waits with `asyncio.wait_for(event.wait(), 1.0)`; on Python 3.11
+    wait_for returns normally when the cancellation arrives as the event is set, the loop goes
+    on, and the daemon's TaskGroup waits for it forever. Such a task has `cancelling() > 0` yet
+    is still running: cancelling it again ends it. (Reported to the lane daemon's owner.)
+    """
+    deadline = time.monotonic() + timeout
+    while not daemon.done() and time.monotonic() < deadline:
+        await asyncio.wait([daemon], timeout=0.25)
+        for task in asyncio.all_tasks():
+            if task.get_name() in SWALLOWING_LOOPS and task.cancelling() and not task.done():
+                task.cancel()
+    if not daemon.done():
+        log.error("lane daemon did not stop", extra={"timeout_s": timeout})
+
+
+class SimLane:
+    def __init__(self, sim: Simulator, index: int, lane_id: str) -> None:
+        self.sim = sim
+        self.index = index
+        self.lane_id = lane_id
+        self.watch = Watch()
+        self.stats = LaneStats(lane_id, sim.sim_time)
+        self.outcomes: list[Outcome] = []
+        self.records_written: dict[str, Record] = {}
+        self.device: DeviceEmulator | None = None
+        self.camera: SyntheticCamera | None = None
+        self.daemon: LaneDaemon | None = None
+        self.uplink: dict[str, Any] = {}
+        self.backlog_max = 0
+        self.started_at = time.monotonic()
+        self._queue: asyncio.Queue[Driver] = asyncio.Queue()
+        self._serving: Driver | None = None
+        self._free_at = 0.0  # monotonic time the entry loop was last cleared
+        self._walking = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def transit(self) -> bool:
+        return self.sim.options.mode != "toll"
+
+    def config(self, broker_port: int, acquirer_url: str, keyset: Path) -> LaneConfig:
+        o = self.sim.options
+        return parse_config(
+            {
+                "lane": {
+                    "id": self.lane_id,
+                    "mode": o.mode,
+                    "data_dir": str(self.sim.workdir / self.lane_id.replace("/", "_")),
+                    "max_tries": o.max_tries,
+                    # A passenger's walk is physics: it scales with the simulation speed.
+                    "gate_hold_s": GATE_HOLD_S / o.speed,
+                },
+                "broker": {"port": broker_port},
+                "camera": {"source": "push", "workers": o.decode_workers},
+                "auth": {"acquirer_url": acquirer_url, "keyset": str(keyset)},
+            },
+            f"simulator lane {self.lane_id}",
+        )
+
+    async def start(self, broker: Mosquitto, acquirer_url: str, keyset: Path) -> None:
+        o = self.sim.options
+        config = self.config(broker.port, acquirer_url, keyset)
+        self.device = DeviceEmulator(
+            self.lane_id, broker.host, broker.port, Timings().scaled(o.speed)
+        )
+        source = PushSource()
+        self.camera = SyntheticCamera(fps=o.fps, size=o.frame_size, rng=o.seed * 100 + self.index)
+        self.daemon = LaneDaemon(config, source=source)
+        self.daemon.runner.observers += [self.watch, self.stats, self._on_note]
+        self._spawn(self.device.run(), "device")
+        self._spawn(self.daemon.run(self._stop), "daemon")
+        await self.device.wait_connected(10)
+        await self.daemon.link.wait_connected(10)
+        await self.daemon.uplink.wait_connected(10)
+        # Frames are stamped when the camera hands them over, as a real camera's driver stamps
+        # them at capture: the synthetic camera's own stamp is taken before it renders, and
+        # drawing a new phone pose takes it 20-150 ms, a cost of the simulator, not of the lane.
+        self.camera.start(lambda frame, _rendered: source.put(frame, time.monotonic()))
+
+    async def stop(self) -> None:
+        if self.camera is not None:
+            await asyncio.to_thread(self.camera.stop)
+        self._stop.set()
+        daemon = next((t for t in self._tasks if t.get_name() == "daemon"), None)
+        if daemon is not None:
+            await _wait_daemon(daemon, 20.0)
+        if self.device is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.device.stop(), 5)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        if name != "daemon":  # the daemon task is awaited in stop()
+            task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _on_note(self, name: str, fields: dict[str, Any]) -> None:
+        if name == "record":
+            record = Record.from_map(fields["record"])
+            self.records_written[record.record_id] = record
+
+    async def sample_uplink(self) -> None:
+        if self.daemon is None:
+            return
+        status = await self.daemon.forwarder.status()
+        self.backlog_max = max(self.backlog_max, status.backlog)
+        self.uplink = {
+            "backlog": status.backlog,
+            "oldest_age_s": None if status.oldest_age_s is None else round(status.oldest_age_s, 1),
+            "bytes_used": status.bytes_used,
+            "link_up": status.link_up,
+            "last_ack_age_s": None
+            if status.last_ack_wall is None
+            else round(max(0.0, time.time() - status.last_ack_wall), 1),
+            "inflight_batches": status.inflight_batches,
+            "sent_batches": status.sent_batches,
+            "resent_batches": status.resent_batches,
+            "backlog_max": self.backlog_max,
+        }
+
+    # --- the queue of drivers -------------------------------------------------------------
+
+    @property
+    def load(self) -> int:
+        return self._queue.qsize() + (self._serving is not None)
+
+    def join(self, driver: Driver) -> None:
+        self._queue.put_nowait(driver)
+
+    async def drained(self) -> None:
+        await self._queue.join()
+
+    async def serve(self) -> None:
+        """Serve the drivers of this lane's queue, one at a time, forever."""
+        while True:
+            driver = await self._queue.get()
+            self._serving = driver
+            try:
+                outcome = await (
+                    self._serve_passenger(driver) if self.transit else self._serve_vehicle(driver)
+                )
+                self.outcomes.append(outcome)
+            except Exception:
+                log.exception(
+                    "serving a driver failed", extra={"lane": self.lane_id, "driver": driver.index}
+                )
+            finally:
+                self._serving = None
+                self._queue.task_done()
+
+    async def _serve_vehicle(self, driver: Driver) -> Outcome:
+        assert self.device is not None
+        speed = self.sim.speed
+        # The vehicle behind moves up once the one ahead has cleared the entry loop.
+        wait = self._free_at + self.sim.options.move_up_s / speed - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        outcome = Outcome(driver, self.lane_id, started_at=time.monotonic())
+        mark = self.watch.mark
+        await self.device.vehicle_enters(driver.vehicle_class)
+        arrived = await self.watch.wait_for(lambda n, f: n == "vehicle_arrived", mark, 5.0)
+        if arrived is None:
+            log.error(
+                "lane did not see the vehicle", extra={"lane": self.lane_id, "driver": driver.index}
+            )
+            await self._leave(outcome, passed=False)
+            return outcome
+        mark, _, _, fields = arrived
+        outcome.vehicle_id = fields["vehicle_id"]
+        await asyncio.sleep(self.sim.options.reaction_s / speed)
+        await self._try_codes(driver, outcome, mark)
+        await self._leave(outcome, outcome.passed)
+        return outcome
+
+    async def _serve_passenger(self, driver: Driver) -> Outcome:
+        outcome = Outcome(driver, self.lane_id, started_at=time.monotonic())
+        await asyncio.sleep(STEP_UP_S / self.sim.speed)
+        await self._try_codes(driver, outcome, self.watch.mark)
+        if outcome.passed:
+            self._spawn(self._walk_through(), "walk")
+        outcome.done_at = time.monotonic()
+        return outcome
+
+    async def _try_codes(self, driver: Driver, outcome: Outcome, mark: int) -> None:
+        for kind in driver.codes[: self.sim.options.max_tries]:
+            text, replay_of = self.sim.code_for(kind, self)
+            result = await self._present(text, outcome, mark)
+            if result is None:
+                outcome.refusals.append("no answer")
+                continue
+            mark, shown_at, ts, name, fields = result
+            if replay_of is not None:
+                outcome.replays.append((replay_of, name != "barrier_opened"))
+            if name == "barrier_opened":
+                outcome.passed = True
+                outcome.methods.append(kind)
+                outcome.latency_ms = (ts - shown_at) * 1000
+                outcome.frame_latency_ms = fields.get("latency_ms")
+                if kind == "token":
+                    self.sim.token_accepted(text, self.lane_id)
+                return
+            outcome.refusals.append(str(fields.get("reason")))
+            await asyncio.sleep(max(0.3 / self.sim.speed, 0.1))
+            if self.transit:
+                # Frames of the refused code still in flight make more implicit passengers
+                # (see docs/simulator.md); the next code's answer is looked for after them.
+                mark = self.watch.mark
+
+    async def _present(
+        self, text: str, outcome: Outcome, mark: int
+    ) -> tuple[int, float, float, str, dict[str, Any]] | None:
+        """Hold the phone up until the lane answers; re-aim it when it is not read.
+
+        In transit mode the vehicle id is learnt from the implicit arrival the scan causes."""
+        assert self.camera is not None
+        shown_at = time.monotonic()
+        # A passenger's refused code ends that implicit passenger: each code makes a new one.
+        bound = None if self.transit else outcome.vehicle_id
+
+        def answer(name: str, fields: dict[str, Any]) -> bool:
+            nonlocal bound
+            if bound is None and name == "vehicle_arrived":
+                bound = fields.get("vehicle_id")
+            return name in ANSWERS and bound is not None and fields.get("vehicle_id") == bound
+
+        try:
+            for _ in range(4):
+                self.camera.show(text, self.sim.options.conditions)
+                found = await self.watch.wait_for(answer, mark, 3.5)
+                if found is not None:
+                    i, ts, name, fields = found
+                    outcome.vehicle_id = bound
+                    return i, shown_at, ts, name, fields
+            return None
+        finally:
+            self.camera.hide()
+
+    async def _leave(self, outcome: Outcome, passed: bool) -> None:
+        """Drive through (paid) or back away; the pay point is free once the entry loop is."""
+        device = self.device
+        assert device is not None
+        if passed:
+            # A driver moves off once the boom is up (the lane's latency ends at the ack, before).
+            await _until(lambda: device.state == "open", 5.0)
+            passing = self._spawn(device.vehicle_passes(), "passing")
+            await _until(lambda: not device.sensors.get("entry_loop") or passing.done(), 30.0)
+        else:
+            await device.vehicle_backs_away()
+        self._free_at = outcome.done_at = time.monotonic()
+
+    async def _walk_through(self) -> None:
+        """A passenger crosses the open gate: safety loop, then the exit loop. Passengers walk
+        through one after the other (the gate may be handed over to the next one while open)."""
+        async with self._walking:
+            await self._walk()
+
+    async def _walk(self) -> None:
+        device = self.device
+        assert device is not None
+        await _until(lambda: device.state == "open", 5.0)
+        step = 0.3 / self.sim.speed
+        await device.set_sensor("safety_loop", True)
+        await asyncio.sleep(step)
+        await device.set_sensor("safety_loop", False)
+        await device.set_sensor("exit_loop", True)
+        await asyncio.sleep(step)
+        await device.set_sensor("exit_loop", False)
+
+    # --- what the dashboard shows -----------------------------------------------------------
+
+    def snapshot(self, ingested: int) -> dict[str, Any]:
+        daemon = self.daemon
+        state = daemon.runner.state if daemon is not None else None
+        return {
+            "index": self.index + 1,
+            "lane": self.lane_id,
+            "phase": phase(state).value if state is not None else "starting",
+            "barrier": state.barrier if state is not None else "unknown",
+            "device": self.device.state if self.device is not None else "unknown",
+            "device_fault": self.device.fault if self.device is not None else None,
+            "alarms": dict(daemon.runner.alarms) if daemon is not None else {},
+            "queue": self.load,
+            "served": len(self.outcomes),
+            "passed": sum(o.passed for o in self.outcomes),
+            "records_written": len(self.records_written),
+            "records_ingested": ingested,
+            "uplink": self.uplink,
+            "camera": {
+                "blackout": self.camera.scene.blackout if self.camera is not None else False,
+                "fps": self.sim.options.fps,
+            },
+            **self.stats.snapshot(),
+        }

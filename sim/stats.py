@@ -1,0 +1,165 @@
+"""What an operator sees of one lane, gathered from the lane's own notes.
+
+`LaneStats` is an observer of the runner's notes (`(name, fields)`, the same stream the events
+topic carries): the driver display, the last transactions with their latencies, a histogram of
+code-in-frame -> barrier-open latency, throughput, alarm and event logs. It keeps bounded
+memory (deques) so an endless simulation does not grow. Time comes from a clock parameter in
+simulated seconds, so tests can step it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+# Upper bounds (ms) of the latency histogram's bins; the last bin is everything slower.
+HISTOGRAM_EDGES_MS = (25, 50, 75, 100, 150, 200, 300, 500, 1000, 2000)
+THROUGHPUT_WINDOW_S = 300.0  # simulated seconds of the "recent" throughput
+TRANSACTIONS_KEPT = 50
+EVENTS_KEPT = 60
+QUIET_NOTES = frozenset({"display", "phase", "record"})  # shown elsewhere on the dashboard
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50/p95/p99/max of values (nearest rank on the sorted list); None when empty."""
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99), "max": round(ordered[-1], 1)}
+
+
+class Histogram:
+    def __init__(self, edges: tuple[float, ...] = HISTOGRAM_EDGES_MS) -> None:
+        self.edges = edges
+        self.counts = [0] * (len(edges) + 1)
+
+    def add(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.edges, value)] += 1
+
+    def merge(self, other: Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+
+    def bins(self) -> list[dict[str, Any]]:
+        labels = [f"≤{e:g}" for e in self.edges] + [f">{self.edges[-1]:g}"]
+        return [{"label": lab, "count": c} for lab, c in zip(labels, self.counts, strict=True)]
+
+
+class LaneStats:
+    """Observer of one lane's notes; `clock()` is simulated seconds since the start."""
+
+    def __init__(self, lane_id: str, clock: Callable[[], float]) -> None:
+        self.lane_id = lane_id
+        self.clock = clock
+        self.display: list[str] = []
+        self.display_at: float | None = None
+        self.transactions: deque[dict[str, Any]] = deque(maxlen=TRANSACTIONS_KEPT)
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
+        self.alarm_log: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
+        self.histogram = Histogram()
+        self.latencies: deque[float] = deque(maxlen=10_000)  # frame -> open, ms
+        self.token_latencies: deque[float] = deque(maxlen=10_000)
+        self.openings: deque[float] = deque()  # sim times of openings in the recent window
+        self.counts: Counter[str] = Counter()
+        self._methods: dict[str, str] = {}  # record_id -> method, until its barrier opens
+
+    def __call__(self, name: str, fields: dict[str, Any]) -> None:
+        now = self.clock()
+        if name == "display":
+            self.display = [str(line) for line in fields.get("lines", [])]
+            self.display_at = now
+        elif name == "record":
+            self._record(fields["record"], now)
+        elif name == "barrier_opened":
+            self._opened(fields, now)
+        elif name == "alarm":
+            self.alarm_log.appendleft(
+                {
+                    "t": round(now, 1),
+                    "code": fields.get("code"),
+                    "active": fields.get("active"),
+                    "message": fields.get("message"),
+                }
+            )
+        self.counts[name] += 1
+        if name not in QUIET_NOTES:
+            brief = {k: v for k, v in fields.items() if isinstance(v, str | int | float | bool)}
+            self.events.appendleft({"t": round(now, 1), "name": name, **brief})
+
+    def _record(self, rec: dict[str, Any], now: float) -> None:
+        auth = rec.get("auth") or {}
+        record_id = str(rec.get("record_id"))
+        method = str(rec.get("method"))
+        self.counts[f"result:{auth.get('result')}"] += 1
+        self.counts[f"method:{method}"] += 1
+        self._methods[record_id] = method
+        if len(self._methods) > 1000:  # records that never opened (declines) are forgotten
+            for key in list(self._methods)[:500]:
+                del self._methods[key]
+        self.transactions.appendleft(
+            {
+                "t": round(now, 1),
+                "lane": self.lane_id,
+                "record_id": record_id,
+                "seq": rec.get("seq"),
+                "kind": rec.get("kind"),
+                "vehicle_class": rec.get("vehicle_class"),
+                "amount_minor": rec.get("amount_minor"),
+                "currency": rec.get("currency"),
+                "method": method,
+                "result": auth.get("result"),
+                "auth_ms": auth.get("latency_ms"),
+                "offline": auth.get("offline"),
+                "open_ms": None,
+                "flags": list(rec.get("flags") or ()),
+            }
+        )
+
+    def _opened(self, fields: dict[str, Any], now: float) -> None:
+        self.openings.append(now)
+        latency = fields.get("latency_ms")
+        record_id = fields.get("record_id")
+        method = self._methods.pop(str(record_id), None)
+        if isinstance(latency, int | float):
+            self.latencies.append(float(latency))
+            self.histogram.add(float(latency))
+            if method == "token":
+                self.token_latencies.append(float(latency))
+        for tx in self.transactions:
+            if tx["record_id"] == record_id:
+                tx["open_ms"] = latency
+                break
+
+    def throughput(self) -> dict[str, float]:
+        """Barrier openings per hour: over the recent window and since the start."""
+        now = self.clock()
+        while self.openings and self.openings[0] < now - THROUGHPUT_WINDOW_S:
+            self.openings.popleft()
+        span = min(now, THROUGHPUT_WINDOW_S)
+        recent = len(self.openings) * 3600.0 / span if span > 1 else 0.0
+        total = self.counts["barrier_opened"] * 3600.0 / now if now > 1 else 0.0
+        return {"recent_vph": round(recent, 1), "total_vph": round(total, 1)}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "display": self.display,
+            "transactions": list(self.transactions)[:20],
+            "events": list(self.events)[:30],
+            "alarm_log": list(self.alarm_log)[:20],
+            "histogram": self.histogram.bins(),
+            "latency_ms": percentiles(list(self.latencies)),
+            "token_latency_ms": percentiles(list(self.token_latencies)),
+            "throughput": self.throughput(),
+            "counts": {
+                "opened": self.counts["barrier_opened"],
+                "declined": self.counts["declined"],
+                "refused": self.counts["code_refused"],
+                "records": self.counts["record"],
+                "tailgating": self.counts["tailgating"],
+            },
+        }
