@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import cv2
 
 from barrier.mqtt import Credentials, MqttLink
 from lane.config import LaneConfig
@@ -64,6 +65,7 @@ async def run_probes(config: LaneConfig, timeout_s: float = 5.0) -> list[Probe]:
 async def probe_camera(spec: str, timeout_s: float) -> Probe:
     if spec == "push":
         return Probe("WARN", "camera", "source 'push' is the simulator's camera: nothing to probe")
+    cv2.utils.logging.setLogLevel(2)  # errors only: the verdict line says what went wrong
     started = time.monotonic()
     found: queue.Queue[Frame | str] = queue.Queue()
     source = open_source(spec)
@@ -75,7 +77,8 @@ async def probe_camera(spec: str, timeout_s: float) -> Probe:
                     found.put(item)
                     return
                 if isinstance(item, SourceEvent) and item.kind in CAMERA_FAILURES:
-                    found.put(f"{item.kind}: {item.detail}".rstrip(": "))
+                    # "cannot open; retry 1 in 0.5 s": the retry is the daemon's, not ours
+                    found.put(item.detail.split(";")[0] or item.kind)
                     return
         except Exception as exc:  # a broken driver must give a verdict, not a traceback
             found.put(f"{exc.__class__.__name__}: {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -269,3 +270,16 @@ def test_doctor_refuses_a_broken_config(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 1
     assert done.stdout.startswith("FAIL config") and "lane.id" in done.stdout
+
+
+def test_the_example_config_documents_every_setting() -> None:
+    from lane.config import LaneConfig  # noqa: PLC0415
+
+    text = (DEPLOY / "lane.toml.example").read_text()
+    sections = re.split(r"^\[(\w+)\]$", text, flags=re.MULTILINE)
+    bodies = dict(zip(sections[1::2], sections[2::2], strict=True))
+    assert set(bodies) == set(LaneConfig.model_fields)
+    for name, info in LaneConfig.model_fields.items():
+        model = info.default_factory()  # type: ignore[misc,call-arg]
+        for key in type(model).model_fields:
+            assert re.search(rf"^(# )?{key} = ", bodies[name], re.MULTILINE), f"[{name}] {key}"
