@@ -8,6 +8,7 @@ import re
 import socket
 from pathlib import Path
 
+import aiohttp
 from ops_kit import eventually, running_lane, wait_until
 
 from barrier import topics
@@ -165,3 +166,34 @@ async def test_a_taken_metrics_port_does_not_stop_the_lane(
             daemon.queue.close()
             daemon.replay.close()
             daemon.payments_store.close()
+
+
+async def test_healthz_is_503_once_the_runner_task_has_died(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    config = parse_config(
+        {"lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")}, "metrics": {"port": 0}}
+    )
+    daemon = LaneDaemon(config, source=PushSource())
+
+    async def crash() -> None:
+        raise RuntimeError("runner bug")
+
+    daemon.ops.runner_task = asyncio.create_task(crash())
+    await asyncio.gather(daemon.ops.runner_task, return_exceptions=True)
+    try:
+        await daemon.ops.start_http("127.0.0.1", 0)
+        assert daemon.ops.address is not None
+        url = f"http://127.0.0.1:{daemon.ops.address[1]}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/healthz") as resp:
+                assert resp.status == 503
+                body = await resp.json()
+            async with http.get(url + "/readyz") as resp:
+                assert resp.status == 503  # not running at all: nothing is usable
+    finally:
+        await daemon.ops.stop_http()
+        daemon.queue.close()
+        daemon.replay.close()
+        daemon.payments_store.close()
+    assert {"name": "runner", "ok": False, "detail": "not running"} in body["checks"]
