@@ -155,9 +155,13 @@ class MqttLink:
             )
         except aiomqtt.MqttError as exc:
             raise LinkDown(f"publish to {topic} failed: {exc}") from exc
+        # aiomqtt waits for the PUBACK with asyncio.wait_for, which on 3.11 can swallow a
+        # cancel racing the ack; the caller's task would then run on after being cancelled.
+        _reraise_swallowed_cancel()
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await asyncio.wait_for(self.connected.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self.connected.wait()
 
     async def drop(self) -> None:
         """Leave the broker so that it publishes our will, as if we had crashed.

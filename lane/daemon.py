@@ -221,7 +221,7 @@ class LaneDaemon:
             subs.append(self.sharing.subscription())
         self.uplink.subscriptions = subs
         self.verifier = TokenVerifier(
-            self.lane, self.keys, deny, self.replay, config.auth.skew_s, self.sharing
+            self.lane, self.keys, deny, self.replay, config.auth.skew_s, sharing=self.sharing
         )
         self.runner = LaneRunner(
             initial_state(rules_from(config)),
@@ -431,7 +431,8 @@ class LaneDaemon:
         while not self.runner.idle() and time.monotonic() < deadline:
             with contextlib.suppress(TimeoutError):
                 self.runner.changed.clear()
-                await asyncio.wait_for(self.runner.changed.wait(), 0.2)
+                async with asyncio.timeout(0.2):
+                    await self.runner.changed.wait()
         await self.runner.drain(grace_s=2.0)
         with contextlib.suppress(ConnectionError):
             await self.link.publish_status(self._status("offline"))
@@ -475,7 +476,8 @@ class LaneDaemon:
         last: Any = None
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.runner.changed.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self.runner.changed.wait()
             self.runner.changed.clear()
             status = self._status()
             key = (

@@ -71,6 +71,7 @@ class LaneRunner:
         barrier: BarrierPort,
         payments: PaymentsPort,
         store: RecordStore,
+        *,
         clocks: Clocks | None = None,
         on_record: Callable[[Record], None] | None = None,
     ) -> None:
@@ -109,8 +110,11 @@ class LaneRunner:
             while True:
                 deadline = next_deadline(self.state)
                 timeout = None if deadline is None else max(0.0, deadline - self.clocks.monotonic())
+                event: ev.Event
                 try:
-                    event: ev.Event = await asyncio.wait_for(self.events.get(), timeout)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+                    async with asyncio.timeout(timeout):
+                        event = await self.events.get()
                 except TimeoutError:
                     event = ev.Tick()
                 self.handle(event)

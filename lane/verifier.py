@@ -28,6 +28,7 @@ class TokenVerifier:
         deny: DenyList,
         replay: ReplayStore,
         skew_s: float,
+        *,
         sharing: UsedTokenSharing | None = None,
     ) -> None:
         self.lane = lane

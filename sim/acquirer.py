@@ -147,7 +147,8 @@ class AcquirerServer:
             nxt = self._faults.next_boundary(now)
             timeout = None if nxt is None else max(0.0, nxt - now)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._faults_changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._faults_changed.wait()
 
     async def _sync_listener(self) -> None:
         refuse = self._outage() == "refuse"

@@ -234,7 +234,8 @@ class Resolver:
                 await asyncio.sleep(self._backoff.delay(failures))
             elif pending:  # someone is still deciding: look again soon, or when woken
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._backoff.initial_s)
+                    async with asyncio.timeout(self._backoff.initial_s):
+                        await self._wake.wait()
 
     # -- inside the worker -----------------------------------------------------------------
 
