@@ -71,8 +71,8 @@ class AuthSection(_Section):
     keyset: Path | None = Field(None, description="Issuer public keys (JSON key set file)")
     deny_list: Path | None = Field(None, description="Denied accounts file")
     skew_s: float = Field(30, ge=0, le=600, description="Clock skew allowed on token times")
-    keyset_max_age_s: PositiveSeconds = Field(
-        86400 * 7, description="Alarm when the key set is older than this"
+    keyset_max_age_s: float = Field(
+        86400 * 7, gt=0, le=86400 * 365, description="Alarm when the key set is older than this"
     )
     offline_policy: Literal["deny", "floor"] = Field(
         "deny", description="When the acquirer is unreachable: deny, or accept up to a floor"
