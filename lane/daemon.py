@@ -100,12 +100,21 @@ class BarrierAdapter:
 
 
 class PaymentsAdapter:
-    def __init__(self, authoriser: Authoriser, lane: str) -> None:
-        self.authoriser = authoriser
+    """The runner's payments port; the authoriser is plugged in by `LaneDaemon.run`, once the
+    loop exists for its HTTP session."""
+
+    def __init__(self, lane: str) -> None:
         self.lane = lane
+        self.authoriser: Authoriser | None = None
+
+    @property
+    def _started(self) -> Authoriser:
+        if self.authoriser is None:
+            raise RuntimeError("the lane is not running: no authoriser yet")
+        return self.authoriser
 
     async def authorise(self, request: Authorise) -> ev.Decided:
-        d = await self.authoriser.authorise(
+        d = await self._started.authorise(
             AuthRequest(
                 request.auth_id,
                 self.lane,
@@ -130,10 +139,10 @@ class PaymentsAdapter:
         )
 
     async def abandon(self, auth_id: str, reason: str) -> None:
-        await self.authoriser.abandon(auth_id)
+        await self._started.abandon(auth_id)
 
     async def settle(self, auth_id: str) -> None:
-        await self.authoriser.settle(auth_id)
+        await self._started.settle(auth_id)
 
 
 def rules_from(config: LaneConfig) -> LaneRules:
@@ -223,10 +232,11 @@ class LaneDaemon:
         self.verifier = TokenVerifier(
             self.lane, self.keys, deny, self.replay, config.auth.skew_s, sharing=self.sharing
         )
+        self.payments = PaymentsAdapter(self.lane)
         self.runner = LaneRunner(
             initial_state(rules_from(config)),
             barrier=BarrierAdapter(self.link, self.lane),
-            payments=_PendingPayments(),
+            payments=self.payments,
             store=self.queue,
             clocks=self.clocks,
             on_record=lambda _r: self.forwarder.wake(),
@@ -392,7 +402,7 @@ class LaneDaemon:
             self.clocks.wall,
             account_key=self.account_key(),
         )
-        self.runner.payments = PaymentsAdapter(authoriser, self.lane)
+        self.payments.authoriser = authoriser
         self.pipeline = ScanPipeline(
             self.source,
             make_decoder(cfg.camera.decoder),
@@ -550,19 +560,6 @@ class LaneDaemon:
 def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("event not published", extra={"error": str(task.exception())})
-
-
-class _PendingPayments:
-    """Placeholder until `run` builds the authoriser (it needs the running loop's HTTP session)."""
-
-    async def authorise(self, request: Authorise) -> ev.Decided:
-        return ev.Decided(request.auth_id, False, "lane_starting", request.kind)
-
-    async def abandon(self, auth_id: str, reason: str) -> None:
-        return None
-
-    async def settle(self, auth_id: str) -> None:
-        return None
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
