@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps sim test lint bench clean
+.PHONY: setup system-deps browser-deps sim test lint bench clean
 
 system-deps:
 	@missing=""; \
@@ -22,6 +22,12 @@ system-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# The dashboard's browser test drives Debian's Chromium with Playwright (no browser download).
+browser-deps:
+	@[ -x /usr/bin/chromium ] || { echo "installing system packages: chromium"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 $(STAMP): pyproject.toml
 	$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ needed")'
@@ -35,7 +41,7 @@ setup: system-deps $(STAMP)
 sim: setup
 	$(BIN)/lane sim $(ARGS)
 
-test: setup
+test: setup browser-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
