@@ -236,6 +236,10 @@ class FaultController:
         sim = self.sim
         acquirer = sim.acquirer
         if name == "backoffice_offline":
+            if not on:
+                # What piled up is on record before the drain starts (the sampler is periodic).
+                for lane in sim.lanes:
+                    await lane.sample_uplink()
             await (sim.backoffice.cut() if on else sim.backoffice.restore())
         elif name == "acquirer_outage":
             assert acquirer is not None

@@ -39,6 +39,7 @@ log = logging.getLogger("lane.sim")
 
 SWALLOWING_LOOPS = frozenset({"status", "health"})  # LaneDaemon task names (see _wait_daemon)
 ANSWERS = ("barrier_opened", "declined", "code_refused")
+STOP_GRACE_S = 2.0
 STEP_UP_S = 0.5  # transit: the next passenger steps up to the reader, phone in hand
 GATE_HOLD_S = 8.0  # transit: a gate nobody walks through closes after this (simulated) time
 
@@ -187,7 +188,8 @@ class SimLane:
         )
         source = PushSource()
         self.camera = SyntheticCamera(fps=o.fps, size=o.frame_size, rng=o.seed * 100 + self.index)
-        self.daemon = LaneDaemon(config, source=source)
+        # A simulator stopping needs no long grace for the vehicle in progress.
+        self.daemon = LaneDaemon(config, source=source, shutdown_grace_s=STOP_GRACE_S)
         self.daemon.runner.observers += [self.watch, self.stats, self._on_note]
         self._spawn(self.device.run(), "device")
         self._spawn(self.daemon.run(self._stop), "daemon")
@@ -202,6 +204,12 @@ class SimLane:
     async def stop(self) -> None:
         if self.camera is not None:
             await asyncio.to_thread(self.camera.stop)
+        if self.device is not None:
+            # Whoever is on a loop drives off, so the lane goes quiet and stops at once.
+            for sensor, occupied in list(self.device.sensors.items()):
+                if occupied:
+                    with contextlib.suppress(Exception):
+                        await self.device.set_sensor(sensor, False)
         self._stop.set()
         daemon = next((t for t in self._tasks if t.get_name() == "daemon"), None)
         if daemon is not None:

@@ -1,0 +1,266 @@
+"""The dashboard against a running simulator: its HTTP API, its event stream, and (when Chromium
+and Playwright are installed) a real browser that watches vehicles pass and clicks a fault.
+
+One simulator serves the whole module (speed 20, small clear frames); the browser test runs
+last because it leaves a barrier fault behind. Set SIM_DASHBOARD_SCREENSHOT=path to keep the
+browser's screenshot (docs/dashboard.png is made that way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sim.dashboard import Dashboard
+from sim.harness import SimOptions, Simulator
+from sim.traffic import Mix
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+class Running:
+    def __init__(self, sim: Simulator, dashboard: Dashboard, http: aiohttp.ClientSession) -> None:
+        self.sim, self.dashboard, self.http = sim, dashboard, http
+        self.url = dashboard.url
+
+    async def state(self) -> dict[str, Any]:
+        async with self.http.get(self.url + "api/state") as resp:
+            assert resp.status == 200
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def post_fault(self, body: Any) -> tuple[int, dict[str, Any]]:
+        async with self.http.post(self.url + "api/faults", data=json.dumps(body)) as resp:
+            return resp.status, await resp.json()
+
+    async def until(
+        self,
+        check: Callable[[dict[str, Any]], bool],
+        timeout: float = 10.0,  # noqa: ASYNC109 - polls a remote state, no awaitable to bound
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = await self.state()
+            if check(state):
+                return state
+            assert time.monotonic() < deadline, (
+                f"condition not met; last state lanes: {state['lanes']}"
+            )
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    options = SimOptions(
+        speed=20.0,
+        conditions="clear",
+        frame_size=(640, 360),
+        fps=20.0,
+        seed=2,
+        workdir=tmp_path_factory.mktemp("dash"),
+        mix=Mix(arrivals_per_hour=1000, behaviours={"token": 0.7, "emv": 0.3}),
+    )
+    sim = Simulator(options)
+    await sim.start()
+    dashboard = Dashboard(sim, interval_s=0.2)
+    await dashboard.start("127.0.0.1", 0)
+    traffic = asyncio.create_task(sim.drive_forever(options.mix))
+    http = aiohttp.ClientSession()
+    try:
+        yield Running(sim, dashboard, http)
+    finally:
+        await http.close()
+        traffic.cancel()
+        await asyncio.gather(traffic, return_exceptions=True)
+        await dashboard.stop()
+        await sim.stop()
+
+
+async def test_the_state_shows_lanes_uplink_and_transactions(running: Running) -> None:
+    state = await running.until(lambda s: len(s["lanes"][0]["transactions"]) >= 1)
+    lane = state["lanes"][0]
+    assert lane["lane"] == "p01/l01"
+    assert lane["phase"] in {
+        "idle",
+        "vehicle_present",
+        "authorising",
+        "persisting",
+        "opening",
+        "open",
+        "closing",
+    }
+    tx = lane["transactions"][0]
+    assert {"amount_minor", "method", "result", "auth_ms", "open_ms"} <= set(tx)
+    assert state["backoffice"]["online"] is True
+    assert lane["uplink"]["link_up"] is True
+    assert state["plaza"]["histogram"] and "recent_vph" in state["plaza"]["throughput"]
+
+
+async def test_the_event_stream_sends_state(running: Running) -> None:
+    async with running.http.get(running.url + "api/events") as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        event = None
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "state":
+                assert json.loads(line[6:])["lanes"][0]["lane"] == "p01/l01"
+                break
+
+
+async def test_the_camera_frame_comes_with_its_code_outlines(running: Running) -> None:
+    async with running.http.get(running.url + "api/lanes/1/frame.jpg") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "image/jpeg"
+        assert (await resp.read())[:2] == b"\xff\xd8"
+        assert resp.headers["X-Frame-Size"] == "640x360"
+        assert isinstance(json.loads(resp.headers["X-Polygons"]), list)
+    async with running.http.get(running.url + "api/lanes/9/frame.jpg") as resp:
+        assert resp.status == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"fault": "barier_stuck"}, "unknown fault 'barier_stuck'"),
+        ({"fault": "barrier_stuck", "lane": 5}, "lane 5 does not exist"),
+        (
+            {"fault": "acquirer_declines", "params": {"rate": 7}},
+            "rate must be a number within 0..1",
+        ),
+        ({"fault": "code_burst", "on": False}, "one-shot"),
+        ({"fault": "camera_blackout", "on": "yes"}, "on must be true or false"),
+        ({"fault": "camera_blackout", "when": 3}, "unknown field(s): when"),
+        (["camera_blackout"], "expected {"),
+    ],
+)
+async def test_bad_fault_requests_are_refused_with_a_reason(
+    running: Running, body: Any, message: str
+) -> None:
+    status, data = await running.post_fault(body)
+    assert status == 400
+    assert message in data["error"]
+
+
+async def test_a_back_office_cut_piles_records_up_and_they_drain_after(running: Running) -> None:
+    status, data = await running.post_fault({"fault": "backoffice_offline", "on": True})
+    assert status == 200 and data["done"] == ["backoffice_offline on"]
+    before = (await running.state())["lanes"][0]["records_ingested"]
+    cut = await running.until(lambda s: s["lanes"][0]["uplink"].get("backlog", 0) >= 2)
+    assert cut["backoffice"]["online"] is False
+    assert cut["lanes"][0]["records_ingested"] == before, "nothing reaches a cut-off back office"
+    assert any(f["name"] == "backoffice_offline" for f in cut["faults"])
+    status, _ = await running.post_fault({"fault": "backoffice_offline", "on": False})
+    assert status == 200
+    drained = await running.until(
+        lambda s: (
+            s["lanes"][0]["uplink"].get("backlog") == 0
+            and s["lanes"][0]["records_ingested"] >= s["lanes"][0]["records_written"] - 1
+        ),
+        timeout=40.0,
+    )
+    assert drained["lanes"][0]["records_ingested"] > before
+
+
+async def test_a_camera_blackout_raises_the_lanes_alarm(running: Running) -> None:
+    status, _ = await running.post_fault({"fault": "camera_blackout", "on": True, "lane": 1})
+    assert status == 200
+    dark = await running.until(lambda s: "camera_blackout" in s["lanes"][0]["alarms"], timeout=15.0)
+    assert dark["lanes"][0]["camera"]["blackout"] is True
+    await running.post_fault({"fault": "camera_blackout", "on": False, "lane": 1})
+    await running.until(lambda s: "camera_blackout" not in s["lanes"][0]["alarms"], timeout=15.0)
+
+
+async def test_a_burst_of_bad_codes_is_refused(running: Running) -> None:
+    before = (await running.state())["lanes"][0]["counts"]
+    status, data = await running.post_fault(
+        {"fault": "code_burst", "params": {"count": 2, "kind": "forged"}}
+    )
+    assert status == 200 and data["done"] == ["code_burst on at p01/l01"]
+    after = await running.until(
+        lambda s: s["lanes"][0]["counts"]["declined"] >= before["declined"] + 2, timeout=30.0
+    )
+    assert after["lanes"][0]["counts"]["opened"] >= before["opened"]
+
+
+def _browser_or_skip() -> Any:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    return pytest.importorskip("playwright.async_api", reason="pip install playwright")
+
+
+async def _expect(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:  # noqa: ASYNC109
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"browser: {what} not seen in {timeout} s"
+        await asyncio.sleep(0.1)
+
+
+async def test_in_a_browser_vehicles_pass_and_a_barrier_fault_shows(
+    running: Running, tmp_path: Path
+) -> None:
+    playwright_api = _browser_or_skip()
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1600, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(running.url)
+            await page.wait_for_selector("#conn.up", timeout=15_000)
+            # Vehicles pass: transaction rows appear, approved, with their latency.
+            await page.wait_for_selector("#tx-body tr td.approved", timeout=20_000)
+            await page.wait_for_selector("#frame[src^='blob:']", state="attached", timeout=15_000)
+            phase = page.locator("#phase-1")
+            assert await phase.text_content() != "fault"
+            # The operator takes the barrier offline: the lane goes to FAULT and says why.
+            button = page.locator('button[data-fault="barrier_offline"]')
+            await button.click()
+            await _expect(lambda: _text_is(phase, "fault"), "phase fault")
+            await page.wait_for_selector('#alarms li[data-alarm="barrier_offline"]', timeout=15_000)
+            await _expect(lambda: _has_class(button, "active"), "the button shown active")
+            assert "barrier_offline on at p01/l01" in await page.locator("#toast").inner_text()
+            shot = tmp_path / "dashboard.png"
+            await page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            keep = os.environ.get("SIM_DASHBOARD_SCREENSHOT")
+            if keep:
+                shutil.copyfile(shot, keep)
+            # Back online: the fault clears.
+            await button.click()
+            await _expect(lambda: _text_is_not(phase, "fault"), "the lane out of fault", 20.0)
+            assert not errors, f"page errors: {errors}"
+        finally:
+            await browser.close()
+
+
+async def _text_is(locator: Any, text: str) -> bool:
+    return bool(await locator.text_content() == text)
+
+
+async def _text_is_not(locator: Any, text: str) -> bool:
+    return bool(await locator.text_content() != text)
+
+
+async def _has_class(locator: Any, name: str) -> bool:
+    return name in ((await locator.get_attribute("class")) or "").split()

@@ -1,0 +1,109 @@
+"""LaneStats: what the dashboard shows of a lane, built from its notes (pure, stepped clock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sim.stats import EVENTS_KEPT, Histogram, LaneStats, percentiles
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def record(record_id: str, method: str = "token", result: str = "approved") -> dict[str, Any]:
+    return {
+        "record": {
+            "record_id": record_id,
+            "seq": int(record_id[1:]),
+            "kind": "toll",
+            "vehicle_class": 2,
+            "amount_minor": 400,
+            "currency": "EUR",
+            "method": method,
+            "auth": {"result": result, "latency_ms": 3, "offline": method == "token"},
+            "flags": ["bad_signature"] if result == "declined" else [],
+        }
+    }
+
+
+def test_a_transaction_gets_its_opening_latency() -> None:
+    clock = Clock()
+    stats = LaneStats("p01/l01", clock)
+    clock.t = 10.0
+    stats("record", record("r1"))
+    stats("barrier_opened", {"vehicle_id": "v1", "record_id": "r1", "latency_ms": 42.5})
+    stats("record", record("r2", "payment_code", "declined"))
+    snap = stats.snapshot()
+    newest, first = snap["transactions"]
+    assert newest["result"] == "declined" and newest["open_ms"] is None
+    assert first["open_ms"] == 42.5 and first["amount_minor"] == 400 and first["offline"]
+    assert snap["latency_ms"]["p50"] == 42.5
+    assert snap["token_latency_ms"]["p99"] == 42.5
+    assert snap["counts"] == {
+        "opened": 1,
+        "declined": 0,
+        "refused": 0,
+        "records": 2,
+        "tailgating": 0,
+    }
+
+
+def test_only_offline_tokens_count_as_token_latency() -> None:
+    stats = LaneStats("p01/l01", Clock())
+    stats("record", record("r1", "emv"))
+    stats("barrier_opened", {"record_id": "r1", "latency_ms": 900.0})
+    assert stats.snapshot()["token_latency_ms"]["p50"] is None
+    assert stats.snapshot()["latency_ms"]["p50"] == 900.0
+
+
+def test_display_alarms_and_events_are_kept_newest_first_and_bounded() -> None:
+    clock = Clock()
+    stats = LaneStats("p01/l01", clock)
+    stats("display", {"lines": ["Class 1", "2.50 EUR"]})
+    stats("alarm", {"code": "barrier_offline", "message": "barrier device offline", "active": True})
+    for i in range(EVENTS_KEPT + 10):
+        clock.t = float(i)
+        stats("vehicle_arrived", {"vehicle_id": f"v{i}", "vehicle_class": 1})
+    snap = stats.snapshot()
+    assert snap["display"] == ["Class 1", "2.50 EUR"]
+    assert snap["alarm_log"][0]["code"] == "barrier_offline"
+    assert snap["events"][0]["vehicle_id"] == f"v{EVENTS_KEPT + 9}"
+    assert len(stats.events) == EVENTS_KEPT
+    assert all(e["name"] != "display" for e in snap["events"])
+
+
+def test_throughput_over_the_recent_window_and_the_run() -> None:
+    clock = Clock()
+    stats = LaneStats("p01/l01", clock)
+    for i in range(10):  # ten openings in the first minute
+        clock.t = 6.0 * i
+        stats("barrier_opened", {"record_id": f"r{i}", "latency_ms": 20.0})
+    clock.t = 60.0
+    assert stats.throughput() == {"recent_vph": 600.0, "total_vph": 600.0}
+    clock.t = 1200.0  # nothing for 19 minutes: the recent window is empty
+    tp = stats.throughput()
+    assert tp["recent_vph"] == 0.0 and tp["total_vph"] == 30.0
+
+
+def test_histogram_bins_and_percentiles() -> None:
+    h = Histogram((10, 100))
+    for v in (5, 10, 11, 100, 5000):
+        h.add(v)
+    assert [b["count"] for b in h.bins()] == [2, 2, 1]
+    assert [b["label"] for b in h.bins()] == ["≤10", "≤100", ">100"]
+    other = Histogram((10, 100))
+    other.add(1)
+    h.merge(other)
+    assert h.counts == [3, 2, 1]
+    assert percentiles([]) == {"p50": None, "p95": None, "p99": None, "max": None}
+    assert percentiles([float(i) for i in range(1, 101)]) == {
+        "p50": 51.0,
+        "p95": 96.0,
+        "p99": 100.0,
+        "max": 100.0,
+    }
