@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python -m bench.barrier
 	$(BIN)/python -m bench.uplink
 	$(BIN)/python -m bench.camera
+	$(BIN)/python -m bench.sim
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -367,7 +367,10 @@ class LaneDaemon:
 
     def _publish_note(self, name: str, fields: dict[str, Any]) -> None:
         """Every lane note goes out on the events topic (QoS 0) for operators."""
-        if name == "vehicle_arrived" and self.pipeline is not None:
+        # Codes still in view count again for the next person (a screenshot must reach the
+        # replay check), but not for the fare-gate passenger the code itself just made.
+        explicit_arrival = name == "vehicle_arrived" and not fields.get("implicit")
+        if (explicit_arrival or name == "vehicle_left") and self.pipeline is not None:
             self.pipeline.forget_seen()
         if not self.link.connected or name == "display":
             return

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lane.sim")
 
-SWALLOWING_LOOPS = frozenset({"status", "health"})  # LaneDaemon task names (see _wait_daemon)
 ANSWERS = ("barrier_opened", "declined", "code_refused")
 STOP_GRACE_S = 2.0
 STEP_UP_S = 0.5  # transit: the next passenger steps up to the reader, phone in hand
@@ -116,19 +115,10 @@ async def _until(condition: Callable[[], bool], timeout: float) -> None:  # noqa
 
 
 async def _wait_daemon(daemon: asyncio.Task[Any], timeout: float) -> None:  # noqa: ASYNC109
-    """Wait for a stopping daemon; re-deliver a cancellation its status loop swallowed.
-
-    LaneDaemon._status_loop waits with `asyncio.wait_for(event.wait(), 1.0)`; on Python 3.11
-    wait_for returns normally when the cancellation arrives as the event is set, the loop goes
-    on, and the daemon's TaskGroup waits for it forever. Such a task has `cancelling() > 0` yet
-    is still running: cancelling it again ends it. (Reported to the lane daemon's owner.)
-    """
-    deadline = time.monotonic() + timeout
-    while not daemon.done() and time.monotonic() < deadline:
-        await asyncio.wait([daemon], timeout=0.25)
-        for task in asyncio.all_tasks():
-            if task.get_name() in SWALLOWING_LOOPS and task.cancelling() and not task.done():
-                task.cancel()
+    """Wait for a stopping daemon, bounded: a lane that does not stop is an error to report."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await asyncio.wait([daemon])
     if not daemon.done():
         log.error("lane daemon did not stop", extra={"timeout_s": timeout})
 

@@ -131,7 +131,10 @@ def _arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
     amount, currency = fare if fare is not None else (None, "")
     vehicle = Vehicle(vehicle_id, vehicle_class, amount, currency, implicit=implicit)
     actions: list[Action] = [
-        Note("vehicle_arrived", {"vehicle_id": vehicle_id, "vehicle_class": vehicle_class})
+        Note(
+            "vehicle_arrived",
+            {"vehicle_id": vehicle_id, "vehicle_class": vehicle_class, "implicit": implicit},
+        )
     ]
     if not implicit:
         actions.append(_fare_display(vehicle, state))

@@ -14,7 +14,8 @@ def test_arrival_shows_the_default_class_fare() -> None:
     lane = LaneDriver()
     actions = lane.arrive("v1")
     assert lane.phase() is Phase.VEHICLE_PRESENT
-    assert one(actions, Note) == Note("vehicle_arrived", {"vehicle_id": "v1", "vehicle_class": 1})
+    arrived = Note("vehicle_arrived", {"vehicle_id": "v1", "vehicle_class": 1, "implicit": False})
+    assert one(actions, Note) == arrived
     assert one(actions, ShowOnDisplay).lines == ("Class 1", "2.50 EUR", "Show your QR code")
     assert lane.state.vehicle is not None
     assert (lane.state.vehicle.amount_minor, lane.state.vehicle.currency) == (250, "EUR")

@@ -45,7 +45,10 @@ def test_a_passenger_is_known_from_the_code_they_show(lane_rules: object, kind: 
     lane = LaneDriver(lane_rules)  # type: ignore[arg-type]
     actions = lane.scan("HC1:tok", "token")
     assert lane.phase() is Phase.AUTHORISING
-    assert Note("vehicle_arrived", {"vehicle_id": "s1", "vehicle_class": 1}) in actions
+    assert (
+        Note("vehicle_arrived", {"vehicle_id": "s1", "vehicle_class": 1, "implicit": True})
+        in actions
+    )
     assert one(actions, Authorise).vehicle_id == "s1"
     assert "Show your QR code" not in displayed(actions)  # no fare screen for a passenger
     persist = one(lane.decide(method="token", account_ref="acct-1"), Persist)
