@@ -23,7 +23,8 @@ from barrier.device import DeviceEmulator, Timings
 from barrier.messages import BarrierCommand, LaneStatus
 from barrier.mqtt import Incoming, MqttLink
 from lane.auth.cose import Alg
-from lane.auth.keys import IssuerKey, KeySet, keyset_to_json
+from lane.auth.keys import IssuerKey, KeySet, encode_keyset, keyset_to_json
+from lane.auth.plaza import keys_topic
 from lane.auth.tokens import issue_token
 from lane.config import LaneConfig, parse_config
 from lane.daemon import LaneDaemon
@@ -309,3 +310,27 @@ async def test_device_offline_faults_the_lane_and_it_recovers(lane: Lane) -> Non
     lane.device.set_fault(None)
     await wait_until(lambda: lane.daemon.runner.state.faults == frozenset(), within=10)
     assert "barrier_offline" not in lane.daemon.runner.alarms
+
+
+async def test_a_key_set_published_on_the_plaza_topic_is_taken(
+    lane: Lane, mosquitto: Mosquitto
+) -> None:
+    now = int(time.time())
+    new_key = Ed25519PrivateKey.generate()
+    rotated = KeySet.of(
+        issued_at=now + 5,
+        keys=[IssuerKey(b"over-mqtt", Alg.ED25519, new_key.public_key(), now - 60, now + 3600)],
+    )
+    backoffice = MqttLink(mosquitto.host, mosquitto.port, f"bo-{lane.config.lane.id}")
+    task = asyncio.create_task(backoffice.run())
+    try:
+        await backoffice.wait_connected(5)
+        plaza = lane.config.lane.plaza
+        await backoffice.publish(keys_topic(plaza), b"garbage", retain=True)  # refused, logged
+        await backoffice.publish(keys_topic(plaza), encode_keyset(rotated), retain=True)
+        await wait_until(lambda: lane.daemon.verifier.keys.get(b"over-mqtt") is not None)
+        assert lane.daemon.verifier.keys.issued_at == now + 5
+        await backoffice.publish(keys_topic(plaza), b"", retain=True)  # clear the retained set
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
