@@ -95,8 +95,11 @@ class BarrierAdapter:
         await self.link.send(BarrierCommand(op, cmd_id, deadline_us, self.lane), expiry_s)
 
     async def show(self, lines: tuple[str, ...], ttl_s: float) -> None:
-        if self.link.connected:  # QoS 0: a display frame lost while offline is not worth a retry
+        try:
             await self.link.show(DisplayMessage(list(lines), ttl_s))
+        except ConnectionError as exc:
+            # QoS 0: a display frame lost while offline is not worth a retry; the next replaces it.
+            log.warning("display not updated", extra={"lane": self.lane, "error": str(exc)})
 
 
 class PaymentsAdapter:

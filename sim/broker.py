@@ -86,6 +86,9 @@ class Mosquitto:
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, no allocation
+            # Its own session: a Ctrl-C at the terminal stops the simulator, which then stops
+            # the broker last, instead of the broker dying under a lane that is shutting down.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
