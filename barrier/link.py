@@ -16,6 +16,7 @@ Callbacks are plain functions called on the event loop; they should only hand th
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -51,6 +52,7 @@ class BarrierLink:
         on_link: Callable[[bool], None] | None = None,
         client_id: str | None = None,
         credentials: Credentials | None = None,
+        tls: ssl.SSLContext | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.lane = lane
@@ -81,6 +83,7 @@ class BarrierLink:
             on_disconnect=self._disconnected,
             will=self._will(),
             credentials=credentials,
+            tls=tls,
         )
 
     async def run(self) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -74,6 +75,7 @@ class MqttLink:
     on_connect: OnConnect | None = None
     will: WillSpec | None = None
     credentials: Credentials | None = None
+    tls: ssl.SSLContext | None = None
     session_expiry: int = 300
     keepalive: int = 10
     backoff_min: float = 0.05
@@ -197,6 +199,7 @@ class MqttLink:
             keepalive=self.keepalive,
             username=self.credentials.username if self.credentials else None,
             password=self.credentials.password if self.credentials else None,
+            tls_context=self.tls,
             max_queued_incoming_messages=10000,
             # Commands and acks are tiny: without NODELAY each one waits for a delayed TCP ACK.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
@@ -234,6 +237,13 @@ def _reraise_swallowed_cancel() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """A client TLS context that verifies the broker against `ca_file` (or the system CAs)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def subscriptions(topics: Sequence[str], qos: int = 1) -> list[tuple[str, int]]:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import secrets
+import ssl
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
-from barrier.mqtt import Credentials, Incoming, MqttLink
+from barrier.mqtt import Credentials, Incoming, MqttLink, tls_context
 from barrier.wire import PayloadError, unpack
 
 HEX_PREFIX = 32
@@ -55,6 +56,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lane", required=True, help="lane id, e.g. p07/l03")
     parser.add_argument("--count", type=int, default=None, help="exit after N messages")
     parser.add_argument("--username", default=None, help=f"MQTT user (password: ${PASSWORD_ENV})")
+    parser.add_argument(
+        "--tls-ca", default=None, help="connect with TLS, verifying the broker with this CA file"
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage or the help already
@@ -71,7 +75,8 @@ def main(argv: list[str]) -> int:
     if args.username:
         credentials = Credentials(args.username, os.environ.get(PASSWORD_ENV, ""))
     try:
-        asyncio.run(watch(host, port, args.lane, args.count, credentials))
+        tls = tls_context(args.tls_ca) if args.tls_ca else None
+        asyncio.run(watch(host, port, args.lane, args.count, credentials=credentials, tls=tls))
     except KeyboardInterrupt:
         return 0
     return 0
@@ -85,7 +90,13 @@ def parse_broker(text: str) -> tuple[str, int]:
 
 
 async def watch(
-    host: str, port: int, lane: str, count: int | None, credentials: Credentials | None = None
+    host: str,
+    port: int,
+    lane: str,
+    count: int | None,
+    *,
+    credentials: Credentials | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     done = asyncio.Event()
     printed = 0
@@ -106,6 +117,7 @@ async def watch(
         [(f"lane/{lane}/#", 1), (f"uplink/{lane}/#", 1)],
         handler=show,
         credentials=credentials,
+        tls=tls,
         session_expiry=0,
     )
     task = asyncio.create_task(link.run())

@@ -51,6 +51,9 @@ class BrokerSection(_Section):
     port: int = Field(1883, ge=1, le=65535, description="MQTT broker port")
     username: str | None = Field(None, description="Per-client user (production ACL)")
     password: str | None = Field(None, description="Password for username")
+    tls_ca_file: Path | None = Field(
+        None, description="Connect with TLS, verifying the broker against this CA file"
+    )
     keepalive_s: int = Field(10, ge=2, le=600, description="MQTT keepalive")
 
 
@@ -169,4 +172,5 @@ def _resolve_paths(config: LaneConfig, base: Path) -> LaneConfig:
         update={"keyset": rel(config.auth.keyset), "deny_list": rel(config.auth.deny_list)}
     )
     fares = config.fares.model_copy(update={"tariff": rel(config.fares.tariff)})
-    return config.model_copy(update={"lane": lane, "auth": auth, "fares": fares})
+    broker = config.broker.model_copy(update={"tls_ca_file": rel(config.broker.tls_ca_file)})
+    return config.model_copy(update={"lane": lane, "auth": auth, "fares": fares, "broker": broker})

@@ -33,7 +33,7 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
-from barrier.mqtt import Credentials, Incoming, MqttLink
+from barrier.mqtt import Credentials, Incoming, MqttLink, tls_context
 from barrier.wire import PayloadError
 from lane.auth.acquirer import AcquirerClient
 from lane.auth.authoriser import Authoriser, AuthRequest
@@ -202,6 +202,8 @@ class LaneDaemon:
         creds = None
         if config.broker.username:
             creds = Credentials(config.broker.username, config.broker.password or "")
+        ca = config.broker.tls_ca_file
+        tls = tls_context(str(ca)) if ca is not None else None
         self.link = BarrierLink(
             self.lane,
             config.broker.host,
@@ -213,6 +215,7 @@ class LaneDaemon:
             on_garbage=self._on_garbage,
             on_link=self._on_link,
             credentials=creds,
+            tls=tls,
         )
         self.uplink = MqttLink(
             config.broker.host,
@@ -220,6 +223,7 @@ class LaneDaemon:
             f"uplink-{self.lane}",
             handler=self._on_uplink_message,
             credentials=creds,
+            tls=tls,
         )
         self.forwarder = Forwarder(
             self.queue, self.uplink, self.lane, batch_size=config.uplink.batch_size

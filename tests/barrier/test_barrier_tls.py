@@ -1,0 +1,71 @@
+"""MqttLink over the broker's TLS listener: verified with the lane's CA, refused without it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from test_barrier_deploy import make_certs
+
+from barrier.mqtt import Incoming, MqttLink, tls_context
+from sim.broker import Mosquitto, free_port
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> tuple[Mosquitto, int, Path]:
+    certs = make_certs(tmp_path)
+    tls_port = free_port()
+    as_root = "user root\n" if os.geteuid() == 0 else ""
+    broker = Mosquitto(
+        port=free_port(),
+        workdir=tmp_path,
+        extra_config=(
+            f"{as_root}listener {tls_port} 127.0.0.1\n"
+            f"cafile {certs['ca']}\ncertfile {certs['server']}\nkeyfile {certs['key']}\n"
+            "tls_version tlsv1.2\n"
+        ),
+    )
+    broker.start()
+    yield broker, tls_port, certs["ca"]
+    broker.stop()
+
+
+async def test_publish_and_receive_over_tls(tls_broker: tuple[Mosquitto, int, Path]) -> None:
+    broker, port, ca = tls_broker
+    got: asyncio.Queue[Incoming] = asyncio.Queue()
+
+    async def handler(msg: Incoming) -> None:
+        await got.put(msg)
+
+    tls = tls_context(str(ca))
+    rx = MqttLink(broker.host, port, "tls-rx", [("lane/p1/l1/events", 1)], handler, tls=tls)
+    tx = MqttLink(broker.host, port, "tls-tx", tls=tls)
+    tasks = [asyncio.create_task(rx.run()), asyncio.create_task(tx.run())]
+    try:
+        await rx.wait_connected(5)
+        await tx.wait_connected(5)
+        await tx.publish("lane/p1/l1/events", b"over tls")
+        assert (await asyncio.wait_for(got.get(), 5)).payload == b"over tls"
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_broker_not_signed_by_the_lane_ca_is_refused(
+    tls_broker: tuple[Mosquitto, int, Path], tmp_path: Path
+) -> None:
+    broker, port, _ = tls_broker
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other = make_certs(other_dir)
+    link = MqttLink(broker.host, port, "tls-wrong-ca", tls=tls_context(str(other["ca"])))
+    task = asyncio.create_task(link.run())
+    try:
+        with pytest.raises(TimeoutError):
+            await link.wait_connected(1.5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
