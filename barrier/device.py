@@ -235,10 +235,10 @@ class DeviceEmulator:
         if self.fault == "slow_ack":
             await self._sleep(self.timings.slow_ack_s)
         expires_us = None if msg.expiry_s is None else received_us + msg.expiry_s * 1_000_000
-        verdict = rules.admit(cmd, self.lane, self._now_us(), expires_us)
+        verdict = rules.admit(cmd, self.lane, self._now_us(), expires_us, retained=msg.retain)
         if verdict is not None:
             if verdict.drop:
-                log.warning("late command dropped", extra=extra)
+                log.warning("%s command dropped", verdict.error, extra=extra)
                 return
             log.warning("command refused", extra={**extra, "error": verdict.error})
             self._ack(msg, BarrierAck(cmd.cmd_id, False, self.gate.state, verdict.error))

@@ -27,6 +27,7 @@ SAFETY_LOOP_OCCUPIED = "safety_loop_occupied"
 FAULT = "fault"
 LATE = "late"
 SAFETY_REVERSAL = "safety_reversal"
+RETAINED = "retained"
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,24 @@ class Verdict:
     drop: bool = False
 
 
-def admit(cmd: BarrierCommand, lane: str, now_us: int, expires_at_us: int | None) -> Verdict | None:
+def admit(
+    cmd: BarrierCommand,
+    lane: str,
+    now_us: int,
+    expires_at_us: int | None,
+    *,
+    retained: bool = False,
+) -> Verdict | None:
     """None when the command may be executed; else why not.
 
     `expires_at_us` is when the MQTT message expiry runs out, computed by the device from the
-    time it received the message and the remaining expiry the broker forwarded.
+    time it received the message and the remaining expiry the broker forwarded. `retained`:
+    the broker delivered a stored copy (the MQTT retain flag on delivery). Commands are never
+    retained (rule 2), so such a copy is something left on the broker by a tool or an attacker,
+    replayed to every device that subscribes: it is dropped unanswered, like a late command.
     """
+    if retained:
+        return Verdict(RETAINED, drop=True)
     if cmd.lane != lane:
         return Verdict(WRONG_LANE)
     if expires_at_us is None:
