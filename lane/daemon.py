@@ -42,9 +42,10 @@ from lane.auth.fares import Tariff, load_tariff
 from lane.auth.keys import KeySet, KeySetError, decode_keyset, keyset_stale, load_keyset
 from lane.auth.plaza import UsedTokenSharing, deny_topic, keys_topic
 from lane.auth.policy import OfflinePolicy
-from lane.auth.replay import ReplayStore
-from lane.auth.resolution_store import ResolutionStore
+from lane.auth.replay import ReplayStore, ReplayStoreError
+from lane.auth.resolution_store import ResolutionStore, StoreError
 from lane.auth.resolver import Resolver
+from lane.auth.sourced import SourcedError
 from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
@@ -60,12 +61,16 @@ from scanner.health import SourceEvent
 from scanner.pipeline import ScanPipeline, ScanResult
 from scanner.sources import FrameSource, open_source
 from uplink.forwarder import Forwarder
-from uplink.queue import RecordQueue
+from uplink.queue import QueueError, RecordQueue
 from uplink.records import Record
 
 log = logging.getLogger("lane.daemon")
 
 UNREACHABLE_ACQUIRER = "http://127.0.0.1:9"  # discard port: refused at once, policy decides
+
+
+# What a lane computer's files can be wrong with at start: a clear message and exit 2.
+STARTUP_ERRORS = (SourcedError, QueueError, ReplayStoreError, StoreError, OSError)
 
 
 class Shutdown(Exception):  # noqa: N818 - a signal, not an error
@@ -595,10 +600,17 @@ def main(argv: list[str]) -> int:
         return 2
     setup_logging(args.log_level, lane=config.lane.id)
 
-    async def serve() -> None:
+    async def serve() -> int:
         stop = asyncio.Event()
         install_signal_handlers(stop)
-        await LaneDaemon(config).run(stop)
+        try:
+            daemon = LaneDaemon(config)
+        except STARTUP_ERRORS as exc:
+            log.error("lane cannot start", extra={"lane": config.lane.id, "error": str(exc)})
+            print(f"lane: cannot start: {exc}", file=sys.stderr)
+            return 2
+        await daemon.run(stop)
+        return 0
 
-    run_with_uvloop(serve)
-    return 0
+    code: int = run_with_uvloop(serve)
+    return code

@@ -1,0 +1,39 @@
+"""`lane run` refuses to start on files it cannot use, with one clear line and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("setting", "content", "expected"),
+    [
+        ('[auth]\nkeyset = "missing.json"', None, "missing.json: cannot read"),
+        ('[auth]\nkeyset = "keys.json"', "{not json", "keys.json: not JSON"),
+        ('[auth]\ndeny_list = "deny.json"', "[]", "deny.json: must hold a JSON object"),
+        ('[fares]\ntariff = "tariff.toml"', "currency = 'EUR'\n[toll.fares]\n1 = 2.5\n", "tariff"),
+    ],
+)
+def test_unusable_files_stop_the_lane_at_start(
+    tmp_path: Path, setting: str, content: str | None, expected: str
+) -> None:
+    name = setting.split('"')[1]
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    conf = tmp_path / "lane.toml"
+    conf.write_text(f'[lane]\nid = "p1/l1"\ndata_dir = "data"\n{setting}\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "lane", "run", "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "lane: cannot start:" in proc.stderr
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
