@@ -363,7 +363,9 @@ class LaneDaemon:
         )
 
     def _on_camera(self, event: SourceEvent) -> None:
-        log.warning(
+        quiet = event.kind in ("opened", "recovered", "ended")
+        log.log(
+            logging.INFO if quiet else logging.WARNING,
             "camera event",
             extra={
                 "lane": self.lane,
