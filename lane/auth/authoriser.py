@@ -129,7 +129,7 @@ class Authoriser:
         self._inflight.add(req.auth_id)
         try:
             if req.kind == "token":
-                decision = self._token(req, start)
+                decision = await self._token(req, start)
             elif req.kind in KINDS:
                 decision = await self._paid_online(req, start)
             else:
@@ -180,9 +180,11 @@ class Authoriser:
 
     # -- offline tokens ----------------------------------------------------------------------
 
-    def _token(self, req: AuthRequest, start: float) -> Decision:
+    async def _token(self, req: AuthRequest, start: float) -> Decision:
         try:
-            result = self._offline.verify(req.text, self._wall())
+            # Off the loop: the replay mark is an fsync (ms, tens under load) that would stall
+            # barrier acks, sensors and the other lane tasks meanwhile.
+            result = await asyncio.to_thread(self._offline.verify, req.text, self._wall())
         except Exception:  # a verifier bug must cost one decision, not the lane
             log.exception("offline verifier failed", extra={"auth_id": req.auth_id})
             return self._decided(req, start, False, "verifier_error", offline=True)
