@@ -209,6 +209,14 @@ class LaneRunner:
             )
             self.post(ev.PersistFailed(action.persist_id, "disk_error"))
             return
+        except Exception:
+            # Anything else (a record that cannot be encoded, a bug) must still answer the core:
+            # it waits in `persisting` with no timer, so silence would hold the lane forever.
+            log.exception(
+                "record write failed", extra={"lane": self.lane, "persist_id": action.persist_id}
+            )
+            self.post(ev.PersistFailed(action.persist_id, "disk_error"))
+            return
         log.info(
             "record written",
             extra={
