@@ -34,7 +34,6 @@ from barrier.messages import (
     SensorReading,
 )
 from barrier.mqtt import Credentials, Incoming, MqttLink, tls_context
-from barrier.wire import PayloadError
 from lane.auth.acquirer import AcquirerClient
 from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.deny import DenyList, DenyListError, decode_deny_list, load_deny_list
@@ -62,7 +61,6 @@ from scanner.pipeline import ScanPipeline, ScanResult
 from scanner.sources import FrameSource, open_source
 from uplink.forwarder import Forwarder
 from uplink.queue import QueueError, RecordQueue
-from uplink.records import Record
 
 log = logging.getLogger("lane.daemon")
 
@@ -279,20 +277,9 @@ class LaneDaemon:
         return path.read_bytes()
 
     async def _is_recorded(self, payment_id: str) -> bool:
-        """Crash recovery: is a payment left open in the uplink queue after all? (then settle)"""
-        return await asyncio.to_thread(self._queue_holds_payment, payment_id)
-
-    def _queue_holds_payment(self, payment_id: str) -> bool:
-        after = 0
-        while rows := self.queue.batch(after, 500):
-            for seq, data in rows:
-                after = seq
-                try:
-                    if Record.decode(data).draft.payment_id == payment_id:
-                        return True
-                except PayloadError:
-                    continue  # an older record format: forwarded as is, never ours to settle
-        return False
+        """Crash recovery: did a record say this payment was taken? Then it is settled, never
+        reversed; any other payment left open (declined, timed out, unrecorded) is resolved."""
+        return await asyncio.to_thread(self.queue.recorded_paid, payment_id)
 
     async def _on_plaza_update(self, msg: Incoming) -> None:
         """Key sets and deny lists from the back office (retained topics, newer only)."""
@@ -551,13 +538,20 @@ class LaneDaemon:
         last: tuple[bool, bool] | None = None
         purge_in = 0
         while True:
-            uplink = await self.forwarder.status()
-            self._uplink_status = (uplink.backlog, uplink.oldest_age_s)
-            full = uplink.bytes_used >= self.queue.max_bytes
-            now = (full, uplink.high_water_reached)
-            if now != last:
-                self.runner.post(ev.QueueChanged(full=full, high_water=uplink.high_water_reached))
-                last = now
+            try:
+                uplink = await self.forwarder.status()
+            except Exception:
+                # A failed read is not a reason to stop the lane (this task dying would end
+                # the TaskGroup): record writes report their own failures to the core.
+                log.exception("queue health unreadable", extra={"lane": self.lane})
+            else:
+                self._uplink_status = (uplink.backlog, uplink.oldest_age_s)
+                full = uplink.bytes_used >= self.queue.max_bytes
+                now = (full, uplink.high_water_reached)
+                if now != last:
+                    hw = uplink.high_water_reached
+                    self.runner.post(ev.QueueChanged(full=full, high_water=hw))
+                    last = now
             keys = self.verifier.keys
             stale = bool(keys.keys) and keyset_stale(
                 keys, self.clocks.wall(), self.config.auth.keyset_max_age_s

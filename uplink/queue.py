@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from barrier.wire import PayloadError
 from lane.ids import uuid7
 from uplink.records import Record, RecordDraft
 
@@ -78,9 +79,31 @@ def _create_v1(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO meta VALUES ('last_seq', 0), ('appended_total', 0)")
 
 
+PAID_RESULTS = ("approved", "deferred")
+PAID_RETENTION_US = 30 * 86400 * 1_000_000
+
+
+def _add_paid_v2(db: sqlite3.Connection) -> None:
+    """Payments the lane recorded as paid, kept after the records themselves are forwarded and
+    deleted: crash recovery settles these and reverses any other payment left open."""
+    db.execute(
+        "CREATE TABLE paid (payment_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,"
+        " ts_us INTEGER NOT NULL)"
+    )
+    for seq, ts_us, data in db.execute("SELECT seq, ts_us, data FROM records").fetchall():
+        try:
+            draft = Record.decode(data).draft
+        except PayloadError:
+            continue  # an older record format: forwarded as it is, never a payment of ours
+        if draft.payment_id is not None and draft.auth.result in PAID_RESULTS:
+            db.execute(
+                "INSERT OR REPLACE INTO paid VALUES (?, ?, ?)", (draft.payment_id, seq, ts_us)
+            )
+
+
 # MIGRATIONS[n] upgrades a database at user_version n to n + 1. Records are never re-encoded by a
 # migration: an older record format stays in the queue as bytes and is forwarded unchanged.
-MIGRATIONS: dict[int, Migration] = {0: _create_v1}
+MIGRATIONS: dict[int, Migration] = {0: _create_v1, 1: _add_paid_v2}
 
 
 def migrate(db: sqlite3.Connection, path: Path, steps: Mapping[int, Migration] = MIGRATIONS) -> int:
@@ -271,10 +294,21 @@ class RecordQueue:
                 "INSERT INTO records (seq, record_id, ts_us, data) VALUES (?, ?, ?, ?)",
                 (seq, record_id, ts_us, data),
             )
+            if draft.payment_id is not None and draft.auth.result in PAID_RESULTS:
+                db.execute(
+                    "INSERT OR REPLACE INTO paid VALUES (?, ?, ?)", (draft.payment_id, seq, ts_us)
+                )
             db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
             db.execute("UPDATE meta SET value=value+1 WHERE key='appended_total'")
             db.execute("COMMIT")
         return record
+
+    def recorded_paid(self, payment_id: str) -> bool:
+        """Whether a record of this lane says the payment was taken (approved or deferred),
+        even if that record has since been forwarded and deleted (kept 30 days)."""
+        with self._locked() as db:
+            row = db.execute("SELECT 1 FROM paid WHERE payment_id=?", (payment_id,)).fetchone()
+        return row is not None
 
     def batch(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to `limit` stored records with seq > after_seq, in seq order, as stored bytes."""
@@ -290,6 +324,8 @@ class RecordQueue:
         with self._locked() as db:
             db.execute("BEGIN IMMEDIATE")
             cur = db.execute("DELETE FROM records WHERE seq <= ?", (upto_seq,))
+            horizon = int(self._wall() * 1_000_000) - PAID_RETENTION_US
+            db.execute("DELETE FROM paid WHERE ts_us < ?", (horizon,))
             db.execute("COMMIT")
         return int(cur.rowcount)
 

@@ -203,12 +203,12 @@ def test_migration_upgrades_in_place_and_keeps_old_record_bytes(tmp_path: Path) 
     def add_note_column(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE records ADD COLUMN note TEXT")
 
-    steps = {**MIGRATIONS, 1: add_note_column}
+    steps = {**MIGRATIONS, len(MIGRATIONS): add_note_column}
     with RecordQueue(path, LANE, 10_000_000, migrations=steps) as q:
         assert q.batch(0, 1) == [(1, legacy)]
         assert q.append(draft(2)).seq == 2
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
     db.close()
 
 
