@@ -564,7 +564,10 @@ class LaneDaemon:
             purge_in -= 1
             if purge_in <= 0:
                 purge_in = 60
-                await asyncio.to_thread(self.replay.purge, self.clocks.wall())
+                try:
+                    await asyncio.to_thread(self.replay.purge, self.clocks.wall())
+                except Exception:  # housekeeping: retried at the next round
+                    log.exception("replay purge failed", extra={"lane": self.lane})
             await asyncio.sleep(1.0)
 
 
