@@ -469,11 +469,11 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
     timed_out = attempt is not None and now >= attempt.deadline + state.rules.auth_grace_s
     if vehicle is not None and attempt is not None and timed_out:
         vehicle = replace(vehicle, attempt=None)
-        timeout: list[Action] = [
-            Abandon(attempt.auth_id, "timeout"),
-            Note("declined", {"vehicle_id": vehicle.vehicle_id, "reason": "timeout"}),
-        ]
-        state, actions = _after_decline(state, vehicle, "payment timed out", timeout)
+        # The authoriser never answered: the lane gives up, records the decision like any other
+        # decline, and leaves the money to the resolver (Abandon).
+        decided = ev.Decided(attempt.auth_id, False, "timeout", attempt.kind)
+        abandon: list[Action] = [Abandon(attempt.auth_id, "timeout")]
+        state, actions = _declined(state, vehicle, attempt.text, decided, abandon)
     cmd = state.command
     if cmd is not None and cmd.retry_at is not None and now >= cmd.retry_at:
         state = replace(state, command=replace(cmd, retry_at=None))

@@ -219,7 +219,11 @@ def test_no_decision_by_deadline_plus_grace_abandons() -> None:
     actions = lane.tick_at_deadline()
     assert lane.now == pytest.approx(1002.5)
     assert actions[0] == Abandon("v1/a1", "timeout")
-    assert one(actions, ShowOnDisplay).lines[:2] == ("Payment refused", "payment timed out")
+    assert one(actions, ShowOnDisplay).lines[:2] == ("Payment refused", "timeout")
+    record = one(actions, Persist)  # the decision is recorded like any other decline
+    assert record.persist_id == "v1/a1"
+    assert (record.draft.auth.result, record.draft.method) == ("declined", "payment_code")
+    assert "timeout" in record.draft.flags
     assert lane.phase() is Phase.DENIED
     assert next_deadline(lane.state) is None
 
