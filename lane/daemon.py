@@ -15,7 +15,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -420,14 +420,15 @@ class LaneDaemon:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.link.run(), name="barrier-link")
                 tg.create_task(self.uplink.run(), name="uplink-link")
-                self.ops.runner_task = tg.create_task(self.runner.run(), name="lane-runner")
-                tg.create_task(self.forwarder.run(), name="forwarder")
-                tg.create_task(resolver.run(), name="resolver")
+                guard = self._offline_if_failed
+                self.ops.runner_task = tg.create_task(guard(self.runner.run()), name="lane-runner")
+                tg.create_task(guard(self.forwarder.run()), name="forwarder")
+                tg.create_task(guard(resolver.run()), name="resolver")
                 if self.sharing is not None:
-                    tg.create_task(self.sharing.run(), name="plaza-sharing")
-                tg.create_task(self._status_loop(), name="status")
-                tg.create_task(self._health_loop(), name="health")
-                tg.create_task(self.ops.run(), name="ops")
+                    tg.create_task(guard(self.sharing.run()), name="plaza-sharing")
+                tg.create_task(guard(self._status_loop()), name="status")
+                tg.create_task(guard(self._health_loop()), name="health")
+                tg.create_task(guard(self.ops.run()), name="ops")
                 self.pipeline.start(self._loop)
                 tg.create_task(self._until_stopped(stop), name="shutdown")
         except* Shutdown:
@@ -435,6 +436,22 @@ class LaneDaemon:
         finally:
             await self._close()
         log.info("lane stopped", extra={"lane": self.lane})
+
+    async def _offline_if_failed(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run one of the lane's tasks; if it fails, say offline before the lane ends.
+
+        A failed task ends the TaskGroup, which cancels the links: they leave the broker
+        cleanly, so it discards their will and the retained status would go on saying the lane
+        is up. The status is published first, while the barrier link still holds.
+        """
+        try:
+            await work
+        except Exception:
+            log.exception("lane task failed, stopping", extra={"lane": self.lane})
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self.link.publish_status(self._status("offline"))
+            raise
 
     async def _until_stopped(self, stop: asyncio.Event) -> None:
         await stop.wait()

@@ -350,3 +350,31 @@ async def test_an_unreadable_queue_does_not_take_the_lane_down(lane: Lane) -> No
         with queue._lock:
             queue._db.close()
             queue._db = real
+
+
+async def test_a_task_that_fails_leaves_the_status_offline(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """A failed task ends the lane, whose links then leave cleanly (the broker discards their
+    will): the retained status must still say offline, not the last 'idle'."""
+    statuses: list[LaneStatus] = []
+
+    async def on_status(msg: Incoming) -> None:
+        statuses.append(LaneStatus.decode(msg.payload))
+
+    watcher = MqttLink(
+        mosquitto.host, mosquitto.port, f"w-{lane_id}", [(topics.status(lane_id), 1)], on_status
+    )
+    wtask = asyncio.create_task(watcher.run())
+    try:
+        with pytest.raises(ExceptionGroup):
+            async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+                await wait_until(lambda: any(s.state == "idle" for s in statuses))
+                runner_task = lane.daemon.ops.runner_task
+                assert runner_task is not None
+                lane.daemon.queue.close()  # the forwarder's next read fails outside its handling
+                await wait_until(runner_task.done)
+        await wait_until(lambda: statuses[-1].state == "offline")
+    finally:
+        wtask.cancel()
+        await asyncio.gather(wtask, return_exceptions=True)
