@@ -258,6 +258,9 @@ class LaneDaemon:
         self.http: aiohttp.ClientSession | None = None
         self.resolver: Resolver | None = None
         self._file_mtimes: dict[Path, int] = {}
+        # Once 'offline' is being said, the status loop says nothing more: a later status
+        # would replace the retained 'offline' of a lane that is gone.
+        self._said_offline = False
         self.ops = LaneOps(self)  # metrics, /healthz, /readyz (lane/ops.py)
 
     def account_key(self) -> bytes:
@@ -448,6 +451,7 @@ class LaneDaemon:
             await work
         except Exception:
             log.exception("lane task failed, stopping", extra={"lane": self.lane})
+            self._said_offline = True
             with contextlib.suppress(ConnectionError, TimeoutError):
                 async with asyncio.timeout(2.0):
                     await self.link.publish_status(self._status("offline"))
@@ -465,6 +469,7 @@ class LaneDaemon:
                 async with asyncio.timeout(0.2):
                     await self.runner.changed.wait()
         await self.runner.drain(grace_s=2.0)
+        self._said_offline = True
         with contextlib.suppress(ConnectionError):
             await self.link.publish_status(self._status("offline"))
         raise Shutdown
@@ -517,7 +522,7 @@ class LaneDaemon:
                 tuple(status.faults),
                 tuple(status.link.items()),
             )
-            if key == last or not self.link.connected:
+            if key == last or not self.link.connected or self._said_offline:
                 continue
             try:
                 await self.link.publish_status(status)

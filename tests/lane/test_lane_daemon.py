@@ -378,3 +378,39 @@ async def test_a_task_that_fails_leaves_the_status_offline(
     finally:
         wtask.cancel()
         await asyncio.gather(wtask, return_exceptions=True)
+
+
+async def test_status_changes_during_shutdown_do_not_outlive_offline(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """The status loop must not publish after the shutdown's retained 'offline'."""
+    statuses: list[LaneStatus] = []
+
+    async def on_status(msg: Incoming) -> None:
+        statuses.append(LaneStatus.decode(msg.payload))
+
+    watcher = MqttLink(
+        mosquitto.host, mosquitto.port, f"w-{lane_id}", [(topics.status(lane_id), 1)], on_status
+    )
+    wtask = asyncio.create_task(watcher.run())
+    churn: asyncio.Task[None] | None = None
+    try:
+        async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+            await wait_until(lambda: any(s.state == "idle" for s in statuses))
+
+            async def flap() -> None:  # a fault coming and going as the lane stops
+                n = 0
+                while True:
+                    n += 1
+                    lane.daemon.runner.alarm("flapping", f"flap {n}" if n % 2 else None)
+                    await asyncio.sleep(0.001)
+
+            churn = asyncio.create_task(flap())
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # anything published late has arrived by now
+        assert statuses[-1].state == "offline", [s.state for s in statuses[-5:]]
+    finally:
+        if churn is not None:
+            churn.cancel()
+        wtask.cancel()
+        await asyncio.gather(wtask, *([churn] if churn else []), return_exceptions=True)
