@@ -258,6 +258,7 @@ class LaneDaemon:
         self.http: aiohttp.ClientSession | None = None
         self.resolver: Resolver | None = None
         self._file_mtimes: dict[Path, int] = {}
+        self._publishing: set[asyncio.Future[None]] = set()
         # Once 'offline' is being said, the status loop says nothing more: a later status
         # would replace the retained 'offline' of a lane that is gone.
         self._said_offline = False
@@ -379,6 +380,8 @@ class LaneDaemon:
         if not self.link.connected or name == "display":
             return
         task = asyncio.ensure_future(self.link.publish_event({"name": name, **fields}))
+        self._publishing.add(task)  # asyncio keeps only weak references to running tasks
+        task.add_done_callback(self._publishing.discard)
         task.add_done_callback(_log_failure)
 
     # --- running --------------------------------------------------------------------------

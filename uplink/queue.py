@@ -265,11 +265,11 @@ class RecordQueue:
             try:
                 yield self._db
             except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    try:
+                try:  # a closed connection raises even on this check
+                    if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        log.exception("queue rollback failed", extra={"path": str(self.path)})
+                except sqlite3.Error:
+                    log.exception("queue rollback failed", extra={"path": str(self.path)})
                 raise _classify(self.path, exc) from exc
 
     # -- the API -------------------------------------------------------------------------------

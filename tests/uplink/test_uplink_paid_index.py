@@ -10,7 +10,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from uplink.queue import MIGRATIONS, RecordQueue
+import pytest
+
+from uplink.queue import MIGRATIONS, QueueError, RecordQueue
 from uplink.records import AuthInfo, RecordDraft
 
 LANE = "p1/l1"
@@ -57,3 +59,10 @@ def test_a_v1_queue_learns_its_paid_records_when_migrated(tmp_path: Path) -> Non
     with RecordQueue(path, LANE, 10**8) as q:
         assert q.recorded_paid("pay_old")
         assert not q.recorded_paid("pay_refused")
+
+
+def test_a_closed_queue_raises_its_own_error(tmp_path: Path) -> None:
+    q = RecordQueue(tmp_path / "q.sqlite3", LANE, 10**8)
+    q.close()
+    with pytest.raises(QueueError):
+        q.batch(0, 10)
