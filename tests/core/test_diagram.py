@@ -13,6 +13,7 @@ import sys
 import typing
 from pathlib import Path
 
+import pytest
 from core_kit import Chooser, EventSource, LaneDriver, heal, random_walk, rules
 
 from lane.core import diagram
@@ -133,6 +134,7 @@ def test_module_prints_the_mermaid_text() -> None:
     assert out.stdout == diagram.mermaid()
 
 
-def test_the_readme_shows_the_current_diagram() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    assert "```mermaid\n" + diagram.mermaid() + "```" in readme
+@pytest.mark.parametrize("doc", ["README.md", "docs/core.md"])
+def test_the_docs_show_the_current_diagram(doc: str) -> None:
+    text = (Path(__file__).resolve().parents[2] / doc).read_text(encoding="utf-8")
+    assert "```mermaid\n" + diagram.mermaid() + "```" in text
