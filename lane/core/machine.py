@@ -138,6 +138,7 @@ def _arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
     ]
     if not implicit:
         actions.append(_fare_display(vehicle, state))
+        actions += _no_fare_alarm(vehicle)
     return replace(state, vehicle=vehicle, next_class=None), actions
 
 
@@ -199,10 +200,14 @@ def _on_classified(state: LaneState, event: ev.VehicleClassified, now: float) ->
         return state, []
     fare = state.rules.fares.fare_for(event.vehicle_class)
     amount, currency = fare if fare is not None else (None, "")
+    had_no_fare = vehicle.amount_minor is None and not vehicle.implicit
     vehicle = replace(
         vehicle, vehicle_class=event.vehicle_class, amount_minor=amount, currency=currency
     )
-    return replace(state, vehicle=vehicle), [_fare_display(vehicle, state)]
+    actions: list[Action] = [_fare_display(vehicle, state), *_no_fare_alarm(vehicle)]
+    if had_no_fare and amount is not None and vehicle.tries < state.rules.max_tries:
+        actions.append(ClearAlarm("attendant_needed"))  # the class was corrected: pay as usual
+    return replace(state, vehicle=vehicle), actions
 
 
 # --- payment ---------------------------------------------------------------------------------
@@ -240,7 +245,15 @@ def _on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
         return _refuse(state, vehicle, event.text, reason, actions)
     if vehicle.amount_minor is None:
         reason = f"no fare for class {vehicle.vehicle_class}"
-        return _refuse(state, vehicle, event.text, reason, actions)
+        if vehicle.implicit:
+            return _refuse(state, vehicle, event.text, reason, actions)
+        # Not the driver's fault: the code is neither spent nor refused, the attendant (already
+        # called on arrival) or a corrected class reading decides.
+        return state, [
+            *actions,
+            ShowOnDisplay((f"Class {vehicle.vehicle_class}", "Please wait for assistance")),
+            Note("scan_ignored", {"vehicle_id": vehicle.vehicle_id, "reason": reason}),
+        ]
     tries = vehicle.tries + 1
     auth_id = f"{vehicle.vehicle_id}/a{tries}"
     deadline = now + state.rules.budget_s
@@ -702,9 +715,20 @@ def _let_go(state: LaneState, vehicle: Vehicle, reason: str) -> list[Action]:
     actions: list[Action] = []
     if vehicle.attempt is not None:
         actions.append(Abandon(vehicle.attempt.auth_id, reason))
-    if vehicle.tries >= state.rules.max_tries:
+    if vehicle.tries >= state.rules.max_tries or _waits_for_a_fare(vehicle):
         actions.append(ClearAlarm("attendant_needed"))
     return actions
+
+
+def _waits_for_a_fare(vehicle: Vehicle) -> bool:
+    return vehicle.amount_minor is None and not vehicle.implicit and vehicle.manual is None
+
+
+def _no_fare_alarm(vehicle: Vehicle) -> list[Action]:
+    if not _waits_for_a_fare(vehicle):
+        return []
+    message = f"vehicle {vehicle.vehicle_id}: no fare for class {vehicle.vehicle_class}"
+    return [RaiseAlarm("attendant_needed", message)]
 
 
 def _fare_display(vehicle: Vehicle, state: LaneState) -> ShowOnDisplay:

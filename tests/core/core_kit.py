@@ -97,7 +97,9 @@ class SafetyMonitor:
         if "attendant_needed" in self.alarms:
             waiting = after.vehicle
             assert waiting is not None, "attendant_needed raised for a vehicle no longer there"
-            assert waiting.tries >= after.rules.max_tries and not waiting.manual, waiting
+            out_of_tries = waiting.tries >= after.rules.max_tries
+            no_fare = waiting.amount_minor is None and not waiting.implicit
+            assert (out_of_tries or no_fare) and not waiting.manual, waiting
         passenger = after.vehicle
         if passenger is not None and passenger.implicit:
             # A fare-gate passenger exists only while their code is in hand; else the gate jams.

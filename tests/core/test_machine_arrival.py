@@ -6,7 +6,7 @@ import pytest
 from core_kit import LaneDriver, displayed, of_type, one
 
 from lane.core import events as ev
-from lane.core.actions import Authorise, Note, ShowOnDisplay
+from lane.core.actions import Authorise, ClearAlarm, Note, RaiseAlarm, ShowOnDisplay
 from lane.core.state import Phase
 
 
@@ -68,14 +68,27 @@ def test_class_reading_does_not_change_a_payment_in_flight() -> None:
     assert lane.state.vehicle.amount_minor == 250
 
 
-def test_unknown_class_refuses_a_valid_code_with_a_reason() -> None:
+def test_unknown_class_calls_the_attendant_and_spends_no_try() -> None:
+    lane = LaneDriver()
+    lane.feed(ev.VehicleClassified(7))
+    actions = lane.arrive()
+    assert one(actions, RaiseAlarm).code == "attendant_needed"
+    actions = lane.scan()
+    assert of_type(actions, Authorise) == []
+    assert "Please wait for assistance" in displayed(actions)
+    assert lane.state.vehicle is not None and lane.state.vehicle.tries == 0
+    assert lane.phase() is Phase.VEHICLE_PRESENT
+
+
+def test_a_corrected_class_lets_the_same_code_pay() -> None:
     lane = LaneDriver()
     lane.feed(ev.VehicleClassified(7))
     lane.arrive()
-    actions = lane.scan()
-    assert of_type(actions, Authorise) == []
-    assert "no fare for class 7" in displayed(actions)
-    assert lane.phase() is Phase.DENIED
+    lane.scan("281234567890123456")
+    actions = lane.feed(ev.VehicleClassified(2))
+    assert ClearAlarm("attendant_needed") in actions
+    actions = lane.scan("281234567890123456")
+    assert one(actions, Authorise).amount_minor == 480
 
 
 def test_a_second_entry_loop_reading_is_the_same_vehicle() -> None:
