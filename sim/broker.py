@@ -45,7 +45,8 @@ _LIBC = (
 
 def _die_with_parent() -> None:
     """Linux: the broker gets SIGTERM when the thread that started it dies, even by SIGKILL,
-    so a killed simulator or test run never leaves a broker behind."""
+    so a killed simulator or test run leaves no broker behind. (Started as root, mosquitto
+    drops to its own user, which clears this: a killed root run can still leave one.)"""
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
