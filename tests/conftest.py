@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from barrier import topics
+from barrier.messages import LaneStatus
+from barrier.mqtt import Incoming, MqttLink
 from sim.broker import Mosquitto, running_mosquitto
 
 
@@ -20,3 +24,23 @@ def mosquitto() -> Iterator[Mosquitto]:
 def lane_id() -> str:
     """A lane id unique to the test, so topics never collide between tests."""
     return f"t{uuid.uuid4().hex[:6]}/l01"
+
+
+@pytest.fixture
+async def lane_statuses(mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[list[LaneStatus]]:
+    """Every retained status the lane `lane_id` publishes, in order, as an operator sees them."""
+    statuses: list[LaneStatus] = []
+
+    async def on_status(msg: Incoming) -> None:
+        statuses.append(LaneStatus.decode(msg.payload))
+
+    watcher = MqttLink(
+        mosquitto.host, mosquitto.port, f"w-{lane_id}", [(topics.status(lane_id), 1)], on_status
+    )
+    task = asyncio.create_task(watcher.run())
+    try:
+        await watcher.wait_connected(5)
+        yield statuses
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from barrier import topics
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import BarrierCommand, LaneStatus
-from barrier.mqtt import Incoming, MqttLink
+from barrier.mqtt import MqttLink
 from lane.auth.cose import Alg
 from lane.auth.keys import IssuerKey, KeySet, encode_keyset, keyset_to_json
 from lane.auth.plaza import keys_topic
@@ -205,7 +205,7 @@ async def test_garbage_on_lane_topics_is_ignored(lane: Lane, mosquitto: Mosquitt
 
 
 async def test_sigterm_stops_cleanly_and_says_offline(
-    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
 ) -> None:
     keyset = CodeFactory(3).write_keyset(tmp_path / "keyset.json", int(time.time()))
     conf = tmp_path / "lane.toml"
@@ -216,15 +216,7 @@ async def test_sigterm_stops_cleanly_and_says_offline(
         f'[auth]\nkeyset = "{keyset.name}"\n'
     )
     (tmp_path / "frames").mkdir()
-    statuses: list[LaneStatus] = []
-
-    async def on_status(msg: Incoming) -> None:
-        statuses.append(LaneStatus.decode(msg.payload))
-
-    watcher = MqttLink(
-        mosquitto.host, mosquitto.port, f"w-{lane_id}", [(topics.status(lane_id), 1)], on_status
-    )
-    wtask = asyncio.create_task(watcher.run())
+    statuses = lane_statuses
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lane", "run", "--config", str(conf),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -242,8 +234,6 @@ async def test_sigterm_stops_cleanly_and_says_offline(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-        wtask.cancel()
-        await asyncio.gather(wtask, return_exceptions=True)
 
 
 def test_broken_config_is_refused_with_every_problem(tmp_path: Path) -> None:
@@ -359,47 +349,27 @@ async def test_an_unreadable_queue_does_not_take_the_lane_down(lane: Lane) -> No
 
 
 async def test_a_task_that_fails_leaves_the_status_offline(
-    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
 ) -> None:
     """A failed task ends the lane, whose links then leave cleanly (the broker discards their
     will): the retained status must still say offline, not the last 'idle'."""
-    statuses: list[LaneStatus] = []
-
-    async def on_status(msg: Incoming) -> None:
-        statuses.append(LaneStatus.decode(msg.payload))
-
-    watcher = MqttLink(
-        mosquitto.host, mosquitto.port, f"w-{lane_id}", [(topics.status(lane_id), 1)], on_status
-    )
-    wtask = asyncio.create_task(watcher.run())
-    try:
-        with pytest.raises(ExceptionGroup):
-            async with running_lane(tmp_path, mosquitto, lane_id) as lane:
-                await wait_until(lambda: any(s.state == "idle" for s in statuses))
-                runner_task = lane.daemon.ops.runner_task
-                assert runner_task is not None
-                # Not an event the core knows: the runner task fails, as a bug in it would.
-                lane.daemon.runner.post(object())  # type: ignore[arg-type]
-                await wait_until(runner_task.done)
-        await wait_until(lambda: statuses[-1].state == "offline")
-    finally:
-        wtask.cancel()
-        await asyncio.gather(wtask, return_exceptions=True)
+    statuses = lane_statuses
+    with pytest.raises(ExceptionGroup):
+        async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+            await wait_until(lambda: any(s.state == "idle" for s in statuses))
+            runner_task = lane.daemon.ops.runner_task
+            assert runner_task is not None
+            # Not an event the core knows: the runner task fails, as a bug in it would.
+            lane.daemon.runner.post(object())  # type: ignore[arg-type]
+            await wait_until(runner_task.done)
+    await wait_until(lambda: statuses[-1].state == "offline")
 
 
 async def test_status_changes_during_shutdown_do_not_outlive_offline(
-    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
 ) -> None:
     """The status loop must not publish after the shutdown's retained 'offline'."""
-    statuses: list[LaneStatus] = []
-
-    async def on_status(msg: Incoming) -> None:
-        statuses.append(LaneStatus.decode(msg.payload))
-
-    watcher = MqttLink(
-        mosquitto.host, mosquitto.port, f"w-{lane_id}", [(topics.status(lane_id), 1)], on_status
-    )
-    wtask = asyncio.create_task(watcher.run())
+    statuses = lane_statuses
     churn: asyncio.Task[None] | None = None
     try:
         async with running_lane(tmp_path, mosquitto, lane_id) as lane:
@@ -419,5 +389,4 @@ async def test_status_changes_during_shutdown_do_not_outlive_offline(
     finally:
         if churn is not None:
             churn.cancel()
-        wtask.cancel()
-        await asyncio.gather(wtask, *([churn] if churn else []), return_exceptions=True)
+            await asyncio.gather(churn, return_exceptions=True)

@@ -11,9 +11,7 @@ from pathlib import Path
 import aiohttp
 from ops_kit import eventually, running_lane, wait_until
 
-from barrier import topics
 from barrier.messages import LaneStatus
-from barrier.mqtt import Incoming, MqttLink
 from lane.config import parse_config
 from lane.daemon import LaneDaemon
 from scanner.sources import PushSource
@@ -76,55 +74,43 @@ async def test_metrics_scraped_while_vehicles_pass(
 
 
 async def test_readyz_follows_the_barrier_and_the_status_says_the_same(
-    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
 ) -> None:
-    statuses: list[LaneStatus] = []
+    statuses = lane_statuses
+    async with running_lane(tmp_path, mosquitto, lane_id) as lane:
 
-    async def on_status(msg: Incoming) -> None:
-        statuses.append(LaneStatus.decode(msg.payload))
+        async def ready_is(code: int) -> dict[str, object] | None:
+            status, text = await lane.get("/readyz")
+            return json.loads(text) if status == code else None
 
-    watcher = MqttLink(
-        mosquitto.host, mosquitto.port, f"w-{lane_id}", [(topics.status(lane_id), 1)], on_status
-    )
-    wtask = asyncio.create_task(watcher.run())
-    try:
-        async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+        body = await eventually(lambda: ready_is(200))
+        assert body["ok"] is True
+        assert [c["name"] for c in body["checks"]] == ["camera", "broker", "barrier", "queue"]
+        await wait_until(lambda: statuses and statuses[-1].link.get("barrier") is True)
+        assert {"camera", "broker", "barrier", "queue"} <= set(statuses[-1].link)
 
-            async def ready_is(code: int) -> dict[str, object] | None:
-                status, text = await lane.get("/readyz")
-                return json.loads(text) if status == code else None
+        lane.device.set_fault("offline")
+        body = await eventually(lambda: ready_is(503))
+        barrier = next(c for c in body["checks"] if c["name"] == "barrier")
+        assert barrier == {"name": "barrier", "ok": False, "detail": "device is offline"}
+        assert all(c["ok"] for c in body["checks"] if c["name"] != "barrier")
+        await wait_until(lambda: statuses[-1].link.get("barrier") is False)
+        assert "barrier_offline" in statuses[-1].faults
+        m = await lane.scrape()
+        assert sample(m, "lane_ready") == 0
+        assert sample(m, "lane_ready_check", check="barrier") == 0
+        assert sample(m, "lane_barrier_state", state="offline") == 1
+        assert sample(m, "lane_barrier_faults_total", fault="barrier_offline") == 1
+        assert sample(m, "lane_alarm_active", alarm="barrier_offline") == 1
+        # Not ready is not dead: liveness stays green.
+        status, text = await lane.get("/healthz")
+        assert status == 200, text
 
-            body = await eventually(lambda: ready_is(200))
-            assert body["ok"] is True
-            assert [c["name"] for c in body["checks"]] == ["camera", "broker", "barrier", "queue"]
-            await wait_until(lambda: statuses and statuses[-1].link.get("barrier") is True)
-            assert {"camera", "broker", "barrier", "queue"} <= set(statuses[-1].link)
-
-            lane.device.set_fault("offline")
-            body = await eventually(lambda: ready_is(503))
-            barrier = next(c for c in body["checks"] if c["name"] == "barrier")
-            assert barrier == {"name": "barrier", "ok": False, "detail": "device is offline"}
-            assert all(c["ok"] for c in body["checks"] if c["name"] != "barrier")
-            await wait_until(lambda: statuses[-1].link.get("barrier") is False)
-            assert "barrier_offline" in statuses[-1].faults
-            m = await lane.scrape()
-            assert sample(m, "lane_ready") == 0
-            assert sample(m, "lane_ready_check", check="barrier") == 0
-            assert sample(m, "lane_barrier_state", state="offline") == 1
-            assert sample(m, "lane_barrier_faults_total", fault="barrier_offline") == 1
-            assert sample(m, "lane_alarm_active", alarm="barrier_offline") == 1
-            # Not ready is not dead: liveness stays green.
-            status, text = await lane.get("/healthz")
-            assert status == 200, text
-
-            lane.device.set_fault(None)
-            await eventually(lambda: ready_is(200))
-            await wait_until(lambda: statuses[-1].link.get("barrier") is True)
-            m = await lane.scrape()
-            assert sample(m, "lane_alarm_active", alarm="barrier_offline") == 0
-    finally:
-        wtask.cancel()
-        await asyncio.gather(wtask, return_exceptions=True)
+        lane.device.set_fault(None)
+        await eventually(lambda: ready_is(200))
+        await wait_until(lambda: statuses[-1].link.get("barrier") is True)
+        m = await lane.scrape()
+        assert sample(m, "lane_alarm_active", alarm="barrier_offline") == 0
 
 
 async def test_healthz_reports_the_loop_and_the_runner(
