@@ -591,6 +591,11 @@ class LaneDaemon:
                 self._uplink_status = (uplink.backlog, uplink.oldest_age_s)
                 full = uplink.bytes_used >= self.queue.max_bytes
                 now = (full, uplink.high_water_reached)
+                # A failed write changes neither: once a probe commits again, say so anyway.
+                if "disk_error" in self.runner.state.faults and await asyncio.to_thread(
+                    self.queue.writable
+                ):
+                    last = None
                 if now != last:
                     hw = uplink.high_water_reached
                     self.runner.post(ev.QueueChanged(full=full, high_water=hw))
