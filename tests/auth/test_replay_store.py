@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lane.auth.replay import MIGRATIONS, ReplayStore, ReplayStoreError, UsedToken
 
@@ -208,3 +211,34 @@ def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ReplayStoreError, match="cannot open"):
         ReplayStore(tmp_path / "missing-dir" / "replay.db")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=400),  # true seconds that pass
+            st.floats(min_value=-(86_400 * 365), max_value=86_400 * 365),  # the wall's error
+        ),
+        max_size=15,
+    )
+)
+def test_no_wall_clock_error_purges_an_id_whose_token_is_alive(
+    steps: list[tuple[float, float]],
+) -> None:
+    """The id of a token used while the wall clock was right survives every purge until its
+    exp + keep has passed in true time, whatever the wall clock reads in between."""
+    mono = Ledger()
+    keep = 60
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ReplayStore(Path(tmp) / "r.db", keep_after_exp_s=keep, monotonic=mono)
+        with store:
+            exp = int(NOW) + 60
+            store.check_and_mark("t1", exp, "l", NOW)
+            true_time = NOW
+            for passed, error in steps:
+                true_time += passed
+                mono.t += passed
+                store.purge(now=true_time + error)
+                if true_time <= exp + keep:
+                    assert store.get("t1") is not None
