@@ -67,10 +67,6 @@ class TokenVerifier:
         judgement = judge_keyset(self.keys, keys, self.clock(), self.skew_s)
         if judgement.verdict is Verdict.ADOPT:
             self.keys = keys
-            log.info(
-                "key set updated",
-                extra={"lane": self.lane, "source": source, "issued_at": keys.issued_at},
-            )
         self._settle(UpdateKind.KEYSET, source, judgement, keys)
         return judgement
 
@@ -78,10 +74,6 @@ class TokenVerifier:
         judgement = judge_deny(self.deny, deny, self.clock(), self.skew_s, self.max_generation_step)
         if judgement.verdict is Verdict.ADOPT:
             self.deny = deny
-            log.info(
-                "deny list updated",
-                extra={"lane": self.lane, "source": source, "generation": deny.generation},
-            )
         self._settle(UpdateKind.DENY, source, judgement, deny)
         return judgement
 
@@ -117,10 +109,13 @@ class TokenVerifier:
         judgement: Judgement,
         update: KeySet | DenyList | None,
     ) -> None:
+        what = "key set" if kind is UpdateKind.KEYSET else "deny list"
+        if judgement.verdict is Verdict.ADOPT and update is not None:
+            mark = update.issued_at if isinstance(update, KeySet) else update.generation
+            log.info(f"{what} updated", extra={"lane": self.lane, "source": source, "as_of": mark})
         if not judgement.refused:
             self.forget_source(source)
             return
-        what = "key set" if kind is UpdateKind.KEYSET else "deny list"
         text = f"{what} from {source} refused ({judgement.verdict}): {judgement.detail}"
         if judgement.retry_later and update is not None:
             self._pending[source] = update
