@@ -239,3 +239,15 @@ def test_refusals_of_two_sources_are_kept_apart(tmp_path: Path) -> None:
     v.forget_source(MQTT_DENY)  # the retained copy was deleted
     text = v.refusal_text()
     assert text is not None and MQTT_DENY not in text
+
+
+def test_a_pending_set_is_replaced_by_its_sources_next_update(tmp_path: Path) -> None:
+    """A set dated a day ahead waits; the back office's correction on the same topic replaces
+    it, so it can never come back a day later over a rotation made in between."""
+    wall = Wall(NOW)
+    v = verifier(tmp_path, wall)
+    assert v.update_keys(keyset(NOW + 86_400, ROTATED), MQTT_KEYS).retry_later
+    assert v.update_keys(keyset(NOW, ISSUER), MQTT_KEYS).verdict is Verdict.ADOPT
+    wall.t = NOW + 2 * 86_400
+    v.retry_pending()
+    assert v.keys.issued_at == NOW and v.keys.get(b"k2") is None
