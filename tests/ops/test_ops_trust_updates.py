@@ -4,6 +4,7 @@ mosquitto are refused with an alarm and a metric, and never block the back offic
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from ops_kit import running_lane, wait_until
 from barrier.mqtt import MqttLink
 from lane.auth.cose import Alg
 from lane.auth.deny import DenyList, encode_deny_list
-from lane.auth.keys import IssuerKey, KeySet, encode_keyset
+from lane.auth.keys import IssuerKey, KeySet, encode_keyset, keyset_to_json
 from lane.auth.plaza import deny_topic, keys_topic
 from sim.broker import Mosquitto
 
@@ -71,5 +72,40 @@ async def test_retained_poison_is_refused_and_the_next_sane_update_is_taken(
     finally:
         for topic in (keys_topic(plaza), deny_topic(plaza)):
             await backoffice.publish(topic, b"", retain=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_poisoned_file_and_a_garbage_copy_are_refused_until_their_source_is_sane(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    plaza = lane_id.split("/", maxsplit=1)[0]
+    backoffice = MqttLink(mosquitto.host, mosquitto.port, f"bo-{lane_id}")
+    task = asyncio.create_task(backoffice.run())
+    try:
+        await backoffice.wait_connected(5)
+        async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+            daemon = lane.daemon
+            keyset = lane.config.auth.keyset
+            assert keyset is not None
+            held = daemon.verifier.keys
+            # A sync job writes a key set in milliseconds; the back office leaves garbage.
+            now = int(time.time())
+            body = {**json.loads(keyset_to_json(held)), "issued_at": now * 1000}
+            keyset.write_text(json.dumps(body))
+            await backoffice.publish(deny_topic(plaza), b"\x81\xa1v\x01", retain=True)
+            await wait_until(lambda: str(keyset) in daemon.runner.alarms.get(ALARM, ""))
+            await wait_until(lambda: "invalid" in daemon.runner.alarms.get(ALARM, ""))
+            assert daemon.verifier.keys is held
+            assert await lane.serve("token") == "barrier_opened"
+            # The file is corrected and the garbage deleted: nothing is left to alarm about.
+            keyset.write_text(keyset_to_json(KeySet.of(now + 1, held.keys.values())))
+            await backoffice.publish(deny_topic(plaza), b"", retain=True)
+            await wait_until(lambda: ALARM not in daemon.runner.alarms)
+            assert daemon.verifier.keys.issued_at == now + 1
+            metrics = await lane.scrape()
+            assert refused(metrics, "keyset") == 1 and refused(metrics, "deny") == 1
+    finally:
+        await backoffice.publish(deny_topic(plaza), b"", retain=True)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
