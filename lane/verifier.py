@@ -121,11 +121,13 @@ class TokenVerifier:
             self._pending[source] = update
         else:
             self._pending.pop(source, None)
-        self.refused[source] = text
         what_exactly = (judgement.verdict, update if update is not None else judgement.detail)
         if self._refused_what.get(source) == what_exactly:
-            return  # the same copy again (a retry, a re-delivery): counted and logged once
+            # The same copy again (a retry, a re-delivery): counted, logged and worded once,
+            # so the alarm text does not change every second with "N s ahead".
+            return
         self._refused_what[source] = what_exactly
+        self.refused[source] = text
         self.refused_counts[(kind, judgement.verdict)] += 1
         log.error(
             "trust update refused",

@@ -211,9 +211,12 @@ def test_a_set_dated_ahead_is_taken_once_the_lane_clock_gets_there(tmp_path: Pat
     v = verifier(tmp_path, wall)  # the file set, dated NOW - 3600, is refused for now...
     assert v.keys.keys == {}
     assert v.refused_counts[(UpdateKind.KEYSET, Verdict.FUTURE_DATED)] == 1
+    alarm = v.refusal_text()
+    wall.t += 1
     v.retry_pending()
-    v.retry_pending()  # the same copy, judged again: counted and logged once
+    v.retry_pending()  # the same copy, judged again: counted, logged and worded once
     assert v.refused_counts[(UpdateKind.KEYSET, Verdict.FUTURE_DATED)] == 1
+    assert v.refusal_text() == alarm
     wall.t = NOW  # ... NTP steps the clock
     v.retry_pending()
     assert v.keys.issued_at == NOW - 3600
