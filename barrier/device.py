@@ -105,6 +105,8 @@ class DeviceEmulator:
             on_connect=self._on_connect,
             will=self._will(self._next_session),
             credentials=credentials,
+            # A retained command is dropped (gate.admit) even when the broker forwards it live.
+            retain_as_published=True,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 log = logging.getLogger("lane.mqtt")
 
@@ -84,6 +85,10 @@ class MqttLink:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     # Called (synchronously) each time an established connection is lost.
     on_disconnect: OnDisconnect | None = None
+    # MQTT 5 Retain-As-Published on every subscription: the broker keeps the retain flag of
+    # a message it forwards live, so `Incoming.retain` says what the publisher asked for, not
+    # only whether the copy came out of the broker's store.
+    retain_as_published: bool = False
     _client: aiomqtt.Client | None = None
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -97,7 +102,9 @@ class MqttLink:
                     self._client = client
                     self._closed.clear()
                     for topic, qos in self.subscriptions:
-                        await client.subscribe(topic, qos)
+                        rap = self.retain_as_published
+                        options = SubscribeOptions(qos=qos, retainAsPublished=rap)
+                        await client.subscribe(topic, options=options)
                     _reraise_swallowed_cancel()
                     self.connected.set()
                     if not first:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,10 +21,31 @@ def pack(fields: Mapping[str, Any], v: int = SCHEMA_VERSION) -> bytes:
     return data
 
 
+class DuplicateKey(PayloadError):  # noqa: N818 - a kind of PayloadError, named for the fault
+    """A map that names one key twice: the two decoders of a message could disagree."""
+
+
+def unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """msgpack's object_pairs_hook: a map with a repeated key is refused, at every depth.
+
+    msgpack itself keeps the last value, so `{op: close, op: open}` would read as open here
+    while another decoder (or a log line, or a person) reads close."""
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        repeated = sorted(repr(key) for key, n in counts.items() if n > 1)
+        raise DuplicateKey(f"duplicate key {', '.join(repeated)} in a map")
+    return body
+
+
 def unpack(data: bytes, max_version: int = SCHEMA_VERSION) -> dict[str, Any]:
     """Decode a message; anything that is not a versioned map raises PayloadError."""
     try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=True, timestamp=0)
+        body = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, timestamp=0, object_pairs_hook=unique_map
+        )
+    except DuplicateKey:
+        raise
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise PayloadError(f"not msgpack: {exc.__class__.__name__}: {exc}") from exc
     if not isinstance(body, dict):

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lane.auth.deny import DenyListError, load_deny_list
+from lane.auth.deny import DenyList, DenyListError, load_deny_list
 from lane.auth.fares import TariffError, load_tariff
-from lane.auth.keys import KeySetError, keyset_stale, load_keyset
+from lane.auth.keys import KeySet, KeySetError, keyset_stale, load_keyset
+from lane.auth.trust import judge_deny, judge_keyset
 from lane.config import ConfigError, LaneConfig, load_config
 
 
@@ -51,9 +52,14 @@ def check_config(path: Path, now: float | None = None) -> Findings:
     _check_keys(config, path, wall, found)
     if config.auth.deny_list is not None:
         try:
-            load_deny_list(config.auth.deny_list)
+            deny = load_deny_list(config.auth.deny_list)
         except DenyListError as exc:
             found.problems.append(str(exc))
+        else:
+            step = config.auth.max_generation_step
+            judged = judge_deny(DenyList.empty(), deny, wall, config.auth.skew_s, step)
+            if judged.refused:
+                found.problems.append(f"{config.auth.deny_list}: refused: {judged.detail}")
     _check_settings(config, path, found)
     return found
 
@@ -85,8 +91,9 @@ def _check_keys(config: LaneConfig, path: Path, now: float, found: Findings) -> 
     except KeySetError as exc:
         found.problems.append(str(exc))
         return
-    if not keys.keys:
-        found.warnings.append(f"{source}: keys: empty; every offline token is refused")
+    judged = judge_keyset(KeySet(0, {}), keys, now, config.auth.skew_s)
+    if judged.refused:  # the lane would refuse the file and start without keys
+        found.problems.append(f"{source}: refused: {judged.detail}")
         return
     max_age = config.auth.keyset_max_age_s
     if keyset_stale(keys, now, max_age):

@@ -77,6 +77,11 @@ class AuthSection(_Section):
     keyset_max_age_s: float = Field(
         86400 * 7, gt=0, le=86400 * 365, description="Alarm when the key set is older than this"
     )
+    max_generation_step: int = Field(
+        1_000_000,  # lane.auth.trust.DEFAULT_MAX_STEP
+        ge=1,
+        description="Largest deny list generation jump a lane adopts",
+    )
     offline_policy: Literal["deny", "floor"] = Field(
         "deny", description="When the acquirer is unreachable: deny, or accept up to a floor"
     )

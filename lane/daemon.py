@@ -45,6 +45,7 @@ from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.auth.resolution_store import ResolutionStore, StoreError
 from lane.auth.resolver import Resolver
 from lane.auth.sourced import SourcedError
+from lane.auth.trust import UpdateKind
 from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
@@ -200,8 +201,6 @@ class LaneDaemon:
         )
         self.replay = ReplayStore(data / "replay.sqlite3")
         self.payments_store = ResolutionStore(data / "payments.sqlite3")
-        self.keys = load_keyset(config.auth.keyset) if config.auth.keyset else KeySet(0, {})
-        deny = load_deny_list(config.auth.deny_list) if config.auth.deny_list else DenyList.empty()
         creds = None
         if config.broker.username:
             creds = Credentials(config.broker.username, config.broker.password or "")
@@ -240,8 +239,21 @@ class LaneDaemon:
             subs.append(self.sharing.subscription())
         self.uplink.subscriptions = subs
         self.verifier = TokenVerifier(
-            self.lane, self.keys, deny, self.replay, config.auth.skew_s, sharing=self.sharing
+            self.lane,
+            KeySet(0, {}),
+            DenyList.empty(),
+            self.replay,
+            config.auth.skew_s,
+            sharing=self.sharing,
+            clock=self.clocks.wall,
+            max_generation_step=config.auth.max_generation_step,
         )
+        # The files go through the same bounds as every later update (lane.auth.trust).
+        if config.auth.keyset:
+            self.verifier.update_keys(load_keyset(config.auth.keyset), str(config.auth.keyset))
+        if config.auth.deny_list:
+            deny_file = config.auth.deny_list
+            self.verifier.update_deny(load_deny_list(deny_file), str(deny_file))
         self.payments = PaymentsAdapter(self.lane)
         self.runner = LaneRunner(
             initial_state(rules_from(config)),
@@ -287,16 +299,20 @@ class LaneDaemon:
 
     async def _on_plaza_update(self, msg: Incoming) -> None:
         """Key sets and deny lists from the back office (retained topics, newer only)."""
-        try:
-            if msg.topic == keys_topic(self.config.lane.plaza):
-                self.verifier.update_keys(decode_keyset(msg.payload, msg.topic))
-            else:
-                self.verifier.update_deny(decode_deny_list(msg.payload, msg.topic))
-        except (KeySetError, DenyListError) as exc:
-            log.warning(
-                "plaza update refused",
-                extra={"lane": self.lane, "topic": msg.topic, "error": str(exc)},
-            )
+        source = f"mqtt {msg.topic}"
+        is_keys = msg.topic == keys_topic(self.config.lane.plaza)
+        if not msg.payload:  # the retained copy was deleted: what the lane holds stays
+            self.verifier.forget_source(source)
+        elif is_keys:
+            try:
+                self.verifier.update_keys(decode_keyset(msg.payload, source), source)
+            except KeySetError as exc:
+                self.verifier.update_unreadable(UpdateKind.KEYSET, source, exc)
+        else:
+            try:
+                self.verifier.update_deny(decode_deny_list(msg.payload, source), source)
+            except DenyListError as exc:
+                self.verifier.update_unreadable(UpdateKind.DENY, source, exc)
 
     # --- inputs -> events -----------------------------------------------------------------
 
@@ -537,15 +553,17 @@ class LaneDaemon:
         """Key set and deny list files are re-read when they change (an operator or a sync job
         replaces them); a broken file is refused and the lane keeps what it had."""
         auth = self.config.auth
-        try:
-            if self._changed(auth.keyset):
-                assert auth.keyset is not None
-                self.verifier.update_keys(load_keyset(auth.keyset))
-            if self._changed(auth.deny_list):
-                assert auth.deny_list is not None
-                self.verifier.update_deny(load_deny_list(auth.deny_list))
-        except (KeySetError, DenyListError) as exc:
-            log.error("file update refused", extra={"lane": self.lane, "error": str(exc)})
+        if auth.keyset is not None and self._changed(auth.keyset):
+            try:
+                self.verifier.update_keys(load_keyset(auth.keyset), str(auth.keyset))
+            except KeySetError as exc:
+                self.verifier.update_unreadable(UpdateKind.KEYSET, str(auth.keyset), exc)
+        if auth.deny_list is not None and self._changed(auth.deny_list):
+            try:
+                self.verifier.update_deny(load_deny_list(auth.deny_list), str(auth.deny_list))
+            except DenyListError as exc:
+                self.verifier.update_unreadable(UpdateKind.DENY, str(auth.deny_list), exc)
+        self.verifier.retry_pending()
 
     def _changed(self, path: Path | None) -> bool:
         if path is None:
@@ -573,6 +591,11 @@ class LaneDaemon:
                 self._uplink_status = (uplink.backlog, uplink.oldest_age_s)
                 full = uplink.bytes_used >= self.queue.max_bytes
                 now = (full, uplink.high_water_reached)
+                # A failed write changes neither: once a probe commits again, say so anyway.
+                if "disk_error" in self.runner.state.faults and await asyncio.to_thread(
+                    self.queue.writable
+                ):
+                    last = None
                 if now != last:
                     hw = uplink.high_water_reached
                     self.runner.post(ev.QueueChanged(full=full, high_water=hw))
@@ -585,6 +608,9 @@ class LaneDaemon:
                 self.runner.alarm(
                     "keyset_stale", "issuer key set is older than allowed" if stale else None
                 )
+            refused = self.verifier.refusal_text()
+            if refused != self.runner.alarms.get("trust_update_refused"):
+                self.runner.alarm("trust_update_refused", refused)
             self._reload_changed_files()
             purge_in -= 1
             if purge_in <= 0:

@@ -103,6 +103,8 @@ class Snapshot:
     uplink: UplinkStatus | None = None
     queue_max_bytes: int = 0
     keyset_age_s: float | None = None
+    # (kind, reason) -> key sets and deny lists refused so far (lane.auth.trust)
+    trust_refused: Mapping[tuple[str, str], int] = field(default_factory=dict)
     alarms: Mapping[str, str] = field(default_factory=dict)
     barrier_state: str = "unknown"
     readiness: Sequence[Check] = ()
@@ -211,6 +213,12 @@ class LaneMetrics:
         self.queue_max = Gauge("lane_queue_max_bytes", "Configured bound of the queue", registry=r)
         self.keyset_age = Gauge(
             "lane_keyset_age_seconds", "Age of the issuer key set (NaN when none)", registry=r
+        )
+        self.trust_refused = Counter(
+            "lane_trust_updates_refused",
+            "Key sets and deny lists refused (future-dated, generation jump, empty, invalid)",
+            ["kind", "reason"],
+            registry=r,
         )
         self.alarms_active = Gauge("lane_alarms_active", "Alarms currently raised", registry=r)
         self.alarm = Gauge(
@@ -352,6 +360,8 @@ class LaneMetrics:
             self._mirror(self.batches_resent, "resent", u.resent_batches)
         self.queue_max.set(snap.queue_max_bytes)
         self.keyset_age.set(math.nan if snap.keyset_age_s is None else snap.keyset_age_s)
+        for (kind, reason), count in snap.trust_refused.items():
+            self._mirror(self.trust_refused.labels(kind, reason), f"trust:{kind}:{reason}", count)
         self.alarms_active.set(len(snap.alarms))
         self._alarm_codes.update(c for c in snap.alarms if _CODE.fullmatch(c))
         for code in self._alarm_codes:

@@ -129,6 +129,10 @@ class LaneOps:
                 uplink=self.uplink,
                 queue_max_bytes=d.queue.max_bytes,
                 keyset_age_s=max(0.0, d.clocks.wall() - keys.issued_at) if keys.keys else None,
+                trust_refused={
+                    (kind.value, reason.value): n
+                    for (kind, reason), n in d.verifier.refused_counts.items()
+                },
                 alarms=dict(d.runner.alarms),
                 barrier_state=d.runner.state.barrier,
                 readiness=self.readiness(),

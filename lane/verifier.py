@@ -1,21 +1,38 @@
 """The lane's offline token check: signature and claims, deny list, then replay (rule 4).
 
 `verify_token` is pure; this adapter adds the two stateful parts: the key set and deny list in
-force (replaced whole when a newer one arrives by file or MQTT) and the replay store shared with
-the plaza. A token is marked used only once everything else accepted it, so a refused token
-never burns a driver's code.
+force (replaced whole when a newer one arrives by file or MQTT, within the bounds of
+`lane.auth.trust`) and the replay store shared with the plaza. A token is marked used only once
+everything else accepted it, so a refused token never burns a driver's code.
+
+A refused update is remembered by its source (a file path or an MQTT topic) until that source
+sends one that passes: `refusal_text()` is the `trust_update_refused` alarm, `refused_counts`
+feeds the metric. A future-dated update is kept and judged again by `retry_pending()`, so it is
+adopted once its time has come.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
+from collections.abc import Callable
 
 from lane.auth.authoriser import OfflineResult
-from lane.auth.deny import DenyList, newer_deny_list
+from lane.auth.deny import DenyList
 from lane.auth.keys import KeySet
 from lane.auth.plaza import UsedTokenMsg, UsedTokenSharing
 from lane.auth.replay import ReplayStore
+from lane.auth.sourced import SourcedError
 from lane.auth.tokens import TokenAccepted, verify_token
+from lane.auth.trust import (
+    DEFAULT_MAX_STEP,
+    Judgement,
+    UpdateKind,
+    Verdict,
+    judge_deny,
+    judge_keyset,
+)
 
 log = logging.getLogger("lane.auth.verifier")
 
@@ -30,6 +47,8 @@ class TokenVerifier:
         skew_s: float,
         *,
         sharing: UsedTokenSharing | None = None,
+        clock: Callable[[], float] = time.time,
+        max_generation_step: int = DEFAULT_MAX_STEP,
     ) -> None:
         self.lane = lane
         self.keys = keys
@@ -37,21 +56,89 @@ class TokenVerifier:
         self.replay = replay
         self.skew_s = skew_s
         self.sharing = sharing
+        self.clock = clock
+        self.max_generation_step = max_generation_step
+        self.refused: dict[str, str] = {}  # source -> why its last update was refused
+        self._refused_what: dict[str, object] = {}  # source -> (verdict, the refused update)
+        self.refused_counts: Counter[tuple[UpdateKind, Verdict]] = Counter()
+        self._pending: dict[str, KeySet | DenyList] = {}  # future-dated, by source
 
-    def update_keys(self, keys: KeySet) -> bool:
-        if not keys.supersedes(self.keys):
-            return False
-        self.keys = keys
-        log.info("key set updated", extra={"lane": self.lane, "issued_at": keys.issued_at})
-        return True
+    def update_keys(self, keys: KeySet, source: str) -> Judgement:
+        judgement = judge_keyset(self.keys, keys, self.clock(), self.skew_s)
+        if judgement.verdict is Verdict.ADOPT:
+            self.keys = keys
+        self._settle(UpdateKind.KEYSET, source, judgement, keys)
+        return judgement
 
-    def update_deny(self, deny: DenyList) -> bool:
-        newer = newer_deny_list(self.deny, deny)
-        if newer is self.deny:
-            return False
-        self.deny = newer
-        log.info("deny list updated", extra={"lane": self.lane})
-        return True
+    def update_deny(self, deny: DenyList, source: str) -> Judgement:
+        judgement = judge_deny(self.deny, deny, self.clock(), self.skew_s, self.max_generation_step)
+        if judgement.verdict is Verdict.ADOPT:
+            self.deny = deny
+        self._settle(UpdateKind.DENY, source, judgement, deny)
+        return judgement
+
+    def update_unreadable(self, kind: UpdateKind, source: str, error: SourcedError) -> None:
+        """A file or payload that is not a key set or deny list at all."""
+        self._settle(kind, source, Judgement(Verdict.INVALID, error.problem), None)
+
+    def forget_source(self, source: str) -> None:
+        """The source withdrew its update (an emptied retained topic): nothing left to refuse."""
+        self._pending.pop(source, None)
+        self._refused_what.pop(source, None)
+        if self.refused.pop(source, None) is not None:
+            log.info("trust update source cleared", extra={"lane": self.lane, "source": source})
+
+    def retry_pending(self) -> None:
+        """Judge future-dated updates again: the lane's clock may have caught up with them."""
+        for source, update in list(self._pending.items()):
+            if isinstance(update, KeySet):
+                self.update_keys(update, source)
+            else:
+                self.update_deny(update, source)
+
+    def refusal_text(self) -> str | None:
+        """The `trust_update_refused` alarm's text, or None when every source is sane."""
+        if not self.refused:
+            return None
+        return "; ".join(self.refused[s] for s in sorted(self.refused))
+
+    def _settle(
+        self,
+        kind: UpdateKind,
+        source: str,
+        judgement: Judgement,
+        update: KeySet | DenyList | None,
+    ) -> None:
+        what = "key set" if kind is UpdateKind.KEYSET else "deny list"
+        if judgement.verdict is Verdict.ADOPT and update is not None:
+            mark = update.issued_at if isinstance(update, KeySet) else update.generation
+            log.info(f"{what} updated", extra={"lane": self.lane, "source": source, "as_of": mark})
+        if not judgement.refused:
+            self.forget_source(source)
+            return
+        text = f"{what} from {source} refused ({judgement.verdict}): {judgement.detail}"
+        if judgement.retry_later and update is not None:
+            self._pending[source] = update
+        else:
+            self._pending.pop(source, None)
+        what_exactly = (judgement.verdict, update if update is not None else judgement.detail)
+        if self._refused_what.get(source) == what_exactly:
+            # The same copy again (a retry, a re-delivery): counted, logged and worded once,
+            # so the alarm text does not change every second with "N s ahead".
+            return
+        self._refused_what[source] = what_exactly
+        self.refused[source] = text
+        self.refused_counts[(kind, judgement.verdict)] += 1
+        log.error(
+            "trust update refused",
+            extra={
+                "lane": self.lane,
+                "kind": kind.value,
+                "source": source,
+                "reason": judgement.verdict.value,
+                "detail": judgement.detail,
+            },
+        )
 
     def verify(self, text: str, now_unix: float) -> OfflineResult:
         verdict = verify_token(text, self.keys, self.deny, now_unix, self.skew_s)

@@ -35,6 +35,9 @@ log = logging.getLogger("lane.uplink.queue")
 SCHEMA_VERSION = 1
 # Bytes a row costs beyond its blob (rowid, ts, record id, cell header); used for the bound check.
 ROW_OVERHEAD = 80
+# What `writable()` commits (and removes again): room for dozens of records, so a disk that
+# takes the probe takes the next vehicle's record too.
+PROBE_BYTES = 64 * 1024
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -162,6 +165,7 @@ class RecordQueue:
         self.high_water = high_water
         self._wall = wall
         self._lock = threading.Lock()
+        self._unwritable: str | None = None  # the last probe's error, while writes fail
         if not self.path.exists():
             try:
                 self._create(migrations)
@@ -302,6 +306,39 @@ class RecordQueue:
             db.execute("UPDATE meta SET value=value+1 WHERE key='appended_total'")
             db.execute("COMMIT")
         return record
+
+    def writable(self) -> bool:
+        """Whether the queue commits writes now: a probe of PROBE_BYTES, written to disk
+        through the queue's own connection and removed again, in two transactions.
+
+        After a write failed (disk full, I/O error) nothing else would find out that space
+        is back: the lane refuses payments, so no record is written. The lane asks this
+        while its `disk_error` fault holds; True clears it. Logged on change only."""
+        try:
+            with self._locked() as db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('probe', zeroblob(?))", (PROBE_BYTES,)
+                )
+                db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("DELETE FROM meta WHERE key = 'probe'")
+                db.execute("COMMIT")
+        except QueueError as exc:
+            if self._unwritable is None:
+                extra = {"lane": self.lane, "path": str(self.path), "error": str(exc)}
+                log.warning("queue cannot write", extra=extra)
+            self._unwritable = str(exc)
+            return False
+        if self._unwritable is not None:
+            log.info("queue writes again", extra={"path": str(self.path), "lane": self.lane})
+            self._unwritable = None
+        return True
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the last `writable()` probe failed; None once one succeeded (or before any)."""
+        return self._unwritable
 
     def recorded_paid(self, payment_id: str) -> bool:
         """Whether a record of this lane says the payment was taken (approved or deferred),

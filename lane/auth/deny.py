@@ -3,7 +3,8 @@
 Same transport as the key set: a JSON file (`load_deny_list`) or a msgpack payload on the
 retained topic `lane/{plaza}/deny` (`decode_deny_list`). Every list carries a generation
 number; a lane replaces its list only with a strictly higher generation, so a late retained
-message or an old file can never bring back an account that was denied since.
+message or an old file can never bring back an account that was denied since (and, by the
+bounds in `lane.auth.trust`, never with an absurd one).
 """
 
 from __future__ import annotations
@@ -51,11 +52,6 @@ class DenyList:
 
     def supersedes(self, other: DenyList) -> bool:
         return self.generation > other.generation
-
-
-def newer_deny_list(current: DenyList, incoming: DenyList) -> DenyList:
-    """The list a lane should hold after `incoming` arrives."""
-    return incoming if incoming.supersedes(current) else current
 
 
 def parse_deny_list(body: Mapping[str, Any], source: str) -> DenyList:

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from barrier.mqtt import Incoming, LinkDown, MqttLink
 from barrier.wire import PayloadError, field, pack, unpack
@@ -186,7 +187,11 @@ class UsedTokenSharing:
             return  # our own publish coming back
         try:
             new = await asyncio.to_thread(
-                self.store.mark_remote, msg.token_id, msg.exp, msg.lane, msg.ts
+                partial(self.store.mark_remote, now=self.clock()),
+                msg.token_id,
+                msg.exp,
+                msg.lane,
+                msg.ts,
             )
         except ReplayStoreError as exc:
             log.error(

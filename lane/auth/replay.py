@@ -5,6 +5,14 @@ survives a power cut or restart. `check_and_mark` is one INSERT ... ON CONFLICT 
 database decides atomically who was first, whether the callers are two threads or two
 processes. Ids learned from the other lanes of the plaza go in with `mark_remote`.
 
+Purging must survive wall-clock steps (issue #11 item 7): a clock that jumps forward and is
+then corrected would otherwise purge ids whose tokens become acceptable again. So each id also
+carries `keep_until` on the store's own *ledger*, the seconds this store has been open summed
+over every run (monotonic time, persisted): an id goes only when the wall clock says its
+`exp + keep_after_exp_s` has passed AND the ledger has run that long since the id came in.
+The ledger stands still while the lane is off and cannot be stepped, so a correct wall clock
+at the time of use is enough; a wrong one can only keep ids longer.
+
 The calls block (fsync); the asyncio shell runs them with `asyncio.to_thread`. The schema is
 versioned with PRAGMA user_version; `MIGRATIONS[i]` takes a file from version i to i + 1.
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +57,20 @@ def _create_v1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX used_tokens_exp ON used_tokens (exp)")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
+# Ids stored before the ledger existed: kept this many ledger seconds after the upgrade.
+MIGRATED_KEEP_S = 3600.0
+
+
+def _add_ledger_v2(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "ALTER TABLE used_tokens ADD COLUMN keep_until REAL NOT NULL"
+        f" DEFAULT {MIGRATED_KEEP_S}"
+    )
+    conn.execute("CREATE TABLE ledger (name TEXT PRIMARY KEY, value REAL NOT NULL)")
+    conn.execute("INSERT INTO ledger VALUES ('elapsed', 0)")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_ledger_v2)
 
 
 def refuse_newer(conn: sqlite3.Connection, target: int, source: str) -> int:
@@ -84,11 +106,13 @@ class ReplayStore:
         *,
         keep_after_exp_s: float = 600.0,
         migrations: Sequence[Migration] = MIGRATIONS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`keep_after_exp_s` must cover the verifier's clock skew: an entry is only purged
-        once no lane could still accept its token."""
+        once no lane could still accept its token. `monotonic` drives the ledger."""
         self.path = str(path)
         self.keep_after_exp_s = keep_after_exp_s
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         try:
             self._conn = sqlite3.connect(
@@ -101,20 +125,32 @@ class ReplayStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self.schema_version = migrate(self._conn, migrations, self.path)
+            (elapsed,) = self._conn.execute(
+                "SELECT value FROM ledger WHERE name = 'elapsed'"
+            ).fetchone()
         except sqlite3.Error as exc:
             self._conn.close()
             raise ReplayStoreError(f"{self.path}: cannot open: {exc}") from exc
         except ReplayStoreError:
             self._conn.close()
             raise
+        self._ledger_base = float(elapsed)
+        self._opened_at = monotonic()
 
     def check_and_mark(self, token_id: str, exp: int, lane: str, now: float) -> bool:
         """Record a local use; True when this is the first use anywhere we know of."""
-        return self._insert(token_id, exp, lane, now, remote=False)
+        return self._insert(token_id, exp, lane, now, now, remote=False)
 
-    def mark_remote(self, token_id: str, exp: int, lane: str, seen_at: float | None = None) -> bool:
-        """Record a use reported by another lane; True when it was new to us."""
-        return self._insert(token_id, exp, lane, seen_at, remote=True)
+    def mark_remote(
+        self, token_id: str, exp: int, lane: str, seen_at: float | None = None, *, now: float
+    ) -> bool:
+        """Record a use reported by another lane (`seen_at`: its clock, for the record; `now`:
+        ours, which times the purge); True when it was new to us."""
+        return self._insert(token_id, exp, lane, seen_at, now, remote=True)
+
+    def ledger(self) -> float:
+        """Seconds this store has been open, over every run: the clock the purge trusts."""
+        return self._ledger_base + max(0.0, self._monotonic() - self._opened_at)
 
     def get(self, token_id: str) -> UsedToken | None:
         rows = self._query(
@@ -127,9 +163,28 @@ class ReplayStore:
         return UsedToken(row[0], row[1], row[2], row[3], bool(row[4]))
 
     def purge(self, now: float) -> int:
-        """Forget uses whose tokens no lane can accept any more; returns how many."""
+        """Forget uses whose tokens no lane can accept any more; returns how many.
+
+        `now` (the wall clock) alone is not trusted: each id must also have outlived its
+        `keep_until` on the ledger, which a wall-clock step cannot move."""
         cutoff = now - self.keep_after_exp_s
-        return self._execute("DELETE FROM used_tokens WHERE exp < ?", (cutoff,))
+        ledger = self.ledger()
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                # max(): two processes may share the file, each with its own run time.
+                self._conn.execute(
+                    "UPDATE ledger SET value = max(value, ?) WHERE name = 'elapsed'", (ledger,)
+                )
+                purged: int = self._conn.execute(
+                    "DELETE FROM used_tokens WHERE exp < ? AND keep_until <= ?", (cutoff, ledger)
+                ).rowcount
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise ReplayStoreError(f"{self.path}: {exc}") from exc
+        return purged
 
     def count(self) -> int:
         return int(self._query("SELECT count(*) FROM used_tokens", ())[0][0])
@@ -150,12 +205,14 @@ class ReplayStore:
         self.close()
 
     def _insert(
-        self, token_id: str, exp: int, lane: str, seen_at: float | None, *, remote: bool
+        self, token_id: str, exp: int, lane: str, seen_at: float | None, now: float, *, remote: bool
     ) -> bool:
+        # The ledger seconds until no lane can accept the token, judged by the wall clock now.
+        keep_until = self.ledger() + max(0.0, exp + self.keep_after_exp_s - now)
         changed = self._execute(
-            "INSERT INTO used_tokens (token_id, exp, lane, seen_at, remote)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (token_id) DO NOTHING",
-            (token_id, exp, lane, seen_at, int(remote)),
+            "INSERT INTO used_tokens (token_id, exp, lane, seen_at, remote, keep_until)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (token_id) DO NOTHING",
+            (token_id, exp, lane, seen_at, int(remote), keep_until),
         )
         return changed == 1
 

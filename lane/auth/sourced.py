@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from barrier.wire import PayloadError, unpack
+from barrier.wire import DuplicateKey, PayloadError, unique_map, unpack
 
 
 class SourcedError(ValueError):
@@ -48,12 +48,15 @@ def type_name(value: object) -> str:
 
 
 def read_json_object(path: str | Path, error: type[SourcedError]) -> Mapping[str, Any]:
-    """The JSON object in a file, or `error(file, "", what is wrong)`."""
+    """The JSON object in a file (no key twice in any object), or `error(file, "", what is
+    wrong)`."""
     source = str(path)
     try:
-        body = json.loads(Path(path).read_text(encoding="utf-8"))
+        body = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=unique_map)
     except OSError as exc:
         raise error(source, "", f"cannot read: {exc.strerror or exc}") from None
+    except DuplicateKey as exc:  # two values for one key: which one the issuer meant is unknown
+        raise error(source, "", str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise error(source, "", f"not JSON: {exc}") from None
     if not isinstance(body, Mapping):

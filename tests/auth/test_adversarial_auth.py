@@ -140,6 +140,23 @@ def test_a_clock_going_backwards_does_not_reopen_a_used_token(tmp_path: Path) ->
     assert v.verify(text, NOW + 1).reason == "replayed"
 
 
+def test_a_wall_clock_jump_forward_then_corrected_never_readmits_a_used_token(
+    tmp_path: Path,
+) -> None:
+    """Issue #11 item 7: the clock jumps ~15 min ahead, the periodic purge runs during the jump,
+    then NTP steps it back. The token is still within its life and must stay used."""
+    issuer = TokenIssuer.generate()
+    text = issuer.token("acct-1", NOW, ttl_s=60, nonce=b"j" * 16)
+    v = verifier(tmp_path, issuer)
+    assert v.verify(text, NOW + 5).approved
+    jumped = NOW + 5 + 15 * 60
+    assert v.verify(text, jumped).reason == "expired"  # during the jump: refused, not burnt
+    v.replay.purge(jumped)
+    v.replay.purge(jumped + 3600)  # however far it went
+    for corrected in (NOW + 6, NOW + 30, NOW + 60 + SKEW - 1):
+        assert v.verify(text, corrected).reason == "replayed"
+
+
 def test_a_broken_replay_store_fails_closed(tmp_path: Path) -> None:
     issuer = TokenIssuer.generate()
     v = verifier(tmp_path, issuer)

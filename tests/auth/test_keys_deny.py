@@ -13,9 +13,15 @@ from lane.auth.deny import (
     deny_list_to_json,
     encode_deny_list,
     load_deny_list,
-    newer_deny_list,
     parse_deny_list,
 )
+from lane.auth.trust import Verdict, judge_deny
+
+
+def newer_deny_list(current: DenyList, incoming: DenyList) -> DenyList:
+    """The list a lane holds after `incoming` arrives (the bounds: test_trust_bounds.py)."""
+    judged = judge_deny(current, incoming, now=2e9, skew_s=30, max_step=1000)
+    return incoming if judged.verdict is Verdict.ADOPT else current
 
 
 def test_file_and_payload_round_trip(tmp_path: Path) -> None:

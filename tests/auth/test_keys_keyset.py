@@ -178,6 +178,13 @@ def test_file_errors(tmp_path: Path) -> None:
     bad.write_text("[]")
     with pytest.raises(KeySetError, match="must hold a JSON object"):
         load_keyset(bad)
+    # Two values for one key, at any depth: refused, never read as the last one.
+    bad.write_text('{"v": 1, "issued_at": 1, "keys": [], "issued_at": 4611686018427387904}')
+    with pytest.raises(KeySetError, match="duplicate key 'issued_at'"):
+        load_keyset(bad)
+    bad.write_text('{"v": 1, "issued_at": 1, "keys": [{"kid": "a", "kid": "b"}]}')
+    with pytest.raises(KeySetError, match="duplicate key 'kid'"):
+        load_keyset(bad)
 
 
 def test_msgpack_errors() -> None:

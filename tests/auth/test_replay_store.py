@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lane.auth.replay import MIGRATIONS, ReplayStore, ReplayStoreError, UsedToken
 
@@ -75,29 +78,85 @@ def test_two_threads_two_connections_only_one_wins(tmp_path: Path) -> None:
 
 def test_remote_marks(tmp_path: Path) -> None:
     with ReplayStore(tmp_path / "replay.db") as store:
-        assert store.mark_remote("cc03", 1_800_000_060, "p1/l02", NOW - 1)
-        assert not store.mark_remote("cc03", 1_800_000_060, "p1/l03")
+        assert store.mark_remote("cc03", 1_800_000_060, "p1/l02", NOW - 1, now=NOW)
+        assert not store.mark_remote("cc03", 1_800_000_060, "p1/l03", now=NOW)
         assert not store.check_and_mark("cc03", 1_800_000_060, "p1/l01", NOW)
         used = store.get("cc03")
         assert used is not None and used.remote and used.lane == "p1/l02"
         assert store.check_and_mark("dd04", 1_800_000_060, "p1/l01", NOW)
-        assert not store.mark_remote("dd04", 1_800_000_060, "p1/l02")
+        assert not store.mark_remote("dd04", 1_800_000_060, "p1/l02", now=NOW)
         local = store.get("dd04")
         assert local is not None and not local.remote
 
 
+class Ledger:
+    """A monotonic clock the test moves by hand (no sleeping)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def test_purge_keeps_entries_until_no_lane_can_accept_them(tmp_path: Path) -> None:
-    with ReplayStore(tmp_path / "replay.db", keep_after_exp_s=60) as store:
+    mono = Ledger()
+    with ReplayStore(tmp_path / "replay.db", keep_after_exp_s=60, monotonic=mono) as store:
         store.check_and_mark("old", 1000, "l", 900)
         store.check_and_mark("edge", 1100, "l", 1000)
         store.check_and_mark("new", 2000, "l", 1000)
+        mono.t = 200  # the wall clock and the ledger move together: nobody stepped the clock
         assert store.purge(now=1100) == 1  # "old" expired 100 s ago, beyond the 60 s margin
         assert store.get("old") is None
         assert store.get("edge") is not None
+        mono.t = 261
         assert store.purge(now=1161) == 1
         assert store.count() == 1
         # Once purged an id could be used again, but verify_token refuses it as expired.
         assert store.check_and_mark("old", 1000, "l", 1161)
+
+
+@pytest.mark.parametrize("jump_s", [60.0, 900.0, 86_400.0 * 365])
+def test_a_wall_clock_jump_forward_purges_nothing_still_acceptable(
+    tmp_path: Path, jump_s: float
+) -> None:
+    """Issue #11 item 7: the wall clock steps forward, the purge runs, the clock is corrected."""
+    mono = Ledger()
+    with ReplayStore(tmp_path / "replay.db", keep_after_exp_s=60, monotonic=mono) as store:
+        store.check_and_mark("t1", int(NOW) + 60, "l", NOW)
+        mono.t = 1.0
+        assert store.purge(now=NOW + 1 + jump_s) == 0
+        assert not store.check_and_mark("t1", int(NOW) + 60, "l", NOW + 2)  # clock corrected
+        mono.t = 121.0  # exp + 60 s really passed: now it may go
+        assert store.purge(now=NOW + 121) == 1
+
+
+def test_the_ledger_survives_a_restart_and_stands_still_while_closed(tmp_path: Path) -> None:
+    path = tmp_path / "replay.db"
+    first = Ledger()
+    with ReplayStore(path, keep_after_exp_s=60, monotonic=first) as store:
+        store.check_and_mark("t1", int(NOW) + 60, "l", NOW)  # kept 120 ledger seconds
+        first.t = 100.0
+        assert store.purge(now=NOW + 100) == 0  # saves the ledger at 100
+    second = Ledger()
+    second.t = 5_000.0  # a new boot: the monotonic clock starts anywhere
+    with ReplayStore(path, keep_after_exp_s=60, monotonic=second) as store:
+        assert store.ledger() == 100.0
+        second.t += 19
+        assert store.purge(now=NOW + 10_000) == 0  # the wall says long gone; 119 < 120
+        second.t += 1
+        assert store.purge(now=NOW + 10_000) == 1
+
+
+def test_a_remote_use_is_timed_by_our_clock(tmp_path: Path) -> None:
+    mono = Ledger()
+    with ReplayStore(tmp_path / "replay.db", keep_after_exp_s=60, monotonic=mono) as store:
+        # The other lane's clock said a year ago; ours says now: kept for exp + 60 - now.
+        store.mark_remote("r1", int(NOW) + 60, "p1/l02", NOW - 86_400 * 365, now=NOW)
+        mono.t = 119.0
+        assert store.purge(now=NOW + 1_000) == 0
+        mono.t = 120.0
+        assert store.purge(now=NOW + 1_000) == 1
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -118,7 +177,7 @@ def test_migration_hook_upgrades_existing_file(tmp_path: Path) -> None:
         conn.execute("ALTER TABLE used_tokens ADD COLUMN source TEXT")
 
     with ReplayStore(path, migrations=(*MIGRATIONS, add_source)) as v2:
-        assert v2.schema_version == 2
+        assert v2.schema_version == len(MIGRATIONS) + 1
         assert not v2.check_and_mark("aa01", 1_800_000_060, "p1/l01", NOW)
     conn = sqlite3.connect(path)
     columns = [row[1] for row in conn.execute("PRAGMA table_info(used_tokens)")]
@@ -137,7 +196,7 @@ def test_failed_migration_leaves_file_untouched(tmp_path: Path) -> None:
     with pytest.raises(ReplayStoreError):
         ReplayStore(path, migrations=(*MIGRATIONS, broken))
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert "ok" not in [row[1] for row in conn.execute("PRAGMA table_info(used_tokens)")]
     conn.close()
 
@@ -152,3 +211,34 @@ def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ReplayStoreError, match="cannot open"):
         ReplayStore(tmp_path / "missing-dir" / "replay.db")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=400),  # true seconds that pass
+            st.floats(min_value=-(86_400 * 365), max_value=86_400 * 365),  # the wall's error
+        ),
+        max_size=15,
+    )
+)
+def test_no_wall_clock_error_purges_an_id_whose_token_is_alive(
+    steps: list[tuple[float, float]],
+) -> None:
+    """The id of a token used while the wall clock was right survives every purge until its
+    exp + keep has passed in true time, whatever the wall clock reads in between."""
+    mono = Ledger()
+    keep = 60
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ReplayStore(Path(tmp) / "r.db", keep_after_exp_s=keep, monotonic=mono)
+        with store:
+            exp = int(NOW) + 60
+            store.check_and_mark("t1", exp, "l", NOW)
+            true_time = NOW
+            for passed, error in steps:
+                true_time += passed
+                mono.t += passed
+                store.purge(now=true_time + error)
+                if true_time <= exp + keep:
+                    assert store.get("t1") is not None

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
+import msgpack
 import pytest
 
 from barrier import gate as g
@@ -100,3 +103,63 @@ async def test_a_retained_open_command_is_never_executed(
             dev_task.cancel()
         task.cancel()
         await asyncio.gather(task, *(t for t in (dev_task,) if t), return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def device_and_sender(
+    broker: Mosquitto, lane_id: str
+) -> AsyncIterator[tuple[DeviceEmulator, MqttLink, str]]:
+    """A connected device emulator, and a raw MQTT client to publish on its command topic."""
+    raw = MqttLink(broker.host, broker.port, f"raw-{lane_id}")
+    device = DeviceEmulator(lane_id, broker.host, broker.port, FAST)
+    tasks = [asyncio.create_task(raw.run()), asyncio.create_task(device.run())]
+    try:
+        await raw.wait_connected(5.0)
+        await device.wait_connected(5.0)
+        yield device, raw, topics.barrier_cmd(lane_id)
+    finally:
+        await raw.publish(topics.barrier_cmd(lane_id), b"", retain=True)  # nothing left behind
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def executes_fresh(device: DeviceEmulator, raw: MqttLink, topic: str, cmd_id: str) -> None:
+    """Send a good command after the one under test (same session: it arrives after it) and
+    wait for its execution: by then the one under test has been handled."""
+    fresh = BarrierCommand("open", cmd_id, int((time.time() + 3) * 1e6), device.lane)
+    await raw.publish(topic, fresh.encode(), expiry_s=3)
+    async with asyncio.timeout(5.0):
+        while cmd_id not in device.executions:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+async def test_a_retained_command_published_while_connected_is_never_executed(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """Issue #11 item 8: a live delivery clears the retain flag unless the device subscribed
+    with Retain-As-Published. Then a retained `open`, sent while the device listens, would be
+    executed now and stay on the broker for the next device to connect."""
+    async with device_and_sender(mosquitto, lane_id) as (device, raw, topic):
+        deadline = int((time.time() + 20) * 1_000_000)
+        retained = BarrierCommand("open", "live-retained", deadline, lane_id)
+        await raw.publish(topic, retained.encode(), retain=True, expiry_s=20)
+        await executes_fresh(device, raw, topic, "fresh-2")
+        assert [c.cmd_id for c in device.received] == ["live-retained", "fresh-2"]
+        assert device.executions == ["fresh-2"]
+
+
+async def test_a_command_with_a_repeated_key_is_refused_by_the_device(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """`op: close` then `op: open` in one map: msgpack alone reads the last value (open)."""
+    async with device_and_sender(mosquitto, lane_id) as (device, raw, topic):
+        body = BarrierCommand("close", "twice", int((time.time() + 3) * 1e6), lane_id).to_map()
+        pairs = [("v", 1), *body.items(), ("op", "open")]
+        payload = bytes([0x80 | len(pairs)]) + b"".join(
+            msgpack.packb(k) + msgpack.packb(v) for k, v in pairs
+        )
+        await raw.publish(topic, payload, expiry_s=3)
+        await executes_fresh(device, raw, topic, "fresh-3")
+        assert [c.cmd_id for c in device.received] == ["fresh-3"]  # "twice" never decoded
+        assert device.executions == ["fresh-3"]

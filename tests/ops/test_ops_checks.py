@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -106,6 +108,33 @@ def test_a_broken_file_is_named_with_the_key_and_the_problem(
     assert found.problems[0].startswith(
         str(lane_dir / file) if file != "lane.toml" else str(lane_dir)
     )
+
+
+@pytest.mark.parametrize(
+    ("keyset_body", "deny_body", "expected"),
+    [
+        ({"issued_at": 2**62}, None, "keyset.json: refused: issued_at 4611686018427387904"),
+        ({"issued_at": int(NOW) * 1000}, None, "ahead of this lane's clock"),
+        ({"keys": []}, None, "keyset.json: refused: has no keys"),
+        (None, {"generation": 2**64 - 1}, "deny.json: refused: generation 18446744073709551615"),
+        (None, {"issued_at": int(NOW) + 3600}, "deny.json: refused: issued_at"),
+    ],
+)
+def test_a_trust_file_the_lane_would_refuse_is_a_problem(
+    lane_dir: Path, keyset_body: dict[str, Any] | None, deny_body: dict[str, Any] | None,
+    expected: str,
+) -> None:  # fmt: skip
+    """Issue #11 item 6: the bounds of lane.auth.trust, reported before the lane starts."""
+    if keyset_body is not None:
+        path = lane_dir / "keyset.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **keyset_body}))
+    if deny_body is not None:
+        deny = {"v": 1, "generation": 3, "accounts": [], **deny_body}
+        (lane_dir / "deny.json").write_text(json.dumps(deny))
+        edit(lane_dir / "lane.toml", '# deny_list = "deny.json"', 'deny_list = "deny.json"')
+    found = check_config(lane_dir / "lane.toml", now=NOW)
+    assert len(found.problems) == 1, found.problems
+    assert expected in found.problems[0]
 
 
 def test_every_problem_is_reported_at_once(

@@ -18,8 +18,8 @@ from ops_kit import eventually, wait_until
 
 from barrier import topics
 from barrier.mqtt import Incoming, MqttLink
+from lane.auth.replay import MIGRATED_KEEP_S, ReplayStore, ReplayStoreError
 from lane.auth.replay import MIGRATIONS as REPLAY_MIGRATIONS
-from lane.auth.replay import ReplayStore, ReplayStoreError
 from sim.broker import Mosquitto
 from uplink.forwarder import Forwarder
 from uplink.messages import Ack, decode_batch, encode_ack
@@ -120,6 +120,18 @@ def test_a_v1_replay_store_still_refuses_the_tokens_it_holds(tmp_path: Path) -> 
         assert store.check_and_mark("tok-local-1", 4_102_444_800, LANE, 1.0) is False
         assert store.check_and_mark("tok-remote-1", 4_102_444_800, LANE, 1.0) is False
         assert store.check_and_mark("tok-new", 4_102_444_800, LANE, 1.0) is True
+
+
+def test_ids_of_a_v1_replay_store_are_kept_an_hour_of_ledger_time(tmp_path: Path) -> None:
+    """v1 knew no ledger: its ids get MIGRATED_KEEP_S, however late the wall clock says it is."""
+    path = tmp_path / "replay.sqlite3"
+    shutil.copy(FIXTURES / "replay_v1.sqlite", path)
+    ledger = [0.0]
+    with ReplayStore(path, monotonic=lambda: ledger[0]) as store:
+        ledger[0] = MIGRATED_KEEP_S - 1
+        assert store.purge(now=5_000_000_000) == 0
+        ledger[0] = MIGRATED_KEEP_S
+        assert store.purge(now=5_000_000_000) == 2
 
 
 def test_a_queue_of_a_newer_release_is_refused_untouched(tmp_path: Path) -> None:

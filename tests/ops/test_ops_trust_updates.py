@@ -1,0 +1,111 @@
+"""Issue #11 item 6 on a running lane: poisoned key sets and deny lists left retained on a real
+mosquitto are refused with an alarm and a metric, and never block the back office's next ones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from ops_kit import running_lane, wait_until
+
+from barrier.mqtt import MqttLink
+from lane.auth.cose import Alg
+from lane.auth.deny import DenyList, encode_deny_list
+from lane.auth.keys import IssuerKey, KeySet, encode_keyset, keyset_to_json
+from lane.auth.plaza import deny_topic, keys_topic
+from sim.broker import Mosquitto
+
+ALARM = "trust_update_refused"
+
+
+def refused(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], kind: str) -> float:
+    return sum(
+        value
+        for (name, labels), value in metrics.items()
+        if name == "lane_trust_updates_refused_total" and ("kind", kind) in labels
+    )
+
+
+async def test_retained_poison_is_refused_and_the_next_sane_update_is_taken(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    plaza = lane_id.split("/", maxsplit=1)[0]
+    now = int(time.time())
+    new_key = Ed25519PrivateKey.generate()
+    rotated = IssuerKey(b"rotated", Alg.ED25519, new_key.public_key(), now - 60, now + 3600)
+    backoffice = MqttLink(mosquitto.host, mosquitto.port, f"bo-{lane_id}")
+    task = asyncio.create_task(backoffice.run())
+    try:
+        await backoffice.wait_connected(5)
+        # Left on the broker before the lane starts: what it finds on (re)connecting.
+        poison_keys = KeySet.of(2**62, [rotated])
+        await backoffice.publish(keys_topic(plaza), encode_keyset(poison_keys), retain=True)
+        poison_deny = DenyList.of(2**64 - 1, [])
+        await backoffice.publish(deny_topic(plaza), encode_deny_list(poison_deny), retain=True)
+        async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+            daemon = lane.daemon
+            await wait_until(lambda: ALARM in daemon.runner.alarms)
+            await wait_until(lambda: "generation_jump" in daemon.runner.alarms.get(ALARM, ""))
+            text = daemon.runner.alarms[ALARM]
+            assert f"mqtt lane/{plaza}/keys" in text and "future_dated" in text
+            assert daemon.verifier.keys.get(b"rotated") is None
+            metrics = await lane.scrape()
+            assert refused(metrics, "keyset") == 1 and refused(metrics, "deny") == 1
+            assert metrics[("lane_alarm_active", (("alarm", ALARM),))] == 1
+            # Safe while it lasts: the lane goes on with what it held (the file's key set).
+            assert await lane.serve("token") == "barrier_opened"
+
+            # The back office's next, sane updates are taken at once; the alarm clears.
+            sane = KeySet.of(now + 1, [*lane.codes.keyset(now).keys.values(), rotated])
+            await backoffice.publish(keys_topic(plaza), encode_keyset(sane), retain=True)
+            denied = DenyList.of(7, [lane.codes.account()])
+            await backoffice.publish(deny_topic(plaza), encode_deny_list(denied), retain=True)
+            await wait_until(lambda: daemon.verifier.keys.get(b"rotated") is not None)
+            await wait_until(lambda: daemon.verifier.deny.generation == 7)
+            await wait_until(lambda: ALARM not in daemon.runner.alarms)
+            metrics = await lane.scrape()
+            assert metrics[("lane_alarm_active", (("alarm", ALARM),))] == 0
+            assert refused(metrics, "keyset") == 1  # counted once, not per re-delivery
+    finally:
+        for topic in (keys_topic(plaza), deny_topic(plaza)):
+            await backoffice.publish(topic, b"", retain=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_poisoned_file_and_a_garbage_copy_are_refused_until_their_source_is_sane(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    plaza = lane_id.split("/", maxsplit=1)[0]
+    backoffice = MqttLink(mosquitto.host, mosquitto.port, f"bo-{lane_id}")
+    task = asyncio.create_task(backoffice.run())
+    try:
+        await backoffice.wait_connected(5)
+        async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+            daemon = lane.daemon
+            keyset = lane.config.auth.keyset
+            assert keyset is not None
+            held = daemon.verifier.keys
+            # A sync job writes a key set in milliseconds; the back office leaves garbage.
+            now = int(time.time())
+            body = {**json.loads(keyset_to_json(held)), "issued_at": now * 1000}
+            keyset.write_text(json.dumps(body))
+            await backoffice.publish(deny_topic(plaza), b"\x81\xa1v\x01", retain=True)
+            await wait_until(lambda: str(keyset) in daemon.runner.alarms.get(ALARM, ""))
+            await wait_until(lambda: "invalid" in daemon.runner.alarms.get(ALARM, ""))
+            assert daemon.verifier.keys is held
+            assert await lane.serve("token") == "barrier_opened"
+            # The file is corrected and the garbage deleted: nothing is left to alarm about.
+            keyset.write_text(keyset_to_json(KeySet.of(now + 1, held.keys.values())))
+            await backoffice.publish(deny_topic(plaza), b"", retain=True)
+            await wait_until(lambda: ALARM not in daemon.runner.alarms)
+            assert daemon.verifier.keys.issued_at == now + 1
+            metrics = await lane.scrape()
+            assert refused(metrics, "keyset") == 1 and refused(metrics, "deny") == 1
+    finally:
+        await backoffice.publish(deny_topic(plaza), b"", retain=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
