@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -45,6 +45,43 @@ class AcquirerResult:
     status: PaymentStatus
     reason: str | None = None
     acquirer_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class ReverseRule:
+    """When the resolver may reverse a given-up payment, counted from its intent.
+
+    `min_age_s`: not before this age (WeChat Pay asks for some seconds after the order was
+    placed). `pending_grace_s`: how long a PENDING payment is left to finish before it is
+    reversed; None means the resolver's own setting.
+    """
+
+    min_age_s: float = 0.0
+    pending_grace_s: float | None = None
+
+
+class Acquirer(Protocol):
+    """The port the authoriser and the resolver pay through: our acquirer API or a network.
+
+    Every call ends in an `AcquirerResult` or one of the `AcquirerError`s below; `payment_id`
+    is the idempotency key (each network derives its own order number from it).
+    """
+
+    async def pay(  # noqa: PLR0917 - mirrors the wire request, field for field
+        self,
+        payment_id: str,
+        code: str,
+        amount_minor: int,
+        currency: str,
+        lane: str,
+        timeout_s: float,
+    ) -> AcquirerResult: ...
+
+    async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult: ...
+
+    async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult: ...
+
+    def reverse_rule(self, payment_id: str) -> ReverseRule: ...
 
 
 class AcquirerError(Exception):
@@ -91,6 +128,9 @@ class AcquirerClient:
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
+
+    def reverse_rule(self, payment_id: str) -> ReverseRule:
+        return ReverseRule()
 
     async def pay(  # noqa: PLR0917 - mirrors the wire request, field for field
         self,
