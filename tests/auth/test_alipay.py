@@ -230,10 +230,10 @@ async def test_retry_of_a_paid_order_is_not_a_second_charge(
     network_keys: Keys,
 ) -> None:
     async with gateway(network_keys) as (fake, client):
-        first = await client.pay("pay_retry1", code(), 450, "CNY", "p07/l03", 1.0)
+        the_code = code()
+        first = await client.pay("pay_retry1", the_code, 450, "CNY", "p07/l03", 1.0)
         assert first.status is PaymentStatus.SUCCEEDED
-        again = await client.pay("pay_retry1", fake.payment("pay_retry1").request["code"], 450,  # type: ignore[union-attr]
-                                 "CNY", "p07/l03", 1.0)  # fmt: skip
+        again = await client.pay("pay_retry1", the_code, 450, "CNY", "p07/l03", 1.0)
         assert again.status is PaymentStatus.PENDING  # ACQ.TRADE_HAS_SUCCESS: query tells
         assert (await client.query("pay_retry1", 1.0)).status is PaymentStatus.SUCCEEDED
         assert len(fake.payments()) == 1

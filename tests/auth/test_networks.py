@@ -65,7 +65,7 @@ def test_near_misses_are_not_unionpay(text: str) -> None:
 def test_unionpay_code_is_an_online_payment_code() -> None:
     code = unionpay()
     online = online_code("payment_code", code, b"k" * 32)
-    assert online.wire == code and online.account_ref.startswith("wallet:")
+    assert online.wire == code and online.account_ref.startswith("unionpay:")
     assert code_kind(code) == "unionpay"
     with pytest.raises(ValueError, match=r"not an online payment code"):
         code_kind("hello")
