@@ -118,10 +118,15 @@ async def gather_bills(
             ):
                 wx = auth.wechatpay
                 wclient = WeChatPayClient(
-                    wx.base_url, mchid=wx.mchid, appid=wx.appid, serial_no=wx.serial_no,
-                    private_key=keys.wechatpay[0], platform_key=keys.wechatpay[1],
-                    platform_serial=wx.platform_serial, session=session,
-                )  # fmt: skip
+                    wx.base_url,
+                    mchid=wx.mchid,
+                    appid=wx.appid,
+                    serial_no=wx.serial_no,
+                    private_key=keys.wechatpay[0],
+                    platform_key=keys.wechatpay[1],
+                    platform_serial=wx.platform_serial,
+                    session=session,
+                )
                 bills["wechatpay"] = _parse_wechat(await fetch_wechat(wclient, date))
     except (AcquirerError, aiohttp.ClientError, TimeoutError) as exc:
         raise ReconcileError(f"could not fetch a bill: {exc}") from exc
