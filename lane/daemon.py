@@ -391,7 +391,9 @@ class LaneDaemon:
         self._loop = asyncio.get_running_loop()
         self.http = aiohttp.ClientSession(trace_configs=self.ops.http_traces())
         cfg = self.config
-        client = build_acquirer(cfg.auth, self.network_keys, self.http, self.clocks.wall)
+        client = build_acquirer(
+            cfg.auth, self.network_keys, self.http, self.clocks.wall, alarm=self.runner.alarm
+        )
         resolver = Resolver(
             self.payments_store, client, clock=self.clocks.wall, is_recorded=self._is_recorded
         )

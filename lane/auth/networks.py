@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -26,7 +26,9 @@ from lane.auth import netkeys
 from lane.auth.acquirer import (
     Acquirer,
     AcquirerClient,
+    AcquirerProtocolError,
     AcquirerResult,
+    AcquirerUnavailable,
     PaymentStatus,
     ReverseRule,
 )
@@ -116,6 +118,76 @@ class NetworkRouter:
         return None
 
 
+# (alarm code, message or None to clear): the lane shell's `runner.alarm`.
+AlarmSink = Callable[[str, str | None], None]
+NETWORK_NAMES: dict[Network, str] = {
+    "acquirer": "the acquirer",
+    "alipay": "Alipay",
+    "wechatpay": "WeChat Pay",
+}
+
+
+class WatchedAcquirer:
+    """An acquirer whose failures are an operator's alarm, cleared by its next good answer.
+
+    `payment_<network>` is raised when the network cannot be reached (connection, 5xx) or
+    answers something that cannot be trusted (bad signature, unknown key, our request refused),
+    with a text saying which; timeouts and declines are business as usual. Only changes are
+    reported, so a long outage is one alarm, not one per vehicle.
+    """
+
+    def __init__(self, inner: Acquirer, network: Network, alarm: AlarmSink) -> None:
+        self._inner = inner
+        self._code = f"payment_{network}"
+        self._name = NETWORK_NAMES[network]
+        self._alarm = alarm
+        self._state: str | None = None
+
+    def reverse_rule(self, payment_id: str) -> ReverseRule:
+        return self._inner.reverse_rule(payment_id)
+
+    async def pay(  # noqa: PLR0917 - mirrors the Acquirer port
+        self,
+        payment_id: str,
+        code: str,
+        amount_minor: int,
+        currency: str,
+        lane: str,
+        timeout_s: float,
+    ) -> AcquirerResult:
+        return await self._watch(
+            self._inner.pay(payment_id, code, amount_minor, currency, lane, timeout_s)
+        )
+
+    async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        return await self._watch(self._inner.query(payment_id, timeout_s))
+
+    async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        return await self._watch(self._inner.reverse(payment_id, timeout_s))
+
+    async def _watch(self, call: Coroutine[Any, Any, AcquirerResult]) -> AcquirerResult:
+        try:
+            result = await call
+        except AcquirerUnavailable as exc:
+            self._set(
+                "unreachable", f"{self._name} unreachable: online codes follow the policy ({exc})"
+            )
+            raise
+        except AcquirerProtocolError as exc:
+            self._set(
+                "untrusted", f"{self._name} answers cannot be trusted: check its keys ({exc})"
+            )
+            raise
+        self._set(None, None)
+        return result
+
+    def _set(self, state: str | None, message: str | None) -> None:
+        # The state, not the text (which names each call), decides: one alarm per outage.
+        if state != self._state:
+            self._state = state
+            self._alarm(self._code, message)
+
+
 @dataclass(frozen=True)
 class NetworkKeys:
     """The keys of the configured networks, read once at start (a bad file stops the lane)."""
@@ -149,13 +221,20 @@ def build_acquirer(
     keys: NetworkKeys,
     session: aiohttp.ClientSession,
     wall: Callable[[], float] = time.time,
+    alarm: AlarmSink | None = None,
 ) -> Acquirer:
-    """The lane's acquirer per `[auth]`: one client, or a router over several."""
+    """The lane's acquirer per `[auth]`: one client, or a router over several; each watched
+    for the operator when `alarm` is given."""
     made: dict[Network, Acquirer] = {}
 
     def network(name: Network) -> Acquirer:
         if name not in made:
-            made[name] = _make(name, auth, keys, session, wall)
+            client = _make(name, auth, keys, session, wall)
+            # No acquirer configured is a choice (codes follow the policy), not a fault.
+            unset = name == "acquirer" and auth.acquirer_url is None
+            if alarm is not None and not unset:
+                client = WatchedAcquirer(client, name, alarm)
+            made[name] = client
         return made[name]
 
     r = auth.routes

@@ -16,9 +16,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lane.auth import netkeys
-from lane.auth.acquirer import AcquirerClient, PaymentStatus
+from lane.auth.acquirer import (
+    AcquirerClient,
+    AcquirerProtocolError,
+    AcquirerUnavailable,
+    PaymentStatus,
+)
 from lane.auth.alipay import AlipayClient
-from lane.auth.networks import NetworkKeys, NetworkRouter, build_acquirer, code_kind
+from lane.auth.networks import (
+    NetworkKeys,
+    NetworkRouter,
+    WatchedAcquirer,
+    build_acquirer,
+    code_kind,
+)
 from lane.auth.paycodes import online_code
 from lane.auth.resolver import PaymentState
 from lane.auth.wechatpay import WeChatPayClient
@@ -289,3 +300,56 @@ def test_public_key_forms(tmp_path: Path, network_keys: Keys) -> None:
     junk.write_bytes(b"hello")
     with pytest.raises(netkeys.KeyFileError, match=r"junk\.pub"):
         netkeys.load_public_key(junk)
+
+
+# -- the operator's alarm ----------------------------------------------------------------------
+
+
+async def test_a_failing_network_raises_an_alarm_that_clears_itself(network_keys: Keys) -> None:
+    alarms: list[tuple[str, str | None]] = []
+    async with three_networks(network_keys) as env:
+        ali = WatchedAcquirer(env["alipay"], "alipay", lambda c, m: alarms.append((c, m)))
+        fake = env["fakes"]["alipay"]
+        fake.update_faults(error_rate=1.0)
+        for pid in ("pay_w1", "pay_w2"):  # a long outage is one alarm, not one per vehicle
+            with pytest.raises(AcquirerUnavailable):
+                await ali.pay(pid, alipay(), 300, "CNY", "p07/l03", 1.0)
+        assert [(c, (m or "").split(":")[0]) for c, m in alarms] == [
+            ("payment_alipay", "Alipay unreachable")
+        ]
+        fake.update_faults(error_rate=0.0)
+        assert (await ali.query("pay_w1", 1.0)).status is PaymentStatus.NOT_FOUND
+        assert alarms[-1] == ("payment_alipay", None)  # cleared by the next good answer
+
+
+async def test_an_untrusted_network_says_so(network_keys: Keys) -> None:
+    alarms: list[tuple[str, str | None]] = []
+    async with three_networks(network_keys) as env:
+        wrong = WeChatPayClient(
+            env["fakes"]["wechat"].url,
+            mchid=MCHID,
+            appid=APPID,
+            serial_no="S1",
+            private_key=network_keys["merchant"].private,
+            platform_key=network_keys["impostor"].public,
+            platform_serial="P1",
+        )
+        watched = WatchedAcquirer(wrong, "wechatpay", lambda c, m: alarms.append((c, m)))
+        with pytest.raises(AcquirerProtocolError):
+            await watched.query("pay_" + "e" * 32, 1.0)
+        await wrong.close()
+    ((code, message),) = alarms
+    assert code == "payment_wechatpay"
+    assert message is not None and "WeChat Pay answers cannot be trusted" in message
+    assert "bad signature" in message
+
+
+async def test_no_acquirer_configured_is_no_alarm(network_keys: Keys, tmp_path: Path) -> None:
+    cfg = parse_config(network_config(tmp_path, network_keys, alipay="alipay")).auth
+    cfg = cfg.model_copy(update={"acquirer_url": None})
+    async with aiohttp.ClientSession() as session:
+        built = build_acquirer(cfg, NetworkKeys.load(cfg), session, alarm=lambda c, m: None)
+        assert isinstance(built, NetworkRouter)
+        routes = built._routes  # the wiring itself is what is under test
+        assert isinstance(routes["alipay"], WatchedAcquirer)
+        assert isinstance(routes["emv"], AcquirerClient)
