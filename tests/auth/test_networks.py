@@ -33,6 +33,7 @@ from lane.auth.networks import (
 from lane.auth.paycodes import online_code
 from lane.auth.resolver import PaymentState
 from lane.auth.wechatpay import WeChatPayClient
+from lane.checks import check_config
 from lane.config import ConfigError, parse_config
 from scanner.payload import PaymentCodePayload, UnknownPayload, classify
 from sim.acquirer import AcquirerServer
@@ -353,3 +354,21 @@ async def test_no_acquirer_configured_is_no_alarm(network_keys: Keys, tmp_path: 
         routes = built._routes  # the wiring itself is what is under test
         assert isinstance(routes["alipay"], WatchedAcquirer)
         assert isinstance(routes["emv"], AcquirerClient)
+
+
+def test_check_config_reports_network_problems(tmp_path: Path, network_keys: Keys) -> None:
+    raw = network_config(tmp_path, network_keys, wechat="wechatpay")
+    key_file = Path(raw["auth"]["wechatpay"]["private_key_file"])
+    key_file.chmod(0o640)
+    wx = raw["auth"]["wechatpay"]
+    path = tmp_path / "lane.toml"
+    path.write_text(
+        '[auth]\nacquirer_url = "http://127.0.0.1:9"\n[auth.routes]\nwechat = "wechatpay"\n'
+        "[auth.wechatpay]\n" + "".join(f'{k} = "{v}"\n' for k, v in wx.items())
+    )
+    problems = check_config(path).problems
+    assert any("mode 0640" in p and str(key_file) in p for p in problems)
+    assert any("wechatpay charge in CNY, but the fares are in EUR" in p for p in problems)
+    key_file.chmod(0o600)
+    path.write_text(path.read_text() + '[fares]\ncurrency = "CNY"\n')
+    assert check_config(path).problems == []
