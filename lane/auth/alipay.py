@@ -12,21 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lane.auth import alipay_wire as wire
 from lane.auth import netkeys
-from lane.auth.acquirer import (
-    MAX_BODY_BYTES,
-    AcquirerProtocolError,
-    AcquirerResult,
-    AcquirerTimeout,
-    AcquirerUnavailable,
-    ReverseRule,
-)
+from lane.auth.acquirer import AcquirerProtocolError, AcquirerResult, HttpClient, ReverseRule
 
 log = logging.getLogger("lane.auth.alipay")
 
@@ -38,7 +30,7 @@ def out_trade_no(payment_id: str) -> str:
     return payment_id
 
 
-class AlipayClient:
+class AlipayClient(HttpClient):
     """One merchant app on one Alipay gateway. Pass a shared `session` or let it own one."""
 
     def __init__(
@@ -51,26 +43,12 @@ class AlipayClient:
         *,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(session)
         self._url = gateway_url
         self._app_id = app_id
         self._key = private_key
         self._alipay_key = alipay_public_key
-        self._session = session
-        self._owns_session = session is None
         self._wall = wall
-
-    async def __aenter__(self) -> AlipayClient:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
 
     def reverse_rule(self, payment_id: str) -> ReverseRule:
         # A trade still waiting for the buyer is cancelled at once: the driver has gone.
@@ -123,33 +101,15 @@ class AlipayClient:
     async def _signed_call(
         self, method: wire.Method, biz: dict[str, str], timeout_s: float
     ) -> dict[str, object]:
-        if timeout_s <= 0:
-            raise AcquirerTimeout(f"{method}: no time left")
         params = wire.request_params(self._app_id, method, biz, self._wall())
         params["sign"] = netkeys.sign(self._key, wire.signing_content(params).encode())
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
+        answer = await self._send(
+            "POST", self._url, str(method), timeout_s, params={"charset": "utf-8"}, data=params
+        )
+        if answer.status != 200:
+            raise AcquirerProtocolError(f"{method}: HTTP {answer.status}", answer.status)
         try:
-            async with self._session.post(
-                self._url,
-                params={"charset": "utf-8"},
-                data=params,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as resp:
-                raw = await resp.content.read(MAX_BODY_BYTES + 1)
-                status = resp.status
-        except TimeoutError as exc:
-            raise AcquirerTimeout(f"{method}: no answer within {timeout_s:.3f} s") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise AcquirerUnavailable(f"{method}: {type(exc).__name__}: {exc}") from exc
-        if status >= 500:
-            raise AcquirerUnavailable(f"{method}: HTTP {status}", http_status=status)
-        if status != 200:
-            raise AcquirerProtocolError(f"{method}: HTTP {status}", http_status=status)
-        if len(raw) > MAX_BODY_BYTES:
-            raise AcquirerProtocolError(f"{method}: answer larger than {MAX_BODY_BYTES} B", 200)
-        try:
-            text = raw.decode("utf-8")
+            text = answer.body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise AcquirerProtocolError(f"{method}: answer is not UTF-8", 200) from exc
         signed = wire.split_response(text, method)

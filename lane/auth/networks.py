@@ -256,28 +256,45 @@ def _make(
     session: aiohttp.ClientSession,
     wall: Callable[[], float],
 ) -> Acquirer:
-    # The config refuses a route to an unconfigured network, and NetworkKeys loads every
-    # routed one: the asserts hold unless a caller skipped both.
     if name == "alipay":
-        assert auth.alipay is not None and keys.alipay is not None
-        return AlipayClient(
-            auth.alipay.gateway_url, auth.alipay.app_id, *keys.alipay, session, wall=wall
-        )
+        return alipay_client(auth, keys, session, wall)
     if name == "wechatpay":
-        assert auth.wechatpay is not None and keys.wechatpay is not None
-        wx = auth.wechatpay
-        return WeChatPayClient(
-            wx.base_url,
-            mchid=wx.mchid,
-            appid=wx.appid,
-            serial_no=wx.serial_no,
-            private_key=keys.wechatpay[0],
-            platform_key=keys.wechatpay[1],
-            platform_serial=wx.platform_serial,
-            session=session,
-            reverse_after_s=wx.reverse_after_s,
-            wall=wall,
-        )
+        return wechatpay_client(auth, keys, session, wall)
     if auth.acquirer_url is None:
         log.warning("no acquirer configured: online codes follow the offline policy")
     return AcquirerClient(auth.acquirer_url or UNREACHABLE_ACQUIRER, session)
+
+
+def alipay_client(
+    auth: AuthSection,
+    keys: NetworkKeys,
+    session: aiohttp.ClientSession,
+    wall: Callable[[], float] = time.time,
+) -> AlipayClient:
+    # The config refuses a route to an unconfigured network and NetworkKeys loads every routed
+    # one: callers ask only for a network whose keys are loaded.
+    assert auth.alipay is not None and keys.alipay is not None
+    ali = auth.alipay
+    return AlipayClient(ali.gateway_url, ali.app_id, *keys.alipay, session, wall=wall)
+
+
+def wechatpay_client(
+    auth: AuthSection,
+    keys: NetworkKeys,
+    session: aiohttp.ClientSession,
+    wall: Callable[[], float] = time.time,
+) -> WeChatPayClient:
+    assert auth.wechatpay is not None and keys.wechatpay is not None
+    wx = auth.wechatpay
+    return WeChatPayClient(
+        wx.base_url,
+        mchid=wx.mchid,
+        appid=wx.appid,
+        serial_no=wx.serial_no,
+        private_key=keys.wechatpay[0],
+        platform_key=keys.wechatpay[1],
+        platform_serial=wx.platform_serial,
+        session=session,
+        reverse_after_s=wx.reverse_after_s,
+        wall=wall,
+    )

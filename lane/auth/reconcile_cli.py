@@ -31,7 +31,7 @@ from lane.auth.acquirer import AcquirerError
 from lane.auth.alipay import AlipayClient
 from lane.auth.alipay_wire import BEIJING
 from lane.auth.netkeys import KeyFileError
-from lane.auth.networks import NetworkKeys
+from lane.auth.networks import NetworkKeys, alipay_client, wechatpay_client
 from lane.auth.reconcile import Day, Finding, LaneReport, RecordedPayment, reconcile
 from lane.auth.wechatpay import WeChatPayClient
 from lane.config import AuthSection, ConfigError, load_config
@@ -41,6 +41,7 @@ from uplink.store import IngestStoreError, SqlIngestStore, SqliteIngestStore
 
 log = logging.getLogger("lane.reconcile")
 FETCH_TIMEOUT_S = 60.0
+BILL_MAX_BYTES = 512 * 1024 * 1024  # a day of a large road is tens of MiB
 ROUTE_KINDS = ("alipay", "wechat", "unionpay", "emv")
 
 
@@ -102,31 +103,13 @@ async def gather_bills(
             bills["alipay"] = _parse_alipay(_read(args.alipay_bill))
         if args.wechat_bill is not None:
             bills["wechatpay"] = _parse_wechat(_read(args.wechat_bill).decode("utf-8"))
-        needed = {auth.routes.alipay, auth.routes.wechat, auth.routes.unionpay, auth.routes.emv}
-        keys = NetworkKeys.load(auth)
+        keys = NetworkKeys.load(auth)  # the routed networks' keys only
         async with aiohttp.ClientSession() as session:
-            if "alipay" not in bills and "alipay" in needed and auth.alipay and keys.alipay:
-                client = AlipayClient(
-                    auth.alipay.gateway_url, auth.alipay.app_id, *keys.alipay, session
-                )
+            if "alipay" not in bills and keys.alipay is not None:
+                client = alipay_client(auth, keys, session)
                 bills["alipay"] = _parse_alipay(await fetch_alipay(client, session, date))
-            if (
-                "wechatpay" not in bills
-                and "wechatpay" in needed
-                and auth.wechatpay
-                and keys.wechatpay
-            ):
-                wx = auth.wechatpay
-                wclient = WeChatPayClient(
-                    wx.base_url,
-                    mchid=wx.mchid,
-                    appid=wx.appid,
-                    serial_no=wx.serial_no,
-                    private_key=keys.wechatpay[0],
-                    platform_key=keys.wechatpay[1],
-                    platform_serial=wx.platform_serial,
-                    session=session,
-                )
+            if "wechatpay" not in bills and keys.wechatpay is not None:
+                wclient = wechatpay_client(auth, keys, session)
                 bills["wechatpay"] = _parse_wechat(await fetch_wechat(wclient, date))
     except (AcquirerError, aiohttp.ClientError, TimeoutError) as exc:
         raise ReconcileError(f"could not fetch a bill: {exc}") from exc
@@ -151,14 +134,15 @@ async def fetch_wechat(client: WeChatPayClient, date: str) -> str:
     if status != 200 or not isinstance(url, str) or not isinstance(digest, str):
         raise ReconcileError(f"WeChat Pay trade bill for {date}: HTTP {status} {doc}")
     parts = urlsplit(url)
-    status, raw = await client.request(
-        "GET", f"{parts.path}?{parts.query}" if parts.query else parts.path, None, FETCH_TIMEOUT_S
-    )
+    path = f"{parts.path}?{parts.query}" if parts.query else parts.path
+    answer = await client.request("GET", path, None, FETCH_TIMEOUT_S, BILL_MAX_BYTES)
     # The file itself is not signed: its SHA1, from the signed answer above, vouches for it.
-    actual = hashlib.sha1(raw.body, usedforsecurity=False).hexdigest()
-    if status != 200 or actual != digest.lower():
-        raise ReconcileError(f"WeChat Pay bill download: HTTP {status}, SHA1 {actual} != {digest}")
-    return raw.body.decode("utf-8")
+    actual = hashlib.sha1(answer.body, usedforsecurity=False).hexdigest()
+    if answer.status != 200 or actual != digest.lower():
+        raise ReconcileError(
+            f"WeChat Pay bill download: HTTP {answer.status}, SHA1 {actual} != {digest}"
+        )
+    return answer.body.decode("utf-8")
 
 
 def load_records(args: argparse.Namespace, day: Day) -> list[RecordedPayment]:

@@ -16,8 +16,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -29,8 +27,8 @@ from lane.auth.acquirer import (
     MAX_BODY_BYTES,
     AcquirerProtocolError,
     AcquirerResult,
-    AcquirerTimeout,
-    AcquirerUnavailable,
+    HttpAnswer,
+    HttpClient,
     ReverseRule,
 )
 
@@ -41,7 +39,7 @@ log = logging.getLogger("lane.auth.wechatpay")
 DOCUMENTED_REVERSE_DELAY_S = 15.0
 
 
-class WeChatPayClient:
+class WeChatPayClient(HttpClient):
     """One merchant (mchid, appid) on one API v3 endpoint."""
 
     def __init__(
@@ -58,6 +56,7 @@ class WeChatPayClient:
         reverse_after_s: float = DOCUMENTED_REVERSE_DELAY_S + 3.0,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(session)
         self._base = base_url.rstrip("/")
         self._mchid = mchid
         self._appid = appid
@@ -65,23 +64,8 @@ class WeChatPayClient:
         self._key = private_key
         self._platform_key = platform_key
         self._platform_serial = platform_serial
-        self._session = session
-        self._owns_session = session is None
         self._reverse_after_s = reverse_after_s
         self._wall = wall
-
-    async def __aenter__(self) -> WeChatPayClient:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
 
     def reverse_rule(self, payment_id: str) -> ReverseRule:
         return ReverseRule(min_age_s=self._reverse_after_s, pending_grace_s=0.0)
@@ -114,8 +98,8 @@ class WeChatPayClient:
 
     async def get_signed(self, path: str, timeout_s: float) -> tuple[int, dict[str, Any]]:
         """GET an API path (e.g. the trade bill's download URL) and verify the answer."""
-        status, raw = await self.request("GET", path, None, timeout_s)
-        return status, self._verified(raw.headers, raw.body, status, path)
+        answer = await self.request("GET", path, None, timeout_s)
+        return answer.status, self._verified(answer, path)
 
     async def _call(  # noqa: PLR0917 - one request, described field by field
         self,
@@ -126,20 +110,23 @@ class WeChatPayClient:
         payment_id: str,
         timeout_s: float,
     ) -> AcquirerResult:
-        status, raw = await self.request(method, path, body, timeout_s)
-        doc = self._verified(raw.headers, raw.body, status, f"{method} {path}")
-        answer = wire.result(call, status, doc, payment_id)
+        answer = await self.request(method, path, body, timeout_s)
+        doc = self._verified(answer, f"{method} {path}")
+        result = wire.result(call, answer.status, doc, payment_id)
         otn = doc.get("out_trade_no")
         if otn is not None and otn != wire.out_trade_no(payment_id):
-            raise AcquirerProtocolError(f"wechatpay {call}: answer for order {otn!r}", status)
-        return answer
+            raise AcquirerProtocolError(f"wechatpay {call}: order {otn!r}", answer.status)
+        return result
 
     async def request(
-        self, method: str, path: str, body: dict[str, Any] | None, timeout_s: float
-    ) -> tuple[int, Answer]:
-        """One signed request; (HTTP status, raw answer). 5xx and transport errors raise."""
-        if timeout_s <= 0:
-            raise AcquirerTimeout(f"{method} {path}: no time left")
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        timeout_s: float,
+        max_bytes: int = MAX_BODY_BYTES,
+    ) -> HttpAnswer:
+        """One signed request; the answer is not verified yet (5xx, transport errors raise)."""
         text = "" if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
         timestamp, nonce = str(int(self._wall())), secrets.token_hex(16).upper()
         message = wire.request_message(method, path, timestamp, nonce, text)
@@ -152,33 +139,14 @@ class WeChatPayClient:
             "Content-Type": "application/json",
             "User-Agent": "lane",
         }
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        try:
-            async with self._session.request(
-                method,
-                self._base + path,
-                data=text.encode() if body is not None else None,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as resp:
-                raw = await resp.content.read(MAX_BODY_BYTES + 1)
-                status = resp.status
-                answer = Answer(dict(resp.headers), raw)
-        except TimeoutError as exc:
-            raise AcquirerTimeout(f"{method} {path}: no answer within {timeout_s:.3f} s") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise AcquirerUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        if status >= 500:
-            raise AcquirerUnavailable(f"{method} {path}: HTTP {status}", http_status=status)
-        if len(raw) > MAX_BODY_BYTES:
-            raise AcquirerProtocolError(f"{method} {path}: answer over {MAX_BODY_BYTES} B", status)
-        return status, answer
+        data = text.encode() if body is not None else None
+        what = f"{method} {path}"
+        url = self._base + path
+        return await self._send(method, url, what, timeout_s, max_bytes, data=data, headers=headers)
 
-    def _verified(
-        self, headers: dict[str, str], raw: bytes, status: int, what: str
-    ) -> dict[str, Any]:
-        problem = self._signature_problem(headers, raw)
+    def _verified(self, answer: HttpAnswer, what: str) -> dict[str, Any]:
+        raw, status = answer.body, answer.status
+        problem = self._signature_problem(answer.headers, raw)
         if problem is not None:
             log.error("wechatpay answer not trusted: %s", problem, extra={"call": what})
             raise AcquirerProtocolError(f"{what}: HTTP {status}: {problem}", status)
@@ -212,11 +180,3 @@ class WeChatPayClient:
         if not netkeys.verify(self._platform_key, message, signature):
             return "bad signature"
         return None
-
-
-@dataclass(frozen=True)
-class Answer:
-    """An answer as received: its headers and its body bytes (what the signature covers)."""
-
-    headers: dict[str, str]
-    body: bytes

@@ -18,7 +18,7 @@ from lane.auth import bills
 from lane.auth.alipay import AlipayClient
 from lane.auth.alipay_wire import beijing_time
 from lane.auth.reconcile import Finding, RecordedPayment, reconcile
-from lane.auth.reconcile_cli import day_of, main
+from lane.auth.reconcile_cli import day_of, fetch_wechat, main
 from lane.auth.wechatpay import WeChatPayClient
 from sim.alipay_fake import AlipayFake
 from sim.network_bills import BillRow, alipay_bill_zip, wechat_bill_text
@@ -327,3 +327,42 @@ def test_lane_reconcile_from_bill_files(tmp_path: Path, capsys: pytest.CaptureFi
     ]
     assert main(argv) == 0
     assert "p07/l03" in capsys.readouterr().out
+
+
+async def test_a_bill_larger_than_an_api_answer_is_fetched(network_keys: Keys) -> None:
+    keys = network_keys
+    wx = WeChatPayFake(
+        mchid="1900000100",
+        appid="wx1",
+        merchant_key=keys["merchant"].public,
+        merchant_serial="S1",
+        platform_key=keys["wechat"].private,
+        platform_serial="P1",
+        seed=9,
+    )
+    await wx.start()
+    try:
+        async with WeChatPayClient(
+            wx.url,
+            mchid="1900000100",
+            appid="wx1",
+            serial_no="S1",
+            private_key=keys["merchant"].private,
+            platform_key=keys["wechat"].public,
+            platform_serial="P1",
+        ) as client:
+            n = 450  # about 190 bytes a row: more than the 64 KiB an API answer may be
+            await asyncio.gather(
+                *(
+                    client.pay(f"pay_{i:032x}", f"13{i:016d}", 100 + i, "CNY", "p07/l03", 10.0)
+                    for i in range(n)
+                )
+            )
+            date = beijing_time(time.time())[:10]
+            text = await fetch_wechat(client, date)
+    finally:
+        await wx.stop()
+    assert len(text.encode()) > 64 * 1024
+    orders = bills.parse_wechat(text)
+    assert len(orders) == n
+    assert sum(o.charged_minor for o in orders.values()) == sum(100 + i for i in range(n))
