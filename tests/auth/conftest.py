@@ -10,16 +10,21 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lane.auth.acquirer import Acquirer
+from lane.auth.alipay import AlipayClient
 from lane.auth.authoriser import Authoriser, AuthRequest, OfflineResult
 from lane.auth.policy import OfflinePolicy
 from lane.auth.resolver import Backoff, PaymentState, ResolutionStore, Resolver
+from lane.auth.wechatpay import WeChatPayClient
 from sim.acquirer import AcquirerServer
+from sim.alipay_fake import AlipayFake
+from sim.wechatpay_fake import WeChatPayFake
 
 
 @dataclass(frozen=True)
@@ -127,3 +132,97 @@ def net_lane(tmp_path: Path) -> NetLaneFactory:
             await resolver.stop()
 
     return make
+
+
+# -- the networks' fakes with a client each ---------------------------------------------------
+
+ALIPAY_APP_ID = "2021000000000001"
+MCHID, APPID = "1900000100", "wx8888888888888888"
+MERCHANT_SERIAL, PLATFORM_SERIAL = "5157F09EFDC096DE15EBE81A47057A72", "PUB_KEY_ID_0000000001"
+
+
+@pytest.fixture
+def alipay_gateway(network_keys: dict[str, KeyPair]) -> Callable[..., Any]:
+    """`async with alipay_gateway(signer=, merchant=) as (fake, client)`: the fake signs with
+    `signer`'s key and checks the merchant key; the client signs with `merchant`'s."""
+
+    @contextlib.asynccontextmanager
+    async def make(
+        *, signer: str = "alipay", merchant: str = "merchant", seed: int = 3
+    ) -> AsyncIterator[tuple[AlipayFake, AlipayClient]]:
+        keys = network_keys
+        fake = AlipayFake(
+            app_id=ALIPAY_APP_ID,
+            merchant_key=keys["merchant"].public,
+            alipay_key=keys[signer].private,
+            seed=seed,
+        )
+        await fake.start()
+        client = AlipayClient(
+            fake.gateway_url, ALIPAY_APP_ID, keys[merchant].private, keys["alipay"].public
+        )
+        try:
+            yield fake, client
+        finally:
+            await client.close()
+            await fake.stop()
+
+    return make
+
+
+@pytest.fixture
+def wechat_gateway(network_keys: dict[str, KeyPair]) -> Callable[..., Any]:
+    """`async with wechat_gateway(...) as (fake, client)`, as alipay_gateway."""
+
+    @contextlib.asynccontextmanager
+    async def make(
+        *,
+        signer: str = "wechat",
+        merchant: str = "merchant",
+        min_reverse_age_s: float = 0.5,
+        reverse_after_s: float = 0.9,
+        client_skew_s: float = 0.0,
+        seed: int = 4,
+    ) -> AsyncIterator[tuple[WeChatPayFake, WeChatPayClient]]:
+        keys = network_keys
+        fake = WeChatPayFake(
+            mchid=MCHID,
+            appid=APPID,
+            merchant_key=keys["merchant"].public,
+            merchant_serial=MERCHANT_SERIAL,
+            platform_key=keys[signer].private,
+            platform_serial=PLATFORM_SERIAL,
+            min_reverse_age_s=min_reverse_age_s,
+            seed=seed,
+        )
+        await fake.start()
+        client = WeChatPayClient(
+            fake.url,
+            mchid=MCHID,
+            appid=APPID,
+            serial_no=MERCHANT_SERIAL,
+            private_key=keys[merchant].private,
+            platform_key=keys["wechat"].public,
+            platform_serial=PLATFORM_SERIAL,
+            reverse_after_s=reverse_after_s,
+            wall=lambda: time.time() + client_skew_s,
+        )
+        try:
+            yield fake, client
+        finally:
+            await client.close()
+            await fake.stop()
+
+    return make
+
+
+@pytest.fixture
+def network_ids() -> dict[str, str]:
+    """The merchant ids the gateway fixtures' fakes expect (for config files)."""
+    return {
+        "app_id": ALIPAY_APP_ID,
+        "mchid": MCHID,
+        "appid": APPID,
+        "serial_no": MERCHANT_SERIAL,
+        "platform_serial": PLATFORM_SERIAL,
+    }

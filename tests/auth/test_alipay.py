@@ -3,10 +3,8 @@ signing example) and the adapter against the fake gateway (real HTTP, real signa
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,13 +14,10 @@ from hypothesis import strategies as st
 from lane.auth import alipay_wire as wire
 from lane.auth import netkeys
 from lane.auth.acquirer import AcquirerProtocolError, PaymentStatus
-from lane.auth.alipay import AlipayClient
 from lane.auth.resolver import PaymentState
 from sim.acquirer_faults import Outage
-from sim.alipay_fake import AlipayFake
 
 Keys = dict[str, Any]  # name -> conftest.KeyPair
-APP_ID = "2021000000000001"
 _codes = itertools.count(2800_0000_0000_0000_01)
 
 
@@ -152,25 +147,8 @@ def test_answers_that_are_not_results(method: wire.Method, body: dict[str, Any])
 # -- the adapter against the fake gateway ------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def gateway(
-    keys: Keys, *, signer: str = "alipay", merchant: str = "merchant"
-) -> AsyncIterator[tuple[AlipayFake, AlipayClient]]:
-    """The fake signs with `signer`'s key; the client signs with `merchant`'s."""
-    fake = AlipayFake(
-        app_id=APP_ID, merchant_key=keys["merchant"].public, alipay_key=keys[signer].private, seed=3
-    )
-    await fake.start()
-    client = AlipayClient(fake.gateway_url, APP_ID, keys[merchant].private, keys["alipay"].public)
-    try:
-        yield fake, client
-    finally:
-        await client.close()
-        await fake.stop()
-
-
-async def test_approved_then_settled(network_keys: Keys, net_lane: Any) -> None:
-    async with gateway(network_keys) as (fake, client), net_lane(client, fake) as lane:
+async def test_approved_then_settled(alipay_gateway: Any, net_lane: Any) -> None:
+    async with alipay_gateway() as (fake, client), net_lane(client, fake) as lane:
         req = lane.request(code())
         decision = await lane.auth.authorise(req)
         assert (decision.approved, decision.reason) == (True, "approved")
@@ -182,30 +160,30 @@ async def test_approved_then_settled(network_keys: Keys, net_lane: Any) -> None:
         assert row.request["amount_minor"] == 450  # "4.50" on the wire, exact
 
 
-async def test_declined_with_the_sub_codes_reason(network_keys: Keys, net_lane: Any) -> None:
-    async with gateway(network_keys) as (fake, client), net_lane(client, fake) as lane:
+async def test_declined_with_the_sub_codes_reason(alipay_gateway: Any, net_lane: Any) -> None:
+    async with alipay_gateway() as (fake, client), net_lane(client, fake) as lane:
         fake.update_faults(decline_rate=1.0)
         decision = await lane.auth.authorise(lane.request(code()))
         assert (decision.approved, decision.reason) == (False, "insufficient_funds")
 
 
-async def test_used_code_is_declined(network_keys: Keys, net_lane: Any) -> None:
-    async with gateway(network_keys) as (fake, client), net_lane(client, fake) as lane:
+async def test_used_code_is_declined(alipay_gateway: Any, net_lane: Any) -> None:
+    async with alipay_gateway() as (fake, client), net_lane(client, fake) as lane:
         same = code()
         assert (await lane.auth.authorise(lane.request(same))).approved
         again = await lane.auth.authorise(lane.request(same))
         assert (again.approved, again.reason) == (False, "code_invalid")
 
 
-async def test_waiting_for_the_user_polls_until_paid(network_keys: Keys, net_lane: Any) -> None:
-    async with gateway(network_keys) as (fake, client), net_lane(client, fake) as lane:
+async def test_waiting_for_the_user_polls_until_paid(alipay_gateway: Any, net_lane: Any) -> None:
+    async with alipay_gateway() as (fake, client), net_lane(client, fake) as lane:
         fake.update_faults(pending_rate=1.0, pending_ms=80)  # 10003, then TRADE_SUCCESS
         decision = await lane.auth.authorise(lane.request(code()))
         assert decision.approved and decision.latency_ms >= 80
 
 
-async def test_waiting_past_the_deadline_is_cancelled(network_keys: Keys, net_lane: Any) -> None:
-    async with gateway(network_keys) as (fake, client), net_lane(client, fake) as lane:
+async def test_waiting_past_the_deadline_is_cancelled(alipay_gateway: Any, net_lane: Any) -> None:
+    async with alipay_gateway() as (fake, client), net_lane(client, fake) as lane:
         fake.update_faults(pending_rate=1.0, pending_ms=600)
         decision = await lane.auth.authorise(lane.request(code(), budget_s=0.3))
         assert (decision.approved, decision.reason) == (False, "timeout")
@@ -216,9 +194,9 @@ async def test_waiting_past_the_deadline_is_cancelled(network_keys: Keys, net_la
 
 
 async def test_success_after_the_lane_gave_up_is_cancelled(
-    network_keys: Keys, net_lane: Any
+    alipay_gateway: Any, net_lane: Any
 ) -> None:
-    async with gateway(network_keys) as (fake, client), net_lane(client, fake) as lane:
+    async with alipay_gateway() as (fake, client), net_lane(client, fake) as lane:
         fake.update_faults(late_success_rate=1.0, late_success_ms=1)
         decision = await lane.auth.authorise(lane.request(code(), budget_s=0.2))
         assert decision.reason == "timeout"
@@ -226,10 +204,8 @@ async def test_success_after_the_lane_gave_up_is_cancelled(
         assert lane.charged_not_reversed() == []
 
 
-async def test_retry_of_a_paid_order_is_not_a_second_charge(
-    network_keys: Keys,
-) -> None:
-    async with gateway(network_keys) as (fake, client):
+async def test_retry_of_a_paid_order_is_not_a_second_charge(alipay_gateway: Any) -> None:
+    async with alipay_gateway() as (fake, client):
         the_code = code()
         first = await client.pay("pay_retry1", the_code, 450, "CNY", "p07/l03", 1.0)
         assert first.status is PaymentStatus.SUCCEEDED
@@ -240,22 +216,22 @@ async def test_retry_of_a_paid_order_is_not_a_second_charge(
 
 
 async def test_answer_signed_by_someone_else_is_not_trusted(
-    network_keys: Keys, net_lane: Any
+    alipay_gateway: Any, net_lane: Any
 ) -> None:
-    async with gateway(network_keys, signer="impostor") as (_, client):
+    async with alipay_gateway(signer="impostor") as (_, client):
         with pytest.raises(AcquirerProtocolError, match="signature"):
             await client.pay("pay_forged1", code(), 450, "CNY", "p07/l03", 1.0)
 
 
-async def test_gateway_refuses_a_request_we_did_not_sign(network_keys: Keys) -> None:
-    async with gateway(network_keys, merchant="impostor") as (fake, client):
+async def test_gateway_refuses_a_request_we_did_not_sign(alipay_gateway: Any) -> None:
+    async with alipay_gateway(merchant="impostor") as (fake, client):
         with pytest.raises(AcquirerProtocolError, match=r"40002 isv\.invalid-signature"):
             await client.query("pay_x", 1.0)
         assert fake.payments() == []
 
 
-async def test_outage_then_recovery(network_keys: Keys, net_lane: Any) -> None:
-    async with gateway(network_keys) as (fake, client), net_lane(client, fake) as lane:
+async def test_outage_then_recovery(alipay_gateway: Any, net_lane: Any) -> None:
+    async with alipay_gateway() as (fake, client), net_lane(client, fake) as lane:
         fake.set_faults(fake.faults.merged({"outages": [{"mode": "503", "duration_s": None}]}))
         down = await lane.auth.authorise(lane.request(code()))
         assert (down.approved, down.reason) == (False, "acquirer_unavailable")
@@ -265,8 +241,8 @@ async def test_outage_then_recovery(network_keys: Keys, net_lane: Any) -> None:
         assert await lane.final(down.payment_id) is PaymentState.REVERSED  # voided
 
 
-async def test_currency_other_than_cny_is_refused(network_keys: Keys) -> None:
-    async with gateway(network_keys) as (_, client):
+async def test_currency_other_than_cny_is_refused(alipay_gateway: Any) -> None:
+    async with alipay_gateway() as (_, client):
         with pytest.raises(ValueError, match="CNY"):
             await client.pay("pay_eur", code(), 450, "EUR", "p07/l03", 1.0)
 

@@ -22,7 +22,6 @@ from lane.auth.acquirer import (
     AcquirerUnavailable,
     PaymentStatus,
 )
-from lane.auth.alipay import AlipayClient
 from lane.auth.networks import (
     NetworkKeys,
     NetworkRouter,
@@ -32,16 +31,13 @@ from lane.auth.networks import (
 )
 from lane.auth.paycodes import online_code
 from lane.auth.resolver import PaymentState
-from lane.auth.wechatpay import WeChatPayClient
 from lane.checks import check_config
 from lane.config import ConfigError, parse_config
 from scanner.payload import PaymentCodePayload, UnknownPayload, classify
-from sim.acquirer import AcquirerServer
-from sim.alipay_fake import AlipayFake
-from sim.wechatpay_fake import WeChatPayFake
+from sim.acquirer import running_acquirer
 
 Keys = dict[str, Any]  # name -> conftest.KeyPair
-APP_ID, MCHID, APPID = "2021000000000001", "1900000100", "wx8888888888888888"
+APP_ID, MCHID, APPID = "2021000000000001", "1900000100", "wx8888888888888888"  # config only
 _n = itertools.count(1)
 
 
@@ -86,50 +82,23 @@ def test_unionpay_code_is_an_online_payment_code() -> None:
 # -- routing against the three fakes -----------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def three_networks(keys: Keys) -> AsyncIterator[dict[str, Any]]:
-    acquirer = AcquirerServer(seed=1)
-    ali = AlipayFake(
-        app_id=APP_ID,
-        merchant_key=keys["merchant"].public,
-        alipay_key=keys["alipay"].private,
-        seed=2,
-    )
-    wx = WeChatPayFake(
-        mchid=MCHID,
-        appid=APPID,
-        merchant_key=keys["merchant"].public,
-        merchant_serial="S1",
-        platform_key=keys["wechat"].private,
-        platform_serial="P1",
-        min_reverse_age_s=0.0,
-        seed=3,
-    )
-    for server in (acquirer, ali, wx):
-        await server.start()
-    async with aiohttp.ClientSession() as session:
-        clients = {
-            "unionpay": AcquirerClient(acquirer.url, session),
-            "alipay": AlipayClient(
-                ali.gateway_url, APP_ID, keys["merchant"].private, keys["alipay"].public, session
-            ),
-            "wechat": WeChatPayClient(
-                wx.url,
-                mchid=MCHID,
-                appid=APPID,
-                serial_no="S1",
-                private_key=keys["merchant"].private,
-                platform_key=keys["wechat"].public,
-                platform_serial="P1",
-                session=session,
-                reverse_after_s=0.0,
-            ),
-        }
-        try:
-            yield {"fakes": {"unionpay": acquirer, "alipay": ali, "wechat": wx}, **clients}
-        finally:
-            for server in (acquirer, ali, wx):
-                await server.stop()
+@pytest.fixture
+def three_networks(alipay_gateway: Any, wechat_gateway: Any) -> Any:
+    """`async with three_networks() as env`: our acquirer (UnionPay, EMV) and both networks'
+    fakes, each with its client; `env["fakes"][kind]` is the server for that kind."""
+
+    @contextlib.asynccontextmanager
+    async def make() -> AsyncIterator[dict[str, Any]]:
+        async with (
+            running_acquirer(seed=1) as acquirer,
+            AcquirerClient(acquirer.url) as union,
+            alipay_gateway(seed=2) as (ali, alic),
+            wechat_gateway(min_reverse_age_s=0.0, reverse_after_s=0.0, seed=3) as (wx, wxc),
+        ):
+            fakes = {"unionpay": acquirer, "alipay": ali, "wechat": wx}
+            yield {"fakes": fakes, "unionpay": union, "alipay": alic, "wechat": wxc}
+
+    return make
 
 
 def router(env: dict[str, Any]) -> NetworkRouter:
@@ -143,8 +112,8 @@ def router(env: dict[str, Any]) -> NetworkRouter:
     )
 
 
-async def test_each_code_goes_to_its_network(network_keys: Keys, net_lane: Any) -> None:
-    async with three_networks(network_keys) as env:
+async def test_each_code_goes_to_its_network(three_networks: Any, net_lane: Any) -> None:
+    async with three_networks() as env:
         fakes = env["fakes"]
         async with net_lane(router(env), fakes["unionpay"]) as lane:
             for kind, code in (
@@ -159,8 +128,8 @@ async def test_each_code_goes_to_its_network(network_keys: Keys, net_lane: Any) 
         assert all(len(f.payments()) == 1 for f in fakes.values())
 
 
-async def test_after_a_restart_the_router_finds_each_payment(network_keys: Keys) -> None:
-    async with three_networks(network_keys) as env:
+async def test_after_a_restart_the_router_finds_each_payment(three_networks: Any) -> None:
+    async with three_networks() as env:
         first = router(env)
         for pid, code in (
             ("pay_" + "1" * 32, alipay()),
@@ -181,8 +150,8 @@ async def test_after_a_restart_the_router_finds_each_payment(network_keys: Keys)
             assert env["fakes"][kind].payment(otn).status == "REVERSED"
 
 
-async def test_a_payment_nobody_knows_is_voided_everywhere(network_keys: Keys) -> None:
-    async with three_networks(network_keys) as env:
+async def test_a_payment_nobody_knows_is_voided_everywhere(three_networks: Any) -> None:
+    async with three_networks() as env:
         r = router(env)
         pid = "pay_" + "9" * 32
         assert (await r.query(pid, 1.0)).status is PaymentStatus.NOT_FOUND
@@ -196,8 +165,8 @@ async def test_a_payment_nobody_knows_is_voided_everywhere(network_keys: Keys) -
         assert late.status is PaymentStatus.REVERSED
 
 
-async def test_resolver_reverses_through_the_router(network_keys: Keys, net_lane: Any) -> None:
-    async with three_networks(network_keys) as env:
+async def test_resolver_reverses_through_the_router(three_networks: Any, net_lane: Any) -> None:
+    async with three_networks() as env:
         fakes = env["fakes"]
         fakes["wechat"].update_faults(late_success_rate=1.0, late_success_ms=1)
         async with net_lane(router(env), fakes["wechat"]) as lane:
@@ -306,9 +275,9 @@ def test_public_key_forms(tmp_path: Path, network_keys: Keys) -> None:
 # -- the operator's alarm ----------------------------------------------------------------------
 
 
-async def test_a_failing_network_raises_an_alarm_that_clears_itself(network_keys: Keys) -> None:
+async def test_a_failing_network_raises_an_alarm_that_clears_itself(three_networks: Any) -> None:
     alarms: list[tuple[str, str | None]] = []
-    async with three_networks(network_keys) as env:
+    async with three_networks() as env:
         ali = WatchedAcquirer(env["alipay"], "alipay", lambda c, m: alarms.append((c, m)))
         fake = env["fakes"]["alipay"]
         fake.update_faults(error_rate=1.0)
@@ -323,22 +292,12 @@ async def test_a_failing_network_raises_an_alarm_that_clears_itself(network_keys
         assert alarms[-1] == ("payment_alipay", None)  # cleared by the next good answer
 
 
-async def test_an_untrusted_network_says_so(network_keys: Keys) -> None:
+async def test_an_untrusted_network_says_so(wechat_gateway: Any) -> None:
     alarms: list[tuple[str, str | None]] = []
-    async with three_networks(network_keys) as env:
-        wrong = WeChatPayClient(
-            env["fakes"]["wechat"].url,
-            mchid=MCHID,
-            appid=APPID,
-            serial_no="S1",
-            private_key=network_keys["merchant"].private,
-            platform_key=network_keys["impostor"].public,
-            platform_serial="P1",
-        )
-        watched = WatchedAcquirer(wrong, "wechatpay", lambda c, m: alarms.append((c, m)))
+    async with wechat_gateway(signer="impostor") as (_, client):
+        watched = WatchedAcquirer(client, "wechatpay", lambda c, m: alarms.append((c, m)))
         with pytest.raises(AcquirerProtocolError):
             await watched.query("pay_" + "e" * 32, 1.0)
-        await wrong.close()
     ((code, message),) = alarms
     assert code == "payment_wechatpay"
     assert message is not None and "WeChat Pay answers cannot be trusted" in message

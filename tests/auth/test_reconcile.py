@@ -15,14 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lane.auth import bills
-from lane.auth.alipay import AlipayClient
 from lane.auth.alipay_wire import beijing_time
 from lane.auth.reconcile import Finding, RecordedPayment, reconcile
 from lane.auth.reconcile_cli import day_of, fetch_wechat, main
-from lane.auth.wechatpay import WeChatPayClient
-from sim.alipay_fake import AlipayFake
 from sim.network_bills import BillRow, alipay_bill_zip, wechat_bill_text
-from sim.wechatpay_fake import WeChatPayFake
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.store import IngestRecord, SqliteIngestStore
 
@@ -208,45 +204,20 @@ def record(seq: int, pid: str, amount: int, ref: str, result: str = "approved") 
 
 
 async def test_lane_reconcile_against_both_fakes(
-    tmp_path: Path, network_keys: Keys, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    *,
+    network_keys: Keys,
+    alipay_gateway: Any,
+    wechat_gateway: Any,
+    network_ids: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    keys = network_keys
-    ali = AlipayFake(
-        app_id="2021000000000001",
-        merchant_key=keys["merchant"].public,
-        alipay_key=keys["alipay"].private,
-        seed=7,
-    )
-    wx = WeChatPayFake(
-        mchid="1900000100",
-        appid="wx1",
-        merchant_key=keys["merchant"].public,
-        merchant_serial="S1",
-        platform_key=keys["wechat"].private,
-        platform_serial="P1",
-        seed=8,
-    )
-    await ali.start()
-    await wx.start()
-    try:
-        alic = AlipayClient(
-            ali.gateway_url, "2021000000000001", keys["merchant"].private, keys["alipay"].public
-        )
-        wxc = WeChatPayClient(
-            wx.url,
-            mchid="1900000100",
-            appid="wx1",
-            serial_no="S1",
-            private_key=keys["merchant"].private,
-            platform_key=keys["wechat"].public,
-            platform_serial="P1",
-        )
+    keys, ids = network_keys, network_ids
+    async with alipay_gateway() as (ali, alic), wechat_gateway() as (wx, wxc):
         paid = [("pay_" + f"{i:032x}", c) for i, c in ((1, alic), (2, alic), (3, wxc), (4, wxc))]
         for n, (pid, client) in enumerate(paid):
             code = f"28{n:016d}" if client is alic else f"13{n:016d}"
             assert (await client.pay(pid, code, 450, "CNY", "p07/l03", 2.0)).acquirer_ref
-        await alic.close()
-        await wxc.close()
         records = [
             record(1, paid[0][0], 450, "alipay:01"),  # matched
             record(2, paid[1][0], 500, "alipay:02"),  # amount mismatch
@@ -259,13 +230,26 @@ async def test_lane_reconcile_against_both_fakes(
         merchant_key, _ = keys["merchant"].write(tmp_path, "merchant")
         _, ali_pub = keys["alipay"].write(tmp_path, "alipay")
         _, wx_pub = keys["wechat"].write(tmp_path, "wechat")
+        tables = {
+            "auth.routes": {"alipay": "alipay", "wechat": "wechatpay"},
+            "auth.alipay": {
+                "gateway_url": ali.gateway_url,
+                "app_id": ids["app_id"],
+                "private_key_file": merchant_key,
+                "alipay_public_key_file": ali_pub,
+            },
+            "auth.wechatpay": {
+                "base_url": wx.url,
+                **{k: ids[k] for k in ("mchid", "appid", "serial_no", "platform_serial")},
+                "private_key_file": merchant_key,
+                "platform_public_key_file": wx_pub,
+            },
+        }
         cfg.write_text(
-            f'[auth.routes]\nalipay = "alipay"\nwechat = "wechatpay"\n'
-            f'[auth.alipay]\ngateway_url = "{ali.gateway_url}"\napp_id = "2021000000000001"\n'
-            f'private_key_file = "{merchant_key}"\nalipay_public_key_file = "{ali_pub}"\n'
-            f'[auth.wechatpay]\nbase_url = "{wx.url}"\nmchid = "1900000100"\nappid = "wx1"\n'
-            f'serial_no = "S1"\nprivate_key_file = "{merchant_key}"\n'
-            f'platform_public_key_file = "{wx_pub}"\nplatform_serial = "P1"\n'
+            "".join(
+                f"[{name}]\n" + "".join(f'{k} = "{v}"\n' for k, v in table.items())
+                for name, table in tables.items()
+            )
         )
         date = beijing_time(time.time())[:10]
         argv = ["--config", str(cfg), "--date", date, "--db", str(tmp_path / "ingest.sqlite")]
@@ -273,9 +257,6 @@ async def test_lane_reconcile_against_both_fakes(
         json_out = capsys.readouterr().out
         text_code = await asyncio.to_thread(main, argv)  # the operator's table
         text_out = capsys.readouterr().out
-    finally:
-        await ali.stop()
-        await wx.stop()
     assert code == 1
     doc = json.loads(json_out)
     assert doc["date"] == date
@@ -329,39 +310,16 @@ def test_lane_reconcile_from_bill_files(tmp_path: Path, capsys: pytest.CaptureFi
     assert "p07/l03" in capsys.readouterr().out
 
 
-async def test_a_bill_larger_than_an_api_answer_is_fetched(network_keys: Keys) -> None:
-    keys = network_keys
-    wx = WeChatPayFake(
-        mchid="1900000100",
-        appid="wx1",
-        merchant_key=keys["merchant"].public,
-        merchant_serial="S1",
-        platform_key=keys["wechat"].private,
-        platform_serial="P1",
-        seed=9,
-    )
-    await wx.start()
-    try:
-        async with WeChatPayClient(
-            wx.url,
-            mchid="1900000100",
-            appid="wx1",
-            serial_no="S1",
-            private_key=keys["merchant"].private,
-            platform_key=keys["wechat"].public,
-            platform_serial="P1",
-        ) as client:
-            n = 450  # about 190 bytes a row: more than the 64 KiB an API answer may be
-            await asyncio.gather(
-                *(
-                    client.pay(f"pay_{i:032x}", f"13{i:016d}", 100 + i, "CNY", "p07/l03", 10.0)
-                    for i in range(n)
-                )
+async def test_a_bill_larger_than_an_api_answer_is_fetched(wechat_gateway: Any) -> None:
+    async with wechat_gateway() as (_, client):
+        n = 450  # about 190 bytes a row: more than the 64 KiB an API answer may be
+        await asyncio.gather(
+            *(
+                client.pay(f"pay_{i:032x}", f"13{i:016d}", 100 + i, "CNY", "p07/l03", 10.0)
+                for i in range(n)
             )
-            date = beijing_time(time.time())[:10]
-            text = await fetch_wechat(client, date)
-    finally:
-        await wx.stop()
+        )
+        text = await fetch_wechat(client, beijing_time(time.time())[:10])
     assert len(text.encode()) > 64 * 1024
     orders = bills.parse_wechat(text)
     assert len(orders) == n

@@ -3,10 +3,7 @@ example) and the adapter against the fake (real HTTP, real signatures both ways)
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,8 +12,6 @@ from lane.auth import wechatpay_wire as wire
 from lane.auth.acquirer import AcquirerProtocolError, PaymentStatus
 from lane.auth.authoriser import payment_id_for
 from lane.auth.resolver import PaymentState
-from lane.auth.wechatpay import WeChatPayClient
-from sim.wechatpay_fake import WeChatPayFake
 
 Keys = dict[str, Any]  # name -> conftest.KeyPair
 MCHID, APPID = "1900000100", "wx8888888888888888"
@@ -119,47 +114,8 @@ def test_answers_that_are_not_results(call: wire.Call, http: int, doc: dict[str,
 # -- the adapter against the fake --------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def wechat(
-    keys: Keys,
-    *,
-    signer: str = "wechat",
-    merchant: str = "merchant",
-    min_reverse_age_s: float = 0.5,
-    reverse_after_s: float = 0.9,
-    client_skew_s: float = 0.0,
-) -> AsyncIterator[tuple[WeChatPayFake, WeChatPayClient]]:
-    fake = WeChatPayFake(
-        mchid=MCHID,
-        appid=APPID,
-        merchant_key=keys["merchant"].public,
-        merchant_serial=MERCHANT_SERIAL,
-        platform_key=keys[signer].private,
-        platform_serial=PLATFORM_SERIAL,
-        min_reverse_age_s=min_reverse_age_s,
-        seed=4,
-    )
-    await fake.start()
-    client = WeChatPayClient(
-        fake.url,
-        mchid=MCHID,
-        appid=APPID,
-        serial_no=MERCHANT_SERIAL,
-        private_key=keys[merchant].private,
-        platform_key=keys["wechat"].public,
-        platform_serial=PLATFORM_SERIAL,
-        reverse_after_s=reverse_after_s,
-        wall=lambda: time.time() + client_skew_s,
-    )
-    try:
-        yield fake, client
-    finally:
-        await client.close()
-        await fake.stop()
-
-
-async def test_approved_then_settled(network_keys: Keys, net_lane: Any) -> None:
-    async with wechat(network_keys) as (fake, client), net_lane(client, fake) as lane:
+async def test_approved_then_settled(wechat_gateway: Any, net_lane: Any) -> None:
+    async with wechat_gateway() as (fake, client), net_lane(client, fake) as lane:
         req = lane.request(code())
         decision = await lane.auth.authorise(req)
         assert (decision.approved, decision.reason) == (True, "approved")
@@ -168,30 +124,30 @@ async def test_approved_then_settled(network_keys: Keys, net_lane: Any) -> None:
         assert len(fake.payments()) == 1
 
 
-async def test_declined_not_enough(network_keys: Keys, net_lane: Any) -> None:
-    async with wechat(network_keys) as (fake, client), net_lane(client, fake) as lane:
+async def test_declined_not_enough(wechat_gateway: Any, net_lane: Any) -> None:
+    async with wechat_gateway() as (fake, client), net_lane(client, fake) as lane:
         fake.update_faults(decline_rate=1.0)
         decision = await lane.auth.authorise(lane.request(code()))
         assert (decision.approved, decision.reason) == (False, "insufficient_funds")
 
 
-async def test_an_alipay_code_is_refused_by_wechat(network_keys: Keys, net_lane: Any) -> None:
-    async with wechat(network_keys) as (fake, client), net_lane(client, fake) as lane:
+async def test_an_alipay_code_is_refused_by_wechat(wechat_gateway: Any, net_lane: Any) -> None:
+    async with wechat_gateway() as (fake, client), net_lane(client, fake) as lane:
         decision = await lane.auth.authorise(lane.request("28" + "1" * 16))
         assert (decision.approved, decision.reason) == (False, "code_invalid")
 
 
-async def test_userpaying_is_requeried_until_paid(network_keys: Keys, net_lane: Any) -> None:
-    async with wechat(network_keys) as (fake, client), net_lane(client, fake) as lane:
+async def test_userpaying_is_requeried_until_paid(wechat_gateway: Any, net_lane: Any) -> None:
+    async with wechat_gateway() as (fake, client), net_lane(client, fake) as lane:
         fake.update_faults(pending_rate=1.0, pending_ms=80)
         decision = await lane.auth.authorise(lane.request(code()))
         assert decision.approved and decision.latency_ms >= 80
 
 
 async def test_userpaying_past_the_deadline_is_reversed_no_sooner_than_allowed(
-    network_keys: Keys, net_lane: Any
+    wechat_gateway: Any, net_lane: Any
 ) -> None:
-    async with wechat(network_keys) as (fake, client), net_lane(client, fake) as lane:
+    async with wechat_gateway() as (fake, client), net_lane(client, fake) as lane:
         fake.update_faults(pending_rate=1.0, pending_ms=5000)
         decision = await lane.auth.authorise(lane.request(code(), budget_s=0.2))
         assert (decision.approved, decision.reason) == (False, "timeout")
@@ -201,11 +157,11 @@ async def test_userpaying_past_the_deadline_is_reversed_no_sooner_than_allowed(
 
 
 async def test_reversing_too_soon_is_refused_then_retried(
-    network_keys: Keys, net_lane: Any
+    wechat_gateway: Any, net_lane: Any
 ) -> None:
     # Without the resolver's wait (reverse_after_s=0) the network refuses, and it takes retries.
     async with (
-        wechat(network_keys, reverse_after_s=0.0) as (fake, client),
+        wechat_gateway(reverse_after_s=0.0) as (fake, client),
         net_lane(client, fake) as lane,
     ):
         fake.update_faults(late_success_rate=1.0, late_success_ms=1)
@@ -216,9 +172,9 @@ async def test_reversing_too_soon_is_refused_then_retried(
 
 
 async def test_success_after_the_lane_gave_up_is_reversed(
-    network_keys: Keys, net_lane: Any
+    wechat_gateway: Any, net_lane: Any
 ) -> None:
-    async with wechat(network_keys) as (fake, client), net_lane(client, fake) as lane:
+    async with wechat_gateway() as (fake, client), net_lane(client, fake) as lane:
         fake.update_faults(late_success_rate=1.0, late_success_ms=1)
         decision = await lane.auth.authorise(lane.request(code(), budget_s=0.2))
         assert decision.reason == "timeout"
@@ -226,8 +182,8 @@ async def test_success_after_the_lane_gave_up_is_reversed(
         assert lane.charged_not_reversed() == []
 
 
-async def test_retry_of_a_paid_order_is_not_a_second_charge(network_keys: Keys) -> None:
-    async with wechat(network_keys) as (fake, client):
+async def test_retry_of_a_paid_order_is_not_a_second_charge(wechat_gateway: Any) -> None:
+    async with wechat_gateway() as (fake, client):
         the_code = code()
         first = await client.pay("pay_" + "b" * 32, the_code, 300, "CNY", "p07/l03", 1.0)
         assert first.status is PaymentStatus.SUCCEEDED and first.acquirer_ref
@@ -244,21 +200,21 @@ async def test_retry_of_a_paid_order_is_not_a_second_charge(network_keys: Keys) 
         ({"client_skew_s": 400.0}, "not within"),
     ],
 )
-async def test_answers_not_trusted(network_keys: Keys, options: Any, match: str) -> None:
-    async with wechat(network_keys, **options) as (_, client):
+async def test_answers_not_trusted(wechat_gateway: Any, options: Any, match: str) -> None:
+    async with wechat_gateway(**options) as (_, client):
         with pytest.raises(AcquirerProtocolError, match=match):
             await client.query("pay_" + "c" * 32, 1.0)
 
 
-async def test_request_we_did_not_sign_is_refused(network_keys: Keys) -> None:
-    async with wechat(network_keys, merchant="impostor") as (fake, client):
+async def test_request_we_did_not_sign_is_refused(wechat_gateway: Any) -> None:
+    async with wechat_gateway(merchant="impostor") as (fake, client):
         with pytest.raises(AcquirerProtocolError, match="SIGN_ERROR"):
             await client.pay("pay_" + "d" * 32, code(), 300, "CNY", "p07/l03", 1.0)
         assert fake.payments() == []
 
 
-async def test_server_errors_are_outages(network_keys: Keys, net_lane: Any) -> None:
-    async with wechat(network_keys) as (fake, client), net_lane(client, fake) as lane:
+async def test_server_errors_are_outages(wechat_gateway: Any, net_lane: Any) -> None:
+    async with wechat_gateway() as (fake, client), net_lane(client, fake) as lane:
         fake.update_faults(error_rate=1.0)
         down = await lane.auth.authorise(lane.request(code()))
         assert (down.approved, down.reason) == (False, "acquirer_unavailable")
