@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -15,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyAddress,
     ValidationError,
     field_validator,
     model_validator,
@@ -108,6 +110,9 @@ class WeChatPaySection(_Section):
     platform_serial: str = Field(description="Its id (PUB_KEY_ID_...) or certificate serial")
     reverse_after_s: float = Field(
         18.0, ge=0, le=600, description="Reverse no sooner than this after the intent"
+    )
+    device_ip: IPvAnyAddress = Field(
+        IPv4Address("127.0.0.1"), description="This lane computer's address (payer_client_ip)"
     )
 
 

@@ -12,6 +12,7 @@ of `sim.acquirer` (this is an `AcquirerServer` speaking WeChat Pay; `/admin/...`
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import secrets
 import time
@@ -80,7 +81,9 @@ class WeChatPayFake(AcquirerServer):
         try:
             body = json.loads(raw)
             otn, total = body["out_trade_no"], body["amount"]["total"]
-            auth_code, lane = body["payer"]["auth_code"], body["scene_info"]["device_id"]
+            auth_code, scene = body["payer"]["auth_code"], body["scene_info"]
+            lane = scene["device_id"]
+            ipaddress.ip_address(scene["payer_client_ip"])  # required, an address
             ok = (
                 body["appid"] == self._appid
                 and body["mchid"] == self._mchid

@@ -296,5 +296,6 @@ def wechatpay_client(
         platform_serial=wx.platform_serial,
         session=session,
         reverse_after_s=wx.reverse_after_s,
+        device_ip=str(wx.device_ip),
         wall=wall,
     )

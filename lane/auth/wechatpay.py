@@ -54,12 +54,12 @@ class WeChatPayClient(HttpClient):
         platform_serial: str,
         session: aiohttp.ClientSession | None = None,
         reverse_after_s: float = DOCUMENTED_REVERSE_DELAY_S + 3.0,
+        device_ip: str = "127.0.0.1",
         wall: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(session)
         self._base = base_url.rstrip("/")
-        self._mchid = mchid
-        self._appid = appid
+        self._merchant = wire.Merchant(mchid, appid, device_ip)
         self._serial = serial_no
         self._key = private_key
         self._platform_key = platform_key
@@ -82,18 +82,18 @@ class WeChatPayClient(HttpClient):
         if currency != "CNY":
             raise ValueError(f"WeChat Pay code payments are in CNY, not {currency}")
         otn = wire.out_trade_no(payment_id)
-        body = wire.codepay_body(self._appid, self._mchid, otn, code, amount_minor, lane)
+        body = wire.codepay_body(self._merchant, otn, code, amount_minor, lane)
         return await self._call(
             wire.Call.PAY, "POST", wire.CODEPAY_PATH, body, payment_id, timeout_s
         )
 
     async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
-        path = wire.query_path(wire.out_trade_no(payment_id), self._mchid)
+        path = wire.query_path(wire.out_trade_no(payment_id), self._merchant.mchid)
         return await self._call(wire.Call.QUERY, "GET", path, None, payment_id, timeout_s)
 
     async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
         path = wire.reverse_path(wire.out_trade_no(payment_id))
-        body = {"appid": self._appid, "mchid": self._mchid}
+        body = {"appid": self._merchant.appid, "mchid": self._merchant.mchid}
         return await self._call(wire.Call.REVERSE, "POST", path, body, payment_id, timeout_s)
 
     async def get_signed(self, path: str, timeout_s: float) -> tuple[int, dict[str, Any]]:
@@ -133,7 +133,7 @@ class WeChatPayClient(HttpClient):
         signature = netkeys.sign(self._key, message.encode())
         headers = {
             "Authorization": wire.authorization(
-                self._mchid, self._serial, nonce, timestamp, signature
+                self._merchant.mchid, self._serial, nonce, timestamp, signature
             ),
             "Accept": "application/json",
             "Content-Type": "application/json",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -107,17 +108,24 @@ def parse_authorization(header: str) -> dict[str, str]:
     return fields
 
 
-def codepay_body(  # noqa: PLR0917 - the request's fields, one by one
-    appid: str, mchid: str, otn: str, auth_code: str, amount_minor: int, lane: str
+@dataclass(frozen=True)
+class Merchant:
+    mchid: str
+    appid: str
+    device_ip: str  # the lane computer: the code payment's payer_client_ip
+
+
+def codepay_body(
+    merchant: Merchant, otn: str, auth_code: str, amount_minor: int, lane: str
 ) -> dict[str, Any]:
     if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor < 1:
         raise ValueError("WeChat Pay amounts are a positive int of fen")
     return {
-        "appid": appid,
-        "mchid": mchid,
+        "appid": merchant.appid,
+        "mchid": merchant.mchid,
         "description": f"lane {lane}",
         "out_trade_no": otn,
-        "scene_info": {"device_id": lane},
+        "scene_info": {"payer_client_ip": merchant.device_ip, "device_id": lane},
         "amount": {"total": amount_minor, "currency": "CNY"},
         "payer": {"auth_code": auth_code},
     }

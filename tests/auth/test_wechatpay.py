@@ -64,7 +64,7 @@ def test_out_trade_no_fits_wechats_32_characters() -> None:
 @pytest.mark.parametrize("amount", [0, -1, True, 1.5])
 def test_amount_must_be_positive_fen(amount: Any) -> None:
     with pytest.raises(ValueError, match="fen"):
-        wire.codepay_body(APPID, MCHID, "a" * 32, code(), amount, "p07/l03")
+        wire.codepay_body(wire.Merchant(MCHID, APPID, "10.0.0.7"), "a" * 32, code(), amount, "p")
 
 
 C = wire.Call
