@@ -115,6 +115,11 @@ async def gather_bills(
         raise ReconcileError(f"could not fetch a bill: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise ReconcileError(f"WeChat Pay bill is not UTF-8: {exc}") from exc
+    if not bills:  # nothing to compare with would read as "all matched"
+        raise ReconcileError(
+            "no bill: route a network in --config's [auth.routes], or give --alipay-bill or"
+            " --wechat-bill"
+        )
     return bills
 
 
