@@ -67,7 +67,12 @@ class AlipayFake(AcquirerServer):
         app.router.add_get("/bills/{date}.zip", self._bill)
 
     async def _gateway(self, request: web.Request) -> web.Response:
-        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        # Parameters come in the URL, the form body, or both (Alipay's SDKs put the common
+        # ones in the URL); a name given twice is refused rather than guessed at.
+        posted = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        if set(posted) & set(request.query):
+            return self._answer("error_response", _failure("40002", "isv.duplicate-parameter"))
+        form = {**request.query, **posted}
         try:
             method = wire.Method(form.get("method", ""))
         except ValueError:

@@ -103,8 +103,12 @@ class AlipayClient(HttpClient):
     ) -> dict[str, object]:
         params = wire.request_params(self._app_id, method, biz, self._wall())
         params["sign"] = netkeys.sign(self._key, wire.signing_content(params).encode())
+        # As Alipay's own SDKs send them: the common parameters in the URL, biz_content in the
+        # form body. The signature covers all of them wherever they travel.
+        common = {k: v for k, v in params.items() if k != "biz_content"}
+        form = {"biz_content": params["biz_content"]}
         answer = await self._send(
-            "POST", self._url, str(method), timeout_s, params={"charset": "utf-8"}, data=params
+            "POST", self._url, str(method), timeout_s, params=common, data=form
         )
         if answer.status != 200:
             raise AcquirerProtocolError(f"{method}: HTTP {answer.status}", answer.status)

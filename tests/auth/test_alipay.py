@@ -7,6 +7,7 @@ import itertools
 import json
 from typing import Any
 
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,8 +15,11 @@ from hypothesis import strategies as st
 from lane.auth import alipay_wire as wire
 from lane.auth import netkeys
 from lane.auth.acquirer import AcquirerProtocolError, PaymentStatus
+from lane.auth.alipay import AlipayClient
 from lane.auth.resolver import PaymentState
+from lane.metrics import LaneMetrics
 from sim.acquirer_faults import Outage
+from sim.alipay_fake import AlipayFake
 
 Keys = dict[str, Any]  # name -> conftest.KeyPair
 _codes = itertools.count(2800_0000_0000_0000_01)
@@ -253,3 +257,33 @@ def test_signatures_verify_only_with_the_right_key(network_keys: Keys) -> None:
     assert not netkeys.verify(network_keys["merchant"].public, b"abd", sig)
     assert not netkeys.verify(network_keys["alipay"].public, b"abc", sig)
     assert not netkeys.verify(network_keys["merchant"].public, b"abc", "not base64!")
+
+
+async def test_each_alipay_call_is_measured_as_what_it_is(network_keys: Keys) -> None:
+    # Every Alipay call is a POST to /gateway.do: the `method` parameter names the operation.
+    metrics = LaneMetrics("p07/l03", "toll")
+    fake = AlipayFake(
+        app_id="2021000000000001",
+        merchant_key=network_keys["merchant"].public,
+        alipay_key=network_keys["alipay"].private,
+    )
+    await fake.start()
+    try:
+        async with aiohttp.ClientSession(trace_configs=[metrics.acquirer_trace()]) as session:
+            client = AlipayClient(
+                fake.gateway_url,
+                "2021000000000001",
+                network_keys["merchant"].private,
+                network_keys["alipay"].public,
+                session,
+            )
+            await client.pay("pay_m1", code(), 450, "CNY", "p07/l03", 1.0)
+            await client.query("pay_m1", 1.0)
+            await client.reverse("pay_m1", 1.0)
+    finally:
+        await fake.stop()
+    for operation in ("pay", "query", "reverse"):
+        count = metrics.registry.get_sample_value(
+            "lane_acquirer_request_seconds_count", {"operation": operation}
+        )
+        assert count == 1, operation
