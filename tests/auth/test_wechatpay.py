@@ -4,10 +4,13 @@ example) and the adapter against the fake (real HTTP, real signatures both ways)
 from __future__ import annotations
 
 import itertools
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lane.auth import netkeys
 from lane.auth import wechatpay_wire as wire
 from lane.auth.acquirer import AcquirerProtocolError, PaymentStatus
 from lane.auth.authoriser import payment_id_for
@@ -31,6 +34,39 @@ def test_request_message_matches_the_published_example() -> None:
     assert wire.request_message(
         "GET", "/v3/certificates", "1554208460", "593BEC0C930BF1AFEB40B4A08C8FB242", ""
     ) == ("GET\n/v3/certificates\n1554208460\n593BEC0C930BF1AFEB40B4A08C8FB242\n\n")
+
+
+# WeChat Pay's documentation, 带 Body 参数如何计算签名
+# (pay.weixin.qq.com/doc/v3/merchant/4012365336): its test private key
+# (tests/auth/data/wechatpay-doc-test-key.pem), the request and the signature.
+DOC_BODY = (
+    '{"appid":"wxd678efh567hg6787","mchid":"1900007291","description":"Image形象店-深圳腾大-QQ公仔",'
+    '"out_trade_no":"1217752501201407033233368018",'
+    '"notify_url":"https://www.weixin.qq.com/wxpay/pay.php",'
+    '"amount":{"total":100,"currency":"CNY"},"payer":{"openid":"oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"}}'
+)
+DOC_SIGNATURE = (
+    "jnks4dlrPw3ZX+ozVvSK39oa0t7OMBsg83BHAwd8BRdUFiVaQNTLTvci+wURgP1OQBbKYhFGvt7iqYpDSTQkp7Uq1s"
+    "ltaQKyncCyrA1g88m5bsKERQfPyT0ahSwKTYJ1CAn9QiJuSJRq1QsQs07eehbU/k9BCS51jTyc1Jpsi2H77HF9f/Bn"
+    "jXAOP3/sPObg6V5Ee4EzwLox684hhuMuIwHo7D8KFk3LIHOKDcNI4It1aCXydFWNpNK+SG86VUDe5kwoDpw4Ulqfu9z"
+    "8OFDGbDs9TCxEv8iqQzbpxOlEVoOe2kalSYM5kApQb3nZcxdUtoE0liJGW3RGUNE0t4v01A=="
+)
+
+
+def test_signature_matches_the_published_example(tmp_path: Path) -> None:
+    published = Path(__file__).parent / "data" / "wechatpay-doc-test-key.pem"
+    key_file = tmp_path / "apiclient_key.pem"
+    shutil.copyfile(published, key_file)
+    key_file.chmod(0o600)
+    key = netkeys.load_private_key(key_file)
+    message = wire.request_message(
+        "POST",
+        "/v3/pay/transactions/jsapi",
+        "1554208460",
+        "593BEC0C930BF1AFEB40B4A08C8FB242",
+        DOC_BODY,
+    )
+    assert netkeys.sign(key, message.encode()) == DOC_SIGNATURE
 
 
 def test_authorization_header_round_trip() -> None:
