@@ -7,8 +7,10 @@ no longer knows: it asks each network in turn and uses the one that knows the pa
 payment nobody knows is voided on every network (a pay request still on its way to any of them
 is then refused, where the network supports it; the daily reconciliation finds the rest).
 
-`build_acquirer` makes the lane's acquirer from `[auth]`: keys are read here, once, from files
-with permission checks (`netkeys.read_secret`), never from the config text.
+`NetworkKeys.load` reads the routed networks' keys once, at start, from files with permission
+checks (`netkeys.read_secret`), never from the config text; `build_acquirer` makes the lane's
+acquirer from `[auth]` and those keys, each network watched by `WatchedAcquirer` for the
+operator's alarm.
 """
 
 from __future__ import annotations
