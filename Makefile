@@ -56,6 +56,8 @@ bench: setup
 	$(BIN)/python -m bench.uplink
 	$(BIN)/python -m bench.camera
 	$(BIN)/python -m bench.sim
+	$(BIN)/python -m bench.reconcile
+	$(BIN)/python -m bench.networks
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

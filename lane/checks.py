@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 from lane.auth.deny import DenyList, DenyListError, load_deny_list
 from lane.auth.fares import TariffError, load_tariff
 from lane.auth.keys import KeySet, KeySetError, keyset_stale, load_keyset
+from lane.auth.netkeys import KeyFileError
+from lane.auth.networks import NetworkKeys
 from lane.auth.trust import judge_deny, judge_keyset
 from lane.config import ConfigError, LaneConfig, load_config
 
@@ -61,7 +63,29 @@ def check_config(path: Path, now: float | None = None) -> Findings:
             if judged.refused:
                 found.problems.append(f"{config.auth.deny_list}: refused: {judged.detail}")
     _check_settings(config, path, found)
+    _check_networks(config, path, found)
     return found
+
+
+def _check_networks(config: LaneConfig, path: Path, found: Findings) -> None:
+    """The payment networks' key files load, and the fares are in the networks' currency."""
+    try:
+        NetworkKeys.load(config.auth)
+    except KeyFileError as exc:
+        found.problems.append(str(exc))
+    routes = config.auth.routes
+    networks = {routes.alipay, routes.wechat, routes.unionpay, routes.emv} - {"acquirer"}
+    currency = config.fares.currency
+    if config.fares.tariff is not None:
+        try:
+            currency = load_tariff(config.fares.tariff).currency
+        except TariffError:
+            return  # already reported by the tariff check
+    if networks and currency != "CNY":
+        found.problems.append(
+            f"{path}: auth.routes: {', '.join(sorted(networks))} charge in CNY, but the fares "
+            f"are in {currency}"
+        )
 
 
 def _check_tariff(config: LaneConfig, path: Path, found: Findings) -> None:

@@ -7,10 +7,22 @@ No I/O happens in validation; `load_config` reads the file and reports every pro
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
+from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+S = TypeVar("S", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -67,6 +79,43 @@ class CameraSection(_Section):
     dedup_window_s: PositiveSeconds = Field(3.0, description="Same code reported once within this")
 
 
+Network = Literal["acquirer", "alipay", "wechatpay"]
+
+
+class RoutesSection(_Section):
+    """Which acquirer takes each kind of online code (docs/acquirer.md)."""
+
+    alipay: Network = Field("acquirer", description="Alipay payment codes (25-30, 16-24 digits)")
+    wechat: Network = Field("acquirer", description="WeChat Pay payment codes (10-15, 18 digits)")
+    unionpay: Network = Field("acquirer", description="UnionPay QR payment codes (62, 19 digits)")
+    emv: Network = Field("acquirer", description="EMVCo consumer-presented QR payloads")
+
+
+class AlipaySection(_Section):
+    gateway_url: str = Field(
+        "https://openapi.alipay.com/gateway.do", description="Alipay OpenAPI gateway"
+    )
+    app_id: str = Field(description="The merchant app's id", pattern=r"^[0-9]{16}$")
+    private_key_file: Path = Field(description="The app's RSA2 private key, PEM, mode 0600")
+    alipay_public_key_file: Path = Field(description="Alipay's public key (PEM or Base64)")
+
+
+class WeChatPaySection(_Section):
+    base_url: str = Field("https://api.mch.weixin.qq.com", description="WeChat Pay API v3")
+    mchid: str = Field(description="Merchant id", pattern=r"^[0-9]{6,32}$")
+    appid: str = Field(description="The app id bound to the merchant", min_length=1)
+    serial_no: str = Field(description="Serial of the merchant API certificate", min_length=1)
+    private_key_file: Path = Field(description="Merchant API private key, PEM, mode 0600")
+    platform_public_key_file: Path = Field(description="WeChat Pay platform public key, PEM")
+    platform_serial: str = Field(description="Its id (PUB_KEY_ID_...) or certificate serial")
+    reverse_after_s: float = Field(
+        18.0, ge=0, le=600, description="Reverse no sooner than this after the intent"
+    )
+    device_ip: IPvAnyAddress = Field(
+        IPv4Address("127.0.0.1"), description="This lane computer's address (payer_client_ip)"
+    )
+
+
 class AuthSection(_Section):
     budget_s: PositiveSeconds = Field(2.0, description="Decision budget from the code being read")
     grace_s: float = Field(0.5, ge=0, le=10, description="Extra wait for the authoriser's answer")
@@ -93,6 +142,16 @@ class AuthSection(_Section):
         description="Key for hashing wallet codes into account refs; default: made per lane",
     )
     share_used_tokens: bool = Field(True, description="Share used token ids with the plaza")
+    routes: RoutesSection = Field(default_factory=RoutesSection)
+    alipay: AlipaySection | None = Field(None, description="Alipay face-to-face payment")
+    wechatpay: WeChatPaySection | None = Field(None, description="WeChat Pay code payment")
+
+    @model_validator(mode="after")
+    def _routed_networks_are_configured(self) -> AuthSection:
+        for kind, network in self.routes.model_dump().items():
+            if network != "acquirer" and getattr(self, network) is None:
+                raise ValueError(f"routes.{kind} = {network!r} needs an [auth.{network}] section")
+        return self
 
 
 class FareSection(_Section):
@@ -174,8 +233,21 @@ def _resolve_paths(config: LaneConfig, base: Path) -> LaneConfig:
 
     lane = config.lane.model_copy(update={"data_dir": rel(config.lane.data_dir)})
     auth = config.auth.model_copy(
-        update={"keyset": rel(config.auth.keyset), "deny_list": rel(config.auth.deny_list)}
+        update={
+            "keyset": rel(config.auth.keyset),
+            "deny_list": rel(config.auth.deny_list),
+            "alipay": _rel_files(config.auth.alipay, rel),
+            "wechatpay": _rel_files(config.auth.wechatpay, rel),
+        }
     )
     fares = config.fares.model_copy(update={"tariff": rel(config.fares.tariff)})
     broker = config.broker.model_copy(update={"tls_ca_file": rel(config.broker.tls_ca_file)})
     return config.model_copy(update={"lane": lane, "auth": auth, "fares": fares, "broker": broker})
+
+
+def _rel_files(section: S | None, rel: Callable[[Path | None], Path | None]) -> S | None:
+    """The section with every `*_file` path made relative to the config file."""
+    if section is None:
+        return None
+    files = {k: rel(v) for k, v in section if k.endswith("_file") and isinstance(v, Path)}
+    return section.model_copy(update=files)

@@ -34,11 +34,12 @@ from barrier.messages import (
     SensorReading,
 )
 from barrier.mqtt import Credentials, Incoming, MqttLink, tls_context
-from lane.auth.acquirer import AcquirerClient
 from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.deny import DenyList, DenyListError, decode_deny_list, load_deny_list
 from lane.auth.fares import Tariff, load_tariff
 from lane.auth.keys import KeySet, KeySetError, decode_keyset, keyset_stale, load_keyset
+from lane.auth.netkeys import KeyFileError
+from lane.auth.networks import NetworkKeys, build_acquirer
 from lane.auth.plaza import UsedTokenSharing, deny_topic, keys_topic
 from lane.auth.policy import OfflinePolicy
 from lane.auth.replay import ReplayStore, ReplayStoreError
@@ -65,11 +66,10 @@ from uplink.queue import QueueError, RecordQueue
 
 log = logging.getLogger("lane.daemon")
 
-UNREACHABLE_ACQUIRER = "http://127.0.0.1:9"  # discard port: refused at once, policy decides
-
-
 # What a lane computer's files can be wrong with at start: a clear message and exit 2.
-STARTUP_ERRORS = (SourcedError, QueueError, ReplayStoreError, StoreError, OSError)
+STARTUP_ERRORS = (
+    SourcedError, QueueError, ReplayStoreError, StoreError, KeyFileError, OSError
+)  # fmt: skip
 
 
 class Shutdown(Exception):  # noqa: N818 - a signal, not an error
@@ -189,6 +189,7 @@ class LaneDaemon:
         self.config = config
         self.lane = config.lane.id
         self.clocks = clocks or Clocks()
+        self.network_keys = NetworkKeys.load(config.auth)  # a bad key file: exit 2, now
         self.shutdown_grace_s = shutdown_grace_s
         data = config.lane.data_dir
         data.mkdir(parents=True, exist_ok=True)
@@ -406,12 +407,9 @@ class LaneDaemon:
         self._loop = asyncio.get_running_loop()
         self.http = aiohttp.ClientSession(trace_configs=self.ops.http_traces())
         cfg = self.config
-        client = AcquirerClient(cfg.auth.acquirer_url or UNREACHABLE_ACQUIRER, self.http)
-        if cfg.auth.acquirer_url is None:
-            log.warning(
-                "no acquirer configured: online codes follow the offline policy",
-                extra={"lane": self.lane},
-            )
+        client = build_acquirer(
+            cfg.auth, self.network_keys, self.http, self.clocks.wall, alarm=self.runner.alarm
+        )
         resolver = Resolver(
             self.payments_store, client, clock=self.clocks.wall, is_recorded=self._is_recorded
         )

@@ -49,14 +49,36 @@ RESULTS = frozenset({"approved", "declined", "deferred", "manual", "refused", "n
 # Reasons the lane itself produces (auth/tokens, auth/authoriser, auth/policy, lane core).
 REASONS = frozenset(
     {
-        "malformed", "unknown_key", "bad_signature", "expired", "not_yet_valid",
-        "denied_account", "key_not_valid_at_iat", "wrong_algorithm", "replayed", "passback",
-        "timeout", "acquirer_error", "acquirer_unavailable", "over_floor_limit",
-        "offline_limit_reached", "reversed", "duplicate_auth", "invalid_code",
-        "unsupported_kind", "internal_error", "verifier_error", "abandoned", "lane_starting",
-        "declined", "unreadable_code", "unsupported_code", "no_fare", "lane_closed",
+        "malformed",
+        "unknown_key",
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "denied_account",
+        "key_not_valid_at_iat",
+        "wrong_algorithm",
+        "replayed",
+        "passback",
+        "timeout",
+        "acquirer_error",
+        "acquirer_unavailable",
+        "over_floor_limit",
+        "offline_limit_reached",
+        "reversed",
+        "duplicate_auth",
+        "invalid_code",
+        "unsupported_kind",
+        "internal_error",
+        "verifier_error",
+        "abandoned",
+        "lane_starting",
+        "declined",
+        "unreadable_code",
+        "unsupported_code",
+        "no_fare",
+        "lane_closed",
     }
-)  # fmt: skip
+)
 BARRIER_STATES = ("closed", "opening", "open", "closing", "fault", "offline", "unknown")
 BARRIER_FAULTS = frozenset(
     {"barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused"}
@@ -86,7 +108,18 @@ def reason_label(reason: str | None, *, refused: bool = False) -> str:
     return "invalid_code" if refused else "other"
 
 
-def acquirer_operation(method: str, path: str) -> str:
+ALIPAY_OPERATIONS = {
+    "alipay.trade.pay": "pay",
+    "alipay.trade.query": "query",
+    "alipay.trade.cancel": "reverse",
+}
+
+
+def acquirer_operation(method: str, path: str, api_method: str | None = None) -> str:
+    """pay | query | reverse | other, from the request line (and Alipay's `method` parameter,
+    which names the call: every Alipay call is a POST to the same gateway path)."""
+    if api_method is not None:
+        return ALIPAY_OPERATIONS.get(api_method, "other")
     if path.endswith("/reverse"):
         return "reverse"
     if method == "POST":
@@ -304,7 +337,8 @@ class LaneMetrics:
             _s: object, ctx: SimpleNamespace, params: aiohttp.TraceRequestStartParams
         ) -> None:
             ctx.started = self._clock()
-            ctx.operation = acquirer_operation(params.method, params.url.path)
+            url = params.url
+            ctx.operation = acquirer_operation(params.method, url.path, url.query.get("method"))
 
         async def end(
             _s: object, ctx: SimpleNamespace, params: aiohttp.TraceRequestEndParams

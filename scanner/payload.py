@@ -27,6 +27,7 @@ __all__ = [
     "PaymentCodePayload",
     "TokenPayload",
     "UnknownPayload",
+    "Wallet",
     "classify",
     "mask_pan",
 ]
@@ -42,6 +43,12 @@ _DIGITS = re.compile(r"[0-9]+")
 _B45 = {c: i for i, c in enumerate(BASE45_ALPHABET)}
 
 
+Wallet = Literal["alipay", "wechat", "unionpay"]
+# UnionPay QR payment codes (银联二维码付款码) are 19 digits starting 62; nothing else overlaps.
+UNIONPAY_DIGITS = 19
+UNIONPAY_PREFIX = "62"
+
+
 @dataclass(frozen=True, slots=True)
 class TokenPayload:
     text: str
@@ -51,7 +58,7 @@ class TokenPayload:
 @dataclass(frozen=True, slots=True)
 class PaymentCodePayload:
     digits: str
-    wallet: Literal["alipay", "wechat"]
+    wallet: Wallet
     kind: Literal["payment_code"] = field(default="payment_code", init=False)
 
 
@@ -96,6 +103,8 @@ def _payment_code(digits: str) -> Payload:
         return PaymentCodePayload(digits, "alipay")
     if n == 18 and 10 <= head <= 15:
         return PaymentCodePayload(digits, "wechat")
+    if n == UNIONPAY_DIGITS and digits.startswith(UNIONPAY_PREFIX):
+        return PaymentCodePayload(digits, "unionpay")
     return UnknownPayload(f"not a payment code ({n} digits starting {digits[:2]})")
 
 

@@ -38,6 +38,14 @@ class BadRequestError(Exception):
     """A request the acquirer refuses with HTTP 400."""
 
 
+class ConflictError(Exception):
+    """The same payment id with another request (our API: HTTP 409)."""
+
+
+class StoppingError(Exception):
+    """The server stopped while a request was held (the hang fault)."""
+
+
 class AcquirerServer:
     """Serve the acquirer API on `host:port` (0: a free port) and the admin API on `admin_port`."""
 
@@ -70,9 +78,7 @@ class AcquirerServer:
 
     async def start(self) -> str:
         app = web.Application()
-        app.router.add_post("/v1/payments", self._pay)
-        app.router.add_get("/v1/payments/{payment_id}", self._get)
-        app.router.add_post("/v1/payments/{payment_id}/reverse", self._reverse)
+        self._api_routes(app)
         app.router.add_get("/admin/faults", self._admin_faults_get)
         app.router.add_post("/admin/faults", self._admin_faults_post)
         app.router.add_get("/admin/payments", self._admin_payments)
@@ -93,6 +99,12 @@ class AcquirerServer:
         self._supervisor = asyncio.create_task(self._supervise(), name="acquirer-outages")
         log.info("acquirer listening", extra={"url": self.url, "admin_url": self.admin_url})
         return self.url
+
+    def _api_routes(self, app: web.Application) -> None:
+        """The payment API; the payment networks' fakes serve their own protocol instead."""
+        app.router.add_post("/v1/payments", self._pay)
+        app.router.add_get("/v1/payments/{payment_id}", self._get)
+        app.router.add_post("/v1/payments/{payment_id}/reverse", self._reverse)
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -183,13 +195,29 @@ class AcquirerServer:
             return _error(400, "bad_request", str(exc))
         if (refused := await self._gate(request)) is not None:
             return refused
+        try:
+            payment, _ = await self.charge(body)
+        except ConflictError as exc:
+            return _error(409, "conflict", str(exc))
+        except StoppingError:
+            return _error(503, "unavailable", "stopping")
+        return web.json_response(self.ledger.view(payment))
+
+    async def charge(self, body: dict[str, Any]) -> tuple[SimPayment, bool]:
+        """Find or make the payment of a pay request and wait until it is processed.
+
+        Returns (payment, created). Raises ConflictError for the same payment id with another
+        request, StoppingError when a hanging request outlives the server. Shared with the
+        payment networks' fakes, which speak other protocols over the same book and faults.
+        """
         faults = self._faults
         if faults.hang_rate and self._rng.random() < faults.hang_rate:
             await self._stopping.wait()  # until the client gives up (cancels us) or we stop
-            return _error(503, "unavailable", "stopping")
+            raise StoppingError
         existing = self.ledger.get(body["payment_id"])
         if existing is not None and not existing.same_request(body):
-            return _error(409, "conflict", "payment_id already used with another request")
+            raise ConflictError("payment_id already used with another request")
+        created = existing is None
         if existing is None:
             existing = self.ledger.create(body, self._roll(faults), faults.latency_s(self._rng))
         assert existing.processed is not None
@@ -198,7 +226,7 @@ class AcquirerServer:
         except asyncio.CancelledError:
             existing.client_gone.set()  # the client gave up: a late success may now happen
             raise
-        return web.json_response(self.ledger.view(existing))
+        return existing, created
 
     async def _get(self, request: web.Request) -> web.Response:
         if (refused := await self._gate(request)) is not None:

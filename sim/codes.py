@@ -25,7 +25,7 @@ KID = "sim-2026"
 class Code:
     """One code a driver will show, and what the lane should make of it."""
 
-    kind: str  # token | alipay | wechat | emv | garbage | forged | expired | replay
+    kind: str  # token | alipay | wechat | unionpay | emv | garbage | forged | expired | replay
     text: str
     valid: bool
 
@@ -99,6 +99,8 @@ class CodeFactory:
         if kind == "wechat":
             prefix = self.rng.choice(["10", "11", "12", "13", "14", "15"])
             return Code(kind, prefix + self._digits(16), True)
+        if kind == "unionpay":  # a UnionPay QR payment code: 19 digits starting 62
+            return Code(kind, "62" + self._digits(17), True)
         if kind == "emv":
             pan = "5413" + self._digits(12)
             text = emv_cpm(pan, self.rng.randrange(1, 65535), self.rng.randbytes(8))

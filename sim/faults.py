@@ -234,7 +234,6 @@ class FaultController:
         self, name: str, on: bool, index: int | None, values: Mapping[str, Param]
     ) -> None:
         sim = self.sim
-        acquirer = sim.acquirer
         if name == "backoffice_offline":
             if not on:
                 # What piled up is on record before the drain starts (the sampler is periodic).
@@ -242,17 +241,17 @@ class FaultController:
                     await lane.sample_uplink()
             await (sim.backoffice.cut() if on else sim.backoffice.restore())
         elif name == "acquirer_outage":
-            assert acquirer is not None
             outages = (Outage(mode="503" if values["mode"] == "503" else "refuse"),) if on else ()
-            acquirer.update_faults(outages=outages)
+            for server in sim.payment_servers():
+                server.update_faults(outages=outages)
         elif name == "acquirer_slow":
-            assert acquirer is not None
             median = float(values["median_ms"]) if on else None
             p99 = float(values["p99_ms"]) if on else None
-            acquirer.update_faults(latency_median_ms=median, latency_p99_ms=p99)
+            for server in sim.payment_servers():
+                server.update_faults(latency_median_ms=median, latency_p99_ms=p99)
         elif name == "acquirer_declines":
-            assert acquirer is not None
-            acquirer.update_faults(decline_rate=float(values["rate"]) if on else 0.0)
+            for server in sim.payment_servers():
+                server.update_faults(decline_rate=float(values["rate"]) if on else 0.0)
         else:
             assert index is not None
             lane = sim.lanes[index]

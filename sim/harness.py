@@ -33,6 +33,7 @@ from sim.broker import Mosquitto, free_port
 from sim.codes import CodeFactory
 from sim.faults import FaultController, play_timeline
 from sim.lane import Outcome, SimLane
+from sim.networks import SimNetworks
 from sim.report import plaza_report, plaza_view
 from sim.scenario import Scenario
 from sim.traffic import Driver, Mix, plan
@@ -85,6 +86,8 @@ class Simulator:
         self.faults = FaultController(self)
         self.broker: Mosquitto | None = None
         self.acquirer: AcquirerServer | None = None
+        self.networks: SimNetworks | None = None
+        self.network_auth: dict[str, Any] = {}  # the lanes' [auth] routes to the networks
         self._backoffice: BackOffice | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -124,6 +127,9 @@ class Simulator:
         await asyncio.to_thread(self.broker.start)
         self.acquirer = AcquirerServer(faults=self.options.acquirer, seed=self.options.seed)
         acquirer_url = await self.acquirer.start()
+        self.networks = SimNetworks(work, self.options.acquirer, self.options.seed)
+        await self.networks.start()
+        self.network_auth = self.networks.auth_config()
         keyset = self.codes.write_keyset(work / "keyset.json", int(time.time()))
         self._backoffice = BackOffice(
             work / "backoffice.sqlite3", self.broker.host, self.broker.port
@@ -145,12 +151,19 @@ class Simulator:
         await asyncio.gather(*(lane.stop() for lane in self.lanes), return_exceptions=True)
         if self.acquirer is not None:
             await self.acquirer.stop()
+        if self.networks is not None:
+            await self.networks.stop()
         if self._backoffice is not None:
             await self._backoffice.stop()
         if self.broker is not None:
             await asyncio.to_thread(self.broker.stop)
         if self._tmp is not None:
             self._tmp.cleanup()
+
+    def payment_servers(self) -> list[AcquirerServer]:
+        """Our acquirer and the networks' fakes: the acquirer faults apply to all of them."""
+        nets = self.networks.servers if self.networks is not None else []
+        return [s for s in (self.acquirer, *nets) if s is not None]
 
     async def _monitor(self) -> None:
         """Sample every lane's uplink (backlog, link) twice a second for dashboard and report."""

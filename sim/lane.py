@@ -165,7 +165,13 @@ class SimLane:
                 },
                 "broker": {"port": broker_port},
                 "camera": {"source": "push", "workers": o.decode_workers},
-                "auth": {"acquirer_url": acquirer_url, "keyset": str(keyset)},
+                "auth": {
+                    "acquirer_url": acquirer_url,
+                    "keyset": str(keyset),
+                    **self.sim.network_auth,
+                },
+                # Alipay and WeChat Pay charge in yuan.
+                "fares": {"currency": "CNY"},
             },
             f"simulator lane {self.lane_id}",
         )

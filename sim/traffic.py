@@ -10,6 +10,7 @@ BEHAVIOURS: dict[str, tuple[str, ...]] = {
     "token": ("token",),
     "alipay": ("alipay",),
     "wechat": ("wechat",),
+    "unionpay": ("unionpay",),
     "emv": ("emv",),
     "garbage_then_token": ("garbage", "token"),
     "replay_then_token": ("replay", "token"),
@@ -17,7 +18,7 @@ BEHAVIOURS: dict[str, tuple[str, ...]] = {
     "expired_then_token": ("expired", "token"),
     "only_bad": ("garbage", "forged", "expired"),
 }
-VALID_KINDS = frozenset({"token", "alipay", "wechat", "emv"})
+VALID_KINDS = frozenset({"token", "alipay", "wechat", "unionpay", "emv"})
 
 
 @dataclass(frozen=True)

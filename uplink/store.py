@@ -227,6 +227,15 @@ class SqlIngestStore:
             )
             return [StoredRecord(str(r), int(s), int(t), bytes(d)) for r, s, t, d in cur.fetchall()]
 
+    def records_between(self, start_us: int, end_us: int) -> list[bytes]:
+        """The encoded records of every lane with start_us <= ts_us < end_us (`lane reconcile`)."""
+        with self._reader() as cur:
+            cur.execute(
+                self._sql("SELECT data FROM {records} WHERE ts_us >= ? AND ts_us < ?"),
+                (start_us, end_us),
+            )
+            return [bytes(r[0]) for r in cur.fetchall()]
+
     def lanes(self) -> list[str]:
         with self._reader() as cur:
             cur.execute(self._sql("SELECT lane FROM {lanes} ORDER BY lane"))

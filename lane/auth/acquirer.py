@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, Self
 from urllib.parse import quote
 
 import aiohttp
@@ -47,6 +47,43 @@ class AcquirerResult:
     acquirer_ref: str | None = None
 
 
+@dataclass(frozen=True)
+class ReverseRule:
+    """When the resolver may reverse a given-up payment, counted from its intent.
+
+    `min_age_s`: not before this age (WeChat Pay asks for some seconds after the order was
+    placed). `pending_grace_s`: how long a PENDING payment is left to finish before it is
+    reversed; None means the resolver's own setting.
+    """
+
+    min_age_s: float = 0.0
+    pending_grace_s: float | None = None
+
+
+class Acquirer(Protocol):
+    """The port the authoriser and the resolver pay through: our acquirer API or a network.
+
+    Every call ends in an `AcquirerResult` or one of the `AcquirerError`s below; `payment_id`
+    is the idempotency key (each network derives its own order number from it).
+    """
+
+    async def pay(  # noqa: PLR0917 - mirrors the wire request, field for field
+        self,
+        payment_id: str,
+        code: str,
+        amount_minor: int,
+        currency: str,
+        lane: str,
+        timeout_s: float,
+    ) -> AcquirerResult: ...
+
+    async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult: ...
+
+    async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult: ...
+
+    def reverse_rule(self, payment_id: str) -> ReverseRule: ...
+
+
 class AcquirerError(Exception):
     """Base of everything the client raises about the acquirer."""
 
@@ -71,15 +108,22 @@ class AcquirerProtocolError(AcquirerError):
         self.http_status = http_status
 
 
-class AcquirerClient:
-    """One acquirer endpoint. Pass a shared `session` or let the client own one (then close it)."""
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None) -> None:
-        self._base = base_url.rstrip("/")
+
+class HttpClient:
+    """What every acquirer and network client does with HTTP: use a shared `session` or own one
+    (then close it), and turn one request into an answer or one of the errors above."""
+
+    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
         self._session = session
         self._owns_session = session is None
 
-    async def __aenter__(self) -> AcquirerClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -91,6 +135,49 @@ class AcquirerClient:
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        timeout_s: float,
+        max_bytes: int = MAX_BODY_BYTES,
+        **request: Any,
+    ) -> HttpAnswer:
+        """One request within `timeout_s`. Any answer below 500 is returned for the caller to
+        judge; no time left or no answer in time is AcquirerTimeout; connection errors and 5xx
+        are AcquirerUnavailable; an answer over `max_bytes` is AcquirerProtocolError."""
+        if timeout_s <= 0:
+            raise AcquirerTimeout(f"{what}: no time left")
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.request(
+                method, url, timeout=aiohttp.ClientTimeout(total=timeout_s), **request
+            ) as resp:
+                raw = await _read_capped(resp, max_bytes)
+                answer = HttpAnswer(resp.status, dict(resp.headers), raw)
+        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError subclasses
+            raise AcquirerTimeout(f"{what}: no answer within {timeout_s:.3f} s") from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise AcquirerUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        if answer.status >= 500:
+            raise AcquirerUnavailable(f"{what}: HTTP {answer.status}", http_status=answer.status)
+        if len(raw) > max_bytes:
+            raise AcquirerProtocolError(f"{what}: answer larger than {max_bytes} B")
+        return answer
+
+
+class AcquirerClient(HttpClient):
+    """Our acquirer API at one endpoint."""
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None) -> None:
+        super().__init__(session)
+        self._base = base_url.rstrip("/")
+
+    def reverse_rule(self, payment_id: str) -> ReverseRule:
+        return ReverseRule()
 
     async def pay(  # noqa: PLR0917 - mirrors the wire request, field for field
         self,
@@ -133,44 +220,27 @@ class AcquirerClient:
         payment_id: str,
         timeout_s: float,
     ) -> AcquirerResult:
-        if timeout_s <= 0:
-            raise AcquirerTimeout(f"{method} {path}: no time left")
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        url = self._base + path
-        try:
-            async with self._session.request(
-                method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as resp:
-                raw = await _read_capped(resp)
-                status = resp.status
-        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError subclasses
-            raise AcquirerTimeout(f"{method} {path}: no answer within {timeout_s:.3f} s") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise AcquirerUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        if status >= 500:
-            raise AcquirerUnavailable(f"{method} {path}: HTTP {status}", http_status=status)
-        if len(raw) > MAX_BODY_BYTES:
-            raise AcquirerProtocolError(f"{method} {path}: answer larger than {MAX_BODY_BYTES} B")
-        doc = _decode(raw, f"{method} {path}", status)
+        what = f"{method} {path}"
+        answer = await self._send(method, self._base + path, what, timeout_s, json=body)
+        status = answer.status
+        doc = _decode(answer.body, what, status)
         # Only the API's own "no such payment" counts: a 404 from a wrong URL is no answer.
         if status == 404 and method == "GET" and doc.get("error") == "not_found":
             return AcquirerResult(payment_id=payment_id, status=PaymentStatus.NOT_FOUND)
         if status != 200:
             error = doc.get("error", "?")
             raise AcquirerProtocolError(
-                f"{method} {path}: HTTP {status}: {error}: {doc.get('detail', '')}",
-                http_status=status,
+                f"{what}: HTTP {status}: {error}: {doc.get('detail', '')}", http_status=status
             )
-        return _result(doc, payment_id, f"{method} {path}")
+        return _result(doc, payment_id, what)
 
 
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    """The body, or its first MAX_BODY_BYTES + 1 bytes when it is longer (then refused)."""
+async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The body, or its first max_bytes + 1 bytes when it is longer (then refused)."""
     raw = bytearray()
     async for chunk in resp.content.iter_chunked(16 * 1024):
         raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
+        if len(raw) > max_bytes:
             break
     return bytes(raw)
 

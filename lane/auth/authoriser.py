@@ -22,7 +22,7 @@ from typing import Protocol
 
 from lane.auth.acquirer import (
     CURRENCY,
-    AcquirerClient,
+    Acquirer,
     AcquirerProtocolError,
     AcquirerResult,
     AcquirerTimeout,
@@ -93,7 +93,7 @@ class Authoriser:
     def __init__(  # noqa: PLR0917 - the lane shell wires these seven ports in this order
         self,
         lane: str,
-        online: AcquirerClient,
+        online: Acquirer,
         resolver: Resolver,
         offline: OfflineVerifier,
         policy: OfflinePolicy,

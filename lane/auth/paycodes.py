@@ -53,9 +53,10 @@ def online_code(kind: str, text: str, key: bytes) -> OnlineCode:
     if payload.kind != kind:
         raise CodeError("invalid_code", f"a {payload.kind} code where a {kind} was expected")
     if isinstance(payload, PaymentCodePayload):
-        return OnlineCode(
-            kind, payload.digits, _ref("wallet", b"wallet\x00" + payload.digits.encode(), key)
-        )
+        # The scheme names the network (alipay:, wechat:, unionpay:), so the daily
+        # reconciliation knows whose bill a record belongs on; the keyed part is unchanged.
+        subject = b"wallet\x00" + payload.digits.encode()
+        return OnlineCode(kind, payload.digits, _ref(payload.wallet, subject, key))
     assert isinstance(payload, EmvPayload)
     # The card number is the stable account; the payload changes with every cryptogram.
     ref = _ref("emv", b"emv-pan\x00" + payload.pan.encode(), key)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from lane.auth.acquirer import (
-    AcquirerClient,
+    Acquirer,
     AcquirerError,
     AcquirerProtocolError,
     AcquirerTimeout,
@@ -80,7 +80,7 @@ class Resolver:
     def __init__(
         self,
         store: ResolutionStore,
-        client: AcquirerClient,
+        client: Acquirer,
         clock: Callable[[], float] = time.time,
         backoff: Backoff = Backoff(),
         *,
@@ -279,8 +279,12 @@ class Resolver:
         if answer.status is PaymentStatus.REVERSED:
             await self._move(row.payment_id, PaymentState.REVERSED, reason="reversed")
             return True
-        young = self._now_ms() - row.created_ms < self._grace_ms
-        if answer.status is PaymentStatus.PENDING and young:
+        rule = self._client.reverse_rule(row.payment_id)
+        grace_ms = self._grace_ms if rule.pending_grace_s is None else rule.pending_grace_s * 1000
+        age_ms = self._now_ms() - row.created_ms
+        if answer.status is PaymentStatus.PENDING and age_ms < grace_ms:
+            return False
+        if age_ms < rule.min_age_s * 1000:  # the network refuses a reversal this early
             return False
         # SUCCEEDED after the lane gave up, PENDING for too long, or never seen (NOT_FOUND):
         # reverse. For the last two this is a void that stops a late success.

@@ -142,7 +142,7 @@ async def test_approved_then_settled(lane: Lane) -> None:
     assert decision.acquirer_ref and decision.method == "payment_code"
     assert 0 <= decision.latency_ms <= BUDGET_S * 1000
     ref = decision.account_ref
-    assert ref is not None and ref.startswith("wallet:") and req.text not in ref
+    assert ref is not None and ref.startswith("alipay:") and req.text not in ref
     await lane.auth.settle(req.auth_id)
     assert await lane.final(decision) is S.SETTLED
     await lane.auth.abandon(req.auth_id)  # too late: a settled payment stays charged
@@ -254,7 +254,7 @@ async def test_unavailable_with_floor_policy(floor_lane: Lane) -> None:
     await asyncio.sleep(0.02)
     first = await lane.auth.authorise(lane.request(amount=400))
     assert (first.approved, first.offline, first.flags) == (True, True, ("deferred",))
-    assert first.account_ref is not None and first.account_ref.startswith("wallet:")
+    assert first.account_ref is not None and first.account_ref.startswith("alipay:")
     over = await lane.auth.authorise(lane.request(amount=501))
     assert (over.approved, over.reason) == (False, "over_floor_limit")
     second = await lane.auth.authorise(lane.request(amount=400))

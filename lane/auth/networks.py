@@ -1,0 +1,303 @@
+"""Which acquirer takes which code: Alipay, WeChat Pay, or our acquirer API (UnionPay, EMV).
+
+`NetworkRouter` is itself an `Acquirer`: the authoriser and the resolver do not know there is
+more than one. A pay call is routed by the code's kind (`scanner.payload.classify`); the router
+remembers where each payment went, so its query and reversal go there too. After a restart it
+no longer knows: it asks each network in turn and uses the one that knows the payment; a
+payment nobody knows is voided on every network (a pay request still on its way to any of them
+is then refused, where the network supports it; the daily reconciliation finds the rest).
+
+`NetworkKeys.load` reads the routed networks' keys once, at start, from files with permission
+checks (`netkeys.read_secret`), never from the config text; `build_acquirer` makes the lane's
+acquirer from `[auth]` and those keys, each network watched by `WatchedAcquirer` for the
+operator's alarm.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from lane.auth import netkeys
+from lane.auth.acquirer import (
+    Acquirer,
+    AcquirerClient,
+    AcquirerProtocolError,
+    AcquirerResult,
+    AcquirerUnavailable,
+    PaymentStatus,
+    ReverseRule,
+)
+from lane.auth.alipay import AlipayClient
+from lane.auth.wechatpay import WeChatPayClient
+from lane.config import AuthSection, Network
+from scanner.payload import EmvPayload, PaymentCodePayload, classify
+
+log = logging.getLogger("lane.auth.networks")
+
+CodeKind = Literal["alipay", "wechat", "unionpay", "emv"]
+# Where the lane sends online codes when no acquirer is configured: nothing listens there, so
+# every online code follows the offline policy.
+UNREACHABLE_ACQUIRER = "http://127.0.0.1:9"
+
+
+class UnroutableCodeError(ValueError):
+    """A code of no online kind reached the router (the authoriser checks kinds first)."""
+
+
+def code_kind(code: str) -> CodeKind:
+    payload = classify(code)
+    if isinstance(payload, PaymentCodePayload):
+        return payload.wallet
+    if isinstance(payload, EmvPayload):
+        return "emv"
+    raise UnroutableCodeError(f"not an online payment code ({payload.kind})")
+
+
+class NetworkRouter:
+    def __init__(self, routes: Mapping[CodeKind, Acquirer]) -> None:
+        self._routes = dict(routes)
+        self._networks = list({id(a): a for a in routes.values()}.values())
+        self._where: dict[str, Acquirer] = {}  # payment_id -> the network that has it
+
+    def reverse_rule(self, payment_id: str) -> ReverseRule:
+        network = self._where.get(payment_id)
+        if network is not None:
+            return network.reverse_rule(payment_id)
+        rules = [n.reverse_rule(payment_id) for n in self._networks]  # unknown: the strictest
+        graces = [r.pending_grace_s for r in rules if r.pending_grace_s is not None]
+        return ReverseRule(
+            min_age_s=max(r.min_age_s for r in rules),
+            pending_grace_s=max(graces) if len(graces) == len(rules) else None,
+        )
+
+    async def pay(  # noqa: PLR0917 - mirrors the Acquirer port
+        self,
+        payment_id: str,
+        code: str,
+        amount_minor: int,
+        currency: str,
+        lane: str,
+        timeout_s: float,
+    ) -> AcquirerResult:
+        network = self._routes[code_kind(code)]
+        self._where[payment_id] = network
+        return await network.pay(payment_id, code, amount_minor, currency, lane, timeout_s)
+
+    async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        network = self._where.get(payment_id)
+        if network is not None:
+            return await network.query(payment_id, timeout_s)
+        found = await self._find(payment_id, timeout_s)
+        if found is None:
+            return AcquirerResult(payment_id, PaymentStatus.NOT_FOUND)
+        return found[1]
+
+    async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        network = self._where.get(payment_id)
+        if network is None:
+            found = await self._find(payment_id, timeout_s)
+            if found is None:  # nobody has it: void it everywhere
+                results = [await n.reverse(payment_id, timeout_s) for n in self._networks]
+                return results[0]
+            network = found[0]
+        return await network.reverse(payment_id, timeout_s)
+
+    async def _find(
+        self, payment_id: str, timeout_s: float
+    ) -> tuple[Acquirer, AcquirerResult] | None:
+        for network in self._networks:
+            answer = await network.query(payment_id, timeout_s)
+            if answer.status is not PaymentStatus.NOT_FOUND:
+                self._where[payment_id] = network
+                return network, answer
+        return None
+
+
+# (alarm code, message or None to clear): the lane shell's `runner.alarm`.
+AlarmSink = Callable[[str, str | None], None]
+NETWORK_NAMES: dict[Network, str] = {
+    "acquirer": "the acquirer",
+    "alipay": "Alipay",
+    "wechatpay": "WeChat Pay",
+}
+
+
+class WatchedAcquirer:
+    """An acquirer whose failures are an operator's alarm, cleared by its next good answer.
+
+    `payment_<network>` is raised when the network cannot be reached (connection, 5xx) or
+    answers something that cannot be trusted (bad signature, unknown key, our request refused),
+    with a text saying which; timeouts and declines are business as usual. Only changes are
+    reported, so a long outage is one alarm, not one per vehicle.
+    """
+
+    def __init__(self, inner: Acquirer, network: Network, alarm: AlarmSink) -> None:
+        self._inner = inner
+        self._code = f"payment_{network}"
+        self._name = NETWORK_NAMES[network]
+        self._alarm = alarm
+        self._state: str | None = None
+
+    def reverse_rule(self, payment_id: str) -> ReverseRule:
+        return self._inner.reverse_rule(payment_id)
+
+    async def pay(  # noqa: PLR0917 - mirrors the Acquirer port
+        self,
+        payment_id: str,
+        code: str,
+        amount_minor: int,
+        currency: str,
+        lane: str,
+        timeout_s: float,
+    ) -> AcquirerResult:
+        return await self._watch(
+            self._inner.pay(payment_id, code, amount_minor, currency, lane, timeout_s)
+        )
+
+    async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        return await self._watch(self._inner.query(payment_id, timeout_s))
+
+    async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        return await self._watch(self._inner.reverse(payment_id, timeout_s))
+
+    async def _watch(self, call: Coroutine[Any, Any, AcquirerResult]) -> AcquirerResult:
+        try:
+            result = await call
+        except AcquirerUnavailable as exc:
+            self._set(
+                "unreachable", f"{self._name} unreachable: online codes follow the policy ({exc})"
+            )
+            raise
+        except AcquirerProtocolError as exc:
+            self._set(
+                "untrusted", f"{self._name} answers cannot be trusted: check its keys ({exc})"
+            )
+            raise
+        self._set(None, None)
+        return result
+
+    def _set(self, state: str | None, message: str | None) -> None:
+        # The state, not the text (which names each call), decides: one alarm per outage.
+        if state != self._state:
+            self._state = state
+            self._alarm(self._code, message)
+
+
+@dataclass(frozen=True)
+class NetworkKeys:
+    """The keys of the configured networks, read once at start (a bad file stops the lane)."""
+
+    alipay: tuple[rsa.RSAPrivateKey, rsa.RSAPublicKey] | None = None
+    wechatpay: tuple[rsa.RSAPrivateKey, rsa.RSAPublicKey] | None = None
+
+    @classmethod
+    def load(cls, auth: AuthSection) -> NetworkKeys:
+        """Raises netkeys.KeyFileError naming the file (never showing its content)."""
+        ali, wx = auth.alipay, auth.wechatpay
+        used = set(auth.routes.model_dump().values())
+        return cls(
+            alipay=None
+            if ali is None or "alipay" not in used
+            else (
+                netkeys.load_private_key(ali.private_key_file),
+                netkeys.load_public_key(ali.alipay_public_key_file),
+            ),
+            wechatpay=None
+            if wx is None or "wechatpay" not in used
+            else (
+                netkeys.load_private_key(wx.private_key_file),
+                netkeys.load_public_key(wx.platform_public_key_file),
+            ),
+        )
+
+
+def build_acquirer(
+    auth: AuthSection,
+    keys: NetworkKeys,
+    session: aiohttp.ClientSession,
+    wall: Callable[[], float] = time.time,
+    alarm: AlarmSink | None = None,
+) -> Acquirer:
+    """The lane's acquirer per `[auth]`: one client, or a router over several; each watched
+    for the operator when `alarm` is given."""
+    made: dict[Network, Acquirer] = {}
+
+    def network(name: Network) -> Acquirer:
+        if name not in made:
+            client = _make(name, auth, keys, session, wall)
+            # No acquirer configured is a choice (codes follow the policy), not a fault.
+            unset = name == "acquirer" and auth.acquirer_url is None
+            if alarm is not None and not unset:
+                client = WatchedAcquirer(client, name, alarm)
+            made[name] = client
+        return made[name]
+
+    r = auth.routes
+    routes: dict[CodeKind, Acquirer] = {
+        "alipay": network(r.alipay),
+        "wechat": network(r.wechat),
+        "unionpay": network(r.unionpay),
+        "emv": network(r.emv),
+    }
+    if len(made) == 1:
+        return next(iter(made.values()))
+    return NetworkRouter(routes)
+
+
+def _make(
+    name: Network,
+    auth: AuthSection,
+    keys: NetworkKeys,
+    session: aiohttp.ClientSession,
+    wall: Callable[[], float],
+) -> Acquirer:
+    if name == "alipay":
+        return alipay_client(auth, keys, session, wall)
+    if name == "wechatpay":
+        return wechatpay_client(auth, keys, session, wall)
+    if auth.acquirer_url is None:
+        log.warning("no acquirer configured: online codes follow the offline policy")
+    return AcquirerClient(auth.acquirer_url or UNREACHABLE_ACQUIRER, session)
+
+
+def alipay_client(
+    auth: AuthSection,
+    keys: NetworkKeys,
+    session: aiohttp.ClientSession,
+    wall: Callable[[], float] = time.time,
+) -> AlipayClient:
+    # The config refuses a route to an unconfigured network and NetworkKeys loads every routed
+    # one: callers ask only for a network whose keys are loaded.
+    assert auth.alipay is not None and keys.alipay is not None
+    ali = auth.alipay
+    return AlipayClient(ali.gateway_url, ali.app_id, *keys.alipay, session, wall=wall)
+
+
+def wechatpay_client(
+    auth: AuthSection,
+    keys: NetworkKeys,
+    session: aiohttp.ClientSession,
+    wall: Callable[[], float] = time.time,
+) -> WeChatPayClient:
+    assert auth.wechatpay is not None and keys.wechatpay is not None
+    wx = auth.wechatpay
+    return WeChatPayClient(
+        wx.base_url,
+        mchid=wx.mchid,
+        appid=wx.appid,
+        serial_no=wx.serial_no,
+        private_key=keys.wechatpay[0],
+        platform_key=keys.wechatpay[1],
+        platform_serial=wx.platform_serial,
+        session=session,
+        reverse_after_s=wx.reverse_after_s,
+        device_ip=str(wx.device_ip),
+        wall=wall,
+    )

@@ -1,0 +1,182 @@
+"""WeChat Pay API v3 code payment behind the lane's `Acquirer` port (docs/acquirer.md).
+
+pay = `POST /v3/pay/transactions/codepay`, query = `GET .../out-trade-no/{no}?mchid=`, reverse =
+`POST .../out-trade-no/{no}/reverse`; out_trade_no is our payment id without `pay_`, so every
+retry is the same order. USERPAYING (the buyer confirms on the phone) is PENDING: the
+authoriser re-queries until its deadline. Every answer the lane acts on must be signed by the
+configured platform key (serial and freshness checked too), or it is an
+`AcquirerProtocolError`. WeChat Pay asks that an order is not reversed sooner than some seconds
+after it was placed: `reverse_rule` tells the resolver so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from lane.auth import netkeys
+from lane.auth import wechatpay_wire as wire
+from lane.auth.acquirer import (
+    MAX_BODY_BYTES,
+    AcquirerProtocolError,
+    AcquirerResult,
+    HttpAnswer,
+    HttpClient,
+    ReverseRule,
+)
+
+log = logging.getLogger("lane.auth.wechatpay")
+
+# WeChat Pay's documentation: call reverse no sooner than 15 s after the order was placed. The
+# resolver counts from the intent, which precedes the order by up to one pay call (the budget).
+DOCUMENTED_REVERSE_DELAY_S = 15.0
+
+
+class WeChatPayClient(HttpClient):
+    """One merchant (mchid, appid) on one API v3 endpoint."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        mchid: str,
+        appid: str,
+        serial_no: str,
+        private_key: rsa.RSAPrivateKey,
+        platform_key: rsa.RSAPublicKey,
+        platform_serial: str,
+        session: aiohttp.ClientSession | None = None,
+        reverse_after_s: float = DOCUMENTED_REVERSE_DELAY_S + 3.0,
+        device_ip: str = "127.0.0.1",
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(session)
+        self._base = base_url.rstrip("/")
+        self._merchant = wire.Merchant(mchid, appid, device_ip)
+        self._serial = serial_no
+        self._key = private_key
+        self._platform_key = platform_key
+        self._platform_serial = platform_serial
+        self._reverse_after_s = reverse_after_s
+        self._wall = wall
+
+    def reverse_rule(self, payment_id: str) -> ReverseRule:
+        return ReverseRule(min_age_s=self._reverse_after_s, pending_grace_s=0.0)
+
+    async def pay(  # noqa: PLR0917 - mirrors the Acquirer port
+        self,
+        payment_id: str,
+        code: str,
+        amount_minor: int,
+        currency: str,
+        lane: str,
+        timeout_s: float,
+    ) -> AcquirerResult:
+        if currency != "CNY":
+            raise ValueError(f"WeChat Pay code payments are in CNY, not {currency}")
+        otn = wire.out_trade_no(payment_id)
+        body = wire.codepay_body(self._merchant, otn, code, amount_minor, lane)
+        return await self._call(
+            wire.Call.PAY, "POST", wire.CODEPAY_PATH, body, payment_id, timeout_s
+        )
+
+    async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        path = wire.query_path(wire.out_trade_no(payment_id), self._merchant.mchid)
+        return await self._call(wire.Call.QUERY, "GET", path, None, payment_id, timeout_s)
+
+    async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        path = wire.reverse_path(wire.out_trade_no(payment_id))
+        body = {"appid": self._merchant.appid, "mchid": self._merchant.mchid}
+        return await self._call(wire.Call.REVERSE, "POST", path, body, payment_id, timeout_s)
+
+    async def get_signed(self, path: str, timeout_s: float) -> tuple[int, dict[str, Any]]:
+        """GET an API path (e.g. the trade bill's download URL) and verify the answer."""
+        answer = await self.request("GET", path, None, timeout_s)
+        return answer.status, self._verified(answer, path)
+
+    async def _call(  # noqa: PLR0917 - one request, described field by field
+        self,
+        call: wire.Call,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        payment_id: str,
+        timeout_s: float,
+    ) -> AcquirerResult:
+        answer = await self.request(method, path, body, timeout_s)
+        doc = self._verified(answer, f"{method} {path}")
+        result = wire.result(call, answer.status, doc, payment_id)
+        otn = doc.get("out_trade_no")
+        if otn is not None and otn != wire.out_trade_no(payment_id):
+            raise AcquirerProtocolError(f"wechatpay {call}: order {otn!r}", answer.status)
+        return result
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        timeout_s: float,
+        max_bytes: int = MAX_BODY_BYTES,
+    ) -> HttpAnswer:
+        """One signed request; the answer is not verified yet (5xx, transport errors raise)."""
+        text = "" if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        timestamp, nonce = str(int(self._wall())), secrets.token_hex(16).upper()
+        message = wire.request_message(method, path, timestamp, nonce, text)
+        signature = netkeys.sign(self._key, message.encode())
+        headers = {
+            "Authorization": wire.authorization(
+                self._merchant.mchid, self._serial, nonce, timestamp, signature
+            ),
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": "lane",
+        }
+        data = text.encode() if body is not None else None
+        what = f"{method} {path}"
+        url = self._base + path
+        return await self._send(method, url, what, timeout_s, max_bytes, data=data, headers=headers)
+
+    def _verified(self, answer: HttpAnswer, what: str) -> dict[str, Any]:
+        raw, status = answer.body, answer.status
+        problem = self._signature_problem(answer.headers, raw)
+        if problem is not None:
+            log.error("wechatpay answer not trusted: %s", problem, extra={"call": what})
+            raise AcquirerProtocolError(f"{what}: HTTP {status}: {problem}", status)
+        if not raw:
+            return {}
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AcquirerProtocolError(f"{what}: answer is not JSON", status) from exc
+        if not isinstance(doc, dict):
+            raise AcquirerProtocolError(f"{what}: answer is not a JSON object", status)
+        return doc
+
+    def _signature_problem(self, headers: dict[str, str], raw: bytes) -> str | None:
+        lower = {k.lower(): v for k, v in headers.items()}
+        timestamp = lower.get("wechatpay-timestamp", "")
+        nonce = lower.get("wechatpay-nonce", "")
+        signature = lower.get("wechatpay-signature", "")
+        serial = lower.get("wechatpay-serial", "")
+        if not (timestamp and nonce and signature):
+            return "answer not signed"
+        if serial != self._platform_serial:
+            return f"signed by key {serial!r}, not the configured platform key"
+        if not timestamp.isdigit() or abs(self._wall() - int(timestamp)) > wire.MAX_ANSWER_AGE_S:
+            return f"signature time {timestamp!r} is not within {wire.MAX_ANSWER_AGE_S} s of now"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "answer is not UTF-8"
+        message = wire.answer_message(timestamp, nonce, text).encode()
+        if not netkeys.verify(self._platform_key, message, signature):
+            return "bad signature"
+        return None
