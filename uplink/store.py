@@ -1,33 +1,39 @@
-"""Back-office record stores: idempotent by record id, one transaction per batch, gap tracking.
+"""Back-office record stores: a record is held once, byte for byte, and an ack names only that.
 
-`store_batch` inserts a batch's records (a record id already held is a duplicate and collapses)
-and, in the same transaction, advances the lane's *contiguous prefix*: the highest seq n such
-that every seq 1..n of the lane is held. That prefix is what the ingest acknowledges, because the
-lane deletes everything <= upto: acking only what is provably stored means a batch committed
-out of order (two workers, a resend after a gap) can never make the lane delete a record the
-store does not have. A seq already held under a *different* record id is a conflict: the batch
-is refused (never silently dropped) and not acknowledged.
+`store_batch` stores a batch's records in one transaction and returns what the store now holds
+of the batch *exactly as sent* (`StoreResult.held`): that list is the ack. A record whose id is
+already held with the same bytes is a duplicate (a resend) and is held; a record whose id is
+held with other bytes, or whose seq in its queue epoch is held by another record id, is a
+conflict: stored in `conflicts` with both digests, never held, never acknowledged, so the lane
+keeps its version. Nothing else can make the lane delete a record: not a seq, not a batch id.
 
-The SQL is shared by SQLite (default, `SqliteIngestStore`) and PostgreSQL (`uplink.pg`).
+Seqs are tracked per queue epoch (lane, epoch): a lane whose queue file was replaced starts a new
+epoch at seq 1 and its records are stored beside the old ones. Per epoch the store keeps the
+contiguous prefix (every seq base+1..contiguous held) for hole reports; acks do not depend on it.
+
+The SQL is shared by SQLite (`uplink.sqlite_store`) and PostgreSQL (`uplink.pg`).
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
+
+from uplink.messages import Held, QueueIdentity, digest
 
 
 class IngestStoreError(Exception):
     """The store refused or failed a batch; it is not acknowledged (the lane will resend)."""
 
 
-class SeqConflictError(IngestStoreError):
-    """A seq of the lane is already held under another record id."""
+class StoreUnavailableError(IngestStoreError):
+    """The database cannot be reached (refused, down, timed out connecting). Retry."""
+
+
+class StoreBusyError(IngestStoreError):
+    """A lock or statement timeout: another transaction held what the batch needs. Retry."""
 
 
 @dataclass(frozen=True)
@@ -43,37 +49,91 @@ class IngestRecord:
     currency: str
     data: bytes
 
+    def tail(self, now_us: int) -> tuple[str, bytes, int]:
+        return (self.currency, self.data, now_us)
+
 
 @dataclass(frozen=True)
 class StoredRecord:
     record_id: str
+    epoch: str
     seq: int
     ts_us: int
     data: bytes
 
 
 @dataclass(frozen=True)
+class Conflict:
+    """A record the store refused: what it already holds under that id (or that seq) differs."""
+
+    lane: str
+    epoch: str
+    seq: int
+    record_id: str
+    held_record_id: str
+    stored_digest: str  # hex SHA-256 of the bytes held
+    offered_digest: str  # hex SHA-256 of the bytes offered
+
+    def row(self) -> tuple[str, str, int, str, str, str, str]:
+        return (self.lane, self.epoch, self.seq, self.record_id, self.held_record_id,
+                self.stored_digest, self.offered_digest)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ConflictRow:
+    conflict: Conflict
+    count: int
+    first_us: int
+    last_us: int
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    lane: str
+    epoch: str
+    base: int
+    contiguous: int
+    max_seq: int
+    first_us: int
+
+
+@dataclass(frozen=True)
+class Gap:
+    epoch: str
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
 class StoreResult:
+    held: tuple[Held, ...]  # the batch's records held byte for byte: the ack
     inserted: int
     duplicates: int
-    contiguous: int  # every seq 1..contiguous of the lane is held: the ack's upto
+    conflicts: tuple[Conflict, ...]
+    contiguous: int  # every seq base+1..contiguous of the epoch is held
     max_seq: int
+    new_epoch: bool  # this batch opened the epoch
+    other_epochs: tuple[str, ...]  # the lane's earlier epochs, when new_epoch
 
 
 class IngestStore(Protocol):
     def store_batch(
-        self, lane: str, records: Sequence[IngestRecord], now_us: int
+        self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
     ) -> StoreResult: ...
 
-    def contiguous(self, lane: str) -> int: ...
+    def contiguous(self, lane: str, epoch: str) -> int: ...
 
-    def gaps(self, lane: str) -> list[tuple[int, int]]: ...
+    def gaps(self, lane: str) -> list[Gap]: ...
 
     def count(self, lane: str) -> int: ...
 
     def records(self, lane: str) -> list[StoredRecord]: ...
 
     def lanes(self) -> list[str]: ...
+
+    def epochs(self, lane: str) -> list[EpochInfo]: ...
+
+    def conflicts(self) -> list[ConflictRow]: ...
 
     def close(self) -> None: ...
 
@@ -87,17 +147,20 @@ class Cursor(Protocol):
 
     def fetchall(self) -> Any: ...
 
+    @property
+    def rowcount(self) -> int: ...
+
 
 class SqlIngestStore:
     """The store logic over any DB-API cursor; subclasses provide transactions and dialect."""
 
     param = "?"
-    lock_suffix = ""  # PostgreSQL: " FOR UPDATE" serialises the batches of one lane
-    records_table = "records"
-    lanes_table = "lanes"
+    lock_suffix = ""  # PostgreSQL: " FOR UPDATE" serialises the batches of one queue epoch
+    prefix = ""  # PostgreSQL: "schema."
 
     def _sql(self, text: str) -> str:
-        text = text.replace("{records}", self.records_table).replace("{lanes}", self.lanes_table)
+        for table in ("records", "epochs", "conflicts"):
+            text = text.replace("{" + table + "}", self.prefix + table)
         return text.replace("?", self.param)
 
     @contextmanager
@@ -110,106 +173,185 @@ class SqlIngestStore:
         raise NotImplementedError
         yield  # pragma: no cover
 
-    def store_batch(self, lane: str, records: Sequence[IngestRecord], now_us: int) -> StoreResult:
+    def store_batch(
+        self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
+    ) -> StoreResult:
         if not records:
             raise ValueError("empty batch")
-        first, last = records[0].seq, records[-1].seq
         q = self._sql
+        epoch = queue.epoch
         with self._transaction() as cur:
-            cur.execute(q("INSERT INTO {lanes} (lane) VALUES (?) ON CONFLICT DO NOTHING"), (lane,))
-            lock = self.lock_suffix
-            cur.execute(q("SELECT contiguous FROM {lanes} WHERE lane=?" + lock), (lane,))
+            cur.execute(
+                q(
+                    "INSERT INTO {epochs} (lane, epoch, base, contiguous, max_seq, first_us)"
+                    " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING"
+                ),
+                (lane, epoch, queue.base, queue.base, now_us),
+            )
+            new_epoch = cur.rowcount == 1
+            cur.execute(
+                q("SELECT contiguous FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix),
+                (lane, epoch),
+            )
             contiguous = int(cur.fetchone()[0])
-            before = self._count_range(cur, lane, first, last)
+            others: tuple[str, ...] = ()
+            if new_epoch:
+                cur.execute(
+                    q("SELECT epoch FROM {epochs} WHERE lane=? AND epoch<>? ORDER BY first_us"),
+                    (lane, epoch),
+                )
+                others = tuple(str(r[0]) for r in cur.fetchall())
+            fresh, held, conflicts = self._classify(cur, lane, epoch, records)
             cur.executemany(
                 q(
-                    "INSERT INTO {records} (record_id, lane, seq, ts_us, kind, amount_minor,"
-                    " currency, data, ingested_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (record_id) DO NOTHING"
+                    "INSERT INTO {records} (record_id, lane, epoch, seq, ts_us, kind,"
+                    " amount_minor, currency, data, ingested_us)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 [
                     (
                         r.record_id,
-                        r.lane,
+                        lane,
+                        epoch,
                         r.seq,
                         r.ts_us,
                         r.kind,
                         r.amount_minor,
-                        r.currency,
-                        r.data,
-                        now_us,
+                        *r.tail(now_us),
                     )
-                    for r in records
+                    for r in fresh
                 ],
             )
-            after = self._count_range(cur, lane, first, last)
-            if after != len(records):
-                # Some seq of the batch is held by a record id that is not in the batch.
-                raise SeqConflictError(
-                    f"lane {lane}: seqs {first}..{last} already held under other record ids"
-                )
-            contiguous = self._advance(cur, lane, contiguous)
-            cur.execute(q("SELECT MAX(seq) FROM {records} WHERE lane=?"), (lane,))
-            max_seq = int(cur.fetchone()[0])
+            for c in conflicts:
+                self._note_conflict(cur, c, now_us)
+            contiguous = self._advance(cur, lane, epoch, contiguous)
+            cur.execute(q("SELECT MAX(seq) FROM {records} WHERE lane=? AND epoch=?"), (lane, epoch))
+            max_seq = int(cur.fetchone()[0] or queue.base)
             cur.execute(
-                q("UPDATE {lanes} SET contiguous=?, max_seq=? WHERE lane=?"),
-                (contiguous, max_seq, lane),
+                q("UPDATE {epochs} SET contiguous=?, max_seq=? WHERE lane=? AND epoch=?"),
+                (contiguous, max_seq, lane, epoch),
             )
-        inserted = after - before
-        return StoreResult(inserted, len(records) - inserted, contiguous, max_seq)
-
-    def _count_range(self, cur: Cursor, lane: str, first: int, last: int) -> int:
-        cur.execute(
-            self._sql("SELECT COUNT(*) FROM {records} WHERE lane=? AND seq BETWEEN ? AND ?"),
-            (lane, first, last),
+        return StoreResult(
+            held=tuple(held),
+            inserted=len(fresh),
+            duplicates=len(held) - len(fresh),
+            conflicts=tuple(conflicts),
+            contiguous=contiguous,
+            max_seq=max_seq,
+            new_epoch=new_epoch,
+            other_epochs=others,
         )
-        return int(cur.fetchone()[0])
 
-    def _advance(self, cur: Cursor, lane: str, contiguous: int) -> int:
+    def _classify(
+        self, cur: Cursor, lane: str, epoch: str, records: Sequence[IngestRecord]
+    ) -> tuple[list[IngestRecord], list[Held], list[Conflict]]:
+        """Split a batch into new records, records held byte for byte, and conflicts."""
+        marks = ", ".join("?" for _ in records)
         cur.execute(
-            self._sql("SELECT 1 FROM {records} WHERE lane=? AND seq=?"), (lane, contiguous + 1)
+            self._sql(f"SELECT record_id, data FROM {{records}} WHERE record_id IN ({marks})"),
+            [r.record_id for r in records],
         )
+        by_id = {str(rid): bytes(data) for rid, data in cur.fetchall()}
+        cur.execute(
+            self._sql(
+                "SELECT seq, record_id, data FROM {records}"
+                " WHERE lane=? AND epoch=? AND seq BETWEEN ? AND ?"
+            ),
+            (lane, epoch, records[0].seq, records[-1].seq),
+        )
+        by_seq = {int(s): (str(rid), bytes(data)) for s, rid, data in cur.fetchall()}
+        fresh: list[IngestRecord] = []
+        held: list[Held] = []
+        conflicts: list[Conflict] = []
+        seen: dict[str, bytes] = {}
+        for r in records:
+            mine = digest(r.data)
+            if r.record_id in seen:
+                other: tuple[str, bytes] | None = (r.record_id, seen[r.record_id])
+            elif r.record_id in by_id:
+                other = None if by_id[r.record_id] == r.data else (r.record_id, by_id[r.record_id])
+            else:
+                other = by_seq.get(r.seq)
+            seen.setdefault(r.record_id, r.data)
+            if other is not None:
+                stored = digest(other[1]).hex()
+                conflicts.append(
+                    Conflict(lane, epoch, r.seq, r.record_id, other[0], stored, mine.hex())
+                )
+                continue
+            if r.record_id not in by_id:
+                fresh.append(r)
+            held.append(Held(r.seq, r.record_id, mine))
+        return fresh, held, conflicts
+
+    def _note_conflict(self, cur: Cursor, c: Conflict, now_us: int) -> None:
+        q = self._sql
+        cur.execute(
+            q(
+                "UPDATE {conflicts} SET count=count+1, last_us=?"
+                " WHERE record_id=? AND offered_digest=?"
+            ),
+            (now_us, c.record_id, c.offered_digest),
+        )
+        if cur.rowcount == 0:
+            cur.execute(
+                q(
+                    "INSERT INTO {conflicts} (lane, epoch, seq, record_id, held_record_id,"
+                    " stored_digest, offered_digest, count, first_us, last_us)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+                ),
+                (*c.row(), now_us, now_us),
+            )
+
+    def _advance(self, cur: Cursor, lane: str, epoch: str, contiguous: int) -> int:
+        where = "lane=? AND epoch=?"
+        cur.execute(self._sql(f"SELECT 1 FROM {{records}} WHERE {where} AND seq=?"),
+                    (lane, epoch, contiguous + 1))  # fmt: skip
         if cur.fetchone() is None:
             return contiguous
         # The run starting at contiguous+1 ends at the first held seq whose successor is missing.
         cur.execute(
             self._sql(
-                "SELECT r.seq FROM {records} r WHERE r.lane=? AND r.seq > ? AND NOT EXISTS"
-                " (SELECT 1 FROM {records} n WHERE n.lane=r.lane AND n.seq=r.seq+1)"
+                "SELECT r.seq FROM {records} r WHERE r.lane=? AND r.epoch=? AND r.seq > ?"
+                " AND NOT EXISTS (SELECT 1 FROM {records} n"
+                " WHERE n.lane=r.lane AND n.epoch=r.epoch AND n.seq=r.seq+1)"
                 " ORDER BY r.seq LIMIT 1"
             ),
-            (lane, contiguous),
+            (lane, epoch, contiguous),
         )
         return int(cur.fetchone()[0])
 
-    def contiguous(self, lane: str) -> int:
+    def contiguous(self, lane: str, epoch: str) -> int:
         with self._reader() as cur:
-            cur.execute(self._sql("SELECT contiguous FROM {lanes} WHERE lane=?"), (lane,))
+            cur.execute(
+                self._sql("SELECT contiguous FROM {epochs} WHERE lane=? AND epoch=?"),
+                (lane, epoch),
+            )
             row = cur.fetchone()
         return 0 if row is None else int(row[0])
 
-    def gaps(self, lane: str) -> list[tuple[int, int]]:
-        """Missing seq ranges (inclusive) between 1 and the highest seq held for the lane."""
-        c = self.contiguous(lane)
-        with self._reader() as cur:
-            cur.execute(
-                self._sql("SELECT MIN(seq) FROM {records} WHERE lane=? AND seq > ?"), (lane, c)
-            )
-            row = cur.fetchone()
-            if row is None or row[0] is None:
-                return []
-            out: list[tuple[int, int]] = []
-            if int(row[0]) > c + 1:
-                out.append((c + 1, int(row[0]) - 1))
-            cur.execute(
-                self._sql(
-                    "SELECT seq, nxt FROM (SELECT seq, LEAD(seq) OVER (ORDER BY seq) AS nxt"
-                    " FROM {records} WHERE lane=? AND seq > ?) AS t WHERE nxt > seq + 1"
-                    " ORDER BY seq"
-                ),
-                (lane, c),
-            )
-            out.extend((int(s) + 1, int(n) - 1) for s, n in cur.fetchall())
+    def gaps(self, lane: str) -> list[Gap]:
+        """Missing seq ranges (inclusive) of each epoch, between its base and its highest seq."""
+        out: list[Gap] = []
+        for e in self.epochs(lane):
+            with self._reader() as cur:
+                cur.execute(
+                    self._sql(
+                        "SELECT seq, nxt FROM (SELECT seq, LEAD(seq) OVER (ORDER BY seq) AS nxt"
+                        " FROM {records} WHERE lane=? AND epoch=? AND seq > ?) AS t"
+                        " WHERE nxt > seq + 1 ORDER BY seq"
+                    ),
+                    (lane, e.epoch, e.contiguous),
+                )
+                rows = cur.fetchall()
+                cur.execute(
+                    self._sql("SELECT MIN(seq) FROM {records} WHERE lane=? AND epoch=? AND seq>?"),
+                    (lane, e.epoch, e.contiguous),
+                )
+                low = cur.fetchone()[0]
+            if low is not None and int(low) > e.contiguous + 1:
+                out.append(Gap(e.epoch, e.contiguous + 1, int(low) - 1))
+            out.extend(Gap(e.epoch, int(s) + 1, int(n) - 1) for s, n in rows)
         return out
 
     def count(self, lane: str) -> int:
@@ -221,85 +363,50 @@ class SqlIngestStore:
         with self._reader() as cur:
             cur.execute(
                 self._sql(
-                    "SELECT record_id, seq, ts_us, data FROM {records} WHERE lane=? ORDER BY seq"
+                    "SELECT record_id, epoch, seq, ts_us, data FROM {records} WHERE lane=?"
+                    " ORDER BY ingested_us, epoch, seq"
                 ),
                 (lane,),
             )
-            return [StoredRecord(str(r), int(s), int(t), bytes(d)) for r, s, t, d in cur.fetchall()]
+            return [
+                StoredRecord(str(r), str(e), int(s), int(t), bytes(d))
+                for r, e, s, t, d in cur.fetchall()
+            ]
 
     def lanes(self) -> list[str]:
         with self._reader() as cur:
-            cur.execute(self._sql("SELECT lane FROM {lanes} ORDER BY lane"))
+            cur.execute(self._sql("SELECT DISTINCT lane FROM {epochs} ORDER BY lane"))
             return [str(r[0]) for r in cur.fetchall()]
 
-
-SQLITE_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS records ("
-    " record_id TEXT PRIMARY KEY, lane TEXT NOT NULL, seq INTEGER NOT NULL,"
-    " ts_us INTEGER NOT NULL, kind TEXT NOT NULL, amount_minor INTEGER NOT NULL,"
-    " currency TEXT NOT NULL, data BLOB NOT NULL, ingested_us INTEGER NOT NULL,"
-    " UNIQUE (lane, seq))",
-    "CREATE TABLE IF NOT EXISTS lanes ("
-    " lane TEXT PRIMARY KEY, contiguous INTEGER NOT NULL DEFAULT 0,"
-    " max_seq INTEGER NOT NULL DEFAULT 0)",
-)
-
-
-class SqliteIngestStore(SqlIngestStore):
-    """The default store: one SQLite file (WAL, synchronous=FULL: an ack follows a durable commit).
-
-    Several workers (threads or processes) may share the file; writers take turns.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+    def epochs(self, lane: str) -> list[EpochInfo]:
+        with self._reader() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT epoch, base, contiguous, max_seq, first_us FROM {epochs}"
+                    " WHERE lane=? ORDER BY first_us, epoch"
+                ),
+                (lane,),
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-            if version > 1:
-                raise IngestStoreError(f"{self.path}: schema version {version} is too new")
-            for stmt in SQLITE_SCHEMA:
-                self._db.execute(stmt)
-            self._db.execute("PRAGMA user_version=1")
-        except sqlite3.Error as exc:
-            raise IngestStoreError(f"{self.path}: {exc}") from exc
+            return [
+                EpochInfo(lane, str(e), int(b), int(c), int(m), int(f))
+                for e, b, c, m, f in cur.fetchall()
+            ]
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Cursor]:
-        with self._lock:
-            cur = self._db.cursor()
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-                yield cur
-                cur.execute("COMMIT")
-            except BaseException as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.IntegrityError):
-                    raise SeqConflictError(f"{self.path}: seq held twice: {exc}") from exc
-                if isinstance(exc, sqlite3.Error):
-                    raise IngestStoreError(f"{self.path}: {exc}") from exc
-                raise
-            finally:
-                cur.close()
-
-    @contextmanager
-    def _reader(self) -> Iterator[Cursor]:
-        with self._lock:
-            cur = self._db.cursor()
-            try:
-                yield cur
-            except sqlite3.Error as exc:
-                raise IngestStoreError(f"{self.path}: {exc}") from exc
-            finally:
-                cur.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    def conflicts(self) -> list[ConflictRow]:
+        with self._reader() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT lane, epoch, seq, record_id, held_record_id, stored_digest,"
+                    " offered_digest, count, first_us, last_us FROM {conflicts}"
+                    " ORDER BY lane, epoch, seq"
+                )
+            )
+            return [
+                ConflictRow(
+                    Conflict(str(la), str(e), int(s), str(r), str(h), str(sd), str(od)),
+                    int(n),
+                    int(f),
+                    int(t),
+                )
+                for la, e, s, r, h, sd, od, n, f, t in cur.fetchall()
+            ]

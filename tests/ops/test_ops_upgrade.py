@@ -22,7 +22,8 @@ from lane.auth.replay import MIGRATIONS as REPLAY_MIGRATIONS
 from lane.auth.replay import ReplayStore, ReplayStoreError
 from sim.broker import Mosquitto
 from uplink.forwarder import Forwarder
-from uplink.messages import Ack, decode_batch, encode_ack
+from uplink.messages import Ack, Held, decode_batch, encode_ack
+from uplink.messages import digest as record_digest
 from uplink.queue import MIGRATIONS as QUEUE_MIGRATIONS
 from uplink.queue import QueueError, RecordQueue
 from uplink.records import AuthInfo, Record, RecordDraft
@@ -94,7 +95,13 @@ async def test_a_v1_queue_is_migrated_and_its_records_forwarded_byte_for_byte(
         decoded = [Record.decode(data) for data in batch.records]  # the back office reads them
         assert [r.seq for r in decoded] == [5, 6, 7]
 
-        forwarder.handle_ack(encode_ack(Ack(LANE, 7)))
+        # The epoch the upgrade gave the queue begins at its oldest queued record.
+        assert batch.queue == queue.identity and queue.identity.base == 4
+        held = tuple(
+            Held(r.seq, r.record_id, record_digest(d))
+            for r, d in zip(decoded, batch.records, strict=True)
+        )
+        forwarder.handle_ack(encode_ack(Ack(LANE, batch.queue.epoch, batch.batch_id, held)))
 
         async def drained() -> bool:
             return (await forwarder.status()).backlog == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from uplink_kit import draft, eventually
+from uplink_kit import draft, eventually, queued
 
 from barrier.mqtt import LinkDown
 from uplink.forwarder import Forwarder
@@ -87,7 +87,7 @@ async def test_unacked_batch_is_resent_with_growing_timeouts(tmp_path: Path) -> 
             now[0] += 0.051
             await eventually(lambda: len(link.sent) == 3, what="second resend")
             assert fw.resent_batches == 2
-            fw.handle_ack(encode_ack(Ack("p1/l1", 1)))
+            fw.handle_ack(encode_ack(Ack("p1/l1", q.identity.epoch, "b", tuple(queued(q)))))
             await eventually(lambda: q.backlog().count == 0, what="ack")
             now[0] += 100
             await asyncio.sleep(0.05)

@@ -1,75 +1,122 @@
+"""The back-office store: what it holds byte for byte (the ack), duplicates, conflicts, epochs,
+prefix and gaps, against SQLite and a real PostgreSQL (a database of the test's own)."""
+
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 
-import pytest
-from uplink_kit import recs
+from uplink_kit import Q, held, recs
 
-from uplink.store import IngestStore, SeqConflictError
+from uplink.messages import QueueIdentity, digest
+from uplink.store import Gap, IngestStore
 
 LANE = "p09/l04"
-
+E = Q.epoch
 
 Factory = Callable[[], IngestStore]
 
 
 def test_batch_is_stored_once_and_duplicates_collapse(store_factory: Factory) -> None:
     s = store_factory()
-    r1 = s.store_batch(LANE, recs(1, 10), 1)
+    r1 = s.store_batch(LANE, Q, recs(1, 10), 1)
     assert (r1.inserted, r1.duplicates, r1.contiguous, r1.max_seq) == (10, 0, 10, 10)
-    r2 = s.store_batch(LANE, recs(1, 10), 2)
+    assert r1.held == held(recs(1, 10)) and r1.conflicts == ()
+    r2 = s.store_batch(LANE, Q, recs(1, 10), 2)
     assert (r2.inserted, r2.duplicates, r2.contiguous) == (0, 10, 10)
-    r3 = s.store_batch(LANE, recs(5, 15), 3)  # overlapping resend
+    assert r2.held == held(recs(1, 10))  # a resend is acknowledged again
+    r3 = s.store_batch(LANE, Q, recs(5, 15), 3)  # overlapping resend
     assert (r3.inserted, r3.duplicates, r3.contiguous) == (5, 6, 15)
     assert s.count(LANE) == 15
-    held = s.records(LANE)
-    assert [r.seq for r in held] == list(range(1, 16))
-    assert held[0].data == recs(1, 1)[0].data
+    stored = s.records(LANE)
+    assert sorted(r.seq for r in stored) == list(range(1, 16))
+    assert {r.seq: r.data for r in stored}[1] == recs(1, 1)[0].data
     assert s.lanes() == [LANE]
 
 
 def test_contiguous_prefix_stops_at_a_gap_and_gaps_are_reported(store_factory: Factory) -> None:
     s = store_factory()
-    s.store_batch(LANE, recs(1, 10), 1)
-    r = s.store_batch(LANE, recs(21, 30), 1)  # 11..20 still missing
+    s.store_batch(LANE, Q, recs(1, 10), 1)
+    r = s.store_batch(LANE, Q, recs(21, 30), 1)  # 11..20 still missing
     assert (r.contiguous, r.max_seq) == (10, 30)
-    s.store_batch(LANE, recs(41, 45), 1)
-    assert s.gaps(LANE) == [(11, 20), (31, 40)]
-    r = s.store_batch(LANE, recs(11, 20), 1)  # the hole fills: prefix jumps to the next gap
+    assert r.held == held(recs(21, 30))  # acked for itself: the lane deletes only these
+    s.store_batch(LANE, Q, recs(41, 45), 1)
+    assert s.gaps(LANE) == [Gap(E, 11, 20), Gap(E, 31, 40)]
+    r = s.store_batch(LANE, Q, recs(11, 20), 1)  # the hole fills: prefix jumps to the next gap
     assert r.contiguous == 30
-    assert s.gaps(LANE) == [(31, 40)]
-    assert s.store_batch(LANE, recs(31, 40), 1).contiguous == 45
+    assert s.gaps(LANE) == [Gap(E, 31, 40)]
+    assert s.store_batch(LANE, Q, recs(31, 40), 1).contiguous == 45
     assert s.gaps(LANE) == []
 
 
 def test_gap_before_the_first_batch(store_factory: Factory) -> None:
     s = store_factory()
-    assert s.store_batch(LANE, recs(5, 9), 1).contiguous == 0
-    assert s.gaps(LANE) == [(1, 4)]
-    assert s.contiguous("nobody") == 0 and s.gaps("nobody") == [] and s.count("nobody") == 0
+    assert s.store_batch(LANE, Q, recs(5, 9), 1).contiguous == 0
+    assert s.gaps(LANE) == [Gap(E, 1, 4)]
+    assert s.contiguous("nobody", E) == 0 and s.gaps("nobody") == [] and s.count("nobody") == 0
 
 
-def test_seq_held_by_another_record_is_a_conflict_not_a_silent_drop(store_factory: Factory) -> None:
+def test_seq_held_by_another_record_is_a_conflict_never_held(store_factory: Factory) -> None:
     s = store_factory()
-    s.store_batch(LANE, recs(1, 5), 1)
-    with pytest.raises(SeqConflictError):
-        s.store_batch(LANE, recs(4, 8, tag="other-"), 1)
-    # The whole batch rolled back: 6..8 were not stored either.
-    assert s.count(LANE) == 5 and s.contiguous(LANE) == 5
-    assert s.store_batch(LANE, recs(6, 8), 1).contiguous == 8
+    s.store_batch(LANE, Q, recs(1, 5), 1)
+    r = s.store_batch(LANE, Q, recs(4, 8, tag="other-"), 2)
+    # 4 and 5 are held by other record ids: refused, not in the ack; 6..8 are new and held.
+    assert [c.seq for c in r.conflicts] == [4, 5]
+    assert r.held == held(recs(6, 8, tag="other-"))
+    c = r.conflicts[0]
+    assert c.held_record_id == recs(4, 4)[0].record_id
+    assert c.stored_digest == digest(recs(4, 4)[0].data).hex()
+    assert c.offered_digest == digest(recs(4, 4, tag="other-")[0].data).hex()
+    assert s.count(LANE) == 8
+    assert [row.conflict.seq for row in s.conflicts()] == [4, 5]
+
+
+def test_same_record_id_other_content_is_a_conflict(store_factory: Factory) -> None:
+    s = store_factory()
+    s.store_batch(LANE, Q, recs(1, 3), 1)
+    forged = recs(1, 3, amount=1)  # same ids and seqs, another amount
+    r = s.store_batch(LANE, Q, forged, 2)
+    assert r.held == () and r.inserted == 0 and r.duplicates == 0
+    assert [c.record_id for c in r.conflicts] == [x.record_id for x in forged]
+    assert all(c.stored_digest != c.offered_digest for c in r.conflicts)
+    # The stored version is untouched, byte for byte.
+    assert {x.seq: x.data for x in s.records(LANE)} == {x.seq: x.data for x in recs(1, 3)}
+    s.store_batch(LANE, Q, forged[:1], 3)  # seen again: counted, one row per conflict
+    rows = s.conflicts()
+    assert [(row.conflict.seq, row.count) for row in rows] == [(1, 2), (2, 1), (3, 1)]
+
+
+def test_a_new_queue_epoch_is_stored_beside_the_old_one(store_factory: Factory) -> None:
+    s = store_factory()
+    first = s.store_batch(LANE, Q, recs(1, 5), 1)
+    assert first.new_epoch and first.other_epochs == ()
+    again = QueueIdentity("epoch-2")
+    r = s.store_batch(LANE, again, recs(1, 3, tag="new-"), 2)  # seq restarts at 1
+    assert r.conflicts == () and r.held == held(recs(1, 3, tag="new-"))
+    assert r.new_epoch and r.other_epochs == (E,)
+    assert not s.store_batch(LANE, again, recs(4, 4, tag="new-"), 3).new_epoch
+    assert s.count(LANE) == 9
+    assert [(e.epoch, e.contiguous) for e in s.epochs(LANE)] == [(E, 5), ("epoch-2", 4)]
+
+
+def test_an_epoch_starting_after_a_base_has_no_false_gap(store_factory: Factory) -> None:
+    s = store_factory()
+    migrated = QueueIdentity("epoch-m", base=40)  # a queue upgraded from before epochs
+    r = s.store_batch(LANE, migrated, recs(41, 45), 1)
+    assert (r.contiguous, r.max_seq) == (45, 45)
+    assert s.gaps(LANE) == []
 
 
 def test_lanes_are_independent(store_factory: Factory) -> None:
     s = store_factory()
-    s.store_batch("a/1", recs(1, 3, "a/1"), 1)
-    s.store_batch("b/1", recs(1, 2, "b/1"), 1)
+    s.store_batch("a/1", Q, recs(1, 3, "a/1"), 1)
+    s.store_batch("b/1", Q, recs(1, 2, "b/1"), 1)
     assert (s.count("a/1"), s.count("b/1")) == (3, 2)
-    assert (s.contiguous("a/1"), s.contiguous("b/1")) == (3, 2)
+    assert (s.contiguous("a/1", E), s.contiguous("b/1", E)) == (3, 2)
 
 
-def test_two_workers_committing_out_of_order_converge(store_factory: Factory) -> None:
-    """Concurrent batches of one lane: the prefix never covers a seq that is not held."""
+def test_concurrent_workers_hold_each_batch_and_converge(store_factory: Factory) -> None:
+    """Concurrent batches of one lane: each is held for itself, the prefix covers only held."""
     stores = [store_factory() for _ in range(4)]
     batches = [recs(i * 20 + 1, i * 20 + 20) for i in range(20)]
     results: list[int] = []
@@ -79,9 +126,10 @@ def test_two_workers_committing_out_of_order_converge(store_factory: Factory) ->
     def run(k: int) -> None:
         try:
             for b in batches[k::4][::-1]:  # each worker goes backwards: maximal disorder
-                r = stores[k].store_batch(LANE, b, 1)
-                held = {x.seq for x in stores[k].records(LANE)}
-                assert set(range(1, r.contiguous + 1)) <= held
+                r = stores[k].store_batch(LANE, Q, b, 1)
+                assert r.held == held(b) and r.conflicts == ()
+                stored = {x.seq for x in stores[k].records(LANE)}
+                assert set(range(1, r.contiguous + 1)) <= stored
                 with lock:
                     results.append(r.contiguous)
         except BaseException as exc:
