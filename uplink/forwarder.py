@@ -53,6 +53,7 @@ class UplinkStatus:
     inflight_batches: int
     sent_batches: int
     resent_batches: int
+    refused: int = 0  # records the back office refused (a conflict): kept, offered again later
 
 
 @dataclass
@@ -104,6 +105,8 @@ class Forwarder:
         self._kick = asyncio.Event()
         self._inflight: list[_Inflight] = []
         self._sent_upto = 0  # highest seq sent by this process: the next batch starts after it
+        self._refused: set[int] = set()
+        self._reoffer_at: float | None = None  # when refused records are offered again
         self._link_epoch = -1
         self._last_ack_wall: float | None = None
         self.sent_batches = 0
@@ -154,6 +157,7 @@ class Forwarder:
             inflight_batches=len(self._inflight),
             sent_batches=self.sent_batches,
             resent_batches=self.resent_batches,
+            refused=len(self._refused),
         )
 
     async def run(self) -> None:
@@ -205,10 +209,12 @@ class Forwarder:
 
     def _next_due(self) -> float:
         # The poll is a safety net for appends nobody announced with wake() (another process).
-        if not self._inflight:
+        dues = [b.due for b in self._inflight]
+        if self._reoffer_at is not None:
+            dues.append(self._reoffer_at)
+        if not dues:
             return self.poll_interval
-        due = min(b.due for b in self._inflight) - self._clock()
-        return max(0.0, min(due, self.poll_interval))
+        return max(0.0, min(min(dues) - self._clock(), self.poll_interval))
 
     def _note_reconnect(self) -> None:
         epoch = self.link.reconnects
@@ -223,18 +229,43 @@ class Forwarder:
 
     async def _apply_acks(self) -> None:
         held: list[Held] = []
+        refused: list[Held] = []
         while not self.acks.empty():
-            held.extend(self.acks.get_nowait().stored)
-        if not held:
+            ack = self.acks.get_nowait()
+            held.extend(ack.stored)
+            refused.extend(ack.refused)
+        if not held and not refused:
             return
-        deleted = set(await asyncio.to_thread(self.queue.ack, held))
+        deleted = set(await asyncio.to_thread(self.queue.ack, held)) if held else set()
         self._last_ack_wall = self._wall()
+        self._refused -= deleted
+        done = deleted | {h.seq for h in refused}
         for b in self._inflight:
-            b.pending -= deleted
+            b.pending -= done
         self._inflight = [b for b in self._inflight if b.pending]
+        if refused:
+            self._note_refused(refused)
         log.debug(
             "uplink acked",
             extra={"lane": self.lane, "named": len(held), "deleted": len(deleted)},
+        )
+
+    def _note_refused(self, refused: list[Held]) -> None:
+        # The back office holds other content under these ids or seqs: the records stay in the
+        # queue (never deleted), leave the window so the rest of the lane's records flow, and
+        # are offered again after backoff_max, so they go through once the cause is resolved.
+        self._refused |= {h.seq for h in refused}
+        if self._reoffer_at is None:
+            self._reoffer_at = self._clock() + self.backoff_max
+        log.warning(
+            "uplink records refused by the back office",
+            extra={
+                "lane": self.lane,
+                "seqs": sorted(h.seq for h in refused)[:20],
+                "count": len(refused),
+                "refused_total": len(self._refused),
+                "reoffer_s": self.backoff_max,
+            },
         )
 
     async def _send_due(self) -> None:
@@ -243,6 +274,11 @@ class Forwarder:
                 await self._publish(b)
 
     async def _fill_window(self) -> None:
+        if self._reoffer_at is not None and self._clock() >= self._reoffer_at:
+            # Start again from the oldest record on disk: the refused ones (and any still in
+            # flight, a harmless duplicate) go out again.
+            self._reoffer_at = None
+            self._sent_upto = 0
         while len(self._inflight) < self.window:
             rows = await asyncio.to_thread(self.queue.batch, self._sent_upto, self.batch_size)
             if not rows:

@@ -22,7 +22,7 @@ from barrier.mqtt import Credentials, Incoming, LinkDown, MqttLink
 from barrier.topics import uplink_acks
 from barrier.wire import PayloadError
 from uplink.holes import HoleEvent, HoleState, HoleWatch
-from uplink.messages import Ack, Batch, decode_batch, encode_ack, lane_of
+from uplink.messages import Ack, Batch, Held, decode_batch, encode_ack, lane_of
 from uplink.records import Record
 from uplink.store import IngestRecord, IngestStore, IngestStoreError, StoreBusyError, StoreResult
 
@@ -157,8 +157,13 @@ class Ingest:
         self.stats.records += result.inserted
         self.stats.duplicates += result.duplicates
         self._report(batch, result)
-        if result.held:
-            await self._ack(Ack(batch.lane, batch.queue.epoch, batch.batch_id, result.held))
+        refused = tuple(
+            Held(c.seq, c.record_id, bytes.fromhex(c.offered_digest)) for c in result.conflicts
+        )
+        if result.held or refused:
+            await self._ack(
+                Ack(batch.lane, batch.queue.epoch, batch.batch_id, result.held, refused)
+            )
 
     async def _store(self, batch: Batch, records: list[IngestRecord]) -> StoreResult | None:
         delay = self.busy_backoff_s

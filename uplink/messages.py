@@ -4,12 +4,15 @@ Pure encode/decode on top of barrier.wire; every decode error is a PayloadError 
 problem. Records travel as the exact bytes the lane stored, never re-encoded.
 
     batch: {v: 2, lane, epoch, base, batch_id, first_seq, last_seq, records: [bin, ...]}
-    ack:   {v: 2, lane, epoch, batch_id, stored: [[seq, record_id, sha256(record)], ...]}
+    ack:   {v: 2, lane, epoch, batch_id, stored: [[seq, record_id, sha256(record)], ...],
+            refused: [[seq, record_id, sha256(record)], ...]}
 
 An ack never names a bare seq: it lists each record the store holds byte for byte, by id and
 content digest, and the lane deletes a record only when its own id and digest are listed
-(see docs/uplink.md, "The ack contract"). Version 1 (an ack of `upto`, a batch without the
-queue's epoch) is refused: it is exactly what let a replayed batch delete unstored records.
+(see docs/uplink.md, "The ack contract"). `refused` names the batch's records the store will
+not take (their id or seq is held with other content): the lane keeps them and stops waiting
+for them. Version 1 (an ack of `upto`, a batch without the queue's epoch) is refused: it is
+exactly what let a replayed batch delete unstored records.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class Ack:
     epoch: str
     batch_id: str
     stored: tuple[Held, ...]
+    refused: tuple[Held, ...] = ()
 
 
 def encode_batch(
@@ -136,6 +140,7 @@ def encode_ack(ack: Ack) -> bytes:
             "epoch": ack.epoch,
             "batch_id": ack.batch_id,
             "stored": [[h.seq, h.record_id, h.digest] for h in ack.stored],
+            "refused": [[h.seq, h.record_id, h.digest] for h in ack.refused],
         },
         v=ACK_VERSION,
     )
@@ -145,13 +150,17 @@ def decode_ack(payload: bytes) -> Ack:
     body = unpack(payload, max_version=ACK_VERSION)
     _version(body, ACK_VERSION, "ack")
     entries = field(body, "stored", list)
-    if len(entries) > MAX_BATCH_RECORDS:
-        raise PayloadError(f"ack of {len(entries)} records exceeds {MAX_BATCH_RECORDS}")
+    refused = field(body, "refused", list)
+    if len(entries) + len(refused) > MAX_BATCH_RECORDS:
+        raise PayloadError(
+            f"ack of {len(entries) + len(refused)} records exceeds {MAX_BATCH_RECORDS}"
+        )
     return Ack(
         lane=field(body, "lane", str),
         epoch=field(body, "epoch", str),
         batch_id=field(body, "batch_id", str),
         stored=tuple(_held(e) for e in entries),
+        refused=tuple(_held(e) for e in refused),
     )
 
 

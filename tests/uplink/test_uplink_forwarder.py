@@ -117,3 +117,52 @@ async def test_reconnect_resends_unacked_at_once(tmp_path: Path) -> None:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_refused_records_leave_the_window_stay_queued_and_are_offered_again(
+    tmp_path: Path,
+) -> None:
+    link = FakeLink()
+    now = [100.0]
+    with RecordQueue(tmp_path / "q.sqlite", "p1/l1", 10**8) as q:
+        for i in range(3):
+            q.append(draft(i))
+        fw = Forwarder(
+            q,
+            link,
+            "p1/l1",
+            window=1,
+            ack_timeout=1000.0,
+            backoff_max=30.0,
+            poll_interval=0.01,
+            clock=lambda: now[0],
+        )
+        task = asyncio.create_task(fw.run())
+        try:
+            await eventually(lambda: len(link.sent) == 1, what="the only batch of the window")
+            assert decode_batch(link.sent[0][1]).last_seq == 3
+            q.append(draft(9))  # waits behind the full window
+            epoch = q.identity.epoch
+            [one, two, three] = queued(q, 3)
+            # Seq 2 is held with other content in the back office: refused, never deleted.
+            fw.handle_ack(encode_ack(Ack("p1/l1", epoch, "b", (one, three), (two,))))
+            await eventually(lambda: len(link.sent) == 2, what="the window is free again")
+            assert decode_batch(link.sent[1][1]).first_seq == 4
+            assert [s for s, _ in q.batch(0, 9)] == [2, 4]
+            status = await fw.status()
+            assert (status.refused, status.backlog) == (1, 2)
+            now[0] += 29.0
+            await asyncio.sleep(0.05)
+            assert len(link.sent) == 2  # not offered again before backoff_max
+            fw.handle_ack(encode_ack(Ack("p1/l1", epoch, "c", tuple(queued(q)[1:]))))
+            await eventually(lambda: [s for s, _ in q.batch(0, 9)] == [2], what="seq 4 acked")
+            now[0] += 1.5
+            await eventually(lambda: len(link.sent) == 3, what="the refused record again")
+            assert decode_batch(link.sent[2][1]).first_seq == 2
+            # The cause is resolved in the back office: this time it is stored and acked.
+            fw.handle_ack(encode_ack(Ack("p1/l1", epoch, "d", (two,))))
+            await eventually(lambda: q.backlog().count == 0, what="drained")
+            assert (await fw.status()).refused == 0
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -33,7 +33,7 @@ def test_batch_roundtrip_keeps_record_bytes_and_queue_identity() -> None:
 
 
 def test_ack_roundtrip_names_records_by_id_and_digest() -> None:
-    ack = Ack("p1/l2", "ep-1", "b", (Held(5, "r5", DIG), Held(9, "r9", digest(b"y"))))
+    ack = Ack("p1/l2", "ep-1", "b", (Held(5, "r5", DIG),), (Held(9, "r9", digest(b"y")),))
     assert decode_ack(encode_ack(ack)) == ack
     assert decode_ack(encode_ack(Ack("p1/l2", "ep-1", "b", ()))).stored == ()
 
@@ -85,7 +85,17 @@ def test_batches_are_bounded_in_records_and_record_size() -> None:
 )
 def test_bad_ack_entries_are_refused(entry: object) -> None:
     with pytest.raises(PayloadError):
-        decode_ack(pack({"lane": "x", "epoch": "e", "batch_id": "b", "stored": [entry]}, v=2))
+        decode_ack(
+            pack(
+                {"lane": "x", "epoch": "e", "batch_id": "b", "stored": [entry], "refused": []}, v=2
+            )
+        )
+    with pytest.raises(PayloadError):
+        decode_ack(
+            pack(
+                {"lane": "x", "epoch": "e", "batch_id": "b", "stored": [], "refused": [entry]}, v=2
+            )
+        )
 
 
 @given(st.binary(max_size=200))

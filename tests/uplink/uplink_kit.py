@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from barrier.mqtt import Incoming, MqttLink
-from uplink.forwarder import Forwarder
+from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.ingest import Ingest
 from uplink.messages import Held, QueueIdentity, digest
 from uplink.queue import RecordQueue
@@ -92,6 +92,18 @@ async def eventually(pred: Callable[[], bool], within: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or pred}")
         await asyncio.sleep(0.01)
+
+
+async def until_status(
+    fw: Forwarder, pred: Callable[[UplinkStatus], bool], within: float = 10.0, what: str = ""
+) -> UplinkStatus:
+    """Poll the forwarder's status until `pred` holds (bounded)."""
+    deadline = time.monotonic() + within
+    while not pred(status := await fw.status()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or pred}: {status}")
+        await asyncio.sleep(0.01)
+    return status
 
 
 def fast_link(host: str, port: int, client_id: str, **kw: object) -> MqttLink:
