@@ -227,6 +227,7 @@ async def test_same_record_id_with_other_content_is_never_acked(
         assert side.queue.batch(0, 100) == mine  # nothing deleted, byte for byte
         assert stored_bytes(store, lane_id, side.queue.identity.epoch) == dict(other)
         # Only the other version's own batch was acknowledged; the lane's is refused, by name.
+        await eventually(lambda: len(wire.acks) >= 2, what="the refusal")
         later = [decode_ack(a) for a in wire.acks[1:]]
         assert later and all(a.stored == () for a in later)
         assert {h.seq: h.digest for a in later for h in a.refused} == {
