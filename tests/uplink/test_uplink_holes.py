@@ -1,0 +1,141 @@
+"""A true hole (a seq still missing after `hole_after_s`) versus routine reordering: the pure
+HoleWatch (table and properties), then the ingest's log lines against a real broker and store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from uplink_kit import Q, fast_link, recs
+
+from barrier.mqtt import Incoming
+from barrier.topics import uplink_records
+from sim.broker import Mosquitto
+from uplink.holes import HoleEvent, HoleState, HoleWatch
+from uplink.ingest import Ingest
+from uplink.messages import encode_batch
+from uplink.sqlite_store import SqliteIngestStore
+
+R, H, F = HoleState.REORDERED, HoleState.HOLE, HoleState.FILLED
+
+
+def states(events: list[HoleEvent]) -> list[tuple[HoleState, int, int]]:
+    return [(e.state, e.missing_from, e.held_upto) for e in events]
+
+
+# (contiguous, max_seq, now) observed in order -> the events each observation returns
+TABLE = [
+    # in order: nothing to say
+    ([(10, 10, 0.0), (20, 20, 1.0)], [[], []]),
+    # routine reordering: 11..20 arrives 2 s after 21..30, well inside after_s
+    ([(10, 30, 0.0), (30, 30, 2.0)], [[(R, 11, 30)], []]),
+    # a true hole: still missing at 60 s, reported once, then filled
+    (
+        [(10, 30, 0.0), (10, 40, 59.9), (10, 50, 60.0), (10, 60, 90.0), (60, 60, 95.0)],
+        [[(R, 11, 30)], [], [(H, 11, 50)], [], [(F, 11, 60)]],
+    ),
+    # the prefix moves up to a new, later hole: timed from when that one appeared
+    ([(10, 30, 0.0), (30, 50, 50.0), (30, 50, 100.0)], [[(R, 11, 30)], [(R, 31, 50)], []]),
+]
+
+
+@pytest.mark.parametrize(("seen", "expected"), TABLE)
+def test_hole_watch_table(
+    seen: list[tuple[int, int, float]], expected: list[list[tuple[HoleState, int, int]]]
+) -> None:
+    watch = HoleWatch(after_s=60.0)
+    got = [states(watch.observe("p/l", "e", c, m, now)) for c, m, now in seen]
+    assert got == expected
+
+
+def test_a_hole_is_reported_by_the_periodic_check_without_new_batches() -> None:
+    watch = HoleWatch(after_s=5.0)
+    watch.observe("p/l", "e", 3, 9, 100.0)
+    assert watch.due(104.9) == []
+    [event] = watch.due(105.0)
+    assert (event.state, event.missing_from, event.held_upto, event.missing_for_s) == (H, 4, 9, 5.0)
+    assert watch.due(200.0) == []  # once
+
+
+def test_epochs_and_lanes_are_watched_apart() -> None:
+    watch = HoleWatch(after_s=1.0)
+    watch.observe("p/l", "e1", 1, 5, 0.0)
+    watch.observe("p/l", "e2", 5, 5, 0.0)
+    watch.observe("p/m", "e1", 5, 5, 0.0)
+    assert [(e.lane, e.epoch) for e in watch.due(1.0)] == [("p/l", "e1")]
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 50), st.integers(0, 50), st.floats(0, 10)), min_size=1, max_size=40
+    ),
+    st.floats(0.1, 30),
+)
+def test_hole_watch_properties(steps: list[tuple[int, int, float]], after: float) -> None:
+    watch = HoleWatch(after_s=after)
+    now = 0.0
+    reported: set[int] = set()
+    for contiguous, extra, dt in steps:
+        now += dt
+        for e in watch.observe("p/l", "e", contiguous, contiguous + extra, now):
+            if e.state is H:
+                assert e.missing_for_s >= after - 1e-9  # never before after_s
+                assert e.missing_from not in reported  # reported once
+                reported.add(e.missing_from)
+            if e.state is F:
+                assert e.missing_from in reported  # only a reported hole is "filled"
+                assert contiguous >= e.missing_from
+            assert e.missing_from <= e.held_upto
+
+
+async def test_ingest_logs_reordering_at_debug_and_a_true_hole_as_a_warning(
+    mosquitto: Mosquitto, lane_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="lane.uplink.ingest")
+    now = [1000.0]
+    store = SqliteIngestStore(tmp_path / "bo.sqlite")
+    ingest = Ingest(store, hole_after_s=30.0, clock=lambda: now[0])
+    link = fast_link(mosquitto.host, mosquitto.port, f"holes-{lane_id}")
+    ingest.attach(link)
+    task = asyncio.create_task(link.run())
+
+    async def send(first: int, last: int) -> None:
+        rows = [(r.seq, r.data) for r in recs(first, last, lane=lane_id)]
+        await ingest.handle(Incoming(uplink_records(lane_id), encode_batch(lane_id, Q, "b", rows)))
+
+    def logged(event: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == event]
+
+    try:
+        await link.wait_connected(5)
+        await send(3, 4)  # two workers: 3..4 commits before 1..2
+        now[0] += 0.5
+        await send(1, 2)
+        assert [r.levelno for r in logged("uplink batch out of order")] == [logging.DEBUG]
+        assert logged("uplink sequence hole") == []
+        await send(7, 8)  # 5..6 is lost somewhere
+        now[0] += 29.0
+        ingest.check_holes()
+        assert logged("uplink sequence hole") == []
+        now[0] += 1.0
+        ingest.check_holes()
+        [hole] = logged("uplink sequence hole")
+        assert hole.levelno == logging.WARNING
+        fields = hole.__dict__
+        assert (fields["lane"], fields["epoch"]) == (lane_id, Q.epoch)
+        assert (fields["missing_from"], fields["held_upto"], fields["missing_for_s"]) == (
+            5,
+            8,
+            30.0,
+        )
+        assert ingest.stats.holes == 1 and ingest.stats.reorders == 2
+        await send(5, 6)
+        assert [r.__dict__["missing_from"] for r in logged("uplink sequence hole filled")] == [5]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        store.close()
