@@ -249,6 +249,7 @@ async def test_garbage_batches_are_counted_not_acked_and_the_worker_survives(
             pack({"lane": lane_id}),
             encode_batch(lane_id, Q, "b1", [(1, b"not a record")]),
             encode_batch("other/lane", Q, "b2", [(1, b"x")]),
+            encode_batch(lane_id, Q, "b3", [(1, b"x" * 10_000_000)]),  # a 10 MB record
         ]
         for payload in bad:
             await spy.publish(topic, payload)
