@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
 import pytest
 from uplink_kit import (
+    Client,
     Worker,
     draft,
     drained,
@@ -41,34 +42,49 @@ from uplink.store import IngestStore
 Factory = Callable[[], IngestStore]
 
 
-class Wire:
+class Wire(Client):
     """A client that sees every batch and ack of a lane, and can publish like anyone."""
 
     def __init__(self, mosquitto: Mosquitto, lane: str) -> None:
         self.batches: list[bytes] = []
         self.acks: list[bytes] = []
-        self.lane = lane
-        self.link = fast_link(
-            mosquitto.host,
-            mosquitto.port,
-            f"wire-{lane}",
-            subscriptions=[(uplink_records(lane), 1), (uplink_acks(lane), 1)],
-            handler=self._on,
+        super().__init__(
+            fast_link(
+                mosquitto.host,
+                mosquitto.port,
+                f"wire-{lane}",
+                subscriptions=[(uplink_records(lane), 1), (uplink_acks(lane), 1)],
+                handler=self._on,
+            )
         )
-        self.task: asyncio.Task[None] | None = None
 
     async def _on(self, msg: Incoming) -> None:
         (self.acks if msg.topic.endswith("/acks") else self.batches).append(msg.payload)
 
-    async def start(self) -> Wire:
-        self.task = asyncio.create_task(self.link.run())
-        await self.link.wait_connected(5)
-        return self
 
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+@dataclass
+class Office:
+    """The back office of a test: its store, a worker, and a wire tap on the lane's topics."""
+
+    store: IngestStore
+    worker: Worker
+    wire: Wire
+    mosquitto: Mosquitto
+
+
+@pytest.fixture
+async def office(
+    store_factory: Factory, mosquitto: Mosquitto, lane_id: str, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Office]:
+    caplog.set_level(logging.INFO)
+    store = store_factory()
+    wire = await Wire(mosquitto, lane_id).start()
+    w = worker(mosquitto.host, mosquitto.port, store, f"ingest-{lane_id}", group(lane_id))
+    try:
+        yield Office(store, await w.start(), wire, mosquitto)
+    finally:
+        await w.stop()
+        await wire.stop()
 
 
 def group(lane: str) -> str:
@@ -80,17 +96,10 @@ def stored_bytes(store: IngestStore, lane: str, epoch: str) -> dict[int, bytes]:
 
 
 async def test_a_replayed_batch_after_a_queue_replacement_deletes_nothing(
-    store_factory: Factory,
-    mosquitto: Mosquitto,
-    lane_id: str,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    office: Office, lane_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
-    host, port = mosquitto.host, mosquitto.port
-    store = store_factory()
-    wire = await Wire(mosquitto, lane_id).start()
-    w = await worker(host, port, store, f"ingest-{lane_id}", group(lane_id)).start()
+    host, port = office.mosquitto.host, office.mosquitto.port
+    store, w, wire = office.store, office.worker, office.wire
     old = await start_lane(lane_side(host, port, lane_id, tmp_path / "old.sqlite", batch_size=10))
     new = lane_side(host, port, lane_id, tmp_path / "new.sqlite", batch_size=10)
     try:
@@ -149,20 +158,13 @@ async def test_a_replayed_batch_after_a_queue_replacement_deletes_nothing(
         assert change and change[0].previous_epochs == [old_epoch]  # type: ignore[attr-defined]
     finally:
         await new.stop()
-        await w.stop()
-        await wire.stop()
 
 
 async def test_forged_batches_for_a_live_lane_never_delete_its_records(
-    store_factory: Factory,
-    mosquitto: Mosquitto,
-    lane_id: str,
-    tmp_path: Path,
+    office: Office, lane_id: str, tmp_path: Path
 ) -> None:
-    host, port = mosquitto.host, mosquitto.port
-    store = store_factory()
-    wire = await Wire(mosquitto, lane_id).start()
-    w = await worker(host, port, store, f"ingest-{lane_id}", group(lane_id)).start()
+    host, port = office.mosquitto.host, office.mosquitto.port
+    store, wire = office.store, office.wire
     side = await start_lane(lane_side(host, port, lane_id, tmp_path / "q.sqlite", batch_size=10))
     try:
         await side.link.wait_connected(5)
@@ -195,22 +197,13 @@ async def test_forged_batches_for_a_live_lane_never_delete_its_records(
         assert held[11].held_record_id == "forged-11"
     finally:
         await side.stop()
-        await w.stop()
-        await wire.stop()
 
 
 async def test_same_record_id_with_other_content_is_never_acked(
-    store_factory: Factory,
-    mosquitto: Mosquitto,
-    lane_id: str,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    office: Office, lane_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
-    host, port = mosquitto.host, mosquitto.port
-    store = store_factory()
-    wire = await Wire(mosquitto, lane_id).start()
-    w = await worker(host, port, store, f"ingest-{lane_id}", group(lane_id)).start()
+    host, port = office.mosquitto.host, office.mosquitto.port
+    store, wire = office.store, office.wire
     side = lane_side(host, port, lane_id, tmp_path / "q.sqlite")
     try:
         await side.append(5)
@@ -247,8 +240,6 @@ async def test_same_record_id_with_other_content_is_never_acked(
         assert "conflicts=5" in out and digest(mine[0][1]).hex() in out
     finally:
         await side.stop()
-        await w.stop()
-        await wire.stop()
 
 
 def _reamount(rec: Record, amount: int) -> Record:

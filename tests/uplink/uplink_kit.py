@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from barrier.mqtt import Incoming, MqttLink
 from uplink.forwarder import Forwarder, UplinkStatus
@@ -167,12 +168,13 @@ async def start_lane(side: LaneSide) -> LaneSide:
 
 
 @dataclass
-class Worker:
-    ingest: Ingest
+class Client:
+    """An MqttLink run as a task: started connected, stopped cleanly."""
+
     link: MqttLink
     task: asyncio.Task[None] | None = None
 
-    async def start(self) -> Worker:
+    async def start(self) -> Self:
         self.task = asyncio.create_task(self.link.run())
         await self.link.wait_connected(5)
         return self
@@ -184,12 +186,17 @@ class Worker:
             self.task = None
 
 
+@dataclass
+class Worker(Client):
+    ingest: Ingest = field(kw_only=True)
+
+
 def worker(host: str, port: int, store: IngestStore, client_id: str, group: str) -> Worker:
     ingest = Ingest(store, group=group)
     link = ingest.make_link(host, port, client_id)
     link.backoff_min = FAST_LINK["backoff_min"]
     link.backoff_max = FAST_LINK["backoff_max"]
-    return Worker(ingest, link)
+    return Worker(link, ingest=ingest)
 
 
 async def drained(side: LaneSide, store: IngestStore, lane: str, within: float = 15.0) -> None:
