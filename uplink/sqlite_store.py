@@ -59,6 +59,7 @@ class SqliteIngestStore(SqlIngestStore):
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
             )
+            self._refuse_newer()  # before WAL: a refused file keeps its bytes
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("BEGIN IMMEDIATE")
@@ -71,13 +72,17 @@ class SqliteIngestStore(SqlIngestStore):
         except sqlite3.Error as exc:
             raise IngestStoreError(f"{self.path}: {exc}") from exc
 
-    def _create_or_migrate(self) -> None:
+    def _refuse_newer(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
+            self._db.close()
             raise IngestStoreError(
                 f"{self.path}: schema version {version} is newer than this software"
                 f" ({SCHEMA_VERSION}); not touched"
             )
+
+    def _create_or_migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         steps = {0: (RECORDS, EPOCHS, CONFLICTS), 1: FROM_V1, SCHEMA_VERSION: ()}[version]
         for stmt in steps:
             self._db.execute(stmt)

@@ -3,13 +3,19 @@ prefix and gaps, against SQLite and a real PostgreSQL (a database of the test's 
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
+import psycopg
+import pytest
 from uplink_kit import Q, held, recs
 
 from uplink.messages import QueueIdentity, digest
-from uplink.store import Gap, IngestStore
+from uplink.pg import PostgresIngestStore
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import Gap, IngestStore, IngestStoreError
 
 LANE = "p09/l04"
 E = Q.epoch
@@ -144,3 +150,78 @@ def test_concurrent_workers_hold_each_batch_and_converge(store_factory: Factory)
     assert len(results) == 20
     assert max(results) == 400
     assert stores[0].gaps(LANE) == [] and stores[0].count(LANE) == 400
+
+
+# The version-1 layout, spelled out (seqs per lane, a `lanes` table), as the previous release
+# created it in SQLite and in PostgreSQL.
+V1_TABLES = (
+    "CREATE TABLE {p}records (record_id TEXT PRIMARY KEY, lane TEXT NOT NULL,"
+    " seq BIGINT NOT NULL, ts_us BIGINT NOT NULL, kind TEXT NOT NULL,"
+    " amount_minor BIGINT NOT NULL, currency TEXT NOT NULL, data {blob} NOT NULL,"
+    " ingested_us BIGINT NOT NULL, UNIQUE (lane, seq))",
+    "CREATE TABLE {p}lanes (lane TEXT PRIMARY KEY, contiguous BIGINT NOT NULL DEFAULT 0,"
+    " max_seq BIGINT NOT NULL DEFAULT 0)",
+)
+
+
+def v1_rows(lane: str) -> list[tuple[object, ...]]:
+    return [(r.record_id, lane, r.seq, r.ts_us, "toll", 500, "CNY", r.data, 1) for r in recs(1, 4)]
+
+
+def check_migrated(s: IngestStore) -> None:
+    assert sorted((r.epoch, r.seq) for r in s.records(LANE)) == [("", n) for n in range(1, 5)]
+    assert [(e.epoch, e.contiguous) for e in s.epochs(LANE)] == [("", 4)]
+    # Resent under a new epoch the same records are duplicates (by id, byte for byte).
+    again = s.store_batch(LANE, QueueIdentity("e-new", 2), recs(3, 4), 2)
+    assert again.held == held(recs(3, 4)) and again.conflicts == ()
+    assert s.store_batch(LANE, Q, recs(1, 1, amount=9), 3).conflicts  # conflicts work too
+
+
+def test_a_v1_sqlite_store_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "bo.sqlite"
+    db = sqlite3.connect(path)
+    for stmt in V1_TABLES:
+        db.execute(stmt.format(p="", blob="BLOB"))
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", v1_rows(LANE))
+    db.execute("INSERT INTO lanes VALUES (?, 4, 4)", (LANE,))
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    s = SqliteIngestStore(path)
+    try:
+        check_migrated(s)
+    finally:
+        s.close()
+    s = SqliteIngestStore(path)  # opening again changes nothing
+    s.close()
+
+
+def test_a_newer_sqlite_store_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "bo.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 9")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(IngestStoreError, match="newer"):
+        SqliteIngestStore(path)
+    assert path.read_bytes() == before
+
+
+def test_a_v1_postgres_schema_is_migrated_in_place(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA lane_ingest")
+        for stmt in V1_TABLES:
+            conn.execute(stmt.format(p="lane_ingest.", blob="BYTEA"))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO lane_ingest.records VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                v1_rows(LANE),
+            )
+        conn.execute("INSERT INTO lane_ingest.lanes VALUES (%s, 4, 4)", (LANE,))
+    s = PostgresIngestStore(pg_dsn)
+    try:
+        check_migrated(s)
+    finally:
+        s.close()
+    PostgresIngestStore(pg_dsn).close()  # opening again changes nothing
