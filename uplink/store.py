@@ -111,7 +111,7 @@ class StoreResult:
     held: tuple[Held, ...]  # the batch's records held byte for byte: the ack
     inserted: int
     duplicates: int
-    conflicts: tuple[Conflict, ...]
+    conflicts: tuple[Conflict, ...]  # refused now; store.conflicts() lists those still open
     contiguous: int  # every seq base+1..contiguous of the epoch is held
     max_seq: int
     new_epoch: bool  # this batch opened the epoch
@@ -226,6 +226,7 @@ class SqlIngestStore:
             )
             for c in conflicts:
                 self._note_conflict(cur, c, now_us)
+            self._resolve_conflicts(cur, lane, held)
             contiguous = self._advance(cur, lane, epoch, contiguous)
             cur.execute(q("SELECT MAX(seq) FROM {records} WHERE lane=? AND epoch=?"), (lane, epoch))
             max_seq = int(cur.fetchone()[0] or queue.base)
@@ -285,6 +286,17 @@ class SqlIngestStore:
                 fresh.append(r)
             held.append(Held(r.seq, r.record_id, mine))
         return fresh, held, conflicts
+
+    def _resolve_conflicts(self, cur: Cursor, lane: str, held: Sequence[Held]) -> None:
+        """A conflict is over once the store holds the refused version itself (an operator
+        removed the other one and the lane offered it again): its row goes."""
+        cur.execute(self._sql("SELECT 1 FROM {conflicts} WHERE lane=? LIMIT 1"), (lane,))
+        if not held or cur.fetchone() is None:
+            return
+        cur.executemany(
+            self._sql("DELETE FROM {conflicts} WHERE record_id=? AND offered_digest=?"),
+            [(h.record_id, h.digest.hex()) for h in held],
+        )
 
     def _note_conflict(self, cur: Cursor, c: Conflict, now_us: int) -> None:
         q = self._sql

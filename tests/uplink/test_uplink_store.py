@@ -225,3 +225,26 @@ def test_a_v1_postgres_schema_is_migrated_in_place(pg_dsn: str) -> None:
     finally:
         s.close()
     PostgresIngestStore(pg_dsn).close()  # opening again changes nothing
+
+
+def test_a_conflict_clears_once_the_refused_version_is_held(store_factory: Factory) -> None:
+    s = store_factory()
+    s.store_batch(LANE, Q, recs(1, 2), 1)
+    mine = recs(1, 2, amount=9)  # the lane's version, refused
+    assert len(s.store_batch(LANE, Q, mine, 2).conflicts) == 2
+    assert len(s.conflicts()) == 2
+    # The operator removes the wrong row of seq 1; the lane offers its version again.
+    _delete(s, mine[0].record_id)
+    again = s.store_batch(LANE, Q, mine, 3)
+    assert again.held == held(mine[:1]) and len(again.conflicts) == 1
+    assert [row.conflict.seq for row in s.conflicts()] == [2]  # seq 1 is no longer open
+
+
+def _delete(s: IngestStore, record_id: str) -> None:
+    if isinstance(s, SqliteIngestStore):
+        with sqlite3.connect(s.path) as db:
+            db.execute("DELETE FROM records WHERE record_id=?", (record_id,))
+    else:
+        assert isinstance(s, PostgresIngestStore)
+        with psycopg.connect(s.dsn, autocommit=True) as conn:
+            conn.execute(f"DELETE FROM {s.schema}.records WHERE record_id=%s", (record_id,))
