@@ -3,6 +3,7 @@
     lane ingest --broker HOST:PORT [--db ingest.sqlite | --dsn postgresql://...]
                 [--workers-name ID] [--group ingest] [--schema lane_ingest] [--report]
                 [--hole-after 60] [--lock-timeout 5] [--stats-every 60] [--retry-max 30]
+                [--metrics-host 127.0.0.1 --metrics-port 9109]
 
 Start as many workers as needed (each with its own --workers-name, which makes its MQTT client
 id, so a restarted worker resumes its session): they share the records through the MQTT 5
@@ -29,6 +30,7 @@ import uvloop
 from barrier.mqtt import Credentials
 from lane.log import setup_logging
 from uplink.ingest import Ingest
+from uplink.ingest_metrics import MetricsServer
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestStore, IngestStoreError, StoreUnavailableError
 
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retry-max", type=positive, default=30.0, help="longest wait between store connects"
     )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics (off when unset)")
     p.add_argument("--report", action="store_true", help="print lanes, epochs, gaps, conflicts")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -166,6 +170,15 @@ async def _serve(args: argparse.Namespace, store: IngestStore, stop: asyncio.Eve
         creds = Credentials(args.username, os.environ.get(PASSWORD_ENV, ""))
     ingest = Ingest(store, group=args.group, hole_after_s=args.hole_after)
     link = ingest.make_link(host, port, f"ingest-{args.workers_name}", credentials=creds)
+    metrics = MetricsServer(ingest)
+    if args.metrics_port is not None:
+        try:
+            await metrics.start(args.metrics_host, args.metrics_port)
+        except OSError as exc:
+            log.error(
+                "ingest metrics not started",
+                extra={"host": args.metrics_host, "port": args.metrics_port, "error": str(exc)},
+            )
     tasks = [asyncio.create_task(link.run(), name="ingest-link")]
     tasks.append(asyncio.create_task(_stats(ingest, args.stats_every), name="ingest-stats"))
     log.info(
@@ -180,6 +193,7 @@ async def _serve(args: argparse.Namespace, store: IngestStore, stop: asyncio.Eve
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await metrics.stop()
         log.info("ingest stopped", extra={"worker": args.workers_name, **vars(ingest.stats)})
 
 

@@ -71,6 +71,10 @@ class HoleWatch:
                 out.append(self._event(HoleState.HOLE, key, o, now))
         return out
 
+    def open_holes(self) -> int:
+        """Holes reported and not filled yet."""
+        return sum(1 for o in self._open.values() if o.reported)
+
     def _event(self, state: HoleState, key: tuple[str, str], o: _Open, now: float) -> HoleEvent:
         return HoleEvent(
             state, key[0], key[1], o.missing_from, o.held_upto, round(now - o.since, 3)

@@ -5,15 +5,20 @@ import contextlib
 import json
 import re
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import fields
 from pathlib import Path
 
+import aiohttp
 import pytest
 from uplink_kit import Q, drained, eventually, lane_side, reconcile, recs, start_lane
 
 from sim.broker import Mosquitto, free_port
 from uplink.cli import main, parse_broker
+from uplink.ingest import IngestStats
+from uplink.ingest_metrics import HELP
 from uplink.messages import QueueIdentity
 from uplink.pg import PostgresIngestStore
 from uplink.sqlite_store import SqliteIngestStore
@@ -182,3 +187,46 @@ async def test_ingest_keeps_retrying_a_refused_postgres_at_start(
         if lines.proc.returncode is None:
             await lines.stop()
     assert lines.proc.returncode == 0
+
+
+async def test_metrics_raise_and_clear_the_conflict_alarm(
+    mosquitto: Mosquitto, lane_id: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "ingest.sqlite"
+    store = SqliteIngestStore(db)
+    store.store_batch(lane_id, Q, recs(1, 2, lane=lane_id), 1)
+    mine = recs(1, 2, lane=lane_id, amount=9)  # the lane's version: refused
+    assert len(store.store_batch(lane_id, Q, mine, 2).conflicts) == 2
+    port = free_port()
+    name = lane_id.replace("/", "-")
+    lines = Lines(
+        await ingest_process(mosquitto, name, "--db", str(db), "--metrics-port", str(port))
+    )
+    try:
+        await eventually(lambda: lines.named("ingest metrics listening"), what="metrics up")
+
+        async def scrape() -> dict[str, float]:
+            url = f"http://127.0.0.1:{port}/metrics"
+            async with aiohttp.ClientSession() as http, http.get(url) as resp:
+                assert resp.status == 200
+                text = await resp.text()
+            return {
+                k: float(v)
+                for k, v in re.findall(r"^(lane_ingest_\w+) ([0-9.e+-]+)$", text, re.MULTILINE)
+            }
+
+        got = await scrape()
+        assert got["lane_ingest_conflicts_open"] == 2 and got["lane_ingest_holes_open"] == 0
+        assert got["lane_ingest_records_total"] == 0
+        # The cause goes: the wrong rows are removed, the lane's versions stored.
+        with sqlite3.connect(db) as conn:
+            conn.execute("DELETE FROM records WHERE lane=?", (lane_id,))
+        store.store_batch(lane_id, Q, mine, 3)
+        assert (await scrape())["lane_ingest_conflicts_open"] == 0
+    finally:
+        store.close()
+        await lines.stop()
+
+
+def test_every_ingest_counter_has_its_help() -> None:
+    assert set(HELP) == {f.name for f in fields(IngestStats)}

@@ -133,7 +133,9 @@ async def test_ingest_logs_reordering_at_debug_and_a_true_hole_as_a_warning(
             30.0,
         )
         assert ingest.stats.holes == 1 and ingest.stats.reorders == 2
+        assert ingest.holes.open_holes() == 1  # the alarm gauge
         await send(5, 6)
+        assert ingest.holes.open_holes() == 0  # clears by itself
         assert [r.__dict__["missing_from"] for r in logged("uplink sequence hole filled")] == [5]
     finally:
         task.cancel()
