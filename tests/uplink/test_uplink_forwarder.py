@@ -8,7 +8,8 @@ from pathlib import Path
 from uplink_kit import draft, eventually, queued
 
 from barrier.mqtt import LinkDown
-from uplink.forwarder import Forwarder
+from lane.metrics import LaneMetrics, Snapshot
+from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.messages import Ack, decode_batch, encode_ack
 from uplink.queue import RecordQueue
 
@@ -166,3 +167,12 @@ async def test_refused_records_leave_the_window_stay_queued_and_are_offered_agai
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_lane_metrics_show_refused_records() -> None:
+    m = LaneMetrics("p1/l1", "toll")
+    status = UplinkStatus(5, 1.0, 4096, False, True, None, 1, 3, 0, refused=2)
+    m.update(Snapshot(uplink=status))
+    assert b"lane_uplink_refused_records 2.0" in m.render()
+    m.update(Snapshot(uplink=UplinkStatus(0, None, 4096, False, True, None, 0, 3, 0)))
+    assert b"lane_uplink_refused_records 0.0" in m.render()  # clears with its cause
