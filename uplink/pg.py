@@ -19,13 +19,8 @@ from contextlib import contextmanager
 
 import psycopg
 
-from uplink.store import (
-    Cursor,
-    IngestStoreError,
-    SqlIngestStore,
-    StoreBusyError,
-    StoreUnavailableError,
-)
+from uplink.sql_store import Cursor, SqlIngestStore
+from uplink.store import IngestStoreError, StoreBusyError, StoreUnavailableError
 
 log = logging.getLogger("lane.uplink.pg")
 

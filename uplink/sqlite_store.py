@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from uplink.store import Cursor, IngestStoreError, SqlIngestStore, StoreBusyError
+from uplink.sql_store import Cursor, SqlIngestStore
+from uplink.store import IngestStoreError, StoreBusyError
 
 SCHEMA_VERSION = 2
 
