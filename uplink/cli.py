@@ -203,7 +203,7 @@ async def _stats(ingest: Ingest, every: float) -> None:
     waited = 0.0
     while True:
         await asyncio.sleep(tick)
-        ingest.check_holes()
+        await ingest.check_holes()
         waited += tick
         if waited >= every:
             waited = 0.0

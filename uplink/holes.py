@@ -62,6 +62,11 @@ class HoleWatch:
             old.held_upto = max(old.held_upto, max_seq)
         return out + self.due(now)
 
+    def open_keys(self) -> list[tuple[str, str]]:
+        """The (lane, epoch) pairs with a seq missing: what a periodic check should refresh
+        (another worker may have filled the hole since this one last saw the epoch)."""
+        return list(self._open)
+
     def due(self, now: float) -> list[HoleEvent]:
         """Holes that have now been missing for `after_s` (each reported once)."""
         out = []

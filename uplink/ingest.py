@@ -225,9 +225,27 @@ class Ingest:
         )
         self._log_holes(events)
 
-    def check_holes(self) -> None:
-        """Report holes that have now been missing for `hole_after_s` (call periodically)."""
-        self._log_holes(self.holes.due(self._clock()))
+    async def check_holes(self) -> None:
+        """Report holes that have now been missing for `hole_after_s` (call periodically).
+
+        Each open hole is first refreshed from the store: with several workers, the batch that
+        fills a hole is often committed by another worker, and this one must not report it."""
+        events: list[HoleEvent] = []
+        for lane, epoch in self.holes.open_keys():
+            try:
+                infos = await asyncio.to_thread(self.store.epochs, lane)
+            except IngestStoreError as exc:
+                log.warning(
+                    "uplink hole check failed",
+                    extra={"lane": lane, "epoch": epoch, "error": str(exc)},
+                )
+                continue
+            for e in infos:
+                if e.epoch == epoch:
+                    events += self.holes.observe(
+                        lane, epoch, e.contiguous, e.max_seq, self._clock()
+                    )
+        self._log_holes(events + self.holes.due(self._clock()))
 
     def _log_holes(self, events: list[HoleEvent]) -> None:
         for e in events:

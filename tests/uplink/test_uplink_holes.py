@@ -119,10 +119,10 @@ async def test_ingest_logs_reordering_at_debug_and_a_true_hole_as_a_warning(
         assert logged("uplink sequence hole") == []
         await send(7, 8)  # 5..6 is lost somewhere
         now[0] += 29.0
-        ingest.check_holes()
+        await ingest.check_holes()
         assert logged("uplink sequence hole") == []
         now[0] += 1.0
-        ingest.check_holes()
+        await ingest.check_holes()
         [hole] = logged("uplink sequence hole")
         assert hole.levelno == logging.WARNING
         fields = hole.__dict__
@@ -137,6 +137,36 @@ async def test_ingest_logs_reordering_at_debug_and_a_true_hole_as_a_warning(
         await send(5, 6)
         assert ingest.holes.open_holes() == 0  # clears by itself
         assert [r.__dict__["missing_from"] for r in logged("uplink sequence hole filled")] == [5]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        store.close()
+
+
+async def test_a_hole_filled_by_another_worker_is_not_reported(
+    mosquitto: Mosquitto, lane_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="lane.uplink.ingest")
+    now = [1000.0]
+    store = SqliteIngestStore(tmp_path / "bo.sqlite")
+    link = fast_link(mosquitto.host, mosquitto.port, f"two-{lane_id}")
+    a, b = (Ingest(store, hole_after_s=30.0, clock=lambda: now[0]) for _ in range(2))
+    a.attach(link)
+    b.attach(link)
+    task = asyncio.create_task(link.run())
+
+    def batch(first: int, last: int) -> Incoming:
+        rows = [(r.seq, r.data) for r in recs(first, last, lane=lane_id)]
+        return Incoming(uplink_records(lane_id), encode_batch(lane_id, Q, "b", rows))
+
+    try:
+        await link.wait_connected(5)
+        await a.handle(batch(3, 4))  # worker a sees 1..2 missing
+        await b.handle(batch(1, 2))  # worker b commits them
+        now[0] += 60.0
+        await a.check_holes()
+        assert [r for r in caplog.records if r.getMessage() == "uplink sequence hole"] == []
+        assert a.holes.open_holes() == 0 and a.holes.open_keys() == []
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
