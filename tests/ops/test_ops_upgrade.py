@@ -156,3 +156,24 @@ def test_a_newer_file_in_rollback_mode_is_refused_untouched(fixture: str, tmp_pa
         else:
             ReplayStore(path)
     assert digest(path) == before
+
+
+def test_a_v2_queue_gets_its_identity_and_keeps_its_records_and_payments(tmp_path: Path) -> None:
+    path = tmp_path / "queue.sqlite3"
+    shutil.copy(FIXTURES / "queue_v2.sqlite", path)
+    before = stored(path)
+    assert user_version(path) == 2
+    with RecordQueue(path, LANE, 10**8) as queue:
+        assert user_version(path) == max(QUEUE_MIGRATIONS) + 1
+        assert stored(path) == before  # never re-encoded
+        # The epoch begins at the oldest queued record: 1..4 were acknowledged before.
+        assert queue.identity.epoch and queue.identity.base == 4
+        assert queue.recorded_paid("pay-7")
+        assert (
+            queue.append(
+                RecordDraft("toll", "veh-8", 2, 290, "EUR", "token", "acct", AuthInfo("approved"))
+            ).seq
+            == 8
+        )
+    with RecordQueue(path, LANE, 10**8) as again:
+        assert again.identity == queue.identity  # made once, kept
