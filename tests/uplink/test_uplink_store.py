@@ -15,7 +15,7 @@ from uplink_kit import Q, held, recs
 from uplink.messages import QueueIdentity, digest
 from uplink.pg import PostgresIngestStore
 from uplink.sqlite_store import SqliteIngestStore
-from uplink.store import Gap, IngestStore, IngestStoreError
+from uplink.store import Gap, IngestStore, IngestStoreError, StoreBusyError
 
 LANE = "p09/l04"
 E = Q.epoch
@@ -248,3 +248,18 @@ def _delete(s: IngestStore, record_id: str) -> None:
         assert isinstance(s, PostgresIngestStore)
         with psycopg.connect(s.dsn, autocommit=True) as conn:
             conn.execute(f"DELETE FROM {s.schema}.records WHERE record_id=%s", (record_id,))
+
+
+def test_a_held_sqlite_write_lock_is_a_busy_error_and_stores_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "bo.sqlite"
+    s = SqliteIngestStore(path, busy_timeout_s=0.1)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        with pytest.raises(StoreBusyError, match="locked"):
+            s.store_batch(LANE, Q, recs(1, 2), 1)
+        other.execute("ROLLBACK")
+        assert s.store_batch(LANE, Q, recs(1, 2), 2).held == held(recs(1, 2))
+    finally:
+        other.close()
+        s.close()
