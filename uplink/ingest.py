@@ -1,11 +1,12 @@
 """The back-office ingest: MQTT batches in, one store transaction per batch, then the ack.
 
 Workers share the load through an MQTT 5 shared subscription (`$share/{group}/uplink/...`);
-they hold no state of their own, so any number can run side by side and a record resent by the
-lane lands on whichever worker, where the record-id key collapses it. A batch is acknowledged
-only after its transaction committed, and the ack names the lane's contiguous prefix in the
-store (see uplink.store): the lane deletes everything <= upto, so upto never covers a seq the
-store does not hold. Garbage, conflicting or unstorable batches are logged, counted and not
+they hold no state of their own but the hole watch, so any number can run side by side and a
+record resent by the lane lands on whichever worker, where the record-id key collapses it. A
+batch is acknowledged only after its transaction committed, and the ack names each record the
+store holds byte for byte (seq, id, SHA-256; see uplink.store): the lane deletes only those.
+Records the store refused (their id or seq is held with other content) are named as refused:
+the lane keeps them. Garbage, oversized and unstorable batches are logged, counted and not
 acknowledged; the lane keeps those records and sends them again.
 """
 
