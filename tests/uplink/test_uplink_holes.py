@@ -3,16 +3,17 @@ HoleWatch (table and properties), then the ingest's log lines against a real bro
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from uplink_kit import Q, fast_link, recs
+from uplink_kit import Client, Q, fast_link, recs
 
-from barrier.mqtt import Incoming
+from barrier.mqtt import Incoming, MqttLink
 from barrier.topics import uplink_records
 from sim.broker import Mosquitto
 from uplink.holes import HoleEvent, HoleState, HoleWatch
@@ -92,82 +93,77 @@ def test_hole_watch_properties(steps: list[tuple[int, int, float]], after: float
             assert e.missing_from <= e.held_upto
 
 
+@dataclass
+class Rig:
+    """Ingest workers sharing one store and one connected link, on a clock the test moves."""
+
+    store: SqliteIngestStore
+    link: MqttLink
+    lane: str
+    now: list[float]
+
+    def worker(self) -> Ingest:
+        ingest = Ingest(self.store, hole_after_s=30.0, clock=lambda: self.now[0])
+        ingest.attach(self.link)
+        return ingest
+
+    def batch(self, first: int, last: int) -> Incoming:
+        rows = [(r.seq, r.data) for r in recs(first, last, lane=self.lane)]
+        return Incoming(uplink_records(self.lane), encode_batch(self.lane, Q, "b", rows))
+
+
+@pytest.fixture
+async def rig(mosquitto: Mosquitto, lane_id: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    store = SqliteIngestStore(tmp_path / "bo.sqlite")
+    client = await Client(fast_link(mosquitto.host, mosquitto.port, f"holes-{lane_id}")).start()
+    try:
+        yield Rig(store, client.link, lane_id, [1000.0])
+    finally:
+        await client.stop()
+        store.close()
+
+
+def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == event]
+
+
 async def test_ingest_logs_reordering_at_debug_and_a_true_hole_as_a_warning(
-    mosquitto: Mosquitto, lane_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="lane.uplink.ingest")
-    now = [1000.0]
-    store = SqliteIngestStore(tmp_path / "bo.sqlite")
-    ingest = Ingest(store, hole_after_s=30.0, clock=lambda: now[0])
-    link = fast_link(mosquitto.host, mosquitto.port, f"holes-{lane_id}")
-    ingest.attach(link)
-    task = asyncio.create_task(link.run())
-
-    async def send(first: int, last: int) -> None:
-        rows = [(r.seq, r.data) for r in recs(first, last, lane=lane_id)]
-        await ingest.handle(Incoming(uplink_records(lane_id), encode_batch(lane_id, Q, "b", rows)))
-
-    def logged(event: str) -> list[logging.LogRecord]:
-        return [r for r in caplog.records if r.getMessage() == event]
-
-    try:
-        await link.wait_connected(5)
-        await send(3, 4)  # two workers: 3..4 commits before 1..2
-        now[0] += 0.5
-        await send(1, 2)
-        assert [r.levelno for r in logged("uplink batch out of order")] == [logging.DEBUG]
-        assert logged("uplink sequence hole") == []
-        await send(7, 8)  # 5..6 is lost somewhere
-        now[0] += 29.0
-        await ingest.check_holes()
-        assert logged("uplink sequence hole") == []
-        now[0] += 1.0
-        await ingest.check_holes()
-        [hole] = logged("uplink sequence hole")
-        assert hole.levelno == logging.WARNING
-        fields = hole.__dict__
-        assert (fields["lane"], fields["epoch"]) == (lane_id, Q.epoch)
-        assert (fields["missing_from"], fields["held_upto"], fields["missing_for_s"]) == (
-            5,
-            8,
-            30.0,
-        )
-        assert ingest.stats.holes == 1 and ingest.stats.reorders == 2
-        assert ingest.holes.open_holes() == 1  # the alarm gauge
-        await send(5, 6)
-        assert ingest.holes.open_holes() == 0  # clears by itself
-        assert [r.__dict__["missing_from"] for r in logged("uplink sequence hole filled")] == [5]
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        store.close()
+    ingest = rig.worker()
+    await ingest.handle(rig.batch(3, 4))  # two workers: 3..4 commits before 1..2
+    rig.now[0] += 0.5
+    await ingest.handle(rig.batch(1, 2))
+    assert [r.levelno for r in logged(caplog, "uplink batch out of order")] == [logging.DEBUG]
+    assert logged(caplog, "uplink sequence hole") == []
+    await ingest.handle(rig.batch(7, 8))  # 5..6 is lost somewhere
+    rig.now[0] += 29.0
+    await ingest.check_holes()
+    assert logged(caplog, "uplink sequence hole") == []
+    rig.now[0] += 1.0
+    await ingest.check_holes()
+    [hole] = logged(caplog, "uplink sequence hole")
+    assert hole.levelno == logging.WARNING
+    fields = hole.__dict__
+    assert (fields["lane"], fields["epoch"]) == (rig.lane, Q.epoch)
+    assert (fields["missing_from"], fields["held_upto"], fields["missing_for_s"]) == (5, 8, 30.0)
+    assert ingest.stats.holes == 1 and ingest.stats.reorders == 2
+    assert ingest.holes.open_holes() == 1  # the alarm gauge
+    await ingest.handle(rig.batch(5, 6))
+    assert ingest.holes.open_holes() == 0  # clears by itself
+    filled = logged(caplog, "uplink sequence hole filled")
+    assert [r.__dict__["missing_from"] for r in filled] == [5]
 
 
 async def test_a_hole_filled_by_another_worker_is_not_reported(
-    mosquitto: Mosquitto, lane_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="lane.uplink.ingest")
-    now = [1000.0]
-    store = SqliteIngestStore(tmp_path / "bo.sqlite")
-    link = fast_link(mosquitto.host, mosquitto.port, f"two-{lane_id}")
-    a, b = (Ingest(store, hole_after_s=30.0, clock=lambda: now[0]) for _ in range(2))
-    a.attach(link)
-    b.attach(link)
-    task = asyncio.create_task(link.run())
-
-    def batch(first: int, last: int) -> Incoming:
-        rows = [(r.seq, r.data) for r in recs(first, last, lane=lane_id)]
-        return Incoming(uplink_records(lane_id), encode_batch(lane_id, Q, "b", rows))
-
-    try:
-        await link.wait_connected(5)
-        await a.handle(batch(3, 4))  # worker a sees 1..2 missing
-        await b.handle(batch(1, 2))  # worker b commits them
-        now[0] += 60.0
-        await a.check_holes()
-        assert [r for r in caplog.records if r.getMessage() == "uplink sequence hole"] == []
-        assert a.holes.open_holes() == 0 and a.holes.open_keys() == []
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        store.close()
+    a, b = rig.worker(), rig.worker()
+    await a.handle(rig.batch(3, 4))  # worker a sees 1..2 missing
+    await b.handle(rig.batch(1, 2))  # worker b commits them
+    rig.now[0] += 60.0
+    await a.check_holes()
+    assert logged(caplog, "uplink sequence hole") == []
+    assert a.holes.open_holes() == 0 and a.holes.open_keys() == []
