@@ -20,8 +20,10 @@ from lane.auth import bills
 from lane.auth.reconcile import Finding, RecordedPayment, reconcile
 from lane.auth.reconcile_cli import day_of
 from sim.network_bills import BillRow, alipay_bill_zip, wechat_bill_text
+from uplink.messages import QueueIdentity
 from uplink.records import AuthInfo, Record, RecordDraft
-from uplink.store import IngestRecord, SqliteIngestStore
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import IngestRecord
 
 DATE = "2026-11-30"
 ROUTES = {"alipay": "alipay", "wechat": "wechatpay", "unionpay": "acquirer", "emv": "acquirer"}
@@ -88,7 +90,7 @@ def main(argv: list[str]) -> None:
                     rec.currency,
                     rec.data,
                 )
-            store.store_batch(lane, batch, 0)
+            store.store_batch(lane, QueueIdentity("bench"), batch, 0)
         t0 = time.perf_counter()
         blobs = store.records_between(day.start_us - day.margin_us, day.end_us + day.margin_us)
         t1 = time.perf_counter()

@@ -31,11 +31,12 @@ from barrier.mqtt import Incoming, MqttLink  # noqa: E402
 from sim.broker import running_mosquitto  # noqa: E402
 from uplink.forwarder import Forwarder  # noqa: E402
 from uplink.ingest import Ingest, parse_batch  # noqa: E402
-from uplink.messages import encode_batch  # noqa: E402
+from uplink.messages import QueueIdentity, encode_batch  # noqa: E402
 from uplink.pg import PostgresIngestStore  # noqa: E402
 from uplink.queue import RecordQueue  # noqa: E402
 from uplink.records import AuthInfo, Record, RecordDraft  # noqa: E402
-from uplink.store import IngestStore, SqliteIngestStore  # noqa: E402
+from uplink.sqlite_store import SqliteIngestStore  # noqa: E402
+from uplink.store import IngestStore  # noqa: E402
 
 PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=2"
 LANE = "bench/l01"
@@ -116,20 +117,22 @@ async def drain(path: Path, store: IngestStore, n: int) -> float:
 
 
 def bench_ingest(store: IngestStore, n: int, label: str) -> None:
+    queue = QueueIdentity(str(uuid.uuid4()))
     batches = []
     for start in range(1, n + 1, 100):
         rows = [
             (seq, Record(str(uuid.uuid4()), LANE, seq, seq, draft(seq)).encode())
             for seq in range(start, min(n, start + 99) + 1)
         ]
-        batches.append(parse_batch(f"uplink/{LANE}/records", encode_batch(LANE, "b", rows))[1])
+        payload = encode_batch(LANE, queue, "b", rows)
+        batches.append(parse_batch(f"uplink/{LANE}/records", payload)[1])
     t0 = time.perf_counter()
     for b in batches:
-        store.store_batch(LANE, b, 0)
+        store.store_batch(LANE, queue, b, 0)
     rate = n / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     for b in batches[: len(batches) // 4]:
-        store.store_batch(LANE, b, 0)  # resends: all duplicates
+        store.store_batch(LANE, queue, b, 0)  # resends: all duplicates
     dup = (len(batches) // 4) * 100 / (time.perf_counter() - t0)
     print(
         f"ingest {label} (100-record batches, one commit each): {rate:,.0f} records/s new,"

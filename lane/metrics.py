@@ -238,6 +238,11 @@ class LaneMetrics:
             "Age of the oldest unacknowledged record (0 when none)",
             registry=r,
         )
+        self.refused = Gauge(
+            "lane_uplink_refused_records",
+            "Records the back office refused (held there with other content); kept and re-offered",
+            registry=r,
+        )
         self.batches_sent = Counter("lane_uplink_batches_sent", "Batches sent", registry=r)
         self.batches_resent = Counter(
             "lane_uplink_batches_resent", "Batches sent again (no ack in time)", registry=r
@@ -389,6 +394,7 @@ class LaneMetrics:
             u = snap.uplink
             self.backlog.set(u.backlog)
             self.oldest_unsent.set(u.oldest_age_s or 0.0)
+            self.refused.set(u.refused)
             self.queue_bytes.set(u.bytes_used)
             self._mirror(self.batches_sent, "sent", u.sent_batches)
             self._mirror(self.batches_resent, "resent", u.resent_batches)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from barrier.mqtt import MqttLink
 from uplink.ingest import Ingest, IngestStats
-from uplink.store import SqliteIngestStore
+from uplink.sqlite_store import SqliteIngestStore
 
 log = logging.getLogger("lane.sim.backoffice")
 

@@ -1,4 +1,5 @@
-"""Session-wide fixtures: one real mosquitto per test session, unique topics per test."""
+"""Session-wide fixtures: one real mosquitto and one real PostgreSQL per test session (see
+pg_server: a throwaway cluster when none answers on 5432), unique topics per test."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from pg_server import own_database, postgres_server
 
 from barrier import topics
 from barrier.messages import LaneStatus
@@ -18,6 +20,20 @@ from sim.broker import Mosquitto, running_mosquitto
 def mosquitto() -> Iterator[Mosquitto]:
     with running_mosquitto() as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A superuser DSN (without dbname) of this session's PostgreSQL; never skipped."""
+    with postgres_server() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def pg_dsn(pg_server: str) -> Iterator[str]:
+    """A DSN of a new database of this test's own, dropped afterwards."""
+    with own_database(pg_server) as dsn:
+        yield dsn
 
 
 @pytest.fixture

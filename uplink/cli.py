@@ -2,17 +2,22 @@
 
     lane ingest --broker HOST:PORT [--db ingest.sqlite | --dsn postgresql://...]
                 [--workers-name ID] [--group ingest] [--schema lane_ingest] [--report]
+                [--hole-after 60] [--lock-timeout 5] [--stats-every 60] [--retry-max 30]
+                [--metrics-host 127.0.0.1 --metrics-port 9109]
 
 Start as many workers as needed (each with its own --workers-name, which makes its MQTT client
 id, so a restarted worker resumes its session): they share the records through the MQTT 5
-shared subscription of --group. `--report` prints per-lane counts, contiguous prefix and gaps
-of the store and exits.
+shared subscription of --group. `--report` prints per lane its queue epochs (base, contiguous
+prefix, gaps) and every conflicting record with both digests, and exits. Logs are the daemon's:
+one JSON line per event on stdout. A database that refuses connections at start is retried
+(backoff up to --retry-max) until it answers or the worker is stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -23,8 +28,11 @@ from collections.abc import Sequence
 import uvloop
 
 from barrier.mqtt import Credentials
+from lane.log import setup_logging
 from uplink.ingest import Ingest
-from uplink.store import IngestStore, IngestStoreError, SqliteIngestStore
+from uplink.ingest_metrics import MetricsServer
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import IngestStore, IngestStoreError, StoreUnavailableError
 
 log = logging.getLogger("lane.uplink.cli")
 
@@ -36,6 +44,16 @@ def parse_broker(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--group", default="ingest", help="shared-subscription group of the workers")
     p.add_argument("--username", help=f"MQTT user (password from ${PASSWORD_ENV})")
-    p.add_argument("--stats-every", type=float, default=60.0, help="seconds between stat lines")
-    p.add_argument("--report", action="store_true", help="print the store's lanes and gaps, exit")
+    p.add_argument("--stats-every", type=positive, default=60.0, help="seconds between stats")
+    p.add_argument(
+        "--hole-after", type=positive, default=60.0, help="seconds a missing seq is a hole"
+    )
+    p.add_argument(
+        "--lock-timeout", type=positive, default=5.0, help="PostgreSQL lock wait bound (s)"
+    )
+    p.add_argument(
+        "--retry-max", type=positive, default=30.0, help="longest wait between store connects"
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics (off when unset)")
+    p.add_argument("--report", action="store_true", help="print lanes, epochs, gaps, conflicts")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -63,30 +92,93 @@ def open_store(args: argparse.Namespace) -> IngestStore:
         # psycopg is imported only when PostgreSQL is used.
         from uplink.pg import PostgresIngestStore  # noqa: PLC0415
 
-        return PostgresIngestStore(args.dsn, schema=args.schema)
+        store: IngestStore = PostgresIngestStore(
+            args.dsn, schema=args.schema, lock_timeout_s=args.lock_timeout
+        )
+        return store
     return SqliteIngestStore(args.db)
 
 
 def report(store: IngestStore) -> None:
+    """Per lane its epochs (base, prefix, gaps), then every conflict with both digests."""
+    gaps: dict[tuple[str, str], list[str]] = {}
     for lane in store.lanes():
-        gaps = store.gaps(lane)
+        epochs = store.epochs(lane)
+        for g in store.gaps(lane):
+            gaps.setdefault((lane, g.epoch), []).append(f"{g.first}-{g.last}")
+        print(f"{lane}\tcount={store.count(lane)}\tepochs={len(epochs)}")
+        for e in epochs:
+            print(
+                f"  epoch={e.epoch or '(before epochs)'}\tbase={e.base}\tcontiguous={e.contiguous}"
+                f"\tmax_seq={e.max_seq}\tgaps={','.join(gaps.get((lane, e.epoch), [])) or 'none'}"
+            )
+    conflicts = store.conflicts()
+    print(f"conflicts={len(conflicts)}")
+    for row in conflicts:
+        c = row.conflict
         print(
-            f"{lane}\tcount={store.count(lane)}\tcontiguous={store.contiguous(lane)}"
-            f"\tgaps={','.join(f'{a}-{b}' for a, b in gaps) or 'none'}"
+            f"  conflict\tlane={c.lane}\tepoch={c.epoch}\tseq={c.seq}\trecord_id={c.record_id}"
+            f"\theld_record_id={c.held_record_id}\tstored_digest={c.stored_digest}"
+            f"\toffered_digest={c.offered_digest}\tseen={row.count}"
         )
 
 
-async def serve(args: argparse.Namespace, store: IngestStore) -> None:
+async def connect_store(
+    args: argparse.Namespace, stop: asyncio.Event, backoff_min: float = 0.5
+) -> IngestStore | None:
+    """Open the store, retrying while the database refuses connections; None once stopped."""
+    delay = backoff_min
+    attempt = 0
+    while not stop.is_set():
+        attempt += 1
+        try:
+            return await asyncio.to_thread(open_store, args)
+        except StoreUnavailableError as exc:
+            log.warning(
+                "ingest store unavailable",
+                extra={"attempt": attempt, "error": str(exc).strip(), "retry_s": delay},
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, args.retry_max)
+    return None
+
+
+async def serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        store = await connect_store(args, stop)
+    except IngestStoreError as exc:
+        log.error("ingest cannot open the store", extra={"error": str(exc)})
+        return 1
+    if store is None:
+        return 0
+    try:
+        await _serve(args, store, stop)
+    finally:
+        store.close()
+    return 0
+
+
+async def _serve(args: argparse.Namespace, store: IngestStore, stop: asyncio.Event) -> None:
     host, port = args.broker
     creds = None
     if args.username:
         creds = Credentials(args.username, os.environ.get(PASSWORD_ENV, ""))
-    ingest = Ingest(store, group=args.group)
+    ingest = Ingest(store, group=args.group, hole_after_s=args.hole_after)
     link = ingest.make_link(host, port, f"ingest-{args.workers_name}", credentials=creds)
+    metrics = MetricsServer(ingest)
+    if args.metrics_port is not None:
+        try:
+            await metrics.start(args.metrics_host, args.metrics_port)
+        except OSError as exc:
+            log.error(
+                "ingest metrics not started",
+                extra={"host": args.metrics_host, "port": args.metrics_port, "error": str(exc)},
+            )
     tasks = [asyncio.create_task(link.run(), name="ingest-link")]
     tasks.append(asyncio.create_task(_stats(ingest, args.stats_every), name="ingest-stats"))
     log.info(
@@ -101,33 +193,37 @@ async def serve(args: argparse.Namespace, store: IngestStore) -> None:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await metrics.stop()
         log.info("ingest stopped", extra={"worker": args.workers_name, **vars(ingest.stats)})
 
 
 async def _stats(ingest: Ingest, every: float) -> None:
+    # The hole check rides on the stats timer: a hole shows within one period of `hole_after`.
+    tick = min(every, ingest.holes.after_s)
+    waited = 0.0
     while True:
-        await asyncio.sleep(every)
-        log.info("ingest stats", extra=vars(ingest.stats))
+        await asyncio.sleep(tick)
+        await ingest.check_holes()
+        waited += tick
+        if waited >= every:
+            waited = 0.0
+            log.info("ingest stats", extra=vars(ingest.stats))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `lane ingest`; argv excludes the subcommand name."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
-    try:
-        store = open_store(args)
-    except IngestStoreError as exc:
-        print(f"lane ingest: cannot open the store: {exc}", file=sys.stderr)
-        return 1
-    try:
-        if args.report:
+    setup_logging(args.log_level.upper(), worker=args.workers_name)
+    if args.report:
+        try:
+            store = open_store(args)
+        except IngestStoreError as exc:
+            print(f"lane ingest: cannot open the store: {exc}", file=sys.stderr)
+            return 1
+        try:
             report(store)
-            return 0
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(args, store))
+        finally:
+            store.close()
         return 0
-    finally:
-        store.close()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(args))

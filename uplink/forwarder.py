@@ -1,14 +1,16 @@
 """The lane's uplink forwarder: queue -> MQTT (QoS 1) -> back office, deleting only on its ack.
 
 Records leave in seq order, in batches, with at most `window` batches awaiting an ack. The back
-office answers `{upto}` on `uplink/{lane}/acks` after committing; only then does the forwarder
-delete (`queue.ack(upto)`). A batch without an ack is sent again after `ack_timeout`, backing
+office answers on `uplink/{lane}/acks` after committing, naming each record it holds by seq, id
+and content digest; only then does the forwarder delete, and only the records whose own id and
+digest the ack names (`queue.ack(held)`): a replayed, forged or confused ack deletes nothing the
+store does not hold. A batch without an ack is sent again after `ack_timeout`, backing
 off exponentially with jitter; a publish that fails (link down) is retried the same way. Resends
 are harmless because the ingest is idempotent by record id. Nothing is kept across restarts but
 the queue itself: the forwarder starts again from the oldest record on disk.
 
 Acks reach the forwarder through the owner of the MqttLink: route messages on `ack_topic` to
-`handle_ack(payload)` (or feed ints into the `acks` queue passed in).
+`handle_ack(payload)` (or feed decoded `Ack`s into the `acks` queue passed in).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from barrier.mqtt import LinkDown
 from barrier.topics import uplink_acks, uplink_records
 from barrier.wire import PayloadError
 from lane.ids import new_id
-from uplink.messages import decode_ack, encode_batch
+from uplink.messages import MAX_BATCH_RECORDS, Ack, Held, decode_ack, encode_batch
 from uplink.queue import QueueError, RecordQueue
 
 log = logging.getLogger("lane.uplink.forwarder")
@@ -51,6 +53,7 @@ class UplinkStatus:
     inflight_batches: int
     sent_batches: int
     resent_batches: int
+    refused: int = 0  # records the back office refused (a conflict): kept, offered again later
 
 
 @dataclass
@@ -59,6 +62,7 @@ class _Inflight:
     first_seq: int
     last_seq: int
     payload: bytes
+    pending: set[int]  # seqs of this batch not acknowledged yet
     due: float  # monotonic time at which it is (re)sent
     attempts: int = 0
 
@@ -70,7 +74,7 @@ class Forwarder:
         link: PublishLink,
         lane: str,
         *,
-        acks: asyncio.Queue[int] | None = None,
+        acks: asyncio.Queue[Ack] | None = None,
         batch_size: int = 100,
         window: int = 4,
         ack_timeout: float = 5.0,
@@ -82,10 +86,12 @@ class Forwarder:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        if not 1 <= batch_size <= MAX_BATCH_RECORDS:
+            raise ValueError(f"batch_size {batch_size} is not within 1..{MAX_BATCH_RECORDS}")
         self.queue = queue
         self.link = link
         self.lane = lane
-        self.acks: asyncio.Queue[int] = acks if acks is not None else asyncio.Queue()
+        self.acks: asyncio.Queue[Ack] = acks if acks is not None else asyncio.Queue()
         self.batch_size = batch_size
         self.window = window
         self.ack_timeout = ack_timeout
@@ -98,8 +104,9 @@ class Forwarder:
         self._rand = rand
         self._kick = asyncio.Event()
         self._inflight: list[_Inflight] = []
-        self._sent_upto = 0  # highest seq sent by this process: an ack never deletes beyond it
-        self._acked_upto = 0
+        self._sent_upto = 0  # highest seq sent by this process: the next batch starts after it
+        self._refused: set[int] = set()
+        self._reoffer_at: float | None = None  # when refused records are offered again
         self._link_epoch = -1
         self._last_ack_wall: float | None = None
         self.sent_batches = 0
@@ -127,7 +134,15 @@ class Forwarder:
         if ack.lane != self.lane:
             log.warning("uplink ack for another lane", extra={"lane": self.lane, "ack": ack.lane})
             return
-        self.acks.put_nowait(ack.upto)
+        if ack.epoch != self.queue.identity.epoch:
+            # An ack of a queue file this lane no longer has (restored or replaced): it cannot
+            # name our records, whatever its seqs say.
+            log.warning(
+                "uplink ack for another queue epoch",
+                extra={"lane": self.lane, "epoch": ack.epoch, "batch_id": ack.batch_id},
+            )
+            return
+        self.acks.put_nowait(ack)
 
     async def status(self) -> UplinkStatus:
         b = await asyncio.to_thread(self.queue.backlog)
@@ -142,11 +157,12 @@ class Forwarder:
             inflight_batches=len(self._inflight),
             sent_batches=self.sent_batches,
             resent_batches=self.resent_batches,
+            refused=len(self._refused),
         )
 
     async def run(self) -> None:
         """Forward forever (run as a task; cancel to stop)."""
-        getter: asyncio.Task[int] | None = None
+        getter: asyncio.Task[Ack] | None = None
         delay = self.backoff_min
         try:
             while True:
@@ -176,7 +192,7 @@ class Forwarder:
             if getter is not None:
                 getter.cancel()
 
-    async def _wait(self, getter: asyncio.Task[int]) -> None:
+    async def _wait(self, getter: asyncio.Task[Ack]) -> None:
         waits: set[asyncio.Future[Any]] = {getter, asyncio.ensure_future(self._kick.wait())}
         if not self.link.connected.is_set():
             waits.add(asyncio.ensure_future(self.link.connected.wait()))
@@ -193,10 +209,12 @@ class Forwarder:
 
     def _next_due(self) -> float:
         # The poll is a safety net for appends nobody announced with wake() (another process).
-        if not self._inflight:
+        dues = [b.due for b in self._inflight]
+        if self._reoffer_at is not None:
+            dues.append(self._reoffer_at)
+        if not dues:
             return self.poll_interval
-        due = min(b.due for b in self._inflight) - self._clock()
-        return max(0.0, min(due, self.poll_interval))
+        return max(0.0, min(min(dues) - self._clock(), self.poll_interval))
 
     def _note_reconnect(self) -> None:
         epoch = self.link.reconnects
@@ -210,19 +228,45 @@ class Forwarder:
             self._link_epoch = epoch
 
     async def _apply_acks(self) -> None:
-        upto = self._acked_upto
+        held: list[Held] = []
+        refused: list[Held] = []
         while not self.acks.empty():
-            upto = max(upto, self.acks.get_nowait())
-        # An ack can only confirm what this process sent (the back office acks its contiguous
-        # prefix, which after a restart may name records we have not sent again yet).
-        upto = min(upto, self._sent_upto)
-        if upto <= self._acked_upto:
+            ack = self.acks.get_nowait()
+            held.extend(ack.stored)
+            refused.extend(ack.refused)
+        if not held and not refused:
             return
-        deleted = await asyncio.to_thread(self.queue.ack, upto)
-        self._acked_upto = upto
+        deleted = set(await asyncio.to_thread(self.queue.ack, held)) if held else set()
         self._last_ack_wall = self._wall()
-        self._inflight = [b for b in self._inflight if b.last_seq > upto]
-        log.debug("uplink acked", extra={"lane": self.lane, "upto": upto, "deleted": deleted})
+        self._refused -= deleted
+        done = deleted | {h.seq for h in refused}
+        for b in self._inflight:
+            b.pending -= done
+        self._inflight = [b for b in self._inflight if b.pending]
+        if refused:
+            self._note_refused(refused)
+        log.debug(
+            "uplink acked",
+            extra={"lane": self.lane, "named": len(held), "deleted": len(deleted)},
+        )
+
+    def _note_refused(self, refused: list[Held]) -> None:
+        # The back office holds other content under these ids or seqs: the records stay in the
+        # queue (never deleted), leave the window so the rest of the lane's records flow, and
+        # are offered again after backoff_max, so they go through once the cause is resolved.
+        self._refused |= {h.seq for h in refused}
+        if self._reoffer_at is None:
+            self._reoffer_at = self._clock() + self.backoff_max
+        log.warning(
+            "uplink records refused by the back office",
+            extra={
+                "lane": self.lane,
+                "seqs": sorted(h.seq for h in refused)[:20],
+                "count": len(refused),
+                "refused_total": len(self._refused),
+                "reoffer_s": self.backoff_max,
+            },
+        )
 
     async def _send_due(self) -> None:
         for b in self._inflight:
@@ -230,9 +274,13 @@ class Forwarder:
                 await self._publish(b)
 
     async def _fill_window(self) -> None:
+        if self._reoffer_at is not None and self._clock() >= self._reoffer_at:
+            # Start again from the oldest record on disk: the refused ones (and any still in
+            # flight, a harmless duplicate) go out again.
+            self._reoffer_at = None
+            self._sent_upto = 0
         while len(self._inflight) < self.window:
-            after = max(self._sent_upto, self._acked_upto)
-            rows = await asyncio.to_thread(self.queue.batch, after, self.batch_size)
+            rows = await asyncio.to_thread(self.queue.batch, self._sent_upto, self.batch_size)
             if not rows:
                 return
             batch_id = new_id()
@@ -240,7 +288,8 @@ class Forwarder:
                 batch_id=batch_id,
                 first_seq=rows[0][0],
                 last_seq=rows[-1][0],
-                payload=encode_batch(self.lane, batch_id, rows),
+                payload=encode_batch(self.lane, self.queue.identity, batch_id, rows),
+                pending={seq for seq, _ in rows},
                 due=self._clock(),
             )
             self._inflight.append(b)

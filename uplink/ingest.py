@@ -1,11 +1,12 @@
 """The back-office ingest: MQTT batches in, one store transaction per batch, then the ack.
 
 Workers share the load through an MQTT 5 shared subscription (`$share/{group}/uplink/...`);
-they hold no state of their own, so any number can run side by side and a record resent by the
-lane lands on whichever worker, where the record-id key collapses it. A batch is acknowledged
-only after its transaction committed, and the ack names the lane's contiguous prefix in the
-store (see uplink.store): the lane deletes everything <= upto, so upto never covers a seq the
-store does not hold. Garbage, conflicting or unstorable batches are logged, counted and not
+they hold no state of their own but the hole watch, so any number can run side by side and a
+record resent by the lane lands on whichever worker, where the record-id key collapses it. A
+batch is acknowledged only after its transaction committed, and the ack names each record the
+store holds byte for byte (seq, id, SHA-256; see uplink.store): the lane deletes only those.
+Records the store refused (their id or seq is held with other content) are named as refused:
+the lane keeps them. Garbage, oversized and unstorable batches are logged, counted and not
 acknowledged; the lane keeps those records and sends them again.
 """
 
@@ -13,22 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from barrier.mqtt import Credentials, Incoming, LinkDown, MqttLink
 from barrier.topics import uplink_acks
 from barrier.wire import PayloadError
-from uplink.messages import Ack, Batch, decode_batch, encode_ack, lane_of
+from uplink.holes import HoleEvent, HoleState, HoleWatch
+from uplink.messages import Ack, Batch, Held, decode_batch, encode_ack, lane_of
 from uplink.records import Record
-from uplink.store import IngestRecord, IngestStore, IngestStoreError, SeqConflictError
+from uplink.store import IngestRecord, IngestStore, IngestStoreError, StoreBusyError, StoreResult
 
 log = logging.getLogger("lane.uplink.ingest")
 
-# Lane ids are `plaza/lane` (two topic levels); one-level ids are accepted too. The two filters
-# match disjoint topics, so a shared group receives each batch once.
-RECORD_FILTERS = ("uplink/+/records", "uplink/+/+/records")
+# Lane ids are `plaza/lane` (two topic levels, as lane/config.py requires): a client whose
+# user name is not a lane id can never be granted a lane's records topic by the per-lane ACL
+# pattern `uplink/%u/records` (deploy/mosquitto/plaza.acl).
+RECORD_FILTERS = ("uplink/+/+/records",)
+LANE_ID = re.compile(r"^[\w-]+/[\w-]+$")
 
 
 def shared_filters(group: str) -> list[tuple[str, int]]:
@@ -38,8 +43,8 @@ def shared_filters(group: str) -> list[tuple[str, int]]:
 def parse_batch(topic: str, payload: bytes) -> tuple[Batch, list[IngestRecord]]:
     """Decode and check one batch message; any inconsistency raises PayloadError."""
     lane = lane_of(topic, "records")
-    if lane is None:
-        raise PayloadError(f"not an uplink records topic: {topic!r}")
+    if lane is None or not LANE_ID.match(lane):
+        raise PayloadError(f"not a lane's uplink records topic: {topic!r}")
     batch = decode_batch(payload)
     if batch.lane != lane:
         raise PayloadError(f"batch names lane {batch.lane!r} but came on {topic!r}")
@@ -76,25 +81,42 @@ class IngestStats:
     records: int = 0
     duplicates: int = 0
     rejected: int = 0
-    conflicts: int = 0
+    conflicts: int = 0  # records refused: their id or seq is held with other content
+    epoch_changes: int = 0
     store_errors: int = 0
+    busy_retries: int = 0
     acks_sent: int = 0
     ack_failures: int = 0
-    gap_reports: int = 0
+    reorders: int = 0
+    holes: int = 0
 
 
 class Ingest:
+    """`hole_after_s`: a seq still missing this long after it was first seen missing is
+    reported as a hole; `busy_retries`: how often a batch that met a lock or statement timeout
+    is tried again (after `busy_backoff_s`, doubling) before it is left to the lane's resend."""
+
     def __init__(
         self,
         store: IngestStore,
         *,
         group: str = "ingest",
+        hole_after_s: float = 60.0,
+        busy_retries: int = 3,
+        busy_backoff_s: float = 0.5,
         wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store = store
         self.group = group
         self.stats = IngestStats()
+        self.holes = HoleWatch(hole_after_s)
+        self.busy_retries = busy_retries
+        self.busy_backoff_s = busy_backoff_s
         self._wall = wall
+        self._clock = clock
+        self._sleep = sleep
         self._link: MqttLink | None = None
 
     @property
@@ -124,34 +146,125 @@ class Ingest:
             batch, records = parse_batch(msg.topic, msg.payload)
         except PayloadError as exc:
             self.stats.rejected += 1
-            log.error("uplink batch rejected", extra={"topic": msg.topic, "error": str(exc)})
+            log.error(
+                "uplink batch rejected",
+                extra={"topic": msg.topic, "bytes": len(msg.payload), "error": str(exc)},
+            )
             return
-        now_us = int(self._wall() * 1_000_000)
-        try:
-            result = await asyncio.to_thread(self.store.store_batch, batch.lane, records, now_us)
-        except SeqConflictError as exc:
-            self.stats.conflicts += 1
-            log.error("uplink batch conflicts", extra={**_ctx(batch), "error": str(exc)})
-            return
-        except IngestStoreError as exc:
-            self.stats.store_errors += 1
-            log.error("uplink batch not stored", extra={**_ctx(batch), "error": str(exc)})
+        result = await self._store(batch, records)
+        if result is None:
             return
         self.stats.batches += 1
         self.stats.records += result.inserted
         self.stats.duplicates += result.duplicates
-        if result.contiguous < batch.last_seq:
-            self.stats.gap_reports += 1
-            log.warning(
-                "uplink sequence gap",
+        self._report(batch, result)
+        refused = tuple(
+            Held(c.seq, c.record_id, bytes.fromhex(c.offered_digest)) for c in result.conflicts
+        )
+        if result.held or refused:
+            await self._ack(
+                Ack(batch.lane, batch.queue.epoch, batch.batch_id, result.held, refused)
+            )
+
+    async def _store(self, batch: Batch, records: list[IngestRecord]) -> StoreResult | None:
+        delay = self.busy_backoff_s
+        for attempt in range(1, self.busy_retries + 2):
+            now_us = int(self._wall() * 1_000_000)
+            try:
+                return await asyncio.to_thread(
+                    self.store.store_batch, batch.lane, batch.queue, records, now_us
+                )
+            except StoreBusyError as exc:
+                last = attempt > self.busy_retries
+                self.stats.busy_retries += 0 if last else 1
+                log.warning(
+                    "uplink store busy",
+                    extra={
+                        **_ctx(batch),
+                        "attempt": attempt,
+                        "error": str(exc),
+                        "retry_s": None if last else delay,
+                    },
+                )
+                if last:
+                    break
+                await self._sleep(delay)
+                delay *= 2
+            except IngestStoreError as exc:
+                log.error("uplink batch not stored", extra={**_ctx(batch), "error": str(exc)})
+                break
+        # Not acknowledged: the lane keeps the batch and sends it again.
+        self.stats.store_errors += 1
+        return None
+
+    def _report(self, batch: Batch, result: StoreResult) -> None:
+        for c in result.conflicts:
+            self.stats.conflicts += 1
+            log.error(
+                "uplink record conflict",
                 extra={
                     **_ctx(batch),
-                    "missing_from": result.contiguous + 1,
-                    "held_upto": result.max_seq,
+                    "seq": c.seq,
+                    "record_id": c.record_id,
+                    "held_record_id": c.held_record_id,
+                    "stored_digest": c.stored_digest,
+                    "offered_digest": c.offered_digest,
                 },
             )
-        if result.contiguous >= 1:
-            await self._ack(Ack(batch.lane, result.contiguous, batch.batch_id))
+        if result.new_epoch and result.other_epochs:
+            self.stats.epoch_changes += 1
+            log.warning(
+                "uplink lane queue epoch changed",
+                extra={
+                    **_ctx(batch),
+                    "base": batch.queue.base,
+                    "previous_epochs": list(result.other_epochs),
+                },
+            )
+        events = self.holes.observe(
+            batch.lane, batch.queue.epoch, result.contiguous, result.max_seq, self._clock()
+        )
+        self._log_holes(events)
+
+    async def check_holes(self) -> None:
+        """Report holes that have now been missing for `hole_after_s` (call periodically).
+
+        Each open hole is first refreshed from the store: with several workers, the batch that
+        fills a hole is often committed by another worker, and this one must not report it."""
+        events: list[HoleEvent] = []
+        for lane, epoch in self.holes.open_keys():
+            try:
+                infos = await asyncio.to_thread(self.store.epochs, lane)
+            except IngestStoreError as exc:
+                log.warning(
+                    "uplink hole check failed",
+                    extra={"lane": lane, "epoch": epoch, "error": str(exc)},
+                )
+                continue
+            for e in infos:
+                if e.epoch == epoch:
+                    events += self.holes.observe(
+                        lane, epoch, e.contiguous, e.max_seq, self._clock()
+                    )
+        self._log_holes(events + self.holes.due(self._clock()))
+
+    def _log_holes(self, events: list[HoleEvent]) -> None:
+        for e in events:
+            fields = {
+                "lane": e.lane,
+                "epoch": e.epoch,
+                "missing_from": e.missing_from,
+                "held_upto": e.held_upto,
+                "missing_for_s": e.missing_for_s,
+            }
+            if e.state is HoleState.REORDERED:
+                self.stats.reorders += 1
+                log.debug("uplink batch out of order", extra=fields)
+            elif e.state is HoleState.HOLE:
+                self.stats.holes += 1
+                log.warning("uplink sequence hole", extra=fields)
+            else:
+                log.info("uplink sequence hole filled", extra=fields)
 
     async def _ack(self, ack: Ack) -> None:
         if self._link is None:
@@ -163,7 +276,7 @@ class Ingest:
             self.stats.ack_failures += 1
             log.warning(
                 "uplink ack not sent",
-                extra={"lane": ack.lane, "upto": ack.upto, "error": str(exc)},
+                extra={"lane": ack.lane, "batch_id": ack.batch_id, "error": str(exc)},
             )
             return
         self.stats.acks_sent += 1
@@ -172,6 +285,7 @@ class Ingest:
 def _ctx(batch: Batch) -> dict[str, object]:
     return {
         "lane": batch.lane,
+        "epoch": batch.queue.epoch,
         "batch_id": batch.batch_id,
         "first_seq": batch.first_seq,
         "last_seq": batch.last_seq,

@@ -1,10 +1,12 @@
 """The PostgreSQL back-office store (psycopg 3): the same logic as SQLite, for many workers.
 
-Each worker holds its own connection. The batches of one lane are serialised by a row lock on
-the lane's row (`SELECT ... FOR UPDATE`), so two workers committing neighbouring batches of the
-same lane both see each other's rows when they compute the contiguous prefix; batches of
-different lanes proceed in parallel. Tables live in their own schema (default `lane_ingest`).
-A broken connection is reopened on the next call; the batch that hit it is not acknowledged.
+Each worker holds its own connection. The batches of one queue epoch are serialised by a row
+lock on its `epochs` row (`SELECT ... FOR UPDATE`), so two workers committing neighbouring
+batches of the same lane both see each other's rows when they classify records and compute the
+contiguous prefix; batches of different lanes proceed in parallel. Lock waits and statements
+are bounded (`lock_timeout`, `statement_timeout`). Tables live in their own schema (default
+`lane_ingest`). A broken connection is reopened on the next call; the batch that hit it is not
+acknowledged.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from contextlib import contextmanager
 
 import psycopg
 
-from uplink.store import Cursor, IngestStoreError, SeqConflictError, SqlIngestStore
+from uplink.sql_store import Cursor, SqlIngestStore
+from uplink.store import IngestStoreError, StoreBusyError, StoreUnavailableError
 
 log = logging.getLogger("lane.uplink.pg")
 
@@ -27,50 +30,77 @@ _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 def _schema_sql(schema: str) -> tuple[str, ...]:
     return (
         f"CREATE SCHEMA IF NOT EXISTS {schema}",
+        # A schema written by the version-1 store (seqs per lane, a `lanes` table) is migrated
+        # in place: its records keep the empty epoch ''.
+        f"ALTER TABLE IF EXISTS {schema}.records ADD COLUMN IF NOT EXISTS"
+        " epoch TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE IF EXISTS {schema}.records DROP CONSTRAINT IF EXISTS records_lane_seq_key",
         f"CREATE TABLE IF NOT EXISTS {schema}.records ("
-        " record_id TEXT PRIMARY KEY, lane TEXT NOT NULL, seq BIGINT NOT NULL,"
+        " record_id TEXT PRIMARY KEY, lane TEXT NOT NULL, epoch TEXT NOT NULL, seq BIGINT NOT NULL,"
         " ts_us BIGINT NOT NULL, kind TEXT NOT NULL, amount_minor BIGINT NOT NULL,"
-        " currency TEXT NOT NULL, data BYTEA NOT NULL, ingested_us BIGINT NOT NULL,"
-        " UNIQUE (lane, seq))",
-        f"CREATE TABLE IF NOT EXISTS {schema}.lanes ("
-        " lane TEXT PRIMARY KEY, contiguous BIGINT NOT NULL DEFAULT 0,"
-        " max_seq BIGINT NOT NULL DEFAULT 0)",
+        " currency TEXT NOT NULL, data BYTEA NOT NULL, ingested_us BIGINT NOT NULL)",
+        f"CREATE UNIQUE INDEX IF NOT EXISTS records_lane_epoch_seq ON {schema}.records"
+        " (lane, epoch, seq)",
+        f"CREATE TABLE IF NOT EXISTS {schema}.epochs ("
+        " lane TEXT NOT NULL, epoch TEXT NOT NULL, base BIGINT NOT NULL,"
+        " contiguous BIGINT NOT NULL, max_seq BIGINT NOT NULL, first_us BIGINT NOT NULL,"
+        " PRIMARY KEY (lane, epoch))",
+        f"CREATE TABLE IF NOT EXISTS {schema}.conflicts ("
+        " lane TEXT NOT NULL, epoch TEXT NOT NULL, seq BIGINT NOT NULL, record_id TEXT NOT NULL,"
+        " held_record_id TEXT NOT NULL, stored_digest TEXT NOT NULL,"
+        " offered_digest TEXT NOT NULL, count BIGINT NOT NULL, first_us BIGINT NOT NULL,"
+        " last_us BIGINT NOT NULL, PRIMARY KEY (record_id, offered_digest))",
+        f"DO $$ BEGIN IF to_regclass('{schema}.lanes') IS NOT NULL THEN"
+        f" INSERT INTO {schema}.epochs SELECT lane, '', 0, contiguous, max_seq, 0"
+        f" FROM {schema}.lanes ON CONFLICT DO NOTHING; DROP TABLE {schema}.lanes; END IF; END $$",
     )
 
 
 class PostgresIngestStore(SqlIngestStore):
+    """`lock_timeout_s` bounds the wait for a row or table lock held by another transaction and
+    `statement_timeout_s` any one statement: a batch that hits either is refused with
+    StoreBusyError (the ingest retries it) instead of stalling the worker without a word."""
+
     param = "%s"
     lock_suffix = " FOR UPDATE"
 
-    def __init__(self, dsn: str, schema: str = "lane_ingest", connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        schema: str = "lane_ingest",
+        connect_timeout: float = 5.0,
+        lock_timeout_s: float = 5.0,
+        statement_timeout_s: float = 30.0,
+    ) -> None:
         if not _IDENT.match(schema):
             raise IngestStoreError(f"invalid schema name {schema!r}")
         self.dsn = dsn
         self.schema = schema
-        self.records_table = f"{schema}.records"
-        self.lanes_table = f"{schema}.lanes"
+        self.prefix = f"{schema}."
         self._connect_timeout = connect_timeout
+        self._options = (
+            f"-c lock_timeout={int(lock_timeout_s * 1000)}"
+            f" -c statement_timeout={int(statement_timeout_s * 1000)}"
+        )
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
-        with self._lock:
-            conn = self._connection()
-            try:
-                with conn.transaction(), conn.cursor() as cur:
-                    # Two workers starting together would race on CREATE IF NOT EXISTS.
-                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
-                    for stmt in _schema_sql(schema):
-                        cur.execute(stmt)
-            except psycopg.Error as exc:
-                raise IngestStoreError(f"postgres schema {schema}: {exc}") from exc
+        with self._transaction() as cur:
+            # Two workers starting together would race on CREATE IF NOT EXISTS.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
+            for stmt in _schema_sql(schema):
+                cur.execute(stmt)
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             try:
                 self._conn = psycopg.connect(
-                    self.dsn, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self._connect_timeout)),
+                    options=self._options,
                 )
             except psycopg.Error as exc:
-                raise IngestStoreError(f"postgres unreachable: {exc}") from exc
+                raise StoreUnavailableError(f"postgres unreachable: {exc}") from exc
         return self._conn
 
     @contextmanager
@@ -80,8 +110,8 @@ class PostgresIngestStore(SqlIngestStore):
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     yield cur
-            except psycopg.errors.UniqueViolation as exc:
-                raise SeqConflictError(f"postgres: seq held by another record id: {exc}") from exc
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+                raise StoreBusyError(f"postgres: {_first_line(exc)}") from exc
             except psycopg.Error as exc:
                 raise IngestStoreError(f"postgres: {exc}") from exc
 
@@ -100,3 +130,7 @@ class PostgresIngestStore(SqlIngestStore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

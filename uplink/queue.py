@@ -21,13 +21,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from barrier.wire import PayloadError
-from lane.ids import uuid7
+from lane.ids import new_id, uuid7
+from uplink.messages import Held, QueueIdentity, digest
 from uplink.records import Record, RecordDraft
 
 log = logging.getLogger("lane.uplink.queue")
@@ -104,9 +105,21 @@ def _add_paid_v2(db: sqlite3.Connection) -> None:
             )
 
 
+def _add_epoch_v3(db: sqlite3.Connection) -> None:
+    """The queue's identity, made with the file: a queue file that replaces another one (a
+    restore, a new disk) restarts its seq at 1 under a new epoch, so the back office stores its
+    records beside the old ones instead of taking them for conflicts. A file migrated from v2
+    keeps its seq; its epoch begins at its oldest record still queued (`base` is the seq before
+    it): every seq below was acknowledged, so the back office holds it already."""
+    last = int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
+    oldest = db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
+    base = last if oldest is None else int(oldest) - 1
+    db.execute("INSERT INTO meta VALUES ('epoch', ?), ('base', ?)", (new_id(), base))
+
+
 # MIGRATIONS[n] upgrades a database at user_version n to n + 1. Records are never re-encoded by a
 # migration: an older record format stays in the queue as bytes and is forwarded unchanged.
-MIGRATIONS: dict[int, Migration] = {0: _create_v1, 1: _add_paid_v2}
+MIGRATIONS: dict[int, Migration] = {0: _create_v1, 1: _add_paid_v2, 2: _add_epoch_v3}
 
 
 def migrate(db: sqlite3.Connection, path: Path, steps: Mapping[int, Migration] = MIGRATIONS) -> int:
@@ -186,6 +199,7 @@ class RecordQueue:
             self._refuse_newer(max(migrations) + 1)  # before WAL: a refused file stays as it was
             self._configure(sqlite_pragmas or {})
             migrate(self._db, self.path, migrations)
+            self.identity = self._identity()
             self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         except sqlite3.Error as exc:
             self._db.close()
@@ -262,6 +276,12 @@ class RecordQueue:
             raise QueueCorrupt(self.path, "queue file has no lane id")
         if row[0] != self.lane:
             raise QueueError(self.path, f"queue belongs to lane {row[0]!r}, not {self.lane!r}")
+
+    def _identity(self) -> QueueIdentity:
+        rows = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('epoch', 'base')"))
+        if "epoch" not in rows:
+            raise QueueCorrupt(self.path, "queue file has no epoch")
+        return QueueIdentity(str(rows["epoch"]), int(rows["base"]))
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
@@ -356,30 +376,35 @@ class RecordQueue:
             ).fetchall()
         return [(int(seq), bytes(data)) for seq, data in rows]
 
-    def ack(self, upto_seq: int) -> int:
-        """Delete the acknowledged records (seq <= upto_seq); return how many were deleted."""
+    def ack(self, held: Sequence[Held]) -> list[int]:
+        """Delete the records the back office holds: only a record whose seq, id and content
+        digest are all named by `held`. Return the seqs deleted."""
+        deleted: list[int] = []
         with self._locked() as db:
             db.execute("BEGIN IMMEDIATE")
-            cur = db.execute("DELETE FROM records WHERE seq <= ?", (upto_seq,))
+            for h in held:
+                row = db.execute(
+                    "SELECT record_id, data FROM records WHERE seq=?", (h.seq,)
+                ).fetchone()
+                if row is not None and row[0] == h.record_id and digest(row[1]) == h.digest:
+                    db.execute("DELETE FROM records WHERE seq=?", (h.seq,))
+                    deleted.append(h.seq)
             horizon = int(self._wall() * 1_000_000) - PAID_RETENTION_US
             db.execute("DELETE FROM paid WHERE ts_us < ?", (horizon,))
             db.execute("COMMIT")
-        return int(cur.rowcount)
+        return deleted
 
     def backlog(self) -> Backlog:
         with self._locked() as db:
-            # ack deletes a prefix, so what is left is the contiguous range [first, last].
-            first = db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
-            if first is None:
-                count, oldest = 0, None
-            else:
-                last = db.execute("SELECT MAX(seq) FROM records").fetchone()[0]
-                count = int(last) - int(first) + 1
+            # Batches are acknowledged one by one, in any order: what is left may have holes.
+            count, first = db.execute("SELECT COUNT(*), MIN(seq) FROM records").fetchone()
+            oldest = None
+            if first is not None:
                 oldest = int(
                     db.execute("SELECT ts_us FROM records WHERE seq=?", (first,)).fetchone()[0]
                 )
             used = self._used(db)
-        return Backlog(count, oldest, used, used >= self.high_water * self.max_bytes)
+        return Backlog(int(count), oldest, used, used >= self.high_water * self.max_bytes)
 
     def last_seq(self) -> int:
         with self._locked() as db:

@@ -37,7 +37,9 @@ from lane.auth.wechatpay import WeChatPayClient
 from lane.config import AuthSection, ConfigError, load_config
 from lane.log import setup_logging
 from uplink.records import Record
-from uplink.store import IngestStoreError, SqlIngestStore, SqliteIngestStore
+from uplink.sql_store import SqlIngestStore
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import IngestStoreError
 
 log = logging.getLogger("lane.reconcile")
 FETCH_TIMEOUT_S = 60.0

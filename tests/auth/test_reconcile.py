@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,9 +19,11 @@ from lane.auth.alipay_wire import beijing_time
 from lane.auth.reconcile import Finding, RecordedPayment, reconcile
 from lane.auth.reconcile_cli import day_of, fetch_wechat, main
 from sim.network_bills import BillRow, alipay_bill_zip, wechat_bill_text
+from uplink.messages import QueueIdentity
 from uplink.pg import PostgresIngestStore
 from uplink.records import AuthInfo, Record, RecordDraft
-from uplink.store import IngestRecord, IngestStoreError, SqliteIngestStore
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import IngestRecord
 
 Keys = dict[str, Any]  # name -> conftest.KeyPair
 DAY = day_of("2026-11-30")
@@ -190,7 +190,7 @@ def write_store(path: Path, records: list[Record]) -> None:
         for r in records:
             by_lane.setdefault(r.lane, []).append(ingest_record(r))
         for lane, batch in by_lane.items():
-            store.store_batch(lane, batch, int(time.time() * 1e6))
+            store.store_batch(lane, QueueIdentity("test"), batch, int(time.time() * 1e6))
     finally:
         store.close()
 
@@ -331,27 +331,20 @@ async def test_a_bill_larger_than_an_api_answer_is_fetched(wechat_gateway: Any) 
 
 
 def test_lane_reconcile_reads_a_postgresql_back_office(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pg_dsn: str
 ) -> None:
-    dsn = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=2"
-    schema = f"t_reconcile_{uuid.uuid4().hex[:10]}"
-    try:
-        store = PostgresIngestStore(dsn, schema=schema)
-    except IngestStoreError as exc:
-        pytest.skip(f"PostgreSQL unreachable at 127.0.0.1:5432: {exc}")
+    store = PostgresIngestStore(pg_dsn)
     try:
         paid = [record(i, f"pay_{i:032x}", 450, f"wechat:{i:02d}") for i in (1, 2)]
         recs = [Record(r.record_id, r.lane, r.seq, NOON_US, r.draft) for r in paid]
-        store.store_batch("p07/l03", [ingest_record(r) for r in recs], 0)
+        store.store_batch("p07/l03", QueueIdentity("test"), [ingest_record(r) for r in recs], 0)
         rows = [BillRow(f"{1:032x}", "t1", "p07/l03", 450, NOON_US / 1e6)]  # the second: none
         bill = tmp_path / "w.csv"
         bill.write_text(wechat_bill_text("1900000100", "wx1", rows))
-        argv = ["--date", "2026-11-30", "--dsn", dsn, "--schema", schema, "--json"]
+        argv = ["--date", "2026-11-30", "--dsn", pg_dsn, "--json"]
         assert main([*argv, "--wechat-bill", str(bill)]) == 1
         (lane,) = json.loads(capsys.readouterr().out)["lanes"]
         assert lane["matched"] == 1
         assert [d["record_id"] for d in lane["discrepancies"]] == ["rec-2"]
     finally:
         store.close()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

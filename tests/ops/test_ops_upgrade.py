@@ -22,7 +22,8 @@ from lane.auth.replay import MIGRATED_KEEP_S, ReplayStore, ReplayStoreError
 from lane.auth.replay import MIGRATIONS as REPLAY_MIGRATIONS
 from sim.broker import Mosquitto
 from uplink.forwarder import Forwarder
-from uplink.messages import Ack, decode_batch, encode_ack
+from uplink.messages import Ack, Held, decode_batch, encode_ack
+from uplink.messages import digest as record_digest
 from uplink.queue import MIGRATIONS as QUEUE_MIGRATIONS
 from uplink.queue import QueueError, RecordQueue
 from uplink.records import AuthInfo, Record, RecordDraft
@@ -94,7 +95,13 @@ async def test_a_v1_queue_is_migrated_and_its_records_forwarded_byte_for_byte(
         decoded = [Record.decode(data) for data in batch.records]  # the back office reads them
         assert [r.seq for r in decoded] == [5, 6, 7]
 
-        forwarder.handle_ack(encode_ack(Ack(LANE, 7)))
+        # The epoch the upgrade gave the queue begins at its oldest queued record.
+        assert batch.queue == queue.identity and queue.identity.base == 4
+        held = tuple(
+            Held(r.seq, r.record_id, record_digest(d))
+            for r, d in zip(decoded, batch.records, strict=True)
+        )
+        forwarder.handle_ack(encode_ack(Ack(LANE, batch.queue.epoch, batch.batch_id, held)))
 
         async def drained() -> bool:
             return (await forwarder.status()).backlog == 0
@@ -161,3 +168,24 @@ def test_a_newer_file_in_rollback_mode_is_refused_untouched(fixture: str, tmp_pa
         else:
             ReplayStore(path)
     assert digest(path) == before
+
+
+def test_a_v2_queue_gets_its_identity_and_keeps_its_records_and_payments(tmp_path: Path) -> None:
+    path = tmp_path / "queue.sqlite3"
+    shutil.copy(FIXTURES / "queue_v2.sqlite", path)
+    before = stored(path)
+    assert user_version(path) == 2
+    with RecordQueue(path, LANE, 10**8) as queue:
+        assert user_version(path) == max(QUEUE_MIGRATIONS) + 1
+        assert stored(path) == before  # never re-encoded
+        # The epoch begins at the oldest queued record: 1..4 were acknowledged before.
+        assert queue.identity.epoch and queue.identity.base == 4
+        assert queue.recorded_paid("pay-7")
+        assert (
+            queue.append(
+                RecordDraft("toll", "veh-8", 2, 290, "EUR", "token", "acct", AuthInfo("approved"))
+            ).seq
+            == 8
+        )
+    with RecordQueue(path, LANE, 10**8) as again:
+        assert again.identity == queue.identity  # made once, kept

@@ -1,37 +1,16 @@
-"""Fixtures of the uplink tests: back-office stores (SQLite, and PostgreSQL when reachable)."""
+"""Fixtures of the uplink tests: back-office stores (SQLite, and PostgreSQL in a database of the
+test's own on the session's server)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from uplink.pg import PostgresIngestStore
-from uplink.store import IngestStore, SqliteIngestStore
-
-PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=2"
-
-
-@pytest.fixture(scope="session")
-def pg_dsn() -> str:
-    try:
-        with psycopg.connect(PG_DSN) as conn:
-            conn.execute("SELECT 1")
-    except Exception as exc:  # any failure to reach it means: skip, not fail
-        pytest.skip(f"PostgreSQL unreachable at 127.0.0.1:5432: {exc}")
-    return PG_DSN
-
-
-@pytest.fixture
-def pg_schema(pg_dsn: str) -> Iterator[str]:
-    """A unique schema name, dropped after the test."""
-    schema = f"t_uplink_{uuid.uuid4().hex[:10]}"
-    yield schema
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import IngestStore
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -46,10 +25,9 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ty
             return made[-1]
     else:
         dsn = request.getfixturevalue("pg_dsn")
-        schema = request.getfixturevalue("pg_schema")
 
         def make() -> IngestStore:
-            made.append(PostgresIngestStore(dsn, schema=schema))
+            made.append(PostgresIngestStore(dsn))
             return made[-1]
 
     yield make  # type: ignore[misc]

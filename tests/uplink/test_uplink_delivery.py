@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from uplink_kit import (
+    Q,
     Worker,
     append_then_kill,
     draft,
@@ -20,6 +21,7 @@ from uplink_kit import (
     eventually,
     fast_link,
     lane_side,
+    queued,
     reconcile,
     start_lane,
     worker,
@@ -32,7 +34,8 @@ from sim.broker import Mosquitto, running_mosquitto
 from uplink.ingest import Ingest
 from uplink.messages import Ack, encode_ack, encode_batch
 from uplink.queue import QueueDiskFull, QueueFull, RecordQueue
-from uplink.store import IngestStore, SqliteIngestStore
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import IngestStore
 
 Factory = Callable[[], IngestStore]
 
@@ -244,8 +247,9 @@ async def test_garbage_batches_are_counted_not_acked_and_the_worker_survives(
         bad = [
             b"\xff\x00garbage",
             pack({"lane": lane_id}),
-            encode_batch(lane_id, "b1", [(1, b"not a record")]),
-            encode_batch("other/lane", "b2", [(1, b"x")]),
+            encode_batch(lane_id, Q, "b1", [(1, b"not a record")]),
+            encode_batch("other/lane", Q, "b2", [(1, b"x")]),
+            encode_batch(lane_id, Q, "b3", [(1, b"x" * 10_000_000)]),  # a 10 MB record
         ]
         for payload in bad:
             await spy.publish(topic, payload)
@@ -296,9 +300,14 @@ async def test_window_bounds_unacked_batches_and_bad_acks_are_ignored(
         await asyncio.sleep(0.1)
         assert len(seen) == 3  # no ack: nothing more goes out
         side.forwarder.handle_ack(b"garbage")
-        side.forwarder.handle_ack(encode_ack(Ack("other/lane", 100)))
-        # An ack beyond what was sent must not delete unsent records.
-        side.forwarder.handle_ack(encode_ack(Ack(lane_id, 100)))
+        epoch = side.queue.identity.epoch
+        sent = tuple(queued(side.queue, 30))
+        side.forwarder.handle_ack(encode_ack(Ack("other/lane", epoch, "x", sent)))
+        side.forwarder.handle_ack(encode_ack(Ack(lane_id, "another-epoch", "x", sent)))
+        side.forwarder.handle_ack(pack({"lane": lane_id, "upto": 100}))  # a bare seq: refused
+        await asyncio.sleep(0.05)
+        assert side.queue.backlog().count == 100
+        side.forwarder.handle_ack(encode_ack(Ack(lane_id, epoch, "x", sent)))
         await eventually(lambda: side.queue.backlog().count == 70, what="ack of the window")
         await eventually(lambda: len(seen) == 6, what="the next window")
         assert side.queue.last_seq() == 100

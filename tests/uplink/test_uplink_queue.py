@@ -6,9 +6,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from uplink_kit import append_then_kill, draft
+from uplink_kit import append_then_kill, draft, queued
 
 from barrier.wire import pack, unpack
+from uplink.messages import Held, digest
 from uplink.queue import (
     MIGRATIONS,
     QueueCorrupt,
@@ -63,13 +64,40 @@ def test_ack_deletes_only_acknowledged_and_backlog_follows(tmp_path: Path) -> No
         recs = [q.append(draft(i)) for i in range(5)]
         assert q.backlog().count == 5
         assert q.backlog().oldest_ts_us == recs[0].ts_us
-        assert q.ack(3) == 3
-        assert q.ack(3) == 0  # repeated ack is harmless
+        first3 = queued(q, 3)
+        assert q.ack(first3) == [1, 2, 3]
+        assert q.ack(first3) == []  # repeated ack is harmless
         b = q.backlog()
         assert (b.count, b.oldest_ts_us) == (2, recs[3].ts_us)
         assert [s for s, _ in q.batch(0, 10)] == [4, 5]
-        q.ack(99)
+        q.ack(queued(q))
         assert q.backlog().count == 0 and q.backlog().oldest_ts_us is None
+
+
+def test_ack_deletes_a_record_only_for_its_own_id_and_content(tmp_path: Path) -> None:
+    with RecordQueue(tmp_path / "q.sqlite", LANE, 10_000_000) as q:
+        recs = [q.append(draft(i)) for i in range(4)]
+        exact = {h.seq: h for h in queued(q)}
+        other_id = Held(1, "some-other-record", exact[1].digest)
+        other_content = Held(2, recs[1].record_id, digest(b"another version"))
+        wrong_seq = Held(4, recs[2].record_id, exact[3].digest)
+        assert q.ack([other_id, other_content, wrong_seq]) == []
+        assert q.backlog().count == 4
+        # Out of order, with holes: each named record goes, nothing else.
+        assert q.ack([exact[3]]) == [3]
+        assert [s for s, _ in q.batch(0, 10)] == [1, 2, 4]
+        b = q.backlog()
+        assert (b.count, b.oldest_ts_us) == (3, recs[0].ts_us)
+
+
+def test_a_new_queue_has_its_own_epoch_kept_across_reopening(tmp_path: Path) -> None:
+    with RecordQueue(tmp_path / "a.sqlite", LANE, 10_000_000) as q:
+        a = q.identity
+    with RecordQueue(tmp_path / "a.sqlite", LANE, 10_000_000) as q:
+        assert q.identity == a
+    with RecordQueue(tmp_path / "b.sqlite", LANE, 10_000_000) as q:
+        assert q.identity.epoch != a.epoch  # a replacement file is a new epoch
+        assert q.identity.base == 0 == a.base
 
 
 def test_seq_never_goes_back_after_everything_is_acked_and_reopened(tmp_path: Path) -> None:
@@ -77,7 +105,7 @@ def test_seq_never_goes_back_after_everything_is_acked_and_reopened(tmp_path: Pa
     with RecordQueue(path, LANE, 10_000_000) as q:
         for i in range(3):
             q.append(draft(i))
-        q.ack(3)
+        q.ack(queued(q))
     with RecordQueue(path, LANE, 10_000_000) as q:
         assert q.last_seq() == 3
         assert q.append(draft(9)).seq == 4
@@ -96,7 +124,7 @@ def test_queue_full_refuses_and_keeps_everything(tmp_path: Path) -> None:
         assert q.backlog().high_water_reached
         assert [Record.decode(d) for _, d in q.batch(0, 100_000)] == written
         assert q.last_seq() == len(written)  # the refused append used no seq
-        q.ack(len(written))  # the back office caught up: room again
+        q.ack(queued(q))  # the back office caught up: room again
         assert not q.backlog().high_water_reached
         assert q.append(draft(0)).seq == len(written) + 1
 
@@ -234,3 +262,23 @@ def test_unwritable_directory_is_a_queue_error(tmp_path: Path) -> None:
     with pytest.raises(QueueError) as err:
         RecordQueue(blocker / "q.sqlite", LANE, 10_000_000)
     assert "q.sqlite" in str(err.value)
+
+
+def test_a_v2_queue_gets_an_epoch_beginning_at_its_oldest_queued_record(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    with RecordQueue(path, LANE, 10_000_000) as q:
+        for i in range(6):
+            q.append(draft(i))
+        q.ack(queued(q, 3))  # 1..3 acknowledged under the old contract: the back office has them
+        before = q.batch(0, 10)
+    db = sqlite3.connect(path)  # back to the v2 layout: no queue identity
+    db.execute("DELETE FROM meta WHERE key IN ('epoch', 'base')")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    with RecordQueue(path, LANE, 10_000_000) as q:
+        assert q.identity.base == 3 and q.identity.epoch
+        assert q.batch(0, 10) == before  # never re-encoded
+        assert q.append(draft(7)).seq == 7
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == max(MIGRATIONS) + 1

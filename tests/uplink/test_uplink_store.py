@@ -1,75 +1,128 @@
+"""The back-office store: what it holds byte for byte (the ack), duplicates, conflicts, epochs,
+prefix and gaps, against SQLite and a real PostgreSQL (a database of the test's own)."""
+
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
+import psycopg
 import pytest
-from uplink_kit import recs
+from uplink_kit import Q, held, recs
 
-from uplink.store import IngestStore, SeqConflictError
+from uplink.messages import QueueIdentity, digest
+from uplink.pg import PostgresIngestStore
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import Gap, IngestStore, IngestStoreError, StoreBusyError
 
 LANE = "p09/l04"
-
+E = Q.epoch
 
 Factory = Callable[[], IngestStore]
 
 
 def test_batch_is_stored_once_and_duplicates_collapse(store_factory: Factory) -> None:
     s = store_factory()
-    r1 = s.store_batch(LANE, recs(1, 10), 1)
+    r1 = s.store_batch(LANE, Q, recs(1, 10), 1)
     assert (r1.inserted, r1.duplicates, r1.contiguous, r1.max_seq) == (10, 0, 10, 10)
-    r2 = s.store_batch(LANE, recs(1, 10), 2)
+    assert r1.held == held(recs(1, 10)) and r1.conflicts == ()
+    r2 = s.store_batch(LANE, Q, recs(1, 10), 2)
     assert (r2.inserted, r2.duplicates, r2.contiguous) == (0, 10, 10)
-    r3 = s.store_batch(LANE, recs(5, 15), 3)  # overlapping resend
+    assert r2.held == held(recs(1, 10))  # a resend is acknowledged again
+    r3 = s.store_batch(LANE, Q, recs(5, 15), 3)  # overlapping resend
     assert (r3.inserted, r3.duplicates, r3.contiguous) == (5, 6, 15)
     assert s.count(LANE) == 15
-    held = s.records(LANE)
-    assert [r.seq for r in held] == list(range(1, 16))
-    assert held[0].data == recs(1, 1)[0].data
+    stored = s.records(LANE)
+    assert sorted(r.seq for r in stored) == list(range(1, 16))
+    assert {r.seq: r.data for r in stored}[1] == recs(1, 1)[0].data
     assert s.lanes() == [LANE]
 
 
 def test_contiguous_prefix_stops_at_a_gap_and_gaps_are_reported(store_factory: Factory) -> None:
     s = store_factory()
-    s.store_batch(LANE, recs(1, 10), 1)
-    r = s.store_batch(LANE, recs(21, 30), 1)  # 11..20 still missing
+    s.store_batch(LANE, Q, recs(1, 10), 1)
+    r = s.store_batch(LANE, Q, recs(21, 30), 1)  # 11..20 still missing
     assert (r.contiguous, r.max_seq) == (10, 30)
-    s.store_batch(LANE, recs(41, 45), 1)
-    assert s.gaps(LANE) == [(11, 20), (31, 40)]
-    r = s.store_batch(LANE, recs(11, 20), 1)  # the hole fills: prefix jumps to the next gap
+    assert r.held == held(recs(21, 30))  # acked for itself: the lane deletes only these
+    s.store_batch(LANE, Q, recs(41, 45), 1)
+    assert s.gaps(LANE) == [Gap(E, 11, 20), Gap(E, 31, 40)]
+    r = s.store_batch(LANE, Q, recs(11, 20), 1)  # the hole fills: prefix jumps to the next gap
     assert r.contiguous == 30
-    assert s.gaps(LANE) == [(31, 40)]
-    assert s.store_batch(LANE, recs(31, 40), 1).contiguous == 45
+    assert s.gaps(LANE) == [Gap(E, 31, 40)]
+    assert s.store_batch(LANE, Q, recs(31, 40), 1).contiguous == 45
     assert s.gaps(LANE) == []
 
 
 def test_gap_before_the_first_batch(store_factory: Factory) -> None:
     s = store_factory()
-    assert s.store_batch(LANE, recs(5, 9), 1).contiguous == 0
-    assert s.gaps(LANE) == [(1, 4)]
-    assert s.contiguous("nobody") == 0 and s.gaps("nobody") == [] and s.count("nobody") == 0
+    assert s.store_batch(LANE, Q, recs(5, 9), 1).contiguous == 0
+    assert s.gaps(LANE) == [Gap(E, 1, 4)]
+    assert s.contiguous("nobody", E) == 0 and s.gaps("nobody") == [] and s.count("nobody") == 0
 
 
-def test_seq_held_by_another_record_is_a_conflict_not_a_silent_drop(store_factory: Factory) -> None:
+def test_seq_held_by_another_record_is_a_conflict_never_held(store_factory: Factory) -> None:
     s = store_factory()
-    s.store_batch(LANE, recs(1, 5), 1)
-    with pytest.raises(SeqConflictError):
-        s.store_batch(LANE, recs(4, 8, tag="other-"), 1)
-    # The whole batch rolled back: 6..8 were not stored either.
-    assert s.count(LANE) == 5 and s.contiguous(LANE) == 5
-    assert s.store_batch(LANE, recs(6, 8), 1).contiguous == 8
+    s.store_batch(LANE, Q, recs(1, 5), 1)
+    r = s.store_batch(LANE, Q, recs(4, 8, tag="other-"), 2)
+    # 4 and 5 are held by other record ids: refused, not in the ack; 6..8 are new and held.
+    assert [c.seq for c in r.conflicts] == [4, 5]
+    assert r.held == held(recs(6, 8, tag="other-"))
+    c = r.conflicts[0]
+    assert c.held_record_id == recs(4, 4)[0].record_id
+    assert c.stored_digest == digest(recs(4, 4)[0].data).hex()
+    assert c.offered_digest == digest(recs(4, 4, tag="other-")[0].data).hex()
+    assert s.count(LANE) == 8
+    assert [row.conflict.seq for row in s.conflicts()] == [4, 5]
+
+
+def test_same_record_id_other_content_is_a_conflict(store_factory: Factory) -> None:
+    s = store_factory()
+    s.store_batch(LANE, Q, recs(1, 3), 1)
+    forged = recs(1, 3, amount=1)  # same ids and seqs, another amount
+    r = s.store_batch(LANE, Q, forged, 2)
+    assert r.held == () and r.inserted == 0 and r.duplicates == 0
+    assert [c.record_id for c in r.conflicts] == [x.record_id for x in forged]
+    assert all(c.stored_digest != c.offered_digest for c in r.conflicts)
+    # The stored version is untouched, byte for byte.
+    assert {x.seq: x.data for x in s.records(LANE)} == {x.seq: x.data for x in recs(1, 3)}
+    s.store_batch(LANE, Q, forged[:1], 3)  # seen again: counted, one row per conflict
+    rows = s.conflicts()
+    assert [(row.conflict.seq, row.count) for row in rows] == [(1, 2), (2, 1), (3, 1)]
+
+
+def test_a_new_queue_epoch_is_stored_beside_the_old_one(store_factory: Factory) -> None:
+    s = store_factory()
+    first = s.store_batch(LANE, Q, recs(1, 5), 1)
+    assert first.new_epoch and first.other_epochs == ()
+    again = QueueIdentity("epoch-2")
+    r = s.store_batch(LANE, again, recs(1, 3, tag="new-"), 2)  # seq restarts at 1
+    assert r.conflicts == () and r.held == held(recs(1, 3, tag="new-"))
+    assert r.new_epoch and r.other_epochs == (E,)
+    assert not s.store_batch(LANE, again, recs(4, 4, tag="new-"), 3).new_epoch
+    assert s.count(LANE) == 9
+    assert [(e.epoch, e.contiguous) for e in s.epochs(LANE)] == [(E, 5), ("epoch-2", 4)]
+
+
+def test_an_epoch_starting_after_a_base_has_no_false_gap(store_factory: Factory) -> None:
+    s = store_factory()
+    migrated = QueueIdentity("epoch-m", base=40)  # a queue upgraded from before epochs
+    r = s.store_batch(LANE, migrated, recs(41, 45), 1)
+    assert (r.contiguous, r.max_seq) == (45, 45)
+    assert s.gaps(LANE) == []
 
 
 def test_lanes_are_independent(store_factory: Factory) -> None:
     s = store_factory()
-    s.store_batch("a/1", recs(1, 3, "a/1"), 1)
-    s.store_batch("b/1", recs(1, 2, "b/1"), 1)
+    s.store_batch("a/1", Q, recs(1, 3, "a/1"), 1)
+    s.store_batch("b/1", Q, recs(1, 2, "b/1"), 1)
     assert (s.count("a/1"), s.count("b/1")) == (3, 2)
-    assert (s.contiguous("a/1"), s.contiguous("b/1")) == (3, 2)
+    assert (s.contiguous("a/1", E), s.contiguous("b/1", E)) == (3, 2)
 
 
-def test_two_workers_committing_out_of_order_converge(store_factory: Factory) -> None:
-    """Concurrent batches of one lane: the prefix never covers a seq that is not held."""
+def test_concurrent_workers_hold_each_batch_and_converge(store_factory: Factory) -> None:
+    """Concurrent batches of one lane: each is held for itself, the prefix covers only held."""
     stores = [store_factory() for _ in range(4)]
     batches = [recs(i * 20 + 1, i * 20 + 20) for i in range(20)]
     results: list[int] = []
@@ -79,9 +132,10 @@ def test_two_workers_committing_out_of_order_converge(store_factory: Factory) ->
     def run(k: int) -> None:
         try:
             for b in batches[k::4][::-1]:  # each worker goes backwards: maximal disorder
-                r = stores[k].store_batch(LANE, b, 1)
-                held = {x.seq for x in stores[k].records(LANE)}
-                assert set(range(1, r.contiguous + 1)) <= held
+                r = stores[k].store_batch(LANE, Q, b, 1)
+                assert r.held == held(b) and r.conflicts == ()
+                stored = {x.seq for x in stores[k].records(LANE)}
+                assert set(range(1, r.contiguous + 1)) <= stored
                 with lock:
                     results.append(r.contiguous)
         except BaseException as exc:
@@ -96,3 +150,116 @@ def test_two_workers_committing_out_of_order_converge(store_factory: Factory) ->
     assert len(results) == 20
     assert max(results) == 400
     assert stores[0].gaps(LANE) == [] and stores[0].count(LANE) == 400
+
+
+# The version-1 layout, spelled out (seqs per lane, a `lanes` table), as the previous release
+# created it in SQLite and in PostgreSQL.
+V1_TABLES = (
+    "CREATE TABLE {p}records (record_id TEXT PRIMARY KEY, lane TEXT NOT NULL,"
+    " seq BIGINT NOT NULL, ts_us BIGINT NOT NULL, kind TEXT NOT NULL,"
+    " amount_minor BIGINT NOT NULL, currency TEXT NOT NULL, data {blob} NOT NULL,"
+    " ingested_us BIGINT NOT NULL, UNIQUE (lane, seq))",
+    "CREATE TABLE {p}lanes (lane TEXT PRIMARY KEY, contiguous BIGINT NOT NULL DEFAULT 0,"
+    " max_seq BIGINT NOT NULL DEFAULT 0)",
+)
+
+
+def v1_rows(lane: str) -> list[tuple[object, ...]]:
+    return [(r.record_id, lane, r.seq, r.ts_us, "toll", 500, "CNY", r.data, 1) for r in recs(1, 4)]
+
+
+def check_migrated(s: IngestStore) -> None:
+    assert sorted((r.epoch, r.seq) for r in s.records(LANE)) == [("", n) for n in range(1, 5)]
+    assert [(e.epoch, e.contiguous) for e in s.epochs(LANE)] == [("", 4)]
+    # Resent under a new epoch the same records are duplicates (by id, byte for byte).
+    again = s.store_batch(LANE, QueueIdentity("e-new", 2), recs(3, 4), 2)
+    assert again.held == held(recs(3, 4)) and again.conflicts == ()
+    assert s.store_batch(LANE, Q, recs(1, 1, amount=9), 3).conflicts  # conflicts work too
+
+
+def test_a_v1_sqlite_store_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "bo.sqlite"
+    db = sqlite3.connect(path)
+    for stmt in V1_TABLES:
+        db.execute(stmt.format(p="", blob="BLOB"))
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", v1_rows(LANE))
+    db.execute("INSERT INTO lanes VALUES (?, 4, 4)", (LANE,))
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    s = SqliteIngestStore(path)
+    try:
+        check_migrated(s)
+    finally:
+        s.close()
+    s = SqliteIngestStore(path)  # opening again changes nothing
+    s.close()
+
+
+def test_a_newer_sqlite_store_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "bo.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 9")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(IngestStoreError, match="newer"):
+        SqliteIngestStore(path)
+    assert path.read_bytes() == before
+
+
+def test_a_v1_postgres_schema_is_migrated_in_place(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA lane_ingest")
+        for stmt in V1_TABLES:
+            conn.execute(stmt.format(p="lane_ingest.", blob="BYTEA"))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO lane_ingest.records VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                v1_rows(LANE),
+            )
+        conn.execute("INSERT INTO lane_ingest.lanes VALUES (%s, 4, 4)", (LANE,))
+    s = PostgresIngestStore(pg_dsn)
+    try:
+        check_migrated(s)
+    finally:
+        s.close()
+    PostgresIngestStore(pg_dsn).close()  # opening again changes nothing
+
+
+def test_a_conflict_clears_once_the_refused_version_is_held(store_factory: Factory) -> None:
+    s = store_factory()
+    s.store_batch(LANE, Q, recs(1, 2), 1)
+    mine = recs(1, 2, amount=9)  # the lane's version, refused
+    assert len(s.store_batch(LANE, Q, mine, 2).conflicts) == 2
+    assert len(s.conflicts()) == 2
+    # The operator removes the wrong row of seq 1; the lane offers its version again.
+    _delete(s, mine[0].record_id)
+    again = s.store_batch(LANE, Q, mine, 3)
+    assert again.held == held(mine[:1]) and len(again.conflicts) == 1
+    assert [row.conflict.seq for row in s.conflicts()] == [2]  # seq 1 is no longer open
+
+
+def _delete(s: IngestStore, record_id: str) -> None:
+    if isinstance(s, SqliteIngestStore):
+        with sqlite3.connect(s.path) as db:
+            db.execute("DELETE FROM records WHERE record_id=?", (record_id,))
+    else:
+        assert isinstance(s, PostgresIngestStore)
+        with psycopg.connect(s.dsn, autocommit=True) as conn:
+            conn.execute(f"DELETE FROM {s.schema}.records WHERE record_id=%s", (record_id,))
+
+
+def test_a_held_sqlite_write_lock_is_a_busy_error_and_stores_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "bo.sqlite"
+    s = SqliteIngestStore(path, busy_timeout_s=0.1)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        with pytest.raises(StoreBusyError, match="locked"):
+            s.store_batch(LANE, Q, recs(1, 2), 1)
+        other.execute("ROLLBACK")
+        assert s.store_batch(LANE, Q, recs(1, 2), 2).held == held(recs(1, 2))
+    finally:
+        other.close()
+        s.close()

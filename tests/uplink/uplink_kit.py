@@ -10,10 +10,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from barrier.mqtt import Incoming, MqttLink
-from uplink.forwarder import Forwarder
+from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.ingest import Ingest
+from uplink.messages import Held, QueueIdentity, digest
 from uplink.queue import RecordQueue
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.store import IngestRecord, IngestStore
@@ -52,14 +54,37 @@ def draft(i: int = 0, amount: int = 500) -> RecordDraft:
     )
 
 
-def recs(first: int, last: int, lane: str = "p09/l04", tag: str = "") -> list[IngestRecord]:
+# The queue identity of the records `recs` makes (a test of epochs makes its own).
+Q = QueueIdentity("epoch-1")
+
+
+def recs(
+    first: int, last: int, lane: str = "p09/l04", tag: str = "", amount: int = 500
+) -> list[IngestRecord]:
     out = []
     for seq in range(first, last + 1):
-        rec = Record(f"rid-{tag}{lane}-{seq}", lane, seq, 1_700_000_000_000_000 + seq, draft(seq))
+        rec = Record(
+            f"rid-{tag}{lane}-{seq}", lane, seq, 1_700_000_000_000_000 + seq, draft(seq, amount)
+        )
         out.append(
-            IngestRecord(rec.record_id, lane, seq, rec.ts_us, "toll", 500, "CNY", rec.encode())
+            IngestRecord(rec.record_id, lane, seq, rec.ts_us, "toll", amount, "CNY", rec.encode())
         )
     return out
+
+
+def held(records: list[IngestRecord]) -> tuple[Held, ...]:
+    """What an ack names for records held exactly as given."""
+    return tuple(Held(r.seq, r.record_id, digest(r.data)) for r in records)
+
+
+def queued(q: RecordQueue, upto: int = 1 << 62) -> list[Held]:
+    """An exact ack of the lane's own records with seq <= upto (what a back office holding
+    them byte for byte names)."""
+    return [
+        Held(seq, Record.decode(data).record_id, digest(data))
+        for seq, data in q.batch(0, 1 << 30)
+        if seq <= upto
+    ]
 
 
 async def eventually(pred: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
@@ -68,6 +93,18 @@ async def eventually(pred: Callable[[], bool], within: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or pred}")
         await asyncio.sleep(0.01)
+
+
+async def until_status(
+    fw: Forwarder, pred: Callable[[UplinkStatus], bool], within: float = 10.0, what: str = ""
+) -> UplinkStatus:
+    """Poll the forwarder's status until `pred` holds (bounded)."""
+    deadline = time.monotonic() + within
+    while not pred(status := await fw.status()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or pred}: {status}")
+        await asyncio.sleep(0.01)
+    return status
 
 
 def fast_link(host: str, port: int, client_id: str, **kw: object) -> MqttLink:
@@ -131,12 +168,13 @@ async def start_lane(side: LaneSide) -> LaneSide:
 
 
 @dataclass
-class Worker:
-    ingest: Ingest
+class Client:
+    """An MqttLink run as a task: started connected, stopped cleanly."""
+
     link: MqttLink
     task: asyncio.Task[None] | None = None
 
-    async def start(self) -> Worker:
+    async def start(self) -> Self:
         self.task = asyncio.create_task(self.link.run())
         await self.link.wait_connected(5)
         return self
@@ -148,12 +186,17 @@ class Worker:
             self.task = None
 
 
+@dataclass
+class Worker(Client):
+    ingest: Ingest = field(kw_only=True)
+
+
 def worker(host: str, port: int, store: IngestStore, client_id: str, group: str) -> Worker:
     ingest = Ingest(store, group=group)
     link = ingest.make_link(host, port, client_id)
     link.backoff_min = FAST_LINK["backoff_min"]
     link.backoff_max = FAST_LINK["backoff_max"]
-    return Worker(ingest, link)
+    return Worker(link, ingest=ingest)
 
 
 async def drained(side: LaneSide, store: IngestStore, lane: str, within: float = 15.0) -> None:
@@ -173,7 +216,7 @@ def reconcile(side: LaneSide, store: IngestStore, lane: str) -> None:
     assert len({r.record_id for r in held}) == len(held)
     assert {r.seq: r.record_id for r in held} == side.written
     assert store.gaps(lane) == []
-    assert store.contiguous(lane) == max(side.written)
+    assert store.contiguous(lane, side.queue.identity.epoch) == max(side.written)
     assert side.queue.backlog().count == 0
 
 

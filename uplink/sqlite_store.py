@@ -1,0 +1,124 @@
+"""The default back-office store: one SQLite file (WAL, synchronous=FULL: an ack always follows a
+durable commit). Several workers (threads or processes) may share the file; writers take turns.
+
+Schema version 2 keys seqs by queue epoch and keeps conflicts; a version-1 file (seqs per lane,
+no epochs) is migrated in place on open, its records under the empty epoch `""`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from uplink.sql_store import Cursor, SqlIngestStore
+from uplink.store import IngestStoreError, StoreBusyError
+
+SCHEMA_VERSION = 2
+
+RECORDS = (
+    "CREATE TABLE records ("
+    " record_id TEXT PRIMARY KEY, lane TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL,"
+    " ts_us INTEGER NOT NULL, kind TEXT NOT NULL, amount_minor INTEGER NOT NULL,"
+    " currency TEXT NOT NULL, data BLOB NOT NULL, ingested_us INTEGER NOT NULL,"
+    " UNIQUE (lane, epoch, seq))"
+)
+EPOCHS = (
+    "CREATE TABLE epochs ("
+    " lane TEXT NOT NULL, epoch TEXT NOT NULL, base INTEGER NOT NULL,"
+    " contiguous INTEGER NOT NULL, max_seq INTEGER NOT NULL, first_us INTEGER NOT NULL,"
+    " PRIMARY KEY (lane, epoch))"
+)
+CONFLICTS = (
+    "CREATE TABLE conflicts ("
+    " lane TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL, record_id TEXT NOT NULL,"
+    " held_record_id TEXT NOT NULL, stored_digest TEXT NOT NULL, offered_digest TEXT NOT NULL,"
+    " count INTEGER NOT NULL, first_us INTEGER NOT NULL, last_us INTEGER NOT NULL,"
+    " PRIMARY KEY (record_id, offered_digest))"
+)
+# Version 1 -> 2: SQLite cannot change a table's UNIQUE constraint, so `records` is rebuilt.
+FROM_V1 = (
+    "ALTER TABLE records RENAME TO records_v1",
+    RECORDS,
+    "INSERT INTO records SELECT record_id, lane, '', seq, ts_us, kind, amount_minor, currency,"
+    " data, ingested_us FROM records_v1",
+    "DROP TABLE records_v1",
+    EPOCHS,
+    "INSERT INTO epochs SELECT lane, '', 0, contiguous, max_seq, 0 FROM lanes",
+    "DROP TABLE lanes",
+    CONFLICTS,
+)
+
+
+class SqliteIngestStore(SqlIngestStore):
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
+            )
+            self._refuse_newer()  # before WAL: a refused file keeps its bytes
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._create_or_migrate()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise IngestStoreError(f"{self.path}: {exc}") from exc
+
+    def _refuse_newer(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise IngestStoreError(
+                f"{self.path}: schema version {version} is newer than this software"
+                f" ({SCHEMA_VERSION}); not touched"
+            )
+
+    def _create_or_migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        steps = {0: (RECORDS, EPOCHS, CONFLICTS), 1: FROM_V1, SCHEMA_VERSION: ()}[version]
+        for stmt in steps:
+            self._db.execute(stmt)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Cursor]:
+        with self._lock:
+            cur = self._db.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                    raise StoreBusyError(f"{self.path}: {exc}") from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise IngestStoreError(f"{self.path}: {exc}") from exc
+                raise
+            finally:
+                cur.close()
+
+    @contextmanager
+    def _reader(self) -> Iterator[Cursor]:
+        with self._lock:
+            cur = self._db.cursor()
+            try:
+                yield cur
+            except sqlite3.Error as exc:
+                raise IngestStoreError(f"{self.path}: {exc}") from exc
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
