@@ -18,8 +18,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from lane.window import percentiles
 from sim.lane import Outcome, SimLane
-from sim.stats import Histogram, percentiles
+from sim.stats import Histogram
 from sim.traffic import VALID_KINDS
 from uplink.records import Record
 

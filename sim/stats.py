@@ -14,24 +14,14 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
+from lane.window import percentiles
+
 # Upper bounds (ms) of the latency histogram's bins; the last bin is everything slower.
 HISTOGRAM_EDGES_MS = (25, 50, 75, 100, 150, 200, 300, 500, 1000, 2000)
 THROUGHPUT_WINDOW_S = 300.0  # simulated seconds of the "recent" throughput
 TRANSACTIONS_KEPT = 50
 EVENTS_KEPT = 60
 QUIET_NOTES = frozenset({"display", "phase", "record"})  # shown elsewhere on the dashboard
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    """p50/p95/p99/max of values (nearest rank on the sorted list); None when empty."""
-    if not values:
-        return {"p50": None, "p95": None, "p99": None, "max": None}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99), "max": round(ordered[-1], 1)}
 
 
 class Histogram:

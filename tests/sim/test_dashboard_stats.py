@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sim.stats import EVENTS_KEPT, Histogram, LaneStats, percentiles
+from lane.window import percentiles
+from sim.stats import EVENTS_KEPT, Histogram, LaneStats
 
 
 class Clock:
