@@ -51,7 +51,7 @@ async def operator(
 
 
 async def attendant(
-    link: MqttLink, lane_id: str, op: str, reason: str, who: str, cmd_id: str = ""
+    link: MqttLink, lane_id: str, op: str, reason: str, who: str, *, cmd_id: str = ""
 ) -> None:
     cmd = AttendantCommand(op, cmd_id or uuid.uuid4().hex, reason, who, int(time.time() * 1e6))
     await link.publish(topics.attendant(lane_id), cmd.encode(), qos=1)
@@ -167,7 +167,7 @@ async def test_closing_and_reopening_the_lane_are_recorded_with_who(
         await eventually(lambda: _latest_if(seen, lambda h: h.phase == "idle"))
         await wait_until(lambda: len(action_records(lane)) == 2)
         ops = sorted(
-            (f for f in r.draft.flags if f.startswith(("op:", "attendant:")))
+            [f for f in r.draft.flags if f.startswith(("op:", "attendant:"))]
             for r in action_records(lane)
         )
         assert ops == [["op:close_lane", "attendant:bob"], ["op:reopen_lane", "attendant:carol"]]
