@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
     "token": ("lane.auth.cli", "main", ["token"], "issue offline tokens (tests, simulator)"),
     "check-config": ("lane.checks", "check_config_main", [], "validate a config file"),
     "doctor": ("lane.checks", "doctor_main", [], "probe camera, broker, acquirer, disk, clock"),
+    "console": ("lane.console.cli", "main", [], "the operator console for lanes over MQTT"),
 }
 
 

@@ -47,6 +47,9 @@ class Window(Generic[T]):
         """The values of the samples taken at or after `start`."""
         return (v for t, v in self._samples if t >= start)
 
+    def timed(self) -> list[tuple[float, T]]:
+        return list(self._samples)
+
     def values(self) -> list[T]:
         return [v for _, v in self._samples]
 
