@@ -172,6 +172,19 @@ async def test_actions_need_an_operator_and_a_confirmation(plaza: Plaza) -> None
             assert status >= 400 and message in body["error"], (bad, body)
         phase = lane1(await plaza.state(http))["phase"]
         assert phase != "closed", "no refused action reached the lane"
+        device = plaza.sim.lanes[0].device
+        assert device is not None
+        # Close the lane, open the barrier by hand for whoever is in front, reopen.
+        status, _ = await action(http, plaza, lane=lane, op="close_lane", confirm=True)
+        assert status == 200
+        await plaza.until(http, lambda s: lane1(s)["phase"] == "closed")
+        status, body = await action(http, plaza, lane=lane, op="open", confirm=True)
+        assert status == 200
+        opened = f"{body['cmd_id']}/open"
+        await plaza.until(http, lambda _s: opened in device.executions)
+        status, _ = await action(http, plaza, lane=lane, op="reopen_lane", confirm=True)
+        assert status == 200
+        await plaza.until(http, lambda s: lane1(s)["phase"] != "closed")
 
 
 def _browser_or_skip() -> Any:
