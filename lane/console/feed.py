@@ -25,7 +25,8 @@ def lane_filter(pattern: str) -> str:
     parts = ["+" if p in ("*", "+") else p for p in pattern.split("/")]
     if len(parts) == 1:
         parts.append("+")
-    if len(parts) != 2 or any(not p or "#" in p or ("+" in p and p != "+") for p in parts):
+    partial = any(c in p for p in parts if p != "+" for c in "*+#")  # MQTT has no p0*-style
+    if len(parts) != 2 or partial or not all(parts):
         raise ValueError(f"lane pattern must be plaza/lane with * for any, got {pattern!r}")
     return "/".join(parts)
 

@@ -170,6 +170,8 @@ class Plaza:
             view.commanded, view.commanded_at = BarrierCommand.decode(payload).op, now
         elif rest.startswith("io/"):
             reading = SensorReading.decode(payload)
+            if reading.sensor != rest[3:]:
+                raise PayloadError(f"reading of {reading.sensor!r} on the topic of {rest[3:]!r}")
             if reading.occupied is not None:
                 view.sensors[reading.sensor] = reading.occupied
             else:
