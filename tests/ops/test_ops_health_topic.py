@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from ops_kit import OpsLane, eventually, running_lane, wait_until
 
@@ -25,10 +26,10 @@ from uplink.records import Record
 
 
 @asynccontextmanager
-async def operator(
-    broker: Mosquitto, lane_id: str
-) -> AsyncIterator[tuple[list[LaneHealth], MqttLink]]:
-    """An operator's MQTT client: every health message of the lane, and a link to command it."""
+async def watched_lane(
+    tmp_path: Path, broker: Mosquitto, lane_id: str, extra: dict[str, dict[str, Any]] | None = None
+) -> AsyncIterator[tuple[OpsLane, list[LaneHealth], MqttLink]]:
+    """A real lane, every health message it publishes, and an operator's link to command it."""
     seen: list[LaneHealth] = []
 
     async def on_health(msg: Incoming) -> None:
@@ -41,13 +42,14 @@ async def operator(
         [(health_topic(lane_id), 1)],
         on_health,
     )
-    task = asyncio.create_task(link.run())
-    await link.wait_connected(5)
-    try:
-        yield seen, link
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    async with running_lane(tmp_path, broker, lane_id, extra=extra) as lane:
+        task = asyncio.create_task(link.run())
+        await link.wait_connected(5)
+        try:
+            yield lane, seen, link
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def attendant(
@@ -66,13 +68,7 @@ def action_records(lane: OpsLane) -> list[Record]:
 async def test_health_carries_the_readyz_checks_phase_and_counters(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
-    async with (
-        running_lane(tmp_path, mosquitto, lane_id) as lane,
-        operator(mosquitto, lane_id) as (
-            seen,
-            _,
-        ),
-    ):
+    async with watched_lane(tmp_path, mosquitto, lane_id) as (lane, seen, _):
         await wait_until(lambda: bool(seen) and all(c.ok for c in seen[-1].checks))
         status, body = await lane.get("/readyz")
         assert status == 200
@@ -97,10 +93,7 @@ async def test_uplink_stalled_is_raised_seen_acknowledged_and_clears_by_itself(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
     extra = {"uplink": {"stalled_after_s": 0.5}}
-    async with (
-        running_lane(tmp_path, mosquitto, lane_id, extra=extra) as lane,
-        operator(mosquitto, lane_id) as (seen, link),
-    ):
+    async with watched_lane(tmp_path, mosquitto, lane_id, extra) as (lane, seen, link):
         runner = lane.daemon.runner
         # A record nobody takes: the back office is not there.
         assert await lane.serve("token") == "barrier_opened"
@@ -154,13 +147,7 @@ async def test_uplink_stalled_is_raised_seen_acknowledged_and_clears_by_itself(
 async def test_closing_and_reopening_the_lane_are_recorded_with_who(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
-    async with (
-        running_lane(tmp_path, mosquitto, lane_id) as lane,
-        operator(mosquitto, lane_id) as (
-            seen,
-            link,
-        ),
-    ):
+    async with watched_lane(tmp_path, mosquitto, lane_id) as (lane, seen, link):
         await attendant(link, lane_id, "close_lane", "works", "bob")
         await eventually(lambda: _latest_if(seen, lambda h: h.phase == "closed"))
         await attendant(link, lane_id, "reopen_lane", "", "carol")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_dashboard import CHROMIUM, CHROMIUM_ARGS
+from browser_kit import browser_page, expect, screenshot
 
 from lane.console.users import Role, add_user, load_users
 from sim.dashboard import Dashboard
@@ -187,73 +186,56 @@ async def test_actions_need_an_operator_and_a_confirmation(plaza: Plaza) -> None
         await plaza.until(http, lambda _s: daemon.runner.state.closed_reason is None)
 
 
-def _browser_or_skip() -> Any:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    return pytest.importorskip("playwright.async_api", reason="pip install playwright")
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def _shot(page: Any, name: str, tmp_path: Path) -> None:
-    shot = tmp_path / name
-    await page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
     keep = os.environ.get("SIM_CONSOLE_SCREENSHOTS")
-    if keep:
-        shutil.copyfile(shot, Path(keep) / name)
+    await screenshot(page, tmp_path / name, Path(keep) / name if keep else None)
 
 
 async def test_in_a_browser_each_fault_shows_is_acknowledged_and_clears(
     plaza: Plaza, tmp_path: Path
 ) -> None:
-    playwright_api = _browser_or_skip()
-    async with playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1500, "height": 1100})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
-            await page.goto(plaza.url)
-            await page.wait_for_selector("#conn.up", timeout=15_000)
-            tile = page.locator("#tile-1")
-            await page.wait_for_selector("#tile-1.sev-ok", timeout=20_000)
-            await page.wait_for_selector("#tile-2.sev-ok", timeout=20_000)
-            await page.wait_for_selector("#trend-body tr[data-window='5m']", timeout=20_000)
-            await _shot(page, "console-plaza.png", tmp_path)
-            # Not logged in: the actions cannot be pressed.
-            assert await page.locator('.actions button[data-op="close_lane"]').is_disabled()
-            await page.fill("#login-user", "alice")
-            await page.fill("#login-password", PASSWORDS["alice"])
-            await page.click("#login button")
-            await page.wait_for_selector("#whoami:not([hidden])", timeout=10_000)
-            for fault, alarm, colour in FAULTS:
-                await plaza.fault(fault, True)
-                lane = plaza.sim.lanes[0].lane_id
-                row = f'#alarm-body tr[data-lane="{lane}"][data-alarm="{alarm}"]'
-                await page.wait_for_selector(row, timeout=60_000)
-                await page.wait_for_selector(
-                    f"#tile-1.sev-{colour}, #tile-1.sev-critical", timeout=15_000
-                )
-                await _shot(page, f"console-{fault}.png", tmp_path)
-                await page.click(f"{row} button.ack")
-                await page.wait_for_selector(f"{row} td.acked:has-text('alice')", timeout=15_000)
-                await plaza.fault(fault, False)
-                await page.wait_for_selector("#tile-1.sev-ok", timeout=60_000)
-                assert await page.locator(f"{row}").count() == 0, "a cleared alarm left the list"
-            await page.select_option("#f-state", "all")
-            await page.wait_for_selector('#alarm-body tr.cleared[data-alarm="barrier_offline"]')
-            assert (
-                "alice"
-                in await page.locator(
-                    '#alarm-body tr.cleared[data-alarm="barrier_offline"] td.acked'
-                ).first.inner_text()
-            )
-            # Actions: close the lane, reopen it; the device and the lane follow.
-            await page.click('.actions button[data-op="close_lane"]')
-            await page.wait_for_selector("#lane-phase:has-text('closed')", timeout=20_000)
-            await page.click('.actions button[data-op="reopen_lane"]')
-            await page.wait_for_selector("#lane-phase:not(:has-text('closed'))", timeout=20_000)
-            assert not errors, f"page errors: {errors}"
-            del tile
-        finally:
-            await browser.close()
+    async with browser_page(1500, 1100) as (page, errors):
+        await page.goto(plaza.url)
+        await page.wait_for_selector("#conn.up", timeout=15_000)
+        await page.wait_for_selector("#tile-1.sev-ok", timeout=20_000)
+        await page.wait_for_selector("#tile-2.sev-ok", timeout=20_000)
+        await page.wait_for_selector("#trend-body tr[data-window='5m']", timeout=20_000)
+        await _shot(page, "console-plaza.png", tmp_path)
+        # Not logged in: the actions cannot be pressed.
+        assert await page.locator('.actions button[data-op="close_lane"]').is_disabled()
+        await page.fill("#login-user", "alice")
+        await page.fill("#login-password", PASSWORDS["alice"])
+        await page.click("#login button")
+        await page.wait_for_selector("#whoami:not([hidden])", timeout=10_000)
+        for fault, alarm, colour in FAULTS:
+            await plaza.fault(fault, True)
+            lane = plaza.sim.lanes[0].lane_id
+            row = f'#alarm-body tr[data-lane="{lane}"][data-alarm="{alarm}"]'
+            await page.wait_for_selector(row, timeout=60_000)
+            await page.wait_for_selector(f"#tile-1.sev-{colour}", timeout=15_000)
+            await _shot(page, f"console-{fault}.png", tmp_path)
+            await page.click(f"{row} button.ack")
+            await page.wait_for_selector(f"{row} td.acked:has-text('alice')", timeout=15_000)
+            await plaza.fault(fault, False)
+            await page.wait_for_selector("#tile-1.sev-ok", timeout=60_000)
+            assert await page.locator(f"{row}").count() == 0, "a cleared alarm left the list"
+        await page.select_option("#f-state", "all")
+        await page.wait_for_selector('#alarm-body tr.cleared[data-alarm="barrier_offline"]')
+        assert (
+            "alice"
+            in await page.locator(
+                '#alarm-body tr.cleared[data-alarm="barrier_offline"] td.acked'
+            ).first.inner_text()
+        )
+        # Actions from the page: close the lane, reopen it (the lane's own state says so).
+        daemon = plaza.sim.lanes[0].daemon
+        assert daemon is not None
+        await page.click('.actions button[data-op="close_lane"]')
+        await expect(lambda: _true(daemon.runner.state.closed_reason is not None), "closed")
+        await page.click('.actions button[data-op="reopen_lane"]')
+        await expect(lambda: _true(daemon.runner.state.closed_reason is None), "reopened")
+        assert not errors, f"page errors: {errors}"
