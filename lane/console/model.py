@@ -66,7 +66,9 @@ class LaneView:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         h = self.health
-        phase = h.phase if h is not None else (self.status.state if self.status else "unknown")
+        offline = self.status is not None and self.status.state == LaneStatus.OFFLINE
+        # An offline lane's last health is stale: its phase is no longer known.
+        phase = "offline" if offline else h.phase if h is not None else "unknown"
         since = None if h is None else h.phase_since_us / 1e6
         in_phase = None if since is None else max(0.0, now - since)
         faults = self.status.faults if self.status is not None else []

@@ -69,6 +69,8 @@ def test_an_offline_or_silent_lane_is_not_shown_green(
     plaza.apply(f"lane/{LANE}/health", health(), T0)
     plaza.apply(f"lane/{LANE}/status", LaneStatus(status, 0, None, {}, [], 1).encode(), T0)
     assert plaza.lanes[LANE].tile(T0 + health_age) == tile
+    phase = plaza.snapshot(T0 + health_age)["lanes"][0]["phase"]
+    assert phase == ("offline" if status == "offline" else "idle")
 
 
 def test_a_lane_too_long_in_a_busy_phase_is_flagged_stuck() -> None:
