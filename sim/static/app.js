@@ -161,9 +161,13 @@ function renderUplink(s) {
   $("backoffice-detail").textContent = `${bo.records} records stored in ${bo.batches} batches, ${bo.duplicates} resends collapsed`;
   $("uplink-body").replaceChildren(...s.lanes.map((l) => {
     const u = l.uplink || {};
+    // "up" is the MQTT link only: records that get no acknowledgement say more than it.
+    const stalled = "uplink_stalled" in (l.alarms || {});
+    const unacked = u.backlog > 0 && (u.last_ack_age_s === null || u.last_ack_age_s > 5);
+    const link = !u.link_up ? "down" : stalled ? "STALLED" : unacked ? "no acks" : "up";
     return el("tr", { "data-lane": l.index },
       el("td", {}, l.lane),
-      el("td", { class: u.link_up ? "up" : "down" }, u.link_up ? "up" : "down"),
+      el("td", { class: link === "up" ? "up" : "down", id: `link-${l.index}` }, link),
       el("td", { class: "backlog", id: `backlog-${l.index}` }, fmt(u.backlog)),
       el("td", {}, fmt(u.backlog_max)),
       el("td", {}, fmt(u.oldest_age_s, " s")),
