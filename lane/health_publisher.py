@@ -48,6 +48,7 @@ ACQUIRER_WINDOW_S = 300.0
 ACQUIRER_SAMPLES = 20  # the last online payments judged, at most ACQUIRER_WINDOW_S old
 SLOW_SHARE_OF_BUDGET = 0.5  # an acquirer p95 above this share of the budget is degraded
 SEEN_COMMANDS = 256
+COUNTED = {"vehicle_arrived": "vehicles", "barrier_opened": "passed"}  # note -> counter
 # Attendant operations the core records itself (a manual open is a `manual` passage record).
 RECORDED_BY_CORE = frozenset({"open"})
 
@@ -79,17 +80,8 @@ class HealthPublisher:
 
     def observe(self, name: str, fields: dict[str, Any]) -> None:
         """Runner observer: every note of the lane."""
-        now_us = self._now_us()
-        if name == "phase":
-            self.phase, self.phase_since_us = str(fields["to"]), now_us
-        elif name == "alarm":
-            code = str(fields.get("code"))
-            if fields.get("active"):
-                self.book.raised(code, str(fields.get("message") or ""), now_us)
-                if code == "paid_not_passed":
-                    self.counters["paid_not_passed"] += 1
-            else:
-                self.book.cleared(code, now_us)
+        if name in COUNTED:
+            self.counters[COUNTED[name]] += 1
         elif name == "record":
             record = fields.get("record") or {}
             sample = acquirer_sample(record)
@@ -97,16 +89,18 @@ class HealthPublisher:
                 self.acquirer.add(self.monotonic(), sample)
             if record.get("kind") == "violation":
                 self.counters["violations"] += 1
-            return
-        elif name == "vehicle_arrived":
-            self.counters["vehicles"] += 1
-            return
-        elif name == "barrier_opened":
-            self.counters["passed"] += 1
-            return
-        else:
-            return
-        self._wake.set()
+        elif name == "phase":
+            self.phase, self.phase_since_us = str(fields["to"]), self._now_us()
+            self._wake.set()
+        elif name == "alarm":
+            code = str(fields.get("code"))
+            if fields.get("active"):
+                self.book.raised(code, str(fields.get("message") or ""), self._now_us())
+                if code == "paid_not_passed":
+                    self.counters["paid_not_passed"] += 1
+            else:
+                self.book.cleared(code, self._now_us())
+            self._wake.set()
 
     def attendant(self, cmd: AttendantCommand) -> None:
         """Every attendant command, before the core sees it: acknowledgements are applied here,
