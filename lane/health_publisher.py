@@ -138,7 +138,15 @@ class HealthPublisher:
         )
         task = asyncio.ensure_future(self._write(cmd, draft))
         self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "attendant action not recorded",
+                extra={"lane": self.lane, "error": repr(task.exception())},
+            )
 
     async def _write(self, cmd: AttendantCommand, draft: RecordDraft) -> None:
         try:
