@@ -53,7 +53,7 @@ function render(s) {
   $("arrivals").textContent = s.arrivals;
   $("vph-recent").textContent = s.plaza.throughput.recent_vph;
   $("vph-total").textContent = s.plaza.throughput.total_vph;
-  const lat = s.plaza.latency_ms;
+  const lat = s.plaza.recent_latency_ms;
   $("lat-head").textContent = lat.p50 === null ? "–" : `${lat.p50} / ${lat.p99} ms`;
   renderTabs(s);
   renderLanes(s);
