@@ -153,3 +153,31 @@ def test_lane_patterns_become_mqtt_filters(pattern: str, expected: str) -> None:
 def test_bad_lane_patterns_are_refused(pattern: str) -> None:
     with pytest.raises(ValueError, match="lane pattern"):
         lane_filter(pattern)
+
+
+# Field names of every message the console reads, and values of every msgpack kind: maps that
+# are nearly right are where a decoder that trusts its input breaks.
+FIELD_NAMES = st.sampled_from(
+    ["state", "phase", "phase_since", "alarms", "checks", "counters", "acquirer", "ts", "seq",
+     "session", "op", "cmd_id", "deadline", "lane", "sensor", "occupied", "class", "lines", "ttl",
+     "name", "latency_ms", "link", "faults", "code", "severity", "since", "samples"]
+)  # fmt: skip
+SCALARS = st.none() | st.booleans() | st.integers(-5, 2**40) | st.floats() | st.text(max_size=8)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(FIELD_NAMES, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    st.sampled_from(
+        ["status", "health", "barrier/state", "barrier/cmd", "io/entry_loop", "display", "events"]
+    ),
+    st.binary(max_size=200) | st.dictionaries(FIELD_NAMES, VALUES, max_size=8).map(pack),
+)
+def test_no_payload_on_any_lane_topic_breaks_the_model(suffix: str, payload: bytes) -> None:
+    plaza = Plaza(T0)
+    plaza.apply(f"lane/{LANE}/{suffix}", payload, T0)
+    snap = plaza.snapshot(T0 + 1)  # still drawable
+    assert snap["lanes"][0]["lane"] == LANE
