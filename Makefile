@@ -55,6 +55,7 @@ bench: setup
 	$(BIN)/python -m bench.uplink
 	$(BIN)/python -m bench.camera
 	$(BIN)/python -m bench.sim
+	$(BIN)/python -m bench.console
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
