@@ -35,6 +35,7 @@ log = logging.getLogger("lane.console")
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "lane_console"
+SNAPSHOT_MAX_AGE_S = 0.5
 
 
 class Console:
@@ -53,6 +54,7 @@ class Console:
         self.wall = wall
         self.sim_time = sim_time
         self.sessions = Sessions(time.monotonic)
+        self._snapshot: tuple[float, dict[str, Any]] | None = None
 
     def add_routes(self, app: web.Application, prefix: str = "/console") -> None:
         p = prefix.rstrip("/")
@@ -75,13 +77,20 @@ class Console:
     async def _index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "console.html", headers={"Cache-Control": "no-cache"})
 
+    def snapshot(self) -> dict[str, Any]:
+        """The plaza as every browser sees it; browsers polling together share one."""
+        now = time.monotonic()
+        if self._snapshot is None or now - self._snapshot[0] > SNAPSHOT_MAX_AGE_S:
+            body = self.plaza.snapshot(self.wall())
+            body["broker"] = self.feed.connected
+            body["sim_time_s"] = None if self.sim_time is None else round(self.sim_time(), 1)
+            self._snapshot = (now, body)
+        return self._snapshot[1]
+
     async def _state(self, request: web.Request) -> web.Response:
         user = self._user(request)
-        body = self.plaza.snapshot(self.wall())
-        body["broker"] = self.feed.connected
-        body["sim_time_s"] = None if self.sim_time is None else round(self.sim_time(), 1)
-        body["user"] = None if user is None else {"name": user.name, "role": user.role.value}
-        return web.json_response(body)
+        who = None if user is None else {"name": user.name, "role": user.role.value}
+        return web.json_response({**self.snapshot(), "user": who})
 
     async def _login(self, request: web.Request) -> web.Response:
         body = await _json(request)
