@@ -69,6 +69,8 @@ async def sixteen(mosquitto: Mosquitto) -> AsyncIterator[tuple[str, list[str]]]:
         for n, lane in enumerate(lanes, 1):
             health = lane_health(ALARMS.get(n, []), now_us)
             await publisher.publish(health_topic(lane), health.encode(), retain=True)
+        # Lane 1's display speaks garbage: shown on the lane, nothing else changes.
+        await publisher.publish(topics.display(lanes[0]), b"\xc1 not msgpack")
         offline = LaneStatus.offline(now_us)
         await publisher.publish(topics.status(lanes[OFFLINE - 1]), offline.encode(), retain=True)
         yield f"http://127.0.0.1:{runner.addresses[0][1]}/", lanes
@@ -92,6 +94,7 @@ async def test_sixteen_lanes_at_a_glance_and_a_viewer_cannot_act(
         for n in range(1, 17):
             colour = EXPECTED.get(n, "ok")
             await page.wait_for_selector(f"#tile-{n}.sev-{colour}", timeout=10_000)
+        await page.wait_for_selector("#garbage-box:not([hidden]) li:has-text('display')")
         rows = page.locator("#alarm-body tr")
         assert await rows.count() == sum(len(c) for c in ALARMS.values())
         await page.select_option("#f-severity", "critical")
