@@ -60,6 +60,7 @@ bench: setup
 	$(BIN)/python -m bench.sim
 	$(BIN)/python -m bench.reconcile
 	$(BIN)/python -m bench.networks
+	$(BIN)/python -m bench.console
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

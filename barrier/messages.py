@@ -23,7 +23,8 @@ BARRIER_STATES = frozenset({"closed", "opening", "open", "closing", "fault", "of
 # A device that answers a command is by definition online.
 ACK_STATES = BARRIER_STATES - {"offline"}
 BARRIER_OPS = frozenset({"open", "close"})
-ATTENDANT_OPS = frozenset({"open", "close_lane", "reopen_lane"})
+# ack_alarm: the alarm code is the command's `reason` (docs/console.md).
+ATTENDANT_OPS = frozenset({"open", "close_lane", "reopen_lane", "ack_alarm"})
 CLASSIFIER = "classifier"
 # The seq of a device's will message: the will is the last word of its session by definition.
 WILL_SEQ = 2**31 - 1

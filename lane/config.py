@@ -183,6 +183,9 @@ class UplinkSection(_Section):
     max_bytes: int = Field(2_000_000_000, ge=100_000, description="Queue size bound on disk")
     high_water: float = Field(0.8, gt=0, lt=1, description="Alarm above this share of max_bytes")
     batch_size: int = Field(200, ge=1, le=5000, description="Records per uplink batch")
+    stalled_after_s: PositiveSeconds = Field(
+        300.0, description="Alarm uplink_stalled when the oldest unsent record is this old"
+    )
 
 
 class MetricsSection(_Section):

@@ -52,6 +52,7 @@ from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
+from lane.health_publisher import HealthPublisher
 from lane.ids import new_id
 from lane.log import setup_logging
 from lane.ops import LaneOps
@@ -276,6 +277,7 @@ class LaneDaemon:
         # would replace the retained 'offline' of a lane that is gone.
         self._said_offline = False
         self.ops = LaneOps(self)  # metrics, /healthz, /readyz (lane/ops.py)
+        self.health = HealthPublisher(self)  # lane/{id}/health for consoles
 
     def account_key(self) -> bytes:
         """The lane's secret for hashing wallet codes into account references.
@@ -332,6 +334,7 @@ class LaneDaemon:
             self.runner.post(ev.SensorChanged(reading.sensor, reading.occupied, new_id()))
 
     def _on_attendant(self, cmd: AttendantCommand) -> None:
+        self.health.attendant(cmd)
         log.info(
             "attendant command",
             extra={
@@ -449,6 +452,7 @@ class LaneDaemon:
                 tg.create_task(guard(self._status_loop()), name="status")
                 tg.create_task(guard(self._health_loop()), name="health")
                 tg.create_task(guard(self.ops.run()), name="ops")
+                tg.create_task(guard(self.health.run()), name="health-publisher")
                 self.pipeline.start(self._loop)
                 tg.create_task(self._until_stopped(stop), name="shutdown")
         except* Shutdown:

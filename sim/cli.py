@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lane.console.users import UsersError, load_users
 from lane.daemon import install_signal_handlers, run_with_uvloop
 from lane.log import setup_logging
 from sim.dashboard import Dashboard
@@ -53,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="dashboard address")
     p.add_argument("--port", type=int, default=8080, help="dashboard port (0: any free one)")
     p.add_argument("--report", type=Path, help="write the JSON report to this file")
+    p.add_argument(
+        "--users", type=Path, help="console user file (lane console adduser); else read-only"
+    )
     p.add_argument("--workdir", type=Path, help="keep the lanes' files here (default: a temp dir)")
     p.add_argument("--log-level", default="WARNING")
     return p
@@ -133,10 +137,15 @@ def _headless(args: argparse.Namespace, options: SimOptions, scenario: Scenario 
 async def _interactive(
     args: argparse.Namespace, options: SimOptions, scenario: Scenario | None
 ) -> int:
+    try:
+        users = load_users(args.users) if args.users else {}
+    except UsersError as exc:
+        print(f"lane sim: {exc}", file=sys.stderr)
+        return 2
     sim = Simulator(options)
     sim.scenario = scenario.name if scenario else None
     await sim.start()
-    dashboard = Dashboard(sim)
+    dashboard = Dashboard(sim, users=users)
     try:
         url = await dashboard.start(args.host, args.port)
     except OSError as exc:

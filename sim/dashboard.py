@@ -10,6 +10,8 @@ Routes:
                                   X-Frame-Size (WxH) and X-Polygons (JSON outlines of the codes
                                   read in it)
   GET  /api/report                the run's report so far (as `--headless` prints it)
+  /console/...                    the operator console (lane/console/server.py), fed over MQTT
+                                  by the lanes like against real lanes
 
 It listens on 127.0.0.1 by default: the buttons inject faults, so it is not for open networks.
 """
@@ -26,6 +28,10 @@ from typing import Any
 
 from aiohttp import web
 
+from lane.console.feed import ConsoleFeed
+from lane.console.model import Plaza
+from lane.console.server import Console
+from lane.console.users import User
 from sim.faults import FaultError, catalogue
 from sim.harness import Simulator
 
@@ -36,8 +42,13 @@ SNAPSHOT_MAX_AGE_S = 0.2  # clients share one snapshot made at most this long ag
 
 
 class Dashboard:
-    def __init__(self, sim: Simulator, *, interval_s: float = 0.5) -> None:
+    def __init__(
+        self, sim: Simulator, *, interval_s: float = 0.5, users: dict[str, User] | None = None
+    ) -> None:
         self.sim = sim
+        self.users = users or {}
+        self.console: Console | None = None
+        self._feed: asyncio.Task[None] | None = None
         self.interval_s = interval_s
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
@@ -55,9 +66,17 @@ class Dashboard:
         app.router.add_post("/api/faults", self._faults_post)
         app.router.add_get(r"/api/lanes/{n:\d+}/frame.jpg", self._frame)
         app.router.add_get("/api/report", self._report)
+        if self.console is not None:
+            self.console.add_routes(app, "/console")
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 8080) -> str:
+        broker = self.sim.broker
+        if broker is not None:
+            plaza = Plaza(time.time())
+            feed = ConsoleFeed(plaza, broker.host, broker.port)
+            self.console = Console(plaza, feed, self.users, sim_time=self.sim.sim_time)
+            self._feed = asyncio.create_task(feed.run(), name="console-feed")
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -76,6 +95,10 @@ class Dashboard:
 
     async def stop(self) -> None:
         self._closing.set()  # ends the SSE streams, so cleanup does not wait for them
+        if self._feed is not None:
+            self._feed.cancel()
+            await asyncio.gather(self._feed, return_exceptions=True)
+            self._feed = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

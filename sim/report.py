@@ -18,8 +18,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from lane.window import percentiles
 from sim.lane import Outcome, SimLane
-from sim.stats import Histogram, percentiles
+from sim.stats import Histogram
 from sim.traffic import VALID_KINDS
 from uplink.records import Record
 
@@ -134,11 +135,13 @@ def plaza_view(lanes: list[SimLane]) -> dict[str, Any]:
     """The dashboard's plaza-wide figures: latency over every lane, summed throughput."""
     hist = Histogram()
     latencies: list[float] = []
+    recent_latencies: list[float] = []
     tokens: list[float] = []
     recent = total = 0.0
     for lane in lanes:
         hist.merge(lane.stats.histogram)
         latencies += lane.stats.latencies
+        recent_latencies += lane.stats.recent_latency()
         tokens += lane.stats.token_latencies
         tp = lane.stats.throughput()
         recent += tp["recent_vph"]
@@ -146,6 +149,7 @@ def plaza_view(lanes: list[SimLane]) -> dict[str, Any]:
     return {
         "histogram": hist.bins(),
         "latency_ms": percentiles(latencies),
+        "recent_latency_ms": percentiles(recent_latencies),
         "token_latency_ms": percentiles(tokens),
         "throughput": {"recent_vph": round(recent, 1), "total_vph": round(total, 1)},
     }

@@ -14,24 +14,14 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
+from lane.window import Window, percentiles
+
 # Upper bounds (ms) of the latency histogram's bins; the last bin is everything slower.
 HISTOGRAM_EDGES_MS = (25, 50, 75, 100, 150, 200, 300, 500, 1000, 2000)
 THROUGHPUT_WINDOW_S = 300.0  # simulated seconds of the "recent" throughput
 TRANSACTIONS_KEPT = 50
 EVENTS_KEPT = 60
 QUIET_NOTES = frozenset({"display", "phase", "record"})  # shown elsewhere on the dashboard
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    """p50/p95/p99/max of values (nearest rank on the sorted list); None when empty."""
-    if not values:
-        return {"p50": None, "p95": None, "p99": None, "max": None}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99), "max": round(ordered[-1], 1)}
 
 
 class Histogram:
@@ -65,6 +55,9 @@ class LaneStats:
         self.latencies: deque[float] = deque(maxlen=10_000)  # frame -> open, ms
         self.token_latencies: deque[float] = deque(maxlen=10_000)
         self.openings: deque[float] = deque()  # sim times of openings in the recent window
+        # The same latencies over the recent window only: one slow opening long ago must not
+        # stay in the figure an operator reads as "now".
+        self.recent_latencies: Window[float] = Window(THROUGHPUT_WINDOW_S)
         self.counts: Counter[str] = Counter()
         self._methods: dict[str, str] = {}  # record_id -> method, until its barrier opens
 
@@ -127,6 +120,7 @@ class LaneStats:
         method = self._methods.pop(str(record_id), None)
         if isinstance(latency, int | float):
             self.latencies.append(float(latency))
+            self.recent_latencies.add(now, float(latency))
             self.histogram.add(float(latency))
             if method == "token":
                 self.token_latencies.append(float(latency))
@@ -145,6 +139,11 @@ class LaneStats:
         total = self.counts["barrier_opened"] * 3600.0 / now if now > 1 else 0.0
         return {"recent_vph": round(recent, 1), "total_vph": round(total, 1)}
 
+    def recent_latency(self) -> list[float]:
+        """Frame -> open latencies (ms) of the openings in the recent window."""
+        self.recent_latencies.prune(self.clock())
+        return self.recent_latencies.values()
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "display": self.display,
@@ -153,6 +152,7 @@ class LaneStats:
             "alarm_log": list(self.alarm_log)[:20],
             "histogram": self.histogram.bins(),
             "latency_ms": percentiles(list(self.latencies)),
+            "recent_latency_ms": percentiles(self.recent_latency()),
             "token_latency_ms": percentiles(list(self.token_latencies)),
             "throughput": self.throughput(),
             "counts": {

@@ -53,7 +53,7 @@ function render(s) {
   $("arrivals").textContent = s.arrivals;
   $("vph-recent").textContent = s.plaza.throughput.recent_vph;
   $("vph-total").textContent = s.plaza.throughput.total_vph;
-  const lat = s.plaza.latency_ms;
+  const lat = s.plaza.recent_latency_ms;
   $("lat-head").textContent = lat.p50 === null ? "–" : `${lat.p50} / ${lat.p99} ms`;
   renderTabs(s);
   renderLanes(s);
@@ -161,9 +161,13 @@ function renderUplink(s) {
   $("backoffice-detail").textContent = `${bo.records} records stored in ${bo.batches} batches, ${bo.duplicates} resends collapsed`;
   $("uplink-body").replaceChildren(...s.lanes.map((l) => {
     const u = l.uplink || {};
+    // "up" is the MQTT link only: records that get no acknowledgement say more than it.
+    const stalled = "uplink_stalled" in (l.alarms || {});
+    const unacked = u.backlog > 0 && (u.last_ack_age_s === null || u.last_ack_age_s > 5);
+    const link = !u.link_up ? "down" : stalled ? "STALLED" : unacked ? "no acks" : "up";
     return el("tr", { "data-lane": l.index },
       el("td", {}, l.lane),
-      el("td", { class: u.link_up ? "up" : "down" }, u.link_up ? "up" : "down"),
+      el("td", { class: link === "up" ? "up" : "down", id: `link-${l.index}` }, link),
       el("td", { class: "backlog", id: `backlog-${l.index}` }, fmt(u.backlog)),
       el("td", {}, fmt(u.backlog_max)),
       el("td", {}, fmt(u.oldest_age_s, " s")),

@@ -108,20 +108,28 @@ async def eventually(check: Callable[[], Any], within: float = 8.0) -> Any:
 
 
 @asynccontextmanager
-async def running_lane(tmp_path: Path, broker: Mosquitto, lane_id: str) -> AsyncIterator[OpsLane]:
+async def running_lane(
+    tmp_path: Path,
+    broker: Mosquitto,
+    lane_id: str,
+    *,
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> AsyncIterator[OpsLane]:
+    """`extra`: config keys by section, on top of the test lane's."""
     codes = CodeFactory(11)
     keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
     acquirer = AcquirerServer()
     url = await acquirer.start()
-    config = parse_config(
-        {
-            "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")},
-            "broker": {"port": broker.port},
-            "camera": {"source": "push"},
-            "auth": {"acquirer_url": url, "keyset": str(keyset)},
-            "metrics": {"host": "127.0.0.1", "port": 0},
-        }
-    )
+    sections: dict[str, dict[str, Any]] = {
+        "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")},
+        "broker": {"port": broker.port},
+        "camera": {"source": "push"},
+        "auth": {"acquirer_url": url, "keyset": str(keyset)},
+        "metrics": {"host": "127.0.0.1", "port": 0},
+    }
+    for section, keys in (extra or {}).items():
+        sections[section] = {**sections.get(section, {}), **keys}
+    config = parse_config(sections)
     device = DeviceEmulator(lane_id, broker.host, broker.port, Timings().scaled(50))
     # Frames only come when a test shows a code: no blackout alarm in between.
     source = PushSource(blackout_after_s=3600)

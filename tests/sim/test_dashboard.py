@@ -11,30 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from browser_kit import browser_page, expect, screenshot
 
 from sim.dashboard import Dashboard
 from sim.harness import SimOptions, Simulator
 from sim.traffic import Mix
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 class Running:
@@ -203,55 +191,36 @@ async def test_a_burst_of_bad_codes_is_refused(running: Running) -> None:
     assert after["lanes"][0]["counts"]["opened"] >= before["opened"]
 
 
-def _browser_or_skip() -> Any:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    return pytest.importorskip("playwright.async_api", reason="pip install playwright")
-
-
-async def _expect(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"browser: {what} not seen in {timeout} s"
-        await asyncio.sleep(0.1)
-
-
 async def test_in_a_browser_vehicles_pass_and_a_barrier_fault_shows(
     running: Running, tmp_path: Path
 ) -> None:
-    playwright_api = _browser_or_skip()
-    async with playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1600, "height": 1000})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(running.url)
-            await page.wait_for_selector("#conn.up", timeout=15_000)
-            # Vehicles pass: transaction rows appear, approved, with their latency.
-            await page.wait_for_selector("#tx-body tr td.approved", timeout=20_000)
-            await page.wait_for_selector("#frame[src^='blob:']", state="attached", timeout=15_000)
-            phase = page.locator("#phase-1")
-            assert await phase.text_content() != "fault"
-            # The operator takes the barrier offline: the lane goes to FAULT and says why.
-            button = page.locator('button[data-fault="barrier_offline"]')
-            await button.click()
-            await _expect(lambda: _text_is(phase, "fault"), "phase fault")
-            await page.wait_for_selector('#alarms li[data-alarm="barrier_offline"]', timeout=15_000)
-            await _expect(lambda: _has_class(button, "active"), "the button shown active")
-            assert "barrier_offline on at p01/l01" in await page.locator("#toast").inner_text()
-            shot = tmp_path / "dashboard.png"
-            await page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            keep = os.environ.get("SIM_DASHBOARD_SCREENSHOT")
-            if keep:
-                shutil.copyfile(shot, keep)
-            # Back online: the fault clears.
-            await button.click()
-            await _expect(lambda: _text_is_not(phase, "fault"), "the lane out of fault", 20.0)
-            assert not errors, f"page errors: {errors}"
-        finally:
-            await browser.close()
+    async with browser_page(1600, 1000) as (page, errors):
+        await page.goto(running.url)
+        await page.wait_for_selector("#conn.up", timeout=15_000)
+        # Vehicles pass: transaction rows appear, approved, with their latency.
+        await page.wait_for_selector("#tx-body tr td.approved", timeout=20_000)
+        await page.wait_for_selector("#frame[src^='blob:']", state="attached", timeout=15_000)
+        phase = page.locator("#phase-1")
+        assert await phase.text_content() != "fault"
+        # The back office cut: the lane's MQTT link is up, but its records get no acks.
+        link = page.locator("#link-1")
+        await running.post_fault({"fault": "backoffice_offline", "on": True})
+        await expect(lambda: _text_is(link, "no acks"), "link without acks", 20.0)
+        await running.post_fault({"fault": "backoffice_offline", "on": False})
+        await expect(lambda: _text_is(link, "up"), "link up again", 30.0)
+        # The operator takes the barrier offline: the lane goes to FAULT and says why.
+        button = page.locator('button[data-fault="barrier_offline"]')
+        await button.click()
+        await expect(lambda: _text_is(phase, "fault"), "phase fault")
+        await page.wait_for_selector('#alarms li[data-alarm="barrier_offline"]', timeout=15_000)
+        await expect(lambda: _has_class(button, "active"), "the button shown active")
+        assert "barrier_offline on at p01/l01" in await page.locator("#toast").inner_text()
+        keep = os.environ.get("SIM_DASHBOARD_SCREENSHOT")
+        await screenshot(page, tmp_path / "dashboard.png", keep)
+        # Back online: the fault clears.
+        await button.click()
+        await expect(lambda: _text_is_not(phase, "fault"), "the lane out of fault", 20.0)
+        assert not errors, f"page errors: {errors}"
 
 
 async def _text_is(locator: Any, text: str) -> bool:

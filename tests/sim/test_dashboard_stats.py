@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sim.stats import EVENTS_KEPT, Histogram, LaneStats, percentiles
+from lane.window import percentiles
+from sim.stats import EVENTS_KEPT, Histogram, LaneStats
 
 
 class Clock:
@@ -107,3 +108,15 @@ def test_histogram_bins_and_percentiles() -> None:
         "p99": 100.0,
         "max": 100.0,
     }
+
+
+def test_the_recent_latency_forgets_a_slow_opening_the_run_keeps() -> None:
+    clock = Clock()
+    stats = LaneStats("p01/l01", clock)
+    stats("barrier_opened", {"record_id": "r0", "latency_ms": 2500.0})  # one slow payment
+    for i in range(1, 20):
+        clock.t = 400.0 + i
+        stats("barrier_opened", {"record_id": f"r{i}", "latency_ms": 20.0})
+    snap = stats.snapshot()
+    assert snap["latency_ms"]["max"] == 2500.0
+    assert snap["recent_latency_ms"]["max"] == 20.0 and snap["recent_latency_ms"]["p99"] == 20.0

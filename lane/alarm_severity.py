@@ -1,0 +1,59 @@
+"""How bad each lane alarm is: one table, shared by the lane (its health message) and the console.
+
+Severity orders what an operator looks at first and colours the plaza tiles:
+
+- `critical`: the lane cannot pass vehicles safely or at all (barrier, broker, queue, stuck).
+- `major`: the lane works but something an operator must fix is wrong (camera dark, back office
+  not taking records, acquirer failing, a paid vehicle that did not pass).
+- `minor`: worth a look, nothing is lost yet (key set ageing, queue filling, a driver waiting).
+
+An alarm code missing from the table is `major`: a new alarm nobody classified is taken
+seriously rather than hidden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    MAJOR = "major"
+    MINOR = "minor"
+
+
+RANK: Mapping[Severity, int] = MappingProxyType(
+    {Severity.CRITICAL: 3, Severity.MAJOR: 2, Severity.MINOR: 1}
+)
+
+SEVERITY: Mapping[str, Severity] = MappingProxyType(
+    {
+        "barrier_offline": Severity.CRITICAL,
+        "barrier_fault": Severity.CRITICAL,
+        "barrier_no_ack": Severity.CRITICAL,
+        "barrier_refused": Severity.CRITICAL,
+        "barrier_stuck": Severity.CRITICAL,
+        "broker_down": Severity.CRITICAL,
+        "lane_stuck": Severity.CRITICAL,
+        "queue_full": Severity.CRITICAL,
+        "disk_error": Severity.CRITICAL,
+        "camera_blackout": Severity.MAJOR,
+        "uplink_stalled": Severity.MAJOR,
+        "acquirer_unhealthy": Severity.MAJOR,
+        "paid_not_passed": Severity.MAJOR,
+        "attendant_needed": Severity.MINOR,
+        "keyset_stale": Severity.MINOR,
+        "queue_high_water": Severity.MINOR,
+    }
+)
+
+
+def severity_of(code: str) -> Severity:
+    return SEVERITY.get(code, Severity.MAJOR)
+
+
+def worst(severities: list[Severity]) -> Severity | None:
+    """The most severe of several, or None for none at all."""
+    return max(severities, key=RANK.__getitem__, default=None)

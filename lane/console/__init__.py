@@ -1,0 +1,1 @@
+"""The operator console: a plaza as its lanes publish it over MQTT (docs/console.md)."""

@@ -1,0 +1,256 @@
+"""What the console knows of a plaza, folded from the lanes' MQTT messages (pure: no I/O, no
+clock reads; every input carries the wall time it arrived at).
+
+`Plaza.apply(topic, payload, now)` takes any message of a lane topic (status, health, barrier
+state and commands, sensors, display, events); a payload that does not decode is counted and
+shown on the lane, never raised. `Plaza.snapshot(now)` is the JSON the browser draws.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from barrier.health_message import AlarmEntry, LaneHealth
+from barrier.messages import (
+    BarrierCommand,
+    BarrierStatus,
+    DisplayMessage,
+    LaneStatus,
+    SensorReading,
+)
+from barrier.wire import PayloadError, unpack
+from lane.alarm_severity import Severity, worst
+from lane.window import Window, percentiles
+
+PRESENCE_SENSORS = ("entry_loop", "safety_loop", "exit_loop", "light_curtain")
+# Phases a lane passes through in seconds; longer than this in one of them is worth a look.
+STUCK_AFTER_S = 30.0
+RESTING_PHASES = frozenset({"idle", "closed"})
+# A lane whose health message is older than this is shown as silent (it publishes each second).
+SILENT_AFTER_S = 10.0
+TREND_WINDOWS_S = (300.0, 900.0, 3600.0)
+TREND_BUCKET_S = 60.0
+ALARMS_KEPT = 500
+GARBAGE_KEPT = 5
+
+
+@dataclass
+class LaneView:
+    lane: str
+    status: LaneStatus | None = None
+    health: LaneHealth | None = None
+    health_at: float | None = None
+    barrier: BarrierStatus | None = None
+    commanded: str | None = None  # the last barrier command's op
+    commanded_at: float | None = None
+    sensors: dict[str, bool] = field(default_factory=dict)
+    vehicle_class: int | None = None
+    display: list[str] = field(default_factory=list)
+    display_until: float | None = None
+    opened: int = 0
+    garbage: deque[str] = field(default_factory=lambda: deque(maxlen=GARBAGE_KEPT))
+
+    def tile(self, now: float) -> str:
+        """The tile's colour class: offline, silent, the worst active severity, or ok."""
+        if self.status is not None and self.status.state == LaneStatus.OFFLINE:
+            return "offline"
+        if self.health_at is None or now - self.health_at > SILENT_AFTER_S:
+            return "silent"
+        sev = worst([Severity(a.severity) for a in self._active()])
+        return "ok" if sev is None else sev.value
+
+    def _active(self) -> list[AlarmEntry]:
+        return [a for a in self.health.alarms if a.active] if self.health is not None else []
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        h = self.health
+        offline = self.status is not None and self.status.state == LaneStatus.OFFLINE
+        # An offline lane's last health is stale: its phase is no longer known.
+        phase = "offline" if offline else h.phase if h is not None else "unknown"
+        since = None if h is None else h.phase_since_us / 1e6
+        in_phase = None if since is None else max(0.0, now - since)
+        faults = self.status.faults if self.status is not None else []
+        return {
+            "lane": self.lane,
+            "tile": self.tile(now),
+            "phase": phase,
+            "phase_for_s": None if in_phase is None else round(in_phase, 1),
+            "stuck": in_phase is not None
+            and phase not in RESTING_PHASES
+            and in_phase > STUCK_AFTER_S,
+            "status": None if self.status is None else self.status.state,
+            "links": {} if self.status is None else dict(self.status.link),
+            "faults": list(faults),
+            "barrier": {
+                "reported": None if self.barrier is None else self.barrier.state,
+                "error": None if self.barrier is None else self.barrier.error,
+                "commanded": self.commanded,
+                "commanded_ago_s": None
+                if self.commanded_at is None
+                else round(now - self.commanded_at, 1),
+            },
+            "sensors": {s: self.sensors.get(s) for s in PRESENCE_SENSORS},
+            "vehicle_class": self.vehicle_class,
+            "display": self.display
+            if self.display_until is not None and now < self.display_until
+            else [],
+            "camera_fps": None if h is None else h.camera_fps,
+            "checks": [] if h is None else [c.to_map() for c in h.checks],
+            "uplink": {
+                "backlog": None if h is None else h.uplink_backlog,
+                "oldest_unsent_s": None if h is None else h.oldest_unsent_s,
+            },
+            "counters": {} if h is None else dict(h.counters),
+            "acquirer": None if h is None else h.acquirer.to_map(),
+            "alarms": [_alarm_map(self.lane, a) for a in self._active()],
+            "health_age_s": None if self.health_at is None else round(now - self.health_at, 1),
+            "garbage": list(self.garbage),
+        }
+
+
+def _alarm_map(lane: str, a: AlarmEntry) -> dict[str, Any]:
+    return {
+        "lane": lane,
+        "code": a.code,
+        "message": a.message,
+        "severity": a.severity,
+        "since": a.since_us / 1e6,
+        "cleared": None if a.cleared_us is None else a.cleared_us / 1e6,
+        "acked_by": a.acked_by,
+        "acked": None if a.acked_us is None else a.acked_us / 1e6,
+    }
+
+
+def split_topic(topic: str) -> tuple[str, str] | None:
+    """`lane/p07/l03/io/entry_loop` -> (`p07/l03`, `io/entry_loop`); None if not a lane topic."""
+    parts = topic.split("/")
+    if len(parts) < 4 or parts[0] != "lane":
+        return None
+    return f"{parts[1]}/{parts[2]}", "/".join(parts[3:])
+
+
+class Plaza:
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self.lanes: dict[str, LaneView] = {}
+        # (lane, code, since_us) -> the newest version of that alarm occurrence
+        self.alarms: dict[tuple[str, str, int], AlarmEntry] = {}
+        self.openings: Window[float] = Window(max(TREND_WINDOWS_S))
+        self.all_latencies: Window[float] = Window(float("inf"), limit=100_000)
+
+    def lane(self, lane: str) -> LaneView:
+        view = self.lanes.get(lane)
+        if view is None:
+            view = self.lanes[lane] = LaneView(lane)
+        return view
+
+    def apply(self, topic: str, payload: bytes, now: float) -> None:
+        where = split_topic(topic)
+        if where is None:
+            return
+        lane, rest = where
+        view = self.lane(lane)
+        try:
+            self._apply(view, rest, payload, now)
+        except PayloadError as exc:
+            view.garbage.appendleft(f"{rest}: {exc}")
+
+    def _apply(self, view: LaneView, rest: str, payload: bytes, now: float) -> None:
+        if rest == "status":
+            view.status = LaneStatus.decode(payload)
+        elif rest == "health":
+            view.health, view.health_at = LaneHealth.decode(payload), now
+            for a in view.health.alarms:
+                self.alarms[(view.lane, a.code, a.since_us)] = a
+            while len(self.alarms) > ALARMS_KEPT:
+                del self.alarms[next(iter(self.alarms))]
+        elif rest == "barrier/state":
+            view.barrier = BarrierStatus.decode(payload)
+        elif rest == "barrier/cmd":
+            view.commanded, view.commanded_at = BarrierCommand.decode(payload).op, now
+        elif rest.startswith("io/"):
+            reading = SensorReading.decode(payload)
+            if reading.sensor != rest[3:]:
+                raise PayloadError(f"reading of {reading.sensor!r} on the topic of {rest[3:]!r}")
+            if reading.occupied is not None:
+                view.sensors[reading.sensor] = reading.occupied
+            else:
+                view.vehicle_class = reading.vehicle_class
+        elif rest == "display":
+            shown = DisplayMessage.decode(payload)
+            view.display, view.display_until = list(shown.lines), now + shown.ttl_s
+        elif rest == "events":
+            self._event(view, unpack(payload), now)
+
+    def _event(self, view: LaneView, body: dict[str, Any], now: float) -> None:
+        if body.get("name") != "barrier_opened":
+            return
+        view.opened += 1
+        latency = body.get("latency_ms")
+        value = float(latency) if isinstance(latency, int | float) else None
+        self.openings.add(now, -1.0 if value is None else value)
+        if value is not None:
+            self.all_latencies.add(now, value)
+
+    # --- what the browser draws ---------------------------------------------------------------
+
+    def trends(self, now: float) -> dict[str, Any]:
+        """Latency percentiles and throughput over the last 5 / 15 / 60 minutes and since the
+        start, plus per-minute points of the last hour to plot."""
+        self.openings.prune(now)
+        windows = {}
+        for span in TREND_WINDOWS_S:
+            samples = list(self.openings.since(now - span))
+            covered = min(span, now - self.started_at)
+            windows[f"{span / 60:g}m"] = {
+                **percentiles([v for v in samples if v >= 0]),
+                "vph": round(len(samples) * 3600 / covered, 1) if covered > 1 else 0.0,
+            }
+        total = self.all_latencies.values()
+        elapsed = now - self.started_at
+        opened = sum(v.opened for v in self.lanes.values())
+        windows["start"] = {
+            **percentiles(total),
+            "vph": round(opened * 3600 / elapsed, 1) if elapsed > 1 else 0.0,
+        }
+        return {"windows": windows, "points": self._points(now)}
+
+    def _points(self, now: float) -> list[dict[str, Any]]:
+        buckets = int(max(TREND_WINDOWS_S) / TREND_BUCKET_S)
+        values: list[list[float]] = [[] for _ in range(buckets)]
+        counts = [0] * buckets
+        for t, v in self.openings.timed():
+            i = int((now - t) / TREND_BUCKET_S)
+            if 0 <= i < buckets:
+                counts[i] += 1
+                if v >= 0:
+                    values[i].append(v)
+        return [
+            {
+                "ago_min": i,
+                "p95": percentiles(values[i])["p95"],
+                "vph": counts[i] * 3600 / TREND_BUCKET_S,
+            }
+            for i in range(buckets)
+        ]
+
+    def alarm_list(self) -> list[dict[str, Any]]:
+        """Every alarm occurrence seen, active first, newest first."""
+        rows = [_alarm_map(lane, a) for (lane, _, _), a in self.alarms.items()]
+        rows.sort(key=lambda r: (r["cleared"] is not None, -r["since"]))
+        return rows
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        return {
+            "now": now,
+            "lanes": [self.lanes[k].snapshot(now) for k in sorted(self.lanes)],
+            "alarms": self.alarm_list(),
+            "trends": self.trends(now),
+            "severities": [s.value for s in Severity],
+        }
+
+
+def alarm_active(view: LaneView, code: str) -> bool:
+    return view.health is not None and any(a.active and a.code == code for a in view.health.alarms)

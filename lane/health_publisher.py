@@ -1,0 +1,235 @@
+"""The lane's retained `lane/{id}/health` message, and the alarms only it can judge.
+
+`HealthPublisher(daemon)` observes the runner's notes (phase changes, alarms, records,
+vehicles) and, as a task of the daemon's TaskGroup, about once a second:
+
+- raises or clears `uplink_stalled` (the oldest unsent record is older than
+  `[uplink] stalled_after_s`) and `acquirer_unhealthy` (the online payments of the last few
+  minutes failed or were slow) through `runner.alarm`, so they reach the status, the metrics
+  and the logs like every alarm;
+- publishes the health message (barrier/health_message.py), at once after an alarm, a phase
+  change or an acknowledgement, else once a second.
+
+It also turns the attendant actions the core does not record (close lane, reopen lane,
+acknowledge an alarm) into records of their own, with who did it (see docs/console.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from barrier.health_message import AcquirerHealth, CheckEntry, LaneHealth, health_topic
+from barrier.messages import AttendantCommand
+from lane.core.state import phase
+from lane.lane_health import (
+    AcquirerSample,
+    AlarmBook,
+    acquirer_alarm,
+    acquirer_health,
+    acquirer_sample,
+    uplink_stalled,
+)
+from lane.window import Window
+from uplink.queue import QueueError
+from uplink.records import AuthInfo, RecordDraft
+
+if TYPE_CHECKING:
+    from lane.daemon import LaneDaemon
+
+log = logging.getLogger("lane.health_publisher")
+
+INTERVAL_S = 1.0
+MIN_GAP_S = 0.2  # bursts of notes (an alarm with its phase change) make one message
+ACQUIRER_WINDOW_S = 300.0
+ACQUIRER_SAMPLES = 20  # the last online payments judged, at most ACQUIRER_WINDOW_S old
+SLOW_SHARE_OF_BUDGET = 0.5  # an acquirer p95 above this share of the budget is degraded
+SEEN_COMMANDS = 256
+COUNTED = {"vehicle_arrived": "vehicles", "barrier_opened": "passed"}  # note -> counter
+# Attendant operations the core records itself (a manual open is a `manual` passage record).
+RECORDED_BY_CORE = frozenset({"open"})
+
+
+class HealthPublisher:
+    def __init__(self, daemon: LaneDaemon) -> None:
+        self.daemon = daemon
+        self.lane = daemon.lane
+        self.wall = daemon.clocks.wall
+        self.monotonic = daemon.clocks.monotonic
+        self.book = AlarmBook()
+        self.counters: Counter[str] = Counter(
+            {"vehicles": 0, "passed": 0, "violations": 0, "paid_not_passed": 0}
+        )
+        self.acquirer: Window[AcquirerSample] = Window(ACQUIRER_WINDOW_S, ACQUIRER_SAMPLES)
+        self.phase = phase(daemon.runner.state).value
+        self.phase_since_us = self._now_us()
+        self.fps: float | None = None
+        self._frames: tuple[float, int] | None = None
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._writes: set[asyncio.Task[None]] = set()
+        daemon.runner.observers.append(self.observe)
+
+    def _now_us(self) -> int:
+        return int(self.wall() * 1_000_000)
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def observe(self, name: str, fields: dict[str, Any]) -> None:
+        """Runner observer: every note of the lane."""
+        if name in COUNTED:
+            self.counters[COUNTED[name]] += 1
+        elif name == "record":
+            record = fields.get("record") or {}
+            sample = acquirer_sample(record)
+            if sample is not None:
+                self.acquirer.add(self.monotonic(), sample)
+            if record.get("kind") == "violation":
+                self.counters["violations"] += 1
+        elif name == "phase":
+            self.phase, self.phase_since_us = str(fields["to"]), self._now_us()
+            self._wake.set()
+        elif name == "alarm":
+            code = str(fields.get("code"))
+            if fields.get("active"):
+                self.book.raised(code, str(fields.get("message") or ""), self._now_us())
+                if code == "paid_not_passed":
+                    self.counters["paid_not_passed"] += 1
+            else:
+                self.book.cleared(code, self._now_us())
+            self._wake.set()
+
+    def attendant(self, cmd: AttendantCommand) -> None:
+        """Every attendant command, before the core sees it: acknowledgements are applied here,
+        and the actions the core does not record become records."""
+        if cmd.cmd_id in self._seen:
+            return  # QoS 1 may deliver a command twice; it is recorded once
+        self._seen[cmd.cmd_id] = None
+        while len(self._seen) > SEEN_COMMANDS:
+            self._seen.popitem(last=False)
+        flags = ["attendant_action", f"op:{cmd.op}", f"attendant:{cmd.attendant}"]
+        if cmd.op == "ack_alarm":
+            entry = self.book.acknowledge(cmd.reason, cmd.attendant, self._now_us())
+            if entry is None:
+                log.warning(
+                    "acknowledgement of an alarm that is not active ignored",
+                    extra={"lane": self.lane, "alarm": cmd.reason, "cmd_id": cmd.cmd_id},
+                )
+                return
+            flags.append(f"alarm:{cmd.reason}")
+            self._wake.set()
+        else:
+            flags.append(f"reason:{cmd.reason}")
+        if cmd.op in RECORDED_BY_CORE:
+            return
+        draft = RecordDraft(
+            kind="manual",
+            vehicle_id=cmd.cmd_id,
+            vehicle_class=0,
+            amount_minor=0,
+            currency="",
+            method="manual",
+            account_ref=None,
+            auth=AuthInfo(result="none"),
+            flags=tuple(flags),
+        )
+        task = asyncio.ensure_future(self._write(cmd, draft))
+        self._writes.add(task)
+        task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "attendant action not recorded",
+                extra={"lane": self.lane, "error": repr(task.exception())},
+            )
+
+    async def _write(self, cmd: AttendantCommand, draft: RecordDraft) -> None:
+        try:
+            record = await asyncio.to_thread(self.daemon.queue.append, draft)
+        except (QueueError, OSError) as exc:
+            log.error(
+                "attendant action not recorded",
+                extra={"lane": self.lane, "cmd_id": cmd.cmd_id, "op": cmd.op, "error": str(exc)},
+            )
+            return
+        self.daemon.forwarder.wake()
+        log.info(
+            "attendant action recorded",
+            extra={
+                "lane": self.lane,
+                "record_id": record.record_id,
+                "cmd_id": cmd.cmd_id,
+                "op": cmd.op,
+                "attendant": cmd.attendant,
+            },
+        )
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            self._judge()
+            await self._publish()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(INTERVAL_S):
+                    await self._wake.wait()
+            await asyncio.sleep(MIN_GAP_S)
+
+    def _judge(self) -> None:
+        """Raise or clear the alarms this module owns; sample the camera's frame rate."""
+        d = self.daemon
+        uplink = d.ops.uplink
+        if uplink is not None:
+            limit = d.config.uplink.stalled_after_s
+            self._set_alarm(
+                "uplink_stalled", uplink_stalled(uplink.oldest_age_s, uplink.backlog, limit)
+            )
+        self.acquirer.prune(self.monotonic())
+        self._set_alarm("acquirer_unhealthy", acquirer_alarm(self._acquirer()))
+        if d.pipeline is not None:
+            now, frames = self.monotonic(), d.pipeline.stats().frames_in
+            if self._frames is not None and now > self._frames[0]:
+                self.fps = round((frames - self._frames[1]) / (now - self._frames[0]), 1)
+            self._frames = (now, frames)
+        self.book.sync(d.runner.alarms, self._now_us())
+
+    def _set_alarm(self, code: str, message: str | None) -> None:
+        if self.daemon.runner.alarms.get(code) != message:
+            self.daemon.runner.alarm(code, message)
+
+    def _acquirer(self) -> AcquirerHealth:
+        slow_ms = self.daemon.config.auth.budget_s * 1000 * SLOW_SHARE_OF_BUDGET
+        return acquirer_health(self.acquirer.values(), slow_ms)
+
+    def message(self) -> LaneHealth:
+        d = self.daemon
+        uplink = d.ops.uplink
+        return LaneHealth(
+            phase=self.phase,
+            phase_since_us=self.phase_since_us,
+            alarms=self.book.entries(),
+            checks=[CheckEntry(c.name, c.ok, c.detail[:256]) for c in d.ops.readiness()],
+            counters=dict(self.counters),
+            acquirer=self._acquirer(),
+            ts_us=self._now_us(),
+            camera_fps=self.fps,
+            uplink_backlog=None if uplink is None else uplink.backlog,
+            oldest_unsent_s=None if uplink is None else uplink.oldest_age_s,
+        )
+
+    async def _publish(self) -> None:
+        link = self.daemon.link
+        if not link.connected:
+            return
+        try:
+            await link.mqtt.publish(
+                health_topic(self.lane), self.message().encode(), qos=1, retain=True
+            )
+        except ConnectionError as exc:
+            log.warning("health not published", extra={"lane": self.lane, "error": str(exc)})

@@ -1,0 +1,138 @@
+"""The console-facing judgements of a lane, pure (no I/O, no clock: times are parameters).
+
+- `AlarmBook`: every alarm occurrence with since when, cleared when and who acknowledged it.
+- `acquirer_sample` / `acquirer_health` / `acquirer_alarm`: the acquirer as a status
+  (availability, error rate, latency) judged from the lane's own records of online payments.
+- `uplink_stalled`: the back office has not taken a record for too long.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from barrier.health_message import MAX_ALARMS, AcquirerHealth, AlarmEntry
+from barrier.messages import MAX_TEXT
+from lane.alarm_severity import severity_of
+from lane.window import percentiles
+
+CLEARED_KEPT = 16
+ACQUIRER_METHODS = frozenset({"payment_code", "emv"})
+# Reasons that mean the acquirer did not answer properly; a decline is an answer.
+ACQUIRER_ERRORS = frozenset({"timeout", "acquirer_error", "acquirer_unavailable"})
+MIN_SAMPLES = 3  # fewer online payments in the window say nothing about the acquirer
+DOWN_ERROR_RATE = 0.5
+DEGRADED_ERROR_RATE = 0.2
+
+
+class AlarmBook:
+    """Active alarms and the last cleared ones, in the order an operator reads them."""
+
+    def __init__(self) -> None:
+        self._active: dict[str, AlarmEntry] = {}
+        self._cleared: deque[AlarmEntry] = deque(maxlen=CLEARED_KEPT)
+
+    def raised(self, code: str, message: str, now_us: int) -> None:
+        entry = self._active.get(code)
+        text = message[:MAX_TEXT]
+        if entry is None:
+            self._active[code] = AlarmEntry(code, text, severity_of(code), now_us)
+        elif entry.message != text:
+            self._active[code] = replace(entry, message=text)  # same occurrence, new detail
+
+    def cleared(self, code: str, now_us: int) -> None:
+        entry = self._active.pop(code, None)
+        if entry is not None:
+            self._cleared.appendleft(replace(entry, cleared_us=now_us))
+
+    def sync(self, alarms: Mapping[str, str], now_us: int) -> None:
+        """Match the lane's own alarm table (the source of truth) after any missed note."""
+        for code in set(self._active) - set(alarms):
+            self.cleared(code, now_us)
+        for code, message in alarms.items():
+            self.raised(code, message, now_us)
+
+    def acknowledge(self, code: str, who: str, now_us: int) -> AlarmEntry | None:
+        """Mark the active occurrence of `code` acknowledged; None when it is not active.
+        A second acknowledgement keeps the first one's name and time."""
+        entry = self._active.get(code)
+        if entry is None:
+            return None
+        if entry.acked_by is None:
+            entry = replace(entry, acked_by=who, acked_us=now_us)
+            self._active[code] = entry
+        return entry
+
+    def entries(self) -> list[AlarmEntry]:
+        active = sorted(self._active.values(), key=lambda a: a.since_us)
+        return [*active[:MAX_ALARMS], *self._cleared]
+
+
+@dataclass(frozen=True)
+class AcquirerSample:
+    error: bool
+    declined: bool
+    latency_ms: float
+
+
+def acquirer_sample(record: Mapping[str, Any]) -> AcquirerSample | None:
+    """What one record (as the runner's `record` note carries it) says about the acquirer."""
+    if record.get("method") not in ACQUIRER_METHODS:
+        return None
+    auth = record.get("auth") or {}
+    result = auth.get("result")
+    flags = [str(f) for f in record.get("flags") or ()]
+    reason = flags[-1] if flags else ""
+    latency = auth.get("latency_ms")
+    latency_ms = float(latency) if isinstance(latency, int | float) else 0.0
+    error = result == "deferred" or "deferred" in flags or reason in ACQUIRER_ERRORS
+    declined = result == "declined" and not error
+    return AcquirerSample(error, declined, latency_ms)
+
+
+def acquirer_health(samples: Iterable[AcquirerSample], slow_ms: float) -> AcquirerHealth:
+    """`slow_ms`: a p95 latency from here on is `degraded` (the lane's budget is at stake)."""
+    taken = list(samples)
+    n = len(taken)
+    if n < MIN_SAMPLES:
+        return AcquirerHealth("idle", n)
+    errors = sum(s.error for s in taken)
+    error_rate = errors / n
+    answered = [s.latency_ms for s in taken if not s.error]
+    figures = percentiles(answered)
+    p95 = figures["p95"]
+    if error_rate >= DOWN_ERROR_RATE:
+        state = "down"
+    elif error_rate >= DEGRADED_ERROR_RATE or (p95 is not None and p95 >= slow_ms):
+        state = "degraded"
+    else:
+        state = "ok"
+    return AcquirerHealth(
+        state=state,
+        samples=n,
+        availability=round(1 - error_rate, 3),
+        error_rate=round(error_rate, 3),
+        decline_rate=round(sum(s.declined for s in taken) / n, 3),
+        p50_ms=figures["p50"],
+        p95_ms=p95,
+    )
+
+
+def acquirer_alarm(health: AcquirerHealth) -> str | None:
+    """The `acquirer_unhealthy` alarm text, or None when the acquirer is fine (or unknown).
+    The text names the state only: the figures change with every payment and live in the
+    health message; an alarm whose text changed would be raised (and logged) again."""
+    if health.state == "down":
+        return "acquirer down: most online payments fail"
+    if health.state == "degraded":
+        return "acquirer degraded: online payments fail or are slow"
+    return None
+
+
+def uplink_stalled(oldest_unsent_s: float | None, backlog: int, limit_s: float) -> str | None:
+    """The `uplink_stalled` alarm text, or None while the back office keeps up."""
+    if oldest_unsent_s is None or backlog == 0 or oldest_unsent_s < limit_s:
+        return None
+    return f"back office has taken no record for over {limit_s:g} s"

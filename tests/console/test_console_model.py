@@ -1,0 +1,183 @@
+"""The console's plaza model: what it makes of each lane message (pure, times as parameters)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from barrier.health_message import AcquirerHealth, AlarmEntry, CheckEntry, LaneHealth
+from barrier.messages import BarrierStatus, DisplayMessage, LaneStatus, SensorReading
+from barrier.wire import pack
+from lane.console.feed import lane_filter
+from lane.console.model import SILENT_AFTER_S, STUCK_AFTER_S, Plaza, split_topic
+
+LANE = "p07/l03"
+T0 = 1_700_000_000.0
+
+
+def health(phase: str = "idle", since: float = T0, alarms: list[AlarmEntry] | None = None) -> bytes:
+    return LaneHealth(
+        phase,
+        int(since * 1e6),
+        alarms or [],
+        [CheckEntry("camera", True, "scanner running")],
+        {"passed": 4},
+        AcquirerHealth("ok", 5),
+        int(T0 * 1e6),
+        camera_fps=29.5,
+        uplink_backlog=0,
+    ).encode()
+
+
+def alarm(code: str, severity: str, since: float = T0, cleared: float | None = None) -> AlarmEntry:
+    return AlarmEntry(
+        code,
+        f"{code}!",
+        severity,
+        int(since * 1e6),
+        None if cleared is None else int(cleared * 1e6),
+    )
+
+
+def test_a_lane_tile_takes_the_colour_of_its_worst_active_alarm() -> None:
+    plaza = Plaza(T0)
+    plaza.apply(f"lane/{LANE}/health", health(), T0)
+    assert plaza.lanes[LANE].tile(T0 + 1) == "ok"
+    worst = [
+        alarm("keyset_stale", "minor"),
+        alarm("barrier_offline", "critical"),
+        alarm("camera_blackout", "major", cleared=T0),
+    ]
+    plaza.apply(f"lane/{LANE}/health", health(alarms=worst), T0 + 1)
+    snap = plaza.snapshot(T0 + 2)
+    (lane,) = snap["lanes"]
+    assert lane["tile"] == "critical"
+    assert {a["code"] for a in lane["alarms"]} == {"keyset_stale", "barrier_offline"}
+    # The plaza list keeps cleared ones too, active first.
+    assert [a["cleared"] is None for a in snap["alarms"]] == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("status", "health_age", "tile"),
+    [("idle", 1.0, "ok"), ("offline", 1.0, "offline"), ("idle", SILENT_AFTER_S + 1, "silent")],
+)
+def test_an_offline_or_silent_lane_is_not_shown_green(
+    status: str, health_age: float, tile: str
+) -> None:
+    plaza = Plaza(T0)
+    plaza.apply(f"lane/{LANE}/health", health(), T0)
+    plaza.apply(f"lane/{LANE}/status", LaneStatus(status, 0, None, {}, [], 1).encode(), T0)
+    assert plaza.lanes[LANE].tile(T0 + health_age) == tile
+    phase = plaza.snapshot(T0 + health_age)["lanes"][0]["phase"]
+    assert phase == ("offline" if status == "offline" else "idle")
+
+
+def test_a_lane_too_long_in_a_busy_phase_is_flagged_stuck() -> None:
+    plaza = Plaza(T0)
+    plaza.apply(f"lane/{LANE}/health", health("opening", since=T0), T0)
+    assert not plaza.snapshot(T0 + STUCK_AFTER_S - 1)["lanes"][0]["stuck"]
+    assert plaza.snapshot(T0 + STUCK_AFTER_S + 1)["lanes"][0]["stuck"]
+    plaza.apply(f"lane/{LANE}/health", health("idle", since=T0), T0)
+    assert not plaza.snapshot(T0 + 3600)["lanes"][0]["stuck"]  # resting is not stuck
+
+
+def test_the_display_blanks_when_its_ttl_runs_out() -> None:
+    plaza = Plaza(T0)
+    plaza.apply(f"lane/{LANE}/display", DisplayMessage(["Thank you"], 3.0).encode(), T0)
+    assert plaza.snapshot(T0 + 2)["lanes"][0]["display"] == ["Thank you"]
+    assert plaza.snapshot(T0 + 4)["lanes"][0]["display"] == []
+
+
+def test_barrier_sensors_and_commands_are_shown_as_published() -> None:
+    plaza = Plaza(T0)
+    plaza.apply(f"lane/{LANE}/barrier/state", BarrierStatus("open", 2, 1, session="s").encode(), T0)
+    cmd = pack({"op": "close", "cmd_id": "v1/close", "deadline": 10**16, "lane": LANE})
+    plaza.apply(f"lane/{LANE}/barrier/cmd", cmd, T0)
+    plaza.apply(
+        f"lane/{LANE}/io/safety_loop", SensorReading("safety_loop", True, None, 1).encode(), T0
+    )
+    plaza.apply(f"lane/{LANE}/io/classifier", SensorReading("classifier", None, 2, 1).encode(), T0)
+    lane = plaza.snapshot(T0)["lanes"][0]
+    assert lane["barrier"]["commanded"] == "close" and lane["barrier"]["reported"] == "open"
+    assert lane["sensors"]["safety_loop"] is True and lane["sensors"]["entry_loop"] is None
+    assert lane["vehicle_class"] == 2
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload"),
+    [
+        (f"lane/{LANE}/health", b"\xc1garbage"),
+        (f"lane/{LANE}/status", pack({"state": 3})),
+        (f"lane/{LANE}/io/entry_loop", pack({"sensor": "exit_loop", "occupied": True, "ts": 1})),
+        (f"lane/{LANE}/events", b"not msgpack \xc1"),
+    ],
+)
+def test_garbage_is_shown_on_the_lane_and_changes_nothing(topic: str, payload: bytes) -> None:
+    plaza = Plaza(T0)
+    plaza.apply(f"lane/{LANE}/health", health(), T0)
+    plaza.apply(topic, payload, T0)
+    lane = plaza.snapshot(T0)["lanes"][0]
+    assert lane["garbage"] and lane["tile"] == "ok" and lane["phase"] == "idle"
+
+
+def test_trends_count_openings_over_each_window_and_since_the_start() -> None:
+    plaza = Plaza(T0)
+    for minute in range(30):  # one opening a minute for half an hour, latency = minute
+        event = pack({"name": "barrier_opened", "latency_ms": float(minute), "vehicle_id": "v"})
+        plaza.apply(f"lane/{LANE}/events", event, T0 + 60 * minute + 1)
+    now = T0 + 30 * 60
+    trends = plaza.trends(now)
+    windows = trends["windows"]
+    assert windows["5m"]["vph"] == 60.0 and windows["60m"]["vph"] == 60.0
+    assert windows["5m"]["p50"] == 27.0 and windows["start"]["p50"] == 15.0
+    assert sum(p["vph"] for p in trends["points"]) == 30 * 60
+
+
+@given(st.text(max_size=40))
+def test_any_topic_is_either_a_lane_topic_or_ignored(topic: str) -> None:
+    plaza = Plaza(T0)
+    plaza.apply(topic, b"", T0)
+    assert len(plaza.lanes) == (1 if split_topic(topic) is not None else 0)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [("*/*", "+/+"), ("p07/*", "p07/+"), ("p07/l03", "p07/l03"), ("p07", "p07/+"), ("*", "+/+")],
+)
+def test_lane_patterns_become_mqtt_filters(pattern: str, expected: str) -> None:
+    assert lane_filter(pattern) == expected
+
+
+@pytest.mark.parametrize("pattern", ["p07/#", "a/b/c", "p0*/l1", "/l1"])
+def test_bad_lane_patterns_are_refused(pattern: str) -> None:
+    with pytest.raises(ValueError, match="lane pattern"):
+        lane_filter(pattern)
+
+
+# Field names of every message the console reads, and values of every msgpack kind: maps that
+# are nearly right are where a decoder that trusts its input breaks.
+FIELD_NAMES = st.sampled_from(
+    ["state", "phase", "phase_since", "alarms", "checks", "counters", "acquirer", "ts", "seq",
+     "session", "op", "cmd_id", "deadline", "lane", "sensor", "occupied", "class", "lines", "ttl",
+     "name", "latency_ms", "link", "faults", "code", "severity", "since", "samples"]
+)  # fmt: skip
+SCALARS = st.none() | st.booleans() | st.integers(-5, 2**40) | st.floats() | st.text(max_size=8)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(FIELD_NAMES, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    st.sampled_from(
+        ["status", "health", "barrier/state", "barrier/cmd", "io/entry_loop", "display", "events"]
+    ),
+    st.binary(max_size=200) | st.dictionaries(FIELD_NAMES, VALUES, max_size=8).map(pack),
+)
+def test_no_payload_on_any_lane_topic_breaks_the_model(suffix: str, payload: bytes) -> None:
+    plaza = Plaza(T0)
+    plaza.apply(f"lane/{LANE}/{suffix}", payload, T0)
+    snap = plaza.snapshot(T0 + 1)  # still drawable
+    assert snap["lanes"][0]["lane"] == LANE

@@ -1,0 +1,149 @@
+"""The pure judgements behind the health topic: alarm book, acquirer health, uplink stall,
+severities. Tables plus hypothesis properties; no I/O, no clock."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lane.alarm_severity import SEVERITY, Severity, severity_of, worst
+from lane.core.machine import FAULT_MESSAGES
+from lane.health import BARRIER_FAULTS, QUEUE_FAULTS
+from lane.lane_health import (
+    CLEARED_KEPT,
+    AcquirerSample,
+    AlarmBook,
+    acquirer_alarm,
+    acquirer_health,
+    acquirer_sample,
+    uplink_stalled,
+)
+
+
+def test_every_alarm_the_lane_raises_today_has_a_severity() -> None:
+    known = {*FAULT_MESSAGES, *BARRIER_FAULTS, *QUEUE_FAULTS, "camera_blackout", "keyset_stale"}
+    known |= {"attendant_needed", "queue_high_water", "uplink_stalled", "acquirer_unhealthy"}
+    assert known <= set(SEVERITY), sorted(known - set(SEVERITY))
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [
+        ([], None),
+        (["keyset_stale"], Severity.MINOR),
+        (["keyset_stale", "camera_blackout"], Severity.MAJOR),
+        (["camera_blackout", "barrier_offline", "keyset_stale"], Severity.CRITICAL),
+        (["something_new"], Severity.MAJOR),  # an unclassified alarm is taken seriously
+    ],
+)
+def test_the_worst_severity_colours_the_tile(codes: list[str], expected: Severity | None) -> None:
+    assert worst([severity_of(c) for c in codes]) == expected
+
+
+def test_an_alarm_occurrence_keeps_its_since_and_its_acknowledgement() -> None:
+    book = AlarmBook()
+    book.raised("camera_blackout", "camera blackout", 100)
+    book.raised("camera_blackout", "camera lost", 200)  # same occurrence, new text
+    assert book.acknowledge("camera_blackout", "alice", 300) is not None
+    assert book.acknowledge("camera_blackout", "bob", 400) is not None  # the first one stays
+    (entry,) = book.entries()
+    assert (entry.since_us, entry.message, entry.acked_by, entry.acked_us) == (
+        100,
+        "camera lost",
+        "alice",
+        300,
+    )
+    book.cleared("camera_blackout", 500)
+    assert book.acknowledge("camera_blackout", "carol", 600) is None
+    book.raised("camera_blackout", "camera blackout", 700)  # a new occurrence: not acknowledged
+    active, cleared = book.entries()
+    assert (active.since_us, active.acked_by, active.cleared_us) == (700, None, None)
+    assert (cleared.since_us, cleared.cleared_us, cleared.acked_by) == (100, 500, "alice")
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["raise", "clear", "sync"]), st.sampled_from(["a", "b", "c"])),
+        max_size=60,
+    )
+)
+def test_the_book_always_agrees_with_the_lane_after_a_sync(ops: list[tuple[str, str]]) -> None:
+    book, truth = AlarmBook(), {}
+    for t, (op, code) in enumerate(ops):
+        if op == "raise":
+            truth[code] = f"{code} is wrong"
+            book.raised(code, truth[code], t)
+        elif op == "clear":
+            truth.pop(code, None)
+            book.cleared(code, t)
+        else:
+            truth[code] = "raised while nobody listened"  # a note the book missed
+    book.sync(truth, len(ops))
+    entries = book.entries()
+    assert {e.code for e in entries if e.active} == set(truth)
+    assert sum(not e.active for e in entries) <= CLEARED_KEPT
+    assert all(e.cleared_us is None or e.cleared_us >= e.since_us for e in entries)
+
+
+def _record(
+    method: str, result: str, flags: tuple[str, ...] = (), latency: int = 40
+) -> dict[str, object]:
+    return {
+        "method": method,
+        "auth": {"result": result, "latency_ms": latency},
+        "flags": list(flags),
+    }
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        (_record("token", "approved"), None),
+        (_record("emv", "approved"), AcquirerSample(False, False, 40.0)),
+        (_record("payment_code", "declined", ("declined",)), AcquirerSample(False, True, 40.0)),
+        (_record("emv", "declined", ("acquirer_unavailable",)), AcquirerSample(True, False, 40.0)),
+        (_record("emv", "declined", ("timeout",), 1900), AcquirerSample(True, False, 1900.0)),
+        (_record("emv", "approved", ("deferred",)), AcquirerSample(True, False, 40.0)),
+    ],
+)
+def test_what_a_record_says_about_the_acquirer(
+    record: dict[str, object], expected: AcquirerSample | None
+) -> None:
+    assert acquirer_sample(record) == expected
+
+
+def _samples(ok: int, errors: int, latency: float = 50.0) -> list[AcquirerSample]:
+    return [AcquirerSample(False, False, latency)] * ok + [
+        AcquirerSample(True, False, 0.0)
+    ] * errors
+
+
+@pytest.mark.parametrize(
+    ("samples", "state", "alarm"),
+    [
+        (_samples(2, 0), "idle", False),  # too few to judge
+        (_samples(20, 0), "ok", False),
+        (_samples(17, 3), "ok", False),
+        (_samples(16, 4), "degraded", True),
+        (_samples(10, 10), "down", True),
+        (_samples(0, 5), "down", True),
+        (_samples(20, 0, latency=1200.0), "degraded", True),  # slow: half the budget
+    ],
+)
+def test_acquirer_health_and_its_alarm(
+    samples: list[AcquirerSample], state: str, alarm: bool
+) -> None:
+    health = acquirer_health(samples, slow_ms=1000.0)
+    assert health.state == state
+    assert (acquirer_alarm(health) is not None) == alarm
+
+
+@pytest.mark.parametrize(
+    ("oldest", "backlog", "stalled"),
+    [(None, 0, False), (10.0, 0, False), (299.0, 5, False), (300.0, 5, True), (4000.0, 1, True)],
+)
+def test_the_uplink_is_stalled_once_the_oldest_record_is_too_old(
+    oldest: float | None, backlog: int, stalled: bool
+) -> None:
+    assert (uplink_stalled(oldest, backlog, 300.0) is not None) == stalled

@@ -1,0 +1,163 @@
+"""The retained `lane/{id}/health` topic of a real lane (daemon, mosquitto, device, SQLite):
+the same readiness checks as /readyz, phase and counters, the `uplink_stalled` alarm raised,
+seen and cleared by itself, and attendant actions written as records with who did them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from ops_kit import OpsLane, eventually, running_lane, wait_until
+
+from barrier import topics
+from barrier.health_message import LaneHealth, health_topic
+from barrier.messages import AttendantCommand
+from barrier.mqtt import Incoming, MqttLink
+from sim.backoffice import BackOffice
+from sim.broker import Mosquitto
+from uplink.records import Record
+
+
+@asynccontextmanager
+async def watched_lane(
+    tmp_path: Path, broker: Mosquitto, lane_id: str, extra: dict[str, dict[str, Any]] | None = None
+) -> AsyncIterator[tuple[OpsLane, list[LaneHealth], MqttLink]]:
+    """A real lane, every health message it publishes, and an operator's link to command it."""
+    seen: list[LaneHealth] = []
+
+    async def on_health(msg: Incoming) -> None:
+        seen.append(LaneHealth.decode(msg.payload))
+
+    link = MqttLink(
+        broker.host,
+        broker.port,
+        f"op-{uuid.uuid4().hex[:6]}",
+        [(health_topic(lane_id), 1)],
+        on_health,
+    )
+    async with running_lane(tmp_path, broker, lane_id, extra=extra) as lane:
+        task = asyncio.create_task(link.run())
+        await link.wait_connected(5)
+        try:
+            yield lane, seen, link
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def attendant(
+    link: MqttLink, lane_id: str, op: str, reason: str, who: str, *, cmd_id: str = ""
+) -> None:
+    cmd = AttendantCommand(op, cmd_id or uuid.uuid4().hex, reason, who, int(time.time() * 1e6))
+    await link.publish(topics.attendant(lane_id), cmd.encode(), qos=1)
+
+
+def action_records(lane: OpsLane) -> list[Record]:
+    with sqlite3.connect(lane.config.lane.data_dir / "queue.sqlite3") as db:
+        records = [Record.decode(row[0]) for row in db.execute("SELECT data FROM records")]
+    return [r for r in records if "attendant_action" in r.draft.flags]
+
+
+async def test_health_carries_the_readyz_checks_phase_and_counters(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    async with watched_lane(tmp_path, mosquitto, lane_id) as (lane, seen, _):
+        await wait_until(lambda: bool(seen) and all(c.ok for c in seen[-1].checks))
+        status, body = await lane.get("/readyz")
+        assert status == 200
+        readyz = {c["name"]: c["ok"] for c in json.loads(body)["checks"]}
+        assert {c.name: c.ok for c in seen[-1].checks} == readyz
+        assert seen[-1].phase == "idle" and seen[-1].phase_since_us <= seen[-1].ts_us
+        assert await lane.serve("token") == "barrier_opened"
+        passed = await eventually(
+            lambda: _latest_if(seen, lambda h: h.counters["passed"] == 1), within=8.0
+        )
+        assert passed.counters["vehicles"] == 1 and passed.counters["violations"] == 0
+        # Nobody takes the records in this test: the backlog shows it (read once a second).
+        await eventually(lambda: _latest_if(seen, lambda h: h.uplink_backlog == 1))
+
+
+async def _latest_if(seen: list[LaneHealth], check: object) -> LaneHealth | None:
+    assert callable(check)
+    return seen[-1] if seen and check(seen[-1]) else None
+
+
+async def test_uplink_stalled_is_raised_seen_acknowledged_and_clears_by_itself(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    extra = {"uplink": {"stalled_after_s": 0.5}}
+    async with watched_lane(tmp_path, mosquitto, lane_id, extra) as (lane, seen, link):
+        runner = lane.daemon.runner
+        # A record nobody takes: the back office is not there.
+        assert await lane.serve("token") == "barrier_opened"
+        await wait_until(lambda: "uplink_stalled" in runner.alarms)
+        assert "back office has taken no record" in runner.alarms["uplink_stalled"]
+        raised = await eventually(
+            lambda: _latest_if(seen, lambda h: any(a.code == "uplink_stalled" for a in h.alarms))
+        )
+        entry = next(a for a in raised.alarms if a.code == "uplink_stalled")
+        assert entry.severity == "major" and entry.active and entry.acked_by is None
+
+        # Acknowledged by an operator: seen by every console, and written as a record.
+        await attendant(link, lane_id, "ack_alarm", "uplink_stalled", "alice", cmd_id="ack-1")
+        await attendant(link, lane_id, "ack_alarm", "uplink_stalled", "alice", cmd_id="ack-1")
+        acked = await eventually(
+            lambda: _latest_if(
+                seen, lambda h: any(a.acked_by == "alice" for a in h.alarms if a.active)
+            )
+        )
+        assert next(a for a in acked.alarms if a.code == "uplink_stalled").acked_us is not None
+        await wait_until(lambda: len(action_records(lane)) == 1)
+        flags = action_records(lane)[0].draft.flags
+        assert {"op:ack_alarm", "attendant:alice", "alarm:uplink_stalled"} <= set(flags)
+
+        # The back office comes: the records drain and the alarm clears by itself.
+        office = BackOffice(
+            tmp_path / "bo.sqlite3", mosquitto.host, mosquitto.port, f"bo-{lane_id}"
+        )
+        await office.start()
+        try:
+            await wait_until(lambda: "uplink_stalled" not in runner.alarms, within=15.0)
+            cleared = await eventually(
+                lambda: _latest_if(
+                    seen,
+                    lambda h: any(
+                        a.code == "uplink_stalled" and not a.active and a.acked_by == "alice"
+                        for a in h.alarms
+                    ),
+                )
+            )
+            assert not any(a.active for a in cleared.alarms)
+            await wait_until(lambda: len(office.ingested_ids(lane_id)) == 2)  # passage + ack
+            # Acknowledging an alarm that is not active is ignored: no record.
+            await attendant(link, lane_id, "ack_alarm", "uplink_stalled", "alice")
+            await asyncio.sleep(0.5)  # nothing to poll for: the absence of a record
+            assert len(office.ingested_ids(lane_id)) == 2 and not action_records(lane)
+        finally:
+            await office.stop()
+
+
+async def test_closing_and_reopening_the_lane_are_recorded_with_who(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    async with watched_lane(tmp_path, mosquitto, lane_id) as (lane, seen, link):
+        await attendant(link, lane_id, "close_lane", "works", "bob")
+        await eventually(lambda: _latest_if(seen, lambda h: h.phase == "closed"))
+        await attendant(link, lane_id, "reopen_lane", "", "carol")
+        await eventually(lambda: _latest_if(seen, lambda h: h.phase == "idle"))
+        await wait_until(lambda: len(action_records(lane)) == 2)
+        ops = sorted(
+            [f for f in r.draft.flags if f.startswith(("op:", "attendant:"))]
+            for r in action_records(lane)
+        )
+        assert ops == [["op:close_lane", "attendant:bob"], ["op:reopen_lane", "attendant:carol"]]
+        assert all(
+            r.draft.kind == "manual" and r.draft.auth.result == "none" for r in action_records(lane)
+        )

@@ -1,0 +1,241 @@
+"""The operator console served by the simulator's app, against real lanes (daemons, device
+emulators, mosquitto, acquirer, back office): every fault's alarm appears, colours the lane's
+tile, is acknowledged and clears by itself after recovery; actions move a real barrier device
+only for a logged-in operator. The browser is Debian's Chromium driven by Playwright.
+
+Set SIM_CONSOLE_SCREENSHOTS=DIR to keep the browser's screenshots (docs/console-*.png are made
+that way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from browser_kit import browser_page, expect, screenshot
+
+from lane.console.users import Role, add_user, load_users
+from sim.dashboard import Dashboard
+from sim.harness import SimOptions, Simulator
+from sim.traffic import Mix
+
+PASSWORDS = {"alice": "alice-pw", "victor": "victor-pw"}
+# fault button -> the alarm it must raise (lane 1) and the colour its tile must take
+FAULTS = [
+    ("camera_blackout", "camera_blackout", "major"),
+    ("backoffice_offline", "uplink_stalled", "major"),
+    ("acquirer_outage", "acquirer_unhealthy", "major"),
+    ("acquirer_slow", "acquirer_unhealthy", "major"),
+    ("barrier_fault", "barrier_fault", "critical"),
+    ("barrier_offline", "barrier_offline", "critical"),
+]
+STALLED_AFTER_S = 2.0  # the back office's silence that counts as stalled, for this test
+
+
+class Plaza:
+    def __init__(self, sim: Simulator, dashboard: Dashboard) -> None:
+        self.sim, self.dashboard = sim, dashboard
+        self.url = dashboard.url + "console/"
+
+    async def state(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        async with http.get(self.url + "api/state") as resp:
+            assert resp.status == 200
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def until(
+        self,
+        http: aiohttp.ClientSession,
+        check: Callable[[dict[str, Any]], bool],
+        timeout: float = 20.0,  # noqa: ASYNC109 - polls a remote state
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = await self.state(http)
+            if check(state):
+                return state
+            assert time.monotonic() < deadline, f"not reached; lanes: {state['lanes']}"
+            await asyncio.sleep(0.2)
+
+    async def fault(self, name: str, on: bool) -> None:
+        await self.sim.faults.apply(name, on, None if name.startswith(("acq", "back")) else 1, {})
+
+
+async def login(http: aiohttp.ClientSession, plaza: Plaza, user: str) -> None:
+    body = {"user": user, "password": PASSWORDS[user]}
+    async with http.post(plaza.url + "api/login", data=json.dumps(body)) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def action(http: aiohttp.ClientSession, plaza: Plaza, **body: Any) -> tuple[int, Any]:
+    async with http.post(plaza.url + "api/action", data=json.dumps(body)) as resp:
+        return resp.status, await resp.json()
+
+
+def session() -> aiohttp.ClientSession:
+    """A client that keeps the login cookie (aiohttp refuses cookies of IP hosts by default)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def lane1(state: dict[str, Any]) -> dict[str, Any]:
+    lane: dict[str, Any] = state["lanes"][0]
+    return lane
+
+
+@pytest.fixture(scope="module")
+async def plaza(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Plaza]:
+    work = tmp_path_factory.mktemp("console")
+    users = work / "users.txt"
+    add_user(users, "alice", Role.OPERATOR, PASSWORDS["alice"])
+    add_user(users, "victor", Role.VIEWER, PASSWORDS["victor"])
+    options = SimOptions(
+        speed=20.0,
+        conditions="clear",
+        frame_size=(640, 360),
+        fps=10.0,
+        seed=3,
+        lanes=2,
+        workdir=work,
+        mix=Mix(arrivals_per_hour=1500, behaviours={"token": 0.5, "emv": 0.5}),
+    )
+    sim = Simulator(options)
+    await sim.start()
+    for lane in sim.lanes:  # a short stall limit, so the test need not wait five minutes
+        daemon = lane.daemon
+        assert daemon is not None
+        uplink = daemon.config.uplink.model_copy(update={"stalled_after_s": STALLED_AFTER_S})
+        daemon.config = daemon.config.model_copy(update={"uplink": uplink})
+    dashboard = Dashboard(sim, interval_s=0.5, users=load_users(users))
+    await dashboard.start("127.0.0.1", 0)
+    traffic = asyncio.create_task(sim.drive_forever(options.mix))
+    try:
+        yield Plaza(sim, dashboard)
+    finally:
+        traffic.cancel()
+        await asyncio.gather(traffic, return_exceptions=True)
+        await dashboard.stop()
+        await sim.stop()
+
+
+async def test_the_console_shows_every_lane_as_it_publishes_itself(plaza: Plaza) -> None:
+    async with aiohttp.ClientSession() as http:
+        state = await plaza.until(
+            http, lambda s: len(s["lanes"]) == 2 and all(x["tile"] == "ok" for x in s["lanes"])
+        )
+        lane = lane1(state)
+        assert [c["name"] for c in lane["checks"]] == ["camera", "broker", "barrier", "queue"]
+        assert lane["barrier"]["reported"] == "closed" or lane["barrier"]["reported"] is not None
+        assert set(lane["sensors"]) == {"entry_loop", "safety_loop", "exit_loop", "light_curtain"}
+        assert state["sim_time_s"] is not None and state["user"] is None
+        passed = await plaza.until(
+            http,
+            lambda s: (
+                lane1(s)["counters"].get("passed", 0) >= 2
+                and s["trends"]["windows"]["5m"]["p95"] is not None
+                and s["trends"]["windows"]["5m"]["vph"] > 0
+            ),
+        )
+        windows = passed["trends"]["windows"]
+        assert set(windows) == {"5m", "15m", "60m", "start"}
+        assert lane1(passed)["camera_fps"] is not None
+
+
+async def test_actions_need_an_operator_and_a_confirmation(plaza: Plaza) -> None:
+    lane = plaza.sim.lanes[0].lane_id
+    async with aiohttp.ClientSession() as anonymous:
+        status, body = await action(anonymous, plaza, lane=lane, op="close_lane", confirm=True)
+        assert status == 401 and "log in" in body["error"]
+    async with session() as http:
+        async with http.post(
+            plaza.url + "api/login", data=json.dumps({"user": "alice", "password": "nope"})
+        ) as resp:
+            assert resp.status == 401
+        await login(http, plaza, "victor")
+        status, body = await action(http, plaza, lane=lane, op="close_lane", confirm=True)
+        assert status == 403 and "read-only" in body["error"]
+    async with session() as http:
+        await login(http, plaza, "alice")
+        for bad, message in [
+            ({"lane": lane, "op": "close_lane"}, "confirmation required"),
+            ({"lane": lane, "op": "explode", "confirm": True}, "op must be one of"),
+            ({"lane": "p99/l99", "op": "close_lane", "confirm": True}, "no lane"),
+            ({"lane": lane, "op": "ack_alarm", "alarm": "nothing", "confirm": True}, "not active"),
+            ({"lane": lane, "op": "close_lane", "confirm": True, "when": 1}, "unknown field"),
+        ]:
+            status, body = await action(http, plaza, **bad)
+            assert status >= 400 and message in body["error"], (bad, body)
+        phase = lane1(await plaza.state(http))["phase"]
+        assert phase != "closed", "no refused action reached the lane"
+        daemon = plaza.sim.lanes[0].daemon
+        assert daemon is not None
+        # Close the lane and reopen it. (A vehicle arriving at a closed lane takes it to
+        # vehicle_present at once: the lane's own state says whether it is closed.) The manual
+        # open moving a real device: tests/ops/test_ops_console_actions.py.
+        status, _ = await action(http, plaza, lane=lane, op="close_lane", confirm=True)
+        assert status == 200
+        await plaza.until(http, lambda _s: daemon.runner.state.closed_reason is not None)
+        status, _ = await action(http, plaza, lane=lane, op="reopen_lane", confirm=True)
+        assert status == 200
+        await plaza.until(http, lambda _s: daemon.runner.state.closed_reason is None)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _shot(page: Any, name: str, tmp_path: Path) -> None:
+    keep = os.environ.get("SIM_CONSOLE_SCREENSHOTS")
+    await screenshot(page, tmp_path / name, Path(keep) / name if keep else None)
+
+
+async def test_in_a_browser_each_fault_shows_is_acknowledged_and_clears(
+    plaza: Plaza, tmp_path: Path
+) -> None:
+    async with browser_page(1500, 1100) as (page, errors):
+        await page.goto(plaza.url)
+        await page.wait_for_selector("#conn.up", timeout=15_000)
+        await page.wait_for_selector("#tile-1.sev-ok", timeout=20_000)
+        await page.wait_for_selector("#tile-2.sev-ok", timeout=20_000)
+        await page.wait_for_selector("#trend-body tr[data-window='5m']", timeout=20_000)
+        await _shot(page, "console-plaza.png", tmp_path)
+        # Not logged in: the actions cannot be pressed.
+        assert await page.locator('.actions button[data-op="close_lane"]').is_disabled()
+        await page.fill("#login-user", "alice")
+        await page.fill("#login-password", PASSWORDS["alice"])
+        await page.click("#login button")
+        await page.wait_for_selector("#whoami:not([hidden])", timeout=10_000)
+        for fault, alarm, colour in FAULTS:
+            await plaza.fault(fault, True)
+            lane = plaza.sim.lanes[0].lane_id
+            row = f'#alarm-body tr[data-lane="{lane}"][data-alarm="{alarm}"]'
+            await page.wait_for_selector(row, timeout=60_000)
+            await page.wait_for_selector(f"#tile-1.sev-{colour}", timeout=15_000)
+            await _shot(page, f"console-{fault}.png", tmp_path)
+            await page.click(f"{row} button.ack")
+            await page.wait_for_selector(f"{row} td.acked:has-text('alice')", timeout=15_000)
+            await plaza.fault(fault, False)
+            await page.wait_for_selector("#tile-1.sev-ok", timeout=60_000)
+            assert await page.locator(f"{row}").count() == 0, "a cleared alarm left the list"
+        await page.select_option("#f-state", "all")
+        await page.wait_for_selector('#alarm-body tr.cleared[data-alarm="barrier_offline"]')
+        assert (
+            "alice"
+            in await page.locator(
+                '#alarm-body tr.cleared[data-alarm="barrier_offline"] td.acked'
+            ).first.inner_text()
+        )
+        # Actions from the page: close the lane, reopen it (the lane's own state says so).
+        daemon = plaza.sim.lanes[0].daemon
+        assert daemon is not None
+        await page.click('.actions button[data-op="close_lane"]')
+        await expect(lambda: _true(daemon.runner.state.closed_reason is not None), "closed")
+        await page.click('.actions button[data-op="reopen_lane"]')
+        await expect(lambda: _true(daemon.runner.state.closed_reason is None), "reopened")
+        assert not errors, f"page errors: {errors}"
