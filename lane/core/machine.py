@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from lane.core import events as ev
+from lane.core import recovery
 from lane.core.actions import (
     Abandon,
     Action,
@@ -30,8 +31,11 @@ from lane.core.actions import (
     Settle,
     ShowOnDisplay,
 )
+from lane.core.alarms import add_fault, remove_fault
 from lane.core.state import (
+    BOOM_UP,
     COMMITTED_MEMORY,
+    RECORD_KINDS,
     Attempt,
     Command,
     LaneMode,
@@ -48,16 +52,6 @@ Result = tuple[LaneState, list[Action]]
 # The kinds of code the lane sends for authorisation; anything else is refused at the lane.
 PAYABLE_KINDS = frozenset({"token", "payment_code", "emv"})
 
-FAULT_MESSAGES = {
-    "barrier_offline": "barrier device offline",
-    "barrier_fault": "barrier reports a fault",
-    "barrier_no_ack": "barrier does not acknowledge commands",
-    "barrier_refused": "barrier refused a command",
-    "broker_down": "controller lost the MQTT broker",
-    "queue_full": "record queue is full: paid passages refused",
-    "disk_error": "record queue cannot write to disk",
-}
-
 
 def initial_state(rules: LaneRules) -> LaneState:
     return LaneState(rules=rules)
@@ -65,8 +59,11 @@ def initial_state(rules: LaneRules) -> LaneState:
 
 def step(state: LaneState, event: ev.Event, now: float) -> Result:
     handler = _HANDLERS[type(event)]
+    before = phase(state)
     new_state, actions = handler(state, event, now)
-    return _drive(new_state, actions, now)
+    new_state, actions = _drive(new_state, actions, now)
+    new_state, more = recovery.after_step(new_state, event, before, now)
+    return new_state, actions + more
 
 
 def next_deadline(state: LaneState) -> float | None:
@@ -89,6 +86,7 @@ def next_deadline(state: LaneState) -> float | None:
         and state.rules.mode is not LaneMode.TOLL
     ):
         candidates.append(passage.opened_at + state.rules.gate_hold_s)
+    candidates += recovery.deadline(state)
     return min(candidates) if candidates else None
 
 
@@ -99,7 +97,7 @@ def _on_sensor(state: LaneState, event: ev.SensorChanged, now: float) -> Result:
     if event.sensor == "entry_loop":
         return _entry_loop(state, event, now)
     if event.sensor in ("safety_loop", "light_curtain"):
-        return _safety_loop(state, event.sensor, event.occupied, now)
+        return _safety_loop(state, event.sensor, event.occupied, event.event_id)
     passage = state.passage
     if event.sensor == "exit_loop" and not event.occupied and passage is not None:
         if passage.crossings == 0:
@@ -142,16 +140,20 @@ def _arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
     return replace(state, vehicle=vehicle, next_class=None), actions
 
 
-def _safety_loop(state: LaneState, sensor: str, occupied: bool, now: float) -> Result:
+def _safety_loop(state: LaneState, sensor: str, occupied: bool, event_id: str) -> Result:
     actions: list[Action] = []
     passage = state.passage
     if occupied and not state.safety_occupied and passage is not None:
         passage = replace(passage, crossings=passage.crossings + 1)
         if passage.crossings >= 2:
             # Another vehicle under one opening: record each one, the barrier stays safe.
-            state, violation = _violation(state, passage, now)
+            state, violation = _violation(state, passage)
             actions.extend(violation)
         state = replace(state, passage=passage)
+    elif occupied and not state.safety_occupied and state.barrier in BOOM_UP:
+        # Under a boom that is up for nobody (a restart, a lost close): a violation.
+        state, violation = recovery.unpaid_passage(state, event_id)
+        actions.extend(violation)
     sensors = state.occupied | {sensor} if occupied else state.occupied - {sensor}
     state = replace(state, occupied=sensors)
     cmd = state.command
@@ -171,7 +173,7 @@ def _safety_loop(state: LaneState, sensor: str, occupied: bool, now: float) -> R
     return state, actions
 
 
-def _violation(state: LaneState, passage: Passage, now: float) -> Result:
+def _violation(state: LaneState, passage: Passage) -> Result:
     n = state.violations + 1
     persist_id = f"{passage.vehicle_id}/violation/{n}"
     draft = RecordDraft(
@@ -360,7 +362,7 @@ def _declined(
 
 def _draft(state: LaneState, vehicle: Vehicle, event: ev.Decided, result: str) -> RecordDraft:
     mode = state.rules.mode
-    kind = {"toll": "toll", "transit-entry": "tap_in", "transit-exit": "tap_out"}[mode.value]
+    kind = RECORD_KINDS[mode]
     flags = tuple(event.flags) + ((event.reason,) if result == "declined" else ())
     return RecordDraft(
         kind=kind,
@@ -403,7 +405,7 @@ def _on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
 
 def _on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> Result:
     fault = event.reason if event.reason in ("queue_full", "disk_error") else "disk_error"
-    state, actions = _add_fault(state, fault)
+    state, actions = add_fault(state, fault)
     vehicle = state.vehicle
     if vehicle is None or _pending_persist(vehicle) != event.persist_id:
         return state, actions  # not the record the lane waits for: never undo a durable one
@@ -430,7 +432,7 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
     cmd = state.command
     if cmd is None or cmd.cmd_id != event.cmd_id or cmd.acked:
         return state, []  # a duplicate or stale ack: at-most-once was already settled
-    state, actions = _remove_fault(state, "barrier_no_ack")
+    state, actions = remove_fault(state, "barrier_no_ack")
     if not event.ok:
         if cmd.op == "close" and event.error == "safety_loop_occupied":
             # The device saw the loop before we did: ask again once our sensors report the area
@@ -438,11 +440,12 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
             retry_at = now + state.rules.ack_timeout_s
             held = replace(cmd, attempt=0, ack_deadline=None, retry_at=retry_at)
             return replace(state, command=held), actions
-        state, more = _add_fault(state, "barrier_refused", event.error or "")
+        state, more = add_fault(state, "barrier_refused", event.error or "")
         # Keep the command, as for barrier_no_ack: a paid passage still needs its open. The same
         # cmd_id is sent again once a barrier state report clears the fault.
         held = replace(cmd, attempt=0, ack_deadline=None)
         return replace(state, command=held), actions + more
+    state = recovery.expect(state, cmd.op, now)
     if cmd.op == "close":
         return replace(state, command=None, passage=None), actions
     passage = state.passage
@@ -465,13 +468,59 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
 def _on_reported(state: LaneState, event: ev.BarrierReported, now: float) -> Result:
     state = replace(state, barrier=event.state)
     if event.state == "offline":
-        return _add_fault(state, "barrier_offline")
+        return add_fault(state, "barrier_offline")
     if event.state == "fault":
-        return _add_fault(state, "barrier_fault")
+        return add_fault(state, "barrier_fault")
     actions: list[Action] = []
     for fault in ("barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused"):
-        state, cleared = _remove_fault(state, fault)
+        state, cleared = remove_fault(state, fault)
         actions += cleared
+    return state, actions
+
+
+def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> Result:
+    """Adopt the device's whole truth: what the lane missed while it could not hear it."""
+    state, actions = _on_reported(state, ev.BarrierReported(event.barrier), now)
+    sensors = dict(event.sensors)
+    for name in ("safety_loop", "light_curtain"):
+        if name in sensors and sensors[name] != (name in state.occupied):
+            state, more = _safety_loop(state, name, sensors[name], f"{event.event_id}/{name}")
+            actions += more
+    vehicle = state.vehicle
+    gone = sensors.get("entry_loop") is False and vehicle is not None and not vehicle.implicit
+    if gone and vehicle is not None and not _committed(vehicle):
+        left = ev.SensorChanged("entry_loop", False, event.event_id)
+        state, more = _entry_loop(state, left, now)
+        actions += more
+    clear = not any(sensors.get(s, False) for s in ("safety_loop", "light_curtain", "exit_loop"))
+    passage = state.passage
+    waiting = passage is not None and passage.opened_at is not None and not passage.left
+    if (
+        passage is not None
+        and waiting
+        and clear
+        and (passage.crossings or (event.barrier == "open" and not sensors.get("entry_loop")))
+    ):
+        # Through (or gone) while the lane could not hear it: the exit edge was lost.
+        note = Note("vehicle_left", {"vehicle_id": passage.vehicle_id, "seen": "snapshot"})
+        state = replace(state, passage=replace(passage, left=True))
+        actions.append(note)
+    if state.command is None:
+        # Nothing waits for an ack: a device that answers is not failing commands.
+        for fault in ("barrier_no_ack", "barrier_refused"):
+            state, more = remove_fault(state, fault)
+            actions += more
+    vehicle = state.vehicle
+    if (
+        event.barrier in ("open", "opening")
+        and state.passage is None
+        and state.command is None
+        and (vehicle is None or not _committed(vehicle))
+    ):
+        # Up for nobody who paid (a restart, a lost close): close it once the area is clear.
+        close = Command(f"{event.event_id}/close", "close", 0, None)
+        state = replace(state, command=close)
+        actions.append(Note("barrier_reconciled", {"device": event.barrier, "cmd": close.cmd_id}))
     return state, actions
 
 
@@ -498,7 +547,7 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
         and now >= cmd.ack_deadline
     ):
         if cmd.attempt >= state.rules.max_cmd_attempts:
-            state, more = _add_fault(state, "barrier_no_ack", f"{cmd.op} {cmd.cmd_id}")
+            state, more = add_fault(state, "barrier_no_ack", f"{cmd.op} {cmd.cmd_id}")
             # Keep the command: the same cmd_id is sent again once the fault clears, so a
             # device that did receive it still executes it at most once.
             state = replace(state, command=replace(cmd, attempt=0, ack_deadline=None))
@@ -515,7 +564,8 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
     ):
         state = replace(state, passage=replace(passage, left=True))
         actions.append(Note("gate_timeout", {"vehicle_id": passage.vehicle_id}))
-    return state, actions
+    state, more = recovery.on_tick(state, now)
+    return state, actions + more
 
 
 # --- attendant and health --------------------------------------------------------------------
@@ -571,10 +621,10 @@ def _on_reopen_lane(state: LaneState, event: ev.AttendantReopenLane, now: float)
 def _on_queue(state: LaneState, event: ev.QueueChanged, now: float) -> Result:
     actions: list[Action] = []
     if event.full:
-        state, actions = _add_fault(state, "queue_full")
+        state, actions = add_fault(state, "queue_full")
     else:
         for fault in ("queue_full", "disk_error"):
-            state, cleared = _remove_fault(state, fault)
+            state, cleared = remove_fault(state, fault)
             actions += cleared
     if event.high_water:
         actions.append(RaiseAlarm("queue_high_water", "record queue above its high-water mark"))
@@ -585,8 +635,11 @@ def _on_queue(state: LaneState, event: ev.QueueChanged, now: float) -> Result:
 
 def _on_link(state: LaneState, event: ev.LinkChanged, now: float) -> Result:
     if event.up:
-        return _remove_fault(state, "broker_down")
-    return _add_fault(state, "broker_down")
+        # Whatever the device did while the lane could not hear it: ask for its whole truth.
+        state, actions = remove_fault(state, "broker_down")
+        state, query = recovery.query(state, "connected")
+        return state, actions + query
+    return add_fault(state, "broker_down")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -634,6 +687,8 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
             vehicle.vehicle_class,
             # A vehicle already nosing over the loop under the closed barrier is this one.
             crossings=1 if state.safety_occupied else 0,
+            since=now,
+            manual=vehicle.approved is None,
         )
         command = Command(cmd_id, "open", 1, now + rules.ack_timeout_s)
         actions = [
@@ -653,6 +708,8 @@ def _hand_over(state: LaneState, vehicle: Vehicle, actions: list[Action], now: f
         vehicle.approved_frame_ts,
         vehicle.vehicle_class,
         opened_at=now,
+        since=now,
+        manual=vehicle.approved is None,
     )
     frame_ts = vehicle.approved_frame_ts
     latency = None if frame_ts is None else round((now - frame_ts) * 1000, 3)
@@ -670,23 +727,6 @@ def _hand_over(state: LaneState, vehicle: Vehicle, actions: list[Action], now: f
         ),
     ]
     return replace(state, vehicle=None, passage=passage), actions
-
-
-def _add_fault(state: LaneState, fault: str, detail: str = "") -> Result:
-    if fault in state.faults:
-        return state, []
-    message = FAULT_MESSAGES.get(fault, fault) + (f": {detail}" if detail else "")
-    actions: list[Action] = [
-        RaiseAlarm(fault, message),
-        ShowOnDisplay(("Lane closed", "Please use another lane")),
-    ]
-    return replace(state, faults=state.faults | {fault}), actions
-
-
-def _remove_fault(state: LaneState, fault: str) -> Result:
-    if fault not in state.faults:
-        return state, []
-    return replace(state, faults=state.faults - {fault}), [ClearAlarm(fault)]
 
 
 def _commit(state: LaneState, persist_id: str) -> LaneState:
@@ -755,6 +795,7 @@ _HANDLERS: dict[type, Handler] = {
     ev.PersistFailed: _on_persist_failed,
     ev.BarrierAcked: _on_acked,
     ev.BarrierReported: _on_reported,
+    ev.DeviceSnapshotted: _on_snapshot,
     ev.AttendantOpen: _on_attendant_open,
     ev.AttendantCloseLane: _on_close_lane,
     ev.AttendantReopenLane: _on_reopen_lane,
