@@ -137,6 +137,11 @@ class LaneMetrics:
             registry=r,
         )
         self.tailgating = Counter("lane_tailgating", "Vehicles through without paying", registry=r)
+        self.paid_not_passed = Counter(
+            "lane_paid_not_passed",
+            "Vehicles that paid and were not let through (refund records)",
+            registry=r,
+        )
         self.acquirer_latency = Histogram(
             "lane_acquirer_request_seconds",
             "Acquirer HTTP requests that got an answer, by operation",
@@ -247,6 +252,8 @@ class LaneMetrics:
                 self.code_to_open.observe(latency_ms / 1000.0)
         elif name == "tailgating":
             self.tailgating.inc()
+        elif name == "paid_not_passed":
+            self.paid_not_passed.inc()
         elif name == "alarm":
             self._alarm(str(fields.get("code", "")), bool(fields.get("active")))
 
