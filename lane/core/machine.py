@@ -466,12 +466,17 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
 
 
 def _on_reported(state: LaneState, event: ev.BarrierReported, now: float) -> Result:
-    state = replace(state, barrier=event.state)
-    if event.state == "offline":
-        return add_fault(state, "barrier_offline")
-    if event.state == "fault":
-        return add_fault(state, "barrier_fault")
     actions: list[Action] = []
+    boom_up = event.state in BOOM_UP and state.barrier not in BOOM_UP
+    if boom_up and state.passage is None and state.safety_occupied:
+        # Up for nobody who paid, over a vehicle the lane already saw under it (after a
+        # restart its reading can come before the barrier's state).
+        up = replace(state, barrier=event.state)
+        state, actions = recovery.unpaid_passage(up, f"up-{now:.6f}")
+    state = replace(state, barrier=event.state)
+    if event.state in ("offline", "fault"):
+        state, more = add_fault(state, f"barrier_{event.state}")
+        return state, actions + more
     for fault in ("barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused"):
         state, cleared = remove_fault(state, fault)
         actions += cleared

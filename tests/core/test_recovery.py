@@ -126,6 +126,15 @@ def test_a_vehicle_under_a_boom_the_lane_did_not_open_is_a_violation_and_an_alar
     assert ClearAlarm(Alarm.UNPAID_PASSAGE) in actions
 
 
+def test_after_a_restart_a_vehicle_seen_under_the_boom_before_its_state_is_a_violation() -> None:
+    lane = LaneDriver()
+    lane.sensor("safety_loop", True)  # queued for the lane's session while it was down
+    assert of_type(lane.actions, Persist) == []  # the barrier's state is not known yet
+    actions = lane.report("open")
+    assert "unpaid_passage" in one(actions, Persist).draft.flags
+    raised(actions, Alarm.UNPAID_PASSAGE)
+
+
 def test_a_snapshot_from_a_working_device_clears_a_no_ack_fault_with_nothing_pending() -> None:
     lane = LaneDriver()
     lane.report("closed")
