@@ -31,6 +31,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from lane.core.alarms import BARRIER_ALARMS
 from lane.health import Check
 from scanner.pipeline import ScanStats
 from uplink.forwarder import UplinkStatus
@@ -58,9 +59,6 @@ REASONS = frozenset(
     }
 )  # fmt: skip
 BARRIER_STATES = ("closed", "opening", "open", "closing", "fault", "offline", "unknown")
-BARRIER_FAULTS = frozenset(
-    {"barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused"}
-)
 MAX_PENDING_COMMANDS = 64
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,47}")
 
@@ -275,7 +273,7 @@ class LaneMetrics:
             return
         self._alarm_codes.add(code)
         self.alarm.labels(code).set(1 if active else 0)
-        if active and code in BARRIER_FAULTS:
+        if active and code in BARRIER_ALARMS:
             self.barrier_faults.labels(code).inc()
 
     # --- barrier commands ---------------------------------------------------------------------

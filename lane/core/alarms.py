@@ -23,6 +23,12 @@ class Alarm(StrEnum):
     UNPAID_PASSAGE = "unpaid_passage"
 
 
+# Everything a working barrier report clears.
+BARRIER_FAULTS = ("barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused")
+
+# Every alarm that says the barrier cannot be relied on (readiness, metrics).
+BARRIER_ALARMS = (*BARRIER_FAULTS, "barrier_stuck")
+
 FAULT_MESSAGES = {
     "barrier_offline": "barrier device offline",
     "barrier_fault": "barrier reports a fault",

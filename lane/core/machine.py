@@ -12,7 +12,7 @@ exists for a vehicle whose record the queue has confirmed durable (Persisted).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -31,9 +31,10 @@ from lane.core.actions import (
     Settle,
     ShowOnDisplay,
 )
-from lane.core.alarms import add_fault, remove_fault
+from lane.core.alarms import BARRIER_FAULTS, add_fault, remove_fault
 from lane.core.state import (
     BOOM_UP,
+    COMMAND_FAULTS,
     COMMITTED_MEMORY,
     RECORD_KINDS,
     Attempt,
@@ -466,18 +467,24 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
 
 
 def _on_reported(state: LaneState, event: ev.BarrierReported, now: float) -> Result:
+    # A device that moves is alive: whatever it did not answer before is sent again.
+    return _position(state, event.state, now, BARRIER_FAULTS)
+
+
+def _position(state: LaneState, position: str, now: float, clears: Iterable[str]) -> Result:
+    """The device's barrier position: its faults, and a boom up over an unpaid vehicle."""
     actions: list[Action] = []
-    boom_up = event.state in BOOM_UP and state.barrier not in BOOM_UP
+    boom_up = position in BOOM_UP and state.barrier not in BOOM_UP
     if boom_up and state.passage is None and state.safety_occupied:
         # Up for nobody who paid, over a vehicle the lane already saw under it (after a
         # restart its reading can come before the barrier's state).
-        up = replace(state, barrier=event.state)
+        up = replace(state, barrier=position)
         state, actions = recovery.unpaid_passage(up, f"up-{now:.6f}")
-    state = replace(state, barrier=event.state)
-    if event.state in ("offline", "fault"):
-        state, more = add_fault(state, f"barrier_{event.state}")
+    state = replace(state, barrier=position)
+    if position in ("offline", "fault"):
+        state, more = add_fault(state, f"barrier_{position}")
         return state, actions + more
-    for fault in ("barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused"):
+    for fault in clears:
         state, cleared = remove_fault(state, fault)
         actions += cleared
     return state, actions
@@ -485,7 +492,10 @@ def _on_reported(state: LaneState, event: ev.BarrierReported, now: float) -> Res
 
 def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> Result:
     """Adopt the device's whole truth: what the lane missed while it could not hear it."""
-    state, actions = _on_reported(state, ev.BarrierReported(event.barrier), now)
+    # An answer to a query says the device is there, not that it executes commands: a command
+    # fault clears with the ack of its command (recovery's probe), or below when none waits.
+    clears = ("barrier_offline", "barrier_fault")
+    state, actions = _position(state, event.barrier, now, clears)
     sensors = dict(event.sensors)
     for name in ("safety_loop", "light_curtain"):
         if name in sensors and sensors[name] != (name in state.occupied):
@@ -512,7 +522,7 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
         actions.append(note)
     if state.command is None:
         # Nothing waits for an ack: a device that answers is not failing commands.
-        for fault in ("barrier_no_ack", "barrier_refused"):
+        for fault in COMMAND_FAULTS:
             state, more = remove_fault(state, fault)
             actions += more
     vehicle = state.vehicle

@@ -53,16 +53,23 @@ async def test_a_query_for_another_lane_or_garbage_gets_no_answer(
     link = rec.link(mosquitto, lane_id, on_snapshot=snapshots.put_nowait)
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, FAST)
     raw = MqttLink(mosquitto.host, mosquitto.port, f"raw-{lane_id}")
-    async with tasks(link.run(), device.run(), raw.run()):
-        await until(snapshots, lambda s: s.query_id is None)
+    async with tasks(link.run(), raw.run()):
+        await link.wait_connected(WAIT)
         await raw.wait_connected(WAIT)
-        topic = topics.device_query(lane_id)
-        await raw.publish(topic, DeviceQuery("q-x", "other/l9", 1).encode())
-        await raw.publish(topic, b"\x00 not msgpack")
-        await raw.publish(topic, pack({"query_id": "", "lane": lane_id, "ts": 1}))
-        await raw.publish(topic, DeviceQuery("q-ok", lane_id, 1).encode())
-        # Answers go out in order: the first one seen is the one for the good query.
-        assert (await until(snapshots, lambda s: True)).query_id == "q-ok"
+        async with tasks(device.run()):
+            await until(snapshots, lambda s: s.query_id is None)
+            await asks(raw, lane_id, snapshots)
+
+
+async def asks(raw: MqttLink, lane_id: str, snapshots: asyncio.Queue[DeviceSnapshot]) -> None:
+    """Bad queries first, then a good one: the first answer is the good one's."""
+    topic = topics.device_query(lane_id)
+    await raw.publish(topic, DeviceQuery("q-x", "other/l9", 1).encode())
+    await raw.publish(topic, b"\x00 not msgpack")
+    await raw.publish(topic, pack({"query_id": "", "lane": lane_id, "ts": 1}))
+    await raw.publish(topic, DeviceQuery("q-ok", lane_id, 1).encode())
+    # Answers go out in order: the first one seen is the one for the good query.
+    assert (await until(snapshots, lambda s: True)).query_id == "q-ok"
 
 
 async def test_a_snapshot_older_than_a_state_already_seen_is_dropped(

@@ -91,8 +91,12 @@ async def test_a_stuck_barrier_is_an_alarm_that_clears_when_it_moves_again(
         # The paid driver is not let through: after the dwell, a refund record and an alarm.
         await wait_until(lambda: named(lane, "paid_not_passed"), within=30)
         assert "paid_not_passed" in runner.alarms
-        refund = [r for r in records(lane.queue_path) if "paid_not_passed" in r.draft.flags]
-        assert len(refund) == 1
+
+        def refunds() -> list[Record]:
+            return [r for r in records(lane.queue_path) if "paid_not_passed" in r.draft.flags]
+
+        await wait_until(lambda: refunds() != [])  # the record is written after the decision
+        assert len(refunds()) == 1
         # The lane wants the barrier closed, and it is: barrier_stuck clears by itself.
         await wait_until(lambda: "barrier_stuck" not in runner.alarms, within=10)
 
