@@ -175,24 +175,7 @@ def _safety_loop(state: LaneState, sensor: str, occupied: bool, event_id: str) -
 
 
 def _violation(state: LaneState, passage: Passage) -> Result:
-    n = state.violations + 1
-    persist_id = f"{passage.vehicle_id}/violation/{n}"
-    draft = RecordDraft(
-        kind="violation",
-        vehicle_id=persist_id,
-        vehicle_class=passage.vehicle_class,
-        amount_minor=0,
-        currency="",
-        method="none",
-        account_ref=None,
-        auth=AuthInfo(result="none"),
-        flags=("tailgating",),
-    )
-    actions: list[Action] = [
-        Persist(persist_id, draft),
-        Note("tailgating", {"vehicle_id": passage.vehicle_id}),
-    ]
-    return replace(state, violations=n), actions
+    return recovery.violation(state, passage.vehicle_id, passage.vehicle_class, ("tailgating",))
 
 
 def _on_classified(state: LaneState, event: ev.VehicleClassified, now: float) -> Result:

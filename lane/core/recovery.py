@@ -157,32 +157,32 @@ def on_tick(state: LaneState, now: float) -> Result:
 
 def unpaid_passage(state: LaneState, event_id: str) -> Result:
     """A vehicle went under a boom the lane did not open for it: a violation and an alarm."""
-    n = state.violations + 1
-    persist_id = f"{event_id}/violation/{n}"
     vehicle_class = state.next_class if state.next_class is not None else state.rules.default_class
-    draft = RecordDraft(
-        kind="violation",
-        vehicle_id=persist_id,
-        vehicle_class=vehicle_class,
-        amount_minor=0,
-        currency="",
-        method="none",
-        account_ref=None,
-        auth=AuthInfo(result="none"),
-        flags=("unpaid_passage", f"barrier:{state.barrier}"),
-    )
-    state = replace(state, violations=n)
+    flags = ("unpaid_passage", f"barrier:{state.barrier}")
+    state, actions = violation(state, event_id, vehicle_class, flags)
     state, alarm = raise_notice(
         state,
         Alarm.UNPAID_PASSAGE,
         f"a vehicle passed under the {state.barrier} barrier the lane did not open for it",
     )
+    return state, actions + alarm
+
+
+def violation(state: LaneState, after: str, vehicle_class: int, flags: tuple[str, ...]) -> Result:
+    """A vehicle through without a record of its own: a violation record and a note."""
+    n = state.violations + 1
+    persist_id = f"{after}/violation/{n}"
+    draft = _uncharged(kind="violation", vehicle_id=persist_id, vehicle_class=vehicle_class)
     actions: list[Action] = [
-        Persist(persist_id, draft),
-        Note("tailgating", {"vehicle_id": persist_id, "unpaid_passage": True}),
-        *alarm,
+        Persist(persist_id, replace(draft, flags=flags)),
+        Note("tailgating", {"vehicle_id": after, "flags": list(flags)}),
     ]
-    return state, actions
+    return replace(state, violations=n), actions
+
+
+def _uncharged(kind: str, vehicle_id: str, vehicle_class: int) -> RecordDraft:
+    """A record that charges nothing and took no payment."""
+    return RecordDraft(kind, vehicle_id, vehicle_class, 0, "", "none", None, AuthInfo("none"))
 
 
 def _not_passed_due(state: LaneState) -> float | None:
@@ -199,15 +199,9 @@ def _not_let_through(state: LaneState, now: float) -> Result:
     the attendant; the lane stops waiting for this passage."""
     p = state.passage
     assert p is not None
-    draft = RecordDraft(
-        kind="manual" if p.manual else RECORD_KINDS[state.rules.mode],
-        vehicle_id=p.vehicle_id,
-        vehicle_class=p.vehicle_class,
-        amount_minor=0,
-        currency="",
-        method="none",
-        account_ref=None,
-        auth=AuthInfo(result="none"),
+    kind = "manual" if p.manual else RECORD_KINDS[state.rules.mode]
+    draft = replace(
+        _uncharged(kind, p.vehicle_id, p.vehicle_class),
         flags=("paid_not_passed", f"record:{p.record_id}"),
     )
     cmd = state.command

@@ -10,18 +10,26 @@ from test_barrier_protocol import FAST, WAIT, Recorder, command, tasks, until
 
 from barrier import topics
 from barrier.device import DeviceEmulator
+from barrier.link import BarrierLink
 from barrier.messages import DeviceQuery, DeviceSnapshot
 from barrier.mqtt import MqttLink
 from barrier.wire import pack
 from sim.broker import Mosquitto
 
 
+def watching(
+    mosquitto: Mosquitto, lane_id: str
+) -> tuple[Recorder, asyncio.Queue[DeviceSnapshot], BarrierLink]:
+    """A controller's link that queues every device snapshot it passes on."""
+    rec = Recorder()
+    snapshots: asyncio.Queue[DeviceSnapshot] = asyncio.Queue()
+    return rec, snapshots, rec.link(mosquitto, lane_id, on_snapshot=snapshots.put_nowait)
+
+
 async def test_the_device_says_its_whole_truth_on_connect_and_on_every_query(
     mosquitto: Mosquitto, lane_id: str
 ) -> None:
-    rec = Recorder()
-    snapshots: asyncio.Queue[DeviceSnapshot] = asyncio.Queue()
-    link = rec.link(mosquitto, lane_id, on_snapshot=snapshots.put_nowait)
+    rec, snapshots, link = watching(mosquitto, lane_id)
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, FAST)
     async with tasks(link.run()):
         await link.wait_connected(WAIT)
@@ -48,9 +56,7 @@ async def test_the_device_says_its_whole_truth_on_connect_and_on_every_query(
 async def test_a_query_for_another_lane_or_garbage_gets_no_answer(
     mosquitto: Mosquitto, lane_id: str
 ) -> None:
-    rec = Recorder()
-    snapshots: asyncio.Queue[DeviceSnapshot] = asyncio.Queue()
-    link = rec.link(mosquitto, lane_id, on_snapshot=snapshots.put_nowait)
+    _, snapshots, link = watching(mosquitto, lane_id)
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, FAST)
     raw = MqttLink(mosquitto.host, mosquitto.port, f"raw-{lane_id}")
     async with tasks(link.run(), raw.run()):
@@ -75,9 +81,7 @@ async def asks(raw: MqttLink, lane_id: str, snapshots: asyncio.Queue[DeviceSnaps
 async def test_a_snapshot_older_than_a_state_already_seen_is_dropped(
     mosquitto: Mosquitto, lane_id: str
 ) -> None:
-    rec = Recorder()
-    snapshots: asyncio.Queue[DeviceSnapshot] = asyncio.Queue()
-    link = rec.link(mosquitto, lane_id, on_snapshot=snapshots.put_nowait)
+    _, snapshots, link = watching(mosquitto, lane_id)
     raw = MqttLink(mosquitto.host, mosquitto.port, f"raw-{lane_id}")
     topic = topics.device_snapshot(lane_id)
     async with tasks(link.run(), raw.run()):

@@ -259,7 +259,7 @@ def test_tailgating_is_recorded_as_a_violation() -> None:
     draft = persist.draft
     assert (draft.kind, draft.amount_minor, draft.auth.result) == ("violation", 0, "none")
     assert draft.flags == ("tailgating",)
-    assert Note("tailgating", {"vehicle_id": "v1"}) in actions
+    assert Note("tailgating", {"vehicle_id": "v1", "flags": ["tailgating"]}) in actions
     assert lane.persisted("v1/violation/1") == []  # the record opens nothing
     lane.sensor("safety_loop", False)
     third = one(lane.sensor("safety_loop", True), Persist)  # every one of them is recorded

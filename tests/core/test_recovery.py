@@ -12,6 +12,7 @@ from core_kit import EventSource, LaneDriver, of_type, one, random_walk, rules
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from test_invariants import hypothesis_chooser, lane_rules
+from test_machine_barrier import opened
 
 from lane.core import events as ev
 from lane.core.actions import (
@@ -42,12 +43,6 @@ def raised(actions: list[Action], code: str) -> RaiseAlarm:
     found = [a for a in of_type(actions, RaiseAlarm) if a.code == code]
     assert found, f"no {code} alarm in {actions}"
     return found[0]
-
-
-def opened(lane: LaneDriver, vehicle_id: str = "v1") -> None:
-    lane.pay(vehicle_id)
-    lane.ack()
-    assert lane.phase() is Phase.OPEN
 
 
 # --- item 3: no phase waits for ever -------------------------------------------------------

@@ -9,9 +9,11 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from test_lane_daemon import named, running_lane, show, wait_until
+from test_lane_daemon import Lane, named, running_lane, show, wait_until
 
 from barrier import topics
 from barrier.device import DeviceEmulator, Timings
@@ -25,15 +27,21 @@ from uplink.records import Record
 QUICK = {"probe_s": 0.5, "pass_dwell_s": 20.0}
 
 
+async def pays(lane: Lane, until: Callable[[], Any], within: float = 5.0) -> None:
+    """A vehicle drives onto the pay point and shows a fresh token until `until()` holds."""
+    mark = len(named(lane, "vehicle_arrived"))
+    await lane.device.vehicle_enters(1)
+    await wait_until(lambda: len(named(lane, "vehicle_arrived")) > mark)
+    token = lane.codes.make("token", int(time.time())).text
+    await show(lane, token, until, within=within)
+
+
 async def test_barrier_offline_while_open_then_back_the_lost_exit_edge_is_recovered(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
     async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
         runner, device = lane.daemon.runner, lane.device
-        await device.vehicle_enters(1)
-        await wait_until(lambda: named(lane, "vehicle_arrived"))
-        token = lane.codes.make("token", int(time.time())).text
-        await show(lane, token, lambda: named(lane, "barrier_opened"))
+        await pays(lane, lambda: named(lane, "barrier_opened"))
         await wait_until(lambda: device.state == "open")
         device.set_fault("offline")
         await wait_until(lambda: "barrier_offline" in runner.alarms, within=10)
@@ -44,9 +52,7 @@ async def test_barrier_offline_while_open_then_back_the_lost_exit_edge_is_recove
         await wait_until(lambda: runner.alarms == {} and runner.idle(), within=10)
         assert any(f.get("seen") == "snapshot" for f in named(lane, "vehicle_left"))
         # ... and it serves the next paying vehicle normally.
-        await device.vehicle_enters(1)
-        token = lane.codes.make("token", int(time.time())).text
-        await show(lane, token, lambda: len(named(lane, "barrier_opened")) == 2)
+        await pays(lane, lambda: len(named(lane, "barrier_opened")) == 2)
         await device.vehicle_passes()
         await wait_until(lambda: device.state == "closed" and runner.idle(), within=10)
         assert named(lane, "paid_not_passed") == []
@@ -59,10 +65,7 @@ async def test_barrier_no_ack_then_acking_again_the_held_open_is_probed_and_serv
     async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
         runner, device = lane.daemon.runner, lane.device
         device.set_fault("no_ack")
-        await device.vehicle_enters(1)
-        await wait_until(lambda: named(lane, "vehicle_arrived"))
-        token = lane.codes.make("token", int(time.time())).text
-        await show(lane, token, lambda: "barrier_no_ack" in runner.alarms, within=10)
+        await pays(lane, lambda: "barrier_no_ack" in runner.alarms, within=10)
         assert device.executions == []
         device.set_fault(None)
         await wait_until(lambda: named(lane, "barrier_opened"), within=10)
@@ -81,10 +84,7 @@ async def test_a_stuck_barrier_is_an_alarm_that_clears_when_it_moves_again(
     async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
         runner, device = lane.daemon.runner, lane.device
         device.set_fault("stuck")
-        await device.vehicle_enters(1)
-        await wait_until(lambda: named(lane, "vehicle_arrived"))
-        token = lane.codes.make("token", int(time.time())).text
-        await show(lane, token, lambda: named(lane, "barrier_opened"))
+        await pays(lane, lambda: named(lane, "barrier_opened"))
         await wait_until(lambda: "barrier_stuck" in runner.alarms, within=10)
         assert "commanded open" in runner.alarms["barrier_stuck"]
         device.set_fault(None)
