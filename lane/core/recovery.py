@@ -109,6 +109,8 @@ def after_step(state: LaneState, event: ev.Event, before: Phase, now: float) -> 
         state, more = clear_notice(state, Alarm.UNPAID_PASSAGE)
         actions += more
     passage = state.passage
+    if passage is not None and state.barrier == "open" and not passage.seen_open:
+        state = replace(state, passage=replace(passage, seen_open=True))
     if isinstance(event, ev.AttendantOpen | ev.AttendantReopenLane) or (
         passage is not None and passage.left
     ):
@@ -141,14 +143,8 @@ def on_tick(state: LaneState, now: float) -> Result:
         actions += more
     due = _not_passed_due(state)
     if due is not None and now >= due:
-        if state.barrier == "open":
-            # Let through, and not gone yet: the phase's dwell calls for help; look again later.
-            passage = state.passage
-            assert passage is not None
-            state = replace(state, passage=replace(passage, since=now))
-        else:
-            state, more = _not_let_through(state, now)
-            actions += more
+        state, more = _not_let_through(state, now)
+        actions += more
     if state.dwell_at is not None and now >= state.dwell_at:
         state, more = _dwell_over(state, now)
         actions += more
@@ -186,10 +182,10 @@ def _uncharged(kind: str, vehicle_id: str, vehicle_class: int) -> RecordDraft:
 
 
 def _not_passed_due(state: LaneState) -> float | None:
-    """When a paid vehicle that has not crossed is looked at: given up on unless the barrier is
-    open for it."""
+    """When a paid vehicle the barrier never opened for (and nothing crossed) is given up on.
+    Once the device said open, the vehicle was let through: waiting longer is `lane_stuck`."""
     p = state.passage
-    if p is None or p.crossings or p.left:
+    if p is None or p.crossings or p.left or p.seen_open:
         return None
     return p.since + state.rules.pass_dwell_s
 

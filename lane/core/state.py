@@ -143,6 +143,7 @@ class Passage:
     left: bool = False
     since: float = 0.0  # when the lane committed to it (a paid vehicle waits from here)
     manual: bool = False  # opened by an attendant, not paid
+    seen_open: bool = False  # the device reported the barrier open for it: it was let through
 
 
 @dataclass(frozen=True)

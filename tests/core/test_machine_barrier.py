@@ -38,8 +38,7 @@ def test_ack_opens_with_a_latency_note() -> None:
     assert note.fields["record_id"] == lane.state.passage.record_id  # type: ignore[union-attr]
     assert note.fields["latency_ms"] == pytest.approx(50 + 300 + 4 + 50)
     # Toll: the barrier waits for the vehicle, for a bounded time (then lane_stuck).
-    since = lane.state.passage.since  # type: ignore[union-attr]
-    assert next_deadline(lane.state) == pytest.approx(since + lane.state.rules.pass_dwell_s)
+    assert next_deadline(lane.state) == pytest.approx(lane.now + lane.state.rules.pass_dwell_s)
 
 
 def test_exit_loop_with_safety_clear_closes_then_idle() -> None:

@@ -204,6 +204,19 @@ def test_paid_and_not_let_through_is_a_record_an_alarm_and_the_lane_moves_on() -
     assert ClearAlarm(Alarm.PAID_NOT_PASSED) in lane.actions  # ... and the alarm is over
 
 
+def test_a_vehicle_let_through_is_never_a_refund_however_long_the_barrier_is_away() -> None:
+    lane = LaneDriver(rules(pass_dwell_s=60.0))
+    opened(lane)  # the device said open
+    lane.report("offline")  # ... and left; the vehicle drives through unheard
+    while lane.now < 1000.0 + 600.0:
+        lane.tick_at_deadline()  # probes every probe_s, ten minutes of them
+    assert "paid_not_passed" not in {a.name for a in of_type(lane.actions, Note)}
+    lane.report("open")
+    snapshot(lane, "open")
+    lane.ack()
+    assert lane.phase() is Phase.IDLE
+
+
 # --- liveness ---------------------------------------------------------------------------------
 
 

@@ -81,7 +81,7 @@ async def test_barrier_no_ack_then_acking_again_the_held_open_is_probed_and_serv
 async def test_a_stuck_barrier_is_an_alarm_that_clears_when_it_moves_again(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
-    async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
+    async with running_lane(tmp_path, mosquitto, lane_id, {**QUICK, "pass_dwell_s": 3.0}) as lane:
         runner, device = lane.daemon.runner, lane.device
         device.set_fault("stuck")
         await pays(lane, lambda: named(lane, "barrier_opened"))
