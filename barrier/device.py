@@ -153,6 +153,10 @@ class DeviceEmulator:
         self._control.put_nowait(("stop", None))
         await self._stopped.wait()
 
+    async def flushed(self) -> None:
+        """Until every message queued so far was published, or lost to a broker that is down."""
+        await self._outbox.join()
+
     async def wait_connected(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         await self.link.wait_connected(timeout)
 

@@ -36,6 +36,12 @@ async def pays(lane: Lane, until: Callable[[], Any], within: float = 5.0) -> Non
     await show(lane, token, until, within=within)
 
 
+def quiet(lane: Lane) -> bool:
+    """Idle with no alarm (the camera sees nothing between two vehicles: it may say so)."""
+    runner = lane.daemon.runner
+    return set(runner.alarms) <= {"camera_blackout"} and runner.idle()
+
+
 async def test_barrier_offline_while_open_then_back_the_lost_exit_edge_is_recovered(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
@@ -45,16 +51,17 @@ async def test_barrier_offline_while_open_then_back_the_lost_exit_edge_is_recove
         await wait_until(lambda: device.state == "open")
         device.set_fault("offline")
         await wait_until(lambda: "barrier_offline" in runner.alarms, within=10)
-        await device.vehicle_passes()  # every edge of it is lost: the device is not connected
+        await device.vehicle_passes()
+        await device.flushed()  # every edge of it is lost: the device is not connected
         device.set_fault(None)
         # Back: its retained state and its snapshot tell the lane the vehicle is gone.
         await wait_until(lambda: device.state == "closed", within=10)
-        await wait_until(lambda: runner.alarms == {} and runner.idle(), within=10)
+        await wait_until(lambda: quiet(lane), within=10)
         assert any(f.get("seen") == "snapshot" for f in named(lane, "vehicle_left"))
         # ... and it serves the next paying vehicle normally.
         await pays(lane, lambda: len(named(lane, "barrier_opened")) == 2)
         await device.vehicle_passes()
-        await wait_until(lambda: device.state == "closed" and runner.idle(), within=10)
+        await wait_until(lambda: device.state == "closed" and quiet(lane), within=10)
         assert named(lane, "paid_not_passed") == []
         assert lane.device.received.violations == []  # type: ignore[attr-defined]
 
@@ -71,8 +78,7 @@ async def test_barrier_no_ack_then_acking_again_the_held_open_is_probed_and_serv
         await wait_until(lambda: named(lane, "barrier_opened"), within=10)
         assert "barrier_no_ack" not in runner.alarms
         await device.vehicle_passes()
-        await wait_until(lambda: device.state == "closed" and runner.idle(), within=10)
-        assert runner.alarms == {}
+        await wait_until(lambda: device.state == "closed" and quiet(lane), within=10)
         assert [c for c in device.executions if c.endswith("/open")] == [
             named(lane, "barrier_opened")[0]["vehicle_id"] + "/open"
         ]
@@ -81,7 +87,7 @@ async def test_barrier_no_ack_then_acking_again_the_held_open_is_probed_and_serv
 async def test_a_stuck_barrier_is_an_alarm_that_clears_when_it_moves_again(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
-    async with running_lane(tmp_path, mosquitto, lane_id, {**QUICK, "pass_dwell_s": 3.0}) as lane:
+    async with running_lane(tmp_path, mosquitto, lane_id, {**QUICK, "pass_dwell_s": 6.0}) as lane:
         runner, device = lane.daemon.runner, lane.device
         device.set_fault("stuck")
         await pays(lane, lambda: named(lane, "barrier_opened"))
