@@ -35,16 +35,17 @@ class Case:
     alarm: str | None  # what the lane raises while the fault lasts, without traffic
     # A vehicle meets the fault (it is only seen by a command), and passes once it is off.
     with_vehicle: str | None = None  # the alarm that vehicle makes the lane raise
+    closed: bool = False  # safe while it lasts: the lane takes no payment
 
 
 CASES = [
-    Case("barrier_offline", "barrier_offline"),
-    Case("barrier_fault", "barrier_fault"),
+    Case("barrier_offline", "barrier_offline", closed=True),
+    Case("barrier_fault", "barrier_fault", closed=True),
     Case("barrier_no_ack", None, with_vehicle="barrier_no_ack"),
     Case("barrier_stuck", None, with_vehicle="barrier_stuck"),
     Case("barrier_slow_ack", None, with_vehicle=""),
     Case("camera_blackout", "camera_blackout"),
-    Case("broker_down", "broker_down"),
+    Case("broker_down", "broker_down", closed=True),
     Case("backoffice_offline", None),
     Case("acquirer_outage", None),
     Case("acquirer_slow", None),
@@ -111,6 +112,9 @@ async def test_each_fault_clears_itself_and_the_next_vehicle_is_served(
             await within(
                 sim, f"{case.alarm} raised", lambda: case.alarm in alarms(lane), NOTICE_WITHIN_S
             )
+        if case.closed:
+            assert lane.daemon is not None
+            assert not lane.daemon.runner.state.accepting_payments
         if case.with_vehicle is not None:
             driver = paying(sim, "token")
             lane.join(driver)
