@@ -90,6 +90,7 @@ class DeviceEmulator:
         # Every well-formed command that reached the device, and the cmd_ids it executed.
         self.received: list[BarrierCommand] = []
         self.executions: list[str] = []
+        self.queries: list[str] = []  # the query_ids it answered
         self.sensors: dict[str, bool] = {}
         self._clock = clock
         self._sleep = sleep
@@ -360,6 +361,7 @@ class DeviceEmulator:
                 extra={"lane": self.lane, "query_lane": query.lane},
             )
             return
+        self.queries.append(query.query_id)
         self._publish_snapshot(query.query_id)
 
     def snapshot(self, query_id: str | None = None) -> DeviceSnapshot:

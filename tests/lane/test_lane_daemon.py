@@ -30,7 +30,7 @@ from lane.config import LaneConfig, parse_config
 from lane.daemon import LaneDaemon
 from scanner.sources import PushSource
 from sim.acquirer import AcquirerServer
-from sim.broker import Mosquitto, free_port
+from sim.broker import Mosquitto
 from sim.camera import frame_for
 from sim.codes import CodeFactory
 from uplink.records import Record
@@ -90,19 +90,6 @@ def config_for(
 async def lane(tmp_path: Path, mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[Lane]:
     async with running_lane(tmp_path, mosquitto, lane_id) as lane:
         yield lane
-
-
-@pytest.fixture
-async def private_broker(tmp_path: Path) -> AsyncIterator[Mosquitto]:
-    """A broker of the test's own, to restart without disturbing the other tests."""
-    work = tmp_path / "broker"
-    work.mkdir()
-    broker = Mosquitto(port=free_port(), workdir=work)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 @contextlib.asynccontextmanager

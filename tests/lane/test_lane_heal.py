@@ -107,6 +107,26 @@ async def test_a_stuck_barrier_is_an_alarm_that_clears_when_it_moves_again(
         await wait_until(lambda: "barrier_stuck" not in runner.alarms, within=10)
 
 
+async def test_the_lane_asks_the_device_after_its_start_and_after_every_reconnect(
+    tmp_path: Path, private_broker: Mosquitto, lane_id: str
+) -> None:
+    async with running_lane(tmp_path, private_broker, lane_id, QUICK) as lane:
+        port = lane.daemon.runner.barrier
+        sent: list[str] = []
+        ask = port.query
+
+        async def query(query_id: str) -> None:
+            await ask(query_id)  # published: the broker has it
+            sent.append(query_id)
+
+        port.query = query  # type: ignore[method-assign]
+        await wait_until(lambda: lane.device.queries != [])  # asked after the start
+        await asyncio.to_thread(private_broker.restart)
+        await wait_until(lambda: sent != [], within=15)  # and after the reconnect
+        assert sent[0] != lane.device.queries[0]  # a query of its own, not a resend
+        await wait_until(lambda: quiet(lane), within=15)
+
+
 def records(queue_path: Path) -> list[Record]:
     with sqlite3.connect(queue_path) as db:
         return [Record.decode(row[0]) for row in db.execute("SELECT data FROM records")]
