@@ -21,7 +21,15 @@ from dataclasses import dataclass, fields
 
 from barrier import gate as rules
 from barrier import topics
-from barrier.messages import WILL_SEQ, BarrierAck, BarrierCommand, BarrierStatus, SensorReading
+from barrier.messages import (
+    WILL_SEQ,
+    BarrierAck,
+    BarrierCommand,
+    BarrierStatus,
+    DeviceQuery,
+    DeviceSnapshot,
+    SensorReading,
+)
 from barrier.mqtt import Credentials, Incoming, LinkDown, MqttLink, WillSpec
 from barrier.wire import PayloadError, unpack
 
@@ -29,6 +37,8 @@ log = logging.getLogger("lane.barrier.device")
 
 FAULTS = frozenset({"stuck", "no_ack", "slow_ack", "offline", "fault"})
 SAFETY_SENSORS = frozenset({"safety_loop", "light_curtain"})
+# Every presence sensor the emulated lane has: a snapshot reports each one.
+LANE_SENSORS = ("entry_loop", "exit_loop", "light_curtain", "safety_loop")
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -80,6 +90,7 @@ class DeviceEmulator:
         # Every well-formed command that reached the device, and the cmd_ids it executed.
         self.received: list[BarrierCommand] = []
         self.executions: list[str] = []
+        self.queries: list[str] = []  # the query_ids it answered
         self.sensors: dict[str, bool] = {}
         self._clock = clock
         self._sleep = sleep
@@ -100,7 +111,7 @@ class DeviceEmulator:
             host,
             port,
             client_id or f"barrier-{lane}",
-            [(topics.barrier_cmd(lane), 1)],
+            [(topics.barrier_cmd(lane), 1), (topics.device_query(lane), 1)],
             handler=self._on_message,
             on_connect=self._on_connect,
             will=self._will(self._next_session),
@@ -144,6 +155,10 @@ class DeviceEmulator:
             log.warning("stopping with unsent messages", extra={"lane": self.lane})
         self._control.put_nowait(("stop", None))
         await self._stopped.wait()
+
+    async def flushed(self) -> None:
+        """Until every message queued so far was published, or lost to a broker that is down."""
+        await self._outbox.join()
 
     async def wait_connected(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         await self.link.wait_connected(timeout)
@@ -212,6 +227,9 @@ class DeviceEmulator:
     # --- commands ------------------------------------------------------------------------------
 
     async def _on_message(self, msg: Incoming) -> None:
+        if msg.topic == topics.device_query(self.lane):
+            self._answer_query(msg)
+            return
         # Stamp arrival now: the MQTT expiry the broker forwarded counts from this moment.
         self._inbox.put_nowait((msg, self._now_us()))
 
@@ -315,6 +333,7 @@ class DeviceEmulator:
         self._next_session = secrets.token_hex(6)
         self.link.will = self._will(self._next_session)
         self._publish_state()
+        self._publish_snapshot(None)  # the whole truth, for a controller that missed anything
 
     def _will(self, session: str) -> WillSpec:
         status = BarrierStatus("offline", WILL_SEQ, self._now_us(), None, session)
@@ -327,6 +346,42 @@ class DeviceEmulator:
         )
         topic = topics.barrier_state(self.lane)
         self._outbox.put_nowait(_Out(topic, status.encode(), retain=True, session=self._session))
+
+    # --- the device's whole truth (DeviceQuery -> DeviceSnapshot) -------------------------------
+
+    def _answer_query(self, msg: Incoming) -> None:
+        """Answered at once, whatever the fault: a query moves nothing, and a controller that
+        cannot get an ack must still learn where the boom is."""
+        try:
+            query = DeviceQuery.decode(msg.payload)
+        except PayloadError as exc:
+            log.warning("malformed device query", extra={"lane": self.lane, "error": str(exc)})
+            return
+        if query.lane != self.lane:
+            log.warning(
+                "device query for another lane ignored",
+                extra={"lane": self.lane, "query_lane": query.lane},
+            )
+            return
+        self.queries.append(query.query_id)
+        self._publish_snapshot(query.query_id)
+
+    def snapshot(self, query_id: str | None = None) -> DeviceSnapshot:
+        sensors = {name: self.sensors.get(name, False) for name in LANE_SENSORS}
+        return DeviceSnapshot(
+            self.gate.state,
+            sensors,
+            self._session,
+            self._seq,
+            self._now_us(),
+            query_id,
+            self.gate.note,
+        )
+
+    def _publish_snapshot(self, query_id: str | None) -> None:
+        payload = self.snapshot(query_id).encode()
+        topic = topics.device_snapshot(self.lane)
+        self._outbox.put_nowait(_Out(topic, payload, session=self._session))
 
     def _publish_io(
         self, sensor: str, *, occupied: bool | None = None, vehicle_class: int | None = None

@@ -27,6 +27,8 @@ from barrier.messages import (
     BarrierAck,
     BarrierCommand,
     BarrierStatus,
+    DeviceQuery,
+    DeviceSnapshot,
     DisplayMessage,
     LaneStatus,
     SensorReading,
@@ -50,6 +52,7 @@ class BarrierLink:
         on_attendant: Callable[[AttendantCommand], None],
         on_garbage: Callable[[str, str], None],
         on_link: Callable[[bool], None] | None = None,
+        on_snapshot: Callable[[DeviceSnapshot], None] | None = None,
         client_id: str | None = None,
         credentials: Credentials | None = None,
         tls: ssl.SSLContext | None = None,
@@ -62,10 +65,12 @@ class BarrierLink:
         self._on_attendant = on_attendant
         self._on_garbage = on_garbage
         self._on_link = on_link
-        self._wall = wall
+        self._on_snapshot = on_snapshot
+        self.wall = wall
         self._ack_topic = topics.barrier_ack(lane)
         self._state_topic = topics.barrier_state(lane)
         self._attendant_topic = topics.attendant(lane)
+        self._snapshot_topic = topics.device_snapshot(lane)
         # (session, seq) of the newest barrier state passed on.
         self._last_state: tuple[str, int] | None = None
         self.mqtt = MqttLink(
@@ -77,6 +82,7 @@ class BarrierLink:
                 (self._state_topic, 1),
                 (topics.io_all(lane), 1),
                 (self._attendant_topic, 1),
+                (self._snapshot_topic, 1),
             ],
             handler=self._dispatch,
             on_connect=self._connected,
@@ -118,6 +124,12 @@ class BarrierLink:
             correlation=cmd.cmd_id.encode(),
         )
 
+    async def query(self, query: DeviceQuery) -> None:
+        """Ask the device for its whole truth: QoS 1, never retained (a stale query is noise)."""
+        if query.lane != self.lane:
+            raise ValueError(f"query for lane {query.lane!r} sent on lane {self.lane!r}")
+        await self.mqtt.publish(topics.device_query(self.lane), query.encode(), qos=1, retain=False)
+
     async def show(self, message: DisplayMessage) -> None:
         """Put lines on the lane display (QoS 0: a lost frame is replaced by the next one)."""
         await self.mqtt.publish(topics.display(self.lane), message.encode(), qos=0)
@@ -157,6 +169,9 @@ class BarrierLink:
         if topic == self._state_topic:
             status = BarrierStatus.decode(msg.payload)
             return lambda: self._state(status)
+        if topic == self._snapshot_topic:
+            snapshot = DeviceSnapshot.decode(msg.payload)
+            return lambda: self._snapshot(snapshot)
         if topic == self._attendant_topic:
             command = AttendantCommand.decode(msg.payload)
             return lambda: self._on_attendant(command)
@@ -179,6 +194,20 @@ class BarrierLink:
         self._last_state = (status.session, status.seq)
         self._on_state(status)
 
+    def _snapshot(self, snap: DeviceSnapshot) -> None:
+        """A snapshot older than a state already passed on is stale; a newer one moves the
+        ordering on, so a retained state it supersedes cannot roll the lane's view back."""
+        last = self._last_state
+        if last is not None and last[0] == snap.session and snap.seq < last[1]:
+            log.debug(
+                "stale device snapshot ignored",
+                extra={"lane": self.lane, "seq": snap.seq, "last_seq": last[1]},
+            )
+            return
+        self._last_state = (snap.session, snap.seq)
+        if self._on_snapshot is not None:
+            self._on_snapshot(snap)
+
     # --- connection ----------------------------------------------------------------------------
 
     async def _connected(self) -> None:
@@ -192,5 +221,5 @@ class BarrierLink:
             self._on_link(False)
 
     def _will(self) -> WillSpec:
-        offline = LaneStatus.offline(int(self._wall() * 1_000_000))
+        offline = LaneStatus.offline(int(self.wall() * 1_000_000))
         return WillSpec(topics.status(self.lane), offline.encode(), qos=1, retain=True)

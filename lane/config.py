@@ -52,6 +52,16 @@ class LaneSection(_Section):
         600, description="transit-entry: the same account may not tap in twice within this"
     )
     gate_hold_s: PositiveSeconds = Field(8, description="transit: close the gate if nobody passes")
+    pay_dwell_s: PositiveSeconds = Field(
+        120, description="A vehicle at the pay point this long without paying: lane_stuck"
+    )
+    pass_dwell_s: PositiveSeconds = Field(
+        60, description="A paid vehicle not through after this: lane_stuck, or paid_not_passed"
+    )
+    persist_dwell_s: PositiveSeconds = Field(10, description="A record write this long: lane_stuck")
+    probe_s: PositiveSeconds = Field(
+        5, description="In fault: ask the device and retry a held command this often"
+    )
 
     @property
     def plaza(self) -> str:
@@ -177,6 +187,9 @@ class BarrierSection(_Section):
     ack_timeout_s: PositiveSeconds = Field(0.6, description="Wait for the device's ack")
     max_attempts: int = Field(3, ge=1, le=10, description="Sends of one command before FAULT")
     cmd_ttl_s: int = Field(3, ge=1, le=60, description="MQTT expiry and deadline of a command")
+    move_s: PositiveSeconds = Field(
+        4, description="The barrier reaches a commanded position within this, else barrier_stuck"
+    )
 
 
 class UplinkSection(_Section):

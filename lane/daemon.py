@@ -29,6 +29,8 @@ from barrier.messages import (
     BarrierAck,
     BarrierCommand,
     BarrierStatus,
+    DeviceQuery,
+    DeviceSnapshot,
     DisplayMessage,
     LaneStatus,
     SensorReading,
@@ -98,6 +100,10 @@ class BarrierAdapter:
 
     async def command(self, op: str, cmd_id: str, deadline_us: int, expiry_s: int) -> None:
         await self.link.send(BarrierCommand(op, cmd_id, deadline_us, self.lane), expiry_s)
+
+    async def query(self, query_id: str) -> None:
+        wall_us = int(self.link.wall() * 1_000_000)
+        await self.link.query(DeviceQuery(query_id, self.lane, wall_us))
 
     async def show(self, lines: tuple[str, ...], ttl_s: float) -> None:
         try:
@@ -173,6 +179,11 @@ def rules_from(config: LaneConfig) -> LaneRules:
         default_class=config.lane.default_class,
         passback_window_s=config.lane.passback_window_s,
         gate_hold_s=config.lane.gate_hold_s,
+        move_s=config.barrier.move_s,
+        pay_dwell_s=config.lane.pay_dwell_s,
+        pass_dwell_s=config.lane.pass_dwell_s,
+        persist_dwell_s=config.lane.persist_dwell_s,
+        probe_s=config.lane.probe_s,
     )
 
 
@@ -218,6 +229,7 @@ class LaneDaemon:
             on_attendant=self._on_attendant,
             on_garbage=self._on_garbage,
             on_link=self._on_link,
+            on_snapshot=self._on_snapshot,
             credentials=creds,
             tls=tls,
         )
@@ -325,6 +337,19 @@ class LaneDaemon:
 
     def _on_state(self, status: BarrierStatus) -> None:
         self.runner.post(ev.BarrierReported(status.state))
+
+    def _on_snapshot(self, snap: DeviceSnapshot) -> None:
+        log.info(
+            "device snapshot",
+            extra={
+                "lane": self.lane,
+                "barrier": snap.barrier,
+                "query_id": snap.query_id,
+                "sensors": snap.sensors,
+            },
+        )
+        sensors = tuple(sorted(snap.sensors.items()))
+        self.runner.post(ev.DeviceSnapshotted(snap.barrier, sensors, new_id()))
 
     def _on_sensor(self, reading: SensorReading) -> None:
         if reading.sensor == "classifier":

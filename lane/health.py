@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lane.core.alarms import BARRIER_ALARMS
+
 # A loop that has not turned for this long is stuck (a blocking call, a busy loop).
 MAX_LOOP_LAG_S = 5.0
 # Below this much free space on the data directory's file system a record may not fit: the
@@ -20,8 +22,6 @@ MAX_LOOP_LAG_S = 5.0
 MIN_FREE_BYTES = 16 * 1024 * 1024
 
 BARRIER_UNUSABLE_STATES = frozenset({"offline", "fault", "unknown"})
-# Lane faults that keep the barrier from being commanded (see lane.core.state).
-BARRIER_FAULTS = ("barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused")
 QUEUE_FAULTS = ("queue_full", "disk_error")
 CHECKS = ("camera", "broker", "barrier", "queue")
 
@@ -110,7 +110,7 @@ def _barrier(facts: ReadinessFacts) -> Check:
     if state in BARRIER_UNUSABLE_STATES:
         why = "no state reported yet" if state == "unknown" else f"device is {state}"
         return Check("barrier", False, why)
-    for fault in BARRIER_FAULTS:
+    for fault in BARRIER_ALARMS:
         if fault in facts.alarms:
             return Check("barrier", False, facts.alarms[fault] or fault)
     return Check("barrier", True, state)

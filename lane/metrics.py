@@ -31,6 +31,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from lane.core.alarms import BARRIER_ALARMS
 from lane.health import Check
 from scanner.pipeline import ScanStats
 from uplink.forwarder import UplinkStatus
@@ -80,9 +81,6 @@ REASONS = frozenset(
     }
 )
 BARRIER_STATES = ("closed", "opening", "open", "closing", "fault", "offline", "unknown")
-BARRIER_FAULTS = frozenset(
-    {"barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused"}
-)
 MAX_PENDING_COMMANDS = 64
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,47}")
 
@@ -172,6 +170,11 @@ class LaneMetrics:
             registry=r,
         )
         self.tailgating = Counter("lane_tailgating", "Vehicles through without paying", registry=r)
+        self.paid_not_passed = Counter(
+            "lane_paid_not_passed",
+            "Vehicles that paid and were not let through (refund records)",
+            registry=r,
+        )
         self.acquirer_latency = Histogram(
             "lane_acquirer_request_seconds",
             "Acquirer HTTP requests that got an answer, by operation",
@@ -293,6 +296,8 @@ class LaneMetrics:
                 self.code_to_open.observe(latency_ms / 1000.0)
         elif name == "tailgating":
             self.tailgating.inc()
+        elif name == "paid_not_passed":
+            self.paid_not_passed.inc()
         elif name == "alarm":
             self._alarm(str(fields.get("code", "")), bool(fields.get("active")))
 
@@ -314,7 +319,7 @@ class LaneMetrics:
             return
         self._alarm_codes.add(code)
         self.alarm.labels(code).set(1 if active else 0)
-        if active and code in BARRIER_FAULTS:
+        if active and code in BARRIER_ALARMS:
             self.barrier_faults.labels(code).inc()
 
     # --- barrier commands ---------------------------------------------------------------------

@@ -58,6 +58,9 @@ class TimedBarrier:
     async def show(self, lines: tuple[str, ...], ttl_s: float) -> None:
         await self.inner.show(lines, ttl_s)
 
+    async def query(self, query_id: str) -> None:
+        await self.inner.query(query_id)
+
 
 class LaneOps:
     def __init__(self, daemon: LaneDaemon, *, clock: Callable[[], float] = time.monotonic) -> None:

@@ -26,6 +26,7 @@ from lane.core.actions import (
     Note,
     OpenBarrier,
     Persist,
+    QueryDevice,
     RaiseAlarm,
     Settle,
     ShowOnDisplay,
@@ -41,6 +42,7 @@ log = logging.getLogger("lane.runner")
 class BarrierPort(Protocol):
     async def command(self, op: str, cmd_id: str, deadline_us: int, expiry_s: int) -> None: ...
     async def show(self, lines: tuple[str, ...], ttl_s: float) -> None: ...
+    async def query(self, query_id: str) -> None: ...
 
 
 class PaymentsPort(Protocol):
@@ -168,6 +170,8 @@ class LaneRunner:
                 self._spawn("persist", self._persist(action))
             case OpenBarrier() | CloseBarrier():
                 self._spawn("barrier", self._command(action))
+            case QueryDevice(query_id=query_id, reason=reason):
+                self._spawn("query", self._query(query_id, reason))
             case RaiseAlarm(code=code, message=message):
                 self.alarms[code] = message
                 log.warning(
@@ -255,6 +259,16 @@ class LaneRunner:
             "barrier command sent",
             extra={"lane": self.lane, "cmd_id": action.cmd_id, "op": op, "attempt": action.attempt},
         )
+
+    async def _query(self, query_id: str, reason: str) -> None:
+        extra = {"lane": self.lane, "query_id": query_id, "reason": reason}
+        try:
+            await self.barrier.query(query_id)
+        except ConnectionError as exc:
+            # The lane asks again after every reconnect and at every dwell it outlives.
+            log.warning("device query not sent", extra={**extra, "error": str(exc)})
+            return
+        log.info("device queried", extra=extra)
 
     # --- plumbing -------------------------------------------------------------------------
 

@@ -94,6 +94,18 @@ FAULTS: dict[str, FaultSpec] = {
         FaultSpec("barrier_fault", "Barrier fault", "lane", "the device reports a fault"),
         FaultSpec("camera_blackout", "Camera blackout", "lane", "frames go black"),
         FaultSpec(
+            "broker_down",
+            "Broker down",
+            "plaza",
+            "the plaza's MQTT broker stops: every lane, device and the back office lose it",
+        ),
+        FaultSpec(
+            "queue_high_water",
+            "Queue high water",
+            "lane",
+            "the lane's record queue quota is cut to just above what it holds (disk pressure)",
+        ),
+        FaultSpec(
             "code_burst",
             "Burst of bad codes",
             "lane",
@@ -240,6 +252,9 @@ class FaultController:
                 for lane in sim.lanes:
                     await lane.sample_uplink()
             await (sim.backoffice.cut() if on else sim.backoffice.restore())
+        elif name == "broker_down":
+            assert sim.broker is not None
+            await asyncio.to_thread(sim.broker.stop if on else sim.broker.start)
         elif name == "acquirer_outage":
             outages = (Outage(mode="503" if values["mode"] == "503" else "refuse"),) if on else ()
             for server in sim.payment_servers():
@@ -267,6 +282,8 @@ class FaultController:
             elif name == "camera_blackout":
                 assert lane.camera is not None
                 lane.camera.blackout(on)
+            elif name == "queue_high_water":
+                await lane.squeeze_queue(on)
             elif name == "code_burst":
                 sim.burst(index, int(values["count"]), str(values["kind"]))
 

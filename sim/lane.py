@@ -41,6 +41,9 @@ ANSWERS = ("barrier_opened", "declined", "code_refused")
 STOP_GRACE_S = 2.0
 STEP_UP_S = 0.5  # transit: the next passenger steps up to the reader, phone in hand
 GATE_HOLD_S = 8.0  # transit: a gate nobody walks through closes after this (simulated) time
+# The lane's bounds on waiting, in simulated seconds (the lane's own defaults).
+DWELL_S = {"pay_dwell_s": 120.0, "pass_dwell_s": 60.0, "persist_dwell_s": 10.0, "probe_s": 5.0}
+MOVE_S = 4.0
 
 
 @dataclass
@@ -144,6 +147,7 @@ class SimLane:
         self._walking = asyncio.Lock()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._quota: int | None = None  # the queue's own bound while squeezed
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -160,9 +164,12 @@ class SimLane:
                     "mode": o.mode,
                     "data_dir": str(self.sim.workdir / self.lane_id.replace("/", "_")),
                     "max_tries": o.max_tries,
-                    # A passenger's walk is physics: it scales with the simulation speed.
+                    # A passenger's walk is physics: it scales with the simulation speed, and so
+                    # do the waits for drivers and barriers the lane bounds (docs/core.md).
                     "gate_hold_s": GATE_HOLD_S / o.speed,
+                    **{key: value / o.speed for key, value in DWELL_S.items()},
                 },
+                "barrier": {"move_s": MOVE_S / o.speed},
                 "broker": {"port": broker_port},
                 "camera": {"source": "push", "workers": o.decode_workers},
                 "auth": {
@@ -247,6 +254,21 @@ class SimLane:
             "resent_batches": status.resent_batches,
             "backlog_max": self.backlog_max,
         }
+
+    async def squeeze_queue(self, on: bool) -> None:
+        """Disk pressure: cut the queue's bound to just above what it holds (high water, not
+        full), or give the bound back."""
+        if self.daemon is None:
+            return
+        queue = self.daemon.queue
+        if not on:
+            if self._quota is not None:
+                queue.max_bytes, self._quota = self._quota, None
+            return
+        used = (await self.daemon.forwarder.status()).bytes_used
+        if self._quota is None:
+            self._quota = queue.max_bytes
+        queue.max_bytes = max(used + 1, int(used / queue.high_water))
 
     # --- the queue of drivers -------------------------------------------------------------
 

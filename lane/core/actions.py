@@ -61,6 +61,14 @@ class CloseBarrier:
 
 
 @dataclass(frozen=True)
+class QueryDevice:
+    """Ask the barrier device for its whole truth; it answers with a DeviceSnapshotted."""
+
+    query_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class RaiseAlarm:
     code: str
     message: str
@@ -87,6 +95,7 @@ Action = (
     | Persist
     | OpenBarrier
     | CloseBarrier
+    | QueryDevice
     | RaiseAlarm
     | ClearAlarm
     | Note

@@ -59,6 +59,11 @@ NEXT_UP = Group(
     ),
 )
 
+PAYING = Group(
+    "paying", "a vehicle paying", frozenset({P.VEHICLE_PRESENT, P.AUTHORISING, P.DENIED})
+)
+PASSAGE = Group("passage", "a paid passage", frozenset({P.OPENING, P.OPEN}))
+
 # Which event type each label stands for (the labels are refinements of event types).
 LABELS: dict[str, type] = {
     "entry_loop on": ev.SensorChanged,
@@ -78,6 +83,7 @@ LABELS: dict[str, type] = {
     "ack refused": ev.BarrierAcked,
     "barrier down": ev.BarrierReported,
     "barrier up": ev.BarrierReported,
+    "snapshot": ev.DeviceSnapshotted,
     "attendant open": ev.AttendantOpen,
     "close lane": ev.AttendantCloseLane,
     "reopen lane": ev.AttendantReopenLane,
@@ -148,6 +154,17 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.FAULT, "queue ok", AT_PAY_POINT, "queue has room again"),
     _t(P.FAULT, "ack ok", IN_SERVICE, "a late ack: the barrier is alive"),
     _t(P.FAULT, "ack refused", P.CLOSING, "a late refusal (loop occupied): alive"),
+    # Healing: no phase waits for ever (lane.core.recovery).
+    _t(PASSAGE, "tick", NEXT_UP, "paid, not let through in time: refund record, attendant"),
+    _t(PASSAGE, "tick", P.IDLE, "paid, not let through in time: refund record, attendant"),
+    _t(P.OPEN, "tick", P.OPENING, "not let through: the next paid vehicle's open"),
+    _t(AT_PAY_POINT, "tick", P.FAULT, "the barrier did not reach its position: barrier_stuck"),
+    _t(IN_SERVICE, "snapshot", P.FAULT, "the device says it is offline or faulted"),
+    _t(P.FAULT, "snapshot", IN_SERVICE, "the device answers and works: its faults clear"),
+    _t(PAYING, "snapshot", P.IDLE, "the vehicle left the pay point unheard"),
+    _t(PAYING, "snapshot", P.CLOSED, "the vehicle left a closed lane unheard"),
+    _t(AT_PAY_POINT, "snapshot", P.CLOSING, "the barrier is up for nobody who paid: close"),
+    _t(PASSAGE, "snapshot", P.CLOSING, "through while unheard: the exit edge was lost"),
 )
 
 
@@ -208,6 +225,8 @@ def event_label(event: ev.Event) -> str:
             return "barrier down"
         case ev.BarrierReported():
             return "barrier up"
+        case ev.DeviceSnapshotted():
+            return "snapshot"
         case ev.AttendantOpen():
             return "attendant open"
         case ev.AttendantCloseLane():

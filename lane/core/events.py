@@ -74,6 +74,20 @@ class BarrierReported:
 
 
 @dataclass(frozen=True)
+class DeviceSnapshotted:
+    """The device's whole truth (after a start, a reconnect, or a QueryDevice).
+
+    `barrier` is its position (BarrierReported's vocabulary); `sensors` each loop or curtain it
+    knows with occupied, sorted by name. `event_id` is fresh from the shell: a command or a
+    record the snapshot causes is named after it.
+    """
+
+    barrier: str
+    sensors: tuple[tuple[str, bool], ...]
+    event_id: str
+
+
+@dataclass(frozen=True)
 class AttendantOpen:
     cmd_id: str
     reason: str
@@ -117,6 +131,7 @@ Event = (
     | PersistFailed
     | BarrierAcked
     | BarrierReported
+    | DeviceSnapshotted
     | AttendantOpen
     | AttendantCloseLane
     | AttendantReopenLane

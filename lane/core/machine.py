@@ -4,35 +4,37 @@ Pure: no I/O, no clock, no tasks. `now` is the shell's monotonic clock in second
 deadline in the state is on that clock, and `next_deadline(state)` tells the shell when to
 call `step` with a `Tick`.
 
-Each event has one handler below; after it, `_drive` issues whatever barrier command the new
-state calls for. Keeping "what the barrier should do next" in one function is what makes the
-safety rules checkable: OpenBarrier is only ever issued for a Passage, and a Passage only ever
-exists for a vehicle whose record the queue has confirmed durable (Persisted).
+Each event has one handler (the pay point's are in lane.core.paypoint); after it, `_drive`
+issues whatever barrier command the new state calls for. Keeping "what the barrier should do
+next" in one function is what makes the safety rules checkable: OpenBarrier is only ever issued
+for a Passage, and a Passage only ever exists for a vehicle whose record the queue has
+confirmed durable (Persisted). Healing (dwell, probes, snapshots' ways out) is in
+lane.core.recovery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
 from lane.core import events as ev
+from lane.core import paypoint, recovery
 from lane.core.actions import (
     Abandon,
     Action,
-    Authorise,
     ClearAlarm,
     CloseBarrier,
     Note,
     OpenBarrier,
     Persist,
     RaiseAlarm,
-    Settle,
     ShowOnDisplay,
 )
+from lane.core.alarms import BARRIER_FAULTS, add_fault, remove_fault
 from lane.core.state import (
-    COMMITTED_MEMORY,
-    Attempt,
+    BOOM_UP,
+    COMMAND_FAULTS,
     Command,
     LaneMode,
     LaneRules,
@@ -41,22 +43,9 @@ from lane.core.state import (
     Vehicle,
     phase,
 )
-from uplink.records import METHODS, AuthInfo, RecordDraft
+from uplink.records import AuthInfo, RecordDraft
 
 Result = tuple[LaneState, list[Action]]
-
-# The kinds of code the lane sends for authorisation; anything else is refused at the lane.
-PAYABLE_KINDS = frozenset({"token", "payment_code", "emv"})
-
-FAULT_MESSAGES = {
-    "barrier_offline": "barrier device offline",
-    "barrier_fault": "barrier reports a fault",
-    "barrier_no_ack": "barrier does not acknowledge commands",
-    "barrier_refused": "barrier refused a command",
-    "broker_down": "controller lost the MQTT broker",
-    "queue_full": "record queue is full: paid passages refused",
-    "disk_error": "record queue cannot write to disk",
-}
 
 
 def initial_state(rules: LaneRules) -> LaneState:
@@ -65,8 +54,11 @@ def initial_state(rules: LaneRules) -> LaneState:
 
 def step(state: LaneState, event: ev.Event, now: float) -> Result:
     handler = _HANDLERS[type(event)]
+    before = phase(state)
     new_state, actions = handler(state, event, now)
-    return _drive(new_state, actions, now)
+    new_state, actions = _drive(new_state, actions, now)
+    new_state, more = recovery.after_step(new_state, event, before, now)
+    return new_state, actions + more
 
 
 def next_deadline(state: LaneState) -> float | None:
@@ -89,6 +81,7 @@ def next_deadline(state: LaneState) -> float | None:
         and state.rules.mode is not LaneMode.TOLL
     ):
         candidates.append(passage.opened_at + state.rules.gate_hold_s)
+    candidates += recovery.deadline(state)
     return min(candidates) if candidates else None
 
 
@@ -99,7 +92,7 @@ def _on_sensor(state: LaneState, event: ev.SensorChanged, now: float) -> Result:
     if event.sensor == "entry_loop":
         return _entry_loop(state, event, now)
     if event.sensor in ("safety_loop", "light_curtain"):
-        return _safety_loop(state, event.sensor, event.occupied, now)
+        return _safety_loop(state, event.sensor, event.occupied, event.event_id)
     passage = state.passage
     if event.sensor == "exit_loop" and not event.occupied and passage is not None:
         if passage.crossings == 0:
@@ -116,42 +109,28 @@ def _entry_loop(state: LaneState, event: ev.SensorChanged, now: float) -> Result
     if event.occupied:
         if vehicle is not None:
             return state, []
-        return _arrive(state, event.event_id, implicit=False)
-    if vehicle is None or _committed(vehicle) or vehicle.implicit:
+        return paypoint.arrive(state, event.event_id, implicit=False)
+    if vehicle is None or paypoint.committed(vehicle) or vehicle.implicit:
         return state, []  # a vehicle with a record on the way is leaving towards the barrier
     # The vehicle backed away from the pay point before it was cleared to pass.
     actions: list[Action] = [Note("vehicle_gone", {"vehicle_id": vehicle.vehicle_id})]
-    return replace(state, vehicle=None), actions + _let_go(state, vehicle, "vehicle_gone")
+    return replace(state, vehicle=None), actions + paypoint.let_go(state, vehicle, "vehicle_gone")
 
 
-def _arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
-    rules = state.rules
-    vehicle_class = state.next_class if state.next_class is not None else rules.default_class
-    fare = rules.fares.fare_for(vehicle_class)
-    amount, currency = fare if fare is not None else (None, "")
-    vehicle = Vehicle(vehicle_id, vehicle_class, amount, currency, implicit=implicit)
-    actions: list[Action] = [
-        Note(
-            "vehicle_arrived",
-            {"vehicle_id": vehicle_id, "vehicle_class": vehicle_class, "implicit": implicit},
-        )
-    ]
-    if not implicit:
-        actions.append(_fare_display(vehicle, state))
-        actions += _no_fare_alarm(vehicle)
-    return replace(state, vehicle=vehicle, next_class=None), actions
-
-
-def _safety_loop(state: LaneState, sensor: str, occupied: bool, now: float) -> Result:
+def _safety_loop(state: LaneState, sensor: str, occupied: bool, event_id: str) -> Result:
     actions: list[Action] = []
     passage = state.passage
     if occupied and not state.safety_occupied and passage is not None:
         passage = replace(passage, crossings=passage.crossings + 1)
         if passage.crossings >= 2:
             # Another vehicle under one opening: record each one, the barrier stays safe.
-            state, violation = _violation(state, passage, now)
+            state, violation = _violation(state, passage)
             actions.extend(violation)
         state = replace(state, passage=passage)
+    elif occupied and not state.safety_occupied and state.barrier in BOOM_UP:
+        # Under a boom that is up for nobody (a restart, a lost close): a violation.
+        state, violation = recovery.unpaid_passage(state, event_id)
+        actions.extend(violation)
     sensors = state.occupied | {sensor} if occupied else state.occupied - {sensor}
     state = replace(state, occupied=sensors)
     cmd = state.command
@@ -171,256 +150,11 @@ def _safety_loop(state: LaneState, sensor: str, occupied: bool, now: float) -> R
     return state, actions
 
 
-def _violation(state: LaneState, passage: Passage, now: float) -> Result:
-    n = state.violations + 1
-    persist_id = f"{passage.vehicle_id}/violation/{n}"
-    draft = RecordDraft(
-        kind="violation",
-        vehicle_id=persist_id,
-        vehicle_class=passage.vehicle_class,
-        amount_minor=0,
-        currency="",
-        method="none",
-        account_ref=None,
-        auth=AuthInfo(result="none"),
-        flags=("tailgating",),
-    )
-    actions: list[Action] = [
-        Persist(persist_id, draft),
-        Note("tailgating", {"vehicle_id": passage.vehicle_id}),
-    ]
-    return replace(state, violations=n), actions
-
-
-def _on_classified(state: LaneState, event: ev.VehicleClassified, now: float) -> Result:
-    vehicle = state.vehicle
-    if vehicle is None or vehicle.attempt is not None or vehicle.approved is not None:
-        return replace(state, next_class=event.vehicle_class), []
-    if vehicle.record_id is not None:
-        return state, []
-    fare = state.rules.fares.fare_for(event.vehicle_class)
-    amount, currency = fare if fare is not None else (None, "")
-    had_no_fare = vehicle.amount_minor is None and not vehicle.implicit
-    vehicle = replace(
-        vehicle, vehicle_class=event.vehicle_class, amount_minor=amount, currency=currency
-    )
-    actions: list[Action] = [_fare_display(vehicle, state), *_no_fare_alarm(vehicle)]
-    if had_no_fare and amount is not None and vehicle.tries < state.rules.max_tries:
-        actions.append(ClearAlarm("attendant_needed"))  # the class was corrected: pay as usual
-    return replace(state, vehicle=vehicle), actions
+def _violation(state: LaneState, passage: Passage) -> Result:
+    return recovery.violation(state, passage.vehicle_id, passage.vehicle_class, ("tailgating",))
 
 
 # --- payment ---------------------------------------------------------------------------------
-
-
-def _on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
-    if not state.accepting_payments:
-        why = state.closed_reason or ", ".join(sorted(state.faults))
-        return state, [
-            ShowOnDisplay(("Lane closed", "Please use another lane")),
-            Note("scan_refused", {"reason": why}),
-        ]
-    actions: list[Action] = []
-    if state.vehicle is None:
-        if state.rules.mode is LaneMode.TOLL:
-            return state, [Note("scan_without_vehicle", {"kind": event.kind})]
-        state, actions = _arrive(state, event.event_id, implicit=True)
-    vehicle = state.vehicle
-    assert vehicle is not None
-    if vehicle.attempt is not None or _committed(vehicle):
-        return state, actions  # one payment at a time; the driver's later codes are ignored
-    if vehicle.tries >= state.rules.max_tries:
-        # Tries are bounded: this vehicle now waits for an attendant.
-        return state, [
-            *actions,
-            ShowOnDisplay(("Payment refused", "Please wait for assistance")),
-            Note("scan_ignored", {"vehicle_id": vehicle.vehicle_id, "reason": "max_tries"}),
-        ]
-    if event.text in vehicle.refused_texts:
-        return state, actions
-    if event.kind not in PAYABLE_KINDS:
-        reason = event.reason or (
-            "unreadable code" if event.kind == "unknown" else f"unsupported code: {event.kind}"
-        )
-        return _refuse(state, vehicle, event.text, reason, actions)
-    if vehicle.amount_minor is None:
-        reason = f"no fare for class {vehicle.vehicle_class}"
-        if vehicle.implicit:
-            return _refuse(state, vehicle, event.text, reason, actions)
-        # Not the driver's fault: the code is neither spent nor refused, the attendant (already
-        # called on arrival) or a corrected class reading decides.
-        return state, [
-            *actions,
-            ShowOnDisplay((f"Class {vehicle.vehicle_class}", "Please wait for assistance")),
-            Note("scan_ignored", {"vehicle_id": vehicle.vehicle_id, "reason": reason}),
-        ]
-    tries = vehicle.tries + 1
-    auth_id = f"{vehicle.vehicle_id}/a{tries}"
-    deadline = now + state.rules.budget_s
-    attempt = Attempt(auth_id, event.text, event.kind, event.frame_ts, deadline)
-    vehicle = replace(vehicle, tries=tries, attempt=attempt)
-    actions += [
-        Authorise(
-            auth_id,
-            vehicle.vehicle_id,
-            event.text,
-            event.kind,
-            vehicle.amount_minor or 0,
-            vehicle.currency,
-            deadline,
-        ),
-        ShowOnDisplay(("Processing payment", _money(vehicle))),
-    ]
-    return replace(state, vehicle=vehicle), actions
-
-
-def _refuse(
-    state: LaneState, vehicle: Vehicle, text: str, reason: str, actions: list[Action]
-) -> Result:
-    vehicle = replace(
-        vehicle, tries=vehicle.tries + 1, refused_texts=vehicle.refused_texts | {text}
-    )
-    actions = [*actions, Note("code_refused", {"vehicle_id": vehicle.vehicle_id, "reason": reason})]
-    return _after_decline(state, vehicle, reason, actions)
-
-
-def _after_decline(
-    state: LaneState, vehicle: Vehicle, reason: str, actions: list[Action]
-) -> Result:
-    if vehicle.implicit:
-        actions.append(ShowOnDisplay(("Not accepted", reason), ttl_s=3.0))
-        return replace(state, vehicle=None), actions
-    if vehicle.tries >= state.rules.max_tries:
-        actions += [
-            ShowOnDisplay(("Payment refused", reason, "Please wait for assistance")),
-            RaiseAlarm("attendant_needed", f"vehicle {vehicle.vehicle_id}: {reason}"),
-        ]
-    else:
-        left = state.rules.max_tries - vehicle.tries
-        actions.append(
-            ShowOnDisplay(("Payment refused", reason, f"Try another code ({left} left)"))
-        )
-    return replace(state, vehicle=vehicle), actions
-
-
-def _on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
-    vehicle = state.vehicle
-    attempt = vehicle.attempt if vehicle is not None else None
-    if event.auth_id in state.committed:
-        # A redelivered answer for a payment the lane accepted: it is (being) settled.
-        return state, [Note("duplicate_decision", {"auth_id": event.auth_id})]
-    if vehicle is None or attempt is None or attempt.auth_id != event.auth_id:
-        # The lane already gave up on this authorisation: nothing may stay charged.
-        late: list[Action] = [Note("late_decision", {"auth_id": event.auth_id})]
-        if event.approved:
-            late.insert(0, Abandon(event.auth_id, "late"))
-        return state, late
-    vehicle = replace(vehicle, attempt=None)
-    if event.method not in METHODS:
-        # The record schema rejects unknown methods: record the kind of code the lane sent,
-        # and keep what the authoriser said as a flag.
-        method = attempt.kind if attempt.kind in METHODS else "none"
-        event = replace(event, method=method, flags=(*event.flags, f"method:{event.method}"))
-    if event.approved and state.rules.mode is LaneMode.TRANSIT_ENTRY:
-        recent = _recent_taps(state, now)
-        if any(acct == event.account_ref for acct, _ in recent):
-            state = replace(state, taps=recent)
-            declined = replace(event, approved=False, reason="passback")
-            abandon = Abandon(event.auth_id, "passback")
-            return _declined(state, vehicle, attempt.text, declined, [abandon])
-    if not event.approved:
-        return _declined(state, vehicle, attempt.text, event, [])
-    if not state.accepting_payments:
-        why = ", ".join(sorted(state.faults)) or "lane closed"
-        vehicle = replace(vehicle, tries=state.rules.max_tries)
-        return _after_decline(state, vehicle, why, [Abandon(event.auth_id, why)])
-    draft = _draft(
-        state, vehicle, event, "approved" if "deferred" not in event.flags else "deferred"
-    )
-    vehicle = replace(vehicle, approved=event, approved_frame_ts=attempt.frame_ts)
-    state = _commit(state, event.auth_id)
-    return replace(state, vehicle=vehicle), [Persist(event.auth_id, draft)]
-
-
-def _declined(
-    state: LaneState, vehicle: Vehicle, text: str, event: ev.Decided, actions: list[Action]
-) -> Result:
-    # A declined code stays declined: the camera keeps reading the same phone screen, and it
-    # must not spend the driver's remaining tries.
-    vehicle = replace(vehicle, refused_texts=vehicle.refused_texts | {text})
-    draft = _draft(state, vehicle, event, "declined")
-    actions = [
-        *actions,
-        Persist(event.auth_id, draft),
-        Note("declined", {"vehicle_id": vehicle.vehicle_id, "reason": event.reason}),
-    ]
-    assert vehicle.attempt is None
-    return _after_decline(state, vehicle, event.reason, actions)
-
-
-def _draft(state: LaneState, vehicle: Vehicle, event: ev.Decided, result: str) -> RecordDraft:
-    mode = state.rules.mode
-    kind = {"toll": "toll", "transit-entry": "tap_in", "transit-exit": "tap_out"}[mode.value]
-    flags = tuple(event.flags) + ((event.reason,) if result == "declined" else ())
-    return RecordDraft(
-        kind=kind,
-        vehicle_id=vehicle.vehicle_id,
-        vehicle_class=vehicle.vehicle_class,
-        amount_minor=vehicle.amount_minor or 0,
-        currency=vehicle.currency,
-        method=event.method,
-        account_ref=event.account_ref,
-        auth=AuthInfo(
-            result=result,
-            acquirer_ref=event.acquirer_ref,
-            latency_ms=event.latency_ms,
-            offline=event.offline,
-        ),
-        payment_id=event.payment_id,
-        flags=flags,
-    )
-
-
-def _recent_taps(state: LaneState, now: float) -> tuple[tuple[str, float], ...]:
-    window = state.rules.passback_window_s
-    return tuple((acct, t) for acct, t in state.taps if now - t < window)
-
-
-def _on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
-    vehicle = state.vehicle
-    if vehicle is None or _pending_persist(vehicle) != event.persist_id:
-        return state, []  # a duplicate or stale answer: the record it names is settled already
-    vehicle = replace(vehicle, record_id=event.record_id)
-    approved = vehicle.approved
-    if approved is None:
-        return replace(state, vehicle=vehicle), []
-    if state.rules.mode is LaneMode.TRANSIT_ENTRY and approved.account_ref is not None:
-        # The tap-in counts for anti-passback once it is on record, not before: a record that
-        # failed charged nothing and must not lock the passenger out.
-        state = replace(state, taps=(*_recent_taps(state, now), (approved.account_ref, now)))
-    return replace(state, vehicle=vehicle), [Settle(event.persist_id)]
-
-
-def _on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> Result:
-    fault = event.reason if event.reason in ("queue_full", "disk_error") else "disk_error"
-    state, actions = _add_fault(state, fault)
-    vehicle = state.vehicle
-    if vehicle is None or _pending_persist(vehicle) != event.persist_id:
-        return state, actions  # not the record the lane waits for: never undo a durable one
-    committed = tuple(c for c in state.committed if c != event.persist_id)
-    state = replace(state, committed=committed)
-    if vehicle.approved is not None:
-        actions.insert(0, Abandon(event.persist_id, "record_failed"))
-        actions.append(ShowOnDisplay(("Payment cancelled", "Lane closed")))
-        if vehicle.implicit:
-            return replace(state, vehicle=None), actions  # no loop will ever clear a passenger
-        vehicle = replace(vehicle, approved=None, tries=state.rules.max_tries)
-        return replace(state, vehicle=vehicle), actions
-    # An attendant open without a record does not open: the attendant may try again.
-    actions.append(Note("attendant_open_failed", {"cmd_id": event.persist_id}))
-    if vehicle.implicit or vehicle.vehicle_id == vehicle.manual:
-        return replace(state, vehicle=None), actions  # nobody a loop could clear
-    return replace(state, vehicle=replace(vehicle, manual=None)), actions
 
 
 # --- barrier ---------------------------------------------------------------------------------
@@ -430,7 +164,7 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
     cmd = state.command
     if cmd is None or cmd.cmd_id != event.cmd_id or cmd.acked:
         return state, []  # a duplicate or stale ack: at-most-once was already settled
-    state, actions = _remove_fault(state, "barrier_no_ack")
+    state, actions = remove_fault(state, "barrier_no_ack")
     if not event.ok:
         if cmd.op == "close" and event.error == "safety_loop_occupied":
             # The device saw the loop before we did: ask again once our sensors report the area
@@ -438,11 +172,12 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
             retry_at = now + state.rules.ack_timeout_s
             held = replace(cmd, attempt=0, ack_deadline=None, retry_at=retry_at)
             return replace(state, command=held), actions
-        state, more = _add_fault(state, "barrier_refused", event.error or "")
+        state, more = add_fault(state, "barrier_refused", event.error or "")
         # Keep the command, as for barrier_no_ack: a paid passage still needs its open. The same
         # cmd_id is sent again once a barrier state report clears the fault.
         held = replace(cmd, attempt=0, ack_deadline=None)
         return replace(state, command=held), actions + more
+    state = recovery.expect(state, cmd.op, now)
     if cmd.op == "close":
         return replace(state, command=None, passage=None), actions
     passage = state.passage
@@ -463,15 +198,75 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
 
 
 def _on_reported(state: LaneState, event: ev.BarrierReported, now: float) -> Result:
-    state = replace(state, barrier=event.state)
-    if event.state == "offline":
-        return _add_fault(state, "barrier_offline")
-    if event.state == "fault":
-        return _add_fault(state, "barrier_fault")
+    # A device that moves is alive: whatever it did not answer before is sent again.
+    return _position(state, event.state, now, BARRIER_FAULTS)
+
+
+def _position(state: LaneState, position: str, now: float, clears: Iterable[str]) -> Result:
+    """The device's barrier position: its faults, and a boom up over an unpaid vehicle."""
     actions: list[Action] = []
-    for fault in ("barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused"):
-        state, cleared = _remove_fault(state, fault)
+    boom_up = position in BOOM_UP and state.barrier not in BOOM_UP
+    if boom_up and state.passage is None and state.safety_occupied:
+        # Up for nobody who paid, over a vehicle the lane already saw under it (after a
+        # restart its reading can come before the barrier's state).
+        up = replace(state, barrier=position)
+        state, actions = recovery.unpaid_passage(up, f"up-{now:.6f}")
+    state = replace(state, barrier=position)
+    if position in ("offline", "fault"):
+        state, more = add_fault(state, f"barrier_{position}")
+        return state, actions + more
+    for fault in clears:
+        state, cleared = remove_fault(state, fault)
         actions += cleared
+    return state, actions
+
+
+def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> Result:
+    """Adopt the device's whole truth: what the lane missed while it could not hear it."""
+    # An answer to a query says the device is there, not that it executes commands: a command
+    # fault clears with the ack of its command (recovery's probe), or below when none waits.
+    clears = ("barrier_offline", "barrier_fault")
+    state, actions = _position(state, event.barrier, now, clears)
+    sensors = dict(event.sensors)
+    for name in ("safety_loop", "light_curtain"):
+        if name in sensors and sensors[name] != (name in state.occupied):
+            state, more = _safety_loop(state, name, sensors[name], f"{event.event_id}/{name}")
+            actions += more
+    vehicle = state.vehicle
+    gone = sensors.get("entry_loop") is False and vehicle is not None and not vehicle.implicit
+    if gone and vehicle is not None and not paypoint.committed(vehicle):
+        left = ev.SensorChanged("entry_loop", False, event.event_id)
+        state, more = _entry_loop(state, left, now)
+        actions += more
+    clear = not any(sensors.get(s, False) for s in ("safety_loop", "light_curtain", "exit_loop"))
+    passage = state.passage
+    waiting = passage is not None and passage.opened_at is not None and not passage.left
+    if (
+        passage is not None
+        and waiting
+        and clear
+        and (passage.crossings or (event.barrier == "open" and not sensors.get("entry_loop")))
+    ):
+        # Through (or gone) while the lane could not hear it: the exit edge was lost.
+        note = Note("vehicle_left", {"vehicle_id": passage.vehicle_id, "seen": "snapshot"})
+        state = replace(state, passage=replace(passage, left=True))
+        actions.append(note)
+    if state.command is None:
+        # Nothing waits for an ack: a device that answers is not failing commands.
+        for fault in COMMAND_FAULTS:
+            state, more = remove_fault(state, fault)
+            actions += more
+    vehicle = state.vehicle
+    if (
+        event.barrier in ("open", "opening")
+        and state.passage is None
+        and state.command is None
+        and (vehicle is None or not paypoint.committed(vehicle))
+    ):
+        # Up for nobody who paid (a restart, a lost close): close it once the area is clear.
+        close = Command(f"{event.event_id}/close", "close", 0, None)
+        state = replace(state, command=close)
+        actions.append(Note("barrier_reconciled", {"device": event.barrier, "cmd": close.cmd_id}))
     return state, actions
 
 
@@ -486,7 +281,7 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
         # decline, and leaves the money to the resolver (Abandon).
         decided = ev.Decided(attempt.auth_id, False, "timeout", attempt.kind)
         abandon: list[Action] = [Abandon(attempt.auth_id, "timeout")]
-        state, actions = _declined(state, vehicle, attempt.text, decided, abandon)
+        state, actions = paypoint.record_decline(state, vehicle, attempt.text, decided, abandon)
     cmd = state.command
     if cmd is not None and cmd.retry_at is not None and now >= cmd.retry_at:
         state = replace(state, command=replace(cmd, retry_at=None))
@@ -498,7 +293,7 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
         and now >= cmd.ack_deadline
     ):
         if cmd.attempt >= state.rules.max_cmd_attempts:
-            state, more = _add_fault(state, "barrier_no_ack", f"{cmd.op} {cmd.cmd_id}")
+            state, more = add_fault(state, "barrier_no_ack", f"{cmd.op} {cmd.cmd_id}")
             # Keep the command: the same cmd_id is sent again once the fault clears, so a
             # device that did receive it still executes it at most once.
             state = replace(state, command=replace(cmd, attempt=0, ack_deadline=None))
@@ -515,7 +310,8 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
     ):
         state = replace(state, passage=replace(passage, left=True))
         actions.append(Note("gate_timeout", {"vehicle_id": passage.vehicle_id}))
-    return state, actions
+    state, more = recovery.on_tick(state, now)
+    return state, actions + more
 
 
 # --- attendant and health --------------------------------------------------------------------
@@ -528,11 +324,11 @@ def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) ->
     if event.cmd_id in state.committed:
         return state, [Note("attendant_open_ignored", {"reason": "repeated command"})]
     vehicle = state.vehicle
-    if vehicle is not None and _committed(vehicle):
+    if vehicle is not None and paypoint.committed(vehicle):
         why = "attendant open in progress" if vehicle.manual is not None else "vehicle already paid"
         return state, [Note("attendant_open_ignored", {"reason": why})]
     if vehicle is not None:
-        actions += _let_go(state, vehicle, "attendant_open")
+        actions += paypoint.let_go(state, vehicle, "attendant_open")
         vehicle = replace(vehicle, attempt=None, manual=event.cmd_id)
     else:
         vehicle = Vehicle(event.cmd_id, state.rules.default_class, 0, "", manual=event.cmd_id)
@@ -548,14 +344,14 @@ def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) ->
         flags=("manual", f"reason:{event.reason}", f"attendant:{event.attendant}"),
     )
     actions += [Persist(event.cmd_id, draft), Note("attendant_open", {"reason": event.reason})]
-    return replace(_commit(state, event.cmd_id), vehicle=vehicle), actions
+    return replace(paypoint.commit(state, event.cmd_id), vehicle=vehicle), actions
 
 
 def _on_close_lane(state: LaneState, event: ev.AttendantCloseLane, now: float) -> Result:
     actions: list[Action] = [ShowOnDisplay(("Lane closed", "Please use another lane"))]
     vehicle = state.vehicle
-    if vehicle is not None and not _committed(vehicle):
-        actions += _let_go(state, vehicle, "lane_closed")
+    if vehicle is not None and not paypoint.committed(vehicle):
+        actions += paypoint.let_go(state, vehicle, "lane_closed")
         state = replace(state, vehicle=None)
     actions.append(Note("lane_closed", {"reason": event.reason}))
     return replace(state, closed_reason=event.reason or "closed by attendant"), actions
@@ -571,10 +367,10 @@ def _on_reopen_lane(state: LaneState, event: ev.AttendantReopenLane, now: float)
 def _on_queue(state: LaneState, event: ev.QueueChanged, now: float) -> Result:
     actions: list[Action] = []
     if event.full:
-        state, actions = _add_fault(state, "queue_full")
+        state, actions = add_fault(state, "queue_full")
     else:
         for fault in ("queue_full", "disk_error"):
-            state, cleared = _remove_fault(state, fault)
+            state, cleared = remove_fault(state, fault)
             actions += cleared
     if event.high_water:
         actions.append(RaiseAlarm("queue_high_water", "record queue above its high-water mark"))
@@ -585,8 +381,11 @@ def _on_queue(state: LaneState, event: ev.QueueChanged, now: float) -> Result:
 
 def _on_link(state: LaneState, event: ev.LinkChanged, now: float) -> Result:
     if event.up:
-        return _remove_fault(state, "broker_down")
-    return _add_fault(state, "broker_down")
+        # Whatever the device did while the lane could not hear it: ask for its whole truth.
+        state, actions = remove_fault(state, "broker_down")
+        state, query = recovery.query(state, "connected")
+        return state, actions + query
+    return add_fault(state, "broker_down")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -634,6 +433,8 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
             vehicle.vehicle_class,
             # A vehicle already nosing over the loop under the closed barrier is this one.
             crossings=1 if state.safety_occupied else 0,
+            since=now,
+            manual=vehicle.approved is None,
         )
         command = Command(cmd_id, "open", 1, now + rules.ack_timeout_s)
         actions = [
@@ -653,6 +454,8 @@ def _hand_over(state: LaneState, vehicle: Vehicle, actions: list[Action], now: f
         vehicle.approved_frame_ts,
         vehicle.vehicle_class,
         opened_at=now,
+        since=now,
+        manual=vehicle.approved is None,
     )
     frame_ts = vehicle.approved_frame_ts
     latency = None if frame_ts is None else round((now - frame_ts) * 1000, 3)
@@ -672,89 +475,18 @@ def _hand_over(state: LaneState, vehicle: Vehicle, actions: list[Action], now: f
     return replace(state, vehicle=None, passage=passage), actions
 
 
-def _add_fault(state: LaneState, fault: str, detail: str = "") -> Result:
-    if fault in state.faults:
-        return state, []
-    message = FAULT_MESSAGES.get(fault, fault) + (f": {detail}" if detail else "")
-    actions: list[Action] = [
-        RaiseAlarm(fault, message),
-        ShowOnDisplay(("Lane closed", "Please use another lane")),
-    ]
-    return replace(state, faults=state.faults | {fault}), actions
-
-
-def _remove_fault(state: LaneState, fault: str) -> Result:
-    if fault not in state.faults:
-        return state, []
-    return replace(state, faults=state.faults - {fault}), [ClearAlarm(fault)]
-
-
-def _commit(state: LaneState, persist_id: str) -> LaneState:
-    return replace(state, committed=(*state.committed, persist_id)[-COMMITTED_MEMORY:])
-
-
-def _committed(vehicle: Vehicle) -> bool:
-    """A record for this vehicle is durable or on its way to disk: the lane is committed."""
-    return (
-        vehicle.record_id is not None or vehicle.approved is not None or vehicle.manual is not None
-    )
-
-
-def _pending_persist(vehicle: Vehicle) -> str | None:
-    """The persist id of the record this vehicle waits for, if any."""
-    if vehicle.record_id is not None:
-        return None
-    if vehicle.approved is not None:
-        return vehicle.approved.auth_id
-    return vehicle.manual
-
-
-def _let_go(state: LaneState, vehicle: Vehicle, reason: str) -> list[Action]:
-    """The lane stops serving this (uncommitted) vehicle: give up its payment in flight, and
-    the attendant it was waiting for is no longer needed."""
-    actions: list[Action] = []
-    if vehicle.attempt is not None:
-        actions.append(Abandon(vehicle.attempt.auth_id, reason))
-    if vehicle.tries >= state.rules.max_tries or _waits_for_a_fare(vehicle):
-        actions.append(ClearAlarm("attendant_needed"))
-    return actions
-
-
-def _waits_for_a_fare(vehicle: Vehicle) -> bool:
-    return vehicle.amount_minor is None and not vehicle.implicit and vehicle.manual is None
-
-
-def _no_fare_alarm(vehicle: Vehicle) -> list[Action]:
-    if not _waits_for_a_fare(vehicle):
-        return []
-    message = f"vehicle {vehicle.vehicle_id}: no fare for class {vehicle.vehicle_class}"
-    return [RaiseAlarm("attendant_needed", message)]
-
-
-def _fare_display(vehicle: Vehicle, state: LaneState) -> ShowOnDisplay:
-    if not state.accepting_payments:
-        return ShowOnDisplay(("Lane closed", "Please use another lane"))
-    if vehicle.amount_minor is None:
-        return ShowOnDisplay((f"Class {vehicle.vehicle_class}", "Please wait for assistance"))
-    return ShowOnDisplay((f"Class {vehicle.vehicle_class}", _money(vehicle), "Show your QR code"))
-
-
-def _money(vehicle: Vehicle) -> str:
-    amount = vehicle.amount_minor or 0
-    return f"{amount // 100}.{amount % 100:02d} {vehicle.currency}"
-
-
 Handler = Callable[[LaneState, Any, float], Result]
 
 _HANDLERS: dict[type, Handler] = {
     ev.SensorChanged: _on_sensor,
-    ev.VehicleClassified: _on_classified,
-    ev.Scanned: _on_scanned,
-    ev.Decided: _on_decided,
-    ev.Persisted: _on_persisted,
-    ev.PersistFailed: _on_persist_failed,
+    ev.VehicleClassified: paypoint.on_classified,
+    ev.Scanned: paypoint.on_scanned,
+    ev.Decided: paypoint.on_decided,
+    ev.Persisted: paypoint.on_persisted,
+    ev.PersistFailed: paypoint.on_persist_failed,
     ev.BarrierAcked: _on_acked,
     ev.BarrierReported: _on_reported,
+    ev.DeviceSnapshotted: _on_snapshot,
     ev.AttendantOpen: _on_attendant_open,
     ev.AttendantCloseLane: _on_close_lane,
     ev.AttendantReopenLane: _on_reopen_lane,

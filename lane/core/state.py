@@ -28,6 +28,14 @@ class LaneMode(StrEnum):
     TRANSIT_EXIT = "transit-exit"
 
 
+# The record kind of a payment in each mode.
+RECORD_KINDS = {
+    LaneMode.TOLL: "toll",
+    LaneMode.TRANSIT_ENTRY: "tap_in",
+    LaneMode.TRANSIT_EXIT: "tap_out",
+}
+
+
 class FareTable(Protocol):
     """Fare lookup: (amount in minor units, ISO currency), or None for an unknown class."""
 
@@ -53,7 +61,11 @@ BLOCKING_FAULTS = frozenset(
     {"barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused", "broker_down"}
 )
 # Faults that stop new payments only (the barrier may still serve a vehicle that already paid).
-PAYMENT_FAULTS = frozenset({"queue_full", "disk_error"})
+PAYMENT_FAULTS = frozenset({"queue_full", "disk_error", "barrier_stuck"})
+# Faults about one command that a later probe of the same command can clear.
+COMMAND_FAULTS = frozenset({"barrier_no_ack", "barrier_refused"})
+# Barrier positions in which a vehicle can drive under the boom.
+BOOM_UP = frozenset({"open", "opening", "closing"})
 COMMITTED_MEMORY = 64
 
 
@@ -71,6 +83,12 @@ class LaneRules:
     default_class: int = 1
     passback_window_s: float = 600.0
     gate_hold_s: float = 8.0
+    # Bounds on waiting (issue #11 item 3); each phase's dwell is derived from these.
+    move_s: float = 4.0  # the barrier reaches a commanded position within this
+    pay_dwell_s: float = 120.0  # a vehicle at the pay point without a decision
+    pass_dwell_s: float = 60.0  # a paid vehicle not through, a barrier not closed
+    persist_dwell_s: float = 10.0  # a record being written
+    probe_s: float = 5.0  # in FAULT: ask the device (and retry a held command) this often
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,18 @@ class Passage:
     opened_at: float | None = None
     crossings: int = 0
     left: bool = False
+    since: float = 0.0  # when the lane committed to it (a paid vehicle waits from here)
+    manual: bool = False  # opened by an attendant, not paid
+    seen_open: bool = False  # the device reported the barrier open for it: it was let through
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """The barrier must report `target` by `by`, or it is stuck."""
+
+    target: str  # open | closed
+    by: float
+    overdue: bool = False  # barrier_stuck was raised for it; cleared when the target is reported
 
 
 @dataclass(frozen=True)
@@ -144,6 +174,13 @@ class LaneState:
     # newest last, the last COMMITTED_MEMORY of them: a repeated Decided or AttendantOpen for
     # one of these is a redelivery and must not act a second time.
     committed: tuple[str, ...] = ()
+    # Alarms that tell the operator without stopping the lane (lane.core.alarms.Alarm).
+    notices: frozenset[str] = frozenset()
+    # When the current phase's dwell runs out (None: the phase may last for ever, e.g. idle
+    # with the barrier closed); past it the lane asks the device and takes the way out.
+    dwell_at: float | None = None
+    expect: Expectation | None = None
+    queries: int = 0
 
     @property
     def safety_occupied(self) -> bool:

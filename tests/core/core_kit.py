@@ -115,6 +115,8 @@ class SafetyMonitor:
     def _take_event(self, before: LaneState, event: ev.Event, after: LaneState) -> None:
         if isinstance(event, ev.SensorChanged) and event.sensor in SAFETY_SENSORS:
             self.sensors[event.sensor] = event.occupied
+        if isinstance(event, ev.DeviceSnapshotted):
+            self.sensors.update((s, on) for s, on in event.sensors if s in SAFETY_SENSORS)
         if isinstance(event, ev.Persisted | ev.PersistFailed):
             track = self.auths.get(event.persist_id)
             if track is not None and track.record == "pending":
@@ -303,7 +305,11 @@ class LaneDriver:
     ) -> list[Action]:
         cmd = cmd_id or self.last_command().cmd_id
         state = "open" if cmd.endswith("/open") else "closed"
-        return self.feed(ev.BarrierAcked(cmd, ok, state if ok else "closed", error), dt)
+        actions = self.feed(ev.BarrierAcked(cmd, ok, state if ok else "closed", error), dt)
+        if ok and self.state.barrier not in ("offline", "fault"):
+            # A working device reaches the position and says so (else: barrier_stuck).
+            actions += self.feed(ev.BarrierReported(state))
+        return actions
 
     def report(self, barrier_state: str, dt: float = 0.0) -> list[Action]:
         return self.feed(ev.BarrierReported(barrier_state), dt)
@@ -454,14 +460,19 @@ class EventSource:
 
     def _other(self, now: float) -> ev.Event:
         what = self.c.pick(
-            ("class", "class", "report", "report", "attendant", "close", "reopen", "queue", "link")
-        )
+            (
+                "class", "class", "report", "report", "attendant", "close", "reopen", "queue",
+                "link", "snapshot", "snapshot",
+            )
+        )  # fmt: skip
         if what == "class":
             return ev.VehicleClassified(self.c.pick((1, 2, 3, 7)))
         if what == "report":
             return ev.BarrierReported(
                 self.c.pick(("closed", "open", "opening", "closing", "fault", "offline"))
             )
+        if what == "snapshot":
+            return self.snapshot()
         if what == "attendant":
             if self.attendant_ids and self.c.chance(3):
                 cmd = self.c.pick(self.attendant_ids)  # an MQTT redelivery
@@ -476,6 +487,16 @@ class EventSource:
         if what == "queue":
             return ev.QueueChanged(self.c.chance(3), self.c.chance(2))
         return ev.LinkChanged(not self.c.chance(3))
+
+    def snapshot(self) -> ev.DeviceSnapshotted:
+        """What a device might say when asked: any position, any sensors it knows."""
+        barrier = self.c.pick(("closed", "open", "opening", "closing", "fault", "offline"))
+        sensors = tuple(
+            (name, self.c.chance(3))
+            for name in ("entry_loop", "exit_loop", "light_curtain", "safety_loop")
+            if not self.c.chance(5)
+        )
+        return ev.DeviceSnapshotted(barrier, sensors, self.fresh("snap"))
 
 
 def random_walk(driver: LaneDriver, source: EventSource, steps: int) -> None:

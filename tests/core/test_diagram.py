@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from core_kit import Chooser, EventSource, LaneDriver, heal, random_walk, rules
+from test_recovery import world_answers
 
 from lane.core import diagram
 from lane.core import events as ev
@@ -46,13 +47,59 @@ def scripted_rare_rows() -> LaneDriver:
     return lane
 
 
+def scripted_heal_rows() -> LaneDriver:
+    """Rows of healing (lane.core.recovery) and others the random walks seldom take."""
+    lane = LaneDriver(rules())
+    lane.arrive("v1")
+    lane.feed(ev.AttendantOpen("att-1", "help", "op"))  # vehicle_present -> persisting
+    lane.persisted("att-1")
+    lane.feed(ev.BarrierAcked("v1/open", True, "closed"))  # acked, never moves
+    lane.cross()
+    for _ in range(3):
+        lane.tick_at_deadline()  # the close is not acked: fault
+    lane.ack("v1/close", ok=False, error="safety_loop_occupied")  # fault -> closing
+    lane.ack("v1/close")
+    lane.pay("v2")
+    lane.feed(ev.BarrierAcked("v2/open", True, "closed"))  # acked, never moves: stuck
+    lane.tick_at_deadline()
+    lane.sensor("entry_loop", True, dt=1.0)
+    lane.feed(ev.AttendantOpen("att-2", "help", "op"))  # the next one, let through by hand
+    lane.persisted("att-2")
+    while lane.state.passage is not None and lane.state.passage.vehicle_id == "v2":
+        lane.tick_at_deadline()  # v2 not let through: open -> opening (att-2's open)
+    return lane
+
+
+def scripted_snapshot_rows() -> LaneDriver:
+    lane = LaneDriver(rules())
+    lane.feed(ev.AttendantCloseLane("x"))
+    lane.arrive("v1")
+    lane.feed(ev.DeviceSnapshotted("closed", (("entry_loop", False),), "d1"))  # paying -> closed
+    lane.feed(ev.AttendantReopenLane("x"))
+    lane.arrive("v2")
+    lane.feed(ev.DeviceSnapshotted("closed", (("entry_loop", False),), "d2"))  # paying -> idle
+    lane.pay("v3")
+    lane.ack()
+    lane.sensor("safety_loop", True)
+    lane.sensor("safety_loop", False)
+    lane.feed(ev.DeviceSnapshotted("open", (), "d3"))  # exit edge lost: open -> closing
+    lane.ack()
+    return lane
+
+
 def test_every_row_of_the_table_is_taken() -> None:
     taken = set(scripted_rare_rows().monitor.transitions)
+    taken |= scripted_heal_rows().monitor.transitions
+    taken |= scripted_snapshot_rows().monitor.transitions
     for mode in LaneMode:
         for seed in range(WALKS_PER_MODE):
             lane = LaneDriver(rules(mode))
             random_walk(lane, EventSource(Chooser.seeded(seed)), 80)
             heal(lane)
+            taken |= lane.monitor.transitions
+            lane = LaneDriver(rules(mode))
+            random_walk(lane, EventSource(Chooser.seeded(seed + 1000)), 60)
+            world_answers(lane, 60)  # healing by itself, not by being answered
             taken |= lane.monitor.transitions
     missing = [t for t in diagram.TRANSITIONS if t not in diagram.rows_taken(taken)]
     assert missing == [], "rows no run takes: remove them, or find the missing test"
@@ -79,6 +126,7 @@ def test_every_event_type_has_labels_and_every_label_an_event_type() -> None:
         ev.BarrierAcked("c", False, "closed", "jammed"),
         ev.BarrierReported("offline"),
         ev.BarrierReported("closed"),
+        ev.DeviceSnapshotted("open", (("safety_loop", False),), "d"),
         ev.AttendantOpen("c", "r", "a"),
         ev.AttendantCloseLane("r"),
         ev.AttendantReopenLane("r"),

@@ -104,6 +104,14 @@ arbitrary_events: st.SearchStrategy[ev.Event] = st.one_of(
     st.builds(ev.PersistFailed, ids, text),
     st.builds(ev.BarrierAcked, ids, st.booleans(), text, st.none() | text),
     st.builds(ev.BarrierReported, text),
+    st.builds(
+        ev.DeviceSnapshotted,
+        text | st.sampled_from(["open", "closed", "offline"]),
+        st.lists(
+            st.tuples(text | st.sampled_from(["safety_loop", "entry_loop"]), st.booleans())
+        ).map(tuple),
+        ids,
+    ),
     st.builds(ev.AttendantOpen, ids, text, text),
     st.builds(ev.AttendantCloseLane, text),
     st.builds(ev.AttendantReopenLane, text),

@@ -37,7 +37,8 @@ def test_ack_opens_with_a_latency_note() -> None:
     assert note.fields["vehicle_id"] == "v1"
     assert note.fields["record_id"] == lane.state.passage.record_id  # type: ignore[union-attr]
     assert note.fields["latency_ms"] == pytest.approx(50 + 300 + 4 + 50)
-    assert next_deadline(lane.state) is None  # toll: the barrier waits for the vehicle
+    # Toll: the barrier waits for the vehicle, for a bounded time (then lane_stuck).
+    assert next_deadline(lane.state) == pytest.approx(lane.now + lane.state.rules.pass_dwell_s)
 
 
 def test_exit_loop_with_safety_clear_closes_then_idle() -> None:
@@ -133,7 +134,8 @@ def test_ack_timeout_resends_the_same_cmd_id_then_faults(op: str) -> None:
     assert one(actions, RaiseAlarm) == RaiseAlarm("barrier_no_ack", f"{_no_ack_msg} {op} {cmd_id}")
     assert of_type(actions, kind) == []
     assert lane.phase() is Phase.FAULT
-    assert next_deadline(lane.state) is None  # nothing more until the barrier is heard from
+    # Nothing is sent until the barrier is heard from or the fault's probe is due.
+    assert next_deadline(lane.state) == pytest.approx(lane.now + lane.state.rules.probe_s)
     # A barrier state report clears the fault: the SAME command goes again.
     actions = lane.report("closed" if op == "open" else "open")
     assert ClearAlarm("barrier_no_ack") in actions
@@ -256,7 +258,7 @@ def test_tailgating_is_recorded_as_a_violation() -> None:
     draft = persist.draft
     assert (draft.kind, draft.amount_minor, draft.auth.result) == ("violation", 0, "none")
     assert draft.flags == ("tailgating",)
-    assert Note("tailgating", {"vehicle_id": "v1"}) in actions
+    assert Note("tailgating", {"vehicle_id": "v1", "flags": ["tailgating"]}) in actions
     assert lane.persisted("v1/violation/1") == []  # the record opens nothing
     lane.sensor("safety_loop", False)
     third = one(lane.sensor("safety_loop", True), Persist)  # every one of them is recorded

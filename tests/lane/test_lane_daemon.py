@@ -30,7 +30,7 @@ from lane.config import LaneConfig, parse_config
 from lane.daemon import LaneDaemon
 from scanner.sources import PushSource
 from sim.acquirer import AcquirerServer
-from sim.broker import Mosquitto, free_port
+from sim.broker import Mosquitto
 from sim.camera import frame_for
 from sim.codes import CodeFactory
 from uplink.records import Record
@@ -68,11 +68,17 @@ class RecordedBeforeOpen(list[BarrierCommand]):
 
 
 def config_for(
-    tmp_path: Path, broker: Mosquitto, lane_id: str, acquirer: str, keyset: Path
+    tmp_path: Path,
+    broker: Mosquitto,
+    lane_id: str,
+    acquirer: str,
+    keyset: Path,
+    *,
+    lane: dict[str, Any] | None = None,
 ) -> LaneConfig:
     return parse_config(
         {
-            "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")},
+            "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane"), **(lane or {})},
             "broker": {"port": broker.port},
             "camera": {"source": "push"},
             "auth": {"acquirer_url": acquirer, "keyset": str(keyset)},
@@ -86,26 +92,16 @@ async def lane(tmp_path: Path, mosquitto: Mosquitto, lane_id: str) -> AsyncItera
         yield lane
 
 
-@pytest.fixture
-async def private_broker(tmp_path: Path) -> AsyncIterator[Mosquitto]:
-    """A broker of the test's own, to restart without disturbing the other tests."""
-    work = tmp_path / "broker"
-    work.mkdir()
-    broker = Mosquitto(port=free_port(), workdir=work)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 @contextlib.asynccontextmanager
-async def running_lane(tmp_path: Path, mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[Lane]:
+async def running_lane(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane: dict[str, Any] | None = None
+) -> AsyncIterator[Lane]:
+    """The daemon in this process, with a device emulator; `lane`: extra [lane] config keys."""
     codes = CodeFactory(7)
     keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
     acquirer = AcquirerServer()
     url = await acquirer.start()
-    config = config_for(tmp_path, mosquitto, lane_id, url, keyset)
+    config = config_for(tmp_path, mosquitto, lane_id, url, keyset, lane=lane)
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
     queue_path = config.lane.data_dir / "queue.sqlite3"
     device.received = RecordedBeforeOpen(queue_path)

@@ -22,6 +22,9 @@ class Barrier:
     async def show(self, lines: tuple[str, ...], ttl_s: float) -> None:
         return None
 
+    async def query(self, query_id: str) -> None:
+        return None
+
 
 class Payments:
     async def authorise(self, request: Authorise) -> ev.Decided:

@@ -54,6 +54,7 @@ def test_all_usable_is_ready() -> None:
         ({"barrier_state": "offline"}, "barrier", "device is offline"),
         ({"barrier_state": "fault"}, "barrier", "device is fault"),
         ({"alarms": {"barrier_no_ack": "barrier does not answer"}}, "barrier", "does not answer"),
+        ({"alarms": {"barrier_stuck": "did not reach open"}}, "barrier", "did not reach open"),
         ({"queue_bytes": None}, "queue", "not read yet"),
         ({"queue_bytes": 100_000}, "queue", "full (100000 of 100000 bytes)"),
         ({"alarms": {"disk_error": "record write failed"}}, "queue", "record write failed"),
@@ -126,6 +127,9 @@ def test_notes_become_counts() -> None:
     m.observe_note("alarm", {"code": "barrier_fault", "message": "x", "active": True})
     m.observe_note("alarm", {"code": "barrier_fault", "active": False})
     m.observe_note("alarm", {"code": "Not A Code!", "active": True})
+    m.observe_note("alarm", {"code": "barrier_stuck", "message": "x", "active": True})
+    m.observe_note("paid_not_passed", {"vehicle_id": "v3", "record_id": "r3"})
+    m.observe_note("tailgating", {"vehicle_id": "u1/violation/1", "unpaid_passage": True})
     assert value(m, "lane_vehicles_total") == 1
     assert value(m, "lane_decisions_total", method="token", result="approved", reason="none") == 1
     declined = {"method": "payment_code", "result": "declined", "reason": "expired"}
@@ -140,6 +144,9 @@ def test_notes_become_counts() -> None:
     assert value(m, "lane_barrier_faults_total", fault="barrier_fault") == 1
     assert value(m, "lane_alarm_active", alarm="barrier_fault") == 0
     assert value(m, "lane_alarm_active", alarm="Not A Code!") is None
+    assert value(m, "lane_barrier_faults_total", fault="barrier_stuck") == 1
+    assert value(m, "lane_paid_not_passed_total") == 1
+    assert value(m, "lane_tailgating_total") == 1
 
 
 def test_barrier_round_trip_uses_the_last_send() -> None:

@@ -1,0 +1,328 @@
+"""The pay point: a vehicle arrives and is priced, shows codes, is authorised or refused, and its
+record is written. Part of the pure lane core (see lane.core.machine, which dispatches to these
+handlers and drives the barrier once a record is durable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lane.core import events as ev
+from lane.core.actions import (
+    Abandon,
+    Action,
+    Authorise,
+    ClearAlarm,
+    Note,
+    Persist,
+    RaiseAlarm,
+    Settle,
+    ShowOnDisplay,
+)
+from lane.core.alarms import add_fault
+from lane.core.state import COMMITTED_MEMORY, RECORD_KINDS, Attempt, LaneMode, LaneState, Vehicle
+from uplink.records import METHODS, AuthInfo, RecordDraft
+
+Result = tuple[LaneState, list[Action]]
+
+# The kinds of code the lane sends for authorisation; anything else is refused at the lane.
+PAYABLE_KINDS = frozenset({"token", "payment_code", "emv"})
+
+
+def arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
+    rules = state.rules
+    vehicle_class = state.next_class if state.next_class is not None else rules.default_class
+    fare = rules.fares.fare_for(vehicle_class)
+    amount, currency = fare if fare is not None else (None, "")
+    vehicle = Vehicle(vehicle_id, vehicle_class, amount, currency, implicit=implicit)
+    actions: list[Action] = [
+        Note(
+            "vehicle_arrived",
+            {"vehicle_id": vehicle_id, "vehicle_class": vehicle_class, "implicit": implicit},
+        )
+    ]
+    if not implicit:
+        actions.append(fare_display(vehicle, state))
+        actions += no_fare_alarm(vehicle)
+    return replace(state, vehicle=vehicle, next_class=None), actions
+
+
+def on_classified(state: LaneState, event: ev.VehicleClassified, now: float) -> Result:
+    vehicle = state.vehicle
+    if vehicle is None or vehicle.attempt is not None or vehicle.approved is not None:
+        return replace(state, next_class=event.vehicle_class), []
+    if vehicle.record_id is not None:
+        return state, []
+    fare = state.rules.fares.fare_for(event.vehicle_class)
+    amount, currency = fare if fare is not None else (None, "")
+    had_no_fare = vehicle.amount_minor is None and not vehicle.implicit
+    vehicle = replace(
+        vehicle, vehicle_class=event.vehicle_class, amount_minor=amount, currency=currency
+    )
+    actions: list[Action] = [fare_display(vehicle, state), *no_fare_alarm(vehicle)]
+    if had_no_fare and amount is not None and vehicle.tries < state.rules.max_tries:
+        actions.append(ClearAlarm("attendant_needed"))  # the class was corrected: pay as usual
+    return replace(state, vehicle=vehicle), actions
+
+
+def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
+    if not state.accepting_payments:
+        why = state.closed_reason or ", ".join(sorted(state.faults))
+        return state, [
+            ShowOnDisplay(("Lane closed", "Please use another lane")),
+            Note("scan_refused", {"reason": why}),
+        ]
+    actions: list[Action] = []
+    if state.vehicle is None:
+        if state.rules.mode is LaneMode.TOLL:
+            return state, [Note("scan_without_vehicle", {"kind": event.kind})]
+        state, actions = arrive(state, event.event_id, implicit=True)
+    vehicle = state.vehicle
+    assert vehicle is not None
+    if vehicle.attempt is not None or committed(vehicle):
+        return state, actions  # one payment at a time; the driver's later codes are ignored
+    if vehicle.tries >= state.rules.max_tries:
+        # Tries are bounded: this vehicle now waits for an attendant.
+        return state, [
+            *actions,
+            ShowOnDisplay(("Payment refused", "Please wait for assistance")),
+            Note("scan_ignored", {"vehicle_id": vehicle.vehicle_id, "reason": "max_tries"}),
+        ]
+    if event.text in vehicle.refused_texts:
+        return state, actions
+    if event.kind not in PAYABLE_KINDS:
+        reason = event.reason or (
+            "unreadable code" if event.kind == "unknown" else f"unsupported code: {event.kind}"
+        )
+        return refuse(state, vehicle, event.text, reason, actions)
+    if vehicle.amount_minor is None:
+        reason = f"no fare for class {vehicle.vehicle_class}"
+        if vehicle.implicit:
+            return refuse(state, vehicle, event.text, reason, actions)
+        # Not the driver's fault: the code is neither spent nor refused, the attendant (already
+        # called on arrival) or a corrected class reading decides.
+        return state, [
+            *actions,
+            ShowOnDisplay((f"Class {vehicle.vehicle_class}", "Please wait for assistance")),
+            Note("scan_ignored", {"vehicle_id": vehicle.vehicle_id, "reason": reason}),
+        ]
+    tries = vehicle.tries + 1
+    auth_id = f"{vehicle.vehicle_id}/a{tries}"
+    deadline = now + state.rules.budget_s
+    attempt = Attempt(auth_id, event.text, event.kind, event.frame_ts, deadline)
+    vehicle = replace(vehicle, tries=tries, attempt=attempt)
+    actions += [
+        Authorise(
+            auth_id,
+            vehicle.vehicle_id,
+            event.text,
+            event.kind,
+            vehicle.amount_minor or 0,
+            vehicle.currency,
+            deadline,
+        ),
+        ShowOnDisplay(("Processing payment", money(vehicle))),
+    ]
+    return replace(state, vehicle=vehicle), actions
+
+
+def refuse(
+    state: LaneState, vehicle: Vehicle, text: str, reason: str, actions: list[Action]
+) -> Result:
+    vehicle = replace(
+        vehicle, tries=vehicle.tries + 1, refused_texts=vehicle.refused_texts | {text}
+    )
+    actions = [*actions, Note("code_refused", {"vehicle_id": vehicle.vehicle_id, "reason": reason})]
+    return after_decline(state, vehicle, reason, actions)
+
+
+def after_decline(state: LaneState, vehicle: Vehicle, reason: str, actions: list[Action]) -> Result:
+    if vehicle.implicit:
+        actions.append(ShowOnDisplay(("Not accepted", reason), ttl_s=3.0))
+        return replace(state, vehicle=None), actions
+    if vehicle.tries >= state.rules.max_tries:
+        actions += [
+            ShowOnDisplay(("Payment refused", reason, "Please wait for assistance")),
+            RaiseAlarm("attendant_needed", f"vehicle {vehicle.vehicle_id}: {reason}"),
+        ]
+    else:
+        left = state.rules.max_tries - vehicle.tries
+        actions.append(
+            ShowOnDisplay(("Payment refused", reason, f"Try another code ({left} left)"))
+        )
+    return replace(state, vehicle=vehicle), actions
+
+
+def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
+    vehicle = state.vehicle
+    attempt = vehicle.attempt if vehicle is not None else None
+    if event.auth_id in state.committed:
+        # A redelivered answer for a payment the lane accepted: it is (being) settled.
+        return state, [Note("duplicate_decision", {"auth_id": event.auth_id})]
+    if vehicle is None or attempt is None or attempt.auth_id != event.auth_id:
+        # The lane already gave up on this authorisation: nothing may stay charged.
+        late: list[Action] = [Note("late_decision", {"auth_id": event.auth_id})]
+        if event.approved:
+            late.insert(0, Abandon(event.auth_id, "late"))
+        return state, late
+    vehicle = replace(vehicle, attempt=None)
+    if event.method not in METHODS:
+        # The record schema rejects unknown methods: record the kind of code the lane sent,
+        # and keep what the authoriser said as a flag.
+        method = attempt.kind if attempt.kind in METHODS else "none"
+        event = replace(event, method=method, flags=(*event.flags, f"method:{event.method}"))
+    if event.approved and state.rules.mode is LaneMode.TRANSIT_ENTRY:
+        recent = recent_taps(state, now)
+        if any(acct == event.account_ref for acct, _ in recent):
+            state = replace(state, taps=recent)
+            declined = replace(event, approved=False, reason="passback")
+            abandon = Abandon(event.auth_id, "passback")
+            return record_decline(state, vehicle, attempt.text, declined, [abandon])
+    if not event.approved:
+        return record_decline(state, vehicle, attempt.text, event, [])
+    if not state.accepting_payments:
+        why = ", ".join(sorted(state.faults)) or "lane closed"
+        vehicle = replace(vehicle, tries=state.rules.max_tries)
+        return after_decline(state, vehicle, why, [Abandon(event.auth_id, why)])
+    draft = record_draft(
+        state, vehicle, event, "approved" if "deferred" not in event.flags else "deferred"
+    )
+    vehicle = replace(vehicle, approved=event, approved_frame_ts=attempt.frame_ts)
+    state = commit(state, event.auth_id)
+    return replace(state, vehicle=vehicle), [Persist(event.auth_id, draft)]
+
+
+def record_decline(
+    state: LaneState, vehicle: Vehicle, text: str, event: ev.Decided, actions: list[Action]
+) -> Result:
+    # A declined code stays declined: the camera keeps reading the same phone screen, and it
+    # must not spend the driver's remaining tries.
+    vehicle = replace(vehicle, refused_texts=vehicle.refused_texts | {text})
+    draft = record_draft(state, vehicle, event, "declined")
+    actions = [
+        *actions,
+        Persist(event.auth_id, draft),
+        Note("declined", {"vehicle_id": vehicle.vehicle_id, "reason": event.reason}),
+    ]
+    assert vehicle.attempt is None
+    return after_decline(state, vehicle, event.reason, actions)
+
+
+def record_draft(state: LaneState, vehicle: Vehicle, event: ev.Decided, result: str) -> RecordDraft:
+    mode = state.rules.mode
+    kind = RECORD_KINDS[mode]
+    flags = tuple(event.flags) + ((event.reason,) if result == "declined" else ())
+    return RecordDraft(
+        kind=kind,
+        vehicle_id=vehicle.vehicle_id,
+        vehicle_class=vehicle.vehicle_class,
+        amount_minor=vehicle.amount_minor or 0,
+        currency=vehicle.currency,
+        method=event.method,
+        account_ref=event.account_ref,
+        auth=AuthInfo(
+            result=result,
+            acquirer_ref=event.acquirer_ref,
+            latency_ms=event.latency_ms,
+            offline=event.offline,
+        ),
+        payment_id=event.payment_id,
+        flags=flags,
+    )
+
+
+def recent_taps(state: LaneState, now: float) -> tuple[tuple[str, float], ...]:
+    window = state.rules.passback_window_s
+    return tuple((acct, t) for acct, t in state.taps if now - t < window)
+
+
+def on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
+    vehicle = state.vehicle
+    if vehicle is None or pending_persist(vehicle) != event.persist_id:
+        return state, []  # a duplicate or stale answer: the record it names is settled already
+    vehicle = replace(vehicle, record_id=event.record_id)
+    approved = vehicle.approved
+    if approved is None:
+        return replace(state, vehicle=vehicle), []
+    if state.rules.mode is LaneMode.TRANSIT_ENTRY and approved.account_ref is not None:
+        # The tap-in counts for anti-passback once it is on record, not before: a record that
+        # failed charged nothing and must not lock the passenger out.
+        state = replace(state, taps=(*recent_taps(state, now), (approved.account_ref, now)))
+    return replace(state, vehicle=vehicle), [Settle(event.persist_id)]
+
+
+def on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> Result:
+    fault = event.reason if event.reason in ("queue_full", "disk_error") else "disk_error"
+    state, actions = add_fault(state, fault)
+    vehicle = state.vehicle
+    if vehicle is None or pending_persist(vehicle) != event.persist_id:
+        return state, actions  # not the record the lane waits for: never undo a durable one
+    committed = tuple(c for c in state.committed if c != event.persist_id)
+    state = replace(state, committed=committed)
+    if vehicle.approved is not None:
+        actions.insert(0, Abandon(event.persist_id, "record_failed"))
+        actions.append(ShowOnDisplay(("Payment cancelled", "Lane closed")))
+        if vehicle.implicit:
+            return replace(state, vehicle=None), actions  # no loop will ever clear a passenger
+        vehicle = replace(vehicle, approved=None, tries=state.rules.max_tries)
+        return replace(state, vehicle=vehicle), actions
+    # An attendant open without a record does not open: the attendant may try again.
+    actions.append(Note("attendant_open_failed", {"cmd_id": event.persist_id}))
+    if vehicle.implicit or vehicle.vehicle_id == vehicle.manual:
+        return replace(state, vehicle=None), actions  # nobody a loop could clear
+    return replace(state, vehicle=replace(vehicle, manual=None)), actions
+
+
+def commit(state: LaneState, persist_id: str) -> LaneState:
+    return replace(state, committed=(*state.committed, persist_id)[-COMMITTED_MEMORY:])
+
+
+def committed(vehicle: Vehicle) -> bool:
+    """A record for this vehicle is durable or on its way to disk: the lane is committed."""
+    return (
+        vehicle.record_id is not None or vehicle.approved is not None or vehicle.manual is not None
+    )
+
+
+def pending_persist(vehicle: Vehicle) -> str | None:
+    """The persist id of the record this vehicle waits for, if any."""
+    if vehicle.record_id is not None:
+        return None
+    if vehicle.approved is not None:
+        return vehicle.approved.auth_id
+    return vehicle.manual
+
+
+def let_go(state: LaneState, vehicle: Vehicle, reason: str) -> list[Action]:
+    """The lane stops serving this (uncommitted) vehicle: give up its payment in flight, and
+    the attendant it was waiting for is no longer needed."""
+    actions: list[Action] = []
+    if vehicle.attempt is not None:
+        actions.append(Abandon(vehicle.attempt.auth_id, reason))
+    if vehicle.tries >= state.rules.max_tries or waits_for_a_fare(vehicle):
+        actions.append(ClearAlarm("attendant_needed"))
+    return actions
+
+
+def waits_for_a_fare(vehicle: Vehicle) -> bool:
+    return vehicle.amount_minor is None and not vehicle.implicit and vehicle.manual is None
+
+
+def no_fare_alarm(vehicle: Vehicle) -> list[Action]:
+    if not waits_for_a_fare(vehicle):
+        return []
+    message = f"vehicle {vehicle.vehicle_id}: no fare for class {vehicle.vehicle_class}"
+    return [RaiseAlarm("attendant_needed", message)]
+
+
+def fare_display(vehicle: Vehicle, state: LaneState) -> ShowOnDisplay:
+    if not state.accepting_payments:
+        return ShowOnDisplay(("Lane closed", "Please use another lane"))
+    if vehicle.amount_minor is None:
+        return ShowOnDisplay((f"Class {vehicle.vehicle_class}", "Please wait for assistance"))
+    return ShowOnDisplay((f"Class {vehicle.vehicle_class}", money(vehicle), "Show your QR code"))
+
+
+def money(vehicle: Vehicle) -> str:
+    amount = vehicle.amount_minor or 0
+    return f"{amount // 100}.{amount % 100:02d} {vehicle.currency}"

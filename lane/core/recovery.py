@@ -1,0 +1,258 @@
+"""How the lane gets out of every wait by itself (issue #11): a bounded dwell in each phase, the
+barrier's commanded position checked against what the device reports, a paid vehicle that was
+never let through, and a vehicle under a boom the lane did not open.
+
+Pure like the rest of the core. `machine.step` calls `after_step` after every event (alarms
+whose cause is gone clear, the phase's dwell is (re)armed) and `on_tick` on every Tick (what is
+overdue is raised and answered); `deadline` is this module's share of `next_deadline`.
+
+The way out of each phase once its dwell is over: the lane raises `lane_stuck` naming the
+phase and what it waits for, and asks the device for its whole truth (QueryDevice). The
+answer (DeviceSnapshotted) settles what a lost message left open: a vehicle gone from the pay
+point, a vehicle through whose exit-loop edge was lost, an open barrier nobody paid for. In
+FAULT the ask is repeated every `probe_s`, and a command held by `barrier_no_ack` or
+`barrier_refused` is sent again, so a device that answers again clears the fault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lane.core import events as ev
+from lane.core.actions import (
+    Action,
+    CloseBarrier,
+    Note,
+    OpenBarrier,
+    Persist,
+    QueryDevice,
+    ShowOnDisplay,
+)
+from lane.core.alarms import Alarm, add_fault, clear_notice, raise_notice, remove_fault
+from lane.core.state import (
+    BLOCKING_FAULTS,
+    BOOM_UP,
+    COMMAND_FAULTS,
+    RECORD_KINDS,
+    Expectation,
+    LaneState,
+    Phase,
+    phase,
+)
+from uplink.records import AuthInfo, RecordDraft
+
+Result = tuple[LaneState, list[Action]]
+
+WAITS_FOR = {
+    Phase.IDLE: "the barrier to close",
+    Phase.CLOSED: "the barrier to close",
+    Phase.VEHICLE_PRESENT: "a code from the driver, or the vehicle to leave the pay point",
+    Phase.DENIED: "another code, an attendant, or the vehicle to leave the pay point",
+    Phase.AUTHORISING: "the authoriser's answer",
+    Phase.PERSISTING: "the record to be written",
+    Phase.OPENING: "the barrier to acknowledge the open",
+    Phase.OPEN: "the vehicle to pass the exit loop",
+    Phase.CLOSING: "the safety area to clear and the barrier to close",
+    Phase.FAULT: "the fault to clear",
+}
+
+
+def dwell_limit(state: LaneState, ph: Phase) -> float | None:
+    """How long the lane may stay in `ph` before it looks for a way out (None: for ever)."""
+    r = state.rules
+    if ph in (Phase.IDLE, Phase.CLOSED):
+        # Idle is for ever, but not with the boom up: nobody paid for that.
+        return r.move_s if state.barrier in BOOM_UP else None
+    if ph is Phase.FAULT:
+        return r.probe_s
+    if ph in (Phase.VEHICLE_PRESENT, Phase.DENIED):
+        return r.pay_dwell_s
+    if ph is Phase.AUTHORISING:
+        return r.budget_s + r.auth_grace_s + r.probe_s  # a backstop: the attempt's own deadline
+    if ph is Phase.PERSISTING:
+        return r.persist_dwell_s
+    if ph is Phase.OPENING:
+        return r.ack_timeout_s * r.max_cmd_attempts + r.move_s
+    return r.pass_dwell_s
+
+
+def deadline(state: LaneState) -> list[float]:
+    """The times at which a Tick makes this module do something."""
+    out = [] if state.dwell_at is None else [state.dwell_at]
+    if state.expect is not None and not state.expect.overdue:
+        out.append(state.expect.by)
+    due = _not_passed_due(state)
+    if due is not None:
+        out.append(due)
+    return out
+
+
+def expect(state: LaneState, op: str, now: float) -> LaneState:
+    """The device acknowledged a move: it must report the position within `move_s`."""
+    target = "open" if op == "open" else "closed"
+    return replace(state, expect=Expectation(target, now + state.rules.move_s))
+
+
+def query(state: LaneState, reason: str) -> Result:
+    n = state.queries + 1
+    return replace(state, queries=n), [QueryDevice(f"q{n}", reason)]
+
+
+def after_step(state: LaneState, event: ev.Event, before: Phase, now: float) -> Result:
+    actions: list[Action] = []
+    target = state.expect
+    if target is not None and state.barrier == target.target:
+        state = replace(state, expect=None)
+        state, more = remove_fault(state, Alarm.BARRIER_STUCK)
+        actions += more
+    if state.barrier == "closed":
+        state, more = clear_notice(state, Alarm.UNPAID_PASSAGE)
+        actions += more
+    passage = state.passage
+    if passage is not None and state.barrier == "open" and not passage.seen_open:
+        state = replace(state, passage=replace(passage, seen_open=True))
+    if isinstance(event, ev.AttendantOpen | ev.AttendantReopenLane) or (
+        passage is not None and passage.left
+    ):
+        # An attendant took over, or the lane lets vehicles through again.
+        state, more = clear_notice(state, Alarm.PAID_NOT_PASSED)
+        actions += more
+    ph = phase(state)
+    limit = dwell_limit(state, ph)
+    if ph != before or limit is None:
+        state, more = clear_notice(state, Alarm.LANE_STUCK)
+        actions += more
+        state = replace(state, dwell_at=None if limit is None else now + limit)
+    elif state.dwell_at is None:
+        state = replace(state, dwell_at=now + limit)
+    return state, actions
+
+
+def on_tick(state: LaneState, now: float) -> Result:
+    actions: list[Action] = []
+    target = state.expect
+    if target is not None and not target.overdue and now >= target.by:
+        state = replace(state, expect=replace(target, overdue=True))
+        detail = (
+            f"commanded {target.target}, device reports {state.barrier}"
+            f" after {state.rules.move_s:g} s"
+        )
+        state, more = add_fault(state, Alarm.BARRIER_STUCK, detail)
+        actions += more
+        state, more = query(state, "barrier_stuck")
+        actions += more
+    due = _not_passed_due(state)
+    if due is not None and now >= due:
+        state, more = _not_let_through(state, now)
+        actions += more
+    if state.dwell_at is not None and now >= state.dwell_at:
+        state, more = _dwell_over(state, now)
+        actions += more
+    return state, actions
+
+
+def unpaid_passage(state: LaneState, event_id: str) -> Result:
+    """A vehicle went under a boom the lane did not open for it: a violation and an alarm."""
+    vehicle_class = state.next_class if state.next_class is not None else state.rules.default_class
+    flags = ("unpaid_passage", f"barrier:{state.barrier}")
+    state, actions = violation(state, event_id, vehicle_class, flags)
+    state, alarm = raise_notice(
+        state,
+        Alarm.UNPAID_PASSAGE,
+        f"a vehicle passed under the {state.barrier} barrier the lane did not open for it",
+    )
+    return state, actions + alarm
+
+
+def violation(state: LaneState, after: str, vehicle_class: int, flags: tuple[str, ...]) -> Result:
+    """A vehicle through without a record of its own: a violation record and a note."""
+    n = state.violations + 1
+    persist_id = f"{after}/violation/{n}"
+    draft = _uncharged(kind="violation", vehicle_id=persist_id, vehicle_class=vehicle_class)
+    actions: list[Action] = [
+        Persist(persist_id, replace(draft, flags=flags)),
+        Note("tailgating", {"vehicle_id": after, "flags": list(flags)}),
+    ]
+    return replace(state, violations=n), actions
+
+
+def _uncharged(kind: str, vehicle_id: str, vehicle_class: int) -> RecordDraft:
+    """A record that charges nothing and took no payment."""
+    return RecordDraft(kind, vehicle_id, vehicle_class, 0, "", "none", None, AuthInfo("none"))
+
+
+def _not_passed_due(state: LaneState) -> float | None:
+    """When a paid vehicle the barrier never opened for (and nothing crossed) is given up on.
+    Once the device said open, the vehicle was let through: waiting longer is `lane_stuck`."""
+    p = state.passage
+    if p is None or p.crossings or p.left or p.seen_open:
+        return None
+    return p.since + state.rules.pass_dwell_s
+
+
+def _not_let_through(state: LaneState, now: float) -> Result:
+    """Paid, and not let through: a record the back office refunds from, an alarm that calls
+    the attendant; the lane stops waiting for this passage."""
+    p = state.passage
+    assert p is not None
+    kind = "manual" if p.manual else RECORD_KINDS[state.rules.mode]
+    draft = replace(
+        _uncharged(kind, p.vehicle_id, p.vehicle_class),
+        flags=("paid_not_passed", f"record:{p.record_id}"),
+    )
+    cmd = state.command
+    keep = cmd if cmd is not None and cmd.op == "close" else None
+    state = replace(state, passage=None, command=keep)
+    if state.expect is not None and state.expect.target == "open":
+        # Whatever the barrier does now, the lane wants it closed.
+        state = replace(state, expect=Expectation("closed", now + state.rules.move_s))
+    message = (
+        f"vehicle {p.vehicle_id} paid (record {p.record_id}) and was not let through in"
+        f" {state.rules.pass_dwell_s:g} s (barrier {state.barrier}): attendant, please help;"
+        " a refund record is written"
+    )
+    state, alarm = raise_notice(state, Alarm.PAID_NOT_PASSED, message)
+    actions: list[Action] = [
+        Persist(f"{p.vehicle_id}/not_passed", draft),
+        Note("paid_not_passed", {"vehicle_id": p.vehicle_id, "record_id": p.record_id}),
+        ShowOnDisplay(("Please wait for assistance",)),
+        *alarm,
+    ]
+    return state, actions
+
+
+def _dwell_over(state: LaneState, now: float) -> Result:
+    ph = phase(state)
+    limit = dwell_limit(state, ph)
+    if limit is None:
+        return replace(state, dwell_at=None), []  # what it waited for happened in this tick
+    state = replace(state, dwell_at=now + limit)
+    waits = WAITS_FOR[ph]
+    state, actions = query(state, f"{ph.value}: waiting for {waits}")
+    if ph is Phase.FAULT:
+        state, more = _probe(state, now)
+        return state, actions + more
+    message = f"lane stuck in {ph.value} for {limit:g} s: waiting for {waits}"
+    if ph in (Phase.IDLE, Phase.CLOSED):
+        message += f" (device reports {state.barrier})"
+    state, more = raise_notice(state, Alarm.LANE_STUCK, message)
+    return state, actions + more
+
+
+def _probe(state: LaneState, now: float) -> Result:
+    """Send a command held by a command fault once more: an ack is what clears the fault."""
+    cmd = state.command
+    if cmd is None or cmd.acked or cmd.ack_deadline is not None:
+        return state, []
+    if not (state.faults & BLOCKING_FAULTS) <= COMMAND_FAULTS or state.barrier in (
+        "offline",
+        "fault",
+    ):
+        return state, []
+    if cmd.op == "close" and state.safety_occupied:
+        return state, []
+    rules = state.rules
+    attempt = min(cmd.attempt + 1, rules.max_cmd_attempts)
+    held = replace(cmd, attempt=attempt, ack_deadline=now + rules.ack_timeout_s, retry_at=None)
+    kind = OpenBarrier if cmd.op == "open" else CloseBarrier
+    return replace(state, command=held), [kind(cmd.cmd_id, now + rules.cmd_ttl_s, attempt)]
