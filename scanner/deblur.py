@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -38,6 +39,8 @@ ANGLES = np.arange(-40.0, 40.01, 2.0, dtype=np.float32)  # mostly along the lane
 # Tried in order around the estimate: the cepstrum is pulled towards the module grid's axes.
 NUDGES = ((0.0, 0.0), (0.0, -8.0), (0.0, 8.0))
 NOISE_TO_SIGNAL = 0.005
+# Texture scores of one fixed view vary by ~0.2% with sensor noise; a held phone's by ~3%.
+SAME_VIEW = 0.01
 
 FloatImage = npt.NDArray[np.float32]
 
@@ -110,9 +113,10 @@ class Deblur:
 
     Evidence is spread over frames, since a phone stays in view for seconds: the pass looks
     at one frame in `every` (~0.2 ms for the texture map; nothing more on a frame without a
-    code-like texture), and a spot where deconvolution read nothing is left alone for
-    `retry_after` frames, so a fixed textured background (a sign, a grille) costs one attempt
-    (~5-15 ms) per `retry_after` frames, not one per frame.
+    code-like texture). Where an attempt (~5-15 ms) read nothing, the pass waits
+    `retry_after` frames before trying near there again; and the very same view (the peak on
+    the same pixel with the same score: a fixed sign or grille in front of a fixed camera,
+    where a code's peak wanders with the hand) waits `forget_after` frames.
     """
 
     def __init__(
@@ -122,23 +126,29 @@ class Deblur:
         *,
         every: int = 4,
         retry_after: int = 90,
+        forget_after: int = 900,
         min_texture: float = MIN_TEXTURE,
     ) -> None:
-        if every < 1 or retry_after < 0:
-            raise ValueError(f"need every >= 1 and retry_after >= 0, got {every}, {retry_after}")
+        if every < 1 or not 0 <= retry_after <= forget_after:
+            raise ValueError(
+                "need every >= 1 and 0 <= retry_after <= forget_after, got "
+                f"{every}, {retry_after}, {forget_after}"
+            )
         self.name = name
         self._decoder = decoder
         self._every = every
         self._retry_after = retry_after
+        self._forget_after = forget_after
         self._min_texture = min_texture
         self._frames = itertools.count()  # next() is atomic: workers may share the pass
         self._lock = threading.Lock()
-        self._failed: list[tuple[int, int, int]] = []  # (x, y, frame) of fruitless attempts
+        self._failed: list[_Failure] = []
 
     def run(self, gray: GrayImage, candidates: list[Polygon]) -> list[Detection]:
         frame = next(self._frames)
         if frame % self._every:
             return []
+        score = None
         if candidates:
             x0, y0, x1, y1 = bounding_box(candidates[0])
             centre = ((x0 + x1) // 2, (y0 + y1) // 2)
@@ -146,20 +156,21 @@ class Deblur:
             score, centre = texture_peak(gray)
             if score < self._min_texture:
                 return []
-        if self._recently_failed(centre, frame):
+        here = _Failure(centre[0], centre[1], score, frame)
+        if self._waiting(here):
             return []
         found = self._attempt(gray, centre)
         if not found:
             with self._lock:
-                self._failed.append((centre[0], centre[1], frame))
+                self._failed.append(here)
         return found
 
-    def _recently_failed(self, centre: tuple[int, int], frame: int) -> bool:
+    def _waiting(self, here: _Failure) -> bool:
         with self._lock:
-            self._failed = [f for f in self._failed if frame - f[2] < self._retry_after]
-            near = ROI // 2
+            self._failed = [f for f in self._failed if here.frame - f.frame < self._forget_after]
             return any(
-                abs(centre[0] - x) < near and abs(centre[1] - y) < near for x, y, _ in self._failed
+                f.same_view(here) or (f.near(here) and here.frame - f.frame < self._retry_after)
+                for f in self._failed
             )
 
     def _attempt(self, gray: GrayImage, centre: tuple[int, int]) -> list[Detection]:
@@ -179,3 +190,22 @@ class Deblur:
             if found:
                 return [moved(d, self.name, 0.5, (x0, y0)) for d in found]
         return []
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """Where (and on which frame, with which texture score) an attempt read nothing."""
+
+    x: int
+    y: int
+    score: float | None  # None: the spot came from a candidate, not the texture map
+    frame: int
+
+    def near(self, other: _Failure) -> bool:
+        return abs(self.x - other.x) < ROI // 2 and abs(self.y - other.y) < ROI // 2
+
+    def same_view(self, other: _Failure) -> bool:
+        if self.score is None or other.score is None:
+            return False
+        same_spot = abs(self.x - other.x) <= STEP and abs(self.y - other.y) <= STEP
+        return same_spot and abs(self.score - other.score) <= SAME_VIEW * self.score

@@ -100,26 +100,48 @@ def test_one_frame_in_every_is_examined() -> None:
     assert [bool(r) for r in results] == [True, False, False, False, True, False, False, False]
 
 
-def test_a_fruitless_spot_waits_retry_after_frames() -> None:
-    """A fixed textured background (clutter the camera always sees) costs one attempt per
-    `retry_after` frames, not one per frame."""
-    rng = np.random.default_rng(4)
+def clutter_frame(seed: int) -> GrayImage:
+    """A dense patch of small marks, like a grille or a sign: code-like texture, no code."""
+    rng = np.random.default_rng(seed)
     clutter = frame_with(None)
-    for _ in range(300):  # a dense patch of small marks, like a grille or a sign
+    for _ in range(300):
         x, y = int(rng.integers(500, 700)), int(rng.integers(250, 450))
         cv2.rectangle(clutter, (x, y), (x + 5, y + 5), int(rng.integers(0, 255)), -1)
+    return clutter
+
+
+def test_the_same_fruitless_view_waits_forget_after_frames() -> None:
+    """A fixed textured background in front of a fixed camera costs one attempt per
+    `forget_after` frames, not one per frame."""
+    clutter = clutter_frame(4)
     decoder = CountingDecoder()
-    deblur = Deblur("deblur", decoder, every=1, retry_after=10)
+    deblur = Deblur("deblur", decoder, every=1, retry_after=2, forget_after=10)
     for _ in range(10):
         assert deblur.run(clutter, []) == []
     per_attempt = decoder.calls
     assert per_attempt > 0, "the clutter looks code-like: one attempt was made"
-    assert deblur.run(clutter, []) == []  # frame 10: the spot may be tried again
+    assert deblur.run(clutter, []) == []  # frame 10: forgotten, tried again
     assert decoder.calls == 2 * per_attempt
+
+
+def test_a_changed_view_near_a_fruitless_spot_waits_only_retry_after_frames() -> None:
+    """A phone's texture peak wanders and its score changes: it gets another try sooner."""
+    decoder = CountingDecoder()
+    deblur = Deblur("deblur", decoder, every=1, retry_after=3, forget_after=100)
+    views = [clutter_frame(seed) for seed in range(5, 10)]
+    assert deblur.run(views[0], []) == []
+    per_attempt = decoder.calls
+    for view in views[1:3]:  # frames 1, 2: near the failure, too soon
+        assert deblur.run(view, []) == []
+    assert decoder.calls == per_attempt
+    assert deblur.run(views[3], []) == []  # frame 3: another view, retry_after has passed
+    assert decoder.calls > per_attempt
 
 
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="every >= 1"):
         Deblur("deblur", ZxingDecoder(), every=0)
-    with pytest.raises(ValueError, match="retry_after >= 0"):
+    with pytest.raises(ValueError, match="0 <= retry_after <= forget_after"):
         Deblur("deblur", ZxingDecoder(), retry_after=-1)
+    with pytest.raises(ValueError, match="0 <= retry_after <= forget_after"):
+        Deblur("deblur", ZxingDecoder(), retry_after=10, forget_after=5)
