@@ -114,9 +114,10 @@ class Deblur:
     Evidence is spread over frames, since a phone stays in view for seconds: the pass looks
     at one frame in `every` (~0.2 ms for the texture map; nothing more on a frame without a
     code-like texture). Where an attempt (~5-15 ms) read nothing, the pass waits
-    `retry_after` frames before trying near there again; and the very same view (the peak on
-    the same pixel with the same score: a fixed sign or grille in front of a fixed camera,
-    where a code's peak wanders with the hand) waits `forget_after` frames.
+    `retry_after` frames before trying near there again (short: the next frames may be
+    sharper, and the next driver's phone may be held where this one was); the very same view
+    (the peak on the same pixel with the same score: a fixed sign or grille in front of a
+    fixed camera, where a code's peak wanders with the hand) waits `forget_after` frames.
     """
 
     def __init__(
@@ -125,7 +126,7 @@ class Deblur:
         decoder: Decoder,
         *,
         every: int = 4,
-        retry_after: int = 90,
+        retry_after: int = 8,
         forget_after: int = 900,
         min_texture: float = MIN_TEXTURE,
     ) -> None:
