@@ -34,6 +34,7 @@ WINDOW = 9  # box filter of the texture map, in subsampled pixels (~ a third of 
 # the simulator's frames, an empty road view 135-155 (measured; docs/scanner.md).
 MIN_TEXTURE = 170.0
 ROI = 256  # side of the square region deconvolved (a code at 1.2-2.2 m is 110-200 px)
+MIN_ROI = 64  # in a smaller frame there is no room for a code blurred beyond reading
 LENGTHS = np.arange(3.0, 9.01, 0.5, dtype=np.float32)  # streak lengths looked for, px
 ANGLES = np.arange(-40.0, 40.01, 2.0, dtype=np.float32)  # mostly along the lane: +-40 deg
 # Tried in order around the estimate: the cepstrum is pulled towards the module grid's axes.
@@ -177,6 +178,8 @@ class Deblur:
     def _attempt(self, gray: GrayImage, centre: tuple[int, int]) -> list[Detection]:
         height, width = gray.shape
         side = min(ROI, height, width)
+        if side < MIN_ROI:
+            return []
         x0 = min(max(0, centre[0] - side // 2), width - side)
         y0 = min(max(0, centre[1] - side // 2), height - side)
         roi = np.ascontiguousarray(gray[y0 : y0 + side, x0 : x0 + side])

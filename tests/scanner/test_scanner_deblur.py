@@ -138,6 +138,14 @@ def test_a_changed_view_near_a_fruitless_spot_waits_only_retry_after_frames() ->
     assert decoder.calls > per_attempt
 
 
+def test_a_frame_too_small_for_a_region_is_left_alone() -> None:
+    decoder = CountingDecoder()
+    tiny = np.full((48, 64), 128, np.uint8)
+    candidate = ((10, 10), (30, 10), (30, 30), (10, 30))
+    assert Deblur("deblur", decoder, every=1).run(tiny, [candidate]) == []
+    assert decoder.calls == 0
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="every >= 1"):
         Deblur("deblur", ZxingDecoder(), every=0)
