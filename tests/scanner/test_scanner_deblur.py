@@ -8,22 +8,13 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
-from scanner_testkit import frame_with
+from scanner_testkit import BLURRED, TOKEN, frame_with
 
 from scanner.deblur import Deblur, motion_estimate, texture_peak
 from scanner.decoders import DEFAULT_PASSES, CascadeDecoder, ZxingDecoder, make_decoder, make_pass
 from scanner.detection import Detection, GrayImage, as_gray
-from sim.codes import CodeFactory
 from sim.render import code_corners, render_frame
 from sim.scene import Scene
-
-# A compact token as the simulator's phones show it, and a pose that failed the first look
-# before this pass: 1.75 m away, night-ish, a 5.2 px streak 12 degrees off the lane axis.
-TOKEN = CodeFactory(7).make("token", 1_800_000_000).text
-BLURRED = Scene(
-    TOKEN, distance=1.75, angle_deg=24.0, blur_px=5.2, blur_dir_deg=-12.0, low_light=0.41,
-    roll_deg=-6.0, pitch_deg=9.0, position=(0.6, 0.5),
-)  # fmt: skip
 
 
 class CountingDecoder:
