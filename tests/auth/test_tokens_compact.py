@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import zxingcpp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from lane.auth.base45 import b45decode, b45encode
+from lane.auth.base45 import ALPHABET, b45decode, b45encode
 from lane.auth.cose import Alg, sig_structure, sign
 from lane.auth.deny import DenyList
 from lane.auth.issuer import TokenIssuer
@@ -21,6 +23,7 @@ from lane.auth.tokens import (
     TokenAccepted,
     TokenFormat,
     TokenRefused,
+    TokenVerdict,
     issue_compact_token,
     qr_ec_level,
     token_format,
@@ -209,3 +212,58 @@ def test_every_bit_flip_of_a_compact_token_is_refused() -> None:
         verdict = verify_token("LT2:" + b45encode(bytes(flipped)), keys, NO_DENY, NOW, 5)
         assert isinstance(verdict, TokenRefused), i
         assert not verdict.detail.startswith("internal"), verdict.detail
+
+
+FUZZ_ISSUER = issuer()
+FUZZ_KEYS = keys_of(FUZZ_ISSUER)
+FUZZ_GOOD = FUZZ_ISSUER.compact_token("acct-1", NOW)
+FUZZ_EXPECTED = verify_token(FUZZ_GOOD, FUZZ_KEYS, NO_DENY, NOW, 5)
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def check(text: str) -> TokenVerdict:
+    verdict = verify_token(text, FUZZ_KEYS, NO_DENY, NOW, 5)
+    if isinstance(verdict, TokenRefused):
+        assert not verdict.detail.startswith("internal"), verdict.detail
+    else:
+        assert verdict == FUZZ_EXPECTED and text == FUZZ_GOOD, text
+    return verdict
+
+
+@FUZZ
+@given(
+    position=st.integers(min_value=0, max_value=200),
+    edit=st.sampled_from(["replace", "insert", "delete"]),
+    char=st.sampled_from(ALPHABET),
+)
+def test_single_edits_of_a_compact_token(position: int, edit: str, char: str) -> None:
+    text = FUZZ_GOOD
+    i = position % len(text)
+    if edit == "replace":
+        check(text[:i] + char + text[i + 1 :])
+    elif edit == "insert":
+        check(text[:i] + char + text[i:])
+    else:
+        check(text[:i] + text[i + 1 :])
+
+
+@FUZZ
+@given(st.text(alphabet=ALPHABET, max_size=160))
+def test_random_base45_after_the_compact_prefix(text: str) -> None:
+    check("LT2:" + text)
+
+
+@FUZZ
+@given(claims=st.dictionaries(st.integers(-1, 9), st.one_of(
+    st.none(), st.integers(NOW - 100, NOW + 100), st.text(max_size=10), st.binary(max_size=20)
+), max_size=6))  # fmt: skip
+def test_signed_random_claims_in_a_compact_token(claims: dict[int, object]) -> None:
+    # A genuine signature over arbitrary claims: the claims parser alone must hold the line.
+    text = compact_raw(FUZZ_ISSUER, claims)
+    verdict = verify_token(text, FUZZ_KEYS, NO_DENY, NOW, 5)
+    if isinstance(verdict, TokenRefused):
+        assert not verdict.detail.startswith("internal"), verdict.detail
+        return
+    assert verdict.issuer == "wallet.example"
+    assert claims.get(1, "wallet.example") == "wallet.example"
+    assert isinstance(verdict.account_ref, str) and verdict.iat <= verdict.exp
