@@ -51,7 +51,7 @@ class TokenFormat(enum.StrEnum):
 
 
 PREFIX = TokenFormat.V1.value
-MAX_TEXT_LEN = 2048  # v1 tokens are ~240 characters; refuse big inputs before decoding
+MAX_TEXT_LEN = 2048  # v1 tokens are 200-240 characters; refuse big inputs before decoding
 # What QR version 5 holds at level L in alphanumeric mode. A longer v2 token would need a
 # bigger symbol (smaller modules), which is what v2 exists to avoid, so it is refused.
 COMPACT_MAX_TEXT = 154
