@@ -53,6 +53,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m bench.scan
+	$(BIN)/python -m bench.first_look
 	$(BIN)/python -m bench.auth
 	$(BIN)/python -m bench.barrier
 	$(BIN)/python -m bench.uplink

@@ -60,7 +60,8 @@ def throughput(vehicles: int, speed: float) -> dict[str, Any]:
     report = asyncio.run(run_scenario(scenario, options, vehicles))
     keys = (
         "vehicles", "passed", "paying_vehicles", "paying_passed", "lost", "throughput_vph",
-        "capacity_vph", "service_s", "latency_ms", "frame_latency_ms", "token_frame_latency_ms",
+        "capacity_vph", "service_s", "latency_ms", "driver_view_p95_ms", "first_look_read_rate",
+        "token_first_look_read_rate", "first_look", "frame_latency_ms", "token_frame_latency_ms",
         "methods", "refusals", "duration_s",
     )  # fmt: skip
     return {k: report[k] for k in keys}

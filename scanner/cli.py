@@ -28,10 +28,11 @@ def main(argv: list[str], out: TextIO | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else 2
     stream = out if out is not None else sys.stdout
-    decoder = make_decoder(args.decoder)
     failed = False
     for name in args.images:
-        line = scan_file(Path(name), decoder, details=args.json)
+        # Each image is a view of its own: a fresh decoder, so the cascade's per-camera state
+        # (the deblur pass's frame gating and memory of fruitless spots) does not carry over.
+        line = scan_file(Path(name), make_decoder(args.decoder), details=args.json)
         failed |= "error" in line
         print(json.dumps(line, ensure_ascii=False), file=stream, flush=True)
     return 1 if failed else 0

@@ -15,6 +15,7 @@ from typing import Literal
 import zxingcpp
 
 from scanner import fallbacks, zbar
+from scanner.deblur import Deblur
 from scanner.detection import (
     Decoder,
     Detection,
@@ -40,10 +41,11 @@ __all__ = [
 
 DECODER_NAMES = ("zxing", "pyzbar", "cascade")
 _QR_MODEL_2 = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCodeModel2)
-# Chosen from the corpus measurements in docs/scanner.md: re-read unreadable candidates with a
-# global-histogram binariser (curved, unevenly lit codes) and retry the frame at half size
-# (print texture and moire average out). Both rescue codes; neither costs much on empty frames.
-DEFAULT_PASSES = ("roi-global", "half")
+# Chosen from the measurements in docs/scanner.md: re-read unreadable candidates with a
+# global-histogram binariser (curved, unevenly lit codes), retry the frame at half size (print
+# texture and moire average out), and undo the motion blur of a phone held out of a rolling
+# car (the simulator's first-look misses). None costs much on empty frames.
+DEFAULT_PASSES = ("roi-global", "half", "deblur")
 
 
 class ZxingDecoder:
@@ -145,10 +147,14 @@ def make_pass(name: str) -> FallbackPass:
         return fallbacks.WholeFrame(name, PyzbarDecoder())
     if name == "pyzbar-invert":
         return fallbacks.WholeFrame(name, PyzbarDecoder(), fallbacks.invert)
+    if name == "deblur":
+        return Deblur(name, ZxingDecoder())
     raise ValueError(f"unknown fallback pass {name!r}")
 
 
-PASS_NAMES = ("roi-global", "roi-x2", "roi-pyzbar", "half", "clahe", "pyzbar", "pyzbar-invert")
+PASS_NAMES = (
+    "roi-global", "roi-x2", "roi-pyzbar", "half", "clahe", "pyzbar", "pyzbar-invert", "deblur",
+)  # fmt: skip
 
 
 def make_decoder(name: str = "cascade") -> Decoder:

@@ -50,7 +50,7 @@ class RoiRetry:
                 roi = resize(roi, self._scale)
             found = self._decoder.decode(roi)
             if found:
-                return [_moved(d, self.name, 1.0 / self._scale, (x0, y0)) for d in found]
+                return [moved(d, self.name, 1.0 / self._scale, (x0, y0)) for d in found]
         return []
 
 
@@ -72,7 +72,7 @@ class WholeFrame:
         if self._transform is not None:
             image = self._transform(image)
         found = self._decoder.decode(image)
-        return [_moved(d, self.name, 1.0 / self._scale, (0, 0)) for d in found]
+        return [moved(d, self.name, 1.0 / self._scale, (0, 0)) for d in found]
 
 
 def resize(gray: GrayImage, scale: float) -> GrayImage:
@@ -92,7 +92,7 @@ def invert(gray: GrayImage) -> GrayImage:
     return cv2.bitwise_not(gray)  # type: ignore[return-value]
 
 
-def _moved(d: Detection, pass_name: str, factor: float, offset: tuple[int, int]) -> Detection:
+def moved(d: Detection, pass_name: str, factor: float, offset: tuple[int, int]) -> Detection:
     polygon = tuple(
         (round(x * factor) + offset[0], round(y * factor) + offset[1]) for x, y in d.polygon
     )

@@ -32,7 +32,9 @@ __all__ = [
     "mask_pan",
 ]
 
-TOKEN_PREFIX = "LT1:"
+# Offline tokens, v1 and the compact v2 (lane.auth.tokens.TokenFormat); the scanner only
+# checks the shape, so it does not import the verifier.
+TOKEN_PREFIXES = ("LT1:", "LT2:")
 BASE45_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
 # A COSE_Sign1 carries at least a 64-byte signature plus headers and claims; a QR code
 # (version 40, alphanumeric) holds at most 4296 characters, i.e. 2864 bytes of Base45.
@@ -84,8 +86,9 @@ def _classify(text: str) -> Payload:
     text = text.strip("\r\n\t")
     if not text:
         return UnknownPayload("empty code")
-    if text.startswith(TOKEN_PREFIX):
-        return _token(text)
+    for prefix in TOKEN_PREFIXES:
+        if text.startswith(prefix):
+            return _token(text, text[len(prefix) :])
     if _DIGITS.fullmatch(text):
         return _payment_code(text)
     if looks_like_cpm(text):
@@ -108,8 +111,7 @@ def _payment_code(digits: str) -> Payload:
     return UnknownPayload(f"not a payment code ({n} digits starting {digits[:2]})")
 
 
-def _token(text: str) -> Payload:
-    body = text[len(TOKEN_PREFIX) :]
+def _token(text: str, body: str) -> Payload:
     problem = base45_problem(body)
     if problem is not None:
         return UnknownPayload(f"bad Base45: {problem}")

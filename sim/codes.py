@@ -15,10 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lane.auth.cose import Alg
 from lane.auth.keys import IssuerKey, KeySet, keyset_to_json
-from lane.auth.tokens import issue_token
+from lane.auth.tokens import TokenFormat, issue_compact_token, issue_token
 
 ISSUER = "sim-transit"
-KID = "sim-2026"
+# Short, so that a compact token with an 8-character account fits QR version 5-L.
+KID = "s1"
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,13 @@ def emv_cpm(pan: str, atc: int, cryptogram: bytes) -> str:
 
 
 class CodeFactory:
-    """Makes the codes of simulated drivers; deterministic for a seed, times from the caller."""
+    """Makes the codes of simulated drivers; deterministic for a seed, times from the caller.
 
-    def __init__(self, seed: int) -> None:
+    Tokens are compact (v2) unless `token_format` says v1, as phones not yet updated show.
+    """
+
+    def __init__(self, seed: int, token_format: TokenFormat = TokenFormat.V2) -> None:
+        self.token_format = token_format
         self.rng = random.Random(seed)
         self.key = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
         self.forger = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
@@ -85,7 +90,7 @@ class CodeFactory:
         return path
 
     def account(self) -> str:
-        return f"acct-{self.rng.randrange(10**8):08d}"
+        return f"a{self.rng.randrange(10**7):07d}"
 
     def make(self, kind: str, now: int) -> Code:
         """The code of `kind`, made at unix time `now` (a phone refreshes its token)."""
@@ -114,6 +119,8 @@ class CodeFactory:
         return Code("garbage", self.rng.choice(_GARBAGE) + self._digits(4), False)
 
     def _token(self, key: Ed25519PrivateKey, iat: int, exp: int) -> str:
+        if self.token_format is TokenFormat.V2:
+            return issue_compact_token(key, KID, self.account(), iat, exp)
         nonce = self.rng.randbytes(12)
         return issue_token(key, KID, ISSUER, self.account(), iat, exp, nonce)
 

@@ -40,10 +40,21 @@ log = logging.getLogger("lane.sim")
 ANSWERS = ("barrier_opened", "declined", "code_refused")
 STOP_GRACE_S = 2.0
 STEP_UP_S = 0.5  # transit: the next passenger steps up to the reader, phone in hand
+AIMS = 4  # a driver aims a code at most this many times, then tries the next one
+REAIM_AFTER_S = 3.5  # a driver waits this long for an answer before re-aiming the phone
 GATE_HOLD_S = 8.0  # transit: a gate nobody walks through closes after this (simulated) time
 # The lane's bounds on waiting, in simulated seconds (the lane's own defaults).
 DWELL_S = {"pay_dwell_s": 120.0, "pass_dwell_s": 60.0, "persist_dwell_s": 10.0, "probe_s": 5.0}
 MOVE_S = 4.0
+
+
+@dataclass(frozen=True)
+class Look:
+    """One code held up: how many times the driver aimed it (1 = read on the first look)."""
+
+    kind: str
+    aims: int
+    read: bool  # the lane answered (opened, declined or refused it) before the driver gave up
 
 
 @dataclass
@@ -57,6 +68,7 @@ class Outcome:
     latency_ms: float | None = None  # code shown to the camera -> barrier acked the open
     frame_latency_ms: float | None = None  # frame that held the code -> barrier acked the open
     replays: list[tuple[str, bool]] = field(default_factory=list)  # (accepted at lane, refused)
+    looks: list[Look] = field(default_factory=list)  # each code presented, in order
     started_at: float = 0.0  # monotonic: the driver reached the pay point
     done_at: float = 0.0  # monotonic: the pay point is free for the next one
 
@@ -336,7 +348,7 @@ class SimLane:
     async def _try_codes(self, driver: Driver, outcome: Outcome, mark: int) -> None:
         for kind in driver.codes[: self.sim.options.max_tries]:
             text, replay_of = self.sim.code_for(kind, self)
-            result = await self._present(text, outcome, mark)
+            result = await self._present(kind, text, outcome, mark)
             if result is None:
                 outcome.refusals.append("no answer")
                 continue
@@ -359,7 +371,7 @@ class SimLane:
                 mark = self.watch.mark
 
     async def _present(
-        self, text: str, outcome: Outcome, mark: int
+        self, kind: str, text: str, outcome: Outcome, mark: int
     ) -> tuple[int, float, float, str, dict[str, Any]] | None:
         """Hold the phone up until the lane answers; re-aim it when it is not read.
 
@@ -376,13 +388,15 @@ class SimLane:
             return name in ANSWERS and bound is not None and fields.get("vehicle_id") == bound
 
         try:
-            for _ in range(4):
+            for aim in range(1, AIMS + 1):
                 self.camera.show(text, self.sim.options.conditions)
-                found = await self.watch.wait_for(answer, mark, 3.5)
+                found = await self.watch.wait_for(answer, mark, REAIM_AFTER_S)
                 if found is not None:
+                    outcome.looks.append(Look(kind, aim, read=True))
                     i, ts, name, fields = found
                     outcome.vehicle_id = bound
                     return i, shown_at, ts, name, fields
+            outcome.looks.append(Look(kind, AIMS, read=False))
             return None
         finally:
             self.camera.hide()

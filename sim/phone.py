@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import zxingcpp
 
+from lane.auth.tokens import qr_ec_level
+
 # Screen layout, as fractions of the screen width: payment apps show the code at ~3/4 width,
 # a little above the middle of a ~9:19.5 screen.
 CODE_OF_SCREEN = 0.76
@@ -28,17 +30,19 @@ BODY_BGR = (38, 36, 34)
 
 
 class QrEncodeError(ValueError):
-    """The text cannot be put in a QR code (too long for any version at level M)."""
+    """The text cannot be put in a QR code (too long for any version at its level)."""
 
 
 @lru_cache(maxsize=256)
 def qr_modules(text: str) -> np.ndarray:
-    """QR matrix at EC level M with its 4-module quiet zone: True where a module is dark.
+    """QR matrix with its 4-module quiet zone: True where a module is dark. The level is the
+    one a wallet app uses for the text: L for a compact token, M for everything else.
 
     Cached per text and returned read-only, so callers cannot corrupt the cache.
     """
+    level = qr_ec_level(text)
     try:
-        barcode = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode, ec_level="M")
+        barcode = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode, ec_level=level)
     except Exception as exc:  # zxing raises plain ValueError/RuntimeError variants
         raise QrEncodeError(f"cannot encode {len(text)} chars as a QR code: {exc}") from exc
     image = np.asarray(zxingcpp.write_barcode_to_image(barcode, scale=1))

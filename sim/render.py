@@ -17,6 +17,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from scanner.deblur import motion_kernel
 from sim.phone import draw_phone, qr_modules
 from sim.scene import CODE_PX_AT_1M, REFERENCE_WIDTH, Rng, Scene, as_generator
 
@@ -193,22 +194,6 @@ def _blur(colour: np.ndarray, cover: np.ndarray, scene: Scene) -> tuple[np.ndarr
         colour = cv2.filter2D(colour, -1, kernel, borderType=cv2.BORDER_CONSTANT)
         cover = cv2.filter2D(cover, -1, kernel, borderType=cv2.BORDER_CONSTANT)
     return colour, cover
-
-
-def motion_kernel(length: float, direction_deg: float) -> np.ndarray:
-    """A normalised anti-aliased line of `length` px: the streak of a linear motion."""
-    size = 2 * math.ceil(length / 2) + 1
-    kernel = np.zeros((size, size), np.float32)
-    c = size // 2
-    t = math.radians(direction_deg)
-    ex, ey = (length - 1) / 2 * math.cos(t), (length - 1) / 2 * math.sin(t)
-    shift = 4  # sub-pixel endpoints
-    scale = 1 << shift
-    p0 = (round((c - ex) * scale), round((c - ey) * scale))
-    p1 = (round((c + ex) * scale), round((c + ey) * scale))
-    cv2.line(kernel, p0, p1, 1.0, 1, cv2.LINE_AA, shift)
-    normalised: np.ndarray = kernel / kernel.sum()
-    return normalised
 
 
 def _composite(frame: np.ndarray, patch: PhonePatch, dx: int, dy: int) -> None:

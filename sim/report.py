@@ -10,6 +10,11 @@ barrier acked), and `token_frame_latency_ms` the same for offline tokens only. T
 vehicles served per simulated hour of the run; `capacity_vph` is 3600 / the mean time a vehicle
 holds the pay point (its service time, the move-up of the next one included), which is what the
 lane could serve with a queue always standing.
+
+First look: `first_look_read_rate` maps the run's camera condition to the share of codes held up
+that the lane answered before the driver's first re-aim (`token_first_look_read_rate` the same
+for fresh offline tokens); `first_look` has the counts; `driver_view_p95_ms` is the p95 of
+`latency_ms`, the figure a driver feels.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lane.window import percentiles
-from sim.lane import Outcome, SimLane
+from sim.lane import Look, Outcome, SimLane
 from sim.stats import Histogram
 from sim.traffic import VALID_KINDS
 from uplink.records import Record
@@ -37,6 +42,7 @@ def figures(
     started_at: float,
     max_tries: int,
     move_up_s: float,
+    conditions: str,
 ) -> dict[str, Any]:
     written = set(records)
     paying = [o for o in outcomes if o.driver.pays(max_tries)]
@@ -46,6 +52,9 @@ def figures(
     mean_service = sum(service) / len(service) if service else 0.0
     kinds = Counter(r.draft.kind + ":" + r.draft.auth.result for r in records.values())
     tokens = [o.frame_latency_ms for o in outcomes if o.methods == ["token"]]
+    looks = [look for o in outcomes for look in o.looks]
+    token_looks = [look for look in looks if look.kind == "token"]
+    latency = percentiles([o.latency_ms for o in outcomes if o.latency_ms is not None])
     return {
         "vehicles": len(outcomes),
         "passed": sum(o.passed for o in outcomes),
@@ -56,7 +65,16 @@ def figures(
         "records_ingested": len(written & ingested),
         "lost": len(written - ingested),
         "records_by_kind": dict(sorted(kinds.items())),
-        "latency_ms": percentiles([o.latency_ms for o in outcomes if o.latency_ms is not None]),
+        "latency_ms": latency,
+        "driver_view_p95_ms": latency["p95"],
+        "first_look_read_rate": {conditions: first_look_rate(looks)},
+        "token_first_look_read_rate": {conditions: first_look_rate(token_looks)},
+        "first_look": {
+            "presented": len(looks),
+            "read_first_look": sum(look.read and look.aims == 1 for look in looks),
+            "reaims": sum(look.aims - 1 for look in looks),
+            "never_read": sum(not look.read for look in looks),
+        },
         "frame_latency_ms": percentiles(
             [o.frame_latency_ms for o in outcomes if o.frame_latency_ms is not None]
         ),
@@ -68,6 +86,13 @@ def figures(
         "refusals": dict(sorted(Counter(r for o in outcomes for r in o.refusals).items())),
         "replays": _replays(outcomes),
     }
+
+
+def first_look_rate(looks: list[Look]) -> float | None:
+    """Share of codes the lane answered before the driver re-aimed; None when none was shown."""
+    if not looks:
+        return None
+    return round(sum(look.read and look.aims == 1 for look in looks) / len(looks), 4)
 
 
 def _replays(outcomes: Iterable[Outcome]) -> dict[str, dict[str, int]]:
@@ -92,6 +117,7 @@ def lane_figures(lane: SimLane, ingested: set[str]) -> dict[str, Any]:
         started_at=lane.started_at,
         max_tries=o.max_tries,
         move_up_s=0.0 if lane.transit else o.move_up_s,
+        conditions=o.conditions,
     )
     data["backlog_max"] = lane.backlog_max
     return data
@@ -110,6 +136,7 @@ def plaza_report(sim: Simulator, ingested: Mapping[str, set[str]]) -> dict[str, 
         started_at=sim.started_at,
         max_tries=o.max_tries,
         move_up_s=0.0 if o.mode != "toll" else o.move_up_s,
+        conditions=o.conditions,
     )
     per_lane = {lane.lane_id: lane_figures(lane, ingested[lane.lane_id]) for lane in sim.lanes}
     if len(sim.lanes) > 1:

@@ -2,7 +2,7 @@
 
     keys new --kid K --alg ed25519|es256 --out DIR [--issuer I] [--valid-days 365]
     keys check FILE
-    token issue --key PRIV.pem --kid K --issuer I --account A [--ttl 60] [--png out.png]
+    token issue --key PRIV.pem --kid K (--issuer I | --compact) --account A [--ttl 60] [--png F]
     token verify --keys keyset.json [--deny deny.json] [--skew 5] TEXT
 
 Exit codes: 0 done (or token accepted), 1 token refused, 2 usage or file error.
@@ -25,7 +25,13 @@ from lane.auth.cose import Alg, CoseError, PrivateKey, alg_of_private
 from lane.auth.deny import DenyList, DenyListError, load_deny_list
 from lane.auth.keys import IssuerKey, KeySet, KeySetError, keyset_to_json, load_keyset
 from lane.auth.sourced import rfc3339
-from lane.auth.tokens import TokenAccepted, issue_token, verify_token
+from lane.auth.tokens import (
+    TokenAccepted,
+    issue_compact_token,
+    issue_token,
+    qr_ec_level,
+    verify_token,
+)
 
 KEYSET_FILE = "keyset.json"
 _SAFE_KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -74,7 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     issue = token_cmds.add_parser("issue", help="sign a token and print its QR text")
     issue.add_argument("--key", required=True, type=Path, help="private key PEM")
     issue.add_argument("--kid", required=True)
-    issue.add_argument("--issuer", required=True)
+    issue.add_argument("--issuer", help="iss of a v1 token")
+    issue.add_argument(
+        "--compact",
+        action="store_true",
+        help="a compact v2 token (QR version 5-L; the key set binds the key to its issuer)",
+    )
     issue.add_argument("--account", required=True)
     issue.add_argument("--ttl", type=int, default=60, help="seconds of validity (default 60)")
     issue.add_argument("--iat", type=int, help="issued-at, unix seconds (default: now)")
@@ -168,11 +179,19 @@ def _load_private_key(path: Path) -> PrivateKey:
 def _token_issue(args: argparse.Namespace) -> int:
     if args.ttl <= 0:
         raise CliError("--ttl must be positive")
+    if args.compact == (args.issuer is not None):
+        raise CliError("give --issuer for a v1 token or --compact for a v2 one (not both)")
     private = _load_private_key(args.key)
     iat = int(time.time()) if args.iat is None else args.iat
-    text = issue_token(
-        private, args.kid, args.issuer, args.account, iat, iat + args.ttl, os.urandom(16)
-    )
+    try:
+        if args.compact:
+            text = issue_compact_token(private, args.kid, args.account, iat, iat + args.ttl)
+        else:
+            text = issue_token(
+                private, args.kid, args.issuer, args.account, iat, iat + args.ttl, os.urandom(16)
+            )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     if args.png is not None:
         write_qr_png(text, args.png)
     print(text)
@@ -185,8 +204,9 @@ def write_qr_png(text: str, path: Path, scale: int = 8) -> None:
     import numpy as np  # noqa: PLC0415
     import zxingcpp  # noqa: PLC0415
 
-    # Level M (15% recovery): phone screens at a lane suffer glare and partial occlusion.
-    barcode = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode, ec_level="M")
+    # The level a phone uses: M for v1 (glare and thumbs), L for v2 (its point is version 5).
+    level = qr_ec_level(text)
+    barcode = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode, ec_level=level)
     image = np.asarray(zxingcpp.write_barcode_to_image(barcode, scale=scale))
     if not cv2.imwrite(str(path), image):
         raise CliError(f"{path}: cannot write the image (check the directory and extension)")

@@ -88,14 +88,21 @@ def loads_strict(data: bytes) -> Any:
     return item
 
 
-def decode_sign1(data: bytes) -> Sign1:
+def decode_sign1(data: bytes, *, tagged: bool = True) -> Sign1:
+    """`tagged=False` reads the untagged form (RFC 9052 section 2), for a context that already
+    says what the bytes are (the compact token's prefix); a tag is then refused."""
     item = loads_strict(data)
-    if isinstance(item, cbor2.CBORTag) and item.tag == CWT_TAG:
-        # RFC 8392 lets a CWT carry its own tag around the COSE one; accept, never emit.
-        item = item.value
-    if not isinstance(item, cbor2.CBORTag) or item.tag != COSE_SIGN1_TAG:
-        raise CoseError("not a COSE_Sign1 (CBOR tag 18)")
-    parts = item.value
+    if tagged:
+        if isinstance(item, cbor2.CBORTag) and item.tag == CWT_TAG:
+            # RFC 8392 lets a CWT carry its own tag around the COSE one; accept, never emit.
+            item = item.value
+        if not isinstance(item, cbor2.CBORTag) or item.tag != COSE_SIGN1_TAG:
+            raise CoseError("not a COSE_Sign1 (CBOR tag 18)")
+        parts = item.value
+    elif isinstance(item, cbor2.CBORTag):
+        raise CoseError(f"an untagged COSE_Sign1 was expected, got CBOR tag {item.tag}")
+    else:
+        parts = item
     if not isinstance(parts, list | tuple) or len(parts) != 4:
         raise CoseError("COSE_Sign1 must be an array of 4 items")
     protected, unprotected, payload, signature = parts
@@ -115,11 +122,14 @@ def decode_sign1(data: bytes) -> Sign1:
     return Sign1(protected, header, unprotected, payload, signature)
 
 
-def encode_sign1(private_key: PrivateKey, kid: bytes, payload: bytes) -> bytes:
+def encode_sign1(
+    private_key: PrivateKey, kid: bytes, payload: bytes, *, tagged: bool = True
+) -> bytes:
     alg = alg_of_private(private_key)
     protected = cbor2.dumps({HEADER_ALG: alg.cose_id, HEADER_KID: kid})
     signature = sign(private_key, sig_structure(protected, payload))
-    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
+    parts = [protected, {}, payload, signature]
+    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, parts) if tagged else parts)
 
 
 def alg_of_private(private_key: PrivateKey) -> Alg:

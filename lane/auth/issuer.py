@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lane.auth.cose import Alg, PrivateKey, alg_of_private
 from lane.auth.keys import IssuerKey
-from lane.auth.tokens import issue_token
+from lane.auth.tokens import issue_compact_token, issue_token
 
 FAR_FUTURE = 1 << 32
 
@@ -64,3 +64,8 @@ class TokenIssuer:
         return issue_token(
             self.private_key, self.kid, self.issuer, account_ref, iat, iat + ttl_s, cti
         )
+
+    def compact_token(self, account_ref: str, iat: int, ttl_s: int = 60) -> str:
+        """A compact v2 token (no nonce: its id is the hash of the signed bytes); raises
+        ValueError when the kid or the account is too long for QR version 5-L."""
+        return issue_compact_token(self.private_key, self.kid, account_ref, iat, iat + ttl_s)

@@ -1,6 +1,11 @@
 """Offline payment tokens: verify (and, for tools and the simulator, issue) without a network.
 
 QR text = "LT1:" + Base45(COSE_Sign1 bytes); the COSE payload is a CWT claims map.
+The compact v2 form, "LT2:" + Base45(untagged COSE_Sign1), leaves out what the lane already
+knows (the CBOR tag, the issuer, which the key set binds to the key) so that a token fits a QR
+code of version 5 at level L instead of version 8 at level M: bigger modules in the same
+4 cm, which is what decides whether a blurred, distant phone reads on the first look
+(docs/tokens.md). Both versions are verified during the transition.
 Pure: no clock (the caller passes `now`), no I/O. `verify_token` never raises: any input,
 however broken, becomes a `TokenRefused` with a reason from `Reason`.
 
@@ -17,7 +22,7 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import cbor2
 
@@ -37,8 +42,19 @@ from lane.auth.cose import (
 from lane.auth.deny import DenyList
 from lane.auth.keys import KeySet, kid_text
 
-PREFIX = "LT1:"
-MAX_TEXT_LEN = 2048  # ours are ~220 characters; refuse big inputs before decoding
+
+class TokenFormat(enum.StrEnum):
+    """The QR text prefix of each token version."""
+
+    V1 = "LT1:"  # tagged COSE_Sign1, iss in the claims: ~240 characters, QR version 8-M
+    V2 = "LT2:"  # compact: untagged, issuer from the key: <= 154 characters, QR version 5-L
+
+
+PREFIX = TokenFormat.V1.value
+MAX_TEXT_LEN = 2048  # v1 tokens are 200-240 characters; refuse big inputs before decoding
+# What QR version 5 holds at level L in alphanumeric mode. A longer v2 token would need a
+# bigger symbol (smaller modules), which is what v2 exists to avoid, so it is refused.
+COMPACT_MAX_TEXT = 154
 MAX_TEXT_CLAIM = 256
 MAX_CTI_LEN = 64
 MAX_KID_LEN = 64
@@ -77,9 +93,24 @@ class TokenRefused:
 TokenVerdict = TokenAccepted | TokenRefused
 
 
+def token_format(text: str) -> TokenFormat | None:
+    """Which token version `text` claims to be (by its prefix), or None."""
+    for fmt in TokenFormat:
+        if text.startswith(fmt.value):
+            return fmt
+    return None
+
+
+def qr_ec_level(text: str) -> Literal["L", "M"]:
+    """The error-correction level a phone renders `text` at: a compact token at L (it fits
+    version 5 only there; measured in bench/scan.py, the larger modules read better than M's
+    extra redundancy), everything else at M."""
+    return "L" if token_format(text) is TokenFormat.V2 else "M"
+
+
 @dataclass(frozen=True)
 class Claims:
-    issuer: str
+    issuer: str | None  # None only in a compact token: the key names the issuer
     account_ref: str
     iat: int
     exp: int
@@ -113,7 +144,7 @@ def _verify(text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float) 
     if not (math.isfinite(now) and math.isfinite(skew_s) and skew_s >= 0):
         # A caller bug, but this function never raises: fail closed.
         raise _RefusedError(Reason.MALFORMED, f"verifier called with now={now} skew_s={skew_s}")
-    sign1 = _decode_text(text)
+    fmt, sign1 = _decode_text(text)
     alg_id = sign1.header.get(HEADER_ALG)
     kid = sign1.header.get(HEADER_KID)
     if isinstance(alg_id, bool) or not isinstance(alg_id, int):
@@ -137,8 +168,14 @@ def _verify(text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float) 
         detail = f"signature does not verify with {key.kid_text!r}"
         raise _RefusedError(Reason.BAD_SIGNATURE, detail)
 
-    claims = _parse_claims(sign1.payload)
-    if key.issuer is not None and claims.issuer != key.issuer:
+    claims = _parse_claims(sign1.payload, fmt)
+    issuer = claims.issuer if claims.issuer is not None else key.issuer
+    if issuer is None:
+        raise _RefusedError(
+            Reason.UNKNOWN_KEY,
+            f"compact token without iss, and key {key.kid_text!r} is bound to no issuer",
+        )
+    if key.issuer is not None and issuer != key.issuer:
         raise _RefusedError(
             Reason.UNKNOWN_KEY,
             f"key {key.kid_text!r} belongs to {key.issuer!r}, token claims {claims.issuer!r}",
@@ -160,34 +197,41 @@ def _verify(text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float) 
             f"account {claims.account_ref!r} is on deny list generation {deny.generation}",
         )
     token_id = claims.cti.hex() if claims.cti else hashlib.sha256(signed).hexdigest()
-    return TokenAccepted(token_id, claims.issuer, claims.account_ref, claims.iat, claims.exp, kid)
+    return TokenAccepted(token_id, issuer, claims.account_ref, claims.iat, claims.exp, kid)
 
 
-def _decode_text(text: str) -> Sign1:
-    """QR text to a COSE_Sign1, or `_RefusedError(MALFORMED)`; checks structure, not signature."""
+def _decode_text(text: str) -> tuple[TokenFormat, Sign1]:
+    """QR text to its version and COSE_Sign1, or `_RefusedError(MALFORMED)`; checks structure,
+    not signature."""
     if not isinstance(text, str):
         raise _RefusedError(Reason.MALFORMED, f"expected text, got {type(text).__name__}")
     # Scanners may hand over a line ending; neither CR nor LF is in the Base45 alphabet.
     text = text.rstrip("\r\n")
     if len(text) > MAX_TEXT_LEN:
         raise _RefusedError(Reason.MALFORMED, f"{len(text)} characters, limit {MAX_TEXT_LEN}")
-    if not text.startswith(PREFIX):
-        raise _RefusedError(Reason.MALFORMED, f"does not start with {PREFIX!r}")
+    fmt = token_format(text)
+    if fmt is None:
+        prefixes = " or ".join(repr(f.value) for f in TokenFormat)
+        raise _RefusedError(Reason.MALFORMED, f"does not start with {prefixes}")
+    if fmt is TokenFormat.V2 and len(text) > COMPACT_MAX_TEXT:
+        detail = f"compact token of {len(text)} characters, limit {COMPACT_MAX_TEXT}"
+        raise _RefusedError(Reason.MALFORMED, detail)
     try:
-        raw = b45decode(text[len(PREFIX) :])
-        return decode_sign1(raw)
+        raw = b45decode(text[len(fmt.value) :])
+        return fmt, decode_sign1(raw, tagged=fmt is TokenFormat.V1)
     except (Base45Error, CoseError) as exc:
         raise _RefusedError(Reason.MALFORMED, str(exc)) from None
 
 
-def _parse_claims(payload: bytes) -> Claims:
+def _parse_claims(payload: bytes, fmt: TokenFormat) -> Claims:
     try:
         body = loads_strict(payload)
     except CoseError as exc:
         raise _RefusedError(Reason.MALFORMED, f"claims: {exc}") from None
     if not isinstance(body, Mapping):
         raise _RefusedError(Reason.MALFORMED, "claims must be a CBOR map")
-    issuer = _text_claim(body, CLAIM_ISS, "iss")
+    compact_without_iss = fmt is TokenFormat.V2 and CLAIM_ISS not in body
+    issuer = None if compact_without_iss else _text_claim(body, CLAIM_ISS, "iss")
     account = _text_claim(body, CLAIM_SUB, "sub")
     exp = _time_claim(body, CLAIM_EXP, "exp")
     iat = _time_claim(body, CLAIM_IAT, "iat")
@@ -229,15 +273,53 @@ def issue_token(  # noqa: PLR0917 - the signature tools and the simulator share
     exp: int,
     nonce: bytes | None,
 ) -> str:
-    """Sign a token (tests, the simulator, `lane token issue`); raises ValueError on bad input."""
-    kid_bytes = kid.encode("utf-8") if isinstance(kid, str) else kid
-    if not kid_bytes or not issuer or not account_ref:
-        raise ValueError("kid, issuer and account_ref must be non-empty")
+    """Sign a v1 token (tests, the simulator, `lane token issue`); raises ValueError on bad
+    input."""
+    if not issuer:
+        raise ValueError("issuer must be non-empty")
+    claims = _claims(issuer, kid, account_ref, iat, exp, nonce)
+    raw = encode_sign1(private_key, _kid_bytes(kid), cbor2.dumps(claims))
+    return PREFIX + b45encode(raw)
+
+
+def issue_compact_token(  # noqa: PLR0917 - same arguments as issue_token, less the issuer
+    private_key: PrivateKey,
+    kid: bytes | str,
+    account_ref: str,
+    iat: int,
+    exp: int,
+    nonce: bytes | None = None,
+) -> str:
+    """Sign a compact v2 token: no iss (the key set binds the key to its issuer), untagged.
+
+    Raises ValueError when it would not fit QR version 5 at level L: with a 1-2 byte kid,
+    integer times and no nonce that leaves 8 characters of account reference.
+    """
+    claims = _claims(None, kid, account_ref, iat, exp, nonce)
+    raw = encode_sign1(private_key, _kid_bytes(kid), cbor2.dumps(claims), tagged=False)
+    text = TokenFormat.V2.value + b45encode(raw)
+    if len(text) > COMPACT_MAX_TEXT:
+        raise ValueError(
+            f"compact token would be {len(text)} characters, limit {COMPACT_MAX_TEXT} "
+            f"(QR version 5-L): kid {len(_kid_bytes(kid))} bytes, account "
+            f"{len(account_ref)} characters, nonce {len(nonce or b'')} bytes"
+        )
+    return text
+
+
+def _kid_bytes(kid: bytes | str) -> bytes:
+    return kid.encode("utf-8") if isinstance(kid, str) else kid
+
+
+def _claims(  # noqa: PLR0917
+    issuer: str | None, kid: bytes | str, account_ref: str, iat: int, exp: int, nonce: bytes | None
+) -> dict[int, Any]:
+    if not kid or not account_ref:
+        raise ValueError("kid and account_ref must be non-empty")
     if exp < iat:
         raise ValueError("exp must not be before iat")
-    claims: dict[int, Any] = {CLAIM_ISS: issuer, CLAIM_SUB: account_ref, CLAIM_EXP: exp}
-    claims[CLAIM_IAT] = iat
+    claims: dict[int, Any] = {} if issuer is None else {CLAIM_ISS: issuer}
+    claims.update({CLAIM_SUB: account_ref, CLAIM_EXP: exp, CLAIM_IAT: iat})
     if nonce is not None:
         claims[CLAIM_CTI] = nonce
-    raw = encode_sign1(private_key, kid_bytes, cbor2.dumps(claims))
-    return PREFIX + b45encode(raw)
+    return claims

@@ -89,6 +89,42 @@ def test_issue_png_scan_and_verify(
     assert code == 1 and "denied_account" in out
 
 
+def test_issue_compact_png_scan_and_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(["keys", "new", "--kid", "k1", "--alg", "ed25519", "--out", str(tmp_path),
+         "--issuer", "wallet.example"], capsys)  # fmt: skip
+    png = tmp_path / "token.png"
+    key = str(tmp_path / "k1.key.pem")
+    code, out, _ = run(
+        ["token", "issue", "--key", key, "--kid", "k1", "--compact", "--account", "acct-9",
+         "--png", str(png)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    text = out.strip()
+    assert text.startswith("LT2:") and len(text) <= 154
+    image = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
+    assert image.shape == (45 * 8, 45 * 8)  # version 5 (37 modules) + quiet zone, 8 px each
+    model2 = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCodeModel2)
+    found = zxingcpp.read_barcodes(image, formats=model2)
+    assert [(b.text, b.ec_level) for b in found] == [(text, "L")]
+    code, out, _ = run(["token", "verify", "--keys", str(tmp_path / "keyset.json"), text], capsys)
+    assert code == 0 and "issuer=wallet.example account=acct-9" in out
+
+    code, _, err = run(
+        ["token", "issue", "--key", key, "--kid", "k1", "--compact", "--account", "a" * 12],
+        capsys,
+    )
+    assert code == 2 and err.startswith("error: compact token would be")
+    for both_or_neither in (["--compact", "--issuer", "w"], []):
+        code, _, err = run(
+            ["token", "issue", "--key", key, "--kid", "k1", "--account", "a", *both_or_neither],
+            capsys,
+        )
+        assert code == 2 and "give --issuer for a v1 token or --compact" in err
+
+
 def test_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad_key = tmp_path / "k.pem"
     bad_key.write_text("not a key")

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from scanner_testkit import EMVCO_SAMPLE, frame_with, qr_image
+from scanner_testkit import BLURRED, EMVCO_SAMPLE, frame_with, qr_image
 
 from scanner.cli import main
+from scanner.detection import as_gray
+from sim.render import render_frame
 
 
 def run(argv: list[str]) -> tuple[int, list[dict[str, Any]]]:
@@ -77,3 +79,16 @@ def test_bad_files_are_reported_and_the_rest_processed(tmp_path: Path) -> None:
 def test_usage_errors_return_2() -> None:
     assert main(["--decoder", "opencv", "x.png"], out=io.StringIO()) == 2
     assert main([], out=io.StringIO()) == 2
+
+
+def test_every_image_gets_the_whole_cascade(tmp_path: Path) -> None:
+    """Images are separate views: the deblur pass, which looks at one camera frame in four,
+    tries each of them."""
+    gray = as_gray(render_frame(BLURRED, 1))
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"blurred-{i}.png"))
+        assert cv2.imwrite(paths[-1], gray)
+    code, lines = run(paths)
+    assert code == 0
+    assert [[c["decoder"] for c in line["codes"]] for line in lines] == [["zxing+deblur"]] * 5

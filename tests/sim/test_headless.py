@@ -32,6 +32,13 @@ async def test_a_headless_run_reports_what_ci_relies_on(tmp_path: Path) -> None:
     assert sum(report["methods"].values()) == report["passed"]
     assert list(report["lanes"]) == ["p01/l01"]
     assert report["lanes"]["p01/l01"]["vehicles"] == 8
+    # Clear frames: every code is read on the first look, and the report says so per condition.
+    looks = report["first_look"]
+    assert looks["presented"] >= report["vehicles"] - report["denied"]
+    assert looks["read_first_look"] == looks["presented"] and looks["reaims"] == 0
+    assert report["first_look_read_rate"] == {"clear": 1.0}
+    assert report["token_first_look_read_rate"]["clear"] in (1.0, None)
+    assert report["driver_view_p95_ms"] == report["latency_ms"]["p95"]
 
 
 CUT_PLAZA = """

@@ -1,0 +1,215 @@
+"""Motion-blur rescue: find where a code probably is, estimate the streak, undo it, decode.
+
+A phone held out of a car that is still rolling, at 1.5-2 m, smears each module over one or
+two of its neighbours. zxing-cpp then finds no finder pattern at all, so there is no
+"found but unreadable" candidate to retry; what fails the first look under the simulator's
+realistic camera is almost only this (bench/first_look.py). Three cheap-to-expensive steps:
+
+1. `texture_peak`: gradient density on a 1/4 subsample of the frame. A code is the densest
+   texture a lane camera sees; an empty road scores well below it. ~0.2 ms at 1280x720.
+2. `motion_estimate`: the cepstrum of the region around the peak has its deepest minimum at
+   the streak's length and direction (the blur's spectrum has zeros spaced 1/length apart).
+3. `wiener`: deconvolve the region with that streak (and a few neighbours of it) and decode.
+
+Pure functions of their inputs; `Deblur` is the cascade pass that strings them together.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from scanner.detection import Decoder, Detection, GrayImage, Polygon, bounding_box
+from scanner.fallbacks import moved, resize
+
+STEP = 4  # subsample step of the texture map
+WINDOW = 9  # box filter of the texture map, in subsampled pixels (~ a third of a code)
+# Texture score (mean |Sobel x| + |Sobel y| over the window) of a blurred code: 180-250 in
+# the simulator's frames, an empty road view 135-155 (measured; docs/scanner.md).
+MIN_TEXTURE = 170.0
+ROI = 256  # side of the square region deconvolved (a code at 1.2-2.2 m is 110-200 px)
+MIN_ROI = 64  # in a smaller frame there is no room for a code blurred beyond reading
+LENGTHS = np.arange(3.0, 9.01, 0.5, dtype=np.float32)  # streak lengths looked for, px
+ANGLES = np.arange(-40.0, 40.01, 2.0, dtype=np.float32)  # mostly along the lane: +-40 deg
+# Tried in order around the estimate: the cepstrum is pulled towards the module grid's axes.
+NUDGES = ((0.0, 0.0), (0.0, -8.0), (0.0, 8.0))
+NOISE_TO_SIGNAL = 0.005
+# Texture scores of one fixed view vary by ~0.2% with sensor noise; a held phone's by ~3%.
+SAME_VIEW = 0.01
+
+FloatImage = npt.NDArray[np.float32]
+
+
+def texture_peak(gray: GrayImage) -> tuple[float, tuple[int, int]]:
+    """The densest texture in the frame: (score, centre in frame pixels)."""
+    small = np.ascontiguousarray(gray[::STEP, ::STEP])
+    gx = cv2.convertScaleAbs(cv2.Sobel(small, cv2.CV_16S, 1, 0))
+    gy = cv2.convertScaleAbs(cv2.Sobel(small, cv2.CV_16S, 0, 1))
+    density = cv2.boxFilter(cv2.add(gx, gy), cv2.CV_32F, (WINDOW, WINDOW))
+    _, score, _, (x, y) = cv2.minMaxLoc(density)
+    return float(score), (x * STEP, y * STEP)
+
+
+def motion_kernel(length: float, direction_deg: float) -> FloatImage:
+    """A normalised anti-aliased line of `length` px: the streak of a linear motion."""
+    size = 2 * math.ceil(length / 2) + 1
+    kernel = np.zeros((size, size), np.float32)
+    c = size // 2
+    t = math.radians(direction_deg)
+    ex, ey = (length - 1) / 2 * math.cos(t), (length - 1) / 2 * math.sin(t)
+    shift = 4  # sub-pixel endpoints
+    scale = 1 << shift
+    p0 = (round((c - ex) * scale), round((c - ey) * scale))
+    p1 = (round((c + ex) * scale), round((c + ey) * scale))
+    cv2.line(kernel, p0, p1, 1.0, 1, cv2.LINE_AA, shift)
+    normalised: FloatImage = kernel / kernel.sum()
+    return normalised
+
+
+def motion_estimate(roi: GrayImage) -> tuple[float, float]:
+    """(length px, direction deg) of the linear motion blur in `roi`, from its cepstrum."""
+    h, w = roi.shape
+    signal = roi.astype(np.float32)
+    signal -= float(signal.mean())
+    window = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    spectrum = cv2.dft(signal * window, flags=cv2.DFT_COMPLEX_OUTPUT)
+    log_mag = np.log(cv2.magnitude(spectrum[..., 0], spectrum[..., 1]) + 1e-3)
+    # The log spectrum is real and even, so its forward transform is the (scaled) cepstrum.
+    cepstrum = cv2.dft(log_mag.astype(np.float32), flags=cv2.DFT_COMPLEX_OUTPUT)[..., 0]
+    centred = np.fft.fftshift(cepstrum).astype(np.float32)
+    radians = np.radians(ANGLES)[None, :]
+    xs = (w // 2 + LENGTHS[:, None] * np.cos(radians)).astype(np.float32)
+    ys = (h // 2 + LENGTHS[:, None] * np.sin(radians)).astype(np.float32)
+    samples = cv2.remap(centred, xs, ys, cv2.INTER_LINEAR)
+    i, j = np.unravel_index(int(np.argmin(samples)), samples.shape)
+    return float(LENGTHS[i]), float(ANGLES[j])
+
+
+def wiener(roi: GrayImage, kernel: FloatImage, noise_to_signal: float) -> GrayImage:
+    """`roi` deconvolved by `kernel` (a Wiener filter with a flat noise-to-signal ratio)."""
+    h, w = roi.shape
+    kh, kw = kernel.shape
+    psf = np.zeros((h, w), np.float32)
+    psf[:kh, :kw] = kernel
+    psf = np.roll(psf, (-(kh // 2), -(kw // 2)), (0, 1))
+    image = cv2.dft(roi.astype(np.float32), flags=cv2.DFT_COMPLEX_OUTPUT)
+    blur = cv2.dft(psf, flags=cv2.DFT_COMPLEX_OUTPUT)
+    product = cv2.mulSpectrums(image, blur, 0, conjB=True)
+    power = blur[..., 0] ** 2 + blur[..., 1] ** 2 + noise_to_signal
+    restored = np.asarray(product, np.float32) / power[..., None]
+    out = cv2.idft(restored, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+    sharp: GrayImage = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return sharp
+
+
+class Deblur:
+    """Cascade pass: deconvolve the region around an unreadable candidate, or else around the
+    frame's densest texture, and decode it.
+
+    Evidence is spread over frames, since a phone stays in view for seconds: the pass looks
+    at one frame in `every` (~0.2 ms for the texture map; nothing more on a frame without a
+    code-like texture). Where an attempt (~5-15 ms) read nothing, the pass waits
+    `retry_after` frames before trying near there again (short: the next frames may be
+    sharper, and the next driver's phone may be held where this one was); the very same view
+    (the peak on the same pixel with the same score: a fixed sign or grille in front of a
+    fixed camera, where a code's peak wanders with the hand) waits `forget_after` frames.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        decoder: Decoder,
+        *,
+        every: int = 4,
+        retry_after: int = 8,
+        forget_after: int = 900,
+        min_texture: float = MIN_TEXTURE,
+    ) -> None:
+        if every < 1 or not 0 <= retry_after <= forget_after:
+            raise ValueError(
+                "need every >= 1 and 0 <= retry_after <= forget_after, got "
+                f"{every}, {retry_after}, {forget_after}"
+            )
+        self.name = name
+        self._decoder = decoder
+        self._every = every
+        self._retry_after = retry_after
+        self._forget_after = forget_after
+        self._min_texture = min_texture
+        self._frames = itertools.count()  # next() is atomic: workers may share the pass
+        self._lock = threading.Lock()
+        self._failed: list[_Failure] = []
+
+    def run(self, gray: GrayImage, candidates: list[Polygon]) -> list[Detection]:
+        frame = next(self._frames)
+        if frame % self._every:
+            return []
+        score = None
+        if candidates:
+            x0, y0, x1, y1 = bounding_box(candidates[0])
+            centre = ((x0 + x1) // 2, (y0 + y1) // 2)
+        else:
+            score, centre = texture_peak(gray)
+            if score < self._min_texture:
+                return []
+        here = _Failure(centre[0], centre[1], score, frame)
+        if self._waiting(here):
+            return []
+        found = self._attempt(gray, centre)
+        if not found:
+            with self._lock:
+                self._failed.append(here)
+        return found
+
+    def _waiting(self, here: _Failure) -> bool:
+        with self._lock:
+            self._failed = [f for f in self._failed if here.frame - f.frame < self._forget_after]
+            return any(
+                f.same_view(here) or (f.near(here) and here.frame - f.frame < self._retry_after)
+                for f in self._failed
+            )
+
+    def _attempt(self, gray: GrayImage, centre: tuple[int, int]) -> list[Detection]:
+        height, width = gray.shape
+        side = min(ROI, height, width)
+        if side < MIN_ROI:
+            return []
+        x0 = min(max(0, centre[0] - side // 2), width - side)
+        y0 = min(max(0, centre[1] - side // 2), height - side)
+        roi = np.ascontiguousarray(gray[y0 : y0 + side, x0 : x0 + side])
+        length, angle = motion_estimate(roi)
+        for d_length, d_angle in NUDGES:
+            kernel = motion_kernel(max(2.0, length + d_length), angle + d_angle)
+            sharp = wiener(roi, kernel, NOISE_TO_SIGNAL)
+            found = self._decoder.decode(sharp)
+            if found:
+                return [moved(d, self.name, 1.0, (x0, y0)) for d in found]
+            found = self._decoder.decode(resize(sharp, 2.0))
+            if found:
+                return [moved(d, self.name, 0.5, (x0, y0)) for d in found]
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """Where (and on which frame, with which texture score) an attempt read nothing."""
+
+    x: int
+    y: int
+    score: float | None  # None: the spot came from a candidate, not the texture map
+    frame: int
+
+    def near(self, other: _Failure) -> bool:
+        return abs(self.x - other.x) < ROI // 2 and abs(self.y - other.y) < ROI // 2
+
+    def same_view(self, other: _Failure) -> bool:
+        if self.score is None or other.score is None:
+            return False
+        same_spot = abs(self.x - other.x) <= STEP and abs(self.y - other.y) <= STEP
+        return same_spot and abs(self.score - other.score) <= SAME_VIEW * self.score
