@@ -66,6 +66,14 @@ class CameraSection(_Section):
     workers: int = Field(2, ge=1, le=8, description="Decoder threads")
     dedup_window_s: PositiveSeconds = Field(3.0, description="Same code reported once within this")
 
+    @field_validator("source", mode="before")
+    @classmethod
+    def _device_index(cls, value: object) -> object:
+        """`source = 0` (a bare V4L2 index, as people write it) means the string "0"."""
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return str(value)
+        return value
+
 
 class AuthSection(_Section):
     budget_s: PositiveSeconds = Field(2.0, description="Decision budget from the code being read")

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from lane.checks import check_config, check_config_main
-from lane.config import parse_config
+from lane.config import ConfigError, parse_config
 from lane.doctor import probe_acquirer, probe_broker, probe_camera, probe_clock, probe_disk
 from sim.acquirer import AcquirerServer
 from sim.broker import Mosquitto, free_port
@@ -30,6 +30,8 @@ NOW = 1_795_000_000.0  # 2026-11-18, a fixed "now" for the key set checks
 def lane_dir(tmp_path: Path) -> Path:
     """The shipped example config with the shipped tariff and a fresh key set: all good."""
     shutil.copy(DEPLOY / "lane.toml.example", tmp_path / "lane.toml")
+    edit(tmp_path / "lane.toml", '"tariff.example.toml"', '"tariff.toml"')
+    edit(tmp_path / "lane.toml", '"keyset.example.json"', '"keyset.json"')
     shutil.copy(DEPLOY / "tariff.example.toml", tmp_path / "tariff.toml")
     CodeFactory(1).write_keyset(tmp_path / "keyset.json", int(NOW) - 3600)
     return tmp_path
@@ -39,6 +41,22 @@ def edit(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, old
     path.write_text(text.replace(old, new, 1))
+
+
+def test_the_example_config_passes_in_place(capsys: pytest.CaptureFixture[str]) -> None:
+    """`lane check-config deploy/lane.toml.example`, as shipped, with nothing copied."""
+    found = check_config(DEPLOY / "lane.toml.example")
+    assert found.problems == []
+    assert check_config_main([str(DEPLOY / "lane.toml.example")]) == 0
+    assert capsys.readouterr().out.strip().endswith("lane.toml.example: OK")
+
+
+def test_a_bare_device_index_is_a_camera_source() -> None:
+    """`source = 0` (an integer, as the README's V4L2 index reads) is the device "0"."""
+    assert parse_config({"camera": {"source": 0}}).camera.source == "0"
+    assert parse_config({"camera": {"source": "rtsp://cam/1"}}).camera.source == "rtsp://cam/1"
+    with pytest.raises(ConfigError, match="camera.source"):
+        parse_config({"camera": {"source": True}})
 
 
 def test_the_example_config_is_valid(lane_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
