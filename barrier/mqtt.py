@@ -230,6 +230,27 @@ class MqttLink:
             log.exception("mqtt handler failed", extra={"topic": incoming.topic})
 
 
+class LinkErrors(logging.Handler):
+    """The error of a link's last failed attempt, which `MqttLink.run` only logs.
+
+    Attach to the "lane.mqtt" logger. `on_new` is called with each error that differs from the
+    one before, so a tool can say once why it cannot connect instead of repeating itself.
+    """
+
+    def __init__(self, on_new: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        self.error: str | None = None
+        self._on_new = on_new
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = getattr(record, "error", None)
+        if not error or str(error) == self.error:
+            return
+        self.error = str(error)
+        if self._on_new is not None:
+            self._on_new(self.error)
+
+
 def _reraise_swallowed_cancel() -> None:
     """Python 3.11's asyncio.wait_for (used inside aiomqtt) can turn a cancellation that
     races with a CONNACK, SUBACK or DISCONNECT into that packet's result; without this

@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import cv2
 
-from barrier.mqtt import Credentials, MqttLink
+from barrier.mqtt import Credentials, LinkErrors, MqttLink
 from lane.config import LaneConfig
 from lane.health import MIN_FREE_BYTES
 from scanner.health import SourceEvent, is_black
@@ -103,19 +103,6 @@ async def probe_camera(spec: str, timeout_s: float) -> Probe:
 # --- broker -------------------------------------------------------------------------------------
 
 
-class _LastError(logging.Handler):
-    """Keeps the error of the MQTT link's last failed attempt, which it only logs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.error: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        error = getattr(record, "error", None)
-        if error:
-            self.error = str(error)
-
-
 async def probe_broker(config: LaneConfig, timeout_s: float) -> Probe:
     b = config.broker
     where = f"{b.host}:{b.port}"
@@ -134,7 +121,7 @@ async def probe_broker(config: LaneConfig, timeout_s: float) -> Probe:
         session_expiry=0,
         backoff_min=0.2,
     )
-    errors = _LastError()
+    errors = LinkErrors()
     mqtt_log = logging.getLogger("lane.mqtt")
     mqtt_log.addHandler(errors)
     task = asyncio.create_task(link.run())

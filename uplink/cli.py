@@ -40,7 +40,9 @@ def parse_broker(text: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lane ingest", description=__doc__.splitlines()[0])
-    p.add_argument("--broker", type=parse_broker, required=True, help="MQTT broker HOST:PORT")
+    p.add_argument(
+        "--broker", type=parse_broker, help="MQTT broker HOST:PORT (not needed with --report)"
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--db", default="ingest.sqlite", help="SQLite store file (default)")
     where.add_argument("--dsn", help="PostgreSQL DSN (psycopg 3), instead of --db")
@@ -60,8 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def open_store(args: argparse.Namespace) -> IngestStore:
     if args.dsn:
-        # psycopg is imported only when PostgreSQL is used.
-        from uplink.pg import PostgresIngestStore  # noqa: PLC0415
+        # psycopg is imported only when PostgreSQL is used: it is the optional [pg] extra.
+        try:
+            from uplink.pg import PostgresIngestStore  # noqa: PLC0415
+        except ModuleNotFoundError as exc:
+            if exc.name != "psycopg":
+                raise
+            raise IngestStoreError(
+                "--dsn needs psycopg, which is not installed: pip install 'lane[pg]' "
+                "(or the wheel as 'lane-<version>-py3-none-any.whl[pg]')"
+            ) from None
 
         return PostgresIngestStore(args.dsn, schema=args.schema)
     return SqliteIngestStore(args.db)
@@ -112,7 +122,10 @@ async def _stats(ingest: Ingest, every: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `lane ingest`; argv excludes the subcommand name."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.broker is None and not args.report:
+        parser.error("--broker HOST:PORT is needed (only --report works without a broker)")
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"

@@ -60,7 +60,7 @@ def test_report_lists_lanes_and_gaps(tmp_path: Path, capsys: pytest.CaptureFixtu
     store.store_batch("p09/l04", recs(1, 3), 1)
     store.store_batch("p09/l04", recs(7, 9), 1)
     store.close()
-    assert main(["--broker", "127.0.0.1:1883", "--db", str(db), "--report"]) == 0
+    assert main(["--db", str(db), "--report"]) == 0  # a report needs no broker
     out = capsys.readouterr().out
     assert "p09/l04\tcount=6\tcontiguous=3\tgaps=4-6" in out
 
@@ -79,3 +79,22 @@ def test_unreachable_postgres_is_a_clear_error(capsys: pytest.CaptureFixture[str
     code = main(["--broker", "127.0.0.1:1", "--dsn", "host=127.0.0.1 port=1 connect_timeout=1"])
     assert code == 1
     assert "cannot open the store" in capsys.readouterr().err
+
+
+def test_without_a_broker_only_report_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--db", "ingest.sqlite"])
+    assert exit_.value.code == 2
+    assert "--broker HOST:PORT is needed" in capsys.readouterr().err
+
+
+def test_dsn_without_the_pg_extra_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wheel installed without [pg]: psycopg cannot be imported."""
+    monkeypatch.delitem(sys.modules, "uplink.pg", raising=False)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg -> ModuleNotFoundError
+    code = main(["--broker", "127.0.0.1:1", "--dsn", "host=127.0.0.1 port=1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "needs psycopg, which is not installed" in err and "lane[pg]" in err
