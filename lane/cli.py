@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if args else 2
     if args[0] in ("-V", "--version"):
+        from lane.install import clashes  # noqa: PLC0415 - scans the environment: only here
+
         print(f"lane {installed_version()}")
+        for line in clashes():
+            print(f"lane: warning: {line}", file=sys.stderr)
         return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ import cv2
 from barrier.mqtt import Credentials, LinkErrors, MqttLink
 from lane.config import LaneConfig
 from lane.health import MIN_FREE_BYTES
+from lane.install import TOP_LEVEL, clashes
 from scanner.health import SourceEvent, is_black
 from scanner.sources import Frame, open_source
 
@@ -56,6 +57,7 @@ async def run_probes(config: LaneConfig, timeout_s: float = 5.0) -> list[Probe]:
         await probe_acquirer(config.auth.acquirer_url, timeout_s),
         await asyncio.to_thread(probe_disk, config.lane.data_dir, config.uplink.max_bytes),
         await asyncio.to_thread(probe_clock),
+        probe_install(),
     ]
 
 
@@ -252,3 +254,13 @@ def _timedatectl(tool: Runner) -> tuple[bool, str] | None:
         return None
     synced = out.strip() == "yes"
     return synced, "NTP synchronised" if synced else "NTP not synchronised"
+
+
+# --- install ------------------------------------------------------------------------------------
+
+
+def probe_install(owners: Mapping[str, Sequence[str]] | None = None) -> Probe:
+    found = clashes(owners)
+    if found:
+        return Probe("FAIL", "install", "; ".join(found))
+    return Probe("OK", "install", f"no other distribution provides {', '.join(TOP_LEVEL)}")

@@ -301,3 +301,24 @@ def test_the_example_config_documents_every_setting() -> None:
         model = info.default_factory()  # type: ignore[misc,call-arg]
         for key in type(model).model_fields:
             assert re.search(rf"^(# )?{key} = ", bodies[name], re.MULTILINE), f"[{name}] {key}"
+
+
+def test_the_placeholder_password_is_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    found = check_config(DEPLOY / "lane.toml.example")
+    assert any("broker.password: still the example's placeholder" in w for w in found.warnings)
+    conf = tmp_path / "lane.toml"
+    conf.write_text(
+        f'[lane]\ndata_dir = "{tmp_path}"\n[camera]\nsource = "push"\n'
+        f'[broker]\nport = {free_port()}\nusername = "controller"\n'
+        'password = "change-this-password"\n'
+    )
+    from lane.checks import doctor_main  # noqa: PLC0415
+
+    doctor_main(["--config", str(conf), "--timeout", "1"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("WARN config") and "placeholder 'change-this-password'" in first
+    conf.write_text(conf.read_text().replace("change-this-password", "s3cret-of-this-lane"))
+    doctor_main(["--config", str(conf), "--timeout", "1"])
+    assert capsys.readouterr().out.startswith("OK   config")
