@@ -435,13 +435,44 @@ class LaneDaemon:
                 tg.create_task(guard(self._status_loop()), name="status")
                 tg.create_task(guard(self._health_loop()), name="health")
                 tg.create_task(guard(self.ops.run()), name="ops")
-                self.pipeline.start(self._loop)
+                tg.create_task(guard(self._start_camera()), name="camera")
                 tg.create_task(self._until_stopped(stop), name="shutdown")
         except* Shutdown:
             pass
         finally:
             await self._close()
         log.info("lane stopped", extra={"lane": self.lane})
+
+    async def _start_camera(self) -> None:
+        """Start the scan pipeline; a finite source only once the lane can take a code.
+
+        An image folder or a video file is read once: a code read before the broker and the
+        barrier are there, or (toll) before a vehicle is at the pay point, would be refused or
+        ignored and never come again. A live camera starts at once: its frames are fleeting
+        anyway, and a code still in view is read again when the lane is ready.
+        """
+        assert self.pipeline is not None and self._loop is not None
+        if self.source.finite:
+            noted = asyncio.Event()  # a lane note (vehicle_arrived ...) may be the moment
+            self.runner.observers.append(lambda _name, _fields: noted.set())
+            while not self._takes_a_code():
+                noted.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):  # link and barrier changes make no note
+                        await noted.wait()
+            log.info(
+                "finite camera source starts: the lane can take a code",
+                extra={"lane": self.lane, "camera": self.source.name},
+            )
+        self.pipeline.start(self._loop)
+
+    def _takes_a_code(self) -> bool:
+        needed = ("broker", "barrier")
+        if not all(c.ok for c in self.ops.readiness() if c.name in needed):
+            return False
+        # A toll lane serves the vehicle on the entry loop; a fare gate whoever shows a code.
+        wanted = "vehicle_present" if self.config.lane.mode == "toll" else "idle"
+        return phase(self.runner.state).value == wanted
 
     async def _offline_if_failed(self, work: Coroutine[Any, Any, None]) -> None:
         """Run one of the lane's tasks; if it fails, say offline before the lane ends.

@@ -44,6 +44,10 @@ Item = Frame | SourceEvent
 
 class FrameSource(Protocol):
     name: str
+    # A finite source (an image folder or a video file read once) runs out of frames; once it
+    # has, `exhausted` is True. A live camera is never finite.
+    finite: bool
+    exhausted: bool
 
     def stream(self) -> Iterator[Item]:
         """Frames and events until the source ends or close() is called. Blocks; one caller."""
@@ -81,8 +85,11 @@ def opencv_capture(target: int | str, timeout_ms: int = 5000) -> CaptureLike:
 
 
 class _SourceBase:
+    finite = False
+
     def __init__(self, name: str, clock: Clock, sleep: Sleep | None, blackout_after_s: float):
         self.name = name
+        self.exhausted = False
         self._clock = clock
         self._closed = threading.Event()
         # Waiting on the close event means close() cuts a backoff or a pacing pause short.
@@ -145,6 +152,7 @@ class CaptureSource(_SourceBase):
         self.live = live
         self.loop = loop
         self.fps = fps
+        self.finite = not live and not loop
         # A stalled stream should fail its read about when the blackout is due, not later.
         timeout_ms = max(500, int(blackout_after_s * 1000))
         self._open_capture = open_capture or (lambda t: opencv_capture(t, timeout_ms))
@@ -179,6 +187,7 @@ class CaptureSource(_SourceBase):
             if not self.live:
                 if self.loop:
                     continue
+                self.exhausted = True
                 yield self._event("ended", "end of file")
                 return
             yield self._event("lost", "stream stopped delivering frames")
@@ -224,6 +233,7 @@ class ImageFolderSource(_SourceBase):
         self.folder = Path(folder)
         self.loop = loop
         self.fps = fps
+        self.finite = not loop
 
     def stream(self) -> Iterator[Item]:
         self._start_watch()
@@ -248,6 +258,7 @@ class ImageFolderSource(_SourceBase):
                     self._sleep(1.0 / self.fps)
             if not self.loop or delivered == 0:
                 break
+        self.exhausted = not self.closed
         yield self._event("ended", "closed" if self.closed else "end of folder")
 
 
