@@ -121,6 +121,7 @@ async def watch(
         tls=tls,
         session_expiry=0,
     )
+
     def why(error: str) -> None:
         print(f"lane watch: no connection to {host}:{port}: {error} (retrying)", file=sys.stderr)
 

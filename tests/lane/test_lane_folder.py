@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import cv2
+from test_lane_daemon import wait_until
 
 from barrier.device import DeviceEmulator, Timings
 from lane.config import parse_config
@@ -16,13 +17,6 @@ from lane.health import all_ok
 from sim.broker import Mosquitto
 from sim.camera import frame_for
 from sim.codes import CodeFactory
-
-
-async def wait_until(cond: object, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_folder_read_before_the_device_is_up_still_pays(

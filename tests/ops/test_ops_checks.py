@@ -55,7 +55,7 @@ def test_a_bare_device_index_is_a_camera_source() -> None:
     """`source = 0` (an integer, as the README's V4L2 index reads) is the device "0"."""
     assert parse_config({"camera": {"source": 0}}).camera.source == "0"
     assert parse_config({"camera": {"source": "rtsp://cam/1"}}).camera.source == "rtsp://cam/1"
-    with pytest.raises(ConfigError, match="camera.source"):
+    with pytest.raises(ConfigError, match=r"camera\.source"):
         parse_config({"camera": {"source": True}})
 
 
@@ -271,7 +271,7 @@ def test_doctor_command(mosquitto: Mosquitto, frames: Path, tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     assert [line.split()[:2] for line in lines] == [
         ["OK", "config"], ["OK", "camera"], ["OK", "broker"], ["WARN", "acquirer"],
-        ["OK", "disk"], ["OK", "clock"],
+        ["OK", "disk"], ["OK", "clock"], ["OK", "install"],
     ]  # fmt: skip
     conf.write_text(conf.read_text().replace(f"port = {mosquitto.port}", f"port = {free_port()}"))
     done = doctor()
