@@ -149,7 +149,8 @@ def main(argv: list[str]) -> int:
     if args.modbus is not None:
         from barrier.modbus_cli import run_bridge  # noqa: PLC0415 - pymodbus only when used
 
-        return run_bridge(target, args.modbus, args.map)
+        code: int = run_bridge(target, args.modbus, args.map)
+        return code
     return asyncio.run(emulate(target, args))
 
 

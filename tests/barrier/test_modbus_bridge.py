@@ -1,0 +1,221 @@
+"""The Modbus bridge between mosquitto and pymodbus's real Modbus TCP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from modbus_kit import DRIVE_FAULT, SAFETY, IoController, running, io_map
+from pymodbus.constants import ExcCodes
+from test_barrier_protocol import Recorder, command, eventually, until
+
+from barrier import topics
+from barrier.iomap import IoMap, IoMapError, load_iomap, parse_iomap
+from barrier.link import BarrierLink
+from barrier.messages import BarrierAck, BarrierCommand
+from barrier.modbus_bridge import ModbusBridge, ModbusIo
+from barrier.mqtt import MqttLink
+from sim.broker import Mosquitto, free_port
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+@dataclass
+class Bench:
+    controller: IoController
+    bridge: ModbusBridge
+    rec: Recorder
+    link: BarrierLink
+    lane: str
+
+    async def send(self, op: str, cmd_id: str) -> BarrierAck:
+        await self.link.send(command(self.lane, op, cmd_id), expiry_s=3)
+        return await until(self.rec.acks, lambda a: a.cmd_id == cmd_id)
+
+    async def state(self, wanted: str, error: str | None = None) -> None:
+        def matches(s: object) -> bool:
+            state = getattr(s, "state", None)
+            return state == wanted and (error is None or error in (getattr(s, "error", "") or ""))
+
+        await until(self.rec.states, matches)
+
+
+async def bench_for(
+    mosquitto: Mosquitto, lane_id: str, iomap: IoMap, travel_s: float = 0.05
+) -> AsyncIterator[Bench]:
+    controller = IoController(free_port(), travel_s)
+    rec = Recorder()
+    link = rec.link(mosquitto, lane_id)
+    io = ModbusIo("127.0.0.1", controller.port, iomap)
+    bridge = ModbusBridge(lane_id, mosquitto.host, mosquitto.port, iomap, io)
+    async with running(controller):
+        tasks = [asyncio.create_task(link.run()), asyncio.create_task(bridge.run())]
+        try:
+            await link.wait_connected(5)
+            await bridge.wait_connected(5)
+            bench = Bench(controller, bridge, rec, link, lane_id)
+            await bench.state("closed")  # read from the closed limit switch
+            yield bench
+        finally:
+            await bridge.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def bench(mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[Bench]:
+    async for b in bench_for(mosquitto, lane_id, io_map()):
+        yield b
+
+
+async def test_open_and_close_drive_the_coils_and_follow_the_limits(bench: Bench) -> None:
+    assert await bench.send("open", "v1/open") == BarrierAck("v1/open", True, "opening")
+    await bench.state("open")
+    assert bench.controller.coil(0) and not bench.controller.coil(1)
+    assert (await bench.send("close", "v1/close")).ok
+    await bench.state("closing")
+    await bench.state("closed")
+    assert bench.controller.coil(1) and not bench.controller.coil(0)
+    # The same cmd_id again: answered with its first outcome, never executed twice.
+    again = await bench.send("open", "v1/open")
+    assert again.ok and again.state == "closed"
+    assert bench.bridge.executions == ["v1/open", "v1/close"]
+    assert not bench.controller.coil(0)
+
+
+async def test_loops_are_published_and_no_close_over_an_occupied_safety_loop(
+    bench: Bench,
+) -> None:
+    assert (await bench.send("open", "v2/open")).ok
+    await bench.state("open")
+    bench.controller.set_input(SAFETY, True)
+    reading = await until(bench.rec.sensors, lambda r: r.sensor == "safety_loop" and r.occupied)
+    assert reading.seq is not None
+    refused = await bench.send("close", "v2/close")
+    assert refused == BarrierAck("v2/close", False, "open", "safety_loop_occupied")
+    assert not bench.controller.coil(1)
+    bench.controller.set_input(SAFETY, False)
+    await until(bench.rec.sensors, lambda r: r.sensor == "safety_loop" and r.occupied is False)
+    assert (await bench.send("close", "v2/close")).ok  # refused before: may execute now
+    await bench.state("closed")
+
+
+async def test_a_vehicle_under_a_closing_boom_reverses_it(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    async for bench in bench_for(mosquitto, lane_id, io_map(), travel_s=0.4):
+        assert (await bench.send("open", "v3/open")).ok
+        await bench.state("open")
+        assert (await bench.send("close", "v3/close")).ok
+        await bench.state("closing")
+        bench.controller.set_input(SAFETY, True)
+        await bench.state("opening", "safety_reversal")
+        assert bench.controller.coil(0)
+        await bench.state("open")
+        bench.controller.set_input(SAFETY, False)  # the accepted close completes
+        await bench.state("closing")
+        await bench.state("closed")
+
+
+async def test_the_controller_going_away_is_a_fault_that_clears_itself(bench: Bench) -> None:
+    await bench.controller.stop()
+    # Safe: the barrier says fault, with why, and refuses to move.
+    await bench.state("fault", "io_controller:")
+    refused = await bench.send("open", "v4/open")
+    assert refused == BarrierAck("v4/open", False, "fault", "fault")
+    await bench.controller.start()
+    # Back: the state its limit switches report, and commands work again.
+    await bench.state("closed")
+    assert (await bench.send("open", "v4/open")).ok
+    await bench.state("open")
+
+
+async def test_modbus_exceptions_are_a_fault_that_clears_itself(bench: Bench) -> None:
+    bench.controller.fail(ExcCodes.DEVICE_BUSY)
+    await bench.state("fault", "Modbus exception 6 (DEVICE_BUSY)")
+    assert bench.bridge.io_error is not None
+    bench.controller.fail(None)
+    await bench.state("closed")
+    await eventually(lambda: bench.bridge.io_error is None)
+
+
+async def test_a_drive_fault_contact_is_a_fault(bench: Bench) -> None:
+    bench.controller.set_input(DRIVE_FAULT, True)
+    await bench.state("fault", "drive_fault")
+    assert not (await bench.send("open", "v5/open")).ok
+    bench.controller.set_input(DRIVE_FAULT, False)
+    await bench.state("closed")
+
+
+async def test_a_move_that_never_reaches_its_limit_is_a_fault(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    slow = io_map(controller={"travel_s": 0.2})
+    async for bench in bench_for(mosquitto, lane_id, slow, travel_s=30):
+        assert (await bench.send("open", "v6/open")).ok
+        await bench.state("fault", "drive_timeout: not open within 0.2 s")
+
+
+async def test_the_admission_rules_are_the_devices(bench: Bench, mosquitto: Mosquitto) -> None:
+    """Shared with the emulator: no expiry refused, wrong lane refused, late dropped."""
+    raw = MqttLink(mosquitto.host, mosquitto.port, f"raw-{bench.lane}")
+    task = asyncio.create_task(raw.run())
+    try:
+        await raw.wait_connected(5)
+        topic = topics.barrier_cmd(bench.lane)
+        deadline = int((time.time() + 3) * 1_000_000)
+        no_expiry = BarrierCommand("open", "n1", deadline, bench.lane)
+        await raw.publish(topic, no_expiry.encode(), response_topic=topics.barrier_ack(bench.lane))
+        ack = await until(bench.rec.acks, lambda a: a.cmd_id == "n1")
+        assert ack.error == "no_expiry"
+        other = BarrierCommand("open", "n2", deadline, "p99/l99")
+        await raw.publish(topic, other.encode(), expiry_s=3)
+        assert (await until(bench.rec.acks, lambda a: a.cmd_id == "n2")).error == "wrong_lane"
+        late = BarrierCommand("open", "n3", int((time.time() - 1) * 1_000_000), bench.lane)
+        await raw.publish(topic, late.encode(), expiry_s=3)
+        await eventually(lambda: any(c.cmd_id == "n3" for c in bench.bridge.received))
+        assert bench.bridge.executions == [] and not bench.controller.coil(0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_active_low_inputs_read_a_cut_wire_as_occupied(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    fail_safe = io_map(inputs={"active_low": ["safety_loop"]})
+    async for bench in bench_for(mosquitto, lane_id, fail_safe):
+        # The bench starts with every input at 0: a normally-closed loop reads occupied.
+        reading = await until(bench.rec.sensors, lambda r: r.sensor == "safety_loop")
+        assert reading.occupied is True
+        bench.controller.set_input(SAFETY, True)  # the contact closes: clear
+        await until(bench.rec.sensors, lambda r: r.sensor == "safety_loop" and not r.occupied)
+
+
+def test_the_example_map_loads_and_every_problem_is_listed(tmp_path: Path) -> None:
+    example = load_iomap(DEPLOY / "io.example.toml")
+    assert example.sensors == ("entry_loop", "safety_loop", "exit_loop", "light_curtain")
+    assert example.input_span() == (0, 7)
+    bad = {
+        "controller": {"poll_s": 0, "colour": "red"},
+        "drive": {"kind": "coils", "open_coil": 3, "close_coil": 3},
+        "inputs": {"open_limit": 0, "closed_limit": 0, "entry_loop": 1},
+    }
+    with pytest.raises(IoMapError) as info:
+        parse_iomap(bad, "io.toml")
+    lines = str(info.value).splitlines()
+    assert any(line.startswith("io.toml: controller.poll_s:") for line in lines)
+    assert any(line.startswith("io.toml: controller.colour: Extra inputs") for line in lines)
+    assert any("open_coil and close_coil must differ" in line for line in lines)
+    assert any("needs safety_loop or light_curtain" in line for line in lines)
+    path = tmp_path / "io.toml"
+    path.write_text("[drive\n")
+    with pytest.raises(IoMapError, match="not valid TOML"):
+        load_iomap(path)
+    with pytest.raises(IoMapError, match="cannot read"):
+        load_iomap(tmp_path / "missing.toml")
