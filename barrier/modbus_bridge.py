@@ -77,7 +77,8 @@ class ModbusIo:
             await self._call(lambda: self.client.write_coil(on, True, device_id=unit))
             return
         value = drive.open_value if target == Target.OPEN else drive.close_value
-        await self._call(lambda: self.client.write_register(drive.holding_register, value, device_id=unit))
+        register = drive.holding_register
+        await self._call(lambda: self.client.write_register(register, value, device_id=unit))
 
     def close(self) -> None:
         self.client.close()

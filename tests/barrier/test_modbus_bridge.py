@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from modbus_kit import DRIVE_FAULT, SAFETY, IoController, running, io_map
+from modbus_kit import DRIVE_FAULT, SAFETY, IoController, io_map, running
 from pymodbus.constants import ExcCodes
 from test_barrier_protocol import Recorder, command, eventually, until
 
