@@ -31,6 +31,7 @@ WILL_SEQ = 2**31 - 1
 MAX_ID = 128
 MAX_TEXT = 256
 MAX_LINES = 16
+MAX_SENSORS = 16
 _NAME = re.compile(r"[a-z0-9_]{1,32}\Z")
 
 
@@ -369,4 +370,92 @@ class AttendantCommand(_Message):
             reason=field(body, "reason", str),
             attendant=field(body, "attendant", str),
             ts_us=field(body, "ts", int),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceQuery(_Message):
+    """Controller → device: publish your whole truth now (answered by a DeviceSnapshot)."""
+
+    query_id: str
+    lane: str
+    ts_us: int
+
+    def __post_init__(self) -> None:
+        _text(self.query_id, "query_id", limit=MAX_ID)
+        _text(self.lane, "lane", limit=MAX_ID)
+        _count(self.ts_us, "ts")
+
+    def to_map(self) -> dict[str, Any]:
+        return {"query_id": self.query_id, "lane": self.lane, "ts": self.ts_us}
+
+    @classmethod
+    def from_map(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            query_id=field(body, "query_id", str),
+            lane=field(body, "lane", str),
+            ts_us=field(body, "ts", int),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceSnapshot(_Message):
+    """Device → controller: the barrier position and every sensor it knows, at one `seq`.
+
+    Published when the device (re)connects (no `query_id`) and in answer to a DeviceQuery (its
+    `query_id` echoed). `seq` and `session` are those of the device's `barrier/state` stream, so
+    the controller can order a snapshot against state messages; `sensors` maps each loop or
+    curtain to occupied.
+    """
+
+    barrier: str
+    sensors: dict[str, bool]
+    session: str
+    seq: int
+    ts_us: int
+    query_id: str | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        _one_of(self.barrier, "barrier", BARRIER_STATES)
+        if not isinstance(self.sensors, dict):
+            raise PayloadError("field 'sensors' must be a map")
+        if len(self.sensors) > MAX_SENSORS:
+            raise PayloadError(f"field 'sensors' holds more than {MAX_SENSORS} entries")
+        for name, occupied in self.sensors.items():
+            if not isinstance(name, str) or not _NAME.match(name) or name == CLASSIFIER:
+                raise PayloadError(f"field 'sensors' has a bad sensor name {name!r}")
+            if not isinstance(occupied, bool):
+                raise PayloadError(f"field 'sensors' entry {name!r} must be bool")
+        _text(self.session, "session", empty=True, limit=MAX_ID)
+        _count(self.seq, "seq")
+        _count(self.ts_us, "ts")
+        if self.query_id is not None:
+            _text(self.query_id, "query_id", limit=MAX_ID)
+        if self.error is not None:
+            _text(self.error, "error")
+
+    def to_map(self) -> dict[str, Any]:
+        return _compact(
+            {
+                "barrier": self.barrier,
+                "sensors": dict(self.sensors),
+                "session": self.session,
+                "seq": self.seq,
+                "ts": self.ts_us,
+                "query_id": self.query_id,
+                "error": self.error,
+            }
+        )
+
+    @classmethod
+    def from_map(cls, body: Mapping[str, Any]) -> Self:
+        return cls(
+            barrier=field(body, "barrier", str),
+            sensors=dict(field(body, "sensors", dict)),
+            session=field(body, "session", str),
+            seq=field(body, "seq", int),
+            ts_us=field(body, "ts", int),
+            query_id=optional(body, "query_id", str),
+            error=optional(body, "error", str),
         )

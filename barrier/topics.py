@@ -17,6 +17,16 @@ def barrier_state(lane: str) -> str:
     return f"lane/{lane}/barrier/state"
 
 
+def device_query(lane: str) -> str:
+    """Controller → device, QoS 1, never retained: publish a DeviceSnapshot now."""
+    return f"lane/{lane}/device/query"
+
+
+def device_snapshot(lane: str) -> str:
+    """Device → controller and watchers, QoS 1, not retained: the device's whole truth."""
+    return f"lane/{lane}/device/snapshot"
+
+
 def io(lane: str, sensor: str) -> str:
     return f"lane/{lane}/io/{sensor}"
 

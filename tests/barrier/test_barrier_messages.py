@@ -8,11 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from barrier import topics
 from barrier.messages import (
     AttendantCommand,
     BarrierAck,
     BarrierCommand,
     BarrierStatus,
+    DeviceQuery,
+    DeviceSnapshot,
     DisplayMessage,
     LaneStatus,
     SensorReading,
@@ -27,6 +30,8 @@ MESSAGES: list[Any] = [
     DisplayMessage,
     LaneStatus,
     AttendantCommand,
+    DeviceQuery,
+    DeviceSnapshot,
 ]
 
 EXAMPLES: list[Any] = [
@@ -41,6 +46,9 @@ EXAMPLES: list[Any] = [
     LaneStatus("idle", 3, 1.5, {"broker": True, "backoffice": False}, ["queue_high"], 17),
     LaneStatus.offline(18),
     AttendantCommand("open", "att-1", "broken phone", "alice", 19),
+    DeviceQuery("q-1", "p07/l03", 20),
+    DeviceSnapshot("open", {"entry_loop": False, "safety_loop": True}, "a1b2c3", 9, 21),
+    DeviceSnapshot("fault", {}, "a1b2c3", 10, 22, "q-1", "motor_overcurrent"),
 ]
 
 
@@ -63,9 +71,36 @@ def test_wire_keys_follow_the_design_table() -> None:
     assert unpack(DisplayMessage(["a"], 2.5).encode()) == {"v": 1, "lines": ["a"], "ttl": 2.5}
 
 
+def test_device_messages_follow_the_contract() -> None:
+    assert unpack(DeviceQuery("q-1", "p07/l03", 5).encode()) == {
+        "v": 1,
+        "query_id": "q-1",
+        "lane": "p07/l03",
+        "ts": 5,
+    }
+    snap = DeviceSnapshot("closed", {"exit_loop": True}, "s1", 4, 6, "q-1", "stuck")
+    assert unpack(snap.encode()) == {
+        "v": 1,
+        "barrier": "closed",
+        "sensors": {"exit_loop": True},
+        "session": "s1",
+        "seq": 4,
+        "ts": 6,
+        "query_id": "q-1",
+        "error": "stuck",
+    }
+    # A snapshot published on connect answers no query: the key is left out, not nil.
+    assert "query_id" not in unpack(DeviceSnapshot("open", {}, "s1", 1, 1).encode())
+    assert topics.device_query("p07/l03") == "lane/p07/l03/device/query"
+    assert topics.device_snapshot("p07/l03") == "lane/p07/l03/device/snapshot"
+
+
 def test_unknown_fields_are_ignored() -> None:
     data = pack({"cmd_id": "c1", "ok": True, "state": "open", "future": [1, 2]})
     assert BarrierAck.decode(data) == BarrierAck("c1", True, "open")
+
+
+_SNAP: dict[str, Any] = {"sensors": {"entry_loop": False}, "session": "s", "seq": 1, "ts": 1}
 
 
 @pytest.mark.parametrize(
@@ -89,6 +124,20 @@ def test_unknown_fields_are_ignored() -> None:
         (LaneStatus, {"state": "idle", "link": {"a": 1}, "faults": [], "ts": 1}, "'link'"),
         (LaneStatus, {"state": "idle", "link": {}, "faults": [None], "ts": 1}, "'faults'"),
         (AttendantCommand, {"op": "open", "cmd_id": "c", "reason": "", "ts": 1}, "'attendant'"),
+        (DeviceQuery, {"query_id": "", "lane": "x", "ts": 1}, "'query_id'"),
+        (DeviceQuery, {"query_id": "q", "ts": 1}, "'lane'"),
+        (DeviceSnapshot, {"barrier": "ajar", **_SNAP}, "'barrier'"),
+        (DeviceSnapshot, {"barrier": "open", **_SNAP, "sensors": {"exit_loop": 1}}, "'sensors'"),
+        (DeviceSnapshot, {"barrier": "open", **_SNAP, "sensors": {"../x": True}}, "'sensors'"),
+        (DeviceSnapshot, {"barrier": "open", **_SNAP, "sensors": {"classifier": True}}, "sensors"),
+        (DeviceSnapshot, {"barrier": "open", **_SNAP, "sensors": [True]}, "'sensors'"),
+        (
+            DeviceSnapshot,
+            {"barrier": "open", **_SNAP, "sensors": {f"s{i}": True for i in range(17)}},
+            "'sensors'",
+        ),
+        (DeviceSnapshot, {"barrier": "open", **_SNAP, "seq": -1}, "'seq'"),
+        (DeviceSnapshot, {"barrier": "open", **_SNAP, "query_id": ""}, "'query_id'"),
     ],
 )
 def test_malformed_fields_are_named(cls: Any, body: dict[str, Any], needle: str) -> None:
@@ -129,7 +178,7 @@ values = st.one_of(
 KEYS = [
     "v", "op", "cmd_id", "deadline", "lane", "ok", "state", "error", "seq", "ts", "session",
     "sensor", "occupied", "class", "lines", "ttl", "uplink_backlog", "oldest_unsent_s", "link",
-    "faults", "reason", "attendant",
+    "faults", "reason", "attendant", "query_id", "barrier", "sensors",
 ]  # fmt: skip
 maps = st.dictionaries(st.sampled_from(KEYS), values).map(
     lambda d: msgpack.packb({"v": 1, **d} if d.get("v") is None else d, use_bin_type=True)
