@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -16,9 +16,9 @@ from test_barrier_protocol import Recorder, command, eventually, until
 from barrier import topics
 from barrier.iomap import IoMap, IoMapError, load_iomap, parse_iomap
 from barrier.link import BarrierLink
-from barrier.messages import BarrierAck, BarrierCommand
+from barrier.messages import BarrierAck, BarrierCommand, DeviceQuery, DeviceSnapshot
 from barrier.modbus_bridge import ModbusBridge, ModbusIo
-from barrier.mqtt import MqttLink
+from barrier.mqtt import Incoming, MqttLink
 from sim.broker import Mosquitto, free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -219,3 +219,37 @@ def test_the_example_map_loads_and_every_problem_is_listed(tmp_path: Path) -> No
         load_iomap(path)
     with pytest.raises(IoMapError, match="cannot read"):
         load_iomap(tmp_path / "missing.toml")
+
+
+@pytest.mark.skipif(
+    not hasattr(ModbusBridge, "snapshot"),
+    reason="the bridge answers device queries with the emulator's code (heal branch, issue #11)",
+)
+async def test_the_bridge_answers_a_device_query_with_its_whole_truth(
+    bench: Bench, mosquitto: Mosquitto
+) -> None:
+    snapshots: asyncio.Queue[DeviceSnapshot] = asyncio.Queue()
+
+    async def got(msg: Incoming) -> None:
+        snapshots.put_nowait(DeviceSnapshot.decode(msg.payload))
+
+    subs = [(topics.device_snapshot(bench.lane), 1)]
+    asker = MqttLink(mosquitto.host, mosquitto.port, f"ask-{bench.lane}", subs, got)
+    task = asyncio.create_task(asker.run())
+    try:
+        await asker.wait_connected(5)
+        bench.controller.set_input(SAFETY, True)
+        await until(bench.rec.sensors, lambda r: r.sensor == "safety_loop" and r.occupied)
+        query = DeviceQuery("q1", bench.lane, int(time.time() * 1_000_000))
+        await asker.publish(topics.device_query(bench.lane), query.encode())
+        answer = await until(snapshots, lambda s: s.query_id == "q1")
+        assert answer.barrier == "closed" and answer.sensors["safety_loop"] is True
+        assert answer.sensors["entry_loop"] is False and answer.error is None
+        await bench.controller.stop()
+        await bench.state("fault", "io_controller:")
+        await asker.publish(topics.device_query(bench.lane), replace(query, query_id="q2").encode())
+        answer = await until(snapshots, lambda s: s.query_id == "q2")
+        assert answer.barrier == "fault" and (answer.error or "").startswith("io_controller:")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
