@@ -168,6 +168,7 @@ def check_config_main(argv: list[str]) -> int:
 
 def doctor_main(argv: list[str]) -> int:
     from lane.doctor import run_probes  # noqa: PLC0415 - the probes pull in OpenCV and MQTT
+    from scanner.native_log import capture_native_stderr  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="lane doctor",
@@ -188,8 +189,10 @@ def doctor_main(argv: list[str]) -> int:
     status = "OK  " if placeholder is None else "WARN"
     note = "" if placeholder is None else f": {placeholder}"
     print(f"{status} config   {args.config} (lane {config.lane.id}, {config.lane.mode}){note}")
-    # The probes' own adapters log their retries; the one-line verdicts are the output.
+    # The probes' own adapters log their retries, FFmpeg and OpenCV write to stderr: the
+    # one-line verdicts are the output (the camera's carries the reason itself).
     logging.basicConfig(level=logging.CRITICAL)
+    capture_native_stderr()
     results = asyncio.run(run_probes(config, args.timeout))
     for result in results:
         print(result.line())

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from scanner.health import CaptureSettings
+
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used, with every problem listed."""
@@ -65,6 +67,23 @@ class CameraSection(_Section):
     decoder: Literal["zxing", "pyzbar", "cascade"] = Field("cascade", description="QR decoder")
     workers: int = Field(2, ge=1, le=8, description="Decoder threads")
     dedup_window_s: PositiveSeconds = Field(3.0, description="Same code reported once within this")
+    rtsp_transport: Literal["tcp", "udp", "udp_multicast", "http"] = Field(
+        "tcp", description="How an rtsp:// camera sends its stream (a UDP-only one needs udp)"
+    )
+    open_timeout_s: PositiveSeconds = Field(
+        10.0, description="Open a stream and decode its first frame (covers a keyframe interval)"
+    )
+    blackout_s: PositiveSeconds = Field(
+        2.0, description="Once frames flow, no usable frame for this long is a blackout"
+    )
+    retry_max_s: PositiveSeconds = Field(
+        10.0, description="Longest wait between reopen attempts (a camera back is seen sooner)"
+    )
+
+    def capture(self) -> CaptureSettings:
+        return CaptureSettings(
+            self.rtsp_transport, self.open_timeout_s, self.blackout_s, self.retry_max_s
+        )
 
     @field_validator("source", mode="before")
     @classmethod

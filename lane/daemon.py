@@ -57,6 +57,7 @@ from lane.runner import Clocks, LaneRunner
 from lane.verifier import TokenVerifier
 from scanner.decoders import make_decoder
 from scanner.health import SourceEvent
+from scanner.native_log import capture_native_stderr, release_native_stderr
 from scanner.pipeline import ScanPipeline, ScanResult
 from scanner.sources import FrameSource, open_source
 from uplink.forwarder import Forwarder
@@ -252,7 +253,7 @@ class LaneDaemon:
             on_record=lambda _r: self.forwarder.wake(),
         )
         self.runner.observers.append(self._publish_note)
-        self.source = source or open_source(config.camera.source)
+        self.source = source or open_source(config.camera.source, settings=config.camera.capture())
         self.pipeline: ScanPipeline | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.http: aiohttp.ClientSession | None = None
@@ -664,7 +665,13 @@ def main(argv: list[str]) -> int:
             log.error("lane cannot start", extra={"lane": config.lane.id, "error": str(exc)})
             print(f"lane: cannot start: {exc}", file=sys.stderr)
             return 2
-        await daemon.run(stop)
+        # From here on FFmpeg's and OpenCV's stderr lines become JSON events; the lane's own
+        # words to the operator at start and exit (above) stay plain stderr.
+        capture_native_stderr()
+        try:
+            await daemon.run(stop)
+        finally:
+            release_native_stderr()
         return 0
 
     code: int = run_with_uvloop(serve)

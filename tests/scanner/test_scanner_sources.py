@@ -195,7 +195,12 @@ def test_refused_rtsp_stream_keeps_retrying() -> None:
     first = list(itertools.islice(items, 3))
     source.close()
     assert kinds(first) == ["reconnecting", "reconnecting", "reconnecting"]
-    assert clock.sleeps == [0.5, 1.0]  # the third wait starts after its event
+    # The backoff (0.5, then 1.0 s) is waited out in probe steps of 0.5 s; the third wait
+    # starts after its event.
+    assert clock.sleeps == [0.5, 0.5, 0.5]
+    # The real reason, not OpenCV's bare "cannot open".
+    detail = first[0].detail  # type: ignore[union-attr]
+    assert detail.startswith("cannot open: 127.0.0.1:9: connection refused")
 
 
 @pytest.mark.parametrize(
