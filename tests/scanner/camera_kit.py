@@ -5,16 +5,21 @@ most IP cameras serve MJPEG; it can hold its first frame back (a long keyframe i
 go away and come back on the same port. `RtspCamera` answers RTSP like a camera's server does
 (OPTIONS, DESCRIBE with an SDP, SETUP, PLAY, TEARDOWN) and records what it was asked; it can be
 UDP-only (461 Unsupported Transport to a TCP SETUP), refuse DESCRIBE, or demand Digest
-credentials. It sends no media: the tests look at the negotiation, not at frames.
+credentials. It sends no media: those tests look at the negotiation. `gstreamer_camera` is
+Debian's GStreamer RTSP server streaming real frames (gst_rtsp_camera.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import socket
+import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -162,3 +167,28 @@ class RtspCamera:
         ha2 = hashlib.md5(f"{method}:{url}".encode()).hexdigest()
         expected = hashlib.md5(f"{ha1}:n0nce:{ha2}".encode()).hexdigest()
         return f'response="{expected}"' in auth
+
+
+GST_CAMERA = Path(__file__).with_name("gst_rtsp_camera.py")
+SYSTEM_PYTHON = "/usr/bin/python3"  # GStreamer's bindings are Debian's, not the venv's
+
+
+@contextlib.contextmanager
+def gstreamer_camera(image: Path, *, udp_only: bool = False) -> Iterator[str]:
+    """Debian's GStreamer RTSP server streaming `image`; yields its rtsp:// URL."""
+    port = free_port()
+    argv = [SYSTEM_PYTHON, str(GST_CAMERA), "--port", str(port), "--image", str(image)]
+    proc = subprocess.Popen(
+        [*argv, *(["--udp-only"] if udp_only else [])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()
+        assert first == "ready", f"the GStreamer RTSP camera did not start: {first!r}"
+        yield f"rtsp://127.0.0.1:{port}/stream1"
+    finally:
+        proc.terminate()
+        proc.wait(10)

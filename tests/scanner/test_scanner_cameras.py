@@ -10,19 +10,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
-from camera_kit import MjpegCamera, RtspCamera
+from camera_kit import MjpegCamera, RtspCamera, gstreamer_camera
 from scanner_testkit import FakeClock
 from test_scanner_sources import ScriptedCapture, kinds
 
 from lane.doctor import probe_camera
 from scanner.camera_net import reachable, redact, redact_text
+from scanner.decoders import make_decoder
+from scanner.detection import as_gray
 from scanner.diagnose import why_not_open
 from scanner.health import CaptureSettings, SourceEvent
 from scanner.sources import CaptureSource, Frame, Item, open_source
 from sim.broker import free_port
+from sim.camera import frame_for
 
 
 def events_until(items: Iterator[Item], wanted: str, within_s: float = 20.0) -> list[Item]:
@@ -117,6 +122,28 @@ def test_a_udp_only_camera_gets_the_transport_it_needs() -> None:
         assert "client_port=" in opencv_setups[0]
     finally:
         camera.close()
+
+
+def test_a_udp_only_gstreamer_camera_streams_its_code_over_udp(tmp_path: Path) -> None:
+    """Debian's GStreamer RTSP server, UDP only: TCP is refused with the reason and the fix;
+    with rtsp_transport = "udp" the lane gets frames and reads the code in them."""
+    image = tmp_path / "phone.png"
+    cv2.imwrite(str(image), frame_for("LT1:RTSP-OVER-UDP", "clear", rng=1, size=(640, 360)))
+    with gstreamer_camera(image, udp_only=True) as url:
+        tcp = open_source(url, settings=CaptureSettings(rtsp_transport="tcp", open_timeout_s=5))
+        refused = next(tcp.stream())
+        tcp.close()
+        assert isinstance(refused, SourceEvent) and refused.kind == "reconnecting"
+        assert "refuses RTSP over tcp (461 Unsupported transport)" in refused.detail
+        assert "camera.rtsp_transport = 'udp'" in refused.detail
+        udp = open_source(url, settings=CaptureSettings(rtsp_transport="udp", open_timeout_s=5))
+        items = list(itertools.islice(udp.stream(), 3))
+        udp.close()
+    assert kinds(items)[0] == "opened"
+    frame = items[1]
+    assert isinstance(frame, Frame)
+    texts = [d.text for d in make_decoder("zxing").decode(as_gray(frame.image))]
+    assert texts == ["LT1:RTSP-OVER-UDP"]
 
 
 # --- open timeout separate from the blackout timeout --------------------------------------------
