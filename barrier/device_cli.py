@@ -173,6 +173,15 @@ def _link(
     )
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM: the device then says offline and leaves cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def send(target: Target, ctl: control.DeviceControl) -> int:
     link = _link(target, f"bench-{secrets.token_hex(4)}")
     task = asyncio.create_task(link.run())
@@ -206,10 +215,7 @@ async def emulate(target: Target, args: argparse.Namespace) -> int:
         device.set_fault(args.fault)
     bench = Bench(device, vehicle=args.vehicle, auto_pass=args.auto_pass)
     link = _link(target, f"bench-{target.lane}", bench.subscriptions(), bench.handle)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     tasks = [asyncio.create_task(device.run()), asyncio.create_task(link.run())]
     log.info(
         "device emulator started",

@@ -9,13 +9,14 @@ docs/lane-io.md.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lane.toml_model import read_toml, validate
 
 # Everything the bridge reads from discrete inputs; the sensors are published on io/{name}.
 SENSORS = ("entry_loop", "safety_loop", "exit_loop", "light_curtain")
@@ -146,24 +147,8 @@ def observed_state(values: dict[str, bool]) -> str | None:
 
 
 def parse_iomap(data: dict[str, object], source: str = "<io map>") -> IoMap:
-    try:
-        return IoMap.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = [str(p) for p in err["loc"] if str(p) not in ("coils", "register")]
-            where = ".".join(loc) or "(top)"
-            problems.append(f"{source}: {where}: {err['msg']}")
-        raise IoMapError("\n".join(problems)) from None
+    return validate(IoMap, data, source, IoMapError, hidden=("coils", "register"))
 
 
 def load_iomap(path: Path) -> IoMap:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise IoMapError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise IoMapError(f"{path}: not valid TOML: {exc}") from None
-    return parse_iomap(data, str(path))
+    return parse_iomap(read_toml(path, IoMapError), str(path))

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
-from barrier.device_cli import Target, UsageError, parse_broker
+from barrier.device_cli import Target, UsageError, parse_broker, stop_on_signals
 from barrier.iomap import IoMap, IoMapError, load_iomap
 from barrier.modbus_bridge import ModbusBridge, ModbusIo
 
@@ -38,10 +37,7 @@ async def _serve(target: Target, host: str, port: int, iomap: IoMap) -> int:
         credentials=target.credentials,
     )
     bridge.link.tls = target.tls()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     task = asyncio.create_task(bridge.run())
     log.info(
         "modbus bridge started",

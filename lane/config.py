@@ -6,12 +6,12 @@ No I/O happens in validation; `load_config` reads the file and reports every pro
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lane.toml_model import read_toml, validate
 from scanner.health import CaptureSettings
 
 
@@ -165,26 +165,11 @@ class LaneConfig(_Section):
 
 
 def parse_config(data: dict[str, object], source: str = "<config>") -> LaneConfig:
-    try:
-        return LaneConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top)"
-            problems.append(f"{source}: {where}: {err['msg']}")
-        raise ConfigError("\n".join(problems)) from None
+    return validate(LaneConfig, data, source, ConfigError)
 
 
 def load_config(path: Path) -> LaneConfig:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    config = parse_config(data, str(path))
+    config = parse_config(read_toml(path, ConfigError), str(path))
     return _resolve_paths(config, path.parent)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.broker import Mosquitto, free_port
+from sim.broker import Mosquitto, running_mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "quickstart.md"
@@ -44,15 +44,10 @@ def steps(page: str) -> list[str]:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    work = tmp_path / "broker"
-    work.mkdir()
-    mosquitto = Mosquitto(port=free_port(), workdir=work)
-    mosquitto.start()
-    try:
+def broker() -> Iterator[Mosquitto]:
+    """A broker of the test's own: the page's lane id is fixed (p01/l01)."""
+    with running_mosquitto() as mosquitto:
         yield mosquitto
-    finally:
-        mosquitto.stop()
 
 
 def test_the_page_has_the_steps_this_test_knows() -> None:

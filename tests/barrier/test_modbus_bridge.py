@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -14,6 +16,7 @@ from pymodbus.constants import ExcCodes
 from test_barrier_protocol import Recorder, command, eventually, until
 
 from barrier import topics
+from barrier.device_cli import main as device_main
 from barrier.iomap import IoMap, IoMapError, load_iomap, parse_iomap
 from barrier.link import BarrierLink
 from barrier.messages import BarrierAck, BarrierCommand, DeviceQuery, DeviceSnapshot
@@ -253,3 +256,46 @@ async def test_the_bridge_answers_a_device_query_with_its_whole_truth(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_lane_device_modbus_runs_the_shipped_map(mosquitto: Mosquitto, lane_id: str) -> None:
+    """The command as an installer runs it, with deploy/io.example.toml as shipped."""
+    rec = Recorder()
+    link = rec.link(mosquitto, lane_id)
+    controller = IoController(free_port())
+    async with running(controller):
+        task = asyncio.create_task(link.run())
+        argv = [
+            "device", "--modbus", f"127.0.0.1:{controller.port}",
+            "--map", str(DEPLOY / "io.example.toml"),
+            "--lane", lane_id, "--broker", f"{mosquitto.host}:{mosquitto.port}",
+        ]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lane", *argv,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            await link.wait_connected(5)
+            await until(rec.states, lambda s: s.state == "closed", within=15)
+            # Wired normally closed in the example map: an input at 0 is an occupied loop.
+            curtain = await until(rec.sensors, lambda r: r.sensor == "light_curtain")
+            assert curtain.occupied is True
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = await asyncio.wait_for(proc.communicate(), 20)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert proc.returncode == 0, out.decode()
+    assert b'"event":"modbus bridge started"' in out
+
+
+def test_lane_device_modbus_refuses_a_bad_map(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "io.toml"
+    bad.write_text('[drive]\nkind = "coils"\nopen_coil = 0\nclose_coil = 0\n')
+    argv = ["--modbus", "127.0.0.1:502", "--map", str(bad), "--lane", "p1/l1", "--broker", "h:1"]
+    assert device_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "io.toml: drive: Value error, open_coil and close_coil must differ" in err
+    assert "io.toml: inputs: Field required" in err
