@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -389,25 +390,20 @@ def open_source(
     blackout = settings.blackout_s
     if spec == "push":
         return PushSource(clock=clock, blackout_after_s=blackout)
-    if spec.isdigit():
-        index = int(spec)
+    if spec.isdigit() or spec.startswith(STREAM_SCHEMES):
+        target: int | str = int(spec) if spec.isdigit() else spec
+        diagnose = None  # a V4L2 device has nobody to ask
+        if isinstance(target, str):
+            transport, timeout = settings.rtsp_transport, settings.open_timeout_s
+            diagnose = partial(why_not_open, target, transport, timeout)
         return CaptureSource(
-            index,
+            target,
             live=True,
             clock=clock,
             sleep=sleep,
             settings=settings,
-            probe=lambda: reachable(index),
-        )
-    if spec.startswith(STREAM_SCHEMES):
-        return CaptureSource(
-            spec,
-            live=True,
-            clock=clock,
-            sleep=sleep,
-            settings=settings,
-            probe=lambda: reachable(spec),
-            diagnose=lambda: why_not_open(spec, settings.rtsp_transport, settings.open_timeout_s),
+            probe=lambda: reachable(target),
+            diagnose=diagnose,
         )
     if spec.endswith("/") or Path(spec).is_dir():
         return ImageFolderSource(
