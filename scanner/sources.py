@@ -108,6 +108,7 @@ class _SourceBase:
     def __init__(self, name: str, clock: Clock, sleep: Sleep | None, blackout_after_s: float):
         self.name = name
         self.exhausted = False
+        self.failure: str | None = None  # why the last open failed, until one succeeds
         self._clock = clock
         self._closed = threading.Event()
         # Waiting on the close event means close() cuts a backoff or a pacing pause short.
@@ -145,7 +146,9 @@ class _SourceBase:
     def _tick(self) -> Iterator[Item]:
         change = self._monitor.tick(self._clock())
         if change is not None:
-            yield self._event(change.kind, change.detail)
+            # The blackout is what raises the lane's alarm: it carries why, when known.
+            why = f" ({self.failure})" if self.failure else ""
+            yield self._event(change.kind, change.detail + why)
 
 
 class CaptureSource(_SourceBase):
@@ -195,9 +198,10 @@ class CaptureSource(_SourceBase):
             cap = self._open_capture(self.target)
             if not cap.isOpened():
                 cap.release()
-                why = (
-                    "cannot open" if self._diagnose is None else f"cannot open: {self._diagnose()}"
-                )
+                why = "cannot open"
+                if self._diagnose is not None:
+                    why = f"cannot open: {self._diagnose()}"
+                self.failure = why
                 if not self.live:
                     yield self._event("error", f"{why} {self.name}")
                     yield self._event("ended")
@@ -207,7 +211,7 @@ class CaptureSource(_SourceBase):
                 continue
             if opened_before:
                 self.reconnects += 1
-            opened_before, failures = True, 0
+            opened_before, failures, self.failure = True, 0, None
             self._monitor.opened(self._clock())
             yield self._event("opened", self.name)
             try:

@@ -86,6 +86,27 @@ def test_a_refused_describe_is_named() -> None:
         camera.close()
 
 
+async def test_the_reason_reaches_the_blackout_alarm_and_doctor() -> None:
+    camera = RtspCamera(describe_status=(400, "Bad Request"))
+    try:
+        clock = FakeClock()
+        source = open_source(camera.url(), clock=clock, sleep=clock.sleep)
+        stream = source.stream()
+        blackout = next(i for i in stream if isinstance(i, SourceEvent) and i.kind == "blackout")
+        source.close()
+        # What the lane's camera_blackout alarm (status, /readyz) says.
+        assert blackout.detail == (
+            "no frames for 2.0 s (cannot open: the camera answered DESCRIBE with 400 Bad Request)"
+        )
+        probe = await probe_camera(camera.url(), 2.0, CaptureSettings(open_timeout_s=1.0))
+        assert probe.line() == (
+            f"FAIL camera   {camera.url()}: cannot open: "
+            "the camera answered DESCRIBE with 400 Bad Request"
+        )
+    finally:
+        camera.close()
+
+
 def test_digest_credentials_are_used_to_ask() -> None:
     camera = RtspCamera(credentials=("admin", "s3cret"))
     try:

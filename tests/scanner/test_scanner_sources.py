@@ -185,7 +185,9 @@ def test_live_stream_reconnects_with_backoff_and_reports_blackout() -> None:
     assert source.reconnects == 1
     assert all(c.released for c in opened)
     blackout = items[7]
-    assert isinstance(blackout, SourceEvent) and blackout.detail == "no frames for 1.5 s"
+    assert (
+        isinstance(blackout, SourceEvent) and blackout.detail == "no frames for 1.5 s (cannot open)"
+    )
 
 
 def test_refused_rtsp_stream_keeps_retrying() -> None:
