@@ -32,6 +32,7 @@ MAP = {
     },
 }  # fmt: skip
 OPEN_LIMIT, CLOSED_LIMIT, DRIVE_FAULT, ENTRY, SAFETY, EXIT, CURTAIN = range(7)
+DRIVE_REGISTER = 100
 
 
 def io_map(**changes: dict[str, object]) -> IoMap:
@@ -61,7 +62,7 @@ class IoController:
     def __init__(self, port: int, travel_s: float = 0.05) -> None:
         self.port = port
         self.travel_s = travel_s
-        self.blocks = [Block(0, [False] * 32), Block(0, [False] * 32), Block(0, [0] * 32)]
+        self.blocks = [Block(0, [False] * 32), Block(0, [False] * 32), Block(0, [0] * 128)]
         co, di, hr = self.blocks
         self.device = ModbusDeviceContext(co=co, di=di, hr=hr)
         self.context = ModbusServerContext(devices=self.device, single=True)
@@ -100,6 +101,14 @@ class IoController:
     def coil(self, address: int) -> bool:
         return bool(self._get(0, COILS, address))
 
+    def register(self, address: int) -> int:
+        return int(self._get(2, REGISTERS, address))
+
+    def wants(self) -> tuple[bool, bool]:
+        """(open, closed): what the drive is told, by its coils or by register 100 (1 / 2)."""
+        command = self.register(DRIVE_REGISTER)
+        return self.coil(0) or command == 1, self.coil(1) or command == 2
+
     def _get(self, block: int, func: int, address: int) -> int | bool:
         failing = self.blocks[block].failing
         self.blocks[block].failing = None
@@ -114,16 +123,16 @@ class IoController:
         """The boom: goes where the held coil says, reaching the limit after travel_s."""
         while True:
             await asyncio.sleep(0.005)
-            want_open, want_closed = self.coil(0), self.coil(1)
+            want_open, want_closed = self.wants()
             if want_open and not self.input(OPEN_LIMIT):
                 self.set_input(CLOSED_LIMIT, False)
                 await asyncio.sleep(self.travel_s)
-                if self.coil(0):
+                if self.wants()[0]:
                     self.set_input(OPEN_LIMIT, True)
             elif want_closed and not self.input(CLOSED_LIMIT):
                 self.set_input(OPEN_LIMIT, False)
                 await asyncio.sleep(self.travel_s)
-                if self.coil(1):
+                if self.wants()[1]:
                     self.set_input(CLOSED_LIMIT, True)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from modbus_kit import DRIVE_FAULT, SAFETY, IoController, io_map, running
+from modbus_kit import DRIVE_FAULT, DRIVE_REGISTER, SAFETY, IoController, io_map, running
 from pymodbus.constants import ExcCodes
 from test_barrier_protocol import Recorder, command, eventually, until
 
@@ -89,6 +89,21 @@ async def test_open_and_close_drive_the_coils_and_follow_the_limits(bench: Bench
     assert again.ok and again.state == "closed"
     assert bench.bridge.executions == ["v1/open", "v1/close"]
     assert not bench.controller.coil(0)
+
+
+async def test_a_holding_register_drive(mosquitto: Mosquitto, lane_id: str) -> None:
+    drive = {"kind": "register", "holding_register": DRIVE_REGISTER, "open_value": 1}
+    register_map = parse_iomap(
+        {**io_map().model_dump(), "drive": {**drive, "close_value": 2}}, "io.toml"
+    )
+    async for bench in bench_for(mosquitto, lane_id, register_map):
+        assert (await bench.send("open", "r1/open")).ok
+        await bench.state("open")
+        assert bench.controller.register(DRIVE_REGISTER) == 1
+        assert not bench.controller.coil(0) and not bench.controller.coil(1)
+        assert (await bench.send("close", "r1/close")).ok
+        await bench.state("closed")
+        assert bench.controller.register(DRIVE_REGISTER) == 2
 
 
 async def test_loops_are_published_and_no_close_over_an_occupied_safety_loop(
