@@ -140,6 +140,9 @@ def main(argv: list[str]) -> int:
             raise UsageError(f"--speed must be > 0, got {args.speed}")
         if args.modbus is not None and args.map is None:
             raise UsageError("--modbus needs --map io.toml (see deploy/io.example.toml)")
+        emulator_only = args.vehicle is not None or args.auto_pass
+        if not args.emulate and (emulator_only or (args.modbus and args.fault)):
+            raise UsageError("--vehicle, --auto-pass (and --fault at start) are for --emulate")
         if args.send is not None:
             return asyncio.run(send(target, control_of(args)))
     except (UsageError, ConfigError) as exc:

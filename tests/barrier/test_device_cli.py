@@ -113,6 +113,22 @@ async def test_faults_and_vehicles_are_switched_over_mqtt(
         (["--send", "sensor", "--lane", "p1/l1", "--broker", "h:1"], "field 'sensor' must be"),
         (["--emulate", "--config", "/nonexistent/lane.toml"], "cannot read"),
         (["--emulate", "--lane", "p1/l1", "--broker", "h:1", "--speed", "0"], "--speed must be"),
+        (
+            [
+                "--modbus",
+                "h:502",
+                "--map",
+                "io.toml",
+                "--lane",
+                "p1/l1",
+                "--broker",
+                "h:1",
+                "--fault",
+                "stuck",
+            ],
+            "are for --emulate",
+        ),
+        (["--send", "fault", "--lane", "p1/l1", "--broker", "h:1", "--auto-pass"], "for --emulate"),
     ],
 )
 def test_bad_command_lines_exit_2_with_the_reason(
