@@ -455,12 +455,17 @@ class LaneDaemon:
         assert self.pipeline is not None and self._loop is not None
         if self.source.finite:
             noted = asyncio.Event()  # a lane note (vehicle_arrived ...) may be the moment
-            self.runner.observers.append(lambda _name, _fields: noted.set())
+
+            def note(_name: str, _fields: dict[str, Any]) -> None:
+                noted.set()
+
+            self.runner.observers.append(note)
             while not self._takes_a_code():
                 noted.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.1):  # link and barrier changes make no note
                         await noted.wait()
+            self.runner.observers.remove(note)
             log.info(
                 "finite camera source starts: the lane can take a code",
                 extra={"lane": self.lane, "camera": self.source.name},
