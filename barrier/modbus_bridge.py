@@ -33,7 +33,7 @@ from pymodbus.pdu import ModbusPDU
 from barrier import gate as rules
 from barrier.device import DeviceEmulator
 from barrier.iomap import CoilDrive, IoMap, Target, observed_state
-from barrier.mqtt import Credentials
+from barrier.mqtt import Credentials, reraise_swallowed_cancel
 
 log = logging.getLogger("lane.barrier.modbus")
 
@@ -84,13 +84,20 @@ class ModbusIo:
         self.client.close()
 
     async def _call(self, request: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:
-        if not self.client.connected and not await self.client.connect():
-            raise IoError(f"io_controller: cannot connect to {self.where}")
+        if not self.client.connected:
+            connected = await self.client.connect()
+            reraise_swallowed_cancel()  # its wait_for may eat a cancel
+            if not connected:
+                raise IoError(f"io_controller: cannot connect to {self.where}")
         try:
             response = await request()
         except ModbusException as exc:
+            # pymodbus turns a cancellation into "Request cancelled outside pymodbus": a
+            # bridge being stopped must stop, not count it as a fault and poll on for ever.
+            reraise_swallowed_cancel()
             self.client.close()  # a fresh connection next time, not a half-dead one
             raise IoError(f"io_controller: {self.where}: {exc}") from exc
+        reraise_swallowed_cancel()
         if response.isError():
             code = getattr(response, "exception_code", 0)
             name = ExcCodes(code).name if code in set(ExcCodes) else f"code {code}"

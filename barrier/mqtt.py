@@ -98,7 +98,7 @@ class MqttLink:
                     self._closed.clear()
                     for topic, qos in self.subscriptions:
                         await client.subscribe(topic, qos)
-                    _reraise_swallowed_cancel()
+                    reraise_swallowed_cancel()
                     self.connected.set()
                     if not first:
                         self.reconnects += 1
@@ -111,7 +111,7 @@ class MqttLink:
                         await self._dispatch(message)
             except (aiomqtt.MqttError, LinkDown) as exc:
                 # LinkDown: a publish in on_connect met a connection that was already gone.
-                _reraise_swallowed_cancel()
+                reraise_swallowed_cancel()
                 log.warning(
                     "mqtt disconnected",
                     extra={"client": self.client_id, "error": str(exc), "retry_s": round(delay, 3)},
@@ -159,7 +159,7 @@ class MqttLink:
             raise LinkDown(f"publish to {topic} failed: {exc}") from exc
         # aiomqtt waits for the PUBACK with asyncio.wait_for, which on 3.11 can swallow a
         # cancel racing the ack; the caller's task would then run on after being cancelled.
-        _reraise_swallowed_cancel()
+        reraise_swallowed_cancel()
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
@@ -251,10 +251,12 @@ class LinkErrors(logging.Handler):
             self._on_new(self.error)
 
 
-def _reraise_swallowed_cancel() -> None:
+def reraise_swallowed_cancel() -> None:
     """Python 3.11's asyncio.wait_for (used inside aiomqtt) can turn a cancellation that
     races with a CONNACK, SUBACK or DISCONNECT into that packet's result; without this
-    check `run` would go on after being cancelled, and whoever awaits it would hang."""
+    check `run` would go on after being cancelled, and whoever awaits it would hang.
+    Call it after any library await that may lose a cancel (pymodbus turns one into an
+    exception of its own)."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError

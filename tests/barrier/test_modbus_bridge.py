@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -314,3 +315,25 @@ def test_lane_device_modbus_refuses_a_bad_map(
     err = capsys.readouterr().err
     assert "io.toml: drive: Value error, open_coil and close_coil must differ" in err
     assert "io.toml: inputs: Field required" in err
+
+
+async def test_a_request_in_flight_is_cancelled_not_turned_into_a_fault() -> None:
+    """pymodbus turns a cancel into its own exception; stopping the bridge mid-request must
+    still stop it (it hung a teardown, polling on), not record an I/O fault."""
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    silent.setblocking(False)
+    port = silent.getsockname()[1]
+    io = ModbusIo("127.0.0.1", port, io_map(controller={"timeout_s": 10}))
+    try:
+        read = asyncio.create_task(io.read())
+        loop = asyncio.get_running_loop()
+        conn, _ = await loop.sock_accept(silent)
+        assert await loop.sock_recv(conn, 12)  # the request is on the wire, its answer awaited
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(5):
+                await read
+        conn.close()
+    finally:
+        io.close()
+        silent.close()
