@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps browser-deps sim test lint bench clean
+.PHONY: setup system-deps browser-deps rtsp-deps sim test lint bench clean
 
 system-deps:
 	@missing=""; \
@@ -32,6 +32,16 @@ browser-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
+# The camera tests stream from Debian's GStreamer RTSP server, run by the system python3 (its
+# GObject bindings are Debian's): tests/scanner/gst_rtsp_camera.py.
+RTSP_PACKAGES := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+rtsp-deps:
+	@/usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); \
+	  from gi.repository import GstRtspServer' 2>/dev/null || { \
+	  echo "installing system packages: $(RTSP_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(RTSP_PACKAGES); }
+
 $(STAMP): pyproject.toml
 	$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ needed")'
 	[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
@@ -44,7 +54,7 @@ setup: system-deps $(STAMP)
 sim: setup
 	$(BIN)/lane sim $(ARGS)
 
-test: setup browser-deps
+test: setup browser-deps rtsp-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

@@ -105,7 +105,7 @@ class MqttLink:
                         rap = self.retain_as_published
                         options = SubscribeOptions(qos=qos, retainAsPublished=rap)
                         await client.subscribe(topic, options=options)
-                    _reraise_swallowed_cancel()
+                    reraise_swallowed_cancel()
                     self.connected.set()
                     if not first:
                         self.reconnects += 1
@@ -118,7 +118,7 @@ class MqttLink:
                         await self._dispatch(message)
             except (aiomqtt.MqttError, LinkDown) as exc:
                 # LinkDown: a publish in on_connect met a connection that was already gone.
-                _reraise_swallowed_cancel()
+                reraise_swallowed_cancel()
                 log.warning(
                     "mqtt disconnected",
                     extra={"client": self.client_id, "error": str(exc), "retry_s": round(delay, 3)},
@@ -166,7 +166,7 @@ class MqttLink:
             raise LinkDown(f"publish to {topic} failed: {exc}") from exc
         # aiomqtt waits for the PUBACK with asyncio.wait_for, which on 3.11 can swallow a
         # cancel racing the ack; the caller's task would then run on after being cancelled.
-        _reraise_swallowed_cancel()
+        reraise_swallowed_cancel()
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
@@ -237,10 +237,33 @@ class MqttLink:
             log.exception("mqtt handler failed", extra={"topic": incoming.topic})
 
 
-def _reraise_swallowed_cancel() -> None:
+class LinkErrors(logging.Handler):
+    """The error of a link's last failed attempt, which `MqttLink.run` only logs.
+
+    Attach to the "lane.mqtt" logger. `on_new` is called with each error that differs from the
+    one before, so a tool can say once why it cannot connect instead of repeating itself.
+    """
+
+    def __init__(self, on_new: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        self.error: str | None = None
+        self._on_new = on_new
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = getattr(record, "error", None)
+        if not error or str(error) == self.error:
+            return
+        self.error = str(error)
+        if self._on_new is not None:
+            self._on_new(self.error)
+
+
+def reraise_swallowed_cancel() -> None:
     """Python 3.11's asyncio.wait_for (used inside aiomqtt) can turn a cancellation that
     races with a CONNACK, SUBACK or DISCONNECT into that packet's result; without this
-    check `run` would go on after being cancelled, and whoever awaits it would hang."""
+    check `run` would go on after being cancelled, and whoever awaits it would hang.
+    Call it after any library await that may lose a cancel (pymodbus turns one into an
+    exception of its own)."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import secrets
 import ssl
@@ -31,7 +32,7 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
-from barrier.mqtt import Credentials, Incoming, MqttLink, tls_context
+from barrier.mqtt import Credentials, Incoming, LinkErrors, MqttLink, tls_context
 from barrier.wire import PayloadError, unpack
 
 HEX_PREFIX = 32
@@ -120,6 +121,16 @@ async def watch(
         tls=tls,
         session_expiry=0,
     )
+
+    def why(error: str) -> None:
+        print(f"lane watch: no connection to {host}:{port}: {error} (retrying)", file=sys.stderr)
+
+    # Say each new reason the broker cannot be reached once, instead of the link's bare
+    # "mqtt disconnected" warnings on every retry.
+    mqtt_log = logging.getLogger("lane.mqtt")
+    errors = LinkErrors(why)
+    mqtt_log.addHandler(errors)
+    propagate, mqtt_log.propagate = mqtt_log.propagate, False
     task = asyncio.create_task(link.run())
     try:
         try:
@@ -130,6 +141,8 @@ async def watch(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        mqtt_log.removeHandler(errors)
+        mqtt_log.propagate = propagate
 
 
 def format_line(msg: Incoming, lane: str, now: datetime) -> str:

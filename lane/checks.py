@@ -95,7 +95,7 @@ def _check_tariff(config: LaneConfig, path: Path, found: Findings) -> None:
     try:
         tariff = load_tariff(config.fares.tariff)
     except TariffError as exc:
-        found.problems.append(str(exc))
+        found.problems += str(exc).splitlines()  # every problem of the file, one per line
         return
     wanted = "toll" if config.lane.mode == "toll" else "transit"
     if tariff.kind != wanted:
@@ -146,6 +146,9 @@ def _check_settings(config: LaneConfig, path: Path, found: Findings) -> None:
             )
     if config.broker.password is not None and config.broker.username is None:
         found.problems.append(f"{path}: broker.password: set without broker.username")
+    placeholder = placeholder_password(config)
+    if placeholder is not None:
+        found.warnings.append(f"{path}: {placeholder}")
     if config.camera.source == "push":
         found.warnings.append(
             f"{path}: camera.source: 'push' is the simulator's camera; a lane needs a device "
@@ -155,6 +158,20 @@ def _check_settings(config: LaneConfig, path: Path, found: Findings) -> None:
         found.warnings.append(
             f"{path}: auth.hourly_limit_minor: 0 with offline_policy = 'floor' accepts nothing"
         )
+
+
+# The password the shipped example config carries: a lane must never run with it.
+PLACEHOLDER_PASSWORDS = frozenset({"change-this-password"})
+
+
+def placeholder_password(config: LaneConfig) -> str | None:
+    """What is wrong when the broker password is still the shipped placeholder, else None."""
+    if config.broker.password in PLACEHOLDER_PASSWORDS:
+        return (
+            f"broker.password: still the example's placeholder {config.broker.password!r}; "
+            "set the password of the controller user (see docs/operations.md)"
+        )
+    return None
 
 
 def check_config_main(argv: list[str]) -> int:
@@ -182,6 +199,7 @@ def check_config_main(argv: list[str]) -> int:
 
 def doctor_main(argv: list[str]) -> int:
     from lane.doctor import run_probes  # noqa: PLC0415 - the probes pull in OpenCV and MQTT
+    from scanner.native_log import capture_native_stderr  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="lane doctor",
@@ -198,9 +216,14 @@ def doctor_main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"FAIL config   {exc}".replace("\n", "\n              "))
         return 1
-    print(f"OK   config   {args.config} (lane {config.lane.id}, {config.lane.mode})")
-    # The probes' own adapters log their retries; the one-line verdicts are the output.
+    placeholder = placeholder_password(config)
+    status = "OK  " if placeholder is None else "WARN"
+    note = "" if placeholder is None else f": {placeholder}"
+    print(f"{status} config   {args.config} (lane {config.lane.id}, {config.lane.mode}){note}")
+    # The probes' own adapters log their retries, FFmpeg and OpenCV write to stderr: the
+    # one-line verdicts are the output (the camera's carries the reason itself).
     logging.basicConfig(level=logging.CRITICAL)
+    capture_native_stderr()
     results = asyncio.run(run_probes(config, args.timeout))
     for result in results:
         print(result.line())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 # subcommand -> (module, function, extra leading args, one-line help)
 COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
@@ -11,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
     "sim": ("sim.cli", "main", [], "run a simulated lane (add --headless for a report)"),
     "scan": ("scanner.cli", "main", [], "decode QR codes in image files"),
     "watch": ("barrier.watch", "main", [], "print a lane's MQTT traffic decoded"),
+    "device": ("barrier.device_cli", "main", [], "run the barrier and lane I/O side (--emulate)"),
     "ingest": ("uplink.cli", "main", [], "back-office ingest of uplink records"),
     "keys": ("lane.auth.cli", "main", ["keys"], "make issuer keys and key sets"),
     "token": ("lane.auth.cli", "main", ["token"], "issue offline tokens (tests, simulator)"),
@@ -28,9 +30,17 @@ COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
 
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = ["usage: lane COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: lane COMMAND [ARGS...] | lane --version", "", "commands:"]
     lines += [f"  {name:<{width}}  {spec[3]}" for name, spec in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def installed_version() -> str:
+    """The version of the installed distribution (the wheel, or the editable checkout)."""
+    try:
+        return version("lane")
+    except PackageNotFoundError:
+        return "unknown (not installed: run from a checkout without `pip install`)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        from lane.install import clashes  # noqa: PLC0415 - scans the environment: only here
+
+        print(f"lane {installed_version()}")
+        for line in clashes():
+            print(f"lane: warning: {line}", file=sys.stderr)
+        return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"lane: unknown command {name!r}\n\n{usage()}", file=sys.stderr)

@@ -6,7 +6,6 @@ No I/O happens in validation; `load_config` reads the file and reports every pro
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -17,10 +16,12 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyAddress,
-    ValidationError,
     field_validator,
     model_validator,
 )
+
+from lane.toml_model import read_toml, validate
+from scanner.health import CaptureSettings
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -87,6 +88,31 @@ class CameraSection(_Section):
     decoder: Literal["zxing", "pyzbar", "cascade"] = Field("cascade", description="QR decoder")
     workers: int = Field(2, ge=1, le=8, description="Decoder threads")
     dedup_window_s: PositiveSeconds = Field(3.0, description="Same code reported once within this")
+    rtsp_transport: Literal["tcp", "udp", "udp_multicast", "http"] = Field(
+        "tcp", description="How an rtsp:// camera sends its stream (a UDP-only one needs udp)"
+    )
+    open_timeout_s: PositiveSeconds = Field(
+        10.0, description="Open a stream and decode its first frame (covers a keyframe interval)"
+    )
+    blackout_s: PositiveSeconds = Field(
+        2.0, description="Once frames flow, no usable frame for this long is a blackout"
+    )
+    retry_max_s: PositiveSeconds = Field(
+        10.0, description="Longest wait between reopen attempts (a camera back is seen sooner)"
+    )
+
+    def capture(self) -> CaptureSettings:
+        return CaptureSettings(
+            self.rtsp_transport, self.open_timeout_s, self.blackout_s, self.retry_max_s
+        )
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _device_index(cls, value: object) -> object:
+        """`source = 0` (a bare V4L2 index, as people write it) means the string "0"."""
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return str(value)
+        return value
 
 
 Network = Literal["acquirer", "alipay", "wechatpay"]
@@ -218,26 +244,11 @@ class LaneConfig(_Section):
 
 
 def parse_config(data: dict[str, object], source: str = "<config>") -> LaneConfig:
-    try:
-        return LaneConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top)"
-            problems.append(f"{source}: {where}: {err['msg']}")
-        raise ConfigError("\n".join(problems)) from None
+    return validate(LaneConfig, data, source, ConfigError)
 
 
 def load_config(path: Path) -> LaneConfig:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    config = parse_config(data, str(path))
+    config = parse_config(read_toml(path, ConfigError), str(path))
     return _resolve_paths(config, path.parent)
 
 

@@ -62,6 +62,7 @@ from lane.runner import Clocks, LaneRunner
 from lane.verifier import TokenVerifier
 from scanner.decoders import make_decoder
 from scanner.health import SourceEvent
+from scanner.native_log import capture_native_stderr, release_native_stderr
 from scanner.pipeline import ScanPipeline, ScanResult
 from scanner.sources import FrameSource, open_source
 from uplink.forwarder import Forwarder
@@ -278,7 +279,7 @@ class LaneDaemon:
             on_record=lambda _r: self.forwarder.wake(),
         )
         self.runner.observers.append(self._publish_note)
-        self.source = source or open_source(config.camera.source)
+        self.source = source or open_source(config.camera.source, settings=config.camera.capture())
         self.pipeline: ScanPipeline | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.http: aiohttp.ClientSession | None = None
@@ -478,13 +479,49 @@ class LaneDaemon:
                 tg.create_task(guard(self._health_loop()), name="health")
                 tg.create_task(guard(self.ops.run()), name="ops")
                 tg.create_task(guard(self.health.run()), name="health-publisher")
-                self.pipeline.start(self._loop)
+                tg.create_task(guard(self._start_camera()), name="camera")
                 tg.create_task(self._until_stopped(stop), name="shutdown")
         except* Shutdown:
             pass
         finally:
             await self._close()
         log.info("lane stopped", extra={"lane": self.lane})
+
+    async def _start_camera(self) -> None:
+        """Start the scan pipeline; a finite source only once the lane can take a code.
+
+        An image folder or a video file is read once: a code read before the broker and the
+        barrier are there, or (toll) before a vehicle is at the pay point, would be refused or
+        ignored and never come again. A live camera starts at once: its frames are fleeting
+        anyway, and a code still in view is read again when the lane is ready.
+        """
+        assert self.pipeline is not None and self._loop is not None
+        if self.source.finite:
+            noted = asyncio.Event()  # a lane note (vehicle_arrived ...) may be the moment
+
+            def note(_name: str, _fields: dict[str, Any]) -> None:
+                noted.set()
+
+            self.runner.observers.append(note)
+            while not self._takes_a_code():
+                noted.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):  # link and barrier changes make no note
+                        await noted.wait()
+            self.runner.observers.remove(note)
+            log.info(
+                "finite camera source starts: the lane can take a code",
+                extra={"lane": self.lane, "camera": self.source.name},
+            )
+        self.pipeline.start(self._loop)
+
+    def _takes_a_code(self) -> bool:
+        needed = ("broker", "barrier")
+        if not all(c.ok for c in self.ops.readiness() if c.name in needed):
+            return False
+        # A toll lane serves the vehicle on the entry loop; a fare gate whoever shows a code.
+        wanted = "vehicle_present" if self.config.lane.mode == "toll" else "idle"
+        return phase(self.runner.state).value == wanted
 
     async def _offline_if_failed(self, work: Coroutine[Any, Any, None]) -> None:
         """Run one of the lane's tasks; if it fails, say offline before the lane ends.
@@ -686,7 +723,13 @@ def main(argv: list[str]) -> int:
             log.error("lane cannot start", extra={"lane": config.lane.id, "error": str(exc)})
             print(f"lane: cannot start: {exc}", file=sys.stderr)
             return 2
-        await daemon.run(stop)
+        # From here on FFmpeg's and OpenCV's stderr lines become JSON events; the lane's own
+        # words to the operator at start and exit (above) stay plain stderr.
+        capture_native_stderr()
+        try:
+            await daemon.run(stop)
+        finally:
+            release_native_stderr()
         return 0
 
     code: int = run_with_uvloop(serve)

@@ -18,19 +18,20 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
-import cv2
 
-from barrier.mqtt import Credentials, MqttLink
+from barrier.mqtt import Credentials, LinkErrors, MqttLink
 from lane.config import LaneConfig
 from lane.health import MIN_FREE_BYTES
-from scanner.health import SourceEvent, is_black
-from scanner.sources import Frame, open_source
+from lane.install import TOP_LEVEL, clashes
+from scanner.camera_net import redact, redact_text
+from scanner.health import CaptureSettings, SourceEvent, is_black
+from scanner.sources import DEFAULT_SETTINGS, Frame, open_source
 
 # The clock of a lane computer that boots with a dead RTC says 1970 or 2000: any time before
 # this software was built is certainly wrong (token validity and record times would be too).
@@ -51,24 +52,29 @@ class Probe:
 
 async def run_probes(config: LaneConfig, timeout_s: float = 5.0) -> list[Probe]:
     return [
-        await probe_camera(config.camera.source, timeout_s),
+        await probe_camera(config.camera.source, timeout_s, config.camera.capture()),
         await probe_broker(config, timeout_s),
         await probe_acquirer(config.auth.acquirer_url, timeout_s),
         await asyncio.to_thread(probe_disk, config.lane.data_dir, config.uplink.max_bytes),
         await asyncio.to_thread(probe_clock),
+        probe_install(),
     ]
 
 
 # --- camera -------------------------------------------------------------------------------------
 
 
-async def probe_camera(spec: str, timeout_s: float) -> Probe:
+async def probe_camera(
+    spec: str, timeout_s: float, settings: CaptureSettings = DEFAULT_SETTINGS
+) -> Probe:
     if spec == "push":
         return Probe("WARN", "camera", "source 'push' is the simulator's camera: nothing to probe")
-    cv2.utils.logging.setLogLevel(2)  # errors only: the verdict line says what went wrong
+    shown = redact(spec)  # never the password, not even here
     started = time.monotonic()
     found: queue.Queue[Frame | str] = queue.Queue()
-    source = open_source(spec)
+    # An open may take its whole open timeout: the probe waits for it, not less.
+    budget = max(timeout_s, settings.open_timeout_s + 1.0)
+    source = open_source(spec, settings=settings)
 
     def read_one() -> None:
         try:
@@ -77,8 +83,8 @@ async def probe_camera(spec: str, timeout_s: float) -> Probe:
                     found.put(item)
                     return
                 if isinstance(item, SourceEvent) and item.kind in CAMERA_FAILURES:
-                    # "cannot open; retry 1 in 0.5 s": the retry is the daemon's, not ours
-                    found.put(item.detail.split(";")[0] or item.kind)
+                    # "cannot open: <why>; retry 1 in 0.5 s": the retry is the daemon's
+                    found.put(item.detail.split("; retry")[0] or item.kind)
                     return
         except Exception as exc:  # a broken driver must give a verdict, not a traceback
             found.put(f"{exc.__class__.__name__}: {exc}")
@@ -86,34 +92,21 @@ async def probe_camera(spec: str, timeout_s: float) -> Probe:
     # A daemon thread: a capture stuck inside the driver must not keep the command from exiting.
     threading.Thread(target=read_one, name="doctor-camera", daemon=True).start()
     try:
-        got = await asyncio.to_thread(found.get, True, timeout_s)
+        got = await asyncio.to_thread(found.get, True, budget)
     except queue.Empty:
-        return Probe("FAIL", "camera", f"{spec}: no frame within {timeout_s:g} s")
+        return Probe("FAIL", "camera", f"{shown}: no frame within {budget:g} s")
     finally:
         source.close()
     ms = (time.monotonic() - started) * 1000
     if isinstance(got, str):
-        return Probe("FAIL", "camera", f"{spec}: {got}")
+        return Probe("FAIL", "camera", f"{shown}: {redact_text(got)}")
     h, w = got.image.shape[:2]
     if is_black(got.image):
-        return Probe("WARN", "camera", f"{spec}: {w}x{h} frame in {ms:.0f} ms, but it is black")
-    return Probe("OK", "camera", f"{spec}: {w}x{h} frame in {ms:.0f} ms")
+        return Probe("WARN", "camera", f"{shown}: {w}x{h} frame in {ms:.0f} ms, but it is black")
+    return Probe("OK", "camera", f"{shown}: {w}x{h} frame in {ms:.0f} ms")
 
 
 # --- broker -------------------------------------------------------------------------------------
-
-
-class _LastError(logging.Handler):
-    """Keeps the error of the MQTT link's last failed attempt, which it only logs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.error: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        error = getattr(record, "error", None)
-        if error:
-            self.error = str(error)
 
 
 async def probe_broker(config: LaneConfig, timeout_s: float) -> Probe:
@@ -134,7 +127,7 @@ async def probe_broker(config: LaneConfig, timeout_s: float) -> Probe:
         session_expiry=0,
         backoff_min=0.2,
     )
-    errors = _LastError()
+    errors = LinkErrors()
     mqtt_log = logging.getLogger("lane.mqtt")
     mqtt_log.addHandler(errors)
     task = asyncio.create_task(link.run())
@@ -265,3 +258,13 @@ def _timedatectl(tool: Runner) -> tuple[bool, str] | None:
         return None
     synced = out.strip() == "yes"
     return synced, "NTP synchronised" if synced else "NTP not synchronised"
+
+
+# --- install ------------------------------------------------------------------------------------
+
+
+def probe_install(owners: Mapping[str, Sequence[str]] | None = None) -> Probe:
+    found = clashes(owners)
+    if found:
+        return Probe("FAIL", "install", "; ".join(found))
+    return Probe("OK", "install", f"no other distribution provides {', '.join(TOP_LEVEL)}")

@@ -48,6 +48,8 @@ class ReadinessFacts:
     data_dir_writable: bool
     disk_free_bytes: int | None
     alarms: Mapping[str, str] = field(default_factory=dict)  # active alarms: code -> message
+    # A finite source (image folder, video file) that was read to its end: nothing is wrong.
+    camera_exhausted: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ def as_links(checks: Iterable[Check]) -> dict[str, bool]:
 
 
 def _camera(facts: ReadinessFacts) -> Check:
+    if facts.camera_exhausted:
+        return Check("camera", True, "source read to its end (image folder or video file)")
     if not facts.camera_running:
         return Check("camera", False, "scanner not running")
     blackout = facts.alarms.get("camera_blackout")

@@ -105,6 +105,7 @@ class LaneOps:
                 data_dir_writable=writable,
                 disk_free_bytes=free,
                 alarms=dict(d.runner.alarms),
+                camera_exhausted=d.source.exhausted,
             )
         )
 

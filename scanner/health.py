@@ -21,6 +21,26 @@ class SourceEvent:
     detail: str = ""
 
 
+RtspTransport = Literal["tcp", "udp", "udp_multicast", "http"]
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSettings:
+    """How a live camera is opened, watched and reopened ([camera] in lane.toml)."""
+
+    rtsp_transport: RtspTransport = "tcp"
+    # Connecting, negotiating and decoding the first frame (OpenCV decodes one while opening,
+    # so this must cover the camera's keyframe interval).
+    open_timeout_s: float = 10.0
+    # Once frames flow: no usable frame for this long is a blackout, and a read blocked this
+    # long fails (the stream is lost and reopened).
+    blackout_s: float = 2.0
+    # Full reopen attempts back off up to this; meanwhile the camera's port is probed every
+    # probe_s and a reopen is tried as soon as it answers again.
+    retry_max_s: float = 10.0
+    probe_s: float = 0.5
+
+
 def is_black(image: npt.NDArray[np.uint8], *, level: float = 16.0, spread: float = 6.0) -> bool:
     """A covered lens, a dead sensor or a blanked stream: dark and flat. Samples 1 pixel in 256."""
     sample = image[::16, ::16]
@@ -46,6 +66,12 @@ class BlackoutMonitor:
         self.out = False
         self._last_frame = now
         self._last_good = now
+
+    def opened(self, now: float) -> None:
+        """The stream just opened: the time spent opening it is not blindness. A blackout
+        already declared stays until a usable frame comes (which reports the recovery)."""
+        if not self.out:
+            self._last_good = self._last_frame = now
 
     def on_frame(self, now: float, black: bool) -> SourceEvent | None:
         self._last_frame = now

@@ -10,10 +10,12 @@ injected so tests step time by hand.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,7 +23,16 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from scanner.health import BlackoutMonitor, EventKind, SourceEvent, backoff_delay, is_black
+from scanner.camera_net import reachable, redact
+from scanner.diagnose import why_not_open
+from scanner.health import (
+    BlackoutMonitor,
+    CaptureSettings,
+    EventKind,
+    SourceEvent,
+    backoff_delay,
+    is_black,
+)
 
 log = logging.getLogger("lane.scanner")
 
@@ -44,6 +55,10 @@ Item = Frame | SourceEvent
 
 class FrameSource(Protocol):
     name: str
+    # A finite source (an image folder or a video file read once) runs out of frames; once it
+    # has, `exhausted` is True. A live camera is never finite.
+    finite: bool
+    exhausted: bool
 
     def stream(self) -> Iterator[Item]:
         """Frames and events until the source ends or close() is called. Blocks; one caller."""
@@ -64,25 +79,36 @@ class CaptureLike(Protocol):
     def release(self) -> None: ...
 
 
-def opencv_capture(target: int | str, timeout_ms: int = 5000) -> CaptureLike:
+# OpenCV's FFmpeg backend reads its demuxer options from this variable at each open.
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+DEFAULT_SETTINGS = CaptureSettings()
+
+
+def opencv_capture(target: int | str, settings: CaptureSettings = DEFAULT_SETTINGS) -> CaptureLike:
     """Open a device (V4L2), a stream (FFmpeg, with timeouts so a dead link fails instead of
     blocking the capture thread for good) or a file."""
     if isinstance(target, int):
         return cv2.VideoCapture(target, cv2.CAP_V4L2)
     if target.startswith(STREAM_SCHEMES):
+        # Without it OpenCV asks every RTSP camera for TCP; a UDP-only one never opens.
+        os.environ[FFMPEG_OPTIONS_ENV] = f"rtsp_transport;{settings.rtsp_transport}"
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-            max(timeout_ms, 1000),
+            int(settings.open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-            timeout_ms,
+            max(500, int(settings.blackout_s * 1000)),
         ]
         return cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
     return cv2.VideoCapture(target)
 
 
 class _SourceBase:
+    finite = False
+
     def __init__(self, name: str, clock: Clock, sleep: Sleep | None, blackout_after_s: float):
         self.name = name
+        self.exhausted = False
+        self.failure: str | None = None  # why the last open failed, until one succeeds
         self._clock = clock
         self._closed = threading.Event()
         # Waiting on the close event means close() cuts a backoff or a pacing pause short.
@@ -120,11 +146,18 @@ class _SourceBase:
     def _tick(self) -> Iterator[Item]:
         change = self._monitor.tick(self._clock())
         if change is not None:
-            yield self._event(change.kind, change.detail)
+            # The blackout is what raises the lane's alarm: it carries why, when known.
+            why = f" ({self.failure})" if self.failure else ""
+            yield self._event(change.kind, change.detail + why)
 
 
 class CaptureSource(_SourceBase):
-    """OpenCV capture: camera index, stream URL (live: reconnects) or video file (ends/loops)."""
+    """OpenCV capture: camera index, stream URL (live: reconnects) or video file (ends/loops).
+
+    `probe` says cheaply whether the camera can be reached (None: no cheap test); while waiting
+    to reopen, it is asked every `probe_s` and a camera that comes back is reopened at once.
+    `diagnose` says why an open failed (OpenCV only says that it did).
+    """
 
     def __init__(
         self,
@@ -136,19 +169,25 @@ class CaptureSource(_SourceBase):
         clock: Clock = time.monotonic,
         sleep: Sleep | None = None,
         open_capture: Callable[[int | str], CaptureLike] | None = None,
-        blackout_after_s: float = 2.0,
+        settings: CaptureSettings = DEFAULT_SETTINGS,
+        probe: Callable[[], bool | None] | None = None,
+        diagnose: Callable[[], str] | None = None,
+        blackout_after_s: float | None = None,
         backoff_base_s: float = 0.5,
-        backoff_cap_s: float = 10.0,
     ) -> None:
-        super().__init__(str(target), clock, sleep, blackout_after_s)
+        blackout = settings.blackout_s if blackout_after_s is None else blackout_after_s
+        # Shown everywhere (events, logs, doctor); the password stays in `target` only.
+        super().__init__(redact(target), clock, sleep, blackout)
         self.target = target
         self.live = live
         self.loop = loop
         self.fps = fps
-        # A stalled stream should fail its read about when the blackout is due, not later.
-        timeout_ms = max(500, int(blackout_after_s * 1000))
-        self._open_capture = open_capture or (lambda t: opencv_capture(t, timeout_ms))
-        self._backoff = (backoff_base_s, backoff_cap_s)
+        self.finite = not live and not loop
+        self.settings = settings
+        self._open_capture = open_capture or (lambda t: opencv_capture(t, settings))
+        self._probe = probe
+        self._diagnose = diagnose
+        self._backoff = (backoff_base_s, settings.retry_max_s)
         self.reconnects = 0
 
     def stream(self) -> Iterator[Item]:
@@ -159,17 +198,22 @@ class CaptureSource(_SourceBase):
             cap = self._open_capture(self.target)
             if not cap.isOpened():
                 cap.release()
+                why = "cannot open"
+                if self._diagnose is not None:
+                    why = f"cannot open: {self._diagnose()}"
+                self.failure = why
                 if not self.live:
-                    yield self._event("error", f"cannot open {self.target}")
+                    yield self._event("error", f"{why} {self.name}")
                     yield self._event("ended")
                     return
-                yield from self._wait_to_reconnect(failures, "cannot open")
+                yield from self._wait_to_reconnect(failures, why)
                 failures += 1
                 continue
             if opened_before:
                 self.reconnects += 1
-            opened_before, failures = True, 0
-            yield self._event("opened", str(self.target))
+            opened_before, failures, self.failure = True, 0, None
+            self._monitor.opened(self._clock())
+            yield self._event("opened", self.name)
             try:
                 yield from self._read_all(cap)
             finally:
@@ -179,6 +223,7 @@ class CaptureSource(_SourceBase):
             if not self.live:
                 if self.loop:
                     continue
+                self.exhausted = True
                 yield self._event("ended", "end of file")
                 return
             yield self._event("lost", "stream stopped delivering frames")
@@ -201,10 +246,29 @@ class CaptureSource(_SourceBase):
 
     def _wait_to_reconnect(self, attempt: int, why: str) -> Iterator[Item]:
         delay = backoff_delay(attempt, base=self._backoff[0], cap=self._backoff[1])
+        # Down now? Only a camera that was unreachable and answers again cuts the wait short:
+        # one that answers but will not stream keeps its backoff.
+        was_down = self._probe is not None and self._probe() is False
         yield from self._tick()
         yield self._event("reconnecting", f"{why}; retry {attempt + 1} in {delay:.1f} s")
-        self._sleep(delay)
-        yield from self._tick()
+        if self._probe is None:
+            self._sleep(delay)
+            yield from self._tick()
+            return
+        # Wait out the backoff, but look (cheaply) whether the camera is back meanwhile: a
+        # full open every probe_s would hammer a dead camera, a full backoff recover late.
+        waited = 0.0
+        while waited < delay and not self.closed:
+            step = min(self.settings.probe_s, delay - waited)
+            self._sleep(step)
+            waited += step
+            yield from self._tick()
+            up = self._probe()
+            if up is False:
+                was_down = True
+            elif up and was_down:
+                log.info("camera answers again: reopening", extra={"source": self.name})
+                return
 
 
 class ImageFolderSource(_SourceBase):
@@ -224,6 +288,7 @@ class ImageFolderSource(_SourceBase):
         self.folder = Path(folder)
         self.loop = loop
         self.fps = fps
+        self.finite = not loop
 
     def stream(self) -> Iterator[Item]:
         self._start_watch()
@@ -248,6 +313,7 @@ class ImageFolderSource(_SourceBase):
                     self._sleep(1.0 / self.fps)
             if not self.loop or delivered == 0:
                 break
+        self.exhausted = not self.closed
         yield self._event("ended", "closed" if self.closed else "end of folder")
 
 
@@ -321,23 +387,31 @@ def open_source(
     sleep: Sleep | None = None,
     loop: bool = False,
     fps: float | None = None,
-    blackout_after_s: float = 2.0,
+    settings: CaptureSettings = DEFAULT_SETTINGS,
 ) -> FrameSource:
     """Pick a source by spec: "push", "0" (V4L2 device), "rtsp://..." (or http, rtmp ...),
     "dir/" (image folder), anything else a video file."""
+    blackout = settings.blackout_s
     if spec == "push":
-        return PushSource(clock=clock, blackout_after_s=blackout_after_s)
-    if spec.isdigit():
+        return PushSource(clock=clock, blackout_after_s=blackout)
+    if spec.isdigit() or spec.startswith(STREAM_SCHEMES):
+        target: int | str = int(spec) if spec.isdigit() else spec
+        diagnose = None  # a V4L2 device has nobody to ask
+        if isinstance(target, str):
+            transport, timeout = settings.rtsp_transport, settings.open_timeout_s
+            diagnose = partial(why_not_open, target, transport, timeout)
         return CaptureSource(
-            int(spec), live=True, clock=clock, sleep=sleep, blackout_after_s=blackout_after_s
-        )
-    if spec.startswith(STREAM_SCHEMES):
-        return CaptureSource(
-            spec, live=True, clock=clock, sleep=sleep, blackout_after_s=blackout_after_s
+            target,
+            live=True,
+            clock=clock,
+            sleep=sleep,
+            settings=settings,
+            probe=lambda: reachable(target),
+            diagnose=diagnose,
         )
     if spec.endswith("/") or Path(spec).is_dir():
         return ImageFolderSource(
-            spec, loop=loop, fps=fps, clock=clock, sleep=sleep, blackout_after_s=blackout_after_s
+            spec, loop=loop, fps=fps, clock=clock, sleep=sleep, blackout_after_s=blackout
         )
     return CaptureSource(
         spec,
@@ -346,5 +420,6 @@ def open_source(
         fps=fps,
         clock=clock,
         sleep=sleep,
-        blackout_after_s=blackout_after_s,
+        settings=settings,
+        diagnose=lambda: "no such file" if not Path(spec).exists() else "not a readable video",
     )

@@ -24,7 +24,14 @@ from lane.daemon import install_signal_handlers, run_with_uvloop
 from lane.log import setup_logging
 from sim.dashboard import Dashboard
 from sim.faults import play_timeline
-from sim.harness import SimOptions, Simulator, options_for, run_headless, run_scenario
+from sim.harness import (
+    SimOptions,
+    Simulator,
+    options_for,
+    run_headless,
+    run_scenario,
+    where_line,
+)
 from sim.scenario import Scenario, ScenarioError, load_scenario, shipped
 
 log = logging.getLogger("lane.sim")
@@ -58,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
         "--users", type=Path, help="console user file (lane console adduser); else read-only"
     )
     p.add_argument("--workdir", type=Path, help="keep the lanes' files here (default: a temp dir)")
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        help="headless: seconds between progress lines",
+    )
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -115,14 +128,20 @@ def build_options(args: argparse.Namespace, scenario: Scenario | None) -> SimOpt
     return dataclasses.replace(base, **changes)
 
 
+def say(line: str) -> None:
+    """Progress for the person at the terminal: stderr, so stdout stays the JSON report."""
+    print(f"lane sim: {line}", file=sys.stderr, flush=True)
+
+
 def _headless(args: argparse.Namespace, options: SimOptions, scenario: Scenario | None) -> int:
+    every = args.progress_every
     if scenario is not None:
         report: dict[str, Any] = run_with_uvloop(
-            lambda: run_scenario(scenario, options, args.vehicles)
+            lambda: run_scenario(scenario, options, args.vehicles, say, every)
         )
     else:
         n = 200 if args.vehicles is None else args.vehicles
-        report = run_with_uvloop(lambda: run_headless(n, options))
+        report = run_with_uvloop(lambda: run_headless(n, options, say, every))
     text = json.dumps(report, indent=2)
     print(text)
     if args.report:
@@ -155,6 +174,7 @@ async def _interactive(
         return 2
     lanes = ", ".join(lane.lane_id for lane in sim.lanes)
     print(f"lane sim: dashboard at {url}", flush=True)
+    say(where_line(sim))
     print(
         f"lane sim: {options.mode} lanes {lanes}, speed {options.speed:g}x"
         + (f", scenario {scenario.name}" if scenario else "")

@@ -22,6 +22,7 @@ import logging
 import random
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,11 +314,50 @@ def _arrivals(mix: Mix, seed: int, chunk: int = 200) -> Any:
         batch += 1
 
 
-async def run_headless(n: int, options: SimOptions) -> dict[str, Any]:
+Say = Callable[[str], None]
+
+
+def where_line(sim: Simulator) -> str:
+    """Where to watch a running simulator from another terminal."""
+    assert sim.broker is not None
+    host, port = sim.broker.host, sim.broker.port
+    lane = sim.lanes[0].lane_id
+    return f"broker at {host}:{port} (watch: lane watch --broker {host}:{port} --lane {lane})"
+
+
+@contextlib.asynccontextmanager
+async def progress(sim: Simulator, say: Say | None, every_s: float) -> AsyncIterator[None]:
+    """Say where the broker is, then one progress line every `every_s` (wall) seconds."""
+    if say is None:
+        yield
+        return
+    say(where_line(sim))
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            served = sum(len(lane.records_written) for lane in sim.lanes)
+            say(
+                f"t={sim.sim_time():.0f} s simulated: {sim.arrivals} vehicles arrived, "
+                f"{served} records written, {sim.backoffice.stats.records} ingested"
+            )
+
+    task = asyncio.create_task(loop(), name="progress")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def run_headless(
+    n: int, options: SimOptions, say: Say | None = None, every_s: float = 10.0
+) -> dict[str, Any]:
     sim = Simulator(options)
     await sim.start()
     try:
-        await sim.drive(plan(n, options.seed, options.mix))
+        async with progress(sim, say, every_s):
+            await sim.drive(plan(n, options.seed, options.mix))
         await sim.settle()
         return sim.report()
     finally:
@@ -339,7 +379,11 @@ def options_for(scenario: Scenario, base: SimOptions) -> SimOptions:
 
 
 async def run_scenario(
-    scenario: Scenario, options: SimOptions, vehicles: int | None = None
+    scenario: Scenario,
+    options: SimOptions,
+    vehicles: int | None = None,
+    say: Say | None = None,
+    every_s: float = 10.0,
 ) -> dict[str, Any]:
     """Play a scenario to its end (duration or vehicle count) and return the report.
 
@@ -352,7 +396,8 @@ async def run_scenario(
     )
     try:
         duration = scenario.duration_s if scenario.duration_s is not None else float("inf")
-        await sim.drive_for(duration, sim.options.mix, vehicles or scenario.vehicles)
+        async with progress(sim, say, every_s):
+            await sim.drive_for(duration, sim.options.mix, vehicles or scenario.vehicles)
         # Faults still to be cleared are cleared before the end (a back office comes back).
         timeline.cancel()
         for active in list(sim.faults.active.values()):

@@ -58,7 +58,9 @@ def positive(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lane ingest", description=__doc__.splitlines()[0])
-    p.add_argument("--broker", type=parse_broker, required=True, help="MQTT broker HOST:PORT")
+    p.add_argument(
+        "--broker", type=parse_broker, help="MQTT broker HOST:PORT (not needed with --report)"
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--db", default="ingest.sqlite", help="SQLite store file (default)")
     where.add_argument("--dsn", help="PostgreSQL DSN (psycopg 3), instead of --db")
@@ -89,8 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def open_store(args: argparse.Namespace) -> IngestStore:
     if args.dsn:
-        # psycopg is imported only when PostgreSQL is used.
-        from uplink.pg import PostgresIngestStore  # noqa: PLC0415
+        # psycopg is imported only when PostgreSQL is used: it is the optional [pg] extra.
+        try:
+            from uplink.pg import PostgresIngestStore  # noqa: PLC0415
+        except ModuleNotFoundError as exc:
+            if exc.name != "psycopg":
+                raise
+            raise IngestStoreError(
+                "--dsn needs psycopg, which is not installed: pip install 'lane[pg]' "
+                "(or the wheel as 'lane-<version>-py3-none-any.whl[pg]')"
+            ) from None
 
         store: IngestStore = PostgresIngestStore(
             args.dsn, schema=args.schema, lock_timeout_s=args.lock_timeout
@@ -212,7 +222,10 @@ async def _stats(ingest: Ingest, every: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `lane ingest`; argv excludes the subcommand name."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.broker is None and not args.report:
+        parser.error("--broker HOST:PORT is needed (only --report works without a broker)")
     setup_logging(args.log_level.upper(), worker=args.workers_name)
     if args.report:
         try:
@@ -226,4 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             store.close()
         return 0
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(args))
+        try:
+            return runner.run(serve(args))
+        except IngestStoreError as exc:  # not a refused connection: retrying cannot help
+            print(f"lane ingest: cannot open the store: {exc}", file=sys.stderr)
+            return 1

@@ -87,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         help="a compact v2 token (QR version 5-L; the key set binds the key to its issuer)",
     )
     issue.add_argument("--account", required=True)
-    issue.add_argument("--ttl", type=int, default=60, help="seconds of validity (default 60)")
+    issue.add_argument(
+        "--ttl", type=int, default=60, help="seconds of validity (default 60: a phone's code)"
+    )
     issue.add_argument("--iat", type=int, help="issued-at, unix seconds (default: now)")
     issue.add_argument("--png", type=Path, help="also write the QR code to this image")
     issue.set_defaults(run=_token_issue)
@@ -195,6 +197,11 @@ def _token_issue(args: argparse.Namespace) -> int:
     if args.png is not None:
         write_qr_png(text, args.png)
     print(text)
+    # On stderr, so scripts that take the token from stdout are unaffected.
+    print(
+        f"valid {args.ttl} s, until {rfc3339(iat + args.ttl)} (--ttl to change)",
+        file=sys.stderr,
+    )
     return 0
 
 

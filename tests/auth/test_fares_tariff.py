@@ -155,3 +155,40 @@ def test_file_errors(tmp_path: Path) -> None:
     path.write_text(FLAT.replace("2 = 820", "2 = 8.20"))
     with pytest.raises(TariffError, match=rf"{path}: toll\.fares\.2: must be an integer"):
         load_tariff(path)
+
+
+def test_every_problem_of_a_tariff_is_listed_at_once() -> None:
+    """A bad currency, an unknown key, a bad class and two bad fares: one run lists all five,
+    layer after layer, instead of one per run."""
+    text = """
+currency = "euro"
+colour = "blue"
+[classes]
+1 = "Car"
+x = "Van"
+[toll]
+mode = "flat"
+[toll.fares]
+1 = 2.90
+7 = 100
+"""
+    with pytest.raises(TariffError) as info:
+        tariff_of(text)
+    keys = [p.key for p in info.value.problems]
+    assert keys == ["colour", "currency", "classes.x", "toll.fares.1", "toll.fares.7"]
+    lines = str(info.value).splitlines()
+    assert len(lines) == 5 and all(line.startswith("tariff.toml: ") for line in lines)
+    assert info.value.key == "colour"  # the first one, for callers that show only one
+
+
+def test_check_config_lists_every_tariff_problem(tmp_path: Path) -> None:
+    from lane.checks import check_config  # noqa: PLC0415
+
+    (tmp_path / "tariff.toml").write_text(
+        FLAT.replace('currency = "EUR"', 'currency = "eur"').replace("2 = 820", "2 = -1")
+    )
+    (tmp_path / "lane.toml").write_text('[fares]\ntariff = "tariff.toml"\n')
+    found = check_config(tmp_path / "lane.toml")
+    tariff_lines = [p for p in found.problems if "tariff.toml" in p]
+    assert len(tariff_lines) == 2
+    assert "currency" in tariff_lines[0] and "toll.fares.2" in tariff_lines[1]

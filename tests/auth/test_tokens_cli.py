@@ -63,12 +63,14 @@ def test_issue_png_scan_and_verify(
 ) -> None:
     run(["keys", "new", "--kid", "k1", "--alg", alg, "--out", str(tmp_path)], capsys)
     png = tmp_path / "token.png"
-    code, out, _ = run(
+    code, out, err = run(
         ["token", "issue", "--key", str(tmp_path / "k1.key.pem"), "--kid", "k1",
          "--issuer", "wallet.example", "--account", "acct-9", "--ttl", "30", "--png", str(png)],
         capsys,
     )  # fmt: skip
     assert code == 0
+    # The lifetime is stated (on stderr: stdout is the token alone, for scripts).
+    assert err.startswith("valid 30 s, until 20") and "--ttl" in err
     text = out.strip()
     assert text.startswith("LT1:")
     # Read back with the format set the lane scanner uses (QR Model 2 only).

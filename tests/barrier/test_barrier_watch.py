@@ -9,9 +9,9 @@ import pytest
 from barrier import topics
 from barrier.messages import BarrierStatus, LaneStatus
 from barrier.mqtt import Incoming, MqttLink
-from barrier.watch import format_line, main
+from barrier.watch import format_line, main, watch
 from barrier.wire import pack
-from sim.broker import Mosquitto
+from sim.broker import Mosquitto, free_port
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -88,3 +88,25 @@ def test_format_line_shows_command_properties_and_checks_the_schema() -> None:
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert capsys.readouterr().err
+
+
+async def test_watch_on_a_wrong_port_says_why_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """Nobody listens on the port: the reason is printed, once, not a bare 'disconnected'."""
+    port = free_port()
+    task = asyncio.create_task(watch("127.0.0.1", port, "p01/l01", 1))
+    err = ""
+    try:
+        async with asyncio.timeout(10):
+            while "waiting for the broker" not in err:
+                await asyncio.sleep(0.05)
+                err += capsys.readouterr().err
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    lines = err.splitlines()
+    reasons = [
+        ln for ln in lines if ln.startswith(f"lane watch: no connection to 127.0.0.1:{port}")
+    ]
+    assert len(reasons) == 1, lines  # several retries, one line
+    assert "Connection refused" in reasons[0] and reasons[0].endswith("(retrying)")
+    assert not any("mqtt disconnected" in ln for ln in lines)

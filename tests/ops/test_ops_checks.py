@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from lane.checks import check_config, check_config_main
-from lane.config import parse_config
+from lane.config import ConfigError, parse_config
 from lane.doctor import probe_acquirer, probe_broker, probe_camera, probe_clock, probe_disk
 from sim.acquirer import AcquirerServer
 from sim.broker import Mosquitto, free_port
@@ -32,6 +32,8 @@ NOW = 1_795_000_000.0  # 2026-11-18, a fixed "now" for the key set checks
 def lane_dir(tmp_path: Path) -> Path:
     """The shipped example config with the shipped tariff and a fresh key set: all good."""
     shutil.copy(DEPLOY / "lane.toml.example", tmp_path / "lane.toml")
+    edit(tmp_path / "lane.toml", '"tariff.example.toml"', '"tariff.toml"')
+    edit(tmp_path / "lane.toml", '"keyset.example.json"', '"keyset.json"')
     shutil.copy(DEPLOY / "tariff.example.toml", tmp_path / "tariff.toml")
     CodeFactory(1).write_keyset(tmp_path / "keyset.json", int(NOW) - 3600)
     return tmp_path
@@ -41,6 +43,22 @@ def edit(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, old
     path.write_text(text.replace(old, new, 1))
+
+
+def test_the_example_config_passes_in_place(capsys: pytest.CaptureFixture[str]) -> None:
+    """`lane check-config deploy/lane.toml.example`, as shipped, with nothing copied."""
+    found = check_config(DEPLOY / "lane.toml.example")
+    assert found.problems == []
+    assert check_config_main([str(DEPLOY / "lane.toml.example")]) == 0
+    assert capsys.readouterr().out.strip().endswith("lane.toml.example: OK")
+
+
+def test_a_bare_device_index_is_a_camera_source() -> None:
+    """`source = 0` (an integer, as the README's V4L2 index reads) is the device "0"."""
+    assert parse_config({"camera": {"source": 0}}).camera.source == "0"
+    assert parse_config({"camera": {"source": "rtsp://cam/1"}}).camera.source == "rtsp://cam/1"
+    with pytest.raises(ConfigError, match=r"camera\.source"):
+        parse_config({"camera": {"source": True}})
 
 
 def test_the_example_config_is_valid(lane_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -282,7 +300,7 @@ def test_doctor_command(mosquitto: Mosquitto, frames: Path, tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     assert [line.split()[:2] for line in lines] == [
         ["OK", "config"], ["OK", "camera"], ["OK", "broker"], ["WARN", "acquirer"],
-        ["OK", "disk"], ["OK", "clock"],
+        ["OK", "disk"], ["OK", "clock"], ["OK", "install"],
     ]  # fmt: skip
     conf.write_text(conf.read_text().replace(f"port = {mosquitto.port}", f"port = {free_port()}"))
     done = doctor()
@@ -312,3 +330,24 @@ def test_the_example_config_documents_every_setting() -> None:
         model = info.default_factory()  # type: ignore[misc,call-arg]
         for key in type(model).model_fields:
             assert re.search(rf"^(# )?{key} = ", bodies[name], re.MULTILINE), f"[{name}] {key}"
+
+
+def test_the_placeholder_password_is_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    found = check_config(DEPLOY / "lane.toml.example")
+    assert any("broker.password: still the example's placeholder" in w for w in found.warnings)
+    conf = tmp_path / "lane.toml"
+    conf.write_text(
+        f'[lane]\ndata_dir = "{tmp_path}"\n[camera]\nsource = "push"\n'
+        f'[broker]\nport = {free_port()}\nusername = "controller"\n'
+        'password = "change-this-password"\n'
+    )
+    from lane.checks import doctor_main  # noqa: PLC0415
+
+    doctor_main(["--config", str(conf), "--timeout", "1"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("WARN config") and "placeholder 'change-this-password'" in first
+    conf.write_text(conf.read_text().replace("change-this-password", "s3cret-of-this-lane"))
+    doctor_main(["--config", str(conf), "--timeout", "1"])
+    assert capsys.readouterr().out.startswith("OK   config")

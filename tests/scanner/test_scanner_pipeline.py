@@ -53,8 +53,13 @@ class AfterFirstFrame:
 
     def __init__(self, inner: ImageFolderSource, busy: threading.Event) -> None:
         self.name = inner.name
+        self.finite = inner.finite
         self._inner = inner
         self._busy = busy
+
+    @property
+    def exhausted(self) -> bool:
+        return self._inner.exhausted
 
     def stream(self) -> Iterator[Item]:
         for item in self._inner.stream():

@@ -185,7 +185,9 @@ def test_live_stream_reconnects_with_backoff_and_reports_blackout() -> None:
     assert source.reconnects == 1
     assert all(c.released for c in opened)
     blackout = items[7]
-    assert isinstance(blackout, SourceEvent) and blackout.detail == "no frames for 1.5 s"
+    assert (
+        isinstance(blackout, SourceEvent) and blackout.detail == "no frames for 1.5 s (cannot open)"
+    )
 
 
 def test_refused_rtsp_stream_keeps_retrying() -> None:
@@ -195,7 +197,12 @@ def test_refused_rtsp_stream_keeps_retrying() -> None:
     first = list(itertools.islice(items, 3))
     source.close()
     assert kinds(first) == ["reconnecting", "reconnecting", "reconnecting"]
-    assert clock.sleeps == [0.5, 1.0]  # the third wait starts after its event
+    # The backoff (0.5, then 1.0 s) is waited out in probe steps of 0.5 s; the third wait
+    # starts after its event.
+    assert clock.sleeps == [0.5, 0.5, 0.5]
+    # The real reason, not OpenCV's bare "cannot open".
+    detail = first[0].detail  # type: ignore[union-attr]
+    assert detail.startswith("cannot open: 127.0.0.1:9: connection refused")
 
 
 @pytest.mark.parametrize(
@@ -229,3 +236,14 @@ def test_black_detection_and_monitor() -> None:
 def test_backoff_doubles_up_to_a_cap() -> None:
     assert [backoff_delay(a) for a in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert backoff_delay(10_000) == 10.0
+
+
+def test_the_time_an_open_takes_is_not_blindness() -> None:
+    monitor = BlackoutMonitor("cam", 0.0, after_s=2.0)
+    monitor.opened(5.0)  # a slow open (a long keyframe interval): the clock starts again here
+    assert monitor.tick(6.0) is None
+    assert monitor.tick(7.5) is not None  # 2.5 s after the open, still nothing: a blackout
+    monitor.opened(9.0)  # a blackout already declared stays until a usable frame
+    assert monitor.out
+    recovered = monitor.on_frame(9.1, black=False)
+    assert recovered is not None and recovered.kind == "recovered"

@@ -6,6 +6,7 @@ Runs are short and fast (speed 20, small clear frames): each takes a few seconds
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -107,10 +108,18 @@ def test_the_cli_runs_a_transit_scenario_file_headless(
     out = tmp_path / "report.json"
     argv = ["--headless", "--scenario", str(scenario), "--speed", "20", "--fps", "20"]
     code = sim_main(
-        [*argv, "--conditions", "clear", "--report", str(out), "--workdir", str(tmp_path / "w")]
-    )
-    printed = json.loads(capsys.readouterr().out)
+        [*argv, "--conditions", "clear", "--report", str(out), "--workdir", str(tmp_path / "w"),
+         "--progress-every", "0.5"]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     assert code == 0
+    # The broker's port (to watch the run) and progress lines go to stderr, not the report.
+    progress = captured.err.splitlines()
+    assert re.match(r"lane sim: broker at 127\.0\.0\.1:\d+ \(watch: lane watch ", progress[0])
+    assert any(
+        re.match(r"lane sim: t=\d+ s simulated: \d+ vehicles arrived", ln) for ln in progress
+    )
     assert json.loads(out.read_text()) == printed
     assert printed["mode"] == "transit-entry" and printed["scenario"] == "gate"
     assert printed["vehicles"] == 6 and printed["passed"] == 6

@@ -108,7 +108,7 @@ def test_report_lists_epochs_gaps_and_conflicts(
     store.store_batch("p09/l04", QueueIdentity("epoch-2"), recs(1, 2, tag="n"), 2)
     conflict = store.store_batch("p09/l04", Q, recs(2, 2, amount=1), 3).conflicts[0]
     store.close()
-    assert main(["--broker", "127.0.0.1:1883", "--db", str(db), "--report"]) == 0
+    assert main(["--db", str(db), "--report"]) == 0  # a report needs no broker
     out = capsys.readouterr().out
     assert "p09/l04\tcount=8\tepochs=2" in out
     assert "epoch=epoch-1\tbase=0\tcontiguous=3\tmax_seq=9\tgaps=4-6" in out
@@ -230,3 +230,22 @@ async def test_metrics_raise_and_clear_the_conflict_alarm(
 
 def test_every_ingest_counter_has_its_help() -> None:
     assert set(HELP) == {f.name for f in fields(IngestStats)}
+
+
+def test_without_a_broker_only_report_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--db", "ingest.sqlite"])
+    assert exit_.value.code == 2
+    assert "--broker HOST:PORT is needed" in capsys.readouterr().err
+
+
+def test_dsn_without_the_pg_extra_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wheel installed without [pg]: psycopg cannot be imported."""
+    monkeypatch.delitem(sys.modules, "uplink.pg", raising=False)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg -> ModuleNotFoundError
+    code = main(["--broker", "127.0.0.1:1", "--dsn", "host=127.0.0.1 port=1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "needs psycopg, which is not installed" in err and "lane[pg]" in err
