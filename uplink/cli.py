@@ -239,8 +239,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             store.close()
         return 0
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        try:
-            return runner.run(serve(args))
-        except IngestStoreError as exc:  # not a refused connection: retrying cannot help
-            print(f"lane ingest: cannot open the store: {exc}", file=sys.stderr)
-            return 1
+        return runner.run(serve(args))

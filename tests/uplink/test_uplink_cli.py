@@ -247,5 +247,6 @@ def test_dsn_without_the_pg_extra_says_how_to_install_it(
     monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg -> ModuleNotFoundError
     code = main(["--broker", "127.0.0.1:1", "--dsn", "host=127.0.0.1 port=1"])
     assert code == 1
-    err = capsys.readouterr().err
-    assert "needs psycopg, which is not installed" in err and "lane[pg]" in err
+    said = capsys.readouterr()
+    line = said.out + said.err  # one structured log line: "ingest cannot open the store"
+    assert "needs psycopg, which is not installed" in line and "lane[pg]" in line
