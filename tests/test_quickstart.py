@@ -80,7 +80,12 @@ def test_the_quickstart_serves_one_vehicle(tmp_path: Path, broker: Mosquitto) ->
             elif command == REPORT:
                 wait_served(serving)
                 report = poll_report(argv, cwd, env, serving)
-                assert re.fullmatch(r"p01/l01\tcount=1\tcontiguous=1\tgaps=none\n", report)
+                assert re.fullmatch(
+                    r"p01/l01\tcount=1\tepochs=1\n"
+                    r"  epoch=[0-9a-f-]{36}\tbase=0\tcontiguous=1\tmax_seq=1\tgaps=none\n"
+                    r"conflicts=0\n",
+                    report,
+                )
             else:
                 done = subprocess.run(
                     argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
