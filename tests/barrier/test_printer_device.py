@@ -16,16 +16,16 @@ from barrier import topics
 from barrier.escpos import Ticket, encode_ticket
 from barrier.link import BarrierLink
 from barrier.mqtt import Incoming, MqttLink
-from barrier.wire import pack
 from barrier.peripherals import (
     PlateReading,
     PrintAck,
+    PrintError,
     PrinterState,
     PrinterStatus,
-    PrintError,
     PrintJob,
 )
 from barrier.printer import PrinterEmulator, render_ticket
+from barrier.wire import pack
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.passes import EntryPass, PassAccepted, verify_pass
