@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 import pytest
+from test_barrier_deploy import acl_broker, creds, needs_passwd
 
 from barrier import topics
 from barrier.escpos import Ticket, encode_ticket
 from barrier.link import BarrierLink
-from barrier.mqtt import Incoming, MqttLink
+from barrier.mqtt import Credentials, Incoming, MqttLink
 from barrier.peripherals import (
     PlateReading,
     PrintAck,
@@ -47,19 +48,26 @@ async def until(queue: asyncio.Queue[T], pred: Callable[[T], bool], within: floa
 class Controller:
     """The lane's side of the printer protocol, as the next session's entry lane will be."""
 
-    def __init__(self, broker: Mosquitto, lane: str) -> None:
+    def __init__(
+        self, broker: Mosquitto, lane: str, credentials: Credentials | None = None
+    ) -> None:
         self.acks: asyncio.Queue[PrintAck] = asyncio.Queue()
         self.statuses: asyncio.Queue[PrinterStatus] = asyncio.Queue()
+        self.seen: list[PrintAck] = []  # every ack, in order
         self.lane = lane
 
         async def handle(msg: Incoming) -> None:
             if msg.topic == topics.printer_ack(lane):
-                self.acks.put_nowait(PrintAck.decode(msg.payload))
+                ack = PrintAck.decode(msg.payload)
+                self.seen.append(ack)
+                self.acks.put_nowait(ack)
             elif msg.payload:
                 self.statuses.put_nowait(PrinterStatus.decode(msg.payload))
 
         subs = [(topics.printer_ack(lane), 1), (topics.printer_status(lane), 1)]
-        self.link = MqttLink(broker.host, broker.port, f"ctl-{lane}", subs, handle)
+        self.link = MqttLink(
+            broker.host, broker.port, f"ctl-{lane}", subs, handle, credentials=credentials
+        )
 
     async def print(self, job: PrintJob) -> PrintAck:
         await self.link.publish(topics.printer_print(self.lane), job.encode(), qos=1)
@@ -183,3 +191,40 @@ async def test_a_plate_on_the_io_topics_reaches_the_lane_and_is_not_garbage(
         await camera.publish(plate_topic, reading.encode())
         assert await until(plates, lambda p: True) == reading
     assert garbage == [(plate_topic, "missing field 'plate'")]
+
+
+__all__ = ["acl_broker"]  # the deploy tests' broker with the shipped ACL, as a fixture here
+
+
+@needs_passwd
+async def test_the_shipped_acl_lets_printer_and_anpr_do_their_part_only(
+    acl_broker: Mosquitto,
+) -> None:
+    lane = "p07/e1"
+    host, port = acl_broker.host, acl_broker.port
+    printer = PrinterEmulator(lane, host, port, credentials=creds("printer"))
+    ctl = Controller(acl_broker, lane, creds("controller"))
+    plates: asyncio.Queue[PlateReading] = asyncio.Queue()
+    link = BarrierLink(
+        lane, host, port,
+        on_ack=print, on_state=print, on_sensor=print, on_attendant=print,
+        on_garbage=lambda topic, error: None, on_plate=plates.put_nowait,
+        client_id="controller-plates", credentials=creds("controller"),
+    )  # fmt: skip
+    anpr = MqttLink(host, port, "anpr-cam", credentials=creds("anpr"))
+    async with running(printer.run, ctl.link.run, link.run, anpr.run):
+        for client in (printer.link, ctl.link, link.mqtt, anpr):
+            await client.wait_connected(WAIT)
+        assert (await ctl.print(job(encode_ticket(Ticket("ENTRY P07"))))).printed
+        # The camera may not answer for the printer: a forged ack never arrives.
+        forged = PrintAck("forged", None, "", 1)
+        with contextlib.suppress(Exception):  # refused or silently dropped: both are fine
+            await anpr.publish(topics.printer_ack(lane), forged.encode())
+        reading = PlateReading("ZJA12345", 0.9, 1)
+        await anpr.publish(topics.io(lane, topics.PLATE), reading.encode())
+        assert await until(plates, lambda p: True) == reading
+        assert (await ctl.print(job(encode_ticket(Ticket("NEXT"))))).printed
+    # The NEXT ack came after the forged publish on the same broker: had the broker let the
+    # forgery through, it would have arrived first.
+    assert [a.job_id for a in ctl.seen if a.job_id == "forged"] == []
+    assert len(ctl.seen) == 2
