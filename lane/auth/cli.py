@@ -1,6 +1,7 @@
 """`lane keys ...` and `lane token ...`: make issuer keys, issue and check offline tokens.
 
     keys new --kid K --alg ed25519|es256 --out DIR [--issuer I] [--valid-days 365]
+             [--plaza P]   (an entry plaza's pass key: use "pass", docs/closed-road.md)
     keys check FILE
     token issue --key PRIV.pem --kid K --issuer I --account A [--ttl 60] [--png out.png]
     token verify --keys keyset.json [--deny deny.json] [--skew 5] TEXT
@@ -23,7 +24,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lane.auth.cose import Alg, CoseError, PrivateKey, alg_of_private
 from lane.auth.deny import DenyList, DenyListError, load_deny_list
-from lane.auth.keys import IssuerKey, KeySet, KeySetError, keyset_to_json, load_keyset
+from lane.auth.keys import (
+    IssuerKey,
+    KeySet,
+    KeySetError,
+    KeyUse,
+    keyset_to_json,
+    load_keyset,
+)
 from lane.auth.sourced import rfc3339
 from lane.auth.tokens import TokenAccepted, issue_token, verify_token
 
@@ -62,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--alg", required=True, choices=[a.value for a in Alg])
     new.add_argument("--out", required=True, type=Path, help="directory for the files")
     new.add_argument("--issuer", help="bind the key to this token issuer (iss)")
+    new.add_argument("--plaza", help="make an entry pass key of this plaza (not a token key)")
     new.add_argument("--not-before", type=int, help="unix seconds (default: now)")
     new.add_argument("--valid-days", type=float, default=365.0)
     new.set_defaults(run=_keys_new)
@@ -115,7 +124,12 @@ def _keys_new(args: argparse.Namespace) -> int:
     )
     not_before = now if args.not_before is None else args.not_before
     not_after = not_before + int(args.valid_days * 86400)
-    entry = IssuerKey(kid.encode(), alg, private.public_key(), not_before, not_after, args.issuer)
+    if args.plaza is not None and args.issuer is not None:
+        raise CliError("--plaza makes a pass key, which has no token --issuer")
+    use = KeyUse.TOKEN if args.plaza is None else KeyUse.PASS
+    entry = IssuerKey(
+        kid.encode(), alg, private.public_key(), not_before, not_after, args.issuer, use, args.plaza
+    )
     keyset = KeySet.of(max(now, current.issued_at + 1), [*current.keys.values(), entry])
 
     pem = private.private_bytes(
@@ -140,6 +154,8 @@ def _keys_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: issued {rfc3339(keyset.issued_at)}, {len(keyset.keys)} keys")
     for key in keyset.keys.values():
         issuer = f" issuer {key.issuer}" if key.issuer else ""
+        if key.use is KeyUse.PASS:
+            issuer = f" pass key of plaza {key.plaza}"
         print(
             f"  {key.kid_text}: {key.alg.value}{issuer}"
             f" valid {rfc3339(key.not_before)} .. {rfc3339(key.not_after)}"

@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
+from pathlib import Path
 
 import cbor2
 import pytest
+from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lane.auth.base45 import b45decode, b45encode
+from lane.auth.cli import main as cli_main
 from lane.auth.cose import Alg, encode_sign1
 from lane.auth.deny import DenyList
 from lane.auth.issuer import PlazaPassKey, TokenIssuer
@@ -22,6 +26,7 @@ from lane.auth.keys import (
     decode_keyset,
     encode_keyset,
     keyset_to_json,
+    load_keyset,
     parse_keyset,
 )
 from lane.auth.passes import (
@@ -236,3 +241,26 @@ def test_every_bit_flip_and_truncation_is_refused() -> None:
             verdict = verify(PREFIX + b45encode(bytes(flipped)))
             # Only a change in the (unsigned, empty) unprotected header could pass; none here.
             assert isinstance(verdict, PassRefused), (i, bit)
+
+
+def test_lane_keys_new_makes_a_plaza_pass_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["keys", "new", "--kid", "pass-P01", "--alg", "ed25519", "--out", str(tmp_path)]
+    assert cli_main([*args, "--plaza", "P01"]) == 0
+    keyset = load_keyset(tmp_path / "keyset.json")
+    key = keyset.get(b"pass-P01")
+    assert key is not None and (key.use, key.plaza) == (KeyUse.PASS, "P01")
+    private = serialization.load_pem_private_key(
+        (tmp_path / "pass-P01.key.pem").read_bytes(), password=None
+    )
+    plaza = PlazaPassKey(private, b"pass-P01", "P01")  # type: ignore[arg-type]
+    entry = dataclasses.replace(ENTRY, entered_at=int(time.time()))
+    assert verify_pass(plaza.issue(entry), keyset, time.time(), 5, DAY) == PassAccepted(
+        entry, b"pass-P01"
+    )
+    assert cli_main(["keys", "check", str(tmp_path / "keyset.json")]) == 0
+    assert "pass-P01: ed25519 pass key of plaza P01" in capsys.readouterr().out
+    both = [*args[:3], "pass-P02", *args[4:], "--plaza", "P02", "--issuer", "x"]
+    assert cli_main(both) == 2
+    assert "--plaza makes a pass key" in capsys.readouterr().err
