@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from uplink_kit import drained, lane_side, start_lane, worker
 
+from lane.cli import COMMANDS
 from sim.broker import Mosquitto
+from uplink.messages import QueueIdentity
 from uplink.records import KINDS, AuthInfo, Record, RecordDraft
-from uplink.store import IngestStore
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import IngestRecord, IngestStore
 from uplink.trips import OpenTrip, open_trips, trip_ledger
+from uplink.trips_cli import main as trips_main
 
 NO_AUTH = AuthInfo("none")
+T0 = int(datetime(2027, 1, 15, 8, 0, tzinfo=UTC).timestamp()) * 1_000_000
+HOUR_US = 3600 * 1_000_000
 
 
 def entry(pass_id: str, plaza: str = "P01", plate: str | None = None) -> RecordDraft:
@@ -100,3 +109,35 @@ async def test_open_trips_from_records_ingested_over_the_broker(
         for side in sides.values():
             await side.stop()
         await w.stop()
+
+
+def test_lane_trips_lists_the_vehicles_still_on_the_road(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "ingest.sqlite"
+    store = SqliteIngestStore(db)
+    drafts = [entry("p1", plate="ZJA1"), entry("p2"), exit_("p2"), exit_("p7")]
+    records = [Record(f"r{i}", "P01/e1", i + 1, T0 + i * HOUR_US, d) for i, d in enumerate(drafts)]
+    batch = [IngestRecord(r.record_id, r.lane, r.seq, r.ts_us, r.draft.kind, r.draft.amount_minor,
+                          "CNY", r.encode()) for r in records]  # fmt: skip
+    store.store_batch("P01/e1", QueueIdentity("e"), batch, 1)
+    store.close()
+    assert trips_main(["--db", str(db)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "p1\tentered=2027-01-15T08:00:00Z\tlane=P01/e1\tplaza=P01\tclass=1\tplate=ZJA1",
+        "open=1\tclosed=1\tunmatched_exits=1\tunreadable=0",
+    ]
+    now = T0 / 1e6 + 2 * 3600
+    assert trips_main(["--db", str(db), "--overdue-h", "3", "--json"], now=now) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert (body["open_trips"], body["closed"], body["unmatched_exits"]) == ([], 1, ["r3"])
+    assert trips_main(["--db", str(tmp_path / "none.sqlite")]) == 1
+    assert "no such store file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        trips_main([])
+    assert usage.value.code == 2
+
+
+def test_lane_trips_is_a_lane_command() -> None:
+    assert COMMANDS["trips"][:2] == ("uplink.trips_cli", "main")
