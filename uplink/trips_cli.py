@@ -19,8 +19,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from uplink.cli import open_store, positive
-from uplink.store import IngestStoreError
+from uplink.cli import positive, read_store
+from uplink.store import IngestStore
 from uplink.trips import END_OF_TIME_US, TripLedger, open_trips
 
 
@@ -61,17 +61,9 @@ def main(argv: Sequence[str] | None = None, now: float | None = None) -> int:
     before = END_OF_TIME_US
     if args.overdue_h is not None:
         before = int(((time.time() if now is None else now) - args.overdue_h * 3600) * 1e6)
-    try:
-        store = open_store(args)
-    except IngestStoreError as exc:
-        print(f"lane trips: cannot open the store: {exc}", file=sys.stderr)
-        return 1
-    try:
+
+    def show(store: IngestStore) -> None:
         ledger = open_trips(store, entered_before_us=before)
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps(asdict(ledger), separators=(",", ":")))
-    else:
-        print(render(ledger))
-    return 0
+        print(json.dumps(asdict(ledger), separators=(",", ":")) if args.json else render(ledger))
+
+    return read_store(args, "lane trips", show)

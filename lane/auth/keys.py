@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 
@@ -122,12 +122,7 @@ def _parse_key(read: Reader, entry: Any, path: str) -> IssuerKey:
     if not isinstance(entry, Mapping):
         raise read.fail(path, f"must be a table, got {type_name(entry)}")
     kid = _parse_kid(read, entry, path)
-    alg_name = read.text(entry, "alg", f"{path}.alg")
-    try:
-        alg = Alg(alg_name)
-    except ValueError:
-        choices = ", ".join(a.value for a in Alg)
-        raise read.fail(f"{path}.alg", f"unknown algorithm {alg_name!r} (use {choices})") from None
+    alg = _choice(read, Alg, read.text(entry, "alg", f"{path}.alg"), f"{path}.alg", "algorithm")
     public_key = _parse_public_key(read, entry.get("public_key"), f"{path}.public_key")
     actual = alg_of_public(public_key)
     if actual is not alg:
@@ -148,17 +143,23 @@ def _parse_use(read: Reader, entry: Mapping[str, Any], path: str) -> tuple[KeyUs
     """`use` is optional (sets written before passes existed hold token keys only)."""
     use = KeyUse.TOKEN
     if entry.get("use") is not None:
-        name = read.text(entry, "use", f"{path}.use")
-        try:
-            use = KeyUse(name)
-        except ValueError:
-            choices = ", ".join(u.value for u in KeyUse)
-            raise read.fail(f"{path}.use", f"unknown use {name!r} (use {choices})") from None
+        use = _choice(read, KeyUse, read.text(entry, "use", f"{path}.use"), f"{path}.use", "use")
     if use is KeyUse.PASS:
         return use, read.text(entry, "plaza", f"{path}.plaza")
     if entry.get("plaza") is not None:
         raise read.fail(f"{path}.plaza", 'only pass keys (use = "pass") belong to a plaza')
     return use, None
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _choice(read: Reader, kind: type[E], name: str, path: str, what: str) -> E:
+    try:
+        return kind(name)
+    except ValueError:
+        choices = ", ".join(str(c.value) for c in kind)
+        raise read.fail(path, f"unknown {what} {name!r} (use {choices})") from None
 
 
 def _parse_kid(read: Reader, entry: Mapping[str, Any], path: str) -> bytes:

@@ -7,11 +7,10 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
 
 import pytest
-from test_barrier_deploy import acl_broker, creds, needs_passwd
+from test_barrier_deploy import acl_broker, creds, needs_passwd, tasks
+from test_barrier_protocol import until
 
 from barrier import topics
 from barrier.escpos import Ticket, encode_ticket
@@ -33,16 +32,7 @@ from lane.auth.passes import EntryPass, PassAccepted, verify_pass
 from scanner.decoders import ZxingDecoder
 from sim.broker import Mosquitto
 
-T = TypeVar("T")
 WAIT = 5.0
-
-
-async def until(queue: asyncio.Queue[T], pred: Callable[[T], bool], within: float = WAIT) -> T:
-    async with asyncio.timeout(within):
-        while True:
-            item = await queue.get()
-            if pred(item):
-                return item
 
 
 class Controller:
@@ -74,17 +64,6 @@ class Controller:
         return await until(self.acks, lambda a: a.job_id == job.job_id)
 
 
-@contextlib.asynccontextmanager
-async def running(*tasks: Callable[[], object]) -> AsyncIterator[None]:
-    started = [asyncio.create_task(t()) for t in tasks]  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        for task in started:
-            task.cancel()
-        await asyncio.gather(*started, return_exceptions=True)
-
-
 @pytest.fixture
 def lane() -> str:
     return f"r{uuid.uuid4().hex[:6]}/e1"
@@ -103,7 +82,7 @@ async def test_an_entry_pass_is_printed_read_back_and_verified(
     text = key.issue(entry)
     printer = PrinterEmulator(lane, mosquitto.host, mosquitto.port)
     ctl = Controller(mosquitto, lane)
-    async with running(printer.run, ctl.link.run):
+    async with tasks(printer.run(), ctl.link.run()):
         await printer.link.wait_connected(WAIT)
         await ctl.link.wait_connected(WAIT)
         ticket = Ticket("ENTRY P01", ("Lane e1", "Class 2", "Keep this ticket"), qr=text)
@@ -124,7 +103,7 @@ async def test_paper_out_is_safe_visible_and_clears(mosquitto: Mosquitto, lane: 
     printer = PrinterEmulator(lane, mosquitto.host, mosquitto.port)
     ctl = Controller(mosquitto, lane)
     stream = encode_ticket(Ticket("ENTRY P01", qr="LP1:X"))
-    async with running(printer.run, ctl.link.run):
+    async with tasks(printer.run(), ctl.link.run()):
         await printer.link.wait_connected(WAIT)
         await ctl.link.wait_connected(WAIT)
         await until(ctl.statuses, lambda s: s.state is PrinterState.READY)
@@ -146,7 +125,7 @@ async def test_a_job_prints_once_and_a_bad_stream_is_refused(
 ) -> None:
     printer = PrinterEmulator(lane, mosquitto.host, mosquitto.port)
     ctl = Controller(mosquitto, lane)
-    async with running(printer.run, ctl.link.run):
+    async with tasks(printer.run(), ctl.link.run()):
         await printer.link.wait_connected(WAIT)
         await ctl.link.wait_connected(WAIT)
         once = job(encode_ticket(Ticket("ENTRY P01")))
@@ -161,10 +140,10 @@ async def test_a_job_prints_once_and_a_bad_stream_is_refused(
 
 async def test_the_printer_will_says_offline(mosquitto: Mosquitto, lane: str) -> None:
     ctl = Controller(mosquitto, lane)
-    async with running(ctl.link.run):
+    async with tasks(ctl.link.run()):
         await ctl.link.wait_connected(WAIT)
         printer = PrinterEmulator(lane, mosquitto.host, mosquitto.port)
-        async with running(printer.run):
+        async with tasks(printer.run()):
             await until(ctl.statuses, lambda s: s.state is PrinterState.READY)
             await printer.link.drop()  # as if it crashed: the broker publishes the will
             await until(ctl.statuses, lambda s: s.state is PrinterState.OFFLINE)
@@ -182,7 +161,7 @@ async def test_a_plate_on_the_io_topics_reaches_the_lane_and_is_not_garbage(
         on_plate=plates.put_nowait,
     )  # fmt: skip
     camera = MqttLink(mosquitto.host, mosquitto.port, f"anpr-{lane}")
-    async with running(link.run, camera.run):
+    async with tasks(link.run(), camera.run()):
         await link.wait_connected(WAIT)
         await camera.wait_connected(WAIT)
         reading = PlateReading("ZJA12345", 0.97, int(time.time() * 1e6), seq=1)
@@ -212,7 +191,7 @@ async def test_the_shipped_acl_lets_printer_and_anpr_do_their_part_only(
         client_id="controller-plates", credentials=creds("controller"),
     )  # fmt: skip
     anpr = MqttLink(host, port, "anpr-cam", credentials=creds("anpr"))
-    async with running(printer.run, ctl.link.run, link.run, anpr.run):
+    async with tasks(printer.run(), ctl.link.run(), link.run(), anpr.run()):
         for client in (printer.link, ctl.link, link.mqtt, anpr):
             await client.wait_connected(WAIT)
         assert (await ctl.print(job(encode_ticket(Ticket("ENTRY P07"))))).printed
