@@ -1,11 +1,12 @@
 """Which vehicles entered a closed road and have not exited: a query over ingested records.
 
 An `entry` record (written by a toll-entry lane) opens a trip under its pass id; an `exit`
-record carrying the same pass id closes it. The back office answers from what it has ingested,
-whichever store holds it (SQLite or PostgreSQL: `records_between` is shared SQL), so a trip is
-"open" until the exit lane's record has arrived, which may lag while that lane is offline. An
-exit whose pass has no ingested entry is reported apart (`unmatched_exits`): its entry record
-has not arrived yet, or the pass was not issued by an entry lane of this road.
+record carrying the same pass id closes it. A metro's `tap_in` and `tap_out` records pair the
+same way when they carry the trip's id in `pass_id`. The back office answers from what it has
+ingested, whichever store holds it (SQLite or PostgreSQL: `records_between` is shared SQL),
+so a trip is "open" until the exit lane's record has arrived, which may lag while that lane
+is offline. An exit whose pass has no ingested entry is reported apart (`unmatched_exits`):
+its entry record has not arrived yet, or the pass was not issued by an entry lane of this road.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from barrier.wire import PayloadError
 from uplink.records import Record
 
 END_OF_TIME_US = 1 << 62
+ENTRY_KINDS = frozenset({"entry", "tap_in"})
+EXIT_KINDS = frozenset({"exit", "tap_out"})
 
 
 class RecordSource(Protocol):
@@ -57,7 +60,7 @@ def trip_ledger(blobs: Iterable[bytes]) -> TripLedger:
         d = record.draft
         if d.pass_id is None:
             continue
-        if d.kind == "entry":
+        if d.kind in ENTRY_KINDS:
             entries.setdefault(
                 d.pass_id,
                 OpenTrip(
@@ -70,7 +73,7 @@ def trip_ledger(blobs: Iterable[bytes]) -> TripLedger:
                     d.plate,
                 ),
             )
-        elif d.kind == "exit":
+        elif d.kind in EXIT_KINDS:
             exits.setdefault(d.pass_id, []).append(record.record_id)
     still_open = sorted(
         (t for p, t in entries.items() if p not in exits), key=lambda t: (t.ts_us, t.pass_id)

@@ -7,8 +7,8 @@ cell of the tariff's matrix: the trip's own, the farthest entry's or the nearest
 text for the lane display, whether an attendant must confirm, and the flags for the record.
 The table of rules, texts and flags is in docs/closed-road.md.
 
-Metro: the same function with `TripKind.METRO`; the caller turns the tap-in record into an
-`EntryPass` (station, gate, time, class, tap-in id) and "already used" means the tap-in was
+Metro: the same function with `TripKind.METRO`; `tap_in_entry` turns the tap-in record into
+an `EntryPass` (station, gate, time, class, tap-in id) and "already used" means the tap-in was
 already closed by a tap-out.
 """
 
@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import uuid
 from dataclasses import dataclass
 
 from lane.auth.fares import FareError, Money, Tariff
-from lane.auth.passes import EntryPass, PassReason, PassRefused
+from lane.auth.passes import PASS_ID_LEN, EntryPass, PassReason, PassRefused
+from uplink.records import Record
 
 MAX_LINE = 40  # characters a line of the lane's display shows
 
@@ -115,6 +117,27 @@ _SUSPECT = {
     Outcome.PASS_USED,
     Outcome.PLATE_MISMATCH,
 }
+
+
+def tap_in_entry(record: Record) -> EntryPass:
+    """A metro tap-in record as the entry evidence of a `transit-exit` (station = the gate's
+    plaza, unless the record names its `entry_plaza`). Its trip id is the record's `pass_id`
+    when it has one, else its record id (a UUID); ValueError for a record that is not a
+    tap-in or whose ids are not of that form."""
+    d = record.draft
+    if d.kind != "tap_in":
+        raise ValueError(f"record {record.record_id} is a {d.kind!r}, not a tap_in")
+    station, _, gate = record.lane.partition("/")
+    try:
+        trip_id = bytes.fromhex(d.pass_id) if d.pass_id else uuid.UUID(record.record_id).bytes
+    except ValueError:
+        raise ValueError(f"record {record.record_id}: no usable trip id") from None
+    low, high = PASS_ID_LEN
+    if not low <= len(trip_id) <= high:
+        raise ValueError(f"record {record.record_id}: trip id of {len(trip_id)} bytes")
+    entered_at = record.ts_us // 1_000_000
+    return EntryPass(d.entry_plaza or station, gate or station, entered_at, d.vehicle_class,
+                     trip_id, d.plate)  # fmt: skip
 
 
 def normalise_plate(plate: str) -> str:

@@ -25,7 +25,9 @@ from lane.auth.trip_rules import (
     TripKind,
     decide_fare,
     normalise_plate,
+    tap_in_entry,
 )
+from uplink.records import AuthInfo, Record, RecordDraft
 
 TARIFF = load_tariff(Path(__file__).resolve().parents[2] / "deploy" / "tariff.road.example.toml")
 NOW = int(datetime(2026, 12, 1, 4, 0, tzinfo=UTC).timestamp())
@@ -236,3 +238,22 @@ def test_a_pass_never_exits_twice(
                 assert decision.outcome is not Outcome.PASS_USED
             exited.add(which)
         assert store.count() == len(exited)
+
+
+def test_a_metro_exit_prices_the_tap_in_record() -> None:
+    tap_in = Record(
+        "0190f0a2-7b1c-7cde-8f00-0123456789ab", "P01/g07", 3, (NOW - HOUR) * 1_000_000,
+        RecordDraft("tap_in", "p-1", 1, 0, "CNY", "token", "acct", AuthInfo("approved")),
+    )  # fmt: skip
+    entry = tap_in_entry(tap_in)
+    assert (entry.plaza, entry.lane, entry.entered_at) == ("P01", "g07", NOW - HOUR)
+    assert entry.pass_id == bytes.fromhex("0190f0a27b1c7cde8f000123456789ab")
+    decision = decide_fare(entry, False, AT_P03, TARIFF, METRO)
+    assert (decision.outcome, decision.amount.amount_minor) == (Outcome.CHARGED, 4000)
+    with_id = dataclasses.replace(tap_in, draft=dataclasses.replace(tap_in.draft, pass_id="ab" * 8))
+    assert tap_in_entry(with_id).pass_id == b"\xab" * 8
+    toll = dataclasses.replace(tap_in, draft=dataclasses.replace(tap_in.draft, kind="toll"))
+    with pytest.raises(ValueError, match="not a tap_in"):
+        tap_in_entry(toll)
+    with pytest.raises(ValueError, match="no usable trip id"):
+        tap_in_entry(dataclasses.replace(tap_in, record_id="r-1"))

@@ -141,3 +141,19 @@ def test_lane_trips_lists_the_vehicles_still_on_the_road(
 
 def test_lane_trips_is_a_lane_command() -> None:
     assert COMMANDS["trips"][:2] == ("uplink.trips_cli", "main")
+
+
+def test_metro_tap_ins_pair_with_tap_outs_the_same_way() -> None:
+    def tap(kind: str, trip: str, station: str) -> RecordDraft:
+        return RecordDraft(kind, f"p-{trip}", 1, 0 if kind == "tap_in" else 300, "CNY", "token",
+                           "acct", NO_AUTH, entry_plaza=station, pass_id=trip)  # fmt: skip
+
+    ledger = trip_ledger(
+        [
+            blob(tap("tap_in", "t1", "S01"), 1, lane="S01/g1"),
+            blob(tap("tap_in", "t2", "S02"), 2, lane="S02/g1"),
+            blob(tap("tap_out", "t1", "S01"), 3, lane="S05/g2"),
+        ]
+    )
+    assert [(t.pass_id, t.entry_plaza) for t in ledger.open_trips] == [("t2", "S02")]
+    assert ledger.closed == 1
