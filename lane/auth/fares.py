@@ -82,9 +82,9 @@ class Tariff:
     def trip_fare(self, vehicle_class: int, entry: str, exit_plaza: str, at: float) -> Money:
         """The matrix cell of a trip, from the version in force at `at` (the exit time).
         A per-entry "matrix" tariff prices the trip by its entry alone."""
+        self._known(vehicle_class)
         if self.entry_exit is None:
             return self.fare(vehicle_class, entry)
-        self._known(vehicle_class)
         try:
             cell = self.entry_exit.at(at).cell(entry, exit_plaza, vehicle_class)
         except MatrixLookupError as exc:

@@ -145,6 +145,9 @@ def test_per_entry_matrix_tariffs_still_load_and_price_trips() -> None:
     assert tariff.trip_fare(2, "P02", "anywhere", 0) == Money(500, "EUR")
     assert tariff.farthest_fare(1, "P09", 0) == Money(200, "EUR")
     assert tariff.nearest_fare(1, "P01", 0) == Money(100, "EUR")
+    flat = parse_tariff({**legacy, "toll": {"mode": "flat", "fares": {"1": 1, "2": 2}}}, "f")
+    with pytest.raises(FareError, match="a flat tariff does not price trips by entry"):
+        flat.trip_fare(1, "P01", "P02", 0)
 
 
 @given(st.integers(CHANGE - 10**7, CHANGE + 10**7), st.sampled_from([1, 2, 3]))
@@ -163,3 +166,21 @@ def test_farthest_and_nearest_are_cells_bounding_every_trip(at: int, vehicle_cla
             for x in ("P01", "P02", "P03")
             if x != exit_plaza
         )
+
+
+CELLS = [
+    (e, x, c) for e in ("P01", "P02", "P03") for x in ("P01", "P02", "P03") if e != x
+    for c in ("1", "2", "3")
+]  # fmt: skip
+
+
+@given(st.sets(st.sampled_from(CELLS), min_size=1))
+def test_check_names_exactly_the_missing_cells(missing: set[tuple[str, str, str]]) -> None:
+    data = body()
+    fares = data["toll"]["version"][0]["fares"]
+    for entry, exit_plaza, vehicle_class in missing:
+        del fares[entry][exit_plaza][vehicle_class]
+    with pytest.raises(TariffError) as caught:
+        parse_tariff(data, "road.toml")
+    named = re.findall(r"(P0\d)->(P0\d) class (\d)", str(caught.value))
+    assert set(named) == missing and len(named) == len(missing)
