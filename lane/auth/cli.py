@@ -1,12 +1,14 @@
-"""`lane keys ...` and `lane token ...`: make issuer keys, issue and check offline tokens.
+"""`lane keys`, `lane token`, `lane pass`: make keys, issue and check offline tokens and passes.
 
     keys new --kid K --alg ed25519|es256 --out DIR [--issuer I] [--valid-days 365]
              [--plaza P]   (an entry plaza's pass key: use "pass", docs/closed-road.md)
     keys check FILE
     token issue --key PRIV.pem --kid K --issuer I --account A [--ttl 60] [--png out.png]
     token verify --keys keyset.json [--deny deny.json] [--skew 5] TEXT
+    pass issue --key PLAZA.pem --kid K --plaza P --lane L --class C [--plate X] [--png out.png]
+    pass verify --keys keyset.json [--skew 5] [--max-age-days 30] TEXT
 
-Exit codes: 0 done (or token accepted), 1 token refused, 2 usage or file error.
+Exit codes: 0 done (or token/pass accepted), 1 refused, 2 usage or file error.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from lane.auth.keys import (
     keyset_to_json,
     load_keyset,
 )
+from lane.auth.passes import EntryPass, PassRefused, issue_pass, verify_pass
 from lane.auth.sourced import rfc3339
 from lane.auth.tokens import TokenAccepted, issue_token, verify_token
 
@@ -96,6 +99,26 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--now", type=float, help="unix seconds (default: now)")
     verify.add_argument("text")
     verify.set_defaults(run=_token_verify)
+
+    entry = groups.add_parser("pass", help="issue or verify entry passes (closed roads)")
+    pass_cmds = entry.add_subparsers(dest="cmd", required=True)
+    issue = pass_cmds.add_parser("issue", help="sign an entry pass and print its QR text")
+    issue.add_argument("--key", required=True, type=Path, help="the plaza's private key PEM")
+    issue.add_argument("--kid", required=True)
+    issue.add_argument("--plaza", required=True)
+    issue.add_argument("--lane", required=True)
+    issue.add_argument("--class", dest="vehicle_class", required=True, type=int)
+    issue.add_argument("--plate", help="bind the pass to this plate")
+    issue.add_argument("--at", type=int, help="time of entry, unix seconds (default: now)")
+    issue.add_argument("--png", type=Path, help="also write the QR code to this image")
+    issue.set_defaults(run=_pass_issue)
+    verify = pass_cmds.add_parser("verify", help="verify a pass against a key set, offline")
+    verify.add_argument("--keys", required=True, type=Path, help="key set JSON")
+    verify.add_argument("--skew", type=float, default=5.0, help="clock skew allowed, s")
+    verify.add_argument("--max-age-days", type=float, default=30.0, help="pass lifetime")
+    verify.add_argument("--now", type=float, help="unix seconds (default: now)")
+    verify.add_argument("text")
+    verify.set_defaults(run=_pass_verify)
     return parser
 
 
@@ -206,6 +229,36 @@ def write_qr_png(text: str, path: Path, scale: int = 8) -> None:
     image = np.asarray(zxingcpp.write_barcode_to_image(barcode, scale=scale))
     if not cv2.imwrite(str(path), image):
         raise CliError(f"{path}: cannot write the image (check the directory and extension)")
+
+
+def _pass_issue(args: argparse.Namespace) -> int:
+    private = _load_private_key(args.key)
+    at = int(time.time()) if args.at is None else args.at
+    entry = EntryPass(args.plaza, args.lane, at, args.vehicle_class, os.urandom(12), args.plate)
+    try:
+        text = issue_pass(private, args.kid.encode(), entry)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.png is not None:
+        write_qr_png(text, args.png)
+    print(text)
+    return 0
+
+
+def _pass_verify(args: argparse.Namespace) -> int:
+    keys = load_keyset(args.keys)
+    now = time.time() if args.now is None else args.now
+    verdict = verify_pass(args.text, keys, now, args.skew, args.max_age_days * 86400)
+    if isinstance(verdict, PassRefused):
+        print(f"refused: {verdict.reason.value}: {verdict.detail}")
+        return 1
+    e = verdict.entry
+    print(
+        f"accepted: pass_id={e.pass_hex} plaza={e.plaza} lane={e.lane}"
+        f" entered={rfc3339(e.entered_at)} class={e.vehicle_class} plate={e.plate or '-'}"
+        f" kid={verdict.kid.decode('utf-8', 'backslashreplace')}"
+    )
+    return 0
 
 
 def _token_verify(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import cbor2
+import cv2
 import pytest
 from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
@@ -40,6 +41,7 @@ from lane.auth.passes import (
     verify_pass,
 )
 from lane.auth.tokens import Reason, TokenRefused, verify_token
+from scanner.decoders import ZxingDecoder
 
 NOW = 1_800_000_000
 DAY = 86_400
@@ -264,3 +266,29 @@ def test_lane_keys_new_makes_a_plaza_pass_key(
     both = [*args[:3], "pass-P02", *args[4:], "--plaza", "P02", "--issuer", "x"]
     assert cli_main(both) == 2
     assert "--plaza makes a pass key" in capsys.readouterr().err
+
+
+def test_lane_pass_issue_png_scan_and_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new = ["keys", "new", "--kid", "pass-P02", "--alg", "es256", "--out", str(tmp_path)]
+    assert cli_main([*new, "--plaza", "P02", "--not-before", str(NOW - DAY)]) == 0
+    capsys.readouterr()
+    key, keys, png = tmp_path / "pass-P02.key.pem", tmp_path / "keyset.json", tmp_path / "p.png"
+    issue = ["pass", "issue", "--key", str(key), "--kid", "pass-P02", "--plaza", "P02"]
+    assert cli_main([*issue, "--lane", "e3", "--class", "2", "--plate", "ZJA1",
+                     "--at", str(NOW - 60), "--png", str(png)]) == 0  # fmt: skip
+    text = capsys.readouterr().out.strip()
+    [seen] = ZxingDecoder().decode(cv2.imread(str(png), cv2.IMREAD_GRAYSCALE))
+    assert seen.text == text
+    verify = ["pass", "verify", "--keys", str(keys), "--now", str(NOW)]
+    assert cli_main([*verify, text]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("accepted: pass_id=") and "plaza=P02 lane=e3" in out
+    assert "entered=2027-01-15T07:59:00Z class=2 plate=ZJA1 kid=pass-P02" in out
+    assert cli_main([*verify, text[:-4]]) == 1
+    assert capsys.readouterr().out.startswith("refused: ")
+    assert cli_main([*verify, "--max-age-days", "0", text]) == 1
+    assert capsys.readouterr().out.startswith("refused: expired: ")
+    assert cli_main([*issue, "--lane", "e3", "--class", "1000"]) == 2
+    assert "error: not a valid pass: class (4)" in capsys.readouterr().err
