@@ -14,6 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lane.auth.fares import FareError, Money, TariffError, load_tariff, parse_tariff
+from lane.auth.issuer import PlazaPassKey
+from lane.auth.keys import KeySet, keyset_to_json, load_keyset
 from lane.checks import check_config
 from sim.codes import CodeFactory
 
@@ -184,3 +186,26 @@ def test_check_names_exactly_the_missing_cells(missing: set[tuple[str, str, str]
         parse_tariff(data, "road.toml")
     named = re.findall(r"(P0\d)->(P0\d) class (\d)", str(caught.value))
     assert set(named) == missing and len(named) == len(missing)
+
+
+def test_check_config_refuses_a_road_tariff_no_lane_mode_charges_yet(tmp_path: Path) -> None:
+    """Until the toll-exit lane exists a `toll` lane would meet FareError on every vehicle:
+    the check says so, and names the entry plazas without a pass key."""
+    shutil.copy(DEPLOY / "lane.toml.example", tmp_path / "lane.toml")
+    shutil.copy(ROAD, tmp_path / "tariff.toml")
+    factory = CodeFactory(1)
+    factory.write_keyset(tmp_path / "keyset.json", CHANGE - 3600)
+    keys = load_keyset(tmp_path / "keyset.json")
+    p02 = PlazaPassKey.generate("P02")
+    with_pass_key = KeySet.of(keys.issued_at, [*keys.keys.values(), p02.public()])
+    (tmp_path / "keyset.json").write_text(keyset_to_json(with_pass_key))
+    found = check_config(tmp_path / "lane.toml", now=CHANGE)
+    assert [p for p in found.problems if "entry_exit" in p] == [
+        f"{tmp_path / 'tariff.toml'}: mode: 'entry_exit' prices the exits of a closed road, "
+        f"which lane.mode 'toll' in {tmp_path / 'lane.toml'} cannot charge yet "
+        "(docs/closed-road.md)"
+    ]
+    assert [w for w in found.warnings if "pass key" in w] == [
+        f"{tmp_path / 'keyset.json'}: keys: no pass key for entry plaza P01, P03; "
+        "their passes will be refused as unknown_key"
+    ]
