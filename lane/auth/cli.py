@@ -18,7 +18,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -83,43 +85,50 @@ def _parser() -> argparse.ArgumentParser:
 
     token = groups.add_parser("token", help="issue or verify offline tokens")
     token_cmds = token.add_subparsers(dest="cmd", required=True)
-    issue = token_cmds.add_parser("issue", help="sign a token and print its QR text")
-    issue.add_argument("--key", required=True, type=Path, help="private key PEM")
-    issue.add_argument("--kid", required=True)
+    issue = _signer(token_cmds, "sign a token and print its QR text", _token_issue)
     issue.add_argument("--issuer", required=True)
     issue.add_argument("--account", required=True)
     issue.add_argument("--ttl", type=int, default=60, help="seconds of validity (default 60)")
     issue.add_argument("--iat", type=int, help="issued-at, unix seconds (default: now)")
-    issue.add_argument("--png", type=Path, help="also write the QR code to this image")
-    issue.set_defaults(run=_token_issue)
-    verify = token_cmds.add_parser("verify", help="verify QR text against a key set")
-    verify.add_argument("--keys", required=True, type=Path, help="key set JSON")
+    verify = _verifier(token_cmds, "verify QR text against a key set", _token_verify)
     verify.add_argument("--deny", type=Path, help="deny list JSON")
-    verify.add_argument("--skew", type=float, default=5.0, help="clock skew allowed, s")
-    verify.add_argument("--now", type=float, help="unix seconds (default: now)")
-    verify.add_argument("text")
-    verify.set_defaults(run=_token_verify)
 
     entry = groups.add_parser("pass", help="issue or verify entry passes (closed roads)")
     pass_cmds = entry.add_subparsers(dest="cmd", required=True)
-    issue = pass_cmds.add_parser("issue", help="sign an entry pass and print its QR text")
-    issue.add_argument("--key", required=True, type=Path, help="the plaza's private key PEM")
-    issue.add_argument("--kid", required=True)
+    issue = _signer(pass_cmds, "sign an entry pass (the plaza's key)", _pass_issue)
     issue.add_argument("--plaza", required=True)
     issue.add_argument("--lane", required=True)
     issue.add_argument("--class", dest="vehicle_class", required=True, type=int)
     issue.add_argument("--plate", help="bind the pass to this plate")
     issue.add_argument("--at", type=int, help="time of entry, unix seconds (default: now)")
+    verify = _verifier(pass_cmds, "verify a pass against a key set, offline", _pass_verify)
+    verify.add_argument("--max-age-days", type=float, default=30.0, help="pass lifetime")
+    return parser
+
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Run: TypeAlias = Callable[[argparse.Namespace], int]
+
+
+def _signer(commands: Commands, what: str, run: Run) -> argparse.ArgumentParser:
+    """`issue`: the options every signing command has."""
+    issue = commands.add_parser("issue", help=what)
+    issue.add_argument("--key", required=True, type=Path, help="private key PEM")
+    issue.add_argument("--kid", required=True)
     issue.add_argument("--png", type=Path, help="also write the QR code to this image")
-    issue.set_defaults(run=_pass_issue)
-    verify = pass_cmds.add_parser("verify", help="verify a pass against a key set, offline")
+    issue.set_defaults(run=run)
+    return issue
+
+
+def _verifier(commands: Commands, what: str, run: Run) -> argparse.ArgumentParser:
+    """`verify`: the options every offline verification has."""
+    verify = commands.add_parser("verify", help=what)
     verify.add_argument("--keys", required=True, type=Path, help="key set JSON")
     verify.add_argument("--skew", type=float, default=5.0, help="clock skew allowed, s")
-    verify.add_argument("--max-age-days", type=float, default=30.0, help="pass lifetime")
     verify.add_argument("--now", type=float, help="unix seconds (default: now)")
     verify.add_argument("text")
-    verify.set_defaults(run=_pass_verify)
-    return parser
+    verify.set_defaults(run=run)
+    return verify
 
 
 def _keys_new(args: argparse.Namespace) -> int:
