@@ -21,6 +21,7 @@ from barrier.escpos import (
     encode,
     encode_ticket,
 )
+from barrier.messages import SensorReading
 from barrier.peripherals import (
     PlateReading,
     PrintAck,
@@ -29,7 +30,9 @@ from barrier.peripherals import (
     PrinterStatus,
     PrintJob,
 )
+from barrier.watch import decode as watch_decode
 from barrier.wire import PayloadError, pack
+from lane.console.model import Plaza
 
 PASS_TEXT = "LP1:6BFOXN*TS0BI$ZD4N9:9S6RCVN5+O30K3/XIV0W23NTDEXWK G2EP4J0B"
 
@@ -155,3 +158,28 @@ def test_device_messages_refuse_bad_fields(
 ) -> None:
     with pytest.raises(PayloadError, match=problem):
         cls.decode(pack(body))
+
+
+def test_lane_watch_checks_the_closed_road_topics() -> None:
+    lane = "p07/e1"
+    plate = PlateReading("ZJA12345", 0.9, 1).encode()
+    assert watch_decode(f"lane/{lane}/io/plate", plate, lane)["plate"] == "ZJA12345"
+    ack = PrintAck("j1", PrintError.BAD_JOB, "offset 2", 3).encode()
+    assert watch_decode(f"lane/{lane}/printer/ack", ack, lane)["error"] == "bad_job"
+    status = PrinterStatus(PrinterState.READY, 1, 2, 3).encode()
+    assert watch_decode(f"lane/{lane}/printer/status", status, lane)["state"] == "ready"
+    with pytest.raises(PayloadError, match="field 'escpos'"):
+        watch_decode(f"lane/{lane}/printer/print", pack({"job_id": "j", "ts": 1}), lane)
+    with pytest.raises(PayloadError, match="field 'plate'"):
+        watch_decode(f"lane/{lane}/io/plate", pack({"plate": "", "confidence": 1, "ts": 1}), lane)
+
+
+def test_the_console_shows_the_last_plate_and_takes_a_bad_one_as_garbage() -> None:
+    plaza = Plaza(0.0)
+    topic = "lane/p07/e1/io/plate"
+    plaza.apply(topic, PlateReading("ZJA12345", 0.9, 1).encode(), 0.0)
+    [lane] = plaza.snapshot(0.0)["lanes"]
+    assert lane["plate"] == "ZJA12345" and not lane["garbage"]
+    plaza.apply(topic, SensorReading("plate", True, None, 1).encode(), 0.0)  # not a plate
+    [lane] = plaza.snapshot(0.0)["lanes"]
+    assert lane["plate"] == "ZJA12345" and lane["garbage"]
