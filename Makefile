@@ -72,6 +72,7 @@ bench: setup
 	$(BIN)/python -m bench.reconcile
 	$(BIN)/python -m bench.networks
 	$(BIN)/python -m bench.console
+	$(BIN)/python -m bench.road
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -34,6 +34,7 @@ from barrier.messages import (
     SensorReading,
 )
 from barrier.mqtt import Credentials, Incoming, MqttLink, WillSpec
+from barrier.peripherals import PlateReading
 from barrier.wire import PayloadError, pack
 
 log = logging.getLogger("lane.barrier")
@@ -53,6 +54,7 @@ class BarrierLink:
         on_garbage: Callable[[str, str], None],
         on_link: Callable[[bool], None] | None = None,
         on_snapshot: Callable[[DeviceSnapshot], None] | None = None,
+        on_plate: Callable[[PlateReading], None] | None = None,
         client_id: str | None = None,
         credentials: Credentials | None = None,
         tls: ssl.SSLContext | None = None,
@@ -66,6 +68,7 @@ class BarrierLink:
         self._on_garbage = on_garbage
         self._on_link = on_link
         self._on_snapshot = on_snapshot
+        self._on_plate = on_plate
         self.wall = wall
         self._ack_topic = topics.barrier_ack(lane)
         self._state_topic = topics.barrier_state(lane)
@@ -178,6 +181,12 @@ class BarrierLink:
         sensor = topics.sensor_of(topic)
         if sensor is None:
             raise PayloadError("message on a topic this link does not handle")
+        if sensor == topics.PLATE:
+            plate = PlateReading.decode(msg.payload)
+            on_plate = self._on_plate
+            # A lane that does not bind plates (not a closed road's) takes the reading and
+            # leaves it: a valid plate is not garbage.
+            return (lambda: on_plate(plate)) if on_plate is not None else (lambda: None)
         reading = SensorReading.decode(msg.payload)
         if reading.sensor != sensor:
             raise PayloadError(f"reading of {reading.sensor!r} on the topic of {sensor!r}")

@@ -65,3 +65,22 @@ def sensor_of(topic: str) -> str | None:
     if len(parts) >= 4 and parts[0] == "lane" and parts[-2] == "io":
         return parts[-1]
     return None
+
+
+# The ANPR camera's reading on the lane I/O topics: lane/{id}/io/plate (barrier.peripherals).
+PLATE = "plate"
+
+
+def printer_print(lane: str) -> str:
+    """Controller → printer, QoS 1, never retained: a PrintJob (an ESC/POS stream)."""
+    return f"lane/{lane}/printer/print"
+
+
+def printer_ack(lane: str) -> str:
+    """Printer → controller, QoS 1: a PrintAck per job (printed, or why not)."""
+    return f"lane/{lane}/printer/ack"
+
+
+def printer_status(lane: str) -> str:
+    """Printer → controller and watchers, QoS 1, retained: the PrinterStatus."""
+    return f"lane/{lane}/printer/status"

@@ -33,6 +33,8 @@ from barrier.messages import (
     SensorReading,
 )
 from barrier.mqtt import Credentials, Incoming, LinkErrors, MqttLink, tls_context
+from barrier.peripherals import PlateReading, PrintAck, PrinterStatus, PrintJob
+from barrier.topics import PLATE
 from barrier.wire import PayloadError, unpack
 
 HEX_PREFIX = 32
@@ -46,6 +48,10 @@ DECODERS: dict[str, Callable[[bytes], object]] = {
     "display": DisplayMessage.decode,
     "status": LaneStatus.decode,
     "attendant": AttendantCommand.decode,
+    f"io/{PLATE}": PlateReading.decode,
+    "printer/print": PrintJob.decode,
+    "printer/ack": PrintAck.decode,
+    "printer/status": PrinterStatus.decode,
 }
 
 

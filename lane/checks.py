@@ -21,8 +21,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lane.auth.deny import DenyList, DenyListError, load_deny_list
+from lane.auth.entry_exit import EntryExitMatrix
 from lane.auth.fares import TariffError, load_tariff
-from lane.auth.keys import KeySet, KeySetError, keyset_stale, load_keyset
+from lane.auth.keys import KeySet, KeySetError, KeyUse, keyset_stale, load_keyset
 from lane.auth.netkeys import KeyFileError
 from lane.auth.networks import NetworkKeys
 from lane.auth.trust import judge_deny, judge_keyset
@@ -102,6 +103,30 @@ def _check_tariff(config: LaneConfig, path: Path, found: Findings) -> None:
         found.problems.append(
             f"{config.fares.tariff}: [{tariff.kind}]: this tariff is for {tariff.kind} lanes, "
             f"but {path} sets lane.mode = {config.lane.mode!r} (needs a [{wanted}] tariff)"
+        )
+    if tariff.entry_exit is not None:
+        _check_road(config, path, tariff.entry_exit, found)
+
+
+def _check_road(config: LaneConfig, path: Path, road: EntryExitMatrix, found: Findings) -> None:
+    """An entry-exit tariff prices closed-road exits, which no lane mode charges yet; and every
+    entry plaza needs a pass key, or its passes are refused as `unknown_key` at every exit."""
+    found.problems.append(
+        f"{config.fares.tariff}: mode: 'entry_exit' prices the exits of a closed road, which "
+        f"lane.mode {config.lane.mode!r} in {path} cannot charge yet (docs/closed-road.md)"
+    )
+    if config.auth.keyset is None:
+        return
+    try:
+        keys = load_keyset(config.auth.keyset)
+    except KeySetError:
+        return  # reported by the key check
+    signed = {k.plaza for k in keys.keys.values() if k.use is KeyUse.PASS}
+    unsigned = sorted({e for v in road.versions for e in v.entries} - signed)
+    if unsigned:
+        found.warnings.append(
+            f"{config.auth.keyset}: keys: no pass key for entry plaza {', '.join(unsigned)}; "
+            "their passes will be refused as unknown_key"
         )
 
 

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
     "ingest": ("uplink.cli", "main", [], "back-office ingest of uplink records"),
     "keys": ("lane.auth.cli", "main", ["keys"], "make issuer keys and key sets"),
     "token": ("lane.auth.cli", "main", ["token"], "issue offline tokens (tests, simulator)"),
+    "pass": ("lane.auth.cli", "main", ["pass"], "issue or verify closed-road entry passes"),
     "check-config": ("lane.checks", "check_config_main", [], "validate a config file"),
     "doctor": ("lane.checks", "doctor_main", [], "probe camera, broker, acquirer, disk, clock"),
     "reconcile": (
@@ -25,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
         "compare the back office's records with Alipay's and WeChat Pay's daily bills",
     ),
     "console": ("lane.console.cli", "main", [], "the operator console for lanes over MQTT"),
+    "trips": ("uplink.trips_cli", "main", [], "closed roads: who entered and has not exited"),
 }
 
 

@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import uvloop
 
@@ -107,6 +107,20 @@ def open_store(args: argparse.Namespace) -> IngestStore:
         )
         return store
     return SqliteIngestStore(args.db)
+
+
+def read_store(args: argparse.Namespace, prog: str, read: Callable[[IngestStore], None]) -> int:
+    """Open the store of `args`, run `read` on it, close it: 0, or 1 when it cannot be opened."""
+    try:
+        store = open_store(args)
+    except IngestStoreError as exc:
+        print(f"{prog}: cannot open the store: {exc}", file=sys.stderr)
+        return 1
+    try:
+        read(store)
+    finally:
+        store.close()
+    return 0
 
 
 def report(store: IngestStore) -> None:
@@ -228,15 +242,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--broker HOST:PORT is needed (only --report works without a broker)")
     setup_logging(args.log_level.upper(), worker=args.workers_name)
     if args.report:
-        try:
-            store = open_store(args)
-        except IngestStoreError as exc:
-            print(f"lane ingest: cannot open the store: {exc}", file=sys.stderr)
-            return 1
-        try:
-            report(store)
-        finally:
-            store.close()
-        return 0
+        return read_store(args, "lane ingest", report)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(serve(args))

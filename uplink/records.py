@@ -15,7 +15,9 @@ from barrier.wire import PayloadError, optional, pack, unpack
 from barrier.wire import field as required
 
 RECORD_VERSION = 1
-KINDS = frozenset({"toll", "tap_in", "tap_out", "manual", "violation"})
+# entry: a closed road's entry lane let a vehicle on and issued a pass (amount 0);
+# exit: its exit lane charged the trip of that pass (docs/closed-road.md).
+KINDS = frozenset({"toll", "tap_in", "tap_out", "manual", "violation", "entry", "exit"})
 METHODS = frozenset({"token", "payment_code", "emv", "manual", "none"})
 
 
@@ -57,6 +59,8 @@ class RecordDraft:
     payment_id: str | None = None
     entry_plaza: str | None = None
     flags: tuple[str, ...] = field(default=())
+    pass_id: str | None = None  # hex id of the entry pass (entry and exit records)
+    plate: str | None = None  # plate read by ANPR, when the lane has a camera for it
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -94,7 +98,7 @@ class Record:
             "entry_plaza": d.entry_plaza,
             "auth": d.auth.to_map(),
             "flags": list(d.flags),
-        }
+        } | _closed_road(d)
 
     def encode(self) -> bytes:
         return pack(self.to_map(), v=self.v)
@@ -120,6 +124,8 @@ class Record:
                 payment_id=optional(body, "payment_id", str),
                 entry_plaza=optional(body, "entry_plaza", str),
                 flags=tuple(str(f) for f in flags),
+                pass_id=optional(body, "pass_id", str),
+                plate=optional(body, "plate", str),
             )
         except ValueError as exc:
             if isinstance(exc, PayloadError):
@@ -133,3 +139,13 @@ class Record:
             draft=draft,
             v=required(body, "v", int),
         )
+
+
+def _closed_road(draft: RecordDraft) -> dict[str, Any]:
+    """The closed-road fields, only when set: every other record keeps its bytes as before."""
+    extra: dict[str, Any] = {}
+    if draft.pass_id is not None:
+        extra["pass_id"] = draft.pass_id
+    if draft.plate is not None:
+        extra["plate"] = draft.plate
+    return extra

@@ -1,11 +1,14 @@
-"""`lane keys ...` and `lane token ...`: make issuer keys, issue and check offline tokens.
+"""`lane keys`, `lane token`, `lane pass`: make keys, issue and check offline tokens and passes.
 
     keys new --kid K --alg ed25519|es256 --out DIR [--issuer I] [--valid-days 365]
+             [--plaza P]   (an entry plaza's pass key: use "pass", docs/closed-road.md)
     keys check FILE
     token issue --key PRIV.pem --kid K (--issuer I | --compact) --account A [--ttl 60] [--png F]
     token verify --keys keyset.json [--deny deny.json] [--skew 5] TEXT
+    pass issue --key PLAZA.pem --kid K --plaza P --lane L --class C [--plate X] [--png out.png]
+    pass verify --keys keyset.json [--skew 5] [--max-age-days 30] TEXT
 
-Exit codes: 0 done (or token accepted), 1 token refused, 2 usage or file error.
+Exit codes: 0 done (or token/pass accepted), 1 refused, 2 usage or file error.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,7 +28,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lane.auth.cose import Alg, CoseError, PrivateKey, alg_of_private
 from lane.auth.deny import DenyList, DenyListError, load_deny_list
-from lane.auth.keys import IssuerKey, KeySet, KeySetError, keyset_to_json, load_keyset
+from lane.auth.keys import (
+    IssuerKey,
+    KeySet,
+    KeySetError,
+    KeyUse,
+    keyset_to_json,
+    load_keyset,
+)
+from lane.auth.passes import EntryPass, PassRefused, issue_pass, verify_pass
 from lane.auth.sourced import rfc3339
 from lane.auth.tokens import (
     TokenAccepted,
@@ -68,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--alg", required=True, choices=[a.value for a in Alg])
     new.add_argument("--out", required=True, type=Path, help="directory for the files")
     new.add_argument("--issuer", help="bind the key to this token issuer (iss)")
+    new.add_argument("--plaza", help="make an entry pass key of this plaza (not a token key)")
     new.add_argument("--not-before", type=int, help="unix seconds (default: now)")
     new.add_argument("--valid-days", type=float, default=365.0)
     new.set_defaults(run=_keys_new)
@@ -77,9 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
     token = groups.add_parser("token", help="issue or verify offline tokens")
     token_cmds = token.add_subparsers(dest="cmd", required=True)
-    issue = token_cmds.add_parser("issue", help="sign a token and print its QR text")
-    issue.add_argument("--key", required=True, type=Path, help="private key PEM")
-    issue.add_argument("--kid", required=True)
+    issue = _signer(token_cmds, "sign a token and print its QR text", _token_issue)
     issue.add_argument("--issuer", help="iss of a v1 token")
     issue.add_argument(
         "--compact",
@@ -91,16 +103,45 @@ def _parser() -> argparse.ArgumentParser:
         "--ttl", type=int, default=60, help="seconds of validity (default 60: a phone's code)"
     )
     issue.add_argument("--iat", type=int, help="issued-at, unix seconds (default: now)")
-    issue.add_argument("--png", type=Path, help="also write the QR code to this image")
-    issue.set_defaults(run=_token_issue)
-    verify = token_cmds.add_parser("verify", help="verify QR text against a key set")
-    verify.add_argument("--keys", required=True, type=Path, help="key set JSON")
+    verify = _verifier(token_cmds, "verify QR text against a key set", _token_verify)
     verify.add_argument("--deny", type=Path, help="deny list JSON")
+
+    entry = groups.add_parser("pass", help="issue or verify entry passes (closed roads)")
+    pass_cmds = entry.add_subparsers(dest="cmd", required=True)
+    issue = _signer(pass_cmds, "sign an entry pass (the plaza's key)", _pass_issue)
+    issue.add_argument("--plaza", required=True)
+    issue.add_argument("--lane", required=True)
+    issue.add_argument("--class", dest="vehicle_class", required=True, type=int)
+    issue.add_argument("--plate", help="bind the pass to this plate")
+    issue.add_argument("--at", type=int, help="time of entry, unix seconds (default: now)")
+    verify = _verifier(pass_cmds, "verify a pass against a key set, offline", _pass_verify)
+    verify.add_argument("--max-age-days", type=float, default=30.0, help="pass lifetime")
+    return parser
+
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Run: TypeAlias = Callable[[argparse.Namespace], int]
+
+
+def _signer(commands: Commands, what: str, run: Run) -> argparse.ArgumentParser:
+    """`issue`: the options every signing command has."""
+    issue = commands.add_parser("issue", help=what)
+    issue.add_argument("--key", required=True, type=Path, help="private key PEM")
+    issue.add_argument("--kid", required=True)
+    issue.add_argument("--png", type=Path, help="also write the QR code to this image")
+    issue.set_defaults(run=run)
+    return issue
+
+
+def _verifier(commands: Commands, what: str, run: Run) -> argparse.ArgumentParser:
+    """`verify`: the options every offline verification has."""
+    verify = commands.add_parser("verify", help=what)
+    verify.add_argument("--keys", required=True, type=Path, help="key set JSON")
     verify.add_argument("--skew", type=float, default=5.0, help="clock skew allowed, s")
     verify.add_argument("--now", type=float, help="unix seconds (default: now)")
     verify.add_argument("text")
-    verify.set_defaults(run=_token_verify)
-    return parser
+    verify.set_defaults(run=run)
+    return verify
 
 
 def _keys_new(args: argparse.Namespace) -> int:
@@ -128,7 +169,12 @@ def _keys_new(args: argparse.Namespace) -> int:
     )
     not_before = now if args.not_before is None else args.not_before
     not_after = not_before + int(args.valid_days * 86400)
-    entry = IssuerKey(kid.encode(), alg, private.public_key(), not_before, not_after, args.issuer)
+    if args.plaza is not None and args.issuer is not None:
+        raise CliError("--plaza makes a pass key, which has no token --issuer")
+    use = KeyUse.TOKEN if args.plaza is None else KeyUse.PASS
+    entry = IssuerKey(
+        kid.encode(), alg, private.public_key(), not_before, not_after, args.issuer, use, args.plaza
+    )
     keyset = KeySet.of(max(now, current.issued_at + 1), [*current.keys.values(), entry])
 
     pem = private.private_bytes(
@@ -153,6 +199,8 @@ def _keys_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: issued {rfc3339(keyset.issued_at)}, {len(keyset.keys)} keys")
     for key in keyset.keys.values():
         issuer = f" issuer {key.issuer}" if key.issuer else ""
+        if key.use is KeyUse.PASS:
+            issuer = f" pass key of plaza {key.plaza}"
         print(
             f"  {key.kid_text}: {key.alg.value}{issuer}"
             f" valid {rfc3339(key.not_before)} .. {rfc3339(key.not_after)}"
@@ -217,6 +265,36 @@ def write_qr_png(text: str, path: Path, scale: int = 8) -> None:
     image = np.asarray(zxingcpp.write_barcode_to_image(barcode, scale=scale))
     if not cv2.imwrite(str(path), image):
         raise CliError(f"{path}: cannot write the image (check the directory and extension)")
+
+
+def _pass_issue(args: argparse.Namespace) -> int:
+    private = _load_private_key(args.key)
+    at = int(time.time()) if args.at is None else args.at
+    entry = EntryPass(args.plaza, args.lane, at, args.vehicle_class, os.urandom(12), args.plate)
+    try:
+        text = issue_pass(private, args.kid.encode(), entry)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.png is not None:
+        write_qr_png(text, args.png)
+    print(text)
+    return 0
+
+
+def _pass_verify(args: argparse.Namespace) -> int:
+    keys = load_keyset(args.keys)
+    now = time.time() if args.now is None else args.now
+    verdict = verify_pass(args.text, keys, now, args.skew, args.max_age_days * 86400)
+    if isinstance(verdict, PassRefused):
+        print(f"refused: {verdict.reason.value}: {verdict.detail}")
+        return 1
+    e = verdict.entry
+    print(
+        f"accepted: pass_id={e.pass_hex} plaza={e.plaza} lane={e.lane}"
+        f" entered={rfc3339(e.entered_at)} class={e.vehicle_class} plate={e.plate or '-'}"
+        f" kid={verdict.kid.decode('utf-8', 'backslashreplace')}"
+    )
+    return 0
 
 
 def _token_verify(args: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
 """Tariffs: what a vehicle (or passenger) class pays at this lane, in integer minor units.
 
 A tariff file is TOML (people edit it): a currency, the classes, and exactly one of
-`[toll]` (mode "flat": class -> amount, or "matrix": entry plaza -> class -> amount) or
-`[transit]` (mode "flat": class -> amount at the gate, or "zero_at_entry": tap-ins record 0
-and the back office prices the trip from the tap-in/tap-out pair). See
+`[toll]` (mode "flat": class -> amount, "matrix": entry plaza -> class -> amount, or
+"entry_exit": versions of entry -> exit -> class -> amount, lane.auth.entry_exit) or
+`[transit]` (mode "flat": class -> amount at the gate, "zero_at_entry": tap-ins record 0
+and the back office prices the trip from the tap-in/tap-out pair, or "entry_exit" by entry
+and exit station). See
 deploy/tariff.example.toml. `parse_tariff` validates a loaded mapping (pure); amounts must be
 non-negative integers and every declared class must have a fare in every table, so a lane
 never discovers a gap with a vehicle at the barrier.
@@ -19,11 +21,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lane.auth.entry_exit import (
+    EntryExitMatrix,
+    MatrixLookupError,
+    amount,
+    class_id,
+    declared_class,
+    parse_matrix,
+)
 from lane.auth.sourced import Reader, SourcedError, type_name
 
-KINDS = {"toll": ("flat", "matrix"), "transit": ("flat", "zero_at_entry")}
+KINDS = {
+    "toll": ("flat", "matrix", "entry_exit"),
+    "transit": ("flat", "zero_at_entry", "entry_exit"),
+}
 _CURRENCY = re.compile(r"[A-Z]{3}")
-MAX_CLASS_ID = 999
 T = TypeVar("T")
 
 
@@ -49,10 +61,11 @@ class Tariff:
     currency: str
     classes: Mapping[int, str]
     kind: str  # "toll" or "transit"
-    mode: str  # "flat", "matrix" (toll) or "zero_at_entry" (transit)
+    mode: str  # "flat", "matrix" (toll), "zero_at_entry" (transit) or "entry_exit" (both)
     flat: Mapping[int, int] = field(default_factory=dict)
     matrix: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
     minor_digits: int = 2
+    entry_exit: EntryExitMatrix | None = None
 
     def fare(self, vehicle_class: int, entry_plaza: str | None = None) -> Money:
         """The fare for a class; a matrix tariff also needs the entry plaza (ignored otherwise)."""
@@ -62,12 +75,53 @@ class Tariff:
             return Money(0, self.currency)
         if self.mode == "flat":
             return Money(self.flat[vehicle_class], self.currency)
+        if self.entry_exit is not None:
+            raise FareError("this tariff is priced by entry and exit: use trip_fare")
         if entry_plaza is None:
             raise FareError("this toll is priced by entry plaza and none was given")
         row = self.matrix.get(entry_plaza)
         if row is None:
             raise FareError(f"unknown entry plaza {entry_plaza!r}")
         return Money(row[vehicle_class], self.currency)
+
+    def trip_fare(self, vehicle_class: int, entry: str, exit_plaza: str, at: float) -> Money:
+        """The matrix cell of a trip, from the version in force at `at` (the exit time).
+        A per-entry "matrix" tariff prices the trip by its entry alone."""
+        self._known(vehicle_class)
+        if self.entry_exit is None:
+            return self.fare(vehicle_class, entry)
+        try:
+            cell = self.entry_exit.at(at).cell(entry, exit_plaza, vehicle_class)
+        except MatrixLookupError as exc:
+            raise FareError(str(exc)) from None
+        return Money(cell, self.currency)
+
+    def farthest_fare(self, vehicle_class: int, exit_plaza: str, at: float) -> Money:
+        """The highest fare of any entry into `exit_plaza`: what a trip without a pass pays."""
+        self._known(vehicle_class)
+        if self.entry_exit is None:
+            amounts = [row[vehicle_class] for row in self.matrix.values()]
+        else:
+            amounts = self.entry_exit.at(at).from_entries(exit_plaza, vehicle_class)
+        if not amounts:
+            raise FareError(f"no entry leads to {exit_plaza!r} for class {vehicle_class}")
+        return Money(max(amounts), self.currency)
+
+    def nearest_fare(self, vehicle_class: int, entry: str, at: float) -> Money:
+        """The lowest fare out of `entry`: what a U-turn at the entry plaza pays."""
+        self._known(vehicle_class)
+        if self.entry_exit is None:
+            return self.fare(vehicle_class, entry)
+        amounts = self.entry_exit.at(at).to_exits(entry, vehicle_class)
+        if not amounts:
+            raise FareError(f"no exit is priced from {entry!r} for class {vehicle_class}")
+        return Money(min(amounts), self.currency)
+
+    def _known(self, vehicle_class: int) -> None:
+        if vehicle_class not in self.classes:
+            raise FareError(f"unknown vehicle class {vehicle_class!r}")
+        if self.mode not in {"matrix", "entry_exit"}:
+            raise FareError(f"a {self.mode} tariff does not price trips by entry")
 
     def class_name(self, vehicle_class: int) -> str:
         try:
@@ -132,12 +186,23 @@ def parse_tariff(body: Mapping[str, Any], source_name: str) -> Tariff:
         problems.raise_any()
     kind = kinds[0]
     section = problems.attempt(lambda: read.table(body, kind, kind)) or {}
-    _no_unknown_keys(read, problems, section, {"mode", "fares"}, kind)
+    _no_unknown_keys(read, problems, section, {"mode", "fares", "version"}, kind)
     mode = problems.attempt(lambda: _mode(read, section, kind))
     where = f"{kind}.fares"
     flat: dict[int, int] = {}
     matrix: dict[str, Mapping[int, int]] = {}
-    if mode == "zero_at_entry" and "fares" in section:
+    entry_exit: EntryExitMatrix | None = None
+    if mode != "entry_exit" and "version" in section:
+        problems.found.append(
+            read.fail(f"{kind}.version", f"is only used in entry_exit mode, not {mode}")
+        )
+    if mode == "entry_exit":
+        if "fares" in section:
+            problems.found.append(
+                read.fail(where, "entry_exit fares go in [[" + kind + ".version]] tables")
+            )
+        entry_exit = problems.attempt(lambda: _parse_versions(read, section, classes, kind))
+    elif mode == "zero_at_entry" and "fares" in section:
         problems.found.append(read.fail(where, "is not used in zero_at_entry mode; remove it"))
     elif mode in ("flat", "matrix"):
         fares = problems.attempt(lambda: read.table(section, "fares", where)) or {}
@@ -147,7 +212,14 @@ def parse_tariff(body: Mapping[str, Any], source_name: str) -> Tariff:
             matrix = _parse_matrix(read, problems, fares, classes, where)
     problems.raise_any()
     assert currency is not None and minor_digits is not None and mode is not None
-    return Tariff(currency, classes, kind, mode, flat, matrix, minor_digits)
+    return Tariff(currency, classes, kind, mode, flat, matrix, minor_digits, entry_exit)
+
+
+def _parse_versions(
+    read: Reader, section: Mapping[str, Any], classes: Mapping[int, str], kind: str
+) -> EntryExitMatrix:
+    items = read.items(section, "version", f"{kind}.version")
+    return parse_matrix(read, items, classes, f"{kind}.version")
 
 
 def _currency(read: Reader, body: Mapping[str, Any]) -> str:
@@ -199,13 +271,13 @@ def _parse_classes(read: Reader, problems: _Problems, body: Mapping[str, Any]) -
         raise read.fail("classes", "must declare at least one class")
     classes: dict[int, str] = {}
     for key, name in table.items():
-        class_id = problems.attempt(partial(_class_id, read, key, f"classes.{key}"))
+        vehicle_class = problems.attempt(partial(class_id, read, key, f"classes.{key}"))
         if not isinstance(name, str) or not name:
             problems.found.append(
                 read.fail(f"classes.{key}", f"must be the class name, got {type_name(name)}")
             )
-        elif class_id is not None:
-            classes[class_id] = name
+        elif vehicle_class is not None:
+            classes[vehicle_class] = name
     return classes
 
 
@@ -217,8 +289,8 @@ def _parse_row(
     where: str,
 ) -> dict[int, int]:
     amounts: dict[int, int] = {}
-    for key, amount in row.items():
-        found = problems.attempt(partial(_fare, read, key, amount, classes, where))
+    for key, value in row.items():
+        found = problems.attempt(partial(_fare, read, key, value, classes, where))
         if found is not None:
             amounts[found[0]] = found[1]
     missing = sorted(set(classes) - set(amounts) - {_int_or_none(k) for k in row})
@@ -229,33 +301,15 @@ def _parse_row(
 
 
 def _fare(
-    read: Reader, key: Any, amount: Any, classes: Mapping[int, str], where: str
+    read: Reader, key: Any, value: Any, classes: Mapping[int, str], where: str
 ) -> tuple[int, int]:
     path = f"{where}.{key}"
-    class_id = _class_id(read, key, path)
-    if class_id not in classes:
-        raise read.fail(path, f"class {class_id} is not declared in [classes]")
-    if isinstance(amount, float):
-        raise read.fail(
-            path,
-            f"must be an integer of minor units (e.g. 250 for 2.50), got the float {amount}",
-        )
-    return class_id, read.check_integer(amount, path)
+    return declared_class(read, key, path, classes), amount(read, value, path)
 
 
 def _int_or_none(key: Any) -> int | None:
     text = str(key)
     return int(text) if text.isascii() and text.isdigit() else None
-
-
-def _class_id(read: Reader, key: Any, path: str) -> int:
-    text = str(key)
-    if not text.isascii() or not text.isdigit() or str(int(text)) != text:
-        raise read.fail(path, f"class ids are integers without leading zeros, got {text!r}")
-    class_id = int(text)
-    if class_id > MAX_CLASS_ID:
-        raise read.fail(path, f"class id must be <= {MAX_CLASS_ID}, got {class_id}")
-    return class_id
 
 
 def _no_unknown_keys(

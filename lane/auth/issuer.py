@@ -1,4 +1,4 @@
-"""A token issuer in a box, for the simulator, tests and benchmarks (not used by the lane).
+"""A token issuer and a plaza pass key in a box, for the simulator, tests and benchmarks.
 
 Holds one private key and mints tokens the way a wallet app's back end would; `public()` is
 the matching key set entry for the lanes.
@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lane.auth.cose import Alg, PrivateKey, alg_of_private
-from lane.auth.keys import IssuerKey
+from lane.auth.keys import IssuerKey, KeyUse
+from lane.auth.passes import EntryPass, issue_pass
 from lane.auth.tokens import issue_compact_token, issue_token
 
 FAR_FUTURE = 1 << 32
@@ -69,3 +70,34 @@ class TokenIssuer:
         """A compact v2 token (no nonce: its id is the hash of the signed bytes); raises
         ValueError when the kid or the account is too long for QR version 5-L."""
         return issue_compact_token(self.private_key, self.kid, account_ref, iat, iat + ttl_s)
+
+@dataclass(frozen=True)
+class PlazaPassKey:
+    """An entry plaza's pass signing key (the entry lanes of that plaza hold it)."""
+
+    private_key: PrivateKey
+    kid: bytes
+    plaza: str
+    not_before: int = 0
+    not_after: int = FAR_FUTURE
+
+    @classmethod
+    def generate(
+        cls, plaza: str, kid: bytes | str | None = None, alg: Alg = Alg.ED25519
+    ) -> PlazaPassKey:
+        issuer = TokenIssuer.generate(alg, kid or f"pass-{plaza}")
+        return cls(issuer.private_key, issuer.kid, plaza)
+
+    def public(self) -> IssuerKey:
+        return IssuerKey(
+            self.kid,
+            alg_of_private(self.private_key),
+            self.private_key.public_key(),
+            self.not_before,
+            self.not_after,
+            use=KeyUse.PASS,
+            plaza=self.plaza,
+        )
+
+    def issue(self, entry: EntryPass) -> str:
+        return issue_pass(self.private_key, self.kid, entry)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 
@@ -39,6 +40,13 @@ class KeySetError(SourcedError):
     """A key set file or payload that cannot be used; says where and what."""
 
 
+class KeyUse(enum.StrEnum):
+    """What a key may sign: payment tokens (the wallet issuers) or entry passes (a plaza)."""
+
+    TOKEN = "token"
+    PASS = "pass"
+
+
 @dataclass(frozen=True)
 class IssuerKey:
     kid: bytes
@@ -47,6 +55,8 @@ class IssuerKey:
     not_before: int  # unix seconds UTC, inclusive
     not_after: int  # unix seconds UTC, exclusive
     issuer: str | None = None  # when set, tokens signed with this key must carry this `iss`
+    use: KeyUse = KeyUse.TOKEN
+    plaza: str | None = None  # pass keys: the only plaza whose passes this key signs
 
     def valid_at(self, unix_s: float) -> bool:
         return self.not_before <= unix_s < self.not_after
@@ -112,12 +122,7 @@ def _parse_key(read: Reader, entry: Any, path: str) -> IssuerKey:
     if not isinstance(entry, Mapping):
         raise read.fail(path, f"must be a table, got {type_name(entry)}")
     kid = _parse_kid(read, entry, path)
-    alg_name = read.text(entry, "alg", f"{path}.alg")
-    try:
-        alg = Alg(alg_name)
-    except ValueError:
-        choices = ", ".join(a.value for a in Alg)
-        raise read.fail(f"{path}.alg", f"unknown algorithm {alg_name!r} (use {choices})") from None
+    alg = _choice(read, Alg, read.text(entry, "alg", f"{path}.alg"), f"{path}.alg", "algorithm")
     public_key = _parse_public_key(read, entry.get("public_key"), f"{path}.public_key")
     actual = alg_of_public(public_key)
     if actual is not alg:
@@ -130,7 +135,31 @@ def _parse_key(read: Reader, entry: Any, path: str) -> IssuerKey:
     issuer = None
     if entry.get("issuer") is not None:
         issuer = read.text(entry, "issuer", f"{path}.issuer")
-    return IssuerKey(kid, alg, public_key, not_before, not_after, issuer)
+    use, plaza = _parse_use(read, entry, path)
+    return IssuerKey(kid, alg, public_key, not_before, not_after, issuer, use, plaza)
+
+
+def _parse_use(read: Reader, entry: Mapping[str, Any], path: str) -> tuple[KeyUse, str | None]:
+    """`use` is optional (sets written before passes existed hold token keys only)."""
+    use = KeyUse.TOKEN
+    if entry.get("use") is not None:
+        use = _choice(read, KeyUse, read.text(entry, "use", f"{path}.use"), f"{path}.use", "use")
+    if use is KeyUse.PASS:
+        return use, read.text(entry, "plaza", f"{path}.plaza")
+    if entry.get("plaza") is not None:
+        raise read.fail(f"{path}.plaza", 'only pass keys (use = "pass") belong to a plaza')
+    return use, None
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _choice(read: Reader, kind: type[E], name: str, path: str, what: str) -> E:
+    try:
+        return kind(name)
+    except ValueError:
+        choices = ", ".join(str(c.value) for c in kind)
+        raise read.fail(path, f"unknown {what} {name!r} (use {choices})") from None
 
 
 def _parse_kid(read: Reader, entry: Mapping[str, Any], path: str) -> bytes:
@@ -198,6 +227,9 @@ def _key_fields(key: IssuerKey, json_form: bool) -> dict[str, Any]:
     out["alg"] = key.alg.value
     if key.issuer is not None:
         out["issuer"] = key.issuer
+    if key.use is not KeyUse.TOKEN:  # token keys stay as older lanes wrote and read them
+        out["use"] = key.use.value
+        out["plaza"] = key.plaza
     out["public_key"] = base64.b64encode(der).decode("ascii") if json_form else der
     out["not_before"] = rfc3339(key.not_before) if json_form else key.not_before
     out["not_after"] = rfc3339(key.not_after) if json_form else key.not_after

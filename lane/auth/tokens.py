@@ -40,7 +40,7 @@ from lane.auth.cose import (
     verify,
 )
 from lane.auth.deny import DenyList
-from lane.auth.keys import KeySet, kid_text
+from lane.auth.keys import KeySet, KeyUse, kid_text
 
 
 class TokenFormat(enum.StrEnum):
@@ -156,8 +156,8 @@ def _verify(text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float) 
     if alg is None:
         raise _RefusedError(Reason.WRONG_ALGORITHM, f"alg {alg_id} is not EdDSA (-8) or ES256 (-7)")
     key = keys.get(kid)
-    if key is None:
-        raise _RefusedError(Reason.UNKNOWN_KEY, f"no key with kid {kid_text(kid)!r}")
+    if key is None or key.use is not KeyUse.TOKEN:  # a plaza's pass key never signs payment
+        raise _RefusedError(Reason.UNKNOWN_KEY, f"no token key with kid {kid_text(kid)!r}")
     if key.alg is not alg:
         raise _RefusedError(
             Reason.WRONG_ALGORITHM,

@@ -20,6 +20,8 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
+from barrier.peripherals import PlateReading
+from barrier.topics import PLATE
 from barrier.wire import PayloadError, unpack
 from lane.alarm_severity import Severity, worst
 from lane.window import Window, percentiles
@@ -47,6 +49,7 @@ class LaneView:
     commanded_at: float | None = None
     sensors: dict[str, bool] = field(default_factory=dict)
     vehicle_class: int | None = None
+    plate: str | None = None  # the last plate the ANPR camera read (closed roads)
     display: list[str] = field(default_factory=list)
     display_until: float | None = None
     opened: int = 0
@@ -93,6 +96,7 @@ class LaneView:
             },
             "sensors": {s: self.sensors.get(s) for s in PRESENCE_SENSORS},
             "vehicle_class": self.vehicle_class,
+            "plate": self.plate,
             "display": self.display
             if self.display_until is not None and now < self.display_until
             else [],
@@ -170,6 +174,8 @@ class Plaza:
             view.barrier = BarrierStatus.decode(payload)
         elif rest == "barrier/cmd":
             view.commanded, view.commanded_at = BarrierCommand.decode(payload).op, now
+        elif rest == f"io/{PLATE}":
+            view.plate = PlateReading.decode(payload).plate
         elif rest.startswith("io/"):
             reading = SensorReading.decode(payload)
             if reading.sensor != rest[3:]:

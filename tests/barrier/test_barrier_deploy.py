@@ -32,7 +32,7 @@ from sim.broker import Mosquitto, find_mosquitto, free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PASSWD_TOOL = Path("/usr/bin/mosquitto_passwd")
-USERS = ("controller", "barrier", "io", "operator", "attendant")
+USERS = ("controller", "barrier", "io", "operator", "attendant", "anpr", "printer")
 FAST = Timings(opening_s=0.01, closing_s=0.01, slow_ack_s=0.0, step_s=0.0)
 needs_passwd = pytest.mark.skipif(
     not PASSWD_TOOL.exists(), reason="mosquitto_passwd not at /usr/bin: cannot make a password file"

@@ -1,0 +1,100 @@
+"""Closed road cost on this machine (prints figures; asserts nothing).
+
+    .venv/bin/python -m bench.road
+
+bench_passes: verify_pass per second (Ed25519 and ES256; accepted, forged, garbage).
+bench_fares: decide_fare per second on the example road tariff (a plain trip and a lost pass).
+bench_escpos: encode and decode of an entry ticket with its QR code.
+bench_trips: trip_ledger over N encoded entry/exit records (the back office's open-trip query).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from barrier.escpos import Ticket, decode, encode_ticket
+from lane.auth.cose import Alg
+from lane.auth.fares import load_tariff
+from lane.auth.issuer import PlazaPassKey
+from lane.auth.keys import KeySet
+from lane.auth.passes import EntryPass, verify_pass
+from lane.auth.trip_rules import ExitContext, RoadRules, decide_fare
+from uplink.records import AuthInfo, Record, RecordDraft
+from uplink.trips import trip_ledger
+
+NOW = 1_800_000_000
+TARIFF = Path(__file__).resolve().parents[1] / "deploy" / "tariff.road.example.toml"
+
+
+def _timed(label: str, n: int, run: Callable[[int], object]) -> None:
+    run(0)  # warm up
+    started = time.perf_counter()
+    for i in range(n):
+        run(i)
+    elapsed = time.perf_counter() - started
+    print(f"  {label:<40} {n / elapsed:9.0f} /s   {elapsed / n * 1e6:8.1f} us each")
+
+
+def bench_passes(n: int = 2000) -> None:
+    print(f"verify_pass, {n} passes each")
+    for alg in Alg:
+        key = PlazaPassKey.generate("P01", alg=alg)
+        forger = PlazaPassKey.generate("P01", kid=key.kid, alg=alg)
+        keys = KeySet.of(NOW, [key.public()])
+        entries = [
+            EntryPass("P01", "e1", NOW - 60, 1, os.urandom(12), "ZJA12345") for _ in range(n)
+        ]
+        texts = [key.issue(e) for e in entries]
+        forged = [forger.issue(e) for e in entries]
+        print(f" {alg.value} (QR text {len(texts[0])} characters)")
+        for label, batch in (("accepted", texts), ("forged (bad signature)", forged)):
+            _timed(label, n, lambda i, b=batch, k=keys: verify_pass(b[i], k, NOW, 5, 86_400))
+    garbage = "LP1:" + "A" * 300
+    _timed("garbage (refused at decode)", n, lambda i: verify_pass(garbage, KeySet(0), NOW, 5, 1))
+
+
+def bench_fares(n: int = 20_000) -> None:
+    tariff = load_tariff(TARIFF)
+    entry = EntryPass("P01", "e1", NOW - 3600, 1, b"\x01" * 12)
+    at_exit = ExitContext("P03", "x1", 1, None, NOW)
+    rules = RoadRules()
+    print(f"decide_fare, {n} decisions each")
+    _timed("a plain trip", n, lambda i: decide_fare(entry, False, at_exit, tariff, rules))
+    _timed("no pass (farthest fare)", n, lambda i: decide_fare(None, False, at_exit, tariff, rules))
+
+
+def bench_escpos(n: int = 5000) -> None:
+    key = PlazaPassKey.generate("P01")
+    text = key.issue(EntryPass("P01", "e1", NOW, 1, b"\x01" * 12))
+    ticket = Ticket("ENTRY P01", ("Lane e1", "Class 1", "2027-01-15 08:00"), qr=text)
+    stream = encode_ticket(ticket)
+    print(f"ESC/POS entry ticket ({len(stream)} bytes), {n} each")
+    _timed("encode_ticket", n, lambda i: encode_ticket(ticket))
+    _timed("decode (the printer emulator)", n, lambda i: decode(stream))
+
+
+def bench_trips(n: int = 20_000) -> None:
+    auth = AuthInfo("none")
+    blobs = []
+    for i in range(n):
+        pass_id = f"{i:016x}"
+        draft = RecordDraft("entry", f"v{i}", 1, 0, "CNY", "none", None, auth, pass_id=pass_id)
+        blobs.append(Record(f"e{i}", "P01/e1", i + 1, NOW * 10**6 + i, draft).encode())
+        if i % 10:  # nine in ten have exited
+            out = RecordDraft("exit", f"v{i}", 1, 4000, "CNY", "token", "a", auth, pass_id=pass_id)
+            blobs.append(Record(f"x{i}", "P03/x1", i + 1, NOW * 10**6 + i, out).encode())
+    started = time.perf_counter()
+    ledger = trip_ledger(blobs)
+    elapsed = time.perf_counter() - started
+    print(f"trip_ledger over {len(blobs)} records: {elapsed * 1000:.0f} ms, "
+          f"{len(ledger.open_trips)} open, {ledger.closed} closed")  # fmt: skip
+
+
+if __name__ == "__main__":
+    bench_passes()
+    bench_fares()
+    bench_escpos()
+    bench_trips()

@@ -1,0 +1,82 @@
+"""Opening a signed QR text: prefix, Base45, COSE_Sign1, key lookup and signature check.
+
+Shared by everything a lane verifies offline that is not a payment token (entry passes
+today; `lane.auth.tokens` predates it and keeps its own copy of these steps until the v2
+token work on branch `scan` lands, then folds onto this). Pure: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lane.auth.base45 import Base45Error, b45decode
+from lane.auth.cose import HEADER_ALG, HEADER_KID, Alg, CoseError, decode_sign1, verify
+from lane.auth.keys import IssuerKey, kid_text
+
+MAX_KID_LEN = 64
+
+
+class OpenFailure(enum.StrEnum):
+    MALFORMED = "malformed"
+    UNKNOWN_KEY = "unknown_key"
+    WRONG_ALGORITHM = "wrong_algorithm"
+    BAD_SIGNATURE = "bad_signature"
+
+
+class SignedTextError(ValueError):
+    """The text did not open; `failure` says which step refused it."""
+
+    def __init__(self, failure: OpenFailure, detail: str) -> None:
+        super().__init__(detail)
+        self.failure = failure
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Opened:
+    key: IssuerKey
+    payload: bytes  # verified: signed by `key`
+    signed: bytes  # the Sig_structure bytes, for ids derived from the whole signed content
+
+
+def open_signed(
+    text: object, prefix: str, max_len: int, lookup: Callable[[bytes], IssuerKey | None]
+) -> Opened:
+    """The verified payload of `prefix + Base45(COSE_Sign1)`, or SignedTextError.
+
+    `lookup` maps a kid to the key allowed for this kind of text (None: unknown)."""
+    if not isinstance(text, str):
+        raise SignedTextError(OpenFailure.MALFORMED, f"expected text, got {type(text).__name__}")
+    text = text.rstrip("\r\n")  # scanners may add a line ending; not in the Base45 alphabet
+    if len(text) > max_len:
+        raise SignedTextError(OpenFailure.MALFORMED, f"{len(text)} characters, limit {max_len}")
+    if not text.startswith(prefix):
+        raise SignedTextError(OpenFailure.MALFORMED, f"does not start with {prefix!r}")
+    try:
+        sign1 = decode_sign1(b45decode(text[len(prefix) :]))
+    except (Base45Error, CoseError) as exc:
+        raise SignedTextError(OpenFailure.MALFORMED, str(exc)) from None
+    alg_id = sign1.header.get(HEADER_ALG)
+    kid = sign1.header.get(HEADER_KID)
+    if isinstance(alg_id, bool) or not isinstance(alg_id, int):
+        raise SignedTextError(OpenFailure.MALFORMED, "protected header has no integer alg (1)")
+    if not isinstance(kid, bytes) or not 0 < len(kid) <= MAX_KID_LEN:
+        detail = f"protected header needs a kid (4) of 1..{MAX_KID_LEN} bytes"
+        raise SignedTextError(OpenFailure.MALFORMED, detail)
+    alg = Alg.from_cose(alg_id)
+    if alg is None:
+        detail = f"alg {alg_id} is not EdDSA (-8) or ES256 (-7)"
+        raise SignedTextError(OpenFailure.WRONG_ALGORITHM, detail)
+    key = lookup(kid)
+    if key is None:
+        raise SignedTextError(OpenFailure.UNKNOWN_KEY, f"no key with kid {kid_text(kid)!r}")
+    if key.alg is not alg:
+        detail = f"signed as {alg.value} but key {key.kid_text!r} is {key.alg.value}"
+        raise SignedTextError(OpenFailure.WRONG_ALGORITHM, detail)
+    signed = sign1.to_be_signed()
+    if not verify(key.public_key, sign1.signature, signed):
+        detail = f"signature does not verify with {key.kid_text!r}"
+        raise SignedTextError(OpenFailure.BAD_SIGNATURE, detail)
+    return Opened(key, sign1.payload, signed)

@@ -1,0 +1,51 @@
+"""A pass exits once across the plaza: the used-pass namespace of the replay store, shared
+between two exit lanes over a real mosquitto like used tokens."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from test_replay_plaza import lane_sharing, wait_for_mark
+
+from lane.auth.fares import load_tariff
+from lane.auth.issuer import PlazaPassKey
+from lane.auth.keys import KeySet
+from lane.auth.passes import EntryPass, PassAccepted, pass_key, verify_pass
+from lane.auth.trip_rules import ExitContext, Outcome, RoadRules, decide_fare
+from sim.broker import Mosquitto
+
+DAY = 86_400
+TARIFF = load_tariff(Path(__file__).resolve().parents[2] / "deploy" / "tariff.road.example.toml")
+
+
+async def test_a_pass_used_at_one_exit_lane_is_pass_used_at_the_next(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    plaza = f"P{uuid.uuid4().hex[:6]}"
+    now = int(time.time())
+    key = PlazaPassKey.generate("P01")
+    keys = KeySet.of(now, [key.public()])
+    text = key.issue(EntryPass("P01", "e1", now - 3600, 1, uuid.uuid4().bytes[:12]))
+    async with (
+        lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/x1") as (x1, _),
+        lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/x2") as (x2, _),
+    ):
+        await x1.link.wait_connected(5)
+        await x2.link.wait_connected(5)
+        verdicts = []
+        for sharing, lane in ((x1, "x1"), (x2, "x2")):
+            verdict = verify_pass(text, keys, now, 5, 30 * DAY)
+            assert isinstance(verdict, PassAccepted)
+            entry = verdict.entry
+            used_id = pass_key(entry.pass_hex)
+            first = await sharing.check_and_mark(used_id, entry.entered_at + 30 * DAY, now)
+            at_exit = ExitContext("P03", lane, 1, None, now)
+            verdicts.append(decide_fare(entry, not first, at_exit, TARIFF, RoadRules()))
+            if sharing is x1:  # the use reaches the other lane of the plaza
+                await wait_for_mark(x2.store, used_id)
+        assert [d.outcome for d in verdicts] == [Outcome.CHARGED, Outcome.PASS_USED]
+        assert verdicts[1].attendant
+        used = x2.store.get(pass_key(verdicts[0].pass_id or ""))
+        assert used is not None and used.remote and used.lane == f"{plaza}/x1"

@@ -1,0 +1,159 @@
+"""The back office answers "which vehicles entered and have not exited" from ingested records."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from uplink_kit import drained, lane_side, start_lane, worker
+
+from lane.cli import COMMANDS
+from sim.broker import Mosquitto
+from uplink.messages import QueueIdentity
+from uplink.records import KINDS, AuthInfo, Record, RecordDraft
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import IngestRecord, IngestStore
+from uplink.trips import OpenTrip, open_trips, trip_ledger
+from uplink.trips_cli import main as trips_main
+
+NO_AUTH = AuthInfo("none")
+T0 = int(datetime(2027, 1, 15, 8, 0, tzinfo=UTC).timestamp()) * 1_000_000
+HOUR_US = 3600 * 1_000_000
+
+
+def entry(pass_id: str, plaza: str = "P01", plate: str | None = None) -> RecordDraft:
+    return RecordDraft("entry", f"v-{pass_id}", 1, 0, "CNY", "none", None, NO_AUTH,
+                       entry_plaza=plaza, pass_id=pass_id, plate=plate)  # fmt: skip
+
+
+def exit_(pass_id: str, amount: int = 4000, flags: tuple[str, ...] = ()) -> RecordDraft:
+    return RecordDraft("exit", f"x-{pass_id}", 1, amount, "CNY", "token", "acct-1",
+                       AuthInfo("approved", offline=True), entry_plaza="P01", flags=flags,
+                       pass_id=pass_id)  # fmt: skip
+
+
+def blob(draft: RecordDraft, seq: int, lane: str = "P01/e1") -> bytes:
+    return Record(f"r-{lane}-{seq}", lane, seq, 1_800_000_000_000_000 + seq, draft).encode()
+
+
+def test_entry_and_exit_records_round_trip_and_old_records_keep_their_bytes() -> None:
+    assert {"entry", "exit"} <= KINDS
+    e = Record("r1", "P01/e1", 1, 5, entry("aa" * 8, plate="ZJA12345"))
+    assert Record.decode(e.encode()) == e
+    toll = Record("r2", "P01/x1", 1, 5, RecordDraft("toll", "v", 1, 5, "CNY", "token", None,
+                                                    NO_AUTH))  # fmt: skip
+    assert "pass_id" not in toll.to_map() and "plate" not in toll.to_map()
+
+
+def test_the_ledger_pairs_entries_with_exits() -> None:
+    blobs = [
+        blob(entry("p1"), 1),
+        blob(entry("p2", plate="ZJA1"), 2),
+        blob(entry("p3", plaza="P02"), 3, lane="P02/e1"),
+        blob(exit_("p1"), 4, lane="P03/x1"),
+        blob(exit_("p9"), 5, lane="P03/x1"),  # its entry has not arrived
+        blob(exit_("p1", flags=("pass_used", "attendant")), 6, lane="P02/x1"),  # a second showing
+        blob(RecordDraft("toll", "v", 1, 5, "CNY", "token", None, NO_AUTH), 7),  # not a trip
+        b"\x00garbage",
+    ]
+    ledger = trip_ledger(blobs)
+    assert [t.pass_id for t in ledger.open_trips] == ["p2", "p3"]
+    assert ledger.open_trips[0] == OpenTrip(
+        "p2", "r-P01/e1-2", "P01/e1", "P01", 1_800_000_000_000_002, 1, "ZJA1"
+    )
+    assert ledger.closed == 1
+    assert ledger.unmatched_exits == ("r-P03/x1-5",)
+    assert ledger.unreadable == 1
+
+
+async def test_open_trips_from_records_ingested_over_the_broker(
+    mosquitto: Mosquitto, store_factory: Callable[[], IngestStore], tmp_path: Path
+) -> None:
+    """Two entry lanes and an exit lane forward their records; the store (SQLite and
+    PostgreSQL) then says which passes are still on the road, and which are overdue."""
+    store = store_factory()
+    tag = uuid.uuid4().hex[:6]
+    lanes = {name: f"{tag}{name}" for name in ("P01/e1", "P02/e1", "P03/x1")}
+    host, port = mosquitto.host, mosquitto.port
+    w = await worker(host, port, store, f"in-{tag}", f"g{tag}").start()
+    sides = {
+        name: await start_lane(lane_side(host, port, lane, tmp_path / f"{name[:3]}.sqlite"))
+        for name, lane in lanes.items()
+    }
+    try:
+        passes = [f"{i:016x}" for i in range(6)]
+        plan = [("P01/e1", entry(p)) for p in passes[:4]] + [
+            ("P02/e1", entry(p, plaza="P02")) for p in passes[4:]
+        ]
+        plan += [("P03/x1", exit_(p)) for p in passes[1:5]]  # 0 and 5 stay on the road
+        for name, draft in plan:
+            side = sides[name]
+            rec = await asyncio.to_thread(side.queue.append, draft)
+            side.written[rec.seq] = rec.record_id
+            side.forwarder.wake()
+        for name, side in sides.items():
+            await drained(side, store, lanes[name])
+        ledger = open_trips(store)
+        assert [t.pass_id for t in ledger.open_trips] == [passes[0], passes[5]]
+        assert [t.lane for t in ledger.open_trips] == [lanes["P01/e1"], lanes["P02/e1"]]
+        assert (ledger.closed, ledger.unmatched_exits, ledger.unreadable) == (4, (), 0)
+        first, last = ledger.open_trips
+        overdue = open_trips(store, entered_before_us=last.ts_us)
+        assert overdue.open_trips == (first,)
+    finally:
+        for side in sides.values():
+            await side.stop()
+        await w.stop()
+
+
+def test_lane_trips_lists_the_vehicles_still_on_the_road(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "ingest.sqlite"
+    store = SqliteIngestStore(db)
+    drafts = [entry("p1", plate="ZJA1"), entry("p2"), exit_("p2"), exit_("p7")]
+    records = [Record(f"r{i}", "P01/e1", i + 1, T0 + i * HOUR_US, d) for i, d in enumerate(drafts)]
+    batch = [IngestRecord(r.record_id, r.lane, r.seq, r.ts_us, r.draft.kind, r.draft.amount_minor,
+                          "CNY", r.encode()) for r in records]  # fmt: skip
+    store.store_batch("P01/e1", QueueIdentity("e"), batch, 1)
+    store.close()
+    assert trips_main(["--db", str(db)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "p1\tentered=2027-01-15T08:00:00Z\tlane=P01/e1\tplaza=P01\tclass=1\tplate=ZJA1",
+        "open=1\tclosed=1\tunmatched_exits=1\tunreadable=0",
+    ]
+    now = T0 / 1e6 + 2 * 3600
+    assert trips_main(["--db", str(db), "--overdue-h", "3", "--json"], now=now) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert (body["open_trips"], body["closed"], body["unmatched_exits"]) == ([], 1, ["r3"])
+    assert trips_main(["--db", str(tmp_path / "none.sqlite")]) == 1
+    assert "no such store file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        trips_main([])
+    assert usage.value.code == 2
+
+
+def test_lane_trips_is_a_lane_command() -> None:
+    assert COMMANDS["trips"][:2] == ("uplink.trips_cli", "main")
+
+
+def test_metro_tap_ins_pair_with_tap_outs_the_same_way() -> None:
+    def tap(kind: str, trip: str, station: str) -> RecordDraft:
+        return RecordDraft(kind, f"p-{trip}", 1, 0 if kind == "tap_in" else 300, "CNY", "token",
+                           "acct", NO_AUTH, entry_plaza=station, pass_id=trip)  # fmt: skip
+
+    ledger = trip_ledger(
+        [
+            blob(tap("tap_in", "t1", "S01"), 1, lane="S01/g1"),
+            blob(tap("tap_in", "t2", "S02"), 2, lane="S02/g1"),
+            blob(tap("tap_out", "t1", "S01"), 3, lane="S05/g2"),
+        ]
+    )
+    assert [(t.pass_id, t.entry_plaza) for t in ledger.open_trips] == [("t2", "S02")]
+    assert ledger.closed == 1

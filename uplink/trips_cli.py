@@ -1,0 +1,69 @@
+"""`lane trips`: the vehicles that entered a closed road and have not exited (back office).
+
+    lane trips --db ingest.sqlite [--overdue-h 24] [--json]
+    lane trips --dsn postgresql://... [--schema lane_ingest] [--overdue-h 24] [--json]
+
+Reads the ingest store (docs/closed-road.md, "Records and the back office"); prints one line
+per open trip, oldest first, then a summary line. `--overdue-h H` keeps the trips that entered
+more than H hours ago. Exit 0; 1 when the store cannot be opened; 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from uplink.cli import positive, read_store
+from uplink.store import IngestStore
+from uplink.trips import END_OF_TIME_US, TripLedger, open_trips
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lane trips", description=__doc__.splitlines()[0])
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", help="SQLite ingest store file")
+    where.add_argument("--dsn", help="PostgreSQL DSN (psycopg 3)")
+    p.add_argument("--schema", default="lane_ingest", help="PostgreSQL schema of the tables")
+    p.add_argument("--lock-timeout", type=positive, default=5.0, help=argparse.SUPPRESS)
+    p.add_argument("--overdue-h", type=positive, help="only trips that entered longer ago")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    return p
+
+
+def _when(ts_us: int) -> str:
+    return datetime.fromtimestamp(ts_us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render(ledger: TripLedger) -> str:
+    lines = [
+        f"{t.pass_id}\tentered={_when(t.ts_us)}\tlane={t.lane}\tplaza={t.entry_plaza or '-'}"
+        f"\tclass={t.vehicle_class}\tplate={t.plate or '-'}"
+        for t in ledger.open_trips
+    ]
+    lines.append(
+        f"open={len(ledger.open_trips)}\tclosed={ledger.closed}"
+        f"\tunmatched_exits={len(ledger.unmatched_exits)}\tunreadable={ledger.unreadable}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None, now: float | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.db is not None and not Path(args.db).is_file():
+        print(f"lane trips: {args.db}: no such store file", file=sys.stderr)
+        return 1
+    before = END_OF_TIME_US
+    if args.overdue_h is not None:
+        before = int(((time.time() if now is None else now) - args.overdue_h * 3600) * 1e6)
+
+    def show(store: IngestStore) -> None:
+        ledger = open_trips(store, entered_before_us=before)
+        print(json.dumps(asdict(ledger), separators=(",", ":")) if args.json else render(ledger))
+
+    return read_store(args, "lane trips", show)
