@@ -77,8 +77,16 @@ def test_every_missing_cell_is_listed_at_once() -> None:
     assert all(f"P03->P0{x} class {c}" in message for x in (1, 2) for c in (1, 2, 3))
 
 
+
+def example_config(where: Path) -> None:
+    """The shipped example config, naming tariff.toml and keyset.json beside it."""
+    text = (DEPLOY / "lane.toml.example").read_text()
+    text = text.replace('"tariff.example.toml"', '"tariff.toml"')
+    (where / "lane.toml").write_text(text.replace('"keyset.example.json"', '"keyset.json"'))
+
+
 def test_check_config_lists_every_missing_cell(tmp_path: Path) -> None:
-    shutil.copy(DEPLOY / "lane.toml.example", tmp_path / "lane.toml")
+    example_config(tmp_path)
     CodeFactory(1).write_keyset(tmp_path / "keyset.json", CHANGE - 3600)
     text = ROAD.read_text()
     assert "P03 = { 1 = 2500, 2 = 3800, 3 = 5000 }\n" in text
@@ -191,7 +199,7 @@ def test_check_names_exactly_the_missing_cells(missing: set[tuple[str, str, str]
 def test_check_config_refuses_a_road_tariff_no_lane_mode_charges_yet(tmp_path: Path) -> None:
     """Until the toll-exit lane exists a `toll` lane would meet FareError on every vehicle:
     the check says so, and names the entry plazas without a pass key."""
-    shutil.copy(DEPLOY / "lane.toml.example", tmp_path / "lane.toml")
+    example_config(tmp_path)
     shutil.copy(ROAD, tmp_path / "tariff.toml")
     factory = CodeFactory(1)
     factory.write_keyset(tmp_path / "keyset.json", CHANGE - 3600)
