@@ -1,12 +1,16 @@
 """Uplink benchmark: durable enqueue latency, backlog drain rate, ingest rate (prints figures).
 
-    .venv/bin/python -m bench.uplink [--backlog 50000] [--appends 2000] [--no-pg]
+    .venv/bin/python -m bench.uplink [--backlog 50000] [--appends 2000] [--ingest 20000]
+                                     [--rounds 3] [--lanes 16] [--dsn DSN | --no-pg]
 
 1. enqueue: `RecordQueue.append` with durable commits (WAL, synchronous=FULL), p50/p99/max.
 2. drain: a backlog (default 50,000 records, as after an outage) forwarded over a private
    mosquitto to one ingest worker (SQLite, and PostgreSQL when reachable), end-to-end acked
-   and deleted: records/s until the lane's queue is empty.
-3. ingest: `store_batch` of 100-record batches straight into SQLite and PostgreSQL.
+   and deleted: records/s until the lane's queue is empty, and that as a share of the same
+   store's own `store_batch` rate.
+3. ingest, beside the raw operations in the same run (bench/uplink_ingest.py): decode against
+   msgpack, `store_batch` against a COPY / executemany per batch, 1 and 2 worker processes
+   against 1 and 2 COPY processes.
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ from collections.abc import Callable  # noqa: E402
 import psycopg  # noqa: E402
 
 from barrier.mqtt import Incoming, MqttLink  # noqa: E402
+from bench.uplink_ingest import bench_decode, bench_store, bench_workers  # noqa: E402
 from sim.broker import running_mosquitto  # noqa: E402
 from uplink.forwarder import Forwarder  # noqa: E402
-from uplink.ingest import Ingest, parse_batch  # noqa: E402
-from uplink.messages import QueueIdentity, encode_batch  # noqa: E402
+from uplink.ingest import Ingest  # noqa: E402
 from uplink.pg import PostgresIngestStore  # noqa: E402
 from uplink.queue import RecordQueue  # noqa: E402
-from uplink.records import AuthInfo, Record, RecordDraft  # noqa: E402
+from uplink.records import AuthInfo, RecordDraft  # noqa: E402
 from uplink.sqlite_store import SqliteIngestStore  # noqa: E402
 from uplink.store import IngestStore  # noqa: E402
 
@@ -116,45 +120,30 @@ async def drain(path: Path, store: IngestStore, n: int) -> float:
         return n / elapsed
 
 
-def bench_ingest(store: IngestStore, n: int, label: str) -> None:
-    queue = QueueIdentity(str(uuid.uuid4()))
-    batches = []
-    for start in range(1, n + 1, 100):
-        rows = [
-            (seq, Record(str(uuid.uuid4()), LANE, seq, seq, draft(seq)).encode())
-            for seq in range(start, min(n, start + 99) + 1)
-        ]
-        payload = encode_batch(LANE, queue, "b", rows)
-        batches.append(parse_batch(f"uplink/{LANE}/records", payload)[1])
-    t0 = time.perf_counter()
-    for b in batches:
-        store.store_batch(LANE, queue, b, 0)
-    rate = n / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for b in batches[: len(batches) // 4]:
-        store.store_batch(LANE, queue, b, 0)  # resends: all duplicates
-    dup = (len(batches) // 4) * 100 / (time.perf_counter() - t0)
-    print(
-        f"ingest {label} (100-record batches, one commit each): {rate:,.0f} records/s new,"
-        f" {dup:,.0f} records/s duplicates"
-    )
-
-
-def with_pg(use: bool, fn: Callable[[IngestStore], None]) -> None:
-    if not use:
-        return
+def reachable(dsn: str) -> str | None:
     try:
-        with psycopg.connect(PG_DSN) as conn:
+        with psycopg.connect(dsn) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         print(f"postgres: skipped ({exc.__class__.__name__})")
-        return
-    store = PostgresIngestStore(PG_DSN, schema=f"bench_{uuid.uuid4().hex[:8]}")
+        return None
+    return dsn
+
+
+def bench_drain(tmp: Path, label: str, make: Callable[[], IngestStore], n: int, own: float) -> None:
+    path = tmp / f"backlog-{label}.sqlite"
+    fill_backlog(path, n)
+    store = make()
     try:
-        fn(store)
+        rate = asyncio.run(drain(path, store, n))
     finally:
-        store.drop()
+        if isinstance(store, PostgresIngestStore):
+            store.drop()
         store.close()
+    print(
+        f"drain {n:,} backlog -> mosquitto -> ingest ({label}): {rate:,.0f} records/s"
+        f" -> {rate / own:.2f}x its store_batch"
+    )
 
 
 def main() -> None:
@@ -162,38 +151,28 @@ def main() -> None:
     ap.add_argument("--backlog", type=int, default=50_000)
     ap.add_argument("--appends", type=int, default=2_000)
     ap.add_argument("--ingest", type=int, default=20_000)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs; the best is shown")
+    ap.add_argument("--lanes", type=int, default=16, help="lanes of the worker benchmark")
+    ap.add_argument("--dsn", default=PG_DSN)
     ap.add_argument("--no-pg", action="store_true")
     args = ap.parse_args()
+    dsn = None if args.no_pg else reachable(args.dsn)
     with tempfile.TemporaryDirectory(prefix="lane-bench-uplink-") as t:
         tmp = Path(t)
         bench_enqueue(tmp, args.appends)
-
-        for label in ("sqlite", "postgres"):
-            path = tmp / f"backlog-{label}.sqlite"
-            fill_backlog(path, args.backlog)
-            if label == "sqlite":
-                store = SqliteIngestStore(tmp / "drain-ingest.sqlite")
-                rate = asyncio.run(drain(path, store, args.backlog))
-                store.close()
-                print(
-                    f"drain {args.backlog:,} backlog -> mosquitto -> ingest (SQLite):"
-                    f" {rate:,.0f} records/s"
-                )
-            else:
-
-                def run_pg(store: IngestStore, path: Path = path) -> None:
-                    rate = asyncio.run(drain(path, store, args.backlog))
-                    print(
-                        f"drain {args.backlog:,} backlog -> mosquitto -> ingest (PostgreSQL):"
-                        f" {rate:,.0f} records/s"
-                    )
-
-                with_pg(not args.no_pg, run_pg)
-
-        sq = SqliteIngestStore(tmp / "ingest.sqlite")
-        bench_ingest(sq, args.ingest, "SQLite")
-        sq.close()
-        with_pg(not args.no_pg, lambda s: bench_ingest(s, args.ingest, "PostgreSQL"))
+        bench_decode()
+        own = bench_store(dsn, t, args.ingest, args.rounds)
+        bench_drain(
+            tmp, "SQLite", lambda: SqliteIngestStore(tmp / "drain.sqlite"), args.backlog,
+            own["sqlite"],
+        )  # fmt: skip
+        if dsn is not None:
+            schema = f"bench_{uuid.uuid4().hex[:8]}"
+            bench_drain(
+                tmp, "PostgreSQL", lambda: PostgresIngestStore(dsn, schema=schema), args.backlog,
+                own["postgres"],
+            )  # fmt: skip
+            bench_workers(dsn, args.ingest, args.lanes, args.rounds)
 
 
 if __name__ == "__main__":
