@@ -115,6 +115,7 @@ async def drain(path: Path, store: IngestStore, n: int) -> float:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await ingest.close()
             queue.close()
         assert store.count(LANE) == n and store.gaps(LANE) == [], "reconciliation failed"
         return n / elapsed

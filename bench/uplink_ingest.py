@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
+from pathlib import Path
 
 import msgpack
 import psycopg
@@ -29,11 +30,11 @@ from uplink.ingest import parse_batch
 from uplink.messages import QueueIdentity, encode_batch
 from uplink.pg import PostgresIngestStore
 from uplink.records import AuthInfo, Record, RecordDraft
+from uplink.sql_store import RECORD_COLUMNS
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord
 
 BATCH = 100
-COLUMNS = "record_id, lane, epoch, seq, ts_us, kind, amount_minor, currency, data, ingested_us"
 
 
 def draft(i: int) -> RecordDraft:
@@ -110,7 +111,7 @@ def copy_batch(conn: psycopg.Connection[tuple[object, ...]], schema: str, b: Lan
     with (
         conn.transaction(),
         conn.cursor() as cur,
-        cur.copy(f"COPY {schema}.records ({COLUMNS}) FROM STDIN") as cp,
+        cur.copy(f"COPY {schema}.records ({RECORD_COLUMNS}) FROM STDIN") as cp,
     ):
         for row in rows(b):
             cp.write_row(row)
@@ -121,49 +122,63 @@ def executemany_batch(
 ) -> None:
     marks = ", ".join(["%s"] * 10)
     with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(f"INSERT INTO {schema}.records ({COLUMNS}) VALUES ({marks})", rows(b))
+        cur.executemany(
+            f"INSERT INTO {schema}.records ({RECORD_COLUMNS}) VALUES ({marks})", rows(b)
+        )
 
 
-def timed(fn: Callable[[LaneBatch], object], batches: Sequence[LaneBatch]) -> float:
-    n = sum(len(b.records) for b in batches)
-    t0 = time.perf_counter()
+def interleaved(
+    steps: dict[str, Callable[[LaneBatch], object]], batches: Sequence[LaneBatch]
+) -> dict[str, float]:
+    """Records/s of each step, run batch by batch in turn: a change in the machine's load
+    meets every step alike."""
+    spent = dict.fromkeys(steps, 0.0)
     for b in batches:
-        fn(b)
-    return n / (time.perf_counter() - t0)
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step(b)
+            spent[name] += time.perf_counter() - t0
+    n = sum(len(b.records) for b in batches)
+    return {name: n / t for name, t in spent.items()}
 
 
 def pg_rates(dsn: str, batches: Sequence[LaneBatch]) -> dict[str, float]:
-    """Records/s of store_batch, a COPY and an executemany per batch, each into fresh tables."""
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    store = PostgresIngestStore(dsn, schema=schema)
-    rates: dict[str, float] = {}
+    """Records/s of store_batch, a COPY and an executemany per batch, each into its own tables."""
+    schemas = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    stores = [PostgresIngestStore(dsn, schema=s) for s in schemas]
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            rates["store"] = timed(lambda b: store.store_batch(b.lane, b.queue, b.records, 0),
-                                   batches)  # fmt: skip
-            for name, fn in (("copy", copy_batch), ("executemany", executemany_batch)):
-                conn.execute(f"TRUNCATE {schema}.records")
-                rates[name] = timed(lambda b, fn=fn: fn(conn, schema, b), batches)  # type: ignore[misc]
+            return interleaved(
+                {
+                    "store": lambda b: stores[0].store_batch(b.lane, b.queue, b.records, 0),
+                    "copy": lambda b: copy_batch(conn, schemas[1], b),
+                    "executemany": lambda b: executemany_batch(conn, schemas[2], b),
+                },
+                batches,
+            )
     finally:
-        store.drop()
-        store.close()
-    return rates
+        for st in stores:
+            st.drop()
+            st.close()
 
 
 def sqlite_rates(tmp: str, batches: Sequence[LaneBatch]) -> dict[str, float]:
-    store = SqliteIngestStore(f"{tmp}/store-{uuid.uuid4().hex[:6]}.sqlite")  # type: ignore[arg-type]
-    anchor = SqliteIngestStore(f"{tmp}/anchor-{uuid.uuid4().hex[:6]}.sqlite")  # type: ignore[arg-type]
-    sql = f"INSERT INTO records ({COLUMNS}) VALUES ({', '.join(['?'] * 10)})"
+    store = SqliteIngestStore(Path(tmp) / f"store-{uuid.uuid4().hex[:6]}.sqlite")
+    anchor = SqliteIngestStore(Path(tmp) / f"anchor-{uuid.uuid4().hex[:6]}.sqlite")
+    sql = f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ({', '.join(['?'] * 10)})"
 
     def raw(b: LaneBatch) -> None:
         with anchor._transaction() as cur:
             cur.executemany(sql, rows(b))
 
     try:
-        return {
-            "store": timed(lambda b: store.store_batch(b.lane, b.queue, b.records, 0), batches),
-            "executemany": timed(raw, batches),
-        }
+        return interleaved(
+            {
+                "store": lambda b: store.store_batch(b.lane, b.queue, b.records, 0),
+                "executemany": raw,
+            },
+            batches,
+        )
     finally:
         store.close()
         anchor.close()

@@ -109,9 +109,13 @@ class Record:
         # exact types, so `type(v) is int` also refuses a bool) is built in one pass; anything
         # else takes the field-by-field path, which names what is wrong.
         auth = body.get("auth")
-        if _well_typed(body, _RECORD_FIELDS) and type(auth) is dict:
-            if _well_typed(auth, _AUTH_FIELDS) and all(type(f) is str for f in body["flags"]):
-                return cls._build(body, auth)
+        if (
+            _well_typed(body, _RECORD_FIELDS)
+            and type(auth) is dict
+            and _well_typed(auth, _AUTH_FIELDS)
+            and all(type(f) is str for f in body["flags"])
+        ):
+            return cls._build(body, auth)
         return cls._checked(body)
 
     @classmethod

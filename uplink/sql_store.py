@@ -19,6 +19,10 @@ from uplink.store import (
     StoreResult,
 )
 
+# The columns of a stored record, in the order both stores insert them.
+RECORD_COLUMNS = (
+    "record_id, lane, epoch, seq, ts_us, kind, amount_minor, currency, data, ingested_us"
+)
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
 
 
@@ -33,6 +37,10 @@ class Cursor(Protocol):
 
     @property
     def rowcount(self) -> int: ...
+
+
+class Session(Protocol):
+    def cursor(self) -> Any: ...
 
 
 class SqlIngestStore:
@@ -57,62 +65,85 @@ class SqlIngestStore:
         raise NotImplementedError
         yield  # pragma: no cover
 
+    @contextmanager
+    def _batch(self) -> Iterator[Session]:
+        """A transaction for store_batch; PostgreSQL pipelines its statements."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
     def store_batch(
         self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
     ) -> StoreResult:
+        """Two steps, each one round trip where the driver pipelines (PostgreSQL): read what
+        the batch meets under the epoch's lock, then write the new rows, the prefix and the
+        commit. Extra round trips only for conflicts and for a prefix that runs past the batch
+        (a hole it filled)."""
         if not records:
             raise ValueError("empty batch")
         q = self._sql
         epoch = queue.epoch
-        with self._transaction() as cur:
-            cur.execute(
+        with self._batch() as db:
+            made, locked, by_id_cur, by_seq_cur = (db.cursor() for _ in "abcd")
+            made.execute(
                 q(
                     "INSERT INTO {epochs} (lane, epoch, base, contiguous, max_seq, first_us)"
                     " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING"
                 ),
                 (lane, epoch, queue.base, queue.base, now_us),
             )
-            new_epoch = cur.rowcount == 1
-            cur.execute(
-                q("SELECT contiguous FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix),
-                (lane, epoch),
+            locked.execute(
+                q(
+                    "SELECT contiguous, max_seq,"
+                    " EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
+                    " FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix
+                ),
+                (lane, lane, epoch),
             )
-            contiguous = int(cur.fetchone()[0])
+            ids_sql, ids = self._any([r.record_id for r in records])
+            by_id_cur.execute(
+                q("SELECT record_id, data FROM {records} WHERE record_id " + ids_sql), ids
+            )
+            by_seq_cur.execute(
+                q(
+                    "SELECT seq, record_id, data FROM {records}"
+                    " WHERE lane=? AND epoch=? AND seq BETWEEN ? AND ?"
+                ),
+                (lane, epoch, records[0].seq, records[-1].seq),
+            )
+            contiguous, held_max, conflicts_open = (int(v) for v in locked.fetchone())
+            new_epoch = made.rowcount == 1
+            by_id = {str(rid): bytes(data) for rid, data in by_id_cur.fetchall()}
+            by_seq = {int(s): (str(rid), bytes(data)) for s, rid, data in by_seq_cur.fetchall()}
             others: tuple[str, ...] = ()
             if new_epoch:
-                cur.execute(
+                earlier = db.cursor()
+                earlier.execute(
                     q("SELECT epoch FROM {epochs} WHERE lane=? AND epoch<>? ORDER BY first_us"),
                     (lane, epoch),
                 )
-                others = tuple(str(r[0]) for r in cur.fetchall())
-            fresh, held, conflicts = self._classify(cur, lane, epoch, records)
-            cur.executemany(
-                q(
-                    "INSERT INTO {records} (record_id, lane, epoch, seq, ts_us, kind,"
-                    " amount_minor, currency, data, ingested_us)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                ),
-                [
-                    (
-                        r.record_id,
-                        lane,
-                        epoch,
-                        r.seq,
-                        r.ts_us,
-                        r.kind,
-                        r.amount_minor,
-                        *r.tail(now_us),
-                    )
-                    for r in fresh
-                ],
-            )
+                others = tuple(str(r[0]) for r in earlier.fetchall())
+            fresh, held, conflicts = classify(lane, epoch, records, by_id, by_seq)
+            if fresh:
+                self._insert(db.cursor(), lane, epoch, fresh, now_us)
             for c in conflicts:
-                self._note_conflict(cur, c, now_us)
-            self._resolve_conflicts(cur, lane, held)
-            contiguous = self._advance(cur, lane, epoch, contiguous)
-            cur.execute(q("SELECT MAX(seq) FROM {records} WHERE lane=? AND epoch=?"), (lane, epoch))
-            max_seq = int(cur.fetchone()[0] or queue.base)
-            cur.execute(
+                self._note_conflict(db.cursor(), c, now_us)
+            if conflicts_open and held:
+                # A conflict is over once the store holds the refused version itself (an
+                # operator removed the other one and the lane offered it again): its row goes.
+                db.cursor().executemany(
+                    q("DELETE FROM {conflicts} WHERE record_id=? AND offered_digest=?"),
+                    [(h.record_id, h.digest.hex()) for h in held],
+                )
+            # The prefix can only grow through this batch's seqs (each batch leaves it as far
+            # as the rows allow); past the batch only if rows stored earlier wait there.
+            present = set(by_seq) | {r.seq for r in fresh}
+            start = contiguous
+            while contiguous + 1 in present:
+                contiguous += 1
+            if start < contiguous < held_max:
+                contiguous = self._advance(db.cursor(), lane, epoch, contiguous)
+            max_seq = max(held_max, queue.base, *present)
+            db.cursor().execute(
                 q("UPDATE {epochs} SET contiguous=?, max_seq=? WHERE lane=? AND epoch=?"),
                 (contiguous, max_seq, lane, epoch),
             )
@@ -127,77 +158,35 @@ class SqlIngestStore:
             other_epochs=others,
         )
 
-    def _classify(
-        self, cur: Cursor, lane: str, epoch: str, records: Sequence[IngestRecord]
-    ) -> tuple[list[IngestRecord], list[Held], list[Conflict]]:
-        """Split a batch into new records, records held byte for byte, and conflicts."""
-        marks = ", ".join("?" for _ in records)
-        cur.execute(
-            self._sql(f"SELECT record_id, data FROM {{records}} WHERE record_id IN ({marks})"),
-            [r.record_id for r in records],
-        )
-        by_id = {str(rid): bytes(data) for rid, data in cur.fetchall()}
-        cur.execute(
-            self._sql(
-                "SELECT seq, record_id, data FROM {records}"
-                " WHERE lane=? AND epoch=? AND seq BETWEEN ? AND ?"
-            ),
-            (lane, epoch, records[0].seq, records[-1].seq),
-        )
-        by_seq = {int(s): (str(rid), bytes(data)) for s, rid, data in cur.fetchall()}
-        fresh: list[IngestRecord] = []
-        held: list[Held] = []
-        conflicts: list[Conflict] = []
-        seen: dict[str, bytes] = {}
-        for r in records:
-            mine = digest(r.data)
-            if r.record_id in seen:
-                other: tuple[str, bytes] | None = (r.record_id, seen[r.record_id])
-            elif r.record_id in by_id:
-                other = None if by_id[r.record_id] == r.data else (r.record_id, by_id[r.record_id])
-            else:
-                other = by_seq.get(r.seq)
-            seen.setdefault(r.record_id, r.data)
-            if other is not None:
-                stored = digest(other[1]).hex()
-                conflicts.append(
-                    Conflict(lane, epoch, r.seq, r.record_id, other[0], stored, mine.hex())
-                )
-                continue
-            if r.record_id not in by_id:
-                fresh.append(r)
-            held.append(Held(r.seq, r.record_id, mine))
-        return fresh, held, conflicts
+    def _any(self, values: list[str]) -> tuple[str, list[object]]:
+        """`IN (...)` over `values`; PostgreSQL passes them as one array."""
+        return "IN (" + ", ".join("?" for _ in values) + ")", list(values)
 
-    def _resolve_conflicts(self, cur: Cursor, lane: str, held: Sequence[Held]) -> None:
-        """A conflict is over once the store holds the refused version itself (an operator
-        removed the other one and the lane offered it again): its row goes."""
-        cur.execute(self._sql("SELECT 1 FROM {conflicts} WHERE lane=? LIMIT 1"), (lane,))
-        if not held or cur.fetchone() is None:
-            return
+    def _insert(
+        self, cur: Cursor, lane: str, epoch: str, fresh: Sequence[IngestRecord], now_us: int
+    ) -> None:
         cur.executemany(
-            self._sql("DELETE FROM {conflicts} WHERE record_id=? AND offered_digest=?"),
-            [(h.record_id, h.digest.hex()) for h in held],
-        )
+            self._sql(
+                f"INSERT INTO {{records}} ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ),
+            [
+                (r.record_id, lane, epoch, r.seq, r.ts_us, r.kind, r.amount_minor,
+                 *r.tail(now_us))
+                for r in fresh
+            ],
+        )  # fmt: skip
 
     def _note_conflict(self, cur: Cursor, c: Conflict, now_us: int) -> None:
-        q = self._sql
         cur.execute(
-            q(
-                "UPDATE {conflicts} SET count=count+1, last_us=?"
-                " WHERE record_id=? AND offered_digest=?"
+            self._sql(
+                "INSERT INTO {conflicts} AS c (lane, epoch, seq, record_id, held_record_id,"
+                " stored_digest, offered_digest, count, first_us, last_us)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+                " ON CONFLICT (record_id, offered_digest)"
+                " DO UPDATE SET count = c.count + 1, last_us = excluded.last_us"
             ),
-            (now_us, c.record_id, c.offered_digest),
+            (*c.row(), now_us, now_us),
         )
-        if cur.rowcount == 0:
-            cur.execute(
-                q(
-                    "INSERT INTO {conflicts} (lane, epoch, seq, record_id, held_record_id,"
-                    " stored_digest, offered_digest, count, first_us, last_us)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
-                ),
-                (*c.row(), now_us, now_us),
-            )
 
     def _advance(self, cur: Cursor, lane: str, epoch: str, contiguous: int) -> int:
         """Walk the held seqs above the prefix in index order while they follow on: an index
@@ -314,3 +303,37 @@ class SqlIngestStore:
                 )
                 for la, e, s, r, h, sd, od, n, f, t in cur.fetchall()
             ]
+
+
+def classify(
+    lane: str,
+    epoch: str,
+    records: Sequence[IngestRecord],
+    by_id: dict[str, bytes],
+    by_seq: dict[int, tuple[str, bytes]],
+) -> tuple[list[IngestRecord], list[Held], list[Conflict]]:
+    """Split a batch into new records, records held byte for byte, and conflicts, given what
+    the store holds under the batch's record ids (`by_id`) and at its seqs in the epoch."""
+    fresh: list[IngestRecord] = []
+    held: list[Held] = []
+    conflicts: list[Conflict] = []
+    seen: dict[str, bytes] = {}
+    for r in records:
+        mine = digest(r.data)
+        if r.record_id in seen:
+            other: tuple[str, bytes] | None = (r.record_id, seen[r.record_id])
+        elif r.record_id in by_id:
+            other = None if by_id[r.record_id] == r.data else (r.record_id, by_id[r.record_id])
+        else:
+            other = by_seq.get(r.seq)
+        seen.setdefault(r.record_id, r.data)
+        if other is not None:
+            stored = digest(other[1]).hex()
+            conflicts.append(
+                Conflict(lane, epoch, r.seq, r.record_id, other[0], stored, mine.hex())
+            )
+            continue
+        if r.record_id not in by_id:
+            fresh.append(r)
+        held.append(Held(r.seq, r.record_id, mine))
+    return fresh, held, conflicts

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from uplink.sql_store import Cursor, SqlIngestStore
+from uplink.sql_store import Cursor, Session, SqlIngestStore
 from uplink.store import IngestStoreError, StoreBusyError
 
 SCHEMA_VERSION = 2
@@ -107,6 +107,11 @@ class SqliteIngestStore(SqlIngestStore):
                 raise
             finally:
                 cur.close()
+
+    @contextmanager
+    def _batch(self) -> Iterator[Session]:
+        with self._transaction():
+            yield self._db
 
     @contextmanager
     def _reader(self) -> Iterator[Cursor]:
