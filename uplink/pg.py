@@ -1,7 +1,7 @@
 """The PostgreSQL back-office store (psycopg 3): the same logic as SQLite, for many workers.
 
-Each worker holds its own connection. The batches of one queue epoch are serialised by a row
-lock on its `epochs` row (`SELECT ... FOR UPDATE`), so two workers committing neighbouring
+Each worker holds its own connection. The batches of one queue epoch are serialised by a
+transaction-scoped advisory lock on (lane, epoch), so two workers committing neighbouring
 batches of the same lane both see each other's rows when they classify records and compute the
 contiguous prefix; batches of different lanes proceed in parallel. Lock waits and statements
 are bounded (`lock_timeout`, `statement_timeout`). Tables live in their own schema (default
@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
 import psycopg
 
-from uplink.sql_store import RECORD_COLUMNS, Cursor, Session, SqlIngestStore
+from uplink.sql_store import RECORD_COLUMNS, Cursor, RowTakenError, Session, SqlIngestStore
 from uplink.store import (
     IngestRecord,
     IngestStoreError,
@@ -67,7 +67,9 @@ class PostgresIngestStore(SqlIngestStore):
     StoreBusyError (the ingest retries it) instead of stalling the worker without a word."""
 
     param = "%s"
-    lock_suffix = " FOR UPDATE"
+    # A transaction-scoped advisory lock on (lane, epoch): unlike a row lock (SELECT ... FOR
+    # UPDATE) it writes nothing to the table or the WAL, and it exists before the epoch's row.
+    epoch_lock = "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))"
 
     def __init__(
         self,
@@ -120,6 +122,8 @@ class PostgresIngestStore(SqlIngestStore):
                     yield conn
             except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
                 raise StoreBusyError(f"postgres: {_first_line(exc)}") from exc
+            except psycopg.errors.UniqueViolation as exc:
+                raise RowTakenError(f"postgres: {_first_line(exc)}") from exc
             except psycopg.Error as exc:
                 raise IngestStoreError(f"postgres: {exc}") from exc
 
@@ -133,35 +137,44 @@ class PostgresIngestStore(SqlIngestStore):
         with self._session(pipeline=True) as conn:
             yield conn
 
-    def _any(self, values: list[str]) -> tuple[str, list[object]]:
-        return "= ANY(%b)", [values]
-
     def _insert(
-        self, cur: Cursor, lane: str, epoch: str, fresh: Sequence[IngestRecord], now_us: int
-    ) -> None:
+        self,
+        db: Session,
+        lane: str,
+        epoch: str,
+        records: Sequence[IngestRecord],
+        now_us: int,
+        *,
+        careful: bool,
+    ) -> Callable[[], set[int]]:
         # One statement over arrays instead of a row at a time: a single plan and a single
-        # message for the batch, close to what a COPY costs. `%b` sends the arrays in binary
-        # (the text format quotes every element, which cost more than the server's work).
+        # message for the batch, as cheap as a COPY. `%b` sends the arrays in binary (the text
+        # format quotes every element, which cost more than the server's work).
+        cur = db.cursor()
         cur.execute(
             self._sql(
                 f"INSERT INTO {{records}} ({RECORD_COLUMNS})"
                 " SELECT r, %b, %b, s, t, k, a, c, d, %b FROM unnest(%b::text[], %b::bigint[],"
                 " %b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::bytea[])"
                 " AS u(r, s, t, k, a, c, d)"
+                + (" ON CONFLICT DO NOTHING RETURNING seq" if careful else "")
             ),
             (
                 lane,
                 epoch,
                 now_us,
-                [r.record_id for r in fresh],
-                [r.seq for r in fresh],
-                [r.ts_us for r in fresh],
-                [r.kind for r in fresh],
-                [r.amount_minor for r in fresh],
-                [r.currency for r in fresh],
-                [r.data for r in fresh],
+                [r.record_id for r in records],
+                [r.seq for r in records],
+                [r.ts_us for r in records],
+                [r.kind for r in records],
+                [r.amount_minor for r in records],
+                [r.currency for r in records],
+                [r.data for r in records],
             ),
         )
+        if not careful:
+            return lambda: {r.seq for r in records}
+        return lambda: {int(row[0]) for row in cur.fetchall()}
 
     @contextmanager
     def _reader(self) -> Iterator[Cursor]:

@@ -4,7 +4,7 @@ for byte, duplicates, conflicts (and their resolution), the prefix per queue epo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -15,6 +15,7 @@ from uplink.store import (
     EpochInfo,
     Gap,
     IngestRecord,
+    IngestStoreError,
     StoredRecord,
     StoreResult,
 )
@@ -39,6 +40,11 @@ class Cursor(Protocol):
     def rowcount(self) -> int: ...
 
 
+class RowTakenError(IngestStoreError):
+    """An insert met a record id or a seq that the store holds already (the transaction is
+    rolled back; store_batch stores the batch again, looking up what is held)."""
+
+
 class Session(Protocol):
     def cursor(self) -> Any: ...
 
@@ -47,7 +53,9 @@ class SqlIngestStore:
     """The store logic over any DB-API cursor; subclasses provide transactions and dialect."""
 
     param = "?"
-    lock_suffix = ""  # PostgreSQL: " FOR UPDATE" serialises the batches of one queue epoch
+    # PostgreSQL: a statement that serialises the batches of one queue epoch (SQLite's
+    # writers take turns anyway).
+    epoch_lock: str | None = None
     prefix = ""  # PostgreSQL: "schema."
 
     def _sql(self, text: str) -> str:
@@ -74,46 +82,66 @@ class SqlIngestStore:
     def store_batch(
         self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
     ) -> StoreResult:
-        """Two steps, each one round trip where the driver pipelines (PostgreSQL): read what
-        the batch meets under the epoch's lock, then write the new rows, the prefix and the
-        commit. Extra round trips only for conflicts and for a prefix that runs past the batch
-        (a hole it filled)."""
+        """Two round trips where the driver pipelines (PostgreSQL): lock the epoch and insert
+        the batch; then the prefix and the commit. The insert first assumes the batch is new
+        (what nearly every batch is) and inserts it as it is; when a record id or seq is held
+        already (a resend, a conflict) that transaction is rolled back and the batch is stored
+        again inserting only what is free and looking up what kept the rest out. Only a prefix
+        that runs past the batch (a hole it filled) reads further."""
         if not records:
             raise ValueError("empty batch")
+        try:
+            return self._store(lane, queue, records, now_us, careful=False)
+        except RowTakenError:
+            return self._store(lane, queue, records, now_us, careful=True)
+
+    def _store(
+        self,
+        lane: str,
+        queue: QueueIdentity,
+        records: Sequence[IngestRecord],
+        now_us: int,
+        *,
+        careful: bool,
+    ) -> StoreResult:
         q = self._sql
         epoch = queue.epoch
+        lock_sql = q(
+            "SELECT contiguous, max_seq, EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
+            " FROM {epochs} WHERE lane=? AND epoch=?"
+        )
         with self._batch() as db:
-            made, locked, by_id_cur, by_seq_cur = (db.cursor() for _ in "abcd")
-            made.execute(
-                q(
-                    "INSERT INTO {epochs} (lane, epoch, base, contiguous, max_seq, first_us)"
-                    " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING"
-                ),
-                (lane, epoch, queue.base, queue.base, now_us),
+            # The epoch lock serialises the batches of one queue epoch, so the prefix is
+            # decided over committed rows (each later statement reads what was committed
+            # before it started). The records' own keys need no lock: a record id or seq held
+            # already is refused by its unique index whoever holds it.
+            if self.epoch_lock is not None:
+                db.cursor().execute(self.epoch_lock, (lane, epoch))
+            locked = db.cursor()
+            locked.execute(lock_sql, (lane, lane, epoch))
+            inserted = self._insert(db, lane, epoch, records, now_us, careful=careful)
+            row = locked.fetchone()
+            new_epoch = row is None
+            if row is None:
+                # The epoch's first batch (an extra round trip once per queue file). Another
+                # worker may be creating it too: then this one waits for it and finds it made.
+                made = db.cursor()
+                made.execute(
+                    q(
+                        "INSERT INTO {epochs} (lane, epoch, base, contiguous, max_seq, first_us)"
+                        " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING"
+                    ),
+                    (lane, epoch, queue.base, queue.base, now_us),
+                )
+                locked.execute(lock_sql, (lane, lane, epoch))
+                row = locked.fetchone()
+                new_epoch = made.rowcount == 1
+            contiguous, held_max, conflicts_open = (int(v) for v in row)
+            fresh = inserted()
+            by_id, by_seq = self._held_rows(
+                db, lane, epoch, [r for r in records if r.seq not in fresh]
             )
-            locked.execute(
-                q(
-                    "SELECT contiguous, max_seq,"
-                    " EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
-                    " FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix
-                ),
-                (lane, lane, epoch),
-            )
-            ids_sql, ids = self._any([r.record_id for r in records])
-            by_id_cur.execute(
-                q("SELECT record_id, data FROM {records} WHERE record_id " + ids_sql), ids
-            )
-            by_seq_cur.execute(
-                q(
-                    "SELECT seq, record_id, data FROM {records}"
-                    " WHERE lane=? AND epoch=? AND seq BETWEEN ? AND ?"
-                ),
-                (lane, epoch, records[0].seq, records[-1].seq),
-            )
-            contiguous, held_max, conflicts_open = (int(v) for v in locked.fetchone())
-            new_epoch = made.rowcount == 1
-            by_id = {str(rid): bytes(data) for rid, data in by_id_cur.fetchall()}
-            by_seq = {int(s): (str(rid), bytes(data)) for s, rid, data in by_seq_cur.fetchall()}
+            held, conflicts = classify(lane, epoch, records, fresh, by_id, by_seq)
             others: tuple[str, ...] = ()
             if new_epoch:
                 earlier = db.cursor()
@@ -122,9 +150,6 @@ class SqlIngestStore:
                     (lane, epoch),
                 )
                 others = tuple(str(r[0]) for r in earlier.fetchall())
-            fresh, held, conflicts = classify(lane, epoch, records, by_id, by_seq)
-            if fresh:
-                self._insert(db.cursor(), lane, epoch, fresh, now_us)
             for c in conflicts:
                 self._note_conflict(db.cursor(), c, now_us)
             if conflicts_open and held:
@@ -136,7 +161,7 @@ class SqlIngestStore:
                 )
             # The prefix can only grow through this batch's seqs (each batch leaves it as far
             # as the rows allow); past the batch only if rows stored earlier wait there.
-            present = set(by_seq) | {r.seq for r in fresh}
+            present = fresh | set(by_seq)
             start = contiguous
             while contiguous + 1 in present:
                 contiguous += 1
@@ -158,23 +183,60 @@ class SqlIngestStore:
             other_epochs=others,
         )
 
-    def _any(self, values: list[str]) -> tuple[str, list[object]]:
-        """`IN (...)` over `values`; PostgreSQL passes them as one array."""
-        return "IN (" + ", ".join("?" for _ in values) + ")", list(values)
+    def _held_rows(
+        self, db: Session, lane: str, epoch: str, skipped: Sequence[IngestRecord]
+    ) -> tuple[dict[str, bytes], dict[int, tuple[str, bytes]]]:
+        """What the store holds under the record ids of `skipped` (any epoch) and at their
+        seqs in this epoch: the rows that kept them from being inserted."""
+        if not skipped:
+            return {}, {}
+        by_id_cur, by_seq_cur = db.cursor(), db.cursor()
+        marks = ", ".join("?" for _ in skipped)
+        by_id_cur.execute(
+            self._sql(f"SELECT record_id, data FROM {{records}} WHERE record_id IN ({marks})"),
+            [r.record_id for r in skipped],
+        )
+        by_seq_cur.execute(
+            self._sql(
+                "SELECT seq, record_id, data FROM {records}"
+                " WHERE lane=? AND epoch=? AND seq BETWEEN ? AND ?"
+            ),
+            (lane, epoch, skipped[0].seq, skipped[-1].seq),
+        )
+        by_id = {str(rid): bytes(data) for rid, data in by_id_cur.fetchall()}
+        by_seq = {int(s): (str(rid), bytes(data)) for s, rid, data in by_seq_cur.fetchall()}
+        return by_id, by_seq
 
     def _insert(
-        self, cur: Cursor, lane: str, epoch: str, fresh: Sequence[IngestRecord], now_us: int
-    ) -> None:
-        cur.executemany(
-            self._sql(
-                f"INSERT INTO {{records}} ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ),
-            [
-                (r.record_id, lane, epoch, r.seq, r.ts_us, r.kind, r.amount_minor,
-                 *r.tail(now_us))
-                for r in fresh
-            ],
-        )  # fmt: skip
+        self,
+        db: Session,
+        lane: str,
+        epoch: str,
+        records: Sequence[IngestRecord],
+        now_us: int,
+        *,
+        careful: bool,
+    ) -> Callable[[], set[int]]:
+        """Insert the batch; the returned call gives the seqs inserted (PostgreSQL reads them
+        with the next round trip). Not `careful`: every record, and a held id or seq raises
+        RowTakenError; `careful`: each record whose id and seq are both free."""
+        sql = self._sql(
+            f"INSERT INTO {{records}} ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        rows = [
+            (r.record_id, lane, epoch, r.seq, r.ts_us, r.kind, r.amount_minor, *r.tail(now_us))
+            for r in records
+        ]
+        cur = db.cursor()
+        if not careful:
+            cur.executemany(sql, rows)
+            return lambda: {r.seq for r in records}
+        done: set[int] = set()
+        for row in rows:
+            cur.execute(sql + " ON CONFLICT DO NOTHING RETURNING seq", row)
+            if cur.fetchone() is not None:
+                done.add(int(row[3]))
+        return lambda: done
 
     def _note_conflict(self, cur: Cursor, c: Conflict, now_us: int) -> None:
         cur.execute(
@@ -305,35 +367,36 @@ class SqlIngestStore:
             ]
 
 
-def classify(
+def classify(  # noqa: PLR0917 - what the store held, all of it read in one place
     lane: str,
     epoch: str,
     records: Sequence[IngestRecord],
+    inserted: set[int],
     by_id: dict[str, bytes],
     by_seq: dict[int, tuple[str, bytes]],
-) -> tuple[list[IngestRecord], list[Held], list[Conflict]]:
-    """Split a batch into new records, records held byte for byte, and conflicts, given what
-    the store holds under the batch's record ids (`by_id`) and at its seqs in the epoch."""
-    fresh: list[IngestRecord] = []
+) -> tuple[list[Held], list[Conflict]]:
+    """What the store holds of a batch byte for byte (the ack), and its conflicts.
+
+    Records this batch inserted (by seq) are held. Any other one is held when the store has
+    its id with the very same bytes (a resend); when it has that id with other bytes, or its
+    seq under another id, it is a conflict. One neither inserted nor found (a row removed
+    meanwhile) is neither: not acknowledged, so the lane sends it again."""
     held: list[Held] = []
     conflicts: list[Conflict] = []
-    seen: dict[str, bytes] = {}
     for r in records:
         mine = digest(r.data)
-        if r.record_id in seen:
-            other: tuple[str, bytes] | None = (r.record_id, seen[r.record_id])
-        elif r.record_id in by_id:
-            other = None if by_id[r.record_id] == r.data else (r.record_id, by_id[r.record_id])
-        else:
-            other = by_seq.get(r.seq)
-        seen.setdefault(r.record_id, r.data)
-        if other is not None:
-            stored = digest(other[1]).hex()
-            conflicts.append(
-                Conflict(lane, epoch, r.seq, r.record_id, other[0], stored, mine.hex())
-            )
+        if r.seq in inserted:
+            held.append(Held(r.seq, r.record_id, mine))
             continue
-        if r.record_id not in by_id:
-            fresh.append(r)
-        held.append(Held(r.seq, r.record_id, mine))
-    return fresh, held, conflicts
+        stored = by_id.get(r.record_id)
+        if stored == r.data:
+            held.append(Held(r.seq, r.record_id, mine))
+            continue
+        other = (r.record_id, stored) if stored is not None else by_seq.get(r.seq)
+        if other is not None:
+            conflicts.append(
+                Conflict(
+                    lane, epoch, r.seq, r.record_id, other[0], digest(other[1]).hex(), mine.hex()
+                )
+            )
+    return held, conflicts
