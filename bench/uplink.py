@@ -23,11 +23,13 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import multiprocessing as mp  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from multiprocessing.synchronize import Event  # noqa: E402
 
 import psycopg  # noqa: E402
 
@@ -80,45 +82,82 @@ def bench_enqueue(tmp: Path, n: int) -> None:
     )
 
 
-def fill_backlog(path: Path, n: int) -> None:
+def fill_backlog(path: Path, lane: str, n: int) -> None:
     # Filling without fsync keeps the benchmark short; draining uses the durable settings.
-    with RecordQueue(path, LANE, 10**10, sqlite_pragmas={"synchronous": "OFF"}) as q:
+    with RecordQueue(path, lane, 10**10, sqlite_pragmas={"synchronous": "OFF"}) as q:
         for i in range(n):
             q.append(draft(i))
 
 
-async def drain(path: Path, store: IngestStore, n: int) -> float:
+async def forward(host: str, port: int, backlogs: list[tuple[str, Path]], ready: Event) -> None:
+    """The lanes' side of a drain: one queue, link and forwarder per lane, until all are empty."""
+    sides = []
+    for lane, path in backlogs:
+        queue = RecordQueue(path, lane, 10**10)
+        link = MqttLink(host, port, f"bench-lane-{uuid.uuid4().hex[:6]}")
+        fw = Forwarder(queue, link, lane, batch_size=100, window=4, ack_timeout=10.0)
+        link.subscriptions = fw.subscriptions()
+
+        async def on_ack(msg: Incoming, fw: Forwarder = fw) -> None:
+            fw.handle_ack(msg.payload)
+
+        link.handler = on_ack
+        sides.append((queue, link, fw))
+    tasks = [asyncio.create_task(link.run()) for _, link, _ in sides]
+    for _, link, _ in sides:
+        await link.wait_connected(5)
+    ready.set()
+    tasks += [asyncio.create_task(fw.run()) for _, _, fw in sides]
+    try:
+        for queue, _, _ in sides:
+            while (await asyncio.to_thread(queue.backlog)).count > 0:  # noqa: ASYNC110 - a file
+                await asyncio.sleep(0.05)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for queue, _, _ in sides:
+            queue.close()
+
+
+def _lanes_process(host: str, port: int, backlogs: list[tuple[str, Path]], ready: Event) -> None:
+    asyncio.run(forward(host, port, backlogs, ready))
+
+
+async def drain(tmp: Path, store: IngestStore, n: int, lanes: int) -> float:
+    """Records/s from a backlog of `n` records over `lanes` lanes (forwarded by a process of
+    their own, as lanes are other machines) into one ingest worker, until all are stored."""
+    backlogs = [(f"bench/d{i:02d}", tmp / f"backlog-{uuid.uuid4().hex[:6]}.sqlite")
+                for i in range(lanes)]  # fmt: skip
+    for lane, path in backlogs:
+        fill_backlog(path, lane, n // lanes)
+    total = (n // lanes) * lanes
     with running_mosquitto() as broker:
         ingest = Ingest(store, group=f"bench{uuid.uuid4().hex[:6]}")
         ilink = ingest.make_link(broker.host, broker.port, f"bench-ingest-{uuid.uuid4().hex[:6]}")
-        queue = RecordQueue(path, LANE, 10**10)
-        box: list[Forwarder] = []
-
-        async def on_ack(msg: Incoming) -> None:
-            box[0].handle_ack(msg.payload)
-
-        llink = MqttLink(broker.host, broker.port, f"bench-lane-{uuid.uuid4().hex[:6]}")
-        fw = Forwarder(queue, llink, LANE, batch_size=100, window=4, ack_timeout=10.0)
-        box.append(fw)
-        llink.subscriptions = fw.subscriptions()
-        llink.handler = on_ack
-        tasks = [asyncio.create_task(ilink.run()), asyncio.create_task(llink.run())]
+        task = asyncio.create_task(ilink.run())
         await ilink.wait_connected(5)
-        await llink.wait_connected(5)
-        t0 = time.perf_counter()
-        tasks.append(asyncio.create_task(fw.run()))
+        ctx = mp.get_context("fork")
+        ready = ctx.Event()
+        child = ctx.Process(target=_lanes_process, args=(broker.host, broker.port, backlogs, ready))
+        child.start()
         try:
-            while (await asyncio.to_thread(queue.backlog)).count > 0:  # noqa: ASYNC110 - polls a file
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(ready.wait, 30)
+            t0 = time.perf_counter()
+            stored = lambda: sum(store.count(ln) for ln, _ in backlogs)  # noqa: E731
+            while await asyncio.to_thread(stored) < total:  # noqa: ASYNC110 - polls the store
+                await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - t0
+            await asyncio.to_thread(child.join, 60)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if child.is_alive():
+                child.kill()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
             await ingest.close()
-            queue.close()
-        assert store.count(LANE) == n and store.gaps(LANE) == [], "reconciliation failed"
-        return n / elapsed
+        for lane, _ in backlogs:
+            assert store.count(lane) == n // lanes and store.gaps(lane) == [], "reconciliation"
+        return total / elapsed
 
 
 def reachable(dsn: str) -> str | None:
@@ -131,19 +170,19 @@ def reachable(dsn: str) -> str | None:
     return dsn
 
 
-def bench_drain(tmp: Path, label: str, make: Callable[[], IngestStore], n: int, own: float) -> None:
-    path = tmp / f"backlog-{label}.sqlite"
-    fill_backlog(path, n)
+def bench_drain(
+    tmp: Path, label: str, make: Callable[[], IngestStore], n: int, *, lanes: int, own: float
+) -> None:
     store = make()
     try:
-        rate = asyncio.run(drain(path, store, n))
+        rate = asyncio.run(drain(tmp, store, n, lanes))
     finally:
         if isinstance(store, PostgresIngestStore):
             store.drop()
         store.close()
     print(
-        f"drain {n:,} backlog -> mosquitto -> ingest ({label}): {rate:,.0f} records/s"
-        f" -> {rate / own:.2f}x its store_batch"
+        f"drain {n:,} backlog of {lanes} lane(s) -> mosquitto -> 1 ingest worker ({label}):"
+        f" {rate:,.0f} records/s -> {rate / own:.2f}x its store_batch"
     )
 
 
@@ -154,6 +193,7 @@ def main() -> None:
     ap.add_argument("--ingest", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=3, help="alternating runs; the best is shown")
     ap.add_argument("--lanes", type=int, default=16, help="lanes of the worker benchmark")
+    ap.add_argument("--drain-lanes", type=int, default=4, help="lanes of the second drain")
     ap.add_argument("--dsn", default=PG_DSN)
     ap.add_argument("--no-pg", action="store_true")
     args = ap.parse_args()
@@ -163,16 +203,18 @@ def main() -> None:
         bench_enqueue(tmp, args.appends)
         bench_decode()
         own = bench_store(dsn, t, args.ingest, args.rounds)
-        bench_drain(
-            tmp, "SQLite", lambda: SqliteIngestStore(tmp / "drain.sqlite"), args.backlog,
-            own["sqlite"],
-        )  # fmt: skip
-        if dsn is not None:
-            schema = f"bench_{uuid.uuid4().hex[:8]}"
+        for lanes in (1, args.drain_lanes):
             bench_drain(
-                tmp, "PostgreSQL", lambda: PostgresIngestStore(dsn, schema=schema), args.backlog,
-                own["postgres"],
+                tmp, "SQLite", lambda: SqliteIngestStore(tmp / f"drain-{uuid.uuid4().hex}.sqlite"),
+                args.backlog, lanes=lanes, own=own["sqlite"],
             )  # fmt: skip
+            if dsn is not None:
+                bench_drain(
+                    tmp, "PostgreSQL",
+                    lambda: PostgresIngestStore(dsn, schema=f"bench_{uuid.uuid4().hex[:8]}"),
+                    args.backlog, lanes=lanes, own=own["postgres"],
+                )  # fmt: skip
+        if dsn is not None:
             bench_workers(dsn, args.ingest, args.lanes, args.rounds)
 
 
