@@ -60,18 +60,18 @@ class LaneBatch:
     records: list[IngestRecord]
 
 
-def make_batches(n: int, lanes: int) -> list[LaneBatch]:
-    """`n` records as 100-record batches of `lanes` lanes, parsed as the ingest parses them,
-    interleaved lane by lane as they would arrive."""
+def make_batches(n: int, lanes: int, size: int = BATCH) -> list[LaneBatch]:
+    """`n` records as `size`-record batches of `lanes` lanes, parsed as the ingest parses
+    them, interleaved lane by lane as they would arrive."""
     per_lane: list[list[LaneBatch]] = []
     for i in range(lanes):
         lane = f"bench/l{i:03d}"
         queue = QueueIdentity(str(uuid.uuid4()))
         out = []
-        for start in range(1, n // lanes + 1, BATCH):
+        for start in range(1, n // lanes + 1, size):
             rows = [
                 (seq, Record(new_id(), lane, seq, seq, draft(seq)).encode())
-                for seq in range(start, min(n // lanes, start + BATCH - 1) + 1)
+                for seq in range(start, min(n // lanes, start + size - 1) + 1)
             ]
             payload = encode_batch(lane, queue, "b", rows)
             out.append(LaneBatch(lane, queue, parse_batch(f"uplink/{lane}/records", payload)[1]))
@@ -212,6 +212,13 @@ def bench_store(dsn: str | None, tmp: str, n: int, rounds: int) -> dict[str, flo
         f" COPY {pg['copy']:,.0f}/s, executemany {pg['executemany']:,.0f}/s"
         f" -> {pg['store'] / pg['copy']:.2f}x COPY, {pg['store'] / pg['executemany']:.2f}x"
         " executemany"
+    )
+    # Under light traffic a lane sends each record as it is made: batches of one.
+    singles = best([pg_rates(dsn, make_batches(2000, lanes=20, size=1)) for _ in range(rounds)])
+    print(
+        f"store PostgreSQL, 1-record batches (20 lanes): store_batch {singles['store']:,.0f}"
+        f" batches/s, COPY {singles['copy']:,.0f}/s -> {singles['store'] / singles['copy']:.2f}x"
+        " COPY"
     )
     return {"sqlite": sq["store"], "postgres": pg["store"]}
 
