@@ -34,32 +34,17 @@ from multiprocessing.synchronize import Event  # noqa: E402
 import psycopg  # noqa: E402
 
 from barrier.mqtt import Incoming, MqttLink  # noqa: E402
-from bench.uplink_ingest import bench_decode, bench_store, bench_workers  # noqa: E402
+from bench.uplink_ingest import bench_decode, bench_store, bench_workers, draft  # noqa: E402
 from sim.broker import running_mosquitto  # noqa: E402
 from uplink.forwarder import Forwarder  # noqa: E402
 from uplink.ingest import Ingest  # noqa: E402
 from uplink.pg import PostgresIngestStore  # noqa: E402
 from uplink.queue import RecordQueue  # noqa: E402
-from uplink.records import AuthInfo, RecordDraft  # noqa: E402
 from uplink.sqlite_store import SqliteIngestStore  # noqa: E402
 from uplink.store import IngestStore  # noqa: E402
 
 PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=2"
 LANE = "bench/l01"
-
-
-def draft(i: int) -> RecordDraft:
-    return RecordDraft(
-        kind="toll",
-        vehicle_id=f"veh-{i}",
-        vehicle_class=1 + i % 4,
-        amount_minor=1500,
-        currency="CNY",
-        method="token",
-        account_ref=f"acct-{i % 1000}",
-        auth=AuthInfo("approved", acquirer_ref=None, latency_ms=3, offline=True),
-        payment_id=str(uuid.uuid4()),
-    )
 
 
 def pct(values: list[float], p: float) -> float:

@@ -14,14 +14,20 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import psycopg
 
-from uplink.sql_store import RECORD_COLUMNS, Cursor, RowTakenError, Session, SqlIngestStore
+from uplink.sql_store import (
+    RECORD_COLUMNS,
+    Cursor,
+    NewRows,
+    RowTakenError,
+    Session,
+    SqlIngestStore,
+)
 from uplink.store import (
-    IngestRecord,
     IngestStoreError,
     StoreBusyError,
     StoreUnavailableError,
@@ -137,16 +143,7 @@ class PostgresIngestStore(SqlIngestStore):
         with self._session(pipeline=True) as conn:
             yield conn
 
-    def _insert(
-        self,
-        db: Session,
-        lane: str,
-        epoch: str,
-        records: Sequence[IngestRecord],
-        now_us: int,
-        *,
-        careful: bool,
-    ) -> Callable[[], set[int]]:
+    def _insert(self, db: Session, new: NewRows, *, careful: bool) -> Callable[[], set[int]]:
         # One statement over arrays instead of a row at a time: a single plan and a single
         # message for the batch, as cheap as a COPY. `%b` sends the arrays in binary (the text
         # format quotes every element, which cost more than the server's work).
@@ -160,20 +157,20 @@ class PostgresIngestStore(SqlIngestStore):
                 + (" ON CONFLICT DO NOTHING RETURNING seq" if careful else "")
             ),
             (
-                lane,
-                epoch,
-                now_us,
-                [r.record_id for r in records],
-                [r.seq for r in records],
-                [r.ts_us for r in records],
-                [r.kind for r in records],
-                [r.amount_minor for r in records],
-                [r.currency for r in records],
-                [r.data for r in records],
+                new.lane,
+                new.epoch,
+                new.now_us,
+                [r.record_id for r in new.records],
+                [r.seq for r in new.records],
+                [r.ts_us for r in new.records],
+                [r.kind for r in new.records],
+                [r.amount_minor for r in new.records],
+                [r.currency for r in new.records],
+                [r.data for r in new.records],
             ),
         )
         if not careful:
-            return lambda: {r.seq for r in records}
+            return lambda: {r.seq for r in new.records}
         return lambda: {int(row[0]) for row in cur.fetchall()}
 
     @contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from uplink.messages import Held, QueueIdentity, digest
@@ -38,6 +39,23 @@ class Cursor(Protocol):
 
     @property
     def rowcount(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class NewRows:
+    """A batch's records as rows of `records` (RECORD_COLUMNS), for the dialect's insert."""
+
+    lane: str
+    epoch: str
+    records: Sequence[IngestRecord]
+    now_us: int
+
+    def rows(self) -> list[tuple[object, ...]]:
+        return [
+            (r.record_id, self.lane, self.epoch, r.seq, r.ts_us, r.kind, r.amount_minor,
+             r.currency, r.data, self.now_us)
+            for r in self.records
+        ]  # fmt: skip
 
 
 class RowTakenError(IngestStoreError):
@@ -119,7 +137,7 @@ class SqlIngestStore:
                 db.cursor().execute(self.epoch_lock, (lane, epoch))
             locked = db.cursor()
             locked.execute(lock_sql, (lane, lane, epoch))
-            inserted = self._insert(db, lane, epoch, records, now_us, careful=careful)
+            inserted = self._insert(db, NewRows(lane, epoch, records, now_us), careful=careful)
             row = locked.fetchone()
             new_epoch = row is None
             if row is None:
@@ -207,35 +225,23 @@ class SqlIngestStore:
         by_seq = {int(s): (str(rid), bytes(data)) for s, rid, data in by_seq_cur.fetchall()}
         return by_id, by_seq
 
-    def _insert(
-        self,
-        db: Session,
-        lane: str,
-        epoch: str,
-        records: Sequence[IngestRecord],
-        now_us: int,
-        *,
-        careful: bool,
-    ) -> Callable[[], set[int]]:
+    def _insert(self, db: Session, new: NewRows, *, careful: bool) -> Callable[[], set[int]]:
         """Insert the batch; the returned call gives the seqs inserted (PostgreSQL reads them
         with the next round trip). Not `careful`: every record, and a held id or seq raises
         RowTakenError; `careful`: each record whose id and seq are both free."""
         sql = self._sql(
             f"INSERT INTO {{records}} ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
-        rows = [
-            (r.record_id, lane, epoch, r.seq, r.ts_us, r.kind, r.amount_minor, *r.tail(now_us))
-            for r in records
-        ]
+        rows = new.rows()
         cur = db.cursor()
         if not careful:
             cur.executemany(sql, rows)
-            return lambda: {r.seq for r in records}
+            return lambda: {r.seq for r in new.records}
         done: set[int] = set()
-        for row in rows:
+        for r, row in zip(new.records, rows, strict=True):
             cur.execute(sql + " ON CONFLICT DO NOTHING RETURNING seq", row)
             if cur.fetchone() is not None:
-                done.add(int(row[3]))
+                done.add(r.seq)
         return lambda: done
 
     def _note_conflict(self, cur: Cursor, c: Conflict, now_us: int) -> None:
