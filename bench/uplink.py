@@ -109,7 +109,7 @@ def _lanes_process(host: str, port: int, backlogs: list[tuple[str, Path]], ready
     asyncio.run(forward(host, port, backlogs, ready))
 
 
-async def drain(tmp: Path, store: IngestStore, n: int, lanes: int) -> float:
+async def drain(tmp: Path, store: IngestStore, n: int, lanes: int, pipelined: bool) -> float:
     """Records/s from a backlog of `n` records over `lanes` lanes (forwarded by a process of
     their own, as lanes are other machines) into one ingest worker, until all are stored."""
     backlogs = [(f"bench/d{i:02d}", tmp / f"backlog-{uuid.uuid4().hex[:6]}.sqlite")
@@ -120,6 +120,8 @@ async def drain(tmp: Path, store: IngestStore, n: int, lanes: int) -> float:
     with running_mosquitto() as broker:
         ingest = Ingest(store, group=f"bench{uuid.uuid4().hex[:6]}")
         ilink = ingest.make_link(broker.host, broker.port, f"bench-ingest-{uuid.uuid4().hex[:6]}")
+        if not pipelined:  # each batch decoded, stored and acked before the next is read
+            ilink.handler = ingest.handle
         task = asyncio.create_task(ilink.run())
         await ilink.wait_connected(5)
         ctx = mp.get_context("fork")
@@ -158,16 +160,20 @@ def reachable(dsn: str) -> str | None:
 def bench_drain(
     tmp: Path, label: str, make: Callable[[], IngestStore], n: int, *, lanes: int, own: float
 ) -> None:
-    store = make()
-    try:
-        rate = asyncio.run(drain(tmp, store, n, lanes))
-    finally:
-        if isinstance(store, PostgresIngestStore):
-            store.drop()
-        store.close()
+    """The pipelined worker and, in turn, one batch at a time (`Ingest.handle`)."""
+    rates = {}
+    for pipelined in (False, True):
+        store = make()
+        try:
+            rates[pipelined] = asyncio.run(drain(tmp, store, n, lanes, pipelined))
+        finally:
+            if isinstance(store, PostgresIngestStore):
+                store.drop()
+            store.close()
     print(
         f"drain {n:,} backlog of {lanes} lane(s) -> mosquitto -> 1 ingest worker ({label}):"
-        f" {rate:,.0f} records/s -> {rate / own:.2f}x its store_batch"
+        f" {rates[True]:,.0f} records/s -> {rates[True] / own:.2f}x its store_batch;"
+        f" one batch at a time {rates[False]:,.0f}/s -> pipelined {rates[True] / rates[False]:.2f}x"
     )
 
 

@@ -8,6 +8,9 @@ store holds byte for byte (seq, id, SHA-256; see uplink.store): the lane deletes
 Records the store refused (their id or seq is held with other content) are named as refused:
 the lane keeps them. Garbage, oversized and unstorable batches are logged, counted and not
 acknowledged; the lane keeps those records and sends them again.
+
+A worker is a pipeline (`receive`): it decodes the next batch while the one before is in its
+transaction and the one before that waits for the broker to take its ack.
 """
 
 from __future__ import annotations
