@@ -263,3 +263,20 @@ def test_a_held_sqlite_write_lock_is_a_busy_error_and_stores_nothing(tmp_path: P
     finally:
         other.close()
         s.close()
+
+
+def test_postgres_batches_of_one_epoch_wait_for_its_lock(pg_dsn: str) -> None:
+    """The batches of one queue epoch are serialised by an advisory lock on (lane, epoch): a
+    batch that finds it held past lock_timeout is a busy error and stores nothing; another
+    epoch of the same lane is not held up."""
+    s = PostgresIngestStore(pg_dsn, lock_timeout_s=0.2)
+    with psycopg.connect(pg_dsn) as other:
+        other.execute("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", (LANE, E))
+        with pytest.raises(StoreBusyError, match="lock timeout"):
+            s.store_batch(LANE, Q, recs(1, 2), 1)
+        assert s.count(LANE) == 0
+        beside = s.store_batch(LANE, QueueIdentity("epoch-2"), recs(1, 2, tag="n"), 1)
+        assert beside.held == held(recs(1, 2, tag="n"))
+        other.rollback()  # the holder ends its transaction
+    assert s.store_batch(LANE, Q, recs(1, 2), 2).held == held(recs(1, 2))
+    s.close()
