@@ -1,8 +1,8 @@
 """The PostgreSQL back-office store (psycopg 3): the same logic as SQLite, for many workers.
 
-Each worker holds its own connection. The batches of one queue epoch are serialised by a
-transaction-scoped advisory lock on (lane, epoch), so two workers committing neighbouring
-batches of the same lane both see each other's rows when they classify records and compute the
+Each worker holds its own connection. The batches of one queue epoch are serialised by the
+lock on its `epochs` row (taken by the UPDATE that moves it on), so two workers committing
+neighbouring batches of the same lane both see each other's rows when they compute the
 contiguous prefix; batches of different lanes proceed in parallel. Lock waits and statements
 are bounded (`lock_timeout`, `statement_timeout`). Tables live in their own schema (default
 `lane_ingest`). A broken connection is reopened on the next call; the batch that hit it is not
@@ -73,9 +73,7 @@ class PostgresIngestStore(SqlIngestStore):
     StoreBusyError (the ingest retries it) instead of stalling the worker without a word."""
 
     param = "%s"
-    # A transaction-scoped advisory lock on (lane, epoch): unlike a row lock (SELECT ... FOR
-    # UPDATE) it writes nothing to the table or the WAL, and it exists before the epoch's row.
-    epoch_lock = "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))"
+    lock_suffix = " FOR UPDATE"
 
     def __init__(
         self,

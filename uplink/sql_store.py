@@ -71,9 +71,7 @@ class SqlIngestStore:
     """The store logic over any DB-API cursor; subclasses provide transactions and dialect."""
 
     param = "?"
-    # PostgreSQL: a statement that serialises the batches of one queue epoch (SQLite's
-    # writers take turns anyway).
-    epoch_lock: str | None = None
+    lock_suffix = ""  # PostgreSQL: " FOR UPDATE" (SQLite's writers take turns anyway)
     prefix = ""  # PostgreSQL: "schema."
 
     def _sql(self, text: str) -> str:
@@ -100,83 +98,132 @@ class SqlIngestStore:
     def store_batch(
         self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
     ) -> StoreResult:
-        """Two round trips where the driver pipelines (PostgreSQL): lock the epoch and insert
-        the batch; then the prefix and the commit. The insert first assumes the batch is new
-        (what nearly every batch is) and inserts it as it is; when a record id or seq is held
-        already (a resend, a conflict) that transaction is rolled back and the batch is stored
-        again inserting only what is free and looking up what kept the rest out. Only a prefix
-        that runs past the batch (a hole it filled) reads further."""
+        """Two round trips where the driver pipelines (PostgreSQL). A batch is first taken
+        for new, which nearly every batch is (`_store_new`); when a record id or seq of it is
+        held already (a resend, a conflict) that transaction is rolled back and the batch is
+        stored again carefully (`_store_held`), inserting what is free and looking up what kept
+        the rest out."""
         if not records:
             raise ValueError("empty batch")
         try:
-            return self._store(lane, queue, records, now_us, careful=False)
+            return self._store_new(lane, queue, records, now_us)
         except RowTakenError:
-            return self._store(lane, queue, records, now_us, careful=True)
+            return self._store_held(lane, queue, records, now_us)
 
-    def _store(
-        self,
-        lane: str,
-        queue: QueueIdentity,
-        records: Sequence[IngestRecord],
-        now_us: int,
-        *,
-        careful: bool,
+    def _store_new(
+        self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
     ) -> StoreResult:
+        """Insert every record, then move the epoch's row on in one UPDATE: the prefix becomes
+        the batch's last seq when it reached the batch and nothing is held beyond it. The
+        UPDATE takes the row's lock and works on its latest committed version, which is what
+        serialises the batches of one epoch (here and in `_store_held`). Only a prefix that
+        must run on past the batch (the batch filled a hole) reads the table."""
+        q = self._sql
+        epoch = queue.epoch
+        first, last = records[0].seq, records[-1].seq
+        move_on = q(
+            "UPDATE {epochs} SET contiguous = CASE WHEN contiguous >= ? AND max_seq <= ?"
+            " AND contiguous < ? THEN ? ELSE contiguous END,"
+            " max_seq = CASE WHEN max_seq > ? THEN max_seq ELSE ? END"
+            " WHERE lane=? AND epoch=?"
+            " RETURNING contiguous, max_seq, EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
+        )
+        args = (first - 1, last, last, last, last, last, lane, epoch, lane)
+        with self._batch() as db:
+            self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
+            moved = db.cursor()
+            moved.execute(move_on, args)
+            row = moved.fetchone()
+            new_epoch = False
+            if row is None:
+                made = self._open_epoch(db, lane, queue, now_us)
+                moved.execute(move_on, args)
+                row = moved.fetchone()
+                new_epoch = made.rowcount == 1  # known once a later result was read
+            contiguous, max_seq, conflicts_open = (int(v) for v in row)
+            if first - 1 <= contiguous < last:
+                contiguous = self._advance(db.cursor(), lane, epoch, contiguous)
+                db.cursor().execute(
+                    q("UPDATE {epochs} SET contiguous=? WHERE lane=? AND epoch=?"),
+                    (contiguous, lane, epoch),
+                )
+            held = [Held(r.seq, r.record_id, digest(r.data)) for r in records]
+            others = self._other_epochs(db, lane, epoch) if new_epoch else ()
+            if conflicts_open:
+                self._resolve(db, held)
+        return StoreResult(
+            held=tuple(held),
+            inserted=len(held),
+            duplicates=0,
+            conflicts=(),
+            contiguous=contiguous,
+            max_seq=max_seq,
+            new_epoch=new_epoch,
+            other_epochs=others,
+        )
+
+    def _open_epoch(self, db: Session, lane: str, queue: QueueIdentity, now_us: int) -> Cursor:
+        """Make the epoch's row (an extra round trip once per queue file); its rowcount is 0
+        when another worker made it first (this one waited for that worker's commit)."""
+        made = db.cursor()
+        made.execute(
+            self._sql(
+                "INSERT INTO {epochs} (lane, epoch, base, contiguous, max_seq, first_us)"
+                " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING"
+            ),
+            (lane, queue.epoch, queue.base, queue.base, now_us),
+        )
+        return made  # type: ignore[no-any-return]
+
+    def _other_epochs(self, db: Session, lane: str, epoch: str) -> tuple[str, ...]:
+        earlier = db.cursor()
+        earlier.execute(
+            self._sql("SELECT epoch FROM {epochs} WHERE lane=? AND epoch<>? ORDER BY first_us"),
+            (lane, epoch),
+        )
+        return tuple(str(r[0]) for r in earlier.fetchall())
+
+    def _resolve(self, db: Session, held: Sequence[Held]) -> None:
+        """A conflict is over once the store holds the refused version itself (an operator
+        removed the other one and the lane offered it again): its row goes."""
+        db.cursor().executemany(
+            self._sql("DELETE FROM {conflicts} WHERE record_id=? AND offered_digest=?"),
+            [(h.record_id, h.digest.hex()) for h in held],
+        )
+
+    def _store_held(
+        self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
+    ) -> StoreResult:
+        """A batch the store holds some of: lock the epoch's row, insert what is free, look
+        up what kept the rest out, classify, walk the prefix."""
         q = self._sql
         epoch = queue.epoch
         lock_sql = q(
             "SELECT contiguous, max_seq, EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
-            " FROM {epochs} WHERE lane=? AND epoch=?"
+            " FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix
         )
         with self._batch() as db:
-            # The epoch lock serialises the batches of one queue epoch, so the prefix is
-            # decided over committed rows (each later statement reads what was committed
-            # before it started). The records' own keys need no lock: a record id or seq held
-            # already is refused by its unique index whoever holds it.
-            if self.epoch_lock is not None:
-                db.cursor().execute(self.epoch_lock, (lane, epoch))
             locked = db.cursor()
             locked.execute(lock_sql, (lane, lane, epoch))
-            inserted = self._insert(db, NewRows(lane, epoch, records, now_us), careful=careful)
             row = locked.fetchone()
-            new_epoch = row is None
+            new_epoch = False
             if row is None:
-                # The epoch's first batch (an extra round trip once per queue file). Another
-                # worker may be creating it too: then this one waits for it and finds it made.
-                made = db.cursor()
-                made.execute(
-                    q(
-                        "INSERT INTO {epochs} (lane, epoch, base, contiguous, max_seq, first_us)"
-                        " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING"
-                    ),
-                    (lane, epoch, queue.base, queue.base, now_us),
-                )
+                made = self._open_epoch(db, lane, queue, now_us)
                 locked.execute(lock_sql, (lane, lane, epoch))
                 row = locked.fetchone()
-                new_epoch = made.rowcount == 1
+                new_epoch = made.rowcount == 1  # known once a later result was read
             contiguous, held_max, conflicts_open = (int(v) for v in row)
+            inserted = self._insert(db, NewRows(lane, epoch, records, now_us), careful=True)
             fresh = inserted()
             by_id, by_seq = self._held_rows(
                 db, lane, epoch, [r for r in records if r.seq not in fresh]
             )
             held, conflicts = classify(lane, epoch, records, fresh, by_id, by_seq)
-            others: tuple[str, ...] = ()
-            if new_epoch:
-                earlier = db.cursor()
-                earlier.execute(
-                    q("SELECT epoch FROM {epochs} WHERE lane=? AND epoch<>? ORDER BY first_us"),
-                    (lane, epoch),
-                )
-                others = tuple(str(r[0]) for r in earlier.fetchall())
+            others = self._other_epochs(db, lane, epoch) if new_epoch else ()
             for c in conflicts:
                 self._note_conflict(db.cursor(), c, now_us)
             if conflicts_open and held:
-                # A conflict is over once the store holds the refused version itself (an
-                # operator removed the other one and the lane offered it again): its row goes.
-                db.cursor().executemany(
-                    q("DELETE FROM {conflicts} WHERE record_id=? AND offered_digest=?"),
-                    [(h.record_id, h.digest.hex()) for h in held],
-                )
+                self._resolve(db, held)
             # The prefix can only grow through this batch's seqs (each batch leaves it as far
             # as the rows allow); past the batch only if rows stored earlier wait there.
             present = fresh | set(by_seq)
