@@ -1,12 +1,16 @@
 """Uplink benchmark: durable enqueue latency, backlog drain rate, ingest rate (prints figures).
 
-    .venv/bin/python -m bench.uplink [--backlog 50000] [--appends 2000] [--no-pg]
+    .venv/bin/python -m bench.uplink [--backlog 50000] [--appends 2000] [--ingest 20000]
+                                     [--rounds 3] [--lanes 16] [--dsn DSN | --no-pg]
 
 1. enqueue: `RecordQueue.append` with durable commits (WAL, synchronous=FULL), p50/p99/max.
 2. drain: a backlog (default 50,000 records, as after an outage) forwarded over a private
    mosquitto to one ingest worker (SQLite, and PostgreSQL when reachable), end-to-end acked
-   and deleted: records/s until the lane's queue is empty.
-3. ingest: `store_batch` of 100-record batches straight into SQLite and PostgreSQL.
+   and deleted: records/s until the lane's queue is empty, and that as a share of the same
+   store's own `store_batch` rate.
+3. ingest, beside the raw operations in the same run (bench/uplink_ingest.py): decode against
+   msgpack, `store_batch` against a COPY / executemany per batch, 1 and 2 worker processes
+   against 1 and 2 COPY processes.
 """
 
 from __future__ import annotations
@@ -19,41 +23,28 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import multiprocessing as mp  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from multiprocessing.synchronize import Event  # noqa: E402
 
 import psycopg  # noqa: E402
 
 from barrier.mqtt import Incoming, MqttLink  # noqa: E402
+from bench.uplink_ingest import bench_decode, bench_store, bench_workers, draft  # noqa: E402
 from sim.broker import running_mosquitto  # noqa: E402
 from uplink.forwarder import Forwarder  # noqa: E402
-from uplink.ingest import Ingest, parse_batch  # noqa: E402
-from uplink.messages import QueueIdentity, encode_batch  # noqa: E402
+from uplink.ingest import Ingest  # noqa: E402
 from uplink.pg import PostgresIngestStore  # noqa: E402
 from uplink.queue import RecordQueue  # noqa: E402
-from uplink.records import AuthInfo, Record, RecordDraft  # noqa: E402
 from uplink.sqlite_store import SqliteIngestStore  # noqa: E402
 from uplink.store import IngestStore  # noqa: E402
 
 PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=2"
 LANE = "bench/l01"
-
-
-def draft(i: int) -> RecordDraft:
-    return RecordDraft(
-        kind="toll",
-        vehicle_id=f"veh-{i}",
-        vehicle_class=1 + i % 4,
-        amount_minor=1500,
-        currency="CNY",
-        method="token",
-        account_ref=f"acct-{i % 1000}",
-        auth=AuthInfo("approved", acquirer_ref=None, latency_ms=3, offline=True),
-        payment_id=str(uuid.uuid4()),
-    )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -76,85 +67,114 @@ def bench_enqueue(tmp: Path, n: int) -> None:
     )
 
 
-def fill_backlog(path: Path, n: int) -> None:
+def fill_backlog(path: Path, lane: str, n: int) -> None:
     # Filling without fsync keeps the benchmark short; draining uses the durable settings.
-    with RecordQueue(path, LANE, 10**10, sqlite_pragmas={"synchronous": "OFF"}) as q:
+    with RecordQueue(path, lane, 10**10, sqlite_pragmas={"synchronous": "OFF"}) as q:
         for i in range(n):
             q.append(draft(i))
 
 
-async def drain(path: Path, store: IngestStore, n: int) -> float:
+async def forward(host: str, port: int, backlogs: list[tuple[str, Path]], ready: Event) -> None:
+    """The lanes' side of a drain: one queue, link and forwarder per lane, until all are empty."""
+    sides = []
+    for lane, path in backlogs:
+        queue = RecordQueue(path, lane, 10**10)
+        link = MqttLink(host, port, f"bench-lane-{uuid.uuid4().hex[:6]}")
+        fw = Forwarder(queue, link, lane, batch_size=100, window=4, ack_timeout=10.0)
+        link.subscriptions = fw.subscriptions()
+
+        async def on_ack(msg: Incoming, fw: Forwarder = fw) -> None:
+            fw.handle_ack(msg.payload)
+
+        link.handler = on_ack
+        sides.append((queue, link, fw))
+    tasks = [asyncio.create_task(link.run()) for _, link, _ in sides]
+    for _, link, _ in sides:
+        await link.wait_connected(5)
+    ready.set()
+    tasks += [asyncio.create_task(fw.run()) for _, _, fw in sides]
+    try:
+        for queue, _, _ in sides:
+            while (await asyncio.to_thread(queue.backlog)).count > 0:  # noqa: ASYNC110 - a file
+                await asyncio.sleep(0.05)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for queue, _, _ in sides:
+            queue.close()
+
+
+def _lanes_process(host: str, port: int, backlogs: list[tuple[str, Path]], ready: Event) -> None:
+    asyncio.run(forward(host, port, backlogs, ready))
+
+
+async def drain(tmp: Path, store: IngestStore, n: int, lanes: int, pipelined: bool) -> float:
+    """Records/s from a backlog of `n` records over `lanes` lanes (forwarded by a process of
+    their own, as lanes are other machines) into one ingest worker, until all are stored."""
+    backlogs = [(f"bench/d{i:02d}", tmp / f"backlog-{uuid.uuid4().hex[:6]}.sqlite")
+                for i in range(lanes)]  # fmt: skip
+    for lane, path in backlogs:
+        fill_backlog(path, lane, n // lanes)
+    total = (n // lanes) * lanes
     with running_mosquitto() as broker:
         ingest = Ingest(store, group=f"bench{uuid.uuid4().hex[:6]}")
         ilink = ingest.make_link(broker.host, broker.port, f"bench-ingest-{uuid.uuid4().hex[:6]}")
-        queue = RecordQueue(path, LANE, 10**10)
-        box: list[Forwarder] = []
-
-        async def on_ack(msg: Incoming) -> None:
-            box[0].handle_ack(msg.payload)
-
-        llink = MqttLink(broker.host, broker.port, f"bench-lane-{uuid.uuid4().hex[:6]}")
-        fw = Forwarder(queue, llink, LANE, batch_size=100, window=4, ack_timeout=10.0)
-        box.append(fw)
-        llink.subscriptions = fw.subscriptions()
-        llink.handler = on_ack
-        tasks = [asyncio.create_task(ilink.run()), asyncio.create_task(llink.run())]
+        if not pipelined:  # each batch decoded, stored and acked before the next is read
+            ilink.handler = ingest.handle
+        task = asyncio.create_task(ilink.run())
         await ilink.wait_connected(5)
-        await llink.wait_connected(5)
-        t0 = time.perf_counter()
-        tasks.append(asyncio.create_task(fw.run()))
+        ctx = mp.get_context("fork")
+        ready = ctx.Event()
+        child = ctx.Process(target=_lanes_process, args=(broker.host, broker.port, backlogs, ready))
+        child.start()
         try:
-            while (await asyncio.to_thread(queue.backlog)).count > 0:  # noqa: ASYNC110 - polls a file
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(ready.wait, 30)
+            t0 = time.perf_counter()
+            stored = lambda: sum(store.count(ln) for ln, _ in backlogs)  # noqa: E731
+            while await asyncio.to_thread(stored) < total:  # noqa: ASYNC110 - polls the store
+                await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - t0
+            await asyncio.to_thread(child.join, 60)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            queue.close()
-        assert store.count(LANE) == n and store.gaps(LANE) == [], "reconciliation failed"
-        return n / elapsed
+            if child.is_alive():
+                child.kill()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await ingest.close()
+        for lane, _ in backlogs:
+            assert store.count(lane) == n // lanes and store.gaps(lane) == [], "reconciliation"
+        return total / elapsed
 
 
-def bench_ingest(store: IngestStore, n: int, label: str) -> None:
-    queue = QueueIdentity(str(uuid.uuid4()))
-    batches = []
-    for start in range(1, n + 1, 100):
-        rows = [
-            (seq, Record(str(uuid.uuid4()), LANE, seq, seq, draft(seq)).encode())
-            for seq in range(start, min(n, start + 99) + 1)
-        ]
-        payload = encode_batch(LANE, queue, "b", rows)
-        batches.append(parse_batch(f"uplink/{LANE}/records", payload)[1])
-    t0 = time.perf_counter()
-    for b in batches:
-        store.store_batch(LANE, queue, b, 0)
-    rate = n / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for b in batches[: len(batches) // 4]:
-        store.store_batch(LANE, queue, b, 0)  # resends: all duplicates
-    dup = (len(batches) // 4) * 100 / (time.perf_counter() - t0)
-    print(
-        f"ingest {label} (100-record batches, one commit each): {rate:,.0f} records/s new,"
-        f" {dup:,.0f} records/s duplicates"
-    )
-
-
-def with_pg(use: bool, fn: Callable[[IngestStore], None]) -> None:
-    if not use:
-        return
+def reachable(dsn: str) -> str | None:
     try:
-        with psycopg.connect(PG_DSN) as conn:
+        with psycopg.connect(dsn) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         print(f"postgres: skipped ({exc.__class__.__name__})")
-        return
-    store = PostgresIngestStore(PG_DSN, schema=f"bench_{uuid.uuid4().hex[:8]}")
-    try:
-        fn(store)
-    finally:
-        store.drop()
-        store.close()
+        return None
+    return dsn
+
+
+def bench_drain(
+    tmp: Path, label: str, make: Callable[[], IngestStore], n: int, *, lanes: int, own: float
+) -> None:
+    """The pipelined worker and, in turn, one batch at a time (`Ingest.handle`)."""
+    rates = {}
+    for pipelined in (False, True):
+        store = make()
+        try:
+            rates[pipelined] = asyncio.run(drain(tmp, store, n, lanes, pipelined))
+        finally:
+            if isinstance(store, PostgresIngestStore):
+                store.drop()
+            store.close()
+    print(
+        f"drain {n:,} backlog of {lanes} lane(s) -> mosquitto -> 1 ingest worker ({label}):"
+        f" {rates[True]:,.0f} records/s -> {rates[True] / own:.2f}x its store_batch;"
+        f" one batch at a time {rates[False]:,.0f}/s -> pipelined {rates[True] / rates[False]:.2f}x"
+    )
 
 
 def main() -> None:
@@ -162,38 +182,31 @@ def main() -> None:
     ap.add_argument("--backlog", type=int, default=50_000)
     ap.add_argument("--appends", type=int, default=2_000)
     ap.add_argument("--ingest", type=int, default=20_000)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs; the best is shown")
+    ap.add_argument("--lanes", type=int, default=16, help="lanes of the worker benchmark")
+    ap.add_argument("--drain-lanes", type=int, default=4, help="lanes of the second drain")
+    ap.add_argument("--dsn", default=PG_DSN)
     ap.add_argument("--no-pg", action="store_true")
     args = ap.parse_args()
+    dsn = None if args.no_pg else reachable(args.dsn)
     with tempfile.TemporaryDirectory(prefix="lane-bench-uplink-") as t:
         tmp = Path(t)
         bench_enqueue(tmp, args.appends)
-
-        for label in ("sqlite", "postgres"):
-            path = tmp / f"backlog-{label}.sqlite"
-            fill_backlog(path, args.backlog)
-            if label == "sqlite":
-                store = SqliteIngestStore(tmp / "drain-ingest.sqlite")
-                rate = asyncio.run(drain(path, store, args.backlog))
-                store.close()
-                print(
-                    f"drain {args.backlog:,} backlog -> mosquitto -> ingest (SQLite):"
-                    f" {rate:,.0f} records/s"
-                )
-            else:
-
-                def run_pg(store: IngestStore, path: Path = path) -> None:
-                    rate = asyncio.run(drain(path, store, args.backlog))
-                    print(
-                        f"drain {args.backlog:,} backlog -> mosquitto -> ingest (PostgreSQL):"
-                        f" {rate:,.0f} records/s"
-                    )
-
-                with_pg(not args.no_pg, run_pg)
-
-        sq = SqliteIngestStore(tmp / "ingest.sqlite")
-        bench_ingest(sq, args.ingest, "SQLite")
-        sq.close()
-        with_pg(not args.no_pg, lambda s: bench_ingest(s, args.ingest, "PostgreSQL"))
+        bench_decode()
+        own = bench_store(dsn, t, args.ingest, args.rounds)
+        for lanes in (1, args.drain_lanes):
+            bench_drain(
+                tmp, "SQLite", lambda: SqliteIngestStore(tmp / f"drain-{uuid.uuid4().hex}.sqlite"),
+                args.backlog, lanes=lanes, own=own["sqlite"],
+            )  # fmt: skip
+            if dsn is not None:
+                bench_drain(
+                    tmp, "PostgreSQL",
+                    lambda: PostgresIngestStore(dsn, schema=f"bench_{uuid.uuid4().hex[:8]}"),
+                    args.backlog, lanes=lanes, own=own["postgres"],
+                )  # fmt: skip
+        if dsn is not None:
+            bench_workers(dsn, args.ingest, args.lanes, args.rounds)
 
 
 if __name__ == "__main__":

@@ -69,4 +69,5 @@ class BackOffice:
 
     async def stop(self) -> None:
         await self._leave()
+        await self.ingest.close()
         self.store.close()

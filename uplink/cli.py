@@ -217,6 +217,7 @@ async def _serve(args: argparse.Namespace, store: IngestStore, stop: asyncio.Eve
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await ingest.close()
         await metrics.stop()
         log.info("ingest stopped", extra={"worker": args.workers_name, **vars(ingest.stats)})
 

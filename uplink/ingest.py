@@ -8,6 +8,9 @@ store holds byte for byte (seq, id, SHA-256; see uplink.store): the lane deletes
 Records the store refused (their id or seq is held with other content) are named as refused:
 the lane keeps them. Garbage, oversized and unstorable batches are logged, counted and not
 acknowledged; the lane keeps those records and sends them again.
+
+A worker is a pipeline (`receive`): it decodes the next batch while the one before is in its
+transaction and the one before that waits for the broker to take its ack.
 """
 
 from __future__ import annotations
@@ -94,7 +97,8 @@ class IngestStats:
 class Ingest:
     """`hole_after_s`: a seq still missing this long after it was first seen missing is
     reported as a hole; `busy_retries`: how often a batch that met a lock or statement timeout
-    is tried again (after `busy_backoff_s`, doubling) before it is left to the lane's resend."""
+    is tried again (after `busy_backoff_s`, doubling) before it is left to the lane's resend;
+    `depth`: batches past decoding (being stored or acknowledged) before `receive` waits."""
 
     def __init__(
         self,
@@ -104,6 +108,7 @@ class Ingest:
         hole_after_s: float = 60.0,
         busy_retries: int = 3,
         busy_backoff_s: float = 0.5,
+        depth: int = 4,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -118,6 +123,9 @@ class Ingest:
         self._clock = clock
         self._sleep = sleep
         self._link: MqttLink | None = None
+        self._slots = asyncio.Semaphore(depth)
+        self._store_turn = asyncio.Lock()
+        self._inflight: set[asyncio.Task[None]] = set()
 
     @property
     def subscriptions(self) -> Sequence[tuple[str, int]]:
@@ -130,30 +138,70 @@ class Ingest:
         client_id: str,
         credentials: Credentials | None = None,
     ) -> MqttLink:
-        """An MqttLink subscribed to the shared filters and wired to this ingest (run it)."""
+        """An MqttLink subscribed to the shared filters and wired to this ingest's pipeline
+        (`receive`); run it, and `close()` the ingest after it."""
         link = MqttLink(
-            host, port, client_id, self.subscriptions, self.handle, credentials=credentials
+            host, port, client_id, self.subscriptions, self.receive, credentials=credentials
         )
         self.attach(link)
         return link
 
     def attach(self, link: MqttLink) -> None:
-        """Use `link` to publish acks (its owner routes record messages to `handle`)."""
+        """Use `link` to publish acks (its owner routes record messages to `receive`)."""
         self._link = link
 
     async def handle(self, msg: Incoming) -> None:
+        """One batch from start to finish: decode, store, ack; returns when it is acked."""
+        parsed = self._parse(msg)
+        if parsed is not None:
+            result = await self._store(*parsed)
+            if result is not None:
+                await self._settle(parsed[0], result)
+
+    async def receive(self, msg: Incoming) -> None:
+        """The pipelined `handle`: returns once the batch is decoded and queued, so the next
+        one is decoded while this one is stored and the one before is acknowledged. Batches
+        are stored one at a time in arrival order (the worker's one connection) and each is
+        acked after its own commit; at most `depth` are past decoding, then this waits."""
+        parsed = self._parse(msg)
+        if parsed is None:
+            return
+        await self._slots.acquire()
+        task = asyncio.create_task(self._through(*parsed))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _through(self, batch: Batch, records: list[IngestRecord]) -> None:
         try:
-            batch, records = parse_batch(msg.topic, msg.payload)
+            # asyncio.Lock wakes its waiters in order: stores keep the batches' arrival order.
+            async with self._store_turn:
+                result = await self._store(batch, records)
+            if result is not None:
+                await self._settle(batch, result)
+        except Exception:
+            log.exception("uplink batch failed", extra=_ctx(batch))
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        """Stop the batches still in the pipeline. One cut off is either committed without an
+        ack or not committed: the lane resends it either way."""
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    def _parse(self, msg: Incoming) -> tuple[Batch, list[IngestRecord]] | None:
+        try:
+            return parse_batch(msg.topic, msg.payload)
         except PayloadError as exc:
             self.stats.rejected += 1
             log.error(
                 "uplink batch rejected",
                 extra={"topic": msg.topic, "bytes": len(msg.payload), "error": str(exc)},
             )
-            return
-        result = await self._store(batch, records)
-        if result is None:
-            return
+            return None
+
+    async def _settle(self, batch: Batch, result: StoreResult) -> None:
         self.stats.batches += 1
         self.stats.records += result.inserted
         self.stats.duplicates += result.duplicates

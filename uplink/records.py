@@ -109,6 +109,45 @@ class Record:
 
     @classmethod
     def from_map(cls, body: Mapping[str, Any]) -> Record:
+        # The back office decodes every record it ingests: a well-formed map (msgpack gives
+        # exact types, so `type(v) is int` also refuses a bool) is built in one pass; anything
+        # else takes the field-by-field path, which names what is wrong.
+        auth = body.get("auth")
+        if (
+            _well_typed(body, _RECORD_FIELDS)
+            and type(auth) is dict
+            and _well_typed(auth, _AUTH_FIELDS)
+            and all(type(f) is str for f in body["flags"])
+        ):
+            return cls._build(body, auth)
+        return cls._checked(body)
+
+    @classmethod
+    def _build(cls, body: Mapping[str, Any], auth: Mapping[str, Any]) -> Record:
+        try:
+            draft = RecordDraft(
+                body["kind"],
+                body["vehicle_id"],
+                body["vehicle_class"],
+                body["amount_minor"],
+                body["currency"],
+                body["method"],
+                body.get("account_ref"),
+                AuthInfo(
+                    auth["result"], auth.get("acquirer_ref"), auth["latency_ms"], auth["offline"]
+                ),
+                body.get("payment_id"),
+                body.get("entry_plaza"),
+                tuple(body["flags"]),
+                body.get("pass_id"),
+                body.get("plate"),
+            )
+        except ValueError as exc:
+            raise PayloadError(str(exc)) from exc
+        return cls(body["record_id"], body["lane"], body["seq"], body["ts"], draft, body["v"])
+
+    @classmethod
+    def _checked(cls, body: Mapping[str, Any]) -> Record:
         auth = required(body, "auth", dict)
         flags = required(body, "flags", list)
         try:
@@ -149,3 +188,39 @@ def _closed_road(draft: RecordDraft) -> dict[str, Any]:
     if draft.plate is not None:
         extra["plate"] = draft.plate
     return extra
+
+
+# (name, exact type, optional) of a record map and of its `auth` map, for the fast path.
+_RECORD_FIELDS: tuple[tuple[str, type, bool], ...] = (
+    ("v", int, False),
+    ("record_id", str, False),
+    ("lane", str, False),
+    ("seq", int, False),
+    ("ts", int, False),
+    ("kind", str, False),
+    ("vehicle_id", str, False),
+    ("vehicle_class", int, False),
+    ("amount_minor", int, False),
+    ("currency", str, False),
+    ("method", str, False),
+    ("account_ref", str, True),
+    ("payment_id", str, True),
+    ("entry_plaza", str, True),
+    ("pass_id", str, True),
+    ("plate", str, True),
+    ("flags", list, False),
+)
+_AUTH_FIELDS: tuple[tuple[str, type, bool], ...] = (
+    ("result", str, False),
+    ("acquirer_ref", str, True),
+    ("latency_ms", int, False),
+    ("offline", bool, False),
+)
+
+
+def _well_typed(body: Mapping[str, Any], fields: tuple[tuple[str, type, bool], ...]) -> bool:
+    for name, kind, opt in fields:
+        value = body.get(name)
+        if type(value) is not kind and not (opt and value is None):
+            return False
+    return True

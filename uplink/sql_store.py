@@ -4,8 +4,9 @@ for byte, duplicates, conflicts (and their resolution), the prefix per queue epo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from uplink.messages import Held, QueueIdentity, digest
@@ -15,10 +16,15 @@ from uplink.store import (
     EpochInfo,
     Gap,
     IngestRecord,
+    IngestStoreError,
     StoredRecord,
     StoreResult,
 )
 
+# The columns of a stored record, in the order both stores insert them.
+RECORD_COLUMNS = (
+    "record_id, lane, epoch, seq, ts_us, kind, amount_minor, currency, data, ingested_us"
+)
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
 
 
@@ -35,11 +41,37 @@ class Cursor(Protocol):
     def rowcount(self) -> int: ...
 
 
+@dataclass(frozen=True)
+class NewRows:
+    """A batch's records as rows of `records` (RECORD_COLUMNS), for the dialect's insert."""
+
+    lane: str
+    epoch: str
+    records: Sequence[IngestRecord]
+    now_us: int
+
+    def rows(self) -> list[tuple[object, ...]]:
+        return [
+            (r.record_id, self.lane, self.epoch, r.seq, r.ts_us, r.kind, r.amount_minor,
+             r.currency, r.data, self.now_us)
+            for r in self.records
+        ]  # fmt: skip
+
+
+class RowTakenError(IngestStoreError):
+    """An insert met a record id or a seq that the store holds already (the transaction is
+    rolled back; store_batch stores the batch again, looking up what is held)."""
+
+
+class Session(Protocol):
+    def cursor(self) -> Any: ...
+
+
 class SqlIngestStore:
     """The store logic over any DB-API cursor; subclasses provide transactions and dialect."""
 
     param = "?"
-    lock_suffix = ""  # PostgreSQL: " FOR UPDATE" serialises the batches of one queue epoch
+    lock_suffix = ""  # PostgreSQL: " FOR UPDATE" (SQLite's writers take turns anyway)
     prefix = ""  # PostgreSQL: "schema."
 
     def _sql(self, text: str) -> str:
@@ -57,62 +89,151 @@ class SqlIngestStore:
         raise NotImplementedError
         yield  # pragma: no cover
 
+    @contextmanager
+    def _batch(self) -> Iterator[Session]:
+        """A transaction for store_batch; PostgreSQL pipelines its statements."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
     def store_batch(
         self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
     ) -> StoreResult:
+        """Two round trips where the driver pipelines (PostgreSQL). A batch is first taken
+        for new, which nearly every batch is (`_store_new`); when a record id or seq of it is
+        held already (a resend, a conflict) that transaction is rolled back and the batch is
+        stored again carefully (`_store_held`), inserting what is free and looking up what kept
+        the rest out."""
         if not records:
             raise ValueError("empty batch")
+        try:
+            return self._store_new(lane, queue, records, now_us)
+        except RowTakenError:
+            return self._store_held(lane, queue, records, now_us)
+
+    def _store_new(
+        self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
+    ) -> StoreResult:
+        """Insert every record, then move the epoch's row on in one UPDATE: the prefix becomes
+        the batch's last seq when it reached the batch and nothing is held beyond it. The
+        UPDATE takes the row's lock and works on its latest committed version, which is what
+        serialises the batches of one epoch (here and in `_store_held`). Only a prefix that
+        must run on past the batch (the batch filled a hole) reads the table."""
         q = self._sql
         epoch = queue.epoch
-        with self._transaction() as cur:
-            cur.execute(
-                q(
-                    "INSERT INTO {epochs} (lane, epoch, base, contiguous, max_seq, first_us)"
-                    " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING"
-                ),
-                (lane, epoch, queue.base, queue.base, now_us),
-            )
-            new_epoch = cur.rowcount == 1
-            cur.execute(
-                q("SELECT contiguous FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix),
-                (lane, epoch),
-            )
-            contiguous = int(cur.fetchone()[0])
-            others: tuple[str, ...] = ()
-            if new_epoch:
-                cur.execute(
-                    q("SELECT epoch FROM {epochs} WHERE lane=? AND epoch<>? ORDER BY first_us"),
-                    (lane, epoch),
+        first, last = records[0].seq, records[-1].seq
+        move_on = q(
+            "UPDATE {epochs} SET contiguous = CASE WHEN contiguous >= ? AND max_seq <= ?"
+            " AND contiguous < ? THEN ? ELSE contiguous END,"
+            " max_seq = CASE WHEN max_seq > ? THEN max_seq ELSE ? END"
+            " WHERE lane=? AND epoch=?"
+            " RETURNING contiguous, max_seq, EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
+        )
+        args = (first - 1, last, last, last, last, last, lane, epoch, lane)
+        with self._batch() as db:
+            self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
+            moved = db.cursor()
+            moved.execute(move_on, args)
+            row = moved.fetchone()
+            new_epoch = False
+            if row is None:
+                made = self._open_epoch(db, lane, queue, now_us)
+                moved.execute(move_on, args)
+                row = moved.fetchone()
+                new_epoch = made.rowcount == 1  # known once a later result was read
+            contiguous, max_seq, conflicts_open = (int(v) for v in row)
+            if first - 1 <= contiguous < last:
+                contiguous = self._advance(db.cursor(), lane, epoch, contiguous)
+                db.cursor().execute(
+                    q("UPDATE {epochs} SET contiguous=? WHERE lane=? AND epoch=?"),
+                    (contiguous, lane, epoch),
                 )
-                others = tuple(str(r[0]) for r in cur.fetchall())
-            fresh, held, conflicts = self._classify(cur, lane, epoch, records)
-            cur.executemany(
-                q(
-                    "INSERT INTO {records} (record_id, lane, epoch, seq, ts_us, kind,"
-                    " amount_minor, currency, data, ingested_us)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                ),
-                [
-                    (
-                        r.record_id,
-                        lane,
-                        epoch,
-                        r.seq,
-                        r.ts_us,
-                        r.kind,
-                        r.amount_minor,
-                        *r.tail(now_us),
-                    )
-                    for r in fresh
-                ],
+            held = [Held(r.seq, r.record_id, digest(r.data)) for r in records]
+            others = self._other_epochs(db, lane, epoch) if new_epoch else ()
+            if conflicts_open:
+                self._resolve(db, held)
+        return StoreResult(
+            held=tuple(held),
+            inserted=len(held),
+            duplicates=0,
+            conflicts=(),
+            contiguous=contiguous,
+            max_seq=max_seq,
+            new_epoch=new_epoch,
+            other_epochs=others,
+        )
+
+    def _open_epoch(self, db: Session, lane: str, queue: QueueIdentity, now_us: int) -> Cursor:
+        """Make the epoch's row (an extra round trip once per queue file); its rowcount is 0
+        when another worker made it first (this one waited for that worker's commit)."""
+        made = db.cursor()
+        made.execute(
+            self._sql(
+                "INSERT INTO {epochs} (lane, epoch, base, contiguous, max_seq, first_us)"
+                " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING"
+            ),
+            (lane, queue.epoch, queue.base, queue.base, now_us),
+        )
+        return made  # type: ignore[no-any-return]
+
+    def _other_epochs(self, db: Session, lane: str, epoch: str) -> tuple[str, ...]:
+        earlier = db.cursor()
+        earlier.execute(
+            self._sql("SELECT epoch FROM {epochs} WHERE lane=? AND epoch<>? ORDER BY first_us"),
+            (lane, epoch),
+        )
+        return tuple(str(r[0]) for r in earlier.fetchall())
+
+    def _resolve(self, db: Session, held: Sequence[Held]) -> None:
+        """A conflict is over once the store holds the refused version itself (an operator
+        removed the other one and the lane offered it again): its row goes."""
+        db.cursor().executemany(
+            self._sql("DELETE FROM {conflicts} WHERE record_id=? AND offered_digest=?"),
+            [(h.record_id, h.digest.hex()) for h in held],
+        )
+
+    def _store_held(
+        self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
+    ) -> StoreResult:
+        """A batch the store holds some of: lock the epoch's row, insert what is free, look
+        up what kept the rest out, classify, walk the prefix."""
+        q = self._sql
+        epoch = queue.epoch
+        lock_sql = q(
+            "SELECT contiguous, max_seq, EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
+            " FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix
+        )
+        with self._batch() as db:
+            locked = db.cursor()
+            locked.execute(lock_sql, (lane, lane, epoch))
+            row = locked.fetchone()
+            new_epoch = False
+            if row is None:
+                made = self._open_epoch(db, lane, queue, now_us)
+                locked.execute(lock_sql, (lane, lane, epoch))
+                row = locked.fetchone()
+                new_epoch = made.rowcount == 1  # known once a later result was read
+            contiguous, held_max, conflicts_open = (int(v) for v in row)
+            inserted = self._insert(db, NewRows(lane, epoch, records, now_us), careful=True)
+            fresh = inserted()
+            by_id, by_seq = self._held_rows(
+                db, lane, epoch, [r for r in records if r.seq not in fresh]
             )
+            held, conflicts = classify(lane, epoch, records, fresh, by_id, by_seq)
+            others = self._other_epochs(db, lane, epoch) if new_epoch else ()
             for c in conflicts:
-                self._note_conflict(cur, c, now_us)
-            self._resolve_conflicts(cur, lane, held)
-            contiguous = self._advance(cur, lane, epoch, contiguous)
-            cur.execute(q("SELECT MAX(seq) FROM {records} WHERE lane=? AND epoch=?"), (lane, epoch))
-            max_seq = int(cur.fetchone()[0] or queue.base)
-            cur.execute(
+                self._note_conflict(db.cursor(), c, now_us)
+            if conflicts_open and held:
+                self._resolve(db, held)
+            # The prefix can only grow through this batch's seqs (each batch leaves it as far
+            # as the rows allow); past the batch only if rows stored earlier wait there.
+            present = fresh | set(by_seq)
+            start = contiguous
+            while contiguous + 1 in present:
+                contiguous += 1
+            if start < contiguous < held_max:
+                contiguous = self._advance(db.cursor(), lane, epoch, contiguous)
+            max_seq = max(held_max, queue.base, *present)
+            db.cursor().execute(
                 q("UPDATE {epochs} SET contiguous=?, max_seq=? WHERE lane=? AND epoch=?"),
                 (contiguous, max_seq, lane, epoch),
             )
@@ -127,77 +248,60 @@ class SqlIngestStore:
             other_epochs=others,
         )
 
-    def _classify(
-        self, cur: Cursor, lane: str, epoch: str, records: Sequence[IngestRecord]
-    ) -> tuple[list[IngestRecord], list[Held], list[Conflict]]:
-        """Split a batch into new records, records held byte for byte, and conflicts."""
-        marks = ", ".join("?" for _ in records)
-        cur.execute(
+    def _held_rows(
+        self, db: Session, lane: str, epoch: str, skipped: Sequence[IngestRecord]
+    ) -> tuple[dict[str, bytes], dict[int, tuple[str, bytes]]]:
+        """What the store holds under the record ids of `skipped` (any epoch) and at their
+        seqs in this epoch: the rows that kept them from being inserted."""
+        if not skipped:
+            return {}, {}
+        by_id_cur, by_seq_cur = db.cursor(), db.cursor()
+        marks = ", ".join("?" for _ in skipped)
+        by_id_cur.execute(
             self._sql(f"SELECT record_id, data FROM {{records}} WHERE record_id IN ({marks})"),
-            [r.record_id for r in records],
+            [r.record_id for r in skipped],
         )
-        by_id = {str(rid): bytes(data) for rid, data in cur.fetchall()}
-        cur.execute(
+        by_seq_cur.execute(
             self._sql(
                 "SELECT seq, record_id, data FROM {records}"
                 " WHERE lane=? AND epoch=? AND seq BETWEEN ? AND ?"
             ),
-            (lane, epoch, records[0].seq, records[-1].seq),
+            (lane, epoch, skipped[0].seq, skipped[-1].seq),
         )
-        by_seq = {int(s): (str(rid), bytes(data)) for s, rid, data in cur.fetchall()}
-        fresh: list[IngestRecord] = []
-        held: list[Held] = []
-        conflicts: list[Conflict] = []
-        seen: dict[str, bytes] = {}
-        for r in records:
-            mine = digest(r.data)
-            if r.record_id in seen:
-                other: tuple[str, bytes] | None = (r.record_id, seen[r.record_id])
-            elif r.record_id in by_id:
-                other = None if by_id[r.record_id] == r.data else (r.record_id, by_id[r.record_id])
-            else:
-                other = by_seq.get(r.seq)
-            seen.setdefault(r.record_id, r.data)
-            if other is not None:
-                stored = digest(other[1]).hex()
-                conflicts.append(
-                    Conflict(lane, epoch, r.seq, r.record_id, other[0], stored, mine.hex())
-                )
-                continue
-            if r.record_id not in by_id:
-                fresh.append(r)
-            held.append(Held(r.seq, r.record_id, mine))
-        return fresh, held, conflicts
+        by_id = {str(rid): bytes(data) for rid, data in by_id_cur.fetchall()}
+        by_seq = {int(s): (str(rid), bytes(data)) for s, rid, data in by_seq_cur.fetchall()}
+        return by_id, by_seq
 
-    def _resolve_conflicts(self, cur: Cursor, lane: str, held: Sequence[Held]) -> None:
-        """A conflict is over once the store holds the refused version itself (an operator
-        removed the other one and the lane offered it again): its row goes."""
-        cur.execute(self._sql("SELECT 1 FROM {conflicts} WHERE lane=? LIMIT 1"), (lane,))
-        if not held or cur.fetchone() is None:
-            return
-        cur.executemany(
-            self._sql("DELETE FROM {conflicts} WHERE record_id=? AND offered_digest=?"),
-            [(h.record_id, h.digest.hex()) for h in held],
+    def _insert(self, db: Session, new: NewRows, *, careful: bool) -> Callable[[], set[int]]:
+        """Insert the batch; the returned call gives the seqs inserted (PostgreSQL reads them
+        with the next round trip). Not `careful`: every record, and a held id or seq raises
+        RowTakenError; `careful`: each record whose id and seq are both free."""
+        sql = self._sql(
+            f"INSERT INTO {{records}} ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
+        rows = new.rows()
+        cur = db.cursor()
+        if not careful:
+            cur.executemany(sql, rows)
+            return lambda: {r.seq for r in new.records}
+        done: set[int] = set()
+        for r, row in zip(new.records, rows, strict=True):
+            cur.execute(sql + " ON CONFLICT DO NOTHING RETURNING seq", row)
+            if cur.fetchone() is not None:
+                done.add(r.seq)
+        return lambda: done
 
     def _note_conflict(self, cur: Cursor, c: Conflict, now_us: int) -> None:
-        q = self._sql
         cur.execute(
-            q(
-                "UPDATE {conflicts} SET count=count+1, last_us=?"
-                " WHERE record_id=? AND offered_digest=?"
+            self._sql(
+                "INSERT INTO {conflicts} AS c (lane, epoch, seq, record_id, held_record_id,"
+                " stored_digest, offered_digest, count, first_us, last_us)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+                " ON CONFLICT (record_id, offered_digest)"
+                " DO UPDATE SET count = c.count + 1, last_us = excluded.last_us"
             ),
-            (now_us, c.record_id, c.offered_digest),
+            (*c.row(), now_us, now_us),
         )
-        if cur.rowcount == 0:
-            cur.execute(
-                q(
-                    "INSERT INTO {conflicts} (lane, epoch, seq, record_id, held_record_id,"
-                    " stored_digest, offered_digest, count, first_us, last_us)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
-                ),
-                (*c.row(), now_us, now_us),
-            )
 
     def _advance(self, cur: Cursor, lane: str, epoch: str, contiguous: int) -> int:
         """Walk the held seqs above the prefix in index order while they follow on: an index
@@ -314,3 +418,38 @@ class SqlIngestStore:
                 )
                 for la, e, s, r, h, sd, od, n, f, t in cur.fetchall()
             ]
+
+
+def classify(  # noqa: PLR0917 - what the store held, all of it read in one place
+    lane: str,
+    epoch: str,
+    records: Sequence[IngestRecord],
+    inserted: set[int],
+    by_id: dict[str, bytes],
+    by_seq: dict[int, tuple[str, bytes]],
+) -> tuple[list[Held], list[Conflict]]:
+    """What the store holds of a batch byte for byte (the ack), and its conflicts.
+
+    Records this batch inserted (by seq) are held. Any other one is held when the store has
+    its id with the very same bytes (a resend); when it has that id with other bytes, or its
+    seq under another id, it is a conflict. One neither inserted nor found (a row removed
+    meanwhile) is neither: not acknowledged, so the lane sends it again."""
+    held: list[Held] = []
+    conflicts: list[Conflict] = []
+    for r in records:
+        mine = digest(r.data)
+        if r.seq in inserted:
+            held.append(Held(r.seq, r.record_id, mine))
+            continue
+        stored = by_id.get(r.record_id)
+        if stored == r.data:
+            held.append(Held(r.seq, r.record_id, mine))
+            continue
+        other = (r.record_id, stored) if stored is not None else by_seq.get(r.seq)
+        if other is not None:
+            conflicts.append(
+                Conflict(
+                    lane, epoch, r.seq, r.record_id, other[0], digest(other[1]).hex(), mine.hex()
+                )
+            )
+    return held, conflicts

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from uplink.sql_store import Cursor, SqlIngestStore
+from uplink.sql_store import Cursor, RowTakenError, Session, SqlIngestStore
 from uplink.store import IngestStoreError, StoreBusyError
 
 SCHEMA_VERSION = 2
@@ -102,11 +102,18 @@ class SqliteIngestStore(SqlIngestStore):
                     self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                     raise StoreBusyError(f"{self.path}: {exc}") from exc
+                if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
+                    raise RowTakenError(f"{self.path}: {exc}") from exc
                 if isinstance(exc, sqlite3.Error):
                     raise IngestStoreError(f"{self.path}: {exc}") from exc
                 raise
             finally:
                 cur.close()
+
+    @contextmanager
+    def _batch(self) -> Iterator[Session]:
+        with self._transaction():
+            yield self._db
 
     @contextmanager
     def _reader(self) -> Iterator[Cursor]:

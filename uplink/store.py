@@ -49,9 +49,6 @@ class IngestRecord:
     currency: str
     data: bytes
 
-    def tail(self, now_us: int) -> tuple[str, bytes, int]:
-        return (self.currency, self.data, now_us)
-
 
 @dataclass(frozen=True)
 class StoredRecord:

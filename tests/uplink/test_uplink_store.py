@@ -263,3 +263,25 @@ def test_a_held_sqlite_write_lock_is_a_busy_error_and_stores_nothing(tmp_path: P
     finally:
         other.close()
         s.close()
+
+
+def test_postgres_batches_of_one_epoch_wait_for_its_lock(pg_dsn: str) -> None:
+    """The batches of one queue epoch are serialised by the lock on its `epochs` row: a batch
+    that finds it held past lock_timeout is a busy error and stores nothing (new or resent);
+    another epoch of the same lane is not held up."""
+    s = PostgresIngestStore(pg_dsn, lock_timeout_s=0.2)
+    s.store_batch(LANE, Q, recs(1, 2), 1)
+    with psycopg.connect(pg_dsn) as other:
+        other.execute(
+            "SELECT 1 FROM lane_ingest.epochs WHERE lane=%s AND epoch=%s FOR UPDATE", (LANE, E)
+        )
+        for batch in (recs(3, 4), recs(1, 4)):  # a new batch, and one partly held
+            with pytest.raises(StoreBusyError, match="lock timeout"):
+                s.store_batch(LANE, Q, batch, 1)
+        assert s.count(LANE) == 2
+        beside = s.store_batch(LANE, QueueIdentity("epoch-2"), recs(1, 2, tag="n"), 1)
+        assert beside.held == held(recs(1, 2, tag="n"))
+        other.rollback()  # the holder ends its transaction
+    r = s.store_batch(LANE, Q, recs(3, 4), 2)
+    assert r.held == held(recs(3, 4)) and r.contiguous == 4
+    s.close()

@@ -190,6 +190,10 @@ class Client:
 class Worker(Client):
     ingest: Ingest = field(kw_only=True)
 
+    async def stop(self) -> None:
+        await super().stop()
+        await self.ingest.close()
+
 
 def worker(host: str, port: int, store: IngestStore, client_id: str, group: str) -> Worker:
     ingest = Ingest(store, group=group)

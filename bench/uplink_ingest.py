@@ -1,0 +1,294 @@
+"""The back-office half of bench/uplink.py: each ingest step beside its raw operation, run in
+the same process and the same minute, so the ratios hold on a machine shared with other work.
+
+- decode: `Record.decode` per record against a bare `msgpack.unpackb` of the same bytes.
+- store: `store_batch` of 100-record batches against the raw anchors of the same rows into a
+  table of the same shape (same keys): one COPY per batch and one executemany per batch, each
+  in its own transaction (PostgreSQL); one executemany per batch (SQLite).
+- workers: 1 and 2 worker processes storing the batches of many lanes (as a shared
+  subscription spreads them), against 1 and 2 processes doing the raw COPY of the same rows,
+  which shows how far the machine itself scales at that moment.
+
+Each figure is the best of `rounds` alternating runs (the machine's load only ever slows a run).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import timeit
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+import msgpack
+import psycopg
+
+from barrier.wire import unpack
+from lane.ids import new_id
+from uplink.ingest import parse_batch
+from uplink.messages import QueueIdentity, encode_batch
+from uplink.pg import PostgresIngestStore
+from uplink.records import RECORD_VERSION, AuthInfo, Record, RecordDraft
+from uplink.sql_store import RECORD_COLUMNS
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import IngestRecord
+
+BATCH = 100
+
+
+def draft(i: int) -> RecordDraft:
+    return RecordDraft(
+        kind="toll",
+        vehicle_id=f"veh-{i}",
+        vehicle_class=1 + i % 4,
+        amount_minor=1500,
+        currency="CNY",
+        method="token",
+        account_ref=f"acct-{i % 1000}",
+        auth=AuthInfo("approved", acquirer_ref=None, latency_ms=3, offline=True),
+        payment_id=str(uuid.uuid4()),
+    )
+
+
+@dataclass(frozen=True)
+class LaneBatch:
+    lane: str
+    queue: QueueIdentity
+    records: list[IngestRecord]
+
+
+def make_batches(n: int, lanes: int, size: int = BATCH) -> list[LaneBatch]:
+    """`n` records as `size`-record batches of `lanes` lanes, parsed as the ingest parses
+    them, interleaved lane by lane as they would arrive."""
+    per_lane: list[list[LaneBatch]] = []
+    for i in range(lanes):
+        lane = f"bench/l{i:03d}"
+        queue = QueueIdentity(str(uuid.uuid4()))
+        out = []
+        for start in range(1, n // lanes + 1, size):
+            rows = [
+                (seq, Record(new_id(), lane, seq, seq, draft(seq)).encode())
+                for seq in range(start, min(n // lanes, start + size - 1) + 1)
+            ]
+            payload = encode_batch(lane, queue, "b", rows)
+            out.append(LaneBatch(lane, queue, parse_batch(f"uplink/{lane}/records", payload)[1]))
+        per_lane.append(out)
+    return [b for group in zip(*per_lane, strict=False) for b in group]
+
+
+def rows(b: LaneBatch) -> list[tuple[object, ...]]:
+    return [
+        (r.record_id, b.lane, b.queue.epoch, r.seq, r.ts_us, r.kind, r.amount_minor,
+         r.currency, r.data, 0)
+        for r in b.records
+    ]  # fmt: skip
+
+
+def bench_decode(n: int = 2000) -> None:
+    raws = [Record(str(uuid.uuid4()), "bench/l01", i, i, draft(i)).encode() for i in range(n)]
+
+    def raw() -> None:
+        for r in raws:
+            msgpack.unpackb(r, raw=False)
+
+    def ours() -> None:
+        for r in raws:
+            Record.decode(r)
+
+    def checked() -> None:  # the field-by-field path every record took before
+        for r in raws:
+            Record._checked(unpack(r, max_version=RECORD_VERSION))
+
+    t_raw, t_ours, t_checked = (
+        min(timeit.repeat(fn, number=1, repeat=5)) / n * 1e6 for fn in (raw, ours, checked)
+    )
+    print(
+        f"decode: Record.decode {t_ours:.1f} µs/record, raw msgpack.unpackb {t_raw:.1f} µs"
+        f" -> {t_ours / t_raw:.1f}x raw (field by field: {t_checked:.1f} µs,"
+        f" {t_checked / t_raw:.1f}x raw)"
+    )
+
+
+# --- per-batch store against the raw anchors ------------------------------------------------
+
+
+def copy_batch(conn: psycopg.Connection[tuple[object, ...]], schema: str, b: LaneBatch) -> None:
+    with (
+        conn.transaction(),
+        conn.cursor() as cur,
+        cur.copy(f"COPY {schema}.records ({RECORD_COLUMNS}) FROM STDIN") as cp,
+    ):
+        for row in rows(b):
+            cp.write_row(row)
+
+
+def executemany_batch(
+    conn: psycopg.Connection[tuple[object, ...]], schema: str, b: LaneBatch
+) -> None:
+    marks = ", ".join(["%s"] * 10)
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO {schema}.records ({RECORD_COLUMNS}) VALUES ({marks})", rows(b)
+        )
+
+
+def interleaved(
+    steps: dict[str, Callable[[LaneBatch], object]], batches: Sequence[LaneBatch]
+) -> dict[str, float]:
+    """Records/s of each step, run batch by batch in turn: a change in the machine's load
+    meets every step alike."""
+    spent = dict.fromkeys(steps, 0.0)
+    for b in batches:
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step(b)
+            spent[name] += time.perf_counter() - t0
+    n = sum(len(b.records) for b in batches)
+    return {name: n / t for name, t in spent.items()}
+
+
+def pg_rates(dsn: str, batches: Sequence[LaneBatch]) -> dict[str, float]:
+    """Records/s of store_batch, a COPY and an executemany per batch, each into its own tables."""
+    schemas = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    stores = [PostgresIngestStore(dsn, schema=s) for s in schemas]
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return interleaved(
+                {
+                    "store": lambda b: stores[0].store_batch(b.lane, b.queue, b.records, 0),
+                    "copy": lambda b: copy_batch(conn, schemas[1], b),
+                    "executemany": lambda b: executemany_batch(conn, schemas[2], b),
+                },
+                batches,
+            )
+    finally:
+        for st in stores:
+            st.drop()
+            st.close()
+
+
+def sqlite_rates(tmp: str, batches: Sequence[LaneBatch]) -> dict[str, float]:
+    store = SqliteIngestStore(Path(tmp) / f"store-{uuid.uuid4().hex[:6]}.sqlite")
+    anchor = SqliteIngestStore(Path(tmp) / f"anchor-{uuid.uuid4().hex[:6]}.sqlite")
+    sql = f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ({', '.join(['?'] * 10)})"
+
+    def raw(b: LaneBatch) -> None:
+        with anchor._transaction() as cur:
+            cur.executemany(sql, rows(b))
+
+    try:
+        return interleaved(
+            {
+                "store": lambda b: store.store_batch(b.lane, b.queue, b.records, 0),
+                "executemany": raw,
+            },
+            batches,
+        )
+    finally:
+        store.close()
+        anchor.close()
+
+
+def best(runs: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {k: max(r[k] for r in runs) for k in runs[0]}
+
+
+def bench_store(dsn: str | None, tmp: str, n: int, rounds: int) -> dict[str, float]:
+    """Prints the figures; returns each store's store_batch rate (records/s)."""
+    batches = make_batches(n, lanes=1)
+    sq = best([sqlite_rates(tmp, batches) for _ in range(rounds)])
+    print(
+        f"store SQLite, {BATCH}-record batches: store_batch {sq['store']:,.0f} records/s,"
+        f" executemany {sq['executemany']:,.0f}/s -> {sq['store'] / sq['executemany']:.2f}x"
+    )
+    if dsn is None:
+        return {"sqlite": sq["store"]}
+    pg = best([pg_rates(dsn, batches) for _ in range(rounds)])
+    print(
+        f"store PostgreSQL, {BATCH}-record batches: store_batch {pg['store']:,.0f} records/s,"
+        f" COPY {pg['copy']:,.0f}/s, executemany {pg['executemany']:,.0f}/s"
+        f" -> {pg['store'] / pg['copy']:.2f}x COPY, {pg['store'] / pg['executemany']:.2f}x"
+        " executemany"
+    )
+    # Under light traffic a lane sends each record as it is made: batches of one.
+    singles = best([pg_rates(dsn, make_batches(2000, lanes=20, size=1)) for _ in range(rounds)])
+    print(
+        f"store PostgreSQL, 1-record batches (20 lanes): store_batch {singles['store']:,.0f}"
+        f" batches/s, COPY {singles['copy']:,.0f}/s -> {singles['store'] / singles['copy']:.2f}x"
+        " COPY"
+    )
+    return {"sqlite": sq["store"], "postgres": pg["store"]}
+
+
+# --- worker processes -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    dsn: str
+    schema: str
+    method: str  # "store" or "copy"
+    n: int
+    lanes: int
+    workers: int
+
+
+def _worker(job: Job, me: int, go: Barrier) -> None:
+    # Lanes are dealt to workers as a shared subscription would: each batch to one of them.
+    mine = [b for b in make_batches(job.n, job.lanes) if int(b.lane[-3:]) % job.workers == me]
+    store = PostgresIngestStore(job.dsn, schema=job.schema)
+    schema = job.schema
+    with psycopg.connect(job.dsn, autocommit=True) as conn:
+        go.wait()
+        for b in mine:
+            if job.method == "store":
+                store.store_batch(b.lane, b.queue, b.records, 0)
+            else:
+                copy_batch(conn, schema, b)
+    store.close()
+
+
+def workers_rate(dsn: str, method: str, workers: int, n: int, lanes: int) -> float:
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    setup = PostgresIngestStore(dsn, schema=schema)
+    ctx = mp.get_context("fork")
+    go = ctx.Barrier(workers + 1)
+    job = Job(dsn, schema, method, n, lanes, workers)
+    procs = [ctx.Process(target=_worker, args=(job, i, go)) for i in range(workers)]
+    try:
+        for p in procs:
+            p.start()
+        go.wait(timeout=120)
+        t0 = time.perf_counter()
+        for p in procs:
+            p.join()
+        elapsed = time.perf_counter() - t0
+        if any(p.exitcode != 0 for p in procs):
+            raise RuntimeError(f"a {method} worker failed")
+        return n / elapsed
+    finally:
+        setup.drop()
+        setup.close()
+
+
+def bench_workers(dsn: str, n: int, lanes: int, rounds: int) -> None:
+    runs = []
+    for _ in range(rounds):
+        runs.append(
+            {
+                f"{m}{w}": workers_rate(dsn, m, w, n, lanes)
+                for w in (1, 2)
+                for m in ("store", "copy")
+            }
+        )
+    r = best(runs)
+    print(
+        f"workers PostgreSQL, {lanes} lanes, {n:,} records: 1 worker {r['store1']:,.0f} records/s,"
+        f" 2 workers {r['store2']:,.0f}/s -> {r['store2'] / r['store1']:.2f}x;"
+        f" raw COPY 1 process {r['copy1']:,.0f}/s, 2 processes {r['copy2']:,.0f}/s"
+        f" -> {r['copy2'] / r['copy1']:.2f}x; 2 workers at {r['store2'] / r['copy2']:.2f}x"
+        " 2 COPY processes"
+    )
