@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lane.auth.replay import MIGRATIONS, ReplayStore, ReplayStoreError, UsedToken
@@ -223,6 +223,8 @@ def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
         max_size=15,
     )
 )
+# Found by hypothesis: at exactly exp + keep the id may go (the token died `keep` s before).
+@example(steps=[(120.0, 1.0)])
 def test_no_wall_clock_error_purges_an_id_whose_token_is_alive(
     steps: list[tuple[float, float]],
 ) -> None:
@@ -240,5 +242,5 @@ def test_no_wall_clock_error_purges_an_id_whose_token_is_alive(
                 true_time += passed
                 mono.t += passed
                 store.purge(now=true_time + error)
-                if true_time <= exp + keep:
+                if true_time < exp + keep:
                     assert store.get("t1") is not None
