@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from polling import eventually
 
 from barrier.mqtt import MqttLink
 from barrier.wire import PayloadError, pack
@@ -76,9 +77,7 @@ async def lane_sharing(
 
 async def wait_for_mark(store: ReplayStore, token_id: str) -> None:
     # The mark lands in SQLite from a worker thread: poll the store itself, briefly.
-    async with asyncio.timeout(5):
-        while store.get(token_id) is None:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    await eventually(lambda: store.get(token_id) is not None, within=5, what=token_id)
 
 
 async def test_token_used_at_lane_a_is_refused_at_lane_b(

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pytest
+from polling import eventually
 
 from barrier import topics
 from barrier.device import DeviceEmulator, Timings
@@ -67,13 +68,6 @@ async def until(queue: asyncio.Queue[T], pred: Callable[[T], bool], within: floa
             item = await queue.get()
             if pred(item):
                 return item
-
-
-async def eventually(pred: Callable[[], bool], within: float = WAIT) -> None:
-    """Poll a plain attribute of the device (it has no event for every detail tests watch)."""
-    async with asyncio.timeout(within):
-        while not pred():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 @asynccontextmanager

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from polling import eventually
 from prometheus_client.parser import text_string_to_metric_families
 
 from barrier.device import DeviceEmulator, Timings
@@ -59,7 +60,7 @@ class OpsLane:
         Returns the name of the lane's answer."""
         arrived = len(self.named("vehicle_arrived"))
         await self.device.vehicle_enters(vehicle_class)
-        await wait_until(lambda: len(self.named("vehicle_arrived")) > arrived)
+        await eventually(lambda: len(self.named("vehicle_arrived")) > arrived)
         vehicle_id = self.named("vehicle_arrived")[-1]["vehicle_id"]
         text = self.codes.make(kind, int(time.time())).text
         frame = frame_for(text, "clear", rng=1)
@@ -78,33 +79,13 @@ class OpsLane:
         result = answer()
         assert result is not None
         if result == "barrier_opened":
-            await wait_until(lambda: self.device.state == "open")
+            await eventually(lambda: self.device.state == "open")
             await self.device.vehicle_passes()
-            await wait_until(lambda: self.daemon.runner.state.passage is None)
+            await eventually(lambda: self.daemon.runner.state.passage is None)
         else:
             await self.device.vehicle_backs_away()
-            await wait_until(lambda: self.daemon.runner.state.vehicle is None)
+            await eventually(lambda: self.daemon.runner.state.vehicle is None)
         return result
-
-
-async def wait_until(cond: Callable[[], object], within: float = 8.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
-async def eventually(check: Callable[[], Any], within: float = 8.0) -> Any:
-    """Await `check()` until it returns something truthy; returns that."""
-    deadline = time.monotonic() + within
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -142,8 +123,8 @@ async def running_lane(
     try:
         await device.wait_connected(5)
         await daemon.link.wait_connected(5)
-        await wait_until(lambda: daemon.ops.address is not None)
-        await wait_until(lambda: daemon.runner.state.barrier == "closed")
+        await eventually(lambda: daemon.ops.address is not None)
+        await eventually(lambda: daemon.runner.state.barrier == "closed")
         assert daemon.ops.address is not None
         base = f"http://127.0.0.1:{daemon.ops.address[1]}"
         yield OpsLane(config, daemon, device, source, codes, notes, base, http)

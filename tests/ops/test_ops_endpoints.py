@@ -9,7 +9,8 @@ import socket
 from pathlib import Path
 
 import aiohttp
-from ops_kit import eventually, running_lane, wait_until
+from ops_kit import running_lane
+from polling import eventually
 
 from barrier.messages import LaneStatus
 from lane.config import parse_config
@@ -86,7 +87,7 @@ async def test_readyz_follows_the_barrier_and_the_status_says_the_same(
         body = await eventually(lambda: ready_is(200))
         assert body["ok"] is True
         assert [c["name"] for c in body["checks"]] == ["camera", "broker", "barrier", "queue"]
-        await wait_until(lambda: statuses and statuses[-1].link.get("barrier") is True)
+        await eventually(lambda: statuses and statuses[-1].link.get("barrier") is True)
         assert {"camera", "broker", "barrier", "queue"} <= set(statuses[-1].link)
 
         lane.device.set_fault("offline")
@@ -94,7 +95,7 @@ async def test_readyz_follows_the_barrier_and_the_status_says_the_same(
         barrier = next(c for c in body["checks"] if c["name"] == "barrier")
         assert barrier == {"name": "barrier", "ok": False, "detail": "device is offline"}
         assert all(c["ok"] for c in body["checks"] if c["name"] != "barrier")
-        await wait_until(lambda: statuses[-1].link.get("barrier") is False)
+        await eventually(lambda: statuses[-1].link.get("barrier") is False)
         assert "barrier_offline" in statuses[-1].faults
         m = await lane.scrape()
         assert sample(m, "lane_ready") == 0
@@ -108,7 +109,7 @@ async def test_readyz_follows_the_barrier_and_the_status_says_the_same(
 
         lane.device.set_fault(None)
         await eventually(lambda: ready_is(200))
-        await wait_until(lambda: statuses[-1].link.get("barrier") is True)
+        await eventually(lambda: statuses[-1].link.get("barrier") is True)
         m = await lane.scrape()
         assert sample(m, "lane_alarm_active", alarm="barrier_offline") == 0
 
@@ -117,7 +118,7 @@ async def test_healthz_reports_the_loop_and_the_runner(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
     async with running_lane(tmp_path, mosquitto, lane_id) as lane:
-        await wait_until(lambda: lane.daemon.ops.loop_lag_s is not None)
+        await eventually(lambda: lane.daemon.ops.loop_lag_s is not None)
         status, text = await lane.get("/healthz")
         body = json.loads(text)
         assert status == 200

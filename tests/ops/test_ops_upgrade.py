@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from ops_kit import eventually, wait_until
+from polling import eventually
 
 from barrier import topics
 from barrier.mqtt import Incoming, MqttLink
@@ -88,7 +88,7 @@ async def test_a_v1_queue_is_migrated_and_its_records_forwarded_byte_for_byte(
         await office.wait_connected(5)
         await link.wait_connected(5)
         tasks.append(asyncio.create_task(forwarder.run()))
-        await wait_until(lambda: batches)
+        await eventually(lambda: batches)
         batch = decode_batch(batches[0])
         assert (batch.first_seq, batch.last_seq) == (5, 7)
         assert list(batch.records) == [data for _, data in before]  # byte for byte

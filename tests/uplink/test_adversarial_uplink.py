@@ -11,7 +11,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from uplink_kit import draft, eventually, queued, recs
+from polling import eventually
+from uplink_kit import draft, queued, recs
 
 from barrier.wire import PayloadError, pack
 from uplink.forwarder import Forwarder

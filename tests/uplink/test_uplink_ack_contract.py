@@ -16,12 +16,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from polling import eventually
 from uplink_kit import (
     Client,
     Worker,
     draft,
     drained,
-    eventually,
     fast_link,
     lane_side,
     start_lane,

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from uplink_kit import Q, drained, eventually, lane_side, reconcile, recs, start_lane, worker
+from polling import eventually
+from uplink_kit import Q, drained, lane_side, reconcile, recs, start_lane, worker
 
 from barrier.mqtt import Credentials, Incoming, MqttLink
 from barrier.topics import uplink_acks, uplink_records

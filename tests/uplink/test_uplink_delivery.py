@@ -12,13 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from polling import eventually
 from uplink_kit import (
     Q,
     Worker,
     append_then_kill,
     draft,
     drained,
-    eventually,
     fast_link,
     lane_side,
     queued,

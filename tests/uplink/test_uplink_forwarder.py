@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from uplink_kit import draft, eventually, queued
+from polling import eventually
+from uplink_kit import draft, queued
 
 from barrier.mqtt import LinkDown
 from lane.metrics import LaneMetrics, Snapshot
