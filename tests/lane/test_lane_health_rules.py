@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lane.alarm_severity import SEVERITY, Severity, severity_of, worst
-from lane.core.machine import FAULT_MESSAGES
-from lane.health import BARRIER_FAULTS, QUEUE_FAULTS
+from lane.core.alarms import BARRIER_FAULTS, FAULT_MESSAGES
+from lane.health import QUEUE_FAULTS
 from lane.lane_health import (
     CLEARED_KEPT,
     AcquirerSample,
