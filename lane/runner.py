@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -64,6 +64,7 @@ class Clocks:
 
     monotonic: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 class LaneRunner:
@@ -75,19 +76,22 @@ class LaneRunner:
         store: RecordStore,
         *,
         clocks: Clocks | None = None,
-        on_record: Callable[[Record], None] | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.state = state
         self.barrier = barrier
         self.payments = payments
         self.store = store
         self.clocks = clocks or Clocks()
-        self.on_record = on_record
         self.lane = state.rules.lane_id
         self.events: asyncio.Queue[ev.Event] = asyncio.Queue()
         self.alarms: dict[str, str] = {}
-        self.observers: list[Observer] = []
-        self.changed = asyncio.Event()
+        # The one way out: every note (phase, alarm, record, display, ...) reaches each observer.
+        self.observers: list[Observer] = list(observers)
+        # Bumped on every change an outside reader may care about (state, alarms, tasks);
+        # `wait_changed` is the only reader of the event, so it is the only one to clear it.
+        self.version = 0
+        self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         # SQLite connections belong to one thread: every queue call runs on this one.
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-queue")
@@ -103,7 +107,17 @@ class LaneRunner:
     def alarm(self, code: str, message: str | None) -> None:
         """Raise (message) or clear (None) an alarm the shell itself detected (camera, keys)."""
         self._execute(ClearAlarm(code) if message is None else RaiseAlarm(code, message))
-        self.changed.set()
+        self._bump()
+
+    async def wait_changed(self, seen: int) -> int:
+        """Wait until `version` is past `seen`; return the new version (bound it with a timeout).
+
+        No change is lost: the version moves before the event is set, and between the check
+        and the wait nothing else runs."""
+        while self.version == seen:
+            self._changed.clear()
+            await self._changed.wait()
+        return self.version
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -132,7 +146,7 @@ class LaneRunner:
         after = phase(self.state)
         if after != before:
             self._notify("phase", {"from": before.value, "to": after.value})
-        self.changed.set()
+        self._bump()
 
     def idle(self) -> bool:
         """Nothing in progress that a shutdown should wait for."""
@@ -232,8 +246,6 @@ class LaneRunner:
             },
         )
         self.post(ev.Persisted(action.persist_id, record.record_id, record.seq))
-        if self.on_record is not None:
-            self.on_record(record)
         self._notify("record", {"record": {"v": record.v, **record.to_map()}})
 
     async def _command(self, action: OpenBarrier | CloseBarrier) -> None:
@@ -277,8 +289,13 @@ class LaneRunner:
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._done(what, t))
 
+    def _bump(self) -> None:
+        self.version += 1
+        self._changed.set()
+
     def _done(self, what: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._bump()  # idle() may have become true
         if task.cancelled():
             return
         exc = task.exception()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from barrier.device import DeviceEmulator, Timings
 from lane.config import LaneConfig, parse_config
 from lane.core.state import phase
-from lane.daemon import LaneDaemon
+from lane.daemon import LaneDaemon, build
 from scanner.sources import PushSource
 from sim.broker import Mosquitto
 from sim.camera import SyntheticCamera
@@ -192,7 +192,7 @@ class SimLane:
         source = PushSource()
         self.camera = SyntheticCamera(fps=o.fps, size=o.frame_size, rng=o.seed * 100 + self.index)
         # A simulator stopping needs no long grace for the vehicle in progress.
-        self.daemon = LaneDaemon(config, source=source, shutdown_grace_s=STOP_GRACE_S)
+        self.daemon = await build(config, source=source, shutdown_grace_s=STOP_GRACE_S)
         self.daemon.runner.observers += [self.watch, self.stats, self._on_note]
         self._spawn(self.device.run(), "device")
         self._spawn(self.daemon.run(self._stop), "daemon")

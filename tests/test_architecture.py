@@ -66,7 +66,6 @@ KNOWN: dict[tuple[str, str], str] = {
 }
 # Cycles between modules not cut yet (sorted member lists), with the step that cuts them.
 KNOWN_CYCLES: dict[tuple[str, ...], str] = {
-    ("lane.daemon", "lane.health_publisher", "lane.ops"): "step 1: built by build(config)",
     ("sim.faults", "sim.harness", "sim.lane", "sim.report", "sim.scenario"): "step 1: sim loop",
 }
 

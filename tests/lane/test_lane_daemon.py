@@ -28,7 +28,7 @@ from lane.auth.keys import IssuerKey, KeySet, encode_keyset, keyset_to_json
 from lane.auth.plaza import keys_topic
 from lane.auth.tokens import issue_token
 from lane.config import LaneConfig, parse_config
-from lane.daemon import LaneDaemon
+from lane.daemon import LaneDaemon, build
 from scanner.sources import PushSource
 from sim.acquirer import AcquirerServer
 from sim.broker import Mosquitto
@@ -107,7 +107,7 @@ async def running_lane(
     queue_path = config.lane.data_dir / "queue.sqlite3"
     device.received = RecordedBeforeOpen(queue_path)
     source = PushSource()
-    daemon = LaneDaemon(config, source=source, shutdown_grace_s=2.0)
+    daemon = await build(config, source=source, shutdown_grace_s=2.0)
     notes: list[tuple[str, dict[str, Any]]] = []
     daemon.runner.observers.append(lambda name, fields: notes.append((name, fields)))
     stop = asyncio.Event()

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from barrier.device import DeviceEmulator, Timings
 from lane.config import LaneConfig, parse_config
-from lane.daemon import LaneDaemon
+from lane.daemon import LaneDaemon, build
 from scanner.sources import PushSource
 from sim.acquirer import AcquirerServer
 from sim.broker import Mosquitto
@@ -114,7 +114,7 @@ async def running_lane(
     device = DeviceEmulator(lane_id, broker.host, broker.port, Timings().scaled(50))
     # Frames only come when a test shows a code: no blackout alarm in between.
     source = PushSource(blackout_after_s=3600)
-    daemon = LaneDaemon(config, source=source, shutdown_grace_s=2.0)
+    daemon = await build(config, source=source, shutdown_grace_s=2.0)
     notes: list[tuple[str, dict[str, Any]]] = []
     daemon.runner.observers.append(lambda name, fields: notes.append((name, fields)))
     stop = asyncio.Event()

@@ -14,7 +14,7 @@ from polling import eventually
 
 from barrier.messages import LaneStatus
 from lane.config import parse_config
-from lane.daemon import LaneDaemon
+from lane.daemon import build
 from scanner.sources import PushSource
 from sim.broker import Mosquitto
 
@@ -144,15 +144,13 @@ async def test_a_taken_metrics_port_does_not_stop_the_lane(
                 "metrics": {"port": port},
             }
         )
-        daemon = LaneDaemon(config, source=PushSource())
+        daemon = await build(config, source=PushSource())
         try:
             await daemon.ops.start_http("127.0.0.1", port)  # logs the error, raises nothing
             assert daemon.ops.address is None
         finally:
             await daemon.ops.stop_http()
-            daemon.queue.close()
-            daemon.replay.close()
-            daemon.payments_store.close()
+            await daemon.aclose()
 
 
 async def test_healthz_is_503_once_the_runner_task_has_died(
@@ -161,7 +159,7 @@ async def test_healthz_is_503_once_the_runner_task_has_died(
     config = parse_config(
         {"lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")}, "metrics": {"port": 0}}
     )
-    daemon = LaneDaemon(config, source=PushSource())
+    daemon = await build(config, source=PushSource())
 
     async def crash() -> None:
         raise RuntimeError("runner bug")
@@ -180,7 +178,5 @@ async def test_healthz_is_503_once_the_runner_task_has_died(
                 assert resp.status == 503  # not running at all: nothing is usable
     finally:
         await daemon.ops.stop_http()
-        daemon.queue.close()
-        daemon.replay.close()
-        daemon.payments_store.close()
+        await daemon.aclose()
     assert {"name": "runner", "ok": False, "detail": "not running"} in body["checks"]
