@@ -34,6 +34,7 @@ from uplink.ingest import Ingest, parse_batch  # noqa: E402
 from uplink.messages import QueueIdentity, encode_batch  # noqa: E402
 from uplink.pg import PostgresIngestStore  # noqa: E402
 from uplink.queue import RecordQueue  # noqa: E402
+from uplink.queue_thread import QueueThread  # noqa: E402
 from uplink.records import AuthInfo, Record, RecordDraft  # noqa: E402
 from uplink.sqlite_store import SqliteIngestStore  # noqa: E402
 from uplink.store import IngestStore  # noqa: E402
@@ -94,7 +95,7 @@ async def drain(path: Path, store: IngestStore, n: int) -> float:
             box[0].handle_ack(msg.payload)
 
         llink = MqttLink(broker.host, broker.port, f"bench-lane-{uuid.uuid4().hex[:6]}")
-        fw = Forwarder(queue, llink, LANE, batch_size=100, window=4, ack_timeout=10.0)
+        fw = Forwarder(QueueThread(queue), llink, LANE, batch_size=100, window=4, ack_timeout=10.0)
         box.append(fw)
         llink.subscriptions = fw.subscriptions()
         llink.handler = on_ack

@@ -20,6 +20,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ from scanner.pipeline import ScanPipeline, ScanResult
 from scanner.sources import FrameSource, open_source
 from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.queue import QueueError, RecordQueue
+from uplink.queue_thread import QueueThread
 
 log = logging.getLogger("lane.daemon")
 
@@ -196,7 +198,6 @@ class Opened:
     """What `build` read and opened before the shell is constructed."""
 
     network_keys: NetworkKeys
-    queue: RecordQueue
     replay: ReplayStore
     payments_store: ResolutionStore
     account_key: bytes
@@ -223,24 +224,16 @@ def account_key(config: LaneConfig) -> bytes:
 
 
 def open_files(
-    config: LaneConfig, clocks: Clocks, source: FrameSource | None
+    config: LaneConfig, source: FrameSource | None
 ) -> tuple[Opened, contextlib.ExitStack]:
-    """Every file the lane reads or opens at start (blocking: run it off the event loop).
+    """Every file the lane reads or opens at start but the queue (blocking: run it off the loop).
 
     Returns what was opened and the stack that closes it in reverse; a failure half-way closes
-    what was already open and raises (a bad key file, a queue of another lane: exit 2)."""
+    what was already open and raises (a bad key file, an unreadable store: exit 2)."""
     with contextlib.ExitStack() as stack:
         network_keys = NetworkKeys.load(config.auth)
         data = config.lane.data_dir
         data.mkdir(parents=True, exist_ok=True)
-        queue = RecordQueue(
-            data / "queue.sqlite3",
-            config.lane.id,
-            config.uplink.max_bytes,
-            config.uplink.high_water,
-            wall=clocks.wall,
-        )
-        stack.callback(queue.close)
         replay = ReplayStore(data / "replay.sqlite3")
         stack.callback(replay.close)
         payments_store = ResolutionStore(data / "payments.sqlite3")
@@ -248,7 +241,6 @@ def open_files(
         auth = config.auth
         opened = Opened(
             network_keys,
-            queue,
             replay,
             payments_store,
             account_key(config),
@@ -269,10 +261,28 @@ async def build(
 ) -> LaneDaemon:
     """The lane, built: files read and stores opened off the loop, then every adapter."""
     clocks = clocks or Clocks()
-    opened, closing = await asyncio.to_thread(open_files, config, clocks, source)
+    opened, closing = await asyncio.to_thread(open_files, config, source)
     try:
-        return LaneDaemon(config, opened, closing, clocks=clocks, shutdown_grace_s=shutdown_grace_s)
+        # Opened on the thread that will own its connection for the lane's life.
+        queue = await QueueThread.open(
+            partial(
+                RecordQueue,
+                config.lane.data_dir / "queue.sqlite3",
+                config.lane.id,
+                config.uplink.max_bytes,
+                config.uplink.high_water,
+                wall=clocks.wall,
+            )
+        )
     except BaseException:
+        closing.close()
+        raise
+    try:
+        return LaneDaemon(
+            config, opened, queue, closing, clocks=clocks, shutdown_grace_s=shutdown_grace_s
+        )
+    except BaseException:
+        await queue.aclose()
         closing.close()
         raise
 
@@ -286,6 +296,7 @@ class LaneDaemon:
         self,
         config: LaneConfig,
         opened: Opened,
+        queue: QueueThread,
         closing: contextlib.ExitStack,
         *,
         clocks: Clocks,
@@ -296,7 +307,7 @@ class LaneDaemon:
         self.clocks = clocks
         self.shutdown_grace_s = shutdown_grace_s
         self._closing = closing
-        self.queue = opened.queue
+        self.queue = queue
         self.replay = opened.replay
         self.payments_store = opened.payments_store
         self.source = opened.source
@@ -410,7 +421,7 @@ class LaneDaemon:
     async def _is_recorded(self, payment_id: str) -> bool:
         """Crash recovery: did a record say this payment was taken? Then it is settled, never
         reversed; any other payment left open (declined, timed out, unrecorded) is resolved."""
-        return await asyncio.to_thread(self.queue.recorded_paid, payment_id)
+        return await self.queue.recorded_paid(payment_id)
 
     async def _on_plaza_update(self, msg: Incoming) -> None:
         """Key sets and deny lists from the back office (retained topics, newer only)."""
@@ -605,8 +616,9 @@ class LaneDaemon:
         await self.pipeline.aclose()
         await self.resolver.stop()  # its store worker finishes before the store closes
         await self.http.close()
+        await self.queue.aclose()  # opened last by build: closed first
         try:
-            self._closing.close()  # payments store, replay store, queue
+            self._closing.close()  # payments store, replay store
         except Exception:
             log.exception("close failed", extra={"lane": self.lane})
 
@@ -694,9 +706,7 @@ class LaneDaemon:
                 full = uplink.bytes_used >= self.queue.max_bytes
                 now = (full, uplink.high_water_reached)
                 # A failed write changes neither: once a probe commits again, say so anyway.
-                if "disk_error" in self.runner.state.faults and await asyncio.to_thread(
-                    self.queue.writable
-                ):
+                if "disk_error" in self.runner.state.faults and await self.queue.writable():
                     last = None
                 if now != last:
                     hw = uplink.high_water_reached

@@ -151,7 +151,7 @@ class HealthPublisher:
 
     async def _write(self, cmd: AttendantCommand, draft: RecordDraft) -> None:
         try:
-            record = await asyncio.to_thread(self.daemon.queue.append, draft)
+            record = await self.daemon.queue.append(draft)
         except (QueueError, OSError) as exc:
             log.error(
                 "attendant action not recorded",

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,7 +51,9 @@ class PaymentsPort(Protocol):
 
 
 class RecordStore(Protocol):
-    def append(self, draft: RecordDraft) -> Record: ...
+    """The queue (uplink.queue_thread.QueueThread): append returns once the record is on disk."""
+
+    async def append(self, draft: RecordDraft) -> Record: ...
 
 
 Observer = Callable[[str, dict[str, Any]], None]
@@ -93,8 +94,6 @@ class LaneRunner:
         self.version = 0
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        # SQLite connections belong to one thread: every queue call runs on this one.
-        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-queue")
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -136,7 +135,6 @@ class LaneRunner:
                 self.handle(event)
         finally:
             await self.drain(grace_s=2.0)
-            self._disk.shutdown(wait=True)
 
     def handle(self, event: ev.Event) -> None:
         before = phase(self.state)
@@ -210,9 +208,8 @@ class LaneRunner:
         self.post(decision)
 
     async def _persist(self, action: Persist) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            record = await loop.run_in_executor(self._disk, self.store.append, action.draft)
+            record = await self.store.append(action.draft)
         except QueueFull as exc:
             log.error(
                 "queue full",

@@ -15,7 +15,7 @@ from lane.runner import Clocks, LaneRunner
 from lane.verifier import TokenVerifier
 from scanner.pipeline import ScanPipeline
 from uplink.forwarder import Forwarder, UplinkStatus
-from uplink.queue import RecordQueue
+from uplink.queue_thread import QueueThread
 
 
 class LaneView(Protocol):
@@ -25,7 +25,7 @@ class LaneView(Protocol):
     runner: LaneRunner
     link: BarrierLink
     uplink: MqttLink
-    queue: RecordQueue
+    queue: QueueThread
     forwarder: Forwarder
     verifier: TokenVerifier
     pipeline: ScanPipeline

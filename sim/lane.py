@@ -260,7 +260,7 @@ class SimLane:
         full), or give the bound back."""
         if self.daemon is None:
             return
-        queue = self.daemon.queue
+        queue = self.daemon.queue.sync  # the bound is a plain setting, read at each append
         if not on:
             if self._quota is not None:
                 queue.max_bytes, self._quota = self._quota, None

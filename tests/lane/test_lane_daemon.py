@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sqlite3
@@ -322,15 +323,21 @@ async def test_a_key_set_published_on_the_plaza_topic_is_taken(
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_an_unreadable_queue_does_not_take_the_lane_down(lane: Lane) -> None:
+async def test_an_unreadable_queue_does_not_take_the_lane_down(
+    lane: Lane, caplog: pytest.LogCaptureFixture
+) -> None:
     """The once-a-second health read failing (disk error) is logged; every other task runs on."""
     runner_task = lane.daemon.ops.runner_task
     assert runner_task is not None
-    queue = lane.daemon.queue
+    queue = lane.daemon.queue.sync
     with queue._lock:  # the queue's file now reads as a broken one: every read is a QueueError
         real, queue._db = queue._db, sqlite3.connect(":memory:", check_same_thread=False)
     try:
-        await asyncio.sleep(1.3)  # the health loop reads the backlog once a second
+        with caplog.at_level(logging.ERROR, logger="lane.daemon"):
+            await eventually(
+                lambda: any(r.message == "queue health unreadable" for r in caplog.records),
+                what="the health loop's failed read",
+            )
         assert not runner_task.done()
     finally:
         with queue._lock:

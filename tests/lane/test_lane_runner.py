@@ -21,6 +21,7 @@ from lane.core.state import Phase, phase
 from lane.daemon import rules_from
 from lane.runner import Clocks, LaneRunner
 from uplink.queue import RecordQueue
+from uplink.queue_thread import QueueThread
 from uplink.records import Record, RecordDraft
 
 WALL = 1_800_000_000.0
@@ -70,7 +71,7 @@ class Payments:
 class UnencodableStore:
     """Stands in for the queue failing with an error it does not classify."""
 
-    def append(self, draft: RecordDraft) -> Record:
+    async def append(self, draft: RecordDraft) -> Record:
         raise ValueError("record cannot be encoded")
 
 
@@ -80,7 +81,7 @@ class Rig:
     payments: Payments
     barrier: Barrier
     clock: ManualClock
-    queue: RecordQueue
+    queue: QueueThread
 
     async def vehicle_shows_a_code(self) -> Authorise:
         self.runner.post(ev.BarrierReported("closed"))
@@ -90,7 +91,7 @@ class Rig:
         return asked[0]
 
     def records(self) -> list[tuple[int, bytes]]:
-        return self.queue.batch(0, 100)
+        return self.queue.sync.batch(0, 100)
 
 
 @asynccontextmanager
@@ -99,7 +100,9 @@ async def rig(
 ) -> AsyncIterator[Rig]:
     config = parse_config({"lane": {"id": "p01/l01", "data_dir": str(tmp_path)}})
     clock = ManualClock()
-    queue = RecordQueue(tmp_path / "queue.sqlite3", "p01/l01", max_bytes, wall=lambda: WALL)
+    queue = await QueueThread.open(
+        lambda: RecordQueue(tmp_path / "queue.sqlite3", "p01/l01", max_bytes, wall=lambda: WALL)
+    )
     barrier = Barrier()
     runner = LaneRunner(
         initial_state(rules_from(config)),
@@ -114,7 +117,7 @@ async def rig(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        queue.close()
+        await queue.aclose()
 
 
 def opened(r: Rig) -> list[str]:
@@ -181,7 +184,7 @@ async def test_a_full_queue_cancels_the_payment_and_keeps_the_barrier_shut(
 
 async def test_a_queue_error_is_a_disk_error_and_the_barrier_stays_shut(tmp_path: Path) -> None:
     async with rig(tmp_path, Payments()) as r:
-        r.queue.close()  # every write now fails inside SQLite, as an I/O error would
+        r.queue.sync.close()  # every write now fails inside SQLite, as an I/O error would
         await r.vehicle_shows_a_code()
         await eventually(lambda: "disk_error" in r.runner.state.faults, what="disk_error")
         assert [reason for _, reason in r.payments.abandoned] == ["record_failed"]

@@ -26,6 +26,7 @@ from uplink.messages import Ack, Held, decode_batch, encode_ack
 from uplink.messages import digest as record_digest
 from uplink.queue import MIGRATIONS as QUEUE_MIGRATIONS
 from uplink.queue import QueueError, RecordQueue
+from uplink.queue_thread import QueueThread
 from uplink.records import AuthInfo, Record, RecordDraft
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -82,7 +83,7 @@ async def test_a_v1_queue_is_migrated_and_its_records_forwarded_byte_for_byte(
         on_batch,
     )
     link = MqttLink(mosquitto.host, mosquitto.port, "uplink-fx01-upgrade")
-    forwarder = Forwarder(queue, link, LANE, batch_size=10)
+    forwarder = Forwarder(QueueThread(queue), link, LANE, batch_size=10)
     tasks = [asyncio.create_task(t) for t in (office.run(), link.run())]
     try:
         await office.wait_connected(5)

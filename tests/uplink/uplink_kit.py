@@ -18,6 +18,7 @@ from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.ingest import Ingest
 from uplink.messages import Held, QueueIdentity, digest
 from uplink.queue import RecordQueue
+from uplink.queue_thread import QueueThread
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.store import IngestRecord, IngestStore
 
@@ -145,7 +146,7 @@ def lane_side(
 
     link = fast_link(host, port, f"lane-{lane}")
     forwarder = Forwarder(
-        queue,
+        QueueThread(queue),
         link,
         lane,
         **{"ack_timeout": 0.2, "backoff_min": 0.02, "backoff_max": 0.5, **fw},  # type: ignore[arg-type]
