@@ -31,8 +31,8 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
-from barrier.mqtt import Credentials, Incoming, MqttLink, tls_context
-from barrier.wire import PayloadError, unpack
+from lane.transport.mqtt import Credentials, Incoming, MqttLink, tls_context
+from lane.wire.codec import PayloadError, unpack
 
 HEX_PREFIX = 32
 PASSWORD_ENV = "LANE_MQTT_PASSWORD"

@@ -27,7 +27,7 @@ from collections.abc import Callable  # noqa: E402
 
 import psycopg  # noqa: E402
 
-from barrier.mqtt import Incoming, MqttLink  # noqa: E402
+from lane.transport.mqtt import Incoming, MqttLink  # noqa: E402
 from sim.broker import running_mosquitto  # noqa: E402
 from uplink.forwarder import Forwarder  # noqa: E402
 from uplink.ingest import Ingest, parse_batch  # noqa: E402

@@ -39,7 +39,6 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
-from barrier.mqtt import Credentials, Incoming, MqttLink, tls_context
 from lane.auth.acquirer import Acquirer
 from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.deny import DenyList, DenyListError, decode_deny_list, load_deny_list
@@ -60,12 +59,13 @@ from lane.core.actions import Authorise
 from lane.core.machine import initial_state
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.health_publisher import HealthPublisher
-from lane.ids import new_id
 from lane.log import setup_logging
 from lane.metrics import LaneMetrics
 from lane.ops import LaneOps, TimedBarrier
 from lane.runner import Clocks, LaneRunner
+from lane.transport.mqtt import Credentials, Incoming, MqttLink, tls_context
 from lane.verifier import TokenVerifier
+from lane.wire.ids import new_id
 from scanner.decoders import make_decoder
 from scanner.health import SourceEvent
 from scanner.pipeline import ScanPipeline, ScanResult

@@ -26,9 +26,9 @@ from pathlib import Path
 import aiohttp
 import cv2
 
-from barrier.mqtt import Credentials, MqttLink
 from lane.config import LaneConfig
 from lane.health import MIN_FREE_BYTES
+from lane.transport.mqtt import Credentials, MqttLink
 from scanner.health import SourceEvent, is_black
 from scanner.sources import Frame, open_source
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from barrier.link import BarrierLink
-from barrier.mqtt import MqttLink
 from lane.config import LaneConfig
 from lane.runner import Clocks, LaneRunner
+from lane.transport.mqtt import MqttLink
 from lane.verifier import TokenVerifier
 from scanner.pipeline import ScanPipeline
 from uplink.forwarder import Forwarder, UplinkStatus

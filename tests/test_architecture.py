@@ -19,15 +19,10 @@ PACKAGES = ("lane", "scanner", "barrier", "uplink", "sim")
 
 # importer module -> imported module prefix: edges the table forbids that are still there.
 KNOWN: dict[tuple[str, str], str] = {
-    ("lane.auth.deny", "barrier.wire"): "step 7: the codec moves to lane.wire",
-    ("lane.auth.keys", "barrier.wire"): "step 7: the codec moves to lane.wire",
     (
         "lane.auth.networks",
         "lane.config",
     ): "auth reads the shell's AuthConfig model: the model moves to lane.auth",
-    ("lane.auth.plaza", "barrier.mqtt"): "step 7: the MQTT client moves to lane.transport",
-    ("lane.auth.plaza", "barrier.wire"): "step 7: the codec moves to lane.wire",
-    ("lane.auth.reconcile_cli", "barrier.wire"): "step 7: the codec moves to lane.wire",
     ("lane.auth.reconcile_cli", "lane.config"): "a shell CLI kept in lane.auth: moves to the shell",
     ("lane.auth.reconcile_cli", "uplink.pg"): "a shell CLI kept in lane.auth: moves to the shell",
     (
@@ -46,23 +41,10 @@ KNOWN: dict[tuple[str, str], str] = {
         "lane.auth.reconcile_cli",
         "uplink.store",
     ): "a shell CLI kept in lane.auth: moves to the shell",
-    ("lane.auth.sourced", "barrier.wire"): "step 7: the codec moves to lane.wire",
     ("lane.core.actions", "uplink.records"): "part A: RecordDraft moves into lane.core",
     ("lane.core.machine", "uplink.records"): "part A: RecordDraft moves into lane.core",
     ("lane.core.paypoint", "uplink.records"): "part A: RecordDraft moves into lane.core",
     ("lane.core.recovery", "uplink.records"): "part A: RecordDraft moves into lane.core",
-    ("uplink.cli", "barrier.mqtt"): "step 7: the MQTT client moves to lane.transport",
-    ("uplink.forwarder", "barrier.mqtt"): "step 7: the MQTT client moves to lane.transport",
-    ("uplink.forwarder", "barrier.topics"): "step 7: the topic vocabulary moves to lane.wire",
-    ("uplink.forwarder", "barrier.wire"): "step 7: the codec moves to lane.wire",
-    ("uplink.forwarder", "lane.ids"): "step 7: ids move to lane.wire",
-    ("uplink.ingest", "barrier.mqtt"): "step 7: the MQTT client moves to lane.transport",
-    ("uplink.ingest", "barrier.topics"): "step 7: the topic vocabulary moves to lane.wire",
-    ("uplink.ingest", "barrier.wire"): "step 7: the codec moves to lane.wire",
-    ("uplink.messages", "barrier.wire"): "step 7: the codec moves to lane.wire",
-    ("uplink.queue", "barrier.wire"): "step 7: the codec moves to lane.wire",
-    ("uplink.queue", "lane.ids"): "step 7: ids move to lane.wire",
-    ("uplink.records", "barrier.wire"): "step 7: the codec moves to lane.wire",
 }
 # Cycles between modules not cut yet (sorted member lists), with the step that cuts them.
 KNOWN_CYCLES: dict[tuple[str, ...], str] = {

@@ -23,10 +23,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from barrier.mqtt import LinkDown
-from barrier.topics import uplink_acks, uplink_records
-from barrier.wire import PayloadError
-from lane.ids import new_id
+from lane.transport.mqtt import LinkDown
+from lane.wire.codec import PayloadError
+from lane.wire.ids import new_id
+from lane.wire.topics import uplink_acks, uplink_records
 from uplink.messages import MAX_BATCH_RECORDS, Ack, Held, decode_ack, encode_batch
 from uplink.queue import QueueError
 from uplink.queue_thread import QueueThread
@@ -35,7 +35,7 @@ log = logging.getLogger("lane.uplink.forwarder")
 
 
 class PublishLink(Protocol):
-    """What the forwarder needs of barrier.mqtt.MqttLink (which satisfies it)."""
+    """What the forwarder needs of lane.transport.mqtt.MqttLink (which satisfies it)."""
 
     connected: asyncio.Event
     reconnects: int

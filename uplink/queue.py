@@ -27,8 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from barrier.wire import PayloadError
-from lane.ids import new_id, uuid7
+from lane.wire.codec import PayloadError
+from lane.wire.ids import new_id, uuid7
 from uplink.messages import Held, QueueIdentity, digest
 from uplink.records import Record, RecordDraft
 

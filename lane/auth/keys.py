@@ -20,7 +20,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from barrier.wire import pack
 from lane.auth.cose import Alg, PublicKey, alg_of_public
 from lane.auth.sourced import (
     Reader,
@@ -30,6 +29,7 @@ from lane.auth.sourced import (
     type_name,
     unpack_object,
 )
+from lane.wire.codec import pack
 
 KEYSET_VERSION = 1
 MAX_KID_LEN = 64  # as lane.auth.tokens accepts

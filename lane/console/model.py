@@ -20,9 +20,9 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
-from barrier.wire import PayloadError, unpack
 from lane.alarm_severity import Severity, worst
 from lane.window import Window, percentiles
+from lane.wire.codec import PayloadError, unpack
 
 PRESENCE_SENSORS = ("entry_loop", "safety_loop", "exit_loop", "light_curtain")
 # Phases a lane passes through in seconds; longer than this in one of them is worth a look.

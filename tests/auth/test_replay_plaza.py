@@ -11,8 +11,6 @@ import msgpack
 import pytest
 from polling import eventually
 
-from barrier.mqtt import MqttLink
-from barrier.wire import PayloadError, pack
 from lane.auth.deny import DenyList
 from lane.auth.issuer import TokenIssuer
 from lane.auth.keys import KeySet
@@ -25,6 +23,8 @@ from lane.auth.plaza import (
 )
 from lane.auth.replay import ReplayStore
 from lane.auth.tokens import TokenAccepted, verify_token
+from lane.transport.mqtt import MqttLink
+from lane.wire.codec import PayloadError, pack
 from sim.broker import Mosquitto
 
 NOW = 1_800_000_000

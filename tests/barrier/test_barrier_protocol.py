@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 import pytest
 from polling import eventually
 
-from barrier import topics
 from barrier.device import DeviceEmulator, Timings
 from barrier.link import BarrierLink
 from barrier.messages import (
@@ -24,8 +23,9 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
-from barrier.mqtt import Incoming, LinkDown, MqttLink
-from barrier.wire import pack, unpack
+from lane.transport.mqtt import Incoming, LinkDown, MqttLink
+from lane.wire import topics
+from lane.wire.codec import pack, unpack
 from sim.broker import Mosquitto, running_mosquitto
 
 T = TypeVar("T")

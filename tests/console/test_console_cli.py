@@ -17,11 +17,11 @@ import aiohttp
 import pytest
 from polling import eventually
 
-from barrier import topics
 from barrier.health_message import AcquirerHealth, LaneHealth, health_topic
 from barrier.messages import AttendantCommand
-from barrier.mqtt import Incoming, MqttLink
 from lane.console.users import Role, add_user
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
 from sim.broker import Mosquitto, free_port
 
 

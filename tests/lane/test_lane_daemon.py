@@ -20,16 +20,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from polling import eventually
 
-from barrier import topics
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import BarrierCommand, LaneStatus
-from barrier.mqtt import MqttLink
 from lane.auth.cose import Alg
 from lane.auth.keys import IssuerKey, KeySet, encode_keyset, keyset_to_json
 from lane.auth.plaza import keys_topic
 from lane.auth.tokens import issue_token
 from lane.config import LaneConfig, parse_config
 from lane.daemon import LaneDaemon, build
+from lane.transport.mqtt import MqttLink
+from lane.wire import topics
 from scanner.sources import PushSource
 from sim.acquirer import AcquirerServer
 from sim.broker import Mosquitto

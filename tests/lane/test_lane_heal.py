@@ -16,10 +16,10 @@ from typing import Any
 from polling import eventually
 from test_lane_daemon import Lane, named, running_lane, show
 
-from barrier import topics
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import AttendantCommand, LaneStatus
-from barrier.mqtt import MqttLink
+from lane.transport.mqtt import MqttLink
+from lane.wire import topics
 from sim.broker import Mosquitto
 from sim.codes import CodeFactory
 from uplink.records import Record

@@ -17,10 +17,10 @@ from typing import Any
 from ops_kit import OpsLane, running_lane
 from polling import eventually
 
-from barrier import topics
 from barrier.health_message import LaneHealth, health_topic
 from barrier.messages import AttendantCommand
-from barrier.mqtt import Incoming, MqttLink
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
 from sim.backoffice import BackOffice
 from sim.broker import Mosquitto
 from uplink.records import Record

@@ -12,11 +12,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ops_kit import running_lane
 from polling import eventually
 
-from barrier.mqtt import MqttLink
 from lane.auth.cose import Alg
 from lane.auth.deny import DenyList, encode_deny_list
 from lane.auth.keys import IssuerKey, KeySet, encode_keyset, keyset_to_json
 from lane.auth.plaza import deny_topic, keys_topic
+from lane.transport.mqtt import MqttLink
 from sim.broker import Mosquitto
 
 ALARM = "trust_update_refused"

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from polling import eventually
 
-from barrier import topics
-from barrier.mqtt import Incoming, MqttLink
 from lane.auth.replay import MIGRATED_KEEP_S, ReplayStore, ReplayStoreError
 from lane.auth.replay import MIGRATIONS as REPLAY_MIGRATIONS
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
 from sim.broker import Mosquitto
 from uplink.forwarder import Forwarder
 from uplink.messages import Ack, Held, decode_batch, encode_ack

@@ -14,7 +14,7 @@ import pytest
 from polling import eventually
 from uplink_kit import draft, queued, recs
 
-from barrier.wire import PayloadError, pack
+from lane.wire.codec import PayloadError, pack
 from uplink.forwarder import Forwarder
 from uplink.ingest import parse_batch
 from uplink.messages import Ack, Held, QueueIdentity, decode_batch, digest, encode_ack, encode_batch

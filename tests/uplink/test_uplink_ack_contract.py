@@ -29,8 +29,8 @@ from uplink_kit import (
     worker,
 )
 
-from barrier.mqtt import Incoming
-from barrier.topics import uplink_acks, uplink_records
+from lane.transport.mqtt import Incoming
+from lane.wire.topics import uplink_acks, uplink_records
 from sim.broker import Mosquitto
 from uplink.cli import report
 from uplink.ingest import Ingest

@@ -8,8 +8,8 @@ from pathlib import Path
 from polling import eventually
 from uplink_kit import draft, queued
 
-from barrier.mqtt import LinkDown
 from lane.metrics import LaneMetrics, Snapshot
+from lane.transport.mqtt import LinkDown
 from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.messages import Ack, decode_batch, encode_ack
 from uplink.queue import RecordQueue

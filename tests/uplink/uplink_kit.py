@@ -13,7 +13,7 @@ from typing import Self
 
 from polling import eventually
 
-from barrier.mqtt import Incoming, MqttLink
+from lane.transport.mqtt import Incoming, MqttLink
 from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.ingest import Ingest
 from uplink.messages import Held, QueueIdentity, digest
