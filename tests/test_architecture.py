@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,3 +200,42 @@ def test_the_checker_sees_a_forbidden_import_and_a_cycle(tmp_path: Path) -> None
     sample = tmp_path / "m.py"
     sample.write_text("from lane.core import events\nif True:\n    import uplink.queue\n")
     assert sorted(imported(sample, top_level_only=True)) == ["lane.core.events", "uplink.queue"]
+
+
+# Third-party packages the leaf units may use (everything else they import is the stdlib).
+THIRD_PARTY: dict[str, set[str]] = {
+    "lane.core": set(),
+    "lane.wire": {"msgpack"},
+    "lane.transport": {"aiomqtt", "paho"},
+}
+# Where modules used to be: nothing may live there again (no shims left behind).
+MOVED = ("barrier.wire", "barrier.mqtt", "barrier.topics", "lane.ids")
+
+
+def third_party(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - set(PACKAGES) - {"__future__"}
+
+
+def test_the_leaf_units_use_only_their_own_libraries() -> None:
+    for module, path in MODULES.items():
+        unit = unit_of(module)
+        if unit in THIRD_PARTY:
+            extra = third_party(path) - THIRD_PARTY[unit]
+            assert extra == set(), f"{module} imports {sorted(extra)}"
+
+
+def test_no_module_lives_at_a_moved_path() -> None:
+    assert set(MOVED) & set(MODULES) == set()
+
+
+def test_the_lane_package_imports_nothing() -> None:
+    """Importing lane.wire must not pull in the shell: lane/__init__.py stays empty of imports."""
+    tree = ast.parse(MODULES["lane"].read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
