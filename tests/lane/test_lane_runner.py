@@ -209,3 +209,18 @@ async def test_an_unexpected_write_error_is_a_persist_failure_not_a_stuck_lane(
         r.runner.post(ev.AttendantOpen("cmd-1", "test", "alice"))
         await eventually(lambda: "disk_error" in r.runner.state.faults, what="disk_error")
         assert phase(r.runner.state) is not Phase.PERSISTING
+
+
+async def test_every_waiter_sees_a_change_and_none_is_lost(tmp_path: Path) -> None:
+    """One owner clears the runner's event: two readers (the status loop and a shutdown) both
+    wake for one change, and a change made before a reader waits is not missed."""
+    async with rig(tmp_path, Payments()) as r:
+        seen = r.runner.version
+        waiters = [asyncio.create_task(r.runner.wait_changed(seen)) for _ in range(2)]
+        await asyncio.sleep(0)  # both are waiting now
+        r.runner.alarm("camera_blackout", "camera lost")
+        versions = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+        assert versions[0] == versions[1] > seen
+        before = r.runner.version
+        r.runner.alarm("camera_blackout", None)  # changed before anyone waits again
+        assert await asyncio.wait_for(r.runner.wait_changed(before), 5) > before
