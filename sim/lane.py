@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from barrier.device import DeviceEmulator, Timings
 from lane.config import LaneConfig, parse_config
@@ -28,12 +28,10 @@ from lane.daemon import LaneDaemon, build
 from scanner.sources import PushSource
 from sim.broker import Mosquitto
 from sim.camera import SyntheticCamera
+from sim.options import SimOptions
 from sim.stats import LaneStats
 from sim.traffic import Driver
 from uplink.records import Record
-
-if TYPE_CHECKING:
-    from sim.harness import Simulator
 
 log = logging.getLogger("lane.sim")
 
@@ -126,8 +124,27 @@ async def _wait_daemon(daemon: asyncio.Task[Any], timeout: float) -> None:  # no
         log.error("lane daemon did not stop", extra={"timeout_s": timeout})
 
 
+class LaneHost(Protocol):
+    """What a SimLane asks of the simulator that runs it (`sim.harness.Simulator`)."""
+
+    options: SimOptions
+    network_auth: dict[str, Any]
+
+    @property
+    def speed(self) -> float: ...
+
+    @property
+    def workdir(self) -> Path: ...
+
+    def sim_time(self) -> float: ...
+
+    def code_for(self, kind: str, lane: SimLane) -> tuple[str, str | None]: ...
+
+    def token_accepted(self, text: str, lane_id: str) -> None: ...
+
+
 class SimLane:
-    def __init__(self, sim: Simulator, index: int, lane_id: str) -> None:
+    def __init__(self, sim: LaneHost, index: int, lane_id: str) -> None:
         self.sim = sim
         self.index = index
         self.lane_id = lane_id
