@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
     "check-config": ("lane.checks", "check_config_main", [], "validate a config file"),
     "doctor": ("lane.checks", "doctor_main", [], "probe camera, broker, acquirer, disk, clock"),
     "reconcile": (
-        "lane.auth.reconcile_cli",
+        "lane.reconcile_cli",
         "main",
         [],
         "compare the back office's records with Alipay's and WeChat Pay's daily bills",

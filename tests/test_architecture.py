@@ -24,24 +24,6 @@ KNOWN: dict[tuple[str, str], str] = {
         "lane.auth.networks",
         "lane.config",
     ): "auth reads the shell's AuthConfig model: the model moves to lane.auth",
-    ("lane.auth.reconcile_cli", "lane.config"): "a shell CLI kept in lane.auth: moves to the shell",
-    ("lane.auth.reconcile_cli", "uplink.pg"): "a shell CLI kept in lane.auth: moves to the shell",
-    (
-        "lane.auth.reconcile_cli",
-        "uplink.records",
-    ): "a shell CLI kept in lane.auth: moves to the shell",
-    (
-        "lane.auth.reconcile_cli",
-        "uplink.sql_store",
-    ): "a shell CLI kept in lane.auth: moves to the shell",
-    (
-        "lane.auth.reconcile_cli",
-        "uplink.sqlite_store",
-    ): "a shell CLI kept in lane.auth: moves to the shell",
-    (
-        "lane.auth.reconcile_cli",
-        "uplink.store",
-    ): "a shell CLI kept in lane.auth: moves to the shell",
     ("lane.core.actions", "uplink.records"): "part A: RecordDraft moves into lane.core",
     ("lane.core.machine", "uplink.records"): "part A: RecordDraft moves into lane.core",
     ("lane.core.paypoint", "uplink.records"): "part A: RecordDraft moves into lane.core",
