@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 
 from barrier import gate as rules
-from barrier import topics
 from barrier.messages import (
     WILL_SEQ,
     BarrierAck,
@@ -30,8 +29,9 @@ from barrier.messages import (
     DeviceSnapshot,
     SensorReading,
 )
-from barrier.mqtt import Credentials, Incoming, LinkDown, MqttLink, WillSpec
-from barrier.wire import PayloadError, unpack
+from lane.transport.mqtt import Credentials, Incoming, LinkDown, MqttLink, WillSpec
+from lane.wire import topics
+from lane.wire.codec import PayloadError, unpack
 
 log = logging.getLogger("lane.barrier.device")
 

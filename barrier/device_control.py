@@ -15,7 +15,7 @@ from typing import Any, Self
 
 from barrier.device import FAULTS, DeviceEmulator
 from barrier.messages import MAX_ID, _compact, _count, _Message, _text
-from barrier.wire import PayloadError, field, optional
+from lane.wire.codec import PayloadError, field, optional
 
 PRESENCE_SENSORS = frozenset({"entry_loop", "safety_loop", "exit_loop", "light_curtain"})
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from barrier.messages import MAX_ID, _compact, _count, _Message, _one_of, _seconds, _text
-from barrier.wire import PayloadError, field, optional
+from lane.wire.codec import PayloadError, field, optional
 
 SEVERITIES = frozenset({"critical", "major", "minor"})
 ACQUIRER_STATES = frozenset({"idle", "ok", "degraded", "down"})

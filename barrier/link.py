@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from barrier import topics
 from barrier.messages import (
     AttendantCommand,
     BarrierAck,
@@ -33,9 +32,10 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
-from barrier.mqtt import Credentials, Incoming, MqttLink, WillSpec
 from barrier.peripherals import PlateReading
-from barrier.wire import PayloadError, pack
+from lane.transport.mqtt import Credentials, Incoming, MqttLink, WillSpec
+from lane.wire import topics
+from lane.wire.codec import PayloadError, pack
 
 log = logging.getLogger("lane.barrier")
 

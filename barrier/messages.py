@@ -1,6 +1,6 @@
 """The messages of the barrier and lane I/O protocol: frozen dataclasses, pure codecs.
 
-Every message maps to a versioned msgpack map (see `barrier.wire`) and back. Decoding is
+Every message maps to a versioned msgpack map (see `lane.wire.codec`) and back. Decoding is
 strict: a wrong type, a missing field, an unknown enum value or an out-of-range number raises
 `PayloadError` naming the field; nothing else ever escapes a decoder. Unknown extra fields are
 ignored, so a newer sender can add optional fields without breaking an older receiver.
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-from barrier.wire import PayloadError, field, optional, pack, unpack
+from lane.wire.codec import PayloadError, field, optional, pack, unpack
 
 BARRIER_STATES = frozenset({"closed", "opening", "open", "closing", "fault", "offline"})
 # A device that answers a command is by definition online.

@@ -33,7 +33,7 @@ from pymodbus.pdu import ModbusPDU
 from barrier import gate as rules
 from barrier.device import DeviceEmulator
 from barrier.iomap import CoilDrive, IoMap, Target, observed_state
-from barrier.mqtt import Credentials, reraise_swallowed_cancel
+from lane.transport.mqtt import Credentials, reraise_swallowed_cancel
 
 log = logging.getLogger("lane.barrier.modbus")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 from barrier.messages import MAX_ID, _compact, _count, _Message, _text
-from barrier.wire import PayloadError, field, optional
+from lane.wire.codec import PayloadError, field, optional
 
 MAX_JOB_BYTES = 16_384  # a ticket with a QR code is a few hundred bytes
 # Plates as ANPR cameras report them: letters (any script), digits, separators.

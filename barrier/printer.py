@@ -24,11 +24,11 @@ import cv2
 import numpy as np
 import zxingcpp
 
-from barrier import topics
 from barrier.escpos import Cut, EscPosError, Feed, Item, QrCode, TextLine, decode
-from barrier.mqtt import Credentials, Incoming, LinkDown, MqttLink, WillSpec
 from barrier.peripherals import PrintAck, PrintError, PrinterState, PrinterStatus, PrintJob
-from barrier.wire import PayloadError
+from lane.transport.mqtt import Credentials, Incoming, LinkDown, MqttLink, WillSpec
+from lane.wire import topics
+from lane.wire.codec import PayloadError
 
 log = logging.getLogger("lane.barrier.printer")
 

@@ -32,10 +32,10 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
-from barrier.mqtt import Credentials, Incoming, LinkErrors, MqttLink, tls_context
 from barrier.peripherals import PlateReading, PrintAck, PrinterStatus, PrintJob
-from barrier.topics import PLATE
-from barrier.wire import PayloadError, unpack
+from lane.transport.mqtt import Credentials, Incoming, LinkErrors, MqttLink, tls_context
+from lane.wire.codec import PayloadError, unpack
+from lane.wire.topics import PLATE
 
 HEX_PREFIX = 32
 PASSWORD_ENV = "LANE_MQTT_PASSWORD"

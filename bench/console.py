@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 
 from barrier.health_message import AcquirerHealth, AlarmEntry, CheckEntry, LaneHealth
-from barrier.wire import pack
 from lane.alarm_severity import SEVERITY
 from lane.console.model import Plaza
+from lane.wire.codec import pack
 
 T0 = 1_700_000_000.0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lane.auth import bills
 from lane.auth.reconcile import Finding, RecordedPayment, reconcile
-from lane.auth.reconcile_cli import day_of
+from lane.reconcile_cli import day_of
 from sim.network_bills import BillRow, alipay_bill_zip, wechat_bill_text
 from uplink.messages import QueueIdentity
 from uplink.records import AuthInfo, Record, RecordDraft

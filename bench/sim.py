@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from barrier.device import DeviceEmulator, Timings  # noqa: E402
 from lane.config import parse_config  # noqa: E402
-from lane.daemon import LaneDaemon  # noqa: E402
+from lane.daemon import build  # noqa: E402
 from scanner.sources import PushSource  # noqa: E402
 from sim.backoffice import BackOffice  # noqa: E402
 from sim.broker import Mosquitto, free_port  # noqa: E402
@@ -99,7 +99,7 @@ async def daemon_child(port: int, keyset: Path, workdir: Path, seconds: float, f
     )  # fmt: skip
     source = PushSource()
     camera = SyntheticCamera(fps=fps, size=(1280, 720), rng=SEED)
-    daemon = LaneDaemon(config, source=source)
+    daemon = await build(config, source=source)
     opened: list[float] = []
     answered = asyncio.Event()
 

@@ -33,13 +33,14 @@ from multiprocessing.synchronize import Event  # noqa: E402
 
 import psycopg  # noqa: E402
 
-from barrier.mqtt import Incoming, MqttLink  # noqa: E402
 from bench.uplink_ingest import bench_decode, bench_store, bench_workers, draft  # noqa: E402
+from lane.transport.mqtt import Incoming, MqttLink  # noqa: E402
 from sim.broker import running_mosquitto  # noqa: E402
 from uplink.forwarder import Forwarder  # noqa: E402
 from uplink.ingest import Ingest  # noqa: E402
 from uplink.pg import PostgresIngestStore  # noqa: E402
 from uplink.queue import RecordQueue  # noqa: E402
+from uplink.queue_thread import QueueThread  # noqa: E402
 from uplink.sqlite_store import SqliteIngestStore  # noqa: E402
 from uplink.store import IngestStore  # noqa: E402
 
@@ -80,7 +81,7 @@ async def forward(host: str, port: int, backlogs: list[tuple[str, Path]], ready:
     for lane, path in backlogs:
         queue = RecordQueue(path, lane, 10**10)
         link = MqttLink(host, port, f"bench-lane-{uuid.uuid4().hex[:6]}")
-        fw = Forwarder(queue, link, lane, batch_size=100, window=4, ack_timeout=10.0)
+        fw = Forwarder(QueueThread(queue), link, lane, batch_size=100, window=4, ack_timeout=10.0)
         link.subscriptions = fw.subscriptions()
 
         async def on_ack(msg: Incoming, fw: Forwarder = fw) -> None:

@@ -26,8 +26,8 @@ from pathlib import Path
 import msgpack
 import psycopg
 
-from barrier.wire import unpack
-from lane.ids import new_id
+from lane.wire.codec import unpack
+from lane.wire.ids import new_id
 from uplink.ingest import parse_batch
 from uplink.messages import QueueIdentity, encode_batch
 from uplink.pg import PostgresIngestStore

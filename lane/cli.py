@@ -12,7 +12,7 @@ COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
     "sim": ("sim.cli", "main", [], "run a simulated lane (add --headless for a report)"),
     "scan": ("scanner.cli", "main", [], "decode QR codes in image files"),
     "watch": ("barrier.watch", "main", [], "print a lane's MQTT traffic decoded"),
-    "device": ("barrier.device_cli", "main", [], "run the barrier and lane I/O side (--emulate)"),
+    "device": ("lane.device_cli", "main", [], "run the barrier and lane I/O side (--emulate)"),
     "ingest": ("uplink.cli", "main", [], "back-office ingest of uplink records"),
     "keys": ("lane.auth.cli", "main", ["keys"], "make issuer keys and key sets"),
     "token": ("lane.auth.cli", "main", ["token"], "issue offline tokens (tests, simulator)"),
@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
     "check-config": ("lane.checks", "check_config_main", [], "validate a config file"),
     "doctor": ("lane.checks", "doctor_main", [], "probe camera, broker, acquirer, disk, clock"),
     "reconcile": (
-        "lane.auth.reconcile_cli",
+        "lane.reconcile_cli",
         "main",
         [],
         "compare the back office's records with Alipay's and WeChat Pay's daily bills",

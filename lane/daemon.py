@@ -1,8 +1,12 @@
 """`lane run`: the imperative shell around the pure lane core.
 
-Builds every adapter from the config, supervises them in one TaskGroup and shuts down cleanly on
-SIGTERM/SIGINT: no new vehicles, the vehicle in progress finishes (bounded by a grace period),
-records are already durable, the retained status says offline, exit 0.
+`build(config)` reads and opens everything from disk (key files, the three SQLite stores, the
+account key, the trust files), then constructs every adapter with no I/O in any constructor and
+nothing patched afterwards; what it opened is closed again, in reverse, if a later step fails.
+`LaneDaemon.run` supervises the adapters in one TaskGroup and shuts down cleanly on
+SIGTERM/SIGINT: no new vehicles, the vehicle in progress finishes (bounded by a grace period on
+the lane's clock), records are already durable, the retained status says offline, exit 0;
+`aclose()` then closes what `build` opened, in reverse.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ import logging
 import secrets
 import signal
 import sys
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,7 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
-from barrier.mqtt import Credentials, Incoming, MqttLink, tls_context
+from lane.auth.acquirer import Acquirer
 from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.deny import DenyList, DenyListError, decode_deny_list, load_deny_list
 from lane.auth.fares import Tariff, load_tariff
@@ -55,18 +59,21 @@ from lane.core.actions import Authorise
 from lane.core.machine import initial_state
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.health_publisher import HealthPublisher
-from lane.ids import new_id
 from lane.log import setup_logging
-from lane.ops import LaneOps
+from lane.metrics import LaneMetrics
+from lane.ops import LaneOps, TimedBarrier
 from lane.runner import Clocks, LaneRunner
+from lane.transport.mqtt import Credentials, Incoming, MqttLink, tls_context
 from lane.verifier import TokenVerifier
+from lane.wire.ids import new_id
 from scanner.decoders import make_decoder
 from scanner.health import SourceEvent
 from scanner.native_log import capture_native_stderr, release_native_stderr
 from scanner.pipeline import ScanPipeline, ScanResult
 from scanner.sources import FrameSource, open_source
-from uplink.forwarder import Forwarder
+from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.queue import QueueError, RecordQueue
+from uplink.queue_thread import QueueThread
 
 log = logging.getLogger("lane.daemon")
 
@@ -74,6 +81,12 @@ log = logging.getLogger("lane.daemon")
 STARTUP_ERRORS = (
     SourcedError, QueueError, ReplayStoreError, StoreError, KeyFileError, OSError
 )  # fmt: skip
+
+
+# The status is republished at least this often (the backlog changes without a lane event);
+# the health loop reads the queue and the trust files this often.
+STATUS_REFRESH_S = 1.0
+HEALTH_EVERY_S = 1.0
 
 
 class Shutdown(Exception):  # noqa: N818 - a signal, not an error
@@ -115,21 +128,14 @@ class BarrierAdapter:
 
 
 class PaymentsAdapter:
-    """The runner's payments port; the authoriser is plugged in by `LaneDaemon.run`, once the
-    loop exists for its HTTP session."""
+    """The runner's payments port over the authoriser."""
 
-    def __init__(self, lane: str) -> None:
+    def __init__(self, lane: str, authoriser: Authoriser) -> None:
         self.lane = lane
-        self.authoriser: Authoriser | None = None
-
-    @property
-    def _started(self) -> Authoriser:
-        if self.authoriser is None:
-            raise RuntimeError("the lane is not running: no authoriser yet")
-        return self.authoriser
+        self.authoriser = authoriser
 
     async def authorise(self, request: Authorise) -> ev.Decided:
-        d = await self._started.authorise(
+        d = await self.authoriser.authorise(
             AuthRequest(
                 request.auth_id,
                 self.lane,
@@ -154,10 +160,10 @@ class PaymentsAdapter:
         )
 
     async def abandon(self, auth_id: str, reason: str) -> None:
-        await self._started.abandon(auth_id)
+        await self.authoriser.abandon(auth_id)
 
     async def settle(self, auth_id: str) -> None:
-        await self._started.settle(auth_id)
+        await self.authoriser.settle(auth_id)
 
 
 def rules_from(config: LaneConfig) -> LaneRules:
@@ -188,33 +194,124 @@ def rules_from(config: LaneConfig) -> LaneRules:
     )
 
 
+@dataclass(frozen=True)
+class Opened:
+    """What `build` read and opened before the shell is constructed."""
+
+    network_keys: NetworkKeys
+    replay: ReplayStore
+    payments_store: ResolutionStore
+    account_key: bytes
+    keyset: KeySet | None
+    deny: DenyList | None
+    source: FrameSource
+
+
+def account_key(config: LaneConfig) -> bytes:
+    """The lane's secret for hashing wallet codes into account references.
+
+    From the config when set; otherwise made once per lane computer and kept in the data
+    directory, so references stay stable across restarts and differ between lanes.
+    """
+    if config.auth.account_secret is not None:
+        return config.auth.account_secret.encode()
+    path = config.lane.data_dir / "account.key"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(secrets.token_bytes(32))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return path.read_bytes()
+
+
+def open_files(
+    config: LaneConfig, source: FrameSource | None
+) -> tuple[Opened, contextlib.ExitStack]:
+    """Every file the lane reads or opens at start but the queue (blocking: run it off the loop).
+
+    Returns what was opened and the stack that closes it in reverse; a failure half-way closes
+    what was already open and raises (a bad key file, an unreadable store: exit 2)."""
+    with contextlib.ExitStack() as stack:
+        network_keys = NetworkKeys.load(config.auth)
+        data = config.lane.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        replay = ReplayStore(data / "replay.sqlite3")
+        stack.callback(replay.close)
+        payments_store = ResolutionStore(data / "payments.sqlite3")
+        stack.callback(payments_store.close)
+        auth = config.auth
+        opened = Opened(
+            network_keys,
+            replay,
+            payments_store,
+            account_key(config),
+            load_keyset(auth.keyset) if auth.keyset else None,
+            load_deny_list(auth.deny_list) if auth.deny_list else None,
+            source or open_source(config.camera.source, settings=config.camera.capture()),
+        )
+        return opened, stack.pop_all()
+    raise AssertionError("unreachable")  # the with block returns or raises  # pragma: no cover
+
+
+async def build(
+    config: LaneConfig,
+    *,
+    source: FrameSource | None = None,
+    clocks: Clocks | None = None,
+    shutdown_grace_s: float = 10.0,
+) -> LaneDaemon:
+    """The lane, built: files read and stores opened off the loop, then every adapter."""
+    clocks = clocks or Clocks()
+    opened, closing = await asyncio.to_thread(open_files, config, source)
+    try:
+        # Opened on the thread that will own its connection for the lane's life.
+        queue = await QueueThread.open(
+            partial(
+                RecordQueue,
+                config.lane.data_dir / "queue.sqlite3",
+                config.lane.id,
+                config.uplink.max_bytes,
+                config.uplink.high_water,
+                wall=clocks.wall,
+            )
+        )
+    except BaseException:
+        closing.close()
+        raise
+    try:
+        return LaneDaemon(
+            config, opened, queue, closing, clocks=clocks, shutdown_grace_s=shutdown_grace_s
+        )
+    except BaseException:
+        await queue.aclose()
+        closing.close()
+        raise
+
+
 class LaneDaemon:
-    """Everything one lane computer runs, built from one config."""
+    """Everything one lane computer runs, constructed from what `build` opened (no I/O here).
+
+    Constructed inside the running loop (its HTTP session belongs to it): use `build`."""
 
     def __init__(
         self,
         config: LaneConfig,
+        opened: Opened,
+        queue: QueueThread,
+        closing: contextlib.ExitStack,
         *,
-        source: FrameSource | None = None,
-        clocks: Clocks | None = None,
-        shutdown_grace_s: float = 10.0,
+        clocks: Clocks,
+        shutdown_grace_s: float,
     ) -> None:
         self.config = config
         self.lane = config.lane.id
-        self.clocks = clocks or Clocks()
-        self.network_keys = NetworkKeys.load(config.auth)  # a bad key file: exit 2, now
+        self.clocks = clocks
         self.shutdown_grace_s = shutdown_grace_s
-        data = config.lane.data_dir
-        data.mkdir(parents=True, exist_ok=True)
-        self.queue = RecordQueue(
-            data / "queue.sqlite3",
-            self.lane,
-            config.uplink.max_bytes,
-            config.uplink.high_water,
-            wall=self.clocks.wall,
-        )
-        self.replay = ReplayStore(data / "replay.sqlite3")
-        self.payments_store = ResolutionStore(data / "payments.sqlite3")
+        self._closing = closing
+        self.queue = queue
+        self.replay = opened.replay
+        self.payments_store = opened.payments_store
+        self.source = opened.source
         creds = None
         if config.broker.username:
             creds = Credentials(config.broker.username, config.broker.password or "")
@@ -245,6 +342,7 @@ class LaneDaemon:
         self.forwarder = Forwarder(
             self.queue, self.uplink, self.lane, batch_size=config.uplink.batch_size
         )
+        self.uplink_status: UplinkStatus | None = None  # the health loop's last read
         self.sharing: UsedTokenSharing | None = None
         plaza = config.lane.plaza
         self._plaza_topics = (keys_topic(plaza), deny_topic(plaza))
@@ -264,54 +362,67 @@ class LaneDaemon:
             max_generation_step=config.auth.max_generation_step,
         )
         # The files go through the same bounds as every later update (lane.auth.trust).
-        if config.auth.keyset:
-            self.verifier.update_keys(load_keyset(config.auth.keyset), str(config.auth.keyset))
-        if config.auth.deny_list:
-            deny_file = config.auth.deny_list
-            self.verifier.update_deny(load_deny_list(deny_file), str(deny_file))
-        self.payments = PaymentsAdapter(self.lane)
+        if opened.keyset is not None:
+            self.verifier.update_keys(opened.keyset, str(config.auth.keyset))
+        if opened.deny is not None:
+            self.verifier.update_deny(opened.deny, str(config.auth.deny_list))
+        self.metrics = LaneMetrics(self.lane, config.lane.mode, clock=self.clocks.monotonic)
+        self.http = aiohttp.ClientSession(trace_configs=[self.metrics.acquirer_trace()])
+        # Alarms raised by the acquirer watch reach the runner, which exists by the first call.
+        self.acquirer: Acquirer = build_acquirer(
+            config.auth, opened.network_keys, self.http, self.clocks.wall, alarm=self._alarm
+        )
+        self.resolver = Resolver(
+            self.payments_store,
+            self.acquirer,
+            clock=self.clocks.wall,
+            is_recorded=self._is_recorded,
+        )
+        authoriser = Authoriser(
+            self.lane,
+            self.acquirer,
+            self.resolver,
+            self.verifier,
+            OfflinePolicy(
+                config.auth.offline_policy,
+                config.auth.floor_limit_minor,
+                config.auth.hourly_limit_minor,
+            ),
+            self.clocks.monotonic,
+            self.clocks.wall,
+            account_key=opened.account_key,
+        )
         self.runner = LaneRunner(
             initial_state(rules_from(config)),
-            barrier=BarrierAdapter(self.link, self.lane),
-            payments=self.payments,
+            barrier=TimedBarrier(BarrierAdapter(self.link, self.lane), self.metrics),
+            payments=PaymentsAdapter(self.lane, authoriser),
             store=self.queue,
             clocks=self.clocks,
-            on_record=lambda _r: self.forwarder.wake(),
+            observers=[self._on_note, self.metrics.observe_note],
         )
-        self.runner.observers.append(self._publish_note)
-        self.source = source or open_source(config.camera.source, settings=config.camera.capture())
-        self.pipeline: ScanPipeline | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.http: aiohttp.ClientSession | None = None
-        self.resolver: Resolver | None = None
+        self.pipeline = ScanPipeline(
+            self.source,
+            make_decoder(config.camera.decoder),
+            on_result=self._on_scan,
+            on_status=self._on_camera,
+            workers=config.camera.workers,
+            dedup_window_s=config.camera.dedup_window_s,
+        )
         self._file_mtimes: dict[Path, int] = {}
         self._publishing: set[asyncio.Future[None]] = set()
         # Once 'offline' is being said, the status loop says nothing more: a later status
         # would replace the retained 'offline' of a lane that is gone.
         self._said_offline = False
-        self.ops = LaneOps(self)  # metrics, /healthz, /readyz (lane/ops.py)
-        self.health = HealthPublisher(self)  # lane/{id}/health for consoles
+        self.ops = LaneOps(self, self.metrics)  # /metrics, /healthz, /readyz (lane/ops.py)
+        self.health = HealthPublisher(self, self.ops.readiness)  # lane/{id}/health
 
-    def account_key(self) -> bytes:
-        """The lane's secret for hashing wallet codes into account references.
-
-        From the config when set; otherwise made once per lane computer and kept in the data
-        directory, so references stay stable across restarts and differ between lanes.
-        """
-        if self.config.auth.account_secret is not None:
-            return self.config.auth.account_secret.encode()
-        path = self.config.lane.data_dir / "account.key"
-        if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(secrets.token_bytes(32))
-            tmp.chmod(0o600)
-            tmp.replace(path)
-        return path.read_bytes()
+    def _alarm(self, code: str, message: str | None) -> None:
+        self.runner.alarm(code, message)
 
     async def _is_recorded(self, payment_id: str) -> bool:
         """Crash recovery: did a record say this payment was taken? Then it is settled, never
         reversed; any other payment left open (declined, timed out, unrecorded) is resolved."""
-        return await asyncio.to_thread(self.queue.recorded_paid, payment_id)
+        return await self.queue.recorded_paid(payment_id)
 
     async def _on_plaza_update(self, msg: Incoming) -> None:
         """Key sets and deny lists from the back office (retained topics, newer only)."""
@@ -416,12 +527,14 @@ class LaneDaemon:
         elif event.kind in ("blackout", "error", "lost"):
             self.runner.alarm("camera_blackout", f"camera {event.kind}: {event.detail}")
 
-    def _publish_note(self, name: str, fields: dict[str, Any]) -> None:
+    def _on_note(self, name: str, fields: dict[str, Any]) -> None:
         """Every lane note goes out on the events topic (QoS 0) for operators."""
+        if name == "record":
+            self.forwarder.wake()  # a record is on disk: forward it now, not at the next poll
         # Codes still in view count again for the next person (a screenshot must reach the
         # replay check), but not for the fare-gate passenger the code itself just made.
         explicit_arrival = name == "vehicle_arrived" and not fields.get("implicit")
-        if (explicit_arrival or name == "vehicle_left") and self.pipeline is not None:
+        if explicit_arrival or name == "vehicle_left":
             self.pipeline.forget_seen()
         if not self.link.connected or name == "display":
             return
@@ -433,37 +546,8 @@ class LaneDaemon:
     # --- running --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.http = aiohttp.ClientSession(trace_configs=self.ops.http_traces())
+        """Run until `stop` is set (or a task fails), then close what `build` opened."""
         cfg = self.config
-        client = build_acquirer(
-            cfg.auth, self.network_keys, self.http, self.clocks.wall, alarm=self.runner.alarm
-        )
-        resolver = Resolver(
-            self.payments_store, client, clock=self.clocks.wall, is_recorded=self._is_recorded
-        )
-        self.resolver = resolver
-        authoriser = Authoriser(
-            self.lane,
-            client,
-            resolver,
-            self.verifier,
-            OfflinePolicy(
-                cfg.auth.offline_policy, cfg.auth.floor_limit_minor, cfg.auth.hourly_limit_minor
-            ),
-            self.clocks.monotonic,
-            self.clocks.wall,
-            account_key=self.account_key(),
-        )
-        self.payments.authoriser = authoriser
-        self.pipeline = ScanPipeline(
-            self.source,
-            make_decoder(cfg.camera.decoder),
-            on_result=self._on_scan,
-            on_status=self._on_camera,
-            workers=cfg.camera.workers,
-            dedup_window_s=cfg.camera.dedup_window_s,
-        )
         log.info("lane starting", extra={"lane": self.lane, "mode": cfg.lane.mode})
         try:
             async with asyncio.TaskGroup() as tg:
@@ -472,7 +556,7 @@ class LaneDaemon:
                 guard = self._offline_if_failed
                 self.ops.runner_task = tg.create_task(guard(self.runner.run()), name="lane-runner")
                 tg.create_task(guard(self.forwarder.run()), name="forwarder")
-                tg.create_task(guard(resolver.run()), name="resolver")
+                tg.create_task(guard(self.resolver.run()), name="resolver")
                 if self.sharing is not None:
                     tg.create_task(guard(self.sharing.run()), name="plaza-sharing")
                 tg.create_task(guard(self._status_loop()), name="status")
@@ -484,7 +568,7 @@ class LaneDaemon:
         except* Shutdown:
             pass
         finally:
-            await self._close()
+            await self.aclose()
         log.info("lane stopped", extra={"lane": self.lane})
 
     async def _start_camera(self) -> None:
@@ -495,7 +579,6 @@ class LaneDaemon:
         ignored and never come again. A live camera starts at once: its frames are fleeting
         anyway, and a code still in view is read again when the lane is ready.
         """
-        assert self.pipeline is not None and self._loop is not None
         if self.source.finite:
             noted = asyncio.Event()  # a lane note (vehicle_arrived ...) may be the moment
 
@@ -513,7 +596,7 @@ class LaneDaemon:
                 "finite camera source starts: the lane can take a code",
                 extra={"lane": self.lane, "camera": self.source.name},
             )
-        self.pipeline.start(self._loop)
+        self.pipeline.start(asyncio.get_running_loop())
 
     def _takes_a_code(self) -> bool:
         needed = ("broker", "barrier")
@@ -543,42 +626,47 @@ class LaneDaemon:
     async def _until_stopped(self, stop: asyncio.Event) -> None:
         await stop.wait()
         log.info("lane stopping", extra={"lane": self.lane})
-        if self.pipeline is not None:
-            await self.pipeline.aclose()  # no new codes; the vehicle in progress may finish
-        deadline = time.monotonic() + self.shutdown_grace_s
-        while not self.runner.idle() and time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError):
-                self.runner.changed.clear()
-                async with asyncio.timeout(0.2):
-                    await self.runner.changed.wait()
-        await self.runner.drain(grace_s=2.0)
+        await self.pipeline.aclose()  # no new codes; the vehicle in progress may finish
+        await self._quiet(self.shutdown_grace_s)
         self._said_offline = True
         with contextlib.suppress(ConnectionError):
             await self.link.publish_status(self._status("offline"))
         raise Shutdown
 
-    async def _close(self) -> None:
-        if self.pipeline is not None:
-            await self.pipeline.aclose()
-        if self.resolver is not None:
-            await self.resolver.stop()  # its store worker finishes before the store closes
-        if self.http is not None:
-            await self.http.close()
-        for closer in (self.queue.close, self.replay.close, self.payments_store.close):
-            try:
-                closer()
-            except Exception:
-                log.exception("close failed", extra={"lane": self.lane})
+    async def _quiet(self, grace_s: float) -> None:
+        """Wait for the vehicle in progress and the runner's tasks, at most `grace_s` on the
+        lane's clock, woken by the runner's changes (no polling); then cut what is left."""
+        now = self.clocks.monotonic
+        deadline = now() + grace_s
+        seen = self.runner.version
+        while not self.runner.idle() and (left := deadline - now()) > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    seen = await self.runner.wait_changed(seen)
+        await self.runner.drain(grace_s=max(0.0, deadline - now()))
+
+    async def aclose(self) -> None:
+        """Close in the reverse order of construction; the stores `build` opened go last.
+
+        Safe to call twice and on a lane that never ran."""
+        await self.pipeline.aclose()
+        await self.resolver.stop()  # its store worker finishes before the store closes
+        await self.http.close()
+        await self.queue.aclose()  # opened last by build: closed first
+        try:
+            self._closing.close()  # payments store, replay store
+        except Exception:
+            log.exception("close failed", extra={"lane": self.lane})
 
     # --- status ---------------------------------------------------------------------------
 
     def _status(self, state: str | None = None) -> LaneStatus:
         up = self.uplink.connected.is_set()
-        status = self._uplink_status
+        status = self.uplink_status
         return LaneStatus(
             state=state or phase(self.runner.state).value,
-            uplink_backlog=status[0],
-            oldest_unsent_s=status[1],
+            uplink_backlog=0 if status is None else status.backlog,
+            oldest_unsent_s=None if status is None else status.oldest_age_s,
             link={
                 "broker": self.link.connected,
                 "uplink": up,
@@ -589,15 +677,13 @@ class LaneDaemon:
             ts_us=int(self.clocks.wall() * 1_000_000),
         )
 
-    _uplink_status: tuple[int, float | None] = (0, None)
-
     async def _status_loop(self) -> None:
         last: Any = None
+        seen = -1  # publish at once
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self.runner.changed.wait()
-            self.runner.changed.clear()
+                async with asyncio.timeout(STATUS_REFRESH_S):
+                    seen = await self.runner.wait_changed(seen)
             status = self._status()
             key = (
                 status.state,
@@ -652,13 +738,11 @@ class LaneDaemon:
                 # the TaskGroup): record writes report their own failures to the core.
                 log.exception("queue health unreadable", extra={"lane": self.lane})
             else:
-                self._uplink_status = (uplink.backlog, uplink.oldest_age_s)
+                self.uplink_status = uplink  # ops and the status read this one, not the disk
                 full = uplink.bytes_used >= self.queue.max_bytes
                 now = (full, uplink.high_water_reached)
                 # A failed write changes neither: once a probe commits again, say so anyway.
-                if "disk_error" in self.runner.state.faults and await asyncio.to_thread(
-                    self.queue.writable
-                ):
+                if "disk_error" in self.runner.state.faults and await self.queue.writable():
                     last = None
                 if now != last:
                     hw = uplink.high_water_reached
@@ -683,7 +767,7 @@ class LaneDaemon:
                     await asyncio.to_thread(self.replay.purge, self.clocks.wall())
                 except Exception:  # housekeeping: retried at the next round
                     log.exception("replay purge failed", extra={"lane": self.lane})
-            await asyncio.sleep(1.0)
+            await self.clocks.sleep(HEALTH_EVERY_S)
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:
@@ -718,7 +802,7 @@ def main(argv: list[str]) -> int:
         stop = asyncio.Event()
         install_signal_handlers(stop)
         try:
-            daemon = LaneDaemon(config)
+            daemon = await build(config)
         except STARTUP_ERRORS as exc:
             log.error("lane cannot start", extra={"lane": config.lane.id, "error": str(exc)})
             print(f"lane: cannot start: {exc}", file=sys.stderr)

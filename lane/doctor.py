@@ -25,10 +25,10 @@ from pathlib import Path
 
 import aiohttp
 
-from barrier.mqtt import Credentials, LinkErrors, MqttLink
 from lane.config import LaneConfig
 from lane.health import MIN_FREE_BYTES
 from lane.install import TOP_LEVEL, clashes
+from lane.transport.mqtt import Credentials, LinkErrors, MqttLink
 from scanner.camera_net import redact, redact_text
 from scanner.health import CaptureSettings, SourceEvent, is_black
 from scanner.sources import DEFAULT_SETTINGS, Frame, open_source

@@ -20,11 +20,13 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, OrderedDict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from barrier.health_message import AcquirerHealth, CheckEntry, LaneHealth, health_topic
 from barrier.messages import AttendantCommand
 from lane.core.state import phase
+from lane.health import Check
 from lane.lane_health import (
     AcquirerSample,
     AlarmBook,
@@ -33,12 +35,10 @@ from lane.lane_health import (
     acquirer_sample,
     uplink_stalled,
 )
+from lane.view import LaneView
 from lane.window import Window
 from uplink.queue import QueueError
 from uplink.records import AuthInfo, RecordDraft
-
-if TYPE_CHECKING:
-    from lane.daemon import LaneDaemon
 
 log = logging.getLogger("lane.health_publisher")
 
@@ -54,8 +54,9 @@ RECORDED_BY_CORE = frozenset({"open"})
 
 
 class HealthPublisher:
-    def __init__(self, daemon: LaneDaemon) -> None:
+    def __init__(self, daemon: LaneView, readiness: Callable[[], list[Check]]) -> None:
         self.daemon = daemon
+        self.readiness = readiness
         self.lane = daemon.lane
         self.wall = daemon.clocks.wall
         self.monotonic = daemon.clocks.monotonic
@@ -150,7 +151,7 @@ class HealthPublisher:
 
     async def _write(self, cmd: AttendantCommand, draft: RecordDraft) -> None:
         try:
-            record = await asyncio.to_thread(self.daemon.queue.append, draft)
+            record = await self.daemon.queue.append(draft)
         except (QueueError, OSError) as exc:
             log.error(
                 "attendant action not recorded",
@@ -184,7 +185,7 @@ class HealthPublisher:
     def _judge(self) -> None:
         """Raise or clear the alarms this module owns; sample the camera's frame rate."""
         d = self.daemon
-        uplink = d.ops.uplink
+        uplink = d.uplink_status
         if uplink is not None:
             limit = d.config.uplink.stalled_after_s
             self._set_alarm(
@@ -192,11 +193,10 @@ class HealthPublisher:
             )
         self.acquirer.prune(self.monotonic())
         self._set_alarm("acquirer_unhealthy", acquirer_alarm(self._acquirer()))
-        if d.pipeline is not None:
-            now, frames = self.monotonic(), d.pipeline.stats().frames_in
-            if self._frames is not None and now > self._frames[0]:
-                self.fps = round((frames - self._frames[1]) / (now - self._frames[0]), 1)
-            self._frames = (now, frames)
+        now, frames = self.monotonic(), d.pipeline.stats().frames_in
+        if self._frames is not None and now > self._frames[0]:
+            self.fps = round((frames - self._frames[1]) / (now - self._frames[0]), 1)
+        self._frames = (now, frames)
         self.book.sync(d.runner.alarms, self._now_us())
 
     def _set_alarm(self, code: str, message: str | None) -> None:
@@ -209,12 +209,12 @@ class HealthPublisher:
 
     def message(self) -> LaneHealth:
         d = self.daemon
-        uplink = d.ops.uplink
+        uplink = d.uplink_status
         return LaneHealth(
             phase=self.phase,
             phase_since_us=self.phase_since_us,
             alarms=self.book.entries(),
-            checks=[CheckEntry(c.name, c.ok, c.detail[:256]) for c in d.ops.readiness()],
+            checks=[CheckEntry(c.name, c.ok, c.detail[:256]) for c in self.readiness()],
             counters=dict(self.counters),
             acquirer=self._acquirer(),
             ts_us=self._now_us(),

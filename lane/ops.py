@@ -1,9 +1,11 @@
 """The lane's operations shell: metrics collection and the HTTP endpoints of one LaneDaemon.
 
-`LaneOps(daemon)` hooks the metrics into the daemon (runner observer, barrier command timing,
-acquirer request tracing); `run()` (a task of the daemon's TaskGroup) measures the event loop's
-heartbeat, refreshes the adapters' figures every second and, when `[metrics] port` is set,
-serves:
+`LaneOps(lane, metrics)` reads a running lane (`lane.view.LaneView`); the daemon builds the
+metrics first and wires them in itself (runner observer, `TimedBarrier` around the barrier
+port, acquirer request tracing), so nothing is patched after construction. `run()` (a task
+of the daemon's TaskGroup) measures the event loop's heartbeat, refreshes the adapters' figures
+every second (the queue's from the daemon's last read, not the disk) and, when
+`[metrics] port` is set, serves:
 
     GET /metrics   Prometheus text exposition of this lane's own registry
     GET /healthz   liveness: 200 while the event loop turns and the runner task is alive
@@ -23,9 +25,8 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from aiohttp import TraceConfig, web
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from barrier.messages import BarrierAck
@@ -33,10 +34,8 @@ from lane import health
 from lane.health import Check
 from lane.metrics import LaneMetrics, Snapshot
 from lane.runner import BarrierPort
+from lane.view import LaneView
 from uplink.forwarder import UplinkStatus
-
-if TYPE_CHECKING:
-    from lane.daemon import LaneDaemon
 
 log = logging.getLogger("lane.ops")
 
@@ -63,13 +62,13 @@ class TimedBarrier:
 
 
 class LaneOps:
-    def __init__(self, daemon: LaneDaemon, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, daemon: LaneView, metrics: LaneMetrics, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.daemon = daemon
         self.lane = daemon.lane
         self._clock = clock
-        self.metrics = LaneMetrics(daemon.lane, daemon.config.lane.mode, clock=clock)
-        daemon.runner.observers.append(self.metrics.observe_note)
-        daemon.runner.barrier = TimedBarrier(daemon.runner.barrier, self.metrics)
+        self.metrics = metrics
         self.runner_task: asyncio.Task[None] | None = None  # set by the daemon when it starts
         self.uplink: UplinkStatus | None = None
         self.disk: tuple[bool, int | None] = (False, None)  # data dir writable, bytes free
@@ -82,10 +81,6 @@ class LaneOps:
     def barrier_acked(self, ack: BarrierAck) -> None:
         self.metrics.barrier_acked(ack.cmd_id)
 
-    def http_traces(self) -> list[TraceConfig]:
-        """Trace configs for the HTTP session the acquirer client uses."""
-        return [self.metrics.acquirer_trace()]
-
     def status_links(self) -> dict[str, bool]:
         return health.as_links(self.readiness())
 
@@ -97,7 +92,7 @@ class LaneOps:
         writable, free = self.disk
         return health.readiness(
             health.ReadinessFacts(
-                camera_running=pipeline is not None and not pipeline.stats().source_ended,
+                camera_running=not pipeline.stats().source_ended,
                 broker_connected=d.link.connected,
                 barrier_state=d.runner.state.barrier,
                 queue_bytes=None if self.uplink is None else self.uplink.bytes_used,
@@ -120,12 +115,12 @@ class LaneOps:
     async def refresh(self) -> None:
         """Read the adapters (queue, disk: off the loop) and update the metrics."""
         d = self.daemon
-        self.uplink = await d.forwarder.status()
+        self.uplink = d.uplink_status
         self.disk = await asyncio.to_thread(_disk_facts, d.config.lane.data_dir)
         keys = d.verifier.keys
         self.metrics.update(
             Snapshot(
-                scan=None if d.pipeline is None else d.pipeline.stats(),
+                scan=d.pipeline.stats(),
                 mqtt={
                     "barrier": (d.link.connected, d.link.mqtt.reconnects),
                     "uplink": (d.uplink.connected.is_set(), d.uplink.reconnects),

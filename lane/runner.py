@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,7 +51,9 @@ class PaymentsPort(Protocol):
 
 
 class RecordStore(Protocol):
-    def append(self, draft: RecordDraft) -> Record: ...
+    """The queue (uplink.queue_thread.QueueThread): append returns once the record is on disk."""
+
+    async def append(self, draft: RecordDraft) -> Record: ...
 
 
 Observer = Callable[[str, dict[str, Any]], None]
@@ -64,6 +65,7 @@ class Clocks:
 
     monotonic: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 class LaneRunner:
@@ -75,22 +77,23 @@ class LaneRunner:
         store: RecordStore,
         *,
         clocks: Clocks | None = None,
-        on_record: Callable[[Record], None] | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.state = state
         self.barrier = barrier
         self.payments = payments
         self.store = store
         self.clocks = clocks or Clocks()
-        self.on_record = on_record
         self.lane = state.rules.lane_id
         self.events: asyncio.Queue[ev.Event] = asyncio.Queue()
         self.alarms: dict[str, str] = {}
-        self.observers: list[Observer] = []
-        self.changed = asyncio.Event()
+        # The one way out: every note (phase, alarm, record, display, ...) reaches each observer.
+        self.observers: list[Observer] = list(observers)
+        # Bumped on every change an outside reader may care about (state, alarms, tasks);
+        # `wait_changed` is the only reader of the event, so it is the only one to clear it.
+        self.version = 0
+        self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        # SQLite connections belong to one thread: every queue call runs on this one.
-        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-queue")
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -103,7 +106,17 @@ class LaneRunner:
     def alarm(self, code: str, message: str | None) -> None:
         """Raise (message) or clear (None) an alarm the shell itself detected (camera, keys)."""
         self._execute(ClearAlarm(code) if message is None else RaiseAlarm(code, message))
-        self.changed.set()
+        self._bump()
+
+    async def wait_changed(self, seen: int) -> int:
+        """Wait until `version` is past `seen`; return the new version (bound it with a timeout).
+
+        No change is lost: the version moves before the event is set, and between the check
+        and the wait nothing else runs."""
+        while self.version == seen:
+            self._changed.clear()
+            await self._changed.wait()
+        return self.version
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -122,7 +135,6 @@ class LaneRunner:
                 self.handle(event)
         finally:
             await self.drain(grace_s=2.0)
-            self._disk.shutdown(wait=True)
 
     def handle(self, event: ev.Event) -> None:
         before = phase(self.state)
@@ -132,7 +144,7 @@ class LaneRunner:
         after = phase(self.state)
         if after != before:
             self._notify("phase", {"from": before.value, "to": after.value})
-        self.changed.set()
+        self._bump()
 
     def idle(self) -> bool:
         """Nothing in progress that a shutdown should wait for."""
@@ -196,9 +208,8 @@ class LaneRunner:
         self.post(decision)
 
     async def _persist(self, action: Persist) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            record = await loop.run_in_executor(self._disk, self.store.append, action.draft)
+            record = await self.store.append(action.draft)
         except QueueFull as exc:
             log.error(
                 "queue full",
@@ -232,8 +243,6 @@ class LaneRunner:
             },
         )
         self.post(ev.Persisted(action.persist_id, record.record_id, record.seq))
-        if self.on_record is not None:
-            self.on_record(record)
         self._notify("record", {"record": {"v": record.v, **record.to_map()}})
 
     async def _command(self, action: OpenBarrier | CloseBarrier) -> None:
@@ -277,8 +286,13 @@ class LaneRunner:
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._done(what, t))
 
+    def _bump(self) -> None:
+        self.version += 1
+        self._changed.set()
+
     def _done(self, what: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._bump()  # idle() may have become true
         if task.cancelled():
             return
         exc = task.exception()

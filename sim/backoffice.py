@@ -14,7 +14,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from barrier.mqtt import MqttLink
+from lane.transport.mqtt import MqttLink
 from uplink.ingest import Ingest, IngestStats
 from uplink.sqlite_store import SqliteIngestStore
 

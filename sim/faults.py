@@ -14,12 +14,10 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from sim.acquirer_faults import Outage
-
-if TYPE_CHECKING:
-    from sim.harness import Simulator
+from sim.plaza import Plaza
 
 log = logging.getLogger("lane.sim.faults")
 
@@ -187,7 +185,7 @@ class ActiveFault:
 class FaultController:
     """Turns fault names into actions on the running simulator; remembers what is active."""
 
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: Plaza) -> None:
         self.sim = sim
         self.active: dict[tuple[str, str | None], ActiveFault] = {}
         self.history: list[dict[str, Any]] = []

@@ -23,7 +23,6 @@ import random
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from sim.codes import CodeFactory
 from sim.faults import FaultController, play_timeline
 from sim.lane import Outcome, SimLane
 from sim.networks import SimNetworks
+from sim.options import SimOptions
 from sim.report import plaza_report, plaza_view
 from sim.scenario import Scenario
 from sim.traffic import Driver, Mix, plan
@@ -44,34 +44,6 @@ log = logging.getLogger("lane.sim")
 REPLAY_MIN_AGE_S = 4.0  # real seconds; above the scanner's 3 s dedup window
 
 __all__ = ["Outcome", "SimLane", "SimOptions", "Simulator", "run_headless", "run_scenario"]
-
-
-@dataclass
-class SimOptions:
-    seed: int = 1
-    speed: float = 1.0
-    mix: Mix = field(default_factory=Mix)
-    conditions: str = "realistic"
-    fps: float = 30.0
-    frame_size: tuple[int, int] = (1280, 720)
-    lane_id: str = "p01/l01"  # the first lane; more lanes count on from it (p01/l02, ...)
-    lanes: int = 1
-    mode: str = "toll"  # toll | transit-entry | transit-exit
-    workdir: Path | None = None
-    reaction_s: float = 0.6  # from stopping at the pay point to the phone in front of the camera
-    move_up_s: float = 1.0  # from the vehicle ahead leaving the entry loop to the next on it
-    max_tries: int = 3
-    acquirer: Faults = field(default_factory=Faults)  # the acquirer's everyday behaviour
-    decode_workers: int = 2
-
-    def lane_ids(self) -> list[str]:
-        plaza, first = self.lane_id.split("/", 1)
-        digits = "".join(c for c in first if c.isdigit())
-        stem = first[: len(first) - len(digits)] if digits else first
-        start = int(digits) if digits else 1
-        if self.lanes == 1:
-            return [self.lane_id]
-        return [f"{plaza}/{stem}{start + i:02d}" for i in range(self.lanes)]
 
 
 class Simulator:

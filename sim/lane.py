@@ -19,21 +19,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from barrier.device import DeviceEmulator, Timings
 from lane.config import LaneConfig, parse_config
 from lane.core.state import phase
-from lane.daemon import LaneDaemon
+from lane.daemon import LaneDaemon, build
 from scanner.sources import PushSource
 from sim.broker import Mosquitto
 from sim.camera import SyntheticCamera
+from sim.options import SimOptions
 from sim.stats import LaneStats
 from sim.traffic import Driver
 from uplink.records import Record
-
-if TYPE_CHECKING:
-    from sim.harness import Simulator
 
 log = logging.getLogger("lane.sim")
 
@@ -138,8 +136,27 @@ async def _wait_daemon(daemon: asyncio.Task[Any], timeout: float) -> None:  # no
         log.error("lane daemon did not stop", extra={"timeout_s": timeout})
 
 
+class LaneHost(Protocol):
+    """What a SimLane asks of the simulator that runs it (`sim.harness.Simulator`)."""
+
+    options: SimOptions
+    network_auth: dict[str, Any]
+
+    @property
+    def speed(self) -> float: ...
+
+    @property
+    def workdir(self) -> Path: ...
+
+    def sim_time(self) -> float: ...
+
+    def code_for(self, kind: str, lane: SimLane) -> tuple[str, str | None]: ...
+
+    def token_accepted(self, text: str, lane_id: str) -> None: ...
+
+
 class SimLane:
-    def __init__(self, sim: Simulator, index: int, lane_id: str) -> None:
+    def __init__(self, sim: LaneHost, index: int, lane_id: str) -> None:
         self.sim = sim
         self.index = index
         self.lane_id = lane_id
@@ -204,7 +221,7 @@ class SimLane:
         source = PushSource()
         self.camera = SyntheticCamera(fps=o.fps, size=o.frame_size, rng=o.seed * 100 + self.index)
         # A simulator stopping needs no long grace for the vehicle in progress.
-        self.daemon = LaneDaemon(config, source=source, shutdown_grace_s=STOP_GRACE_S)
+        self.daemon = await build(config, source=source, shutdown_grace_s=STOP_GRACE_S)
         self.daemon.runner.observers += [self.watch, self.stats, self._on_note]
         self._spawn(self.device.run(), "device")
         self._spawn(self.daemon.run(self._stop), "daemon")
@@ -272,7 +289,7 @@ class SimLane:
         full), or give the bound back."""
         if self.daemon is None:
             return
-        queue = self.daemon.queue
+        queue = self.daemon.queue.sync  # the bound is a plain setting, read at each append
         if not on:
             if self._quota is not None:
                 queue.max_bytes, self._quota = self._quota, None

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lane.window import percentiles
 from sim.lane import Look, Outcome, SimLane
+from sim.plaza import Plaza
 from sim.stats import Histogram
 from sim.traffic import VALID_KINDS
 from uplink.records import Record
-
-if TYPE_CHECKING:
-    from sim.harness import Simulator
 
 
 def figures(
@@ -123,7 +121,7 @@ def lane_figures(lane: SimLane, ingested: set[str]) -> dict[str, Any]:
     return data
 
 
-def plaza_report(sim: Simulator, ingested: Mapping[str, set[str]]) -> dict[str, Any]:
+def plaza_report(sim: Plaza, ingested: Mapping[str, set[str]]) -> dict[str, Any]:
     o = sim.options
     outcomes = [out for lane in sim.lanes for out in lane.outcomes]
     records = {rid: r for lane in sim.lanes for rid, r in lane.records_written.items()}

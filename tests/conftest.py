@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from pg_server import own_database, postgres_server
 
-from barrier import topics
 from barrier.messages import LaneStatus
-from barrier.mqtt import Incoming, MqttLink
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
 from sim.broker import Mosquitto, running_mosquitto
 
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from barrier.mqtt import Incoming, LinkDown, MqttLink
+from lane.transport.mqtt import Incoming, LinkDown, MqttLink
 from sim.broker import Mosquitto
 
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 
 import uvloop
 
-from barrier.mqtt import Credentials
 from lane.log import setup_logging
+from lane.transport.mqtt import Credentials
 from uplink.ingest import Ingest
 from uplink.ingest_metrics import MetricsServer
 from uplink.sqlite_store import SqliteIngestStore

@@ -23,18 +23,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from barrier.mqtt import LinkDown
-from barrier.topics import uplink_acks, uplink_records
-from barrier.wire import PayloadError
-from lane.ids import new_id
+from lane.transport.mqtt import LinkDown
+from lane.wire.codec import PayloadError
+from lane.wire.ids import new_id
+from lane.wire.topics import uplink_acks, uplink_records
 from uplink.messages import MAX_BATCH_RECORDS, Ack, Held, decode_ack, encode_batch
-from uplink.queue import QueueError, RecordQueue
+from uplink.queue import QueueError
+from uplink.queue_thread import QueueThread
 
 log = logging.getLogger("lane.uplink.forwarder")
 
 
 class PublishLink(Protocol):
-    """What the forwarder needs of barrier.mqtt.MqttLink (which satisfies it)."""
+    """What the forwarder needs of lane.transport.mqtt.MqttLink (which satisfies it)."""
 
     connected: asyncio.Event
     reconnects: int
@@ -70,7 +71,7 @@ class _Inflight:
 class Forwarder:
     def __init__(
         self,
-        queue: RecordQueue,
+        queue: QueueThread,
         link: PublishLink,
         lane: str,
         *,
@@ -145,7 +146,7 @@ class Forwarder:
         self.acks.put_nowait(ack)
 
     async def status(self) -> UplinkStatus:
-        b = await asyncio.to_thread(self.queue.backlog)
+        b = await self.queue.backlog()
         age = None if b.oldest_ts_us is None else max(0.0, self._wall() - b.oldest_ts_us / 1e6)
         return UplinkStatus(
             backlog=b.count,
@@ -236,7 +237,7 @@ class Forwarder:
             refused.extend(ack.refused)
         if not held and not refused:
             return
-        deleted = set(await asyncio.to_thread(self.queue.ack, held)) if held else set()
+        deleted = set(await self.queue.ack(held)) if held else set()
         self._last_ack_wall = self._wall()
         self._refused -= deleted
         done = deleted | {h.seq for h in refused}
@@ -280,7 +281,7 @@ class Forwarder:
             self._reoffer_at = None
             self._sent_upto = 0
         while len(self._inflight) < self.window:
-            rows = await asyncio.to_thread(self.queue.batch, self._sent_upto, self.batch_size)
+            rows = await self.queue.batch(self._sent_upto, self.batch_size)
             if not rows:
                 return
             batch_id = new_id()

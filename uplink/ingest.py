@@ -22,9 +22,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from barrier.mqtt import Credentials, Incoming, LinkDown, MqttLink
-from barrier.topics import uplink_acks
-from barrier.wire import PayloadError
+from lane.transport.mqtt import Credentials, Incoming, LinkDown, MqttLink
+from lane.wire.codec import PayloadError
+from lane.wire.topics import uplink_acks
 from uplink.holes import HoleEvent, HoleState, HoleWatch
 from uplink.messages import Ack, Batch, Held, decode_batch, encode_ack, lane_of
 from uplink.records import Record

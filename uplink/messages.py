@@ -1,6 +1,6 @@
 """The uplink wire format: record batches (lane -> back office) and acks (back office -> lane).
 
-Pure encode/decode on top of barrier.wire; every decode error is a PayloadError naming the
+Pure encode/decode on top of lane.wire.codec; every decode error is a PayloadError naming the
 problem. Records travel as the exact bytes the lane stored, never re-encoded.
 
     batch: {v: 2, lane, epoch, base, batch_id, first_seq, last_seq, records: [bin, ...]}
@@ -21,7 +21,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from barrier.wire import PayloadError, field, pack, unpack
+from lane.wire.codec import PayloadError, field, pack, unpack
 
 BATCH_VERSION = 2
 ACK_VERSION = 2

@@ -10,8 +10,9 @@ a queue of another lane, or of a newer schema) raises `QueueError` naming the fi
 created under a temporary name and renamed into place, so a file at `path` is always a complete
 queue and an empty or garbage one is reported as corrupt instead of being silently re-initialised.
 
-Methods are synchronous and thread-safe (one lock around one connection); the asyncio shell calls
-them through `asyncio.to_thread`.
+Methods are synchronous and thread-safe (one lock around one connection, for tools and tests
+that share a queue between threads); the asyncio shell calls them only through
+`uplink.queue_thread.QueueThread`, whose one worker thread owns the connection.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from barrier.wire import PayloadError
-from lane.ids import new_id, uuid7
+from lane.wire.codec import PayloadError
+from lane.wire.ids import new_id, uuid7
 from uplink.messages import Held, QueueIdentity, digest
 from uplink.records import Record, RecordDraft
 
@@ -144,15 +145,23 @@ def migrate(db: sqlite3.Connection, path: Path, steps: Mapping[int, Migration] =
     return version
 
 
+# SQLite's primary result codes (the low byte of an extended code) that name the file's state.
+DISK_FULL_CODES = frozenset({sqlite3.SQLITE_FULL})
+CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
 def _classify(path: Path, exc: sqlite3.Error) -> QueueError:
-    text = str(exc)
-    if "disk is full" in text or "database or disk is full" in text:
-        return QueueDiskFull(path, f"database or disk is full ({text})")
-    if isinstance(exc, sqlite3.DatabaseError) and (
-        "not a database" in text or "malformed" in text or "corrupt" in text
-    ):
-        return QueueCorrupt(path, f"corrupted queue file, left untouched: {text}")
-    return QueueError(path, f"{exc.__class__.__name__}: {text}")
+    """By SQLite's result code, never by message text (which SQLite may word differently).
+
+    An error without a code (a closed connection, a misuse) is a plain QueueError."""
+    code: int | None = getattr(exc, "sqlite_errorcode", None)
+    name = getattr(exc, "sqlite_errorname", None) or exc.__class__.__name__
+    primary = None if code is None else code & 0xFF
+    if primary in DISK_FULL_CODES:
+        return QueueDiskFull(path, f"database or disk is full ({name}: {exc})")
+    if primary in CORRUPT_CODES:
+        return QueueCorrupt(path, f"corrupted queue file, left untouched ({name}: {exc})")
+    return QueueError(path, f"{name}: {exc}")
 
 
 class RecordQueue:

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from barrier.wire import PayloadError, optional, pack, unpack
-from barrier.wire import field as required
+from lane.wire.codec import PayloadError, optional, pack, unpack
+from lane.wire.codec import field as required
 
 RECORD_VERSION = 1
 # entry: a closed road's entry lane let a vehicle on and issued a pass (amount 0);

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from barrier.wire import PayloadError
+from lane.wire.codec import PayloadError
 from uplink.records import Record
 
 END_OF_TIME_US = 1 << 62

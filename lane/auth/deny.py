@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from barrier.wire import pack
 from lane.auth.sourced import (
     Reader,
     SourcedError,
@@ -24,6 +23,7 @@ from lane.auth.sourced import (
     type_name,
     unpack_object,
 )
+from lane.wire.codec import pack
 
 DENY_VERSION = 1
 

@@ -71,6 +71,7 @@ class TokenIssuer:
         ValueError when the kid or the account is too long for QR version 5-L."""
         return issue_compact_token(self.private_key, self.kid, account_ref, iat, iat + ttl_s)
 
+
 @dataclass(frozen=True)
 class PlazaPassKey:
     """An entry plaza's pass signing key (the entry lanes of that plaza hold it)."""

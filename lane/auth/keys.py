@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 
-from barrier.wire import pack
 from lane.auth.cose import Alg, PublicKey, alg_of_public
 from lane.auth.sourced import (
     Reader,
@@ -31,6 +30,7 @@ from lane.auth.sourced import (
     type_name,
     unpack_object,
 )
+from lane.wire.codec import pack
 
 KEYSET_VERSION = 1
 MAX_KID_LEN = 64  # as lane.auth.tokens accepts

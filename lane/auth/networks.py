@@ -42,9 +42,33 @@ from scanner.payload import EmvPayload, PaymentCodePayload, classify
 log = logging.getLogger("lane.auth.networks")
 
 CodeKind = Literal["alipay", "wechat", "unionpay", "emv"]
-# Where the lane sends online codes when no acquirer is configured: nothing listens there, so
-# every online code follows the offline policy.
-UNREACHABLE_ACQUIRER = "http://127.0.0.1:9"
+
+
+class NoAcquirer:
+    """The acquirer port of a lane configured without one: every call is unavailable at once,
+    so every online code follows the offline policy, as it would in an acquirer outage."""
+
+    reason = "no acquirer configured"
+
+    def reverse_rule(self, payment_id: str) -> ReverseRule:
+        return ReverseRule()
+
+    async def pay(  # noqa: PLR0917 - mirrors the Acquirer port
+        self,
+        payment_id: str,
+        code: str,
+        amount_minor: int,
+        currency: str,
+        lane: str,
+        timeout_s: float,
+    ) -> AcquirerResult:
+        raise AcquirerUnavailable(self.reason)
+
+    async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        raise AcquirerUnavailable(self.reason)
+
+    async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        raise AcquirerUnavailable(self.reason)
 
 
 class UnroutableCodeError(ValueError):
@@ -264,7 +288,8 @@ def _make(
         return wechatpay_client(auth, keys, session, wall)
     if auth.acquirer_url is None:
         log.warning("no acquirer configured: online codes follow the offline policy")
-    return AcquirerClient(auth.acquirer_url or UNREACHABLE_ACQUIRER, session)
+        return NoAcquirer()
+    return AcquirerClient(auth.acquirer_url, session)
 
 
 def alipay_client(

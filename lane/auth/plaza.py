@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from barrier.mqtt import Incoming, LinkDown, MqttLink
-from barrier.wire import PayloadError, field, pack, unpack
 from lane.auth.replay import ReplayStore, ReplayStoreError
+from lane.transport.mqtt import Incoming, LinkDown, MqttLink
+from lane.wire.codec import PayloadError, field, pack, unpack
 
 log = logging.getLogger("lane.auth.plaza")
 

@@ -63,8 +63,7 @@ MIGRATED_KEEP_S = 3600.0
 
 def _add_ledger_v2(conn: sqlite3.Connection) -> None:
     conn.execute(
-        "ALTER TABLE used_tokens ADD COLUMN keep_until REAL NOT NULL"
-        f" DEFAULT {MIGRATED_KEEP_S}"
+        f"ALTER TABLE used_tokens ADD COLUMN keep_until REAL NOT NULL DEFAULT {MIGRATED_KEEP_S}"
     )
     conn.execute("CREATE TABLE ledger (name TEXT PRIMARY KEY, value REAL NOT NULL)")
     conn.execute("INSERT INTO ledger VALUES ('elapsed', 0)")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from barrier.wire import DuplicateKey, PayloadError, unique_map, unpack
+from lane.wire.codec import DuplicateKey, PayloadError, unique_map, unpack
 
 
 class SourcedError(ValueError):

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from barrier.mqtt import Credentials, tls_context
 from barrier.watch import PASSWORD_ENV, parse_broker
 from lane.console.feed import ConsoleFeed, lane_filter
 from lane.console.model import Plaza
@@ -27,6 +26,7 @@ from lane.console.server import Console
 from lane.console.users import Role, User, UsersError, add_user, load_users
 from lane.daemon import install_signal_handlers, run_with_uvloop
 from lane.log import setup_logging
+from lane.transport.mqtt import Credentials, tls_context
 
 log = logging.getLogger("lane.console")
 

@@ -9,10 +9,10 @@ import ssl
 import time
 from collections.abc import Callable
 
-from barrier import topics
 from barrier.messages import AttendantCommand
-from barrier.mqtt import Credentials, Incoming, MqttLink
 from lane.console.model import Plaza
+from lane.transport.mqtt import Credentials, Incoming, MqttLink
+from lane.wire import topics
 
 log = logging.getLogger("lane.console.feed")
 

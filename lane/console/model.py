@@ -21,10 +21,10 @@ from barrier.messages import (
     SensorReading,
 )
 from barrier.peripherals import PlateReading
-from barrier.topics import PLATE
-from barrier.wire import PayloadError, unpack
 from lane.alarm_severity import Severity, worst
 from lane.window import Window, percentiles
+from lane.wire.codec import PayloadError, unpack
+from lane.wire.topics import PLATE
 
 PRESENCE_SENSORS = ("entry_loop", "safety_loop", "exit_loop", "light_curtain")
 # Phases a lane passes through in seconds; longer than this in one of them is worth a look.

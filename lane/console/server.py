@@ -24,12 +24,12 @@ from typing import Any
 from aiohttp import web
 
 from barrier.messages import ATTENDANT_OPS, AttendantCommand
-from barrier.mqtt import LinkDown
-from barrier.wire import PayloadError
 from lane.console.feed import ConsoleFeed
 from lane.console.model import Plaza, alarm_active
 from lane.console.users import Sessions, User
-from lane.ids import new_id
+from lane.transport.mqtt import LinkDown
+from lane.wire.codec import PayloadError
+from lane.wire.ids import new_id
 
 log = logging.getLogger("lane.console")
 

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from polling import ManualClock, eventually
 
 from lane.auth.acquirer import (
     AcquirerClient,
@@ -145,14 +146,17 @@ async def test_emv_payload_is_accepted(client: AcquirerClient) -> None:
     assert result.status is PaymentStatus.SUCCEEDED
 
 
-async def test_pending_turns_succeeded_later(
-    acquirer: AcquirerServer, client: AcquirerClient
-) -> None:
-    acquirer.update_faults(pending_rate=1.0, pending_ms=60)
-    assert (await pay(client, "pid-p")).status is PaymentStatus.PENDING
-    assert (await client.query("pid-p", 1.0)).status is PaymentStatus.PENDING
-    await asyncio.sleep(0.08)
-    assert (await client.query("pid-p", 1.0)).status is PaymentStatus.SUCCEEDED
+async def test_pending_turns_succeeded_later() -> None:
+    clock = ManualClock()
+    async with (
+        running_acquirer(Faults(pending_rate=1.0, pending_ms=60), seed=7, clock=clock) as acq,
+        AcquirerClient(acq.url) as client,
+    ):
+        assert (await pay(client, "pid-p")).status is PaymentStatus.PENDING
+        clock.advance(0.059)
+        assert (await client.query("pid-p", 1.0)).status is PaymentStatus.PENDING
+        clock.advance(0.002)
+        assert (await client.query("pid-p", 1.0)).status is PaymentStatus.SUCCEEDED
 
 
 async def test_reverse_refunds_and_voids(acquirer: AcquirerServer, client: AcquirerClient) -> None:
@@ -198,17 +202,36 @@ async def test_outage_503_and_refused(acquirer: AcquirerServer, client: Acquirer
     assert (await client.query("pid-warm", 1.0)).status is PaymentStatus.SUCCEEDED
 
 
-async def test_outage_window_ends_by_itself(
-    acquirer: AcquirerServer, client: AcquirerClient
-) -> None:
-    acquirer.update_faults(outages=(Outage("refuse", start_s=0.0, duration_s=0.2),))
-    await asyncio.sleep(0.02)
-    with pytest.raises(AcquirerUnavailable):
-        await pay(client, "pid-w")
-    await asyncio.sleep(0.1)
-    acquirer.update_faults(latency_ms=1)  # other faults change: the window keeps its clock
-    await asyncio.sleep(0.12)
-    assert (await pay(client, "pid-w")).status is PaymentStatus.SUCCEEDED
+async def refused(client: AcquirerClient, pid: str) -> bool:
+    try:
+        await pay(client, pid)
+    except AcquirerUnavailable:
+        return True
+    return False
+
+
+async def test_outage_window_ends_by_itself() -> None:
+    clock = ManualClock()
+    async with (
+        running_acquirer(seed=7, clock=clock) as acquirer,
+        AcquirerClient(acquirer.url) as client,
+    ):
+        acquirer.update_faults(outages=(Outage("refuse", start_s=0.0, duration_s=20.0),))
+        await eventually(lambda: refused(client, "pid-w"), what="the outage")
+        clock.advance(10.0)
+        acquirer.update_faults(latency_ms=1)  # other faults change: the window keeps its clock
+        assert await refused(client, "pid-w")
+        clock.advance(10.0)  # the window's end, counted from when the outage was set
+        acquirer.update_faults(latency_ms=2)  # wakes the supervisor, which reads the clock
+        answer = await eventually(lambda: _paid(client, "pid-w"), what="the outage's end")
+        assert answer.status is PaymentStatus.SUCCEEDED
+
+
+async def _paid(client: AcquirerClient, pid: str) -> AcquirerResult | None:
+    try:
+        return await pay(client, pid)
+    except AcquirerUnavailable:
+        return None
 
 
 async def test_hang_never_answers_and_records_nothing(
@@ -226,11 +249,12 @@ async def test_success_after_the_client_gave_up(
     acquirer.update_faults(late_success_rate=1.0, late_success_ms=1)
     with pytest.raises(AcquirerTimeout):
         await client.pay("pid-late", wallet_code(), 100, "CNY", "l", 0.05)
-    for _ in range(50):
+
+    async def settled() -> AcquirerResult | None:
         answer = await client.query("pid-late", 1.0)
-        if answer.status is not PaymentStatus.PENDING:
-            break
-        await asyncio.sleep(0.005)
+        return None if answer.status is PaymentStatus.PENDING else answer
+
+    answer = await eventually(settled, what="the late success")
     assert answer.status is PaymentStatus.SUCCEEDED
     assert acquirer.payment("pid-late").charged  # type: ignore[union-attr]
 

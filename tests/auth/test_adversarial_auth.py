@@ -12,7 +12,6 @@ from typing import cast
 import cbor2
 import pytest
 
-from barrier.wire import PayloadError, pack
 from lane.auth.acquirer import AcquirerClient
 from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.base45 import b45decode, b45encode
@@ -34,6 +33,7 @@ from lane.auth.resolution_store import (
 from lane.auth.resolver import Resolver
 from lane.auth.tokens import PREFIX, Reason, TokenAccepted, TokenRefused, verify_token
 from lane.verifier import TokenVerifier
+from lane.wire.codec import PayloadError, pack
 
 S = PaymentState
 NOW = 1_800_000_000

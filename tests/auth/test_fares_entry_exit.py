@@ -77,7 +77,6 @@ def test_every_missing_cell_is_listed_at_once() -> None:
     assert all(f"P03->P0{x} class {c}" in message for x in (1, 2) for c in (1, 2, 3))
 
 
-
 def example_config(where: Path) -> None:
     """The shipped example config, naming tariff.toml and keyset.json beside it."""
     text = (DEPLOY / "lane.toml.example").read_text()

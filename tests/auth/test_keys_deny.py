@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from barrier.wire import pack
 from lane.auth.deny import (
     DenyList,
     DenyListError,
@@ -16,6 +15,7 @@ from lane.auth.deny import (
     parse_deny_list,
 )
 from lane.auth.trust import Verdict, judge_deny
+from lane.wire.codec import pack
 
 
 def newer_deny_list(current: DenyList, incoming: DenyList) -> DenyList:

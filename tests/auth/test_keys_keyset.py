@@ -10,7 +10,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from barrier.wire import pack
 from lane.auth.cose import Alg
 from lane.auth.issuer import TokenIssuer
 from lane.auth.keys import (
@@ -23,6 +22,7 @@ from lane.auth.keys import (
     load_keyset,
     parse_keyset,
 )
+from lane.wire.codec import pack
 
 ED = TokenIssuer.generate(Alg.ED25519, kid="k-ed", issuer="wallet.example", not_before=1000)
 ES = TokenIssuer.generate(Alg.ES256, kid=b"\x00\xff", issuer="bank.example", not_before=1000)

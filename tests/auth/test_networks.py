@@ -25,6 +25,7 @@ from lane.auth.acquirer import (
 from lane.auth.networks import (
     NetworkKeys,
     NetworkRouter,
+    NoAcquirer,
     WatchedAcquirer,
     build_acquirer,
     code_kind,
@@ -312,7 +313,20 @@ async def test_no_acquirer_configured_is_no_alarm(network_keys: Keys, tmp_path: 
         assert isinstance(built, NetworkRouter)
         routes = built._routes  # the wiring itself is what is under test
         assert isinstance(routes["alipay"], WatchedAcquirer)
-        assert isinstance(routes["emv"], AcquirerClient)
+        assert isinstance(routes["emv"], NoAcquirer)
+
+
+async def test_no_acquirer_is_unavailable_at_once_so_codes_follow_the_offline_policy() -> None:
+    """Not a client of an address where nothing listens: a type that never touches the network."""
+    cfg = parse_config({}).auth
+    async with aiohttp.ClientSession() as session:
+        built = build_acquirer(cfg, NetworkKeys.load(cfg), session)
+    assert isinstance(built, NoAcquirer)
+    with pytest.raises(AcquirerUnavailable, match="no acquirer configured"):
+        await built.pay("pid-1", "281234567890123456", 450, "CNY", "p01/l01", 1.0)
+    for call in (built.query, built.reverse):
+        with pytest.raises(AcquirerUnavailable):
+            await call("pid-1", 1.0)
 
 
 def test_check_config_reports_network_problems(tmp_path: Path, network_keys: Keys) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from lane.auth import bills
 from lane.auth.alipay_wire import beijing_time
 from lane.auth.reconcile import Finding, RecordedPayment, reconcile
-from lane.auth.reconcile_cli import day_of, fetch_wechat, main
+from lane.reconcile_cli import day_of, fetch_wechat, main
 from sim.network_bills import BillRow, alipay_bill_zip, wechat_bill_text
 from uplink.messages import QueueIdentity
 from uplink.pg import PostgresIngestStore

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from polling import eventually
 
-from barrier.mqtt import MqttLink
-from barrier.wire import PayloadError, pack
 from lane.auth.deny import DenyList
 from lane.auth.issuer import TokenIssuer
 from lane.auth.keys import KeySet
@@ -24,6 +23,8 @@ from lane.auth.plaza import (
 )
 from lane.auth.replay import ReplayStore
 from lane.auth.tokens import TokenAccepted, verify_token
+from lane.transport.mqtt import MqttLink
+from lane.wire.codec import PayloadError, pack
 from sim.broker import Mosquitto
 
 NOW = 1_800_000_000
@@ -76,9 +77,7 @@ async def lane_sharing(
 
 async def wait_for_mark(store: ReplayStore, token_id: str) -> None:
     # The mark lands in SQLite from a worker thread: poll the store itself, briefly.
-    async with asyncio.timeout(5):
-        while store.get(token_id) is None:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    await eventually(lambda: store.get(token_id) is not None, within=5, what=token_id)
 
 
 async def test_token_used_at_lane_a_is_refused_at_lane_b(

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from polling import eventually
 
 from lane.auth.acquirer import AcquirerClient, PaymentStatus
 from lane.auth.resolver import Backoff, PaymentState, ResolutionStore, Resolver
@@ -142,11 +143,13 @@ async def test_retries_while_the_acquirer_is_down(
 ) -> None:
     await begin_and_pay(resolver, client, "pay_down")
     acquirer.update_faults(outages=(Outage("refuse"),))
-    await asyncio.sleep(0.02)
     resolver.give_up("pay_down", "timeout")
-    await asyncio.sleep(0.15)  # several backoff rounds against a closed port
-    row = await resolver.get("pay_down")
-    assert row is not None and row.state is S.GIVEN_UP and row.attempts >= 2
+
+    async def retried() -> bool:  # several backoff rounds against a closed port
+        row = await resolver.get("pay_down")
+        return row is not None and row.state is S.GIVEN_UP and row.attempts >= 2
+
+    await eventually(retried, what="two failed reversal attempts")
     acquirer.update_faults(outages=())
     assert await final(resolver, "pay_down") is S.REVERSED
     assert charged_not_reversed(acquirer) == []
@@ -222,12 +225,8 @@ async def test_store_failure_does_not_kill_the_worker(
     def failures() -> int:
         return sum(r.message.startswith("payment resolution failed") for r in caplog.records)
 
-    for _ in range(200):  # several failed rounds, however loaded the machine is
-        if failures() >= 2:
-            break
-        await asyncio.sleep(0.025)
+    await eventually(lambda: failures() >= 2, what="several failed rounds")
     await resolver.stop()  # would re-raise here had the worker died
-    assert failures() >= 2
 
 
 async def test_run_alone_recovers_first(

@@ -11,11 +11,11 @@ import msgpack
 import pytest
 
 from barrier import gate as g
-from barrier import topics
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import BarrierCommand
-from barrier.mqtt import MqttLink
-from barrier.wire import PayloadError
+from lane.transport.mqtt import MqttLink
+from lane.wire import topics
+from lane.wire.codec import PayloadError
 from sim.broker import Mosquitto
 
 FAST = Timings(opening_s=0.02, closing_s=0.02, slow_ack_s=0.05, step_s=0.01)

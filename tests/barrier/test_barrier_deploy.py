@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from barrier import topics
 from barrier.device import DeviceEmulator, Timings
 from barrier.link import BarrierLink
 from barrier.messages import BarrierAck, BarrierCommand, BarrierStatus, SensorReading
-from barrier.mqtt import Credentials, MqttLink
+from lane.transport.mqtt import Credentials, MqttLink
+from lane.wire import topics
 from sim.broker import Mosquitto, find_mosquitto, free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -8,10 +8,10 @@ import time
 
 from test_barrier_deploy import acl_broker, creds, needs_passwd, tasks
 
-from barrier import topics
 from barrier.health_message import AcquirerHealth, LaneHealth, health_topic
 from barrier.messages import AttendantCommand
-from barrier.mqtt import Incoming, MqttLink
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
 from sim.broker import Mosquitto
 
 __all__ = ["acl_broker"]  # the fixture, used by name

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from barrier.messages import BarrierCommand
-from barrier.wire import DuplicateKey, PayloadError, unpack
 from lane.auth.deny import DenyList, DenyListError, decode_deny_list, encode_deny_list
 from lane.auth.plaza import decode_used_token
+from lane.wire.codec import DuplicateKey, PayloadError, unpack
 
 
 def raw_map(pairs: list[tuple[Any, Any]]) -> bytes:

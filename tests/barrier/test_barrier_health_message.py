@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from barrier.health_message import AcquirerHealth, AlarmEntry, CheckEntry, LaneHealth
-from barrier.wire import PayloadError, pack
+from lane.wire.codec import PayloadError, pack
 
 ids = st.text(st.characters(min_codepoint=97, max_codepoint=122), min_size=1, max_size=20)
 times = st.integers(0, 2**62)

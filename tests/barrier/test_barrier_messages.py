@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from barrier import topics
 from barrier.messages import (
     AttendantCommand,
     BarrierAck,
@@ -20,7 +19,8 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
-from barrier.wire import PayloadError, pack, unpack
+from lane.wire import topics
+from lane.wire.codec import PayloadError, pack, unpack
 
 MESSAGES: list[Any] = [
     BarrierCommand,

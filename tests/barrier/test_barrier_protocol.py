@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pytest
+from polling import eventually
 
-from barrier import topics
 from barrier.device import DeviceEmulator, Timings
 from barrier.link import BarrierLink
 from barrier.messages import (
@@ -23,8 +23,9 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
-from barrier.mqtt import Incoming, LinkDown, MqttLink
-from barrier.wire import pack, unpack
+from lane.transport.mqtt import Incoming, LinkDown, MqttLink
+from lane.wire import topics
+from lane.wire.codec import pack, unpack
 from sim.broker import Mosquitto, running_mosquitto
 
 T = TypeVar("T")
@@ -67,13 +68,6 @@ async def until(queue: asyncio.Queue[T], pred: Callable[[T], bool], within: floa
             item = await queue.get()
             if pred(item):
                 return item
-
-
-async def eventually(pred: Callable[[], bool], within: float = WAIT) -> None:
-    """Poll a plain attribute of the device (it has no event for every detail tests watch)."""
-    async with asyncio.timeout(within):
-        while not pred():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 @asynccontextmanager

@@ -8,12 +8,12 @@ import time
 
 from test_barrier_protocol import FAST, WAIT, Recorder, command, tasks, until
 
-from barrier import topics
 from barrier.device import DeviceEmulator
 from barrier.link import BarrierLink
 from barrier.messages import DeviceQuery, DeviceSnapshot
-from barrier.mqtt import MqttLink
-from barrier.wire import pack
+from lane.transport.mqtt import MqttLink
+from lane.wire import topics
+from lane.wire.codec import pack
 from sim.broker import Mosquitto
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_barrier_deploy import make_certs
 
-from barrier.mqtt import Incoming, MqttLink, tls_context
+from lane.transport.mqtt import Incoming, MqttLink, tls_context
 from sim.broker import Mosquitto, free_port
 
 

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from barrier import topics
 from barrier.messages import BarrierStatus, LaneStatus
-from barrier.mqtt import Incoming, MqttLink
 from barrier.watch import format_line, main, watch
-from barrier.wire import pack
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
+from lane.wire.codec import pack
 from sim.broker import Mosquitto, free_port
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 import pytest
 from test_barrier_protocol import eventually
 
-from barrier import topics
-from barrier.device_cli import main
 from barrier.device_control import ControlOp, DeviceControl, device_control
 from barrier.messages import BarrierStatus, SensorReading
-from barrier.mqtt import Incoming, MqttLink
-from barrier.wire import PayloadError
+from lane.device_cli import main
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
+from lane.wire.codec import PayloadError
 from sim.broker import Mosquitto
 
 LANE_CMD = [sys.executable, "-m", "lane"]

@@ -16,13 +16,13 @@ from modbus_kit import DRIVE_FAULT, DRIVE_REGISTER, SAFETY, IoController, io_map
 from pymodbus.constants import ExcCodes
 from test_barrier_protocol import Recorder, command, eventually, until
 
-from barrier import topics
-from barrier.device_cli import main as device_main
 from barrier.iomap import IoMap, IoMapError, load_iomap, parse_iomap
 from barrier.link import BarrierLink
 from barrier.messages import BarrierAck, BarrierCommand, DeviceQuery, DeviceSnapshot
 from barrier.modbus_bridge import ModbusBridge, ModbusIo
-from barrier.mqtt import Incoming, MqttLink
+from lane.device_cli import main as device_main
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
 from sim.broker import Mosquitto, free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -12,10 +12,8 @@ import pytest
 from test_barrier_deploy import acl_broker, creds, needs_passwd, tasks
 from test_barrier_protocol import until
 
-from barrier import topics
 from barrier.escpos import Ticket, encode_ticket
 from barrier.link import BarrierLink
-from barrier.mqtt import Credentials, Incoming, MqttLink
 from barrier.peripherals import (
     PlateReading,
     PrintAck,
@@ -25,10 +23,12 @@ from barrier.peripherals import (
     PrintJob,
 )
 from barrier.printer import PrinterEmulator, render_ticket
-from barrier.wire import pack
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.passes import EntryPass, PassAccepted, verify_pass
+from lane.transport.mqtt import Credentials, Incoming, MqttLink
+from lane.wire import topics
+from lane.wire.codec import pack
 from scanner.decoders import ZxingDecoder
 from sim.broker import Mosquitto
 

@@ -31,8 +31,8 @@ from barrier.peripherals import (
     PrintJob,
 )
 from barrier.watch import decode as watch_decode
-from barrier.wire import PayloadError, pack
 from lane.console.model import Plaza
+from lane.wire.codec import PayloadError, pack
 
 PASS_TEXT = "LP1:6BFOXN*TS0BI$ZD4N9:9S6RCVN5+O30K3/XIV0W23NTDEXWK G2EP4J0B"
 

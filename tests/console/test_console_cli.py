@@ -15,12 +15,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from polling import eventually
 
-from barrier import topics
 from barrier.health_message import AcquirerHealth, LaneHealth, health_topic
 from barrier.messages import AttendantCommand
-from barrier.mqtt import Incoming, MqttLink
 from lane.console.users import Role, add_user
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
 from sim.broker import Mosquitto, free_port
 
 
@@ -47,14 +48,13 @@ async def console(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[str]:
 
 
 async def _until(http: aiohttp.ClientSession, url: str, check: Any) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-    while True:
+    async def matching() -> dict[str, Any] | None:
         async with http.get(url + "api/state") as resp:
             state: dict[str, Any] = await resp.json()
-        if check(state):
-            return state
-        assert time.monotonic() < deadline, state
-        await asyncio.sleep(0.1)
+        return state if check(state) else None
+
+    found: dict[str, Any] = await eventually(matching, every=0.05, what="the console state")
+    return found
 
 
 async def test_lane_console_shows_real_lanes_and_acts_only_when_logged_in(
@@ -95,10 +95,7 @@ async def test_lane_console_shows_real_lanes_and_acts_only_when_logged_in(
             async with http.post(console + "api/action", data=json.dumps(body)) as resp:
                 assert resp.status == 200
                 sent = await resp.json()
-        deadline = time.monotonic() + 5
-        while not commands:
-            assert time.monotonic() < deadline, "no attendant command arrived"
-            await asyncio.sleep(0.05)
+        await eventually(lambda: commands, within=5, what="an attendant command")
         (cmd,) = commands
         assert (cmd.op, cmd.attendant, cmd.reason, cmd.cmd_id) == (
             "close_lane",

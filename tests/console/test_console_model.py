@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from barrier.health_message import AcquirerHealth, AlarmEntry, CheckEntry, LaneHealth
 from barrier.messages import BarrierStatus, DisplayMessage, LaneStatus, SensorReading
-from barrier.wire import pack
 from lane.console.feed import lane_filter
 from lane.console.model import SILENT_AFTER_S, STUCK_AFTER_S, Plaza, split_topic
+from lane.wire.codec import pack
 
 LANE = "p07/l03"
 T0 = 1_700_000_000.0

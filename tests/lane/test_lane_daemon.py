@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sqlite3
@@ -17,17 +18,18 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from polling import eventually
 
-from barrier import topics
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import BarrierCommand, LaneStatus
-from barrier.mqtt import MqttLink
 from lane.auth.cose import Alg
 from lane.auth.keys import IssuerKey, KeySet, encode_keyset, keyset_to_json
 from lane.auth.plaza import keys_topic
 from lane.auth.tokens import issue_token
 from lane.config import LaneConfig, parse_config
-from lane.daemon import LaneDaemon
+from lane.daemon import LaneDaemon, build
+from lane.transport.mqtt import MqttLink
+from lane.wire import topics
 from scanner.sources import PushSource
 from sim.acquirer import AcquirerServer
 from sim.broker import Mosquitto
@@ -106,7 +108,7 @@ async def running_lane(
     queue_path = config.lane.data_dir / "queue.sqlite3"
     device.received = RecordedBeforeOpen(queue_path)
     source = PushSource()
-    daemon = LaneDaemon(config, source=source, shutdown_grace_s=2.0)
+    daemon = await build(config, source=source, shutdown_grace_s=2.0)
     notes: list[tuple[str, dict[str, Any]]] = []
     daemon.runner.observers.append(lambda name, fields: notes.append((name, fields)))
     stop = asyncio.Event()
@@ -114,7 +116,7 @@ async def running_lane(
     try:
         await device.wait_connected(5)
         await daemon.link.wait_connected(5)
-        await wait_until(lambda: daemon.runner.state.barrier == "closed")
+        await eventually(lambda: daemon.runner.state.barrier == "closed")
         yield Lane(config, daemon, device, source, codes, notes, queue_path)
     finally:
         stop.set()
@@ -124,23 +126,16 @@ async def running_lane(
         await acquirer.stop()
 
 
-async def wait_until(cond: Any, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 async def show(lane: Lane, text: str, until: Any, within: float = 5.0) -> None:
     """Hold a phone showing `text` in front of the camera until `until()` holds."""
     frame = frame_for(text, "clear", rng=1)
-    deadline = time.monotonic() + within
-    while not until():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"lane did not react to the code; notes: {lane.notes[-5:]}")
-        lane.source.put(frame, time.monotonic())
-        await asyncio.sleep(0.03)
+    await eventually(
+        until,
+        within=within,
+        every=0.03,
+        what=f"the lane reacting to the code; notes: {lane.notes[-5:]}",
+        between=lambda: lane.source.put(frame, time.monotonic()),
+    )
 
 
 def named(lane: Lane, name: str) -> list[dict[str, Any]]:
@@ -149,7 +144,7 @@ def named(lane: Lane, name: str) -> list[dict[str, Any]]:
 
 async def test_paid_vehicle_record_is_durable_before_the_barrier_opens(lane: Lane) -> None:
     await lane.device.vehicle_enters(2)
-    await wait_until(lambda: named(lane, "vehicle_arrived"))
+    await eventually(lambda: named(lane, "vehicle_arrived"))
     token = lane.codes.make("token", int(time.time())).text
     await show(lane, token, lambda: named(lane, "barrier_opened"))
     opened = named(lane, "barrier_opened")[0]
@@ -166,12 +161,12 @@ async def test_paid_vehicle_record_is_durable_before_the_barrier_opens(lane: Lan
 async def test_replayed_token_is_refused_and_recorded_as_declined(lane: Lane) -> None:
     token = lane.codes.make("token", int(time.time())).text
     await lane.device.vehicle_enters(1)
-    await wait_until(lambda: len(named(lane, "vehicle_arrived")) == 1)
+    await eventually(lambda: len(named(lane, "vehicle_arrived")) == 1)
     await show(lane, token, lambda: named(lane, "barrier_opened"))
     await lane.device.vehicle_passes()
-    await wait_until(lambda: lane.daemon.runner.state.passage is None)
+    await eventually(lambda: lane.daemon.runner.state.passage is None)
     await lane.device.vehicle_enters(1)
-    await wait_until(lambda: len(named(lane, "vehicle_arrived")) == 2)
+    await eventually(lambda: len(named(lane, "vehicle_arrived")) == 2)
     await show(lane, token, lambda: named(lane, "declined"), within=8)
     assert named(lane, "declined")[0]["reason"] == "replayed"
     assert len(named(lane, "barrier_opened")) == 1
@@ -193,7 +188,7 @@ async def test_garbage_on_lane_topics_is_ignored(lane: Lane, mosquitto: Mosquitt
             for payload in (b"", b"\xc1", b"not msgpack at all", b"\x93\x01\x02\x03"):
                 await noise.publish(topic, payload)
         await lane.device.vehicle_enters(1)
-        await wait_until(lambda: named(lane, "vehicle_arrived"))
+        await eventually(lambda: named(lane, "vehicle_arrived"))
         assert lane.daemon.runner.state.faults == frozenset()
     finally:
         task.cancel()
@@ -219,12 +214,12 @@ async def test_sigterm_stops_cleanly_and_says_offline(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     try:
-        await wait_until(lambda: any(s.state == "idle" for s in statuses), within=20)
+        await eventually(lambda: any(s.state == "idle" for s in statuses), within=20)
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 20)
         out = (await proc.stdout.read()).decode() if proc.stdout else ""
         assert code == 0, out
-        await wait_until(lambda: statuses[-1].state == "offline")
+        await eventually(lambda: statuses[-1].state == "offline")
         assert '"event":"lane stopped"' in out
     finally:
         if proc.returncode is None:
@@ -260,10 +255,10 @@ async def test_a_replaced_key_set_file_is_taken_without_a_restart(lane: Lane) ->
     )
     assert lane.config.auth.keyset is not None
     lane.config.auth.keyset.write_text(keyset_to_json(rotated))
-    await wait_until(lambda: lane.daemon.verifier.keys.get(b"rotated") is not None, within=5)
+    await eventually(lambda: lane.daemon.verifier.keys.get(b"rotated") is not None, within=5)
     token = issue_token(new_key, b"rotated", "anyone", "acct-rotated", now, now + 60, b"n" * 16)
     await lane.device.vehicle_enters(1)
-    await wait_until(lambda: named(lane, "vehicle_arrived"))
+    await eventually(lambda: named(lane, "vehicle_arrived"))
     await show(lane, token, lambda: named(lane, "barrier_opened"))
 
 
@@ -272,7 +267,7 @@ async def test_broker_restarted_mid_vehicle_the_lane_recovers(
 ) -> None:
     async with running_lane(tmp_path, private_broker, lane_id) as lane:
         await lane.device.vehicle_enters(1)
-        await wait_until(lambda: named(lane, "vehicle_arrived"))
+        await eventually(lambda: named(lane, "vehicle_arrived"))
         await asyncio.to_thread(private_broker.restart)
 
         def raised(code: str) -> bool:
@@ -280,8 +275,8 @@ async def test_broker_restarted_mid_vehicle_the_lane_recovers(
 
         # The lane may already be back by the time the broker has restarted: look at the alarms
         # it raised on the way, not only at its state now.
-        await wait_until(lambda: raised("broker_down"), within=10)
-        await wait_until(lambda: lane.daemon.runner.state.faults == frozenset(), within=15)
+        await eventually(lambda: raised("broker_down"), within=10)
+        await eventually(lambda: lane.daemon.runner.state.faults == frozenset(), within=15)
         token = lane.codes.make("token", int(time.time())).text
         await show(lane, token, lambda: named(lane, "barrier_opened"), within=10)
         assert lane.device.received.violations == []  # type: ignore[attr-defined]
@@ -289,7 +284,7 @@ async def test_broker_restarted_mid_vehicle_the_lane_recovers(
 
 async def test_device_offline_faults_the_lane_and_it_recovers(lane: Lane) -> None:
     lane.device.set_fault("offline")
-    await wait_until(lambda: "barrier_offline" in lane.daemon.runner.state.faults, within=10)
+    await eventually(lambda: "barrier_offline" in lane.daemon.runner.state.faults, within=10)
     assert "barrier_offline" in lane.daemon.runner.alarms
     await lane.device.vehicle_enters(1)
     token = lane.codes.make("token", int(time.time())).text
@@ -300,7 +295,7 @@ async def test_device_offline_faults_the_lane_and_it_recovers(lane: Lane) -> Non
     assert named(lane, "barrier_opened") == []
     assert not any(n == "record" for n, _ in lane.notes)
     lane.device.set_fault(None)
-    await wait_until(lambda: lane.daemon.runner.state.faults == frozenset(), within=10)
+    await eventually(lambda: lane.daemon.runner.state.faults == frozenset(), within=10)
     assert "barrier_offline" not in lane.daemon.runner.alarms
 
 
@@ -320,7 +315,7 @@ async def test_a_key_set_published_on_the_plaza_topic_is_taken(
         plaza = lane.config.lane.plaza
         await backoffice.publish(keys_topic(plaza), b"garbage", retain=True)  # refused, logged
         await backoffice.publish(keys_topic(plaza), encode_keyset(rotated), retain=True)
-        await wait_until(lambda: lane.daemon.verifier.keys.get(b"over-mqtt") is not None)
+        await eventually(lambda: lane.daemon.verifier.keys.get(b"over-mqtt") is not None)
         assert lane.daemon.verifier.keys.issued_at == now + 5
         await backoffice.publish(keys_topic(plaza), b"", retain=True)  # clear the retained set
     finally:
@@ -328,15 +323,21 @@ async def test_a_key_set_published_on_the_plaza_topic_is_taken(
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_an_unreadable_queue_does_not_take_the_lane_down(lane: Lane) -> None:
+async def test_an_unreadable_queue_does_not_take_the_lane_down(
+    lane: Lane, caplog: pytest.LogCaptureFixture
+) -> None:
     """The once-a-second health read failing (disk error) is logged; every other task runs on."""
     runner_task = lane.daemon.ops.runner_task
     assert runner_task is not None
-    queue = lane.daemon.queue
+    queue = lane.daemon.queue.sync
     with queue._lock:  # the queue's file now reads as a broken one: every read is a QueueError
         real, queue._db = queue._db, sqlite3.connect(":memory:", check_same_thread=False)
     try:
-        await asyncio.sleep(1.3)  # the health loop reads the backlog once a second
+        with caplog.at_level(logging.ERROR, logger="lane.daemon"):
+            await eventually(
+                lambda: any(r.message == "queue health unreadable" for r in caplog.records),
+                what="the health loop's failed read",
+            )
         assert not runner_task.done()
     finally:
         with queue._lock:
@@ -352,13 +353,13 @@ async def test_a_task_that_fails_leaves_the_status_offline(
     statuses = lane_statuses
     with pytest.raises(ExceptionGroup):
         async with running_lane(tmp_path, mosquitto, lane_id) as lane:
-            await wait_until(lambda: any(s.state == "idle" for s in statuses))
+            await eventually(lambda: any(s.state == "idle" for s in statuses))
             runner_task = lane.daemon.ops.runner_task
             assert runner_task is not None
             # Not an event the core knows: the runner task fails, as a bug in it would.
             lane.daemon.runner.post(object())  # type: ignore[arg-type]
-            await wait_until(runner_task.done)
-    await wait_until(lambda: statuses[-1].state == "offline")
+            await eventually(runner_task.done)
+    await eventually(lambda: statuses[-1].state == "offline")
 
 
 async def test_status_changes_during_shutdown_do_not_outlive_offline(
@@ -369,7 +370,7 @@ async def test_status_changes_during_shutdown_do_not_outlive_offline(
     churn: asyncio.Task[None] | None = None
     try:
         async with running_lane(tmp_path, mosquitto, lane_id) as lane:
-            await wait_until(lambda: any(s.state == "idle" for s in statuses))
+            await eventually(lambda: any(s.state == "idle" for s in statuses))
 
             async def flap() -> None:  # a fault coming and going as the lane stops
                 n = 0

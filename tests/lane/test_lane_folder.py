@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import cv2
-from test_lane_daemon import wait_until
+from polling import eventually
 
 from barrier.device import DeviceEmulator, Timings
 from lane.config import parse_config
-from lane.daemon import LaneDaemon
+from lane.daemon import build
 from lane.health import all_ok
 from sim.broker import Mosquitto
 from sim.camera import frame_for
@@ -36,7 +36,7 @@ async def test_a_folder_read_before_the_device_is_up_still_pays(
             "auth": {"keyset": str(keyset)},
         }
     )
-    daemon = LaneDaemon(config, shutdown_grace_s=2.0)
+    daemon = await build(config, shutdown_grace_s=2.0)
     assert daemon.source.finite
     notes: list[str] = []
     daemon.runner.observers.append(lambda name, _fields: notes.append(name))
@@ -49,17 +49,17 @@ async def test_a_folder_read_before_the_device_is_up_still_pays(
         await daemon.link.wait_connected(5)
         assert daemon.pipeline is not None
         device_task = asyncio.create_task(device.run())
-        await wait_until(lambda: daemon.runner.state.barrier == "closed")
+        await eventually(lambda: daemon.runner.state.barrier == "closed")
         # ... and, in a toll lane, for a vehicle at the pay point to pay with the code.
         assert daemon.pipeline.stats().frames_in == 0 and not daemon.source.exhausted
         await device.vehicle_enters(1)
-        await wait_until(lambda: "barrier_opened" in notes)
+        await eventually(lambda: "barrier_opened" in notes)
         assert daemon.pipeline.stats().frames_in == 1
         # The folder is read to its end: the lane is still ready (HTTP /readyz, MQTT status).
-        await wait_until(lambda: daemon.source.exhausted)
+        await eventually(lambda: daemon.source.exhausted)
         checks = {c.name: c for c in daemon.ops.readiness()}
         assert checks["camera"].ok and "read to its end" in checks["camera"].detail
-        await wait_until(lambda: all_ok(daemon.ops.readiness()))
+        await eventually(lambda: all_ok(daemon.ops.readiness()))
     finally:
         stop.set()
         await asyncio.wait_for(lane_task, 15)

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from test_lane_daemon import Lane, named, running_lane, show, wait_until
+from polling import eventually
+from test_lane_daemon import Lane, named, running_lane, show
 
-from barrier import topics
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import AttendantCommand, LaneStatus
-from barrier.mqtt import MqttLink
+from lane.transport.mqtt import MqttLink
+from lane.wire import topics
 from sim.broker import Mosquitto
 from sim.codes import CodeFactory
 from uplink.records import Record
@@ -31,7 +32,7 @@ async def pays(lane: Lane, until: Callable[[], Any], within: float = 5.0) -> Non
     """A vehicle drives onto the pay point and shows a fresh token until `until()` holds."""
     mark = len(named(lane, "vehicle_arrived"))
     await lane.device.vehicle_enters(1)
-    await wait_until(lambda: len(named(lane, "vehicle_arrived")) > mark)
+    await eventually(lambda: len(named(lane, "vehicle_arrived")) > mark)
     token = lane.codes.make("token", int(time.time())).text
     await show(lane, token, until, within=within)
 
@@ -48,20 +49,20 @@ async def test_barrier_offline_while_open_then_back_the_lost_exit_edge_is_recove
     async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
         runner, device = lane.daemon.runner, lane.device
         await pays(lane, lambda: named(lane, "barrier_opened"))
-        await wait_until(lambda: device.state == "open")
+        await eventually(lambda: device.state == "open")
         device.set_fault("offline")
-        await wait_until(lambda: "barrier_offline" in runner.alarms, within=10)
+        await eventually(lambda: "barrier_offline" in runner.alarms, within=10)
         await device.vehicle_passes()
         await device.flushed()  # every edge of it is lost: the device is not connected
         device.set_fault(None)
         # Back: its retained state and its snapshot tell the lane the vehicle is gone.
-        await wait_until(lambda: device.state == "closed", within=10)
-        await wait_until(lambda: quiet(lane), within=10)
+        await eventually(lambda: device.state == "closed", within=10)
+        await eventually(lambda: quiet(lane), within=10)
         assert any(f.get("seen") == "snapshot" for f in named(lane, "vehicle_left"))
         # ... and it serves the next paying vehicle normally.
         await pays(lane, lambda: len(named(lane, "barrier_opened")) == 2)
         await device.vehicle_passes()
-        await wait_until(lambda: device.state == "closed" and quiet(lane), within=10)
+        await eventually(lambda: device.state == "closed" and quiet(lane), within=10)
         assert named(lane, "paid_not_passed") == []
         assert lane.device.received.violations == []  # type: ignore[attr-defined]
 
@@ -75,10 +76,10 @@ async def test_barrier_no_ack_then_acking_again_the_held_open_is_probed_and_serv
         await pays(lane, lambda: "barrier_no_ack" in runner.alarms, within=10)
         assert device.executions == []
         device.set_fault(None)
-        await wait_until(lambda: named(lane, "barrier_opened"), within=10)
+        await eventually(lambda: named(lane, "barrier_opened"), within=10)
         assert "barrier_no_ack" not in runner.alarms
         await device.vehicle_passes()
-        await wait_until(lambda: device.state == "closed" and quiet(lane), within=10)
+        await eventually(lambda: device.state == "closed" and quiet(lane), within=10)
         assert [c for c in device.executions if c.endswith("/open")] == [
             named(lane, "barrier_opened")[0]["vehicle_id"] + "/open"
         ]
@@ -91,20 +92,20 @@ async def test_a_stuck_barrier_is_an_alarm_that_clears_when_it_moves_again(
         runner, device = lane.daemon.runner, lane.device
         device.set_fault("stuck")
         await pays(lane, lambda: named(lane, "barrier_opened"))
-        await wait_until(lambda: "barrier_stuck" in runner.alarms, within=10)
+        await eventually(lambda: "barrier_stuck" in runner.alarms, within=10)
         assert "commanded open" in runner.alarms["barrier_stuck"]
         device.set_fault(None)
         # The paid driver is not let through: after the dwell, a refund record and an alarm.
-        await wait_until(lambda: named(lane, "paid_not_passed"), within=30)
+        await eventually(lambda: named(lane, "paid_not_passed"), within=30)
         assert "paid_not_passed" in runner.alarms
 
         def refunds() -> list[Record]:
             return [r for r in records(lane.queue_path) if "paid_not_passed" in r.draft.flags]
 
-        await wait_until(lambda: refunds() != [])  # the record is written after the decision
+        await eventually(lambda: refunds() != [])  # the record is written after the decision
         assert len(refunds()) == 1
         # The lane wants the barrier closed, and it is: barrier_stuck clears by itself.
-        await wait_until(lambda: "barrier_stuck" not in runner.alarms, within=10)
+        await eventually(lambda: "barrier_stuck" not in runner.alarms, within=10)
 
 
 async def test_the_lane_asks_the_device_after_its_start_and_after_every_reconnect(
@@ -120,11 +121,11 @@ async def test_the_lane_asks_the_device_after_its_start_and_after_every_reconnec
             sent.append(query_id)
 
         port.query = query  # type: ignore[method-assign]
-        await wait_until(lambda: lane.device.queries != [])  # asked after the start
+        await eventually(lambda: lane.device.queries != [])  # asked after the start
         await asyncio.to_thread(private_broker.restart)
-        await wait_until(lambda: sent != [], within=15)  # and after the reconnect
+        await eventually(lambda: sent != [], within=15)  # and after the reconnect
         assert sent[0] != lane.device.queries[0]  # a query of its own, not a resend
-        await wait_until(lambda: quiet(lane), within=15)
+        await eventually(lambda: quiet(lane), within=15)
 
 
 def records(queue_path: Path) -> list[Record]:
@@ -161,22 +162,22 @@ async def test_killed_with_the_barrier_open_the_restarted_lane_closes_it_and_rec
         await device.wait_connected(5)
         await console.wait_connected(5)
         procs.append(await start_lane_process(conf, tmp_path / "lane.log"))
-        await wait_until(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
+        await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
         opening = AttendantCommand("open", "att-1", "test", "alice", int(time.time() * 1e6))
         await console.publish(topics.attendant(lane_id), opening.encode())
-        await wait_until(lambda: device.state == "open", within=10)
+        await eventually(lambda: device.state == "open", within=10)
         procs[0].kill()  # SIGKILL: no clean shutdown, no close
         await procs[0].wait()
         await device.set_sensor("safety_loop", True)  # a vehicle drives under the open boom
         seen = len(lane_statuses)
         procs.append(await start_lane_process(conf, tmp_path / "lane.log"))
-        await wait_until(
+        await eventually(
             lambda: any("unpaid_passage" in s.faults for s in lane_statuses[seen:]), within=20
         )
         assert device.state == "open"  # never closed over the vehicle under it
         await device.set_sensor("safety_loop", False)
-        await wait_until(lambda: device.state == "closed", within=10)
-        await wait_until(
+        await eventually(lambda: device.state == "closed", within=10)
+        await eventually(
             lambda: lane_statuses[-1].state == "idle" and lane_statuses[-1].faults == [],
             within=10,
         )

@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-from barrier.mqtt import MqttLink
 from lane.auth.acquirer import AcquirerClient
 from lane.auth.authoriser import Authoriser, AuthRequest, OfflineResult
 from lane.auth.deny import DenyList
@@ -16,6 +15,7 @@ from lane.auth.plaza import UsedTokenSharing
 from lane.auth.policy import OfflinePolicy
 from lane.auth.replay import ReplayStore
 from lane.auth.resolver import ResolutionStore, Resolver
+from lane.transport.mqtt import MqttLink
 from lane.verifier import TokenVerifier
 from sim.broker import free_port
 from sim.codes import CodeFactory

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from polling import eventually
 from prometheus_client.parser import text_string_to_metric_families
 
 from barrier.device import DeviceEmulator, Timings
 from lane.config import LaneConfig, parse_config
-from lane.daemon import LaneDaemon
+from lane.daemon import LaneDaemon, build
 from scanner.sources import PushSource
 from sim.acquirer import AcquirerServer
 from sim.broker import Mosquitto
@@ -59,7 +60,7 @@ class OpsLane:
         Returns the name of the lane's answer."""
         arrived = len(self.named("vehicle_arrived"))
         await self.device.vehicle_enters(vehicle_class)
-        await wait_until(lambda: len(self.named("vehicle_arrived")) > arrived)
+        await eventually(lambda: len(self.named("vehicle_arrived")) > arrived)
         vehicle_id = self.named("vehicle_arrived")[-1]["vehicle_id"]
         text = self.codes.make(kind, int(time.time())).text
         frame = frame_for(text, "clear", rng=1)
@@ -78,33 +79,13 @@ class OpsLane:
         result = answer()
         assert result is not None
         if result == "barrier_opened":
-            await wait_until(lambda: self.device.state == "open")
+            await eventually(lambda: self.device.state == "open")
             await self.device.vehicle_passes()
-            await wait_until(lambda: self.daemon.runner.state.passage is None)
+            await eventually(lambda: self.daemon.runner.state.passage is None)
         else:
             await self.device.vehicle_backs_away()
-            await wait_until(lambda: self.daemon.runner.state.vehicle is None)
+            await eventually(lambda: self.daemon.runner.state.vehicle is None)
         return result
-
-
-async def wait_until(cond: Callable[[], object], within: float = 8.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
-async def eventually(check: Callable[[], Any], within: float = 8.0) -> Any:
-    """Await `check()` until it returns something truthy; returns that."""
-    deadline = time.monotonic() + within
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -133,7 +114,7 @@ async def running_lane(
     device = DeviceEmulator(lane_id, broker.host, broker.port, Timings().scaled(50))
     # Frames only come when a test shows a code: no blackout alarm in between.
     source = PushSource(blackout_after_s=3600)
-    daemon = LaneDaemon(config, source=source, shutdown_grace_s=2.0)
+    daemon = await build(config, source=source, shutdown_grace_s=2.0)
     notes: list[tuple[str, dict[str, Any]]] = []
     daemon.runner.observers.append(lambda name, fields: notes.append((name, fields)))
     stop = asyncio.Event()
@@ -142,8 +123,8 @@ async def running_lane(
     try:
         await device.wait_connected(5)
         await daemon.link.wait_connected(5)
-        await wait_until(lambda: daemon.ops.address is not None)
-        await wait_until(lambda: daemon.runner.state.barrier == "closed")
+        await eventually(lambda: daemon.ops.address is not None)
+        await eventually(lambda: daemon.runner.state.barrier == "closed")
         assert daemon.ops.address is not None
         base = f"http://127.0.0.1:{daemon.ops.address[1]}"
         yield OpsLane(config, daemon, device, source, codes, notes, base, http)

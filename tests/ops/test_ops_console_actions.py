@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from ops_kit import OpsLane, running_lane, wait_until
+from ops_kit import OpsLane, running_lane
+from polling import eventually
 
 from lane.console.feed import ConsoleFeed
 from lane.console.model import Plaza
@@ -45,7 +46,7 @@ async def console_url(mosquitto: Mosquitto, lane: OpsLane) -> AsyncIterator[str]
     await site.start()
     task = asyncio.create_task(feed.run())
     try:
-        await wait_until(lambda: lane.daemon.lane in plaza.lanes and feed.connected)
+        await eventually(lambda: lane.daemon.lane in plaza.lanes and feed.connected)
         port = runner.addresses[0][1]
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -78,13 +79,13 @@ async def test_console_actions_move_the_device_only_for_an_operator(
 
         close = {"lane": lane_id, "op": "close_lane", "reason": "works", "confirm": True}
         assert await _post(http, console_url + "api/action", close) == 200
-        await wait_until(lambda: lane.daemon.runner.state.closed_reason is not None)
+        await eventually(lambda: lane.daemon.runner.state.closed_reason is not None)
         async with http.post(console_url + "api/action", data=json.dumps(open_body)) as resp:
             assert resp.status == 200
             cmd_id = (await resp.json())["cmd_id"]
         # Nobody at the pay point: the manual passage is the command's own.
-        await wait_until(lambda: f"{cmd_id}/open" in device.executions)
-        await wait_until(lambda: device.state == "open")
+        await eventually(lambda: f"{cmd_id}/open" in device.executions)
+        await eventually(lambda: device.state == "open")
         manual = [
             n for n, f in lane.notes if n == "record" and "attendant:olga" in f["record"]["flags"]
         ]

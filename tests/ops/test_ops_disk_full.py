@@ -7,7 +7,6 @@ next paying vehicle is served. Mounting needs root (CI runs `make test` as root)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
@@ -18,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ops_kit import OpsLane, running_lane, wait_until
+from ops_kit import OpsLane, running_lane
+from polling import eventually
 
 from barrier.messages import LaneStatus
 from sim.broker import Mosquitto
@@ -96,30 +96,31 @@ async def test_disk_full_is_safe_visible_and_clears_once_space_is_freed(
         filler = fill(small_fs)
         # A driver pays with a wallet code: approved, but its record cannot be written.
         await lane.device.vehicle_enters(2)
-        await wait_until(lambda: len(lane.named("vehicle_arrived")) == 2)
+        await eventually(lambda: len(lane.named("vehicle_arrived")) == 2)
         frame = frame_for(lane.codes.make("alipay", int(time.time())).text, "clear", rng=1)
-        deadline = time.monotonic() + 10
-        while "disk_error" not in daemon.runner.alarms:
-            assert time.monotonic() < deadline, f"no disk_error; notes: {lane.notes[-5:]}"
-            lane.source.put(frame, time.monotonic())
-            await asyncio.sleep(0.03)
+        await eventually(
+            lambda: "disk_error" in daemon.runner.alarms,
+            every=0.03,
+            what=f"disk_error; notes: {lane.notes[-5:]}",
+            between=lambda: lane.source.put(frame, time.monotonic()),
+        )
         # Safe: no barrier opened without a record; every record the lane wrote is on disk.
         assert len(lane.named("barrier_opened")) == opened
         assert [c.op for c in lane.device.received].count("open") == opened
         assert noted_record_ids(lane) == stored_record_ids(queue)
         # Visible: the alarm, on /metrics and in the retained status; /readyz says why.
         assert await metric_alarm(lane, "disk_error") == 1
-        await wait_until(lambda: any("disk_error" in s.faults for s in lane_statuses))
+        await eventually(lambda: any("disk_error" in s.faults for s in lane_statuses))
         status, body = await lane.get("/readyz")
         assert status == 503 and "disk" in body
         # It lasts while the disk is full: the health loop's probe fails and clears nothing.
         await lane.device.vehicle_backs_away()
-        await wait_until(lambda: daemon.runner.state.vehicle is None)
-        await wait_until(lambda: daemon.queue.write_error is not None)
+        await eventually(lambda: daemon.runner.state.vehicle is None)
+        await eventually(lambda: daemon.queue.write_error is not None)
         assert "disk_error" in daemon.runner.alarms
 
         filler.unlink()  # space freed: the lane comes back by itself, no restart
-        await wait_until(lambda: "disk_error" not in daemon.runner.alarms, within=10)
+        await eventually(lambda: "disk_error" not in daemon.runner.alarms, within=10)
         assert await lane.serve("token") == "barrier_opened"
         assert await metric_alarm(lane, "disk_error") == 0
         assert noted_record_ids(lane) == stored_record_ids(queue)

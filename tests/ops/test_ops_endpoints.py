@@ -9,11 +9,12 @@ import socket
 from pathlib import Path
 
 import aiohttp
-from ops_kit import eventually, running_lane, wait_until
+from ops_kit import running_lane
+from polling import eventually
 
 from barrier.messages import LaneStatus
 from lane.config import parse_config
-from lane.daemon import LaneDaemon
+from lane.daemon import build
 from scanner.sources import PushSource
 from sim.broker import Mosquitto
 
@@ -86,7 +87,7 @@ async def test_readyz_follows_the_barrier_and_the_status_says_the_same(
         body = await eventually(lambda: ready_is(200))
         assert body["ok"] is True
         assert [c["name"] for c in body["checks"]] == ["camera", "broker", "barrier", "queue"]
-        await wait_until(lambda: statuses and statuses[-1].link.get("barrier") is True)
+        await eventually(lambda: statuses and statuses[-1].link.get("barrier") is True)
         assert {"camera", "broker", "barrier", "queue"} <= set(statuses[-1].link)
 
         lane.device.set_fault("offline")
@@ -94,7 +95,7 @@ async def test_readyz_follows_the_barrier_and_the_status_says_the_same(
         barrier = next(c for c in body["checks"] if c["name"] == "barrier")
         assert barrier == {"name": "barrier", "ok": False, "detail": "device is offline"}
         assert all(c["ok"] for c in body["checks"] if c["name"] != "barrier")
-        await wait_until(lambda: statuses[-1].link.get("barrier") is False)
+        await eventually(lambda: statuses[-1].link.get("barrier") is False)
         assert "barrier_offline" in statuses[-1].faults
         m = await lane.scrape()
         assert sample(m, "lane_ready") == 0
@@ -108,7 +109,7 @@ async def test_readyz_follows_the_barrier_and_the_status_says_the_same(
 
         lane.device.set_fault(None)
         await eventually(lambda: ready_is(200))
-        await wait_until(lambda: statuses[-1].link.get("barrier") is True)
+        await eventually(lambda: statuses[-1].link.get("barrier") is True)
         m = await lane.scrape()
         assert sample(m, "lane_alarm_active", alarm="barrier_offline") == 0
 
@@ -117,7 +118,7 @@ async def test_healthz_reports_the_loop_and_the_runner(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
     async with running_lane(tmp_path, mosquitto, lane_id) as lane:
-        await wait_until(lambda: lane.daemon.ops.loop_lag_s is not None)
+        await eventually(lambda: lane.daemon.ops.loop_lag_s is not None)
         status, text = await lane.get("/healthz")
         body = json.loads(text)
         assert status == 200
@@ -143,15 +144,13 @@ async def test_a_taken_metrics_port_does_not_stop_the_lane(
                 "metrics": {"port": port},
             }
         )
-        daemon = LaneDaemon(config, source=PushSource())
+        daemon = await build(config, source=PushSource())
         try:
             await daemon.ops.start_http("127.0.0.1", port)  # logs the error, raises nothing
             assert daemon.ops.address is None
         finally:
             await daemon.ops.stop_http()
-            daemon.queue.close()
-            daemon.replay.close()
-            daemon.payments_store.close()
+            await daemon.aclose()
 
 
 async def test_healthz_is_503_once_the_runner_task_has_died(
@@ -160,7 +159,7 @@ async def test_healthz_is_503_once_the_runner_task_has_died(
     config = parse_config(
         {"lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")}, "metrics": {"port": 0}}
     )
-    daemon = LaneDaemon(config, source=PushSource())
+    daemon = await build(config, source=PushSource())
 
     async def crash() -> None:
         raise RuntimeError("runner bug")
@@ -179,7 +178,5 @@ async def test_healthz_is_503_once_the_runner_task_has_died(
                 assert resp.status == 503  # not running at all: nothing is usable
     finally:
         await daemon.ops.stop_http()
-        daemon.queue.close()
-        daemon.replay.close()
-        daemon.payments_store.close()
+        await daemon.aclose()
     assert {"name": "runner", "ok": False, "detail": "not running"} in body["checks"]

@@ -14,12 +14,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from ops_kit import OpsLane, eventually, running_lane, wait_until
+from ops_kit import OpsLane, running_lane
+from polling import eventually
 
-from barrier import topics
 from barrier.health_message import LaneHealth, health_topic
 from barrier.messages import AttendantCommand
-from barrier.mqtt import Incoming, MqttLink
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
 from sim.backoffice import BackOffice
 from sim.broker import Mosquitto
 from uplink.records import Record
@@ -69,7 +70,7 @@ async def test_health_carries_the_readyz_checks_phase_and_counters(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
     async with watched_lane(tmp_path, mosquitto, lane_id) as (lane, seen, _):
-        await wait_until(lambda: bool(seen) and all(c.ok for c in seen[-1].checks))
+        await eventually(lambda: bool(seen) and all(c.ok for c in seen[-1].checks))
         status, body = await lane.get("/readyz")
         assert status == 200
         readyz = {c["name"]: c["ok"] for c in json.loads(body)["checks"]}
@@ -97,7 +98,7 @@ async def test_uplink_stalled_is_raised_seen_acknowledged_and_clears_by_itself(
         runner = lane.daemon.runner
         # A record nobody takes: the back office is not there.
         assert await lane.serve("token") == "barrier_opened"
-        await wait_until(lambda: "uplink_stalled" in runner.alarms)
+        await eventually(lambda: "uplink_stalled" in runner.alarms)
         assert "back office has taken no record" in runner.alarms["uplink_stalled"]
         raised = await eventually(
             lambda: _latest_if(seen, lambda h: any(a.code == "uplink_stalled" for a in h.alarms))
@@ -114,7 +115,7 @@ async def test_uplink_stalled_is_raised_seen_acknowledged_and_clears_by_itself(
             )
         )
         assert next(a for a in acked.alarms if a.code == "uplink_stalled").acked_us is not None
-        await wait_until(lambda: len(action_records(lane)) == 1)
+        await eventually(lambda: len(action_records(lane)) == 1)
         flags = action_records(lane)[0].draft.flags
         assert {"op:ack_alarm", "attendant:alice", "alarm:uplink_stalled"} <= set(flags)
 
@@ -124,7 +125,7 @@ async def test_uplink_stalled_is_raised_seen_acknowledged_and_clears_by_itself(
         )
         await office.start()
         try:
-            await wait_until(lambda: "uplink_stalled" not in runner.alarms, within=15.0)
+            await eventually(lambda: "uplink_stalled" not in runner.alarms, within=15.0)
             cleared = await eventually(
                 lambda: _latest_if(
                     seen,
@@ -135,7 +136,7 @@ async def test_uplink_stalled_is_raised_seen_acknowledged_and_clears_by_itself(
                 )
             )
             assert not any(a.active for a in cleared.alarms)
-            await wait_until(lambda: len(office.ingested_ids(lane_id)) == 2)  # passage + ack
+            await eventually(lambda: len(office.ingested_ids(lane_id)) == 2)  # passage + ack
             # Acknowledging an alarm that is not active is ignored: no record.
             await attendant(link, lane_id, "ack_alarm", "uplink_stalled", "alice")
             await asyncio.sleep(0.5)  # nothing to poll for: the absence of a record
@@ -152,7 +153,7 @@ async def test_closing_and_reopening_the_lane_are_recorded_with_who(
         await eventually(lambda: _latest_if(seen, lambda h: h.phase == "closed"))
         await attendant(link, lane_id, "reopen_lane", "", "carol")
         await eventually(lambda: _latest_if(seen, lambda h: h.phase == "idle"))
-        await wait_until(lambda: len(action_records(lane)) == 2)
+        await eventually(lambda: len(action_records(lane)) == 2)
         ops = sorted(
             [f for f in r.draft.flags if f.startswith(("op:", "attendant:"))]
             for r in action_records(lane)

@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from ops_kit import running_lane, wait_until
+from ops_kit import running_lane
+from polling import eventually
 
-from barrier.mqtt import MqttLink
 from lane.auth.cose import Alg
 from lane.auth.deny import DenyList, encode_deny_list
 from lane.auth.keys import IssuerKey, KeySet, encode_keyset, keyset_to_json
 from lane.auth.plaza import deny_topic, keys_topic
+from lane.transport.mqtt import MqttLink
 from sim.broker import Mosquitto
 
 ALARM = "trust_update_refused"
@@ -47,8 +48,8 @@ async def test_retained_poison_is_refused_and_the_next_sane_update_is_taken(
         await backoffice.publish(deny_topic(plaza), encode_deny_list(poison_deny), retain=True)
         async with running_lane(tmp_path, mosquitto, lane_id) as lane:
             daemon = lane.daemon
-            await wait_until(lambda: ALARM in daemon.runner.alarms)
-            await wait_until(lambda: "generation_jump" in daemon.runner.alarms.get(ALARM, ""))
+            await eventually(lambda: ALARM in daemon.runner.alarms)
+            await eventually(lambda: "generation_jump" in daemon.runner.alarms.get(ALARM, ""))
             text = daemon.runner.alarms[ALARM]
             assert f"mqtt lane/{plaza}/keys" in text and "future_dated" in text
             assert daemon.verifier.keys.get(b"rotated") is None
@@ -63,9 +64,9 @@ async def test_retained_poison_is_refused_and_the_next_sane_update_is_taken(
             await backoffice.publish(keys_topic(plaza), encode_keyset(sane), retain=True)
             denied = DenyList.of(7, [lane.codes.account()])
             await backoffice.publish(deny_topic(plaza), encode_deny_list(denied), retain=True)
-            await wait_until(lambda: daemon.verifier.keys.get(b"rotated") is not None)
-            await wait_until(lambda: daemon.verifier.deny.generation == 7)
-            await wait_until(lambda: ALARM not in daemon.runner.alarms)
+            await eventually(lambda: daemon.verifier.keys.get(b"rotated") is not None)
+            await eventually(lambda: daemon.verifier.deny.generation == 7)
+            await eventually(lambda: ALARM not in daemon.runner.alarms)
             metrics = await lane.scrape()
             assert metrics[("lane_alarm_active", (("alarm", ALARM),))] == 0
             assert refused(metrics, "keyset") == 1  # counted once, not per re-delivery
@@ -94,14 +95,14 @@ async def test_a_poisoned_file_and_a_garbage_copy_are_refused_until_their_source
             body = {**json.loads(keyset_to_json(held)), "issued_at": now * 1000}
             keyset.write_text(json.dumps(body))
             await backoffice.publish(deny_topic(plaza), b"\x81\xa1v\x01", retain=True)
-            await wait_until(lambda: str(keyset) in daemon.runner.alarms.get(ALARM, ""))
-            await wait_until(lambda: "invalid" in daemon.runner.alarms.get(ALARM, ""))
+            await eventually(lambda: str(keyset) in daemon.runner.alarms.get(ALARM, ""))
+            await eventually(lambda: "invalid" in daemon.runner.alarms.get(ALARM, ""))
             assert daemon.verifier.keys is held
             assert await lane.serve("token") == "barrier_opened"
             # The file is corrected and the garbage deleted: nothing is left to alarm about.
             keyset.write_text(keyset_to_json(KeySet.of(now + 1, held.keys.values())))
             await backoffice.publish(deny_topic(plaza), b"", retain=True)
-            await wait_until(lambda: ALARM not in daemon.runner.alarms)
+            await eventually(lambda: ALARM not in daemon.runner.alarms)
             assert daemon.verifier.keys.issued_at == now + 1
             metrics = await lane.scrape()
             assert refused(metrics, "keyset") == 1 and refused(metrics, "deny") == 1

@@ -14,18 +14,19 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from ops_kit import eventually, wait_until
+from polling import eventually
 
-from barrier import topics
-from barrier.mqtt import Incoming, MqttLink
 from lane.auth.replay import MIGRATED_KEEP_S, ReplayStore, ReplayStoreError
 from lane.auth.replay import MIGRATIONS as REPLAY_MIGRATIONS
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
 from sim.broker import Mosquitto
 from uplink.forwarder import Forwarder
 from uplink.messages import Ack, Held, decode_batch, encode_ack
 from uplink.messages import digest as record_digest
 from uplink.queue import MIGRATIONS as QUEUE_MIGRATIONS
 from uplink.queue import QueueError, RecordQueue
+from uplink.queue_thread import QueueThread
 from uplink.records import AuthInfo, Record, RecordDraft
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -82,13 +83,13 @@ async def test_a_v1_queue_is_migrated_and_its_records_forwarded_byte_for_byte(
         on_batch,
     )
     link = MqttLink(mosquitto.host, mosquitto.port, "uplink-fx01-upgrade")
-    forwarder = Forwarder(queue, link, LANE, batch_size=10)
+    forwarder = Forwarder(QueueThread(queue), link, LANE, batch_size=10)
     tasks = [asyncio.create_task(t) for t in (office.run(), link.run())]
     try:
         await office.wait_connected(5)
         await link.wait_connected(5)
         tasks.append(asyncio.create_task(forwarder.run()))
-        await wait_until(lambda: batches)
+        await eventually(lambda: batches)
         batch = decode_batch(batches[0])
         assert (batch.first_seq, batch.last_seq) == (5, 7)
         assert list(batch.records) == [data for _, data in before]  # byte for byte

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
+from polling import eventually
 from scanner_testkit import frame_with, qr_image
 
 from scanner.decoders import ZxingDecoder, make_decoder
@@ -20,14 +21,6 @@ from scanner.sources import Frame, ImageFolderSource, Item, PushSource
 
 CODE_A = "281234567890123456"
 CODE_B = "134567890123456789"
-
-
-async def until(check: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll a condition the worker threads will make true; fail rather than hang."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
 
 
 class GatedDecoder:
@@ -87,9 +80,9 @@ async def test_decodes_only_the_newest_frame(tmp_path: Path) -> None:
     pipeline = ScanPipeline(source, decoder, results.append, events.append, workers=1)
     async with pipeline:
         await asyncio.to_thread(decoder.entered.wait, 5.0)  # frame 1 is being decoded
-        await until(lambda: pipeline.stats().source_ended)
+        await eventually(lambda: pipeline.stats().source_ended)
         decoder.gate.set()
-        await until(lambda: pipeline.stats().pending == 0)
+        await eventually(lambda: pipeline.stats().pending == 0)
         stats = pipeline.stats()
     # Frames 2..5 were each replaced by a newer one while the worker was busy: no backlog.
     assert decoder.frames == [1, 6]
@@ -123,8 +116,8 @@ async def test_results_reach_the_loop_deduplicated() -> None:
                 stats = pipeline.stats()
                 return stats.decoded == i and stats.pending == 0
 
-            await until(settled)
-        await until(lambda: len(results) == 3)
+            await eventually(settled)
+        await eventually(lambda: len(results) == 3)
         stats = pipeline.stats()
         latest = pipeline.latest_frame()
         raw = pipeline.latest_frame(jpeg=False)
@@ -154,7 +147,7 @@ async def test_stop_joins_threads_and_blackout_reaches_status() -> None:
     pipeline.start()
     ours = [t for t in threading.enumerate() if t not in before and t.name.startswith("scan-")]
     assert len(ours) == 3  # capture + 2 decode workers
-    await until(lambda: any(e.kind == "blackout" for e in events))
+    await eventually(lambda: any(e.kind == "blackout" for e in events))
     await pipeline.aclose()
     assert not any(t.is_alive() for t in ours)
     assert events[-1].kind == "ended"
@@ -172,9 +165,9 @@ async def test_decoder_failure_is_counted_not_fatal() -> None:
     source = PushSource()
     async with ScanPipeline(source, ExplodingDecoder(), lambda r: None) as pipeline:
         source.put(frame_with(None))
-        await until(lambda: pipeline.stats().errors == 1)
+        await eventually(lambda: pipeline.stats().errors == 1)
         source.put(frame_with(None))
-        await until(lambda: pipeline.stats().errors == 2)
+        await eventually(lambda: pipeline.stats().errors == 2)
         stats: ScanStats = pipeline.stats()
     assert stats.decoded == 0 and stats.frames_in == 2
 

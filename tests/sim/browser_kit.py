@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -57,7 +57,4 @@ async def screenshot(page: Any, shot: Path, keep_as: str | Path | None) -> None:
 
 
 async def expect(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"browser: {what} not seen in {timeout} s"
-        await asyncio.sleep(0.1)
+    await eventually(check, within=timeout, every=0.1, what=f"browser: {what}")

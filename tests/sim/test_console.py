@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from browser_kit import browser_page, expect, screenshot
+from polling import eventually
 
 from lane.console.users import Role, add_user, load_users
 from sim.dashboard import Dashboard
@@ -56,13 +56,14 @@ class Plaza:
         check: Callable[[dict[str, Any]], bool],
         timeout: float = 20.0,  # noqa: ASYNC109 - polls a remote state
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
+        async def matching() -> dict[str, Any] | None:
             state = await self.state(http)
-            if check(state):
-                return state
-            assert time.monotonic() < deadline, f"not reached; lanes: {state['lanes']}"
-            await asyncio.sleep(0.2)
+            return state if check(state) else None
+
+        found: dict[str, Any] = await eventually(
+            matching, within=timeout, every=0.2, what="the console state"
+        )
+        return found
 
     async def fault(self, name: str, on: bool) -> None:
         await self.sim.faults.apply(name, on, None if name.startswith(("acq", "back")) else 1, {})

@@ -15,15 +15,15 @@ import pytest
 from aiohttp import web
 from browser_kit import browser_page, expect, screenshot
 
-from barrier import topics
 from barrier.health_message import AcquirerHealth, AlarmEntry, CheckEntry, LaneHealth, health_topic
 from barrier.messages import LaneStatus
-from barrier.mqtt import MqttLink
 from lane.alarm_severity import severity_of
 from lane.console.feed import ConsoleFeed
 from lane.console.model import Plaza
 from lane.console.server import Console
 from lane.console.users import Role, User, hash_password
+from lane.transport.mqtt import MqttLink
+from lane.wire import topics
 from sim.broker import Mosquitto
 
 # lane number -> its active alarms; lane 16 is offline

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from browser_kit import browser_page, expect, screenshot
+from polling import eventually
 
 from sim.dashboard import Dashboard
 from sim.harness import SimOptions, Simulator
@@ -45,15 +45,14 @@ class Running:
         check: Callable[[dict[str, Any]], bool],
         timeout: float = 10.0,  # noqa: ASYNC109 - polls a remote state, no awaitable to bound
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
+        async def matching() -> dict[str, Any] | None:
             state = await self.state()
-            if check(state):
-                return state
-            assert time.monotonic() < deadline, (
-                f"condition not met; last state lanes: {state['lanes']}"
-            )
-            await asyncio.sleep(0.1)
+            return state if check(state) else None
+
+        found: dict[str, Any] = await eventually(
+            matching, within=timeout, every=0.1, what="the dashboard state"
+        )
+        return found
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,12 @@ behind by one case fails that case and the next ones.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from polling import eventually
 
 from sim.harness import SimOptions, Simulator
 from sim.lane import SimLane
@@ -70,11 +69,7 @@ async def sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Simulat
 
 async def within(sim: Simulator, what: str, cond: Callable[[], bool], sim_s: float) -> None:
     """Poll `cond` for at most `sim_s` simulated seconds."""
-    deadline = time.monotonic() + sim_s / sim.speed
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {sim_s:g} simulated seconds")
-        await asyncio.sleep(0.02)
+    await eventually(cond, within=sim_s / sim.speed, every=0.02, what=f"{what} ({sim_s:g} sim s)")
 
 
 def alarms(lane: SimLane) -> dict[str, str]:

@@ -11,13 +11,15 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from uplink_kit import draft, eventually, queued, recs
+from polling import eventually
+from uplink_kit import draft, queued, recs
 
-from barrier.wire import PayloadError, pack
+from lane.wire.codec import PayloadError, pack
 from uplink.forwarder import Forwarder
 from uplink.ingest import parse_batch
 from uplink.messages import Ack, Held, QueueIdentity, decode_batch, digest, encode_ack, encode_batch
 from uplink.queue import RecordQueue
+from uplink.queue_thread import QueueThread
 from uplink.records import Record
 
 LANE = "p1/l1"
@@ -47,7 +49,7 @@ async def test_acks_that_do_not_name_our_records_delete_nothing(tmp_path: Path) 
         before = rows(q)
         epoch = q.identity.epoch
         mine = queued(q)
-        fw = Forwarder(q, link, LANE, poll_interval=0.01, ack_timeout=1000.0)
+        fw = Forwarder(QueueThread(q), link, LANE, poll_interval=0.01, ack_timeout=1000.0)
         task = asyncio.create_task(fw.run())
         try:
             await eventually(lambda: len(link.sent) == 1, what="first batch")
@@ -82,7 +84,7 @@ async def test_an_exact_ack_of_a_record_not_sent_yet_is_honoured(tmp_path: Path)
         for i in range(5):
             q.append(draft(i))
         link.connected.clear()  # not connected: nothing is sent
-        fw = Forwarder(q, link, LANE, poll_interval=0.01)
+        fw = Forwarder(QueueThread(q), link, LANE, poll_interval=0.01)
         task = asyncio.create_task(fw.run())
         try:
             fw.handle_ack(encode_ack(Ack(LANE, q.identity.epoch, "b", tuple(queued(q, 2)))))

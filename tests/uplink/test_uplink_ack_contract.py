@@ -16,12 +16,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from polling import eventually
 from uplink_kit import (
     Client,
     Worker,
     draft,
     drained,
-    eventually,
     fast_link,
     lane_side,
     start_lane,
@@ -29,8 +29,8 @@ from uplink_kit import (
     worker,
 )
 
-from barrier.mqtt import Incoming
-from barrier.topics import uplink_acks, uplink_records
+from lane.transport.mqtt import Incoming
+from lane.wire.topics import uplink_acks, uplink_records
 from sim.broker import Mosquitto
 from uplink.cli import report
 from uplink.ingest import Ingest

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from uplink_kit import Q, drained, eventually, lane_side, reconcile, recs, start_lane, worker
+from polling import eventually
+from uplink_kit import Q, drained, lane_side, reconcile, recs, start_lane, worker
 
-from barrier.mqtt import Credentials, Incoming, MqttLink
-from barrier.topics import uplink_acks, uplink_records
+from lane.transport.mqtt import Credentials, Incoming, MqttLink
+from lane.wire.topics import uplink_acks, uplink_records
 from sim.broker import Mosquitto, free_port
 from uplink.messages import encode_batch
 from uplink.sqlite_store import SqliteIngestStore

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from uplink_kit import Q, drained, eventually, lane_side, reconcile, recs, start_lane
+from polling import eventually
+from uplink_kit import Q, drained, lane_side, reconcile, recs, start_lane
 
 from sim.broker import Mosquitto, free_port
 from uplink.cli import main, parse_broker
@@ -174,7 +175,7 @@ async def test_ingest_keeps_retrying_a_refused_postgres_at_start(
         assert refused["level"] == "warning" and "refused" in str(refused["error"])
         assert side.queue.backlog().count == 5  # nothing acknowledged meanwhile
         async with tcp_proxy(port, real_port):
-            await eventually(lambda: lines.named("ingest started"), 30, "ingest started")
+            await eventually(lambda: lines.named("ingest started"), 30, what="ingest started")
             store = PostgresIngestStore(pg_dsn)
             try:
                 await drained(side, store, lane_id, within=30)

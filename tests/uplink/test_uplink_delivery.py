@@ -12,13 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from polling import eventually
 from uplink_kit import (
     Q,
     Worker,
     append_then_kill,
     draft,
     drained,
-    eventually,
     fast_link,
     lane_side,
     queued,
@@ -27,9 +27,9 @@ from uplink_kit import (
     worker,
 )
 
-from barrier.mqtt import Incoming, MqttLink
-from barrier.topics import uplink_acks, uplink_records
-from barrier.wire import pack
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire.codec import pack
+from lane.wire.topics import uplink_acks, uplink_records
 from sim.broker import Mosquitto, running_mosquitto
 from uplink.ingest import Ingest
 from uplink.messages import Ack, encode_ack, encode_batch

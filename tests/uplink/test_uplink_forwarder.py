@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from uplink_kit import draft, eventually, queued
+from polling import eventually
+from uplink_kit import draft, queued
 
-from barrier.mqtt import LinkDown
 from lane.metrics import LaneMetrics, Snapshot
+from lane.transport.mqtt import LinkDown
 from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.messages import Ack, decode_batch, encode_ack
 from uplink.queue import RecordQueue
+from uplink.queue_thread import QueueThread
 
 
 class FakeLink:
@@ -45,7 +47,13 @@ async def test_publish_failures_back_off_exponentially_with_jitter(tmp_path: Pat
         q.append(draft(1))
         link.refuse = True
         fw = Forwarder(
-            q, link, "p1/l1", backoff_min=0.1, backoff_max=1.0, sleep=sleeps, rand=lambda: 0.5
+            QueueThread(q),
+            link,
+            "p1/l1",
+            backoff_min=0.1,
+            backoff_max=1.0,
+            sleep=sleeps,
+            rand=lambda: 0.5,
         )
         task = asyncio.create_task(fw.run())
         try:
@@ -65,7 +73,7 @@ async def test_unacked_batch_is_resent_with_growing_timeouts(tmp_path: Path) -> 
     with RecordQueue(tmp_path / "q.sqlite", "p1/l1", 10**8) as q:
         q.append(draft(1))
         fw = Forwarder(
-            q,
+            QueueThread(q),
             link,
             "p1/l1",
             ack_timeout=0.05,
@@ -103,7 +111,7 @@ async def test_reconnect_resends_unacked_at_once(tmp_path: Path) -> None:
     with RecordQueue(tmp_path / "q.sqlite", "p1/l1", 10**8) as q:
         for i in range(3):
             q.append(draft(i))
-        fw = Forwarder(q, link, "p1/l1", ack_timeout=60.0, poll_interval=0.01)
+        fw = Forwarder(QueueThread(q), link, "p1/l1", ack_timeout=60.0, poll_interval=0.01)
         task = asyncio.create_task(fw.run())
         try:
             await eventually(lambda: len(link.sent) == 1, what="first send")
@@ -129,7 +137,7 @@ async def test_refused_records_leave_the_window_stay_queued_and_are_offered_agai
         for i in range(3):
             q.append(draft(i))
         fw = Forwarder(
-            q,
+            QueueThread(q),
             link,
             "p1/l1",
             window=1,

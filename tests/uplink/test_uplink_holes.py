@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from uplink_kit import Client, Q, fast_link, recs
 
-from barrier.mqtt import Incoming, MqttLink
-from barrier.topics import uplink_records
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire.topics import uplink_records
 from sim.broker import Mosquitto
 from uplink.holes import HoleEvent, HoleState, HoleWatch
 from uplink.ingest import Ingest

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from barrier.wire import PayloadError, pack
+from lane.wire.codec import PayloadError, pack
 from uplink.messages import (
     MAX_BATCH_RECORDS,
     MAX_RECORD_BYTES,

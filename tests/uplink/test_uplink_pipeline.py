@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from uplink_kit import Client, Q, eventually, fast_link, recs
+from polling import eventually
+from uplink_kit import Client, Q, fast_link, recs
 
-from barrier.mqtt import Incoming, MqttLink
-from barrier.topics import uplink_acks, uplink_records
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire.topics import uplink_acks, uplink_records
 from sim.broker import Mosquitto
 from uplink.ingest import Ingest
 from uplink.messages import QueueIdentity, decode_ack, encode_batch

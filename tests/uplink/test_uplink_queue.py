@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from uplink_kit import append_then_kill, draft, queued
 
-from barrier.wire import pack, unpack
+from lane.wire.codec import pack, unpack
 from uplink.messages import Held, digest
 from uplink.queue import (
     MIGRATIONS,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from barrier.wire import PayloadError, unpack
+from lane.wire.codec import PayloadError, unpack
 from uplink.records import KINDS, METHODS, AuthInfo, Record, RecordDraft
 
 text = st.text(max_size=12)

@@ -6,17 +6,19 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from barrier.mqtt import Incoming, MqttLink
+from polling import eventually
+
+from lane.transport.mqtt import Incoming, MqttLink
 from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.ingest import Ingest
 from uplink.messages import Held, QueueIdentity, digest
 from uplink.queue import RecordQueue
+from uplink.queue_thread import QueueThread
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.store import IngestRecord, IngestStore
 
@@ -87,24 +89,17 @@ def queued(q: RecordQueue, upto: int = 1 << 62) -> list[Held]:
     ]
 
 
-async def eventually(pred: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}")
-        await asyncio.sleep(0.01)
-
-
 async def until_status(
     fw: Forwarder, pred: Callable[[UplinkStatus], bool], within: float = 10.0, what: str = ""
 ) -> UplinkStatus:
     """Poll the forwarder's status until `pred` holds (bounded)."""
-    deadline = time.monotonic() + within
-    while not pred(status := await fw.status()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}: {status}")
-        await asyncio.sleep(0.01)
-    return status
+
+    async def matching() -> UplinkStatus | None:
+        status = await fw.status()
+        return status if pred(status) else None
+
+    found: UplinkStatus = await eventually(matching, within=within, what=what or str(pred))
+    return found
 
 
 def fast_link(host: str, port: int, client_id: str, **kw: object) -> MqttLink:
@@ -151,7 +146,7 @@ def lane_side(
 
     link = fast_link(host, port, f"lane-{lane}")
     forwarder = Forwarder(
-        queue,
+        QueueThread(queue),
         link,
         lane,
         **{"ack_timeout": 0.2, "backoff_min": 0.02, "backoff_max": 0.5, **fw},  # type: ignore[arg-type]
@@ -209,7 +204,7 @@ async def drained(side: LaneSide, store: IngestStore, lane: str, within: float =
     def done() -> bool:
         return side.queue.backlog().count == 0 and store.count(lane) >= len(side.written)
 
-    await eventually(done, within, "uplink drained")
+    await eventually(done, within, what="uplink drained")
 
 
 def reconcile(side: LaneSide, store: IngestStore, lane: str) -> None:

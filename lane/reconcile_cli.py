@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from barrier.wire import PayloadError
 from lane.auth import bills as billfmt
 from lane.auth.acquirer import AcquirerError
 from lane.auth.alipay import AlipayClient
@@ -36,6 +35,7 @@ from lane.auth.reconcile import Day, Finding, LaneReport, RecordedPayment, recon
 from lane.auth.wechatpay import WeChatPayClient
 from lane.config import AuthSection, ConfigError, load_config
 from lane.log import setup_logging
+from lane.wire.codec import PayloadError
 from uplink.records import Record
 from uplink.sql_store import SqlIngestStore
 from uplink.sqlite_store import SqliteIngestStore

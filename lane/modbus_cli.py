@@ -1,6 +1,6 @@
 """`lane device --modbus HOST:PORT --map io.toml`: run the Modbus bridge until SIGINT/SIGTERM.
 
-Imported by `barrier.device_cli` only when --modbus is given, so pymodbus loads only then.
+Imported by `lane.device_cli` only when --modbus is given, so pymodbus loads only then.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import logging
 import sys
 from pathlib import Path
 
-from barrier.device_cli import Target, UsageError, parse_broker, stop_on_signals
 from barrier.iomap import IoMap, IoMapError, load_iomap
 from barrier.modbus_bridge import ModbusBridge, ModbusIo
+from lane.device_cli import Target, UsageError, parse_broker, stop_on_signals
 
 log = logging.getLogger("lane.barrier.modbus")
 

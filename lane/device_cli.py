@@ -29,15 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from barrier import device_control as control
-from barrier import topics
 from barrier.device import FAULTS, DeviceEmulator, Timings
 from barrier.messages import BarrierStatus, LaneStatus
-from barrier.mqtt import Credentials, Handler, Incoming, MqttLink, tls_context
-from barrier.wire import PayloadError
 from lane.config import ConfigError, load_config
 from lane.log import setup_logging
+from lane.transport.mqtt import Credentials, Handler, Incoming, MqttLink, tls_context
+from lane.wire import topics
+from lane.wire.codec import PayloadError
 
-log = logging.getLogger("lane.barrier.device_cli")
+log = logging.getLogger("lane.lane.device_cli")
 
 PASSWORD_ENV = "LANE_DEVICE_PASSWORD"
 
@@ -150,7 +150,7 @@ def main(argv: list[str]) -> int:
         return 2
     setup_logging(args.log_level, lane=target.lane)
     if args.modbus is not None:
-        from barrier.modbus_cli import run_bridge  # noqa: PLC0415 - pymodbus only when used
+        from lane.modbus_cli import run_bridge  # noqa: PLC0415 - pymodbus only when used
 
         code: int = run_bridge(target, args.modbus, args.map)
         return code

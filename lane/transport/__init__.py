@@ -1,0 +1,1 @@
+"""The MQTT transport: one broker connection (MqttLink); imports lane.wire only."""

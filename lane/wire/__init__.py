@@ -1,0 +1,1 @@
+"""The neutral leaf: msgpack codec, ids, MQTT topic vocabulary (msgpack + stdlib only)."""
