@@ -43,6 +43,7 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "uplink_stalled": Severity.MAJOR,
         "acquirer_unhealthy": Severity.MAJOR,
         "paid_not_passed": Severity.MAJOR,
+        "unpaid_passage": Severity.MAJOR,
         "attendant_needed": Severity.MINOR,
         "keyset_stale": Severity.MINOR,
         "queue_high_water": Severity.MINOR,

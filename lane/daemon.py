@@ -53,6 +53,7 @@ from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
+from lane.core.names import PayloadKind, Position
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.health_publisher import HealthPublisher
 from lane.ids import new_id
@@ -333,10 +334,10 @@ class LaneDaemon:
 
     def _on_ack(self, ack: BarrierAck) -> None:
         self.ops.barrier_acked(ack)
-        self.runner.post(ev.BarrierAcked(ack.cmd_id, ack.ok, ack.state, ack.error))
+        self.runner.post(ev.BarrierAcked(ack.cmd_id, ack.ok, Position(ack.state), ack.error))
 
     def _on_state(self, status: BarrierStatus) -> None:
-        self.runner.post(ev.BarrierReported(status.state))
+        self.runner.post(ev.BarrierReported(Position(status.state)))
 
     def _on_snapshot(self, snap: DeviceSnapshot) -> None:
         log.info(
@@ -349,7 +350,7 @@ class LaneDaemon:
             },
         )
         sensors = tuple(sorted(snap.sensors.items()))
-        self.runner.post(ev.DeviceSnapshotted(snap.barrier, sensors, new_id()))
+        self.runner.post(ev.DeviceSnapshotted(Position(snap.barrier), sensors, new_id()))
 
     def _on_sensor(self, reading: SensorReading) -> None:
         if reading.sensor == "classifier":
@@ -395,7 +396,9 @@ class LaneDaemon:
     def _on_scan(self, result: ScanResult) -> None:
         reason = getattr(result.payload, "reason", None)
         self.runner.post(
-            ev.Scanned(result.text, result.payload.kind, reason, result.frame_ts, new_id())
+            ev.Scanned(
+                result.text, PayloadKind(result.payload.kind), reason, result.frame_ts, new_id()
+            )
         )
 
     def _on_camera(self, event: SourceEvent) -> None:

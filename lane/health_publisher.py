@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from barrier.health_message import AcquirerHealth, CheckEntry, LaneHealth, health_topic
 from barrier.messages import AttendantCommand
+from lane.core.names import AuthResult, Method, RecordKind
+from lane.core.records import AuthInfo, RecordDraft
 from lane.core.state import phase
 from lane.lane_health import (
     AcquirerSample,
@@ -35,7 +37,6 @@ from lane.lane_health import (
 )
 from lane.window import Window
 from uplink.queue import QueueError
-from uplink.records import AuthInfo, RecordDraft
 
 if TYPE_CHECKING:
     from lane.daemon import LaneDaemon
@@ -126,14 +127,14 @@ class HealthPublisher:
         if cmd.op in RECORDED_BY_CORE:
             return
         draft = RecordDraft(
-            kind="manual",
+            kind=RecordKind.MANUAL,
             vehicle_id=cmd.cmd_id,
             vehicle_class=0,
             amount_minor=0,
             currency="",
-            method="manual",
+            method=Method.MANUAL,
             account_ref=None,
-            auth=AuthInfo(result="none"),
+            auth=AuthInfo(result=AuthResult.NONE),
             flags=tuple(flags),
         )
         task = asyncio.ensure_future(self._write(cmd, draft))

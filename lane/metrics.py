@@ -31,7 +31,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from lane.core.alarms import BARRIER_ALARMS
+from lane.core.names import BARRIER_ALARMS
 from lane.health import Check
 from scanner.pipeline import ScanStats
 from uplink.forwarder import UplinkStatus

@@ -31,10 +31,12 @@ from lane.core.actions import (
     Settle,
     ShowOnDisplay,
 )
-from lane.core.machine import next_deadline, step
+from lane.core.machine import IllegalTransitionError, next_deadline, step
+from lane.core.names import PersistError
+from lane.core.records import RecordDraft
 from lane.core.state import LaneState, Phase, phase
 from uplink.queue import QueueError, QueueFull
-from uplink.records import Record, RecordDraft
+from uplink.records import Record
 
 log = logging.getLogger("lane.runner")
 
@@ -126,7 +128,14 @@ class LaneRunner:
 
     def handle(self, event: ev.Event) -> None:
         before = phase(self.state)
-        self.state, actions = step(self.state, event, self.clocks.monotonic())
+        try:
+            self.state, actions = step(self.state, event, self.clocks.monotonic())
+        except IllegalTransitionError:
+            # A bug in the core: the state stands, the event is dropped, the lane runs on.
+            log.exception(
+                "illegal transition", extra={"lane": self.lane, "event": type(event).__name__}
+            )
+            return
         for action in actions:
             self._execute(action)
         after = phase(self.state)
@@ -204,14 +213,14 @@ class LaneRunner:
                 "queue full",
                 extra={"lane": self.lane, "persist_id": action.persist_id, "error": str(exc)},
             )
-            self.post(ev.PersistFailed(action.persist_id, "queue_full"))
+            self.post(ev.PersistFailed(action.persist_id, PersistError.QUEUE_FULL))
             return
         except (QueueError, OSError) as exc:
             log.error(
                 "record write failed",
                 extra={"lane": self.lane, "persist_id": action.persist_id, "error": str(exc)},
             )
-            self.post(ev.PersistFailed(action.persist_id, "disk_error"))
+            self.post(ev.PersistFailed(action.persist_id, PersistError.DISK_ERROR))
             return
         except Exception:
             # Anything else (a record that cannot be encoded, a bug) must still answer the core:
@@ -219,7 +228,7 @@ class LaneRunner:
             log.exception(
                 "record write failed", extra={"lane": self.lane, "persist_id": action.persist_id}
             )
-            self.post(ev.PersistFailed(action.persist_id, "disk_error"))
+            self.post(ev.PersistFailed(action.persist_id, PersistError.DISK_ERROR))
             return
         log.info(
             "record written",
@@ -241,24 +250,19 @@ class LaneRunner:
         remaining = max(0.0, action.deadline - self.clocks.monotonic())
         deadline_us = int((self.clocks.wall() + remaining) * 1_000_000)
         expiry_s = max(1, int(remaining + 0.999))
+        extra = {"lane": self.lane, "cmd_id": action.cmd_id, "op": op, "attempt": action.attempt}
         try:
             await self.barrier.command(op, action.cmd_id, deadline_us, expiry_s)
         except ConnectionError as exc:
-            # The core retries on its ack deadline with the same cmd_id.
-            log.warning(
-                "barrier command not sent",
-                extra={
-                    "lane": self.lane,
-                    "cmd_id": action.cmd_id,
-                    "attempt": action.attempt,
-                    "error": str(exc),
-                },
-            )
+            log.warning("barrier command not sent", extra={**extra, "error": str(exc)})
+            # The core sends it again at once (same cmd_id), or faults after the last attempt.
+            self.post(ev.CommandNotSent(action.cmd_id, f"{exc.__class__.__name__}: {exc}"))
             return
-        log.info(
-            "barrier command sent",
-            extra={"lane": self.lane, "cmd_id": action.cmd_id, "op": op, "attempt": action.attempt},
-        )
+        except Exception as exc:
+            log.exception("barrier command not sent", extra=extra)
+            self.post(ev.CommandNotSent(action.cmd_id, f"{exc.__class__.__name__}: {exc}"))
+            return
+        log.info("barrier command sent", extra=extra)
 
     async def _query(self, query_id: str, reason: str) -> None:
         extra = {"lane": self.lane, "query_id": query_id, "reason": reason}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from uplink.records import RecordDraft
+from lane.core.names import PayloadKind
+from lane.core.records import RecordDraft
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class Authorise:
     auth_id: str
     vehicle_id: str
     text: str
-    kind: str
+    kind: PayloadKind
     amount_minor: int
     currency: str
     deadline: float

@@ -20,13 +20,12 @@ from lane.core.actions import (
     ShowOnDisplay,
 )
 from lane.core.alarms import add_fault
+from lane.core.names import PAYABLE_KINDS, Alarm, AuthResult, Method, PayloadKind, PersistError
+from lane.core.records import AuthInfo, RecordDraft
 from lane.core.state import COMMITTED_MEMORY, RECORD_KINDS, Attempt, LaneMode, LaneState, Vehicle
-from uplink.records import METHODS, AuthInfo, RecordDraft
 
 Result = tuple[LaneState, list[Action]]
-
-# The kinds of code the lane sends for authorisation; anything else is refused at the lane.
-PAYABLE_KINDS = frozenset({"token", "payment_code", "emv"})
+METHODS = frozenset(Method)
 
 
 def arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
@@ -61,7 +60,7 @@ def on_classified(state: LaneState, event: ev.VehicleClassified, now: float) -> 
     )
     actions: list[Action] = [fare_display(vehicle, state), *no_fare_alarm(vehicle)]
     if had_no_fare and amount is not None and vehicle.tries < state.rules.max_tries:
-        actions.append(ClearAlarm("attendant_needed"))  # the class was corrected: pay as usual
+        actions.append(ClearAlarm(Alarm.ATTENDANT_NEEDED))  # the class was corrected: pay as usual
     return replace(state, vehicle=vehicle), actions
 
 
@@ -92,7 +91,9 @@ def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
         return state, actions
     if event.kind not in PAYABLE_KINDS:
         reason = event.reason or (
-            "unreadable code" if event.kind == "unknown" else f"unsupported code: {event.kind}"
+            "unreadable code"
+            if event.kind == PayloadKind.UNKNOWN
+            else f"unsupported code: {event.kind}"
         )
         return refuse(state, vehicle, event.text, reason, actions)
     if vehicle.amount_minor is None:
@@ -143,7 +144,7 @@ def after_decline(state: LaneState, vehicle: Vehicle, reason: str, actions: list
     if vehicle.tries >= state.rules.max_tries:
         actions += [
             ShowOnDisplay(("Payment refused", reason, "Please wait for assistance")),
-            RaiseAlarm("attendant_needed", f"vehicle {vehicle.vehicle_id}: {reason}"),
+            RaiseAlarm(Alarm.ATTENDANT_NEEDED, f"vehicle {vehicle.vehicle_id}: {reason}"),
         ]
     else:
         left = state.rules.max_tries - vehicle.tries
@@ -169,7 +170,8 @@ def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
     if event.method not in METHODS:
         # The record schema rejects unknown methods: record the kind of code the lane sent,
         # and keep what the authoriser said as a flag.
-        method = attempt.kind if attempt.kind in METHODS else "none"
+        # Every payable kind is also a method (the attempt exists only for a payable kind).
+        method = Method(str(attempt.kind))
         event = replace(event, method=method, flags=(*event.flags, f"method:{event.method}"))
     if event.approved and state.rules.mode is LaneMode.TRANSIT_ENTRY:
         recent = recent_taps(state, now)
@@ -184,9 +186,8 @@ def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
         why = ", ".join(sorted(state.faults)) or "lane closed"
         vehicle = replace(vehicle, tries=state.rules.max_tries)
         return after_decline(state, vehicle, why, [Abandon(event.auth_id, why)])
-    draft = record_draft(
-        state, vehicle, event, "approved" if "deferred" not in event.flags else "deferred"
-    )
+    result = AuthResult.DEFERRED if "deferred" in event.flags else AuthResult.APPROVED
+    draft = record_draft(state, vehicle, event, result)
     vehicle = replace(vehicle, approved=event, approved_frame_ts=attempt.frame_ts)
     state = commit(state, event.auth_id)
     return replace(state, vehicle=vehicle), [Persist(event.auth_id, draft)]
@@ -198,7 +199,7 @@ def record_decline(
     # A declined code stays declined: the camera keeps reading the same phone screen, and it
     # must not spend the driver's remaining tries.
     vehicle = replace(vehicle, refused_texts=vehicle.refused_texts | {text})
-    draft = record_draft(state, vehicle, event, "declined")
+    draft = record_draft(state, vehicle, event, AuthResult.DECLINED)
     actions = [
         *actions,
         Persist(event.auth_id, draft),
@@ -208,17 +209,19 @@ def record_decline(
     return after_decline(state, vehicle, event.reason, actions)
 
 
-def record_draft(state: LaneState, vehicle: Vehicle, event: ev.Decided, result: str) -> RecordDraft:
+def record_draft(
+    state: LaneState, vehicle: Vehicle, event: ev.Decided, result: AuthResult
+) -> RecordDraft:
     mode = state.rules.mode
     kind = RECORD_KINDS[mode]
-    flags = tuple(event.flags) + ((event.reason,) if result == "declined" else ())
+    flags = tuple(event.flags) + ((event.reason,) if result == AuthResult.DECLINED else ())
     return RecordDraft(
         kind=kind,
         vehicle_id=vehicle.vehicle_id,
         vehicle_class=vehicle.vehicle_class,
         amount_minor=vehicle.amount_minor or 0,
         currency=vehicle.currency,
-        method=event.method,
+        method=Method(event.method),
         account_ref=event.account_ref,
         auth=AuthInfo(
             result=result,
@@ -252,7 +255,8 @@ def on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
 
 
 def on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> Result:
-    fault = event.reason if event.reason in ("queue_full", "disk_error") else "disk_error"
+    full = event.reason == PersistError.QUEUE_FULL
+    fault = Alarm.QUEUE_FULL if full else Alarm.DISK_ERROR
     state, actions = add_fault(state, fault)
     vehicle = state.vehicle
     if vehicle is None or pending_persist(vehicle) != event.persist_id:
@@ -300,7 +304,7 @@ def let_go(state: LaneState, vehicle: Vehicle, reason: str) -> list[Action]:
     if vehicle.attempt is not None:
         actions.append(Abandon(vehicle.attempt.auth_id, reason))
     if vehicle.tries >= state.rules.max_tries or waits_for_a_fare(vehicle):
-        actions.append(ClearAlarm("attendant_needed"))
+        actions.append(ClearAlarm(Alarm.ATTENDANT_NEEDED))
     return actions
 
 
@@ -312,7 +316,7 @@ def no_fare_alarm(vehicle: Vehicle) -> list[Action]:
     if not waits_for_a_fare(vehicle):
         return []
     message = f"vehicle {vehicle.vehicle_id}: no fare for class {vehicle.vehicle_class}"
-    return [RaiseAlarm("attendant_needed", message)]
+    return [RaiseAlarm(Alarm.ATTENDANT_NEEDED, message)]
 
 
 def fare_display(vehicle: Vehicle, state: LaneState) -> ShowOnDisplay:

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from lane.core.events import Decided
+from lane.core.names import BLOCKING_FAULTS, Alarm, Op, PayloadKind, Position, RecordKind, Sensor
 
 
 class Phase(StrEnum):
@@ -30,9 +31,9 @@ class LaneMode(StrEnum):
 
 # The record kind of a payment in each mode.
 RECORD_KINDS = {
-    LaneMode.TOLL: "toll",
-    LaneMode.TRANSIT_ENTRY: "tap_in",
-    LaneMode.TRANSIT_EXIT: "tap_out",
+    LaneMode.TOLL: RecordKind.TOLL,
+    LaneMode.TRANSIT_ENTRY: RecordKind.TAP_IN,
+    LaneMode.TRANSIT_EXIT: RecordKind.TAP_OUT,
 }
 
 
@@ -56,16 +57,6 @@ class FlatFares:
         return None
 
 
-# Faults that stop the lane from taking new payments and from moving the barrier.
-BLOCKING_FAULTS = frozenset(
-    {"barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused", "broker_down"}
-)
-# Faults that stop new payments only (the barrier may still serve a vehicle that already paid).
-PAYMENT_FAULTS = frozenset({"queue_full", "disk_error", "barrier_stuck"})
-# Faults about one command that a later probe of the same command can clear.
-COMMAND_FAULTS = frozenset({"barrier_no_ack", "barrier_refused"})
-# Barrier positions in which a vehicle can drive under the boom.
-BOOM_UP = frozenset({"open", "opening", "closing"})
 COMMITTED_MEMORY = 64
 
 
@@ -97,7 +88,7 @@ class Attempt:
 
     auth_id: str
     text: str
-    kind: str
+    kind: PayloadKind
     frame_ts: float
     deadline: float
 
@@ -121,7 +112,7 @@ class Vehicle:
 @dataclass(frozen=True)
 class Command:
     cmd_id: str
-    op: str  # open | close
+    op: Op
     attempt: int
     ack_deadline: float | None  # None: not sent yet (held back by a fault or the safety loop)
     acked: bool = False
@@ -150,7 +141,7 @@ class Passage:
 class Expectation:
     """The barrier must report `target` by `by`, or it is stuck."""
 
-    target: str  # open | closed
+    target: Position  # open | closed
     by: float
     overdue: bool = False  # barrier_stuck was raised for it; cleared when the target is reported
 
@@ -161,11 +152,11 @@ class LaneState:
     vehicle: Vehicle | None = None
     passage: Passage | None = None
     command: Command | None = None
-    barrier: str = "unknown"
+    barrier: Position = Position.UNKNOWN
     # Each safety sensor (safety_loop, light_curtain) that last reported occupied: the area
     # under the barrier is clear only when none is, whatever order their reports come in.
-    occupied: frozenset[str] = frozenset()
-    faults: frozenset[str] = frozenset()
+    occupied: frozenset[Sensor] = frozenset()
+    faults: frozenset[Alarm] = frozenset()
     closed_reason: str | None = None
     next_class: int | None = None
     taps: tuple[tuple[str, float], ...] = field(default=())
@@ -174,8 +165,8 @@ class LaneState:
     # newest last, the last COMMITTED_MEMORY of them: a repeated Decided or AttendantOpen for
     # one of these is a redelivery and must not act a second time.
     committed: tuple[str, ...] = ()
-    # Alarms that tell the operator without stopping the lane (lane.core.alarms.Alarm).
-    notices: frozenset[str] = frozenset()
+    # Alarms that tell the operator without stopping the lane.
+    notices: frozenset[Alarm] = frozenset()
     # When the current phase's dwell runs out (None: the phase may last for ever, e.g. idle
     # with the barrier closed); past it the lane asks the device and takes the way out.
     dwell_at: float | None = None
@@ -201,12 +192,12 @@ def phase(state: LaneState) -> Phase:
         return Phase.FAULT
     if state.passage is not None:
         cmd = state.command
-        if state.passage.left or (cmd is not None and cmd.op == "close"):
+        if state.passage.left or (cmd is not None and cmd.op == Op.CLOSE):
             return Phase.CLOSING
         if state.passage.opened_at is None:
             return Phase.OPENING
         return Phase.OPEN
-    if state.command is not None and state.command.op == "close":
+    if state.command is not None and state.command.op == Op.CLOSE:
         return Phase.CLOSING
     if state.faults:
         return Phase.FAULT

@@ -454,6 +454,8 @@ class EventSource:
 
     def _ack(self, now: float) -> ev.Event:
         cmd = self._id(self.cmd_ids, "zz/open")
+        if self.c.chance(7):
+            return ev.CommandNotSent(cmd, "broker connection lost")
         ok = not self.c.chance(6)
         error = None if ok else self.c.pick(("safety_loop_occupied", "jammed"))
         return ev.BarrierAcked(cmd, ok, "open" if ok else "closed", error)

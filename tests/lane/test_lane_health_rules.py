@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lane.alarm_severity import SEVERITY, Severity, severity_of, worst
-from lane.core.machine import FAULT_MESSAGES
-from lane.health import BARRIER_FAULTS, QUEUE_FAULTS
+from lane.core.names import BARRIER_ALARMS, Alarm
+from lane.health import QUEUE_FAULTS
 from lane.lane_health import (
     CLEARED_KEPT,
     AcquirerSample,
@@ -22,7 +22,7 @@ from lane.lane_health import (
 
 
 def test_every_alarm_the_lane_raises_today_has_a_severity() -> None:
-    known = {*FAULT_MESSAGES, *BARRIER_FAULTS, *QUEUE_FAULTS, "camera_blackout", "keyset_stale"}
+    known = {*Alarm, *BARRIER_ALARMS, *QUEUE_FAULTS, "camera_blackout", "keyset_stale"}
     known |= {"attendant_needed", "queue_high_water", "uplink_stalled", "acquirer_unhealthy"}
     assert known <= set(SEVERITY), sorted(known - set(SEVERITY))
 
