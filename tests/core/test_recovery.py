@@ -204,6 +204,20 @@ def test_paid_and_not_let_through_is_a_record_an_alarm_and_the_lane_moves_on() -
     assert ClearAlarm(Alarm.PAID_NOT_PASSED) in lane.actions  # ... and the alarm is over
 
 
+def test_a_barrier_the_device_closed_by_itself_does_not_hold_the_passage_open() -> None:
+    lane = LaneDriver()
+    opened(lane)
+    lane.report("open")  # the device said open: the vehicle was let through ...
+    lane.report("closed")  # ... and the device closed by itself, nothing crossed that we heard
+    actions = lane.tick_at_deadline()
+    raised(actions, Alarm.LANE_STUCK)
+    # Nobody at the pay point, nothing under the boom: the vehicle is gone, the passage ends.
+    actions = snapshot(lane, "closed")
+    assert one(actions, CloseBarrier).cmd_id == "v1/close"
+    lane.ack()
+    assert lane.phase() is Phase.IDLE
+
+
 def test_a_vehicle_let_through_is_never_a_refund_however_long_the_barrier_is_away() -> None:
     lane = LaneDriver(rules(pass_dwell_s=60.0))
     opened(lane)  # the device said open
