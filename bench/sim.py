@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lane.core.notes import NoteName
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -103,9 +105,9 @@ async def daemon_child(port: int, keyset: Path, workdir: Path, seconds: float, f
     answered = asyncio.Event()
 
     def note(name: str, fields: dict[str, Any]) -> None:
-        if name == "barrier_opened":
+        if name == NoteName.BARRIER_OPENED:
             opened.append(fields.get("latency_ms") or 0.0)
-        if name in ("barrier_opened", "declined", "code_refused"):
+        if name in (NoteName.BARRIER_OPENED, NoteName.DECLINED, NoteName.CODE_REFUSED):
             answered.set()
 
     daemon.runner.observers.append(note)

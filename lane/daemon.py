@@ -54,6 +54,7 @@ from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
 from lane.core.names import PayloadKind, Position
+from lane.core.notes import NoteName
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.health_publisher import HealthPublisher
 from lane.ids import new_id
@@ -422,8 +423,8 @@ class LaneDaemon:
         """Every lane note goes out on the events topic (QoS 0) for operators."""
         # Codes still in view count again for the next person (a screenshot must reach the
         # replay check), but not for the fare-gate passenger the code itself just made.
-        explicit_arrival = name == "vehicle_arrived" and not fields.get("implicit")
-        if (explicit_arrival or name == "vehicle_left") and self.pipeline is not None:
+        explicit_arrival = name == NoteName.VEHICLE_ARRIVED and not fields.get("implicit")
+        if (explicit_arrival or name == NoteName.VEHICLE_LEFT) and self.pipeline is not None:
             self.pipeline.forget_seen()
         if not self.link.connected or name == "display":
             return

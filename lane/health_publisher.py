@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from barrier.health_message import AcquirerHealth, CheckEntry, LaneHealth, health_topic
 from barrier.messages import AttendantCommand
-from lane.core.names import AuthResult, Method, RecordKind
+from lane.core.names import Alarm, AuthResult, Method, RecordKind
+from lane.core.notes import NoteName
 from lane.core.records import AuthInfo, RecordDraft
 from lane.core.state import phase
 from lane.lane_health import (
@@ -49,7 +50,7 @@ ACQUIRER_WINDOW_S = 300.0
 ACQUIRER_SAMPLES = 20  # the last online payments judged, at most ACQUIRER_WINDOW_S old
 SLOW_SHARE_OF_BUDGET = 0.5  # an acquirer p95 above this share of the budget is degraded
 SEEN_COMMANDS = 256
-COUNTED = {"vehicle_arrived": "vehicles", "barrier_opened": "passed"}  # note -> counter
+COUNTED: dict[str, str] = {NoteName.VEHICLE_ARRIVED: "vehicles", NoteName.BARRIER_OPENED: "passed"}
 # Attendant operations the core records itself (a manual open is a `manual` passage record).
 RECORDED_BY_CORE = frozenset({"open"})
 
@@ -97,7 +98,7 @@ class HealthPublisher:
             code = str(fields.get("code"))
             if fields.get("active"):
                 self.book.raised(code, str(fields.get("message") or ""), self._now_us())
-                if code == "paid_not_passed":
+                if code == Alarm.PAID_NOT_PASSED:
                     self.counters["paid_not_passed"] += 1
             else:
                 self.book.cleared(code, self._now_us())

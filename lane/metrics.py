@@ -32,6 +32,7 @@ from prometheus_client import (
 )
 
 from lane.core.names import BARRIER_ALARMS
+from lane.core.notes import NoteName
 from lane.health import Check
 from scanner.pipeline import ScanStats
 from uplink.forwarder import UplinkStatus
@@ -280,23 +281,23 @@ class LaneMetrics:
     # --- what the lane decides (runner observer) --------------------------------------------
 
     def observe_note(self, name: str, fields: Mapping[str, Any]) -> None:
-        if name == "vehicle_arrived":
+        if name == NoteName.VEHICLE_ARRIVED:
             self.vehicles.inc()
         elif name == "record":
             self._record(fields.get("record") or {})
-        elif name == "code_refused":
+        elif name == NoteName.CODE_REFUSED:
             self.decisions.labels(
                 "none", "refused", reason_label(fields.get("reason"), refused=True)
             ).inc()
-        elif name == "scan_refused":
+        elif name == NoteName.SCAN_REFUSED:
             self.decisions.labels("none", "refused", "lane_closed").inc()
-        elif name == "barrier_opened":
+        elif name == NoteName.BARRIER_OPENED:
             latency_ms = fields.get("latency_ms")
             if isinstance(latency_ms, int | float):
                 self.code_to_open.observe(latency_ms / 1000.0)
-        elif name == "tailgating":
+        elif name == NoteName.TAILGATING:
             self.tailgating.inc()
-        elif name == "paid_not_passed":
+        elif name == NoteName.PAID_NOT_PASSED:
             self.paid_not_passed.inc()
         elif name == "alarm":
             self._alarm(str(fields.get("code", "")), bool(fields.get("active")))

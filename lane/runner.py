@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 from lane.core import events as ev
 from lane.core.actions import (
@@ -23,7 +23,7 @@ from lane.core.actions import (
     Authorise,
     ClearAlarm,
     CloseBarrier,
-    Note,
+    NoteBase,
     OpenBarrier,
     Persist,
     QueryDevice,
@@ -191,8 +191,10 @@ class LaneRunner:
                 if self.alarms.pop(code, None) is not None:
                     log.info("alarm cleared", extra={"lane": self.lane, "alarm": code})
                     self._notify("alarm", {"code": code, "active": False})
-            case Note(name=name, fields=fields):
-                self._notify(name, fields)
+            case NoteBase():
+                self._notify(action.name, action.fields())
+            case _:
+                assert_never(action)
 
     async def _authorise(self, action: Authorise) -> None:
         try:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from barrier.device import DeviceEmulator, Timings
 from lane.config import LaneConfig, parse_config
+from lane.core.notes import NoteName
 from lane.core.state import phase
 from lane.daemon import LaneDaemon
 from scanner.sources import PushSource
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lane.sim")
 
-ANSWERS = ("barrier_opened", "declined", "code_refused")
+ANSWERS = (NoteName.BARRIER_OPENED, NoteName.DECLINED, NoteName.CODE_REFUSED)
 STOP_GRACE_S = 2.0
 STEP_UP_S = 0.5  # transit: the next passenger steps up to the reader, phone in hand
 GATE_HOLD_S = 8.0  # transit: a gate nobody walks through closes after this (simulated) time
@@ -310,7 +311,7 @@ class SimLane:
         outcome = Outcome(driver, self.lane_id, started_at=time.monotonic())
         mark = self.watch.mark
         await self.device.vehicle_enters(driver.vehicle_class)
-        arrived = await self.watch.wait_for(lambda n, f: n == "vehicle_arrived", mark, 5.0)
+        arrived = await self.watch.wait_for(lambda n, f: n == NoteName.VEHICLE_ARRIVED, mark, 5.0)
         if arrived is None:
             log.error(
                 "lane did not see the vehicle", extra={"lane": self.lane_id, "driver": driver.index}
@@ -342,8 +343,8 @@ class SimLane:
                 continue
             mark, shown_at, ts, name, fields = result
             if replay_of is not None:
-                outcome.replays.append((replay_of, name != "barrier_opened"))
-            if name == "barrier_opened":
+                outcome.replays.append((replay_of, name != NoteName.BARRIER_OPENED))
+            if name == NoteName.BARRIER_OPENED:
                 outcome.passed = True
                 outcome.methods.append(kind)
                 outcome.latency_ms = (ts - shown_at) * 1000
@@ -371,7 +372,7 @@ class SimLane:
 
         def answer(name: str, fields: dict[str, Any]) -> bool:
             nonlocal bound
-            if bound is None and name == "vehicle_arrived":
+            if bound is None and name == NoteName.VEHICLE_ARRIVED:
                 bound = fields.get("vehicle_id")
             return name in ANSWERS and bound is not None and fields.get("vehicle_id") == bound
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from lane.core.actions import Action, ClearAlarm, RaiseAlarm, ShowOnDisplay
+from lane.core.actions import Action, ClearAlarm, RaiseAlarm
+from lane.core.display import LANE_CLOSED
 from lane.core.names import BARRIER_ALARMS, BARRIER_FAULTS, Alarm
 from lane.core.state import LaneState
 
@@ -26,9 +27,6 @@ FAULT_MESSAGES = {
     Alarm.DISK_ERROR: "record queue cannot write to disk",
     Alarm.BARRIER_STUCK: "barrier did not reach its commanded position",
 }
-
-# The display of a lane that takes no payments (a fault, or an attendant closed it).
-LANE_CLOSED = ShowOnDisplay(("Lane closed", "Please use another lane"))
 
 
 def add_fault(state: LaneState, fault: Alarm, detail: str = "") -> tuple[LaneState, list[Action]]:

@@ -25,13 +25,12 @@ from lane.core.actions import (
     Action,
     ClearAlarm,
     CloseBarrier,
-    Note,
     OpenBarrier,
     Persist,
     RaiseAlarm,
-    ShowOnDisplay,
 )
 from lane.core.alarms import add_fault, remove_fault
+from lane.core.display import LANE_CLOSED, LANE_OPEN, THANK_YOU
 from lane.core.names import (
     BARRIER_DOWN,
     BARRIER_FAULTS,
@@ -45,6 +44,18 @@ from lane.core.names import (
     Position,
     RecordKind,
     Sensor,
+)
+from lane.core.notes import (
+    AttendantOpened,
+    AttendantOpenIgnored,
+    BarrierOpened,
+    BarrierReconciled,
+    ExitLoopIgnored,
+    GateTimeout,
+    LaneClosed,
+    LaneReopened,
+    VehicleGone,
+    VehicleLeft,
 )
 from lane.core.records import AuthInfo, RecordDraft
 from lane.core.state import (
@@ -159,8 +170,8 @@ def _on_sensor(state: LaneState, event: ev.SensorChanged, now: float) -> Result:
         if passage.crossings == 0:
             # Nothing went under the barrier yet: this is not the paying vehicle leaving (a
             # trailer's second pulse, loop chatter); closing now would close in front of it.
-            return state, [Note("exit_loop_ignored", {"vehicle_id": passage.vehicle_id})]
-        note = Note("vehicle_left", {"vehicle_id": passage.vehicle_id})
+            return state, [ExitLoopIgnored(passage.vehicle_id)]
+        note = VehicleLeft(passage.vehicle_id)
         return replace(state, passage=replace(passage, left=True)), [note]
     return state, []
 
@@ -174,7 +185,7 @@ def _entry_loop(state: LaneState, event: ev.SensorChanged, now: float) -> Result
     if vehicle is None or paypoint.committed(vehicle) or vehicle.implicit:
         return state, []  # a vehicle with a record on the way is leaving towards the barrier
     # The vehicle backed away from the pay point before it was cleared to pass.
-    actions: list[Action] = [Note("vehicle_gone", {"vehicle_id": vehicle.vehicle_id})]
+    actions: list[Action] = [VehicleGone(vehicle.vehicle_id)]
     return replace(state, vehicle=None), actions + paypoint.let_go(state, vehicle, "vehicle_gone")
 
 
@@ -207,7 +218,7 @@ def _safety_loop(state: LaneState, sensor: Sensor, occupied: bool, event_id: str
     ):
         # A fare gate has no exit loop: the passenger is through once the curtain clears.
         state = replace(state, passage=replace(passage, left=True))
-        actions.append(Note("vehicle_left", {"vehicle_id": passage.vehicle_id}))
+        actions.append(VehicleLeft(passage.vehicle_id))
     return state, actions
 
 
@@ -244,17 +255,7 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
     passage = state.passage
     assert passage is not None
     passage = replace(passage, opened_at=now)
-    latency = None if passage.frame_ts is None else round((now - passage.frame_ts) * 1000, 3)
-    actions.append(
-        Note(
-            "barrier_opened",
-            {
-                "vehicle_id": passage.vehicle_id,
-                "record_id": passage.record_id,
-                "latency_ms": latency,
-            },
-        )
-    )
+    actions.append(_opened(passage, now))
     return replace(state, command=replace(cmd, acked=True), passage=passage), actions
 
 
@@ -313,7 +314,7 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
         # Through (or gone) while the lane could not hear it: the exit edge was lost. Nobody
         # at the pay point and a barrier that is (or was, for this passage) open: gone too,
         # else a barrier the device closed by itself would hold the lane open for ever.
-        note = Note("vehicle_left", {"vehicle_id": passage.vehicle_id, "seen": "snapshot"})
+        note = VehicleLeft(passage.vehicle_id, seen="snapshot")
         state = replace(state, passage=replace(passage, left=True))
         actions.append(note)
     if state.command is None:
@@ -331,7 +332,7 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
         # Up for nobody who paid (a restart, a lost close): close it once the area is clear.
         close = Command(f"{event.event_id}/close", Op.CLOSE, 0, None)
         state = replace(state, command=close)
-        actions.append(Note("barrier_reconciled", {"device": event.barrier, "cmd": close.cmd_id}))
+        actions.append(BarrierReconciled(event.barrier, close.cmd_id))
     return state, actions
 
 
@@ -363,7 +364,7 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
     hold = _gate_hold_until(state)
     if passage is not None and hold is not None and now >= hold:
         state = replace(state, passage=replace(passage, left=True))
-        actions.append(Note("gate_timeout", {"vehicle_id": passage.vehicle_id}))
+        actions.append(GateTimeout(passage.vehicle_id))
     state, more = recovery.on_tick(state, now)
     return state, actions + more
 
@@ -403,13 +404,13 @@ def _gate_hold_until(state: LaneState) -> float | None:
 def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) -> Result:
     actions: list[Action] = []
     if not event.cmd_id:
-        return state, [Note("attendant_open_ignored", {"reason": "command without an id"})]
+        return state, [AttendantOpenIgnored("command without an id")]
     if event.cmd_id in state.committed:
-        return state, [Note("attendant_open_ignored", {"reason": "repeated command"})]
+        return state, [AttendantOpenIgnored("repeated command")]
     vehicle = state.vehicle
     if vehicle is not None and paypoint.committed(vehicle):
         why = "attendant open in progress" if vehicle.manual is not None else "vehicle already paid"
-        return state, [Note("attendant_open_ignored", {"reason": why})]
+        return state, [AttendantOpenIgnored(why)]
     if vehicle is not None:
         actions += paypoint.let_go(state, vehicle, "attendant_open")
         vehicle = replace(vehicle, attempt=None, manual=event.cmd_id)
@@ -426,24 +427,24 @@ def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) ->
         auth=AuthInfo(result=AuthResult.MANUAL),
         flags=("manual", f"reason:{event.reason}", f"attendant:{event.attendant}"),
     )
-    actions += [Persist(event.cmd_id, draft), Note("attendant_open", {"reason": event.reason})]
+    actions += [Persist(event.cmd_id, draft), AttendantOpened(event.reason)]
     return replace(paypoint.commit(state, event.cmd_id), vehicle=vehicle), actions
 
 
 def _on_close_lane(state: LaneState, event: ev.AttendantCloseLane, now: float) -> Result:
-    actions: list[Action] = [ShowOnDisplay(("Lane closed", "Please use another lane"))]
+    actions: list[Action] = [LANE_CLOSED]
     vehicle = state.vehicle
     if vehicle is not None and not paypoint.committed(vehicle):
         actions += paypoint.let_go(state, vehicle, "lane_closed")
         state = replace(state, vehicle=None)
-    actions.append(Note("lane_closed", {"reason": event.reason}))
+    actions.append(LaneClosed(event.reason))
     return replace(state, closed_reason=event.reason or "closed by attendant"), actions
 
 
 def _on_reopen_lane(state: LaneState, event: ev.AttendantReopenLane, now: float) -> Result:
     return replace(state, closed_reason=None), [
-        ShowOnDisplay(("Lane open",), ttl_s=3.0),
-        Note("lane_reopened", {"reason": event.reason}),
+        LANE_OPEN,
+        LaneReopened(event.reason),
     ]
 
 
@@ -523,7 +524,7 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
         actions = [
             *actions,
             OpenBarrier(cmd_id, now + rules.cmd_ttl_s, 1),
-            ShowOnDisplay(("Thank you", "Have a good journey"), ttl_s=5.0),
+            THANK_YOU,
         ]
         return replace(state, vehicle=None, passage=passage, command=command), actions
     return state, actions
@@ -540,22 +541,15 @@ def _hand_over(state: LaneState, vehicle: Vehicle, actions: list[Action], now: f
         since=now,
         manual=vehicle.approved is None,
     )
-    frame_ts = vehicle.approved_frame_ts
-    latency = None if frame_ts is None else round((now - frame_ts) * 1000, 3)
-    actions = [
-        *actions,
-        ShowOnDisplay(("Thank you", "Have a good journey"), ttl_s=5.0),
-        Note(
-            "barrier_opened",
-            {
-                "vehicle_id": vehicle.vehicle_id,
-                "record_id": vehicle.record_id,
-                "latency_ms": latency,
-                "handover": True,
-            },
-        ),
-    ]
+    actions = [*actions, THANK_YOU, _opened(passage, now, handover=True)]
     return replace(state, vehicle=None, passage=passage), actions
+
+
+def _opened(passage: Passage, now: float, handover: bool | None = None) -> BarrierOpened:
+    """The barrier is open for this passage; latency from the frame that held the code."""
+    frame_ts = passage.frame_ts
+    latency = None if frame_ts is None else round((now - frame_ts) * 1000, 3)
+    return BarrierOpened(passage.vehicle_id, passage.record_id, latency, handover)
 
 
 __all__ = ["IllegalTransitionError", "initial_state", "next_deadline", "phase", "step"]

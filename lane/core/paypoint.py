@@ -13,14 +13,25 @@ from lane.core.actions import (
     Action,
     Authorise,
     ClearAlarm,
-    Note,
     Persist,
     RaiseAlarm,
     Settle,
     ShowOnDisplay,
 )
 from lane.core.alarms import add_fault
+from lane.core.display import ASSISTANCE, LANE_CLOSED, class_waits
 from lane.core.names import PAYABLE_KINDS, Alarm, AuthResult, Method, PayloadKind, PersistError
+from lane.core.notes import (
+    AttendantOpenFailed,
+    CodeRefused,
+    Declined,
+    DuplicateDecision,
+    LateDecision,
+    ScanIgnored,
+    ScanRefused,
+    ScanWithoutVehicle,
+    VehicleArrived,
+)
 from lane.core.records import AuthInfo, RecordDraft
 from lane.core.state import COMMITTED_MEMORY, RECORD_KINDS, Attempt, LaneMode, LaneState, Vehicle
 
@@ -34,12 +45,7 @@ def arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
     fare = rules.fares.fare_for(vehicle_class)
     amount, currency = fare if fare is not None else (None, "")
     vehicle = Vehicle(vehicle_id, vehicle_class, amount, currency, implicit=implicit)
-    actions: list[Action] = [
-        Note(
-            "vehicle_arrived",
-            {"vehicle_id": vehicle_id, "vehicle_class": vehicle_class, "implicit": implicit},
-        )
-    ]
+    actions: list[Action] = [VehicleArrived(vehicle_id, vehicle_class, implicit)]
     if not implicit:
         actions.append(fare_display(vehicle, state))
         actions += no_fare_alarm(vehicle)
@@ -68,13 +74,13 @@ def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
     if not state.accepting_payments:
         why = state.closed_reason or ", ".join(sorted(state.faults))
         return state, [
-            ShowOnDisplay(("Lane closed", "Please use another lane")),
-            Note("scan_refused", {"reason": why}),
+            LANE_CLOSED,
+            ScanRefused(why),
         ]
     actions: list[Action] = []
     if state.vehicle is None:
         if state.rules.mode is LaneMode.TOLL:
-            return state, [Note("scan_without_vehicle", {"kind": event.kind})]
+            return state, [ScanWithoutVehicle(event.kind)]
         state, actions = arrive(state, event.event_id, implicit=True)
     vehicle = state.vehicle
     assert vehicle is not None
@@ -84,8 +90,8 @@ def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
         # Tries are bounded: this vehicle now waits for an attendant.
         return state, [
             *actions,
-            ShowOnDisplay(("Payment refused", "Please wait for assistance")),
-            Note("scan_ignored", {"vehicle_id": vehicle.vehicle_id, "reason": "max_tries"}),
+            ShowOnDisplay(("Payment refused", ASSISTANCE)),
+            ScanIgnored(vehicle.vehicle_id, "max_tries"),
         ]
     if event.text in vehicle.refused_texts:
         return state, actions
@@ -104,8 +110,8 @@ def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
         # called on arrival) or a corrected class reading decides.
         return state, [
             *actions,
-            ShowOnDisplay((f"Class {vehicle.vehicle_class}", "Please wait for assistance")),
-            Note("scan_ignored", {"vehicle_id": vehicle.vehicle_id, "reason": reason}),
+            class_waits(vehicle.vehicle_class),
+            ScanIgnored(vehicle.vehicle_id, reason),
         ]
     tries = vehicle.tries + 1
     auth_id = f"{vehicle.vehicle_id}/a{tries}"
@@ -133,7 +139,7 @@ def refuse(
     vehicle = replace(
         vehicle, tries=vehicle.tries + 1, refused_texts=vehicle.refused_texts | {text}
     )
-    actions = [*actions, Note("code_refused", {"vehicle_id": vehicle.vehicle_id, "reason": reason})]
+    actions = [*actions, CodeRefused(vehicle.vehicle_id, reason)]
     return after_decline(state, vehicle, reason, actions)
 
 
@@ -143,7 +149,7 @@ def after_decline(state: LaneState, vehicle: Vehicle, reason: str, actions: list
         return replace(state, vehicle=None), actions
     if vehicle.tries >= state.rules.max_tries:
         actions += [
-            ShowOnDisplay(("Payment refused", reason, "Please wait for assistance")),
+            ShowOnDisplay(("Payment refused", reason, ASSISTANCE)),
             RaiseAlarm(Alarm.ATTENDANT_NEEDED, f"vehicle {vehicle.vehicle_id}: {reason}"),
         ]
     else:
@@ -159,10 +165,10 @@ def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
     attempt = vehicle.attempt if vehicle is not None else None
     if event.auth_id in state.committed:
         # A redelivered answer for a payment the lane accepted: it is (being) settled.
-        return state, [Note("duplicate_decision", {"auth_id": event.auth_id})]
+        return state, [DuplicateDecision(event.auth_id)]
     if vehicle is None or attempt is None or attempt.auth_id != event.auth_id:
         # The lane already gave up on this authorisation: nothing may stay charged.
-        late: list[Action] = [Note("late_decision", {"auth_id": event.auth_id})]
+        late: list[Action] = [LateDecision(event.auth_id)]
         if event.approved:
             late.insert(0, Abandon(event.auth_id, "late"))
         return state, late
@@ -203,7 +209,7 @@ def record_decline(
     actions = [
         *actions,
         Persist(event.auth_id, draft),
-        Note("declined", {"vehicle_id": vehicle.vehicle_id, "reason": event.reason}),
+        Declined(vehicle.vehicle_id, event.reason),
     ]
     assert vehicle.attempt is None
     return after_decline(state, vehicle, event.reason, actions)
@@ -271,7 +277,7 @@ def on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> 
         vehicle = replace(vehicle, approved=None, tries=state.rules.max_tries)
         return replace(state, vehicle=vehicle), actions
     # An attendant open without a record does not open: the attendant may try again.
-    actions.append(Note("attendant_open_failed", {"cmd_id": event.persist_id}))
+    actions.append(AttendantOpenFailed(event.persist_id))
     if vehicle.implicit or vehicle.vehicle_id == vehicle.manual:
         return replace(state, vehicle=None), actions  # nobody a loop could clear
     return replace(state, vehicle=replace(vehicle, manual=None)), actions
@@ -321,9 +327,9 @@ def no_fare_alarm(vehicle: Vehicle) -> list[Action]:
 
 def fare_display(vehicle: Vehicle, state: LaneState) -> ShowOnDisplay:
     if not state.accepting_payments:
-        return ShowOnDisplay(("Lane closed", "Please use another lane"))
+        return LANE_CLOSED
     if vehicle.amount_minor is None:
-        return ShowOnDisplay((f"Class {vehicle.vehicle_class}", "Please wait for assistance"))
+        return class_waits(vehicle.vehicle_class)
     return ShowOnDisplay((f"Class {vehicle.vehicle_class}", money(vehicle), "Show your QR code"))
 
 

@@ -22,13 +22,13 @@ from lane.core import events as ev
 from lane.core.actions import (
     Action,
     CloseBarrier,
-    Note,
     OpenBarrier,
     Persist,
     QueryDevice,
     ShowOnDisplay,
 )
 from lane.core.alarms import add_fault, clear_notice, raise_notice, remove_fault
+from lane.core.display import ASSISTANCE
 from lane.core.names import (
     BARRIER_DOWN,
     BLOCKING_FAULTS,
@@ -41,6 +41,7 @@ from lane.core.names import (
     Position,
     RecordKind,
 )
+from lane.core.notes import PaidNotPassed, Tailgating
 from lane.core.records import AuthInfo, RecordDraft
 from lane.core.state import RECORD_KINDS, Expectation, LaneState, Phase, phase
 
@@ -176,7 +177,7 @@ def violation(state: LaneState, after: str, vehicle_class: int, flags: tuple[str
     )
     actions: list[Action] = [
         Persist(persist_id, replace(draft, flags=flags)),
-        Note("tailgating", {"vehicle_id": after, "flags": list(flags)}),
+        Tailgating(after, flags),
     ]
     return replace(state, violations=n), actions
 
@@ -220,8 +221,8 @@ def _not_let_through(state: LaneState, now: float) -> Result:
     state, alarm = raise_notice(state, Alarm.PAID_NOT_PASSED, message)
     actions: list[Action] = [
         Persist(f"{p.vehicle_id}/not_passed", draft),
-        Note("paid_not_passed", {"vehicle_id": p.vehicle_id, "record_id": p.record_id}),
-        ShowOnDisplay(("Please wait for assistance",)),
+        PaidNotPassed(p.vehicle_id, p.record_id),
+        ShowOnDisplay((ASSISTANCE,)),
         *alarm,
     ]
     return state, actions

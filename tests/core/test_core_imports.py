@@ -24,9 +24,7 @@ def test_the_core_imports_only_the_standard_library_and_itself() -> None:
         f"{path.name}: {name}"
         for path in sorted(CORE.glob("*.py"))
         for name in imported(path)
-        if not name.startswith("lane.core")
-        and name.split(".")[0] not in sys.stdlib_module_names
+        if not name.startswith("lane.core") and name.split(".")[0] not in sys.stdlib_module_names
     }
     assert outside == set()
     assert imported(CORE / "actions.py")  # the parse sees imports at all
-

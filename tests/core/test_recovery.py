@@ -19,7 +19,6 @@ from lane.core.actions import (
     Action,
     ClearAlarm,
     CloseBarrier,
-    Note,
     OpenBarrier,
     Persist,
     QueryDevice,
@@ -27,6 +26,7 @@ from lane.core.actions import (
 )
 from lane.core.alarms import Alarm
 from lane.core.machine import next_deadline
+from lane.core.notes import NoteBase
 from lane.core.state import LaneMode, LaneRules, Phase
 from uplink.records import AuthInfo, RecordDraft
 
@@ -115,7 +115,7 @@ def test_a_vehicle_under_a_boom_the_lane_did_not_open_is_a_violation_and_an_alar
     assert record.draft.kind == "violation"
     assert "unpaid_passage" in record.draft.flags
     assert "not open for it" in raised(actions, Alarm.UNPAID_PASSAGE).message
-    assert one(actions, Note).name == "tailgating"
+    assert one(actions, NoteBase).name == "tailgating"
     lane.sensor("safety_loop", False)
     actions = lane.report("closed")
     assert ClearAlarm(Alarm.UNPAID_PASSAGE) in actions
@@ -188,7 +188,7 @@ def test_paid_and_not_let_through_is_a_record_an_alarm_and_the_lane_moves_on() -
     lane.pay("v1")
     lane.report("offline")  # the barrier leaves before it opened
     assert lane.phase() is Phase.FAULT
-    while "paid_not_passed" not in {a.name for a in of_type(lane.actions, Note)}:
+    while "paid_not_passed" not in {a.name for a in of_type(lane.actions, NoteBase)}:
         lane.tick_at_deadline()
     assert lane.now == pytest.approx(lane.state.rules.pass_dwell_s + 1000.0, abs=1.0)
     actions = lane.log[-1][2]
@@ -224,7 +224,7 @@ def test_a_vehicle_let_through_is_never_a_refund_however_long_the_barrier_is_awa
     lane.report("offline")  # ... and left; the vehicle drives through unheard
     while lane.now < 1000.0 + 600.0:
         lane.tick_at_deadline()  # probes every probe_s, ten minutes of them
-    assert "paid_not_passed" not in {a.name for a in of_type(lane.actions, Note)}
+    assert "paid_not_passed" not in {a.name for a in of_type(lane.actions, NoteBase)}
     lane.report("open")
     snapshot(lane, "open")
     lane.ack()
