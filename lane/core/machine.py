@@ -60,10 +60,12 @@ from lane.core.notes import (
 from lane.core.records import AuthInfo, RecordDraft
 from lane.core.state import (
     Command,
+    Committed,
     LaneMode,
     LaneRules,
     LaneState,
     Passage,
+    Paying,
     Phase,
     Vehicle,
     phase,
@@ -182,7 +184,7 @@ def _entry_loop(state: LaneState, event: ev.SensorChanged, now: float) -> Result
         if vehicle is not None:
             return state, []
         return paypoint.arrive(state, event.event_id, implicit=False)
-    if vehicle is None or paypoint.committed(vehicle) or vehicle.implicit:
+    if vehicle is None or vehicle.committed or vehicle.implicit:
         return state, []  # a vehicle with a record on the way is leaving towards the barrier
     # The vehicle backed away from the pay point before it was cleared to pass.
     actions: list[Action] = [VehicleGone(vehicle.vehicle_id)]
@@ -297,7 +299,7 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
             actions += more
     vehicle = state.vehicle
     gone = sensors.get(Sensor.ENTRY_LOOP) is False and vehicle is not None and not vehicle.implicit
-    if gone and vehicle is not None and not paypoint.committed(vehicle):
+    if gone and vehicle is not None and not vehicle.committed:
         left = ev.SensorChanged(Sensor.ENTRY_LOOP, False, event.event_id)
         state, more = _entry_loop(state, left, now)
         actions += more
@@ -327,7 +329,7 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
         event.barrier in (Position.OPEN, Position.OPENING)
         and state.passage is None
         and state.command is None
-        and (vehicle is None or not paypoint.committed(vehicle))
+        and (vehicle is None or not vehicle.committed)
     ):
         # Up for nobody who paid (a restart, a lost close): close it once the area is clear.
         close = Command(f"{event.event_id}/close", Op.CLOSE, 0, None)
@@ -342,7 +344,7 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
     attempt = vehicle.attempt if vehicle is not None else None
     timed_out = attempt is not None and now >= attempt.deadline + state.rules.auth_grace_s
     if vehicle is not None and attempt is not None and timed_out:
-        vehicle = replace(vehicle, attempt=None)
+        vehicle = replace(vehicle, stage=Paying())
         # The authoriser never answered: the lane gives up, records the decision like any other
         # decline, and leaves the money to the resolver (Abandon).
         decided = ev.Decided(attempt.auth_id, False, "timeout", attempt.kind)
@@ -408,14 +410,15 @@ def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) ->
     if event.cmd_id in state.committed:
         return state, [AttendantOpenIgnored("repeated command")]
     vehicle = state.vehicle
-    if vehicle is not None and paypoint.committed(vehicle):
+    if vehicle is not None and vehicle.committed:
         why = "attendant open in progress" if vehicle.manual is not None else "vehicle already paid"
         return state, [AttendantOpenIgnored(why)]
+    opened = Committed(event.cmd_id, approved=None, frame_ts=None)
     if vehicle is not None:
         actions += paypoint.let_go(state, vehicle, "attendant_open")
-        vehicle = replace(vehicle, attempt=None, manual=event.cmd_id)
+        vehicle = replace(vehicle, stage=opened)
     else:
-        vehicle = Vehicle(event.cmd_id, state.rules.default_class, 0, "", manual=event.cmd_id)
+        vehicle = Vehicle(event.cmd_id, state.rules.default_class, 0, "", stage=opened)
     draft = RecordDraft(
         kind=RecordKind.MANUAL,
         vehicle_id=vehicle.vehicle_id,
@@ -434,7 +437,7 @@ def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) ->
 def _on_close_lane(state: LaneState, event: ev.AttendantCloseLane, now: float) -> Result:
     actions: list[Action] = [LANE_CLOSED]
     vehicle = state.vehicle
-    if vehicle is not None and not paypoint.committed(vehicle):
+    if vehicle is not None and not vehicle.committed:
         actions += paypoint.let_go(state, vehicle, "lane_closed")
         state = replace(state, vehicle=None)
     actions.append(LaneClosed(event.reason))
@@ -513,7 +516,7 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
         passage = Passage(
             vehicle.vehicle_id,
             vehicle.record_id,
-            vehicle.approved_frame_ts,
+            _frame_ts(vehicle),
             vehicle.vehicle_class,
             # A vehicle already nosing over the loop under the closed barrier is this one.
             crossings=1 if state.safety_occupied else 0,
@@ -535,7 +538,7 @@ def _hand_over(state: LaneState, vehicle: Vehicle, actions: list[Action], now: f
     passage = Passage(
         vehicle.vehicle_id,
         vehicle.record_id,
-        vehicle.approved_frame_ts,
+        _frame_ts(vehicle),
         vehicle.vehicle_class,
         opened_at=now,
         since=now,
@@ -543,6 +546,10 @@ def _hand_over(state: LaneState, vehicle: Vehicle, actions: list[Action], now: f
     )
     actions = [*actions, THANK_YOU, _opened(passage, now, handover=True)]
     return replace(state, vehicle=None, passage=passage), actions
+
+
+def _frame_ts(vehicle: Vehicle) -> float | None:
+    return vehicle.stage.frame_ts if isinstance(vehicle.stage, Committed) else None
 
 
 def _opened(passage: Passage, now: float, handover: bool | None = None) -> BarrierOpened:

@@ -33,7 +33,17 @@ from lane.core.notes import (
     VehicleArrived,
 )
 from lane.core.records import AuthInfo, RecordDraft
-from lane.core.state import COMMITTED_MEMORY, RECORD_KINDS, Attempt, LaneMode, LaneState, Vehicle
+from lane.core.state import (
+    COMMITTED_MEMORY,
+    RECORD_KINDS,
+    Attempt,
+    Authorising,
+    Committed,
+    LaneMode,
+    LaneState,
+    Paying,
+    Vehicle,
+)
 
 Result = tuple[LaneState, list[Action]]
 METHODS = frozenset(Method)
@@ -84,7 +94,7 @@ def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
         state, actions = arrive(state, event.event_id, implicit=True)
     vehicle = state.vehicle
     assert vehicle is not None
-    if vehicle.attempt is not None or committed(vehicle):
+    if vehicle.attempt is not None or vehicle.committed:
         return state, actions  # one payment at a time; the driver's later codes are ignored
     if vehicle.tries >= state.rules.max_tries:
         # Tries are bounded: this vehicle now waits for an attendant.
@@ -117,7 +127,7 @@ def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
     auth_id = f"{vehicle.vehicle_id}/a{tries}"
     deadline = now + state.rules.budget_s
     attempt = Attempt(auth_id, event.text, event.kind, event.frame_ts, deadline)
-    vehicle = replace(vehicle, tries=tries, attempt=attempt)
+    vehicle = replace(vehicle, tries=tries, stage=Authorising(attempt))
     actions += [
         Authorise(
             auth_id,
@@ -172,7 +182,7 @@ def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
         if event.approved:
             late.insert(0, Abandon(event.auth_id, "late"))
         return state, late
-    vehicle = replace(vehicle, attempt=None)
+    vehicle = replace(vehicle, stage=Paying())
     if event.method not in METHODS:
         # The record schema rejects unknown methods: record the kind of code the lane sent,
         # and keep what the authoriser said as a flag.
@@ -194,7 +204,7 @@ def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
         return after_decline(state, vehicle, why, [Abandon(event.auth_id, why)])
     result = AuthResult.DEFERRED if "deferred" in event.flags else AuthResult.APPROVED
     draft = record_draft(state, vehicle, event, result)
-    vehicle = replace(vehicle, approved=event, approved_frame_ts=attempt.frame_ts)
+    vehicle = replace(vehicle, stage=Committed(event.auth_id, event, attempt.frame_ts))
     state = commit(state, event.auth_id)
     return replace(state, vehicle=vehicle), [Persist(event.auth_id, draft)]
 
@@ -247,9 +257,15 @@ def recent_taps(state: LaneState, now: float) -> tuple[tuple[str, float], ...]:
 
 def on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
     vehicle = state.vehicle
-    if vehicle is None or pending_persist(vehicle) != event.persist_id:
+    stage = vehicle.stage if vehicle is not None else None
+    if (
+        vehicle is None
+        or not isinstance(stage, Committed)
+        or stage.record_id is not None
+        or stage.persist_id != event.persist_id
+    ):
         return state, []  # a duplicate or stale answer: the record it names is settled already
-    vehicle = replace(vehicle, record_id=event.record_id)
+    vehicle = replace(vehicle, stage=replace(stage, record_id=event.record_id))
     approved = vehicle.approved
     if approved is None:
         return replace(state, vehicle=vehicle), []
@@ -265,7 +281,7 @@ def on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> 
     fault = Alarm.QUEUE_FULL if full else Alarm.DISK_ERROR
     state, actions = add_fault(state, fault)
     vehicle = state.vehicle
-    if vehicle is None or pending_persist(vehicle) != event.persist_id:
+    if vehicle is None or vehicle.pending_persist != event.persist_id:
         return state, actions  # not the record the lane waits for: never undo a durable one
     committed = tuple(c for c in state.committed if c != event.persist_id)
     state = replace(state, committed=committed)
@@ -274,33 +290,17 @@ def on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> 
         actions.append(ShowOnDisplay(("Payment cancelled", "Lane closed")))
         if vehicle.implicit:
             return replace(state, vehicle=None), actions  # no loop will ever clear a passenger
-        vehicle = replace(vehicle, approved=None, tries=state.rules.max_tries)
+        vehicle = replace(vehicle, stage=Paying(), tries=state.rules.max_tries)
         return replace(state, vehicle=vehicle), actions
     # An attendant open without a record does not open: the attendant may try again.
     actions.append(AttendantOpenFailed(event.persist_id))
     if vehicle.implicit or vehicle.vehicle_id == vehicle.manual:
         return replace(state, vehicle=None), actions  # nobody a loop could clear
-    return replace(state, vehicle=replace(vehicle, manual=None)), actions
+    return replace(state, vehicle=replace(vehicle, stage=Paying())), actions
 
 
 def commit(state: LaneState, persist_id: str) -> LaneState:
     return replace(state, committed=(*state.committed, persist_id)[-COMMITTED_MEMORY:])
-
-
-def committed(vehicle: Vehicle) -> bool:
-    """A record for this vehicle is durable or on its way to disk: the lane is committed."""
-    return (
-        vehicle.record_id is not None or vehicle.approved is not None or vehicle.manual is not None
-    )
-
-
-def pending_persist(vehicle: Vehicle) -> str | None:
-    """The persist id of the record this vehicle waits for, if any."""
-    if vehicle.record_id is not None:
-        return None
-    if vehicle.approved is not None:
-        return vehicle.approved.auth_id
-    return vehicle.manual
 
 
 def let_go(state: LaneState, vehicle: Vehicle, reason: str) -> list[Action]:

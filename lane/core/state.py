@@ -94,6 +94,32 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class Paying:
+    """At the pay point with no authorisation in flight: the fare shown, or codes refused."""
+
+
+@dataclass(frozen=True)
+class Authorising:
+    attempt: Attempt
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The lane is committed to this vehicle: its record is on its way to disk (`record_id`
+    None) or durable. `approved` is the payment; None when an attendant opened (`persist_id`
+    is then the attendant's cmd_id)."""
+
+    persist_id: str
+    approved: Decided | None
+    frame_ts: float | None  # the frame that held the paying code (the open's latency)
+    record_id: str | None = None
+
+
+# A vehicle's sub-phase at the pay point: one of these, so no illegal mix is representable.
+Stage = Paying | Authorising | Committed
+
+
+@dataclass(frozen=True)
 class Vehicle:
     vehicle_id: str
     vehicle_class: int
@@ -101,12 +127,42 @@ class Vehicle:
     currency: str
     implicit: bool = False  # a fare-gate passenger known only from the code they showed
     tries: int = 0
-    attempt: Attempt | None = None
-    approved: Decided | None = None
-    approved_frame_ts: float | None = None
-    record_id: str | None = None
-    manual: str | None = None  # attendant cmd_id when opened by an attendant
+    stage: Stage = Paying()
     refused_texts: frozenset[str] = frozenset()
+
+    # Read-only views of the stage, for the rules that ask one question of it.
+    @property
+    def attempt(self) -> Attempt | None:
+        return self.stage.attempt if isinstance(self.stage, Authorising) else None
+
+    @property
+    def committed(self) -> bool:
+        """A record for this vehicle is durable or on its way to disk."""
+        return isinstance(self.stage, Committed)
+
+    @property
+    def approved(self) -> Decided | None:
+        return self.stage.approved if isinstance(self.stage, Committed) else None
+
+    @property
+    def record_id(self) -> str | None:
+        return self.stage.record_id if isinstance(self.stage, Committed) else None
+
+    @property
+    def manual(self) -> str | None:
+        """The attendant's cmd_id when an attendant opened for this vehicle."""
+        stage = self.stage
+        if isinstance(stage, Committed) and stage.approved is None:
+            return stage.persist_id
+        return None
+
+    @property
+    def pending_persist(self) -> str | None:
+        """The persist id of the record this vehicle waits for, if any."""
+        stage = self.stage
+        if isinstance(stage, Committed) and stage.record_id is None:
+            return stage.persist_id
+        return None
 
 
 @dataclass(frozen=True)
@@ -203,11 +259,7 @@ def phase(state: LaneState) -> Phase:
         return Phase.FAULT
     vehicle = state.vehicle
     if vehicle is not None:
-        if (
-            vehicle.approved is not None
-            or vehicle.record_id is not None
-            or vehicle.manual is not None
-        ):
+        if vehicle.committed:
             return Phase.PERSISTING
         if vehicle.attempt is not None:
             return Phase.AUTHORISING

@@ -258,7 +258,7 @@ def world_answers(lane: LaneDriver, budget: int) -> int:
         vehicle = state.vehicle
         if action is None and vehicle is not None and vehicle.record_id is None:
             # A record asked for before the world got well is written now.
-            persist_id = vehicle.approved.auth_id if vehicle.approved else vehicle.manual
+            persist_id = vehicle.pending_persist
             action = None if persist_id is None else Persist(persist_id, RECORD)
         if isinstance(action, OpenBarrier | CloseBarrier):
             position = "open" if isinstance(action, OpenBarrier) else "closed"
