@@ -55,6 +55,28 @@ class NoteBase:
 _ALWAYS = frozenset({"latency_ms"})
 
 
+# Shapes several notes share (each note is still its own class with its own name).
+@dataclass(frozen=True)
+class _OfVehicle(NoteBase):
+    vehicle_id: str
+
+
+@dataclass(frozen=True)
+class _WithReason(NoteBase):
+    reason: str
+
+
+@dataclass(frozen=True)
+class _VehicleReason(NoteBase):
+    vehicle_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class _OfAuth(NoteBase):
+    auth_id: str
+
+
 @dataclass(frozen=True)
 class VehicleArrived(NoteBase):
     name = NoteName.VEHICLE_ARRIVED
@@ -64,11 +86,10 @@ class VehicleArrived(NoteBase):
 
 
 @dataclass(frozen=True)
-class VehicleGone(NoteBase):
+class VehicleGone(_OfVehicle):
     """The vehicle backed away from the pay point before it was cleared to pass."""
 
     name = NoteName.VEHICLE_GONE
-    vehicle_id: str
 
 
 @dataclass(frozen=True)
@@ -79,15 +100,13 @@ class VehicleLeft(NoteBase):
 
 
 @dataclass(frozen=True)
-class ExitLoopIgnored(NoteBase):
+class ExitLoopIgnored(_OfVehicle):
     name = NoteName.EXIT_LOOP_IGNORED
-    vehicle_id: str
 
 
 @dataclass(frozen=True)
-class GateTimeout(NoteBase):
+class GateTimeout(_OfVehicle):
     name = NoteName.GATE_TIMEOUT
-    vehicle_id: str
 
 
 @dataclass(frozen=True)
@@ -109,9 +128,8 @@ class BarrierReconciled(NoteBase):
 
 
 @dataclass(frozen=True)
-class ScanRefused(NoteBase):
+class ScanRefused(_WithReason):
     name = NoteName.SCAN_REFUSED
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -121,36 +139,28 @@ class ScanWithoutVehicle(NoteBase):
 
 
 @dataclass(frozen=True)
-class ScanIgnored(NoteBase):
+class ScanIgnored(_VehicleReason):
     name = NoteName.SCAN_IGNORED
-    vehicle_id: str
-    reason: str
 
 
 @dataclass(frozen=True)
-class CodeRefused(NoteBase):
+class CodeRefused(_VehicleReason):
     name = NoteName.CODE_REFUSED
-    vehicle_id: str
-    reason: str
 
 
 @dataclass(frozen=True)
-class Declined(NoteBase):
+class Declined(_VehicleReason):
     name = NoteName.DECLINED
-    vehicle_id: str
-    reason: str
 
 
 @dataclass(frozen=True)
-class LateDecision(NoteBase):
+class LateDecision(_OfAuth):
     name = NoteName.LATE_DECISION
-    auth_id: str
 
 
 @dataclass(frozen=True)
-class DuplicateDecision(NoteBase):
+class DuplicateDecision(_OfAuth):
     name = NoteName.DUPLICATE_DECISION
-    auth_id: str
 
 
 @dataclass(frozen=True)
@@ -170,15 +180,13 @@ class PaidNotPassed(NoteBase):
 
 
 @dataclass(frozen=True)
-class AttendantOpened(NoteBase):
+class AttendantOpened(_WithReason):
     name = NoteName.ATTENDANT_OPEN
-    reason: str
 
 
 @dataclass(frozen=True)
-class AttendantOpenIgnored(NoteBase):
+class AttendantOpenIgnored(_WithReason):
     name = NoteName.ATTENDANT_OPEN_IGNORED
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -188,15 +196,13 @@ class AttendantOpenFailed(NoteBase):
 
 
 @dataclass(frozen=True)
-class LaneClosed(NoteBase):
+class LaneClosed(_WithReason):
     name = NoteName.LANE_CLOSED
-    reason: str
 
 
 @dataclass(frozen=True)
-class LaneReopened(NoteBase):
+class LaneReopened(_WithReason):
     name = NoteName.LANE_REOPENED
-    reason: str
 
 
 Note = (
