@@ -305,7 +305,7 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
         actions += more
     clear = not any(sensors.get(s, False) for s in (*SAFETY_SENSORS, Sensor.EXIT_LOOP))
     passage = state.passage
-    waiting = passage is not None and passage.opened_at is not None and not passage.left
+    waiting = passage is not None and passage.awaited
     let_through = event.barrier == Position.OPEN or (passage is not None and passage.seen_open)
     if (
         passage is not None

@@ -192,6 +192,11 @@ class Passage:
     manual: bool = False  # opened by an attendant, not paid
     seen_open: bool = False  # the device reported the barrier open for it: it was let through
 
+    @property
+    def awaited(self) -> bool:
+        """The barrier was acked open for it and it is not through yet."""
+        return self.opened_at is not None and not self.left
+
 
 @dataclass(frozen=True)
 class Expectation:
