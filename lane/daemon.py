@@ -54,11 +54,12 @@ from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
 from lane.core.names import PayloadKind, Position
-from lane.core.notes import NoteName
+from lane.core.notes import VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.health_publisher import HealthPublisher
 from lane.ids import new_id
 from lane.log import setup_logging
+from lane.notification import Notification, ShellNote, ShellNoteName
 from lane.ops import LaneOps
 from lane.runner import Clocks, LaneRunner
 from lane.verifier import TokenVerifier
@@ -419,16 +420,19 @@ class LaneDaemon:
         elif event.kind in ("blackout", "error", "lost"):
             self.runner.alarm("camera_blackout", f"camera {event.kind}: {event.detail}")
 
-    def _publish_note(self, name: str, fields: dict[str, Any]) -> None:
+    def _publish_note(self, note: Notification) -> None:
         """Every lane note goes out on the events topic (QoS 0) for operators."""
-        # Codes still in view count again for the next person (a screenshot must reach the
-        # replay check), but not for the fare-gate passenger the code itself just made.
-        explicit_arrival = name == NoteName.VEHICLE_ARRIVED and not fields.get("implicit")
-        if (explicit_arrival or name == NoteName.VEHICLE_LEFT) and self.pipeline is not None:
-            self.pipeline.forget_seen()
-        if not self.link.connected or name == "display":
+        match note:
+            case VehicleArrived(implicit=False) | VehicleLeft() if self.pipeline is not None:
+                # Codes still in view count again for the next person (a screenshot must reach
+                # the replay check), but not for the fare-gate passenger the code just made.
+                self.pipeline.forget_seen()
+            case ShellNote(name=ShellNoteName.DISPLAY):
+                return
+        if not self.link.connected:
             return
-        task = asyncio.ensure_future(self.link.publish_event({"name": name, **fields}))
+        event = {"name": str(note.name), **note.fields()}
+        task = asyncio.ensure_future(self.link.publish_event(event))
         self._publishing.add(task)  # asyncio keeps only weak references to running tasks
         task.add_done_callback(self._publishing.discard)
         task.add_done_callback(_log_failure)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, assert_never
+from typing import Protocol, assert_never
 
 from lane.core import events as ev
 from lane.core.actions import (
@@ -35,6 +35,8 @@ from lane.core.machine import IllegalTransitionError, next_deadline, step
 from lane.core.names import PersistError
 from lane.core.records import RecordDraft
 from lane.core.state import LaneState, Phase, phase
+from lane.notification import Notification, Observer, ShellNote
+from lane.notification import ShellNoteName as Shell
 from uplink.queue import QueueError, QueueFull
 from uplink.records import Record
 
@@ -55,9 +57,6 @@ class PaymentsPort(Protocol):
 
 class RecordStore(Protocol):
     def append(self, draft: RecordDraft) -> Record: ...
-
-
-Observer = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -140,7 +139,7 @@ class LaneRunner:
             self._execute(action)
         after = phase(self.state)
         if after != before:
-            self._notify("phase", {"from": before.value, "to": after.value})
+            self._notify(ShellNote(Shell.PHASE, {"from": before.value, "to": after.value}))
         self.changed.set()
 
     def idle(self) -> bool:
@@ -164,7 +163,7 @@ class LaneRunner:
         match action:
             case ShowOnDisplay(lines=lines, ttl_s=ttl):
                 self._spawn("display", self.barrier.show(lines, ttl))
-                self._notify("display", {"lines": list(lines)})
+                self._notify(ShellNote(Shell.DISPLAY, {"lines": list(lines)}))
             case Authorise():
                 self._spawn("authorise", self._authorise(action))
             case Abandon(auth_id=auth_id, reason=reason):
@@ -186,13 +185,15 @@ class LaneRunner:
                 log.warning(
                     "alarm raised", extra={"lane": self.lane, "alarm": code, "detail": message}
                 )
-                self._notify("alarm", {"code": code, "message": message, "active": True})
+                self._notify(
+                    ShellNote(Shell.ALARM, {"code": code, "message": message, "active": True})
+                )
             case ClearAlarm(code=code):
                 if self.alarms.pop(code, None) is not None:
                     log.info("alarm cleared", extra={"lane": self.lane, "alarm": code})
-                    self._notify("alarm", {"code": code, "active": False})
+                    self._notify(ShellNote(Shell.ALARM, {"code": code, "active": False}))
             case NoteBase():
-                self._notify(action.name, action.fields())
+                self._notify(action)
             case _:
                 assert_never(action)
 
@@ -245,7 +246,7 @@ class LaneRunner:
         self.post(ev.Persisted(action.persist_id, record.record_id, record.seq))
         if self.on_record is not None:
             self.on_record(record)
-        self._notify("record", {"record": {"v": record.v, **record.to_map()}})
+        self._notify(ShellNote(Shell.RECORD, {"record": {"v": record.v, **record.to_map()}}))
 
     async def _command(self, action: OpenBarrier | CloseBarrier) -> None:
         op = "open" if isinstance(action, OpenBarrier) else "close"
@@ -298,9 +299,11 @@ class LaneRunner:
                 },
             )
 
-    def _notify(self, name: str, fields: dict[str, Any]) -> None:
+    def _notify(self, notification: Notification) -> None:
         for observer in self.observers:
             try:
-                observer(name, fields)
+                observer(notification)
             except Exception:
-                log.exception("observer failed", extra={"lane": self.lane, "note": name})
+                log.exception(
+                    "observer failed", extra={"lane": self.lane, "note": notification.name}
+                )

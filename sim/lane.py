@@ -26,6 +26,7 @@ from lane.config import LaneConfig, parse_config
 from lane.core.notes import NoteName
 from lane.core.state import phase
 from lane.daemon import LaneDaemon
+from lane.notification import Notification, ShellNote, ShellNoteName
 from scanner.sources import PushSource
 from sim.broker import Mosquitto
 from sim.camera import SyntheticCamera
@@ -74,8 +75,8 @@ class Watch:
         self.base = 0  # absolute index of notes[0]
         self._changed = asyncio.Event()
 
-    def __call__(self, name: str, fields: dict[str, Any]) -> None:
-        self.notes.append((time.monotonic(), name, fields))
+    def __call__(self, note: Notification) -> None:
+        self.notes.append((time.monotonic(), str(note.name), note.fields()))
         if len(self.notes) > self.KEEP:
             drop = self.KEEP // 2
             del self.notes[:drop]
@@ -232,10 +233,11 @@ class SimLane:
             task.add_done_callback(self._tasks.discard)
         return task
 
-    def _on_note(self, name: str, fields: dict[str, Any]) -> None:
-        if name == "record":
-            record = Record.from_map(fields["record"])
-            self.records_written[record.record_id] = record
+    def _on_note(self, note: Notification) -> None:
+        match note:
+            case ShellNote(name=ShellNoteName.RECORD, body=body):
+                record = Record.from_map(body["record"])
+                self.records_written[record.record_id] = record
 
     async def sample_uplink(self) -> None:
         if self.daemon is None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lane.core.notes import NoteName
+from lane.notification import Notification
 from lane.window import Window, percentiles
 
 # Upper bounds (ms) of the latency histogram's bins; the last bin is everything slower.
@@ -62,7 +63,9 @@ class LaneStats:
         self.counts: Counter[str] = Counter()
         self._methods: dict[str, str] = {}  # record_id -> method, until its barrier opens
 
-    def __call__(self, name: str, fields: dict[str, Any]) -> None:
+    def __call__(self, note: Notification) -> None:
+        # The dashboard shows every note as it is on the events topic: by name and fields.
+        name, fields = str(note.name), note.fields()
         now = self.clock()
         if name == "display":
             self.display = [str(line) for line in fields.get("lines", [])]
