@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lane.core.notes import BarrierOpened, CodeRefused, Declined
+from lane.notification import Notification
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -103,11 +106,13 @@ async def daemon_child(port: int, keyset: Path, workdir: Path, seconds: float, f
     opened: list[float] = []
     answered = asyncio.Event()
 
-    def note(name: str, fields: dict[str, Any]) -> None:
-        if name == "barrier_opened":
-            opened.append(fields.get("latency_ms") or 0.0)
-        if name in ("barrier_opened", "declined", "code_refused"):
-            answered.set()
+    def note(note: Notification) -> None:
+        match note:
+            case BarrierOpened(latency_ms=latency_ms):
+                opened.append(latency_ms or 0.0)
+                answered.set()
+            case Declined() | CodeRefused():
+                answered.set()
 
     daemon.runner.observers.append(note)
     stop = asyncio.Event()

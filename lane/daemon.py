@@ -57,10 +57,13 @@ from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
+from lane.core.names import PayloadKind, Position
+from lane.core.notes import VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.health_publisher import HealthPublisher
 from lane.log import setup_logging
 from lane.metrics import LaneMetrics
+from lane.notification import Notification, ShellNote, ShellNoteName
 from lane.ops import LaneOps, TimedBarrier
 from lane.runner import Clocks, LaneRunner
 from lane.transport.mqtt import Credentials, Incoming, MqttLink, tls_context
@@ -445,10 +448,10 @@ class LaneDaemon:
 
     def _on_ack(self, ack: BarrierAck) -> None:
         self.ops.barrier_acked(ack)
-        self.runner.post(ev.BarrierAcked(ack.cmd_id, ack.ok, ack.state, ack.error))
+        self.runner.post(ev.BarrierAcked(ack.cmd_id, ack.ok, Position(ack.state), ack.error))
 
     def _on_state(self, status: BarrierStatus) -> None:
-        self.runner.post(ev.BarrierReported(status.state))
+        self.runner.post(ev.BarrierReported(Position(status.state)))
 
     def _on_snapshot(self, snap: DeviceSnapshot) -> None:
         log.info(
@@ -461,7 +464,7 @@ class LaneDaemon:
             },
         )
         sensors = tuple(sorted(snap.sensors.items()))
-        self.runner.post(ev.DeviceSnapshotted(snap.barrier, sensors, new_id()))
+        self.runner.post(ev.DeviceSnapshotted(Position(snap.barrier), sensors, new_id()))
 
     def _on_sensor(self, reading: SensorReading) -> None:
         if reading.sensor == "classifier":
@@ -507,7 +510,9 @@ class LaneDaemon:
     def _on_scan(self, result: ScanResult) -> None:
         reason = getattr(result.payload, "reason", None)
         self.runner.post(
-            ev.Scanned(result.text, result.payload.kind, reason, result.frame_ts, new_id())
+            ev.Scanned(
+                result.text, PayloadKind(result.payload.kind), reason, result.frame_ts, new_id()
+            )
         )
 
     def _on_camera(self, event: SourceEvent) -> None:
@@ -527,18 +532,21 @@ class LaneDaemon:
         elif event.kind in ("blackout", "error", "lost"):
             self.runner.alarm("camera_blackout", f"camera {event.kind}: {event.detail}")
 
-    def _on_note(self, name: str, fields: dict[str, Any]) -> None:
+    def _on_note(self, note: Notification) -> None:
         """Every lane note goes out on the events topic (QoS 0) for operators."""
-        if name == "record":
-            self.forwarder.wake()  # a record is on disk: forward it now, not at the next poll
-        # Codes still in view count again for the next person (a screenshot must reach the
-        # replay check), but not for the fare-gate passenger the code itself just made.
-        explicit_arrival = name == "vehicle_arrived" and not fields.get("implicit")
-        if explicit_arrival or name == "vehicle_left":
-            self.pipeline.forget_seen()
-        if not self.link.connected or name == "display":
+        match note:
+            case ShellNote(name=ShellNoteName.RECORD):
+                self.forwarder.wake()  # a record is on disk: forward it now, not at the next poll
+            case VehicleArrived(implicit=False) | VehicleLeft():
+                # Codes still in view count again for the next person (a screenshot must reach
+                # the replay check), but not for the fare-gate passenger the code just made.
+                self.pipeline.forget_seen()
+            case ShellNote(name=ShellNoteName.DISPLAY):
+                return
+        if not self.link.connected:
             return
-        task = asyncio.ensure_future(self.link.publish_event({"name": name, **fields}))
+        event = {"name": str(note.name), **note.fields()}
+        task = asyncio.ensure_future(self.link.publish_event(event))
         self._publishing.add(task)  # asyncio keeps only weak references to running tasks
         task.add_done_callback(self._publishing.discard)
         task.add_done_callback(_log_failure)
@@ -582,7 +590,7 @@ class LaneDaemon:
         if self.source.finite:
             noted = asyncio.Event()  # a lane note (vehicle_arrived ...) may be the moment
 
-            def note(_name: str, _fields: dict[str, Any]) -> None:
+            def note(_note: Notification) -> None:
                 noted.set()
 
             self.runner.observers.append(note)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lane.core.alarms import BARRIER_ALARMS
+from lane.core.names import BARRIER_ALARMS
 
 # A loop that has not turned for this long is stuck (a blocking call, a busy loop).
 MAX_LOOP_LAG_S = 5.0

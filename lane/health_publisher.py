@@ -25,6 +25,9 @@ from typing import Any
 
 from barrier.health_message import AcquirerHealth, CheckEntry, LaneHealth, health_topic
 from barrier.messages import AttendantCommand
+from lane.core.names import Alarm, AuthResult, Method, RecordKind
+from lane.core.notes import BarrierOpened, VehicleArrived
+from lane.core.records import AuthInfo, RecordDraft
 from lane.core.state import phase
 from lane.health import Check
 from lane.lane_health import (
@@ -35,10 +38,10 @@ from lane.lane_health import (
     acquirer_sample,
     uplink_stalled,
 )
+from lane.notification import Notification, ShellNote, ShellNoteName
 from lane.view import LaneView
 from lane.window import Window
 from uplink.queue import QueueError
-from uplink.records import AuthInfo, RecordDraft
 
 log = logging.getLogger("lane.health_publisher")
 
@@ -48,7 +51,6 @@ ACQUIRER_WINDOW_S = 300.0
 ACQUIRER_SAMPLES = 20  # the last online payments judged, at most ACQUIRER_WINDOW_S old
 SLOW_SHARE_OF_BUDGET = 0.5  # an acquirer p95 above this share of the budget is degraded
 SEEN_COMMANDS = 256
-COUNTED = {"vehicle_arrived": "vehicles", "barrier_opened": "passed"}  # note -> counter
 # Attendant operations the core records itself (a manual open is a `manual` passage record).
 RECORDED_BY_CORE = frozenset({"open"})
 
@@ -79,25 +81,32 @@ class HealthPublisher:
 
     # --- inputs ---------------------------------------------------------------------------
 
-    def observe(self, name: str, fields: dict[str, Any]) -> None:
+    def observe(self, note: Notification) -> None:
         """Runner observer: every note of the lane."""
-        if name in COUNTED:
-            self.counters[COUNTED[name]] += 1
-        elif name == "record":
+        match note:
+            case VehicleArrived():
+                self.counters["vehicles"] += 1
+            case BarrierOpened():
+                self.counters["passed"] += 1
+            case ShellNote():
+                self._shell(note.name, note.body)
+
+    def _shell(self, name: ShellNoteName, fields: dict[str, Any]) -> None:
+        if name is ShellNoteName.RECORD:
             record = fields.get("record") or {}
             sample = acquirer_sample(record)
             if sample is not None:
                 self.acquirer.add(self.monotonic(), sample)
             if record.get("kind") == "violation":
                 self.counters["violations"] += 1
-        elif name == "phase":
+        elif name is ShellNoteName.PHASE:
             self.phase, self.phase_since_us = str(fields["to"]), self._now_us()
             self._wake.set()
-        elif name == "alarm":
+        elif name is ShellNoteName.ALARM:
             code = str(fields.get("code"))
             if fields.get("active"):
                 self.book.raised(code, str(fields.get("message") or ""), self._now_us())
-                if code == "paid_not_passed":
+                if code == Alarm.PAID_NOT_PASSED:
                     self.counters["paid_not_passed"] += 1
             else:
                 self.book.cleared(code, self._now_us())
@@ -127,14 +136,14 @@ class HealthPublisher:
         if cmd.op in RECORDED_BY_CORE:
             return
         draft = RecordDraft(
-            kind="manual",
+            kind=RecordKind.MANUAL,
             vehicle_id=cmd.cmd_id,
             vehicle_class=0,
             amount_minor=0,
             currency="",
-            method="manual",
+            method=Method.MANUAL,
             account_ref=None,
-            auth=AuthInfo(result="none"),
+            auth=AuthInfo(result=AuthResult.NONE),
             flags=tuple(flags),
         )
         task = asyncio.ensure_future(self._write(cmd, draft))

@@ -31,8 +31,18 @@ from prometheus_client import (
     generate_latest,
 )
 
-from lane.core.alarms import BARRIER_ALARMS
+from lane.core.names import BARRIER_ALARMS
+from lane.core.notes import (
+    BarrierOpened,
+    CodeRefused,
+    PaidNotPassed,
+    ScanRefused,
+    Tailgating,
+    VehicleArrived,
+)
 from lane.health import Check
+from lane.notification import Notification, ShellNote
+from lane.notification import ShellNoteName as Shell
 from scanner.pipeline import ScanStats
 from uplink.forwarder import UplinkStatus
 from uplink.records import METHODS
@@ -279,27 +289,24 @@ class LaneMetrics:
 
     # --- what the lane decides (runner observer) --------------------------------------------
 
-    def observe_note(self, name: str, fields: Mapping[str, Any]) -> None:
-        if name == "vehicle_arrived":
-            self.vehicles.inc()
-        elif name == "record":
-            self._record(fields.get("record") or {})
-        elif name == "code_refused":
-            self.decisions.labels(
-                "none", "refused", reason_label(fields.get("reason"), refused=True)
-            ).inc()
-        elif name == "scan_refused":
-            self.decisions.labels("none", "refused", "lane_closed").inc()
-        elif name == "barrier_opened":
-            latency_ms = fields.get("latency_ms")
-            if isinstance(latency_ms, int | float):
+    def observe_note(self, note: Notification) -> None:
+        match note:
+            case VehicleArrived():
+                self.vehicles.inc()
+            case ShellNote(name=Shell.RECORD, body=body):
+                self._record(body.get("record") or {})
+            case CodeRefused(reason=reason):
+                self.decisions.labels("none", "refused", reason_label(reason, refused=True)).inc()
+            case ScanRefused():
+                self.decisions.labels("none", "refused", "lane_closed").inc()
+            case BarrierOpened(latency_ms=latency_ms) if latency_ms is not None:
                 self.code_to_open.observe(latency_ms / 1000.0)
-        elif name == "tailgating":
-            self.tailgating.inc()
-        elif name == "paid_not_passed":
-            self.paid_not_passed.inc()
-        elif name == "alarm":
-            self._alarm(str(fields.get("code", "")), bool(fields.get("active")))
+            case Tailgating():
+                self.tailgating.inc()
+            case PaidNotPassed():
+                self.paid_not_passed.inc()
+            case ShellNote(name=Shell.ALARM, body=body):
+                self._alarm(str(body.get("code", "")), bool(body.get("active")))
 
     def _record(self, record: Mapping[str, Any]) -> None:
         auth = record.get("auth") or {}

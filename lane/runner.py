@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol, assert_never
 
 from lane.core import events as ev
 from lane.core.actions import (
@@ -22,7 +22,7 @@ from lane.core.actions import (
     Authorise,
     ClearAlarm,
     CloseBarrier,
-    Note,
+    NoteBase,
     OpenBarrier,
     Persist,
     QueryDevice,
@@ -30,10 +30,14 @@ from lane.core.actions import (
     Settle,
     ShowOnDisplay,
 )
-from lane.core.machine import next_deadline, step
+from lane.core.machine import IllegalTransitionError, next_deadline, step
+from lane.core.names import PersistError
+from lane.core.records import RecordDraft
 from lane.core.state import LaneState, Phase, phase
+from lane.notification import Notification, Observer, ShellNote
+from lane.notification import ShellNoteName as Shell
 from uplink.queue import QueueError, QueueFull
-from uplink.records import Record, RecordDraft
+from uplink.records import Record
 
 log = logging.getLogger("lane.runner")
 
@@ -54,9 +58,6 @@ class RecordStore(Protocol):
     """The queue (uplink.queue_thread.QueueThread): append returns once the record is on disk."""
 
     async def append(self, draft: RecordDraft) -> Record: ...
-
-
-Observer = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -138,12 +139,19 @@ class LaneRunner:
 
     def handle(self, event: ev.Event) -> None:
         before = phase(self.state)
-        self.state, actions = step(self.state, event, self.clocks.monotonic())
+        try:
+            self.state, actions = step(self.state, event, self.clocks.monotonic())
+        except IllegalTransitionError:
+            # A bug in the core: the state stands, the event is dropped, the lane runs on.
+            log.exception(
+                "illegal transition", extra={"lane": self.lane, "event": type(event).__name__}
+            )
+            return
         for action in actions:
             self._execute(action)
         after = phase(self.state)
         if after != before:
-            self._notify("phase", {"from": before.value, "to": after.value})
+            self._notify(ShellNote(Shell.PHASE, {"from": before.value, "to": after.value}))
         self._bump()
 
     def idle(self) -> bool:
@@ -167,7 +175,7 @@ class LaneRunner:
         match action:
             case ShowOnDisplay(lines=lines, ttl_s=ttl):
                 self._spawn("display", self.barrier.show(lines, ttl))
-                self._notify("display", {"lines": list(lines)})
+                self._notify(ShellNote(Shell.DISPLAY, {"lines": list(lines)}))
             case Authorise():
                 self._spawn("authorise", self._authorise(action))
             case Abandon(auth_id=auth_id, reason=reason):
@@ -189,13 +197,17 @@ class LaneRunner:
                 log.warning(
                     "alarm raised", extra={"lane": self.lane, "alarm": code, "detail": message}
                 )
-                self._notify("alarm", {"code": code, "message": message, "active": True})
+                self._notify(
+                    ShellNote(Shell.ALARM, {"code": code, "message": message, "active": True})
+                )
             case ClearAlarm(code=code):
                 if self.alarms.pop(code, None) is not None:
                     log.info("alarm cleared", extra={"lane": self.lane, "alarm": code})
-                    self._notify("alarm", {"code": code, "active": False})
-            case Note(name=name, fields=fields):
-                self._notify(name, fields)
+                    self._notify(ShellNote(Shell.ALARM, {"code": code, "active": False}))
+            case NoteBase():
+                self._notify(action)
+            case _:
+                assert_never(action)
 
     async def _authorise(self, action: Authorise) -> None:
         try:
@@ -215,14 +227,14 @@ class LaneRunner:
                 "queue full",
                 extra={"lane": self.lane, "persist_id": action.persist_id, "error": str(exc)},
             )
-            self.post(ev.PersistFailed(action.persist_id, "queue_full"))
+            self.post(ev.PersistFailed(action.persist_id, PersistError.QUEUE_FULL))
             return
         except (QueueError, OSError) as exc:
             log.error(
                 "record write failed",
                 extra={"lane": self.lane, "persist_id": action.persist_id, "error": str(exc)},
             )
-            self.post(ev.PersistFailed(action.persist_id, "disk_error"))
+            self.post(ev.PersistFailed(action.persist_id, PersistError.DISK_ERROR))
             return
         except Exception:
             # Anything else (a record that cannot be encoded, a bug) must still answer the core:
@@ -230,7 +242,7 @@ class LaneRunner:
             log.exception(
                 "record write failed", extra={"lane": self.lane, "persist_id": action.persist_id}
             )
-            self.post(ev.PersistFailed(action.persist_id, "disk_error"))
+            self.post(ev.PersistFailed(action.persist_id, PersistError.DISK_ERROR))
             return
         log.info(
             "record written",
@@ -243,31 +255,26 @@ class LaneRunner:
             },
         )
         self.post(ev.Persisted(action.persist_id, record.record_id, record.seq))
-        self._notify("record", {"record": {"v": record.v, **record.to_map()}})
+        self._notify(ShellNote(Shell.RECORD, {"record": {"v": record.v, **record.to_map()}}))
 
     async def _command(self, action: OpenBarrier | CloseBarrier) -> None:
         op = "open" if isinstance(action, OpenBarrier) else "close"
         remaining = max(0.0, action.deadline - self.clocks.monotonic())
         deadline_us = int((self.clocks.wall() + remaining) * 1_000_000)
         expiry_s = max(1, int(remaining + 0.999))
+        extra = {"lane": self.lane, "cmd_id": action.cmd_id, "op": op, "attempt": action.attempt}
         try:
             await self.barrier.command(op, action.cmd_id, deadline_us, expiry_s)
         except ConnectionError as exc:
-            # The core retries on its ack deadline with the same cmd_id.
-            log.warning(
-                "barrier command not sent",
-                extra={
-                    "lane": self.lane,
-                    "cmd_id": action.cmd_id,
-                    "attempt": action.attempt,
-                    "error": str(exc),
-                },
-            )
+            log.warning("barrier command not sent", extra={**extra, "error": str(exc)})
+            # The core sends it again at once (same cmd_id), or faults after the last attempt.
+            self.post(ev.CommandNotSent(action.cmd_id, f"{exc.__class__.__name__}: {exc}"))
             return
-        log.info(
-            "barrier command sent",
-            extra={"lane": self.lane, "cmd_id": action.cmd_id, "op": op, "attempt": action.attempt},
-        )
+        except Exception as exc:
+            log.exception("barrier command not sent", extra=extra)
+            self.post(ev.CommandNotSent(action.cmd_id, f"{exc.__class__.__name__}: {exc}"))
+            return
+        log.info("barrier command sent", extra=extra)
 
     async def _query(self, query_id: str, reason: str) -> None:
         extra = {"lane": self.lane, "query_id": query_id, "reason": reason}
@@ -306,9 +313,11 @@ class LaneRunner:
                 },
             )
 
-    def _notify(self, name: str, fields: dict[str, Any]) -> None:
+    def _notify(self, notification: Notification) -> None:
         for observer in self.observers:
             try:
-                observer(name, fields)
+                observer(notification)
             except Exception:
-                log.exception("observer failed", extra={"lane": self.lane, "note": name})
+                log.exception(
+                    "observer failed", extra={"lane": self.lane, "note": notification.name}
+                )

@@ -23,8 +23,10 @@ from typing import Any, Protocol
 
 from barrier.device import DeviceEmulator, Timings
 from lane.config import LaneConfig, parse_config
+from lane.core.notes import NoteName
 from lane.core.state import phase
 from lane.daemon import LaneDaemon, build
+from lane.notification import Notification, ShellNote, ShellNoteName
 from scanner.sources import PushSource
 from sim.broker import Mosquitto
 from sim.camera import SyntheticCamera
@@ -35,7 +37,7 @@ from uplink.records import Record
 
 log = logging.getLogger("lane.sim")
 
-ANSWERS = ("barrier_opened", "declined", "code_refused")
+ANSWERS = (NoteName.BARRIER_OPENED, NoteName.DECLINED, NoteName.CODE_REFUSED)
 STOP_GRACE_S = 2.0
 STEP_UP_S = 0.5  # transit: the next passenger steps up to the reader, phone in hand
 AIMS = 4  # a driver aims a code at most this many times, then tries the next one
@@ -83,8 +85,8 @@ class Watch:
         self.base = 0  # absolute index of notes[0]
         self._changed = asyncio.Event()
 
-    def __call__(self, name: str, fields: dict[str, Any]) -> None:
-        self.notes.append((time.monotonic(), name, fields))
+    def __call__(self, note: Notification) -> None:
+        self.notes.append((time.monotonic(), str(note.name), note.fields()))
         if len(self.notes) > self.KEEP:
             drop = self.KEEP // 2
             del self.notes[:drop]
@@ -260,10 +262,11 @@ class SimLane:
             task.add_done_callback(self._tasks.discard)
         return task
 
-    def _on_note(self, name: str, fields: dict[str, Any]) -> None:
-        if name == "record":
-            record = Record.from_map(fields["record"])
-            self.records_written[record.record_id] = record
+    def _on_note(self, note: Notification) -> None:
+        match note:
+            case ShellNote(name=ShellNoteName.RECORD, body=body):
+                record = Record.from_map(body["record"])
+                self.records_written[record.record_id] = record
 
     async def sample_uplink(self) -> None:
         if self.daemon is None:
@@ -339,7 +342,7 @@ class SimLane:
         outcome = Outcome(driver, self.lane_id, started_at=time.monotonic())
         mark = self.watch.mark
         await self.device.vehicle_enters(driver.vehicle_class)
-        arrived = await self.watch.wait_for(lambda n, f: n == "vehicle_arrived", mark, 5.0)
+        arrived = await self.watch.wait_for(lambda n, f: n == NoteName.VEHICLE_ARRIVED, mark, 5.0)
         if arrived is None:
             log.error(
                 "lane did not see the vehicle", extra={"lane": self.lane_id, "driver": driver.index}
@@ -371,8 +374,8 @@ class SimLane:
                 continue
             mark, shown_at, ts, name, fields = result
             if replay_of is not None:
-                outcome.replays.append((replay_of, name != "barrier_opened"))
-            if name == "barrier_opened":
+                outcome.replays.append((replay_of, name != NoteName.BARRIER_OPENED))
+            if name == NoteName.BARRIER_OPENED:
                 outcome.passed = True
                 outcome.methods.append(kind)
                 outcome.latency_ms = (ts - shown_at) * 1000
@@ -400,7 +403,7 @@ class SimLane:
 
         def answer(name: str, fields: dict[str, Any]) -> bool:
             nonlocal bound
-            if bound is None and name == "vehicle_arrived":
+            if bound is None and name == NoteName.VEHICLE_ARRIVED:
                 bound = fields.get("vehicle_id")
             return name in ANSWERS and bound is not None and fields.get("vehicle_id") == bound
 

@@ -14,6 +14,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
+from lane.core.notes import NoteName
+from lane.notification import Notification
 from lane.window import Window, percentiles
 
 # Upper bounds (ms) of the latency histogram's bins; the last bin is everything slower.
@@ -61,14 +63,16 @@ class LaneStats:
         self.counts: Counter[str] = Counter()
         self._methods: dict[str, str] = {}  # record_id -> method, until its barrier opens
 
-    def __call__(self, name: str, fields: dict[str, Any]) -> None:
+    def __call__(self, note: Notification) -> None:
+        # The dashboard shows every note as it is on the events topic: by name and fields.
+        name, fields = str(note.name), note.fields()
         now = self.clock()
         if name == "display":
             self.display = [str(line) for line in fields.get("lines", [])]
             self.display_at = now
         elif name == "record":
             self._record(fields["record"], now)
-        elif name == "barrier_opened":
+        elif name == NoteName.BARRIER_OPENED:
             self._opened(fields, now)
         elif name == "alarm":
             self.alarm_log.appendleft(
@@ -136,7 +140,7 @@ class LaneStats:
             self.openings.popleft()
         span = min(now, THROUGHPUT_WINDOW_S)
         recent = len(self.openings) * 3600.0 / span if span > 1 else 0.0
-        total = self.counts["barrier_opened"] * 3600.0 / now if now > 1 else 0.0
+        total = self.counts[NoteName.BARRIER_OPENED] * 3600.0 / now if now > 1 else 0.0
         return {"recent_vph": round(recent, 1), "total_vph": round(total, 1)}
 
     def recent_latency(self) -> list[float]:
@@ -156,10 +160,10 @@ class LaneStats:
             "token_latency_ms": percentiles(list(self.token_latencies)),
             "throughput": self.throughput(),
             "counts": {
-                "opened": self.counts["barrier_opened"],
-                "declined": self.counts["declined"],
-                "refused": self.counts["code_refused"],
+                "opened": self.counts[NoteName.BARRIER_OPENED],
+                "declined": self.counts[NoteName.DECLINED],
+                "refused": self.counts[NoteName.CODE_REFUSED],
                 "records": self.counts["record"],
-                "tailgating": self.counts["tailgating"],
+                "tailgating": self.counts[NoteName.TAILGATING],
             },
         }

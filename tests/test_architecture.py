@@ -24,10 +24,6 @@ KNOWN: dict[tuple[str, str], str] = {
         "lane.auth.networks",
         "lane.config",
     ): "auth reads the shell's AuthConfig model: the model moves to lane.auth",
-    ("lane.core.actions", "uplink.records"): "part A: RecordDraft moves into lane.core",
-    ("lane.core.machine", "uplink.records"): "part A: RecordDraft moves into lane.core",
-    ("lane.core.paypoint", "uplink.records"): "part A: RecordDraft moves into lane.core",
-    ("lane.core.recovery", "uplink.records"): "part A: RecordDraft moves into lane.core",
     ("barrier.iomap", "lane.toml_model"): "the TOML-into-model reader moves to a neutral unit",
     (
         "lane.auth.trip_rules",

@@ -1,74 +1,36 @@
 """The uplink record: what the lane decided about one passage, as a versioned msgpack map.
 
-A `RecordDraft` is what the pure lane core asks to persist; the queue stamps it with a record id
-(UUIDv7), the lane id, a gap-free lane sequence number and a UTC timestamp in microseconds.
+A `RecordDraft` (lane.core.records) is what the pure lane core asks to persist; the queue
+stamps it with a record id (UUIDv7), the lane id, a gap-free lane sequence number and a UTC
+timestamp in microseconds.
 The raw payment code never appears here: only an account reference.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from lane.core.names import AuthResult, Method, RecordKind
+from lane.core.records import AuthInfo, RecordDraft
 from lane.wire.codec import PayloadError, optional, pack, unpack
 from lane.wire.codec import field as required
 
+__all__ = ["KINDS", "METHODS", "RECORD_VERSION", "AuthInfo", "Record", "RecordDraft"]
+
 RECORD_VERSION = 1
-# entry: a closed road's entry lane let a vehicle on and issued a pass (amount 0);
-# exit: its exit lane charged the trip of that pass (docs/closed-road.md).
-KINDS = frozenset({"toll", "tap_in", "tap_out", "manual", "violation", "entry", "exit"})
-METHODS = frozenset({"token", "payment_code", "emv", "manual", "none"})
+KINDS = frozenset(RecordKind)
+METHODS = frozenset(Method)
 
 
-@dataclass(frozen=True)
-class AuthInfo:
-    result: str  # approved | declined | deferred | manual | none
-    acquirer_ref: str | None = None
-    latency_ms: int = 0
-    offline: bool = False
-
-    def to_map(self) -> dict[str, Any]:
-        return {
-            "result": self.result,
-            "acquirer_ref": self.acquirer_ref,
-            "latency_ms": self.latency_ms,
-            "offline": self.offline,
-        }
-
-    @classmethod
-    def from_map(cls, body: Mapping[str, Any]) -> AuthInfo:
-        return cls(
-            result=required(body, "result", str),
-            acquirer_ref=optional(body, "acquirer_ref", str),
-            latency_ms=required(body, "latency_ms", int),
-            offline=required(body, "offline", bool),
-        )
-
-
-@dataclass(frozen=True)
-class RecordDraft:
-    kind: str
-    vehicle_id: str
-    vehicle_class: int
-    amount_minor: int
-    currency: str
-    method: str
-    account_ref: str | None
-    auth: AuthInfo
-    payment_id: str | None = None
-    entry_plaza: str | None = None
-    flags: tuple[str, ...] = field(default=())
-    pass_id: str | None = None  # hex id of the entry pass (entry and exit records)
-    plate: str | None = None  # plate read by ANPR, when the lane has a camera for it
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown record kind {self.kind!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown payment method {self.method!r}")
-        if isinstance(self.amount_minor, bool) or not isinstance(self.amount_minor, int):
-            raise ValueError("amount_minor must be an integer of minor units")
+def auth_from_map(body: Mapping[str, Any]) -> AuthInfo:
+    return AuthInfo(
+        result=AuthResult(required(body, "result", str)),
+        acquirer_ref=optional(body, "acquirer_ref", str),
+        latency_ms=required(body, "latency_ms", int),
+        offline=required(body, "offline", bool),
+    )
 
 
 @dataclass(frozen=True)
@@ -87,12 +49,12 @@ class Record:
             "lane": self.lane,
             "seq": self.seq,
             "ts": self.ts_us,
-            "kind": d.kind,
+            "kind": str(d.kind),
             "vehicle_id": d.vehicle_id,
             "vehicle_class": d.vehicle_class,
             "amount_minor": d.amount_minor,
             "currency": d.currency,
-            "method": d.method,
+            "method": str(d.method),
             "account_ref": d.account_ref,
             "payment_id": d.payment_id,
             "entry_plaza": d.entry_plaza,
@@ -152,14 +114,14 @@ class Record:
         flags = required(body, "flags", list)
         try:
             draft = RecordDraft(
-                kind=required(body, "kind", str),
+                kind=RecordKind(required(body, "kind", str)),
                 vehicle_id=required(body, "vehicle_id", str),
                 vehicle_class=required(body, "vehicle_class", int),
                 amount_minor=required(body, "amount_minor", int),
                 currency=required(body, "currency", str),
-                method=required(body, "method", str),
+                method=Method(required(body, "method", str)),
                 account_ref=optional(body, "account_ref", str),
-                auth=AuthInfo.from_map(auth),
+                auth=auth_from_map(auth),
                 payment_id=optional(body, "payment_id", str),
                 entry_plaza=optional(body, "entry_plaza", str),
                 flags=tuple(str(f) for f in flags),

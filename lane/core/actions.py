@@ -1,11 +1,13 @@
-"""Actions: everything the lane core can ask the shell to do."""
+"""Actions: everything the lane core can ask the shell to do (notes, one class per note, are in
+lane.core.notes; `Note` is their union)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from uplink.records import RecordDraft
+from lane.core.names import PayloadKind
+from lane.core.notes import Note, NoteBase
+from lane.core.records import RecordDraft
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,7 @@ class Authorise:
     auth_id: str
     vehicle_id: str
     text: str
-    kind: str
+    kind: PayloadKind
     amount_minor: int
     currency: str
     deadline: float
@@ -79,14 +81,6 @@ class ClearAlarm:
     code: str
 
 
-@dataclass(frozen=True)
-class Note:
-    """Something operators want to see (lane events topic, dashboard, simulator report)."""
-
-    name: str
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
 Action = (
     ShowOnDisplay
     | Authorise
@@ -100,3 +94,19 @@ Action = (
     | ClearAlarm
     | Note
 )
+
+__all__ = [
+    "Abandon",
+    "Action",
+    "Authorise",
+    "ClearAlarm",
+    "CloseBarrier",
+    "Note",
+    "NoteBase",
+    "OpenBarrier",
+    "Persist",
+    "QueryDevice",
+    "RaiseAlarm",
+    "Settle",
+    "ShowOnDisplay",
+]

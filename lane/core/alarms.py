@@ -1,58 +1,43 @@
 """Alarm codes the lane core raises, and the faults among them (pure data and helpers).
 
-A fault is an alarm that also changes what the lane does (see BLOCKING_FAULTS and
-PAYMENT_FAULTS in lane.core.state); a notice is an alarm that only tells the operator. Every
-code here is documented in docs/operations.md with what raises it and how it clears.
+The codes are `lane.core.names.Alarm`. A fault is an alarm that also changes what the lane
+does (BLOCKING_FAULTS and PAYMENT_FAULTS there); a notice is an alarm that only tells the
+operator. Every code here is documented in docs/operations.md with what raises it and how it clears.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from enum import StrEnum
 
-from lane.core.actions import Action, ClearAlarm, RaiseAlarm, ShowOnDisplay
+from lane.core.actions import Action, ClearAlarm, RaiseAlarm
+from lane.core.display import LANE_CLOSED
+from lane.core.names import BARRIER_ALARMS, BARRIER_FAULTS, Alarm
 from lane.core.state import LaneState
 
+__all__ = ["BARRIER_ALARMS", "BARRIER_FAULTS", "Alarm", "add_fault", "remove_fault"]
 
-class Alarm(StrEnum):
-    """The codes of the alarms that heal the lane (issue #11); older codes are still strings."""
-
-    LANE_STUCK = "lane_stuck"
-    BARRIER_STUCK = "barrier_stuck"
-    PAID_NOT_PASSED = "paid_not_passed"
-    UNPAID_PASSAGE = "unpaid_passage"
-
-
-# Everything a working barrier report clears.
-BARRIER_FAULTS = ("barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused")
-
-# Every alarm that says the barrier cannot be relied on (readiness, metrics).
-BARRIER_ALARMS = (*BARRIER_FAULTS, "barrier_stuck")
 
 FAULT_MESSAGES = {
-    "barrier_offline": "barrier device offline",
-    "barrier_fault": "barrier reports a fault",
-    "barrier_no_ack": "barrier does not acknowledge commands",
-    "barrier_refused": "barrier refused a command",
-    "broker_down": "controller lost the MQTT broker",
-    "queue_full": "record queue is full: paid passages refused",
-    "disk_error": "record queue cannot write to disk",
+    Alarm.BARRIER_OFFLINE: "barrier device offline",
+    Alarm.BARRIER_FAULT: "barrier reports a fault",
+    Alarm.BARRIER_NO_ACK: "barrier does not acknowledge commands",
+    Alarm.BARRIER_REFUSED: "barrier refused a command",
+    Alarm.BROKER_DOWN: "controller lost the MQTT broker",
+    Alarm.QUEUE_FULL: "record queue is full: paid passages refused",
+    Alarm.DISK_ERROR: "record queue cannot write to disk",
     Alarm.BARRIER_STUCK: "barrier did not reach its commanded position",
 }
 
 
-def add_fault(state: LaneState, fault: str, detail: str = "") -> tuple[LaneState, list[Action]]:
+def add_fault(state: LaneState, fault: Alarm, detail: str = "") -> tuple[LaneState, list[Action]]:
     if fault in state.faults:
         return state, []
-    message = FAULT_MESSAGES.get(fault, fault) + (f": {detail}" if detail else "")
-    actions: list[Action] = [
-        RaiseAlarm(fault, message),
-        ShowOnDisplay(("Lane closed", "Please use another lane")),
-    ]
+    message = FAULT_MESSAGES.get(fault, str(fault)) + (f": {detail}" if detail else "")
+    actions: list[Action] = [RaiseAlarm(fault, message), LANE_CLOSED]
     return replace(state, faults=state.faults | {fault}), actions
 
 
-def remove_fault(state: LaneState, fault: str) -> tuple[LaneState, list[Action]]:
+def remove_fault(state: LaneState, fault: Alarm) -> tuple[LaneState, list[Action]]:
     if fault not in state.faults:
         return state, []
     return replace(state, faults=state.faults - {fault}), [ClearAlarm(fault)]

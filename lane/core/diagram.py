@@ -1,9 +1,11 @@
 """The lane's phase transitions, declared as a table and rendered to a Mermaid state diagram.
 
-`phase(state)` is derived from the lane's data (see lane/core/state.py), so this table does not
-drive the machine: it documents it. The tests check every (phase before, event, phase after)
-that the machine takes in the unit tests and in the hypothesis runs against `allows()`, and
-that every row here is taken at least once, so the diagram cannot drift from the code.
+The table is authoritative (h11's `_state.py` is the model): `lane.core.machine.step` checks
+every (phase before, event, phase after) it takes against `allows()` and raises
+`IllegalTransition`, leaving the caller's state as it was, for any the table does not hold.
+The tests run the machine through tables and hypothesis runs (so an illegal step fails them)
+and check that every row here is taken at least once, so the diagram cannot drift from the
+code.
 
 Reading the table:
 - an event is named by `event_label`: its type, refined where the outcome differs
@@ -19,6 +21,7 @@ Reading the table:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import assert_never
 
 from lane.core import events as ev
 from lane.core.state import Phase
@@ -81,6 +84,7 @@ LABELS: dict[str, type] = {
     "persist failed": ev.PersistFailed,
     "ack ok": ev.BarrierAcked,
     "ack refused": ev.BarrierAcked,
+    "not sent": ev.CommandNotSent,
     "barrier down": ev.BarrierReported,
     "barrier up": ev.BarrierReported,
     "snapshot": ev.DeviceSnapshotted,
@@ -149,6 +153,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.CLOSING, "tick", P.FAULT, "no ack after max attempts"),
     _t(P.OPENING, "ack refused", P.FAULT, "the barrier refused the open"),
     _t(P.CLOSING, "ack refused", P.FAULT, "the barrier refused the close"),
+    _t(P.OPENING, "not sent", P.FAULT, "the open could not be sent, max attempts"),
+    _t(P.CLOSING, "not sent", P.FAULT, "the close could not be sent, max attempts"),
     _t(P.FAULT, "barrier up", IN_SERVICE, "barrier reports a working state"),
     _t(P.FAULT, "link up", IN_SERVICE, "broker back"),
     _t(P.FAULT, "queue ok", AT_PAY_POINT, "queue has room again"),
@@ -221,6 +227,8 @@ def event_label(event: ev.Event) -> str:
             return "persist failed"
         case ev.BarrierAcked(ok=ok):
             return "ack ok" if ok else "ack refused"
+        case ev.CommandNotSent():
+            return "not sent"
         case ev.BarrierReported(state="fault" | "offline"):
             return "barrier down"
         case ev.BarrierReported():
@@ -239,7 +247,8 @@ def event_label(event: ev.Event) -> str:
             return "link up" if up else "link down"
         case ev.Tick():
             return "tick"
-    raise TypeError(f"not a lane event: {event!r}")
+        case _:
+            assert_never(event)
 
 
 def mermaid() -> str:

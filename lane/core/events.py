@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lane.core.names import PayloadKind, PersistError, Position
+
 
 @dataclass(frozen=True)
 class SensorChanged:
-    """A lane sensor changed: entry_loop, safety_loop, exit_loop or light_curtain.
+    """A lane sensor changed: a `Sensor` (entry_loop, safety_loop, exit_loop, light_curtain), or
+    another name from the wire, which the core ignores.
 
     `event_id` is a fresh unique id from the shell; an arrival uses it as the vehicle id.
     """
@@ -27,7 +30,7 @@ class Scanned:
     """A code was read; `frame_ts` is when the frame holding it was captured (shell clock)."""
 
     text: str
-    kind: str  # token | payment_code | emv | unknown
+    kind: PayloadKind
     reason: str | None
     frame_ts: float
     event_id: str
@@ -57,20 +60,20 @@ class Persisted:
 @dataclass(frozen=True)
 class PersistFailed:
     persist_id: str
-    reason: str  # queue_full | disk_error
+    reason: PersistError
 
 
 @dataclass(frozen=True)
 class BarrierAcked:
     cmd_id: str
     ok: bool
-    state: str
+    state: Position
     error: str | None = None
 
 
 @dataclass(frozen=True)
 class BarrierReported:
-    state: str  # closed | opening | open | closing | fault | offline
+    state: Position
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class DeviceSnapshotted:
     record the snapshot causes is named after it.
     """
 
-    barrier: str
+    barrier: Position
     sensors: tuple[tuple[str, bool], ...]
     event_id: str
 
@@ -118,6 +121,18 @@ class LinkChanged:
 
 
 @dataclass(frozen=True)
+class CommandNotSent:
+    """The shell could not hand a barrier command to the broker (h11's send_failed).
+
+    The core treats it like an ack timeout of that send, at once: the same cmd_id goes again
+    until `max_cmd_attempts`, then the command is held under `barrier_no_ack`.
+    """
+
+    cmd_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Tick:
     """Time passed: the shell calls step with Tick at next_deadline()."""
 
@@ -130,6 +145,7 @@ Event = (
     | Persisted
     | PersistFailed
     | BarrierAcked
+    | CommandNotSent
     | BarrierReported
     | DeviceSnapshotted
     | AttendantOpen

@@ -14,51 +14,130 @@ lane.core.recovery.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import assert_never
 
+from lane.core import diagram, paypoint, recovery
 from lane.core import events as ev
-from lane.core import paypoint, recovery
 from lane.core.actions import (
     Abandon,
     Action,
     ClearAlarm,
     CloseBarrier,
-    Note,
     OpenBarrier,
     Persist,
     RaiseAlarm,
-    ShowOnDisplay,
 )
-from lane.core.alarms import BARRIER_FAULTS, add_fault, remove_fault
-from lane.core.state import (
+from lane.core.alarms import add_fault, remove_fault
+from lane.core.display import LANE_CLOSED, LANE_OPEN, THANK_YOU
+from lane.core.names import (
+    BARRIER_DOWN,
+    BARRIER_FAULTS,
     BOOM_UP,
     COMMAND_FAULTS,
+    SAFETY_SENSORS,
+    Alarm,
+    AuthResult,
+    Method,
+    Op,
+    Position,
+    RecordKind,
+    Sensor,
+)
+from lane.core.notes import (
+    AttendantOpened,
+    AttendantOpenIgnored,
+    BarrierOpened,
+    BarrierReconciled,
+    ExitLoopIgnored,
+    GateTimeout,
+    LaneClosed,
+    LaneReopened,
+    VehicleGone,
+    VehicleLeft,
+)
+from lane.core.records import AuthInfo, RecordDraft
+from lane.core.state import (
     Command,
+    Committed,
     LaneMode,
     LaneRules,
     LaneState,
     Passage,
+    Paying,
+    Phase,
     Vehicle,
     phase,
 )
-from uplink.records import AuthInfo, RecordDraft
 
 Result = tuple[LaneState, list[Action]]
+ENTRY = Sensor.ENTRY_LOOP
 
 
 def initial_state(rules: LaneRules) -> LaneState:
     return LaneState(rules=rules)
 
 
+class IllegalTransitionError(Exception):
+    """The machine took a transition its table (lane.core.diagram) does not allow: a bug in the
+    core. `step` raises it instead of returning the new state, so the caller's state stands."""
+
+    def __init__(self, before: Phase, label: str, after: Phase) -> None:
+        super().__init__(f"illegal transition {before.value} --{label}--> {after.value}")
+        self.before = before
+        self.label = label
+        self.after = after
+
+
 def step(state: LaneState, event: ev.Event, now: float) -> Result:
-    handler = _HANDLERS[type(event)]
     before = phase(state)
-    new_state, actions = handler(state, event, now)
+    new_state, actions = _handle(state, event, now)
     new_state, actions = _drive(new_state, actions, now)
     new_state, more = recovery.after_step(new_state, event, before, now)
+    after = phase(new_state)
+    label = diagram.event_label(event)
+    if not diagram.allows(before, label, after):
+        raise IllegalTransitionError(before, label, after)
     return new_state, actions + more
+
+
+def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
+    match event:
+        case ev.SensorChanged():
+            return _on_sensor(state, event, now)
+        case ev.VehicleClassified():
+            return paypoint.on_classified(state, event, now)
+        case ev.Scanned():
+            return paypoint.on_scanned(state, event, now)
+        case ev.Decided():
+            return paypoint.on_decided(state, event, now)
+        case ev.Persisted():
+            return paypoint.on_persisted(state, event, now)
+        case ev.PersistFailed():
+            return paypoint.on_persist_failed(state, event, now)
+        case ev.BarrierAcked():
+            return _on_acked(state, event, now)
+        case ev.CommandNotSent():
+            return _on_not_sent(state, event, now)
+        case ev.BarrierReported():
+            return _on_reported(state, event, now)
+        case ev.DeviceSnapshotted():
+            return _on_snapshot(state, event, now)
+        case ev.AttendantOpen():
+            return _on_attendant_open(state, event, now)
+        case ev.AttendantCloseLane():
+            return _on_close_lane(state, event, now)
+        case ev.AttendantReopenLane():
+            return _on_reopen_lane(state, event, now)
+        case ev.QueueChanged():
+            return _on_queue(state, event, now)
+        case ev.LinkChanged():
+            return _on_link(state, event, now)
+        case ev.Tick():
+            return _on_tick(state, event, now)
+        case _:
+            assert_never(event)
 
 
 def next_deadline(state: LaneState) -> float | None:
@@ -73,14 +152,9 @@ def next_deadline(state: LaneState) -> float | None:
             candidates.append(cmd.ack_deadline)
         elif cmd.retry_at is not None:
             candidates.append(cmd.retry_at)
-    passage = state.passage
-    if (
-        passage is not None
-        and passage.opened_at is not None
-        and not passage.left
-        and state.rules.mode is not LaneMode.TOLL
-    ):
-        candidates.append(passage.opened_at + state.rules.gate_hold_s)
+    hold = _gate_hold_until(state)
+    if hold is not None:
+        candidates.append(hold)
     candidates += recovery.deadline(state)
     return min(candidates) if candidates else None
 
@@ -89,17 +163,17 @@ def next_deadline(state: LaneState) -> float | None:
 
 
 def _on_sensor(state: LaneState, event: ev.SensorChanged, now: float) -> Result:
-    if event.sensor == "entry_loop":
+    if event.sensor == Sensor.ENTRY_LOOP:
         return _entry_loop(state, event, now)
-    if event.sensor in ("safety_loop", "light_curtain"):
-        return _safety_loop(state, event.sensor, event.occupied, event.event_id)
+    if event.sensor in SAFETY_SENSORS:
+        return _safety_loop(state, Sensor(event.sensor), event.occupied, event.event_id)
     passage = state.passage
-    if event.sensor == "exit_loop" and not event.occupied and passage is not None:
+    if event.sensor == Sensor.EXIT_LOOP and not event.occupied and passage is not None:
         if passage.crossings == 0:
             # Nothing went under the barrier yet: this is not the paying vehicle leaving (a
             # trailer's second pulse, loop chatter); closing now would close in front of it.
-            return state, [Note("exit_loop_ignored", {"vehicle_id": passage.vehicle_id})]
-        note = Note("vehicle_left", {"vehicle_id": passage.vehicle_id})
+            return state, [ExitLoopIgnored(passage.vehicle_id)]
+        note = VehicleLeft(passage.vehicle_id)
         return replace(state, passage=replace(passage, left=True)), [note]
     return state, []
 
@@ -110,14 +184,14 @@ def _entry_loop(state: LaneState, event: ev.SensorChanged, now: float) -> Result
         if vehicle is not None:
             return state, []
         return paypoint.arrive(state, event.event_id, implicit=False)
-    if vehicle is None or paypoint.committed(vehicle) or vehicle.implicit:
+    if vehicle is None or vehicle.committed or vehicle.implicit:
         return state, []  # a vehicle with a record on the way is leaving towards the barrier
     # The vehicle backed away from the pay point before it was cleared to pass.
-    actions: list[Action] = [Note("vehicle_gone", {"vehicle_id": vehicle.vehicle_id})]
+    actions: list[Action] = [VehicleGone(vehicle.vehicle_id)]
     return replace(state, vehicle=None), actions + paypoint.let_go(state, vehicle, "vehicle_gone")
 
 
-def _safety_loop(state: LaneState, sensor: str, occupied: bool, event_id: str) -> Result:
+def _safety_loop(state: LaneState, sensor: Sensor, occupied: bool, event_id: str) -> Result:
     actions: list[Action] = []
     passage = state.passage
     if occupied and not state.safety_occupied and passage is not None:
@@ -146,7 +220,7 @@ def _safety_loop(state: LaneState, sensor: str, occupied: bool, event_id: str) -
     ):
         # A fare gate has no exit loop: the passenger is through once the curtain clears.
         state = replace(state, passage=replace(passage, left=True))
-        actions.append(Note("vehicle_left", {"vehicle_id": passage.vehicle_id}))
+        actions.append(VehicleLeft(passage.vehicle_id))
     return state, actions
 
 
@@ -164,36 +238,26 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
     cmd = state.command
     if cmd is None or cmd.cmd_id != event.cmd_id or cmd.acked:
         return state, []  # a duplicate or stale ack: at-most-once was already settled
-    state, actions = remove_fault(state, "barrier_no_ack")
+    state, actions = remove_fault(state, Alarm.BARRIER_NO_ACK)
     if not event.ok:
-        if cmd.op == "close" and event.error == "safety_loop_occupied":
+        if cmd.op == Op.CLOSE and event.error == "safety_loop_occupied":
             # The device saw the loop before we did: ask again once our sensors report the area
             # clear, or after an ack timeout if they never saw it occupied.
             retry_at = now + state.rules.ack_timeout_s
             held = replace(cmd, attempt=0, ack_deadline=None, retry_at=retry_at)
             return replace(state, command=held), actions
-        state, more = add_fault(state, "barrier_refused", event.error or "")
+        state, more = add_fault(state, Alarm.BARRIER_REFUSED, event.error or "")
         # Keep the command, as for barrier_no_ack: a paid passage still needs its open. The same
         # cmd_id is sent again once a barrier state report clears the fault.
         held = replace(cmd, attempt=0, ack_deadline=None)
         return replace(state, command=held), actions + more
     state = recovery.expect(state, cmd.op, now)
-    if cmd.op == "close":
+    if cmd.op == Op.CLOSE:
         return replace(state, command=None, passage=None), actions
     passage = state.passage
     assert passage is not None
     passage = replace(passage, opened_at=now)
-    latency = None if passage.frame_ts is None else round((now - passage.frame_ts) * 1000, 3)
-    actions.append(
-        Note(
-            "barrier_opened",
-            {
-                "vehicle_id": passage.vehicle_id,
-                "record_id": passage.record_id,
-                "latency_ms": latency,
-            },
-        )
-    )
+    actions.append(_opened(passage, now))
     return replace(state, command=replace(cmd, acked=True), passage=passage), actions
 
 
@@ -202,7 +266,7 @@ def _on_reported(state: LaneState, event: ev.BarrierReported, now: float) -> Res
     return _position(state, event.state, now, BARRIER_FAULTS)
 
 
-def _position(state: LaneState, position: str, now: float, clears: Iterable[str]) -> Result:
+def _position(state: LaneState, position: Position, now: float, clears: Iterable[Alarm]) -> Result:
     """The device's barrier position: its faults, and a boom up over an unpaid vehicle."""
     actions: list[Action] = []
     boom_up = position in BOOM_UP and state.barrier not in BOOM_UP
@@ -212,8 +276,9 @@ def _position(state: LaneState, position: str, now: float, clears: Iterable[str]
         up = replace(state, barrier=position)
         state, actions = recovery.unpaid_passage(up, f"up-{now:.6f}")
     state = replace(state, barrier=position)
-    if position in ("offline", "fault"):
-        state, more = add_fault(state, f"barrier_{position}")
+    if position in BARRIER_DOWN:
+        fault = Alarm.BARRIER_OFFLINE if position == Position.OFFLINE else Alarm.BARRIER_FAULT
+        state, more = add_fault(state, fault)
         return state, actions + more
     for fault in clears:
         state, cleared = remove_fault(state, fault)
@@ -225,30 +290,33 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
     """Adopt the device's whole truth: what the lane missed while it could not hear it."""
     # An answer to a query says the device is there, not that it executes commands: a command
     # fault clears with the ack of its command (recovery's probe), or below when none waits.
-    clears = ("barrier_offline", "barrier_fault")
+    clears = (Alarm.BARRIER_OFFLINE, Alarm.BARRIER_FAULT)
     state, actions = _position(state, event.barrier, now, clears)
     sensors = dict(event.sensors)
-    for name in ("safety_loop", "light_curtain"):
+    for name in SAFETY_SENSORS:
         if name in sensors and sensors[name] != (name in state.occupied):
             state, more = _safety_loop(state, name, sensors[name], f"{event.event_id}/{name}")
             actions += more
     vehicle = state.vehicle
-    gone = sensors.get("entry_loop") is False and vehicle is not None and not vehicle.implicit
-    if gone and vehicle is not None and not paypoint.committed(vehicle):
-        left = ev.SensorChanged("entry_loop", False, event.event_id)
+    gone = sensors.get(Sensor.ENTRY_LOOP) is False and vehicle is not None and not vehicle.implicit
+    if gone and vehicle is not None and not vehicle.committed:
+        left = ev.SensorChanged(Sensor.ENTRY_LOOP, False, event.event_id)
         state, more = _entry_loop(state, left, now)
         actions += more
-    clear = not any(sensors.get(s, False) for s in ("safety_loop", "light_curtain", "exit_loop"))
+    clear = not any(sensors.get(s, False) for s in (*SAFETY_SENSORS, Sensor.EXIT_LOOP))
     passage = state.passage
-    waiting = passage is not None and passage.opened_at is not None and not passage.left
+    waiting = passage is not None and passage.awaited
+    let_through = event.barrier == Position.OPEN or (passage is not None and passage.seen_open)
     if (
         passage is not None
         and waiting
         and clear
-        and (passage.crossings or (event.barrier == "open" and not sensors.get("entry_loop")))
+        and (passage.crossings or (not sensors.get(Sensor.ENTRY_LOOP) and let_through))
     ):
-        # Through (or gone) while the lane could not hear it: the exit edge was lost.
-        note = Note("vehicle_left", {"vehicle_id": passage.vehicle_id, "seen": "snapshot"})
+        # Through (or gone) while the lane could not hear it: the exit edge was lost. Nobody
+        # at the pay point and a barrier that is (or was, for this passage) open: gone too,
+        # else a barrier the device closed by itself would hold the lane open for ever.
+        note = VehicleLeft(passage.vehicle_id, seen="snapshot")
         state = replace(state, passage=replace(passage, left=True))
         actions.append(note)
     if state.command is None:
@@ -258,15 +326,15 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
             actions += more
     vehicle = state.vehicle
     if (
-        event.barrier in ("open", "opening")
+        event.barrier in (Position.OPEN, Position.OPENING)
         and state.passage is None
         and state.command is None
-        and (vehicle is None or not paypoint.committed(vehicle))
+        and (vehicle is None or not vehicle.committed)
     ):
         # Up for nobody who paid (a restart, a lost close): close it once the area is clear.
-        close = Command(f"{event.event_id}/close", "close", 0, None)
+        close = Command(f"{event.event_id}/close", Op.CLOSE, 0, None)
         state = replace(state, command=close)
-        actions.append(Note("barrier_reconciled", {"device": event.barrier, "cmd": close.cmd_id}))
+        actions.append(BarrierReconciled(event.barrier, close.cmd_id))
     return state, actions
 
 
@@ -276,7 +344,7 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
     attempt = vehicle.attempt if vehicle is not None else None
     timed_out = attempt is not None and now >= attempt.deadline + state.rules.auth_grace_s
     if vehicle is not None and attempt is not None and timed_out:
-        vehicle = replace(vehicle, attempt=None)
+        vehicle = replace(vehicle, stage=Paying())
         # The authoriser never answered: the lane gives up, records the decision like any other
         # decline, and leaves the money to the resolver (Abandon).
         decided = ev.Decided(attempt.auth_id, False, "timeout", attempt.kind)
@@ -292,26 +360,44 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
         and cmd.ack_deadline is not None
         and now >= cmd.ack_deadline
     ):
-        if cmd.attempt >= state.rules.max_cmd_attempts:
-            state, more = add_fault(state, "barrier_no_ack", f"{cmd.op} {cmd.cmd_id}")
-            # Keep the command: the same cmd_id is sent again once the fault clears, so a
-            # device that did receive it still executes it at most once.
-            state = replace(state, command=replace(cmd, attempt=0, ack_deadline=None))
-            actions += more
-        else:
-            state = replace(state, command=replace(cmd, ack_deadline=None))
+        state, more = _send_lapsed(state, cmd, "")
+        actions += more
     passage = state.passage
-    if (
-        passage is not None
-        and passage.opened_at is not None
-        and not passage.left
-        and state.rules.mode is not LaneMode.TOLL
-        and now >= passage.opened_at + state.rules.gate_hold_s
-    ):
+    hold = _gate_hold_until(state)
+    if passage is not None and hold is not None and now >= hold:
         state = replace(state, passage=replace(passage, left=True))
-        actions.append(Note("gate_timeout", {"vehicle_id": passage.vehicle_id}))
+        actions.append(GateTimeout(passage.vehicle_id))
     state, more = recovery.on_tick(state, now)
     return state, actions + more
+
+
+def _on_not_sent(state: LaneState, event: ev.CommandNotSent, now: float) -> Result:
+    cmd = state.command
+    if cmd is None or cmd.cmd_id != event.cmd_id or cmd.acked or cmd.ack_deadline is None:
+        return state, []  # a send the lane no longer waits for (acked, replaced, or held)
+    return _send_lapsed(state, cmd, f"not sent: {event.reason}")
+
+
+def _send_lapsed(state: LaneState, cmd: Command, why: str) -> Result:
+    """The command's last send got no ack (or never left): send again, or fault after the last
+    attempt. `_drive` does the sending, so a failed send is retried at once."""
+    if cmd.attempt < state.rules.max_cmd_attempts:
+        return replace(state, command=replace(cmd, ack_deadline=None)), []
+    detail = f"{cmd.op} {cmd.cmd_id}" + (f" ({why})" if why else "")
+    state, actions = add_fault(state, Alarm.BARRIER_NO_ACK, detail)
+    # Keep the command: the same cmd_id is sent again once the fault clears, so a device that
+    # did receive it still executes it at most once.
+    return replace(state, command=replace(cmd, attempt=0, ack_deadline=None)), actions
+
+
+def _gate_hold_until(state: LaneState) -> float | None:
+    """A fare gate open for a passenger not yet seen through closes at this time."""
+    passage = state.passage
+    if passage is None or passage.opened_at is None or passage.left:
+        return None
+    if state.rules.mode is LaneMode.TOLL:
+        return None
+    return passage.opened_at + state.rules.gate_hold_s
 
 
 # --- attendant and health --------------------------------------------------------------------
@@ -320,72 +406,73 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
 def _on_attendant_open(state: LaneState, event: ev.AttendantOpen, now: float) -> Result:
     actions: list[Action] = []
     if not event.cmd_id:
-        return state, [Note("attendant_open_ignored", {"reason": "command without an id"})]
+        return state, [AttendantOpenIgnored("command without an id")]
     if event.cmd_id in state.committed:
-        return state, [Note("attendant_open_ignored", {"reason": "repeated command"})]
+        return state, [AttendantOpenIgnored("repeated command")]
     vehicle = state.vehicle
-    if vehicle is not None and paypoint.committed(vehicle):
+    if vehicle is not None and vehicle.committed:
         why = "attendant open in progress" if vehicle.manual is not None else "vehicle already paid"
-        return state, [Note("attendant_open_ignored", {"reason": why})]
+        return state, [AttendantOpenIgnored(why)]
+    opened = Committed(event.cmd_id, approved=None, frame_ts=None)
     if vehicle is not None:
         actions += paypoint.let_go(state, vehicle, "attendant_open")
-        vehicle = replace(vehicle, attempt=None, manual=event.cmd_id)
+        vehicle = replace(vehicle, stage=opened)
     else:
-        vehicle = Vehicle(event.cmd_id, state.rules.default_class, 0, "", manual=event.cmd_id)
+        vehicle = Vehicle(event.cmd_id, state.rules.default_class, 0, "", stage=opened)
     draft = RecordDraft(
-        kind="manual",
+        kind=RecordKind.MANUAL,
         vehicle_id=vehicle.vehicle_id,
         vehicle_class=vehicle.vehicle_class,
         amount_minor=0,
         currency=vehicle.currency,
-        method="manual",
+        method=Method.MANUAL,
         account_ref=None,
-        auth=AuthInfo(result="manual"),
+        auth=AuthInfo(result=AuthResult.MANUAL),
         flags=("manual", f"reason:{event.reason}", f"attendant:{event.attendant}"),
     )
-    actions += [Persist(event.cmd_id, draft), Note("attendant_open", {"reason": event.reason})]
+    actions += [Persist(event.cmd_id, draft), AttendantOpened(event.reason)]
     return replace(paypoint.commit(state, event.cmd_id), vehicle=vehicle), actions
 
 
 def _on_close_lane(state: LaneState, event: ev.AttendantCloseLane, now: float) -> Result:
-    actions: list[Action] = [ShowOnDisplay(("Lane closed", "Please use another lane"))]
+    actions: list[Action] = [LANE_CLOSED]
     vehicle = state.vehicle
-    if vehicle is not None and not paypoint.committed(vehicle):
+    if vehicle is not None and not vehicle.committed:
         actions += paypoint.let_go(state, vehicle, "lane_closed")
         state = replace(state, vehicle=None)
-    actions.append(Note("lane_closed", {"reason": event.reason}))
+    actions.append(LaneClosed(event.reason))
     return replace(state, closed_reason=event.reason or "closed by attendant"), actions
 
 
 def _on_reopen_lane(state: LaneState, event: ev.AttendantReopenLane, now: float) -> Result:
     return replace(state, closed_reason=None), [
-        ShowOnDisplay(("Lane open",), ttl_s=3.0),
-        Note("lane_reopened", {"reason": event.reason}),
+        LANE_OPEN,
+        LaneReopened(event.reason),
     ]
 
 
 def _on_queue(state: LaneState, event: ev.QueueChanged, now: float) -> Result:
     actions: list[Action] = []
     if event.full:
-        state, actions = add_fault(state, "queue_full")
+        state, actions = add_fault(state, Alarm.QUEUE_FULL)
     else:
-        for fault in ("queue_full", "disk_error"):
+        for fault in (Alarm.QUEUE_FULL, Alarm.DISK_ERROR):
             state, cleared = remove_fault(state, fault)
             actions += cleared
     if event.high_water:
-        actions.append(RaiseAlarm("queue_high_water", "record queue above its high-water mark"))
+        actions.append(RaiseAlarm(Alarm.QUEUE_HIGH_WATER, "record queue above its high-water mark"))
     else:
-        actions.append(ClearAlarm("queue_high_water"))
+        actions.append(ClearAlarm(Alarm.QUEUE_HIGH_WATER))
     return state, actions
 
 
 def _on_link(state: LaneState, event: ev.LinkChanged, now: float) -> Result:
     if event.up:
         # Whatever the device did while the lane could not hear it: ask for its whole truth.
-        state, actions = remove_fault(state, "broker_down")
+        state, actions = remove_fault(state, Alarm.BROKER_DOWN)
         state, query = recovery.query(state, "connected")
         return state, actions + query
-    return add_fault(state, "broker_down")
+    return add_fault(state, Alarm.BROKER_DOWN)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -393,22 +480,22 @@ def _on_link(state: LaneState, event: ev.LinkChanged, now: float) -> Result:
 
 def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
     """Issue the barrier command the state calls for, if any, and at most one at a time."""
-    if state.blocked or state.barrier in ("offline", "fault"):
+    if state.blocked or state.barrier in BARRIER_DOWN:
         return state, actions
     rules = state.rules
     cmd = state.command
     if cmd is not None:
         if cmd.ack_deadline is None and not cmd.acked:
-            if cmd.op == "close" and state.safety_occupied:
+            if cmd.op == Op.CLOSE and state.safety_occupied:
                 return state, actions  # rule 3: never command a close over an occupied loop
             if cmd.retry_at is not None:
                 return state, actions  # refused a moment ago: wait for the area or the timer
             attempt = cmd.attempt + 1
             cmd = replace(cmd, attempt=attempt, ack_deadline=now + rules.ack_timeout_s)
-            kind = OpenBarrier if cmd.op == "open" else CloseBarrier
+            kind = OpenBarrier if cmd.op == Op.OPEN else CloseBarrier
             actions = [*actions, kind(cmd.cmd_id, now + rules.cmd_ttl_s, attempt)]
             state = replace(state, command=cmd)
-        if not cmd.acked or cmd.op == "close":
+        if not cmd.acked or cmd.op == Op.CLOSE:
             return state, actions
     passage = state.passage
     if passage is not None:
@@ -419,7 +506,7 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
             return _hand_over(state, waiting, actions, now)
         if passage.left and not state.safety_occupied:
             cmd_id = f"{passage.vehicle_id}/close"
-            command = Command(cmd_id, "close", 1, now + rules.ack_timeout_s)
+            command = Command(cmd_id, Op.CLOSE, 1, now + rules.ack_timeout_s)
             actions = [*actions, CloseBarrier(cmd_id, now + rules.cmd_ttl_s, 1)]
             return replace(state, command=command), actions
         return state, actions
@@ -429,18 +516,18 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
         passage = Passage(
             vehicle.vehicle_id,
             vehicle.record_id,
-            vehicle.approved_frame_ts,
+            _frame_ts(vehicle),
             vehicle.vehicle_class,
             # A vehicle already nosing over the loop under the closed barrier is this one.
             crossings=1 if state.safety_occupied else 0,
             since=now,
             manual=vehicle.approved is None,
         )
-        command = Command(cmd_id, "open", 1, now + rules.ack_timeout_s)
+        command = Command(cmd_id, Op.OPEN, 1, now + rules.ack_timeout_s)
         actions = [
             *actions,
             OpenBarrier(cmd_id, now + rules.cmd_ttl_s, 1),
-            ShowOnDisplay(("Thank you", "Have a good journey"), ttl_s=5.0),
+            THANK_YOU,
         ]
         return replace(state, vehicle=None, passage=passage, command=command), actions
     return state, actions
@@ -451,48 +538,25 @@ def _hand_over(state: LaneState, vehicle: Vehicle, actions: list[Action], now: f
     passage = Passage(
         vehicle.vehicle_id,
         vehicle.record_id,
-        vehicle.approved_frame_ts,
+        _frame_ts(vehicle),
         vehicle.vehicle_class,
         opened_at=now,
         since=now,
         manual=vehicle.approved is None,
     )
-    frame_ts = vehicle.approved_frame_ts
-    latency = None if frame_ts is None else round((now - frame_ts) * 1000, 3)
-    actions = [
-        *actions,
-        ShowOnDisplay(("Thank you", "Have a good journey"), ttl_s=5.0),
-        Note(
-            "barrier_opened",
-            {
-                "vehicle_id": vehicle.vehicle_id,
-                "record_id": vehicle.record_id,
-                "latency_ms": latency,
-                "handover": True,
-            },
-        ),
-    ]
+    actions = [*actions, THANK_YOU, _opened(passage, now, handover=True)]
     return replace(state, vehicle=None, passage=passage), actions
 
 
-Handler = Callable[[LaneState, Any, float], Result]
+def _frame_ts(vehicle: Vehicle) -> float | None:
+    return vehicle.stage.frame_ts if isinstance(vehicle.stage, Committed) else None
 
-_HANDLERS: dict[type, Handler] = {
-    ev.SensorChanged: _on_sensor,
-    ev.VehicleClassified: paypoint.on_classified,
-    ev.Scanned: paypoint.on_scanned,
-    ev.Decided: paypoint.on_decided,
-    ev.Persisted: paypoint.on_persisted,
-    ev.PersistFailed: paypoint.on_persist_failed,
-    ev.BarrierAcked: _on_acked,
-    ev.BarrierReported: _on_reported,
-    ev.DeviceSnapshotted: _on_snapshot,
-    ev.AttendantOpen: _on_attendant_open,
-    ev.AttendantCloseLane: _on_close_lane,
-    ev.AttendantReopenLane: _on_reopen_lane,
-    ev.QueueChanged: _on_queue,
-    ev.LinkChanged: _on_link,
-    ev.Tick: _on_tick,
-}
 
-__all__ = ["initial_state", "next_deadline", "phase", "step"]
+def _opened(passage: Passage, now: float, handover: bool | None = None) -> BarrierOpened:
+    """The barrier is open for this passage; latency from the frame that held the code."""
+    frame_ts = passage.frame_ts
+    latency = None if frame_ts is None else round((now - frame_ts) * 1000, 3)
+    return BarrierOpened(passage.vehicle_id, passage.record_id, latency, handover)
+
+
+__all__ = ["IllegalTransitionError", "initial_state", "next_deadline", "phase", "step"]

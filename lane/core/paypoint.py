@@ -13,20 +13,40 @@ from lane.core.actions import (
     Action,
     Authorise,
     ClearAlarm,
-    Note,
     Persist,
     RaiseAlarm,
     Settle,
     ShowOnDisplay,
 )
 from lane.core.alarms import add_fault
-from lane.core.state import COMMITTED_MEMORY, RECORD_KINDS, Attempt, LaneMode, LaneState, Vehicle
-from uplink.records import METHODS, AuthInfo, RecordDraft
+from lane.core.display import ASSISTANCE, LANE_CLOSED, class_waits
+from lane.core.names import PAYABLE_KINDS, Alarm, AuthResult, Method, PayloadKind, PersistError
+from lane.core.notes import (
+    AttendantOpenFailed,
+    CodeRefused,
+    Declined,
+    DuplicateDecision,
+    LateDecision,
+    ScanIgnored,
+    ScanRefused,
+    ScanWithoutVehicle,
+    VehicleArrived,
+)
+from lane.core.records import AuthInfo, RecordDraft
+from lane.core.state import (
+    COMMITTED_MEMORY,
+    RECORD_KINDS,
+    Attempt,
+    Authorising,
+    Committed,
+    LaneMode,
+    LaneState,
+    Paying,
+    Vehicle,
+)
 
 Result = tuple[LaneState, list[Action]]
-
-# The kinds of code the lane sends for authorisation; anything else is refused at the lane.
-PAYABLE_KINDS = frozenset({"token", "payment_code", "emv"})
+METHODS = frozenset(Method)
 
 
 def arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
@@ -35,12 +55,7 @@ def arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
     fare = rules.fares.fare_for(vehicle_class)
     amount, currency = fare if fare is not None else (None, "")
     vehicle = Vehicle(vehicle_id, vehicle_class, amount, currency, implicit=implicit)
-    actions: list[Action] = [
-        Note(
-            "vehicle_arrived",
-            {"vehicle_id": vehicle_id, "vehicle_class": vehicle_class, "implicit": implicit},
-        )
-    ]
+    actions: list[Action] = [VehicleArrived(vehicle_id, vehicle_class, implicit)]
     if not implicit:
         actions.append(fare_display(vehicle, state))
         actions += no_fare_alarm(vehicle)
@@ -61,7 +76,7 @@ def on_classified(state: LaneState, event: ev.VehicleClassified, now: float) -> 
     )
     actions: list[Action] = [fare_display(vehicle, state), *no_fare_alarm(vehicle)]
     if had_no_fare and amount is not None and vehicle.tries < state.rules.max_tries:
-        actions.append(ClearAlarm("attendant_needed"))  # the class was corrected: pay as usual
+        actions.append(ClearAlarm(Alarm.ATTENDANT_NEEDED))  # the class was corrected: pay as usual
     return replace(state, vehicle=vehicle), actions
 
 
@@ -69,30 +84,32 @@ def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
     if not state.accepting_payments:
         why = state.closed_reason or ", ".join(sorted(state.faults))
         return state, [
-            ShowOnDisplay(("Lane closed", "Please use another lane")),
-            Note("scan_refused", {"reason": why}),
+            LANE_CLOSED,
+            ScanRefused(why),
         ]
     actions: list[Action] = []
     if state.vehicle is None:
         if state.rules.mode is LaneMode.TOLL:
-            return state, [Note("scan_without_vehicle", {"kind": event.kind})]
+            return state, [ScanWithoutVehicle(event.kind)]
         state, actions = arrive(state, event.event_id, implicit=True)
     vehicle = state.vehicle
     assert vehicle is not None
-    if vehicle.attempt is not None or committed(vehicle):
+    if vehicle.attempt is not None or vehicle.committed:
         return state, actions  # one payment at a time; the driver's later codes are ignored
     if vehicle.tries >= state.rules.max_tries:
         # Tries are bounded: this vehicle now waits for an attendant.
         return state, [
             *actions,
-            ShowOnDisplay(("Payment refused", "Please wait for assistance")),
-            Note("scan_ignored", {"vehicle_id": vehicle.vehicle_id, "reason": "max_tries"}),
+            ShowOnDisplay(("Payment refused", ASSISTANCE)),
+            ScanIgnored(vehicle.vehicle_id, "max_tries"),
         ]
     if event.text in vehicle.refused_texts:
         return state, actions
     if event.kind not in PAYABLE_KINDS:
         reason = event.reason or (
-            "unreadable code" if event.kind == "unknown" else f"unsupported code: {event.kind}"
+            "unreadable code"
+            if event.kind == PayloadKind.UNKNOWN
+            else f"unsupported code: {event.kind}"
         )
         return refuse(state, vehicle, event.text, reason, actions)
     if vehicle.amount_minor is None:
@@ -103,14 +120,14 @@ def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
         # called on arrival) or a corrected class reading decides.
         return state, [
             *actions,
-            ShowOnDisplay((f"Class {vehicle.vehicle_class}", "Please wait for assistance")),
-            Note("scan_ignored", {"vehicle_id": vehicle.vehicle_id, "reason": reason}),
+            class_waits(vehicle.vehicle_class),
+            ScanIgnored(vehicle.vehicle_id, reason),
         ]
     tries = vehicle.tries + 1
     auth_id = f"{vehicle.vehicle_id}/a{tries}"
     deadline = now + state.rules.budget_s
     attempt = Attempt(auth_id, event.text, event.kind, event.frame_ts, deadline)
-    vehicle = replace(vehicle, tries=tries, attempt=attempt)
+    vehicle = replace(vehicle, tries=tries, stage=Authorising(attempt))
     actions += [
         Authorise(
             auth_id,
@@ -132,7 +149,7 @@ def refuse(
     vehicle = replace(
         vehicle, tries=vehicle.tries + 1, refused_texts=vehicle.refused_texts | {text}
     )
-    actions = [*actions, Note("code_refused", {"vehicle_id": vehicle.vehicle_id, "reason": reason})]
+    actions = [*actions, CodeRefused(vehicle.vehicle_id, reason)]
     return after_decline(state, vehicle, reason, actions)
 
 
@@ -142,8 +159,8 @@ def after_decline(state: LaneState, vehicle: Vehicle, reason: str, actions: list
         return replace(state, vehicle=None), actions
     if vehicle.tries >= state.rules.max_tries:
         actions += [
-            ShowOnDisplay(("Payment refused", reason, "Please wait for assistance")),
-            RaiseAlarm("attendant_needed", f"vehicle {vehicle.vehicle_id}: {reason}"),
+            ShowOnDisplay(("Payment refused", reason, ASSISTANCE)),
+            RaiseAlarm(Alarm.ATTENDANT_NEEDED, f"vehicle {vehicle.vehicle_id}: {reason}"),
         ]
     else:
         left = state.rules.max_tries - vehicle.tries
@@ -158,18 +175,19 @@ def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
     attempt = vehicle.attempt if vehicle is not None else None
     if event.auth_id in state.committed:
         # A redelivered answer for a payment the lane accepted: it is (being) settled.
-        return state, [Note("duplicate_decision", {"auth_id": event.auth_id})]
+        return state, [DuplicateDecision(event.auth_id)]
     if vehicle is None or attempt is None or attempt.auth_id != event.auth_id:
         # The lane already gave up on this authorisation: nothing may stay charged.
-        late: list[Action] = [Note("late_decision", {"auth_id": event.auth_id})]
+        late: list[Action] = [LateDecision(event.auth_id)]
         if event.approved:
             late.insert(0, Abandon(event.auth_id, "late"))
         return state, late
-    vehicle = replace(vehicle, attempt=None)
+    vehicle = replace(vehicle, stage=Paying())
     if event.method not in METHODS:
         # The record schema rejects unknown methods: record the kind of code the lane sent,
         # and keep what the authoriser said as a flag.
-        method = attempt.kind if attempt.kind in METHODS else "none"
+        # Every payable kind is also a method (the attempt exists only for a payable kind).
+        method = Method(str(attempt.kind))
         event = replace(event, method=method, flags=(*event.flags, f"method:{event.method}"))
     if event.approved and state.rules.mode is LaneMode.TRANSIT_ENTRY:
         recent = recent_taps(state, now)
@@ -184,10 +202,9 @@ def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
         why = ", ".join(sorted(state.faults)) or "lane closed"
         vehicle = replace(vehicle, tries=state.rules.max_tries)
         return after_decline(state, vehicle, why, [Abandon(event.auth_id, why)])
-    draft = record_draft(
-        state, vehicle, event, "approved" if "deferred" not in event.flags else "deferred"
-    )
-    vehicle = replace(vehicle, approved=event, approved_frame_ts=attempt.frame_ts)
+    result = AuthResult.DEFERRED if "deferred" in event.flags else AuthResult.APPROVED
+    draft = record_draft(state, vehicle, event, result)
+    vehicle = replace(vehicle, stage=Committed(event.auth_id, event, attempt.frame_ts))
     state = commit(state, event.auth_id)
     return replace(state, vehicle=vehicle), [Persist(event.auth_id, draft)]
 
@@ -198,27 +215,29 @@ def record_decline(
     # A declined code stays declined: the camera keeps reading the same phone screen, and it
     # must not spend the driver's remaining tries.
     vehicle = replace(vehicle, refused_texts=vehicle.refused_texts | {text})
-    draft = record_draft(state, vehicle, event, "declined")
+    draft = record_draft(state, vehicle, event, AuthResult.DECLINED)
     actions = [
         *actions,
         Persist(event.auth_id, draft),
-        Note("declined", {"vehicle_id": vehicle.vehicle_id, "reason": event.reason}),
+        Declined(vehicle.vehicle_id, event.reason),
     ]
     assert vehicle.attempt is None
     return after_decline(state, vehicle, event.reason, actions)
 
 
-def record_draft(state: LaneState, vehicle: Vehicle, event: ev.Decided, result: str) -> RecordDraft:
+def record_draft(
+    state: LaneState, vehicle: Vehicle, event: ev.Decided, result: AuthResult
+) -> RecordDraft:
     mode = state.rules.mode
     kind = RECORD_KINDS[mode]
-    flags = tuple(event.flags) + ((event.reason,) if result == "declined" else ())
+    flags = tuple(event.flags) + ((event.reason,) if result == AuthResult.DECLINED else ())
     return RecordDraft(
         kind=kind,
         vehicle_id=vehicle.vehicle_id,
         vehicle_class=vehicle.vehicle_class,
         amount_minor=vehicle.amount_minor or 0,
         currency=vehicle.currency,
-        method=event.method,
+        method=Method(event.method),
         account_ref=event.account_ref,
         auth=AuthInfo(
             result=result,
@@ -238,9 +257,15 @@ def recent_taps(state: LaneState, now: float) -> tuple[tuple[str, float], ...]:
 
 def on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
     vehicle = state.vehicle
-    if vehicle is None or pending_persist(vehicle) != event.persist_id:
+    stage = vehicle.stage if vehicle is not None else None
+    if (
+        vehicle is None
+        or not isinstance(stage, Committed)
+        or stage.record_id is not None
+        or stage.persist_id != event.persist_id
+    ):
         return state, []  # a duplicate or stale answer: the record it names is settled already
-    vehicle = replace(vehicle, record_id=event.record_id)
+    vehicle = replace(vehicle, stage=replace(stage, record_id=event.record_id))
     approved = vehicle.approved
     if approved is None:
         return replace(state, vehicle=vehicle), []
@@ -252,10 +277,11 @@ def on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
 
 
 def on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> Result:
-    fault = event.reason if event.reason in ("queue_full", "disk_error") else "disk_error"
+    full = event.reason == PersistError.QUEUE_FULL
+    fault = Alarm.QUEUE_FULL if full else Alarm.DISK_ERROR
     state, actions = add_fault(state, fault)
     vehicle = state.vehicle
-    if vehicle is None or pending_persist(vehicle) != event.persist_id:
+    if vehicle is None or vehicle.pending_persist != event.persist_id:
         return state, actions  # not the record the lane waits for: never undo a durable one
     committed = tuple(c for c in state.committed if c != event.persist_id)
     state = replace(state, committed=committed)
@@ -264,33 +290,17 @@ def on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> 
         actions.append(ShowOnDisplay(("Payment cancelled", "Lane closed")))
         if vehicle.implicit:
             return replace(state, vehicle=None), actions  # no loop will ever clear a passenger
-        vehicle = replace(vehicle, approved=None, tries=state.rules.max_tries)
+        vehicle = replace(vehicle, stage=Paying(), tries=state.rules.max_tries)
         return replace(state, vehicle=vehicle), actions
     # An attendant open without a record does not open: the attendant may try again.
-    actions.append(Note("attendant_open_failed", {"cmd_id": event.persist_id}))
+    actions.append(AttendantOpenFailed(event.persist_id))
     if vehicle.implicit or vehicle.vehicle_id == vehicle.manual:
         return replace(state, vehicle=None), actions  # nobody a loop could clear
-    return replace(state, vehicle=replace(vehicle, manual=None)), actions
+    return replace(state, vehicle=replace(vehicle, stage=Paying())), actions
 
 
 def commit(state: LaneState, persist_id: str) -> LaneState:
     return replace(state, committed=(*state.committed, persist_id)[-COMMITTED_MEMORY:])
-
-
-def committed(vehicle: Vehicle) -> bool:
-    """A record for this vehicle is durable or on its way to disk: the lane is committed."""
-    return (
-        vehicle.record_id is not None or vehicle.approved is not None or vehicle.manual is not None
-    )
-
-
-def pending_persist(vehicle: Vehicle) -> str | None:
-    """The persist id of the record this vehicle waits for, if any."""
-    if vehicle.record_id is not None:
-        return None
-    if vehicle.approved is not None:
-        return vehicle.approved.auth_id
-    return vehicle.manual
 
 
 def let_go(state: LaneState, vehicle: Vehicle, reason: str) -> list[Action]:
@@ -300,7 +310,7 @@ def let_go(state: LaneState, vehicle: Vehicle, reason: str) -> list[Action]:
     if vehicle.attempt is not None:
         actions.append(Abandon(vehicle.attempt.auth_id, reason))
     if vehicle.tries >= state.rules.max_tries or waits_for_a_fare(vehicle):
-        actions.append(ClearAlarm("attendant_needed"))
+        actions.append(ClearAlarm(Alarm.ATTENDANT_NEEDED))
     return actions
 
 
@@ -312,14 +322,14 @@ def no_fare_alarm(vehicle: Vehicle) -> list[Action]:
     if not waits_for_a_fare(vehicle):
         return []
     message = f"vehicle {vehicle.vehicle_id}: no fare for class {vehicle.vehicle_class}"
-    return [RaiseAlarm("attendant_needed", message)]
+    return [RaiseAlarm(Alarm.ATTENDANT_NEEDED, message)]
 
 
 def fare_display(vehicle: Vehicle, state: LaneState) -> ShowOnDisplay:
     if not state.accepting_payments:
-        return ShowOnDisplay(("Lane closed", "Please use another lane"))
+        return LANE_CLOSED
     if vehicle.amount_minor is None:
-        return ShowOnDisplay((f"Class {vehicle.vehicle_class}", "Please wait for assistance"))
+        return class_waits(vehicle.vehicle_class)
     return ShowOnDisplay((f"Class {vehicle.vehicle_class}", money(vehicle), "Show your QR code"))
 
 

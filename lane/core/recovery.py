@@ -22,24 +22,28 @@ from lane.core import events as ev
 from lane.core.actions import (
     Action,
     CloseBarrier,
-    Note,
     OpenBarrier,
     Persist,
     QueryDevice,
     ShowOnDisplay,
 )
-from lane.core.alarms import Alarm, add_fault, clear_notice, raise_notice, remove_fault
-from lane.core.state import (
+from lane.core.alarms import add_fault, clear_notice, raise_notice, remove_fault
+from lane.core.display import ASSISTANCE
+from lane.core.names import (
+    BARRIER_DOWN,
     BLOCKING_FAULTS,
     BOOM_UP,
     COMMAND_FAULTS,
-    RECORD_KINDS,
-    Expectation,
-    LaneState,
-    Phase,
-    phase,
+    Alarm,
+    AuthResult,
+    Method,
+    Op,
+    Position,
+    RecordKind,
 )
-from uplink.records import AuthInfo, RecordDraft
+from lane.core.notes import PaidNotPassed, Tailgating
+from lane.core.records import AuthInfo, RecordDraft
+from lane.core.state import RECORD_KINDS, Expectation, LaneState, Phase, phase
 
 Result = tuple[LaneState, list[Action]]
 
@@ -87,9 +91,9 @@ def deadline(state: LaneState) -> list[float]:
     return out
 
 
-def expect(state: LaneState, op: str, now: float) -> LaneState:
+def expect(state: LaneState, op: Op, now: float) -> LaneState:
     """The device acknowledged a move: it must report the position within `move_s`."""
-    target = "open" if op == "open" else "closed"
+    target = Position.OPEN if op == Op.OPEN else Position.CLOSED
     return replace(state, expect=Expectation(target, now + state.rules.move_s))
 
 
@@ -105,11 +109,11 @@ def after_step(state: LaneState, event: ev.Event, before: Phase, now: float) -> 
         state = replace(state, expect=None)
         state, more = remove_fault(state, Alarm.BARRIER_STUCK)
         actions += more
-    if state.barrier == "closed":
+    if state.barrier == Position.CLOSED:
         state, more = clear_notice(state, Alarm.UNPAID_PASSAGE)
         actions += more
     passage = state.passage
-    if passage is not None and state.barrier == "open" and not passage.seen_open:
+    if passage is not None and state.barrier == Position.OPEN and not passage.seen_open:
         state = replace(state, passage=replace(passage, seen_open=True))
     if isinstance(event, ev.AttendantOpen | ev.AttendantReopenLane) or (
         passage is not None and passage.left
@@ -168,17 +172,20 @@ def violation(state: LaneState, after: str, vehicle_class: int, flags: tuple[str
     """A vehicle through without a record of its own: a violation record and a note."""
     n = state.violations + 1
     persist_id = f"{after}/violation/{n}"
-    draft = _uncharged(kind="violation", vehicle_id=persist_id, vehicle_class=vehicle_class)
+    draft = _uncharged(
+        kind=RecordKind.VIOLATION, vehicle_id=persist_id, vehicle_class=vehicle_class
+    )
     actions: list[Action] = [
         Persist(persist_id, replace(draft, flags=flags)),
-        Note("tailgating", {"vehicle_id": after, "flags": list(flags)}),
+        Tailgating(after, flags),
     ]
     return replace(state, violations=n), actions
 
 
-def _uncharged(kind: str, vehicle_id: str, vehicle_class: int) -> RecordDraft:
+def _uncharged(kind: RecordKind, vehicle_id: str, vehicle_class: int) -> RecordDraft:
     """A record that charges nothing and took no payment."""
-    return RecordDraft(kind, vehicle_id, vehicle_class, 0, "", "none", None, AuthInfo("none"))
+    none = AuthInfo(AuthResult.NONE)
+    return RecordDraft(kind, vehicle_id, vehicle_class, 0, "", Method.NONE, None, none)
 
 
 def _not_passed_due(state: LaneState) -> float | None:
@@ -195,17 +202,17 @@ def _not_let_through(state: LaneState, now: float) -> Result:
     the attendant; the lane stops waiting for this passage."""
     p = state.passage
     assert p is not None
-    kind = "manual" if p.manual else RECORD_KINDS[state.rules.mode]
+    kind = RecordKind.MANUAL if p.manual else RECORD_KINDS[state.rules.mode]
     draft = replace(
         _uncharged(kind, p.vehicle_id, p.vehicle_class),
         flags=("paid_not_passed", f"record:{p.record_id}"),
     )
     cmd = state.command
-    keep = cmd if cmd is not None and cmd.op == "close" else None
+    keep = cmd if cmd is not None and cmd.op == Op.CLOSE else None
     state = replace(state, passage=None, command=keep)
-    if state.expect is not None and state.expect.target == "open":
+    if state.expect is not None and state.expect.target == Position.OPEN:
         # Whatever the barrier does now, the lane wants it closed.
-        state = replace(state, expect=Expectation("closed", now + state.rules.move_s))
+        state = replace(state, expect=Expectation(Position.CLOSED, now + state.rules.move_s))
     message = (
         f"vehicle {p.vehicle_id} paid (record {p.record_id}) and was not let through in"
         f" {state.rules.pass_dwell_s:g} s (barrier {state.barrier}): attendant, please help;"
@@ -214,8 +221,8 @@ def _not_let_through(state: LaneState, now: float) -> Result:
     state, alarm = raise_notice(state, Alarm.PAID_NOT_PASSED, message)
     actions: list[Action] = [
         Persist(f"{p.vehicle_id}/not_passed", draft),
-        Note("paid_not_passed", {"vehicle_id": p.vehicle_id, "record_id": p.record_id}),
-        ShowOnDisplay(("Please wait for assistance",)),
+        PaidNotPassed(p.vehicle_id, p.record_id),
+        ShowOnDisplay((ASSISTANCE,)),
         *alarm,
     ]
     return state, actions
@@ -244,15 +251,12 @@ def _probe(state: LaneState, now: float) -> Result:
     cmd = state.command
     if cmd is None or cmd.acked or cmd.ack_deadline is not None:
         return state, []
-    if not (state.faults & BLOCKING_FAULTS) <= COMMAND_FAULTS or state.barrier in (
-        "offline",
-        "fault",
-    ):
+    if not (state.faults & BLOCKING_FAULTS) <= COMMAND_FAULTS or state.barrier in BARRIER_DOWN:
         return state, []
-    if cmd.op == "close" and state.safety_occupied:
+    if cmd.op == Op.CLOSE and state.safety_occupied:
         return state, []
     rules = state.rules
     attempt = min(cmd.attempt + 1, rules.max_cmd_attempts)
     held = replace(cmd, attempt=attempt, ack_deadline=now + rules.ack_timeout_s, retry_at=None)
-    kind = OpenBarrier if cmd.op == "open" else CloseBarrier
+    kind = OpenBarrier if cmd.op == Op.OPEN else CloseBarrier
     return replace(state, command=held), [kind(cmd.cmd_id, now + rules.cmd_ttl_s, attempt)]

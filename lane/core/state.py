@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from lane.core.events import Decided
+from lane.core.names import BLOCKING_FAULTS, Alarm, Op, PayloadKind, Position, RecordKind, Sensor
 
 
 class Phase(StrEnum):
@@ -30,9 +31,9 @@ class LaneMode(StrEnum):
 
 # The record kind of a payment in each mode.
 RECORD_KINDS = {
-    LaneMode.TOLL: "toll",
-    LaneMode.TRANSIT_ENTRY: "tap_in",
-    LaneMode.TRANSIT_EXIT: "tap_out",
+    LaneMode.TOLL: RecordKind.TOLL,
+    LaneMode.TRANSIT_ENTRY: RecordKind.TAP_IN,
+    LaneMode.TRANSIT_EXIT: RecordKind.TAP_OUT,
 }
 
 
@@ -56,16 +57,6 @@ class FlatFares:
         return None
 
 
-# Faults that stop the lane from taking new payments and from moving the barrier.
-BLOCKING_FAULTS = frozenset(
-    {"barrier_offline", "barrier_fault", "barrier_no_ack", "barrier_refused", "broker_down"}
-)
-# Faults that stop new payments only (the barrier may still serve a vehicle that already paid).
-PAYMENT_FAULTS = frozenset({"queue_full", "disk_error", "barrier_stuck"})
-# Faults about one command that a later probe of the same command can clear.
-COMMAND_FAULTS = frozenset({"barrier_no_ack", "barrier_refused"})
-# Barrier positions in which a vehicle can drive under the boom.
-BOOM_UP = frozenset({"open", "opening", "closing"})
 COMMITTED_MEMORY = 64
 
 
@@ -97,9 +88,35 @@ class Attempt:
 
     auth_id: str
     text: str
-    kind: str
+    kind: PayloadKind
     frame_ts: float
     deadline: float
+
+
+@dataclass(frozen=True)
+class Paying:
+    """At the pay point with no authorisation in flight: the fare shown, or codes refused."""
+
+
+@dataclass(frozen=True)
+class Authorising:
+    attempt: Attempt
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The lane is committed to this vehicle: its record is on its way to disk (`record_id`
+    None) or durable. `approved` is the payment; None when an attendant opened (`persist_id`
+    is then the attendant's cmd_id)."""
+
+    persist_id: str
+    approved: Decided | None
+    frame_ts: float | None  # the frame that held the paying code (the open's latency)
+    record_id: str | None = None
+
+
+# A vehicle's sub-phase at the pay point: one of these, so no illegal mix is representable.
+Stage = Paying | Authorising | Committed
 
 
 @dataclass(frozen=True)
@@ -110,18 +127,48 @@ class Vehicle:
     currency: str
     implicit: bool = False  # a fare-gate passenger known only from the code they showed
     tries: int = 0
-    attempt: Attempt | None = None
-    approved: Decided | None = None
-    approved_frame_ts: float | None = None
-    record_id: str | None = None
-    manual: str | None = None  # attendant cmd_id when opened by an attendant
+    stage: Stage = Paying()
     refused_texts: frozenset[str] = frozenset()
+
+    # Read-only views of the stage, for the rules that ask one question of it.
+    @property
+    def attempt(self) -> Attempt | None:
+        return self.stage.attempt if isinstance(self.stage, Authorising) else None
+
+    @property
+    def committed(self) -> bool:
+        """A record for this vehicle is durable or on its way to disk."""
+        return isinstance(self.stage, Committed)
+
+    @property
+    def approved(self) -> Decided | None:
+        return self.stage.approved if isinstance(self.stage, Committed) else None
+
+    @property
+    def record_id(self) -> str | None:
+        return self.stage.record_id if isinstance(self.stage, Committed) else None
+
+    @property
+    def manual(self) -> str | None:
+        """The attendant's cmd_id when an attendant opened for this vehicle."""
+        stage = self.stage
+        if isinstance(stage, Committed) and stage.approved is None:
+            return stage.persist_id
+        return None
+
+    @property
+    def pending_persist(self) -> str | None:
+        """The persist id of the record this vehicle waits for, if any."""
+        stage = self.stage
+        if isinstance(stage, Committed) and stage.record_id is None:
+            return stage.persist_id
+        return None
 
 
 @dataclass(frozen=True)
 class Command:
     cmd_id: str
-    op: str  # open | close
+    op: Op
     attempt: int
     ack_deadline: float | None  # None: not sent yet (held back by a fault or the safety loop)
     acked: bool = False
@@ -145,12 +192,17 @@ class Passage:
     manual: bool = False  # opened by an attendant, not paid
     seen_open: bool = False  # the device reported the barrier open for it: it was let through
 
+    @property
+    def awaited(self) -> bool:
+        """The barrier was acked open for it and it is not through yet."""
+        return self.opened_at is not None and not self.left
+
 
 @dataclass(frozen=True)
 class Expectation:
     """The barrier must report `target` by `by`, or it is stuck."""
 
-    target: str  # open | closed
+    target: Position  # open | closed
     by: float
     overdue: bool = False  # barrier_stuck was raised for it; cleared when the target is reported
 
@@ -161,11 +213,11 @@ class LaneState:
     vehicle: Vehicle | None = None
     passage: Passage | None = None
     command: Command | None = None
-    barrier: str = "unknown"
+    barrier: Position = Position.UNKNOWN
     # Each safety sensor (safety_loop, light_curtain) that last reported occupied: the area
     # under the barrier is clear only when none is, whatever order their reports come in.
-    occupied: frozenset[str] = frozenset()
-    faults: frozenset[str] = frozenset()
+    occupied: frozenset[Sensor] = frozenset()
+    faults: frozenset[Alarm] = frozenset()
     closed_reason: str | None = None
     next_class: int | None = None
     taps: tuple[tuple[str, float], ...] = field(default=())
@@ -174,8 +226,8 @@ class LaneState:
     # newest last, the last COMMITTED_MEMORY of them: a repeated Decided or AttendantOpen for
     # one of these is a redelivery and must not act a second time.
     committed: tuple[str, ...] = ()
-    # Alarms that tell the operator without stopping the lane (lane.core.alarms.Alarm).
-    notices: frozenset[str] = frozenset()
+    # Alarms that tell the operator without stopping the lane.
+    notices: frozenset[Alarm] = frozenset()
     # When the current phase's dwell runs out (None: the phase may last for ever, e.g. idle
     # with the barrier closed); past it the lane asks the device and takes the way out.
     dwell_at: float | None = None
@@ -201,22 +253,18 @@ def phase(state: LaneState) -> Phase:
         return Phase.FAULT
     if state.passage is not None:
         cmd = state.command
-        if state.passage.left or (cmd is not None and cmd.op == "close"):
+        if state.passage.left or (cmd is not None and cmd.op == Op.CLOSE):
             return Phase.CLOSING
         if state.passage.opened_at is None:
             return Phase.OPENING
         return Phase.OPEN
-    if state.command is not None and state.command.op == "close":
+    if state.command is not None and state.command.op == Op.CLOSE:
         return Phase.CLOSING
     if state.faults:
         return Phase.FAULT
     vehicle = state.vehicle
     if vehicle is not None:
-        if (
-            vehicle.approved is not None
-            or vehicle.record_id is not None
-            or vehicle.manual is not None
-        ):
+        if vehicle.committed:
             return Phase.PERSISTING
         if vehicle.attempt is not None:
             return Phase.AUTHORISING

@@ -27,7 +27,7 @@ from lane.core.actions import (
     ShowOnDisplay,
 )
 from lane.core.machine import initial_state, next_deadline, step
-from lane.core.state import FlatFares, LaneMode, LaneRules, LaneState, Phase, phase
+from lane.core.state import FlatFares, LaneMode, LaneRules, LaneState, Paying, Phase, phase
 
 T = TypeVar("T")
 
@@ -103,9 +103,7 @@ class SafetyMonitor:
         passenger = after.vehicle
         if passenger is not None and passenger.implicit:
             # A fare-gate passenger exists only while their code is in hand; else the gate jams.
-            busy = (
-                passenger.attempt or passenger.approved or passenger.record_id or passenger.manual
-            )
+            busy = not isinstance(passenger.stage, Paying)
             assert busy, f"idle implicit passenger left at the gate: {passenger}"
         label = diagram.event_label(event)
         transition = (phase(before), label, phase(after))
@@ -454,6 +452,8 @@ class EventSource:
 
     def _ack(self, now: float) -> ev.Event:
         cmd = self._id(self.cmd_ids, "zz/open")
+        if self.c.chance(7):
+            return ev.CommandNotSent(cmd, "broker connection lost")
         ok = not self.c.chance(6)
         error = None if ok else self.c.pick(("safety_loop_occupied", "jammed"))
         return ev.BarrierAcked(cmd, ok, "open" if ok else "closed", error)
@@ -532,10 +532,8 @@ def heal(driver: LaneDriver, rounds: int = 12) -> None:
             driver.cross()
         elif vehicle is not None and vehicle.attempt is not None:
             driver.tick(10.0)  # the authoriser never answers: the lane gives up
-        elif vehicle is not None and (vehicle.approved is not None or vehicle.manual):
-            pid = vehicle.approved.auth_id if vehicle.approved else vehicle.manual
-            assert pid is not None
-            feed(ev.Persisted(pid, driver.fresh("rec-"), driver._ids))
+        elif vehicle is not None and vehicle.pending_persist is not None:
+            feed(ev.Persisted(vehicle.pending_persist, driver.fresh("rec-"), driver._ids))
         elif vehicle is not None and vehicle.record_id is None:
             driver.leave_pay_point()
         else:

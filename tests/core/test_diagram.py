@@ -19,7 +19,8 @@ from test_recovery import world_answers
 
 from lane.core import diagram
 from lane.core import events as ev
-from lane.core.state import LaneMode, Phase
+from lane.core.machine import IllegalTransitionError, step
+from lane.core.state import LaneMode, Phase, phase
 
 WALKS_PER_MODE = 80
 
@@ -70,6 +71,18 @@ def scripted_heal_rows() -> LaneDriver:
     return lane
 
 
+def scripted_late_ack_rows() -> LaneDriver:
+    """A late open ack while closing, with the next vehicle paid: handed over."""
+    lane = LaneDriver(rules())
+    lane.pay("v1")
+    lane.cross()  # through before the open ack: opening -> closing
+    lane.pay("v2")
+    assert lane.phase() is Phase.CLOSING
+    lane.ack("v1/open")  # closing -> open: v2's passage
+    assert lane.phase() is Phase.OPEN
+    return lane
+
+
 def scripted_snapshot_rows() -> LaneDriver:
     lane = LaneDriver(rules())
     lane.feed(ev.AttendantCloseLane("x"))
@@ -90,6 +103,7 @@ def scripted_snapshot_rows() -> LaneDriver:
 def test_every_row_of_the_table_is_taken() -> None:
     taken = set(scripted_rare_rows().monitor.transitions)
     taken |= scripted_heal_rows().monitor.transitions
+    taken |= scripted_late_ack_rows().monitor.transitions
     taken |= scripted_snapshot_rows().monitor.transitions
     for mode in LaneMode:
         for seed in range(WALKS_PER_MODE):
@@ -124,6 +138,7 @@ def test_every_event_type_has_labels_and_every_label_an_event_type() -> None:
         ev.PersistFailed("p", "queue_full"),
         ev.BarrierAcked("c", True, "open"),
         ev.BarrierAcked("c", False, "closed", "jammed"),
+        ev.CommandNotSent("c", "broker connection lost"),
         ev.BarrierReported("offline"),
         ev.BarrierReported("closed"),
         ev.DeviceSnapshotted("open", (("safety_loop", False),), "d"),
@@ -186,3 +201,26 @@ def test_module_prints_the_mermaid_text() -> None:
 def test_the_docs_show_the_current_diagram(doc: str) -> None:
     text = (Path(__file__).resolve().parents[2] / doc).read_text(encoding="utf-8")
     assert "```mermaid\n" + diagram.mermaid() + "```" in text
+
+
+def test_step_refuses_a_transition_the_table_does_not_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lane = LaneDriver()
+    before = lane.state
+    arrival = ev.SensorChanged("entry_loop", True, "v1")
+    # Without its row, idle -> vehicle_present is illegal: step raises, the caller's state
+    # stands (and with the row, the same step is taken).
+    rows = diagram.expanded() - {(Phase.IDLE, "entry_loop on", Phase.VEHICLE_PRESENT)}
+    monkeypatch.setattr(diagram, "_ALLOWED", rows)
+    with pytest.raises(IllegalTransitionError) as raised:
+        step(before, arrival, lane.now)
+    assert (raised.value.before, raised.value.label, raised.value.after) == (
+        Phase.IDLE,
+        "entry_loop on",
+        Phase.VEHICLE_PRESENT,
+    )
+    assert "idle --entry_loop on--> vehicle_present" in str(raised.value)
+    monkeypatch.undo()
+    state, _ = step(before, arrival, lane.now)
+    assert phase(state) is Phase.VEHICLE_PRESENT

@@ -6,7 +6,8 @@ import pytest
 from core_kit import LaneDriver, displayed, of_type, one
 
 from lane.core import events as ev
-from lane.core.actions import Authorise, ClearAlarm, Note, RaiseAlarm, ShowOnDisplay
+from lane.core.actions import Authorise, ClearAlarm, RaiseAlarm, ShowOnDisplay
+from lane.core.notes import NoteBase, ScanWithoutVehicle, VehicleArrived, VehicleGone
 from lane.core.state import Phase
 
 
@@ -14,8 +15,8 @@ def test_arrival_shows_the_default_class_fare() -> None:
     lane = LaneDriver()
     actions = lane.arrive("v1")
     assert lane.phase() is Phase.VEHICLE_PRESENT
-    arrived = Note("vehicle_arrived", {"vehicle_id": "v1", "vehicle_class": 1, "implicit": False})
-    assert one(actions, Note) == arrived
+    arrived = VehicleArrived(vehicle_id="v1", vehicle_class=1, implicit=False)
+    assert one(actions, NoteBase) == arrived
     assert one(actions, ShowOnDisplay).lines == ("Class 1", "2.50 EUR", "Show your QR code")
     assert lane.state.vehicle is not None
     assert (lane.state.vehicle.amount_minor, lane.state.vehicle.currency) == (250, "EUR")
@@ -102,14 +103,14 @@ def test_a_vehicle_backing_away_frees_the_pay_point() -> None:
     lane = LaneDriver()
     lane.arrive("v1")
     actions = lane.leave_pay_point()
-    assert actions == [Note("vehicle_gone", {"vehicle_id": "v1"})]
+    assert actions == [VehicleGone(vehicle_id="v1")]
     assert lane.phase() is Phase.IDLE
 
 
 def test_toll_scan_without_a_vehicle_is_only_noted() -> None:
     lane = LaneDriver()
     actions = lane.scan()
-    assert actions == [Note("scan_without_vehicle", {"kind": "payment_code"})]
+    assert actions == [ScanWithoutVehicle(kind="payment_code")]
     assert lane.phase() is Phase.IDLE and lane.state.vehicle is None
 
 

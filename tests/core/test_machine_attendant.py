@@ -10,12 +10,18 @@ from lane.core.actions import (
     Abandon,
     ClearAlarm,
     CloseBarrier,
-    Note,
     OpenBarrier,
     Persist,
     RaiseAlarm,
     Settle,
     ShowOnDisplay,
+)
+from lane.core.notes import (
+    AttendantOpenFailed,
+    AttendantOpenIgnored,
+    LaneClosed,
+    LaneReopened,
+    ScanRefused,
 )
 from lane.core.state import Phase
 
@@ -78,14 +84,14 @@ def test_attendant_open_for_a_paid_vehicle_is_ignored() -> None:
     lane.arrive()
     lane.scan()
     lane.decide()
-    expected = [Note("attendant_open_ignored", {"reason": "vehicle already paid"})]
+    expected = [AttendantOpenIgnored(reason="vehicle already paid")]
     assert lane.feed(OPEN) == expected
 
 
 def test_a_repeated_attendant_command_acts_once() -> None:
     lane = LaneDriver()
     lane.feed(OPEN)
-    repeated = [Note("attendant_open_ignored", {"reason": "repeated command"})]
+    repeated = [AttendantOpenIgnored(reason="repeated command")]
     assert lane.feed(OPEN) == repeated  # MQTT QoS 1 redelivery while the record is written
     lane.persisted("att-1")
     lane.ack()
@@ -98,7 +104,7 @@ def test_a_second_attendant_open_waits_for_the_first() -> None:
     lane = LaneDriver()
     lane.feed(OPEN)
     actions = lane.feed(ev.AttendantOpen("att-2", "again", "op7"))
-    assert actions == [Note("attendant_open_ignored", {"reason": "attendant open in progress"})]
+    assert actions == [AttendantOpenIgnored(reason="attendant open in progress")]
 
 
 def test_a_failed_manual_record_lets_the_attendant_try_again() -> None:
@@ -106,7 +112,7 @@ def test_a_failed_manual_record_lets_the_attendant_try_again() -> None:
     lane.arrive("v1")
     lane.feed(OPEN)
     actions = lane.feed(ev.PersistFailed("att-1", "disk_error"))
-    assert Note("attendant_open_failed", {"cmd_id": "att-1"}) in actions
+    assert AttendantOpenFailed(cmd_id="att-1") in actions
     assert of_type(actions, Abandon) == []
     lane.feed(ev.QueueChanged(full=False, high_water=False))  # the disk is back
     assert one(lane.feed(OPEN), Persist).persist_id == "att-1"  # the same command, retried
@@ -131,16 +137,16 @@ def test_close_lane_lets_the_unpaid_vehicle_go_and_refuses_payments() -> None:
     assert actions == [
         ShowOnDisplay(("Lane closed", "Please use another lane")),
         Abandon("v1/a1", "lane_closed"),
-        Note("lane_closed", {"reason": "maintenance"}),
+        LaneClosed(reason="maintenance"),
     ]
     assert lane.phase() is Phase.CLOSED and lane.state.vehicle is None
     lane.arrive("v2")
-    assert Note("scan_refused", {"reason": "maintenance"}) in lane.scan()
+    assert ScanRefused(reason="maintenance") in lane.scan()
     lane.leave_pay_point()
     actions = lane.feed(ev.AttendantReopenLane("done"))
     assert actions == [
         ShowOnDisplay(("Lane open",), ttl_s=3.0),
-        Note("lane_reopened", {"reason": "done"}),
+        LaneReopened(reason="done"),
     ]
     assert lane.phase() is Phase.IDLE
     lane.through("v3")

@@ -8,13 +8,13 @@ from core_kit import LaneDriver, of_type, one, rules
 from lane.core.actions import (
     ClearAlarm,
     CloseBarrier,
-    Note,
     OpenBarrier,
     Persist,
     RaiseAlarm,
     Settle,
 )
 from lane.core.machine import next_deadline
+from lane.core.notes import BarrierOpened, ExitLoopIgnored, Tailgating, VehicleLeft
 from lane.core.state import Phase
 
 
@@ -32,11 +32,11 @@ def test_ack_opens_with_a_latency_note() -> None:
     lane.persisted(dt=0.004)
     actions = lane.ack(dt=0.05)
     assert lane.phase() is Phase.OPEN
-    note = one(actions, Note)
-    assert note.name == "barrier_opened"
-    assert note.fields["vehicle_id"] == "v1"
-    assert note.fields["record_id"] == lane.state.passage.record_id  # type: ignore[union-attr]
-    assert note.fields["latency_ms"] == pytest.approx(50 + 300 + 4 + 50)
+    note = one(actions, BarrierOpened)
+    assert note.vehicle_id == "v1"
+    assert note.record_id == lane.state.passage.record_id  # type: ignore[union-attr]
+    assert note.latency_ms == pytest.approx(50 + 300 + 4 + 50)
+    assert note.fields() == {"vehicle_id": "v1", "record_id": note.record_id, "latency_ms": 404.0}
     # Toll: the barrier waits for the vehicle, for a bounded time (then lane_stuck).
     assert next_deadline(lane.state) == pytest.approx(lane.now + lane.state.rules.pass_dwell_s)
 
@@ -50,7 +50,7 @@ def test_exit_loop_with_safety_clear_closes_then_idle() -> None:
     lane.sensor("exit_loop", True)
     actions = lane.sensor("exit_loop", False)
     assert actions == [
-        Note("vehicle_left", {"vehicle_id": "v1"}),
+        VehicleLeft(vehicle_id="v1"),
         CloseBarrier("v1/close", lane.now + 3.0, 1),
     ]
     assert lane.phase() is Phase.CLOSING
@@ -227,7 +227,7 @@ def test_barrier_down_while_open_holds_the_close_until_it_is_back() -> None:
 def test_exit_loop_before_anything_crossed_does_not_close() -> None:
     lane = LaneDriver()
     lane.pay("v1")
-    assert lane.sensor("exit_loop", False) == [Note("exit_loop_ignored", {"vehicle_id": "v1"})]
+    assert lane.sensor("exit_loop", False) == [ExitLoopIgnored(vehicle_id="v1")]
     assert of_type(lane.ack(), CloseBarrier) == []
     assert lane.phase() is Phase.OPEN
     assert of_type(lane.cross(), CloseBarrier) != []
@@ -258,7 +258,7 @@ def test_tailgating_is_recorded_as_a_violation() -> None:
     draft = persist.draft
     assert (draft.kind, draft.amount_minor, draft.auth.result) == ("violation", 0, "none")
     assert draft.flags == ("tailgating",)
-    assert Note("tailgating", {"vehicle_id": "v1", "flags": ["tailgating"]}) in actions
+    assert Tailgating(vehicle_id="v1", flags=("tailgating",)) in actions
     assert lane.persisted("v1/violation/1") == []  # the record opens nothing
     lane.sensor("safety_loop", False)
     third = one(lane.sensor("safety_loop", True), Persist)  # every one of them is recorded
@@ -296,8 +296,8 @@ def test_a_paid_follower_takes_over_the_open_barrier() -> None:
     assert of_type(actions, OpenBarrier) == []  # v1 has not crossed yet: still its passage
     assert lane.phase() is Phase.OPEN
     actions = lane.sensor("safety_loop", True)  # v1 under the barrier
-    handed = [a for a in actions if isinstance(a, Note) and a.name == "barrier_opened"]
-    assert handed and handed[0].fields["vehicle_id"] == "v2" and handed[0].fields["handover"]
+    handed = of_type(actions, BarrierOpened)
+    assert handed and handed[0].vehicle_id == "v2" and handed[0].handover
     assert of_type(actions, CloseBarrier) == [] and of_type(actions, Persist) == []
     lane.sensor("safety_loop", False)
     lane.sensor("exit_loop", True)

@@ -10,7 +10,6 @@ from lane.core.actions import (
     Abandon,
     Authorise,
     ClearAlarm,
-    Note,
     OpenBarrier,
     Persist,
     RaiseAlarm,
@@ -18,6 +17,15 @@ from lane.core.actions import (
     ShowOnDisplay,
 )
 from lane.core.machine import next_deadline
+from lane.core.notes import (
+    CodeRefused,
+    Declined,
+    DuplicateDecision,
+    LateDecision,
+    ScanIgnored,
+    ScanRefused,
+    VehicleGone,
+)
 from lane.core.state import Phase
 
 CODE = "281234567890123456"
@@ -70,7 +78,7 @@ def test_codes_the_lane_cannot_pay_with_are_refused_with_a_reason(
         shown,
         "Try another code (2 left)",
     )
-    assert Note("code_refused", {"vehicle_id": "v1", "reason": shown}) in actions
+    assert CodeRefused(vehicle_id="v1", reason=shown) in actions
     assert lane.phase() is Phase.DENIED
 
 
@@ -119,7 +127,7 @@ def test_a_decline_is_recorded() -> None:
     assert persist.draft.kind == "toll" and persist.draft.vehicle_id == "v1"
     assert persist.draft.payment_id == "pay-1"
     assert "insufficient_funds" in persist.draft.flags
-    assert Note("declined", {"vehicle_id": "v1", "reason": "insufficient_funds"}) in actions
+    assert Declined(vehicle_id="v1", reason="insufficient_funds") in actions
     assert of_type(lane.persisted(), OpenBarrier) == []  # a declined record opens nothing
 
 
@@ -131,7 +139,7 @@ def test_after_max_tries_codes_are_ignored_until_an_attendant_comes() -> None:
         lane.decide(approved=False)
     actions = lane.scan("289999999999999999")
     assert of_type(actions, Authorise) == []
-    assert Note("scan_ignored", {"vehicle_id": "v1", "reason": "max_tries"}) in actions
+    assert ScanIgnored(vehicle_id="v1", reason="max_tries") in actions
     assert "Please wait for assistance" in displayed(actions)
 
 
@@ -235,7 +243,7 @@ def test_a_late_approval_is_abandoned() -> None:
     lane.scan()
     lane.tick(5.0)
     actions = lane.decide("v1/a1", approved=True)
-    assert actions == [Abandon("v1/a1", "late"), Note("late_decision", {"auth_id": "v1/a1"})]
+    assert actions == [Abandon("v1/a1", "late"), LateDecision(auth_id="v1/a1")]
     assert lane.phase() is Phase.DENIED
 
 
@@ -244,7 +252,7 @@ def test_a_late_decline_is_only_noted() -> None:
     lane.arrive()
     lane.scan()
     lane.tick(5.0)
-    assert lane.decide("v1/a1", approved=False) == [Note("late_decision", {"auth_id": "v1/a1"})]
+    assert lane.decide("v1/a1", approved=False) == [LateDecision(auth_id="v1/a1")]
 
 
 def test_a_repeated_approval_never_reverses_a_recorded_payment() -> None:
@@ -252,7 +260,7 @@ def test_a_repeated_approval_never_reverses_a_recorded_payment() -> None:
     lane.arrive()
     lane.scan()
     lane.decide()
-    duplicate = [Note("duplicate_decision", {"auth_id": "v1/a1"})]
+    duplicate = [DuplicateDecision(auth_id="v1/a1")]
     assert lane.decide("v1/a1") == duplicate  # while the record is being written
     lane.persisted()
     lane.ack()
@@ -276,7 +284,7 @@ def test_record_failure_abandons_and_faults_the_lane() -> None:
     assert lane.phase() is Phase.FAULT
     assert of_type(lane.persisted("v1/a1"), OpenBarrier) == []  # never opens after that
     refused = lane.scan("280000000000000009")
-    assert Note("scan_refused", {"reason": "queue_full"}) in refused
+    assert ScanRefused(reason="queue_full") in refused
 
 
 @pytest.mark.parametrize(("reason", "fault"), [("disk_error", "disk_error"), ("odd", "disk_error")])
@@ -327,7 +335,7 @@ def test_scan_while_faulted_or_closed_is_refused(blocker: ev.Event, why: str) ->
     actions = lane.scan()
     assert actions == [
         ShowOnDisplay(("Lane closed", "Please use another lane")),
-        Note("scan_refused", {"reason": why}),
+        ScanRefused(reason=why),
     ]
 
 
@@ -351,7 +359,7 @@ def test_backing_away_while_paying_abandons() -> None:
     lane.arrive("v1")
     lane.scan()
     actions = lane.leave_pay_point()
-    assert actions == [Note("vehicle_gone", {"vehicle_id": "v1"}), Abandon("v1/a1", "vehicle_gone")]
+    assert actions == [VehicleGone(vehicle_id="v1"), Abandon("v1/a1", "vehicle_gone")]
     assert lane.phase() is Phase.IDLE
 
 

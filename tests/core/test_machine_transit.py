@@ -11,12 +11,12 @@ from lane.core.actions import (
     Action,
     Authorise,
     CloseBarrier,
-    Note,
     OpenBarrier,
     Persist,
     ShowOnDisplay,
 )
 from lane.core.machine import next_deadline
+from lane.core.notes import GateTimeout, VehicleArrived
 from lane.core.state import LaneMode, Phase
 
 ENTRY = rules(LaneMode.TRANSIT_ENTRY, passback_window_s=600.0, gate_hold_s=8.0)
@@ -45,10 +45,7 @@ def test_a_passenger_is_known_from_the_code_they_show(lane_rules: object, kind: 
     lane = LaneDriver(lane_rules)  # type: ignore[arg-type]
     actions = lane.scan("HC1:tok", "token")
     assert lane.phase() is Phase.AUTHORISING
-    assert (
-        Note("vehicle_arrived", {"vehicle_id": "s1", "vehicle_class": 1, "implicit": True})
-        in actions
-    )
+    assert VehicleArrived(vehicle_id="s1", vehicle_class=1, implicit=True) in actions
     assert one(actions, Authorise).vehicle_id == "s1"
     assert "Show your QR code" not in displayed(actions)  # no fare screen for a passenger
     persist = one(lane.decide(method="token", account_ref="acct-1"), Persist)
@@ -65,7 +62,7 @@ def test_the_gate_hold_closes_when_nobody_passes() -> None:
     assert next_deadline(lane.state) == pytest.approx(lane.now + 8.0)
     assert lane.tick(7.9) == []
     actions = lane.tick_at_deadline()
-    assert actions[0] == Note("gate_timeout", {"vehicle_id": "s1"})
+    assert actions[0] == GateTimeout(vehicle_id="s1")
     assert one(actions, CloseBarrier).cmd_id == "s1/close"
     lane.ack()
     assert lane.phase() is Phase.IDLE

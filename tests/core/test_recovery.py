@@ -19,7 +19,6 @@ from lane.core.actions import (
     Action,
     ClearAlarm,
     CloseBarrier,
-    Note,
     OpenBarrier,
     Persist,
     QueryDevice,
@@ -27,6 +26,7 @@ from lane.core.actions import (
 )
 from lane.core.alarms import Alarm
 from lane.core.machine import next_deadline
+from lane.core.notes import NoteBase
 from lane.core.state import LaneMode, LaneRules, Phase
 from uplink.records import AuthInfo, RecordDraft
 
@@ -115,7 +115,7 @@ def test_a_vehicle_under_a_boom_the_lane_did_not_open_is_a_violation_and_an_alar
     assert record.draft.kind == "violation"
     assert "unpaid_passage" in record.draft.flags
     assert "not open for it" in raised(actions, Alarm.UNPAID_PASSAGE).message
-    assert one(actions, Note).name == "tailgating"
+    assert one(actions, NoteBase).name == "tailgating"
     lane.sensor("safety_loop", False)
     actions = lane.report("closed")
     assert ClearAlarm(Alarm.UNPAID_PASSAGE) in actions
@@ -188,7 +188,7 @@ def test_paid_and_not_let_through_is_a_record_an_alarm_and_the_lane_moves_on() -
     lane.pay("v1")
     lane.report("offline")  # the barrier leaves before it opened
     assert lane.phase() is Phase.FAULT
-    while "paid_not_passed" not in {a.name for a in of_type(lane.actions, Note)}:
+    while "paid_not_passed" not in {a.name for a in of_type(lane.actions, NoteBase)}:
         lane.tick_at_deadline()
     assert lane.now == pytest.approx(lane.state.rules.pass_dwell_s + 1000.0, abs=1.0)
     actions = lane.log[-1][2]
@@ -204,13 +204,27 @@ def test_paid_and_not_let_through_is_a_record_an_alarm_and_the_lane_moves_on() -
     assert ClearAlarm(Alarm.PAID_NOT_PASSED) in lane.actions  # ... and the alarm is over
 
 
+def test_a_barrier_the_device_closed_by_itself_does_not_hold_the_passage_open() -> None:
+    lane = LaneDriver()
+    opened(lane)
+    lane.report("open")  # the device said open: the vehicle was let through ...
+    lane.report("closed")  # ... and the device closed by itself, nothing crossed that we heard
+    actions = lane.tick_at_deadline()
+    raised(actions, Alarm.LANE_STUCK)
+    # Nobody at the pay point, nothing under the boom: the vehicle is gone, the passage ends.
+    actions = snapshot(lane, "closed")
+    assert one(actions, CloseBarrier).cmd_id == "v1/close"
+    lane.ack()
+    assert lane.phase() is Phase.IDLE
+
+
 def test_a_vehicle_let_through_is_never_a_refund_however_long_the_barrier_is_away() -> None:
     lane = LaneDriver(rules(pass_dwell_s=60.0))
     opened(lane)  # the device said open
     lane.report("offline")  # ... and left; the vehicle drives through unheard
     while lane.now < 1000.0 + 600.0:
         lane.tick_at_deadline()  # probes every probe_s, ten minutes of them
-    assert "paid_not_passed" not in {a.name for a in of_type(lane.actions, Note)}
+    assert "paid_not_passed" not in {a.name for a in of_type(lane.actions, NoteBase)}
     lane.report("open")
     snapshot(lane, "open")
     lane.ack()
@@ -244,7 +258,7 @@ def world_answers(lane: LaneDriver, budget: int) -> int:
         vehicle = state.vehicle
         if action is None and vehicle is not None and vehicle.record_id is None:
             # A record asked for before the world got well is written now.
-            persist_id = vehicle.approved.auth_id if vehicle.approved else vehicle.manual
+            persist_id = vehicle.pending_persist
             action = None if persist_id is None else Persist(persist_id, RECORD)
         if isinstance(action, OpenBarrier | CloseBarrier):
             position = "open" if isinstance(action, OpenBarrier) else "closed"

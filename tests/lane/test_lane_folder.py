@@ -39,7 +39,7 @@ async def test_a_folder_read_before_the_device_is_up_still_pays(
     daemon = await build(config, shutdown_grace_s=2.0)
     assert daemon.source.finite
     notes: list[str] = []
-    daemon.runner.observers.append(lambda name, _fields: notes.append(name))
+    daemon.runner.observers.append(lambda note: notes.append(str(note.name)))
     stop = asyncio.Event()
     lane_task = asyncio.create_task(daemon.run(stop))
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))

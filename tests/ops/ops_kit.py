@@ -116,7 +116,7 @@ async def running_lane(
     source = PushSource(blackout_after_s=3600)
     daemon = await build(config, source=source, shutdown_grace_s=2.0)
     notes: list[tuple[str, dict[str, Any]]] = []
-    daemon.runner.observers.append(lambda name, fields: notes.append((name, fields)))
+    daemon.runner.observers.append(lambda note: notes.append((note.name, note.fields())))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(device.run()), asyncio.create_task(daemon.run(stop))]
     http = aiohttp.ClientSession()

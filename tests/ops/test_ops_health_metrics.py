@@ -11,8 +11,18 @@ import pytest
 from aiohttp import web
 
 from lane import health
+from lane.core.notes import (
+    BarrierOpened,
+    CodeRefused,
+    PaidNotPassed,
+    ScanRefused,
+    Tailgating,
+    VehicleArrived,
+)
 from lane.health import Check, LivenessFacts, ReadinessFacts
 from lane.metrics import LaneMetrics, Snapshot, acquirer_operation, reason_label
+from lane.notification import ShellNote
+from lane.notification import ShellNoteName as Shell
 from scanner.pipeline import ScanStats
 from sim.broker import free_port
 
@@ -116,20 +126,26 @@ def record(method: str, result: str, flags: list[str]) -> dict[str, Any]:
 
 def test_notes_become_counts() -> None:
     m = LaneMetrics("p01/l01", "toll")
-    m.observe_note("vehicle_arrived", {"vehicle_id": "v1", "vehicle_class": 2})
-    m.observe_note("record", record("token", "approved", []))
-    m.observe_note("record", record("payment_code", "declined", ["deferred?", "expired"]))
-    m.observe_note("record", record("bogus", "approved", []))
-    m.observe_note("code_refused", {"vehicle_id": "v1", "reason": "not a payment code"})
-    m.observe_note("scan_refused", {"reason": "barrier_offline"})
-    m.observe_note("barrier_opened", {"vehicle_id": "v1", "record_id": "r", "latency_ms": 180.0})
-    m.observe_note("barrier_opened", {"vehicle_id": "v2", "record_id": "r", "latency_ms": None})
-    m.observe_note("alarm", {"code": "barrier_fault", "message": "x", "active": True})
-    m.observe_note("alarm", {"code": "barrier_fault", "active": False})
-    m.observe_note("alarm", {"code": "Not A Code!", "active": True})
-    m.observe_note("alarm", {"code": "barrier_stuck", "message": "x", "active": True})
-    m.observe_note("paid_not_passed", {"vehicle_id": "v3", "record_id": "r3"})
-    m.observe_note("tailgating", {"vehicle_id": "u1/violation/1", "unpaid_passage": True})
+    m.observe_note(VehicleArrived("v1", 2, False))
+    m.observe_note(ShellNote(Shell.RECORD, record("token", "approved", [])))
+    m.observe_note(
+        ShellNote(Shell.RECORD, record("payment_code", "declined", ["deferred?", "expired"]))
+    )
+    m.observe_note(ShellNote(Shell.RECORD, record("bogus", "approved", [])))
+    m.observe_note(CodeRefused("v1", "not a payment code"))
+    m.observe_note(ScanRefused("barrier_offline"))
+    m.observe_note(BarrierOpened("v1", "r", 180.0))
+    m.observe_note(BarrierOpened("v2", "r", None))
+    m.observe_note(
+        ShellNote(Shell.ALARM, {"code": "barrier_fault", "message": "x", "active": True})
+    )
+    m.observe_note(ShellNote(Shell.ALARM, {"code": "barrier_fault", "active": False}))
+    m.observe_note(ShellNote(Shell.ALARM, {"code": "Not A Code!", "active": True}))
+    m.observe_note(
+        ShellNote(Shell.ALARM, {"code": "barrier_stuck", "message": "x", "active": True})
+    )
+    m.observe_note(PaidNotPassed("v3", "r3"))
+    m.observe_note(Tailgating("u1/violation/1", ("unpaid_passage",)))
     assert value(m, "lane_vehicles_total") == 1
     assert value(m, "lane_decisions_total", method="token", result="approved", reason="none") == 1
     declined = {"method": "payment_code", "result": "declined", "reason": "expired"}
@@ -192,7 +208,7 @@ def test_snapshots_mirror_running_totals_and_survive_a_reset() -> None:
 
 def test_two_lanes_in_one_process_keep_their_own_figures() -> None:
     a, b = LaneMetrics("p01/l01", "toll"), LaneMetrics("p01/l02", "toll")
-    a.observe_note("vehicle_arrived", {})
+    a.observe_note(VehicleArrived("v1", 1, False))
     assert value(a, "lane_vehicles_total") == 1
     assert value(b, "lane_vehicles_total") == 0
     assert b"p01/l02" in b.render() and b"p01/l01" not in b.render()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from lane.core.notes import BarrierOpened, VehicleArrived
+from lane.notification import ShellNote
+from lane.notification import ShellNoteName as Shell
 from lane.window import percentiles
 from sim.stats import EVENTS_KEPT, Histogram, LaneStats
 
@@ -36,9 +39,9 @@ def test_a_transaction_gets_its_opening_latency() -> None:
     clock = Clock()
     stats = LaneStats("p01/l01", clock)
     clock.t = 10.0
-    stats("record", record("r1"))
-    stats("barrier_opened", {"vehicle_id": "v1", "record_id": "r1", "latency_ms": 42.5})
-    stats("record", record("r2", "payment_code", "declined"))
+    stats(ShellNote(Shell.RECORD, record("r1")))
+    stats(BarrierOpened("v1", "r1", 42.5))
+    stats(ShellNote(Shell.RECORD, record("r2", "payment_code", "declined")))
     snap = stats.snapshot()
     newest, first = snap["transactions"]
     assert newest["result"] == "declined" and newest["open_ms"] is None
@@ -56,8 +59,8 @@ def test_a_transaction_gets_its_opening_latency() -> None:
 
 def test_only_offline_tokens_count_as_token_latency() -> None:
     stats = LaneStats("p01/l01", Clock())
-    stats("record", record("r1", "emv"))
-    stats("barrier_opened", {"record_id": "r1", "latency_ms": 900.0})
+    stats(ShellNote(Shell.RECORD, record("r1", "emv")))
+    stats(BarrierOpened("v1", "r1", 900.0))
     assert stats.snapshot()["token_latency_ms"]["p50"] is None
     assert stats.snapshot()["latency_ms"]["p50"] == 900.0
 
@@ -65,11 +68,12 @@ def test_only_offline_tokens_count_as_token_latency() -> None:
 def test_display_alarms_and_events_are_kept_newest_first_and_bounded() -> None:
     clock = Clock()
     stats = LaneStats("p01/l01", clock)
-    stats("display", {"lines": ["Class 1", "2.50 EUR"]})
-    stats("alarm", {"code": "barrier_offline", "message": "barrier device offline", "active": True})
+    stats(ShellNote(Shell.DISPLAY, {"lines": ["Class 1", "2.50 EUR"]}))
+    alarm = {"code": "barrier_offline", "message": "barrier device offline", "active": True}
+    stats(ShellNote(Shell.ALARM, alarm))
     for i in range(EVENTS_KEPT + 10):
         clock.t = float(i)
-        stats("vehicle_arrived", {"vehicle_id": f"v{i}", "vehicle_class": 1})
+        stats(VehicleArrived(f"v{i}", 1, False))
     snap = stats.snapshot()
     assert snap["display"] == ["Class 1", "2.50 EUR"]
     assert snap["alarm_log"][0]["code"] == "barrier_offline"
@@ -83,7 +87,7 @@ def test_throughput_over_the_recent_window_and_the_run() -> None:
     stats = LaneStats("p01/l01", clock)
     for i in range(10):  # ten openings in the first minute
         clock.t = 6.0 * i
-        stats("barrier_opened", {"record_id": f"r{i}", "latency_ms": 20.0})
+        stats(BarrierOpened(f"v{i}", f"r{i}", 20.0))
     clock.t = 60.0
     assert stats.throughput() == {"recent_vph": 600.0, "total_vph": 600.0}
     clock.t = 1200.0  # nothing for 19 minutes: the recent window is empty
@@ -113,10 +117,10 @@ def test_histogram_bins_and_percentiles() -> None:
 def test_the_recent_latency_forgets_a_slow_opening_the_run_keeps() -> None:
     clock = Clock()
     stats = LaneStats("p01/l01", clock)
-    stats("barrier_opened", {"record_id": "r0", "latency_ms": 2500.0})  # one slow payment
+    stats(BarrierOpened("v0", "r0", 2500.0))  # one slow payment
     for i in range(1, 20):
         clock.t = 400.0 + i
-        stats("barrier_opened", {"record_id": f"r{i}", "latency_ms": 20.0})
+        stats(BarrierOpened(f"v{i}", f"r{i}", 20.0))
     snap = stats.snapshot()
     assert snap["latency_ms"]["max"] == 2500.0
     assert snap["recent_latency_ms"]["max"] == 20.0 and snap["recent_latency_ms"]["p99"] == 20.0

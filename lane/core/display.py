@@ -1,0 +1,16 @@
+"""What the lane display shows, in one place (the texts a driver reads)."""
+
+from __future__ import annotations
+
+from lane.core.actions import ShowOnDisplay
+
+ASSISTANCE = "Please wait for assistance"
+# A lane that takes no payments (a fault, or an attendant closed it).
+LANE_CLOSED = ShowOnDisplay(("Lane closed", "Please use another lane"))
+LANE_OPEN = ShowOnDisplay(("Lane open",), ttl_s=3.0)
+THANK_YOU = ShowOnDisplay(("Thank you", "Have a good journey"), ttl_s=5.0)
+
+
+def class_waits(vehicle_class: int) -> ShowOnDisplay:
+    """A vehicle the lane has no fare for: the attendant (or a corrected class) decides."""
+    return ShowOnDisplay((f"Class {vehicle_class}", ASSISTANCE))

@@ -1,0 +1,142 @@
+"""The core's vocabulary: every name the lane core decides on is a member of a StrEnum here, so
+mypy --strict catches a typo that a bare string would hide.
+
+Each enum is a `StrEnum`: a member compares equal to (and hashes like) its wire string, so the
+shell may hand the core what a validated message carried and the logs show the plain value.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Alarm(StrEnum):
+    """Every alarm code the lane core raises; a fault (in FAULTS) also changes what it does."""
+
+    BARRIER_OFFLINE = "barrier_offline"
+    BARRIER_FAULT = "barrier_fault"
+    BARRIER_NO_ACK = "barrier_no_ack"
+    BARRIER_REFUSED = "barrier_refused"
+    BROKER_DOWN = "broker_down"
+    QUEUE_FULL = "queue_full"
+    DISK_ERROR = "disk_error"
+    BARRIER_STUCK = "barrier_stuck"
+    QUEUE_HIGH_WATER = "queue_high_water"
+    ATTENDANT_NEEDED = "attendant_needed"
+    LANE_STUCK = "lane_stuck"
+    PAID_NOT_PASSED = "paid_not_passed"
+    UNPAID_PASSAGE = "unpaid_passage"
+
+
+# Faults that stop the lane from taking new payments and from moving the barrier.
+BLOCKING_FAULTS = frozenset(
+    {
+        Alarm.BARRIER_OFFLINE,
+        Alarm.BARRIER_FAULT,
+        Alarm.BARRIER_NO_ACK,
+        Alarm.BARRIER_REFUSED,
+        Alarm.BROKER_DOWN,
+    }
+)
+# Faults that stop new payments only (the barrier may still serve a vehicle that already paid).
+PAYMENT_FAULTS = frozenset({Alarm.QUEUE_FULL, Alarm.DISK_ERROR, Alarm.BARRIER_STUCK})
+FAULTS = BLOCKING_FAULTS | PAYMENT_FAULTS
+# Faults about one command that a later probe of the same command can clear.
+COMMAND_FAULTS = frozenset({Alarm.BARRIER_NO_ACK, Alarm.BARRIER_REFUSED})
+# Everything a working barrier report clears.
+BARRIER_FAULTS = (
+    Alarm.BARRIER_OFFLINE,
+    Alarm.BARRIER_FAULT,
+    Alarm.BARRIER_NO_ACK,
+    Alarm.BARRIER_REFUSED,
+)
+# Every alarm that says the barrier cannot be relied on (readiness, metrics).
+BARRIER_ALARMS = (*BARRIER_FAULTS, Alarm.BARRIER_STUCK)
+
+
+class Sensor(StrEnum):
+    """The lane sensors the core knows; the wire may carry others (the core ignores them)."""
+
+    ENTRY_LOOP = "entry_loop"
+    SAFETY_LOOP = "safety_loop"
+    EXIT_LOOP = "exit_loop"
+    LIGHT_CURTAIN = "light_curtain"
+
+
+# The sensors that watch the area under the barrier: clear only when none is occupied.
+SAFETY_SENSORS = (Sensor.SAFETY_LOOP, Sensor.LIGHT_CURTAIN)
+
+
+class Position(StrEnum):
+    """The barrier's position as the device reports it (`unknown` until it has)."""
+
+    UNKNOWN = "unknown"
+    CLOSED = "closed"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    FAULT = "fault"
+    OFFLINE = "offline"
+
+
+# Positions in which a vehicle can drive under the boom.
+BOOM_UP = frozenset({Position.OPEN, Position.OPENING, Position.CLOSING})
+# Positions that say the device cannot move the barrier.
+BARRIER_DOWN = frozenset({Position.FAULT, Position.OFFLINE})
+
+
+class Op(StrEnum):
+    """A barrier command."""
+
+    OPEN = "open"
+    CLOSE = "close"
+
+
+class PayloadKind(StrEnum):
+    """What the scanner made of a code (scanner.payload's `kind` values)."""
+
+    TOKEN = "token"
+    PAYMENT_CODE = "payment_code"
+    EMV = "emv"
+    UNKNOWN = "unknown"
+
+
+# The kinds of code the lane sends for authorisation; anything else is refused at the lane.
+PAYABLE_KINDS = frozenset({PayloadKind.TOKEN, PayloadKind.PAYMENT_CODE, PayloadKind.EMV})
+
+
+class RecordKind(StrEnum):
+    TOLL = "toll"
+    TAP_IN = "tap_in"
+    TAP_OUT = "tap_out"
+    MANUAL = "manual"
+    VIOLATION = "violation"
+    # A closed road (docs/closed-road.md): the entry lane let a vehicle on and issued a pass
+    # (amount 0); the exit lane charged the trip of that pass.
+    ENTRY = "entry"
+    EXIT = "exit"
+
+
+class Method(StrEnum):
+    """How a record's passage was paid (or not)."""
+
+    TOKEN = "token"
+    PAYMENT_CODE = "payment_code"
+    EMV = "emv"
+    MANUAL = "manual"
+    NONE = "none"
+
+
+class AuthResult(StrEnum):
+    APPROVED = "approved"
+    DECLINED = "declined"
+    DEFERRED = "deferred"
+    MANUAL = "manual"
+    NONE = "none"
+
+
+class PersistError(StrEnum):
+    """Why the queue did not write a record (PersistFailed.reason); each is also a fault."""
+
+    QUEUE_FULL = "queue_full"
+    DISK_ERROR = "disk_error"
