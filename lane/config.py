@@ -7,7 +7,6 @@ No I/O happens in validation; `load_config` reads the file and reports every pro
 from __future__ import annotations
 
 from collections.abc import Callable
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -15,11 +14,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    IPvAnyAddress,
     field_validator,
     model_validator,
 )
 
+from lane.auth.network_config import AlipaySection, RoutesSection, WeChatPaySection
 from lane.toml_model import read_toml, validate
 from scanner.health import CaptureSettings
 
@@ -113,43 +112,6 @@ class CameraSection(_Section):
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return str(value)
         return value
-
-
-Network = Literal["acquirer", "alipay", "wechatpay"]
-
-
-class RoutesSection(_Section):
-    """Which acquirer takes each kind of online code (docs/acquirer.md)."""
-
-    alipay: Network = Field("acquirer", description="Alipay payment codes (25-30, 16-24 digits)")
-    wechat: Network = Field("acquirer", description="WeChat Pay payment codes (10-15, 18 digits)")
-    unionpay: Network = Field("acquirer", description="UnionPay QR payment codes (62, 19 digits)")
-    emv: Network = Field("acquirer", description="EMVCo consumer-presented QR payloads")
-
-
-class AlipaySection(_Section):
-    gateway_url: str = Field(
-        "https://openapi.alipay.com/gateway.do", description="Alipay OpenAPI gateway"
-    )
-    app_id: str = Field(description="The merchant app's id", pattern=r"^[0-9]{16}$")
-    private_key_file: Path = Field(description="The app's RSA2 private key, PEM, mode 0600")
-    alipay_public_key_file: Path = Field(description="Alipay's public key (PEM or Base64)")
-
-
-class WeChatPaySection(_Section):
-    base_url: str = Field("https://api.mch.weixin.qq.com", description="WeChat Pay API v3")
-    mchid: str = Field(description="Merchant id", pattern=r"^[0-9]{6,32}$")
-    appid: str = Field(description="The app id bound to the merchant", min_length=1)
-    serial_no: str = Field(description="Serial of the merchant API certificate", min_length=1)
-    private_key_file: Path = Field(description="Merchant API private key, PEM, mode 0600")
-    platform_public_key_file: Path = Field(description="WeChat Pay platform public key, PEM")
-    platform_serial: str = Field(description="Its id (PUB_KEY_ID_...) or certificate serial")
-    reverse_after_s: float = Field(
-        18.0, ge=0, le=600, description="Reverse no sooner than this after the intent"
-    )
-    device_ip: IPvAnyAddress = Field(
-        IPv4Address("127.0.0.1"), description="This lane computer's address (payer_client_ip)"
-    )
 
 
 class AuthSection(_Section):

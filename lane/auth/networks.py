@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -35,13 +35,26 @@ from lane.auth.acquirer import (
     ReverseRule,
 )
 from lane.auth.alipay import AlipayClient
+from lane.auth.network_config import AlipaySection, Network, RoutesSection, WeChatPaySection
 from lane.auth.wechatpay import WeChatPayClient
-from lane.config import AuthSection, Network
 from scanner.payload import EmvPayload, PaymentCodePayload, classify
 
 log = logging.getLogger("lane.auth.networks")
 
 CodeKind = Literal["alipay", "wechat", "unionpay", "emv"]
+
+
+class AuthSection(Protocol):
+    """What the networks read of the lane's `[auth]` config (`lane.config.AuthSection`)."""
+
+    @property
+    def acquirer_url(self) -> str | None: ...
+    @property
+    def routes(self) -> RoutesSection: ...
+    @property
+    def alipay(self) -> AlipaySection | None: ...
+    @property
+    def wechatpay(self) -> WeChatPaySection | None: ...
 
 
 class NoAcquirer:

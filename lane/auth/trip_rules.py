@@ -18,12 +18,26 @@ import dataclasses
 import enum
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from lane.auth.fares import FareError, Money, Tariff
 from lane.auth.passes import PASS_ID_LEN, EntryPass, PassReason, PassRefused
-from uplink.records import Record
+from lane.core.records import RecordDraft
 
 MAX_LINE = 40  # characters a line of the lane's display shows
+
+
+class StampedRecord(Protocol):
+    """What a tap-in must carry: a stored record (uplink's `Record`) has all of it."""
+
+    @property
+    def record_id(self) -> str: ...
+    @property
+    def lane(self) -> str: ...
+    @property
+    def ts_us(self) -> int: ...
+    @property
+    def draft(self) -> RecordDraft: ...
 
 
 class TripKind(enum.StrEnum):
@@ -119,7 +133,7 @@ _SUSPECT = {
 }
 
 
-def tap_in_entry(record: Record) -> EntryPass:
+def tap_in_entry(record: StampedRecord) -> EntryPass:
     """A metro tap-in record as the entry evidence of a `transit-exit` (station = the gate's
     plaza, unless the record names its `entry_plaza`). Its trip id is the record's `pass_id`
     when it has one, else its record id (a UUID); ValueError for a record that is not a

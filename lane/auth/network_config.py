@@ -1,0 +1,54 @@
+"""The `[auth.routes]`, `[auth.alipay]` and `[auth.wechatpay]` config sections.
+
+They belong to the payment networks (`lane.auth.networks` reads them); the lane's config
+(`lane.config.AuthSection`) composes them, so `lane.auth` never imports the shell.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
+
+
+class _NetworkSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Network = Literal["acquirer", "alipay", "wechatpay"]
+
+
+class RoutesSection(_NetworkSection):
+    """Which acquirer takes each kind of online code (docs/acquirer.md)."""
+
+    alipay: Network = Field("acquirer", description="Alipay payment codes (25-30, 16-24 digits)")
+    wechat: Network = Field("acquirer", description="WeChat Pay payment codes (10-15, 18 digits)")
+    unionpay: Network = Field("acquirer", description="UnionPay QR payment codes (62, 19 digits)")
+    emv: Network = Field("acquirer", description="EMVCo consumer-presented QR payloads")
+
+
+class AlipaySection(_NetworkSection):
+    gateway_url: str = Field(
+        "https://openapi.alipay.com/gateway.do", description="Alipay OpenAPI gateway"
+    )
+    app_id: str = Field(description="The merchant app's id", pattern=r"^[0-9]{16}$")
+    private_key_file: Path = Field(description="The app's RSA2 private key, PEM, mode 0600")
+    alipay_public_key_file: Path = Field(description="Alipay's public key (PEM or Base64)")
+
+
+class WeChatPaySection(_NetworkSection):
+    base_url: str = Field("https://api.mch.weixin.qq.com", description="WeChat Pay API v3")
+    mchid: str = Field(description="Merchant id", pattern=r"^[0-9]{6,32}$")
+    appid: str = Field(description="The app id bound to the merchant", min_length=1)
+    serial_no: str = Field(description="Serial of the merchant API certificate", min_length=1)
+    private_key_file: Path = Field(description="Merchant API private key, PEM, mode 0600")
+    platform_public_key_file: Path = Field(description="WeChat Pay platform public key, PEM")
+    platform_serial: str = Field(description="Its id (PUB_KEY_ID_...) or certificate serial")
+    reverse_after_s: float = Field(
+        18.0, ge=0, le=600, description="Reverse no sooner than this after the intent"
+    )
+    device_ip: IPvAnyAddress = Field(
+        IPv4Address("127.0.0.1"), description="This lane computer's address (payer_client_ip)"
+    )
