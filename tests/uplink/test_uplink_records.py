@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lane.core.names import AuthResult
 from lane.wire.codec import PayloadError, unpack
 from uplink.records import KINDS, METHODS, AuthInfo, Record, RecordDraft
 
@@ -33,7 +34,11 @@ records = st.builds(
         method=st.sampled_from(sorted(METHODS)),
         account_ref=maybe,
         auth=st.builds(
-            AuthInfo, result=text, acquirer_ref=maybe, latency_ms=ints, offline=st.booleans()
+            AuthInfo,
+            result=st.sampled_from(sorted(AuthResult)),
+            acquirer_ref=maybe,
+            latency_ms=ints,
+            offline=st.booleans(),
         ),
         payment_id=maybe,
         entry_plaza=maybe,
