@@ -29,6 +29,7 @@ from lane.lane_health import (
     AcquirerSample,
     AlarmBook,
     acquirer_alarm,
+    acquirer_declines,
     acquirer_health,
     acquirer_sample,
     uplink_stalled,
@@ -191,7 +192,9 @@ class HealthPublisher:
                 "uplink_stalled", uplink_stalled(uplink.oldest_age_s, uplink.backlog, limit)
             )
         self.acquirer.prune(self.monotonic())
-        self._set_alarm("acquirer_unhealthy", acquirer_alarm(self._acquirer()))
+        acquirer = self._acquirer()
+        self._set_alarm("acquirer_unhealthy", acquirer_alarm(acquirer))
+        self._set_alarm("acquirer_declines", acquirer_declines(acquirer))
         if d.pipeline is not None:
             now, frames = self.monotonic(), d.pipeline.stats().frames_in
             if self._frames is not None and now > self._frames[0]:
