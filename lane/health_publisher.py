@@ -4,8 +4,9 @@
 vehicles) and, as a task of the daemon's TaskGroup, about once a second:
 
 - raises or clears `uplink_stalled` (the oldest unsent record is older than
-  `[uplink] stalled_after_s`) and `acquirer_unhealthy` (the online payments of the last few
-  minutes failed or were slow) through `runner.alarm`, so they reach the status, the metrics
+  `[uplink] stalled_after_s`), `acquirer_unhealthy` (the online payments of the last few
+  minutes failed or were slow) and `acquirer_declines` (an unusual share of them was declined)
+  through `runner.alarm`, so they reach the status, the metrics
   and the logs like every alarm;
 - publishes the health message (barrier/health_message.py), at once after an alarm, a phase
   change or an acknowledgement, else once a second.
