@@ -23,6 +23,7 @@ import random
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def rss_mb() -> float:
 class BenchLane:
     """A lane daemon fed by its synthetic camera, and its passengers."""
 
-    def __init__(self, lane: str, index: int, port: int, *, keyset: Path, work: Path, fps: float):
+    def __init__(self, lane: str, port: int, *, keyset: Path, work: Path, fps: float) -> None:
         config = parse_config(
             {
                 "lane": {"id": lane, "mode": "transit-entry", "gate_hold_s": 1.0,
@@ -79,10 +80,13 @@ class BenchLane:
             }
         )  # fmt: skip
         self.source = PushSource()
-        self.camera = SyntheticCamera(fps=fps, size=(1280, 720), rng=SEED + index)
+        # Seeded by the lane id, not its place in this process: lanes in processes of their own
+        # would otherwise show the same tokens, refused as replays by the plaza's sharing.
+        lane_seed = SEED * 1000 + zlib.crc32(lane.encode())
+        self.camera = SyntheticCamera(fps=fps, size=(1280, 720), rng=lane_seed)
         self.daemon = LaneDaemon(config, source=self.source)
         self.codes = CodeFactory(SEED)  # the keyset's key ...
-        self.codes.rng = random.Random(SEED * 1000 + index)  # ... and tokens of this lane's own
+        self.codes.rng = random.Random(lane_seed)  # ... and tokens of this lane's own
         self.latencies: list[float] = []
         self.answered = asyncio.Event()
         self.daemon.runner.observers.append(self._note)
@@ -109,9 +113,7 @@ async def lane_child(
     port: int, keyset: Path, work: Path, *, lanes: list[str], seconds: float, fps: float,
     warm_up: float,
 ) -> dict[str, Any]:  # fmt: skip
-    bench_lanes = [
-        BenchLane(lane, i, port, keyset=keyset, work=work, fps=fps) for i, lane in enumerate(lanes)
-    ]
+    bench_lanes = [BenchLane(lane, port, keyset=keyset, work=work, fps=fps) for lane in lanes]
     stop = asyncio.Event()
     daemons = [asyncio.create_task(b.daemon.run(stop)) for b in bench_lanes]
     for b in bench_lanes:
