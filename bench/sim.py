@@ -16,7 +16,7 @@ back office run in this process. The child measures its own CPU time (user + sys
 threads) over the window and the CPU time of each thread (/proc/self/task/*/stat): the daemon's
 share is the process minus the camera's render thread, which stands for the camera hardware.
 
-plaza: see bench/plaza.py (`--part plaza` runs it with --lanes, --seconds and --fps).
+plaza: see bench/plaza.py (`--part plaza` runs it with --lanes, --seconds and --plaza-fps).
 Figures are printed, not asserted (the machine is shared; see docs/simulator.md).
 """
 
@@ -106,6 +106,7 @@ def main() -> int:
     )
     p.add_argument("--part", choices=["all", "throughput", "cpu", "plaza"], default="all")
     p.add_argument("--lanes", type=int, default=8, help="plaza: lanes")
+    p.add_argument("--plaza-fps", type=float, default=10.0, help="plaza: camera frame rate")
     p.add_argument("--vehicles", type=int, default=150)
     p.add_argument("--speed", type=float, default=1.0)
     p.add_argument("--seconds", type=float, default=60.0, help="CPU measurement window")
@@ -117,7 +118,7 @@ def main() -> int:
         print(json.dumps(asyncio.run(cpu(args.seconds, args.fps)), indent=2))
     if args.part in ("all", "plaza"):
         print(f"## plaza: 1 lane, {args.lanes} in one process, {args.lanes} processes")
-        for row in asyncio.run(bench_plaza.plaza(args.lanes, args.seconds, args.fps)):
+        for row in asyncio.run(bench_plaza.plaza(args.lanes, args.seconds, args.plaza_fps)):
             print(json.dumps(row))
     if args.part in ("all", "throughput"):
         print(f"## rush-hour, speed {args.speed:g}, {args.vehicles} vehicles")
