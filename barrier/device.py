@@ -98,10 +98,14 @@ class DeviceEmulator:
         self._next_session = secrets.token_hex(6)
         self._seq = 0
         self._io_seq = 0
+        # Commands wait here only behind a slow one (slow_ack): otherwise they are handled
+        # as they arrive, without a hand-off to another task.
         self._inbox: asyncio.Queue[tuple[Incoming, int]] = asyncio.Queue()
-        # Everything goes out through one queue, in the order it happened: an ack before the
-        # state it caused, a safety loop reading before the reversal it triggered.
-        self._outbox: asyncio.Queue[_Out] = asyncio.Queue()
+        self._working = False
+        # Everything goes out in the order it happened (an ack before the state it caused, a
+        # safety loop reading before the reversal it triggered), without waiting for the
+        # broker's PUBACK of one message before handing over the next (see _emit).
+        self._publishing: set[asyncio.Task[None]] = set()
         self._control: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
         self._stopped = asyncio.Event()
         self._running = False
@@ -126,7 +130,7 @@ class DeviceEmulator:
         """Serve until `stop()` (or cancellation)."""
         self._running = True
         self._stopped.clear()
-        helpers = [asyncio.create_task(self._work()), asyncio.create_task(self._send())]
+        helpers = [asyncio.create_task(self._work())]
         self._start_link()
         try:
             while True:
@@ -135,7 +139,7 @@ class DeviceEmulator:
                     break
                 await self._after_fault_change(previous)
         finally:
-            tasks = [t for t in (*helpers, self._link_task, self._motion) if t is not None]
+            tasks = [t for t in (*helpers, *self._publishing, self._link_task, self._motion) if t]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -150,7 +154,7 @@ class DeviceEmulator:
         self._publish_state("offline")
         try:
             async with asyncio.timeout(2.0):
-                await self._outbox.join()
+                await self.flushed()
         except TimeoutError:
             log.warning("stopping with unsent messages", extra={"lane": self.lane})
         self._control.put_nowait(("stop", None))
@@ -158,7 +162,8 @@ class DeviceEmulator:
 
     async def flushed(self) -> None:
         """Until every message queued so far was published, or lost to a broker that is down."""
-        await self._outbox.join()
+        while self._publishing:
+            await asyncio.wait(set(self._publishing))
 
     async def wait_connected(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         await self.link.wait_connected(timeout)
@@ -231,12 +236,20 @@ class DeviceEmulator:
             self._answer_query(msg)
             return
         # Stamp arrival now: the MQTT expiry the broker forwarded counts from this moment.
-        self._inbox.put_nowait((msg, self._now_us()))
+        received_us = self._now_us()
+        if self._working or not self._inbox.empty() or self.fault == "slow_ack":
+            self._inbox.put_nowait((msg, received_us))  # behind a slow one, in order
+            return
+        await self._handle(msg, received_us)  # awaits nothing without slow_ack
 
     async def _work(self) -> None:
         while True:
             msg, received_us = await self._inbox.get()
-            await self._handle(msg, received_us)
+            self._working = True
+            try:
+                await self._handle(msg, received_us)
+            finally:
+                self._working = False
 
     async def _handle(self, msg: Incoming, received_us: int) -> None:
         try:
@@ -285,7 +298,7 @@ class DeviceEmulator:
     def _ack(self, msg: Incoming, ack: BarrierAck) -> None:
         topic = msg.response_topic or topics.barrier_ack(self.lane)
         correlation = msg.correlation if msg.correlation is not None else ack.cmd_id.encode()
-        self._outbox.put_nowait(_Out(topic, ack.encode(), correlation=correlation))
+        self._emit(_Out(topic, ack.encode(), correlation=correlation))
 
     # --- mechanics -----------------------------------------------------------------------------
 
@@ -345,7 +358,7 @@ class DeviceEmulator:
             state or self.gate.state, self._seq, self._now_us(), self.gate.note, self._session
         )
         topic = topics.barrier_state(self.lane)
-        self._outbox.put_nowait(_Out(topic, status.encode(), retain=True, session=self._session))
+        self._emit(_Out(topic, status.encode(), retain=True, session=self._session))
 
     # --- the device's whole truth (DeviceQuery -> DeviceSnapshot) -------------------------------
 
@@ -381,33 +394,41 @@ class DeviceEmulator:
     def _publish_snapshot(self, query_id: str | None) -> None:
         payload = self.snapshot(query_id).encode()
         topic = topics.device_snapshot(self.lane)
-        self._outbox.put_nowait(_Out(topic, payload, session=self._session))
+        self._emit(_Out(topic, payload, session=self._session))
 
     def _publish_io(
         self, sensor: str, *, occupied: bool | None = None, vehicle_class: int | None = None
     ) -> None:
         self._io_seq += 1
         reading = SensorReading(sensor, occupied, vehicle_class, self._now_us(), self._io_seq)
-        self._outbox.put_nowait(_Out(topics.io(self.lane, sensor), reading.encode()))
+        self._emit(_Out(topics.io(self.lane, sensor), reading.encode()))
 
-    async def _send(self) -> None:
-        while True:
-            out = await self._outbox.get()
-            try:
-                if out.session is not None and out.session != self._session:
-                    continue  # a state of an earlier connection: the new one re-announced it
-                await self.link.publish(
-                    out.topic, out.payload, qos=1, retain=out.retain, correlation=out.correlation
-                )
-            except LinkDown as exc:
-                # States are re-announced on reconnection; a lost ack or reading is what a real
-                # device would lose too, and the controller's timeouts cover it.
-                log.warning(
-                    "message lost: broker down",
-                    extra={"lane": self.lane, "topic": out.topic, "error": str(exc)},
-                )
-            finally:
-                self._outbox.task_done()
+    def _emit(self, out: _Out) -> None:
+        """Hand a message to the broker now, in call order, without waiting for the previous
+        one's PUBACK (waiting made an ack queue behind the states of the previous command).
+
+        Order holds because each publish runs in a task of its own, tasks take their first
+        step in creation order, and `MqttLink.publish` hands the packet to the MQTT client
+        (which writes in call order) before its first await.
+        """
+        task = asyncio.create_task(self._publish(out))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish(self, out: _Out) -> None:
+        if out.session is not None and out.session != self._session:
+            return  # a state of an earlier connection: the new one re-announced it
+        try:
+            await self.link.publish(
+                out.topic, out.payload, qos=1, retain=out.retain, correlation=out.correlation
+            )
+        except LinkDown as exc:
+            # States are re-announced on reconnection; a lost ack or reading is what a real
+            # device would lose too, and the controller's timeouts cover it.
+            log.warning(
+                "message lost: broker down",
+                extra={"lane": self.lane, "topic": out.topic, "error": str(exc)},
+            )
 
     def _now_us(self) -> int:
         return int(self._clock() * 1_000_000)

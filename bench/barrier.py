@@ -2,10 +2,15 @@
 
     .venv/bin/python bench/barrier.py [--count 1000] [--uvloop]   (or: python -m bench.barrier)
 
-Runs a private mosquitto, the device emulator with zero movement time, and a BarrierLink;
-sends `count` commands one after another (alternating open/close, each a new cmd_id) and
-prints percentiles of the time from calling send() to the ack reaching on_ack, and of send()
-alone (until the broker's PUBACK). Figures, not assertions: the machine is shared.
+Runs a private mosquitto and, each in a process of its own (a barrier is a box of its own),
+the device emulator with zero movement time and the raw anchor's responder: a bare aiomqtt
+client that answers an MQTT 5 QoS 1 request (response topic, correlation data) at once with a
+QoS 1 reply. The parent alternates blocks of 50 barrier commands through a BarrierLink
+(open/close, each a new cmd_id, one right after the other's ack) with blocks of 50 raw
+request/replies, so both see the same load of the shared machine. It prints percentiles of
+send() → the ack reaching on_ack, send() alone (until the broker's PUBACK), the raw
+request → reply, and the ratio of command to raw at p50 and p99.
+Figures, not assertions: the machine is shared.
 """
 
 from __future__ import annotations
@@ -13,12 +18,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import multiprocessing
+import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
+import aiomqtt
 import uvloop
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 # Run as a file, this script's directory comes first on sys.path and its own name would
 # shadow the `barrier` package.
@@ -32,6 +46,10 @@ from sim.broker import running_mosquitto
 
 LANE = "bench/l01"
 STILL = Timings(opening_s=0.0, closing_s=0.0, slow_ack_s=0.0, step_s=0.0)
+WARM_UP = 20
+BLOCK = 50  # commands, then as many raw request/replies, and again
+RAW_REQUEST, RAW_REPLY = f"lane/{LANE}/raw/req", f"lane/{LANE}/raw/ack"
+Serve = Callable[[str, int, Event, Event], Coroutine[Any, Any, None]]
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -39,59 +57,168 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def bench(count: int, host: str, port: int) -> tuple[list[float], list[float]]:
-    waiting: dict[str, asyncio.Future[BarrierAck]] = {}
+def _raw_client(host: str, port: int, name: str) -> aiomqtt.Client:
+    """A bare MQTT 5 client with the transport settings MqttLink uses (NODELAY)."""
+    return aiomqtt.Client(
+        host,
+        port,
+        identifier=name,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+    )
 
-    def on_ack(ack: BarrierAck) -> None:
-        future = waiting.pop(ack.cmd_id, None)
+
+def _request_properties(correlation: bytes, reply_to: str | None = None) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.CorrelationData = correlation
+    if reply_to is not None:
+        props.MessageExpiryInterval = 3
+        props.ResponseTopic = reply_to
+    return props
+
+
+class Waiters:
+    """Futures by key, resolved by a subscription callback."""
+
+    def __init__(self) -> None:
+        self._futures: dict[Any, asyncio.Future[Any]] = {}
+
+    def expect(self, key: object) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._futures[key] = future
+        return future
+
+    def resolve(self, key: object, value: object) -> None:
+        future = self._futures.pop(key, None)
         if future is not None and not future.done():
-            future.set_result(ack)
+            future.set_result(value)
 
+
+async def _serve_device(host: str, port: int, ready: Event, stop: Event) -> None:
+    device = DeviceEmulator(LANE, host, port, STILL)
+    task = asyncio.create_task(device.run())
+    await device.wait_connected(5)
+    ready.set()
+    await asyncio.to_thread(stop.wait)
+    await device.stop()
+    await task
+
+
+async def _serve_raw(host: str, port: int, ready: Event, stop: Event) -> None:
+    async def answer(client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            props = message.properties
+            assert props is not None
+            reply = _request_properties(props.CorrelationData)
+            await client.publish(props.ResponseTopic, message.payload, qos=1, properties=reply)
+
+    async with _raw_client(host, port, "raw-responder") as responder:
+        await responder.subscribe(RAW_REQUEST, qos=1)
+        task = asyncio.create_task(answer(responder))
+        ready.set()
+        await asyncio.to_thread(stop.wait)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _serve(serve: Serve, host: str, port: int, ready: Event, stop: Event, *, fast: bool) -> None:
+    logging.basicConfig(level=logging.ERROR)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if fast else None) as runner:
+        runner.run(serve(host, port, ready, stop))
+
+
+@contextmanager
+def other_process(serve: Serve, host: str, port: int, fast: bool) -> Iterator[None]:
+    """`serve` in a child process on its own event loop, ready when the block starts."""
+    context = multiprocessing.get_context("spawn")
+    ready, stop = context.Event(), context.Event()
+    child = context.Process(
+        target=_serve, args=(serve, host, port, ready, stop), kwargs={"fast": fast}
+    )
+    child.start()
+    try:
+        if not ready.wait(15):
+            raise RuntimeError(f"{serve.__name__} did not come up")
+        yield
+    finally:
+        stop.set()
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
+async def bench(count: int, host: str, port: int) -> dict[str, list[float]]:
+    acks, replies, states = Waiters(), Waiters(), Waiters()
     link = BarrierLink(
         LANE,
         host,
         port,
-        on_ack=on_ack,
-        on_state=lambda s: None,
+        on_ack=lambda ack: acks.resolve(ack.cmd_id, ack),
+        on_state=lambda status: states.resolve(status.state, None),
         on_sensor=lambda r: None,
         on_attendant=lambda a: None,
         on_garbage=lambda t, e: print(f"garbage on {t}: {e}"),
     )
-    device = DeviceEmulator(LANE, host, port, STILL)
-    tasks = [asyncio.create_task(link.run()), asyncio.create_task(device.run())]
-    round_trips: list[float] = []
-    sends: list[float] = []
-    try:
-        await link.wait_connected(5)
-        await device.wait_connected(5)
-        loop = asyncio.get_running_loop()
-        for i in range(count + 20):  # the first 20 warm up
-            op = "open" if i % 2 == 0 else "close"
-            cmd_id = f"bench-{i}"
-            deadline = int((time.time() + 3) * 1_000_000)
-            future: asyncio.Future[BarrierAck] = loop.create_future()
-            waiting[cmd_id] = future
-            start = time.perf_counter()
-            await link.send(BarrierCommand(op, cmd_id, deadline, LANE), expiry_s=3)
-            sent = time.perf_counter()
-            ack = await asyncio.wait_for(future, 5)
-            done = time.perf_counter()
-            if not ack.ok:
-                raise RuntimeError(f"command refused: {ack}")
-            if i >= 20:
-                sends.append((sent - start) * 1000)
-                round_trips.append((done - start) * 1000)
-    finally:
-        await device.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return round_trips, sends
+
+    async def collect(client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            assert message.properties is not None
+            replies.resolve(message.properties.CorrelationData, None)
+
+    async def command(i: int) -> tuple[float, float]:
+        op = "open" if i % 2 == 0 else "close"
+        deadline = int((time.time() + 3) * 1_000_000)
+        cmd = BarrierCommand(op, f"bench-{i}", deadline, LANE)
+        acked = acks.expect(cmd.cmd_id)
+        start = time.perf_counter()
+        await link.send(cmd, expiry_s=3)
+        sent = time.perf_counter()
+        ack: BarrierAck = await asyncio.wait_for(acked, 5)
+        if not ack.ok:
+            raise RuntimeError(f"command refused: {ack}")
+        return (time.perf_counter() - start) * 1000, (sent - start) * 1000
+
+    async def raw(i: int) -> float:
+        correlation = f"raw-{i}".encode()
+        replied = replies.expect(correlation)
+        props = _request_properties(correlation, RAW_REPLY)
+        start = time.perf_counter()
+        await requester.publish(RAW_REQUEST, b"x" * 48, qos=1, properties=props)
+        await asyncio.wait_for(replied, 5)
+        return (time.perf_counter() - start) * 1000
+
+    figures: dict[str, list[float]] = {"command": [], "send": [], "raw": []}
+    async with _raw_client(host, port, "raw-requester") as requester:
+        await requester.subscribe(RAW_REPLY, qos=1)
+        tasks = [asyncio.create_task(link.run()), asyncio.create_task(collect(requester))]
+        try:
+            await link.wait_connected(5)
+            for i in range(WARM_UP):
+                await command(-i - 1)
+                await raw(-i - 1)
+            # Blocks of each, alternating, so both see the same load of the shared machine;
+            # within a block one right after the other, as a lane's commands can follow.
+            for block in range(0, count, BLOCK):
+                for i in range(block, min(count, block + BLOCK)):
+                    round_trip, send = await command(i)
+                    figures["command"].append(round_trip)
+                    figures["send"].append(send)
+                # The last command's final state: the device is quiet before the raw block.
+                settled = states.expect("open" if i % 2 == 0 else "closed")
+                await asyncio.wait_for(settled, 5)
+                for i in range(block, min(count, block + BLOCK)):
+                    figures["raw"].append(await raw(i))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return figures
 
 
 def report(name: str, values: list[float]) -> None:
     print(
-        f"{name:<22} p50 {percentile(values, 50):6.3f} ms  p90 {percentile(values, 90):6.3f} ms"
+        f"{name:<24} p50 {percentile(values, 50):6.3f} ms  p90 {percentile(values, 90):6.3f} ms"
         f"  p99 {percentile(values, 99):6.3f} ms  max {max(values):6.3f} ms"
         f"  mean {statistics.fmean(values):6.3f} ms"
     )
@@ -110,19 +237,25 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     config = "" if args.nagle else "set_tcp_nodelay true\n"
-    with running_mosquitto(extra_config=config) as broker:
+    loop_factory = uvloop.new_event_loop if args.uvloop else None
+    with (
+        running_mosquitto(extra_config=config) as broker,
+        other_process(_serve_raw, broker.host, broker.port, args.uvloop),
+        other_process(_serve_device, broker.host, broker.port, args.uvloop),
+        asyncio.Runner(loop_factory=loop_factory) as runner,
+    ):
         started = time.perf_counter()
-        if args.uvloop:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                round_trips, sends = runner.run(bench(args.count, broker.host, broker.port))
-        else:
-            round_trips, sends = asyncio.run(bench(args.count, broker.host, broker.port))
+        figures = runner.run(bench(args.count, broker.host, broker.port))
         elapsed = time.perf_counter() - started
     setup = ("uvloop" if args.uvloop else "asyncio") + (", Nagle on" if args.nagle else "")
     print(f"barrier command round trip over loopback mosquitto, {args.count} commands, {setup}")
-    report("send() → ack received", round_trips)
-    report("send() → broker PUBACK", sends)
-    print(f"{args.count / elapsed:.0f} commands/s one at a time (including start-up)")
+    report("send() → ack received", figures["command"])
+    report("send() → broker PUBACK", figures["send"])
+    report("raw MQTT 5 QoS 1 req/rep", figures["raw"])
+    for p in (50, 99):
+        ratio = percentile(figures["command"], p) / percentile(figures["raw"], p)
+        print(f"command / raw request-reply at p{p}: {ratio:.2f}x (target ≤ 1.2x)")
+    print(f"{args.count / elapsed:.0f} commands + raw round trips/s, one at a time")
 
 
 if __name__ == "__main__":

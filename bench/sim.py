@@ -9,12 +9,14 @@ closing 1.0 s, 0.4 s between loop transitions; drivers take 0.6 s to show the ph
 to move up), for --vehicles vehicles. Prints capacity (3600 / mean pay-point time), throughput,
 and code-in-frame -> barrier-open latency for all codes and for offline tokens.
 
-cpu: one lane daemon in a child process of its own, with its synthetic camera (30 fps,
-1280x720) pushing frames into it, in transit-entry mode so that each presented token is a full
-passage (verify, record, open) without loops; the barrier device, broker and back office run in
-this process. The child measures its own CPU time (user + system, all threads) over the window
-and the CPU time of each thread (/proc/self/task/*/stat): the daemon's share is the process
-minus the camera's render thread, which stands for the camera hardware.
+cpu: one lane daemon in a child process of its own (bench/lane_child.py), with its synthetic
+camera (30 fps, 1280x720) pushing frames into it, in transit-entry mode so that each presented
+token is a full passage (verify, record, open) without loops; the barrier device, broker and
+back office run in this process. The child measures its own CPU time (user + system, all
+threads) over the window and the CPU time of each thread (/proc/self/task/*/stat): the daemon's
+share is the process minus the camera's render thread, which stands for the camera hardware.
+
+plaza: see bench/plaza.py (`--part plaza` runs it with --lanes, --seconds and --plaza-fps).
 Figures are printed, not asserted (the machine is shared; see docs/simulator.md).
 """
 
@@ -22,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from barrier.device import DeviceEmulator, Timings  # noqa: E402
-from lane.config import parse_config  # noqa: E402
-from lane.daemon import build  # noqa: E402
-from scanner.sources import PushSource  # noqa: E402
+from bench import lane_child  # noqa: E402
+from bench import plaza as bench_plaza  # noqa: E402
+from lane.window import percentiles  # noqa: E402
 from sim.backoffice import BackOffice  # noqa: E402
 from sim.broker import Mosquitto, free_port  # noqa: E402
-from sim.camera import SyntheticCamera  # noqa: E402
 from sim.codes import CodeFactory  # noqa: E402
 from sim.harness import SimOptions, options_for, run_scenario  # noqa: E402
 from sim.scenario import load_scenario  # noqa: E402
@@ -73,98 +72,6 @@ def throughput(vehicles: int, speed: float) -> dict[str, Any]:
 # --- CPU of one daemon -------------------------------------------------------------------------
 
 
-def thread_cpu_s() -> dict[str, float]:
-    """CPU seconds (user + system) of each live thread of this process, by thread name."""
-    tick = os.sysconf("SC_CLK_TCK")
-    names = {t.native_id: t.name for t in threading.enumerate()}
-    out: dict[str, float] = {}
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the thread ended meanwhile
-        name = names.get(int(task.name), f"tid{task.name}")
-        if name.startswith("asyncio_"):
-            name = "asyncio-to-thread"  # default executor workers: one line for all of them
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
-async def daemon_child(port: int, keyset: Path, workdir: Path, seconds: float, fps: float) -> None:
-    config = parse_config(
-        {
-            "lane": {"id": LANE, "mode": "transit-entry", "data_dir": str(workdir / "lane"),
-                     "gate_hold_s": 1.0},
-            "broker": {"port": port},
-            "camera": {"source": "push"},
-            "auth": {"keyset": str(keyset)},
-        }
-    )  # fmt: skip
-    source = PushSource()
-    camera = SyntheticCamera(fps=fps, size=(1280, 720), rng=SEED)
-    daemon = await build(config, source=source)
-    opened: list[float] = []
-    answered = asyncio.Event()
-
-    def note(note: Notification) -> None:
-        match note:
-            case BarrierOpened(latency_ms=latency_ms):
-                opened.append(latency_ms or 0.0)
-                answered.set()
-            case Declined() | CodeRefused():
-                answered.set()
-
-    daemon.runner.observers.append(note)
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop))
-    await daemon.link.wait_connected(10)
-    camera.start(lambda frame, _ts: source.put(frame, time.monotonic()))
-    codes = CodeFactory(SEED)
-
-    async def passengers() -> None:
-        while True:  # one passenger every 3.6 s (1,000 an hour), phone lowered once answered
-            started = time.monotonic()
-            answered.clear()
-            camera.show(codes.make("token", int(time.time())).text, "clear")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0):
-                    await answered.wait()
-            camera.hide()
-            await asyncio.sleep(max(0.0, 3.6 - (time.monotonic() - started)))
-
-    traffic = asyncio.create_task(passengers())
-    await asyncio.sleep(5.0)  # warm-up: first frames, threads started, caches
-    wall0, cpu0, threads0, opened0 = time.monotonic(), os.times(), thread_cpu_s(), len(opened)
-    await asyncio.sleep(seconds)
-    wall1, cpu1, threads1 = time.monotonic(), os.times(), thread_cpu_s()
-    traffic.cancel()
-    await asyncio.to_thread(camera.stop)
-    stop.set()
-    await asyncio.wait([task], timeout=15)
-    wall = wall1 - wall0
-    process = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-    per_thread = {
-        name: round(100 * (threads1.get(name, 0.0) - threads0.get(name, 0.0)) / wall, 1)
-        for name in threads1
-    }
-    camera_pct = per_thread.get("sim-camera", 0.0)
-    print(
-        json.dumps(
-            {
-                "window_s": round(wall, 1),
-                "fps": fps,
-                "frames": camera.stats.frames,
-                "passages": len(opened) - opened0,
-                "process_cpu_pct_of_core": round(100 * process / wall, 1),
-                "camera_render_pct_of_core": camera_pct,
-                "daemon_cpu_pct_of_core": round(100 * process / wall - camera_pct, 1),
-                "per_thread_pct": dict(sorted(per_thread.items(), key=lambda kv: -kv[1])),
-            }
-        ),
-        flush=True,
-    )
-
-
 async def cpu(seconds: float, fps: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lane-bench-sim-") as tmp:
         work = Path(tmp)
@@ -176,11 +83,10 @@ async def cpu(seconds: float, fps: float) -> dict[str, Any]:
             device_task = asyncio.create_task(device.run())
             backoffice = BackOffice(work / "backoffice.sqlite3", broker.host, broker.port)
             await backoffice.start()
-            child = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--daemon-child", "--broker-port", str(broker.port),
-                "--keyset", str(keyset), "--workdir", str(work), "--seconds", str(seconds),
-                "--fps", str(fps), stdout=subprocess.PIPE,
-            )  # fmt: skip
+            argv = lane_child.command(
+                broker.port, keyset, work, lanes=[LANE], seconds=seconds, fps=fps
+            )
+            child = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, cwd=ROOT)
             out, _ = await child.communicate()
             await device.stop()
             device_task.cancel()
@@ -191,6 +97,7 @@ async def cpu(seconds: float, fps: float) -> dict[str, Any]:
                     f"daemon child failed ({child.returncode}): {out.decode()[-2000:]}"
                 )
             result: dict[str, Any] = json.loads(lines[-1])
+            result["token_latency_ms"] = percentiles(result["token_latency_ms"])
             result["records_ingested"] = backoffice.stats.records
             return result
         finally:
@@ -201,25 +108,22 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--part", choices=["all", "throughput", "cpu"], default="all")
+    p.add_argument("--part", choices=["all", "throughput", "cpu", "plaza"], default="all")
+    p.add_argument("--lanes", type=int, default=8, help="plaza: lanes")
+    p.add_argument("--plaza-fps", type=float, default=10.0, help="plaza: camera frame rate")
     p.add_argument("--vehicles", type=int, default=150)
     p.add_argument("--speed", type=float, default=1.0)
     p.add_argument("--seconds", type=float, default=60.0, help="CPU measurement window")
     p.add_argument("--fps", type=float, default=30.0)
-    p.add_argument("--daemon-child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--broker-port", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--keyset", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.daemon_child:
-        asyncio.run(
-            daemon_child(args.broker_port, args.keyset, args.workdir, args.seconds, args.fps)
-        )
-        return 0
     print(f"# bench/sim.py on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     if args.part in ("all", "cpu"):
         print("## one lane daemon, camera 1280x720 at", args.fps, "fps (child process)")
         print(json.dumps(asyncio.run(cpu(args.seconds, args.fps)), indent=2))
+    if args.part in ("all", "plaza"):
+        print(f"## plaza: 1 lane, {args.lanes} in one process, {args.lanes} processes")
+        for row in asyncio.run(bench_plaza.plaza(args.lanes, args.seconds, args.plaza_fps)):
+            print(json.dumps(row))
     if args.part in ("all", "throughput"):
         print(f"## rush-hour, speed {args.speed:g}, {args.vehicles} vehicles")
         print(json.dumps(throughput(args.vehicles, args.speed), indent=2))

@@ -4,7 +4,8 @@ Severity orders what an operator looks at first and colours the plaza tiles:
 
 - `critical`: the lane cannot pass vehicles safely or at all (barrier, broker, queue, stuck).
 - `major`: the lane works but something an operator must fix is wrong (camera dark, back office
-  not taking records, acquirer failing, a paid vehicle that did not pass).
+  not taking records, acquirer failing or declining many payments, a paid vehicle that did not
+  pass).
 - `minor`: worth a look, nothing is lost yet (key set ageing, queue filling, a driver waiting).
 
 An alarm code missing from the table is `major`: a new alarm nobody classified is taken
@@ -42,6 +43,7 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "camera_blackout": Severity.MAJOR,
         "uplink_stalled": Severity.MAJOR,
         "acquirer_unhealthy": Severity.MAJOR,
+        "acquirer_declines": Severity.MAJOR,
         "paid_not_passed": Severity.MAJOR,
         "unpaid_passage": Severity.MAJOR,
         "trust_update_refused": Severity.MAJOR,

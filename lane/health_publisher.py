@@ -4,8 +4,9 @@
 vehicles) and, as a task of the daemon's TaskGroup, about once a second:
 
 - raises or clears `uplink_stalled` (the oldest unsent record is older than
-  `[uplink] stalled_after_s`) and `acquirer_unhealthy` (the online payments of the last few
-  minutes failed or were slow) through `runner.alarm`, so they reach the status, the metrics
+  `[uplink] stalled_after_s`), `acquirer_unhealthy` (the online payments of the last few
+  minutes failed or were slow) and `acquirer_declines` (an unusual share of them was declined)
+  through `runner.alarm`, so they reach the status, the metrics
   and the logs like every alarm;
 - publishes the health message (barrier/health_message.py), at once after an alarm, a phase
   change or an acknowledgement, else once a second.
@@ -34,6 +35,7 @@ from lane.lane_health import (
     AcquirerSample,
     AlarmBook,
     acquirer_alarm,
+    acquirer_declines,
     acquirer_health,
     acquirer_sample,
     uplink_stalled,
@@ -201,7 +203,9 @@ class HealthPublisher:
                 "uplink_stalled", uplink_stalled(uplink.oldest_age_s, uplink.backlog, limit)
             )
         self.acquirer.prune(self.monotonic())
-        self._set_alarm("acquirer_unhealthy", acquirer_alarm(self._acquirer()))
+        acquirer = self._acquirer()
+        self._set_alarm("acquirer_unhealthy", acquirer_alarm(acquirer))
+        self._set_alarm("acquirer_declines", acquirer_declines(acquirer))
         now, frames = self.monotonic(), d.pipeline.stats().frames_in
         if self._frames is not None and now > self._frames[0]:
             self.fps = round((frames - self._frames[1]) / (now - self._frames[0]), 1)

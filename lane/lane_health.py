@@ -2,7 +2,8 @@
 
 - `AlarmBook`: every alarm occurrence with since when, cleared when and who acknowledged it.
 - `acquirer_sample` / `acquirer_health` / `acquirer_alarm`: the acquirer as a status
-  (availability, error rate, latency) judged from the lane's own records of online payments.
+  (availability, error rate, latency) judged from the lane's own records of online payments;
+  `acquirer_declines`: it answers, but declines an unusual share of them.
 - `uplink_stalled`: the back office has not taken a record for too long.
 """
 
@@ -25,6 +26,9 @@ ACQUIRER_ERRORS = frozenset({"timeout", "acquirer_error", "acquirer_unavailable"
 MIN_SAMPLES = 3  # fewer online payments in the window say nothing about the acquirer
 DOWN_ERROR_RATE = 0.5
 DEGRADED_ERROR_RATE = 0.2
+# Everyday declines are a few percent (insufficient funds, a closed card); a fifth of the
+# online payments declined means drivers are being turned away for a reason to look into.
+DECLINING_RATE = 0.2
 
 
 class AlarmBook:
@@ -129,6 +133,14 @@ def acquirer_alarm(health: AcquirerHealth) -> str | None:
     if health.state == "degraded":
         return "acquirer degraded: online payments fail or are slow"
     return None
+
+
+def acquirer_declines(health: AcquirerHealth) -> str | None:
+    """The `acquirer_declines` alarm text, or None while declines are at their everyday level
+    (or too few payments to say). A decline is an answer: the acquirer is not unhealthy."""
+    if health.decline_rate is None or health.decline_rate < DECLINING_RATE:
+        return None
+    return f"acquirer declines {DECLINING_RATE:.0%} or more of the online payments"
 
 
 def uplink_stalled(oldest_unsent_s: float | None, backlog: int, limit_s: float) -> str | None:

@@ -175,7 +175,7 @@ class LaneRunner:
         match action:
             case ShowOnDisplay(lines=lines, ttl_s=ttl):
                 self._spawn("display", self.barrier.show(lines, ttl))
-                self._notify(ShellNote(Shell.DISPLAY, {"lines": list(lines)}))
+                self._notify(ShellNote(Shell.DISPLAY, {"lines": list(lines), "ttl_s": ttl}))
             case Authorise():
                 self._spawn("authorise", self._authorise(action))
             case Abandon(auth_id=auth_id, reason=reason):

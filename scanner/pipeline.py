@@ -136,6 +136,8 @@ class ScanPipeline:
         self._decode_ms: deque[float] = deque(maxlen=500)
         self._source_ended = False
         self._latest: tuple[Frame, tuple[Polygon, ...]] | None = None
+        # The last frame a code was found in, and when (self._clock) it was decoded.
+        self._last_read: tuple[Frame, tuple[Polygon, ...], float] | None = None
         self._latest_jpeg: tuple[int, bytes] | None = None
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -209,10 +211,19 @@ class ScanPipeline:
             decode_ms_p95=_percentile(samples, 0.95),
         )
 
-    def latest_frame(self, jpeg: bool = True, quality: int = 80) -> LatestFrame | None:
-        """The last decoded frame and the outlines of the codes read in it (for the dashboard)."""
+    def latest_frame(
+        self, jpeg: bool = True, quality: int = 80, hold_read_s: float = 0.0
+    ) -> LatestFrame | None:
+        """The last decoded frame and the outlines of the codes read in it (for the dashboard).
+
+        With `hold_read_s`, the last frame a code was read in is shown instead for that long
+        after it was decoded: a code is in view for a few frames only, and a viewer that looks
+        now and then would otherwise almost never see the frame that held it.
+        """
         with self._lock:
-            latest, cached = self._latest, self._latest_jpeg
+            latest, read, cached = self._latest, self._last_read, self._latest_jpeg
+        if read is not None and self._clock() - read[2] < hold_read_s:
+            latest = read[:2]
         if latest is None:
             return None
         frame, polygons = latest
@@ -273,8 +284,11 @@ class ScanPipeline:
         with self._lock:
             self._counts["decoded"] += 1
             self._decode_ms.append(ms)
+            polygons = tuple(d.polygon for d in detections)
             if self._latest is None or frame.id >= self._latest[0].id:
-                self._latest = (frame, tuple(d.polygon for d in detections))
+                self._latest = (frame, polygons)
+            if polygons and (self._last_read is None or frame.id >= self._last_read[0].id):
+                self._last_read = (frame, polygons, started)
             for d in detections:
                 if self._dedup.first_sighting(d.text, frame.ts):
                     fresh.append(d)

@@ -6,7 +6,8 @@ Routes:
   GET  /api/events                Server-Sent Events: `state` with the snapshot, a few per second
   GET  /api/faults                the fault catalogue and the active faults
   POST /api/faults                {fault, on: bool, lane?: 1-based, params?: {}} -> {done: [...]}
-  GET  /api/lanes/{n}/frame.jpg   the frame the lane's scanner decoded last; headers X-Frame-Id,
+  GET  /api/lanes/{n}/frame.jpg   the frame the lane's scanner decoded last (or, for 3 s after, the
+                                  last one it read a code in); headers X-Frame-Id,
                                   X-Frame-Size (WxH) and X-Polygons (JSON outlines of the codes
                                   read in it)
   GET  /api/report                the run's report so far (as `--headless` prints it)
@@ -38,6 +39,9 @@ from sim.harness import Simulator
 log = logging.getLogger("lane.sim.dashboard")
 
 STATIC = Path(__file__).parent / "static"
+# Real seconds the camera view keeps showing the frame a code was read in (with its outline):
+# the code is in view for a few frames only, the page asks for a frame now and then.
+READ_HOLD_S = 3.0
 SNAPSHOT_MAX_AGE_S = 0.2  # clients share one snapshot made at most this long ago
 
 
@@ -176,7 +180,7 @@ class Dashboard:
         pipeline = lane.daemon.pipeline if lane.daemon is not None else None
         if pipeline is None:
             return web.Response(status=204)
-        latest = await asyncio.to_thread(pipeline.latest_frame, True, 70)
+        latest = await asyncio.to_thread(pipeline.latest_frame, True, 70, READ_HOLD_S)
         if latest is None:
             return web.Response(status=204)
         width, height = self.sim.options.frame_size

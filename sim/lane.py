@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,6 +46,9 @@ GATE_HOLD_S = 8.0  # transit: a gate nobody walks through closes after this (sim
 # The lane's bounds on waiting, in simulated seconds (the lane's own defaults).
 DWELL_S = {"pay_dwell_s": 120.0, "pass_dwell_s": 60.0, "persist_dwell_s": 10.0, "probe_s": 5.0}
 MOVE_S = 4.0
+# Simulated seconds the back office may take no record before the lane raises uplink_stalled
+# (the lane's default is 300 s: too long to see in a simulator session).
+STALLED_AFTER_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,7 @@ class SimLane:
         self.index = index
         self.lane_id = lane_id
         self.watch = Watch()
-        self.stats = LaneStats(lane_id, sim.sim_time)
+        self.stats = LaneStats(lane_id, sim.sim_time, sim.options.speed)
         self.outcomes: list[Outcome] = []
         self.records_written: dict[str, Record] = {}
         self.device: DeviceEmulator | None = None
@@ -202,6 +205,7 @@ class SimLane:
                 },
                 "barrier": {"move_s": MOVE_S / o.speed},
                 "broker": {"port": broker_port},
+                "uplink": {"stalled_after_s": STALLED_AFTER_S / o.speed},
                 "camera": {"source": "push", "workers": o.decode_workers},
                 "auth": {
                     "acquirer_url": acquirer_url,
@@ -217,9 +221,11 @@ class SimLane:
     async def start(self, broker: Mosquitto, acquirer_url: str, keyset: Path) -> None:
         o = self.sim.options
         config = self.config(broker.port, acquirer_url, keyset)
-        self.device = DeviceEmulator(
-            self.lane_id, broker.host, broker.port, Timings().scaled(o.speed)
-        )
+        # The device's mechanics are physics and scale with the speed; a slow ack is its answer
+        # time, raced against the lane's ack timeout, which does not scale (as the acquirer's
+        # latency does not): scaled, "slow" would be faster than the timeout at speed 10.
+        timings = replace(Timings().scaled(o.speed), slow_ack_s=Timings().slow_ack_s)
+        self.device = DeviceEmulator(self.lane_id, broker.host, broker.port, timings)
         source = PushSource()
         self.camera = SyntheticCamera(fps=o.fps, size=o.frame_size, rng=o.seed * 100 + self.index)
         # A simulator stopping needs no long grace for the vehicle in progress.

@@ -43,13 +43,16 @@ class Histogram:
 
 
 class LaneStats:
-    """Observer of one lane's notes; `clock()` is simulated seconds since the start."""
+    """Observer of one lane's notes; `clock()` is simulated seconds since the start, `speed`
+    how many of them pass per real second (the lane's display ttl is in real seconds)."""
 
-    def __init__(self, lane_id: str, clock: Callable[[], float]) -> None:
+    def __init__(self, lane_id: str, clock: Callable[[], float], speed: float = 1.0) -> None:
         self.lane_id = lane_id
         self.clock = clock
+        self.speed = speed
         self.display: list[str] = []
         self.display_at: float | None = None
+        self.display_until: float | None = None  # simulated time the display blanks
         self.transactions: deque[dict[str, Any]] = deque(maxlen=TRANSACTIONS_KEPT)
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self.alarm_log: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
@@ -70,6 +73,8 @@ class LaneStats:
         if name == "display":
             self.display = [str(line) for line in fields.get("lines", [])]
             self.display_at = now
+            ttl = fields.get("ttl_s")
+            self.display_until = None if ttl is None else now + float(ttl) * self.speed
         elif name == "record":
             self._record(fields["record"], now)
         elif name == NoteName.BARRIER_OPENED:
@@ -143,6 +148,13 @@ class LaneStats:
         total = self.counts[NoteName.BARRIER_OPENED] * 3600.0 / now if now > 1 else 0.0
         return {"recent_vph": round(recent, 1), "total_vph": round(total, 1)}
 
+    def shown(self) -> list[str]:
+        """What the lane display shows now: its last message until its ttl ran out, then
+        nothing (the display's idle text)."""
+        if self.display_until is not None and self.clock() >= self.display_until:
+            return []
+        return self.display
+
     def recent_latency(self) -> list[float]:
         """Frame -> open latencies (ms) of the openings in the recent window."""
         self.recent_latencies.prune(self.clock())
@@ -150,7 +162,7 @@ class LaneStats:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "display": self.display,
+            "display": self.shown(),
             "transactions": list(self.transactions)[:20],
             "events": list(self.events)[:30],
             "alarm_log": list(self.alarm_log)[:20],

@@ -15,6 +15,7 @@ from lane.lane_health import (
     AcquirerSample,
     AlarmBook,
     acquirer_alarm,
+    acquirer_declines,
     acquirer_health,
     acquirer_sample,
     uplink_stalled,
@@ -138,6 +139,33 @@ def test_acquirer_health_and_its_alarm(
     health = acquirer_health(samples, slow_ms=1000.0)
     assert health.state == state
     assert (acquirer_alarm(health) is not None) == alarm
+
+
+@pytest.mark.parametrize(
+    ("approved", "declined", "errors", "alarm"),
+    [
+        (1, 1, 0, False),  # too few to judge
+        (19, 1, 0, False),  # everyday declines
+        (17, 3, 0, False),
+        (16, 4, 0, True),  # a fifth declined
+        (0, 20, 0, True),
+        (4, 3, 13, False),  # errors are acquirer_unhealthy's; these declines are 3 of 20
+    ],
+)
+def test_an_unusual_share_of_declines_raises_its_own_alarm(
+    approved: int, declined: int, errors: int, alarm: bool
+) -> None:
+    samples = _samples(approved, errors) + [AcquirerSample(False, True, 50.0)] * declined
+    health = acquirer_health(samples, slow_ms=1000.0)
+    assert (acquirer_declines(health) is not None) == alarm
+
+
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), max_size=40))
+def test_the_declines_alarm_follows_the_decline_rate(flags: list[tuple[bool, bool]]) -> None:
+    samples = [AcquirerSample(error, declined and not error, 50.0) for error, declined in flags]
+    health = acquirer_health(samples, slow_ms=1000.0)
+    raised = acquirer_declines(health) is not None
+    assert raised == (health.decline_rate is not None and health.decline_rate >= 0.2)
 
 
 @pytest.mark.parametrize(

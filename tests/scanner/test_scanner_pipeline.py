@@ -139,6 +139,25 @@ async def test_results_reach_the_loop_deduplicated() -> None:
     assert len(latest.polygons) == 1
 
 
+async def test_the_frame_that_held_a_code_is_shown_for_a_while() -> None:
+    now = [100.0]
+    source = PushSource()
+    pipeline = ScanPipeline(source, make_decoder("zxing"), lambda r: None, clock=lambda: now[0])
+    async with pipeline:
+        for i, code in enumerate((CODE_A, None), start=1):
+            image = frame_with(qr_image(code) if code else None)
+            source.put(np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), dtype=np.uint8))
+            await until(lambda i=i: pipeline.stats().decoded == i)  # type: ignore[misc]
+        now[0] += 2.9
+        held = pipeline.latest_frame(hold_read_s=3.0)
+        newest = pipeline.latest_frame()
+        now[0] += 0.2
+        later = pipeline.latest_frame(hold_read_s=3.0)
+    assert held is not None and (held.frame_id, len(held.polygons)) == (1, 1)
+    assert newest is not None and (newest.frame_id, newest.polygons) == (2, ())
+    assert later is not None and (later.frame_id, later.polygons) == (2, ())
+
+
 async def test_stop_joins_threads_and_blackout_reaches_status() -> None:
     events: list[SourceEvent] = []
     source = PushSource(blackout_after_s=0.05, poll_s=0.01)

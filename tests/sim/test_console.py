@@ -35,8 +35,18 @@ FAULTS = [
     ("acquirer_slow", "acquirer_unhealthy", "major"),
     ("barrier_fault", "barrier_fault", "critical"),
     ("barrier_offline", "barrier_offline", "critical"),
+    # Seen by the next vehicle's command: the plaza's traffic brings one.
+    ("barrier_stuck", "barrier_stuck", "critical"),
+    ("barrier_no_ack", "barrier_no_ack", "critical"),
+    ("barrier_slow_ack", "barrier_no_ack", "critical"),
+    ("acquirer_declines", "acquirer_declines", "major"),
 ]
-STALLED_AFTER_S = 2.0  # the back office's silence that counts as stalled, for this test
+# A decline rate well above the alarm's fifth, so that the alarm stays up while it is acked.
+FAULT_PARAMS = {"acquirer_declines": {"rate": 0.9}}
+# Under these barrier_no_ack ends and comes back while the fault lasts (a new occurrence, not
+# acknowledged, every few seconds): shown, coloured and cleared, but an acknowledgement does
+# not stick long enough to be checked. Known lane behaviour, see docs/console.md.
+NOT_ACKED = {"barrier_no_ack", "barrier_slow_ack"}
 
 
 class Plaza:
@@ -66,7 +76,8 @@ class Plaza:
         return found
 
     async def fault(self, name: str, on: bool) -> None:
-        await self.sim.faults.apply(name, on, None if name.startswith(("acq", "back")) else 1, {})
+        lane = None if name.startswith(("acq", "back")) else 1
+        await self.sim.faults.apply(name, on, lane, FAULT_PARAMS.get(name, {}))
 
 
 async def login(http: aiohttp.ClientSession, plaza: Plaza, user: str) -> None:
@@ -107,12 +118,7 @@ async def plaza(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Plaza
         mix=Mix(arrivals_per_hour=1500, behaviours={"token": 0.5, "emv": 0.5}),
     )
     sim = Simulator(options)
-    await sim.start()
-    for lane in sim.lanes:  # a short stall limit, so the test need not wait five minutes
-        daemon = lane.daemon
-        assert daemon is not None
-        uplink = daemon.config.uplink.model_copy(update={"stalled_after_s": STALLED_AFTER_S})
-        daemon.config = daemon.config.model_copy(update={"uplink": uplink})
+    await sim.start()  # its lanes' stall limit is 60 simulated seconds: 3 s at speed 20
     dashboard = Dashboard(sim, interval_s=0.5, users=load_users(users))
     await dashboard.start("127.0.0.1", 0)
     traffic = asyncio.create_task(sim.drive_forever(options.mix))
@@ -191,6 +197,23 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def acknowledge(page: Any, row: str, tries: int = 4) -> None:
+    """Click the alarm's Ack until its row shows who acknowledged it. A command alarm can end
+    and come back while the fault lasts (the lane's late acks under slow_ack, the next vehicle's
+    command under no_ack): the new occurrence is not acknowledged yet, and is acked again, as
+    an operator would."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: PLC0415
+
+    for _ in range(tries):
+        await page.click(f"{row} button.ack")
+        try:
+            await page.wait_for_selector(f"{row} td.acked:has-text('alice')", timeout=10_000)
+        except PlaywrightTimeout:
+            continue
+        return
+    raise AssertionError(f"{row}: not acknowledged after {tries} clicks")
+
+
 async def _shot(page: Any, name: str, tmp_path: Path) -> None:
     keep = os.environ.get("SIM_CONSOLE_SCREENSHOTS")
     await screenshot(page, tmp_path / name, Path(keep) / name if keep else None)
@@ -219,8 +242,8 @@ async def test_in_a_browser_each_fault_shows_is_acknowledged_and_clears(
             await page.wait_for_selector(row, timeout=60_000)
             await page.wait_for_selector(f"#tile-1.sev-{colour}", timeout=15_000)
             await _shot(page, f"console-{fault}.png", tmp_path)
-            await page.click(f"{row} button.ack")
-            await page.wait_for_selector(f"{row} td.acked:has-text('alice')", timeout=15_000)
+            if fault not in NOT_ACKED:
+                await acknowledge(page, row)
             await plaza.fault(fault, False)
             await page.wait_for_selector("#tile-1.sev-ok", timeout=60_000)
             assert await page.locator(f"{row}").count() == 0, "a cleared alarm left the list"

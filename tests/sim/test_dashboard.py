@@ -201,10 +201,12 @@ async def test_in_a_browser_vehicles_pass_and_a_barrier_fault_shows(
         await page.wait_for_selector("#frame[src^='blob:']", state="attached", timeout=15_000)
         phase = page.locator("#phase-1")
         assert await phase.text_content() != "fault"
-        # The back office cut: the lane's MQTT link is up, but its records get no acks.
+        # The back office cut: the lane's MQTT link is up, but its records get no acks ("no
+        # acks"), and after the simulator's stall limit (60 simulated s: 3 s at speed 20) the
+        # lane's uplink_stalled alarm says so.
         link = page.locator("#link-1")
         await running.post_fault({"fault": "backoffice_offline", "on": True})
-        await expect(lambda: _text_is(link, "no acks"), "link without acks", 20.0)
+        await expect(lambda: _text_is(link, "STALLED"), "link stalled", 20.0)
         await running.post_fault({"fault": "backoffice_offline", "on": False})
         await expect(lambda: _text_is(link, "up"), "link up again", 30.0)
         # The operator takes the barrier offline: the lane goes to FAULT and says why.

@@ -124,3 +124,17 @@ def test_the_recent_latency_forgets_a_slow_opening_the_run_keeps() -> None:
     snap = stats.snapshot()
     assert snap["latency_ms"]["max"] == 2500.0
     assert snap["recent_latency_ms"]["max"] == 20.0 and snap["recent_latency_ms"]["p99"] == 20.0
+
+
+def test_the_display_blanks_when_its_ttl_runs_out() -> None:
+    clock = Clock()
+    stats = LaneStats("p01/l01", clock, speed=10.0)  # the ttl is real seconds: 5 s = 50 sim s
+    clock.t = 100.0
+    stats("display", {"lines": ["Thank you"], "ttl_s": 5.0})
+    clock.t = 149.9
+    assert stats.snapshot()["display"] == ["Thank you"]
+    clock.t = 150.0
+    assert stats.snapshot()["display"] == []
+    stats("display", {"lines": ["Class 1", "CNY 5.00"]})  # no ttl: until the next message
+    clock.t = 1e6
+    assert stats.snapshot()["display"] == ["Class 1", "CNY 5.00"]

@@ -1,0 +1,138 @@
+"""Plaza: N lanes in one process against one process per lane, with one lane as the anchor.
+
+    .venv/bin/python -m bench.plaza [--lanes 8] [--seconds 30] [--fps 10]
+
+Three runs, one after the other, in the same invocation: one lane alone; N lanes as N daemons in
+one process; N lanes as N processes (one daemon each) under `sim.supervisor.Supervisor`, as real
+booths run. Each lane is the lane daemon with its synthetic camera (1280x720 at --fps) and a
+passenger showing an offline token every 3.6 s (bench/lane_child.py: transit-entry mode, each
+token a whole passage); the barrier devices, the broker and the back office run in this process.
+Printed per run: token frame → barrier ack p50 / p99 (all lanes together), the p99 as a ratio to
+the one-lane run, CPU per lane (process, system part, and without the camera's render thread,
+which stands for the camera hardware) and resident memory per lane. Figures, not assertions:
+the machine is shared (the load average is printed before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from barrier.device import DeviceEmulator, Timings  # noqa: E402
+from bench import lane_child  # noqa: E402
+from lane.window import percentiles  # noqa: E402
+from sim.backoffice import BackOffice  # noqa: E402
+from sim.broker import Mosquitto, free_port  # noqa: E402
+from sim.codes import CodeFactory  # noqa: E402
+from sim.supervisor import Supervisor  # noqa: E402
+
+
+async def run(
+    broker: Mosquitto, keyset: Path, work: Path, *, groups: list[list[str]], seconds: float,
+    fps: float,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Each group of lanes in a process of its own; the devices of all lanes here."""
+    lanes = [lane for group in groups for lane in group]
+    devices = [DeviceEmulator(lane, broker.host, broker.port, Timings()) for lane in lanes]
+    device_tasks = [asyncio.create_task(d.run()) for d in devices]
+    results: list[dict[str, Any]] = []
+
+    def on_line(name: str, line: str) -> None:
+        if line.startswith("{"):
+            results.append(json.loads(line))
+
+    try:
+        for device in devices:
+            await device.wait_connected(10)
+        async with Supervisor(on_line, max_restarts=0, grace_s=20.0) as supervisor:
+            for i, group in enumerate(groups):
+                argv = lane_child.command(
+                    broker.port, keyset, work, lanes=group, seconds=seconds, fps=fps
+                )
+                supervisor.start(f"group-{i}", argv)
+            codes = [await supervisor.wait(f"group-{i}") for i in range(len(groups))]
+        if any(codes) or len(results) != len(groups):
+            raise RuntimeError(f"lane processes failed: return codes {codes}")
+    finally:
+        await asyncio.gather(*(d.stop() for d in devices), return_exceptions=True)
+        for task in device_tasks:
+            task.cancel()
+        await asyncio.gather(*device_tasks, return_exceptions=True)
+    return results
+
+
+def summary(name: str, results: list[dict[str, Any]], anchor_p99: float | None) -> dict[str, Any]:
+    lanes = sum(len(r["lanes"]) for r in results)
+    latencies = [x for r in results for x in r["token_latency_ms"]]
+    figures = percentiles(latencies)
+    p99 = figures["p99"]
+
+    def per_lane(key: str) -> float:
+        return round(sum(r[key] for r in results) / lanes, 1)
+
+    return {
+        "run": name,
+        "lanes": lanes,
+        "processes": len(results),
+        "passages": len(latencies),
+        "token_ms": {"p50": figures["p50"], "p99": p99, "max": figures["max"]},
+        "p99_vs_one_lane": None if not (anchor_p99 and p99) else round(p99 / anchor_p99, 2),
+        "cpu_pct_per_lane": per_lane("process_cpu_pct_of_core"),
+        "system_cpu_pct_per_lane": per_lane("system_cpu_pct_of_core"),
+        "daemon_cpu_pct_per_lane": per_lane("daemon_cpu_pct_of_core"),
+        "rss_mb_per_lane": per_lane("rss_mb"),
+    }
+
+
+async def plaza(lanes: int, seconds: float, fps: float) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="lane-bench-plaza-") as tmp:
+        work = Path(tmp)
+        broker = Mosquitto(port=free_port(), workdir=work)
+        await asyncio.to_thread(broker.start)
+        backoffice = BackOffice(work / "backoffice.sqlite3", broker.host, broker.port)
+        try:
+            keyset = CodeFactory(lane_child.SEED).write_keyset(work / "keys.json", int(time.time()))
+            await backoffice.start()
+            # A plaza id per run: no run sees another's retained states or data directories.
+            one = [["b1/l01"]]
+            shared = [[f"bs/l{i + 1:02d}" for i in range(lanes)]]
+            apart = [[f"bp/l{i + 1:02d}"] for i in range(lanes)]
+            out: list[dict[str, Any]] = []
+            anchor = None
+            for name, groups in (("1 lane", one), (f"{lanes} lanes, one process", shared),
+                                 (f"{lanes} lanes, one process each", apart)):  # fmt: skip
+                results = await run(broker, keyset, work, groups=groups, seconds=seconds, fps=fps)
+                out.append(summary(name, results, anchor))
+                anchor = out[0]["token_ms"]["p99"]
+            return out
+        finally:
+            await backoffice.stop()
+            await asyncio.to_thread(broker.stop)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lanes", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--fps", type=float, default=10.0)
+    a = p.parse_args()
+    print(f"# bench/plaza.py on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    for row in asyncio.run(plaza(a.lanes, a.seconds, a.fps)):
+        print(json.dumps(row))
+    print(f"# load average after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The device hands each message to the broker without waiting for the previous one's PUBACK.
+
+Through a TCP proxy that holds back every PUBACK the broker sends the device, a command's ack
+still reaches the controller while an earlier message waits for its PUBACK, and in the order
+the device produced them (docs/barrier.md: an ack before the state it caused; a reading before
+what follows it). A device that published one message at a time would never answer here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from barrier.device import DeviceEmulator
+from barrier.link import BarrierLink
+from barrier.messages import BarrierAck, BarrierStatus, SensorReading
+from sim.broker import Mosquitto
+from tests.barrier.test_barrier_protocol import FAST, WAIT, command, tasks
+
+PUBACK = 0x40  # MQTT fixed header: packet type 4, no flags
+
+
+class PubackHold:
+    """A TCP proxy to the broker that can hold back the PUBACKs the broker sends the client."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.broker = broker
+        self.holding = False
+        self.held: list[tuple[asyncio.StreamWriter, bytes]] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for pipe in self._pipes:
+            pipe.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    def release(self) -> None:
+        self.holding = False
+        for writer, packet in self.held:
+            writer.write(packet)
+        self.held.clear()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.broker.host, self.broker.port)
+        for pipe in (self._copy(reader, up_writer), self._packets(up_reader, writer)):
+            task = asyncio.create_task(pipe)
+            self._pipes.add(task)
+
+    @staticmethod
+    async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+        writer.close()
+
+    async def _packets(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                packet = await _read_packet(reader)
+                if packet[0] == PUBACK and self.holding:
+                    self.held.append((writer, packet))
+                else:
+                    writer.write(packet)
+        writer.close()
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> bytes:
+    """One MQTT control packet: the fixed header byte, the remaining length, the rest."""
+    header = await reader.readexactly(1)
+    length_bytes, length, shift = b"", 0, 0
+    while True:
+        byte = await reader.readexactly(1)
+        length_bytes += byte
+        length |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if not byte[0] & 0x80:
+            break
+    return header + length_bytes + await reader.readexactly(length)
+
+
+@asynccontextmanager
+async def puback_hold(broker: Mosquitto) -> AsyncIterator[PubackHold]:
+    proxy = PubackHold(broker)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.release()
+        await proxy.stop()
+
+
+async def test_ack_is_not_held_behind_an_unacknowledged_publish(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    seen: asyncio.Queue[BarrierAck | BarrierStatus | SensorReading] = asyncio.Queue()
+    link = BarrierLink(
+        lane_id,
+        mosquitto.host,
+        mosquitto.port,
+        on_ack=seen.put_nowait,
+        on_state=seen.put_nowait,
+        on_sensor=seen.put_nowait,
+        on_attendant=lambda command: None,
+        on_garbage=lambda topic, error: None,
+    )
+    async with puback_hold(mosquitto) as proxy:
+        device = DeviceEmulator(lane_id, "127.0.0.1", proxy.port, FAST)
+        async with tasks(link.run(), device.run()):
+            await link.wait_connected(WAIT)
+            await device.wait_connected(WAIT)
+            async with asyncio.timeout(WAIT):
+                await device.flushed()
+
+            proxy.holding = True
+            await device.set_sensor("entry_loop", True)  # its PUBACK never comes, for now
+            await link.send(command(lane_id, "open", "v1/open"), expiry_s=3)
+            order: list[str] = []
+            async with asyncio.timeout(WAIT):
+                while "opening" not in order:
+                    message = await seen.get()
+                    if isinstance(message, SensorReading) and message.sensor == "entry_loop":
+                        order.append("entry_loop")
+                    elif isinstance(message, BarrierAck):
+                        assert message.cmd_id == "v1/open" and message.ok
+                        order.append("ack")
+                    elif isinstance(message, BarrierStatus) and message.state == "opening":
+                        order.append("opening")
+            # The reading first, then the ack, then the state the command caused.
+            assert order == ["entry_loop", "ack", "opening"]
+            assert proxy.held, "the broker's PUBACKs were held while the ack went out"
+
+            proxy.release()
+            async with asyncio.timeout(WAIT):
+                await device.flushed()  # every message's PUBACK came in after all
+            await device.stop()
