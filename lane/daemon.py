@@ -57,7 +57,7 @@ from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
-from lane.core.names import PayloadKind, Position
+from lane.core.names import PayloadKind, Position, Sensor
 from lane.core.notes import VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.health_publisher import HealthPublisher
@@ -77,6 +77,8 @@ from scanner.sources import FrameSource, open_source
 from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.queue import QueueError, RecordQueue
 from uplink.queue_thread import QueueThread
+
+KNOWN_SENSORS = frozenset(Sensor)
 
 log = logging.getLogger("lane.daemon")
 
@@ -470,8 +472,9 @@ class LaneDaemon:
         if reading.sensor == "classifier":
             if reading.vehicle_class is not None:
                 self.runner.post(ev.VehicleClassified(reading.vehicle_class))
-        elif reading.occupied is not None:
-            self.runner.post(ev.SensorChanged(reading.sensor, reading.occupied, new_id()))
+        elif reading.occupied is not None and reading.sensor in KNOWN_SENSORS:
+            # Other names are valid on the wire (docs/barrier.md) and mean nothing to the core.
+            self.runner.post(ev.SensorChanged(Sensor(reading.sensor), reading.occupied, new_id()))
 
     def _on_attendant(self, cmd: AttendantCommand) -> None:
         self.health.attendant(cmd)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lane.core.names import PayloadKind, PersistError, Position
+from lane.core.names import PayloadKind, PersistError, Position, Sensor
 
 
 @dataclass(frozen=True)
 class SensorChanged:
-    """A lane sensor changed: a `Sensor` (entry_loop, safety_loop, exit_loop, light_curtain), or
-    another name from the wire, which the core ignores.
+    """A lane sensor changed (the shell drops readings of sensors the core does not know).
 
     `event_id` is a fresh unique id from the shell; an arrival uses it as the vehicle id.
     """
 
-    sensor: str
+    sensor: Sensor
     occupied: bool
     event_id: str
 
