@@ -130,6 +130,25 @@ def test_after_a_restart_a_vehicle_seen_under_the_boom_before_its_state_is_a_vio
     raised(actions, Alarm.UNPAID_PASSAGE)
 
 
+def test_after_a_restart_a_vehicle_gone_before_the_barrier_state_is_a_violation() -> None:
+    lane = LaneDriver()
+    lane.sensor("safety_loop", True)  # both edges queued for the lane's session while it was
+    lane.sensor("safety_loop", False)  # down: the vehicle went under and away
+    assert of_type(lane.actions, Persist) == []
+    actions = lane.report("open")
+    assert "unpaid_passage" in one(actions, Persist).draft.flags
+    raised(actions, Alarm.UNPAID_PASSAGE)
+    assert of_type(lane.report("closed"), Persist) == []  # once: the position is known now
+
+
+def test_a_vehicle_seen_before_a_closed_barrier_state_is_no_violation() -> None:
+    lane = LaneDriver()
+    lane.sensor("safety_loop", True)
+    lane.sensor("safety_loop", False)
+    assert of_type(lane.report("closed"), Persist) == []
+    assert of_type(lane.report("open"), Persist) == []  # the earlier reading is not reused
+
+
 def test_a_snapshot_from_a_working_device_clears_a_no_ack_fault_with_nothing_pending() -> None:
     lane = LaneDriver()
     lane.report("closed")
