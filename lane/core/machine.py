@@ -245,11 +245,16 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
     clear = not any(sensors.get(s, False) for s in ("safety_loop", "light_curtain", "exit_loop"))
     passage = state.passage
     waiting = passage is not None and passage.opened_at is not None and not passage.left
+    # The boom let the vehicle through: it is up, or it was seen up and is down again (a
+    # device that closed by itself, after a fault or a reset), with nobody left at the pay point.
+    let_through = event.barrier == "open" or (
+        event.barrier == "closed" and passage is not None and passage.seen_open
+    )
     if (
         passage is not None
         and waiting
         and clear
-        and (passage.crossings or (event.barrier == "open" and not sensors.get("entry_loop")))
+        and (passage.crossings or (let_through and not sensors.get("entry_loop")))
     ):
         # Through (or gone) while the lane could not hear it: the exit edge was lost.
         note = Note("vehicle_left", {"vehicle_id": passage.vehicle_id, "seen": "snapshot"})

@@ -64,6 +64,33 @@ def test_open_too_long_raises_lane_stuck_asks_the_device_and_a_lost_exit_edge_cl
     assert lane.phase() is Phase.IDLE
 
 
+def test_a_boom_that_came_down_by_itself_after_opening_ends_the_passage_at_the_dwell() -> None:
+    """Found by the liveness property: the device reported open, then closed on its own (a
+    reset after a fault); nobody is under it or at the pay point. Before, the lane waited in
+    `open` for ever, asking the device every pass_dwell_s."""
+    lane = LaneDriver()
+    opened(lane)
+    lane.report("open")
+    lane.report("closed")
+    actions = lane.tick_at_deadline()
+    raised(actions, Alarm.LANE_STUCK)
+    actions = snapshot(lane, "closed")
+    assert ClearAlarm(Alarm.LANE_STUCK) in actions
+    assert of_type(actions, Persist) == []  # let through: never a refund
+    lane.ack()
+    assert lane.phase() is Phase.IDLE
+
+
+def test_a_boom_down_with_the_paid_vehicle_still_at_the_pay_point_keeps_waiting() -> None:
+    lane = LaneDriver()
+    opened(lane)
+    lane.report("open")
+    lane.report("closed")
+    lane.tick_at_deadline()
+    snapshot(lane, "closed", entry_loop=True)
+    assert lane.phase() is Phase.OPEN and Alarm.LANE_STUCK in lane.state.notices
+
+
 def test_every_phase_with_a_wait_has_a_bounded_dwell() -> None:
     lane = LaneDriver(rules(pay_dwell_s=30.0))
     lane.arrive("v1")
