@@ -85,6 +85,28 @@ async def test_barrier_no_ack_then_acking_again_the_held_open_is_probed_and_serv
         ]
 
 
+async def test_a_barrier_reset_after_it_opened_for_a_driver_who_then_backs_away_heals(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """The device faults while open for a paid vehicle and comes back closed; the driver backs
+    away. Before, the lane waited in `open` for ever (lane_stuck, asked again and again)."""
+    async with running_lane(tmp_path, mosquitto, lane_id, {**QUICK, "pass_dwell_s": 3.0}) as lane:
+        runner, device = lane.daemon.runner, lane.device
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+        await wait_until(lambda: device.state == "open")
+        device.set_fault("fault")
+        await wait_until(lambda: "barrier_fault" in runner.alarms, within=10)
+        device.set_fault(None)  # the reset brings the boom down
+        await wait_until(lambda: device.state == "closed", within=10)
+        await wait_until(lambda: "lane_stuck" in runner.alarms, within=10)  # still at the point
+        await device.set_sensor("entry_loop", False)  # the driver backs away
+        await wait_until(lambda: quiet(lane), within=15)
+        assert named(lane, "paid_not_passed") == []  # the boom was up for it: no refund
+        await pays(lane, lambda: len(named(lane, "barrier_opened")) == 2)
+        await device.vehicle_passes()
+        await wait_until(lambda: device.state == "closed" and quiet(lane), within=10)
+
+
 async def test_a_stuck_barrier_is_an_alarm_that_clears_when_it_moves_again(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
