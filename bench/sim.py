@@ -33,9 +33,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lane.core.notes import BarrierOpened, CodeRefused, Declined
-from lane.notification import Notification
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 

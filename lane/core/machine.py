@@ -205,6 +205,8 @@ def _safety_loop(state: LaneState, sensor: Sensor, occupied: bool, event_id: str
         # Under a boom that is up for nobody (a restart, a lost close): a violation.
         state, violation = recovery.unpaid_passage(state, event_id)
         actions.extend(violation)
+    elif occupied and state.barrier == "unknown" and passage is None:
+        state = replace(state, under_before_known=True)  # judged once the position is known
     sensors = state.occupied | {sensor} if occupied else state.occupied - {sensor}
     state = replace(state, occupied=sensors)
     cmd = state.command
@@ -270,12 +272,14 @@ def _position(state: LaneState, position: Position, now: float, clears: Iterable
     """The device's barrier position: its faults, and a boom up over an unpaid vehicle."""
     actions: list[Action] = []
     boom_up = position in BOOM_UP and state.barrier not in BOOM_UP
-    if boom_up and state.passage is None and state.safety_occupied:
-        # Up for nobody who paid, over a vehicle the lane already saw under it (after a
-        # restart its reading can come before the barrier's state).
+    under = state.safety_occupied or state.under_before_known
+    if boom_up and state.passage is None and under:
+        # Up for nobody who paid, over a vehicle the lane saw under it, or that went under
+        # and away before the position was known (after a restart, its readings can come
+        # before the barrier's state).
         up = replace(state, barrier=position)
         state, actions = recovery.unpaid_passage(up, f"up-{now:.6f}")
-    state = replace(state, barrier=position)
+    state = replace(state, barrier=position, under_before_known=False)
     if position in BARRIER_DOWN:
         fault = Alarm.BARRIER_OFFLINE if position == Position.OFFLINE else Alarm.BARRIER_FAULT
         state, more = add_fault(state, fault)
@@ -306,7 +310,11 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
     clear = not any(sensors.get(s, False) for s in (*SAFETY_SENSORS, Sensor.EXIT_LOOP))
     passage = state.passage
     waiting = passage is not None and passage.awaited
-    let_through = event.barrier == Position.OPEN or (passage is not None and passage.seen_open)
+    # The boom let the vehicle through: it is up, or it was seen up and is down again (a
+    # device that closed by itself, after a fault or a reset), with nobody left at the pay point.
+    let_through = event.barrier == Position.OPEN or (
+        event.barrier == Position.CLOSED and passage is not None and passage.seen_open
+    )
     if (
         passage is not None
         and waiting

@@ -217,6 +217,10 @@ class LaneState:
     # Each safety sensor (safety_loop, light_curtain) that last reported occupied: the area
     # under the barrier is clear only when none is, whatever order their reports come in.
     occupied: frozenset[Sensor] = frozenset()
+    # A safety sensor went occupied while the barrier's position was not known yet (a restart:
+    # readings queued in the lane's MQTT session come before the retained state). If the
+    # position then turns out to be up, that vehicle went under a boom nobody paid for.
+    under_before_known: bool = False
     faults: frozenset[Alarm] = frozenset()
     closed_reason: str | None = None
     next_class: int | None = None

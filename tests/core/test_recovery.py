@@ -64,6 +64,33 @@ def test_open_too_long_raises_lane_stuck_asks_the_device_and_a_lost_exit_edge_cl
     assert lane.phase() is Phase.IDLE
 
 
+def test_a_boom_that_came_down_by_itself_after_opening_ends_the_passage_at_the_dwell() -> None:
+    """Found by the liveness property: the device reported open, then closed on its own (a
+    reset after a fault); nobody is under it or at the pay point. Before, the lane waited in
+    `open` for ever, asking the device every pass_dwell_s."""
+    lane = LaneDriver()
+    opened(lane)
+    lane.report("open")
+    lane.report("closed")
+    actions = lane.tick_at_deadline()
+    raised(actions, Alarm.LANE_STUCK)
+    actions = snapshot(lane, "closed")
+    assert ClearAlarm(Alarm.LANE_STUCK) in actions
+    assert of_type(actions, Persist) == []  # let through: never a refund
+    lane.ack()
+    assert lane.phase() is Phase.IDLE
+
+
+def test_a_boom_down_with_the_paid_vehicle_still_at_the_pay_point_keeps_waiting() -> None:
+    lane = LaneDriver()
+    opened(lane)
+    lane.report("open")
+    lane.report("closed")
+    lane.tick_at_deadline()
+    snapshot(lane, "closed", entry_loop=True)
+    assert lane.phase() is Phase.OPEN and Alarm.LANE_STUCK in lane.state.notices
+
+
 def test_every_phase_with_a_wait_has_a_bounded_dwell() -> None:
     lane = LaneDriver(rules(pay_dwell_s=30.0))
     lane.arrive("v1")
@@ -128,6 +155,25 @@ def test_after_a_restart_a_vehicle_seen_under_the_boom_before_its_state_is_a_vio
     actions = lane.report("open")
     assert "unpaid_passage" in one(actions, Persist).draft.flags
     raised(actions, Alarm.UNPAID_PASSAGE)
+
+
+def test_after_a_restart_a_vehicle_gone_before_the_barrier_state_is_a_violation() -> None:
+    lane = LaneDriver()
+    lane.sensor("safety_loop", True)  # both edges queued for the lane's session while it was
+    lane.sensor("safety_loop", False)  # down: the vehicle went under and away
+    assert of_type(lane.actions, Persist) == []
+    actions = lane.report("open")
+    assert "unpaid_passage" in one(actions, Persist).draft.flags
+    raised(actions, Alarm.UNPAID_PASSAGE)
+    assert of_type(lane.report("closed"), Persist) == []  # once: the position is known now
+
+
+def test_a_vehicle_seen_before_a_closed_barrier_state_is_no_violation() -> None:
+    lane = LaneDriver()
+    lane.sensor("safety_loop", True)
+    lane.sensor("safety_loop", False)
+    assert of_type(lane.report("closed"), Persist) == []
+    assert of_type(lane.report("open"), Persist) == []  # the earlier reading is not reused
 
 
 def test_a_snapshot_from_a_working_device_clears_a_no_ack_fault_with_nothing_pending() -> None:

@@ -147,7 +147,7 @@ async def test_the_frame_that_held_a_code_is_shown_for_a_while() -> None:
         for i, code in enumerate((CODE_A, None), start=1):
             image = frame_with(qr_image(code) if code else None)
             source.put(np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), dtype=np.uint8))
-            await until(lambda i=i: pipeline.stats().decoded == i)  # type: ignore[misc]
+            await eventually(lambda i=i: pipeline.stats().decoded == i)  # type: ignore[misc]
         now[0] += 2.9
         held = pipeline.latest_frame(hold_read_s=3.0)
         newest = pipeline.latest_frame()
