@@ -130,11 +130,11 @@ def test_the_display_blanks_when_its_ttl_runs_out() -> None:
     clock = Clock()
     stats = LaneStats("p01/l01", clock, speed=10.0)  # the ttl is real seconds: 5 s = 50 sim s
     clock.t = 100.0
-    stats("display", {"lines": ["Thank you"], "ttl_s": 5.0})
+    stats(ShellNote(Shell.DISPLAY, {"lines": ["Thank you"], "ttl_s": 5.0}))
     clock.t = 149.9
     assert stats.snapshot()["display"] == ["Thank you"]
     clock.t = 150.0
     assert stats.snapshot()["display"] == []
-    stats("display", {"lines": ["Class 1", "CNY 5.00"]})  # no ttl: until the next message
+    stats(ShellNote(Shell.DISPLAY, {"lines": ["Class 1", "CNY 5.00"]}))  # no ttl: until the next
     clock.t = 1e6
     assert stats.snapshot()["display"] == ["Class 1", "CNY 5.00"]
