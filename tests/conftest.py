@@ -4,6 +4,7 @@ pg_server: a throwaway cluster when none answers on 5432), unique topics per tes
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -11,9 +12,22 @@ import pytest
 from pg_server import own_database, postgres_server
 
 from barrier.messages import LaneStatus
+from lane.log import JsonFormatter
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
 from sim.broker import Mosquitto, running_mosquitto
+
+
+@pytest.fixture(autouse=True)
+def _lane_logging_undone() -> Iterator[None]:
+    """A CLI's main() run in-process sets up the lane's JSON logging on the stdout of that test
+    (pytest's capture, closed afterwards): every later log line would fail to write and print a
+    'Logging error' traceback. Remove such handlers and restore the level after each test."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h.formatter, JsonFormatter)]
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
