@@ -136,7 +136,7 @@ async def test_a_vehicle_under_a_closing_boom_reverses_it(
         await bench.state("opening", "safety_reversal")
         # The state goes out without waiting for its PUBACK, so it may be seen before the
         # drive's coil is written: the reversal is the coil, polled with a bound.
-        await eventually(lambda: bench.controller.coil(0), within=5)
+        await eventually(lambda b=bench: b.controller.coil(0), within=5)  # type: ignore[misc]
         await bench.state("open")
         bench.controller.set_input(SAFETY, False)  # the accepted close completes
         await bench.state("closing")
