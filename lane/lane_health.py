@@ -20,6 +20,10 @@ from lane.alarm_severity import severity_of
 from lane.window import percentiles
 
 CLEARED_KEPT = 16
+# An alarm raised again this soon after it cleared is the same occurrence coming back (a
+# barrier that ignores each vehicle's command, a flapping link): it keeps its start and its
+# acknowledgement, so the operator's list shows one problem, not a new one every few seconds.
+REOPEN_WITHIN_US = 30_000_000
 ACQUIRER_METHODS = frozenset({"payment_code", "emv"})
 # Reasons that mean the acquirer did not answer properly; a decline is an answer.
 ACQUIRER_ERRORS = frozenset({"timeout", "acquirer_error", "acquirer_unavailable"})
@@ -42,9 +46,21 @@ class AlarmBook:
         entry = self._active.get(code)
         text = message[:MAX_TEXT]
         if entry is None:
-            self._active[code] = AlarmEntry(code, text, severity_of(code), now_us)
+            back = self._recently_cleared(code, now_us)
+            if back is not None:
+                self._cleared.remove(back)
+                self._active[code] = replace(back, message=text, cleared_us=None)
+            else:
+                self._active[code] = AlarmEntry(code, text, severity_of(code), now_us)
         elif entry.message != text:
             self._active[code] = replace(entry, message=text)  # same occurrence, new detail
+
+    def _recently_cleared(self, code: str, now_us: int) -> AlarmEntry | None:
+        for entry in self._cleared:  # newest first
+            if entry.code == code:
+                ended = entry.cleared_us
+                return entry if ended is not None and now_us - ended <= REOPEN_WITHIN_US else None
+        return None
 
     def cleared(self, code: str, now_us: int) -> None:
         entry = self._active.pop(code, None)

@@ -315,11 +315,15 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
     let_through = event.barrier == Position.OPEN or (
         event.barrier == Position.CLOSED and passage is not None and passage.seen_open
     )
+    # The entry loop holds the passage's vehicle unless the lane saw another arrive after it.
+    at_pay_point = sensors.get(Sensor.ENTRY_LOOP, False) and (
+        vehicle is None or passage is None or vehicle.vehicle_id == passage.vehicle_id
+    )
     if (
         passage is not None
         and waiting
         and clear
-        and (passage.crossings or (not sensors.get(Sensor.ENTRY_LOOP) and let_through))
+        and (passage.crossings or (not at_pay_point and let_through))
     ):
         # Through (or gone) while the lane could not hear it: the exit edge was lost. Nobody
         # at the pay point and a barrier that is (or was, for this passage) open: gone too,

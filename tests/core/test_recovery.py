@@ -26,7 +26,7 @@ from lane.core.actions import (
 )
 from lane.core.alarms import Alarm
 from lane.core.machine import next_deadline
-from lane.core.notes import NoteBase
+from lane.core.notes import NoteBase, VehicleLeft
 from lane.core.state import LaneMode, LaneRules, Phase
 from uplink.records import AuthInfo, RecordDraft
 
@@ -77,6 +77,36 @@ def test_a_boom_that_came_down_by_itself_after_opening_ends_the_passage_at_the_d
     actions = snapshot(lane, "closed")
     assert ClearAlarm(Alarm.LANE_STUCK) in actions
     assert of_type(actions, Persist) == []  # let through: never a refund
+    lane.ack()
+    assert lane.phase() is Phase.IDLE
+
+
+def test_a_vehicle_through_unheard_while_the_next_one_pays_ends_its_passage() -> (
+    None
+):
+    """Seen in the console's fault walk: the barrier went offline while open for v1, v1 drove
+    through unheard, and v2 arrived and paid. The snapshot's occupied entry loop is v2's (the
+    lane saw it arrive after v1 left the pay point): v1's passage ends and v2 is let through.
+    Before, the lane waited in `open` for v1's exit edge for ever."""
+    lane = LaneDriver()
+    opened(lane)
+    lane.report("open")
+    lane.report("offline")
+    lane.report("open")
+    lane.leave_pay_point()  # v1, learnt late; its crossing was lost
+    lane.arrive("v2")
+    lane.scan()
+    lane.decide()
+    lane.persisted()
+    raised(lane.tick_at_deadline(), Alarm.LANE_STUCK)
+    actions = snapshot(lane, "open", entry_loop=True)
+    assert [(n.vehicle_id, n.seen) for n in of_type(actions, VehicleLeft)] == [("v1", "snapshot")]
+    assert one(actions, CloseBarrier).cmd_id == "v1/close"  # behind v1, as after any passage
+    lane.ack()
+    assert lane.last_command() == OpenBarrier("v2/open", lane.last(OpenBarrier).deadline, 1)
+    lane.ack()
+    lane.leave_pay_point()
+    lane.cross()
     lane.ack()
     assert lane.phase() is Phase.IDLE
 

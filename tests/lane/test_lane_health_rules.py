@@ -12,6 +12,7 @@ from lane.core.names import BARRIER_ALARMS, Alarm
 from lane.health import QUEUE_FAULTS
 from lane.lane_health import (
     CLEARED_KEPT,
+    REOPEN_WITHIN_US,
     AcquirerSample,
     AlarmBook,
     acquirer_alarm,
@@ -58,10 +59,32 @@ def test_an_alarm_occurrence_keeps_its_since_and_its_acknowledgement() -> None:
     )
     book.cleared("camera_blackout", 500)
     assert book.acknowledge("camera_blackout", "carol", 600) is None
-    book.raised("camera_blackout", "camera blackout", 700)  # a new occurrence: not acknowledged
+    later = 500 + REOPEN_WITHIN_US + 1
+    book.raised("camera_blackout", "camera blackout", later)  # a new occurrence: not acked
     active, cleared = book.entries()
-    assert (active.since_us, active.acked_by, active.cleared_us) == (700, None, None)
+    assert (active.since_us, active.acked_by, active.cleared_us) == (later, None, None)
     assert (cleared.since_us, cleared.cleared_us, cleared.acked_by) == (100, 500, "alice")
+
+
+def test_an_alarm_back_soon_after_it_cleared_is_the_same_occurrence() -> None:
+    """A barrier that ignores every vehicle's command raises barrier_no_ack, lets it clear when
+    the lane lets go of the command, and raises it again with the next vehicle: one problem,
+    acknowledged once."""
+    book = AlarmBook()
+    book.raised("barrier_no_ack", "open c1", 1_000)
+    assert book.acknowledge("barrier_no_ack", "alice", 2_000) is not None
+    book.cleared("barrier_no_ack", 3_000)
+    book.raised("other", "unrelated", 3_500)
+    book.raised("barrier_no_ack", "open c2", 3_000 + REOPEN_WITHIN_US)
+    entries = {e.code: e for e in book.entries()}
+    back = entries["barrier_no_ack"]
+    assert (back.since_us, back.message, back.acked_by, back.cleared_us) == (
+        1_000,
+        "open c2",
+        "alice",
+        None,
+    )
+    assert len(book.entries()) == 2, "the occurrence is not also listed as cleared"
 
 
 @given(
