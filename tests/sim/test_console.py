@@ -193,7 +193,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def acknowledge(page: Any, row: str, tries: int = 4) -> None:
+async def acknowledge(page: Any, row: str, plaza: Plaza, tries: int = 4) -> None:
     """Click the alarm's Ack until its row shows who acknowledged it. A command alarm can end
     and come back while the fault lasts (the lane's late acks under slow_ack, the next vehicle's
     command under no_ack): a click in such a gap is refused as "not active" and made again, as
@@ -205,27 +205,35 @@ async def acknowledge(page: Any, row: str, tries: int = 4) -> None:
     for _ in range(tries):
         if await page.locator(acked).count():
             return  # the same occurrence as the fault before (e.g. acquirer_slow after outage)
-        await page.click(f"{row} button.ack")
         try:
+            await page.click(f"{row} button.ack", timeout=10_000)
             await page.wait_for_selector(acked, timeout=10_000)
         except PlaywrightTimeout:
             continue
         return
-    raise AssertionError(f"{row}: not acknowledged after {tries} clicks")
+    raise AssertionError(f"{row}: not acknowledged after {tries} tries; {_lane1(plaza)}")
 
 
 async def _appears(page: Any, row: str, plaza: Plaza) -> None:
-    """Wait for an alarm's row; on a timeout, say what lane 1 was doing (its own state and
-    its last notes), which the browser cannot tell."""
+    """Wait for an alarm's row; on a timeout, say what lane 1 was doing, which the browser
+    cannot tell."""
     from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: PLC0415
 
     try:
         await page.wait_for_selector(row, timeout=60_000)
     except PlaywrightTimeout:
-        lane = plaza.sim.lanes[0]
-        state = lane.daemon.runner.state if lane.daemon is not None else None
-        notes = [(name, fields) for _, name, fields in lane.watch.notes[-15:]]
-        raise AssertionError(f"{row} never shown; lane 1: {state!r}; last notes: {notes}") from None
+        raise AssertionError(f"{row} never shown; {_lane1(plaza)}") from None
+
+
+def _lane1(plaza: Plaza) -> str:
+    """Lane 1's own state, its last notes and its alarm book, for a failure message."""
+    lane = plaza.sim.lanes[0]
+    daemon = lane.daemon
+    if daemon is None:
+        return "lane 1 has no daemon"
+    notes = [(name, fields) for _, name, fields in lane.watch.notes[-20:]]
+    book = daemon.health.book.entries()
+    return f"lane 1: {daemon.runner.state!r}; last notes: {notes}; alarm book: {book}"
 
 
 async def _shot(page: Any, name: str, tmp_path: Path) -> None:
@@ -256,7 +264,7 @@ async def test_in_a_browser_each_fault_shows_is_acknowledged_and_clears(
             await _appears(page, row, plaza)
             await page.wait_for_selector(f"#tile-1.sev-{colour}", timeout=15_000)
             await _shot(page, f"console-{fault}.png", tmp_path)
-            await acknowledge(page, row)
+            await acknowledge(page, row, plaza)
             await plaza.fault(fault, False)
             await page.wait_for_selector("#tile-1.sev-ok", timeout=60_000)
             assert await page.locator(f"{row}").count() == 0, "a cleared alarm left the list"
