@@ -202,11 +202,15 @@ async def acknowledge(page: Any, row: str, plaza: Plaza, tries: int = 4) -> None
     from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: PLC0415
 
     acked = f"{row} td.acked:has-text('alice')"
+    button = f"{row} button.ack"
     for _ in range(tries):
-        if await page.locator(acked).count():
-            return  # the same occurrence as the fault before (e.g. acquirer_slow after outage)
         try:
-            await page.click(f"{row} button.ack", timeout=10_000)
+            # Acked already (the same occurrence as the fault before, e.g. acquirer_slow after
+            # acquirer_outage), or there to be acked; neither while the alarm is in a gap.
+            await page.wait_for_selector(f"{acked}, {button}", timeout=15_000)
+            if await page.locator(acked).count():
+                return
+            await page.click(button, timeout=5_000)
             await page.wait_for_selector(acked, timeout=10_000)
         except PlaywrightTimeout:
             continue
