@@ -116,7 +116,7 @@ class DeviceEmulator:
             port,
             client_id or f"barrier-{lane}",
             [(topics.barrier_cmd(lane), 1), (topics.device_query(lane), 1)],
-            handler=self._on_message,
+            receive=self._on_message,
             on_connect=self._on_connect,
             will=self._will(self._next_session),
             credentials=credentials,
@@ -231,7 +231,7 @@ class DeviceEmulator:
 
     # --- commands ------------------------------------------------------------------------------
 
-    async def _on_message(self, msg: Incoming) -> None:
+    def _on_message(self, msg: Incoming) -> None:
         if msg.topic == topics.device_query(self.lane):
             self._answer_query(msg)
             return
@@ -240,18 +240,25 @@ class DeviceEmulator:
         if self._working or not self._inbox.empty() or self.fault == "slow_ack":
             self._inbox.put_nowait((msg, received_us))  # behind a slow one, in order
             return
-        await self._handle(msg, received_us)  # awaits nothing without slow_ack
+        cmd = self._take(msg)
+        if cmd is not None:
+            self._execute(msg, cmd, received_us)
 
     async def _work(self) -> None:
         while True:
             msg, received_us = await self._inbox.get()
             self._working = True
             try:
-                await self._handle(msg, received_us)
+                cmd = self._take(msg)
+                if cmd is not None:
+                    if self.fault == "slow_ack":
+                        await self._sleep(self.timings.slow_ack_s)
+                    self._execute(msg, cmd, received_us)
             finally:
                 self._working = False
 
-    async def _handle(self, msg: Incoming, received_us: int) -> None:
+    def _take(self, msg: Incoming) -> BarrierCommand | None:
+        """The command to look at, or None: malformed (refused if it has a cmd_id) or ignored."""
         try:
             cmd = BarrierCommand.decode(msg.payload)
         except PayloadError as exc:
@@ -259,14 +266,16 @@ class DeviceEmulator:
             cmd_id = _salvage_cmd_id(msg.payload)
             if cmd_id is not None:
                 self._ack(msg, BarrierAck(cmd_id, False, self.gate.state, f"bad_command: {exc}"))
-            return
+            return None
         self.received.append(cmd)
-        extra = {"lane": self.lane, "cmd_id": cmd.cmd_id, "op": cmd.op}
         if self.fault == "no_ack":
+            extra = {"lane": self.lane, "cmd_id": cmd.cmd_id, "op": cmd.op}
             log.info("command ignored (no_ack fault)", extra=extra)
-            return
-        if self.fault == "slow_ack":
-            await self._sleep(self.timings.slow_ack_s)
+            return None
+        return cmd
+
+    def _execute(self, msg: Incoming, cmd: BarrierCommand, received_us: int) -> None:
+        extra = {"lane": self.lane, "cmd_id": cmd.cmd_id, "op": cmd.op}
         expires_us = None if msg.expiry_s is None else received_us + msg.expiry_s * 1_000_000
         verdict = rules.admit(cmd, self.lane, self._now_us(), expires_us, retained=msg.retain)
         if verdict is not None:
