@@ -300,9 +300,11 @@ class DeviceEmulator:
             self.executed.remember(cmd.cmd_id, ok, error)
             self.executions.append(cmd.cmd_id)
         log.info("command", extra={**extra, "ok": ok, "error": error})
-        # The ack goes first: it is what the controller is waiting for.
+        # The ack goes first: it is what the controller is waiting for. It carries the move the
+        # command started (`opening`, `closing`), which is therefore not published as a state
+        # of its own; the end of the move is (docs/barrier.md, rule 8).
         self._ack(msg, BarrierAck(cmd.cmd_id, ok, gate.state, error))
-        self._apply(gate, move)
+        self._apply(gate, move, announce=move is None)
 
     def _ack(self, msg: Incoming, ack: BarrierAck) -> None:
         topic = msg.response_topic or topics.barrier_ack(self.lane)
@@ -311,8 +313,9 @@ class DeviceEmulator:
 
     # --- mechanics -----------------------------------------------------------------------------
 
-    def _apply(self, gate: rules.Gate, move: rules.Move | None) -> None:
-        """Take the new gate, start its move, and publish the state if what it says changed."""
+    def _apply(self, gate: rules.Gate, move: rules.Move | None, *, announce: bool = True) -> None:
+        """Take the new gate, start its move, and publish the state if what it says changed
+        (unless `announce` is off: an ack already said it)."""
         before = (self.gate.state, self.gate.note)
         self.gate = gate
         if move is not None:
@@ -320,7 +323,7 @@ class DeviceEmulator:
             if self._motion is not None and self._motion is not current:
                 self._motion.cancel()  # superseded: its arrival would be ignored anyway
             self._motion = asyncio.create_task(self._move(move))
-        if (gate.state, gate.note) != before:
+        if (gate.state, gate.note) != before and announce:
             self._publish_state()
 
     async def _move(self, move: rules.Move) -> None:

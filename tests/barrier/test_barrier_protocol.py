@@ -126,16 +126,17 @@ async def test_open_close_roundtrip(mosquitto: Mosquitto, lane_id: str) -> None:
         acked = await spy.on(topics.barrier_ack(lane_id))
         assert acked.correlation == b"v1/open"
 
+        # The ack says where the command put the barrier; the move it started is not a state
+        # message of its own: the next state is where the move ends.
         assert await until(rec.acks, lambda a: True) == BarrierAck("v1/open", True, "opening")
-        opening = await rec.state("opening")
-        opened = await rec.state("open")
-        assert first.seq < opening.seq < opened.seq
+        opened = await until(rec.states, lambda s: True)
+        assert (opened.state, opened.seq) == ("open", first.seq + 1)
         assert opened.session == first.session
 
         await link.send(command(lane_id, "close", "v1/close"), expiry_s=3)
-        assert (await until(rec.acks, lambda a: True)).cmd_id == "v1/close"
-        await rec.state("closing")
-        await rec.state("closed")
+        assert await until(rec.acks, lambda a: True) == BarrierAck("v1/close", True, "closing")
+        closed = await until(rec.states, lambda s: True)
+        assert (closed.state, closed.seq) == ("closed", opened.seq + 1)
         assert device.executions == ["v1/open", "v1/close"]
         assert rec.link_changes == [True]
 
@@ -268,9 +269,10 @@ async def test_safety_loop(mosquitto: Mosquitto, lane_id: str) -> None:
         await device.set_sensor("safety_loop", False)
         # The same cmd_id may be sent again once the loop is clear: it was never executed.
         await link.send(command(lane_id, "close", "s2"), expiry_s=3)
-        assert (await until(rec.acks, lambda a: a.cmd_id == "s2")).ok
-        await rec.state("closing")
-        # Something drives under the closing boom: it reverses, then closes once clear.
+        closing = await until(rec.acks, lambda a: a.cmd_id == "s2")
+        assert (closing.ok, closing.state) == (True, "closing")
+        # Something drives under the closing boom: it reverses, then closes once clear (moves
+        # nobody commanded are published as states).
         await device.set_sensor("light_curtain", True)
         reversed_ = await rec.state("opening")
         assert reversed_.error == "safety_reversal"
@@ -487,3 +489,22 @@ async def test_broker_restart_link_and_device_come_back(lane_id: str) -> None:
             assert (await until(rec.acks, lambda a: a.cmd_id == "b2")).ok
             await rec.state("closed")
             assert rec.link_changes == [True, False, True]
+
+
+async def test_what_the_session_held_while_the_controller_was_away_reaches_it(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """The broker hands a persistent session's messages over right after the CONNACK: the link's
+    receiver must be in place before it connects, or they are lost."""
+    rec = Recorder()
+    device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, FAST)
+    async with tasks(device.run()):
+        await device.wait_connected(WAIT)
+        async with tasks(rec.link(mosquitto, lane_id).run()):
+            await eventually(lambda: rec.link_changes == [True])
+        await device.set_sensor("safety_loop", True)  # while the controller is away
+        async with asyncio.timeout(WAIT):
+            await device.flushed()
+        async with tasks(rec.link(mosquitto, lane_id).run()):
+            reading = await until(rec.sensors, lambda r: True)
+            assert (reading.sensor, reading.occupied) == ("safety_loop", True)
