@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from core_kit import LaneDriver, of_type, one, rules
 
+from lane.core import events as ev
 from lane.core.actions import (
     ClearAlarm,
     CloseBarrier,
@@ -13,7 +14,6 @@ from lane.core.actions import (
     RaiseAlarm,
     Settle,
 )
-from lane.core import events as ev
 from lane.core.machine import next_deadline
 from lane.core.names import Position
 from lane.core.notes import BarrierOpened, ExitLoopIgnored, Tailgating, VehicleLeft
@@ -195,7 +195,7 @@ def test_an_ack_at_the_commanded_position_needs_no_state_message() -> None:
 
 
 def test_a_device_of_the_previous_release_still_publishes_the_move_as_a_state() -> None:
-    """It acks `opening` and also publishes `opening`, then `open`: the same as one that does not."""
+    """It acks `opening`, publishes `opening` too, then `open`: the same as one that does not."""
     lane = LaneDriver()
     lane.report("closed")
     lane.pay()
