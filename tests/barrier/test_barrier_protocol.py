@@ -508,3 +508,40 @@ async def test_what_the_session_held_while_the_controller_was_away_reaches_it(
         async with tasks(rec.link(mosquitto, lane_id).run()):
             reading = await until(rec.sensors, lambda r: True)
             assert (reading.sensor, reading.occupied) == ("safety_loop", True)
+
+
+async def test_a_callback_that_raises_is_logged_and_the_link_stays_up(
+    mosquitto: Mosquitto, lane_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The receiver runs inside the MQTT client's read callback: an exception let through there
+    would end the connection."""
+    readings: asyncio.Queue[SensorReading] = asyncio.Queue()
+    links: list[bool] = []
+
+    def on_sensor(reading: SensorReading) -> None:
+        if reading.sensor == "entry_loop":
+            raise RuntimeError("a bug in a callback")
+        readings.put_nowait(reading)
+
+    link = BarrierLink(
+        lane_id,
+        mosquitto.host,
+        mosquitto.port,
+        on_ack=lambda ack: None,
+        on_state=lambda status: None,
+        on_sensor=on_sensor,
+        on_attendant=lambda command: None,
+        on_garbage=lambda topic, error: None,
+        on_link=links.append,
+    )
+    device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, FAST)
+    async with tasks(link.run(), device.run()):
+        await link.wait_connected(WAIT)
+        await device.wait_connected(WAIT)
+        await device.set_sensor("entry_loop", True)  # its callback raises
+        await device.set_sensor("exit_loop", True)
+        reading = await until(readings, lambda r: True)
+        assert reading.sensor == "exit_loop"
+        assert links == [True]  # never dropped
+        failed = [r for r in caplog.records if r.getMessage() == "mqtt handler failed"]
+        assert [getattr(r, "topic", None) for r in failed] == [topics.io(lane_id, "entry_loop")]
