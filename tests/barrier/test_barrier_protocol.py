@@ -545,3 +545,11 @@ async def test_a_callback_that_raises_is_logged_and_the_link_stays_up(
         assert links == [True]  # never dropped
         failed = [r for r in caplog.records if r.getMessage() == "mqtt handler failed"]
         assert [getattr(r, "topic", None) for r in failed] == [topics.io(lane_id, "entry_loop")]
+
+
+def test_a_link_takes_a_handler_or_a_receiver_not_both() -> None:
+    async def handler(msg: Incoming) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="a handler or a receive"):
+        MqttLink("127.0.0.1", 1883, "both", handler=handler, receive=lambda msg: None)
