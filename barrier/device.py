@@ -116,7 +116,7 @@ class DeviceEmulator:
             port,
             client_id or f"barrier-{lane}",
             [(topics.barrier_cmd(lane), 1), (topics.device_query(lane), 1)],
-            handler=self._on_message,
+            receive=self._on_message,
             on_connect=self._on_connect,
             will=self._will(self._next_session),
             credentials=credentials,
@@ -231,7 +231,7 @@ class DeviceEmulator:
 
     # --- commands ------------------------------------------------------------------------------
 
-    async def _on_message(self, msg: Incoming) -> None:
+    def _on_message(self, msg: Incoming) -> None:
         if msg.topic == topics.device_query(self.lane):
             self._answer_query(msg)
             return
@@ -240,18 +240,25 @@ class DeviceEmulator:
         if self._working or not self._inbox.empty() or self.fault == "slow_ack":
             self._inbox.put_nowait((msg, received_us))  # behind a slow one, in order
             return
-        await self._handle(msg, received_us)  # awaits nothing without slow_ack
+        cmd = self._take(msg)
+        if cmd is not None:
+            self._execute(msg, cmd, received_us)
 
     async def _work(self) -> None:
         while True:
             msg, received_us = await self._inbox.get()
             self._working = True
             try:
-                await self._handle(msg, received_us)
+                cmd = self._take(msg)
+                if cmd is not None:
+                    if self.fault == "slow_ack":
+                        await self._sleep(self.timings.slow_ack_s)
+                    self._execute(msg, cmd, received_us)
             finally:
                 self._working = False
 
-    async def _handle(self, msg: Incoming, received_us: int) -> None:
+    def _take(self, msg: Incoming) -> BarrierCommand | None:
+        """The command to look at, or None: malformed (refused if it has a cmd_id) or ignored."""
         try:
             cmd = BarrierCommand.decode(msg.payload)
         except PayloadError as exc:
@@ -259,14 +266,16 @@ class DeviceEmulator:
             cmd_id = _salvage_cmd_id(msg.payload)
             if cmd_id is not None:
                 self._ack(msg, BarrierAck(cmd_id, False, self.gate.state, f"bad_command: {exc}"))
-            return
+            return None
         self.received.append(cmd)
-        extra = {"lane": self.lane, "cmd_id": cmd.cmd_id, "op": cmd.op}
         if self.fault == "no_ack":
+            extra = {"lane": self.lane, "cmd_id": cmd.cmd_id, "op": cmd.op}
             log.info("command ignored (no_ack fault)", extra=extra)
-            return
-        if self.fault == "slow_ack":
-            await self._sleep(self.timings.slow_ack_s)
+            return None
+        return cmd
+
+    def _execute(self, msg: Incoming, cmd: BarrierCommand, received_us: int) -> None:
+        extra = {"lane": self.lane, "cmd_id": cmd.cmd_id, "op": cmd.op}
         expires_us = None if msg.expiry_s is None else received_us + msg.expiry_s * 1_000_000
         verdict = rules.admit(cmd, self.lane, self._now_us(), expires_us, retained=msg.retain)
         if verdict is not None:
@@ -291,9 +300,11 @@ class DeviceEmulator:
             self.executed.remember(cmd.cmd_id, ok, error)
             self.executions.append(cmd.cmd_id)
         log.info("command", extra={**extra, "ok": ok, "error": error})
-        # The ack goes first: it is what the controller is waiting for.
+        # The ack goes first: it is what the controller is waiting for. It carries the move the
+        # command started (`opening`, `closing`), which is therefore not published as a state
+        # of its own; the end of the move is (docs/barrier.md, rule 8).
         self._ack(msg, BarrierAck(cmd.cmd_id, ok, gate.state, error))
-        self._apply(gate, move)
+        self._apply(gate, move, announce=move is None)
 
     def _ack(self, msg: Incoming, ack: BarrierAck) -> None:
         topic = msg.response_topic or topics.barrier_ack(self.lane)
@@ -302,8 +313,9 @@ class DeviceEmulator:
 
     # --- mechanics -----------------------------------------------------------------------------
 
-    def _apply(self, gate: rules.Gate, move: rules.Move | None) -> None:
-        """Take the new gate, start its move, and publish the state if what it says changed."""
+    def _apply(self, gate: rules.Gate, move: rules.Move | None, *, announce: bool = True) -> None:
+        """Take the new gate, start its move, and publish the state if what it says changed
+        (unless `announce` is off: an ack already said it)."""
         before = (self.gate.state, self.gate.note)
         self.gate = gate
         if move is not None:
@@ -311,7 +323,7 @@ class DeviceEmulator:
             if self._motion is not None and self._motion is not current:
                 self._motion.cancel()  # superseded: its arrival would be ignored anyway
             self._motion = asyncio.create_task(self._move(move))
-        if (gate.state, gate.note) != before:
+        if (gate.state, gate.note) != before and announce:
             self._publish_state()
 
     async def _move(self, move: rules.Move) -> None:

@@ -9,8 +9,10 @@ timeouts, retries and FAULT are the lane core's. What it does decide:
   seq) is dropped, so a re-delivered retained state never rolls the lane's view back;
 - the controller's will is `lane/{id}/status` = LaneStatus "offline", retained.
 
-Callbacks are plain functions called on the event loop; they should only hand the message on
-(e.g. `queue.put_nowait`). An exception in one is logged by MqttLink with the topic.
+Callbacks are plain functions called on the event loop, straight from the MQTT client's read
+callback (no task or queue in between: an ack reaches `on_ack` in the loop turn that read it);
+they should only hand the message on (e.g. `queue.put_nowait`). An exception in one is logged by
+MqttLink with the topic.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class BarrierLink:
                 (self._attendant_topic, 1),
                 (self._snapshot_topic, 1),
             ],
-            handler=self._dispatch,
+            receive=self._dispatch,
             on_connect=self._connected,
             on_disconnect=self._disconnected,
             will=self._will(),
@@ -149,7 +151,7 @@ class BarrierLink:
 
     # --- incoming ------------------------------------------------------------------------------
 
-    async def _dispatch(self, msg: Incoming) -> None:
+    def _dispatch(self, msg: Incoming) -> None:
         try:
             deliver = self._decode(msg)
         except PayloadError as exc:

@@ -1,6 +1,7 @@
 """Barrier command round trip: controller send() → device → ack back, over loopback MQTT.
 
-    .venv/bin/python bench/barrier.py [--count 1000] [--uvloop]   (or: python -m bench.barrier)
+    .venv/bin/python bench/barrier.py [--count 1000] [--uvloop] [--move-ms 0]
+    (or: python -m bench.barrier)
 
 Runs a private mosquitto and, each in a process of its own (a barrier is a box of its own),
 the device emulator with zero movement time and the raw anchor's responder: a bare aiomqtt
@@ -10,7 +11,11 @@ QoS 1 reply. The parent alternates blocks of 50 barrier commands through a Barri
 request/replies, so both see the same load of the shared machine. It prints percentiles of
 send() → the ack reaching on_ack, send() alone (until the broker's PUBACK), the raw
 request → reply, and the ratio of command to raw at p50 and p99.
-Figures, not assertions: the machine is shared.
+
+With zero movement time the device publishes the state a move ends in right behind its ack.
+`--move-ms` gives the boom that long (a real one takes 800 ms) and makes each command wait,
+untimed, for that state before the next one: every state is still published and received,
+but not on top of the ack. Figures, not assertions: the machine is shared.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
@@ -41,7 +47,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 from barrier.device import DeviceEmulator, Timings
 from barrier.link import BarrierLink
-from barrier.messages import BarrierAck, BarrierCommand
+from barrier.messages import BarrierAck, BarrierCommand, BarrierStatus
 from sim.broker import running_mosquitto
 
 LANE = "bench/l01"
@@ -49,7 +55,7 @@ STILL = Timings(opening_s=0.0, closing_s=0.0, slow_ack_s=0.0, step_s=0.0)
 WARM_UP = 20
 BLOCK = 50  # commands, then as many raw request/replies, and again
 RAW_REQUEST, RAW_REPLY = f"lane/{LANE}/raw/req", f"lane/{LANE}/raw/ack"
-Serve = Callable[[str, int, Event, Event], Coroutine[Any, Any, None]]
+Serve = Callable[..., Coroutine[Any, Any, None]]  # (host, port, ready, stop, *extra)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -94,8 +100,8 @@ class Waiters:
             future.set_result(value)
 
 
-async def _serve_device(host: str, port: int, ready: Event, stop: Event) -> None:
-    device = DeviceEmulator(LANE, host, port, STILL)
+async def _serve_device(host: str, port: int, ready: Event, stop: Event, move_s: float) -> None:
+    device = DeviceEmulator(LANE, host, port, replace(STILL, opening_s=move_s, closing_s=move_s))
     task = asyncio.create_task(device.run())
     await device.wait_connected(5)
     ready.set()
@@ -121,20 +127,20 @@ async def _serve_raw(host: str, port: int, ready: Event, stop: Event) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
-def _serve(serve: Serve, host: str, port: int, ready: Event, stop: Event, *, fast: bool) -> None:
+def _serve(  # noqa: PLR0917 - a process target's arguments
+    serve: Serve, host: str, port: int, ready: Event, stop: Event, fast: bool, *extra: object
+) -> None:
     logging.basicConfig(level=logging.ERROR)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop if fast else None) as runner:
-        runner.run(serve(host, port, ready, stop))
+        runner.run(serve(host, port, ready, stop, *extra))
 
 
 @contextmanager
-def other_process(serve: Serve, host: str, port: int, fast: bool) -> Iterator[None]:
+def other_process(serve: Serve, host: str, port: int, fast: bool, *extra: object) -> Iterator[None]:
     """`serve` in a child process on its own event loop, ready when the block starts."""
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Event(), context.Event()
-    child = context.Process(
-        target=_serve, args=(serve, host, port, ready, stop), kwargs={"fast": fast}
-    )
+    child = context.Process(target=_serve, args=(serve, host, port, ready, stop, fast, *extra))
     child.start()
     try:
         if not ready.wait(15):
@@ -148,14 +154,22 @@ def other_process(serve: Serve, host: str, port: int, fast: bool) -> Iterator[No
             child.join()
 
 
-async def bench(count: int, host: str, port: int) -> dict[str, list[float]]:
+async def bench(count: int, host: str, port: int, settle: bool) -> dict[str, list[float]]:
+    """`settle`: after each ack, wait (untimed) for the state the command's move ends in."""
     acks, replies, states = Waiters(), Waiters(), Waiters()
+    # The device's last state: a block's final one can come before the block ends.
+    latest = ["unknown"]
+
+    def on_state(status: BarrierStatus) -> None:
+        latest[0] = status.state
+        states.resolve(status.state, None)
+
     link = BarrierLink(
         LANE,
         host,
         port,
         on_ack=lambda ack: acks.resolve(ack.cmd_id, ack),
-        on_state=lambda status: states.resolve(status.state, None),
+        on_state=on_state,
         on_sensor=lambda r: None,
         on_attendant=lambda a: None,
         on_garbage=lambda t, e: print(f"garbage on {t}: {e}"),
@@ -178,6 +192,11 @@ async def bench(count: int, host: str, port: int) -> dict[str, list[float]]:
         if not ack.ok:
             raise RuntimeError(f"command refused: {ack}")
         return (time.perf_counter() - start) * 1000, (sent - start) * 1000
+
+    async def settled(i: int) -> None:
+        final = "open" if i % 2 == 0 else "closed"
+        if latest[0] != final:
+            await asyncio.wait_for(states.expect(final), 5)
 
     async def raw(i: int) -> float:
         correlation = f"raw-{i}".encode()
@@ -204,9 +223,10 @@ async def bench(count: int, host: str, port: int) -> dict[str, list[float]]:
                     round_trip, send = await command(i)
                     figures["command"].append(round_trip)
                     figures["send"].append(send)
+                    if settle:
+                        await settled(i)
                 # The last command's final state: the device is quiet before the raw block.
-                settled = states.expect("open" if i % 2 == 0 else "closed")
-                await asyncio.wait_for(settled, 5)
+                await settled(i)
                 for i in range(block, min(count, block + BLOCK)):
                     figures["raw"].append(await raw(i))
         finally:
@@ -229,6 +249,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument(
+        "--move-ms",
+        type=float,
+        default=0.0,
+        help="the boom's movement time (default 0: the final state right behind the ack)",
+    )
+    parser.add_argument(
         "--nagle",
         action="store_true",
         help="leave mosquitto's Nagle algorithm on (its default; deploy/mosquitto/lane.conf "
@@ -241,13 +267,14 @@ def main() -> None:
     with (
         running_mosquitto(extra_config=config) as broker,
         other_process(_serve_raw, broker.host, broker.port, args.uvloop),
-        other_process(_serve_device, broker.host, broker.port, args.uvloop),
+        other_process(_serve_device, broker.host, broker.port, args.uvloop, args.move_ms / 1000),
         asyncio.Runner(loop_factory=loop_factory) as runner,
     ):
         started = time.perf_counter()
-        figures = runner.run(bench(args.count, broker.host, broker.port))
+        figures = runner.run(bench(args.count, broker.host, broker.port, args.move_ms > 0))
         elapsed = time.perf_counter() - started
     setup = ("uvloop" if args.uvloop else "asyncio") + (", Nagle on" if args.nagle else "")
+    setup += f", boom movement {args.move_ms:g} ms"
     print(f"barrier command round trip over loopback mosquitto, {args.count} commands, {setup}")
     report("send() → ack received", figures["command"])
     report("send() → broker PUBACK", figures["send"])

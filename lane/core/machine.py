@@ -275,6 +275,10 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
         held = replace(cmd, attempt=0, ack_deadline=None)
         return replace(state, command=held), actions + more
     state = recovery.expect(state, cmd.op, now)
+    # The ack says where the command put the barrier (`opening`, `closing`, or already there):
+    # a device publishes no separate state for it (docs/barrier.md), so the ack is the report.
+    state, more = _position(state, event.state, now, BARRIER_FAULTS)
+    actions += more
     if cmd.op == Op.CLOSE:
         return replace(state, command=None, passage=None), actions
     passage = state.passage

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiomqtt
+from paho.mqtt.client import MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -59,6 +60,8 @@ class Credentials:
 
 
 Handler = Callable[[Incoming], Awaitable[None]]
+# A receiver that handles a message there and then (see MqttLink.receive).
+Receive = Callable[[Incoming], None]
 OnConnect = Callable[[], Awaitable[None]]
 OnDisconnect = Callable[[], None]
 
@@ -89,8 +92,17 @@ class MqttLink:
     # a message it forwards live, so `Incoming.retain` says what the publisher asked for, not
     # only whether the copy came out of the broker's store.
     retain_as_published: bool = False
+    # Instead of `handler`: called for each message inside the MQTT client's read callback,
+    # before it sends the PUBACK. It must not block; it may publish. The async `handler`
+    # goes through aiomqtt's message iterator, a task and three event loop turns per message,
+    # which a lane pays on every barrier ack and state (docs/barrier.md, "Benchmark").
+    receive: Receive | None = None
     _client: aiomqtt.Client | None = None
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        if self.handler is not None and self.receive is not None:
+            raise ValueError("give a link a handler or a receive, not both")
 
     async def run(self) -> None:
         """Connect and dispatch forever; reconnect with exponential backoff and jitter."""
@@ -195,7 +207,7 @@ class MqttLink:
             )
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = self.session_expiry
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.host,
             self.port,
             identifier=self.client_id,
@@ -211,30 +223,47 @@ class MqttLink:
             # Commands and acks are tiny: without NODELAY each one waits for a delayed TCP ACK.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
+        if self.receive is not None:
+            # paho's own callback in place of aiomqtt's queue, set before the connection: what
+            # the persistent session held for us comes right after the CONNACK. The
+            # `client.messages` loop in `run` then only waits for the connection to end.
+            client._client.on_message = self._receive
+        return client
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
         if self.handler is None:
             return
-        payload = message.payload
-        if not isinstance(payload, bytes | bytearray):
-            payload = str(payload).encode() if payload is not None else b""
-        props = message.properties
-        correlation = getattr(props, "CorrelationData", None) if props else None
-        response_topic = getattr(props, "ResponseTopic", None) if props else None
-        expiry_s = getattr(props, "MessageExpiryInterval", None) if props else None
-        incoming = Incoming(
-            topic=message.topic.value,
-            payload=bytes(payload),
-            retain=message.retain,
-            correlation=correlation,
-            response_topic=response_topic,
-            expiry_s=expiry_s,
-        )
+        incoming = _incoming(message.topic.value, message.payload, message.retain, message)
         try:
             await self.handler(incoming)
         except Exception:
             # One bad message must not take the session down; it is logged with its topic.
             log.exception("mqtt handler failed", extra={"topic": incoming.topic})
+
+    def _receive(self, client: object, userdata: object, message: MQTTMessage) -> None:
+        """paho's on_message: hand the message to `receive` now, in arrival order."""
+        assert self.receive is not None
+        try:
+            self.receive(_incoming(message.topic, message.payload, message.retain, message))
+        except Exception:
+            # Raised into paho, it would end the connection; logged with its topic instead.
+            topic = bytes(message._topic).decode(errors="replace")
+            log.exception("mqtt handler failed", extra={"topic": topic})
+
+
+def _incoming(topic: str, payload: object, retain: bool, message: object) -> Incoming:
+    """Our view of a message, from aiomqtt's or paho's (both carry paho's MQTT 5 properties)."""
+    if not isinstance(payload, bytes | bytearray):
+        payload = str(payload).encode() if payload is not None else b""
+    props = getattr(message, "properties", None)
+    return Incoming(
+        topic=topic,
+        payload=bytes(payload),
+        retain=retain,
+        correlation=getattr(props, "CorrelationData", None) if props else None,
+        response_topic=getattr(props, "ResponseTopic", None) if props else None,
+        expiry_s=getattr(props, "MessageExpiryInterval", None) if props else None,
+    )
 
 
 class LinkErrors(logging.Handler):

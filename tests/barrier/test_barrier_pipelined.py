@@ -2,8 +2,8 @@
 
 Through a TCP proxy that holds back every PUBACK the broker sends the device, a command's ack
 still reaches the controller while an earlier message waits for its PUBACK, and in the order
-the device produced them (docs/barrier.md: an ack before the state it caused; a reading before
-what follows it). A device that published one message at a time would never answer here.
+the device produced them (docs/barrier.md: an ack before the state its move ends in; a reading
+before what follows it). A device that published one message at a time would never answer here.
 """
 
 from __future__ import annotations
@@ -126,17 +126,17 @@ async def test_ack_is_not_held_behind_an_unacknowledged_publish(
             await link.send(command(lane_id, "open", "v1/open"), expiry_s=3)
             order: list[str] = []
             async with asyncio.timeout(WAIT):
-                while "opening" not in order:
+                while "open" not in order:
                     message = await seen.get()
                     if isinstance(message, SensorReading) and message.sensor == "entry_loop":
                         order.append("entry_loop")
                     elif isinstance(message, BarrierAck):
                         assert message.cmd_id == "v1/open" and message.ok
                         order.append("ack")
-                    elif isinstance(message, BarrierStatus) and message.state == "opening":
-                        order.append("opening")
-            # The reading first, then the ack, then the state the command caused.
-            assert order == ["entry_loop", "ack", "opening"]
+                    elif isinstance(message, BarrierStatus) and message.state == "open":
+                        order.append("open")
+            # The reading first, then the ack (`opening`), then the state its move ended in.
+            assert order == ["entry_loop", "ack", "open"]
             assert proxy.held, "the broker's PUBACKs were held while the ack went out"
 
             proxy.release()

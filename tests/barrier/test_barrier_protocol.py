@@ -126,16 +126,17 @@ async def test_open_close_roundtrip(mosquitto: Mosquitto, lane_id: str) -> None:
         acked = await spy.on(topics.barrier_ack(lane_id))
         assert acked.correlation == b"v1/open"
 
+        # The ack says where the command put the barrier; the move it started is not a state
+        # message of its own: the next state is where the move ends.
         assert await until(rec.acks, lambda a: True) == BarrierAck("v1/open", True, "opening")
-        opening = await rec.state("opening")
-        opened = await rec.state("open")
-        assert first.seq < opening.seq < opened.seq
+        opened = await until(rec.states, lambda s: True)
+        assert (opened.state, opened.seq) == ("open", first.seq + 1)
         assert opened.session == first.session
 
         await link.send(command(lane_id, "close", "v1/close"), expiry_s=3)
-        assert (await until(rec.acks, lambda a: True)).cmd_id == "v1/close"
-        await rec.state("closing")
-        await rec.state("closed")
+        assert await until(rec.acks, lambda a: True) == BarrierAck("v1/close", True, "closing")
+        closed = await until(rec.states, lambda s: True)
+        assert (closed.state, closed.seq) == ("closed", opened.seq + 1)
         assert device.executions == ["v1/open", "v1/close"]
         assert rec.link_changes == [True]
 
@@ -268,9 +269,10 @@ async def test_safety_loop(mosquitto: Mosquitto, lane_id: str) -> None:
         await device.set_sensor("safety_loop", False)
         # The same cmd_id may be sent again once the loop is clear: it was never executed.
         await link.send(command(lane_id, "close", "s2"), expiry_s=3)
-        assert (await until(rec.acks, lambda a: a.cmd_id == "s2")).ok
-        await rec.state("closing")
-        # Something drives under the closing boom: it reverses, then closes once clear.
+        closing = await until(rec.acks, lambda a: a.cmd_id == "s2")
+        assert (closing.ok, closing.state) == (True, "closing")
+        # Something drives under the closing boom: it reverses, then closes once clear (moves
+        # nobody commanded are published as states).
         await device.set_sensor("light_curtain", True)
         reversed_ = await rec.state("opening")
         assert reversed_.error == "safety_reversal"
@@ -487,3 +489,67 @@ async def test_broker_restart_link_and_device_come_back(lane_id: str) -> None:
             assert (await until(rec.acks, lambda a: a.cmd_id == "b2")).ok
             await rec.state("closed")
             assert rec.link_changes == [True, False, True]
+
+
+async def test_what_the_session_held_while_the_controller_was_away_reaches_it(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """The broker hands a persistent session's messages over right after the CONNACK: the link's
+    receiver must be in place before it connects, or they are lost."""
+    rec = Recorder()
+    device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, FAST)
+    async with tasks(device.run()):
+        await device.wait_connected(WAIT)
+        async with tasks(rec.link(mosquitto, lane_id).run()):
+            await eventually(lambda: rec.link_changes == [True])
+        await device.set_sensor("safety_loop", True)  # while the controller is away
+        async with asyncio.timeout(WAIT):
+            await device.flushed()
+        async with tasks(rec.link(mosquitto, lane_id).run()):
+            reading = await until(rec.sensors, lambda r: True)
+            assert (reading.sensor, reading.occupied) == ("safety_loop", True)
+
+
+async def test_a_callback_that_raises_is_logged_and_the_link_stays_up(
+    mosquitto: Mosquitto, lane_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The receiver runs inside the MQTT client's read callback: an exception let through there
+    would end the connection."""
+    readings: asyncio.Queue[SensorReading] = asyncio.Queue()
+    links: list[bool] = []
+
+    def on_sensor(reading: SensorReading) -> None:
+        if reading.sensor == "entry_loop":
+            raise RuntimeError("a bug in a callback")
+        readings.put_nowait(reading)
+
+    link = BarrierLink(
+        lane_id,
+        mosquitto.host,
+        mosquitto.port,
+        on_ack=lambda ack: None,
+        on_state=lambda status: None,
+        on_sensor=on_sensor,
+        on_attendant=lambda command: None,
+        on_garbage=lambda topic, error: None,
+        on_link=links.append,
+    )
+    device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, FAST)
+    async with tasks(link.run(), device.run()):
+        await link.wait_connected(WAIT)
+        await device.wait_connected(WAIT)
+        await device.set_sensor("entry_loop", True)  # its callback raises
+        await device.set_sensor("exit_loop", True)
+        reading = await until(readings, lambda r: True)
+        assert reading.sensor == "exit_loop"
+        assert links == [True]  # never dropped
+        failed = [r for r in caplog.records if r.getMessage() == "mqtt handler failed"]
+        assert [getattr(r, "topic", None) for r in failed] == [topics.io(lane_id, "entry_loop")]
+
+
+def test_a_link_takes_a_handler_or_a_receiver_not_both() -> None:
+    async def handler(msg: Incoming) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="a handler or a receive"):
+        MqttLink("127.0.0.1", 1883, "both", handler=handler, receive=lambda msg: None)

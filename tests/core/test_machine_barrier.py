@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from core_kit import LaneDriver, of_type, one, rules
 
+from lane.core import events as ev
 from lane.core.actions import (
     ClearAlarm,
     CloseBarrier,
@@ -14,6 +15,7 @@ from lane.core.actions import (
     Settle,
 )
 from lane.core.machine import next_deadline
+from lane.core.names import Position
 from lane.core.notes import BarrierOpened, ExitLoopIgnored, Tailgating, VehicleLeft
 from lane.core.state import Phase
 
@@ -163,6 +165,46 @@ def test_stale_and_duplicate_acks_are_ignored() -> None:
     assert lane.ack("v1/open") == []  # QoS 1 redelivery
     assert lane.ack("v1/open", ok=False, error="jammed") == []
     assert lane.phase() is Phase.OPEN
+
+
+def test_the_ack_is_the_report_of_the_move_its_command_started() -> None:
+    """A device publishes no state for the move a command starts: its ack says where it is."""
+    lane = LaneDriver(rules(move_s=4.0))
+    lane.report("closed")
+    lane.pay()
+    lane.feed(ev.BarrierAcked("v1/open", True, Position.OPENING))
+    assert lane.state.barrier == Position.OPENING
+    lane.report("open")
+    lane.leave_pay_point()
+    lane.cross()
+    lane.feed(ev.BarrierAcked("v1/close", True, Position.CLOSING))
+    assert lane.state.barrier == Position.CLOSING
+    assert lane.phase() is Phase.IDLE
+
+
+def test_an_ack_at_the_commanded_position_needs_no_state_message() -> None:
+    """A boom that is already there (or moves at once) is acked with the position it is in:
+    the lane's expectation is met without waiting for a state, so no barrier_stuck."""
+    lane = LaneDriver(rules(move_s=4.0))
+    lane.report("closed")
+    lane.pay()
+    lane.feed(ev.BarrierAcked("v1/open", True, Position.OPEN))
+    assert lane.state.expect is None
+    lane.tick(5.0)
+    assert "barrier_stuck" not in lane.state.faults
+
+
+def test_a_device_of_the_previous_release_still_publishes_the_move_as_a_state() -> None:
+    """It acks `opening`, publishes `opening` too, then `open`: the same as one that does not."""
+    lane = LaneDriver()
+    lane.report("closed")
+    lane.pay()
+    acked = lane.feed(ev.BarrierAcked("v1/open", True, Position.OPENING))
+    assert of_type(acked, BarrierOpened)
+    assert lane.report("opening") == []
+    assert lane.report("open") == []
+    assert lane.phase() is Phase.OPEN and not lane.state.faults
+    assert lane.state.barrier == Position.OPEN and lane.state.expect is None
 
 
 @pytest.mark.parametrize("op", ["open", "close"])

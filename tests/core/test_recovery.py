@@ -245,7 +245,9 @@ def test_a_position_not_reached_in_the_movement_time_is_barrier_stuck(op: str) -
         lane.ack()
         lane.cross()
     cmd = lane.last_command()
-    lane.feed(ev.BarrierAcked(cmd.cmd_id, True, "closed"))  # acked, and it never moves
+    # Acked with the position it is stuck in (the ack's position is a report of its own).
+    stuck_at = "closed" if op == "open" else "open"
+    lane.feed(ev.BarrierAcked(cmd.cmd_id, True, stuck_at))
     actions = lane.tick_at_deadline()
     alarm = raised(actions, Alarm.BARRIER_STUCK)
     assert f"commanded {'open' if op == 'open' else 'closed'}" in alarm.message

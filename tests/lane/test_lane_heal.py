@@ -143,8 +143,9 @@ async def test_the_lane_asks_the_device_after_its_start_and_after_every_reconnec
             await ask(query_id)  # published: the broker has it
             sent.append(query_id)
 
-        port.query = query  # type: ignore[method-assign]
         await eventually(lambda: lane.device.queries != [])  # asked after the start
+        # Watched from now on: the start's query may still be on its way when the lane is up.
+        port.query = query  # type: ignore[method-assign]
         await asyncio.to_thread(private_broker.restart)
         await eventually(lambda: sent != [], within=15)  # and after the reconnect
         assert sent[0] != lane.device.queries[0]  # a query of its own, not a resend
