@@ -5,8 +5,9 @@
 A real lane: the daemon made by `lane.daemon.build(config)` as the simulator makes it, with a
 push frame source (the simulator's camera path: capture thread, one-frame slot, decode
 workers), a private mosquitto (set_tcp_nodelay, as deploy/mosquitto/lane.conf), the barrier
-device emulator in a process of its own (zero movement time), and the real SQLite stores in a
-temporary directory on the same disk as the anchors. A camera thread pushes pre-rendered
+device emulator and the simulator's back office (ingest, acks) each in a process of its own
+(zero movement time), and the real SQLite stores in a temporary directory on the same disk as
+the anchors. A camera thread pushes pre-rendered
 1280x720 frames at --fps: an empty lane, then a passenger's phone with a fresh offline token
 (transit-entry mode, so each token is one whole passage: verify, replay mark, record, open)
 until the lane answers. Measured per passenger: the captured frame that was read → the open's
@@ -42,7 +43,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
+from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +77,11 @@ from lane.core.notes import BarrierOpened, CodeRefused, Declined  # noqa: E402
 from lane.core.state import Phase, phase  # noqa: E402
 from lane.daemon import LaneDaemon, build  # noqa: E402
 from lane.notification import Notification  # noqa: E402
+from lane.transport.mqtt import MqttLink  # noqa: E402
 from scanner.decoders import make_decoder  # noqa: E402
 from scanner.detection import as_gray  # noqa: E402
 from scanner.sources import PushSource  # noqa: E402
+from sim.backoffice import BackOffice  # noqa: E402
 from sim.broker import running_mosquitto  # noqa: E402
 from sim.camera import frame_for  # noqa: E402
 from sim.codes import CodeFactory  # noqa: E402
@@ -123,6 +128,7 @@ class Trace:
         self.marks: dict[str, float] | None = None
         self.frame_ts: float | None = None  # the capture time of the frame that was read
         self.draft: RecordDraft | None = None  # the passenger's record, for the anchor
+        self.published: Counter[str] = Counter()  # the lane's MQTT publishes, by topic kind
 
     def mark(self, name: str, at: float | None = None) -> None:
         marks = self.marks
@@ -206,6 +212,9 @@ def instrument(daemon: LaneDaemon, trace: Trace) -> None:
         return append(draft)
 
     daemon.queue.sync.append = keep_draft  # type: ignore[method-assign]
+    # The loop's other work during a passage: what the lane publishes meanwhile.
+    for link in (daemon.link.mqtt, daemon.uplink):
+        count_publishes(link, trace)
     trace.wrap(runner.barrier, "command", "command")
     # The pure check, wherever the verifier calls it from (a worker thread or the loop).
     verify = lane.verifier.verify_token
@@ -218,6 +227,17 @@ def instrument(daemon: LaneDaemon, trace: Trace) -> None:
             trace.mark("verify_token:end")
 
     lane.verifier.verify_token = timed_verify  # type: ignore[assignment]
+
+
+def count_publishes(link: MqttLink, trace: Trace) -> None:
+    publish = link.publish
+
+    async def counted(topic: str, *args: Any, **kwargs: Any) -> None:
+        if trace.marks is not None:
+            trace.published[topic.rsplit("/", 1)[-1]] += 1
+        await publish(topic, *args, **kwargs)
+
+    link.publish = counted  # type: ignore[method-assign]
 
 
 class Camera:
@@ -321,6 +341,16 @@ class MqttAnchor:
         return (time.perf_counter() - started) * 1000
 
 
+async def _serve_backoffice(host: str, port: int, ready: MpEvent, stop: MpEvent) -> None:
+    """The simulator's back office (ingest and acks), in a process of its own like the device."""
+    with tempfile.TemporaryDirectory(prefix="lane-bench-backoffice-") as tmp:
+        office = BackOffice(Path(tmp) / "backoffice.sqlite3", host, port)
+        await office.start()
+        ready.set()
+        await asyncio.to_thread(stop.wait)
+        await office.stop()
+
+
 async def idle(daemon: LaneDaemon, within_s: float) -> None:
     """Until the lane is idle again (the gate closed after the last passenger)."""
     async with asyncio.timeout(within_s):
@@ -388,6 +418,8 @@ async def bench(host: str, port: int, work: Path, vehicles: int, fps: float) -> 
                     await answered.wait()
             camera.frame = empty
             marks, trace.marks = trace.marks, None
+            if i < 3:
+                trace.published.clear()  # warm-up passages are not counted
             opened = outcome and isinstance(outcome[0], BarrierOpened)
             if not opened or trace.frame_ts is None or trace.draft is None:
                 refused += 1
@@ -403,7 +435,12 @@ async def bench(host: str, port: int, work: Path, vehicles: int, fps: float) -> 
         mqtt_stop.set()
         await asyncio.wait([lane_task, mqtt_task], timeout=20)
         anchors.close()
-    return {"traces": traces, "anchors": anchors.figures, "refused": refused}
+    return {
+        "traces": traces,
+        "anchors": anchors.figures,
+        "refused": refused,
+        "published": {k: v / max(1, len(traces)) for k, v in trace.published.items()},
+    }
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -423,6 +460,7 @@ def main() -> int:
         running_mosquitto(extra_config="set_tcp_nodelay true\n") as broker,
         other_process(_serve_raw, broker.host, broker.port, True),
         other_process(_serve_device, broker.host, broker.port, True),
+        other_process(_serve_backoffice, broker.host, broker.port, True),
         asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
     ):
         out = runner.run(bench(broker.host, broker.port, Path(tmp), a.vehicles, a.fps))
@@ -462,10 +500,28 @@ def report(out: dict[str, Any]) -> None:
     acked = [_ms(m, "frame", "post:BarrierAcked") or 0.0 for m in traces]
     handled = [_ms(m, "frame", "handle:BarrierAcked") or 0.0 for m in traces]
     shown = [_ms(m, "first_push", "frame") or 0.0 for m in traces]
+    # What the path spends outside its own raw steps (as they took this time, on this path):
+    # thread hops, queue waits, the core's steps and whatever else the loop ran meanwhile.
+    own = (
+        ("decode:start", "decode:end"),
+        ("verify_token:start", "verify_token:end"),
+        ("replay:start", "replay:end"),
+        ("record:start", "record:end"),
+        ("command:start", "post:BarrierAcked"),
+    )
+    handoffs = [
+        (_ms(m, "frame", "post:BarrierAcked") or 0.0) - sum(_ms(m, a, b) or 0.0 for a, b in own)
+        for m in traces
+    ]
     print("end to end:")
     _row("frame → ack at the lane", acked)
+    _row("  of which hand-offs", handoffs, "  (the path less its own raw steps)")
     _row("frame → ack in the core", handled)
     _row("(first shown → frame read)", shown, "  not in the path: misses, busy workers")
+    per = ", ".join(
+        f"{k} {v:.1f}" for k, v in sorted(out["published"].items(), key=lambda kv: -kv[1])
+    )
+    print(f"  lane MQTT publishes per passage (frame shown → answer): {per}")
     print("raw steps, each alone on one thread, same run:")
     labels = {
         "decode": "decode of that frame",
