@@ -7,11 +7,12 @@ push frame source (the simulator's camera path: capture thread, one-frame slot, 
 workers), a private mosquitto (set_tcp_nodelay, as deploy/mosquitto/lane.conf), the barrier
 device emulator and the simulator's back office (ingest, acks) each in a process of its own
 (zero movement time), and the real SQLite stores in a temporary directory on the same disk as
-the anchors. A camera thread pushes pre-rendered
-1280x720 frames at --fps: an empty lane, then a passenger's phone with a fresh offline token
-(transit-entry mode, so each token is one whole passage: verify, replay mark, record, open)
-until the lane answers. Measured per passenger: the captured frame that was read → the open's
-ack received at the lane (posted to the runner) and → the core handling it.
+the anchors. A camera thread pushes pre-rendered 1280x720 frames at --fps (rendering stands
+for the camera hardware, so it is not in this process): an empty lane, then a passenger's
+phone with a fresh offline token (transit-entry mode, so each token is one whole passage:
+verify, replay mark, record, open) until the lane answers. Measured per passenger: the
+captured frame that was read → the open's ack received at the lane (posted to the runner) and
+→ the core handling it.
 
 The path is timed at every hand-off (wrappers set on the daemon's objects for this run only,
 a few microseconds each): decode start and end on the worker, the result on the loop, each
