@@ -14,6 +14,9 @@ verify, replay mark, record, open) until the lane answers. Measured per passenge
 captured frame that was read → the open's ack received at the lane (posted to the runner) and
 → the core handling it.
 
+The lane logs at ERROR here: its INFO lines (code read, decision, record written, command
+sent; JSON on stderr in `lane run`) would add their own cost to the loop.
+
 The path is timed at every hand-off (wrappers set on the daemon's objects for this run only,
 a few microseconds each): decode start and end on the worker, the result on the loop, each
 event posted to and taken by the runner, the authorisation task, the token check, the replay
