@@ -309,7 +309,13 @@ class LaneRunner:
             },
         )
         self.post(ev.Persisted(action.persist_id, record.record_id, record.seq))
-        self._notify(ShellNote(Shell.RECORD, {"record": {"v": record.v, **record.to_map()}}))
+        note = ShellNote(Shell.RECORD, {"record": {"v": record.v, **record.to_map()}})
+        try:
+            # One turn of the loop: the runner takes Persisted and starts the open before the
+            # observers hear of the record (the forwarder's send, the events topic).
+            await asyncio.sleep(0)
+        finally:
+            self._notify(note)
 
     async def _command(self, action: OpenBarrier | CloseBarrier) -> None:
         op = "open" if isinstance(action, OpenBarrier) else "close"
@@ -368,6 +374,15 @@ class LaneRunner:
             )
 
     def _notify(self, notification: Notification) -> None:
+        """Hand a note to the observers once the loop has started what is already due.
+
+        Observers publish (events topic, forwarder, dashboard): run at once, that work would
+        come before the first step of a task this step just started — the token check, the
+        record append, the barrier command — and hold up its hand-off to a thread or the
+        broker. Deferred by one turn of the loop (order kept), the vehicle's path goes first."""
+        asyncio.get_running_loop().call_soon(self._deliver, notification)
+
+    def _deliver(self, notification: Notification) -> None:
         for observer in self.observers:
             try:
                 observer(notification)

@@ -105,7 +105,6 @@ class UsedTokenSharing:
         self.dropped = 0
         self.expired_unsent = 0
         self._pending: asyncio.Queue[UsedTokenMsg] = asyncio.Queue(max_pending)
-        self._loop: asyncio.AbstractEventLoop | None = None  # set by run(): share() hops to it
 
     @property
     def link_up(self) -> bool:
@@ -128,15 +127,8 @@ class UsedTokenSharing:
     def share(self, msg: UsedTokenMsg) -> None:
         """Queue a use for publishing; when the queue is full the oldest use is dropped.
 
-        Callable from a worker thread (the token check runs off the loop): asyncio.Queue is
-        not thread-safe, so the put then happens on the loop that runs `run()`."""
-        loop = self._loop
-        if loop is not None and not _on(loop):
-            loop.call_soon_threadsafe(self._enqueue, msg)
-            return
-        self._enqueue(msg)
-
-    def _enqueue(self, msg: UsedTokenMsg) -> None:
+        On the loop only (asyncio.Queue is not thread-safe): the token check shares from the
+        loop once its replay mark is back, which costs no extra wake-up of the loop."""
         if self._pending.full():
             old = self._pending.get_nowait()
             self.dropped += 1
@@ -147,7 +139,6 @@ class UsedTokenSharing:
         self._pending.put_nowait(msg)
 
     async def run(self, retry_s: float = 0.2) -> None:
-        self._loop = asyncio.get_running_loop()
         while True:
             msg = await self._pending.get()
             while True:
@@ -205,10 +196,3 @@ class UsedTokenSharing:
                 "remote token use",
                 extra={"lane": self.lane, "from_lane": msg.lane, "token_id": msg.token_id},
             )
-
-
-def _on(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:  # a worker thread: no running loop
-        return False

@@ -68,7 +68,7 @@ KEY = b"lane-secret-for-tests-0123456789"
 
 
 class NoTokens:
-    def verify(self, text: str, now_unix: float) -> OfflineResult:
+    async def verify(self, text: str, now_unix: float) -> OfflineResult:
         raise AssertionError("network tests verify no tokens")
 
 

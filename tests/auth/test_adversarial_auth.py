@@ -70,7 +70,7 @@ def verifier(tmp_path: Path, issuer: TokenIssuer, lane: str = "p07/l01") -> Toke
 # -- rule 4: one code pays once, whatever the attacker does to the text ---------------------
 
 
-def test_malleated_es256_signature_is_still_the_same_token(tmp_path: Path) -> None:
+async def test_malleated_es256_signature_is_still_the_same_token(tmp_path: Path) -> None:
     """(r, s) and (r, n - s) both verify under ECDSA: without a cti the id must not change."""
     issuer = TokenIssuer.generate(Alg.ES256)
     text = issuer.token("acct-1", NOW, ttl_s=60, nonce=None)
@@ -84,12 +84,12 @@ def test_malleated_es256_signature_is_still_the_same_token(tmp_path: Path) -> No
         verify_token(twin, keys_of(issuer), DenyList.empty(), NOW, SKEW), TokenAccepted
     )
     v = verifier(tmp_path, issuer)
-    assert v.verify(text, NOW).approved
-    again = v.verify(twin, NOW)
+    assert (await v.verify(text, NOW)).approved
+    again = await v.verify(twin, NOW)
     assert (again.approved, again.reason) == (False, "replayed")
 
 
-def test_unsigned_header_and_cwt_tag_do_not_make_a_new_token(tmp_path: Path) -> None:
+async def test_unsigned_header_and_cwt_tag_do_not_make_a_new_token(tmp_path: Path) -> None:
     issuer = TokenIssuer.generate()
     text = issuer.token("acct-1", NOW, ttl_s=60, nonce=b"n" * 16)
     parts = sign1_parts(text)
@@ -99,13 +99,13 @@ def test_unsigned_header_and_cwt_tag_do_not_make_a_new_token(tmp_path: Path) -> 
         cbor2.dumps(cbor2.CBORTag(61, cbor2.CBORTag(18, sign1_parts(text))))
     )
     v = verifier(tmp_path, issuer)
-    assert v.verify(text, NOW).approved
+    assert (await v.verify(text, NOW)).approved
     for variant in (padded, tagged, text + "\r\n", text + "\n"):
-        result = v.verify(variant, NOW)
+        result = await v.verify(variant, NOW)
         assert (result.approved, result.reason) == (False, "replayed"), variant
 
 
-def test_same_token_at_two_lanes_sharing_a_replay_file(tmp_path: Path) -> None:
+async def test_same_token_at_two_lanes_sharing_a_replay_file(tmp_path: Path) -> None:
     issuer = TokenIssuer.generate()
     text = issuer.token("acct-1", NOW, nonce=b"m" * 16)
     a = TokenVerifier(
@@ -114,33 +114,33 @@ def test_same_token_at_two_lanes_sharing_a_replay_file(tmp_path: Path) -> None:
     b = TokenVerifier(
         "p07/l02", keys_of(issuer), DenyList.empty(), ReplayStore(tmp_path / "r"), SKEW
     )
-    results = [a.verify(text, NOW), b.verify(text, NOW + 0.001)]
+    results = [await a.verify(text, NOW), await b.verify(text, NOW + 0.001)]
     assert [r.approved for r in results] == [True, False]
 
 
-def test_a_refused_token_is_not_burnt(tmp_path: Path) -> None:
+async def test_a_refused_token_is_not_burnt(tmp_path: Path) -> None:
     """Refusals (deny list, clock) must not mark the token used: the driver may retry."""
     issuer = TokenIssuer.generate()
     text = issuer.token("acct-1", NOW, nonce=b"r" * 16)
     v = verifier(tmp_path, issuer)
     v.deny = DenyList.of(1, ["acct-1"])
-    assert v.verify(text, NOW).reason == "denied_account"
-    assert v.verify(text, NOW - 3600).reason == "not_yet_valid"  # a clock gone backwards
+    assert (await v.verify(text, NOW)).reason == "denied_account"
+    assert (await v.verify(text, NOW - 3600)).reason == "not_yet_valid"  # a clock gone backwards
     v.deny = DenyList.empty()
-    assert v.verify(text, NOW).approved
+    assert (await v.verify(text, NOW)).approved
 
 
-def test_a_clock_going_backwards_does_not_reopen_a_used_token(tmp_path: Path) -> None:
+async def test_a_clock_going_backwards_does_not_reopen_a_used_token(tmp_path: Path) -> None:
     issuer = TokenIssuer.generate()
     text = issuer.token("acct-1", NOW, ttl_s=60, nonce=b"c" * 16)
     v = verifier(tmp_path, issuer)
-    assert v.verify(text, NOW + 30).approved
-    assert v.verify(text, NOW + 1).reason == "replayed"
+    assert (await v.verify(text, NOW + 30)).approved
+    assert (await v.verify(text, NOW + 1)).reason == "replayed"
     v.replay.purge(NOW + 10)  # a purge run at a bad time keeps what could still be accepted
-    assert v.verify(text, NOW + 1).reason == "replayed"
+    assert (await v.verify(text, NOW + 1)).reason == "replayed"
 
 
-def test_a_wall_clock_jump_forward_then_corrected_never_readmits_a_used_token(
+async def test_a_wall_clock_jump_forward_then_corrected_never_readmits_a_used_token(
     tmp_path: Path,
 ) -> None:
     """Issue #11 item 7: the clock jumps ~15 min ahead, the periodic purge runs during the jump,
@@ -148,21 +148,21 @@ def test_a_wall_clock_jump_forward_then_corrected_never_readmits_a_used_token(
     issuer = TokenIssuer.generate()
     text = issuer.token("acct-1", NOW, ttl_s=60, nonce=b"j" * 16)
     v = verifier(tmp_path, issuer)
-    assert v.verify(text, NOW + 5).approved
+    assert (await v.verify(text, NOW + 5)).approved
     jumped = NOW + 5 + 15 * 60
-    assert v.verify(text, jumped).reason == "expired"  # during the jump: refused, not burnt
+    assert (await v.verify(text, jumped)).reason == "expired"  # during the jump: refused, not burnt
     v.replay.purge(jumped)
     v.replay.purge(jumped + 3600)  # however far it went
     for corrected in (NOW + 6, NOW + 30, NOW + 60 + SKEW - 1):
-        assert v.verify(text, corrected).reason == "replayed"
+        assert (await v.verify(text, corrected)).reason == "replayed"
 
 
-def test_a_broken_replay_store_fails_closed(tmp_path: Path) -> None:
+async def test_a_broken_replay_store_fails_closed(tmp_path: Path) -> None:
     issuer = TokenIssuer.generate()
     v = verifier(tmp_path, issuer)
     v.replay.close()
     with pytest.raises(ReplayStoreError):
-        v.verify(issuer.token("acct-1", NOW, nonce=b"z" * 16), NOW)
+        await v.verify(issuer.token("acct-1", NOW, nonce=b"z" * 16), NOW)
 
 
 async def test_the_authoriser_refuses_when_the_verifier_breaks(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ class Tokens:
     def __init__(self) -> None:
         self.seen: list[tuple[str, float]] = []
 
-    def verify(self, text: str, now_unix: float) -> OfflineResult:
+    async def verify(self, text: str, now_unix: float) -> OfflineResult:
         self.seen.append((text, now_unix))
         if text == "boom":
             raise RuntimeError("verifier bug")

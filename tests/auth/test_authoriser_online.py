@@ -49,7 +49,7 @@ class Clock:
 
 
 class NoTokens:
-    def verify(self, text: str, now_unix: float) -> OfflineResult:
+    async def verify(self, text: str, now_unix: float) -> OfflineResult:
         raise AssertionError("online tests verify no tokens")
 
 

@@ -167,7 +167,7 @@ MQTT_DENY = "mqtt lane/p07/deny"
 
 
 @pytest.mark.parametrize("poison", [2**62, 2**64 - 1, NOW * 1000])
-def test_after_a_poisoned_key_set_a_rotation_still_removes_the_old_key(
+async def test_after_a_poisoned_key_set_a_rotation_still_removes_the_old_key(
     tmp_path: Path, poison: int
 ) -> None:
     wall = Wall(NOW)
@@ -180,26 +180,26 @@ def test_after_a_poisoned_key_set_a_rotation_still_removes_the_old_key(
     assert v.refused_counts == {(UpdateKind.KEYSET, Verdict.FUTURE_DATED): 1}
     # The back office rotates: k1 removed, k2 added. The lane takes it.
     assert v.update_keys(keyset(NOW - 5, ROTATED), MQTT_KEYS).verdict is Verdict.ADOPT
-    assert not v.verify(ISSUER.token("acct-1", NOW - 10), NOW).approved
-    assert v.verify(ROTATED.token("acct-1", NOW - 10), NOW).approved
+    assert not (await v.verify(ISSUER.token("acct-1", NOW - 10), NOW)).approved
+    assert (await v.verify(ROTATED.token("acct-1", NOW - 10), NOW)).approved
     assert v.refusal_text() is None  # the source is sane again: the alarm clears
 
 
-def test_after_a_poisoned_deny_list_a_later_list_still_denies(tmp_path: Path) -> None:
+async def test_after_a_poisoned_deny_list_a_later_list_still_denies(tmp_path: Path) -> None:
     wall = Wall(NOW)
     v = verifier(tmp_path, wall)
     assert v.update_deny(DenyList.of(10, []), MQTT_DENY).verdict is Verdict.ADOPT
     poisoned = decode_deny_list(encode_deny_list(DenyList.of(2**64 - 1, [])))
     assert v.update_deny(poisoned, MQTT_DENY).verdict is Verdict.GENERATION_JUMP
     assert v.update_deny(DenyList.of(11, ["acct-bad"]), MQTT_DENY).verdict is Verdict.ADOPT
-    assert v.verify(ISSUER.token("acct-bad", NOW - 10), NOW).reason == "denied_account"
+    assert (await v.verify(ISSUER.token("acct-bad", NOW - 10), NOW)).reason == "denied_account"
     assert v.refusal_text() is None
 
 
-def test_an_empty_key_set_never_wipes_the_keys(tmp_path: Path) -> None:
+async def test_an_empty_key_set_never_wipes_the_keys(tmp_path: Path) -> None:
     v = verifier(tmp_path, Wall(NOW))
     assert v.update_keys(KeySet(NOW, {}), MQTT_KEYS).verdict is Verdict.EMPTY
-    assert v.verify(ISSUER.token("acct-1", NOW - 10), NOW).approved
+    assert (await v.verify(ISSUER.token("acct-1", NOW - 10), NOW)).approved
     alarm = v.refusal_text()
     assert alarm is not None and "remove every key" in alarm
 

@@ -1,5 +1,6 @@
-"""The token check runs off the event loop (its replay mark is an fsync), and a use it shares
-with the plaza still reaches the publishing task from that worker thread."""
+"""The token check's one thread hop: signature, claims and deny list on the event loop (an
+Ed25519 verify costs less than a hop), the replay mark (an fsync) on a worker thread, and the
+use shared with the plaza from the loop again."""
 
 from __future__ import annotations
 
@@ -7,56 +8,55 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from lane.auth.acquirer import AcquirerClient
-from lane.auth.authoriser import Authoriser, AuthRequest, OfflineResult
+import pytest
+
+import lane.verifier
 from lane.auth.deny import DenyList
 from lane.auth.plaza import UsedTokenSharing
-from lane.auth.policy import OfflinePolicy
 from lane.auth.replay import ReplayStore
-from lane.auth.resolver import ResolutionStore, Resolver
 from lane.transport.mqtt import MqttLink
 from lane.verifier import TokenVerifier
 from sim.broker import free_port
 from sim.codes import CodeFactory
 
-KEY = b"lane-secret-for-tests-0123456789"
+
+async def test_only_the_replay_mark_leaves_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = int(time.time())
+    codes = CodeFactory(3)
+    checked: list[int] = []
+    marked: list[int] = []
+    pure = lane.verifier.verify_token
+
+    def spy_check(*args: Any) -> Any:
+        checked.append(threading.get_ident())
+        return pure(*args)
+
+    monkeypatch.setattr(lane.verifier, "verify_token", spy_check)
+    with ReplayStore(tmp_path / "replay.db") as store:
+        mark = store.check_and_mark
+
+        def spy_mark(*args: Any) -> bool:
+            marked.append(threading.get_ident())
+            return mark(*args)
+
+        monkeypatch.setattr(store, "check_and_mark", spy_mark)
+        verifier = TokenVerifier("p01/l01", codes.keyset(now), DenyList.empty(), store, 30.0)
+        text = codes.make("token", now).text
+        assert (await verifier.verify(text, now)).approved
+        assert (await verifier.verify(text, now)).reason == "replayed"
+        assert (await verifier.verify("LT1:garbage", now)).reason != "replayed"
+    loop_thread = threading.get_ident()
+    assert checked == [loop_thread] * 3  # no hop for the pure part, refusals included
+    assert len(marked) == 2 and loop_thread not in marked  # the fsync never blocks the loop
 
 
-class ThreadSpy:
-    def __init__(self) -> None:
-        self.threads: list[int] = []
-
-    def verify(self, text: str, now_unix: float) -> OfflineResult:
-        self.threads.append(threading.get_ident())
-        return OfflineResult(True, "approved", "acct", "tok")
-
-
-async def test_offline_verification_runs_off_the_event_loop(tmp_path: Path) -> None:
-    async with AcquirerClient(f"http://127.0.0.1:{free_port()}") as client:
-        resolver = Resolver(ResolutionStore(tmp_path / "r.db"), client)
-        spy = ThreadSpy()
-        auth = Authoriser(
-            "p01/l01",
-            client,
-            resolver,
-            spy,
-            OfflinePolicy(),
-            time.monotonic,
-            time.time,
-            account_key=KEY,
-        )
-        try:
-            req = AuthRequest("a1", "p01/l01", "LT1:x", "token", 0, "CNY", time.monotonic() + 1)
-            decision = await auth.authorise(req)
-        finally:
-            await resolver.stop()
-    assert decision.approved
-    assert spy.threads and spy.threads[0] != threading.get_ident()
-
-
-async def test_a_use_verified_on_a_worker_thread_is_shared(tmp_path: Path) -> None:
-    """asyncio's debug mode refuses loop calls from other threads: sharing must hop back."""
+async def test_a_first_use_is_shared_from_the_loop(tmp_path: Path) -> None:
+    """asyncio's debug mode refuses loop calls from other threads: the use is queued for the
+    plaza on the loop, once the replay mark is back (no second hop)."""
     now = int(time.time())
     codes = CodeFactory(3)
     store = ReplayStore(tmp_path / "replay.db")
@@ -72,7 +72,7 @@ async def test_a_use_verified_on_a_worker_thread_is_shared(tmp_path: Path) -> No
         await asyncio.sleep(0)  # run() now waits on its queue
         loop.set_debug(True)
         try:
-            result = await asyncio.to_thread(verifier.verify, codes.make("token", now).text, now)
+            result = await verifier.verify(codes.make("token", now).text, now)
         finally:
             loop.set_debug(was_debug)
         assert result.approved, result
