@@ -92,8 +92,9 @@ class PriceTrip:
     vehicle_id: str
     vehicle_class: int  # read at the exit
     source: TripSource
-    pass_text: str | None  # source pass
+    pass_text: str | None  # source pass; source code: the payment code shown
     plate: str | None  # read at the exit, if any
+    code_kind: PayloadKind | None = None  # source code: what the scanner made of it
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,9 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.CLOSING, "ack ok", NEXT_UP, "barrier closed: serve the next vehicle"),
     _t(P.VEHICLE_PRESENT, "ticket", P.PERSISTING, "entry lane: ticket printed: entry record"),
     _t(P.VEHICLE_PRESENT, "reopen lane", P.PERSISTING, "entry lane: ticket printed while closed"),
+    _t(P.IDLE, "scan", P.VEHICLE_PRESENT, "metro exit: the code held, its tap-in looked up"),
+    _t(P.VEHICLE_PRESENT, "trip priced", P.AUTHORISING, "metro exit: the held code authorised"),
+    _t(P.VEHICLE_PRESENT, "trip priced", P.IDLE, "metro exit: no fare here, passenger refused"),
     # The vehicle goes away, or an attendant steps in.
     _t(P.VEHICLE_PRESENT, "entry_loop off", P.IDLE, "the vehicle backed away"),
     _t(P.VEHICLE_PRESENT, "entry_loop off", P.CLOSED, "it backed away from a closed lane"),

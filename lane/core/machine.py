@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import assert_never
 
-from lane.core import diagram, paypoint, recovery, road
+from lane.core import diagram, metro, paypoint, recovery, road
 from lane.core import events as ev
 from lane.core.actions import (
     Abandon,
@@ -110,10 +110,14 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return _on_sensor(state, event, now)
         case ev.VehicleClassified() if road.road_mode(state):
             return road.on_classified(state, event, now)
+        case ev.VehicleClassified() if metro.priced_gate(state):
+            return metro.on_classified(state, event, now)
         case ev.VehicleClassified():
             return paypoint.on_classified(state, event, now)
         case ev.Scanned() if road.road_mode(state):
             return road.on_scanned(state, event, now)
+        case ev.Scanned() if metro.priced_gate(state):
+            return metro.on_scanned(state, event, now)
         case ev.Scanned():
             return paypoint.on_scanned(state, event, now)
         case ev.Decided():
@@ -146,6 +150,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return state, []  # a lane that binds no plates takes the reading and leaves it
         case ev.TicketIssued():
             return road.on_ticket(state, event, now)
+        case ev.TripPriced() if metro.priced_gate(state):
+            return metro.on_priced(state, event, now)
         case ev.TripPriced():
             return road.on_priced(state, event, now)
         case ev.AttendantNoPass():
@@ -200,8 +206,8 @@ def _on_sensor(state: LaneState, event: ev.SensorChanged, now: float) -> Result:
 def _entry_loop(state: LaneState, event: ev.SensorChanged, now: float) -> Result:
     vehicle = state.vehicle
     if event.occupied:
-        if vehicle is not None:
-            return state, []
+        if vehicle is not None or metro.priced_gate(state):
+            return state, []  # a metro gate's passenger is known from their code only
         if road.road_mode(state):
             return road.arrive(state, event.event_id, now)
         return paypoint.arrive(state, event.event_id, implicit=False)

@@ -142,6 +142,7 @@ class TripSource(StrEnum):
     PASS = "pass"  # the entry pass QR the driver showed
     PLATE = "plate"  # the open entry bound to the plate the ANPR read
     LOST = "lost"  # none: the attendant declared the pass lost (no_pass)
+    CODE = "code"  # metro exit: the open tap-in of the account of the code shown
 
 
 class PersistError(StrEnum):

@@ -98,6 +98,9 @@ class LaneRules:
     # toll-entry: an ANPR camera triggered by the entry loop reads the plate just after the
     # vehicle arrives; the pass waits this long for it (0: signed at once with what is known).
     plate_wait_s: float = 0.0
+    # transit-exit: the fare is priced by the passenger's open tap-in (entry station to this
+    # one, lane.core.metro) instead of the flat fare of the gate.
+    metro_pricing: bool = False
 
     @property
     def plaza(self) -> str:

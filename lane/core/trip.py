@@ -1,14 +1,18 @@
 """A closed road's trip as the lane core holds it for the vehicle at the pay point (pure data).
 
 An entry lane's vehicle holds a `Ticket` (the pass being issued and printed); an exit lane's
-holds `AwaitingEntry` until the shell priced its trip, then `Priced`. The rules that fill these
-are in lane.core.road; the fare itself is decided by the shell (lane.auth.trip_rules), which
-answers `PriceTrip` with `TripPriced`, as an authoriser answers `Authorise` with `Decided`.
+holds `AwaitingEntry` until the shell priced its trip, then `Priced`; a metro exit gate's
+passenger holds `TapOut` (the code shown) until its trip is priced, then `Priced`. The rules
+that fill these are in lane.core.road and lane.core.metro; the fare itself is decided by the
+shell (lane.auth.trip_rules), which answers `PriceTrip` with `TripPriced`, as an authoriser
+answers `Authorise` with `Decided`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from lane.core.events import Scanned
 
 
 @dataclass(frozen=True)
@@ -55,4 +59,14 @@ class Priced:
         return self.attendant and not self.confirmed
 
 
-Trip = Ticket | AwaitingEntry | Priced
+@dataclass(frozen=True)
+class TapOut:
+    """Metro exit gate (lane.core.metro): the passenger's code is held while the shell prices
+    the trip by the account's open tap-in (`PriceTrip` `asked`); it is then authorised at that
+    fare without being shown again."""
+
+    asked: str
+    code: Scanned
+
+
+Trip = Ticket | AwaitingEntry | TapOut | Priced

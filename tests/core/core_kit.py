@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from lane.core import diagram
+from lane.core import diagram, metro
 from lane.core import events as ev
 from lane.core.actions import (
     Abandon,
@@ -31,7 +31,7 @@ from lane.core.actions import (
 )
 from lane.core.machine import initial_state, next_deadline, step
 from lane.core.state import FlatFares, LaneMode, LaneRules, LaneState, Paying, Phase, phase
-from lane.core.trip import Priced, Ticket
+from lane.core.trip import Priced, TapOut, Ticket
 
 T = TypeVar("T")
 
@@ -120,7 +120,8 @@ class SafetyMonitor:
         passenger = after.vehicle
         if passenger is not None and passenger.implicit:
             # A fare-gate passenger exists only while their code is in hand; else the gate jams.
-            busy = not isinstance(passenger.stage, Paying)
+            # A metro exit's passenger waits for its tap-in to be looked up (lane.core.metro).
+            busy = not isinstance(passenger.stage, Paying) or isinstance(passenger.trip, TapOut)
             assert busy, f"idle implicit passenger left at the gate: {passenger}"
         label = diagram.event_label(event)
         transition = (phase(before), label, phase(after))
@@ -133,7 +134,8 @@ class SafetyMonitor:
         trip = vehicle.trip if vehicle is not None else None
         if vehicle is not None and isinstance(trip, Priced):
             assert vehicle.amount_minor == self.priced[trip.trip_id], (vehicle, trip)
-        if vehicle is not None and after.rules.mode == "toll-exit" and not vehicle.manual:
+        priced_exit = after.rules.mode == "toll-exit" or metro.priced_gate(after)
+        if vehicle is not None and priced_exit and not vehicle.manual:
             # Nothing is charged before the trip is priced.
             assert isinstance(trip, Priced) or vehicle.amount_minor is None, vehicle
 
@@ -155,7 +157,7 @@ class SafetyMonitor:
                     before.vehicle.pending_persist == event.persist_id
                 )
                 paid = d.auth.result in ("approved", "deferred")
-                if d.kind == "exit" and paid and d.pass_id and pending:
+                if d.kind in ("exit", "tap_out") and paid and d.pass_id and pending:
                     self.exited_passes.add(d.pass_id)
         trip = after.vehicle.trip if after.vehicle is not None else None
         accepted = isinstance(trip, Priced) and trip.trip_id == getattr(event, "trip_id", None)
@@ -468,7 +470,7 @@ class EventSource:
             "sensor", "sensor", "sensor", "arrive", "scan", "scan", "decided", "decided",
             "persisted", "persisted", "ack", "ack", "tick", "tick", "other",
         )  # fmt: skip
-        self.road = state.rules.mode in ("toll-entry", "toll-exit")
+        self.road = state.rules.mode in ("toll-entry", "toll-exit") or metro.priced_gate(state)
         kind = self.c.pick((*kinds, "road", "road") if self.road else kinds)
         if kind == "tick":
             deadline = next_deadline(state)
@@ -584,6 +586,12 @@ class EventSource:
         return ev.DeviceSnapshotted(barrier, sensors, self.fresh("snap"))
 
 
+def metro_answer(trip_id: str) -> ev.TripPriced:
+    """A metro exit's trip priced as the shell would: no tap-in, the maximum fare."""
+    return ev.TripPriced(trip_id, True, "no_pass", 800, "CNY", 1, None, None, None, ("no_pass",),
+                         False, ("No tap-in", "Maximum fare CNY 8.00"))  # fmt: skip
+
+
 def random_walk(driver: LaneDriver, source: EventSource, steps: int) -> None:
     for _ in range(steps):
         dt, event = source.next(driver.state, driver.now)
@@ -615,6 +623,8 @@ def heal(driver: LaneDriver, rounds: int = 12) -> None:
                 feed(ev.BarrierAcked(cmd.cmd_id, True, "open" if cmd.op == "open" else "closed"))
         elif passage is not None and passage.opened_at is not None and not passage.left:
             driver.cross()
+        elif vehicle is not None and isinstance(vehicle.trip, TapOut) and not vehicle.committed:
+            feed(metro_answer(vehicle.trip.asked))  # the shell always answers a PriceTrip
         elif vehicle is not None and vehicle.attempt is not None:
             driver.tick(10.0)  # the authoriser never answers: the lane gives up
         elif vehicle is not None and vehicle.pending_persist is not None:

@@ -105,13 +105,15 @@ def test_every_row_of_the_table_is_taken() -> None:
     taken |= scripted_heal_rows().monitor.transitions
     taken |= scripted_late_ack_rows().monitor.transitions
     taken |= scripted_snapshot_rows().monitor.transitions
-    for mode in LaneMode:
+    # Every mode, and a metro exit gate priced by tap-in (lane.core.metro).
+    every = [rules(mode) for mode in LaneMode] + [rules(LaneMode.TRANSIT_EXIT, metro_pricing=True)]
+    for lane_rules in every:
         for seed in range(WALKS_PER_MODE):
-            lane = LaneDriver(rules(mode))
+            lane = LaneDriver(lane_rules)
             random_walk(lane, EventSource(Chooser.seeded(seed)), 80)
             heal(lane)
             taken |= lane.monitor.transitions
-            lane = LaneDriver(rules(mode))
+            lane = LaneDriver(lane_rules)
             random_walk(lane, EventSource(Chooser.seeded(seed + 1000)), 60)
             world_answers(lane, 60)  # healing by itself, not by being answered
             taken |= lane.monitor.transitions

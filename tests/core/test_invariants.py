@@ -61,6 +61,7 @@ lane_rules = st.builds(
     passback_window_s=st.sampled_from([5.0, 600.0]),
     plate_wait_s=st.sampled_from([0.0, 0.5]),  # toll-entry
     attendant_confirms=st.booleans(),  # toll-exit
+    metro_pricing=st.booleans(),  # transit-exit
 )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from core_kit import EventSource, LaneDriver, of_type, one, random_walk, rules
+from core_kit import EventSource, LaneDriver, metro_answer, of_type, one, random_walk, rules
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from test_invariants import hypothesis_chooser, lane_rules
@@ -21,13 +21,16 @@ from lane.core.actions import (
     CloseBarrier,
     OpenBarrier,
     Persist,
+    PriceTrip,
     QueryDevice,
     RaiseAlarm,
 )
 from lane.core.alarms import Alarm
 from lane.core.machine import next_deadline
+from lane.core.names import TripSource
 from lane.core.notes import NoteBase, VehicleLeft
 from lane.core.state import LaneMode, LaneRules, Phase
+from lane.core.trip import TapOut
 from uplink.records import AuthInfo, RecordDraft
 
 RECORD = RecordDraft("toll", "v", 1, 250, "EUR", "token", None, AuthInfo("approved"))
@@ -81,9 +84,7 @@ def test_a_boom_that_came_down_by_itself_after_opening_ends_the_passage_at_the_d
     assert lane.phase() is Phase.IDLE
 
 
-def test_a_vehicle_through_unheard_while_the_next_one_pays_ends_its_passage() -> (
-    None
-):
+def test_a_vehicle_through_unheard_while_the_next_one_pays_ends_its_passage() -> None:
     """Seen in the console's fault walk: the barrier went offline while open for v1, v1 drove
     through unheard, and v2 arrived and paid. The snapshot's occupied entry loop is v2's (the
     lane saw it arrive after v1 left the pay point): v1's passage ends and v2 is let through.
@@ -334,7 +335,15 @@ def world_answers(lane: LaneDriver, budget: int) -> int:
             return steps
         action = pending.pop(0) if pending else None
         vehicle = state.vehicle
-        if action is None and vehicle is not None and vehicle.record_id is None:
+        trip = vehicle.trip if vehicle is not None else None
+        if (
+            action is None
+            and vehicle is not None
+            and isinstance(trip, TapOut)
+            and not vehicle.committed
+        ):
+            action = PriceTrip(trip.asked, vehicle.vehicle_id, 1, TripSource.CODE, "", None)
+        elif action is None and vehicle is not None and vehicle.record_id is None:
             # A record asked for before the world got well is written now.
             persist_id = vehicle.pending_persist
             action = None if persist_id is None else Persist(persist_id, RECORD)
@@ -344,6 +353,8 @@ def world_answers(lane: LaneDriver, budget: int) -> int:
             actions += lane.feed(ev.BarrierReported(position), 0.5)
         elif isinstance(action, QueryDevice):
             actions = lane.feed(ev.DeviceSnapshotted(position, ALL_CLEAR, lane.fresh("d")))
+        elif isinstance(action, PriceTrip):
+            actions = lane.feed(metro_answer(action.trip_id), 0.004)
         elif isinstance(action, Persist):
             actions = lane.feed(ev.Persisted(action.persist_id, lane.fresh("rec-"), 1), 0.004)
         elif action is not None:

@@ -1,0 +1,102 @@
+"""A metro exit gate priced by the passenger's tap-in, in the pure core (docs/closed-road.md#metro).
+
+A `transit-exit` gate with `rules.metro_pricing` takes the passenger's payment code, and before
+authorising it asks the shell to price the trip (`PriceTrip`, source `code`): the shell finds
+the open tap-in of the code's account (shared along the line by the entry gates), and the
+closed road's rules (lane.auth.trip_rules, `TripKind.METRO`) price it by entry station and
+exit station, with their exceptions: no tap-in, a tap-in already closed, over the time limit,
+the same station. The code held meanwhile (`TapOut`) is then authorised at that fare as at
+any gate; the `tap_out` record carries the entry station, the tap-in's trip id and the rules'
+flags, and once it is durable the tap-in is closed (`MarkPassUsed`, lane.core.road), so a
+tap-in exits once. No attendant: a metro's exceptions charge at once, flagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lane.core import events as ev
+from lane.core import paypoint
+from lane.core.actions import Action, Authorise, PriceTrip, ShowOnDisplay
+from lane.core.display import ASSISTANCE
+from lane.core.names import PAYABLE_KINDS, TripSource
+from lane.core.notes import RoadEventIgnored, ScanIgnored, TripPricedNote, VehicleArrived
+from lane.core.state import LaneMode, LaneState, Vehicle
+from lane.core.trip import Priced, TapOut
+
+Result = tuple[LaneState, list[Action]]
+
+PROCESSING = "Processing payment"
+
+
+def priced_gate(state: LaneState) -> bool:
+    return state.rules.mode is LaneMode.TRANSIT_EXIT and state.rules.metro_pricing
+
+
+def on_classified(state: LaneState, event: ev.VehicleClassified, now: float) -> Result:
+    """The class of the next passenger to show a code (a reduced-fare class, say): a trip
+    being priced or paid keeps the class it was priced for."""
+    return replace(state, next_class=event.vehicle_class), []
+
+
+def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
+    """A payable code with nobody at the gate: hold it and ask for the trip's fare. Anything
+    else is the fare gate's as usual (refused, ignored while a payment is in flight)."""
+    vehicle = state.vehicle
+    if vehicle is not None and isinstance(vehicle.trip, TapOut):
+        return state, [ScanIgnored(vehicle.vehicle_id, "tap-in being looked up")]
+    if vehicle is not None or not state.accepting_payments or event.kind not in PAYABLE_KINDS:
+        return paypoint.on_scanned(state, event, now)
+    rules = state.rules
+    vehicle_class = state.next_class if state.next_class is not None else rules.default_class
+    trip_id = f"{event.event_id}/trip"
+    vehicle = Vehicle(event.event_id, vehicle_class, None, "", implicit=True,
+                      trip=TapOut(trip_id, event))  # fmt: skip
+    ask = PriceTrip(trip_id, vehicle.vehicle_id, vehicle_class, TripSource.CODE, event.text,
+                    None, event.kind)  # fmt: skip
+    state = replace(state, vehicle=vehicle, next_class=None)
+    return state, [VehicleArrived(vehicle.vehicle_id, vehicle_class, True), ask]
+
+
+def on_priced(state: LaneState, event: ev.TripPriced, now: float) -> Result:
+    """The fare of the held code's trip: authorise the code at it. A gate that cannot price
+    the trip at all (a tariff without this station or class: check-config says so) refuses
+    the passenger, who may try again; so does a gate that closed or faulted meanwhile."""
+    vehicle = state.vehicle
+    trip = vehicle.trip if vehicle is not None else None
+    asked = isinstance(trip, TapOut) and trip.asked == event.trip_id
+    if vehicle is None or vehicle.committed or not isinstance(trip, TapOut) or not asked:
+        # Stale, or an attendant opened for the passenger meanwhile (a manual record).
+        return state, [RoadEventIgnored(f"trip {event.trip_id}: not asked for now")]
+    note = TripPricedNote(vehicle.vehicle_id, event.outcome, event.amount_minor, event.pass_id,
+                          event.entry_plaza, False)  # fmt: skip
+    if event.amount_minor is None or not state.accepting_payments:
+        why = event.display[0] if event.amount_minor is None and event.display else "Not accepted"
+        shown = ShowOnDisplay((why, ASSISTANCE), ttl_s=3.0)
+        return replace(state, vehicle=None), [note, shown]
+    priced = Priced(
+        event.trip_id,
+        event.outcome,
+        event.amount_minor,
+        event.currency,
+        event.entry_plaza,
+        event.pass_id,
+        event.pass_exp,
+        event.flags,
+        attendant=False,
+        confirmed=True,
+        display=event.display,
+    )
+    vehicle = replace(
+        vehicle,
+        trip=priced,
+        amount_minor=event.amount_minor,
+        currency=event.currency,
+        vehicle_class=event.charged_class or vehicle.vehicle_class,
+    )
+    state, actions = paypoint.on_scanned(replace(state, vehicle=vehicle), trip.code, now)
+    if any(isinstance(a, Authorise) for a in actions):
+        # What the passenger is charged and why (`Same station exit`, `No tap-in` ...).
+        actions = [a for a in actions if not isinstance(a, ShowOnDisplay)]
+        actions.append(ShowOnDisplay((*event.display, PROCESSING)))
+    return state, [note, *actions]
