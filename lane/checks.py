@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from lane.auth.deny import DenyList, DenyListError, load_deny_list
 from lane.auth.entry_exit import EntryExitMatrix
-from lane.auth.fares import TariffError, load_tariff
+from lane.auth.fares import Tariff, TariffError, load_tariff
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet, KeySetError, KeyUse, keyset_stale, load_keyset
 from lane.auth.netkeys import KeyFileError
@@ -107,21 +107,30 @@ def _check_tariff(config: LaneConfig, path: Path, found: Findings) -> None:
             f"{config.fares.tariff}: [{tariff.kind}]: this tariff is for {tariff.kind} lanes, "
             f"but {path} sets lane.mode = {mode!r} (needs a [{wanted}] tariff)"
         )
-    if mode == "toll-exit" and tariff.entry_exit is None:
-        found.problems.append(
-            f"{config.fares.tariff}: [toll] mode: a toll-exit lane prices trips by entry and "
-            f"exit: it needs mode = 'entry_exit' (deploy/tariff.road.example.toml)"
+    exit_lane = mode == "toll-exit" or config.metro_pricing
+    if exit_lane and tariff.entry_exit is None:
+        what = (
+            "a toll-exit lane prices trips"
+            if mode == "toll-exit"
+            else ("a transit-exit gate with metro.line prices by tap-in station")
         )
-    elif mode != "toll-exit" and tariff.entry_exit is not None:
         found.problems.append(
-            f"{config.fares.tariff}: mode: 'entry_exit' prices the exits of a closed road, "
-            f"which lane.mode {mode!r} in {path} does not charge (use 'toll-exit')"
+            f"{config.fares.tariff}: [{tariff.kind}] mode: {what} by entry and exit: it needs "
+            f"mode = 'entry_exit' (deploy/tariff.road.example.toml, docs/closed-road.md#metro)"
+        )
+    elif not exit_lane and tariff.entry_exit is not None:
+        found.problems.append(
+            f"{config.fares.tariff}: mode: 'entry_exit' prices the exits of a closed road or a "
+            f"metro line, which lane.mode {mode!r} in {path} does not charge (use 'toll-exit', "
+            "or 'transit-exit' with metro.line)"
         )
     elif tariff.entry_exit is not None:
-        _check_road(config, path, tariff.entry_exit, found)
+        _check_road(config, path, tariff, tariff.entry_exit, found)
 
 
-def _check_road(config: LaneConfig, path: Path, road: EntryExitMatrix, found: Findings) -> None:
+def _check_road(
+    config: LaneConfig, path: Path, tariff: Tariff, road: EntryExitMatrix, found: Findings
+) -> None:
     """An exit lane's plaza must be an exit of every tariff version (its every cell for every
     class is checked by the tariff's own loading), and every entry plaza needs a pass key, or
     its passes are refused as `unknown_key` at every exit."""
@@ -129,12 +138,12 @@ def _check_road(config: LaneConfig, path: Path, road: EntryExitMatrix, found: Fi
     for n, version in enumerate(road.versions):
         if plaza not in version.exits:
             found.problems.append(
-                f"{config.fares.tariff}: toll.version[{n}].exits: the lane's plaza {plaza!r} "
-                f"({path} lane.id) is not an exit of this version: every vehicle would be "
-                "unpriced"
+                f"{config.fares.tariff}: {tariff.kind}.version[{n}].exits: the lane's plaza "
+                f"{plaza!r} ({path} lane.id) is not an exit of this version: every vehicle "
+                "would be unpriced"
             )
-    if config.auth.keyset is None:
-        return
+    if config.auth.keyset is None or config.metro_pricing:
+        return  # a metro's entries are tap-ins, not signed passes
     try:
         keys = load_keyset(config.auth.keyset)
     except KeySetError:

@@ -238,6 +238,41 @@ class RoadSection(_Section):
         return self
 
 
+class MetroSection(_Section):
+    """A metro line's gates (docs/closed-road.md#metro): share the line's taps, and price a
+    `transit-exit` gate's fare by the passenger's tap-in station."""
+
+    line: str | None = Field(
+        None,
+        pattern=r"^[\w-]{1,32}$",
+        description="the gate's line; set: its taps are shared on line/{line}/taps, and a "
+        "transit-exit gate prices by tap-in with an entry_exit [transit] tariff",
+    )
+    max_trip_s: float = Field(
+        14_400, gt=0, le=2 * 86_400, description="transit-exit: longer inside is over_time"
+    )
+    over_time: Literal["farthest", "trip"] = Field(
+        "farthest", description="transit-exit: over the limit pays the maximum fare, or the trip's"
+    )
+    same_station_window_s: float = Field(
+        1200, ge=0, le=86_400, description="transit-exit: out where in within this: same station"
+    )
+
+    @model_validator(mode="after")
+    def _window_within_limit(self) -> MetroSection:
+        if self.same_station_window_s >= self.max_trip_s:
+            raise ValueError(
+                f"same_station_window_s ({self.same_station_window_s:g}) must be shorter than "
+                f"max_trip_s ({self.max_trip_s:g})"
+            )
+        return self
+
+    @property
+    def retention_s(self) -> float:
+        """How long a gate keeps a tap-in: an exit after the limit is still known as over time."""
+        return 2 * self.max_trip_s
+
+
 class LaneConfig(_Section):
     lane: LaneSection = Field(default_factory=LaneSection)
     broker: BrokerSection = Field(default_factory=BrokerSection)
@@ -248,6 +283,7 @@ class LaneConfig(_Section):
     uplink: UplinkSection = Field(default_factory=UplinkSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     road: RoadSection = Field(default_factory=RoadSection)
+    metro: MetroSection = Field(default_factory=MetroSection)
 
     @model_validator(mode="after")
     def _road_lanes_have_what_they_need(self) -> LaneConfig:
@@ -261,7 +297,17 @@ class LaneConfig(_Section):
             raise ValueError(
                 "lane.mode 'toll-exit' prices trips: set fares.tariff to an entry_exit tariff"
             )
+        if self.metro_pricing and self.fares.tariff is None:
+            raise ValueError(
+                "lane.mode 'transit-exit' with metro.line prices by tap-in: set fares.tariff "
+                "to an entry_exit [transit] tariff (or leave metro.line unset for a flat fare)"
+            )
         return self
+
+    @property
+    def metro_pricing(self) -> bool:
+        """A transit-exit gate on a line prices by the passenger's tap-in."""
+        return self.lane.mode == "transit-exit" and self.metro.line is not None
 
 
 def parse_config(data: dict[str, object], source: str = "<config>") -> LaneConfig:

@@ -19,7 +19,7 @@ import secrets
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from lane.auth.resolution_store import ResolutionStore, StoreError
 from lane.auth.resolver import Resolver
 from lane.auth.sourced import SourcedError
 from lane.auth.trip_pricing import DAY_S, ExitLaneRules
-from lane.auth.trip_rules import OverTimeCharge, RoadRules
+from lane.auth.trip_rules import OverTimeCharge, RoadRules, TripKind
 from lane.auth.trust import UpdateKind
 from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
@@ -71,6 +71,8 @@ from lane.notification import Notification, ShellNote, ShellNoteName
 from lane.ops import LaneOps, TimedBarrier
 from lane.road_port import RoadDesks
 from lane.runner import Clocks, LaneRunner
+from lane.tap_desk import ExitPricing, TapDesk
+from lane.tap_store import TapStore
 from lane.ticket_desk import TicketDesk
 from lane.transport.mqtt import Credentials, Incoming, MqttLink, tls_context
 from lane.trip_desk import TripDesk
@@ -205,6 +207,7 @@ def rules_from(config: LaneConfig) -> LaneRules:
         probe_s=config.lane.probe_s,
         attendant_confirms=config.road.attendant_confirms,
         plate_wait_s=config.road.plate_wait_s,
+        metro_pricing=config.metro_pricing,
     )
 
 
@@ -221,6 +224,7 @@ class Opened:
     source: FrameSource
     pass_key: PlazaPassKey | None = None  # toll-entry: what its passes are signed with
     tariff: Tariff | None = None  # toll-exit: the entry-exit matrix its trips are priced by
+    taps: TapStore | None = None  # a metro gate on a line: the line's tap-ins by account
 
 
 def account_key(config: LaneConfig) -> bytes:
@@ -266,6 +270,10 @@ def open_files(
             source or open_source(config.camera.source, settings=config.camera.capture()),
             *_road_files(config),
         )
+        if config.metro.line is not None and LaneMode(config.lane.mode).fare_gate:
+            taps = TapStore(data / "taps.sqlite3")
+            stack.callback(taps.close)
+            opened = replace(opened, taps=taps)
         return opened, stack.pop_all()
     raise AssertionError("unreachable")  # the with block returns or raises  # pragma: no cover
 
@@ -276,13 +284,30 @@ def _road_files(config: LaneConfig) -> tuple[PlazaPassKey | None, Tariff | None]
     if config.lane.mode == "toll-entry" and road.pass_key is not None and road.pass_kid:
         key = PlazaPassKey.load(road.pass_key, road.pass_kid, config.lane.plaza)
     tariff = None
-    if config.lane.mode == "toll-exit" and config.fares.tariff is not None:
+    exit_lane = config.lane.mode == "toll-exit" or config.metro_pricing
+    if exit_lane and config.fares.tariff is not None:
         tariff = load_tariff(config.fares.tariff)
     return key, tariff
 
 
 def exit_rules(config: LaneConfig) -> ExitLaneRules:
     road = config.road
+    if config.metro_pricing:
+        metro = config.metro
+        # A tap-in is remembered (and its exit kept in the replay store) for the retention.
+        rules = RoadRules(
+            TripKind.METRO,
+            metro.same_station_window_s,
+            metro.max_trip_s,
+            OverTimeCharge(metro.over_time),
+        )
+        return ExitLaneRules(
+            config.lane.plaza,
+            config.lane.id,
+            rules,
+            pass_lifetime_s=metro.retention_s,
+            skew_s=config.auth.skew_s,
+        )
     return ExitLaneRules(
         config.lane.plaza,
         config.lane.id,
@@ -395,7 +420,7 @@ class LaneDaemon:
             self.sharing = UsedTokenSharing(self.uplink, self.replay, config.lane.plaza, self.lane)
             subs.append(self.sharing.subscription())
         self.road = self._road_desks(opened)
-        for desk in (self.road.tickets, self.road.trips):
+        for desk in (self.road.tickets, self.road.trips, self.road.taps):
             if desk is not None:
                 subs += desk.subscriptions()
         self.uplink.subscriptions = subs
@@ -481,6 +506,8 @@ class LaneDaemon:
                 monotonic=self.clocks.monotonic,
                 retry_s=self.config.road.print_retry_s,
             )
+        if opened.taps is not None:
+            return RoadDesks(taps=self._tap_desk(opened.taps, opened))
         if opened.tariff is not None:
             trips = TripDesk(
                 exit_rules(self.config),
@@ -492,6 +519,30 @@ class LaneDaemon:
                 wall=self.clocks.wall,
             )
         return RoadDesks(tickets, trips)
+
+    def _tap_desk(self, store: TapStore, opened: Opened) -> TapDesk:
+        """A metro gate's desk: shares the line's taps; a transit-exit prices by them."""
+        metro = self.config.metro
+        assert metro.line is not None
+        pricing = None
+        if opened.tariff is not None:
+            pricing = ExitPricing(
+                exit_rules(self.config),
+                opened.tariff,
+                lambda: self.verifier.keys,
+                lambda: self.verifier.deny,
+                opened.account_key,
+            )
+        return TapDesk(
+            metro.line,
+            self.lane,
+            metro.retention_s,
+            store,
+            self.replay,
+            self.uplink,
+            pricing=pricing,
+            wall=self.clocks.wall,
+        )
 
     async def _is_recorded(self, payment_id: str) -> bool:
         """Crash recovery: did a record say this payment was taken? Then it is settled, never
@@ -588,6 +639,8 @@ class LaneDaemon:
             self.road.tickets.handle(msg)
         elif self.road.trips is not None and self.road.trips.handles(msg.topic):
             self.road.trips.handle(msg)
+        elif self.road.taps is not None and self.road.taps.handles(msg.topic):
+            await self.road.taps.handle(msg)
         elif self.sharing is not None:
             await self.sharing.handle(msg)
 
@@ -621,6 +674,8 @@ class LaneDaemon:
         match note:
             case ShellNote(name=ShellNoteName.RECORD):
                 self.forwarder.wake()  # a record is on disk: forward it now, not at the next poll
+                if self.road.taps is not None:
+                    self.road.taps.on_record(note.body["record"])  # the line hears of a tap
             case VehicleArrived(implicit=False) | VehicleLeft() | TripPricedNote():
                 # Codes still in view count again for the next person (a screenshot must reach
                 # the replay check), but not for the fare-gate passenger the code just made.
@@ -651,6 +706,8 @@ class LaneDaemon:
                 tg.create_task(guard(self.resolver.run()), name="resolver")
                 if self.sharing is not None:
                     tg.create_task(guard(self.sharing.run()), name="plaza-sharing")
+                if self.road.taps is not None:
+                    tg.create_task(guard(self.road.taps.run()), name="line-taps")
                 tg.create_task(guard(self._status_loop()), name="status")
                 tg.create_task(guard(self._health_loop()), name="health")
                 tg.create_task(guard(self.ops.run()), name="ops")

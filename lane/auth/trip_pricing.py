@@ -5,6 +5,11 @@ the plate, or none), asks the used-pass store whether the pass already exited, a
 `price_trip`; everything between is here and pure: the pass verified offline by signature
 (`verify_pass`: the key set's pass keys, the pass lifetime), the fare and its exceptions
 (`decide_fare`), and the answer the core takes. docs/closed-road.md has the rules and texts.
+
+A metro exit gate (`price_tap_out`) prices the same way from the passenger's tap-in: the
+account of the code shown (`code_account`: the token's subject, or the keyed reference of a
+payment code, exactly as the authoriser records it) finds the tap-in in the shell's store,
+`tap_in_entry` makes it the entry evidence, and "already used" means it already exited.
 """
 
 from __future__ import annotations
@@ -12,19 +17,25 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from lane.auth.deny import DenyList
 from lane.auth.fares import FareError, Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import EntryPass, PassAccepted, verify_pass
+from lane.auth.paycodes import CodeError, online_code
+from lane.auth.tokens import TokenAccepted, verify_token
 from lane.auth.trip_rules import (
     MAX_LINE,
     Evidence,
     ExitContext,
     RoadRules,
+    StampedRecord,
     decide_fare,
     display_lines,
+    tap_in_entry,
 )
 from lane.core.actions import PriceTrip
 from lane.core.events import TripPriced
+from lane.core.names import PayloadKind
 
 DAY_S = 86_400
 
@@ -89,6 +100,44 @@ def price_trip(  # noqa: PLR0917 - the trip's inputs, each its own
     )
 
 
+def code_account(  # noqa: PLR0917 - what each kind of code needs to name its account
+    kind: PayloadKind | None,
+    text: str,
+    keys: KeySet,
+    deny: DenyList,
+    account_key: bytes,
+    now: float,
+    skew_s: float,
+) -> str | None:
+    """The account reference the authoriser will record for this code (a token's subject, a
+    payment code's keyed reference), or None: a code it will refuse anyway."""
+    if kind is PayloadKind.TOKEN:
+        verdict = verify_token(text, keys, deny, now, skew_s)
+        return verdict.account_ref if isinstance(verdict, TokenAccepted) else None
+    try:
+        return online_code(str(kind), text, account_key).account_ref
+    except CodeError:
+        return None
+
+
+def price_tap_out(  # noqa: PLR0917 - the trip's inputs, each its own
+    request: PriceTrip,
+    tap_in: StampedRecord | None,
+    exited: bool,
+    tariff: Tariff,
+    rules: ExitLaneRules,
+    now: float,
+) -> TripPriced:
+    """A metro exit: `tap_in` is the account's latest tap-in (None: none on the line within
+    the retention), `exited` whether it already exited. A tap-in record the rules cannot read
+    (no usable trip id) counts as no tap-in: the passenger pays the maximum fare, flagged."""
+    try:
+        entry = tap_in_entry(tap_in) if tap_in is not None else None
+    except ValueError:
+        entry = None
+    return price_trip(request, entry, exited and entry is not None, tariff, rules, now)
+
+
 def unpriced(trip_id: str, headline: str, detail: str, currency: str = "") -> TripPriced:
     """No fare can be charged here (a configuration fault, a failure): the attendant decides."""
     return TripPriced(trip_id, True, "unpriced", None, currency, flags=("unpriced",),
@@ -102,9 +151,11 @@ def not_found(request: PriceTrip) -> TripPriced:
 
 __all__ = [
     "ExitLaneRules",
+    "code_account",
     "evidence_of",
     "not_found",
     "pass_expiry",
+    "price_tap_out",
     "price_trip",
     "unpriced",
 ]

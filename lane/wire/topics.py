@@ -99,3 +99,10 @@ def plate_of(topic: str) -> str | None:
     """The plate of a road_plate topic, or None when the topic is not one."""
     head, _, plate = topic.rpartition("/")
     return plate if head == "road/plates" and plate else None
+
+
+def line_taps(line: str) -> str:
+    """Metro gates of a line, QoS 1, not retained: every approved `tap_in` and `tap_out`
+    record (the uplink `Record`, encoded), so an exit gate prices by the passenger's open
+    tap-in offline and a tap-in exits once along the line (docs/closed-road.md#metro)."""
+    return f"line/{line}/taps"

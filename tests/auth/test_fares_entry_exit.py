@@ -208,6 +208,7 @@ def test_check_config_refuses_a_road_tariff_at_a_toll_lane(tmp_path: Path) -> No
     (tmp_path / "keyset.json").write_text(keyset_to_json(with_pass_key))
     found = check_config(tmp_path / "lane.toml", now=CHANGE)
     assert [p for p in found.problems if "entry_exit" in p] == [
-        f"{tmp_path / 'tariff.toml'}: mode: 'entry_exit' prices the exits of a closed road, "
-        f"which lane.mode 'toll' in {tmp_path / 'lane.toml'} does not charge (use 'toll-exit')"
+        f"{tmp_path / 'tariff.toml'}: mode: 'entry_exit' prices the exits of a closed road or a "
+        f"metro line, which lane.mode 'toll' in {tmp_path / 'lane.toml'} does not charge (use "
+        "'toll-exit', or 'transit-exit' with metro.line)"
     ]

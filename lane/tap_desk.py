@@ -1,0 +1,225 @@
+"""A metro gate's tap desk: share the line's taps, and price an exit by the passenger's tap-in.
+
+Every gate of a line with `metro.line` set publishes its approved `tap_in` and `tap_out`
+records (the uplink `Record`, encoded) on `line/{line}/taps` once they are durable (QoS 1,
+queued while the broker is away), and takes the other gates' ones: a tap-in goes into the
+`TapStore` by account, a tap-out marks its tap-in exited in the replay store (`pass:` key,
+like a road pass). All offline: an exit gate asks nobody.
+
+`price` answers a `transit-exit` gate's `PriceTrip` (source code): the account of the code
+shown, its latest tap-in and whether it exited, priced by lane.auth.trip_pricing
+(`price_tap_out`). `mark_used` answers `MarkPassUsed`: the tap_out record is durable, the
+tap-in has exited (a tap-in exits once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lane.auth.deny import DenyList
+from lane.auth.fares import Tariff
+from lane.auth.keys import KeySet
+from lane.auth.passes import pass_key
+from lane.auth.replay import ReplayStore
+from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
+from lane.auth.trip_rules import tap_in_entry
+from lane.core.actions import MarkPassUsed, PriceTrip
+from lane.core.events import TripPriced
+from lane.core.names import AuthResult, RecordKind
+from lane.tap_store import TapStore
+from lane.transport.mqtt import Incoming, LinkDown, MqttLink
+from lane.wire import topics
+from lane.wire.codec import PayloadError
+from uplink.records import Record
+
+log = logging.getLogger("lane.tap_desk")
+
+SHARED = (RecordKind.TAP_IN, RecordKind.TAP_OUT)
+PAID = (AuthResult.APPROVED, AuthResult.DEFERRED)
+
+
+@dataclass(frozen=True)
+class ExitPricing:
+    """What a metro exit gate prices with (an entry gate only shares its taps)."""
+
+    rules: ExitLaneRules
+    tariff: Tariff
+    keys: Callable[[], KeySet]  # the lane's current key set: a token's account is its subject
+    deny: Callable[[], DenyList]
+    account_key: bytes  # a payment code's account reference, as the authoriser makes it
+
+
+class TapDesk:
+    def __init__(  # noqa: PLR0917 - the desk's stores and link, each its own
+        self,
+        line: str,
+        lane: str,
+        retention_s: float,
+        store: TapStore,
+        replay: ReplayStore,
+        link: MqttLink,
+        *,
+        pricing: ExitPricing | None,
+        wall: Callable[[], float],
+        max_pending: int = 10_000,
+    ) -> None:
+        self.lane = lane
+        self.topic = topics.line_taps(line)
+        self.retention_s = retention_s
+        self.store = store
+        self.replay = replay
+        self.link = link
+        self.pricing = pricing
+        self.wall = wall
+        self.skew_s = pricing.rules.skew_s if pricing is not None else 30.0
+        self.published = 0
+        self.received = 0
+        self._pending: asyncio.Queue[Record] = asyncio.Queue(max_pending)
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        return [(self.topic, 1)]
+
+    def handles(self, topic: str) -> bool:
+        return topic == self.topic
+
+    # --- sharing ------------------------------------------------------------------------------
+
+    def on_record(self, body: Mapping[str, Any]) -> None:
+        """A record of this lane is durable (the runner's record note): share a paid tap."""
+        if body.get("kind") not in SHARED or body.get("auth", {}).get("result") not in PAID:
+            return
+        record = Record.from_map({k: v for k, v in body.items() if k != "v"})
+        if self._pending.full():
+            dropped = self._pending.get_nowait()
+            log.warning(
+                "tap backlog full, dropped oldest",
+                extra={"lane": self.lane, "record_id": dropped.record_id},
+            )
+        self._pending.put_nowait(record)
+
+    async def run(self, retry_s: float = 0.2) -> None:
+        """Publish the queued taps, in order, whenever the broker is there."""
+        while True:
+            record = await self._pending.get()
+            while True:
+                left = record.ts_us / 1e6 + self.retention_s - self.wall()
+                if left <= 0:
+                    break  # no gate keeps a tap-in this old any more
+                await self.link.connected.wait()
+                try:
+                    await self.link.publish(
+                        self.topic, record.encode(), qos=1, expiry_s=max(1, math.ceil(left))
+                    )
+                except LinkDown as exc:
+                    log.warning(
+                        "tap publish failed, will retry",
+                        extra={"lane": self.lane, "record_id": record.record_id, "error": str(exc)},
+                    )
+                    await asyncio.sleep(retry_s)
+                    continue
+                self.published += 1
+                break
+
+    async def handle(self, msg: Incoming) -> None:
+        """Another gate's tap: keep a tap-in by account; a tap-out closes its tap-in here."""
+        try:
+            record = Record.decode(msg.payload)
+        except PayloadError as exc:
+            log.warning("bad tap message", extra={"lane": self.lane, "error": str(exc)})
+            return
+        if record.lane == self.lane:
+            return  # our own publish coming back
+        d = record.draft
+        if d.kind not in SHARED or d.auth.result not in PAID:
+            log.warning(
+                "tap message not a paid tap",
+                extra={"lane": self.lane, "record_id": record.record_id, "kind": str(d.kind)},
+            )
+            return
+        self.received += 1
+        await asyncio.to_thread(self._learn, record, msg.payload)
+
+    def _learn(self, record: Record, encoded: bytes) -> None:
+        d = record.draft
+        now = self.wall()
+        expires = record.ts_us / 1e6 + self.retention_s
+        if d.kind == RecordKind.TAP_OUT:
+            if d.pass_id is not None:  # exited: marked like a road pass (kept until it expires)
+                self.replay.mark_remote(
+                    pass_key(d.pass_id),
+                    math.ceil(expires),
+                    record.lane,
+                    record.ts_us / 1e6,
+                    now=now,
+                )
+            return
+        if d.account_ref is None:
+            return  # nobody to find it by
+        try:
+            trip = tap_in_entry(record).pass_hex
+        except ValueError as exc:
+            log.warning(
+                "tap-in without a trip id",
+                extra={"lane": self.lane, "record_id": record.record_id, "error": str(exc)},
+            )
+            return
+        self.store.add(trip, d.account_ref, record.ts_us, expires, encoded, now)
+
+    # --- an exit gate -------------------------------------------------------------------------
+
+    async def price(self, request: PriceTrip) -> TripPriced:
+        pricing = self.pricing
+        if pricing is None:
+            raise LookupError("this gate does not price exits")
+        now = self.wall()
+        account = code_account(
+            request.code_kind,
+            request.pass_text or "",
+            pricing.keys(),
+            pricing.deny(),
+            pricing.account_key,
+            now,
+            self.skew_s,
+        )
+        tap_in, exited = await asyncio.to_thread(self._open_tap, account, now)
+        answer = price_tap_out(request, tap_in, exited, pricing.tariff, pricing.rules, now)
+        log.info(
+            "tap-out priced",
+            extra={
+                "lane": self.lane,
+                "trip_id": request.trip_id,
+                "outcome": answer.outcome,
+                "amount_minor": answer.amount_minor,
+                "pass_id": answer.pass_id,
+                "entry_plaza": answer.entry_plaza,
+            },
+        )
+        return answer
+
+    def _open_tap(self, account: str | None, now: float) -> tuple[Record | None, bool]:
+        encoded = self.store.latest(account, now) if account is not None else None
+        if encoded is None:
+            return None, False
+        record = Record.decode(encoded)
+        try:
+            trip = tap_in_entry(record).pass_hex
+        except ValueError:
+            return record, False  # priced as no tap-in (lane.auth.trip_pricing)
+        return record, self.replay.get(pass_key(trip)) is not None
+
+    async def mark_used(self, action: MarkPassUsed) -> None:
+        first = await asyncio.to_thread(
+            self.replay.check_and_mark,
+            pass_key(action.pass_id),
+            math.ceil(action.expires_at),
+            self.lane,
+            self.wall(),
+        )
+        log.info(
+            "tap-in exited", extra={"lane": self.lane, "pass_id": action.pass_id, "first": first}
+        )

@@ -1,0 +1,98 @@
+"""A metro gate's store of the line's tap-ins, by account (docs/closed-road.md#metro).
+
+Every approved `tap_in` record the line's entry gates share (lane.tap_desk) is kept here with
+the passenger's account reference, so an exit gate finds the open tap-in of the account whose
+code is shown without asking anyone. A tap-in is kept until `expires` (its time + the line's
+retention, twice the trip time limit: an exit after the limit is still known as over time),
+then purged; the store is bounded by the traffic of that window. Whether a tap-in has exited
+is not kept here: it is the replay store's `pass:` key (lane.auth.replay), like a road pass.
+
+SQLite in WAL mode (synchronous NORMAL: a tap-in lost in a power cut is heard again from no
+one, but costs only a maximum fare, never a free ride). The calls block; the asyncio shell
+runs them with `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from lane.auth.replay import Migration, migrate, refuse_newer
+
+
+class TapStoreError(RuntimeError):
+    """The tap store cannot be opened or written."""
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE taps ("
+        " trip TEXT PRIMARY KEY,"  # the tap-in's trip id (hex), as the tap_out record names it
+        " account TEXT NOT NULL,"
+        " ts_us INTEGER NOT NULL,"
+        " expires REAL NOT NULL,"
+        " record BLOB NOT NULL"  # the encoded tap_in record (uplink.records.Record)
+        ") WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX taps_account ON taps (account, ts_us)")
+    conn.execute("CREATE INDEX taps_expires ON taps (expires)")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
+
+
+class TapStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            refuse_newer(self._conn, len(MIGRATIONS), self.path)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            migrate(self._conn, MIGRATIONS, self.path)
+        except (sqlite3.Error, RuntimeError) as exc:
+            raise TapStoreError(f"{self.path}: cannot open: {exc}") from exc
+
+    def add(  # noqa: PLR0917 - one row's columns
+        self, trip: str, account: str, ts_us: int, expires: float, record: bytes, now: float
+    ) -> bool:
+        """Keep a tap-in (and forget the expired ones); True when it was new."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("DELETE FROM taps WHERE expires < ?", (now,))
+                new = self._conn.execute(
+                    "INSERT INTO taps VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (trip, account, ts_us, expires, record),
+                ).rowcount
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise TapStoreError(f"{self.path}: {exc}") from exc
+        return new == 1
+
+    def latest(self, account: str, now: float) -> bytes | None:
+        """The account's latest tap-in not yet expired (encoded record), or None."""
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    "SELECT record FROM taps WHERE account = ? AND expires >= ?"
+                    " ORDER BY ts_us DESC LIMIT 1",
+                    (account, now),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise TapStoreError(f"{self.path}: {exc}") from exc
+        return None if row is None else bytes(row[0])
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM taps").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
