@@ -93,7 +93,14 @@ class TapDesk:
         """A record of this lane is durable (the runner's record note): share a paid tap."""
         if body.get("kind") not in SHARED or body.get("auth", {}).get("result") not in PAID:
             return
-        record = Record.from_map({k: v for k, v in body.items() if k != "v"})
+        try:
+            record = Record.from_map(body)
+        except PayloadError as exc:  # our own record: a bug, but the record itself is safe
+            log.error(
+                "tap not shared",
+                extra={"lane": self.lane, "error": str(exc), "record_id": body.get("record_id")},
+            )
+            return
         if self._pending.full():
             dropped = self._pending.get_nowait()
             log.warning(

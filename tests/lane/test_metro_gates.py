@@ -1,0 +1,118 @@
+"""A metro line against the real things: two lane daemons on the session mosquitto (a
+`transit-entry` gate at station S01 and a `transit-exit` gate at S03, both on one line), device
+emulators, the SQLite queues, tap stores and replay stores, and the back office's ingest. A
+passenger taps in at S01 with a token and out at S03 with another token of the same account:
+charged the matrix fare, the tap_out record names S01 and the tap-in's trip id. The same
+tap-in cannot exit twice; a passenger with no tap-in pays the maximum fare, flagged."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from polling import eventually
+from test_road_lanes import Road, RoadLane, back_office, eventually_value, road, show
+
+from lane.auth.fares import load_tariff
+from lane.auth.tokens import issue_compact_token
+from sim.codes import KID
+from uplink.records import Record
+from uplink.sqlite_store import SqliteIngestStore
+
+__all__ = ["road"]  # the fixture, shared with the closed road's test
+
+METRO = Path(__file__).resolve().parents[2] / "deploy" / "tariff.metro.example.toml"
+
+
+def token(road: Road, account: str, iat: int) -> str:
+    """A token of `account` (the phone refreshes it: another iat, another token)."""
+    return issue_compact_token(road.codes.key, KID, account, iat, iat + 60)
+
+
+async def gates(road: Road) -> tuple[RoadLane, RoadLane]:
+    line = {"line": f"L{road.run_id}"}
+    auth = {"keyset": str(road.keyset)}
+    entry = await road.lane(road.lane_id("S01/g"), "transit-entry", auth=auth, metro=line)
+    exit_gate = await road.lane(
+        road.lane_id("S03/x"), "transit-exit", auth=auth, metro=line, fares={"tariff": str(METRO)}
+    )
+    return entry, exit_gate
+
+
+async def through(gate: RoadLane, code: str) -> dict[str, Any]:
+    """The passenger shows `code` until the gate opens, walks through; returns the record."""
+    opened = len(gate.named("barrier_opened"))
+    await show(gate, code, lambda: len(gate.named("barrier_opened")) > opened)
+    await gate.device.set_sensor("light_curtain", True)
+    await gate.device.set_sensor("light_curtain", False)
+    await eventually(lambda: gate.daemon.runner.state.passage is None, what="the gate closed")
+    paid = [r for r in (f["record"] for f in gate.named("record"))
+            if r["auth"]["result"] == "approved"]  # fmt: skip
+    return paid[-1]
+
+
+def ingested(store: SqliteIngestStore, kind: str) -> list[Record]:
+    records = (Record.decode(data) for data in store.records_between(0, 2**62))
+    return [r for r in records if r.draft.kind == kind]
+
+
+async def test_a_passenger_pays_the_fare_from_the_tap_in_station_once(road: Road) -> None:
+    store, ingest, bo_link = back_office(road.tmp, road.broker)
+    bo = asyncio.create_task(bo_link.run())
+    road.stack.push_async_callback(ingest.close)
+    road.stack.push_async_callback(lambda: asyncio.gather(bo, return_exceptions=True))
+    road.stack.callback(bo.cancel)
+    await bo_link.wait_connected(5)
+    entry, exit_gate = await gates(road)
+    taps = exit_gate.daemon.road.taps
+    assert taps is not None
+    tariff = load_tariff(METRO)
+    now = int(time.time())
+
+    tap_in = await through(entry, token(road, "rider-1", now))
+    assert (tap_in["kind"], tap_in["account_ref"]) == ("tap_in", "rider-1")
+    await eventually(lambda: taps.store.count() == 1, what="the tap-in heard at the exit gate")
+
+    tap_out = await through(exit_gate, token(road, "rider-1", now - 1))
+    fare = tariff.trip_fare(1, "S01", "S03", time.time()).amount_minor
+    trip = uuid.UUID(tap_in["record_id"]).hex
+    assert (tap_out["kind"], tap_out["amount_minor"], tap_out["entry_plaza"]) == (
+        "tap_out", fare, "S01"
+    )  # fmt: skip
+    assert tap_out["pass_id"] == trip and tap_out["flags"] == []
+    [priced] = exit_gate.named("trip_priced")
+    assert (priced["outcome"], priced["amount_minor"]) == ("charged", fare)
+
+    # Out again with the same account and no new tap-in: that tap-in has exited.
+    again = await through(exit_gate, token(road, "rider-1", now - 2))
+    farthest = tariff.farthest_fare(1, "S03", time.time()).amount_minor
+    assert (again["amount_minor"], again["pass_id"]) == (farthest, trip)
+    assert "pass_used" in again["flags"]
+
+    # A passenger who never tapped in: the maximum fare from this station, flagged.
+    stranger = await through(exit_gate, token(road, "rider-2", now))
+    assert (stranger["amount_minor"], stranger["entry_plaza"], stranger.get("pass_id")) == (
+        farthest, None, None
+    )  # fmt: skip
+    assert "no_pass" in stranger["flags"]
+
+    # The back office has the tap-in and the tap-outs, the first naming S01 and the trip.
+    outs = await eventually_value(lambda: _outs(store, 3))
+    assert [(r.draft.entry_plaza, r.draft.pass_id) for r in outs[:1]] == [("S01", trip)]
+    assert [r.record_id for r in ingested(store, "tap_in")] == [tap_in["record_id"]]
+
+
+def _outs(store: SqliteIngestStore, n: int) -> list[Any] | None:
+    outs = sorted(ingested(store, "tap_out"), key=lambda r: r.ts_us)
+    return outs if len(outs) == n else None
+
+
+async def test_a_flat_fare_gate_without_a_line_still_charges_its_flat_fare(road: Road) -> None:
+    gate = await road.lane(road.lane_id("S03/f"), "transit-exit", auth={"keyset": str(road.keyset)})
+    assert gate.daemon.road.taps is None
+    record = await through(gate, token(road, "rider-3", int(time.time())))
+    assert record["amount_minor"] == gate.daemon.runner.state.rules.fares.fare_for(1)[0]
+    assert gate.named("trip_priced") == []
