@@ -53,6 +53,7 @@ def check_config(path: Path, now: float | None = None) -> Findings:
     found.config = config
     wall = time.time() if now is None else now
     _check_tariff(config, path, found)
+    _check_metro(config, path, found)
     _check_keys(config, path, wall, found)
     _check_pass_key(config, found)
     if config.auth.deny_list is not None:
@@ -126,6 +127,20 @@ def _check_tariff(config: LaneConfig, path: Path, found: Findings) -> None:
         )
     elif tariff.entry_exit is not None:
         _check_road(config, path, tariff, tariff.entry_exit, found)
+
+
+def _check_metro(config: LaneConfig, path: Path, found: Findings) -> None:
+    """The gates of a line find a passenger's tap-in by the account reference of the code:
+    a payment code's is keyed by `auth.account_secret`, which must be the same at every gate
+    (a lane without one makes its own key, and its references match no other gate's)."""
+    fare_gate = config.lane.mode in ("transit-entry", "transit-exit")
+    if config.metro.line is None or not fare_gate or config.auth.account_secret is not None:
+        return
+    found.warnings.append(
+        f"{path}: auth.account_secret: not set, so this gate's payment-code account references "
+        f"are its own: a payment code's tap-in on line {config.metro.line!r} would not be "
+        "found at another gate (tokens are); set the same secret at every gate of the line"
+    )
 
 
 def _check_road(

@@ -1,0 +1,163 @@
+"""A metro exit priced by the passenger's tap-in: tables of the pure pricing (`price_tap_out`,
+`code_account`), and properties run through the real tap desk, tap store and replay store (a
+fare is always a cell of the matrix or the documented exception's; a tap-in exits once)."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lane.auth.deny import DenyList
+from lane.auth.fares import load_tariff
+from lane.auth.paycodes import online_code
+from lane.auth.replay import ReplayStore
+from lane.auth.tokens import issue_compact_token
+from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
+from lane.auth.trip_rules import RoadRules, TripKind
+from lane.core.actions import MarkPassUsed, PriceTrip
+from lane.core.names import AuthResult, Method, PayloadKind, RecordKind, TripSource
+from lane.core.records import AuthInfo, RecordDraft
+from lane.tap_desk import ExitPricing, TapDesk
+from lane.tap_store import TapStore
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
+from sim.codes import KID, CodeFactory
+from uplink.records import Record
+
+TARIFF = load_tariff(Path(__file__).resolve().parents[2] / "deploy" / "tariff.metro.example.toml")
+NOW = int(datetime(2026, 12, 1, 4, 0, tzinfo=UTC).timestamp())
+MIN = 60
+METRO = RoadRules(TripKind.METRO, u_turn_window_s=1200, max_trip_s=14_400)
+RULES = ExitLaneRules("S03", "S03/x1", METRO, pass_lifetime_s=28_800, skew_s=30)
+CODES = CodeFactory(3)
+KEYS = CODES.keyset(NOW - 3600)
+ACCOUNT_KEY = b"k" * 32
+
+
+def tap_in(station: str, at: float, account: str = "rider-1", kind: str = "tap_in") -> Record:
+    draft = RecordDraft(RecordKind(kind), "s1", 1, 0, "CNY", Method.TOKEN, account,
+                        AuthInfo(AuthResult.APPROVED))  # fmt: skip
+    return Record(str(uuid.uuid4()), f"{station}/g1", 1, int(at * 1e6), draft)
+
+
+def ask(code: str = "HC1:x") -> PriceTrip:
+    return PriceTrip("s9/trip", "s9", 1, TripSource.CODE, code, None, PayloadKind.TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("record", "exited", "outcome", "amount", "entry", "display"),
+    [
+        (tap_in("S01", NOW - 30 * MIN), False, "charged", 500, "S01", ("S01 to S03", "Fare CNY 5.00")),
+        (tap_in("S02", NOW - 30 * MIN), False, "charged", 300, "S02", ("S02 to S03", "Fare CNY 3.00")),
+        (None, False, "no_pass", 500, None, ("No tap-in", "Maximum fare CNY 5.00")),
+        (tap_in("S01", NOW - 30 * MIN), True, "pass_used", 500, "S01",
+         ("Tap-in already used", "Maximum fare CNY 5.00")),
+        (tap_in("S03", NOW - 10 * MIN), False, "u_turn", 300, "S03",
+         ("Same station exit", "Fare CNY 3.00")),
+        (tap_in("S03", NOW - 30 * MIN), False, "late_u_turn", 500, "S03",
+         ("Back at the entry station", "Maximum fare CNY 5.00")),
+        (tap_in("S01", NOW - 5 * 3600), False, "over_time", 500, "S01",
+         ("Over the 4 h limit", "Maximum fare CNY 5.00")),
+        # Not a tap-in (a toll record shared by mistake): as no tap-in.
+        (tap_in("S01", NOW - 30 * MIN, kind="toll"), False, "no_pass", 500, None,
+         ("No tap-in", "Maximum fare CNY 5.00")),
+    ],
+)  # fmt: skip
+def test_a_tap_out_is_priced_by_its_tap_in_with_the_metro_exceptions(
+    record: Record | None,
+    exited: bool,
+    outcome: str,
+    amount: int,
+    entry: str | None,
+    display: tuple[str, ...],
+) -> None:
+    answer = price_tap_out(ask(), record, exited, TARIFF, RULES, NOW)
+    assert (answer.outcome, answer.amount_minor, answer.entry_plaza) == (outcome, amount, entry)
+    assert answer.display == display
+    assert answer.attendant is False  # a metro's exceptions are charged at once, flagged
+    trip = uuid.UUID(record.record_id).hex if record is not None and entry else None
+    assert answer.pass_id == trip
+    assert answer.flags == (() if outcome == "charged" else (outcome,))
+
+
+def test_the_account_of_a_code_is_the_one_the_authoriser_records() -> None:
+    token = issue_compact_token(CODES.key, KID, "rider-7", NOW, NOW + 60)
+    args = (KEYS, DenyList.empty(), ACCOUNT_KEY, NOW, 30.0)
+    assert code_account(PayloadKind.TOKEN, token, *args) == "rider-7"
+    wallet = "281234567890123456"
+    expected = online_code("payment_code", wallet, ACCOUNT_KEY).account_ref
+    assert code_account(PayloadKind.PAYMENT_CODE, wallet, *args) == expected
+    forged = CODES.make("forged", NOW).text
+    assert code_account(PayloadKind.TOKEN, forged, *args) is None
+    assert code_account(PayloadKind.PAYMENT_CODE, "12", *args) is None
+
+
+# --- properties through the real desk and stores -------------------------------------------
+
+STATIONS = ("S01", "S02", "S03")
+ACCOUNTS = ("rider-1", "rider-2")
+step = st.one_of(
+    st.tuples(st.just("in"), st.sampled_from(STATIONS), st.sampled_from(ACCOUNTS)),
+    st.tuples(st.just("out"), st.sampled_from(STATIONS), st.sampled_from(ACCOUNTS)),
+)
+
+
+def desk(tmp: Path, clock: list[float]) -> TapDesk:
+    pricing = ExitPricing(RULES, TARIFF, lambda: KEYS, DenyList.empty, ACCOUNT_KEY)
+    link = MqttLink("127.0.0.1", 1, "never-connected")
+    return TapDesk("L1", "S03/x1", 28_800, TapStore(tmp / "taps.sqlite3"),
+                   ReplayStore(tmp / "replay.sqlite3"), link, pricing=pricing,
+                   wall=lambda: clock[0])  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.tuples(step, st.sampled_from([10, 15 * MIN, 3 * 3600])), max_size=12))
+def test_a_fare_is_a_cell_or_the_maximum_and_a_tap_in_exits_once(
+    steps: list[tuple[tuple[str, str, str], int]],
+) -> None:
+    asyncio.run(_walk(steps))
+
+
+async def _walk(steps: list[tuple[tuple[str, str, str], int]]) -> None:
+    clock = [float(NOW)]
+    farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
+    exited: set[str] = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        n = 0
+        for (what, station, account), dt in steps:
+            clock[0] += dt
+            if what == "in":  # another gate's tap-in, heard over the line topic
+                record = tap_in(station, clock[0], account)
+                await gate.handle(Incoming(topics.line_taps("L1"), record.encode()))
+                continue
+            n += 1
+            token = issue_compact_token(
+                CODES.key, KID, account, int(clock[0]) - n, int(clock[0]) + 60
+            )
+            answer = await gate.price(ask(token))
+            assert answer.amount_minor is not None
+            entry = answer.entry_plaza
+            cells = {farthest}
+            if entry is not None and entry != "S03":
+                cells.add(TARIFF.trip_fare(1, entry, "S03", NOW).amount_minor)
+            if entry is not None:
+                cells.add(TARIFF.nearest_fare(1, entry, NOW).amount_minor)
+            assert answer.amount_minor in cells and answer.amount_minor <= farthest
+            trip = answer.pass_id
+            if trip is None:
+                continue
+            # A tap-in exits once: once its tap_out is durable, every later one is pass_used.
+            assert (answer.outcome == "pass_used") == (trip in exited), (answer, exited)
+            assert answer.pass_exp is not None
+            await gate.mark_used(MarkPassUsed(trip, answer.pass_exp, None))
+            exited.add(trip)
+        gate.store.close()
+        gate.replay.close()
