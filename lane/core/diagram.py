@@ -135,7 +135,6 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.CLOSING, "ack ok", P.IDLE, "barrier closed, nobody waiting"),
     _t(P.CLOSING, "ack ok", NEXT_UP, "barrier closed: serve the next vehicle"),
     _t(P.VEHICLE_PRESENT, "ticket", P.PERSISTING, "entry lane: ticket printed: entry record"),
-    _t(P.VEHICLE_PRESENT, "reopen lane", P.PERSISTING, "entry lane: ticket printed while closed"),
     _t(P.IDLE, "scan", P.VEHICLE_PRESENT, "metro exit: the code held, its tap-in looked up"),
     _t(P.VEHICLE_PRESENT, "trip priced", P.AUTHORISING, "metro exit: the held code authorised"),
     _t(P.VEHICLE_PRESENT, "trip priced", P.IDLE, "metro exit: no fare here, passenger refused"),
