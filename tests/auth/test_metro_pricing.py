@@ -54,8 +54,10 @@ def ask(code: str = "HC1:x") -> PriceTrip:
 @pytest.mark.parametrize(
     ("record", "exited", "outcome", "amount", "entry", "display"),
     [
-        (tap_in("S01", NOW - 30 * MIN), False, "charged", 500, "S01", ("S01 to S03", "Fare CNY 5.00")),
-        (tap_in("S02", NOW - 30 * MIN), False, "charged", 300, "S02", ("S02 to S03", "Fare CNY 3.00")),
+        (tap_in("S01", NOW - 30 * MIN), False, "charged", 500, "S01",
+         ("S01 to S03", "Fare CNY 5.00")),
+        (tap_in("S02", NOW - 30 * MIN), False, "charged", 300, "S02",
+         ("S02 to S03", "Fare CNY 3.00")),
         (None, False, "no_pass", 500, None, ("No tap-in", "Maximum fare CNY 5.00")),
         (tap_in("S01", NOW - 30 * MIN), True, "pass_used", 500, "S01",
          ("Tap-in already used", "Maximum fare CNY 5.00")),
@@ -70,7 +72,7 @@ def ask(code: str = "HC1:x") -> PriceTrip:
          ("No tap-in", "Maximum fare CNY 5.00")),
     ],
 )  # fmt: skip
-def test_a_tap_out_is_priced_by_its_tap_in_with_the_metro_exceptions(
+def test_a_tap_out_is_priced_by_its_tap_in_with_the_metro_exceptions(  # noqa: PLR0917
     record: Record | None,
     exited: bool,
     outcome: str,
