@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from lane.core import events as ev
-from lane.core import paypoint
+from lane.core import paypoint, road
 from lane.core.actions import Action, Authorise, PriceTrip, ShowOnDisplay
 from lane.core.display import ASSISTANCE
 from lane.core.names import PAYABLE_KINDS, TripSource
 from lane.core.notes import RoadEventIgnored, ScanIgnored, TripPricedNote, VehicleArrived
 from lane.core.state import LaneMode, LaneState, Vehicle
-from lane.core.trip import Priced, TapOut
+from lane.core.trip import TapOut
 
 Result = tuple[LaneState, list[Action]]
 
@@ -74,26 +74,7 @@ def on_priced(state: LaneState, event: ev.TripPriced, now: float) -> Result:
         why = event.display[0] if event.amount_minor is None and event.display else "Not accepted"
         shown = ShowOnDisplay((why, ASSISTANCE), ttl_s=3.0)
         return replace(state, vehicle=None), [note, shown]
-    priced = Priced(
-        event.trip_id,
-        event.outcome,
-        event.amount_minor,
-        event.currency,
-        event.entry_plaza,
-        event.pass_id,
-        event.pass_exp,
-        event.flags,
-        attendant=False,
-        confirmed=True,
-        display=event.display,
-    )
-    vehicle = replace(
-        vehicle,
-        trip=priced,
-        amount_minor=event.amount_minor,
-        currency=event.currency,
-        vehicle_class=event.charged_class or vehicle.vehicle_class,
-    )
+    vehicle, _ = road.take_price(vehicle, event, attendant=False, confirmed=True)
     state, actions = paypoint.on_scanned(replace(state, vehicle=vehicle), trip.code, now)
     if any(isinstance(a, Authorise) for a in actions):
         # What the passenger is charged and why (`Same station exit`, `No tap-in` ...).

@@ -249,27 +249,9 @@ def on_priced(state: LaneState, event: ev.TripPriced, now: float) -> Result:
         vehicle = replace(vehicle, trip=AwaitingEntry(None, trip.asks, plate_tried=True))
         state = replace(state, vehicle=vehicle)
         return state, [_ask_pass(state)]
-    priced = Priced(
-        event.trip_id,
-        event.outcome,
-        event.amount_minor,
-        event.currency,
-        event.entry_plaza,
-        event.pass_id,
-        event.pass_exp,
-        event.flags,
-        attendant=event.attendant,
-        # The attendant who declared the pass lost confirmed its fare with it.
-        confirmed=trip.lost or not state.rules.attendant_confirms,
-        display=event.display,
-    )
-    vehicle = replace(
-        vehicle,
-        trip=priced,
-        amount_minor=event.amount_minor,
-        currency=event.currency,
-        vehicle_class=event.charged_class or vehicle.vehicle_class,
-    )
+    # The attendant who declared the pass lost confirmed its fare with it.
+    confirmed = trip.lost or not state.rules.attendant_confirms
+    vehicle, priced = take_price(vehicle, event, event.attendant, confirmed)
     note = TripPricedNote(vehicle.vehicle_id, event.outcome, event.amount_minor, event.pass_id,
                           event.entry_plaza, event.attendant)  # fmt: skip
     actions: list[Action] = [note]
@@ -287,6 +269,23 @@ def on_priced(state: LaneState, event: ev.TripPriced, now: float) -> Result:
     else:
         actions.append(fare_display(priced))
     return replace(state, vehicle=vehicle), actions
+
+
+def take_price(
+    vehicle: Vehicle, event: ev.TripPriced, attendant: bool, confirmed: bool
+) -> tuple[Vehicle, Priced]:
+    """The vehicle with its trip priced as the shell answered: its fare is the trip's."""
+    priced = Priced(event.trip_id, event.outcome, event.amount_minor, event.currency,
+                    event.entry_plaza, event.pass_id, event.pass_exp, event.flags,
+                    attendant=attendant, confirmed=confirmed, display=event.display)  # fmt: skip
+    vehicle = replace(
+        vehicle,
+        trip=priced,
+        amount_minor=event.amount_minor,
+        currency=event.currency,
+        vehicle_class=event.charged_class or vehicle.vehicle_class,
+    )
+    return vehicle, priced
 
 
 def on_no_pass(state: LaneState, event: ev.AttendantNoPass, now: float) -> Result:

@@ -7,14 +7,13 @@ tap-in cannot exit twice; a passenger with no tap-in pays the maximum fare, flag
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from polling import eventually
-from test_road_lanes import Road, RoadLane, back_office, eventually_value, road, show
+from test_road_lanes import Road, RoadLane, eventually_value, road, running_back_office, show
 
 from lane.auth.fares import load_tariff
 from lane.auth.tokens import issue_compact_token
@@ -60,12 +59,7 @@ def ingested(store: SqliteIngestStore, kind: str) -> list[Record]:
 
 
 async def test_a_passenger_pays_the_fare_from_the_tap_in_station_once(road: Road) -> None:
-    store, ingest, bo_link = back_office(road.tmp, road.broker)
-    bo = asyncio.create_task(bo_link.run())
-    road.stack.push_async_callback(ingest.close)
-    road.stack.push_async_callback(lambda: asyncio.gather(bo, return_exceptions=True))
-    road.stack.callback(bo.cancel)
-    await bo_link.wait_connected(5)
+    store = await running_back_office(road)
     entry, exit_gate = await gates(road)
     taps = exit_gate.daemon.road.taps
     assert taps is not None

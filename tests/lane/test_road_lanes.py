@@ -208,13 +208,19 @@ def back_office(tmp: Path, broker: Mosquitto) -> tuple[SqliteIngestStore, Ingest
     return store, ingest, ingest.make_link(broker.host, broker.port, f"bo-{uuid.uuid4().hex[:6]}")
 
 
-async def test_a_vehicle_enters_and_exits_paying_the_matrix_fare_once(road: Road) -> None:
+async def running_back_office(road: Road) -> SqliteIngestStore:
+    """The back office's ingest, connected, for the rest of the test; its store."""
     store, ingest, bo_link = back_office(road.tmp, road.broker)
     bo = asyncio.create_task(bo_link.run())
     road.stack.push_async_callback(ingest.close)
     road.stack.push_async_callback(lambda: asyncio.gather(bo, return_exceptions=True))
     road.stack.callback(bo.cancel)
     await bo_link.wait_connected(5)
+    return store
+
+
+async def test_a_vehicle_enters_and_exits_paying_the_matrix_fare_once(road: Road) -> None:
+    store = await running_back_office(road)
     entry, printer = await road.entry_lane()
     exit_lane = await road.exit_lane()
     other_exit = await road.exit_lane("P03/y")  # another exit lane of the same plaza
