@@ -32,7 +32,8 @@ from lane.core.actions import MarkPassUsed, PriceTrip
 from lane.core.events import TripPriced
 from lane.core.names import AuthResult, RecordKind
 from lane.tap_store import TapStore
-from lane.transport.mqtt import Incoming, LinkDown, MqttLink
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.transport.outbox import Outbox
 from lane.wire import topics
 from lane.wire.codec import PayloadError
 from uplink.records import Record
@@ -77,9 +78,18 @@ class TapDesk:
         self.pricing = pricing
         self.wall = wall
         self.skew_s = pricing.rules.skew_s if pricing is not None else 30.0
-        self.published = 0
         self.received = 0
-        self._pending: asyncio.Queue[Record] = asyncio.Queue(max_pending)
+        # Shared once durable, whenever the broker is there; of use until no gate keeps it.
+        self.outbox: Outbox[Record] = Outbox(
+            link,
+            self.topic,
+            Record.encode,
+            lambda record: record.ts_us / 1e6 + retention_s - wall(),
+            lambda record: {"record_id": record.record_id},
+            lane=lane,
+            max_pending=max_pending,
+            max_expiry_s=math.ceil(retention_s),
+        )
 
     def subscriptions(self) -> list[tuple[str, int]]:
         return [(self.topic, 1)]
@@ -101,36 +111,11 @@ class TapDesk:
                 extra={"lane": self.lane, "error": str(exc), "record_id": body.get("record_id")},
             )
             return
-        if self._pending.full():
-            dropped = self._pending.get_nowait()
-            log.warning(
-                "tap backlog full, dropped oldest",
-                extra={"lane": self.lane, "record_id": dropped.record_id},
-            )
-        self._pending.put_nowait(record)
+        self.outbox.put(record)
 
-    async def run(self, retry_s: float = 0.2) -> None:
+    async def run(self) -> None:
         """Publish the queued taps, in order, whenever the broker is there."""
-        while True:
-            record = await self._pending.get()
-            while True:
-                left = record.ts_us / 1e6 + self.retention_s - self.wall()
-                if left <= 0:
-                    break  # no gate keeps a tap-in this old any more
-                await self.link.connected.wait()
-                try:
-                    await self.link.publish(
-                        self.topic, record.encode(), qos=1, expiry_s=max(1, math.ceil(left))
-                    )
-                except LinkDown as exc:
-                    log.warning(
-                        "tap publish failed, will retry",
-                        extra={"lane": self.lane, "record_id": record.record_id, "error": str(exc)},
-                    )
-                    await asyncio.sleep(retry_s)
-                    continue
-                self.published += 1
-                break
+        await self.outbox.run()
 
     async def handle(self, msg: Incoming) -> None:
         """Another gate's tap: keep a tap-in by account; a tap-out closes its tap-in here."""

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from functools import partial
 
 from lane.auth.replay import ReplayStore, ReplayStoreError
-from lane.transport.mqtt import Incoming, LinkDown, MqttLink
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.transport.outbox import Outbox
 from lane.wire.codec import PayloadError, field, pack, unpack
 
 log = logging.getLogger("lane.auth.plaza")
@@ -100,11 +101,16 @@ class UsedTokenSharing:
         self.topic = used_tokens_topic(plaza)
         self.useful_after_exp_s = useful_after_exp_s
         self.clock = clock
-        self.published = 0
         self.received = 0
-        self.dropped = 0
-        self.expired_unsent = 0
-        self._pending: asyncio.Queue[UsedTokenMsg] = asyncio.Queue(max_pending)
+        self.outbox: Outbox[UsedTokenMsg] = Outbox(
+            link,
+            self.topic,
+            encode_used_token,
+            lambda msg: msg.exp + self.useful_after_exp_s - self.clock(),  # then nobody takes it
+            lambda msg: {"token_id": msg.token_id},
+            lane=lane,
+            max_pending=max_pending,
+        )
 
     @property
     def link_up(self) -> bool:
@@ -112,7 +118,19 @@ class UsedTokenSharing:
 
     @property
     def backlog(self) -> int:
-        return self._pending.qsize()
+        return self.outbox.backlog
+
+    @property
+    def published(self) -> int:
+        return self.outbox.published
+
+    @property
+    def dropped(self) -> int:
+        return self.outbox.dropped
+
+    @property
+    def expired_unsent(self) -> int:
+        return self.outbox.expired_unsent
 
     def subscription(self) -> tuple[str, int]:
         return (self.topic, 1)
@@ -129,40 +147,10 @@ class UsedTokenSharing:
 
         On the loop only (asyncio.Queue is not thread-safe): the token check shares from the
         loop once its replay mark is back, which costs no extra wake-up of the loop."""
-        if self._pending.full():
-            old = self._pending.get_nowait()
-            self.dropped += 1
-            log.warning(
-                "used-token backlog full, dropped oldest",
-                extra={"lane": self.lane, "token_id": old.token_id},
-            )
-        self._pending.put_nowait(msg)
+        self.outbox.put(msg)
 
     async def run(self, retry_s: float = 0.2) -> None:
-        while True:
-            msg = await self._pending.get()
-            while True:
-                remaining = msg.exp + self.useful_after_exp_s - self.clock()
-                if remaining <= 0:
-                    self.expired_unsent += 1  # no lane can accept this token any more
-                    break
-                await self.link.connected.wait()
-                try:
-                    await self.link.publish(
-                        self.topic,
-                        encode_used_token(msg),
-                        qos=1,
-                        expiry_s=max(1, min(3600, math.ceil(remaining))),
-                    )
-                except LinkDown as exc:
-                    log.warning(
-                        "used-token publish failed, will retry",
-                        extra={"lane": self.lane, "token_id": msg.token_id, "error": str(exc)},
-                    )
-                    await asyncio.sleep(retry_s)
-                    continue
-                self.published += 1
-                break
+        await self.outbox.run(retry_s)
 
     async def handle(self, incoming: Incoming) -> None:
         if incoming.topic != self.topic:
