@@ -25,13 +25,13 @@ from lane.auth.deny import DenyList
 from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import pass_key
-from lane.auth.replay import ReplayStore
+from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import tap_in_entry
 from lane.core.actions import MarkPassUsed, PriceTrip
 from lane.core.events import TripPriced
 from lane.core.names import AuthResult, RecordKind
-from lane.tap_store import TapStore
+from lane.tap_store import TapStore, TapStoreError
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
 from lane.wire import topics
@@ -134,7 +134,12 @@ class TapDesk:
             )
             return
         self.received += 1
-        await asyncio.to_thread(self._learn, record, msg.payload)
+        try:
+            await asyncio.to_thread(self._learn, record, msg.payload)
+        except (TapStoreError, ReplayStoreError) as exc:
+            # Not kept: that passenger pays the maximum fare here (flagged), never rides free.
+            log.error("tap not kept", extra={"lane": self.lane, "record_id": record.record_id,
+                                             "error": str(exc)})  # fmt: skip
 
     def _learn(self, record: Record, encoded: bytes) -> None:
         d = record.draft

@@ -163,3 +163,42 @@ async def _walk(steps: list[tuple[tuple[str, str, str], int]]) -> None:
             exited.add(trip)
         gate.store.close()
         gate.replay.close()
+
+
+# --- the desk's sharing: what it keeps of the line's messages -------------------------------
+
+
+def test_the_desk_keeps_tap_ins_marks_tap_outs_and_ignores_the_rest() -> None:
+    asyncio.run(_sharing())
+
+
+async def _sharing() -> None:
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        record = tap_in("S01", NOW - 60)
+        trip = uuid.UUID(record.record_id).hex
+        await gate.handle(Incoming(topic, b"\x93garbage"))  # logged, nothing kept
+        own = Record(str(uuid.uuid4()), "S03/x1", 1, NOW * 10**6, record.draft)
+        await gate.handle(Incoming(topic, own.encode()))  # our own publish coming back
+        declined = RecordDraft(RecordKind.TAP_IN, "s2", 1, 0, "CNY", Method.TOKEN, "rider-1",
+                               AuthInfo(AuthResult.DECLINED))  # fmt: skip
+        refused = Record(str(uuid.uuid4()), "S01/g1", 2, NOW * 10**6, declined)
+        await gate.handle(Incoming(topic, refused.encode()))  # not a tap-in: nobody went in
+        assert gate.store.count() == 0
+        await gate.handle(Incoming(topic, record.encode()))
+        await gate.handle(Incoming(topic, record.encode()))  # QoS 1 redelivery: kept once
+        assert gate.store.count() == 1 and gate.received == 2
+        paid = AuthInfo(AuthResult.APPROVED)
+        out = RecordDraft(RecordKind.TAP_OUT, "s3", 1, 500, "CNY", Method.TOKEN, "rider-1", paid,
+                          entry_plaza="S01", pass_id=trip)  # fmt: skip
+        elsewhere = Record(str(uuid.uuid4()), "S02/x1", 1, NOW * 10**6, out)
+        await gate.handle(Incoming(topic, elsewhere.encode()))
+        assert gate.replay.get(f"pass:{trip}") is not None  # exited at another gate
+        answer = await gate.price(
+            ask(issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60))
+        )
+        assert (answer.outcome, answer.pass_id) == ("pass_used", trip)
+        gate.store.close()
+        gate.replay.close()
