@@ -13,11 +13,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from test_barrier_protocol import FAST, WAIT, command, tasks
+
 from barrier.device import DeviceEmulator
 from barrier.link import BarrierLink
 from barrier.messages import BarrierAck, BarrierStatus, SensorReading
 from sim.broker import Mosquitto
-from tests.barrier.test_barrier_protocol import FAST, WAIT, command, tasks
 
 PUBACK = 0x40  # MQTT fixed header: packet type 4, no flags
 
