@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lane.core.names import PayloadKind
+from lane.core.names import PayloadKind, TripSource
 from lane.core.notes import Note, NoteBase
 from lane.core.records import RecordDraft
 
@@ -71,6 +71,42 @@ class QueryDevice:
 
 
 @dataclass(frozen=True)
+class IssuePass:
+    """Entry lane: sign an entry pass for this vehicle (the plaza's pass key, the wall clock),
+    print it as a QR ticket (job id = `issue_id`, printed once), bind it to `plate` if one was
+    read; answer with TicketIssued(issue_id, ...)."""
+
+    issue_id: str
+    vehicle_id: str
+    vehicle_class: int
+    plate: str | None
+
+
+@dataclass(frozen=True)
+class PriceTrip:
+    """Exit lane: find the trip's entry (`source`: the pass text, the plate's open entry, or
+    none: lost), verify it offline, ask the used-pass store, decide the fare; answer with
+    exactly one TripPriced(trip_id, ...)."""
+
+    trip_id: str
+    vehicle_id: str
+    vehicle_class: int  # read at the exit
+    source: TripSource
+    pass_text: str | None  # source pass
+    plate: str | None  # read at the exit, if any
+
+
+@dataclass(frozen=True)
+class MarkPassUsed:
+    """Exit lane: the exit record of this pass is durable: the pass has exited (the used-pass
+    store, shared with the plaza), and its plate binding is spent."""
+
+    pass_id: str
+    expires_at: float  # unix s: kept in the store until then
+    plate: str | None
+
+
+@dataclass(frozen=True)
 class RaiseAlarm:
     code: str
     message: str
@@ -90,6 +126,9 @@ Action = (
     | OpenBarrier
     | CloseBarrier
     | QueryDevice
+    | IssuePass
+    | PriceTrip
+    | MarkPassUsed
     | RaiseAlarm
     | ClearAlarm
     | Note
@@ -101,10 +140,13 @@ __all__ = [
     "Authorise",
     "ClearAlarm",
     "CloseBarrier",
+    "IssuePass",
+    "MarkPassUsed",
     "Note",
     "NoteBase",
     "OpenBarrier",
     "Persist",
+    "PriceTrip",
     "QueryDevice",
     "RaiseAlarm",
     "Settle",

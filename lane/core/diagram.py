@@ -95,6 +95,11 @@ LABELS: dict[str, type] = {
     "queue ok": ev.QueueChanged,
     "link down": ev.LinkChanged,
     "link up": ev.LinkChanged,
+    "plate": ev.PlateRead,
+    "ticket": ev.TicketIssued,
+    "trip priced": ev.TripPriced,
+    "no pass": ev.AttendantNoPass,
+    "confirm fare": ev.AttendantConfirmFare,
     "tick": ev.Tick,
 }
 
@@ -129,6 +134,12 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.CLOSING, "ack ok", P.OPEN, "late open ack, the next vehicle has paid: handed over"),
     _t(P.CLOSING, "ack ok", P.IDLE, "barrier closed, nobody waiting"),
     _t(P.CLOSING, "ack ok", NEXT_UP, "barrier closed: serve the next vehicle"),
+    _t(
+        P.VEHICLE_PRESENT,
+        "ticket",
+        P.PERSISTING,
+        "entry lane: pass printed (or bound): entry record",
+    ),
     # The vehicle goes away, or an attendant steps in.
     _t(P.VEHICLE_PRESENT, "entry_loop off", P.IDLE, "the vehicle backed away"),
     _t(P.VEHICLE_PRESENT, "entry_loop off", P.CLOSED, "it backed away from a closed lane"),
@@ -245,6 +256,16 @@ def event_label(event: ev.Event) -> str:
             return "queue full" if full else "queue ok"
         case ev.LinkChanged(up=up):
             return "link up" if up else "link down"
+        case ev.PlateRead():
+            return "plate"
+        case ev.TicketIssued():
+            return "ticket"
+        case ev.TripPriced():
+            return "trip priced"
+        case ev.AttendantNoPass():
+            return "no pass"
+        case ev.AttendantConfirmFare():
+            return "confirm fare"
         case ev.Tick():
             return "tick"
         case _:

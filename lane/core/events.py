@@ -132,6 +132,65 @@ class CommandNotSent:
 
 
 @dataclass(frozen=True)
+class PlateRead:
+    """The lane's ANPR camera read a plate (lane/{id}/io/plate)."""
+
+    plate: str
+
+
+@dataclass(frozen=True)
+class TicketIssued:
+    """Entry lane: the shell signed the pass of `IssuePass(issue_id)` and tried to print it.
+
+    `printed` False with `error` (paper_out, offline, bad_job, timeout): the ticket is not in
+    the driver's hand; the shell sends the job again once the printer is ready, and posts
+    another TicketIssued for the same issue_id when it prints. `pass_id` None: the pass could
+    not be signed at all (no usable pass key)."""
+
+    issue_id: str
+    pass_id: str | None
+    printed: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TripPriced:
+    """Exit lane: the shell's answer to `PriceTrip(trip_id)` (lane.auth.trip_rules).
+
+    `found` False: a plate lookup found no open entry (the lane waits for the pass). Else the
+    decision: `amount_minor` None when the exit cannot be priced (a configuration fault)."""
+
+    trip_id: str
+    found: bool
+    outcome: str = ""
+    amount_minor: int | None = None
+    currency: str = ""
+    charged_class: int = 0
+    entry_plaza: str | None = None
+    pass_id: str | None = None
+    pass_exp: float | None = None
+    flags: tuple[str, ...] = ()
+    attendant: bool = False
+    display: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttendantNoPass:
+    """Exit lane: the attendant declares the pass of the vehicle at the pay point lost."""
+
+    cmd_id: str
+    attendant: str
+
+
+@dataclass(frozen=True)
+class AttendantConfirmFare:
+    """Exit lane: the attendant confirms the suspect fare shown (pass used, plate mismatch...)."""
+
+    cmd_id: str
+    attendant: str
+
+
+@dataclass(frozen=True)
 class Tick:
     """Time passed: the shell calls step with Tick at next_deadline()."""
 
@@ -152,5 +211,10 @@ Event = (
     | AttendantReopenLane
     | QueueChanged
     | LinkChanged
+    | PlateRead
+    | TicketIssued
+    | TripPriced
+    | AttendantNoPass
+    | AttendantConfirmFare
     | Tick
 )

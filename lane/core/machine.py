@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import assert_never
 
-from lane.core import diagram, paypoint, recovery
+from lane.core import diagram, paypoint, recovery, road
 from lane.core import events as ev
 from lane.core.actions import (
     Abandon,
@@ -61,7 +61,6 @@ from lane.core.records import AuthInfo, RecordDraft
 from lane.core.state import (
     Command,
     Committed,
-    LaneMode,
     LaneRules,
     LaneState,
     Passage,
@@ -106,14 +105,18 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
     match event:
         case ev.SensorChanged():
             return _on_sensor(state, event, now)
+        case ev.VehicleClassified() if road.road_mode(state):
+            return road.on_classified(state, event, now)
         case ev.VehicleClassified():
             return paypoint.on_classified(state, event, now)
+        case ev.Scanned() if road.road_mode(state):
+            return road.on_scanned(state, event, now)
         case ev.Scanned():
             return paypoint.on_scanned(state, event, now)
         case ev.Decided():
             return paypoint.on_decided(state, event, now)
         case ev.Persisted():
-            return paypoint.on_persisted(state, event, now)
+            return road.on_persisted(state, event, now)
         case ev.PersistFailed():
             return paypoint.on_persist_failed(state, event, now)
         case ev.BarrierAcked():
@@ -134,6 +137,18 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return _on_queue(state, event, now)
         case ev.LinkChanged():
             return _on_link(state, event, now)
+        case ev.PlateRead() if road.road_mode(state):
+            return road.on_plate(state, event, now)
+        case ev.PlateRead():
+            return state, []  # a lane that binds no plates takes the reading and leaves it
+        case ev.TicketIssued():
+            return road.on_ticket(state, event, now)
+        case ev.TripPriced():
+            return road.on_priced(state, event, now)
+        case ev.AttendantNoPass():
+            return road.on_no_pass(state, event, now)
+        case ev.AttendantConfirmFare():
+            return road.on_confirm(state, event, now)
         case ev.Tick():
             return _on_tick(state, event, now)
         case _:
@@ -183,6 +198,8 @@ def _entry_loop(state: LaneState, event: ev.SensorChanged, now: float) -> Result
     if event.occupied:
         if vehicle is not None:
             return state, []
+        if road.road_mode(state):
+            return road.arrive(state, event.event_id)
         return paypoint.arrive(state, event.event_id, implicit=False)
     if vehicle is None or vehicle.committed or vehicle.implicit:
         return state, []  # a vehicle with a record on the way is leaving towards the barrier
@@ -218,7 +235,7 @@ def _safety_loop(state: LaneState, sensor: Sensor, occupied: bool, event_id: str
         and passage is not None
         and passage.crossings >= 1
         and not passage.left
-        and state.rules.mode is not LaneMode.TOLL
+        and state.rules.mode.fare_gate
     ):
         # A fare gate has no exit loop: the passenger is through once the curtain clears.
         state = replace(state, passage=replace(passage, left=True))
@@ -403,7 +420,7 @@ def _gate_hold_until(state: LaneState) -> float | None:
     passage = state.passage
     if passage is None or passage.opened_at is None or passage.left:
         return None
-    if state.rules.mode is LaneMode.TOLL:
+    if not state.rules.mode.fare_gate:
         return None
     return passage.opened_at + state.rules.gate_hold_s
 
@@ -529,7 +546,7 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
             # A vehicle already nosing over the loop under the closed barrier is this one.
             crossings=1 if state.safety_occupied else 0,
             since=now,
-            manual=vehicle.approved is None,
+            manual=vehicle.manual is not None,
         )
         command = Command(cmd_id, Op.OPEN, 1, now + rules.ack_timeout_s)
         actions = [
@@ -550,7 +567,7 @@ def _hand_over(state: LaneState, vehicle: Vehicle, actions: list[Action], now: f
         vehicle.vehicle_class,
         opened_at=now,
         since=now,
-        manual=vehicle.approved is None,
+        manual=vehicle.manual is not None,
     )
     actions = [*actions, THANK_YOU, _opened(passage, now, handover=True)]
     return replace(state, vehicle=None, passage=passage), actions

@@ -98,6 +98,7 @@ class PayloadKind(StrEnum):
     TOKEN = "token"
     PAYMENT_CODE = "payment_code"
     EMV = "emv"
+    ENTRY_PASS = "entry_pass"  # a closed road's entry pass (`LP1:`): read by exit lanes
     UNKNOWN = "unknown"
 
 
@@ -133,6 +134,14 @@ class AuthResult(StrEnum):
     DEFERRED = "deferred"
     MANUAL = "manual"
     NONE = "none"
+
+
+class TripSource(StrEnum):
+    """Where an exit lane takes a trip's entry from (lane.core.road)."""
+
+    PASS = "pass"  # the entry pass QR the driver showed
+    PLATE = "plate"  # the open entry bound to the plate the ANPR read
+    LOST = "lost"  # none: the attendant declared the pass lost (no_pass)
 
 
 class PersistError(StrEnum):

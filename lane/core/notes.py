@@ -36,6 +36,10 @@ class NoteName(StrEnum):
     ATTENDANT_OPEN_FAILED = "attendant_open_failed"
     LANE_CLOSED = "lane_closed"
     LANE_REOPENED = "lane_reopened"
+    PASS_ISSUED = "pass_issued"
+    TRIP_PRICED = "trip_priced"
+    FARE_CONFIRMED = "fare_confirmed"
+    ROAD_EVENT_IGNORED = "road_event_ignored"
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,45 @@ class LaneReopened(_WithReason):
     name = NoteName.LANE_REOPENED
 
 
+@dataclass(frozen=True)
+class PassIssued(NoteBase):
+    """Entry lane: the vehicle's pass is issued; `printed` False means bound to its plate only."""
+
+    name = NoteName.PASS_ISSUED
+    vehicle_id: str
+    pass_id: str
+    printed: bool
+    plate: str | None
+
+
+@dataclass(frozen=True)
+class TripPricedNote(NoteBase):
+    """Exit lane: the trip's fare is known (a scanner forgets what it saw: the payment code
+    still in view counts now)."""
+
+    name = NoteName.TRIP_PRICED
+    vehicle_id: str
+    outcome: str
+    amount_minor: int | None
+    pass_id: str | None
+    entry_plaza: str | None
+    attendant: bool
+
+
+@dataclass(frozen=True)
+class FareConfirmed(NoteBase):
+    name = NoteName.FARE_CONFIRMED
+    vehicle_id: str
+    attendant: str
+
+
+@dataclass(frozen=True)
+class RoadEventIgnored(_WithReason):
+    """A pass, ticket, trip or attendant road op that does not apply now (stale, wrong lane)."""
+
+    name = NoteName.ROAD_EVENT_IGNORED
+
+
 Note = (
     VehicleArrived
     | VehicleGone
@@ -227,4 +270,8 @@ Note = (
     | AttendantOpenFailed
     | LaneClosed
     | LaneReopened
+    | PassIssued
+    | TripPricedNote
+    | FareConfirmed
+    | RoadEventIgnored
 )

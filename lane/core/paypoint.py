@@ -44,6 +44,7 @@ from lane.core.state import (
     Paying,
     Vehicle,
 )
+from lane.core.trip import AwaitingEntry, Priced, Ticket
 
 Result = tuple[LaneState, list[Action]]
 METHODS = frozenset(Method)
@@ -89,7 +90,7 @@ def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
         ]
     actions: list[Action] = []
     if state.vehicle is None:
-        if state.rules.mode is LaneMode.TOLL:
+        if not state.rules.mode.fare_gate:
             return state, [ScanWithoutVehicle(event.kind)]
         state, actions = arrive(state, event.event_id, implicit=True)
     vehicle = state.vehicle
@@ -231,6 +232,10 @@ def record_draft(
     mode = state.rules.mode
     kind = RECORD_KINDS[mode]
     flags = tuple(event.flags) + ((event.reason,) if result == AuthResult.DECLINED else ())
+    trip = vehicle.trip
+    if isinstance(trip, Priced):
+        # An exit: the trip rules' flags first, then the payment's.
+        flags = (*trip.flags, *flags)
     return RecordDraft(
         kind=kind,
         vehicle_id=vehicle.vehicle_id,
@@ -247,6 +252,9 @@ def record_draft(
         ),
         payment_id=event.payment_id,
         flags=flags,
+        entry_plaza=trip.entry_plaza if isinstance(trip, Priced) else None,
+        pass_id=trip.pass_id if isinstance(trip, Priced) else None,
+        plate=vehicle.plate,
     )
 
 
@@ -292,6 +300,10 @@ def on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> 
             return replace(state, vehicle=None), actions  # no loop will ever clear a passenger
         vehicle = replace(vehicle, stage=Paying(), tries=state.rules.max_tries)
         return replace(state, vehicle=vehicle), actions
+    stage = vehicle.stage
+    if isinstance(stage, Committed) and stage.entry:
+        # An entry without its record does not open; its ticket is out: the attendant opens.
+        return replace(state, vehicle=replace(vehicle, stage=Paying())), actions
     # An attendant open without a record does not open: the attendant may try again.
     actions.append(AttendantOpenFailed(event.persist_id))
     if vehicle.implicit or vehicle.vehicle_id == vehicle.manual:
@@ -309,13 +321,33 @@ def let_go(state: LaneState, vehicle: Vehicle, reason: str) -> list[Action]:
     actions: list[Action] = []
     if vehicle.attempt is not None:
         actions.append(Abandon(vehicle.attempt.auth_id, reason))
-    if vehicle.tries >= state.rules.max_tries or waits_for_a_fare(vehicle):
+    if (
+        vehicle.tries >= state.rules.max_tries
+        or waits_for_a_fare(vehicle)
+        or waits_for_attendant(vehicle)
+    ):
         actions.append(ClearAlarm(Alarm.ATTENDANT_NEEDED))
     return actions
 
 
+def waits_for_attendant(vehicle: Vehicle) -> bool:
+    """A closed road's vehicle the attendant was called for: a suspect fare to confirm, or an
+    entry that no pass could be signed for."""
+    trip = vehicle.trip
+    if isinstance(trip, Priced):
+        return trip.waits_for_attendant
+    return isinstance(trip, Ticket) and trip.pass_id is None and trip.printer_error is not None
+
+
 def waits_for_a_fare(vehicle: Vehicle) -> bool:
-    return vehicle.amount_minor is None and not vehicle.implicit and vehicle.manual is None
+    # An exit lane's vehicle whose trip is not priced yet waits for its pass, not a fare.
+    pricing = isinstance(vehicle.trip, AwaitingEntry)
+    return (
+        vehicle.amount_minor is None
+        and not vehicle.implicit
+        and vehicle.manual is None
+        and not pricing
+    )
 
 
 def no_fare_alarm(vehicle: Vehicle) -> list[Action]:

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from lane.core.events import Decided
 from lane.core.names import BLOCKING_FAULTS, Alarm, Op, PayloadKind, Position, RecordKind, Sensor
+from lane.core.trip import Trip
 
 
 class Phase(StrEnum):
@@ -27,6 +28,15 @@ class LaneMode(StrEnum):
     TOLL = "toll"
     TRANSIT_ENTRY = "transit-entry"
     TRANSIT_EXIT = "transit-exit"
+    # A closed road (docs/closed-road.md): the entry lane issues a pass and opens for every
+    # vehicle; the exit lane prices the trip from the pass, then takes the payment.
+    TOLL_ENTRY = "toll-entry"
+    TOLL_EXIT = "toll-exit"
+
+    @property
+    def fare_gate(self) -> bool:
+        """A metro gate: passengers known from their codes, no entry or exit loop."""
+        return self in (LaneMode.TRANSIT_ENTRY, LaneMode.TRANSIT_EXIT)
 
 
 # The record kind of a payment in each mode.
@@ -34,6 +44,8 @@ RECORD_KINDS = {
     LaneMode.TOLL: RecordKind.TOLL,
     LaneMode.TRANSIT_ENTRY: RecordKind.TAP_IN,
     LaneMode.TRANSIT_EXIT: RecordKind.TAP_OUT,
+    LaneMode.TOLL_ENTRY: RecordKind.ENTRY,
+    LaneMode.TOLL_EXIT: RecordKind.EXIT,
 }
 
 
@@ -80,6 +92,14 @@ class LaneRules:
     pass_dwell_s: float = 60.0  # a paid vehicle not through, a barrier not closed
     persist_dwell_s: float = 10.0  # a record being written
     probe_s: float = 5.0  # in FAULT: ask the device (and retry a held command) this often
+    # toll-exit: a suspect fare (no pass, pass used, plate mismatch ...) waits for the
+    # attendant's confirm_fare before the lane takes a payment code.
+    attendant_confirms: bool = True
+
+    @property
+    def plaza(self) -> str:
+        """The lane's plaza: its id up to the first '/' (`P01/e1` -> `P01`)."""
+        return self.lane_id.split("/", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -113,6 +133,7 @@ class Committed:
     approved: Decided | None
     frame_ts: float | None  # the frame that held the paying code (the open's latency)
     record_id: str | None = None
+    entry: bool = False  # an entry lane's free passage (its `entry` record), not an attendant's
 
 
 # A vehicle's sub-phase at the pay point: one of these, so no illegal mix is representable.
@@ -129,6 +150,8 @@ class Vehicle:
     tries: int = 0
     stage: Stage = Paying()
     refused_texts: frozenset[str] = frozenset()
+    plate: str | None = None  # read by the lane's ANPR camera
+    trip: Trip | None = None  # a closed road's lanes only (lane.core.trip)
 
     # Read-only views of the stage, for the rules that ask one question of it.
     @property
@@ -152,7 +175,7 @@ class Vehicle:
     def manual(self) -> str | None:
         """The attendant's cmd_id when an attendant opened for this vehicle."""
         stage = self.stage
-        if isinstance(stage, Committed) and stage.approved is None:
+        if isinstance(stage, Committed) and stage.approved is None and not stage.entry:
             return stage.persist_id
         return None
 
@@ -224,6 +247,7 @@ class LaneState:
     faults: frozenset[Alarm] = frozenset()
     closed_reason: str | None = None
     next_class: int | None = None
+    next_plate: str | None = None  # a plate read before its vehicle reached the entry loop
     taps: tuple[tuple[str, float], ...] = field(default=())
     violations: int = 0
     # Persist ids of the records the lane committed to (approved payments, attendant opens),

@@ -20,24 +20,31 @@ from lane.core.actions import (
     Authorise,
     ClearAlarm,
     CloseBarrier,
+    IssuePass,
+    MarkPassUsed,
     OpenBarrier,
     Persist,
+    PriceTrip,
     RaiseAlarm,
     Settle,
     ShowOnDisplay,
 )
 from lane.core.machine import initial_state, next_deadline, step
 from lane.core.state import FlatFares, LaneMode, LaneRules, LaneState, Paying, Phase, phase
+from lane.core.trip import Priced, Ticket
 
 T = TypeVar("T")
 
 FARES = FlatFares(((1, 250), (2, 480), (3, 1275)), currency="EUR")
 SAFETY_SENSORS = ("safety_loop", "light_curtain")
 PASSAGE_RESULTS = frozenset({"approved", "deferred", "manual"})
+# A closed road's entry lane opens for an `entry` record (result none, amount 0).
+FREE_PASSAGE = ("entry", "none")
 
 
 def rules(mode: LaneMode = LaneMode.TOLL, **overrides: Any) -> LaneRules:
-    return LaneRules(lane_id="p01/l01", fares=FARES, mode=mode, **overrides)
+    overrides.setdefault("lane_id", "p01/l01")
+    return LaneRules(fares=FARES, mode=mode, **overrides)
 
 
 def of_type(actions: Sequence[Action], kind: type[T]) -> list[T]:
@@ -81,6 +88,9 @@ class SafetyMonitor:
     authorised: dict[str, Authorise] = field(default_factory=dict)
     declined_codes: set[tuple[str, str]] = field(default_factory=set)
     alarms: set[str] = field(default_factory=set)
+    exited_passes: set[str] = field(default_factory=set)  # exit records durable
+    marked: set[str] = field(default_factory=set)  # MarkPassUsed sent
+    priced: dict[str, int | None] = field(default_factory=dict)
 
     def observe(
         self,
@@ -94,12 +104,19 @@ class SafetyMonitor:
         for action in actions:
             self._take_action(action, after)
         self._check_deadline(before, event, now, after)
+        # Every pass whose exit record became durable is marked used in that same step.
+        assert self.exited_passes <= self.marked, self.exited_passes - self.marked
         if "attendant_needed" in self.alarms:
             waiting = after.vehicle
             assert waiting is not None, "attendant_needed raised for a vehicle no longer there"
             out_of_tries = waiting.tries >= after.rules.max_tries
             no_fare = waiting.amount_minor is None and not waiting.implicit
-            assert (out_of_tries or no_fare) and not waiting.manual, waiting
+            trip = waiting.trip
+            suspect = isinstance(trip, Priced) and trip.waits_for_attendant
+            no_pass = isinstance(trip, Ticket) and trip.pass_id is None and trip.printer_error
+            assert (out_of_tries or no_fare or suspect or no_pass) and not waiting.manual, waiting
+            assert not waiting.committed or out_of_tries, f"waits for nobody: {waiting}"
+        self._check_trip(after)
         passenger = after.vehicle
         if passenger is not None and passenger.implicit:
             # A fare-gate passenger exists only while their code is in hand; else the gate jams.
@@ -109,6 +126,16 @@ class SafetyMonitor:
         transition = (phase(before), label, phase(after))
         assert diagram.allows(*transition), f"transition not in the diagram table: {transition}"
         self.transitions.add(transition)
+
+    def _check_trip(self, after: LaneState) -> None:
+        """Exit lanes: the fare a vehicle pays is the one priced for its trip, never another."""
+        vehicle = after.vehicle
+        trip = vehicle.trip if vehicle is not None else None
+        if vehicle is not None and isinstance(trip, Priced):
+            assert vehicle.amount_minor == self.priced[trip.trip_id], (vehicle, trip)
+        if vehicle is not None and after.rules.mode == "toll-exit" and not vehicle.manual:
+            # Nothing is charged before the trip is priced.
+            assert isinstance(trip, Priced) or vehicle.amount_minor is None, vehicle
 
     def _take_event(self, before: LaneState, event: ev.Event, after: LaneState) -> None:
         if isinstance(event, ev.SensorChanged) and event.sensor in SAFETY_SENSORS:
@@ -121,8 +148,19 @@ class SafetyMonitor:
                 track.record = "durable" if isinstance(event, ev.Persisted) else "failed"
         if isinstance(event, ev.Persisted):
             for persist in self.persists.get(event.persist_id, []):
-                if persist.draft.auth.result in PASSAGE_RESULTS:
-                    self.durable_vehicles.add(persist.draft.vehicle_id)
+                d = persist.draft
+                if d.auth.result in PASSAGE_RESULTS or (d.kind, d.auth.result) == FREE_PASSAGE:
+                    self.durable_vehicles.add(d.vehicle_id)
+                pending = before.vehicle is not None and (
+                    before.vehicle.pending_persist == event.persist_id
+                )
+                paid = d.auth.result in ("approved", "deferred")
+                if d.kind == "exit" and paid and d.pass_id and pending:
+                    self.exited_passes.add(d.pass_id)
+        trip = after.vehicle.trip if after.vehicle is not None else None
+        accepted = isinstance(trip, Priced) and trip.trip_id == getattr(event, "trip_id", None)
+        if isinstance(event, ev.TripPriced) and accepted:
+            self.priced.setdefault(event.trip_id, event.amount_minor)
         if isinstance(event, ev.BarrierAcked) and event.ok:
             cmd = before.command
             if cmd is not None and cmd.cmd_id == event.cmd_id and not cmd.acked:
@@ -171,6 +209,10 @@ class SafetyMonitor:
                 track.abandoned = True
         elif isinstance(action, OpenBarrier | CloseBarrier):
             self._take_command(action, after)
+        elif isinstance(action, MarkPassUsed):
+            # A pass is marked exited only once its exit record is durable, and only once.
+            assert action.pass_id in self.exited_passes, f"marked before its record: {action}"
+            self.marked.add(action.pass_id)
         elif isinstance(action, RaiseAlarm):
             self.alarms.add(action.code)
         elif isinstance(action, ClearAlarm):
@@ -365,6 +407,16 @@ class Chooser:
 
 TEXTS = ("281111111111111111", "282222222222222222", "HC1:token-a", "HC1:token-b", "junk")
 KINDS = ("payment_code", "payment_code", "token", "emv", "unknown", "barcode")
+# A closed road's lanes also read entry passes (the other modes' draws stay as they were).
+ROAD_TEXTS = (*TEXTS, "LP1:pass-a")
+ROAD_KINDS = (*KINDS, "entry_pass", "entry_pass")
+PLATES = ("ZJA123", "ZJB456")
+PASS_IDS = ("0a0b0c0d0e0f1011", "1112131415161718")
+# What a shell's trip rules may answer (outcome, attendant, amount): any cell or exception.
+TRIP_ANSWERS = (
+    ("charged", False, 4000), ("no_pass", True, 8000), ("pass_used", True, 8000),
+    ("u_turn", False, 1500), ("over_time", False, 8000), ("unpriced", True, None),
+)  # fmt: skip
 METHODS = ("payment_code", "token", "emv", "bogus")
 ACCOUNTS = ("acct-1", "acct-2", None)
 STEPS = (0.0, 0.001, 0.05, 0.3, 0.7, 2.0, 3.0, 700.0)
@@ -381,6 +433,9 @@ class EventSource:
         self.persist_ids: list[str] = []
         self.cmd_ids: list[str] = []
         self.attendant_ids: list[str] = []
+        self.issue_ids: list[str] = []
+        self.trip_ids: list[str] = []
+        self.road = False  # the lane is a closed road's: its events are drawn too
         self.n = 0
 
     def learn(self, actions: Sequence[Action]) -> None:
@@ -391,6 +446,10 @@ class EventSource:
                 self.persist_ids.append(a.persist_id)
             elif isinstance(a, OpenBarrier | CloseBarrier):
                 self.cmd_ids.append(a.cmd_id)
+            elif isinstance(a, IssuePass):
+                self.issue_ids.append(a.issue_id)
+            elif isinstance(a, PriceTrip):
+                self.trip_ids.append(a.trip_id)
 
     def _id(self, known: list[str], stale: str) -> str:
         if known and not self.c.chance(8):
@@ -405,12 +464,12 @@ class EventSource:
     def next(self, state: LaneState, now: float) -> tuple[float, ev.Event]:
         """The time step and the event."""
         dt = self.c.pick(STEPS)
-        kind = self.c.pick(
-            (
-                "sensor", "sensor", "sensor", "arrive", "scan", "scan", "decided", "decided",
-                "persisted", "persisted", "ack", "ack", "tick", "tick", "other",
-            )
+        kinds = (
+            "sensor", "sensor", "sensor", "arrive", "scan", "scan", "decided", "decided",
+            "persisted", "persisted", "ack", "ack", "tick", "tick", "other",
         )  # fmt: skip
+        self.road = state.rules.mode in ("toll-entry", "toll-exit")
+        kind = self.c.pick((*kinds, "road", "road") if self.road else kinds)
         if kind == "tick":
             deadline = next_deadline(state)
             if deadline is not None and deadline > now and self.c.chance(2):
@@ -426,9 +485,10 @@ class EventSource:
         return ev.SensorChanged("entry_loop", True, self.fresh("v"))
 
     def _scan(self, now: float) -> ev.Event:
-        kind = self.c.pick(KINDS)
+        kind = self.c.pick(ROAD_KINDS if self.road else KINDS)
         reason = "not a payment code" if kind == "unknown" else None
-        return ev.Scanned(self.c.pick(TEXTS), kind, reason, now - 0.05, self.fresh("s"))
+        text = self.c.pick(ROAD_TEXTS if self.road else TEXTS)
+        return ev.Scanned(text, kind, reason, now - 0.05, self.fresh("s"))
 
     def _decided(self, now: float) -> ev.Event:
         approved = not self.c.chance(3)
@@ -487,6 +547,31 @@ class EventSource:
         if what == "queue":
             return ev.QueueChanged(self.c.chance(3), self.c.chance(2))
         return ev.LinkChanged(not self.c.chance(3))
+
+    def _road(self, now: float) -> ev.Event:
+        """A closed road's inputs: plates, tickets, priced trips, the attendant's road ops."""
+        what = self.c.pick(("plate", "ticket", "ticket", "priced", "priced", "no_pass", "confirm"))
+        if what == "plate":
+            return ev.PlateRead(self.c.pick(PLATES))
+        if what == "ticket":
+            printed = not self.c.chance(3)
+            pass_id = None if self.c.chance(8) else self.c.pick(PASS_IDS)
+            error = None if printed else self.c.pick(("paper_out", "offline"))
+            return ev.TicketIssued(self._id(self.issue_ids, "zz/pass"), pass_id, printed, error)
+        if what == "priced":
+            trip_id = self._id(self.trip_ids, "zz/trip1")
+            if self.c.chance(5):
+                return ev.TripPriced(trip_id, found=False)
+            outcome, attendant, amount = self.c.pick(TRIP_ANSWERS)
+            pass_id = None if outcome == "no_pass" else self.c.pick(PASS_IDS)
+            return ev.TripPriced(
+                trip_id, True, outcome, amount, "CNY", self.c.pick((1, 2, 3)), "P01", pass_id,
+                now + 86_400, (outcome,), attendant, (outcome, "Fare CNY 40.00"),
+            )  # fmt: skip
+        cmd = self.fresh("road")
+        if what == "no_pass":
+            return ev.AttendantNoPass(cmd, "op1")
+        return ev.AttendantConfirmFare(cmd, "op1")
 
     def snapshot(self) -> ev.DeviceSnapshotted:
         """What a device might say when asked: any position, any sensors it knows."""

@@ -149,6 +149,11 @@ def test_every_event_type_has_labels_and_every_label_an_event_type() -> None:
         ev.QueueChanged(False, False),
         ev.LinkChanged(False),
         ev.LinkChanged(True),
+        ev.PlateRead("ZJA123"),
+        ev.TicketIssued("v/pass", "0a0b0c0d0e0f1011", True),
+        ev.TripPriced("v/trip1", False),
+        ev.AttendantNoPass("c", "a"),
+        ev.AttendantConfirmFare("c", "a"),
         ev.Tick(),
     ]
     labels = {diagram.event_label(event) for event in samples}

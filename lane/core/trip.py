@@ -1,0 +1,54 @@
+"""A closed road's trip as the lane core holds it for the vehicle at the pay point (pure data).
+
+An entry lane's vehicle holds a `Ticket` (the pass being issued and printed); an exit lane's
+holds `AwaitingEntry` until the shell priced its trip, then `Priced`. The rules that fill these
+are in lane.core.road; the fare itself is decided by the shell (lane.auth.trip_rules), which
+answers `PriceTrip` with `TripPriced`, as an authoriser answers `Authorise` with `Decided`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Entry lane: the pass asked for (`IssuePass`), then issued and printed (or not)."""
+
+    issue_id: str
+    pass_id: str | None = None  # hex, once the shell signed the pass
+    printer_error: str | None = None  # the last print failed (paper_out, offline ...)
+
+
+@dataclass(frozen=True)
+class AwaitingEntry:
+    """Exit lane: no trip priced yet. `asked` is the PriceTrip in flight, if any."""
+
+    asked: str | None = None
+    asks: int = 0  # PriceTrips sent for this vehicle (names the next one)
+    plate_tried: bool = False  # the plate had no open entry: only a pass (or attendant) now
+    lost: bool = False  # `asked` is the attendant's no_pass: its fare is confirmed already
+
+
+@dataclass(frozen=True)
+class Priced:
+    """Exit lane: the trip's fare as the shell decided it (docs/closed-road.md)."""
+
+    trip_id: str
+    outcome: str
+    amount_minor: int | None  # None: the exit cannot be priced (a configuration fault)
+    currency: str
+    entry_plaza: str | None
+    pass_id: str | None
+    pass_exp: float | None  # unix s until which the used-pass store must remember the pass
+    flags: tuple[str, ...]
+    attendant: bool  # the fare waits for the attendant's confirmation
+    confirmed: bool
+    display: tuple[str, ...]  # headline, fare, class line (lane.auth.trip_rules), <= 3
+
+    @property
+    def waits_for_attendant(self) -> bool:
+        return self.attendant and not self.confirmed
+
+
+Trip = Ticket | AwaitingEntry | Priced

@@ -1,0 +1,268 @@
+"""A closed road's lanes: toll-entry issues a pass and opens for every vehicle; toll-exit wants
+the pass (or the plate's entry, or the attendant's no_pass), prices the trip, then the payment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from core_kit import LaneDriver, displayed, of_type, one, rules
+
+from lane.core import events as ev
+from lane.core.actions import (
+    Authorise,
+    ClearAlarm,
+    IssuePass,
+    MarkPassUsed,
+    OpenBarrier,
+    Persist,
+    PriceTrip,
+    RaiseAlarm,
+    Settle,
+)
+from lane.core.notes import PassIssued, RoadEventIgnored, ScanIgnored, TripPricedNote
+from lane.core.state import LaneMode, Phase
+
+ENTRY = rules(LaneMode.TOLL_ENTRY, lane_id="P01/e1")
+EXIT = rules(LaneMode.TOLL_EXIT, lane_id="P03/x1")
+PASS_ID = "0a0b0c0d0e0f10111213"
+PASS_TEXT = "LP1:NCFOXN..."
+
+
+# --- entry lane ----------------------------------------------------------------------------
+
+
+def test_an_entry_lane_issues_a_pass_and_opens_once_the_ticket_is_printed() -> None:
+    lane = LaneDriver(ENTRY)
+    lane.feed(ev.VehicleClassified(2))
+    lane.feed(ev.PlateRead("ZJA12345"))
+    actions = lane.arrive("v1")
+    assert one(actions, IssuePass) == IssuePass("v1/pass", "v1", 2, "ZJA12345")
+    assert "Please take your ticket" in displayed(actions)
+    assert not of_type(actions, Authorise)
+    assert lane.phase() is Phase.VEHICLE_PRESENT
+    actions = lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=True))
+    persist = one(actions, Persist)
+    d = persist.draft
+    assert (d.kind, d.amount_minor, d.method, d.auth.result) == ("entry", 0, "none", "none")
+    assert (d.pass_id, d.plate, d.entry_plaza, d.vehicle_class, d.flags) == (
+        PASS_ID, "ZJA12345", "P01", 2, ()
+    )  # fmt: skip
+    assert one(actions, PassIssued).printed
+    assert lane.phase() is Phase.PERSISTING
+    assert one(lane.persisted(), OpenBarrier).cmd_id == "v1/open"
+    lane.ack()
+    lane.leave_pay_point()
+    lane.cross()
+    lane.ack()
+    assert lane.phase() is Phase.IDLE
+
+
+def test_no_ticket_and_no_plate_waits_until_the_printer_prints() -> None:
+    lane = LaneDriver(ENTRY)
+    lane.arrive("v1")
+    actions = lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=False, error="paper_out"))
+    assert not of_type(actions, Persist)
+    assert displayed(actions) == ["Ticket printer fault", "Please wait for assistance"]
+    assert lane.phase() is Phase.VEHICLE_PRESENT
+    # Paper loaded: the shell sends the same job again and it prints.
+    persist = one(lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=True)), Persist)
+    assert persist.draft.flags == ()
+    assert of_type(lane.persisted(), OpenBarrier)
+
+
+def test_no_ticket_with_a_bound_plate_opens_with_the_flag_no_ticket() -> None:
+    lane = LaneDriver(ENTRY)
+    lane.feed(ev.PlateRead("ZJA12345"))
+    lane.arrive("v1")
+    actions = lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=False, error="paper_out"))
+    persist = one(actions, Persist)
+    assert (persist.draft.plate, persist.draft.flags) == ("ZJA12345", ("no_ticket",))
+    assert not one(actions, PassIssued).printed
+    assert of_type(lane.persisted(), OpenBarrier)
+
+
+def test_an_entry_lane_takes_no_codes_and_ignores_stale_tickets() -> None:
+    lane = LaneDriver(ENTRY)
+    lane.arrive("v1")
+    actions = lane.scan()
+    assert one(actions, ScanIgnored).reason == "an entry lane takes no codes"
+    assert not of_type(actions, Authorise)
+    lane.leave_pay_point()
+    actions = lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=True))
+    assert of_type(actions, RoadEventIgnored) and not of_type(actions, Persist)
+    assert lane.phase() is Phase.IDLE
+
+
+def test_no_pass_signed_calls_the_attendant_and_clears_when_the_vehicle_goes() -> None:
+    lane = LaneDriver(ENTRY)
+    lane.arrive("v1")
+    actions = lane.feed(ev.TicketIssued("v1/pass", None, printed=False, error="no pass key"))
+    assert one(actions, RaiseAlarm).code == "attendant_needed"
+    assert one(lane.leave_pay_point(), ClearAlarm).code == "attendant_needed"
+
+
+# --- exit lane -----------------------------------------------------------------------------
+
+
+def priced(trip_id: str, **kw: Any) -> ev.TripPriced:
+    fields: dict[str, Any] = {
+        "outcome": "charged",
+        "amount_minor": 4000,
+        "currency": "CNY",
+        "charged_class": 1,
+        "entry_plaza": "P01",
+        "pass_id": PASS_ID,
+        "pass_exp": 2_000_000.0,
+        "flags": (),
+        "attendant": False,
+        "display": ("P01 to P03", "Fare CNY 40.00"),
+    }
+    fields.update(kw)
+    return ev.TripPriced(trip_id, True, **fields)
+
+
+def test_an_exit_lane_wants_the_pass_then_the_payment_at_the_trip_fare() -> None:
+    lane = LaneDriver(EXIT)
+    actions = lane.arrive("v1")
+    assert displayed(actions) == ["Class 1", "Show your entry pass"]
+    assert not of_type(actions, RaiseAlarm)  # waiting for a pass is not waiting for a fare
+    # A payment code first: ignored, no try spent.
+    actions = lane.scan()
+    assert one(actions, ScanIgnored).reason == "entry pass first"
+    assert not of_type(actions, Authorise)
+    assert lane.state.vehicle is not None and lane.state.vehicle.tries == 0
+    ask = one(lane.scan(PASS_TEXT, "entry_pass"), PriceTrip)
+    assert (ask.trip_id, ask.source, ask.pass_text, ask.vehicle_class) == (
+        "v1/trip1", "pass", PASS_TEXT, 1
+    )  # fmt: skip
+    actions = lane.feed(priced("v1/trip1"))
+    assert displayed(actions) == ["P01 to P03", "Fare CNY 40.00", "Show your payment code"]
+    assert one(actions, TripPricedNote).amount_minor == 4000
+    auth = one(lane.scan(), Authorise)
+    assert (auth.amount_minor, auth.currency) == (4000, "CNY")
+    d = one(lane.decide(), Persist).draft
+    assert (d.kind, d.amount_minor, d.pass_id, d.entry_plaza) == ("exit", 4000, PASS_ID, "P01")
+    actions = lane.persisted()
+    assert one(actions, MarkPassUsed) == MarkPassUsed(PASS_ID, 2_000_000.0, None)
+    assert of_type(actions, Settle) and of_type(actions, OpenBarrier)
+
+
+def test_a_plate_with_an_open_entry_prices_without_a_pass() -> None:
+    lane = LaneDriver(EXIT)
+    lane.feed(ev.PlateRead("ZJA12345"))
+    ask = one(lane.arrive("v1"), PriceTrip)
+    assert (ask.source, ask.plate, ask.pass_text) == ("plate", "ZJA12345", None)
+    lane.feed(priced(ask.trip_id))
+    d = one(lane.decide(auth_id=one(lane.scan(), Authorise).auth_id), Persist).draft
+    assert d.plate == "ZJA12345"
+    assert one(lane.persisted(), MarkPassUsed).plate == "ZJA12345"
+
+
+def test_a_plate_without_an_open_entry_waits_for_the_pass() -> None:
+    lane = LaneDriver(EXIT)
+    lane.arrive("v1")
+    ask = one(lane.feed(ev.PlateRead("ZJA12345")), PriceTrip)
+    actions = lane.feed(ev.TripPriced(ask.trip_id, found=False))
+    assert displayed(actions) == ["Class 1", "Show your entry pass"]
+    second = one(lane.scan(PASS_TEXT, "entry_pass"), PriceTrip)
+    assert (second.trip_id, second.source, second.plate) == ("v1/trip2", "pass", "ZJA12345")
+    # The first answer again (a redelivery) is stale now.
+    assert of_type(lane.feed(priced(ask.trip_id)), RoadEventIgnored)
+
+
+SUSPECT = [
+    ("pass_used", ("Entry pass already used", "Maximum fare CNY 80.00")),
+    ("plate_mismatch", ("Plate differs from the pass", "Maximum fare CNY 80.00")),
+    ("unknown_plaza_key", ("Pass from an unknown plaza key", "Maximum fare CNY 80.00")),
+    ("pass_refused", ("Entry pass not valid: expired", "Maximum fare CNY 80.00")),
+]
+
+
+@pytest.mark.parametrize(("outcome", "lines"), SUSPECT)
+def test_a_suspect_fare_waits_for_the_attendant(outcome: str, lines: tuple[str, ...]) -> None:
+    lane = LaneDriver(EXIT)
+    lane.arrive("v1")
+    ask = one(lane.scan(PASS_TEXT, "entry_pass"), PriceTrip)
+    trip = priced(ask.trip_id, outcome=outcome, amount_minor=8000, attendant=True, display=lines)
+    actions = lane.feed(trip)
+    assert displayed(actions) == [*lines, "Attendant coming"]
+    assert one(actions, RaiseAlarm).code == "attendant_needed"
+    actions = lane.scan()
+    assert not of_type(actions, Authorise)
+    assert one(actions, ScanIgnored).reason == "fare waits for the attendant"
+    actions = lane.feed(ev.AttendantConfirmFare("c1", "op7"))
+    assert one(actions, ClearAlarm).code == "attendant_needed"
+    assert displayed(actions) == [*lines, "Show your payment code"]
+    assert one(lane.scan("282222222222222222"), Authorise).amount_minor == 8000
+
+
+def test_without_attendant_confirms_a_suspect_fare_is_charged_at_once() -> None:
+    lane = LaneDriver(rules(LaneMode.TOLL_EXIT, lane_id="P03/x1", attendant_confirms=False))
+    lane.arrive("v1")
+    ask = one(lane.scan(PASS_TEXT, "entry_pass"), PriceTrip)
+    actions = lane.feed(priced(ask.trip_id, outcome="pass_used", attendant=True))
+    assert not of_type(actions, RaiseAlarm)
+    assert one(lane.scan(), Authorise).amount_minor == 4000
+
+
+def test_a_lost_pass_is_declared_by_the_attendant_and_needs_no_second_confirmation() -> None:
+    lane = LaneDriver(EXIT)
+    lane.arrive("v1")
+    ask = one(lane.feed(ev.AttendantNoPass("c1", "op7")), PriceTrip)
+    assert (ask.source, ask.pass_text) == ("lost", None)
+    lines = ("No entry pass", "Maximum fare CNY 80.00")
+    flags = ("no_pass", "attendant")
+    trip = priced(ask.trip_id, outcome="no_pass", amount_minor=8000, attendant=True,
+                  pass_id=None, entry_plaza=None, flags=flags, display=lines)  # fmt: skip
+    actions = lane.feed(trip)
+    assert not of_type(actions, RaiseAlarm)
+    assert displayed(actions) == [*lines, "Show your payment code"]
+    d = one(lane.decide(auth_id=one(lane.scan(), Authorise).auth_id), Persist).draft
+    assert (d.kind, d.amount_minor, d.pass_id, d.flags[:2]) == (
+        "exit",
+        8000,
+        None,
+        ("no_pass", "attendant"),
+    )
+    assert not of_type(lane.persisted(), MarkPassUsed)  # no pass to mark
+
+
+def test_an_exit_that_cannot_be_priced_calls_the_attendant() -> None:
+    lane = LaneDriver(EXIT)
+    lane.arrive("v1")
+    ask = one(lane.scan(PASS_TEXT, "entry_pass"), PriceTrip)
+    actions = lane.feed(priced(ask.trip_id, outcome="unpriced", amount_minor=None, display=()))
+    assert one(actions, RaiseAlarm).code == "attendant_needed"
+    assert not of_type(lane.scan(), Authorise)
+    assert one(lane.leave_pay_point(), ClearAlarm).code == "attendant_needed"
+
+
+def test_a_declined_exit_payment_does_not_spend_the_pass() -> None:
+    lane = LaneDriver(EXIT)
+    lane.arrive("v1")
+    lane.feed(priced(one(lane.scan(PASS_TEXT, "entry_pass"), PriceTrip).trip_id))
+    lane.scan()
+    d = one(lane.decide(approved=False), Persist).draft
+    assert (d.kind, d.auth.result, d.pass_id) == ("exit", "declined", PASS_ID)
+    assert not of_type(lane.persisted(), MarkPassUsed)
+    assert lane.phase() is Phase.DENIED
+
+
+def test_a_second_pass_or_a_late_plate_does_not_reprice() -> None:
+    lane = LaneDriver(EXIT)
+    lane.arrive("v1")
+    lane.scan(PASS_TEXT, "entry_pass")
+    actions = lane.scan("LP1:another", "entry_pass")
+    assert one(actions, ScanIgnored).reason == "entry pass already read"
+    assert not of_type(lane.feed(ev.PlateRead("ZJA1")), PriceTrip)
+
+
+def test_road_events_at_other_lanes_are_ignored() -> None:
+    lane = LaneDriver(rules())
+    lane.arrive("v1")
+    assert lane.feed(ev.PlateRead("ZJA1")) == []
+    assert of_type(lane.feed(ev.AttendantNoPass("c", "a")), RoadEventIgnored)
+    assert of_type(lane.feed(ev.AttendantConfirmFare("c", "a")), RoadEventIgnored)
+    # An entry pass at a toll lane is a code it does not take: refused with a reason.
+    assert "unsupported code: entry_pass" in displayed(lane.scan(PASS_TEXT, "entry_pass"))
