@@ -31,9 +31,6 @@ from sim.road_model import Trip
 
 log = logging.getLogger("lane.sim.road")
 
-PASS_ISSUED = "pass_issued"
-TRIP_PRICED = "trip_priced"
-FARE_CONFIRMED = "fare_confirmed"
 ATTENDANT_WALK_S = 20.0  # simulated seconds for the attendant to reach the lane
 ANSWER_S = 10.0  # real seconds a lane may take to answer what the driver did
 # An entry lane reads no code: its camera idles at a low rate, leaving the CPU to the exits'.
@@ -149,13 +146,14 @@ class RoadLane(SimLane):
         vehicle = outcome.vehicle_id
         assert vehicle is not None
         await asyncio.sleep(self.sim.options.reaction_s / self.sim.speed)
-        priced_by = self._of_vehicle(outcome, TRIP_PRICED)
+        priced_by = self._of_vehicle(outcome, NoteName.TRIP_PRICED)
         # A plate the lane knows may have priced the trip already.
         found = await self.watch.wait_for(priced_by, mark, 0.0)
         ticket = self.road.ticket_shown(trip)
         lost = False
         if found is None and ticket is not None:
-            shown = await self._present("entry_pass", ticket, outcome, mark, (TRIP_PRICED,))
+            priced = (NoteName.TRIP_PRICED,)
+            shown = await self._present("entry_pass", ticket, outcome, mark, priced)
             found = None if shown is None else (shown[0], shown[2], shown[3], shown[4])
         if found is None:  # no ticket, or one the lane never read: the attendant comes
             lost = True
@@ -170,7 +168,7 @@ class RoadLane(SimLane):
             await asyncio.sleep(ATTENDANT_WALK_S / self.sim.speed)
             await self.road.attendant(self.lane_id, "confirm_fare", vehicle)
             confirmed = await self.watch.wait_for(
-                self._of_vehicle(outcome, FARE_CONFIRMED), mark, ANSWER_S
+                self._of_vehicle(outcome, NoteName.FARE_CONFIRMED), mark, ANSWER_S
             )
             mark = confirmed[0] if confirmed is not None else self.watch.mark
         await self._try_codes(trip, outcome, mark)
