@@ -152,8 +152,8 @@ class RoadLane(SimLane):
         ticket = self.road.ticket_shown(trip)
         lost = False
         if found is None and ticket is not None:
-            priced = (NoteName.TRIP_PRICED,)
-            shown = await self._present("entry_pass", ticket, outcome, mark, priced)
+            answer = (NoteName.TRIP_PRICED,)
+            shown = await self._present("entry_pass", ticket, outcome, mark, answer)
             found = None if shown is None else (shown[0], shown[2], shown[3], shown[4])
         if found is None:  # no ticket, or one the lane never read: the attendant comes
             lost = True
