@@ -38,6 +38,7 @@ from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.passes import PassAccepted, verify_pass
 from lane.transport.mqtt import MqttLink
+from lane.window import percentiles
 from lane.wire import topics
 from sim.codes import CodeFactory
 from sim.harness import Say, Simulator, progress
@@ -258,6 +259,8 @@ class RoadSimulator(Simulator):
             blobs = self.backoffice.store.records_between(0, END_OF_TIME_US)
         journeys = [t.facts for t in self.travels.values()]
         report["road"] = reconcile(journeys, blobs, self.tariff, self.plan)
+        shown = [ms for lane in self.exit_lanes.values() for ms in lane.pass_priced_ms]
+        report["road"]["pass_priced_ms"] = percentiles(shown)
         return report
 
     async def report_async(self) -> dict[str, Any]:

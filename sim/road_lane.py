@@ -60,6 +60,8 @@ class RoadLane(SimLane):
         self.mode = mode
         self.plaza = plaza
         self.printer: PrinterEmulator | None = None
+        # Exit: ms from the ticket held up to the fare priced (the driver's view of reading it).
+        self.pass_priced_ms: list[float] = []
 
     @property
     def entry(self) -> bool:
@@ -154,7 +156,9 @@ class RoadLane(SimLane):
         if found is None and ticket is not None:
             answer = (NoteName.TRIP_PRICED,)
             shown = await self._present("entry_pass", ticket, outcome, mark, answer)
-            found = None if shown is None else (shown[0], shown[2], shown[3], shown[4])
+            if shown is not None:
+                found = (shown[0], shown[2], shown[3], shown[4])
+                self.pass_priced_ms.append((shown[2] - shown[1]) * 1000)
         if found is None:  # no ticket, or one the lane never read: the attendant comes
             lost = True
             await asyncio.sleep(ATTENDANT_WALK_S / self.sim.speed)
