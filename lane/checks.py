@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from lane.auth.deny import DenyList, DenyListError, load_deny_list
 from lane.auth.entry_exit import EntryExitMatrix
 from lane.auth.fares import TariffError, load_tariff
+from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet, KeySetError, KeyUse, keyset_stale, load_keyset
 from lane.auth.netkeys import KeyFileError
 from lane.auth.networks import NetworkKeys
@@ -53,6 +54,7 @@ def check_config(path: Path, now: float | None = None) -> Findings:
     wall = time.time() if now is None else now
     _check_tariff(config, path, found)
     _check_keys(config, path, wall, found)
+    _check_pass_key(config, found)
     if config.auth.deny_list is not None:
         try:
             deny = load_deny_list(config.auth.deny_list)
@@ -98,23 +100,39 @@ def _check_tariff(config: LaneConfig, path: Path, found: Findings) -> None:
     except TariffError as exc:
         found.problems += str(exc).splitlines()  # every problem of the file, one per line
         return
-    wanted = "toll" if config.lane.mode == "toll" else "transit"
+    mode = config.lane.mode
+    wanted = "toll" if mode.startswith("toll") else "transit"
     if tariff.kind != wanted:
         found.problems.append(
             f"{config.fares.tariff}: [{tariff.kind}]: this tariff is for {tariff.kind} lanes, "
-            f"but {path} sets lane.mode = {config.lane.mode!r} (needs a [{wanted}] tariff)"
+            f"but {path} sets lane.mode = {mode!r} (needs a [{wanted}] tariff)"
         )
-    if tariff.entry_exit is not None:
+    if mode == "toll-exit" and tariff.entry_exit is None:
+        found.problems.append(
+            f"{config.fares.tariff}: [toll] mode: a toll-exit lane prices trips by entry and "
+            f"exit: it needs mode = 'entry_exit' (deploy/tariff.road.example.toml)"
+        )
+    elif mode != "toll-exit" and tariff.entry_exit is not None:
+        found.problems.append(
+            f"{config.fares.tariff}: mode: 'entry_exit' prices the exits of a closed road, "
+            f"which lane.mode {mode!r} in {path} does not charge (use 'toll-exit')"
+        )
+    elif tariff.entry_exit is not None:
         _check_road(config, path, tariff.entry_exit, found)
 
 
 def _check_road(config: LaneConfig, path: Path, road: EntryExitMatrix, found: Findings) -> None:
-    """An entry-exit tariff prices closed-road exits, which no lane mode charges yet; and every
-    entry plaza needs a pass key, or its passes are refused as `unknown_key` at every exit."""
-    found.problems.append(
-        f"{config.fares.tariff}: mode: 'entry_exit' prices the exits of a closed road, which "
-        f"lane.mode {config.lane.mode!r} in {path} cannot charge yet (docs/closed-road.md)"
-    )
+    """An exit lane's plaza must be an exit of every tariff version (its every cell for every
+    class is checked by the tariff's own loading), and every entry plaza needs a pass key, or
+    its passes are refused as `unknown_key` at every exit."""
+    plaza = config.lane.plaza
+    for n, version in enumerate(road.versions):
+        if plaza not in version.exits:
+            found.problems.append(
+                f"{config.fares.tariff}: toll.version[{n}].exits: the lane's plaza {plaza!r} "
+                f"({path} lane.id) is not an exit of this version: every vehicle would be "
+                "unpriced"
+            )
     if config.auth.keyset is None:
         return
     try:
@@ -127,6 +145,29 @@ def _check_road(config: LaneConfig, path: Path, road: EntryExitMatrix, found: Fi
         found.warnings.append(
             f"{config.auth.keyset}: keys: no pass key for entry plaza {', '.join(unsigned)}; "
             "their passes will be refused as unknown_key"
+        )
+
+
+def _check_pass_key(config: LaneConfig, found: Findings) -> None:
+    """An entry lane's pass key loads, and the key set (if the lane has one) publishes it."""
+    road = config.road
+    if config.lane.mode != "toll-entry" or road.pass_key is None or road.pass_kid is None:
+        return
+    try:
+        key = PlazaPassKey.load(road.pass_key, road.pass_kid, config.lane.plaza)
+    except KeyFileError as exc:
+        found.problems.append(f"road.pass_key: {exc}")
+        return
+    if config.auth.keyset is None:
+        return
+    try:
+        published = load_keyset(config.auth.keyset).keys.get(key.kid)
+    except KeySetError:
+        return  # reported by the key check
+    if published is None or published.use is not KeyUse.PASS:
+        found.warnings.append(
+            f"{config.auth.keyset}: no pass key {road.pass_kid!r}: the exit lanes must hold it, "
+            "or they refuse this lane's passes as unknown_key"
         )
 
 

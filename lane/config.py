@@ -42,8 +42,10 @@ class LaneSection(_Section):
         description="Lane id, plaza/lane, used in every topic",
         pattern=r"^[\w-]+/[\w-]+$",
     )
-    mode: Literal["toll", "transit-entry", "transit-exit"] = Field(
-        "toll", description="toll barrier lane, or transit fare gate at entry or exit"
+    mode: Literal["toll", "transit-entry", "transit-exit", "toll-entry", "toll-exit"] = Field(
+        "toll",
+        description="toll barrier lane, transit fare gate at entry or exit, or a closed road's "
+        "entry or exit lane (docs/closed-road.md)",
     )
     data_dir: Path = Field(Path("var/lane"), description="Where the record queue and stores live")
     max_tries: int = Field(3, ge=1, le=10, description="Codes a driver may present per vehicle")
@@ -194,6 +196,45 @@ class MetricsSection(_Section):
     host: str = Field("127.0.0.1", description="Bind address of the metrics endpoint")
 
 
+class RoadSection(_Section):
+    """A closed road's rules (docs/closed-road.md): the entry lane's pass key, the exit lane's
+    fare exceptions."""
+
+    pass_key: Path | None = Field(
+        None, description="toll-entry: the plaza's pass signing key (PEM, owner-only)"
+    )
+    pass_kid: str | None = Field(
+        None, min_length=1, max_length=64, description="toll-entry: its kid in the key set"
+    )
+    max_trip_s: float = Field(
+        86_400, gt=0, le=30 * 86_400, description="toll-exit: longer on the road is over_time"
+    )
+    over_time: Literal["farthest", "trip"] = Field(
+        "farthest", description="toll-exit: over the limit pays the farthest fare, or the trip's"
+    )
+    u_turn_window_s: float = Field(
+        1800, ge=0, le=86_400, description="toll-exit: back at the entry plaza within this: U-turn"
+    )
+    pass_lifetime_days: float = Field(
+        30, gt=0, le=366, description="toll-exit: an older pass is refused as expired"
+    )
+    attendant_confirms: bool = Field(
+        True, description="toll-exit: a suspect fare waits for the attendant's confirm_fare"
+    )
+    print_retry_s: PositiveSeconds = Field(
+        3.0, description="toll-entry: a ticket not acknowledged by the printer is sent again"
+    )
+
+    @model_validator(mode="after")
+    def _window_within_limit(self) -> RoadSection:
+        if self.u_turn_window_s >= self.max_trip_s:
+            raise ValueError(
+                f"u_turn_window_s ({self.u_turn_window_s:g}) must be shorter than "
+                f"max_trip_s ({self.max_trip_s:g})"
+            )
+        return self
+
+
 class LaneConfig(_Section):
     lane: LaneSection = Field(default_factory=LaneSection)
     broker: BrokerSection = Field(default_factory=BrokerSection)
@@ -203,6 +244,21 @@ class LaneConfig(_Section):
     barrier: BarrierSection = Field(default_factory=BarrierSection)
     uplink: UplinkSection = Field(default_factory=UplinkSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    road: RoadSection = Field(default_factory=RoadSection)
+
+    @model_validator(mode="after")
+    def _road_lanes_have_what_they_need(self) -> LaneConfig:
+        mode = self.lane.mode
+        if mode == "toll-entry" and (self.road.pass_key is None or self.road.pass_kid is None):
+            raise ValueError(
+                "lane.mode 'toll-entry' signs entry passes: set road.pass_key (the plaza's "
+                "PEM key, `lane keys new --plaza`) and road.pass_kid"
+            )
+        if mode == "toll-exit" and self.fares.tariff is None:
+            raise ValueError(
+                "lane.mode 'toll-exit' prices trips: set fares.tariff to an entry_exit tariff"
+            )
+        return self
 
 
 def parse_config(data: dict[str, object], source: str = "<config>") -> LaneConfig:
@@ -231,7 +287,10 @@ def _resolve_paths(config: LaneConfig, base: Path) -> LaneConfig:
     )
     fares = config.fares.model_copy(update={"tariff": rel(config.fares.tariff)})
     broker = config.broker.model_copy(update={"tls_ca_file": rel(config.broker.tls_ca_file)})
-    return config.model_copy(update={"lane": lane, "auth": auth, "fares": fares, "broker": broker})
+    road = config.road.model_copy(update={"pass_key": rel(config.road.pass_key)})
+    return config.model_copy(
+        update={"lane": lane, "auth": auth, "fares": fares, "broker": broker, "road": road}
+    )
 
 
 def _rel_files(section: S | None, rel: Callable[[Path | None], Path | None]) -> S | None:

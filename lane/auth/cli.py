@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lane.auth.cose import Alg, CoseError, PrivateKey, alg_of_private
+from lane.auth.cose import Alg, PrivateKey
 from lane.auth.deny import DenyList, DenyListError, load_deny_list
+from lane.auth.issuer import parse_private_key
 from lane.auth.keys import (
     IssuerKey,
     KeySet,
@@ -36,6 +37,7 @@ from lane.auth.keys import (
     keyset_to_json,
     load_keyset,
 )
+from lane.auth.netkeys import KeyFileError
 from lane.auth.passes import EntryPass, PassRefused, issue_pass, verify_pass
 from lane.auth.sourced import rfc3339
 from lane.auth.tokens import (
@@ -214,16 +216,9 @@ def _load_private_key(path: Path) -> PrivateKey:
     except OSError as exc:
         raise CliError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise CliError(f"{path}: not an unencrypted PEM private key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
-        raise CliError(f"{path}: {type(key).__name__} keys are not supported")
-    try:
-        alg_of_private(key)
-    except CoseError as exc:
-        raise CliError(f"{path}: {exc}") from None
-    return key
+        return parse_private_key(data, path)
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _token_issue(args: argparse.Namespace) -> int:

@@ -1,23 +1,49 @@
-"""A token issuer and a plaza pass key in a box, for the simulator, tests and benchmarks.
+"""A token issuer and a plaza pass key in a box.
 
-Holds one private key and mints tokens the way a wallet app's back end would; `public()` is
-the matching key set entry for the lanes.
+`TokenIssuer` (the simulator, tests and benchmarks) holds one private key and mints tokens the
+way a wallet app's back end would; `public()` is the matching key set entry for the lanes.
+`PlazaPassKey` is what a `toll-entry` lane signs its passes with (`PlazaPassKey.load`).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lane.auth.cose import Alg, PrivateKey, alg_of_private
+from lane.auth.cose import Alg, CoseError, PrivateKey, alg_of_private
 from lane.auth.keys import IssuerKey, KeyUse
+from lane.auth.netkeys import KeyFileError, read_secret
 from lane.auth.passes import EntryPass, issue_pass
 from lane.auth.tokens import issue_compact_token, issue_token
 
 FAR_FUTURE = 1 << 32
+
+
+def load_private_key(path: Path) -> PrivateKey:
+    """A lane's signing key file: readable by its owner only (`read_secret`), then as
+    `parse_private_key`."""
+    return parse_private_key(read_secret(path), path)
+
+
+def parse_private_key(data: bytes, path: Path) -> PrivateKey:
+    """An unencrypted PEM signing key (Ed25519 or P-256); KeyFileError naming the file (never
+    its content) for anything else."""
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{path}: not an unencrypted PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise KeyFileError(f"{path}: {type(key).__name__} keys are not supported")
+    try:
+        alg_of_private(key)
+    except CoseError as exc:
+        raise KeyFileError(f"{path}: {exc}") from None
+    return key
 
 
 @dataclass(frozen=True)
@@ -88,6 +114,11 @@ class PlazaPassKey:
     ) -> PlazaPassKey:
         issuer = TokenIssuer.generate(alg, kid or f"pass-{plaza}")
         return cls(issuer.private_key, issuer.kid, plaza)
+
+    @classmethod
+    def load(cls, path: Path, kid: str, plaza: str) -> PlazaPassKey:
+        """The plaza's key from its PEM file (`lane keys new --plaza`); KeyFileError if bad."""
+        return cls(load_private_key(path), kid.encode("utf-8"), plaza)
 
     def public(self) -> IssuerKey:
         return IssuerKey(

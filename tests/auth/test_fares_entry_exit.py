@@ -195,9 +195,9 @@ def test_check_names_exactly_the_missing_cells(missing: set[tuple[str, str, str]
     assert set(named) == missing and len(named) == len(missing)
 
 
-def test_check_config_refuses_a_road_tariff_no_lane_mode_charges_yet(tmp_path: Path) -> None:
-    """Until the toll-exit lane exists a `toll` lane would meet FareError on every vehicle:
-    the check says so, and names the entry plazas without a pass key."""
+def test_check_config_refuses_a_road_tariff_at_a_toll_lane(tmp_path: Path) -> None:
+    """A `toll` lane would meet FareError on every vehicle: only `toll-exit` charges a road's
+    trips (tests/lane/test_road_config.py checks one)."""
     example_config(tmp_path)
     shutil.copy(ROAD, tmp_path / "tariff.toml")
     factory = CodeFactory(1)
@@ -209,10 +209,5 @@ def test_check_config_refuses_a_road_tariff_no_lane_mode_charges_yet(tmp_path: P
     found = check_config(tmp_path / "lane.toml", now=CHANGE)
     assert [p for p in found.problems if "entry_exit" in p] == [
         f"{tmp_path / 'tariff.toml'}: mode: 'entry_exit' prices the exits of a closed road, "
-        f"which lane.mode 'toll' in {tmp_path / 'lane.toml'} cannot charge yet "
-        "(docs/closed-road.md)"
-    ]
-    assert [w for w in found.warnings if "pass key" in w] == [
-        f"{tmp_path / 'keyset.json'}: keys: no pass key for entry plaza P01, P03; "
-        "their passes will be refused as unknown_key"
+        f"which lane.mode 'toll' in {tmp_path / 'lane.toml'} does not charge (use 'toll-exit')"
     ]
