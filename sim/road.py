@@ -21,11 +21,13 @@ import asyncio
 import dataclasses
 import enum
 import logging
+import os
 import random
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -130,7 +132,7 @@ class RoadSimulator(Simulator):
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            (work / "keys" / f"pass-{plaza}.key.pem").write_bytes(pem)
+            _write_private(work / "keys" / f"pass-{plaza}.key.pem", pem)
         self._keys = self.codes.keyset(now)
         await super().start()
         assert self.broker is not None
@@ -306,6 +308,14 @@ class RoadSimulator(Simulator):
             "legs": {str(k): v for k, v in legs.items()},
             "limit_s": self.plan.limit_s,
         }
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """A private key file readable by its owner only (the lane refuses any other)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def endless_trips(plan: RoadPlan, seed: int, mix: Mix, chunk: int = 200) -> Iterator[Trip]:
