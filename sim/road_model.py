@@ -244,8 +244,15 @@ def plan_trips(n: int, seed: int, plan: RoadPlan, mix: Mix) -> list[Trip]:
         elif case is Case.TICKET_COPY:
             # A vehicle of the same class as one before it (a fleet's lorries share tickets).
             copy_of = rng.choice([j.index for j in trips if j.case is Case.NONE])
-            vehicle_class = exit_class = trips[copy_of].vehicle_class
+            original = trips[copy_of]
+            vehicle_class = exit_class = original.vehicle_class
             exit_plate = None  # its own plate would price its own trip: it hides the plate
+            # It leaves where the original left: the used-pass store is the plaza's
+            # (docs/closed-road.md), a copy shown at another plaza is not caught offline.
+            exit_plaza = original.exit
+            if entry == exit_plaza:
+                entry = rng.choice([p for p in road.plazas if p != exit_plaza])
+            duration = travel_s(road.distance_km(entry, exit_plaza), speed)
         trips.append(
             Trip(
                 index=i,

@@ -179,6 +179,7 @@ def test_every_planned_trip_does_what_its_exception_says(seed: int) -> None:
             original = trips[t.copy_of]
             assert original.index < t.index and original.case is Case.NONE
             assert original.vehicle_class == t.vehicle_class
+            assert original.exit == t.exit != t.entry  # the plaza's used-pass store catches it
     assert trips == plan_trips(28, seed, SHORT, Mix())
 
 
