@@ -24,7 +24,10 @@ BARRIER_STATES = frozenset({"closed", "opening", "open", "closing", "fault", "of
 ACK_STATES = BARRIER_STATES - {"offline"}
 BARRIER_OPS = frozenset({"open", "close"})
 # ack_alarm: the alarm code is the command's `reason` (docs/console.md).
-ATTENDANT_OPS = frozenset({"open", "close_lane", "reopen_lane", "ack_alarm"})
+# no_pass / confirm_fare: a closed road's exit lane (docs/closed-road.md).
+ATTENDANT_OPS = frozenset(
+    {"open", "close_lane", "reopen_lane", "ack_alarm", "no_pass", "confirm_fare"}
+)
 CLASSIFIER = "classifier"
 # The seq of a device's will message: the will is the last word of its session by definition.
 WILL_SEQ = 2**31 - 1

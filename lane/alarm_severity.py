@@ -41,6 +41,9 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "queue_full": Severity.CRITICAL,
         "disk_error": Severity.CRITICAL,
         "camera_blackout": Severity.MAJOR,
+        # A closed road's entry lane: vehicles without a plate read wait for their ticket.
+        "printer_paper_out": Severity.MAJOR,
+        "printer_offline": Severity.MAJOR,
         "uplink_stalled": Severity.MAJOR,
         "acquirer_unhealthy": Severity.MAJOR,
         "acquirer_declines": Severity.MAJOR,

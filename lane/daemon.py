@@ -39,10 +39,12 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
+from barrier.peripherals import PlateReading
 from lane.auth.acquirer import Acquirer
 from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.deny import DenyList, DenyListError, decode_deny_list, load_deny_list
 from lane.auth.fares import Tariff, load_tariff
+from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet, KeySetError, decode_keyset, keyset_stale, load_keyset
 from lane.auth.netkeys import KeyFileError
 from lane.auth.networks import NetworkKeys, build_acquirer
@@ -52,21 +54,26 @@ from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.auth.resolution_store import ResolutionStore, StoreError
 from lane.auth.resolver import Resolver
 from lane.auth.sourced import SourcedError
+from lane.auth.trip_pricing import DAY_S, ExitLaneRules
+from lane.auth.trip_rules import OverTimeCharge, RoadRules
 from lane.auth.trust import UpdateKind
 from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
 from lane.core.names import PayloadKind, Position, Sensor
-from lane.core.notes import VehicleArrived, VehicleLeft
+from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.health_publisher import HealthPublisher
 from lane.log import setup_logging
 from lane.metrics import LaneMetrics
 from lane.notification import Notification, ShellNote, ShellNoteName
 from lane.ops import LaneOps, TimedBarrier
+from lane.road_port import RoadDesks
 from lane.runner import Clocks, LaneRunner
+from lane.ticket_desk import TicketDesk
 from lane.transport.mqtt import Credentials, Incoming, MqttLink, tls_context
+from lane.trip_desk import TripDesk
 from lane.verifier import TokenVerifier
 from lane.wire.ids import new_id
 from scanner.decoders import make_decoder
@@ -196,6 +203,7 @@ def rules_from(config: LaneConfig) -> LaneRules:
         pass_dwell_s=config.lane.pass_dwell_s,
         persist_dwell_s=config.lane.persist_dwell_s,
         probe_s=config.lane.probe_s,
+        attendant_confirms=config.road.attendant_confirms,
     )
 
 
@@ -210,6 +218,8 @@ class Opened:
     keyset: KeySet | None
     deny: DenyList | None
     source: FrameSource
+    pass_key: PlazaPassKey | None = None  # toll-entry: what its passes are signed with
+    tariff: Tariff | None = None  # toll-exit: the entry-exit matrix its trips are priced by
 
 
 def account_key(config: LaneConfig) -> bytes:
@@ -253,9 +263,36 @@ def open_files(
             load_keyset(auth.keyset) if auth.keyset else None,
             load_deny_list(auth.deny_list) if auth.deny_list else None,
             source or open_source(config.camera.source, settings=config.camera.capture()),
+            *_road_files(config),
         )
         return opened, stack.pop_all()
     raise AssertionError("unreachable")  # the with block returns or raises  # pragma: no cover
+
+
+def _road_files(config: LaneConfig) -> tuple[PlazaPassKey | None, Tariff | None]:
+    road = config.road
+    key = None
+    if config.lane.mode == "toll-entry" and road.pass_key is not None and road.pass_kid:
+        key = PlazaPassKey.load(road.pass_key, road.pass_kid, config.lane.plaza)
+    tariff = None
+    if config.lane.mode == "toll-exit" and config.fares.tariff is not None:
+        tariff = load_tariff(config.fares.tariff)
+    return key, tariff
+
+
+def exit_rules(config: LaneConfig) -> ExitLaneRules:
+    road = config.road
+    return ExitLaneRules(
+        config.lane.plaza,
+        config.lane.id,
+        RoadRules(
+            u_turn_window_s=road.u_turn_window_s,
+            max_trip_s=road.max_trip_s,
+            over_time=OverTimeCharge(road.over_time),
+        ),
+        pass_lifetime_s=road.pass_lifetime_days * DAY_S,
+        skew_s=config.auth.skew_s,
+    )
 
 
 async def build(
@@ -333,6 +370,7 @@ class LaneDaemon:
             on_garbage=self._on_garbage,
             on_link=self._on_link,
             on_snapshot=self._on_snapshot,
+            on_plate=self._on_plate,
             credentials=creds,
             tls=tls,
         )
@@ -355,6 +393,10 @@ class LaneDaemon:
         if config.auth.share_used_tokens:
             self.sharing = UsedTokenSharing(self.uplink, self.replay, config.lane.plaza, self.lane)
             subs.append(self.sharing.subscription())
+        self.road = self._road_desks(opened)
+        for desk in (self.road.tickets, self.road.trips):
+            if desk is not None:
+                subs += desk.subscriptions()
         self.uplink.subscriptions = subs
         self.verifier = TokenVerifier(
             self.lane,
@@ -404,6 +446,7 @@ class LaneDaemon:
             store=self.queue,
             clocks=self.clocks,
             observers=[self._on_note, self.metrics.observe_note],
+            road=self.road,
         )
         self.pipeline = ScanPipeline(
             self.source,
@@ -423,6 +466,31 @@ class LaneDaemon:
 
     def _alarm(self, code: str, message: str | None) -> None:
         self.runner.alarm(code, message)
+
+    def _road_desks(self, opened: Opened) -> RoadDesks:
+        """A closed road's desks, over the uplink link (printer and plate bindings)."""
+        tickets = trips = None
+        if opened.pass_key is not None:
+            tickets = TicketDesk(
+                self.lane,
+                opened.pass_key,
+                self.uplink,
+                alarm=self._alarm,
+                wall=self.clocks.wall,
+                monotonic=self.clocks.monotonic,
+                retry_s=self.config.road.print_retry_s,
+            )
+        if opened.tariff is not None:
+            trips = TripDesk(
+                exit_rules(self.config),
+                opened.tariff,
+                lambda: self.verifier.keys,
+                self.replay,
+                self.uplink,
+                sharing=self.sharing,
+                wall=self.clocks.wall,
+            )
+        return RoadDesks(tickets, trips)
 
     async def _is_recorded(self, payment_id: str) -> bool:
         """Crash recovery: did a record say this payment was taken? Then it is settled, never
@@ -493,6 +561,14 @@ class LaneDaemon:
             self.runner.post(ev.AttendantCloseLane(cmd.reason))
         elif cmd.op == "reopen_lane":
             self.runner.post(ev.AttendantReopenLane(cmd.reason))
+        elif cmd.op == "no_pass":
+            self.runner.post(ev.AttendantNoPass(cmd.cmd_id, cmd.attendant))
+        elif cmd.op == "confirm_fare":
+            self.runner.post(ev.AttendantConfirmFare(cmd.cmd_id, cmd.attendant))
+
+    def _on_plate(self, reading: PlateReading) -> None:
+        log.info("plate read", extra={"lane": self.lane, "confidence": reading.confidence})
+        self.runner.post(ev.PlateRead(reading.plate))
 
     def _on_garbage(self, topic: str, error: str) -> None:
         log.warning(
@@ -507,6 +583,10 @@ class LaneDaemon:
             self.forwarder.handle_ack(msg.payload)
         elif msg.topic in self._plaza_topics:
             await self._on_plaza_update(msg)
+        elif self.road.tickets is not None and self.road.tickets.handles(msg.topic):
+            self.road.tickets.handle(msg)
+        elif self.road.trips is not None and self.road.trips.handles(msg.topic):
+            self.road.trips.handle(msg)
         elif self.sharing is not None:
             await self.sharing.handle(msg)
 
@@ -540,7 +620,7 @@ class LaneDaemon:
         match note:
             case ShellNote(name=ShellNoteName.RECORD):
                 self.forwarder.wake()  # a record is on disk: forward it now, not at the next poll
-            case VehicleArrived(implicit=False) | VehicleLeft():
+            case VehicleArrived(implicit=False) | VehicleLeft() | TripPricedNote():
                 # Codes still in view count again for the next person (a screenshot must reach
                 # the replay check), but not for the fare-gate passenger the code just made.
                 self.pipeline.forget_seen()
@@ -614,7 +694,8 @@ class LaneDaemon:
         if not all(c.ok for c in self.ops.readiness() if c.name in needed):
             return False
         # A toll lane serves the vehicle on the entry loop; a fare gate whoever shows a code.
-        wanted = "vehicle_present" if self.config.lane.mode == "toll" else "idle"
+        gate = LaneMode(self.config.lane.mode).fare_gate
+        wanted = "idle" if gate else "vehicle_present"
         return phase(self.runner.state).value == wanted
 
     async def _offline_if_failed(self, work: Coroutine[Any, Any, None]) -> None:

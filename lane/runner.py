@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, assert_never
 
+from lane.auth.trip_pricing import unpriced
 from lane.core import events as ev
 from lane.core.actions import (
     Abandon,
@@ -22,9 +23,12 @@ from lane.core.actions import (
     Authorise,
     ClearAlarm,
     CloseBarrier,
+    IssuePass,
+    MarkPassUsed,
     NoteBase,
     OpenBarrier,
     Persist,
+    PriceTrip,
     QueryDevice,
     RaiseAlarm,
     Settle,
@@ -54,6 +58,14 @@ class PaymentsPort(Protocol):
     async def settle(self, auth_id: str) -> None: ...
 
 
+class RoadPort(Protocol):
+    """A closed road's lane devices (lane.road_port.RoadDesks)."""
+
+    def issue(self, request: IssuePass) -> AsyncIterator[ev.TicketIssued]: ...
+    async def price(self, request: PriceTrip) -> ev.TripPriced: ...
+    async def mark_used(self, action: MarkPassUsed) -> None: ...
+
+
 class RecordStore(Protocol):
     """The queue (uplink.queue_thread.QueueThread): append returns once the record is on disk."""
 
@@ -79,8 +91,10 @@ class LaneRunner:
         *,
         clocks: Clocks | None = None,
         observers: Sequence[Observer] = (),
+        road: RoadPort | None = None,
     ) -> None:
         self.state = state
+        self.road = road
         self.barrier = barrier
         self.payments = payments
         self.store = store
@@ -192,6 +206,12 @@ class LaneRunner:
                 self._spawn("barrier", self._command(action))
             case QueryDevice(query_id=query_id, reason=reason):
                 self._spawn("query", self._query(query_id, reason))
+            case IssuePass():
+                self._spawn("issue pass", self._issue(action))
+            case PriceTrip():
+                self._spawn("price trip", self._price(action))
+            case MarkPassUsed():
+                self._spawn("mark pass used", self._mark_used(action))
             case RaiseAlarm(code=code, message=message):
                 self.alarms[code] = message
                 log.warning(
@@ -218,6 +238,40 @@ class LaneRunner:
                 action.auth_id, False, f"error: {exc.__class__.__name__}", action.kind
             )
         self.post(decision)
+
+    async def _issue(self, action: IssuePass) -> None:
+        if self.road is None:
+            self.post(ev.TicketIssued(action.issue_id, None, False, "no ticket desk"))
+            return
+        try:
+            async for ticket in self.road.issue(action):
+                self.post(ticket)
+        except Exception as exc:
+            # The vehicle waits at the entry: it must hear why (and an attendant is called).
+            log.exception("pass not issued", extra={"lane": self.lane, "issue_id": action.issue_id})
+            self.post(ev.TicketIssued(action.issue_id, None, False, f"error: {exc}"))
+
+    async def _price(self, action: PriceTrip) -> None:
+        try:
+            if self.road is None:
+                raise LookupError("no trip desk")
+            answer = await self.road.price(action)
+        except Exception as exc:
+            # The core waits for exactly one answer: an unpriced trip calls the attendant.
+            log.exception("trip not priced", extra={"lane": self.lane, "trip_id": action.trip_id})
+            answer = unpriced(action.trip_id, "Fare not known", f"{exc.__class__.__name__}: {exc}")
+        self.post(answer)
+
+    async def _mark_used(self, action: MarkPassUsed) -> None:
+        if self.road is None:
+            return
+        try:
+            await self.road.mark_used(action)
+        except Exception:
+            # The exit record is durable and names the pass; the back office still sees it.
+            log.exception(
+                "pass not marked used", extra={"lane": self.lane, "pass_id": action.pass_id}
+            )
 
     async def _persist(self, action: Persist) -> None:
         try:

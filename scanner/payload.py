@@ -1,4 +1,5 @@
-"""What a decoded QR text is: offline token, wallet payment code, EMV CPM payload, or unknown.
+"""What a decoded QR text is: offline token, wallet payment code, EMV CPM payload, a closed
+road's entry pass, or unknown.
 
 `classify` is pure and total: it never raises, whatever the camera hands it. Only the shape of
 a code is judged here; signatures, expiry and replay are the business of `lane.auth`.
@@ -23,6 +24,7 @@ from scanner.emv import (
 __all__ = [
     "EmvApplication",
     "EmvPayload",
+    "EntryPassPayload",
     "Payload",
     "PaymentCodePayload",
     "TokenPayload",
@@ -40,6 +42,9 @@ BASE45_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
 # (version 40, alphanumeric) holds at most 4296 characters, i.e. 2864 bytes of Base45.
 TOKEN_MIN_BYTES = 64
 TOKEN_MAX_BYTES = 2864
+
+# A closed road's entry pass (lane.auth.passes): read by exit lanes, never a payment.
+PASS_PREFIX = "LP1:"
 
 _DIGITS = re.compile(r"[0-9]+")
 _B45 = {c: i for i, c in enumerate(BASE45_ALPHABET)}
@@ -65,12 +70,18 @@ class PaymentCodePayload:
 
 
 @dataclass(frozen=True, slots=True)
+class EntryPassPayload:
+    text: str
+    kind: Literal["entry_pass"] = field(default="entry_pass", init=False)
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownPayload:
     reason: str
     kind: Literal["unknown"] = field(default="unknown", init=False)
 
 
-Payload = TokenPayload | PaymentCodePayload | EmvPayload | UnknownPayload
+Payload = TokenPayload | PaymentCodePayload | EmvPayload | EntryPassPayload | UnknownPayload
 
 
 def classify(text: str) -> Payload:
@@ -89,6 +100,9 @@ def _classify(text: str) -> Payload:
     for prefix in TOKEN_PREFIXES:
         if text.startswith(prefix):
             return _token(text, text[len(prefix) :])
+    if text.startswith(PASS_PREFIX):
+        # Its signature, claims and use are the exit lane's to judge (lane.auth.passes).
+        return EntryPassPayload(text)
     if _DIGITS.fullmatch(text):
         return _payment_code(text)
     if looks_like_cpm(text):

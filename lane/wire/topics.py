@@ -84,3 +84,18 @@ def printer_ack(lane: str) -> str:
 def printer_status(lane: str) -> str:
     """Printer → controller and watchers, QoS 1, retained: the PrinterStatus."""
     return f"lane/{lane}/printer/status"
+
+
+def road_plate(plate: str) -> str:
+    """Entry lane → exit lanes, QoS 1, retained: the entry pass (its `LP1:` text) bound to this
+    plate (normalised: letters and digits, upper case); emptied once the pass has exited."""
+    return f"road/plates/{plate}"
+
+
+ROAD_PLATES = "road/plates/+"
+
+
+def plate_of(topic: str) -> str | None:
+    """The plate of a road_plate topic, or None when the topic is not one."""
+    head, _, plate = topic.rpartition("/")
+    return plate if head == "road/plates" and plate else None

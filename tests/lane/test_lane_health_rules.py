@@ -20,12 +20,14 @@ from lane.lane_health import (
     acquirer_sample,
     uplink_stalled,
 )
+from lane.ticket_desk import PAPER_OUT, PRINTER_OFFLINE
 
 
 def test_every_alarm_the_lane_raises_today_has_a_severity() -> None:
     known = {*Alarm, *BARRIER_ALARMS, *QUEUE_FAULTS, "camera_blackout", "keyset_stale"}
     known |= {"attendant_needed", "queue_high_water", "uplink_stalled", "acquirer_unhealthy"}
     known |= {"trust_update_refused", "payment_alipay", "payment_wechatpay", "payment_acquirer"}
+    known |= {PAPER_OUT, PRINTER_OFFLINE}
     assert known <= set(SEVERITY), sorted(known - set(SEVERITY))
 
 

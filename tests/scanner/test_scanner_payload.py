@@ -12,6 +12,7 @@ from scanner_testkit import EMVCO_SAMPLE
 from scanner.payload import (
     BASE45_ALPHABET,
     EmvPayload,
+    EntryPassPayload,
     PaymentCodePayload,
     TokenPayload,
     UnknownPayload,
@@ -67,6 +68,8 @@ TOKEN = "LT1:" + b45encode(bytes(range(100)))
         ("101234567890123456", PaymentCodePayload("101234567890123456", "wechat")),
         ("281234567890123456\r\n", PaymentCodePayload("281234567890123456", "alipay")),
         (TOKEN, TokenPayload(TOKEN)),
+        # A closed road's entry pass: its shape only; the exit lane verifies it.
+        ("LP1:6BFOXN*TS0BI$ZD", EntryPassPayload("LP1:6BFOXN*TS0BI$ZD")),
     ],
 )
 def test_accepted_shapes(text: str, expected: object) -> None:
@@ -103,6 +106,7 @@ def test_kinds() -> None:
     assert classify(TOKEN).kind == "token"
     assert classify("281234567890123456").kind == "payment_code"
     assert classify(EMVCO_SAMPLE).kind == "emv"
+    assert classify("LP1:6BFOXN").kind == "entry_pass"
 
 
 def test_emvco_sample_parses() -> None:

@@ -1,0 +1,196 @@
+"""A toll-entry lane's ticket desk: sign the entry pass, print it, bind it to the plate.
+
+The core asks `IssuePass(issue_id, ...)`; `TicketDesk.issue` answers with `TicketIssued`
+events (an async iterator: the runner posts each one):
+
+1. The pass is signed with the plaza's key (`PlazaPassKey`) at the wall clock's time of entry.
+2. With a plate read, the pass text is published retained on `road/plates/{plate}`: an exit
+   lane prices a ticketless vehicle from it (lane.trip_desk).
+3. The ticket is published as a `PrintJob` (job id = issue_id: a printer prints a job id once)
+   on `lane/{id}/printer/print`, and the desk waits for its `PrintAck`. Printed: answered.
+   Not printed (paper out, printer offline or silent): the core is told at once; with a plate
+   bound that opens the barrier (flag no_ticket) and the desk stops (a ticket printed later
+   would be for nobody); without one the vehicle waits, and the same job is sent again once
+   the printer says `ready` (or every `retry_s`), until it prints, the next vehicle's issue
+   replaces it, or `give_up_s` passes.
+
+The printer's retained status raises `printer_paper_out` / `printer_offline` (and a job not
+acknowledged raises `printer_offline`), each cleared by itself when the printer is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+
+from barrier.escpos import Ticket, encode_ticket
+from barrier.peripherals import PrintAck, PrinterState, PrinterStatus, PrintJob
+from lane.auth.issuer import PlazaPassKey
+from lane.auth.passes import EntryPass
+from lane.auth.sourced import rfc3339
+from lane.auth.trip_rules import normalise_plate
+from lane.core.actions import IssuePass
+from lane.core.events import TicketIssued
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
+from lane.wire.codec import PayloadError
+
+log = logging.getLogger("lane.ticket_desk")
+
+PASS_ID_BYTES = 12
+PAPER_OUT = "printer_paper_out"
+PRINTER_OFFLINE = "printer_offline"
+ALARM_TEXT = {
+    PAPER_OUT: "ticket printer out of paper: vehicles without a plate read wait",
+    PRINTER_OFFLINE: "ticket printer offline: vehicles without a plate read wait",
+}
+
+
+class TicketDesk:
+    def __init__(
+        self,
+        lane: str,
+        key: PlazaPassKey,
+        link: MqttLink,
+        *,
+        alarm: Callable[[str, str | None], None],
+        wall: Callable[[], float],
+        monotonic: Callable[[], float],
+        retry_s: float = 3.0,
+        give_up_s: float = 600.0,
+    ) -> None:
+        self.lane = lane
+        self.key = key
+        self.link = link
+        self.alarm = alarm
+        self.wall = wall
+        self.monotonic = monotonic
+        self.retry_s = retry_s
+        self.give_up_s = give_up_s
+        self.state: PrinterState | None = None  # None: no status heard yet
+        self._ready = asyncio.Event()
+        self._acks: dict[str, asyncio.Future[PrintAck]] = {}
+        self._current: str | None = None
+        self._ack_topic = topics.printer_ack(lane)
+        self._status_topic = topics.printer_status(lane)
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        return [(self._ack_topic, 1), (self._status_topic, 1)]
+
+    def handles(self, topic: str) -> bool:
+        return topic in (self._ack_topic, self._status_topic)
+
+    def handle(self, msg: Incoming) -> None:
+        """A printer ack or status (garbage is logged and dropped: the job is sent again)."""
+        try:
+            if msg.topic == self._ack_topic:
+                self._on_ack(PrintAck.decode(msg.payload))
+            elif msg.payload:
+                self._on_status(PrinterStatus.decode(msg.payload))
+        except PayloadError as exc:
+            log.warning(
+                "garbage from the printer", extra={"lane": self.lane, "topic": msg.topic,
+                                                   "error": str(exc)},
+            )  # fmt: skip
+
+    def _on_ack(self, ack: PrintAck) -> None:
+        waiter = self._acks.get(ack.job_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(ack)
+        if ack.printed:
+            self._set_alarm(PRINTER_OFFLINE, False)  # it answers
+
+    def _on_status(self, status: PrinterStatus) -> None:
+        self.state = status.state
+        log.info("printer status", extra={"lane": self.lane, "state": status.state.value})
+        ready = status.state is PrinterState.READY
+        self._set_alarm(PAPER_OUT, status.state is PrinterState.PAPER_OUT)
+        self._set_alarm(PRINTER_OFFLINE, status.state is PrinterState.OFFLINE)
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    def _set_alarm(self, code: str, on: bool) -> None:
+        self.alarm(code, ALARM_TEXT[code] if on else None)
+
+    # --- issuing -------------------------------------------------------------------------
+
+    async def issue(self, request: IssuePass) -> AsyncIterator[TicketIssued]:
+        self._current = request.issue_id  # the vehicle before is gone or through: stop its job
+        extra = {"lane": self.lane, "issue_id": request.issue_id}
+        entered = int(self.wall())
+        plaza, _, lane = self.lane.partition("/")
+        entry = EntryPass(plaza, lane or plaza, entered, request.vehicle_class,
+                          os.urandom(PASS_ID_BYTES), request.plate)  # fmt: skip
+        try:
+            text = self.key.issue(entry)
+        except ValueError as exc:
+            log.error("pass not signed", extra={**extra, "error": str(exc)})
+            yield TicketIssued(request.issue_id, None, False, f"pass not signed: {exc}")
+            return
+        log.info("pass issued", extra={**extra, "pass_id": entry.pass_hex})
+        if request.plate is not None:
+            await self._bind(request.plate, text, extra)
+        job = PrintJob(request.issue_id, encode_ticket(ticket_of(entry, text)), self._now_us())
+        told = False
+        until = self.monotonic() + self.give_up_s
+        while self._current == request.issue_id and self.monotonic() < until:
+            error = await self._print(job)
+            if error is None:
+                log.info("ticket printed", extra={**extra, "pass_id": entry.pass_hex})
+                yield TicketIssued(request.issue_id, entry.pass_hex, True)
+                return
+            log.warning("ticket not printed", extra={**extra, "error": error})
+            if not told:
+                told = True
+                yield TicketIssued(request.issue_id, entry.pass_hex, False, error)
+            if request.plate is not None:
+                return  # opened on the plate: a ticket printed later would be nobody's
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.retry_s):
+                    await self._ready.wait()  # paper loaded: send the same job again at once
+
+    async def _print(self, job: PrintJob) -> str | None:
+        """Send the job and wait for its ack: None when printed, else why not."""
+        if self.state in (PrinterState.PAPER_OUT, PrinterState.OFFLINE):
+            return self.state.value  # the printer said so: sending would only be refused
+        waiter = asyncio.get_running_loop().create_future()
+        self._acks[job.job_id] = waiter
+        try:
+            await self.link.publish(topics.printer_print(self.lane), job.encode(), qos=1)
+            async with asyncio.timeout(self.retry_s):
+                ack = await waiter
+        except ConnectionError as exc:
+            return f"not sent: {exc}"
+        except TimeoutError:
+            self._set_alarm(PRINTER_OFFLINE, True)
+            return "no answer from the printer"
+        finally:
+            self._acks.pop(job.job_id, None)
+        return None if ack.error is None else ack.error.value
+
+    async def _bind(self, plate: str, text: str, extra: dict[str, str]) -> None:
+        topic = topics.road_plate(normalise_plate(plate))
+        try:
+            await self.link.publish(topic, text.encode(), qos=1, retain=True)
+        except ConnectionError as exc:
+            # The ticket still carries the pass; only a ticketless exit needs the binding.
+            log.warning("plate binding not published", extra={**extra, "error": str(exc)})
+
+    def _now_us(self) -> int:
+        return int(self.wall() * 1_000_000)
+
+
+def ticket_of(entry: EntryPass, text: str) -> Ticket:
+    lines = [f"Entry {entry.plaza} lane {entry.lane}", rfc3339(entry.entered_at),
+             f"Class {entry.vehicle_class}"]  # fmt: skip
+    if entry.plate is not None:
+        # The printer prints ASCII: a plate's other letters (浙A12345) show as '?'.
+        plate = "".join(c if c.isascii() else "?" for c in normalise_plate(entry.plate))
+        lines.append(f"Plate {plate}")
+    lines.append("Show this code at the exit")
+    return Ticket("ENTRY PASS", tuple(lines), text)

@@ -1,0 +1,137 @@
+"""A toll-exit lane's trip desk: price a trip offline, and mark its pass used once it exited.
+
+`price` answers the core's `PriceTrip`: the evidence is the pass text the driver showed, the
+pass bound to the plate the ANPR read (the retained `road/plates/{plate}` the entry lanes
+publish; none bound: `found` False, the lane waits for the pass), or none (the attendant's
+no_pass). The pass is verified by signature with the key set's pass keys, the used-pass
+store (the replay store's `pass:` namespace, shared with the plaza like used tokens) says
+whether it already exited, and lane.auth.trip_pricing decides the fare. Nothing asks the
+back office.
+
+`mark_used` answers `MarkPassUsed`: the exit record is durable, so the pass is recorded as
+exited (and shared with the plaza's other lanes), and its plate binding is emptied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from lane.auth.fares import Tariff
+from lane.auth.keys import KeySet
+from lane.auth.passes import EntryPass, pass_key
+from lane.auth.plaza import UsedTokenSharing
+from lane.auth.replay import ReplayStore
+from lane.auth.trip_pricing import ExitLaneRules, evidence_of, not_found, price_trip
+from lane.auth.trip_rules import normalise_plate
+from lane.core.actions import MarkPassUsed, PriceTrip
+from lane.core.events import TripPriced
+from lane.core.names import TripSource
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
+
+log = logging.getLogger("lane.trip_desk")
+
+
+class TripDesk:
+    def __init__(
+        self,
+        rules: ExitLaneRules,
+        tariff: Tariff,
+        keys: Callable[[], KeySet],
+        replay: ReplayStore,
+        link: MqttLink,
+        *,
+        sharing: UsedTokenSharing | None,
+        wall: Callable[[], float],
+    ) -> None:
+        self.rules = rules
+        self.tariff = tariff
+        self.keys = keys  # the lane's current key set (files and retained updates)
+        self.replay = replay
+        self.link = link
+        self.sharing = sharing
+        self.wall = wall
+        self.bound: dict[str, str] = {}  # normalised plate -> the pass text bound to it
+        # pass id -> the plate its entry bound and the pass text (to clear only that binding)
+        self._entry_plates: dict[str, tuple[str, str]] = {}
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        return [(topics.ROAD_PLATES, 1)]
+
+    def handles(self, topic: str) -> bool:
+        return topics.plate_of(topic) is not None
+
+    def handle(self, msg: Incoming) -> None:
+        """A plate binding from an entry lane (retained); empty: the pass has exited."""
+        plate = topics.plate_of(msg.topic)
+        if plate is None:
+            return
+        if not msg.payload:
+            self.bound.pop(plate, None)
+            return
+        try:
+            self.bound[plate] = msg.payload.decode("ascii")
+        except UnicodeDecodeError:
+            # Not a pass: verifying it would refuse it anyway; keep no garbage.
+            log.warning("garbage plate binding", extra={"lane": self.rules.lane, "plate": plate})
+
+    async def price(self, request: PriceTrip) -> TripPriced:
+        text = request.pass_text
+        if request.source is TripSource.PLATE:
+            bound = self.bound.get(normalise_plate(request.plate or ""))
+            if bound is None:
+                return not_found(request)
+            text = bound
+        elif request.source is TripSource.LOST:
+            text = None
+        now = self.wall()
+        evidence = evidence_of(text, self.keys(), now, self.rules)
+        used = False
+        if isinstance(evidence, EntryPass):
+            key = pass_key(evidence.pass_hex)
+            used = await asyncio.to_thread(self.replay.get, key) is not None
+            if evidence.plate is not None and text is not None:
+                plate = normalise_plate(evidence.plate)
+                self._entry_plates[evidence.pass_hex] = (plate, text)
+        answer = price_trip(request, evidence, used, self.tariff, self.rules, now)
+        log.info(
+            "trip priced",
+            extra={
+                "lane": self.rules.lane,
+                "trip_id": request.trip_id,
+                "source": request.source.value,
+                "outcome": answer.outcome,
+                "amount_minor": answer.amount_minor,
+                "pass_id": answer.pass_id,
+            },
+        )
+        return answer
+
+    async def mark_used(self, action: MarkPassUsed) -> None:
+        key = pass_key(action.pass_id)
+        exp = int(action.expires_at) + 1
+        now = self.wall()
+        if self.sharing is not None:
+            first = await self.sharing.check_and_mark(key, exp, now)
+        else:
+            first = await asyncio.to_thread(
+                self.replay.check_and_mark, key, exp, self.rules.lane, now
+            )
+        log.info(
+            "pass exited",
+            extra={"lane": self.rules.lane, "pass_id": action.pass_id, "first": first},
+        )
+        binding = self._entry_plates.pop(action.pass_id, None)
+        if binding is None or self.bound.get(binding[0]) != binding[1]:
+            return  # not bound, or bound to the plate's next trip since
+        plate = binding[0]
+        try:
+            await self.link.publish(topics.road_plate(plate), b"", qos=1, retain=True)
+        except ConnectionError as exc:
+            # The binding stays until the next exit of that plate overwrites it: that pass is
+            # marked used, so it prices as pass_used, never twice as a trip.
+            log.warning(
+                "plate binding not cleared", extra={"lane": self.rules.lane, "error": str(exc)}
+            )

@@ -1,0 +1,309 @@
+"""A closed road against the real things: two lane daemons (an entry lane at P01, an exit lane at
+P03) on the session mosquitto, device and printer emulators, the SQLite queues, the back
+office's ingest and its open-trips query. A vehicle takes a printed ticket at the entry (read
+back from the rendered paper by our own decoder), pays the matrix fare at the exit; the same
+pass at a second exit is refused as used; the paper-out alarm comes and goes by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from polling import eventually
+
+from barrier.device import DeviceEmulator, Timings
+from barrier.messages import AttendantCommand
+from barrier.peripherals import PlateReading
+from barrier.printer import PrinterEmulator, render_ticket
+from lane.auth.fares import load_tariff
+from lane.auth.issuer import PlazaPassKey
+from lane.auth.keys import KeySet, keyset_to_json, load_keyset
+from lane.auth.passes import pass_key
+from lane.config import parse_config
+from lane.daemon import LaneDaemon, build
+from lane.transport.mqtt import MqttLink
+from lane.wire import topics
+from scanner.decoders import ZxingDecoder
+from scanner.sources import PushSource
+from sim.acquirer import AcquirerServer
+from sim.broker import Mosquitto
+from sim.camera import frame_for
+from sim.codes import CodeFactory
+from uplink.ingest import Ingest
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.trips import open_trips
+
+ROAD = Path(__file__).resolve().parents[2] / "deploy" / "tariff.road.example.toml"
+
+
+@dataclass
+class RoadLane:
+    daemon: LaneDaemon
+    device: DeviceEmulator
+    source: PushSource
+    notes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [fields for n, fields in self.notes if n == name]
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in (f["record"] for f in self.named("record")) if r["kind"] == kind]
+
+
+@dataclass
+class Road:
+    tmp: Path
+    broker: Mosquitto
+    codes: CodeFactory
+    keyset: Path
+    pass_key: Path
+    run_id: str
+    stack: contextlib.AsyncExitStack
+
+    def lane_id(self, name: str) -> str:
+        return f"{name}{self.run_id}"  # P01/e -> P01/e3fa2c1: unique on the session broker
+
+    async def lane(self, lane_id: str, mode: str, **sections: dict[str, Any]) -> RoadLane:
+        data = self.tmp / lane_id.replace("/", "_")
+        config = parse_config(
+            {
+                "lane": {"id": lane_id, "mode": mode, "data_dir": str(data)},
+                "broker": {"port": self.broker.port},
+                "camera": {"source": "push"},
+                **sections,
+            }
+        )
+        device = DeviceEmulator(lane_id, self.broker.host, self.broker.port, Timings().scaled(20))
+        source = PushSource()
+        daemon = await build(config, source=source, shutdown_grace_s=2.0)
+        lane = RoadLane(daemon, device, source)
+        daemon.runner.observers.append(lambda note: lane.notes.append((note.name, note.fields())))
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(device.run()), asyncio.create_task(daemon.run(stop))]
+
+        async def down() -> None:
+            stop.set()
+            await asyncio.wait_for(tasks[1], 15)
+            await device.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.stack.push_async_callback(down)
+        await device.wait_connected(5)
+        await daemon.link.wait_connected(5)
+        await eventually(lambda: daemon.runner.state.barrier == "closed")
+        return lane
+
+    async def entry_lane(self, name: str = "P01/e") -> tuple[RoadLane, PrinterEmulator]:
+        lane_id = self.lane_id(name)
+        printer = PrinterEmulator(lane_id, self.broker.host, self.broker.port)
+        task = asyncio.create_task(printer.run())
+
+        async def down() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        self.stack.push_async_callback(down)
+        road = {"pass_key": str(self.pass_key), "pass_kid": "pass-P01", "print_retry_s": 1.0}
+        lane = await self.lane(lane_id, "toll-entry", road=road)
+        await eventually(lambda: lane.daemon.road.tickets and lane.daemon.road.tickets.state)
+        return lane, printer
+
+    async def exit_lane(self, name: str = "P03/x") -> RoadLane:
+        acquirer = AcquirerServer()
+        url = await acquirer.start()
+        self.stack.push_async_callback(acquirer.stop)
+        return await self.lane(
+            self.lane_id(name),
+            "toll-exit",
+            auth={"acquirer_url": url, "keyset": str(self.keyset)},
+            fares={"tariff": str(ROAD)},
+        )
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        link = MqttLink(self.broker.host, self.broker.port, f"road-test-{uuid.uuid4().hex[:8]}")
+        task = asyncio.create_task(link.run())
+        try:
+            await link.wait_connected(5)
+            await link.publish(topic, payload, qos=1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+async def road(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Road]:
+    codes = CodeFactory(7)
+    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
+    p01 = PlazaPassKey.generate("P01")
+    tokens = load_keyset(keyset)
+    keyset.write_text(keyset_to_json(KeySet.of(tokens.issued_at, [*tokens.keys.values(),
+                                                                   p01.public()])))  # fmt: skip
+    pem = tmp_path / "pass-P01.key.pem"
+    fd = os.open(pem, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(p01.private_key.private_bytes(serialization.Encoding.PEM,
+                                              serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))  # fmt: skip
+    async with contextlib.AsyncExitStack() as stack:
+        yield Road(tmp_path, mosquitto, codes, keyset, pem, uuid.uuid4().hex[:6], stack)
+
+
+def shown(lane: RoadLane, line: str) -> bool:
+    return any(line in n["lines"] for n in lane.named("display"))
+
+
+async def show(lane: RoadLane, text: str, until: Any, within: float = 8.0) -> None:
+    """Hold `text` in front of the lane's camera until `until()` holds."""
+    frame = frame_for(text, "clear", rng=1)
+    await eventually(
+        until,
+        within=within,
+        every=0.03,
+        what=f"the lane reacting to the code; notes: {lane.notes[-5:]}",
+        between=lambda: lane.source.put(frame, time.monotonic()),
+    )
+
+
+async def attendant(road: Road, lane: RoadLane, op: str) -> None:
+    cmd = AttendantCommand(op, uuid.uuid4().hex, "", "op7", int(time.time() * 1e6))
+    await road.publish(topics.attendant(lane.daemon.lane), cmd.encode())
+
+
+async def enter(lane: RoadLane, printer: PrinterEmulator, vehicle_class: int) -> str:
+    """A vehicle through the entry lane; the pass text read back from its printed ticket."""
+    printed = len(printer.printed)
+    await lane.device.vehicle_enters(vehicle_class)
+    await eventually(lambda: len(printer.printed) > printed, what="the ticket printed")
+    ticket = printer.printed[-1]
+    [seen] = ZxingDecoder().decode(render_ticket(ticket.items))
+    assert seen.text == ticket.qr_codes[0] and seen.text.startswith("LP1:")
+    await eventually(lambda: len(lane.named("barrier_opened")) > printed, what="entry opened")
+    await lane.device.vehicle_passes()
+    return seen.text
+
+
+def back_office(tmp: Path, broker: Mosquitto) -> tuple[SqliteIngestStore, Ingest, MqttLink]:
+    store = SqliteIngestStore(tmp / "ingest.sqlite")
+    ingest = Ingest(store, group=f"road-{uuid.uuid4().hex[:6]}")
+    return store, ingest, ingest.make_link(broker.host, broker.port, f"bo-{uuid.uuid4().hex[:6]}")
+
+
+async def test_a_vehicle_enters_and_exits_paying_the_matrix_fare_once(road: Road) -> None:
+    store, ingest, bo_link = back_office(road.tmp, road.broker)
+    bo = asyncio.create_task(bo_link.run())
+    road.stack.push_async_callback(ingest.close)
+    road.stack.push_async_callback(lambda: asyncio.gather(bo, return_exceptions=True))
+    road.stack.callback(bo.cancel)
+    await bo_link.wait_connected(5)
+    entry, printer = await road.entry_lane()
+    exit_lane = await road.exit_lane()
+    other_exit = await road.exit_lane("P03/y")  # another exit lane of the same plaza
+
+    pass_text = await enter(entry, printer, 2)
+    [record] = entry.records("entry")
+    assert (record["amount_minor"], record["vehicle_class"], record["entry_plaza"]) == (0, 2, "P01")
+    pass_id = record["pass_id"]
+    # The back office sees the vehicle on the road.
+    await eventually(lambda: [t.pass_id for t in open_trips(store).open_trips] == [pass_id])
+
+    await exit_lane.device.vehicle_enters(2)
+    await eventually(lambda: exit_lane.named("vehicle_arrived"))
+    await show(exit_lane, pass_text, lambda: exit_lane.named("trip_priced"))
+    fare = load_tariff(ROAD).trip_fare(2, "P01", "P03", time.time()).amount_minor
+    assert exit_lane.named("trip_priced")[0]["amount_minor"] == fare
+    token = road.codes.make("token", int(time.time())).text
+    await show(exit_lane, token, lambda: exit_lane.named("barrier_opened"))
+    [paid] = exit_lane.records("exit")
+    assert (paid["amount_minor"], paid["pass_id"], paid["entry_plaza"]) == (fare, pass_id, "P01")
+    assert paid["auth"]["result"] == "approved" and "pass_used" not in paid.get("flags", [])
+    await exit_lane.device.vehicle_passes()
+    await eventually(lambda: exit_lane.daemon.runner.state.passage is None)
+    # Exited: no longer on the road in the back office.
+    ledger = await eventually_value(lambda: _closed(store))
+    assert ledger.open_trips == () and ledger.closed == 1
+
+    # The same pass again (a copy of the ticket) at the plaza's other exit lane: its used-pass
+    # store heard of the exit over the plaza topic; refused as used, the attendant confirms
+    # the maximum fare, and the record says so.
+    await eventually(lambda: other_exit.daemon.replay.get(pass_key(pass_id)) is not None)
+    await other_exit.device.vehicle_enters(2)
+    await eventually(lambda: other_exit.named("vehicle_arrived"))
+    await show(other_exit, pass_text, lambda: other_exit.named("trip_priced"))
+    [second] = other_exit.named("trip_priced")
+    farthest = load_tariff(ROAD).farthest_fare(2, "P03", time.time()).amount_minor
+    assert (second["outcome"], second["amount_minor"], second["attendant"]) == (
+        "pass_used", farthest, True
+    )  # fmt: skip
+    assert "attendant_needed" in other_exit.daemon.runner.alarms
+    token = road.codes.make("token", int(time.time())).text
+    await show(other_exit, token, lambda: shown(other_exit, "Attendant coming"))
+    assert other_exit.named("barrier_opened") == []  # no payment before the attendant confirms
+    await attendant(road, other_exit, "confirm_fare")
+    await eventually(lambda: other_exit.named("fare_confirmed"))
+    token = road.codes.make("token", int(time.time())).text
+    await show(other_exit, token, lambda: other_exit.named("barrier_opened"))
+    [again] = other_exit.records("exit")
+    assert again["amount_minor"] == farthest
+    assert {"pass_used", "attendant"} <= set(again["flags"])
+    assert "attendant_needed" not in other_exit.daemon.runner.alarms
+
+
+def _closed(store: SqliteIngestStore) -> Any:
+    ledger = open_trips(store)
+    return ledger if ledger.closed == 1 else None
+
+
+async def eventually_value(get: Any, within: float = 10.0) -> Any:
+    found: list[Any] = []
+    await eventually(lambda: found.append(get()) or found[-1] is not None, within=within)
+    return found[-1]
+
+
+async def test_paper_out_is_an_alarm_the_lane_stays_safe_and_it_clears(road: Road) -> None:
+    entry, printer = await road.entry_lane()
+    printer.set_paper(False)
+    alarms = entry.daemon.runner.alarms
+    await eventually(lambda: "printer_paper_out" in alarms, what="the paper-out alarm")
+    # No plate read: no ticket, no way to prove the entry: the vehicle waits, the boom stays.
+    await entry.device.vehicle_enters(1)
+    await eventually(lambda: shown(entry, "Ticket printer fault"), what="the fault displayed")
+    assert entry.records("entry") == [] and entry.named("barrier_opened") == []
+    printer.set_paper(True)
+    await eventually(lambda: "printer_paper_out" not in alarms, what="the alarm cleared")
+    await eventually(lambda: entry.named("barrier_opened"), what="the ticket printed, opened")
+    assert len(printer.printed) == 1  # the same job, printed once
+    [record] = entry.records("entry")
+    assert record.get("flags", []) == []
+    await entry.device.vehicle_passes()
+    await eventually(lambda: entry.daemon.runner.state.passage is None)
+
+    # Paper out again, and this vehicle's plate is read: it opens on the plate binding.
+    printer.set_paper(False)
+    await eventually(lambda: "printer_paper_out" in alarms)
+    plate = PlateReading("ZJA12345", 0.97, int(time.time() * 1e6))
+    await road.publish(topics.io(entry.daemon.lane, topics.PLATE), plate.encode())
+    await eventually(lambda: entry.daemon.runner.state.next_plate == "ZJA12345")
+    await entry.device.vehicle_enters(1)
+    await eventually(lambda: len(entry.named("barrier_opened")) == 2, what="opened on the plate")
+    second = entry.records("entry")[1]
+    assert (second["plate"], second["flags"]) == ("ZJA12345", ["no_ticket"])
+    assert len(printer.printed) == 1
+    await entry.device.vehicle_passes()
+    await eventually(lambda: entry.daemon.runner.state.passage is None)
+    printer.set_paper(True)
+    await eventually(lambda: "printer_paper_out" not in alarms)
+    # The next vehicle's ticket is the next one printed: the plate-bound one's job was dropped.
+    third = await enter(entry, printer, 1)
+    assert [t.job_id for t in printer.printed] == [
+        f"{v['vehicle_id']}/pass" for v in entry.named("vehicle_arrived")[0::2]
+    ]
+    assert third == printer.printed[-1].qr_codes[0]
