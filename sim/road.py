@@ -25,7 +25,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,24 +230,18 @@ class RoadSimulator(Simulator):
         self.arrivals += 1
         return lane
 
-    async def drive_trips(self, trips: Iterator[Trip], duration_s: float = float("inf")) -> None:
-        """Vehicles arrive at their entry plazas at their times (simulated seconds from now,
-        up to `duration_s`); returns once every one of them has left the road."""
-        speed, start = self.options.speed, time.monotonic()
-        for trip in trips:
-            if trip.arrival_s > duration_s:
-                break
-            wait = start + trip.arrival_s / speed - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self.dispatch(trip)
-        await asyncio.gather(*(t.done.wait() for t in list(self.travels.values())))
+    async def drive_trips(self, trips: Iterable[Trip]) -> None:
+        """Vehicles arrive at their entry plazas at their times (simulated seconds from now);
+        returns once every one of them has left the road."""
+        await self.arrive(trips, float("inf"))
+        await self._left_the_road()
 
     async def drive_for(self, duration_s: float, mix: Mix, limit: int | None = None) -> None:
-        trips = endless_trips(self.plan, self.options.seed, mix)
-        if limit is not None:
-            trips = (t for t in trips if t.index < limit)
-        await self.drive_trips(trips, duration_s)
+        await self.arrive(endless_trips(self.plan, self.options.seed, mix), duration_s, limit)
+        await self._left_the_road()
+
+    async def _left_the_road(self) -> None:
+        await asyncio.gather(*(t.done.wait() for t in list(self.travels.values())))
 
     # --- what the run shows ---------------------------------------------------------------
 
@@ -342,7 +336,7 @@ async def run_road(
     await sim.start()
     try:
         async with progress(sim, say, every_s):
-            await sim.drive_trips(iter(plan_trips(n, options.seed, plan, options.mix)))
+            await sim.drive_trips(plan_trips(n, options.seed, plan, options.mix))
         await sim.settle()
         return await sim.report_async()
     finally:

@@ -34,7 +34,7 @@ log = logging.getLogger("lane.sim.road")
 ATTENDANT_WALK_S = 20.0  # simulated seconds for the attendant to reach the lane
 ANSWER_S = 10.0  # real seconds a lane may take to answer what the driver did
 # An entry lane reads no code: its camera idles at a low rate, leaving the CPU to the exits'.
-ENTRY_FPS = 2.0
+ENTRY_FPS = 5.0
 
 
 class RoadHost(LaneHost, Protocol):
