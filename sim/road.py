@@ -180,10 +180,15 @@ class RoadSimulator(Simulator):
             return self.travels[trip.copy_of].facts.ticket
         return self.travels[trip.index].facts.ticket
 
+    def pass_issued(self, trip: Trip, pass_id: str) -> None:
+        """The entry lane issued the vehicle's pass (its entry record is on its way)."""
+        self.travels[trip.index].facts.pass_id = pass_id
+
     def entered(self, trip: Trip, outcome: Outcome, ticket: str | None) -> None:
         travel = self.travels[trip.index]
         travel.facts.ticket = ticket
-        travel.facts.pass_id = self._pass_id(ticket)
+        travel.facts.ticket_pass = self._pass_id(ticket)
+        travel.facts.entry_done = True
         travel.facts.entry_vehicle = outcome.vehicle_id
         if not outcome.passed or ticket is None:
             log.error("no ticket at the entry", extra={"lane": outcome.lane, "trip": trip.index})

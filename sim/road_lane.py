@@ -48,6 +48,8 @@ class RoadHost(LaneHost, Protocol):
 
     def ticket_shown(self, trip: Trip) -> str | None: ...
 
+    def pass_issued(self, trip: Trip, pass_id: str) -> None: ...
+
     def entered(self, trip: Trip, outcome: Outcome, ticket: str | None) -> None: ...
 
     def exited(self, trip: Trip, outcome: Outcome, priced: dict[str, Any] | None) -> None: ...
@@ -123,6 +125,12 @@ class RoadLane(SimLane):
         mark = await self._pull_up(outcome, trip.plate, trip.vehicle_class)
         if mark is None:
             return None
+        issued = await self.watch.wait_for(
+            self._of_vehicle(outcome, NoteName.PASS_ISSUED), mark, ANSWER_S
+        )
+        if issued is not None:
+            mark = issued[0]
+            self.road.pass_issued(trip, issued[3]["pass_id"])
         opened = await self.watch.wait_for(
             self._of_vehicle(outcome, NoteName.BARRIER_OPENED), mark, ANSWER_S
         )

@@ -49,7 +49,9 @@ class Journey:
 
     trip: Trip
     ticket: str | None = None  # the QR text printed at the entry
-    pass_id: str | None = None  # hex, read from that ticket
+    pass_id: str | None = None  # hex: the pass the entry lane issued (its pass_issued note)
+    ticket_pass: str | None = None  # hex: the pass read back from the printed ticket
+    entry_done: bool = False  # the vehicle has left the entry lane (with a ticket or not)
     entry_vehicle: str | None = None  # the entry lane's vehicle id
     exit_vehicle: str | None = None  # the exit lane's vehicle id (None: not at an exit yet)
     exit_lane: str | None = None
@@ -90,8 +92,14 @@ def reconcile(
     issued = {j.pass_id: j for j in journeys if j.pass_id is not None}
 
     for j in journeys:
-        if j.pass_id is None:
+        # A vehicle still at its entry lane (a run stopped mid-way) has nothing to check yet.
+        if j.entry_done and (j.pass_id is None or j.ticket is None):
             problems.append(f"vehicle {j.trip.index}: no ticket at {j.trip.entry}")
+        elif j.entry_done and j.ticket_pass != j.pass_id:
+            problems.append(
+                f"vehicle {j.trip.index}: its ticket carries pass {j.ticket_pass}, "
+                f"its entry pass {j.pass_id}"
+            )
     entered = {r.draft.pass_id for r in entries}
     for r in entries:
         if r.draft.pass_id not in issued:

@@ -32,11 +32,13 @@ def world(n: int = 14) -> tuple[list[Journey], list[Record]]:
     journeys = [
         Journey(
             t,
-            f"LP1:{t.index}",
-            f"{t.index + 1:016x}",
-            f"e{t.index}",
-            f"x{t.index}",
-            f"{t.exit}/x1",
+            ticket=f"LP1:{t.index}",
+            pass_id=f"{t.index + 1:016x}",
+            ticket_pass=f"{t.index + 1:016x}",
+            entry_done=True,
+            entry_vehicle=f"e{t.index}",
+            exit_vehicle=f"x{t.index}",
+            exit_lane=f"{t.exit}/x1",
             paid=True,
         )
         for t in trips
@@ -153,6 +155,22 @@ def _still_driving(journeys: list[Journey], records: list[Record]) -> None:
     j.exit_vehicle, j.paid = None, False  # the sim thinks it is on the road; its exit is stored
 
 
+def _ticket_of_another_pass(journeys: list[Journey], records: list[Record]) -> None:
+    journeys[0].ticket_pass = "ee" * 8
+
+
+def _no_ticket(journeys: list[Journey], records: list[Record]) -> None:
+    journeys[0].ticket = None
+
+
+def _at_the_entry(journeys: list[Journey], records: list[Record]) -> None:
+    """A run stopped while a vehicle was at its entry lane: its entry record is written, it
+    has not left with its ticket."""
+    j = journeys[0]
+    j.entry_done, j.ticket, j.ticket_pass, j.exit_vehicle, j.paid = False, None, None, None, False
+    records[:] = [r for r in records if r.draft.vehicle_id != "x0"]
+
+
 def _foreign_entry(journeys: list[Journey], records: list[Record]) -> None:
     records.append(
         replace(records[0], record_id="alien", draft=replace(records[0].draft, pass_id="ff" * 8))
@@ -174,6 +192,9 @@ def _foreign_entry(journeys: list[Journey], records: list[Record]) -> None:
         (_twice, "2 approved exit records"),
         (_still_driving, "is closed, expected otherwise"),
         (_foreign_entry, "of no vehicle"),
+        (_ticket_of_another_pass, "its ticket carries pass eeeeeeeeeeeeeeee, its entry pass"),
+        (_no_ticket, "vehicle 0: no ticket at"),
+        (_at_the_entry, None),
     ],
 )
 def test_what_does_not_reconcile_is_named(tamper: Tamper, problem: str | None) -> None:
