@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lane.auth.acquirer import AcquirerClient, AcquirerResult
+from lane.auth.acquirer import AcquirerClient, AcquirerResult, PayRequest
 from lane.auth.authoriser import Authoriser, AuthRequest, OfflineResult
 from lane.auth.policy import OfflinePolicy
 from lane.auth.resolver import ResolutionStore, Resolver
@@ -34,18 +34,10 @@ class TimedClient(AcquirerClient):
 
     last_pay_s = 0.0
 
-    async def pay(  # noqa: PLR0917 - same signature as the client it measures
-        self,
-        payment_id: str,
-        code: str,
-        amount_minor: int,
-        currency: str,
-        lane: str,
-        timeout_s: float,
-    ) -> AcquirerResult:
+    async def pay(self, request: PayRequest, timeout_s: float) -> AcquirerResult:
         started = time.perf_counter()
         try:
-            return await super().pay(payment_id, code, amount_minor, currency, lane, timeout_s)
+            return await super().pay(request, timeout_s)
         finally:
             self.last_pay_s = time.perf_counter() - started
 

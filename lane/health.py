@@ -50,6 +50,8 @@ class ReadinessFacts:
     alarms: Mapping[str, str] = field(default_factory=dict)  # active alarms: code -> message
     # A finite source (image folder, video file) that was read to its end: nothing is wrong.
     camera_exhausted: bool = False
+    # A finite source not started yet: it waits until the lane can take a code.
+    camera_held: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ def as_links(checks: Iterable[Check]) -> dict[str, bool]:
 def _camera(facts: ReadinessFacts) -> Check:
     if facts.camera_exhausted:
         return Check("camera", True, "source read to its end (image folder or video file)")
+    if facts.camera_held:
+        return Check("camera", True, "finite source held until the lane can take a code")
     if not facts.camera_running:
         return Check("camera", False, "scanner not running")
     blackout = facts.alarms.get("camera_blackout")

@@ -101,6 +101,7 @@ class LaneOps:
                 disk_free_bytes=free,
                 alarms=dict(d.runner.alarms),
                 camera_exhausted=d.source.exhausted,
+                camera_held=d.source.finite and not pipeline.started,
             )
         )
 

@@ -144,6 +144,10 @@ class ScanPipeline:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    @property
+    def started(self) -> bool:
+        return bool(self._threads)
+
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Start capture and decode threads; results go to `loop` (default: the running one)."""
         if self._threads:

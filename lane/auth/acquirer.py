@@ -9,6 +9,7 @@ the caller must hand it to the resolver (design safety rule 5).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -60,22 +61,33 @@ class ReverseRule:
     pending_grace_s: float | None = None
 
 
+@dataclass(frozen=True)
+class PayRequest:
+    """One payment as the lane asks every network for it; `payment_id` is the idempotency key
+    (each network derives its own order number from it). Refuses what no network could take."""
+
+    payment_id: str
+    code: str
+    amount_minor: int
+    currency: str
+    lane: str
+
+    def __post_init__(self) -> None:
+        _check_id(self.payment_id)
+        amount = self.amount_minor
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise ValueError("amount_minor must be a non-negative int of minor units")
+        if not CURRENCY.fullmatch(self.currency):
+            raise ValueError(f"currency must be three capital letters, not {self.currency!r}")
+
+
 class Acquirer(Protocol):
     """The port the authoriser and the resolver pay through: our acquirer API or a network.
 
-    Every call ends in an `AcquirerResult` or one of the `AcquirerError`s below; `payment_id`
-    is the idempotency key (each network derives its own order number from it).
+    Every call ends in an `AcquirerResult` or one of the `AcquirerError`s below.
     """
 
-    async def pay(  # noqa: PLR0917 - mirrors the wire request, field for field
-        self,
-        payment_id: str,
-        code: str,
-        amount_minor: int,
-        currency: str,
-        lane: str,
-        timeout_s: float,
-    ) -> AcquirerResult: ...
+    async def pay(self, request: PayRequest, timeout_s: float) -> AcquirerResult: ...
 
     async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult: ...
 
@@ -179,28 +191,9 @@ class AcquirerClient(HttpClient):
     def reverse_rule(self, payment_id: str) -> ReverseRule:
         return ReverseRule()
 
-    async def pay(  # noqa: PLR0917 - mirrors the wire request, field for field
-        self,
-        payment_id: str,
-        code: str,
-        amount_minor: int,
-        currency: str,
-        lane: str,
-        timeout_s: float,
-    ) -> AcquirerResult:
-        _check_id(payment_id)
-        if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor < 0:
-            raise ValueError("amount_minor must be a non-negative int of minor units")
-        if not CURRENCY.fullmatch(currency):
-            raise ValueError(f"currency must be three capital letters, not {currency!r}")
-        body = {
-            "payment_id": payment_id,
-            "code": code,
-            "amount_minor": amount_minor,
-            "currency": currency,
-            "lane": lane,
-        }
-        return await self._call("POST", "/v1/payments", body, payment_id, timeout_s)
+    async def pay(self, request: PayRequest, timeout_s: float) -> AcquirerResult:
+        body = dataclasses.asdict(request)
+        return await self._call("POST", "/v1/payments", body, request.payment_id, timeout_s)
 
     async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
         _check_id(payment_id)

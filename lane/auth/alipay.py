@@ -18,7 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lane.auth import alipay_wire as wire
 from lane.auth import netkeys
-from lane.auth.acquirer import AcquirerProtocolError, AcquirerResult, HttpClient, ReverseRule
+from lane.auth.acquirer import (
+    AcquirerProtocolError,
+    AcquirerResult,
+    HttpClient,
+    PayRequest,
+    ReverseRule,
+)
 
 log = logging.getLogger("lane.auth.alipay")
 
@@ -54,19 +60,12 @@ class AlipayClient(HttpClient):
         # A trade still waiting for the buyer is cancelled at once: the driver has gone.
         return ReverseRule(min_age_s=0.0, pending_grace_s=0.0)
 
-    async def pay(  # noqa: PLR0917 - mirrors the Acquirer port
-        self,
-        payment_id: str,
-        code: str,
-        amount_minor: int,
-        currency: str,
-        lane: str,
-        timeout_s: float,
-    ) -> AcquirerResult:
-        if currency != "CNY":
-            raise ValueError(f"Alipay face-to-face payments are in CNY, not {currency}")
-        biz = wire.pay_biz(out_trade_no(payment_id), code, amount_minor, lane)
-        return await self._call(wire.Method.PAY, biz, payment_id, timeout_s)
+    async def pay(self, request: PayRequest, timeout_s: float) -> AcquirerResult:
+        if request.currency != "CNY":
+            raise ValueError(f"Alipay face-to-face payments are in CNY, not {request.currency}")
+        pid = request.payment_id
+        biz = wire.pay_biz(out_trade_no(pid), request.code, request.amount_minor, request.lane)
+        return await self._call(wire.Method.PAY, biz, pid, timeout_s)
 
     async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
         biz = {"out_trade_no": out_trade_no(payment_id)}

@@ -28,6 +28,7 @@ from lane.auth.acquirer import (
     AcquirerTimeout,
     AcquirerUnavailable,
     PaymentStatus,
+    PayRequest,
 )
 from lane.auth.paycodes import MIN_KEY_BYTES, CodeError, OnlineCode, online_code
 from lane.auth.policy import OfflinePolicy
@@ -226,11 +227,10 @@ class Authoriser:
     async def _pay(self, req: AuthRequest, start: float, pid: str, code: OnlineCode) -> Decision:
         ref = code.account_ref
         answer: AcquirerResult | None = None
+        pay = PayRequest(pid, code.wire, req.amount_minor, req.currency, self._lane)
         for attempt in range(1, self._pay_attempts + 1):
             try:
-                answer = await self._online.pay(
-                    pid, code.wire, req.amount_minor, req.currency, self._lane, self._left(req)
-                )
+                answer = await self._online.pay(pay, self._left(req))
                 break
             except AcquirerTimeout:
                 return self._give_up(req, start, pid, ref, "timeout")

@@ -33,7 +33,7 @@ from lane.auth.sourced import (
 from lane.wire.codec import pack
 
 KEYSET_VERSION = 1
-MAX_KID_LEN = 64  # as lane.auth.tokens accepts
+MAX_KID_LEN = 64  # the longest kid a signed text may name (lane.auth.signed)
 
 
 class KeySetError(SourcedError):

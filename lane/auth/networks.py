@@ -32,6 +32,7 @@ from lane.auth.acquirer import (
     AcquirerResult,
     AcquirerUnavailable,
     PaymentStatus,
+    PayRequest,
     ReverseRule,
 )
 from lane.auth.alipay import AlipayClient
@@ -66,15 +67,7 @@ class NoAcquirer:
     def reverse_rule(self, payment_id: str) -> ReverseRule:
         return ReverseRule()
 
-    async def pay(  # noqa: PLR0917 - mirrors the Acquirer port
-        self,
-        payment_id: str,
-        code: str,
-        amount_minor: int,
-        currency: str,
-        lane: str,
-        timeout_s: float,
-    ) -> AcquirerResult:
+    async def pay(self, request: PayRequest, timeout_s: float) -> AcquirerResult:
         raise AcquirerUnavailable(self.reason)
 
     async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
@@ -114,18 +107,10 @@ class NetworkRouter:
             pending_grace_s=max(graces) if len(graces) == len(rules) else None,
         )
 
-    async def pay(  # noqa: PLR0917 - mirrors the Acquirer port
-        self,
-        payment_id: str,
-        code: str,
-        amount_minor: int,
-        currency: str,
-        lane: str,
-        timeout_s: float,
-    ) -> AcquirerResult:
-        network = self._routes[code_kind(code)]
-        self._where[payment_id] = network
-        return await network.pay(payment_id, code, amount_minor, currency, lane, timeout_s)
+    async def pay(self, request: PayRequest, timeout_s: float) -> AcquirerResult:
+        network = self._routes[code_kind(request.code)]
+        self._where[request.payment_id] = network
+        return await network.pay(request, timeout_s)
 
     async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
         network = self._where.get(payment_id)
@@ -185,18 +170,8 @@ class WatchedAcquirer:
     def reverse_rule(self, payment_id: str) -> ReverseRule:
         return self._inner.reverse_rule(payment_id)
 
-    async def pay(  # noqa: PLR0917 - mirrors the Acquirer port
-        self,
-        payment_id: str,
-        code: str,
-        amount_minor: int,
-        currency: str,
-        lane: str,
-        timeout_s: float,
-    ) -> AcquirerResult:
-        return await self._watch(
-            self._inner.pay(payment_id, code, amount_minor, currency, lane, timeout_s)
-        )
+    async def pay(self, request: PayRequest, timeout_s: float) -> AcquirerResult:
+        return await self._watch(self._inner.pay(request, timeout_s))
 
     async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
         return await self._watch(self._inner.query(payment_id, timeout_s))

@@ -1,8 +1,7 @@
 """Opening a signed QR text: prefix, Base45, COSE_Sign1, key lookup and signature check.
 
-Shared by everything a lane verifies offline that is not a payment token (entry passes
-today; `lane.auth.tokens` predates it and keeps its own copy of these steps until the v2
-token work on branch `scan` lands, then folds onto this). Pure: no clock, no I/O.
+Shared by everything a lane verifies offline: payment tokens (both versions) and entry
+passes. Each caller checks its own prefixes and claims. Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -13,9 +12,7 @@ from dataclasses import dataclass
 
 from lane.auth.base45 import Base45Error, b45decode
 from lane.auth.cose import HEADER_ALG, HEADER_KID, Alg, CoseError, decode_sign1, verify
-from lane.auth.keys import IssuerKey, kid_text
-
-MAX_KID_LEN = 64
+from lane.auth.keys import MAX_KID_LEN, IssuerKey, kid_text
 
 
 class OpenFailure(enum.StrEnum):
@@ -41,21 +38,33 @@ class Opened:
     signed: bytes  # the Sig_structure bytes, for ids derived from the whole signed content
 
 
-def open_signed(
-    text: object, prefix: str, max_len: int, lookup: Callable[[bytes], IssuerKey | None]
-) -> Opened:
-    """The verified payload of `prefix + Base45(COSE_Sign1)`, or SignedTextError.
-
-    `lookup` maps a kid to the key allowed for this kind of text (None: unknown)."""
+def qr_text(text: object, max_len: int) -> str:
+    """The scanned text as the lane reads it, or SignedTextError(MALFORMED) before decoding."""
     if not isinstance(text, str):
         raise SignedTextError(OpenFailure.MALFORMED, f"expected text, got {type(text).__name__}")
     text = text.rstrip("\r\n")  # scanners may add a line ending; not in the Base45 alphabet
     if len(text) > max_len:
         raise SignedTextError(OpenFailure.MALFORMED, f"{len(text)} characters, limit {max_len}")
+    return text
+
+
+def open_signed(
+    text: object,
+    prefix: str,
+    max_len: int,
+    lookup: Callable[[bytes], IssuerKey | None],
+    *,
+    tagged: bool = True,
+) -> Opened:
+    """The verified payload of `prefix + Base45(COSE_Sign1)`, or SignedTextError.
+
+    `lookup` maps a kid to the key allowed for this kind of text (None: unknown); `tagged`
+    False reads the untagged COSE_Sign1 of a text whose prefix already says what it is."""
+    text = qr_text(text, max_len)
     if not text.startswith(prefix):
         raise SignedTextError(OpenFailure.MALFORMED, f"does not start with {prefix!r}")
     try:
-        sign1 = decode_sign1(b45decode(text[len(prefix) :]))
+        sign1 = decode_sign1(b45decode(text[len(prefix) :]), tagged=tagged)
     except (Base45Error, CoseError) as exc:
         raise SignedTextError(OpenFailure.MALFORMED, str(exc)) from None
     alg_id = sign1.header.get(HEADER_ALG)

@@ -20,27 +20,22 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import cbor2
 
-from lane.auth.base45 import Base45Error, b45decode, b45encode
+from lane.auth.base45 import b45encode
 from lane.auth.cose import (
-    HEADER_ALG,
-    HEADER_KID,
-    Alg,
     CoseError,
     PrivateKey,
-    Sign1,
-    decode_sign1,
     encode_sign1,
     loads_strict,
-    verify,
 )
 from lane.auth.deny import DenyList
-from lane.auth.keys import KeySet, KeyUse, kid_text
+from lane.auth.keys import IssuerKey, KeySet, KeyUse
+from lane.auth.signed import OpenFailure, SignedTextError, open_signed, qr_text
 
 
 class TokenFormat(enum.StrEnum):
@@ -57,7 +52,6 @@ MAX_TEXT_LEN = 2048  # v1 tokens are 200-240 characters; refuse big inputs befor
 COMPACT_MAX_TEXT = 154
 MAX_TEXT_CLAIM = 256
 MAX_CTI_LEN = 64
-MAX_KID_LEN = 64
 MAX_TIME = 1 << 40  # NumericDate bound: keeps times inside SQLite's and msgpack's integers
 
 CLAIM_ISS, CLAIM_SUB, CLAIM_EXP, CLAIM_NBF, CLAIM_IAT, CLAIM_CTI = 1, 2, 4, 5, 6, 7
@@ -144,31 +138,15 @@ def _verify(text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float) 
     if not (math.isfinite(now) and math.isfinite(skew_s) and skew_s >= 0):
         # A caller bug, but this function never raises: fail closed.
         raise _RefusedError(Reason.MALFORMED, f"verifier called with now={now} skew_s={skew_s}")
-    fmt, sign1 = _decode_text(text)
-    alg_id = sign1.header.get(HEADER_ALG)
-    kid = sign1.header.get(HEADER_KID)
-    if isinstance(alg_id, bool) or not isinstance(alg_id, int):
-        raise _RefusedError(Reason.MALFORMED, "protected header has no integer alg (1)")
-    if not isinstance(kid, bytes) or not 0 < len(kid) <= MAX_KID_LEN:
-        detail = f"protected header needs a kid (4) of 1..{MAX_KID_LEN} bytes"
-        raise _RefusedError(Reason.MALFORMED, detail)
-    alg = Alg.from_cose(alg_id)
-    if alg is None:
-        raise _RefusedError(Reason.WRONG_ALGORITHM, f"alg {alg_id} is not EdDSA (-8) or ES256 (-7)")
-    key = keys.get(kid)
-    if key is None or key.use is not KeyUse.TOKEN:  # a plaza's pass key never signs payment
-        raise _RefusedError(Reason.UNKNOWN_KEY, f"no token key with kid {kid_text(kid)!r}")
-    if key.alg is not alg:
-        raise _RefusedError(
-            Reason.WRONG_ALGORITHM,
-            f"token says {alg.value} but key {key.kid_text!r} is {key.alg.value}",
+    try:
+        fmt = _format(qr_text(text, MAX_TEXT_LEN))
+        opened = open_signed(
+            text, fmt.value, MAX_TEXT_LEN, _token_key(keys), tagged=fmt is TokenFormat.V1
         )
-    signed = sign1.to_be_signed()
-    if not verify(key.public_key, sign1.signature, signed):
-        detail = f"signature does not verify with {key.kid_text!r}"
-        raise _RefusedError(Reason.BAD_SIGNATURE, detail)
-
-    claims = _parse_claims(sign1.payload, fmt)
+    except SignedTextError as exc:
+        raise _RefusedError(Reason(exc.failure.value), exc.detail) from None
+    key = opened.key
+    claims = _parse_claims(opened.payload, fmt)
     issuer = claims.issuer if claims.issuer is not None else key.issuer
     if issuer is None:
         raise _RefusedError(
@@ -196,31 +174,30 @@ def _verify(text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float) 
             Reason.DENIED_ACCOUNT,
             f"account {claims.account_ref!r} is on deny list generation {deny.generation}",
         )
-    token_id = claims.cti.hex() if claims.cti else hashlib.sha256(signed).hexdigest()
-    return TokenAccepted(token_id, issuer, claims.account_ref, claims.iat, claims.exp, kid)
+    token_id = claims.cti.hex() if claims.cti else hashlib.sha256(opened.signed).hexdigest()
+    return TokenAccepted(token_id, issuer, claims.account_ref, claims.iat, claims.exp, key.kid)
 
 
-def _decode_text(text: str) -> tuple[TokenFormat, Sign1]:
-    """QR text to its version and COSE_Sign1, or `_RefusedError(MALFORMED)`; checks structure,
-    not signature."""
-    if not isinstance(text, str):
-        raise _RefusedError(Reason.MALFORMED, f"expected text, got {type(text).__name__}")
-    # Scanners may hand over a line ending; neither CR nor LF is in the Base45 alphabet.
-    text = text.rstrip("\r\n")
-    if len(text) > MAX_TEXT_LEN:
-        raise _RefusedError(Reason.MALFORMED, f"{len(text)} characters, limit {MAX_TEXT_LEN}")
+def _token_key(keys: KeySet) -> Callable[[bytes], IssuerKey | None]:
+    def lookup(kid: bytes) -> IssuerKey | None:
+        key = keys.get(kid)
+        # A plaza's pass key never signs a payment token.
+        return key if key is not None and key.use is KeyUse.TOKEN else None
+
+    return lookup
+
+
+def _format(text: str) -> TokenFormat:
+    """The version a token's prefix names; SignedTextError(MALFORMED) for none, or for a
+    compact token longer than the QR version it exists to fit."""
     fmt = token_format(text)
     if fmt is None:
         prefixes = " or ".join(repr(f.value) for f in TokenFormat)
-        raise _RefusedError(Reason.MALFORMED, f"does not start with {prefixes}")
+        raise SignedTextError(OpenFailure.MALFORMED, f"does not start with {prefixes}")
     if fmt is TokenFormat.V2 and len(text) > COMPACT_MAX_TEXT:
         detail = f"compact token of {len(text)} characters, limit {COMPACT_MAX_TEXT}"
-        raise _RefusedError(Reason.MALFORMED, detail)
-    try:
-        raw = b45decode(text[len(fmt.value) :])
-        return fmt, decode_sign1(raw, tagged=fmt is TokenFormat.V1)
-    except (Base45Error, CoseError) as exc:
-        raise _RefusedError(Reason.MALFORMED, str(exc)) from None
+        raise SignedTextError(OpenFailure.MALFORMED, detail)
+    return fmt
 
 
 def _parse_claims(payload: bytes, fmt: TokenFormat) -> Claims:

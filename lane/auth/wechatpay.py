@@ -29,6 +29,7 @@ from lane.auth.acquirer import (
     AcquirerResult,
     HttpAnswer,
     HttpClient,
+    PayRequest,
     ReverseRule,
 )
 
@@ -70,22 +71,15 @@ class WeChatPayClient(HttpClient):
     def reverse_rule(self, payment_id: str) -> ReverseRule:
         return ReverseRule(min_age_s=self._reverse_after_s, pending_grace_s=0.0)
 
-    async def pay(  # noqa: PLR0917 - mirrors the Acquirer port
-        self,
-        payment_id: str,
-        code: str,
-        amount_minor: int,
-        currency: str,
-        lane: str,
-        timeout_s: float,
-    ) -> AcquirerResult:
-        if currency != "CNY":
-            raise ValueError(f"WeChat Pay code payments are in CNY, not {currency}")
-        otn = wire.out_trade_no(payment_id)
-        body = wire.codepay_body(self._merchant, otn, code, amount_minor, lane)
-        return await self._call(
-            wire.Call.PAY, "POST", wire.CODEPAY_PATH, body, payment_id, timeout_s
+    async def pay(self, request: PayRequest, timeout_s: float) -> AcquirerResult:
+        if request.currency != "CNY":
+            raise ValueError(f"WeChat Pay code payments are in CNY, not {request.currency}")
+        pid = request.payment_id
+        otn = wire.out_trade_no(pid)
+        body = wire.codepay_body(
+            self._merchant, otn, request.code, request.amount_minor, request.lane
         )
+        return await self._call(wire.Call.PAY, "POST", wire.CODEPAY_PATH, body, pid, timeout_s)
 
     async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
         path = wire.query_path(wire.out_trade_no(payment_id), self._merchant.mchid)

@@ -21,6 +21,7 @@ from lane.auth.acquirer import (
     AcquirerTimeout,
     AcquirerUnavailable,
     PaymentStatus,
+    PayRequest,
 )
 from sim.acquirer import AcquirerServer, running_acquirer
 from sim.acquirer_faults import Faults, FaultsError, Outage
@@ -48,7 +49,7 @@ async def client(acquirer: AcquirerServer) -> AsyncIterator[AcquirerClient]:
 async def pay(
     client: AcquirerClient, pid: str, code: str | None = None, amount: int = 450
 ) -> AcquirerResult:
-    return await client.pay(pid, code or wallet_code(), amount, "CNY", "p01/l01", 1.0)
+    return await client.pay(PayRequest(pid, code or wallet_code(), amount, "CNY", "p01/l01"), 1.0)
 
 
 async def test_pay_succeeds_and_query_agrees(
@@ -136,12 +137,12 @@ async def test_garbage_body_gets_400(acquirer: AcquirerServer) -> None:
 
 async def test_client_never_sends_float_money(client: AcquirerClient) -> None:
     with pytest.raises(ValueError, match="minor units"):
-        await client.pay("pid-f", wallet_code(), 4.5, "CNY", "l", 1.0)  # type: ignore[arg-type]
+        await client.pay(PayRequest("pid-f", wallet_code(), 4.5, "CNY", "l"), 1.0)  # type: ignore[arg-type]
 
 
 async def test_emv_payload_is_accepted(client: AcquirerClient) -> None:
     result = await client.pay(
-        "pid-emv", emv_cpm("4761739001010010", 1, bytes(8)), 300, "EUR", "l", 1.0
+        PayRequest("pid-emv", emv_cpm("4761739001010010", 1, bytes(8)), 300, "EUR", "l"), 1.0
     )
     assert result.status is PaymentStatus.SUCCEEDED
 
@@ -239,7 +240,7 @@ async def test_hang_never_answers_and_records_nothing(
 ) -> None:
     acquirer.update_faults(hang_rate=1.0)
     with pytest.raises(AcquirerTimeout):
-        await client.pay("pid-h", wallet_code(), 100, "CNY", "l", 0.05)
+        await client.pay(PayRequest("pid-h", wallet_code(), 100, "CNY", "l"), 0.05)
     assert (await client.query("pid-h", 1.0)).status is PaymentStatus.NOT_FOUND
 
 
@@ -248,7 +249,7 @@ async def test_success_after_the_client_gave_up(
 ) -> None:
     acquirer.update_faults(late_success_rate=1.0, late_success_ms=1)
     with pytest.raises(AcquirerTimeout):
-        await client.pay("pid-late", wallet_code(), 100, "CNY", "l", 0.05)
+        await client.pay(PayRequest("pid-late", wallet_code(), 100, "CNY", "l"), 0.05)
 
     async def settled() -> AcquirerResult | None:
         answer = await client.query("pid-late", 1.0)
@@ -266,7 +267,7 @@ async def test_latency_is_applied(acquirer: AcquirerServer, client: AcquirerClie
 
 
 async def pay_with_timeout(client: AcquirerClient, pid: str, timeout_s: float) -> None:
-    await client.pay(pid, wallet_code(), 100, "CNY", "l", timeout_s)
+    await client.pay(PayRequest(pid, wallet_code(), 100, "CNY", "l"), timeout_s)
 
 
 async def test_admin_faults_are_validated_and_merged(acquirer: AcquirerServer) -> None:

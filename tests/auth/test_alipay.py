@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from lane.auth import alipay_wire as wire
 from lane.auth import netkeys
-from lane.auth.acquirer import AcquirerProtocolError, PaymentStatus
+from lane.auth.acquirer import AcquirerProtocolError, PaymentStatus, PayRequest
 from lane.auth.alipay import AlipayClient
 from lane.auth.resolver import PaymentState
 from lane.metrics import LaneMetrics
@@ -211,9 +211,9 @@ async def test_success_after_the_lane_gave_up_is_cancelled(
 async def test_retry_of_a_paid_order_is_not_a_second_charge(alipay_gateway: Any) -> None:
     async with alipay_gateway() as (fake, client):
         the_code = code()
-        first = await client.pay("pay_retry1", the_code, 450, "CNY", "p07/l03", 1.0)
+        first = await client.pay(PayRequest("pay_retry1", the_code, 450, "CNY", "p07/l03"), 1.0)
         assert first.status is PaymentStatus.SUCCEEDED
-        again = await client.pay("pay_retry1", the_code, 450, "CNY", "p07/l03", 1.0)
+        again = await client.pay(PayRequest("pay_retry1", the_code, 450, "CNY", "p07/l03"), 1.0)
         assert again.status is PaymentStatus.PENDING  # ACQ.TRADE_HAS_SUCCESS: query tells
         assert (await client.query("pay_retry1", 1.0)).status is PaymentStatus.SUCCEEDED
         assert len(fake.payments()) == 1
@@ -224,7 +224,7 @@ async def test_answer_signed_by_someone_else_is_not_trusted(
 ) -> None:
     async with alipay_gateway(signer="impostor") as (_, client):
         with pytest.raises(AcquirerProtocolError, match="signature"):
-            await client.pay("pay_forged1", code(), 450, "CNY", "p07/l03", 1.0)
+            await client.pay(PayRequest("pay_forged1", code(), 450, "CNY", "p07/l03"), 1.0)
 
 
 async def test_gateway_refuses_a_request_we_did_not_sign(alipay_gateway: Any) -> None:
@@ -248,7 +248,7 @@ async def test_outage_then_recovery(alipay_gateway: Any, net_lane: Any) -> None:
 async def test_currency_other_than_cny_is_refused(alipay_gateway: Any) -> None:
     async with alipay_gateway() as (_, client):
         with pytest.raises(ValueError, match="CNY"):
-            await client.pay("pay_eur", code(), 450, "EUR", "p07/l03", 1.0)
+            await client.pay(PayRequest("pay_eur", code(), 450, "EUR", "p07/l03"), 1.0)
 
 
 def test_signatures_verify_only_with_the_right_key(network_keys: Keys) -> None:
@@ -277,7 +277,7 @@ async def test_each_alipay_call_is_measured_as_what_it_is(network_keys: Keys) ->
                 network_keys["alipay"].public,
                 session,
             )
-            await client.pay("pay_m1", code(), 450, "CNY", "p07/l03", 1.0)
+            await client.pay(PayRequest("pay_m1", code(), 450, "CNY", "p07/l03"), 1.0)
             await client.query("pay_m1", 1.0)
             await client.reverse("pay_m1", 1.0)
     finally:

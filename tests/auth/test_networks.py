@@ -21,6 +21,7 @@ from lane.auth.acquirer import (
     AcquirerProtocolError,
     AcquirerUnavailable,
     PaymentStatus,
+    PayRequest,
 )
 from lane.auth.networks import (
     NetworkKeys,
@@ -137,7 +138,7 @@ async def test_after_a_restart_the_router_finds_each_payment(three_networks: Any
             ("pay_" + "2" * 32, wechat()),
             ("pay_" + "3" * 32, unionpay()),
         ):
-            answer = await first.pay(pid, code, 300, "CNY", "p07/l03", 1.0)
+            answer = await first.pay(PayRequest(pid, code, 300, "CNY", "p07/l03"), 1.0)
             assert answer.status is PaymentStatus.SUCCEEDED
         again = router(env)  # a new process: knows nothing
         for pid, kind in (
@@ -162,7 +163,7 @@ async def test_a_payment_nobody_knows_is_voided_everywhere(three_networks: Any) 
         assert fakes["wechat"].payment("9" * 32).status == "REVERSED"
         assert fakes["unionpay"].payment(pid).status == "REVERSED"
         # The void holds: the pay request that was on its way is refused.
-        late = await r.pay(pid, alipay(), 300, "CNY", "p07/l03", 1.0)
+        late = await r.pay(PayRequest(pid, alipay(), 300, "CNY", "p07/l03"), 1.0)
         assert late.status is PaymentStatus.REVERSED
 
 
@@ -284,7 +285,7 @@ async def test_a_failing_network_raises_an_alarm_that_clears_itself(three_networ
         fake.update_faults(error_rate=1.0)
         for pid in ("pay_w1", "pay_w2"):  # a long outage is one alarm, not one per vehicle
             with pytest.raises(AcquirerUnavailable):
-                await ali.pay(pid, alipay(), 300, "CNY", "p07/l03", 1.0)
+                await ali.pay(PayRequest(pid, alipay(), 300, "CNY", "p07/l03"), 1.0)
         assert [(c, (m or "").split(":")[0]) for c, m in alarms] == [
             ("payment_alipay", "Alipay unreachable")
         ]
@@ -323,7 +324,7 @@ async def test_no_acquirer_is_unavailable_at_once_so_codes_follow_the_offline_po
         built = build_acquirer(cfg, NetworkKeys.load(cfg), session)
     assert isinstance(built, NoAcquirer)
     with pytest.raises(AcquirerUnavailable, match="no acquirer configured"):
-        await built.pay("pid-1", "281234567890123456", 450, "CNY", "p01/l01", 1.0)
+        await built.pay(PayRequest("pid-1", "281234567890123456", 450, "CNY", "p01/l01"), 1.0)
     for call in (built.query, built.reverse):
         with pytest.raises(AcquirerUnavailable):
             await call("pid-1", 1.0)

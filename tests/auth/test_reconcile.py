@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lane.auth import bills
+from lane.auth.acquirer import PayRequest
 from lane.auth.alipay_wire import beijing_time
 from lane.auth.reconcile import Finding, RecordedPayment, reconcile
 from lane.reconcile_cli import day_of, fetch_wechat, main
@@ -216,7 +217,9 @@ async def test_lane_reconcile_against_both_fakes(
         paid = [("pay_" + f"{i:032x}", c) for i, c in ((1, alic), (2, alic), (3, wxc), (4, wxc))]
         for n, (pid, client) in enumerate(paid):
             code = f"28{n:016d}" if client is alic else f"13{n:016d}"
-            assert (await client.pay(pid, code, 450, "CNY", "p07/l03", 2.0)).acquirer_ref
+            assert (
+                await client.pay(PayRequest(pid, code, 450, "CNY", "p07/l03"), 2.0)
+            ).acquirer_ref
         records = [
             record(1, paid[0][0], 450, "alipay:01"),  # matched
             record(2, paid[1][0], 500, "alipay:02"),  # amount mismatch
@@ -319,7 +322,9 @@ async def test_a_bill_larger_than_an_api_answer_is_fetched(wechat_gateway: Any) 
         n = 450  # about 190 bytes a row: more than the 64 KiB an API answer may be
         await asyncio.gather(
             *(
-                client.pay(f"pay_{i:032x}", f"13{i:016d}", 100 + i, "CNY", "p07/l03", 10.0)
+                client.pay(
+                    PayRequest(f"pay_{i:032x}", f"13{i:016d}", 100 + i, "CNY", "p07/l03"), 10.0
+                )
                 for i in range(n)
             )
         )

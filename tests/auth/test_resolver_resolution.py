@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from polling import eventually
 
-from lane.auth.acquirer import AcquirerClient, PaymentStatus
+from lane.auth.acquirer import AcquirerClient, PaymentStatus, PayRequest
 from lane.auth.resolver import Backoff, PaymentState, ResolutionStore, Resolver
 from sim.acquirer import AcquirerServer, running_acquirer
 from sim.acquirer_faults import Outage
@@ -50,7 +50,7 @@ async def begin_and_pay(resolver: Resolver, client: AcquirerClient, pid: str) ->
         pid, auth_id="a-" + pid, lane="p01/l01", amount_minor=450, currency="CNY", method="emv"
     )
     assert created
-    result = await client.pay(pid, str(next(_codes)), 450, "CNY", "p01/l01", 0.5)
+    result = await client.pay(PayRequest(pid, str(next(_codes)), 450, "CNY", "p01/l01"), 0.5)
     return result.status
 
 
@@ -192,7 +192,7 @@ async def test_unknown_to_the_acquirer_is_voided(
     resolver.give_up("pay_lost", "acquirer_unavailable")
     assert await final(resolver, "pay_lost") is S.REVERSED
     # The void refuses a pay request that was still on its way.
-    late = await client.pay("pay_lost", str(next(_codes)), 1, "CNY", "l", 0.5)
+    late = await client.pay(PayRequest("pay_lost", str(next(_codes)), 1, "CNY", "l"), 0.5)
     assert late.status is PaymentStatus.REVERSED
     assert charged_not_reversed(acquirer) == []
 

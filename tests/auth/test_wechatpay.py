@@ -12,7 +12,7 @@ import pytest
 
 from lane.auth import netkeys
 from lane.auth import wechatpay_wire as wire
-from lane.auth.acquirer import AcquirerProtocolError, PaymentStatus
+from lane.auth.acquirer import AcquirerProtocolError, PaymentStatus, PayRequest
 from lane.auth.authoriser import payment_id_for
 from lane.auth.resolver import PaymentState
 
@@ -221,9 +221,13 @@ async def test_success_after_the_lane_gave_up_is_reversed(
 async def test_retry_of_a_paid_order_is_not_a_second_charge(wechat_gateway: Any) -> None:
     async with wechat_gateway() as (fake, client):
         the_code = code()
-        first = await client.pay("pay_" + "b" * 32, the_code, 300, "CNY", "p07/l03", 1.0)
+        first = await client.pay(
+            PayRequest("pay_" + "b" * 32, the_code, 300, "CNY", "p07/l03"), 1.0
+        )
         assert first.status is PaymentStatus.SUCCEEDED and first.acquirer_ref
-        again = await client.pay("pay_" + "b" * 32, the_code, 300, "CNY", "p07/l03", 1.0)
+        again = await client.pay(
+            PayRequest("pay_" + "b" * 32, the_code, 300, "CNY", "p07/l03"), 1.0
+        )
         assert again.status is PaymentStatus.PENDING  # ORDERPAID: the query tells
         assert (await client.query("pay_" + "b" * 32, 1.0)).status is PaymentStatus.SUCCEEDED
         assert len(fake.payments()) == 1
@@ -245,7 +249,7 @@ async def test_answers_not_trusted(wechat_gateway: Any, options: Any, match: str
 async def test_request_we_did_not_sign_is_refused(wechat_gateway: Any) -> None:
     async with wechat_gateway(merchant="impostor") as (fake, client):
         with pytest.raises(AcquirerProtocolError, match="SIGN_ERROR"):
-            await client.pay("pay_" + "d" * 32, code(), 300, "CNY", "p07/l03", 1.0)
+            await client.pay(PayRequest("pay_" + "d" * 32, code(), 300, "CNY", "p07/l03"), 1.0)
         assert fake.payments() == []
 
 

@@ -6,21 +6,29 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from core_kit import LaneDriver, displayed, of_type, one, rules
+from core_kit import EventSource, LaneDriver, displayed, of_type, one, random_walk, rules
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_invariants import hypothesis_chooser
+from test_recovery import world_answers
 
 from lane.core import events as ev
 from lane.core.actions import (
     Authorise,
     ClearAlarm,
+    CloseBarrier,
     IssuePass,
     MarkPassUsed,
     OpenBarrier,
     Persist,
     PriceTrip,
+    QueryDevice,
     RaiseAlarm,
     Settle,
+    ShowOnDisplay,
 )
-from lane.core.notes import PassIssued, RoadEventIgnored, ScanIgnored, TripPricedNote
+from lane.core.machine import next_deadline
+from lane.core.notes import BarrierOpened, PassIssued, RoadEventIgnored, ScanIgnored, TripPricedNote
 from lane.core.state import LaneMode, Phase
 
 ENTRY = rules(LaneMode.TOLL_ENTRY, lane_id="P01/e1")
@@ -266,3 +274,59 @@ def test_road_events_at_other_lanes_are_ignored() -> None:
     assert of_type(lane.feed(ev.AttendantConfirmFare("c", "a")), RoadEventIgnored)
     # An entry pass at a toll lane is a code it does not take: refused with a reason.
     assert "unsupported code: entry_pass" in displayed(lane.scan(PASS_TEXT, "entry_pass"))
+
+
+# --- properties: after anything, a road lane serves the next vehicle -----------------------
+
+
+def serve(lane: LaneDriver, vehicle_id: str, budget: int = 80) -> int:
+    """The world answers everything the lane asks for the next vehicle (a printed ticket; the
+    pass shown when asked, a priced trip, the payment code when asked, an approved payment; a
+    durable record, a barrier that moves): it must open for that vehicle. Returns the steps."""
+    pending = list(lane.arrive(vehicle_id))
+    for steps in range(budget):
+        if any(o.vehicle_id == vehicle_id for o in of_type(lane.actions, BarrierOpened)):
+            return steps
+        action = pending.pop(0) if pending else None
+        match action:
+            case IssuePass():
+                answer: ev.Event = ev.TicketIssued(action.issue_id, PASS_ID, printed=True)
+            case PriceTrip():
+                answer = priced(action.trip_id)
+            case ShowOnDisplay(lines=lines) if "Show your entry pass" in lines:
+                answer = ev.Scanned(PASS_TEXT, "entry_pass", None, lane.now, lane.fresh("s"))
+            case ShowOnDisplay(lines=lines) if "Show your payment code" in lines:
+                answer = ev.Scanned("282222222222222222", "payment_code", None, lane.now,
+                                    lane.fresh("s"))  # fmt: skip
+            case Authorise():
+                answer = ev.Decided(action.auth_id, True, "ok", "payment_code", "acct-9")
+            case Persist():
+                answer = ev.Persisted(action.persist_id, lane.fresh("rec-"), 1)
+            case OpenBarrier() | CloseBarrier():
+                up = isinstance(action, OpenBarrier)
+                answer = ev.BarrierAcked(action.cmd_id, True, "open" if up else "closed")
+            case QueryDevice():
+                answer = ev.DeviceSnapshotted("closed", (("entry_loop", True),), lane.fresh("d"))
+            case None:
+                deadline = next_deadline(lane.state)
+                answer = ev.Tick()
+                if deadline is not None:
+                    lane.now = max(lane.now, deadline)
+            case _:
+                continue
+        pending += lane.feed(answer, 0.01)
+    raise AssertionError(f"{vehicle_id} not let through: {lane.phase()} {lane.state}")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mode=st.sampled_from([LaneMode.TOLL_ENTRY, LaneMode.TOLL_EXIT]), data=st.data())
+def test_after_any_history_the_next_vehicle_is_served(mode: LaneMode, data: st.DataObject) -> None:
+    lane = LaneDriver(rules(mode, lane_id="P01/e1"))
+    random_walk(lane, EventSource(hypothesis_chooser(data)), 40)
+    world_answers(lane, budget=60)  # the world gets well: the lane is idle again
+    serve(lane, "next")
+    lane.ack()
+    lane.leave_pay_point()
+    lane.cross()
+    lane.ack()
+    assert lane.phase() is Phase.IDLE

@@ -52,6 +52,8 @@ async def test_a_folder_read_before_the_device_is_up_still_pays(
         await eventually(lambda: daemon.runner.state.barrier == "closed")
         # ... and, in a toll lane, for a vehicle at the pay point to pay with the code.
         assert daemon.pipeline.stats().frames_in == 0 and not daemon.source.exhausted
+        held = {c.name: c for c in daemon.ops.readiness()}["camera"]
+        assert held.ok and "held until the lane can take a code" in held.detail, held
         await device.vehicle_enters(1)
         await eventually(lambda: "barrier_opened" in notes)
         assert daemon.pipeline.stats().frames_in == 1

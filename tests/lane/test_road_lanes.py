@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from polling import eventually
@@ -129,11 +131,12 @@ class Road:
         )
 
     async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish once, retained when it is a plate binding (as an entry lane does)."""
         link = MqttLink(self.broker.host, self.broker.port, f"road-test-{uuid.uuid4().hex[:8]}")
         task = asyncio.create_task(link.run())
         try:
             await link.wait_connected(5)
-            await link.publish(topic, payload, qos=1)
+            await link.publish(topic, payload, qos=1, retain=topics.plate_of(topic) is not None)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -161,9 +164,10 @@ def shown(lane: RoadLane, line: str) -> bool:
     return any(line in n["lines"] for n in lane.named("display"))
 
 
-async def show(lane: RoadLane, text: str, until: Any, within: float = 8.0) -> None:
-    """Hold `text` in front of the lane's camera until `until()` holds."""
-    frame = frame_for(text, "clear", rng=1)
+async def show(lane: RoadLane, code: str | np.ndarray, until: Any, within: float = 8.0) -> None:
+    """Hold a code (a phone showing this text, or a paper ticket) in front of the lane's camera
+    until `until()` holds."""
+    frame = frame_for(code, "clear", rng=1) if isinstance(code, str) else code
     await eventually(
         until,
         within=within,
@@ -178,17 +182,24 @@ async def attendant(road: Road, lane: RoadLane, op: str) -> None:
     await road.publish(topics.attendant(lane.daemon.lane), cmd.encode())
 
 
-async def enter(lane: RoadLane, printer: PrinterEmulator, vehicle_class: int) -> str:
-    """A vehicle through the entry lane; the pass text read back from its printed ticket."""
+@dataclass(frozen=True)
+class Ticket:
+    text: str  # the pass, as our decoder reads it from the paper
+    paper: np.ndarray  # the printed ticket, as a camera in front of it sees it (BGR)
+
+
+async def enter(lane: RoadLane, printer: PrinterEmulator, vehicle_class: int) -> Ticket:
+    """A vehicle through the entry lane, with the ticket it was handed."""
     printed = len(printer.printed)
     await lane.device.vehicle_enters(vehicle_class)
     await eventually(lambda: len(printer.printed) > printed, what="the ticket printed")
     ticket = printer.printed[-1]
-    [seen] = ZxingDecoder().decode(render_ticket(ticket.items))
+    paper = render_ticket(ticket.items)
+    [seen] = ZxingDecoder().decode(paper)
     assert seen.text == ticket.qr_codes[0] and seen.text.startswith("LP1:")
     await eventually(lambda: len(lane.named("barrier_opened")) > printed, what="entry opened")
     await lane.device.vehicle_passes()
-    return seen.text
+    return Ticket(seen.text, cv2.cvtColor(paper, cv2.COLOR_GRAY2BGR))
 
 
 def back_office(tmp: Path, broker: Mosquitto) -> tuple[SqliteIngestStore, Ingest, MqttLink]:
@@ -208,7 +219,7 @@ async def test_a_vehicle_enters_and_exits_paying_the_matrix_fare_once(road: Road
     exit_lane = await road.exit_lane()
     other_exit = await road.exit_lane("P03/y")  # another exit lane of the same plaza
 
-    pass_text = await enter(entry, printer, 2)
+    ticket = await enter(entry, printer, 2)
     [record] = entry.records("entry")
     assert (record["amount_minor"], record["vehicle_class"], record["entry_plaza"]) == (0, 2, "P01")
     pass_id = record["pass_id"]
@@ -217,7 +228,8 @@ async def test_a_vehicle_enters_and_exits_paying_the_matrix_fare_once(road: Road
 
     await exit_lane.device.vehicle_enters(2)
     await eventually(lambda: exit_lane.named("vehicle_arrived"))
-    await show(exit_lane, pass_text, lambda: exit_lane.named("trip_priced"))
+    # The driver holds the printed ticket to the exit lane's camera: its scan pipeline reads it.
+    await show(exit_lane, ticket.paper, lambda: exit_lane.named("trip_priced"))
     fare = load_tariff(ROAD).trip_fare(2, "P01", "P03", time.time()).amount_minor
     assert exit_lane.named("trip_priced")[0]["amount_minor"] == fare
     token = road.codes.make("token", int(time.time())).text
@@ -237,7 +249,7 @@ async def test_a_vehicle_enters_and_exits_paying_the_matrix_fare_once(road: Road
     await eventually(lambda: other_exit.daemon.replay.get(pass_key(pass_id)) is not None)
     await other_exit.device.vehicle_enters(2)
     await eventually(lambda: other_exit.named("vehicle_arrived"))
-    await show(other_exit, pass_text, lambda: other_exit.named("trip_priced"))
+    await show(other_exit, ticket.text, lambda: other_exit.named("trip_priced"))
     [second] = other_exit.named("trip_priced")
     farthest = load_tariff(ROAD).farthest_fare(2, "P03", time.time()).amount_minor
     assert (second["outcome"], second["amount_minor"], second["attendant"]) == (
@@ -289,21 +301,59 @@ async def test_paper_out_is_an_alarm_the_lane_stays_safe_and_it_clears(road: Roa
     # Paper out again, and this vehicle's plate is read: it opens on the plate binding.
     printer.set_paper(False)
     await eventually(lambda: "printer_paper_out" in alarms)
-    plate = PlateReading("ZJA12345", 0.97, int(time.time() * 1e6))
+    plate = PlateReading(f"ZJ{road.run_id.upper()}", 0.97, int(time.time() * 1e6))
     await road.publish(topics.io(entry.daemon.lane, topics.PLATE), plate.encode())
-    await eventually(lambda: entry.daemon.runner.state.next_plate == "ZJA12345")
+    await eventually(lambda: entry.daemon.runner.state.next_plate == plate.plate)
     await entry.device.vehicle_enters(1)
     await eventually(lambda: len(entry.named("barrier_opened")) == 2, what="opened on the plate")
     second = entry.records("entry")[1]
-    assert (second["plate"], second["flags"]) == ("ZJA12345", ["no_ticket"])
+    assert (second["plate"], second["flags"]) == (plate.plate, ["no_ticket"])
+    await road.publish(topics.road_plate(plate.plate), b"")  # no exit here: leave no binding
     assert len(printer.printed) == 1
     await entry.device.vehicle_passes()
     await eventually(lambda: entry.daemon.runner.state.passage is None)
     printer.set_paper(True)
     await eventually(lambda: "printer_paper_out" not in alarms)
     # The next vehicle's ticket is the next one printed: the plate-bound one's job was dropped.
-    third = await enter(entry, printer, 1)
+    third = (await enter(entry, printer, 1)).text
     assert [t.job_id for t in printer.printed] == [
         f"{v['vehicle_id']}/pass" for v in entry.named("vehicle_arrived")[0::2]
     ]
     assert third == printer.printed[-1].qr_codes[0]
+
+
+async def test_a_ticketless_vehicle_exits_on_its_plate_binding(road: Road) -> None:
+    """Paper out at the entry, the plate read: the exit lane prices the trip from the binding
+    the entry lane published, and empties it once the pass has exited."""
+    entry, printer = await road.entry_lane()
+    exit_lane = await road.exit_lane()
+    plate = f"ZJ{road.run_id.upper()}"[:16]
+    printer.set_paper(False)
+    await eventually(lambda: "printer_paper_out" in entry.daemon.runner.alarms)
+    reading = PlateReading(plate, 0.97, int(time.time() * 1e6))
+    await road.publish(topics.io(entry.daemon.lane, topics.PLATE), reading.encode())
+    await eventually(lambda: entry.daemon.runner.state.next_plate == plate)
+    await entry.device.vehicle_enters(3)
+    await eventually(lambda: entry.named("barrier_opened"), what="opened on the plate")
+    [record] = entry.records("entry")
+    assert (record["plate"], record["flags"], printer.printed) == (plate, ["no_ticket"], [])
+    await entry.device.vehicle_passes()
+    trips = exit_lane.daemon.road.trips
+    assert trips is not None
+    await eventually(lambda: plate in trips.bound, what="the binding at the exit lane")
+
+    await road.publish(topics.io(exit_lane.daemon.lane, topics.PLATE), reading.encode())
+    await eventually(lambda: exit_lane.daemon.runner.state.next_plate == plate)
+    await exit_lane.device.vehicle_enters(3)
+    await eventually(lambda: exit_lane.named("trip_priced"), what="priced from the plate")
+    fare = load_tariff(ROAD).trip_fare(3, "P01", "P03", time.time()).amount_minor
+    assert exit_lane.named("trip_priced")[0]["amount_minor"] == fare
+    token = road.codes.make("token", int(time.time())).text
+    await show(exit_lane, token, lambda: exit_lane.named("barrier_opened"))
+    [paid] = exit_lane.records("exit")
+    assert (paid["pass_id"], paid["plate"], paid["amount_minor"]) == (
+        record["pass_id"],
+        plate,
+        fare,
+    )
+    await eventually(lambda: plate not in trips.bound, what="the binding emptied")

@@ -214,6 +214,20 @@ async def acknowledge(page: Any, row: str, tries: int = 4) -> None:
     raise AssertionError(f"{row}: not acknowledged after {tries} clicks")
 
 
+async def _appears(page: Any, row: str, plaza: Plaza) -> None:
+    """Wait for an alarm's row; on a timeout, say what lane 1 was doing (its own state and
+    its last notes), which the browser cannot tell."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: PLC0415
+
+    try:
+        await page.wait_for_selector(row, timeout=60_000)
+    except PlaywrightTimeout:
+        lane = plaza.sim.lanes[0]
+        state = lane.daemon.runner.state if lane.daemon is not None else None
+        notes = [(name, fields) for _, name, fields in lane.watch.notes[-15:]]
+        raise AssertionError(f"{row} never shown; lane 1: {state!r}; last notes: {notes}") from None
+
+
 async def _shot(page: Any, name: str, tmp_path: Path) -> None:
     keep = os.environ.get("SIM_CONSOLE_SCREENSHOTS")
     await screenshot(page, tmp_path / name, Path(keep) / name if keep else None)
@@ -239,7 +253,7 @@ async def test_in_a_browser_each_fault_shows_is_acknowledged_and_clears(
             await plaza.fault(fault, True)
             lane = plaza.sim.lanes[0].lane_id
             row = f'#alarm-body tr[data-lane="{lane}"][data-alarm="{alarm}"]'
-            await page.wait_for_selector(row, timeout=60_000)
+            await _appears(page, row, plaza)
             await page.wait_for_selector(f"#tile-1.sev-{colour}", timeout=15_000)
             await _shot(page, f"console-{fault}.png", tmp_path)
             if fault not in NOT_ACKED:
