@@ -28,7 +28,7 @@ RATE_FEN_PER_KM: dict[int, int] = {1: 45, 2: 70, 3: 90, 4: 115, 5: 140}
 MIN_FARE = 500
 SPEED_KMH: dict[int, float] = {1: 100.0, 2: 95.0, 3: 85.0, 4: 80.0, 5: 75.0}
 SPEED_SPREAD = 0.15
-U_TURN_SHARE = (0.2, 0.6)  # of the U-turn window: to the next crossover and back
+U_TURN_SHARE = (0.2, 0.5)  # of the U-turn window: to the next crossover and back
 OVER_TIME_FACTOR = (1.25, 1.5)  # an over-time vehicle stays this many times the limit
 # A normal trip must stay this far under the limit, or it could be judged over time: the pass
 # holds whole seconds of the lane's clock and the exit queue adds its wait.

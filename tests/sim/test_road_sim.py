@@ -29,9 +29,9 @@ FAST: dict[str, Any] = {
     "fps": 15.0,
 }
 EVERY_CASE: dict[Case, float] = {case: 1 / 14 for case in Case if case is not Case.NONE}
-# 4 km: a trip is 2.5 to 4 simulated minutes; the limit (8 min) and the U-turn window (5 min)
-# are short so that the over-time vehicle is on the road for 10 to 12 minutes, not hours.
-PLAN = RoadPlan(Road(("P01", "P02"), (0.0, 4.0)), EVERY_CASE, max_trip_s=480, u_turn_window_s=300)
+# 4 km: a trip is 2.5 to 4 simulated minutes; the limit (8 min) and the U-turn window
+# (6 min) are short so that the over-time vehicle is on the road for 10 to 12 minutes, not hours.
+PLAN = RoadPlan(Road(("P01", "P02"), (0.0, 4.0)), EVERY_CASE, max_trip_s=480, u_turn_window_s=360)
 
 
 @pytest.mark.slow
