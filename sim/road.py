@@ -113,6 +113,7 @@ class RoadSimulator(Simulator):
         self.lanes = sorted([*self.entry_lanes.values(), *self.exit_lanes.values()],
                             key=lambda lane: lane.index)  # fmt: skip
         self.travels: dict[int, Travel] = {}
+        self._on_road: set[asyncio.Task[None]] = set()  # one task per vehicle travelling
         self.tariff: Tariff | None = None
         self._field: MqttLink | None = None
         self._keys: KeySet | None = None
@@ -140,6 +141,12 @@ class RoadSimulator(Simulator):
         self._tasks.append(asyncio.create_task(self._field.run(), name="road-field"))
         async with asyncio.timeout(10):
             await self._field.connected.wait()
+
+    async def stop(self) -> None:
+        for task in list(self._on_road):
+            task.cancel()
+        await asyncio.gather(*self._on_road, return_exceptions=True)
+        await super().stop()
 
     def road_config(self, lane: RoadLane) -> dict[str, Any]:
         """The lane.toml sections a road lane adds to the plaza simulator's (sim.lane)."""
@@ -195,7 +202,9 @@ class RoadSimulator(Simulator):
             self._finish(travel)
             return
         travel.leg = Leg.ON_ROAD
-        self._tasks.append(asyncio.create_task(self._travel(travel), name=f"trip-{trip.index}"))
+        task = asyncio.create_task(self._travel(travel), name=f"trip-{trip.index}")
+        self._on_road.add(task)
+        task.add_done_callback(self._on_road.discard)
 
     def _pass_id(self, ticket: str | None) -> str | None:
         if ticket is None or self._keys is None:
@@ -213,12 +222,11 @@ class RoadSimulator(Simulator):
         travel.leg = Leg.EXIT_QUEUE
         self.exit_lanes[trip.exit].join(trip)
 
-    def exited(self, trip: Trip, outcome: Outcome, priced: dict[str, Any] | None) -> None:
+    def exited(self, trip: Trip, outcome: Outcome) -> None:
         travel = self.travels[trip.index]
         travel.facts.exit_vehicle = outcome.vehicle_id
         travel.facts.exit_lane = outcome.lane
         travel.facts.paid = outcome.passed
-        travel.facts.lost_declared = bool(priced and priced.get("lost"))
         self._finish(travel)
 
     def _finish(self, travel: Travel) -> None:

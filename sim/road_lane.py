@@ -52,7 +52,7 @@ class RoadHost(LaneHost, Protocol):
 
     def entered(self, trip: Trip, outcome: Outcome, ticket: str | None) -> None: ...
 
-    def exited(self, trip: Trip, outcome: Outcome, priced: dict[str, Any] | None) -> None: ...
+    def exited(self, trip: Trip, outcome: Outcome) -> None: ...
 
 
 class RoadLane(SimLane):
@@ -98,9 +98,9 @@ class RoadLane(SimLane):
             await self._leave(outcome, outcome.passed)
             self.road.entered(driver, outcome, ticket)
         else:
-            priced = await self._pay_trip(driver, outcome)
+            await self._pay_trip(driver, outcome)
             await self._leave(outcome, outcome.passed)
-            self.road.exited(driver, outcome, priced)
+            self.road.exited(driver, outcome)
         return outcome
 
     async def _pull_up(self, outcome: Outcome, plate: str | None, vehicle_class: int) -> int | None:
@@ -148,11 +148,11 @@ class RoadLane(SimLane):
                 return ticket.qr_codes[0]
         return None
 
-    async def _pay_trip(self, trip: Trip, outcome: Outcome) -> dict[str, Any] | None:
+    async def _pay_trip(self, trip: Trip, outcome: Outcome) -> None:
         """Exit: the trip priced (by plate, ticket or the attendant), then the payment."""
         mark = await self._pull_up(outcome, trip.exit_plate, trip.exit_class)
         if mark is None:
-            return None
+            return
         vehicle = outcome.vehicle_id
         assert vehicle is not None
         await asyncio.sleep(self.sim.options.reaction_s / self.sim.speed)
@@ -174,7 +174,7 @@ class RoadLane(SimLane):
             found = await self.watch.wait_for(priced_by, mark, ANSWER_S)
         if found is None:
             outcome.refusals.append("not priced")
-            return None
+            return
         mark, _, _, priced = found
         if priced.get("attendant") and not lost:
             await asyncio.sleep(ATTENDANT_WALK_S / self.sim.speed)
@@ -184,4 +184,3 @@ class RoadLane(SimLane):
             )
             mark = confirmed[0] if confirmed is not None else self.watch.mark
         await self._try_codes(trip, outcome, mark)
-        return priced | {"lost": lost}

@@ -56,7 +56,6 @@ class Journey:
     exit_vehicle: str | None = None  # the exit lane's vehicle id (None: not at an exit yet)
     exit_lane: str | None = None
     paid: bool = False
-    lost_declared: bool = False  # the attendant declared the pass lost
 
 
 def expected_fare(trip: Trip, tariff: Tariff, at: float) -> int:
