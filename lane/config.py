@@ -224,6 +224,9 @@ class RoadSection(_Section):
     print_retry_s: PositiveSeconds = Field(
         3.0, description="toll-entry: a ticket not acknowledged by the printer is sent again"
     )
+    plate_wait_s: float = Field(
+        0.0, ge=0, le=5, description="toll-entry: wait this long after arrival for the plate"
+    )
 
     @model_validator(mode="after")
     def _window_within_limit(self) -> RoadSection:

@@ -204,6 +204,7 @@ def rules_from(config: LaneConfig) -> LaneRules:
         persist_dwell_s=config.lane.persist_dwell_s,
         probe_s=config.lane.probe_s,
         attendant_confirms=config.road.attendant_confirms,
+        plate_wait_s=config.road.plate_wait_s,
     )
 
 

@@ -150,9 +150,12 @@ class TicketDesk:
                 yield TicketIssued(request.issue_id, entry.pass_hex, False, error)
             if request.plate is not None:
                 return  # opened on the plate: a ticket printed later would be nobody's
+            # Wait for the printer to say `ready` after this failure (paper loaded: the same job
+            # goes again at once), else retry_s: a stale `ready` never makes a busy loop.
+            self._ready.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.retry_s):
-                    await self._ready.wait()  # paper loaded: send the same job again at once
+                    await self._ready.wait()
 
     async def _print(self, job: PrintJob) -> str | None:
         """Send the job and wait for its ack: None when printed, else why not."""

@@ -134,12 +134,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.CLOSING, "ack ok", P.OPEN, "late open ack, the next vehicle has paid: handed over"),
     _t(P.CLOSING, "ack ok", P.IDLE, "barrier closed, nobody waiting"),
     _t(P.CLOSING, "ack ok", NEXT_UP, "barrier closed: serve the next vehicle"),
-    _t(
-        P.VEHICLE_PRESENT,
-        "ticket",
-        P.PERSISTING,
-        "entry lane: pass printed (or bound): entry record",
-    ),
+    _t(P.VEHICLE_PRESENT, "ticket", P.PERSISTING, "entry lane: ticket printed: entry record"),
+    _t(P.VEHICLE_PRESENT, "reopen lane", P.PERSISTING, "entry lane: ticket printed while closed"),
     # The vehicle goes away, or an attendant steps in.
     _t(P.VEHICLE_PRESENT, "entry_loop off", P.IDLE, "the vehicle backed away"),
     _t(P.VEHICLE_PRESENT, "entry_loop off", P.CLOSED, "it backed away from a closed lane"),

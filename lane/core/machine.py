@@ -92,6 +92,9 @@ class IllegalTransitionError(Exception):
 def step(state: LaneState, event: ev.Event, now: float) -> Result:
     before = phase(state)
     new_state, actions = _handle(state, event, now)
+    if road.road_mode(new_state):
+        new_state, more = road.after_step(new_state, now)
+        actions += more
     new_state, actions = _drive(new_state, actions, now)
     new_state, more = recovery.after_step(new_state, event, before, now)
     after = phase(new_state)
@@ -171,6 +174,7 @@ def next_deadline(state: LaneState) -> float | None:
     if hold is not None:
         candidates.append(hold)
     candidates += recovery.deadline(state)
+    candidates += road.deadline(state)
     return min(candidates) if candidates else None
 
 
@@ -199,7 +203,7 @@ def _entry_loop(state: LaneState, event: ev.SensorChanged, now: float) -> Result
         if vehicle is not None:
             return state, []
         if road.road_mode(state):
-            return road.arrive(state, event.event_id)
+            return road.arrive(state, event.event_id, now)
         return paypoint.arrive(state, event.event_id, implicit=False)
     if vehicle is None or vehicle.committed or vehicle.implicit:
         return state, []  # a vehicle with a record on the way is leaving towards the barrier

@@ -62,21 +62,21 @@ def road_mode(state: LaneState) -> bool:
     return state.rules.mode in (LaneMode.TOLL_ENTRY, LaneMode.TOLL_EXIT)
 
 
-def arrive(state: LaneState, vehicle_id: str) -> Result:
+def arrive(state: LaneState, vehicle_id: str, now: float) -> Result:
     """A vehicle on the entry loop of an entry or exit lane."""
     rules = state.rules
     vehicle_class = state.next_class if state.next_class is not None else rules.default_class
     plate = state.next_plate
     state = replace(state, next_class=None, next_plate=None)
     if rules.mode is LaneMode.TOLL_ENTRY:
-        issue_id = f"{vehicle_id}/pass"
-        vehicle = Vehicle(vehicle_id, vehicle_class, 0, "", plate=plate, trip=Ticket(issue_id))
+        wait = now + rules.plate_wait_s if rules.plate_wait_s > 0 else None
+        ticket = Ticket(f"{vehicle_id}/pass", wait_until=wait)
+        vehicle = Vehicle(vehicle_id, vehicle_class, 0, "", plate=plate, trip=ticket)
         actions: list[Action] = [
             VehicleArrived(vehicle_id, vehicle_class, False),
-            IssuePass(issue_id, vehicle_id, vehicle_class, plate),
             TAKE_TICKET if state.accepting_payments else LANE_CLOSED,
         ]
-        return replace(state, vehicle=vehicle), actions
+        return replace(state, vehicle=vehicle), actions  # `after_step` asks for the pass
     vehicle = Vehicle(vehicle_id, vehicle_class, None, "", plate=plate, trip=AwaitingEntry())
     state = replace(state, vehicle=vehicle)
     actions = [VehicleArrived(vehicle_id, vehicle_class, False), _ask_pass(state)]
@@ -137,6 +137,8 @@ def on_plate(state: LaneState, event: ev.PlateRead, now: float) -> Result:
     if vehicle is None:
         return replace(state, next_plate=event.plate), []
     trip = vehicle.trip
+    if isinstance(trip, Ticket) and not trip.asked and vehicle.plate is None:
+        return replace(state, vehicle=replace(vehicle, plate=event.plate)), []  # on its pass
     if not isinstance(trip, AwaitingEntry) or vehicle.plate is not None:
         return state, [RoadEventIgnored(f"plate {event.plate}: {vehicle.vehicle_id} has one")]
     vehicle = replace(vehicle, plate=event.plate)
@@ -172,7 +174,8 @@ def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
 def on_ticket(state: LaneState, event: ev.TicketIssued, now: float) -> Result:
     vehicle = _open_vehicle(state)
     trip = vehicle.trip if vehicle is not None else None
-    if vehicle is None or not isinstance(trip, Ticket) or trip.issue_id != event.issue_id:
+    asked = isinstance(trip, Ticket) and trip.asked and trip.issue_id == event.issue_id
+    if vehicle is None or not isinstance(trip, Ticket) or not asked:
         return state, [RoadEventIgnored(f"ticket {event.issue_id}: not the vehicle present")]
     if event.pass_id is None:
         # No pass could be signed (no usable plaza key): nothing proves this entry.
@@ -181,13 +184,33 @@ def on_ticket(state: LaneState, event: ev.TicketIssued, now: float) -> Result:
         why = f"vehicle {vehicle.vehicle_id}: no pass: {event.error}"
         return state, [PRINTER_FAULT, RaiseAlarm(Alarm.ATTENDANT_NEEDED, why)]
     called = paypoint.waits_for_attendant(vehicle)
-    trip = replace(
-        trip, pass_id=event.pass_id, printer_error=None if event.printed else event.error
-    )
+    error = None if event.printed else event.error
+    trip = replace(trip, pass_id=event.pass_id, printed=event.printed, printer_error=error)
     vehicle = replace(vehicle, trip=trip)
-    cleared: list[Action] = [ClearAlarm(Alarm.ATTENDANT_NEEDED)] if called else []
+    actions: list[Action] = [ClearAlarm(Alarm.ATTENDANT_NEEDED)] if called else []
     if not event.printed and vehicle.plate is None:
-        return replace(state, vehicle=vehicle), [*cleared, PRINTER_FAULT]
+        actions.append(PRINTER_FAULT)
+    return replace(state, vehicle=vehicle), actions  # `after_step` writes the entry
+
+
+def after_step(state: LaneState, now: float) -> Result:
+    """Entry lane, after every event: ask for the vehicle's pass once it is due (a plate read,
+    or its wait over), and write its entry record once the ticket is printed or the pass bound
+    to a plate; neither while the lane takes no vehicles (closed, faulted): they happen in the
+    step that ends that."""
+    vehicle = _open_vehicle(state)
+    trip = vehicle.trip if vehicle is not None else None
+    if vehicle is None or not isinstance(trip, Ticket) or not state.accepting_payments:
+        return state, []
+    if not trip.asked:
+        due = vehicle.plate is not None or trip.wait_until is None or now >= trip.wait_until
+        if not due:
+            return state, []
+        vehicle = replace(vehicle, trip=replace(trip, asked=True, wait_until=None))
+        ask = IssuePass(trip.issue_id, vehicle.vehicle_id, vehicle.vehicle_class, vehicle.plate)
+        return replace(state, vehicle=vehicle), [ask]
+    if trip.pass_id is None or not (trip.printed or vehicle.plate is not None):
+        return state, []
     draft = RecordDraft(
         kind=RecordKind.ENTRY,
         vehicle_id=vehicle.vehicle_id,
@@ -198,14 +221,23 @@ def on_ticket(state: LaneState, event: ev.TicketIssued, now: float) -> Result:
         account_ref=None,
         auth=AuthInfo(result=AuthResult.NONE),
         entry_plaza=state.rules.plaza,
-        flags=() if event.printed else (NO_TICKET,),
-        pass_id=event.pass_id,
+        flags=() if trip.printed else (NO_TICKET,),
+        pass_id=trip.pass_id,
         plate=vehicle.plate,
     )
-    vehicle = replace(vehicle, stage=Committed(event.issue_id, None, None, entry=True))
-    state = replace(paypoint.commit(state, event.issue_id), vehicle=vehicle)
-    note = PassIssued(vehicle.vehicle_id, event.pass_id, event.printed, vehicle.plate)
-    return state, [*cleared, Persist(event.issue_id, draft), note]
+    vehicle = replace(vehicle, stage=Committed(trip.issue_id, None, None, entry=True))
+    state = replace(paypoint.commit(state, trip.issue_id), vehicle=vehicle)
+    note = PassIssued(vehicle.vehicle_id, trip.pass_id, trip.printed, vehicle.plate)
+    return state, [Persist(trip.issue_id, draft), note]
+
+
+def deadline(state: LaneState) -> list[float]:
+    """Entry lane: the pass of the vehicle waiting for its plate is asked for at this time."""
+    vehicle = _open_vehicle(state)
+    trip = vehicle.trip if vehicle is not None else None
+    if not isinstance(trip, Ticket) or trip.asked or trip.wait_until is None:
+        return []
+    return [trip.wait_until] if state.accepting_payments else []
 
 
 def on_priced(state: LaneState, event: ev.TripPriced, now: float) -> Result:

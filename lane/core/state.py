@@ -95,6 +95,9 @@ class LaneRules:
     # toll-exit: a suspect fare (no pass, pass used, plate mismatch ...) waits for the
     # attendant's confirm_fare before the lane takes a payment code.
     attendant_confirms: bool = True
+    # toll-entry: an ANPR camera triggered by the entry loop reads the plate just after the
+    # vehicle arrives; the pass waits this long for it (0: signed at once with what is known).
+    plate_wait_s: float = 0.0
 
     @property
     def plaza(self) -> str:

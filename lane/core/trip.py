@@ -13,10 +13,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Ticket:
-    """Entry lane: the pass asked for (`IssuePass`), then issued and printed (or not)."""
+    """Entry lane: the pass to ask for, asked for (`IssuePass`), then issued and printed (or
+    not). The entry record is written once it is printed, or bound to a plate."""
 
     issue_id: str
+    asked: bool = False
+    wait_until: float | None = None  # not asked before this unless a plate is read first
     pass_id: str | None = None  # hex, once the shell signed the pass
+    printed: bool = False
     printer_error: str | None = None  # the last print failed (paper_out, offline ...)
 
 

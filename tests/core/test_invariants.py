@@ -59,6 +59,8 @@ lane_rules = st.builds(
     max_tries=st.integers(1, 3),
     max_cmd_attempts=st.integers(1, 3),
     passback_window_s=st.sampled_from([5.0, 600.0]),
+    plate_wait_s=st.sampled_from([0.0, 0.5]),  # toll-entry
+    attendant_confirms=st.booleans(),  # toll-exit
 )
 
 

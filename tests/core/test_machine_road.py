@@ -110,6 +110,54 @@ def test_no_pass_signed_calls_the_attendant_and_clears_when_the_vehicle_goes() -
     assert one(lane.leave_pay_point(), ClearAlarm).code == "attendant_needed"
 
 
+def test_a_plate_read_just_after_arrival_goes_on_the_pass() -> None:
+    """An ANPR camera triggered by the entry loop: the pass waits `plate_wait_s` for it."""
+    lane = LaneDriver(rules(LaneMode.TOLL_ENTRY, lane_id="P01/e1", plate_wait_s=0.5))
+    actions = lane.arrive("v1")
+    assert not of_type(actions, IssuePass)
+    assert next_deadline(lane.state) == lane.now + 0.5
+    ask = one(lane.feed(ev.PlateRead("ZJA12345"), dt=0.2), IssuePass)
+    assert ask == IssuePass("v1/pass", "v1", 1, "ZJA12345")
+    lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=True))
+    lane.persisted()
+    lane.ack()
+    lane.leave_pay_point()
+    lane.cross()
+    lane.ack()
+    # No plate read in time: the pass is signed without one at the deadline.
+    lane.arrive("v2")
+    ask = one(lane.tick_at_deadline(), IssuePass)
+    assert (ask.vehicle_id, ask.plate) == ("v2", None)
+    assert of_type(lane.feed(ev.PlateRead("ZJB1")), RoadEventIgnored)  # too late for its pass
+
+
+def test_an_entry_lane_that_takes_no_vehicles_issues_and_enters_nothing_until_it_does() -> None:
+    lane = LaneDriver(ENTRY)
+    lane.feed(ev.LinkChanged(up=False))
+    actions = lane.arrive("v1")
+    assert not of_type(actions, IssuePass) and "Lane closed" in displayed(actions)
+    assert one(lane.feed(ev.LinkChanged(up=True)), IssuePass).issue_id == "v1/pass"
+    # The queue fills while the ticket prints: no entry record until it has room again.
+    lane.feed(ev.QueueChanged(full=True, high_water=True))
+    assert not of_type(lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=True)), Persist)
+    assert lane.phase() is Phase.FAULT
+    persist = one(lane.feed(ev.QueueChanged(full=False, high_water=False)), Persist)
+    assert persist.draft.kind == "entry"
+    assert of_type(lane.persisted(), OpenBarrier)
+
+
+def test_an_entry_whose_record_failed_is_entered_again_once_the_disk_is_back() -> None:
+    lane = LaneDriver(ENTRY)
+    lane.arrive("v1")
+    lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=True))
+    actions = lane.feed(ev.PersistFailed("v1/pass", "disk_error"))
+    assert not of_type(actions, Persist) and lane.phase() is Phase.FAULT
+    assert one(lane.feed(ev.QueueChanged(full=False, high_water=False)), Persist).persist_id == (
+        "v1/pass"
+    )
+    assert of_type(lane.persisted(), OpenBarrier)
+
+
 # --- exit lane -----------------------------------------------------------------------------
 
 
@@ -319,9 +367,15 @@ def serve(lane: LaneDriver, vehicle_id: str, budget: int = 80) -> int:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mode=st.sampled_from([LaneMode.TOLL_ENTRY, LaneMode.TOLL_EXIT]), data=st.data())
-def test_after_any_history_the_next_vehicle_is_served(mode: LaneMode, data: st.DataObject) -> None:
-    lane = LaneDriver(rules(mode, lane_id="P01/e1"))
+@given(
+    mode=st.sampled_from([LaneMode.TOLL_ENTRY, LaneMode.TOLL_EXIT]),
+    plate_wait_s=st.sampled_from([0.0, 0.5]),
+    data=st.data(),
+)
+def test_after_any_history_the_next_vehicle_is_served(
+    mode: LaneMode, plate_wait_s: float, data: st.DataObject
+) -> None:
+    lane = LaneDriver(rules(mode, lane_id="P01/e1", plate_wait_s=plate_wait_s))
     random_walk(lane, EventSource(hypothesis_chooser(data)), 40)
     world_answers(lane, budget=60)  # the world gets well: the lane is idle again
     serve(lane, "next")

@@ -60,6 +60,7 @@ def write_key(where: Path, key: PlazaPassKey, mode: int = 0o600) -> Path:
         ({"road": {"pass_lifetime_days": 0}}, "road.pass_lifetime_days"),
         ({"road": {"pass_kid": ""}}, "road.pass_kid"),
         ({"lane": {"mode": "toll-middle"}}, "lane.mode"),
+        ({"road": {"plate_wait_s": 9}}, "road.plate_wait_s"),
     ],
 )
 def test_bad_road_settings_are_refused_with_the_key(data: dict[str, object], expected: str) -> None:
