@@ -135,7 +135,6 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.CLOSING, "ack ok", P.IDLE, "barrier closed, nobody waiting"),
     _t(P.CLOSING, "ack ok", NEXT_UP, "barrier closed: serve the next vehicle"),
     _t(P.VEHICLE_PRESENT, "ticket", P.PERSISTING, "entry lane: ticket printed: entry record"),
-    _t(P.VEHICLE_PRESENT, "reopen lane", P.PERSISTING, "entry lane: ticket printed while closed"),
     # The vehicle goes away, or an attendant steps in.
     _t(P.VEHICLE_PRESENT, "entry_loop off", P.IDLE, "the vehicle backed away"),
     _t(P.VEHICLE_PRESENT, "entry_loop off", P.CLOSED, "it backed away from a closed lane"),

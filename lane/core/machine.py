@@ -92,6 +92,8 @@ class IllegalTransitionError(Exception):
 def step(state: LaneState, event: ev.Event, now: float) -> Result:
     before = phase(state)
     new_state, actions = _handle(state, event, now)
+    new_state, more = recovery.settle(new_state)
+    actions += more
     if road.road_mode(new_state):
         new_state, more = road.after_step(new_state, now)
         actions += more

@@ -2,9 +2,11 @@
 barrier's commanded position checked against what the device reports, a paid vehicle that was
 never let through, and a vehicle under a boom the lane did not open.
 
-Pure like the rest of the core. `machine.step` calls `after_step` after every event (alarms
-whose cause is gone clear, the phase's dwell is (re)armed) and `on_tick` on every Tick (what is
-overdue is raised and answered); `deadline` is this module's share of `next_deadline`.
+Pure like the rest of the core. `machine.step` calls `settle` right after every event's
+handler (the barrier's position clears `barrier_stuck` and `unpaid_passage`), `after_step` at
+the end of it (other alarms whose cause is gone clear, the phase's dwell is (re)armed) and
+`on_tick` on every Tick (what is overdue is raised and answered); `deadline` is this module's
+share of `next_deadline`.
 
 The way out of each phase once its dwell is over: the lane raises `lane_stuck` naming the
 phase and what it waits for, and asks the device for its whole truth (QueryDevice). The
@@ -102,16 +104,24 @@ def query(state: LaneState, reason: str) -> Result:
     return replace(state, queries=n), [QueryDevice(f"q{n}", reason)]
 
 
-def after_step(state: LaneState, event: ev.Event, before: Phase, now: float) -> Result:
+def settle(state: LaneState) -> Result:
+    """What the barrier's position (as the step left it) settles: the expected position
+    reached clears `barrier_stuck`, a closed boom `unpaid_passage`. `machine.step` calls it
+    straight after the event's handler, so the rest of the step (an entry lane's pass and
+    entry record, which wait for a lane that takes vehicles) sees the fault gone."""
     actions: list[Action] = []
     target = state.expect
     if target is not None and state.barrier == target.target:
         state = replace(state, expect=None)
-        state, more = remove_fault(state, Alarm.BARRIER_STUCK)
-        actions += more
+        state, actions = remove_fault(state, Alarm.BARRIER_STUCK)
     if state.barrier == Position.CLOSED:
         state, more = clear_notice(state, Alarm.UNPAID_PASSAGE)
         actions += more
+    return state, actions
+
+
+def after_step(state: LaneState, event: ev.Event, before: Phase, now: float) -> Result:
+    actions: list[Action] = []
     passage = state.passage
     if passage is not None and state.barrier == Position.OPEN and not passage.seen_open:
         state = replace(state, passage=replace(passage, seen_open=True))
