@@ -7,6 +7,9 @@ contiguous prefix; batches of different lanes proceed in parallel. Lock waits an
 are bounded (`lock_timeout`, `statement_timeout`). Tables live in their own schema (default
 `lane_ingest`). A broken connection is reopened on the next call; the batch that hit it is not
 acknowledged.
+
+A new batch of an epoch this worker has seen is one statement, its own transaction: one round
+trip, where a COPY takes three (see `_store_new`).
 """
 
 from __future__ import annotations
@@ -14,22 +17,30 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from typing import cast
 
 import psycopg
 
+from uplink.messages import QueueIdentity
 from uplink.sql_store import (
+    MOVE_ON,
     RECORD_COLUMNS,
     Cursor,
     NewRows,
     RowTakenError,
     Session,
     SqlIngestStore,
+    fills_a_hole,
+    move_on_args,
+    new_held,
 )
 from uplink.store import (
+    IngestRecord,
     IngestStoreError,
     StoreBusyError,
+    StoreResult,
     StoreUnavailableError,
 )
 
@@ -95,6 +106,9 @@ class PostgresIngestStore(SqlIngestStore):
         )
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        # Epochs whose row this store has seen committed (rows are never deleted): a batch of
+        # one of them takes the one-statement path.
+        self._seen: set[tuple[str, str]] = set()
         with self._transaction() as cur:
             # Two workers starting together would race on CREATE IF NOT EXISTS.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
@@ -115,21 +129,31 @@ class PostgresIngestStore(SqlIngestStore):
         return self._conn
 
     @contextmanager
-    def _session(self, pipeline: bool) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-        """One transaction on the worker's connection; with `pipeline`, statements are sent
-        without waiting for each other's results (psycopg pipeline mode): a result is read,
-        in one round trip for everything sent so far, only when the code asks for it."""
+    def _connected(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        """The worker's connection (autocommit: a statement outside a transaction is its
+        own), with the driver's errors as the store's."""
         with self._lock:
             conn = self._connection()
             try:
-                with conn.pipeline() if pipeline else nullcontext(), conn.transaction():
-                    yield conn
+                yield conn
             except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
                 raise StoreBusyError(f"postgres: {_first_line(exc)}") from exc
             except psycopg.errors.UniqueViolation as exc:
                 raise RowTakenError(f"postgres: {_first_line(exc)}") from exc
             except psycopg.Error as exc:
                 raise IngestStoreError(f"postgres: {exc}") from exc
+
+    @contextmanager
+    def _session(self, pipeline: bool) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        """One transaction on the worker's connection; with `pipeline`, statements are sent
+        without waiting for each other's results (psycopg pipeline mode): a result is read,
+        in one round trip for everything sent so far, only when the code asks for it."""
+        with (
+            self._connected() as conn,
+            conn.pipeline() if pipeline else nullcontext(),
+            conn.transaction(),
+        ):
+            yield conn
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
@@ -141,32 +165,76 @@ class PostgresIngestStore(SqlIngestStore):
         with self._session(pipeline=True) as conn:
             yield conn
 
-    def _insert(self, db: Session, new: NewRows, *, careful: bool) -> Callable[[], set[int]]:
+    def _store_new(
+        self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
+    ) -> StoreResult:
+        """The first batch of an epoch this worker sees opens or finds its row (SQL's
+        pipelined transaction); every later one is a single statement, sent and committed in
+        one round trip before the result is read (so the ack still follows the commit): the
+        records are inserted in a WITH, which also clears the lane's conflicts this batch
+        resolves, and the epoch's row is moved on by the UPDATE around it. A batch that filled
+        a hole walks the prefix on in a second transaction after that commit; a worker that
+        stops in between leaves the prefix short, and the next `epochs()` walks it on."""
+        key = (lane, queue.epoch)
+        if key not in self._seen:
+            result = super()._store_new(lane, queue, records, now_us)
+            self._seen.add(key)
+            return result
+        first, last = records[0].seq, records[-1].seq
+        sql, params = self._insert_sql(NewRows(lane, queue.epoch, records, now_us), returning="")
+        with self._connected() as conn:
+            row = conn.execute(
+                self._sql(
+                    f"WITH ins AS ({sql} RETURNING record_id, data), gone AS"
+                    " (DELETE FROM {conflicts} AS c USING ins WHERE c.lane=%s"
+                    " AND c.record_id = ins.record_id"
+                    # the digest of uplink.messages.digest: SHA-256, lower-case hex
+                    " AND c.offered_digest = encode(sha256(ins.data), 'hex'))"
+                    f" UPDATE {{epochs}} SET {MOVE_ON} WHERE lane=%s AND epoch=%s"
+                    " RETURNING contiguous, max_seq"
+                ),
+                (*params, lane, *move_on_args(first, last), lane, queue.epoch),
+            ).fetchone()
+        if row is None:  # its row was removed by hand: the records are held, the row is not
+            self._seen.discard(key)
+            return self._store_held(lane, queue, records, now_us)
+        contiguous, max_seq = cast(tuple[int, int], row)  # BIGINT comes as int
+        if fills_a_hole(first, last, contiguous):
+            with self._session(pipeline=True) as db:
+                contiguous = self._walk_prefix(db.cursor(), lane, queue.epoch)
+        held = new_held(records)
+        return StoreResult(held, len(held), 0, (), contiguous, max_seq, False, ())
+
+    def _insert_sql(self, new: NewRows, returning: str) -> tuple[str, tuple[object, ...]]:
         # One statement over arrays instead of a row at a time: a single plan and a single
         # message for the batch, as cheap as a COPY. `%b` sends the arrays in binary (the text
         # format quotes every element, which cost more than the server's work).
-        cur = db.cursor()
-        cur.execute(
-            self._sql(
-                f"INSERT INTO {{records}} ({RECORD_COLUMNS})"
-                " SELECT r, %b, %b, s, t, k, a, c, d, %b FROM unnest(%b::text[], %b::bigint[],"
-                " %b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::bytea[])"
-                " AS u(r, s, t, k, a, c, d)"
-                + (" ON CONFLICT DO NOTHING RETURNING seq" if careful else "")
-            ),
-            (
-                new.lane,
-                new.epoch,
-                new.now_us,
-                [r.record_id for r in new.records],
-                [r.seq for r in new.records],
-                [r.ts_us for r in new.records],
-                [r.kind for r in new.records],
-                [r.amount_minor for r in new.records],
-                [r.currency for r in new.records],
-                [r.data for r in new.records],
-            ),
+        sql = self._sql(
+            f"INSERT INTO {{records}} ({RECORD_COLUMNS})"
+            " SELECT r, %b, %b, s, t, k, a, c, d, %b FROM unnest(%b::text[], %b::bigint[],"
+            " %b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::bytea[])"
+            " AS u(r, s, t, k, a, c, d)" + returning
         )
+        params = (
+            new.lane,
+            new.epoch,
+            new.now_us,
+            [r.record_id for r in new.records],
+            [r.seq for r in new.records],
+            [r.ts_us for r in new.records],
+            [r.kind for r in new.records],
+            [r.amount_minor for r in new.records],
+            [r.currency for r in new.records],
+            [r.data for r in new.records],
+        )
+        return sql, params
+
+    def _insert(self, db: Session, new: NewRows, *, careful: bool) -> Callable[[], set[int]]:
+        sql, params = self._insert_sql(
+            new, " ON CONFLICT DO NOTHING RETURNING seq" if careful else ""
+        )
+        cur = db.cursor()
+        cur.execute(sql, params)
         if not careful:
             return lambda: {r.seq for r in new.records}
         return lambda: {int(row[0]) for row in cur.fetchall()}
@@ -180,6 +248,7 @@ class PostgresIngestStore(SqlIngestStore):
         """Drop the whole schema (tests and benchmarks only)."""
         with self._transaction() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+        self._seen.clear()
 
     def close(self) -> None:
         with self._lock:

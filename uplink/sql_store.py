@@ -26,6 +26,23 @@ RECORD_COLUMNS = (
     "record_id, lane, epoch, seq, ts_us, kind, amount_minor, currency, data, ingested_us"
 )
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
+# How a new batch (seqs first..last) moves its epoch's row on, under the row's lock and over its
+# latest committed version: the prefix becomes the batch's last seq when it reached the batch
+# and nothing is held beyond it; the highest seq grows. Parameters: `move_on_args`.
+MOVE_ON = (
+    "contiguous = CASE WHEN contiguous >= ? AND max_seq <= ? AND contiguous < ? THEN ?"
+    " ELSE contiguous END, max_seq = CASE WHEN max_seq > ? THEN max_seq ELSE ? END"
+)
+
+
+def move_on_args(first: int, last: int) -> tuple[int, ...]:
+    return (first - 1, last, last, last, last, last)
+
+
+def fills_a_hole(first: int, last: int, contiguous: int) -> bool:
+    """After MOVE_ON: the prefix reached the batch but stopped short of its end, so seqs beyond
+    the batch are held and the prefix must be walked on over them."""
+    return first - 1 <= contiguous < last
 
 
 class Cursor(Protocol):
@@ -56,6 +73,11 @@ class NewRows:
              r.currency, r.data, self.now_us)
             for r in self.records
         ]  # fmt: skip
+
+
+def new_held(records: Sequence[IngestRecord]) -> tuple[Held, ...]:
+    """The ack of a batch the store took whole: every record, as sent."""
+    return tuple(Held(r.seq, r.record_id, digest(r.data)) for r in records)
 
 
 class RowTakenError(IngestStoreError):
@@ -98,11 +120,10 @@ class SqlIngestStore:
     def store_batch(
         self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
     ) -> StoreResult:
-        """Two round trips where the driver pipelines (PostgreSQL). A batch is first taken
-        for new, which nearly every batch is (`_store_new`); when a record id or seq of it is
-        held already (a resend, a conflict) that transaction is rolled back and the batch is
-        stored again carefully (`_store_held`), inserting what is free and looking up what kept
-        the rest out."""
+        """A batch is first taken for new, which nearly every batch is (`_store_new`); when a
+        record id or seq of it is held already (a resend, a conflict) that transaction is
+        rolled back and the batch is stored again carefully (`_store_held`), inserting what is
+        free and looking up what kept the rest out."""
         if not records:
             raise ValueError("empty batch")
         try:
@@ -113,22 +134,21 @@ class SqlIngestStore:
     def _store_new(
         self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
     ) -> StoreResult:
-        """Insert every record, then move the epoch's row on in one UPDATE: the prefix becomes
-        the batch's last seq when it reached the batch and nothing is held beyond it. The
+        """Insert every record, then move the epoch's row on in one UPDATE (MOVE_ON). The
         UPDATE takes the row's lock and works on its latest committed version, which is what
         serialises the batches of one epoch (here and in `_store_held`). Only a prefix that
-        must run on past the batch (the batch filled a hole) reads the table."""
+        must run on past the batch (the batch filled a hole) reads the table. Two round trips
+        where the driver pipelines; PostgreSQL stores a batch of an epoch it has seen in one
+        statement (`uplink.pg`)."""
         q = self._sql
         epoch = queue.epoch
         first, last = records[0].seq, records[-1].seq
         move_on = q(
-            "UPDATE {epochs} SET contiguous = CASE WHEN contiguous >= ? AND max_seq <= ?"
-            " AND contiguous < ? THEN ? ELSE contiguous END,"
-            " max_seq = CASE WHEN max_seq > ? THEN max_seq ELSE ? END"
-            " WHERE lane=? AND epoch=?"
+            f"UPDATE {{epochs}} SET {MOVE_ON} WHERE lane=? AND epoch=?"
             " RETURNING contiguous, max_seq, EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
         )
-        args = (first - 1, last, last, last, last, last, lane, epoch, lane)
+        args = (*move_on_args(first, last), lane, epoch, lane)
+        held = new_held(records)
         with self._batch() as db:
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
             moved = db.cursor()
@@ -141,26 +161,12 @@ class SqlIngestStore:
                 row = moved.fetchone()
                 new_epoch = made.rowcount == 1  # known once a later result was read
             contiguous, max_seq, conflicts_open = (int(v) for v in row)
-            if first - 1 <= contiguous < last:
-                contiguous = self._advance(db.cursor(), lane, epoch, contiguous)
-                db.cursor().execute(
-                    q("UPDATE {epochs} SET contiguous=? WHERE lane=? AND epoch=?"),
-                    (contiguous, lane, epoch),
-                )
-            held = [Held(r.seq, r.record_id, digest(r.data)) for r in records]
+            if fills_a_hole(first, last, contiguous):
+                contiguous = self._walk_prefix(db.cursor(), lane, epoch)
             others = self._other_epochs(db, lane, epoch) if new_epoch else ()
             if conflicts_open:
                 self._resolve(db, held)
-        return StoreResult(
-            held=tuple(held),
-            inserted=len(held),
-            duplicates=0,
-            conflicts=(),
-            contiguous=contiguous,
-            max_seq=max_seq,
-            new_epoch=new_epoch,
-            other_epochs=others,
-        )
+        return StoreResult(held, len(held), 0, (), contiguous, max_seq, new_epoch, others)
 
     def _open_epoch(self, db: Session, lane: str, queue: QueueIdentity, now_us: int) -> Cursor:
         """Make the epoch's row (an extra round trip once per queue file); its rowcount is 0
@@ -303,6 +309,24 @@ class SqlIngestStore:
             (*c.row(), now_us, now_us),
         )
 
+    def _walk_prefix(self, cur: Cursor, lane: str, epoch: str) -> int:
+        """Lock the epoch's row, walk its prefix on over the committed rows and store it; the
+        prefix it now has. Under the lock, every batch committed before it is seen, and one
+        committing after it moves the prefix on from this one."""
+        q = self._sql
+        cur.execute(
+            q("SELECT contiguous FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix),
+            (lane, epoch),
+        )
+        start = int(cur.fetchone()[0])
+        contiguous = self._advance(cur, lane, epoch, start)
+        if contiguous > start:
+            cur.execute(
+                q("UPDATE {epochs} SET contiguous=? WHERE lane=? AND epoch=?"),
+                (contiguous, lane, epoch),
+            )
+        return contiguous
+
     def _advance(self, cur: Cursor, lane: str, epoch: str, contiguous: int) -> int:
         """Walk the held seqs above the prefix in index order while they follow on: an index
         range scan over this batch's seqs, or once over the run behind a filled hole. (An
@@ -321,13 +345,7 @@ class SqlIngestStore:
                 return contiguous
 
     def contiguous(self, lane: str, epoch: str) -> int:
-        with self._reader() as cur:
-            cur.execute(
-                self._sql("SELECT contiguous FROM {epochs} WHERE lane=? AND epoch=?"),
-                (lane, epoch),
-            )
-            row = cur.fetchone()
-        return 0 if row is None else int(row[0])
+        return next((e.contiguous for e in self.epochs(lane) if e.epoch == epoch), 0)
 
     def gaps(self, lane: str) -> list[Gap]:
         """Missing seq ranges (inclusive) of each epoch, between its base and its highest seq."""
@@ -396,7 +414,16 @@ class SqlIngestStore:
                 (lane,),
             )
             return [
-                EpochInfo(lane, str(e), int(b), int(c), int(m), int(f))
+                EpochInfo(
+                    lane,
+                    str(e),
+                    int(b),
+                    # A prefix short of the highest seq may have been left behind: a worker
+                    # that stopped between a batch's commit and the walk after it (uplink.pg).
+                    int(c) if int(c) >= int(m) else self._walk_prefix(cur, lane, str(e)),
+                    int(m),
+                    int(f),
+                )
                 for e, b, c, m, f in cur.fetchall()
             ]
 
