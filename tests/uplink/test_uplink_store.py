@@ -3,6 +3,7 @@ prefix and gaps, against SQLite and a real PostgreSQL (a database of the test's 
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -293,7 +294,7 @@ def test_postgres_a_new_batch_of_a_seen_epoch_is_one_round_trip(
     then waits for the server once; when store_batch returns the batch is committed."""
     s = PostgresIngestStore(pg_dsn)
     s.store_batch(LANE, Q, recs(1, 10), 1)  # the epoch's first batch here finds its row
-    pgconn = s._connection().pgconn  # noqa: SLF001 - the connection under test
+    pgconn = s._connection().pgconn  # the worker's connection, under test
     trace = tmp_path / "libpq.trace"
     with trace.open("w") as out:
         pgconn.trace(out.fileno())
@@ -301,7 +302,7 @@ def test_postgres_a_new_batch_of_a_seen_epoch_is_one_round_trip(
         r = s.store_batch(LANE, Q, recs(11, 20), 2)
         pgconn.untrace()
     sides = [line.split("\t", 1)[0] for line in trace.read_text().splitlines()]
-    assert sum(1 for a, b in zip(sides, sides[1:], strict=False) if (a, b) == ("F", "B")) == 1
+    assert sum(1 for a, b in itertools.pairwise(sides) if (a, b) == ("F", "B")) == 1
     assert r.held == held(recs(11, 20)) and (r.contiguous, r.max_seq) == (20, 20)
     with psycopg.connect(pg_dsn) as other:
         (n,) = other.execute("SELECT COUNT(*) FROM lane_ingest.records").fetchone() or (0,)

@@ -105,15 +105,13 @@ def committed_behind(store: IngestStore, records: list[IngestRecord], epoch: str
     """The records of a batch that filled a hole, committed by a worker that stopped before it
     walked the prefix on: the rows are there, the epoch's row is as the batch's commit left
     it (its prefix stops below the batch and its highest seq is above it already)."""
-    beside(
-        store,
-        f"INSERT INTO {{t}}records ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (r.record_id, r.lane, epoch, r.seq, r.ts_us, r.kind, r.amount_minor, r.currency,
-             r.data, 1)
-            for r in records
-        ],  # fmt: skip
-    )
+    rows = [
+        (r.record_id, r.lane, epoch, r.seq, r.ts_us, r.kind, r.amount_minor, r.currency,
+         r.data, 1)
+        for r in records
+    ]  # fmt: skip
+    marks = ", ".join("?" * len(RECORD_COLUMNS.split(",")))
+    beside(store, f"INSERT INTO {{t}}records ({RECORD_COLUMNS}) VALUES ({marks})", rows)
 
 
 def queued(q: RecordQueue, upto: int = 1 << 62) -> list[Held]:
