@@ -4,7 +4,9 @@ the same process and the same minute, so the ratios hold on a machine shared wit
 - decode: `Record.decode` per record against a bare `msgpack.unpackb` of the same bytes.
 - store: `store_batch` of 100-record batches against the raw anchors of the same rows into a
   table of the same shape (same keys): one COPY per batch and one executemany per batch, each
-  in its own transaction (PostgreSQL); one executemany per batch (SQLite).
+  in its own transaction (PostgreSQL); one executemany per batch (SQLite). PostgreSQL also in
+  swapped pairs (every second batch fills a hole, as when two workers share a lane) and in
+  1-record batches.
 - workers: 1 and 2 worker processes storing the batches of many lanes (as a shared
   subscription spreads them), against 1 and 2 processes doing the raw COPY of the same rows,
   which shows how far the machine itself scales at that moment.
@@ -212,6 +214,15 @@ def bench_store(dsn: str | None, tmp: str, n: int, rounds: int) -> dict[str, flo
         f" COPY {pg['copy']:,.0f}/s, executemany {pg['executemany']:,.0f}/s"
         f" -> {pg['store'] / pg['copy']:.2f}x COPY, {pg['store'] / pg['executemany']:.2f}x"
         " executemany"
+    )
+    # Two workers sharing a lane commit its batches out of order: here every second batch
+    # arrives before the one below it, so the other fills a hole and walks the prefix on.
+    swapped = [b for pair in zip(batches[1::2], batches[::2], strict=False) for b in pair]
+    shuffled = best([pg_rates(dsn, swapped) for _ in range(rounds)])
+    print(
+        f"store PostgreSQL, {BATCH}-record batches in swapped pairs: store_batch"
+        f" {shuffled['store']:,.0f} records/s, COPY {shuffled['copy']:,.0f}/s"
+        f" -> {shuffled['store'] / shuffled['copy']:.2f}x COPY"
     )
     # Under light traffic a lane sends each record as it is made: batches of one.
     singles = best([pg_rates(dsn, make_batches(2000, lanes=20, size=1)) for _ in range(rounds)])
