@@ -200,8 +200,8 @@ class PostgresIngestStore(SqlIngestStore):
             return self._store_held(lane, queue, records, now_us)
         contiguous, max_seq = cast(tuple[int, int], row)  # BIGINT comes as int
         if fills_a_hole(first, last, contiguous):
-            with self._session(pipeline=True) as db:
-                contiguous = self._walk_prefix(db.cursor(), lane, queue.epoch)
+            with self._batch() as db:
+                contiguous = self._walk_prefix(db, lane, queue.epoch, contiguous)
         held = new_held(records)
         return StoreResult(held, len(held), 0, (), contiguous, max_seq, False, ())
 

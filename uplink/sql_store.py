@@ -162,7 +162,7 @@ class SqlIngestStore:
                 new_epoch = made.rowcount == 1  # known once a later result was read
             contiguous, max_seq, conflicts_open = (int(v) for v in row)
             if fills_a_hole(first, last, contiguous):
-                contiguous = self._walk_prefix(db.cursor(), lane, epoch)
+                contiguous = self._walk_prefix(db, lane, epoch, contiguous)
             others = self._other_epochs(db, lane, epoch) if new_epoch else ()
             if conflicts_open:
                 self._resolve(db, held)
@@ -309,23 +309,26 @@ class SqlIngestStore:
             (*c.row(), now_us, now_us),
         )
 
-    def _walk_prefix(self, cur: Cursor, lane: str, epoch: str) -> int:
+    def _walk_prefix(self, db: Session, lane: str, epoch: str, since: int) -> int:
         """Lock the epoch's row, walk its prefix on over the committed rows and store it; the
         prefix it now has. Under the lock, every batch committed before it is seen, and one
-        committing after it moves the prefix on from this one."""
+        committing after it moves the prefix on from this one. The walk starts from `since`,
+        a prefix read before (the stored one can only be as far or further), so it is sent
+        with the lock and both come back in one round trip where the driver pipelines."""
         q = self._sql
-        cur.execute(
+        locked = db.cursor()
+        locked.execute(
             q("SELECT contiguous FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix),
             (lane, epoch),
         )
-        start = int(cur.fetchone()[0])
-        contiguous = self._advance(cur, lane, epoch, start)
+        contiguous = self._advance(db.cursor(), lane, epoch, since)
+        start = int(locked.fetchone()[0])
         if contiguous > start:
-            cur.execute(
+            db.cursor().execute(
                 q("UPDATE {epochs} SET contiguous=? WHERE lane=? AND epoch=?"),
                 (contiguous, lane, epoch),
             )
-        return contiguous
+        return max(contiguous, start)
 
     def _advance(self, cur: Cursor, lane: str, epoch: str, contiguous: int) -> int:
         """Walk the held seqs above the prefix in index order while they follow on: an index
@@ -413,19 +416,21 @@ class SqlIngestStore:
                 ),
                 (lane,),
             )
-            return [
-                EpochInfo(
-                    lane,
-                    str(e),
-                    int(b),
-                    # A prefix short of the highest seq may have been left behind: a worker
-                    # that stopped between a batch's commit and the walk after it (uplink.pg).
-                    int(c) if int(c) >= int(m) else self._walk_prefix(cur, lane, str(e)),
-                    int(m),
-                    int(f),
-                )
-                for e, b, c, m, f in cur.fetchall()
-            ]
+            rows = cur.fetchall()
+        return [
+            EpochInfo(lane, str(e), int(b), self._caught_up(lane, str(e), int(c), int(m)),
+                      int(m), int(f))
+            for e, b, c, m, f in rows
+        ]  # fmt: skip
+
+    def _caught_up(self, lane: str, epoch: str, contiguous: int, max_seq: int) -> int:
+        """The epoch's prefix over the committed rows. One short of the highest seq may have
+        been left behind by a worker that stopped between a batch's commit and the walk after
+        it (uplink.pg): it is walked on and stored."""
+        if contiguous >= max_seq:
+            return contiguous
+        with self._batch() as db:
+            return self._walk_prefix(db, lane, epoch, contiguous)
 
     def conflicts(self) -> list[ConflictRow]:
         with self._reader() as cur:
