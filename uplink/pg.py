@@ -25,8 +25,10 @@ import psycopg
 
 from uplink.messages import QueueIdentity
 from uplink.sql_store import (
+    ADVANCE_CHUNK,
     MOVE_ON,
     RECORD_COLUMNS,
+    RUN_END,
     Cursor,
     NewRows,
     RowTakenError,
@@ -200,10 +202,38 @@ class PostgresIngestStore(SqlIngestStore):
             return self._store_held(lane, queue, records, now_us)
         contiguous, max_seq = cast(tuple[int, int], row)  # BIGINT comes as int
         if fills_a_hole(first, last, contiguous):
-            with self._batch() as db:
-                contiguous = self._walk_prefix(db, lane, queue.epoch, contiguous)
+            contiguous = self._walk_on(lane, queue.epoch, contiguous)
         held = new_held(records)
         return StoreResult(held, len(held), 0, (), contiguous, max_seq, False, ())
+
+    def _walk_on(self, lane: str, epoch: str, since: int) -> int:
+        """`_walk_prefix` in one round trip: lock the epoch's row, then move its prefix on
+        over the next chunk of the run (RUN_END, read in a snapshot taken after the lock, so
+        every batch committed before it is seen), then commit, all sent at once; the results
+        are read after the commit. A run longer than the chunk is walked on by
+        `_walk_prefix`."""
+        q = self._sql
+        with self._connected() as conn, conn.pipeline():
+            with conn.transaction():
+                locked = conn.execute(
+                    q("SELECT contiguous FROM {epochs} WHERE lane=%s AND epoch=%s FOR UPDATE"),
+                    (lane, epoch),
+                )
+                moved = conn.execute(
+                    q(
+                        f"UPDATE {{epochs}} SET contiguous = w.upto FROM ({RUN_END}) AS w"
+                        " WHERE lane=%s AND epoch=%s AND w.upto > contiguous"
+                        " RETURNING contiguous"
+                    ),
+                    (lane, epoch, since, ADVANCE_CHUNK, since, lane, epoch),
+                )
+            stored = cast(tuple[int], locked.fetchone())[0]
+            row = moved.fetchone()
+        contiguous = max(stored, since if row is None else cast(int, row[0]))
+        if contiguous < since + ADVANCE_CHUNK:
+            return contiguous
+        with self._batch() as db:
+            return self._walk_prefix(db, lane, epoch, contiguous)
 
     def _insert_sql(self, new: NewRows, returning: str) -> tuple[str, tuple[object, ...]]:
         # One statement over arrays instead of a row at a time: a single plan and a single

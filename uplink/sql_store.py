@@ -26,6 +26,14 @@ RECORD_COLUMNS = (
     "record_id, lane, epoch, seq, ts_us, kind, amount_minor, currency, data, ingested_us"
 )
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
+# Where the run of held seqs that follows on from a prefix ends, within the next ADVANCE_CHUNK
+# held seqs (NULL when the next one does not follow on): seqs are unique, so the n-th seq above
+# the prefix p follows on exactly when it is p + n. Parameters: lane, epoch, p, chunk, p.
+RUN_END = (
+    "SELECT MAX(seq) AS upto FROM (SELECT seq, ROW_NUMBER() OVER (ORDER BY seq) AS n FROM"
+    " (SELECT seq FROM {records} WHERE lane=? AND epoch=? AND seq > ? ORDER BY seq LIMIT ?)"
+    " AS c) AS t WHERE seq - n = ?"
+)
 # How a new batch (seqs first..last) moves its epoch's row on, under the row's lock and over its
 # latest committed version: the prefix becomes the batch's last seq when it reached the batch
 # and nothing is held beyond it; the highest seq grows. Parameters: `move_on_args`.
@@ -331,21 +339,18 @@ class SqlIngestStore:
         return max(contiguous, start)
 
     def _advance(self, cur: Cursor, lane: str, epoch: str, contiguous: int) -> int:
-        """Walk the held seqs above the prefix in index order while they follow on: an index
-        range scan over this batch's seqs, or once over the run behind a filled hole. (An
-        anti-join over the table made each batch cost O(rows) in PostgreSQL.)"""
-        sql = self._sql(
-            "SELECT seq FROM {records} WHERE lane=? AND epoch=? AND seq > ? ORDER BY seq LIMIT ?"
-        )
+        """Walk the held seqs above the prefix in index order while they follow on, a chunk
+        per statement (RUN_END): an index range scan over this batch's seqs, or once over the
+        run behind a filled hole. (An anti-join over the table made each batch cost O(rows) in
+        PostgreSQL.)"""
         while True:
-            cur.execute(sql, (lane, epoch, contiguous, ADVANCE_CHUNK))
-            seqs = [int(r[0]) for r in cur.fetchall()]
-            for seq in seqs:
-                if seq != contiguous + 1:
-                    return contiguous
-                contiguous = seq
-            if len(seqs) < ADVANCE_CHUNK:
+            cur.execute(self._sql(RUN_END), (lane, epoch, contiguous, ADVANCE_CHUNK, contiguous))
+            upto = cur.fetchone()[0]
+            if upto is None:
                 return contiguous
+            if int(upto) < contiguous + ADVANCE_CHUNK:  # the run stops inside this chunk
+                return int(upto)
+            contiguous = int(upto)
 
     def contiguous(self, lane: str, epoch: str) -> int:
         return next((e.contiguous for e in self.epochs(lane) if e.epoch == epoch), 0)

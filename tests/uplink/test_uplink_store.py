@@ -56,6 +56,21 @@ def test_contiguous_prefix_stops_at_a_gap_and_gaps_are_reported(store_factory: F
     assert s.gaps(LANE) == []
 
 
+def test_a_filled_hole_with_a_long_run_behind_it_walks_the_whole_run(
+    store_factory: Factory,
+) -> None:
+    """The prefix is walked a chunk at a time (ADVANCE_CHUNK seqs): a run longer than a chunk
+    behind the hole is walked to its end, and stops at the next gap."""
+    s = store_factory()
+    s.store_batch(LANE, Q, recs(1, 10), 1)
+    for first in range(12, 2512, 500):
+        s.store_batch(LANE, Q, recs(first, first + 499), 1)
+    s.store_batch(LANE, Q, recs(2513, 2520), 1)
+    r = s.store_batch(LANE, Q, recs(11, 11), 1)
+    assert (r.contiguous, r.max_seq) == (2511, 2520)
+    assert s.gaps(LANE) == [Gap(E, 2512, 2512)]
+
+
 def test_gap_before_the_first_batch(store_factory: Factory) -> None:
     s = store_factory()
     assert s.store_batch(LANE, Q, recs(5, 9), 1).contiguous == 0
