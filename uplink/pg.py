@@ -215,6 +215,9 @@ class PostgresIngestStore(SqlIngestStore):
         q = self._sql
         with self._connected() as conn, conn.pipeline():
             with conn.transaction():
+                # Its commit is not waited for on disk (the batch's rows were): a crash that
+                # loses it leaves the prefix short, which the next `epochs()` walks on.
+                conn.execute("SET LOCAL synchronous_commit TO off")
                 locked = conn.execute(
                     q("SELECT contiguous FROM {epochs} WHERE lane=%s AND epoch=%s FOR UPDATE"),
                     (lane, epoch),
