@@ -11,7 +11,8 @@
    store's own `store_batch` rate.
 3. ingest, beside the raw operations in the same run (bench/uplink_ingest.py): decode against
    msgpack, `store_batch` against a COPY / executemany per batch, 1 and 2 worker processes
-   against 1 and 2 COPY processes.
+   against 1 and 2 COPY processes (rates, and CPU per record of the workers and their
+   PostgreSQL backends, read from /proc: the database must run on this machine).
 """
 
 from __future__ import annotations

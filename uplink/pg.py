@@ -9,7 +9,7 @@ are bounded (`lock_timeout`, `statement_timeout`). Tables live in their own sche
 acknowledged.
 
 A new batch of an epoch this worker has seen is one statement, its own transaction: one round
-trip, where a COPY takes three (see `_store_new`).
+trip, where a COPY in a transaction takes four (see `_store_new`).
 """
 
 from __future__ import annotations
