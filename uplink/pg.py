@@ -197,6 +197,11 @@ class PostgresIngestStore(SqlIngestStore):
                 ),
                 (*params, lane, *move_on_args(first, last), lane, queue.epoch),
             ).fetchone()
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                # Only a statement outside a transaction block is committed when it returns;
+                # inside one left open the batch would not be, and an ack names only what is.
+                conn.rollback()
+                raise IngestStoreError("postgres: connection was inside a transaction block")
         if row is None:  # its row was removed by hand: the records are held, the row is not
             self._seen.discard(key)
             return self._store_held(lane, queue, records, now_us)

@@ -302,6 +302,20 @@ def test_an_epoch_row_removed_by_hand_comes_back_with_the_next_batch(
     assert [(e.epoch, e.contiguous, e.max_seq) for e in s.epochs(LANE)] == [(E, 4, 4)]
 
 
+def test_postgres_a_batch_is_never_taken_inside_an_open_transaction_block(pg_dsn: str) -> None:
+    """The one statement commits when it returns only outside a transaction block: a worker's
+    connection left inside one (a stray BEGIN) refuses the batch instead of acknowledging
+    records it does not hold."""
+    s = PostgresIngestStore(pg_dsn)
+    s.store_batch(LANE, Q, recs(1, 2), 1)
+    s._connection().execute("BEGIN")
+    with pytest.raises(IngestStoreError, match="inside a transaction block"):
+        s.store_batch(LANE, Q, recs(3, 4), 2)
+    assert s.count(LANE) == 2
+    assert s.store_batch(LANE, Q, recs(3, 4), 3).held == held(recs(3, 4))
+    s.close()
+
+
 def test_postgres_a_new_batch_of_a_seen_epoch_is_one_round_trip(
     pg_dsn: str, tmp_path: Path
 ) -> None:
