@@ -6,10 +6,14 @@ bench_passes: verify_pass per second (Ed25519 and ES256; accepted, forged, garba
 bench_fares: decide_fare per second on the example road tariff (a plain trip and a lost pass).
 bench_escpos: encode and decode of an entry ticket with its QR code.
 bench_trips: trip_ledger over N encoded entry/exit records (the back office's open-trip query).
+bench_road_sim: `lane sim --road 3` headless (real lanes, printers, cameras, back office): the
+    wall time, whether it reconciled, and an exit's ticket-held-up -> fare-priced time, beside
+    verify_pass alone (the raw anchor, measured in the same run).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -22,6 +26,9 @@ from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.passes import EntryPass, verify_pass
 from lane.auth.trip_rules import ExitContext, RoadRules, decide_fare
+from sim.options import SimOptions
+from sim.road import run_road
+from sim.road_model import RoadPlan, build_road
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.trips import trip_ledger
 
@@ -93,8 +100,38 @@ def bench_trips(n: int = 20_000) -> None:
           f"{len(ledger.open_trips)} open, {ledger.closed} closed")  # fmt: skip
 
 
+def bench_road_sim(plazas: int = 3, vehicles: int = 40, speed: float = 30.0) -> None:
+    key = PlazaPassKey.generate("P01")
+    keys = KeySet.of(NOW, [key.public()])
+    text = key.issue(EntryPass("P01", "e1", NOW - 60, 1, os.urandom(12), "ZJA12345"))
+    started = time.perf_counter()
+    for _ in range(500):
+        verify_pass(text, keys, NOW, 5, 86_400)
+    anchor_ms = (time.perf_counter() - started) / 500 * 1000
+    plan = RoadPlan(build_road(plazas, seed=1))
+    options = SimOptions(seed=1, speed=speed, fps=10.0, conditions="realistic")
+    started = time.perf_counter()
+    report = asyncio.run(run_road(vehicles, options, plan))
+    wall = time.perf_counter() - started
+    road = report["road"]
+    print(f"lane sim --road {plazas} --headless --vehicles {vehicles} --speed {speed:g} --fps 10: "
+          f"{wall:.0f} s wall, {report['simulated_s'] / 60:.0f} simulated min, "
+          f"reconciled={road['reconciled']} ({road['problem_count']} problems), "
+          f"lost={report['lost']}")  # fmt: skip
+    exceptions = {k: v["injected"] for k, v in road["exceptions"].items() if v["injected"]}
+    print(f"  trips closed {road['trips']['closed']}, open {road['trips']['open']}; "
+          f"{exceptions}")  # fmt: skip
+    shown = road["pass_priced_ms"]
+    if shown["p50"] is not None:
+        p50, p99 = shown["p50"], shown["p99"]
+        print(f"  ticket held up -> fare priced p50 {p50:.0f} ms, p99 {p99:.0f} ms = "
+              f"{p50 / anchor_ms:.0f}x / {p99 / anchor_ms:.0f}x verify_pass alone "
+              f"({anchor_ms:.2f} ms)")  # fmt: skip
+
+
 if __name__ == "__main__":
     bench_passes()
     bench_fares()
     bench_escpos()
     bench_trips()
+    bench_road_sim()

@@ -1,7 +1,8 @@
 """Uplink benchmark: durable enqueue latency, backlog drain rate, ingest rate (prints figures).
 
     .venv/bin/python -m bench.uplink [--backlog 50000] [--appends 2000] [--ingest 20000]
-                                     [--rounds 3] [--lanes 16] [--dsn DSN | --no-pg]
+                                     [--worker-records 100000] [--rounds 3] [--lanes 16]
+                                     [--dsn DSN | --no-pg]
 
 1. enqueue: `RecordQueue.append` with durable commits (WAL, synchronous=FULL), p50/p99/max.
 2. drain: a backlog (default 50,000 records, as after an outage) forwarded over a private
@@ -10,7 +11,8 @@
    store's own `store_batch` rate.
 3. ingest, beside the raw operations in the same run (bench/uplink_ingest.py): decode against
    msgpack, `store_batch` against a COPY / executemany per batch, 1 and 2 worker processes
-   against 1 and 2 COPY processes.
+   against 1 and 2 COPY processes (rates, and CPU per record of the workers and their
+   PostgreSQL backends, read from /proc: the database must run on this machine).
 """
 
 from __future__ import annotations
@@ -185,6 +187,9 @@ def main() -> None:
     ap.add_argument("--ingest", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=3, help="alternating runs; the best is shown")
     ap.add_argument("--lanes", type=int, default=16, help="lanes of the worker benchmark")
+    # A run of 20,000 records lasts under a second, where starting and ending the processes
+    # weighs on the ratio: 100,000 keep each run to several seconds.
+    ap.add_argument("--worker-records", type=int, default=100_000)
     ap.add_argument("--drain-lanes", type=int, default=4, help="lanes of the second drain")
     ap.add_argument("--dsn", default=PG_DSN)
     ap.add_argument("--no-pg", action="store_true")
@@ -207,7 +212,7 @@ def main() -> None:
                     args.backlog, lanes=lanes, own=own["postgres"],
                 )  # fmt: skip
         if dsn is not None:
-            bench_workers(dsn, args.ingest, args.lanes, args.rounds)
+            bench_workers(dsn, args.worker_records, args.lanes, args.rounds)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ the same process and the same minute, so the ratios hold on a machine shared wit
 - decode: `Record.decode` per record against a bare `msgpack.unpackb` of the same bytes.
 - store: `store_batch` of 100-record batches against the raw anchors of the same rows into a
   table of the same shape (same keys): one COPY per batch and one executemany per batch, each
-  in its own transaction (PostgreSQL); one executemany per batch (SQLite).
+  in its own transaction (PostgreSQL); one executemany per batch (SQLite). PostgreSQL also in
+  swapped pairs (every second batch fills a hole, as when two workers share a lane) and in
+  1-record batches.
 - workers: 1 and 2 worker processes storing the batches of many lanes (as a shared
   subscription spreads them), against 1 and 2 processes doing the raw COPY of the same rows,
-  which shows how far the machine itself scales at that moment.
+  which shows how far the machine itself scales at that moment; and the CPU each record cost
+  the workers and their database backends, which the machine's other work does not move.
 
 Each figure is the best of `rounds` alternating runs (the machine's load only ever slows a run).
 """
@@ -15,16 +18,19 @@ Each figure is the best of `rounds` alternating runs (the machine's load only ev
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 import timeit
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import msgpack
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from lane.wire.codec import unpack
 from lane.wire.ids import new_id
@@ -213,6 +219,15 @@ def bench_store(dsn: str | None, tmp: str, n: int, rounds: int) -> dict[str, flo
         f" -> {pg['store'] / pg['copy']:.2f}x COPY, {pg['store'] / pg['executemany']:.2f}x"
         " executemany"
     )
+    # Two workers sharing a lane commit its batches out of order: here every second batch
+    # arrives before the one below it, so the other fills a hole and walks the prefix on.
+    swapped = [b for pair in zip(batches[1::2], batches[::2], strict=False) for b in pair]
+    shuffled = best([pg_rates(dsn, swapped) for _ in range(rounds)])
+    print(
+        f"store PostgreSQL, {BATCH}-record batches in swapped pairs: store_batch"
+        f" {shuffled['store']:,.0f} records/s, COPY {shuffled['copy']:,.0f}/s"
+        f" -> {shuffled['store'] / shuffled['copy']:.2f}x COPY"
+    )
     # Under light traffic a lane sends each record as it is made: batches of one.
     singles = best([pg_rates(dsn, make_batches(2000, lanes=20, size=1)) for _ in range(rounds)])
     print(
@@ -236,28 +251,46 @@ class Job:
     workers: int
 
 
-def _worker(job: Job, me: int, go: Barrier) -> None:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process of this machine has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _worker(job: Job, me: int, go: Barrier, spent: Queue[float]) -> None:
     # Lanes are dealt to workers as a shared subscription would: each batch to one of them.
     mine = [b for b in make_batches(job.n, job.lanes) if int(b.lane[-3:]) % job.workers == me]
-    store = PostgresIngestStore(job.dsn, schema=job.schema)
+    name = f"{job.schema}-{me}"
+    store = PostgresIngestStore(make_conninfo(job.dsn, application_name=name), schema=job.schema)
     schema = job.schema
     with psycopg.connect(job.dsn, autocommit=True) as conn:
+        store.lanes()  # its connection is open: its backend can be found by name
+        found = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (name,)
+        ).fetchone()
+        assert found is not None, name
+        backend = int(found[0]) if job.method == "store" else conn.info.backend_pid
         go.wait()
+        start = time.process_time() + cpu_s(backend)
         for b in mine:
             if job.method == "store":
                 store.store_batch(b.lane, b.queue, b.records, 0)
             else:
                 copy_batch(conn, schema, b)
+        spent.put(time.process_time() + cpu_s(backend) - start)
     store.close()
 
 
-def workers_rate(dsn: str, method: str, workers: int, n: int, lanes: int) -> float:
+def workers_rate(dsn: str, method: str, workers: int, n: int, lanes: int) -> tuple[float, float]:
+    """Records/s of `workers` processes, and the CPU seconds per record they and their
+    database backends used (PostgreSQL on this machine: the backends' /proc entries)."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     setup = PostgresIngestStore(dsn, schema=schema)
     ctx = mp.get_context("fork")
     go = ctx.Barrier(workers + 1)
+    spent: Queue[float] = ctx.Queue()
     job = Job(dsn, schema, method, n, lanes, workers)
-    procs = [ctx.Process(target=_worker, args=(job, i, go)) for i in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(job, i, go, spent)) for i in range(workers)]
     try:
         for p in procs:
             p.start()
@@ -268,27 +301,33 @@ def workers_rate(dsn: str, method: str, workers: int, n: int, lanes: int) -> flo
         elapsed = time.perf_counter() - t0
         if any(p.exitcode != 0 for p in procs):
             raise RuntimeError(f"a {method} worker failed")
-        return n / elapsed
+        return n / elapsed, sum(spent.get(timeout=10) for _ in procs) / n
     finally:
         setup.drop()
         setup.close()
 
 
 def bench_workers(dsn: str, n: int, lanes: int, rounds: int) -> None:
-    runs = []
+    runs, cpu = [], []
     for _ in range(rounds):
-        runs.append(
-            {
-                f"{m}{w}": workers_rate(dsn, m, w, n, lanes)
-                for w in (1, 2)
-                for m in ("store", "copy")
-            }
-        )
-    r = best(runs)
+        measured = {f"{m}{w}": workers_rate(dsn, m, w, n, lanes) for w in (1, 2)
+                    for m in ("store", "copy")}  # fmt: skip
+        runs.append({k: rate for k, (rate, _) in measured.items()})
+        cpu.append({k: -per for k, (_, per) in measured.items()})  # best: the least CPU
+    r, c = best(runs), {k: -v * 1e6 for k, v in best(cpu).items()}
     print(
         f"workers PostgreSQL, {lanes} lanes, {n:,} records: 1 worker {r['store1']:,.0f} records/s,"
         f" 2 workers {r['store2']:,.0f}/s -> {r['store2'] / r['store1']:.2f}x;"
         f" raw COPY 1 process {r['copy1']:,.0f}/s, 2 processes {r['copy2']:,.0f}/s"
         f" -> {r['copy2'] / r['copy1']:.2f}x; 2 workers at {r['store2'] / r['copy2']:.2f}x"
         " 2 COPY processes"
+    )
+    # The machine's other work moves the rates, not the CPU each record costs: two workers
+    # that cost what one does per record reach 2x one wherever two cores are free for them.
+    print(
+        f"workers PostgreSQL, CPU per record (worker and its database backend): 1 worker"
+        f" {c['store1']:.1f} µs, 2 workers {c['store2']:.1f} µs"
+        f" -> {c['store2'] / c['store1']:.2f}x;"
+        f" COPY 1 process {c['copy1']:.1f} µs, 2 processes {c['copy2']:.1f} µs"
+        f" -> {c['copy2'] / c['copy1']:.2f}x"
     )

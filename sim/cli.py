@@ -6,6 +6,7 @@ lane sim --lanes 4 --port 8081             a plaza of four lanes
 lane sim --headless --vehicles 200         200 vehicles, JSON report on stdout
 lane sim --headless --scenario backoffice-offline-10min --speed 10
 lane sim --list-scenarios
+lane sim --road 3                          a closed road of 3 plazas (entry and exit lanes)
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,9 @@ from sim.harness import (
     run_scenario,
     where_line,
 )
+from sim.road import RoadSimulator
+from sim.road_cli import add_arguments, road_options, road_plan
+from sim.road_cli import headless as road_headless
 from sim.scenario import Scenario, ScenarioError, load_scenario, shipped
 
 log = logging.getLogger("lane.sim")
@@ -72,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
         help="headless: seconds between progress lines",
     )
     p.add_argument("--log-level", default="WARNING")
+    add_arguments(p)
     return p
 
 
@@ -94,9 +101,23 @@ def main(argv: list[str]) -> int:
             return 2
     setup_logging(args.log_level, stream=sys.stderr)
     options = build_options(args, scenario)
+    if args.road is not None:
+        return _road(args, options)
     if args.headless:
         return _headless(args, options, scenario)
     return int(run_with_uvloop(lambda: _interactive(args, options, scenario)))
+
+
+def _road(args: argparse.Namespace, options: SimOptions) -> int:
+    plan = road_plan(args, options)
+    if isinstance(plan, list):
+        print("lane sim: " + "\nlane sim: ".join(plan), file=sys.stderr)
+        return 2
+    options = road_options(args, options)
+    if args.headless:
+        return road_headless(args, options, plan, say)
+    road = functools.partial(RoadSimulator, plan=plan)
+    return int(run_with_uvloop(lambda: _interactive(args, options, None, road)))
 
 
 def _check_args(args: argparse.Namespace) -> list[str]:
@@ -154,14 +175,17 @@ def _headless(args: argparse.Namespace, options: SimOptions, scenario: Scenario 
 
 
 async def _interactive(
-    args: argparse.Namespace, options: SimOptions, scenario: Scenario | None
+    args: argparse.Namespace,
+    options: SimOptions,
+    scenario: Scenario | None,
+    make: Callable[[SimOptions], Simulator] = Simulator,
 ) -> int:
     try:
         users = load_users(args.users) if args.users else {}
     except UsersError as exc:
         print(f"lane sim: {exc}", file=sys.stderr)
         return 2
-    sim = Simulator(options)
+    sim = make(options)
     sim.scenario = scenario.name if scenario else None
     await sim.start()
     dashboard = Dashboard(sim, users=users)

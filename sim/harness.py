@@ -22,7 +22,7 @@ import logging
 import random
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +168,17 @@ class Simulator:
 
     async def drive_for(self, duration_s: float, mix: Mix, limit: int | None = None) -> None:
         """Arrivals for `duration_s` simulated seconds from now (or `limit` vehicles)."""
+        await self.arrive(_arrivals(mix, self.options.seed), duration_s, limit)
+        await asyncio.gather(*(lane.drained() for lane in self.lanes))
+
+    async def arrive(
+        self, drivers: Iterable[Driver], duration_s: float, limit: int | None = None
+    ) -> None:
+        """Dispatch each driver at its time (simulated seconds from now), up to `duration_s`
+        or the driver of index `limit`."""
         speed = self.options.speed
         start = time.monotonic()
-        for driver in _arrivals(mix, self.options.seed):
+        for driver in drivers:
             if limit is not None and driver.index >= limit:
                 break
             if driver.arrival_s > duration_s:
@@ -179,7 +187,6 @@ class Simulator:
             if wait > 0:
                 await asyncio.sleep(wait)
             self.dispatch(driver)
-        await asyncio.gather(*(lane.drained() for lane in self.lanes))
 
     async def drive_forever(self, mix: Mix) -> None:
         await self.drive_for(float("inf"), mix)

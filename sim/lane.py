@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -165,6 +165,7 @@ class SimLane:
         self.sim = sim
         self.index = index
         self.lane_id = lane_id
+        self.mode = sim.options.mode
         self.watch = Watch()
         self.stats = LaneStats(lane_id, sim.sim_time, sim.options.speed)
         self.outcomes: list[Outcome] = []
@@ -186,37 +187,43 @@ class SimLane:
     # --- lifecycle ------------------------------------------------------------------------
 
     @property
+    def fps(self) -> float:
+        return self.sim.options.fps
+
+    @property
     def transit(self) -> bool:
-        return self.sim.options.mode != "toll"
+        return self.mode.startswith("transit")
 
     def config(self, broker_port: int, acquirer_url: str, keyset: Path) -> LaneConfig:
+        body = self.config_body(broker_port, acquirer_url, keyset)
+        return parse_config(body, f"simulator lane {self.lane_id}")
+
+    def config_body(self, broker_port: int, acquirer_url: str, keyset: Path) -> dict[str, Any]:
+        """The lane's configuration as a lane.toml would hold it."""
         o = self.sim.options
-        return parse_config(
-            {
-                "lane": {
-                    "id": self.lane_id,
-                    "mode": o.mode,
-                    "data_dir": str(self.sim.workdir / self.lane_id.replace("/", "_")),
-                    "max_tries": o.max_tries,
-                    # A passenger's walk is physics: it scales with the simulation speed, and so
-                    # do the waits for drivers and barriers the lane bounds (docs/core.md).
-                    "gate_hold_s": GATE_HOLD_S / o.speed,
-                    **{key: value / o.speed for key, value in DWELL_S.items()},
-                },
-                "barrier": {"move_s": MOVE_S / o.speed},
-                "broker": {"port": broker_port},
-                "uplink": {"stalled_after_s": STALLED_AFTER_S / o.speed},
-                "camera": {"source": "push", "workers": o.decode_workers},
-                "auth": {
-                    "acquirer_url": acquirer_url,
-                    "keyset": str(keyset),
-                    **self.sim.network_auth,
-                },
-                # Alipay and WeChat Pay charge in yuan.
-                "fares": {"currency": "CNY"},
+        return {
+            "lane": {
+                "id": self.lane_id,
+                "mode": self.mode,
+                "data_dir": str(self.sim.workdir / self.lane_id.replace("/", "_")),
+                "max_tries": o.max_tries,
+                # A passenger's walk is physics: it scales with the simulation speed, and so
+                # do the waits for drivers and barriers the lane bounds (docs/core.md).
+                "gate_hold_s": GATE_HOLD_S / o.speed,
+                **{key: value / o.speed for key, value in DWELL_S.items()},
             },
-            f"simulator lane {self.lane_id}",
-        )
+            "barrier": {"move_s": MOVE_S / o.speed},
+            "broker": {"port": broker_port},
+            "uplink": {"stalled_after_s": STALLED_AFTER_S / o.speed},
+            "camera": {"source": "push", "workers": o.decode_workers},
+            "auth": {
+                "acquirer_url": acquirer_url,
+                "keyset": str(keyset),
+                **self.sim.network_auth,
+            },
+            # Alipay and WeChat Pay charge in yuan.
+            "fares": {"currency": "CNY"},
+        }
 
     async def start(self, broker: Mosquitto, acquirer_url: str, keyset: Path) -> None:
         o = self.sim.options
@@ -227,7 +234,9 @@ class SimLane:
         timings = replace(Timings().scaled(o.speed), slow_ack_s=Timings().slow_ack_s)
         self.device = DeviceEmulator(self.lane_id, broker.host, broker.port, timings)
         source = PushSource()
-        self.camera = SyntheticCamera(fps=o.fps, size=o.frame_size, rng=o.seed * 100 + self.index)
+        self.camera = SyntheticCamera(
+            fps=self.fps, size=o.frame_size, rng=o.seed * 100 + self.index
+        )
         # A simulator stopping needs no long grace for the vehicle in progress.
         self.daemon = await build(config, source=source, shutdown_grace_s=STOP_GRACE_S)
         self.daemon.runner.observers += [self.watch, self.stats, self._on_note]
@@ -397,7 +406,12 @@ class SimLane:
                 mark = self.watch.mark
 
     async def _present(
-        self, kind: str, text: str, outcome: Outcome, mark: int
+        self,
+        kind: str,
+        text: str,
+        outcome: Outcome,
+        mark: int,
+        answers: Collection[str] = ANSWERS,
     ) -> tuple[int, float, float, str, dict[str, Any]] | None:
         """Hold the phone up until the lane answers; re-aim it when it is not read.
 
@@ -411,7 +425,7 @@ class SimLane:
             nonlocal bound
             if bound is None and name == NoteName.VEHICLE_ARRIVED:
                 bound = fields.get("vehicle_id")
-            return name in ANSWERS and bound is not None and fields.get("vehicle_id") == bound
+            return name in answers and bound is not None and fields.get("vehicle_id") == bound
 
         try:
             for aim in range(1, AIMS + 1):
@@ -479,7 +493,7 @@ class SimLane:
             "uplink": self.uplink,
             "camera": {
                 "blackout": self.camera.scene.blackout if self.camera is not None else False,
-                "fps": self.sim.options.fps,
+                "fps": self.fps,
             },
             **self.stats.snapshot(),
         }

@@ -26,6 +26,31 @@ RECORD_COLUMNS = (
     "record_id, lane, epoch, seq, ts_us, kind, amount_minor, currency, data, ingested_us"
 )
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
+# Where the run of held seqs that follows on from a prefix ends, within the next ADVANCE_CHUNK
+# held seqs (NULL when the next one does not follow on): seqs are unique, so the n-th seq above
+# the prefix p follows on exactly when it is p + n. Parameters: lane, epoch, p, chunk, p.
+RUN_END = (
+    "SELECT MAX(seq) AS upto FROM (SELECT seq, ROW_NUMBER() OVER (ORDER BY seq) AS n FROM"
+    " (SELECT seq FROM {records} WHERE lane=? AND epoch=? AND seq > ? ORDER BY seq LIMIT ?)"
+    " AS c) AS t WHERE seq - n = ?"
+)
+# How a new batch (seqs first..last) moves its epoch's row on, under the row's lock and over its
+# latest committed version: the prefix becomes the batch's last seq when it reached the batch
+# and nothing is held beyond it; the highest seq grows. Parameters: `move_on_args`.
+MOVE_ON = (
+    "contiguous = CASE WHEN contiguous >= ? AND max_seq <= ? AND contiguous < ? THEN ?"
+    " ELSE contiguous END, max_seq = CASE WHEN max_seq > ? THEN max_seq ELSE ? END"
+)
+
+
+def move_on_args(first: int, last: int) -> tuple[int, ...]:
+    return (first - 1, last, last, last, last, last)
+
+
+def fills_a_hole(first: int, last: int, contiguous: int) -> bool:
+    """After MOVE_ON: the prefix reached the batch but stopped short of its end, so seqs beyond
+    the batch are held and the prefix must be walked on over them."""
+    return first - 1 <= contiguous < last
 
 
 class Cursor(Protocol):
@@ -56,6 +81,11 @@ class NewRows:
              r.currency, r.data, self.now_us)
             for r in self.records
         ]  # fmt: skip
+
+
+def new_held(records: Sequence[IngestRecord]) -> tuple[Held, ...]:
+    """The ack of a batch the store took whole: every record, as sent."""
+    return tuple(Held(r.seq, r.record_id, digest(r.data)) for r in records)
 
 
 class RowTakenError(IngestStoreError):
@@ -98,11 +128,10 @@ class SqlIngestStore:
     def store_batch(
         self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
     ) -> StoreResult:
-        """Two round trips where the driver pipelines (PostgreSQL). A batch is first taken
-        for new, which nearly every batch is (`_store_new`); when a record id or seq of it is
-        held already (a resend, a conflict) that transaction is rolled back and the batch is
-        stored again carefully (`_store_held`), inserting what is free and looking up what kept
-        the rest out."""
+        """A batch is first taken for new, which nearly every batch is (`_store_new`); when a
+        record id or seq of it is held already (a resend, a conflict) that transaction is
+        rolled back and the batch is stored again carefully (`_store_held`), inserting what is
+        free and looking up what kept the rest out."""
         if not records:
             raise ValueError("empty batch")
         try:
@@ -113,22 +142,21 @@ class SqlIngestStore:
     def _store_new(
         self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
     ) -> StoreResult:
-        """Insert every record, then move the epoch's row on in one UPDATE: the prefix becomes
-        the batch's last seq when it reached the batch and nothing is held beyond it. The
+        """Insert every record, then move the epoch's row on in one UPDATE (MOVE_ON). The
         UPDATE takes the row's lock and works on its latest committed version, which is what
         serialises the batches of one epoch (here and in `_store_held`). Only a prefix that
-        must run on past the batch (the batch filled a hole) reads the table."""
+        must run on past the batch (the batch filled a hole) reads the table. Two round trips
+        where the driver pipelines; PostgreSQL stores a batch of an epoch it has seen in one
+        statement (`uplink.pg`)."""
         q = self._sql
         epoch = queue.epoch
         first, last = records[0].seq, records[-1].seq
         move_on = q(
-            "UPDATE {epochs} SET contiguous = CASE WHEN contiguous >= ? AND max_seq <= ?"
-            " AND contiguous < ? THEN ? ELSE contiguous END,"
-            " max_seq = CASE WHEN max_seq > ? THEN max_seq ELSE ? END"
-            " WHERE lane=? AND epoch=?"
+            f"UPDATE {{epochs}} SET {MOVE_ON} WHERE lane=? AND epoch=?"
             " RETURNING contiguous, max_seq, EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
         )
-        args = (first - 1, last, last, last, last, last, lane, epoch, lane)
+        args = (*move_on_args(first, last), lane, epoch, lane)
+        held = new_held(records)
         with self._batch() as db:
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
             moved = db.cursor()
@@ -141,26 +169,12 @@ class SqlIngestStore:
                 row = moved.fetchone()
                 new_epoch = made.rowcount == 1  # known once a later result was read
             contiguous, max_seq, conflicts_open = (int(v) for v in row)
-            if first - 1 <= contiguous < last:
-                contiguous = self._advance(db.cursor(), lane, epoch, contiguous)
-                db.cursor().execute(
-                    q("UPDATE {epochs} SET contiguous=? WHERE lane=? AND epoch=?"),
-                    (contiguous, lane, epoch),
-                )
-            held = [Held(r.seq, r.record_id, digest(r.data)) for r in records]
+            if fills_a_hole(first, last, contiguous):
+                contiguous = self._walk_prefix(db, lane, epoch, contiguous)
             others = self._other_epochs(db, lane, epoch) if new_epoch else ()
             if conflicts_open:
                 self._resolve(db, held)
-        return StoreResult(
-            held=tuple(held),
-            inserted=len(held),
-            duplicates=0,
-            conflicts=(),
-            contiguous=contiguous,
-            max_seq=max_seq,
-            new_epoch=new_epoch,
-            other_epochs=others,
-        )
+        return StoreResult(held, len(held), 0, (), contiguous, max_seq, new_epoch, others)
 
     def _open_epoch(self, db: Session, lane: str, queue: QueueIdentity, now_us: int) -> Cursor:
         """Make the epoch's row (an extra round trip once per queue file); its rowcount is 0
@@ -303,31 +317,43 @@ class SqlIngestStore:
             (*c.row(), now_us, now_us),
         )
 
-    def _advance(self, cur: Cursor, lane: str, epoch: str, contiguous: int) -> int:
-        """Walk the held seqs above the prefix in index order while they follow on: an index
-        range scan over this batch's seqs, or once over the run behind a filled hole. (An
-        anti-join over the table made each batch cost O(rows) in PostgreSQL.)"""
-        sql = self._sql(
-            "SELECT seq FROM {records} WHERE lane=? AND epoch=? AND seq > ? ORDER BY seq LIMIT ?"
+    def _walk_prefix(self, db: Session, lane: str, epoch: str, since: int) -> int:
+        """Lock the epoch's row, walk its prefix on over the committed rows and store it; the
+        prefix it now has. Under the lock, every batch committed before it is seen, and one
+        committing after it moves the prefix on from this one. The walk starts from `since`,
+        a prefix read before (the stored one can only be as far or further), so it is sent
+        with the lock and both come back in one round trip where the driver pipelines."""
+        q = self._sql
+        locked = db.cursor()
+        locked.execute(
+            q("SELECT contiguous FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix),
+            (lane, epoch),
         )
+        contiguous = self._advance(db.cursor(), lane, epoch, since)
+        start = int(locked.fetchone()[0])
+        if contiguous > start:
+            db.cursor().execute(
+                q("UPDATE {epochs} SET contiguous=? WHERE lane=? AND epoch=?"),
+                (contiguous, lane, epoch),
+            )
+        return max(contiguous, start)
+
+    def _advance(self, cur: Cursor, lane: str, epoch: str, contiguous: int) -> int:
+        """Walk the held seqs above the prefix in index order while they follow on, a chunk
+        per statement (RUN_END): an index range scan over this batch's seqs, or once over the
+        run behind a filled hole. (An anti-join over the table made each batch cost O(rows) in
+        PostgreSQL.)"""
         while True:
-            cur.execute(sql, (lane, epoch, contiguous, ADVANCE_CHUNK))
-            seqs = [int(r[0]) for r in cur.fetchall()]
-            for seq in seqs:
-                if seq != contiguous + 1:
-                    return contiguous
-                contiguous = seq
-            if len(seqs) < ADVANCE_CHUNK:
+            cur.execute(self._sql(RUN_END), (lane, epoch, contiguous, ADVANCE_CHUNK, contiguous))
+            upto = cur.fetchone()[0]
+            if upto is None:
                 return contiguous
+            if int(upto) < contiguous + ADVANCE_CHUNK:  # the run stops inside this chunk
+                return int(upto)
+            contiguous = int(upto)
 
     def contiguous(self, lane: str, epoch: str) -> int:
-        with self._reader() as cur:
-            cur.execute(
-                self._sql("SELECT contiguous FROM {epochs} WHERE lane=? AND epoch=?"),
-                (lane, epoch),
-            )
-            row = cur.fetchone()
-        return 0 if row is None else int(row[0])
+        return next((e.contiguous for e in self.epochs(lane) if e.epoch == epoch), 0)
 
     def gaps(self, lane: str) -> list[Gap]:
         """Missing seq ranges (inclusive) of each epoch, between its base and its highest seq."""
@@ -395,10 +421,21 @@ class SqlIngestStore:
                 ),
                 (lane,),
             )
-            return [
-                EpochInfo(lane, str(e), int(b), int(c), int(m), int(f))
-                for e, b, c, m, f in cur.fetchall()
-            ]
+            rows = cur.fetchall()
+        return [
+            EpochInfo(lane, str(e), int(b), self._caught_up(lane, str(e), int(c), int(m)),
+                      int(m), int(f))
+            for e, b, c, m, f in rows
+        ]  # fmt: skip
+
+    def _caught_up(self, lane: str, epoch: str, contiguous: int, max_seq: int) -> int:
+        """The epoch's prefix over the committed rows. One short of the highest seq may have
+        been left behind by a worker that stopped between a batch's commit and the walk after
+        it (uplink.pg): it is walked on and stored."""
+        if contiguous >= max_seq:
+            return contiguous
+        with self._batch() as db:
+            return self._walk_prefix(db, lane, epoch, contiguous)
 
     def conflicts(self) -> list[ConflictRow]:
         with self._reader() as cur:

@@ -55,6 +55,7 @@ function render(s) {
   $("vph-total").textContent = s.plaza.throughput.total_vph;
   const lat = s.plaza.recent_latency_ms;
   $("lat-head").textContent = lat.p50 === null ? "–" : `${lat.p50} / ${lat.p99} ms`;
+  renderRoad(s);
   renderTabs(s);
   renderLanes(s);
   renderFaults(s);
@@ -63,6 +64,40 @@ function render(s) {
   renderAlarms(s);
   renderTransactions(s);
   renderEvents(s);
+}
+
+// A closed road (lane sim --road N): the plazas along a line, the gaps drawn to scale.
+function renderRoad(s) {
+  const panel = $("road-panel");
+  panel.hidden = !s.road;
+  if (!s.road) return;
+  const r = s.road;
+  $("road-summary").textContent = `${r.length_km} km · ${r.on_road} on the road · `
+    + `${r.legs.entry_queue} at entries · ${r.legs.exit_queue} at exits · ${r.legs.done} done`;
+  const parts = [];
+  r.plazas.forEach((p, i) => {
+    if (i > 0) {
+      const gap = p.km - r.plazas[i - 1].km;
+      parts.push(el("div", { class: "segment", style: `flex-grow:${gap}` },
+        el("span", {}, `${gap.toFixed(1)} km`)));
+    }
+    parts.push(el("div", { class: "plaza", "data-plaza": p.plaza },
+      el("div", { class: "top" }, el("strong", {}, p.plaza), el("span", { class: "muted small" }, `km ${p.km}`)),
+      roadLane(s, p.entry, "entry"), roadLane(s, p.exit, "exit"),
+      el("div", { class: "small", id: `heading-${p.plaza}` }, `${p.heading_here} heading here`)));
+  });
+  $("road").replaceChildren(...parts);
+}
+
+function roadLane(s, index, role) {
+  const l = s.lanes[index - 1];
+  const shown = (l.display || [])[0] || "";
+  return el("div", { class: `road-lane${index === selected ? " selected" : ""}`, "data-lane": index,
+    onclick: () => select(index) },
+    el("span", {}, `${role} ${l.lane.split("/")[1]}`),
+    el("span", { class: `phase ${l.phase}`, "data-testid": "road-phase" }, l.phase),
+    el("span", { class: "muted" }, `queue ${l.queue} · ${l.passed} passed`),
+    el("span", { class: "shown" }, shown));
 }
 
 function renderTabs(s) {

@@ -14,8 +14,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from polling import eventually
@@ -126,9 +127,15 @@ async def running_lane(
         await acquirer.stop()
 
 
-async def show(lane: Lane, text: str, until: Any, within: float = 5.0) -> None:
-    """Hold a phone showing `text` in front of the camera until `until()` holds."""
-    frame = frame_for(text, "clear", rng=1)
+class Camera(Protocol):
+    source: PushSource
+    notes: list[Any]
+
+
+async def show(lane: Camera, code: str | np.ndarray, until: Any, within: float = 5.0) -> None:
+    """Hold a code (a phone showing this text, or a paper ticket's image) in front of the
+    lane's camera until `until()` holds."""
+    frame = frame_for(code, "clear", rng=1) if isinstance(code, str) else code
     await eventually(
         until,
         within=within,

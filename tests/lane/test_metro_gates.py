@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from polling import eventually
-from test_road_lanes import Road, RoadLane, eventually_value, road, running_back_office, show
+from test_lane_daemon import show
+from test_road_lanes import Road, RoadLane, eventually_value, road, running_back_office
 
 from lane.auth.fares import load_tariff
 from lane.auth.tokens import issue_compact_token

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from polling import eventually
+from test_lane_daemon import show
 
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import AttendantCommand
@@ -38,7 +39,6 @@ from scanner.decoders import ZxingDecoder
 from scanner.sources import PushSource
 from sim.acquirer import AcquirerServer
 from sim.broker import Mosquitto
-from sim.camera import frame_for
 from sim.codes import CodeFactory
 from uplink.ingest import Ingest
 from uplink.sqlite_store import SqliteIngestStore
@@ -162,19 +162,6 @@ async def road(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Road]:
 
 def shown(lane: RoadLane, line: str) -> bool:
     return any(line in n["lines"] for n in lane.named("display"))
-
-
-async def show(lane: RoadLane, code: str | np.ndarray, until: Any, within: float = 8.0) -> None:
-    """Hold a code (a phone showing this text, or a paper ticket) in front of the lane's camera
-    until `until()` holds."""
-    frame = frame_for(code, "clear", rng=1) if isinstance(code, str) else code
-    await eventually(
-        until,
-        within=within,
-        every=0.03,
-        what=f"the lane reacting to the code; notes: {lane.notes[-5:]}",
-        between=lambda: lane.source.put(frame, time.monotonic()),
-    )
 
 
 async def attendant(road: Road, lane: RoadLane, op: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from uplink_kit import Client, Q, fast_link, recs
+from uplink_kit import Client, Q, committed_behind, fast_link, recs
 
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire.topics import uplink_records
@@ -171,3 +171,21 @@ async def test_a_hole_filled_by_another_worker_is_not_reported(
     await a.check_holes()
     assert logged(caplog, "uplink sequence hole") == []
     assert a.holes.open_holes() == 0 and a.holes.open_keys() == []
+
+
+async def test_a_worker_stopped_before_its_prefix_walk_leaves_no_false_hole(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another worker committed the batch that fills the hole and stopped before it walked
+    the epoch's prefix on: the stored prefix is short, the records are all held. The hole
+    check reads the epoch afresh, which walks the prefix on: nothing is reported."""
+    caplog.set_level(logging.INFO, logger="lane.uplink.ingest")
+    a = rig.worker()
+    await a.handle(rig.batch(1, 2))
+    await a.handle(rig.batch(5, 6))  # 3..4 missing for now
+    committed_behind(rig.store, recs(3, 4, lane=rig.lane), Q.epoch)
+    rig.now[0] += 60.0
+    await a.check_holes()
+    assert logged(caplog, "uplink sequence hole") == []
+    assert a.holes.open_keys() == [] and a.stats.holes == 0
+    assert rig.store.gaps(rig.lane) == [] and rig.store.count(rig.lane) == 6

@@ -3,6 +3,7 @@ prefix and gaps, against SQLite and a real PostgreSQL (a database of the test's 
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from uplink_kit import Q, held, recs
+from uplink_kit import Q, beside, committed_behind, held, recs
 
 from uplink.messages import QueueIdentity, digest
 from uplink.pg import PostgresIngestStore
@@ -53,6 +54,21 @@ def test_contiguous_prefix_stops_at_a_gap_and_gaps_are_reported(store_factory: F
     assert s.gaps(LANE) == [Gap(E, 31, 40)]
     assert s.store_batch(LANE, Q, recs(31, 40), 1).contiguous == 45
     assert s.gaps(LANE) == []
+
+
+def test_a_filled_hole_with_a_long_run_behind_it_walks_the_whole_run(
+    store_factory: Factory,
+) -> None:
+    """The prefix is walked a chunk at a time (ADVANCE_CHUNK seqs): a run longer than a chunk
+    behind the hole is walked to its end, and stops at the next gap."""
+    s = store_factory()
+    s.store_batch(LANE, Q, recs(1, 10), 1)
+    for first in range(12, 2512, 500):
+        s.store_batch(LANE, Q, recs(first, first + 499), 1)
+    s.store_batch(LANE, Q, recs(2513, 2520), 1)
+    r = s.store_batch(LANE, Q, recs(11, 11), 1)
+    assert (r.contiguous, r.max_seq) == (2511, 2520)
+    assert s.gaps(LANE) == [Gap(E, 2512, 2512)]
 
 
 def test_gap_before_the_first_batch(store_factory: Factory) -> None:
@@ -241,13 +257,86 @@ def test_a_conflict_clears_once_the_refused_version_is_held(store_factory: Facto
 
 
 def _delete(s: IngestStore, record_id: str) -> None:
-    if isinstance(s, SqliteIngestStore):
-        with sqlite3.connect(s.path) as db:
-            db.execute("DELETE FROM records WHERE record_id=?", (record_id,))
-    else:
-        assert isinstance(s, PostgresIngestStore)
-        with psycopg.connect(s.dsn, autocommit=True) as conn:
-            conn.execute(f"DELETE FROM {s.schema}.records WHERE record_id=%s", (record_id,))
+    beside(s, "DELETE FROM {t}records WHERE record_id=?", [(record_id,)])
+
+
+def test_a_conflict_clears_when_the_refused_version_comes_in_a_batch_of_its_own(
+    store_factory: Factory,
+) -> None:
+    """The refused version, offered again once the wrong row is gone, is a wholly new batch
+    (PostgreSQL: the one-statement path) and clears its conflict in the same commit."""
+    s = store_factory()
+    s.store_batch(LANE, Q, recs(1, 2), 1)
+    mine = recs(2, 2, amount=9)
+    assert len(s.store_batch(LANE, Q, mine, 2).conflicts) == 1
+    _delete(s, mine[0].record_id)
+    s.store_batch(LANE, Q, recs(3, 4), 3)  # the epoch's batches go on meanwhile
+    again = s.store_batch(LANE, Q, mine, 4)
+    assert (again.held, again.inserted, again.conflicts) == (held(mine), 1, ())
+    assert s.conflicts() == []
+
+
+def test_a_prefix_left_short_by_a_stopped_worker_is_walked_on(store_factory: Factory) -> None:
+    """A worker that stopped between the commit of a batch that filled a hole and the walk of
+    the prefix after it loses nothing and leaves no false hole: the next read of the epoch
+    walks the prefix on over the committed rows and keeps it, and later batches go on from
+    there."""
+    s = store_factory()
+    s.store_batch(LANE, Q, recs(1, 10), 1)
+    assert s.store_batch(LANE, Q, recs(21, 30), 1).contiguous == 10
+    committed_behind(s, recs(11, 20), E)
+    assert [(e.contiguous, e.max_seq) for e in s.epochs(LANE)] == [(30, 30)]
+    assert s.contiguous(LANE, E) == 30 and s.gaps(LANE) == [] and s.count(LANE) == 30
+    later = s.store_batch(LANE, Q, recs(31, 40), 1)
+    assert (later.contiguous, later.max_seq) == (40, 40)
+
+
+def test_an_epoch_row_removed_by_hand_comes_back_with_the_next_batch(
+    store_factory: Factory,
+) -> None:
+    s = store_factory()
+    s.store_batch(LANE, Q, recs(1, 2), 1)
+    beside(s, "DELETE FROM {t}epochs", [()])
+    r = s.store_batch(LANE, Q, recs(3, 4), 2)
+    assert r.held == held(recs(3, 4)) and r.conflicts == ()
+    assert [(e.epoch, e.contiguous, e.max_seq) for e in s.epochs(LANE)] == [(E, 4, 4)]
+
+
+def test_postgres_a_batch_is_never_taken_inside_an_open_transaction_block(pg_dsn: str) -> None:
+    """The one statement commits when it returns only outside a transaction block: a worker's
+    connection left inside one (a stray BEGIN) refuses the batch instead of acknowledging
+    records it does not hold."""
+    s = PostgresIngestStore(pg_dsn)
+    s.store_batch(LANE, Q, recs(1, 2), 1)
+    s._connection().execute("BEGIN")
+    with pytest.raises(IngestStoreError, match="inside a transaction block"):
+        s.store_batch(LANE, Q, recs(3, 4), 2)
+    assert s.count(LANE) == 2
+    assert s.store_batch(LANE, Q, recs(3, 4), 3).held == held(recs(3, 4))
+    s.close()
+
+
+def test_postgres_a_new_batch_of_a_seen_epoch_is_one_round_trip(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Counted on the worker's own connection (libpq's protocol trace): the client sends,
+    then waits for the server once; when store_batch returns the batch is committed."""
+    s = PostgresIngestStore(pg_dsn)
+    s.store_batch(LANE, Q, recs(1, 10), 1)  # the epoch's first batch here finds its row
+    pgconn = s._connection().pgconn  # the worker's connection, under test
+    trace = tmp_path / "libpq.trace"
+    with trace.open("w") as out:
+        pgconn.trace(out.fileno())
+        pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        r = s.store_batch(LANE, Q, recs(11, 20), 2)
+        pgconn.untrace()
+    sides = [line.split("\t", 1)[0] for line in trace.read_text().splitlines()]
+    assert sum(1 for a, b in itertools.pairwise(sides) if (a, b) == ("F", "B")) == 1
+    assert r.held == held(recs(11, 20)) and (r.contiguous, r.max_seq) == (20, 20)
+    with psycopg.connect(pg_dsn) as other:
+        (n,) = other.execute("SELECT COUNT(*) FROM lane_ingest.records").fetchone() or (0,)
+    assert n == 20
+    s.close()
 
 
 def test_a_held_sqlite_write_lock_is_a_busy_error_and_stores_nothing(tmp_path: Path) -> None:

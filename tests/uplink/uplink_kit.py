@@ -4,22 +4,27 @@ polling without fixed sleeps, and the end-of-test reconciliation."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+import psycopg
 from polling import eventually
 
 from lane.transport.mqtt import Incoming, MqttLink
 from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.ingest import Ingest
 from uplink.messages import Held, QueueIdentity, digest
+from uplink.pg import PostgresIngestStore
 from uplink.queue import RecordQueue
 from uplink.queue_thread import QueueThread
 from uplink.records import AuthInfo, Record, RecordDraft
+from uplink.sql_store import RECORD_COLUMNS
+from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore
 
 # A lane process appending in a loop; it prints "seq record_id" after each append returned.
@@ -77,6 +82,36 @@ def recs(
 def held(records: list[IngestRecord]) -> tuple[Held, ...]:
     """What an ack names for records held exactly as given."""
     return tuple(Held(r.seq, r.record_id, digest(r.data)) for r in records)
+
+
+def beside(store: IngestStore, statement: str, rows: Sequence[tuple[object, ...]]) -> None:
+    """Run `statement` over `rows` on the store's database from a connection of its own and
+    commit, as an operator or another process would; `{t}` comes before each table name and
+    `?` marks a parameter."""
+    if isinstance(store, SqliteIngestStore):
+        db = sqlite3.connect(store.path)
+        try:
+            with db:
+                db.executemany(statement.format(t=""), rows)
+        finally:
+            db.close()
+    else:
+        assert isinstance(store, PostgresIngestStore)
+        with psycopg.connect(store.dsn, autocommit=True) as conn, conn.cursor() as cur:
+            cur.executemany(statement.format(t=f"{store.schema}.").replace("?", "%s"), rows)
+
+
+def committed_behind(store: IngestStore, records: list[IngestRecord], epoch: str) -> None:
+    """The records of a batch that filled a hole, committed by a worker that stopped before it
+    walked the prefix on: the rows are there, the epoch's row is as the batch's commit left
+    it (its prefix stops below the batch and its highest seq is above it already)."""
+    rows = [
+        (r.record_id, r.lane, epoch, r.seq, r.ts_us, r.kind, r.amount_minor, r.currency,
+         r.data, 1)
+        for r in records
+    ]  # fmt: skip
+    marks = ", ".join("?" * len(RECORD_COLUMNS.split(",")))
+    beside(store, f"INSERT INTO {{t}}records ({RECORD_COLUMNS}) VALUES ({marks})", rows)
 
 
 def queued(q: RecordQueue, upto: int = 1 << 62) -> list[Held]:
