@@ -1,8 +1,10 @@
 """Which vehicles entered a closed road and have not exited: a query over ingested records.
 
 An `entry` record (written by a toll-entry lane) opens a trip under its pass id; an `exit`
-record carrying the same pass id closes it. A metro's `tap_in` and `tap_out` records pair the
-same way when they carry the trip's id in `pass_id`. The back office answers from what it has
+record carrying the same pass id closes it. A metro's `tap_in` opens a trip under its own
+record id (as hex: the id a `transit-exit` gate puts in its `tap_out`'s `pass_id`, docs/
+closed-road.md#metro), and the `tap_out` naming it closes it. A declined tap-in admitted
+nobody and a declined exit let nobody out: neither counts. The back office answers from what it has
 ingested, whichever store holds it (SQLite or PostgreSQL: `records_between` is shared SQL),
 so a trip is "open" until the exit lane's record has arrived, which may lag while that lane
 is offline. An exit whose pass has no ingested entry is reported apart (`unmatched_exits`):
@@ -11,10 +13,12 @@ its entry record has not arrived yet, or the pass was not issued by an entry lan
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from lane.core.names import AuthResult
 from lane.wire.codec import PayloadError
 from uplink.records import Record
 
@@ -58,29 +62,36 @@ def trip_ledger(blobs: Iterable[bytes]) -> TripLedger:
             unreadable += 1
             continue
         d = record.draft
-        if d.pass_id is None:
+        trip = _trip_id(record)
+        if trip is None or d.auth.result == AuthResult.DECLINED:
             continue
         if d.kind in ENTRY_KINDS:
+            plaza = d.entry_plaza or record.lane.split("/")[0]
             entries.setdefault(
-                d.pass_id,
+                trip,
                 OpenTrip(
-                    d.pass_id,
-                    record.record_id,
-                    record.lane,
-                    d.entry_plaza,
-                    record.ts_us,
-                    d.vehicle_class,
+                    trip, record.record_id, record.lane, plaza, record.ts_us, d.vehicle_class,
                     d.plate,
                 ),
-            )
+            )  # fmt: skip
         elif d.kind in EXIT_KINDS:
-            exits.setdefault(d.pass_id, []).append(record.record_id)
+            exits.setdefault(trip, []).append(record.record_id)
     still_open = sorted(
         (t for p, t in entries.items() if p not in exits), key=lambda t: (t.ts_us, t.pass_id)
     )
     unmatched = tuple(sorted(r for p, ids in exits.items() if p not in entries for r in ids))
     closed = sum(1 for p in entries if p in exits)
     return TripLedger(tuple(still_open), closed, unmatched, unreadable)
+
+
+def _trip_id(record: Record) -> str | None:
+    d = record.draft
+    if d.pass_id is not None or d.kind != "tap_in":
+        return d.pass_id
+    try:
+        return uuid.UUID(record.record_id).hex
+    except ValueError:
+        return record.record_id
 
 
 def open_trips(store: RecordSource, entered_before_us: int = END_OF_TIME_US) -> TripLedger:

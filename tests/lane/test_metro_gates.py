@@ -21,6 +21,7 @@ from lane.auth.tokens import issue_compact_token
 from sim.codes import KID
 from uplink.records import Record
 from uplink.sqlite_store import SqliteIngestStore
+from uplink.trips import open_trips
 
 __all__ = ["road"]  # the fixture, shared with the closed road's test
 
@@ -100,6 +101,8 @@ async def test_a_passenger_pays_the_fare_from_the_tap_in_station_once(road: Road
     outs = await eventually_value(lambda: _outs(store, 3))
     assert [(r.draft.entry_plaza, r.draft.pass_id) for r in outs[:1]] == [("S01", trip)]
     assert [r.record_id for r in ingested(store, "tap_in")] == [tap_in["record_id"]]
+    ledger = open_trips(store)  # `lane trips`: nobody is left inside
+    assert (ledger.open_trips, ledger.closed) == ((), 1)
 
 
 def _outs(store: SqliteIngestStore, n: int) -> list[Any] | None:

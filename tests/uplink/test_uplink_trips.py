@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -157,3 +158,26 @@ def test_metro_tap_ins_pair_with_tap_outs_the_same_way() -> None:
     )
     assert [(t.pass_id, t.entry_plaza) for t in ledger.open_trips] == [("t2", "S02")]
     assert ledger.closed == 1
+
+
+def test_a_gates_tap_in_opens_a_trip_under_its_record_id_and_declines_count_for_nothing() -> None:
+    """A transit-entry gate writes its tap-in with no pass id; the transit-exit gate names the
+    tap-in's record id (as hex) in its tap-out (docs/closed-road.md#metro)."""
+    tap_in_id = "01a23100-0000-7000-8000-000000000001"
+    tap_in = RecordDraft("tap_in", "p1", 1, 250, "CNY", "token", "acct", AuthInfo("approved"))
+    refused = replace(tap_in, auth=AuthInfo("declined"))
+    tap_out = RecordDraft("tap_out", "p2", 1, 300, "CNY", "token", "acct", AuthInfo("approved"),
+                          entry_plaza="S01", pass_id=uuid.UUID(tap_in_id).hex)  # fmt: skip
+    declined_out = replace(tap_out, auth=AuthInfo("declined"))
+    blobs = [
+        Record(tap_in_id, "S01/g1", 1, 10, tap_in).encode(),
+        Record("01a23100-0000-7000-8000-000000000002", "S01/g1", 2, 20, refused).encode(),
+    ]
+    ledger = trip_ledger(blobs)
+    assert [(t.pass_id, t.entry_plaza, t.record_id) for t in ledger.open_trips] == [
+        (uuid.UUID(tap_in_id).hex, "S01", tap_in_id)
+    ]
+    still = trip_ledger([*blobs, Record("r3", "S03/g2", 1, 30, declined_out).encode()])
+    assert len(still.open_trips) == 1 and still.closed == 0
+    done = trip_ledger([*blobs, Record("r4", "S03/g2", 2, 40, tap_out).encode()])
+    assert done.open_trips == () and done.closed == 1
