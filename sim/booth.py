@@ -23,14 +23,24 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from lane.config import ConfigError, LaneConfig, parse_config
 from lane.daemon import LaneDaemon, build, install_signal_handlers, run_with_uvloop
 from lane.log import setup_logging
-from lane.transport.mqtt import Incoming, MqttLink
+from lane.transport.mqtt import Incoming, LinkDown, MqttLink
 from scanner.sources import PushSource
-from sim.booth_wire import READY, Control, ControlError, ControlOp, control_topic
+from sim.booth_wire import (
+    READY,
+    Control,
+    ControlError,
+    ControlOp,
+    control_topic,
+    encode_frame,
+    frame_topic,
+)
 from sim.camera import SyntheticCamera
 from sim.lane import STOP_GRACE_S, squeeze_queue
 
@@ -46,6 +56,13 @@ class Booth:
         self.daemon = daemon
         self.camera = camera
         self.lane = daemon.lane
+        self.control = MqttLink(
+            daemon.config.broker.host,
+            daemon.config.broker.port,
+            client_id=f"sim-booth-{daemon.lane}-{os.getpid()}",
+            subscriptions=[(control_topic(daemon.lane), 1)],
+            receive=self.receive,
+        )
         self._quota: int | None = None
         self._quota_lock = asyncio.Lock()  # one squeeze or release at a time, in order
         self._tasks: set[asyncio.Task[None]] = set()
@@ -64,9 +81,24 @@ class Booth:
             case ControlOp.BLACKOUT:
                 self.camera.blackout(control.on)
             case ControlOp.QUOTA:
-                task = asyncio.create_task(self._quota_to(control.on))
-                self._tasks.add(task)  # asyncio keeps only weak references to running tasks
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._quota_to(control.on))
+            case ControlOp.FRAME:
+                self._spawn(self._send_frame(control.quality, control.hold_s))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)  # asyncio keeps only weak references to running tasks
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_frame(self, quality: int, hold_s: float) -> None:
+        pipeline = self.daemon.pipeline
+        latest = await asyncio.to_thread(pipeline.latest_frame, True, quality, hold_s)
+        if latest is None:
+            return  # no frame yet: the viewer asks again
+        try:
+            await self.control.publish(frame_topic(self.lane), encode_frame(latest), qos=0)
+        except LinkDown as exc:
+            log.warning("frame not sent", extra={"lane": self.lane, "error": str(exc)})
 
     async def _quota_to(self, on: bool) -> None:
         async with self._quota_lock:
@@ -79,14 +111,7 @@ async def booth(config: LaneConfig, fps: float, size: tuple[int, int], seed: int
     camera = SyntheticCamera(fps=fps, size=size, rng=seed)
     # A simulator stopping needs no long grace for the vehicle in progress.
     daemon = await build(config, source=source, shutdown_grace_s=STOP_GRACE_S)
-    here = Booth(daemon, camera)
-    control = MqttLink(
-        config.broker.host,
-        config.broker.port,
-        client_id=f"sim-booth-{daemon.lane}-{os.getpid()}",
-        subscriptions=[(control_topic(daemon.lane), 1)],
-        receive=here.receive,
-    )
+    control = Booth(daemon, camera).control
     stop = asyncio.Event()
     install_signal_handlers(stop)
     lane_task = asyncio.create_task(daemon.run(stop), name="lane")

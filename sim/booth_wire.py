@@ -8,6 +8,10 @@ faults that reach into a lane (camera blackout, queue quota) are switched on and
     {"op": "hide"}
     {"op": "blackout", "on": true}
     {"op": "quota", "on": true}
+    {"op": "frame", "quality": 70, "hold_s": 3.0}
+
+`frame` asks for the frame the lane's scanner decoded last (the dashboard's camera view); the
+booth answers on `sim/{lane}/frame` (QoS 0, msgpack: `frame_id`, `polygons`, `jpeg`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+
+from lane.wire.codec import PayloadError, pack, unpack
+from scanner.pipeline import LatestFrame
 
 CONDITIONS = frozenset({"clear", "realistic", "hard"})
 
@@ -24,6 +31,7 @@ class ControlOp(StrEnum):
     HIDE = "hide"  # the window is empty
     BLACKOUT = "blackout"  # camera fault on or off
     QUOTA = "quota"  # the lane queue's bound cut to its high water, or given back
+    FRAME = "frame"  # send the frame the scanner decoded last, as JPEG of `quality`
 
 
 class ControlError(ValueError):
@@ -36,6 +44,8 @@ class Control:
     text: str = ""
     conditions: str = "realistic"
     on: bool = False
+    quality: int = 70
+    hold_s: float = 0.0  # the last frame a code was read in, for this long after it was read
 
     def encode(self) -> bytes:
         body: dict[str, object] = {"op": self.op.value}
@@ -43,6 +53,8 @@ class Control:
             body |= {"text": self.text, "conditions": self.conditions}
         elif self.op in (ControlOp.BLACKOUT, ControlOp.QUOTA):
             body["on"] = self.on
+        elif self.op is ControlOp.FRAME:
+            body |= {"quality": self.quality, "hold_s": self.hold_s}
         return json.dumps(body).encode()
 
     @classmethod
@@ -69,11 +81,44 @@ class Control:
             if not isinstance(on, bool):
                 raise ControlError(f"{op} needs a boolean 'on'")
             return cls(op, on=on)
+        if op is ControlOp.FRAME:
+            quality, hold_s = body.get("quality"), body.get("hold_s")
+            if not isinstance(quality, int) or not 1 <= quality <= 100:
+                raise ControlError("frame needs 'quality' within 1..100")
+            if not isinstance(hold_s, int | float) or not 0 <= hold_s <= 60:
+                raise ControlError("frame needs 'hold_s' within 0..60")
+            return cls(op, quality=quality, hold_s=float(hold_s))
         return cls(op)
 
 
 def control_topic(lane: str) -> str:
     return f"sim/{lane}/control"
+
+
+def frame_topic(lane: str) -> str:
+    return f"sim/{lane}/frame"
+
+
+def encode_frame(frame: LatestFrame) -> bytes:
+    if not isinstance(frame.image, bytes):
+        raise TypeError("a frame goes out as JPEG bytes")
+    polygons = [[list(point) for point in polygon] for polygon in frame.polygons]
+    return pack({"frame_id": frame.frame_id, "polygons": polygons, "jpeg": frame.image})
+
+
+def decode_frame(payload: bytes) -> LatestFrame:
+    """A booth's frame; PayloadError when it is not one."""
+    body = unpack(payload)
+    frame_id, polygons, jpeg = body.get("frame_id"), body.get("polygons"), body.get("jpeg")
+    if not isinstance(frame_id, int) or not isinstance(jpeg, bytes):
+        raise PayloadError("a frame needs an int 'frame_id' and bytes 'jpeg'")
+    if not isinstance(polygons, list):
+        raise PayloadError("a frame needs a list 'polygons'")
+    try:
+        outlines = tuple(tuple((int(x), int(y)) for x, y in polygon) for polygon in polygons)
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(f"a frame's polygons must be lists of [x, y]: {exc}") from exc
+    return LatestFrame(frame_id, jpeg, outlines)
 
 
 READY = "ready"  # the line a booth prints on stdout once its lane is connected and its camera runs

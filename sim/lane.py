@@ -27,6 +27,7 @@ from lane.core.notes import NoteName
 from lane.core.state import phase
 from lane.daemon import LaneDaemon, build
 from lane.notification import Notification, ShellNote, ShellNoteName
+from scanner.pipeline import LatestFrame
 from scanner.sources import PushSource
 from sim.broker import Mosquitto
 from sim.camera import SyntheticCamera
@@ -500,6 +501,12 @@ class SimLane:
         await device.set_sensor("exit_loop", False)
 
     # --- what the dashboard shows -----------------------------------------------------------
+
+    async def latest_frame(self, quality: int, hold_s: float) -> LatestFrame | None:
+        """The frame the lane's scanner decoded last, as JPEG (see `Pipeline.latest_frame`)."""
+        if self.daemon is None:
+            return None
+        return await asyncio.to_thread(self.daemon.pipeline.latest_frame, True, quality, hold_s)
 
     def snapshot(self, ingested: int) -> dict[str, Any]:
         daemon = self.daemon

@@ -33,8 +33,9 @@ from barrier.messages import DisplayMessage, LaneStatus
 from lane.transport.mqtt import Incoming, LinkDown, MqttLink
 from lane.wire import topics
 from lane.wire.codec import PayloadError, unpack
+from scanner.pipeline import LatestFrame
 from sim.booth import command
-from sim.booth_wire import READY, Control, ControlOp, control_topic
+from sim.booth_wire import READY, Control, ControlOp, control_topic, decode_frame, frame_topic
 from sim.broker import Mosquitto
 from sim.lane import LaneHost, SimLane
 from sim.scene import Scene
@@ -45,6 +46,7 @@ log = logging.getLogger("lane.sim")
 
 READY_S = 60.0  # a booth imports the lane stack and opens its stores: seconds on a busy machine
 LANE_OFFLINE = "lane_offline"
+FRAME_S = 1.0  # the dashboard's camera view asks a few times a second; a late frame is stale
 
 
 class RemoteCamera:
@@ -89,6 +91,7 @@ class ProcessLane(SimLane):
         self.squeezed = False
         self.link: MqttLink | None = None
         self._ready = asyncio.Event()
+        self._frame_waiters: list[asyncio.Future[LatestFrame]] = []
 
     async def start(self, broker: Mosquitto, acquirer_url: str, keyset: Path) -> None:
         o = self.sim.options
@@ -105,6 +108,7 @@ class ProcessLane(SimLane):
                 (topics.display(lane), 0),
                 (topics.status(lane), 1),
                 (health_topic(lane), 1),
+                (frame_topic(lane), 0),
             ],
             receive=self._receive,
         )
@@ -143,7 +147,13 @@ class ProcessLane(SimLane):
     def _receive(self, msg: Incoming) -> None:
         suffix = msg.topic.removeprefix(f"lane/{self.lane_id}/")
         try:
-            if suffix == "events":
+            if msg.topic == frame_topic(self.lane_id):
+                frame = decode_frame(msg.payload)
+                waiters, self._frame_waiters = self._frame_waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(frame)
+            elif suffix == "events":
                 self._event(unpack(msg.payload))
             elif suffix == "display":
                 display = DisplayMessage.decode(msg.payload)
@@ -188,6 +198,20 @@ class ProcessLane(SimLane):
         self.remote.outbox.put_nowait(Control(ControlOp.QUOTA, on=on))
 
     # --- what the dashboard and the report read ---------------------------------------------
+
+    async def latest_frame(self, quality: int, hold_s: float) -> LatestFrame | None:
+        """Asked of the booth over the control topic; None when it has none within FRAME_S."""
+        waiter: asyncio.Future[LatestFrame] = asyncio.get_running_loop().create_future()
+        self._frame_waiters.append(waiter)
+        self.remote.outbox.put_nowait(Control(ControlOp.FRAME, quality=quality, hold_s=hold_s))
+        try:
+            async with asyncio.timeout(FRAME_S):
+                return await waiter
+        except TimeoutError:
+            return None
+        finally:
+            if waiter in self._frame_waiters:
+                self._frame_waiters.remove(waiter)
 
     def offline_alarm(self) -> str | None:
         """Why the lane is down (its process exited, or its will said offline), or None."""

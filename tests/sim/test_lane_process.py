@@ -13,10 +13,15 @@ import os
 import signal
 from pathlib import Path
 
+import aiohttp
 import pytest
 from polling import eventually
 
-from sim.booth_wire import Control, ControlError, ControlOp
+from lane.core.state import Phase
+from lane.wire.codec import PayloadError, pack
+from scanner.pipeline import LatestFrame
+from sim.booth_wire import Control, ControlError, ControlOp, decode_frame, encode_frame
+from sim.dashboard import Dashboard
 from sim.harness import SimOptions, Simulator
 from sim.lane import SimLane
 from sim.lane_process import LANE_OFFLINE, ProcessLane
@@ -58,6 +63,24 @@ async def test_two_lane_processes_serve_survive_a_kill_and_take_faults(tmp_path:
             assert all(o.frame_latency_ms is not None for o in lane.outcomes)
             assert lane.records_written
         assert await all_ingested(sim)
+
+        # The dashboard reads what the lanes publish; its camera view asks the booth.
+        dashboard = Dashboard(sim)
+        url = await dashboard.start("127.0.0.1", 0)
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{url}api/state") as response:
+                    state = await response.json()
+                async with http.get(f"{url}api/lanes/2/frame.jpg") as response:
+                    assert response.status == 200
+                    assert (await response.read()).startswith(b"\xff\xd8")  # a JPEG
+        finally:
+            await dashboard.stop()
+        assert [lane["passed"] for lane in state["lanes"]] == [len(ln.outcomes) for ln in lanes]
+        # The phase is the booth's own, from its status (a vehicle may still be driving off).
+        assert all(
+            lane["phase"] in set(Phase) and lane["process"]["pid"] for lane in state["lanes"]
+        )
 
         # A fault that reaches into a lane goes over the control topic, and clears by itself.
         second = lanes[1]
@@ -106,6 +129,7 @@ async def test_two_lane_processes_serve_survive_a_kill_and_take_faults(tmp_path:
         Control(ControlOp.HIDE),
         Control(ControlOp.BLACKOUT, on=True),
         Control(ControlOp.QUOTA, on=False),
+        Control(ControlOp.FRAME, quality=70, hold_s=3.0),
     ],
 )
 def test_a_control_message_reads_back_as_sent(control: Control) -> None:
@@ -121,8 +145,19 @@ def test_a_control_message_reads_back_as_sent(control: Control) -> None:
         (b'{"op": "show", "conditions": "clear"}', "non-empty 'text'"),
         (b'{"op": "show", "text": "x", "conditions": "foggy"}', "'conditions'"),
         (b'{"op": "blackout", "on": "yes"}', "boolean 'on'"),
+        (b'{"op": "frame", "quality": 0, "hold_s": 1}', "'quality' within"),
+        (b'{"op": "frame", "quality": 70}', "'hold_s' within"),
     ],
 )
 def test_a_bad_control_message_is_refused_with_a_reason(payload: bytes, why: str) -> None:
     with pytest.raises(ControlError, match=why):
         Control.decode(payload)
+
+
+def test_a_frame_reads_back_as_sent_and_garbage_is_refused() -> None:
+    frame = LatestFrame(7, b"\xff\xd8jpeg", (((1, 2), (3, 4), (5, 6), (7, 8)),))
+    assert decode_frame(encode_frame(frame)) == frame
+    with pytest.raises(PayloadError, match="polygons"):
+        decode_frame(pack({"frame_id": 1, "polygons": [[1, 2]], "jpeg": b""}))
+    with pytest.raises(PayloadError, match="frame_id"):
+        decode_frame(pack({"frame_id": "1", "polygons": [], "jpeg": b""}))
