@@ -3,7 +3,7 @@ under the supervisor, the simulator talking to it over the broker only.
 
 Two lanes serve token vehicles end to end (the codes read by each booth's own scanner, the
 barrier opened, the records in the back office); a camera blackout sent over the control topic
-raises the lane's own alarm and clears; a booth killed with SIGKILL shows `lane_offline`, is
+and a squeezed queue quota raise the lane's own alarms and clear; a booth killed with SIGKILL shows `lane_offline`, is
 restarted by the supervisor, and its lane serves again.
 """
 
@@ -88,6 +88,10 @@ async def test_two_lane_processes_serve_survive_a_kill_and_take_faults(tmp_path:
         await eventually(lambda: "camera_blackout" in alarms(sim, second), 10, what="blackout")
         await sim.faults.apply("camera_blackout", False, 2)
         await eventually(lambda: "camera_blackout" not in alarms(sim, second), 10, what="clear")
+        await sim.faults.apply("queue_high_water", True, 2)
+        await eventually(lambda: "queue_high_water" in alarms(sim, second), 10, what="squeezed")
+        await sim.faults.apply("queue_high_water", False, 2)
+        await eventually(lambda: "queue_high_water" not in alarms(sim, second), 10, what="given")
 
         first = lanes[0]
         assert isinstance(first, ProcessLane) and first.child is not None
