@@ -299,6 +299,10 @@ class SimLane:
         daemon = next((t for t in self._tasks if t.get_name() == "daemon"), None)
         if daemon is not None:
             await _wait_daemon(daemon, 20.0)
+        await self.stop_world()
+
+    async def stop_world(self) -> None:
+        """Once the lane is down: its device emulator, then the tasks the lane ran here."""
         if self.device is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.device.stop(), 5)

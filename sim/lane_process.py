@@ -20,7 +20,6 @@ restarted lane says it is up again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -125,12 +124,7 @@ class ProcessLane(SimLane):
     async def stop(self) -> None:
         await self.clear_loops()
         await self.supervisor.stop()
-        if self.device is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.device.stop(), 5)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.stop_world()
 
     # --- from the booth ---------------------------------------------------------------------
 

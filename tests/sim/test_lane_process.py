@@ -2,9 +2,10 @@
 under the supervisor, the simulator talking to it over the broker only.
 
 Two lanes serve token vehicles end to end (the codes read by each booth's own scanner, the
-barrier opened, the records in the back office); a camera blackout sent over the control topic
-and a squeezed queue quota raise the lane's own alarms and clear; a booth killed with SIGKILL shows `lane_offline`, is
-restarted by the supervisor, and its lane serves again.
+barrier opened, the records in the back office); the dashboard shows them and a booth's camera
+view; a camera blackout and a squeezed queue quota sent over the control topic raise the lane's
+own alarms and clear; a booth killed with SIGKILL shows `lane_offline`, is restarted by the
+supervisor, and its lane serves again.
 """
 
 from __future__ import annotations
