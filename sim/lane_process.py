@@ -48,6 +48,10 @@ LANE_OFFLINE = "lane_offline"
 FRAME_S = 1.0  # the dashboard's camera view asks a few times a second; a late frame is stale
 
 
+class BoothError(RuntimeError):
+    """A lane's process does not come up."""
+
+
 class RemoteCamera:
     """The booth's camera as the drivers and faults see it: each change is a control message,
     sent in order by one task."""
@@ -79,11 +83,13 @@ class RemoteCamera:
 
 
 class ProcessLane(SimLane):
+    MAX_RESTARTS = 5  # then the booth stays down, given up (sim.supervisor)
+
     def __init__(self, sim: LaneHost, index: int, lane_id: str) -> None:
         super().__init__(sim, index, lane_id)
         self.remote = RemoteCamera()
         self.camera = self.remote
-        self.supervisor = Supervisor(self._on_line)
+        self.supervisor = Supervisor(self._on_line, max_restarts=self.MAX_RESTARTS)
         self.child: Child | None = None
         self.status: LaneStatus | None = None
         self.health: LaneHealth | None = None
@@ -118,8 +124,16 @@ class ProcessLane(SimLane):
         await self.link.wait_connected(10)
         argv = command(config, fps=o.fps, size=o.frame_size, seed=self.camera_seed)
         self.child = self.supervisor.start(lane, argv)
-        async with asyncio.timeout(READY_S):
-            await self._ready.wait()
+        ready = asyncio.ensure_future(self._ready.wait())
+        down = asyncio.ensure_future(self.supervisor.wait(lane))  # exited 0, or given up
+        await asyncio.wait({ready, down}, timeout=READY_S, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in (ready, down):
+            waiting.cancel()
+        if not self._ready.is_set():
+            raise BoothError(
+                f"lane {lane}: its process did not come up within {READY_S:g} s"
+                f" (return codes so far: {self.child.exits}; its errors are on stderr)"
+            )
 
     async def stop(self) -> None:
         await self.clear_loops()

@@ -25,7 +25,7 @@ from sim.booth_wire import Control, ControlError, ControlOp, decode_frame, encod
 from sim.dashboard import Dashboard
 from sim.harness import SimOptions, Simulator
 from sim.lane import SimLane
-from sim.lane_process import LANE_OFFLINE, ProcessLane
+from sim.lane_process import LANE_OFFLINE, BoothError, ProcessLane
 from sim.traffic import Driver
 
 FAST = {"speed": 4.0, "conditions": "clear", "frame_size": (640, 360), "fps": 15.0}
@@ -125,6 +125,20 @@ async def test_two_lane_processes_serve_survive_a_kill_and_take_faults(tmp_path:
         for lane in sim.lanes
         if isinstance(lane, ProcessLane)
     )
+
+
+async def test_a_booth_that_cannot_start_fails_the_start_with_its_return_codes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def bad_config(*_args: object) -> dict[str, object]:
+        return {"lane": {"id": "p01/l01", "mode": "toll", "max_tries": 0}}
+
+    monkeypatch.setattr(ProcessLane, "config_map", bad_config)
+    monkeypatch.setattr(ProcessLane, "MAX_RESTARTS", 0)
+    sim = Simulator(SimOptions(seed=3, lane_processes=True, workdir=tmp_path, **FAST))  # type: ignore[arg-type]
+    with pytest.raises(BoothError, match=r"did not come up .*return codes so far: \[2\]"):
+        await sim.start()
+    await sim.stop()
 
 
 @pytest.mark.parametrize(
