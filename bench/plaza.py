@@ -1,10 +1,15 @@
 """Plaza: N lanes in one process against one process per lane, with one lane as the anchor.
 
-    .venv/bin/python -m bench.plaza [--lanes 8] [--seconds 30] [--fps 10]
+    .venv/bin/python -m bench.plaza [--lanes 8] [--seconds 30] [--fps 10] [--runs all|children|sim]
 
 Three runs, one after the other, in the same invocation: one lane alone; N lanes as N daemons in
 one process; N lanes as N processes (one daemon each) under `sim.supervisor.Supervisor`, as real
-booths run. Each lane is the lane daemon with its synthetic camera (1280x720 at --fps) and a
+booths run. Then two runs of `lane sim --lane-processes` itself (`--runs sim` runs only these):
+one booth, then N booths (sim/booth.py, each a lane daemon with its camera, supervised by the
+simulator, which talks to them over the broker only), the same passengers (`sim_booths`); the
+CPU and memory per lane are read from each booth's /proc entry, camera rendering included.
+
+Each lane is the lane daemon with its synthetic camera (1280x720 at --fps) and a
 passenger showing an offline token every 3.6 s (bench/lane_child.py: transit-entry mode, each
 token a whole passage); the barrier devices, the broker and the back office run in this process.
 Printed per run: token frame → barrier ack p50 / p99 (all lanes together), the p99 as a ratio to
@@ -35,7 +40,12 @@ from lane.window import percentiles  # noqa: E402
 from sim.backoffice import BackOffice  # noqa: E402
 from sim.broker import Mosquitto, free_port  # noqa: E402
 from sim.codes import CodeFactory  # noqa: E402
+from sim.harness import Simulator  # noqa: E402
+from sim.lane import SimLane  # noqa: E402
+from sim.lane_process import ProcessLane  # noqa: E402
+from sim.options import SimOptions  # noqa: E402
 from sim.supervisor import Supervisor  # noqa: E402
+from sim.traffic import Driver  # noqa: E402
 
 
 async def run(
@@ -121,14 +131,116 @@ async def plaza(lanes: int, seconds: float, fps: float) -> list[dict[str, Any]]:
             await asyncio.to_thread(broker.stop)
 
 
+def proc_cpu_s(pid: int) -> tuple[float, float]:
+    """(user + system, system) CPU seconds of process `pid`, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    user, system = int(fields[11]) / tick, int(fields[12]) / tick
+    return user + system, system
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def booth_pid(lane: SimLane) -> int:
+    if not isinstance(lane, ProcessLane) or lane.child is None or lane.child.process is None:
+        raise RuntimeError(f"lane {lane.lane_id} is not running as a booth")
+    return lane.child.process.pid
+
+
+async def passengers(lane: SimLane, lanes: int) -> None:
+    """A passenger with an offline token joins the lane every PASSENGER_EVERY_S seconds, the
+    lanes' passengers spread over that period (people do not arrive at all lanes at once)."""
+    await asyncio.sleep(lane_child.PASSENGER_EVERY_S * lane.index / lanes)
+    index = 0
+    while True:
+        lane.join(Driver(index, 0.0, 1, "token", ("token",)))
+        index += 1
+        await asyncio.sleep(lane_child.PASSENGER_EVERY_S)
+
+
+async def sim_booths(
+    name: str, lanes: int, seconds: float, fps: float, *, anchor: dict[str, Any] | None,
+    warm_up: float = 5.0,
+) -> dict[str, Any]:  # fmt: skip
+    """`lane sim --lane-processes` with `lanes` booths and the passengers of `lane_child`."""
+    with tempfile.TemporaryDirectory(prefix="lane-bench-booths-") as tmp:
+        options = SimOptions(
+            seed=lane_child.SEED, lanes=lanes, lane_processes=True, mode="transit-entry",
+            conditions="clear", fps=fps, workdir=Path(tmp), lane_id="bb/l01",
+        )  # fmt: skip
+        sim = Simulator(options)
+        await sim.start()
+        feeders = [asyncio.create_task(passengers(lane, lanes)) for lane in sim.lanes]
+        try:
+            await asyncio.sleep(warm_up)
+            pids = [booth_pid(lane) for lane in sim.lanes]
+            wall0, own0, cpu0 = time.monotonic(), os.times(), [proc_cpu_s(p) for p in pids]
+            await asyncio.sleep(seconds)
+            wall1, own1, cpu1 = time.monotonic(), os.times(), [proc_cpu_s(p) for p in pids]
+            rss = [proc_rss_mb(p) for p in pids]
+            if [booth_pid(lane) for lane in sim.lanes] != pids:
+                raise RuntimeError("a booth was restarted during the window")
+        finally:
+            for task in feeders:
+                task.cancel()
+            await asyncio.gather(*feeders, return_exceptions=True)
+            await sim.stop()
+    wall = wall1 - wall0
+    latencies = [
+        o.frame_latency_ms
+        for lane in sim.lanes
+        for o in lane.outcomes
+        if wall0 <= o.started_at and o.done_at <= wall1
+        and o.frame_latency_ms is not None and o.methods == ["token"]
+    ]  # fmt: skip
+    figures = percentiles(latencies)
+    cpu = sum(b[0] - a[0] for a, b in zip(cpu0, cpu1, strict=True)) / lanes
+    system = sum(b[1] - a[1] for a, b in zip(cpu0, cpu1, strict=True)) / lanes
+    own = (own1.user + own1.system) - (own0.user + own0.system)
+    cpu_pct = round(100 * cpu / wall, 1)
+    anchor_p99 = anchor["token_ms"]["p99"] if anchor else None
+    p99 = figures["p99"]
+    return {
+        "run": name,
+        "lanes": lanes,
+        "processes": lanes,
+        "passages": len(latencies),
+        "token_ms": {"p50": figures["p50"], "p99": p99, "max": figures["max"]},
+        "p99_vs_one_lane": None if not (anchor_p99 and p99) else round(p99 / anchor_p99, 2),
+        "cpu_pct_per_lane": cpu_pct,
+        "cpu_per_lane_vs_one_lane": None if anchor is None
+        else round(cpu_pct / anchor["cpu_pct_per_lane"], 2),
+        "system_cpu_pct_per_lane": round(100 * system / wall, 1),
+        "rss_mb_per_lane": round(sum(rss) / lanes, 1),
+        "simulator_cpu_pct": round(100 * own / wall, 1),
+    }  # fmt: skip
+
+
+async def sim_plaza(lanes: int, seconds: float, fps: float) -> list[dict[str, Any]]:
+    one = await sim_booths("lane sim --lane-processes, 1 lane", 1, seconds, fps, anchor=None)
+    name = f"lane sim --lane-processes, {lanes} lanes"
+    return [one, await sim_booths(name, lanes, seconds, fps, anchor=one)]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lanes", type=int, default=8)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--runs", choices=["all", "children", "sim"], default="all")
     a = p.parse_args()
     print(f"# bench/plaza.py on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    for row in asyncio.run(plaza(a.lanes, a.seconds, a.fps)):
+    rows: list[dict[str, Any]] = []
+    if a.runs in ("all", "children"):
+        rows += asyncio.run(plaza(a.lanes, a.seconds, a.fps))
+    if a.runs in ("all", "sim"):
+        rows += asyncio.run(sim_plaza(a.lanes, a.seconds, a.fps))
+    for row in rows:
         print(json.dumps(row))
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
     return 0

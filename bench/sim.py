@@ -118,8 +118,13 @@ def main() -> int:
         print("## one lane daemon, camera 1280x720 at", args.fps, "fps (child process)")
         print(json.dumps(asyncio.run(cpu(args.seconds, args.fps)), indent=2))
     if args.part in ("all", "plaza"):
-        print(f"## plaza: 1 lane, {args.lanes} in one process, {args.lanes} processes")
-        for row in asyncio.run(bench_plaza.plaza(args.lanes, args.seconds, args.plaza_fps)):
+        print(
+            f"## plaza: 1 lane, {args.lanes} in one process, {args.lanes} processes;"
+            f" lane sim --lane-processes with 1 and {args.lanes} booths"
+        )
+        rows = asyncio.run(bench_plaza.plaza(args.lanes, args.seconds, args.plaza_fps))
+        rows += asyncio.run(bench_plaza.sim_plaza(args.lanes, args.seconds, args.plaza_fps))
+        for row in rows:
             print(json.dumps(row))
     if args.part in ("all", "throughput"):
         print(f"## rush-hour, speed {args.speed:g}, {args.vehicles} vehicles")

@@ -3,6 +3,7 @@
 lane sim                                   dashboard on http://127.0.0.1:8080/, endless traffic
 lane sim --scenario rush-hour              a scenario's traffic and faults, then on
 lane sim --lanes 4 --port 8081             a plaza of four lanes
+lane sim --lanes 8 --lane-processes        each lane daemon a process of its own, supervised
 lane sim --headless --vehicles 200         200 vehicles, JSON report on stdout
 lane sim --headless --scenario backoffice-offline-10min --speed 10
 lane sim --list-scenarios
@@ -54,6 +55,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--list-scenarios", action="store_true", help="list shipped scenarios")
     p.add_argument("--vehicles", type=int, help="vehicles in a headless run (default 200)")
     p.add_argument("--lanes", type=int, help="lanes in the plaza (default 1, or the scenario's)")
+    p.add_argument(
+        "--lane-processes",
+        action="store_true",
+        help="run each lane daemon in a process of its own under a supervisor (as booths do)",
+    )
     p.add_argument("--mode", choices=["toll", "transit-entry", "transit-exit"], help="lane mode")
     p.add_argument("--seed", type=int, help="traffic, codes and camera seed")
     p.add_argument(
@@ -143,6 +149,8 @@ def build_options(args: argparse.Namespace, scenario: Scenario | None) -> SimOpt
     speed = args.speed or (scenario.speed if scenario else None)
     speed = speed or (HEADLESS_SPEED if args.headless else 1.0)
     changes: dict[str, Any] = {"speed": speed}
+    if args.lane_processes:
+        changes["lane_processes"] = True
     for name in ("seed", "lanes", "mode", "conditions"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)

@@ -42,6 +42,7 @@ STATIC = Path(__file__).parent / "static"
 # Real seconds the camera view keeps showing the frame a code was read in (with its outline):
 # the code is in view for a few frames only, the page asks for a frame now and then.
 READ_HOLD_S = 3.0
+JPEG_QUALITY = 70
 SNAPSHOT_MAX_AGE_S = 0.2  # clients share one snapshot made at most this long ago
 
 
@@ -177,10 +178,7 @@ class Dashboard:
         if not 1 <= n <= len(self.sim.lanes):
             raise web.HTTPNotFound(text=f"no lane {n}")
         lane = self.sim.lanes[n - 1]
-        pipeline = lane.daemon.pipeline if lane.daemon is not None else None
-        if pipeline is None:
-            return web.Response(status=204)
-        latest = await asyncio.to_thread(pipeline.latest_frame, True, 70, READ_HOLD_S)
+        latest = await lane.latest_frame(JPEG_QUALITY, READ_HOLD_S)
         if latest is None:
             return web.Response(status=204)
         width, height = self.sim.options.frame_size

@@ -33,6 +33,7 @@ from sim.broker import Mosquitto, free_port
 from sim.codes import CodeFactory
 from sim.faults import FaultController, play_timeline
 from sim.lane import Outcome, SimLane
+from sim.lane_process import ProcessLane
 from sim.networks import SimNetworks
 from sim.options import SimOptions
 from sim.report import plaza_report, plaza_view
@@ -55,7 +56,8 @@ class Simulator:
         self.codes = CodeFactory(options.seed)
         # token text -> (lane that accepted it, when): what a replaying driver shows
         self.accepted_tokens: dict[str, tuple[str, float]] = {}
-        self.lanes = [SimLane(self, i, lane_id) for i, lane_id in enumerate(options.lane_ids())]
+        lane_class = ProcessLane if options.lane_processes else SimLane
+        self.lanes = [lane_class(self, i, lane_id) for i, lane_id in enumerate(options.lane_ids())]
         self.faults = FaultController(self)
         self.broker: Mosquitto | None = None
         self.acquirer: AcquirerServer | None = None

@@ -27,10 +27,12 @@ from lane.core.notes import NoteName
 from lane.core.state import phase
 from lane.daemon import LaneDaemon, build
 from lane.notification import Notification, ShellNote, ShellNoteName
+from scanner.pipeline import LatestFrame
 from scanner.sources import PushSource
 from sim.broker import Mosquitto
 from sim.camera import SyntheticCamera
 from sim.options import SimOptions
+from sim.scene import Scene
 from sim.stats import LaneStats
 from sim.traffic import Driver
 from uplink.records import Record
@@ -89,7 +91,11 @@ class Watch:
         self._changed = asyncio.Event()
 
     def __call__(self, note: Notification) -> None:
-        self.notes.append((time.monotonic(), str(note.name), note.fields()))
+        self.add(str(note.name), note.fields())
+
+    def add(self, name: str, fields: dict[str, Any]) -> None:
+        """A note by name and fields, as the daemon's observers or the events topic give it."""
+        self.notes.append((time.monotonic(), name, fields))
         if len(self.notes) > self.KEEP:
             drop = self.KEEP // 2
             del self.notes[:drop]
@@ -141,6 +147,37 @@ async def _wait_daemon(daemon: asyncio.Task[Any], timeout: float) -> None:  # no
         log.error("lane daemon did not stop", extra={"timeout_s": timeout})
 
 
+async def squeeze_queue(daemon: LaneDaemon, on: bool, saved: int | None) -> int | None:
+    """Disk pressure: cut the lane queue's bound to just above what it holds (high water, not
+    full), or give the `saved` bound back. Returns the bound to give back later (None: none)."""
+    queue = daemon.queue.sync  # the bound is a plain setting, read at each append
+    if not on:
+        if saved is not None:
+            queue.max_bytes = saved
+        return None
+    used = (await daemon.forwarder.status()).bytes_used
+    if saved is None:
+        saved = queue.max_bytes
+    queue.max_bytes = max(used + 1, int(used / queue.high_water))
+    return saved
+
+
+class LaneCamera(Protocol):
+    """What drivers and faults do to a lane's camera: `SyntheticCamera`, or the camera of a
+    lane in a process of its own (`sim.lane_process.RemoteCamera`)."""
+
+    @property
+    def scene(self) -> Scene: ...
+
+    def show(self, code_text: str, conditions: str) -> object: ...
+
+    def hide(self) -> None: ...
+
+    def blackout(self, on: bool = True) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class LaneHost(Protocol):
     """What a SimLane asks of the simulator that runs it (`sim.harness.Simulator`)."""
 
@@ -171,7 +208,7 @@ class SimLane:
         self.outcomes: list[Outcome] = []
         self.records_written: dict[str, Record] = {}
         self.device: DeviceEmulator | None = None
-        self.camera: SyntheticCamera | None = None
+        self.camera: LaneCamera | None = None
         self.daemon: LaneDaemon | None = None
         self.uplink: dict[str, Any] = {}
         self.backlog_max = 0
@@ -189,6 +226,10 @@ class SimLane:
     @property
     def fps(self) -> float:
         return self.sim.options.fps
+
+    @property
+    def camera_seed(self) -> int:
+        return self.sim.options.seed * 100 + self.index
 
     @property
     def transit(self) -> bool:
@@ -225,18 +266,21 @@ class SimLane:
             "fares": {"currency": "CNY"},
         }
 
-    async def start(self, broker: Mosquitto, acquirer_url: str, keyset: Path) -> None:
-        o = self.sim.options
-        config = self.config(broker.port, acquirer_url, keyset)
+    def make_device(self, broker: Mosquitto) -> DeviceEmulator:
         # The device's mechanics are physics and scale with the speed; a slow ack is its answer
         # time, raced against the lane's ack timeout, which does not scale (as the acquirer's
         # latency does not): scaled, "slow" would be faster than the timeout at speed 10.
-        timings = replace(Timings().scaled(o.speed), slow_ack_s=Timings().slow_ack_s)
-        self.device = DeviceEmulator(self.lane_id, broker.host, broker.port, timings)
+        speed = self.sim.options.speed
+        timings = replace(Timings().scaled(speed), slow_ack_s=Timings().slow_ack_s)
+        return DeviceEmulator(self.lane_id, broker.host, broker.port, timings)
+
+    async def start(self, broker: Mosquitto, acquirer_url: str, keyset: Path) -> None:
+        o = self.sim.options
+        config = self.config(broker.port, acquirer_url, keyset)
+        self.device = self.make_device(broker)
         source = PushSource()
-        self.camera = SyntheticCamera(
-            fps=self.fps, size=o.frame_size, rng=o.seed * 100 + self.index
-        )
+        camera = SyntheticCamera(fps=self.fps, size=o.frame_size, rng=self.camera_seed)
+        self.camera = camera
         # A simulator stopping needs no long grace for the vehicle in progress.
         self.daemon = await build(config, source=source, shutdown_grace_s=STOP_GRACE_S)
         self.daemon.runner.observers += [self.watch, self.stats, self._on_note]
@@ -248,27 +292,34 @@ class SimLane:
         # Frames are stamped when the camera hands them over, as a real camera's driver stamps
         # them at capture: the synthetic camera's own stamp is taken before it renders, and
         # drawing a new phone pose takes it 20-150 ms, a cost of the simulator, not of the lane.
-        self.camera.start(lambda frame, _rendered: source.put(frame, time.monotonic()))
+        camera.start(lambda frame, _rendered: source.put(frame, time.monotonic()))
 
     async def stop(self) -> None:
         if self.camera is not None:
             await asyncio.to_thread(self.camera.stop)
-        if self.device is not None:
-            # Whoever is on a loop drives off, so the lane goes quiet and stops at once.
-            for sensor, occupied in list(self.device.sensors.items()):
-                if occupied:
-                    with contextlib.suppress(Exception):
-                        await self.device.set_sensor(sensor, False)
+        await self.clear_loops()
         self._stop.set()
         daemon = next((t for t in self._tasks if t.get_name() == "daemon"), None)
         if daemon is not None:
             await _wait_daemon(daemon, 20.0)
+        await self.stop_world()
+
+    async def stop_world(self) -> None:
+        """Once the lane is down: its device emulator, then the tasks the lane ran here."""
         if self.device is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.device.stop(), 5)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def clear_loops(self) -> None:
+        """Whoever is on a loop drives off, so the lane goes quiet and stops at once."""
+        if self.device is not None:
+            for sensor, occupied in list(self.device.sensors.items()):
+                if occupied:
+                    with contextlib.suppress(Exception):
+                        await self.device.set_sensor(sensor, False)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -303,19 +354,8 @@ class SimLane:
         }
 
     async def squeeze_queue(self, on: bool) -> None:
-        """Disk pressure: cut the queue's bound to just above what it holds (high water, not
-        full), or give the bound back."""
-        if self.daemon is None:
-            return
-        queue = self.daemon.queue.sync  # the bound is a plain setting, read at each append
-        if not on:
-            if self._quota is not None:
-                queue.max_bytes, self._quota = self._quota, None
-            return
-        used = (await self.daemon.forwarder.status()).bytes_used
-        if self._quota is None:
-            self._quota = queue.max_bytes
-        queue.max_bytes = max(used + 1, int(used / queue.high_water))
+        if self.daemon is not None:
+            self._quota = await squeeze_queue(self.daemon, on, self._quota)
 
     # --- the queue of drivers -------------------------------------------------------------
 
@@ -473,6 +513,12 @@ class SimLane:
         await device.set_sensor("exit_loop", False)
 
     # --- what the dashboard shows -----------------------------------------------------------
+
+    async def latest_frame(self, quality: int, hold_s: float) -> LatestFrame | None:
+        """The frame the lane's scanner decoded last, as JPEG (see `Pipeline.latest_frame`)."""
+        if self.daemon is None:
+            return None
+        return await asyncio.to_thread(self.daemon.pipeline.latest_frame, True, quality, hold_s)
 
     def snapshot(self, ingested: int) -> dict[str, Any]:
         daemon = self.daemon

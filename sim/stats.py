@@ -68,7 +68,10 @@ class LaneStats:
 
     def __call__(self, note: Notification) -> None:
         # The dashboard shows every note as it is on the events topic: by name and fields.
-        name, fields = str(note.name), note.fields()
+        self.observe(str(note.name), note.fields())
+
+    def observe(self, name: str, fields: dict[str, Any]) -> None:
+        """A note by name and fields (a lane in a process of its own: off the events topic)."""
         now = self.clock()
         if name == "display":
             self.display = [str(line) for line in fields.get("lines", [])]
