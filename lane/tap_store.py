@@ -18,7 +18,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from lane.auth.replay import Migration, migrate, refuse_newer
+from lane.auth.replay import Migration, immediate, migrate, refuse_newer
 
 
 class TapStoreError(RuntimeError):
@@ -61,20 +61,16 @@ class TapStore:
         self, trip: str, account: str, ts_us: int, expires: float, record: bytes, now: float
     ) -> bool:
         """Keep a tap-in (and forget the expired ones); True when it was new."""
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute("DELETE FROM taps WHERE expires < ?", (now,))
-                new = self._conn.execute(
-                    "INSERT INTO taps VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (trip, account, ts_us, expires, record),
-                ).rowcount
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise TapStoreError(f"{self.path}: {exc}") from exc
+        with immediate(self._conn, self._lock, self._error):
+            self._conn.execute("DELETE FROM taps WHERE expires < ?", (now,))
+            new = self._conn.execute(
+                "INSERT INTO taps VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (trip, account, ts_us, expires, record),
+            ).rowcount
         return new == 1
+
+    def _error(self, exc: sqlite3.Error) -> TapStoreError:
+        return TapStoreError(f"{self.path}: {exc}")
 
     def latest(self, account: str, now: float) -> bytes | None:
         """The account's latest tap-in not yet expired (encoded record), or None."""

@@ -19,10 +19,11 @@ versioned with PRAGMA user_version; `MIGRATIONS[i]` takes a file from version i 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -80,6 +81,25 @@ def refuse_newer(conn: sqlite3.Connection, target: int, source: str) -> int:
             f"{source}: schema version {version} is newer than this lane knows ({target})"
         )
     return int(version)
+
+
+@contextlib.contextmanager
+def immediate(
+    conn: sqlite3.Connection, lock: threading.Lock, fail: Callable[[sqlite3.Error], Exception]
+) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT under `lock`; ROLLBACK when the body raises. A SQLite error
+    leaves as `fail(error)`: each store's own exception, naming its file."""
+    with lock:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise fail(exc) from exc
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration], source: str) -> int:
@@ -168,22 +188,18 @@ class ReplayStore:
         `keep_until` on the ledger, which a wall-clock step cannot move."""
         cutoff = now - self.keep_after_exp_s
         ledger = self.ledger()
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                # max(): two processes may share the file, each with its own run time.
-                self._conn.execute(
-                    "UPDATE ledger SET value = max(value, ?) WHERE name = 'elapsed'", (ledger,)
-                )
-                purged: int = self._conn.execute(
-                    "DELETE FROM used_tokens WHERE exp < ? AND keep_until <= ?", (cutoff, ledger)
-                ).rowcount
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise ReplayStoreError(f"{self.path}: {exc}") from exc
+        with immediate(self._conn, self._lock, self._error):
+            # max(): two processes may share the file, each with its own run time.
+            self._conn.execute(
+                "UPDATE ledger SET value = max(value, ?) WHERE name = 'elapsed'", (ledger,)
+            )
+            purged: int = self._conn.execute(
+                "DELETE FROM used_tokens WHERE exp < ? AND keep_until <= ?", (cutoff, ledger)
+            ).rowcount
         return purged
+
+    def _error(self, exc: sqlite3.Error) -> ReplayStoreError:
+        return ReplayStoreError(f"{self.path}: {exc}")
 
     def count(self) -> int:
         return int(self._query("SELECT count(*) FROM used_tokens", ())[0][0])

@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+
+from lane.auth.replay import immediate
 
 SCHEMA_VERSION = 1
 
@@ -222,20 +224,8 @@ class ResolutionStore:
         found = cur.fetchone()
         return None if found is None else _row(found)
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT under the lock; ROLLBACK when the body raises."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: {exc}") from exc
+    def _tx(self) -> contextlib.AbstractContextManager[None]:
+        return immediate(self._db, self._lock, lambda exc: StoreError(f"{self.path}: {exc}"))
 
 
 def _row(r: sqlite3.Row) -> PaymentRow:
