@@ -120,8 +120,21 @@ class LaneRunner:
 
     def alarm(self, code: str, message: str | None) -> None:
         """Raise (message) or clear (None) an alarm the shell itself detected (camera, keys)."""
-        self._execute(ClearAlarm(code) if message is None else RaiseAlarm(code, message))
+        if message is None:
+            self._clear_alarm(code)
+        else:
+            self._raise_alarm(code, message)
         self._bump()
+
+    def _raise_alarm(self, code: str, message: str) -> None:
+        self.alarms[code] = message
+        log.warning("alarm raised", extra={"lane": self.lane, "alarm": code, "detail": message})
+        self._notify(ShellNote(Shell.ALARM, {"code": code, "message": message, "active": True}))
+
+    def _clear_alarm(self, code: str) -> None:
+        if self.alarms.pop(code, None) is not None:
+            log.info("alarm cleared", extra={"lane": self.lane, "alarm": code})
+            self._notify(ShellNote(Shell.ALARM, {"code": code, "active": False}))
 
     async def wait_changed(self, seen: int) -> int:
         """Wait until `version` is past `seen`; return the new version (bound it with a timeout).
@@ -213,17 +226,9 @@ class LaneRunner:
             case MarkPassUsed():
                 self._spawn("mark pass used", self._mark_used(action))
             case RaiseAlarm(code=code, message=message):
-                self.alarms[code] = message
-                log.warning(
-                    "alarm raised", extra={"lane": self.lane, "alarm": code, "detail": message}
-                )
-                self._notify(
-                    ShellNote(Shell.ALARM, {"code": code, "message": message, "active": True})
-                )
+                self._raise_alarm(code, message)
             case ClearAlarm(code=code):
-                if self.alarms.pop(code, None) is not None:
-                    log.info("alarm cleared", extra={"lane": self.lane, "alarm": code})
-                    self._notify(ShellNote(Shell.ALARM, {"code": code, "active": False}))
+                self._clear_alarm(code)
             case NoteBase():
                 self._notify(action)
             case _:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lane.core.names import PayloadKind, TripSource
+from lane.core.names import Alarm, PayloadKind, TripSource
 from lane.core.notes import Note, NoteBase
 from lane.core.records import RecordDraft
 
@@ -109,13 +109,13 @@ class MarkPassUsed:
 
 @dataclass(frozen=True)
 class RaiseAlarm:
-    code: str
+    code: Alarm
     message: str
 
 
 @dataclass(frozen=True)
 class ClearAlarm:
-    code: str
+    code: Alarm
 
 
 Action = (

@@ -7,6 +7,7 @@ from core_kit import LaneDriver, displayed, of_type, one
 
 from lane.core import events as ev
 from lane.core.actions import Authorise, ClearAlarm, RaiseAlarm, ShowOnDisplay
+from lane.core.names import Alarm
 from lane.core.notes import NoteBase, ScanWithoutVehicle, VehicleArrived, VehicleGone
 from lane.core.state import Phase
 
@@ -87,7 +88,7 @@ def test_a_corrected_class_lets_the_same_code_pay() -> None:
     lane.arrive()
     lane.scan("281234567890123456")
     actions = lane.feed(ev.VehicleClassified(2))
-    assert ClearAlarm("attendant_needed") in actions
+    assert ClearAlarm(Alarm.ATTENDANT_NEEDED) in actions
     actions = lane.scan("281234567890123456")
     assert one(actions, Authorise).amount_minor == 480
 

@@ -16,6 +16,7 @@ from lane.core.actions import (
     Settle,
     ShowOnDisplay,
 )
+from lane.core.names import Alarm
 from lane.core.notes import (
     AttendantOpenFailed,
     AttendantOpenIgnored,
@@ -76,7 +77,7 @@ def test_attendant_open_for_a_vehicle_waiting_for_help_clears_the_alarm() -> Non
     lane.arrive("v1")
     lane.scan()
     lane.decide(approved=False)
-    assert ClearAlarm("attendant_needed") in lane.feed(OPEN)
+    assert ClearAlarm(Alarm.ATTENDANT_NEEDED) in lane.feed(OPEN)
 
 
 def test_attendant_open_for_a_paid_vehicle_is_ignored() -> None:
@@ -220,11 +221,13 @@ def test_broker_down_faults_the_lane_and_holds_commands() -> None:
     lane.scan()
     lane.decide()
     actions = lane.feed(ev.LinkChanged(up=False))
-    assert one(actions, RaiseAlarm) == RaiseAlarm("broker_down", "controller lost the MQTT broker")
+    assert one(actions, RaiseAlarm) == RaiseAlarm(
+        Alarm.BROKER_DOWN, "controller lost the MQTT broker"
+    )
     assert lane.phase() is Phase.FAULT
     assert of_type(lane.persisted(), OpenBarrier) == []  # no command into a dead link
     actions = lane.feed(ev.LinkChanged(up=True))
-    assert ClearAlarm("broker_down") in actions
+    assert ClearAlarm(Alarm.BROKER_DOWN) in actions
     assert one(actions, OpenBarrier).cmd_id == "v1/open"
 
 

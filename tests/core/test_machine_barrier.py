@@ -15,7 +15,7 @@ from lane.core.actions import (
     Settle,
 )
 from lane.core.machine import next_deadline
-from lane.core.names import Position
+from lane.core.names import Alarm, Position
 from lane.core.notes import BarrierOpened, ExitLoopIgnored, Tailgating, VehicleLeft
 from lane.core.state import Phase
 
@@ -133,14 +133,16 @@ def test_ack_timeout_resends_the_same_cmd_id_then_faults(op: str) -> None:
         actions = lane.tick_at_deadline()
         assert actions == [kind(cmd_id, lane.now + 3.0, attempt)]
     actions = lane.tick_at_deadline()
-    assert one(actions, RaiseAlarm) == RaiseAlarm("barrier_no_ack", f"{_no_ack_msg} {op} {cmd_id}")
+    assert one(actions, RaiseAlarm) == RaiseAlarm(
+        Alarm.BARRIER_NO_ACK, f"{_no_ack_msg} {op} {cmd_id}"
+    )
     assert of_type(actions, kind) == []
     assert lane.phase() is Phase.FAULT
     # Nothing is sent until the barrier is heard from or the fault's probe is due.
     assert next_deadline(lane.state) == pytest.approx(lane.now + lane.state.rules.probe_s)
     # A barrier state report clears the fault: the SAME command goes again.
     actions = lane.report("closed" if op == "open" else "open")
-    assert ClearAlarm("barrier_no_ack") in actions
+    assert ClearAlarm(Alarm.BARRIER_NO_ACK) in actions
     assert one(actions, kind) == kind(cmd_id, lane.now + 3.0, 1)
 
 
@@ -153,7 +155,7 @@ def test_a_late_ack_clears_the_no_ack_fault() -> None:
     lane.tick_at_deadline()
     assert lane.phase() is Phase.FAULT
     actions = lane.ack("v1/open")
-    assert ClearAlarm("barrier_no_ack") in actions
+    assert ClearAlarm(Alarm.BARRIER_NO_ACK) in actions
     assert lane.phase() is Phase.OPEN
 
 
@@ -220,7 +222,7 @@ def test_refused_command_faults_and_goes_again_when_the_barrier_recovers(op: str
     )
     assert lane.phase() is Phase.FAULT
     actions = lane.report("closed")
-    assert ClearAlarm("barrier_refused") in actions
+    assert ClearAlarm(Alarm.BARRIER_REFUSED) in actions
     kind: type[OpenBarrier] | type[CloseBarrier] = OpenBarrier if op == "open" else CloseBarrier
     assert one(actions, kind).cmd_id == f"v1/{op}"
 

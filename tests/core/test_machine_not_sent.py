@@ -12,6 +12,7 @@ from core_kit import LaneDriver, of_type, one, rules
 
 from lane.core import events as ev
 from lane.core.actions import ClearAlarm, CloseBarrier, OpenBarrier, RaiseAlarm
+from lane.core.names import Alarm
 from lane.core.state import Phase
 
 
@@ -45,12 +46,12 @@ def test_sends_failing_up_to_the_last_attempt_fault_then_clear(op: str) -> None:
     message = (
         f"barrier does not acknowledge commands: {op} {cmd_id} (not sent: broker connection lost)"
     )
-    assert one(actions, RaiseAlarm) == RaiseAlarm("barrier_no_ack", message)
+    assert one(actions, RaiseAlarm) == RaiseAlarm(Alarm.BARRIER_NO_ACK, message)
     assert lane.phase() is Phase.FAULT
     assert lane.state.command is not None and lane.state.command.cmd_id == cmd_id
     # Clears by itself: the barrier is heard from, the SAME command goes again.
     actions = lane.report("closed" if op == "open" else "open")
-    assert ClearAlarm("barrier_no_ack") in actions
+    assert ClearAlarm(Alarm.BARRIER_NO_ACK) in actions
     assert one(actions, kind) == kind(cmd_id, lane.now + 3.0, 1)
 
 

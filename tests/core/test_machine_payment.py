@@ -17,6 +17,7 @@ from lane.core.actions import (
     ShowOnDisplay,
 )
 from lane.core.machine import next_deadline
+from lane.core.names import Alarm
 from lane.core.notes import (
     CodeRefused,
     Declined,
@@ -311,7 +312,7 @@ def test_the_queue_recovering_reopens_payments() -> None:
     lane.arrive()
     assert of_type(lane.scan(), Authorise) == []
     actions = lane.feed(ev.QueueChanged(full=False, high_water=False))
-    assert ClearAlarm("queue_full") in actions
+    assert ClearAlarm(Alarm.QUEUE_FULL) in actions
     assert one(lane.scan(), Authorise).amount_minor == 250
 
 
@@ -379,4 +380,4 @@ def test_backing_away_after_max_tries_clears_the_attendant_alarm() -> None:
     lane.arrive("v1")
     lane.scan()
     assert one(lane.decide(approved=False), RaiseAlarm).code == "attendant_needed"
-    assert ClearAlarm("attendant_needed") in lane.leave_pay_point()
+    assert ClearAlarm(Alarm.ATTENDANT_NEEDED) in lane.leave_pay_point()

@@ -212,7 +212,7 @@ def test_a_snapshot_from_a_working_device_clears_a_no_ack_fault_with_nothing_pen
     lane.report("closed")
     lane.state = replace(lane.state, faults=frozenset({"barrier_no_ack"}))
     actions = snapshot(lane, "closed")
-    assert ClearAlarm("barrier_no_ack") in actions
+    assert ClearAlarm(Alarm.BARRIER_NO_ACK) in actions
     assert lane.phase() is Phase.IDLE
 
 
@@ -231,7 +231,7 @@ def test_no_ack_then_acking_again_the_lane_probes_and_clears_by_itself() -> None
     assert of_type(actions, QueryDevice)
     assert one(actions, OpenBarrier).cmd_id == "v1/open"  # the SAME command, at most once
     actions = lane.ack()
-    assert ClearAlarm("barrier_no_ack") in actions
+    assert ClearAlarm(Alarm.BARRIER_NO_ACK) in actions
     assert lane.phase() is Phase.OPEN
 
 
