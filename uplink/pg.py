@@ -14,6 +14,7 @@ trip, where a COPY in a transaction takes four (see `_store_new`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -80,6 +81,13 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
     )
 
 
+def _schema_tag(schema: str) -> str:
+    """Names the schema's DDL: any change to it makes a new tag, so a store of a new release
+    migrates a schema an older one made."""
+    digest = hashlib.sha256("\n".join(_schema_sql(schema)).encode()).hexdigest()[:16]
+    return f"lane ingest schema {digest}"
+
+
 class PostgresIngestStore(SqlIngestStore):
     """`lock_timeout_s` bounds the wait for a row or table lock held by another transaction and
     `statement_timeout_s` any one statement: a batch that hits either is refused with
@@ -111,11 +119,18 @@ class PostgresIngestStore(SqlIngestStore):
         # Epochs whose row this store has seen committed (rows are never deleted): a batch of
         # one of them takes the one-statement path.
         self._seen: set[tuple[str, str]] = set()
+        tag = _schema_tag(schema)
         with self._transaction() as cur:
-            # Two workers starting together would race on CREATE IF NOT EXISTS.
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
-            for stmt in _schema_sql(schema):
-                cur.execute(stmt)
+            # A schema already made by this release needs no DDL: its ALTER TABLE would wait
+            # for an exclusive lock behind the batches of the workers already running.
+            cur.execute("SELECT obj_description(to_regnamespace(%s), 'pg_namespace')", (schema,))
+            found = cur.fetchone()
+            if found is None or found[0] != tag:
+                # Two workers starting together would race on CREATE IF NOT EXISTS.
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
+                for stmt in _schema_sql(schema):
+                    cur.execute(stmt)
+                cur.execute(f"COMMENT ON SCHEMA {schema} IS '{tag}'")
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed or self._conn.broken:

@@ -374,3 +374,15 @@ def test_postgres_batches_of_one_epoch_wait_for_its_lock(pg_dsn: str) -> None:
     r = s.store_batch(LANE, Q, recs(3, 4), 2)
     assert r.held == held(recs(3, 4)) and r.contiguous == 4
     s.close()
+
+
+def test_postgres_a_worker_starting_beside_a_busy_one_needs_no_table_lock(pg_dsn: str) -> None:
+    """A second `lane ingest` starting while the first holds its tables (a batch in flight)
+    opens at once: a schema this release made needs no DDL, whose ALTER TABLE would wait for
+    an exclusive lock and give up as busy."""
+    PostgresIngestStore(pg_dsn).close()
+    with psycopg.connect(pg_dsn) as first:
+        first.execute("LOCK TABLE lane_ingest.records IN ROW EXCLUSIVE MODE")
+        second = PostgresIngestStore(pg_dsn, lock_timeout_s=0.2)
+        second.close()
+        first.rollback()
