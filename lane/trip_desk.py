@@ -21,7 +21,7 @@ from collections.abc import Callable
 from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import EntryPass, pass_key
-from lane.auth.plaza import UsedTokenSharing
+from lane.auth.plaza import UsedTokenSharing, mark_used
 from lane.auth.replay import ReplayStore
 from lane.auth.trip_pricing import ExitLaneRules, evidence_of, not_found, price_trip
 from lane.auth.trip_rules import normalise_plate
@@ -113,12 +113,7 @@ class TripDesk:
         key = pass_key(action.pass_id)
         exp = int(action.expires_at) + 1
         now = self.wall()
-        if self.sharing is not None:
-            first = await self.sharing.check_and_mark(key, exp, now)
-        else:
-            first = await asyncio.to_thread(
-                self.replay.check_and_mark, key, exp, self.rules.lane, now
-            )
+        first = await mark_used(self.replay, self.sharing, key, exp, self.rules.lane, now)
         log.info(
             "pass exited",
             extra={"lane": self.rules.lane, "pass_id": action.pass_id, "first": first},

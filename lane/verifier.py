@@ -13,7 +13,6 @@ adopted once its time has come.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -22,7 +21,7 @@ from collections.abc import Callable
 from lane.auth.authoriser import OfflineResult
 from lane.auth.deny import DenyList
 from lane.auth.keys import KeySet
-from lane.auth.plaza import UsedTokenMsg, UsedTokenSharing
+from lane.auth.plaza import UsedTokenSharing, mark_used
 from lane.auth.replay import ReplayStore
 from lane.auth.sourced import SourcedError
 from lane.auth.tokens import TokenAccepted, verify_token
@@ -150,11 +149,9 @@ class TokenVerifier:
         verdict = verify_token(text, self.keys, self.deny, now_unix, self.skew_s)
         if not isinstance(verdict, TokenAccepted):
             return OfflineResult(False, verdict.reason.value, None, None)
-        first = await asyncio.to_thread(
-            self.replay.check_and_mark, verdict.token_id, verdict.exp, self.lane, now_unix
+        first = await mark_used(
+            self.replay, self.sharing, verdict.token_id, verdict.exp, self.lane, now_unix
         )
         if not first:
             return OfflineResult(False, "replayed", verdict.account_ref, verdict.token_id)
-        if self.sharing is not None:
-            self.sharing.share(UsedTokenMsg(verdict.token_id, verdict.exp, self.lane, now_unix))
         return OfflineResult(True, "ok", verdict.account_ref, verdict.token_id)

@@ -137,10 +137,7 @@ class UsedTokenSharing:
 
     async def check_and_mark(self, token_id: str, exp: int, now: float) -> bool:
         """Record a local use (on disk, off the loop); share it when it is the first use."""
-        first = await asyncio.to_thread(self.store.check_and_mark, token_id, exp, self.lane, now)
-        if first:
-            self.share(UsedTokenMsg(token_id, exp, self.lane, now))
-        return first
+        return await mark_used(self.store, self, token_id, exp, self.lane, now)
 
     def share(self, msg: UsedTokenMsg) -> None:
         """Queue a use for publishing; when the queue is full the oldest use is dropped.
@@ -184,3 +181,20 @@ class UsedTokenSharing:
                 "remote token use",
                 extra={"lane": self.lane, "from_lane": msg.lane, "token_id": msg.token_id},
             )
+
+
+async def mark_used(  # noqa: PLR0917 - the replay store's own arguments, and who shares
+    store: ReplayStore,
+    sharing: UsedTokenSharing | None,
+    key: str,
+    exp: int,
+    lane: str,
+    now: float,
+) -> bool:
+    """Mark a used token or pass in the replay store (an fsync: on a worker thread, the one
+    hop) and, when it is the first use and the lane is in a plaza, share it from the loop.
+    True for the first use."""
+    first = await asyncio.to_thread(store.check_and_mark, key, exp, lane, now)
+    if first and sharing is not None:
+        sharing.share(UsedTokenMsg(key, exp, lane, now))
+    return first
