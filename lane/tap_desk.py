@@ -25,6 +25,7 @@ from lane.auth.deny import DenyList
 from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import pass_key
+from lane.auth.plaza import mark_used
 from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import tap_in_entry
@@ -210,13 +211,10 @@ class TapDesk:
         return record, self.replay.get(pass_key(trip)) is not None
 
     async def mark_used(self, action: MarkPassUsed) -> None:
-        first = await asyncio.to_thread(
-            self.replay.check_and_mark,
-            pass_key(action.pass_id),
-            math.ceil(action.expires_at),
-            self.lane,
-            self.wall(),
-        )
+        key, exp = pass_key(action.pass_id), math.ceil(action.expires_at)
+        # The line learns of the exit from the tap_out record itself (`_learn`), not a used-token
+        # message.
+        first = await mark_used(self.replay, None, key, exp, self.lane, self.wall())
         log.info(
             "tap-in exited", extra={"lane": self.lane, "pass_id": action.pass_id, "first": first}
         )
