@@ -13,12 +13,12 @@ its entry record has not arrived yet, or the pass was not issued by an entry lan
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from lane.core.names import AuthResult
+from lane.core.records import tap_in_trip_id
 from lane.wire.codec import PayloadError
 from uplink.records import Record
 
@@ -89,9 +89,9 @@ def _trip_id(record: Record) -> str | None:
     if d.pass_id is not None or d.kind != "tap_in":
         return d.pass_id
     try:
-        return uuid.UUID(record.record_id).hex
+        return tap_in_trip_id(record.record_id, d).hex()
     except ValueError:
-        return record.record_id
+        return None  # no exit gate can name it
 
 
 def open_trips(store: RecordSource, entered_before_us: int = END_OF_TIME_US) -> TripLedger:

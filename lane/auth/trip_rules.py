@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
 from lane.auth.fares import FareError, Money, Tariff
 from lane.auth.passes import PASS_ID_LEN, EntryPass, PassReason, PassRefused
-from lane.core.records import RecordDraft
+from lane.core.records import RecordDraft, tap_in_trip_id
 
 MAX_LINE = 40  # characters a line of the lane's display shows
 
@@ -142,10 +141,7 @@ def tap_in_entry(record: StampedRecord) -> EntryPass:
     if d.kind != "tap_in":
         raise ValueError(f"record {record.record_id} is a {d.kind!r}, not a tap_in")
     station, _, gate = record.lane.partition("/")
-    try:
-        trip_id = bytes.fromhex(d.pass_id) if d.pass_id else uuid.UUID(record.record_id).bytes
-    except ValueError:
-        raise ValueError(f"record {record.record_id}: no usable trip id") from None
+    trip_id = tap_in_trip_id(record.record_id, d)
     low, high = PASS_ID_LEN
     if not low <= len(trip_id) <= high:
         raise ValueError(f"record {record.record_id}: trip id of {len(trip_id)} bytes")

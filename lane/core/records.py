@@ -7,6 +7,7 @@ appears here: only an account reference.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,3 +65,13 @@ class RecordDraft:
             raise ValueError(f"unknown payment method {self.method!r}") from None
         if isinstance(self.amount_minor, bool) or not isinstance(self.amount_minor, int):
             raise ValueError("amount_minor must be an integer of minor units")
+
+
+def tap_in_trip_id(record_id: str, draft: RecordDraft) -> bytes:
+    """A metro tap-in's trip id, the id a `transit-exit` gate's tap-out names in its `pass_id`:
+    the tap-in's own `pass_id` when it has one, else its record id (a UUID). ValueError when
+    that is not of the form."""
+    try:
+        return bytes.fromhex(draft.pass_id) if draft.pass_id else uuid.UUID(record_id).bytes
+    except ValueError:
+        raise ValueError(f"record {record_id}: no usable trip id") from None
