@@ -14,7 +14,9 @@ the cascade before this work (roi-global + half) and the default cascade (+ debl
 Empty-frame cost: CPU time of the decoding thread (one core, cv2.setNumThreads(1)), the mean
 over --empty frames (the deblur pass looks at one frame in four, so the mean is what counts),
 on the simulator's empty cab window by day and by night and on bench/scan.py's cluttered road
-frame. Prints markdown; asserts nothing (docs/scanner.md keeps the figures).
+frame. Then the "hard" preset one effect at a time (the rest taken out of the same poses), which
+shows the ceiling its thumbs put on any decoder. Prints markdown; asserts nothing
+(docs/scanner.md keeps the figures).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 
 import cv2
 
@@ -48,10 +51,24 @@ def decoders() -> dict[str, Decoder]:
     }
 
 
+# Each of the "hard" preset's effects alone, the pose (distance, angles) kept: what it takes
+# from the first look whatever the decoder. A thumb over more of the symbol than the token's
+# error correction recovers is lost to any decoder, which bounds the whole preset.
+EFFECTS = ("blur_px", "glare", "low_light", "occlusion")
+ALONE: dict[str, tuple[str, ...]] = {
+    "the pose alone": (),
+    "+ thumb only": ("occlusion",),
+    "+ glare only": ("glare",),
+    "+ night and streak only": ("low_light", "blur_px"),
+}
+
+
 def first_look(
-    condition: str, fmt: TokenFormat, decoder: Decoder, scenes: int, frames: int
-) -> tuple[int, int]:
-    """(read on the first frame, read within `frames` frames) over `scenes` poses."""
+    condition: str, fmt: TokenFormat, decoder: Decoder, scenes: int, frames: int, *,
+    keep: tuple[str, ...] = EFFECTS,
+) -> tuple[int, int]:  # fmt: skip
+    """(read on the first frame, read within `frames` frames) over `scenes` poses, with only
+    the effects in `keep` left in each pose."""
     codes = CodeFactory(7, fmt)
     rng = random.Random(SEED)
     first = within = 0
@@ -59,6 +76,14 @@ def first_look(
         text = codes.make("token", 1_800_000_000).text
         seed = rng.randrange(1 << 30)
         scene = Conditions.preset(condition).sample(text, as_generator(seed))
+        if keep != EFFECTS:
+            scene = replace(
+                scene,
+                blur_px=scene.blur_px if "blur_px" in keep else 0.0,
+                glare=scene.glare if "glare" in keep else 0.0,
+                low_light=scene.low_light if "low_light" in keep else 0.0,
+                occlusion=scene.occlusion if "occlusion" in keep else 0.0,
+            )
         frame_rng = as_generator(seed + 1)
         for k in range(frames):
             gray = as_gray(render_frame(scene, frame_rng))
@@ -95,6 +120,18 @@ def print_first_look(conditions: list[str], scenes: int, frames: int) -> None:
                 print(f"| {condition} | {fmt.name.lower()} | {qr} | {name} | "
                       f"{first / scenes:.1%} | **{rate:.1%}** | {ratio} |")  # fmt: skip
             sys.stdout.flush()
+    print()
+
+
+def print_hard_effects(scenes: int, frames: int) -> None:
+    print(f"## Hard, one effect at a time: v2 token, default cascade, {scenes} poses\n")
+    print("| effects kept | first frame | first look |")
+    print("|---|---|---|")
+    for name, keep in ALONE.items():
+        decoder = CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in DEFAULT_PASSES])
+        first, within = first_look("hard", TokenFormat.V2, decoder, scenes, frames, keep=keep)
+        print(f"| {name} | {first / scenes:.1%} | **{within / scenes:.1%}** |")
+        sys.stdout.flush()
     print()
 
 
@@ -137,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
           "CPUs\n")  # fmt: skip
     print_empty_costs(args.empty)
     print_first_look(args.conditions.split(","), args.scenes, args.frames)
+    if "hard" in args.conditions.split(","):
+        print_hard_effects(args.scenes, args.frames)
     return 0
 
 
