@@ -67,6 +67,7 @@ bench: setup
 	$(BIN)/python -m bench.auth
 	$(BIN)/python -m bench.barrier
 	$(BIN)/python -m bench.handoff
+	$(BIN)/python -m bench.plaza
 	$(BIN)/python -m bench.uplink
 	$(BIN)/python -m bench.camera
 	$(BIN)/python -m bench.sim

@@ -2,7 +2,9 @@
 
     .venv/bin/python -m bench.plaza [--lanes 8] [--seconds 30] [--fps 10] [--runs all|children|sim]
 
-Three runs, one after the other, in the same invocation: one lane alone; N lanes as N daemons in
+Three runs, one after the other, in the same invocation: one lane alone (for --anchor-seconds,
+by default lanes x seconds, so that its p99 is taken over as many passages as the N-lane runs'
+and is not the maximum of a handful); N lanes as N daemons in
 one process; N lanes as N processes (one daemon each) under `sim.supervisor.Supervisor`, as real
 booths run. Then two runs of `lane sim --lane-processes` itself (`--runs sim` runs only these):
 one booth, then N booths (sim/booth.py, each a lane daemon with its camera, supervised by the
@@ -105,7 +107,9 @@ def summary(name: str, results: list[dict[str, Any]], anchor_p99: float | None) 
     }
 
 
-async def plaza(lanes: int, seconds: float, fps: float) -> list[dict[str, Any]]:
+async def plaza(
+    lanes: int, seconds: float, anchor_seconds: float, fps: float
+) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="lane-bench-plaza-") as tmp:
         work = Path(tmp)
         broker = Mosquitto(port=free_port(), workdir=work)
@@ -120,9 +124,12 @@ async def plaza(lanes: int, seconds: float, fps: float) -> list[dict[str, Any]]:
             apart = [[f"bp/l{i + 1:02d}"] for i in range(lanes)]
             out: list[dict[str, Any]] = []
             anchor = None
-            for name, groups in (("1 lane", one), (f"{lanes} lanes, one process", shared),
-                                 (f"{lanes} lanes, one process each", apart)):  # fmt: skip
-                results = await run(broker, keyset, work, groups=groups, seconds=seconds, fps=fps)
+            for name, groups, span in (
+                ("1 lane", one, anchor_seconds),
+                (f"{lanes} lanes, one process", shared, seconds),
+                (f"{lanes} lanes, one process each", apart, seconds),
+            ):
+                results = await run(broker, keyset, work, groups=groups, seconds=span, fps=fps)
                 out.append(summary(name, results, anchor))
                 anchor = out[0]["token_ms"]["p99"]
             return out
@@ -221,8 +228,10 @@ async def sim_booths(
     }  # fmt: skip
 
 
-async def sim_plaza(lanes: int, seconds: float, fps: float) -> list[dict[str, Any]]:
-    one = await sim_booths("lane sim --lane-processes, 1 lane", 1, seconds, fps, anchor=None)
+async def sim_plaza(
+    lanes: int, seconds: float, anchor_seconds: float, fps: float
+) -> list[dict[str, Any]]:
+    one = await sim_booths("lane sim --lane-processes, 1 lane", 1, anchor_seconds, fps, anchor=None)
     name = f"lane sim --lane-processes, {lanes} lanes"
     return [one, await sim_booths(name, lanes, seconds, fps, anchor=one)]
 
@@ -232,14 +241,20 @@ def main() -> int:
     p.add_argument("--lanes", type=int, default=8)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument(
+        "--anchor-seconds",
+        type=float,
+        help="the one-lane runs (default: lanes x seconds, as many passages as the N-lane runs)",
+    )
     p.add_argument("--runs", choices=["all", "children", "sim"], default="all")
     a = p.parse_args()
+    anchor_seconds = a.anchor_seconds or a.lanes * a.seconds
     print(f"# bench/plaza.py on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     rows: list[dict[str, Any]] = []
     if a.runs in ("all", "children"):
-        rows += asyncio.run(plaza(a.lanes, a.seconds, a.fps))
+        rows += asyncio.run(plaza(a.lanes, a.seconds, anchor_seconds, a.fps))
     if a.runs in ("all", "sim"):
-        rows += asyncio.run(sim_plaza(a.lanes, a.seconds, a.fps))
+        rows += asyncio.run(sim_plaza(a.lanes, a.seconds, anchor_seconds, a.fps))
     for row in rows:
         print(json.dumps(row))
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
