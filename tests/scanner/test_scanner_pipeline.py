@@ -163,9 +163,11 @@ async def test_stop_joins_threads_and_blackout_reaches_status() -> None:
     source = PushSource(blackout_after_s=0.05, poll_s=0.01)
     pipeline = ScanPipeline(source, make_decoder("zxing"), lambda r: None, events.append)
     before = set(threading.enumerate())
+    cv2.setNumThreads(4)
     pipeline.start()
     ours = [t for t in threading.enumerate() if t not in before and t.name.startswith("scan-")]
     assert len(ours) == 3  # capture + 2 decode workers
+    assert cv2.getNumThreads() == 1  # the workers are the parallelism, not OpenCV's own pool
     await eventually(lambda: any(e.kind == "blackout" for e in events))
     await pipeline.aclose()
     assert not any(t.is_alive() for t in ours)
