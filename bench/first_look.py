@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--frames", type=int, default=30)
-    parser.add_argument("--empty", type=int, default=400, help="empty frames timed")
+    parser.add_argument("--empty", type=int, default=1800, help="empty frames timed")
     parser.add_argument("--conditions", default="clear,realistic,hard")
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
