@@ -30,6 +30,7 @@ from lane.auth.acquirer import (
     AcquirerUnavailable,
     PaymentStatus,
 )
+from lane.auth.network_config import Network
 from lane.auth.resolution_store import (
     FINAL,
     OPEN,
@@ -115,8 +116,9 @@ class Resolver:
         amount_minor: int,
         currency: str,
         method: str,
+        network: Network,
     ) -> tuple[PaymentRow, bool]:
-        """Commit the intent to pay; returns (row, created). Pay only when created."""
+        """Commit the intent to pay on `network`; returns (row, created). Pay only when created."""
         row, created = await self._db(
             self._store.begin,
             payment_id,
@@ -125,6 +127,7 @@ class Resolver:
             amount_minor=amount_minor,
             currency=currency,
             method=method,
+            network=network,
             now_ms=self._now_ms(),
         )
         if created:
@@ -339,4 +342,5 @@ def _x(row: PaymentRow) -> dict[str, Any]:
         "lane": row.lane,
         "amount_minor": row.amount_minor,
         "state": row.state.value,
+        "network": row.network,
     }

@@ -47,7 +47,13 @@ async def resolver(tmp_path: Path, client: AcquirerClient) -> AsyncIterator[Reso
 
 async def begin_and_pay(resolver: Resolver, client: AcquirerClient, pid: str) -> PaymentStatus:
     _, created = await resolver.begin(
-        pid, auth_id="a-" + pid, lane="p01/l01", amount_minor=450, currency="CNY", method="emv"
+        pid,
+        auth_id="a-" + pid,
+        lane="p01/l01",
+        amount_minor=450,
+        currency="CNY",
+        method="emv",
+        network="acquirer",
     )
     assert created
     result = await client.pay(PayRequest(pid, str(next(_codes)), 450, "CNY", "p01/l01"), 0.5)
@@ -187,7 +193,13 @@ async def test_unknown_to_the_acquirer_is_voided(
     acquirer: AcquirerServer, client: AcquirerClient, resolver: Resolver
 ) -> None:
     await resolver.begin(
-        "pay_lost", auth_id="a", lane="l", amount_minor=1, currency="CNY", method="emv"
+        "pay_lost",
+        auth_id="a",
+        lane="l",
+        amount_minor=1,
+        currency="CNY",
+        method="emv",
+        network="acquirer",
     )
     resolver.give_up("pay_lost", "acquirer_unavailable")
     assert await final(resolver, "pay_lost") is S.REVERSED

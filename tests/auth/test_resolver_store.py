@@ -9,6 +9,7 @@ import pytest
 
 from lane.auth.resolution_store import (
     FINAL,
+    NETWORKS,
     SCHEMA_VERSION,
     TRANSITIONS,
     IllegalTransition,
@@ -29,6 +30,7 @@ def begin(store: ResolutionStore, pid: str = "pay_1", now_ms: int = 1000) -> Non
         amount_minor=450,
         currency="CNY",
         method="payment_code",
+        network="acquirer",
         now_ms=now_ms,
     )
 
@@ -50,6 +52,64 @@ def test_intent_survives_reopening(tmp_path: Path) -> None:
     again.close()
 
 
+def test_the_network_is_written_with_the_intent(tmp_path: Path) -> None:
+    path = tmp_path / "resolve.db"
+    store = ResolutionStore(path)
+    store.begin(
+        "pay_ali",
+        auth_id="a",
+        lane="p01/l01",
+        amount_minor=450,
+        currency="CNY",
+        method="payment_code",
+        network="alipay",
+        now_ms=1,
+    )
+    # No close: what a crash right after the pay request leaves, read by the next run.
+    row = ResolutionStore(path).get("pay_ali")
+    assert row is not None and (row.state, row.network) == (S.INTENT, "alipay")
+    store.close()
+
+
+def test_an_intent_without_a_known_network_is_never_written(tmp_path: Path) -> None:
+    store = ResolutionStore(tmp_path / "r.db")
+    with pytest.raises(StoreError, match="CHECK constraint"):
+        store.begin(
+            "pay_x",
+            auth_id="a",
+            lane="l",
+            amount_minor=1,
+            currency="CNY",
+            method="emv",
+            network="visa",  # type: ignore[arg-type]
+            now_ms=1,
+        )
+    assert store.get("pay_x") is None
+    store.close()
+
+
+def test_every_state_and_network_fits_the_schema(tmp_path: Path) -> None:
+    """A state or network added to the code needs a schema step that admits it."""
+    path = tmp_path / "r.db"
+    store = ResolutionStore(path)
+    for network in NETWORKS:
+        store.begin(
+            network,
+            auth_id="a",
+            lane="l",
+            amount_minor=1,
+            currency="CNY",
+            method="emv",
+            network=network,
+            now_ms=1,
+        )
+    assert {r.network for r in store.in_states({S.INTENT})} == set(NETWORKS)
+    with sqlite3.connect(path) as db:
+        for state in PaymentState:
+            db.execute("UPDATE payments SET state = ?", (state.value,))
+    store.close()
+
+
 def test_begin_is_idempotent(tmp_path: Path) -> None:
     store = ResolutionStore(tmp_path / "r.db")
     begin(store)
@@ -61,10 +121,11 @@ def test_begin_is_idempotent(tmp_path: Path) -> None:
         amount_minor=450,
         currency="CNY",
         method="payment_code",
+        network="wechatpay",
         now_ms=3000,
     )
     assert not created
-    assert (row.state, row.acquirer_ref) == (S.CHARGED, "acq-1")
+    assert (row.state, row.acquirer_ref, row.network) == (S.CHARGED, "acq-1", "acquirer")
 
 
 def test_happy_path_and_illegal_moves(tmp_path: Path) -> None:
@@ -118,7 +179,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(StoreError, match="schema version"):
+    with pytest.raises(StoreError, match=f"{path}: schema version {SCHEMA_VERSION + 1} is newer"):
         ResolutionStore(path)
 
 
@@ -139,6 +200,7 @@ def test_negative_amount_is_refused_by_the_schema(tmp_path: Path) -> None:
             amount_minor=-1,
             currency="CNY",
             method="emv",
+            network="acquirer",
             now_ms=1,
         )
     assert store.get("p") is None
