@@ -7,7 +7,8 @@ A background worker resolves given-up payments: it queries the acquirer and reve
 succeeded, is still pending after a grace period, or is unknown to the acquirer (a reversal of
 an unknown id voids it, so a pay request still on its way is refused when it lands). While the
 acquirer is unreachable it retries with backoff; the work survives restarts because it is in
-SQLite, and on start every intent left open by a previous run is given up and resolved.
+SQLite, and on start every intent left open by a previous run is given up and resolved. Each
+payment's network is recorded with its intent: a later run asks that network alone about it.
 """
 
 from __future__ import annotations
@@ -275,6 +276,8 @@ class Resolver:
 
     async def _resolve(self, row: PaymentRow) -> bool:
         """One step towards a final state; True when the payment is resolved."""
+        if row.network is not None:  # a previous run's payment: the router has forgotten it
+            self._client.remember(row.payment_id, row.network)
         answer = await self._client.query(row.payment_id, self._timeout_s)
         if answer.status is PaymentStatus.DECLINED:
             await self._move(row.payment_id, PaymentState.DECLINED, reason=answer.reason)
