@@ -276,7 +276,7 @@ class Resolver:
 
     async def _resolve(self, row: PaymentRow) -> bool:
         """One step towards a final state; True when the payment is resolved."""
-        if row.network is not None:  # a previous run's payment: the router has forgotten it
+        if row.network is not None:  # the router forgets with a restart; the store does not
             self._client.remember(row.payment_id, row.network)
         answer = await self._client.query(row.payment_id, self._timeout_s)
         if answer.status is PaymentStatus.DECLINED:

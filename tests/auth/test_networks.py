@@ -223,7 +223,12 @@ async def test_a_restarted_lane_asks_only_the_network_that_took_the_payment(
             decision = await lane.auth.authorise(lane.request(alipay(), budget_s=0.2))
         pid = decision.payment_id
         assert decision.reason == "timeout" and pid is not None  # in doubt; then the lane dies
-        await eventually(lambda: fakes["alipay"].payment(pid).charged, what="the late success")
+
+        def charged() -> bool:
+            payment = fakes["alipay"].payment(pid)
+            return payment is not None and payment.charged
+
+        await eventually(charged, what="the late success")
         asked = {kind: fake.api_requests for kind, fake in fakes.items()}
 
         # A new process: a new router that knows nothing, a new store on the same file.
@@ -233,6 +238,32 @@ async def test_a_restarted_lane_asks_only_the_network_that_took_the_payment(
         # One query and one cancel, to Alipay alone (the router would ask the others first).
         after = {kind: fake.api_requests - asked[kind] for kind, fake in fakes.items()}
         assert after == {"unionpay": 0, "wechat": 0, "alipay": 2}
+
+
+async def test_a_payment_its_network_never_saw_is_voided_there_alone(
+    three_networks: Any, net_lane: Any, tmp_path: Path
+) -> None:
+    """The pay request was lost on its way to WeChat Pay: the next run voids it there, by WeChat
+    Pay's rules, and leaves the other networks alone (a v1 row was voided on all three)."""
+    path = tmp_path / "payments.sqlite3"
+    pid = "pay_" + "7" * 32
+    async with three_networks() as env:
+        fakes = env["fakes"]
+        async with net_lane(router(env), fakes["wechat"], store=path, resolving=False) as lane:
+            _, created = await lane.resolver.begin(
+                pid,
+                auth_id="auth-lost",
+                lane=lane.lane,
+                amount_minor=450,
+                currency="CNY",
+                method="payment_code",
+                network="wechatpay",
+            )
+            assert created  # and the lane dies before its pay request arrives
+        async with net_lane(router(env), fakes["wechat"], store=path) as again:
+            assert await again.final(pid) is PaymentState.REVERSED
+        assert fakes["wechat"].payment("7" * 32).status == "REVERSED"
+        assert fakes["unionpay"].api_requests == fakes["alipay"].api_requests == 0
 
 
 async def test_a_payment_of_a_v1_file_is_looked_for_on_each_network(
