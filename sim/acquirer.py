@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from lane.auth.acquirer import CURRENCY, PAYMENT_ID
 from scanner.payload import UnknownPayload, classify
@@ -73,11 +74,12 @@ class AcquirerServer:
         self._faults_changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self.api_requests = 0  # calls that reached the payment API (not /admin): routing tests
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> str:
-        app = web.Application()
+        app = web.Application(middlewares=[self._count])
         self._api_routes(app)
         app.router.add_get("/admin/faults", self._admin_faults_get)
         app.router.add_post("/admin/faults", self._admin_faults_post)
@@ -105,6 +107,12 @@ class AcquirerServer:
         app.router.add_post("/v1/payments", self._pay)
         app.router.add_get("/v1/payments/{payment_id}", self._get)
         app.router.add_post("/v1/payments/{payment_id}/reverse", self._reverse)
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/admin/"):
+            self.api_requests += 1
+        return await handler(request)
 
     async def stop(self) -> None:
         self._stopping.set()

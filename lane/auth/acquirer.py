@@ -16,10 +16,12 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self
 from urllib.parse import quote
 
 import aiohttp
+
+from lane.auth.network_config import Network
 
 log = logging.getLogger("lane.auth.acquirer")
 
@@ -94,6 +96,26 @@ class Acquirer(Protocol):
     async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult: ...
 
     def reverse_rule(self, payment_id: str) -> ReverseRule: ...
+
+    def network_for(self, code: str) -> Network:
+        """The network that takes this code: recorded with the intent, before paying."""
+        ...
+
+    def remember(self, payment_id: str, network: Network) -> None:
+        """A previous run recorded that `network` took this payment: ask only it about it."""
+        ...
+
+
+class OneNetwork:
+    """What a client of a single network answers about routing: every code goes to it."""
+
+    network: ClassVar[Network]
+
+    def network_for(self, code: str) -> Network:
+        return self.network
+
+    def remember(self, payment_id: str, network: Network) -> None:
+        """Nothing to remember: this client asks its one network whatever was recorded."""
 
 
 class AcquirerError(Exception):
@@ -181,8 +203,10 @@ class HttpClient:
         return answer
 
 
-class AcquirerClient(HttpClient):
+class AcquirerClient(HttpClient, OneNetwork):
     """Our acquirer API at one endpoint."""
+
+    network = "acquirer"
 
     def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None) -> None:
         super().__init__(session)

@@ -22,6 +22,7 @@ from lane.auth.acquirer import (
     AcquirerProtocolError,
     AcquirerResult,
     HttpClient,
+    OneNetwork,
     PayRequest,
     ReverseRule,
 )
@@ -36,8 +37,10 @@ def out_trade_no(payment_id: str) -> str:
     return payment_id
 
 
-class AlipayClient(HttpClient):
+class AlipayClient(HttpClient, OneNetwork):
     """One merchant app on one Alipay gateway. Pass a shared `session` or let it own one."""
+
+    network = "alipay"
 
     def __init__(
         self,

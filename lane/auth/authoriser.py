@@ -213,6 +213,7 @@ class Authoriser:
             amount_minor=req.amount_minor,
             currency=req.currency,
             method=req.kind,
+            network=self._online.network_for(code.wire),
         )
         if not created:  # paid (or tried) before: never a second charge for one authorisation
             log.warning("authorisation repeated", extra={"auth_id": req.auth_id})

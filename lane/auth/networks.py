@@ -2,10 +2,13 @@
 
 `NetworkRouter` is itself an `Acquirer`: the authoriser and the resolver do not know there is
 more than one. A pay call is routed by the code's kind (`scanner.payload.classify`); the router
-remembers where each payment went, so its query and reversal go there too. After a restart it
-no longer knows: it asks each network in turn and uses the one that knows the payment; a
-payment nobody knows is voided on every network (a pay request still on its way to any of them
-is then refused, where the network supports it; the daily reconciliation finds the rest).
+remembers where each payment went, so its query and reversal go there too. The authoriser
+records that network (`network_for`) with the intent to pay, and after a restart the resolver
+hands it back (`remember`) before it queries or reverses. A payment without one (written
+before payments.sqlite3 v2, or by a network no longer configured) is looked for on each
+network in turn; one nobody knows is voided on every network (a pay request still on its way
+to any of them is then refused, where the network supports it; the daily reconciliation finds
+the rest).
 
 `NetworkKeys.load` reads the routed networks' keys once, at start, from files with permission
 checks (`netkeys.read_secret`), never from the config text; `build_acquirer` makes the lane's
@@ -31,6 +34,7 @@ from lane.auth.acquirer import (
     AcquirerProtocolError,
     AcquirerResult,
     AcquirerUnavailable,
+    OneNetwork,
     PaymentStatus,
     PayRequest,
     ReverseRule,
@@ -58,10 +62,11 @@ class AuthSection(Protocol):
     def wechatpay(self) -> WeChatPaySection | None: ...
 
 
-class NoAcquirer:
+class NoAcquirer(OneNetwork):
     """The acquirer port of a lane configured without one: every call is unavailable at once,
     so every online code follows the offline policy, as it would in an acquirer outage."""
 
+    network = "acquirer"
     reason = "no acquirer configured"
 
     def reverse_rule(self, payment_id: str) -> ReverseRule:
@@ -91,16 +96,34 @@ def code_kind(code: str) -> CodeKind:
 
 
 class NetworkRouter:
-    def __init__(self, routes: Mapping[CodeKind, Acquirer]) -> None:
+    """`networks` by name, and which of them takes each kind of code (`[auth.routes]`)."""
+
+    def __init__(
+        self, networks: Mapping[Network, Acquirer], routes: Mapping[CodeKind, Network]
+    ) -> None:
+        self._networks = dict(networks)
         self._routes = dict(routes)
-        self._networks = list({id(a): a for a in routes.values()}.values())
-        self._where: dict[str, Acquirer] = {}  # payment_id -> the network that has it
+        self._where: dict[str, Network] = {}  # payment_id -> the network that has it
+
+    def network_for(self, code: str) -> Network:
+        return self._routes[code_kind(code)]
+
+    def remember(self, payment_id: str, network: Network) -> None:
+        if self._where.get(payment_id) == network:
+            return
+        self._where[payment_id] = network
+        if network not in self._networks:  # the config changed since: look everywhere
+            log.warning(
+                "payment recorded for %s, which is not configured: asking each network",
+                NETWORK_NAMES[network],
+                extra={"payment_id": payment_id, "network": network},
+            )
 
     def reverse_rule(self, payment_id: str) -> ReverseRule:
-        network = self._where.get(payment_id)
+        network = self._known(payment_id)
         if network is not None:
             return network.reverse_rule(payment_id)
-        rules = [n.reverse_rule(payment_id) for n in self._networks]  # unknown: the strictest
+        rules = [n.reverse_rule(payment_id) for n in self._networks.values()]  # the strictest
         graces = [r.pending_grace_s for r in rules if r.pending_grace_s is not None]
         return ReverseRule(
             min_age_s=max(r.min_age_s for r in rules),
@@ -108,12 +131,12 @@ class NetworkRouter:
         )
 
     async def pay(self, request: PayRequest, timeout_s: float) -> AcquirerResult:
-        network = self._routes[code_kind(request.code)]
-        self._where[request.payment_id] = network
-        return await network.pay(request, timeout_s)
+        name = self.network_for(request.code)
+        self._where[request.payment_id] = name
+        return await self._networks[name].pay(request, timeout_s)
 
     async def query(self, payment_id: str, timeout_s: float) -> AcquirerResult:
-        network = self._where.get(payment_id)
+        network = self._known(payment_id)
         if network is not None:
             return await network.query(payment_id, timeout_s)
         found = await self._find(payment_id, timeout_s)
@@ -122,22 +145,27 @@ class NetworkRouter:
         return found[1]
 
     async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
-        network = self._where.get(payment_id)
+        network = self._known(payment_id)
         if network is None:
             found = await self._find(payment_id, timeout_s)
             if found is None:  # nobody has it: void it everywhere
-                results = [await n.reverse(payment_id, timeout_s) for n in self._networks]
+                networks = self._networks.values()
+                results = [await n.reverse(payment_id, timeout_s) for n in networks]
                 return results[0]
             network = found[0]
         return await network.reverse(payment_id, timeout_s)
 
+    def _known(self, payment_id: str) -> Acquirer | None:
+        name = self._where.get(payment_id)
+        return None if name is None else self._networks.get(name)
+
     async def _find(
         self, payment_id: str, timeout_s: float
     ) -> tuple[Acquirer, AcquirerResult] | None:
-        for network in self._networks:
+        for name, network in self._networks.items():
             answer = await network.query(payment_id, timeout_s)
             if answer.status is not PaymentStatus.NOT_FOUND:
-                self._where[payment_id] = network
+                self._where[payment_id] = name
                 return network, answer
         return None
 
@@ -169,6 +197,12 @@ class WatchedAcquirer:
 
     def reverse_rule(self, payment_id: str) -> ReverseRule:
         return self._inner.reverse_rule(payment_id)
+
+    def network_for(self, code: str) -> Network:
+        return self._inner.network_for(code)
+
+    def remember(self, payment_id: str, network: Network) -> None:
+        self._inner.remember(payment_id, network)
 
     async def pay(self, request: PayRequest, timeout_s: float) -> AcquirerResult:
         return await self._watch(self._inner.pay(request, timeout_s))
@@ -252,15 +286,17 @@ def build_acquirer(
         return made[name]
 
     r = auth.routes
-    routes: dict[CodeKind, Acquirer] = {
-        "alipay": network(r.alipay),
-        "wechat": network(r.wechat),
-        "unionpay": network(r.unionpay),
-        "emv": network(r.emv),
+    routes: dict[CodeKind, Network] = {
+        "alipay": r.alipay,
+        "wechat": r.wechat,
+        "unionpay": r.unionpay,
+        "emv": r.emv,
     }
+    for name in routes.values():
+        network(name)
     if len(made) == 1:
         return next(iter(made.values()))
-    return NetworkRouter(routes)
+    return NetworkRouter(made, routes)
 
 
 def _make(

@@ -8,7 +8,13 @@ allowed moves between them live in `TRANSITIONS`; an illegal move raises and cha
     intent --pay DECLINED---> declined                                    (final)
     intent | charged --lane gave up / crashed--> given_up --resolver--> reversed | declined
 
+Each payment carries the network that was asked to take it, written with the intent (the same
+transaction), so the lane never has a payment in doubt without knowing whom to ask about it.
+Rows from before schema v2 have none (NULL): they are looked for on every network.
+
 Synchronous on purpose: the resolver calls it from one worker thread, tests call it directly.
+The schema is versioned with PRAGMA user_version; `MIGRATIONS[i]` takes a file from version i
+to i + 1, and a file of a newer version is refused before anything is written to it.
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import get_args
 
-from lane.auth.replay import immediate
-
-SCHEMA_VERSION = 1
+from lane.auth.network_config import Network
+from lane.auth.replay import Migration, ReplayStoreError, immediate, migrate, refuse_newer
 
 
 class PaymentState(StrEnum):
@@ -47,23 +53,41 @@ TRANSITIONS: dict[PaymentState, frozenset[PaymentState]] = {
 FINAL = frozenset({S.SETTLED, S.REVERSED, S.DECLINED})
 OPEN = frozenset({S.INTENT, S.CHARGED})  # the lane may still record or abandon these
 
-_SCHEMA = f"""
-CREATE TABLE payments (
-    payment_id   TEXT PRIMARY KEY,
-    auth_id      TEXT NOT NULL,
-    lane         TEXT NOT NULL,
-    amount_minor INTEGER NOT NULL CHECK (amount_minor >= 0),
-    currency     TEXT NOT NULL,
-    method       TEXT NOT NULL,
-    state        TEXT NOT NULL CHECK (state IN ({", ".join(repr(s.value) for s in S)})),
-    acquirer_ref TEXT,
-    reason       TEXT,
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    created_ms   INTEGER NOT NULL,
-    updated_ms   INTEGER NOT NULL
-);
-CREATE INDEX payments_by_state ON payments (state);
-"""
+
+# Each step is spelled out as its release wrote it: a later state or network is a new step
+# (a file's CHECKs are those of the steps it went through).
+def _create_v1(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE payments ("
+        " payment_id   TEXT PRIMARY KEY,"
+        " auth_id      TEXT NOT NULL,"
+        " lane         TEXT NOT NULL,"
+        " amount_minor INTEGER NOT NULL CHECK (amount_minor >= 0),"
+        " currency     TEXT NOT NULL,"
+        " method       TEXT NOT NULL,"
+        " state        TEXT NOT NULL CHECK (state IN ('intent', 'charged', 'given_up',"
+        " 'reversed', 'declined', 'settled')),"
+        " acquirer_ref TEXT,"
+        " reason       TEXT,"
+        " attempts     INTEGER NOT NULL DEFAULT 0,"
+        " created_ms   INTEGER NOT NULL,"
+        " updated_ms   INTEGER NOT NULL"
+        ")"
+    )
+    conn.execute("CREATE INDEX payments_by_state ON payments (state)")
+
+
+def _add_network_v2(conn: sqlite3.Connection) -> None:
+    # The rows already there get NULL: network unknown, each is asked (as v1 lanes did).
+    conn.execute(
+        "ALTER TABLE payments ADD COLUMN network TEXT"
+        " CHECK (network IN ('acquirer', 'alipay', 'wechatpay'))"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_network_v2)
+SCHEMA_VERSION = len(MIGRATIONS)
+NETWORKS: tuple[Network, ...] = get_args(Network)
 
 
 class StoreError(Exception):
@@ -96,6 +120,7 @@ class PaymentRow:
     attempts: int
     created_ms: int
     updated_ms: int
+    network: Network | None  # None: written before the lane recorded it (schema v1)
 
 
 class ResolutionStore:
@@ -104,23 +129,17 @@ class ResolutionStore:
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open resolution store {self.path}: {exc}") from exc
+        try:
+            refuse_newer(self._db, SCHEMA_VERSION, str(self.path))  # before WAL changes the file
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._migrate()
-        except sqlite3.Error as exc:
+            migrate(self._db, MIGRATIONS, str(self.path))
+        except (sqlite3.Error, ReplayStoreError) as exc:
+            self._db.close()
             raise StoreError(f"cannot open resolution store {self.path}: {exc}") from exc
-
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            self._db.executescript(
-                f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            )
-        elif version != SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema version {version}; this lane knows {SCHEMA_VERSION}"
-            )
 
     def close(self) -> None:
         with self._lock:
@@ -135,16 +154,18 @@ class ResolutionStore:
         amount_minor: int,
         currency: str,
         method: str,
+        network: Network,
         now_ms: int,
     ) -> tuple[PaymentRow, bool]:
-        """Commit the intent to pay; (row, True) when new, (existing row, False) when not."""
+        """Commit the intent to pay on `network`; (row, True) when new, (existing row, False)
+        when not."""
         with self._tx():
             row = self._get(payment_id)
             if row is not None:
                 return row, False
             self._db.execute(
                 "INSERT INTO payments (payment_id, auth_id, lane, amount_minor, currency, method,"
-                " state, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " network, state, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     payment_id,
                     auth_id,
@@ -152,6 +173,7 @@ class ResolutionStore:
                     amount_minor,
                     currency,
                     method,
+                    network,
                     S.INTENT,
                     now_ms,
                     now_ms,
@@ -242,4 +264,12 @@ def _row(r: sqlite3.Row) -> PaymentRow:
         attempts=r["attempts"],
         created_ms=r["created_ms"],
         updated_ms=r["updated_ms"],
+        network=_network(r["network"]),
     )
+
+
+def _network(stored: str | None) -> Network | None:
+    for name in NETWORKS:  # the schema's CHECK admits only these: the match is the typed name
+        if stored == name:
+            return name
+    return None

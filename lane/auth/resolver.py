@@ -7,7 +7,8 @@ A background worker resolves given-up payments: it queries the acquirer and reve
 succeeded, is still pending after a grace period, or is unknown to the acquirer (a reversal of
 an unknown id voids it, so a pay request still on its way is refused when it lands). While the
 acquirer is unreachable it retries with backoff; the work survives restarts because it is in
-SQLite, and on start every intent left open by a previous run is given up and resolved.
+SQLite, and on start every intent left open by a previous run is given up and resolved. Each
+payment's network is recorded with its intent: a later run asks that network alone about it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lane.auth.acquirer import (
     AcquirerUnavailable,
     PaymentStatus,
 )
+from lane.auth.network_config import Network
 from lane.auth.resolution_store import (
     FINAL,
     OPEN,
@@ -115,8 +117,9 @@ class Resolver:
         amount_minor: int,
         currency: str,
         method: str,
+        network: Network,
     ) -> tuple[PaymentRow, bool]:
-        """Commit the intent to pay; returns (row, created). Pay only when created."""
+        """Commit the intent to pay on `network`; returns (row, created). Pay only when created."""
         row, created = await self._db(
             self._store.begin,
             payment_id,
@@ -125,6 +128,7 @@ class Resolver:
             amount_minor=amount_minor,
             currency=currency,
             method=method,
+            network=network,
             now_ms=self._now_ms(),
         )
         if created:
@@ -272,6 +276,8 @@ class Resolver:
 
     async def _resolve(self, row: PaymentRow) -> bool:
         """One step towards a final state; True when the payment is resolved."""
+        if row.network is not None:  # the router forgets with a restart; the store does not
+            self._client.remember(row.payment_id, row.network)
         answer = await self._client.query(row.payment_id, self._timeout_s)
         if answer.status is PaymentStatus.DECLINED:
             await self._move(row.payment_id, PaymentState.DECLINED, reason=answer.reason)
@@ -339,4 +345,5 @@ def _x(row: PaymentRow) -> dict[str, Any]:
         "lane": row.lane,
         "amount_minor": row.amount_minor,
         "state": row.state.value,
+        "network": row.network,
     }

@@ -29,6 +29,7 @@ from lane.auth.acquirer import (
     AcquirerResult,
     HttpAnswer,
     HttpClient,
+    OneNetwork,
     PayRequest,
     ReverseRule,
 )
@@ -40,8 +41,10 @@ log = logging.getLogger("lane.auth.wechatpay")
 DOCUMENTED_REVERSE_DELAY_S = 15.0
 
 
-class WeChatPayClient(HttpClient):
+class WeChatPayClient(HttpClient, OneNetwork):
     """One merchant (mchid, appid) on one API v3 endpoint."""
+
+    network = "wechatpay"
 
     def __init__(
         self,

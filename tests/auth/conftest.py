@@ -101,20 +101,27 @@ class NetLane:
         return [p["payment_id"] for p in self.fake.payments() if p["charged"] and not p["reversed"]]
 
 
-NetLaneFactory = Callable[[Acquirer, AcquirerServer], AbstractAsyncContextManager[NetLane]]
+NetLaneFactory = Callable[..., AbstractAsyncContextManager[NetLane]]
 
 
 @pytest.fixture
 def net_lane(tmp_path: Path) -> NetLaneFactory:
+    """`net_lane(client, fake, store=, resolving=)`: `store` is the payments file (a new one
+    by default); `resolving=False` leaves the resolver unstarted, as a lane that dies before
+    it resolves anything."""
+
     @contextlib.asynccontextmanager
-    async def make(client: Acquirer, fake: AcquirerServer) -> AsyncIterator[NetLane]:
+    async def make(
+        client: Acquirer, fake: AcquirerServer, *, store: Path | None = None, resolving: bool = True
+    ) -> AsyncIterator[NetLane]:
         resolver = Resolver(
-            ResolutionStore(tmp_path / f"resolve-{uuid.uuid4().hex[:6]}.db"),
+            ResolutionStore(store or tmp_path / f"resolve-{uuid.uuid4().hex[:6]}.db"),
             client,
             backoff=Backoff(initial_s=0.01, max_s=0.05),
             request_timeout_s=0.5,
         )
-        await resolver.start()
+        if resolving:
+            await resolver.start()
         auth = Authoriser(
             "p07/l03",
             client,

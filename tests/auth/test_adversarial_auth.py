@@ -280,6 +280,7 @@ def test_the_payment_book_never_goes_from_settled_to_reversed_or_back() -> None:
 def test_begin_twice_never_pays_twice_and_moves_are_checked(tmp_path: Path) -> None:
     store = ResolutionStore(tmp_path / "book.db")
     kw = {"auth_id": "a", "lane": "p/l", "amount_minor": 0, "currency": "CNY", "method": "emv"}
+    kw["network"] = "acquirer"
     _, first = store.begin("pay_1", now_ms=1, **kw)  # type: ignore[arg-type]
     _, second = store.begin("pay_1", now_ms=2, **kw)  # type: ignore[arg-type]
     assert (first, second) == (True, False)

@@ -3,9 +3,11 @@ config and the key files' permission checks."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from polling import eventually
 
 from lane.auth import netkeys
 from lane.auth.acquirer import (
@@ -23,7 +26,9 @@ from lane.auth.acquirer import (
     PaymentStatus,
     PayRequest,
 )
+from lane.auth.network_config import Network
 from lane.auth.networks import (
+    CodeKind,
     NetworkKeys,
     NetworkRouter,
     NoAcquirer,
@@ -32,7 +37,7 @@ from lane.auth.networks import (
     code_kind,
 )
 from lane.auth.paycodes import online_code
-from lane.auth.resolver import PaymentState
+from lane.auth.resolver import PaymentState, ResolutionStore
 from lane.checks import check_config
 from lane.config import ConfigError, parse_config
 from scanner.payload import PaymentCodePayload, UnknownPayload, classify
@@ -103,15 +108,22 @@ def three_networks(alipay_gateway: Any, wechat_gateway: Any) -> Any:
     return make
 
 
+ROUTES: dict[CodeKind, Network] = {
+    "alipay": "alipay",
+    "wechat": "wechatpay",
+    "unionpay": "acquirer",
+    "emv": "acquirer",
+}
+
+
 def router(env: dict[str, Any]) -> NetworkRouter:
-    return NetworkRouter(
-        {
-            "alipay": env["alipay"],
-            "wechat": env["wechat"],
-            "unionpay": env["unionpay"],
-            "emv": env["unionpay"],
-        }
-    )
+    """Alipay is asked last about a payment it does not know: the other two first."""
+    networks: dict[Network, Any] = {
+        "acquirer": env["unionpay"],
+        "wechatpay": env["wechat"],
+        "alipay": env["alipay"],
+    }
+    return NetworkRouter(networks, ROUTES)
 
 
 async def test_each_code_goes_to_its_network(three_networks: Any, net_lane: Any) -> None:
@@ -176,6 +188,119 @@ async def test_resolver_reverses_through_the_router(three_networks: Any, net_lan
             assert decision.reason == "timeout"
             assert await lane.final(decision.payment_id) is PaymentState.REVERSED
             assert lane.charged_not_reversed() == []
+
+
+# -- which network took a payment, across restarts ---------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parents[1] / "ops" / "fixtures"
+
+
+async def test_the_network_is_on_disk_before_the_pay_request_leaves(
+    three_networks: Any, net_lane: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "payments.sqlite3"
+    async with three_networks() as env:
+        fake = env["fakes"]["alipay"]
+        fake.update_faults(hang_rate=1.0)
+        async with net_lane(router(env), fake, store=path, resolving=False) as lane:
+            paying = asyncio.create_task(lane.auth.authorise(lane.request(alipay(), budget_s=5)))
+            await eventually(lambda: fake.api_requests == 1, what="the pay request sent")
+            paying.cancel()  # the lane dies with the request on its way
+            with contextlib.suppress(asyncio.CancelledError):
+                await paying
+    (row,) = ResolutionStore(path).in_states(set(PaymentState))  # what the next run finds
+    assert (row.state, row.network) == (PaymentState.INTENT, "alipay")
+
+
+async def test_a_restarted_lane_asks_only_the_network_that_took_the_payment(
+    three_networks: Any, net_lane: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "payments.sqlite3"
+    async with three_networks() as env:
+        fakes = env["fakes"]
+        fakes["alipay"].update_faults(late_success_rate=1.0, late_success_ms=1)
+        async with net_lane(router(env), fakes["alipay"], store=path, resolving=False) as lane:
+            decision = await lane.auth.authorise(lane.request(alipay(), budget_s=0.2))
+        pid = decision.payment_id
+        assert decision.reason == "timeout" and pid is not None  # in doubt; then the lane dies
+
+        def charged() -> bool:
+            payment = fakes["alipay"].payment(pid)
+            return payment is not None and payment.charged
+
+        await eventually(charged, what="the late success")
+        asked = {kind: fake.api_requests for kind, fake in fakes.items()}
+
+        # A new process: a new router that knows nothing, a new store on the same file.
+        async with net_lane(router(env), fakes["alipay"], store=path) as again:
+            assert await again.final(pid) is PaymentState.REVERSED
+        assert fakes["alipay"].payment(pid).status == "REVERSED"  # alipay.trade.cancel
+        # One query and one cancel, to Alipay alone (the router would ask the others first).
+        after = {kind: fake.api_requests - asked[kind] for kind, fake in fakes.items()}
+        assert after == {"unionpay": 0, "wechat": 0, "alipay": 2}
+
+
+async def test_a_payment_its_network_never_saw_is_voided_there_alone(
+    three_networks: Any, net_lane: Any, tmp_path: Path
+) -> None:
+    """The pay request was lost on its way to WeChat Pay: the next run voids it there, by WeChat
+    Pay's rules, and leaves the other networks alone (a v1 row was voided on all three)."""
+    path = tmp_path / "payments.sqlite3"
+    pid = "pay_" + "7" * 32
+    async with three_networks() as env:
+        fakes = env["fakes"]
+        async with net_lane(router(env), fakes["wechat"], store=path, resolving=False) as lane:
+            _, created = await lane.resolver.begin(
+                pid,
+                auth_id="auth-lost",
+                lane=lane.lane,
+                amount_minor=450,
+                currency="CNY",
+                method="payment_code",
+                network="wechatpay",
+            )
+            assert created  # and the lane dies before its pay request arrives
+        async with net_lane(router(env), fakes["wechat"], store=path) as again:
+            assert await again.final(pid) is PaymentState.REVERSED
+        assert fakes["wechat"].payment("7" * 32).status == "REVERSED"
+        assert fakes["unionpay"].api_requests == fakes["alipay"].api_requests == 0
+
+
+async def test_a_payment_of_a_v1_file_is_looked_for_on_each_network(
+    three_networks: Any, net_lane: Any, tmp_path: Path
+) -> None:
+    """Rows from before the network was recorded keep the old behaviour: ask each network (and
+    void what nobody knows on all of them)."""
+    path = tmp_path / "payments.sqlite3"
+    shutil.copy(FIXTURES / "payments_v1.sqlite", path)
+    in_doubt = ["pay_" + f"{n:032x}" for n in (1, 2)]  # left open by a crash; given up
+    async with three_networks() as env:
+        fakes = env["fakes"]
+        async with net_lane(router(env), fakes["unionpay"], store=path) as lane:
+            for pid in in_doubt:
+                assert await lane.final(pid) is PaymentState.REVERSED
+        for pid in in_doubt:
+            assert fakes["unionpay"].payment(pid).status == "REVERSED"
+            assert fakes["alipay"].payment(pid).status == "REVERSED"
+            assert fakes["wechat"].payment(pid.removeprefix("pay_")).status == "REVERSED"
+
+
+async def test_a_payment_of_a_network_no_longer_routed_is_looked_for_on_each(
+    three_networks: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with three_networks() as env:
+        pid = "pay_" + "5" * 32
+        paid = await env["alipay"].pay(PayRequest(pid, alipay(), 300, "CNY", "p07/l03"), 1.0)
+        assert paid.status is PaymentStatus.SUCCEEDED
+        # The lane was reconfigured: WeChat codes go to the acquirer, WeChat Pay is gone.
+        r = NetworkRouter(
+            {"acquirer": env["unionpay"], "alipay": env["alipay"]}, {**ROUTES, "wechat": "acquirer"}
+        )
+        with caplog.at_level(logging.WARNING):
+            r.remember(pid, "wechatpay")
+        assert "recorded for WeChat Pay, which is not configured" in caplog.text
+        assert (await r.query(pid, 1.0)).status is PaymentStatus.SUCCEEDED  # found on Alipay
+        assert (await r.reverse(pid, 1.0)).status is PaymentStatus.REVERSED
 
 
 # -- config, key files -------------------------------------------------------------------------
@@ -312,9 +437,10 @@ async def test_no_acquirer_configured_is_no_alarm(network_keys: Keys, tmp_path: 
     async with aiohttp.ClientSession() as session:
         built = build_acquirer(cfg, NetworkKeys.load(cfg), session, alarm=lambda c, m: None)
         assert isinstance(built, NetworkRouter)
-        routes = built._routes  # the wiring itself is what is under test
-        assert isinstance(routes["alipay"], WatchedAcquirer)
-        assert isinstance(routes["emv"], NoAcquirer)
+        networks = built._networks  # the wiring itself is what is under test
+        assert isinstance(networks["alipay"], WatchedAcquirer)
+        assert isinstance(networks["acquirer"], NoAcquirer)
+        assert built.network_for(unionpay()) == "acquirer"
 
 
 async def test_no_acquirer_is_unavailable_at_once_so_codes_follow_the_offline_policy() -> None:

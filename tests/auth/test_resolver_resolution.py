@@ -45,11 +45,21 @@ async def resolver(tmp_path: Path, client: AcquirerClient) -> AsyncIterator[Reso
     await r.stop()
 
 
-async def begin_and_pay(resolver: Resolver, client: AcquirerClient, pid: str) -> PaymentStatus:
+async def begin(resolver: Resolver, pid: str) -> None:
     _, created = await resolver.begin(
-        pid, auth_id="a-" + pid, lane="p01/l01", amount_minor=450, currency="CNY", method="emv"
+        pid,
+        auth_id="a-" + pid,
+        lane="p01/l01",
+        amount_minor=450,
+        currency="CNY",
+        method="emv",
+        network="acquirer",
     )
     assert created
+
+
+async def begin_and_pay(resolver: Resolver, client: AcquirerClient, pid: str) -> PaymentStatus:
+    await begin(resolver, pid)
     result = await client.pay(PayRequest(pid, str(next(_codes)), 450, "CNY", "p01/l01"), 0.5)
     return result.status
 
@@ -186,9 +196,7 @@ async def test_pending_too_long_is_voided(
 async def test_unknown_to_the_acquirer_is_voided(
     acquirer: AcquirerServer, client: AcquirerClient, resolver: Resolver
 ) -> None:
-    await resolver.begin(
-        "pay_lost", auth_id="a", lane="l", amount_minor=1, currency="CNY", method="emv"
-    )
+    await begin(resolver, "pay_lost")
     resolver.give_up("pay_lost", "acquirer_unavailable")
     assert await final(resolver, "pay_lost") is S.REVERSED
     # The void refuses a pay request that was still on its way.

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from lane.auth.network_config import Network
 from lane.auth.resolution_store import (
     FINAL,
+    NETWORKS,
     SCHEMA_VERSION,
     TRANSITIONS,
     IllegalTransition,
+    PaymentRow,
     PaymentState,
     ResolutionStore,
     StoreError,
@@ -21,14 +25,17 @@ from lane.auth.resolution_store import (
 S = PaymentState
 
 
-def begin(store: ResolutionStore, pid: str = "pay_1", now_ms: int = 1000) -> None:
-    store.begin(
+def begin(
+    store: ResolutionStore, pid: str = "pay_1", now_ms: int = 1000, network: Network = "acquirer"
+) -> tuple[PaymentRow, bool]:
+    return store.begin(
         pid,
         auth_id=f"auth-{pid}",
         lane="p01/l01",
         amount_minor=450,
         currency="CNY",
         method="payment_code",
+        network=network,
         now_ms=now_ms,
     )
 
@@ -50,21 +57,44 @@ def test_intent_survives_reopening(tmp_path: Path) -> None:
     again.close()
 
 
+def test_the_network_is_written_with_the_intent(tmp_path: Path) -> None:
+    path = tmp_path / "resolve.db"
+    store = ResolutionStore(path)
+    begin(store, "pay_ali", network="alipay")
+    # No close: what a crash right after the pay request leaves, read by the next run.
+    row = ResolutionStore(path).get("pay_ali")
+    assert row is not None and (row.state, row.network) == (S.INTENT, "alipay")
+    store.close()
+
+
+def test_an_intent_without_a_known_network_is_never_written(tmp_path: Path) -> None:
+    store = ResolutionStore(tmp_path / "r.db")
+    with pytest.raises(StoreError, match="CHECK constraint"):
+        begin(store, "pay_x", network="visa")  # type: ignore[arg-type]
+    assert store.get("pay_x") is None
+    store.close()
+
+
+def test_every_state_and_network_fits_the_schema(tmp_path: Path) -> None:
+    """A state or network added to the code needs a schema step that admits it."""
+    path = tmp_path / "r.db"
+    store = ResolutionStore(path)
+    for network in NETWORKS:
+        begin(store, network, network=network)
+    assert {r.network for r in store.in_states({S.INTENT})} == set(NETWORKS)
+    with sqlite3.connect(path) as db:
+        for state in PaymentState:
+            db.execute("UPDATE payments SET state = ?", (state.value,))
+    store.close()
+
+
 def test_begin_is_idempotent(tmp_path: Path) -> None:
     store = ResolutionStore(tmp_path / "r.db")
     begin(store)
     store.move("pay_1", S.CHARGED, 2000, acquirer_ref="acq-1")
-    row, created = store.begin(
-        "pay_1",
-        auth_id="auth-pay_1",
-        lane="p01/l01",
-        amount_minor=450,
-        currency="CNY",
-        method="payment_code",
-        now_ms=3000,
-    )
+    row, created = begin(store, "pay_1", now_ms=3000, network="wechatpay")
     assert not created
-    assert (row.state, row.acquirer_ref) == (S.CHARGED, "acq-1")
+    assert (row.state, row.acquirer_ref, row.network) == (S.CHARGED, "acq-1", "acquirer")
 
 
 def test_happy_path_and_illegal_moves(tmp_path: Path) -> None:
@@ -118,7 +148,9 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(StoreError, match="schema version"):
+    with pytest.raises(
+        StoreError, match=re.escape(f"{path}: schema version {SCHEMA_VERSION + 1} is newer")
+    ):
         ResolutionStore(path)
 
 
@@ -139,6 +171,7 @@ def test_negative_amount_is_refused_by_the_schema(tmp_path: Path) -> None:
             amount_minor=-1,
             currency="CNY",
             method="emv",
+            network="acquirer",
             now_ms=1,
         )
     assert store.get("p") is None

@@ -1,16 +1,19 @@
 """Upgrades: files written by an earlier release are opened, migrated and used as they are;
 files of a newer release are refused and left untouched.
 
-The fixtures (queue_v1.sqlite, replay_v1.sqlite) were written by fixtures/make_fixtures.py,
-which spells out the v1 layout without importing the lane, and are committed as files.
+The fixtures (queue_v*.sqlite, replay_v1.sqlite, payments_v1.sqlite) were written by
+fixtures/make_fixtures.py, which spells out each old layout without importing the lane, and are
+committed as files.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,8 @@ from polling import eventually
 
 from lane.auth.replay import MIGRATED_KEEP_S, ReplayStore, ReplayStoreError
 from lane.auth.replay import MIGRATIONS as REPLAY_MIGRATIONS
+from lane.auth.resolution_store import SCHEMA_VERSION as PAYMENTS_VERSION
+from lane.auth.resolution_store import PaymentState, ResolutionStore, StoreError
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
 from sim.broker import Mosquitto
@@ -159,16 +164,70 @@ def test_a_replay_store_of_a_newer_release_is_refused_untouched(tmp_path: Path) 
     assert digest(path) == before
 
 
-@pytest.mark.parametrize("fixture", ["queue_v1.sqlite", "replay_v1.sqlite"])
+OPENERS: dict[str, Callable[[Path], object]] = {
+    "queue_v1.sqlite": lambda path: RecordQueue(path, LANE, 10**8),
+    "replay_v1.sqlite": ReplayStore,
+    "payments_v1.sqlite": ResolutionStore,
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(OPENERS))
 def test_a_newer_file_in_rollback_mode_is_refused_untouched(fixture: str, tmp_path: Path) -> None:
     path = newer_copy(fixture, tmp_path, journal="delete")
     before = digest(path)
-    with pytest.raises((QueueError, ReplayStoreError)):
-        if fixture.startswith("queue"):
-            RecordQueue(path, LANE, 10**8)
-        else:
-            ReplayStore(path)
+    with pytest.raises((QueueError, ReplayStoreError, StoreError)):
+        OPENERS[fixture](path)
     assert digest(path) == before
+
+
+def payment_rows(path: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return db.execute(
+            "SELECT payment_id, auth_id, lane, amount_minor, currency, method, state,"
+            " acquirer_ref, reason, attempts, created_ms, updated_ms FROM payments"
+            " ORDER BY payment_id"
+        ).fetchall()
+
+
+def test_a_v1_payments_file_is_upgraded_in_place_and_keeps_its_payments(tmp_path: Path) -> None:
+    path = tmp_path / "payments.sqlite3"
+    shutil.copy(FIXTURES / "payments_v1.sqlite", path)
+    before = payment_rows(path)
+    assert user_version(path) == 1 and len(before) == 4
+
+    store = ResolutionStore(path)
+    assert user_version(path) == PAYMENTS_VERSION == 2
+    assert payment_rows(path) == before  # every column as it was
+    rows = store.in_states(set(PaymentState))
+    assert [r.state for r in rows] == ["intent", "given_up", "settled", "declined"]
+    assert {r.network for r in rows} == {None}  # unknown: each network is asked about them
+    assert (rows[1].attempts, rows[1].reason) == (2, "acquirer unavailable")
+    _, created = store.begin(
+        "pay_new",
+        auth_id="auth-new",
+        lane=LANE,
+        amount_minor=450,
+        currency="CNY",
+        method="payment_code",
+        network="wechatpay",
+        now_ms=1,
+    )
+    assert created
+    store.close()
+    again = ResolutionStore(path)  # opening an upgraded file changes nothing more
+    new = again.get("pay_new")
+    assert new is not None and new.network == "wechatpay"
+    assert payment_rows(path)[: len(before)] == before
+    again.close()
+
+
+def test_a_payments_file_of_a_newer_release_is_refused_untouched(tmp_path: Path) -> None:
+    path = newer_copy("payments_v1.sqlite", tmp_path)
+    before = digest(path)
+    with pytest.raises(StoreError, match=re.escape(f"{path}: schema version 99 is newer")):
+        ResolutionStore(path)
+    assert digest(path) == before
+    assert not path.with_name(path.name + "-wal").exists()
 
 
 def test_a_v2_queue_gets_its_identity_and_keeps_its_records_and_payments(tmp_path: Path) -> None:
