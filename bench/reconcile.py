@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from lane.auth import bills
@@ -65,11 +66,7 @@ def main(argv: list[str]) -> None:
             payment_id=pid,
         )
         record = Record(f"r{i}", lane, i + 1, ts_us, draft)
-        stored.append(
-            IngestRecord(
-                record.record_id, lane, record.seq, ts_us, "toll", amount, "CNY", record.encode()
-            )
-        )
+        stored.append(IngestRecord.of(record, record.encode()))
     ali_zip = alipay_bill_zip(DATE, ali_rows)
     wx_text = wechat_bill_text("1900000100", "wx1", wx_rows)
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,16 +77,7 @@ def main(argv: list[str]) -> None:
         for lane, batch in by_lane.items():
             batch.sort(key=lambda r: r.seq)
             for j, rec in enumerate(batch):  # the ingest wants each lane's seqs 1, 2, 3, ...
-                batch[j] = IngestRecord(
-                    rec.record_id,
-                    lane,
-                    j + 1,
-                    rec.ts_us,
-                    rec.kind,
-                    rec.amount_minor,
-                    rec.currency,
-                    rec.data,
-                )
+                batch[j] = replace(rec, seq=j + 1)
             store.store_batch(lane, QueueIdentity("bench"), batch, 0)
         t0 = time.perf_counter()
         blobs = store.records_between(day.start_us - day.margin_us, day.end_us + day.margin_us)

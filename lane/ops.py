@@ -74,6 +74,9 @@ class LaneOps:
         self.disk: tuple[bool, int | None] = (False, None)  # data dir writable, bytes free
         self.loop_lag_s: float | None = None
         self.address: tuple[str, int] | None = None  # where the HTTP endpoint listens
+        # Set once the endpoint listens, could not be bound, or is not configured (`address`
+        # then says which): a supervisor told the address learns it only after that.
+        self.http_settled = asyncio.Event()
         self._site: web.AppRunner | None = None
 
     # --- hooks the daemon calls ---------------------------------------------------------------
@@ -145,6 +148,7 @@ class LaneOps:
         cfg = self.daemon.config.metrics
         if cfg.port is not None:
             await self.start_http(cfg.host, cfg.port)
+        self.http_settled.set()
         try:
             next_refresh = 0.0
             while True:

@@ -10,8 +10,11 @@ controller. What is in front of the camera is the simulator's world, set over th
 (sim/booth_wire.py) as the loops are set over the barrier device; the camera renders each
 frame here. All the rest goes over the lane's own topics (events, display, status, health).
 
-Prints "ready" on stdout once the lane is connected and the camera runs. On SIGTERM or SIGINT
-the lane stops as `lane run` does and the process exits 0.
+The lane serves its HTTP ops endpoints (/metrics, /healthz, /readyz: lane/ops.py) as `lane run`
+does, where its configuration's `[metrics]` section says (the simulator gives each booth a free
+port). Prints "ops http://HOST:PORT" (or "ops -" when not served) and then "ready" on stdout once
+the lane is connected and the camera runs. On SIGTERM or SIGINT the lane stops as `lane run`
+does and the process exits 0.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from sim.booth_wire import (
     control_topic,
     encode_frame,
     frame_topic,
+    ops_line,
 )
 from sim.camera import SyntheticCamera
 from sim.lane import STOP_GRACE_S, squeeze_queue
@@ -121,9 +125,10 @@ async def booth(config: LaneConfig, fps: float, size: tuple[int, int], seed: int
             await daemon.link.wait_connected()
             await daemon.uplink.wait_connected()
             await control.wait_connected()
+            await daemon.ops.http_settled.wait()
         # Stamped when handed over, as a camera driver stamps at capture (see sim/lane.py).
         camera.start(lambda frame, _rendered: source.put(frame, time.monotonic()))
-        print(READY, flush=True)
+        print(ops_line(daemon.ops.address), READY, sep="\n", flush=True)
         await lane_task
     finally:
         await asyncio.to_thread(camera.stop)

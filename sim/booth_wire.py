@@ -122,3 +122,18 @@ def decode_frame(payload: bytes) -> LatestFrame:
 
 
 READY = "ready"  # the line a booth prints on stdout once its lane is connected and its camera runs
+OPS = "ops "  # the line before it: where the lane's /metrics, /healthz, /readyz are served
+NOT_SERVED = "-"
+
+
+def ops_line(address: tuple[str, int] | None) -> str:
+    """The booth's ops line: its lane's HTTP endpoint (lane/ops.py), or that there is none."""
+    return OPS + (NOT_SERVED if address is None else f"http://{address[0]}:{address[1]}")
+
+
+def ops_url(line: str) -> str | None:
+    """The endpoint an ops line names (None: not served); ValueError for another line."""
+    if not line.startswith(OPS):
+        raise ValueError(f"not an ops line: {line!r}")
+    url = line.removeprefix(OPS)
+    return None if url == NOT_SERVED else url

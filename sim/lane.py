@@ -210,6 +210,7 @@ class SimLane:
         self.device: DeviceEmulator | None = None
         self.camera: LaneCamera | None = None
         self.daemon: LaneDaemon | None = None
+        self.ops_url: str | None = None  # its /metrics, /healthz, /readyz: only a booth's
         self.uplink: dict[str, Any] = {}
         self.backlog_max = 0
         self.started_at = time.monotonic()

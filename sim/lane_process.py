@@ -15,6 +15,11 @@ only:
 
 While the booth is down the lane shows the alarm `lane_offline`, which clears by itself once the
 restarted lane says it is up again.
+
+Each booth serves its lane's HTTP ops endpoints (/metrics, /healthz, /readyz) as `lane run`
+does, on a free port the simulator picks for its `[metrics]` section; the booth says where it
+listens on stdout (`ops http://...`), and that is the lane's `ops_url` (the dashboard's lane,
+the report) until the booth goes down.
 """
 
 from __future__ import annotations
@@ -34,8 +39,17 @@ from lane.wire import topics
 from lane.wire.codec import PayloadError, unpack
 from scanner.pipeline import LatestFrame
 from sim.booth import command
-from sim.booth_wire import READY, Control, ControlOp, control_topic, decode_frame, frame_topic
-from sim.broker import Mosquitto
+from sim.booth_wire import (
+    OPS,
+    READY,
+    Control,
+    ControlOp,
+    control_topic,
+    decode_frame,
+    frame_topic,
+    ops_url,
+)
+from sim.broker import Mosquitto, free_port
 from sim.lane import LaneHost, SimLane
 from sim.scene import Scene
 from sim.supervisor import Child, Supervisor
@@ -97,6 +111,13 @@ class ProcessLane(SimLane):
         self.link: MqttLink | None = None
         self._ready = asyncio.Event()
         self._frame_waiters: list[asyncio.Future[LatestFrame]] = []
+        self._ops_port: int | None = None  # picked once: a restarted booth serves where it did
+
+    def config_body(self, broker_port: int, acquirer_url: str, keyset: Path) -> dict[str, Any]:
+        body = super().config_body(broker_port, acquirer_url, keyset)
+        if self._ops_port is None:
+            self._ops_port = free_port()
+        return body | {"metrics": {"host": "127.0.0.1", "port": self._ops_port}}
 
     async def start(self, broker: Mosquitto, acquirer_url: str, keyset: Path) -> None:
         o = self.sim.options
@@ -143,6 +164,9 @@ class ProcessLane(SimLane):
     # --- from the booth ---------------------------------------------------------------------
 
     def _on_line(self, _name: str, line: str) -> None:
+        if line.startswith(OPS):
+            self.ops_url = ops_url(line)
+            return
         if line != READY:
             return
         self._ready.set()
@@ -267,6 +291,7 @@ class ProcessLane(SimLane):
                 "pid": None if self.child is None or self.child.process is None
                 else self.child.process.pid,
                 "restarts": 0 if self.child is None else self.child.restarts,
+                "ops": None if down is not None else self.ops_url,
             },
         }  # fmt: skip
         return view

@@ -118,6 +118,7 @@ def lane_figures(lane: SimLane, ingested: set[str]) -> dict[str, Any]:
         conditions=o.conditions,
     )
     data["backlog_max"] = lane.backlog_max
+    data["ops_url"] = lane.ops_url  # a booth's /metrics, /healthz, /readyz (--lane-processes)
     return data
 
 

@@ -62,19 +62,7 @@ def parse_batch(topic: str, payload: bytes) -> tuple[Batch, list[IngestRecord]]:
                 f"record {rec.record_id} is {rec.lane}#{rec.seq}, expected"
                 f" {lane}#{batch.first_seq + offset}"
             )
-        d = rec.draft
-        out.append(
-            IngestRecord(
-                record_id=rec.record_id,
-                lane=lane,
-                seq=rec.seq,
-                ts_us=rec.ts_us,
-                kind=d.kind,
-                amount_minor=d.amount_minor,
-                currency=d.currency,
-                data=raw,
-            )
-        )
+        out.append(IngestRecord.of(rec, raw))
     return batch, out
 
 

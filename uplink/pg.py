@@ -38,6 +38,7 @@ from uplink.sql_store import (
     fills_a_hole,
     move_on_args,
     new_held,
+    trip_columns,
 )
 from uplink.store import (
     IngestRecord,
@@ -60,12 +61,19 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         f"ALTER TABLE IF EXISTS {schema}.records ADD COLUMN IF NOT EXISTS"
         " epoch TEXT NOT NULL DEFAULT ''",
         f"ALTER TABLE IF EXISTS {schema}.records DROP CONSTRAINT IF EXISTS records_lane_seq_key",
+        # A schema written before the trip columns gets them; `_backfill_trips` fills them.
+        f"ALTER TABLE IF EXISTS {schema}.records ADD COLUMN IF NOT EXISTS trip_role TEXT",
+        f"ALTER TABLE IF EXISTS {schema}.records ADD COLUMN IF NOT EXISTS trip_id TEXT",
         f"CREATE TABLE IF NOT EXISTS {schema}.records ("
         " record_id TEXT PRIMARY KEY, lane TEXT NOT NULL, epoch TEXT NOT NULL, seq BIGINT NOT NULL,"
         " ts_us BIGINT NOT NULL, kind TEXT NOT NULL, amount_minor BIGINT NOT NULL,"
-        " currency TEXT NOT NULL, data BYTEA NOT NULL, ingested_us BIGINT NOT NULL)",
+        " currency TEXT NOT NULL, data BYTEA NOT NULL, ingested_us BIGINT NOT NULL,"
+        " trip_role TEXT, trip_id TEXT)",
         f"CREATE UNIQUE INDEX IF NOT EXISTS records_lane_epoch_seq ON {schema}.records"
         " (lane, epoch, seq)",
+        # Only the records that take part in trips are in the index (uplink.trips).
+        f"CREATE INDEX IF NOT EXISTS records_trip ON {schema}.records (trip_role, trip_id)"
+        " WHERE trip_role IS NOT NULL",
         f"CREATE TABLE IF NOT EXISTS {schema}.epochs ("
         " lane TEXT NOT NULL, epoch TEXT NOT NULL, base BIGINT NOT NULL,"
         " contiguous BIGINT NOT NULL, max_seq BIGINT NOT NULL, first_us BIGINT NOT NULL,"
@@ -79,6 +87,14 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         f" INSERT INTO {schema}.epochs SELECT lane, '', 0, contiguous, max_seq, 0"
         f" FROM {schema}.lanes ON CONFLICT DO NOTHING; DROP TABLE {schema}.lanes; END IF; END $$",
     )
+
+
+# A `records` table of a release before the trip columns (its rows need them filled).
+_WITHOUT_TRIPS = (
+    "SELECT to_regclass(%s || '.records') IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
+    " information_schema.columns WHERE table_schema = %s AND table_name = 'records'"
+    " AND column_name = 'trip_role')"
+)
 
 
 def _schema_tag(schema: str) -> str:
@@ -128,8 +144,15 @@ class PostgresIngestStore(SqlIngestStore):
             if found is None or found[0] != tag:
                 # Two workers starting together would race on CREATE IF NOT EXISTS.
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
+                cur.execute(_WITHOUT_TRIPS, (schema, schema))
+                backfill = bool(cast(tuple[bool], cur.fetchone())[0])
                 for stmt in _schema_sql(schema):
                     cur.execute(stmt)
+                if backfill:
+                    marked = self._backfill_trips(cur)
+                    log.info(
+                        "ingest schema upgraded", extra={"schema": schema, "trip_records": marked}
+                    )
                 cur.execute(f"COMMENT ON SCHEMA {schema} IS '{tag}'")
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
@@ -264,10 +287,11 @@ class PostgresIngestStore(SqlIngestStore):
         # format quotes every element, which cost more than the server's work).
         sql = self._sql(
             f"INSERT INTO {{records}} ({RECORD_COLUMNS})"
-            " SELECT r, %b, %b, s, t, k, a, c, d, %b FROM unnest(%b::text[], %b::bigint[],"
-            " %b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::bytea[])"
-            " AS u(r, s, t, k, a, c, d)" + returning
+            " SELECT r, %b, %b, s, t, k, a, c, d, %b, tr, ti FROM unnest(%b::text[], %b::bigint[],"
+            " %b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::bytea[], %b::text[],"
+            " %b::text[]) AS u(r, s, t, k, a, c, d, tr, ti)" + returning
         )
+        trips = [trip_columns(r.trip) for r in new.records]
         params = (
             new.lane,
             new.epoch,
@@ -279,6 +303,8 @@ class PostgresIngestStore(SqlIngestStore):
             [r.amount_minor for r in new.records],
             [r.currency for r in new.records],
             [r.data for r in new.records],
+            [role for role, _ in trips],
+            [trip for _, trip in trips],
         )
         return sql, params
 
@@ -295,6 +321,12 @@ class PostgresIngestStore(SqlIngestStore):
     @contextmanager
     def _reader(self) -> Iterator[Cursor]:
         with self._transaction() as cur:
+            yield cur
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Cursor]:
+        with self._transaction() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield cur
 
     def drop(self) -> None:

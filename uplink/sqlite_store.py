@@ -1,12 +1,15 @@
 """The default back-office store: one SQLite file (WAL, synchronous=FULL: an ack always follows a
 durable commit). Several workers (threads or processes) may share the file; writers take turns.
 
-Schema version 2 keys seqs by queue epoch and keeps conflicts; a version-1 file (seqs per lane,
-no epochs) is migrated in place on open, its records under the empty epoch `""`.
+Schema version 3 keys seqs by queue epoch, keeps conflicts and each record's part in the trip
+ledger (`trip_role`, `trip_id`, indexed: uplink.trips). An older file is migrated in place on
+open: version 1 (seqs per lane, no epochs) gets its records under the empty epoch `""`, and the
+trip columns of the rows of a version 1 or 2 file are filled from their bytes.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -16,15 +19,19 @@ from pathlib import Path
 from uplink.sql_store import Cursor, RowTakenError, Session, SqlIngestStore
 from uplink.store import IngestStoreError, StoreBusyError
 
-SCHEMA_VERSION = 2
+log = logging.getLogger("lane.uplink.sqlite_store")
+
+SCHEMA_VERSION = 3
 
 RECORDS = (
     "CREATE TABLE records ("
     " record_id TEXT PRIMARY KEY, lane TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL,"
     " ts_us INTEGER NOT NULL, kind TEXT NOT NULL, amount_minor INTEGER NOT NULL,"
     " currency TEXT NOT NULL, data BLOB NOT NULL, ingested_us INTEGER NOT NULL,"
-    " UNIQUE (lane, epoch, seq))"
+    " trip_role TEXT, trip_id TEXT, UNIQUE (lane, epoch, seq))"
 )
+# Only the records that take part in trips are in the index: a toll record costs it nothing.
+TRIP_INDEX = "CREATE INDEX records_trip ON records (trip_role, trip_id) WHERE trip_role IS NOT NULL"
 EPOCHS = (
     "CREATE TABLE epochs ("
     " lane TEXT NOT NULL, epoch TEXT NOT NULL, base INTEGER NOT NULL,"
@@ -42,13 +49,21 @@ CONFLICTS = (
 FROM_V1 = (
     "ALTER TABLE records RENAME TO records_v1",
     RECORDS,
-    "INSERT INTO records SELECT record_id, lane, '', seq, ts_us, kind, amount_minor, currency,"
+    "INSERT INTO records (record_id, lane, epoch, seq, ts_us, kind, amount_minor, currency,"
+    " data, ingested_us) SELECT record_id, lane, '', seq, ts_us, kind, amount_minor, currency,"
     " data, ingested_us FROM records_v1",
     "DROP TABLE records_v1",
     EPOCHS,
     "INSERT INTO epochs SELECT lane, '', 0, contiguous, max_seq, 0 FROM lanes",
     "DROP TABLE lanes",
     CONFLICTS,
+    TRIP_INDEX,
+)
+# Version 2 -> 3: the trip columns and their index; `_create_or_migrate` then fills them.
+FROM_V2 = (
+    "ALTER TABLE records ADD COLUMN trip_role TEXT",
+    "ALTER TABLE records ADD COLUMN trip_id TEXT",
+    TRIP_INDEX,
 )
 
 
@@ -84,9 +99,20 @@ class SqliteIngestStore(SqlIngestStore):
 
     def _create_or_migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        steps = {0: (RECORDS, EPOCHS, CONFLICTS), 1: FROM_V1, SCHEMA_VERSION: ()}[version]
+        new = (RECORDS, EPOCHS, CONFLICTS, TRIP_INDEX)
+        steps = {0: new, 1: FROM_V1, 2: FROM_V2, SCHEMA_VERSION: ()}[version]
         for stmt in steps:
             self._db.execute(stmt)
+        if version in {1, 2}:
+            cur = self._db.cursor()
+            try:
+                marked = self._backfill_trips(cur)
+            finally:
+                cur.close()
+            log.info(
+                "ingest store upgraded",
+                extra={"path": str(self.path), "from": version, "trip_records": marked},
+            )
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
@@ -125,6 +151,17 @@ class SqliteIngestStore(SqlIngestStore):
                 raise IngestStoreError(f"{self.path}: {exc}") from exc
             finally:
                 cur.close()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Cursor]:
+        # A read transaction: in WAL it sees the last commit before its first read, to its end.
+        with self._reader() as cur:
+            cur.execute("BEGIN")
+            try:
+                yield cur
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")  # it only read: ending it is all
 
     def close(self) -> None:
         with self._lock:

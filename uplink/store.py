@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from uplink.messages import Held, QueueIdentity
+from uplink.records import Record
+from uplink.trips import TripMark, TripRows, trip_mark
 
 
 class IngestStoreError(Exception):
@@ -48,6 +50,14 @@ class IngestRecord:
     amount_minor: int
     currency: str
     data: bytes
+    trip: TripMark | None  # its part in the trip ledger (uplink.trips), kept in columns
+
+    @classmethod
+    def of(cls, record: Record, data: bytes) -> IngestRecord:
+        """The row of a decoded record whose bytes as received are `data`."""
+        d = record.draft
+        return cls(record.record_id, record.lane, record.seq, record.ts_us, d.kind,
+                   d.amount_minor, d.currency, data, trip_mark(record))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,8 @@ class IngestStore(Protocol):
     def records(self, lane: str) -> list[StoredRecord]: ...
 
     def records_between(self, start_us: int, end_us: int) -> list[bytes]: ...
+
+    def trip_rows(self, entered_before_us: int) -> TripRows: ...
 
     def lanes(self) -> list[str]: ...
 

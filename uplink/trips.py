@@ -4,17 +4,27 @@ An `entry` record (written by a toll-entry lane) opens a trip under its pass id;
 record carrying the same pass id closes it. A metro's `tap_in` opens a trip under its own
 record id (as hex: the id a `transit-exit` gate puts in its `tap_out`'s `pass_id`, docs/
 closed-road.md#metro), and the `tap_out` naming it closes it. A declined tap-in admitted
-nobody and a declined exit let nobody out: neither counts. The back office answers from what it has
-ingested, whichever store holds it (SQLite or PostgreSQL: `records_between` is shared SQL),
-so a trip is "open" until the exit lane's record has arrived, which may lag while that lane
-is offline. An exit whose pass has no ingested entry is reported apart (`unmatched_exits`):
-its entry record has not arrived yet, or the pass was not issued by an entry lane of this road.
+nobody and a declined exit let nobody out: neither counts. Two entries under one trip id (a
+pass shown at two entry lanes) are one trip, entered at the earlier of them.
+
+`trip_mark` says what one record is to the ledger and `trip_ledger` is the ledger of a set of
+encoded records, both pure. The back office does not decode its records to answer: the store
+keeps each record's mark in columns filled at ingest (`trip_role`, `trip_id`, indexed) and
+`open_trips` asks it for the entries of open trips, the closed count, the unmatched exits and
+the unreadable count in SQL (`TripIndex.trip_rows`, shared by SQLite and PostgreSQL), decoding
+only the open trips' entries. For the same records the answer is `trip_ledger`'s.
+
+The back office answers from what it has ingested, so a trip is "open" until the exit lane's
+record has arrived, which may lag while that lane is offline. An exit whose pass has no
+ingested entry is reported apart (`unmatched_exits`): its entry record has not arrived yet, or
+the pass was not issued by an entry lane of this road.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from lane.core.names import AuthResult
@@ -27,8 +37,42 @@ ENTRY_KINDS = frozenset({"entry", "tap_in"})
 EXIT_KINDS = frozenset({"exit", "tap_out"})
 
 
-class RecordSource(Protocol):
-    def records_between(self, start_us: int, end_us: int) -> list[bytes]: ...
+class TripRole(StrEnum):
+    """What a stored record is to the ledger (the store's `trip_role` column)."""
+
+    ENTRY = "entry"  # opens a trip
+    EXIT = "exit"  # closes one
+    UNREADABLE = "unreadable"  # its bytes do not decode (counted, never fatal)
+
+
+@dataclass(frozen=True)
+class TripMark:
+    role: TripRole
+    trip_id: str | None  # None only when UNREADABLE
+
+
+UNREADABLE = TripMark(TripRole.UNREADABLE, None)
+
+
+def trip_mark(record: Record) -> TripMark | None:
+    """Pure: the record's part in a trip; None when it takes none (another kind, declined, or
+    no trip id an exit could name)."""
+    d = record.draft
+    if d.auth.result == AuthResult.DECLINED:
+        return None
+    role = (
+        TripRole.ENTRY if d.kind in ENTRY_KINDS else TripRole.EXIT if d.kind in EXIT_KINDS else None
+    )
+    trip = _trip_id(record)
+    return None if role is None or trip is None else TripMark(role, trip)
+
+
+def stored_mark(data: bytes) -> TripMark | None:
+    """Pure: the mark of a record's stored bytes (what a store upgrade fills old rows with)."""
+    try:
+        return trip_mark(Record.decode(data))
+    except PayloadError:
+        return UNREADABLE
 
 
 @dataclass(frozen=True)
@@ -50,8 +94,22 @@ class TripLedger:
     unreadable: int  # stored records that do not decode (counted, never fatal)
 
 
+@dataclass(frozen=True)
+class TripRows:
+    """What the store's index answers (`TripIndex.trip_rows`), in no particular order."""
+
+    open_entries: list[bytes]  # every entry record of a trip with no exit, entered before
+    closed: int  # trip ids with an entry and an exit
+    unmatched_exits: list[str]  # record ids of exits with no entry
+    unreadable: int
+
+
+class TripIndex(Protocol):
+    def trip_rows(self, entered_before_us: int) -> TripRows: ...
+
+
 def trip_ledger(blobs: Iterable[bytes]) -> TripLedger:
-    """Pure: the trips of a set of encoded records."""
+    """Pure: the trips of a set of encoded records (in any order)."""
     entries: dict[str, OpenTrip] = {}
     exits: dict[str, list[str]] = {}
     unreadable = 0
@@ -61,27 +119,66 @@ def trip_ledger(blobs: Iterable[bytes]) -> TripLedger:
         except PayloadError:
             unreadable += 1
             continue
-        d = record.draft
-        trip = _trip_id(record)
-        if trip is None or d.auth.result == AuthResult.DECLINED:
+        mark = trip_mark(record)
+        if mark is None or mark.trip_id is None:
             continue
-        if d.kind in ENTRY_KINDS:
-            plaza = d.entry_plaza or record.lane.split("/")[0]
-            entries.setdefault(
-                trip,
-                OpenTrip(
-                    trip, record.record_id, record.lane, plaza, record.ts_us, d.vehicle_class,
-                    d.plate,
-                ),
-            )  # fmt: skip
-        elif d.kind in EXIT_KINDS:
-            exits.setdefault(trip, []).append(record.record_id)
-    still_open = sorted(
-        (t for p, t in entries.items() if p not in exits), key=lambda t: (t.ts_us, t.pass_id)
-    )
-    unmatched = tuple(sorted(r for p, ids in exits.items() if p not in entries for r in ids))
+        if mark.role == TripRole.ENTRY:
+            _keep_first(entries, _open_trip(record, mark.trip_id))
+        else:
+            exits.setdefault(mark.trip_id, []).append(record.record_id)
+    still_open = (t for p, t in entries.items() if p not in exits)
+    unmatched = [r for p, ids in exits.items() if p not in entries for r in ids]
     closed = sum(1 for p in entries if p in exits)
-    return TripLedger(tuple(still_open), closed, unmatched, unreadable)
+    return _ledger(still_open, closed, unmatched, unreadable)
+
+
+def overdue(ledger: TripLedger, entered_before_us: int) -> TripLedger:
+    """Pure: the ledger with only the open trips that entered before `entered_before_us`."""
+    kept = tuple(t for t in ledger.open_trips if t.ts_us < entered_before_us)
+    return TripLedger(kept, ledger.closed, ledger.unmatched_exits, ledger.unreadable)
+
+
+def indexed_ledger(rows: TripRows) -> TripLedger:
+    """Pure: the ledger of what the store's index answered (the open entries decoded)."""
+    entries: dict[str, OpenTrip] = {}
+    unreadable = rows.unreadable
+    for blob in rows.open_entries:
+        try:  # the store decoded them at ingest; a row changed by hand since may not decode
+            record = Record.decode(blob)
+        except PayloadError:
+            unreadable += 1
+            continue
+        mark = trip_mark(record)
+        if mark is not None and mark.trip_id is not None:
+            _keep_first(entries, _open_trip(record, mark.trip_id))
+    return _ledger(entries.values(), rows.closed, rows.unmatched_exits, unreadable)
+
+
+def open_trips(store: TripIndex, entered_before_us: int = END_OF_TIME_US) -> TripLedger:
+    """The ledger over every ingested record, from the store's trip index;
+    `entered_before_us` drops trips that entered later (e.g. now minus the road's time limit:
+    the vehicles overdue on the road)."""
+    return indexed_ledger(store.trip_rows(entered_before_us))
+
+
+def _ledger(
+    still_open: Iterable[OpenTrip], closed: int, unmatched: Iterable[str], unreadable: int
+) -> TripLedger:
+    ordered = sorted(still_open, key=lambda t: (t.ts_us, t.pass_id))
+    return TripLedger(tuple(ordered), closed, tuple(sorted(unmatched)), unreadable)
+
+
+def _keep_first(entries: dict[str, OpenTrip], trip: OpenTrip) -> None:
+    held = entries.get(trip.pass_id)
+    if held is None or (trip.ts_us, trip.record_id) < (held.ts_us, held.record_id):
+        entries[trip.pass_id] = trip
+
+
+def _open_trip(record: Record, trip: str) -> OpenTrip:
+    d = record.draft
+    plaza = d.entry_plaza or record.lane.split("/")[0]
+    return OpenTrip(trip, record.record_id, record.lane, plaza, record.ts_us, d.vehicle_class,
+                    d.plate)  # fmt: skip
 
 
 def _trip_id(record: Record) -> str | None:
@@ -92,11 +189,3 @@ def _trip_id(record: Record) -> str | None:
         return tap_in_trip_id(record.record_id, d).hex()
     except ValueError:
         return None  # no exit gate can name it
-
-
-def open_trips(store: RecordSource, entered_before_us: int = END_OF_TIME_US) -> TripLedger:
-    """The ledger over every ingested record; `entered_before_us` drops trips that entered
-    later (e.g. now minus the road's time limit: the vehicles overdue on the road)."""
-    ledger = trip_ledger(store.records_between(0, END_OF_TIME_US))
-    overdue = tuple(t for t in ledger.open_trips if t.ts_us < entered_before_us)
-    return TripLedger(overdue, ledger.closed, ledger.unmatched_exits, ledger.unreadable)

@@ -129,10 +129,17 @@ function renderLanes(s) {
         el("dt", {}, "queue"), el("dd", {}, `${l.queue} waiting`),
         el("dt", {}, "served"), el("dd", {}, `${l.passed} passed of ${l.served}`),
         el("dt", {}, "veh/h"), el("dd", {}, `${l.throughput.recent_vph} (5 min)`),
-        el("dt", {}, "camera"), el("dd", {}, l.camera.blackout ? "BLACKOUT" : `${l.camera.fps} fps`)),
+        el("dt", {}, "camera"), el("dd", {}, l.camera.blackout ? "BLACKOUT" : `${l.camera.fps} fps`),
+        ...(l.process ? [el("dt", {}, "ops"), el("dd", { "data-testid": "ops" }, opsLink(l.process.ops))] : [])),
       el("div", { class: "display", id: `display-${l.index}` }, (l.display || []).join("\n")),
       alarms.length ? el("div", { class: "alarm-count" }, `⚠ ${alarms.join(", ")}`) : "");
   }));
+}
+
+// A booth's own /metrics, /healthz, /readyz (lane sim --lane-processes); "–" while it is down.
+function opsLink(url) {
+  if (!url) return "–";
+  return el("a", { href: `${url}/metrics`, target: "_blank", rel: "noopener", textContent: url.replace("http://", "") });
 }
 
 function faultActive(s, name, laneId) {

@@ -178,10 +178,7 @@ def test_not_a_zip() -> None:
 
 
 def ingest_record(r: Record) -> IngestRecord:
-    d = r.draft
-    return IngestRecord(
-        r.record_id, r.lane, r.seq, r.ts_us, d.kind, d.amount_minor, d.currency, r.encode()
-    )
+    return IngestRecord.of(r, r.encode())
 
 
 def write_store(path: Path, records: list[Record]) -> None:

@@ -1,9 +1,9 @@
 """Upgrades: files written by an earlier release are opened, migrated and used as they are;
 files of a newer release are refused and left untouched.
 
-The fixtures (queue_v*.sqlite, replay_v1.sqlite, payments_v1.sqlite) were written by
-fixtures/make_fixtures.py, which spells out each old layout without importing the lane, and are
-committed as files.
+The fixtures (queue_v*.sqlite, replay_v1.sqlite, payments_v1.sqlite, ingest_v2.sqlite) were
+written by fixtures/make_fixtures.py, which spells out each old layout without importing the
+lane, and are committed as files.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import re
 import shutil
 import sqlite3
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+import psycopg
 import pytest
 from polling import eventually
 
@@ -27,12 +29,17 @@ from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
 from sim.broker import Mosquitto
 from uplink.forwarder import Forwarder
-from uplink.messages import Ack, Held, decode_batch, encode_ack
+from uplink.messages import Ack, Held, QueueIdentity, decode_batch, encode_ack
 from uplink.messages import digest as record_digest
+from uplink.pg import PostgresIngestStore
 from uplink.queue import MIGRATIONS as QUEUE_MIGRATIONS
 from uplink.queue import QueueError, RecordQueue
 from uplink.queue_thread import QueueThread
 from uplink.records import AuthInfo, Record, RecordDraft
+from uplink.sqlite_store import SCHEMA_VERSION as INGEST_SCHEMA_VERSION
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import IngestRecord, IngestStore
+from uplink.trips import END_OF_TIME_US, OpenTrip, TripLedger, open_trips, trip_ledger
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LANE = "fx01/l01"  # the lane the fixture queue belongs to
@@ -249,3 +256,85 @@ def test_a_v2_queue_gets_its_identity_and_keeps_its_records_and_payments(tmp_pat
         )
     with RecordQueue(path, LANE, 10**8) as again:
         assert again.identity == queue.identity  # made once, kept
+
+
+# What `lane trips` says of the ingest_v2 fixture's records (fixtures/make_fixtures.py).
+FIXTURE_TS0 = 1_767_225_600_000_000
+INGEST_V2_LEDGER = TripLedger(
+    open_trips=(OpenTrip("aa01", "r-entry-open", "P01/e1", "P01", FIXTURE_TS0 + 1_000_000, 1,
+                         "ZJA1"),),
+    closed=2,  # pass aa02, and the gate's tap-in closed by the tap-out naming its record id
+    unmatched_exits=("r-exit-unmatched",),
+    unreadable=1,
+)  # fmt: skip
+# The version-2 ingest tables as that release made them in PostgreSQL (its DDL, spelled out).
+INGEST_V2_PG = (
+    "CREATE SCHEMA lane_ingest",
+    "CREATE TABLE lane_ingest.records (record_id TEXT PRIMARY KEY, lane TEXT NOT NULL,"
+    " epoch TEXT NOT NULL, seq BIGINT NOT NULL, ts_us BIGINT NOT NULL, kind TEXT NOT NULL,"
+    " amount_minor BIGINT NOT NULL, currency TEXT NOT NULL, data BYTEA NOT NULL,"
+    " ingested_us BIGINT NOT NULL)",
+    "CREATE UNIQUE INDEX records_lane_epoch_seq ON lane_ingest.records (lane, epoch, seq)",
+    "CREATE TABLE lane_ingest.epochs (lane TEXT NOT NULL, epoch TEXT NOT NULL,"
+    " base BIGINT NOT NULL, contiguous BIGINT NOT NULL, max_seq BIGINT NOT NULL,"
+    " first_us BIGINT NOT NULL, PRIMARY KEY (lane, epoch))",
+    "CREATE TABLE lane_ingest.conflicts (lane TEXT NOT NULL, epoch TEXT NOT NULL,"
+    " seq BIGINT NOT NULL, record_id TEXT NOT NULL, held_record_id TEXT NOT NULL,"
+    " stored_digest TEXT NOT NULL, offered_digest TEXT NOT NULL, count BIGINT NOT NULL,"
+    " first_us BIGINT NOT NULL, last_us BIGINT NOT NULL, PRIMARY KEY (record_id, offered_digest))",
+)
+
+
+def check_trips_after_upgrade(store: IngestStore) -> None:
+    """The old rows answer from the trip columns the upgrade filled, as the pure ledger does;
+    a record ingested after the upgrade closes the trip left open."""
+    assert open_trips(store) == INGEST_V2_LEDGER
+    assert trip_ledger(store.records_between(0, END_OF_TIME_US)) == INGEST_V2_LEDGER
+    done = RecordDraft("exit", "veh-9", 1, 4000, "CNY", "token", "acct", AuthInfo("approved"),
+                       entry_plaza="P01", pass_id="aa01")  # fmt: skip
+    record = Record("r-exit-late", "P03/x1", 1, FIXTURE_TS0 + 9_000_000, done)
+    late = IngestRecord.of(record, record.encode())
+    store.store_batch("P03/x1", QueueIdentity("after"), [late], 1)
+    assert open_trips(store) == replace(INGEST_V2_LEDGER, open_trips=(), closed=3)
+
+
+def test_a_v2_ingest_store_gets_the_trip_columns_filled_from_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "ingest.sqlite"
+    shutil.copy(FIXTURES / "ingest_v2.sqlite", path)
+    assert user_version(path) == 2
+    store = SqliteIngestStore(path)
+    try:
+        assert user_version(path) == INGEST_SCHEMA_VERSION == 3
+        check_trips_after_upgrade(store)
+    finally:
+        store.close()
+    again = SqliteIngestStore(path)  # opened again: nothing to do, nothing lost
+    try:
+        assert open_trips(again).closed == 3
+    finally:
+        again.close()
+
+
+def test_a_v2_postgres_ingest_schema_gets_the_trip_columns_filled(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """The fixture's rows, in the tables the version-2 release made in PostgreSQL."""
+    shutil.copy(FIXTURES / "ingest_v2.sqlite", tmp_path / "ingest.sqlite")
+    with sqlite3.connect(f"file:{tmp_path / 'ingest.sqlite'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT * FROM records").fetchall()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for stmt in INGEST_V2_PG:
+            conn.execute(stmt)
+        with conn.cursor() as cur:
+            marks = ", ".join(["%s"] * len(rows[0]))
+            cur.executemany(f"INSERT INTO lane_ingest.records VALUES ({marks})", rows)
+    store = PostgresIngestStore(pg_dsn)
+    try:
+        check_trips_after_upgrade(store)
+    finally:
+        store.close()
+    again = PostgresIngestStore(pg_dsn)
+    try:
+        assert open_trips(again).closed == 3
+    finally:
+        again.close()

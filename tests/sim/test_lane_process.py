@@ -5,7 +5,8 @@ Two lanes serve token vehicles end to end (the codes read by each booth's own sc
 barrier opened, the records in the back office); the dashboard shows them and a booth's camera
 view; a camera blackout and a squeezed queue quota sent over the control topic raise the lane's
 own alarms and clear; a booth killed with SIGKILL shows `lane_offline`, is restarted by the
-supervisor, and its lane serves again.
+supervisor, and its lane serves again. Each booth serves its lane's /metrics and /readyz on a
+port of its own, which the simulator shows; /readyz follows the lane's readiness.
 """
 
 from __future__ import annotations
@@ -16,12 +17,22 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from browser_kit import browser_page
 from polling import eventually
+from prometheus_client.parser import text_string_to_metric_families
 
 from lane.core.state import Phase
 from lane.wire.codec import PayloadError, pack
 from scanner.pipeline import LatestFrame
-from sim.booth_wire import Control, ControlError, ControlOp, decode_frame, encode_frame
+from sim.booth_wire import (
+    Control,
+    ControlError,
+    ControlOp,
+    decode_frame,
+    encode_frame,
+    ops_line,
+    ops_url,
+)
 from sim.dashboard import Dashboard
 from sim.harness import SimOptions, Simulator
 from sim.lane import SimLane
@@ -44,6 +55,28 @@ def alarms(sim: Simulator, lane: SimLane) -> dict[str, str]:
 
 async def all_ingested(sim: Simulator) -> bool:
     return await sim.settle(timeout=20)
+
+
+async def booth_metrics(lane: SimLane) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples of a booth's /metrics, by name and labels (only `lane` of `lane_info`)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{lane.ops_url}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "lane_info":  # its mode and version are not the test's business
+                labels = {"lane": labels["lane"]}
+            samples[(sample.name, tuple(sorted(labels.items())))] = sample.value
+    return samples
+
+
+async def readyz(lane: SimLane) -> tuple[int, dict[str, bool]]:
+    """A booth's /readyz: its status and whether each check is ok."""
+    async with aiohttp.ClientSession() as http, http.get(f"{lane.ops_url}/readyz") as response:
+        body = await response.json()
+        return response.status, {c["name"]: c["ok"] for c in body["checks"]}
 
 
 async def test_two_lane_processes_serve_survive_a_kill_and_take_faults(tmp_path: Path) -> None:
@@ -75,6 +108,14 @@ async def test_two_lane_processes_serve_survive_a_kill_and_take_faults(tmp_path:
                 async with http.get(f"{url}api/lanes/2/frame.jpg") as response:
                     assert response.status == 200
                     assert (await response.read()).startswith(b"\xff\xd8")  # a JPEG
+            # Each lane tile links to its booth's own /metrics.
+            async with browser_page(1600, 1000) as (page, errors):
+                await page.goto(url)
+                await page.wait_for_selector("[data-testid=ops] a", timeout=15_000)
+                links = page.locator("[data-testid=ops] a")
+                hrefs = [await links.nth(i).get_attribute("href") for i in range(2)]
+                assert hrefs == [f"{lane.ops_url}/metrics" for lane in lanes]
+                assert not errors, f"page errors: {errors}"
         finally:
             await dashboard.stop()
         assert [lane["passed"] for lane in state["lanes"]] == [len(ln.outcomes) for ln in lanes]
@@ -83,12 +124,29 @@ async def test_two_lane_processes_serve_survive_a_kill_and_take_faults(tmp_path:
             lane["phase"] in set(Phase) and lane["process"]["pid"] for lane in state["lanes"]
         )
 
-        # A fault that reaches into a lane goes over the control topic, and clears by itself.
+        # Each booth serves its lane's own ops endpoints, on a port of its own, and the
+        # simulator shows where (the dashboard's lane, the report).
+        urls = [lane.ops_url for lane in lanes]
+        assert all(urls) and len(set(urls)) == 2, urls
+        assert [lane["process"]["ops"] for lane in state["lanes"]] == urls
+        assert [sim.report()["lanes"][ln.lane_id]["ops_url"] for ln in lanes] == urls
+        for lane in lanes:
+            metrics = await booth_metrics(lane)
+            assert metrics[("lane_info", (("lane", lane.lane_id),))] == 1.0
+            assert metrics[("lane_vehicles_total", ())] == len(lane.outcomes)
+            assert (await readyz(lane))[0] == 200
+
+        # A fault that reaches into a lane goes over the control topic, and clears by itself;
+        # the booth's /readyz says it is not ready while it lasts.
         second = lanes[1]
         await sim.faults.apply("camera_blackout", True, 2)
         await eventually(lambda: "camera_blackout" in alarms(sim, second), 10, what="blackout")
+        status, checks = await readyz(second)
+        assert status == 503 and not checks["camera"], checks
+        assert (await readyz(lanes[0]))[0] == 200  # the other booth's lane is another lane
         await sim.faults.apply("camera_blackout", False, 2)
         await eventually(lambda: "camera_blackout" not in alarms(sim, second), 10, what="clear")
+        assert (await readyz(second))[0] == 200
         await sim.faults.apply("queue_high_water", True, 2)
         await eventually(lambda: "queue_high_water" in alarms(sim, second), 10, what="squeezed")
         await sim.faults.apply("queue_high_water", False, 2)
@@ -113,6 +171,8 @@ async def test_two_lane_processes_serve_survive_a_kill_and_take_faults(tmp_path:
             )
 
         await eventually(back, 30, what="restarted and up")
+        assert first.ops_url == urls[0]  # the restarted booth serves where it did
+        assert (await booth_metrics(first))[("lane_info", (("lane", first.lane_id),))] == 1.0
         served = len(first.outcomes)
         first.join(token_driver(100))
         await first.drained()
@@ -180,3 +240,10 @@ def test_a_frame_reads_back_as_sent_and_garbage_is_refused() -> None:
         decode_frame(pack({"frame_id": 1, "polygons": [[1, 2]], "jpeg": b""}))
     with pytest.raises(PayloadError, match="frame_id"):
         decode_frame(pack({"frame_id": "1", "polygons": [], "jpeg": b""}))
+
+
+def test_a_booths_ops_line_names_its_endpoint_or_none() -> None:
+    assert ops_url(ops_line(("127.0.0.1", 9100))) == "http://127.0.0.1:9100"
+    assert ops_url(ops_line(None)) is None  # the port could not be bound: not served
+    with pytest.raises(ValueError, match="not an ops line"):
+        ops_url("ready")

@@ -19,7 +19,14 @@ from uplink.messages import QueueIdentity
 from uplink.records import KINDS, AuthInfo, Record, RecordDraft
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore
-from uplink.trips import OpenTrip, open_trips, trip_ledger
+from uplink.trips import (
+    OpenTrip,
+    TripMark,
+    TripRole,
+    open_trips,
+    stored_mark,
+    trip_ledger,
+)
 from uplink.trips_cli import main as trips_main
 
 NO_AUTH = AuthInfo("none")
@@ -119,8 +126,7 @@ def test_lane_trips_lists_the_vehicles_still_on_the_road(
     store = SqliteIngestStore(db)
     drafts = [entry("p1", plate="ZJA1"), entry("p2"), exit_("p2"), exit_("p7")]
     records = [Record(f"r{i}", "P01/e1", i + 1, T0 + i * HOUR_US, d) for i, d in enumerate(drafts)]
-    batch = [IngestRecord(r.record_id, r.lane, r.seq, r.ts_us, r.draft.kind, r.draft.amount_minor,
-                          "CNY", r.encode()) for r in records]  # fmt: skip
+    batch = [IngestRecord.of(r, r.encode()) for r in records]
     store.store_batch("P01/e1", QueueIdentity("e"), batch, 1)
     store.close()
     assert trips_main(["--db", str(db)]) == 0
@@ -181,3 +187,28 @@ def test_a_gates_tap_in_opens_a_trip_under_its_record_id_and_declines_count_for_
     assert len(still.open_trips) == 1 and still.closed == 0
     done = trip_ledger([*blobs, Record("r4", "S03/g2", 2, 40, tap_out).encode()])
     assert done.open_trips == () and done.closed == 1
+
+
+def test_a_pass_entered_twice_is_one_trip_entered_at_the_earlier_whatever_the_order() -> None:
+    first = Record("r-b", "P02/e1", 1, 10, entry("p1", plaza="P02"))
+    again = Record("r-a", "P01/e1", 1, 20, entry("p1"))
+    tie = Record("r-c", "P03/e1", 1, 10, entry("p1", plaza="P03"))
+    for blobs in ([first, again, tie], [tie, again, first], [again, tie, first]):
+        ledger = trip_ledger(r.encode() for r in blobs)
+        assert [(t.record_id, t.entry_plaza) for t in ledger.open_trips] == [("r-b", "P02")]
+
+
+def test_a_records_mark_is_its_part_in_a_trip() -> None:
+    tap_in_id = "01a23100-0000-7000-8000-000000000001"
+    tap_in = RecordDraft("tap_in", "p1", 1, 250, "CNY", "token", "acct", AuthInfo("approved"))
+    assert stored_mark(blob(entry("p1"), 1)) == TripMark(TripRole.ENTRY, "p1")
+    assert stored_mark(blob(exit_("p1"), 2)) == TripMark(TripRole.EXIT, "p1")
+    assert stored_mark(Record(tap_in_id, "S01/g1", 1, 1, tap_in).encode()) == TripMark(
+        TripRole.ENTRY, uuid.UUID(tap_in_id).hex
+    )
+    assert stored_mark(Record("not-a-uuid", "S01/g1", 1, 1, tap_in).encode()) is None
+    declined = replace(exit_("p1"), auth=AuthInfo("declined"))
+    assert stored_mark(blob(declined, 3)) is None
+    toll = RecordDraft("toll", "v", 1, 5, "CNY", "token", None, NO_AUTH)
+    assert stored_mark(blob(toll, 4)) is None
+    assert stored_mark(b"\x00garbage") == TripMark(TripRole.UNREADABLE, None)

@@ -23,7 +23,7 @@ from uplink.pg import PostgresIngestStore
 from uplink.queue import RecordQueue
 from uplink.queue_thread import QueueThread
 from uplink.records import AuthInfo, Record, RecordDraft
-from uplink.sql_store import RECORD_COLUMNS
+from uplink.sql_store import COLUMN_COUNT, RECORD_COLUMNS, trip_columns
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore
 
@@ -73,9 +73,7 @@ def recs(
         rec = Record(
             f"rid-{tag}{lane}-{seq}", lane, seq, 1_700_000_000_000_000 + seq, draft(seq, amount)
         )
-        out.append(
-            IngestRecord(rec.record_id, lane, seq, rec.ts_us, "toll", amount, "CNY", rec.encode())
-        )
+        out.append(IngestRecord.of(rec, rec.encode()))
     return out
 
 
@@ -107,10 +105,10 @@ def committed_behind(store: IngestStore, records: list[IngestRecord], epoch: str
     it (its prefix stops below the batch and its highest seq is above it already)."""
     rows = [
         (r.record_id, r.lane, epoch, r.seq, r.ts_us, r.kind, r.amount_minor, r.currency,
-         r.data, 1)
+         r.data, 1, *trip_columns(r.trip))
         for r in records
     ]  # fmt: skip
-    marks = ", ".join("?" * len(RECORD_COLUMNS.split(",")))
+    marks = ", ".join("?" * COLUMN_COUNT)
     beside(store, f"INSERT INTO {{t}}records ({RECORD_COLUMNS}) VALUES ({marks})", rows)
 
 
