@@ -12,18 +12,19 @@ from lane.auth.cose import Alg, sig_structure, sign
 from lane.auth.deny import DenyList
 from lane.auth.issuer import TokenIssuer
 from lane.auth.keys import KeySet
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S as CAP
 from lane.auth.tokens import PREFIX, TokenAccepted, TokenRefused, TokenVerdict, verify_token
 
 NOW = 1_800_000_000
 ISSUERS = {alg: TokenIssuer.generate(alg, kid=alg.value) for alg in Alg}
 KEYS = KeySet.of(NOW, [i.public() for i in ISSUERS.values()])
 GOOD = {alg: i.token("acct-1", NOW, nonce=b"0123456789abcdef") for alg, i in ISSUERS.items()}
-EXPECTED = {alg: verify_token(t, KEYS, DenyList.empty(), NOW, 5) for alg, t in GOOD.items()}
+EXPECTED = {alg: verify_token(t, KEYS, DenyList.empty(), NOW, 5, CAP) for alg, t in GOOD.items()}
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def check(text: str, original: TokenVerdict | None = None) -> TokenVerdict:
-    verdict = verify_token(text, KEYS, DenyList.empty(), NOW, 5)
+    verdict = verify_token(text, KEYS, DenyList.empty(), NOW, 5, CAP)
     if isinstance(verdict, TokenRefused):
         assert not verdict.detail.startswith("internal"), verdict.detail
     else:
@@ -156,7 +157,7 @@ def test_signed_random_claims(claims: dict[int, object]) -> None:
     payload = cbor2.dumps(claims)
     signature = sign(issuer.private_key, sig_structure(protected, payload))
     text = PREFIX + b45encode(cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, signature])))
-    verdict = verify_token(text, KEYS, DenyList.empty(), NOW, 5)
+    verdict = verify_token(text, KEYS, DenyList.empty(), NOW, 5, CAP)
     if isinstance(verdict, TokenRefused):
         assert not verdict.detail.startswith("internal"), verdict.detail
         return
