@@ -54,8 +54,8 @@ MAX_TEXT_CLAIM = 256
 MAX_CTI_LEN = 64
 MAX_TIME = 1 << 40  # NumericDate bound: keeps times inside SQLite's and msgpack's integers
 PHONE_TOKEN_TTL_S = 60  # what issuers make: a phone shows a fresh token every minute
-# The lane's cap on exp - iat (auth.max_token_lifetime_s) bounds what
-# a leaked issuer key or an issuer bug can make, and how long the replay store keeps an id.
+# The lane's cap on exp - iat (auth.max_token_lifetime_s): it bounds what a leaked issuer key
+# or an issuer bug can make, and so how long the replay store keeps an id.
 DEFAULT_MAX_LIFETIME_S = 900
 
 CLAIM_ISS, CLAIM_SUB, CLAIM_EXP, CLAIM_NBF, CLAIM_IAT, CLAIM_CTI = 1, 2, 4, 5, 6, 7
