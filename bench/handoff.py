@@ -74,6 +74,7 @@ from bench.barrier import (  # noqa: E402
 )
 from lane.auth.deny import DenyList  # noqa: E402
 from lane.auth.replay import ReplayStore  # noqa: E402
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S as CAP  # noqa: E402
 from lane.auth.tokens import verify_token  # noqa: E402
 from lane.config import parse_config  # noqa: E402
 from lane.core import events as ev  # noqa: E402
@@ -301,7 +302,7 @@ class Anchors:
         if not found:
             raise RuntimeError("the anchor decoder cannot read the passenger's frame")
         keys, deny = factory.keyset(int(now)), DenyList.empty()
-        self._timed("verify_token", lambda: verify_token(text, keys, deny, now, 30.0))
+        self._timed("verify_token", lambda: verify_token(text, keys, deny, now, 30.0, CAP))
         # The signature check alone, on a message of a token's size (inside verify_token).
         public, message = factory.key.public_key(), text.encode()[:160]
         signature = factory.key.sign(message)

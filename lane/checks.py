@@ -27,6 +27,7 @@ from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet, KeySetError, KeyUse, keyset_stale, load_keyset
 from lane.auth.netkeys import KeyFileError
 from lane.auth.networks import NetworkKeys
+from lane.auth.tokens import PHONE_TOKEN_TTL_S
 from lane.auth.trust import judge_deny, judge_keyset
 from lane.config import ConfigError, LaneConfig, load_config
 
@@ -243,6 +244,12 @@ def _check_settings(config: LaneConfig, path: Path, found: Findings) -> None:
         found.warnings.append(
             f"{path}: camera.source: 'push' is the simulator's camera; a lane needs a device "
             "index, a stream URL, a video file or an image folder"
+        )
+    cap = config.auth.max_token_lifetime_s
+    if cap < PHONE_TOKEN_TTL_S:
+        found.warnings.append(
+            f"{path}: auth.max_token_lifetime_s: {cap} s is shorter than the "
+            f"{PHONE_TOKEN_TTL_S} s tokens issuers make; every offline token would be refused"
         )
     if config.auth.offline_policy == "floor" and config.auth.hourly_limit_minor == 0:
         found.warnings.append(

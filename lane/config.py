@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from lane.auth.network_config import AlipaySection, RoutesSection, WeChatPaySection
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S
 from lane.toml_model import read_toml, validate
 from scanner.health import CaptureSettings
 
@@ -123,6 +124,13 @@ class AuthSection(_Section):
     keyset: Path | None = Field(None, description="Issuer public keys (JSON key set file)")
     deny_list: Path | None = Field(None, description="Denied accounts file")
     skew_s: float = Field(30, ge=0, le=600, description="Clock skew allowed on token times")
+    max_token_lifetime_s: int = Field(
+        DEFAULT_MAX_LIFETIME_S,
+        gt=0,
+        le=7 * 86400,  # a week is already far past any phone's token; more is a typo or a unit slip
+        strict=True,  # integer seconds, as the token's own times: `true` or 900.5 is a mistake
+        description="Refuse an offline token whose exp - iat is longer (issuers make 60 s ones)",
+    )
     keyset_max_age_s: float = Field(
         86400 * 7, gt=0, le=86400 * 365, description="Alarm when the key set is older than this"
     )

@@ -307,6 +307,7 @@ def exit_rules(config: LaneConfig) -> ExitLaneRules:
             rules,
             pass_lifetime_s=metro.retention_s,
             skew_s=config.auth.skew_s,
+            max_token_lifetime_s=config.auth.max_token_lifetime_s,
         )
     return ExitLaneRules(
         config.lane.plaza,
@@ -318,6 +319,7 @@ def exit_rules(config: LaneConfig) -> ExitLaneRules:
         ),
         pass_lifetime_s=road.pass_lifetime_days * DAY_S,
         skew_s=config.auth.skew_s,
+        max_token_lifetime_s=config.auth.max_token_lifetime_s,
     )
 
 
@@ -433,6 +435,7 @@ class LaneDaemon:
             sharing=self.sharing,
             clock=self.clocks.wall,
             max_generation_step=config.auth.max_generation_step,
+            max_token_lifetime_s=config.auth.max_token_lifetime_s,
         )
         # The files go through the same bounds as every later update (lane.auth.trust).
         if opened.keyset is not None:

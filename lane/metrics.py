@@ -68,6 +68,7 @@ REASONS = frozenset(
         "denied_account",
         "key_not_valid_at_iat",
         "wrong_algorithm",
+        "lifetime_too_long",
         "replayed",
         "passback",
         "timeout",

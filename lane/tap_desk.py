@@ -78,7 +78,6 @@ class TapDesk:
         self.link = link
         self.pricing = pricing
         self.wall = wall
-        self.skew_s = pricing.rules.skew_s if pricing is not None else 30.0
         self.received = 0
         # Shared once durable, whenever the broker is there; of use until no gate keeps it.
         self.outbox: Outbox[Record] = Outbox(
@@ -182,7 +181,7 @@ class TapDesk:
             pricing.deny(),
             pricing.account_key,
             now,
-            self.skew_s,
+            pricing.rules,
         )
         tap_in, exited = await asyncio.to_thread(self._open_tap, account, now)
         answer = price_tap_out(request, tap_in, exited, pricing.tariff, pricing.rules, now)

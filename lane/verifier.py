@@ -24,7 +24,7 @@ from lane.auth.keys import KeySet
 from lane.auth.plaza import UsedTokenSharing, mark_used
 from lane.auth.replay import ReplayStore
 from lane.auth.sourced import SourcedError
-from lane.auth.tokens import TokenAccepted, verify_token
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, TokenAccepted, verify_token
 from lane.auth.trust import (
     DEFAULT_MAX_STEP,
     Judgement,
@@ -49,6 +49,7 @@ class TokenVerifier:
         sharing: UsedTokenSharing | None = None,
         clock: Callable[[], float] = time.time,
         max_generation_step: int = DEFAULT_MAX_STEP,
+        max_token_lifetime_s: float = DEFAULT_MAX_LIFETIME_S,
     ) -> None:
         self.lane = lane
         self.keys = keys
@@ -58,6 +59,7 @@ class TokenVerifier:
         self.sharing = sharing
         self.clock = clock
         self.max_generation_step = max_generation_step
+        self.max_token_lifetime_s = max_token_lifetime_s
         self.refused: dict[str, str] = {}  # source -> why its last update was refused
         self._refused_what: dict[str, object] = {}  # source -> (verdict, the refused update)
         self.refused_counts: Counter[tuple[UpdateKind, Verdict]] = Counter()
@@ -146,7 +148,9 @@ class TokenVerifier:
         replay mark, an fsync that would stall the loop for milliseconds under load, goes to a
         worker thread (the one hop of the decision); the first use is shared from the loop, so
         no second hop back."""
-        verdict = verify_token(text, self.keys, self.deny, now_unix, self.skew_s)
+        verdict = verify_token(
+            text, self.keys, self.deny, now_unix, self.skew_s, self.max_token_lifetime_s
+        )
         if not isinstance(verdict, TokenAccepted):
             return OfflineResult(False, verdict.reason.value, None, None)
         first = await mark_used(

@@ -15,11 +15,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lane.auth.cose import Alg
 from lane.auth.keys import IssuerKey, KeySet, keyset_to_json
-from lane.auth.tokens import TokenFormat, issue_compact_token, issue_token
+from lane.auth.tokens import PHONE_TOKEN_TTL_S, TokenFormat, issue_compact_token, issue_token
 
 ISSUER = "sim-transit"
 # Short, so that a compact token with an 8-character account fits QR version 5-L.
 KID = "s1"
+LONG_LIVED_S = 365 * 86_400
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Code:
     """One code a driver will show, and what the lane should make of it."""
 
     kind: str  # token | alipay | wechat | unionpay | emv | garbage | forged | expired | replay
+    # | long_lived (signed by the issuer, valid now, but for a year: over any lane's cap)
     text: str
     valid: bool
 
@@ -95,7 +97,7 @@ class CodeFactory:
     def make(self, kind: str, now: int) -> Code:
         """The code of `kind`, made at unix time `now` (a phone refreshes its token)."""
         if kind == "token":
-            text = self._token(self.key, now, now + 60)
+            text = self._token(self.key, now, now + PHONE_TOKEN_TTL_S)
             self.used_tokens.append(text)
             return Code(kind, text, True)
         if kind == "alipay":
@@ -114,6 +116,8 @@ class CodeFactory:
             return Code(kind, self._token(self.forger, now, now + 60), False)
         if kind == "expired":
             return Code(kind, self._token(self.key, now - 600, now - 300), False)
+        if kind == "long_lived":
+            return Code(kind, self._token(self.key, now, now + LONG_LIVED_S), False)
         if kind == "replay" and self.used_tokens:
             return Code(kind, self.rng.choice(self.used_tokens), False)
         return Code("garbage", self.rng.choice(_GARBAGE) + self._digits(4), False)

@@ -4,7 +4,7 @@
              [--plaza P]   (an entry plaza's pass key: use "pass", docs/closed-road.md)
     keys check FILE
     token issue --key PRIV.pem --kid K (--issuer I | --compact) --account A [--ttl 60] [--png F]
-    token verify --keys keyset.json [--deny deny.json] [--skew 5] TEXT
+    token verify --keys keyset.json [--deny deny.json] [--skew 5] [--max-lifetime 900] TEXT
     pass issue --key PLAZA.pem --kid K --plaza P --lane L --class C [--plate X] [--png out.png]
     pass verify --keys keyset.json [--skew 5] [--max-age-days 30] TEXT
 
@@ -41,6 +41,8 @@ from lane.auth.netkeys import KeyFileError
 from lane.auth.passes import EntryPass, PassRefused, issue_pass, verify_pass
 from lane.auth.sourced import rfc3339
 from lane.auth.tokens import (
+    DEFAULT_MAX_LIFETIME_S,
+    PHONE_TOKEN_TTL_S,
     TokenAccepted,
     issue_compact_token,
     issue_token,
@@ -102,11 +104,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     issue.add_argument("--account", required=True)
     issue.add_argument(
-        "--ttl", type=int, default=60, help="seconds of validity (default 60: a phone's code)"
+        "--ttl",
+        type=int,
+        default=PHONE_TOKEN_TTL_S,
+        help=f"seconds of validity (default {PHONE_TOKEN_TTL_S}: a phone's code)",
     )
     issue.add_argument("--iat", type=int, help="issued-at, unix seconds (default: now)")
     verify = _verifier(token_cmds, "verify QR text against a key set", _token_verify)
     verify.add_argument("--deny", type=Path, help="deny list JSON")
+    verify.add_argument(
+        "--max-lifetime",
+        type=int,
+        default=DEFAULT_MAX_LIFETIME_S,
+        help=f"longest exp - iat accepted, s (default {DEFAULT_MAX_LIFETIME_S}, as a lane)",
+    )
 
     entry = groups.add_parser("pass", help="issue or verify entry passes (closed roads)")
     pass_cmds = entry.add_subparsers(dest="cmd", required=True)
@@ -296,7 +307,7 @@ def _token_verify(args: argparse.Namespace) -> int:
     keys = load_keyset(args.keys)
     deny = load_deny_list(args.deny) if args.deny is not None else DenyList.empty()
     now = time.time() if args.now is None else args.now
-    verdict = verify_token(args.text, keys, deny, now, args.skew)
+    verdict = verify_token(args.text, keys, deny, now, args.skew, args.max_lifetime)
     if isinstance(verdict, TokenAccepted):
         print(
             f"accepted: token_id={verdict.token_id} issuer={verdict.issuer}"

@@ -19,7 +19,7 @@ from lane.auth.cose import Alg, CoseError, PrivateKey, alg_of_private
 from lane.auth.keys import IssuerKey, KeyUse
 from lane.auth.netkeys import KeyFileError, read_secret
 from lane.auth.passes import EntryPass, issue_pass
-from lane.auth.tokens import issue_compact_token, issue_token
+from lane.auth.tokens import PHONE_TOKEN_TTL_S, issue_compact_token, issue_token
 
 FAR_FUTURE = 1 << 32
 
@@ -85,14 +85,16 @@ class TokenIssuer:
             self.issuer if bind_issuer else None,
         )
 
-    def token(self, account_ref: str, iat: int, ttl_s: int = 60, nonce: bytes | None = None) -> str:
+    def token(
+        self, account_ref: str, iat: int, ttl_s: int = PHONE_TOKEN_TTL_S, nonce: bytes | None = None
+    ) -> str:
         """A fresh token; a random 16-byte nonce (cti) unless one is given."""
         cti = os.urandom(16) if nonce is None else nonce
         return issue_token(
             self.private_key, self.kid, self.issuer, account_ref, iat, iat + ttl_s, cti
         )
 
-    def compact_token(self, account_ref: str, iat: int, ttl_s: int = 60) -> str:
+    def compact_token(self, account_ref: str, iat: int, ttl_s: int = PHONE_TOKEN_TTL_S) -> str:
         """A compact v2 token (no nonce: its id is the hash of the signed bytes); raises
         ValueError when the kid or the account is too long for QR version 5-L."""
         return issue_compact_token(self.private_key, self.kid, account_ref, iat, iat + ttl_s)

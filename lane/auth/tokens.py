@@ -12,7 +12,7 @@ however broken, becomes a `TokenRefused` with a reason from `Reason`.
 No zlib layer, unlike the EU DCC: a token is ~150 bytes of mostly signature and nonce, which
 do not compress (zlib makes it larger), and skipping it removes a decompression step an
 attacker could feed. Replay is not decided here: the replay store owns that, keyed by
-`TokenAccepted.token_id` until `exp`.
+`TokenAccepted.token_id` until `exp`, which the lifetime cap keeps near.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ COMPACT_MAX_TEXT = 154
 MAX_TEXT_CLAIM = 256
 MAX_CTI_LEN = 64
 MAX_TIME = 1 << 40  # NumericDate bound: keeps times inside SQLite's and msgpack's integers
+PHONE_TOKEN_TTL_S = 60  # what issuers make: a phone shows a fresh token every minute
+# The lane's cap on exp - iat (auth.max_token_lifetime_s): it bounds what a leaked issuer key
+# or an issuer bug can make, and so how long the replay store keeps an id.
+DEFAULT_MAX_LIFETIME_S = 900
 
 CLAIM_ISS, CLAIM_SUB, CLAIM_EXP, CLAIM_NBF, CLAIM_IAT, CLAIM_CTI = 1, 2, 4, 5, 6, 7
 
@@ -66,6 +70,7 @@ class Reason(enum.StrEnum):
     DENIED_ACCOUNT = "denied_account"
     KEY_NOT_VALID_AT_IAT = "key_not_valid_at_iat"
     WRONG_ALGORITHM = "wrong_algorithm"
+    LIFETIME_TOO_LONG = "lifetime_too_long"
 
 
 @dataclass(frozen=True)
@@ -118,26 +123,30 @@ class _RefusedError(Exception):
         self.verdict = TokenRefused(reason, detail)
 
 
-def verify_token(
-    text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float
+def verify_token(  # noqa: PLR0917 - the token, what it is judged by, and when
+    text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float, max_lifetime_s: float
 ) -> TokenVerdict:
     """Decide whether an offline token is acceptable at `now` (unix seconds UTC).
 
     `skew_s` is the clock difference tolerated between the issuer's phone and the lane, on
-    both ends of the validity window.
+    both ends of the validity window. `max_lifetime_s` caps `exp - iat`: a longer-lived token
+    is refused however good its signature.
     """
     try:
-        return _verify(text, keys, deny, now, skew_s)
+        return _verify(text, keys, deny, now, skew_s, max_lifetime_s)
     except _RefusedError as refusal:
         return refusal.verdict
     except Exception as exc:  # belt and braces: the fuzz tests assert this never happens
         return TokenRefused(Reason.MALFORMED, f"internal error {exc.__class__.__name__}: {exc}")
 
 
-def _verify(text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float) -> TokenVerdict:
-    if not (math.isfinite(now) and math.isfinite(skew_s) and skew_s >= 0):
+def _verify(  # noqa: PLR0917
+    text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float, max_lifetime_s: float
+) -> TokenVerdict:
+    if not (math.isfinite(now) and 0 <= skew_s < math.inf and 0 < max_lifetime_s < math.inf):
         # A caller bug, but this function never raises: fail closed.
-        raise _RefusedError(Reason.MALFORMED, f"verifier called with now={now} skew_s={skew_s}")
+        detail = f"verifier called with now={now} skew_s={skew_s} max_lifetime_s={max_lifetime_s}"
+        raise _RefusedError(Reason.MALFORMED, detail)
     try:
         fmt = _format(qr_text(text, MAX_TEXT_LEN))
         opened = open_signed(
@@ -158,6 +167,9 @@ def _verify(text: str, keys: KeySet, deny: DenyList, now: float, skew_s: float) 
             Reason.UNKNOWN_KEY,
             f"key {key.kid_text!r} belongs to {key.issuer!r}, token claims {claims.issuer!r}",
         )
+    if claims.exp - claims.iat > max_lifetime_s:
+        detail = f"lifetime {claims.exp - claims.iat} s (exp - iat), cap {max_lifetime_s:g} s"
+        raise _RefusedError(Reason.LIFETIME_TOO_LONG, detail)
     if not key.valid_at(claims.iat):
         raise _RefusedError(
             Reason.KEY_NOT_VALID_AT_IAT,
@@ -215,8 +227,8 @@ def _parse_claims(payload: bytes, fmt: TokenFormat) -> Claims:
     nbf = _time_claim(body, CLAIM_NBF, "nbf") if CLAIM_NBF in body else None
     if iat is None or exp is None:
         raise _RefusedError(Reason.MALFORMED, "claims iat (6) and exp (4) are required")
-    if exp < iat:
-        raise _RefusedError(Reason.MALFORMED, f"exp {exp} is before iat {iat}")
+    if exp <= iat:
+        raise _RefusedError(Reason.MALFORMED, f"exp {exp} is not after iat {iat}")
     cti = body.get(CLAIM_CTI)
     if cti is not None and (not isinstance(cti, bytes) or not 0 < len(cti) <= MAX_CTI_LEN):
         raise _RefusedError(Reason.MALFORMED, f"cti (7) must be 1..{MAX_CTI_LEN} bytes")
@@ -293,8 +305,8 @@ def _claims(  # noqa: PLR0917
 ) -> dict[int, Any]:
     if not kid or not account_ref:
         raise ValueError("kid and account_ref must be non-empty")
-    if exp < iat:
-        raise ValueError("exp must not be before iat")
+    if exp <= iat:
+        raise ValueError("exp must be after iat")
     claims: dict[int, Any] = {} if issuer is None else {CLAIM_ISS: issuer}
     claims.update({CLAIM_SUB: account_ref, CLAIM_EXP: exp, CLAIM_IAT: iat})
     if nonce is not None:

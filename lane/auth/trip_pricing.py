@@ -22,7 +22,7 @@ from lane.auth.fares import FareError, Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import EntryPass, PassAccepted, verify_pass
 from lane.auth.paycodes import CodeError, online_code
-from lane.auth.tokens import TokenAccepted, verify_token
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, TokenAccepted, verify_token
 from lane.auth.trip_rules import (
     MAX_LINE,
     Evidence,
@@ -49,6 +49,7 @@ class ExitLaneRules:
     road: RoadRules
     pass_lifetime_s: float = 30 * DAY_S
     skew_s: float = 30.0
+    max_token_lifetime_s: float = DEFAULT_MAX_LIFETIME_S
 
 
 def evidence_of(text: str | None, keys: KeySet, now: float, rules: ExitLaneRules) -> Evidence:
@@ -107,12 +108,12 @@ def code_account(  # noqa: PLR0917 - what each kind of code needs to name its ac
     deny: DenyList,
     account_key: bytes,
     now: float,
-    skew_s: float,
+    rules: ExitLaneRules,
 ) -> str | None:
     """The account reference the authoriser will record for this code (a token's subject, a
     payment code's keyed reference), or None: a code it will refuse anyway."""
     if kind is PayloadKind.TOKEN:
-        verdict = verify_token(text, keys, deny, now, skew_s)
+        verdict = verify_token(text, keys, deny, now, rules.skew_s, rules.max_token_lifetime_s)
         return verdict.account_ref if isinstance(verdict, TokenAccepted) else None
     try:
         return online_code(str(kind), text, account_key).account_ref

@@ -31,6 +31,7 @@ from lane.auth.resolution_store import (
     StoreError,
 )
 from lane.auth.resolver import Resolver
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S as CAP
 from lane.auth.tokens import PREFIX, Reason, TokenAccepted, TokenRefused, verify_token
 from lane.verifier import TokenVerifier
 from lane.wire.codec import PayloadError, pack
@@ -81,7 +82,7 @@ async def test_malleated_es256_signature_is_still_the_same_token(tmp_path: Path)
     twin = rebuild(parts)
     assert twin != text
     assert isinstance(
-        verify_token(twin, keys_of(issuer), DenyList.empty(), NOW, SKEW), TokenAccepted
+        verify_token(twin, keys_of(issuer), DenyList.empty(), NOW, SKEW, CAP), TokenAccepted
     )
     v = verifier(tmp_path, issuer)
     assert (await v.verify(text, NOW)).approved
@@ -215,7 +216,9 @@ def test_claim_edge_values_are_malformed(over: dict[int, object]) -> None:
     issuer = TokenIssuer.generate()
     claims: dict[int, object] = {1: issuer.issuer, 2: "acct-1", 4: NOW + 60, 6: NOW, 7: b"n" * 8}
     claims.update(over)
-    verdict = verify_token(hand_token(issuer, claims), keys_of(issuer), DenyList.empty(), NOW, SKEW)
+    verdict = verify_token(
+        hand_token(issuer, claims), keys_of(issuer), DenyList.empty(), NOW, SKEW, CAP
+    )
     assert isinstance(verdict, TokenRefused) and verdict.reason is Reason.MALFORMED, verdict
 
 
@@ -226,7 +229,7 @@ def test_unicode_lookalike_account_is_a_different_account() -> None:
     deny = DenyList.of(1, ["acct-1"])
     for sub in ("acct\u20111", "acct-1\u200b", "\uff41cct-1", "acct-1\x00"):
         text = issuer.token(sub, NOW, nonce=sub.encode()[:16])
-        verdict = verify_token(text, keys_of(issuer), deny, NOW, SKEW)
+        verdict = verify_token(text, keys_of(issuer), deny, NOW, SKEW, CAP)
         assert isinstance(verdict, TokenAccepted) and verdict.account_ref == sub
 
 
@@ -235,7 +238,7 @@ def test_nonsense_clock_values_never_accept() -> None:
     text = issuer.token("acct-1", NOW, nonce=b"q" * 16)
     for now, skew in ((float("nan"), SKEW), (float("inf"), SKEW), (NOW, -1.0), (NOW, float("inf"))):
         assert isinstance(
-            verify_token(text, keys_of(issuer), DenyList.empty(), now, skew), TokenRefused
+            verify_token(text, keys_of(issuer), DenyList.empty(), now, skew, CAP), TokenRefused
         )
 
 

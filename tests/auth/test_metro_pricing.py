@@ -91,7 +91,7 @@ def test_a_tap_out_is_priced_by_its_tap_in_with_the_metro_exceptions(  # noqa: P
 
 def test_the_account_of_a_code_is_the_one_the_authoriser_records() -> None:
     token = issue_compact_token(CODES.key, KID, "rider-7", NOW, NOW + 60)
-    args = (KEYS, DenyList.empty(), ACCOUNT_KEY, NOW, 30.0)
+    args = (KEYS, DenyList.empty(), ACCOUNT_KEY, NOW, RULES)
     assert code_account(PayloadKind.TOKEN, token, *args) == "rider-7"
     wallet = "281234567890123456"
     expected = online_code("payment_code", wallet, ACCOUNT_KEY).account_ref
@@ -99,6 +99,12 @@ def test_the_account_of_a_code_is_the_one_the_authoriser_records() -> None:
     forged = CODES.make("forged", NOW).text
     assert code_account(PayloadKind.TOKEN, forged, *args) is None
     assert code_account(PayloadKind.PAYMENT_CODE, "12", *args) is None
+    # A token living longer than the lane's cap names no account: the authoriser refuses it.
+    cap = int(RULES.max_token_lifetime_s)
+    at_cap = issue_compact_token(CODES.key, KID, "rider-8", NOW, NOW + cap)
+    assert code_account(PayloadKind.TOKEN, at_cap, *args) == "rider-8"
+    too_long = issue_compact_token(CODES.key, KID, "rider-9", NOW, NOW + cap + 1)
+    assert code_account(PayloadKind.TOKEN, too_long, *args) is None
 
 
 # --- properties through the real desk and stores -------------------------------------------

@@ -40,6 +40,7 @@ from lane.auth.passes import (
     pass_key,
     verify_pass,
 )
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S as CAP
 from lane.auth.tokens import Reason, TokenRefused, verify_token
 from scanner.decoders import ZxingDecoder
 
@@ -114,7 +115,7 @@ def test_unknown_kid_and_token_keys_are_refused() -> None:
 
 def test_a_pass_key_never_verifies_a_payment_token() -> None:
     impostor = TokenIssuer(P01.private_key, P01.kid, "wallet.example")
-    verdict = verify_token(impostor.token("acct", NOW), KEYS, DenyList.empty(), NOW, 5)
+    verdict = verify_token(impostor.token("acct", NOW), KEYS, DenyList.empty(), NOW, 5, CAP)
     assert isinstance(verdict, TokenRefused) and verdict.reason is Reason.UNKNOWN_KEY
 
 

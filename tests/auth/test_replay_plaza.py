@@ -22,6 +22,7 @@ from lane.auth.plaza import (
     used_tokens_topic,
 )
 from lane.auth.replay import ReplayStore
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S as CAP
 from lane.auth.tokens import TokenAccepted, verify_token
 from lane.transport.mqtt import MqttLink
 from lane.wire.codec import PayloadError, pack
@@ -87,7 +88,7 @@ async def test_token_used_at_lane_a_is_refused_at_lane_b(
     issuer = TokenIssuer.generate()
     keys = KeySet.of(NOW, [issuer.public()])
     text = issuer.token("acct-7", iat=NOW)
-    verdict = verify_token(text, keys, DenyList.empty(), NOW + 1, 5)
+    verdict = verify_token(text, keys, DenyList.empty(), NOW + 1, 5, CAP)
     assert isinstance(verdict, TokenAccepted)
 
     async with (

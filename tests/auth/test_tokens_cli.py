@@ -127,6 +127,24 @@ def test_issue_compact_png_scan_and_verify(
         assert code == 2 and "give --issuer for a v1 token or --compact" in err
 
 
+def test_verify_refuses_a_token_living_longer_than_the_cap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(["keys", "new", "--kid", "k1", "--alg", "ed25519", "--out", str(tmp_path)], capsys)
+    code, out, _ = run(
+        ["token", "issue", "--key", str(tmp_path / "k1.key.pem"), "--kid", "k1",
+         "--issuer", "wallet.example", "--account", "acct-9", "--ttl", "3600"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    verify = ["token", "verify", "--keys", str(tmp_path / "keyset.json"), out.strip()]
+    code, out, _ = run(verify, capsys)  # the lane's default cap: 900 s
+    assert code == 1
+    assert out.strip() == "refused: lifetime_too_long: lifetime 3600 s (exp - iat), cap 900 s"
+    code, out, _ = run([*verify[:2], "--max-lifetime", "3600", *verify[2:]], capsys)
+    assert code == 0 and out.startswith("accepted:")
+
+
 def test_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad_key = tmp_path / "k.pem"
     bad_key.write_text("not a key")

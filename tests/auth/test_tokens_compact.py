@@ -29,6 +29,7 @@ from lane.auth.tokens import (
     token_format,
     verify_token,
 )
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S as CAP
 from scanner.payload import TokenPayload, classify
 
 NOW = 1_800_000_000
@@ -83,7 +84,7 @@ def test_golden_compact_token_bytes() -> None:
 def test_compact_token_verifies_with_issuer_from_the_key(alg: Alg) -> None:
     who = issuer(alg)
     text = who.compact_token("acct-001", NOW)
-    verdict = verify_token(text, keys_of(who), NO_DENY, NOW + 1, 5)
+    verdict = verify_token(text, keys_of(who), NO_DENY, NOW + 1, 5, CAP)
     assert isinstance(verdict, TokenAccepted)
     assert (verdict.issuer, verdict.account_ref, verdict.exp) == (
         "wallet.example",
@@ -103,7 +104,7 @@ def test_v1_and_v2_verify_side_by_side_during_the_transition() -> None:
     v1, v2 = who.token("acct-001", NOW), who.compact_token("acct-001", NOW)
     assert (token_format(v1), token_format(v2)) == (TokenFormat.V1, TokenFormat.V2)
     for text in (v1, v2):
-        assert isinstance(verify_token(text, keys, NO_DENY, NOW, 5), TokenAccepted)
+        assert isinstance(verify_token(text, keys, NO_DENY, NOW, 5, CAP), TokenAccepted)
         assert isinstance(classify(text), TokenPayload)
 
 
@@ -137,7 +138,7 @@ def test_compact_token_that_would_not_fit_is_not_issued() -> None:
 def test_compact_token_needs_a_key_bound_to_an_issuer() -> None:
     who = issuer()
     verdict = refused(
-        verify_token(who.compact_token("a1", NOW), keys_of(who, bind=False), NO_DENY, NOW, 5)
+        verify_token(who.compact_token("a1", NOW), keys_of(who, bind=False), NO_DENY, NOW, 5, CAP)
     )
     assert verdict.reason is Reason.UNKNOWN_KEY
     assert "bound to no issuer" in verdict.detail
@@ -147,9 +148,12 @@ def test_compact_token_with_an_iss_must_match_the_key() -> None:
     who = issuer(name="w")  # an iss costs room: only a very short one fits
     base = {2: "a1", 4: NOW + 60, 6: NOW}
     good = compact_raw(who, {1: "w", **base})
-    assert isinstance(verify_token(good, keys_of(who), NO_DENY, NOW, 5), TokenAccepted)
+    assert isinstance(verify_token(good, keys_of(who), NO_DENY, NOW, 5, CAP), TokenAccepted)
     other = compact_raw(who, {1: "x", **base})
-    assert refused(verify_token(other, keys_of(who), NO_DENY, NOW, 5)).reason is Reason.UNKNOWN_KEY
+    assert (
+        refused(verify_token(other, keys_of(who), NO_DENY, NOW, 5, CAP)).reason
+        is Reason.UNKNOWN_KEY
+    )
 
 
 def test_a_v1_without_iss_is_still_malformed() -> None:
@@ -157,7 +161,7 @@ def test_a_v1_without_iss_is_still_malformed() -> None:
     body = b45decode(who.compact_token("a1", NOW)[4:])
     # The same signed claims under the v1 prefix, tagged: v1 still requires iss.
     tagged = cbor2.dumps(cbor2.CBORTag(18, cbor2.loads(body)))
-    verdict = refused(verify_token("LT1:" + b45encode(tagged), keys_of(who), NO_DENY, NOW, 5))
+    verdict = refused(verify_token("LT1:" + b45encode(tagged), keys_of(who), NO_DENY, NOW, 5, CAP))
     assert (verdict.reason, verdict.detail) == (
         Reason.MALFORMED,
         "iss (1) must be 1..256 characters",
@@ -168,20 +172,20 @@ def test_prefix_and_tagging_must_agree() -> None:
     who = issuer()
     keys = keys_of(who)
     tagged_v2 = compact_raw(who, {2: "a1", 4: NOW + 60, 6: NOW}, tagged=True)
-    verdict = refused(verify_token(tagged_v2, keys, NO_DENY, NOW, 5))
+    verdict = refused(verify_token(tagged_v2, keys, NO_DENY, NOW, 5, CAP))
     assert (verdict.reason, verdict.detail) == (
         Reason.MALFORMED,
         "an untagged COSE_Sign1 was expected, got CBOR tag 18",
     )
     untagged_v1 = "LT1:" + who.compact_token("a1", NOW)[4:]
-    verdict = refused(verify_token(untagged_v1, keys, NO_DENY, NOW, 5))
+    verdict = refused(verify_token(untagged_v1, keys, NO_DENY, NOW, 5, CAP))
     assert verdict.detail == "not a COSE_Sign1 (CBOR tag 18)"
 
 
 def test_compact_text_over_the_qr_budget_is_refused_before_decoding() -> None:
-    verdict = refused(verify_token("LT2:" + "0" * 151, KeySet(0), NO_DENY, NOW, 5))
+    verdict = refused(verify_token("LT2:" + "0" * 151, KeySet(0), NO_DENY, NOW, 5, CAP))
     assert verdict.detail == "compact token of 155 characters, limit 154"
-    unknown = refused(verify_token("LT3:" + "0" * 150, KeySet(0), NO_DENY, NOW, 5))
+    unknown = refused(verify_token("LT3:" + "0" * 150, KeySet(0), NO_DENY, NOW, 5, CAP))
     assert unknown.detail == "does not start with 'LT1:' or 'LT2:'"
 
 
@@ -196,7 +200,7 @@ def test_compact_text_over_the_qr_budget_is_refused_before_decoding() -> None:
 def test_compact_token_refusals_are_those_of_v1(now: int, deny: DenyList, reason: Reason) -> None:
     who = issuer()
     assert (
-        refused(verify_token(who.compact_token("a1", NOW), keys_of(who), deny, now, 5)).reason
+        refused(verify_token(who.compact_token("a1", NOW), keys_of(who), deny, now, 5, CAP)).reason
         is reason
     )
 
@@ -209,7 +213,7 @@ def test_every_bit_flip_of_a_compact_token_is_refused() -> None:
     for i in range(len(raw) * 8):
         flipped = bytearray(raw)
         flipped[i // 8] ^= 1 << (i % 8)
-        verdict = verify_token("LT2:" + b45encode(bytes(flipped)), keys, NO_DENY, NOW, 5)
+        verdict = verify_token("LT2:" + b45encode(bytes(flipped)), keys, NO_DENY, NOW, 5, CAP)
         assert isinstance(verdict, TokenRefused), i
         assert not verdict.detail.startswith("internal"), verdict.detail
 
@@ -217,12 +221,12 @@ def test_every_bit_flip_of_a_compact_token_is_refused() -> None:
 FUZZ_ISSUER = issuer()
 FUZZ_KEYS = keys_of(FUZZ_ISSUER)
 FUZZ_GOOD = FUZZ_ISSUER.compact_token("acct-1", NOW)
-FUZZ_EXPECTED = verify_token(FUZZ_GOOD, FUZZ_KEYS, NO_DENY, NOW, 5)
+FUZZ_EXPECTED = verify_token(FUZZ_GOOD, FUZZ_KEYS, NO_DENY, NOW, 5, CAP)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def check(text: str) -> TokenVerdict:
-    verdict = verify_token(text, FUZZ_KEYS, NO_DENY, NOW, 5)
+    verdict = verify_token(text, FUZZ_KEYS, NO_DENY, NOW, 5, CAP)
     if isinstance(verdict, TokenRefused):
         assert not verdict.detail.startswith("internal"), verdict.detail
     else:
@@ -255,15 +259,18 @@ def test_random_base45_after_the_compact_prefix(text: str) -> None:
 
 @FUZZ
 @given(claims=st.dictionaries(st.integers(-1, 9), st.one_of(
-    st.none(), st.integers(NOW - 100, NOW + 100), st.text(max_size=10), st.binary(max_size=20)
+    st.none(), st.integers(NOW - 100, NOW + 100), st.integers(NOW - 3 * CAP, NOW - CAP),
+    st.text(max_size=10), st.binary(max_size=20)
 ), max_size=6))  # fmt: skip
 def test_signed_random_claims_in_a_compact_token(claims: dict[int, object]) -> None:
     # A genuine signature over arbitrary claims: the claims parser alone must hold the line.
     text = compact_raw(FUZZ_ISSUER, claims)
-    verdict = verify_token(text, FUZZ_KEYS, NO_DENY, NOW, 5)
+    verdict = verify_token(text, FUZZ_KEYS, NO_DENY, NOW, 5, CAP)
     if isinstance(verdict, TokenRefused):
         assert not verdict.detail.startswith("internal"), verdict.detail
+        if verdict.reason is Reason.LIFETIME_TOO_LONG:
+            assert claims[4] - claims[6] > CAP  # type: ignore[operator]
         return
     assert verdict.issuer == "wallet.example"
     assert claims.get(1, "wallet.example") == "wallet.example"
-    assert isinstance(verdict.account_ref, str) and verdict.iat <= verdict.exp
+    assert isinstance(verdict.account_ref, str) and verdict.iat < verdict.exp <= verdict.iat + CAP

@@ -12,18 +12,26 @@ from lane.auth.cose import Alg, sig_structure, sign
 from lane.auth.deny import DenyList
 from lane.auth.issuer import TokenIssuer
 from lane.auth.keys import KeySet
-from lane.auth.tokens import PREFIX, TokenAccepted, TokenRefused, TokenVerdict, verify_token
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S as CAP
+from lane.auth.tokens import (
+    PREFIX,
+    Reason,
+    TokenAccepted,
+    TokenRefused,
+    TokenVerdict,
+    verify_token,
+)
 
 NOW = 1_800_000_000
 ISSUERS = {alg: TokenIssuer.generate(alg, kid=alg.value) for alg in Alg}
 KEYS = KeySet.of(NOW, [i.public() for i in ISSUERS.values()])
 GOOD = {alg: i.token("acct-1", NOW, nonce=b"0123456789abcdef") for alg, i in ISSUERS.items()}
-EXPECTED = {alg: verify_token(t, KEYS, DenyList.empty(), NOW, 5) for alg, t in GOOD.items()}
+EXPECTED = {alg: verify_token(t, KEYS, DenyList.empty(), NOW, 5, CAP) for alg, t in GOOD.items()}
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def check(text: str, original: TokenVerdict | None = None) -> TokenVerdict:
-    verdict = verify_token(text, KEYS, DenyList.empty(), NOW, 5)
+    verdict = verify_token(text, KEYS, DenyList.empty(), NOW, 5, CAP)
     if isinstance(verdict, TokenRefused):
         assert not verdict.detail.startswith("internal"), verdict.detail
     else:
@@ -142,9 +150,9 @@ def test_byte_overwrites_of_a_valid_token(alg: Alg, edits: list[tuple[int, int]]
     check(PREFIX + b45encode(bytes(raw)), EXPECTED[alg])
 
 
-CLAIM_VALUES = st.one_of(
-    CBOR_LEAVES, st.integers(NOW - 100, NOW + 100), st.just("acct-1"), st.binary(max_size=70)
-)
+# Times near now, and far enough before it that an exp near now makes a lifetime over the cap.
+TIMES = st.integers(NOW - 100, NOW + 100) | st.integers(NOW - 3 * CAP, NOW - CAP)
+CLAIM_VALUES = st.one_of(CBOR_LEAVES, TIMES, st.just("acct-1"), st.binary(max_size=70))
 
 
 @FUZZ
@@ -156,9 +164,11 @@ def test_signed_random_claims(claims: dict[int, object]) -> None:
     payload = cbor2.dumps(claims)
     signature = sign(issuer.private_key, sig_structure(protected, payload))
     text = PREFIX + b45encode(cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, signature])))
-    verdict = verify_token(text, KEYS, DenyList.empty(), NOW, 5)
+    verdict = verify_token(text, KEYS, DenyList.empty(), NOW, 5, CAP)
     if isinstance(verdict, TokenRefused):
         assert not verdict.detail.startswith("internal"), verdict.detail
+        if verdict.reason is Reason.LIFETIME_TOO_LONG:
+            assert claims[4] - claims[6] > CAP  # type: ignore[operator]
         return
     assert isinstance(verdict.account_ref, str) and isinstance(verdict.exp, int)
-    assert verdict.iat <= verdict.exp and verdict.exp + 5 > NOW
+    assert verdict.iat < verdict.exp <= verdict.iat + CAP and verdict.exp + 5 > NOW

@@ -9,6 +9,7 @@ from lane.auth.base45 import b45decode, b45encode
 from lane.auth.cose import Alg, decode_sign1, verify
 from lane.auth.deny import DenyList
 from lane.auth.keys import IssuerKey, KeySet
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S as CAP
 from lane.auth.tokens import PREFIX, Reason, TokenAccepted, TokenRefused, issue_token, verify_token
 
 # RFC 8392 appendix A.3 (signed CWT) and A.2.3 (its ECDSA P-256 key).
@@ -59,7 +60,9 @@ def test_rfc8392_signed_cwt_verifies_in_cose_layer() -> None:
 def test_rfc8392_token_is_outside_our_profile() -> None:
     # Its kid sits in the unprotected header; our profile requires it protected (signed).
     keys = KeySet.of(0, [IssuerKey(b"AsymmetricECDSA256", Alg.ES256, rfc8392_public(), 0, 1 << 32)])
-    verdict = verify_token(PREFIX + b45encode(RFC8392_A3), keys, DenyList.empty(), 1443944944, 5)
+    verdict = verify_token(
+        PREFIX + b45encode(RFC8392_A3), keys, DenyList.empty(), 1443944944, 5, CAP
+    )
     assert isinstance(verdict, TokenRefused)
     assert verdict.reason is Reason.MALFORMED
 
@@ -72,6 +75,6 @@ def test_golden_ed25519_token_bytes() -> None:
     assert text.startswith("LT1:")
     assert b45decode(text[4:]).hex() == GOLDEN_HEX
     keys = KeySet.of(0, [IssuerKey(b"k1", Alg.ED25519, key.public_key(), 0, 1 << 32)])
-    verdict = verify_token(text, keys, DenyList.empty(), 1800000010, 5)
+    verdict = verify_token(text, keys, DenyList.empty(), 1800000010, 5, CAP)
     assert isinstance(verdict, TokenAccepted)
     assert verdict.token_id == "000102030405060708090a0b0c0d0e0f"

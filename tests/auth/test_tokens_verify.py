@@ -15,6 +15,7 @@ from lane.auth.cose import Alg, sig_structure, sign
 from lane.auth.deny import DenyList
 from lane.auth.issuer import TokenIssuer
 from lane.auth.keys import KeySet
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S as CAP
 from lane.auth.tokens import (
     MAX_TEXT_LEN,
     PREFIX,
@@ -71,7 +72,7 @@ def claims(**over: object) -> dict[int, object]:
 def test_accepts_valid_token(alg: Alg) -> None:
     issuer = TokenIssuer.generate(alg, kid="k1")
     text = issuer.token("acct-42", iat=NOW - 10, ttl_s=60, nonce=bytes(range(16)))
-    verdict = verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW)
+    verdict = verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP)
     assert verdict == TokenAccepted(
         token_id=bytes(range(16)).hex(),
         issuer="wallet.example",
@@ -95,8 +96,8 @@ def test_token_id_without_cti_hashes_signed_bytes_only() -> None:
     plain = raw_token(issuer, body)
     # The unprotected header is not signed: changing it must not change the id (replay bypass).
     padded = raw_token(issuer, body, unprotected={99: "anything"})
-    first = verify_token(plain, keys_of(issuer), NO_DENY, NOW, SKEW)
-    second = verify_token(padded, keys_of(issuer), NO_DENY, NOW, SKEW)
+    first = verify_token(plain, keys_of(issuer), NO_DENY, NOW, SKEW, CAP)
+    second = verify_token(padded, keys_of(issuer), NO_DENY, NOW, SKEW, CAP)
     assert isinstance(first, TokenAccepted) and isinstance(second, TokenAccepted)
     assert first.token_id == second.token_id
     protected = cbor2.dumps({1: -8, 4: b"k1"})
@@ -107,7 +108,7 @@ def test_token_id_without_cti_hashes_signed_bytes_only() -> None:
 def test_unknown_key() -> None:
     issuer = TokenIssuer.generate(kid="k1")
     other = TokenIssuer.generate(kid="k2")
-    verdict = refused(verify_token(issuer.token("a", NOW), keys_of(other), NO_DENY, NOW, SKEW))
+    verdict = refused(verify_token(issuer.token("a", NOW), keys_of(other), NO_DENY, NOW, SKEW, CAP))
     assert verdict.reason is Reason.UNKNOWN_KEY
     assert "k1" in verdict.detail
 
@@ -117,7 +118,7 @@ def test_forged_with_another_key_same_kid(alg: Alg) -> None:
     genuine = TokenIssuer.generate(alg, kid="k1")
     forger = TokenIssuer.generate(alg, kid="k1")
     text = forger.token("acct-1", NOW)
-    verdict = refused(verify_token(text, keys_of(genuine), NO_DENY, NOW, SKEW))
+    verdict = refused(verify_token(text, keys_of(genuine), NO_DENY, NOW, SKEW, CAP))
     assert verdict.reason is Reason.BAD_SIGNATURE
 
 
@@ -129,7 +130,7 @@ def test_claims_swapped_under_a_genuine_signature() -> None:
     text = PREFIX + b45encode(
         cbor2.dumps(cbor2.CBORTag(18, [protected, unprotected, evil, signature]))
     )
-    assert refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW)).reason is (
+    assert refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP)).reason is (
         Reason.BAD_SIGNATURE
     )
 
@@ -141,7 +142,7 @@ def test_der_signature_is_not_accepted_for_es256() -> None:
     assert isinstance(issuer.private_key, ec.EllipticCurvePrivateKey)
     der = issuer.private_key.sign(sig_structure(protected, payload), ec.ECDSA(hashes.SHA256()))
     text = PREFIX + b45encode(cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, der])))
-    verdict = refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW))
+    verdict = refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP))
     assert verdict.reason is Reason.BAD_SIGNATURE
 
 
@@ -161,7 +162,7 @@ def test_es256_signature_is_raw_r_s() -> None:
 def test_wrong_algorithm_unsupported_alg() -> None:
     issuer = TokenIssuer.generate()
     text = raw_token(issuer, claims(), header={1: -35, 4: issuer.kid})  # ES384
-    assert refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW)).reason is (
+    assert refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP)).reason is (
         Reason.WRONG_ALGORITHM
     )
 
@@ -170,7 +171,7 @@ def test_wrong_algorithm_for_the_key() -> None:
     es_issuer = TokenIssuer.generate(Alg.ES256, kid="k1")
     ed_issuer = TokenIssuer.generate(Alg.ED25519, kid="k1")
     text = ed_issuer.token("acct-1", NOW)
-    verdict = refused(verify_token(text, keys_of(es_issuer), NO_DENY, NOW, SKEW))
+    verdict = refused(verify_token(text, keys_of(es_issuer), NO_DENY, NOW, SKEW, CAP))
     assert verdict.reason is Reason.WRONG_ALGORITHM
     assert "es256" in verdict.detail
 
@@ -179,9 +180,13 @@ def test_expired_by_one_second_beyond_skew() -> None:
     issuer = TokenIssuer.generate()
     text = issuer.token("acct-1", iat=NOW - 60, ttl_s=60)  # exp = NOW
     keys = keys_of(issuer)
-    assert isinstance(verify_token(text, keys, NO_DENY, NOW + SKEW - 0.001, SKEW), TokenAccepted)
-    assert refused(verify_token(text, keys, NO_DENY, NOW + SKEW, SKEW)).reason is Reason.EXPIRED
-    verdict = refused(verify_token(text, keys, NO_DENY, NOW + SKEW + 1, SKEW))
+    assert isinstance(
+        verify_token(text, keys, NO_DENY, NOW + SKEW - 0.001, SKEW, CAP), TokenAccepted
+    )
+    assert (
+        refused(verify_token(text, keys, NO_DENY, NOW + SKEW, SKEW, CAP)).reason is Reason.EXPIRED
+    )
+    verdict = refused(verify_token(text, keys, NO_DENY, NOW + SKEW + 1, SKEW, CAP))
     assert verdict.reason is Reason.EXPIRED
     assert str(NOW) in verdict.detail
 
@@ -190,17 +195,19 @@ def test_not_yet_valid_beyond_skew() -> None:
     issuer = TokenIssuer.generate()
     keys = keys_of(issuer)
     at_edge = issuer.token("acct-1", iat=NOW + int(SKEW))
-    assert isinstance(verify_token(at_edge, keys, NO_DENY, NOW, SKEW), TokenAccepted)
+    assert isinstance(verify_token(at_edge, keys, NO_DENY, NOW, SKEW, CAP), TokenAccepted)
     early = issuer.token("acct-1", iat=NOW + int(SKEW) + 1)
-    assert refused(verify_token(early, keys, NO_DENY, NOW, SKEW)).reason is Reason.NOT_YET_VALID
+    assert (
+        refused(verify_token(early, keys, NO_DENY, NOW, SKEW, CAP)).reason is Reason.NOT_YET_VALID
+    )
 
 
 def test_not_before_claim() -> None:
     issuer = TokenIssuer.generate()
     text = raw_token(issuer, claims(nbf=NOW + 30))
-    verdict = refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW))
+    verdict = refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP))
     assert verdict.reason is Reason.NOT_YET_VALID
-    later = verify_token(text, keys_of(issuer), NO_DENY, NOW + 30, SKEW)
+    later = verify_token(text, keys_of(issuer), NO_DENY, NOW + 30, SKEW, CAP)
     assert isinstance(later, TokenAccepted)
 
 
@@ -208,11 +215,11 @@ def test_denied_account() -> None:
     issuer = TokenIssuer.generate()
     deny = DenyList.of(7, ["acct-bad"])
     keys = keys_of(issuer)
-    verdict = refused(verify_token(issuer.token("acct-bad", NOW), keys, deny, NOW, SKEW))
+    verdict = refused(verify_token(issuer.token("acct-bad", NOW), keys, deny, NOW, SKEW, CAP))
     assert verdict.reason is Reason.DENIED_ACCOUNT
     assert "generation 7" in verdict.detail
     assert isinstance(
-        verify_token(issuer.token("acct-ok", NOW), keys, deny, NOW, SKEW), TokenAccepted
+        verify_token(issuer.token("acct-ok", NOW), keys, deny, NOW, SKEW, CAP), TokenAccepted
     )
 
 
@@ -220,11 +227,11 @@ def test_key_bound_to_another_issuer() -> None:
     issuer = TokenIssuer.generate(issuer="wallet.example")
     impostor = TokenIssuer(issuer.private_key, issuer.kid, "other.example")
     text = impostor.token("acct-1", NOW)
-    verdict = refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW))
+    verdict = refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP))
     assert verdict.reason is Reason.UNKNOWN_KEY
     assert "other.example" in verdict.detail
     unbound = KeySet.of(NOW, [issuer.public(bind_issuer=False)])
-    assert isinstance(verify_token(text, unbound, NO_DENY, NOW, SKEW), TokenAccepted)
+    assert isinstance(verify_token(text, unbound, NO_DENY, NOW, SKEW, CAP), TokenAccepted)
 
 
 def test_key_not_valid_at_iat() -> None:
@@ -233,7 +240,7 @@ def test_key_not_valid_at_iat() -> None:
     before = issuer.token("acct-1", iat=NOW - 101, ttl_s=300)
     after = issuer.token("acct-1", iat=NOW + 100, ttl_s=300)
     for text, now in ((before, NOW), (after, NOW + 100)):
-        verdict = refused(verify_token(text, keys, NO_DENY, now, SKEW))
+        verdict = refused(verify_token(text, keys, NO_DENY, now, SKEW, CAP))
         assert verdict.reason is Reason.KEY_NOT_VALID_AT_IAT
 
 
@@ -247,17 +254,17 @@ def test_rotation_old_and_new_key_side_by_side() -> None:
     # During the overlap both sign valid tokens.
     for issuer in (old, new):
         text = issuer.token("acct-1", iat=switch)
-        assert isinstance(verify_token(text, keys, NO_DENY, switch, SKEW), TokenAccepted)
+        assert isinstance(verify_token(text, keys, NO_DENY, switch, SKEW, CAP), TokenAccepted)
     # A token signed by the old key just before its window closed stays good until it expires,
     last = old.token("acct-1", iat=switch + 599, ttl_s=60)
-    assert isinstance(verify_token(last, keys, NO_DENY, switch + 640, SKEW), TokenAccepted)
+    assert isinstance(verify_token(last, keys, NO_DENY, switch + 640, SKEW, CAP), TokenAccepted)
     # but the old key cannot sign after its window.
     stale = old.token("acct-1", iat=switch + 600)
-    assert refused(verify_token(stale, keys, NO_DENY, switch + 601, SKEW)).reason is (
+    assert refused(verify_token(stale, keys, NO_DENY, switch + 601, SKEW, CAP)).reason is (
         Reason.KEY_NOT_VALID_AT_IAT
     )
     assert isinstance(
-        verify_token(new.token("acct-1", iat=switch + 601), keys, NO_DENY, switch + 601, SKEW),
+        verify_token(new.token("acct-1", iat=switch + 601), keys, NO_DENY, switch + 601, SKEW, CAP),
         TokenAccepted,
     )
 
@@ -285,7 +292,7 @@ MALFORMED_TEXTS = [
 @pytest.mark.parametrize("text", MALFORMED_TEXTS)
 def test_malformed_structure(text: str) -> None:
     issuer = TokenIssuer.generate()
-    assert refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW)).reason is (
+    assert refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP)).reason is (
         Reason.MALFORMED
     )
 
@@ -307,7 +314,7 @@ def test_malformed_structure(text: str) -> None:
 def test_malformed_headers(header: object, unprotected: object) -> None:
     issuer = TokenIssuer.generate()
     text = raw_token(issuer, claims(), header=header, unprotected=unprotected)
-    assert refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW)).reason is (
+    assert refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP)).reason is (
         Reason.MALFORMED
     )
 
@@ -336,7 +343,7 @@ def test_malformed_headers(header: object, unprotected: object) -> None:
 def test_malformed_claims(body: object) -> None:
     issuer = TokenIssuer.generate()
     text = raw_token(issuer, body)
-    assert refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW)).reason is (
+    assert refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP)).reason is (
         Reason.MALFORMED
     )
 
@@ -345,19 +352,19 @@ def test_non_text_and_bad_clock_inputs_never_raise() -> None:
     issuer = TokenIssuer.generate()
     keys = keys_of(issuer)
     good = issuer.token("acct-1", NOW)
-    assert refused(verify_token(None, keys, NO_DENY, NOW, SKEW)).reason is Reason.MALFORMED  # type: ignore[arg-type]
-    assert refused(verify_token(b"LT1:", keys, NO_DENY, NOW, SKEW)).reason is Reason.MALFORMED  # type: ignore[arg-type]
-    assert refused(verify_token(good, keys, NO_DENY, float("nan"), SKEW)).reason is (
+    assert refused(verify_token(None, keys, NO_DENY, NOW, SKEW, CAP)).reason is Reason.MALFORMED  # type: ignore[arg-type]
+    assert refused(verify_token(b"LT1:", keys, NO_DENY, NOW, SKEW, CAP)).reason is Reason.MALFORMED  # type: ignore[arg-type]
+    assert refused(verify_token(good, keys, NO_DENY, float("nan"), SKEW, CAP)).reason is (
         Reason.MALFORMED
     )
-    assert refused(verify_token(good, keys, NO_DENY, NOW, -1)).reason is Reason.MALFORMED
+    assert refused(verify_token(good, keys, NO_DENY, NOW, -1, CAP)).reason is Reason.MALFORMED
 
 
 def test_trailing_bytes_after_cose_are_malformed() -> None:
     issuer = TokenIssuer.generate()
     raw = b45decode(issuer.token("acct-1", NOW)[len(PREFIX) :])
     text = PREFIX + b45encode(raw + b"\x00")
-    verdict = refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW))
+    verdict = refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP))
     assert verdict.reason is Reason.MALFORMED
     assert "trailing" in verdict.detail
 
@@ -365,14 +372,16 @@ def test_trailing_bytes_after_cose_are_malformed() -> None:
 def test_trailing_newline_from_scanner_is_tolerated() -> None:
     issuer = TokenIssuer.generate()
     text = issuer.token("acct-1", NOW) + "\r\n"
-    assert isinstance(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW), TokenAccepted)
+    assert isinstance(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP), TokenAccepted)
 
 
 def test_cwt_tag_around_cose_is_accepted() -> None:
     issuer = TokenIssuer.generate()
     raw = b45decode(issuer.token("acct-1", NOW)[len(PREFIX) :])
     wrapped = PREFIX + b45encode(b"\xd8\x3d" + raw)  # tag 61
-    assert isinstance(verify_token(wrapped, keys_of(issuer), NO_DENY, NOW, SKEW), TokenAccepted)
+    assert isinstance(
+        verify_token(wrapped, keys_of(issuer), NO_DENY, NOW, SKEW, CAP), TokenAccepted
+    )
 
 
 def test_issue_token_rejects_nonsense() -> None:

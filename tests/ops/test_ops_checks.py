@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S
 from lane.checks import check_config, check_config_main
-from lane.config import ConfigError, parse_config
+from lane.config import AuthSection, ConfigError, parse_config
 from lane.doctor import probe_acquirer, probe_broker, probe_camera, probe_clock, probe_disk
 from sim.acquirer import AcquirerServer
 from sim.broker import Mosquitto, free_port
@@ -169,6 +170,46 @@ def test_every_problem_is_reported_at_once(
     assert any("keyset.json: cannot read" in line for line in lines)
     assert any("broker.password: set without broker.username" in line for line in lines)
     assert lines[-1].endswith("lane.toml: 3 problems")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", "Input should be greater than 0"),
+        ("-900", "Input should be greater than 0"),
+        ("604801", "Input should be less than or equal to 604800"),  # over 7 days
+        ("900.0", "Input should be a valid integer"),
+        ("true", "Input should be a valid integer"),
+        ('"15m"', "Input should be a valid integer"),
+    ],
+)
+def test_a_token_lifetime_cap_out_of_bounds_is_a_problem(
+    lane_dir: Path, value: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    edit(lane_dir / "lane.toml", "skew_s = 30\n", f"skew_s = 30\nmax_token_lifetime_s = {value}\n")
+    found = check_config(lane_dir / "lane.toml", now=NOW)
+    assert found.problems == [f"{lane_dir / 'lane.toml'}: auth.max_token_lifetime_s: {expected}"]
+    assert check_config_main([str(lane_dir / "lane.toml")]) == 1
+    assert "auth.max_token_lifetime_s" in capsys.readouterr().out
+
+
+def test_the_token_lifetime_cap_is_taken_and_a_cap_under_a_phones_token_is_warned_of(
+    lane_dir: Path,
+) -> None:
+    assert AuthSection().max_token_lifetime_s == DEFAULT_MAX_LIFETIME_S
+    edit(lane_dir / "lane.toml", "skew_s = 30\n", "skew_s = 30\nmax_token_lifetime_s = 604800\n")
+    found = check_config(lane_dir / "lane.toml", now=NOW)
+    assert found.ok and found.config is not None
+    assert found.config.auth.max_token_lifetime_s == 604800
+    assert not any("max_token_lifetime_s" in w for w in found.warnings)
+    edit(lane_dir / "lane.toml", "= 604800", "= 59")
+    found = check_config(lane_dir / "lane.toml", now=NOW)
+    assert found.ok  # a warning: a lane may mean to refuse offline tokens
+    expected = (
+        f"{lane_dir / 'lane.toml'}: auth.max_token_lifetime_s: 59 s is shorter than the 60 s "
+        "tokens issuers make; every offline token would be refused"
+    )
+    assert expected in found.warnings
 
 
 def test_warnings_do_not_fail_the_check(lane_dir: Path) -> None:
