@@ -256,6 +256,14 @@ def _token_issue(args: argparse.Namespace) -> int:
         f"valid {args.ttl} s, until {rfc3339(iat + args.ttl)} (--ttl to change)",
         file=sys.stderr,
     )
+    if args.ttl > DEFAULT_MAX_LIFETIME_S:
+        # Issued all the same: a lane may be set to a longer cap (auth.max_token_lifetime_s).
+        print(
+            f"warning: a lifetime of {args.ttl} s is over the {DEFAULT_MAX_LIFETIME_S} s a lane "
+            "accepts by default; lanes refuse it as lifetime_too_long unless their "
+            "auth.max_token_lifetime_s allows it",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -71,6 +71,7 @@ def test_issue_png_scan_and_verify(
     assert code == 0
     # The lifetime is stated (on stderr: stdout is the token alone, for scripts).
     assert err.startswith("valid 30 s, until 20") and "--ttl" in err
+    assert "warning" not in err
     text = out.strip()
     assert text.startswith("LT1:")
     # Read back with the format set the lane scanner uses (QR Model 2 only).
@@ -131,12 +132,13 @@ def test_verify_refuses_a_token_living_longer_than_the_cap(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run(["keys", "new", "--kid", "k1", "--alg", "ed25519", "--out", str(tmp_path)], capsys)
-    code, out, _ = run(
+    code, out, err = run(
         ["token", "issue", "--key", str(tmp_path / "k1.key.pem"), "--kid", "k1",
          "--issuer", "wallet.example", "--account", "acct-9", "--ttl", "3600"],
         capsys,
     )  # fmt: skip
     assert code == 0
+    assert "warning: a lifetime of 3600 s is over the 900 s a lane accepts by default" in err
     verify = ["token", "verify", "--keys", str(tmp_path / "keyset.json"), out.strip()]
     code, out, _ = run(verify, capsys)  # the lane's default cap: 900 s
     assert code == 1
