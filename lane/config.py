@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from lane.auth.network_config import AlipaySection, RoutesSection, WeChatPaySection
-from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S
 from lane.toml_model import read_toml, validate
 from scanner.health import CaptureSettings
 
@@ -123,7 +123,9 @@ class AuthSection(_Section):
     acquirer_url: str | None = Field(None, description="Base URL of the acquirer API")
     keyset: Path | None = Field(None, description="Issuer public keys (JSON key set file)")
     deny_list: Path | None = Field(None, description="Denied accounts file")
-    skew_s: float = Field(30, ge=0, le=600, description="Clock skew allowed on token times")
+    skew_s: float = Field(
+        DEFAULT_SKEW_S, ge=0, le=600, description="Clock skew allowed on token times"
+    )
     max_token_lifetime_s: int = Field(
         DEFAULT_MAX_LIFETIME_S,
         gt=0,

@@ -255,11 +255,15 @@ def open_files(
         network_keys = NetworkKeys.load(config.auth)
         data = config.lane.data_dir
         data.mkdir(parents=True, exist_ok=True)
-        replay = ReplayStore(data / "replay.sqlite3")
+        auth = config.auth
+        replay = ReplayStore(
+            data / "replay.sqlite3",
+            skew_s=auth.skew_s,
+            max_token_lifetime_s=auth.max_token_lifetime_s,
+        )
         stack.callback(replay.close)
         payments_store = ResolutionStore(data / "payments.sqlite3")
         stack.callback(payments_store.close)
-        auth = config.auth
         opened = Opened(
             network_keys,
             replay,

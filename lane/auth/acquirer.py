@@ -105,6 +105,10 @@ class Acquirer(Protocol):
         """A previous run recorded that `network` took this payment: ask only it about it."""
         ...
 
+    def forget(self, payment_id: str) -> None:
+        """The payment is final (settled, declined, reversed): drop what is held about it."""
+        ...
+
 
 class OneNetwork:
     """What a client of a single network answers about routing: every code goes to it."""
@@ -116,6 +120,9 @@ class OneNetwork:
 
     def remember(self, payment_id: str, network: Network) -> None:
         """Nothing to remember: this client asks its one network whatever was recorded."""
+
+    def forget(self, payment_id: str) -> None:
+        """Nothing held: see `remember`."""
 
 
 class AcquirerError(Exception):

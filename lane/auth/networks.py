@@ -2,11 +2,12 @@
 
 `NetworkRouter` is itself an `Acquirer`: the authoriser and the resolver do not know there is
 more than one. A pay call is routed by the code's kind (`scanner.payload.classify`); the router
-remembers where each payment went, so its query and reversal go there too. The authoriser
-records that network (`network_for`) with the intent to pay, and after a restart the resolver
-hands it back (`remember`) before it queries or reverses. A payment without one (written
-before payments.sqlite3 v2, or by a network no longer configured) is looked for on each
-network in turn; one nobody knows is voided on every network (a pay request still on its way
+remembers where each payment went, so its query and reversal go there too, until the resolver
+sees the payment final and drops it (`forget`): the memory holds open payments only. The
+authoriser records that network (`network_for`) with the intent to pay, and after a restart
+the resolver hands it back (`remember`) before it queries or reverses. A payment without one
+(written before payments.sqlite3 v2, or by a network no longer configured) is looked for on
+each network in turn; one nobody knows is voided on every network (a pay request still on its way
 to any of them is then refused, where the network supports it; the daily reconciliation finds
 the rest).
 
@@ -103,7 +104,9 @@ class NetworkRouter:
     ) -> None:
         self._networks = dict(networks)
         self._routes = dict(routes)
-        self._where: dict[str, Network] = {}  # payment_id -> the network that has it
+        # payment_id -> the network that has it, while the payment is open: the resolver
+        # drops it once final (`forget`) and hands it back from payments.sqlite3 (`remember`).
+        self._where: dict[str, Network] = {}
 
     def network_for(self, code: str) -> Network:
         return self._routes[code_kind(code)]
@@ -118,6 +121,13 @@ class NetworkRouter:
                 NETWORK_NAMES[network],
                 extra={"payment_id": payment_id, "network": network},
             )
+
+    def forget(self, payment_id: str) -> None:
+        self._where.pop(payment_id, None)
+
+    def __len__(self) -> int:
+        """How many payments the router holds a network for (bounded by the open ones)."""
+        return len(self._where)
 
     def reverse_rule(self, payment_id: str) -> ReverseRule:
         network = self._known(payment_id)
@@ -203,6 +213,9 @@ class WatchedAcquirer:
 
     def remember(self, payment_id: str, network: Network) -> None:
         self._inner.remember(payment_id, network)
+
+    def forget(self, payment_id: str) -> None:
+        self._inner.forget(payment_id)
 
     async def pay(self, request: PayRequest, timeout_s: float) -> AcquirerResult:
         return await self._watch(self._inner.pay(request, timeout_s))

@@ -5,6 +5,12 @@ survives a power cut or restart. `check_and_mark` is one INSERT ... ON CONFLICT 
 database decides atomically who was first, whether the callers are two threads or two
 processes. Ids learned from the other lanes of the plaza go in with `mark_remote`.
 
+A remote token id is kept no longer than this lane could accept its token: this lane refuses a
+token whose exp is beyond now + skew + its lifetime cap (lane.auth.tokens), so a later exp
+(a lane with a bigger cap, a bad peer) is clamped to that bound (`remote_token_exp`) instead
+of keeping the id for as long as the peer says. Used passes (`pass:` ids) live as long as the
+pass and are not clamped.
+
 Purging must survive wall-clock steps (issue #11 item 7): a clock that jumps forward and is
 then corrected would otherwise purge ids whose tokens become acceptable again. So each id also
 carries `keep_until` on the store's own *ledger*, the seconds this store has been open summed
@@ -20,6 +26,8 @@ versioned with PRAGMA user_version; `MIGRATIONS[i]` takes a file from version i 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import sqlite3
 import threading
 import time
@@ -28,6 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from lane.auth.passes import USED_PASS_PREFIX
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S
+
+log = logging.getLogger(__name__)
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -71,6 +84,17 @@ def _add_ledger_v2(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_ledger_v2)
+
+
+def remote_token_exp(
+    token_id: str, exp: int, now: float, skew_s: float, max_token_lifetime_s: float
+) -> int:
+    """The exp a remote id is kept by: its own, or the latest exp of a token this lane would
+    accept now (iat <= now + skew, exp <= iat + cap) when it is beyond that. Pass ids keep
+    theirs: a pass lives for days, not for a token's lifetime."""
+    if token_id.startswith(USED_PASS_PREFIX):
+        return exp
+    return min(exp, math.ceil(now + skew_s + max_token_lifetime_s))
 
 
 def refuse_newer(conn: sqlite3.Connection, target: int, source: str) -> int:
@@ -124,13 +148,19 @@ class ReplayStore:
         path: str | Path,
         *,
         keep_after_exp_s: float = 600.0,
+        skew_s: float = DEFAULT_SKEW_S,
+        max_token_lifetime_s: float = DEFAULT_MAX_LIFETIME_S,
         migrations: Sequence[Migration] = MIGRATIONS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`keep_after_exp_s` must cover the verifier's clock skew: an entry is only purged
-        once no lane could still accept its token. `monotonic` drives the ledger."""
+        once no lane could still accept its token. `skew_s` and `max_token_lifetime_s` are the
+        verifier's (auth.skew_s, auth.max_token_lifetime_s): they bound how long a remote token
+        id is kept. `monotonic` drives the ledger."""
         self.path = str(path)
         self.keep_after_exp_s = keep_after_exp_s
+        self.skew_s = skew_s
+        self.max_token_lifetime_s = max_token_lifetime_s
         self._monotonic = monotonic
         self._lock = threading.Lock()
         try:
@@ -164,8 +194,16 @@ class ReplayStore:
         self, token_id: str, exp: int, lane: str, seen_at: float | None = None, *, now: float
     ) -> bool:
         """Record a use reported by another lane (`seen_at`: its clock, for the record; `now`:
-        ours, which times the purge); True when it was new to us."""
-        return self._insert(token_id, exp, lane, seen_at, now, remote=True)
+        ours, which times the purge); True when it was new to us. A token id is kept by at most
+        the exp of a token this lane would accept now (`remote_token_exp`)."""
+        kept = remote_token_exp(token_id, exp, now, self.skew_s, self.max_token_lifetime_s)
+        new = self._insert(token_id, kept, lane, seen_at, now, remote=True)
+        if new and kept < exp:
+            log.warning(
+                "remote token id kept only to this lane's lifetime cap",
+                extra={"from_lane": lane, "token_id": token_id, "exp": exp, "kept_exp": kept},
+            )
+        return new
 
     def ledger(self) -> float:
         """Seconds this store has been open, over every run: the clock the purge trusts."""

@@ -146,6 +146,7 @@ class Resolver:
     def declined(self, payment_id: str, reason: str) -> None:
         """Note a decline; written in the background (a lost one is re-learnt by query)."""
         self._write_behind(payment_id, PaymentState.DECLINED, reason=reason)
+        self._finished(payment_id)
 
     async def settle(self, payment_id: str) -> PaymentRow:
         """The record is on disk: never reverse. Raises IllegalTransition if already given up."""
@@ -310,10 +311,18 @@ class Resolver:
     async def _move(self, payment_id: str, to: PaymentState, **kw: Any) -> PaymentRow:
         row = await self._db(self._store.move, payment_id, to, self._now_ms(), **kw)
         if row.state in FINAL:
+            self._finished(payment_id)
             for future in self._waiters.pop(payment_id, []):
                 if not future.done():
                     future.set_result(row.state)
         return row
+
+    def _finished(self, payment_id: str) -> None:
+        """Final: nothing in memory needs it any more (the store keeps the row). Should
+        anything ask again, the router looks for it on each network, or the store's network is
+        handed back (`remember`) before a query."""
+        self._client.forget(payment_id)
+        self._mine.discard(payment_id)  # recovery looks at open rows only
 
     def _write_behind(self, payment_id: str, to: PaymentState, **kw: Any) -> None:
         call = functools.partial(self._store.move, payment_id, to, self._now_ms(), **kw)

@@ -57,6 +57,7 @@ PHONE_TOKEN_TTL_S = 60  # what issuers make: a phone shows a fresh token every m
 # The lane's cap on exp - iat (auth.max_token_lifetime_s): it bounds what a leaked issuer key
 # or an issuer bug can make, and so how long the replay store keeps an id.
 DEFAULT_MAX_LIFETIME_S = 900
+DEFAULT_SKEW_S = 30  # auth.skew_s: phones' clocks are often that far off
 
 CLAIM_ISS, CLAIM_SUB, CLAIM_EXP, CLAIM_NBF, CLAIM_IAT, CLAIM_CTI = 1, 2, 4, 5, 6, 7
 

@@ -190,6 +190,40 @@ async def test_resolver_reverses_through_the_router(three_networks: Any, net_lan
             assert lane.charged_not_reversed() == []
 
 
+async def test_the_router_holds_only_open_payments(three_networks: Any, net_lane: Any) -> None:
+    """Settled, declined and reversed payments leave the router's memory; one in doubt stays
+    until it is final (payments.sqlite3 holds the network for good)."""
+    async with three_networks() as env:
+        fakes = env["fakes"]
+        r = router(env)
+        async with net_lane(r, fakes["unionpay"]) as lane:
+            for make in (alipay, wechat, unionpay) * 5:  # settled: the lane recorded each
+                req = lane.request(make())
+                decision = await lane.auth.authorise(req)
+                assert decision.approved, decision
+                await lane.auth.settle(req.auth_id)
+            fakes["alipay"].update_faults(decline_rate=1.0)
+            for _ in range(5):
+                decision = await lane.auth.authorise(lane.request(alipay()))
+                assert not decision.approved and decision.payment_id is not None
+            fakes["alipay"].update_faults(decline_rate=0.0)
+            abandoned = lane.request(wechat())
+            decision = await lane.auth.authorise(abandoned)
+            await lane.auth.abandon(abandoned.auth_id)
+            assert await lane.final(decision.payment_id) is PaymentState.REVERSED
+            in_doubt = lane.request(alipay())
+            decision = await lane.auth.authorise(in_doubt)  # approved, not yet recorded
+            assert decision.approved
+            assert len(r) == 1  # 21 final payments forgotten
+            assert r.reverse_rule(decision.payment_id) == env["alipay"].reverse_rule("")
+            asked = {kind: fake.api_requests for kind, fake in fakes.items()}
+            await lane.auth.abandon(in_doubt.auth_id)  # still known: reversed on Alipay alone
+            assert await lane.final(decision.payment_id) is PaymentState.REVERSED
+            after = {kind: fake.api_requests - asked[kind] for kind, fake in fakes.items()}
+            assert after == {"unionpay": 0, "wechat": 0, "alipay": 2}
+            assert len(r) == 0
+
+
 # -- which network took a payment, across restarts ---------------------------------------------
 
 FIXTURES = Path(__file__).resolve().parents[1] / "ops" / "fixtures"

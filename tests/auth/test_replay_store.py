@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import sqlite3
 import tempfile
 import threading
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from lane.auth.passes import pass_key
 from lane.auth.replay import MIGRATIONS, ReplayStore, ReplayStoreError, UsedToken
 
 NOW = 1_800_000_000.0
@@ -244,3 +246,62 @@ def test_no_wall_clock_error_purges_an_id_whose_token_is_alive(
                 store.purge(now=true_time + error)
                 if true_time < exp + keep:
                     assert store.get("t1") is not None
+
+
+YEAR_S = 86_400 * 365
+
+
+def test_a_remote_id_beyond_the_cap_goes_after_cap_skew_and_keep(tmp_path: Path) -> None:
+    # A token a year long is refused here (exp - iat > cap), so its id is worth keeping only as
+    # long as a token this lane accepts: exp <= now + skew + cap.
+    mono = Ledger()
+    store = ReplayStore(
+        tmp_path / "replay.db",
+        keep_after_exp_s=600,
+        skew_s=30,
+        max_token_lifetime_s=900,
+        monotonic=mono,
+    )
+    with store:
+        assert store.mark_remote("far", int(NOW) + YEAR_S, "p1/l02", NOW, now=NOW)
+        used = store.get("far")
+        assert used is not None and used.exp == int(NOW) + 930
+        mono.t = 1530.0  # skew + cap + keep_after_exp, on both clocks
+        assert store.purge(now=NOW + 1530) == 0
+        mono.t = 1531.0
+        assert store.purge(now=NOW + 1531) == 1
+        assert store.get("far") is None
+
+
+@pytest.mark.parametrize("ahead_s", [60, 930])
+def test_a_remote_id_within_the_cap_keeps_its_exp(tmp_path: Path, ahead_s: int) -> None:
+    with ReplayStore(tmp_path / "replay.db", skew_s=30, max_token_lifetime_s=900) as store:
+        store.mark_remote("near", int(NOW) + ahead_s, "p1/l02", now=NOW)
+        used = store.get("near")
+        assert used is not None and used.exp == int(NOW) + ahead_s
+
+
+def test_a_remote_used_pass_is_not_clamped(tmp_path: Path) -> None:
+    # A pass lives for days: its id must outlive any token's lifetime.
+    pass_id = pass_key("ab" * 16)
+    with ReplayStore(tmp_path / "replay.db", skew_s=30, max_token_lifetime_s=900) as store:
+        store.mark_remote(pass_id, int(NOW) + 30 * 86_400, "p1/l02", now=NOW)
+        used = store.get(pass_id)
+        assert used is not None and used.exp == int(NOW) + 30 * 86_400
+
+
+def test_a_clamped_remote_id_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        ReplayStore(tmp_path / "replay.db", skew_s=30, max_token_lifetime_s=900) as store,
+        caplog.at_level(logging.INFO, logger="lane.auth.replay"),
+    ):
+        store.mark_remote("far", int(NOW) + YEAR_S, "p1/l02", now=NOW)
+        store.mark_remote("far", int(NOW) + YEAR_S, "p1/l03", now=NOW + 1)  # already known
+        store.mark_remote("near", int(NOW) + 60, "p1/l02", now=NOW)
+    clamped = [r for r in caplog.records if "lifetime cap" in r.getMessage()]
+    assert len(clamped) == 1
+    assert clamped[0].__dict__["token_id"] == "far"
+    assert clamped[0].__dict__["from_lane"] == "p1/l02"
+    assert clamped[0].__dict__["kept_exp"] == int(NOW) + 930

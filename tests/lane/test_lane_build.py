@@ -41,3 +41,20 @@ async def test_aclose_closes_everything_build_opened(tmp_path: Path) -> None:
     with pytest.raises(QueueError, match="queue closed"):
         await daemon.queue.backlog()
     await daemon.aclose()  # twice is harmless
+
+
+async def test_the_replay_store_gets_the_lanes_skew_and_token_cap(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "lane": {"id": "p01/l01", "data_dir": str(tmp_path / "lane")},
+            "auth": {"skew_s": 10, "max_token_lifetime_s": 120},
+        }
+    )
+    daemon = await build(config, source=PushSource())
+    try:
+        now = 1_800_000_000.0
+        daemon.replay.mark_remote("far", int(now) + 86_400 * 365, "p01/l02", now=now)
+        used = daemon.replay.get("far")
+        assert used is not None and used.exp == int(now) + 130
+    finally:
+        await daemon.aclose()
