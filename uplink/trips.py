@@ -112,20 +112,12 @@ def trip_ledger(blobs: Iterable[bytes]) -> TripLedger:
     """Pure: the trips of a set of encoded records (in any order)."""
     entries: dict[str, OpenTrip] = {}
     exits: dict[str, list[str]] = {}
-    unreadable = 0
-    for blob in blobs:
-        try:
-            record = Record.decode(blob)
-        except PayloadError:
-            unreadable += 1
-            continue
-        mark = trip_mark(record)
-        if mark is None or mark.trip_id is None:
-            continue
-        if mark.role == TripRole.ENTRY:
-            _keep_first(entries, _open_trip(record, mark.trip_id))
+    marked, unreadable = _marked(blobs)
+    for record, role, trip in marked:
+        if role == TripRole.ENTRY:
+            _keep_first(entries, _open_trip(record, trip))
         else:
-            exits.setdefault(mark.trip_id, []).append(record.record_id)
+            exits.setdefault(trip, []).append(record.record_id)
     still_open = (t for p, t in entries.items() if p not in exits)
     unmatched = [r for p, ids in exits.items() if p not in entries for r in ids]
     closed = sum(1 for p in entries if p in exits)
@@ -141,16 +133,12 @@ def overdue(ledger: TripLedger, entered_before_us: int) -> TripLedger:
 def indexed_ledger(rows: TripRows) -> TripLedger:
     """Pure: the ledger of what the store's index answered (the open entries decoded)."""
     entries: dict[str, OpenTrip] = {}
-    unreadable = rows.unreadable
-    for blob in rows.open_entries:
-        try:  # the store decoded them at ingest; a row changed by hand since may not decode
-            record = Record.decode(blob)
-        except PayloadError:
-            unreadable += 1
-            continue
-        mark = trip_mark(record)
-        if mark is not None and mark.trip_id is not None:
-            _keep_first(entries, _open_trip(record, mark.trip_id))
+    # The store decoded them at ingest; a row changed by hand since may not decode.
+    marked, unreadable = _marked(rows.open_entries)
+    for record, role, trip in marked:
+        if role == TripRole.ENTRY:
+            _keep_first(entries, _open_trip(record, trip))
+    unreadable += rows.unreadable
     return _ledger(entries.values(), rows.closed, rows.unmatched_exits, unreadable)
 
 
@@ -159,6 +147,23 @@ def open_trips(store: TripIndex, entered_before_us: int = END_OF_TIME_US) -> Tri
     `entered_before_us` drops trips that entered later (e.g. now minus the road's time limit:
     the vehicles overdue on the road)."""
     return indexed_ledger(store.trip_rows(entered_before_us))
+
+
+def _marked(blobs: Iterable[bytes]) -> tuple[list[tuple[Record, TripRole, str]], int]:
+    """The records among `blobs` that take part in a trip, each with its role and trip id,
+    and how many of `blobs` did not decode."""
+    marked: list[tuple[Record, TripRole, str]] = []
+    unreadable = 0
+    for blob in blobs:
+        try:
+            record = Record.decode(blob)
+        except PayloadError:
+            unreadable += 1
+            continue
+        mark = trip_mark(record)
+        if mark is not None and mark.trip_id is not None:
+            marked.append((record, mark.role, mark.trip_id))
+    return marked, unreadable
 
 
 def _ledger(
