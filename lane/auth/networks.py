@@ -286,17 +286,12 @@ def build_acquirer(
 ) -> Acquirer:
     """The lane's acquirer per `[auth]`: one client, or a router over several; each watched
     for the operator when `alarm` is given."""
-    made: dict[Network, Acquirer] = {}
 
     def network(name: Network) -> Acquirer:
-        if name not in made:
-            client = _make(name, auth, keys, session, wall)
-            # No acquirer configured is a choice (codes follow the policy), not a fault.
-            unset = name == "acquirer" and auth.acquirer_url is None
-            if alarm is not None and not unset:
-                client = WatchedAcquirer(client, name, alarm)
-            made[name] = client
-        return made[name]
+        client = _make(name, auth, keys, session, wall)
+        # No acquirer configured is a choice (codes follow the policy), not a fault.
+        unset = name == "acquirer" and auth.acquirer_url is None
+        return client if alarm is None or unset else WatchedAcquirer(client, name, alarm)
 
     r = auth.routes
     routes: dict[CodeKind, Network] = {
@@ -305,8 +300,8 @@ def build_acquirer(
         "unionpay": r.unionpay,
         "emv": r.emv,
     }
-    for name in routes.values():
-        network(name)
+    # One client per network, however many kinds of code it takes.
+    made = {name: network(name) for name in dict.fromkeys(routes.values())}
     if len(made) == 1:
         return next(iter(made.values()))
     return NetworkRouter(made, routes)
