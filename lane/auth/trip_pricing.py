@@ -22,7 +22,7 @@ from lane.auth.fares import FareError, Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import EntryPass, PassAccepted, verify_pass
 from lane.auth.paycodes import CodeError, online_code
-from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, TokenAccepted, verify_token
+from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S, TokenAccepted, verify_token
 from lane.auth.trip_rules import (
     MAX_LINE,
     Evidence,
@@ -48,7 +48,7 @@ class ExitLaneRules:
     lane: str
     road: RoadRules
     pass_lifetime_s: float = 30 * DAY_S
-    skew_s: float = 30.0
+    skew_s: float = DEFAULT_SKEW_S
     max_token_lifetime_s: float = DEFAULT_MAX_LIFETIME_S
 
 
