@@ -48,13 +48,14 @@ from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet, KeySetError, decode_keyset, keyset_stale, load_keyset
 from lane.auth.netkeys import KeyFileError
 from lane.auth.networks import NetworkKeys, build_acquirer
+from lane.auth.passes import DAY_S
 from lane.auth.plaza import UsedTokenSharing, deny_topic, keys_topic
 from lane.auth.policy import OfflinePolicy
-from lane.auth.replay import ReplayStore, ReplayStoreError
+from lane.auth.replay import RemoteBounds, ReplayStore, ReplayStoreError
 from lane.auth.resolution_store import ResolutionStore, StoreError
 from lane.auth.resolver import Resolver
 from lane.auth.sourced import SourcedError
-from lane.auth.trip_pricing import DAY_S, ExitLaneRules
+from lane.auth.trip_pricing import ExitLaneRules
 from lane.auth.trip_rules import OverTimeCharge, RoadRules, TripKind
 from lane.auth.trust import UpdateKind
 from lane.config import ConfigError, LaneConfig, load_config
@@ -256,11 +257,8 @@ def open_files(
         data = config.lane.data_dir
         data.mkdir(parents=True, exist_ok=True)
         auth = config.auth
-        replay = ReplayStore(
-            data / "replay.sqlite3",
-            skew_s=auth.skew_s,
-            max_token_lifetime_s=auth.max_token_lifetime_s,
-        )
+        bounds = RemoteBounds(auth.skew_s, auth.max_token_lifetime_s, pass_lifetime_s(config))
+        replay = ReplayStore(data / "replay.sqlite3", bounds=bounds)
         stack.callback(replay.close)
         payments_store = ResolutionStore(data / "payments.sqlite3")
         stack.callback(payments_store.close)
@@ -274,7 +272,7 @@ def open_files(
             source or open_source(config.camera.source, settings=config.camera.capture()),
             *_road_files(config),
         )
-        if config.metro.line is not None and LaneMode(config.lane.mode).fare_gate:
+        if metro_gate(config):
             taps = TapStore(data / "taps.sqlite3")
             stack.callback(taps.close)
             opened = replace(opened, taps=taps)
@@ -294,11 +292,23 @@ def _road_files(config: LaneConfig) -> tuple[PlazaPassKey | None, Tariff | None]
     return key, tariff
 
 
+def metro_gate(config: LaneConfig) -> bool:
+    """A fare gate on a metro line: it shares the line's taps (lane.tap_desk)."""
+    return config.metro.line is not None and LaneMode(config.lane.mode).fare_gate
+
+
+def pass_lifetime_s(config: LaneConfig) -> float:
+    """How long a pass (a metro gate: a tap-in) is good for here: a metro gate remembers a
+    tap-in, and keeps its exit in the replay store, for the line's retention."""
+    if metro_gate(config):
+        return config.metro.retention_s
+    return config.road.pass_lifetime_days * DAY_S
+
+
 def exit_rules(config: LaneConfig) -> ExitLaneRules:
     road = config.road
     if config.metro_pricing:
         metro = config.metro
-        # A tap-in is remembered (and its exit kept in the replay store) for the retention.
         rules = RoadRules(
             TripKind.METRO,
             metro.same_station_window_s,
@@ -309,7 +319,7 @@ def exit_rules(config: LaneConfig) -> ExitLaneRules:
             config.lane.plaza,
             config.lane.id,
             rules,
-            pass_lifetime_s=metro.retention_s,
+            pass_lifetime_s=pass_lifetime_s(config),
             skew_s=config.auth.skew_s,
             max_token_lifetime_s=config.auth.max_token_lifetime_s,
         )
@@ -321,7 +331,7 @@ def exit_rules(config: LaneConfig) -> ExitLaneRules:
             max_trip_s=road.max_trip_s,
             over_time=OverTimeCharge(road.over_time),
         ),
-        pass_lifetime_s=road.pass_lifetime_days * DAY_S,
+        pass_lifetime_s=pass_lifetime_s(config),
         skew_s=config.auth.skew_s,
         max_token_lifetime_s=config.auth.max_token_lifetime_s,
     )

@@ -40,6 +40,9 @@ MAX_PLATE_LEN = 16
 PASS_ID_LEN = (8, 16)
 MAX_CLASS = 999
 MAX_TIME = 1 << 40
+DAY_S = 86_400
+# road.pass_lifetime_days' default: how long after its entry a pass is a trip.
+DEFAULT_PASS_LIFETIME_S = 30 * DAY_S
 # Namespace of pass ids in the replay store, so a pass id can never collide with a token id.
 USED_PASS_PREFIX = "pass:"
 
@@ -88,6 +91,12 @@ PassVerdict = PassAccepted | PassRefused
 def pass_key(pass_hex: str) -> str:
     """The used-pass store key of a pass (a namespace inside the replay store)."""
     return USED_PASS_PREFIX + pass_hex
+
+
+def pass_valid_until(entered_at: float, skew_s: float, lifetime_s: float) -> float:
+    """The last moment a pass entered at `entered_at` is accepted (later it is EXPIRED): what
+    the used-pass store keeps its id by."""
+    return entered_at + lifetime_s + skew_s
 
 
 class _RefusedError(Exception):
@@ -140,7 +149,7 @@ def _verify(text: object, keys: KeySet, now: float, skew_s: float, max_age_s: fl
     if entry.entered_at > now + skew_s:
         detail = f"entered at {entry.entered_at}, now {now:.0f}"
         raise _RefusedError(PassReason.NOT_YET_VALID, detail)
-    if now > entry.entered_at + max_age_s + skew_s:
+    if now > pass_valid_until(entry.entered_at, skew_s, max_age_s):
         detail = f"entered at {entry.entered_at}, older than {max_age_s:.0f} s"
         raise _RefusedError(PassReason.EXPIRED, detail)
     return PassAccepted(entry, key.kid)

@@ -5,11 +5,11 @@ survives a power cut or restart. `check_and_mark` is one INSERT ... ON CONFLICT 
 database decides atomically who was first, whether the callers are two threads or two
 processes. Ids learned from the other lanes of the plaza go in with `mark_remote`.
 
-A remote token id is kept no longer than this lane could accept its token: this lane refuses a
-token whose exp is beyond now + skew + its lifetime cap (lane.auth.tokens), so a later exp
-(a lane with a bigger cap, a bad peer) is clamped to that bound (`remote_token_exp`) instead
-of keeping the id for as long as the peer says. Used passes (`pass:` ids) live as long as the
-pass and are not clamped.
+A remote id is kept no longer than this lane could accept what it names: a token whose exp is
+beyond now + skew + the token lifetime cap (lane.auth.tokens), or a pass (`pass:` ids) valid
+beyond an entry at now + skew plus the pass lifetime (lane.auth.passes), is refused here, so a
+later exp (a lane with a bigger cap, a bad peer) is clamped to that bound (`RemoteBounds`)
+instead of keeping the id for as long as the peer says.
 
 Purging must survive wall-clock steps (issue #11 item 7): a clock that jumps forward and is
 then corrected would otherwise purge ids whose tokens become acceptable again. So each id also
@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lane.auth.passes import USED_PASS_PREFIX
+from lane.auth.passes import DEFAULT_PASS_LIFETIME_S, USED_PASS_PREFIX, pass_valid_until
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S
 
 log = logging.getLogger(__name__)
@@ -86,15 +86,28 @@ def _add_ledger_v2(conn: sqlite3.Connection) -> None:
 MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_ledger_v2)
 
 
-def remote_token_exp(
-    token_id: str, exp: int, now: float, skew_s: float, max_token_lifetime_s: float
-) -> int:
-    """The exp a remote id is kept by: its own, or the latest exp of a token this lane would
-    accept now (iat <= now + skew, exp <= iat + cap) when it is beyond that. Pass ids keep
-    theirs: a pass lives for days, not for a token's lifetime."""
-    if token_id.startswith(USED_PASS_PREFIX):
-        return exp
-    return min(exp, math.ceil(now + skew_s + max_token_lifetime_s))
+@dataclass(frozen=True)
+class RemoteBounds:
+    """This lane's verifiers' bounds (auth.skew_s, auth.max_token_lifetime_s, and the pass
+    lifetime: road.pass_lifetime_days, or a metro line's tap-in retention), which bound how
+    long a remote id is worth keeping."""
+
+    skew_s: float = DEFAULT_SKEW_S
+    max_token_lifetime_s: float = DEFAULT_MAX_LIFETIME_S
+    pass_lifetime_s: float = DEFAULT_PASS_LIFETIME_S
+
+    def latest_exp(self, used_id: str, now: float) -> int:
+        """The latest exp of a use this lane could accept at `now`: a token issued, or a pass
+        entered, at now + skew (later is not yet valid), valid as long as this lane allows."""
+        issued = now + self.skew_s
+        if used_id.startswith(USED_PASS_PREFIX):
+            return math.ceil(pass_valid_until(issued, self.skew_s, self.pass_lifetime_s))
+        return math.ceil(issued + self.max_token_lifetime_s)
+
+    def kept_exp(self, used_id: str, exp: int, now: float) -> int:
+        """The exp a remote id is kept by: its own, or `latest_exp` when it is beyond that
+        (a use this lane refuses anyway)."""
+        return min(exp, self.latest_exp(used_id, now))
 
 
 def refuse_newer(conn: sqlite3.Connection, target: int, source: str) -> int:
@@ -148,19 +161,16 @@ class ReplayStore:
         path: str | Path,
         *,
         keep_after_exp_s: float = 600.0,
-        skew_s: float = DEFAULT_SKEW_S,
-        max_token_lifetime_s: float = DEFAULT_MAX_LIFETIME_S,
+        bounds: RemoteBounds = RemoteBounds(),
         migrations: Sequence[Migration] = MIGRATIONS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`keep_after_exp_s` must cover the verifier's clock skew: an entry is only purged
-        once no lane could still accept its token. `skew_s` and `max_token_lifetime_s` are the
-        verifier's (auth.skew_s, auth.max_token_lifetime_s): they bound how long a remote token
-        id is kept. `monotonic` drives the ledger."""
+        once no lane could still accept its token. `bounds` are this lane's verifiers': they
+        bound how long a remote id is kept. `monotonic` drives the ledger."""
         self.path = str(path)
         self.keep_after_exp_s = keep_after_exp_s
-        self.skew_s = skew_s
-        self.max_token_lifetime_s = max_token_lifetime_s
+        self.bounds = bounds
         self._monotonic = monotonic
         self._lock = threading.Lock()
         try:
@@ -194,13 +204,13 @@ class ReplayStore:
         self, token_id: str, exp: int, lane: str, seen_at: float | None = None, *, now: float
     ) -> bool:
         """Record a use reported by another lane (`seen_at`: its clock, for the record; `now`:
-        ours, which times the purge); True when it was new to us. A token id is kept by at most
-        the exp of a token this lane would accept now (`remote_token_exp`)."""
-        kept = remote_token_exp(token_id, exp, now, self.skew_s, self.max_token_lifetime_s)
+        ours, which times the purge); True when it was new to us. An id is kept by at most the
+        exp of a use this lane would accept now (`RemoteBounds.kept_exp`)."""
+        kept = self.bounds.kept_exp(token_id, exp, now)
         new = self._insert(token_id, kept, lane, seen_at, now, remote=True)
         if new and kept < exp:
             log.warning(
-                "remote token id kept only to this lane's lifetime cap",
+                "remote used id kept only to this lane's lifetime cap",
                 extra={"from_lane": lane, "token_id": token_id, "exp": exp, "kept_exp": kept},
             )
         return new

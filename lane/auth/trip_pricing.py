@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from lane.auth.deny import DenyList
 from lane.auth.fares import FareError, Tariff
 from lane.auth.keys import KeySet
-from lane.auth.passes import EntryPass, PassAccepted, verify_pass
+from lane.auth.passes import (
+    DEFAULT_PASS_LIFETIME_S,
+    EntryPass,
+    PassAccepted,
+    pass_valid_until,
+    verify_pass,
+)
 from lane.auth.paycodes import CodeError, online_code
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S, TokenAccepted, verify_token
 from lane.auth.trip_rules import (
@@ -37,8 +43,6 @@ from lane.core.actions import PriceTrip
 from lane.core.events import TripPriced
 from lane.core.names import PayloadKind
 
-DAY_S = 86_400
-
 
 @dataclass(frozen=True)
 class ExitLaneRules:
@@ -47,7 +51,7 @@ class ExitLaneRules:
     plaza: str
     lane: str
     road: RoadRules
-    pass_lifetime_s: float = 30 * DAY_S
+    pass_lifetime_s: float = DEFAULT_PASS_LIFETIME_S
     skew_s: float = DEFAULT_SKEW_S
     max_token_lifetime_s: float = DEFAULT_MAX_LIFETIME_S
 
@@ -62,7 +66,7 @@ def evidence_of(text: str | None, keys: KeySet, now: float, rules: ExitLaneRules
 
 def pass_expiry(entry: EntryPass, rules: ExitLaneRules) -> float:
     """Until when the used-pass store must remember the pass: after that it is expired anyway."""
-    return entry.entered_at + rules.pass_lifetime_s + rules.skew_s
+    return pass_valid_until(entry.entered_at, rules.skew_s, rules.pass_lifetime_s)
 
 
 def price_trip(  # noqa: PLR0917 - the trip's inputs, each its own

@@ -38,6 +38,7 @@ from lane.auth.passes import (
     PassRefused,
     issue_pass,
     pass_key,
+    pass_valid_until,
     verify_pass,
 )
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S as CAP
@@ -137,6 +138,21 @@ def test_skew_and_lifetime_edges() -> None:
     assert verify(text, NOW + 7 * DAY + 6).reason is PassReason.EXPIRED  # type: ignore[union-attr]
     nan = verify_pass(text, KEYS, float("nan"), 5, DAY)
     assert isinstance(nan, PassRefused) and nan.reason is PassReason.MALFORMED
+
+
+@settings(max_examples=100, deadline=None)
+@given(skew_s=st.integers(0, 600), lifetime_s=st.integers(1, 366 * DAY))
+def test_a_pass_is_good_until_pass_valid_until_and_not_a_second_more(
+    skew_s: int, lifetime_s: int
+) -> None:
+    """The used-pass store keeps an id by `pass_valid_until` (lane.auth.replay): the verifier
+    must accept the pass up to that moment and call it expired one second after."""
+    text = P01.issue(ENTRY)
+    until = pass_valid_until(ENTRY.entered_at, skew_s, lifetime_s)
+    assert until == ENTRY.entered_at + lifetime_s + skew_s
+    assert isinstance(verify_pass(text, KEYS, until, skew_s, lifetime_s), PassAccepted)
+    late = verify_pass(text, KEYS, until + 1, skew_s, lifetime_s)
+    assert isinstance(late, PassRefused) and late.reason is PassReason.EXPIRED
 
 
 def test_issue_refuses_what_no_exit_could_read() -> None:

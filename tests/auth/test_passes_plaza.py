@@ -3,6 +3,7 @@ between two exit lanes over a real mosquitto like used tokens."""
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.passes import EntryPass, PassAccepted, pass_key, verify_pass
+from lane.auth.plaza import UsedTokenMsg
 from lane.auth.trip_rules import ExitContext, Outcome, RoadRules, decide_fare
 from sim.broker import Mosquitto
 
@@ -49,3 +51,25 @@ async def test_a_pass_used_at_one_exit_lane_is_pass_used_at_the_next(
         assert verdicts[1].attendant
         used = x2.store.get(pass_key(verdicts[0].pass_id or ""))
         assert used is not None and used.remote and used.lane == f"{plaza}/x1"
+        assert used.exp == now - 3600 + 30 * DAY  # a pass this lane accepts: kept as sent
+
+
+async def test_a_pass_id_a_bad_peer_sends_for_years_is_kept_by_the_pass_lifetime(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    plaza = f"P{uuid.uuid4().hex[:6]}"
+    used_id = pass_key(uuid.uuid4().hex[:24])
+    async with (
+        lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/bad") as (bad, _),
+        lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/x2") as (x2, _),
+    ):
+        await bad.link.wait_connected(5)
+        await x2.link.wait_connected(5)
+        before = time.time()
+        bad.share(UsedTokenMsg(used_id, int(before) + 10 * 365 * DAY, f"{plaza}/bad", before))
+        await wait_for_mark(x2.store, used_id)
+        after = time.time()
+        used = x2.store.get(used_id)
+        # The store's bounds (RemoteBounds' defaults): skew 30 s, a pass lifetime of 30 days.
+        assert used is not None and used.remote
+        assert before + 60 + 30 * DAY <= used.exp <= math.ceil(after + 60 + 30 * DAY)

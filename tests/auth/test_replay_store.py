@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import tempfile
 import threading
@@ -11,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lane.auth.passes import pass_key
-from lane.auth.replay import MIGRATIONS, ReplayStore, ReplayStoreError, UsedToken
+from lane.auth.replay import MIGRATIONS, RemoteBounds, ReplayStore, ReplayStoreError, UsedToken
 
 NOW = 1_800_000_000.0
 
@@ -249,59 +250,101 @@ def test_no_wall_clock_error_purges_an_id_whose_token_is_alive(
 
 
 YEAR_S = 86_400 * 365
+DAY_S = 86_400
+BOUNDS = RemoteBounds(skew_s=30, max_token_lifetime_s=900, pass_lifetime_s=7 * DAY_S)
+PASS_ID = pass_key("ab" * 16)
+# How far past now each kind's id may be kept: a token issued at now + skew, valid for the cap;
+# a pass entered at now + skew, accepted for its lifetime and the skew again (verify_pass).
+KINDS = [("far", 30 + 900), (PASS_ID, 30 + 7 * DAY_S + 30)]
+KIND_IDS = ["token", "pass"]
 
 
-def test_a_remote_id_beyond_the_cap_goes_after_cap_skew_and_keep(tmp_path: Path) -> None:
-    # A token a year long is refused here (exp - iat > cap), so its id is worth keeping only as
-    # long as a token this lane accepts: exp <= now + skew + cap.
+@pytest.mark.parametrize(("used_id", "bound_s"), KINDS, ids=KIND_IDS)
+def test_a_remote_id_beyond_the_cap_goes_after_cap_skew_and_keep(
+    tmp_path: Path, used_id: str, bound_s: int
+) -> None:
+    # A token a year long, or a pass that would still be good in a year, is refused here, so its
+    # id is worth keeping only as long as a use this lane accepts.
     mono = Ledger()
-    store = ReplayStore(
-        tmp_path / "replay.db",
-        keep_after_exp_s=600,
-        skew_s=30,
-        max_token_lifetime_s=900,
-        monotonic=mono,
-    )
+    store = ReplayStore(tmp_path / "replay.db", keep_after_exp_s=600, bounds=BOUNDS, monotonic=mono)
     with store:
-        assert store.mark_remote("far", int(NOW) + YEAR_S, "p1/l02", NOW, now=NOW)
-        used = store.get("far")
-        assert used is not None and used.exp == int(NOW) + 930
-        mono.t = 1530.0  # skew + cap + keep_after_exp, on both clocks
-        assert store.purge(now=NOW + 1530) == 0
-        mono.t = 1531.0
-        assert store.purge(now=NOW + 1531) == 1
-        assert store.get("far") is None
+        assert store.mark_remote(used_id, int(NOW) + YEAR_S, "p1/l02", NOW, now=NOW)
+        used = store.get(used_id)
+        assert used is not None and used.exp == int(NOW) + bound_s
+        mono.t = bound_s + 600.0  # the bound and keep_after_exp, on both clocks
+        assert store.purge(now=NOW + bound_s + 600) == 0
+        mono.t = bound_s + 601.0
+        assert store.purge(now=NOW + bound_s + 601) == 1
+        assert store.get(used_id) is None
 
 
-@pytest.mark.parametrize("ahead_s", [60, 930])
-def test_a_remote_id_within_the_cap_keeps_its_exp(tmp_path: Path, ahead_s: int) -> None:
-    with ReplayStore(tmp_path / "replay.db", skew_s=30, max_token_lifetime_s=900) as store:
-        store.mark_remote("near", int(NOW) + ahead_s, "p1/l02", now=NOW)
-        used = store.get("near")
+@pytest.mark.parametrize(
+    ("used_id", "ahead_s"),
+    [("near", 60), ("near", 930), (PASS_ID, 60), (PASS_ID, 7 * DAY_S), (PASS_ID, 7 * DAY_S + 60)],
+)
+def test_a_remote_id_within_the_cap_keeps_its_exp(
+    tmp_path: Path, used_id: str, ahead_s: int
+) -> None:
+    # A pass lives for days: its id keeps far more than any token's lifetime.
+    with ReplayStore(tmp_path / "replay.db", bounds=BOUNDS) as store:
+        store.mark_remote(used_id, int(NOW) + ahead_s, "p1/l02", now=NOW)
+        used = store.get(used_id)
         assert used is not None and used.exp == int(NOW) + ahead_s
 
 
-def test_a_remote_used_pass_is_not_clamped(tmp_path: Path) -> None:
-    # A pass lives for days: its id must outlive any token's lifetime.
-    pass_id = pass_key("ab" * 16)
-    with ReplayStore(tmp_path / "replay.db", skew_s=30, max_token_lifetime_s=900) as store:
-        store.mark_remote(pass_id, int(NOW) + 30 * 86_400, "p1/l02", now=NOW)
-        used = store.get(pass_id)
-        assert used is not None and used.exp == int(NOW) + 30 * 86_400
-
-
+@pytest.mark.parametrize(("used_id", "bound_s"), KINDS, ids=KIND_IDS)
 def test_a_clamped_remote_id_is_logged_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, used_id: str, bound_s: int
 ) -> None:
     with (
-        ReplayStore(tmp_path / "replay.db", skew_s=30, max_token_lifetime_s=900) as store,
+        ReplayStore(tmp_path / "replay.db", bounds=BOUNDS) as store,
         caplog.at_level(logging.INFO, logger="lane.auth.replay"),
     ):
-        store.mark_remote("far", int(NOW) + YEAR_S, "p1/l02", now=NOW)
-        store.mark_remote("far", int(NOW) + YEAR_S, "p1/l03", now=NOW + 1)  # already known
+        store.mark_remote(used_id, int(NOW) + YEAR_S, "p1/l02", now=NOW)
+        store.mark_remote(used_id, int(NOW) + YEAR_S, "p1/l03", now=NOW + 1)  # already known
         store.mark_remote("near", int(NOW) + 60, "p1/l02", now=NOW)
     clamped = [r for r in caplog.records if "lifetime cap" in r.getMessage()]
     assert len(clamped) == 1
-    assert clamped[0].__dict__["token_id"] == "far"
+    assert clamped[0].__dict__["token_id"] == used_id
     assert clamped[0].__dict__["from_lane"] == "p1/l02"
-    assert clamped[0].__dict__["kept_exp"] == int(NOW) + 930
+    assert clamped[0].__dict__["kept_exp"] == int(NOW) + bound_s
+
+
+@given(
+    skew_s=st.integers(0, 600),
+    token_cap_s=st.integers(1, 7 * DAY_S),
+    pass_life_s=st.integers(1, 366 * DAY_S),
+    marks=st.lists(
+        st.tuples(st.booleans(), st.integers(0, (1 << 40) - 1), st.integers(0, 30 * DAY_S)),
+        min_size=1,
+        max_size=6,
+    ),
+)
+@settings(max_examples=60, deadline=None)
+def test_no_remote_id_outlives_now_skew_and_its_kinds_cap(
+    skew_s: int, token_cap_s: int, pass_life_s: int, marks: list[tuple[bool, int, int]]
+) -> None:
+    """Whatever exp a peer sends, a remote id is gone once now + skew + its kind's cap (a
+    pass's: its lifetime and the skew it is accepted by) and keep_after_exp have passed, on
+    the wall clock and the ledger."""
+    keep = 600
+    bounds = RemoteBounds(skew_s, token_cap_s, pass_life_s)
+    cap = {False: token_cap_s, True: pass_life_s + skew_s}
+    mono = Ledger()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        ReplayStore(Path(tmp) / "r.db", keep_after_exp_s=keep, bounds=bounds, monotonic=mono) as s,
+    ):
+        deadlines = []
+        for n, (is_pass, exp, step_s) in enumerate(marks):
+            used_id = pass_key(f"{n:02x}" * 8) if is_pass else f"t{n}"
+            mono.t += step_s  # the wall clock and the ledger run together from NOW
+            s.mark_remote(used_id, exp, "p1/l02", now=NOW + mono.t)
+            deadline = NOW + mono.t + skew_s + cap[is_pass]
+            used = s.get(used_id)
+            assert used is not None and used.exp <= math.ceil(deadline)
+            deadlines.append((used_id, math.ceil(deadline) + keep + 1 - NOW))
+        for used_id, gone_at in deadlines:
+            mono.t = max(mono.t, gone_at)
+            s.purge(now=NOW + mono.t)
+            assert s.get(used_id) is None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lane.auth.passes import pass_key
 from lane.config import LaneConfig, parse_config
 from lane.daemon import build
 from scanner.sources import PushSource
@@ -43,18 +44,35 @@ async def test_aclose_closes_everything_build_opened(tmp_path: Path) -> None:
     await daemon.aclose()  # twice is harmless
 
 
-async def test_the_replay_store_gets_the_lanes_skew_and_token_cap(tmp_path: Path) -> None:
-    config = parse_config(
-        {
-            "lane": {"id": "p01/l01", "data_dir": str(tmp_path / "lane")},
-            "auth": {"skew_s": 10, "max_token_lifetime_s": 120},
-        }
-    )
-    daemon = await build(config, source=PushSource())
+@pytest.mark.parametrize(
+    ("settings", "pass_bound_s"),
+    [
+        # A road lane: a pass entered at now + skew, good for pass_lifetime_days and the skew.
+        ({"road": {"pass_lifetime_days": 2}}, 10 + 2 * 86_400 + 10),
+        # A metro gate: a tap-in is kept (and its exit) for the line's retention, 2 x max_trip_s.
+        (
+            {"lane": {"mode": "transit-entry"}, "metro": {"line": "L1", "max_trip_s": 3600}},
+            10 + 7200 + 10,
+        ),
+    ],
+    ids=["road", "metro"],
+)
+async def test_the_replay_store_gets_the_lanes_skew_and_caps(
+    tmp_path: Path, settings: dict[str, dict[str, object]], pass_bound_s: int
+) -> None:
+    data: dict[str, dict[str, object]] = {
+        "lane": {"id": "p01/l01", "data_dir": str(tmp_path / "lane")},
+        "auth": {"skew_s": 10, "max_token_lifetime_s": 120},
+    }
+    for section, values in settings.items():
+        data[section] = {**data.get(section, {}), **values}
+    daemon = await build(parse_config(data), source=PushSource())
     try:
         now = 1_800_000_000.0
-        daemon.replay.mark_remote("far", int(now) + 86_400 * 365, "p01/l02", now=now)
-        used = daemon.replay.get("far")
-        assert used is not None and used.exp == int(now) + 130
+        far = int(now) + 86_400 * 365
+        for used_id, bound_s in (("far", 130), (pass_key("ab" * 12), pass_bound_s)):
+            daemon.replay.mark_remote(used_id, far, "p01/l02", now=now)
+            used = daemon.replay.get(used_id)
+            assert used is not None and used.exp == int(now) + bound_s
     finally:
         await daemon.aclose()
