@@ -22,16 +22,24 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
 
 from lane.auth.base45 import b45encode
-from lane.auth.cose import PrivateKey, encode_sign1, loads_strict
+from lane.auth.cose import PrivateKey, encode_sign1
 from lane.auth.keys import IssuerKey, KeySet, KeyUse
-from lane.auth.signed import OpenFailure, SignedTextError, open_signed
+from lane.auth.signed import (
+    ClaimError,
+    OpenFailure,
+    SignedTextError,
+    claims_map,
+    int_claim,
+    open_signed,
+    text_claim,
+)
 
 PREFIX = "LP1:"
 MAX_TEXT_LEN = 512  # ours are ~190 characters
@@ -135,7 +143,10 @@ def _verify(text: object, keys: KeySet, now: float, skew_s: float, max_age_s: fl
         opened = open_signed(text, PREFIX, MAX_TEXT_LEN, _pass_key(keys))
     except SignedTextError as exc:
         raise _RefusedError(_REASON_OF[exc.failure], exc.detail) from None
-    entry = parse_claims(opened.payload)
+    try:
+        entry = parse_claims(opened.payload)
+    except ClaimError as exc:
+        raise _RefusedError(PassReason.MALFORMED, str(exc)) from None
     key = opened.key
     if key.plaza != entry.plaza:
         detail = f"key {key.kid_text!r} signs for plaza {key.plaza!r}, pass says {entry.plaza!r}"
@@ -164,41 +175,23 @@ _REASON_OF = {
 
 
 def parse_claims(payload: bytes) -> EntryPass:
-    try:
-        body = loads_strict(payload)
-    except ValueError as exc:
-        raise _RefusedError(PassReason.MALFORMED, f"claims: {exc}") from None
-    if not isinstance(body, Mapping):
-        raise _RefusedError(PassReason.MALFORMED, "claims must be a CBOR map")
+    """The pass a verified payload holds, or ClaimError naming the claim out of profile."""
+    body = claims_map(payload)
     unknown = set(body) - {LABEL_PLAZA, LABEL_LANE, LABEL_TIME, LABEL_CLASS, LABEL_ID, LABEL_PLATE}
     if unknown:
-        labels = sorted(map(str, unknown))
-        raise _RefusedError(PassReason.MALFORMED, f"unknown claim labels {labels}")
-    plaza = _text(body, LABEL_PLAZA, "plaza", MAX_PLACE_LEN)
-    lane = _text(body, LABEL_LANE, "lane", MAX_PLACE_LEN)
-    entered_at = _integer(body, LABEL_TIME, "time", MAX_TIME - 1)
-    vehicle_class = _integer(body, LABEL_CLASS, "class", MAX_CLASS)
+        raise ClaimError(f"unknown claim labels {sorted(map(str, unknown))}")
+    plaza = text_claim(body, LABEL_PLAZA, "plaza", MAX_PLACE_LEN, printable=True)
+    lane = text_claim(body, LABEL_LANE, "lane", MAX_PLACE_LEN, printable=True)
+    entered_at = int_claim(body, LABEL_TIME, "time", MAX_TIME - 1)
+    vehicle_class = int_claim(body, LABEL_CLASS, "class", MAX_CLASS)
     pass_id = body.get(LABEL_ID)
     low, high = PASS_ID_LEN
     if not isinstance(pass_id, bytes) or not low <= len(pass_id) <= high:
-        raise _RefusedError(PassReason.MALFORMED, f"pass id (5) must be {low}..{high} bytes")
-    plate = _text(body, LABEL_PLATE, "plate", MAX_PLATE_LEN) if LABEL_PLATE in body else None
+        raise ClaimError(f"pass id (5) must be {low}..{high} bytes")
+    plate = None
+    if LABEL_PLATE in body:
+        plate = text_claim(body, LABEL_PLATE, "plate", MAX_PLATE_LEN, printable=True)
     return EntryPass(plaza, lane, entered_at, vehicle_class, pass_id, plate)
-
-
-def _text(body: Mapping[Any, Any], label: int, name: str, limit: int) -> str:
-    value = body.get(label)
-    if not isinstance(value, str) or not 0 < len(value) <= limit or not value.isprintable():
-        raise _RefusedError(PassReason.MALFORMED, f"{name} ({label}) must be 1..{limit} characters")
-    return value
-
-
-def _integer(body: Mapping[Any, Any], label: int, name: str, maximum: int) -> int:
-    value = body.get(label)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
-        detail = f"{name} ({label}) must be an integer 0..{maximum}"
-        raise _RefusedError(PassReason.MALFORMED, detail)
-    return value
 
 
 def issue_pass(private_key: PrivateKey, kid: bytes, entry: EntryPass) -> str:
@@ -216,8 +209,8 @@ def issue_pass(private_key: PrivateKey, kid: bytes, entry: EntryPass) -> str:
     payload = cbor2.dumps(claims)
     try:
         parse_claims(payload)
-    except _RefusedError as exc:
-        raise ValueError(f"not a valid pass: {exc.verdict.detail}") from None
+    except ClaimError as exc:
+        raise ValueError(f"not a valid pass: {exc}") from None
     if not kid:
         raise ValueError("kid must be non-empty")
     return PREFIX + b45encode(encode_sign1(private_key, kid, payload))

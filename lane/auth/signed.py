@@ -1,17 +1,29 @@
-"""Opening a signed QR text: prefix, Base45, COSE_Sign1, key lookup and signature check.
+"""Opening a signed QR text: prefix, Base45, COSE_Sign1, key lookup and signature check;
+then reading its claims map.
 
 Shared by everything a lane verifies offline: payment tokens (both versions) and entry
-passes. Each caller checks its own prefixes and claims. Pure: no clock, no I/O.
+passes. Each caller checks its own prefixes, and names its own claims and their bounds; a
+claim outside them is a `ClaimError`, which each caller refuses as its `malformed`. Pure: no
+clock, no I/O.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from lane.auth.base45 import Base45Error, b45decode
-from lane.auth.cose import HEADER_ALG, HEADER_KID, Alg, CoseError, decode_sign1, verify
+from lane.auth.cose import (
+    HEADER_ALG,
+    HEADER_KID,
+    Alg,
+    CoseError,
+    decode_sign1,
+    loads_strict,
+    verify,
+)
 from lane.auth.keys import MAX_KID_LEN, IssuerKey, kid_text
 
 
@@ -89,3 +101,43 @@ def open_signed(
         detail = f"signature does not verify with {key.kid_text!r}"
         raise SignedTextError(OpenFailure.BAD_SIGNATURE, detail)
     return Opened(key, sign1.payload, signed)
+
+
+class ClaimError(ValueError):
+    """A signed payload whose claims are outside the caller's profile; the text says which."""
+
+
+def claims_map(payload: bytes) -> Mapping[Any, Any]:
+    """The verified payload as a CBOR map of claims, or ClaimError."""
+    try:
+        body = loads_strict(payload)
+    except CoseError as exc:
+        raise ClaimError(f"claims: {exc}") from None
+    if not isinstance(body, Mapping):
+        raise ClaimError("claims must be a CBOR map")
+    return body
+
+
+def text_claim(
+    body: Mapping[Any, Any], label: int, name: str, limit: int, *, printable: bool = False
+) -> str:
+    """Claim `label` as text of 1..`limit` characters (`printable`: no control characters)."""
+    value = body.get(label)
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= limit
+        or (printable and not value.isprintable())
+    ):
+        raise ClaimError(f"{name} ({label}) must be 1..{limit} characters")
+    return value
+
+
+def int_claim(
+    body: Mapping[Any, Any], label: int, name: str, maximum: int, rule: str | None = None
+) -> int:
+    """Claim `label` as an integer 0..`maximum` (a bool is not one); `rule` is what the
+    refusal says it must be, by default "an integer 0..maximum"."""
+    value = body.get(label)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise ClaimError(f"{name} ({label}) must be {rule or f'an integer 0..{maximum}'}")
+    return value

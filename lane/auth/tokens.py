@@ -27,15 +27,19 @@ from typing import Any, Literal
 import cbor2
 
 from lane.auth.base45 import b45encode
-from lane.auth.cose import (
-    CoseError,
-    PrivateKey,
-    encode_sign1,
-    loads_strict,
-)
+from lane.auth.cose import PrivateKey, encode_sign1
 from lane.auth.deny import DenyList
 from lane.auth.keys import IssuerKey, KeySet, KeyUse
-from lane.auth.signed import OpenFailure, SignedTextError, open_signed, qr_text
+from lane.auth.signed import (
+    ClaimError,
+    OpenFailure,
+    SignedTextError,
+    claims_map,
+    int_claim,
+    open_signed,
+    qr_text,
+    text_claim,
+)
 
 
 class TokenFormat(enum.StrEnum):
@@ -156,7 +160,10 @@ def _verify(  # noqa: PLR0917
     except SignedTextError as exc:
         raise _RefusedError(Reason(exc.failure.value), exc.detail) from None
     key = opened.key
-    claims = _parse_claims(opened.payload, fmt)
+    try:
+        claims = _parse_claims(opened.payload, fmt)
+    except ClaimError as exc:
+        raise _RefusedError(Reason.MALFORMED, str(exc)) from None
     issuer = claims.issuer if claims.issuer is not None else key.issuer
     if issuer is None:
         raise _RefusedError(
@@ -214,44 +221,29 @@ def _format(text: str) -> TokenFormat:
 
 
 def _parse_claims(payload: bytes, fmt: TokenFormat) -> Claims:
-    try:
-        body = loads_strict(payload)
-    except CoseError as exc:
-        raise _RefusedError(Reason.MALFORMED, f"claims: {exc}") from None
-    if not isinstance(body, Mapping):
-        raise _RefusedError(Reason.MALFORMED, "claims must be a CBOR map")
+    body = claims_map(payload)
     compact_without_iss = fmt is TokenFormat.V2 and CLAIM_ISS not in body
-    issuer = None if compact_without_iss else _text_claim(body, CLAIM_ISS, "iss")
-    account = _text_claim(body, CLAIM_SUB, "sub")
+    issuer = None if compact_without_iss else text_claim(body, CLAIM_ISS, "iss", MAX_TEXT_CLAIM)
+    account = text_claim(body, CLAIM_SUB, "sub", MAX_TEXT_CLAIM)
     exp = _time_claim(body, CLAIM_EXP, "exp")
     iat = _time_claim(body, CLAIM_IAT, "iat")
-    nbf = _time_claim(body, CLAIM_NBF, "nbf") if CLAIM_NBF in body else None
+    nbf = _time_claim(body, CLAIM_NBF, "nbf")
     if iat is None or exp is None:
-        raise _RefusedError(Reason.MALFORMED, "claims iat (6) and exp (4) are required")
+        raise ClaimError("claims iat (6) and exp (4) are required")
     if exp <= iat:
-        raise _RefusedError(Reason.MALFORMED, f"exp {exp} is not after iat {iat}")
+        raise ClaimError(f"exp {exp} is not after iat {iat}")
     cti = body.get(CLAIM_CTI)
     if cti is not None and (not isinstance(cti, bytes) or not 0 < len(cti) <= MAX_CTI_LEN):
-        raise _RefusedError(Reason.MALFORMED, f"cti (7) must be 1..{MAX_CTI_LEN} bytes")
+        raise ClaimError(f"cti (7) must be 1..{MAX_CTI_LEN} bytes")
     return Claims(issuer, account, iat, exp, nbf, cti)
 
 
-def _text_claim(body: Mapping[Any, Any], label: int, name: str) -> str:
-    value = body.get(label)
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT_CLAIM:
-        detail = f"{name} ({label}) must be 1..{MAX_TEXT_CLAIM} characters"
-        raise _RefusedError(Reason.MALFORMED, detail)
-    return value
-
-
 def _time_claim(body: Mapping[Any, Any], label: int, name: str) -> int | None:
-    value = body.get(label)
-    if value is None:
+    # RFC 8392 also allows floats; our profile takes integer seconds only. Absent (or null)
+    # is None: whether the claim is required is the caller's rule.
+    if body.get(label) is None:
         return None
-    # RFC 8392 also allows floats; our profile takes integer seconds only.
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_TIME:
-        raise _RefusedError(Reason.MALFORMED, f"{name} ({label}) must be integer unix seconds")
-    return value
+    return int_claim(body, label, name, MAX_TIME - 1, "integer unix seconds")
 
 
 def issue_token(  # noqa: PLR0917 - the signature tools and the simulator share

@@ -104,6 +104,29 @@ def test_refusal_reasons(name: str, text: str, reason: PassReason) -> None:
     assert verdict.detail and not verdict.detail.startswith("internal")
 
 
+@pytest.mark.parametrize(
+    ("claims", "detail"),
+    [
+        ([1, 2], "claims must be a CBOR map"),
+        ({**GOOD_CLAIMS, 9: 1}, "unknown claim labels ['9']"),
+        ({**GOOD_CLAIMS, 1: ""}, "plaza (1) must be 1..32 characters"),
+        ({**GOOD_CLAIMS, 2: "l\n2"}, "lane (2) must be 1..32 characters"),  # not printable
+        ({**GOOD_CLAIMS, 3: 1 << 40}, f"time (3) must be an integer 0..{(1 << 40) - 1}"),
+        (
+            {k: v for k, v in GOOD_CLAIMS.items() if k != 3},
+            f"time (3) must be an integer 0..{(1 << 40) - 1}",
+        ),
+        ({**GOOD_CLAIMS, 4: 1000}, "class (4) must be an integer 0..999"),
+        ({**GOOD_CLAIMS, 4: True}, "class (4) must be an integer 0..999"),
+        ({**GOOD_CLAIMS, 5: b"1234567"}, "pass id (5) must be 8..16 bytes"),
+        ({**GOOD_CLAIMS, 6: "X" * 17}, "plate (6) must be 1..16 characters"),
+    ],
+)
+def test_a_claim_refusal_names_the_claim_and_its_bound(claims: object, detail: str) -> None:
+    verdict = verify(_raw(claims))
+    assert verdict == PassRefused(PassReason.MALFORMED, detail)
+
+
 def test_unknown_kid_and_token_keys_are_refused() -> None:
     stranger = PlazaPassKey.generate("P01", kid="stranger")
     assert verify(stranger.issue(ENTRY)) == PassRefused(

@@ -319,33 +319,38 @@ def test_malformed_headers(header: object, unprotected: object) -> None:
     )
 
 
+SEC = "must be integer unix seconds"
+TEXT = "must be 1..256 characters"
+
+
 @pytest.mark.parametrize(
-    "body",
+    ("body", "detail"),
     [
-        claims(iss=None),
-        claims(sub=None),
-        claims(exp=None),
-        claims(iat=None),
-        claims(sub=""),
-        claims(sub=42),
-        claims(iss="x" * 257),
-        claims(exp=float(NOW + 60)),
-        claims(exp=True),
-        claims(exp=-1),
-        claims(exp=1 << 64),
-        claims(iat=NOW + 61),  # after exp
-        claims(cti="not bytes"),
-        claims(cti=b""),
-        claims(cti=b"x" * 65),
-        [1, 2],
+        (claims(iss=None), f"iss (1) {TEXT}"),
+        (claims(sub=None), f"sub (2) {TEXT}"),
+        (claims(exp=None), "claims iat (6) and exp (4) are required"),
+        (claims(iat=None), "claims iat (6) and exp (4) are required"),
+        (claims(sub=""), f"sub (2) {TEXT}"),
+        (claims(sub=42), f"sub (2) {TEXT}"),
+        (claims(iss="x" * 257), f"iss (1) {TEXT}"),
+        (claims(exp=float(NOW + 60)), f"exp (4) {SEC}"),
+        (claims(exp=True), f"exp (4) {SEC}"),
+        (claims(exp=-1), f"exp (4) {SEC}"),
+        (claims(exp=1 << 40), f"exp (4) {SEC}"),
+        (claims(exp=1 << 64), f"exp (4) {SEC}"),
+        (claims(nbf="soon"), f"nbf (5) {SEC}"),
+        (claims(iat=NOW + 61), f"exp {NOW + 60} is not after iat {NOW + 61}"),  # after exp
+        (claims(cti="not bytes"), "cti (7) must be 1..64 bytes"),
+        (claims(cti=b""), "cti (7) must be 1..64 bytes"),
+        (claims(cti=b"x" * 65), "cti (7) must be 1..64 bytes"),
+        ([1, 2], "claims must be a CBOR map"),
     ],
 )
-def test_malformed_claims(body: object) -> None:
+def test_malformed_claims(body: object, detail: str) -> None:
     issuer = TokenIssuer.generate()
     text = raw_token(issuer, body)
-    assert refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP)).reason is (
-        Reason.MALFORMED
-    )
+    verdict = refused(verify_token(text, keys_of(issuer), NO_DENY, NOW, SKEW, CAP))
+    assert (verdict.reason, verdict.detail) == (Reason.MALFORMED, detail)
 
 
 def test_non_text_and_bad_clock_inputs_never_raise() -> None:
