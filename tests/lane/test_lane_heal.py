@@ -4,6 +4,7 @@ the daemon (in this process, and as a `lane run` process killed with SIGKILL).""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sqlite3
@@ -113,8 +114,13 @@ STUCK_BARRIER = {"move_s": 0.5, "selftest_s": 0.5, "selftest_max_s": 2.0}
 
 
 async def test_a_boom_stuck_closed_charges_nobody_else_and_clears_by_its_self_test(
-    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    lane_statuses: list[LaneStatus],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="lane.runner")
     lane_conf = {**QUICK, "pass_dwell_s": 3.0}
     async with running_lane(tmp_path, mosquitto, lane_id, lane_conf, STUCK_BARRIER) as lane:
         runner, device = lane.daemon.runner, lane.device
@@ -135,7 +141,7 @@ async def test_a_boom_stuck_closed_charges_nobody_else_and_clears_by_its_self_te
             refused = len(named(lane, "scan_refused"))
             await device.vehicle_enters(1)
             token = lane.codes.make("token", int(time.time())).text
-            await show(lane, token, lambda: len(named(lane, "scan_refused")) > refused)
+            await show(lane, token, lambda n=refused: len(named(lane, "scan_refused")) > n)
             await device.vehicle_backs_away()
             await eventually(lambda: runner.state.vehicle is None)
         assert len(charged(lane)) == 1 and len(refunds(lane)) == 1
@@ -161,6 +167,12 @@ async def test_a_boom_stuck_closed_charges_nobody_else_and_clears_by_its_self_te
         assert {r.draft.vehicle_id for r in records(lane.queue_path)} == {
             opened["vehicle_id"] for opened in named(lane, "barrier_opened")
         }
+        # ... and one structured log line per step of a test.
+        lines = [r for r in caplog.records if r.getMessage() == "barrier self-test"]
+        assert [(r.__dict__["self_test"], r.__dict__["cmd_id"]) for r in lines] == [
+            (f["step"], f.get("cmd")) for f in named(lane, "barrier_self_test")
+        ]
+        assert {r.__dict__["lane"] for r in lines} == {lane_id}
 
 
 def charged(lane: Lane) -> list[Record]:
