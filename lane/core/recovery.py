@@ -196,12 +196,13 @@ def start_self_test(state: LaneState, event_id: str, sensors: dict[str, bool]) -
     latch = state.latch
     if latch is None or not latch.asked:
         return state, []
-    state = replace(state, latch=replace(latch, asked=False))
+    latch = replace(latch, asked=False)
+    state = replace(state, latch=latch)
     if not _may_test(state) or any(sensors.values()):
         return state, [BarrierSelfTest(SelfTestStep.SKIPPED)]
     test_id = f"{event_id}/selftest"
     command = Command(f"{test_id}/open", Op.OPEN, 0, None)
-    state = replace(state, latch=replace(latch, asked=False, test_id=test_id), command=command)
+    state = replace(state, latch=replace(latch, test_id=test_id), command=command)
     return state, [BarrierSelfTest(SelfTestStep.STARTED, test_id)]
 
 
