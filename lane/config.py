@@ -190,6 +190,18 @@ class BarrierSection(_Section):
     move_s: PositiveSeconds = Field(
         4, description="The barrier reaches a commanded position within this, else barrier_stuck"
     )
+    selftest_s: PositiveSeconds = Field(
+        5, description="A boom that did not open is tried by the lane this long after (empty)"
+    )
+    selftest_max_s: PositiveSeconds = Field(
+        60, description="... then twice as long after each failed try, up to this"
+    )
+
+    @model_validator(mode="after")
+    def _backoff_grows(self) -> BarrierSection:
+        if self.selftest_max_s < self.selftest_s:
+            raise ValueError("selftest_max_s must not be less than selftest_s")
+        return self
 
 
 class UplinkSection(_Section):

@@ -202,6 +202,8 @@ def rules_from(config: LaneConfig) -> LaneRules:
         passback_window_s=config.lane.passback_window_s,
         gate_hold_s=config.lane.gate_hold_s,
         move_s=config.barrier.move_s,
+        selftest_s=config.barrier.selftest_s,
+        selftest_max_s=config.barrier.selftest_max_s,
         pay_dwell_s=config.lane.pay_dwell_s,
         pass_dwell_s=config.lane.pass_dwell_s,
         persist_dwell_s=config.lane.persist_dwell_s,

@@ -36,6 +36,7 @@ from lane.core.actions import (
 )
 from lane.core.machine import IllegalTransitionError, next_deadline, step
 from lane.core.names import PersistError
+from lane.core.notes import BarrierSelfTest
 from lane.core.records import RecordDraft
 from lane.core.state import LaneState, Phase, phase
 from lane.notification import Notification, Observer, ShellNote
@@ -229,6 +230,11 @@ class LaneRunner:
                 self._raise_alarm(code, message)
             case ClearAlarm(code=code):
                 self._clear_alarm(code)
+            case BarrierSelfTest(step=test_step, cmd=cmd):
+                # The self-test leaves no record (it charges nobody): its log line is its trace.
+                extra = {"lane": self.lane, "self_test": str(test_step), "cmd_id": cmd}
+                log.info("barrier self-test", extra=extra)
+                self._notify(action)
             case NoteBase():
                 self._notify(action)
             case _:

@@ -48,6 +48,8 @@ GATE_HOLD_S = 8.0  # transit: a gate nobody walks through closes after this (sim
 # The lane's bounds on waiting, in simulated seconds (the lane's own defaults).
 DWELL_S = {"pay_dwell_s": 120.0, "pass_dwell_s": 60.0, "persist_dwell_s": 10.0, "probe_s": 5.0}
 MOVE_S = 4.0
+# The lane's self-test backoff of a boom that did not open (its defaults), scaled like MOVE_S.
+SELFTEST_S = {"selftest_s": 5.0, "selftest_max_s": 60.0}
 # Simulated seconds the back office may take no record before the lane raises uplink_stalled
 # (the lane's default is 300 s: too long to see in a simulator session).
 STALLED_AFTER_S = 60.0
@@ -254,7 +256,10 @@ class SimLane:
                 "gate_hold_s": GATE_HOLD_S / o.speed,
                 **{key: value / o.speed for key, value in DWELL_S.items()},
             },
-            "barrier": {"move_s": MOVE_S / o.speed},
+            "barrier": {
+                "move_s": MOVE_S / o.speed,
+                **{key: value / o.speed for key, value in SELFTEST_S.items()},
+            },
             "broker": {"port": broker_port},
             "uplink": {"stalled_after_s": STALLED_AFTER_S / o.speed},
             "camera": {"source": "push", "workers": o.decode_workers},

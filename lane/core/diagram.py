@@ -180,6 +180,12 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(PAYING, "snapshot", P.CLOSED, "the vehicle left a closed lane unheard"),
     _t(AT_PAY_POINT, "snapshot", P.CLOSING, "the barrier is up for nobody who paid: close"),
     _t(PASSAGE, "snapshot", P.CLOSING, "through while unheard: the exit edge was lost"),
+    # A boom that did not open: barrier_stuck latched, the lane's self-test (open, close).
+    _t(P.FAULT, "tick", P.CLOSING, "self-test: not open within move_s: close again"),
+    _t(P.FAULT, "entry_loop on", P.CLOSING, "self-test: a vehicle came: close at once"),
+    _t(P.FAULT, "safety on", P.CLOSING, "self-test: someone under it: close once clear"),
+    _t(P.FAULT, "attendant open", P.CLOSING, "self-test ends: the attendant's vehicle next"),
+    _t(P.FAULT, "close lane", P.CLOSING, "self-test ends: the attendant closed the lane"),
 )
 
 

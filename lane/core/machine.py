@@ -290,7 +290,10 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
     if cmd.op == Op.CLOSE:
         return replace(state, command=None, passage=None), actions
     passage = state.passage
-    assert passage is not None
+    if passage is None:
+        # A self-test's open (lane.core.recovery): nobody to let through; the position the
+        # device reports decides the test.
+        return replace(state, command=replace(cmd, acked=True)), actions
     passage = replace(passage, opened_at=now)
     actions.append(_opened(passage, now))
     return replace(state, command=replace(cmd, acked=True), passage=passage), actions
@@ -380,7 +383,8 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
         close = Command(f"{event.event_id}/close", Op.CLOSE, 0, None)
         state = replace(state, command=close)
         actions.append(BarrierReconciled(event.barrier, close.cmd_id))
-    return state, actions
+    state, more = recovery.start_self_test(state, event.event_id, sensors)
+    return state, actions + more
 
 
 def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:

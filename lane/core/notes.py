@@ -22,6 +22,7 @@ class NoteName(StrEnum):
     GATE_TIMEOUT = "gate_timeout"
     BARRIER_OPENED = "barrier_opened"
     BARRIER_RECONCILED = "barrier_reconciled"
+    BARRIER_SELF_TEST = "barrier_self_test"
     SCAN_REFUSED = "scan_refused"
     SCAN_WITHOUT_VEHICLE = "scan_without_vehicle"
     SCAN_IGNORED = "scan_ignored"
@@ -129,6 +130,25 @@ class BarrierReconciled(NoteBase):
     name = NoteName.BARRIER_RECONCILED
     device: Position
     cmd: str
+
+
+class SelfTestStep(StrEnum):
+    """What became of a self-test of a boom that failed to open (lane.core.recovery)."""
+
+    STARTED = "started"  # the lane is empty: the test open is commanded
+    SKIPPED = "skipped"  # the device reports someone on a loop or under the boom
+    PASSED = "passed"  # the boom was seen open: barrier_stuck clears, the test close follows
+    FAILED = "failed"  # not open within move_s: the test close follows, the next try backs off
+    ABORTED = "aborted"  # someone came while it ran: the boom is closed at once
+
+
+@dataclass(frozen=True)
+class BarrierSelfTest(NoteBase):
+    """A step of a self-test; `cmd` is the test open's cmd_id (none when skipped)."""
+
+    name = NoteName.BARRIER_SELF_TEST
+    step: SelfTestStep
+    cmd: str | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +276,7 @@ Note = (
     | GateTimeout
     | BarrierOpened
     | BarrierReconciled
+    | BarrierSelfTest
     | ScanRefused
     | ScanWithoutVehicle
     | ScanIgnored

@@ -14,6 +14,14 @@ answer (DeviceSnapshotted) settles what a lost message left open: a vehicle gone
 point, a vehicle through whose exit-loop edge was lost, an open barrier nobody paid for. In
 FAULT the ask is repeated every `probe_s`, and a command held by `barrier_no_ack` or
 `barrier_refused` is sent again, so a device that answers again clears the fault.
+
+A boom that did not open when commanded latches `barrier_stuck` (state.StuckLatch): it holds
+until the device reports the boom open, not merely until the lane stops wanting it up, so the
+drivers behind are not charged and refunded one by one. Its cure is a self-test: at an empty
+lane, on a doubling backoff, the lane asks the device for its truth; if that answer says nobody
+is on a loop or under the boom, it commands an open of its own (`{snapshot id}/selftest/open`,
+no passage, no record), closes again at once when someone comes, and closes after the test
+either way. Seen open, the latch and the alarm clear and the lane takes payments again.
 """
 
 from __future__ import annotations
@@ -43,9 +51,17 @@ from lane.core.names import (
     Position,
     RecordKind,
 )
-from lane.core.notes import PaidNotPassed, Tailgating
+from lane.core.notes import BarrierSelfTest, PaidNotPassed, SelfTestStep, Tailgating
 from lane.core.records import AuthInfo, RecordDraft
-from lane.core.state import RECORD_KINDS, Expectation, LaneState, Phase, phase
+from lane.core.state import (
+    RECORD_KINDS,
+    Command,
+    Expectation,
+    LaneState,
+    Phase,
+    StuckLatch,
+    phase,
+)
 
 Result = tuple[LaneState, list[Action]]
 
@@ -90,6 +106,8 @@ def deadline(state: LaneState) -> list[float]:
     due = _not_passed_due(state)
     if due is not None:
         out.append(due)
+    if state.latch is not None and _may_test(state):
+        out.append(state.latch.test_at)
     return out
 
 
@@ -113,7 +131,11 @@ def settle(state: LaneState) -> Result:
     target = state.expect
     if target is not None and state.barrier == target.target:
         state = replace(state, expect=None)
-        state, actions = remove_fault(state, Alarm.BARRIER_STUCK)
+        if state.latch is None:  # a boom that failed to open is trusted once seen open only
+            state, actions = remove_fault(state, Alarm.BARRIER_STUCK)
+    if state.latch is not None:
+        state, more = _latched(state)
+        actions += more
     if state.barrier == Position.CLOSED:
         state, more = clear_notice(state, Alarm.UNPAID_PASSAGE)
         actions += more
@@ -131,6 +153,9 @@ def after_step(state: LaneState, event: ev.Event, before: Phase, now: float) -> 
         # An attendant took over, or the lane lets vehicles through again.
         state, more = clear_notice(state, Alarm.PAID_NOT_PASSED)
         actions += more
+    # Any step may be the one that empties the lane with a self-test overdue: ask at once.
+    state, more = _self_test_due(state, now)
+    actions += more
     ph = phase(state)
     limit = dwell_limit(state, ph)
     if ph != before or limit is None:
@@ -147,11 +172,11 @@ def on_tick(state: LaneState, now: float) -> Result:
     target = state.expect
     if target is not None and not target.overdue and now >= target.by:
         state = replace(state, expect=replace(target, overdue=True))
-        detail = (
-            f"commanded {target.target}, device reports {state.barrier}"
-            f" after {state.rules.move_s:g} s"
-        )
-        state, more = add_fault(state, Alarm.BARRIER_STUCK, detail)
+        if target.target == Position.OPEN:
+            state, more = _not_opened(state, now, state.rules.move_s)
+        else:
+            detail = _stuck_detail(state, target.target, state.rules.move_s)
+            state, more = add_fault(state, Alarm.BARRIER_STUCK, detail)
         actions += more
         state, more = query(state, "barrier_stuck")
         actions += more
@@ -163,6 +188,109 @@ def on_tick(state: LaneState, now: float) -> Result:
         state, more = _dwell_over(state, now)
         actions += more
     return state, actions
+
+
+def start_self_test(state: LaneState, event_id: str, sensors: dict[str, bool]) -> Result:
+    """The device's answer to a self-test's query: test the boom if the lane is still empty
+    and the device, too, sees nobody on a loop or under the boom."""
+    latch = state.latch
+    if latch is None or not latch.asked:
+        return state, []
+    latch = replace(latch, asked=False)
+    state = replace(state, latch=latch)
+    if not _may_test(state) or any(sensors.values()):
+        return state, [BarrierSelfTest(SelfTestStep.SKIPPED)]
+    test_id = f"{event_id}/selftest"
+    command = Command(f"{test_id}/open", Op.OPEN, 0, None)
+    state = replace(state, latch=replace(latch, test_id=test_id), command=command)
+    return state, [BarrierSelfTest(SelfTestStep.STARTED, test_id)]
+
+
+def _may_test(state: LaneState) -> bool:
+    """A self-test may open the boom: latched, no test running, nobody the lane knows of at
+    the pay point or under the boom, no command, a working device with the boom down, and no
+    attendant closure (someone may be working on the boom)."""
+    latch = state.latch
+    return (
+        latch is not None
+        and latch.test_id is None
+        and state.vehicle is None
+        and state.passage is None
+        and state.command is None
+        and not state.occupied
+        and not state.blocked
+        and state.barrier == Position.CLOSED
+        and state.closed_reason is None
+    )
+
+
+def _self_test_due(state: LaneState, now: float) -> Result:
+    """Ask the device first: its answer (start_self_test) names the test and confirms the
+    lane is empty. The next try is due after twice the wait, capped."""
+    latch = state.latch
+    if latch is None or now < latch.test_at or not _may_test(state):
+        return state, []
+    backoff = min(latch.backoff_s * 2, state.rules.selftest_max_s)
+    latch = replace(latch, test_at=now + backoff, backoff_s=backoff, asked=True)
+    return query(replace(state, latch=latch), "self-test of a boom that did not open")
+
+
+def _stuck_detail(state: LaneState, target: Position, after_s: float) -> str:
+    return f"commanded {target}, device reports {state.barrier} after {after_s:g} s"
+
+
+def _not_opened(state: LaneState, now: float, after_s: float) -> Result:
+    """The boom was commanded open and not seen open: `barrier_stuck`, latched."""
+    r = state.rules
+    detail = _stuck_detail(state, Position.OPEN, after_s) + (
+        "; lane closed to payments until the boom is seen open, self-test every"
+        f" {r.selftest_s:g} s doubling to {r.selftest_max_s:g} s while nobody is there"
+    )
+    state, actions = _failed_open(state, now)
+    state, more = add_fault(state, Alarm.BARRIER_STUCK, detail)
+    return state, actions + more
+
+
+def _failed_open(state: LaneState, now: float) -> Result:
+    """The boom was not seen open in time: latch, or end a self-test that failed."""
+    latch = state.latch
+    if latch is None:
+        first = min(state.rules.selftest_s, state.rules.selftest_max_s)
+        return replace(state, latch=StuckLatch(now + first, first)), []
+    if latch.test_id is None:
+        return state, []
+    return _end_test(state, latch.test_id, SelfTestStep.FAILED)
+
+
+def _latched(state: LaneState) -> Result:
+    """Seen open: the boom works, the latch and its alarm clear. Someone at the pay point or
+    under the boom while a test runs, or an attendant closing the lane: the test ends and the
+    boom comes down (once the area is clear); a vehicle under it meanwhile is an unpaid
+    passage like any other."""
+    latch = state.latch
+    assert latch is not None
+    test_id = latch.test_id
+    if state.barrier == Position.OPEN:
+        state, actions = remove_fault(replace(state, latch=None), Alarm.BARRIER_STUCK)
+        if test_id is None:
+            return state, actions
+        state, more = _end_test(state, test_id, SelfTestStep.PASSED)
+        return state, actions + more
+    present = state.vehicle is not None or state.passage is not None or state.safety_occupied
+    if test_id is not None and (present or state.closed_reason is not None):
+        return _end_test(state, test_id, SelfTestStep.ABORTED)
+    return state, []
+
+
+def _end_test(state: LaneState, test_id: str, how: SelfTestStep) -> Result:
+    """The test is over: the boom is commanded down (a drive that frees itself later must
+    not rise for nobody), with the test's own close id."""
+    if state.latch is not None:
+        state = replace(state, latch=replace(state.latch, test_id=None))
+    cmd = state.command
+    if cmd is not None and cmd.cmd_id == f"{test_id}/open":
+        state = replace(state, command=Command(f"{test_id}/close", Op.CLOSE, 0, None))
+    return state, [BarrierSelfTest(how, test_id)]
 
 
 def unpaid_passage(state: LaneState, event_id: str) -> Result:
@@ -220,7 +348,11 @@ def _not_let_through(state: LaneState, now: float) -> Result:
     cmd = state.command
     keep = cmd if cmd is not None and cmd.op == Op.CLOSE else None
     state = replace(state, passage=None, command=keep)
-    if state.expect is not None and state.expect.target == Position.OPEN:
+    latched: list[Action] = []
+    target = state.expect
+    if target is not None and target.target == Position.OPEN:
+        if not target.overdue:  # acked, never seen open (a pass dwell shorter than a move)
+            state, latched = _not_opened(state, now, now - p.since)
         # Whatever the barrier does now, the lane wants it closed.
         state = replace(state, expect=Expectation(Position.CLOSED, now + state.rules.move_s))
     message = (
@@ -234,6 +366,7 @@ def _not_let_through(state: LaneState, now: float) -> Result:
         PaidNotPassed(p.vehicle_id, p.record_id),
         ShowOnDisplay((ASSISTANCE,)),
         *alarm,
+        *latched,
     ]
     return state, actions
 

@@ -92,6 +92,10 @@ class LaneRules:
     pass_dwell_s: float = 60.0  # a paid vehicle not through, a barrier not closed
     persist_dwell_s: float = 10.0  # a record being written
     probe_s: float = 5.0  # in FAULT: ask the device (and retry a held command) this often
+    # A boom that failed to open is tried by the lane itself (a self-test, lane.core.recovery)
+    # this long after, then after twice as long each time, up to selftest_max_s.
+    selftest_s: float = 5.0
+    selftest_max_s: float = 60.0
     # toll-exit: a suspect fare (no pass, pass used, plate mismatch ...) waits for the
     # attendant's confirm_fare before the lane takes a payment code.
     attendant_confirms: bool = True
@@ -237,6 +241,19 @@ class Expectation:
 
 
 @dataclass(frozen=True)
+class StuckLatch:
+    """The boom did not open when commanded: `barrier_stuck` holds until the device reports it
+    open, whatever the lane wants of it meanwhile, so no further driver pays at a lane whose
+    boom cannot rise. The lane tries the boom itself (a self-test: open, then close) when
+    nobody is there, at `test_at`; each try doubles `backoff_s` up to `selftest_max_s`."""
+
+    test_at: float
+    backoff_s: float
+    asked: bool = False  # a self-test's query is out: its snapshot may start the test
+    test_id: str | None = None  # the cmd_id of the self-test's open, while it runs
+
+
+@dataclass(frozen=True)
 class LaneState:
     rules: LaneRules
     vehicle: Vehicle | None = None
@@ -266,6 +283,7 @@ class LaneState:
     # with the barrier closed); past it the lane asks the device and takes the way out.
     dwell_at: float | None = None
     expect: Expectation | None = None
+    latch: StuckLatch | None = None
     queries: int = 0
 
     @property

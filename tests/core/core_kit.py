@@ -25,6 +25,7 @@ from lane.core.actions import (
     OpenBarrier,
     Persist,
     PriceTrip,
+    QueryDevice,
     RaiseAlarm,
     Settle,
     ShowOnDisplay,
@@ -117,6 +118,7 @@ class SafetyMonitor:
             assert (out_of_tries or no_fare or suspect or no_pass) and not waiting.manual, waiting
             assert not waiting.committed or out_of_tries, f"waits for nobody: {waiting}"
         self._check_trip(after)
+        self._check_latch(before, after, actions)
         passenger = after.vehicle
         if passenger is not None and passenger.implicit:
             # A fare-gate passenger exists only while their code is in hand; else the gate jams.
@@ -138,6 +140,19 @@ class SafetyMonitor:
         if vehicle is not None and priced_exit and not vehicle.manual:
             # Nothing is charged before the trip is priced.
             assert isinstance(trip, Priced) or vehicle.amount_minor is None, vehicle
+
+    def _check_latch(self, before: LaneState, after: LaneState, actions: list[Action]) -> None:
+        """A boom that failed to open: the alarm holds, and nobody is charged meanwhile."""
+        if after.latch is not None:
+            assert "barrier_stuck" in after.faults, f"latched without its alarm: {after}"
+        if before.latch is not None or after.latch is not None:
+            charged = [
+                a
+                for a in actions
+                if isinstance(a, Authorise)
+                or (isinstance(a, Persist) and a.draft.auth.result in ("approved", "deferred"))
+            ]
+            assert not charged, f"charged while barrier_stuck is latched: {charged}"
 
     def _take_event(self, before: LaneState, event: ev.Event, after: LaneState) -> None:
         if isinstance(event, ev.SensorChanged) and event.sensor in SAFETY_SENSORS:
@@ -230,7 +245,13 @@ class SafetyMonitor:
         assert 1 <= action.attempt <= after.rules.max_cmd_attempts, (
             f"attempt out of range: {action}"
         )
-        if op == "open":
+        if op == "open" and vehicle_id.endswith("/selftest"):
+            # A self-test of a latched boom: at an empty lane, never a paid passage's open.
+            latch = after.latch
+            occupied = [s for s, on in self.sensors.items() if on]
+            assert latch is not None and latch.test_id == vehicle_id, f"stray test: {action}"
+            assert after.passage is None and after.vehicle is None and not occupied, after
+        elif op == "open":
             # Rule 1: the record of this passage is durably on disk.
             assert vehicle_id in self.durable_vehicles, f"open without a durable record: {action}"
         else:
@@ -631,7 +652,20 @@ def heal(driver: LaneDriver, rounds: int = 12) -> None:
             feed(ev.Persisted(vehicle.pending_persist, driver.fresh("rec-"), driver._ids))
         elif vehicle is not None and vehicle.record_id is None:
             driver.leave_pay_point()
+        elif state.latch is not None:
+            self_test(driver)
         else:
             driver.tick(1.0)
     assert phase(driver.state) is Phase.IDLE, f"lane did not recover: {driver.state}"
     driver.monitor.check_outcomes()
+
+
+def self_test(driver: LaneDriver, limit: int = 40) -> None:
+    """Time passes at an empty lane with a latched boom; the device answers every query (all
+    clear, boom down) until the lane starts its self-test."""
+    for _ in range(limit):
+        if driver.state.latch is None or driver.state.command is not None:
+            return
+        if any(isinstance(a, QueryDevice) for a in driver.tick_at_deadline()):
+            driver.feed(ev.DeviceSnapshotted("closed", (), driver.fresh("d")))
+    raise AssertionError(f"no self-test in {limit} deadlines: {driver.state}")

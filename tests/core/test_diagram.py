@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from core_kit import Chooser, EventSource, LaneDriver, heal, random_walk, rules
 from test_recovery import world_answers
+from test_stuck_closed import next_self_test, refunded, stuck_closed
 
 from lane.core import diagram
 from lane.core import events as ev
@@ -100,8 +101,33 @@ def scripted_snapshot_rows() -> LaneDriver:
     return lane
 
 
+def scripted_self_test_rows() -> set[tuple[Phase, str, Phase]]:
+    """A latched boom's self-tests: failed, and ended by each thing that may end one."""
+    taken: set[tuple[Phase, str, Phase]] = set()
+    ends: list[ev.Event] = [
+        ev.Tick(),  # not open in time: failed
+        ev.SensorChanged("entry_loop", True, "v9"),
+        ev.SensorChanged("safety_loop", True, "e9"),
+        ev.AttendantOpen("att-9", "help", "op"),
+        ev.AttendantCloseLane("repair"),
+    ]
+    for end in ends:
+        lane = LaneDriver(rules())
+        stuck_closed(lane)
+        test = next_self_test(lane, refunded(lane))
+        lane.feed(ev.BarrierAcked(test.cmd_id, True, "opening"))
+        if isinstance(end, ev.Tick):
+            lane.tick_at_deadline()
+        else:
+            lane.feed(end)
+        assert lane.phase() is Phase.CLOSING, end
+        taken |= lane.monitor.transitions
+    return taken
+
+
 def test_every_row_of_the_table_is_taken() -> None:
     taken = set(scripted_rare_rows().monitor.transitions)
+    taken |= scripted_self_test_rows()
     taken |= scripted_heal_rows().monitor.transitions
     taken |= scripted_late_ack_rows().monitor.transitions
     taken |= scripted_snapshot_rows().monitor.transitions

@@ -78,10 +78,12 @@ def config_for(
     keyset: Path,
     *,
     lane: dict[str, Any] | None = None,
+    barrier: dict[str, Any] | None = None,
 ) -> LaneConfig:
     return parse_config(
         {
             "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane"), **(lane or {})},
+            "barrier": barrier or {},
             "broker": {"port": broker.port},
             "camera": {"source": "push"},
             "auth": {"acquirer_url": acquirer, "keyset": str(keyset)},
@@ -97,14 +99,19 @@ async def lane(tmp_path: Path, mosquitto: Mosquitto, lane_id: str) -> AsyncItera
 
 @contextlib.asynccontextmanager
 async def running_lane(
-    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane: dict[str, Any] | None = None
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    lane: dict[str, Any] | None = None,
+    barrier: dict[str, Any] | None = None,
 ) -> AsyncIterator[Lane]:
-    """The daemon in this process, with a device emulator; `lane`: extra [lane] config keys."""
+    """The daemon in this process, with a device emulator; `lane`, `barrier`: extra [lane]
+    and [barrier] config keys."""
     codes = CodeFactory(7)
     keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
     acquirer = AcquirerServer()
     url = await acquirer.start()
-    config = config_for(tmp_path, mosquitto, lane_id, url, keyset, lane=lane)
+    config = config_for(tmp_path, mosquitto, lane_id, url, keyset, lane=lane, barrier=barrier)
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
     queue_path = config.lane.data_dir / "queue.sqlite3"
     device.received = RecordedBeforeOpen(queue_path)
