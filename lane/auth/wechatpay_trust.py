@@ -248,11 +248,11 @@ class PlatformCertificates:
             "WeChat Pay platform certificates downloaded",
             extra={"serials": self._trusted.serials()},
         )
-        await self._keep_stored()
-        if self._alarmed:
+        if self._alarmed:  # answers verify again from this moment
             self._alarmed = False
             if self._alarm is not None:
                 self._alarm(ALARM, None)
+        await self._keep_stored()
 
     async def _keep_stored(self) -> None:
         if self._store is None:
