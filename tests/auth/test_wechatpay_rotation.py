@@ -349,14 +349,32 @@ def test_check_config_names_a_bad_certificate_mode_file(
         Path(section["apiv3_key_file"]).chmod(0o644)
     else:
         Path(section["platform_certificate_file"]).write_bytes(b"junk")
-    lines = ['[fares]\ncurrency = "CNY"\n[auth.routes]\nwechat = "wechatpay"\n[auth.wechatpay]']
-    lines += [f'{k} = "{v}"' for k, v in section.items()]
-    path = tmp_path / "lane.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path = write_lane_toml(tmp_path, section)
     found = check_config(path)
     assert any(says in p for p in found.problems), found.problems
     with pytest.raises(netkeys.KeyFileError, match=re.escape(says)):
         NetworkKeys.load(parse_config(raw).auth)
+
+
+def write_lane_toml(tmp: Path, section: dict[str, Any]) -> Path:
+    lines = ['[fares]\ncurrency = "CNY"\n[auth.routes]\nwechat = "wechatpay"\n[auth.wechatpay]']
+    lines += [f'{k} = "{v}"' for k, v in section.items()]
+    path = tmp / "lane.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_check_config_warns_when_every_configured_certificate_expired(
+    tmp_path: Path, network_keys: Keys
+) -> None:
+    section = wechat_config(tmp_path, network_keys)["auth"]["wechatpay"]
+    path = write_lane_toml(tmp_path, section)
+    assert not any("expired" in w for w in check_config(path).warnings)
+    old = make_platform_certificate(network_keys["wechat"].private, time.time() - 9 * DAY, 2 * DAY)
+    Path(section["platform_certificate_file"]).write_bytes(old.pem)
+    found = check_config(path)
+    assert found.ok, found.problems
+    assert any("every certificate in it expired" in w for w in found.warnings), found.warnings
 
 
 async def test_certificate_mode_brings_its_upkeep_to_the_lane(
