@@ -214,13 +214,16 @@ class RefreshReason(StrEnum):
 
 @dataclass(frozen=True)
 class RefreshTimes:
-    last_attempt: float | None = None
+    last_attempt: float | None = None  # any download
     last_success: float | None = None
+    last_learn: float | None = None  # a download for an answer's unknown serial
 
 
-def may_refresh(times: RefreshTimes, now: float) -> bool:
-    """Not within MIN_REFRESH_INTERVAL_S of the last attempt (a clock gone back allows it)."""
-    return _elapsed(times.last_attempt, now, MIN_REFRESH_INTERVAL_S)
+def may_learn(times: RefreshTimes, now: float) -> bool:
+    """An unknown serial may download unless one did within MIN_REFRESH_INTERVAL_S (a clock
+    gone back allows it). The idle lane's own looks do not count: a rotation that comes just
+    after one must still be learned at once."""
+    return _elapsed(times.last_learn, now, MIN_REFRESH_INTERVAL_S)
 
 
 def refresh_due(times: RefreshTimes, certs: CertificateSet, now: float) -> RefreshReason | None:

@@ -167,12 +167,13 @@ class PlatformCertificates:
             now = self._wall()
             if self.key_for(serial, now) is not None:  # a download meanwhile brought it
                 return
-            if timeout_s <= 0 or not certs.may_refresh(self._times, now):
+            if timeout_s <= 0 or not certs.may_learn(self._times, now):
                 log.warning(
                     "unknown WeChat Pay platform certificate, not downloading again yet",
-                    extra={"serial": serial, "last_attempt": self._times.last_attempt},
+                    extra={"serial": serial, "last_learn": self._times.last_learn},
                 )
                 return
+            self._times = replace(self._times, last_learn=now)
             try:
                 await self._download(fetch, timeout_s)
             except (AcquirerError, certs.CertificateError) as exc:

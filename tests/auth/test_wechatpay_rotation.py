@@ -150,6 +150,16 @@ async def test_a_rotation_mid_run_is_learned_with_one_download(
         assert new.serial in [c.serial for c in kept]
 
 
+async def test_a_rotation_just_after_the_idle_look_is_learned_at_once(
+    cert_gateway: Any, net_lane: Any, network_keys: Keys
+) -> None:
+    async with cert_gateway() as s, net_lane(s.client, s.fake) as lane:
+        assert await s.trust.tick(s.client.download_certificates, 2.0) is certs.RefreshReason.DAILY
+        s.fake.rotate_certificate(network_keys["rotated"].private)
+        assert (await pay(lane)).approved  # the look a moment ago does not hold it back
+        assert s.fake.certificate_downloads == 2 and s.alarms == []
+
+
 async def test_a_restart_needs_no_download(
     cert_gateway: Any, net_lane: Any, network_keys: Keys, tmp_path: Path
 ) -> None:
