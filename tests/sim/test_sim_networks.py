@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sim.harness import SimOptions, Simulator
 from sim.traffic import Mix
+from sim.wechatpay_fake import CertificateFault
 
 FAST = {"speed": 20.0, "conditions": "clear", "frame_size": (640, 360), "fps": 20.0}
 
@@ -54,5 +55,10 @@ async def test_a_wechat_pay_certificate_rotation_mid_run_is_learned(tmp_path: Pa
         assert fake.certificate_downloads > downloads, "the new certificate was downloaded"
         alarms = {code for lane in sim.lanes for code in lane.snapshot(0)["alarms"]}
         assert "wechatpay_certificates" not in alarms and "payment_wechatpay" not in alarms
+        # The other control breaks the download (a tampered one here) until cleared.
+        await sim.faults.apply("wechatpay_certificates_broken", params={"mode": "tampered"})
+        assert fake.certificate_fault is CertificateFault.TAMPERED
+        await sim.faults.apply("wechatpay_certificates_broken", on=False)
+        assert fake.certificate_fault is CertificateFault.NONE
     finally:
         await asyncio.wait_for(sim.stop(), 30)
