@@ -156,6 +156,8 @@ class WeChatPayFake(AcquirerServer):
     async def _certificates(self, request: web.Request) -> web.Response:
         if (refused := self._check_auth(request, b"")) is not None:
             return refused
+        if (refused := await self._gate(request)) is not None:  # outages reach it too
+            return refused
         if self._apiv3_key is None:
             return self._signed(404, _error("RESOURCE_NOT_EXISTS", "platform public key mode"))
         fault = self.certificate_fault
