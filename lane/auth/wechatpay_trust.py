@@ -128,9 +128,8 @@ def load_certificate_files(
             log.warning(
                 "stored WeChat Pay platform certificates ignored: %s", exc, extra={"file": store}
             )
-    none = certs.CertificateSet()
     return CertificateFiles(
-        none.merged(configured, float("-inf")), none.merged(stored, float("-inf")), key, store
+        certs.CertificateSet(tuple(configured)), certs.CertificateSet(tuple(stored)), key, store
     )
 
 
@@ -169,7 +168,8 @@ class PlatformCertificates:
                 return
             if timeout_s <= 0 or not certs.may_learn(self._times, now):
                 log.warning(
-                    "unknown WeChat Pay platform certificate, not downloading again yet",
+                    "unknown WeChat Pay platform certificate: no download (one a minute at most,"
+                    " or no time left in the call)",
                     extra={"serial": serial, "last_learn": self._times.last_learn},
                 )
                 return
@@ -209,16 +209,17 @@ class PlatformCertificates:
             except (AcquirerError, certs.CertificateError) as exc:
                 newest = self._trusted.newest_expiry()
                 if reason is certs.RefreshReason.EXPIRING:
-                    until = "none is valid" if newest is None else certs.utc_text(newest)
+                    held = (
+                        "the lane has no valid one"
+                        if newest is None
+                        else f"the newest the lane has expires {certs.utc_text(newest)}"
+                    )
                     self._fail(
-                        f"WeChat Pay platform certificates run out (the newest the lane has"
-                        f" expires {until}) and downloading new ones failed ({exc}); {_FIX}"
+                        f"WeChat Pay platform certificates run out ({held}) and downloading"
+                        f" new ones failed ({exc}); {_FIX}"
                     )
                 else:  # the certificates hold for days yet: the next look tries again
-                    log.warning(
-                        "daily WeChat Pay certificate download failed: %s", exc,
-                        extra={"reason": str(reason)},
-                    )  # fmt: skip
+                    log.warning("daily WeChat Pay certificate download failed: %s", exc)
             return reason
 
     async def _download(self, fetch: Fetch, timeout_s: float) -> None:
