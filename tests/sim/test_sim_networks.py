@@ -46,6 +46,7 @@ async def test_a_wechat_pay_certificate_rotation_mid_run_is_learned(tmp_path: Pa
         fake = sim.wechatpay()
         assert fake is not None
         before = fake.platform_serial
+        assert fake.certificate_downloads >= 1, "the lanes' first idle look (their upkeep task)"
         await sim.faults.apply("wechatpay_rotation", params={"overlap": "keep"})
         assert fake.platform_serial != before
         downloads = fake.certificate_downloads
