@@ -15,10 +15,11 @@ when its own signature verifies under a certificate the lane already trusts (con
 operator, or accepted from an earlier download), and each certificate in it must decrypt with
 the APIv3 key, carry the serial it is listed under and not be expired. So the first trusted
 certificate always comes from the operator, and each later one is vouched for by its
-predecessor. WeChat Pay publishes the next certificate 10 days before the current one expires,
-while still signing with the current one: a lane that checks daily learns it in time. A lane
-that was off through a whole rotation cannot (nothing it trusts signs any more): the alarm
-says so, and the operator installs the current certificate in `platform_certificate_file`.
+predecessor. WeChat Pay publishes the next certificate 10 days before the current one expires
+and signs only with the current one for the first 5 of them: a lane that checks daily learns it
+in time. A lane that was off through that window may find nothing it trusts signing the
+download: the alarm says so, and the operator installs the current certificate in
+`platform_certificate_file`.
 
 A download that fails while it is needed (an answer is waiting for it, or the newest
 certificate is about to expire) raises the alarm `wechatpay_certificates`; the next successful
