@@ -53,6 +53,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "payment_alipay": Severity.MAJOR,
         "payment_wechatpay": Severity.MAJOR,
         "payment_acquirer": Severity.MAJOR,
+        # WeChat Pay answers signed by a platform certificate the lane cannot learn are refused.
+        "wechatpay_certificates": Severity.MAJOR,
         "attendant_needed": Severity.MINOR,
         "keyset_stale": Severity.MINOR,
         "queue_high_water": Severity.MINOR,

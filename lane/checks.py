@@ -29,6 +29,8 @@ from lane.auth.netkeys import KeyFileError
 from lane.auth.networks import NetworkKeys
 from lane.auth.tokens import PHONE_TOKEN_TTL_S
 from lane.auth.trust import judge_deny, judge_keyset
+from lane.auth.wechatpay_certs import utc_text
+from lane.auth.wechatpay_trust import CertificateFiles
 from lane.config import ConfigError, LaneConfig, load_config
 
 
@@ -68,16 +70,27 @@ def check_config(path: Path, now: float | None = None) -> Findings:
             if judged.refused:
                 found.problems.append(f"{config.auth.deny_list}: refused: {judged.detail}")
     _check_settings(config, path, found)
-    _check_networks(config, path, found)
+    _check_networks(config, path, wall, found)
     return found
 
 
-def _check_networks(config: LaneConfig, path: Path, found: Findings) -> None:
+def _check_networks(config: LaneConfig, path: Path, wall: float, found: Findings) -> None:
     """The payment networks' key files load, and the fares are in the networks' currency."""
     try:
-        NetworkKeys.load(config.auth)
+        keys = NetworkKeys.load(config.auth)
     except KeyFileError as exc:
         found.problems.append(str(exc))
+    else:
+        wx = config.auth.wechatpay
+        held = None if keys.wechatpay is None else keys.wechatpay.platform
+        if wx is not None and isinstance(held, CertificateFiles):
+            newest = held.configured.newest_expiry()
+            if newest is not None and newest < wall:
+                found.warnings.append(
+                    f"{wx.platform_certificate_file}: every certificate in it expired (the last"
+                    f" {utc_text(newest)}): the lane verifies WeChat Pay only with certificates"
+                    " it downloaded before; install the current platform certificate"
+                )
     routes = config.auth.routes
     networks = {routes.alipay, routes.wechat, routes.unionpay, routes.emv} - {"acquirer"}
     currency = config.fares.currency

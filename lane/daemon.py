@@ -255,9 +255,9 @@ def open_files(
     Returns what was opened and the stack that closes it in reverse; a failure half-way closes
     what was already open and raises (a bad key file, an unreadable store: exit 2)."""
     with contextlib.ExitStack() as stack:
-        network_keys = NetworkKeys.load(config.auth)
         data = config.lane.data_dir
         data.mkdir(parents=True, exist_ok=True)
+        network_keys = NetworkKeys.load(config.auth, data)
         auth = config.auth
         bounds = RemoteBounds(auth.skew_s, auth.max_token_lifetime_s, pass_lifetime_s(config))
         replay = ReplayStore(data / "replay.sqlite3", bounds=bounds)
@@ -461,9 +461,11 @@ class LaneDaemon:
         self.metrics = LaneMetrics(self.lane, config.lane.mode, clock=self.clocks.monotonic)
         self.http = aiohttp.ClientSession(trace_configs=[self.metrics.acquirer_trace()])
         # Alarms raised by the acquirer watch reach the runner, which exists by the first call.
-        self.acquirer: Acquirer = build_acquirer(
+        networks = build_acquirer(
             config.auth, opened.network_keys, self.http, self.clocks.wall, alarm=self._alarm
         )
+        self.acquirer: Acquirer = networks.acquirer
+        self._network_upkeep = networks.upkeep
         self.resolver = Resolver(
             self.payments_store,
             self.acquirer,
@@ -723,6 +725,8 @@ class LaneDaemon:
                 self.ops.runner_task = tg.create_task(guard(self.runner.run()), name="lane-runner")
                 tg.create_task(guard(self.forwarder.run()), name="forwarder")
                 tg.create_task(guard(self.resolver.run()), name="resolver")
+                for upkeep in self._network_upkeep:  # while no vehicle waits on the network
+                    tg.create_task(guard(upkeep(self.runner.idle)), name="network-upkeep")
                 if self.sharing is not None:
                     tg.create_task(guard(self.sharing.run()), name="plaza-sharing")
                 if self.road.taps is not None:

@@ -71,8 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         date = args.date or (datetime.now(BEIJING) - timedelta(days=1)).strftime("%Y-%m-%d")
         day = day_of(date)
-        auth = load_config(args.config).auth if args.config else AuthSection()
-        bills = asyncio.run(gather_bills(args, auth, date))
+        config = load_config(args.config) if args.config else None
+        auth = AuthSection() if config is None else config.auth
+        # The lane's data directory holds WeChat Pay's downloaded platform certificates.
+        state_dir = None if config is None else config.lane.data_dir
+        bills = asyncio.run(gather_bills(args, auth, date, state_dir))
         records = load_records(args, day)
     except (ReconcileError, ConfigError, KeyFileError, IngestStoreError) as exc:
         print(f"lane reconcile: {exc}", file=sys.stderr)
@@ -97,7 +100,7 @@ def day_of(date: str) -> Day:
 
 
 async def gather_bills(
-    args: argparse.Namespace, auth: AuthSection, date: str
+    args: argparse.Namespace, auth: AuthSection, date: str, state_dir: Path | None
 ) -> dict[str, list[billfmt.BilledOrder]]:
     bills: dict[str, list[billfmt.BilledOrder]] = {}
     try:
@@ -105,7 +108,7 @@ async def gather_bills(
             bills["alipay"] = _parse_alipay(_read(args.alipay_bill))
         if args.wechat_bill is not None:
             bills["wechatpay"] = _parse_wechat(_read(args.wechat_bill).decode("utf-8"))
-        keys = NetworkKeys.load(auth)  # the routed networks' keys only
+        keys = NetworkKeys.load(auth, state_dir)  # the routed networks' keys only
         async with aiohttp.ClientSession() as session:
             if "alipay" not in bills and keys.alipay is not None:
                 client = alipay_client(auth, keys, session)

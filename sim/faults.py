@@ -16,8 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from sim.acquirer_faults import Outage
 from sim.plaza import Plaza
+from sim.wechatpay_fake import CertificateFault
 
 log = logging.getLogger("lane.sim.faults")
 
@@ -84,6 +87,27 @@ FAULTS: dict[str, FaultSpec] = {
             "plaza",
             "a share of online payments is declined",
             params={"rate": NumberParam(0.3, 0.0, 1.0)},
+        ),
+        FaultSpec(
+            "wechatpay_rotation",
+            "WeChat Pay rotates its certificate",
+            "plaza",
+            "a new platform certificate signs WeChat Pay's answers; lanes download it once",
+            one_shot=True,
+            params={"overlap": ChoiceParam("keep", ("keep", "end"))},
+        ),
+        FaultSpec(
+            "wechatpay_certificates_broken",
+            "WeChat Pay certificate download broken",
+            "plaza",
+            "GET /v3/certificates fails or cannot be trusted: a lane that meets a new"
+            " certificate refuses its answers (wechatpay_certificates)",
+            params={
+                "mode": ChoiceParam(
+                    "tampered",
+                    tuple(m.value for m in CertificateFault if m is not CertificateFault.NONE),
+                )
+            },
         ),
         FaultSpec("barrier_stuck", "Barrier stuck", "lane", "acks commands, never moves"),
         FaultSpec("barrier_offline", "Barrier offline", "lane", "the device leaves the broker"),
@@ -265,6 +289,8 @@ class FaultController:
         elif name == "acquirer_declines":
             for server in sim.payment_servers():
                 server.update_faults(decline_rate=float(values["rate"]) if on else 0.0)
+        elif name.startswith("wechatpay_"):
+            await _wechatpay_fault(sim, name, on, values)
         else:
             assert index is not None
             lane = sim.lanes[index]
@@ -290,6 +316,21 @@ class FaultController:
             {"name": f.name, "lane": f.lane, "params": dict(f.params), "since": round(f.since, 1)}
             for f in self.active.values()
         ]
+
+
+async def _wechatpay_fault(sim: Plaza, name: str, on: bool, values: Mapping[str, Param]) -> None:
+    fake = sim.wechatpay()
+    if fake is None:
+        raise FaultError(f"{name}: this simulator routes no code to WeChat Pay")
+    if name == "wechatpay_rotation":
+        key = await asyncio.to_thread(rsa.generate_private_key, 65537, 2048)  # ~0.1 s of CPU
+        fake.rotate_certificate(key)
+        if values["overlap"] == "end":  # lanes that missed it cannot learn it (bootstrap rule)
+            fake.retire_old_certificates()
+    else:
+        fake.certificate_fault = (
+            CertificateFault(str(values["mode"])) if on else CertificateFault.NONE
+        )
 
 
 @dataclass(frozen=True)

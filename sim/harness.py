@@ -39,6 +39,7 @@ from sim.options import SimOptions
 from sim.report import plaza_report, plaza_view
 from sim.scenario import Scenario
 from sim.traffic import Driver, Mix, plan
+from sim.wechatpay_fake import WeChatPayFake
 
 log = logging.getLogger("lane.sim")
 
@@ -139,6 +140,9 @@ class Simulator:
         """Our acquirer and the networks' fakes: the acquirer faults apply to all of them."""
         nets = self.networks.servers if self.networks is not None else []
         return [s for s in (self.acquirer, *nets) if s is not None]
+
+    def wechatpay(self) -> WeChatPayFake | None:
+        return None if self.networks is None else self.networks.wechatpay
 
     async def _monitor(self) -> None:
         """Sample every lane's uplink (backlog, link) twice a second for dashboard and report."""

@@ -3,13 +3,18 @@ the `[auth]` that routes the lanes' codes to them (UnionPay and EMV stay on our 
 
 The keys are made fresh for each run (RSA 2048) and written as a lane's key files would be:
 private keys mode 0600, so the lanes load them through the same permission checks as in the
-field. Both fakes share the acquirer's everyday faults, and `servers` lists all three so a
-fault injected into "the acquirer" reaches every network.
+field. WeChat Pay runs in certificate mode: the lanes trust its first platform certificate and
+hold the APIv3 key, so a rotation (the `wechatpay_rotation` fault) is learned as in the field.
+Both fakes share the acquirer's everyday faults, and `servers` lists all three so a fault
+injected into "the acquirer" reaches every network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+import string
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sim.acquirer import AcquirerServer
 from sim.acquirer_faults import Faults
 from sim.alipay_fake import AlipayFake
-from sim.wechatpay_fake import WeChatPayFake
+from sim.wechatpay_fake import WeChatPayFake, make_platform_certificate
 
 APP_ID = "2021000000000001"
 MCHID, APPID = "1900000100", "wxd0000000000000"
-MERCHANT_SERIAL, PLATFORM_SERIAL = "5157F09EFDC096DE15EBE81A47057A72", "PUB_KEY_ID_SIM"
+MERCHANT_SERIAL = "5157F09EFDC096DE15EBE81A47057A72"
 # The simulator's WeChat Pay asks for a shorter wait before a reversal than the real one
 # (15 s), so that a short run still settles every reversal it started.
 SIM_REVERSE_AGE_S = 3.0
@@ -43,6 +48,14 @@ class SimNetworks:
         self._write(merchant, "merchant")
         self._write(alipay, "alipay")
         self._write(wechat, "wechatpay")
+        platform = make_platform_certificate(wechat, time.time() - 86_400)
+        (self._dir / "wechatpay-platform.pem").write_bytes(platform.pem)
+        alphabet = string.ascii_letters + string.digits
+        apiv3 = "".join(secrets.choice(alphabet) for _ in range(32)).encode()
+        apiv3_file = self._dir / "wechatpay-apiv3.key"
+        apiv3_file.touch(mode=0o600)
+        apiv3_file.chmod(0o600)
+        apiv3_file.write_bytes(apiv3)
         self.alipay = AlipayFake(
             app_id=APP_ID,
             merchant_key=merchant.public_key(),
@@ -56,7 +69,9 @@ class SimNetworks:
             merchant_key=merchant.public_key(),
             merchant_serial=MERCHANT_SERIAL,
             platform_key=wechat,
-            platform_serial=PLATFORM_SERIAL,
+            platform_serial=platform.serial,
+            platform_certificate=platform,
+            apiv3_key=apiv3,
             min_reverse_age_s=SIM_REVERSE_AGE_S,
             faults=self._faults,
             seed=self._seed + 2,
@@ -90,8 +105,8 @@ class SimNetworks:
                 "appid": APPID,
                 "serial_no": MERCHANT_SERIAL,
                 "private_key_file": str(self._dir / "merchant.key"),
-                "platform_public_key_file": str(self._dir / "wechatpay.pub"),
-                "platform_serial": PLATFORM_SERIAL,
+                "platform_certificate_file": str(self._dir / "wechatpay-platform.pem"),
+                "apiv3_key_file": str(self._dir / "wechatpay-apiv3.key"),
                 "reverse_after_s": SIM_REVERSE_AGE_S + 2.5,  # + the longest pay call (budget)
             },
         }

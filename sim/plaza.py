@@ -13,6 +13,7 @@ from sim.backoffice import BackOffice
 from sim.broker import Mosquitto
 from sim.lane import SimLane
 from sim.options import SimOptions
+from sim.wechatpay_fake import WeChatPayFake
 
 
 class Plaza(Protocol):
@@ -27,5 +28,9 @@ class Plaza(Protocol):
     def sim_time(self) -> float: ...
 
     def payment_servers(self) -> list[AcquirerServer]: ...
+
+    def wechatpay(self) -> WeChatPayFake | None:
+        """The WeChat Pay fake, when the lanes' WeChat codes go to it."""
+        ...
 
     def burst(self, lane_index: int, count: int, kind: str) -> None: ...

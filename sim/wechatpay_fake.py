@@ -7,22 +7,37 @@ Every request's WECHATPAY2-SHA256-RSA2048 Authorization is checked (401 SIGN_ERR
 every answer is signed with the platform key. A reversal sooner than `min_reverse_age_s` after
 the order was placed is refused, as WeChat Pay documents. The book, codes and faults are those
 of `sim.acquirer` (this is an `AcquirerServer` speaking WeChat Pay; `/admin/...` as there).
+
+Given an APIv3 key and the platform key's certificate, it is in certificate mode: `GET
+/v3/certificates` lists its valid certificates, each encrypted with the APIv3 key, and
+`rotate_certificate` makes a new one that signs every answer from then on. As WeChat Pay does
+in the days a rotation overlaps, the download itself stays signed by the oldest certificate
+still valid, so a merchant that trusted it can learn the new one; `retire_old_certificates`
+ends the overlap. `certificate_fault` breaks the download (`CertificateFault`).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import json
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from lane.auth import netkeys
+from lane.auth import wechatpay_certs as certs
 from lane.auth import wechatpay_wire as wire
 from lane.auth.alipay_wire import beijing_time
 from scanner.payload import PaymentCodePayload, classify
@@ -37,6 +52,43 @@ TRADE_STATE = {
     "REVERSED": wire.TradeState.REVOKED,
 }
 ERROR_CODES = {"insufficient_funds": "NOTENOUGH", "code_used": "AUTH_CODE_INVALID"}
+# WeChat Pay's platform certificates are valid for 5 years.
+CERTIFICATE_LIFETIME_S = 5 * 365 * certs.DAY_S
+
+
+class CertificateFault(StrEnum):
+    """What is wrong with `GET /v3/certificates`."""
+
+    NONE = "none"
+    UNAVAILABLE = "unavailable"  # 500 SYSTEMERROR
+    TAMPERED = "tampered"  # a ciphertext altered on the way: GCM refuses it
+    BAD_SIGNATURE = "bad_signature"  # the answer's signature does not verify
+
+
+def make_platform_certificate(
+    key: rsa.RSAPrivateKey, not_before: float, lifetime_s: float = CERTIFICATE_LIFETIME_S
+) -> certs.PlatformCert:
+    """A platform certificate for `key` with a fresh random serial (self-signed: the lane
+    trusts certificates by what vouched for them, not by a CA)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA (fake)")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(datetime.fromtimestamp(not_before, UTC))
+        .not_valid_after(datetime.fromtimestamp(not_before + lifetime_s, UTC))
+        .sign(key, hashes.SHA256())
+    )
+    return certs.cert_from_x509(cert)
+
+
+@dataclass(frozen=True)
+class PlatformSigner:
+    serial: str
+    key: rsa.RSAPrivateKey
+    cert: certs.PlatformCert | None  # None: a platform public key (PUB_KEY_ID_...)
 
 
 class WeChatPayFake(AcquirerServer):
@@ -49,6 +101,8 @@ class WeChatPayFake(AcquirerServer):
         merchant_serial: str,
         platform_key: rsa.RSAPrivateKey,
         platform_serial: str,
+        platform_certificate: certs.PlatformCert | None = None,
+        apiv3_key: bytes | None = None,
         min_reverse_age_s: float = 15.0,
         wall: Callable[[], float] = time.time,
         **kwargs: Any,
@@ -58,8 +112,13 @@ class WeChatPayFake(AcquirerServer):
         self._appid = appid
         self._merchant_key = merchant_key
         self._merchant_serial = merchant_serial
-        self._platform_key = platform_key
-        self._platform_serial = platform_serial
+        if platform_certificate is not None and platform_certificate.serial != platform_serial:
+            raise ValueError("platform_serial must be the platform certificate's serial")
+        # Oldest first; the last signs the answers.
+        self._signers = [PlatformSigner(platform_serial, platform_key, platform_certificate)]
+        self._apiv3_key = apiv3_key
+        self.certificate_fault = CertificateFault.NONE
+        self.certificate_downloads = 0  # answered downloads (tests count them)
         self._min_reverse_age_s = min_reverse_age_s
         self._wall = wall
         self._placed: dict[str, tuple[float, float]] = {}  # otn -> (clock, wall) when placed
@@ -71,6 +130,53 @@ class WeChatPayFake(AcquirerServer):
         app.router.add_post("/v3/pay/transactions/out-trade-no/{otn}/reverse", self._reverse_order)
         app.router.add_get("/v3/bill/tradebill", self._tradebill)
         app.router.add_get("/v3/billdownload/file", self._bill_file)
+        app.router.add_get(certs.CERTIFICATES_PATH, self._certificates)
+
+    # -- platform certificates -------------------------------------------------------------
+
+    def rotate_certificate(self, key: rsa.RSAPrivateKey | None = None) -> certs.PlatformCert:
+        """A new platform certificate (for `key`, or a new key) signs every answer from now;
+        the old ones stay listed until `retire_old_certificates`."""
+        if self._apiv3_key is None:
+            raise ValueError("a platform public key (no APIv3 key given) does not rotate")
+        key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        cert = make_platform_certificate(key, self._wall() - 60)
+        self._signers.append(PlatformSigner(cert.serial, key, cert))
+        return cert
+
+    def retire_old_certificates(self) -> None:
+        """The overlap is over: only the newest certificate is listed and signs."""
+        self._signers = self._signers[-1:]
+
+    @property
+    def platform_serial(self) -> str:
+        """The serial that signs answers now."""
+        return self._signers[-1].serial
+
+    async def _certificates(self, request: web.Request) -> web.Response:
+        if (refused := self._check_auth(request, b"")) is not None:
+            return refused
+        if (refused := await self._gate(request)) is not None:  # outages reach it too
+            return refused
+        if self._apiv3_key is None:
+            return self._signed(404, _error("RESOURCE_NOT_EXISTS", "platform public key mode"))
+        fault = self.certificate_fault
+        if fault is CertificateFault.UNAVAILABLE:
+            return self._signed(500, _error("SYSTEMERROR", "certificates unavailable"))
+        now = self._wall()
+        valid = [(s, s.cert) for s in self._signers if s.cert is not None and s.cert.valid_at(now)]
+        entries = [certs.download_entry(c, self._apiv3_key, secrets.token_hex(6)) for _, c in valid]
+        if fault is CertificateFault.TAMPERED and entries:
+            sealed = entries[-1]["encrypt_certificate"]
+            raw = bytearray(base64.b64decode(sealed["ciphertext"]))
+            raw[len(raw) // 2] ^= 0x01
+            sealed["ciphertext"] = base64.b64encode(bytes(raw)).decode()
+        self.certificate_downloads += 1
+        signer = valid[0][0] if valid else self._signers[-1]  # the oldest valid: see the module doc
+        response = self._signed(200, {"data": entries}, signer)
+        if fault is CertificateFault.BAD_SIGNATURE:
+            response.headers["Wechatpay-Signature"] = base64.b64encode(bytes(256)).decode()
+        return response
 
     # -- API -------------------------------------------------------------------------------
 
@@ -207,17 +313,18 @@ class WeChatPayFake(AcquirerServer):
             return self._signed(401, _error("SIGN_ERROR", "signature does not verify"))
         return None
 
-    def _signed(self, status: int, doc: dict[str, Any] | None) -> web.Response:
+    def _signed(
+        self, status: int, doc: dict[str, Any] | None, signer: PlatformSigner | None = None
+    ) -> web.Response:
         text = "" if doc is None else json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
         timestamp, nonce = str(int(self._wall())), secrets.token_hex(16).upper()
-        signature = netkeys.sign(
-            self._platform_key, wire.answer_message(timestamp, nonce, text).encode()
-        )
+        signer = signer or self._signers[-1]
+        signature = netkeys.sign(signer.key, wire.answer_message(timestamp, nonce, text).encode())
         headers = {
             "Wechatpay-Timestamp": timestamp,
             "Wechatpay-Nonce": nonce,
             "Wechatpay-Signature": signature,
-            "Wechatpay-Serial": self._platform_serial,
+            "Wechatpay-Serial": signer.serial,
             "Wechatpay-Signature-Type": wire.SCHEME,
         }
         if doc is None:

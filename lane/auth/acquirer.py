@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -26,6 +27,8 @@ from lane.auth.network_config import Network
 log = logging.getLogger("lane.auth.acquirer")
 
 MAX_BODY_BYTES = 64 * 1024
+# (alarm code, message or None to clear): the lane shell's `runner.alarm`.
+AlarmSink = Callable[[str, str | None], None]
 PAYMENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 CURRENCY = re.compile(r"[A-Z]{3}")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, model_validator
 
 
 class _NetworkSection(BaseModel):
@@ -39,16 +39,56 @@ class AlipaySection(_NetworkSection):
 
 
 class WeChatPaySection(_NetworkSection):
+    """The merchant, and how WeChat Pay's answers are verified: public-key mode (a fixed
+    platform public key) or certificate mode (rotating platform certificates, downloaded with
+    the APIv3 key); docs/acquirer.md, "Platform certificates"."""
+
     base_url: str = Field("https://api.mch.weixin.qq.com", description="WeChat Pay API v3")
     mchid: str = Field(description="Merchant id", pattern=r"^[0-9]{6,32}$")
     appid: str = Field(description="The app id bound to the merchant", min_length=1)
     serial_no: str = Field(description="Serial of the merchant API certificate", min_length=1)
     private_key_file: Path = Field(description="Merchant API private key, PEM, mode 0600")
-    platform_public_key_file: Path = Field(description="WeChat Pay platform public key, PEM")
-    platform_serial: str = Field(description="Its id (PUB_KEY_ID_...) or certificate serial")
+    platform_public_key_file: Path | None = Field(
+        None, description="Public-key mode: WeChat Pay's platform public key (微信支付公钥), PEM"
+    )
+    platform_serial: str | None = Field(
+        None, description="Public-key mode: its id (PUB_KEY_ID_...)", min_length=1
+    )
+    platform_certificate_file: Path | None = Field(
+        None, description="Certificate mode: the platform certificate(s) trusted first, PEM"
+    )
+    apiv3_key_file: Path | None = Field(
+        None, description="Certificate mode: the APIv3 key (32 characters), mode 0600"
+    )
     reverse_after_s: float = Field(
         18.0, ge=0, le=600, description="Reverse no sooner than this after the intent"
     )
     device_ip: IPvAnyAddress = Field(
         IPv4Address("127.0.0.1"), description="This lane computer's address (payer_client_ip)"
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_verify(self) -> Self:
+        public = {"platform_public_key_file": self.platform_public_key_file,
+                  "platform_serial": self.platform_serial}  # fmt: skip
+        certs = {"platform_certificate_file": self.platform_certificate_file,
+                 "apiv3_key_file": self.apiv3_key_file}  # fmt: skip
+        modes = (("public-key mode", public), ("certificate mode", certs))
+        used = [(name, keys) for name, keys in modes if any(v is not None for v in keys.values())]
+        if len(used) != 1:
+            raise ValueError(
+                "set either platform_public_key_file and platform_serial (public-key mode, a"
+                " PUB_KEY_ID_... key) or platform_certificate_file and apiv3_key_file"
+                " (certificate mode, rotating platform certificates)"
+                + (", not both" if used else "")
+            )
+        name, keys = used[0]
+        missing = [k for k, v in keys.items() if v is None]
+        if missing:
+            given = next(k for k, v in keys.items() if v is not None)
+            raise ValueError(f"{given} ({name}) needs {missing[0]} too")
+        return self
+
+    @property
+    def certificate_mode(self) -> bool:
+        return self.platform_certificate_file is not None

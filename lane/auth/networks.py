@@ -12,9 +12,10 @@ to any of them is then refused, where the network supports it; the daily reconci
 the rest).
 
 `NetworkKeys.load` reads the routed networks' keys once, at start, from files with permission
-checks (`netkeys.read_secret`), never from the config text; `build_acquirer` makes the lane's
-acquirer from `[auth]` and those keys, each network watched by `WatchedAcquirer` for the
-operator's alarm.
+checks (`netkeys.read_secret`), never from the config text (and WeChat Pay's downloaded platform
+certificates from the lane's data directory); `build_acquirer` makes the lane's acquirer from
+`[auth]` and those keys, each network watched by `WatchedAcquirer` for the operator's alarm,
+and the background work the networks need while the lane runs (`BuiltNetworks.upkeep`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import aiohttp
@@ -35,6 +38,7 @@ from lane.auth.acquirer import (
     AcquirerProtocolError,
     AcquirerResult,
     AcquirerUnavailable,
+    AlarmSink,
     OneNetwork,
     PaymentStatus,
     PayRequest,
@@ -43,6 +47,13 @@ from lane.auth.acquirer import (
 from lane.auth.alipay import AlipayClient
 from lane.auth.network_config import AlipaySection, Network, RoutesSection, WeChatPaySection
 from lane.auth.wechatpay import WeChatPayClient
+from lane.auth.wechatpay_trust import (
+    CertificateFiles,
+    FixedPlatformKey,
+    PlatformCertificates,
+    PlatformTrust,
+    load_certificate_files,
+)
 from scanner.payload import EmvPayload, PaymentCodePayload, classify
 
 log = logging.getLogger("lane.auth.networks")
@@ -180,8 +191,6 @@ class NetworkRouter:
         return None
 
 
-# (alarm code, message or None to clear): the lane shell's `runner.alarm`.
-AlarmSink = Callable[[str, str | None], None]
 NETWORK_NAMES: dict[Network, str] = {
     "acquirer": "the acquirer",
     "alipay": "Alipay",
@@ -250,15 +259,23 @@ class WatchedAcquirer:
 
 
 @dataclass(frozen=True)
+class WeChatPayKeys:
+    private: rsa.RSAPrivateKey
+    platform: FixedPlatformKey | CertificateFiles  # public-key or certificate mode
+
+
+@dataclass(frozen=True)
 class NetworkKeys:
     """The keys of the configured networks, read once at start (a bad file stops the lane)."""
 
     alipay: tuple[rsa.RSAPrivateKey, rsa.RSAPublicKey] | None = None
-    wechatpay: tuple[rsa.RSAPrivateKey, rsa.RSAPublicKey] | None = None
+    wechatpay: WeChatPayKeys | None = None
 
     @classmethod
-    def load(cls, auth: AuthSection) -> NetworkKeys:
-        """Raises netkeys.KeyFileError naming the file (never showing its content)."""
+    def load(cls, auth: AuthSection, state_dir: Path | None = None) -> NetworkKeys:
+        """Raises netkeys.KeyFileError naming the file (never showing its content).
+        `state_dir`: the lane's data directory, where WeChat Pay's downloaded platform
+        certificates are kept (None: they are not, as for `lane check-config`)."""
         ali, wx = auth.alipay, auth.wechatpay
         used = set(auth.routes.model_dump().values())
         return cls(
@@ -270,11 +287,29 @@ class NetworkKeys:
             ),
             wechatpay=None
             if wx is None or "wechatpay" not in used
-            else (
-                netkeys.load_private_key(wx.private_key_file),
-                netkeys.load_public_key(wx.platform_public_key_file),
+            else WeChatPayKeys(
+                netkeys.load_private_key(wx.private_key_file), _platform(wx, state_dir)
             ),
         )
+
+
+def _platform(wx: WeChatPaySection, state_dir: Path | None) -> FixedPlatformKey | CertificateFiles:
+    if wx.platform_certificate_file is not None and wx.apiv3_key_file is not None:
+        return load_certificate_files(wx.platform_certificate_file, wx.apiv3_key_file, state_dir)
+    # The section's validator requires one mode complete: here, public-key mode.
+    assert wx.platform_public_key_file is not None and wx.platform_serial is not None
+    key = netkeys.load_public_key(wx.platform_public_key_file)
+    return FixedPlatformKey(wx.platform_serial, key)
+
+
+# Background work of a network while the lane runs, given the lane's "nothing in progress".
+Upkeep = Callable[[Callable[[], bool]], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True)
+class BuiltNetworks:
+    acquirer: Acquirer
+    upkeep: tuple[Upkeep, ...] = ()  # WeChat Pay's certificate downloads, in certificate mode
 
 
 def build_acquirer(
@@ -283,12 +318,11 @@ def build_acquirer(
     session: aiohttp.ClientSession,
     wall: Callable[[], float] = time.time,
     alarm: AlarmSink | None = None,
-) -> Acquirer:
+) -> BuiltNetworks:
     """The lane's acquirer per `[auth]`: one client, or a router over several; each watched
     for the operator when `alarm` is given."""
 
-    def network(name: Network) -> Acquirer:
-        client = _make(name, auth, keys, session, wall)
+    def watched(name: Network, client: Acquirer) -> Acquirer:
         # No acquirer configured is a choice (codes follow the policy), not a fault.
         unset = name == "acquirer" and auth.acquirer_url is None
         return client if alarm is None or unset else WatchedAcquirer(client, name, alarm)
@@ -301,23 +335,33 @@ def build_acquirer(
         "emv": r.emv,
     }
     # One client per network, however many kinds of code it takes.
-    made = {name: network(name) for name in dict.fromkeys(routes.values())}
+    clients = {
+        name: _make(name, auth, keys, session, wall, alarm)
+        for name in dict.fromkeys(routes.values())
+    }
+    upkeep = tuple(
+        partial(c.platform.keep, c.download_certificates)
+        for c in clients.values()
+        if isinstance(c, WeChatPayClient) and isinstance(c.platform, PlatformCertificates)
+    )
+    made = {name: watched(name, client) for name, client in clients.items()}
     if len(made) == 1:
-        return next(iter(made.values()))
-    return NetworkRouter(made, routes)
+        return BuiltNetworks(next(iter(made.values())), upkeep)
+    return BuiltNetworks(NetworkRouter(made, routes), upkeep)
 
 
-def _make(
+def _make(  # noqa: PLR0917 - build_acquirer's arguments, handed on
     name: Network,
     auth: AuthSection,
     keys: NetworkKeys,
     session: aiohttp.ClientSession,
     wall: Callable[[], float],
+    alarm: AlarmSink | None,
 ) -> Acquirer:
     if name == "alipay":
         return alipay_client(auth, keys, session, wall)
     if name == "wechatpay":
-        return wechatpay_client(auth, keys, session, wall)
+        return wechatpay_client(auth, keys, session, wall, alarm)
     if auth.acquirer_url is None:
         log.warning("no acquirer configured: online codes follow the offline policy")
         return NoAcquirer()
@@ -342,17 +386,23 @@ def wechatpay_client(
     keys: NetworkKeys,
     session: aiohttp.ClientSession,
     wall: Callable[[], float] = time.time,
+    alarm: AlarmSink | None = None,
 ) -> WeChatPayClient:
     assert auth.wechatpay is not None and keys.wechatpay is not None
     wx = auth.wechatpay
+    held = keys.wechatpay.platform
+    platform: PlatformTrust = (
+        held
+        if isinstance(held, FixedPlatformKey)
+        else PlatformCertificates(held, wall=wall, alarm=alarm)
+    )
     return WeChatPayClient(
         wx.base_url,
         mchid=wx.mchid,
         appid=wx.appid,
         serial_no=wx.serial_no,
-        private_key=keys.wechatpay[0],
-        platform_key=keys.wechatpay[1],
-        platform_serial=wx.platform_serial,
+        private_key=keys.wechatpay.private,
+        platform=platform,
         session=session,
         reverse_after_s=wx.reverse_after_s,
         device_ip=str(wx.device_ip),

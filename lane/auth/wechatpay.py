@@ -3,10 +3,11 @@
 pay = `POST /v3/pay/transactions/codepay`, query = `GET .../out-trade-no/{no}?mchid=`, reverse =
 `POST .../out-trade-no/{no}/reverse`; out_trade_no is our payment id without `pay_`, so every
 retry is the same order. USERPAYING (the buyer confirms on the phone) is PENDING: the
-authoriser re-queries until its deadline. Every answer the lane acts on must be signed by the
-configured platform key (serial and freshness checked too), or it is an
-`AcquirerProtocolError`. WeChat Pay asks that an order is not reversed sooner than some seconds
-after it was placed: `reverse_rule` tells the resolver so.
+authoriser re-queries until its deadline. Every answer the lane acts on must be signed by a
+platform key the lane trusts (`lane.auth.wechatpay_trust`: the fixed platform public key, or the
+platform certificates, learning a new one from WeChat Pay within the call's budget) and be
+fresh, or it is an `AcquirerProtocolError`. WeChat Pay asks that an order is not reversed
+sooner than some seconds after it was placed: `reverse_rule` tells the resolver so.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from lane.auth.acquirer import (
     PayRequest,
     ReverseRule,
 )
+from lane.auth.wechatpay_certs import CERTIFICATES_PATH
+from lane.auth.wechatpay_trust import PlatformTrust
 
 log = logging.getLogger("lane.auth.wechatpay")
 
@@ -54,22 +57,22 @@ class WeChatPayClient(HttpClient, OneNetwork):
         appid: str,
         serial_no: str,
         private_key: rsa.RSAPrivateKey,
-        platform_key: rsa.RSAPublicKey,
-        platform_serial: str,
+        platform: PlatformTrust,
         session: aiohttp.ClientSession | None = None,
         reverse_after_s: float = DOCUMENTED_REVERSE_DELAY_S + 3.0,
         device_ip: str = "127.0.0.1",
         wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(session)
         self._base = base_url.rstrip("/")
         self._merchant = wire.Merchant(mchid, appid, device_ip)
         self._serial = serial_no
         self._key = private_key
-        self._platform_key = platform_key
-        self._platform_serial = platform_serial
+        self.platform = platform
         self._reverse_after_s = reverse_after_s
         self._wall = wall
+        self._monotonic = monotonic
 
     def reverse_rule(self, payment_id: str) -> ReverseRule:
         return ReverseRule(min_age_s=self._reverse_after_s, pending_grace_s=0.0)
@@ -95,8 +98,13 @@ class WeChatPayClient(HttpClient, OneNetwork):
 
     async def get_signed(self, path: str, timeout_s: float) -> tuple[int, dict[str, Any]]:
         """GET an API path (e.g. the trade bill's download URL) and verify the answer."""
+        deadline = self._monotonic() + timeout_s
         answer = await self.request("GET", path, None, timeout_s)
-        return answer.status, self._verified(answer, path)
+        return answer.status, await self._verified(answer, path, deadline)
+
+    async def download_certificates(self, timeout_s: float) -> HttpAnswer:
+        """`GET /v3/certificates`, unverified: the platform trust checks it its own way."""
+        return await self.request("GET", CERTIFICATES_PATH, None, timeout_s)
 
     async def _call(  # noqa: PLR0917 - one request, described field by field
         self,
@@ -107,8 +115,9 @@ class WeChatPayClient(HttpClient, OneNetwork):
         payment_id: str,
         timeout_s: float,
     ) -> AcquirerResult:
+        deadline = self._monotonic() + timeout_s
         answer = await self.request(method, path, body, timeout_s)
-        doc = self._verified(answer, f"{method} {path}")
+        doc = await self._verified(answer, f"{method} {path}", deadline)
         result = wire.result(call, answer.status, doc, payment_id)
         otn = doc.get("out_trade_no")
         if otn is not None and otn != wire.out_trade_no(payment_id):
@@ -141,12 +150,17 @@ class WeChatPayClient(HttpClient, OneNetwork):
         url = self._base + path
         return await self._send(method, url, what, timeout_s, max_bytes, data=data, headers=headers)
 
-    def _verified(self, answer: HttpAnswer, what: str) -> dict[str, Any]:
+    async def _verified(self, answer: HttpAnswer, what: str, deadline: float) -> dict[str, Any]:
         raw, status = answer.body, answer.status
-        problem = self._signature_problem(answer.headers, raw)
+        problem = wire.answer_problem(answer.headers, raw, self.platform.key_for, self._wall())
+        if problem is not None and problem.kind is wire.Untrusted.UNKNOWN_KEY:
+            # A rotation: learn the new certificate within what is left of the budget.
+            left = deadline - self._monotonic()
+            await self.platform.learn(problem.serial, self.download_certificates, left)
+            problem = wire.answer_problem(answer.headers, raw, self.platform.key_for, self._wall())
         if problem is not None:
-            log.error("wechatpay answer not trusted: %s", problem, extra={"call": what})
-            raise AcquirerProtocolError(f"{what}: HTTP {status}: {problem}", status)
+            log.error("wechatpay answer not trusted: %s", problem.detail, extra={"call": what})
+            raise AcquirerProtocolError(f"{what}: HTTP {status}: {problem.detail}", status)
         if not raw:
             return {}
         try:
@@ -156,24 +170,3 @@ class WeChatPayClient(HttpClient, OneNetwork):
         if not isinstance(doc, dict):
             raise AcquirerProtocolError(f"{what}: answer is not a JSON object", status)
         return doc
-
-    def _signature_problem(self, headers: dict[str, str], raw: bytes) -> str | None:
-        lower = {k.lower(): v for k, v in headers.items()}
-        timestamp = lower.get("wechatpay-timestamp", "")
-        nonce = lower.get("wechatpay-nonce", "")
-        signature = lower.get("wechatpay-signature", "")
-        serial = lower.get("wechatpay-serial", "")
-        if not (timestamp and nonce and signature):
-            return "answer not signed"
-        if serial != self._platform_serial:
-            return f"signed by key {serial!r}, not the configured platform key"
-        if not timestamp.isdigit() or abs(self._wall() - int(timestamp)) > wire.MAX_ANSWER_AGE_S:
-            return f"signature time {timestamp!r} is not within {wire.MAX_ANSWER_AGE_S} s of now"
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return "answer is not UTF-8"
-        message = wire.answer_message(timestamp, nonce, text).encode()
-        if not netkeys.verify(self._platform_key, message, signature):
-            return "bad signature"
-        return None

@@ -10,11 +10,14 @@ Amounts are integer fen already (`amount.total`), so nothing is converted.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from lane.auth import netkeys
 from lane.auth.acquirer import AcquirerProtocolError, AcquirerResult, PaymentStatus
 
 SCHEME = "WECHATPAY2-SHA256-RSA2048"
@@ -106,6 +109,54 @@ def parse_authorization(header: str) -> dict[str, str]:
     if missing:
         raise ValueError(f"authorization lacks {sorted(missing)}")
     return fields
+
+
+class Untrusted(StrEnum):
+    """Why an answer is not believed."""
+
+    UNSIGNED = "unsigned"
+    UNKNOWN_KEY = "unknown_key"  # signed by a key (serial) the lane does not have
+    STALE = "stale"
+    NOT_UTF8 = "not_utf8"
+    BAD_SIGNATURE = "bad_signature"
+
+
+@dataclass(frozen=True)
+class AnswerProblem:
+    kind: Untrusted
+    detail: str
+    serial: str  # the Wechatpay-Serial it named
+
+
+# The platform key for a serial at a time, or None: the lane does not trust that serial then.
+KeyFor = Callable[[str, float], rsa.RSAPublicKey | None]
+
+
+def answer_problem(
+    headers: Mapping[str, str], raw: bytes, key_for: KeyFor, now: float
+) -> AnswerProblem | None:
+    """Why an answer (its headers and body) is not signed by a trusted platform key, or None."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    timestamp = lower.get("wechatpay-timestamp", "")
+    nonce = lower.get("wechatpay-nonce", "")
+    signature = lower.get("wechatpay-signature", "")
+    serial = lower.get("wechatpay-serial", "")
+    if not (timestamp and nonce and signature):
+        return AnswerProblem(Untrusted.UNSIGNED, "answer not signed", serial)
+    key = key_for(serial, now)
+    if key is None:
+        detail = f"signed by key {serial!r}, which the lane does not trust"
+        return AnswerProblem(Untrusted.UNKNOWN_KEY, detail, serial)
+    if not timestamp.isdigit() or abs(now - int(timestamp)) > MAX_ANSWER_AGE_S:
+        detail = f"signature time {timestamp!r} is not within {MAX_ANSWER_AGE_S} s of now"
+        return AnswerProblem(Untrusted.STALE, detail, serial)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return AnswerProblem(Untrusted.NOT_UTF8, "answer is not UTF-8", serial)
+    if not netkeys.verify(key, answer_message(timestamp, nonce, text).encode(), signature):
+        return AnswerProblem(Untrusted.BAD_SIGNATURE, "bad signature", serial)
+    return None
 
 
 @dataclass(frozen=True)

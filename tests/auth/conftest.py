@@ -22,6 +22,7 @@ from lane.auth.authoriser import Authoriser, AuthRequest, OfflineResult
 from lane.auth.policy import OfflinePolicy
 from lane.auth.resolver import Backoff, PaymentState, ResolutionStore, Resolver
 from lane.auth.wechatpay import WeChatPayClient
+from lane.auth.wechatpay_trust import FixedPlatformKey
 from sim.acquirer import AcquirerServer
 from sim.alipay_fake import AlipayFake
 from sim.wechatpay_fake import WeChatPayFake
@@ -57,8 +58,9 @@ class KeyPair:
 
 @pytest.fixture(scope="session")
 def network_keys() -> dict[str, KeyPair]:
-    """merchant (ours), alipay, wechat (the platform), and an impostor's."""
-    names = ("merchant", "alipay", "wechat", "impostor")
+    """merchant (ours), alipay, wechat (the platform), an impostor's, and the platform's next
+    (its certificate rotated)."""
+    names = ("merchant", "alipay", "wechat", "impostor", "rotated")
     return {
         n: KeyPair(rsa.generate_private_key(public_exponent=65537, key_size=2048)) for n in names
     }
@@ -209,8 +211,7 @@ def wechat_gateway(network_keys: dict[str, KeyPair]) -> Callable[..., Any]:
             appid=APPID,
             serial_no=MERCHANT_SERIAL,
             private_key=keys[merchant].private,
-            platform_key=keys["wechat"].public,
-            platform_serial=PLATFORM_SERIAL,
+            platform=FixedPlatformKey(PLATFORM_SERIAL, keys["wechat"].public),
             reverse_after_s=reverse_after_s,
             wall=lambda: time.time() + client_skew_s,
         )

@@ -371,9 +371,11 @@ async def test_build_acquirer_from_config(tmp_path: Path, network_keys: Keys) ->
     ).auth
     async with aiohttp.ClientSession() as session:
         built = build_acquirer(cfg, NetworkKeys.load(cfg), session)
-        assert isinstance(built, NetworkRouter)
+        assert isinstance(built.acquirer, NetworkRouter)
+        assert built.upkeep == ()  # public-key mode: WeChat Pay's key does not rotate
         plain = parse_config({"auth": {"acquirer_url": "http://x"}}).auth
-        assert isinstance(build_acquirer(plain, NetworkKeys.load(plain), session), AcquirerClient)
+        plain_built = build_acquirer(plain, NetworkKeys.load(plain), session)
+        assert isinstance(plain_built.acquirer, AcquirerClient)
 
 
 def test_a_route_to_an_unconfigured_network_is_refused() -> None:
@@ -469,7 +471,9 @@ async def test_no_acquirer_configured_is_no_alarm(network_keys: Keys, tmp_path: 
     cfg = parse_config(network_config(tmp_path, network_keys, alipay="alipay")).auth
     cfg = cfg.model_copy(update={"acquirer_url": None})
     async with aiohttp.ClientSession() as session:
-        built = build_acquirer(cfg, NetworkKeys.load(cfg), session, alarm=lambda c, m: None)
+        built = build_acquirer(
+            cfg, NetworkKeys.load(cfg), session, alarm=lambda c, m: None
+        ).acquirer
         assert isinstance(built, NetworkRouter)
         networks = built._networks  # the wiring itself is what is under test
         assert isinstance(networks["alipay"], WatchedAcquirer)
@@ -481,7 +485,7 @@ async def test_no_acquirer_is_unavailable_at_once_so_codes_follow_the_offline_po
     """Not a client of an address where nothing listens: a type that never touches the network."""
     cfg = parse_config({}).auth
     async with aiohttp.ClientSession() as session:
-        built = build_acquirer(cfg, NetworkKeys.load(cfg), session)
+        built = build_acquirer(cfg, NetworkKeys.load(cfg), session).acquirer
     assert isinstance(built, NoAcquirer)
     with pytest.raises(AcquirerUnavailable, match="no acquirer configured"):
         await built.pay(PayRequest("pid-1", "281234567890123456", 450, "CNY", "p01/l01"), 1.0)

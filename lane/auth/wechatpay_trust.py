@@ -1,0 +1,285 @@
+"""Whose signature a WeChat Pay answer must carry: a fixed platform public key, or WeChat Pay's
+rotating platform certificates kept from `GET /v3/certificates` (docs/acquirer.md, "Platform
+certificates").
+
+Public-key mode (`FixedPlatformKey`, `PUB_KEY_ID_...`): one key, no rotation, nothing to fetch.
+
+Certificate mode (`PlatformCertificates`): the configured certificates plus the downloaded ones,
+which are kept in `<data_dir>/wechatpay-certificates.pem` so a restart needs no network. An
+answer signed by a serial the lane does not have triggers one download (at most one per
+minute), then the answer is checked again; an idle lane also looks daily, and hourly once its
+newest certificate expires within 10 days.
+
+Bootstrap rule: the lane never trusts a certificate on first sight. A download is believed only
+when its own signature verifies under a certificate the lane already trusts (configured by the
+operator, or accepted from an earlier download), and each certificate in it must decrypt with
+the APIv3 key, carry the serial it is listed under and not be expired. So the first trusted
+certificate always comes from the operator, and each later one is vouched for by its
+predecessor. WeChat Pay publishes the next certificate 10 days before the current one expires
+and signs only with the current one for the first 5 of them: a lane that checks daily learns it
+in time. A lane that was off through that window may find nothing it trusts signing the
+download: the alarm says so, and the operator installs the current certificate in
+`platform_certificate_file`.
+
+A download that fails while it is needed (an answer is waiting for it, or the newest
+certificate is about to expire) raises the alarm `wechatpay_certificates`; the next successful
+download clears it. Meanwhile answers signed by the unknown certificate are refused, as any
+untrusted answer: the payment is given up to the resolver, which settles it once answers can
+be verified again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from lane.auth import netkeys
+from lane.auth import wechatpay_certs as certs
+from lane.auth import wechatpay_wire as wire
+from lane.auth.acquirer import AcquirerError, AlarmSink, HttpAnswer
+
+log = logging.getLogger("lane.auth.wechatpay")
+
+ALARM = "wechatpay_certificates"
+STORE_FILE = "wechatpay-certificates.pem"
+# The idle lane's check (`keep`): how often it looks whether a download is due, and how long a
+# download may take then (no driver is waiting).
+CHECK_EVERY_S = 60.0
+IDLE_DOWNLOAD_TIMEOUT_S = 10.0
+_FIX = (
+    "check auth.wechatpay.apiv3_key_file and the link to WeChat Pay; a lane that was off"
+    " through a certificate rotation needs the current platform certificate in"
+    " auth.wechatpay.platform_certificate_file"
+)
+
+# GET /v3/certificates, signed by the merchant, within the timeout; the answer unverified.
+Fetch = Callable[[float], Awaitable[HttpAnswer]]
+
+
+class PlatformTrust(Protocol):
+    """What `WeChatPayClient` checks answers with."""
+
+    def key_for(self, serial: str, now: float) -> rsa.RSAPublicKey | None:
+        """The key of a serial the lane trusts at `now`, or None."""
+        ...
+
+    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> None:
+        """An answer named `serial`, unknown: try to learn it within `timeout_s`."""
+        ...
+
+
+@dataclass(frozen=True)
+class FixedPlatformKey:
+    """WeChat Pay's platform public key (`PUB_KEY_ID_...`), which does not rotate."""
+
+    serial: str
+    key: rsa.RSAPublicKey
+
+    def key_for(self, serial: str, now: float) -> rsa.RSAPublicKey | None:
+        return self.key if serial == self.serial else None
+
+    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> None:
+        """Nothing to download: any other serial is not this merchant's platform key."""
+
+
+@dataclass(frozen=True)
+class CertificateFiles:
+    """What certificate mode reads at start (`load_certificate_files`)."""
+
+    configured: certs.CertificateSet
+    stored: certs.CertificateSet
+    apiv3_key: bytes
+    store: Path | None  # where downloads are kept; None: in memory only (`lane reconcile`)
+
+
+def load_certificate_files(
+    certificate_file: Path, apiv3_key_file: Path, state_dir: Path | None
+) -> CertificateFiles:
+    """The configured certificates and the APIv3 key (netkeys.KeyFileError naming a bad file),
+    and what an earlier run downloaded into `state_dir` (a bad copy there is only a warning:
+    the next download replaces it)."""
+    try:
+        configured = certs.certs_from_pem(certificate_file.read_bytes())
+    except OSError as exc:
+        raise netkeys.KeyFileError(f"{certificate_file}: cannot read: {exc.strerror}") from None
+    except certs.CertificateError as exc:
+        raise netkeys.KeyFileError(f"{certificate_file}: {exc}") from None
+    if not configured:
+        raise netkeys.KeyFileError(f"{certificate_file}: holds no certificate")
+    key = netkeys.read_secret(apiv3_key_file).strip()
+    if len(key) != certs.APIV3_KEY_BYTES:
+        raise netkeys.KeyFileError(
+            f"{apiv3_key_file}: an APIv3 key is {certs.APIV3_KEY_BYTES} characters, this one"
+            f" {len(key)} (商户平台 > API安全 > APIv3密钥)"
+        )
+    store = None if state_dir is None else state_dir / STORE_FILE
+    stored: list[certs.PlatformCert] = []
+    if store is not None and store.exists():
+        try:
+            stored = certs.certs_from_pem(store.read_bytes())
+        except (OSError, certs.CertificateError) as exc:
+            log.warning(
+                "stored WeChat Pay platform certificates ignored: %s", exc, extra={"file": store}
+            )
+    return CertificateFiles(
+        certs.CertificateSet(tuple(configured)), certs.CertificateSet(tuple(stored)), key, store
+    )
+
+
+class PlatformCertificates:
+    """The platform certificates the lane trusts, and their download (see the module doc)."""
+
+    def __init__(
+        self,
+        files: CertificateFiles,
+        *,
+        wall: Callable[[], float],
+        alarm: AlarmSink | None = None,
+    ) -> None:
+        self._configured = files.configured
+        self._stored = files.stored
+        self._apiv3_key = files.apiv3_key
+        self._store = files.store
+        self._wall = wall
+        self._alarm = alarm
+        self._alarmed = False
+        self._times = certs.RefreshTimes()
+        self._lock = asyncio.Lock()  # one download at a time; the others wait for its outcome
+        self._trusted = self._configured.merged(self._stored.certs, wall())
+
+    @property
+    def trusted(self) -> certs.CertificateSet:
+        return self._trusted
+
+    def key_for(self, serial: str, now: float) -> rsa.RSAPublicKey | None:
+        return self._trusted.key_for(serial, now)
+
+    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> None:
+        async with self._lock:
+            now = self._wall()
+            if self.key_for(serial, now) is not None:  # a download meanwhile brought it
+                return
+            if timeout_s <= 0 or not certs.may_learn(self._times, now):
+                log.warning(
+                    "unknown WeChat Pay platform certificate: no download (one a minute at most,"
+                    " or no time left in the call)",
+                    extra={"serial": serial, "last_learn": self._times.last_learn},
+                )
+                return
+            self._times = replace(self._times, last_learn=now)
+            try:
+                await self._download(fetch, timeout_s)
+            except (AcquirerError, certs.CertificateError) as exc:
+                self._fail(
+                    f"WeChat Pay answers signed by platform certificate {serial} are refused: the"
+                    f" lane does not have it and downloading the current certificates failed"
+                    f" ({exc}); {_FIX}"
+                )
+                return
+            if self.key_for(serial, self._wall()) is None:
+                self._fail(
+                    f"WeChat Pay answers signed by platform certificate {serial} are refused:"
+                    f" WeChat Pay's certificate download does not list it (not WeChat Pay's,"
+                    f" or not valid now: check the lane's clock)"
+                )
+
+    async def keep(self, fetch: Fetch, idle: Callable[[], bool]) -> None:
+        """Look every minute whether a download is due, and do it while the lane is idle."""
+        while True:
+            if idle():
+                await self.tick(fetch, IDLE_DOWNLOAD_TIMEOUT_S)
+            await asyncio.sleep(CHECK_EVERY_S)
+
+    async def tick(self, fetch: Fetch, timeout_s: float) -> certs.RefreshReason | None:
+        """One look of `keep`: download if due; the reason it was due, or None."""
+        async with self._lock:
+            now = self._wall()
+            reason = certs.refresh_due(self._times, self._trusted, now)
+            if reason is None:
+                return None
+            try:
+                await self._download(fetch, timeout_s)
+            except (AcquirerError, certs.CertificateError) as exc:
+                newest = self._trusted.newest_expiry()
+                if reason is certs.RefreshReason.EXPIRING:
+                    held = (
+                        "the lane has no valid one"
+                        if newest is None
+                        else f"the newest the lane has expires {certs.utc_text(newest)}"
+                    )
+                    self._fail(
+                        f"WeChat Pay platform certificates run out ({held}) and downloading"
+                        f" new ones failed ({exc}); {_FIX}"
+                    )
+                else:  # the certificates hold for days yet: the next look tries again
+                    log.warning("daily WeChat Pay certificate download failed: %s", exc)
+            return reason
+
+    async def _download(self, fetch: Fetch, timeout_s: float) -> None:
+        """Download, check and keep the certificates; raises what went wrong."""
+        self._times = replace(self._times, last_attempt=self._wall())
+        answer = await fetch(timeout_s)
+        now = self._wall()
+        problem = wire.answer_problem(answer.headers, answer.body, self.key_for, now)
+        if problem is not None:
+            if problem.kind is wire.Untrusted.UNKNOWN_KEY:
+                raise certs.CertificateError(
+                    f"the download is signed by certificate {problem.serial!r}, which the lane"
+                    " does not trust yet (a download must be signed by a trusted certificate)"
+                )
+            raise certs.CertificateError(f"the download is not trusted: {problem.detail}")
+        try:
+            doc = json.loads(answer.body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise certs.CertificateError(f"HTTP {answer.status}: the answer is not JSON") from None
+        if answer.status != 200 or not isinstance(doc, dict):
+            code = doc.get("code", "") if isinstance(doc, dict) else ""
+            raise certs.CertificateError(f"HTTP {answer.status} {code}".strip())
+        fresh = certs.certs_from_download(doc, self._apiv3_key, now)
+        self._stored = self._stored.merged(fresh, now)
+        self._trusted = self._configured.merged(self._stored.certs, now)
+        self._times = replace(self._times, last_success=now)
+        log.info(
+            "WeChat Pay platform certificates downloaded",
+            extra={"serials": self._trusted.serials()},
+        )
+        if self._alarmed:  # answers verify again from this moment
+            self._alarmed = False
+            if self._alarm is not None:
+                self._alarm(ALARM, None)
+        await self._keep_stored()
+
+    async def _keep_stored(self) -> None:
+        if self._store is None:
+            return
+        try:
+            pem = certs.pem_bundle(self._stored.certs)
+            await asyncio.to_thread(_write_atomically, self._store, pem)
+        except OSError as exc:  # they are trusted in memory; only a restart would download again
+            log.error(
+                "WeChat Pay platform certificates not stored: %s", exc, extra={"file": self._store}
+            )
+
+    def _fail(self, message: str) -> None:
+        self._alarmed = True
+        if self._alarm is None:  # `lane reconcile`: no lane to raise it on
+            log.error("%s", message, extra={"alarm": ALARM})
+        else:
+            self._alarm(ALARM, message)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)

@@ -1,0 +1,407 @@
+"""WeChat Pay certificate mode against the fake over real HTTP: a rotation mid-run is learned
+with one download, the download is kept for the next start, a download that cannot be trusted
+refuses the answers and raises `wechatpay_certificates`, which clears once a download works;
+the idle lane's look ahead of expiry; the config and check-config."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from polling import eventually
+
+from lane.auth import netkeys
+from lane.auth import wechatpay_certs as certs
+from lane.auth.acquirer import AcquirerProtocolError
+from lane.auth.networks import NetworkKeys, build_acquirer
+from lane.auth.resolver import PaymentState
+from lane.auth.wechatpay import WeChatPayClient
+from lane.auth.wechatpay_trust import (
+    ALARM,
+    STORE_FILE,
+    PlatformCertificates,
+    load_certificate_files,
+)
+from lane.checks import check_config
+from lane.config import ConfigError, parse_config
+from sim.wechatpay_fake import CertificateFault, WeChatPayFake, make_platform_certificate
+
+Keys = dict[str, Any]  # name -> conftest.KeyPair
+MCHID, APPID = "1900000100", "wx8888888888888888"
+MERCHANT_SERIAL = "5157F09EFDC096DE15EBE81A47057A72"
+APIV3 = b"0123456789abcdefghijklmnopqrstuv"
+DAY = certs.DAY_S
+_codes = itertools.count(134567890123400000)
+
+
+def code() -> str:
+    return str(next(_codes))
+
+
+@dataclass
+class Wall:
+    """The wall clock: real time plus what the test moves it on by."""
+
+    ahead_s: float = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.ahead_s
+
+
+@dataclass
+class Setup:
+    fake: WeChatPayFake
+    client: WeChatPayClient
+    trust: PlatformCertificates
+    wall: Wall
+    state: Path
+    alarms: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def alarm_text(self) -> str | None:
+        """The certificate alarm's text while raised, None once cleared (or never raised)."""
+        mine = [m for c, m in self.alarms if c == ALARM]
+        return mine[-1] if mine else None
+
+
+def write_files(tmp: Path, platform: certs.PlatformCert) -> tuple[Path, Path]:
+    cert_file = tmp / "wechatpay-platform.pem"
+    cert_file.write_bytes(platform.pem)
+    key_file = tmp / "apiv3.key"
+    key_file.write_bytes(APIV3 + b"\n")  # as an editor saves it
+    key_file.chmod(0o600)
+    return cert_file, key_file
+
+
+@pytest.fixture
+def cert_gateway(tmp_path: Path, network_keys: Keys) -> Any:
+    """`async with cert_gateway(lifetime_s=) as setup`: the fake in certificate mode and a
+    client trusting the fake's first certificate, its downloads kept in setup.state."""
+
+    @contextlib.asynccontextmanager
+    async def make(lifetime_s: float = 5 * 365 * DAY) -> AsyncIterator[Setup]:
+        wall = Wall()
+        first = make_platform_certificate(
+            network_keys["wechat"].private, time.time() - DAY, lifetime_s
+        )
+        fake = WeChatPayFake(
+            mchid=MCHID,
+            appid=APPID,
+            merchant_key=network_keys["merchant"].public,
+            merchant_serial=MERCHANT_SERIAL,
+            platform_key=network_keys["wechat"].private,
+            platform_serial=first.serial,
+            platform_certificate=first,
+            apiv3_key=APIV3,
+            min_reverse_age_s=0.3,
+            wall=wall,  # WeChat Pay's clock and the lane's agree, however far a test moves them
+            seed=6,
+        )
+        await fake.start()
+        state = tmp_path / "state"
+        state.mkdir(exist_ok=True)
+        files = load_certificate_files(*write_files(tmp_path, first), state)
+        alarms: list[tuple[str, str | None]] = []
+        trust = PlatformCertificates(files, wall=wall, alarm=lambda c, m: alarms.append((c, m)))
+        client = WeChatPayClient(
+            fake.url,
+            mchid=MCHID,
+            appid=APPID,
+            serial_no=MERCHANT_SERIAL,
+            private_key=network_keys["merchant"].private,
+            platform=trust,
+            reverse_after_s=0.5,
+            wall=wall,
+        )
+        try:
+            yield Setup(fake, client, trust, wall, state, alarms)
+        finally:
+            await client.close()
+            await fake.stop()
+
+    return make
+
+
+async def pay(lane: Any) -> Any:
+    return await lane.auth.authorise(lane.request(code(), budget_s=3.0))
+
+
+async def test_a_rotation_mid_run_is_learned_with_one_download(
+    cert_gateway: Any, net_lane: Any, network_keys: Keys
+) -> None:
+    async with cert_gateway() as s, net_lane(s.client, s.fake) as lane:
+        assert (await pay(lane)).approved
+        new = s.fake.rotate_certificate(network_keys["rotated"].private)
+        assert s.fake.platform_serial == new.serial
+        decision = await pay(lane)  # its answer is signed by the new certificate
+        assert (decision.approved, decision.reason) == (True, "approved")
+        assert s.fake.certificate_downloads == 1
+        assert (await pay(lane)).approved and s.fake.certificate_downloads == 1
+        assert s.alarms == []
+        kept = certs.certs_from_pem((s.state / STORE_FILE).read_bytes())
+        assert new.serial in [c.serial for c in kept]
+
+
+async def test_a_rotation_just_after_the_idle_look_is_learned_at_once(
+    cert_gateway: Any, net_lane: Any, network_keys: Keys
+) -> None:
+    async with cert_gateway() as s, net_lane(s.client, s.fake) as lane:
+        assert await s.trust.tick(s.client.download_certificates, 2.0) is certs.RefreshReason.DAILY
+        s.fake.rotate_certificate(network_keys["rotated"].private)
+        assert (await pay(lane)).approved  # the look a moment ago does not hold it back
+        assert s.fake.certificate_downloads == 2 and s.alarms == []
+
+
+async def test_a_restart_needs_no_download(
+    cert_gateway: Any, net_lane: Any, network_keys: Keys, tmp_path: Path
+) -> None:
+    async with cert_gateway() as s:
+        new = s.fake.rotate_certificate(network_keys["rotated"].private)
+        async with net_lane(s.client, s.fake) as lane:
+            assert (await pay(lane)).approved
+        # The next start reads what the first downloaded: the new serial is trusted at once.
+        files = load_certificate_files(
+            tmp_path / "wechatpay-platform.pem", tmp_path / "apiv3.key", s.state
+        )
+        again = PlatformCertificates(files, wall=s.wall)
+        assert again.key_for(new.serial, s.wall()) is not None
+        client = WeChatPayClient(
+            s.fake.url,
+            mchid=MCHID,
+            appid=APPID,
+            serial_no=MERCHANT_SERIAL,
+            private_key=network_keys["merchant"].private,
+            platform=again,
+            wall=s.wall,
+        )
+        async with client, net_lane(client, s.fake) as lane:
+            assert (await pay(lane)).approved
+        assert s.fake.certificate_downloads == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        (CertificateFault.TAMPERED, "does not decrypt with the APIv3 key"),
+        (CertificateFault.BAD_SIGNATURE, "bad signature"),
+        (CertificateFault.UNAVAILABLE, "GET /v3/certificates: HTTP 500"),
+    ],
+)
+async def test_a_download_that_cannot_be_trusted_refuses_alarms_and_clears(
+    cert_gateway: Any, net_lane: Any, network_keys: Keys, fault: CertificateFault, says: str
+) -> None:
+    async with cert_gateway() as s, net_lane(s.client, s.fake) as lane:
+        new = s.fake.rotate_certificate(network_keys["rotated"].private)
+        s.fake.certificate_fault = fault
+        refused = await pay(lane)
+        # Safe: nothing is approved on an answer the lane cannot verify; the payment is in doubt.
+        assert (refused.approved, refused.reason) == (False, "acquirer_error")
+        text = s.alarm_text()
+        assert text is not None and new.serial in text and "refused" in text
+        assert says in text and "apiv3_key_file" in text
+        downloads = s.fake.certificate_downloads
+        # Within the minute the lane does not download again, however many answers it refuses.
+        refused_too = await pay(lane)
+        assert not refused_too.approved and s.fake.certificate_downloads == downloads
+        # The cause is gone: a minute later the next answer brings one download, and it clears.
+        s.fake.certificate_fault = CertificateFault.NONE
+        s.wall.ahead_s += certs.MIN_REFRESH_INTERVAL_S + 1
+        assert (await pay(lane)).approved
+        assert s.alarm_text() is None and s.alarms[-1] == (ALARM, None), s.alarms
+        # The payments left in doubt are resolved (never recorded, so reversed).
+        for doubt in (refused, refused_too):
+            assert await lane.final(doubt.payment_id) is PaymentState.REVERSED
+
+
+async def test_a_download_signed_by_a_certificate_not_yet_trusted_is_refused(
+    cert_gateway: Any, network_keys: Keys
+) -> None:
+    """The bootstrap rule: a lane that missed the whole overlap cannot learn the new
+    certificate from a download that only the new certificate vouches for."""
+    async with cert_gateway() as s:
+        new = s.fake.rotate_certificate(network_keys["rotated"].private)
+        s.fake.retire_old_certificates()
+        with pytest.raises(AcquirerProtocolError, match="does not trust"):
+            await s.client.query("pay_" + "a" * 32, 2.0)
+        text = s.alarm_text()
+        assert text is not None and "does not trust yet" in text
+        assert "platform_certificate_file" in text
+        assert s.trust.key_for(new.serial, s.wall()) is None
+
+
+async def test_a_serial_the_download_does_not_list_stays_refused(cert_gateway: Any) -> None:
+    async with cert_gateway() as s:
+        await s.trust.learn("ABCDEF0123", s.client.download_certificates, 2.0)
+        assert s.fake.certificate_downloads == 1
+        text = s.alarm_text()
+        assert text is not None and "ABCDEF0123" in text and "does not list it" in text
+        assert s.trust.key_for("ABCDEF0123", s.wall()) is None
+
+
+async def test_the_idle_lane_downloads_ahead_of_expiry(
+    cert_gateway: Any, network_keys: Keys
+) -> None:
+    async with cert_gateway(lifetime_s=5 * DAY) as s:  # the first certificate expires in 4 days
+        fetch = s.client.download_certificates
+        assert await s.trust.tick(fetch, 2.0) is certs.RefreshReason.EXPIRING
+        assert s.fake.certificate_downloads == 1
+        assert await s.trust.tick(fetch, 2.0) is None  # looked just now
+        new = s.fake.rotate_certificate(network_keys["rotated"].private)
+        s.fake.certificate_fault = CertificateFault.UNAVAILABLE
+        s.wall.ahead_s += certs.AHEAD_RETRY_S + 1
+        assert await s.trust.tick(fetch, 2.0) is certs.RefreshReason.EXPIRING
+        text = s.alarm_text()
+        assert text is not None and "run out" in text
+        s.fake.certificate_fault = CertificateFault.NONE
+        s.wall.ahead_s += certs.AHEAD_RETRY_S + 1
+        assert await s.trust.tick(fetch, 2.0) is certs.RefreshReason.EXPIRING
+        assert s.trust.key_for(new.serial, s.wall()) is not None and s.alarm_text() is None
+        # The new certificate holds for years: the next look is the daily one.
+        s.wall.ahead_s += certs.AHEAD_RETRY_S + 1
+        assert await s.trust.tick(fetch, 2.0) is None
+
+
+async def test_a_failed_daily_look_is_no_alarm(cert_gateway: Any) -> None:
+    async with cert_gateway() as s:
+        s.fake.certificate_fault = CertificateFault.UNAVAILABLE
+        reason = await s.trust.tick(s.client.download_certificates, 2.0)
+        assert reason is certs.RefreshReason.DAILY and s.alarms == []
+
+
+async def test_expired_certificates_are_dropped(cert_gateway: Any, network_keys: Keys) -> None:
+    async with cert_gateway() as s:
+        new = s.fake.rotate_certificate(network_keys["rotated"].private)
+        await s.trust.tick(s.client.download_certificates, 2.0)
+        first = s.trust.trusted.certs[0]
+        assert len(s.trust.trusted.certs) == 2
+        s.wall.ahead_s = first.not_after - time.time() + 1
+        assert s.trust.key_for(first.serial, s.wall()) is None
+        s.fake.retire_old_certificates()
+        await s.trust.tick(s.client.download_certificates, 2.0)
+        assert s.trust.trusted.serials() == [new.serial]
+
+
+# -- wiring and config -----------------------------------------------------------------------
+
+
+def wechat_config(tmp: Path, keys: Keys, **wechatpay: Any) -> dict[str, Any]:
+    merchant, _ = keys["merchant"].write(tmp, "merchant")
+    first = make_platform_certificate(keys["wechat"].private, time.time() - DAY)
+    cert_file, key_file = write_files(tmp, first)
+    section = {
+        "mchid": MCHID,
+        "appid": APPID,
+        "serial_no": MERCHANT_SERIAL,
+        "private_key_file": str(merchant),
+        "platform_certificate_file": str(cert_file),
+        "apiv3_key_file": str(key_file),
+        **wechatpay,
+    }
+    return {"auth": {"routes": {"wechat": "wechatpay"}, "wechatpay": section}}
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"platform_public_key_file": "pub.pem", "platform_serial": "PUB_KEY_ID_1"}, "not both"),
+        (
+            {"apiv3_key_file": None},
+            "platform_certificate_file (certificate mode) needs apiv3_key_file",
+        ),
+        (
+            {"platform_certificate_file": None, "apiv3_key_file": None},
+            "set either platform_public_key_file",
+        ),
+        (
+            {"platform_certificate_file": None, "apiv3_key_file": None, "platform_serial": "P"},
+            "platform_serial (public-key mode) needs platform_public_key_file",
+        ),
+    ],
+)
+def test_the_config_takes_one_complete_mode(
+    tmp_path: Path, network_keys: Keys, change: dict[str, Any], says: str
+) -> None:
+    raw = wechat_config(tmp_path, network_keys)
+    section = raw["auth"]["wechatpay"]
+    for key, value in change.items():
+        if value is None:
+            section.pop(key)
+        else:
+            section[key] = value
+    with pytest.raises(ConfigError, match=rf"auth\.wechatpay.*{re.escape(says)}"):
+        parse_config(raw)
+
+
+@pytest.mark.parametrize(
+    ("breaks", "says"),
+    [
+        ("short_key", "an APIv3 key is 32 characters, this one 5"),
+        ("open_key", "lets group or others read a secret"),
+        ("not_pem", "not PEM certificates"),
+    ],
+)
+def test_check_config_names_a_bad_certificate_mode_file(
+    tmp_path: Path, network_keys: Keys, breaks: str, says: str
+) -> None:
+    raw = wechat_config(tmp_path, network_keys)
+    section = raw["auth"]["wechatpay"]
+    if breaks == "short_key":
+        Path(section["apiv3_key_file"]).write_bytes(b"short")
+    elif breaks == "open_key":
+        Path(section["apiv3_key_file"]).chmod(0o644)
+    else:
+        Path(section["platform_certificate_file"]).write_bytes(b"junk")
+    path = write_lane_toml(tmp_path, section)
+    found = check_config(path)
+    assert any(says in p for p in found.problems), found.problems
+    with pytest.raises(netkeys.KeyFileError, match=re.escape(says)):
+        NetworkKeys.load(parse_config(raw).auth)
+
+
+def write_lane_toml(tmp: Path, section: dict[str, Any]) -> Path:
+    lines = ['[fares]\ncurrency = "CNY"\n[auth.routes]\nwechat = "wechatpay"\n[auth.wechatpay]']
+    lines += [f'{k} = "{v}"' for k, v in section.items()]
+    path = tmp / "lane.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_check_config_warns_when_every_configured_certificate_expired(
+    tmp_path: Path, network_keys: Keys
+) -> None:
+    section = wechat_config(tmp_path, network_keys)["auth"]["wechatpay"]
+    path = write_lane_toml(tmp_path, section)
+    assert not any("expired" in w for w in check_config(path).warnings)
+    old = make_platform_certificate(network_keys["wechat"].private, time.time() - 9 * DAY, 2 * DAY)
+    Path(section["platform_certificate_file"]).write_bytes(old.pem)
+    found = check_config(path)
+    assert found.ok, found.problems
+    assert any("every certificate in it expired" in w for w in found.warnings), found.warnings
+
+
+async def test_certificate_mode_brings_its_upkeep_to_the_lane(
+    cert_gateway: Any, tmp_path: Path, network_keys: Keys
+) -> None:
+    async with cert_gateway() as s:
+        raw = wechat_config(tmp_path, network_keys, base_url=s.fake.url)
+        # The fake's certificate, as the operator would install it.
+        first = s.trust.trusted.certs[0]
+        installed = Path(raw["auth"]["wechatpay"]["platform_certificate_file"])
+        await asyncio.to_thread(installed.write_bytes, first.pem)
+        auth = parse_config(raw).auth
+        async with aiohttp.ClientSession() as session:
+            built = build_acquirer(auth, NetworkKeys.load(auth, s.state), session)
+            (upkeep,) = built.upkeep
+            task = asyncio.create_task(upkeep(lambda: True))
+            try:  # never looked: the idle lane looks at once
+                await eventually(lambda: s.fake.certificate_downloads == 1, what="a download")
+            finally:
+                task.cancel()
