@@ -15,13 +15,15 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from uplink_kit import beside
 
 from uplink.messages import QueueIdentity
 from uplink.records import AuthInfo, Record, RecordDraft
-from uplink.sql_store import CLOSED_TRIPS, OPEN_ENTRIES, ROLE_COUNT, UNMATCHED_EXITS
+from uplink.pg import PostgresIngestStore
+from uplink.sql_store import CLOSED_TRIPS, OPEN_ENTRIES, REOPEN, ROLE_COUNT, UNMATCHED_EXITS
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore
 from uplink.trips import END_OF_TIME_US, open_trips, overdue, stored_mark, trip_ledger
@@ -76,45 +78,93 @@ def stored_records(draw: st.DrawFn) -> list[IngestRecord]:
     return rows
 
 
+@st.composite
+def arrivals(draw: st.DrawFn, rows: list[IngestRecord]) -> list[list[IngestRecord]]:
+    """The rows as batches (runs of one lane's seqs) in a drawn order of arrival: an exit
+    may come before its entry, a lane's later batch before its earlier one."""
+    batches: list[list[IngestRecord]] = []
+    for lane in LANES:
+        mine = [r for r in rows if r.lane == lane]
+        while mine:
+            size = draw(st.integers(1, len(mine)))
+            batches.append(mine[:size])
+            mine = mine[size:]
+    return draw(st.permutations(batches))
+
+
 def test_the_indexed_ledger_is_the_pure_ledger_over_every_record(
     store_factory: Callable[[], IngestStore],
 ) -> None:
+    """After every batch, in any order of arrival, and after batches replayed: the open trips
+    kept at ingest are the pure ledger's over the records stored so far."""
     store = store_factory()
 
     @settings(max_examples=60, deadline=None, database=None)
-    @given(rows=stored_records(), cutoff=st.integers(0, 5))
-    def check(rows: list[IngestRecord], cutoff: int) -> None:
+    @given(data=st.data(), rows=stored_records(), cutoff=st.integers(0, 5))
+    def check(data: st.DataObject, rows: list[IngestRecord], cutoff: int) -> None:
         beside(store, "DELETE FROM {t}records", [()])
+        beside(store, "DELETE FROM {t}open_trips", [()])
         epoch = QueueIdentity(uuid.uuid4().hex)
-        for lane in LANES:
-            batch = [r for r in rows if r.lane == lane]
-            if batch:
-                store.store_batch(lane, epoch, batch, 1)
+        batches = data.draw(arrivals(rows))
+        for batch in batches:
+            store.store_batch(batch[0].lane, epoch, batch, 1)
+            assert open_trips(store) == trip_ledger(store.records_between(0, END_OF_TIME_US))
         blobs = store.records_between(0, END_OF_TIME_US)
         assert len(blobs) == len(rows)
         pure = trip_ledger(blobs)
         assert trip_ledger(reversed(blobs)) == pure  # the order records are read in is no matter
+        for replayed in data.draw(st.lists(st.sampled_from(batches)) if batches else st.just([])):
+            store.store_batch(replayed[0].lane, epoch, replayed, 2)  # a resend changes nothing
+        assert open_table(store) == len(pure.open_trips)  # one row per open trip, no more
         for before in (END_OF_TIME_US, T0 + cutoff):
             assert open_trips(store, before) == overdue(pure, before)
 
     check()
 
 
-def test_the_ledgers_queries_walk_the_trip_index(tmp_path: Path) -> None:
-    """Not one of them reads the whole table: each searches the index for one role and probes
-    it for the trip's other end."""
-    SqliteIngestStore(tmp_path / "ingest.sqlite").close()
-    db = sqlite3.connect(tmp_path / "ingest.sqlite")
+def open_table(store: IngestStore) -> int:
+    """How many rows the store's open-trips table holds."""
+    if isinstance(store, SqliteIngestStore):
+        with sqlite3.connect(store.path) as db:
+            return int(db.execute("SELECT COUNT(*) FROM open_trips").fetchone()[0])
+    assert isinstance(store, PostgresIngestStore)
+    with psycopg.connect(store.dsn) as conn:
+        row = conn.execute(f"SELECT COUNT(*) FROM {store.schema}.open_trips").fetchone()
+        return int(row[0]) if row else 0
+
+
+def sqlite_plan(path: Path, sql: str, params: tuple[object, ...]) -> list[str]:
+    """The table reads (SCAN, SEARCH) of SQLite's plan for one of the store's statements."""
+    for table in ("records", "open_trips"):
+        sql = sql.replace("{" + table + "}", table)
+    db = sqlite3.connect(path)
     try:
-        for sql, params in (
-            (OPEN_ENTRIES, ("entry", T0, "exit")),
-            (CLOSED_TRIPS, ("entry", "exit")),
-            (UNMATCHED_EXITS, ("exit", "entry")),
-            (ROLE_COUNT, ("unreadable",)),
-        ):
-            plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql.replace(
-                "{records}", "records"), params)]  # fmt: skip
-            reads = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
-            assert reads and all("USING" in s and "INDEX records_trip" in s for s in reads), plan
+        plan = [str(row[3]) for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
     finally:
         db.close()
+    return [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
+
+
+def test_the_ledgers_queries_walk_the_trip_index(tmp_path: Path) -> None:
+    """Not one of them reads the whole table: each searches the index for one role and probes
+    it for the trip's other end; so does the refresh of a batch's open trips."""
+    SqliteIngestStore(tmp_path / "ingest.sqlite").close()
+    reopen = REOPEN.replace("{ids}", "?, ?").replace("{bytewise}", "")
+    for sql, params in (
+        (CLOSED_TRIPS, ("entry", "exit")),
+        (UNMATCHED_EXITS, ("exit", "entry")),
+        (ROLE_COUNT, ("unreadable",)),
+        (reopen, ("p1", "p2", "entry", "exit", "entry")),
+    ):
+        reads = sqlite_plan(tmp_path / "ingest.sqlite", sql, params)
+        assert reads and all("USING" in s and "INDEX records_trip" in s for s in reads), reads
+
+
+def test_the_open_trips_come_from_their_own_table(tmp_path: Path) -> None:
+    """The open trips read the open-trips table (as big as the trips open now) and each
+    entry's record by its key: nothing over the index of every entry and exit ingested."""
+    SqliteIngestStore(tmp_path / "ingest.sqlite").close()
+    reads = sqlite_plan(tmp_path / "ingest.sqlite", OPEN_ENTRIES, (T0,))
+    assert reads[0].startswith("SCAN o"), reads
+    assert all("records_trip" not in s for s in reads), reads
+    assert any("SEARCH r USING INDEX sqlite_autoindex_records_1 (record_id=?)" in s for s in reads)
