@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from uplink_kit import beside
 
 from uplink.messages import QueueIdentity
-from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.pg import PostgresIngestStore
+from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.sql_store import CLOSED_TRIPS, OPEN_ENTRIES, REOPEN, ROLE_COUNT, UNMATCHED_EXITS
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore
