@@ -10,6 +10,7 @@ and the indexed answer must be the pure ledger's over every stored record.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -18,12 +19,22 @@ from pathlib import Path
 import psycopg
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polling import eventually
 from uplink_kit import beside
 
 from uplink.messages import QueueIdentity
 from uplink.pg import PostgresIngestStore
 from uplink.records import AuthInfo, Record, RecordDraft
-from uplink.sql_store import CLOSED_TRIPS, OPEN_ENTRIES, REOPEN, ROLE_COUNT, UNMATCHED_EXITS
+from uplink.sql_store import (
+    CLOSED_TRIPS,
+    COLUMN_COUNT,
+    OPEN_ENTRIES,
+    RECORD_COLUMNS,
+    REOPEN,
+    ROLE_COUNT,
+    UNMATCHED_EXITS,
+    NewRows,
+)
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore
 from uplink.trips import END_OF_TIME_US, open_trips, overdue, stored_mark, trip_ledger
@@ -120,6 +131,90 @@ def test_the_indexed_ledger_is_the_pure_ledger_over_every_record(
             assert open_trips(store, before) == overdue(pure, before)
 
     check()
+
+
+def test_the_open_trips_table_follows_arrivals_and_ignores_replays(
+    store_factory: Callable[[], IngestStore],
+) -> None:
+    """An entry opens its trip, a second entry of the pass moves it to the earlier one, its
+    exit closes it; an exit that arrives before its entry leaves the trip closed when the entry
+    comes; a batch sent again neither adds a row nor opens a closed trip."""
+    store = store_factory()
+    lanes: dict[str, int] = {}
+
+    def batch(lane: str, kind: str, trip: str, ts_us: int) -> list[IngestRecord]:
+        lanes[lane] = lanes.get(lane, 0) + 1
+        draft = RecordDraft(kind, "v", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            pass_id=trip)  # fmt: skip
+        record = Record(f"{lane}-{lanes[lane]}", lane, lanes[lane], T0 + ts_us, draft)
+        return [IngestRecord.of(record, record.encode())]
+
+    def send(rows: list[IngestRecord]) -> list[tuple[str, str]]:
+        store.store_batch(rows[0].lane, QueueIdentity("q"), rows, 1)
+        ledger = open_trips(store)
+        assert ledger == trip_ledger(store.records_between(0, END_OF_TIME_US))
+        assert open_table(store) == len(ledger.open_trips)
+        return [(t.pass_id, t.record_id) for t in ledger.open_trips]
+
+    later = batch("P01/e1", "entry", "p1", 5)
+    assert send(later) == [("p1", "P01/e1-1")]
+    earlier = batch("P02/e1", "entry", "p1", 3)
+    assert send(earlier) == [("p1", "P02/e1-1")]  # the pass entered at the earlier entry
+    assert send(later) == [("p1", "P02/e1-1")]
+    out = batch("P03/x1", "exit", "p1", 9)
+    assert send(out) == []
+    for again in (later, earlier, out):
+        assert send(again) == []  # a closed trip stays closed
+    assert send(batch("P03/x1", "exit", "p2", 10)) == []  # its entry has not arrived
+    assert open_trips(store).unmatched_exits == ("P03/x1-2",)
+    assert send(batch("P01/e1", "entry", "p2", 8)) == []  # closed by the exit ingested before
+    assert open_trips(store).closed == 2 and open_trips(store).unmatched_exits == ()
+
+
+async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(pg_dsn: str) -> None:
+    """Two workers storing a trip's entry and its exit at once (other lanes, other epochs)
+    take turns on the trip id: the exit's batch waits for the entry's commit, then closes the
+    trip. Without the wait its refresh would not see the uncommitted entry and the trip would
+    stay open after both commits."""
+    store = PostgresIngestStore(pg_dsn)
+    rows = []
+    for lane, kind in (("P01/e1", "entry"), ("P03/x1", "exit")):
+        draft = RecordDraft(kind, "v", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            pass_id="p1")  # fmt: skip
+        record = Record(f"r-{kind}", lane, 1, T0, draft)
+        rows.append(IngestRecord.of(record, record.encode()))
+    entry, exit_ = rows
+    marks = ", ".join(["%s"] * COLUMN_COUNT)
+    try:
+        with psycopg.connect(pg_dsn) as first:  # the entry's batch, in flight in another worker
+            first.execute("SELECT pg_advisory_xact_lock(hashtextextended('lane_ingest.p1', 0))")
+            first.execute(
+                f"INSERT INTO lane_ingest.records ({RECORD_COLUMNS}) VALUES ({marks})",
+                NewRows("P01/e1", "e", [entry], 1).rows()[0],
+            )
+            first.execute(
+                "INSERT INTO lane_ingest.open_trips VALUES ('p1', %s, %s)", (entry.record_id, T0)
+            )
+            closing = asyncio.create_task(
+                asyncio.to_thread(store.store_batch, "P03/x1", QueueIdentity("x"), [exit_], 1)
+            )
+            await eventually(
+                lambda: advisory_waits(pg_dsn), what="the exit's batch waits for the trip id"
+            )
+            first.commit()
+        await closing
+        ledger = open_trips(store)
+        assert (ledger.open_trips, ledger.closed) == ((), 1)
+    finally:
+        store.close()
+
+
+def advisory_waits(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchone()
+        return int(row[0]) if row else 0
 
 
 def open_table(store: IngestStore) -> int:
