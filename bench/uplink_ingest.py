@@ -38,7 +38,7 @@ from uplink.ingest import parse_batch
 from uplink.messages import QueueIdentity, encode_batch
 from uplink.pg import PostgresIngestStore
 from uplink.records import RECORD_VERSION, AuthInfo, Record, RecordDraft
-from uplink.sql_store import RECORD_COLUMNS
+from uplink.sql_store import COLUMN_COUNT, RECORD_COLUMNS, NewRows
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord
 
@@ -86,11 +86,8 @@ def make_batches(n: int, lanes: int, size: int = BATCH) -> list[LaneBatch]:
 
 
 def rows(b: LaneBatch) -> list[tuple[object, ...]]:
-    return [
-        (r.record_id, b.lane, b.queue.epoch, r.seq, r.ts_us, r.kind, r.amount_minor,
-         r.currency, r.data, 0)
-        for r in b.records
-    ]  # fmt: skip
+    """The batch's rows of `records`, as the store inserts them (the raw anchors' input)."""
+    return NewRows(b.lane, b.queue.epoch, b.records, 0).rows()
 
 
 def bench_decode(n: int = 2000) -> None:
@@ -134,7 +131,7 @@ def copy_batch(conn: psycopg.Connection[tuple[object, ...]], schema: str, b: Lan
 def executemany_batch(
     conn: psycopg.Connection[tuple[object, ...]], schema: str, b: LaneBatch
 ) -> None:
-    marks = ", ".join(["%s"] * 10)
+    marks = ", ".join(["%s"] * COLUMN_COUNT)
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             f"INSERT INTO {schema}.records ({RECORD_COLUMNS}) VALUES ({marks})", rows(b)
@@ -179,7 +176,7 @@ def pg_rates(dsn: str, batches: Sequence[LaneBatch]) -> dict[str, float]:
 def sqlite_rates(tmp: str, batches: Sequence[LaneBatch]) -> dict[str, float]:
     store = SqliteIngestStore(Path(tmp) / f"store-{uuid.uuid4().hex[:6]}.sqlite")
     anchor = SqliteIngestStore(Path(tmp) / f"anchor-{uuid.uuid4().hex[:6]}.sqlite")
-    sql = f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ({', '.join(['?'] * 10)})"
+    sql = f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ({', '.join(['?'] * COLUMN_COUNT)})"
 
     def raw(b: LaneBatch) -> None:
         with anchor._transaction() as cur:
