@@ -235,6 +235,10 @@ class PostgresIngestStore(SqlIngestStore):
             if after_chunk is not None:
                 after_chunk(job, reached)
 
+    def _upgrading(self, cur: Cursor) -> bool:
+        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade)")
+        return bool(cur.fetchone()[0])
+
     def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
         if trips:
             db.cursor().execute(_LOCK_TRIPS, (self.prefix, list(trips)))

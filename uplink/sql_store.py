@@ -4,7 +4,7 @@ for byte, duplicates, conflicts (and their resolution), the prefix per queue epo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -39,21 +39,32 @@ UPGRADE_CHUNK = (
 # of it per row for the record of the trip's other end (parameters: the roles, in order).
 _OTHER_END = "SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=e.trip_id"
 # The open trips come from their own table, as big as the trips open now, not from the index,
-# which holds every entry and exit ever ingested.
-OPEN_ENTRIES = (  # parameters: entered before
-    "SELECT r.data FROM {open_trips} AS o JOIN {records} AS r ON r.record_id = o.record_id"
-    " WHERE o.ts_us < ?"
+# which holds every entry and exit ever ingested. Each entry's record is read by its key in a
+# scalar subquery, which PostgreSQL runs per row: a join could be planned as a hash join over
+# all of `records` while the table's statistics are young. Parameters: entered before.
+OPEN_ENTRIES = (
+    "SELECT (SELECT r.data FROM {records} AS r WHERE r.record_id = o.record_id)"
+    " FROM {open_trips} AS o WHERE o.ts_us < ?"
 )
-# The open-trips rows of some trip ids as the records hold them: a trip id with an entry and no
-# exit, at its earliest entry (by time, then record id compared byte by byte, as
-# uplink.trips._keep_first does). `{ids}`: the trip ids' parameters; then entry, exit, entry.
+# The earliest entry of the trip id t.column1 (by time, then record id compared byte by byte,
+# as uplink.trips._keep_first does): its {column}.
+_FIRST_ENTRY = (
+    "SELECT e.{column} FROM {records} AS e WHERE e.trip_role=? AND e.trip_id=t.column1"
+    " ORDER BY e.ts_us, e.record_id{bytewise} LIMIT 1"
+)
+# The open-trips rows of some trip ids as the records hold them: each trip id with an entry
+# and no exit, at its earliest entry. Driven by the trip ids, each probing `records_trip`
+# in scalar subqueries (never turned into joins, so never a walk of every entry or exit,
+# whatever the planner thinks of the table). `{ids}`: "(?), (?), ..." for the trip ids.
+# Parameters: entry, entry, the trip ids, exit.
 REOPEN = (
-    "INSERT INTO {open_trips} (trip_id, record_id, ts_us) SELECT e.trip_id, e.record_id, e.ts_us"
-    " FROM {records} AS e WHERE e.trip_id IN ({ids}) AND e.trip_role=?"
-    " AND NOT EXISTS (SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=e.trip_id)"
-    " AND NOT EXISTS (SELECT 1 FROM {records} AS f WHERE f.trip_role=? AND f.trip_id=e.trip_id"
-    " AND (f.ts_us < e.ts_us OR (f.ts_us = e.ts_us"
-    " AND f.record_id{bytewise} < e.record_id{bytewise})))"
+    "INSERT INTO {open_trips} (trip_id, record_id, ts_us) SELECT id, first_id, first_us FROM"
+    " (SELECT t.column1 AS id,"
+    f" ({_FIRST_ENTRY.replace('{column}', 'record_id')}) AS first_id,"
+    f" ({_FIRST_ENTRY.replace('{column}', 'ts_us')}) AS first_us"
+    " FROM (VALUES {ids}) AS t WHERE (SELECT 1 FROM {records} AS x"
+    " WHERE x.trip_role=? AND x.trip_id=t.column1 LIMIT 1) IS NULL) AS w"
+    " WHERE first_id IS NOT NULL"
 )
 CLOSED_TRIPS = (  # entry, exit
     f"SELECT COUNT(DISTINCT e.trip_id) FROM {{records}} AS e WHERE e.trip_role=?"
@@ -125,12 +136,12 @@ def trip_columns(mark: TripMark | None) -> tuple[str | None, str | None]:
     return (None, None) if mark is None else (mark.role.value, mark.trip_id)
 
 
-def batch_trips(records: Sequence[IngestRecord]) -> list[str]:
-    """The trip ids a batch's entries and exits name, sorted (the order their locks are taken
-    in, so two batches never wait for each other's)."""
-    return sorted(
-        {r.trip.trip_id for r in records if r.trip is not None and r.trip.trip_id is not None}
-    )
+def batch_trips(records: Sequence[IngestRecord], role: TripRole | None = None) -> list[str]:
+    """The trip ids a batch's entries and exits (or those of `role` only) name, sorted."""
+    return sorted({
+        r.trip.trip_id for r in records
+        if r.trip is not None and r.trip.trip_id is not None and role in {None, r.trip.role}
+    })  # fmt: skip
 
 
 class UpgradeJob(StrEnum):
@@ -171,19 +182,27 @@ class SqlIngestStore:
         """Make the other transactions that touch these trip ids wait for this one's commit
         (PostgreSQL; SQLite's writers take turns anyway). Taken first in a transaction."""
 
-    def _refresh_trips(self, db: Session, trips: Sequence[str]) -> None:
+    def _refresh_trips(
+        self, db: Session, trips: Sequence[str], exited: Collection[str] = frozenset()
+    ) -> None:
         """Set the open-trips rows of `trips` to what the records now hold (REOPEN), under
         their locks: an entry opens its trip unless an exit of it is held, in either order of
         arrival; an exit closes it; a second entry moves it to the earlier. Derived from the
-        records, not from what this batch added, so a replayed batch changes nothing."""
+        records, not from what this batch added, so a replayed batch changes nothing. The
+        trip ids in `exited` are known to have an exit held: their rows only go."""
         if not trips:
             return
-        ids = ", ".join("?" for _ in trips)
-        entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
+        marks = ", ".join("?" for _ in trips)
         db.cursor().execute(
-            self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id IN ({ids})"), trips
+            self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id IN ({marks})"), trips
         )
-        db.cursor().execute(self._sql(REOPEN.replace("{ids}", ids)), (*trips, entry, exit_, entry))
+        reopen = [t for t in trips if t not in exited]
+        if reopen:
+            entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
+            rows = ", ".join("(?)" for _ in reopen)
+            db.cursor().execute(
+                self._sql(REOPEN.replace("{ids}", rows)), (entry, entry, *reopen, exit_)
+            )
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
@@ -243,7 +262,8 @@ class SqlIngestStore:
         with self._batch() as db:
             self._lock_trips(db, trips)
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
-            self._refresh_trips(db, trips)
+            # Every record is inserted here (one held raises RowTakenError): its exits are held.
+            self._refresh_trips(db, trips, set(batch_trips(records, TripRole.EXIT)))
             moved = db.cursor()
             moved.execute(move_on, args)
             row = moved.fetchone()
@@ -510,7 +530,12 @@ class SqlIngestStore:
             unmatched = [str(r[0]) for r in cur.fetchall()]
             cur.execute(q(ROLE_COUNT), (TripRole.UNREADABLE.value,))
             unreadable = int(cur.fetchone()[0])
-        return TripRows(open_entries, closed, unmatched, unreadable)
+            upgrading = self._upgrading(cur)
+        return TripRows(open_entries, closed, unmatched, unreadable, upgrading)
+
+    def _upgrading(self, cur: Cursor) -> bool:
+        """Whether an upgrade job has rows still to fill (SQLite fills them all on open)."""
+        return False
 
     def _upgrade_step(
         self, db: Session, job: UpgradeJob, after: str | None, chunk: int

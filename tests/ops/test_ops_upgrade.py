@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import shutil
 import sqlite3
@@ -41,6 +42,7 @@ from uplink.sqlite_store import SCHEMA_VERSION as INGEST_SCHEMA_VERSION
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore, IngestStoreError
 from uplink.trips import END_OF_TIME_US, OpenTrip, TripLedger, open_trips, trip_ledger
+from uplink.trips_cli import main as trips_main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LANE = "fx01/l01"  # the lane the fixture queue belongs to
@@ -407,13 +409,14 @@ def many_old_rows(version: int) -> tuple[list[tuple[object, ...]], list[Record]]
 
 @pytest.mark.parametrize("version", [2, 3])
 def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_crash(
-    version: int, pg_dsn: str
+    version: int, pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The upgrade commits a chunk at a time: a worker that opens the schema meanwhile stores
     a batch without waiting for the rest of the run (an exit of a pass whose entry is not
     marked yet, a new entry); the upgrading worker dies after its first chunk, and the next
     store to open the schema goes on from that chunk, not from the start. The open trips are
-    then the pure ledger's over every record, those of the batch included."""
+    then the pure ledger's over every record, those of the batch included. Meanwhile
+    `lane trips` says its answer is not whole (on stderr, and in the JSON); then it is."""
     rows, records = many_old_rows(version)
     old_pg_schema(pg_dsn, version, rows)
     chunks: list[str | None] = []
@@ -425,8 +428,13 @@ def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_cra
             worker = PostgresIngestStore(pg_dsn, lock_timeout_s=0.2)
             try:
                 worker.store_batch("P03/x2", QueueIdentity("during"), during, 1)
+                assert open_trips(worker).upgrading  # the answer says it is not whole yet
             finally:
                 worker.close()
+            assert trips_main(["--dsn", pg_dsn, "--json"]) == 0
+            out, err = capsys.readouterr()
+            assert json.loads(out)["upgrading"] is True
+            assert "upgrade has not finished" in err
         raise CrashError
 
     during = []
