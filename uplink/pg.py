@@ -51,6 +51,7 @@ from uplink.store import (
     StoreResult,
     StoreUnavailableError,
 )
+from uplink.trips import TripRole
 
 log = logging.getLogger("lane.uplink.pg")
 
@@ -297,35 +298,46 @@ class PostgresIngestStore(SqlIngestStore):
         self, lane: str, queue: QueueIdentity, records: Sequence[IngestRecord], now_us: int
     ) -> StoreResult:
         """The first batch of an epoch this worker sees opens or finds its row (SQL's
-        pipelined transaction), as does any batch with entries or exits; every other one is a
-        single statement, sent and committed in one round trip before the result is read (so
-        the ack still follows the commit): the records are inserted in a WITH, which also
-        clears the lane's conflicts this batch resolves, and the epoch's row is moved on by
-        the UPDATE around it. A batch that filled a hole walks the prefix on in a second
-        transaction after that commit; a worker that stops in between leaves the prefix
-        short, and the next `epochs()` walks it on."""
+        pipelined transaction); every later one is a single statement, sent and committed in
+        one round trip before the result is read (so the ack still follows the commit): the
+        records are inserted in a WITH, which also clears the lane's conflicts this batch
+        resolves, and the epoch's row is moved on by the UPDATE around it. A batch with
+        entries or exits wraps that statement in a transaction with its trip ids' locks
+        before it and the refresh of their open trips after it, all sent at once. A batch
+        that filled a hole walks the prefix on in a second transaction after that commit; a
+        worker that stops in between leaves the prefix short, and the next `epochs()` walks
+        it on."""
         key = (lane, queue.epoch)
-        # A batch with entries or exits takes its trip ids' locks before anything else
-        # (`_lock_trips`), which one statement cannot do: SQL's pipelined transaction.
-        if key not in self._seen or batch_trips(records):
+        if key not in self._seen:
             result = super()._store_new(lane, queue, records, now_us)
             self._seen.add(key)
             return result
         first, last = records[0].seq, records[-1].seq
         sql, params = self._insert_sql(NewRows(lane, queue.epoch, records, now_us), returning="")
+        statement = self._sql(
+            f"WITH ins AS ({sql} RETURNING record_id, data), gone AS"
+            " (DELETE FROM {conflicts} AS c USING ins WHERE c.lane=%s"
+            " AND c.record_id = ins.record_id"
+            # the digest of uplink.messages.digest: SHA-256, lower-case hex
+            " AND c.offered_digest = encode(sha256(ins.data), 'hex'))"
+            f" UPDATE {{epochs}} SET {MOVE_ON} WHERE lane=%s AND epoch=%s"
+            " RETURNING contiguous, max_seq"
+        )
+        args = (*params, lane, *move_on_args(first, last), lane, queue.epoch)
+        trips = batch_trips(records)
         with self._connected() as conn:
-            row = conn.execute(
-                self._sql(
-                    f"WITH ins AS ({sql} RETURNING record_id, data), gone AS"
-                    " (DELETE FROM {conflicts} AS c USING ins WHERE c.lane=%s"
-                    " AND c.record_id = ins.record_id"
-                    # the digest of uplink.messages.digest: SHA-256, lower-case hex
-                    " AND c.offered_digest = encode(sha256(ins.data), 'hex'))"
-                    f" UPDATE {{epochs}} SET {MOVE_ON} WHERE lane=%s AND epoch=%s"
-                    " RETURNING contiguous, max_seq"
-                ),
-                (*params, lane, *move_on_args(first, last), lane, queue.epoch),
-            ).fetchone()
+            if trips:
+                # The trip ids' locks come first (`_lock_trips`) and the open trips are
+                # refreshed after the insert: one transaction, all sent at once, its results
+                # read after the commit. (Every record is inserted here: its exits are held.)
+                with conn.pipeline():
+                    with conn.transaction():
+                        self._lock_trips(conn, trips)
+                        moved = conn.execute(statement, args)
+                        self._refresh_trips(conn, trips, set(batch_trips(records, TripRole.EXIT)))
+                    row = moved.fetchone()
+            else:
+                row = conn.execute(statement, args).fetchone()
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 # Only a statement outside a transaction block is committed when it returns;
                 # inside one left open the batch would not be, and an ack names only what is.

@@ -14,9 +14,11 @@ import asyncio
 import sqlite3
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from polling import eventually
@@ -171,19 +173,29 @@ def test_the_open_trips_table_follows_arrivals_and_ignores_replays(
     assert open_trips(store).closed == 2 and open_trips(store).unmatched_exits == ()
 
 
-async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(pg_dsn: str) -> None:
+@pytest.mark.parametrize("seen", [False, True], ids=["new-epoch", "seen-epoch"])
+async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(pg_dsn: str, seen: bool) -> None:
     """Two workers storing a trip's entry and its exit at once (other lanes, other epochs)
     take turns on the trip id: the exit's batch waits for the entry's commit, then closes the
     trip. Without the wait its refresh would not see the uncommitted entry and the trip would
-    stay open after both commits."""
+    stay open after both commits. Both ways a batch is stored: the first of its epoch, and
+    one of an epoch the worker has seen (one statement for a batch without trips)."""
     store = PostgresIngestStore(pg_dsn)
     rows = []
-    for lane, kind in (("P01/e1", "entry"), ("P03/x1", "exit")):
+    for lane, kind, trip in (
+        ("P03/x1", "toll", None),
+        ("P01/e1", "entry", "p1"),
+        ("P03/x1", "exit", "p1"),
+    ):
         draft = RecordDraft(kind, "v", 1, 0, "CNY", "token", None, AuthInfo("none"),
-                            pass_id="p1")  # fmt: skip
-        record = Record(f"r-{kind}", lane, 1, T0, draft)
+                            pass_id=trip)  # fmt: skip
+        record = Record(f"r-{kind}", lane, 2 if kind == "exit" else 1, T0, draft)
         rows.append(IngestRecord.of(record, record.encode()))
-    entry, exit_ = rows
+    toll, entry, exit_ = rows
+    if seen:
+        store.store_batch("P03/x1", QueueIdentity("x"), [toll], 1)
+    else:
+        exit_ = replace(exit_, seq=1)
     marks = ", ".join(["%s"] * COLUMN_COUNT)
     try:
         with psycopg.connect(pg_dsn) as first:  # the entry's batch, in flight in another worker
