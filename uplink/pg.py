@@ -51,7 +51,6 @@ from uplink.store import (
     StoreResult,
     StoreUnavailableError,
 )
-from uplink.trips import TripRole
 
 log = logging.getLogger("lane.uplink.pg")
 
@@ -327,14 +326,14 @@ class PostgresIngestStore(SqlIngestStore):
         trips = batch_trips(records)
         with self._connected() as conn:
             if trips:
-                # The trip ids' locks come first (`_lock_trips`) and the open trips are
-                # refreshed after the insert: one transaction, all sent at once, its results
-                # read after the commit. (Every record is inserted here: its exits are held.)
+                # The trip ids' locks come first (`_lock_trips`) and the open trips follow the
+                # insert (every record is inserted, or UniqueViolation): one transaction, all
+                # sent at once, its results read after the commit.
                 with conn.pipeline():
                     with conn.transaction():
                         self._lock_trips(conn, trips)
                         moved = conn.execute(statement, args)
-                        self._refresh_trips(conn, trips, set(batch_trips(records, TripRole.EXIT)))
+                        self._add_trips(conn, records)
                     row = moved.fetchone()
             else:
                 row = conn.execute(statement, args).fetchone()

@@ -35,6 +35,17 @@ ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
 UPGRADE_CHUNK = (
     5000  # rows (or trip ids) per step, and per transaction in PostgreSQL, of an upgrade
 )
+# A new batch's first entries of trips ("(?, ?, ?), ...": trip id, record id, time), each
+# opening its trip unless an exit of it is held, or moving an open trip to it when it is the
+# earlier entry. Parameters: the rows', then exit.
+OPEN_NEW = (
+    "INSERT INTO {open_trips} AS o (trip_id, record_id, ts_us)"
+    " SELECT t.column1, t.column2, t.column3 FROM (VALUES {rows}) AS t"
+    " WHERE (SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=t.column1 LIMIT 1)"
+    " IS NULL ON CONFLICT (trip_id) DO UPDATE SET record_id = excluded.record_id,"
+    " ts_us = excluded.ts_us WHERE excluded.ts_us < o.ts_us OR (excluded.ts_us = o.ts_us"
+    " AND excluded.record_id{bytewise} < o.record_id{bytewise})"
+)
 # The trip ledger over the trip columns, each a walk of the index `records_trip` with a probe
 # of it per row for the record of the trip's other end (parameters: the roles, in order).
 _OTHER_END = "SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=e.trip_id"
@@ -136,6 +147,29 @@ def trip_columns(mark: TripMark | None) -> tuple[str | None, str | None]:
     return (None, None) if mark is None else (mark.role.value, mark.trip_id)
 
 
+@dataclass(frozen=True)
+class FirstEntry:
+    trip_id: str
+    record_id: str
+    ts_us: int
+
+
+def first_entries(records: Sequence[IngestRecord], exited: Collection[str]) -> list[FirstEntry]:
+    """Pure: each trip's earliest entry among `records` (by time, then record id, as
+    uplink.trips._keep_first), but for the trips in `exited`."""
+    first: dict[str, FirstEntry] = {}
+    for r in records:
+        if r.trip is None or r.trip.role != TripRole.ENTRY or r.trip.trip_id is None:
+            continue
+        trip = r.trip.trip_id
+        held = first.get(trip)
+        if trip not in exited and (
+            held is None or (r.ts_us, r.record_id) < (held.ts_us, held.record_id)
+        ):
+            first[trip] = FirstEntry(trip, r.record_id, r.ts_us)
+    return list(first.values())
+
+
 def batch_trips(records: Sequence[IngestRecord], role: TripRole | None = None) -> list[str]:
     """The trip ids a batch's entries and exits (or those of `role` only) name, sorted."""
     return sorted({
@@ -182,27 +216,40 @@ class SqlIngestStore:
         """Make the other transactions that touch these trip ids wait for this one's commit
         (PostgreSQL; SQLite's writers take turns anyway). Taken first in a transaction."""
 
-    def _refresh_trips(
-        self, db: Session, trips: Sequence[str], exited: Collection[str] = frozenset()
-    ) -> None:
+    def _refresh_trips(self, db: Session, trips: Sequence[str]) -> None:
         """Set the open-trips rows of `trips` to what the records now hold (REOPEN), under
         their locks: an entry opens its trip unless an exit of it is held, in either order of
         arrival; an exit closes it; a second entry moves it to the earlier. Derived from the
-        records, not from what this batch added, so a replayed batch changes nothing. The
-        trip ids in `exited` are known to have an exit held: their rows only go."""
+        records, not from what a batch added, so a replayed batch changes nothing."""
         if not trips:
             return
+        self._close_trips(db, trips)
+        rows = ", ".join("(?)" for _ in trips)
+        entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
+        db.cursor().execute(self._sql(REOPEN.replace("{ids}", rows)), (entry, entry, *trips, exit_))
+
+    def _close_trips(self, db: Session, trips: Collection[str]) -> None:
         marks = ", ".join("?" for _ in trips)
         db.cursor().execute(
-            self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id IN ({marks})"), trips
+            self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id IN ({marks})"), list(trips)
         )
-        reopen = [t for t in trips if t not in exited]
-        if reopen:
-            entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
-            rows = ", ".join("(?)" for _ in reopen)
+
+    def _add_trips(self, db: Session, records: Sequence[IngestRecord]) -> None:
+        """The open trips after a batch every record of which was inserted now, under its
+        trip ids' locks: the same rows as `_refresh_trips` gives, for less. The rows held are
+        those of the records before the batch; each of its exits closes its trip, and each of
+        its first entries of a trip (`first_entries`) opens it unless an exit of it is held,
+        or moves it to this entry if that is the earlier (OPEN_NEW)."""
+        exited = set(batch_trips(records, TripRole.EXIT))
+        entries = first_entries(records, exited)
+        if entries:
+            rows = ", ".join("(?, ?, ?)" for _ in entries)
+            params = [v for e in entries for v in (e.trip_id, e.record_id, e.ts_us)]
             db.cursor().execute(
-                self._sql(REOPEN.replace("{ids}", rows)), (entry, entry, *reopen, exit_)
+                self._sql(OPEN_NEW.replace("{rows}", rows)), (*params, TripRole.EXIT.value)
             )
+        if exited:
+            self._close_trips(db, exited)
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
@@ -262,8 +309,7 @@ class SqlIngestStore:
         with self._batch() as db:
             self._lock_trips(db, trips)
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
-            # Every record is inserted here (one held raises RowTakenError): its exits are held.
-            self._refresh_trips(db, trips, set(batch_trips(records, TripRole.EXIT)))
+            self._add_trips(db, records)  # every record is inserted (or RowTakenError)
             moved = db.cursor()
             moved.execute(move_on, args)
             row = moved.fetchone()

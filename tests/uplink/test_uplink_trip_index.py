@@ -31,6 +31,7 @@ from uplink.sql_store import (
     CLOSED_TRIPS,
     COLUMN_COUNT,
     OPEN_ENTRIES,
+    OPEN_NEW,
     RECORD_COLUMNS,
     REOPEN,
     ROLE_COUNT,
@@ -254,8 +255,8 @@ def sqlite_plan(path: Path, sql: str, params: tuple[object, ...]) -> list[str]:
 
 def test_the_ledgers_queries_walk_the_trip_index(tmp_path: Path) -> None:
     """Not one of them reads the whole table: each searches the index for one role and probes
-    it for the trip's other end; the refresh of a batch's open trips goes over its trip ids,
-    probing the index for each."""
+    it for the trip's other end; the open trips of a batch go over its trip ids, probing the
+    index for each."""
     SqliteIngestStore(tmp_path / "ingest.sqlite").close()
     reopen = REOPEN.replace("{ids}", "(?), (?)").replace("{bytewise}", "")
     for sql, params in (
@@ -263,6 +264,7 @@ def test_the_ledgers_queries_walk_the_trip_index(tmp_path: Path) -> None:
         (UNMATCHED_EXITS, ("exit", "entry")),
         (ROLE_COUNT, ("unreadable",)),
         (reopen, ("entry", "entry", "p1", "p2", "exit")),
+        (OPEN_NEW.replace("{rows}", "(?, ?, ?)").replace("{bytewise}", ""), ("p1", "r", 1, "exit")),
     ):
         reads = sqlite_plan(tmp_path / "ingest.sqlite", sql, params)
         # The trip ids given (VALUES, as `t`) are scanned; every read of `records` searches.
