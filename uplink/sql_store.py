@@ -32,9 +32,8 @@ COLUMN_COUNT = len(RECORD_COLUMNS.split(","))
 # The store's schema version: SQLite's `user_version`, named in PostgreSQL's schema comment.
 SCHEMA_VERSION = 4
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
-UPGRADE_CHUNK = (
-    5000  # rows (or trip ids) per step, and per transaction in PostgreSQL, of an upgrade
-)
+# Rows (or trip ids) per step of an upgrade, each a transaction of its own in PostgreSQL.
+UPGRADE_CHUNK = 5000
 # A new batch's first entries of trips ("(?, ?, ?), ...": trip id, record id, time), each
 # opening its trip unless an exit of it is held, or moving an open trip to it when it is the
 # earlier entry. Parameters: the rows', then exit.
