@@ -348,10 +348,12 @@ def old_pg_schema(pg_dsn: str, version: int, rows: Sequence[Sequence[object]]) -
 
 @pytest.mark.parametrize("version", [2, 3])
 def test_an_old_postgres_ingest_schema_gets_its_trip_columns_and_open_trips_filled(
-    version: int, pg_dsn: str
+    version: int, pg_dsn: str, tmp_path: Path
 ) -> None:
     """The fixture's rows, in the tables the release of that version made in PostgreSQL."""
-    with sqlite3.connect(f"file:{FIXTURES / f'ingest_v{version}.sqlite'}?mode=ro", uri=True) as db:
+    copy = tmp_path / "ingest.sqlite"  # a WAL file read in place would leave -shm and -wal
+    shutil.copy(FIXTURES / f"ingest_v{version}.sqlite", copy)
+    with sqlite3.connect(f"file:{copy}?mode=ro", uri=True) as db:
         old_pg_schema(pg_dsn, version, db.execute("SELECT * FROM records").fetchall())
     store = PostgresIngestStore(pg_dsn)
     try:
