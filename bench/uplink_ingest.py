@@ -23,7 +23,7 @@ import time
 import timeit
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -32,13 +32,14 @@ import msgpack
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from lane.core.names import RecordKind
 from lane.wire.codec import unpack
 from lane.wire.ids import new_id
 from uplink.ingest import parse_batch
 from uplink.messages import QueueIdentity, encode_batch
 from uplink.pg import PostgresIngestStore
 from uplink.records import RECORD_VERSION, AuthInfo, Record, RecordDraft
-from uplink.sql_store import RECORD_COLUMNS
+from uplink.sql_store import COLUMN_COUNT, RECORD_COLUMNS, NewRows
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord
 
@@ -59,6 +60,13 @@ def draft(i: int) -> RecordDraft:
     )
 
 
+def road_draft(lane: int, seq: int) -> RecordDraft:
+    """A closed road's record: lane 2k enters pass k-seq, lane 2k+1 exits it (so every
+    exit closes a trip its entry opened, and every entry opens one)."""
+    kind = RecordKind.EXIT if lane % 2 else RecordKind.ENTRY
+    return replace(draft(seq), kind=kind, entry_plaza="P01", pass_id=f"{lane // 2}-{seq}")
+
+
 @dataclass(frozen=True)
 class LaneBatch:
     lane: str
@@ -66,17 +74,21 @@ class LaneBatch:
     records: list[IngestRecord]
 
 
-def make_batches(n: int, lanes: int, size: int = BATCH) -> list[LaneBatch]:
+def make_batches(
+    n: int, lanes: int, size: int = BATCH, draft_of: Callable[[int, int], RecordDraft] | None = None
+) -> list[LaneBatch]:
     """`n` records as `size`-record batches of `lanes` lanes, parsed as the ingest parses
-    them, interleaved lane by lane as they would arrive."""
+    them, interleaved lane by lane as they would arrive; `draft_of(lane, seq)` (default:
+    tolls) makes each record."""
     per_lane: list[list[LaneBatch]] = []
+    made = draft_of or (lambda _, seq: draft(seq))
     for i in range(lanes):
         lane = f"bench/l{i:03d}"
         queue = QueueIdentity(str(uuid.uuid4()))
         out = []
         for start in range(1, n // lanes + 1, size):
             rows = [
-                (seq, Record(new_id(), lane, seq, seq, draft(seq)).encode())
+                (seq, Record(new_id(), lane, seq, seq, made(i, seq)).encode())
                 for seq in range(start, min(n // lanes, start + size - 1) + 1)
             ]
             payload = encode_batch(lane, queue, "b", rows)
@@ -86,11 +98,8 @@ def make_batches(n: int, lanes: int, size: int = BATCH) -> list[LaneBatch]:
 
 
 def rows(b: LaneBatch) -> list[tuple[object, ...]]:
-    return [
-        (r.record_id, b.lane, b.queue.epoch, r.seq, r.ts_us, r.kind, r.amount_minor,
-         r.currency, r.data, 0)
-        for r in b.records
-    ]  # fmt: skip
+    """The batch's rows of `records`, as the store inserts them (the raw anchors' input)."""
+    return NewRows(b.lane, b.queue.epoch, b.records, 0).rows()
 
 
 def bench_decode(n: int = 2000) -> None:
@@ -134,7 +143,7 @@ def copy_batch(conn: psycopg.Connection[tuple[object, ...]], schema: str, b: Lan
 def executemany_batch(
     conn: psycopg.Connection[tuple[object, ...]], schema: str, b: LaneBatch
 ) -> None:
-    marks = ", ".join(["%s"] * 10)
+    marks = ", ".join(["%s"] * COLUMN_COUNT)
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             f"INSERT INTO {schema}.records ({RECORD_COLUMNS}) VALUES ({marks})", rows(b)
@@ -179,7 +188,7 @@ def pg_rates(dsn: str, batches: Sequence[LaneBatch]) -> dict[str, float]:
 def sqlite_rates(tmp: str, batches: Sequence[LaneBatch]) -> dict[str, float]:
     store = SqliteIngestStore(Path(tmp) / f"store-{uuid.uuid4().hex[:6]}.sqlite")
     anchor = SqliteIngestStore(Path(tmp) / f"anchor-{uuid.uuid4().hex[:6]}.sqlite")
-    sql = f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ({', '.join(['?'] * 10)})"
+    sql = f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ({', '.join(['?'] * COLUMN_COUNT)})"
 
     def raw(b: LaneBatch) -> None:
         with anchor._transaction() as cur:
@@ -234,6 +243,18 @@ def bench_store(dsn: str | None, tmp: str, n: int, rounds: int) -> dict[str, flo
         f"store PostgreSQL, 1-record batches (20 lanes): store_batch {singles['store']:,.0f}"
         f" batches/s, COPY {singles['copy']:,.0f}/s -> {singles['store'] / singles['copy']:.2f}x"
         " COPY"
+    )
+    # A closed road: batches of entries, each followed by the batch of exits closing them,
+    # which keep the open-trips table (a row in, then out) beside the trip index.
+    road = make_batches(n, lanes=2, draft_of=road_draft)
+    sq_road = best([sqlite_rates(tmp, road) for _ in range(rounds)])
+    pg_road = best([pg_rates(dsn, road) for _ in range(rounds)])
+    print(
+        f"store, {BATCH}-record batches of entries then their exits: SQLite store_batch"
+        f" {sq_road['store']:,.0f} records/s, executemany {sq_road['executemany']:,.0f}/s"
+        f" -> {sq_road['store'] / sq_road['executemany']:.2f}x; PostgreSQL store_batch"
+        f" {pg_road['store']:,.0f} records/s, COPY {pg_road['copy']:,.0f}/s"
+        f" -> {pg_road['store'] / pg_road['copy']:.2f}x COPY"
     )
     return {"sqlite": sq["store"], "postgres": pg["store"]}
 

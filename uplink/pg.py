@@ -30,11 +30,15 @@ from uplink.sql_store import (
     MOVE_ON,
     RECORD_COLUMNS,
     RUN_END,
+    SCHEMA_VERSION,
+    UPGRADE_CHUNK,
     Cursor,
     NewRows,
     RowTakenError,
     Session,
     SqlIngestStore,
+    UpgradeJob,
+    batch_trips,
     fills_a_hole,
     move_on_args,
     new_held,
@@ -61,7 +65,7 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         f"ALTER TABLE IF EXISTS {schema}.records ADD COLUMN IF NOT EXISTS"
         " epoch TEXT NOT NULL DEFAULT ''",
         f"ALTER TABLE IF EXISTS {schema}.records DROP CONSTRAINT IF EXISTS records_lane_seq_key",
-        # A schema written before the trip columns gets them; `_backfill_trips` fills them.
+        # A schema written before the trip columns gets them; an upgrade job fills them.
         f"ALTER TABLE IF EXISTS {schema}.records ADD COLUMN IF NOT EXISTS trip_role TEXT",
         f"ALTER TABLE IF EXISTS {schema}.records ADD COLUMN IF NOT EXISTS trip_id TEXT",
         f"CREATE TABLE IF NOT EXISTS {schema}.records ("
@@ -74,6 +78,11 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         # Only the records that take part in trips are in the index (uplink.trips).
         f"CREATE INDEX IF NOT EXISTS records_trip ON {schema}.records (trip_role, trip_id)"
         " WHERE trip_role IS NOT NULL",
+        # The trips open now (uplink.sql_store.REOPEN), and the upgrade jobs still to run, each
+        # with the key it goes on after (`_upgrade`).
+        f"CREATE TABLE IF NOT EXISTS {schema}.open_trips (trip_id TEXT PRIMARY KEY,"
+        " record_id TEXT NOT NULL, ts_us BIGINT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {schema}.upgrade (job TEXT PRIMARY KEY, after TEXT)",
         f"CREATE TABLE IF NOT EXISTS {schema}.epochs ("
         " lane TEXT NOT NULL, epoch TEXT NOT NULL, base BIGINT NOT NULL,"
         " contiguous BIGINT NOT NULL, max_seq BIGINT NOT NULL, first_us BIGINT NOT NULL,"
@@ -89,28 +98,53 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
     )
 
 
-# A `records` table of a release before the trip columns (its rows need them filled).
-_WITHOUT_TRIPS = (
-    "SELECT to_regclass(%s || '.records') IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
+# What a schema of an earlier release needs filled from its rows, read before its DDL runs:
+# whether it has `records` without the trip columns (MARK), or with them but no `open_trips`
+# (OPEN). Parameters: the schema, three times.
+_OLD_TABLES = (
+    "SELECT to_regclass(%s || '.records') IS NOT NULL, EXISTS (SELECT 1 FROM"
     " information_schema.columns WHERE table_schema = %s AND table_name = 'records'"
-    " AND column_name = 'trip_role')"
+    " AND column_name = 'trip_role'), to_regclass(%s || '.open_trips') IS NOT NULL"
+)
+_TAG = re.compile(r"^lane ingest schema v(\d+) ")
+# Every transaction touching a trip id waits for the others that do (`_lock_trips`): keys in
+# one order, taken in one statement, so two batches never deadlock on them.
+_LOCK_TRIPS = (
+    "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(%s || t, 0) AS k"
+    " FROM unnest(%s::text[]) AS t ORDER BY k) AS s"
 )
 
 
 def _schema_tag(schema: str) -> str:
-    """Names the schema's DDL: any change to it makes a new tag, so a store of a new release
-    migrates a schema an older one made."""
+    """Names the schema's version and DDL: any change to the DDL makes a new tag, so a store of
+    a new release migrates a schema an older one made; the version refuses the reverse."""
     digest = hashlib.sha256("\n".join(_schema_sql(schema)).encode()).hexdigest()[:16]
-    return f"lane ingest schema {digest}"
+    return f"lane ingest schema v{SCHEMA_VERSION} {digest}"
+
+
+def _pending_job(
+    has_records: bool, has_trip_columns: bool, has_open_trips: bool
+) -> UpgradeJob | None:
+    if not has_records:
+        return None  # a new schema: nothing to fill
+    if not has_trip_columns:
+        return UpgradeJob.MARK
+    return None if has_open_trips else UpgradeJob.OPEN
 
 
 class PostgresIngestStore(SqlIngestStore):
     """`lock_timeout_s` bounds the wait for a row or table lock held by another transaction and
     `statement_timeout_s` any one statement: a batch that hits either is refused with
-    StoreBusyError (the ingest retries it) instead of stalling the worker without a word."""
+    StoreBusyError (the ingest retries it) instead of stalling the worker without a word.
+
+    A schema of an earlier release is upgraded when a store opens it: its DDL in one short
+    transaction, then what must be filled from its rows (`UpgradeJob`) `upgrade_chunk` rows
+    per transaction, resumed where it stopped by the next store to open it. `after_chunk` is
+    called after each chunk's commit (tests stop an upgrade there)."""
 
     param = "%s"
     lock_suffix = " FOR UPDATE"
+    bytewise = ' COLLATE "C"'
 
     def __init__(
         self,
@@ -119,6 +153,9 @@ class PostgresIngestStore(SqlIngestStore):
         connect_timeout: float = 5.0,
         lock_timeout_s: float = 5.0,
         statement_timeout_s: float = 30.0,
+        *,
+        upgrade_chunk: int = UPGRADE_CHUNK,
+        after_chunk: Callable[[UpgradeJob, str | None], None] | None = None,
     ) -> None:
         if not _IDENT.match(schema):
             raise IngestStoreError(f"invalid schema name {schema!r}")
@@ -144,16 +181,67 @@ class PostgresIngestStore(SqlIngestStore):
             if found is None or found[0] != tag:
                 # Two workers starting together would race on CREATE IF NOT EXISTS.
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
-                cur.execute(_WITHOUT_TRIPS, (schema, schema))
-                backfill = bool(cast(tuple[bool], cur.fetchone())[0])
+                cur.execute(
+                    "SELECT obj_description(to_regnamespace(%s), 'pg_namespace')", (schema,)
+                )
+                self._refuse_newer(cast(tuple[str | None], cur.fetchone())[0])
+                cur.execute(_OLD_TABLES, (schema, schema, schema))
+                job = _pending_job(*cast(tuple[bool, bool, bool], cur.fetchone()))
                 for stmt in _schema_sql(schema):
                     cur.execute(stmt)
-                if backfill:
-                    marked = self._backfill_trips(cur)
-                    log.info(
-                        "ingest schema upgraded", extra={"schema": schema, "trip_records": marked}
-                    )
+                if job is not None:
+                    cur.execute(
+                        self._sql(f"INSERT INTO {self.prefix}upgrade (job) VALUES (?)"
+                                  " ON CONFLICT DO NOTHING"),
+                        (job.value,),
+                    )  # fmt: skip
                 cur.execute(f"COMMENT ON SCHEMA {schema} IS '{tag}'")
+        self._upgrade(upgrade_chunk, after_chunk)
+
+    def _refuse_newer(self, comment: str | None) -> None:
+        version = _TAG.match(comment or "")
+        if version is not None and int(version[1]) > SCHEMA_VERSION:
+            raise IngestStoreError(
+                f"postgres schema {self.schema}: schema version {version[1]} is newer than this"
+                f" software ({SCHEMA_VERSION}); not touched"
+            )
+
+    def _upgrade(
+        self, chunk: int, after_chunk: Callable[[UpgradeJob, str | None], None] | None
+    ) -> None:
+        """Run the schema's upgrade jobs a chunk per transaction, each resumed from the key its
+        row holds: batches ingested meanwhile wait at most for one chunk's trip locks. A job
+        another worker is running a chunk of (its row locked) is left to that worker."""
+        table = f"{self.prefix}upgrade"
+        while True:
+            with self._session(pipeline=False) as conn:
+                row = conn.execute(
+                    f"SELECT job, after FROM {table} ORDER BY job LIMIT 1 FOR UPDATE SKIP LOCKED"
+                ).fetchone()
+                if row is None:
+                    return
+                job, after = UpgradeJob(str(row[0])), cast(str | None, row[1])
+                reached = self._upgrade_step(conn, job, after, chunk)
+                if reached is None:
+                    conn.execute(f"DELETE FROM {table} WHERE job = %s", (job.value,))
+                else:
+                    conn.execute(
+                        f"UPDATE {table} SET after = %s WHERE job = %s", (reached, job.value)
+                    )
+            log.info(
+                "ingest schema upgrade step",
+                extra={"schema": self.schema, "job": job.value, "after": reached},
+            )
+            if after_chunk is not None:
+                after_chunk(job, reached)
+
+    def _upgrading(self, cur: Cursor) -> bool:
+        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade)")
+        return bool(cur.fetchone()[0])
+
+    def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
+        if trips:
+            db.cursor().execute(_LOCK_TRIPS, (self.prefix, list(trips)))
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -212,9 +300,12 @@ class PostgresIngestStore(SqlIngestStore):
         pipelined transaction); every later one is a single statement, sent and committed in
         one round trip before the result is read (so the ack still follows the commit): the
         records are inserted in a WITH, which also clears the lane's conflicts this batch
-        resolves, and the epoch's row is moved on by the UPDATE around it. A batch that filled
-        a hole walks the prefix on in a second transaction after that commit; a worker that
-        stops in between leaves the prefix short, and the next `epochs()` walks it on."""
+        resolves, and the epoch's row is moved on by the UPDATE around it. A batch with
+        entries or exits wraps that statement in a transaction with its trip ids' locks
+        before it and the refresh of their open trips after it, all sent at once. A batch
+        that filled a hole walks the prefix on in a second transaction after that commit; a
+        worker that stops in between leaves the prefix short, and the next `epochs()` walks
+        it on."""
         key = (lane, queue.epoch)
         if key not in self._seen:
             result = super()._store_new(lane, queue, records, now_us)
@@ -222,19 +313,30 @@ class PostgresIngestStore(SqlIngestStore):
             return result
         first, last = records[0].seq, records[-1].seq
         sql, params = self._insert_sql(NewRows(lane, queue.epoch, records, now_us), returning="")
+        statement = self._sql(
+            f"WITH ins AS ({sql} RETURNING record_id, data), gone AS"
+            " (DELETE FROM {conflicts} AS c USING ins WHERE c.lane=%s"
+            " AND c.record_id = ins.record_id"
+            # the digest of uplink.messages.digest: SHA-256, lower-case hex
+            " AND c.offered_digest = encode(sha256(ins.data), 'hex'))"
+            f" UPDATE {{epochs}} SET {MOVE_ON} WHERE lane=%s AND epoch=%s"
+            " RETURNING contiguous, max_seq"
+        )
+        args = (*params, lane, *move_on_args(first, last), lane, queue.epoch)
+        trips = batch_trips(records)
         with self._connected() as conn:
-            row = conn.execute(
-                self._sql(
-                    f"WITH ins AS ({sql} RETURNING record_id, data), gone AS"
-                    " (DELETE FROM {conflicts} AS c USING ins WHERE c.lane=%s"
-                    " AND c.record_id = ins.record_id"
-                    # the digest of uplink.messages.digest: SHA-256, lower-case hex
-                    " AND c.offered_digest = encode(sha256(ins.data), 'hex'))"
-                    f" UPDATE {{epochs}} SET {MOVE_ON} WHERE lane=%s AND epoch=%s"
-                    " RETURNING contiguous, max_seq"
-                ),
-                (*params, lane, *move_on_args(first, last), lane, queue.epoch),
-            ).fetchone()
+            if trips:
+                # The trip ids' locks come first (`_lock_trips`) and the open trips follow the
+                # insert (every record is inserted, or UniqueViolation): one transaction, all
+                # sent at once, its results read after the commit.
+                with conn.pipeline():
+                    with conn.transaction():
+                        self._lock_trips(conn, trips)
+                        moved = conn.execute(statement, args)
+                        self._add_trips(conn, records)
+                    row = moved.fetchone()
+            else:
+                row = conn.execute(statement, args).fetchone()
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 # Only a statement outside a transaction block is committed when it returns;
                 # inside one left open the batch would not be, and an ack names only what is.

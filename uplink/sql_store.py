@@ -4,9 +4,10 @@ for byte, duplicates, conflicts (and their resolution), the prefix per queue epo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from uplink.messages import Held, QueueIdentity, digest
@@ -28,14 +29,52 @@ RECORD_COLUMNS = (
     " trip_role, trip_id"
 )
 COLUMN_COUNT = len(RECORD_COLUMNS.split(","))
+# The store's schema version: SQLite's `user_version`, named in PostgreSQL's schema comment.
+SCHEMA_VERSION = 4
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
-BACKFILL_CHUNK = 5000  # rows read per step when an upgrade fills the trip columns
+# Rows (or trip ids) per step of an upgrade, each a transaction of its own in PostgreSQL.
+UPGRADE_CHUNK = 5000
+# A new batch's first entries of trips ("(?, ?, ?), ...": trip id, record id, time), each
+# opening its trip unless an exit of it is held, or moving an open trip to it when it is the
+# earlier entry. Parameters: the rows', then exit.
+OPEN_NEW = (
+    "INSERT INTO {open_trips} AS o (trip_id, record_id, ts_us)"
+    " SELECT t.column1, t.column2, t.column3 FROM (VALUES {rows}) AS t"
+    " WHERE (SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=t.column1 LIMIT 1)"
+    " IS NULL ON CONFLICT (trip_id) DO UPDATE SET record_id = excluded.record_id,"
+    " ts_us = excluded.ts_us WHERE excluded.ts_us < o.ts_us OR (excluded.ts_us = o.ts_us"
+    " AND excluded.record_id{bytewise} < o.record_id{bytewise})"
+)
 # The trip ledger over the trip columns, each a walk of the index `records_trip` with a probe
 # of it per row for the record of the trip's other end (parameters: the roles, in order).
 _OTHER_END = "SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=e.trip_id"
-OPEN_ENTRIES = (  # parameters: entry, entered before, exit
-    f"SELECT e.data FROM {{records}} AS e WHERE e.trip_role=? AND e.ts_us < ?"
-    f" AND NOT EXISTS ({_OTHER_END})"
+# The open trips come from their own table, as big as the trips open now, not from the index,
+# which holds every entry and exit ever ingested. Each entry's record is read by its key in a
+# scalar subquery, which PostgreSQL runs per row: a join could be planned as a hash join over
+# all of `records` while the table's statistics are young. Parameters: entered before.
+OPEN_ENTRIES = (
+    "SELECT (SELECT r.data FROM {records} AS r WHERE r.record_id = o.record_id)"
+    " FROM {open_trips} AS o WHERE o.ts_us < ?"
+)
+# The earliest entry of the trip id t.column1 (by time, then record id compared byte by byte,
+# as uplink.trips._keep_first does): its {column}.
+_FIRST_ENTRY = (
+    "SELECT e.{column} FROM {records} AS e WHERE e.trip_role=? AND e.trip_id=t.column1"
+    " ORDER BY e.ts_us, e.record_id{bytewise} LIMIT 1"
+)
+# The open-trips rows of some trip ids as the records hold them: each trip id with an entry
+# and no exit, at its earliest entry. Driven by the trip ids, each probing `records_trip`
+# in scalar subqueries (never turned into joins, so never a walk of every entry or exit,
+# whatever the planner thinks of the table). `{ids}`: "(?), (?), ..." for the trip ids.
+# Parameters: entry, entry, the trip ids, exit.
+REOPEN = (
+    "INSERT INTO {open_trips} (trip_id, record_id, ts_us) SELECT id, first_id, first_us FROM"
+    " (SELECT t.column1 AS id,"
+    f" ({_FIRST_ENTRY.replace('{column}', 'record_id')}) AS first_id,"
+    f" ({_FIRST_ENTRY.replace('{column}', 'ts_us')}) AS first_us"
+    " FROM (VALUES {ids}) AS t WHERE (SELECT 1 FROM {records} AS x"
+    " WHERE x.trip_role=? AND x.trip_id=t.column1 LIMIT 1) IS NULL) AS w"
+    " WHERE first_id IS NOT NULL"
 )
 CLOSED_TRIPS = (  # entry, exit
     f"SELECT COUNT(DISTINCT e.trip_id) FROM {{records}} AS e WHERE e.trip_role=?"
@@ -107,6 +146,44 @@ def trip_columns(mark: TripMark | None) -> tuple[str | None, str | None]:
     return (None, None) if mark is None else (mark.role.value, mark.trip_id)
 
 
+@dataclass(frozen=True)
+class FirstEntry:
+    trip_id: str
+    record_id: str
+    ts_us: int
+
+
+def first_entries(records: Sequence[IngestRecord], exited: Collection[str]) -> list[FirstEntry]:
+    """Pure: each trip's earliest entry among `records` (by time, then record id, as
+    uplink.trips._keep_first), but for the trips in `exited`."""
+    first: dict[str, FirstEntry] = {}
+    for r in records:
+        if r.trip is None or r.trip.role != TripRole.ENTRY or r.trip.trip_id is None:
+            continue
+        trip = r.trip.trip_id
+        held = first.get(trip)
+        if trip not in exited and (
+            held is None or (r.ts_us, r.record_id) < (held.ts_us, held.record_id)
+        ):
+            first[trip] = FirstEntry(trip, r.record_id, r.ts_us)
+    return list(first.values())
+
+
+def batch_trips(records: Sequence[IngestRecord], role: TripRole | None = None) -> list[str]:
+    """The trip ids a batch's entries and exits (or those of `role` only) name, sorted."""
+    return sorted({
+        r.trip.trip_id for r in records
+        if r.trip is not None and r.trip.trip_id is not None and role in {None, r.trip.role}
+    })  # fmt: skip
+
+
+class UpgradeJob(StrEnum):
+    """What an upgraded store still has to fill from its rows, a chunk at a time."""
+
+    MARK = "mark"  # the trip columns of rows stored before them (and their open trips)
+    OPEN = "open"  # the open-trips table, from the trip columns of every entry
+
+
 def new_held(records: Sequence[IngestRecord]) -> tuple[Held, ...]:
     """The ack of a batch the store took whole: every record, as sent."""
     return tuple(Held(r.seq, r.record_id, digest(r.data)) for r in records)
@@ -127,11 +204,51 @@ class SqlIngestStore:
     param = "?"
     lock_suffix = ""  # PostgreSQL: " FOR UPDATE" (SQLite's writers take turns anyway)
     prefix = ""  # PostgreSQL: "schema."
+    bytewise = ""  # PostgreSQL: ' COLLATE "C"' (SQLite compares text byte by byte already)
 
     def _sql(self, text: str) -> str:
-        for table in ("records", "epochs", "conflicts"):
+        for table in ("records", "epochs", "conflicts", "open_trips"):
             text = text.replace("{" + table + "}", self.prefix + table)
-        return text.replace("?", self.param)
+        return text.replace("{bytewise}", self.bytewise).replace("?", self.param)
+
+    def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
+        """Make the other transactions that touch these trip ids wait for this one's commit
+        (PostgreSQL; SQLite's writers take turns anyway). Taken first in a transaction."""
+
+    def _refresh_trips(self, db: Session, trips: Sequence[str]) -> None:
+        """Set the open-trips rows of `trips` to what the records now hold (REOPEN), under
+        their locks: an entry opens its trip unless an exit of it is held, in either order of
+        arrival; an exit closes it; a second entry moves it to the earlier. Derived from the
+        records, not from what a batch added, so a replayed batch changes nothing."""
+        if not trips:
+            return
+        self._close_trips(db, trips)
+        rows = ", ".join("(?)" for _ in trips)
+        entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
+        db.cursor().execute(self._sql(REOPEN.replace("{ids}", rows)), (entry, entry, *trips, exit_))
+
+    def _close_trips(self, db: Session, trips: Collection[str]) -> None:
+        marks = ", ".join("?" for _ in trips)
+        db.cursor().execute(
+            self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id IN ({marks})"), list(trips)
+        )
+
+    def _add_trips(self, db: Session, records: Sequence[IngestRecord]) -> None:
+        """The open trips after a batch every record of which was inserted now, under its
+        trip ids' locks: the same rows as `_refresh_trips` gives, for less. The rows held are
+        those of the records before the batch; each of its exits closes its trip, and each of
+        its first entries of a trip (`first_entries`) opens it unless an exit of it is held,
+        or moves it to this entry if that is the earlier (OPEN_NEW)."""
+        exited = set(batch_trips(records, TripRole.EXIT))
+        entries = first_entries(records, exited)
+        if entries:
+            rows = ", ".join("(?, ?, ?)" for _ in entries)
+            params = [v for e in entries for v in (e.trip_id, e.record_id, e.ts_us)]
+            db.cursor().execute(
+                self._sql(OPEN_NEW.replace("{rows}", rows)), (*params, TripRole.EXIT.value)
+            )
+        if exited:
+            self._close_trips(db, exited)
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
@@ -187,8 +304,11 @@ class SqlIngestStore:
         )
         args = (*move_on_args(first, last), lane, epoch, lane)
         held = new_held(records)
+        trips = batch_trips(records)
         with self._batch() as db:
+            self._lock_trips(db, trips)
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
+            self._add_trips(db, records)  # every record is inserted (or RowTakenError)
             moved = db.cursor()
             moved.execute(move_on, args)
             row = moved.fetchone()
@@ -246,7 +366,9 @@ class SqlIngestStore:
             "SELECT contiguous, max_seq, EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
             " FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix
         )
+        trips = batch_trips(records)
         with self._batch() as db:
+            self._lock_trips(db, trips)
             locked = db.cursor()
             locked.execute(lock_sql, (lane, lane, epoch))
             row = locked.fetchone()
@@ -258,6 +380,7 @@ class SqlIngestStore:
                 new_epoch = made.rowcount == 1  # known once a later result was read
             contiguous, held_max, conflicts_open = (int(v) for v in row)
             inserted = self._insert(db, NewRows(lane, epoch, records, now_us), careful=True)
+            self._refresh_trips(db, trips)
             fresh = inserted()
             by_id, by_seq = self._held_rows(
                 db, lane, epoch, [r for r in records if r.seq not in fresh]
@@ -438,12 +561,13 @@ class SqlIngestStore:
             return [bytes(r[0]) for r in cur.fetchall()]
 
     def trip_rows(self, entered_before_us: int) -> TripRows:
-        """The trip ledger's figures from the `trip_role`/`trip_id` columns and their index
-        (uplink.trips), no record decoded; the open trips' entries come as their bytes."""
+        """The trip ledger's figures, no record decoded: the open trips' entries (their
+        bytes) from the open-trips table, the rest from the `trip_role`/`trip_id` columns and
+        their index (uplink.trips)."""
         entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
         q = self._sql
         with self._snapshot() as cur:
-            cur.execute(q(OPEN_ENTRIES), (entry, entered_before_us, exit_))
+            cur.execute(q(OPEN_ENTRIES), (entered_before_us,))
             open_entries = [bytes(r[0]) for r in cur.fetchall()]
             cur.execute(q(CLOSED_TRIPS), (entry, exit_))
             closed = int(cur.fetchone()[0])
@@ -451,36 +575,51 @@ class SqlIngestStore:
             unmatched = [str(r[0]) for r in cur.fetchall()]
             cur.execute(q(ROLE_COUNT), (TripRole.UNREADABLE.value,))
             unreadable = int(cur.fetchone()[0])
-        return TripRows(open_entries, closed, unmatched, unreadable)
+            upgrading = self._upgrading(cur)
+        return TripRows(open_entries, closed, unmatched, unreadable, upgrading)
 
-    def _backfill_trips(self, cur: Cursor) -> int:
-        """Fill the trip columns of rows stored before the store had them, a chunk of rows
-        at a time (a store upgrade); the number of rows that take part in trips."""
-        marked = 0
-        after = ""
-        while True:
-            cur.execute(
-                self._sql(
-                    "SELECT record_id, data FROM {records} WHERE record_id > ?"
-                    " ORDER BY record_id LIMIT ?"
-                ),
-                (after, BACKFILL_CHUNK),
-            )
-            rows = cur.fetchall()
-            if not rows:
-                return marked
-            after = str(rows[-1][0])
-            updates = [
-                (*trip_columns(mark), str(rid))
-                for rid, data in rows
-                if (mark := stored_mark(bytes(data))) is not None
-            ]
-            if updates:
-                cur.executemany(
-                    self._sql("UPDATE {records} SET trip_role=?, trip_id=? WHERE record_id=?"),
-                    updates,
+    def _upgrading(self, cur: Cursor) -> bool:
+        """Whether an upgrade job has rows still to fill (SQLite fills them all on open)."""
+        return False
+
+    def _upgrade_step(
+        self, db: Session, job: UpgradeJob, after: str | None, chunk: int
+    ) -> str | None:
+        """One chunk of an upgrade job, past the key `after` (None: from the start): the key
+        to go on after, None when the job is done. MARK fills the trip columns of the next
+        `chunk` rows (by record id) from their bytes (a record that does not decode is marked
+        unreadable); OPEN takes the next `chunk` trip ids with an entry. Either way the
+        open-trips rows of the trip ids met are then refreshed under their locks, so batches
+        ingested meanwhile and the job agree whichever commits first."""
+        q = self._sql
+        read = db.cursor()
+        past = "" if after is None else " AND {key} > ?"
+        params: tuple[object, ...] = () if after is None else (after,)
+        if job == UpgradeJob.MARK:
+            read.execute(
+                q("SELECT record_id, data FROM {records} WHERE TRUE" + past.format(key="record_id")
+                  + " ORDER BY record_id LIMIT ?"),
+                (*params, chunk),
+            )  # fmt: skip
+            rows = [(str(rid), stored_mark(bytes(data))) for rid, data in read.fetchall()]
+            marks = [(*trip_columns(m), rid) for rid, m in rows if m is not None]
+            trips = sorted({m.trip_id for _, m in rows if m is not None and m.trip_id is not None})
+            keys = [rid for rid, _ in rows]
+            self._lock_trips(db, trips)
+            if marks:
+                db.cursor().executemany(
+                    q("UPDATE {records} SET trip_role=?, trip_id=? WHERE record_id=?"), marks
                 )
-            marked += len(updates)
+        else:
+            read.execute(
+                q("SELECT DISTINCT trip_id FROM {records} WHERE trip_role=?"
+                  + past.format(key="trip_id") + " ORDER BY trip_id LIMIT ?"),
+                (TripRole.ENTRY.value, *params, chunk),
+            )  # fmt: skip
+            trips = keys = [str(r[0]) for r in read.fetchall()]
+            self._lock_trips(db, trips)
+        self._refresh_trips(db, trips)
+        return keys[-1] if len(keys) == chunk else None
 
     def lanes(self) -> list[str]:
         with self._reader() as cur:

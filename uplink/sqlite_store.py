@@ -1,10 +1,12 @@
 """The default back-office store: one SQLite file (WAL, synchronous=FULL: an ack always follows a
 durable commit). Several workers (threads or processes) may share the file; writers take turns.
 
-Schema version 3 keys seqs by queue epoch, keeps conflicts and each record's part in the trip
-ledger (`trip_role`, `trip_id`, indexed: uplink.trips). An older file is migrated in place on
-open: version 1 (seqs per lane, no epochs) gets its records under the empty epoch `""`, and the
-trip columns of the rows of a version 1 or 2 file are filled from their bytes.
+Schema version 4 keys seqs by queue epoch, keeps conflicts, each record's part in the trip
+ledger (`trip_role`, `trip_id`, indexed: uplink.trips) and the trips open now (`open_trips`).
+An older file is migrated in place on open, in one transaction: version 1 (seqs per lane, no
+epochs) gets its records under the empty epoch `""`; the trip columns of the rows of a version
+1 or 2 file are filled from their bytes; `open_trips` is filled from the trip columns. A file
+of a newer version is refused untouched.
 """
 
 from __future__ import annotations
@@ -16,12 +18,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from uplink.sql_store import Cursor, RowTakenError, Session, SqlIngestStore
+from uplink.sql_store import (
+    SCHEMA_VERSION,
+    UPGRADE_CHUNK,
+    Cursor,
+    RowTakenError,
+    Session,
+    SqlIngestStore,
+    UpgradeJob,
+)
 from uplink.store import IngestStoreError, StoreBusyError
 
 log = logging.getLogger("lane.uplink.sqlite_store")
 
-SCHEMA_VERSION = 3
+__all__ = ["SCHEMA_VERSION", "SqliteIngestStore"]
 
 RECORDS = (
     "CREATE TABLE records ("
@@ -32,6 +42,11 @@ RECORDS = (
 )
 # Only the records that take part in trips are in the index: a toll record costs it nothing.
 TRIP_INDEX = "CREATE INDEX records_trip ON records (trip_role, trip_id) WHERE trip_role IS NOT NULL"
+# The trips open now, one row per trip id at its earliest entry (uplink.sql_store.REOPEN).
+OPEN_TRIPS = (
+    "CREATE TABLE open_trips (trip_id TEXT PRIMARY KEY, record_id TEXT NOT NULL,"
+    " ts_us INTEGER NOT NULL)"
+)
 EPOCHS = (
     "CREATE TABLE epochs ("
     " lane TEXT NOT NULL, epoch TEXT NOT NULL, base INTEGER NOT NULL,"
@@ -65,6 +80,14 @@ FROM_V2 = (
     "ALTER TABLE records ADD COLUMN trip_id TEXT",
     TRIP_INDEX,
 )
+# Each version's statements up to the current one, and what is then filled from the rows.
+MIGRATIONS: dict[int, tuple[tuple[str, ...], UpgradeJob | None]] = {
+    0: ((RECORDS, EPOCHS, CONFLICTS, TRIP_INDEX, OPEN_TRIPS), None),
+    1: ((*FROM_V1, OPEN_TRIPS), UpgradeJob.MARK),
+    2: ((*FROM_V2, OPEN_TRIPS), UpgradeJob.MARK),
+    3: ((OPEN_TRIPS,), UpgradeJob.OPEN),
+    SCHEMA_VERSION: ((), None),
+}
 
 
 class SqliteIngestStore(SqlIngestStore):
@@ -99,19 +122,17 @@ class SqliteIngestStore(SqlIngestStore):
 
     def _create_or_migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        new = (RECORDS, EPOCHS, CONFLICTS, TRIP_INDEX)
-        steps = {0: new, 1: FROM_V1, 2: FROM_V2, SCHEMA_VERSION: ()}[version]
+        steps, job = MIGRATIONS[version]
         for stmt in steps:
             self._db.execute(stmt)
-        if version in {1, 2}:
-            cur = self._db.cursor()
-            try:
-                marked = self._backfill_trips(cur)
-            finally:
-                cur.close()
+        if job is not None:
+            after: str | None = None
+            while (after := self._upgrade_step(self._db, job, after, UPGRADE_CHUNK)) is not None:
+                pass
+            opened = int(self._db.execute("SELECT COUNT(*) FROM open_trips").fetchone()[0])
             log.info(
                 "ingest store upgraded",
-                extra={"path": str(self.path), "from": version, "trip_records": marked},
+                extra={"path": str(self.path), "from": version, "open_trips": opened},
             )
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 

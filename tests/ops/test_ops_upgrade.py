@@ -1,7 +1,7 @@
 """Upgrades: files written by an earlier release are opened, migrated and used as they are;
 files of a newer release are refused and left untouched.
 
-The fixtures (queue_v*.sqlite, replay_v1.sqlite, payments_v1.sqlite, ingest_v2.sqlite) were
+The fixtures (queue_v*.sqlite, replay_v1.sqlite, payments_v1.sqlite, ingest_v*.sqlite) were
 written by fixtures/make_fixtures.py, which spells out each old layout without importing the
 lane, and are committed as files.
 """
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,10 +37,12 @@ from uplink.queue import MIGRATIONS as QUEUE_MIGRATIONS
 from uplink.queue import QueueError, RecordQueue
 from uplink.queue_thread import QueueThread
 from uplink.records import AuthInfo, Record, RecordDraft
+from uplink.sql_store import UpgradeJob, trip_columns
 from uplink.sqlite_store import SCHEMA_VERSION as INGEST_SCHEMA_VERSION
 from uplink.sqlite_store import SqliteIngestStore
-from uplink.store import IngestRecord, IngestStore
+from uplink.store import IngestRecord, IngestStore, IngestStoreError
 from uplink.trips import END_OF_TIME_US, OpenTrip, TripLedger, open_trips, trip_ledger
+from uplink.trips_cli import main as trips_main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LANE = "fx01/l01"  # the lane the fixture queue belongs to
@@ -175,6 +178,7 @@ OPENERS: dict[str, Callable[[Path], object]] = {
     "queue_v1.sqlite": lambda path: RecordQueue(path, LANE, 10**8),
     "replay_v1.sqlite": ReplayStore,
     "payments_v1.sqlite": ResolutionStore,
+    "ingest_v3.sqlite": SqliteIngestStore,
 }
 
 
@@ -182,7 +186,7 @@ OPENERS: dict[str, Callable[[Path], object]] = {
 def test_a_newer_file_in_rollback_mode_is_refused_untouched(fixture: str, tmp_path: Path) -> None:
     path = newer_copy(fixture, tmp_path, journal="delete")
     before = digest(path)
-    with pytest.raises((QueueError, ReplayStoreError, StoreError)):
+    with pytest.raises((QueueError, ReplayStoreError, StoreError, IngestStoreError)):
         OPENERS[fixture](path)
     assert digest(path) == before
 
@@ -298,13 +302,18 @@ def check_trips_after_upgrade(store: IngestStore) -> None:
     assert open_trips(store) == replace(INGEST_V2_LEDGER, open_trips=(), closed=3)
 
 
-def test_a_v2_ingest_store_gets_the_trip_columns_filled_from_its_records(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_old_ingest_store_gets_its_trip_columns_and_open_trips_filled(
+    version: int, tmp_path: Path
+) -> None:
+    """Version 2: the trip columns from the records' bytes, then the open trips; version 3:
+    the open trips from the trip columns."""
     path = tmp_path / "ingest.sqlite"
-    shutil.copy(FIXTURES / "ingest_v2.sqlite", path)
-    assert user_version(path) == 2
+    shutil.copy(FIXTURES / f"ingest_v{version}.sqlite", path)
+    assert user_version(path) == version
     store = SqliteIngestStore(path)
     try:
-        assert user_version(path) == INGEST_SCHEMA_VERSION == 3
+        assert user_version(path) == INGEST_SCHEMA_VERSION == 4
         check_trips_after_upgrade(store)
     finally:
         store.close()
@@ -315,19 +324,37 @@ def test_a_v2_ingest_store_gets_the_trip_columns_filled_from_its_records(tmp_pat
         again.close()
 
 
-def test_a_v2_postgres_ingest_schema_gets_the_trip_columns_filled(
-    pg_dsn: str, tmp_path: Path
-) -> None:
-    """The fixture's rows, in the tables the version-2 release made in PostgreSQL."""
-    shutil.copy(FIXTURES / "ingest_v2.sqlite", tmp_path / "ingest.sqlite")
-    with sqlite3.connect(f"file:{tmp_path / 'ingest.sqlite'}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT * FROM records").fetchall()
+# The version-3 release's additions to them (its DDL, spelled out).
+INGEST_V3_PG = (
+    *INGEST_V2_PG,
+    "ALTER TABLE lane_ingest.records ADD COLUMN trip_role TEXT",
+    "ALTER TABLE lane_ingest.records ADD COLUMN trip_id TEXT",
+    "CREATE INDEX records_trip ON lane_ingest.records (trip_role, trip_id)"
+    " WHERE trip_role IS NOT NULL",
+    "COMMENT ON SCHEMA lane_ingest IS 'lane ingest schema 0123456789abcdef'",
+)
+OLD_PG = {2: INGEST_V2_PG, 3: INGEST_V3_PG}
+
+
+def old_pg_schema(pg_dsn: str, version: int, rows: Sequence[Sequence[object]]) -> None:
+    """The tables the release of `version` made in PostgreSQL, holding `rows`."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        for stmt in INGEST_V2_PG:
+        for stmt in OLD_PG[version]:
             conn.execute(stmt)
         with conn.cursor() as cur:
             marks = ", ".join(["%s"] * len(rows[0]))
             cur.executemany(f"INSERT INTO lane_ingest.records VALUES ({marks})", rows)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_old_postgres_ingest_schema_gets_its_trip_columns_and_open_trips_filled(
+    version: int, pg_dsn: str, tmp_path: Path
+) -> None:
+    """The fixture's rows, in the tables the release of that version made in PostgreSQL."""
+    copy = tmp_path / "ingest.sqlite"  # a WAL file read in place would leave -shm and -wal
+    shutil.copy(FIXTURES / f"ingest_v{version}.sqlite", copy)
+    with sqlite3.connect(f"file:{copy}?mode=ro", uri=True) as db:
+        old_pg_schema(pg_dsn, version, db.execute("SELECT * FROM records").fetchall())
     store = PostgresIngestStore(pg_dsn)
     try:
         check_trips_after_upgrade(store)
@@ -338,3 +365,107 @@ def test_a_v2_postgres_ingest_schema_gets_the_trip_columns_filled(
         assert open_trips(again).closed == 3
     finally:
         again.close()
+
+
+def test_a_postgres_ingest_schema_of_a_newer_release_is_refused_untouched(pg_dsn: str) -> None:
+    PostgresIngestStore(pg_dsn).close()
+    newer = "lane ingest schema v99 0123456789abcdef"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"COMMENT ON SCHEMA lane_ingest IS '{newer}'")
+        conn.execute("ALTER TABLE lane_ingest.records DROP COLUMN trip_id")  # as v99 might
+    with pytest.raises(IngestStoreError, match="schema version 99 is newer than this software"):
+        PostgresIngestStore(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        comment = conn.execute("SELECT obj_description('lane_ingest'::regnamespace)").fetchone()
+        columns = conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'lane_ingest'"
+            " AND table_name = 'records' AND column_name = 'trip_id'"
+        ).fetchone()
+    assert comment == (newer,) and columns == (0,)
+
+
+class CrashError(Exception):
+    """Stands for a worker killed between two chunks of an upgrade."""
+
+
+def many_old_rows(version: int) -> tuple[list[tuple[object, ...]], list[Record]]:
+    """40 passes entered, every other one exited, and tolls between: the rows as the release
+    of `version` stored them (version 3: with the trip columns as it marked them)."""
+    records: list[Record] = []
+    seqs = {"P01/e1": 0, "P03/x1": 0}
+    for i in range(40):
+        for lane, kind in (("P01/e1", "entry"), ("P03/x1", "exit" if i % 2 else "toll")):
+            seqs[lane] += 1
+            trip = None if kind == "toll" else f"pass{i:02}"
+            draft = RecordDraft(kind, f"veh-{i}", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                                entry_plaza="P01", pass_id=trip)  # fmt: skip
+            records.append(Record(f"r-{kind}-{i:02}", lane, seqs[lane], FIXTURE_TS0 + i, draft))
+    rows = []
+    for r in records:
+        row = IngestRecord.of(r, r.encode())
+        marks = trip_columns(row.trip) if version == 3 else ()
+        rows.append((r.record_id, r.lane, "", r.seq, r.ts_us, row.kind, 0, "CNY", row.data, 1,
+                     *marks))  # fmt: skip
+    return rows, records
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_crash(
+    version: int, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The upgrade commits a chunk at a time: a worker that opens the schema meanwhile stores
+    a batch without waiting for the rest of the run (an exit of a pass whose entry is not
+    marked yet, a new entry); the upgrading worker dies after its first chunk, and the next
+    store to open the schema goes on from that chunk, not from the start. The open trips are
+    then the pure ledger's over every record, those of the batch included. Meanwhile
+    `lane trips` says its answer is not whole (on stderr, and in the JSON); then it is."""
+    rows, records = many_old_rows(version)
+    old_pg_schema(pg_dsn, version, rows)
+    chunks: list[str | None] = []
+
+    def crash_after_the_first(job: UpgradeJob, reached: str | None) -> None:
+        chunks.append(reached)
+        with psycopg.connect(pg_dsn) as other:  # another worker, in the middle of a chunk
+            other.execute("SELECT * FROM lane_ingest.upgrade FOR UPDATE")
+            worker = PostgresIngestStore(pg_dsn, lock_timeout_s=0.2)
+            try:
+                worker.store_batch("P03/x2", QueueIdentity("during"), during, 1)
+                assert open_trips(worker).upgrading  # the answer says it is not whole yet
+            finally:
+                worker.close()
+            assert trips_main(["--dsn", pg_dsn, "--json"]) == 0
+            out, err = capsys.readouterr()
+            assert json.loads(out)["upgrading"] is True
+            assert "upgrade has not finished" in err
+        raise CrashError
+
+    during = []
+    for seq, (kind, trip) in enumerate((("exit", "pass30"), ("entry", "new01")), start=1):
+        draft = RecordDraft(kind, "veh-d", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            entry_plaza="P01", pass_id=trip)  # fmt: skip
+        record = Record(f"r-during-{seq}", "P03/x2", seq, FIXTURE_TS0 + 100 + seq, draft)
+        records.append(record)
+        during.append(IngestRecord.of(record, record.encode()))
+    with pytest.raises(CrashError):
+        PostgresIngestStore(pg_dsn, upgrade_chunk=8, after_chunk=crash_after_the_first)
+    with psycopg.connect(pg_dsn) as conn:
+        left = conn.execute("SELECT job, after FROM lane_ingest.upgrade").fetchall()
+    job = UpgradeJob.MARK if version == 2 else UpgradeJob.OPEN
+    assert left == [(job.value, chunks[0])] and chunks[0] is not None
+    resumed: list[str | None] = []
+    store = PostgresIngestStore(
+        pg_dsn, upgrade_chunk=8, after_chunk=lambda _, at: resumed.append(at)
+    )
+    try:
+        # MARK goes over 80 rows, OPEN over 40 trip ids, 8 a chunk, and one more chunk finds
+        # the end (the batch's keys sort before the first chunk's end): after the first one,
+        # 10 or 5 chunks, where starting again would take 11 or 6.
+        assert resumed[0] != chunks[0] and len(resumed) == (10 if version == 2 else 5)
+        assert resumed[-1] is None
+        pure = trip_ledger(r.encode() for r in records)
+        assert open_trips(store) == pure
+        assert len(pure.open_trips) == 20  # passes 0, 2, ..., 38 but 30, and new01
+    finally:
+        store.close()
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM lane_ingest.upgrade").fetchone() == (0,)

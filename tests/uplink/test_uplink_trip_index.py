@@ -10,18 +10,34 @@ and the indexed answer must be the pure ledger's over every stored record.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+import psycopg
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polling import eventually
 from uplink_kit import beside
 
 from uplink.messages import QueueIdentity
+from uplink.pg import PostgresIngestStore
 from uplink.records import AuthInfo, Record, RecordDraft
-from uplink.sql_store import CLOSED_TRIPS, OPEN_ENTRIES, ROLE_COUNT, UNMATCHED_EXITS
+from uplink.sql_store import (
+    CLOSED_TRIPS,
+    COLUMN_COUNT,
+    OPEN_ENTRIES,
+    OPEN_NEW,
+    RECORD_COLUMNS,
+    REOPEN,
+    ROLE_COUNT,
+    UNMATCHED_EXITS,
+    NewRows,
+)
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore
 from uplink.trips import END_OF_TIME_US, open_trips, overdue, stored_mark, trip_ledger
@@ -76,45 +92,192 @@ def stored_records(draw: st.DrawFn) -> list[IngestRecord]:
     return rows
 
 
+@st.composite
+def arrivals(draw: st.DrawFn, rows: list[IngestRecord]) -> list[list[IngestRecord]]:
+    """The rows as batches (runs of one lane's seqs) in a drawn order of arrival: an exit
+    may come before its entry, a lane's later batch before its earlier one."""
+    batches: list[list[IngestRecord]] = []
+    for lane in LANES:
+        mine = [r for r in rows if r.lane == lane]
+        while mine:
+            size = draw(st.integers(1, len(mine)))
+            batches.append(mine[:size])
+            mine = mine[size:]
+    return draw(st.permutations(batches))
+
+
 def test_the_indexed_ledger_is_the_pure_ledger_over_every_record(
     store_factory: Callable[[], IngestStore],
 ) -> None:
+    """After every batch, in any order of arrival, and after batches replayed: the open trips
+    kept at ingest are the pure ledger's over the records stored so far."""
     store = store_factory()
 
     @settings(max_examples=60, deadline=None, database=None)
-    @given(rows=stored_records(), cutoff=st.integers(0, 5))
-    def check(rows: list[IngestRecord], cutoff: int) -> None:
+    @given(data=st.data(), rows=stored_records(), cutoff=st.integers(0, 5))
+    def check(data: st.DataObject, rows: list[IngestRecord], cutoff: int) -> None:
         beside(store, "DELETE FROM {t}records", [()])
+        beside(store, "DELETE FROM {t}open_trips", [()])
         epoch = QueueIdentity(uuid.uuid4().hex)
-        for lane in LANES:
-            batch = [r for r in rows if r.lane == lane]
-            if batch:
-                store.store_batch(lane, epoch, batch, 1)
+        batches = data.draw(arrivals(rows))
+        for batch in batches:
+            store.store_batch(batch[0].lane, epoch, batch, 1)
+            assert open_trips(store) == trip_ledger(store.records_between(0, END_OF_TIME_US))
         blobs = store.records_between(0, END_OF_TIME_US)
         assert len(blobs) == len(rows)
         pure = trip_ledger(blobs)
         assert trip_ledger(reversed(blobs)) == pure  # the order records are read in is no matter
+        for replayed in data.draw(st.lists(st.sampled_from(batches)) if batches else st.just([])):
+            store.store_batch(replayed[0].lane, epoch, replayed, 2)  # a resend changes nothing
+        assert open_table(store) == len(pure.open_trips)  # one row per open trip, no more
         for before in (END_OF_TIME_US, T0 + cutoff):
             assert open_trips(store, before) == overdue(pure, before)
 
     check()
 
 
-def test_the_ledgers_queries_walk_the_trip_index(tmp_path: Path) -> None:
-    """Not one of them reads the whole table: each searches the index for one role and probes
-    it for the trip's other end."""
-    SqliteIngestStore(tmp_path / "ingest.sqlite").close()
-    db = sqlite3.connect(tmp_path / "ingest.sqlite")
+def test_the_open_trips_table_follows_arrivals_and_ignores_replays(
+    store_factory: Callable[[], IngestStore],
+) -> None:
+    """An entry opens its trip, a second entry of the pass moves it to the earlier one, its
+    exit closes it; an exit that arrives before its entry leaves the trip closed when the entry
+    comes; a batch sent again neither adds a row nor opens a closed trip."""
+    store = store_factory()
+    lanes: dict[str, int] = {}
+
+    def batch(lane: str, kind: str, trip: str, ts_us: int) -> list[IngestRecord]:
+        lanes[lane] = lanes.get(lane, 0) + 1
+        draft = RecordDraft(kind, "v", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            pass_id=trip)  # fmt: skip
+        record = Record(f"{lane}-{lanes[lane]}", lane, lanes[lane], T0 + ts_us, draft)
+        return [IngestRecord.of(record, record.encode())]
+
+    def send(rows: list[IngestRecord]) -> list[tuple[str, str]]:
+        store.store_batch(rows[0].lane, QueueIdentity("q"), rows, 1)
+        ledger = open_trips(store)
+        assert ledger == trip_ledger(store.records_between(0, END_OF_TIME_US))
+        assert open_table(store) == len(ledger.open_trips)
+        return [(t.pass_id, t.record_id) for t in ledger.open_trips]
+
+    later = batch("P01/e1", "entry", "p1", 5)
+    assert send(later) == [("p1", "P01/e1-1")]
+    earlier = batch("P02/e1", "entry", "p1", 3)
+    assert send(earlier) == [("p1", "P02/e1-1")]  # the pass entered at the earlier entry
+    assert send(later) == [("p1", "P02/e1-1")]
+    out = batch("P03/x1", "exit", "p1", 9)
+    assert send(out) == []
+    for again in (later, earlier, out):
+        assert send(again) == []  # a closed trip stays closed
+    assert send(batch("P03/x1", "exit", "p2", 10)) == []  # its entry has not arrived
+    assert open_trips(store).unmatched_exits == ("P03/x1-2",)
+    assert send(batch("P01/e1", "entry", "p2", 8)) == []  # closed by the exit ingested before
+    assert open_trips(store).closed == 2 and open_trips(store).unmatched_exits == ()
+
+
+@pytest.mark.parametrize("seen", [False, True], ids=["new-epoch", "seen-epoch"])
+async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(pg_dsn: str, seen: bool) -> None:
+    """Two workers storing a trip's entry and its exit at once (other lanes, other epochs)
+    take turns on the trip id: the exit's batch waits for the entry's commit, then closes the
+    trip. Without the wait its refresh would not see the uncommitted entry and the trip would
+    stay open after both commits. Both ways a batch is stored: the first of its epoch, and
+    one of an epoch the worker has seen (one statement for a batch without trips)."""
+    store = PostgresIngestStore(pg_dsn)
+    rows = []
+    for lane, kind, trip in (
+        ("P03/x1", "toll", None),
+        ("P01/e1", "entry", "p1"),
+        ("P03/x1", "exit", "p1"),
+    ):
+        draft = RecordDraft(kind, "v", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            pass_id=trip)  # fmt: skip
+        record = Record(f"r-{kind}", lane, 2 if kind == "exit" else 1, T0, draft)
+        rows.append(IngestRecord.of(record, record.encode()))
+    toll, entry, exit_ = rows
+    if seen:
+        store.store_batch("P03/x1", QueueIdentity("x"), [toll], 1)
+    else:
+        exit_ = replace(exit_, seq=1)
+    marks = ", ".join(["%s"] * COLUMN_COUNT)
     try:
-        for sql, params in (
-            (OPEN_ENTRIES, ("entry", T0, "exit")),
-            (CLOSED_TRIPS, ("entry", "exit")),
-            (UNMATCHED_EXITS, ("exit", "entry")),
-            (ROLE_COUNT, ("unreadable",)),
-        ):
-            plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql.replace(
-                "{records}", "records"), params)]  # fmt: skip
-            reads = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
-            assert reads and all("USING" in s and "INDEX records_trip" in s for s in reads), plan
+        with psycopg.connect(pg_dsn) as first:  # the entry's batch, in flight in another worker
+            first.execute("SELECT pg_advisory_xact_lock(hashtextextended('lane_ingest.p1', 0))")
+            first.execute(
+                f"INSERT INTO lane_ingest.records ({RECORD_COLUMNS}) VALUES ({marks})",
+                NewRows("P01/e1", "e", [entry], 1).rows()[0],
+            )
+            first.execute(
+                "INSERT INTO lane_ingest.open_trips VALUES ('p1', %s, %s)", (entry.record_id, T0)
+            )
+            closing = asyncio.create_task(
+                asyncio.to_thread(store.store_batch, "P03/x1", QueueIdentity("x"), [exit_], 1)
+            )
+            await eventually(
+                lambda: advisory_waits(pg_dsn), what="the exit's batch waits for the trip id"
+            )
+            first.commit()
+        await closing
+        ledger = open_trips(store)
+        assert (ledger.open_trips, ledger.closed) == ((), 1)
+    finally:
+        store.close()
+
+
+def advisory_waits(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def open_table(store: IngestStore) -> int:
+    """How many rows the store's open-trips table holds."""
+    if isinstance(store, SqliteIngestStore):
+        with sqlite3.connect(store.path) as db:
+            return int(db.execute("SELECT COUNT(*) FROM open_trips").fetchone()[0])
+    assert isinstance(store, PostgresIngestStore)
+    with psycopg.connect(store.dsn) as conn:
+        row = conn.execute(f"SELECT COUNT(*) FROM {store.schema}.open_trips").fetchone()
+        return int(row[0]) if row else 0
+
+
+def sqlite_plan(path: Path, sql: str, params: tuple[object, ...]) -> list[str]:
+    """The table reads (SCAN, SEARCH) of SQLite's plan for one of the store's statements."""
+    for table in ("records", "open_trips"):
+        sql = sql.replace("{" + table + "}", table)
+    db = sqlite3.connect(path)
+    try:
+        plan = [str(row[3]) for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
     finally:
         db.close()
+    return [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
+
+
+def test_the_ledgers_queries_walk_the_trip_index(tmp_path: Path) -> None:
+    """Not one of them reads the whole table: each searches the index for one role and probes
+    it for the trip's other end; the open trips of a batch go over its trip ids, probing the
+    index for each."""
+    SqliteIngestStore(tmp_path / "ingest.sqlite").close()
+    reopen = REOPEN.replace("{ids}", "(?), (?)").replace("{bytewise}", "")
+    for sql, params in (
+        (CLOSED_TRIPS, ("entry", "exit")),
+        (UNMATCHED_EXITS, ("exit", "entry")),
+        (ROLE_COUNT, ("unreadable",)),
+        (reopen, ("entry", "entry", "p1", "p2", "exit")),
+        (OPEN_NEW.replace("{rows}", "(?, ?, ?)").replace("{bytewise}", ""), ("p1", "r", 1, "exit")),
+    ):
+        reads = sqlite_plan(tmp_path / "ingest.sqlite", sql, params)
+        # The trip ids given (VALUES, as `t`) are scanned; every read of `records` searches.
+        of_records = [s for s in reads if "CONSTANT ROW" not in s and s != "SCAN t"]
+        assert of_records and all("INDEX records_trip" in s for s in of_records), reads
+        assert all(s.startswith("SEARCH") for s in of_records), reads
+
+
+def test_the_open_trips_come_from_their_own_table(tmp_path: Path) -> None:
+    """The open trips read the open-trips table (as big as the trips open now) and each
+    entry's record by its key: nothing over the index of every entry and exit ingested."""
+    SqliteIngestStore(tmp_path / "ingest.sqlite").close()
+    reads = sqlite_plan(tmp_path / "ingest.sqlite", OPEN_ENTRIES, (T0,))
+    assert reads[0].startswith("SCAN o"), reads
+    assert all("records_trip" not in s for s in reads), reads
+    assert any("SEARCH r USING INDEX sqlite_autoindex_records_1 (record_id=?)" in s for s in reads)
