@@ -20,9 +20,9 @@ from scanner.detection import (
     Decoder,
     Detection,
     GrayImage,
-    Locator,
     Polygon,
     check_gray,
+    locate,
     text_from_bytes,
 )
 from scanner.fallbacks import FallbackPass
@@ -118,17 +118,19 @@ class CascadeDecoder:
         self.passes = tuple(passes)
 
     def decode(self, gray: GrayImage) -> list[Detection]:
-        if isinstance(self.primary, Locator):
-            found, candidates = self.primary.locate(gray)
-        else:
-            found, candidates = self.primary.decode(gray), []
+        return self.locate(gray)[0]
+
+    def locate(self, gray: GrayImage) -> tuple[list[Detection], list[Polygon]]:
+        """Codes read, and the primary's outlines of codes it saw but could not read (the
+        change gate never takes a frame with one as "nothing here")."""
+        found, candidates = locate(self.primary, gray)
         if found:
-            return found
+            return found, candidates
         for fallback in self.passes:
             found = fallback.run(gray, candidates)
             if found:
-                return found
-        return []
+                return found, candidates
+        return [], candidates
 
 
 def make_pass(name: str) -> FallbackPass:

@@ -37,6 +37,13 @@ class Locator(Protocol):
     def locate(self, gray: GrayImage) -> tuple[list[Detection], list[Polygon]]: ...
 
 
+def locate(decoder: Decoder, gray: GrayImage) -> tuple[list[Detection], list[Polygon]]:
+    """Codes read, and where codes were seen but not read (none from a plain decoder)."""
+    if isinstance(decoder, Locator):
+        return decoder.locate(gray)
+    return decoder.decode(gray), []
+
+
 def text_from_bytes(raw: bytes) -> str:
     """QR byte mode is ISO-8859-1 by default, but phones write UTF-8: try that first."""
     try:
