@@ -3,8 +3,9 @@
 Capture runs on its own thread and only ever keeps the newest frame; a frame that was not
 picked up before the next one arrived is dropped and counted, so decoding never falls behind
 the camera. The change gate (`scanner.frame_gate`) lets pass, counted, the frames that are the
-same view as the last one in which nothing was found. Decoding runs on a few worker threads (the decoders release the GIL); results are
-classified, deduplicated and handed to the event loop with `call_soon_threadsafe`.
+same view as the last one in which nothing was found. Decoding runs on a few worker threads
+(the decoders release the GIL); results are classified, deduplicated and handed to the event
+loop with `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ import numpy as np
 from scanner.change_gate import GateSettings
 from scanner.decoders import Decoder
 from scanner.dedup import Deduplicator
-from scanner.frame_gate import FrameGate
 from scanner.detection import Polygon, as_gray
+from scanner.frame_gate import FrameGate
 from scanner.health import SourceEvent
 from scanner.payload import Payload, classify
 from scanner.sources import Clock, Frame, FrameSource, Image
 
 log = logging.getLogger("lane.scanner")
+DEFAULT_GATE = GateSettings()
 T = TypeVar("T")
 
 
@@ -121,12 +123,13 @@ class ScanPipeline:
         workers: int = 2,
         clock: Clock = time.monotonic,
         dedup_window_s: float = 2.0,
-        gate: GateSettings | None = GateSettings(),
+        gate: GateSettings | None = DEFAULT_GATE,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.source = source
         self.decoder = decoder
+        self.gate = gate
         self._gate = FrameGate(decoder, gate) if gate is not None else None
         self._on_result = on_result
         self._on_status = on_status

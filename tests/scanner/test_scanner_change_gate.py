@@ -52,13 +52,19 @@ F, C, D, S = Verdict.FIRST, Verdict.CHANGED, Verdict.DUE, Verdict.SKIP
         ([EMPTY] * 7, 0.45, [F, S, S, D, S, S, D]),
         # Noise within the threshold passes; one block beyond it is decoded and is the new
         # reference, so a view that stays changed is skipped from then on.
-        ([EMPTY, moved(12), moved(-12), moved(13), moved(13), moved(13)], 1 / 30,
-         [F, S, S, C, S, S]),  # fmt: skip
+        (
+            [EMPTY, moved(12), moved(-12), moved(13), moved(13), moved(13)],
+            1 / 30,
+            [F, S, S, C, S, S],
+        ),
         # Slow lighting drift: compared with the reference, not the previous frame.
         ([EMPTY + np.uint8(k) for k in range(0, 30, 5)], 1 / 30, [F, S, S, C, S, S]),
         # A different frame size (a camera reopened at another resolution) is a change.
-        ([EMPTY, np.full((5, 6), 100, np.uint8), np.full((5, 6), 100, np.uint8)], 1 / 30,
-         [F, C, S]),  # fmt: skip
+        (
+            [EMPTY, np.full((5, 6), 100, np.uint8), np.full((5, 6), 100, np.uint8)],
+            1 / 30,
+            [F, C, S],
+        ),
     ],
 )
 def test_verdicts(thumbs: list[Thumbnail], every: float, expected: list[Verdict]) -> None:

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pytest
 from polling import eventually
-from scanner_testkit import BLURRED, TOKEN
+from scanner_testkit import BLURRED, TOKEN, frame_with, qr_image
 
 from scanner.change_gate import GateSettings
-from scanner.decoders import ZxingDecoder, make_decoder
 from scanner.deblur import MIN_TEXTURE, texture_peak
+from scanner.decoders import ZxingDecoder, make_decoder
 from scanner.detection import as_gray
 from scanner.pipeline import ScanPipeline, ScanResult, ScanStats
 from scanner.sources import PushSource
@@ -179,6 +179,23 @@ async def test_a_phone_held_still_with_an_unread_code_is_decoded_on_every_frame(
         assert ZxingDecoder().locate(gray)[1] and not make_decoder().decode(gray)
         for ts in np.arange(1.0, 3.0, 1 / 30):  # the very same frame for two seconds
             assert await push([gated], held, float(ts)) == [True]
+        assert gated.stats().skipped == 4 and gated.results == []
+
+
+async def test_a_faint_code_seen_but_not_read_is_decoded_on_every_frame() -> None:
+    # A washed-out code (30 levels of contrast) with a corner gone: far below the texture a
+    # code usually has, but zxing-cpp locates it; only that keeps it from being the reference.
+    code = (70 + 30 * (qr_image("281234567890123456", scale=4) // 255)).astype(np.uint8)
+    h, w = code.shape
+    code[int(0.6 * h) : int(0.9 * h), int(0.6 * w) : int(0.9 * w)] = 100
+    faint = frame_with(code)
+    assert ZxingDecoder().locate(faint)[1] and texture_peak(faint)[0] < MIN_TEXTURE
+    async with scanners(GateSettings()) as (gated,):
+        for i in range(5):
+            await push([gated], frame_with(None), i / 30)
+        assert gated.stats().skipped == 4
+        for i in range(5, 25):
+            assert await push([gated], faint, i / 30) == [True]
         assert gated.stats().skipped == 4 and gated.results == []
 
 
