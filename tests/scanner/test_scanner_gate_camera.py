@@ -9,6 +9,7 @@ however still it is held; the safety valve decodes the same view every K frames 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -74,6 +75,8 @@ async def push(scanners: list[Scanner], image: Image, ts: float) -> list[bool]:
         )
 
     await eventually(settled, every=0.001, what="the frame decoded or let pass")
+    # Done with it means its results were handed to the loop: one turn of the loop delivers them.
+    await asyncio.sleep(0)
     return [s.stats().decoded > b for s, b in zip(scanners, before, strict=True)]
 
 
