@@ -19,6 +19,7 @@ from scanner.deblur import Deblur
 from scanner.detection import (
     Decoder,
     Detection,
+    FrameSampler,
     GrayImage,
     Polygon,
     check_gray,
@@ -116,6 +117,11 @@ class CascadeDecoder:
         self.name = name
         self.primary = primary
         self.passes = tuple(passes)
+        self._samplers = tuple(p for p in (primary, *passes) if isinstance(p, FrameSampler))
+
+    def frame_passed(self) -> None:
+        for sampler in self._samplers:
+            sampler.frame_passed()
 
     def decode(self, gray: GrayImage) -> list[Detection]:
         return self.locate(gray)[0]

@@ -37,6 +37,15 @@ class Locator(Protocol):
     def locate(self, gray: GrayImage) -> tuple[list[Detection], list[Polygon]]: ...
 
 
+@runtime_checkable
+class FrameSampler(Protocol):
+    """A decoder (or pass) that works on one frame in n: told of each frame it is not given, its
+    sampling stays on the camera's frames, so the change gate does not shift which of a phone's
+    frames it looks at."""
+
+    def frame_passed(self) -> None: ...
+
+
 def locate(decoder: Decoder, gray: GrayImage) -> tuple[list[Detection], list[Polygon]]:
     """Codes read, and where codes were seen but not read (none from a plain decoder)."""
     if isinstance(decoder, Locator):

@@ -6,6 +6,9 @@ like it from being decoded: no code read, no code seen but not read (zxing-cpp's
 failures, which the cascade reports), and no code-like texture (the deblur pass's texture map
 below its threshold: a code blurred beyond being located still scores above it). A view
 cluttered enough to score above it is therefore never a reference and is decoded as before.
+
+A decoder that samples frames (the deblur pass looks at one in four) is told of each frame let
+pass, so it looks at the same frames of a phone as it would without the gate.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import threading
 
 from scanner.change_gate import GateSettings, GateState, Verdict, after_decode, decide, thumbnail
 from scanner.deblur import MIN_TEXTURE, texture_peak
-from scanner.detection import Decoder, Detection, GrayImage, locate
+from scanner.detection import Decoder, Detection, FrameSampler, GrayImage, locate
 
 
 class FrameGate:
@@ -23,6 +26,7 @@ class FrameGate:
     def __init__(self, decoder: Decoder, settings: GateSettings | None = None) -> None:
         self.decoder = decoder
         self.settings = settings or GateSettings()
+        self._sampler = decoder if isinstance(decoder, FrameSampler) else None
         self._lock = threading.Lock()
         self._state = GateState()
 
@@ -33,6 +37,8 @@ class FrameGate:
         with self._lock:
             verdict, self._state = decide(self._state, thumb, ts, self.settings)
         if not verdict.decode:
+            if self._sampler is not None:
+                self._sampler.frame_passed()
             return verdict, []
         found, unread = locate(self.decoder, gray)
         empty = not found and not unread and texture_peak(gray)[0] < MIN_TEXTURE
