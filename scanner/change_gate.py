@@ -87,12 +87,14 @@ def changed(reference: Thumbnail, thumb: Thumbnail, threshold: float) -> bool:
 
 
 def decide(
-    state: GateState, thumb: Thumbnail, ts: float, settings: GateSettings
+    state: GateState, thumb: Thumbnail | None, ts: float, settings: GateSettings
 ) -> tuple[Verdict, GateState]:
-    """Decode the frame taken at `ts` with thumbnail `thumb`, or let it pass?"""
+    """Decode the frame taken at `ts` with thumbnail `thumb`, or let it pass? `thumb` None: not
+    made, as there was no reference to compare it with (a view that never yields one, such as
+    code-like clutter, then costs no thumbnails); such a frame is always decoded."""
     if state.reference is None:
         verdict = Verdict.FIRST
-    elif changed(state.reference.thumb, thumb, settings.threshold):
+    elif thumb is None or changed(state.reference.thumb, thumb, settings.threshold):
         verdict = Verdict.CHANGED
     elif (
         state.skipped_in_row + 1 >= settings.every_frames
@@ -105,12 +107,10 @@ def decide(
     return verdict, replace(state, last_decode_ts=ts, skipped_in_row=0)
 
 
-def after_decode(state: GateState, frame_id: int, thumb: Thumbnail, empty: bool) -> GateState:
-    """The decode of frame `frame_id` is done; `empty`: it found nothing at all (no code read,
-    none seen unread, no code-like texture). Only such a frame becomes the reference, so a
-    phone whose code is seen but not read is decoded again on every frame it stays in view."""
-    if not empty:
-        return state
+def nothing_found(state: GateState, frame_id: int, thumb: Thumbnail) -> GateState:
+    """Frame `frame_id` was decoded and nothing at all was found in it (no code read, none seen
+    unread, no code-like texture): it becomes the reference. Only such a frame may, so a phone
+    whose code is seen but not read is decoded again on every frame it stays in view."""
     if state.reference is not None and state.reference.frame_id > frame_id:
         return state  # another worker already took a newer frame as the reference
     return replace(state, reference=Reference(frame_id, thumb))

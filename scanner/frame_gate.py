@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 
-from scanner.change_gate import GateSettings, GateState, Verdict, after_decode, decide, thumbnail
+from scanner.change_gate import GateSettings, GateState, Verdict, decide, nothing_found, thumbnail
 from scanner.deblur import MIN_TEXTURE, texture_peak
 from scanner.detection import Decoder, Detection, FrameSampler, GrayImage, locate
 
@@ -33,7 +33,10 @@ class FrameGate:
     def scan(self, gray: GrayImage, frame_id: int, ts: float) -> tuple[Verdict, list[Detection]]:
         """The gate's verdict on frame `frame_id` (taken at `ts`) and the codes read in it
         (none when the verdict is SKIP: the frame was not decoded)."""
-        thumb = thumbnail(gray, self.settings.block_px)
+        block = self.settings.block_px
+        with self._lock:
+            compare = self._state.reference is not None
+        thumb = thumbnail(gray, block) if compare else None
         with self._lock:
             verdict, self._state = decide(self._state, thumb, ts, self.settings)
         if not verdict.decode:
@@ -41,7 +44,8 @@ class FrameGate:
                 self._sampler.frame_passed()
             return verdict, []
         found, unread = locate(self.decoder, gray)
-        empty = not found and not unread and texture_peak(gray)[0] < MIN_TEXTURE
-        with self._lock:
-            self._state = after_decode(self._state, frame_id, thumb, empty)
+        if not found and not unread and texture_peak(gray)[0] < MIN_TEXTURE:
+            thumb = thumbnail(gray, block) if thumb is None else thumb
+            with self._lock:
+                self._state = nothing_found(self._state, frame_id, thumb)
         return verdict, found

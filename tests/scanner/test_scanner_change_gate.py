@@ -13,9 +13,9 @@ from scanner.change_gate import (
     GateState,
     Thumbnail,
     Verdict,
-    after_decode,
     changed,
     decide,
+    nothing_found,
     thumbnail,
 )
 
@@ -35,7 +35,7 @@ def run(thumbs: list[Thumbnail], every: float = 1 / 30) -> list[Verdict]:
     for i, thumb in enumerate(thumbs, start=1):
         verdict, state = decide(state, thumb, i * every, SETTINGS)
         if verdict.decode:
-            state = after_decode(state, i, thumb, empty=True)
+            state = nothing_found(state, i, thumb)
         verdicts.append(verdict)
     return verdicts
 
@@ -71,20 +71,27 @@ def test_verdicts(thumbs: list[Thumbnail], every: float, expected: list[Verdict]
     assert run(thumbs, every) == expected
 
 
-def test_a_frame_with_something_in_it_never_becomes_the_reference() -> None:
-    state = after_decode(GateState(), 1, EMPTY, empty=True)
+def test_a_frame_with_something_in_it_is_decoded_against_the_empty_reference() -> None:
+    state = nothing_found(GateState(), 1, EMPTY)
     phone = moved(80)
     for frame_id in range(2, 12):  # a phone held still whose code is seen but not read
         verdict, state = decide(state, phone, frame_id / 30, SETTINGS)
         assert verdict is Verdict.CHANGED
-        state = after_decode(state, frame_id, phone, empty=False)
     verdict, state = decide(state, EMPTY, 12 / 30, SETTINGS)  # it goes away
     assert verdict is Verdict.SKIP
 
 
+def test_without_a_reference_no_thumbnail_is_needed_and_a_missing_one_is_decoded() -> None:
+    verdict, state = decide(GateState(), None, 0.0, SETTINGS)
+    assert verdict is Verdict.FIRST
+    state = nothing_found(state, 1, EMPTY)
+    # Another worker set the reference after this one looked: not comparable, so decoded.
+    assert decide(state, None, 0.1, SETTINGS)[0] is Verdict.CHANGED
+
+
 def test_an_older_frame_finishing_late_does_not_replace_a_newer_reference() -> None:
-    state = after_decode(GateState(), 7, moved(30), empty=True)
-    state = after_decode(state, 6, EMPTY, empty=True)  # the other worker was slower
+    state = nothing_found(GateState(), 7, moved(30))
+    state = nothing_found(state, 6, EMPTY)  # the other worker was slower
     assert state.reference is not None and state.reference.frame_id == 7
 
 
@@ -138,7 +145,6 @@ def test_properties(script: list[tuple[int, int, float, bool]]) -> None:
         else:
             skipped_in_row = 0
             last_decode = (frame_id, ts)
-            state = after_decode(state, frame_id, thumb, empty)
-            if not empty:
-                assert state.reference is reference
+            if empty:
+                state = nothing_found(state, frame_id, thumb)
         assert skipped_in_row < SETTINGS.every_frames
