@@ -15,7 +15,7 @@ Empty-frame cost: CPU time of the decoding thread (one core, cv2.setNumThreads(1
 over --empty frames (the deblur pass looks at one frame in four, so the mean is what counts),
 on the simulator's empty cab window by day and by night and on bench/scan.py's cluttered road
 frame; "default + gate" is the default cascade behind the change gate (scanner/frame_gate.py)
-at 30 fps, its block-mean thumbnail on every frame included. Then the first look with the
+at 30 fps, its block-mean thumbnails included. Then the first look with the
 change gate on and off: each pose preceded by --before frames of the same view without the
 phone, one camera (frame ids and 30 fps timestamps running on across poses), so the gate has
 a reference when the phone comes up; "code frames let pass" must be 0. Then the "hard" preset

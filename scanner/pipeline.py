@@ -130,7 +130,7 @@ class ScanPipeline:
         self.source = source
         self.decoder = decoder
         self.gate = gate
-        self._gate = FrameGate(decoder, gate) if gate is not None else None
+        self._frame_gate = FrameGate(decoder, gate) if gate is not None else None
         self._on_result = on_result
         self._on_status = on_status
         self._workers = workers
@@ -298,10 +298,10 @@ class ScanPipeline:
     def _decode(self, frame: Frame) -> None:
         started = self._clock()
         gray = as_gray(frame.image)
-        if self._gate is None:
+        if self._frame_gate is None:
             detections = self.decoder.decode(gray)
         else:
-            verdict, detections = self._gate.scan(gray, frame.id, frame.ts)
+            verdict, detections = self._frame_gate.scan(gray, frame.id, frame.ts)
             if not verdict.decode:
                 with self._lock:
                     self._counts["skipped"] += 1
