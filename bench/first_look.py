@@ -14,32 +14,42 @@ the cascade before this work (roi-global + half) and the default cascade (+ debl
 Empty-frame cost: CPU time of the decoding thread (one core, cv2.setNumThreads(1)), the mean
 over --empty frames (the deblur pass looks at one frame in four, so the mean is what counts),
 on the simulator's empty cab window by day and by night and on bench/scan.py's cluttered road
-frame. Then the "hard" preset one effect at a time (the rest taken out of the same poses), which
-shows the ceiling its thumbs put on any decoder. Prints markdown; asserts nothing
-(docs/scanner.md keeps the figures).
+frame; "default + gate" is the default cascade behind the change gate (scanner/frame_gate.py)
+at 30 fps, its block-mean thumbnails included. Then the first look with the
+change gate on and off: each pose preceded by --before frames of the same view without the
+phone, one camera (frame ids and 30 fps timestamps running on across poses), so the gate has
+a reference when the phone comes up; "code frames let pass" must be 0. Then the "hard" preset
+one effect at a time (the rest taken out of the same poses), which shows the ceiling its thumbs
+put on any decoder. Prints markdown; asserts nothing (docs/scanner.md keeps the figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import sys
 import time
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 import cv2
 
 from bench.scan import road_frame
 from lane.auth.tokens import TokenFormat
 from scanner.decoders import DEFAULT_PASSES, CascadeDecoder, ZxingDecoder, make_pass
-from scanner.detection import Decoder, GrayImage, as_gray
+from scanner.detection import Decoder, Detection, GrayImage, as_gray
+from scanner.frame_gate import FrameGate
 from sim.codes import CodeFactory
 from sim.render import render_frame
 from sim.scene import Conditions, Scene, as_generator
 
 SEED = 2
 PREVIOUS_PASSES = ("roi-global", "half")
+FPS = 30.0
+# scan(gray, frame id, timestamp): the codes read, or None when the frame was not decoded.
+Scan = Callable[[GrayImage, int, float], list[Detection] | None]
 
 
 def decoders() -> dict[str, Decoder]:
@@ -47,7 +57,7 @@ def decoders() -> dict[str, Decoder]:
     return {
         "zxing alone": ZxingDecoder(),
         "cascade before": CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in PREVIOUS_PASSES]),
-        "cascade (default)": CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in DEFAULT_PASSES]),
+        "cascade (default)": default_cascade(),
     }
 
 
@@ -63,15 +73,31 @@ ALONE: dict[str, tuple[str, ...]] = {
 }
 
 
-def first_look(
-    condition: str, fmt: TokenFormat, decoder: Decoder, scenes: int, frames: int, *,
-    keep: tuple[str, ...] = EFFECTS,
-) -> tuple[int, int]:  # fmt: skip
-    """(read on the first frame, read within `frames` frames) over `scenes` poses, with only
-    the effects in `keep` left in each pose."""
+def default_cascade() -> CascadeDecoder:
+    return CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in DEFAULT_PASSES])
+
+
+def plain(decoder: Decoder) -> Scan:
+    return lambda gray, frame_id, ts: decoder.decode(gray)
+
+
+def gated(decoder: Decoder) -> Scan:
+    gate = FrameGate(decoder)
+
+    def scan(gray: GrayImage, frame_id: int, ts: float) -> list[Detection] | None:
+        verdict, found = gate.scan(gray, frame_id, ts)
+        return found if verdict.decode else None
+
+    return scan
+
+
+def poses(
+    condition: str, fmt: TokenFormat, scenes: int, keep: tuple[str, ...] = EFFECTS
+) -> Iterator[tuple[str, Scene, int]]:
+    """(code text, scene, frame seed) for `scenes` seeded poses, with only the effects in `keep`
+    left in each."""
     codes = CodeFactory(7, fmt)
     rng = random.Random(SEED)
-    first = within = 0
     for _ in range(scenes):
         text = codes.make("token", 1_800_000_000).text
         seed = rng.randrange(1 << 30)
@@ -84,23 +110,53 @@ def first_look(
                 low_light=scene.low_light if "low_light" in keep else 0.0,
                 occlusion=scene.occlusion if "occlusion" in keep else 0.0,
             )
-        frame_rng = as_generator(seed + 1)
+        yield text, scene, seed + 1
+
+
+@dataclass
+class Tally:
+    first: int = 0  # poses read on the phone's first frame
+    within: int = 0  # poses read within `frames` frames
+    empty: int = 0  # frames before the phone came up
+    empty_skipped: int = 0  # of those, not decoded
+    code_skipped: int = 0  # frames with the phone in view not decoded (must stay 0)
+
+
+def first_look(
+    condition: str, fmt: TokenFormat, scan: Scan, scenes: int, frames: int, *,
+    keep: tuple[str, ...] = EFFECTS, before: int = 0,
+) -> Tally:  # fmt: skip
+    """How many of `scenes` poses (only the effects in `keep` left) `scan` reads on the first
+    frame and within `frames` frames, each shown after `before` frames of the same view without
+    the phone; frame ids and timestamps run on across poses, as from one camera."""
+    tally = Tally()
+    ids = itertools.count(1)
+    for text, scene, seed in poses(condition, fmt, scenes, keep):
+        frame_rng = as_generator(seed)
+        for _ in range(before):
+            i = next(ids)
+            found = scan(as_gray(render_frame(scene.without_code(), frame_rng)), i, i / FPS)
+            tally.empty += 1
+            tally.empty_skipped += found is None
         for k in range(frames):
-            gray = as_gray(render_frame(scene, frame_rng))
-            if any(d.text == text for d in decoder.decode(gray)):
-                first += k == 0
-                within += 1
+            i = next(ids)
+            found = scan(as_gray(render_frame(scene, frame_rng)), i, i / FPS)
+            tally.code_skipped += found is None
+            if found and any(d.text == text for d in found):
+                tally.first += k == 0
+                tally.within += 1
                 break
-    return first, within
+    return tally
 
 
-def empty_cost_ms(decoder: Decoder, frames: list[GrayImage], repeat: int) -> float:
-    """Mean CPU ms per empty frame, cycling through `frames` (so per-frame state counts)."""
-    for frame in frames:
-        decoder.decode(frame)  # warm up
+def empty_cost_ms(scan: Scan, frames: list[GrayImage], repeat: int) -> float:
+    """Mean CPU ms per empty frame, cycling through `frames` (so per-frame state counts) at
+    30 fps."""
+    for i, frame in enumerate(frames):
+        scan(frame, i, i / FPS)  # warm up
     started = time.thread_time_ns()
-    for i in range(repeat):
-        decoder.decode(frames[i % len(frames)])
+    for i in range(len(frames), len(frames) + repeat):
+        scan(frames[i % len(frames)], i, i / FPS)
     return (time.thread_time_ns() - started) / 1e6 / repeat
 
 
@@ -113,8 +169,8 @@ def print_first_look(conditions: list[str], scenes: int, frames: int) -> None:
             anchor = None
             qr = "5-L" if fmt is TokenFormat.V2 else "8-M"
             for name, decoder in decoders().items():
-                first, within = first_look(condition, fmt, decoder, scenes, frames)
-                rate = within / scenes
+                tally = first_look(condition, fmt, plain(decoder), scenes, frames)
+                first, rate = tally.first, tally.within / scenes
                 anchor = rate if anchor is None else anchor
                 ratio = f"{rate / anchor:.3f}x" if anchor else "-"
                 print(f"| {condition} | {fmt.name.lower()} | {qr} | {name} | "
@@ -123,14 +179,31 @@ def print_first_look(conditions: list[str], scenes: int, frames: int) -> None:
     print()
 
 
+def print_gate_first_look(conditions: list[str], scenes: int, frames: int, before: int) -> None:
+    print(f"## First look with the change gate: default cascade, {scenes} poses, each after "
+          f"{before} frames without the phone\n")  # fmt: skip
+    print("| condition | token | gate | first frame | first look | empty frames let pass | "
+          "code frames let pass |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for condition in conditions:
+        for fmt in TokenFormat:
+            for gate, scan in (("off", plain(default_cascade())), ("on", gated(default_cascade()))):
+                t = first_look(condition, fmt, scan, scenes, frames, before=before)
+                print(f"| {condition} | {fmt.name.lower()} | {gate} | {t.first / scenes:.1%} | "
+                      f"**{t.within / scenes:.1%}** | {t.empty_skipped}/{t.empty} | "
+                      f"{t.code_skipped} |")  # fmt: skip
+                sys.stdout.flush()
+    print()
+
+
 def print_hard_effects(scenes: int, frames: int) -> None:
     print(f"## Hard, one effect at a time: v2 token, default cascade, {scenes} poses\n")
     print("| effects kept | first frame | first look |")
     print("|---|---|---|")
     for name, keep in ALONE.items():
-        decoder = CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in DEFAULT_PASSES])
-        first, within = first_look("hard", TokenFormat.V2, decoder, scenes, frames, keep=keep)
-        print(f"| {name} | {first / scenes:.1%} | **{within / scenes:.1%}** |")
+        scan = plain(default_cascade())
+        t = first_look("hard", TokenFormat.V2, scan, scenes, frames, keep=keep)
+        print(f"| {name} | {t.first / scenes:.1%} | **{t.within / scenes:.1%}** |")
         sys.stdout.flush()
     print()
 
@@ -144,18 +217,22 @@ def print_empty_costs(repeat: int) -> None:
         "bench/scan road frame": [road_frame(1280, 720, seed) for seed in range(1, 3)],
     }
     print(f"## Empty 1280x720 frames: mean CPU ms per frame over {repeat} frames\n")
-    print("| view | zxing alone | cascade before | cascade (default) | default / before | "
-          "default / zxing |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    print("| view | zxing alone | cascade before | cascade (default) | default + gate | "
+          "default / before | gate / zxing | gate / before |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for view, frames in views.items():
-        costs = {name: empty_cost_ms(d, frames, repeat) for name, d in decoders().items()}
-        zxing, before, now = (
+        scans = {name: plain(d) for name, d in decoders().items()}
+        scans["default + gate"] = gated(default_cascade())
+        costs = {name: empty_cost_ms(scan, frames, repeat) for name, scan in scans.items()}
+        zxing, before, now, gate = (
             costs["zxing alone"],
             costs["cascade before"],
             costs["cascade (default)"],
+            costs["default + gate"],
         )
-        print(f"| {view} | {zxing:.2f} | {before:.2f} | {now:.2f} | **{now / before:.2f}x** | "
-              f"{now / zxing:.2f}x |")  # fmt: skip
+        print(f"| {view} | {zxing:.2f} | {before:.2f} | {now:.2f} | {gate:.2f} | "
+              f"**{now / before:.2f}x** | **{gate / zxing:.2f}x** | "
+              f"{gate / before:.2f}x |")  # fmt: skip
     print()
 
 
@@ -165,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--empty", type=int, default=1800, help="empty frames timed")
     parser.add_argument("--conditions", default="clear,realistic,hard")
+    parser.add_argument("--before", type=int, default=8, help="empty frames before each phone")
+    parser.add_argument(
+        "--gate-conditions", default="realistic,hard", help="first look with the gate on/off"
+    )
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
     if hasattr(os, "sched_setaffinity"):
@@ -174,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
           "CPUs\n")  # fmt: skip
     print_empty_costs(args.empty)
     print_first_look(args.conditions.split(","), args.scenes, args.frames)
+    print_gate_first_look(args.gate_conditions.split(","), args.scenes, args.frames, args.before)
     if "hard" in args.conditions.split(","):
         print_hard_effects(args.scenes, args.frames)
     return 0

@@ -258,6 +258,11 @@ def _check_settings(config: LaneConfig, path: Path, found: Findings) -> None:
             f"{path}: camera.source: 'push' is the simulator's camera; a lane needs a device "
             "index, a stream URL, a video file or an image folder"
         )
+    if not config.camera.change_gate:
+        found.warnings.append(
+            f"{path}: camera.change_gate: off; every frame is decoded, empty ones included "
+            "(most of an idle lane's CPU: docs/scanner.md)"
+        )
     cap = config.auth.max_token_lifetime_s
     if cap < PHONE_TOKEN_TTL_S:
         found.warnings.append(

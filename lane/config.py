@@ -90,6 +90,11 @@ class CameraSection(_Section):
     decoder: Literal["zxing", "pyzbar", "cascade"] = Field("cascade", description="QR decoder")
     workers: int = Field(2, ge=1, le=8, description="Decoder threads")
     dedup_window_s: PositiveSeconds = Field(3.0, description="Same code reported once within this")
+    change_gate: bool = Field(
+        True,
+        description="Skip decoding frames that are the same view as the last one with nothing "
+        "in it (a decode at least every second regardless; docs/scanner.md)",
+    )
     rtsp_transport: Literal["tcp", "udp", "udp_multicast", "http"] = Field(
         "tcp", description="How an rtsp:// camera sends its stream (a UDP-only one needs udp)"
     )

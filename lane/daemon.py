@@ -79,6 +79,7 @@ from lane.transport.mqtt import Credentials, Incoming, MqttLink, tls_context
 from lane.trip_desk import TripDesk
 from lane.verifier import TokenVerifier
 from lane.wire.ids import new_id
+from scanner.change_gate import GateSettings
 from scanner.decoders import make_decoder
 from scanner.health import SourceEvent
 from scanner.native_log import capture_native_stderr, release_native_stderr
@@ -502,6 +503,7 @@ class LaneDaemon:
             on_status=self._on_camera,
             workers=config.camera.workers,
             dedup_window_s=config.camera.dedup_window_s,
+            gate=GateSettings() if config.camera.change_gate else None,
         )
         self._file_mtimes: dict[Path, int] = {}
         self._publishing: set[asyncio.Future[None]] = set()

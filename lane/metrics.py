@@ -220,6 +220,11 @@ class LaneMetrics:
         )
         self.scan_frames = Counter("lane_scanner_frames", "Frames from the camera", registry=r)
         self.scan_decoded = Counter("lane_scanner_frames_decoded", "Frames decoded", registry=r)
+        self.scan_skipped = Counter(
+            "lane_scanner_frames_skipped",
+            "Frames the change gate let pass undecoded (the same view, nothing in it)",
+            registry=r,
+        )
         self.scan_dropped = Counter(
             "lane_scanner_frames_dropped",
             "Frames replaced by a newer one before decoding",
@@ -395,6 +400,7 @@ class LaneMetrics:
             s = snap.scan
             self._mirror(self.scan_frames, "frames", s.frames_in)
             self._mirror(self.scan_decoded, "decoded", s.decoded)
+            self._mirror(self.scan_skipped, "skipped", s.skipped)
             self._mirror(self.scan_dropped, "dropped", s.dropped)
             self._mirror(self.scan_errors, "errors", s.errors)
             self._mirror(self.scan_codes, "codes", s.results)

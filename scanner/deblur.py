@@ -146,6 +146,10 @@ class Deblur:
         self._lock = threading.Lock()
         self._failed: list[_Failure] = []
 
+    def frame_passed(self) -> None:
+        """A camera frame that was not decoded (the change gate): one in `every` still counts."""
+        next(self._frames)
+
     def run(self, gray: GrayImage, candidates: list[Polygon]) -> list[Detection]:
         frame = next(self._frames)
         if frame % self._every:

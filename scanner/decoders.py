@@ -19,10 +19,11 @@ from scanner.deblur import Deblur
 from scanner.detection import (
     Decoder,
     Detection,
+    FrameSampler,
     GrayImage,
-    Locator,
     Polygon,
     check_gray,
+    locate,
     text_from_bytes,
 )
 from scanner.fallbacks import FallbackPass
@@ -116,19 +117,26 @@ class CascadeDecoder:
         self.name = name
         self.primary = primary
         self.passes = tuple(passes)
+        self._samplers = tuple(p for p in (primary, *passes) if isinstance(p, FrameSampler))
+
+    def frame_passed(self) -> None:
+        for sampler in self._samplers:
+            sampler.frame_passed()
 
     def decode(self, gray: GrayImage) -> list[Detection]:
-        if isinstance(self.primary, Locator):
-            found, candidates = self.primary.locate(gray)
-        else:
-            found, candidates = self.primary.decode(gray), []
+        return self.locate(gray)[0]
+
+    def locate(self, gray: GrayImage) -> tuple[list[Detection], list[Polygon]]:
+        """Codes read, and the primary's outlines of codes it saw but could not read (the
+        change gate never takes a frame with one as "nothing here")."""
+        found, candidates = locate(self.primary, gray)
         if found:
-            return found
+            return found, candidates
         for fallback in self.passes:
             found = fallback.run(gray, candidates)
             if found:
-                return found
-        return []
+                return found, candidates
+        return [], candidates
 
 
 def make_pass(name: str) -> FallbackPass:

@@ -37,6 +37,22 @@ class Locator(Protocol):
     def locate(self, gray: GrayImage) -> tuple[list[Detection], list[Polygon]]: ...
 
 
+@runtime_checkable
+class FrameSampler(Protocol):
+    """A decoder (or pass) that works on one frame in n: told of each frame it is not given, its
+    sampling stays on the camera's frames, so the change gate does not shift which of a phone's
+    frames it looks at."""
+
+    def frame_passed(self) -> None: ...
+
+
+def locate(decoder: Decoder, gray: GrayImage) -> tuple[list[Detection], list[Polygon]]:
+    """Codes read, and where codes were seen but not read (none from a plain decoder)."""
+    if isinstance(decoder, Locator):
+        return decoder.locate(gray)
+    return decoder.decode(gray), []
+
+
 def text_from_bytes(raw: bytes) -> str:
     """QR byte mode is ISO-8859-1 by default, but phones write UTF-8: try that first."""
     try:

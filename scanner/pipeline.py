@@ -2,8 +2,10 @@
 
 Capture runs on its own thread and only ever keeps the newest frame; a frame that was not
 picked up before the next one arrived is dropped and counted, so decoding never falls behind
-the camera. Decoding runs on a few worker threads (the decoders release the GIL); results are
-classified, deduplicated and handed to the event loop with `call_soon_threadsafe`.
+the camera. The change gate (`scanner.frame_gate`) lets pass, counted, the frames that are the
+same view as the last one in which nothing was found. Decoding runs on a few worker threads
+(the decoders release the GIL); results are classified, deduplicated and handed to the event
+loop with `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ from typing import NamedTuple, TypeVar
 import cv2
 import numpy as np
 
+from scanner.change_gate import GateSettings
 from scanner.decoders import Decoder
 from scanner.dedup import Deduplicator
 from scanner.detection import Polygon, as_gray
+from scanner.frame_gate import FrameGate
 from scanner.health import SourceEvent
 from scanner.payload import Payload, classify
 from scanner.sources import Clock, Frame, FrameSource, Image
 
 log = logging.getLogger("lane.scanner")
+DEFAULT_GATE = GateSettings()
 T = TypeVar("T")
 
 
@@ -47,6 +52,7 @@ class ScanResult:
 class ScanStats:
     frames_in: int  # frames the source delivered
     decoded: int  # frames a worker decoded
+    skipped: int  # frames the change gate let pass undecoded (the same view, nothing in it)
     dropped: int  # frames replaced by a newer one before any worker took them
     results: int  # codes reported (after deduplication)
     duplicates: int  # codes suppressed as repeats
@@ -117,11 +123,14 @@ class ScanPipeline:
         workers: int = 2,
         clock: Clock = time.monotonic,
         dedup_window_s: float = 2.0,
+        gate: GateSettings | None = DEFAULT_GATE,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.source = source
         self.decoder = decoder
+        self.gate = gate
+        self._frame_gate = FrameGate(decoder, gate) if gate is not None else None
         self._on_result = on_result
         self._on_status = on_status
         self._workers = workers
@@ -131,7 +140,7 @@ class ScanPipeline:
         self._lock = threading.Lock()  # guards everything below
         self._dedup = Deduplicator(dedup_window_s)
         self._counts = dict.fromkeys(
-            ("frames_in", "decoded", "dropped", "results", "duplicates", "errors"), 0
+            ("frames_in", "decoded", "skipped", "dropped", "results", "duplicates", "errors"), 0
         )
         self._decode_ms: deque[float] = deque(maxlen=500)
         self._source_ended = False
@@ -209,6 +218,7 @@ class ScanPipeline:
         return ScanStats(
             frames_in=c["frames_in"],
             decoded=c["decoded"],
+            skipped=c["skipped"],
             dropped=c["dropped"],
             results=c["results"],
             duplicates=c["duplicates"],
@@ -222,7 +232,8 @@ class ScanPipeline:
     def latest_frame(
         self, jpeg: bool = True, quality: int = 80, hold_read_s: float = 0.0
     ) -> LatestFrame | None:
-        """The last decoded frame and the outlines of the codes read in it (for the dashboard).
+        """The last frame decoded (or let pass by the change gate) and the outlines of the codes
+        read in it (for the dashboard).
 
         With `hold_read_s`, the last frame a code was read in is shown instead for that long
         after it was decoded: a code is in view for a few frames only, and a viewer that looks
@@ -286,15 +297,23 @@ class ScanPipeline:
 
     def _decode(self, frame: Frame) -> None:
         started = self._clock()
-        detections = self.decoder.decode(as_gray(frame.image))
+        gray = as_gray(frame.image)
+        if self._frame_gate is None:
+            detections = self.decoder.decode(gray)
+        else:
+            verdict, detections = self._frame_gate.scan(gray, frame.id, frame.ts)
+            if not verdict.decode:
+                with self._lock:
+                    self._counts["skipped"] += 1
+                    self._show(frame, ())  # nothing in it, as in the frame it matched
+                return
         ms = (self._clock() - started) * 1000.0
         fresh = []
         with self._lock:
             self._counts["decoded"] += 1
             self._decode_ms.append(ms)
             polygons = tuple(d.polygon for d in detections)
-            if self._latest is None or frame.id >= self._latest[0].id:
-                self._latest = (frame, polygons)
+            self._show(frame, polygons)
             if polygons and (self._last_read is None or frame.id >= self._last_read[0].id):
                 self._last_read = (frame, polygons, started)
             for d in detections:
@@ -321,6 +340,11 @@ class ScanPipeline:
                 extra={"frame_id": frame.id, "kind": result.payload.kind},
             )
             self._call_soon(self._on_result, result)
+
+    def _show(self, frame: Frame, polygons: tuple[Polygon, ...]) -> None:
+        """The frame latest_frame() returns, unless a newer one is already there (hold _lock)."""
+        if self._latest is None or frame.id >= self._latest[0].id:
+            self._latest = (frame, polygons)
 
     def _deliver_status(self, event: SourceEvent) -> None:
         if event.kind == "ended":

@@ -1,0 +1,116 @@
+"""The change gate's decisions: decode a camera frame, or let it pass undecoded because it is,
+within sensor noise, the frame in which the decoder last found nothing at all.
+
+A lane camera looks at an empty window most of the time, and zxing-cpp searching those frames
+was two thirds of an idle lane's CPU (issue #16). A frame is compared with the reference (the
+last fully decoded frame with nothing in it: no code read, none seen unread, no code-like
+texture) on a thumbnail of block means; it is decoded if any block moved by more than the
+threshold, if no reference is known yet, or if the safety valve is due (a decode at least
+every `every_frames` frames and every `every_s` seconds, whatever the comparison says).
+
+Pure: time and frame ids come from the caller; no I/O, no threads (`scanner.frame_gate` holds the
+lock and does the decoding).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from scanner.detection import GrayImage
+
+Thumbnail = npt.NDArray[np.uint8]
+
+# Measured on the simulator's empty cab window (docs/scanner.md): block means of two frames
+# differ by at most 3 levels with its sensor noise (night gain included) and by at most 8 with
+# Gaussian noise of sigma 20 added to both; a phone entering, even the farthest and darkest
+# pose of the "hard" preset, moves some block by 85 or more.
+THRESHOLD = 12.0
+
+
+@dataclass(frozen=True, slots=True)
+class GateSettings:
+    block_px: int = 16  # side of the blocks averaged (1280x720 -> 80x45 block means)
+    threshold: float = THRESHOLD  # gray levels a block mean may move and still be "the same"
+    every_frames: int = 30  # a decode at least every this many frames ...
+    every_s: float = 1.0  # ... and every this many seconds (frame timestamps)
+
+    def __post_init__(self) -> None:
+        if self.block_px < 1 or self.threshold < 0 or self.every_frames < 1 or self.every_s <= 0:
+            raise ValueError(
+                "need block_px >= 1, threshold >= 0, every_frames >= 1 and every_s > 0, got "
+                f"{self.block_px}, {self.threshold}, {self.every_frames}, {self.every_s}"
+            )
+
+
+class Verdict(enum.Enum):
+    FIRST = "first"  # decode: no reference yet
+    CHANGED = "changed"  # decode: some block differs from the reference beyond noise
+    DUE = "due"  # decode: the safety valve (every_frames / every_s)
+    SKIP = "skip"  # let pass: the same view as the reference
+
+    @property
+    def decode(self) -> bool:
+        return self is not Verdict.SKIP
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    frame_id: int
+    thumb: Thumbnail
+
+
+@dataclass(frozen=True, slots=True)
+class GateState:
+    reference: Reference | None = None
+    last_decode_ts: float | None = None  # when the last frame let through to decode was taken
+    skipped_in_row: int = 0  # frames let pass since then
+
+
+def thumbnail(gray: GrayImage, block_px: int) -> Thumbnail:
+    """Block means of a gray frame: area averaging takes the sensor noise out."""
+    height, width = gray.shape
+    size = (max(1, width // block_px), max(1, height // block_px))
+    small: Thumbnail = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)  # type: ignore[assignment]
+    return small
+
+
+def changed(reference: Thumbnail, thumb: Thumbnail, threshold: float) -> bool:
+    """True when any block mean moved by more than `threshold` (or the frame size changed)."""
+    if reference.shape != thumb.shape:
+        return True
+    return float(cv2.norm(reference, thumb, cv2.NORM_INF)) > threshold
+
+
+def decide(
+    state: GateState, thumb: Thumbnail | None, ts: float, settings: GateSettings
+) -> tuple[Verdict, GateState]:
+    """Decode the frame taken at `ts` with thumbnail `thumb`, or let it pass? `thumb` None: not
+    made, as there was no reference to compare it with (a view that never yields one, such as
+    code-like clutter, then costs no thumbnails); such a frame is always decoded."""
+    if state.reference is None:
+        verdict = Verdict.FIRST
+    elif thumb is None or changed(state.reference.thumb, thumb, settings.threshold):
+        verdict = Verdict.CHANGED
+    elif (
+        state.skipped_in_row + 1 >= settings.every_frames
+        or state.last_decode_ts is None
+        or ts - state.last_decode_ts >= settings.every_s
+    ):
+        verdict = Verdict.DUE
+    else:
+        return Verdict.SKIP, replace(state, skipped_in_row=state.skipped_in_row + 1)
+    return verdict, replace(state, last_decode_ts=ts, skipped_in_row=0)
+
+
+def nothing_found(state: GateState, frame_id: int, thumb: Thumbnail) -> GateState:
+    """Frame `frame_id` was decoded and nothing at all was found in it (no code read, none seen
+    unread, no code-like texture): it becomes the reference. Only such a frame may, so a phone
+    whose code is seen but not read is decoded again on every frame it stays in view."""
+    if state.reference is not None and state.reference.frame_id > frame_id:
+        return state  # another worker already took a newer frame as the reference
+    return replace(state, reference=Reference(frame_id, thumb))

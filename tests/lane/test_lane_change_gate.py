@@ -1,0 +1,39 @@
+"""`[camera] change_gate`: on unless switched off, the pipeline built accordingly, check-config
+refusing what is not a boolean and warning when it is off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lane.checks import check_config
+from lane.config import parse_config
+from lane.daemon import build
+from scanner.change_gate import GateSettings
+from scanner.sources import PushSource
+
+
+async def test_the_lane_builds_its_scanner_with_the_gate_unless_switched_off(
+    tmp_path: Path,
+) -> None:
+    for setting, expected in (({}, GateSettings()), ({"change_gate": False}, None)):
+        config = parse_config(
+            {"lane": {"id": "p01/l01", "data_dir": str(tmp_path / "lane")}, "camera": setting}
+        )
+        daemon = await build(config, source=PushSource())
+        try:
+            assert daemon.pipeline.gate == expected
+        finally:
+            await daemon.aclose()
+
+
+def test_check_config_refuses_a_non_boolean_and_warns_when_off(tmp_path: Path) -> None:
+    path = tmp_path / "lane.toml"
+    path.write_text('[camera]\nsource = "0"\nchange_gate = "sometimes"\n')
+    found = check_config(path)
+    assert any("camera.change_gate" in p for p in found.problems), found.problems
+    path.write_text('[camera]\nsource = "0"\nchange_gate = false\n')
+    found = check_config(path)
+    assert found.problems == []
+    assert any("camera.change_gate: off" in w for w in found.warnings), found.warnings
+    path.write_text('[camera]\nsource = "0"\n')
+    assert not any("change_gate" in w for w in check_config(path).warnings)

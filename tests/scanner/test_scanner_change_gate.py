@@ -1,0 +1,150 @@
+"""The change gate's pure decisions: table tests and properties (liveness: a decode at least
+every `every_frames` frames and every `every_s` seconds; no change ever let pass)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scanner.change_gate import (
+    GateSettings,
+    GateState,
+    Thumbnail,
+    Verdict,
+    changed,
+    decide,
+    nothing_found,
+    thumbnail,
+)
+
+SETTINGS = GateSettings(threshold=12.0, every_frames=5, every_s=1.0)
+EMPTY = np.full((4, 6), 100, np.uint8)
+
+
+def moved(by: int, at: tuple[int, int] = (1, 2)) -> Thumbnail:
+    thumb = EMPTY.copy()
+    thumb[at] = 100 + by
+    return thumb
+
+
+def run(thumbs: list[Thumbnail], every: float = 1 / 30) -> list[Verdict]:
+    """Frames 1, 2, ... taken every `every` s; every decoded frame found nothing."""
+    state, verdicts = GateState(), []
+    for i, thumb in enumerate(thumbs, start=1):
+        verdict, state = decide(state, thumb, i * every, SETTINGS)
+        if verdict.decode:
+            state = nothing_found(state, i, thumb)
+        verdicts.append(verdict)
+    return verdicts
+
+
+F, C, D, S = Verdict.FIRST, Verdict.CHANGED, Verdict.DUE, Verdict.SKIP
+
+
+@pytest.mark.parametrize(
+    ("thumbs", "every", "expected"),
+    [
+        # The same view: decoded once, then every 5th frame (every_frames).
+        ([EMPTY] * 11, 1 / 30, [F, S, S, S, S, D, S, S, S, S, D]),
+        # A slow camera: every_s comes first (frames 0.45 s apart: a decode every 3rd).
+        ([EMPTY] * 7, 0.45, [F, S, S, D, S, S, D]),
+        # Noise within the threshold passes; one block beyond it is decoded and is the new
+        # reference, so a view that stays changed is skipped from then on.
+        (
+            [EMPTY, moved(12), moved(-12), moved(13), moved(13), moved(13)],
+            1 / 30,
+            [F, S, S, C, S, S],
+        ),
+        # Slow lighting drift: compared with the reference, not the previous frame.
+        ([EMPTY + np.uint8(k) for k in range(0, 30, 5)], 1 / 30, [F, S, S, C, S, S]),
+        # A different frame size (a camera reopened at another resolution) is a change.
+        (
+            [EMPTY, np.full((5, 6), 100, np.uint8), np.full((5, 6), 100, np.uint8)],
+            1 / 30,
+            [F, C, S],
+        ),
+    ],
+)
+def test_verdicts(thumbs: list[Thumbnail], every: float, expected: list[Verdict]) -> None:
+    assert run(thumbs, every) == expected
+
+
+def test_a_frame_with_something_in_it_is_decoded_against_the_empty_reference() -> None:
+    state = nothing_found(GateState(), 1, EMPTY)
+    phone = moved(80)
+    for frame_id in range(2, 12):  # a phone held still whose code is seen but not read
+        verdict, state = decide(state, phone, frame_id / 30, SETTINGS)
+        assert verdict is Verdict.CHANGED
+    verdict, state = decide(state, EMPTY, 12 / 30, SETTINGS)  # it goes away
+    assert verdict is Verdict.SKIP
+
+
+def test_without_a_reference_no_thumbnail_is_needed_and_a_missing_one_is_decoded() -> None:
+    verdict, state = decide(GateState(), None, 0.0, SETTINGS)
+    assert verdict is Verdict.FIRST
+    state = nothing_found(state, 1, EMPTY)
+    # Another worker set the reference after this one looked: not comparable, so decoded.
+    assert decide(state, None, 0.1, SETTINGS)[0] is Verdict.CHANGED
+
+
+def test_an_older_frame_finishing_late_does_not_replace_a_newer_reference() -> None:
+    state = nothing_found(GateState(), 7, moved(30))
+    state = nothing_found(state, 6, EMPTY)  # the other worker was slower
+    assert state.reference is not None and state.reference.frame_id == 7
+
+
+def test_thumbnail_is_block_means() -> None:
+    gray = np.zeros((720, 1280), np.uint8)
+    gray[16:32, 32:48] = 160  # one 16x16 block
+    thumb = thumbnail(gray, 16)
+    assert thumb.shape == (45, 80)
+    assert thumb[1, 2] == 160 and int(thumb.sum()) == 160
+    gray[40, 40] = 255  # one pixel moves a block mean by 255/256 of a level
+    assert not changed(thumb, thumbnail(gray, 16), 12.0)
+
+
+def test_bad_settings_are_refused() -> None:
+    for bad in ({"block_px": 0}, {"threshold": -1.0}, {"every_frames": 0}, {"every_s": 0.0}):
+        with pytest.raises(ValueError, match="need block_px"):
+            GateSettings(**bad)  # type: ignore[arg-type]
+
+
+# A frame: (block that moves, by how much, seconds since the previous frame, what the decode
+# found: True = nothing at all).
+frames = st.lists(
+    st.tuples(
+        st.integers(0, EMPTY.size - 1), st.integers(-60, 60), st.floats(0.0, 0.7),
+        st.booleans(),
+    ),
+    min_size=1, max_size=120,
+)  # fmt: skip
+
+
+@given(frames)
+def test_properties(script: list[tuple[int, int, float, bool]]) -> None:
+    state, ts = GateState(), 0.0
+    last_decode: tuple[int, float] | None = None
+    skipped_in_row = 0
+    for frame_id, (block, delta, gap, empty) in enumerate(script, start=1):
+        ts += gap
+        thumb = EMPTY.copy()
+        thumb.flat[block] = 100 + delta
+        reference = state.reference
+        verdict, state = decide(state, thumb, ts, SETTINGS)
+        if verdict is Verdict.SKIP:
+            # Only ever a frame within the threshold of a reference, in which nothing was found.
+            assert reference is not None
+            assert int(np.abs(thumb.astype(int) - reference.thumb.astype(int)).max()) <= 12
+            skipped_in_row += 1
+            # Liveness: the valve bounds the frames and the time let pass in a row.
+            assert last_decode is not None
+            assert frame_id - last_decode[0] < SETTINGS.every_frames
+            assert ts - last_decode[1] < SETTINGS.every_s
+        else:
+            skipped_in_row = 0
+            last_decode = (frame_id, ts)
+            if empty:
+                state = nothing_found(state, frame_id, thumb)
+        assert skipped_in_row < SETTINGS.every_frames

@@ -1,0 +1,255 @@
+"""The change gate on the lane's real path: the simulator's camera pushing frames into a
+ScanPipeline (capture thread, slot, decode worker, default cascade). Frames are pushed one at a
+time on a stepped clock and each is waited for, so every run sees the same frames and verdicts.
+
+What must hold: most empty frames are let pass; the first frame showing a phone is decoded,
+for every camera condition; a phone whose code is seen but not read is decoded on every frame
+however still it is held; the safety valve decodes the same view every K frames or T seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pytest
+from polling import eventually
+from scanner_testkit import BLURRED, TOKEN, frame_with, qr_image
+
+from scanner.change_gate import GateSettings
+from scanner.deblur import MIN_TEXTURE, texture_peak
+from scanner.decoders import ZxingDecoder, make_decoder
+from scanner.detection import as_gray
+from scanner.pipeline import ScanPipeline, ScanResult, ScanStats
+from scanner.sources import PushSource
+from sim.camera import SyntheticCamera
+from sim.codes import CodeFactory
+from sim.scene import Conditions, Scene
+
+Image = np.ndarray
+
+
+@dataclass
+class Scanner:
+    """One pipeline fed by hand; `results` arrive on the test's event loop."""
+
+    pipeline: ScanPipeline
+    source: PushSource
+    results: list[ScanResult] = field(default_factory=list)
+    pushed: int = 0
+
+    def stats(self) -> ScanStats:
+        return self.pipeline.stats()
+
+
+@asynccontextmanager
+async def scanners(*gates: GateSettings | None) -> AsyncIterator[list[Scanner]]:
+    made = []
+    for gate in gates:
+        source = PushSource()
+        results: list[ScanResult] = []
+        pipeline = ScanPipeline(source, make_decoder(), results.append, workers=1, gate=gate)
+        made.append(Scanner(pipeline, source, results))
+        pipeline.start()
+    try:
+        yield made
+    finally:
+        for s in made:
+            await s.pipeline.aclose()
+
+
+async def push(scanners: list[Scanner], image: Image, ts: float) -> list[bool]:
+    """Hand one frame to every scanner and wait until each is done with it: was it decoded?"""
+    before = [s.stats().decoded for s in scanners]
+    for s in scanners:
+        s.source.put(image, ts)
+        s.pushed += 1
+
+    def settled() -> bool:
+        return all(
+            (st := s.stats()).decoded + st.skipped + st.errors == s.pushed and st.pending == 0
+            for s in scanners
+        )
+
+    await eventually(settled, every=0.001, what="the frame decoded or let pass")
+    # Done with it means its results were handed to the loop: one turn of the loop delivers them.
+    await asyncio.sleep(0)
+    return [s.stats().decoded > b for s, b in zip(scanners, before, strict=True)]
+
+
+class Camera:
+    """The simulator's lane camera on a stepped clock: `frames(scene, n)` renders n frames."""
+
+    def __init__(self, seed: int, fps: float = 30.0) -> None:
+        self.now = 0.0
+        self.period = 1.0 / fps
+        self.cam = SyntheticCamera(fps=fps, rng=seed, clock=lambda: self.now)
+
+    def frames(self, scene: Scene, n: int) -> Iterator[tuple[Image, float]]:
+        self.cam.show_scene(scene)
+        for _ in range(n):
+            self.now += self.period
+            yield self.cam.capture()
+
+
+def with_noise(image: Image, rng: np.random.Generator, sigma: float) -> Image:
+    """More sensor noise than the simulator's, different in every frame (on the gray frame the
+    scanner would make of it: a third of the work)."""
+    if not sigma:
+        return image
+    gray = as_gray(image).astype(np.float32)
+    gray += sigma * rng.standard_normal(gray.shape, dtype=np.float32)
+    return np.clip(gray, 0, 255).astype(np.uint8)
+
+
+HARD = Conditions.preset("hard")
+# The presets, and the hard preset's worst cases each made certain: night, glare, and the
+# farthest (smallest) phone.
+CONDITIONS = {
+    "clear": Conditions.preset("clear"),
+    "realistic": Conditions.preset("realistic"),
+    "hard": HARD,
+    "night": replace(HARD, name="night", low_light_p=1.0, low_light=(0.9, 1.0)),
+    "glare": replace(HARD, name="glare", glare_p=1.0, glare=(0.9, 1.0)),
+    "far": replace(HARD, name="far", distance=(2.1, 2.2)),
+}
+POSES = 8
+EMPTY_FRAMES = 6
+
+
+@pytest.mark.parametrize("noise", [0.0, 6.0], ids=["sim-noise", "sim+gauss6"])
+@pytest.mark.parametrize("condition", list(CONDITIONS))
+async def test_the_first_frame_with_a_phone_is_decoded(condition: str, noise: float) -> None:
+    conditions = CONDITIONS[condition]
+    codes = CodeFactory(11)
+    rng = np.random.default_rng(5)
+    camera = Camera(seed=3)
+    async with scanners(GateSettings(), None) as (gated, plain):
+        empties = skipped = 0
+        for pose in range(POSES):
+            text = codes.make("token", 1_800_000_000 + pose).text
+            scene = conditions.sample(text, np.random.default_rng([pose, len(condition)]))
+            # The car is there, the phone not yet (the same light): then the phone comes up.
+            for image, ts in camera.frames(scene.without_code(), EMPTY_FRAMES):
+                decoded, _ = await push([gated, plain], with_noise(image, rng, noise), ts)
+                empties += 1
+                skipped += not decoded
+            image, ts = next(camera.frames(scene, 1))
+            decoded, _ = await push([gated, plain], with_noise(image, rng, noise), ts)
+            assert decoded, f"{condition} pose {pose}: the gate let the phone's first frame pass"
+        # What each read, and on which frame, is the same with the gate as without.
+        assert [(r.text, r.frame_id) for r in gated.results] == [
+            (r.text, r.frame_id) for r in plain.results
+        ]
+        assert gated.stats().skipped == skipped and plain.stats().skipped == 0
+    # The gate was at work: at most the first empty frame after a change of light decoded.
+    assert skipped >= empties - POSES
+
+
+async def test_a_phone_at_the_edge_of_the_window_far_away_at_night_is_decoded() -> None:
+    camera = Camera(seed=4)
+    text = CodeFactory(12).make("token", 1_800_000_000).text
+    async with scanners(GateSettings()) as (gated,):
+        for x in (0.0, 1.0):
+            for y in (0.0, 1.0):
+                for dark_mode in (False, True):
+                    scene = Scene(
+                        text, distance=2.2, angle_deg=50.0, low_light=1.0, dark_mode=dark_mode,
+                        position=(x, y), pitch_deg=25.0,
+                    )  # fmt: skip
+                    verdicts = [
+                        (await push([gated], image, ts))[0]
+                        for image, ts in camera.frames(scene.without_code(), 3)
+                    ]
+                    assert verdicts[1:] == [False, False]
+                    image, ts = next(camera.frames(scene, 1))
+                    assert (await push([gated], image, ts)) == [True], scene
+
+
+async def test_a_phone_held_still_with_an_unread_code_is_decoded_on_every_frame() -> None:
+    camera = Camera(seed=6)
+    thumb = Scene(TOKEN, distance=1.0, occlusion=0.3)  # a thumb over 30% of the code
+    async with scanners(GateSettings()) as (gated,):
+        for image, ts in camera.frames(thumb.without_code(), 5):
+            await push([gated], image, ts)
+        assert gated.stats().skipped == 4
+        held, _ = next(camera.frames(thumb, 1))
+        gray = as_gray(held)
+        # zxing-cpp sees the code (its finder patterns) but cannot read it.
+        assert ZxingDecoder().locate(gray)[1] and not make_decoder().decode(gray)
+        for ts in np.arange(1.0, 3.0, 1 / 30):  # the very same frame for two seconds
+            assert await push([gated], held, float(ts)) == [True]
+        assert gated.stats().skipped == 4 and gated.results == []
+
+
+async def test_a_faint_code_seen_but_not_read_is_decoded_on_every_frame() -> None:
+    # A washed-out code (30 levels of contrast) with a corner gone: far below the texture a
+    # code usually has, but zxing-cpp locates it; only that keeps it from being the reference.
+    code = (70 + 30 * (qr_image("281234567890123456", scale=4) // 255)).astype(np.uint8)
+    h, w = code.shape
+    code[int(0.6 * h) : int(0.9 * h), int(0.6 * w) : int(0.9 * w)] = 100
+    faint = frame_with(code)
+    assert ZxingDecoder().locate(faint)[1] and texture_peak(faint)[0] < MIN_TEXTURE
+    async with scanners(GateSettings()) as (gated,):
+        for i in range(5):
+            await push([gated], frame_with(None), i / 30)
+        assert gated.stats().skipped == 4
+        for i in range(5, 25):
+            assert await push([gated], faint, i / 30) == [True]
+        assert gated.stats().skipped == 4 and gated.results == []
+
+
+async def test_a_still_blurred_phone_nobody_locates_is_read_on_the_same_frame_as_ungated() -> None:
+    camera = Camera(seed=7)
+    async with scanners(GateSettings(), None) as (gated, plain):
+        for image, ts in camera.frames(BLURRED.without_code(), 6):
+            await push([gated, plain], image, ts)
+        assert gated.stats().skipped == 5
+        held, ts = next(camera.frames(BLURRED, 1))
+        gray = as_gray(held)
+        # zxing-cpp does not even locate it; only the deblur pass, one frame in four, reads it.
+        assert ZxingDecoder().locate(gray) == ([], [])
+        assert texture_peak(gray)[0] >= MIN_TEXTURE
+        for i in range(8):  # the very same frame: decoded each time, never the reference
+            assert await push([gated, plain], held, ts + i / 30) == [True, True]
+        assert gated.stats().skipped == 5
+    # The deblur pass counts the frames the gate let pass: it looks at the same frames.
+    assert [(r.frame_id, r.decoder) for r in gated.results] == [(9, "zxing+deblur")]
+    assert [r.frame_id for r in plain.results] == [9]
+
+
+@pytest.mark.parametrize(
+    ("fps", "every"),
+    [(100.0, 30), (4.0, 4)],  # a fast camera: every 30 frames; a slow one: every 1 s (4 frames)
+)
+async def test_the_same_view_is_decoded_every_k_frames_or_t_seconds(fps: float, every: int) -> None:
+    camera = Camera(seed=8, fps=fps)
+    async with scanners(GateSettings(every_frames=30, every_s=1.0)) as (gated,):
+        decoded = [
+            (await push([gated], image, ts))[0]
+            for image, ts in camera.frames(Scene(None, low_light=0.5), 3 * every + 1)
+        ]
+    assert [i for i, d in enumerate(decoded) if d] == [0, every, 2 * every, 3 * every]
+    stats = gated.stats()
+    assert (stats.frames_in, stats.decoded, stats.skipped) == (3 * every + 1, 4, 3 * every - 3)
+
+
+async def test_lighting_drift_beyond_noise_is_decoded_and_becomes_the_reference() -> None:
+    camera = Camera(seed=9)
+    async with scanners(GateSettings()) as (gated,):
+        decoded = []
+        for light in (0.0, 0.0, 0.0, 0.5, 0.5, 0.5):  # dusk falls between frames 3 and 4
+            image, ts = next(camera.frames(Scene(None, low_light=light), 1))
+            decoded += await push([gated], image, ts)
+    assert decoded == [True, False, False, True, False, False]
+
+
+async def test_without_the_gate_every_frame_is_decoded() -> None:
+    camera = Camera(seed=10)
+    async with scanners(None) as (plain,):
+        for image, ts in camera.frames(Scene(None), 10):
+            assert await push([plain], image, ts) == [True]
+    assert (plain.stats().decoded, plain.stats().skipped) == (10, 0)
