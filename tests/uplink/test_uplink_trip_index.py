@@ -25,7 +25,7 @@ from polling import eventually
 from uplink_kit import beside
 
 from uplink.messages import QueueIdentity
-from uplink.pg import PostgresIngestStore
+from uplink.pg import PostgresIngestStore, trip_lock_keys
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.sql_store import (
     CLOSED_TRIPS,
@@ -200,7 +200,8 @@ async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(pg_dsn: str, 
     marks = ", ".join(["%s"] * COLUMN_COUNT)
     try:
         with psycopg.connect(pg_dsn) as first:  # the entry's batch, in flight in another worker
-            first.execute("SELECT pg_advisory_xact_lock(hashtextextended('lane_ingest.p1', 0))")
+            schema_key, (trip_key,) = trip_lock_keys("lane_ingest", ["p1"])
+            first.execute("SELECT pg_advisory_xact_lock(%s, %s)", (schema_key, trip_key))
             first.execute(
                 f"INSERT INTO lane_ingest.records ({RECORD_COLUMNS}) VALUES ({marks})",
                 NewRows("P01/e1", "e", [entry], 1).rows()[0],
@@ -264,7 +265,8 @@ def test_the_ledgers_queries_walk_the_trip_index(tmp_path: Path) -> None:
         (UNMATCHED_EXITS, ("exit", "entry")),
         (ROLE_COUNT, ("unreadable",)),
         (reopen, ("entry", "entry", "p1", "p2", "exit")),
-        (OPEN_NEW.replace("{rows}", "(?, ?, ?)").replace("{bytewise}", ""), ("p1", "r", 1, "exit")),
+        (OPEN_NEW.replace("{rows}", "(VALUES (?, ?, ?)) AS t").replace("{bytewise}", ""),
+         ("p1", "r", 1, "exit")),
     ):
         reads = sqlite_plan(tmp_path / "ingest.sqlite", sql, params)
         # The trip ids given (VALUES, as `t`) are scanned; every read of `records` searches.
