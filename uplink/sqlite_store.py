@@ -45,7 +45,7 @@ TRIP_INDEX = "CREATE INDEX records_trip ON records (trip_role, trip_id) WHERE tr
 # The trips open now, one row per trip id at its earliest entry (uplink.sql_store.REOPEN).
 OPEN_TRIPS = (
     "CREATE TABLE open_trips (trip_id TEXT PRIMARY KEY, record_id TEXT NOT NULL,"
-    " ts_us INTEGER NOT NULL)"
+    " ts_us INTEGER NOT NULL) WITHOUT ROWID"
 )
 EPOCHS = (
     "CREATE TABLE epochs ("
