@@ -601,6 +601,12 @@ class SqlIngestStore:
             upgrading = self._upgrading(cur)
         return TripRows(open_entries, closed, unmatched, unreadable, upgrading)
 
+    def upgrade_pending(self) -> bool:
+        """Whether an upgrade of the store has rows still to fill: until then the trip
+        ledger's answer is not whole (`TripRows.upgrading`)."""
+        with self._reader() as cur:
+            return self._upgrading(cur)
+
     def _upgrading(self, cur: Cursor) -> bool:
         """Whether an upgrade job has rows still to fill (SQLite fills them all on open)."""
         return False
