@@ -116,16 +116,16 @@ _LOCK_TRIPS = "SELECT COUNT(pg_advisory_xact_lock(%s::int, k)) FROM unnest(%b::i
 
 def trip_lock_keys(schema: str, trips: Iterable[str]) -> tuple[int, list[int]]:
     """The advisory-lock keys of trip ids in a schema: a key of the schema, and the trip ids'
-    keys, distinct and in ascending order (CRC-32s, signed). Computed here rather than in SQL,
-    so the server only takes them; every worker and upgrade of a schema must agree on them.
-    Two trip ids may share a key: their batches then take turns for nothing, which is rare."""
-    return _signed(zlib.crc32(schema.encode())), sorted(
-        {_signed(zlib.crc32(t.encode())) for t in trips}
+    keys, distinct and in ascending order (CRC-32s, moved down by 2^31 into PostgreSQL's
+    `int`). Computed here rather than in SQL, so the server only takes them; every worker and
+    upgrade of a schema must agree on them. Two trip ids may share a key: their batches then
+    take turns for nothing, which is rare."""
+    return zlib.crc32(schema.encode()) - _HALF, sorted(
+        {zlib.crc32(t.encode()) - _HALF for t in trips}
     )
 
 
-def _signed(crc: int) -> int:
-    return crc - (1 << 32) if crc >= 1 << 31 else crc
+_HALF = 1 << 31
 
 
 def _schema_tag(schema: str) -> str:

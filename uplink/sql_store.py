@@ -166,23 +166,21 @@ class BatchTrips:
 
 def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
     """Pure: what `BatchTrips` says of `records`."""
-    named: set[str] = set()
     exited: set[str] = set()
-    first: dict[str, FirstEntry] = {}
+    first: dict[str, tuple[int, str]] = {}  # trip id: its earliest entry's (time, record id)
     for r in records:
         mark = r.trip
         if mark is None or mark.trip_id is None:
             continue
-        trip = mark.trip_id
-        named.add(trip)
         if mark.role == TripRole.EXIT:
-            exited.add(trip)
+            exited.add(mark.trip_id)
         elif mark.role == TripRole.ENTRY:
-            held = first.get(trip)
-            if held is None or (r.ts_us, r.record_id) < (held.ts_us, held.record_id):
-                first[trip] = FirstEntry(trip, r.record_id, r.ts_us)
-    entries = [e for trip, e in first.items() if trip not in exited]
-    return BatchTrips(sorted(named), sorted(exited), entries)
+            key = (r.ts_us, r.record_id)
+            held = first.get(mark.trip_id)
+            if held is None or key < held:
+                first[mark.trip_id] = key
+    entries = [FirstEntry(t, rid, ts) for t, (ts, rid) in first.items() if t not in exited]
+    return BatchTrips(sorted(exited.union(first)), sorted(exited), entries)
 
 
 class UpgradeJob(StrEnum):
