@@ -9,7 +9,8 @@ are bounded (`lock_timeout`, `statement_timeout`). Tables live in their own sche
 acknowledged.
 
 A new batch of an epoch this worker has seen is one statement, its own transaction: one round
-trip, where a COPY in a transaction takes four (see `_store_new`).
+trip, where a COPY in a transaction takes four (see `_store_new`). A batch with entries or exits
+sends its trip locks' statement before it: still one round trip and one transaction.
 """
 
 from __future__ import annotations
@@ -314,11 +315,10 @@ class PostgresIngestStore(SqlIngestStore):
         one round trip before the result is read (so the ack still follows the commit): the
         records are inserted in a WITH, which also clears the lane's conflicts this batch
         resolves, and the epoch's row is moved on by the UPDATE around it. A batch with
-        entries or exits wraps that statement in a transaction with its trip ids' locks
-        before it and the refresh of their open trips after it, all sent at once. A batch
-        that filled a hole walks the prefix on in a second transaction after that commit; a
-        worker that stops in between leaves the prefix short, and the next `epochs()` walks
-        it on."""
+        entries or exits keeps its open trips in that statement too, and sends its trip ids'
+        locks before it in the same round trip and transaction. A batch that filled a hole
+        walks the prefix on in a second transaction after that commit; a worker that stops
+        in between leaves the prefix short, and the next `epochs()` walks it on."""
         key = (lane, queue.epoch)
         if key not in self._seen:
             result = super()._store_new(lane, queue, records, now_us)
