@@ -113,6 +113,7 @@ _TAG = re.compile(r"^lane ingest schema v(\d+) ")
 # Every transaction touching a trip id waits for the others that do (`_lock_trips`): keys in
 # one order, taken in one statement, so two batches never deadlock on them; one row back.
 _LOCK_TRIPS = "SELECT COUNT(pg_advisory_xact_lock(%s::int, k)) FROM unnest(%b::int[]) AS k"
+_HALF = 1 << 31
 
 
 def trip_lock_keys(schema: str, trips: Iterable[str]) -> tuple[int, list[int]]:
@@ -124,9 +125,6 @@ def trip_lock_keys(schema: str, trips: Iterable[str]) -> tuple[int, list[int]]:
     return zlib.crc32(schema.encode()) - _HALF, sorted(
         {zlib.crc32(t.encode()) - _HALF for t in trips}
     )
-
-
-_HALF = 1 << 31
 
 
 def _schema_tag(schema: str) -> str:
