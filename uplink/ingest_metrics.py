@@ -1,11 +1,14 @@
 """Prometheus `/metrics` of one `lane ingest` worker: the back office's alarms.
 
-Counters mirror `IngestStats` (`lane_ingest_<field>_total`); two gauges are what an operator
-alerts on, and both return to 0 by themselves when the cause is gone:
+Counters mirror `IngestStats` (`lane_ingest_<field>_total`); three gauges are what an operator
+alerts on, and each returns to 0 by itself when the cause is gone:
 
 - `lane_ingest_conflicts_open`: records the store refused (same id or seq, other content) and
   does not hold yet; read from the store's `conflicts` table at each scrape;
-- `lane_ingest_holes_open`: seqs this worker has seen missing for longer than `--hole-after`.
+- `lane_ingest_holes_open`: seqs this worker has seen missing for longer than `--hole-after`;
+- `lane_ingest_upgrade_pending`: 1 while an upgrade of the store has rows still to fill (a
+  PostgreSQL upgrade stopped between chunks: the next worker to start goes on with it), when
+  `lane trips` is not whole; read from the store at each scrape.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class IngestCollector(Collector):
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
         self.open_conflicts = 0
+        self.upgrade_pending = False
 
     def collect(self) -> Iterator[Metric]:
         for name, value in vars(self.ingest.stats).items():
@@ -56,6 +60,11 @@ class IngestCollector(Collector):
             "lane_ingest_holes_open",
             "Seqs missing for longer than hole_after_s (alert when > 0)",
             value=self.ingest.holes.open_holes(),
+        )
+        yield GaugeMetricFamily(
+            "lane_ingest_upgrade_pending",
+            "A store upgrade has rows still to fill: trip figures not whole (alert when > 0)",
+            value=int(self.upgrade_pending),
         )
 
 
@@ -87,8 +96,9 @@ class MetricsServer:
         store = self.collector.ingest.store
         try:
             self.collector.open_conflicts = len(await asyncio.to_thread(store.conflicts))
-        except Exception as exc:  # a scrape still answers, with the last known value
-            log.warning("ingest metrics: conflicts not read", extra={"error": str(exc)})
+            self.collector.upgrade_pending = await asyncio.to_thread(store.upgrade_pending)
+        except Exception as exc:  # a scrape still answers, with the last known values
+            log.warning("ingest metrics: store not read", extra={"error": str(exc)})
         return web.Response(
             body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

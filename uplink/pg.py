@@ -9,7 +9,8 @@ are bounded (`lock_timeout`, `statement_timeout`). Tables live in their own sche
 acknowledged.
 
 A new batch of an epoch this worker has seen is one statement, its own transaction: one round
-trip, where a COPY in a transaction takes four (see `_store_new`).
+trip, where a COPY in a transaction takes four (see `_store_new`). A batch with entries or exits
+sends its trip locks' statement before it: still one round trip and one transaction.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import cast
 
@@ -33,6 +35,7 @@ from uplink.sql_store import (
     SCHEMA_VERSION,
     UPGRADE_CHUNK,
     Cursor,
+    FirstEntry,
     NewRows,
     RowTakenError,
     Session,
@@ -108,11 +111,20 @@ _OLD_TABLES = (
 )
 _TAG = re.compile(r"^lane ingest schema v(\d+) ")
 # Every transaction touching a trip id waits for the others that do (`_lock_trips`): keys in
-# one order, taken in one statement, so two batches never deadlock on them.
-_LOCK_TRIPS = (
-    "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(%s || t, 0) AS k"
-    " FROM unnest(%s::text[]) AS t ORDER BY k) AS s"
-)
+# one order, taken in one statement, so two batches never deadlock on them; one row back.
+_LOCK_TRIPS = "SELECT COUNT(pg_advisory_xact_lock(%s::int, k)) FROM unnest(%b::int[]) AS k"
+_HALF = 1 << 31
+
+
+def trip_lock_keys(schema: str, trips: Iterable[str]) -> tuple[int, list[int]]:
+    """The advisory-lock keys of trip ids in a schema: a key of the schema, and the trip ids'
+    keys, distinct and in ascending order (CRC-32s, moved down by 2^31 into PostgreSQL's
+    `int`). Computed here rather than in SQL, so the server only takes them; every worker and
+    upgrade of a schema must agree on them. Two trip ids may share a key: their batches then
+    take turns for nothing, which is rare."""
+    return zlib.crc32(schema.encode()) - _HALF, sorted(
+        {zlib.crc32(t.encode()) - _HALF for t in trips}
+    )
 
 
 def _schema_tag(schema: str) -> str:
@@ -241,7 +253,7 @@ class PostgresIngestStore(SqlIngestStore):
 
     def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
         if trips:
-            db.cursor().execute(_LOCK_TRIPS, (self.prefix, list(trips)))
+            db.cursor().execute(_LOCK_TRIPS, trip_lock_keys(self.schema, trips))
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -301,11 +313,10 @@ class PostgresIngestStore(SqlIngestStore):
         one round trip before the result is read (so the ack still follows the commit): the
         records are inserted in a WITH, which also clears the lane's conflicts this batch
         resolves, and the epoch's row is moved on by the UPDATE around it. A batch with
-        entries or exits wraps that statement in a transaction with its trip ids' locks
-        before it and the refresh of their open trips after it, all sent at once. A batch
-        that filled a hole walks the prefix on in a second transaction after that commit; a
-        worker that stops in between leaves the prefix short, and the next `epochs()` walks
-        it on."""
+        entries or exits keeps its open trips in that statement too, and sends its trip ids'
+        locks before it in the same round trip and transaction. A batch that filled a hole
+        walks the prefix on in a second transaction after that commit; a worker that stops
+        in between leaves the prefix short, and the next `epochs()` walks it on."""
         key = (lane, queue.epoch)
         if key not in self._seen:
             result = super()._store_new(lane, queue, records, now_us)
@@ -313,28 +324,33 @@ class PostgresIngestStore(SqlIngestStore):
             return result
         first, last = records[0].seq, records[-1].seq
         sql, params = self._insert_sql(NewRows(lane, queue.epoch, records, now_us), returning="")
+        # The open trips are kept by the same statement (`_trip_changes`, as data-modifying
+        # WITHs: every record is inserted, or UniqueViolation undoes them all).
+        trips = batch_trips(records)
+        changes = self._trip_changes(trips)
+        kept = "".join(f", trip{i} AS ({change})" for i, (change, _) in enumerate(changes))
         statement = self._sql(
             f"WITH ins AS ({sql} RETURNING record_id, data), gone AS"
             " (DELETE FROM {conflicts} AS c USING ins WHERE c.lane=%s"
             " AND c.record_id = ins.record_id"
             # the digest of uplink.messages.digest: SHA-256, lower-case hex
-            " AND c.offered_digest = encode(sha256(ins.data), 'hex'))"
+            f" AND c.offered_digest = encode(sha256(ins.data), 'hex')){kept}"
             f" UPDATE {{epochs}} SET {MOVE_ON} WHERE lane=%s AND epoch=%s"
             " RETURNING contiguous, max_seq"
         )
-        args = (*params, lane, *move_on_args(first, last), lane, queue.epoch)
-        trips = batch_trips(records)
+        changed = [v for _, values in changes for v in values]
+        args = (*params, lane, *changed, *move_on_args(first, last), lane, queue.epoch)
         with self._connected() as conn:
-            if trips:
-                # The trip ids' locks come first (`_lock_trips`) and the open trips follow the
-                # insert (every record is inserted, or UniqueViolation): one transaction, all
-                # sent at once, its results read after the commit.
+            if trips.trips:
+                # The trip ids' locks come first (`_lock_trips`), in a statement of their own:
+                # the batch's statement then takes its snapshot after any other transaction
+                # holding one of them committed. Both are sent at once and run in one
+                # transaction, the implicit one of the extended protocol up to the pipeline's
+                # Sync (no BEGIN/COMMIT, which psycopg would each wait for).
                 with conn.pipeline():
-                    with conn.transaction():
-                        self._lock_trips(conn, trips)
-                        moved = conn.execute(statement, args)
-                        self._add_trips(conn, records)
-                    row = moved.fetchone()
+                    self._lock_trips(conn, trips.trips)
+                    moved = conn.execute(statement, args)
+                row = moved.fetchone()
             else:
                 row = conn.execute(statement, args).fetchone()
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -382,6 +398,18 @@ class PostgresIngestStore(SqlIngestStore):
             return contiguous
         with self._batch() as db:
             return self._walk_prefix(db, lane, epoch, contiguous)
+
+    def _entry_rows(self, entries: Sequence[FirstEntry]) -> tuple[str, tuple[object, ...]]:
+        # Three arrays in binary, as the records' rows (`_insert_sql`): one plan whatever the
+        # batch's size, and no text to quote.
+        return "unnest(%b::text[], %b::text[], %b::bigint[]) AS t (column1, column2, column3)", (
+            [e.trip_id for e in entries],
+            [e.record_id for e in entries],
+            [e.ts_us for e in entries],
+        )
+
+    def _closing(self, trips: Collection[str]) -> tuple[str, tuple[object, ...]]:
+        return self._sql("DELETE FROM {open_trips} WHERE trip_id = ANY(%b::text[])"), (list(trips),)
 
     def _insert_sql(self, new: NewRows, returning: str) -> tuple[str, tuple[object, ...]]:
         # One statement over arrays instead of a row at a time: a single plan and a single

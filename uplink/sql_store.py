@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from uplink.messages import Held, QueueIdentity, digest
 from uplink.store import (
@@ -34,12 +34,13 @@ SCHEMA_VERSION = 4
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
 # Rows (or trip ids) per step of an upgrade, each a transaction of its own in PostgreSQL.
 UPGRADE_CHUNK = 5000
-# A new batch's first entries of trips ("(?, ?, ?), ...": trip id, record id, time), each
-# opening its trip unless an exit of it is held, or moving an open trip to it when it is the
-# earlier entry. Parameters: the rows', then exit.
+# A new batch's first entries of trips (`{rows}`: the dialect's table `t` of them, columns
+# trip id, record id, time: `SqlIngestStore._entry_rows`), each opening its trip unless an exit
+# of it is held, or moving an open trip to it when it is the earlier entry. Parameters: the
+# rows', then exit.
 OPEN_NEW = (
     "INSERT INTO {open_trips} AS o (trip_id, record_id, ts_us)"
-    " SELECT t.column1, t.column2, t.column3 FROM (VALUES {rows}) AS t"
+    " SELECT t.column1, t.column2, t.column3 FROM {rows}"
     " WHERE (SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=t.column1 LIMIT 1)"
     " IS NULL ON CONFLICT (trip_id) DO UPDATE SET record_id = excluded.record_id,"
     " ts_us = excluded.ts_us WHERE excluded.ts_us < o.ts_us OR (excluded.ts_us = o.ts_us"
@@ -146,35 +147,40 @@ def trip_columns(mark: TripMark | None) -> tuple[str | None, str | None]:
     return (None, None) if mark is None else (mark.role.value, mark.trip_id)
 
 
-@dataclass(frozen=True)
-class FirstEntry:
+class FirstEntry(NamedTuple):
     trip_id: str
     record_id: str
     ts_us: int
 
 
-def first_entries(records: Sequence[IngestRecord], exited: Collection[str]) -> list[FirstEntry]:
-    """Pure: each trip's earliest entry among `records` (by time, then record id, as
-    uplink.trips._keep_first), but for the trips in `exited`."""
-    first: dict[str, FirstEntry] = {}
+@dataclass(frozen=True)
+class BatchTrips:
+    """A batch's part in trips, read in one pass (it is on every batch's path)."""
+
+    trips: list[str]  # the trip ids its entries and exits name, sorted
+    exited: list[str]  # those its exits name, sorted
+    # Each trip's earliest entry in the batch (by time, then record id, as
+    # uplink.trips._keep_first), but for the trips it exits.
+    entries: list[FirstEntry]
+
+
+def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
+    """Pure: what `BatchTrips` says of `records`."""
+    exited: set[str] = set()
+    first: dict[str, tuple[int, str]] = {}  # trip id: its earliest entry's (time, record id)
     for r in records:
-        if r.trip is None or r.trip.role != TripRole.ENTRY or r.trip.trip_id is None:
+        mark = r.trip
+        if mark is None or mark.trip_id is None:
             continue
-        trip = r.trip.trip_id
-        held = first.get(trip)
-        if trip not in exited and (
-            held is None or (r.ts_us, r.record_id) < (held.ts_us, held.record_id)
-        ):
-            first[trip] = FirstEntry(trip, r.record_id, r.ts_us)
-    return list(first.values())
-
-
-def batch_trips(records: Sequence[IngestRecord], role: TripRole | None = None) -> list[str]:
-    """The trip ids a batch's entries and exits (or those of `role` only) name, sorted."""
-    return sorted({
-        r.trip.trip_id for r in records
-        if r.trip is not None and r.trip.trip_id is not None and role in {None, r.trip.role}
-    })  # fmt: skip
+        if mark.role == TripRole.EXIT:
+            exited.add(mark.trip_id)
+        elif mark.role == TripRole.ENTRY:
+            key = (r.ts_us, r.record_id)
+            held = first.get(mark.trip_id)
+            if held is None or key < held:
+                first[mark.trip_id] = key
+    entries = [FirstEntry(t, rid, ts) for t, (ts, rid) in first.items() if t not in exited]
+    return BatchTrips(sorted(exited.union(first)), sorted(exited), entries)
 
 
 class UpgradeJob(StrEnum):
@@ -228,27 +234,42 @@ class SqlIngestStore:
         db.cursor().execute(self._sql(REOPEN.replace("{ids}", rows)), (entry, entry, *trips, exit_))
 
     def _close_trips(self, db: Session, trips: Collection[str]) -> None:
+        sql, params = self._closing(trips)
+        db.cursor().execute(sql, params)
+
+    def _closing(self, trips: Collection[str]) -> tuple[str, tuple[object, ...]]:
+        """The DELETE of the open-trips rows of `trips`."""
         marks = ", ".join("?" for _ in trips)
-        db.cursor().execute(
-            self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id IN ({marks})"), list(trips)
+        return self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id IN ({marks})"), (*trips,)
+
+    def _entry_rows(self, entries: Sequence[FirstEntry]) -> tuple[str, tuple[object, ...]]:
+        """OPEN_NEW's `{rows}` for `entries`, and their parameters: a VALUES list here."""
+        rows = ", ".join("(?, ?, ?)" for _ in entries)
+        return f"(VALUES {rows}) AS t", tuple(
+            v for e in entries for v in (e.trip_id, e.record_id, e.ts_us)
         )
 
-    def _add_trips(self, db: Session, records: Sequence[IngestRecord]) -> None:
-        """The open trips after a batch every record of which was inserted now, under its
-        trip ids' locks: the same rows as `_refresh_trips` gives, for less. The rows held are
-        those of the records before the batch; each of its exits closes its trip, and each of
-        its first entries of a trip (`first_entries`) opens it unless an exit of it is held,
-        or moves it to this entry if that is the earlier (OPEN_NEW)."""
-        exited = set(batch_trips(records, TripRole.EXIT))
-        entries = first_entries(records, exited)
-        if entries:
-            rows = ", ".join("(?, ?, ?)" for _ in entries)
-            params = [v for e in entries for v in (e.trip_id, e.record_id, e.ts_us)]
-            db.cursor().execute(
-                self._sql(OPEN_NEW.replace("{rows}", rows)), (*params, TripRole.EXIT.value)
+    def _trip_changes(self, batch: BatchTrips) -> list[tuple[str, tuple[object, ...]]]:
+        """The statements that keep the open trips after a batch every record of which was
+        inserted now, under its trip ids' locks: the same rows as `_refresh_trips` gives, for
+        less. The rows held are those of the records before the batch; each of its exits
+        closes its trip, and each of its first entries of a trip (`BatchTrips.entries`) opens it
+        unless an exit of it is held, or moves it to this entry if that is the earlier
+        (OPEN_NEW). Neither statement reads what the other writes (the trips of the entries
+        opened are not those closed), so they may run in either order, or as one."""
+        changes = []
+        if batch.entries:
+            rows, params = self._entry_rows(batch.entries)
+            changes.append(
+                (self._sql(OPEN_NEW.replace("{rows}", rows)), (*params, TripRole.EXIT.value))
             )
-        if exited:
-            self._close_trips(db, exited)
+        if batch.exited:
+            changes.append(self._closing(batch.exited))
+        return changes
+
+    def _add_trips(self, db: Session, batch: BatchTrips) -> None:
+        for sql, params in self._trip_changes(batch):
+            db.cursor().execute(sql, params)
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
@@ -306,9 +327,9 @@ class SqlIngestStore:
         held = new_held(records)
         trips = batch_trips(records)
         with self._batch() as db:
-            self._lock_trips(db, trips)
+            self._lock_trips(db, trips.trips)
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
-            self._add_trips(db, records)  # every record is inserted (or RowTakenError)
+            self._add_trips(db, trips)  # every record is inserted (or RowTakenError)
             moved = db.cursor()
             moved.execute(move_on, args)
             row = moved.fetchone()
@@ -366,7 +387,7 @@ class SqlIngestStore:
             "SELECT contiguous, max_seq, EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
             " FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix
         )
-        trips = batch_trips(records)
+        trips = batch_trips(records).trips
         with self._batch() as db:
             self._lock_trips(db, trips)
             locked = db.cursor()
@@ -577,6 +598,12 @@ class SqlIngestStore:
             unreadable = int(cur.fetchone()[0])
             upgrading = self._upgrading(cur)
         return TripRows(open_entries, closed, unmatched, unreadable, upgrading)
+
+    def upgrade_pending(self) -> bool:
+        """Whether an upgrade of the store has rows still to fill: until then the trip
+        ledger's answer is not whole (`TripRows.upgrading`)."""
+        with self._reader() as cur:
+            return self._upgrading(cur)
 
     def _upgrading(self, cur: Cursor) -> bool:
         """Whether an upgrade job has rows still to fill (SQLite fills them all on open)."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 import psycopg
 import pytest
 from polling import eventually
@@ -30,6 +31,8 @@ from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
 from sim.broker import Mosquitto
 from uplink.forwarder import Forwarder
+from uplink.ingest import Ingest
+from uplink.ingest_metrics import MetricsServer
 from uplink.messages import Ack, Held, QueueIdentity, decode_batch, encode_ack
 from uplink.messages import digest as record_digest
 from uplink.pg import PostgresIngestStore
@@ -469,3 +472,38 @@ def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_cra
         store.close()
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM lane_ingest.upgrade").fetchone() == (0,)
+
+
+async def test_an_unfinished_postgres_upgrade_shows_on_the_ingest_metrics(pg_dsn: str) -> None:
+    """A worker that starts while another holds the upgrade (or after one died in it) stores
+    batches; its `/metrics` say the upgrade is pending until a worker finishes it, then 0."""
+    rows, _ = many_old_rows(3)
+    old_pg_schema(pg_dsn, 3, rows)
+
+    def crash(job: UpgradeJob, reached: str | None) -> None:
+        raise CrashError
+
+    with pytest.raises(CrashError):
+        PostgresIngestStore(pg_dsn, upgrade_chunk=8, after_chunk=crash)
+    with psycopg.connect(pg_dsn) as other:  # a worker in the middle of the next chunk
+        other.execute("SELECT * FROM lane_ingest.upgrade FOR UPDATE")
+        worker = PostgresIngestStore(pg_dsn)
+    metrics = MetricsServer(Ingest(worker))
+    await metrics.start("127.0.0.1", 0)
+    try:
+        assert metrics.address is not None
+        url = f"http://{metrics.address[0]}:{metrics.address[1]}/metrics"
+
+        async def pending() -> float:
+            async with aiohttp.ClientSession() as http, http.get(url) as resp:
+                text = await resp.text()
+            found = re.search(r"^lane_ingest_upgrade_pending (\S+)$", text, re.MULTILINE)
+            assert found is not None, text
+            return float(found[1])
+
+        assert await pending() == 1
+        PostgresIngestStore(pg_dsn, upgrade_chunk=8).close()  # the next worker to start
+        assert await pending() == 0
+    finally:
+        await metrics.stop()
+        worker.close()

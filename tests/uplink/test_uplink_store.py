@@ -7,16 +7,18 @@ import itertools
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 import pytest
-from uplink_kit import Q, beside, committed_behind, held, recs
+from uplink_kit import Q, beside, committed_behind, draft, held, recs
 
 from uplink.messages import QueueIdentity, digest
 from uplink.pg import PostgresIngestStore
+from uplink.records import Record
 from uplink.sqlite_store import SqliteIngestStore
-from uplink.store import Gap, IngestStore, IngestStoreError, StoreBusyError
+from uplink.store import Gap, IngestRecord, IngestStore, IngestStoreError, StoreBusyError
 
 LANE = "p09/l04"
 E = Q.epoch
@@ -316,26 +318,39 @@ def test_postgres_a_batch_is_never_taken_inside_an_open_transaction_block(pg_dsn
     s.close()
 
 
+def entries(first: int, last: int) -> list[IngestRecord]:
+    """Entries of a closed road, one pass each (so each opens a trip)."""
+    out = []
+    for seq in range(first, last + 1):
+        made = replace(draft(seq), kind="entry", entry_plaza="P01", pass_id=f"pass-{seq}")
+        rec = Record(f"rid-e{LANE}-{seq}", LANE, seq, 1_700_000_000_000_000 + seq, made)
+        out.append(IngestRecord.of(rec, rec.encode()))
+    return out
+
+
+@pytest.mark.parametrize("make", [recs, entries], ids=["tolls", "entries"])
 def test_postgres_a_new_batch_of_a_seen_epoch_is_one_round_trip(
-    pg_dsn: str, tmp_path: Path
+    pg_dsn: str, tmp_path: Path, make: Callable[[int, int], list[IngestRecord]]
 ) -> None:
     """Counted on the worker's own connection (libpq's protocol trace): the client sends,
-    then waits for the server once; when store_batch returns the batch is committed."""
+    then waits for the server once; when store_batch returns the batch is committed. A batch
+    of entries too, its trip locks and open trips with it."""
     s = PostgresIngestStore(pg_dsn)
-    s.store_batch(LANE, Q, recs(1, 10), 1)  # the epoch's first batch here finds its row
+    s.store_batch(LANE, Q, make(1, 10), 1)  # the epoch's first batch here finds its row
     pgconn = s._connection().pgconn  # the worker's connection, under test
     trace = tmp_path / "libpq.trace"
     with trace.open("w") as out:
         pgconn.trace(out.fileno())
         pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-        r = s.store_batch(LANE, Q, recs(11, 20), 2)
+        r = s.store_batch(LANE, Q, make(11, 20), 2)
         pgconn.untrace()
     sides = [line.split("\t", 1)[0] for line in trace.read_text().splitlines()]
     assert sum(1 for a, b in itertools.pairwise(sides) if (a, b) == ("F", "B")) == 1
-    assert r.held == held(recs(11, 20)) and (r.contiguous, r.max_seq) == (20, 20)
+    assert r.held == held(make(11, 20)) and (r.contiguous, r.max_seq) == (20, 20)
     with psycopg.connect(pg_dsn) as other:
         (n,) = other.execute("SELECT COUNT(*) FROM lane_ingest.records").fetchone() or (0,)
-    assert n == 20
+        (opened,) = other.execute("SELECT COUNT(*) FROM lane_ingest.open_trips").fetchone() or (0,)
+    assert (n, opened) == (20, 20 if make is entries else 0)
     s.close()
 
 

@@ -25,7 +25,7 @@ from polling import eventually
 from uplink_kit import beside
 
 from uplink.messages import QueueIdentity
-from uplink.pg import PostgresIngestStore
+from uplink.pg import PostgresIngestStore, trip_lock_keys
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.sql_store import (
     CLOSED_TRIPS,
@@ -200,7 +200,8 @@ async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(pg_dsn: str, 
     marks = ", ".join(["%s"] * COLUMN_COUNT)
     try:
         with psycopg.connect(pg_dsn) as first:  # the entry's batch, in flight in another worker
-            first.execute("SELECT pg_advisory_xact_lock(hashtextextended('lane_ingest.p1', 0))")
+            schema_key, (trip_key,) = trip_lock_keys("lane_ingest", ["p1"])
+            first.execute("SELECT pg_advisory_xact_lock(%s, %s)", (schema_key, trip_key))
             first.execute(
                 f"INSERT INTO lane_ingest.records ({RECORD_COLUMNS}) VALUES ({marks})",
                 NewRows("P01/e1", "e", [entry], 1).rows()[0],
@@ -222,10 +223,51 @@ async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(pg_dsn: str, 
         store.close()
 
 
+async def test_postgres_a_trip_batch_holds_its_trip_locks_to_its_commit(pg_dsn: str) -> None:
+    """A batch of an epoch the worker has seen takes its trip ids' locks and stores its rows
+    in one round trip, no BEGIN: both in the one transaction up to the pipeline's Sync. Held
+    up on its epoch's row, it still holds its trip locks (were they a transaction of their
+    own, they would be free), and once it commits its rows and its open trip are there."""
+    store = PostgresIngestStore(pg_dsn)
+    records = []
+    for seq, (kind, trip) in enumerate((("toll", None), ("entry", "p1")), start=1):
+        draft = RecordDraft(kind, "v", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            pass_id=trip)  # fmt: skip
+        record = Record(f"r-{seq}", "P01/e1", seq, T0, draft)
+        records.append(IngestRecord.of(record, record.encode()))
+    keys = trip_lock_keys("lane_ingest", ["p1"])
+    try:
+        store.store_batch("P01/e1", QueueIdentity("q"), records[:1], 1)  # the epoch is seen
+        with psycopg.connect(pg_dsn) as holder, psycopg.connect(pg_dsn, autocommit=True) as peer:
+            holder.execute("SELECT 1 FROM lane_ingest.epochs WHERE lane = 'P01/e1' FOR UPDATE")
+            storing = asyncio.create_task(
+                asyncio.to_thread(store.store_batch, "P01/e1", QueueIdentity("q"), records[1:], 1)
+            )
+            await eventually(lambda: row_waits(pg_dsn), what="the batch waits for its epoch row")
+            taken = "SELECT pg_try_advisory_xact_lock(%s, %s)"
+            assert peer.execute(taken, (keys[0], keys[1][0])).fetchone() == (False,)
+            assert open_table(store) == 0  # nothing of the batch is committed yet
+            holder.commit()
+            await storing
+            assert peer.execute(taken, (keys[0], keys[1][0])).fetchone() == (True,)
+        assert store.count("P01/e1") == 2 and open_table(store) == 1
+    finally:
+        store.close()
+
+
 def advisory_waits(dsn: str) -> int:
+    return lock_waits(dsn, "advisory")
+
+
+def row_waits(dsn: str) -> int:
+    """Lock waits for a row another transaction has locked (on that transaction's id)."""
+    return lock_waits(dsn, "transactionid")
+
+
+def lock_waits(dsn: str, locktype: str) -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            "SELECT count(*) FROM pg_locks WHERE locktype = %s AND NOT granted", (locktype,)
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -264,7 +306,10 @@ def test_the_ledgers_queries_walk_the_trip_index(tmp_path: Path) -> None:
         (UNMATCHED_EXITS, ("exit", "entry")),
         (ROLE_COUNT, ("unreadable",)),
         (reopen, ("entry", "entry", "p1", "p2", "exit")),
-        (OPEN_NEW.replace("{rows}", "(?, ?, ?)").replace("{bytewise}", ""), ("p1", "r", 1, "exit")),
+        (
+            OPEN_NEW.replace("{rows}", "(VALUES (?, ?, ?)) AS t").replace("{bytewise}", ""),
+            ("p1", "r", 1, "exit"),
+        ),
     ):
         reads = sqlite_plan(tmp_path / "ingest.sqlite", sql, params)
         # The trip ids given (VALUES, as `t`) are scanned; every read of `records` searches.
