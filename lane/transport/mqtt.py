@@ -16,10 +16,12 @@ import logging
 import random
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiomqtt
+from paho.mqtt import client as mqtt
 from paho.mqtt.client import MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -228,6 +230,7 @@ class MqttLink:
             # the persistent session held for us comes right after the CONNACK. The
             # `client.messages` loop in `run` then only waits for the connection to end.
             client._client.on_message = self._receive
+        _write_at_once(client._client)
         return client
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
@@ -249,6 +252,35 @@ class MqttLink:
             # Raised into paho, it would end the connection; logged with its topic instead.
             topic = bytes(message._topic).decode(errors="replace")
             log.exception("mqtt handler failed", extra={"topic": topic})
+
+
+def _write_at_once(paho: mqtt.Client) -> None:
+    """Write each packet paho queues there and then, instead of a loop turn later.
+
+    aiomqtt answers paho's "I have something to write" with `call_soon_threadsafe(add_writer)`:
+    a wake-up write, a loop turn to register the writer, one for the socket to poll writable,
+    and the writer removed again, for every command, ack, state and PUBACK. On the event loop's
+    thread a write to a connected socket with room in its buffer needs none of that. Inside a
+    paho callback (its `_in_callback_mutex` held) paho's write path would take that lock again
+    for a QoS 0 publish, and a packet queued from another thread (the CONNECT, from aiomqtt's
+    executor) belongs to the loop: both, and what a full socket buffer leaves, go the
+    deferred way.
+    """
+    deferred = paho.on_socket_register_write
+    loop_thread = threading.get_ident()
+
+    def register_write(client: mqtt.Client, userdata: object, sock: mqtt.SocketLike) -> None:
+        if threading.get_ident() == loop_thread and client._in_callback_mutex.acquire(False):
+            client._in_callback_mutex.release()
+            # Errors on the socket come back as paho's return codes, and paho then reports
+            # the lost connection to aiomqtt; loop_write unregisters once all is written.
+            client.loop_write()
+            if not client.want_write() or client.socket() is None:
+                return
+        if deferred is not None:
+            deferred(client, userdata, sock)
+
+    paho.on_socket_register_write = register_write
 
 
 def _incoming(topic: str, payload: object, retain: bool, message: object) -> Incoming:
