@@ -172,15 +172,24 @@ class MqttLink:
                 props.ResponseTopic = response_topic
             if correlation is not None:
                 props.CorrelationData = correlation
+        info = client._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise LinkDown(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        if info.is_published():
+            return  # QoS 0, already written
+        # aiomqtt's own publish waits for this PUBACK through asyncio.wait_for, which on 3.11
+        # is a task of its own and three loop turns from PUBACK to caller (and can swallow a
+        # cancel racing the ack); asyncio.timeout is one turn. aiomqtt's on_publish sets the
+        # event it finds under the message id.
+        confirmation = asyncio.Event()
+        client._pending_publishes[info.mid] = confirmation
         try:
-            await client.publish(
-                topic, payload, qos=qos, retain=retain, properties=props, timeout=timeout
-            )
-        except aiomqtt.MqttError as exc:
-            raise LinkDown(f"publish to {topic} failed: {exc}") from exc
-        # aiomqtt waits for the PUBACK with asyncio.wait_for, which on 3.11 can swallow a
-        # cancel racing the ack; the caller's task would then run on after being cancelled.
-        reraise_swallowed_cancel()
+            async with asyncio.timeout(timeout):
+                await confirmation.wait()
+        except TimeoutError as exc:
+            raise LinkDown(f"publish to {topic} failed: no PUBACK in {timeout} s") from exc
+        finally:
+            client._pending_publishes.pop(info.mid, None)
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
