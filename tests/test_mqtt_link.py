@@ -6,8 +6,12 @@ from collections.abc import Callable
 
 import pytest
 import uvloop
+from hypothesis import given
+from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from lane.transport.mqtt import Incoming, LinkDown, MqttLink
+from lane.transport.mqtt import Incoming, LinkDown, MqttLink, PublishProperties
 from sim.broker import Mosquitto
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -34,10 +38,35 @@ async def test_publish_and_receive_roundtrip(mosquitto: Mosquitto, lane_id: str)
         assert msg.payload == b"hello"
         assert msg.correlation == b"c1"
         assert msg.response_topic == "x/y"
+        assert msg.expiry_s is not None and 0 < msg.expiry_s <= 5
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@given(
+    st.none() | st.integers(0, 2**32 - 1),
+    st.none() | st.text(max_size=300),
+    st.none() | st.binary(max_size=300),
+)
+def test_publish_properties_pack_as_paho_packs_them(
+    expiry_s: int | None, response_topic: str | None, correlation: bytes | None
+) -> None:
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if expiry_s is not None:
+        props.MessageExpiryInterval = expiry_s
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if correlation is not None:
+        props.CorrelationData = correlation
+    packed = PublishProperties(expiry_s, response_topic, correlation).pack()
+    assert packed == bytes(props.pack())  # type: ignore[no-untyped-call]
+
+
+def test_a_publish_property_too_long_for_mqtt_is_refused() -> None:
+    with pytest.raises(ValueError, match="65535"):
+        PublishProperties(None, None, b"x" * 65536)
 
 
 async def test_publish_while_disconnected_raises() -> None:
