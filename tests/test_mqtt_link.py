@@ -133,3 +133,33 @@ async def test_a_publish_inside_a_receive_callback_is_written_after_it(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_write_that_raises_is_left_to_the_loop_not_the_publisher(
+    mosquitto: Mosquitto, lane_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception out of paho's write path (here its on_publish callback) does not reach
+    whoever queued the packet: it is logged and the deferred writer takes over."""
+    topic = f"lane/{lane_id}/events"
+    got: asyncio.Queue[Incoming] = asyncio.Queue()
+    rx = MqttLink(mosquitto.host, mosquitto.port, f"rx-{lane_id}", [(topic, 1)], got.put)
+    tx = MqttLink(mosquitto.host, mosquitto.port, f"tx-{lane_id}")
+    tasks = [asyncio.create_task(rx.run()), asyncio.create_task(tx.run())]
+
+    def on_publish(*args: object) -> None:
+        raise RuntimeError("on_publish broke")
+
+    try:
+        await rx.wait_connected(5)
+        await tx.wait_connected(5)
+        assert tx._client is not None
+        paho = tx._client._client
+        paho.on_publish = on_publish
+        paho.suppress_exceptions = False
+        paho.publish(topic, b"anyway", qos=0)  # raises here without the fallback
+        assert (await asyncio.wait_for(got.get(), 5)).payload == b"anyway"
+        assert "mqtt write failed, left to the loop" in caplog.text
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

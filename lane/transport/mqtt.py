@@ -321,9 +321,15 @@ def _write_at_once(paho: mqtt.Client) -> None:
             client._in_callback_mutex.release()
             # Errors on the socket come back as paho's return codes, and paho then reports
             # the lost connection to aiomqtt; loop_write unregisters once all is written.
-            client.loop_write()
-            if not client.want_write() or client.socket() is None:
-                return
+            try:
+                client.loop_write()
+            except Exception:
+                # Not the publisher's to handle: the deferred write meets it again, and
+                # aiomqtt's writer turns it into the end of the connection.
+                log.warning("mqtt write failed, left to the loop", exc_info=True)
+            else:
+                if not client.want_write() or client.socket() is None:
+                    return
         if deferred is not None:
             deferred(client, userdata, sock)
 
