@@ -1,6 +1,6 @@
 """Barrier command round trip: controller send() → device → ack back, over loopback MQTT.
 
-    .venv/bin/python bench/barrier.py [--count 1000] [--uvloop] [--move-ms 0]
+    .venv/bin/python bench/barrier.py [--count 1000] [--uvloop] [--move-ms 0] [--cpus B,D,R,C]
     (or: python -m bench.barrier)
 
 Runs a private mosquitto and, each in a process of its own (a barrier is a box of its own),
@@ -16,6 +16,10 @@ With zero movement time the device publishes the state a move ends in right behi
 `--move-ms` gives the boom that long (a real one takes 800 ms) and makes each command wait,
 untimed, for that state before the next one: every state is still published and received,
 but not on top of the ack. Figures, not assertions: the machine is shared.
+
+On two cores where each process lands decides much of the ratio (docs/barrier.md,
+"Benchmark"): `--cpus 0,1,1,0` pins the broker, the device, the raw responder and this process
+(the controller and the raw requester) to those CPUs, so runs compare like with like.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import asyncio
 import logging
 import multiprocessing
+import os
 import socket
 import statistics
 import sys
@@ -56,6 +61,11 @@ WARM_UP = 20
 BLOCK = 50  # commands, then as many raw request/replies, and again
 RAW_REQUEST, RAW_REPLY = f"lane/{LANE}/raw/req", f"lane/{LANE}/raw/ack"
 Serve = Callable[..., Coroutine[Any, Any, None]]  # (host, port, ready, stop, *extra)
+
+
+def pin(pid: int, cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(pid, {cpu})
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -128,19 +138,30 @@ async def _serve_raw(host: str, port: int, ready: Event, stop: Event) -> None:
 
 
 def _serve(  # noqa: PLR0917 - a process target's arguments
-    serve: Serve, host: str, port: int, ready: Event, stop: Event, fast: bool, *extra: object
+    serve: Serve,
+    host: str,
+    port: int,
+    ready: Event,
+    stop: Event,
+    fast: bool,
+    cpu: int | None,
+    *extra: object,
 ) -> None:
+    pin(0, cpu)
     logging.basicConfig(level=logging.ERROR)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop if fast else None) as runner:
         runner.run(serve(host, port, ready, stop, *extra))
 
 
 @contextmanager
-def other_process(serve: Serve, host: str, port: int, fast: bool, *extra: object) -> Iterator[None]:
+def other_process(
+    serve: Serve, host: str, port: int, fast: bool, cpu: int | None, *extra: object
+) -> Iterator[None]:
     """`serve` in a child process on its own event loop, ready when the block starts."""
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Event(), context.Event()
-    child = context.Process(target=_serve, args=(serve, host, port, ready, stop, fast, *extra))
+    args = (serve, host, port, ready, stop, fast, cpu, *extra)
+    child = context.Process(target=_serve, args=args)
     child.start()
     try:
         if not ready.wait(15):
@@ -260,21 +281,39 @@ def main() -> None:
         help="leave mosquitto's Nagle algorithm on (its default; deploy/mosquitto/lane.conf "
         "turns it off with set_tcp_nodelay)",
     )
+    parser.add_argument(
+        "--cpus",
+        type=lambda text: [int(cpu) for cpu in text.split(",")],
+        default=[None] * 4,
+        metavar="B,D,R,C",
+        help="pin the broker, the device, the raw responder and the controller to these CPUs",
+    )
     args = parser.parse_args()
+    if len(args.cpus) != 4:
+        parser.error("--cpus takes four CPUs: broker, device, raw responder, controller")
+    broker_cpu, device_cpu, raw_cpu, controller_cpu = args.cpus
     logging.basicConfig(level=logging.ERROR)
     config = "" if args.nagle else "set_tcp_nodelay true\n"
     loop_factory = uvloop.new_event_loop if args.uvloop else None
     with (
         running_mosquitto(extra_config=config) as broker,
-        other_process(_serve_raw, broker.host, broker.port, args.uvloop),
-        other_process(_serve_device, broker.host, broker.port, args.uvloop, args.move_ms / 1000),
+        other_process(_serve_raw, broker.host, broker.port, args.uvloop, raw_cpu),
+        other_process(
+            _serve_device, broker.host, broker.port, args.uvloop, device_cpu, args.move_ms / 1000
+        ),
         asyncio.Runner(loop_factory=loop_factory) as runner,
     ):
+        assert broker.process is not None
+        pin(broker.process.pid, broker_cpu)
+        pin(0, controller_cpu)
         started = time.perf_counter()
         figures = runner.run(bench(args.count, broker.host, broker.port, args.move_ms > 0))
         elapsed = time.perf_counter() - started
     setup = ("uvloop" if args.uvloop else "asyncio") + (", Nagle on" if args.nagle else "")
     setup += f", boom movement {args.move_ms:g} ms"
+    if controller_cpu is not None:
+        setup += f", CPUs broker {broker_cpu} device {device_cpu} raw {raw_cpu}"
+        setup += f" controller {controller_cpu}"
     print(f"barrier command round trip over loopback mosquitto, {args.count} commands, {setup}")
     report("send() → ack received", figures["command"])
     report("send() → broker PUBACK", figures["send"])

@@ -13,11 +13,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
+from polling import eventually
 from test_barrier_protocol import FAST, WAIT, command, tasks
 
 from barrier.device import DeviceEmulator
 from barrier.link import BarrierLink
 from barrier.messages import BarrierAck, BarrierStatus, SensorReading
+from lane.transport.mqtt import LinkDown, MqttLink
 from sim.broker import Mosquitto
 
 PUBACK = 0x40  # MQTT fixed header: packet type 4, no flags
@@ -144,3 +147,30 @@ async def test_ack_is_not_held_behind_an_unacknowledged_publish(
             async with asyncio.timeout(WAIT):
                 await device.flushed()  # every message's PUBACK came in after all
             await device.stop()
+
+
+async def test_a_publish_without_its_puback_raises_link_down(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """MqttLink waits for the PUBACK itself (not through aiomqtt's publish): none within the
+    timeout is LinkDown, with nothing left waiting; one that comes ends the wait."""
+    async with puback_hold(mosquitto) as proxy:
+        link = MqttLink(mosquitto.host, proxy.port, f"pub-{lane_id}")
+        task = asyncio.create_task(link.run())
+        try:
+            await link.wait_connected(5)
+            assert link._client is not None
+            proxy.holding = True
+            with pytest.raises(LinkDown, match="no PUBACK"):
+                await link.publish(f"lane/{lane_id}/events", b"x", timeout=0.3)
+            assert not link._client._pending_publishes
+            held = len(proxy.held)
+            waiting = asyncio.create_task(link.publish(f"lane/{lane_id}/events", b"y"))
+            await eventually(lambda: len(proxy.held) > held, 5, what="the PUBACK held")
+            assert not waiting.done()
+            proxy.release()
+            await asyncio.wait_for(waiting, 5)
+            assert not link._client._pending_publishes
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
