@@ -175,6 +175,73 @@ async def test_a_boom_stuck_closed_charges_nobody_else_and_clears_by_its_self_te
         assert {r.__dict__["lane"] for r in lines} == {lane_id}
 
 
+async def test_killed_with_the_boom_stuck_closed_the_restarted_lane_starts_latched_and_heals(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    """barrier_stuck latched, then SIGKILL: the lane restarted with the boom still stuck is
+    latched from its start (nobody charged), and clears by its self-test once the boom works."""
+    data = tmp_path / "lane"  # running_lane's data directory
+    conf = tmp_path / "lane.toml"
+    barrier = "".join(f"{k} = {v}\n" for k, v in STUCK_BARRIER.items())
+    conf.write_text(
+        f'[lane]\nid = "{lane_id}"\ndata_dir = "{data}"\n'
+        f"[barrier]\n{barrier}"
+        f"[broker]\nport = {mosquitto.port}\n"
+        f'[camera]\nsource = "{tmp_path / "frames"}/"\n'
+        f'[auth]\nkeyset = "{CodeFactory(3).write_keyset(tmp_path / "k.json", int(time.time()))}"\n'
+    )
+    (tmp_path / "frames").mkdir()
+    device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
+    device.set_fault("stuck")
+    console = MqttLink(mosquitto.host, mosquitto.port, f"console-{lane_id}")
+    tasks = [asyncio.create_task(device.run()), asyncio.create_task(console.run())]
+    proc = None
+    try:
+        await device.wait_connected(5)
+        await console.wait_connected(5)
+        proc = await start_lane_process(conf, tmp_path / "lane.log")
+        await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
+        opening = AttendantCommand("open", "att-1", "test", "alice", int(time.time() * 1e6))
+        await console.publish(topics.attendant(lane_id), opening.encode())
+        await eventually(lambda: "barrier_stuck" in lane_statuses[-1].faults, within=10)
+        proc.kill()  # SIGKILL: no clean shutdown
+        await proc.wait()
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await device.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    lane_conf = {**QUICK, "pass_dwell_s": 3.0}
+    async with running_lane(
+        tmp_path, mosquitto, lane_id, lane_conf, STUCK_BARRIER, fault="stuck"
+    ) as lane:
+        runner, device = lane.daemon.runner, lane.device
+        text = runner.alarms["barrier_stuck"]  # raised by the first event the core took
+        assert "(carried over a restart)" in text and "commanded open" in text
+        assert "lane closed to payments" in text
+        # Nobody is charged: the lane refuses the code, it asks no acquirer.
+        await device.vehicle_enters(1)
+        token = lane.codes.make("token", int(time.time())).text
+        await show(lane, token, lambda: named(lane, "scan_refused"))
+        await device.vehicle_backs_away()
+        await eventually(lambda: runner.state.vehicle is None)
+        await eventually(lambda: len(self_tests(lane, "failed")) >= 1, within=15)
+        assert "barrier_stuck" in runner.alarms and charged(lane) == []
+        # The boom works again: the next self-test clears the latch, on disk too.
+        device.set_fault(None)
+        await eventually(lambda: "barrier_stuck" not in runner.alarms, within=10)
+        assert not (lane.config.lane.data_dir / "barrier_stuck.json").exists()
+        await eventually(lambda: device.state == "closed" and runner.idle(), within=10)
+        await eventually(lambda: "barrier_stuck" not in lane_statuses[-1].faults, within=10)
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+        await device.vehicle_passes()
+        await eventually(lambda: device.state == "closed" and quiet(lane), within=10)
+        assert len(charged(lane)) == 1
+
+
 def charged(lane: Lane) -> list[Record]:
     return [r for r in records(lane.queue_path) if r.draft.amount_minor > 0]
 
