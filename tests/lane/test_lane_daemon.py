@@ -104,6 +104,7 @@ async def running_lane(
     lane_id: str,
     lane: dict[str, Any] | None = None,
     barrier: dict[str, Any] | None = None,
+    *,
     fault: str | None = None,
 ) -> AsyncIterator[Lane]:
     """The daemon in this process, with a device emulator; `lane`, `barrier`: extra [lane]
