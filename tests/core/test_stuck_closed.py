@@ -286,7 +286,7 @@ def test_a_lane_restarted_latched_raises_the_alarm_saying_so_and_refuses_payment
     assert "barrier_stuck" in one(actions, ScanRefused).reason
 
 
-def test_a_lane_restarted_latched_self_tests_at_once_empty_and_clears_on_open() -> None:
+def test_a_lane_restarted_latched_self_tests_on_its_schedule_and_clears_on_open() -> None:
     lane = LaneDriver(rules(selftest_s=5.0, selftest_max_s=60.0))
     carried_over(lane)
     started = lane.now
