@@ -72,6 +72,7 @@ from lane.notification import Notification, ShellNote, ShellNoteName
 from lane.ops import LaneOps, TimedBarrier
 from lane.road_port import RoadDesks
 from lane.runner import Clocks, LaneRunner
+from lane.stuck_latch import StuckLatchFile
 from lane.tap_desk import ExitPricing, TapDesk
 from lane.tap_store import TapStore
 from lane.ticket_desk import TicketDesk
@@ -229,6 +230,8 @@ class Opened:
     pass_key: PlazaPassKey | None = None  # toll-entry: what its passes are signed with
     tariff: Tariff | None = None  # toll-exit: the entry-exit matrix its trips are priced by
     taps: TapStore | None = None  # a metro gate on a line: the line's tap-ins by account
+    latch: StuckLatchFile | None = None  # barrier_stuck's latch, kept over restarts
+    carried: ev.StuckCarried | None = None  # the latch the lane stopped with, if any
 
 
 def account_key(config: LaneConfig) -> bytes:
@@ -275,6 +278,8 @@ def open_files(
             source or open_source(config.camera.source, settings=config.camera.capture()),
             *_road_files(config),
         )
+        latch = StuckLatchFile(data, config.lane.id)
+        opened = replace(opened, latch=latch, carried=latch.load())
         if metro_gate(config):
             taps = TapStore(data / "taps.sqlite3")
             stack.callback(taps.close)
@@ -495,7 +500,10 @@ class LaneDaemon:
             clocks=self.clocks,
             observers=[self._on_note, self.metrics.observe_note],
             road=self.road,
+            latch=opened.latch,
         )
+        if opened.carried is not None:  # the first event the core takes
+            self.runner.post(opened.carried)
         self.pipeline = ScanPipeline(
             self.source,
             make_decoder(config.camera.decoder),

@@ -23,7 +23,9 @@ from lane.core.actions import (
     Authorise,
     ClearAlarm,
     CloseBarrier,
+    DropStuckLatch,
     IssuePass,
+    KeepStuckLatch,
     MarkPassUsed,
     NoteBase,
     OpenBarrier,
@@ -67,6 +69,13 @@ class RoadPort(Protocol):
     async def mark_used(self, action: MarkPassUsed) -> None: ...
 
 
+class LatchStore(Protocol):
+    """Where `barrier_stuck`'s latch outlives the process (lane.stuck_latch)."""
+
+    def keep(self, since: float, detail: str) -> None: ...
+    def drop(self) -> None: ...
+
+
 class RecordStore(Protocol):
     """The queue (uplink.queue_thread.QueueThread): append returns once the record is on disk."""
 
@@ -93,8 +102,10 @@ class LaneRunner:
         clocks: Clocks | None = None,
         observers: Sequence[Observer] = (),
         road: RoadPort | None = None,
+        latch: LatchStore | None = None,
     ) -> None:
         self.state = state
+        self.latch = latch  # None: a latch dies with the process (tests of other things)
         self.road = road
         self.barrier = barrier
         self.payments = payments
@@ -226,6 +237,8 @@ class LaneRunner:
                 self._spawn("price trip", self._price(action))
             case MarkPassUsed():
                 self._spawn("mark pass used", self._mark_used(action))
+            case KeepStuckLatch() | DropStuckLatch():
+                self._keep_latch(action)
             case RaiseAlarm(code=code, message=message):
                 self._raise_alarm(code, message)
             case ClearAlarm(code=code):
@@ -239,6 +252,25 @@ class LaneRunner:
                 self._notify(action)
             case _:
                 assert_never(action)
+
+    def _keep_latch(self, action: KeepStuckLatch | DropStuckLatch) -> None:
+        """On the loop, not in a task: a tiny file, rarely written, and a keep followed by its
+        drop must reach the disk in that order."""
+        if self.latch is None:
+            return
+        try:
+            if isinstance(action, KeepStuckLatch):
+                self.latch.keep(self.clocks.wall(), action.detail)
+            else:
+                self.latch.drop()
+        except OSError as exc:
+            # The alarm stands either way; only a restart would see a stale or missing latch.
+            log.error(
+                "stuck latch not written",
+                extra={"lane": self.lane, "latch": type(action).__name__, "error": str(exc)},
+            )
+            return
+        log.info("stuck latch written", extra={"lane": self.lane, "latch": type(action).__name__})
 
     async def _authorise(self, action: Authorise) -> None:
         try:

@@ -108,6 +108,19 @@ class MarkPassUsed:
 
 
 @dataclass(frozen=True)
+class KeepStuckLatch:
+    """`barrier_stuck` latched: keep it on disk (with the wall time, UTC) so a restarted lane
+    starts latched (StuckCarried), not charging the next driver for a boom that cannot rise."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class DropStuckLatch:
+    """The boom was seen open: the kept latch is gone."""
+
+
+@dataclass(frozen=True)
 class RaiseAlarm:
     code: Alarm
     message: str
@@ -130,6 +143,8 @@ Action = (
     | IssuePass
     | PriceTrip
     | MarkPassUsed
+    | KeepStuckLatch
+    | DropStuckLatch
     | RaiseAlarm
     | ClearAlarm
     | Note
@@ -141,7 +156,9 @@ __all__ = [
     "Authorise",
     "ClearAlarm",
     "CloseBarrier",
+    "DropStuckLatch",
     "IssuePass",
+    "KeepStuckLatch",
     "MarkPassUsed",
     "Note",
     "NoteBase",

@@ -191,6 +191,16 @@ class AttendantConfirmFare:
 
 
 @dataclass(frozen=True)
+class StuckCarried:
+    """At start-up: the lane stopped (or crashed) with `barrier_stuck` latched, as the shell
+    kept it on disk (KeepStuckLatch) since `since` (UTC, ISO 8601) with `detail`. The lane
+    starts latched: a restart does not make a boom that did not open trustworthy again."""
+
+    since: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class Tick:
     """Time passed: the shell calls step with Tick at next_deadline()."""
 
@@ -216,5 +226,6 @@ Event = (
     | TripPriced
     | AttendantNoPass
     | AttendantConfirmFare
+    | StuckCarried
     | Tick
 )

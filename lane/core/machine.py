@@ -160,6 +160,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return road.on_no_pass(state, event, now)
         case ev.AttendantConfirmFare():
             return road.on_confirm(state, event, now)
+        case ev.StuckCarried():
+            return recovery.carried(state, event, now)
         case ev.Tick():
             return _on_tick(state, event, now)
         case _:

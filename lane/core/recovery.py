@@ -22,6 +22,8 @@ lane, on a doubling backoff, the lane asks the device for its truth; if that ans
 is on a loop or under the boom, it commands an open of its own (`{snapshot id}/selftest/open`,
 no passage, no record), closes again at once when someone comes, and closes after the test
 either way. Seen open, the latch and the alarm clear and the lane takes payments again.
+The latch outlives a restart: the lane asks the shell to keep it on disk (KeepStuckLatch,
+DropStuckLatch) and is told of a kept one at start-up (StuckCarried, `carried`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from lane.core import events as ev
 from lane.core.actions import (
     Action,
     CloseBarrier,
+    DropStuckLatch,
+    KeepStuckLatch,
     OpenBarrier,
     Persist,
     QueryDevice,
@@ -239,27 +243,49 @@ def _stuck_detail(state: LaneState, target: Position, after_s: float) -> str:
     return f"commanded {target}, device reports {state.barrier} after {after_s:g} s"
 
 
-def _not_opened(state: LaneState, now: float, after_s: float) -> Result:
-    """The boom was commanded open and not seen open: `barrier_stuck`, latched."""
+def _latch_terms(state: LaneState) -> str:
     r = state.rules
-    detail = _stuck_detail(state, Position.OPEN, after_s) + (
-        "; lane closed to payments until the boom is seen open, self-test every"
+    return (
+        "lane closed to payments until the boom is seen open, self-test every"
         f" {r.selftest_s:g} s doubling to {r.selftest_max_s:g} s while nobody is there"
     )
-    state, actions = _failed_open(state, now)
-    state, more = add_fault(state, Alarm.BARRIER_STUCK, detail)
+
+
+def _not_opened(state: LaneState, now: float, after_s: float) -> Result:
+    """The boom was commanded open and not seen open: `barrier_stuck`, latched."""
+    detail = _stuck_detail(state, Position.OPEN, after_s)
+    state, actions = _failed_open(state, now, detail)
+    state, more = add_fault(state, Alarm.BARRIER_STUCK, f"{detail}; {_latch_terms(state)}")
     return state, actions + more
 
 
-def _failed_open(state: LaneState, now: float) -> Result:
-    """The boom was not seen open in time: latch, or end a self-test that failed."""
+def _failed_open(state: LaneState, now: float, detail: str) -> Result:
+    """The boom was not seen open in time: latch (kept on disk), or end a failed self-test."""
     latch = state.latch
     if latch is None:
-        first = min(state.rules.selftest_s, state.rules.selftest_max_s)
-        return replace(state, latch=StuckLatch(now + first, first)), []
+        return _latch(state, now), [KeepStuckLatch(detail)]
     if latch.test_id is None:
         return state, []
     return _end_test(state, latch.test_id, SelfTestStep.FAILED)
+
+
+def _latch(state: LaneState, now: float) -> LaneState:
+    """Latched: the self-tests start over from the shortest wait."""
+    first = min(state.rules.selftest_s, state.rules.selftest_max_s)
+    return replace(state, latch=StuckLatch(now + first, first))
+
+
+def carried(state: LaneState, event: ev.StuckCarried, now: float) -> Result:
+    """Start-up with a latch kept from before: latched as it was, the alarm raised again (it
+    says so), payments refused; the self-tests clear it once the boom is seen open. The latch
+    is on disk already: nothing to keep."""
+    if state.latch is not None:
+        return state, []
+    detail = (
+        f"latched since {event.since} (carried over a restart): {event.detail};"
+        f" {_latch_terms(state)}"
+    )
+    return add_fault(_latch(state, now), Alarm.BARRIER_STUCK, detail)
 
 
 def _latched(state: LaneState) -> Result:
@@ -272,6 +298,7 @@ def _latched(state: LaneState) -> Result:
     test_id = latch.test_id
     if state.barrier == Position.OPEN:
         state, actions = remove_fault(replace(state, latch=None), Alarm.BARRIER_STUCK)
+        actions.append(DropStuckLatch())
         if test_id is None:
             return state, actions
         state, more = _end_test(state, test_id, SelfTestStep.PASSED)

@@ -20,7 +20,9 @@ from lane.core.actions import (
     Authorise,
     ClearAlarm,
     CloseBarrier,
+    DropStuckLatch,
     IssuePass,
+    KeepStuckLatch,
     MarkPassUsed,
     OpenBarrier,
     Persist,
@@ -118,7 +120,7 @@ class SafetyMonitor:
             assert (out_of_tries or no_fare or suspect or no_pass) and not waiting.manual, waiting
             assert not waiting.committed or out_of_tries, f"waits for nobody: {waiting}"
         self._check_trip(after)
-        self._check_latch(before, after, actions)
+        self._check_latch(before, event, after, actions)
         passenger = after.vehicle
         if passenger is not None and passenger.implicit:
             # A fare-gate passenger exists only while their code is in hand; else the gate jams.
@@ -141,10 +143,18 @@ class SafetyMonitor:
             # Nothing is charged before the trip is priced.
             assert isinstance(trip, Priced) or vehicle.amount_minor is None, vehicle
 
-    def _check_latch(self, before: LaneState, after: LaneState, actions: list[Action]) -> None:
+    def _check_latch(
+        self, before: LaneState, event: ev.Event, after: LaneState, actions: list[Action]
+    ) -> None:
         """A boom that failed to open: the alarm holds, and nobody is charged meanwhile."""
         if after.latch is not None:
             assert "barrier_stuck" in after.faults, f"latched without its alarm: {after}"
+        # The latch on disk follows the one in memory: kept as it latches, dropped as it clears.
+        kept = [a for a in actions if isinstance(a, KeepStuckLatch)]
+        dropped = [a for a in actions if isinstance(a, DropStuckLatch)]
+        latched = before.latch is None and after.latch is not None
+        assert len(kept) == (latched and not isinstance(event, ev.StuckCarried)), actions
+        assert len(dropped) == (before.latch is not None and after.latch is None), actions
         if before.latch is not None or after.latch is not None:
             charged = [
                 a

@@ -19,6 +19,8 @@ from lane.core.actions import (
     Authorise,
     ClearAlarm,
     CloseBarrier,
+    DropStuckLatch,
+    KeepStuckLatch,
     OpenBarrier,
     Persist,
     QueryDevice,
@@ -244,6 +246,62 @@ def test_an_attendant_closure_stops_the_self_tests() -> None:
     assert self_test_queries(lane.feed(ev.AttendantReopenLane("repaired")))
 
 
+def test_the_latch_is_kept_on_disk_as_it_latches_and_dropped_as_it_clears() -> None:
+    lane = LaneDriver(rules(pass_dwell_s=60.0, move_s=4.0))
+    actions = stuck_closed(lane)
+    assert one(actions, KeepStuckLatch).detail == "commanded open, device reports closed after 4 s"
+    test = next_self_test(lane, refunded(lane))
+    lane.feed(ev.BarrierAcked(test.cmd_id, True, "closed"), 0.05)
+    lane.tick_at_deadline()  # a failed test: still latched, nothing more to keep
+    assert len(of_type(lane.actions, KeepStuckLatch)) == 1
+    assert of_type(lane.actions, DropStuckLatch) == []
+    lane.ack()
+    test = next_self_test(lane)
+    lane.feed(ev.BarrierAcked(test.cmd_id, True, "opening"), 0.05)
+    assert one(lane.report("open", dt=0.8), DropStuckLatch) == DropStuckLatch()
+
+
+SINCE = "2026-12-01T10:00:00.000000Z"
+
+
+def carried_over(lane: LaneDriver) -> list[Action]:
+    """The lane starts with a latch kept from before its restart; the device says closed."""
+    actions = lane.feed(ev.StuckCarried(SINCE, "commanded open, device reports closed after 4 s"))
+    return actions + lane.report("closed")
+
+
+def test_a_lane_restarted_latched_raises_the_alarm_saying_so_and_refuses_payment() -> None:
+    lane = LaneDriver(rules(selftest_s=5.0, selftest_max_s=60.0))
+    actions = carried_over(lane)
+    alarm = one(actions, RaiseAlarm)
+    assert alarm.code == Alarm.BARRIER_STUCK
+    assert f"latched since {SINCE} (carried over a restart)" in alarm.message
+    assert "commanded open, device reports closed after 4 s" in alarm.message
+    assert "self-test every 5 s doubling to 60 s" in alarm.message
+    assert of_type(actions, KeepStuckLatch) == []  # on disk already
+    assert lane.state.latch is not None and lane.phase() is Phase.FAULT
+    lane.arrive("v2")
+    actions = lane.scan("282222222222222222")
+    assert of_type(actions, Authorise) == [] and LANE_CLOSED in actions
+    assert "barrier_stuck" in one(actions, ScanRefused).reason
+
+
+def test_a_lane_restarted_latched_self_tests_on_its_schedule_and_clears_on_open() -> None:
+    lane = LaneDriver(rules(selftest_s=5.0, selftest_max_s=60.0))
+    carried_over(lane)
+    started = lane.now
+    test = next_self_test(lane)
+    assert lane.now == pytest.approx(started + 5.0)  # the schedule from its start
+    lane.feed(ev.BarrierAcked(test.cmd_id, True, "opening"), 0.05)
+    actions = lane.report("open", dt=0.8)
+    assert ClearAlarm(Alarm.BARRIER_STUCK) in actions and DropStuckLatch() in actions
+    assert lane.state.latch is None and lane.state.accepting_payments
+    lane.ack()
+    assert lane.phase() is Phase.IDLE
+    lane.through("v2", "282222222222222222")
+    assert [p.draft.amount_minor for p in of_type(lane.actions, Persist)] == [250]
+
+
 def test_a_boom_stuck_open_keeps_its_behaviour_no_latch_clears_when_closed() -> None:
     lane = LaneDriver()
     lane.through("v0")
@@ -319,9 +377,13 @@ def test_latched_no_charge_and_once_the_device_works_the_lane_takes_payments(
     """Safety (checked on every step by the SafetyMonitor of core_kit): while latched no
     Authorise and no charged record, the alarm is up, and a self-test's open is only ever sent
     at an empty lane, never with a paid passage. Liveness: once the device works, the lane is
-    idle with no fault in a bounded number of steps, and the next vehicle pays and passes."""
+    idle with no fault in a bounded number of steps, and the next vehicle pays and passes.
+    The latch is the lane's own, or one kept over a restart."""
     lane = LaneDriver()
-    stuck_closed(lane)
+    if data.draw(st.booleans(), label="carried over a restart"):
+        carried_over(lane)
+    else:
+        stuck_closed(lane)
     assert lane.state.latch is not None
     stuck_world(lane, data, data.draw(st.integers(0, 120)))
     note(f"after the stuck world: {lane.phase()} {lane.state}")

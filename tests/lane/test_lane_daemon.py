@@ -104,9 +104,11 @@ async def running_lane(
     lane_id: str,
     lane: dict[str, Any] | None = None,
     barrier: dict[str, Any] | None = None,
+    *,
+    fault: str | None = None,
 ) -> AsyncIterator[Lane]:
     """The daemon in this process, with a device emulator; `lane`, `barrier`: extra [lane]
-    and [barrier] config keys."""
+    and [barrier] config keys; `fault`: the device's fault from its start."""
     codes = CodeFactory(7)
     keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
     acquirer = AcquirerServer()
@@ -115,6 +117,7 @@ async def running_lane(
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
     queue_path = config.lane.data_dir / "queue.sqlite3"
     device.received = RecordedBeforeOpen(queue_path)
+    device.set_fault(fault)
     source = PushSource()
     daemon = await build(config, source=source, shutdown_grace_s=2.0)
     notes: list[tuple[str, dict[str, Any]]] = []

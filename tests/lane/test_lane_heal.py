@@ -4,13 +4,15 @@ the daemon (in this process, and as a `lane run` process killed with SIGKILL).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +177,49 @@ async def test_a_boom_stuck_closed_charges_nobody_else_and_clears_by_its_self_te
         assert {r.__dict__["lane"] for r in lines} == {lane_id}
 
 
+async def test_killed_with_the_boom_stuck_closed_the_restarted_lane_starts_latched_and_heals(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    """barrier_stuck latched, then SIGKILL: the lane restarted with the boom still stuck is
+    latched from its start (nobody charged), and clears by its self-test once the boom works."""
+    data = tmp_path / "lane"  # running_lane's data directory
+    barrier = "".join(f"{k} = {v}\n" for k, v in STUCK_BARRIER.items())
+    async with lane_processes(tmp_path, mosquitto, lane_id, data, barrier) as rig:
+        rig.device.set_fault("stuck")
+        proc = await rig.start()
+        await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
+        await rig.attendant_open(lane_id)
+        await eventually(lambda: "barrier_stuck" in lane_statuses[-1].faults, within=10)
+        proc.kill()  # SIGKILL: no clean shutdown
+        await proc.wait()
+    lane_conf = {**QUICK, "pass_dwell_s": 3.0}
+    async with running_lane(
+        tmp_path, mosquitto, lane_id, lane_conf, STUCK_BARRIER, fault="stuck"
+    ) as lane:
+        runner, device = lane.daemon.runner, lane.device
+        text = runner.alarms["barrier_stuck"]  # raised by the first event the core took
+        assert "(carried over a restart)" in text and "commanded open" in text
+        assert "lane closed to payments" in text
+        # Nobody is charged: the lane refuses the code, it asks no acquirer.
+        await device.vehicle_enters(1)
+        token = lane.codes.make("token", int(time.time())).text
+        await show(lane, token, lambda: named(lane, "scan_refused"))
+        await device.vehicle_backs_away()
+        await eventually(lambda: runner.state.vehicle is None)
+        await eventually(lambda: len(self_tests(lane, "failed")) >= 1, within=15)
+        assert "barrier_stuck" in runner.alarms and charged(lane) == []
+        # The boom works again: the next self-test clears the latch, on disk too.
+        device.set_fault(None)
+        await eventually(lambda: "barrier_stuck" not in runner.alarms, within=10)
+        assert not (lane.config.lane.data_dir / "barrier_stuck.json").exists()
+        await eventually(lambda: device.state == "closed" and runner.idle(), within=10)
+        await eventually(lambda: "barrier_stuck" not in lane_statuses[-1].faults, within=10)
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+        await device.vehicle_passes()
+        await eventually(lambda: device.state == "closed" and quiet(lane), within=10)
+        assert len(charged(lane)) == 1
+
+
 def charged(lane: Lane) -> list[Record]:
     return [r for r in records(lane.queue_path) if r.draft.amount_minor > 0]
 
@@ -213,12 +258,63 @@ def records(queue_path: Path) -> list[Record]:
         return [Record.decode(row[0]) for row in db.execute("SELECT data FROM records")]
 
 
-async def start_lane_process(conf: Path, log: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lane", "run", "--config", str(conf),
-        stdout=log.open("ab"), stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+@dataclass
+class LaneProcesses:
+    """`lane run` processes on one config (`data` its data directory, a folder camera), a
+    device emulator and an attendant console on the broker."""
+
+    conf: Path
+    device: DeviceEmulator
+    console: MqttLink
+    procs: list[asyncio.subprocess.Process]
+
+    async def start(self) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lane", "run", "--config", str(self.conf),
+            stdout=(self.conf.parent / "lane.log").open("ab"),
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    async def attendant_open(self, lane_id: str) -> None:
+        opening = AttendantCommand("open", "att-1", "test", "alice", int(time.time() * 1e6))
+        await self.console.publish(topics.attendant(lane_id), opening.encode())
+
+
+@contextlib.asynccontextmanager
+async def lane_processes(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, data: Path, barrier: str = ""
+) -> AsyncIterator[LaneProcesses]:
+    """Killed on the way out, whatever is still running; `barrier`: [barrier] TOML lines."""
+    keyset = CodeFactory(3).write_keyset(tmp_path / "keyset.json", int(time.time()))
+    conf = tmp_path / "lane.toml"
+    conf.write_text(
+        f'[lane]\nid = "{lane_id}"\ndata_dir = "{data}"\n'
+        f"[barrier]\n{barrier}"
+        f"[broker]\nport = {mosquitto.port}\n"
+        f'[camera]\nsource = "{tmp_path / "frames"}/"\n'
+        f'[auth]\nkeyset = "{keyset}"\n'
+    )
+    (tmp_path / "frames").mkdir()
+    device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
+    console = MqttLink(mosquitto.host, mosquitto.port, f"console-{lane_id}")
+    tasks = [asyncio.create_task(device.run()), asyncio.create_task(console.run())]
+    rig = LaneProcesses(conf, device, console, [])
+    try:
+        await device.wait_connected(5)
+        await console.wait_connected(5)
+        yield rig
+    finally:
+        for proc in rig.procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await device.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @pytest.mark.parametrize("gone_before_restart", [False, True], ids=["under", "gone"])
@@ -231,57 +327,32 @@ async def test_killed_with_the_barrier_open_the_restarted_lane_closes_it_and_rec
 ) -> None:
     """`gone`: the vehicle drives under the open boom and away while the lane is down; its
     edges wait for the lane in its persistent MQTT session."""
-    keyset = CodeFactory(3).write_keyset(tmp_path / "keyset.json", int(time.time()))
     data = tmp_path / "data"
-    conf = tmp_path / "lane.toml"
-    conf.write_text(
-        f'[lane]\nid = "{lane_id}"\ndata_dir = "{data}"\n'
-        f"[broker]\nport = {mosquitto.port}\n"
-        f'[camera]\nsource = "{tmp_path / "frames"}/"\n'
-        f'[auth]\nkeyset = "{keyset}"\n'
-    )
-    (tmp_path / "frames").mkdir()
-    device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
-    console = MqttLink(mosquitto.host, mosquitto.port, f"console-{lane_id}")
-    tasks = [asyncio.create_task(device.run()), asyncio.create_task(console.run())]
-    procs: list[asyncio.subprocess.Process] = []
-    try:
-        await device.wait_connected(5)
-        await console.wait_connected(5)
-        procs.append(await start_lane_process(conf, tmp_path / "lane.log"))
+    async with lane_processes(tmp_path, mosquitto, lane_id, data) as rig:
+        await rig.start()
         await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
-        opening = AttendantCommand("open", "att-1", "test", "alice", int(time.time() * 1e6))
-        await console.publish(topics.attendant(lane_id), opening.encode())
-        await eventually(lambda: device.state == "open", within=10)
-        procs[0].kill()  # SIGKILL: no clean shutdown, no close
-        await procs[0].wait()
-        await device.set_sensor("safety_loop", True)  # a vehicle drives under the open boom
+        await rig.attendant_open(lane_id)
+        await eventually(lambda: rig.device.state == "open", within=10)
+        rig.procs[0].kill()  # SIGKILL: no clean shutdown, no close
+        await rig.procs[0].wait()
+        await rig.device.set_sensor("safety_loop", True)  # a vehicle drives under the open boom
         if gone_before_restart:
-            await device.set_sensor("safety_loop", False)
+            await rig.device.set_sensor("safety_loop", False)
         seen = len(lane_statuses)
-        procs.append(await start_lane_process(conf, tmp_path / "lane.log"))
+        await rig.start()
         if not gone_before_restart:
             await eventually(
                 lambda: any("unpaid_passage" in s.faults for s in lane_statuses[seen:]), within=20
             )
-            assert device.state == "open"  # never closed over the vehicle under it
-            await device.set_sensor("safety_loop", False)
+            assert rig.device.state == "open"  # never closed over the vehicle under it
+            await rig.device.set_sensor("safety_loop", False)
         # (gone: the alarm clears as soon as the boom is down; the record below is what stays)
-        await eventually(lambda: device.state == "closed", within=10)
+        await eventually(lambda: rig.device.state == "closed", within=10)
         await eventually(
             lambda: lane_statuses[-1].state == "idle" and lane_statuses[-1].faults == [],
             within=10,
         )
         violations = [r for r in records(data / "queue.sqlite3") if r.draft.kind == "violation"]
         assert len(violations) == 1 and "unpaid_passage" in violations[0].draft.flags
-        procs[1].send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(procs[1].wait(), 20) == 0
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        await device.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        rig.procs[1].send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(rig.procs[1].wait(), 20) == 0
