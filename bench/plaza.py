@@ -1,6 +1,7 @@
 """Plaza: N lanes in one process against one process per lane, with one lane as the anchor.
 
     .venv/bin/python -m bench.plaza [--lanes 8] [--seconds 30] [--fps 10] [--runs all|children|sim]
+        [--no-change-gate]
 
 Three runs, one after the other, in the same invocation: one lane alone (for --anchor-seconds,
 by default lanes x seconds, so that its p99 is taken over as many passages as the N-lane runs'
@@ -172,13 +173,14 @@ async def passengers(lane: SimLane, lanes: int) -> None:
 
 async def sim_booths(
     name: str, lanes: int, seconds: float, fps: float, *, anchor: dict[str, Any] | None,
-    warm_up: float = 5.0,
+    warm_up: float = 5.0, change_gate: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """`lane sim --lane-processes` with `lanes` booths and the passengers of `lane_child`."""
     with tempfile.TemporaryDirectory(prefix="lane-bench-booths-") as tmp:
         options = SimOptions(
             seed=lane_child.SEED, lanes=lanes, lane_processes=True, mode="transit-entry",
             conditions="clear", fps=fps, workdir=Path(tmp), lane_id="bb/l01",
+            change_gate=change_gate,
         )  # fmt: skip
         sim = Simulator(options)
         await sim.start()
@@ -229,11 +231,15 @@ async def sim_booths(
 
 
 async def sim_plaza(
-    lanes: int, seconds: float, anchor_seconds: float, fps: float
+    lanes: int, seconds: float, anchor_seconds: float, fps: float, change_gate: bool
 ) -> list[dict[str, Any]]:
-    one = await sim_booths("lane sim --lane-processes, 1 lane", 1, anchor_seconds, fps, anchor=None)
-    name = f"lane sim --lane-processes, {lanes} lanes"
-    return [one, await sim_booths(name, lanes, seconds, fps, anchor=one)]
+    gate = "" if change_gate else ", change gate off"
+    one = await sim_booths(
+        f"lane sim --lane-processes, 1 lane{gate}", 1, anchor_seconds, fps, anchor=None,
+        change_gate=change_gate,
+    )  # fmt: skip
+    name = f"lane sim --lane-processes, {lanes} lanes{gate}"
+    return [one, await sim_booths(name, lanes, seconds, fps, anchor=one, change_gate=change_gate)]
 
 
 def main() -> int:
@@ -247,6 +253,11 @@ def main() -> int:
         help="the one-lane runs (default: lanes x seconds, as many passages as the N-lane runs)",
     )
     p.add_argument("--runs", choices=["all", "children", "sim"], default="all")
+    p.add_argument(
+        "--no-change-gate",
+        action="store_true",
+        help="the booths of the `sim` runs decode every frame (the scanner's change gate off)",
+    )
     a = p.parse_args()
     anchor_seconds = a.anchor_seconds or a.lanes * a.seconds
     print(f"# bench/plaza.py on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
@@ -254,7 +265,9 @@ def main() -> int:
     if a.runs in ("all", "children"):
         rows += asyncio.run(plaza(a.lanes, a.seconds, anchor_seconds, a.fps))
     if a.runs in ("all", "sim"):
-        rows += asyncio.run(sim_plaza(a.lanes, a.seconds, anchor_seconds, a.fps))
+        rows += asyncio.run(
+            sim_plaza(a.lanes, a.seconds, anchor_seconds, a.fps, not a.no_change_gate)
+        )
     for row in rows:
         print(json.dumps(row))
     print(f"# load average after: {os.getloadavg()[0]:.2f}")

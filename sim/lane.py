@@ -262,7 +262,11 @@ class SimLane:
             },
             "broker": {"port": broker_port},
             "uplink": {"stalled_after_s": STALLED_AFTER_S / o.speed},
-            "camera": {"source": "push", "workers": o.decode_workers},
+            "camera": {
+                "source": "push",
+                "workers": o.decode_workers,
+                "change_gate": o.change_gate,
+            },
             "auth": {
                 "acquirer_url": acquirer_url,
                 "keyset": str(keyset),

@@ -26,6 +26,7 @@ class SimOptions:
     max_tries: int = 3
     acquirer: Faults = field(default_factory=Faults)  # the acquirer's everyday behaviour
     decode_workers: int = 2
+    change_gate: bool = True  # the scanner's change gate ([camera] change_gate)
     lane_processes: bool = False  # each lane daemon a process of its own (sim/lane_process.py)
 
     def lane_ids(self) -> list[str]:

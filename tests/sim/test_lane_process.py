@@ -247,3 +247,12 @@ def test_a_booths_ops_line_names_its_endpoint_or_none() -> None:
     assert ops_url(ops_line(None)) is None  # the port could not be bound: not served
     with pytest.raises(ValueError, match="not an ops line"):
         ops_url("ready")
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_a_sim_lane_config_carries_the_change_gate_option(tmp_path: Path, gate: bool) -> None:
+    """bench/plaza's `--no-change-gate` reaches each booth's scanner through its lane config."""
+    sim = Simulator(SimOptions(workdir=tmp_path, change_gate=gate))
+    keyset = tmp_path / "keyset.json"
+    config = SimLane(sim, 0, "p01/l01").config(1883, "http://127.0.0.1:1/", keyset)
+    assert config.camera.change_gate is gate
