@@ -6,6 +6,7 @@ Subscribes to `lane/{id}/#` and `uplink/{id}/#`. Each line is the receive time (
 topic, `R` for a retained message, the MQTT 5 properties that matter (expiry, correlation,
 response topic) and the payload as compact JSON. A payload that is not a valid message of its
 topic prints as `ERROR <reason> hex=<first bytes>` instead; watching never stops on garbage.
+Ctrl-C (SIGINT) or SIGTERM ends it with exit code 0, even when started with SIGINT ignored.
 The password, if any, comes from the environment variable LANE_MQTT_PASSWORD.
 """
 
@@ -33,6 +34,7 @@ from barrier.messages import (
     SensorReading,
 )
 from barrier.peripherals import PlateReading, PrintAck, PrinterStatus, PrintJob
+from lane.signals import install_signal_handlers
 from lane.transport.mqtt import Credentials, Incoming, LinkErrors, MqttLink, tls_context
 from lane.wire.codec import PayloadError, unpack
 from lane.wire.topics import PLATE
@@ -83,8 +85,18 @@ def main(argv: list[str]) -> int:
         credentials = Credentials(args.username, os.environ.get(PASSWORD_ENV, ""))
     try:
         tls = tls_context(args.tls_ca) if args.tls_ca else None
-        asyncio.run(watch(host, port, args.lane, args.count, credentials=credentials, tls=tls))
-    except KeyboardInterrupt:
+        asyncio.run(
+            watch(
+                host,
+                port,
+                args.lane,
+                args.count,
+                credentials=credentials,
+                tls=tls,
+                handle_signals=True,
+            )
+        )
+    except KeyboardInterrupt:  # Ctrl-C before `watch` has its own handler in place
         return 0
     return 0
 
@@ -104,8 +116,12 @@ async def watch(
     *,
     credentials: Credentials | None = None,
     tls: ssl.SSLContext | None = None,
+    handle_signals: bool = False,
 ) -> None:
+    """Print until `count` messages, or (with `handle_signals`) until SIGINT or SIGTERM."""
     done = asyncio.Event()
+    if handle_signals:
+        install_signal_handlers(done)
     printed = 0
 
     async def show(msg: Incoming) -> None:

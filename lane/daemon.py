@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import signal
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -72,6 +71,7 @@ from lane.notification import Notification, ShellNote, ShellNoteName
 from lane.ops import LaneOps, TimedBarrier
 from lane.road_port import RoadDesks
 from lane.runner import Clocks, LaneRunner
+from lane.signals import install_signal_handlers
 from lane.stuck_latch import StuckLatchFile
 from lane.tap_desk import ExitPricing, TapDesk
 from lane.tap_store import TapStore
@@ -956,12 +956,6 @@ class LaneDaemon:
 def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("event not published", extra={"error": str(task.exception())})
-
-
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
 
 def run_with_uvloop(main: Callable[[], Any]) -> Any:

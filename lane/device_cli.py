@@ -20,7 +20,6 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
 import ssl
 import sys
 from collections.abc import Coroutine, Sequence
@@ -33,6 +32,7 @@ from barrier.device import FAULTS, DeviceEmulator, Timings
 from barrier.messages import BarrierStatus, LaneStatus
 from lane.config import ConfigError, load_config
 from lane.log import setup_logging
+from lane.signals import stop_on_signals
 from lane.transport.mqtt import Credentials, Handler, Incoming, MqttLink, tls_context
 from lane.wire import topics
 from lane.wire.codec import PayloadError
@@ -174,15 +174,6 @@ def _link(
         tls=target.tls(),
         session_expiry=0,
     )
-
-
-def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGINT or SIGTERM: the device then says offline and leaves cleanly."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 async def send(target: Target, ctl: control.DeviceControl) -> int:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from barrier.iomap import IoMap, IoMapError, load_iomap
 from barrier.modbus_bridge import ModbusBridge, ModbusIo
-from lane.device_cli import Target, UsageError, parse_broker, stop_on_signals
+from lane.device_cli import Target, UsageError, parse_broker
+from lane.signals import stop_on_signals
 
 log = logging.getLogger("lane.barrier.modbus")
 

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import random
-import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -25,6 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from lane.auth.acquirer import CURRENCY, PAYMENT_ID
+from lane.signals import stop_on_signals
 from scanner.payload import UnknownPayload, classify
 from sim.acquirer_faults import Faults, FaultsError, OutageMode
 from sim.acquirer_ledger import Ledger, Outcome, SimPayment
@@ -374,10 +374,7 @@ async def _serve(host: str, port: int, admin_port: int, seed: int, faults: Fault
     server = AcquirerServer(host, port, faults, seed, admin_port=admin_port)
     url = await server.start()
     print(f"acquirer {url} admin {server.admin_url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         await stop.wait()
     finally:

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from lane.config import ConfigError, LaneConfig, parse_config
-from lane.daemon import LaneDaemon, build, install_signal_handlers, run_with_uvloop
+from lane.daemon import LaneDaemon, build, run_with_uvloop
 from lane.log import setup_logging
+from lane.signals import install_signal_handlers
 from lane.transport.mqtt import Incoming, LinkDown, MqttLink
 from scanner.sources import PushSource
 from sim.booth_wire import (

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from lane.console.users import UsersError, load_users
-from lane.daemon import install_signal_handlers, run_with_uvloop
+from lane.daemon import run_with_uvloop
 from lane.log import setup_logging
+from lane.signals import install_signal_handlers
 from sim.dashboard import Dashboard
 from sim.faults import play_timeline
 from sim.harness import (

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from collections.abc import Callable, Sequence
 import uvloop
 
 from lane.log import setup_logging
+from lane.signals import stop_on_signals
 from lane.transport.mqtt import Credentials
 from uplink.ingest import Ingest
 from uplink.ingest_metrics import MetricsServer
@@ -169,10 +169,7 @@ async def connect_store(
 
 
 async def serve(args: argparse.Namespace) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         store = await connect_store(args, stop)
     except IngestStoreError as exc:

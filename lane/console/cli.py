@@ -24,8 +24,9 @@ from lane.console.feed import ConsoleFeed, lane_filter
 from lane.console.model import Plaza
 from lane.console.server import Console
 from lane.console.users import Role, User, UsersError, add_user, load_users
-from lane.daemon import install_signal_handlers, run_with_uvloop
+from lane.daemon import run_with_uvloop
 from lane.log import setup_logging
+from lane.signals import install_signal_handlers
 from lane.transport.mqtt import Credentials, tls_context
 
 log = logging.getLogger("lane.console")

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -51,6 +53,48 @@ async def test_watch_prints_one_line_per_message(
     finally:
         for topic, _ in retained:
             await raw.publish(topic, b"", retain=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+# Starts a command with SIGINT ignored, as a shell starts `cmd &` when job control is off
+# (scripts, CI steps, a backgrounded test run): the disposition is inherited across exec.
+SIGINT_IGNORED = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'lane', *sys.argv[1:]])"
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_watch_stops_on_a_signal_even_when_started_with_sigint_ignored(
+    mosquitto: Mosquitto, lane_id: str, sig: signal.Signals
+) -> None:
+    """asyncio.run's own Ctrl-C handler is installed only when SIGINT has Python's default
+    handler, so `lane watch` relied on the disposition it inherited; started with SIGINT
+    ignored it served on after a SIGINT until killed (tests/test_quickstart.py, run in the
+    background, saw exactly that). Now it leaves the broker and exits 0."""
+    raw = MqttLink(mosquitto.host, mosquitto.port, f"raw-{lane_id}")
+    task = asyncio.create_task(raw.run())
+    proc = None
+    try:
+        await raw.wait_connected(5)
+        # The retained status is printed once the watcher is subscribed: then it is serving.
+        await raw.publish(topics.status(lane_id), pack({"v": 1}), retain=True)
+        address = f"{mosquitto.host}:{mosquitto.port}"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", SIGINT_IGNORED, "watch", "--broker", address, "--lane", lane_id,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert topics.status(lane_id).encode() in line
+        proc.send_signal(sig)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await raw.publish(topics.status(lane_id), b"", retain=True)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
