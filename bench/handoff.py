@@ -467,9 +467,9 @@ def main() -> int:
     with (
         tempfile.TemporaryDirectory(prefix="lane-bench-handoff-") as tmp,
         running_mosquitto(extra_config="set_tcp_nodelay true\n") as broker,
-        other_process(_serve_raw, broker.host, broker.port, True),
-        other_process(_serve_device, broker.host, broker.port, True, 0.0),
-        other_process(_serve_backoffice, broker.host, broker.port, True),
+        other_process(_serve_raw, broker.host, broker.port, True, None),
+        other_process(_serve_device, broker.host, broker.port, True, None, 0.0),
+        other_process(_serve_backoffice, broker.host, broker.port, True, None),
         asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
     ):
         out = runner.run(bench(broker.host, broker.port, Path(tmp), a.vehicles, a.fps))
