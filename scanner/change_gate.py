@@ -30,6 +30,9 @@ Thumbnail = npt.NDArray[np.uint8]
 # Gaussian noise of sigma 20 added to both; a phone entering, even the farthest and darkest
 # pose of the "hard" preset, moves some block by 85 or more.
 THRESHOLD = 12.0
+# Texture measurements in a row too textured for a reference that make a view "cluttered": not
+# one (a phone frame nobody located), but a view that stays so.
+CLUTTERED_AFTER = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,11 @@ class GateState:
     reference: Reference | None = None
     last_decode_ts: float | None = None  # when the last frame let through to decode was taken
     skipped_in_row: int = 0  # frames let pass since then
+    # Decoded frames with nothing located whose texture is not measured, once the view is
+    # cluttered (CLUTTERED_AFTER measurements in a row too textured for a reference): such a
+    # view would otherwise pay for the texture map on every frame and never yield a reference.
+    texture_wait: int = 0
+    textured_in_row: int = 0
 
 
 def thumbnail(gray: GrayImage, block_px: int) -> Thumbnail:
@@ -107,10 +115,32 @@ def decide(
     return verdict, replace(state, last_decode_ts=ts, skipped_in_row=0)
 
 
+def texture_due(state: GateState) -> tuple[bool, GateState]:
+    """Measure the texture of a decoded frame in which nothing was located (to see whether it
+    may be the reference)? Not while waiting after a textured one. Not measuring only keeps
+    a frame from becoming the reference, so it can cost the gate savings, never a read."""
+    if state.texture_wait > 0:
+        return False, replace(state, texture_wait=state.texture_wait - 1)
+    return True, state
+
+
+def textured(state: GateState, settings: GateSettings) -> GateState:
+    """A decoded frame with nothing located was too textured to be the reference. The
+    CLUTTERED_AFTER-th in a row makes the texture be measured again only after
+    `every_frames` - 1 such frames: a view that stays cluttered pays for it once per valve
+    period (the run is kept, so one more textured measurement after the wait starts the next),
+    and one that clears yields a reference within it."""
+    n = state.textured_in_row + 1
+    if n < CLUTTERED_AFTER:
+        return replace(state, textured_in_row=n)
+    return replace(state, textured_in_row=n - 1, texture_wait=settings.every_frames - 1)
+
+
 def nothing_found(state: GateState, frame_id: int, thumb: Thumbnail) -> GateState:
     """Frame `frame_id` was decoded and nothing at all was found in it (no code read, none seen
     unread, no code-like texture): it becomes the reference. Only such a frame may, so a phone
     whose code is seen but not read is decoded again on every frame it stays in view."""
+    state = replace(state, textured_in_row=0)
     if state.reference is not None and state.reference.frame_id > frame_id:
         return state  # another worker already took a newer frame as the reference
     return replace(state, reference=Reference(frame_id, thumb))

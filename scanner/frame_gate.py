@@ -5,7 +5,8 @@ noise, the last frame in which nothing at all was found are let pass without a d
 like it from being decoded: no code read, no code seen but not read (zxing-cpp's checksum
 failures, which the cascade reports), and no code-like texture (the deblur pass's texture map
 below its threshold: a code blurred beyond being located still scores above it). A view
-cluttered enough to score above it is therefore never a reference and is decoded as before.
+cluttered enough to score above it is therefore never a reference and is decoded as before;
+its texture is measured again only once per `every_frames` decoded frames (`texture_due`).
 
 A decoder that samples frames (the deblur pass looks at one in four) is told of each frame let
 pass, so it looks at the same frames of a phone as it would without the gate.
@@ -15,7 +16,16 @@ from __future__ import annotations
 
 import threading
 
-from scanner.change_gate import GateSettings, GateState, Verdict, decide, nothing_found, thumbnail
+from scanner.change_gate import (
+    GateSettings,
+    GateState,
+    Verdict,
+    decide,
+    nothing_found,
+    texture_due,
+    textured,
+    thumbnail,
+)
 from scanner.deblur import MIN_TEXTURE, texture_peak
 from scanner.detection import Decoder, Detection, FrameSampler, GrayImage, locate
 
@@ -44,8 +54,17 @@ class FrameGate:
                 self._sampler.frame_passed()
             return verdict, []
         found, unread = locate(self.decoder, gray)
-        if not found and not unread and texture_peak(gray)[0] < MIN_TEXTURE:
-            thumb = thumbnail(gray, block) if thumb is None else thumb
+        if found or unread:
+            return verdict, found
+        with self._lock:
+            measure, self._state = texture_due(self._state)
+        if not measure:
+            return verdict, found
+        if texture_peak(gray)[0] >= MIN_TEXTURE:
             with self._lock:
-                self._state = nothing_found(self._state, frame_id, thumb)
+                self._state = textured(self._state, self.settings)
+            return verdict, found
+        thumb = thumbnail(gray, block) if thumb is None else thumb
+        with self._lock:
+            self._state = nothing_found(self._state, frame_id, thumb)
         return verdict, found

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scanner.change_gate import (
+    CLUTTERED_AFTER,
     GateSettings,
     GateState,
     Thumbnail,
@@ -16,6 +17,8 @@ from scanner.change_gate import (
     changed,
     decide,
     nothing_found,
+    texture_due,
+    textured,
     thumbnail,
 )
 
@@ -93,6 +96,30 @@ def test_an_older_frame_finishing_late_does_not_replace_a_newer_reference() -> N
     state = nothing_found(GateState(), 7, moved(30))
     state = nothing_found(state, 6, EMPTY)  # the other worker was slower
     assert state.reference is not None and state.reference.frame_id == 7
+
+
+def test_a_cluttered_view_has_its_texture_measured_once_per_valve_period() -> None:
+    state = GateState()
+    for _ in range(CLUTTERED_AFTER - 1):  # a phone frame or two nobody located: no wait
+        due, state = texture_due(state)
+        assert due
+        state = textured(state, SETTINGS)
+    state = nothing_found(state, 1, EMPTY)  # a plain frame between: the run starts again
+    for _ in range(CLUTTERED_AFTER - 1):
+        due, state = texture_due(state)
+        assert due
+        state = textured(state, SETTINGS)
+    due, state = texture_due(state)
+    assert due
+    state = textured(state, SETTINGS)  # the third in a row: the view is cluttered
+    dues = []
+    for _ in range(2 * SETTINGS.every_frames):
+        due, state = texture_due(state)
+        dues.append(due)
+        if due:
+            state = textured(state, SETTINGS)  # still cluttered
+    wait = SETTINGS.every_frames - 1
+    assert dues == ([False] * wait + [True]) * 2
 
 
 def test_thumbnail_is_block_means() -> None:

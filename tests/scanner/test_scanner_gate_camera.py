@@ -19,7 +19,7 @@ import pytest
 from polling import eventually
 from scanner_testkit import BLURRED, TOKEN, frame_with, qr_image
 
-from scanner.change_gate import GateSettings
+from scanner.change_gate import CLUTTERED_AFTER, GateSettings
 from scanner.deblur import MIN_TEXTURE, texture_peak
 from scanner.decoders import ZxingDecoder, make_decoder
 from scanner.detection import as_gray
@@ -253,3 +253,32 @@ async def test_without_the_gate_every_frame_is_decoded() -> None:
         for image, ts in camera.frames(Scene(None), 10):
             assert await push([plain], image, ts) == [True]
     assert (plain.stats().decoded, plain.stats().skipped) == (10, 0)
+
+
+def cluttered_view(image: Image) -> Image:
+    """The camera's frame with a code-like pattern over it (8-pixel black and white blocks, no
+    finder patterns): nothing is located in it, but its texture is a code's."""
+    gray = as_gray(image).copy()
+    rng = np.random.default_rng(11)
+    blocks = rng.integers(0, 2, size=(24, 40), dtype=np.uint8) * 255
+    gray[200:392, 400:720] = np.kron(blocks, np.ones((8, 8), dtype=np.uint8))
+    return gray
+
+
+async def test_a_cluttered_view_pays_for_its_texture_once_per_valve_period() -> None:
+    camera = Camera(seed=12)
+    every = 30
+    async with scanners(GateSettings(every_frames=every)) as (gated,):
+        empty = [image for image, _ in camera.frames(Scene(None), every + 2)]
+        clutter = cluttered_view(empty[0])
+        assert ZxingDecoder().locate(clutter) == ([], [])
+        assert texture_peak(clutter)[0] >= MIN_TEXTURE
+        decoded = []
+        for i in range(CLUTTERED_AFTER):  # the view stays cluttered: it is "cluttered" now
+            decoded += await push([gated], clutter, (i - CLUTTERED_AFTER) / 30)
+        # The view clears: the frames after the cluttered ones are decoded without their
+        # texture being measured (so none is the reference) until the wait is over; the next
+        # frame is the reference, and the one after it is let pass.
+        for i, image in enumerate(empty[1:], start=1):
+            decoded += await push([gated], image, i / 30)
+    assert decoded == [True] * (CLUTTERED_AFTER - 1) + [True] * every + [True, False]
