@@ -193,12 +193,13 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def acknowledge(page: Any, row: str, plaza: Plaza, tries: int = 4) -> None:
+async def acknowledge(page: Any, row: str, plaza: Plaza, tries: int = 8) -> None:
     """Click the alarm's Ack until its row shows who acknowledged it. A command alarm can end
     and come back while the fault lasts (the lane's late acks under slow_ack, the next vehicle's
     command under no_ack): a click in such a gap is refused as "not active" and made again, as
     an operator would; once taken it holds, because the alarm coming back is the same
-    occurrence (lane/lane_health.py, REOPEN_WITHIN_US)."""
+    occurrence (lane/lane_health.py, REOPEN_WITHIN_US). Under no_ack the alarm is up for about
+    3 s of each vehicle's ~12 s, so four tries missed it once in CI: eight."""
     from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: PLC0415
 
     acked = f"{row} td.acked:has-text('alice')"
