@@ -35,7 +35,7 @@ from lane.core.names import (
     BARRIER_DOWN,
     BARRIER_FAULTS,
     BOOM_UP,
-    COMMAND_FAULTS,
+    REPORT_CLEARS,
     SAFETY_SENSORS,
     Alarm,
     AuthResult,
@@ -302,8 +302,9 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
 
 
 def _on_reported(state: LaneState, event: ev.BarrierReported, now: float) -> Result:
-    # A device that moves is alive: whatever it did not answer before is sent again.
-    return _position(state, event.state, now, BARRIER_FAULTS)
+    # A device that moves is alive: what it refused before is sent again. One that drops
+    # commands may still report: barrier_no_ack waits for an ack.
+    return _position(state, event.state, now, REPORT_CLEARS)
 
 
 def _position(state: LaneState, position: Position, now: float, clears: Iterable[Alarm]) -> Result:
@@ -331,7 +332,8 @@ def _position(state: LaneState, position: Position, now: float, clears: Iterable
 def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> Result:
     """Adopt the device's whole truth: what the lane missed while it could not hear it."""
     # An answer to a query says the device is there, not that it executes commands: a command
-    # fault clears with the ack of its command (recovery's probe), or below when none waits.
+    # fault clears with the ack of its command (recovery's probe); a refusal also below when
+    # no command waits.
     clears = (Alarm.BARRIER_OFFLINE, Alarm.BARRIER_FAULT)
     state, actions = _position(state, event.barrier, now, clears)
     sensors = dict(event.sensors)
@@ -370,10 +372,10 @@ def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> R
         state = replace(state, passage=replace(passage, left=True))
         actions.append(note)
     if state.command is None:
-        # Nothing waits for an ack: a device that answers is not failing commands.
-        for fault in COMMAND_FAULTS:
-            state, more = remove_fault(state, fault)
-            actions += more
+        # Nothing waits for an answer: a device that answers is not refusing commands. Not so
+        # barrier_no_ack: while it lasts a test close waits (recovery._not_let_through).
+        state, more = remove_fault(state, Alarm.BARRIER_REFUSED)
+        actions += more
     vehicle = state.vehicle
     if (
         event.barrier in (Position.OPEN, Position.OPENING)

@@ -43,13 +43,16 @@ PAYMENT_FAULTS = frozenset({Alarm.QUEUE_FULL, Alarm.DISK_ERROR, Alarm.BARRIER_ST
 FAULTS = BLOCKING_FAULTS | PAYMENT_FAULTS
 # Faults about one command that a later probe of the same command can clear.
 COMMAND_FAULTS = frozenset({Alarm.BARRIER_NO_ACK, Alarm.BARRIER_REFUSED})
-# Everything a working barrier report clears.
+# The faults of the barrier device itself.
 BARRIER_FAULTS = (
     Alarm.BARRIER_OFFLINE,
     Alarm.BARRIER_FAULT,
     Alarm.BARRIER_NO_ACK,
     Alarm.BARRIER_REFUSED,
 )
+# What a working barrier report clears: not barrier_no_ack, which only an ack clears, as a
+# device that reports its state (or answers queries) may still drop every command.
+REPORT_CLEARS = tuple(a for a in BARRIER_FAULTS if a is not Alarm.BARRIER_NO_ACK)
 # Every alarm that says the barrier cannot be relied on (readiness, metrics).
 BARRIER_ALARMS = (*BARRIER_FAULTS, Alarm.BARRIER_STUCK)
 

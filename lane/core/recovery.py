@@ -374,6 +374,11 @@ def _not_let_through(state: LaneState, now: float) -> Result:
     )
     cmd = state.command
     keep = cmd if cmd is not None and cmd.op == Op.CLOSE else None
+    if keep is None and Alarm.BARRIER_NO_ACK in state.faults:
+        # The open went unanswered: a test close takes its place, probed like any held
+        # command, so the device's first ack clears barrier_no_ack; an answer to a query
+        # (the device is there) does not, or the next driver would pay for a dead boom.
+        keep = Command(f"{p.vehicle_id}/noack_test/close", Op.CLOSE, 0, None)
     state = replace(state, passage=None, command=keep)
     latched: list[Action] = []
     target = state.expect

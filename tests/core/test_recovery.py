@@ -207,12 +207,12 @@ def test_a_vehicle_seen_before_a_closed_barrier_state_is_no_violation() -> None:
     assert of_type(lane.report("open"), Persist) == []  # the earlier reading is not reused
 
 
-def test_a_snapshot_from_a_working_device_clears_a_no_ack_fault_with_nothing_pending() -> None:
+def test_a_snapshot_from_a_working_device_clears_a_refusal_with_nothing_pending() -> None:
     lane = LaneDriver()
     lane.report("closed")
-    lane.state = replace(lane.state, faults=frozenset({"barrier_no_ack"}))
+    lane.state = replace(lane.state, faults=frozenset({"barrier_refused"}))
     actions = snapshot(lane, "closed")
-    assert ClearAlarm(Alarm.BARRIER_NO_ACK) in actions
+    assert ClearAlarm(Alarm.BARRIER_REFUSED) in actions
     assert lane.phase() is Phase.IDLE
 
 
