@@ -195,11 +195,11 @@ async def _true(value: bool) -> bool:
 
 async def acknowledge(page: Any, row: str, plaza: Plaza, tries: int = 8) -> None:
     """Click the alarm's Ack until its row shows who acknowledged it. A command alarm can end
-    and come back while the fault lasts (the lane's late acks under slow_ack, the next vehicle's
-    command under no_ack): a click in such a gap is refused as "not active" and made again, as
-    an operator would; once taken it holds, because the alarm coming back is the same
-    occurrence (lane/lane_health.py, REOPEN_WITHIN_US). Under no_ack the alarm is up for about
-    3 s of each vehicle's ~12 s, so four tries missed it once in CI: eight."""
+    and come back while the fault lasts (each late ack under slow_ack clears barrier_no_ack,
+    the next command raises it again): a click in such a gap is refused as "not active" and
+    made again, as an operator would; once taken it holds, because the alarm coming back is
+    the same occurrence (lane/lane_health.py, REOPEN_WITHIN_US). Four tries missed such an
+    alarm once in CI: eight."""
     from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: PLC0415
 
     acked = f"{row} td.acked:has-text('alice')"
