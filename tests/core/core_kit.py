@@ -121,6 +121,7 @@ class SafetyMonitor:
             assert not waiting.committed or out_of_tries, f"waits for nobody: {waiting}"
         self._check_trip(after)
         self._check_latch(before, event, after, actions)
+        self._check_no_ack(before, event, after)
         passenger = after.vehicle
         if passenger is not None and passenger.implicit:
             # A fare-gate passenger exists only while their code is in hand; else the gate jams.
@@ -163,6 +164,15 @@ class SafetyMonitor:
                 or (isinstance(a, Persist) and a.draft.auth.result in ("approved", "deferred"))
             ]
             assert not charged, f"charged while barrier_stuck is latched: {charged}"
+
+    @staticmethod
+    def _check_no_ack(before: LaneState, event: ev.Event, after: LaneState) -> None:
+        """barrier_no_ack ends only with an ack of the command the lane waited for: a device
+        that answers queries or reports its state may still drop every command."""
+        if "barrier_no_ack" in before.faults and "barrier_no_ack" not in after.faults:
+            cmd = before.command
+            assert isinstance(event, ev.BarrierAcked), f"barrier_no_ack cleared by {event}"
+            assert cmd is not None and cmd.cmd_id == event.cmd_id, (cmd, event)
 
     def _take_event(self, before: LaneState, event: ev.Event, after: LaneState) -> None:
         if isinstance(event, ev.SensorChanged) and event.sensor in SAFETY_SENSORS:
