@@ -252,17 +252,18 @@ class FailingBarrier(Barrier):
             raise ConnectionError("not connected to the broker")
 
 
-def frozen_runner(barrier: Barrier) -> LaneRunner:
-    # The clock never moves, so no ack timeout ever passes: whatever the core does about a
-    # failed send, it does because the runner told it (CommandNotSent).
+def frozen_runner(barrier: Barrier, clock: ManualClock | None = None) -> LaneRunner:
+    # The clock moves only by hand, so no ack timeout passes unless the test says so: whatever
+    # the core does about a failed send, it does because the runner told it (CommandNotSent).
     lane_rules = LaneRules("p01/l01", FlatFares(((1, 250),)), max_cmd_attempts=3)
-    clocks = Clocks(monotonic=lambda: 1000.0, wall=lambda: 1_790_000_000.0)
+    clocks = Clocks(monotonic=clock or ManualClock(), wall=lambda: 1_790_000_000.0)
     return LaneRunner(initial_state(lane_rules), barrier, Payments(), MemoryStore(), clocks=clocks)
 
 
 async def test_a_failed_barrier_send_is_retried_at_once_then_faults_then_heals() -> None:
     barrier = FailingBarrier(failures=3)
-    runner = frozen_runner(barrier)
+    clock = ManualClock()
+    runner = frozen_runner(barrier, clock)
     task = asyncio.create_task(runner.run())
     try:
         runner.post(ev.BarrierReported("closed"))
@@ -276,13 +277,18 @@ async def test_a_failed_barrier_send_is_retried_at_once_then_faults_then_heals()
             "not sent: ConnectionError: not connected to the broker"
             in (runner.alarms["barrier_no_ack"])
         )
-        # Clears by itself: the barrier is heard from, the same command goes out and is acked.
+        # A report alone does not clear it (a device may report and still drop commands).
         runner.post(ev.BarrierReported("closed"))
+        await eventually(lambda: runner.state.barrier == "closed")
+        assert "barrier_no_ack" in runner.alarms and len(barrier.sent) == 3
+        # Clears by itself: at the next probe the same command goes out, and its ack clears it.
+        clock.now += runner.state.rules.probe_s
+        runner.post(ev.Tick())
         await eventually(lambda: len(barrier.sent) == 4)
         assert barrier.sent[-1] == ("open", "cmd-1/open")
-        assert "barrier_no_ack" not in runner.alarms
         runner.post(ev.BarrierAcked("cmd-1/open", True, "open"))
         await eventually(lambda: phase(runner.state) is Phase.OPEN)
+        assert "barrier_no_ack" not in runner.alarms
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
