@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from lane.auth.sourced import rfc3339
 from lane.core.events import StuckCarried
+from lane.durable import sync_dir, write_atomically
 
 log = logging.getLogger("lane.stuck_latch")
 
@@ -34,18 +34,12 @@ class StuckLatchFile:
     def keep(self, since: float, detail: str) -> None:
         """Latched at `since` (unix s): durable before this returns. Raises OSError."""
         data = json.dumps({"since": rfc3339(int(since)), "detail": detail}).encode()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(self.path)
-        self._sync_dir()
+        write_atomically(self.path, data)
 
     def drop(self) -> None:
         """Cleared: gone for good before this returns (a crash after it starts unlatched)."""
         self.path.unlink(missing_ok=True)
-        self._sync_dir()
+        sync_dir(self.path.parent)
 
     def load(self) -> StuckCarried | None:
         """The latch kept before the restart, if any; an unreadable one still latches."""
@@ -69,10 +63,3 @@ class StuckLatchFile:
             extra={"lane": self.lane, "since": since, "detail": detail},
         )
         return StuckCarried(since, detail)
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +44,7 @@ from lane.auth import netkeys
 from lane.auth import wechatpay_certs as certs
 from lane.auth import wechatpay_wire as wire
 from lane.auth.acquirer import AcquirerError, AlarmSink, HttpAnswer
+from lane.durable import write_atomically
 
 log = logging.getLogger("lane.auth.wechatpay")
 
@@ -262,7 +262,7 @@ class PlatformCertificates:
             return
         try:
             pem = certs.pem_bundle(self._stored.certs)
-            await asyncio.to_thread(_write_atomically, self._store, pem)
+            await asyncio.to_thread(write_atomically, self._store, pem)
         except OSError as exc:  # they are trusted in memory; only a restart would download again
             log.error(
                 "WeChat Pay platform certificates not stored: %s", exc, extra={"file": self._store}
@@ -275,11 +275,3 @@ class PlatformCertificates:
         else:
             self._alarm(ALARM, message)
 
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(path)
