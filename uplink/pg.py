@@ -41,7 +41,6 @@ from uplink.sql_store import (
     BatchTrips,
     Cursor,
     FirstEntry,
-    LoneExit,
     NewRows,
     RowTakenError,
     Session,
@@ -85,9 +84,6 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         " trip_role TEXT, trip_id TEXT)",
         f"CREATE UNIQUE INDEX IF NOT EXISTS records_lane_epoch_seq ON {schema}.records"
         " (lane, epoch, seq)",
-        # Only the records that take part in trips are in the index (uplink.trips).
-        f"CREATE INDEX IF NOT EXISTS records_trip ON {schema}.records (trip_role, trip_id)"
-        " WHERE trip_role IS NOT NULL",
         # The trips open now (uplink.sql_store.REOPEN), and the upgrade jobs still to run, each
         # with the key it goes on after (`_upgrade`).
         f"CREATE TABLE IF NOT EXISTS {schema}.open_trips (trip_id TEXT PRIMARY KEY,"
@@ -107,9 +103,8 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         # upgrade's scratch table (uplink.sql_store.UpgradeJob.TALLY). A column with a constant
         # default is a catalog change.
         f"ALTER TABLE {schema}.epochs ADD COLUMN IF NOT EXISTS closed BIGINT NOT NULL DEFAULT 0",
-        f"CREATE TABLE IF NOT EXISTS {schema}.unmatched_exits (record_id TEXT PRIMARY KEY,"
-        " trip_id TEXT NOT NULL)",
-        f"CREATE INDEX IF NOT EXISTS unmatched_exits_trip ON {schema}.unmatched_exits (trip_id)",
+        f"CREATE TABLE IF NOT EXISTS {schema}.unmatched_exits (trip_id TEXT NOT NULL,"
+        " record_id TEXT NOT NULL, PRIMARY KEY (trip_id, record_id))",
         f"CREATE TABLE IF NOT EXISTS {schema}.trip_counts (source TEXT PRIMARY KEY,"
         " closed BIGINT NOT NULL)",
         f"INSERT INTO {schema}.trip_counts VALUES ('{TALLY_SOURCE}', 0) ON CONFLICT DO NOTHING",
@@ -147,10 +142,26 @@ def trip_lock_keys(schema: str, trips: Iterable[str]) -> tuple[int, list[int]]:
     )
 
 
+def _trip_index_sql(schema: str) -> str:
+    """The trip index, built apart from the DDL's transaction and without blocking writes
+    (`PostgresIngestStore._build_trip_index`). Only the records that take part in trips are
+    in it (uplink.trips)."""
+    return (
+        f"CREATE INDEX CONCURRENTLY records_trip ON {schema}.records (trip_role, trip_id)"
+        " WHERE trip_role IS NOT NULL"
+    )
+
+
+# Whether the trip index is there and valid: no row (missing), or its `indisvalid` (false: a
+# build is running, or one died and left it half made). Parameter: the index's name.
+_TRIP_INDEX_STATE = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)"
+
+
 def _schema_tag(schema: str) -> str:
     """Names the schema's version and DDL: any change to the DDL makes a new tag, so a store of
     a new release migrates a schema an older one made; the version refuses the reverse."""
-    digest = hashlib.sha256("\n".join(_schema_sql(schema)).encode()).hexdigest()[:16]
+    ddl = (*_schema_sql(schema), _trip_index_sql(schema))
+    digest = hashlib.sha256("\n".join(ddl).encode()).hexdigest()[:16]
     return f"lane ingest schema v{SCHEMA_VERSION} {digest}"
 
 
@@ -230,7 +241,9 @@ class PostgresIngestStore(SqlIngestStore):
                         (job.value,),
                     )  # fmt: skip
                 cur.execute(f"COMMENT ON SCHEMA {schema} IS '{tag}'")
+        self._build_trip_index()
         self._upgrade(upgrade_chunk, after_chunk)
+        self.upgrade_pending()
 
     def _refuse_newer(self, comment: str | None) -> None:
         version = _TAG.match(comment or "")
@@ -239,6 +252,48 @@ class PostgresIngestStore(SqlIngestStore):
                 f"postgres schema {self.schema}: schema version {version[1]} is newer than this"
                 f" software ({SCHEMA_VERSION}); not touched"
             )
+
+    def _build_trip_index(self) -> None:
+        """Make sure the trip index is there and valid, building it if not with CREATE INDEX
+        CONCURRENTLY: outside a transaction, it reads the table without blocking the batches
+        that other workers write meanwhile (a plain CREATE INDEX holds their inserts until it
+        has read every row, which on a large store of version 2 is minutes). One worker builds
+        it at a time, under a session advisory lock, which goes with its connection if it dies;
+        a build that died leaves the index invalid, and the next store to open the schema drops
+        and rebuilds it. A store that finds another worker building it is refused as
+        unavailable (`lane ingest` retries its start with backoff), rather than waiting in a
+        statement: a waiting statement holds a snapshot, which the build waits for in turn."""
+        name = f"{self.prefix}records_trip"
+        with self._connected() as conn:
+            state = conn.execute(_TRIP_INDEX_STATE, (name,)).fetchone()
+            if state is not None and state[0]:
+                return
+            key = f"{name} build"
+            taken = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+            if taken is None or not taken[0]:
+                raise StoreUnavailableError(
+                    f"postgres schema {self.schema}: another worker is building its trip index"
+                    " (CREATE INDEX CONCURRENTLY); try again when it is done"
+                )
+            try:
+                # The build reads the whole table, and waits for the transactions before it.
+                conn.execute("SET statement_timeout = 0")
+                conn.execute("SET lock_timeout = 0")
+                state = conn.execute(_TRIP_INDEX_STATE, (name,)).fetchone()
+                if state is not None and not state[0]:
+                    log.warning(
+                        "ingest trip index invalid, rebuilt",
+                        extra={"schema": self.schema, "index": name},
+                    )
+                    conn.execute(f"DROP INDEX CONCURRENTLY {name}")
+                if state is None or not state[0]:
+                    conn.execute(_trip_index_sql(self.schema))
+                    log.info("ingest trip index built", extra={"schema": self.schema})
+            finally:
+                if not conn.broken:  # else its session, and the lock with it, is gone
+                    conn.execute("RESET statement_timeout")
+                    conn.execute("RESET lock_timeout")
+                    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
     def _upgrade(
         self, chunk: int, after_chunk: Callable[[UpgradeJob, str | None], None] | None
@@ -278,6 +333,11 @@ class PostgresIngestStore(SqlIngestStore):
     def _upgrading(self, cur: Cursor) -> bool:
         cur.execute(f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade)")
         return bool(cur.fetchone()[0])
+
+    def upgrade_pending(self) -> bool:
+        # Once none is pending, none ever is again for this store: its batches stop noting.
+        self.upgrade_seen = super().upgrade_pending()
+        return self.upgrade_seen
 
     def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
         if trips:
@@ -357,8 +417,9 @@ class PostgresIngestStore(SqlIngestStore):
         # them all).
         trips = batch_trips(records)
         kept, changed, add_closed = self._trip_statements(trips)
+        returned = "record_id, data, trip_role, trip_id" if kept else "record_id, data"
         statement = self._sql(
-            f"WITH ins AS ({sql} RETURNING record_id, data), gone AS"
+            f"WITH ins AS ({sql} RETURNING {returned}), gone AS"
             " (DELETE FROM {conflicts} AS c USING ins WHERE c.lane=%s"
             " AND c.record_id = ins.record_id"
             # the digest of uplink.messages.digest: SHA-256, lower-case hex
@@ -442,20 +503,15 @@ class PostgresIngestStore(SqlIngestStore):
         sql = f"DELETE FROM {{{table}}} WHERE trip_id = ANY(%b::text[]){back}"
         return self._sql(sql), (list(trips),)
 
-    def _lone_rows(self, lone: Sequence[LoneExit]) -> tuple[str, tuple[object, ...]]:
-        return "unnest(%b::text[], %b::text[]) AS t (column1, column2)", (
-            [e.record_id for e in lone],
-            [e.trip_id for e in lone],
-        )
-
     def _trip_statements(self, batch: BatchTrips) -> tuple[str, tuple[object, ...], str]:
         """What a new batch of a seen epoch adds to its statement to keep its trips, as
-        `_add_trips` keeps them: data-modifying WITHs (each one's parameters in order) over
-        binary arrays, and the epoch's UPDATE's addition of the trips it closed. They all see
-        the rows of before the statement, the batch's own not among them. Neither of the
-        open-trips statements reads what the other writes (the trips of the entries opened
+        `_add_trips` keeps them: data-modifying WITHs (each one's parameters in order) and
+        the epoch's UPDATE's addition of the trips it closed. They all see the rows of before
+        the statement, the batch's own not among them, which they read from the rows its
+        insert returned (`ins`, with their trip columns: no more arrays to send). Neither of
+        the open-trips statements reads what the other writes (the trips of the entries opened
         are not those closed); the unmatched exits are those of the exits that closed nothing
-        (`trip_gone`), probed for a held entry."""
+        (`trip_gone`), probed for a held entry; an entry matches its trip's."""
         if not batch.trips:
             return "", (), ""
         entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
@@ -463,18 +519,27 @@ class PostgresIngestStore(SqlIngestStore):
         if batch.entries:
             rows, params = self._entry_rows(batch.entries)
             steps.append(("trip_opened", OPEN_NEW.replace("{rows}", rows), (*params, exit_)))
-        closers = []
+        closers = []  # the statements that answer the trip ids of trips closed now
         if batch.exited:
             steps.append(("trip_gone", *self._deleting("open_trips", batch.exited, returning=True)))
             closers.append("trip_gone")
-        if batch.lone:
-            rows, params = self._lone_rows(batch.lone)
-            skip = "NOT EXISTS (SELECT 1 FROM trip_gone AS g WHERE g.trip_id = t.column2) AND "
-            lone = LONE_EXITS.replace("{rows}", rows).replace("{skip}", skip)
-            steps.append(("trip_lone", lone, (*params, entry)))
+            # The exits that closed nothing, of trips the batch does not enter, behind a fence
+            # (OFFSET 0): the probe for a held entry would otherwise be pushed below the tests
+            # and run for every exit.
+            entered = " AND i.trip_id NOT IN (SELECT trip_id FROM ins WHERE trip_role = %s)"
+            rows = (
+                "(SELECT i.record_id AS column1, i.trip_id AS column2 FROM ins AS i"
+                " WHERE i.trip_role = %s AND i.trip_id NOT IN (SELECT trip_id FROM trip_gone)"
+                f"{entered if batch.entered else ''} OFFSET 0) AS t"
+            )
+            params = (exit_, entry) if batch.entered else (exit_,)
+            steps.append(("trip_lone", LONE_EXITS.replace("{rows}", rows), (*params, entry)))
         if batch.entered:
-            matched = self._deleting("unmatched_exits", batch.entered, returning=True)
-            steps.append(("trip_matched", *matched))
+            matched = (
+                "DELETE FROM {unmatched_exits} WHERE trip_id IN"
+                " (SELECT trip_id FROM ins WHERE trip_role = %s) RETURNING trip_id"
+            )
+            steps.append(("trip_matched", matched, (entry,)))
             closers.append("trip_matched")
         if batch.both:
             fresh = (
@@ -483,21 +548,21 @@ class PostgresIngestStore(SqlIngestStore):
             )
             steps.append(("trip_fresh", fresh, (batch.both, entry)))
             closers.append("trip_fresh")
-        union = " UNION ALL ".join(f"SELECT trip_id FROM {c}" for c in closers)
-        newly = f"SELECT DISTINCT trip_id FROM ({union}) AS c"  # a trip's exits go together
-        steps.append(("trip_newly", newly, ()))
-        steps.append((
-            "trip_noted",
-            "INSERT INTO {counted} (trip_id) SELECT trip_id FROM trip_newly WHERE EXISTS"
-            f" (SELECT 1 FROM {self.prefix}upgrade) ON CONFLICT DO NOTHING",
-            (),
-        ))  # fmt: skip
+        if closers == ["trip_gone"]:  # a trip's row in `open_trips` is one
+            closed = "SELECT trip_id FROM trip_gone"
+        else:  # its unmatched exits may be several
+            union = " UNION ALL ".join(f"SELECT trip_id FROM {c}" for c in closers)
+            closed = f"SELECT DISTINCT trip_id FROM ({union}) AS c"
+        if self.upgrade_seen:
+            steps.append((
+                "trip_noted",
+                f"INSERT INTO {{counted}} (trip_id) {closed} WHERE EXISTS"
+                f" (SELECT 1 FROM {self.prefix}upgrade) ON CONFLICT DO NOTHING",
+                (),
+            ))  # fmt: skip
         ctes = "".join(f", {name} AS ({self._sql(sql)})" for name, sql, _ in steps)
-        return (
-            ctes,
-            tuple(v for _, _, p in steps for v in p),
-            ", closed = closed + (SELECT COUNT(*) FROM trip_newly)",
-        )
+        count = f", closed = closed + (SELECT COUNT(*) FROM ({closed}) AS n)"
+        return ctes, tuple(v for _, _, p in steps for v in p), count
 
     def _insert_sql(self, new: NewRows, returning: str) -> tuple[str, tuple[object, ...]]:
         # One statement over arrays instead of a row at a time: a single plan and a single

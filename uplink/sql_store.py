@@ -78,14 +78,13 @@ REOPEN = (
 NO_ENTRY = (
     "(SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=t.{column} LIMIT 1) IS NULL"
 )
-# A new batch's exits of trips it does not enter (`{rows}`: the dialect's table `t` of them,
-# columns record id, trip id) that closed no open trip (`{skip}`: the dialect's test of that),
-# each an unmatched exit unless an entry of its trip is held: in a closed road's traffic
-# every exit closes an open trip, so no probe of `records_trip` is made. Parameters: the
-# rows', then entry.
+# A new batch's exits of trips it does not enter that closed no open trip (`{rows}`: the
+# dialect's table `t` of them, columns record id, trip id), each an unmatched exit unless an
+# entry of its trip is held: in a closed road's traffic every exit closes an open trip, so no
+# probe of `records_trip` is made. Parameters: the rows', then entry.
 LONE_EXITS = (
     "INSERT INTO {unmatched_exits} (record_id, trip_id) SELECT t.column1, t.column2 FROM {rows}"
-    f" WHERE {{skip}}{NO_ENTRY.replace('{column}', 'column2')}"
+    f" WHERE {NO_ENTRY.replace('{column}', 'column2')}"
 )
 # Which of some trip ids (`{ids}`, as REOPEN) have an entry and an exit held, each probing
 # `records_trip` twice; with `{uncounted}`, only those `counted` does not hold. Parameters:
@@ -184,45 +183,48 @@ class FirstEntry(NamedTuple):
     ts_us: int
 
 
-class LoneExit(NamedTuple):
-    record_id: str
-    trip_id: str
-
-
 @dataclass(frozen=True)
 class BatchTrips:
-    """A batch's part in trips, read in one pass (it is on every batch's path)."""
+    """A batch's part in trips, read in one pass (it is on every batch's path: what only the
+    rare batch needs is derived when asked)."""
 
     trips: list[str]  # the trip ids its entries and exits name, sorted
     exited: list[str]  # those its exits name, sorted
     # Each trip's earliest entry in the batch (by time, then record id, as
     # uplink.trips._keep_first), but for the trips it exits.
     entries: list[FirstEntry]
-    entered: list[str]  # the trip ids its entries name, sorted
-    lone: list[LoneExit]  # its exits of trips it does not enter
-    both: list[str]  # the trip ids it enters and exits, sorted
+    entered: Collection[str]  # the trip ids its entries name
+    exits: list[tuple[str, str]]  # its exits' record ids and trip ids
+
+    @property
+    def lone(self) -> list[tuple[str, str]]:
+        """Its exits of trips it does not enter."""
+        return [e for e in self.exits if e[1] not in self.entered]
+
+    @property
+    def both(self) -> list[str]:
+        """The trip ids it enters and exits, sorted."""
+        return [t for t in self.exited if t in self.entered] if self.entered else []
 
 
 def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
     """Pure: what `BatchTrips` says of `records`."""
-    exits: list[LoneExit] = []
+    exits: list[tuple[str, str]] = []
     first: dict[str, tuple[int, str]] = {}  # trip id: its earliest entry's (time, record id)
     for r in records:
         mark = r.trip
         if mark is None or mark.trip_id is None:
             continue
         if mark.role == TripRole.EXIT:
-            exits.append(LoneExit(r.record_id, mark.trip_id))
+            exits.append((r.record_id, mark.trip_id))
         elif mark.role == TripRole.ENTRY:
             key = (r.ts_us, r.record_id)
             held = first.get(mark.trip_id)
             if held is None or key < held:
                 first[mark.trip_id] = key
-    exited = {e.trip_id for e in exits}
+    exited = {trip for _, trip in exits}
     entries = [FirstEntry(t, rid, ts) for t, (ts, rid) in first.items() if t not in exited]
-    lone = [e for e in exits if e.trip_id not in first]
-    return BatchTrips(sorted(exited.union(first)), sorted(exited), entries, sorted(first), lone,
-                      sorted(exited.intersection(first)))  # fmt: skip
+    return BatchTrips(sorted(exited.union(first)), sorted(exited), entries, first.keys(), exits)
 
 
 class UpgradeJob(StrEnum):
@@ -256,6 +258,9 @@ class SqlIngestStore:
     lock_suffix = ""  # PostgreSQL: " FOR UPDATE" (SQLite's writers take turns anyway)
     prefix = ""  # PostgreSQL: "schema."
     bytewise = ""  # PostgreSQL: ' COLLATE "C"' (SQLite compares text byte by byte already)
+    # Whether an upgrade job may still be running beside this store (PostgreSQL: one was
+    # pending when it opened the schema; jobs are only made by the DDL of a newer release).
+    upgrade_seen = False
 
     def _sql(self, text: str) -> str:
         for table in (
@@ -314,7 +319,7 @@ class SqlIngestStore:
             v for e in entries for v in (e.trip_id, e.record_id, e.ts_us)
         )
 
-    def _lone_rows(self, lone: Sequence[LoneExit]) -> tuple[str, tuple[object, ...]]:
+    def _lone_rows(self, lone: Sequence[tuple[str, str]]) -> tuple[str, tuple[object, ...]]:
         """LONE_EXITS's `{rows}` for `lone`, and their parameters: a VALUES list here."""
         rows = ", ".join("(?, ?)" for _ in lone)
         return f"(VALUES {rows}) AS t", tuple(v for e in lone for v in e)
@@ -369,11 +374,10 @@ class SqlIngestStore:
             gone = db.cursor()
             gone.execute(*self._deleting("open_trips", batch.exited, returning=True))
             closed.update(str(r[0]) for r in gone.fetchall())
-        lone = [e for e in batch.lone if e.trip_id not in closed]
+        lone = [e for e in batch.lone if e[1] not in closed]
         if lone:
             rows, params = self._lone_rows(lone)
-            sql = LONE_EXITS.replace("{rows}", rows).replace("{skip}", "")
-            db.cursor().execute(self._sql(sql), (*params, entry))
+            db.cursor().execute(self._sql(LONE_EXITS.replace("{rows}", rows)), (*params, entry))
         if batch.entered:
             matched = db.cursor()
             matched.execute(*self._deleting("unmatched_exits", batch.entered, returning=True))
@@ -384,7 +388,7 @@ class SqlIngestStore:
     def _note_counted(self, db: Session, closed: Collection[str]) -> None:
         """While an upgrade runs, the trips a batch counted closed are noted, so its tally
         (`UpgradeJob.TALLY`) does not count them again."""
-        if closed and self._upgrading(db.cursor()):
+        if closed and self.upgrade_seen and self._upgrading(db.cursor()):
             db.cursor().execute(
                 self._sql(
                     f"INSERT INTO {{counted}} (trip_id) VALUES {', '.join('(?)' for _ in closed)}"

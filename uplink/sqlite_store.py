@@ -88,9 +88,8 @@ FROM_V2 = (
 # (uplink.sql_store.UpgradeJob.TALLY).
 TO_V5 = (
     "ALTER TABLE epochs ADD COLUMN closed INTEGER NOT NULL DEFAULT 0",
-    "CREATE TABLE unmatched_exits (record_id TEXT PRIMARY KEY, trip_id TEXT NOT NULL)"
-    " WITHOUT ROWID",
-    "CREATE INDEX unmatched_exits_trip ON unmatched_exits (trip_id)",
+    "CREATE TABLE unmatched_exits (trip_id TEXT NOT NULL, record_id TEXT NOT NULL,"
+    " PRIMARY KEY (trip_id, record_id)) WITHOUT ROWID",
     "CREATE TABLE trip_counts (source TEXT PRIMARY KEY, closed INTEGER NOT NULL)",
     f"INSERT INTO trip_counts VALUES ('{TALLY_SOURCE}', 0)",
     "CREATE TABLE counted (trip_id TEXT PRIMARY KEY) WITHOUT ROWID",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 import shutil
 import sqlite3
@@ -43,7 +44,7 @@ from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.sql_store import UpgradeJob, trip_columns
 from uplink.sqlite_store import SCHEMA_VERSION as INGEST_SCHEMA_VERSION
 from uplink.sqlite_store import SqliteIngestStore
-from uplink.store import IngestRecord, IngestStore, IngestStoreError
+from uplink.store import IngestRecord, IngestStore, IngestStoreError, StoreUnavailableError
 from uplink.trips import END_OF_TIME_US, OpenTrip, TripLedger, open_trips, trip_ledger
 from uplink.trips_cli import main as trips_main
 
@@ -568,6 +569,114 @@ def test_a_postgres_tally_counts_each_closed_trip_once_whatever_closes_meanwhile
         store.close()
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM lane_ingest.counted").fetchone() == (0,)
+
+
+def index_build(dsn: str) -> int:
+    """Backends building the trip index concurrently and waiting for a transaction."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE 'CREATE INDEX CONCURRENTLY records_trip %%'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def trip_index_valid(dsn: str) -> bool | None:
+    """The trip index's `indisvalid`; None when there is none."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid ="
+            " to_regclass('lane_ingest.records_trip')"
+        ).fetchone()
+        return None if row is None else bool(row[0])
+
+
+def v2_insert(conn: psycopg.Connection[tuple[object, ...]], row: Sequence[object]) -> None:
+    """A row stored by a worker of the version-2 release (it names the columns it knows)."""
+    conn.execute(
+        "INSERT INTO lane_ingest.records (record_id, lane, epoch, seq, ts_us, kind,"
+        " amount_minor, currency, data, ingested_us) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
+        " %s, %s)",
+        row,
+    )
+
+
+def late_rows(n: int) -> tuple[list[tuple[object, ...]], list[Record]]:
+    """Entries of passes late00.., as the version-2 release stored them."""
+    records, rows = [], []
+    for i in range(n):
+        draft = RecordDraft("entry", f"veh-l{i}", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            entry_plaza="P01", pass_id=f"late{i:02}")  # fmt: skip
+        record = Record(f"r-late-{i:02}", "P01/e2", i + 1, FIXTURE_TS0 + 200 + i, draft)
+        records.append(record)
+        rows.append((record.record_id, record.lane, "", record.seq, record.ts_us, "entry", 0,
+                     "CNY", record.encode(), 1))  # fmt: skip
+    return rows, records
+
+
+async def test_a_postgres_upgrade_builds_the_trip_index_while_workers_write(
+    pg_dsn: str,
+) -> None:
+    """Upgrading a version-2 schema builds `records_trip` with CREATE INDEX CONCURRENTLY:
+    while the build waits for a transaction older than it (a snapshot held open), a worker of
+    the release before goes on storing rows on its own connection, not blocked (a plain
+    CREATE INDEX would hold its insert until the whole table was read). A store of this
+    release opening the schema meanwhile is refused as unavailable, which `lane ingest`
+    retries. Once the build ends, the upgrade marks the rows stored during it too."""
+    rows, records = many_old_rows(2)
+    old_pg_schema(pg_dsn, 2, rows)
+    stored, late = late_rows(2)
+    with psycopg.connect(pg_dsn) as holder:  # e.g. a report's long read
+        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT 1")
+        upgrading = asyncio.create_task(asyncio.to_thread(PostgresIngestStore, pg_dsn))
+        await eventually(lambda: index_build(pg_dsn), what="the build waits for the snapshot")
+        with psycopg.connect(pg_dsn, autocommit=True) as worker:
+            worker.execute("SET lock_timeout = '10s'")  # blocked, it would fail, not hang
+            for row in stored:
+                v2_insert(worker, row)
+        assert index_build(pg_dsn) == 1 and trip_index_valid(pg_dsn) is False  # still building
+        with pytest.raises(StoreUnavailableError, match="another worker is building"):
+            PostgresIngestStore(pg_dsn)
+        holder.rollback()
+    store = await upgrading
+    try:
+        assert trip_index_valid(pg_dsn) is True
+        assert open_trips(store) == trip_ledger(r.encode() for r in [*records, *late])
+    finally:
+        store.close()
+
+
+async def test_a_postgres_trip_index_build_that_died_is_rebuilt(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker killed while it builds the trip index leaves it invalid (PostgreSQL keeps a
+    concurrent build's index, unusable, when the build fails): the next store to open the
+    schema drops and rebuilds it, says so in the log, and the upgrade goes on."""
+    rows, records = many_old_rows(2)
+    old_pg_schema(pg_dsn, 2, rows)
+    with psycopg.connect(pg_dsn) as holder:
+        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT 1")
+        upgrading = asyncio.create_task(asyncio.to_thread(PostgresIngestStore, pg_dsn))
+        await eventually(lambda: index_build(pg_dsn), what="the build waits for the snapshot")
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query LIKE 'CREATE INDEX CONCURRENTLY records_trip %%'"
+            )
+        with pytest.raises(IngestStoreError):
+            await upgrading
+        holder.rollback()
+    assert trip_index_valid(pg_dsn) is False  # left half made
+    with caplog.at_level(logging.WARNING, logger="lane.uplink.pg"):
+        store = PostgresIngestStore(pg_dsn)
+    try:
+        assert [r.message for r in caplog.records] == ["ingest trip index invalid, rebuilt"]
+        assert trip_index_valid(pg_dsn) is True
+        assert open_trips(store) == trip_ledger(r.encode() for r in records)
+    finally:
+        store.close()
 
 
 async def test_an_unfinished_postgres_upgrade_shows_on_the_ingest_metrics(pg_dsn: str) -> None:
