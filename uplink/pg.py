@@ -29,16 +29,11 @@ import psycopg
 from uplink.messages import QueueIdentity
 from uplink.sql_store import (
     ADVANCE_CHUNK,
-    LONE_EXITS,
     MOVE_ON,
-    NO_ENTRY,
-    OPEN_NEW,
     RECORD_COLUMNS,
     RUN_END,
     SCHEMA_VERSION,
-    TALLY_SOURCE,
     UPGRADE_CHUNK,
-    BatchTrips,
     Cursor,
     FirstEntry,
     NewRows,
@@ -59,7 +54,6 @@ from uplink.store import (
     StoreResult,
     StoreUnavailableError,
 )
-from uplink.trips import TripRole
 
 log = logging.getLogger("lane.uplink.pg")
 
@@ -98,17 +92,6 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         " held_record_id TEXT NOT NULL, stored_digest TEXT NOT NULL,"
         " offered_digest TEXT NOT NULL, count BIGINT NOT NULL, first_us BIGINT NOT NULL,"
         " last_us BIGINT NOT NULL, PRIMARY KEY (record_id, offered_digest))",
-        # Version 5: the closed count (each epoch's, and an upgrade's tally of the trips closed
-        # before it: `trip_counts`) and the unmatched exits, kept at ingest; `counted` is an
-        # upgrade's scratch table (uplink.sql_store.UpgradeJob.TALLY). A column with a constant
-        # default is a catalog change.
-        f"ALTER TABLE {schema}.epochs ADD COLUMN IF NOT EXISTS closed BIGINT NOT NULL DEFAULT 0",
-        f"CREATE TABLE IF NOT EXISTS {schema}.unmatched_exits (trip_id TEXT NOT NULL,"
-        " record_id TEXT NOT NULL, PRIMARY KEY (trip_id, record_id))",
-        f"CREATE TABLE IF NOT EXISTS {schema}.trip_counts (source TEXT PRIMARY KEY,"
-        " closed BIGINT NOT NULL)",
-        f"INSERT INTO {schema}.trip_counts VALUES ('{TALLY_SOURCE}', 0) ON CONFLICT DO NOTHING",
-        f"CREATE TABLE IF NOT EXISTS {schema}.counted (trip_id TEXT PRIMARY KEY)",
         f"DO $$ BEGIN IF to_regclass('{schema}.lanes') IS NOT NULL THEN"
         f" INSERT INTO {schema}.epochs SELECT lane, '', 0, contiguous, max_seq, 0"
         f" FROM {schema}.lanes ON CONFLICT DO NOTHING; DROP TABLE {schema}.lanes; END IF; END $$",
@@ -117,12 +100,11 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
 
 # What a schema of an earlier release needs filled from its rows, read before its DDL runs:
 # whether it has `records` without the trip columns (MARK), or with them but no `open_trips`
-# (OPEN), or no `unmatched_exits` (UNMATCHED). Parameters: the schema, four times.
+# (OPEN). Parameters: the schema, three times.
 _OLD_TABLES = (
     "SELECT to_regclass(%s || '.records') IS NOT NULL, EXISTS (SELECT 1 FROM"
     " information_schema.columns WHERE table_schema = %s AND table_name = 'records'"
-    " AND column_name = 'trip_role'), to_regclass(%s || '.open_trips') IS NOT NULL,"
-    " to_regclass(%s || '.unmatched_exits') IS NOT NULL"
+    " AND column_name = 'trip_role'), to_regclass(%s || '.open_trips') IS NOT NULL"
 )
 _TAG = re.compile(r"^lane ingest schema v(\d+) ")
 # Every transaction touching a trip id waits for the others that do (`_lock_trips`): keys in
@@ -165,16 +147,14 @@ def _schema_tag(schema: str) -> str:
     return f"lane ingest schema v{SCHEMA_VERSION} {digest}"
 
 
-def _pending_jobs(
-    has_records: bool, has_trip_columns: bool, has_open_trips: bool, has_unmatched: bool
-) -> tuple[UpgradeJob, ...]:
+def _pending_job(
+    has_records: bool, has_trip_columns: bool, has_open_trips: bool
+) -> UpgradeJob | None:
     if not has_records:
-        return ()  # a new schema: nothing to fill
+        return None  # a new schema: nothing to fill
     if not has_trip_columns:
-        return (UpgradeJob.MARK, UpgradeJob.TALLY)  # MARK refreshes every trip id it meets
-    if not has_open_trips:
-        return (UpgradeJob.OPEN, UpgradeJob.UNMATCHED, UpgradeJob.TALLY)
-    return () if has_unmatched else (UpgradeJob.UNMATCHED, UpgradeJob.TALLY)
+        return UpgradeJob.MARK
+    return None if has_open_trips else UpgradeJob.OPEN
 
 
 class PostgresIngestStore(SqlIngestStore):
@@ -230,11 +210,11 @@ class PostgresIngestStore(SqlIngestStore):
                     "SELECT obj_description(to_regnamespace(%s), 'pg_namespace')", (schema,)
                 )
                 self._refuse_newer(cast(tuple[str | None], cur.fetchone())[0])
-                cur.execute(_OLD_TABLES, (schema, schema, schema, schema))
-                jobs = _pending_jobs(*cast(tuple[bool, bool, bool, bool], cur.fetchone()))
+                cur.execute(_OLD_TABLES, (schema, schema, schema))
+                job = _pending_job(*cast(tuple[bool, bool, bool], cur.fetchone()))
                 for stmt in _schema_sql(schema):
                     cur.execute(stmt)
-                for job in jobs:
+                if job is not None:
                     cur.execute(
                         self._sql(f"INSERT INTO {self.prefix}upgrade (job) VALUES (?)"
                                   " ON CONFLICT DO NOTHING"),
@@ -243,7 +223,6 @@ class PostgresIngestStore(SqlIngestStore):
                 cur.execute(f"COMMENT ON SCHEMA {schema} IS '{tag}'")
         self._build_trip_index()
         self._upgrade(upgrade_chunk, after_chunk)
-        self.upgrade_pending()
 
     def _refuse_newer(self, comment: str | None) -> None:
         version = _TAG.match(comment or "")
@@ -299,19 +278,13 @@ class PostgresIngestStore(SqlIngestStore):
         self, chunk: int, after_chunk: Callable[[UpgradeJob, str | None], None] | None
     ) -> None:
         """Run the schema's upgrade jobs a chunk per transaction, each resumed from the key its
-        row holds: batches ingested meanwhile wait at most for one chunk's trip locks. The
-        jobs run in `UpgradeJob`'s order, each reading what the ones before it filled: when
-        another worker is running a chunk of the first one left (its row locked), the upgrade
-        is left to that worker."""
+        row holds: batches ingested meanwhile wait at most for one chunk's trip locks. A job
+        another worker is running a chunk of (its row locked) is left to that worker."""
         table = f"{self.prefix}upgrade"
-        order = [j.value for j in UpgradeJob]
         while True:
             with self._session(pipeline=False) as conn:
                 row = conn.execute(
-                    f"SELECT job, after FROM {table} WHERE job = (SELECT job FROM {table}"
-                    " ORDER BY array_position(%s::text[], job) LIMIT 1)"
-                    " FOR UPDATE SKIP LOCKED",
-                    (order,),
+                    f"SELECT job, after FROM {table} ORDER BY job LIMIT 1 FOR UPDATE SKIP LOCKED"
                 ).fetchone()
                 if row is None:
                     return
@@ -333,11 +306,6 @@ class PostgresIngestStore(SqlIngestStore):
     def _upgrading(self, cur: Cursor) -> bool:
         cur.execute(f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade)")
         return bool(cur.fetchone()[0])
-
-    def upgrade_pending(self) -> bool:
-        # Once none is pending, none ever is again for this store: its batches stop noting.
-        self.upgrade_seen = super().upgrade_pending()
-        return self.upgrade_seen
 
     def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
         if trips:
@@ -412,21 +380,21 @@ class PostgresIngestStore(SqlIngestStore):
             return result
         first, last = records[0].seq, records[-1].seq
         sql, params = self._insert_sql(NewRows(lane, queue.epoch, records, now_us), returning="")
-        # The open trips, the unmatched exits and the closed count are kept by the same
-        # statement (`_trip_statements`: every record is inserted, or UniqueViolation undoes
-        # them all).
+        # The open trips are kept by the same statement (`_trip_changes`, as data-modifying
+        # WITHs: every record is inserted, or UniqueViolation undoes them all).
         trips = batch_trips(records)
-        kept, changed, add_closed = self._trip_statements(trips)
-        returned = "record_id, data, trip_role, trip_id" if kept else "record_id, data"
+        changes = self._trip_changes(trips)
+        kept = "".join(f", trip{i} AS ({change})" for i, (change, _) in enumerate(changes))
         statement = self._sql(
-            f"WITH ins AS ({sql} RETURNING {returned}), gone AS"
+            f"WITH ins AS ({sql} RETURNING record_id, data), gone AS"
             " (DELETE FROM {conflicts} AS c USING ins WHERE c.lane=%s"
             " AND c.record_id = ins.record_id"
             # the digest of uplink.messages.digest: SHA-256, lower-case hex
             f" AND c.offered_digest = encode(sha256(ins.data), 'hex')){kept}"
-            f" UPDATE {{epochs}} SET {MOVE_ON}{add_closed} WHERE lane=%s AND epoch=%s"
+            f" UPDATE {{epochs}} SET {MOVE_ON} WHERE lane=%s AND epoch=%s"
             " RETURNING contiguous, max_seq"
         )
+        changed = [v for _, values in changes for v in values]
         args = (*params, lane, *changed, *move_on_args(first, last), lane, queue.epoch)
         with self._connected() as conn:
             if trips.trips:
@@ -496,73 +464,8 @@ class PostgresIngestStore(SqlIngestStore):
             [e.ts_us for e in entries],
         )
 
-    def _deleting(
-        self, table: str, trips: Collection[str], *, returning: bool = False
-    ) -> tuple[str, tuple[object, ...]]:
-        back = " RETURNING trip_id" if returning else ""
-        sql = f"DELETE FROM {{{table}}} WHERE trip_id = ANY(%b::text[]){back}"
-        return self._sql(sql), (list(trips),)
-
-    def _trip_statements(self, batch: BatchTrips) -> tuple[str, tuple[object, ...], str]:
-        """What a new batch of a seen epoch adds to its statement to keep its trips, as
-        `_add_trips` keeps them: data-modifying WITHs (each one's parameters in order) and
-        the epoch's UPDATE's addition of the trips it closed. They all see the rows of before
-        the statement, the batch's own not among them, which they read from the rows its
-        insert returned (`ins`, with their trip columns: no more arrays to send). Neither of
-        the open-trips statements reads what the other writes (the trips of the entries opened
-        are not those closed); the unmatched exits are those of the exits that closed nothing
-        (`trip_gone`), probed for a held entry; an entry matches its trip's."""
-        if not batch.trips:
-            return "", (), ""
-        entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
-        steps: list[tuple[str, str, tuple[object, ...]]] = []
-        if batch.entries:
-            rows, params = self._entry_rows(batch.entries)
-            steps.append(("trip_opened", OPEN_NEW.replace("{rows}", rows), (*params, exit_)))
-        closers = []  # the statements that answer the trip ids of trips closed now
-        if batch.exited:
-            steps.append(("trip_gone", *self._deleting("open_trips", batch.exited, returning=True)))
-            closers.append("trip_gone")
-            # The exits that closed nothing, of trips the batch does not enter, behind a fence
-            # (OFFSET 0): the probe for a held entry would otherwise be pushed below the tests
-            # and run for every exit.
-            entered = " AND i.trip_id NOT IN (SELECT trip_id FROM ins WHERE trip_role = %s)"
-            rows = (
-                "(SELECT i.record_id AS column1, i.trip_id AS column2 FROM ins AS i"
-                " WHERE i.trip_role = %s AND i.trip_id NOT IN (SELECT trip_id FROM trip_gone)"
-                f"{entered if batch.entered else ''} OFFSET 0) AS t"
-            )
-            params = (exit_, entry) if batch.entered else (exit_,)
-            steps.append(("trip_lone", LONE_EXITS.replace("{rows}", rows), (*params, entry)))
-        if batch.entered:
-            matched = (
-                "DELETE FROM {unmatched_exits} WHERE trip_id IN"
-                " (SELECT trip_id FROM ins WHERE trip_role = %s) RETURNING trip_id"
-            )
-            steps.append(("trip_matched", matched, (entry,)))
-            closers.append("trip_matched")
-        if batch.both:
-            fresh = (
-                "SELECT t.column1 AS trip_id FROM unnest(%b::text[]) AS t (column1)"
-                f" WHERE {NO_ENTRY.replace('{column}', 'column1')}"
-            )
-            steps.append(("trip_fresh", fresh, (batch.both, entry)))
-            closers.append("trip_fresh")
-        if closers == ["trip_gone"]:  # a trip's row in `open_trips` is one
-            closed = "SELECT trip_id FROM trip_gone"
-        else:  # its unmatched exits may be several
-            union = " UNION ALL ".join(f"SELECT trip_id FROM {c}" for c in closers)
-            closed = f"SELECT DISTINCT trip_id FROM ({union}) AS c"
-        if self.upgrade_seen:
-            steps.append((
-                "trip_noted",
-                f"INSERT INTO {{counted}} (trip_id) {closed} WHERE EXISTS"
-                f" (SELECT 1 FROM {self.prefix}upgrade) ON CONFLICT DO NOTHING",
-                (),
-            ))  # fmt: skip
-        ctes = "".join(f", {name} AS ({self._sql(sql)})" for name, sql, _ in steps)
-        count = f", closed = closed + (SELECT COUNT(*) FROM ({closed}) AS n)"
-        return ctes, tuple(v for _, _, p in steps for v in p), count
+    def _closing(self, trips: Collection[str]) -> tuple[str, tuple[object, ...]]:
+        return self._sql("DELETE FROM {open_trips} WHERE trip_id = ANY(%b::text[])"), (list(trips),)
 
     def _insert_sql(self, new: NewRows, returning: str) -> tuple[str, tuple[object, ...]]:
         # One statement over arrays instead of a row at a time: a single plan and a single

@@ -30,7 +30,7 @@ RECORD_COLUMNS = (
 )
 COLUMN_COUNT = len(RECORD_COLUMNS.split(","))
 # The store's schema version: SQLite's `user_version`, named in PostgreSQL's schema comment.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 4
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
 # Rows (or trip ids) per step of an upgrade, each a transaction of its own in PostgreSQL.
 UPGRADE_CHUNK = 5000
@@ -46,6 +46,9 @@ OPEN_NEW = (
     " ts_us = excluded.ts_us WHERE excluded.ts_us < o.ts_us OR (excluded.ts_us = o.ts_us"
     " AND excluded.record_id{bytewise} < o.record_id{bytewise})"
 )
+# The trip ledger over the trip columns, each a walk of the index `records_trip` with a probe
+# of it per row for the record of the trip's other end (parameters: the roles, in order).
+_OTHER_END = "SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=e.trip_id"
 # The open trips come from their own table, as big as the trips open now, not from the index,
 # which holds every entry and exit ever ingested. Each entry's record is read by its key in a
 # scalar subquery, which PostgreSQL runs per row: a join could be planned as a hash join over
@@ -74,46 +77,13 @@ REOPEN = (
     " WHERE x.trip_role=? AND x.trip_id=t.column1 LIMIT 1) IS NULL) AS w"
     " WHERE first_id IS NOT NULL"
 )
-# Whether an entry of the trip id t.column1 is held (NULL: none). Parameters: entry.
-NO_ENTRY = (
-    "(SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=t.{column} LIMIT 1) IS NULL"
+CLOSED_TRIPS = (  # entry, exit
+    f"SELECT COUNT(DISTINCT e.trip_id) FROM {{records}} AS e WHERE e.trip_role=?"
+    f" AND EXISTS ({_OTHER_END})"
 )
-# A new batch's exits of trips it does not enter that closed no open trip (`{rows}`: the
-# dialect's table `t` of them, columns record id, trip id), each an unmatched exit unless an
-# entry of its trip is held: in a closed road's traffic every exit closes an open trip, so no
-# probe of `records_trip` is made. Parameters: the rows', then entry.
-LONE_EXITS = (
-    "INSERT INTO {unmatched_exits} (record_id, trip_id) SELECT t.column1, t.column2 FROM {rows}"
-    f" WHERE {NO_ENTRY.replace('{column}', 'column2')}"
+UNMATCHED_EXITS = (  # exit, entry
+    f"SELECT e.record_id FROM {{records}} AS e WHERE e.trip_role=? AND NOT EXISTS ({_OTHER_END})"
 )
-# Which of some trip ids (`{ids}`, as REOPEN) have an entry and an exit held, each probing
-# `records_trip` twice; with `{uncounted}`, only those `counted` does not hold. Parameters:
-# the trip ids, entry, exit.
-CLOSED_AMONG = (
-    "SELECT t.column1 FROM (VALUES {ids}) AS t"
-    " WHERE EXISTS (SELECT 1 FROM {records} AS e WHERE e.trip_role=? AND e.trip_id=t.column1)"
-    " AND EXISTS (SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=t.column1)"
-    "{uncounted}"
-)
-# The unmatched exits of some trip ids as the records hold them: every exit of them whose trip
-# has no entry (`{ids}` as REOPEN). Parameters: exit, the trip ids, entry.
-RESTRAY = (
-    "INSERT INTO {unmatched_exits} (record_id, trip_id) SELECT t.record_id, t.trip_id"
-    " FROM {records} AS t WHERE t.trip_role=? AND t.trip_id IN (VALUES {ids})"
-    f" AND {NO_ENTRY.replace('{column}', 'trip_id')}"
-)
-# The closed count: each queue epoch's batches add the trips they closed to its row (a row
-# they update anyway, and one no two workers update at once), and an upgrade adds the trips
-# closed before it (`UpgradeJob.TALLY`).
-CLOSED_TRIPS = (
-    "SELECT (SELECT COALESCE(SUM(closed), 0) FROM {epochs})"
-    " + (SELECT COALESCE(SUM(closed), 0) FROM {trip_counts})"
-)
-UNMATCHED_EXITS = "SELECT record_id FROM {unmatched_exits}"
-# How a batch's UPDATE of its epoch's row adds the trips it closed. Parameter: how many.
-ADD_CLOSED = "closed = closed + ?"
-# The row of `trip_counts` an upgrade's tally adds to.
-TALLY_SOURCE = "upgrade"
 ROLE_COUNT = "SELECT COUNT(*) FROM {records} WHERE trip_role=?"
 # Where the run of held seqs that follows on from a prefix ends, within the next ADVANCE_CHUNK
 # held seqs (NULL when the next one does not follow on): seqs are unique, so the n-th seq above
@@ -185,56 +155,39 @@ class FirstEntry(NamedTuple):
 
 @dataclass(frozen=True)
 class BatchTrips:
-    """A batch's part in trips, read in one pass (it is on every batch's path: what only the
-    rare batch needs is derived when asked)."""
+    """A batch's part in trips, read in one pass (it is on every batch's path)."""
 
     trips: list[str]  # the trip ids its entries and exits name, sorted
     exited: list[str]  # those its exits name, sorted
     # Each trip's earliest entry in the batch (by time, then record id, as
     # uplink.trips._keep_first), but for the trips it exits.
     entries: list[FirstEntry]
-    entered: Collection[str]  # the trip ids its entries name
-    exits: list[tuple[str, str]]  # its exits' record ids and trip ids
-
-    @property
-    def lone(self) -> list[tuple[str, str]]:
-        """Its exits of trips it does not enter."""
-        return [e for e in self.exits if e[1] not in self.entered]
-
-    @property
-    def both(self) -> list[str]:
-        """The trip ids it enters and exits, sorted."""
-        return [t for t in self.exited if t in self.entered] if self.entered else []
 
 
 def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
     """Pure: what `BatchTrips` says of `records`."""
-    exits: list[tuple[str, str]] = []
+    exited: set[str] = set()
     first: dict[str, tuple[int, str]] = {}  # trip id: its earliest entry's (time, record id)
     for r in records:
         mark = r.trip
         if mark is None or mark.trip_id is None:
             continue
         if mark.role == TripRole.EXIT:
-            exits.append((r.record_id, mark.trip_id))
+            exited.add(mark.trip_id)
         elif mark.role == TripRole.ENTRY:
             key = (r.ts_us, r.record_id)
             held = first.get(mark.trip_id)
             if held is None or key < held:
                 first[mark.trip_id] = key
-    exited = {trip for _, trip in exits}
     entries = [FirstEntry(t, rid, ts) for t, (ts, rid) in first.items() if t not in exited]
-    return BatchTrips(sorted(exited.union(first)), sorted(exited), entries, first.keys(), exits)
+    return BatchTrips(sorted(exited.union(first)), sorted(exited), entries)
 
 
 class UpgradeJob(StrEnum):
-    """What an upgraded store still has to fill from its rows, a chunk at a time, in this
-    order (each reads what the ones before it filled)."""
+    """What an upgraded store still has to fill from its rows, a chunk at a time."""
 
     MARK = "mark"  # the trip columns of rows stored before them (and their open trips)
     OPEN = "open"  # the open-trips table, from the trip columns of every entry
-    UNMATCHED = "unmatched"  # the unmatched exits, from the trip columns of every exit
-    TALLY = "tally"  # the closed count of the trips closed before it (`counted`)
 
 
 def new_held(records: Sequence[IngestRecord]) -> tuple[Held, ...]:
@@ -258,20 +211,9 @@ class SqlIngestStore:
     lock_suffix = ""  # PostgreSQL: " FOR UPDATE" (SQLite's writers take turns anyway)
     prefix = ""  # PostgreSQL: "schema."
     bytewise = ""  # PostgreSQL: ' COLLATE "C"' (SQLite compares text byte by byte already)
-    # Whether an upgrade job may still be running beside this store (PostgreSQL: one was
-    # pending when it opened the schema; jobs are only made by the DDL of a newer release).
-    upgrade_seen = False
 
     def _sql(self, text: str) -> str:
-        for table in (
-            "records",
-            "epochs",
-            "conflicts",
-            "open_trips",
-            "unmatched_exits",
-            "trip_counts",
-            "counted",
-        ):
+        for table in ("records", "epochs", "conflicts", "open_trips"):
             text = text.replace("{" + table + "}", self.prefix + table)
         return text.replace("{bytewise}", self.bytewise).replace("?", self.param)
 
@@ -280,37 +222,25 @@ class SqlIngestStore:
         (PostgreSQL; SQLite's writers take turns anyway). Taken first in a transaction."""
 
     def _refresh_trips(self, db: Session, trips: Sequence[str]) -> None:
-        """Set the open-trips rows and the unmatched exits of `trips` to what the records now
-        hold (REOPEN, RESTRAY), under their locks: an entry opens its trip unless an exit of
-        it is held, in either order of arrival; an exit closes it, or is unmatched while no
-        entry of its trip is held; a second entry moves it to the earlier. Derived from the
+        """Set the open-trips rows of `trips` to what the records now hold (REOPEN), under
+        their locks: an entry opens its trip unless an exit of it is held, in either order of
+        arrival; an exit closes it; a second entry moves it to the earlier. Derived from the
         records, not from what a batch added, so a replayed batch changes nothing."""
         if not trips:
             return
+        self._close_trips(db, trips)
         rows = ", ".join("(?)" for _ in trips)
         entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
-        db.cursor().execute(*self._deleting("open_trips", trips))
         db.cursor().execute(self._sql(REOPEN.replace("{ids}", rows)), (entry, entry, *trips, exit_))
-        self._refresh_unmatched(db, trips)
 
-    def _refresh_unmatched(self, db: Session, trips: Sequence[str]) -> None:
-        if not trips:
-            return
-        rows = ", ".join("(?)" for _ in trips)
-        db.cursor().execute(*self._deleting("unmatched_exits", trips))
-        db.cursor().execute(
-            self._sql(RESTRAY.replace("{ids}", rows)),
-            (TripRole.EXIT.value, *trips, TripRole.ENTRY.value),
-        )
+    def _close_trips(self, db: Session, trips: Collection[str]) -> None:
+        sql, params = self._closing(trips)
+        db.cursor().execute(sql, params)
 
-    def _deleting(
-        self, table: str, trips: Collection[str], *, returning: bool = False
-    ) -> tuple[str, tuple[object, ...]]:
-        """The DELETE of the rows of `trips` from `table` (`open_trips`, `unmatched_exits`);
-        `returning`: it answers each row's trip id."""
+    def _closing(self, trips: Collection[str]) -> tuple[str, tuple[object, ...]]:
+        """The DELETE of the open-trips rows of `trips`."""
         marks = ", ".join("?" for _ in trips)
-        back = " RETURNING trip_id" if returning else ""
-        return self._sql(f"DELETE FROM {{{table}}} WHERE trip_id IN ({marks}){back}"), (*trips,)
+        return self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id IN ({marks})"), (*trips,)
 
     def _entry_rows(self, entries: Sequence[FirstEntry]) -> tuple[str, tuple[object, ...]]:
         """OPEN_NEW's `{rows}` for `entries`, and their parameters: a VALUES list here."""
@@ -319,83 +249,27 @@ class SqlIngestStore:
             v for e in entries for v in (e.trip_id, e.record_id, e.ts_us)
         )
 
-    def _lone_rows(self, lone: Sequence[tuple[str, str]]) -> tuple[str, tuple[object, ...]]:
-        """LONE_EXITS's `{rows}` for `lone`, and their parameters: a VALUES list here."""
-        rows = ", ".join("(?, ?)" for _ in lone)
-        return f"(VALUES {rows}) AS t", tuple(v for e in lone for v in e)
-
-    def _closed_among(
-        self, db: Session, trips: Sequence[str], *, uncounted: bool = False
-    ) -> set[str]:
-        """Which of `trips` the records hold an entry and an exit of (CLOSED_AMONG);
-        `uncounted`: of those, the ones `counted` does not hold."""
-        if not trips:
-            return set()
-        skip = " AND NOT EXISTS (SELECT 1 FROM {counted} AS c WHERE c.trip_id = t.column1)"
-        sql = CLOSED_AMONG.replace("{ids}", ", ".join("(?)" for _ in trips))
-        cur = db.cursor()
-        cur.execute(
-            self._sql(sql.replace("{uncounted}", skip if uncounted else "")),
-            (*trips, TripRole.ENTRY.value, TripRole.EXIT.value),
-        )
-        return {str(r[0]) for r in cur.fetchall()}
-
-    def _unentered(self, db: Session, trips: Sequence[str]) -> set[str]:
-        """Which of `trips` the records hold no entry of."""
-        if not trips:
-            return set()
-        cur = db.cursor()
-        cur.execute(
-            self._sql(
-                f"SELECT t.column1 FROM (VALUES {', '.join('(?)' for _ in trips)}) AS t"
-                f" WHERE {NO_ENTRY.replace('{column}', 'column1')}"
-            ),
-            (*trips, TripRole.ENTRY.value),
-        )
-        return {str(r[0]) for r in cur.fetchall()}
-
-    def _add_trips(self, db: Session, batch: BatchTrips, fresh: set[str]) -> int:
-        """Keep the open trips and the unmatched exits after a batch every record of which
-        was inserted now, under its trip ids' locks: the same rows as `_refresh_trips` gives,
-        for less; and say how many trips it closed. The rows held are those of the records
-        before the batch. Each of its exits closes its trip if open (that trip is closed now),
-        and each of its first entries of a trip (`BatchTrips.entries`) opens it unless an
-        exit of it is held, or moves it to this entry if that is the earlier (OPEN_NEW). An
-        exit that closed nothing is unmatched unless an entry of its trip is held or in the
-        batch (LONE_EXITS); an entry matches its trip's unmatched exits (that trip is closed
-        now). `fresh`: the trips the batch both enters and exits of which no entry was held
-        before it (closed now too)."""
-        entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
-        closed = set(fresh)
+    def _trip_changes(self, batch: BatchTrips) -> list[tuple[str, tuple[object, ...]]]:
+        """The statements that keep the open trips after a batch every record of which was
+        inserted now, under its trip ids' locks: the same rows as `_refresh_trips` gives, for
+        less. The rows held are those of the records before the batch; each of its exits
+        closes its trip, and each of its first entries of a trip (`BatchTrips.entries`) opens it
+        unless an exit of it is held, or moves it to this entry if that is the earlier
+        (OPEN_NEW). Neither statement reads what the other writes (the trips of the entries
+        opened are not those closed), so they may run in either order, or as one."""
+        changes = []
         if batch.entries:
             rows, params = self._entry_rows(batch.entries)
-            db.cursor().execute(self._sql(OPEN_NEW.replace("{rows}", rows)), (*params, exit_))
-        if batch.exited:
-            gone = db.cursor()
-            gone.execute(*self._deleting("open_trips", batch.exited, returning=True))
-            closed.update(str(r[0]) for r in gone.fetchall())
-        lone = [e for e in batch.lone if e[1] not in closed]
-        if lone:
-            rows, params = self._lone_rows(lone)
-            db.cursor().execute(self._sql(LONE_EXITS.replace("{rows}", rows)), (*params, entry))
-        if batch.entered:
-            matched = db.cursor()
-            matched.execute(*self._deleting("unmatched_exits", batch.entered, returning=True))
-            closed.update(str(r[0]) for r in matched.fetchall())
-        self._note_counted(db, closed)
-        return len(closed)
-
-    def _note_counted(self, db: Session, closed: Collection[str]) -> None:
-        """While an upgrade runs, the trips a batch counted closed are noted, so its tally
-        (`UpgradeJob.TALLY`) does not count them again."""
-        if closed and self.upgrade_seen and self._upgrading(db.cursor()):
-            db.cursor().execute(
-                self._sql(
-                    f"INSERT INTO {{counted}} (trip_id) VALUES {', '.join('(?)' for _ in closed)}"
-                    " ON CONFLICT DO NOTHING"
-                ),
-                (*closed,),
+            changes.append(
+                (self._sql(OPEN_NEW.replace("{rows}", rows)), (*params, TripRole.EXIT.value))
             )
+        if batch.exited:
+            changes.append(self._closing(batch.exited))
+        return changes
+
+    def _add_trips(self, db: Session, batch: BatchTrips) -> None:
+        for sql, params in self._trip_changes(batch):
+            db.cursor().execute(sql, params)
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
@@ -446,17 +320,16 @@ class SqlIngestStore:
         epoch = queue.epoch
         first, last = records[0].seq, records[-1].seq
         move_on = q(
-            f"UPDATE {{epochs}} SET {MOVE_ON}, {ADD_CLOSED} WHERE lane=? AND epoch=?"
+            f"UPDATE {{epochs}} SET {MOVE_ON} WHERE lane=? AND epoch=?"
             " RETURNING contiguous, max_seq, EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
         )
+        args = (*move_on_args(first, last), lane, epoch, lane)
         held = new_held(records)
         trips = batch_trips(records)
         with self._batch() as db:
             self._lock_trips(db, trips.trips)
-            fresh = self._unentered(db, trips.both)  # before the batch's own entries are in
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
-            closed = self._add_trips(db, trips, fresh)  # every record is inserted (or raised)
-            args = (*move_on_args(first, last), closed, lane, epoch, lane)
+            self._add_trips(db, trips)  # every record is inserted (or RowTakenError)
             moved = db.cursor()
             moved.execute(move_on, args)
             row = moved.fetchone()
@@ -527,11 +400,8 @@ class SqlIngestStore:
                 row = locked.fetchone()
                 new_epoch = made.rowcount == 1  # known once a later result was read
             contiguous, held_max, conflicts_open = (int(v) for v in row)
-            closed_before = self._closed_among(db, trips)
             inserted = self._insert(db, NewRows(lane, epoch, records, now_us), careful=True)
             self._refresh_trips(db, trips)
-            closed = self._closed_among(db, trips) - closed_before
-            self._note_counted(db, closed)
             fresh = inserted()
             by_id, by_seq = self._held_rows(
                 db, lane, epoch, [r for r in records if r.seq not in fresh]
@@ -552,10 +422,9 @@ class SqlIngestStore:
                 contiguous = self._advance(db.cursor(), lane, epoch, contiguous)
             max_seq = max(held_max, queue.base, *present)
             db.cursor().execute(
-                q(f"UPDATE {{epochs}} SET contiguous=?, max_seq=?, {ADD_CLOSED}"
-                  " WHERE lane=? AND epoch=?"),
-                (contiguous, max_seq, len(closed), lane, epoch),
-            )  # fmt: skip
+                q("UPDATE {epochs} SET contiguous=?, max_seq=? WHERE lane=? AND epoch=?"),
+                (contiguous, max_seq, lane, epoch),
+            )
         return StoreResult(
             held=tuple(held),
             inserted=len(fresh),
@@ -713,17 +582,17 @@ class SqlIngestStore:
             return [bytes(r[0]) for r in cur.fetchall()]
 
     def trip_rows(self, entered_before_us: int) -> TripRows:
-        """The trip ledger's figures, no record decoded, none by a walk of every entry or
-        exit: the open trips' entries (their bytes) from the open-trips table, the unmatched
-        exits from theirs, the closed count from the counts kept beside (CLOSED_TRIPS), the
-        unreadable count from the trip index (uplink.trips)."""
+        """The trip ledger's figures, no record decoded: the open trips' entries (their
+        bytes) from the open-trips table, the rest from the `trip_role`/`trip_id` columns and
+        their index (uplink.trips)."""
+        entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
         q = self._sql
         with self._snapshot() as cur:
             cur.execute(q(OPEN_ENTRIES), (entered_before_us,))
             open_entries = [bytes(r[0]) for r in cur.fetchall()]
-            cur.execute(q(CLOSED_TRIPS))
+            cur.execute(q(CLOSED_TRIPS), (entry, exit_))
             closed = int(cur.fetchone()[0])
-            cur.execute(q(UNMATCHED_EXITS))
+            cur.execute(q(UNMATCHED_EXITS), (exit_, entry))
             unmatched = [str(r[0]) for r in cur.fetchall()]
             cur.execute(q(ROLE_COUNT), (TripRole.UNREADABLE.value,))
             unreadable = int(cur.fetchone()[0])
@@ -748,10 +617,7 @@ class SqlIngestStore:
         `chunk` rows (by record id) from their bytes (a record that does not decode is marked
         unreadable); OPEN takes the next `chunk` trip ids with an entry. Either way the
         open-trips rows of the trip ids met are then refreshed under their locks, so batches
-        ingested meanwhile and the job agree whichever commits first. UNMATCHED takes the
-        next trip ids with an exit and refreshes their unmatched exits; TALLY the next trip
-        ids with an entry, and adds those closed that no batch counted meanwhile to the
-        closed count (`counted`, which it empties when it is done)."""
+        ingested meanwhile and the job agree whichever commits first."""
         q = self._sql
         read = db.cursor()
         past = "" if after is None else " AND {key} > ?"
@@ -772,28 +638,15 @@ class SqlIngestStore:
                     q("UPDATE {records} SET trip_role=?, trip_id=? WHERE record_id=?"), marks
                 )
         else:
-            role = TripRole.EXIT if job == UpgradeJob.UNMATCHED else TripRole.ENTRY
             read.execute(
                 q("SELECT DISTINCT trip_id FROM {records} WHERE trip_role=?"
                   + past.format(key="trip_id") + " ORDER BY trip_id LIMIT ?"),
-                (role.value, *params, chunk),
+                (TripRole.ENTRY.value, *params, chunk),
             )  # fmt: skip
             trips = keys = [str(r[0]) for r in read.fetchall()]
             self._lock_trips(db, trips)
-        reached = keys[-1] if len(keys) == chunk else None
-        if job == UpgradeJob.UNMATCHED:
-            self._refresh_unmatched(db, trips)
-        elif job == UpgradeJob.TALLY:
-            found = self._closed_among(db, trips, uncounted=True)
-            db.cursor().execute(
-                q("UPDATE {trip_counts} SET closed = closed + ? WHERE source = ?"),
-                (len(found), TALLY_SOURCE),
-            )
-            if reached is None:
-                db.cursor().execute(q("DELETE FROM {counted}"))
-        else:
-            self._refresh_trips(db, trips)
-        return reached
+        self._refresh_trips(db, trips)
+        return keys[-1] if len(keys) == chunk else None
 
     def lanes(self) -> list[str]:
         with self._reader() as cur:

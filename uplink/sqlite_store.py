@@ -1,13 +1,12 @@
 """The default back-office store: one SQLite file (WAL, synchronous=FULL: an ack always follows a
 durable commit). Several workers (threads or processes) may share the file; writers take turns.
 
-Schema version 5 keys seqs by queue epoch, keeps conflicts, each record's part in the trip
-ledger (`trip_role`, `trip_id`, indexed: uplink.trips), the trips open now (`open_trips`), the
-unmatched exits (`unmatched_exits`) and the closed count (`epochs.closed`, `trip_counts`).
+Schema version 4 keys seqs by queue epoch, keeps conflicts, each record's part in the trip
+ledger (`trip_role`, `trip_id`, indexed: uplink.trips) and the trips open now (`open_trips`).
 An older file is migrated in place on open, in one transaction: version 1 (seqs per lane, no
 epochs) gets its records under the empty epoch `""`; the trip columns of the rows of a version
-1 or 2 file are filled from their bytes; `open_trips`, `unmatched_exits` and the closed count
-are filled from the trip columns. A file of a newer version is refused untouched.
+1 or 2 file are filled from their bytes; `open_trips` is filled from the trip columns. A file
+of a newer version is refused untouched.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from pathlib import Path
 
 from uplink.sql_store import (
     SCHEMA_VERSION,
-    TALLY_SOURCE,
     UPGRADE_CHUNK,
     Cursor,
     RowTakenError,
@@ -83,26 +81,13 @@ FROM_V2 = (
     "ALTER TABLE records ADD COLUMN trip_id TEXT",
     TRIP_INDEX,
 )
-# Version 4 -> 5: the closed count (each epoch's, and an upgrade's tally of the trips closed
-# before it) and the unmatched exits, kept at ingest; `counted` is an upgrade's scratch table
-# (uplink.sql_store.UpgradeJob.TALLY).
-TO_V5 = (
-    "ALTER TABLE epochs ADD COLUMN closed INTEGER NOT NULL DEFAULT 0",
-    "CREATE TABLE unmatched_exits (trip_id TEXT NOT NULL, record_id TEXT NOT NULL,"
-    " PRIMARY KEY (trip_id, record_id)) WITHOUT ROWID",
-    "CREATE TABLE trip_counts (source TEXT PRIMARY KEY, closed INTEGER NOT NULL)",
-    f"INSERT INTO trip_counts VALUES ('{TALLY_SOURCE}', 0)",
-    "CREATE TABLE counted (trip_id TEXT PRIMARY KEY) WITHOUT ROWID",
-)
-MARKED = (UpgradeJob.MARK, UpgradeJob.TALLY)  # MARK refreshes every trip id it meets
 # Each version's statements up to the current one, and what is then filled from the rows.
-MIGRATIONS: dict[int, tuple[tuple[str, ...], tuple[UpgradeJob, ...]]] = {
-    0: ((RECORDS, EPOCHS, CONFLICTS, TRIP_INDEX, OPEN_TRIPS, *TO_V5), ()),
-    1: ((*FROM_V1, OPEN_TRIPS, *TO_V5), MARKED),
-    2: ((*FROM_V2, OPEN_TRIPS, *TO_V5), MARKED),
-    3: ((OPEN_TRIPS, *TO_V5), (UpgradeJob.OPEN, UpgradeJob.UNMATCHED, UpgradeJob.TALLY)),
-    4: (TO_V5, (UpgradeJob.UNMATCHED, UpgradeJob.TALLY)),
-    SCHEMA_VERSION: ((), ()),
+MIGRATIONS: dict[int, tuple[tuple[str, ...], UpgradeJob | None]] = {
+    0: ((RECORDS, EPOCHS, CONFLICTS, TRIP_INDEX, OPEN_TRIPS), None),
+    1: ((*FROM_V1, OPEN_TRIPS), UpgradeJob.MARK),
+    2: ((*FROM_V2, OPEN_TRIPS), UpgradeJob.MARK),
+    3: ((OPEN_TRIPS,), UpgradeJob.OPEN),
+    SCHEMA_VERSION: ((), None),
 }
 
 
@@ -138,14 +123,13 @@ class SqliteIngestStore(SqlIngestStore):
 
     def _create_or_migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        steps, jobs = MIGRATIONS[version]
+        steps, job = MIGRATIONS[version]
         for stmt in steps:
             self._db.execute(stmt)
-        for job in jobs:
+        if job is not None:
             after: str | None = None
             while (after := self._upgrade_step(self._db, job, after, UPGRADE_CHUNK)) is not None:
                 pass
-        if jobs:
             opened = int(self._db.execute("SELECT COUNT(*) FROM open_trips").fetchone()[0])
             log.info(
                 "ingest store upgraded",
