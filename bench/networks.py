@@ -12,9 +12,9 @@ outside the timing.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
@@ -83,8 +83,13 @@ def wechat_call(merchant: rsa.RSAPrivateKey, network: rsa.RSAPrivateKey) -> Call
     return call
 
 
-def main(argv: list[str]) -> None:
-    n = int(argv[0]) if argv else 500
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("n", type=int, nargs="?", default=500, help="calls timed per network")
+    n = parser.parse_args().n
     merchant, network = _keys()
     print(f"payment networks: the lane's share of one call, {n} calls each")
     for name, call in (
@@ -102,4 +107,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

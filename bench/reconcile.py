@@ -11,7 +11,7 @@ found, nothing else).
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 import time
 from dataclasses import replace
@@ -30,9 +30,15 @@ DATE = "2026-11-30"
 ROUTES = {"alipay": "alipay", "wechat": "wechatpay", "unionpay": "acquirer", "emv": "acquirer"}
 
 
-def main(argv: list[str]) -> None:
-    n = int(argv[0]) if argv else 100_000
-    lanes = int(argv[1]) if len(argv) > 1 else 200
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("n", type=int, nargs="?", default=100_000, help="transactions of the day")
+    parser.add_argument("lanes", type=int, nargs="?", default=200, help="lanes of the road")
+    args = parser.parse_args()
+    n, lanes = args.n, args.lanes
     day = day_of(DATE)
     step_us = (day.end_us - day.start_us) // n
     ali_rows, wx_rows, stored = [], [], []
@@ -119,4 +125,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
