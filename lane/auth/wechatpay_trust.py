@@ -289,4 +289,3 @@ class PlatformCertificates:
             log.error("%s", message, extra={"alarm": ALARM})
         else:
             self._alarm(ALARM, message)
-
