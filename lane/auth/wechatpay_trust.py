@@ -206,10 +206,11 @@ class PlatformCertificates:
             await self._download(fetch, timeout_s)
         except (AcquirerError, certs.CertificateError) as exc:
             self._times = replace(self._times, unlearned=serial)
+            # Short ahead of the cause: the health message keeps 256 characters of it, and
+            # the operator should still see where to look (the whole text is in the log).
             self._fail(
-                f"WeChat Pay answers signed by platform certificate {serial} are refused: the"
-                f" lane does not have it and downloading the current certificates failed"
-                f" ({exc}); {_FIX}"
+                f"WeChat Pay answers signed by certificate {serial} are refused: downloading it"
+                f" failed ({exc}); {_FIX}"
             )
             return
         if self.key_for(serial, self._wall()) is None:
