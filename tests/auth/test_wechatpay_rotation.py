@@ -363,6 +363,21 @@ def test_the_config_takes_one_complete_mode(
         parse_config(raw)
 
 
+@pytest.mark.parametrize(("retry_s", "ok"), [(0.5, False), (1, True), (60, True), (3601, False)])
+def test_the_certificate_retry_is_bounded(
+    tmp_path: Path, network_keys: Keys, retry_s: float, ok: bool
+) -> None:
+    """At least a second (an impostor's invented serials cost at most one download each), at
+    most an hour (a refused certificate is tried again within the hour)."""
+    raw = wechat_config(tmp_path, network_keys, certificate_retry_s=retry_s)
+    if ok:
+        section = parse_config(raw).auth.wechatpay
+        assert section is not None and section.certificate_retry_s == retry_s
+    else:
+        with pytest.raises(ConfigError, match=r"auth\.wechatpay\.certificate_retry_s"):
+            parse_config(raw)
+
+
 @pytest.mark.parametrize(
     ("breaks", "says"),
     [
