@@ -736,7 +736,8 @@ class LaneDaemon:
                 tg.create_task(guard(self.forwarder.run()), name="forwarder")
                 tg.create_task(guard(self.resolver.run()), name="resolver")
                 for upkeep in self._network_upkeep:  # while no vehicle waits on the network
-                    tg.create_task(guard(upkeep(self.runner.idle)), name="network-upkeep")
+                    task = upkeep(self.runner.idle, self.clocks.sleep)
+                    tg.create_task(guard(task), name="network-upkeep")
                 if self.sharing is not None:
                     tg.create_task(guard(self.sharing.run()), name="plaza-sharing")
                 if self.road.taps is not None:
