@@ -248,8 +248,9 @@ class PlatformCertificates:
         if problem is not None:
             if problem.kind is wire.Untrusted.UNKNOWN_KEY:
                 raise certs.CertificateError(
-                    f"the download is signed by certificate {problem.serial!r}, which the lane"
-                    " does not trust yet (a download must be signed by a trusted certificate)"
+                    # The fix leads: the health message keeps 256 characters of the alarm.
+                    "signed by a certificate not trusted yet: install the current platform"
+                    " certificate in auth.wechatpay.platform_certificate_file"
                 )
             raise certs.CertificateError(f"the download is not trusted: {problem.detail}")
         try:
