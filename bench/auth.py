@@ -10,12 +10,12 @@ per new use) on a temporary file.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
 from pathlib import Path
 
+from bench import args as bench_args
 from bench.auth_online import bench_overhead
 from lane.auth.cose import Alg
 from lane.auth.deny import DenyList
@@ -67,10 +67,7 @@ def bench_replay(n: int = 500) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = bench_args.parser(__doc__)
     parser.add_argument("--tokens", type=int, default=2000, help="tokens verified per kind")
     parser.add_argument("--replays", type=int, default=500, help="replay store uses")
     parser.add_argument(

@@ -12,7 +12,6 @@ one fsync) before paying, the `charged` commit after, thread hops and scheduling
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import args as bench_args
 from lane.auth.acquirer import AcquirerClient, AcquirerResult, PayRequest
 from lane.auth.authoriser import Authoriser, AuthRequest, OfflineResult
 from lane.auth.policy import OfflinePolicy
@@ -129,10 +129,7 @@ def bench_overhead(n: int = 300, latency_ms: float = 20.0) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = bench_args.parser(__doc__)
     parser.add_argument("n", type=int, nargs="?", default=300, help="payments timed")
     parser.add_argument(
         "latency_ms", type=float, nargs="?", default=20.0, help="the acquirer's fixed latency"

@@ -9,11 +9,11 @@ a new scene every frame (the cache-miss cost paid once per show()), and the firs
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
+from bench import args as bench_args
 from sim.camera import Conditions, Scene, SyntheticCamera, render_frame
 
 PAY = "283015967744120934"
@@ -85,10 +85,7 @@ def _bench_loop(seconds: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = bench_args.parser(__doc__)
     parser.add_argument("--frames", type=int, default=200, help="steady frames timed per scene")
     parser.add_argument("--new-scenes", type=int, default=30, help="new scenes timed per preset")
     parser.add_argument(

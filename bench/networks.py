@@ -12,7 +12,6 @@ outside the timing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -20,6 +19,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bench import args as bench_args
 from lane.auth import alipay_wire, netkeys, wechatpay_wire
 
 
@@ -84,10 +84,7 @@ def wechat_call(merchant: rsa.RSAPrivateKey, network: rsa.RSAPrivateKey) -> Call
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = bench_args.parser(__doc__)
     parser.add_argument("n", type=int, nargs="?", default=500, help="calls timed per network")
     n = parser.parse_args().n
     merchant, network = _keys()

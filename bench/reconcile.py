@@ -11,12 +11,12 @@ found, nothing else).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from bench import args as bench_args
 from lane.auth import bills
 from lane.auth.reconcile import Finding, RecordedPayment, reconcile
 from lane.reconcile_cli import day_of
@@ -31,10 +31,7 @@ ROUTES = {"alipay": "alipay", "wechat": "wechatpay", "unionpay": "acquirer", "em
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = bench_args.parser(__doc__)
     parser.add_argument("n", type=int, nargs="?", default=100_000, help="transactions of the day")
     parser.add_argument("lanes", type=int, nargs="?", default=200, help="lanes of the road")
     args = parser.parse_args()

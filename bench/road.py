@@ -14,7 +14,6 @@ bench_road_sim: `lane sim --road 3` headless (real lanes, printers, cameras, bac
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import time
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from barrier.escpos import Ticket, decode, encode_ticket
+from bench import args as bench_args
 from lane.auth.cose import Alg
 from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
@@ -132,10 +132,7 @@ def bench_road_sim(plazas: int = 3, vehicles: int = 40, speed: float = 30.0) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = bench_args.parser(__doc__)
     parser.add_argument("--passes", type=int, default=2000, help="verify_pass calls per kind")
     parser.add_argument("--fares", type=int, default=20_000, help="decide_fare calls per kind")
     parser.add_argument("--tickets", type=int, default=5000, help="ESC/POS encodes and decodes")

@@ -24,7 +24,6 @@ from pathlib import Path
 # Run as `python bench/uplink.py`, this file would shadow the `uplink` package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import statistics  # noqa: E402
@@ -34,6 +33,7 @@ import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from multiprocessing.synchronize import Event  # noqa: E402
 
+from bench import args as bench_args  # noqa: E402
 from bench.uplink_ingest import (  # noqa: E402
     add_arguments,
     bench_decode,
@@ -176,9 +176,7 @@ def bench_drain(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    ap = bench_args.parser(__doc__)
     ap.add_argument("--backlog", type=int, default=50_000, help="records of the drains")
     ap.add_argument("--appends", type=int, default=2_000, help="durable appends timed")
     ap.add_argument("--drain-lanes", type=int, default=4, help="lanes of the second drain")

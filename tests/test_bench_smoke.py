@@ -30,7 +30,11 @@ TIMEOUT_S = 180
 # module's first smoke run, and the others run one at a time meanwhile.
 AHEAD = ("plaza", "sim")
 # Not benchmarks of their own: what runs them is smoke-run.
-HELPERS = {"__init__": "the package", "lane_child": "the lane processes of bench.plaza and sim"}
+HELPERS = {
+    "__init__": "the package",
+    "args": "the command line every benchmark shares",
+    "lane_child": "the lane processes of bench.plaza and sim",
+}
 
 
 @dataclass(frozen=True)
