@@ -61,6 +61,7 @@ lint: setup
 	$(BIN)/ruff check lane scanner barrier uplink sim tests bench
 	$(BIN)/mypy lane scanner barrier uplink sim
 
+# make test runs every script in bench/ small too: tests/test_bench_smoke.py.
 bench: setup
 	$(BIN)/python -m bench.scan
 	$(BIN)/python -m bench.first_look

@@ -1,6 +1,6 @@
 """Offline token cost on this machine (prints figures; asserts nothing).
 
-    .venv/bin/python bench/auth.py
+    .venv/bin/python -m bench.auth [--tokens 2000] [--replays 500] [--payments 300]
 
 bench_tokens: verify_token per second for Ed25519 and ES256 (accepted tokens: the full path),
 plus the cost of refusing forgeries (decode + signature check) and garbage (decode only).
@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import args as bench_args
+from bench.auth_online import bench_overhead
 from lane.auth.cose import Alg
 from lane.auth.deny import DenyList
 from lane.auth.issuer import TokenIssuer
@@ -64,9 +66,18 @@ def bench_replay(n: int = 500) -> None:
             _report(label, n, time.perf_counter() - started)
 
 
-if __name__ == "__main__":
-    from bench.auth_online import bench_overhead
+def main() -> None:
+    parser = bench_args.parser(__doc__)
+    parser.add_argument("--tokens", type=int, default=2000, help="tokens verified per kind")
+    parser.add_argument("--replays", type=int, default=500, help="replay store uses")
+    parser.add_argument(
+        "--payments", type=int, default=300, help="online payments (bench/auth_online.py)"
+    )
+    args = parser.parse_args()
+    bench_tokens(args.tokens)
+    bench_replay(args.replays)
+    bench_overhead(args.payments)
 
-    bench_tokens()
-    bench_replay()
-    bench_overhead()
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """The lane's own share of an online payment decision (prints figures; asserts nothing).
 
-    .venv/bin/python bench/auth_online.py [n] [latency_ms]
+    .venv/bin/python -m bench.auth_online [n=300] [latency_ms=20]
 
 bench_overhead: n sequential wallet-code authorisations against the simulated acquirer,
 run as a separate process (so its work is not charged to the lane) with a fixed latency.
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import args as bench_args
 from lane.auth.acquirer import AcquirerClient, AcquirerResult, PayRequest
 from lane.auth.authoriser import Authoriser, AuthRequest, OfflineResult
 from lane.auth.policy import OfflinePolicy
@@ -127,7 +128,15 @@ def bench_overhead(n: int = 300, latency_ms: float = 20.0) -> dict[str, Any]:
     return result
 
 
+def main() -> None:
+    parser = bench_args.parser(__doc__)
+    parser.add_argument("n", type=int, nargs="?", default=300, help="payments timed")
+    parser.add_argument(
+        "latency_ms", type=float, nargs="?", default=20.0, help="the acquirer's fixed latency"
+    )
+    args = parser.parse_args()
+    bench_overhead(args.n, args.latency_ms)
+
+
 if __name__ == "__main__":
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-    latency = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
-    bench_overhead(count, latency)
+    main()

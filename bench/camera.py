@@ -1,6 +1,6 @@
 """Render cost of the synthetic lane camera (prints figures; asserts nothing).
 
-    .venv/bin/python bench/camera.py
+    .venv/bin/python -m bench.camera [--frames 200] [--new-scenes 30] [--loop-seconds 2]
 
 Per preset: a steady scene (the phone patch cached, what the 30 fps loop pays per frame),
 a new scene every frame (the cache-miss cost paid once per show()), and the first-ever frame
@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from bench import args as bench_args
 from sim.camera import Conditions, Scene, SyntheticCamera, render_frame
 
 PAY = "283015967744120934"
@@ -25,7 +26,7 @@ def _percentiles(ms: list[float]) -> str:
     return f"p50 {p50:6.2f} ms  p95 {p95:6.2f} ms"
 
 
-def bench_camera(frames: int = 200, new_scenes: int = 30) -> None:
+def bench_camera(frames: int = 200, new_scenes: int = 30, loop_seconds: float = 2.0) -> None:
     g = np.random.default_rng(0)
     started = time.perf_counter()
     render_frame(Scene(PAY), g, SIZE)
@@ -58,10 +59,10 @@ def bench_camera(frames: int = 200, new_scenes: int = 30) -> None:
             times.append((time.perf_counter() - t0) * 1e3)
         print(f"{label:9s} steady     {_percentiles(times)}")
 
-    _bench_loop()
+    _bench_loop(loop_seconds)
 
 
-def _bench_loop(seconds: float = 2.0) -> None:
+def _bench_loop(seconds: float) -> None:
     """CPU time of the real 30 fps thread over a couple of seconds, as a share of one core."""
     count = 0
 
@@ -83,5 +84,16 @@ def _bench_loop(seconds: float = 2.0) -> None:
     )
 
 
+def main() -> None:
+    parser = bench_args.parser(__doc__)
+    parser.add_argument("--frames", type=int, default=200, help="steady frames timed per scene")
+    parser.add_argument("--new-scenes", type=int, default=30, help="new scenes timed per preset")
+    parser.add_argument(
+        "--loop-seconds", type=float, default=2.0, help="the 30 fps loop's CPU measurement"
+    )
+    args = parser.parse_args()
+    bench_camera(args.frames, args.new_scenes, args.loop_seconds)
+
+
 if __name__ == "__main__":
-    bench_camera()
+    main()

@@ -41,6 +41,7 @@ from sim.codes import CodeFactory  # noqa: E402
 
 SEED = 5
 PASSENGER_EVERY_S = 3.6
+WARM_UP_S = 5.0  # first frames, threads started, caches: before the measured window
 CAMERA_THREAD = "sim-camera"
 
 
@@ -128,7 +129,7 @@ async def lane_child(
         await b.daemon.link.wait_connected(20)
         b.camera.start(lambda frame, _ts, s=b.source: s.put(frame, time.monotonic()))
     traffic = [asyncio.create_task(b.passengers()) for b in bench_lanes]
-    await asyncio.sleep(warm_up)  # first frames, threads started, caches
+    await asyncio.sleep(warm_up)
     wall0, cpu0, threads0 = time.monotonic(), os.times(), thread_cpu_s()
     seen0 = [len(b.latencies) for b in bench_lanes]
     await asyncio.sleep(seconds)
@@ -164,13 +165,14 @@ async def lane_child(
 
 
 def command(
-    port: int, keyset: Path, work: Path, *, lanes: list[str], seconds: float, fps: float
-) -> list[str]:
+    port: int, keyset: Path, work: Path, *, lanes: list[str], seconds: float, fps: float,
+    warm_up: float = WARM_UP_S,
+) -> list[str]:  # fmt: skip
     """The argv that runs `lane_child` in a process of its own."""
     return [
         sys.executable, "-m", "bench.lane_child", "--broker-port", str(port),
         "--keyset", str(keyset), "--workdir", str(work), "--lanes", ",".join(lanes),
-        "--seconds", str(seconds), "--fps", str(fps),
+        "--seconds", str(seconds), "--fps", str(fps), "--warm-up", str(warm_up),
     ]  # fmt: skip
 
 
@@ -182,7 +184,7 @@ def main() -> int:
     p.add_argument("--lanes", required=True, help="comma-separated lane ids")
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--fps", type=float, default=30.0)
-    p.add_argument("--warm-up", type=float, default=5.0)
+    p.add_argument("--warm-up", type=float, default=WARM_UP_S)
     a = p.parse_args()
     lanes = a.lanes.split(",")
     child = lane_child(

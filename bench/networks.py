@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bench import args as bench_args
 from lane.auth import alipay_wire, netkeys, wechatpay_wire
 
 
@@ -83,8 +83,10 @@ def wechat_call(merchant: rsa.RSAPrivateKey, network: rsa.RSAPrivateKey) -> Call
     return call
 
 
-def main(argv: list[str]) -> None:
-    n = int(argv[0]) if argv else 500
+def main() -> None:
+    parser = bench_args.parser(__doc__)
+    parser.add_argument("n", type=int, nargs="?", default=500, help="calls timed per network")
+    n = parser.parse_args().n
     merchant, network = _keys()
     print(f"payment networks: the lane's share of one call, {n} calls each")
     for name, call in (
@@ -102,4 +104,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,7 +1,7 @@
 """Plaza: N lanes in one process against one process per lane, with one lane as the anchor.
 
     .venv/bin/python -m bench.plaza [--lanes 8] [--seconds 30] [--fps 10] [--runs all|children|sim]
-        [--no-change-gate]
+        [--no-change-gate] [--anchor-seconds S] [--warm-up 5]
 
 Three runs, one after the other, in the same invocation: one lane alone (for --anchor-seconds,
 by default lanes x seconds, so that its p99 is taken over as many passages as the N-lane runs'
@@ -53,7 +53,7 @@ from sim.traffic import Driver  # noqa: E402
 
 async def run(
     broker: Mosquitto, keyset: Path, work: Path, *, groups: list[list[str]], seconds: float,
-    fps: float,
+    fps: float, warm_up: float,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Each group of lanes in a process of its own; the devices of all lanes here."""
     lanes = [lane for group in groups for lane in group]
@@ -71,8 +71,9 @@ async def run(
         async with Supervisor(on_line, max_restarts=0, grace_s=20.0) as supervisor:
             for i, group in enumerate(groups):
                 argv = lane_child.command(
-                    broker.port, keyset, work, lanes=group, seconds=seconds, fps=fps
-                )
+                    broker.port, keyset, work, lanes=group, seconds=seconds, fps=fps,
+                    warm_up=warm_up,
+                )  # fmt: skip
                 supervisor.start(f"group-{i}", argv)
             codes = [await supervisor.wait(f"group-{i}") for i in range(len(groups))]
         if any(codes) or len(results) != len(groups):
@@ -109,7 +110,7 @@ def summary(name: str, results: list[dict[str, Any]], anchor_p99: float | None) 
 
 
 async def plaza(
-    lanes: int, seconds: float, anchor_seconds: float, fps: float
+    lanes: int, seconds: float, anchor_seconds: float, fps: float, warm_up: float
 ) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="lane-bench-plaza-") as tmp:
         work = Path(tmp)
@@ -130,7 +131,9 @@ async def plaza(
                 (f"{lanes} lanes, one process", shared, seconds),
                 (f"{lanes} lanes, one process each", apart, seconds),
             ):
-                results = await run(broker, keyset, work, groups=groups, seconds=span, fps=fps)
+                results = await run(
+                    broker, keyset, work, groups=groups, seconds=span, fps=fps, warm_up=warm_up
+                )
                 out.append(summary(name, results, anchor))
                 anchor = out[0]["token_ms"]["p99"]
             return out
@@ -173,7 +176,7 @@ async def passengers(lane: SimLane, lanes: int) -> None:
 
 async def sim_booths(
     name: str, lanes: int, seconds: float, fps: float, *, anchor: dict[str, Any] | None,
-    warm_up: float = 5.0, change_gate: bool = True,
+    warm_up: float, change_gate: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """`lane sim --lane-processes` with `lanes` booths and the passengers of `lane_child`."""
     with tempfile.TemporaryDirectory(prefix="lane-bench-booths-") as tmp:
@@ -231,15 +234,35 @@ async def sim_booths(
 
 
 async def sim_plaza(
-    lanes: int, seconds: float, anchor_seconds: float, fps: float, change_gate: bool
-) -> list[dict[str, Any]]:
+    lanes: int, seconds: float, anchor_seconds: float, fps: float, *, change_gate: bool,
+    warm_up: float,
+) -> list[dict[str, Any]]:  # fmt: skip
     gate = "" if change_gate else ", change gate off"
     one = await sim_booths(
         f"lane sim --lane-processes, 1 lane{gate}", 1, anchor_seconds, fps, anchor=None,
-        change_gate=change_gate,
+        warm_up=warm_up, change_gate=change_gate,
     )  # fmt: skip
     name = f"lane sim --lane-processes, {lanes} lanes{gate}"
-    return [one, await sim_booths(name, lanes, seconds, fps, anchor=one, change_gate=change_gate)]
+    n_lanes = await sim_booths(
+        name, lanes, seconds, fps, anchor=one, warm_up=warm_up, change_gate=change_gate
+    )
+    return [one, n_lanes]
+
+
+def rows(
+    lanes: int, seconds: float, fps: float, *, anchor_seconds: float | None = None,
+    runs: str = "all", change_gate: bool = True, warm_up: float = lane_child.WARM_UP_S,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The runs' rows; the one-lane runs last `anchor_seconds`, by default lanes x seconds."""
+    anchor_seconds = anchor_seconds or lanes * seconds
+    out: list[dict[str, Any]] = []
+    if runs in ("all", "children"):
+        out += asyncio.run(plaza(lanes, seconds, anchor_seconds, fps, warm_up))
+    if runs in ("all", "sim"):
+        out += asyncio.run(
+            sim_plaza(lanes, seconds, anchor_seconds, fps, change_gate=change_gate, warm_up=warm_up)
+        )
+    return out
 
 
 def main() -> int:
@@ -258,17 +281,19 @@ def main() -> int:
         action="store_true",
         help="the booths of the `sim` runs decode every frame (the scanner's change gate off)",
     )
+    p.add_argument(
+        "--warm-up",
+        type=float,
+        default=lane_child.WARM_UP_S,
+        help="seconds each run's lanes serve before its window (default %(default)s)",
+    )
     a = p.parse_args()
-    anchor_seconds = a.anchor_seconds or a.lanes * a.seconds
     print(f"# bench/plaza.py on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    rows: list[dict[str, Any]] = []
-    if a.runs in ("all", "children"):
-        rows += asyncio.run(plaza(a.lanes, a.seconds, anchor_seconds, a.fps))
-    if a.runs in ("all", "sim"):
-        rows += asyncio.run(
-            sim_plaza(a.lanes, a.seconds, anchor_seconds, a.fps, not a.no_change_gate)
-        )
-    for row in rows:
+    out = rows(
+        a.lanes, a.seconds, a.fps, anchor_seconds=a.anchor_seconds, runs=a.runs,
+        change_gate=not a.no_change_gate, warm_up=a.warm_up,
+    )  # fmt: skip
+    for row in out:
         print(json.dumps(row))
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
     return 0

@@ -11,12 +11,12 @@ found, nothing else).
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from bench import args as bench_args
 from lane.auth import bills
 from lane.auth.reconcile import Finding, RecordedPayment, reconcile
 from lane.reconcile_cli import day_of
@@ -30,9 +30,12 @@ DATE = "2026-11-30"
 ROUTES = {"alipay": "alipay", "wechat": "wechatpay", "unionpay": "acquirer", "emv": "acquirer"}
 
 
-def main(argv: list[str]) -> None:
-    n = int(argv[0]) if argv else 100_000
-    lanes = int(argv[1]) if len(argv) > 1 else 200
+def main() -> None:
+    parser = bench_args.parser(__doc__)
+    parser.add_argument("n", type=int, nargs="?", default=100_000, help="transactions of the day")
+    parser.add_argument("lanes", type=int, nargs="?", default=200, help="lanes of the road")
+    args = parser.parse_args()
+    n, lanes = args.n, args.lanes
     day = day_of(DATE)
     step_us = (day.end_us - day.start_us) // n
     ali_rows, wx_rows, stored = [], [], []
@@ -119,4 +122,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,6 +1,7 @@
 """Closed road cost on this machine (prints figures; asserts nothing).
 
-    .venv/bin/python -m bench.road
+    .venv/bin/python -m bench.road [--passes 2000] [--fares 20000] [--tickets 5000]
+        [--trips 20000] [--plazas 3] [--vehicles 40] [--speed 30]
 
 bench_passes: verify_pass per second (Ed25519 and ES256; accepted, forged, garbage).
 bench_fares: decide_fare per second on the example road tariff (a plain trip and a lost pass).
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from barrier.escpos import Ticket, decode, encode_ticket
+from bench import args as bench_args
 from lane.auth.cose import Alg
 from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
@@ -129,9 +131,22 @@ def bench_road_sim(plazas: int = 3, vehicles: int = 40, speed: float = 30.0) -> 
               f"({anchor_ms:.2f} ms)")  # fmt: skip
 
 
+def main() -> None:
+    parser = bench_args.parser(__doc__)
+    parser.add_argument("--passes", type=int, default=2000, help="verify_pass calls per kind")
+    parser.add_argument("--fares", type=int, default=20_000, help="decide_fare calls per kind")
+    parser.add_argument("--tickets", type=int, default=5000, help="ESC/POS encodes and decodes")
+    parser.add_argument("--trips", type=int, default=20_000, help="entries for trip_ledger")
+    parser.add_argument("--plazas", type=int, default=3, help="road sim: plazas")
+    parser.add_argument("--vehicles", type=int, default=40, help="road sim: vehicles")
+    parser.add_argument("--speed", type=float, default=30.0, help="road sim: speed-up")
+    args = parser.parse_args()
+    bench_passes(args.passes)
+    bench_fares(args.fares)
+    bench_escpos(args.tickets)
+    bench_trips(args.trips)
+    bench_road_sim(args.plazas, args.vehicles, args.speed)
+
+
 if __name__ == "__main__":
-    bench_passes()
-    bench_fares()
-    bench_escpos()
-    bench_trips()
-    bench_road_sim()
+    main()

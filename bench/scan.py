@@ -1,8 +1,9 @@
 """QR decoding on the real-photo corpus: read rate, false positives and cost per camera frame.
 
-    .venv/bin/python bench/scan.py [--corpus ../shared/qr-corpus] [--repeat 30]
+    .venv/bin/python -m bench.scan [--corpus ../shared/qr-corpus] [--repeat 30] [--limit N]
 
-Default corpus: shared/qr-corpus beside the repository (override with LANE_QR_CORPUS).
+Default corpus: shared/qr-corpus beside the repository or a folder above it (override with
+LANE_QR_CORPUS). --limit takes N images spread over the corpus instead of all of them.
 Everything runs on one core (cv2.setNumThreads(1), CPU affinity pinned). Prints markdown
 tables; asserts nothing. Figures go into docs/scanner.md.
 
@@ -74,12 +75,21 @@ def default_corpus() -> Path:
     env = os.environ.get("LANE_QR_CORPUS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "qr-corpus"
+    # Beside the checkout (CI), or above a worktree of it (/work/shared on a development box).
+    here = Path(__file__).resolve()
+    for parent in here.parents[1:]:
+        if (parent / "shared" / "qr-corpus").is_dir():
+            return parent / "shared" / "qr-corpus"
+    return here.parents[2] / "shared" / "qr-corpus"
 
 
-def load(corpus: Path) -> list[Sample]:
+def load(corpus: Path, limit: int | None = None) -> list[Sample]:
+    """The corpus's images with their expected text; `limit`: that many, spread evenly over it."""
+    paths = sorted(corpus.glob("qrcode-*/*.png"))
+    if limit is not None and limit < len(paths):
+        paths = [paths[i * len(paths) // limit] for i in range(limit)]
     samples = []
-    for path in sorted(corpus.glob("qrcode-*/*.png")):
+    for path in paths:
         expected_file = path.with_suffix(".txt")
         if not expected_file.exists():
             continue
@@ -327,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=default_corpus())
     parser.add_argument("--repeat", type=int, default=30, help="timing runs on empty frames")
+    parser.add_argument(
+        "--limit", type=int, help="only this many images, spread over the corpus (default: all)"
+    )
     args = parser.parse_args(argv)
     if not args.corpus.is_dir():
         print(f"corpus not found: {args.corpus} (set --corpus or LANE_QR_CORPUS)", file=sys.stderr)
@@ -334,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    samples = load(args.corpus)
+    samples = load(args.corpus, args.limit)
     decoders = {name: make_decoder(name) for name in DECODERS}
     loadavg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# bench/scan.py: {len(samples)} images from {args.corpus}, one core, "

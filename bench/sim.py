@@ -1,8 +1,10 @@
 """Simulator benchmarks: lane capacity and latency under rush hour, and the daemon's CPU cost.
 
-    .venv/bin/python bench/sim.py                      # both parts
+    .venv/bin/python bench/sim.py                      # all parts
     .venv/bin/python bench/sim.py --part throughput --vehicles 150
     .venv/bin/python bench/sim.py --part cpu --seconds 60
+    .venv/bin/python bench/sim.py --vehicles 2 --speed 20 --seconds 1 --warm-up 0 --lanes 1
+        # all parts, small: the test suite's smoke run (figures not worth reading)
 
 throughput: the shipped rush-hour scenario at speed 1 (real barrier timings: opening 0.8 s,
 closing 1.0 s, 0.4 s between loop transitions; drivers take 0.6 s to show the phone and 1.0 s
@@ -16,7 +18,8 @@ back office run in this process. The child measures its own CPU time (user + sys
 threads) over the window and the CPU time of each thread (/proc/self/task/*/stat): the daemon's
 share is the process minus the camera's render thread, which stands for the camera hardware.
 
-plaza: see bench/plaza.py (`--part plaza` runs it with --lanes, --seconds and --plaza-fps).
+plaza: see bench/plaza.py (`--part plaza` runs all its runs with --lanes, --seconds,
+--plaza-fps and --warm-up; the one-lane runs last lanes x seconds).
 Figures are printed, not asserted (the machine is shared; see docs/simulator.md).
 """
 
@@ -69,7 +72,7 @@ def throughput(vehicles: int, speed: float) -> dict[str, Any]:
 # --- CPU of one daemon -------------------------------------------------------------------------
 
 
-async def cpu(seconds: float, fps: float) -> dict[str, Any]:
+async def cpu(seconds: float, fps: float, warm_up: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lane-bench-sim-") as tmp:
         work = Path(tmp)
         broker = Mosquitto(port=free_port(), workdir=work)
@@ -81,7 +84,7 @@ async def cpu(seconds: float, fps: float) -> dict[str, Any]:
             backoffice = BackOffice(work / "backoffice.sqlite3", broker.host, broker.port)
             await backoffice.start()
             argv = lane_child.command(
-                broker.port, keyset, work, lanes=[LANE], seconds=seconds, fps=fps
+                broker.port, keyset, work, lanes=[LANE], seconds=seconds, fps=fps, warm_up=warm_up
             )
             child = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, cwd=ROOT)
             out, _ = await child.communicate()
@@ -112,18 +115,23 @@ def main() -> int:
     p.add_argument("--speed", type=float, default=1.0)
     p.add_argument("--seconds", type=float, default=60.0, help="CPU measurement window")
     p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument(
+        "--warm-up",
+        type=float,
+        default=lane_child.WARM_UP_S,
+        help="cpu, plaza: seconds the lanes serve before the measurement window",
+    )
     args = p.parse_args()
     print(f"# bench/sim.py on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     if args.part in ("all", "cpu"):
         print("## one lane daemon, camera 1280x720 at", args.fps, "fps (child process)")
-        print(json.dumps(asyncio.run(cpu(args.seconds, args.fps)), indent=2))
+        print(json.dumps(asyncio.run(cpu(args.seconds, args.fps, args.warm_up)), indent=2))
     if args.part in ("all", "plaza"):
         print(
             f"## plaza: 1 lane, {args.lanes} in one process, {args.lanes} processes;"
             f" lane sim --lane-processes with 1 and {args.lanes} booths"
         )
-        rows = asyncio.run(bench_plaza.plaza(args.lanes, args.seconds, args.plaza_fps))
-        rows += asyncio.run(bench_plaza.sim_plaza(args.lanes, args.seconds, args.plaza_fps))
+        rows = bench_plaza.rows(args.lanes, args.seconds, args.plaza_fps, warm_up=args.warm_up)
         for row in rows:
             print(json.dumps(row))
     if args.part in ("all", "throughput"):

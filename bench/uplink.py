@@ -1,7 +1,8 @@
 """Uplink benchmark: durable enqueue latency, backlog drain rate, ingest rate (prints figures).
 
-    .venv/bin/python -m bench.uplink [--backlog 50000] [--appends 2000] [--ingest 20000]
-                                     [--worker-records 100000] [--rounds 3] [--lanes 16]
+    .venv/bin/python -m bench.uplink [--backlog 50000] [--appends 2000] [--drain-lanes 4]
+                                     [--ingest 20000] [--singles 2000] [--rounds 3]
+                                     [--worker-records 100000] [--lanes 16]
                                      [--dsn DSN | --no-pg]
 
 1. enqueue: `RecordQueue.append` with durable commits (WAL, synchronous=FULL), p50/p99/max.
@@ -23,7 +24,6 @@ from pathlib import Path
 # Run as `python bench/uplink.py`, this file would shadow the `uplink` package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import statistics  # noqa: E402
@@ -33,9 +33,15 @@ import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from multiprocessing.synchronize import Event  # noqa: E402
 
-import psycopg  # noqa: E402
-
-from bench.uplink_ingest import bench_decode, bench_store, bench_workers, draft  # noqa: E402
+from bench import args as bench_args  # noqa: E402
+from bench.uplink_ingest import (  # noqa: E402
+    add_arguments,
+    bench_decode,
+    bench_store,
+    bench_workers,
+    draft,
+    reachable,
+)
 from lane.transport.mqtt import Incoming, MqttLink  # noqa: E402
 from sim.broker import running_mosquitto  # noqa: E402
 from uplink.forwarder import Forwarder  # noqa: E402
@@ -46,7 +52,6 @@ from uplink.queue_thread import QueueThread  # noqa: E402
 from uplink.sqlite_store import SqliteIngestStore  # noqa: E402
 from uplink.store import IngestStore  # noqa: E402
 
-PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=2"
 LANE = "bench/l01"
 
 
@@ -150,16 +155,6 @@ async def drain(tmp: Path, store: IngestStore, n: int, lanes: int, pipelined: bo
         return total / elapsed
 
 
-def reachable(dsn: str) -> str | None:
-    try:
-        with psycopg.connect(dsn) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        print(f"postgres: skipped ({exc.__class__.__name__})")
-        return None
-    return dsn
-
-
 def bench_drain(
     tmp: Path, label: str, make: Callable[[], IngestStore], n: int, *, lanes: int, own: float
 ) -> None:
@@ -181,25 +176,18 @@ def bench_drain(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--backlog", type=int, default=50_000)
-    ap.add_argument("--appends", type=int, default=2_000)
-    ap.add_argument("--ingest", type=int, default=20_000)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating runs; the best is shown")
-    ap.add_argument("--lanes", type=int, default=16, help="lanes of the worker benchmark")
-    # A run of 20,000 records lasts under a second, where starting and ending the processes
-    # weighs on the ratio: 100,000 keep each run to several seconds.
-    ap.add_argument("--worker-records", type=int, default=100_000)
+    ap = bench_args.parser(__doc__)
+    ap.add_argument("--backlog", type=int, default=50_000, help="records of the drains")
+    ap.add_argument("--appends", type=int, default=2_000, help="durable appends timed")
     ap.add_argument("--drain-lanes", type=int, default=4, help="lanes of the second drain")
-    ap.add_argument("--dsn", default=PG_DSN)
-    ap.add_argument("--no-pg", action="store_true")
+    add_arguments(ap)
     args = ap.parse_args()
     dsn = None if args.no_pg else reachable(args.dsn)
     with tempfile.TemporaryDirectory(prefix="lane-bench-uplink-") as t:
         tmp = Path(t)
         bench_enqueue(tmp, args.appends)
         bench_decode()
-        own = bench_store(dsn, t, args.ingest, args.rounds)
+        own = bench_store(dsn, t, args.ingest, args.rounds, args.singles)
         for lanes in (1, args.drain_lanes):
             bench_drain(
                 tmp, "SQLite", lambda: SqliteIngestStore(tmp / f"drain-{uuid.uuid4().hex}.sqlite"),

@@ -13,12 +13,19 @@ the same process and the same minute, so the ratios hold on a machine shared wit
   the workers and their database backends, which the machine's other work does not move.
 
 Each figure is the best of `rounds` alternating runs (the machine's load only ever slows a run).
+This half alone (bench/uplink.py runs it between its own parts):
+
+    .venv/bin/python -m bench.uplink_ingest [--ingest 20000] [--singles 2000] [--rounds 3]
+                                            [--worker-records 100000] [--lanes 16]
+                                            [--dsn DSN | --no-pg]
 """
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import os
+import tempfile
 import time
 import timeit
 import uuid
@@ -44,6 +51,7 @@ from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord
 
 BATCH = 100
+PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=2"
 
 
 def draft(i: int) -> RecordDraft:
@@ -211,7 +219,9 @@ def best(runs: Sequence[dict[str, float]]) -> dict[str, float]:
     return {k: max(r[k] for r in runs) for k in runs[0]}
 
 
-def bench_store(dsn: str | None, tmp: str, n: int, rounds: int) -> dict[str, float]:
+def bench_store(
+    dsn: str | None, tmp: str, n: int, rounds: int, singles: int = 2000
+) -> dict[str, float]:
     """Prints the figures; returns each store's store_batch rate (records/s)."""
     batches = make_batches(n, lanes=1)
     sq = best([sqlite_rates(tmp, batches) for _ in range(rounds)])
@@ -238,11 +248,10 @@ def bench_store(dsn: str | None, tmp: str, n: int, rounds: int) -> dict[str, flo
         f" -> {shuffled['store'] / shuffled['copy']:.2f}x COPY"
     )
     # Under light traffic a lane sends each record as it is made: batches of one.
-    singles = best([pg_rates(dsn, make_batches(2000, lanes=20, size=1)) for _ in range(rounds)])
+    one = best([pg_rates(dsn, make_batches(singles, lanes=20, size=1)) for _ in range(rounds)])
     print(
-        f"store PostgreSQL, 1-record batches (20 lanes): store_batch {singles['store']:,.0f}"
-        f" batches/s, COPY {singles['copy']:,.0f}/s -> {singles['store'] / singles['copy']:.2f}x"
-        " COPY"
+        f"store PostgreSQL, 1-record batches (20 lanes): store_batch {one['store']:,.0f}"
+        f" batches/s, COPY {one['copy']:,.0f}/s -> {one['store'] / one['copy']:.2f}x COPY"
     )
     # A closed road: batches of entries, each followed by the batch of exits closing them,
     # which keep the open-trips table (a row in, then out) beside the trip index.
@@ -352,3 +361,51 @@ def bench_workers(dsn: str, n: int, lanes: int, rounds: int) -> None:
         f" COPY 1 process {c['copy1']:.1f} µs, 2 processes {c['copy2']:.1f} µs"
         f" -> {c['copy2'] / c['copy1']:.2f}x"
     )
+
+
+# --- this half alone --------------------------------------------------------------------------
+
+
+def reachable(dsn: str) -> str | None:
+    try:
+        with psycopg.connect(dsn) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        print(f"postgres: skipped ({exc.__class__.__name__})")
+        return None
+    return dsn
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of this half, which bench/uplink.py takes too."""
+    ap.add_argument("--ingest", type=int, default=20_000, help="records of the store benchmark")
+    ap.add_argument(
+        "--singles", type=int, default=2000, help="1-record batches of the store benchmark"
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs; the best is shown")
+    ap.add_argument("--lanes", type=int, default=16, help="lanes of the worker benchmark")
+    # A run of 20,000 records lasts under a second, where starting and ending the processes
+    # weighs on the ratio: 100,000 keep each run to several seconds.
+    ap.add_argument(
+        "--worker-records", type=int, default=100_000, help="records of the worker benchmark"
+    )
+    ap.add_argument("--dsn", default=PG_DSN, help="PostgreSQL (on this machine: /proc is read)")
+    ap.add_argument("--no-pg", action="store_true", help="SQLite only")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_arguments(ap)
+    args = ap.parse_args()
+    dsn = None if args.no_pg else reachable(args.dsn)
+    bench_decode()
+    with tempfile.TemporaryDirectory(prefix="lane-bench-ingest-") as tmp:
+        bench_store(dsn, tmp, args.ingest, args.rounds, args.singles)
+    if dsn is not None:
+        bench_workers(dsn, args.worker_records, args.lanes, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

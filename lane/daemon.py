@@ -57,6 +57,7 @@ from lane.auth.sourced import SourcedError
 from lane.auth.trip_pricing import ExitLaneRules
 from lane.auth.trip_rules import OverTimeCharge, RoadRules, TripKind
 from lane.auth.trust import UpdateKind
+from lane.barrier_latches import LatchFiles
 from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
@@ -72,7 +73,6 @@ from lane.ops import LaneOps, TimedBarrier
 from lane.road_port import RoadDesks
 from lane.runner import Clocks, LaneRunner
 from lane.signals import install_signal_handlers
-from lane.stuck_latch import StuckLatchFile
 from lane.tap_desk import ExitPricing, TapDesk
 from lane.tap_store import TapStore
 from lane.ticket_desk import TicketDesk
@@ -230,8 +230,8 @@ class Opened:
     pass_key: PlazaPassKey | None = None  # toll-entry: what its passes are signed with
     tariff: Tariff | None = None  # toll-exit: the entry-exit matrix its trips are priced by
     taps: TapStore | None = None  # a metro gate on a line: the line's tap-ins by account
-    latch: StuckLatchFile | None = None  # barrier_stuck's latch, kept over restarts
-    carried: ev.StuckCarried | None = None  # the latch the lane stopped with, if any
+    latch: LatchFiles | None = None  # the barrier's faults, kept over restarts
+    carried: tuple[ev.LatchCarried, ...] = ()  # those the lane stopped with
 
 
 def account_key(config: LaneConfig) -> bytes:
@@ -278,8 +278,8 @@ def open_files(
             source or open_source(config.camera.source, settings=config.camera.capture()),
             *_road_files(config),
         )
-        latch = StuckLatchFile(data, config.lane.id)
-        opened = replace(opened, latch=latch, carried=latch.load())
+        latch = LatchFiles(data, config.lane.id)
+        opened = replace(opened, latch=latch, carried=tuple(latch.load()))
         if metro_gate(config):
             taps = TapStore(data / "taps.sqlite3")
             stack.callback(taps.close)
@@ -502,8 +502,8 @@ class LaneDaemon:
             road=self.road,
             latch=opened.latch,
         )
-        if opened.carried is not None:  # the first event the core takes
-            self.runner.post(opened.carried)
+        for carried in opened.carried:  # the first events the core takes
+            self.runner.post(carried)
         self.pipeline = ScanPipeline(
             self.source,
             make_decoder(config.camera.decoder),
@@ -736,7 +736,8 @@ class LaneDaemon:
                 tg.create_task(guard(self.forwarder.run()), name="forwarder")
                 tg.create_task(guard(self.resolver.run()), name="resolver")
                 for upkeep in self._network_upkeep:  # while no vehicle waits on the network
-                    tg.create_task(guard(upkeep(self.runner.idle)), name="network-upkeep")
+                    task = upkeep(self.runner.idle, self.clocks.sleep)
+                    tg.create_task(guard(task), name="network-upkeep")
                 if self.sharing is not None:
                     tg.create_task(guard(self.sharing.run()), name="plaza-sharing")
                 if self.road.taps is not None:

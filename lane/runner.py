@@ -23,9 +23,9 @@ from lane.core.actions import (
     Authorise,
     ClearAlarm,
     CloseBarrier,
-    DropStuckLatch,
+    DropLatch,
     IssuePass,
-    KeepStuckLatch,
+    KeepLatch,
     MarkPassUsed,
     NoteBase,
     OpenBarrier,
@@ -37,7 +37,7 @@ from lane.core.actions import (
     ShowOnDisplay,
 )
 from lane.core.machine import IllegalTransitionError, next_deadline, step
-from lane.core.names import PersistError
+from lane.core.names import Alarm, PersistError
 from lane.core.notes import BarrierSelfTest
 from lane.core.records import RecordDraft
 from lane.core.state import LaneState, Phase, phase
@@ -70,10 +70,10 @@ class RoadPort(Protocol):
 
 
 class LatchStore(Protocol):
-    """Where `barrier_stuck`'s latch outlives the process (lane.stuck_latch)."""
+    """Where the barrier's kept faults outlive the process (lane.barrier_latches)."""
 
-    def keep(self, since: float, detail: str) -> None: ...
-    def drop(self) -> None: ...
+    def keep(self, fault: Alarm, since: float, detail: str) -> None: ...
+    def drop(self, fault: Alarm) -> None: ...
 
 
 class RecordStore(Protocol):
@@ -237,7 +237,7 @@ class LaneRunner:
                 self._spawn("price trip", self._price(action))
             case MarkPassUsed():
                 self._spawn("mark pass used", self._mark_used(action))
-            case KeepStuckLatch() | DropStuckLatch():
+            case KeepLatch() | DropLatch():
                 self._keep_latch(action)
             case RaiseAlarm(code=code, message=message):
                 self._raise_alarm(code, message)
@@ -253,24 +253,23 @@ class LaneRunner:
             case _:
                 assert_never(action)
 
-    def _keep_latch(self, action: KeepStuckLatch | DropStuckLatch) -> None:
+    def _keep_latch(self, action: KeepLatch | DropLatch) -> None:
         """On the loop, not in a task: a tiny file, rarely written, and a keep followed by its
         drop must reach the disk in that order."""
         if self.latch is None:
             return
+        what = "kept" if isinstance(action, KeepLatch) else "dropped"
+        extra = {"lane": self.lane, "alarm": str(action.fault), "latch": what}
         try:
-            if isinstance(action, KeepStuckLatch):
-                self.latch.keep(self.clocks.wall(), action.detail)
+            if isinstance(action, KeepLatch):
+                self.latch.keep(action.fault, self.clocks.wall(), action.detail)
             else:
-                self.latch.drop()
+                self.latch.drop(action.fault)
         except OSError as exc:
             # The alarm stands either way; only a restart would see a stale or missing latch.
-            log.error(
-                "stuck latch not written",
-                extra={"lane": self.lane, "latch": type(action).__name__, "error": str(exc)},
-            )
+            log.error("latch not written", extra={**extra, "error": str(exc)})
             return
-        log.info("stuck latch written", extra={"lane": self.lane, "latch": type(action).__name__})
+        log.info("latch written", extra=extra)
 
     async def _authorise(self, action: Authorise) -> None:
         try:

@@ -105,7 +105,7 @@ class Simulator:
         acquirer_url = await self.acquirer.start()
         self.networks = SimNetworks(work, self.options.acquirer, self.options.seed)
         await self.networks.start()
-        self.network_auth = self.networks.auth_config()
+        self.network_auth = self.networks.auth_config(self.options.speed)
         keyset = self.codes.write_keyset(work / "keyset.json", int(time.time()))
         self._backoffice = BackOffice(
             work / "backoffice.sqlite3", self.broker.host, self.broker.port

@@ -21,6 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from lane.auth.wechatpay_certs import MIN_REFRESH_INTERVAL_S
 from sim.acquirer import AcquirerServer
 from sim.acquirer_faults import Faults
 from sim.alipay_fake import AlipayFake
@@ -88,8 +89,9 @@ class SimNetworks:
     def servers(self) -> list[AcquirerServer]:
         return [s for s in (self.alipay, self.wechatpay) if s is not None]
 
-    def auth_config(self) -> dict[str, Any]:
-        """The `[auth]` keys that route Alipay and WeChat Pay codes to the fakes."""
+    def auth_config(self, speed: float) -> dict[str, Any]:
+        """The `[auth]` keys that route Alipay and WeChat Pay codes to the fakes; the lanes'
+        certificate retry scales with the speed, as the other waits they bound do."""
         assert self.alipay is not None and self.wechatpay is not None
         return {
             "routes": {"alipay": "alipay", "wechat": "wechatpay"},
@@ -108,6 +110,7 @@ class SimNetworks:
                 "platform_certificate_file": str(self._dir / "wechatpay-platform.pem"),
                 "apiv3_key_file": str(self._dir / "wechatpay-apiv3.key"),
                 "reverse_after_s": SIM_REVERSE_AGE_S + 2.5,  # + the longest pay call (budget)
+                "certificate_retry_s": max(1.0, MIN_REFRESH_INTERVAL_S / speed),
             },
         }
 

@@ -12,6 +12,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, model_validator
 
+from lane.auth.wechatpay_certs import MIN_REFRESH_INTERVAL_S
+
 
 class _NetworkSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,6 +64,13 @@ class WeChatPaySection(_NetworkSection):
     )
     reverse_after_s: float = Field(
         18.0, ge=0, le=600, description="Reverse no sooner than this after the intent"
+    )
+    certificate_retry_s: float = Field(
+        MIN_REFRESH_INTERVAL_S,
+        ge=1,
+        le=3600,
+        description="Certificate mode: an answer's unknown certificate is downloaded at most"
+        " this often, and the idle lane looks this often whether a download is due",
     )
     device_ip: IPvAnyAddress = Field(
         IPv4Address("127.0.0.1"), description="This lane computer's address (payer_client_ip)"

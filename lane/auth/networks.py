@@ -52,6 +52,7 @@ from lane.auth.wechatpay_trust import (
     FixedPlatformKey,
     PlatformCertificates,
     PlatformTrust,
+    Sleep,
     load_certificate_files,
 )
 from scanner.payload import EmvPayload, PaymentCodePayload, classify
@@ -302,8 +303,9 @@ def _platform(wx: WeChatPaySection, state_dir: Path | None) -> FixedPlatformKey 
     return FixedPlatformKey(wx.platform_serial, key)
 
 
-# Background work of a network while the lane runs, given the lane's "nothing in progress".
-Upkeep = Callable[[Callable[[], bool]], Coroutine[Any, Any, None]]
+# Background work of a network while the lane runs, given the lane's "nothing in progress"
+# and the lane's sleep (its clock).
+Upkeep = Callable[[Callable[[], bool], Sleep], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -394,7 +396,7 @@ def wechatpay_client(
     platform: PlatformTrust = (
         held
         if isinstance(held, FixedPlatformKey)
-        else PlatformCertificates(held, wall=wall, alarm=alarm)
+        else PlatformCertificates(held, wall=wall, alarm=alarm, retry_s=wx.certificate_retry_s)
     )
     return WeChatPayClient(
         wx.base_url,

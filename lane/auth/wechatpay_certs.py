@@ -41,7 +41,8 @@ _BEIJING = timezone(timedelta(hours=8))
 
 DAY_S = 86_400.0
 # An answer naming an unknown serial triggers a download; a burst of such answers (or an
-# impostor inventing serials) costs at most one download per this interval.
+# impostor inventing serials) costs at most one download per this interval (the default of
+# `[auth.wechatpay] certificate_retry_s`).
 MIN_REFRESH_INTERVAL_S = 60.0
 # The next certificate exists 10 days before the current one expires: from then on, look
 # hourly rather than daily until the lane has it.
@@ -217,18 +218,29 @@ class RefreshTimes:
     last_attempt: float | None = None  # any download
     last_success: float | None = None
     last_learn: float | None = None  # a download for an answer's unknown serial
+    # The serial of an answer whose download failed: its answers stay refused until one works.
+    unlearned: str | None = None
 
 
-def may_learn(times: RefreshTimes, now: float) -> bool:
-    """An unknown serial may download unless one did within MIN_REFRESH_INTERVAL_S (a clock
-    gone back allows it). The idle lane's own looks do not count: a rotation that comes just
-    after one must still be learned at once."""
-    return _elapsed(times.last_learn, now, MIN_REFRESH_INTERVAL_S)
+def may_learn(times: RefreshTimes, now: float, retry_s: float = MIN_REFRESH_INTERVAL_S) -> bool:
+    """An unknown serial may download unless one did within `retry_s` (a clock gone back
+    allows it). The idle lane's own looks do not count: a rotation that comes just after one
+    must still be learned at once."""
+    return _elapsed(times.last_learn, now, retry_s)
 
 
-def refresh_due(times: RefreshTimes, certs: CertificateSet, now: float) -> RefreshReason | None:
-    """Why the idle lane should download the certificates now, or None: at most hourly, when
-    the newest certificate expires soon, else once a day."""
+def refresh_due(
+    times: RefreshTimes,
+    certs: CertificateSet,
+    now: float,
+    retry_s: float = MIN_REFRESH_INTERVAL_S,
+) -> RefreshReason | None:
+    """Why the idle lane should download the certificates now, or None: a serial whose
+    download failed as often as an answer's may (so its alarm clears once the cause is gone,
+    with no WeChat Pay traffic); else at most hourly, when the newest certificate expires
+    soon, else once a day."""
+    if times.unlearned is not None and may_learn(times, now, retry_s):
+        return RefreshReason.UNKNOWN_SERIAL
     if not _elapsed(times.last_attempt, now, AHEAD_RETRY_S):
         return None
     newest = certs.newest_expiry()

@@ -7,8 +7,9 @@ Public-key mode (`FixedPlatformKey`, `PUB_KEY_ID_...`): one key, no rotation, no
 Certificate mode (`PlatformCertificates`): the configured certificates plus the downloaded ones,
 which are kept in `<data_dir>/wechatpay-certificates.pem` so a restart needs no network. An
 answer signed by a serial the lane does not have triggers one download (at most one per
-minute), then the answer is checked again; an idle lane also looks daily, and hourly once its
-newest certificate expires within 10 days.
+`certificate_retry_s`, a minute), then the answer is checked again; an idle lane also looks
+daily, and hourly once its newest certificate expires within 10 days, and tries a download
+that failed for an answer's serial again every `certificate_retry_s`.
 
 Bootstrap rule: the lane never trusts a certificate on first sight. A download is believed only
 when its own signature verifies under a certificate the lane already trusts (configured by the
@@ -50,9 +51,7 @@ log = logging.getLogger("lane.auth.wechatpay")
 
 ALARM = "wechatpay_certificates"
 STORE_FILE = "wechatpay-certificates.pem"
-# The idle lane's check (`keep`): how often it looks whether a download is due, and how long a
-# download may take then (no driver is waiting).
-CHECK_EVERY_S = 60.0
+# How long the idle lane's download (`keep`) may take (no driver is waiting).
 IDLE_DOWNLOAD_TIMEOUT_S = 10.0
 _FIX = (
     "check auth.wechatpay.apiv3_key_file and the link to WeChat Pay; a lane that was off"
@@ -62,6 +61,8 @@ _FIX = (
 
 # GET /v3/certificates, signed by the merchant, within the timeout; the answer unverified.
 Fetch = Callable[[float], Awaitable[HttpAnswer]]
+# The lane's sleep (`Clocks.sleep`): the idle lane's looks follow the lane's clock.
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class PlatformTrust(Protocol):
@@ -143,8 +144,10 @@ class PlatformCertificates:
         *,
         wall: Callable[[], float],
         alarm: AlarmSink | None = None,
+        retry_s: float = certs.MIN_REFRESH_INTERVAL_S,
     ) -> None:
         self._configured = files.configured
+        self._retry_s = retry_s
         self._stored = files.stored
         self._apiv3_key = files.apiv3_key
         self._store = files.store
@@ -167,61 +170,74 @@ class PlatformCertificates:
             now = self._wall()
             if self.key_for(serial, now) is not None:  # a download meanwhile brought it
                 return
-            if timeout_s <= 0 or not certs.may_learn(self._times, now):
+            if timeout_s <= 0 or not certs.may_learn(self._times, now, self._retry_s):
                 log.warning(
-                    "unknown WeChat Pay platform certificate: no download (one a minute at most,"
-                    " or no time left in the call)",
+                    "unknown WeChat Pay platform certificate: no download (one per"
+                    " certificate_retry_s at most, or no time left in the call)",
                     extra={"serial": serial, "last_learn": self._times.last_learn},
                 )
                 return
-            self._times = replace(self._times, last_learn=now)
-            try:
-                await self._download(fetch, timeout_s)
-            except (AcquirerError, certs.CertificateError) as exc:
-                self._fail(
-                    f"WeChat Pay answers signed by platform certificate {serial} are refused: the"
-                    f" lane does not have it and downloading the current certificates failed"
-                    f" ({exc}); {_FIX}"
-                )
-                return
-            if self.key_for(serial, self._wall()) is None:
-                self._fail(
-                    f"WeChat Pay answers signed by platform certificate {serial} are refused:"
-                    f" WeChat Pay's certificate download does not list it (not WeChat Pay's,"
-                    f" or not valid now: check the lane's clock)"
-                )
+            await self._learn(serial, fetch, timeout_s)
 
-    async def keep(self, fetch: Fetch, idle: Callable[[], bool]) -> None:
-        """Look every minute whether a download is due, and do it while the lane is idle."""
+    async def keep(self, fetch: Fetch, idle: Callable[[], bool], sleep: Sleep) -> None:
+        """Look every `retry_s` whether a download is due, and do it while the lane is idle."""
         while True:
             if idle():
                 await self.tick(fetch, IDLE_DOWNLOAD_TIMEOUT_S)
-            await asyncio.sleep(CHECK_EVERY_S)
+            await sleep(self._retry_s)
 
     async def tick(self, fetch: Fetch, timeout_s: float) -> certs.RefreshReason | None:
         """One look of `keep`: download if due; the reason it was due, or None."""
         async with self._lock:
             now = self._wall()
-            reason = certs.refresh_due(self._times, self._trusted, now)
-            if reason is None:
-                return None
-            try:
-                await self._download(fetch, timeout_s)
-            except (AcquirerError, certs.CertificateError) as exc:
-                newest = self._trusted.newest_expiry()
-                if reason is certs.RefreshReason.EXPIRING:
-                    held = (
-                        "the lane has no valid one"
-                        if newest is None
-                        else f"the newest the lane has expires {certs.utc_text(newest)}"
-                    )
-                    self._fail(
-                        f"WeChat Pay platform certificates run out ({held}) and downloading"
-                        f" new ones failed ({exc}); {_FIX}"
-                    )
-                else:  # the certificates hold for days yet: the next look tries again
-                    log.warning("daily WeChat Pay certificate download failed: %s", exc)
+            reason = certs.refresh_due(self._times, self._trusted, now, self._retry_s)
+            if reason is certs.RefreshReason.UNKNOWN_SERIAL:
+                assert self._times.unlearned is not None  # refresh_due's reason
+                await self._learn(self._times.unlearned, fetch, timeout_s)
+            elif reason is not None:
+                await self._look(reason, fetch, timeout_s)
             return reason
+
+    async def _learn(self, serial: str, fetch: Fetch, timeout_s: float) -> None:
+        """Download for an answer's unknown serial (the lock held); the alarm says what
+        failed, and the idle lane's looks try a failed download again."""
+        self._times = replace(self._times, last_learn=self._wall())
+        try:
+            await self._download(fetch, timeout_s)
+        except (AcquirerError, certs.CertificateError) as exc:
+            self._times = replace(self._times, unlearned=serial)
+            # Short ahead of the cause: the health message keeps 256 characters of it, and
+            # the operator should still see where to look (the whole text is in the log).
+            self._fail(
+                f"WeChat Pay answers signed by certificate {serial} are refused: downloading it"
+                f" failed ({exc}); {_FIX}"
+            )
+            return
+        if self.key_for(serial, self._wall()) is None:
+            self._fail(
+                f"WeChat Pay answers signed by platform certificate {serial} are refused:"
+                f" WeChat Pay's certificate download does not list it (not WeChat Pay's,"
+                f" or not valid now: check the lane's clock)"
+            )
+
+    async def _look(self, reason: certs.RefreshReason, fetch: Fetch, timeout_s: float) -> None:
+        """The idle lane's daily or hourly download (the lock held)."""
+        try:
+            await self._download(fetch, timeout_s)
+        except (AcquirerError, certs.CertificateError) as exc:
+            if reason is certs.RefreshReason.EXPIRING:
+                newest = self._trusted.newest_expiry()
+                held = (
+                    "the lane has no valid one"
+                    if newest is None
+                    else f"the newest the lane has expires {certs.utc_text(newest)}"
+                )
+                self._fail(
+                    f"WeChat Pay platform certificates run out ({held}) and downloading"
+                    f" new ones failed ({exc}); {_FIX}"
+                )
+            else:  # the certificates hold for days yet: the next look tries again
+                log.warning("daily WeChat Pay certificate download failed: %s", exc)
 
     async def _download(self, fetch: Fetch, timeout_s: float) -> None:
         """Download, check and keep the certificates; raises what went wrong."""
@@ -232,8 +248,9 @@ class PlatformCertificates:
         if problem is not None:
             if problem.kind is wire.Untrusted.UNKNOWN_KEY:
                 raise certs.CertificateError(
-                    f"the download is signed by certificate {problem.serial!r}, which the lane"
-                    " does not trust yet (a download must be signed by a trusted certificate)"
+                    # The fix leads: the health message keeps 256 characters of the alarm.
+                    "signed by a certificate not trusted yet: install the current platform"
+                    " certificate in auth.wechatpay.platform_certificate_file"
                 )
             raise certs.CertificateError(f"the download is not trusted: {problem.detail}")
         try:
@@ -246,7 +263,7 @@ class PlatformCertificates:
         fresh = certs.certs_from_download(doc, self._apiv3_key, now)
         self._stored = self._stored.merged(fresh, now)
         self._trusted = self._configured.merged(self._stored.certs, now)
-        self._times = replace(self._times, last_success=now)
+        self._times = replace(self._times, last_success=now, unlearned=None)
         log.info(
             "WeChat Pay platform certificates downloaded",
             extra={"serials": self._trusted.serials()},
@@ -274,4 +291,3 @@ class PlatformCertificates:
             log.error("%s", message, extra={"alarm": ALARM})
         else:
             self._alarm(ALARM, message)
-

@@ -108,16 +108,20 @@ class MarkPassUsed:
 
 
 @dataclass(frozen=True)
-class KeepStuckLatch:
-    """`barrier_stuck` latched: keep it on disk (with the wall time, UTC) so a restarted lane
-    starts latched (StuckCarried), not charging the next driver for a boom that cannot rise."""
+class KeepLatch:
+    """`fault` (one of names.KEPT_LATCHES) was raised: keep it on disk (with the wall time, UTC)
+    so a restarted lane starts with it (LatchCarried), not charging the next driver for a boom
+    that cannot rise or a device that drops its commands."""
 
+    fault: Alarm
     detail: str
 
 
 @dataclass(frozen=True)
-class DropStuckLatch:
-    """The boom was seen open: the kept latch is gone."""
+class DropLatch:
+    """`fault` cleared (the boom seen open; the device's ack): its kept latch is gone."""
+
+    fault: Alarm
 
 
 @dataclass(frozen=True)
@@ -143,8 +147,8 @@ Action = (
     | IssuePass
     | PriceTrip
     | MarkPassUsed
-    | KeepStuckLatch
-    | DropStuckLatch
+    | KeepLatch
+    | DropLatch
     | RaiseAlarm
     | ClearAlarm
     | Note
@@ -156,9 +160,9 @@ __all__ = [
     "Authorise",
     "ClearAlarm",
     "CloseBarrier",
-    "DropStuckLatch",
+    "DropLatch",
     "IssuePass",
-    "KeepStuckLatch",
+    "KeepLatch",
     "MarkPassUsed",
     "Note",
     "NoteBase",

@@ -100,7 +100,7 @@ LABELS: dict[str, type] = {
     "trip priced": ev.TripPriced,
     "no pass": ev.AttendantNoPass,
     "confirm fare": ev.AttendantConfirmFare,
-    "stuck carried": ev.StuckCarried,
+    "latch carried": ev.LatchCarried,
     "tick": ev.Tick,
 }
 
@@ -187,7 +187,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.FAULT, "safety on", P.CLOSING, "self-test: someone under it: close once clear"),
     _t(P.FAULT, "attendant open", P.CLOSING, "self-test ends: the attendant's vehicle next"),
     _t(P.FAULT, "close lane", P.CLOSING, "self-test ends: the attendant closed the lane"),
-    _t(P.IDLE, "stuck carried", P.FAULT, "start-up: latched when the lane last stopped"),
+    _t(P.IDLE, "latch carried", P.FAULT, "start-up: a barrier fault kept when the lane stopped"),
 )
 
 
@@ -272,8 +272,8 @@ def event_label(event: ev.Event) -> str:
             return "no pass"
         case ev.AttendantConfirmFare():
             return "confirm fare"
-        case ev.StuckCarried():
-            return "stuck carried"
+        case ev.LatchCarried():
+            return "latch carried"
         case ev.Tick():
             return "tick"
         case _:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lane.core.names import PayloadKind, PersistError, Position, Sensor
+from lane.core.names import Alarm, PayloadKind, PersistError, Position, Sensor
 
 
 @dataclass(frozen=True)
@@ -191,13 +191,17 @@ class AttendantConfirmFare:
 
 
 @dataclass(frozen=True)
-class StuckCarried:
-    """At start-up: the lane stopped (or crashed) with `barrier_stuck` latched, as the shell
-    kept it on disk (KeepStuckLatch) since `since` (UTC, ISO 8601) with `detail`. The lane
-    starts latched: a restart does not make a boom that did not open trustworthy again."""
+class LatchCarried:
+    """At start-up: the lane stopped (or crashed) with `fault` (one of names.KEPT_LATCHES)
+    raised, as the shell kept it on disk (KeepLatch) since `since` (UTC, ISO 8601) with
+    `detail`. The lane starts with it raised: a restart does not make a boom that did not open,
+    or a device that dropped commands, trustworthy again. `event_id` is a fresh unique id from
+    the shell: a carried `barrier_no_ack`'s test close is named after it."""
 
+    fault: Alarm
     since: str
     detail: str
+    event_id: str
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,6 @@ Event = (
     | TripPriced
     | AttendantNoPass
     | AttendantConfirmFare
-    | StuckCarried
+    | LatchCarried
     | Tick
 )

@@ -160,7 +160,7 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return road.on_no_pass(state, event, now)
         case ev.AttendantConfirmFare():
             return road.on_confirm(state, event, now)
-        case ev.StuckCarried():
+        case ev.LatchCarried():
             return recovery.carried(state, event, now)
         case ev.Tick():
             return _on_tick(state, event, now)
@@ -271,7 +271,7 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
     cmd = state.command
     if cmd is None or cmd.cmd_id != event.cmd_id or cmd.acked:
         return state, []  # a duplicate or stale ack: at-most-once was already settled
-    state, actions = remove_fault(state, Alarm.BARRIER_NO_ACK)
+    state, actions = recovery.acked(state)
     if not event.ok:
         if cmd.op == Op.CLOSE and event.error == "safety_loop_occupied":
             # The device saw the loop before we did: ask again once our sensors report the area
@@ -437,7 +437,7 @@ def _send_lapsed(state: LaneState, cmd: Command, why: str) -> Result:
     if cmd.attempt < state.rules.max_cmd_attempts:
         return replace(state, command=replace(cmd, ack_deadline=None)), []
     detail = f"{cmd.op} {cmd.cmd_id}" + (f" ({why})" if why else "")
-    state, actions = add_fault(state, Alarm.BARRIER_NO_ACK, detail)
+    state, actions = recovery.no_ack(state, detail)
     # Keep the command: the same cmd_id is sent again once the fault clears, so a device that
     # did receive it still executes it at most once.
     return replace(state, command=replace(cmd, attempt=0, ack_deadline=None)), actions

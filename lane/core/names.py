@@ -55,6 +55,11 @@ BARRIER_FAULTS = (
 REPORT_CLEARS = tuple(a for a in BARRIER_FAULTS if a is not Alarm.BARRIER_NO_ACK)
 # Every alarm that says the barrier cannot be relied on (readiness, metrics).
 BARRIER_ALARMS = (*BARRIER_FAULTS, Alarm.BARRIER_STUCK)
+# The barrier faults a restart must not forget (a boom that did not open, a device that drops
+# commands): the shell keeps each on disk while it holds (KeepLatch, DropLatch) and hands it
+# back at start-up (LatchCarried), so the next driver is not charged for a barrier that
+# cannot let them through.
+KEPT_LATCHES = (Alarm.BARRIER_STUCK, Alarm.BARRIER_NO_ACK)
 
 
 class Sensor(StrEnum):

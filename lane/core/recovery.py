@@ -22,8 +22,14 @@ lane, on a doubling backoff, the lane asks the device for its truth; if that ans
 is on a loop or under the boom, it commands an open of its own (`{snapshot id}/selftest/open`,
 no passage, no record), closes again at once when someone comes, and closes after the test
 either way. Seen open, the latch and the alarm clear and the lane takes payments again.
-The latch outlives a restart: the lane asks the shell to keep it on disk (KeepStuckLatch,
-DropStuckLatch) and is told of a kept one at start-up (StuckCarried, `carried`).
+A device that drops commands raises `barrier_no_ack`, which only an ack of a command clears:
+a paid vehicle's open given up under it is replaced by a test close at the empty lane, probed
+every `probe_s` like any held command.
+
+Both outlive a restart (names.KEPT_LATCHES): the lane asks the shell to keep each on disk as it
+is raised and to drop it as it clears (KeepLatch, DropLatch), and is told of a kept one at
+start-up (LatchCarried, `carried`): the stuck latch starts its self-tests over, a carried
+`barrier_no_ack` sends a test close of its own.
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ from lane.core import events as ev
 from lane.core.actions import (
     Action,
     CloseBarrier,
-    DropStuckLatch,
-    KeepStuckLatch,
+    DropLatch,
+    KeepLatch,
     OpenBarrier,
     Persist,
     QueryDevice,
@@ -263,7 +269,7 @@ def _failed_open(state: LaneState, now: float, detail: str) -> Result:
     """The boom was not seen open in time: latch (kept on disk), or end a failed self-test."""
     latch = state.latch
     if latch is None:
-        return _latch(state, now), [KeepStuckLatch(detail)]
+        return _latch(state, now), [KeepLatch(Alarm.BARRIER_STUCK, detail)]
     if latch.test_id is None:
         return state, []
     return _end_test(state, latch.test_id, SelfTestStep.FAILED)
@@ -275,17 +281,53 @@ def _latch(state: LaneState, now: float) -> LaneState:
     return replace(state, latch=StuckLatch(now + first, first))
 
 
-def carried(state: LaneState, event: ev.StuckCarried, now: float) -> Result:
-    """Start-up with a latch kept from before: latched as it was, the alarm raised again (it
-    says so), payments refused; the self-tests clear it once the boom is seen open. The latch
-    is on disk already: nothing to keep."""
-    if state.latch is not None:
-        return state, []
-    detail = (
-        f"latched since {event.since} (carried over a restart): {event.detail};"
-        f" {_latch_terms(state)}"
-    )
-    return add_fault(_latch(state, now), Alarm.BARRIER_STUCK, detail)
+def carried(state: LaneState, event: ev.LatchCarried, now: float) -> Result:
+    """Start-up with a fault kept from before: raised again (its text says so), payments
+    refused until what clears it while the lane runs clears it. It is on disk already:
+    nothing to keep."""
+    since = f"latched since {event.since} (carried over a restart): {event.detail}"
+    match event.fault:
+        case Alarm.BARRIER_STUCK if state.latch is None:
+            # Latched as it was; the self-tests clear it once the boom is seen open.
+            return add_fault(
+                _latch(state, now), Alarm.BARRIER_STUCK, f"{since}; {_latch_terms(state)}"
+            )
+        case Alarm.BARRIER_NO_ACK if Alarm.BARRIER_NO_ACK not in state.faults:
+            terms = (
+                "lane closed to payments until the barrier acks a command, a test close sent"
+                f" every {state.rules.probe_s:g} s"
+            )
+            state, actions = add_fault(state, Alarm.BARRIER_NO_ACK, f"{since}; {terms}")
+            if state.command is None:
+                # What the lane waited for died with the process: a test close takes its place,
+                # as after a refund, so the device's first ack clears the fault.
+                state = replace(state, command=_no_ack_test(event.event_id))
+            return state, actions
+        case _:
+            return state, []  # raised already, or not a fault the lane keeps
+
+
+def no_ack(state: LaneState, detail: str) -> Result:
+    """A command went unanswered `max_cmd_attempts` times: `barrier_no_ack`, kept on disk so
+    a restart under a device that still drops commands refuses the next driver too."""
+    state, actions = add_fault(state, Alarm.BARRIER_NO_ACK, detail)
+    if actions:
+        actions.append(KeepLatch(Alarm.BARRIER_NO_ACK, detail))
+    return state, actions
+
+
+def acked(state: LaneState) -> Result:
+    """The device acked the command the lane waited for: `barrier_no_ack` clears, on disk too."""
+    state, actions = remove_fault(state, Alarm.BARRIER_NO_ACK)
+    if actions:
+        actions.append(DropLatch(Alarm.BARRIER_NO_ACK))
+    return state, actions
+
+
+def _no_ack_test(owner: str) -> Command:
+    """A close sent for nobody under `barrier_no_ack`: its ack is what clears the fault (an
+    answer to a query or a report only says the device is there)."""
+    return Command(f"{owner}/noack_test/close", Op.CLOSE, 0, None)
 
 
 def _latched(state: LaneState) -> Result:
@@ -298,7 +340,7 @@ def _latched(state: LaneState) -> Result:
     test_id = latch.test_id
     if state.barrier == Position.OPEN:
         state, actions = remove_fault(replace(state, latch=None), Alarm.BARRIER_STUCK)
-        actions.append(DropStuckLatch())
+        actions.append(DropLatch(Alarm.BARRIER_STUCK))
         if test_id is None:
             return state, actions
         state, more = _end_test(state, test_id, SelfTestStep.PASSED)
@@ -376,9 +418,8 @@ def _not_let_through(state: LaneState, now: float) -> Result:
     keep = cmd if cmd is not None and cmd.op == Op.CLOSE else None
     if keep is None and Alarm.BARRIER_NO_ACK in state.faults:
         # The open went unanswered: a test close takes its place, probed like any held
-        # command, so the device's first ack clears barrier_no_ack; an answer to a query
-        # (the device is there) does not, or the next driver would pay for a dead boom.
-        keep = Command(f"{p.vehicle_id}/noack_test/close", Op.CLOSE, 0, None)
+        # command; anything short of an ack would let the next driver pay for a dead boom.
+        keep = _no_ack_test(p.vehicle_id)
     state = replace(state, passage=None, command=keep)
     latched: list[Action] = []
     target = state.expect

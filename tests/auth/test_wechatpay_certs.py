@@ -179,6 +179,29 @@ def test_an_unknown_serial_downloads_at_most_once_a_minute(
     assert certs.may_learn(certs.RefreshTimes(last_attempt=NOW, last_success=NOW), NOW)
 
 
+@pytest.mark.parametrize(
+    ("learn_ago", "retry_s", "unlearned", "due"),
+    [
+        (0, 60, "7D3A", None),  # the download for the answer failed just now
+        (59, 60, "7D3A", None),
+        (60, 60, "7D3A", certs.RefreshReason.UNKNOWN_SERIAL),  # tried again as an answer may
+        (60, 60, None, None),  # learned (or nothing to learn): the daily look is hours away
+        (5, 6, "7D3A", None),  # a simulator at speed 10 retries every 6 s
+        (6, 6, "7D3A", certs.RefreshReason.UNKNOWN_SERIAL),
+    ],
+)
+def test_the_idle_lane_tries_a_failed_serial_again(
+    learn_ago: float,
+    retry_s: float,
+    unlearned: str | None,
+    due: certs.RefreshReason | None,
+    cert_now: certs.PlatformCert,
+) -> None:
+    learned = NOW - learn_ago
+    times = certs.RefreshTimes(learned, NOW - 7200, learned, unlearned)
+    assert certs.refresh_due(times, _expiring_in(100 * DAY, cert_now), NOW, retry_s) is due
+
+
 moments = st.floats(min_value=-10 * DAY, max_value=10 * DAY, allow_nan=False)
 
 

@@ -20,9 +20,9 @@ from lane.core.actions import (
     Authorise,
     ClearAlarm,
     CloseBarrier,
-    DropStuckLatch,
+    DropLatch,
     IssuePass,
-    KeepStuckLatch,
+    KeepLatch,
     MarkPassUsed,
     OpenBarrier,
     Persist,
@@ -33,6 +33,7 @@ from lane.core.actions import (
     ShowOnDisplay,
 )
 from lane.core.machine import initial_state, next_deadline, step
+from lane.core.names import Alarm
 from lane.core.state import FlatFares, LaneMode, LaneRules, LaneState, Paying, Phase, phase
 from lane.core.trip import Priced, TapOut, Ticket
 
@@ -43,6 +44,12 @@ SAFETY_SENSORS = ("safety_loop", "light_curtain")
 PASSAGE_RESULTS = frozenset({"approved", "deferred", "manual"})
 # A closed road's entry lane opens for an `entry` record (result none, amount 0).
 FREE_PASSAGE = ("entry", "none")
+SINCE = "2026-12-01T10:00:00.000000Z"  # when a fault carried over a restart was raised
+# What each kept fault's file says of it (lane.barrier_latches).
+KEPT_DETAILS = {
+    Alarm.BARRIER_STUCK: "commanded open, device reports closed after 4 s",
+    Alarm.BARRIER_NO_ACK: "open v1/open",
+}
 
 
 def rules(mode: LaneMode = LaneMode.TOLL, **overrides: Any) -> LaneRules:
@@ -94,6 +101,7 @@ class SafetyMonitor:
     exited_passes: set[str] = field(default_factory=set)  # exit records durable
     marked: set[str] = field(default_factory=set)  # MarkPassUsed sent
     priced: dict[str, int | None] = field(default_factory=dict)
+    no_ack_carried: bool = False  # barrier_no_ack raised by a LatchCarried, not acked since
 
     def observe(
         self,
@@ -121,7 +129,7 @@ class SafetyMonitor:
             assert not waiting.committed or out_of_tries, f"waits for nobody: {waiting}"
         self._check_trip(after)
         self._check_latch(before, event, after, actions)
-        self._check_no_ack(before, event, after)
+        self._check_no_ack(before, event, after, actions)
         passenger = after.vehicle
         if passenger is not None and passenger.implicit:
             # A fare-gate passenger exists only while their code is in hand; else the gate jams.
@@ -151,28 +159,35 @@ class SafetyMonitor:
         if after.latch is not None:
             assert "barrier_stuck" in after.faults, f"latched without its alarm: {after}"
         # The latch on disk follows the one in memory: kept as it latches, dropped as it clears.
-        kept = [a for a in actions if isinstance(a, KeepStuckLatch)]
-        dropped = [a for a in actions if isinstance(a, DropStuckLatch)]
         latched = before.latch is None and after.latch is not None
-        assert len(kept) == (latched and not isinstance(event, ev.StuckCarried)), actions
-        assert len(dropped) == (before.latch is not None and after.latch is None), actions
+        cleared = before.latch is not None and after.latch is None
+        _check_kept(Alarm.BARRIER_STUCK, latched, cleared, event, actions)
         if before.latch is not None or after.latch is not None:
-            charged = [
-                a
-                for a in actions
-                if isinstance(a, Authorise)
-                or (isinstance(a, Persist) and a.draft.auth.result in ("approved", "deferred"))
-            ]
-            assert not charged, f"charged while barrier_stuck is latched: {charged}"
+            assert not _charged(actions), f"charged while barrier_stuck is latched: {actions}"
 
-    @staticmethod
-    def _check_no_ack(before: LaneState, event: ev.Event, after: LaneState) -> None:
+    def _check_no_ack(
+        self, before: LaneState, event: ev.Event, after: LaneState, actions: list[Action]
+    ) -> None:
         """barrier_no_ack ends only with an ack of the command the lane waited for: a device
-        that answers queries or reports its state may still drop every command."""
-        if "barrier_no_ack" in before.faults and "barrier_no_ack" not in after.faults:
+        that answers queries or reports its state may still drop every command. It is kept on
+        disk while it holds, and one carried over a restart charges nobody until that ack."""
+        held, holds = Alarm.BARRIER_NO_ACK in before.faults, Alarm.BARRIER_NO_ACK in after.faults
+        if held and not holds:
             cmd = before.command
             assert isinstance(event, ev.BarrierAcked), f"barrier_no_ack cleared by {event}"
             assert cmd is not None and cmd.cmd_id == event.cmd_id, (cmd, event)
+        _check_kept(Alarm.BARRIER_NO_ACK, holds and not held, held and not holds, event, actions)
+        if isinstance(event, ev.LatchCarried) and holds and not held:
+            self.no_ack_carried = True
+            # Nothing waited at start-up: a test close does, its ack what clears the fault.
+            test = after.command
+            assert before.command is not None or (test is not None and test.op == "close"), after
+        if self.no_ack_carried:
+            assert not _charged(actions), f"charged under a carried barrier_no_ack: {actions}"
+        if held or holds:
+            assert of_type(actions, Authorise) == [], f"authorised under barrier_no_ack: {actions}"
+        if not holds:
+            self.no_ack_carried = False
 
     def _take_event(self, before: LaneState, event: ev.Event, after: LaneState) -> None:
         if isinstance(event, ev.SensorChanged) and event.sensor in SAFETY_SENSORS:
@@ -299,6 +314,27 @@ class SafetyMonitor:
             assert paid != refused, f"{auth_id}: {track}"
 
 
+def _check_kept(
+    fault: Alarm, raised: bool, cleared: bool, event: ev.Event, actions: Sequence[Action]
+) -> None:
+    """The fault on disk follows the one in memory: kept as it is raised (not when carried
+    over a restart: it is on disk already), dropped as it clears, and only then."""
+    kept = [a for a in actions if isinstance(a, KeepLatch) and a.fault == fault]
+    dropped = [a for a in actions if isinstance(a, DropLatch) and a.fault == fault]
+    assert len(kept) == (raised and not isinstance(event, ev.LatchCarried)), actions
+    assert len(dropped) == cleared, actions
+
+
+def _charged(actions: Sequence[Action]) -> list[Action]:
+    """An authorisation asked for, or a record that takes the driver's money."""
+    return [
+        a
+        for a in actions
+        if isinstance(a, Authorise)
+        or (isinstance(a, Persist) and a.draft.auth.result in ("approved", "deferred"))
+    ]
+
+
 def _check_amount(amount: object) -> None:
     assert type(amount) is int, f"amount is not an int: {amount!r}"
     assert amount >= 0, f"negative amount {amount}"
@@ -396,6 +432,11 @@ class LaneDriver:
 
     def report(self, barrier_state: str, dt: float = 0.0) -> list[Action]:
         return self.feed(ev.BarrierReported(barrier_state), dt)
+
+    # start-up
+    def carried(self, fault: Alarm, detail: str, since: str = SINCE) -> list[Action]:
+        """The shell's first event: `fault` was kept on disk when the lane last stopped."""
+        return self.feed(ev.LatchCarried(fault, since, detail, self.fresh("start")))
 
     # lookups
     def last(self, kind: type[T]) -> T:

@@ -21,6 +21,7 @@ from test_stuck_closed import carried_over, next_self_test, refunded, stuck_clos
 from lane.core import diagram
 from lane.core import events as ev
 from lane.core.machine import IllegalTransitionError, step
+from lane.core.names import Alarm
 from lane.core.state import LaneMode, Phase, phase
 
 WALKS_PER_MODE = 80
@@ -184,7 +185,7 @@ def test_every_event_type_has_labels_and_every_label_an_event_type() -> None:
         ev.TripPriced("v/trip1", False),
         ev.AttendantNoPass("c", "a"),
         ev.AttendantConfirmFare("c", "a"),
-        ev.StuckCarried("2026-12-01T10:00:00Z", "commanded open"),
+        ev.LatchCarried(Alarm.BARRIER_STUCK, "2026-12-01T10:00:00Z", "commanded open", "s1"),
         ev.Tick(),
     ]
     labels = {diagram.event_label(event) for event in samples}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from core_kit import LaneDriver, of_type, one, rules
+from core_kit import KEPT_DETAILS, SINCE, LaneDriver, of_type, one, rules
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from test_recovery import world_answers
@@ -19,8 +19,8 @@ from lane.core.actions import (
     Authorise,
     ClearAlarm,
     CloseBarrier,
-    DropStuckLatch,
-    KeepStuckLatch,
+    DropLatch,
+    KeepLatch,
     OpenBarrier,
     Persist,
     QueryDevice,
@@ -249,24 +249,22 @@ def test_an_attendant_closure_stops_the_self_tests() -> None:
 def test_the_latch_is_kept_on_disk_as_it_latches_and_dropped_as_it_clears() -> None:
     lane = LaneDriver(rules(pass_dwell_s=60.0, move_s=4.0))
     actions = stuck_closed(lane)
-    assert one(actions, KeepStuckLatch).detail == "commanded open, device reports closed after 4 s"
+    assert one(actions, KeepLatch).detail == "commanded open, device reports closed after 4 s"
     test = next_self_test(lane, refunded(lane))
     lane.feed(ev.BarrierAcked(test.cmd_id, True, "closed"), 0.05)
     lane.tick_at_deadline()  # a failed test: still latched, nothing more to keep
-    assert len(of_type(lane.actions, KeepStuckLatch)) == 1
-    assert of_type(lane.actions, DropStuckLatch) == []
+    assert of_type(lane.actions, KeepLatch)[0].fault == Alarm.BARRIER_STUCK
+    assert len(of_type(lane.actions, KeepLatch)) == 1
+    assert of_type(lane.actions, DropLatch) == []
     lane.ack()
     test = next_self_test(lane)
     lane.feed(ev.BarrierAcked(test.cmd_id, True, "opening"), 0.05)
-    assert one(lane.report("open", dt=0.8), DropStuckLatch) == DropStuckLatch()
-
-
-SINCE = "2026-12-01T10:00:00.000000Z"
+    assert one(lane.report("open", dt=0.8), DropLatch) == DropLatch(Alarm.BARRIER_STUCK)
 
 
 def carried_over(lane: LaneDriver) -> list[Action]:
     """The lane starts with a latch kept from before its restart; the device says closed."""
-    actions = lane.feed(ev.StuckCarried(SINCE, "commanded open, device reports closed after 4 s"))
+    actions = lane.carried(Alarm.BARRIER_STUCK, KEPT_DETAILS[Alarm.BARRIER_STUCK])
     return actions + lane.report("closed")
 
 
@@ -278,7 +276,7 @@ def test_a_lane_restarted_latched_raises_the_alarm_saying_so_and_refuses_payment
     assert f"latched since {SINCE} (carried over a restart)" in alarm.message
     assert "commanded open, device reports closed after 4 s" in alarm.message
     assert "self-test every 5 s doubling to 60 s" in alarm.message
-    assert of_type(actions, KeepStuckLatch) == []  # on disk already
+    assert of_type(actions, KeepLatch) == []  # on disk already
     assert lane.state.latch is not None and lane.phase() is Phase.FAULT
     lane.arrive("v2")
     actions = lane.scan("282222222222222222")
@@ -294,7 +292,7 @@ def test_a_lane_restarted_latched_self_tests_on_its_schedule_and_clears_on_open(
     assert lane.now == pytest.approx(started + 5.0)  # the schedule from its start
     lane.feed(ev.BarrierAcked(test.cmd_id, True, "opening"), 0.05)
     actions = lane.report("open", dt=0.8)
-    assert ClearAlarm(Alarm.BARRIER_STUCK) in actions and DropStuckLatch() in actions
+    assert ClearAlarm(Alarm.BARRIER_STUCK) in actions and DropLatch(Alarm.BARRIER_STUCK) in actions
     assert lane.state.latch is None and lane.state.accepting_payments
     lane.ack()
     assert lane.phase() is Phase.IDLE

@@ -21,7 +21,7 @@ from polling import eventually
 from test_lane_daemon import Lane, named, running_lane, show
 
 from barrier.device import DeviceEmulator, Timings
-from barrier.messages import AttendantCommand, LaneStatus
+from barrier.messages import AttendantCommand, BarrierCommand, LaneStatus
 from lane.transport.mqtt import MqttLink
 from lane.wire import topics
 from sim.broker import Mosquitto
@@ -214,6 +214,56 @@ async def test_killed_with_the_boom_stuck_closed_the_restarted_lane_starts_latch
         assert not (lane.config.lane.data_dir / "barrier_stuck.json").exists()
         await eventually(lambda: device.state == "closed" and runner.idle(), within=10)
         await eventually(lambda: "barrier_stuck" not in lane_statuses[-1].faults, within=10)
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+        await device.vehicle_passes()
+        await eventually(lambda: device.state == "closed" and quiet(lane), within=10)
+        assert len(charged(lane)) == 1
+
+
+async def test_killed_while_commands_are_dropped_the_restarted_lane_refuses_until_an_ack(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    """barrier_no_ack raised, then SIGKILL: the lane restarted under a device that still drops
+    commands starts with the fault (nobody charged, its test close probed every probe_s), and
+    clears by itself at the first ack once the device acks again."""
+    data = tmp_path / "lane"  # running_lane's data directory
+    async with lane_processes(tmp_path, mosquitto, lane_id, data) as rig:
+        rig.device.set_fault("no_ack")
+        proc = await rig.start()
+        await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
+        await rig.attendant_open(lane_id)  # its open is dropped, max_attempts times
+        await eventually(lambda: "barrier_no_ack" in lane_statuses[-1].faults, within=10)
+        assert (data / "barrier_no_ack.json").exists()
+        proc.kill()  # SIGKILL: no clean shutdown
+        await proc.wait()
+    async with running_lane(tmp_path, mosquitto, lane_id, QUICK, fault="no_ack") as lane:
+        runner, device = lane.daemon.runner, lane.device
+        text = runner.alarms["barrier_no_ack"]  # raised by the first event the core took
+        assert "(carried over a restart)" in text and "open att-1/open" in text
+        assert "a test close sent every 0.5 s" in text
+        # Nobody is charged: the lane refuses the code, it asks no acquirer.
+        await device.vehicle_enters(1)
+        token = lane.codes.make("token", int(time.time())).text
+        await show(lane, token, lambda: named(lane, "scan_refused"))
+        assert "barrier_no_ack" in named(lane, "scan_refused")[0]["reason"]
+        await device.vehicle_backs_away()
+        await eventually(lambda: runner.state.vehicle is None)
+        # The test close is sent again at every probe; the device still drops it.
+
+        def tests() -> list[BarrierCommand]:
+            return [c for c in device.received if c.cmd_id.endswith("/noack_test/close")]
+
+        await eventually(lambda: len(tests()) >= 2, within=10)
+        assert len({c.cmd_id for c in tests()}) == 1
+        assert "barrier_no_ack" in runner.alarms and charged(lane) == []
+        assert (lane.config.lane.data_dir / "barrier_no_ack.json").exists()
+        # The device acks again: the next probe's ack clears the fault, on disk too.
+        device.set_fault(None)
+        await eventually(lambda: "barrier_no_ack" not in runner.alarms, within=10)
+        assert not (lane.config.lane.data_dir / "barrier_no_ack.json").exists()
+        assert tests()[-1].cmd_id in device.executions
+        await eventually(lambda: "barrier_no_ack" not in lane_statuses[-1].faults, within=10)
+        await eventually(lambda: quiet(lane), within=10)
         await pays(lane, lambda: named(lane, "barrier_opened"))
         await device.vehicle_passes()
         await eventually(lambda: device.state == "closed" and quiet(lane), within=10)

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from barrier.device import DeviceEmulator, Timings
 from lane.config import LaneConfig, parse_config
 from lane.daemon import LaneDaemon, build
+from lane.runner import Clocks
 from scanner.sources import PushSource
 from sim.acquirer import AcquirerServer
 from sim.broker import Mosquitto
@@ -95,8 +96,10 @@ async def running_lane(
     lane_id: str,
     *,
     extra: dict[str, dict[str, Any]] | None = None,
+    clocks: Clocks | None = None,
 ) -> AsyncIterator[OpsLane]:
-    """`extra`: config keys by section, on top of the test lane's."""
+    """`extra`: config keys by section, on top of the test lane's; `clocks`: the lane's (its
+    wall is the device's too: both computers keep the same time)."""
     codes = CodeFactory(11)
     keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
     acquirer = AcquirerServer()
@@ -111,10 +114,11 @@ async def running_lane(
     for section, keys in (extra or {}).items():
         sections[section] = {**sections.get(section, {}), **keys}
     config = parse_config(sections)
-    device = DeviceEmulator(lane_id, broker.host, broker.port, Timings().scaled(50))
+    wall = time.time if clocks is None else clocks.wall
+    device = DeviceEmulator(lane_id, broker.host, broker.port, Timings().scaled(50), wall)
     # Frames only come when a test shows a code: no blackout alarm in between.
     source = PushSource(blackout_after_s=3600)
-    daemon = await build(config, source=source, shutdown_grace_s=2.0)
+    daemon = await build(config, source=source, clocks=clocks, shutdown_grace_s=2.0)
     notes: list[tuple[str, dict[str, Any]]] = []
     daemon.runner.observers.append(lambda note: notes.append((note.name, note.fields())))
     stop = asyncio.Event()

@@ -24,7 +24,7 @@ from polling import eventually
 from lane.console.users import Role, add_user, load_users
 from sim.dashboard import Dashboard
 from sim.harness import SimOptions, Simulator
-from sim.traffic import Mix
+from sim.traffic import Driver, Mix
 
 PASSWORDS = {"alice": "alice-pw", "victor": "victor-pw"}
 # fault button -> the alarm it must raise (lane 1) and the colour its tile must take
@@ -40,9 +40,15 @@ FAULTS = [
     ("barrier_no_ack", "barrier_no_ack", "critical"),
     ("barrier_slow_ack", "barrier_no_ack", "critical"),
     ("acquirer_declines", "acquirer_declines", "major"),
+    # Seen by the next WeChat Pay vehicle after a rotation (the test brings both).
+    ("wechatpay_certificates_broken", "wechatpay_certificates", "major"),
 ]
 # A decline rate well above the alarm's fifth, so that the alarm stays up while it is acked.
 FAULT_PARAMS = {"acquirer_declines": {"rate": 0.9}}
+# A fault only a vehicle paying one way meets: the one-shot fault it spoils, and that way.
+MET_BY = {"wechatpay_certificates_broken": ("wechatpay_rotation", "wechat")}
+# What the alarm's row must say, beyond its code: where the operator should look.
+SAYS = {"wechatpay_certificates": "apiv3_key_file"}
 
 
 class Plaza:
@@ -74,6 +80,13 @@ class Plaza:
     async def fault(self, name: str, on: bool) -> None:
         lane = None if name.startswith(("acq", "back")) else 1
         await self.sim.faults.apply(name, on, lane, FAULT_PARAMS.get(name, {}))
+        if on and name in MET_BY:
+            then, kind = MET_BY[name]
+            await self.sim.faults.apply(then)
+            self.sim.arrivals += 1
+            self.sim.lanes[0].join(
+                Driver(10_000 + self.sim.arrivals, 0.0, 1, behaviour=kind, codes=(kind,))
+            )
 
 
 async def login(http: aiohttp.ClientSession, plaza: Plaza, user: str) -> None:
@@ -267,6 +280,8 @@ async def test_in_a_browser_each_fault_shows_is_acknowledged_and_clears(
             lane = plaza.sim.lanes[0].lane_id
             row = f'#alarm-body tr[data-lane="{lane}"][data-alarm="{alarm}"]'
             await _appears(page, row, plaza)
+            if alarm in SAYS:
+                await page.wait_for_selector(f"{row}:has-text('{SAYS[alarm]}')", timeout=5_000)
             await page.wait_for_selector(f"#tile-1.sev-{colour}", timeout=15_000)
             await _shot(page, f"console-{fault}.png", tmp_path)
             await acknowledge(page, row, plaza)
