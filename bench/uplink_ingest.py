@@ -7,6 +7,8 @@ the same process and the same minute, so the ratios hold on a machine shared wit
   in its own transaction (PostgreSQL); one executemany per batch (SQLite). PostgreSQL also in
   swapped pairs (every second batch fills a hole, as when two workers share a lane) and in
   1-record batches.
+- trips: `lane trips`' read (`uplink.trips.open_trips`) on a store of a road's history and on
+  one of ten times the history (the same trips open): the ratio is how its cost grows.
 - workers: 1 and 2 worker processes storing the batches of many lanes (as a shared
   subscription spreads them), against 1 and 2 processes doing the raw COPY of the same rows,
   which shows how far the machine itself scales at that moment; and the CPU each record cost
@@ -16,6 +18,7 @@ Each figure is the best of `rounds` alternating runs (the machine's load only ev
 This half alone (bench/uplink.py runs it between its own parts):
 
     .venv/bin/python -m bench.uplink_ingest [--ingest 20000] [--singles 2000] [--rounds 3]
+                                            [--trip-history 20000]
                                             [--worker-records 100000] [--lanes 16]
                                             [--dsn DSN | --no-pg]
 """
@@ -46,9 +49,17 @@ from uplink.ingest import parse_batch
 from uplink.messages import QueueIdentity, encode_batch
 from uplink.pg import PostgresIngestStore
 from uplink.records import RECORD_VERSION, AuthInfo, Record, RecordDraft
-from uplink.sql_store import COLUMN_COUNT, RECORD_COLUMNS, NewRows
+from uplink.sql_store import (
+    CLOSED_TRIPS,
+    COLUMN_COUNT,
+    RECORD_COLUMNS,
+    UNMATCHED_EXITS,
+    NewRows,
+    SqlIngestStore,
+)
 from uplink.sqlite_store import SqliteIngestStore
-from uplink.store import IngestRecord
+from uplink.store import IngestRecord, IngestStore
+from uplink.trips import open_trips
 
 BATCH = 100
 PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=2"
@@ -268,6 +279,68 @@ def bench_store(
     return {"sqlite": sq["store"], "postgres": pg["store"]}
 
 
+# --- lane trips over a road's history ------------------------------------------------------
+
+
+def trips_store_filled(store: IngestStore, closed: int) -> IngestStore:
+    """`store` holding a road's history: `closed` trips entered and exited, then 100 open and
+    10 exits whose entry never came (1000-record batches: filling is not what is measured)."""
+    fills = (
+        make_batches(2 * closed, lanes=2, size=1000, draft_of=road_draft),
+        make_batches(100, lanes=1, draft_of=lambda _, seq: road_draft(2, seq)),
+        make_batches(10, lanes=1, draft_of=lambda _, seq: road_draft(3, 10**9 + seq)),
+    )
+    for batches in fills:
+        for b in batches:
+            store.store_batch(b.lane, b.queue, b.records, 0)
+    return store
+
+
+def trips_read_ms(store: IngestStore, rounds: int) -> tuple[float, float]:
+    """`lane trips`' read (`open_trips`), and of it the closed count and the unmatched exits
+    alone (the queries over the trip index): best of `rounds`, in ms."""
+    assert isinstance(store, SqlIngestStore)
+    whole, counts = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        ledger = open_trips(store)
+        t1 = time.perf_counter()
+        with store._snapshot() as cur:
+            cur.execute(store._sql(CLOSED_TRIPS), ("entry", "exit"))
+            cur.execute(store._sql(UNMATCHED_EXITS), ("exit", "entry"))
+            cur.fetchall()
+        whole.append(t1 - t0)
+        counts.append(time.perf_counter() - t1)
+    assert len(ledger.open_trips) == 100 and len(ledger.unmatched_exits) == 10, ledger
+    return min(whole) * 1000, min(counts) * 1000
+
+
+def bench_trips_read(dsn: str | None, tmp: str, closed: int, rounds: int) -> None:
+    """`lane trips` on a store of `closed` closed trips and on one of ten times as many (the
+    same open trips and unmatched exits): how its cost grows with the road's history."""
+    made: dict[str, Callable[[], IngestStore]] = {
+        "SQLite": lambda: SqliteIngestStore(Path(tmp) / f"trips-{uuid.uuid4().hex[:6]}.sqlite")
+    }
+    if dsn is not None:
+        made["PostgreSQL"] = lambda: PostgresIngestStore(
+            dsn, schema=f"bench_{uuid.uuid4().hex[:8]}"
+        )
+    for name, make in made.items():
+        small, large = (trips_store_filled(make(), n) for n in (closed, 10 * closed))
+        try:
+            (a, a_counts), (b, b_counts) = (trips_read_ms(st, rounds) for st in (small, large))
+        finally:
+            for st in (small, large):
+                if isinstance(st, PostgresIngestStore):
+                    st.drop()
+                st.close()
+        print(
+            f"lane trips (open_trips), {name}: {closed:,} closed trips {a:.1f} ms,"
+            f" {10 * closed:,} {b:.1f} ms -> {b / a:.1f}x; the closed count and unmatched"
+            f" exits {a_counts:.1f} ms and {b_counts:.1f} ms -> {b_counts / a_counts:.1f}x"
+        )
+
+
 # --- worker processes -------------------------------------------------------------------------
 
 
@@ -398,11 +471,15 @@ def main() -> None:
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     add_arguments(ap)
+    ap.add_argument(
+        "--trip-history", type=int, default=20_000, help="closed trips of lane trips' read"
+    )
     args = ap.parse_args()
     dsn = None if args.no_pg else reachable(args.dsn)
     bench_decode()
     with tempfile.TemporaryDirectory(prefix="lane-bench-ingest-") as tmp:
         bench_store(dsn, tmp, args.ingest, args.rounds, args.singles)
+        bench_trips_read(dsn, tmp, args.trip_history, args.rounds)
     if dsn is not None:
         bench_workers(dsn, args.worker_records, args.lanes, args.rounds)
 

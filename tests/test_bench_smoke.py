@@ -165,9 +165,12 @@ SMOKES = {
         ),
     ),
     "uplink_ingest": Smoke(
-        "--ingest 400 --singles 40 --rounds 1 --worker-records 400 --lanes 2 --dsn {dsn}",
+        "--ingest 400 --singles 40 --rounds 1 --worker-records 400 --lanes 2"
+        " --trip-history 200 --dsn {dsn}",
         (
             r"^store SQLite, 100-record batches: store_batch .* -> [\d.]+x$",
+            r"^lane trips \(open_trips\), SQLite: 200 closed trips .* -> [\d.]+x$",
+            r"^lane trips \(open_trips\), PostgreSQL: 200 closed trips .* -> [\d.]+x$",
             r"^store PostgreSQL, 100-record batches: .* -> [\d.]+x COPY, [\d.]+x executemany$",
             r"^store PostgreSQL, 1-record batches \(20 lanes\): .* -> [\d.]+x COPY$",
             r"^store, 100-record batches of entries then their exits: .* -> [\d.]+x COPY$",
