@@ -124,12 +124,15 @@ def trip_lock_keys(schema: str, trips: Iterable[str]) -> tuple[int, list[int]]:
     )
 
 
-def _trip_index_sql(schema: str) -> str:
-    """The trip index, built apart from the DDL's transaction and without blocking writes
-    (`PostgresIngestStore._build_trip_index`). Only the records that take part in trips are
-    in it (uplink.trips)."""
+def _trip_index_sql(schema: str, *, concurrently: bool = True) -> str:
+    """The trip index: on a table of an earlier release, built apart from the DDL's
+    transaction and without blocking writes (`PostgresIngestStore._build_trip_index`); on a
+    new, empty one, in the DDL's transaction (a concurrent build would wait for every older
+    transaction of the database). Only the records that take part in trips are in it
+    (uplink.trips)."""
+    how = "CONCURRENTLY " if concurrently else "IF NOT EXISTS "
     return (
-        f"CREATE INDEX CONCURRENTLY records_trip ON {schema}.records (trip_role, trip_id)"
+        f"CREATE INDEX {how}records_trip ON {schema}.records (trip_role, trip_id)"
         " WHERE trip_role IS NOT NULL"
     )
 
@@ -211,9 +214,12 @@ class PostgresIngestStore(SqlIngestStore):
                 )
                 self._refuse_newer(cast(tuple[str | None], cur.fetchone())[0])
                 cur.execute(_OLD_TABLES, (schema, schema, schema))
-                job = _pending_job(*cast(tuple[bool, bool, bool], cur.fetchone()))
+                old = cast(tuple[bool, bool, bool], cur.fetchone())
+                job = _pending_job(*old)
                 for stmt in _schema_sql(schema):
                     cur.execute(stmt)
+                if not old[0]:  # a new schema: its empty table indexed at once
+                    cur.execute(_trip_index_sql(schema, concurrently=False))
                 if job is not None:
                     cur.execute(
                         self._sql(f"INSERT INTO {self.prefix}upgrade (job) VALUES (?)"
@@ -266,6 +272,8 @@ class PostgresIngestStore(SqlIngestStore):
                     )
                     conn.execute(f"DROP INDEX CONCURRENTLY {name}")
                 if state is None or not state[0]:
+                    # It waits for the transactions older than it: an open one delays it.
+                    log.info("ingest trip index building", extra={"schema": self.schema})
                     conn.execute(_trip_index_sql(self.schema))
                     log.info("ingest trip index built", extra={"schema": self.schema})
             finally:

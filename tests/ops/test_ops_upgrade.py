@@ -551,6 +551,31 @@ async def test_a_postgres_upgrade_builds_the_trip_index_while_workers_write(
         store.close()
 
 
+async def test_a_new_postgres_schema_is_indexed_beside_an_open_transaction(pg_dsn: str) -> None:
+    """A new schema's empty table gets its trip index in the DDL's transaction: a concurrent
+    build would wait for every older transaction of the database, so a store opened beside
+    one left open (a report, a console) would hang until it ended."""
+    with psycopg.connect(pg_dsn) as holder:
+        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT 1")
+        opening = asyncio.create_task(asyncio.to_thread(PostgresIngestStore, pg_dsn))
+        done, _ = await asyncio.wait([opening], timeout=30)
+        if not done:  # let the waiting build go, so the thread ends
+            with psycopg.connect(pg_dsn, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+                    " WHERE query LIKE 'CREATE INDEX CONCURRENTLY records_trip %%'"
+                )
+            holder.rollback()
+            await asyncio.gather(opening, return_exceptions=True)
+            pytest.fail("the new schema's store waited for a transaction of the database")
+        store = opening.result()
+    try:
+        assert trip_index_valid(pg_dsn) is True
+    finally:
+        store.close()
+
+
 async def test_a_postgres_trip_index_build_that_died_is_rebuilt(
     pg_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
