@@ -30,10 +30,13 @@ from uplink.messages import QueueIdentity
 from uplink.sql_store import (
     ADVANCE_CHUNK,
     MOVE_ON,
+    OPEN_NEW,
     RECORD_COLUMNS,
     RUN_END,
     SCHEMA_VERSION,
+    TALLY_SOURCE,
     UPGRADE_CHUNK,
+    BatchTrips,
     Cursor,
     FirstEntry,
     NewRows,
@@ -54,6 +57,7 @@ from uplink.store import (
     StoreResult,
     StoreUnavailableError,
 )
+from uplink.trips import TripRole
 
 log = logging.getLogger("lane.uplink.pg")
 
@@ -92,6 +96,20 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         " held_record_id TEXT NOT NULL, stored_digest TEXT NOT NULL,"
         " offered_digest TEXT NOT NULL, count BIGINT NOT NULL, first_us BIGINT NOT NULL,"
         " last_us BIGINT NOT NULL, PRIMARY KEY (record_id, offered_digest))",
+        # Version 5: the closed count (each epoch's, and an upgrade's tally of the trips closed
+        # before it: `trip_counts`) and the strays (uplink.sql_store.CLOSED_COUNTS): a new
+        # batch of a seen epoch keeps its own in its epoch's row (`strays`), the other paths
+        # in `stray_exits`; `counted` is an upgrade's scratch table (UpgradeJob.TALLY). A
+        # column with a constant default is a catalog change.
+        f"ALTER TABLE {schema}.epochs ADD COLUMN IF NOT EXISTS closed BIGINT NOT NULL DEFAULT 0",
+        f"ALTER TABLE {schema}.epochs ADD COLUMN IF NOT EXISTS strays TEXT[] NOT NULL"
+        " DEFAULT '{}'",
+        f"CREATE TABLE IF NOT EXISTS {schema}.stray_exits (record_id TEXT PRIMARY KEY,"
+        " trip_id TEXT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {schema}.trip_counts (source TEXT PRIMARY KEY,"
+        " closed BIGINT NOT NULL)",
+        f"INSERT INTO {schema}.trip_counts VALUES ('{TALLY_SOURCE}', 0) ON CONFLICT DO NOTHING",
+        f"CREATE TABLE IF NOT EXISTS {schema}.counted (trip_id TEXT PRIMARY KEY)",
         f"DO $$ BEGIN IF to_regclass('{schema}.lanes') IS NOT NULL THEN"
         f" INSERT INTO {schema}.epochs SELECT lane, '', 0, contiguous, max_seq, 0"
         f" FROM {schema}.lanes ON CONFLICT DO NOTHING; DROP TABLE {schema}.lanes; END IF; END $$",
@@ -100,11 +118,12 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
 
 # What a schema of an earlier release needs filled from its rows, read before its DDL runs:
 # whether it has `records` without the trip columns (MARK), or with them but no `open_trips`
-# (OPEN). Parameters: the schema, three times.
+# (OPEN), or no `stray_exits` (STRAYS, TALLY). Parameters: the schema, four times.
 _OLD_TABLES = (
     "SELECT to_regclass(%s || '.records') IS NOT NULL, EXISTS (SELECT 1 FROM"
     " information_schema.columns WHERE table_schema = %s AND table_name = 'records'"
-    " AND column_name = 'trip_role'), to_regclass(%s || '.open_trips') IS NOT NULL"
+    " AND column_name = 'trip_role'), to_regclass(%s || '.open_trips') IS NOT NULL,"
+    " to_regclass(%s || '.stray_exits') IS NOT NULL"
 )
 _TAG = re.compile(r"^lane ingest schema v(\d+) ")
 # Every transaction touching a trip id waits for the others that do (`_lock_trips`): keys in
@@ -150,14 +169,17 @@ def _schema_tag(schema: str) -> str:
     return f"lane ingest schema v{SCHEMA_VERSION} {digest}"
 
 
-def _pending_job(
-    has_records: bool, has_trip_columns: bool, has_open_trips: bool
-) -> UpgradeJob | None:
+def _pending_jobs(
+    has_records: bool, has_trip_columns: bool, has_open_trips: bool, has_strays: bool
+) -> tuple[UpgradeJob, ...]:
+    kept = (UpgradeJob.STRAYS, UpgradeJob.TALLY)
     if not has_records:
-        return None  # a new schema: nothing to fill
+        return ()  # a new schema: nothing to fill
     if not has_trip_columns:
-        return UpgradeJob.MARK
-    return None if has_open_trips else UpgradeJob.OPEN
+        return (UpgradeJob.MARK, *kept)  # MARK refreshes the open trips of what it meets
+    if not has_open_trips:
+        return (UpgradeJob.OPEN, *kept)
+    return () if has_strays else kept
 
 
 class PostgresIngestStore(SqlIngestStore):
@@ -173,6 +195,9 @@ class PostgresIngestStore(SqlIngestStore):
     param = "%s"
     lock_suffix = " FOR UPDATE"
     bytewise = ' COLLATE "C"'
+    strays = (
+        "SELECT record_id FROM {stray_exits} UNION SELECT unnest(strays) AS record_id FROM {epochs}"
+    )
 
     def __init__(
         self,
@@ -213,14 +238,13 @@ class PostgresIngestStore(SqlIngestStore):
                     "SELECT obj_description(to_regnamespace(%s), 'pg_namespace')", (schema,)
                 )
                 self._refuse_newer(cast(tuple[str | None], cur.fetchone())[0])
-                cur.execute(_OLD_TABLES, (schema, schema, schema))
-                old = cast(tuple[bool, bool, bool], cur.fetchone())
-                job = _pending_job(*old)
+                cur.execute(_OLD_TABLES, (schema, schema, schema, schema))
+                old = cast(tuple[bool, bool, bool, bool], cur.fetchone())
                 for stmt in _schema_sql(schema):
                     cur.execute(stmt)
                 if not old[0]:  # a new schema: its empty table indexed at once
                     cur.execute(_trip_index_sql(schema, concurrently=False))
-                if job is not None:
+                for job in _pending_jobs(*old):
                     cur.execute(
                         self._sql(f"INSERT INTO {self.prefix}upgrade (job) VALUES (?)"
                                   " ON CONFLICT DO NOTHING"),
@@ -229,6 +253,7 @@ class PostgresIngestStore(SqlIngestStore):
                 cur.execute(f"COMMENT ON SCHEMA {schema} IS '{tag}'")
         self._build_trip_index()
         self._upgrade(upgrade_chunk, after_chunk)
+        self.upgrade_pending()
 
     def _refuse_newer(self, comment: str | None) -> None:
         version = _TAG.match(comment or "")
@@ -286,13 +311,19 @@ class PostgresIngestStore(SqlIngestStore):
         self, chunk: int, after_chunk: Callable[[UpgradeJob, str | None], None] | None
     ) -> None:
         """Run the schema's upgrade jobs a chunk per transaction, each resumed from the key its
-        row holds: batches ingested meanwhile wait at most for one chunk's trip locks. A job
-        another worker is running a chunk of (its row locked) is left to that worker."""
+        row holds: batches ingested meanwhile wait at most for one chunk's trip locks. The
+        jobs run in `UpgradeJob`'s order, each reading what the ones before it filled: when
+        another worker is running a chunk of the first one left (its row locked), the upgrade
+        is left to that worker."""
         table = f"{self.prefix}upgrade"
+        order = [j.value for j in UpgradeJob]
         while True:
             with self._session(pipeline=False) as conn:
                 row = conn.execute(
-                    f"SELECT job, after FROM {table} ORDER BY job LIMIT 1 FOR UPDATE SKIP LOCKED"
+                    f"SELECT job, after FROM {table} WHERE job = (SELECT job FROM {table}"
+                    " ORDER BY array_position(%s::text[], job) LIMIT 1)"
+                    " FOR UPDATE SKIP LOCKED",
+                    (order,),
                 ).fetchone()
                 if row is None:
                     return
@@ -314,6 +345,11 @@ class PostgresIngestStore(SqlIngestStore):
     def _upgrading(self, cur: Cursor) -> bool:
         cur.execute(f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade)")
         return bool(cur.fetchone()[0])
+
+    def upgrade_pending(self) -> bool:
+        # Once none is pending, none ever is again for this store: its batches stop noting.
+        self.upgrade_seen = super().upgrade_pending()
+        return self.upgrade_seen
 
     def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
         if trips:
@@ -388,22 +424,21 @@ class PostgresIngestStore(SqlIngestStore):
             return result
         first, last = records[0].seq, records[-1].seq
         sql, params = self._insert_sql(NewRows(lane, queue.epoch, records, now_us), returning="")
-        # The open trips are kept by the same statement (`_trip_changes`, as data-modifying
-        # WITHs: every record is inserted, or UniqueViolation undoes them all).
+        # The open trips, the closed count and the strays are kept by the same statement
+        # (`_trip_statements`: every record is inserted, or UniqueViolation undoes them all).
         trips = batch_trips(records)
-        changes = self._trip_changes(trips)
-        kept = "".join(f", trip{i} AS ({change})" for i, (change, _) in enumerate(changes))
+        kept, changed, sets, values = self._trip_statements(trips)
+        returned = "record_id, data, trip_role, trip_id" if sets else "record_id, data"
         statement = self._sql(
-            f"WITH ins AS ({sql} RETURNING record_id, data), gone AS"
+            f"WITH ins AS ({sql} RETURNING {returned}), gone AS"
             " (DELETE FROM {conflicts} AS c USING ins WHERE c.lane=%s"
             " AND c.record_id = ins.record_id"
             # the digest of uplink.messages.digest: SHA-256, lower-case hex
             f" AND c.offered_digest = encode(sha256(ins.data), 'hex')){kept}"
-            f" UPDATE {{epochs}} SET {MOVE_ON} WHERE lane=%s AND epoch=%s"
+            f" UPDATE {{epochs}} SET {MOVE_ON}{sets} WHERE lane=%s AND epoch=%s"
             " RETURNING contiguous, max_seq"
         )
-        changed = [v for _, values in changes for v in values]
-        args = (*params, lane, *changed, *move_on_args(first, last), lane, queue.epoch)
+        args = (*params, lane, *changed, *move_on_args(first, last), *values, lane, queue.epoch)
         with self._connected() as conn:
             if trips.trips:
                 # The trip ids' locks come first (`_lock_trips`), in a statement of their own:
@@ -472,8 +507,51 @@ class PostgresIngestStore(SqlIngestStore):
             [e.ts_us for e in entries],
         )
 
-    def _closing(self, trips: Collection[str]) -> tuple[str, tuple[object, ...]]:
-        return self._sql("DELETE FROM {open_trips} WHERE trip_id = ANY(%b::text[])"), (list(trips),)
+    def _closing(
+        self, trips: Collection[str], *, returning: bool = False
+    ) -> tuple[str, tuple[object, ...]]:
+        back = " RETURNING trip_id" if returning else ""
+        sql = f"DELETE FROM {{open_trips}} WHERE trip_id = ANY(%b::text[]){back}"
+        return self._sql(sql), (list(trips),)
+
+    def _trip_statements(
+        self, batch: BatchTrips
+    ) -> tuple[str, tuple[object, ...], str, tuple[object, ...]]:
+        """What a new batch of a seen epoch adds to its statement to keep its trips, as
+        `_add_trips` keeps them: data-modifying WITHs over binary arrays (each one's
+        parameters in order), then what its epoch's UPDATE sets besides (and its
+        parameters). Neither WITH reads what the other writes (the trips of the entries
+        opened are not those closed). The trips its exits closed (`trip_gone`) are added to
+        the epoch's count; only when they are fewer than its trips, its exits of the others
+        (read from the rows its insert returned) are added to the epoch's strays: a closed
+        road's exit batch never computes them."""
+        if not batch.trips:
+            return "", (), "", ()
+        steps: list[tuple[str, str, tuple[object, ...]]] = []
+        if batch.entries:
+            rows, params = self._entry_rows(batch.entries)
+            opening = OPEN_NEW.replace("{rows}", rows)
+            steps.append(("trip_opened", opening, (*params, TripRole.EXIT.value)))
+        sets = ""
+        values: tuple[object, ...] = ()
+        if batch.exited:
+            steps.append(("trip_gone", *self._closing(batch.exited, returning=True)))
+            if self.upgrade_seen:
+                steps.append((
+                    "trip_noted",
+                    "INSERT INTO {counted} (trip_id) SELECT trip_id FROM trip_gone WHERE EXISTS"
+                    f" (SELECT 1 FROM {self.prefix}upgrade) ON CONFLICT DO NOTHING",
+                    (),
+                ))  # fmt: skip
+            gone = "(SELECT COUNT(*) FROM trip_gone)"
+            sets = (
+                f", closed = closed + {gone}, strays = CASE WHEN {gone} < %s THEN strays"
+                " || ARRAY(SELECT i.record_id FROM ins AS i WHERE i.trip_role = %s"
+                " AND i.trip_id NOT IN (SELECT trip_id FROM trip_gone)) ELSE strays END"
+            )
+            values = (len(batch.exited), TripRole.EXIT.value)
+        ctes = "".join(f", {name} AS ({self._sql(sql)})" for name, sql, _ in steps)
+        return ctes, tuple(v for _, _, p in steps for v in p), sets, values
 
     def _insert_sql(self, new: NewRows, returning: str) -> tuple[str, tuple[object, ...]]:
         # One statement over arrays instead of a row at a time: a single plan and a single

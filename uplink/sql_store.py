@@ -4,6 +4,7 @@ for byte, duplicates, conflicts (and their resolution), the prefix per queue epo
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ RECORD_COLUMNS = (
 )
 COLUMN_COUNT = len(RECORD_COLUMNS.split(","))
 # The store's schema version: SQLite's `user_version`, named in PostgreSQL's schema comment.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
 # Rows (or trip ids) per step of an upgrade, each a transaction of its own in PostgreSQL.
 UPGRADE_CHUNK = 5000
@@ -46,9 +47,6 @@ OPEN_NEW = (
     " ts_us = excluded.ts_us WHERE excluded.ts_us < o.ts_us OR (excluded.ts_us = o.ts_us"
     " AND excluded.record_id{bytewise} < o.record_id{bytewise})"
 )
-# The trip ledger over the trip columns, each a walk of the index `records_trip` with a probe
-# of it per row for the record of the trip's other end (parameters: the roles, in order).
-_OTHER_END = "SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=e.trip_id"
 # The open trips come from their own table, as big as the trips open now, not from the index,
 # which holds every entry and exit ever ingested. Each entry's record is read by its key in a
 # scalar subquery, which PostgreSQL runs per row: a join could be planned as a hash join over
@@ -77,13 +75,62 @@ REOPEN = (
     " WHERE x.trip_role=? AND x.trip_id=t.column1 LIMIT 1) IS NULL) AS w"
     " WHERE first_id IS NOT NULL"
 )
-CLOSED_TRIPS = (  # entry, exit
-    f"SELECT COUNT(DISTINCT e.trip_id) FROM {{records}} AS e WHERE e.trip_role=?"
-    f" AND EXISTS ({_OTHER_END})"
+# Whether an entry of the trip id t.{column} is held (NULL: none). Parameters: entry.
+NO_ENTRY = (
+    "(SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=t.{column} LIMIT 1) IS NULL"
 )
-UNMATCHED_EXITS = (  # exit, entry
-    f"SELECT e.record_id FROM {{records}} AS e WHERE e.trip_role=? AND NOT EXISTS ({_OTHER_END})"
+# The closed count and the unmatched exits are kept without a walk of every entry and exit,
+# and without work on a closed road's common path: each batch adds to its epoch's row the open
+# trips its exits closed (`closed`), and keeps its exits that closed none, its "strays" (an
+# exit before its entry, one whose pass no entry lane issued, a second exit). Every unmatched
+# exit is a stray with no entry; a trip closed by an entry that came after its exits (a "late"
+# entry) has only strays for exits. `lane trips` reads both from the strays alone (STRAYS).
+# An upgrade adds the trips closed before it to `trip_counts` (UpgradeJob.TALLY).
+CLOSED_COUNTS = (
+    "SELECT (SELECT COALESCE(SUM(closed), 0) FROM {epochs})"
+    " + (SELECT COALESCE(SUM(closed), 0) FROM {trip_counts})"
 )
+# Every stray with its trip id, whether an entry of that trip is held, and how many exits of
+# it are held (`{strays}`: the dialect's query of the strays' record ids, as `s`). Parameters:
+# entry, exit.
+STRAYS = (
+    "SELECT r.record_id, r.trip_id,"
+    " (SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=r.trip_id LIMIT 1),"
+    " (SELECT COUNT(*) FROM {records} AS y WHERE y.trip_role=? AND y.trip_id=r.trip_id)"
+    " FROM ({strays}) AS s JOIN {records} AS r ON r.record_id = s.record_id"
+)
+# The exits of some trip ids (`{ids}`, as REOPEN) whose trip has no entry, as strays (an
+# upgrade's, for the rows stored before strays were kept). Parameters: exit, the trip ids,
+# entry.
+OLD_STRAYS = (
+    "INSERT INTO {stray_exits} (record_id, trip_id) SELECT t.record_id, t.trip_id"
+    " FROM {records} AS t WHERE t.trip_role=? AND t.trip_id IN (VALUES {ids})"
+    f" AND {NO_ENTRY.replace('{column}', 'trip_id')} ON CONFLICT DO NOTHING"
+)
+# How many of some trip ids (`{ids}`) are closed (an entry and an exit held), counted by no
+# batch meanwhile (`counted`) and closed by an exit that was no stray (`{strays}` as in
+# STRAYS): an upgrade's tally of the trips closed before it. Parameters: the trip ids, entry,
+# exit, exit.
+TALLIED = (
+    "SELECT COUNT(*) FROM (VALUES {ids}) AS t"
+    " WHERE EXISTS (SELECT 1 FROM {records} AS e WHERE e.trip_role=? AND e.trip_id=t.column1)"
+    " AND EXISTS (SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=t.column1)"
+    " AND NOT EXISTS (SELECT 1 FROM {counted} AS c WHERE c.trip_id=t.column1)"
+    " AND EXISTS (SELECT 1 FROM {records} AS z WHERE z.trip_role=? AND z.trip_id=t.column1"
+    " AND z.record_id NOT IN ({strays}))"
+)
+# Which of some trip ids (`{ids}`) had an entry and no exit but those of a batch (`{batch}`:
+# the record ids of its exits, its entries of them having opened nothing): the trips it
+# closed. Parameters: the trip ids, entry, exit, the batch's exits.
+WERE_OPEN = (
+    "SELECT t.column1 FROM (VALUES {ids}) AS t"
+    " WHERE EXISTS (SELECT 1 FROM {records} AS e WHERE e.trip_role=? AND e.trip_id=t.column1)"
+    " AND NOT EXISTS (SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=t.column1"
+    " AND o.record_id NOT IN ({batch}))"
+)
+# How a batch's UPDATE of its epoch's row adds the trips it closed. Parameter: how many.
+ADD_CLOSED = "closed = closed + ?"
+TALLY_SOURCE = "upgrade"  # the row of `trip_counts` an upgrade's tally adds to
 ROLE_COUNT = "SELECT COUNT(*) FROM {records} WHERE trip_role=?"
 # Where the run of held seqs that follows on from a prefix ends, within the next ADVANCE_CHUNK
 # held seqs (NULL when the next one does not follow on): seqs are unique, so the n-th seq above
@@ -162,32 +209,37 @@ class BatchTrips:
     # Each trip's earliest entry in the batch (by time, then record id, as
     # uplink.trips._keep_first), but for the trips it exits.
     entries: list[FirstEntry]
+    exits: list[tuple[str, str]]  # its exits' record ids and trip ids
 
 
 def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
     """Pure: what `BatchTrips` says of `records`."""
-    exited: set[str] = set()
+    exits: list[tuple[str, str]] = []
     first: dict[str, tuple[int, str]] = {}  # trip id: its earliest entry's (time, record id)
     for r in records:
         mark = r.trip
         if mark is None or mark.trip_id is None:
             continue
         if mark.role == TripRole.EXIT:
-            exited.add(mark.trip_id)
+            exits.append((r.record_id, mark.trip_id))
         elif mark.role == TripRole.ENTRY:
             key = (r.ts_us, r.record_id)
             held = first.get(mark.trip_id)
             if held is None or key < held:
                 first[mark.trip_id] = key
+    exited = {trip for _, trip in exits}
     entries = [FirstEntry(t, rid, ts) for t, (ts, rid) in first.items() if t not in exited]
-    return BatchTrips(sorted(exited.union(first)), sorted(exited), entries)
+    return BatchTrips(sorted(exited.union(first)), sorted(exited), entries, exits)
 
 
 class UpgradeJob(StrEnum):
-    """What an upgraded store still has to fill from its rows, a chunk at a time."""
+    """What an upgraded store still has to fill from its rows, a chunk at a time, in this
+    order (each reads what the ones before it filled)."""
 
     MARK = "mark"  # the trip columns of rows stored before them (and their open trips)
     OPEN = "open"  # the open-trips table, from the trip columns of every entry
+    STRAYS = "strays"  # the strays of the exits stored before them: those with no entry
+    TALLY = "tally"  # the closed count of the trips closed before it (`counted`)
 
 
 def new_held(records: Sequence[IngestRecord]) -> tuple[Held, ...]:
@@ -211,9 +263,22 @@ class SqlIngestStore:
     lock_suffix = ""  # PostgreSQL: " FOR UPDATE" (SQLite's writers take turns anyway)
     prefix = ""  # PostgreSQL: "schema."
     bytewise = ""  # PostgreSQL: ' COLLATE "C"' (SQLite compares text byte by byte already)
+    # The record ids of every stray (STRAYS); PostgreSQL adds those its epochs' rows hold.
+    strays = "SELECT record_id FROM {stray_exits}"
+    # Whether an upgrade job may still be running beside this store (PostgreSQL: one was
+    # pending when it opened the schema; jobs are only made by the DDL of a newer release).
+    upgrade_seen = False
 
     def _sql(self, text: str) -> str:
-        for table in ("records", "epochs", "conflicts", "open_trips"):
+        for table in (
+            "records",
+            "epochs",
+            "conflicts",
+            "open_trips",
+            "stray_exits",
+            "trip_counts",
+            "counted",
+        ):
             text = text.replace("{" + table + "}", self.prefix + table)
         return text.replace("{bytewise}", self.bytewise).replace("?", self.param)
 
@@ -237,10 +302,13 @@ class SqlIngestStore:
         sql, params = self._closing(trips)
         db.cursor().execute(sql, params)
 
-    def _closing(self, trips: Collection[str]) -> tuple[str, tuple[object, ...]]:
-        """The DELETE of the open-trips rows of `trips`."""
+    def _closing(
+        self, trips: Collection[str], *, returning: bool = False
+    ) -> tuple[str, tuple[object, ...]]:
+        """The DELETE of the open-trips rows of `trips`; `returning`: it answers their ids."""
         marks = ", ".join("?" for _ in trips)
-        return self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id IN ({marks})"), (*trips,)
+        back = " RETURNING trip_id" if returning else ""
+        return self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id IN ({marks}){back}"), (*trips,)
 
     def _entry_rows(self, entries: Sequence[FirstEntry]) -> tuple[str, tuple[object, ...]]:
         """OPEN_NEW's `{rows}` for `entries`, and their parameters: a VALUES list here."""
@@ -249,27 +317,78 @@ class SqlIngestStore:
             v for e in entries for v in (e.trip_id, e.record_id, e.ts_us)
         )
 
-    def _trip_changes(self, batch: BatchTrips) -> list[tuple[str, tuple[object, ...]]]:
-        """The statements that keep the open trips after a batch every record of which was
-        inserted now, under its trip ids' locks: the same rows as `_refresh_trips` gives, for
-        less. The rows held are those of the records before the batch; each of its exits
-        closes its trip, and each of its first entries of a trip (`BatchTrips.entries`) opens it
-        unless an exit of it is held, or moves it to this entry if that is the earlier
-        (OPEN_NEW). Neither statement reads what the other writes (the trips of the entries
-        opened are not those closed), so they may run in either order, or as one."""
-        changes = []
+    def _add_trips(self, db: Session, batch: BatchTrips) -> int:
+        """Keep the open trips and the strays after a batch every record of which was
+        inserted now, under its trip ids' locks: the open-trips rows as `_refresh_trips` gives
+        them, for less; and say how many trips it closed. The rows held are those of the
+        records before the batch. Each of its first entries of a trip (`BatchTrips.entries`)
+        opens it unless an exit of it is held, or moves it to this entry if that is the earlier
+        (OPEN_NEW); each of its exits closes its trip if open (counted), else is a stray."""
         if batch.entries:
             rows, params = self._entry_rows(batch.entries)
-            changes.append(
-                (self._sql(OPEN_NEW.replace("{rows}", rows)), (*params, TripRole.EXIT.value))
+            db.cursor().execute(
+                self._sql(OPEN_NEW.replace("{rows}", rows)), (*params, TripRole.EXIT.value)
             )
-        if batch.exited:
-            changes.append(self._closing(batch.exited))
-        return changes
+        if not batch.exited:
+            return 0
+        gone = db.cursor()
+        # Which trips closed is read back only while an upgrade may run (to note them); else
+        # the count of rows deleted says whether every exit closed one, as in a closed road.
+        gone.execute(*self._closing(batch.exited, returning=self.upgrade_seen))
+        if self.upgrade_seen:
+            closed = {str(r[0]) for r in gone.fetchall()}
+            self._note_counted(db, closed)
+        elif gone.rowcount == len(batch.exited):
+            return len(batch.exited)
+        else:
+            closed = self._were_open(db, batch)
+        self._add_strays(db, [e for e in batch.exits if e[1] not in closed])
+        return len(closed)
 
-    def _add_trips(self, db: Session, batch: BatchTrips) -> None:
-        for sql, params in self._trip_changes(batch):
-            db.cursor().execute(sql, params)
+    def _were_open(self, db: Session, batch: BatchTrips) -> set[str]:
+        """Which trips the batch exits were open before it (every record of it inserted):
+        those with an entry and no exit but the batch's (WERE_OPEN)."""
+        ids = [r for r, _ in batch.exits]
+        sql = WERE_OPEN.replace("{ids}", ", ".join("(?)" for _ in batch.exited))
+        sql = sql.replace("{batch}", ", ".join("?" for _ in ids))
+        cur = db.cursor()
+        cur.execute(
+            self._sql(sql),
+            (*batch.exited, TripRole.ENTRY.value, TripRole.EXIT.value, *ids),
+        )
+        return {str(r[0]) for r in cur.fetchall()}
+
+    def _add_strays(self, db: Session, strays: Sequence[tuple[str, str]]) -> None:
+        if strays:
+            marks = ", ".join("(?, ?)" for _ in strays)
+            db.cursor().execute(
+                self._sql(f"INSERT INTO {{stray_exits}} (record_id, trip_id) VALUES {marks}"
+                          " ON CONFLICT DO NOTHING"),
+                tuple(v for e in strays for v in e),
+            )  # fmt: skip
+
+    def _note_counted(self, db: Session, closed: Collection[str]) -> None:
+        """While an upgrade runs, the trips a batch counted closed are noted, so its tally
+        (`UpgradeJob.TALLY`) does not count them again."""
+        if closed and self.upgrade_seen and self._upgrading(db.cursor()):
+            db.cursor().execute(
+                self._sql(
+                    f"INSERT INTO {{counted}} (trip_id) VALUES {', '.join('(?)' for _ in closed)}"
+                    " ON CONFLICT DO NOTHING"
+                ),
+                (*closed,),
+            )
+
+    def _open_among(self, db: Session, trips: Sequence[str]) -> set[str]:
+        """Which of `trips` are open now."""
+        if not trips:
+            return set()
+        cur = db.cursor()
+        marks = ", ".join("?" for _ in trips)
+        cur.execute(
+            self._sql(f"SELECT trip_id FROM {{open_trips}} WHERE trip_id IN ({marks})"), (*trips,)
+        )
+        return {str(r[0]) for r in cur.fetchall()}
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
@@ -320,16 +439,16 @@ class SqlIngestStore:
         epoch = queue.epoch
         first, last = records[0].seq, records[-1].seq
         move_on = q(
-            f"UPDATE {{epochs}} SET {MOVE_ON} WHERE lane=? AND epoch=?"
+            f"UPDATE {{epochs}} SET {MOVE_ON}, {ADD_CLOSED} WHERE lane=? AND epoch=?"
             " RETURNING contiguous, max_seq, EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
         )
-        args = (*move_on_args(first, last), lane, epoch, lane)
         held = new_held(records)
         trips = batch_trips(records)
         with self._batch() as db:
             self._lock_trips(db, trips.trips)
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
-            self._add_trips(db, trips)  # every record is inserted (or RowTakenError)
+            closed = self._add_trips(db, trips)  # every record is inserted (or RowTakenError)
+            args = (*move_on_args(first, last), closed, lane, epoch, lane)
             moved = db.cursor()
             moved.execute(move_on, args)
             row = moved.fetchone()
@@ -387,9 +506,11 @@ class SqlIngestStore:
             "SELECT contiguous, max_seq, EXISTS (SELECT 1 FROM {conflicts} WHERE lane=?)"
             " FROM {epochs} WHERE lane=? AND epoch=?" + self.lock_suffix
         )
-        trips = batch_trips(records).trips
+        marked = batch_trips(records)
+        trips = marked.trips
         with self._batch() as db:
             self._lock_trips(db, trips)
+            was_open = self._open_among(db, marked.exited)
             locked = db.cursor()
             locked.execute(lock_sql, (lane, lane, epoch))
             row = locked.fetchone()
@@ -403,6 +524,12 @@ class SqlIngestStore:
             inserted = self._insert(db, NewRows(lane, epoch, records, now_us), careful=True)
             self._refresh_trips(db, trips)
             fresh = inserted()
+            # Its exits inserted now close their trips that were open, or are strays.
+            ids = {r.record_id for r in records if r.seq in fresh}
+            exits = [e for e in marked.exits if e[0] in ids]
+            closed = {t for _, t in exits if t in was_open}
+            self._add_strays(db, [e for e in exits if e[1] not in was_open])
+            self._note_counted(db, closed)
             by_id, by_seq = self._held_rows(
                 db, lane, epoch, [r for r in records if r.seq not in fresh]
             )
@@ -422,9 +549,10 @@ class SqlIngestStore:
                 contiguous = self._advance(db.cursor(), lane, epoch, contiguous)
             max_seq = max(held_max, queue.base, *present)
             db.cursor().execute(
-                q("UPDATE {epochs} SET contiguous=?, max_seq=? WHERE lane=? AND epoch=?"),
-                (contiguous, max_seq, lane, epoch),
-            )
+                q(f"UPDATE {{epochs}} SET contiguous=?, max_seq=?, {ADD_CLOSED}"
+                  " WHERE lane=? AND epoch=?"),
+                (contiguous, max_seq, len(closed), lane, epoch),
+            )  # fmt: skip
         return StoreResult(
             held=tuple(held),
             inserted=len(fresh),
@@ -582,21 +710,28 @@ class SqlIngestStore:
             return [bytes(r[0]) for r in cur.fetchall()]
 
     def trip_rows(self, entered_before_us: int) -> TripRows:
-        """The trip ledger's figures, no record decoded: the open trips' entries (their
-        bytes) from the open-trips table, the rest from the `trip_role`/`trip_id` columns and
-        their index (uplink.trips)."""
+        """The trip ledger's figures, no record decoded and none of them a walk of every
+        entry or exit: the open trips' entries (their bytes) from the open-trips table, the
+        closed count from the counts kept beside (CLOSED_COUNTS) and the strays (STRAYS), the
+        unreadable count from the trip index (uplink.trips)."""
         entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
         q = self._sql
         with self._snapshot() as cur:
             cur.execute(q(OPEN_ENTRIES), (entered_before_us,))
             open_entries = [bytes(r[0]) for r in cur.fetchall()]
-            cur.execute(q(CLOSED_TRIPS), (entry, exit_))
+            cur.execute(q(CLOSED_COUNTS))
             closed = int(cur.fetchone()[0])
-            cur.execute(q(UNMATCHED_EXITS), (exit_, entry))
-            unmatched = [str(r[0]) for r in cur.fetchall()]
+            cur.execute(q(STRAYS.replace("{strays}", self.strays)), (entry, exit_))
+            strays = [(str(rid), str(t), entered is not None, int(n))
+                      for rid, t, entered, n in cur.fetchall()]  # fmt: skip
             cur.execute(q(ROLE_COUNT), (TripRole.UNREADABLE.value,))
             unreadable = int(cur.fetchone()[0])
             upgrading = self._upgrading(cur)
+        unmatched = [rid for rid, _, entered, _ in strays if not entered]
+        # A trip closed by a late entry: an entry, and every exit of it a stray.
+        of_trip = Counter(t for _, t, entered, _ in strays if entered)
+        exits = {t: n for _, t, entered, n in strays if entered}
+        closed += sum(1 for t, n in of_trip.items() if n == exits[t])
         return TripRows(open_entries, closed, unmatched, unreadable, upgrading)
 
     def upgrade_pending(self) -> bool:
@@ -617,11 +752,16 @@ class SqlIngestStore:
         `chunk` rows (by record id) from their bytes (a record that does not decode is marked
         unreadable); OPEN takes the next `chunk` trip ids with an entry. Either way the
         open-trips rows of the trip ids met are then refreshed under their locks, so batches
-        ingested meanwhile and the job agree whichever commits first."""
+        ingested meanwhile and the job agree whichever commits first. STRAYS takes the next
+        trip ids with an exit and keeps as strays their exits whose trip has no entry; TALLY
+        the next trip ids with an entry, and adds to the closed count those closed that no
+        batch counted meanwhile (`counted`, which it empties when it is done) and that the
+        strays do not account for."""
         q = self._sql
         read = db.cursor()
         past = "" if after is None else " AND {key} > ?"
         params: tuple[object, ...] = () if after is None else (after,)
+        entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
         if job == UpgradeJob.MARK:
             read.execute(
                 q("SELECT record_id, data FROM {records} WHERE TRUE" + past.format(key="record_id")
@@ -638,15 +778,34 @@ class SqlIngestStore:
                     q("UPDATE {records} SET trip_role=?, trip_id=? WHERE record_id=?"), marks
                 )
         else:
+            role = exit_ if job == UpgradeJob.STRAYS else entry
             read.execute(
                 q("SELECT DISTINCT trip_id FROM {records} WHERE trip_role=?"
                   + past.format(key="trip_id") + " ORDER BY trip_id LIMIT ?"),
-                (TripRole.ENTRY.value, *params, chunk),
+                (role, *params, chunk),
             )  # fmt: skip
             trips = keys = [str(r[0]) for r in read.fetchall()]
             self._lock_trips(db, trips)
-        self._refresh_trips(db, trips)
-        return keys[-1] if len(keys) == chunk else None
+        reached = keys[-1] if len(keys) == chunk else None
+        ids = ", ".join("(?)" for _ in trips)
+        if job in (UpgradeJob.MARK, UpgradeJob.OPEN):
+            self._refresh_trips(db, trips)
+        elif job == UpgradeJob.STRAYS and trips:
+            db.cursor().execute(q(OLD_STRAYS.replace("{ids}", ids)), (exit_, *trips, entry))
+        elif job == UpgradeJob.TALLY:
+            found = 0
+            if trips:
+                cur = db.cursor()
+                sql = TALLIED.replace("{ids}", ids).replace("{strays}", self.strays)
+                cur.execute(q(sql), (*trips, entry, exit_, exit_))
+                found = int(cur.fetchone()[0])
+            db.cursor().execute(
+                q("UPDATE {trip_counts} SET closed = closed + ? WHERE source = ?"),
+                (found, TALLY_SOURCE),
+            )
+            if reached is None:
+                db.cursor().execute(q("DELETE FROM {counted}"))
+        return reached
 
     def lanes(self) -> list[str]:
         with self._reader() as cur:

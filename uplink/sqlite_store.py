@@ -1,12 +1,14 @@
 """The default back-office store: one SQLite file (WAL, synchronous=FULL: an ack always follows a
 durable commit). Several workers (threads or processes) may share the file; writers take turns.
 
-Schema version 4 keys seqs by queue epoch, keeps conflicts, each record's part in the trip
-ledger (`trip_role`, `trip_id`, indexed: uplink.trips) and the trips open now (`open_trips`).
-An older file is migrated in place on open, in one transaction: version 1 (seqs per lane, no
-epochs) gets its records under the empty epoch `""`; the trip columns of the rows of a version
-1 or 2 file are filled from their bytes; `open_trips` is filled from the trip columns. A file
-of a newer version is refused untouched.
+Schema version 5 keys seqs by queue epoch, keeps conflicts, each record's part in the trip
+ledger (`trip_role`, `trip_id`, indexed: uplink.trips), the trips open now (`open_trips`), and
+the closed count and the exits that closed no trip (`epochs.closed`, `trip_counts`,
+`stray_exits`: uplink.sql_store.CLOSED_COUNTS). An older file is migrated in place on open, in
+one transaction: version 1 (seqs per lane, no epochs) gets its records under the empty epoch
+`""`; the trip columns of the rows of a version 1 or 2 file are filled from their bytes;
+`open_trips`, the strays and the closed count are filled from the trip columns. A file of a
+newer version is refused untouched.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from uplink.sql_store import (
     SCHEMA_VERSION,
+    TALLY_SOURCE,
     UPGRADE_CHUNK,
     Cursor,
     RowTakenError,
@@ -81,13 +84,25 @@ FROM_V2 = (
     "ALTER TABLE records ADD COLUMN trip_id TEXT",
     TRIP_INDEX,
 )
+# Version 4 -> 5: the closed count (each epoch's, and an upgrade's tally of the trips closed
+# before it) and the strays (uplink.sql_store.CLOSED_COUNTS); `counted` is an upgrade's
+# scratch table (uplink.sql_store.UpgradeJob.TALLY).
+TO_V5 = (
+    "ALTER TABLE epochs ADD COLUMN closed INTEGER NOT NULL DEFAULT 0",
+    "CREATE TABLE stray_exits (record_id TEXT PRIMARY KEY, trip_id TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE trip_counts (source TEXT PRIMARY KEY, closed INTEGER NOT NULL)",
+    f"INSERT INTO trip_counts VALUES ('{TALLY_SOURCE}', 0)",
+    "CREATE TABLE counted (trip_id TEXT PRIMARY KEY) WITHOUT ROWID",
+)
+KEPT = (UpgradeJob.STRAYS, UpgradeJob.TALLY)
 # Each version's statements up to the current one, and what is then filled from the rows.
-MIGRATIONS: dict[int, tuple[tuple[str, ...], UpgradeJob | None]] = {
-    0: ((RECORDS, EPOCHS, CONFLICTS, TRIP_INDEX, OPEN_TRIPS), None),
-    1: ((*FROM_V1, OPEN_TRIPS), UpgradeJob.MARK),
-    2: ((*FROM_V2, OPEN_TRIPS), UpgradeJob.MARK),
-    3: ((OPEN_TRIPS,), UpgradeJob.OPEN),
-    SCHEMA_VERSION: ((), None),
+MIGRATIONS: dict[int, tuple[tuple[str, ...], tuple[UpgradeJob, ...]]] = {
+    0: ((RECORDS, EPOCHS, CONFLICTS, TRIP_INDEX, OPEN_TRIPS, *TO_V5), ()),
+    1: ((*FROM_V1, OPEN_TRIPS, *TO_V5), (UpgradeJob.MARK, *KEPT)),
+    2: ((*FROM_V2, OPEN_TRIPS, *TO_V5), (UpgradeJob.MARK, *KEPT)),
+    3: ((OPEN_TRIPS, *TO_V5), (UpgradeJob.OPEN, *KEPT)),
+    4: (TO_V5, KEPT),
+    SCHEMA_VERSION: ((), ()),
 }
 
 
@@ -123,13 +138,14 @@ class SqliteIngestStore(SqlIngestStore):
 
     def _create_or_migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        steps, job = MIGRATIONS[version]
+        steps, jobs = MIGRATIONS[version]
         for stmt in steps:
             self._db.execute(stmt)
-        if job is not None:
+        for job in jobs:
             after: str | None = None
             while (after := self._upgrade_step(self._db, job, after, UPGRADE_CHUNK)) is not None:
                 pass
+        if jobs:
             opened = int(self._db.execute("SELECT COUNT(*) FROM open_trips").fetchone()[0])
             log.info(
                 "ingest store upgraded",

@@ -306,18 +306,18 @@ def check_trips_after_upgrade(store: IngestStore) -> None:
     assert open_trips(store) == replace(INGEST_V2_LEDGER, open_trips=(), closed=3)
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_an_old_ingest_store_gets_its_trip_columns_and_open_trips_filled(
     version: int, tmp_path: Path
 ) -> None:
     """Version 2: the trip columns from the records' bytes, then the open trips; version 3:
-    the open trips from the trip columns."""
+    the open trips from the trip columns; all three: the strays and the closed count."""
     path = tmp_path / "ingest.sqlite"
     shutil.copy(FIXTURES / f"ingest_v{version}.sqlite", path)
     assert user_version(path) == version
     store = SqliteIngestStore(path)
     try:
-        assert user_version(path) == INGEST_SCHEMA_VERSION == 4
+        assert user_version(path) == INGEST_SCHEMA_VERSION == 5
         check_trips_after_upgrade(store)
     finally:
         store.close()
@@ -337,7 +337,16 @@ INGEST_V3_PG = (
     " WHERE trip_role IS NOT NULL",
     "COMMENT ON SCHEMA lane_ingest IS 'lane ingest schema 0123456789abcdef'",
 )
-OLD_PG = {2: INGEST_V2_PG, 3: INGEST_V3_PG}
+# The version-4 release's additions to them (its DDL, spelled out): the open trips, and the
+# upgrade jobs' table; its `open_trips` is filled as its ingest kept it (`old_pg_schema`).
+INGEST_V4_PG = (
+    *INGEST_V3_PG,
+    "CREATE TABLE lane_ingest.open_trips (trip_id TEXT PRIMARY KEY, record_id TEXT NOT NULL,"
+    " ts_us BIGINT NOT NULL)",
+    "CREATE TABLE lane_ingest.upgrade (job TEXT PRIMARY KEY, after TEXT)",
+    "COMMENT ON SCHEMA lane_ingest IS 'lane ingest schema v4 0123456789abcdef'",
+)
+OLD_PG = {2: INGEST_V2_PG, 3: INGEST_V3_PG, 4: INGEST_V4_PG}
 
 
 def old_pg_schema(pg_dsn: str, version: int, rows: Sequence[Sequence[object]]) -> None:
@@ -348,9 +357,17 @@ def old_pg_schema(pg_dsn: str, version: int, rows: Sequence[Sequence[object]]) -
         with conn.cursor() as cur:
             marks = ", ".join(["%s"] * len(rows[0]))
             cur.executemany(f"INSERT INTO lane_ingest.records VALUES ({marks})", rows)
+        if version >= 4:  # each trip with an entry and no exit, at its earliest entry
+            conn.execute(
+                "INSERT INTO lane_ingest.open_trips SELECT DISTINCT ON (trip_id) trip_id,"
+                " record_id, ts_us FROM lane_ingest.records AS e WHERE trip_role = 'entry'"
+                " AND NOT EXISTS (SELECT 1 FROM lane_ingest.records AS x WHERE"
+                " x.trip_role = 'exit' AND x.trip_id = e.trip_id)"
+                ' ORDER BY trip_id, ts_us, record_id COLLATE "C"'
+            )
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_an_old_postgres_ingest_schema_gets_its_trip_columns_and_open_trips_filled(
     version: int, pg_dsn: str, tmp_path: Path
 ) -> None:
@@ -394,7 +411,7 @@ class CrashError(Exception):
 
 def many_old_rows(version: int) -> tuple[list[tuple[object, ...]], list[Record]]:
     """40 passes entered, every other one exited, and tolls between: the rows as the release
-    of `version` stored them (version 3: with the trip columns as it marked them)."""
+    of `version` stored them (version 3 on: with the trip columns as it marked them)."""
     records: list[Record] = []
     seqs = {"P01/e1": 0, "P03/x1": 0}
     for i in range(40):
@@ -407,13 +424,24 @@ def many_old_rows(version: int) -> tuple[list[tuple[object, ...]], list[Record]]
     rows = []
     for r in records:
         row = IngestRecord.of(r, r.encode())
-        marks = trip_columns(row.trip) if version == 3 else ()
+        marks = trip_columns(row.trip) if version >= 3 else ()
         rows.append((r.record_id, r.lane, "", r.seq, r.ts_us, row.kind, 0, "CNY", row.data, 1,
                      *marks))  # fmt: skip
     return rows, records
 
 
-@pytest.mark.parametrize("version", [2, 3])
+# The jobs an upgrade from each version runs, and the chunks of 8 each takes over
+# `many_old_rows` and the batch stored meanwhile: MARK goes over 83 rows, OPEN and TALLY over
+# 41 trip ids with an entry, STRAYS over 22 with an exit, and one more chunk finds the end
+# where a chunk is full.
+UPGRADE_CHUNKS = {
+    2: ((UpgradeJob.MARK, 11), (UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6)),
+    3: ((UpgradeJob.OPEN, 6), (UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6)),
+    4: ((UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6)),
+}
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_crash(
     version: int, pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -421,8 +449,10 @@ def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_cra
     a batch without waiting for the rest of the run (an exit of a pass whose entry is not
     marked yet, a new entry); the upgrading worker dies after its first chunk, and the next
     store to open the schema goes on from that chunk, not from the start. The open trips are
-    then the pure ledger's over every record, those of the batch included. Meanwhile
-    `lane trips` says its answer is not whole (on stderr, and in the JSON); then it is."""
+    then the pure ledger's over every record, those of the batch included: the open trips,
+    the unmatched exits and the closed count (the batch closed a trip, which the tally does
+    not count again). Meanwhile `lane trips` says its answer is not whole (on stderr, and in
+    the JSON); then it is."""
     rows, records = many_old_rows(version)
     old_pg_schema(pg_dsn, version, rows)
     chunks: list[str | None] = []
@@ -444,7 +474,8 @@ def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_cra
         raise CrashError
 
     during = []
-    for seq, (kind, trip) in enumerate((("exit", "pass30"), ("entry", "new01")), start=1):
+    made = (("exit", "pass30"), ("entry", "new01"), ("exit", "nowhere"))
+    for seq, (kind, trip) in enumerate(made, start=1):
         draft = RecordDraft(kind, "veh-d", 1, 0, "CNY", "token", None, AuthInfo("none"),
                             entry_plaza="P01", pass_id=trip)  # fmt: skip
         record = Record(f"r-during-{seq}", "P03/x2", seq, FIXTURE_TS0 + 100 + seq, draft)
@@ -454,25 +485,89 @@ def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_cra
         PostgresIngestStore(pg_dsn, upgrade_chunk=8, after_chunk=crash_after_the_first)
     with psycopg.connect(pg_dsn) as conn:
         left = conn.execute("SELECT job, after FROM lane_ingest.upgrade").fetchall()
-    job = UpgradeJob.MARK if version == 2 else UpgradeJob.OPEN
-    assert left == [(job.value, chunks[0])] and chunks[0] is not None
-    resumed: list[str | None] = []
+    jobs = UPGRADE_CHUNKS[version]
+    first = jobs[0][0]
+    assert sorted(left) == sorted(
+        [(first.value, chunks[0])] + [(j.value, None) for j, _ in jobs[1:]]
+    )
+    assert chunks[0] is not None
+    resumed: list[tuple[UpgradeJob, str | None]] = []
     store = PostgresIngestStore(
-        pg_dsn, upgrade_chunk=8, after_chunk=lambda _, at: resumed.append(at)
+        pg_dsn, upgrade_chunk=8, after_chunk=lambda job, at: resumed.append((job, at))
     )
     try:
-        # MARK goes over 80 rows, OPEN over 40 trip ids, 8 a chunk, and one more chunk finds
-        # the end (the batch's keys sort before the first chunk's end): after the first one,
-        # 10 or 5 chunks, where starting again would take 11 or 6.
-        assert resumed[0] != chunks[0] and len(resumed) == (10 if version == 2 else 5)
-        assert resumed[-1] is None
+        # The first job goes on after its first chunk, where starting again would take one
+        # more; then each job in turn, to its end.
+        assert resumed[0] != (first, chunks[0])
+        ran = [(j, sum(1 for job, _ in resumed if job == j)) for j, _ in jobs]
+        assert ran == [(first, jobs[0][1] - 1), *jobs[1:]]
+        assert [job for job, _ in resumed] == sorted(
+            (job for job, _ in resumed), key=list(UpgradeJob).index
+        )
+        assert resumed[-1] == (UpgradeJob.TALLY, None)
         pure = trip_ledger(r.encode() for r in records)
+        assert pure.closed == 21 and pure.unmatched_exits == ("r-during-3",)
         assert open_trips(store) == pure
         assert len(pure.open_trips) == 20  # passes 0, 2, ..., 38 but 30, and new01
     finally:
         store.close()
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM lane_ingest.upgrade").fetchone() == (0,)
+
+
+def test_a_postgres_tally_counts_each_closed_trip_once_whatever_closes_meanwhile(
+    pg_dsn: str,
+) -> None:
+    """The upgrade's tally goes over the trip ids a chunk at a time while workers close trips:
+    one it has counted past (pass02), one it has not reached (pass36), each closed by a batch
+    that counts it too, a second exit of a trip closed before (pass01) and an entry matching
+    an exit the upgrade made unmatched (pass41). Each closed trip is counted once: without the
+    trips the batches noted, pass36 would be counted by its batch and by the tally."""
+    rows, records = many_old_rows(4)
+    old_pg_schema(pg_dsn, 4, rows)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        late = Record("r-exit-41", "P03/x1", 99, FIXTURE_TS0 + 99, replace(
+            records[1].draft, kind="exit", pass_id="pass41"))  # fmt: skip
+        row = IngestRecord.of(late, late.encode())
+        conn.execute(
+            "INSERT INTO lane_ingest.records VALUES (%s, %s, '', %s, %s, 'exit', 0, 'CNY', %s,"
+            " 1, 'exit', 'pass41')",
+            (late.record_id, late.lane, late.seq, late.ts_us, row.data),
+        )
+        records.append(late)
+    during = []
+    made = (("exit", "pass02"), ("exit", "pass36"), ("exit", "pass01"), ("entry", "pass41"))
+    for seq, (kind, trip) in enumerate(made, start=1):
+        draft = RecordDraft(kind, "veh-d", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            entry_plaza="P01", pass_id=trip)  # fmt: skip
+        record = Record(f"r-during-{seq}", "P03/x2", seq, FIXTURE_TS0 + 100 + seq, draft)
+        records.append(record)
+        during.append(IngestRecord.of(record, record.encode()))
+
+    def crash_in_the_tally(job: UpgradeJob, reached: str | None) -> None:
+        if job == UpgradeJob.TALLY:
+            assert reached == "pass07"  # counted past pass02, not yet at pass36
+            raise CrashError
+
+    with pytest.raises(CrashError):
+        PostgresIngestStore(pg_dsn, upgrade_chunk=8, after_chunk=crash_in_the_tally)
+    with psycopg.connect(pg_dsn) as other:  # a worker in the middle of the tally's next chunk
+        other.execute("SELECT * FROM lane_ingest.upgrade FOR UPDATE")
+        worker = PostgresIngestStore(pg_dsn)
+        try:
+            worker.store_batch("P03/x2", QueueIdentity("during"), during[:1], 1)
+            worker.store_batch("P03/x2", QueueIdentity("during"), during[1:], 1)  # seen epoch
+        finally:
+            worker.close()
+    store = PostgresIngestStore(pg_dsn, upgrade_chunk=8)
+    try:
+        pure = trip_ledger(r.encode() for r in records)
+        assert pure.closed == 23 and pure.unmatched_exits == ()
+        assert open_trips(store) == pure
+    finally:
+        store.close()
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM lane_ingest.counted").fetchone() == (0,)
 
 
 def index_build(dsn: str) -> int:

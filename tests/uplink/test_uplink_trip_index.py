@@ -28,14 +28,16 @@ from uplink.messages import QueueIdentity
 from uplink.pg import PostgresIngestStore, trip_lock_keys
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.sql_store import (
-    CLOSED_TRIPS,
+    CLOSED_COUNTS,
     COLUMN_COUNT,
+    OLD_STRAYS,
     OPEN_ENTRIES,
     OPEN_NEW,
     RECORD_COLUMNS,
     REOPEN,
     ROLE_COUNT,
-    UNMATCHED_EXITS,
+    STRAYS,
+    TALLIED,
     NewRows,
 )
 from uplink.sqlite_store import SqliteIngestStore
@@ -116,8 +118,8 @@ def test_the_indexed_ledger_is_the_pure_ledger_over_every_record(
     @settings(max_examples=60, deadline=None, database=None)
     @given(data=st.data(), rows=stored_records(), cutoff=st.integers(0, 5))
     def check(data: st.DataObject, rows: list[IngestRecord], cutoff: int) -> None:
-        beside(store, "DELETE FROM {t}records", [()])
-        beside(store, "DELETE FROM {t}open_trips", [()])
+        for table in ("records", "open_trips", "stray_exits", "epochs"):
+            beside(store, f"DELETE FROM {{t}}{table}", [()])
         epoch = QueueIdentity(uuid.uuid4().hex)
         batches = data.draw(arrivals(rows))
         for batch in batches:
@@ -285,7 +287,7 @@ def open_table(store: IngestStore) -> int:
 
 def sqlite_plan(path: Path, sql: str, params: tuple[object, ...]) -> list[str]:
     """The table reads (SCAN, SEARCH) of SQLite's plan for one of the store's statements."""
-    for table in ("records", "open_trips"):
+    for table in ("records", "open_trips", "stray_exits", "epochs", "trip_counts", "counted"):
         sql = sql.replace("{" + table + "}", table)
     db = sqlite3.connect(path)
     try:
@@ -296,26 +298,44 @@ def sqlite_plan(path: Path, sql: str, params: tuple[object, ...]) -> list[str]:
 
 
 def test_the_ledgers_queries_walk_the_trip_index(tmp_path: Path) -> None:
-    """Not one of them reads the whole table: each searches the index for one role and probes
-    it for the trip's other end; the open trips of a batch go over its trip ids, probing the
-    index for each."""
+    """Not one of them reads the whole table: the open trips of a batch or an upgrade's chunk,
+    its strays and its tally go over its trip ids, probing the index for each; the unreadable
+    count searches it for its role."""
     SqliteIngestStore(tmp_path / "ingest.sqlite").close()
-    reopen = REOPEN.replace("{ids}", "(?), (?)").replace("{bytewise}", "")
+    ids = "(?), (?)"
+    strays = SqliteIngestStore.strays
     for sql, params in (
-        (CLOSED_TRIPS, ("entry", "exit")),
-        (UNMATCHED_EXITS, ("exit", "entry")),
         (ROLE_COUNT, ("unreadable",)),
-        (reopen, ("entry", "entry", "p1", "p2", "exit")),
-        (
-            OPEN_NEW.replace("{rows}", "(VALUES (?, ?, ?)) AS t").replace("{bytewise}", ""),
-            ("p1", "r", 1, "exit"),
-        ),
-    ):
-        reads = sqlite_plan(tmp_path / "ingest.sqlite", sql, params)
-        # The trip ids given (VALUES, as `t`) are scanned; every read of `records` searches.
-        of_records = [s for s in reads if "CONSTANT ROW" not in s and s != "SCAN t"]
+        (REOPEN.replace("{ids}", ids), ("entry", "entry", "p1", "p2", "exit")),
+        (OPEN_NEW.replace("{rows}", "(VALUES (?, ?, ?)) AS t"), ("p1", "r", 1, "exit")),
+        (OLD_STRAYS.replace("{ids}", ids), ("exit", "p1", "p2", "entry")),
+        (TALLIED.replace("{ids}", ids).replace("{strays}", strays),
+         ("p1", "p2", "entry", "exit", "exit")),
+    ):  # fmt: skip
+        reads = sqlite_plan(tmp_path / "ingest.sqlite", sql.replace("{bytewise}", ""), params)
+        # The trip ids given (VALUES) are scanned, the strays' own table and the trips an
+        # upgrade's batches counted searched; every read of `records` searches its index.
+        of_records = [
+            s for s in reads
+            if "CONSTANT ROW" not in s and not s.startswith(("SCAN t", "SCAN stray_exits"))
+            and not s.startswith("SEARCH c USING PRIMARY KEY")
+        ]  # fmt: skip
         assert of_records and all("INDEX records_trip" in s for s in of_records), reads
         assert all(s.startswith("SEARCH") for s in of_records), reads
+
+
+def test_the_closed_count_and_the_unmatched_exits_walk_no_trip(tmp_path: Path) -> None:
+    """`lane trips`' closed count sums the counts kept beside (a row per queue epoch, one per
+    upgrade), and reads the strays, each record by its key and probing the index for its
+    trip: as big as the exits that closed no trip, whatever the road's history."""
+    SqliteIngestStore(tmp_path / "ingest.sqlite").close()
+    assert all(
+        " records" not in s for s in sqlite_plan(tmp_path / "ingest.sqlite", CLOSED_COUNTS, ())
+    )
+    sql = STRAYS.replace("{strays}", SqliteIngestStore.strays)
+    reads = sqlite_plan(tmp_path / "ingest.sqlite", sql, ("entry", "exit"))
+    assert reads[0].startswith("SCAN stray_exits"), reads
+    assert all(s.startswith("SEARCH") for s in reads[1:]), reads
 
 
 def test_the_open_trips_come_from_their_own_table(tmp_path: Path) -> None:
