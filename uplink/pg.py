@@ -599,6 +599,9 @@ class PostgresIngestStore(SqlIngestStore):
     def _snapshot(self) -> Iterator[Cursor]:
         with self._transaction() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            # Its reads probe by key; the planner, guessing the size of tables it has no
+            # statistics of yet (the strays'), would compile them (JIT) for longer than they run.
+            cur.execute("SET LOCAL jit = off")
             yield cur
 
     def drop(self) -> None:

@@ -91,13 +91,15 @@ CLOSED_COUNTS = (
     " + (SELECT COALESCE(SUM(closed), 0) FROM {trip_counts})"
 )
 # Every stray with its trip id, whether an entry of that trip is held, and how many exits of
-# it are held (`{strays}`: the dialect's query of the strays' record ids, as `s`). Parameters:
-# entry, exit.
+# it are held (`{strays}`: the dialect's query of the strays' record ids). Each record is read
+# by its key in a scalar subquery, never a join: while the table's statistics are young
+# PostgreSQL would plan one as a hash join over all of `records`. Parameters: entry, exit.
 STRAYS = (
-    "SELECT r.record_id, r.trip_id,"
-    " (SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=r.trip_id LIMIT 1),"
-    " (SELECT COUNT(*) FROM {records} AS y WHERE y.trip_role=? AND y.trip_id=r.trip_id)"
-    " FROM ({strays}) AS s JOIN {records} AS r ON r.record_id = s.record_id"
+    "SELECT w.record_id, w.trip_id,"
+    " (SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=w.trip_id LIMIT 1),"
+    " (SELECT COUNT(*) FROM {records} AS y WHERE y.trip_role=? AND y.trip_id=w.trip_id)"
+    " FROM (SELECT s.record_id, (SELECT r.trip_id FROM {records} AS r"
+    " WHERE r.record_id = s.record_id) AS trip_id FROM ({strays}) AS s) AS w"
 )
 # The exits of some trip ids (`{ids}`, as REOPEN) whose trip has no entry, as strays (an
 # upgrade's, for the rows stored before strays were kept). Parameters: exit, the trip ids,
