@@ -9,11 +9,12 @@ pass shown at two entry lanes) are one trip, entered at the earlier of them.
 
 `trip_mark` says what one record is to the ledger and `trip_ledger` is the ledger of a set of
 encoded records, both pure. The back office does not decode its records to answer: the store
-keeps each record's mark in columns filled at ingest (`trip_role`, `trip_id`, indexed) and a
-table of the trips open now, kept in the same transactions; `open_trips` asks it for the
-entries of open trips (from that table), the closed count, the unmatched exits and the
-unreadable count in SQL (`TripIndex.trip_rows`, shared by SQLite and PostgreSQL), decoding only
-the open trips' entries. For the same records the answer is `trip_ledger`'s, whatever order
+keeps each record's mark in columns filled at ingest (`trip_role`, `trip_id`, indexed), a
+table of the trips open now, the count of trips closed and the exits that closed none, kept in
+the same transactions; `open_trips` asks it for the entries of open trips (from that table),
+the closed count, the unmatched exits and the unreadable count in SQL (`TripIndex.trip_rows`,
+shared by SQLite and PostgreSQL, none of it a walk of every entry and exit), decoding only the
+open trips' entries. For the same records the answer is `trip_ledger`'s, whatever order
 they arrived in: an exit ingested before its entry closes the trip when the entry comes.
 
 The back office answers from what it has ingested, so a trip is "open" until the exit lane's
