@@ -25,7 +25,7 @@ from polling import eventually
 from uplink_kit import beside
 
 from uplink.messages import QueueIdentity
-from uplink.pg import PostgresIngestStore, trip_lock_keys
+from uplink.pg import TRIP_LOCK_BUCKETS, PostgresIngestStore, trip_lock_keys
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.sql_store import (
     CLOSED_TRIPS,
@@ -161,9 +161,11 @@ def test_the_open_trips_table_follows_arrivals_and_ignores_replays(
 
     later = batch("P01/e1", "entry", "p1", 5)
     assert send(later) == [("p1", "P01/e1-1")]
+    # A lane's later batches take PostgreSQL's one statement (an epoch the worker has seen).
+    assert send(batch("P02/e1", "toll", "p1", 1)) == [("p1", "P01/e1-1")]
     earlier = batch("P02/e1", "entry", "p1", 3)
-    assert send(earlier) == [("p1", "P02/e1-1")]  # the pass entered at the earlier entry
-    assert send(later) == [("p1", "P02/e1-1")]
+    assert send(earlier) == [("p1", "P02/e1-2")]  # the pass entered at the earlier entry
+    assert send(later) == [("p1", "P02/e1-2")]
     out = batch("P03/x1", "exit", "p1", 9)
     assert send(out) == []
     for again in (later, earlier, out):
@@ -251,6 +253,45 @@ async def test_postgres_a_trip_batch_holds_its_trip_locks_to_its_commit(pg_dsn: 
             await storing
             assert peer.execute(taken, (keys[0], keys[1][0])).fetchone() == (True,)
         assert store.count("P01/e1") == 2 and open_table(store) == 1
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", ["entry", "exit"])
+async def test_postgres_a_batch_of_5000_trips_holds_a_bounded_number_of_locks(
+    pg_dsn: str, kind: str
+) -> None:
+    """A batch naming 5,000 trip ids (the largest an uplink sends) holds at most
+    TRIP_LOCK_BUCKETS advisory locks while it runs, counted in pg_locks from another
+    connection while the batch waits on its epoch's row: not one per trip id, which would
+    take most of PostgreSQL's default shared lock table (6,400) for one transaction."""
+    store = PostgresIngestStore(pg_dsn)
+    records = []
+    for seq in range(1, 5002):
+        kind_of = "toll" if seq == 1 else kind
+        draft = RecordDraft(kind_of, "v", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            pass_id=f"pass-{seq}")  # fmt: skip
+        record = Record(f"r-{seq}", "P01/e1", seq, T0, draft)
+        records.append(IngestRecord.of(record, record.encode()))
+    try:
+        store.store_batch("P01/e1", QueueIdentity("q"), records[:1], 1)  # the epoch is seen
+        backend = store._connection().info.backend_pid
+        with psycopg.connect(pg_dsn) as holder, psycopg.connect(pg_dsn, autocommit=True) as peer:
+            holder.execute("SELECT 1 FROM lane_ingest.epochs WHERE lane = 'P01/e1' FOR UPDATE")
+            storing = asyncio.create_task(
+                asyncio.to_thread(store.store_batch, "P01/e1", QueueIdentity("q"), records[1:], 1)
+            )
+            await eventually(lambda: row_waits(pg_dsn), what="the batch waits for its epoch row")
+            held = peer.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s"
+                " AND granted",
+                (backend,),
+            ).fetchone()
+            holder.commit()
+            await storing
+        assert held is not None and 0 < held[0] <= TRIP_LOCK_BUCKETS
+        assert store.count("P01/e1") == 5001
+        assert open_table(store) == (5000 if kind == "entry" else 0)
     finally:
         store.close()
 
