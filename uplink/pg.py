@@ -22,7 +22,7 @@ import threading
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import cast
+from typing import NamedTuple, cast
 
 import psycopg
 
@@ -111,26 +111,46 @@ _OLD_TABLES = (
     " AND column_name = 'trip_role'), to_regclass(%s || '.open_trips') IS NOT NULL"
 )
 _TAG = re.compile(r"^lane ingest schema v(\d+) ")
-# Every transaction touching a trip id waits for the others that do (`_lock_trips`): keys in
-# one order, taken in one statement, so two batches never deadlock on them; one row back. The
-# keys go as the text of an array (`_int_array`).
-_LOCK_TRIPS = "SELECT COUNT(pg_advisory_xact_lock(%s::int, k)) FROM unnest(%s::int[]) AS k"
+# Every transaction touching a trip id waits for the others that do (`_lock_trips`), on the
+# locks `trip_lock_keys` names: keys in one order, taken in one statement, so two batches never
+# deadlock on them; one row back. Parameters: the schema's key, whether the groups are shared,
+# the keys (`_int_array`).
+_LOCK_TRIPS = (
+    "SELECT COUNT(CASE WHEN k >= %(groups)s AND %(share)s"
+    " THEN pg_advisory_xact_lock_shared(%(schema)s::int, k)"
+    " ELSE pg_advisory_xact_lock(%(schema)s::int, k) END) FROM unnest(%(keys)s::int[]) AS k"
+)
 _HALF = 1 << 31
-# How many trip locks a schema has, so the most a transaction holds: PostgreSQL's default
-# max_locks_per_transaction, what its shared lock table (that times max_connections) is sized
-# for per connection.
-TRIP_LOCK_BUCKETS = 64
+# A trip id's lock is its bucket (its CRC-32 modulo TRIP_LOCK_BUCKETS), and the bucket's group
+# (the bucket modulo TRIP_LOCK_GROUPS, as the key TRIP_LOCK_BUCKETS + group).
+TRIP_LOCK_BUCKETS = 1024
+TRIP_LOCK_GROUPS = 16
+# The most locks a transaction holds: PostgreSQL's shared lock table holds 64 per connection
+# (max_locks_per_transaction, by default).
+TRIP_LOCKS_HELD = TRIP_LOCK_GROUPS
 
 
-def trip_lock_keys(schema: str, trips: Iterable[str]) -> tuple[int, list[int]]:
-    """The advisory-lock keys of trip ids in a schema: a key of the schema, and the trip ids'
-    buckets, distinct and in ascending order (a trip id's CRC-32 modulo TRIP_LOCK_BUCKETS).
-    Computed here rather than in SQL, so the server only takes them; every worker and upgrade
-    of a schema must agree on them. Trip ids that share a bucket only make their batches take
-    turns."""
-    return zlib.crc32(schema.encode()) - _HALF, sorted(
-        {zlib.crc32(t.encode()) % TRIP_LOCK_BUCKETS for t in trips}
-    )
+class TripLocks(NamedTuple):
+    schema: int  # the schema's key, the first of each lock's two
+    keys: list[int]  # ascending
+    share_groups: bool  # the group keys are taken shared (else all exclusive)
+
+
+def trip_lock_keys(schema: str, trips: Iterable[str]) -> TripLocks:
+    """The advisory locks that make two transactions naming a common trip id take turns, and
+    no other pair but rarely, at most TRIP_LOCKS_HELD of them. A transaction naming trip ids
+    of at most TRIP_LOCK_GROUPS / 2 buckets (a lane's batch of a few records) takes each
+    bucket exclusive and their groups shared; one naming more (a full batch, an upgrade chunk)
+    takes its groups exclusive, and no bucket. Two transactions with a trip id in common share
+    its bucket and its group: both hold the bucket, or one holds the group exclusive. Computed
+    here rather than in SQL, so the server only takes them; every worker and upgrade of a
+    schema must agree on them."""
+    buckets = {zlib.crc32(t.encode()) % TRIP_LOCK_BUCKETS for t in trips}
+    groups = sorted({TRIP_LOCK_BUCKETS + b % TRIP_LOCK_GROUPS for b in buckets})
+    key = zlib.crc32(schema.encode()) - _HALF
+    if len(buckets) <= TRIP_LOCK_GROUPS // 2:
+        return TripLocks(key, [*sorted(buckets), *groups], share_groups=True)
+    return TripLocks(key, groups, share_groups=False)
 
 
 # A text column as one string, split by the server: its values joined by the ASCII unit
@@ -286,8 +306,16 @@ class PostgresIngestStore(SqlIngestStore):
 
     def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
         if trips:
-            schema_key, buckets = trip_lock_keys(self.schema, trips)
-            db.cursor().execute(_LOCK_TRIPS, (schema_key, _int_array(buckets)))
+            locks = trip_lock_keys(self.schema, trips)
+            db.cursor().execute(
+                _LOCK_TRIPS,
+                {
+                    "groups": TRIP_LOCK_BUCKETS,
+                    "share": locks.share_groups,
+                    "schema": locks.schema,
+                    "keys": _int_array(locks.keys),
+                },
+            )
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed or self._conn.broken:

@@ -25,7 +25,13 @@ from polling import eventually
 from uplink_kit import beside
 
 from uplink.messages import QueueIdentity
-from uplink.pg import TRIP_LOCK_BUCKETS, PostgresIngestStore, trip_lock_keys
+from uplink.pg import (
+    TRIP_LOCK_BUCKETS,
+    TRIP_LOCKS_HELD,
+    PostgresIngestStore,
+    TripLocks,
+    trip_lock_keys,
+)
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.sql_store import (
     CLOSED_TRIPS,
@@ -176,34 +182,70 @@ def test_the_open_trips_table_follows_arrivals_and_ignores_replays(
     assert open_trips(store).closed == 2 and open_trips(store).unmatched_exits == ()
 
 
+def exclusive_and_shared(locks: TripLocks) -> tuple[set[int], set[int]]:
+    shared = {k for k in locks.keys if locks.share_groups and k >= TRIP_LOCK_BUCKETS}
+    return set(locks.keys) - shared, shared
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    common=st.text(max_size=8),
+    mine=st.lists(st.text(max_size=8), max_size=30),
+    theirs=st.lists(st.text(max_size=8), max_size=30),
+)
+def test_two_transactions_naming_a_trip_id_in_common_never_both_hold_their_locks(
+    common: str, mine: list[str], theirs: list[str]
+) -> None:
+    """Pure: whatever trip ids two transactions name beside a common one, one of them asks for
+    a lock the other holds exclusive (or holds one it asks for exclusive), so one waits for
+    the other's commit; each asks for at most TRIP_LOCKS_HELD locks, in ascending order."""
+    a, b = (trip_lock_keys("lane_ingest", [common, *ids]) for ids in (mine, theirs))
+    for locks in (a, b):
+        assert locks.keys == sorted(set(locks.keys)) and len(locks.keys) <= TRIP_LOCKS_HELD
+    (a_excl, a_shared), (b_excl, b_shared) = exclusive_and_shared(a), exclusive_and_shared(b)
+    assert a_excl & (b_excl | b_shared) or b_excl & a_shared
+
+
+OTHERS = [f"q{i}" for i in range(40)]  # trip ids enough for the locks of a full batch
+
+
 @pytest.mark.parametrize("seen", [False, True], ids=["new-epoch", "seen-epoch"])
-async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(pg_dsn: str, seen: bool) -> None:
+@pytest.mark.parametrize(
+    ("entries", "exits"),
+    [([], []), (OTHERS, []), ([], OTHERS)],
+    ids=["one-each", "many-entries", "many-exits"],
+)
+async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(
+    pg_dsn: str, seen: bool, entries: list[str], exits: list[str]
+) -> None:
     """Two workers storing a trip's entry and its exit at once (other lanes, other epochs)
     take turns on the trip id: the exit's batch waits for the entry's commit, then closes the
     trip. Without the wait its refresh would not see the uncommitted entry and the trip would
     stay open after both commits. Both ways a batch is stored: the first of its epoch, and
-    one of an epoch the worker has seen (one statement for a batch without trips)."""
+    one of an epoch the worker has seen (one statement for a batch without trips); and
+    whichever batch names trip ids enough to lock their groups rather than their buckets."""
     store = PostgresIngestStore(pg_dsn)
     rows = []
     for lane, kind, trip in (
         ("P03/x1", "toll", None),
         ("P01/e1", "entry", "p1"),
-        ("P03/x1", "exit", "p1"),
+        *(("P03/x1", "exit", t) for t in ["p1", *exits]),
     ):
         draft = RecordDraft(kind, "v", 1, 0, "CNY", "token", None, AuthInfo("none"),
                             pass_id=trip)  # fmt: skip
-        record = Record(f"r-{kind}", lane, 2 if kind == "exit" else 1, T0, draft)
+        record = Record(f"r-{kind}-{trip}", lane, len(rows) if kind == "exit" else 1, T0, draft)
         rows.append(IngestRecord.of(record, record.encode()))
-    toll, entry, exit_ = rows
+    toll, entry, *exits_ = rows
     if seen:
         store.store_batch("P03/x1", QueueIdentity("x"), [toll], 1)
     else:
-        exit_ = replace(exit_, seq=1)
+        exits_ = [replace(r, seq=r.seq - 1) for r in exits_]
     marks = ", ".join(["%s"] * COLUMN_COUNT)
     try:
         with psycopg.connect(pg_dsn) as first:  # the entry's batch, in flight in another worker
-            schema_key, (trip_key,) = trip_lock_keys("lane_ingest", ["p1"])
-            first.execute("SELECT pg_advisory_xact_lock(%s, %s)", (schema_key, trip_key))
+            store._lock_trips(
+                first, ["p1", *entries]
+            )  # its trip ids' locks, as a worker takes them
             first.execute(
                 f"INSERT INTO lane_ingest.records ({RECORD_COLUMNS}) VALUES ({marks})",
                 NewRows("P01/e1", "e", [entry], 1).rows()[0],
@@ -212,7 +254,7 @@ async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(pg_dsn: str, 
                 "INSERT INTO lane_ingest.open_trips VALUES ('p1', %s, %s)", (entry.record_id, T0)
             )
             closing = asyncio.create_task(
-                asyncio.to_thread(store.store_batch, "P03/x1", QueueIdentity("x"), [exit_], 1)
+                asyncio.to_thread(store.store_batch, "P03/x1", QueueIdentity("x"), exits_, 1)
             )
             await eventually(
                 lambda: advisory_waits(pg_dsn), what="the exit's batch waits for the trip id"
@@ -237,7 +279,8 @@ async def test_postgres_a_trip_batch_holds_its_trip_locks_to_its_commit(pg_dsn: 
                             pass_id=trip)  # fmt: skip
         record = Record(f"r-{seq}", "P01/e1", seq, T0, draft)
         records.append(IngestRecord.of(record, record.encode()))
-    keys = trip_lock_keys("lane_ingest", ["p1"])
+    locks = trip_lock_keys("lane_ingest", ["p1"])
+    bucket = (locks.schema, locks.keys[0])  # taken exclusive by a batch of few trip ids
     try:
         store.store_batch("P01/e1", QueueIdentity("q"), records[:1], 1)  # the epoch is seen
         with psycopg.connect(pg_dsn) as holder, psycopg.connect(pg_dsn, autocommit=True) as peer:
@@ -247,11 +290,11 @@ async def test_postgres_a_trip_batch_holds_its_trip_locks_to_its_commit(pg_dsn: 
             )
             await eventually(lambda: row_waits(pg_dsn), what="the batch waits for its epoch row")
             taken = "SELECT pg_try_advisory_xact_lock(%s, %s)"
-            assert peer.execute(taken, (keys[0], keys[1][0])).fetchone() == (False,)
+            assert peer.execute(taken, bucket).fetchone() == (False,)
             assert open_table(store) == 0  # nothing of the batch is committed yet
             holder.commit()
             await storing
-            assert peer.execute(taken, (keys[0], keys[1][0])).fetchone() == (True,)
+            assert peer.execute(taken, bucket).fetchone() == (True,)
         assert store.count("P01/e1") == 2 and open_table(store) == 1
     finally:
         store.close()
@@ -262,7 +305,7 @@ async def test_postgres_a_batch_of_5000_trips_holds_a_bounded_number_of_locks(
     pg_dsn: str, kind: str
 ) -> None:
     """A batch naming 5,000 trip ids (the largest an uplink sends) holds at most
-    TRIP_LOCK_BUCKETS advisory locks while it runs, counted in pg_locks from another
+    TRIP_LOCKS_HELD advisory locks while it runs, counted in pg_locks from another
     connection while the batch waits on its epoch's row: not one per trip id, which would
     take most of PostgreSQL's default shared lock table (6,400) for one transaction."""
     store = PostgresIngestStore(pg_dsn)
@@ -289,7 +332,7 @@ async def test_postgres_a_batch_of_5000_trips_holds_a_bounded_number_of_locks(
             ).fetchone()
             holder.commit()
             await storing
-        assert held is not None and 0 < held[0] <= TRIP_LOCK_BUCKETS
+        assert held is not None and 0 < held[0] <= TRIP_LOCKS_HELD
         assert store.count("P01/e1") == 5001
         assert open_table(store) == (5000 if kind == "entry" else 0)
     finally:
