@@ -121,13 +121,17 @@ _LOCK_TRIPS = (
     " ELSE pg_advisory_xact_lock(%(schema)s::int, k) END) FROM unnest(%(keys)s::int[]) AS k"
 )
 _HALF = 1 << 31
-# A trip id's lock is its bucket (its CRC-32 modulo TRIP_LOCK_BUCKETS), and the bucket's group
-# (the bucket modulo TRIP_LOCK_GROUPS, as the key TRIP_LOCK_BUCKETS + group).
-TRIP_LOCK_BUCKETS = 1024
+# A trip id's own lock is its CRC-32 shifted into [0, TRIP_LOCK_GROUP_BASE); its group's is
+# TRIP_LOCK_GROUP_BASE + the CRC-32 modulo TRIP_LOCK_GROUPS, above every trip id's key.
+TRIP_LOCK_GROUP_BASE = 1 << 30
 TRIP_LOCK_GROUPS = 16
-# The most locks a transaction holds: PostgreSQL's shared lock table holds 64 per connection
-# (max_locks_per_transaction, by default).
-TRIP_LOCKS_HELD = TRIP_LOCK_GROUPS
+# A transaction naming at most this many trip ids locks each of them: a lane's batch (100
+# records by default), so workers storing batches of other trips run side by side. One naming
+# more (a backlog's large batch, an upgrade chunk) locks its groups exclusive instead, so no
+# transaction takes more than TRIP_LOCKS_HELD of PostgreSQL's shared lock table (64 a
+# connection by default, max_locks_per_transaction, shared by all).
+TRIP_LOCKS_OWN = 256
+TRIP_LOCKS_HELD = TRIP_LOCKS_OWN + TRIP_LOCK_GROUPS
 
 
 class TripLocks(NamedTuple):
@@ -138,18 +142,19 @@ class TripLocks(NamedTuple):
 
 def trip_lock_keys(schema: str, trips: Iterable[str]) -> TripLocks:
     """The advisory locks that make two transactions naming a common trip id take turns, and
-    no other pair but rarely, at most TRIP_LOCKS_HELD of them. A transaction naming trip ids
-    of at most TRIP_LOCK_GROUPS / 2 buckets (a lane's batch of a few records) takes each
-    bucket exclusive and their groups shared; one naming more (a full batch, an upgrade chunk)
-    takes its groups exclusive, and no bucket. Two transactions with a trip id in common share
-    its bucket and its group: both hold the bucket, or one holds the group exclusive. Computed
-    here rather than in SQL, so the server only takes them; every worker and upgrade of a
-    schema must agree on them."""
-    buckets = {zlib.crc32(t.encode()) % TRIP_LOCK_BUCKETS for t in trips}
-    groups = sorted({TRIP_LOCK_BUCKETS + b % TRIP_LOCK_GROUPS for b in buckets})
+    no other pair but rarely, at most TRIP_LOCKS_HELD of them. A transaction naming at most
+    TRIP_LOCKS_OWN trip ids takes each one's lock exclusive and their groups shared; one
+    naming more takes its groups exclusive and no trip id's. Two transactions with a trip id
+    in common both hold its lock, or one holds its group exclusive: one waits for the other's
+    commit. Taken in ascending order (trip ids' keys below groups'), so they never deadlock.
+    Computed here rather than in SQL, so the server only takes them; every worker and upgrade
+    of a schema must agree on them."""
+    hashes = {zlib.crc32(t.encode()) for t in trips}
+    groups = sorted({TRIP_LOCK_GROUP_BASE + h % TRIP_LOCK_GROUPS for h in hashes})
     key = zlib.crc32(schema.encode()) - _HALF
-    if len(buckets) <= TRIP_LOCK_GROUPS // 2:
-        return TripLocks(key, [*sorted(buckets), *groups], share_groups=True)
+    if len(hashes) <= TRIP_LOCKS_OWN:
+        own = sorted({h >> 2 for h in hashes})
+        return TripLocks(key, [*own, *groups], share_groups=True)
     return TripLocks(key, groups, share_groups=False)
 
 
@@ -310,7 +315,7 @@ class PostgresIngestStore(SqlIngestStore):
             db.cursor().execute(
                 _LOCK_TRIPS,
                 {
-                    "groups": TRIP_LOCK_BUCKETS,
+                    "groups": TRIP_LOCK_GROUP_BASE,
                     "share": locks.share_groups,
                     "schema": locks.schema,
                     "keys": _int_array(locks.keys),

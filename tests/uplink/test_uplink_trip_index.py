@@ -26,7 +26,8 @@ from uplink_kit import beside
 
 from uplink.messages import QueueIdentity
 from uplink.pg import (
-    TRIP_LOCK_BUCKETS,
+    TRIP_LOCK_GROUP_BASE,
+    TRIP_LOCKS_OWN,
     TRIP_LOCKS_HELD,
     PostgresIngestStore,
     TripLocks,
@@ -182,16 +183,20 @@ def test_the_open_trips_table_follows_arrivals_and_ignores_replays(
     assert open_trips(store).closed == 2 and open_trips(store).unmatched_exits == ()
 
 
+# A batch naming more trip ids than get locks of their own (it locks their groups).
+MANY_TRIPS = st.integers(0, 10**6).map(lambda n: [f"t{n + i}" for i in range(TRIP_LOCKS_OWN + 1)])
+
+
 def exclusive_and_shared(locks: TripLocks) -> tuple[set[int], set[int]]:
-    shared = {k for k in locks.keys if locks.share_groups and k >= TRIP_LOCK_BUCKETS}
+    shared = {k for k in locks.keys if locks.share_groups and k >= TRIP_LOCK_GROUP_BASE}
     return set(locks.keys) - shared, shared
 
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(
     common=st.text(max_size=8),
-    mine=st.lists(st.text(max_size=8), max_size=30),
-    theirs=st.lists(st.text(max_size=8), max_size=30),
+    mine=st.lists(st.text(max_size=8), max_size=30) | MANY_TRIPS,
+    theirs=st.lists(st.text(max_size=8), max_size=30) | MANY_TRIPS,
 )
 def test_two_transactions_naming_a_trip_id_in_common_never_both_hold_their_locks(
     common: str, mine: list[str], theirs: list[str]
@@ -206,7 +211,17 @@ def test_two_transactions_naming_a_trip_id_in_common_never_both_hold_their_locks
     assert a_excl & (b_excl | b_shared) or b_excl & a_shared
 
 
-OTHERS = [f"q{i}" for i in range(40)]  # trip ids enough for the locks of a full batch
+def test_two_lane_batches_of_other_trips_take_no_lock_in_common() -> None:
+    """Two full lane batches (100 trip ids each, none in common) ask for no lock the other
+    holds exclusive, so two workers store them side by side: a closed road's ingest scales
+    with workers (locking every batch's groups exclusive would make them take turns)."""
+    a = trip_lock_keys("lane_ingest", [f"a{i}" for i in range(100)])
+    b = trip_lock_keys("lane_ingest", [f"b{i}" for i in range(100)])
+    (a_excl, a_shared), (b_excl, b_shared) = exclusive_and_shared(a), exclusive_and_shared(b)
+    assert not a_excl & (b_excl | b_shared) and not b_excl & a_shared
+
+
+OTHERS = [f"q{i}" for i in range(TRIP_LOCKS_OWN + 1)]  # enough for a batch to lock its groups
 
 
 @pytest.mark.parametrize("seen", [False, True], ids=["new-epoch", "seen-epoch"])
