@@ -27,8 +27,8 @@ from uplink_kit import beside
 from uplink.messages import QueueIdentity
 from uplink.pg import (
     TRIP_LOCK_GROUP_BASE,
-    TRIP_LOCKS_OWN,
     TRIP_LOCKS_HELD,
+    TRIP_LOCKS_OWN,
     PostgresIngestStore,
     TripLocks,
     trip_lock_keys,
