@@ -292,7 +292,7 @@ def paid_carried(owed: OwedPassage, wall_now: float, lane: str) -> ev.PaidCarrie
     """A paid vehicle the lane stopped (or crashed) owing a passage, for the core."""
     age_s = max(0.0, wall_now - owed.ts_us / 1_000_000)
     log.warning(
-        "paid vehicle carried over a restart",
+        "paid vehicle owed its passage over a restart",
         extra={
             "lane": lane,
             "record_id": owed.record_id,

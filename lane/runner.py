@@ -258,7 +258,7 @@ class LaneRunner:
             case PaidCarriedNote(vehicle_id=vehicle_id, record_id=record_id, step=carried):
                 # A payment honoured with no record of its own: its log line is its trace.
                 extra = {"lane": self.lane, "record_id": record_id, "vehicle_id": vehicle_id}
-                log.info("paid vehicle carried over a restart: %s", carried, extra=extra)
+                log.info("paid vehicle carried", extra={**extra, "step": str(carried)})
                 self._notify(action)
             case NoteBase():
                 self._notify(action)
