@@ -211,10 +211,10 @@ def instrument(daemon: LaneDaemon, trace: Trace) -> None:
     trace.wrap(daemon.queue.sync, "append", "record")
     append = daemon.queue.sync.append
 
-    def keep_draft(draft: RecordDraft) -> Any:
+    def keep_draft(draft: RecordDraft, *args: Any) -> Any:
         if trace.marks is not None and trace.draft is None:
             trace.draft = draft
-        return append(draft)
+        return append(draft, *args)
 
     daemon.queue.sync.append = keep_draft  # type: ignore[method-assign]
     # The loop's other work during a passage: what the lane publishes meanwhile.

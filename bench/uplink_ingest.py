@@ -42,6 +42,7 @@ import msgpack
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from bench import args as bench_args
 from lane.core.names import RecordKind
 from lane.wire.codec import unpack
 from lane.wire.ids import new_id
@@ -352,6 +353,7 @@ class Job:
     n: int
     lanes: int
     workers: int
+    road: bool = False  # closed-road batches (entries, then their exits) instead of tolls
 
 
 def cpu_s(pid: int) -> float:
@@ -362,7 +364,9 @@ def cpu_s(pid: int) -> float:
 
 def _worker(job: Job, me: int, go: Barrier, spent: Queue[float]) -> None:
     # Lanes are dealt to workers as a shared subscription would: each batch to one of them.
-    mine = [b for b in make_batches(job.n, job.lanes) if int(b.lane[-3:]) % job.workers == me]
+    draft_of = road_draft if job.road else None
+    batches = make_batches(job.n, job.lanes, draft_of=draft_of)
+    mine = [b for b in batches if int(b.lane[-3:]) % job.workers == me]
     name = f"{job.schema}-{me}"
     store = PostgresIngestStore(make_conninfo(job.dsn, application_name=name), schema=job.schema)
     schema = job.schema
@@ -384,7 +388,9 @@ def _worker(job: Job, me: int, go: Barrier, spent: Queue[float]) -> None:
     store.close()
 
 
-def workers_rate(dsn: str, method: str, workers: int, n: int, lanes: int) -> tuple[float, float]:
+def workers_rate(
+    dsn: str, method: str, workers: int, n: int, lanes: int, *, road: bool = False
+) -> tuple[float, float]:
     """Records/s of `workers` processes, and the CPU seconds per record they and their
     database backends used (PostgreSQL on this machine: the backends' /proc entries)."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
@@ -392,7 +398,7 @@ def workers_rate(dsn: str, method: str, workers: int, n: int, lanes: int) -> tup
     ctx = mp.get_context("fork")
     go = ctx.Barrier(workers + 1)
     spent: Queue[float] = ctx.Queue()
-    job = Job(dsn, schema, method, n, lanes, workers)
+    job = Job(dsn, schema, method, n, lanes, workers, road)
     procs = [ctx.Process(target=_worker, args=(job, i, go, spent)) for i in range(workers)]
     try:
         for p in procs:
@@ -434,6 +440,16 @@ def bench_workers(dsn: str, n: int, lanes: int, rounds: int) -> None:
         f" COPY 1 process {c['copy1']:.1f} µs, 2 processes {c['copy2']:.1f} µs"
         f" -> {c['copy2'] / c['copy1']:.2f}x"
     )
+    # Closed-road batches: two workers take turns only on a trip id in common (the locks of
+    # uplink.pg.trip_lock_keys), here an exit and the entry of its trip, dealt to each.
+    road = best(
+        [{f"{w}": workers_rate(dsn, "store", w, n, lanes, road=True)[0] for w in (1, 2)}
+         for _ in range(rounds)]
+    )  # fmt: skip
+    print(
+        f"workers PostgreSQL, closed-road batches: 1 worker {road['1']:,.0f} records/s,"
+        f" 2 workers {road['2']:,.0f}/s -> {road['2'] / road['1']:.2f}x"
+    )
 
 
 # --- this half alone --------------------------------------------------------------------------
@@ -467,9 +483,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    ap = bench_args.parser(__doc__)
     add_arguments(ap)
     ap.add_argument(
         "--trip-history", type=int, default=20_000, help="closed trips of lane trips' read"

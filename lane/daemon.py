@@ -17,7 +17,7 @@ import contextlib
 import logging
 import secrets
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -87,7 +87,7 @@ from scanner.native_log import capture_native_stderr, release_native_stderr
 from scanner.pipeline import ScanPipeline, ScanResult
 from scanner.sources import FrameSource, open_source
 from uplink.forwarder import Forwarder, UplinkStatus
-from uplink.queue import QueueError, RecordQueue
+from uplink.queue import OwedPassage, QueueError, RecordQueue
 from uplink.queue_thread import QueueThread
 
 KNOWN_SENSORS = frozenset(Sensor)
@@ -288,6 +288,23 @@ def open_files(
     raise AssertionError("unreachable")  # the with block returns or raises  # pragma: no cover
 
 
+def paid_carried(owed: OwedPassage, wall_now: float, lane: str) -> ev.PaidCarried:
+    """A paid vehicle the lane stopped (or crashed) owing a passage, for the core."""
+    age_s = max(0.0, wall_now - owed.ts_us / 1_000_000)
+    log.warning(
+        "paid vehicle owed its passage over a restart",
+        extra={
+            "lane": lane,
+            "record_id": owed.record_id,
+            "vehicle_id": owed.vehicle_id,
+            "age_s": round(age_s, 3),
+        },
+    )
+    return ev.PaidCarried(
+        owed.record_id, owed.vehicle_id, owed.vehicle_class, owed.credential, age_s, new_id()
+    )
+
+
 def _road_files(config: LaneConfig) -> tuple[PlazaPassKey | None, Tariff | None]:
     road = config.road
     key = None
@@ -371,8 +388,15 @@ async def build(
         closing.close()
         raise
     try:
+        owed = await queue.owed()  # paid vehicles the lane stopped owing a passage
         return LaneDaemon(
-            config, opened, queue, closing, clocks=clocks, shutdown_grace_s=shutdown_grace_s
+            config,
+            opened,
+            queue,
+            closing,
+            clocks=clocks,
+            shutdown_grace_s=shutdown_grace_s,
+            owed=owed,
         )
     except BaseException:
         await queue.aclose()
@@ -394,6 +418,7 @@ class LaneDaemon:
         *,
         clocks: Clocks,
         shutdown_grace_s: float,
+        owed: Sequence[OwedPassage] = (),
     ) -> None:
         self.config = config
         self.lane = config.lane.id
@@ -504,6 +529,8 @@ class LaneDaemon:
         )
         for carried in opened.carried:  # the first events the core takes
             self.runner.post(carried)
+        for passage in owed:  # then the paid vehicles it owes a passage (lane.core.carried)
+            self.runner.post(paid_carried(passage, self.clocks.wall(), self.lane))
         self.pipeline = ScanPipeline(
             self.source,
             make_decoder(config.camera.decoder),

@@ -29,6 +29,7 @@ from lane.core.actions import (
     MarkPassUsed,
     NoteBase,
     OpenBarrier,
+    PassageServed,
     Persist,
     PriceTrip,
     QueryDevice,
@@ -38,7 +39,7 @@ from lane.core.actions import (
 )
 from lane.core.machine import IllegalTransitionError, next_deadline, step
 from lane.core.names import Alarm, PersistError
-from lane.core.notes import BarrierSelfTest
+from lane.core.notes import BarrierSelfTest, PaidCarriedNote
 from lane.core.records import RecordDraft
 from lane.core.state import LaneState, Phase, phase
 from lane.notification import Notification, Observer, ShellNote
@@ -77,9 +78,13 @@ class LatchStore(Protocol):
 
 
 class RecordStore(Protocol):
-    """The queue (uplink.queue_thread.QueueThread): append returns once the record is on disk."""
+    """The queue (uplink.queue_thread.QueueThread): append returns once the record is on disk,
+    with the passage it owes (or ends) in the same commit; `served` forgets owed passages."""
 
-    async def append(self, draft: RecordDraft) -> Record: ...
+    async def append(
+        self, draft: RecordDraft, owes: str | None, ends_owed: str | None
+    ) -> Record: ...
+    async def served(self, record_ids: Sequence[str]) -> None: ...
 
 
 @dataclass
@@ -227,6 +232,8 @@ class LaneRunner:
                 self._spawn("settle", self.payments.settle(auth_id))
             case Persist():
                 self._spawn("persist", self._persist(action))
+            case PassageServed(record_id=record_id):
+                self._spawn("passage served", self._served(record_id))
             case OpenBarrier() | CloseBarrier():
                 self._spawn("barrier", self._command(action))
             case QueryDevice(query_id=query_id, reason=reason):
@@ -247,6 +254,11 @@ class LaneRunner:
                 # The self-test leaves no record (it charges nobody): its log line is its trace.
                 extra = {"lane": self.lane, "self_test": str(test_step), "cmd_id": cmd}
                 log.info("barrier self-test", extra=extra)
+                self._notify(action)
+            case PaidCarriedNote(vehicle_id=vehicle_id, record_id=record_id, step=carried):
+                # A payment honoured with no record of its own: its log line is its trace.
+                extra = {"lane": self.lane, "record_id": record_id, "vehicle_id": vehicle_id}
+                log.info("paid vehicle carried", extra={**extra, "step": str(carried)})
                 self._notify(action)
             case NoteBase():
                 self._notify(action)
@@ -317,7 +329,7 @@ class LaneRunner:
 
     async def _persist(self, action: Persist) -> None:
         try:
-            record = await self.store.append(action.draft)
+            record = await self.store.append(action.draft, action.owes, action.ends_owed)
         except QueueFull as exc:
             log.error(
                 "queue full",
@@ -358,6 +370,17 @@ class LaneRunner:
             await asyncio.sleep(0)
         finally:
             self._notify(note)
+
+    async def _served(self, record_id: str) -> None:
+        """Off the vehicle's path: a failure only means a later restart would still owe it a
+        passage (its code would open once more, or a refund record would follow)."""
+        extra = {"lane": self.lane, "record_id": record_id}
+        try:
+            await self.store.served([record_id])
+        except (QueueError, OSError) as exc:
+            log.error("owed passage not cleared", extra={**extra, "error": str(exc)})
+            return
+        log.info("passage served", extra=extra)
 
     async def _command(self, action: OpenBarrier | CloseBarrier) -> None:
         op = "open" if isinstance(action, OpenBarrier) else "close"

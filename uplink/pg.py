@@ -22,7 +22,7 @@ import threading
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import cast
+from typing import NamedTuple, cast
 
 import psycopg
 
@@ -126,21 +126,72 @@ _OLD_TABLES = (
     " to_regclass(%s || '.stray_exits') IS NOT NULL"
 )
 _TAG = re.compile(r"^lane ingest schema v(\d+) ")
-# Every transaction touching a trip id waits for the others that do (`_lock_trips`): keys in
-# one order, taken in one statement, so two batches never deadlock on them; one row back.
-_LOCK_TRIPS = "SELECT COUNT(pg_advisory_xact_lock(%s::int, k)) FROM unnest(%b::int[]) AS k"
+# Every transaction touching a trip id waits for the others that do (`_lock_trips`), on the
+# locks `trip_lock_keys` names: keys in one order, taken in one statement, so two batches never
+# deadlock on them; one row back. Parameters: the schema's key, whether the groups are shared,
+# the keys (`_int_array`).
+_LOCK_TRIPS = (
+    "SELECT COUNT(CASE WHEN k >= %(groups)s AND %(share)s"
+    " THEN pg_advisory_xact_lock_shared(%(schema)s::int, k)"
+    " ELSE pg_advisory_xact_lock(%(schema)s::int, k) END) FROM unnest(%(keys)s::int[]) AS k"
+)
 _HALF = 1 << 31
+# A trip id's own lock is its CRC-32 shifted into [0, TRIP_LOCK_GROUP_BASE); its group's is
+# TRIP_LOCK_GROUP_BASE + the CRC-32 modulo TRIP_LOCK_GROUPS, above every trip id's key.
+TRIP_LOCK_GROUP_BASE = 1 << 30
+TRIP_LOCK_GROUPS = 16
+# A transaction naming at most this many trip ids locks each of them: a lane's batch (100
+# records by default), so workers storing batches of other trips run side by side. One naming
+# more (a backlog's large batch, an upgrade chunk) locks its groups exclusive instead, so no
+# transaction takes more than TRIP_LOCKS_HELD of PostgreSQL's shared lock table (64 a
+# connection by default, max_locks_per_transaction, shared by all).
+TRIP_LOCKS_OWN = 256
+TRIP_LOCKS_HELD = TRIP_LOCKS_OWN + TRIP_LOCK_GROUPS
 
 
-def trip_lock_keys(schema: str, trips: Iterable[str]) -> tuple[int, list[int]]:
-    """The advisory-lock keys of trip ids in a schema: a key of the schema, and the trip ids'
-    keys, distinct and in ascending order (CRC-32s, moved down by 2^31 into PostgreSQL's
-    `int`). Computed here rather than in SQL, so the server only takes them; every worker and
-    upgrade of a schema must agree on them. Two trip ids may share a key: their batches then
-    take turns for nothing, which is rare."""
-    return zlib.crc32(schema.encode()) - _HALF, sorted(
-        {zlib.crc32(t.encode()) - _HALF for t in trips}
-    )
+class TripLocks(NamedTuple):
+    schema: int  # the schema's key, the first of each lock's two
+    keys: list[int]  # ascending
+    share_groups: bool  # the group keys are taken shared (else all exclusive)
+
+
+def trip_lock_keys(schema: str, trips: Iterable[str]) -> TripLocks:
+    """The advisory locks that make two transactions naming a common trip id take turns, and
+    no other pair but rarely, at most TRIP_LOCKS_HELD of them. A transaction naming at most
+    TRIP_LOCKS_OWN trip ids takes each one's lock exclusive and their groups shared; one
+    naming more takes its groups exclusive and no trip id's. Two transactions with a trip id
+    in common both hold its lock, or one holds its group exclusive: one waits for the other's
+    commit. Taken in ascending order (trip ids' keys below groups'), so they never deadlock.
+    Computed here rather than in SQL, so the server only takes them; every worker and upgrade
+    of a schema must agree on them."""
+    hashes = {zlib.crc32(t.encode()) for t in trips}
+    groups = sorted({TRIP_LOCK_GROUP_BASE + h % TRIP_LOCK_GROUPS for h in hashes})
+    key = zlib.crc32(schema.encode()) - _HALF
+    if len(hashes) <= TRIP_LOCKS_OWN:
+        own = sorted({h >> 2 for h in hashes})
+        return TripLocks(key, [*own, *groups], share_groups=True)
+    return TripLocks(key, groups, share_groups=False)
+
+
+# A text column as one string, split by the server: its values joined by the ASCII unit
+# separator, NULL written as the record separator (`_text_column`).
+_SPLIT = "string_to_array(%s, chr(31), chr(30))"
+
+
+def _text_column(values: list[str | None]) -> tuple[str, object]:
+    """A text column's SQL (an array) and its parameter: `_SPLIT`, a C call each side, where no
+    value holds either separator and the string is not empty (it would split into no value
+    at all); else a binary array, which holds anything."""
+    text = "\x1f".join(["\x1e" if v is None else v for v in values])
+    if text and text.count("\x1f") == len(values) - 1 and text.count("\x1e") == values.count(None):
+        return _SPLIT, text
+    return "%b::text[]", values
+
+
+def _int_array(values: Iterable[int]) -> str:
+    """Integers as the text of a PostgreSQL array: a few µs, where psycopg's binary dumper
+    packs them one by one in Python."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _trip_index_sql(schema: str, *, concurrently: bool = True) -> str:
@@ -198,6 +249,12 @@ class PostgresIngestStore(SqlIngestStore):
     strays = (
         "SELECT record_id FROM {stray_exits} UNION SELECT unnest(strays) AS record_id FROM {epochs}"
     )
+    # A new batch's first entries are plain INSERTs: under the trip locks no other transaction
+    # writes their rows, and ON CONFLICT's speculative insertion of each row cost 0.025x a
+    # COPY of the batch. An entry of a trip open already (a pass shown at two entry lanes)
+    # meets the row's key, and the batch is stored as held (RowTakenError), where REOPEN keeps
+    # the earlier entry.
+    open_new = OPEN_NEW
 
     def __init__(
         self,
@@ -353,7 +410,16 @@ class PostgresIngestStore(SqlIngestStore):
 
     def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
         if trips:
-            db.cursor().execute(_LOCK_TRIPS, trip_lock_keys(self.schema, trips))
+            locks = trip_lock_keys(self.schema, trips)
+            db.cursor().execute(
+                _LOCK_TRIPS,
+                {
+                    "groups": TRIP_LOCK_GROUP_BASE,
+                    "share": locks.share_groups,
+                    "schema": locks.schema,
+                    "keys": _int_array(locks.keys),
+                },
+            )
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -499,26 +565,26 @@ class PostgresIngestStore(SqlIngestStore):
             return self._walk_prefix(db, lane, epoch, contiguous)
 
     def _entry_rows(self, entries: Sequence[FirstEntry]) -> tuple[str, tuple[object, ...]]:
-        # Three arrays in binary, as the records' rows (`_insert_sql`): one plan whatever the
-        # batch's size, and no text to quote.
-        return "unnest(%b::text[], %b::text[], %b::bigint[]) AS t (column1, column2, column3)", (
-            [e.trip_id for e in entries],
-            [e.record_id for e in entries],
-            [e.ts_us for e in entries],
-        )
+        # Three arrays, as the records' columns (`_insert_sql`): one plan whatever the batch's
+        # size.
+        trip_form, trip_ids = _text_column([e.trip_id for e in entries])
+        record_form, record_ids = _text_column([e.record_id for e in entries])
+        rows = f"unnest({trip_form}, {record_form}, %s::bigint[])"
+        times = _int_array(e.ts_us for e in entries)
+        return f"{rows} AS t (column1, column2, column3)", (trip_ids, record_ids, times)
 
     def _closing(
         self, trips: Collection[str], *, returning: bool = False
     ) -> tuple[str, tuple[object, ...]]:
+        form, value = _text_column(list(trips))
         back = " RETURNING trip_id" if returning else ""
-        sql = f"DELETE FROM {{open_trips}} WHERE trip_id = ANY(%b::text[]){back}"
-        return self._sql(sql), (list(trips),)
+        return self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id = ANY({form}){back}"), (value,)
 
     def _trip_statements(
         self, batch: BatchTrips
     ) -> tuple[str, tuple[object, ...], str, tuple[object, ...]]:
         """What a new batch of a seen epoch adds to its statement to keep its trips, as
-        `_add_trips` keeps them: data-modifying WITHs over binary arrays (each one's
+        `_add_trips` keeps them: data-modifying WITHs over the batch's arrays (each one's
         parameters in order), then what its epoch's UPDATE sets besides (and its
         parameters). Neither WITH reads what the other writes (the trips of the entries
         opened are not those closed). The trips its exits closed (`trip_gone`) are added to
@@ -530,7 +596,7 @@ class PostgresIngestStore(SqlIngestStore):
         steps: list[tuple[str, str, tuple[object, ...]]] = []
         if batch.entries:
             rows, params = self._entry_rows(batch.entries)
-            opening = OPEN_NEW.replace("{rows}", rows)
+            opening = self.open_new.replace("{rows}", rows)
             steps.append(("trip_opened", opening, (*params, TripRole.EXIT.value)))
         sets = ""
         values: tuple[object, ...] = ()
@@ -555,30 +621,29 @@ class PostgresIngestStore(SqlIngestStore):
 
     def _insert_sql(self, new: NewRows, returning: str) -> tuple[str, tuple[object, ...]]:
         # One statement over arrays instead of a row at a time: a single plan and a single
-        # message for the batch, as cheap as a COPY. `%b` sends the arrays in binary (the text
-        # format quotes every element, which cost more than the server's work).
+        # message for the batch, as cheap as a COPY. Each column is sent in the form the worker
+        # makes fastest (`_text_column`, `_int_array`; the records' bytes in binary): psycopg's
+        # binary array dumper, value by value in Python, cost more than the server's work.
+        records = new.records
+        trips = [trip_columns(r.trip) for r in records]
+        columns = (
+            _text_column([r.record_id for r in records]),
+            ("%s::bigint[]", _int_array(r.seq for r in records)),
+            ("%s::bigint[]", _int_array(r.ts_us for r in records)),
+            _text_column([r.kind for r in records]),
+            ("%s::bigint[]", _int_array(r.amount_minor for r in records)),
+            _text_column([r.currency for r in records]),
+            ("%b::bytea[]", [r.data for r in records]),
+            _text_column([role for role, _ in trips]),
+            _text_column([trip for _, trip in trips]),
+        )
         sql = self._sql(
             f"INSERT INTO {{records}} ({RECORD_COLUMNS})"
-            " SELECT r, %b, %b, s, t, k, a, c, d, %b, tr, ti FROM unnest(%b::text[], %b::bigint[],"
-            " %b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::bytea[], %b::text[],"
-            " %b::text[]) AS u(r, s, t, k, a, c, d, tr, ti)" + returning
+            " SELECT r, %b, %b, s, t, k, a, c, d, %b, tr, ti"
+            f" FROM unnest({', '.join(form for form, _ in columns)})"
+            " AS u(r, s, t, k, a, c, d, tr, ti)" + returning
         )
-        trips = [trip_columns(r.trip) for r in new.records]
-        params = (
-            new.lane,
-            new.epoch,
-            new.now_us,
-            [r.record_id for r in new.records],
-            [r.seq for r in new.records],
-            [r.ts_us for r in new.records],
-            [r.kind for r in new.records],
-            [r.amount_minor for r in new.records],
-            [r.currency for r in new.records],
-            [r.data for r in new.records],
-            [role for role, _ in trips],
-            [trip for _, trip in trips],
-        )
-        return sql, params
+        return sql, (new.lane, new.epoch, new.now_us, *(value for _, value in columns))
 
     def _insert(self, db: Session, new: NewRows, *, careful: bool) -> Callable[[], set[int]]:
         sql, params = self._insert_sql(

@@ -65,6 +65,17 @@ class QueueCorrupt(QueueError):  # noqa: N818
 
 
 @dataclass(frozen=True)
+class OwedPassage:
+    """A paid record whose vehicle the lane has not seen through yet (`owed` table)."""
+
+    record_id: str
+    vehicle_id: str
+    vehicle_class: int
+    credential: str  # the digest of the code it paid with, never the code
+    ts_us: int  # the paid record's commit (wall clock, UTC)
+
+
+@dataclass(frozen=True)
 class Backlog:
     count: int
     oldest_ts_us: int | None
@@ -118,9 +129,24 @@ def _add_epoch_v3(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO meta VALUES ('epoch', ?), ('base', ?)", (new_id(), base))
 
 
+def _add_owed_v4(db: sqlite3.Connection) -> None:
+    """Paid vehicles the lane still owes a passage (lane.core.carried): a row is written in the
+    commit of its paid record and removed when the vehicle is through or in the commit of its
+    `paid_not_passed` record, so a lane that dies in between finds it at its next start."""
+    db.execute(
+        "CREATE TABLE owed (record_id TEXT PRIMARY KEY, vehicle_id TEXT NOT NULL,"
+        " vehicle_class INTEGER NOT NULL, credential TEXT NOT NULL, ts_us INTEGER NOT NULL)"
+    )
+
+
 # MIGRATIONS[n] upgrades a database at user_version n to n + 1. Records are never re-encoded by a
 # migration: an older record format stays in the queue as bytes and is forwarded unchanged.
-MIGRATIONS: dict[int, Migration] = {0: _create_v1, 1: _add_paid_v2, 2: _add_epoch_v3}
+MIGRATIONS: dict[int, Migration] = {
+    0: _create_v1,
+    1: _add_paid_v2,
+    2: _add_epoch_v3,
+    3: _add_owed_v4,
+}
 
 
 def migrate(db: sqlite3.Connection, path: Path, steps: Mapping[int, Migration] = MIGRATIONS) -> int:
@@ -307,8 +333,12 @@ class RecordQueue:
 
     # -- the API -------------------------------------------------------------------------------
 
-    def append(self, draft: RecordDraft) -> Record:
-        """Stamp and durably store one record; return it once the commit is on disk."""
+    def append(
+        self, draft: RecordDraft, owes: str | None = None, ends_owed: str | None = None
+    ) -> Record:
+        """Stamp and durably store one record; return it once the commit is on disk. In the
+        same commit: `owes` (a code's digest) keeps the passage this paid record is owed,
+        `ends_owed` (a record id) ends one (lane.core.actions.Persist)."""
         now = self._wall()
         ts_us = int(now * 1_000_000)
         record_id = str(uuid7(unix_ms=ts_us // 1000))
@@ -331,6 +361,13 @@ class RecordQueue:
                 db.execute(
                     "INSERT OR REPLACE INTO paid VALUES (?, ?, ?)", (draft.payment_id, seq, ts_us)
                 )
+            if owes is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO owed VALUES (?, ?, ?, ?, ?)",
+                    (record_id, draft.vehicle_id, draft.vehicle_class, owes, ts_us),
+                )
+            if ends_owed is not None:
+                db.execute("DELETE FROM owed WHERE record_id=?", (ends_owed,))
             db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
             db.execute("UPDATE meta SET value=value+1 WHERE key='appended_total'")
             db.execute("COMMIT")
@@ -375,6 +412,22 @@ class RecordQueue:
         with self._locked() as db:
             row = db.execute("SELECT 1 FROM paid WHERE payment_id=?", (payment_id,)).fetchone()
         return row is not None
+
+    def owed(self) -> list[OwedPassage]:
+        """The passages still owed, oldest first (read once, at the lane's start)."""
+        with self._locked() as db:
+            rows = db.execute(
+                "SELECT record_id, vehicle_id, vehicle_class, credential, ts_us FROM owed"
+                " ORDER BY ts_us, record_id"
+            ).fetchall()
+        return [OwedPassage(str(r), str(v), int(c), str(k), int(t)) for r, v, c, k, t in rows]
+
+    def served(self, record_ids: Sequence[str]) -> None:
+        """These paid vehicles went through (or will never be owed again): forget them."""
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("DELETE FROM owed WHERE record_id=?", [(r,) for r in record_ids])
+            db.execute("COMMIT")
 
     def batch(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to `limit` stored records with seq > after_seq, in seq order, as stored bytes."""

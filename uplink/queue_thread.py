@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from uplink.messages import Held, QueueIdentity
-from uplink.queue import Backlog, QueueError, RecordQueue
+from uplink.queue import Backlog, OwedPassage, QueueError, RecordQueue
 from uplink.records import Record, RecordDraft
 
 T = TypeVar("T")
@@ -68,8 +68,16 @@ class QueueThread:
     def write_error(self) -> str | None:
         return self.sync.write_error
 
-    async def append(self, draft: RecordDraft) -> Record:
-        return await self._call(self.sync.append, draft)
+    async def append(
+        self, draft: RecordDraft, owes: str | None = None, ends_owed: str | None = None
+    ) -> Record:
+        return await self._call(self.sync.append, draft, owes, ends_owed)
+
+    async def owed(self) -> list[OwedPassage]:
+        return await self._call(self.sync.owed)
+
+    async def served(self, record_ids: Sequence[str]) -> None:
+        await self._call(self.sync.served, record_ids)
 
     async def writable(self) -> bool:
         return await self._call(self.sync.writable)

@@ -37,13 +37,17 @@ ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
 UPGRADE_CHUNK = 5000
 # A new batch's first entries of trips (`{rows}`: the dialect's table `t` of them, columns
 # trip id, record id, time: `SqlIngestStore._entry_rows`), each opening its trip unless an exit
-# of it is held, or moving an open trip to it when it is the earlier entry. Parameters: the
-# rows', then exit.
+# of it is held. Parameters: the rows', then exit.
 OPEN_NEW = (
     "INSERT INTO {open_trips} AS o (trip_id, record_id, ts_us)"
     " SELECT t.column1, t.column2, t.column3 FROM {rows}"
     " WHERE (SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=t.column1 LIMIT 1)"
-    " IS NULL ON CONFLICT (trip_id) DO UPDATE SET record_id = excluded.record_id,"
+    " IS NULL"
+)
+# OPEN_NEW's entry of a trip open already (by an entry stored before) moves it there when it is
+# the earlier entry (SQLite; PostgreSQL stores such a batch as held, `uplink.pg`).
+EARLIER_ENTRY = (
+    " ON CONFLICT (trip_id) DO UPDATE SET record_id = excluded.record_id,"
     " ts_us = excluded.ts_us WHERE excluded.ts_us < o.ts_us OR (excluded.ts_us = o.ts_us"
     " AND excluded.record_id{bytewise} < o.record_id{bytewise})"
 )
@@ -265,6 +269,7 @@ class SqlIngestStore:
     lock_suffix = ""  # PostgreSQL: " FOR UPDATE" (SQLite's writers take turns anyway)
     prefix = ""  # PostgreSQL: "schema."
     bytewise = ""  # PostgreSQL: ' COLLATE "C"' (SQLite compares text byte by byte already)
+    open_new = OPEN_NEW + EARLIER_ENTRY  # PostgreSQL: OPEN_NEW alone
     # The record ids of every stray (STRAYS); PostgreSQL adds those its epochs' rows hold.
     strays = "SELECT record_id FROM {stray_exits}"
     # Whether an upgrade job may still be running beside this store (PostgreSQL: one was
@@ -325,11 +330,11 @@ class SqlIngestStore:
         them, for less; and say how many trips it closed. The rows held are those of the
         records before the batch. Each of its first entries of a trip (`BatchTrips.entries`)
         opens it unless an exit of it is held, or moves it to this entry if that is the earlier
-        (OPEN_NEW); each of its exits closes its trip if open (counted), else is a stray."""
+        (`open_new`); each of its exits closes its trip if open (counted), else is a stray."""
         if batch.entries:
             rows, params = self._entry_rows(batch.entries)
             db.cursor().execute(
-                self._sql(OPEN_NEW.replace("{rows}", rows)), (*params, TripRole.EXIT.value)
+                self._sql(self.open_new.replace("{rows}", rows)), (*params, TripRole.EXIT.value)
             )
         if not batch.exited:
             return 0

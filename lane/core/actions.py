@@ -44,8 +44,23 @@ class Settle:
 
 @dataclass(frozen=True)
 class Persist:
+    """Append the draft (fsync). `owes`: the record is a payment whose passage the lane owes
+    until `PassageServed` (the digest of its code): the queue keeps that in the same commit, so
+    a restart finds it (events.PaidCarried). `ends_owed`: this record (`paid_not_passed`) ends
+    the owed passage of that record id, in the same commit."""
+
     persist_id: str
     draft: RecordDraft
+    owes: str | None = None
+    ends_owed: str | None = None
+
+
+@dataclass(frozen=True)
+class PassageServed:
+    """The paid vehicle of `record_id` went through: the lane owes it nothing any more (the
+    queue forgets the owed passage; no extra wait for it, a later restart just never sees it)."""
+
+    record_id: str
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,7 @@ Action = (
     | Abandon
     | Settle
     | Persist
+    | PassageServed
     | OpenBarrier
     | CloseBarrier
     | QueryDevice
@@ -167,6 +183,7 @@ __all__ = [
     "Note",
     "NoteBase",
     "OpenBarrier",
+    "PassageServed",
     "Persist",
     "PriceTrip",
     "QueryDevice",

@@ -66,6 +66,17 @@ PAYING = Group(
     "paying", "a vehicle paying", frozenset({P.VEHICLE_PRESENT, P.AUTHORISING, P.DENIED})
 )
 PASSAGE = Group("passage", "a paid passage", frozenset({P.OPENING, P.OPEN}))
+# A vehicle that paid before a restart (lane.core.carried): where its code may come back, and
+# where the boom may be found up for it.
+CLAIMING = Group(
+    "claiming",
+    "nobody's passage (or only a payment fault)",
+    frozenset({P.IDLE, P.VEHICLE_PRESENT, P.DENIED, P.CLOSED, P.FAULT}),
+)
+CLAIMED = Group(
+    "claimed", "its open (a running self-test closes first)", frozenset({P.OPENING, P.CLOSING})
+)
+FOUND_UP = Group("found_up", "no passage, no command", PAYING.phases | {P.IDLE, P.CLOSED})
 
 # Which event type each label stands for (the labels are refinements of event types).
 LABELS: dict[str, type] = {
@@ -101,6 +112,7 @@ LABELS: dict[str, type] = {
     "no pass": ev.AttendantNoPass,
     "confirm fare": ev.AttendantConfirmFare,
     "latch carried": ev.LatchCarried,
+    "paid carried": ev.PaidCarried,
     "tick": ev.Tick,
 }
 
@@ -188,6 +200,10 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.FAULT, "attendant open", P.CLOSING, "self-test ends: the attendant's vehicle next"),
     _t(P.FAULT, "close lane", P.CLOSING, "self-test ends: the attendant closed the lane"),
     _t(P.IDLE, "latch carried", P.FAULT, "start-up: a barrier fault kept when the lane stopped"),
+    # A vehicle that paid before a restart (lane.core.carried).
+    _t(CLAIMING, "scan", CLAIMED, "the carried payment's code again: open, no new charge"),
+    _t(FOUND_UP, "barrier up", P.OPEN, "the boom up at a restart: the carried vehicle's"),
+    _t(FOUND_UP, "snapshot", P.OPEN, "the boom up at a restart: the carried vehicle's"),
 )
 
 
@@ -274,6 +290,8 @@ def event_label(event: ev.Event) -> str:
             return "confirm fare"
         case ev.LatchCarried():
             return "latch carried"
+        case ev.PaidCarried():
+            return "paid carried"
         case ev.Tick():
             return "tick"
         case _:

@@ -205,6 +205,22 @@ class LatchCarried:
 
 
 @dataclass(frozen=True)
+class PaidCarried:
+    """At start-up: the lane stopped (or crashed) owing a paid vehicle its passage. Its paid
+    record `record_id` (vehicle `vehicle_id`, class `vehicle_class`) was committed `age_s`
+    seconds ago (wall time) and neither a passage nor a `paid_not_passed` record followed it.
+    `credential` is the digest of the code it paid with (lane.core.records.credential_of),
+    never the code. `event_id` is a fresh unique id from the shell."""
+
+    record_id: str
+    vehicle_id: str
+    vehicle_class: int
+    credential: str
+    age_s: float
+    event_id: str
+
+
+@dataclass(frozen=True)
 class Tick:
     """Time passed: the shell calls step with Tick at next_deadline()."""
 
@@ -231,5 +247,6 @@ Event = (
     | AttendantNoPass
     | AttendantConfirmFare
     | LatchCarried
+    | PaidCarried
     | Tick
 )

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import assert_never
 
-from lane.core import diagram, metro, paypoint, recovery, road
+from lane.core import carried, diagram, metro, paypoint, recovery, road
 from lane.core import events as ev
 from lane.core.actions import (
     Abandon,
@@ -99,6 +99,7 @@ def step(state: LaneState, event: ev.Event, now: float) -> Result:
         actions += more
     new_state, actions = _drive(new_state, actions, now)
     new_state, more = recovery.after_step(new_state, event, before, now)
+    more += carried.served(state, new_state, actions + more)
     after = phase(new_state)
     label = diagram.event_label(event)
     if not diagram.allows(before, label, after):
@@ -116,6 +117,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return metro.on_classified(state, event, now)
         case ev.VehicleClassified():
             return paypoint.on_classified(state, event, now)
+        case ev.Scanned() if carried.claims(state, event):
+            return carried.claim(state, event, now)
         case ev.Scanned() if road.road_mode(state):
             return road.on_scanned(state, event, now)
         case ev.Scanned() if metro.priced_gate(state):
@@ -162,6 +165,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return road.on_confirm(state, event, now)
         case ev.LatchCarried():
             return recovery.carried(state, event, now)
+        case ev.PaidCarried():
+            return carried.on_carried(state, event, now)
         case ev.Tick():
             return _on_tick(state, event, now)
         case _:
@@ -184,6 +189,7 @@ def next_deadline(state: LaneState) -> float | None:
     if hold is not None:
         candidates.append(hold)
     candidates += recovery.deadline(state)
+    candidates += carried.deadline(state)
     candidates += road.deadline(state)
     return min(candidates) if candidates else None
 
@@ -308,8 +314,11 @@ def _on_reported(state: LaneState, event: ev.BarrierReported, now: float) -> Res
 
 
 def _position(state: LaneState, position: Position, now: float, clears: Iterable[Alarm]) -> Result:
-    """The device's barrier position: its faults, and a boom up over an unpaid vehicle."""
+    """The device's barrier position: its faults, and a boom up over an unpaid vehicle (or
+    over the vehicle that paid before a restart: lane.core.carried)."""
     actions: list[Action] = []
+    if position in BOOM_UP:
+        state, actions = carried.adopt(state, now)
     boom_up = position in BOOM_UP and state.barrier not in BOOM_UP
     under = state.safety_occupied or state.under_before_known
     if boom_up and state.passage is None and under:
@@ -421,6 +430,8 @@ def _on_tick(state: LaneState, event: ev.Tick, now: float) -> Result:
         state = replace(state, passage=replace(passage, left=True))
         actions.append(GateTimeout(passage.vehicle_id))
     state, more = recovery.on_tick(state, now)
+    actions += more
+    state, more = carried.on_tick(state, now)
     return state, actions + more
 
 

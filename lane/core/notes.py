@@ -32,6 +32,7 @@ class NoteName(StrEnum):
     DUPLICATE_DECISION = "duplicate_decision"
     TAILGATING = "tailgating"
     PAID_NOT_PASSED = "paid_not_passed"
+    PAID_CARRIED = "paid_carried"
     ATTENDANT_OPEN = "attendant_open"
     ATTENDANT_OPEN_IGNORED = "attendant_open_ignored"
     ATTENDANT_OPEN_FAILED = "attendant_open_failed"
@@ -203,6 +204,23 @@ class PaidNotPassed(NoteBase):
     record_id: str
 
 
+class CarriedStep(StrEnum):
+    """What became of a paid vehicle carried over a restart (lane.core.carried); a lapse is
+    the `paid_not_passed` note."""
+
+    CARRIED = "carried"  # start-up: the lane owes it a passage
+    CLAIMED = "claimed"  # its code shown again: opened for it, no new charge
+    UNDER_OPEN_BOOM = "under_open_boom"  # the boom was up at the restart: that passage is its
+
+
+@dataclass(frozen=True)
+class PaidCarriedNote(NoteBase):
+    name = NoteName.PAID_CARRIED
+    vehicle_id: str
+    record_id: str
+    step: CarriedStep
+
+
 @dataclass(frozen=True)
 class AttendantOpened(_WithReason):
     name = NoteName.ATTENDANT_OPEN
@@ -286,6 +304,7 @@ Note = (
     | DuplicateDecision
     | Tailgating
     | PaidNotPassed
+    | PaidCarriedNote
     | AttendantOpened
     | AttendantOpenIgnored
     | AttendantOpenFailed

@@ -32,7 +32,7 @@ from lane.core.notes import (
     ScanWithoutVehicle,
     VehicleArrived,
 )
-from lane.core.records import AuthInfo, RecordDraft
+from lane.core.records import AuthInfo, RecordDraft, credential_of
 from lane.core.state import (
     COMMITTED_MEMORY,
     RECORD_KINDS,
@@ -207,7 +207,9 @@ def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
     draft = record_draft(state, vehicle, event, result)
     vehicle = replace(vehicle, stage=Committed(event.auth_id, event, attempt.frame_ts))
     state = commit(state, event.auth_id)
-    return replace(state, vehicle=vehicle), [Persist(event.auth_id, draft)]
+    # Owed a passage from its commit on, over a restart too (lane.core.carried).
+    owes = credential_of(attempt.text)
+    return replace(state, vehicle=vehicle), [Persist(event.auth_id, draft, owes=owes)]
 
 
 def record_decline(

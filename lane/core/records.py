@@ -7,6 +7,7 @@ appears here: only an account reference.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,3 +76,9 @@ def tap_in_trip_id(record_id: str, draft: RecordDraft) -> bytes:
         return bytes.fromhex(draft.pass_id) if draft.pass_id else uuid.UUID(record_id).bytes
     except ValueError:
         raise ValueError(f"record {record_id}: no usable trip id") from None
+
+
+def credential_of(text: str) -> str:
+    """What recognises a payment code after a restart (lane.core.carried) without keeping
+    the code itself: a digest of its text."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]

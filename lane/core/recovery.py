@@ -409,11 +409,6 @@ def _not_let_through(state: LaneState, now: float) -> Result:
     the attendant; the lane stops waiting for this passage."""
     p = state.passage
     assert p is not None
-    kind = RecordKind.MANUAL if p.manual else RECORD_KINDS[state.rules.mode]
-    draft = replace(
-        _uncharged(kind, p.vehicle_id, p.vehicle_class),
-        flags=("paid_not_passed", f"record:{p.record_id}"),
-    )
     cmd = state.command
     keep = cmd if cmd is not None and cmd.op == Op.CLOSE else None
     if keep is None and Alarm.BARRIER_NO_ACK in state.faults:
@@ -428,18 +423,38 @@ def _not_let_through(state: LaneState, now: float) -> Result:
             state, latched = _not_opened(state, now, now - p.since)
         # Whatever the barrier does now, the lane wants it closed.
         state = replace(state, expect=Expectation(Position.CLOSED, now + state.rules.move_s))
+    state, actions = not_passed(state, p.vehicle_id, p.vehicle_class, p.record_id, manual=p.manual)
+    return state, actions + latched
+
+
+def not_passed(
+    state: LaneState,
+    vehicle_id: str,
+    vehicle_class: int,
+    record_id: str,
+    *,
+    manual: bool = False,
+    flags: tuple[str, ...] = (),
+) -> Result:
+    """The record the back office refunds from (`record:<id>`, it ends the passage the queue
+    kept as owed in the same commit), its note and alarm, the attendant called."""
+    kind = RecordKind.MANUAL if manual else RECORD_KINDS[state.rules.mode]
+    draft = replace(
+        _uncharged(kind, vehicle_id, vehicle_class),
+        flags=("paid_not_passed", f"record:{record_id}", *flags),
+    )
+    carried = " (paid before a restart)" if flags else ""
     message = (
-        f"vehicle {p.vehicle_id} paid (record {p.record_id}) and was not let through in"
+        f"vehicle {vehicle_id} paid (record {record_id}){carried} and was not let through in"
         f" {state.rules.pass_dwell_s:g} s (barrier {state.barrier}): attendant, please help;"
         " a refund record is written"
     )
     state, alarm = raise_notice(state, Alarm.PAID_NOT_PASSED, message)
     actions: list[Action] = [
-        Persist(f"{p.vehicle_id}/not_passed", draft),
-        PaidNotPassed(p.vehicle_id, p.record_id),
+        Persist(f"{vehicle_id}/not_passed", draft, ends_owed=record_id),
+        PaidNotPassed(vehicle_id, record_id),
         ShowOnDisplay((ASSISTANCE,)),
         *alarm,
-        *latched,
     ]
     return state, actions
 

@@ -144,6 +144,7 @@ class Committed:
     frame_ts: float | None  # the frame that held the paying code (the open's latency)
     record_id: str | None = None
     entry: bool = False  # an entry lane's free passage (its `entry` record), not an attendant's
+    carried: bool = False  # paid before a restart (lane.core.carried): its record, no new one
 
 
 # A vehicle's sub-phase at the pay point: one of these, so no illegal mix is representable.
@@ -185,7 +186,12 @@ class Vehicle:
     def manual(self) -> str | None:
         """The attendant's cmd_id when an attendant opened for this vehicle."""
         stage = self.stage
-        if isinstance(stage, Committed) and stage.approved is None and not stage.entry:
+        if (
+            isinstance(stage, Committed)
+            and stage.approved is None
+            and not stage.entry
+            and not stage.carried
+        ):
             return stage.persist_id
         return None
 
@@ -254,6 +260,20 @@ class StuckLatch:
 
 
 @dataclass(frozen=True)
+class CarriedPayment:
+    """A vehicle that paid before a restart and was owed its passage (events.PaidCarried): the
+    lane honours it once, for the same code shown again or under a boom found up, or writes
+    `paid_not_passed` at `due` (what was left of `pass_dwell_s`). `vehicle_id` is its id in
+    this run (lane.core.carried.lane_vehicle_id)."""
+
+    record_id: str
+    vehicle_id: str
+    vehicle_class: int
+    credential: str
+    due: float
+
+
+@dataclass(frozen=True)
 class LaneState:
     rules: LaneRules
     vehicle: Vehicle | None = None
@@ -284,6 +304,8 @@ class LaneState:
     dwell_at: float | None = None
     expect: Expectation | None = None
     latch: StuckLatch | None = None
+    # Paid vehicles owed their passage over a restart (lane.core.carried), oldest first.
+    carried: tuple[CarriedPayment, ...] = ()
     queries: int = 0
 
     @property

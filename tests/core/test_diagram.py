@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 
 import pytest
-from core_kit import Chooser, EventSource, LaneDriver, heal, random_walk, rules
+from core_kit import CARRIED_TEXT, Chooser, EventSource, LaneDriver, heal, random_walk, rules
 from test_recovery import world_answers
 from test_stuck_closed import carried_over, next_self_test, refunded, stuck_closed
 
@@ -128,8 +128,25 @@ def scripted_self_test_rows() -> set[tuple[Phase, str, Phase]]:
     return taken | lane.monitor.transitions
 
 
+def scripted_carried_rows() -> set[tuple[Phase, str, Phase]]:
+    """A payment carried over a restart: its code again, the boom found up for it."""
+    taken: set[tuple[Phase, str, Phase]] = set()
+    up: list[ev.Event] = [
+        ev.Scanned(CARRIED_TEXT, "token", None, 999.0, "s9"),
+        ev.BarrierReported("open"),
+        ev.DeviceSnapshotted("open", (("entry_loop", True),), "d9"),
+    ]
+    for event in up:
+        lane = LaneDriver(rules())
+        lane.paid_carried()
+        lane.feed(event)
+        taken |= lane.monitor.transitions
+    return taken
+
+
 def test_every_row_of_the_table_is_taken() -> None:
     taken = set(scripted_rare_rows().monitor.transitions)
+    taken |= scripted_carried_rows()
     taken |= scripted_self_test_rows()
     taken |= scripted_heal_rows().monitor.transitions
     taken |= scripted_late_ack_rows().monitor.transitions
@@ -186,6 +203,7 @@ def test_every_event_type_has_labels_and_every_label_an_event_type() -> None:
         ev.AttendantNoPass("c", "a"),
         ev.AttendantConfirmFare("c", "a"),
         ev.LatchCarried(Alarm.BARRIER_STUCK, "2026-12-01T10:00:00Z", "commanded open", "s1"),
+        ev.PaidCarried("rec-1", "v0", 1, "c0ffee", 3.0, "s2"),
         ev.Tick(),
     ]
     labels = {diagram.event_label(event) for event in samples}

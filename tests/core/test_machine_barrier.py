@@ -10,6 +10,7 @@ from lane.core.actions import (
     ClearAlarm,
     CloseBarrier,
     OpenBarrier,
+    PassageServed,
     Persist,
     RaiseAlarm,
     Settle,
@@ -51,9 +52,11 @@ def test_exit_loop_with_safety_clear_closes_then_idle() -> None:
     assert lane.sensor("safety_loop", False) == []
     lane.sensor("exit_loop", True)
     actions = lane.sensor("exit_loop", False)
+    record_id = lane.state.passage.record_id if lane.state.passage else ""
     assert actions == [
         VehicleLeft(vehicle_id="v1"),
         CloseBarrier("v1/close", lane.now + 3.0, 1),
+        PassageServed(record_id),  # through: the queue owes it nothing any more
     ]
     assert lane.phase() is Phase.CLOSING
     assert lane.ack("v1/close") == []

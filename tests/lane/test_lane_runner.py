@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,8 +72,11 @@ class Payments:
 class UnencodableStore:
     """Stands in for the queue failing with an error it does not classify."""
 
-    async def append(self, draft: RecordDraft) -> Record:
+    async def append(self, draft: RecordDraft, owes: str | None, ends_owed: str | None) -> Record:
         raise ValueError("record cannot be encoded")
+
+    async def served(self, record_ids: Sequence[str]) -> None:
+        pass
 
 
 @dataclass
@@ -233,10 +236,13 @@ class MemoryStore:
     def __init__(self) -> None:
         self.records: list[Record] = []
 
-    async def append(self, draft: RecordDraft) -> Record:
+    async def append(self, draft: RecordDraft, owes: str | None, ends_owed: str | None) -> Record:
         record = Record(f"rec-{len(self.records) + 1}", "p01/l01", len(self.records) + 1, 0, draft)
         self.records.append(record)
         return record
+
+    async def served(self, record_ids: Sequence[str]) -> None:
+        pass  # nothing is owed over a restart in memory
 
 
 class FailingBarrier(Barrier):

@@ -271,8 +271,9 @@ def test_a_v2_queue_gets_an_epoch_beginning_at_its_oldest_queued_record(tmp_path
             q.append(draft(i))
         q.ack(queued(q, 3))  # 1..3 acknowledged under the old contract: the back office has them
         before = q.batch(0, 10)
-    db = sqlite3.connect(path)  # back to the v2 layout: no queue identity
+    db = sqlite3.connect(path)  # back to the v2 layout: no queue identity, nothing owed
     db.execute("DELETE FROM meta WHERE key IN ('epoch', 'base')")
+    db.execute("DROP TABLE owed")
     db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()

@@ -24,9 +24,11 @@ class ThreadSpy(RecordQueue):
 
     threads: set[int]
 
-    def append(self, draft: RecordDraft) -> Record:
+    def append(
+        self, draft: RecordDraft, owes: str | None = None, ends_owed: str | None = None
+    ) -> Record:
         self.threads.add(threading.get_ident())
-        return super().append(draft)
+        return super().append(draft, owes, ends_owed)
 
     def backlog(self):  # type: ignore[no-untyped-def]
         self.threads.add(threading.get_ident())

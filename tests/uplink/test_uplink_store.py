@@ -17,6 +17,7 @@ from uplink_kit import Q, beside, committed_behind, draft, held, recs
 from uplink.messages import QueueIdentity, digest
 from uplink.pg import PostgresIngestStore
 from uplink.records import Record
+from uplink.sql_store import trip_columns
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import Gap, IngestRecord, IngestStore, IngestStoreError, StoreBusyError
 
@@ -351,6 +352,36 @@ def test_postgres_a_new_batch_of_a_seen_epoch_is_one_round_trip(
         (n,) = other.execute("SELECT COUNT(*) FROM lane_ingest.records").fetchone() or (0,)
         (opened,) = other.execute("SELECT COUNT(*) FROM lane_ingest.open_trips").fetchone() or (0,)
     assert (n, opened) == (20, 20 if make is entries else 0)
+    s.close()
+
+
+def test_postgres_stores_any_text_as_sent(pg_dsn: str) -> None:
+    """A batch's text columns go to PostgreSQL as one string each, split by the server at
+    ASCII 31 with ASCII 30 for NULL (the worker's cheapest form): a value holding either
+    character, or an empty string alone in its batch (which would split into no value), goes
+    as a binary array instead, and every column is stored as it was sent, both ways a batch
+    is stored (the first of an epoch, then one statement)."""
+    s = PostgresIngestStore(pg_dsn)
+    sent: list[IngestRecord] = []
+    trip_ids: list[str | None] = ["a\x1fb", "\x1e", "", None, "plain"]
+    for seq, trip in enumerate(trip_ids, start=1):
+        kind = "toll" if trip is None else "entry"
+        made = replace(draft(seq), kind=kind, entry_plaza="P01", pass_id=trip)
+        rec = Record(f"rid-{seq}\x1f{seq}" if seq == 2 else f"rid-{seq}", LANE, seq, seq, made)
+        sent.append(IngestRecord.of(rec, rec.encode()))
+    s.store_batch(LANE, Q, sent[:2], 1)
+    s.store_batch(LANE, Q, sent[2:3], 1)  # "" alone
+    s.store_batch(LANE, Q, sent[3:], 1)
+    with psycopg.connect(pg_dsn) as other:
+        rows = other.execute(
+            "SELECT record_id, seq, ts_us, kind, currency, data, trip_role, trip_id"
+            " FROM lane_ingest.records ORDER BY seq"
+        ).fetchall()
+    assert rows == [
+        (r.record_id, r.seq, r.ts_us, r.kind, r.currency, r.data, *trip_columns(r.trip))
+        for r in sent
+    ]
+    assert sent[3].trip is None and sent[2].trip is not None  # NULL and "" both sent
     s.close()
 
 

@@ -25,7 +25,14 @@ from polling import eventually
 from uplink_kit import beside
 
 from uplink.messages import QueueIdentity
-from uplink.pg import PostgresIngestStore, trip_lock_keys
+from uplink.pg import (
+    TRIP_LOCK_GROUP_BASE,
+    TRIP_LOCKS_HELD,
+    TRIP_LOCKS_OWN,
+    PostgresIngestStore,
+    TripLocks,
+    trip_lock_keys,
+)
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.sql_store import (
     CLOSED_COUNTS,
@@ -163,9 +170,11 @@ def test_the_open_trips_table_follows_arrivals_and_ignores_replays(
 
     later = batch("P01/e1", "entry", "p1", 5)
     assert send(later) == [("p1", "P01/e1-1")]
+    # A lane's later batches take PostgreSQL's one statement (an epoch the worker has seen).
+    assert send(batch("P02/e1", "toll", "p1", 1)) == [("p1", "P01/e1-1")]
     earlier = batch("P02/e1", "entry", "p1", 3)
-    assert send(earlier) == [("p1", "P02/e1-1")]  # the pass entered at the earlier entry
-    assert send(later) == [("p1", "P02/e1-1")]
+    assert send(earlier) == [("p1", "P02/e1-2")]  # the pass entered at the earlier entry
+    assert send(later) == [("p1", "P02/e1-2")]
     out = batch("P03/x1", "exit", "p1", 9)
     assert send(out) == []
     for again in (later, earlier, out):
@@ -176,34 +185,84 @@ def test_the_open_trips_table_follows_arrivals_and_ignores_replays(
     assert open_trips(store).closed == 2 and open_trips(store).unmatched_exits == ()
 
 
+# A batch naming more trip ids than get locks of their own (it locks their groups).
+MANY_TRIPS = st.integers(0, 10**6).map(lambda n: [f"t{n + i}" for i in range(TRIP_LOCKS_OWN + 1)])
+
+
+def exclusive_and_shared(locks: TripLocks) -> tuple[set[int], set[int]]:
+    shared = {k for k in locks.keys if locks.share_groups and k >= TRIP_LOCK_GROUP_BASE}
+    return set(locks.keys) - shared, shared
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    common=st.text(max_size=8),
+    mine=st.lists(st.text(max_size=8), max_size=30) | MANY_TRIPS,
+    theirs=st.lists(st.text(max_size=8), max_size=30) | MANY_TRIPS,
+)
+def test_two_transactions_naming_a_trip_id_in_common_never_both_hold_their_locks(
+    common: str, mine: list[str], theirs: list[str]
+) -> None:
+    """Pure: whatever trip ids two transactions name beside a common one, one of them asks for
+    a lock the other holds exclusive (or holds one it asks for exclusive), so one waits for
+    the other's commit; each asks for at most TRIP_LOCKS_HELD locks, in ascending order."""
+    a, b = (trip_lock_keys("lane_ingest", [common, *ids]) for ids in (mine, theirs))
+    for locks in (a, b):
+        assert locks.keys == sorted(set(locks.keys)) and len(locks.keys) <= TRIP_LOCKS_HELD
+    (a_excl, a_shared), (b_excl, b_shared) = exclusive_and_shared(a), exclusive_and_shared(b)
+    assert a_excl & (b_excl | b_shared) or b_excl & a_shared
+
+
+def test_two_lane_batches_of_other_trips_take_no_lock_in_common() -> None:
+    """Two full lane batches (100 trip ids each, none in common) ask for no lock the other
+    holds exclusive, so two workers store them side by side: a closed road's ingest scales
+    with workers (locking every batch's groups exclusive would make them take turns)."""
+    a = trip_lock_keys("lane_ingest", [f"a{i}" for i in range(100)])
+    b = trip_lock_keys("lane_ingest", [f"b{i}" for i in range(100)])
+    (a_excl, a_shared), (b_excl, b_shared) = exclusive_and_shared(a), exclusive_and_shared(b)
+    assert not a_excl & (b_excl | b_shared) and not b_excl & a_shared
+
+
+OTHERS = [f"q{i}" for i in range(TRIP_LOCKS_OWN + 1)]  # enough for a batch to lock its groups
+
+
 @pytest.mark.parametrize("seen", [False, True], ids=["new-epoch", "seen-epoch"])
-async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(pg_dsn: str, seen: bool) -> None:
+@pytest.mark.parametrize(
+    ("entries", "exits"),
+    [([], []), (OTHERS, []), ([], OTHERS)],
+    ids=["one-each", "many-entries", "many-exits"],
+)
+async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(
+    pg_dsn: str, seen: bool, entries: list[str], exits: list[str]
+) -> None:
     """Two workers storing a trip's entry and its exit at once (other lanes, other epochs)
     take turns on the trip id: the exit's batch waits for the entry's commit, then closes the
     trip. Without the wait its refresh would not see the uncommitted entry and the trip would
     stay open after both commits. Both ways a batch is stored: the first of its epoch, and
-    one of an epoch the worker has seen (one statement for a batch without trips)."""
+    one of an epoch the worker has seen (one statement for a batch without trips); and
+    whichever batch names trip ids enough to lock their groups rather than their buckets."""
     store = PostgresIngestStore(pg_dsn)
     rows = []
     for lane, kind, trip in (
         ("P03/x1", "toll", None),
         ("P01/e1", "entry", "p1"),
-        ("P03/x1", "exit", "p1"),
+        *(("P03/x1", "exit", t) for t in ["p1", *exits]),
     ):
         draft = RecordDraft(kind, "v", 1, 0, "CNY", "token", None, AuthInfo("none"),
                             pass_id=trip)  # fmt: skip
-        record = Record(f"r-{kind}", lane, 2 if kind == "exit" else 1, T0, draft)
+        record = Record(f"r-{kind}-{trip}", lane, len(rows) if kind == "exit" else 1, T0, draft)
         rows.append(IngestRecord.of(record, record.encode()))
-    toll, entry, exit_ = rows
+    toll, entry, *exits_ = rows
     if seen:
         store.store_batch("P03/x1", QueueIdentity("x"), [toll], 1)
     else:
-        exit_ = replace(exit_, seq=1)
+        exits_ = [replace(r, seq=r.seq - 1) for r in exits_]
     marks = ", ".join(["%s"] * COLUMN_COUNT)
     try:
         with psycopg.connect(pg_dsn) as first:  # the entry's batch, in flight in another worker
-            schema_key, (trip_key,) = trip_lock_keys("lane_ingest", ["p1"])
-            first.execute("SELECT pg_advisory_xact_lock(%s, %s)", (schema_key, trip_key))
+            store._lock_trips(
+                first, ["p1", *entries]
+            )  # its trip ids' locks, as a worker takes them
             first.execute(
                 f"INSERT INTO lane_ingest.records ({RECORD_COLUMNS}) VALUES ({marks})",
                 NewRows("P01/e1", "e", [entry], 1).rows()[0],
@@ -212,7 +271,7 @@ async def test_postgres_a_trips_exit_waits_for_its_entry_in_flight(pg_dsn: str, 
                 "INSERT INTO lane_ingest.open_trips VALUES ('p1', %s, %s)", (entry.record_id, T0)
             )
             closing = asyncio.create_task(
-                asyncio.to_thread(store.store_batch, "P03/x1", QueueIdentity("x"), [exit_], 1)
+                asyncio.to_thread(store.store_batch, "P03/x1", QueueIdentity("x"), exits_, 1)
             )
             await eventually(
                 lambda: advisory_waits(pg_dsn), what="the exit's batch waits for the trip id"
@@ -237,7 +296,8 @@ async def test_postgres_a_trip_batch_holds_its_trip_locks_to_its_commit(pg_dsn: 
                             pass_id=trip)  # fmt: skip
         record = Record(f"r-{seq}", "P01/e1", seq, T0, draft)
         records.append(IngestRecord.of(record, record.encode()))
-    keys = trip_lock_keys("lane_ingest", ["p1"])
+    locks = trip_lock_keys("lane_ingest", ["p1"])
+    bucket = (locks.schema, locks.keys[0])  # taken exclusive by a batch of few trip ids
     try:
         store.store_batch("P01/e1", QueueIdentity("q"), records[:1], 1)  # the epoch is seen
         with psycopg.connect(pg_dsn) as holder, psycopg.connect(pg_dsn, autocommit=True) as peer:
@@ -247,12 +307,51 @@ async def test_postgres_a_trip_batch_holds_its_trip_locks_to_its_commit(pg_dsn: 
             )
             await eventually(lambda: row_waits(pg_dsn), what="the batch waits for its epoch row")
             taken = "SELECT pg_try_advisory_xact_lock(%s, %s)"
-            assert peer.execute(taken, (keys[0], keys[1][0])).fetchone() == (False,)
+            assert peer.execute(taken, bucket).fetchone() == (False,)
             assert open_table(store) == 0  # nothing of the batch is committed yet
             holder.commit()
             await storing
-            assert peer.execute(taken, (keys[0], keys[1][0])).fetchone() == (True,)
+            assert peer.execute(taken, bucket).fetchone() == (True,)
         assert store.count("P01/e1") == 2 and open_table(store) == 1
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", ["entry", "exit"])
+async def test_postgres_a_batch_of_5000_trips_holds_a_bounded_number_of_locks(
+    pg_dsn: str, kind: str
+) -> None:
+    """A batch naming 5,000 trip ids (the largest an uplink sends) holds at most
+    TRIP_LOCKS_HELD advisory locks while it runs, counted in pg_locks from another
+    connection while the batch waits on its epoch's row: not one per trip id, which would
+    take most of PostgreSQL's default shared lock table (6,400) for one transaction."""
+    store = PostgresIngestStore(pg_dsn)
+    records = []
+    for seq in range(1, 5002):
+        kind_of = "toll" if seq == 1 else kind
+        draft = RecordDraft(kind_of, "v", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            pass_id=f"pass-{seq}")  # fmt: skip
+        record = Record(f"r-{seq}", "P01/e1", seq, T0, draft)
+        records.append(IngestRecord.of(record, record.encode()))
+    try:
+        store.store_batch("P01/e1", QueueIdentity("q"), records[:1], 1)  # the epoch is seen
+        backend = store._connection().info.backend_pid
+        with psycopg.connect(pg_dsn) as holder, psycopg.connect(pg_dsn, autocommit=True) as peer:
+            holder.execute("SELECT 1 FROM lane_ingest.epochs WHERE lane = 'P01/e1' FOR UPDATE")
+            storing = asyncio.create_task(
+                asyncio.to_thread(store.store_batch, "P01/e1", QueueIdentity("q"), records[1:], 1)
+            )
+            await eventually(lambda: row_waits(pg_dsn), what="the batch waits for its epoch row")
+            held = peer.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s"
+                " AND granted",
+                (backend,),
+            ).fetchone()
+            holder.commit()
+            await storing
+        assert held is not None and 0 < held[0] <= TRIP_LOCKS_HELD
+        assert store.count("P01/e1") == 5001
+        assert open_table(store) == (5000 if kind == "entry" else 0)
     finally:
         store.close()
 

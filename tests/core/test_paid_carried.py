@@ -1,0 +1,250 @@
+"""A vehicle that paid before a restart (lane.core.carried): the lane owes it its passage.
+
+Its code shown again opens for it without a charge or a record; a boom found up at the
+restart is its passage, not an unpaid one; nobody coming back is `paid_not_passed` once what
+was left of `pass_dwell_s` runs out; other codes are served as usual; it is honoured once.
+The random runs (test_invariants, test_recovery) start with one too and check that no record
+gets two passages and that every paid vehicle ends through or refunded.
+"""
+
+from __future__ import annotations
+
+import pytest
+from core_kit import CARRIED_RECORD, CARRIED_TEXT, LaneDriver, of_type, one, rules
+
+from lane.core import events as ev
+from lane.core.actions import (
+    Authorise,
+    OpenBarrier,
+    PassageServed,
+    Persist,
+    RaiseAlarm,
+    ShowOnDisplay,
+)
+from lane.core.machine import next_deadline
+from lane.core.names import Alarm
+from lane.core.notes import CarriedStep, PaidCarriedNote, PaidNotPassed, Tailgating
+from lane.core.state import LaneMode, Phase
+
+CARRIED_VEHICLE = "v0/start1"  # the vehicle id in the run after the restart: fresh commands
+
+
+def restarted(lane: LaneDriver, age_s: float = 0.0) -> None:
+    """Started owing the vehicle its passage; the device says the boom is down."""
+    note = one(lane.paid_carried(age_s=age_s), PaidCarriedNote)
+    assert note == PaidCarriedNote(CARRIED_VEHICLE, CARRIED_RECORD, CarriedStep.CARRIED)
+    lane.feed(ev.LinkChanged(up=True))
+    lane.report("closed")
+
+
+def through(lane: LaneDriver) -> list[object]:
+    """The barrier acks the open, the vehicle crosses and leaves, the barrier closes."""
+    actions: list[object] = list(lane.ack())
+    actions += lane.cross()
+    actions += lane.ack()
+    return actions
+
+
+def test_the_same_code_again_opens_for_it_without_a_charge_or_a_record() -> None:
+    lane = LaneDriver()
+    restarted(lane)
+    lane.arrive("v7")
+    actions = lane.scan(CARRIED_TEXT, "token")  # the replay the authoriser would refuse
+    assert of_type(actions, Authorise) == [] and of_type(actions, Persist) == []
+    assert one(actions, OpenBarrier).cmd_id == f"{CARRIED_VEHICLE}/open"
+    assert ShowOnDisplay(("Already paid", "Please go ahead"), ttl_s=5.0) in actions
+    claimed = PaidCarriedNote(CARRIED_VEHICLE, CARRIED_RECORD, CarriedStep.CLAIMED)
+    assert claimed in actions
+    assert lane.phase() is Phase.OPENING
+    passage = lane.state.passage
+    assert passage is not None and passage.record_id == CARRIED_RECORD  # that record's passage
+    assert PassageServed(CARRIED_RECORD) in through(lane)
+    assert lane.phase() is Phase.IDLE and not lane.state.carried
+    assert of_type(lane.actions, Persist) == [] and of_type(lane.actions, PaidNotPassed) == []
+    lane.monitor.check_outcomes()
+
+
+def test_the_code_again_with_no_arrival_seen_opens_too() -> None:
+    """Toll: the vehicle stood on the entry loop through the restart, so the lane saw no edge."""
+    lane = LaneDriver()
+    restarted(lane)
+    actions = lane.scan(CARRIED_TEXT, "token")
+    assert one(actions, OpenBarrier).cmd_id == f"{CARRIED_VEHICLE}/open"
+    through(lane)
+    assert lane.phase() is Phase.IDLE
+    lane.monitor.check_outcomes()
+
+
+def test_after_a_refused_code_the_carried_one_still_opens_and_the_attendant_is_not_needed() -> None:
+    lane = LaneDriver(rules(max_tries=1))
+    restarted(lane)
+    lane.arrive("v7")
+    lane.scan("junk", "unknown", "not a payment code")  # the driver's last try, refused
+    assert lane.phase() is Phase.DENIED and "attendant_needed" in lane.monitor.alarms
+    lane.scan(CARRIED_TEXT, "token")
+    assert lane.phase() is Phase.OPENING and "attendant_needed" not in lane.monitor.alarms
+
+
+def test_a_different_code_is_served_as_usual_and_the_carried_one_is_refunded_in_time() -> None:
+    lane = LaneDriver()
+    restarted(lane, age_s=20.0)
+    due = lane.now + 40.0  # what was left of pass_dwell_s (60 s)
+    assert next_deadline(lane.state) == pytest.approx(due)
+    lane.through("v7", "282222222222222222")  # another driver pays and passes
+    assert len(of_type(lane.actions, Authorise)) == 1
+    assert lane.state.carried
+    actions = lane.feed(ev.Tick(), due - lane.now)
+    refund = one(actions, Persist)
+    assert refund.persist_id == f"{CARRIED_VEHICLE}/not_passed"
+    assert refund.draft.flags == ("paid_not_passed", f"record:{CARRIED_RECORD}", "carried")
+    assert refund.draft.amount_minor == 0 and refund.ends_owed == CARRIED_RECORD
+    assert PaidNotPassed(CARRIED_VEHICLE, CARRIED_RECORD) in actions
+    alarm = one(actions, RaiseAlarm)
+    assert alarm.code == Alarm.PAID_NOT_PASSED and "paid before a restart" in alarm.message
+    assert not lane.state.carried
+    # Honoured at most once: the code is now an ordinary (replayed) code.
+    lane.arrive("v8")
+    assert len(of_type(lane.scan(CARRIED_TEXT, "token"), Authorise)) == 1
+
+
+def test_honoured_once_the_code_a_third_time_goes_to_the_authoriser() -> None:
+    lane = LaneDriver()
+    restarted(lane)
+    lane.scan(CARRIED_TEXT, "token")
+    through(lane)
+    lane.arrive("v8")
+    assert len(of_type(lane.scan(CARRIED_TEXT, "token"), Authorise)) == 1
+
+
+def test_a_payment_older_than_the_dwell_waits_a_probe_for_the_device_then_is_refunded() -> None:
+    lane = LaneDriver()
+    lane.paid_carried(age_s=600.0)
+    assert next_deadline(lane.state) == pytest.approx(lane.now + lane.state.rules.probe_s)
+    actions = lane.tick_at_deadline()
+    assert one(actions, Persist).ends_owed == CARRIED_RECORD
+
+
+@pytest.mark.parametrize("how", ["report", "snapshot"])
+def test_the_boom_up_at_the_restart_is_its_passage_not_an_unpaid_one(how: str) -> None:
+    lane = LaneDriver()
+    lane.paid_carried()
+    lane.feed(ev.LinkChanged(up=True))
+    if how == "report":  # the retained state comes first
+        actions = lane.report("open")
+    else:  # the device's answer: the driver still waits before the boom
+        sensors = (("entry_loop", True), ("safety_loop", False))
+        actions = lane.feed(ev.DeviceSnapshotted("open", sensors, "snap1"))
+    note = PaidCarriedNote(CARRIED_VEHICLE, CARRIED_RECORD, CarriedStep.UNDER_OPEN_BOOM)
+    assert note in actions
+    assert lane.phase() is Phase.OPEN and of_type(actions, Persist) == []
+    assert lane.state.command is None  # not closed in front of it
+    actions = lane.cross()
+    assert of_type(actions, Tailgating) == [] and of_type(actions, Persist) == []
+    assert PassageServed(CARRIED_RECORD) in actions
+    lane.ack(f"{CARRIED_VEHICLE}/close")
+    assert lane.phase() is Phase.IDLE and "unpaid_passage" not in lane.monitor.alarms
+    lane.monitor.check_outcomes()
+
+
+def test_without_a_carried_payment_the_same_passage_is_an_unpaid_one() -> None:
+    """The gap this closes: the restarted lane took the paying vehicle for a violator."""
+    lane = LaneDriver()
+    lane.feed(ev.LinkChanged(up=True))
+    lane.report("open")
+    actions = lane.sensor("safety_loop", True)
+    assert one(actions, Persist).draft.kind == "violation"
+
+
+def test_a_vehicle_under_the_boom_before_its_position_is_known_is_the_carried_one() -> None:
+    """After a restart the queued readings come before the retained state."""
+    lane = LaneDriver()
+    lane.paid_carried()
+    lane.sensor("safety_loop", True)
+    actions = lane.report("open")
+    assert of_type(actions, Persist) == [] and lane.phase() is Phase.OPEN
+    passage = lane.state.passage
+    assert passage is not None and passage.crossings == 1
+    lane.sensor("safety_loop", False)
+    lane.sensor("exit_loop", True)
+    assert PassageServed(CARRIED_RECORD) in lane.sensor("exit_loop", False)
+
+
+def test_up_for_it_but_never_seen_open_and_nobody_crosses_is_refunded_at_its_due() -> None:
+    lane = LaneDriver()
+    lane.paid_carried(age_s=50.0)
+    lane.report("opening")  # up, never reported open
+    assert lane.phase() is Phase.OPEN
+    actions = lane.tick_at_deadline()
+    assert one(actions, Persist).ends_owed == CARRIED_RECORD
+    assert one(actions, PaidNotPassed).record_id == CARRIED_RECORD
+
+
+def test_a_claimed_open_that_never_comes_is_refunded_as_today() -> None:
+    lane = LaneDriver(rules(pass_dwell_s=5.0))
+    restarted(lane)
+    lane.scan(CARRIED_TEXT, "token")
+    lane.feed(ev.BarrierAcked(f"{CARRIED_VEHICLE}/open", True, "closed"))  # never moves
+    refunds = []
+    for _ in range(10):
+        refunds += [p for p in of_type(lane.tick_at_deadline(), Persist) if p.ends_owed]
+        if refunds:
+            break
+    assert [p.ends_owed for p in refunds] == [CARRIED_RECORD]
+
+
+def test_claimed_under_a_payment_fault_it_still_opens() -> None:
+    """Nothing is charged or written, so a full queue does not hold it back."""
+    lane = LaneDriver()
+    restarted(lane)
+    lane.feed(ev.QueueChanged(full=True, high_water=True))
+    assert lane.phase() is Phase.FAULT
+    lane.scan(CARRIED_TEXT, "token")
+    assert lane.phase() is Phase.OPENING
+
+
+def test_a_fare_gate_opens_for_its_passenger_too() -> None:
+    lane = LaneDriver(rules(LaneMode.TRANSIT_ENTRY))
+    restarted(lane)
+    actions = lane.scan(CARRIED_TEXT, "token")
+    assert one(actions, OpenBarrier).cmd_id == f"{CARRIED_VEHICLE}/open"
+    assert of_type(actions, Authorise) == []
+
+
+def test_two_owed_passages_each_is_honoured_once_the_boom_up_is_the_first_ones() -> None:
+    """The next vehicle had paid under the open barrier when the lane died: both are owed;
+    the boom found up is the first one's (its open went out first), the second one's code
+    opens for it after."""
+    lane = LaneDriver()
+    lane.paid_carried()
+    lane.paid_carried(text="282222222222222222", record_id="rec-next")
+    assert lane.paid_carried() == []  # told twice: owed once
+    lane.report("open")
+    passage = lane.state.passage
+    assert passage is not None and passage.record_id == CARRIED_RECORD
+    lane.arrive("v9")
+    assert of_type(lane.scan("282222222222222222"), Authorise) == []
+    lane.cross()  # the first one through: the open barrier is handed over to the second
+    passage = lane.state.passage
+    assert passage is not None and passage.record_id == "rec-next"
+    assert PassageServed("rec-next") in lane.cross()
+    lane.ack(lane.last_command().cmd_id)
+    assert lane.phase() is Phase.IDLE and not lane.state.carried
+    lane.monitor.check_outcomes()
+
+
+def test_every_approved_record_is_owed_and_a_refund_ends_it() -> None:
+    """What the queue keeps: an approved payment's Persist owes its passage (the code's digest,
+    never the code); a paid_not_passed record ends it in its own commit."""
+    lane = LaneDriver(rules(pass_dwell_s=5.0))
+    lane.arrive("v1")
+    lane.scan()
+    paid = one(lane.decide(), Persist)
+    assert paid.owes is not None and "2812345" not in paid.owes and paid.ends_owed is None
+    lane.persisted()
+    passage = lane.state.passage
+    assert passage is not None
+    refunds: list[Persist] = []
+    while not refunds:
+        refunds = [p for p in of_type(lane.tick_at_deadline(), Persist) if p.ends_owed]
+    assert refunds[0].owes is None and refunds[0].ends_owed == passage.record_id
+    lane.monitor.check_outcomes()
