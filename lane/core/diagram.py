@@ -203,6 +203,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.IDLE, "latch carried", P.FAULT, "start-up: a barrier fault kept when the lane stopped"),
     # A vehicle that paid before a restart (lane.core.carried).
     _t(CLAIMING, "scan", CLAIMED, "the carried payment's code again: open, no new charge"),
+    _t(P.CLOSING, "scan", P.OPEN, "its code under the open barrier: handed over"),
     _t(FOUND_UP, "barrier up", P.OPEN, "the boom up at a restart: the carried vehicle's"),
     _t(FOUND_UP, "snapshot", P.OPEN, "the boom up at a restart: the carried vehicle's"),
 )

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from core_kit import CARRIED_TEXT, Chooser, EventSource, LaneDriver, heal, random_walk, rules
 from test_machine_road import ENTRY, entry_failed_at_a_closed_lane
+from test_paid_carried import gate_held_open
 from test_recovery import world_answers
 from test_stuck_closed import carried_over, next_self_test, refunded, stuck_closed
 
@@ -150,7 +151,10 @@ def scripted_carried_rows() -> set[tuple[Phase, str, Phase]]:
         lane.paid_carried()
         lane.feed(event)
         taken |= lane.monitor.transitions
-    return taken
+    lane = LaneDriver(rules(LaneMode.TRANSIT_ENTRY))
+    gate_held_open(lane)
+    lane.scan(CARRIED_TEXT, "token")  # closing -> open: handed over
+    return taken | lane.monitor.transitions
 
 
 def test_every_row_of_the_table_is_taken() -> None:
