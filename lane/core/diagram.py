@@ -166,6 +166,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.AUTHORISING, "close lane", P.CLOSED, "Abandon the payment in flight"),
     _t(P.DENIED, "close lane", P.CLOSED, "the refused vehicle is let go"),
     _t(P.CLOSED, "reopen lane", P.IDLE, "attendant reopens the lane"),
+    _t(P.VEHICLE_PRESENT, "reopen lane", P.PERSISTING, "entry lane: its ticket is out: entry"),
     # Faults: the barrier or the broker stop everything; a full queue stops payments only.
     _t(IN_SERVICE, "barrier down", P.FAULT, "barrier offline or faulted"),
     _t(IN_SERVICE, "link down", P.FAULT, "controller lost the broker"),
@@ -202,6 +203,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.IDLE, "latch carried", P.FAULT, "start-up: a barrier fault kept when the lane stopped"),
     # A vehicle that paid before a restart (lane.core.carried).
     _t(CLAIMING, "scan", CLAIMED, "the carried payment's code again: open, no new charge"),
+    _t(P.CLOSING, "scan", P.OPEN, "its code under the open barrier: handed over"),
     _t(FOUND_UP, "barrier up", P.OPEN, "the boom up at a restart: the carried vehicle's"),
     _t(FOUND_UP, "snapshot", P.OPEN, "the boom up at a restart: the carried vehicle's"),
 )

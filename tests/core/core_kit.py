@@ -178,7 +178,10 @@ class SafetyMonitor:
             n = self.passages[key] = self.passages.get(key, 0) + 1
             assert n == 1, f"a second passage for record {passage.record_id}: {after}"
         if isinstance(event, ev.PaidCarried) and after.carried != before.carried:
+            # Owed from now on, whatever this run did with that record before: the shell says
+            # so at a start only, an arbitrary run may say it of a record it ended already.
             self.owed.add(event.record_id)
+            self.ended.discard(event.record_id)
             self.durable_vehicles.add(carried.lane_vehicle_id(event))
         claimed = set(before.carried) - set(after.carried)
         if claimed and isinstance(event, ev.Scanned):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from core_kit import CARRIED_TEXT, Chooser, EventSource, LaneDriver, heal, random_walk, rules
+from test_machine_road import ENTRY, entry_failed_at_a_closed_lane
+from test_paid_carried import gate_held_open
 from test_recovery import world_answers
 from test_stuck_closed import carried_over, next_self_test, refunded, stuck_closed
 
@@ -102,6 +104,14 @@ def scripted_snapshot_rows() -> LaneDriver:
     return lane
 
 
+def scripted_reopen_rows() -> LaneDriver:
+    """An entry whose record failed at a closed lane: written when the lane reopens."""
+    lane = LaneDriver(ENTRY)
+    entry_failed_at_a_closed_lane(lane)
+    lane.feed(ev.AttendantReopenLane("done"))  # vehicle_present -> persisting
+    return lane
+
+
 def scripted_self_test_rows() -> set[tuple[Phase, str, Phase]]:
     """A latched boom's self-tests: failed, and ended by each thing that may end one."""
     taken: set[tuple[Phase, str, Phase]] = set()
@@ -141,7 +151,10 @@ def scripted_carried_rows() -> set[tuple[Phase, str, Phase]]:
         lane.paid_carried()
         lane.feed(event)
         taken |= lane.monitor.transitions
-    return taken
+    lane = LaneDriver(rules(LaneMode.TRANSIT_ENTRY))
+    gate_held_open(lane)
+    lane.scan(CARRIED_TEXT, "token")  # closing -> open: handed over
+    return taken | lane.monitor.transitions
 
 
 def test_every_row_of_the_table_is_taken() -> None:
@@ -151,6 +164,7 @@ def test_every_row_of_the_table_is_taken() -> None:
     taken |= scripted_heal_rows().monitor.transitions
     taken |= scripted_late_ack_rows().monitor.transitions
     taken |= scripted_snapshot_rows().monitor.transitions
+    taken |= scripted_reopen_rows().monitor.transitions
     # Every mode, and a metro exit gate priced by tap-in (lane.core.metro).
     every = [rules(mode) for mode in LaneMode] + [rules(LaneMode.TRANSIT_EXIT, metro_pricing=True)]
     for lane_rules in every:

@@ -158,6 +158,30 @@ def test_an_entry_whose_record_failed_is_entered_again_once_the_disk_is_back() -
     assert of_type(lane.persisted(), OpenBarrier)
 
 
+def entry_failed_at_a_closed_lane(lane: LaneDriver) -> None:
+    """The lane is closed while v1's entry record is on its way (a vehicle with a record on
+    the way stays), and the record fails: v1 holds its printed ticket at a closed lane."""
+    lane.arrive("v1")
+    lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=True))
+    lane.feed(ev.AttendantCloseLane("maintenance"))
+    assert lane.phase() is Phase.PERSISTING
+    lane.feed(ev.PersistFailed("v1/pass", "queue_full"))
+    assert not of_type(lane.feed(ev.QueueChanged(full=False, high_water=False)), Persist)
+    assert lane.phase() is Phase.VEHICLE_PRESENT  # closed: nobody is entered
+
+
+def test_an_entry_whose_record_failed_at_a_closed_lane_is_entered_when_it_reopens() -> None:
+    """Its ticket is out: the reopen is the step that writes its entry (no second pass), and
+    the barrier opens once that record is durable (vehicle_present --reopen lane-->
+    persisting, found by test_invariants)."""
+    lane = LaneDriver(ENTRY)
+    entry_failed_at_a_closed_lane(lane)
+    actions = lane.feed(ev.AttendantReopenLane("done"))
+    assert one(actions, Persist).persist_id == "v1/pass" and not of_type(actions, IssuePass)
+    assert lane.phase() is Phase.PERSISTING
+    assert one(lane.persisted(), OpenBarrier).cmd_id == "v1/open"
+
+
 def stuck_closing(lane: LaneDriver) -> None:
     """The device says its boom is up for nobody; it acks the close and stays up: the lane's
     `barrier_stuck` fault (a payment fault: it takes no vehicles)."""

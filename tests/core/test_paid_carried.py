@@ -210,6 +210,37 @@ def test_a_fare_gate_opens_for_its_passenger_too() -> None:
     assert of_type(actions, Authorise) == []
 
 
+def gate_held_open(lane: LaneDriver) -> None:
+    """A fare gate owing a carried passage, open past its hold for an attendant's passenger
+    still under the curtain: closing, once the curtain clears."""
+    restarted(lane)
+    lane.feed(ev.AttendantOpen("att1", "help", "op1"))
+    lane.persisted("att1")
+    lane.ack()
+    lane.sensor("safety_loop", True)
+    lane.tick_at_deadline()  # the gate hold is over
+    assert lane.phase() is Phase.CLOSING
+
+
+def test_its_code_under_a_gate_still_open_takes_the_gate_over_at_once() -> None:
+    """The carried code hands the open gate over in the same step, as a payment made durable
+    there does (closing --scan--> open, found by test_invariants)."""
+    lane = LaneDriver(rules(LaneMode.TRANSIT_ENTRY))
+    gate_held_open(lane)
+    actions = lane.scan(CARRIED_TEXT, "token")
+    assert of_type(actions, Authorise) == [] and of_type(actions, Persist) == []
+    assert of_type(actions, OpenBarrier) == []  # the gate is open already
+    assert lane.phase() is Phase.OPEN
+    passage = lane.state.passage
+    assert passage is not None and passage.record_id == CARRIED_RECORD
+    lane.sensor("safety_loop", False)  # the one before is through
+    lane.sensor("safety_loop", True)
+    assert PassageServed(CARRIED_RECORD) in lane.sensor("safety_loop", False)
+    lane.ack(lane.last_command().cmd_id)
+    assert lane.phase() is Phase.IDLE and not lane.state.carried
+    lane.monitor.check_outcomes()
+
+
 def test_two_owed_passages_each_is_honoured_once_the_boom_up_is_the_first_ones() -> None:
     """The next vehicle had paid under the open barrier when the lane died: both are owed;
     the boom found up is the first one's (its open went out first), the second one's code
