@@ -441,6 +441,19 @@ UPGRADE_CHUNKS = {
 }
 
 
+def ingested_during(records: list[Record], made: Sequence[tuple[str, str]]) -> list[IngestRecord]:
+    """A lane's batch of entries and exits (kind, trip id) that a worker ingests while an
+    upgrade runs; each record is added to `records`, what the store must hold after."""
+    during = []
+    for seq, (kind, trip) in enumerate(made, start=1):
+        draft = RecordDraft(kind, "veh-d", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            entry_plaza="P01", pass_id=trip)  # fmt: skip
+        record = Record(f"r-during-{seq}", "P03/x2", seq, FIXTURE_TS0 + 100 + seq, draft)
+        records.append(record)
+        during.append(IngestRecord.of(record, record.encode()))
+    return during
+
+
 @pytest.mark.parametrize("version", [2, 3, 4])
 def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_crash(
     version: int, pg_dsn: str, capsys: pytest.CaptureFixture[str]
@@ -473,14 +486,7 @@ def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_cra
             assert "upgrade has not finished" in err
         raise CrashError
 
-    during = []
-    made = (("exit", "pass30"), ("entry", "new01"), ("exit", "nowhere"))
-    for seq, (kind, trip) in enumerate(made, start=1):
-        draft = RecordDraft(kind, "veh-d", 1, 0, "CNY", "token", None, AuthInfo("none"),
-                            entry_plaza="P01", pass_id=trip)  # fmt: skip
-        record = Record(f"r-during-{seq}", "P03/x2", seq, FIXTURE_TS0 + 100 + seq, draft)
-        records.append(record)
-        during.append(IngestRecord.of(record, record.encode()))
+    during = ingested_during(records, (("exit", "pass30"), ("entry", "new01"), ("exit", "nowhere")))
     with pytest.raises(CrashError):
         PostgresIngestStore(pg_dsn, upgrade_chunk=8, after_chunk=crash_after_the_first)
     with psycopg.connect(pg_dsn) as conn:
@@ -535,14 +541,8 @@ def test_a_postgres_tally_counts_each_closed_trip_once_whatever_closes_meanwhile
             (late.record_id, late.lane, late.seq, late.ts_us, row.data),
         )
         records.append(late)
-    during = []
     made = (("exit", "pass02"), ("exit", "pass36"), ("exit", "pass01"), ("entry", "pass41"))
-    for seq, (kind, trip) in enumerate(made, start=1):
-        draft = RecordDraft(kind, "veh-d", 1, 0, "CNY", "token", None, AuthInfo("none"),
-                            entry_plaza="P01", pass_id=trip)  # fmt: skip
-        record = Record(f"r-during-{seq}", "P03/x2", seq, FIXTURE_TS0 + 100 + seq, draft)
-        records.append(record)
-        during.append(IngestRecord.of(record, record.encode()))
+    during = ingested_during(records, made)
 
     def crash_in_the_tally(job: UpgradeJob, reached: str | None) -> None:
         if job == UpgradeJob.TALLY:
