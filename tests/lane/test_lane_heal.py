@@ -140,12 +140,7 @@ async def test_a_boom_stuck_closed_charges_nobody_else_and_clears_by_its_self_te
         await eventually(lambda: charged(lane) != [] and refunds(lane) != [])
         # The next drivers are not charged: the lane is closed to payments.
         for _ in range(2):
-            refused = len(named(lane, "scan_refused"))
-            await device.vehicle_enters(1)
-            token = lane.codes.make("token", int(time.time())).text
-            await show(lane, token, lambda n=refused: len(named(lane, "scan_refused")) > n)
-            await device.vehicle_backs_away()
-            await eventually(lambda: runner.state.vehicle is None)
+            await refuses_a_token(lane)
         assert len(charged(lane)) == 1 and len(refunds(lane)) == 1
         assert len(named(lane, "barrier_opened")) == 1
         # The self-tests try the boom at the empty lane: acked, it does not move.
@@ -201,11 +196,7 @@ async def test_killed_with_the_boom_stuck_closed_the_restarted_lane_starts_latch
         assert "(carried over a restart)" in text and "commanded open" in text
         assert "lane closed to payments" in text
         # Nobody is charged: the lane refuses the code, it asks no acquirer.
-        await device.vehicle_enters(1)
-        token = lane.codes.make("token", int(time.time())).text
-        await show(lane, token, lambda: named(lane, "scan_refused"))
-        await device.vehicle_backs_away()
-        await eventually(lambda: runner.state.vehicle is None)
+        await refuses_a_token(lane)
         await eventually(lambda: len(self_tests(lane, "failed")) >= 1, within=15)
         assert "barrier_stuck" in runner.alarms and charged(lane) == []
         # The boom works again: the next self-test clears the latch, on disk too.
@@ -242,12 +233,7 @@ async def test_killed_while_commands_are_dropped_the_restarted_lane_refuses_unti
         assert "(carried over a restart)" in text and "open att-1/open" in text
         assert "a test close sent every 0.5 s" in text
         # Nobody is charged: the lane refuses the code, it asks no acquirer.
-        await device.vehicle_enters(1)
-        token = lane.codes.make("token", int(time.time())).text
-        await show(lane, token, lambda: named(lane, "scan_refused"))
-        assert "barrier_no_ack" in named(lane, "scan_refused")[0]["reason"]
-        await device.vehicle_backs_away()
-        await eventually(lambda: runner.state.vehicle is None)
+        assert "barrier_no_ack" in (await refuses_a_token(lane))["reason"]
         # The test close is sent again at every probe; the device still drops it.
 
         def tests() -> list[BarrierCommand]:
@@ -268,6 +254,17 @@ async def test_killed_while_commands_are_dropped_the_restarted_lane_refuses_unti
         await device.vehicle_passes()
         await eventually(lambda: device.state == "closed" and quiet(lane), within=10)
         assert len(charged(lane)) == 1
+
+
+async def refuses_a_token(lane: Lane) -> dict[str, Any]:
+    """A vehicle shows a valid token, is refused and backs away; the refusal's note."""
+    refused = len(named(lane, "scan_refused"))
+    await lane.device.vehicle_enters(1)
+    token = lane.codes.make("token", int(time.time())).text
+    await show(lane, token, lambda: len(named(lane, "scan_refused")) > refused)
+    await lane.device.vehicle_backs_away()
+    await eventually(lambda: lane.daemon.runner.state.vehicle is None)
+    return named(lane, "scan_refused")[refused]
 
 
 def charged(lane: Lane) -> list[Record]:
