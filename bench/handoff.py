@@ -21,12 +21,15 @@ The path is timed at every hand-off (wrappers set on the daemon's objects for th
 a few microseconds each): decode start and end on the worker, the result on the loop, each
 event posted to and taken by the runner, the authorisation task, the token check, the replay
 mark (fsync), the record append on the queue thread (fsync), the barrier command leaving and
-its ack arriving.
+its ack arriving, and (off the path) the owed passage's delete (`served`) on the queue thread.
 
 The raw anchors are measured in the same run, between passengers (the lane idle): the
 decoder on the very frame that was read; `verify_token` (base45, COSE, Ed25519) on that very
 token; a first-use `ReplayStore.check_and_mark` and a `RecordQueue.append` of the lane's own
 record, each on a store of its own beside the lane's (one fsynced commit each, no thread hop);
+that append owing its passage followed by its `served`, back to back, as one queue thread does
+under continuous traffic (the next vehicle's record waits behind the last one's delete), as a
+ratio to the append alone;
 an MQTT 5 QoS 1 request/reply between two bare clients over the same broker (the responder in a
 process of its own, as the device is). Printed: percentiles of each, the sum of the raw steps'
 p50s, and the path's p50 and p99 as ratios to it (targets: ≤ 2x and ≤ 4x). Figures, not
@@ -91,7 +94,7 @@ from sim.broker import running_mosquitto  # noqa: E402
 from sim.camera import frame_for  # noqa: E402
 from sim.codes import CodeFactory  # noqa: E402
 from uplink.queue import RecordQueue  # noqa: E402
-from uplink.records import RecordDraft  # noqa: E402
+from uplink.records import Record, RecordDraft  # noqa: E402
 
 SEED = 16
 SIZE = (1280, 720)
@@ -133,6 +136,11 @@ class Trace:
         self.marks: dict[str, float] | None = None
         self.frame_ts: float | None = None  # the capture time of the frame that was read
         self.draft: RecordDraft | None = None  # the passenger's record, for the anchor
+        self.owes: str | None = None  # the passage that record owes, for the anchor
+        # Each owed passage's delete on the lane's queue thread, in ms, and how many of them
+        # ran while a passenger's path was being timed (the next record would wait behind it).
+        self.served: list[float] = []
+        self.served_in_path = 0
         self.published: Counter[str] = Counter()  # the lane's MQTT publishes, by topic kind
 
     def mark(self, name: str, at: float | None = None) -> None:
@@ -211,12 +219,23 @@ def instrument(daemon: LaneDaemon, trace: Trace) -> None:
     trace.wrap(daemon.queue.sync, "append", "record")
     append = daemon.queue.sync.append
 
-    def keep_draft(draft: RecordDraft, *args: Any) -> Any:
+    def keep_draft(draft: RecordDraft, owes: str | None = None, *args: Any) -> Any:
         if trace.marks is not None and trace.draft is None:
-            trace.draft = draft
-        return append(draft, *args)
+            trace.draft, trace.owes = draft, owes
+        return append(draft, owes, *args)
 
     daemon.queue.sync.append = keep_draft  # type: ignore[method-assign]
+    served = daemon.queue.sync.served
+
+    def timed_served(*args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return served(*args)
+        finally:
+            trace.served.append((time.perf_counter() - started) * 1000)
+            trace.served_in_path += trace.marks is not None
+
+    daemon.queue.sync.served = timed_served  # type: ignore[method-assign]
     # The loop's other work during a passage: what the lane publishes meanwhile.
     for link in (daemon.link.mqtt, daemon.uplink):
         count_publishes(link, trace)
@@ -283,6 +302,7 @@ class Anchors:
         self.decoder = make_decoder(decoder_name)
         self.figures: dict[str, list[float]] = {
             "decode": [], "verify_token": [], "replay": [], "record": [], "mqtt": [], "ed25519": [],
+            "served": [], "record+served": [],
         }  # fmt: skip
         self._n = 0
 
@@ -311,8 +331,18 @@ class Anchors:
         token_id = f"anchor-{self._n}"
         self._timed("replay", lambda: self.replay.check_and_mark(token_id, int(now) + 60, "a", now))
 
-    def record(self, draft: RecordDraft) -> None:
-        self._timed("record", lambda: self.queue.append(draft))
+    def record(self, draft: RecordDraft, owes: str | None) -> None:
+        """The lane's record (owing its passage, as the lane's did); its owed passage's delete
+        alone; then both back to back, as the lane's one queue thread runs them when the next
+        vehicle's record follows the last one's passage at once."""
+        record = self._timed("record", lambda: self.queue.append(draft, owes))
+        assert isinstance(record, Record)
+        self._timed("served", lambda: self.queue.served([record.record_id]))
+
+        def both() -> None:
+            self.queue.served([self.queue.append(draft, owes).record_id])
+
+        self._timed("record+served", both)
 
 
 class MqttAnchor:
@@ -420,7 +450,7 @@ async def bench(host: str, port: int, work: Path, vehicles: int, fps: float) -> 
             answered.clear()
             outcome.clear()
             pushed.clear()
-            trace.marks, trace.frame_ts, trace.draft = {}, None, None
+            trace.marks, trace.frame_ts, trace.draft, trace.owes = {}, None, None, None
             camera.frame = frame
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(ANSWER_S):
@@ -437,7 +467,7 @@ async def bench(host: str, port: int, work: Path, vehicles: int, fps: float) -> 
             marks["first_push"] = pushed.get(id(frame), trace.frame_ts)
             if i >= 3:
                 traces.append(marks)
-            anchors.record(trace.draft)
+            anchors.record(trace.draft, trace.owes)
     finally:
         camera.stop()
         stop.set()
@@ -448,6 +478,7 @@ async def bench(host: str, port: int, work: Path, vehicles: int, fps: float) -> 
         "traces": traces,
         "anchors": anchors.figures,
         "refused": refused,
+        "served": (trace.served, trace.served_in_path),
         "published": {k: v / max(1, len(traces)) for k, v in trace.published.items()},
     }
 
@@ -544,6 +575,20 @@ def report(out: dict[str, Any]) -> None:
     raw = sum(percentile(anchors[key], 50) for key in labels)
     print(f"  sum of the raw steps' p50s   {raw:7.3f} ms")
     _row("(Ed25519 verify alone)", anchors["ed25519"], "  part of verify_token")
+    _row("(owed delete, served)", anchors["served"], "  off the path, on the queue thread")
+    record = percentile(anchors["record"], 50)
+    _row(
+        "record append, then served",
+        anchors["record+served"],
+        f"  p50 {percentile(anchors['record+served'], 50) / record:.2f}x the append alone",
+    )
+    lane_served, in_path = out["served"]
+    if lane_served:
+        _row(
+            "the lane's owed deletes",
+            lane_served,
+            f"  {len(lane_served)}, {in_path} while a passenger was timed",
+        )
     bare = raw - percentile(anchors["verify_token"], 50) + percentile(anchors["ed25519"], 50)
     for p, target in ((50, 2.0), (99, 4.0)):
         ratio = percentile(acked, p) / raw
