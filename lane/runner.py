@@ -84,7 +84,7 @@ class RecordStore(Protocol):
     async def append(
         self, draft: RecordDraft, owes: str | None, ends_owed: str | None
     ) -> Record: ...
-    async def served(self, record_ids: Sequence[str]) -> None: ...
+    async def served(self, record_id: str) -> None: ...
 
 
 @dataclass
@@ -372,11 +372,13 @@ class LaneRunner:
             self._notify(note)
 
     async def _served(self, record_id: str) -> None:
-        """Off the vehicle's path: a failure only means a later restart would still owe it a
-        passage (its code would open once more, or a refund record would follow)."""
+        """Off the vehicle's path: the delete is not fsynced (RecordQueue.served), so the next
+        vehicle's record, behind it on the queue's one thread, waits for a WAL write, not an
+        fsync. A failure only means a later restart would still owe it a passage (its code
+        would open once more, or a refund record would follow)."""
         extra = {"lane": self.lane, "record_id": record_id}
         try:
-            await self.store.served([record_id])
+            await self.store.served(record_id)
         except (QueueError, OSError) as exc:
             log.error("owed passage not cleared", extra={**extra, "error": str(exc)})
             return

@@ -104,6 +104,7 @@ SMOKES = {
             r"^  sum of the raw steps' p50s +[\d.]+ ms$",
             r"^frame → ack p50 / sum of raw steps: [\d.]+x",
             r"^frame → ack p99 / sum of raw steps: [\d.]+x",
+            r"^  append, then served +p50 +[\d.]+ .* [\d.]+x the append alone \(mean [\d.]+x\)$",
         ),
     ),
     "networks": Smoke("5", (rf"^  alipay +{PCT}$", rf"^  wechatpay +{PCT}$")),

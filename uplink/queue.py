@@ -1,4 +1,5 @@
-"""The lane's durable store-and-forward queue: one SQLite file in WAL mode, synchronous=FULL.
+"""The lane's durable store-and-forward queue: one SQLite file in WAL mode, synchronous=FULL
+(but for `served`'s own commit, which is NORMAL: see there).
 
 `append` returns only after the commit is on disk, so the lane may open the barrier when it
 returns (safety rule 1). Sequence numbers are assigned in the same transaction as the insert and
@@ -327,6 +328,9 @@ class RecordQueue:
                 try:  # a closed connection raises even on this check
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
+                    # A call that relaxed it for its own commit (`served`) and failed: no other
+                    # commit runs at anything but FULL (the level cannot change in a transaction).
+                    self._db.execute("PRAGMA synchronous=FULL")
                 except sqlite3.Error:
                     log.exception("queue rollback failed", extra={"path": str(self.path)})
                 raise _classify(self.path, exc) from exc
@@ -422,12 +426,22 @@ class RecordQueue:
             ).fetchall()
         return [OwedPassage(str(r), str(v), int(c), str(k), int(t)) for r, v, c, k, t in rows]
 
-    def served(self, record_ids: Sequence[str]) -> None:
-        """These paid vehicles went through (or will never be owed again): forget them."""
+    def served(self, record_id: str) -> None:
+        """This paid vehicle went through: forget the passage its record owed.
+
+        Committed at synchronous=NORMAL, this transaction alone: a write to the WAL, no fsync,
+        so the next vehicle's record (FULL, on the same thread) does not wait behind one. In
+        WAL mode that commit survives a crash or kill -9 of the process (its frames are in the
+        OS's page cache); a power cut before the next FULL commit, whose fsync of the WAL
+        covers every frame before it, can lose only this delete, never corrupt the file: the
+        vehicle is then still owed at the next start and, unless its code is shown again, gets
+        a refund record flagged `carried` (lane.core.carried) although it passed."""
         with self._locked() as db:
+            db.execute("PRAGMA synchronous=NORMAL")  # outside the transaction: fixed within one
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("DELETE FROM owed WHERE record_id=?", [(r,) for r in record_ids])
+            db.execute("DELETE FROM owed WHERE record_id=?", (record_id,))
             db.execute("COMMIT")
+            db.execute("PRAGMA synchronous=FULL")  # before the lock goes: every other commit
 
     def batch(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to `limit` stored records with seq > after_seq, in seq order, as stored bytes."""

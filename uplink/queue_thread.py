@@ -76,8 +76,8 @@ class QueueThread:
     async def owed(self) -> list[OwedPassage]:
         return await self._call(self.sync.owed)
 
-    async def served(self, record_ids: Sequence[str]) -> None:
-        await self._call(self.sync.served, record_ids)
+    async def served(self, record_id: str) -> None:
+        await self._call(self.sync.served, record_id)
 
     async def writable(self) -> bool:
         return await self._call(self.sync.writable)

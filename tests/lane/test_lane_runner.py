@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +75,7 @@ class UnencodableStore:
     async def append(self, draft: RecordDraft, owes: str | None, ends_owed: str | None) -> Record:
         raise ValueError("record cannot be encoded")
 
-    async def served(self, record_ids: Sequence[str]) -> None:
+    async def served(self, record_id: str) -> None:
         pass
 
 
@@ -241,7 +241,7 @@ class MemoryStore:
         self.records.append(record)
         return record
 
-    async def served(self, record_ids: Sequence[str]) -> None:
+    async def served(self, record_id: str) -> None:
         pass  # nothing is owed over a restart in memory
 
 

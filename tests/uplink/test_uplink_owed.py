@@ -2,22 +2,45 @@
 
 A paid record's owed passage is written in the record's own commit, so no crash can leave the
 record without it; a `paid_not_passed` record ends it in its own commit, so no crash can leave
-both or neither; `served` forgets it once the vehicle is through. The lane reads what is left
-at its next start, whatever the back office has acknowledged and deleted meanwhile.
+both or neither; `served` forgets it once the vehicle is through, in a commit of its own that is
+not fsynced (synchronous=NORMAL for it alone: it survives a kill -9, and every other commit stays
+FULL). The lane reads what is left at its next start, whatever the back office has acknowledged
+and deleted meanwhile.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from uplink_kit import queued
 
-from uplink.queue import OwedPassage, QueueFull, RecordQueue
+from uplink.queue import OwedPassage, QueueError, QueueFull, RecordQueue
 from uplink.records import AuthInfo, RecordDraft
 
 LANE = "p1/l1"
 CODE = "3f1c0aa1b2c3d4e5f60718293a4b5c6d"  # a code's digest (lane.core.records.credential_of)
+
+
+# A lane process: two paid records owe their passages, the second vehicle goes through; it
+# prints both record ids once `served` returned, then waits to be killed (nothing is closed).
+SERVED_THEN_KILLED = """
+import sys
+from pathlib import Path
+from uplink.queue import RecordQueue
+from uplink.records import AuthInfo, RecordDraft
+d = RecordDraft(kind="toll", vehicle_id="v", vehicle_class=2, amount_minor=480, currency="EUR",
+                method="token", account_ref="a", auth=AuthInfo("approved"))
+q = RecordQueue(Path(sys.argv[1]), sys.argv[2], 10**8)
+kept, gone = q.append(d, owes="kept"), q.append(d, owes="gone")
+q.served(gone.record_id)
+print(kept.record_id, gone.record_id, flush=True)
+sys.stdin.readline()
+"""
 
 
 def paid(vehicle_id: str = "v1") -> RecordDraft:
@@ -65,8 +88,8 @@ def test_a_refund_record_ends_it_in_its_own_commit_and_served_forgets_it(tmp_pat
         assert [o.record_id for o in q.owed()] == [first.record_id, second.record_id]
         q.append(refund(first.record_id), ends_owed=first.record_id)
         assert [o.record_id for o in q.owed()] == [second.record_id]
-        q.served([second.record_id])
-        q.served([second.record_id])  # twice: nothing left to forget
+        q.served(second.record_id)
+        q.served(second.record_id)  # twice: nothing left to forget
         assert q.owed() == []
 
 
@@ -94,3 +117,67 @@ def test_a_v3_queue_gets_the_owed_table_when_migrated(tmp_path: Path) -> None:
         assert q.owed() == []
         record = q.append(paid("v2"), owes=CODE)
         assert [o.record_id for o in q.owed()] == [record.record_id]
+
+
+def test_a_served_delete_survives_a_kill_9_right_after_it_returns(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    child = subprocess.Popen(
+        [sys.executable, "-c", SERVED_THEN_KILLED, str(path), LANE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line, child.stderr.read() if child.stderr else b""
+        kept, gone = line.decode().split()
+    finally:
+        child.kill()  # SIGKILL: no close, no checkpoint; the WAL is as `served` left it
+        child.communicate()
+    with RecordQueue(path, LANE, 10**8) as q:
+        assert [o.record_id for o in q.owed()] == [kept]
+        assert gone != kept
+
+
+def commit_levels(statements: list[str]) -> list[str]:
+    """The synchronous level each COMMIT in `statements` ran at (the queue opens at FULL)."""
+    level, levels = "FULL", []
+    for statement in statements:
+        if m := re.fullmatch(r"PRAGMA synchronous=(\w+)", statement.strip()):
+            level = m.group(1)
+        elif statement.strip() == "COMMIT":
+            levels.append(level)
+    return levels
+
+
+def synchronous(q: RecordQueue) -> int:
+    return int(q._db.execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_only_the_served_delete_commits_without_an_fsync(tmp_path: Path) -> None:
+    with RecordQueue(tmp_path / "q.sqlite3", LANE, 10**8) as q:
+        statements: list[str] = []
+        q._db.set_trace_callback(statements.append)
+        first = q.append(paid("v1"), owes=CODE)
+        q.served(first.record_id)
+        q.append(paid("v2"), owes=CODE)  # the next vehicle's paid record: fsynced
+        q.ack(queued(q))
+        q._db.set_trace_callback(None)
+        assert commit_levels(statements) == ["FULL", "NORMAL", "FULL", "FULL"]
+        assert synchronous(q) == 2  # FULL
+
+
+def test_a_served_delete_that_fails_leaves_every_other_commit_fsynced(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    with RecordQueue(path, LANE, 10**8, sqlite_pragmas={"busy_timeout": 50}) as q:
+        record = q.append(paid(), owes=CODE)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the file: the delete cannot begin
+        with pytest.raises(QueueError, match="SQLITE_BUSY"):
+            q.served(record.record_id)
+        other.execute("ROLLBACK")
+        other.close()
+        assert synchronous(q) == 2  # FULL, for the next paid record
+        q.served(record.record_id)
+        assert q.owed() == []
