@@ -75,6 +75,7 @@ class AcquirerServer:
         self._stopping = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self.api_requests = 0  # calls that reached the payment API (not /admin): routing tests
+        self.refund_requests = 0  # refunds asked for, made or refused
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -107,6 +108,7 @@ class AcquirerServer:
         app.router.add_post("/v1/payments", self._pay)
         app.router.add_get("/v1/payments/{payment_id}", self._get)
         app.router.add_post("/v1/payments/{payment_id}/reverse", self._reverse)
+        app.router.add_post("/v1/payments/{payment_id}/refunds", self._refund)
 
     @web.middleware
     async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -253,6 +255,31 @@ class AcquirerServer:
         if not PAYMENT_ID.fullmatch(payment_id):
             return _error(400, "bad_request", "bad payment_id")
         return web.json_response(self.ledger.view(self.ledger.reverse(payment_id)))
+
+    async def _refund(self, request: web.Request) -> web.Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        await asyncio.sleep(self._faults.latency_s(self._rng))
+        try:
+            body = json.loads(await request.read())
+            refund_id, amount = body["refund_id"], body["amount_minor"]
+            if not isinstance(refund_id, str) or not PAYMENT_ID.fullmatch(refund_id):
+                raise ValueError("bad refund_id")
+            if isinstance(amount, bool) or not isinstance(amount, int):
+                raise ValueError("amount_minor must be an integer")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, "bad_request", str(exc))
+        refusal = self.refuse_refund(request.match_info["payment_id"], refund_id, amount)
+        if refusal is not None:
+            return _error(409, refusal, "refund refused")
+        return web.json_response({"refund_id": refund_id, "status": "SUCCEEDED"})
+
+    def refuse_refund(self, payment_id: str, refund_id: str, amount_minor: int) -> str | None:
+        """Make a refund (shared with the networks' fakes); its refusal, or None when made."""
+        self.refund_requests += 1
+        if self._faults.refund_refused is not None:
+            return self._faults.refund_refused
+        return self.ledger.refund(payment_id, refund_id, amount_minor)
 
     def _roll(self, faults: Faults) -> Outcome:
         """Draw the fate of a new payment, in a fixed order so a seed replays a run."""

@@ -67,6 +67,8 @@ class Faults:
     error_rate: float = 0.0
     # Share of pay calls never answered (until the client gives up) and never processed.
     hang_rate: float = 0.0
+    # Every refund refused with this reason (e.g. the merchant's balance is short), None: made.
+    refund_refused: str | None = None
     outages: tuple[Outage, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -127,6 +129,10 @@ class Faults:
         for name, value in changes.items():
             if name == "outages":
                 values[name] = _outages(value)
+            elif name == "refund_refused":
+                if value is not None and (not isinstance(value, str) or not value):
+                    raise FaultsError("refund_refused must be a non-empty string or null")
+                values[name] = value
             elif name == "decline_reason":
                 if not isinstance(value, str) or not value:
                     raise FaultsError("decline_reason must be a non-empty string")

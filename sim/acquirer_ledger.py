@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,6 +41,12 @@ class SimPayment:
     succeed_at_s: float | None = None
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     processed: asyncio.Future[None] | None = None
+    refunds: dict[str, int] = field(default_factory=dict)  # refund id -> amount refunded
+    payer: str = ""  # the wallet's stable id (digits), told once the payment is charged
+
+    @property
+    def refunded(self) -> int:
+        return sum(self.refunds.values())
 
     def same_request(self, body: dict[str, Any]) -> bool:
         if self.request is None:
@@ -52,7 +59,39 @@ class Ledger:
         self._clock = clock
         self._payments: dict[str, SimPayment] = {}
         self._codes: dict[str, str] = {}  # code -> the payment_id that used it
+        self._wallets: dict[str, str] = {}  # code -> the simulated wallet that showed it
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def issue_code(self, wallet: str, prefix: str = "28") -> str:
+        """A fresh one-time code of `wallet` (18 digits after `prefix`'s network: 28 Alipay,
+        13 WeChat Pay): the network made it, so it knows whose it is, as the real ones do."""
+        digest = hashlib.sha256(f"{wallet}/{len(self._wallets)}".encode()).hexdigest()
+        code = prefix + str(int(digest, 16))[: 18 - len(prefix)]
+        self._wallets[code] = wallet
+        return code
+
+    def payer_of(self, code: str) -> str:
+        """The payer's stable id (digits), one per wallet; a code no wallet was issued (the
+        simulator's own random codes) is its own payer."""
+        wallet = self._wallets.get(code, code)
+        return str(int(hashlib.sha256(wallet.encode()).hexdigest(), 16))[:12]
+
+    def refund(self, payment_id: str, refund_id: str, amount_minor: int) -> str | None:
+        """Refund part of a charged payment; idempotent by `refund_id`. None when done, else
+        the refusal: `not_found`, `not_refundable` (not charged, or reversed), `too_much`, or
+        `conflict` (the same refund id with another amount)."""
+        payment = self.get(payment_id)
+        if payment is None or payment.request is None:
+            return "not_found"
+        if not payment.charged or payment.status != "SUCCEEDED":
+            return "not_refundable"
+        done = payment.refunds.get(refund_id)
+        if done is not None:
+            return None if done == amount_minor else "conflict"
+        if amount_minor <= 0 or payment.refunded + amount_minor > payment.request["amount_minor"]:
+            return "too_much"
+        payment.refunds[refund_id] = amount_minor
+        return None
 
     def get(self, payment_id: str) -> SimPayment | None:
         payment = self._payments.get(payment_id)
@@ -67,6 +106,7 @@ class Ledger:
             acquirer_ref=f"acq-{len(self._payments) + 1:08d}",
             request={k: body[k] for k in ("code", "amount_minor", "currency", "lane")},
             created_s=self._clock(),
+            payer=self.payer_of(code),
         )
         if self._codes.setdefault(code, payment_id) != payment_id:
             outcome = Outcome("DECLINED", "code_used")  # single-use: the code paid before
@@ -116,6 +156,10 @@ class Ledger:
             doc["currency"] = payment.request["currency"]
         if payment.previous is not None:
             doc["previous"] = payment.previous
+        if payment.charged:
+            doc["user_id"] = f"u{payment.payer}"
+        if payment.refunds:
+            doc["refunded_minor"] = payment.refunded
         return doc
 
     def report(self) -> dict[str, Any]:

@@ -90,6 +90,9 @@ class AlipayFake(AcquirerServer):
             return refused
         if method is wire.Method.PAY:
             body = await self._pay_trade(biz)
+        elif method is wire.Method.REFUND:
+            await asyncio.sleep(self._faults.latency_s(self._rng))
+            body = self._refund_trade(biz)
         elif method is wire.Method.BILL_URL:
             date = str(biz.get("bill_date", ""))
             body = {**_ok(), "bill_download_url": f"{self.url}/bills/{date}.zip"}
@@ -149,6 +152,24 @@ class AlipayFake(AcquirerServer):
         sub = SUB_CODES.get(view.get("reason") or "", "ACQ.PAYMENT_FAIL")
         return _failure("40004", sub)
 
+    def _refund_trade(self, biz: dict[str, Any]) -> dict[str, Any]:
+        otn, number = str(biz.get("out_trade_no", "")), biz.get("out_request_no")
+        try:
+            amount = wire.minor_from_yuan(str(biz.get("refund_amount", "")))
+        except ValueError:
+            return _failure("40002", "isv.invalid-parameter")
+        if not isinstance(number, str) or not number:  # a partial refund must be numbered
+            return _failure("40004", "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL")
+        before = self.ledger.get(otn)
+        again = before is not None and number in before.refunds
+        refusal = self.refuse_refund(otn, number, amount)
+        if refusal is not None:
+            return _failure("40004", REFUND_SUB_CODES.get(refusal, "ACQ." + refusal.upper()))
+        payment = self.ledger.get(otn)
+        assert payment is not None
+        return {**_ok(), **_trade(payment, otn), "refund_fee": wire.yuan(payment.refunded),
+                "fund_change": "N" if again else "Y"}  # fmt: skip
+
     def _order(self, method: wire.Method, otn: str) -> dict[str, Any]:
         if method is wire.Method.CANCEL:
             payment = self.ledger.reverse(otn)  # an unknown order is voided: a late pay is refused
@@ -194,10 +215,20 @@ class AlipayFake(AcquirerServer):
         return web.Response(text=doc + "}", content_type="application/json", charset="utf-8")
 
 
+REFUND_SUB_CODES = {
+    "not_found": wire.NOT_EXIST,
+    "not_refundable": "ACQ.TRADE_STATUS_ERROR",
+    "too_much": "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL",
+    "conflict": "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL",
+}
+
+
 def _trade(payment: SimPayment, otn: str) -> dict[str, Any]:
     doc: dict[str, Any] = {"out_trade_no": otn, "trade_no": payment.acquirer_ref}
     if payment.request is not None:
         doc["total_amount"] = wire.yuan(payment.request["amount_minor"])
+    if payment.charged:  # a paid trade names its buyer: one 2088... id per wallet
+        doc["buyer_user_id"] = "2088" + payment.payer
     return doc
 
 

@@ -128,6 +128,7 @@ class WeChatPayFake(AcquirerServer):
         app.router.add_post(wire.CODEPAY_PATH, self._codepay)
         app.router.add_get("/v3/pay/transactions/out-trade-no/{otn}", self._query)
         app.router.add_post("/v3/pay/transactions/out-trade-no/{otn}/reverse", self._reverse_order)
+        app.router.add_post(wire.REFUND_PATH, self._refund)
         app.router.add_get("/v3/bill/tradebill", self._tradebill)
         app.router.add_get("/v3/billdownload/file", self._bill_file)
         app.router.add_get(certs.CERTIFICATES_PATH, self._certificates)
@@ -260,6 +261,35 @@ class WeChatPayFake(AcquirerServer):
         self.ledger.reverse(otn)  # an unknown order is voided: a late pay is refused
         return self._signed(204, None)
 
+    async def _refund(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        if (refused := self._check_auth(request, raw)) is not None:
+            return refused
+        try:
+            body = json.loads(raw)
+            otn, number = body["out_trade_no"], body["out_refund_no"]
+            refund, total = body["amount"]["refund"], body["amount"]["total"]
+            ok = type(refund) is int and type(total) is int and isinstance(number, str)
+        except (ValueError, TypeError, KeyError):
+            ok = False
+        if not ok:
+            return self._signed(400, _error("PARAM_ERROR", "bad refund request"))
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        payment = self.ledger.get(otn)
+        request_of = payment.request if payment is not None else None
+        if request_of is not None and total != request_of["amount_minor"]:
+            return self._signed(400, _error("PARAM_ERROR", "amount.total is not the order's"))
+        refusal = self.refuse_refund(otn, number, refund)
+        if refusal is not None:
+            code = REFUND_CODES.get(refusal, refusal.upper())
+            return self._signed(404 if refusal == "not_found" else 403, _error(code, refusal))
+        return self._signed(200, {"refund_id": "50" + payment_digits(number),
+                                  "out_refund_no": number, "out_trade_no": otn,
+                                  "status": "SUCCESS",
+                                  "amount": {"refund": refund, "total": total,
+                                             "currency": "CNY"}})  # fmt: skip
+
     async def _tradebill(self, request: web.Request) -> web.Response:
         if (refused := self._check_auth(request, b"")) is not None:
             return refused
@@ -347,7 +377,21 @@ class WeChatPayFake(AcquirerServer):
         if payment.request is not None:
             total = payment.request["amount_minor"]
             doc["amount"] = {"total": total, "payer_total": total, "currency": "CNY"}
+        if payment.charged:  # the payer's openid under our appid: one per wallet
+            doc["payer"] = {"openid": "o" + payment.payer}
         return doc
+
+
+REFUND_CODES = {
+    "not_found": "RESOURCE_NOT_EXISTS",
+    "not_refundable": "INVALID_REQUEST",
+    "too_much": "INVALID_REQUEST",
+    "conflict": "INVALID_REQUEST",
+}
+
+
+def payment_digits(text: str) -> str:
+    return str(int(hashlib.sha256(text.encode()).hexdigest(), 16))[:27]
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -51,6 +51,31 @@ class AcquirerResult:
     status: PaymentStatus
     reason: str | None = None
     acquirer_ref: str | None = None
+    # The network's stable id of the payer (Alipay `buyer_user_id`/`buyer_open_id`, WeChat Pay
+    # `payer.openid`, our API's `user_id`): the same for every code the wallet shows, so a metro
+    # gate finds the tap-in of a passenger whose code digits change at every showing.
+    user_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    """Give back `amount_minor` of a settled payment of `total_minor` (a partial refund).
+    `refund_id` is the idempotency key (Alipay's `out_request_no`, WeChat Pay's
+    `out_refund_no`): the same refund asked again is made once."""
+
+    payment_id: str
+    refund_id: str
+    amount_minor: int
+    total_minor: int
+    currency: str
+
+    def __post_init__(self) -> None:
+        _check_id(self.payment_id)
+        _check_id(self.refund_id)
+        if not 0 < self.amount_minor <= self.total_minor:
+            raise ValueError("a refund is more than nothing and at most the payment")
+        if not CURRENCY.fullmatch(self.currency):
+            raise ValueError(f"currency must be three capital letters, not {self.currency!r}")
 
 
 @dataclass(frozen=True)
@@ -98,6 +123,12 @@ class Acquirer(Protocol):
 
     async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult: ...
 
+    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
+        """Refund part of a settled payment; returns once the network took the refund (made,
+        or accepted to be made). `RefundRefused`: the network said no (the payment is not
+        refundable, the merchant's balance is short ...): asking again may not help."""
+        ...
+
     def reverse_rule(self, payment_id: str) -> ReverseRule: ...
 
     def network_for(self, code: str) -> Network:
@@ -138,6 +169,14 @@ class AcquirerUnavailable(AcquirerError):  # noqa: N818 - the name the design us
     def __init__(self, message: str, http_status: int | None = None) -> None:
         super().__init__(message)
         self.http_status = http_status
+
+
+class RefundRefused(AcquirerError):  # noqa: N818 - the network's answer, not a failure of ours
+    """The network refused the refund; `reason` is its code (lower-cased)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"refund refused: {reason} {detail}".strip())
+        self.reason = reason
 
 
 class AcquirerTimeout(AcquirerError):  # noqa: N818 - the name the design uses
@@ -239,6 +278,18 @@ class AcquirerClient(HttpClient, OneNetwork):
         path = f"/v1/payments/{quote(payment_id, safe='')}/reverse"
         return await self._call("POST", path, {}, payment_id, timeout_s)
 
+    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
+        path = f"/v1/payments/{quote(request.payment_id, safe='')}/refunds"
+        body = {"refund_id": request.refund_id, "amount_minor": request.amount_minor,
+                "currency": request.currency}  # fmt: skip
+        what = f"POST {path}"
+        answer = await self._send("POST", self._base + path, what, timeout_s, json=body)
+        doc = _decode(answer.body, what, answer.status)
+        if answer.status == 409:  # our API's business refusal (not refundable, too much ...)
+            raise RefundRefused(str(doc.get("error", "refused")), str(doc.get("detail", "")))
+        if answer.status != 200 or doc.get("refund_id") != request.refund_id:
+            raise AcquirerProtocolError(f"{what}: HTTP {answer.status}: {doc}", answer.status)
+
     async def _call(
         self,
         method: str,
@@ -297,7 +348,7 @@ def _result(doc: dict[str, Any], payment_id: str, what: str) -> AcquirerResult:
         raise AcquirerProtocolError(
             f"{what}: answer is for payment {doc.get('payment_id')!r}, not {payment_id!r}", 200
         )
-    for name in ("reason", "acquirer_ref"):
+    for name in ("reason", "acquirer_ref", "user_id"):
         if doc.get(name) is not None and not isinstance(doc[name], str):
             raise AcquirerProtocolError(f"{what}: {name} must be a string", 200)
     if "amount_minor" in doc and (
@@ -309,4 +360,5 @@ def _result(doc: dict[str, Any], payment_id: str, what: str) -> AcquirerResult:
         status=PaymentStatus(status),
         reason=doc.get("reason"),
         acquirer_ref=doc.get("acquirer_ref"),
+        user_id=doc.get("user_id") or None,
     )

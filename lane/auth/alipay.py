@@ -24,6 +24,7 @@ from lane.auth.acquirer import (
     HttpClient,
     OneNetwork,
     PayRequest,
+    RefundRequest,
     ReverseRule,
 )
 
@@ -77,6 +78,14 @@ class AlipayClient(HttpClient, OneNetwork):
     async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
         biz = {"out_trade_no": out_trade_no(payment_id)}
         return await self._call(wire.Method.CANCEL, biz, payment_id, timeout_s)
+
+    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
+        otn = out_trade_no(request.payment_id)
+        biz = wire.refund_biz(otn, request.refund_id, request.amount_minor)
+        body = await self._signed_call(wire.Method.REFUND, biz, timeout_s)
+        if body.get("out_trade_no") not in (None, otn):
+            raise AcquirerProtocolError(f"refund: answer for order {body.get('out_trade_no')!r}")
+        wire.refund_result(body)
 
     async def bill_url(self, bill_date: str, timeout_s: float) -> str:
         """Where the day's trade bill (a zip of CSV) can be downloaded; bill_date YYYY-MM-DD."""

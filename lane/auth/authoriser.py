@@ -172,14 +172,16 @@ class Authoriser:
         if row is not None and row.state not in FINAL:
             self._resolver.give_up(payment_id, "abandoned")
 
-    async def settle(self, auth_id: str) -> None:
-        """The record of this authorisation is on disk: its payment must never be reversed."""
+    async def settle(self, auth_id: str, refund_minor: int = 0) -> None:
+        """The record of this authorisation is on disk: its payment must never be reversed.
+        `refund_minor`: the record kept that much less than was charged (a metro exit priced
+        after the answer): owed back to the payer, durably with the settle."""
         if auth_id in self._deferred:
             self._deferred.discard(auth_id)  # nothing was charged: the attempt is being voided
             return
         payment_id = payment_id_for(self._lane, auth_id)
         if await self._resolver.get(payment_id) is not None:  # tokens have no payment
-            await self._resolver.settle(payment_id)
+            await self._resolver.settle(payment_id, refund_minor)
 
     # -- offline tokens ----------------------------------------------------------------------
 
@@ -263,6 +265,7 @@ class Authoriser:
                     return self._give_up(req, start, pid, ref, "timeout")
         if answer.status is PaymentStatus.SUCCEEDED:
             self._resolver.charged(pid, answer.acquirer_ref)
+            ref = code.paid_by(answer.user_id, self._key)
             return self._decided(
                 req, start, True, "approved", ref=ref, pid=pid, acq=answer.acquirer_ref
             )

@@ -26,7 +26,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -42,6 +42,8 @@ from lane.auth.acquirer import (
     OneNetwork,
     PaymentStatus,
     PayRequest,
+    RefundRefused,
+    RefundRequest,
     ReverseRule,
 )
 from lane.auth.alipay import AlipayClient
@@ -57,6 +59,7 @@ from lane.auth.wechatpay_trust import (
 )
 from scanner.payload import EmvPayload, PaymentCodePayload, classify
 
+T = TypeVar("T")
 log = logging.getLogger("lane.auth.networks")
 
 CodeKind = Literal["alipay", "wechat", "unionpay", "emv"]
@@ -92,6 +95,9 @@ class NoAcquirer(OneNetwork):
         raise AcquirerUnavailable(self.reason)
 
     async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
+        raise AcquirerUnavailable(self.reason)
+
+    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
         raise AcquirerUnavailable(self.reason)
 
 
@@ -177,6 +183,17 @@ class NetworkRouter:
             network = found[0]
         return await network.reverse(payment_id, timeout_s)
 
+    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
+        """Only a settled payment is refunded, and the resolver hands its recorded network back
+        first (`remember`); one it cannot place is looked for like a query."""
+        network = self._known(request.payment_id)
+        if network is None:
+            found = await self._find(request.payment_id, timeout_s)
+            if found is None:
+                raise RefundRefused("trade_not_exist", "no network knows this payment")
+            network = found[0]
+        await network.refund(request, timeout_s)
+
     def _known(self, payment_id: str) -> Acquirer | None:
         name = self._where.get(payment_id)
         return None if name is None else self._networks.get(name)
@@ -236,7 +253,10 @@ class WatchedAcquirer:
     async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
         return await self._watch(self._inner.reverse(payment_id, timeout_s))
 
-    async def _watch(self, call: Coroutine[Any, Any, AcquirerResult]) -> AcquirerResult:
+    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
+        await self._watch(self._inner.refund(request, timeout_s))
+
+    async def _watch(self, call: Coroutine[Any, Any, T]) -> T:
         try:
             result = await call
         except AcquirerUnavailable as exc:

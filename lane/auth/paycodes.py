@@ -42,6 +42,16 @@ class OnlineCode:
     wire: str  # what goes to the acquirer: the digits, or the Base64 payload without line ends
     account_ref: str
 
+    def paid_by(self, user_id: str | None, key: bytes) -> str:
+        """The account of a paid wallet code: the network's stable id of its payer, keyed like
+        any reference. A wallet code's digits change at every showing, its payer does not, so
+        a metro gate finds the passenger's tap-in by it. An EMV card keeps its PAN reference
+        (already stable); an answer without a payer id keeps the code's own."""
+        if self.kind != "payment_code" or not user_id:
+            return self.account_ref
+        scheme = self.account_ref.partition(":")[0]
+        return _ref(scheme, b"payer\x00" + user_id.encode(), key)
+
 
 def online_code(kind: str, text: str, key: bytes) -> OnlineCode:
     """Check that `text` is a well-formed code of `kind`; raise CodeError if not."""

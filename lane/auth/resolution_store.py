@@ -8,6 +8,11 @@ allowed moves between them live in `TRANSITIONS`; an illegal move raises and cha
     intent --pay DECLINED---> declined                                    (final)
     intent | charged --lane gave up / crashed--> given_up --resolver--> reversed | declined
 
+A settled payment may owe part of it back (`refund_minor`, schema v3: a metro exit charged the
+maximum fare, then priced by the passenger's tap-in): written with `settled` in one
+transaction, then owed until the network takes the refund (`refunded_ms`); the resolver retries
+it until then, and `prune` keeps the row.
+
 Each payment carries the network that was asked to take it, written with the intent (the same
 transaction), so the lane never has a payment in doubt without knowing whom to ask about it.
 Rows from before schema v2 have none (NULL): they are looked for on every network.
@@ -85,7 +90,22 @@ def _add_network_v2(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_network_v2)
+def _add_refund_v3(conn: sqlite3.Connection) -> None:
+    # A settled payment may owe its payer part of it back (a metro exit charged the maximum
+    # fare, then priced by the tap-in): written with `settled`, in the same transaction, and
+    # kept until the network took the refund (`refunded_ms`).
+    conn.execute(
+        "ALTER TABLE payments ADD COLUMN refund_minor INTEGER NOT NULL DEFAULT 0"
+        " CHECK (refund_minor >= 0)"
+    )
+    conn.execute("ALTER TABLE payments ADD COLUMN refunded_ms INTEGER")
+    conn.execute(
+        "CREATE INDEX payments_refunds_owed ON payments (created_ms)"
+        " WHERE refund_minor > 0 AND refunded_ms IS NULL"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_network_v2, _add_refund_v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 NETWORKS: tuple[Network, ...] = get_args(Network)
 
@@ -121,6 +141,16 @@ class PaymentRow:
     created_ms: int
     updated_ms: int
     network: Network | None  # None: written before the lane recorded it (schema v1)
+    refund_minor: int = 0  # owed back to the payer once settled (a partial refund)
+    refunded_ms: int | None = None  # when the network took that refund; None: still owed
+
+    @property
+    def refund_owed(self) -> bool:
+        return (
+            self.state is PaymentState.SETTLED
+            and self.refund_minor > 0
+            and (self.refunded_ms is None)
+        )
 
 
 class ResolutionStore:
@@ -191,19 +221,24 @@ class ResolutionStore:
         *,
         acquirer_ref: str | None = None,
         reason: str | None = None,
+        refund_minor: int = 0,
     ) -> PaymentRow:
-        """Move a payment to `to` if the table allows it, else raise IllegalTransition."""
+        """Move a payment to `to` if the table allows it, else raise IllegalTransition.
+        `refund_minor`: settled, owing that much back to the payer (at most what it charged)."""
         with self._tx():
             row = self._get(payment_id)
             if row is None:
                 raise UnknownPayment(f"no payment {payment_id} in {self.path}")
             if to not in TRANSITIONS[row.state]:
                 raise IllegalTransition(payment_id, row.state, to)
+            if refund_minor and (to is not S.SETTLED or not 0 < refund_minor <= row.amount_minor):
+                raise ValueError(f"payment {payment_id}: no refund of {refund_minor} when {to}")
             self._db.execute(
                 "UPDATE payments SET state = ?, updated_ms = ?,"
-                " acquirer_ref = COALESCE(?, acquirer_ref), reason = COALESCE(?, reason)"
+                " acquirer_ref = COALESCE(?, acquirer_ref), reason = COALESCE(?, reason),"
+                " refund_minor = MAX(refund_minor, ?)"
                 " WHERE payment_id = ?",
-                (to, now_ms, acquirer_ref, reason, payment_id),
+                (to, now_ms, acquirer_ref, reason, refund_minor, payment_id),
             )
             moved = self._get(payment_id)
         assert moved is not None
@@ -216,6 +251,25 @@ class ResolutionStore:
                 "UPDATE payments SET attempts = attempts + 1, reason = ?, updated_ms = ?"
                 " WHERE payment_id = ?",
                 (reason, now_ms, payment_id),
+            )
+
+    def refunds_owed(self) -> list[PaymentRow]:
+        """Settled payments whose refund the network has not taken yet, oldest first."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT * FROM payments WHERE refund_minor > 0 AND refunded_ms IS NULL"
+                " AND state = ? ORDER BY created_ms",
+                (S.SETTLED.value,),
+            )
+            return [_row(r) for r in cur.fetchall()]
+
+    def refunded(self, payment_id: str, now_ms: int) -> None:
+        """The network took the refund owed on this payment."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE payments SET refunded_ms = ?, updated_ms = ?"
+                " WHERE payment_id = ? AND refunded_ms IS NULL",
+                (now_ms, now_ms, payment_id),
             )
 
     def get(self, payment_id: str) -> PaymentRow | None:
@@ -236,7 +290,8 @@ class ResolutionStore:
         finals = [s.value for s in FINAL]
         with self._tx():
             cur = self._db.execute(
-                "DELETE FROM payments WHERE updated_ms < ? AND state IN (?, ?, ?)",
+                "DELETE FROM payments WHERE updated_ms < ? AND state IN (?, ?, ?)"
+                " AND (refund_minor = 0 OR refunded_ms IS NOT NULL)",  # a refund owed stays
                 (before_ms, *finals),
             )
             return cur.rowcount
@@ -265,6 +320,8 @@ def _row(r: sqlite3.Row) -> PaymentRow:
         created_ms=r["created_ms"],
         updated_ms=r["updated_ms"],
         network=_network(r["network"]),
+        refund_minor=r["refund_minor"],
+        refunded_ms=r["refunded_ms"],
     )
 
 

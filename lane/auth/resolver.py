@@ -9,6 +9,13 @@ an unknown id voids it, so a pay request still on its way is refused when it lan
 acquirer is unreachable it retries with backoff; the work survives restarts because it is in
 SQLite, and on start every intent left open by a previous run is given up and resolved. Each
 payment's network is recorded with its intent: a later run asks that network alone about it.
+
+A payment may be settled owing part of it back (`settle(..., refund_minor)`: a metro exit
+charged the maximum fare, then priced the passenger's trip by the tap-in the acquirer's answer
+found). The same worker makes that partial refund, with its own idempotency key
+(`refund_id_for`), and retries it with the same backoff until the network takes it; while a
+refund fails, the alarm `refund_failing` says which and why, and it clears once every refund
+owed is made.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from lane.auth.acquirer import (
     AcquirerProtocolError,
     AcquirerTimeout,
     AcquirerUnavailable,
+    AlarmSink,
     PaymentStatus,
+    RefundRequest,
 )
 from lane.auth.network_config import Network
 from lane.auth.resolution_store import (
@@ -56,6 +65,13 @@ __all__ = [
 
 log = logging.getLogger("lane.auth.resolver")
 T = TypeVar("T")
+REFUND_ALARM = "refund_failing"
+
+
+def refund_id_for(payment_id: str) -> str:
+    """The one partial refund a payment may owe, named so that asking again refunds once
+    (Alipay's out_request_no, WeChat Pay's out_refund_no: 64 characters at most)."""
+    return f"{payment_id}-r1"
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,7 @@ class Resolver:
         request_timeout_s: float = 2.0,
         pending_grace_s: float = 30.0,
         is_recorded: Callable[[str], Awaitable[bool]] | None = None,
+        alarm: AlarmSink | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -97,6 +114,8 @@ class Resolver:
         self._timeout_s = request_timeout_s
         self._grace_ms = int(pending_grace_s * 1000)
         self._is_recorded = is_recorded
+        self._alarm = alarm
+        self._refund_alarm: str | None = None  # the text raised, None: no refund failing
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolution-store")
         self._queue: dict[str, str] = {}  # payment_id -> why the lane gave up
         self._mine: set[str] = set()  # begun by this run: never "recovered"
@@ -148,9 +167,15 @@ class Resolver:
         self._write_behind(payment_id, PaymentState.DECLINED, reason=reason)
         self._finished(payment_id)
 
-    async def settle(self, payment_id: str) -> PaymentRow:
-        """The record is on disk: never reverse. Raises IllegalTransition if already given up."""
-        return await self._move(payment_id, PaymentState.SETTLED)
+    async def settle(self, payment_id: str, refund_minor: int = 0) -> PaymentRow:
+        """The record is on disk: never reverse. Raises IllegalTransition if already given up.
+        `refund_minor`: the record kept less than was charged; that much is owed back, durably
+        from this commit on, and the worker refunds it."""
+        row = await self._move(payment_id, PaymentState.SETTLED, refund_minor=refund_minor)
+        if row.refund_owed:
+            self._idle.clear()
+            self._wake.set()
+        return row
 
     def give_up(self, payment_id: str, reason: str = "gave_up") -> None:
         """The lane will not use this payment: resolve it (reverse if charged) unless settled."""
@@ -224,13 +249,15 @@ class Resolver:
             try:
                 await self._absorb_queue()
                 rows = await self._db(self._store.in_states, {PaymentState.GIVEN_UP})
-                if not rows:
+                owed = await self._db(self._store.refunds_owed)
+                if not rows and not owed:
                     failures = 0
                     if not self._queue:
                         self._idle.set()
                     await self._wake.wait()
                     continue
                 failed, pending = await self._resolve_all(rows)
+                failed |= await self._refund_all(owed)
             except Exception:  # the store failed, or a bug: keep resolving, never die quietly
                 log.exception("payment resolution failed; retrying")
                 failed, pending = True, False
@@ -274,6 +301,41 @@ class Resolver:
                 if isinstance(exc, AcquirerUnavailable | AcquirerTimeout):
                     break  # the acquirer is down: no use trying the rest now
         return failed, pending
+
+    async def _refund_all(self, rows: list[PaymentRow]) -> bool:
+        """Ask each owed refund once; True when one failed (the alarm then says which)."""
+        failing: list[tuple[PaymentRow, AcquirerError]] = []
+        for row in rows:
+            if row.network is not None:
+                self._client.remember(row.payment_id, row.network)
+            ask = RefundRequest(row.payment_id, refund_id_for(row.payment_id), row.refund_minor,
+                                row.amount_minor, row.currency)  # fmt: skip
+            try:
+                await self._client.refund(ask, self._timeout_s)
+            except AcquirerError as exc:
+                failing.append((row, exc))
+                log.warning("refund not made: %s", exc, extra=_x(row))
+                await self._db(self._store.note_attempt, row.payment_id, self._now_ms(), str(exc))
+                if isinstance(exc, AcquirerUnavailable | AcquirerTimeout):
+                    break  # the network is down: no use trying the rest now
+                continue
+            await self._db(self._store.refunded, row.payment_id, self._now_ms())
+            self._client.forget(row.payment_id)
+            log.info("refund made", extra={**_x(row), "refund_minor": row.refund_minor})
+        self._say_refunds(failing)
+        return bool(failing)
+
+    def _say_refunds(self, failing: list[tuple[PaymentRow, AcquirerError]]) -> None:
+        text = None
+        if failing:
+            row, exc = failing[0]
+            text = (
+                f"{len(failing)} refund(s) owed to passengers not made, retried until taken:"
+                f" {row.refund_minor} {row.currency} of {row.payment_id} ({exc})"
+            )
+        if (text is None) != (self._refund_alarm is None) and self._alarm is not None:
+            self._alarm(REFUND_ALARM, text)
+        self._refund_alarm = text
 
     async def _resolve(self, row: PaymentRow) -> bool:
         """One step towards a final state; True when the payment is resolved."""

@@ -32,6 +32,7 @@ from lane.auth.acquirer import (
     HttpClient,
     OneNetwork,
     PayRequest,
+    RefundRequest,
     ReverseRule,
 )
 from lane.auth.wechatpay_certs import CERTIFICATES_PATH
@@ -95,6 +96,14 @@ class WeChatPayClient(HttpClient, OneNetwork):
         path = wire.reverse_path(wire.out_trade_no(payment_id))
         body = {"appid": self._merchant.appid, "mchid": self._merchant.mchid}
         return await self._call(wire.Call.REVERSE, "POST", path, body, payment_id, timeout_s)
+
+    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
+        deadline = self._monotonic() + timeout_s
+        body = wire.refund_body(wire.out_trade_no(request.payment_id), request.refund_id,
+                                request.amount_minor, request.total_minor)  # fmt: skip
+        answer = await self.request("POST", wire.REFUND_PATH, body, timeout_s)
+        doc = await self._verified(answer, f"POST {wire.REFUND_PATH}", deadline)
+        wire.refund_result(answer.status, doc, request.refund_id)
 
     async def get_signed(self, path: str, timeout_s: float) -> tuple[int, dict[str, Any]]:
         """GET an API path (e.g. the trade bill's download URL) and verify the answer."""

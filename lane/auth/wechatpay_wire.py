@@ -18,10 +18,16 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lane.auth import netkeys
-from lane.auth.acquirer import AcquirerProtocolError, AcquirerResult, PaymentStatus
+from lane.auth.acquirer import (
+    AcquirerProtocolError,
+    AcquirerResult,
+    PaymentStatus,
+    RefundRefused,
+)
 
 SCHEME = "WECHATPAY2-SHA256-RSA2048"
 CODEPAY_PATH = "/v3/pay/transactions/codepay"
+REFUND_PATH = "/v3/refund/domestic/refunds"  # 申请退款: a partial refund of a paid order
 OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_|*-]{6,32}")
 # Answers signed longer ago than this are refused: a replayed old answer proves nothing now.
 MAX_ANSWER_AGE_S = 300
@@ -182,6 +188,29 @@ def codepay_body(
     }
 
 
+def refund_body(otn: str, out_refund_no: str, refund: int, total: int) -> dict[str, Any]:
+    return {"out_trade_no": otn, "out_refund_no": out_refund_no, "reason": "fare priced at exit",
+            "amount": {"refund": refund, "total": total, "currency": "CNY"}}  # fmt: skip
+
+
+def refund_result(http_status: int, doc: Mapping[str, Any], out_refund_no: str) -> None:
+    """A verified answer to a refund: 200 with `status` SUCCESS or PROCESSING is taken (WeChat
+    Pay finishes a PROCESSING refund itself; the bill shows it); ABNORMAL or CLOSED, or a 4xx
+    business code (`NOT_ENOUGH`: the merchant's balance, `RESOURCE_NOT_EXISTS` ...), is its no;
+    a request error is ours."""
+    code = str(doc.get("code", ""))
+    if http_status == 200 and not code:
+        if doc.get("out_refund_no") != out_refund_no:
+            raise AcquirerProtocolError(f"wechatpay refund: answer for {doc.get('out_refund_no')}")
+        status = str(doc.get("status", ""))
+        if status in ("SUCCESS", "PROCESSING"):
+            return
+        raise RefundRefused(status.lower() or "no_status")
+    if code and code not in REQUEST_ERRORS and 400 <= http_status < 500:
+        raise RefundRefused(code.lower(), str(doc.get("message", "")))
+    raise AcquirerProtocolError(f"wechatpay refund: HTTP {http_status} {code}", http_status)
+
+
 def result(call: Call, http_status: int, doc: Mapping[str, Any], payment_id: str) -> AcquirerResult:
     """The lane's view of a verified answer (2xx or 4xx; 5xx never gets here)."""
     if 200 <= http_status < 300 and "code" not in doc:
@@ -211,7 +240,11 @@ def _trade(call: Call, doc: Mapping[str, Any], payment_id: str) -> AcquirerResul
     ref = doc.get("transaction_id") if isinstance(doc.get("transaction_id"), str) else None
     state = doc.get("trade_state")
     if state == TradeState.SUCCESS:
-        return AcquirerResult(payment_id, PaymentStatus.SUCCEEDED, acquirer_ref=ref)
+        payer = doc.get("payer")
+        openid = payer.get("openid") if isinstance(payer, dict) else None
+        # `payer.openid`: the payer's id under our appid, the same for every code they show.
+        user = openid if isinstance(openid, str) and openid else None
+        return AcquirerResult(payment_id, PaymentStatus.SUCCEEDED, None, ref, user)
     if state in (TradeState.USERPAYING, TradeState.NOTPAY):
         return AcquirerResult(payment_id, PaymentStatus.PENDING, acquirer_ref=ref)
     if state == TradeState.PAYERROR:

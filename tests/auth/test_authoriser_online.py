@@ -24,6 +24,7 @@ from lane.auth.authoriser import (
     OfflineResult,
     payment_id_for,
 )
+from lane.auth.paycodes import online_code
 from lane.auth.policy import OfflinePolicy
 from lane.auth.resolver import Backoff, PaymentState, ResolutionStore, Resolver
 from sim.acquirer import AcquirerServer, running_acquirer
@@ -153,9 +154,17 @@ async def test_approved_then_settled(lane: Lane) -> None:
 async def test_account_ref_is_keyed_and_stable(lane: Lane, tmp_path: Path) -> None:
     code = str(next(_codes))
     first = await lane.auth.authorise(lane.request(code))
-    again = await lane.auth.authorise(lane.request(code))  # declined code_used, same account
+    again = await lane.auth.authorise(lane.request(code))  # declined code_used: no payer named
     assert again.reason == "code_used"
-    assert first.account_ref == again.account_ref
+    assert again.account_ref == online_code("payment_code", code, KEY).account_ref
+    # Paid, the account is the payer the acquirer names (keyed, never raw): the same for every
+    # code of one wallet, whose digits change at every showing.
+    wallet = [lane.acquirer.ledger.issue_code("wallet-1") for _ in range(2)]
+    paid = [await lane.auth.authorise(lane.request(c)) for c in wallet]
+    assert [d.approved for d in paid] == [True, True]
+    assert paid[0].account_ref == paid[1].account_ref != first.account_ref
+    ref = paid[0].account_ref
+    assert ref is not None and ref.startswith("alipay:") and "wallet-1" not in ref
     other_key = Authoriser(
         "x",
         lane.client,
@@ -166,8 +175,8 @@ async def test_account_ref_is_keyed_and_stable(lane: Lane, tmp_path: Path) -> No
         time.time,
         account_key=b"another-secret-0123456789abcdef",
     )
-    other = await other_key.authorise(lane.request(code))
-    assert other.account_ref != first.account_ref
+    other = await other_key.authorise(lane.request(lane.acquirer.ledger.issue_code("wallet-1")))
+    assert other.account_ref != paid[0].account_ref
 
 
 async def test_declined(lane: Lane) -> None:
