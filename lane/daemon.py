@@ -179,8 +179,8 @@ class PaymentsAdapter:
     async def abandon(self, auth_id: str, reason: str) -> None:
         await self.authoriser.abandon(auth_id)
 
-    async def settle(self, auth_id: str) -> None:
-        await self.authoriser.settle(auth_id)
+    async def settle(self, auth_id: str, refund_minor: int = 0) -> None:
+        await self.authoriser.settle(auth_id, refund_minor)
 
 
 def rules_from(config: LaneConfig) -> LaneRules:
@@ -502,6 +502,7 @@ class LaneDaemon:
             self.acquirer,
             clock=self.clocks.wall,
             is_recorded=self._is_recorded,
+            alarm=self._alarm,
         )
         authoriser = Authoriser(
             self.lane,

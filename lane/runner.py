@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -59,7 +60,7 @@ class BarrierPort(Protocol):
 class PaymentsPort(Protocol):
     async def authorise(self, request: Authorise) -> ev.Decided: ...
     async def abandon(self, auth_id: str, reason: str) -> None: ...
-    async def settle(self, auth_id: str) -> None: ...
+    async def settle(self, auth_id: str, refund_minor: int = 0) -> None: ...
 
 
 class RoadPort(Protocol):
@@ -228,8 +229,8 @@ class LaneRunner:
                     extra={"lane": self.lane, "auth_id": auth_id, "reason": reason},
                 )
                 self._spawn("abandon", self.payments.abandon(auth_id, reason))
-            case Settle(auth_id=auth_id):
-                self._spawn("settle", self.payments.settle(auth_id))
+            case Settle(auth_id=auth_id, refund_minor=refund):
+                self._spawn("settle", self.payments.settle(auth_id, refund))
             case Persist():
                 self._spawn("persist", self._persist(action))
             case PassageServed(record_id=record_id):
@@ -291,7 +292,22 @@ class LaneRunner:
             decision = ev.Decided(
                 action.auth_id, False, f"error: {exc.__class__.__name__}", action.kind
             )
+        if action.reprice is not None and decision.approved and decision.account_ref is not None:
+            ask = dataclasses.replace(action.reprice, account_ref=decision.account_ref)
+            decision = dataclasses.replace(decision, repriced=await self._price_again(ask))
         self.post(decision)
+
+    async def _price_again(self, ask: PriceTrip) -> ev.TripPriced | None:
+        """A metro exit's trip priced by the payer the acquirer named (lane.core.metro); None
+        keeps the fare charged (the maximum), with the error logged."""
+        try:
+            if self.road is None:
+                raise LookupError("no trip desk")
+            return await self.road.price(ask)
+        except Exception:
+            log.exception("trip not priced by payer", extra={"lane": self.lane,
+                                                             "trip_id": ask.trip_id})  # fmt: skip
+            return None
 
     async def _issue(self, action: IssuePass) -> None:
         if self.road is None:

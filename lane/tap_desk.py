@@ -7,9 +7,10 @@ queued while the broker is away), and takes the other gates' ones: a tap-in goes
 like a road pass). All offline: an exit gate asks nobody.
 
 `price` answers a `transit-exit` gate's `PriceTrip` (source code): the account of the code
-shown, its latest tap-in and whether it exited, priced by lane.auth.trip_pricing
-(`price_tap_out`). `mark_used` answers `MarkPassUsed`: the tap_out record is durable, the
-tap-in has exited (a tap-in exits once).
+shown (or, asked again after a wallet code was paid, the account of the payer the acquirer
+named: `PriceTrip.account_ref`), its latest tap-in and whether it exited, priced by
+lane.auth.trip_pricing (`price_tap_out`). `mark_used` answers `MarkPassUsed`: the tap_out
+record is durable, the tap-in has exited (a tap-in exits once).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class TapDesk:
         if pricing is None:
             raise LookupError("this gate does not price exits")
         now = self.wall()
-        account = code_account(
+        account = request.account_ref or code_account(
             request.code_kind,
             request.pass_text or "",
             pricing.keys(),

@@ -25,6 +25,10 @@ class Authorise:
     amount_minor: int
     currency: str
     deadline: float
+    # A metro exit charging a wallet code the maximum fare (its tap-in is found by the payer the
+    # acquirer names, not by the code): once approved, the shell prices this trip again with
+    # the answer's account, and the decision carries it (`Decided.repriced`).
+    reprice: PriceTrip | None = None
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,12 @@ class Abandon:
 
 @dataclass(frozen=True)
 class Settle:
-    """The record of this authorisation is durable: it must never be reversed."""
+    """The record of this authorisation is durable: it must never be reversed. `refund_minor`:
+    the record kept that much less than was charged, owed back to the payer (a partial refund,
+    durable with the settle)."""
 
     auth_id: str
+    refund_minor: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,7 @@ class PriceTrip:
     pass_text: str | None  # source pass; source code: the payment code shown
     plate: str | None  # read at the exit, if any
     code_kind: PayloadKind | None = None  # source code: what the scanner made of it
+    account_ref: str | None = None  # the account the acquirer's answer named (metro, repriced)
 
 
 @dataclass(frozen=True)

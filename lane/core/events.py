@@ -47,6 +47,7 @@ class Decided:
     latency_ms: int = 0
     offline: bool = False
     flags: tuple[str, ...] = ()
+    repriced: TripPriced | None = None  # Authorise.reprice, answered with the payer's account
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return metro.on_scanned(state, event, now)
         case ev.Scanned():
             return paypoint.on_scanned(state, event, now)
+        case ev.Decided() if metro.priced_gate(state):
+            return metro.on_decided(state, event, now)
         case ev.Decided():
             return paypoint.on_decided(state, event, now)
         case ev.Persisted():

@@ -19,14 +19,15 @@ from lane.core import events as ev
 from lane.core import paypoint, road
 from lane.core.actions import Action, Authorise, PriceTrip, ShowOnDisplay
 from lane.core.display import ASSISTANCE
-from lane.core.names import PAYABLE_KINDS, TripSource
+from lane.core.names import PAYABLE_KINDS, PayloadKind, TripSource
 from lane.core.notes import RoadEventIgnored, ScanIgnored, TripPricedNote, VehicleArrived
 from lane.core.state import LaneMode, LaneState, Vehicle
-from lane.core.trip import TapOut
+from lane.core.trip import Priced, TapOut
 
 Result = tuple[LaneState, list[Action]]
 
 PROCESSING = "Processing payment"
+NO_TAP_IN = "no_pass"  # lane.auth.trip_rules' outcome: no tap-in of the account on the line
 
 
 def priced_gate(state: LaneState) -> bool:
@@ -74,10 +75,57 @@ def on_priced(state: LaneState, event: ev.TripPriced, now: float) -> Result:
         why = event.display[0] if event.amount_minor is None and event.display else "Not accepted"
         shown = ShowOnDisplay((why, ASSISTANCE), ttl_s=3.0)
         return replace(state, vehicle=None), [note, shown]
-    vehicle, _ = road.take_price(vehicle, event, attendant=False, confirmed=True)
+    vehicle, priced = road.take_price(vehicle, event, attendant=False, confirmed=True)
+    by_payer = trip.code.kind == PayloadKind.PAYMENT_CODE and event.outcome == NO_TAP_IN
+    if by_payer:
+        vehicle = replace(vehicle, trip=replace(priced, by_payer=True))
     state, actions = paypoint.on_scanned(replace(state, vehicle=vehicle), trip.code, now)
     if any(isinstance(a, Authorise) for a in actions):
         # What the passenger is charged and why (`Same station exit`, `No tap-in` ...).
         actions = [a for a in actions if not isinstance(a, ShowOnDisplay)]
         actions.append(ShowOnDisplay((*event.display, PROCESSING)))
+    if by_payer:
+        again = PriceTrip(f"{trip.asked}/payer", vehicle.vehicle_id, vehicle.vehicle_class,
+                          TripSource.CODE, trip.code.text, None, trip.code.kind)  # fmt: skip
+        actions = [replace(a, reprice=again) if isinstance(a, Authorise) else a for a in actions]
     return state, [note, *actions]
+
+
+def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
+    """The answer for the held code. A wallet code charged the maximum fare for want of a
+    tap-in under its own reference comes back with its trip priced again by the payer the
+    acquirer named (`repriced`): the record keeps that trip's fare, never more than was
+    charged, and the rest is refunded once the record is durable (`Settle.refund_minor`)."""
+    vehicle = state.vehicle
+    trip = vehicle.trip if vehicle is not None else None
+    attempt = vehicle.attempt if vehicle is not None else None
+    mine = attempt is not None and attempt.auth_id == event.auth_id
+    if (
+        vehicle is not None
+        and isinstance(trip, Priced)
+        and trip.by_payer
+        and mine
+        and event.approved
+        and event.repriced is not None
+        and vehicle.amount_minor is not None
+    ):
+        kept = kept_fare(trip, vehicle.amount_minor, event.repriced)
+        vehicle = replace(vehicle, trip=kept, amount_minor=kept.amount_minor)
+        state = replace(state, vehicle=vehicle)
+    return paypoint.on_decided(state, event, now)
+
+
+def kept_fare(priced: Priced, charged: int, repriced: ev.TripPriced) -> Priced:
+    """The fare kept of `charged` once the payer's trip is priced (`repriced`): that trip's
+    fare, never above what was charged; the difference is the refund. A trip the gate cannot
+    price by the payer (`unpriced`: a configuration fault, or the shell's lookup failed) keeps
+    the charge as it stands."""
+    fare = repriced.amount_minor
+    if not repriced.found or fare is None:
+        return replace(priced, by_payer=False)
+    kept = min(charged, fare)
+    refund = charged - kept
+    money = (f"charged:{charged}", f"refunded:{refund}") if refund else ()
+    return Priced(priced.trip_id, repriced.outcome, kept, priced.currency, repriced.entry_plaza,
+                  repriced.pass_id, repriced.pass_exp, (*repriced.flags, *money), attendant=False,
+                  confirmed=True, display=repriced.display, refund_minor=refund)  # fmt: skip

@@ -283,7 +283,9 @@ def on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
         # The tap-in counts for anti-passback once it is on record, not before: a record that
         # failed charged nothing and must not lock the passenger out.
         state = replace(state, taps=(*recent_taps(state, now), (approved.account_ref, now)))
-    return replace(state, vehicle=vehicle), [Settle(event.persist_id)]
+    trip = vehicle.trip
+    refund = trip.refund_minor if isinstance(trip, Priced) else 0
+    return replace(state, vehicle=vehicle), [Settle(event.persist_id, refund)]
 
 
 def on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> Result:

@@ -53,6 +53,10 @@ class Priced:
     attendant: bool  # the fare waits for the attendant's confirmation
     confirmed: bool
     display: tuple[str, ...]  # headline, fare, class line (lane.auth.trip_rules), <= 3
+    # Metro, a wallet code without a tap-in by its own reference: charged this fare, then priced
+    # again by the payer the acquirer's answer names (lane.core.metro.kept_fare).
+    by_payer: bool = False
+    refund_minor: int = 0  # charged minus the fare kept: owed back once the record is durable
 
     @property
     def waits_for_attendant(self) -> bool:

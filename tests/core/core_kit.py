@@ -164,6 +164,18 @@ class SafetyMonitor:
             # Nothing is charged before the trip is priced.
             assert isinstance(trip, Priced) or vehicle.amount_minor is None, vehicle
 
+    def _check_kept(self, event: ev.Decided, was: Priced, trip: object) -> None:
+        """A wallet code charged the maximum, priced again by its payer: the fare kept is that
+        trip's, never above what was charged, and charged - refunded = kept."""
+        if not isinstance(trip, Priced) or trip.by_payer or event.repriced is None:
+            return  # not this passenger's answer, or declined: nothing kept, nothing refunded
+        charged = self.priced[was.trip_id]
+        assert charged is not None
+        fare = event.repriced.amount_minor
+        kept = charged if fare is None or not event.repriced.found else min(charged, fare)
+        assert (trip.amount_minor, trip.refund_minor) == (kept, charged - kept), (event, trip)
+        self.priced[trip.trip_id] = kept
+
     def _check_carried(
         self, before: LaneState, event: ev.Event, after: LaneState, actions: list[Action]
     ) -> None:
@@ -256,6 +268,9 @@ class SafetyMonitor:
         accepted = isinstance(trip, Priced) and trip.trip_id == getattr(event, "trip_id", None)
         if isinstance(event, ev.TripPriced) and accepted:
             self.priced.setdefault(event.trip_id, event.amount_minor)
+        was = before.vehicle.trip if before.vehicle is not None else None
+        if isinstance(event, ev.Decided) and isinstance(was, Priced) and was.by_payer:
+            self._check_kept(event, was, trip)
         if isinstance(event, ev.BarrierAcked) and event.ok:
             cmd = before.command
             if cmd is not None and cmd.cmd_id == event.cmd_id and not cmd.acked:
@@ -642,6 +657,12 @@ class EventSource:
     def _decided(self, now: float) -> ev.Event:
         approved = not self.c.chance(3)
         flags = ("deferred",) if self.c.chance(6) else ()
+        repriced = None
+        if self.c.chance(2):  # a metro exit's trip priced again by the payer (else ignored)
+            outcome, fare = self.c.pick((("charged", 400), ("u_turn", 200), ("no_pass", 800),
+                                         ("charged", 900), ("unpriced", None)))  # fmt: skip
+            repriced = ev.TripPriced("zz/trip/payer", True, outcome, fare, "CNY", 1, "A",
+                                     "0a" * 16, 2e9, (outcome,), False, (outcome,))  # fmt: skip
         return ev.Decided(
             self._id(self.auth_ids, "zz/a1"),
             approved,
@@ -650,6 +671,7 @@ class EventSource:
             account_ref=self.c.pick(ACCOUNTS),
             latency_ms=120,
             flags=flags,
+            repriced=repriced,
         )
 
     def _persisted(self, now: float) -> ev.Event:

@@ -8,7 +8,7 @@ import pytest
 from core_kit import LaneDriver, displayed, of_type, one, rules
 
 from lane.core import events as ev
-from lane.core.actions import Authorise, MarkPassUsed, Persist, PriceTrip
+from lane.core.actions import Authorise, MarkPassUsed, Persist, PriceTrip, Settle
 from lane.core.names import TripSource
 from lane.core.notes import ScanIgnored, TripPricedNote
 from lane.core.state import LaneMode, Phase
@@ -107,3 +107,86 @@ def test_without_metro_pricing_a_transit_exit_charges_its_flat_fare() -> None:
     actions = lane.scan("HC1:tok", "token")
     assert of_type(actions, PriceTrip) == []
     assert one(actions, Authorise).amount_minor > 0
+
+
+# --- a dynamic wallet code: charged the maximum, priced again by the payer the answer names ---
+
+WALLET = "281234567890123456"
+
+
+def by_payer(trip_id: str, outcome: str, amount: int | None, found: bool = True) -> ev.TripPriced:
+    """The shell's answer to the reprice asked with the payer's account."""
+    return ev.TripPriced(trip_id, found, outcome, amount, "CNY", 1,
+                         None if outcome == "no_pass" else "A",
+                         None if outcome == "no_pass" else TRIP_HEX, 2e9,
+                         () if outcome == "charged" else (outcome,), False,
+                         (outcome, "Fare"))  # fmt: skip
+
+
+def wallet_out(lane: LaneDriver, first: str = "no_pass", amount: int = 800) -> Authorise:
+    ask = one(lane.scan(WALLET, "payment_code"), PriceTrip)
+    return one(lane.feed(priced(ask.trip_id, first, amount)), Authorise)
+
+
+@pytest.mark.parametrize(
+    ("again", "kept", "refund", "entry", "trip", "flags"),
+    [
+        # The payer's tap-in at A: the trip's fare is kept, the rest refunded.
+        (("charged", 400), 400, 400, "A", TRIP_HEX, ("charged:800", "refunded:400")),
+        (("u_turn", 200), 200, 600, "A", TRIP_HEX, ("u_turn", "charged:800", "refunded:600")),
+        # No tap-in of the payer either, or it exited already: the maximum stands.
+        (("no_pass", 800), 800, 0, None, None, ("no_pass",)),
+        (("pass_used", 800), 800, 0, "A", TRIP_HEX, ("pass_used",)),
+        # Never more than was charged (a fare that rose between the two lookups).
+        (("charged", 900), 800, 0, "A", TRIP_HEX, ()),
+        # The gate cannot price it again: the charge stands as priced first.
+        (("unpriced", None), 800, 0, None, None, ("no_pass",)),
+    ],
+)  # fmt: skip
+def test_a_wallet_code_without_a_tap_in_is_priced_again_by_its_payer(  # noqa: PLR0917
+    again: tuple[str, int | None],
+    kept: int,
+    refund: int,
+    entry: str | None,
+    trip: str | None,
+    flags: tuple[str, ...],
+) -> None:
+    lane = LaneDriver(METRO_EXIT)
+    auth = wallet_out(lane)
+    assert auth.amount_minor == 800  # the maximum from this station: charged first
+    assert auth.reprice is not None and auth.reprice.account_ref is None  # the shell fills it
+    outcome, amount = again
+    answer = by_payer(auth.reprice.trip_id, outcome, amount)
+    persist = one(lane.decide(account_ref="alipay:payer", repriced=answer), Persist)
+    d = persist.draft
+    assert (d.amount_minor, d.entry_plaza, d.pass_id) == (kept, entry, trip)
+    assert d.flags == flags and d.account_ref == "alipay:payer"
+    actions = lane.persisted()
+    assert one(actions, Settle).refund_minor == refund
+    assert [m.pass_id for m in of_type(actions, MarkPassUsed)] == ([trip] if trip else [])
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "first"),
+    [
+        (WALLET, "payment_code", "charged"),  # its tap-in was found by the code: no reprice
+        ("HC1:tok", "token", "no_pass"),  # a token's account is known before paying
+        ("hQVDUFYwMQ==", "emv", "no_pass"),  # so is a card's (its PAN)
+    ],
+)
+def test_only_a_wallet_code_without_a_tap_in_is_priced_again(
+    code: str, kind: str, first: str
+) -> None:
+    lane = LaneDriver(METRO_EXIT)
+    ask = one(lane.scan(code, kind), PriceTrip)
+    assert one(lane.feed(priced(ask.trip_id, first, 800)), Authorise).reprice is None
+
+
+def test_a_declined_or_late_answer_refunds_nothing() -> None:
+    lane = LaneDriver(METRO_EXIT)
+    auth = wallet_out(lane)
+    assert auth.reprice is not None
+    answer = by_payer(auth.reprice.trip_id, "charged", 400)
+    persist = one(lane.decide(approved=False, repriced=answer), Persist)
+    assert (persist.draft.amount_minor, persist.draft.auth.result) == (800, "declined")
+    assert of_type(lane.persisted(), Settle) == []

@@ -65,7 +65,7 @@ class Payments:
         if self.abandon_raises:
             raise ConnectionError("resolver store gone")
 
-    async def settle(self, auth_id: str) -> None:
+    async def settle(self, auth_id: str, refund_minor: int = 0) -> None:
         return None
 
 

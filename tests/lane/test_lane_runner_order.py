@@ -45,7 +45,7 @@ class Ports:
     async def abandon(self, auth_id: str, reason: str) -> None:
         return None
 
-    async def settle(self, auth_id: str) -> None:
+    async def settle(self, auth_id: str, refund_minor: int = 0) -> None:
         return None
 
 
