@@ -116,6 +116,7 @@ class Resolver:
         self._is_recorded = is_recorded
         self._alarm = alarm
         self._refund_alarm: str | None = None  # the text raised, None: no refund failing
+        self._refund_said = False
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolution-store")
         self._queue: dict[str, str] = {}  # payment_id -> why the lane gave up
         self._mine: set[str] = set()  # begun by this run: never "recovered"
@@ -333,9 +334,12 @@ class Resolver:
                 f"{len(failing)} refund(s) owed to passengers not made, retried until taken:"
                 f" {row.refund_minor} {row.currency} of {row.payment_id} ({exc})"
             )
-        if (text is None) != (self._refund_alarm is None) and self._alarm is not None:
+        # Said once at first (a restarted lane's sink may still show the old run's alarm),
+        # then on every change between failing and not.
+        changed = (text is None) != (self._refund_alarm is None) or not self._refund_said
+        if changed and self._alarm is not None:
             self._alarm(REFUND_ALARM, text)
-        self._refund_alarm = text
+        self._refund_alarm, self._refund_said = text, True
 
     async def _resolve(self, row: PaymentRow) -> bool:
         """One step towards a final state; True when the payment is resolved."""

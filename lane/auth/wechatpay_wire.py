@@ -206,7 +206,10 @@ def refund_result(http_status: int, doc: Mapping[str, Any], out_refund_no: str) 
         if status in ("SUCCESS", "PROCESSING"):
             return
         raise RefundRefused(status.lower() or "no_status")
-    if code and code not in REQUEST_ERRORS and 400 <= http_status < 500:
+    # A refund's INVALID_REQUEST is about the order (refunded beyond its total, not paid), not
+    # our request: WeChat Pay's no, like NOT_ENOUGH.
+    ours = REQUEST_ERRORS - {"INVALID_REQUEST"}
+    if code and code not in ours and 400 <= http_status < 500:
         raise RefundRefused(code.lower(), str(doc.get("message", "")))
     raise AcquirerProtocolError(f"wechatpay refund: HTTP {http_status} {code}", http_status)
 

@@ -22,8 +22,10 @@ from lane.auth.tokens import issue_compact_token
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import RoadRules, TripKind
 from lane.core.actions import MarkPassUsed, PriceTrip
+from lane.core.metro import kept_fare
 from lane.core.names import AuthResult, Method, PayloadKind, RecordKind, TripSource
 from lane.core.records import AuthInfo, RecordDraft
+from lane.core.trip import Priced
 from lane.tap_desk import ExitPricing, TapDesk
 from lane.tap_store import TapStore
 from lane.transport.mqtt import Incoming, MqttLink
@@ -206,5 +208,61 @@ async def _sharing() -> None:
             ask(issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60))
         )
         assert (answer.outcome, answer.pass_id) == ("pass_used", trip)
+        gate.store.close()
+        gate.replay.close()
+
+
+# --- a dynamic wallet code: charged first, priced again by the payer the acquirer names -------
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.tuples(step, st.sampled_from([10, 15 * MIN, 3 * 3600])), max_size=12))
+def test_a_wallet_code_keeps_no_more_than_a_token_of_the_same_journey(
+    steps: list[tuple[tuple[str, str, str], int]],
+) -> None:
+    asyncio.run(_wallet_walk(steps))
+
+
+async def _wallet_walk(steps: list[tuple[tuple[str, str, str], int]]) -> None:
+    """Each exit is priced three ways on the same stores: with a token of the account (the
+    reference), with a fresh wallet code (no tap-in under its one-time digits: charged first),
+    and again with the payer's account as the acquirer's answer names it (the shell's reprice);
+    the core's `kept_fare` then keeps no more than the token's fare, and charged - refunded =
+    kept."""
+    clock = [float(NOW)]
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        n = 0
+        for (what, station, account), dt in steps:
+            clock[0] += dt
+            if what == "in":
+                record = tap_in(station, clock[0], account)
+                await gate.handle(Incoming(topics.line_taps("L1"), record.encode()))
+                continue
+            n += 1
+            token = issue_compact_token(
+                CODES.key, KID, account, int(clock[0]) - n, int(clock[0]) + 60
+            )
+            by_token = await gate.price(ask(token))
+            wallet = f"28{n:016d}"
+            first = await gate.price(
+                PriceTrip("w/trip", "w", 1, TripSource.CODE, wallet, None, PayloadKind.PAYMENT_CODE)
+            )
+            assert first.outcome == "no_pass"  # one-time digits find no tap-in
+            charged = first.amount_minor
+            assert charged is not None and by_token.amount_minor is not None
+            again = PriceTrip("w/trip/payer", "w", 1, TripSource.CODE, wallet, None,
+                              PayloadKind.PAYMENT_CODE, account_ref=account)  # fmt: skip
+            repriced = await gate.price(again)
+            held = Priced("w/trip", first.outcome, charged, "CNY", None, None, None,
+                          first.flags, False, True, first.display, by_payer=True)  # fmt: skip
+            kept = kept_fare(held, charged, repriced)
+            assert kept.amount_minor is not None
+            assert kept.amount_minor <= by_token.amount_minor
+            assert kept.amount_minor == min(charged, by_token.amount_minor)
+            assert charged - kept.refund_minor == kept.amount_minor
+            assert (kept.entry_plaza, kept.pass_id) == (by_token.entry_plaza, by_token.pass_id)
+            if kept.pass_id is not None and kept.pass_exp is not None:
+                await gate.mark_used(MarkPassUsed(kept.pass_id, kept.pass_exp, None))
         gate.store.close()
         gate.replay.close()

@@ -175,3 +175,27 @@ def test_negative_amount_is_refused_by_the_schema(tmp_path: Path) -> None:
             now_ms=1,
         )
     assert store.get("p") is None
+
+
+def test_a_refund_owed_is_written_with_the_settle_and_kept_until_made(tmp_path: Path) -> None:
+    store = ResolutionStore(tmp_path / "resolve.db")
+    for pid in ("pay_1", "pay_2", "pay_3"):
+        begin(store, pid)
+        store.move(pid, S.CHARGED, 1100)
+    with pytest.raises(ValueError, match="no refund of 451"):
+        store.move("pay_1", S.SETTLED, 1200, refund_minor=451)  # more than it charged
+    assert store.get("pay_1").state is S.CHARGED  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="no refund"):
+        store.move("pay_1", S.GIVEN_UP, 1200, refund_minor=100)  # only a settle owes one
+    store.move("pay_1", S.SETTLED, 1200, refund_minor=150)
+    store.move("pay_2", S.SETTLED, 1200)
+    assert [r.payment_id for r in store.refunds_owed()] == ["pay_1"]
+    assert store.prune(before_ms=10_000) == 1  # pay_2 only: a refund owed is never pruned
+    store.refunded("pay_1", 2000)
+    row = store.get("pay_1")
+    assert row is not None and (row.refund_minor, row.refunded_ms, row.refund_owed) == (
+        150, 2000, False
+    )  # fmt: skip
+    assert store.refunds_owed() == []
+    assert store.prune(before_ms=10_000) == 1
+    store.close()

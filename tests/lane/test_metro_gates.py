@@ -3,7 +3,10 @@
 emulators, the SQLite queues, tap stores and replay stores, and the back office's ingest. A
 passenger taps in at S01 with a token and out at S03 with another token of the same account:
 charged the matrix fare, the tap_out record names S01 and the tap-in's trip id. The same
-tap-in cannot exit twice; a passenger with no tap-in pays the maximum fare, flagged."""
+tap-in cannot exit twice; a passenger with no tap-in pays the maximum fare, flagged. A passenger
+paying with a dynamic wallet code (new digits at every showing) through the simulated acquirer
+over HTTP pays the maximum fare at the exit, then is refunded down to the trip's fare once the
+acquirer names the payer; a refund the acquirer refuses is retried, alarmed, and clears."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from test_road_lanes import Road, RoadLane, eventually_value, road, running_back
 
 from lane.auth.fares import load_tariff
 from lane.auth.tokens import issue_compact_token
+from sim.acquirer import AcquirerServer
 from sim.codes import KID
 from uplink.records import Record
 from uplink.sqlite_store import SqliteIngestStore
@@ -119,3 +123,61 @@ async def test_a_flat_fare_gate_without_a_line_still_charges_its_flat_fare(road:
     record = await through(gate, token(road, "rider-3", int(time.time())))
     assert record["amount_minor"] == gate.daemon.runner.state.rules.fares.fare_for(1)[0]
     assert gate.named("trip_priced") == []
+
+
+async def wallet_gates(road: Road) -> tuple[RoadLane, RoadLane, AcquirerServer]:
+    """Both gates pay wallet codes through one simulated acquirer, over HTTP, with the line's
+    account secret (the payer's account is keyed alike at every gate)."""
+    acquirer = AcquirerServer()
+    url = await acquirer.start()
+    road.stack.push_async_callback(acquirer.stop)
+    line = {"line": f"W{road.run_id}"}
+    auth = {"keyset": str(road.keyset), "acquirer_url": url, "account_secret": "line-secret-" * 3}
+    entry = await road.lane(road.lane_id("S02/w"), "transit-entry", auth=auth, metro=line)
+    exit_gate = await road.lane(
+        road.lane_id("S03/w"), "transit-exit", auth=auth, metro=line, fares={"tariff": str(METRO)}
+    )
+    return entry, exit_gate, acquirer
+
+
+async def test_a_dynamic_wallet_code_pays_the_trip_fare_through_a_partial_refund(
+    road: Road,
+) -> None:
+    entry, exit_gate, acquirer = await wallet_gates(road)
+    taps = exit_gate.daemon.road.taps
+    assert taps is not None
+    tariff = load_tariff(METRO)
+    fare = tariff.trip_fare(1, "S02", "S03", time.time()).amount_minor
+    farthest = tariff.farthest_fare(1, "S03", time.time()).amount_minor
+    assert fare < farthest
+
+    # In with one code of the wallet, out with another: the digits differ, the payer does not.
+    tap_in = await through(entry, acquirer.ledger.issue_code("wallet-1"))
+    await eventually(lambda: taps.store.count() == 1, what="the tap-in heard at the exit gate")
+    out = await through(exit_gate, acquirer.ledger.issue_code("wallet-1"))
+    trip = uuid.UUID(tap_in["record_id"]).hex
+    assert out["account_ref"] == tap_in["account_ref"]
+    assert (out["amount_minor"], out["entry_plaza"], out["pass_id"]) == (fare, "S02", trip)
+    assert out["flags"] == [f"charged:{farthest}", f"refunded:{farthest - fare}"]
+    payment = acquirer.payment(out["payment_id"])
+    assert payment is not None
+    await eventually(lambda: payment.refunded == farthest - fare, what="the refund made")
+    assert payment.request is not None and payment.request["amount_minor"] == farthest
+
+    # A refund the acquirer refuses: the record keeps the trip's fare, the refund is owed
+    # durably, retried, alarmed; once the acquirer takes refunds again it is made and clears.
+    acquirer.update_faults(refund_refused="seller_balance_not_enough")
+    await through(entry, acquirer.ledger.issue_code("wallet-2"))
+    await eventually(lambda: taps.store.count() == 2, what="the second tap-in heard")
+    second = await through(exit_gate, acquirer.ledger.issue_code("wallet-2"))
+    assert second["amount_minor"] == fare
+    alarms = exit_gate.daemon.runner.alarms
+    await eventually(lambda: "refund_failing" in alarms, what="the refund alarm")
+    assert "seller_balance_not_enough" in alarms["refund_failing"]
+    owed = acquirer.payment(second["payment_id"])
+    assert owed is not None and owed.refunded == 0
+    tries = acquirer.refund_requests
+    await eventually(lambda: acquirer.refund_requests > tries + 1, what="the refund retried")
+    acquirer.update_faults(refund_refused=None)
+    await eventually(lambda: owed.refunded == farthest - fare, within=15, what="the refund made")
+    await eventually(lambda: "refund_failing" not in alarms, what="the alarm cleared")

@@ -1,0 +1,117 @@
+"""A wallet's payer and a partial refund, against each network's fake over HTTP (our acquirer
+API, Alipay, WeChat Pay): the account of a paid wallet code is the payer the network names
+(the same for every one-time code of one wallet, keyed), and a payment settled owing part of
+it back is refunded once, durably (a restarted lane still makes it), retried while the network
+refuses, under the `refund_failing` alarm that clears by itself."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import KEY, NetLane, NetLaneFactory
+from polling import eventually
+
+from lane.auth.acquirer import AcquirerClient, RefundRefused, RefundRequest
+from lane.auth.authoriser import Authoriser, AuthRequest
+from lane.auth.resolver import Backoff, ResolutionStore, Resolver, refund_id_for
+from sim.acquirer import AcquirerServer, running_acquirer
+
+PREFIX = {"acquirer": "28", "alipay": "28", "wechatpay": "13"}
+
+
+@contextlib.asynccontextmanager
+async def our_acquirer() -> AsyncIterator[tuple[AcquirerServer, AcquirerClient]]:
+    async with running_acquirer(seed=5) as fake, AcquirerClient(fake.url) as client:
+        yield fake, client
+
+
+@pytest.fixture(params=["acquirer", "alipay", "wechatpay"])
+def network(
+    request: Any, alipay_gateway: Any, wechat_gateway: Any
+) -> tuple[str, Callable[..., Any]]:
+    maker = {"acquirer": our_acquirer, "alipay": alipay_gateway, "wechatpay": wechat_gateway}
+    return request.param, maker[request.param]
+
+
+async def pay(lane: NetLane, code: str, amount: int = 450) -> Any:
+    decision = await lane.auth.authorise(lane.request(code, amount, budget_s=2.0))
+    assert decision.approved, decision
+    return decision
+
+
+async def test_one_wallet_is_one_payer_and_a_partial_refund_is_made_once(
+    network: tuple[str, Callable[..., Any]], net_lane: NetLaneFactory
+) -> None:
+    name, gateway = network
+    async with gateway() as (fake, client), net_lane(client, fake) as lane:
+        issue = fake.ledger.issue_code
+        first = await pay(lane, issue("wallet-1", PREFIX[name]))
+        second = await pay(lane, issue("wallet-1", PREFIX[name]))
+        other = await pay(lane, issue("wallet-2", PREFIX[name]))
+        assert first.account_ref == second.account_ref != other.account_ref
+        assert first.account_ref.split(":")[0] in ("alipay", "wechat")  # the code's scheme
+
+        # Settled owing 150 of 450 back: the resolver refunds it through the network.
+        await lane.resolver.settle(first.payment_id, 150)
+        # WeChat Pay's order number is the payment id without `pay_`.
+        order = first.payment_id.removeprefix("pay_") if name == "wechatpay" else first.payment_id
+        payment = fake.payment(order)
+        assert payment is not None
+        await eventually(lambda: payment.refunded == 150, what="the refund made")
+        row = await lane.resolver.get(first.payment_id)
+        assert row is not None and row.refunded_ms is not None and not row.refund_owed
+        # Asked again under the same refund id (a retry after a lost answer): refunded once.
+        again = RefundRequest(first.payment_id, refund_id_for(first.payment_id), 150, 450, "CNY")
+        await client.refund(again, 2.0)
+        assert payment.refunded == 150
+        # More than was paid in all is the network's no, never an overdraft.
+        await client.refund(RefundRequest(second.payment_id, "refund-2", 300, 450, "CNY"), 2.0)
+        with pytest.raises(RefundRefused):
+            await client.refund(RefundRequest(second.payment_id, "refund-3", 300, 450, "CNY"), 2.0)
+
+
+async def test_a_refused_refund_is_retried_alarmed_and_survives_a_restart(tmp_path: Path) -> None:
+    alarms: dict[str, str] = {}
+
+    def alarm(code: str, message: str | None) -> None:
+        if message is None:
+            alarms.pop(code, None)
+        else:
+            alarms[code] = message
+
+    store = tmp_path / "payments.db"
+    async with our_acquirer() as (fake, client):
+        fake.update_faults(refund_refused="seller_balance_not_enough")
+        first = Resolver(ResolutionStore(store), client, backoff=Backoff(0.01, 2.0, 0.05),
+                         request_timeout_s=0.5, alarm=alarm)  # fmt: skip
+        await first.start()
+        auth = Authoriser("p07/l03", client, first, None, None, time.monotonic, time.time,  # type: ignore[arg-type]
+                          account_key=KEY)  # fmt: skip
+        code = fake.ledger.issue_code("wallet-3")
+        request = AuthRequest(f"auth-{uuid.uuid4().hex[:8]}", "p07/l03", code, "payment_code",
+                              800, "CNY", time.monotonic() + 2.0)  # fmt: skip
+        decision = await auth.authorise(request)
+        assert decision.approved and decision.payment_id is not None
+        await auth.settle(request.auth_id, refund_minor=500)
+        await eventually(lambda: "refund_failing" in alarms, what="the alarm")
+        assert "500 CNY" in alarms["refund_failing"]
+        assert "seller_balance_not_enough" in alarms["refund_failing"]
+        tries = fake.refund_requests
+        await eventually(lambda: fake.refund_requests > tries + 2, what="retried")
+        await first.stop()  # the lane stops with the refund still owed
+
+        fake.update_faults(refund_refused=None)
+        restarted = Resolver(ResolutionStore(store), client, backoff=Backoff(0.01, 2.0, 0.05),
+                             request_timeout_s=0.5, alarm=alarm)  # fmt: skip
+        await restarted.start()
+        payment = fake.payment(decision.payment_id)
+        assert payment is not None
+        await eventually(lambda: payment.refunded == 500, what="refunded after the restart")
+        await eventually(lambda: "refund_failing" not in alarms, what="the alarm cleared")
+        await restarted.stop()
