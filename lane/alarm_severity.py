@@ -53,6 +53,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "payment_alipay": Severity.MAJOR,
         "payment_wechatpay": Severity.MAJOR,
         "payment_acquirer": Severity.MAJOR,
+        # A partial refund owed to a passenger that the network has not taken yet.
+        "refund_failing": Severity.MAJOR,
         # WeChat Pay answers signed by a platform certificate the lane cannot learn are refused.
         "wechatpay_certificates": Severity.MAJOR,
         "attendant_needed": Severity.MINOR,
