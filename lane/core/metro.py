@@ -9,6 +9,11 @@ the same station. The code held meanwhile (`TapOut`) is then authorised at that 
 any gate; the `tap_out` record carries the entry station, the tap-in's trip id and the rules'
 flags, and once it is durable the tap-in is closed (`MarkPassUsed`, lane.core.road), so a
 tap-in exits once. No attendant: a metro's exceptions charge at once, flagged.
+
+A wallet code's one-time digits name no tap-in: it is charged the maximum fare and its
+`Authorise` carries `reprice`, which the shell answers once approved with the payer's account
+the acquirer named (`Decided.repriced`); `kept_fare` keeps that trip's fare, never more than
+was charged, and the rest is refunded once the record is durable (`Settle.refund_minor`).
 """
 
 from __future__ import annotations
