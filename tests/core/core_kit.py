@@ -581,6 +581,8 @@ TRIP_ANSWERS = (
     ("charged", False, 4000), ("no_pass", True, 8000), ("pass_used", True, 8000),
     ("u_turn", False, 1500), ("over_time", False, 8000), ("unpriced", True, None),
 )  # fmt: skip
+# A metro exit's wallet code finds no tap-in under its one-time digits: the usual first answer.
+METRO_NO_TAP_IN = (("no_pass", False, 8000),) * 4
 METHODS = ("payment_code", "token", "emv", "bogus")
 ACCOUNTS = ("acct-1", "acct-2", None)
 STEPS = (0.0, 0.001, 0.05, 0.3, 0.7, 2.0, 3.0, 700.0)
@@ -600,6 +602,7 @@ class EventSource:
         self.issue_ids: list[str] = []
         self.trip_ids: list[str] = []
         self.road = False  # the lane is a closed road's: its events are drawn too
+        self.metro = False  # a metro exit: its wallet codes' no_pass (priced again) drawn often
         self.n = 0
 
     def learn(self, actions: Sequence[Action]) -> None:
@@ -632,7 +635,8 @@ class EventSource:
             "sensor", "sensor", "sensor", "arrive", "scan", "scan", "decided", "decided",
             "persisted", "persisted", "ack", "ack", "tick", "tick", "other",
         )  # fmt: skip
-        self.road = state.rules.mode in ("toll-entry", "toll-exit") or metro.priced_gate(state)
+        self.metro = metro.priced_gate(state)
+        self.road = state.rules.mode in ("toll-entry", "toll-exit") or self.metro
         kind = self.c.pick((*kinds, "road", "road") if self.road else kinds)
         if kind == "tick":
             deadline = next_deadline(state)
@@ -733,7 +737,8 @@ class EventSource:
             trip_id = self._id(self.trip_ids, "zz/trip1")
             if self.c.chance(5):
                 return ev.TripPriced(trip_id, found=False)
-            outcome, attendant, amount = self.c.pick(TRIP_ANSWERS)
+            answers = (*TRIP_ANSWERS, *METRO_NO_TAP_IN) if self.metro else TRIP_ANSWERS
+            outcome, attendant, amount = self.c.pick(answers)
             pass_id = None if outcome == "no_pass" else self.c.pick(PASS_IDS)
             return ev.TripPriced(
                 trip_id, True, outcome, amount, "CNY", self.c.pick((1, 2, 3)), "P01", pass_id,
