@@ -182,6 +182,9 @@ class PaymentsAdapter:
     async def settle(self, auth_id: str, refund_minor: int = 0) -> None:
         await self.authoriser.settle(auth_id, refund_minor)
 
+    async def owe_refund(self, auth_id: str, refund_minor: int) -> None:
+        await self.authoriser.owe_refund(auth_id, refund_minor)
+
 
 def rules_from(config: LaneConfig) -> LaneRules:
     fares: Any

@@ -39,6 +39,7 @@ from lane.core.actions import (
     ShowOnDisplay,
 )
 from lane.core.machine import IllegalTransitionError, next_deadline, step
+from lane.core.metro import refund_of
 from lane.core.names import Alarm, PersistError
 from lane.core.notes import BarrierSelfTest, PaidCarriedNote
 from lane.core.records import RecordDraft
@@ -61,6 +62,7 @@ class PaymentsPort(Protocol):
     async def authorise(self, request: Authorise) -> ev.Decided: ...
     async def abandon(self, auth_id: str, reason: str) -> None: ...
     async def settle(self, auth_id: str, refund_minor: int = 0) -> None: ...
+    async def owe_refund(self, auth_id: str, refund_minor: int) -> None: ...
 
 
 class RoadPort(Protocol):
@@ -294,8 +296,23 @@ class LaneRunner:
             )
         if action.reprice is not None and decision.approved and decision.account_ref is not None:
             ask = dataclasses.replace(action.reprice, account_ref=decision.account_ref)
-            decision = dataclasses.replace(decision, repriced=await self._price_again(ask))
+            repriced = await self._price_again(ask)
+            if repriced is not None:
+                await self._owe_refund(action, refund_of(action.amount_minor, repriced))
+            decision = dataclasses.replace(decision, repriced=repriced)
         self.post(decision)
+
+    async def _owe_refund(self, action: Authorise, refund: int) -> None:
+        """Owed before the record is written (the core settles the same amount once it is
+        durable): a crash in between still refunds the payer. A failed write is logged; the
+        settle writes it all the same."""
+        if refund <= 0:
+            return
+        try:
+            await self.payments.owe_refund(action.auth_id, refund)
+        except Exception:
+            log.exception("refund owed not written", extra={"lane": self.lane,
+                                                            "auth_id": action.auth_id})  # fmt: skip
 
     async def _price_again(self, ask: PriceTrip) -> ev.TripPriced | None:
         """A metro exit's trip priced by the payer the acquirer named (lane.core.metro); None

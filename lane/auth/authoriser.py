@@ -183,6 +183,13 @@ class Authoriser:
         if await self._resolver.get(payment_id) is not None:  # tokens have no payment
             await self._resolver.settle(payment_id, refund_minor)
 
+    async def owe_refund(self, auth_id: str, refund_minor: int) -> None:
+        """Part of this approved payment will be owed back to the payer (a metro exit priced
+        after the answer): written with the charged payment, before its record."""
+        payment_id = payment_id_for(self._lane, auth_id)
+        if auth_id not in self._deferred and await self._resolver.get(payment_id) is not None:
+            await self._resolver.owe_refund(payment_id, refund_minor)
+
     # -- offline tokens ----------------------------------------------------------------------
 
     async def _token(self, req: AuthRequest, start: float) -> Decision:

@@ -9,9 +9,9 @@ allowed moves between them live in `TRANSITIONS`; an illegal move raises and cha
     intent | charged --lane gave up / crashed--> given_up --resolver--> reversed | declined
 
 A settled payment may owe part of it back (`refund_minor`, schema v3: a metro exit charged the
-maximum fare, then priced by the passenger's tap-in): written with `settled` in one
-transaction, then owed until the network takes the refund (`refunded_ms`); the resolver retries
-it until then, and `prune` keeps the row.
+maximum fare, then priced by the passenger's tap-in): written on the charged payment before
+its record (`owe_refund`) and with `settled`, due from the settle until the network takes the
+refund (`refunded_ms`); the resolver retries it until then, and `prune` keeps the row.
 
 Each payment carries the network that was asked to take it, written with the intent (the same
 transaction), so the lane never has a payment in doubt without knowing whom to ask about it.
@@ -252,6 +252,26 @@ class ResolutionStore:
                 " WHERE payment_id = ?",
                 (reason, now_ms, payment_id),
             )
+
+    def owe_refund(self, payment_id: str, refund_minor: int, now_ms: int) -> PaymentRow | None:
+        """Write that `refund_minor` of a charged (or settled) payment is owed back, before its
+        record is durable: a crash then settles it with the refund (recovery's `is_recorded`),
+        or gives it up and reverses it whole (a refund is only ever made of a settled payment).
+        None: the payment is being given up or is final otherwise, nothing is owed."""
+        with self._tx():
+            row = self._get(payment_id)
+            if row is None:
+                raise UnknownPayment(f"no payment {payment_id} in {self.path}")
+            if not 0 < refund_minor <= row.amount_minor:
+                raise ValueError(f"payment {payment_id}: no refund of {refund_minor}")
+            if row.state not in (S.CHARGED, S.SETTLED):
+                return None
+            self._db.execute(
+                "UPDATE payments SET refund_minor = MAX(refund_minor, ?), updated_ms = ?"
+                " WHERE payment_id = ?",
+                (refund_minor, now_ms, payment_id),
+            )
+            return self._get(payment_id)
 
     def refunds_owed(self) -> list[PaymentRow]:
         """Settled payments whose refund the network has not taken yet, oldest first."""

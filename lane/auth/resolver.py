@@ -178,6 +178,14 @@ class Resolver:
             self._wake.set()
         return row
 
+    async def owe_refund(self, payment_id: str, refund_minor: int) -> None:
+        """Part of this charged payment will be owed back once it is settled (written before
+        its record, so a crash in between still refunds it)."""
+        row = await self._db(self._store.owe_refund, payment_id, refund_minor, self._now_ms())
+        if row is not None and row.refund_owed:  # settled meanwhile: the worker makes it now
+            self._idle.clear()
+            self._wake.set()
+
     def give_up(self, payment_id: str, reason: str = "gave_up") -> None:
         """The lane will not use this payment: resolve it (reverse if charged) unless settled."""
         self._queue.setdefault(payment_id, reason)

@@ -120,16 +120,26 @@ def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
     return paypoint.on_decided(state, event, now)
 
 
+def refund_of(charged: int, repriced: ev.TripPriced) -> int:
+    """What a wallet code charged `charged` is owed back once its payer's trip is priced: the
+    charge above that trip's fare (none when the trip cannot be priced). The shell writes it
+    with the charged payment before the record (lane.runner), the core settles it (`kept_fare`):
+    one rule for both."""
+    fare = repriced.amount_minor
+    if not repriced.found or fare is None:
+        return 0
+    return charged - min(charged, fare)
+
+
 def kept_fare(priced: Priced, charged: int, repriced: ev.TripPriced) -> Priced:
     """The fare kept of `charged` once the payer's trip is priced (`repriced`): that trip's
     fare, never above what was charged; the difference is the refund. A trip the gate cannot
     price by the payer (`unpriced`: a configuration fault, or the shell's lookup failed) keeps
     the charge as it stands."""
-    fare = repriced.amount_minor
-    if not repriced.found or fare is None:
+    if not repriced.found or repriced.amount_minor is None:
         return replace(priced, by_payer=False)
-    kept = min(charged, fare)
-    refund = charged - kept
+    refund = refund_of(charged, repriced)
+    kept = charged - refund
     money = (f"charged:{charged}", f"refunded:{refund}") if refund else ()
     return Priced(priced.trip_id, repriced.outcome, kept, priced.currency, repriced.entry_plaza,
                   repriced.pass_id, repriced.pass_exp, (*repriced.flags, *money), attendant=False,

@@ -115,3 +115,43 @@ async def test_a_refused_refund_is_retried_alarmed_and_survives_a_restart(tmp_pa
         await eventually(lambda: payment.refunded == 500, what="refunded after the restart")
         await eventually(lambda: "refund_failing" not in alarms, what="the alarm cleared")
         await restarted.stop()
+
+
+async def test_a_refund_owed_before_the_record_is_made_after_a_crash_before_the_settle(
+    tmp_path: Path,
+) -> None:
+    """The runner writes the refund owed with the charged payment before the record: a lane
+    dying after its record is durable and before the settle is settled by recovery (the
+    record says it was taken) with the refund; one dying before its record is reversed whole,
+    nothing refunded on top."""
+    store = tmp_path / "payments.db"
+    fast = Backoff(0.01, 2.0, 0.05)
+    async with our_acquirer() as (fake, client):
+        first = Resolver(ResolutionStore(store), client, backoff=fast, request_timeout_s=0.5)
+        await first.start()
+        auth = Authoriser("p07/l03", client, first, None, None, time.monotonic, time.time,  # type: ignore[arg-type]
+                          account_key=KEY)  # fmt: skip
+        paid = []
+        for wallet in ("wallet-4", "wallet-5"):
+            request = AuthRequest(f"auth-{wallet}", "p07/l03", fake.ledger.issue_code(wallet),
+                                  "payment_code", 800, "CNY", time.monotonic() + 2.0)  # fmt: skip
+            decision = await auth.authorise(request)
+            assert decision.approved and decision.payment_id is not None
+            await auth.owe_refund(request.auth_id, 500)
+            paid.append(decision.payment_id)
+        await first.stop()  # the lane dies: neither is settled
+
+        recorded, unrecorded = paid
+
+        async def is_recorded(payment_id: str) -> bool:
+            return payment_id == recorded
+
+        restarted = Resolver(ResolutionStore(store), client, backoff=fast,
+                             request_timeout_s=0.5, is_recorded=is_recorded)  # fmt: skip
+        await restarted.start()
+        kept, gone = fake.payment(recorded), fake.payment(unrecorded)
+        assert kept is not None and gone is not None
+        await eventually(lambda: kept.refunded == 500, what="the recorded one refunded")
+        await eventually(lambda: gone.status == "REVERSED", what="the unrecorded one reversed")
+        assert gone.refunded == 0
+        await restarted.stop()

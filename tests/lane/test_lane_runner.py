@@ -16,8 +16,9 @@ from polling import ManualClock, eventually
 from lane.config import parse_config
 from lane.core import diagram
 from lane.core import events as ev
-from lane.core.actions import Authorise
+from lane.core.actions import Authorise, IssuePass, MarkPassUsed, PriceTrip
 from lane.core.machine import initial_state
+from lane.core.names import PayloadKind, TripSource
 from lane.core.state import FlatFares, LaneRules, Phase, phase
 from lane.daemon import rules_from
 from lane.runner import Clocks, LaneRunner
@@ -50,6 +51,7 @@ class Payments:
     asked: list[Authorise] = field(default_factory=list)
     abandoned: list[tuple[str, str]] = field(default_factory=list)
     abandon_raises: bool = False
+    owed: list[tuple[str, int]] = field(default_factory=list)
     _never: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def authorise(self, request: Authorise) -> ev.Decided:
@@ -67,6 +69,9 @@ class Payments:
 
     async def settle(self, auth_id: str, refund_minor: int = 0) -> None:
         return None
+
+    async def owe_refund(self, auth_id: str, refund_minor: int) -> None:
+        self.owed.append((auth_id, refund_minor))
 
 
 class UnencodableStore:
@@ -318,3 +323,37 @@ async def test_an_illegal_transition_leaves_the_state_and_the_runner_running(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class PayerTrips:
+    """A metro exit's desk: the payer's account finds a tap-in at S02 (fare 300)."""
+
+    def __init__(self) -> None:
+        self.asked: list[PriceTrip] = []
+
+    def issue(self, request: IssuePass) -> AsyncIterator[ev.TicketIssued]:
+        raise NotImplementedError
+
+    async def price(self, request: PriceTrip) -> ev.TripPriced:
+        self.asked.append(request)
+        return ev.TripPriced(request.trip_id, True, "charged", 300, "CNY", 1, "S02", "0a" * 16)
+
+    async def mark_used(self, action: MarkPassUsed) -> None:
+        return None
+
+
+async def test_a_wallet_code_repriced_by_its_payer_owes_its_refund_before_the_decision(
+    tmp_path: Path,
+) -> None:
+    """The refund is written with the charged payment before the core hears the decision (so
+    before any record): a crash between the record and its settle still refunds the payer."""
+    async with rig(tmp_path, Payments()) as r:
+        trips = PayerTrips()
+        r.runner.road = trips
+        again = PriceTrip("s1/trip/payer", "s1", 1, TripSource.CODE, "28" + "1" * 16, None,
+                          PayloadKind.PAYMENT_CODE)  # fmt: skip
+        ask = Authorise("s1/a1", "s1", "28" + "1" * 16, PayloadKind.PAYMENT_CODE, 500, "CNY",
+                        r.clock.now + 2.0, reprice=again)  # fmt: skip
+        await r.runner._authorise(ask)
+        assert [a.account_ref for a in trips.asked] == ["acct-1"]  # the answer's account
+        assert r.payments.owed == [("s1/a1", 200)]

@@ -48,6 +48,9 @@ class Ports:
     async def settle(self, auth_id: str, refund_minor: int = 0) -> None:
         return None
 
+    async def owe_refund(self, auth_id: str, refund_minor: int) -> None:
+        return None
+
 
 def note_name(note: Notification) -> str:
     if isinstance(note, ShellNote) and note.name is ShellNoteName.PHASE:
