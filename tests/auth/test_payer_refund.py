@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KEY, NetLane, NetLaneFactory
 from polling import eventually
 
 from lane.auth.acquirer import AcquirerClient, RefundRefused, RefundRequest
@@ -22,6 +21,7 @@ from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.resolver import Backoff, ResolutionStore, Resolver, refund_id_for
 from sim.acquirer import AcquirerServer, running_acquirer
 
+KEY = b"lane-secret-for-tests-0123456789"  # as the auth tests' net_lane keys accounts
 PREFIX = {"acquirer": "28", "alipay": "28", "wechatpay": "13"}
 
 
@@ -39,14 +39,14 @@ def network(
     return request.param, maker[request.param]
 
 
-async def pay(lane: NetLane, code: str, amount: int = 450) -> Any:
+async def pay(lane: Any, code: str, amount: int = 450) -> Any:
     decision = await lane.auth.authorise(lane.request(code, amount, budget_s=2.0))
     assert decision.approved, decision
     return decision
 
 
 async def test_one_wallet_is_one_payer_and_a_partial_refund_is_made_once(
-    network: tuple[str, Callable[..., Any]], net_lane: NetLaneFactory
+    network: tuple[str, Callable[..., Any]], net_lane: Any
 ) -> None:
     name, gateway = network
     async with gateway() as (fake, client), net_lane(client, fake) as lane:
