@@ -317,7 +317,7 @@ def test_an_old_ingest_store_gets_its_trip_columns_and_open_trips_filled(
     assert user_version(path) == version
     store = SqliteIngestStore(path)
     try:
-        assert user_version(path) == INGEST_SCHEMA_VERSION == 5
+        assert user_version(path) == INGEST_SCHEMA_VERSION == 6
         check_trips_after_upgrade(store)
     finally:
         store.close()
