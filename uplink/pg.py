@@ -301,6 +301,10 @@ class PostgresIngestStore(SqlIngestStore):
         # Epochs whose row this store has seen committed (rows are never deleted): a batch of
         # one of them takes the one-statement path.
         self._seen: set[tuple[str, str]] = set()
+        # Epochs whose last batch met strays (`_met_strays`): an entry lane's backlog after an
+        # outage, an exit lane's batches meanwhile. Their next batch is stored by the
+        # pipelined transaction at once, not refused by the one statement first.
+        self._meeting: set[tuple[str, str]] = set()
         tag = _schema_tag(schema)
         with self._transaction() as cur:
             # A schema already made by this release needs no DDL: its ALTER TABLE would wait
@@ -419,7 +423,8 @@ class PostgresIngestStore(SqlIngestStore):
                 after_chunk(job, reached)
 
     def _upgrading(self, cur: Cursor) -> bool:
-        # While only PRUNE is left the answer is whole (STRAYS reads what it has not reached).
+        # While only PRUNE is left the answer is whole: `lane trips` counts a late entry's trip
+        # from the strays the job has not reached yet (uplink.sql_store.STRAYS).
         cur.execute(
             f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade WHERE job <> %s)",
             (UpgradeJob.PRUNE.value,),
@@ -511,7 +516,7 @@ class PostgresIngestStore(SqlIngestStore):
         walks the prefix on in a second transaction after that commit; a worker that stops
         in between leaves the prefix short, and the next `epochs()` walks it on."""
         key = (lane, queue.epoch)
-        if key not in self._seen:
+        if key not in self._seen or key in self._meeting:
             result = super()._store_new(lane, queue, records, now_us)
             self._seen.add(key)
             return result
@@ -545,6 +550,12 @@ class PostgresIngestStore(SqlIngestStore):
             contiguous = self._walk_on(lane, queue.epoch, contiguous)
         held = new_held(records)
         return StoreResult(held, len(held), 0, (), contiguous, max_seq, False, ())
+
+    def _met_strays(self, key: tuple[str, str], met: bool) -> None:
+        if met:
+            self._meeting.add(key)
+        else:
+            self._meeting.discard(key)
 
     def _one_statement(
         self, statement: str, args: tuple[object, ...], trips: Sequence[str]

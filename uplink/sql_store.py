@@ -350,7 +350,7 @@ class SqlIngestStore:
             v for e in entries for v in (e.trip_id, e.record_id, e.ts_us)
         )
 
-    def _add_trips(self, db: Session, batch: BatchTrips) -> int:
+    def _add_trips(self, db: Session, batch: BatchTrips) -> tuple[int, bool]:
         """Keep the open trips and the strays after a batch every record of which was
         inserted now, under its trip ids' locks: the open-trips rows as `_refresh_trips` gives
         them, for less; and say how many trips it closed. The rows held are those of the
@@ -358,7 +358,8 @@ class SqlIngestStore:
         opens it unless an exit of it is held, or moves it to this entry if that is the earlier
         (`open_new`); each of its exits closes its trip if open (counted), else is a stray.
         Only when an entry opened nothing or an exit closed nothing are the strays of its
-        trips pruned (`_prune_strays`): never on a closed road's common path."""
+        trips pruned (`_prune_strays`): never on a closed road's common path. Also says
+        whether it kept strays or counted a trip closed by a late entry."""
         met = False  # a trip of the batch may have an entry and strays now
         if batch.entries:
             rows, params = self._entry_rows(batch.entries)
@@ -370,6 +371,7 @@ class SqlIngestStore:
             # entry). PostgreSQL's pipeline has no count yet (-1): its trips are pruned.
             met = opened.rowcount < len(batch.entries)
         closed: Collection[str] = ()
+        kept = False  # strays of its own
         if batch.exited:
             gone = db.cursor()
             # Which trips closed is read back only while an upgrade may run (to note them);
@@ -385,8 +387,14 @@ class SqlIngestStore:
                 closed = self._were_open(db, batch)
             strays = [e for e in batch.exits if e[1] not in closed]
             self._add_strays(db, strays)
-            met = met or bool(strays)
-        return len(closed) + (self._prune_strays(db, batch.trips) if met else 0)
+            kept = bool(strays)
+        late = self._prune_strays(db, batch.trips) if met or kept else 0
+        return len(closed) + late, kept or late > 0
+
+    def _met_strays(self, key: tuple[str, str], met: bool) -> None:
+        """After a batch of the epoch `key` stored by `_store_new`'s transaction: whether it
+        kept strays or counted a trip a late entry closed (PostgreSQL stores the epoch's next
+        batch the same way while it does)."""
 
     def _prune_strays(self, db: Session, trips: Sequence[str]) -> int:
         """Drop the strays of those of `trips` that have an entry now (PRUNE_STRAYS), so the
@@ -506,7 +514,9 @@ class SqlIngestStore:
         with self._batch() as db:
             self._lock_trips(db, trips.trips)
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
-            closed = self._add_trips(db, trips)  # every record is inserted (or RowTakenError)
+            # every record is inserted (or RowTakenError)
+            closed, met = self._add_trips(db, trips)
+            self._met_strays((lane, epoch), met)
             args = (*move_on_args(first, last), closed, lane, epoch, lane)
             moved = db.cursor()
             moved.execute(move_on, args)
