@@ -137,19 +137,21 @@ WERE_OPEN = (
     " AND NOT EXISTS (SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=t.column1"
     " AND o.record_id NOT IN ({batch}))"
 )
-# Whether some exit of the trip id t.column1 is {kept} a stray (`{kept}`: "" or "NOT").
+# Whether an exit of the trip id t.column1 that is (`{is}`: IS NOT NULL) or is not (IS NULL) a
+# stray is held (NULL: none). Scalar subqueries, as REOPEN's: PostgreSQL could turn EXISTS into
+# a join over every exit.
 _STRAY_EXIT = (
-    "EXISTS (SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=t.column1"
-    " AND {kept} EXISTS (SELECT 1 FROM {stray_exits} AS s WHERE s.record_id = x.record_id))"
+    "(SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=t.column1 AND (SELECT 1"
+    " FROM {stray_exits} AS s WHERE s.record_id = x.record_id) {is} LIMIT 1)"
 )
 # Which of some trip ids (`{ids}`) have an entry, a stray and no exit but strays: the trips a
 # late entry closed, which no batch counted (PRUNE_STRAYS then drops their strays). Parameters:
 # the trip ids, entry, exit, exit.
 LATE_CLOSED = (
     "SELECT t.column1 FROM (VALUES {ids}) AS t"
-    " WHERE EXISTS (SELECT 1 FROM {records} AS e WHERE e.trip_role=? AND e.trip_id=t.column1)"
-    f" AND {_STRAY_EXIT.replace('{kept} ', '')}"
-    f" AND NOT {_STRAY_EXIT.replace('{kept}', 'NOT')}"
+    f" WHERE NOT ({NO_ENTRY.replace('{column}', 'column1')})"
+    f" AND {_STRAY_EXIT.replace('{is}', 'IS NOT NULL')} IS NOT NULL"
+    f" AND {_STRAY_EXIT.replace('{is}', 'IS NULL')} IS NULL"
 )
 # The strays of those of some trip ids (`{ids}`) that have an entry: no longer unmatched, and
 # counted (by the exit that closed the trip, or as LATE_CLOSED says). Parameters: exit, the
@@ -798,7 +800,8 @@ class SqlIngestStore:
             unreadable = int(cur.fetchone()[0])
             upgrading = self._upgrading(cur)
         unmatched = [rid for rid, _, entered, _ in strays if not entered]
-        # A trip closed by a late entry: an entry, and every exit of it a stray.
+        # A trip closed by a late entry: an entry, and every exit of it a stray (a version-5
+        # store's strays, until its upgrade prunes them; a batch prunes its own).
         of_trip = Counter(t for _, t, entered, _ in strays if entered)
         exits = {t: n for _, t, entered, n in strays if entered}
         closed += sum(1 for t, n in of_trip.items() if n == exits[t])
