@@ -175,6 +175,7 @@ SMOKES = {
             r"^store PostgreSQL, 100-record batches: .* -> [\d.]+x COPY, [\d.]+x executemany$",
             r"^store PostgreSQL, 1-record batches \(20 lanes\): .* -> [\d.]+x COPY$",
             r"^store, 100-record batches of entries then their exits: .* -> [\d.]+x COPY$",
+            r"^store, 100-record batches of exits then their entries: .* -> [\d.]+x COPY$",
             r"^workers PostgreSQL, CPU per record .* -> [\d.]+x$",
             r"^workers PostgreSQL, closed-road batches: .* -> [\d.]+x$",
         ),

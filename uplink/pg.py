@@ -97,15 +97,23 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         " offered_digest TEXT NOT NULL, count BIGINT NOT NULL, first_us BIGINT NOT NULL,"
         " last_us BIGINT NOT NULL, PRIMARY KEY (record_id, offered_digest))",
         # Version 5: the closed count (each epoch's, and an upgrade's tally of the trips closed
-        # before it: `trip_counts`) and the strays (uplink.sql_store.CLOSED_COUNTS): a new
-        # batch of a seen epoch keeps its own in its epoch's row (`strays`), the other paths
-        # in `stray_exits`; `counted` is an upgrade's scratch table (UpgradeJob.TALLY). A
-        # column with a constant default is a catalog change.
+        # before it: `trip_counts`) and the strays (uplink.sql_store.CLOSED_COUNTS);
+        # `counted` is an upgrade's scratch table (UpgradeJob.TALLY). A column with a constant
+        # default is a catalog change.
         f"ALTER TABLE {schema}.epochs ADD COLUMN IF NOT EXISTS closed BIGINT NOT NULL DEFAULT 0",
-        f"ALTER TABLE {schema}.epochs ADD COLUMN IF NOT EXISTS strays TEXT[] NOT NULL"
-        " DEFAULT '{}'",
         f"CREATE TABLE IF NOT EXISTS {schema}.stray_exits (record_id TEXT PRIMARY KEY,"
         " trip_id TEXT NOT NULL)",
+        # Version 6: the strays are pruned, which the epochs' arrays of version 5 (`strays`,
+        # rewritten by every batch that added to them) would make a write to other epochs'
+        # rows: they join `stray_exits` and the column goes (UpgradeJob.PRUNE then prunes
+        # them). A worker of version 5 still running fails on the column, acknowledging
+        # nothing: stop them before starting this release.
+        f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema ="
+        f" '{schema}' AND table_name = 'epochs' AND column_name = 'strays') THEN"
+        f" INSERT INTO {schema}.stray_exits (record_id, trip_id) SELECT r.record_id, r.trip_id"
+        f" FROM {schema}.epochs AS e CROSS JOIN LATERAL unnest(e.strays) AS s (id)"
+        f" JOIN {schema}.records AS r ON r.record_id = s.id ON CONFLICT DO NOTHING;"
+        f" ALTER TABLE {schema}.epochs DROP COLUMN strays; END IF; END $$",
         f"CREATE TABLE IF NOT EXISTS {schema}.trip_counts (source TEXT PRIMARY KEY,"
         " closed BIGINT NOT NULL)",
         f"INSERT INTO {schema}.trip_counts VALUES ('{TALLY_SOURCE}', 0) ON CONFLICT DO NOTHING",
@@ -118,12 +126,15 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
 
 # What a schema of an earlier release needs filled from its rows, read before its DDL runs:
 # whether it has `records` without the trip columns (MARK), or with them but no `open_trips`
-# (OPEN), or no `stray_exits` (STRAYS, TALLY). Parameters: the schema, four times.
+# (OPEN), or no `stray_exits` (STRAYS, TALLY), or the epochs' `strays` of version 5 (PRUNE).
+# Parameters: the schema, five times.
 _OLD_TABLES = (
     "SELECT to_regclass(%s || '.records') IS NOT NULL, EXISTS (SELECT 1 FROM"
     " information_schema.columns WHERE table_schema = %s AND table_name = 'records'"
     " AND column_name = 'trip_role'), to_regclass(%s || '.open_trips') IS NOT NULL,"
-    " to_regclass(%s || '.stray_exits') IS NOT NULL"
+    " to_regclass(%s || '.stray_exits') IS NOT NULL, EXISTS (SELECT 1 FROM"
+    " information_schema.columns WHERE table_schema = %s AND table_name = 'epochs'"
+    " AND column_name = 'strays')"
 )
 _TAG = re.compile(r"^lane ingest schema v(\d+) ")
 # Every transaction touching a trip id waits for the others that do (`_lock_trips`), on the
@@ -147,6 +158,11 @@ TRIP_LOCK_GROUPS = 16
 # connection by default, max_locks_per_transaction, shared by all).
 TRIP_LOCKS_OWN = 256
 TRIP_LOCKS_HELD = TRIP_LOCKS_OWN + TRIP_LOCK_GROUPS
+
+
+class TripsMetError(IngestStoreError):
+    """A batch's one statement refused itself: it leaves strays, or meets exits held
+    (`PostgresIngestStore._trip_statements`); it is stored by the pipelined transaction."""
 
 
 class TripLocks(NamedTuple):
@@ -221,7 +237,11 @@ def _schema_tag(schema: str) -> str:
 
 
 def _pending_jobs(
-    has_records: bool, has_trip_columns: bool, has_open_trips: bool, has_strays: bool
+    has_records: bool,
+    has_trip_columns: bool,
+    has_open_trips: bool,
+    has_strays: bool,
+    has_stray_arrays: bool,
 ) -> tuple[UpgradeJob, ...]:
     kept = (UpgradeJob.STRAYS, UpgradeJob.TALLY)
     if not has_records:
@@ -230,7 +250,9 @@ def _pending_jobs(
         return (UpgradeJob.MARK, *kept)  # MARK refreshes the open trips of what it meets
     if not has_open_trips:
         return (UpgradeJob.OPEN, *kept)
-    return () if has_strays else kept
+    if not has_strays:
+        return kept  # the strays it keeps are of trips with no entry: nothing to prune
+    return (UpgradeJob.PRUNE,) if has_stray_arrays else ()
 
 
 class PostgresIngestStore(SqlIngestStore):
@@ -246,9 +268,6 @@ class PostgresIngestStore(SqlIngestStore):
     param = "%s"
     lock_suffix = " FOR UPDATE"
     bytewise = ' COLLATE "C"'
-    strays = (
-        "SELECT record_id FROM {stray_exits} UNION SELECT unnest(strays) AS record_id FROM {epochs}"
-    )
     # A new batch's first entries are plain INSERTs: under the trip locks no other transaction
     # writes their rows, and ON CONFLICT's speculative insertion of each row cost 0.025x a
     # COPY of the batch. An entry of a trip open already (a pass shown at two entry lanes)
@@ -282,6 +301,10 @@ class PostgresIngestStore(SqlIngestStore):
         # Epochs whose row this store has seen committed (rows are never deleted): a batch of
         # one of them takes the one-statement path.
         self._seen: set[tuple[str, str]] = set()
+        # Epochs whose last batch met strays (`_met_strays`): an entry lane's backlog after an
+        # outage, an exit lane's batches meanwhile. Their next batch is stored by the
+        # pipelined transaction at once, not refused by the one statement first.
+        self._meeting: set[tuple[str, str]] = set()
         tag = _schema_tag(schema)
         with self._transaction() as cur:
             # A schema already made by this release needs no DDL: its ALTER TABLE would wait
@@ -295,8 +318,8 @@ class PostgresIngestStore(SqlIngestStore):
                     "SELECT obj_description(to_regnamespace(%s), 'pg_namespace')", (schema,)
                 )
                 self._refuse_newer(cast(tuple[str | None], cur.fetchone())[0])
-                cur.execute(_OLD_TABLES, (schema, schema, schema, schema))
-                old = cast(tuple[bool, bool, bool, bool], cur.fetchone())
+                cur.execute(_OLD_TABLES, (schema,) * 5)
+                old = cast(tuple[bool, bool, bool, bool, bool], cur.fetchone())
                 for stmt in _schema_sql(schema):
                     cur.execute(stmt)
                 if not old[0]:  # a new schema: its empty table indexed at once
@@ -400,7 +423,12 @@ class PostgresIngestStore(SqlIngestStore):
                 after_chunk(job, reached)
 
     def _upgrading(self, cur: Cursor) -> bool:
-        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade)")
+        # While only PRUNE is left the answer is whole: `lane trips` counts a late entry's trip
+        # from the strays the job has not reached yet (uplink.sql_store.STRAYS).
+        cur.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade WHERE job <> %s)",
+            (UpgradeJob.PRUNE.value,),
+        )
         return bool(cur.fetchone()[0])
 
     def upgrade_pending(self) -> bool:
@@ -446,6 +474,10 @@ class PostgresIngestStore(SqlIngestStore):
                 raise StoreBusyError(f"postgres: {_first_line(exc)}") from exc
             except psycopg.errors.UniqueViolation as exc:
                 raise RowTakenError(f"postgres: {_first_line(exc)}") from exc
+            except psycopg.errors.NotNullViolation as exc:
+                if exc.diag.table_name == "epochs" and exc.diag.column_name == "closed":
+                    raise TripsMetError(f"postgres: {_first_line(exc)}") from exc
+                raise IngestStoreError(f"postgres: {exc}") from exc
             except psycopg.Error as exc:
                 raise IngestStoreError(f"postgres: {exc}") from exc
 
@@ -484,19 +516,20 @@ class PostgresIngestStore(SqlIngestStore):
         walks the prefix on in a second transaction after that commit; a worker that stops
         in between leaves the prefix short, and the next `epochs()` walks it on."""
         key = (lane, queue.epoch)
-        if key not in self._seen:
+        if key not in self._seen or key in self._meeting:
             result = super()._store_new(lane, queue, records, now_us)
             self._seen.add(key)
             return result
         first, last = records[0].seq, records[-1].seq
         sql, params = self._insert_sql(NewRows(lane, queue.epoch, records, now_us), returning="")
-        # The open trips, the closed count and the strays are kept by the same statement
-        # (`_trip_statements`: every record is inserted, or UniqueViolation undoes them all).
+        # The open trips and the closed count are kept by the same statement
+        # (`_trip_statements`: every record is inserted, or UniqueViolation undoes them all);
+        # a batch that leaves strays or meets exits held is refused by it (TripsMetError) and
+        # stored by the pipelined transaction, which keeps and prunes the strays.
         trips = batch_trips(records)
         kept, changed, sets, values = self._trip_statements(trips)
-        returned = "record_id, data, trip_role, trip_id" if sets else "record_id, data"
         statement = self._sql(
-            f"WITH ins AS ({sql} RETURNING {returned}), gone AS"
+            f"WITH ins AS ({sql} RETURNING record_id, data), gone AS"
             " (DELETE FROM {conflicts} AS c USING ins WHERE c.lane=%s"
             " AND c.record_id = ins.record_id"
             # the digest of uplink.messages.digest: SHA-256, lower-case hex
@@ -505,15 +538,38 @@ class PostgresIngestStore(SqlIngestStore):
             " RETURNING contiguous, max_seq"
         )
         args = (*params, lane, *changed, *move_on_args(first, last), *values, lane, queue.epoch)
+        try:
+            row = self._one_statement(statement, args, trips.trips)
+        except TripsMetError:
+            return super()._store_new(lane, queue, records, now_us)
+        if row is None:  # its row was removed by hand: the records are held, the row is not
+            self._seen.discard(key)
+            return self._store_held(lane, queue, records, now_us)
+        contiguous, max_seq = cast(tuple[int, int], row)  # BIGINT comes as int
+        if fills_a_hole(first, last, contiguous):
+            contiguous = self._walk_on(lane, queue.epoch, contiguous)
+        held = new_held(records)
+        return StoreResult(held, len(held), 0, (), contiguous, max_seq, False, ())
+
+    def _met_strays(self, key: tuple[str, str], met: bool) -> None:
+        if met:
+            self._meeting.add(key)
+        else:
+            self._meeting.discard(key)
+
+    def _one_statement(
+        self, statement: str, args: tuple[object, ...], trips: Sequence[str]
+    ) -> tuple[object, ...] | None:
+        """Run a batch's one statement, after its trips' locks: its epoch's row as moved on."""
         with self._connected() as conn:
-            if trips.trips:
+            if trips:
                 # The trip ids' locks come first (`_lock_trips`), in a statement of their own:
                 # the batch's statement then takes its snapshot after any other transaction
                 # holding one of them committed. Both are sent at once and run in one
                 # transaction, the implicit one of the extended protocol up to the pipeline's
                 # Sync (no BEGIN/COMMIT, which psycopg would each wait for).
                 with conn.pipeline():
-                    self._lock_trips(conn, trips.trips)
+                    self._lock_trips(conn, trips)
                     moved = conn.execute(statement, args)
                 row = moved.fetchone()
             else:
@@ -523,14 +579,7 @@ class PostgresIngestStore(SqlIngestStore):
                 # inside one left open the batch would not be, and an ack names only what is.
                 conn.rollback()
                 raise IngestStoreError("postgres: connection was inside a transaction block")
-        if row is None:  # its row was removed by hand: the records are held, the row is not
-            self._seen.discard(key)
-            return self._store_held(lane, queue, records, now_us)
-        contiguous, max_seq = cast(tuple[int, int], row)  # BIGINT comes as int
-        if fills_a_hole(first, last, contiguous):
-            contiguous = self._walk_on(lane, queue.epoch, contiguous)
-        held = new_held(records)
-        return StoreResult(held, len(held), 0, (), contiguous, max_seq, False, ())
+        return row
 
     def _walk_on(self, lane: str, epoch: str, since: int) -> int:
         """`_walk_prefix` in one round trip: lock the epoch's row, then move its prefix on
@@ -588,18 +637,24 @@ class PostgresIngestStore(SqlIngestStore):
         parameters in order), then what its epoch's UPDATE sets besides (and its
         parameters). Neither WITH reads what the other writes (the trips of the entries
         opened are not those closed). The trips its exits closed (`trip_gone`) are added to
-        the epoch's count; only when they are fewer than its trips, its exits of the others
-        (read from the rows its insert returned) are added to the epoch's strays: a closed
-        road's exit batch never computes them."""
+        the epoch's count, when every exit closed a trip and every entry opened one (a
+        closed road's common path). Else the count is set to NULL, which its column refuses
+        (TripsMetError): the batch leaves strays, or meets an exit held and maybe strays to
+        prune, and `_store_new` stores it by the pipelined transaction, whose `_add_trips`
+        keeps them. A data-modifying WITH that keeps them here would be set up for every
+        batch, even one that writes nothing."""
         if not batch.trips:
             return "", (), "", ()
         steps: list[tuple[str, str, tuple[object, ...]]] = []
+        short: list[str] = []  # each true when the batch met strays, over `values`
+        values: tuple[object, ...] = ()
         if batch.entries:
             rows, params = self._entry_rows(batch.entries)
-            opening = self.open_new.replace("{rows}", rows)
+            opening = self.open_new.replace("{rows}", rows) + " RETURNING 1"
             steps.append(("trip_opened", opening, (*params, TripRole.EXIT.value)))
-        sets = ""
-        values: tuple[object, ...] = ()
+            short.append("(SELECT COUNT(*) FROM trip_opened) < %s")
+            values = (len(batch.entries),)
+        gone = "0"
         if batch.exited:
             steps.append(("trip_gone", *self._closing(batch.exited, returning=True)))
             if self.upgrade_seen:
@@ -610,12 +665,9 @@ class PostgresIngestStore(SqlIngestStore):
                     (),
                 ))  # fmt: skip
             gone = "(SELECT COUNT(*) FROM trip_gone)"
-            sets = (
-                f", closed = closed + {gone}, strays = CASE WHEN {gone} < %s THEN strays"
-                " || ARRAY(SELECT i.record_id FROM ins AS i WHERE i.trip_role = %s"
-                " AND i.trip_id NOT IN (SELECT trip_id FROM trip_gone)) ELSE strays END"
-            )
-            values = (len(batch.exited), TripRole.EXIT.value)
+            short.append(f"{gone} < %s")
+            values = (*values, len(batch.exited))
+        sets = f", closed = closed + CASE WHEN {' OR '.join(short)} THEN NULL ELSE {gone} END"
         ctes = "".join(f", {name} AS ({self._sql(sql)})" for name, sql, _ in steps)
         return ctes, tuple(v for _, _, p in steps for v in p), sets, values
 

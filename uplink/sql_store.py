@@ -31,7 +31,7 @@ RECORD_COLUMNS = (
 )
 COLUMN_COUNT = len(RECORD_COLUMNS.split(","))
 # The store's schema version: SQLite's `user_version`, named in PostgreSQL's schema comment.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
 # Rows (or trip ids) per step of an upgrade, each a transaction of its own in PostgreSQL.
 UPGRADE_CHUNK = 5000
@@ -86,24 +86,28 @@ NO_ENTRY = (
 # The closed count and the unmatched exits are kept without a walk of every entry and exit,
 # and without work on a closed road's common path: each batch adds to its epoch's row the open
 # trips its exits closed (`closed`), and keeps its exits that closed none, its "strays" (an
-# exit before its entry, one whose pass no entry lane issued, a second exit). Every unmatched
-# exit is a stray with no entry; a trip closed by an entry that came after its exits (a "late"
-# entry) has only strays for exits. `lane trips` reads both from the strays alone (STRAYS).
-# An upgrade adds the trips closed before it to `trip_counts` (UpgradeJob.TALLY).
+# exit before its entry, one whose pass no entry lane issued, a second exit), but only while
+# their trip has no entry: a batch that leaves a trip of its own with an entry and strays
+# prunes them (PRUNE_STRAYS), counting the trip closed if they were all its exits (a "late"
+# entry: LATE_CLOSED). So the strays are the unmatched exits, no more, and `lane trips` reads
+# them (STRAYS). An upgrade adds the trips closed before it to `trip_counts`
+# (UpgradeJob.TALLY, UpgradeJob.PRUNE).
 CLOSED_COUNTS = (
     "SELECT (SELECT COALESCE(SUM(closed), 0) FROM {epochs})"
     " + (SELECT COALESCE(SUM(closed), 0) FROM {trip_counts})"
 )
 # Every stray with its trip id, whether an entry of that trip is held, and how many exits of
-# it are held (`{strays}`: the dialect's query of the strays' record ids). Each record is read
-# by its key in a scalar subquery, never a join: while the table's statistics are young
-# PostgreSQL would plan one as a hash join over all of `records`. Parameters: entry, exit.
+# it are held: a stray of a trip with an entry is one a release before 6 kept, until the
+# upgrade's PRUNE job reaches it (a late entry's trip is counted from them meanwhile). Each
+# record is read by its key in a scalar subquery, never a join: while the table's statistics
+# are young PostgreSQL would plan one as a hash join over all of `records`. Parameters:
+# entry, exit.
 STRAYS = (
     "SELECT w.record_id, w.trip_id,"
     " (SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=w.trip_id LIMIT 1),"
     " (SELECT COUNT(*) FROM {records} AS y WHERE y.trip_role=? AND y.trip_id=w.trip_id)"
     " FROM (SELECT s.record_id, (SELECT r.trip_id FROM {records} AS r"
-    " WHERE r.record_id = s.record_id) AS trip_id FROM ({strays}) AS s) AS w"
+    " WHERE r.record_id = s.record_id) AS trip_id FROM {stray_exits} AS s) AS w"
 )
 # The exits of some trip ids (`{ids}`, as REOPEN) whose trip has no entry, as strays (an
 # upgrade's, for the rows stored before strays were kept). Parameters: exit, the trip ids,
@@ -114,16 +118,15 @@ OLD_STRAYS = (
     f" AND {NO_ENTRY.replace('{column}', 'trip_id')} ON CONFLICT DO NOTHING"
 )
 # How many of some trip ids (`{ids}`) are closed (an entry and an exit held), counted by no
-# batch meanwhile (`counted`) and closed by an exit that was no stray (`{strays}` as in
-# STRAYS): an upgrade's tally of the trips closed before it. Parameters: the trip ids, entry,
-# exit, exit.
+# batch meanwhile (`counted`) and closed by an exit that was no stray: an upgrade's tally of
+# the trips closed before it. Parameters: the trip ids, entry, exit, exit.
 TALLIED = (
     "SELECT COUNT(*) FROM (VALUES {ids}) AS t"
     " WHERE EXISTS (SELECT 1 FROM {records} AS e WHERE e.trip_role=? AND e.trip_id=t.column1)"
     " AND EXISTS (SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=t.column1)"
     " AND NOT EXISTS (SELECT 1 FROM {counted} AS c WHERE c.trip_id=t.column1)"
     " AND EXISTS (SELECT 1 FROM {records} AS z WHERE z.trip_role=? AND z.trip_id=t.column1"
-    " AND z.record_id NOT IN ({strays}))"
+    " AND z.record_id NOT IN (SELECT record_id FROM {stray_exits}))"
 )
 # Which of some trip ids (`{ids}`) had an entry and no exit but those of a batch (`{batch}`:
 # the record ids of its exits, its entries of them having opened nothing): the trips it
@@ -133,6 +136,30 @@ WERE_OPEN = (
     " WHERE EXISTS (SELECT 1 FROM {records} AS e WHERE e.trip_role=? AND e.trip_id=t.column1)"
     " AND NOT EXISTS (SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=t.column1"
     " AND o.record_id NOT IN ({batch}))"
+)
+# Whether an exit of the trip id t.column1 that is (`{is}`: IS NOT NULL) or is not (IS NULL) a
+# stray is held (NULL: none). Scalar subqueries, as REOPEN's: PostgreSQL could turn EXISTS into
+# a join over every exit.
+_STRAY_EXIT = (
+    "(SELECT 1 FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=t.column1 AND (SELECT 1"
+    " FROM {stray_exits} AS s WHERE s.record_id = x.record_id) {is} LIMIT 1)"
+)
+# Which of some trip ids (`{ids}`) have an entry, a stray and no exit but strays: the trips a
+# late entry closed, which no batch counted (PRUNE_STRAYS then drops their strays). Parameters:
+# the trip ids, entry, exit, exit.
+LATE_CLOSED = (
+    "SELECT t.column1 FROM (VALUES {ids}) AS t"
+    f" WHERE NOT ({NO_ENTRY.replace('{column}', 'column1')})"
+    f" AND {_STRAY_EXIT.replace('{is}', 'IS NOT NULL')} IS NOT NULL"
+    f" AND {_STRAY_EXIT.replace('{is}', 'IS NULL')} IS NULL"
+)
+# The strays of those of some trip ids (`{ids}`) that have an entry: no longer unmatched, and
+# counted (by the exit that closed the trip, or as LATE_CLOSED says). Parameters: exit, the
+# trip ids, entry.
+PRUNE_STRAYS = (
+    "DELETE FROM {stray_exits} WHERE record_id IN (SELECT x.record_id FROM {records} AS x"
+    " WHERE x.trip_role=? AND x.trip_id IN (SELECT t.column1 FROM (VALUES {ids}) AS t WHERE"
+    f" NOT ({NO_ENTRY.replace('{column}', 'column1')})))"
 )
 # How a batch's UPDATE of its epoch's row adds the trips it closed. Parameter: how many.
 ADD_CLOSED = "closed = closed + ?"
@@ -246,6 +273,9 @@ class UpgradeJob(StrEnum):
     OPEN = "open"  # the open-trips table, from the trip columns of every entry
     STRAYS = "strays"  # the strays of the exits stored before them: those with no entry
     TALLY = "tally"  # the closed count of the trips closed before it (`counted`)
+    # The strays a release before 6 kept of trips with an entry: dropped, each trip whose
+    # exits were all strays counted (`LATE_CLOSED`). Its answer is whole meanwhile.
+    PRUNE = "prune"
 
 
 def new_held(records: Sequence[IngestRecord]) -> tuple[Held, ...]:
@@ -270,8 +300,6 @@ class SqlIngestStore:
     prefix = ""  # PostgreSQL: "schema."
     bytewise = ""  # PostgreSQL: ' COLLATE "C"' (SQLite compares text byte by byte already)
     open_new = OPEN_NEW + EARLIER_ENTRY  # PostgreSQL: OPEN_NEW alone
-    # The record ids of every stray (STRAYS); PostgreSQL adds those its epochs' rows hold.
-    strays = "SELECT record_id FROM {stray_exits}"
     # Whether an upgrade job may still be running beside this store (PostgreSQL: one was
     # pending when it opened the schema; jobs are only made by the DDL of a newer release).
     upgrade_seen = False
@@ -324,32 +352,66 @@ class SqlIngestStore:
             v for e in entries for v in (e.trip_id, e.record_id, e.ts_us)
         )
 
-    def _add_trips(self, db: Session, batch: BatchTrips) -> int:
+    def _add_trips(self, db: Session, batch: BatchTrips) -> tuple[int, bool]:
         """Keep the open trips and the strays after a batch every record of which was
         inserted now, under its trip ids' locks: the open-trips rows as `_refresh_trips` gives
         them, for less; and say how many trips it closed. The rows held are those of the
         records before the batch. Each of its first entries of a trip (`BatchTrips.entries`)
         opens it unless an exit of it is held, or moves it to this entry if that is the earlier
-        (`open_new`); each of its exits closes its trip if open (counted), else is a stray."""
+        (`open_new`); each of its exits closes its trip if open (counted), else is a stray.
+        Only when an entry opened nothing or an exit closed nothing are the strays of its
+        trips pruned (`_prune_strays`): never on a closed road's common path. Also says
+        whether it kept strays or counted a trip closed by a late entry."""
+        met = False  # a trip of the batch may have an entry and strays now
         if batch.entries:
             rows, params = self._entry_rows(batch.entries)
-            db.cursor().execute(
+            opened = db.cursor()
+            opened.execute(
                 self._sql(self.open_new.replace("{rows}", rows)), (*params, TripRole.EXIT.value)
             )
-        if not batch.exited:
+            # An entry that opened nothing met an exit held (or a trip open at an earlier
+            # entry). PostgreSQL's pipeline has no count yet (-1): its trips are pruned.
+            met = opened.rowcount < len(batch.entries)
+        closed: Collection[str] = ()
+        kept = False  # strays of its own
+        if batch.exited:
+            gone = db.cursor()
+            # Which trips closed is read back only while an upgrade may run (to note them);
+            # else the count of rows deleted says whether every exit closed one, as in a
+            # closed road.
+            gone.execute(*self._closing(batch.exited, returning=self.upgrade_seen))
+            if self.upgrade_seen:
+                closed = {str(r[0]) for r in gone.fetchall()}
+                self._note_counted(db, closed)
+            elif gone.rowcount == len(batch.exited):
+                closed = batch.exited
+            else:
+                closed = self._were_open(db, batch)
+            strays = [e for e in batch.exits if e[1] not in closed]
+            self._add_strays(db, strays)
+            kept = bool(strays)
+        late = self._prune_strays(db, batch.trips) if met or kept else 0
+        return len(closed) + late, kept or late > 0
+
+    def _met_strays(self, key: tuple[str, str], met: bool) -> None:
+        """After a batch of the epoch `key` stored by `_store_new`'s transaction: whether it
+        kept strays or counted a trip a late entry closed (PostgreSQL stores the epoch's next
+        batch the same way while it does)."""
+
+    def _prune_strays(self, db: Session, trips: Sequence[str]) -> int:
+        """Drop the strays of those of `trips` that have an entry now (PRUNE_STRAYS), so the
+        strays are the unmatched exits and no more, and say how many of those trips this
+        counts closed: the ones whose every exit was a stray (LATE_CLOSED), which no exit
+        closed. Under the trips' locks, after the batch's own strays are kept."""
+        if not trips:
             return 0
-        gone = db.cursor()
-        # Which trips closed is read back only while an upgrade may run (to note them); else
-        # the count of rows deleted says whether every exit closed one, as in a closed road.
-        gone.execute(*self._closing(batch.exited, returning=self.upgrade_seen))
-        if self.upgrade_seen:
-            closed = {str(r[0]) for r in gone.fetchall()}
-            self._note_counted(db, closed)
-        elif gone.rowcount == len(batch.exited):
-            return len(batch.exited)
-        else:
-            closed = self._were_open(db, batch)
-        self._add_strays(db, [e for e in batch.exits if e[1] not in closed])
+        ids = ", ".join("(?)" for _ in trips)
+        entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
+        late = db.cursor()
+        late.execute(self._sql(LATE_CLOSED.replace("{ids}", ids)), (*trips, entry, exit_, exit_))
+        closed = {str(r[0]) for r in late.fetchall()}  # read whole before the strays go
+        db.cursor().execute(self._sql(PRUNE_STRAYS.replace("{ids}", ids)), (exit_, *trips, entry))
+        self._note_counted(db, closed)
         return len(closed)
 
     def _were_open(self, db: Session, batch: BatchTrips) -> set[str]:
@@ -454,7 +516,9 @@ class SqlIngestStore:
         with self._batch() as db:
             self._lock_trips(db, trips.trips)
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
-            closed = self._add_trips(db, trips)  # every record is inserted (or RowTakenError)
+            # every record is inserted (or RowTakenError)
+            closed, met = self._add_trips(db, trips)
+            self._met_strays((lane, epoch), met)
             args = (*move_on_args(first, last), closed, lane, epoch, lane)
             moved = db.cursor()
             moved.execute(move_on, args)
@@ -537,6 +601,7 @@ class SqlIngestStore:
             closed = {t for _, t in exits if t in was_open}
             self._add_strays(db, [e for e in exits if e[1] not in was_open])
             self._note_counted(db, closed)
+            late = self._prune_strays(db, trips)
             by_id, by_seq = self._held_rows(
                 db, lane, epoch, [r for r in records if r.seq not in fresh]
             )
@@ -558,7 +623,7 @@ class SqlIngestStore:
             db.cursor().execute(
                 q(f"UPDATE {{epochs}} SET contiguous=?, max_seq=?, {ADD_CLOSED}"
                   " WHERE lane=? AND epoch=?"),
-                (contiguous, max_seq, len(closed), lane, epoch),
+                (contiguous, max_seq, len(closed) + late, lane, epoch),
             )  # fmt: skip
         return StoreResult(
             held=tuple(held),
@@ -728,14 +793,15 @@ class SqlIngestStore:
             open_entries = [bytes(r[0]) for r in cur.fetchall()]
             cur.execute(q(CLOSED_COUNTS))
             closed = int(cur.fetchone()[0])
-            cur.execute(q(STRAYS.replace("{strays}", self.strays)), (entry, exit_))
+            cur.execute(q(STRAYS), (entry, exit_))
             strays = [(str(rid), str(t), entered is not None, int(n))
                       for rid, t, entered, n in cur.fetchall()]  # fmt: skip
             cur.execute(q(ROLE_COUNT), (TripRole.UNREADABLE.value,))
             unreadable = int(cur.fetchone()[0])
             upgrading = self._upgrading(cur)
         unmatched = [rid for rid, _, entered, _ in strays if not entered]
-        # A trip closed by a late entry: an entry, and every exit of it a stray.
+        # A trip closed by a late entry: an entry, and every exit of it a stray (a version-5
+        # store's strays, until its upgrade prunes them; a batch prunes its own).
         of_trip = Counter(t for _, t, entered, _ in strays if entered)
         exits = {t: n for _, t, entered, n in strays if entered}
         closed += sum(1 for t, n in of_trip.items() if n == exits[t])
@@ -763,7 +829,9 @@ class SqlIngestStore:
         trip ids with an exit and keeps as strays their exits whose trip has no entry; TALLY
         the next trip ids with an entry, and adds to the closed count those closed that no
         batch counted meanwhile (`counted`, which it empties when it is done) and that the
-        strays do not account for."""
+        strays do not account for. PRUNE takes the next `chunk` strays (by record id) and
+        prunes those of their trips that have an entry (`_prune_strays`), adding the trips
+        it counts closed to the upgrade's count."""
         q = self._sql
         read = db.cursor()
         past = "" if after is None else " AND {key} > ?"
@@ -784,6 +852,16 @@ class SqlIngestStore:
                 db.cursor().executemany(
                     q("UPDATE {records} SET trip_role=?, trip_id=? WHERE record_id=?"), marks
                 )
+        elif job == UpgradeJob.PRUNE:
+            read.execute(
+                q("SELECT record_id, trip_id FROM {stray_exits} WHERE TRUE"
+                  + past.format(key="record_id") + " ORDER BY record_id LIMIT ?"),
+                (*params, chunk),
+            )  # fmt: skip
+            strays = [(str(rid), str(trip)) for rid, trip in read.fetchall()]
+            keys = [rid for rid, _ in strays]
+            trips = sorted({trip for _, trip in strays})
+            self._lock_trips(db, trips)
         else:
             role = exit_ if job == UpgradeJob.STRAYS else entry
             read.execute(
@@ -797,20 +875,22 @@ class SqlIngestStore:
         ids = ", ".join("(?)" for _ in trips)
         if job in (UpgradeJob.MARK, UpgradeJob.OPEN):
             self._refresh_trips(db, trips)
-        elif job == UpgradeJob.STRAYS and trips:
-            db.cursor().execute(q(OLD_STRAYS.replace("{ids}", ids)), (exit_, *trips, entry))
-        elif job == UpgradeJob.TALLY:
-            found = 0
+        elif job == UpgradeJob.STRAYS:
             if trips:
+                db.cursor().execute(q(OLD_STRAYS.replace("{ids}", ids)), (exit_, *trips, entry))
+        else:
+            found = 0
+            if job == UpgradeJob.PRUNE:
+                found = self._prune_strays(db, trips)
+            elif trips:
                 cur = db.cursor()
-                sql = TALLIED.replace("{ids}", ids).replace("{strays}", self.strays)
-                cur.execute(q(sql), (*trips, entry, exit_, exit_))
+                cur.execute(q(TALLIED.replace("{ids}", ids)), (*trips, entry, exit_, exit_))
                 found = int(cur.fetchone()[0])
             db.cursor().execute(
                 q("UPDATE {trip_counts} SET closed = closed + ? WHERE source = ?"),
                 (found, TALLY_SOURCE),
             )
-            if reached is None:
+            if job == UpgradeJob.TALLY and reached is None:
                 db.cursor().execute(q("DELETE FROM {counted}"))
         return reached
 

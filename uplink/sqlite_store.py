@@ -1,14 +1,15 @@
 """The default back-office store: one SQLite file (WAL, synchronous=FULL: an ack always follows a
 durable commit). Several workers (threads or processes) may share the file; writers take turns.
 
-Schema version 5 keys seqs by queue epoch, keeps conflicts, each record's part in the trip
+Schema version 6 keys seqs by queue epoch, keeps conflicts, each record's part in the trip
 ledger (`trip_role`, `trip_id`, indexed: uplink.trips), the trips open now (`open_trips`), and
-the closed count and the exits that closed no trip (`epochs.closed`, `trip_counts`,
+the closed count and the exits whose trip has no entry (`epochs.closed`, `trip_counts`,
 `stray_exits`: uplink.sql_store.CLOSED_COUNTS). An older file is migrated in place on open, in
 one transaction: version 1 (seqs per lane, no epochs) gets its records under the empty epoch
 `""`; the trip columns of the rows of a version 1 or 2 file are filled from their bytes;
-`open_trips`, the strays and the closed count are filled from the trip columns. A file of a
-newer version is refused untouched.
+`open_trips`, the strays and the closed count are filled from the trip columns; the strays a
+version 5 file kept of trips with an entry are pruned. A file of a newer version is refused
+untouched.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ MIGRATIONS: dict[int, tuple[tuple[str, ...], tuple[UpgradeJob, ...]]] = {
     2: ((*FROM_V2, OPEN_TRIPS, *TO_V5), (UpgradeJob.MARK, *KEPT)),
     3: ((OPEN_TRIPS, *TO_V5), (UpgradeJob.OPEN, *KEPT)),
     4: (TO_V5, KEPT),
+    # Version 6 prunes the strays of trips with an entry, as version 5 kept them.
+    5: ((), (UpgradeJob.PRUNE,)),
     SCHEMA_VERSION: ((), ()),
 }
 

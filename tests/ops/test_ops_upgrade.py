@@ -319,7 +319,7 @@ def test_an_old_ingest_store_gets_its_trip_columns_and_open_trips_filled(
     assert user_version(path) == version
     store = SqliteIngestStore(path)
     try:
-        assert user_version(path) == INGEST_SCHEMA_VERSION == 5
+        assert user_version(path) == INGEST_SCHEMA_VERSION == 6
         check_trips_after_upgrade(store)
     finally:
         store.close()
@@ -328,6 +328,33 @@ def test_an_old_ingest_store_gets_its_trip_columns_and_open_trips_filled(
         assert open_trips(again).closed == 3
     finally:
         again.close()
+
+
+# The version-5 fixture's ledger: INGEST_V2_LEDGER's, and the trip closed by an entry that came
+# after its exit (make_fixtures.INGEST_V5_ROWS).
+INGEST_V5_LEDGER = replace(INGEST_V2_LEDGER, closed=3)
+
+
+def test_a_v5_ingest_store_keeps_only_the_strays_of_trips_with_no_entry(tmp_path: Path) -> None:
+    """Version 5 kept every exit that closed no trip for good: an exit before its entry stayed
+    once the entry came, a second exit too. Opened by this release, those of trips with an
+    entry go, the trip the late entry closed counted once; `lane trips` answers the same."""
+    path = tmp_path / "ingest.sqlite"
+    shutil.copy(FIXTURES / "ingest_v5.sqlite", path)
+    assert sorted(stray_ids(path)) == ["r-exit-again", "r-exit-early", "r-exit-unmatched"]
+    store = SqliteIngestStore(path)
+    try:
+        assert user_version(path) == INGEST_SCHEMA_VERSION
+        assert stray_ids(path) == ["r-exit-unmatched"]
+        assert open_trips(store) == INGEST_V5_LEDGER
+        assert trip_ledger(store.records_between(0, END_OF_TIME_US)) == INGEST_V5_LEDGER
+    finally:
+        store.close()
+
+
+def stray_ids(path: Path) -> list[str]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return [str(r[0]) for r in db.execute("SELECT record_id FROM stray_exits")]
 
 
 # The version-3 release's additions to them (its DDL, spelled out).
@@ -348,7 +375,19 @@ INGEST_V4_PG = (
     "CREATE TABLE lane_ingest.upgrade (job TEXT PRIMARY KEY, after TEXT)",
     "COMMENT ON SCHEMA lane_ingest IS 'lane ingest schema v4 0123456789abcdef'",
 )
-OLD_PG = {2: INGEST_V2_PG, 3: INGEST_V3_PG, 4: INGEST_V4_PG}
+# The version-5 release's additions (its DDL, spelled out): the closed counts, the strays of a
+# seen epoch's batches in its row's array, the others in `stray_exits`.
+INGEST_V5_PG = (
+    *INGEST_V4_PG,
+    "ALTER TABLE lane_ingest.epochs ADD COLUMN closed BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE lane_ingest.epochs ADD COLUMN strays TEXT[] NOT NULL DEFAULT '{}'",
+    "CREATE TABLE lane_ingest.stray_exits (record_id TEXT PRIMARY KEY, trip_id TEXT NOT NULL)",
+    "CREATE TABLE lane_ingest.trip_counts (source TEXT PRIMARY KEY, closed BIGINT NOT NULL)",
+    "INSERT INTO lane_ingest.trip_counts VALUES ('upgrade', 0)",
+    "CREATE TABLE lane_ingest.counted (trip_id TEXT PRIMARY KEY)",
+    "COMMENT ON SCHEMA lane_ingest IS 'lane ingest schema v5 0123456789abcdef'",
+)
+OLD_PG = {2: INGEST_V2_PG, 3: INGEST_V3_PG, 4: INGEST_V4_PG, 5: INGEST_V5_PG}
 
 
 def old_pg_schema(pg_dsn: str, version: int, rows: Sequence[Sequence[object]]) -> None:
@@ -517,6 +556,100 @@ def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_cra
         assert pure.closed == 21 and pure.unmatched_exits == ("r-during-3",)
         assert open_trips(store) == pure
         assert len(pure.open_trips) == 20  # passes 0, 2, ..., 38 but 30, and new01
+    finally:
+        store.close()
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM lane_ingest.upgrade").fetchone() == (0,)
+
+
+def v5_strays(pg_dsn: str) -> list[Record]:
+    """`many_old_rows` as the release of version 5 kept them, with a second exit of pass01
+    and exits of three passes no entry lane issued (ghost0..2): the exits of pass21..39 came
+    before their entries, so they and the four others are strays (every other one in the
+    epoch's array, the rest in `stray_exits`) and the epoch counted pass01..19 closed."""
+    rows, records = many_old_rows(4)
+    more = [
+        Record(f"r-exit-{name}", "P03/x1", seq, FIXTURE_TS0 + seq, replace(
+            records[1].draft, kind="exit", pass_id=trip))
+        for seq, (name, trip) in enumerate(
+            (("01b", "pass01"), ("g0", "ghost0"), ("g1", "ghost1"), ("g2", "ghost2")), start=41)
+    ]  # fmt: skip
+    for r in more:
+        rows.append((r.record_id, r.lane, "", r.seq, r.ts_us, "exit", 0, "CNY", r.encode(), 1,
+                     "exit", r.draft.pass_id))  # fmt: skip
+    records.extend(more)
+    old_pg_schema(pg_dsn, 5, rows)
+    strays = sorted([f"r-exit-{i}" for i in range(21, 40, 2)] + [r.record_id for r in more])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO lane_ingest.epochs VALUES ('P03/x1', '', 0, 44, 44, 0, 10, %s)",
+            (strays[::2],),
+        )
+        conn.execute(
+            "INSERT INTO lane_ingest.stray_exits SELECT record_id, trip_id"
+            " FROM lane_ingest.records WHERE record_id = ANY(%s)",
+            (strays[1::2],),
+        )
+    return records
+
+
+def pg_strays(dsn: str) -> list[str]:
+    """The record ids of the strays the schema keeps, and whether the epochs' arrays are gone."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT record_id FROM lane_ingest.stray_exits").fetchall()
+        arrays = conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'lane_ingest'"
+            " AND table_name = 'epochs' AND column_name = 'strays'"
+        ).fetchone()
+    assert arrays == (0,)  # the strays of version 5's arrays joined the table
+    return sorted(str(r[0]) for r in rows)
+
+
+def test_a_postgres_v5_schema_prunes_its_strays_a_chunk_at_a_time_and_resumes(
+    pg_dsn: str,
+) -> None:
+    """Version 5 kept every exit that closed no trip for good, in the epochs' arrays and
+    `stray_exits`. Upgraded, the arrays join the table, then a chunk at a time the strays
+    of trips with an entry go, each trip whose exits were all strays counted closed. The
+    upgrading worker dies after its first chunk; a worker storing a batch meanwhile (a second
+    exit of a trip the job has not reached, the entry of a pass that had only a stray exit,
+    an exit of no entry) prunes its own trips; the next store goes on from that chunk. The
+    answer is whole all along, and once done the strays are the unmatched exits, no more."""
+    records = v5_strays(pg_dsn)
+    during = ingested_during(
+        records, (("exit", "pass39"), ("entry", "ghost0"), ("exit", "nowhere"))
+    )
+    chunks: list[str | None] = []
+
+    def crash_after_the_first(job: UpgradeJob, reached: str | None) -> None:
+        chunks.append(reached)
+        with psycopg.connect(pg_dsn) as other:  # another worker, in the middle of a chunk
+            other.execute("SELECT * FROM lane_ingest.upgrade FOR UPDATE")
+            worker = PostgresIngestStore(pg_dsn, lock_timeout_s=0.2)
+            try:
+                worker.store_batch("P03/x2", QueueIdentity("during"), during, 1)
+                assert open_trips(worker) == trip_ledger(r.encode() for r in records)
+            finally:
+                worker.close()
+        raise CrashError
+
+    with pytest.raises(CrashError):
+        PostgresIngestStore(pg_dsn, upgrade_chunk=8, after_chunk=crash_after_the_first)
+    assert chunks == ["r-exit-33"]  # r-exit-01b, 21, ..., 33
+    with psycopg.connect(pg_dsn) as conn:
+        left = conn.execute("SELECT job, after FROM lane_ingest.upgrade").fetchall()
+    assert left == [(UpgradeJob.PRUNE.value, "r-exit-33")]
+    resumed: list[tuple[UpgradeJob, str | None]] = []
+    store = PostgresIngestStore(
+        pg_dsn, upgrade_chunk=8, after_chunk=lambda job, at: resumed.append((job, at))
+    )
+    try:
+        assert resumed == [(UpgradeJob.PRUNE, None)]  # the rest: r-exit-35, ... in one chunk
+        pure = trip_ledger(r.encode() for r in records)
+        assert pure.closed == 21  # the odd passes and ghost0
+        assert pure.unmatched_exits == ("r-during-3", "r-exit-g1", "r-exit-g2")
+        assert open_trips(store) == pure
+        assert pg_strays(pg_dsn) == list(pure.unmatched_exits)
     finally:
         store.close()
     with psycopg.connect(pg_dsn) as conn:
