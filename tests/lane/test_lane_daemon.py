@@ -106,9 +106,11 @@ async def running_lane(
     barrier: dict[str, Any] | None = None,
     *,
     fault: str | None = None,
+    source: PushSource | None = None,
 ) -> AsyncIterator[Lane]:
     """The daemon in this process, with a device emulator; `lane`, `barrier`: extra [lane]
-    and [barrier] config keys; `fault`: the device's fault from its start."""
+    and [barrier] config keys; `fault`: the device's fault from its start; `source`: the
+    camera (a fresh push camera by default)."""
     codes = CodeFactory(7)
     keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
     acquirer = AcquirerServer()
@@ -118,7 +120,7 @@ async def running_lane(
     queue_path = config.lane.data_dir / "queue.sqlite3"
     device.received = RecordedBeforeOpen(queue_path)
     device.set_fault(fault)
-    source = PushSource()
+    source = source or PushSource()
     daemon = await build(config, source=source, shutdown_grace_s=2.0)
     notes: list[tuple[str, dict[str, Any]]] = []
     daemon.runner.observers.append(lambda note: notes.append((note.name, note.fields())))

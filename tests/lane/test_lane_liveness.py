@@ -1,0 +1,71 @@
+"""Faults that leave the process alive: the lane must not stay stuck behind them, nor look
+healthy while it is (docs/operations.md, "Alarms"). Against the real things: mosquitto, the
+device emulator, SQLite, the simulator's acquirer, the daemon in this process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from polling import eventually
+from test_lane_daemon import Lane, named, running_lane, show
+from test_lane_heal import quiet
+
+from scanner.sources import Item, PushSource
+from sim.broker import Mosquitto
+from sim.camera import frame_for
+
+
+def camera_ready(lane: Lane) -> bool:
+    return next(c for c in lane.daemon.ops.readiness() if c.name == "camera").ok
+
+
+class CrashingCamera(PushSource):
+    """The push camera, whose driver raises once when told to: what OpenCV, FFmpeg or a vendor
+    SDK may do beyond the errors the source's own reconnect handles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crash = threading.Event()
+
+    def stream(self) -> Iterator[Item]:
+        for item in super().stream():
+            if self.crash.is_set():
+                self.crash.clear()
+                raise RuntimeError("camera driver crashed")
+            yield item
+
+
+async def test_a_capture_that_crashes_is_seen_and_restarted_and_the_lane_serves_again(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    camera = CrashingCamera()
+    async with running_lane(tmp_path, mosquitto, lane_id, source=camera) as lane:
+        daemon = lane.daemon
+        camera.crash.set()
+        blank = frame_for(None, "clear", rng=1)
+        # Seen: the alarm says what happened and that the lane is on it; not ready.
+        await eventually(
+            lambda: daemon.runner.alarms.get("camera_blackout", "").startswith("camera error"),
+            between=lambda: camera.put(blank, time.monotonic()),
+            what="the capture's failure raised",
+        )
+        message = daemon.runner.alarms["camera_blackout"]
+        assert "capture failed: camera driver crashed; restarting in" in message
+        assert not camera_ready(lane)
+        # Clears by itself: the capture is read again, frames come back, the alarm goes.
+        await eventually(
+            lambda: "camera_blackout" not in daemon.runner.alarms,
+            between=lambda: camera.put(blank, time.monotonic()),
+            what="the capture restarted",
+        )
+        assert camera_ready(lane)
+        # And the lane takes payments again: the next vehicle pays and passes.
+        await lane.device.vehicle_enters(1)
+        await eventually(lambda: named(lane, "vehicle_arrived"))
+        token = lane.codes.make("token", int(time.time())).text
+        await show(lane, token, lambda: named(lane, "barrier_opened"))
+        await lane.device.vehicle_passes()
+        await eventually(lambda: quiet(lane))
