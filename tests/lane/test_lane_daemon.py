@@ -107,10 +107,12 @@ async def running_lane(
     *,
     fault: str | None = None,
     source: PushSource | None = None,
+    ready: bool = True,
 ) -> AsyncIterator[Lane]:
     """The daemon in this process, with a device emulator; `lane`, `barrier`: extra [lane]
     and [barrier] config keys; `fault`: the device's fault from its start; `source`: the
-    camera (a fresh push camera by default)."""
+    camera (a fresh push camera by default); `ready`: wait until lane and device are connected
+    and the barrier is closed (not with a broker that is down)."""
     codes = CodeFactory(7)
     keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
     acquirer = AcquirerServer()
@@ -127,9 +129,10 @@ async def running_lane(
     stop = asyncio.Event()
     tasks = [asyncio.create_task(device.run()), asyncio.create_task(daemon.run(stop))]
     try:
-        await device.wait_connected(5)
-        await daemon.link.wait_connected(5)
-        await eventually(lambda: daemon.runner.state.barrier == "closed")
+        if ready:
+            await device.wait_connected(5)
+            await daemon.link.wait_connected(5)
+            await eventually(lambda: daemon.runner.state.barrier == "closed")
         yield Lane(config, daemon, device, source, codes, notes, queue_path)
     finally:
         stop.set()

@@ -4,6 +4,7 @@ device emulator, SQLite, the simulator's acquirer, the daemon in this process.""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from polling import eventually
 from test_lane_daemon import Lane, named, running_lane, show
-from test_lane_heal import quiet
+from test_lane_heal import pays, quiet
 
 from scanner.sources import Item, PushSource
 from sim.broker import Mosquitto
@@ -67,5 +68,26 @@ async def test_a_capture_that_crashes_is_seen_and_restarted_and_the_lane_serves_
         await eventually(lambda: named(lane, "vehicle_arrived"))
         token = lane.codes.make("token", int(time.time())).text
         await show(lane, token, lambda: named(lane, "barrier_opened"))
+        await lane.device.vehicle_passes()
+        await eventually(lambda: quiet(lane))
+
+
+async def test_a_lane_started_while_its_broker_is_down_says_so_and_serves_once_it_is_up(
+    tmp_path: Path, private_broker: Mosquitto, lane_id: str
+) -> None:
+    """A lane (re)started with its broker down never had a link to lose: it must still raise
+    `broker_down`, not sit closed with no alarm, and clear it when the broker comes up."""
+    await asyncio.to_thread(private_broker.stop)
+    async with running_lane(tmp_path, private_broker, lane_id, ready=False) as lane:
+        runner = lane.daemon.runner
+        await eventually(lambda: "broker_down" in runner.alarms, what="broker_down raised")
+        assert runner.alarms["broker_down"] == "controller lost the MQTT broker"
+        assert "broker_down" in runner.state.faults  # closed to payments while it lasts
+        broker = next(c for c in lane.daemon.ops.readiness() if c.name == "broker")
+        assert (broker.ok, broker.detail) == (False, "not connected")
+        await asyncio.to_thread(private_broker.start)
+        await eventually(lambda: "broker_down" not in runner.alarms, within=15)
+        await eventually(lambda: runner.state.barrier == "closed")
+        await pays(lane, lambda: named(lane, "barrier_opened"))
         await lane.device.vehicle_passes()
         await eventually(lambda: quiet(lane))
