@@ -82,7 +82,7 @@ from lane.verifier import TokenVerifier
 from lane.wire.ids import new_id
 from scanner.change_gate import GateSettings
 from scanner.decoders import make_decoder
-from scanner.health import SourceEvent
+from scanner.health import SourceEvent, StallWatch
 from scanner.native_log import capture_native_stderr, release_native_stderr
 from scanner.pipeline import ScanPipeline, ScanResult
 from scanner.sources import FrameSource, open_source
@@ -541,6 +541,8 @@ class LaneDaemon:
             gate=GateSettings() if config.camera.change_gate else None,
         )
         self._file_mtimes: dict[Path, int] = {}
+        self._stall: StallWatch | None = None  # from the pipeline's start (live sources only)
+        self._stall_text: str | None = None  # the camera_blackout text the watch raised
         self._publishing: set[asyncio.Future[None]] = set()
         # Once 'offline' is being said, the status loop says nothing more: a later status
         # would replace the retained 'offline' of a lane that is gone.
@@ -910,6 +912,31 @@ class LaneDaemon:
             except ConnectionError as exc:
                 log.warning("status not published", extra={"lane": self.lane, "error": str(exc)})
 
+    def _watch_camera(self) -> None:
+        """A capture thread stuck in a driver call reports nothing, not even a blackout, and
+        stuck decoders read nothing while frames arrive: judged from the pipeline's counters,
+        either raises camera_blackout, and clears what it raised once frames are decoded again.
+        An alarm the source raised itself (its own blackout, a failed capture) is left to it."""
+        stats = self.pipeline.stats()
+        if self.source.finite or not self.pipeline.started or stats.source_ended:
+            return
+        now = self.clocks.monotonic()
+        if self._stall is None:
+            # The longest a working capture goes without a frame: an open (a slow camera's,
+            # which its own blackout does not count), then a read. Later than the source's own
+            # blackout too, whose text says more while its thread still runs.
+            camera = self.config.camera
+            self._stall = StallWatch(camera.open_timeout_s + camera.blackout_s, now)
+        text = self._stall.observe(now, stats.frames_in, stats.decoded + stats.skipped)
+        current = self.runner.alarms.get("camera_blackout")
+        ours = current is not None and current == self._stall_text
+        if text is not None and (current is None or (ours and current != text)):
+            self._stall_text = text
+            self.runner.alarm("camera_blackout", text)
+        elif text is None and ours:
+            self._stall_text = None
+            self.runner.alarm("camera_blackout", None)
+
     def _reload_changed_files(self) -> None:
         """Key set and deny list files are re-read when they change (an operator or a sync job
         replaces them); a broken file is refused and the lane keeps what it had."""
@@ -967,6 +994,7 @@ class LaneDaemon:
                 self.runner.alarm(
                     "keyset_stale", "issuer key set is older than allowed" if stale else None
                 )
+            self._watch_camera()
             refused = self.verifier.refusal_text()
             if refused != self.runner.alarms.get("trust_update_refused"):
                 self.runner.alarm("trust_update_refused", refused)

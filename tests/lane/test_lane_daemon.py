@@ -79,13 +79,14 @@ def config_for(
     *,
     lane: dict[str, Any] | None = None,
     barrier: dict[str, Any] | None = None,
+    camera: dict[str, Any] | None = None,
 ) -> LaneConfig:
     return parse_config(
         {
             "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane"), **(lane or {})},
             "barrier": barrier or {},
             "broker": {"port": broker.port},
-            "camera": {"source": "push"},
+            "camera": {"source": "push", **(camera or {})},
             "auth": {"acquirer_url": acquirer, "keyset": str(keyset)},
         }
     )
@@ -108,16 +109,19 @@ async def running_lane(
     fault: str | None = None,
     source: PushSource | None = None,
     ready: bool = True,
+    camera: dict[str, Any] | None = None,
 ) -> AsyncIterator[Lane]:
-    """The daemon in this process, with a device emulator; `lane`, `barrier`: extra [lane]
-    and [barrier] config keys; `fault`: the device's fault from its start; `source`: the
-    camera (a fresh push camera by default); `ready`: wait until lane and device are connected
-    and the barrier is closed (not with a broker that is down)."""
+    """The daemon in this process, with a device emulator; `lane`, `barrier`, `camera`: extra
+    [lane], [barrier] and [camera] config keys; `fault`: the device's fault from its start;
+    `source`: the camera (a fresh push camera by default); `ready`: wait until lane and device
+    are connected and the barrier is closed (not with a broker that is down)."""
     codes = CodeFactory(7)
     keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
     acquirer = AcquirerServer()
     url = await acquirer.start()
-    config = config_for(tmp_path, mosquitto, lane_id, url, keyset, lane=lane, barrier=barrier)
+    config = config_for(
+        tmp_path, mosquitto, lane_id, url, keyset, lane=lane, barrier=barrier, camera=camera
+    )
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
     queue_path = config.lane.data_dir / "queue.sqlite3"
     device.received = RecordedBeforeOpen(queue_path)
