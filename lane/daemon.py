@@ -922,11 +922,11 @@ class LaneDaemon:
             return
         now = self.clocks.monotonic()
         if self._stall is None:
-            # The longest a working capture goes without a frame: an open (a slow camera's,
-            # which its own blackout does not count), then a read. Later than the source's own
-            # blackout too, whose text says more while its thread still runs.
-            camera = self.config.camera
-            self._stall = StallWatch(camera.open_timeout_s + camera.blackout_s, now)
+            # The longest a working capture goes without a frame and without saying so: an open
+            # (a slow camera's, which its own blackout does not count), then its own blackout,
+            # whose text says more while its thread still runs.
+            silent_s = self.config.camera.open_timeout_s + self.source.blackout_after_s
+            self._stall = StallWatch(silent_s, now)
         text = self._stall.observe(now, stats.frames_in, stats.decoded + stats.skipped)
         current = self.runner.alarms.get("camera_blackout")
         ours = current is not None and current == self._stall_text

@@ -74,7 +74,7 @@ class HangingCamera(PushSource):
     with no timeout) until released: nothing at all comes out of it, not even a blackout."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(blackout_after_s=1.0)
         self.hang = threading.Event()
         self.release = threading.Event()
 
@@ -94,8 +94,8 @@ async def test_a_capture_stuck_in_its_driver_is_seen_and_clears_when_frames_retu
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
     camera = HangingCamera()
-    # A working capture may go open_timeout_s + blackout_s without a frame: 3 s here.
-    settings = {"open_timeout_s": 2.0, "blackout_s": 1.0}
+    # A working capture may go open_timeout_s + its blackout time without a frame or a word.
+    settings = {"open_timeout_s": 2.0}
     async with running_lane(tmp_path, mosquitto, lane_id, source=camera, camera=settings) as lane:
         alarms = lane.daemon.runner.alarms
         blank = frame_for(None, "clear", rng=1)
