@@ -65,11 +65,12 @@ from lane.core.machine import initial_state
 from lane.core.names import PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
+from lane.health import disk_problem
 from lane.health_publisher import HealthPublisher
 from lane.log import setup_logging
 from lane.metrics import LaneMetrics
 from lane.notification import Notification, ShellNote, ShellNoteName
-from lane.ops import LaneOps, TimedBarrier
+from lane.ops import LaneOps, TimedBarrier, disk_facts
 from lane.road_port import RoadDesks
 from lane.runner import Clocks, LaneRunner
 from lane.signals import install_signal_handlers
@@ -99,6 +100,11 @@ STARTUP_ERRORS = (
     SourcedError, QueueError, ReplayStoreError, StoreError, KeyFileError, OSError
 )  # fmt: skip
 
+
+# A data directory that cannot take the lane's stores at start (a full disk, a read-only
+# remount) is looked at again this often: waited out, not an exit, for systemd gives up after
+# 10 quick restarts and the lane would stay down once the space was freed.
+DATA_DIR_RETRY_S = 5.0
 
 # The status is republished at least this often (the backlog changes without a lane event);
 # the health loop reads the queue and the trust files this often.
@@ -1014,6 +1020,41 @@ def _log_failure(task: asyncio.Future[None]) -> None:
         log.warning("event not published", extra={"error": str(task.exception())})
 
 
+async def wait_for_data_dir(config: LaneConfig, stop: asyncio.Event) -> bool:
+    """Wait until the data directory can take the lane's stores; False when stopped first.
+
+    Says why on stderr and in the log, once per distinct reason, and that it tries again."""
+    data = config.lane.data_dir
+    said: str | None = None
+    while not stop.is_set():
+        problem = await asyncio.to_thread(_data_dir_problem, data)
+        if problem is None:
+            if said is not None:
+                log.info("data directory usable", extra={"lane": config.lane.id, "path": str(data)})
+            return True
+        if problem != said:
+            said = problem
+            extra = {"lane": config.lane.id, "error": f"{data}: {problem}"}
+            log.error("lane cannot start yet", extra={**extra, "retry_s": DATA_DIR_RETRY_S})
+            print(
+                f"lane: cannot start yet: {data}: {problem}; "
+                f"trying again every {DATA_DIR_RETRY_S:g} s",
+                file=sys.stderr,
+            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DATA_DIR_RETRY_S):
+                await stop.wait()
+    return False
+
+
+def _data_dir_problem(data: Path) -> str | None:
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create it: {exc.strerror or exc}"
+    return disk_problem(*disk_facts(data))
+
+
 def run_with_uvloop(main: Callable[[], Any]) -> Any:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main())
@@ -1034,6 +1075,8 @@ def main(argv: list[str]) -> int:
     async def serve() -> int:
         stop = asyncio.Event()
         install_signal_handlers(stop)
+        if not await wait_for_data_dir(config, stop):
+            return 0  # stopped while waiting: nothing was opened
         try:
             daemon = await build(config)
         except STARTUP_ERRORS as exc:
