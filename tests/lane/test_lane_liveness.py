@@ -155,33 +155,27 @@ async def test_a_lane_started_on_a_full_disk_waits_says_why_and_starts_once_spac
     """`lane run` on a full data directory used to exit 2 at once, systemd gave up after 10
     quick restarts, and the lane stayed down once the space was freed."""
     with small_tmpfs(tmp_path / "lane", "24m") as data:  # freed, above the lane's 16 MB floor
-        await full_at_start(tmp_path, mosquitto, lane_id, lane_statuses, data)
-
-
-async def full_at_start(
-    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus], data: Path
-) -> None:
-    filler = fill(data)
-    async with lane_processes(tmp_path, mosquitto, lane_id, data) as rig:
-        proc = await rig.start()
-        output = tmp_path / "lane.log"
-        # Seen: it says why, and that it tries again; safe: nothing opened, nothing commanded.
-        await eventually(
-            lambda: "lane: cannot start yet:" in output.read_text(errors="replace"),
-            within=30,
-            what="the lane saying why it waits",
-        )
-        said = output.read_text(errors="replace")
-        assert f"{data}: disk almost full (" in said and "trying again every 5 s" in said
-        assert proc.returncode is None  # waiting, not exited for systemd to give up on
-        assert lane_statuses == [] and rig.device.received == []
-        # Clears by itself: space freed, the lane starts and takes the next vehicle's payment.
-        filler.unlink()
-        await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
-        token = CodeFactory(3).make("token", int(time.time())).text  # the rig's issuer
-        cv2.imwrite(str(tmp_path / "frames" / "token.png"), frame_for(token, "clear", rng=1))
-        await rig.device.vehicle_enters(1)
-        await eventually(lambda: rig.device.state == "open", within=15)
-        assert [c.op for c in rig.device.received] == ["open"]
-        proc.send_signal(signal.SIGTERM)
-        assert await proc.wait() == 0
+        filler = fill(data)
+        async with lane_processes(tmp_path, mosquitto, lane_id, data) as rig:
+            proc = await rig.start()
+            output = tmp_path / "lane.log"
+            # Seen: it says why, and that it tries again; safe: nothing opened, nothing commanded.
+            await eventually(
+                lambda: "lane: cannot start yet:" in output.read_text(errors="replace"),
+                within=30,
+                what="the lane saying why it waits",
+            )
+            said = output.read_text(errors="replace")
+            assert f"{data}: disk almost full (" in said and "trying again every 5 s" in said
+            assert proc.returncode is None  # waiting, not exited for systemd to give up on
+            assert lane_statuses == [] and rig.device.received == []
+            # Clears by itself: space freed, the lane starts and takes the next vehicle's payment.
+            filler.unlink()
+            await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
+            token = CodeFactory(3).make("token", int(time.time())).text  # the rig's issuer
+            cv2.imwrite(str(tmp_path / "frames" / "token.png"), frame_for(token, "clear", rng=1))
+            await rig.device.vehicle_enters(1)
+            await eventually(lambda: rig.device.state == "open", within=15)
+            assert [c.op for c in rig.device.received] == ["open"]
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
