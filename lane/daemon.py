@@ -764,9 +764,10 @@ class LaneDaemon:
         log.info("lane starting", extra={"lane": self.lane, "mode": cfg.lane.mode})
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.link.run(), name="barrier-link")
-                tg.create_task(self.uplink.run(), name="uplink-link")
                 guard = self._offline_if_failed
+                # The links reconnect by themselves; what ends them is a bug, which ends the lane.
+                tg.create_task(guard(self.link.run()), name="barrier-link")
+                tg.create_task(guard(self.uplink.run()), name="uplink-link")
                 self.ops.runner_task = tg.create_task(guard(self.runner.run()), name="lane-runner")
                 tg.create_task(guard(self.forwarder.run()), name="forwarder")
                 tg.create_task(guard(self.resolver.run()), name="resolver")
@@ -830,7 +831,8 @@ class LaneDaemon:
 
         A failed task ends the TaskGroup, which cancels the links: they leave the broker
         cleanly, so it discards their will and the retained status would go on saying the lane
-        is up. The status is published first, while the barrier link still holds.
+        is up. The status is published first, while the barrier link still holds (a failed
+        barrier link itself cannot say it: its client is gone).
         """
         try:
             await work

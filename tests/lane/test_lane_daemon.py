@@ -388,6 +388,25 @@ async def test_a_task_that_fails_leaves_the_status_offline(
     await eventually(lambda: statuses[-1].state == "offline")
 
 
+async def test_an_uplink_link_that_fails_leaves_the_status_offline(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    """The uplink link ends only on a bug (it reconnects by itself otherwise): the lane ends
+    with it, and must say offline like any other failed task, not leave 'idle' behind."""
+    statuses = lane_statuses
+    with pytest.raises(ExceptionGroup, match="TaskGroup"):
+        async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+            await eventually(lambda: any(s.state == "idle" for s in statuses))
+            uplink = lane.daemon.uplink
+            # A filter the client refuses (ValueError, not a lost link): the reconnect fails.
+            uplink.subscriptions = [*uplink.subscriptions, ("a/#/b", 1)]
+            await uplink.drop()
+            runner_task = lane.daemon.ops.runner_task
+            assert runner_task is not None
+            await eventually(runner_task.done)
+    await eventually(lambda: statuses[-1].state == "offline")
+
+
 async def test_status_changes_during_shutdown_do_not_outlive_offline(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
 ) -> None:
