@@ -65,11 +65,12 @@ from lane.core.machine import initial_state
 from lane.core.names import PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
+from lane.health import disk_problem
 from lane.health_publisher import HealthPublisher
 from lane.log import setup_logging
 from lane.metrics import LaneMetrics
 from lane.notification import Notification, ShellNote, ShellNoteName
-from lane.ops import LaneOps, TimedBarrier
+from lane.ops import LaneOps, TimedBarrier, disk_facts
 from lane.road_port import RoadDesks
 from lane.runner import Clocks, LaneRunner
 from lane.signals import install_signal_handlers
@@ -82,7 +83,7 @@ from lane.verifier import TokenVerifier
 from lane.wire.ids import new_id
 from scanner.change_gate import GateSettings
 from scanner.decoders import make_decoder
-from scanner.health import SourceEvent
+from scanner.health import SourceEvent, StallWatch
 from scanner.native_log import capture_native_stderr, release_native_stderr
 from scanner.pipeline import ScanPipeline, ScanResult
 from scanner.sources import FrameSource, open_source
@@ -99,6 +100,11 @@ STARTUP_ERRORS = (
     SourcedError, QueueError, ReplayStoreError, StoreError, KeyFileError, OSError
 )  # fmt: skip
 
+
+# A data directory that cannot take the lane's stores at start (a full disk, a read-only
+# remount) is looked at again this often: waited out, not an exit, for systemd gives up after
+# 10 quick restarts and the lane would stay down once the space was freed.
+DATA_DIR_RETRY_S = 5.0
 
 # The status is republished at least this often (the backlog changes without a lane event);
 # the health loop reads the queue and the trust files this often.
@@ -545,6 +551,8 @@ class LaneDaemon:
             gate=GateSettings() if config.camera.change_gate else None,
         )
         self._file_mtimes: dict[Path, int] = {}
+        self._stall: StallWatch | None = None  # from the pipeline's start (live sources only)
+        self._stall_text: str | None = None  # the camera_blackout text the watch raised
         self._publishing: set[asyncio.Future[None]] = set()
         # Once 'offline' is being said, the status loop says nothing more: a later status
         # would replace the retained 'offline' of a lane that is gone.
@@ -760,9 +768,10 @@ class LaneDaemon:
         log.info("lane starting", extra={"lane": self.lane, "mode": cfg.lane.mode})
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.link.run(), name="barrier-link")
-                tg.create_task(self.uplink.run(), name="uplink-link")
                 guard = self._offline_if_failed
+                # The links reconnect by themselves; what ends them is a bug, which ends the lane.
+                tg.create_task(guard(self.link.run()), name="barrier-link")
+                tg.create_task(guard(self.uplink.run()), name="uplink-link")
                 self.ops.runner_task = tg.create_task(guard(self.runner.run()), name="lane-runner")
                 tg.create_task(guard(self.forwarder.run()), name="forwarder")
                 tg.create_task(guard(self.resolver.run()), name="resolver")
@@ -826,7 +835,8 @@ class LaneDaemon:
 
         A failed task ends the TaskGroup, which cancels the links: they leave the broker
         cleanly, so it discards their will and the retained status would go on saying the lane
-        is up. The status is published first, while the barrier link still holds.
+        is up. The status is published first, while the barrier link still holds (a failed
+        barrier link itself cannot say it: its client is gone).
         """
         try:
             await work
@@ -914,6 +924,31 @@ class LaneDaemon:
             except ConnectionError as exc:
                 log.warning("status not published", extra={"lane": self.lane, "error": str(exc)})
 
+    def _watch_camera(self) -> None:
+        """A capture thread stuck in a driver call reports nothing, not even a blackout, and
+        stuck decoders read nothing while frames arrive: judged from the pipeline's counters,
+        either raises camera_blackout, and clears what it raised once frames are decoded again.
+        An alarm the source raised itself (its own blackout, a failed capture) is left to it."""
+        stats = self.pipeline.stats()
+        if self.source.finite or not self.pipeline.started or stats.source_ended:
+            return
+        now = self.clocks.monotonic()
+        if self._stall is None:
+            # The longest a working capture goes without a frame and without saying so: an open
+            # (a slow camera's, which its own blackout does not count), then its own blackout,
+            # whose text says more while its thread still runs.
+            silent_s = self.config.camera.open_timeout_s + self.source.blackout_after_s
+            self._stall = StallWatch(silent_s, now)
+        text = self._stall.observe(now, stats.frames_in, stats.decoded + stats.skipped)
+        current = self.runner.alarms.get("camera_blackout")
+        ours = current is not None and current == self._stall_text
+        if text is not None and (current is None or (ours and current != text)):
+            self._stall_text = text
+            self.runner.alarm("camera_blackout", text)
+        elif text is None and ours:
+            self._stall_text = None
+            self.runner.alarm("camera_blackout", None)
+
     def _reload_changed_files(self) -> None:
         """Key set and deny list files are re-read when they change (an operator or a sync job
         replaces them); a broken file is refused and the lane keeps what it had."""
@@ -971,6 +1006,7 @@ class LaneDaemon:
                 self.runner.alarm(
                     "keyset_stale", "issuer key set is older than allowed" if stale else None
                 )
+            self._watch_camera()
             refused = self.verifier.refusal_text()
             if refused != self.runner.alarms.get("trust_update_refused"):
                 self.runner.alarm("trust_update_refused", refused)
@@ -988,6 +1024,41 @@ class LaneDaemon:
 def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("event not published", extra={"error": str(task.exception())})
+
+
+async def wait_for_data_dir(config: LaneConfig, stop: asyncio.Event) -> bool:
+    """Wait until the data directory can take the lane's stores; False when stopped first.
+
+    Says why on stderr and in the log, once per distinct reason, and that it tries again."""
+    data = config.lane.data_dir
+    said: str | None = None
+    while not stop.is_set():
+        problem = await asyncio.to_thread(_data_dir_problem, data)
+        if problem is None:
+            if said is not None:
+                log.info("data directory usable", extra={"lane": config.lane.id, "path": str(data)})
+            return True
+        if problem != said:
+            said = problem
+            extra = {"lane": config.lane.id, "error": f"{data}: {problem}"}
+            log.error("lane cannot start yet", extra={**extra, "retry_s": DATA_DIR_RETRY_S})
+            print(
+                f"lane: cannot start yet: {data}: {problem}; "
+                f"trying again every {DATA_DIR_RETRY_S:g} s",
+                file=sys.stderr,
+            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DATA_DIR_RETRY_S):
+                await stop.wait()
+    return False
+
+
+def _data_dir_problem(data: Path) -> str | None:
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create it: {exc.strerror or exc}"
+    return disk_problem(*disk_facts(data))
 
 
 def run_with_uvloop(main: Callable[[], Any]) -> Any:
@@ -1010,6 +1081,8 @@ def main(argv: list[str]) -> int:
     async def serve() -> int:
         stop = asyncio.Event()
         install_signal_handlers(stop)
+        if not await wait_for_data_dir(config, stop):
+            return 0  # stopped while waiting: nothing was opened
         try:
             daemon = await build(config)
         except STARTUP_ERRORS as exc:

@@ -124,14 +124,23 @@ def _barrier(facts: ReadinessFacts) -> Check:
     return Check("barrier", True, state)
 
 
+def disk_problem(writable: bool, free_bytes: int | None) -> str | None:
+    """Why the data directory cannot take a record now, or None (readiness; and at start, what
+    the lane waits out before it opens its stores)."""
+    if not writable:
+        return "data directory not writable"
+    if free_bytes is not None and free_bytes < MIN_FREE_BYTES:
+        return f"disk almost full ({free_bytes} bytes free)"
+    return None
+
+
 def _queue(facts: ReadinessFacts) -> Check:
     for fault in QUEUE_FAULTS:
         if fault in facts.alarms:
             return Check("queue", False, facts.alarms[fault] or fault)
-    if not facts.data_dir_writable:
-        return Check("queue", False, "data directory not writable")
-    if facts.disk_free_bytes is not None and facts.disk_free_bytes < MIN_FREE_BYTES:
-        return Check("queue", False, f"disk almost full ({facts.disk_free_bytes} bytes free)")
+    problem = disk_problem(facts.data_dir_writable, facts.disk_free_bytes)
+    if problem is not None:
+        return Check("queue", False, problem)
     if facts.queue_bytes is None:
         return Check("queue", False, "not read yet")
     if facts.queue_bytes >= facts.queue_max_bytes:

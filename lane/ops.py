@@ -120,7 +120,7 @@ class LaneOps:
         """Read the adapters (queue, disk: off the loop) and update the metrics."""
         d = self.daemon
         self.uplink = d.uplink_status
-        self.disk = await asyncio.to_thread(_disk_facts, d.config.lane.data_dir)
+        self.disk = await asyncio.to_thread(disk_facts, d.config.lane.data_dir)
         keys = d.verifier.keys
         self.metrics.update(
             Snapshot(
@@ -218,7 +218,8 @@ def _checks_response(checks: list[Check]) -> web.Response:
     )
 
 
-def _disk_facts(data_dir: os.PathLike[str]) -> tuple[bool, int | None]:
+def disk_facts(data_dir: os.PathLike[str]) -> tuple[bool, int | None]:
+    """Whether the data directory is writable, and the bytes free on its file system (blocking)."""
     try:
         free = shutil.disk_usage(data_dir).free
     except OSError:

@@ -94,3 +94,38 @@ class BlackoutMonitor:
         else:
             detail = f"black frames for {blind:.1f} s"
         return SourceEvent("blackout", self.source, now, detail)
+
+
+class StallWatch:
+    """The scanner's threads judged from outside them, from its counters (time is a parameter).
+
+    A capture thread stuck inside a driver call (a hung USB camera, a read with no timeout)
+    yields nothing at all, so its source never reports a blackout; decode workers stuck in a
+    decoder, or failing on every frame, read nothing while frames keep arriving. Either way the
+    lane is blind and nothing else says so. `observe` is called every second or so with the
+    pipeline's counters; it returns the alarm text while one of them holds, else None.
+    """
+
+    def __init__(self, after_s: float, now: float) -> None:
+        self.after_s = after_s
+        self._frames = -1
+        self._frame_at = now
+        self._processed = -1
+        self._unserved_since: float | None = None  # frames came, none processed since then
+
+    def observe(self, now: float, frames_in: int, processed: int) -> str | None:
+        """`processed`: frames a decode worker finished with (decoded or let pass by the change
+        gate; a decoder error is not one)."""
+        served = processed != self._processed
+        if served:
+            self._processed = processed
+            self._unserved_since = None
+        if frames_in != self._frames:
+            self._frames, self._frame_at = frames_in, now
+            if not served and self._unserved_since is None:
+                self._unserved_since = now
+        if now - self._frame_at >= self.after_s:
+            return f"capture stalled: no frame for over {self.after_s:g} s"
+        if self._unserved_since is not None and now - self._unserved_since >= self.after_s:
+            return f"decoding stalled: frames arrive, none decoded for over {self.after_s:g} s"
+        return None

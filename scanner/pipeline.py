@@ -28,12 +28,14 @@ from scanner.decoders import Decoder
 from scanner.dedup import Deduplicator
 from scanner.detection import Polygon, as_gray
 from scanner.frame_gate import FrameGate
-from scanner.health import SourceEvent
+from scanner.health import EventKind, SourceEvent, backoff_delay
 from scanner.payload import Payload, classify
 from scanner.sources import Clock, Frame, FrameSource, Image
 
 log = logging.getLogger("lane.scanner")
 DEFAULT_GATE = GateSettings()
+# A live source that raised is read again after 0.5 s, doubling to this.
+RESTART_MAX_S = 10.0
 T = TypeVar("T")
 
 
@@ -261,25 +263,43 @@ class ScanPipeline:
     # -- threads ----------------------------------------------------------------------------
 
     def _capture(self) -> None:
+        """Read the source; a live one that fails (a driver or library raising what its own
+        reconnect does not handle) is read again after a backoff, never left dead: the lane
+        would stay blind, alive and unrestarted. A finite source is read once, as ever."""
+        failures = 0
         try:
-            for item in self.source.stream():
-                if isinstance(item, SourceEvent):
-                    self._deliver_status(item)  # even while stopping: "ended" is news too
-                    continue
-                if self._stop.is_set():
-                    continue  # the source is closed and winds down by itself
-                replaced = self._slot.put(item)
-                with self._lock:
-                    self._counts["frames_in"] += 1
-                    self._counts["dropped"] += int(replaced)
-        except Exception as exc:
-            log.exception("camera source %s failed", self.source.name)
-            self._deliver_status(
-                SourceEvent("error", self.source.name, self._clock(), f"source failed: {exc}")
-            )
+            while not self._stop.is_set():
+                try:
+                    for item in self.source.stream():
+                        if isinstance(item, SourceEvent):
+                            self._deliver_status(item)  # even while stopping: "ended" is news
+                            continue
+                        if self._stop.is_set():
+                            continue  # the source is closed and winds down by itself
+                        if failures:
+                            failures = 0
+                            self._deliver_status(self._event("recovered", "capture restarted"))
+                        replaced = self._slot.put(item)
+                        with self._lock:
+                            self._counts["frames_in"] += 1
+                            self._counts["dropped"] += int(replaced)
+                    return
+                except Exception as exc:
+                    log.exception("camera source %s failed", self.source.name)
+                    if self.source.finite:
+                        self._deliver_status(self._event("error", f"source failed: {exc}"))
+                        return
+                    delay = backoff_delay(failures, cap=RESTART_MAX_S)
+                    failures += 1
+                    why = f"capture failed: {exc}; restarting in {delay:.1f} s"
+                    self._deliver_status(self._event("error", why))
+                    self._stop.wait(delay)
         finally:
             with self._lock:
                 self._source_ended = True
+
+    def _event(self, kind: EventKind, detail: str) -> SourceEvent:
+        return SourceEvent(kind, self.source.name, self._clock(), detail)
 
     def _work(self) -> None:
         while not self._stop.is_set():

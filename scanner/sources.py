@@ -59,6 +59,9 @@ class FrameSource(Protocol):
     # has, `exhausted` is True. A live camera is never finite.
     finite: bool
     exhausted: bool
+    # No usable frame for this long is a blackout the source reports itself (while its thread
+    # runs: the lane's stall watch counts from it).
+    blackout_after_s: float
 
     def stream(self) -> Iterator[Item]:
         """Frames and events until the source ends or close() is called. Blocks; one caller."""
@@ -113,7 +116,7 @@ class _SourceBase:
         self._closed = threading.Event()
         # Waiting on the close event means close() cuts a backoff or a pacing pause short.
         self._sleep: Sleep = sleep if sleep is not None else self._closed.wait
-        self._blackout_after_s = blackout_after_s
+        self.blackout_after_s = blackout_after_s
         self._monitor = BlackoutMonitor(name, clock(), blackout_after_s)
         self._next_id = 1
 
@@ -126,7 +129,7 @@ class _SourceBase:
 
     def _start_watch(self) -> None:
         """Blackout time counts from when someone starts reading, not from construction."""
-        self._monitor = BlackoutMonitor(self.name, self._clock(), self._blackout_after_s)
+        self._monitor = BlackoutMonitor(self.name, self._clock(), self.blackout_after_s)
 
     def _event(self, kind: EventKind, detail: str = "") -> SourceEvent:
         event = SourceEvent(kind, self.name, self._clock(), detail)

@@ -7,8 +7,10 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+from disk_kit import small_tmpfs
 from pg_server import own_database, postgres_server
 
 from barrier.messages import LaneStatus
@@ -48,6 +50,13 @@ def pg_dsn(pg_server: str) -> Iterator[str]:
     """A DSN of a new database of this test's own, dropped afterwards."""
     with own_database(pg_server) as dsn:
         yield dsn
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """`tmp_path/lane` (a test lane's data directory) as an 8 MiB tmpfs of its own."""
+    with small_tmpfs(tmp_path / "lane") as target:
+        yield target
 
 
 @pytest.fixture

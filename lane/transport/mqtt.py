@@ -89,7 +89,8 @@ class MqttLink:
     backoff_max: float = 5.0
     reconnects: int = 0
     connected: asyncio.Event = field(default_factory=asyncio.Event)
-    # Called (synchronously) each time an established connection is lost.
+    # Called (synchronously) each time an established connection is lost, and once when the
+    # first attempt to connect fails.
     on_disconnect: OnDisconnect | None = None
     # MQTT 5 Retain-As-Published on every subscription: the broker keeps the retain flag of
     # a message it forwards live, so `Incoming.retain` says what the publisher asked for, not
@@ -111,6 +112,7 @@ class MqttLink:
         """Connect and dispatch forever; reconnect with exponential backoff and jitter."""
         delay = self.backoff_min
         first = True
+        said_down = False  # on_disconnect was told of this outage (or of the first failure)
         while True:
             try:
                 async with self._make_client() as client:
@@ -122,6 +124,7 @@ class MqttLink:
                         await client.subscribe(topic, options=options)
                     reraise_swallowed_cancel()
                     self.connected.set()
+                    said_down = False
                     if not first:
                         self.reconnects += 1
                     first = False
@@ -143,8 +146,15 @@ class MqttLink:
                 self._closed.set()
                 if self.connected.is_set():
                     self.connected.clear()
+                    said_down = True
                     if self.on_disconnect is not None:
                         self.on_disconnect()
+            if not said_down:
+                # Never connected yet (a process started while its broker is down): the link is
+                # down all the same, and whoever raises an alarm for it must hear so now.
+                said_down = True
+                if self.on_disconnect is not None:
+                    self.on_disconnect()
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.backoff_max)
 

@@ -79,13 +79,14 @@ def config_for(
     *,
     lane: dict[str, Any] | None = None,
     barrier: dict[str, Any] | None = None,
+    camera: dict[str, Any] | None = None,
 ) -> LaneConfig:
     return parse_config(
         {
             "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane"), **(lane or {})},
             "barrier": barrier or {},
             "broker": {"port": broker.port},
-            "camera": {"source": "push"},
+            "camera": {"source": "push", **(camera or {})},
             "auth": {"acquirer_url": acquirer, "keyset": str(keyset)},
         }
     )
@@ -106,28 +107,36 @@ async def running_lane(
     barrier: dict[str, Any] | None = None,
     *,
     fault: str | None = None,
+    source: PushSource | None = None,
+    ready: bool = True,
+    camera: dict[str, Any] | None = None,
 ) -> AsyncIterator[Lane]:
-    """The daemon in this process, with a device emulator; `lane`, `barrier`: extra [lane]
-    and [barrier] config keys; `fault`: the device's fault from its start."""
+    """The daemon in this process, with a device emulator; `lane`, `barrier`, `camera`: extra
+    [lane], [barrier] and [camera] config keys; `fault`: the device's fault from its start;
+    `source`: the camera (a fresh push camera by default); `ready`: wait until lane and device
+    are connected and the barrier is closed (not with a broker that is down)."""
     codes = CodeFactory(7)
     keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
     acquirer = AcquirerServer()
     url = await acquirer.start()
-    config = config_for(tmp_path, mosquitto, lane_id, url, keyset, lane=lane, barrier=barrier)
+    config = config_for(
+        tmp_path, mosquitto, lane_id, url, keyset, lane=lane, barrier=barrier, camera=camera
+    )
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
     queue_path = config.lane.data_dir / "queue.sqlite3"
     device.received = RecordedBeforeOpen(queue_path)
     device.set_fault(fault)
-    source = PushSource()
+    source = source or PushSource()
     daemon = await build(config, source=source, shutdown_grace_s=2.0)
     notes: list[tuple[str, dict[str, Any]]] = []
     daemon.runner.observers.append(lambda note: notes.append((note.name, note.fields())))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(device.run()), asyncio.create_task(daemon.run(stop))]
     try:
-        await device.wait_connected(5)
-        await daemon.link.wait_connected(5)
-        await eventually(lambda: daemon.runner.state.barrier == "closed")
+        if ready:
+            await device.wait_connected(5)
+            await daemon.link.wait_connected(5)
+            await eventually(lambda: daemon.runner.state.barrier == "closed")
         yield Lane(config, daemon, device, source, codes, notes, queue_path)
     finally:
         stop.set()
@@ -375,6 +384,25 @@ async def test_a_task_that_fails_leaves_the_status_offline(
             assert runner_task is not None
             # Not an event the core knows: the runner task fails, as a bug in it would.
             lane.daemon.runner.post(object())  # type: ignore[arg-type]
+            await eventually(runner_task.done)
+    await eventually(lambda: statuses[-1].state == "offline")
+
+
+async def test_an_uplink_link_that_fails_leaves_the_status_offline(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    """The uplink link ends only on a bug (it reconnects by itself otherwise): the lane ends
+    with it, and must say offline like any other failed task, not leave 'idle' behind."""
+    statuses = lane_statuses
+    with pytest.raises(ExceptionGroup, match="TaskGroup"):
+        async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+            await eventually(lambda: any(s.state == "idle" for s in statuses))
+            uplink = lane.daemon.uplink
+            # A filter the client refuses (ValueError, not a lost link): the reconnect fails.
+            uplink.subscriptions = [*uplink.subscriptions, ("a/#/b", 1)]
+            await uplink.drop()
+            runner_task = lane.daemon.ops.runner_task
+            assert runner_task is not None
             await eventually(runner_task.done)
     await eventually(lambda: statuses[-1].state == "offline")
 

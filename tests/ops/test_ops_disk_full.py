@@ -8,63 +8,17 @@ next paying vehicle is served. Mounting needs root (CI runs `make test` as root)
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
 import sqlite3
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from disk_kit import fill
 from ops_kit import OpsLane, running_lane
 from polling import eventually
 
 from barrier.messages import LaneStatus
 from sim.broker import Mosquitto
 from sim.camera import frame_for
-
-SIZE = "8m"  # room for the three SQLite files and their WAL; small enough to fill at once
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """`tmp_path/lane` (the lane's data directory) as an 8 MiB tmpfs of its own."""
-    target = tmp_path / "lane"
-    target.mkdir()
-    try:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={SIZE},mode=0700", "tmpfs", str(target)],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", None) or str(exc)
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {detail.strip()}")
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=True, timeout=30)
-
-
-def fill(directory: Path) -> Path:
-    """Write zeros until the file system says ENOSPC; the file that took the space."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        size = 65536
-        while size:  # down to the last byte
-            try:
-                os.write(fd, b"\0" * size)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                size //= 2
-    finally:
-        os.close(fd)
-    return filler
 
 
 def stored_record_ids(queue: Path) -> set[str]:

@@ -193,6 +193,53 @@ async def test_decoder_failure_is_counted_not_fatal() -> None:
     assert stats.decoded == 0 and stats.frames_in == 2
 
 
+class FailingSource(PushSource):
+    """A push camera that raises on each of its first `failures` frames (a driver's bug)."""
+
+    def __init__(self, failures: int, *, finite: bool = False) -> None:
+        super().__init__()
+        self.failures = failures
+        self.finite = finite
+
+    def stream(self) -> Iterator[Item]:
+        for item in super().stream():
+            if isinstance(item, Frame) and self.failures > 0:
+                self.failures -= 1
+                raise RuntimeError("driver crashed")
+            yield item
+
+
+async def test_a_live_source_that_raises_is_read_again_with_backoff() -> None:
+    events: list[SourceEvent] = []
+    source = FailingSource(2)
+    async with ScanPipeline(source, make_decoder("zxing"), lambda r: None, events.append) as p:
+        await eventually(
+            lambda: p.stats().frames_in > 0, between=lambda: source.put(frame_with(None))
+        )
+        stats = p.stats()
+    kinds = [(e.kind, e.detail) for e in events if e.kind in ("error", "recovered")]
+    assert kinds == [
+        ("error", "capture failed: driver crashed; restarting in 0.5 s"),
+        ("error", "capture failed: driver crashed; restarting in 1.0 s"),
+        ("recovered", "capture restarted"),
+    ]
+    assert not stats.source_ended
+
+
+async def test_a_finite_source_that_raises_ends() -> None:
+    events: list[SourceEvent] = []
+    source = FailingSource(1, finite=True)
+    async with ScanPipeline(source, make_decoder("zxing"), lambda r: None, events.append) as p:
+        source.put(frame_with(None))
+        await eventually(lambda: p.stats().source_ended)
+        source.put(frame_with(None))
+        stats = p.stats()
+    assert [(e.kind, e.detail) for e in events if e.kind == "error"] == [
+        ("error", "source failed: driver crashed")
+    ]
+    assert stats.frames_in == 0
+
+
 def test_dedup_is_pure_and_windowed() -> None:
     d = Deduplicator(window_s=2.0)
     assert d.first_sighting("a", 0.0)

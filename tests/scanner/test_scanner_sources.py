@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scanner_testkit import FakeClock
 
-from scanner.health import BlackoutMonitor, SourceEvent, backoff_delay, is_black
+from scanner.health import BlackoutMonitor, SourceEvent, StallWatch, backoff_delay, is_black
 from scanner.sources import (
     CaptureSource,
     Frame,
@@ -231,6 +231,28 @@ def test_black_detection_and_monitor() -> None:
     recovered = m.on_frame(5.5, black=False)
     assert recovered is not None and recovered.kind == "recovered"
     assert m.on_frame(5.6, black=False) is None
+
+
+def test_the_stall_watch_sees_a_silent_capture_and_stuck_decoders() -> None:
+    capture = "capture stalled: no frame for over 4 s"
+    decoding = "decoding stalled: frames arrive, none decoded for over 4 s"
+    w = StallWatch(4.0, now=0.0)
+    assert w.observe(0.0, 0, 0) is None
+    assert w.observe(3.9, 0, 0) is None
+    assert w.observe(4.0, 0, 0) == capture  # not one frame since the start
+    assert w.observe(5.0, 30, 30) is None  # frames back, each decoded
+    assert w.observe(6.0, 60, 59) is None  # one frame in flight at the look: fine
+    assert w.observe(7.0, 90, 90) is None
+    # Frames keep coming, nothing is decoded any more (stuck or failing decoders).
+    assert w.observe(8.0, 120, 90) is None
+    assert w.observe(11.9, 240, 90) is None
+    assert w.observe(12.0, 270, 90) == decoding
+    assert w.observe(13.0, 300, 300) is None  # the workers caught up
+    # The first frame after a quiet spell is not a stall, though nothing was decoded for long.
+    assert w.observe(16.9, 300, 300) is None
+    assert w.observe(17.0, 301, 300) is None
+    assert w.observe(17.5, 301, 301) is None
+    assert w.observe(21.5, 301, 301) == capture
 
 
 def test_backoff_doubles_up_to_a_cap() -> None:

@@ -1,0 +1,55 @@
+"""A real full disk for the tests: a size-limited tmpfs of a test's own, and a filler.
+
+Mounting needs root (CI runs `make test` as root); elsewhere the test is skipped."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SIZE = "8m"  # room for the three SQLite files and their WAL; small enough to fill at once
+
+
+@contextlib.contextmanager
+def small_tmpfs(target: Path, size: str = SIZE) -> Iterator[Path]:
+    """`target` (made here) as a tmpfs of `size` of its own while the block runs."""
+    target.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(target)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {detail.strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True, timeout=30)
+
+
+def fill(directory: Path) -> Path:
+    """Write zeros until the file system says ENOSPC; the file that took the space."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        size = 65536
+        while size:  # down to the last byte
+            try:
+                os.write(fd, b"\0" * size)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                size //= 2
+    finally:
+        os.close(fd)
+    return filler

@@ -1,0 +1,181 @@
+"""Faults that leave the process alive: the lane must not stay stuck behind them, nor look
+healthy while it is (docs/operations.md, "Alarms"). Against the real things: mosquitto, the
+device emulator, SQLite, the simulator's acquirer, the daemon in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+from disk_kit import fill, small_tmpfs
+from polling import eventually
+from test_lane_daemon import Lane, named, running_lane
+from test_lane_heal import lane_processes, pays, quiet
+
+from barrier.messages import LaneStatus
+from scanner.sources import Item, PushSource
+from sim.broker import Mosquitto
+from sim.camera import frame_for
+from sim.codes import CodeFactory
+
+
+def camera_ready(lane: Lane) -> bool:
+    return next(c for c in lane.daemon.ops.readiness() if c.name == "camera").ok
+
+
+class CrashingCamera(PushSource):
+    """The push camera, whose driver raises once when told to: what OpenCV, FFmpeg or a vendor
+    SDK may do beyond the errors the source's own reconnect handles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crash = threading.Event()
+
+    def stream(self) -> Iterator[Item]:
+        for item in super().stream():
+            if self.crash.is_set():
+                self.crash.clear()
+                raise RuntimeError("camera driver crashed")
+            yield item
+
+
+async def test_a_capture_that_crashes_is_seen_and_restarted_and_the_lane_serves_again(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    camera = CrashingCamera()
+    async with running_lane(tmp_path, mosquitto, lane_id, source=camera) as lane:
+        daemon = lane.daemon
+        camera.crash.set()
+        blank = frame_for(None, "clear", rng=1)
+        # Seen: the alarm says what happened and that the lane is on it; not ready.
+        await eventually(
+            lambda: daemon.runner.alarms.get("camera_blackout", "").startswith("camera error"),
+            between=lambda: camera.put(blank, time.monotonic()),
+            what="the capture's failure raised",
+        )
+        message = daemon.runner.alarms["camera_blackout"]
+        assert "capture failed: camera driver crashed; restarting in" in message
+        assert not camera_ready(lane)
+        # Clears by itself: the capture is read again, frames come back, the alarm goes.
+        await eventually(
+            lambda: "camera_blackout" not in daemon.runner.alarms,
+            between=lambda: camera.put(blank, time.monotonic()),
+            what="the capture restarted",
+        )
+        assert camera_ready(lane)
+        # And the lane takes payments again: the next vehicle pays and passes.
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+        await lane.device.vehicle_passes()
+        await eventually(lambda: quiet(lane))
+
+
+class HangingCamera(PushSource):
+    """The push camera, whose driver call hangs when told (a USB camera gone wrong, a read
+    with no timeout) until released: nothing at all comes out of it, not even a blackout."""
+
+    def __init__(self) -> None:
+        super().__init__(blackout_after_s=1.0)
+        self.hang = threading.Event()
+        self.release = threading.Event()
+
+    def stream(self) -> Iterator[Item]:
+        for item in super().stream():
+            if self.hang.is_set():
+                self.release.wait()
+                self.hang.clear()
+            yield item
+
+    def close(self) -> None:
+        self.release.set()
+        super().close()
+
+
+async def test_a_capture_stuck_in_its_driver_is_seen_and_clears_when_frames_return(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    camera = HangingCamera()
+    # A working capture may go open_timeout_s + its blackout time without a frame or a word.
+    settings = {"open_timeout_s": 2.0}
+    async with running_lane(tmp_path, mosquitto, lane_id, source=camera, camera=settings) as lane:
+        alarms = lane.daemon.runner.alarms
+        blank = frame_for(None, "clear", rng=1)
+
+        def frames() -> None:
+            camera.put(blank, time.monotonic())
+
+        await eventually(lambda: "camera_blackout" not in alarms, between=frames)
+        camera.hang.set()
+        # Seen: the source itself says nothing (its thread is stuck), the lane's watch does.
+        stalled = "capture stalled: no frame for over 3 s"
+        await eventually(
+            lambda: alarms.get("camera_blackout") == stalled, between=frames, what="the stall seen"
+        )
+        assert not camera_ready(lane)
+        # Clears by itself once the driver returns and frames are decoded again.
+        camera.release.set()
+        await eventually(lambda: "camera_blackout" not in alarms, between=frames)
+        assert camera_ready(lane)
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+        await lane.device.vehicle_passes()
+        await eventually(lambda: quiet(lane))
+
+
+async def test_a_lane_started_while_its_broker_is_down_says_so_and_serves_once_it_is_up(
+    tmp_path: Path, private_broker: Mosquitto, lane_id: str
+) -> None:
+    """A lane (re)started with its broker down never had a link to lose: it must still raise
+    `broker_down`, not sit closed with no alarm, and clear it when the broker comes up."""
+    await asyncio.to_thread(private_broker.stop)
+    async with running_lane(tmp_path, private_broker, lane_id, ready=False) as lane:
+        runner = lane.daemon.runner
+        await eventually(lambda: "broker_down" in runner.alarms, what="broker_down raised")
+        assert runner.alarms["broker_down"] == "controller lost the MQTT broker"
+        assert "broker_down" in runner.state.faults  # closed to payments while it lasts
+        broker = next(c for c in lane.daemon.ops.readiness() if c.name == "broker")
+        assert (broker.ok, broker.detail) == (False, "not connected")
+        await asyncio.to_thread(private_broker.start)
+        await eventually(lambda: "broker_down" not in runner.alarms, within=15)
+        await eventually(lambda: runner.state.barrier == "closed")
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+        await lane.device.vehicle_passes()
+        await eventually(lambda: quiet(lane))
+
+
+async def test_a_lane_started_on_a_full_disk_waits_says_why_and_starts_once_space_is_freed(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    lane_statuses: list[LaneStatus],
+) -> None:
+    """`lane run` on a full data directory used to exit 2 at once, systemd gave up after 10
+    quick restarts, and the lane stayed down once the space was freed."""
+    with small_tmpfs(tmp_path / "lane", "24m") as data:  # freed, above the lane's 16 MB floor
+        filler = fill(data)
+        async with lane_processes(tmp_path, mosquitto, lane_id, data) as rig:
+            proc = await rig.start()
+            output = tmp_path / "lane.log"
+            # Seen: it says why, and that it tries again; safe: nothing opened, nothing commanded.
+            await eventually(
+                lambda: "lane: cannot start yet:" in output.read_text(errors="replace"),
+                within=30,
+                what="the lane saying why it waits",
+            )
+            said = output.read_text(errors="replace")
+            assert f"{data}: disk almost full (" in said and "trying again every 5 s" in said
+            assert proc.returncode is None  # waiting, not exited for systemd to give up on
+            assert lane_statuses == [] and rig.device.received == []
+            # Clears by itself: space freed, the lane starts and takes the next vehicle's payment.
+            filler.unlink()
+            await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
+            token = CodeFactory(3).make("token", int(time.time())).text  # the rig's issuer
+            cv2.imwrite(str(tmp_path / "frames" / "token.png"), frame_for(token, "clear", rng=1))
+            await rig.device.vehicle_enters(1)
+            await eventually(lambda: rig.device.state == "open", within=15)
+            assert [c.op for c in rig.device.received] == ["open"]
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
