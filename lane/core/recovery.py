@@ -134,9 +134,20 @@ def deadline(state: LaneState) -> list[float]:
     return out
 
 
-def expect(state: LaneState, op: Op, now: float) -> LaneState:
-    """The device acknowledged a move: it must report the position within `move_s`."""
+def expect(state: LaneState, op: Op, acked: Position, now: float) -> LaneState:
+    """The device acknowledged a move (its ack says the boom is now `acked`): it must report
+    the position within `move_s`. A close still owed (not reached, not judged yet) is not let
+    off by the commands after it: a later close keeps its deadline, and an open acked `open`
+    while the boom was never seen leaving `open` (not `closing`, as a drive that moves says in
+    its ack) is reached already and leaves the close to be judged, so a boom that sticks up
+    between two vehicles is seen however soon the next one pays."""
     target = Position.OPEN if op == Op.OPEN else Position.CLOSED
+    owed = state.expect
+    if owed is not None and owed.target == Position.CLOSED and not owed.overdue:
+        if target == Position.CLOSED:
+            return state
+        if acked == Position.OPEN and state.barrier == Position.OPEN:
+            return state
     return replace(state, expect=Expectation(target, now + state.rules.move_s))
 
 

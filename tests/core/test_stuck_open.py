@@ -95,6 +95,48 @@ def test_dense_traffic_the_next_paid_vehicles_open_is_reached_and_the_alarm_hold
     assert charged == [250, 250, 250, 250]  # v0, v1, and the two that paid under it
 
 
+def test_the_next_vehicle_paying_before_move_s_does_not_hide_the_missed_close() -> None:
+    """Denser still: the next vehicle's open is acked before the close's `move_s` is over. The
+    boom never left `open` (a drive that moves acks a close `closing`), so the open is reached
+    at once and the close is still judged at its own time."""
+    lane = LaneDriver(rules(move_s=4.0))
+    lane.through("v0")
+    lane.pay("v1")
+    lane.ack()
+    lane.arrive("v2")  # the next one is at the pay point already
+    lane.cross()
+    lane.feed(ev.BarrierAcked("v1/close", True, "open"), 0.05)  # acked, it stays up
+    missed_at = lane.now + 4.0
+    lane.scan("282222222222222222")
+    lane.decide(dt=0.3)
+    assert one(lane.persisted(), OpenBarrier).cmd_id == "v2/open"
+    lane.ack()  # acked open and reported open: reached, under the boom that never moved
+    assert STUCK not in lane.state.notices
+    actions = lane.tick_at_deadline()
+    assert lane.now == pytest.approx(missed_at)
+    (alarm,) = raised(actions, STUCK)
+    assert "commanded closed, device reports open" in alarm.message
+    assert lane.phase() is Phase.OPEN  # v2 goes on through
+
+
+def test_a_boom_that_starts_down_and_is_reopened_for_the_next_vehicle_is_not_stuck() -> None:
+    """A working drive acks the close `closing`: the next vehicle's open turns it round
+    before it gets down, and nothing was missed."""
+    lane = LaneDriver(rules(move_s=4.0))
+    lane.pay("v1")
+    lane.ack()
+    lane.arrive("v2")
+    lane.cross()
+    lane.feed(ev.BarrierAcked("v1/close", True, "closing"), 0.05)
+    lane.scan("282222222222222222")
+    lane.decide(dt=0.3)
+    lane.persisted()
+    lane.feed(ev.BarrierAcked("v2/open", True, "opening"), 0.05)
+    lane.report("open", dt=0.5)
+    lane.tick(10.0)
+    assert STUCK not in lane.state.notices and raised(lane.actions, STUCK) == []
+
+
 def test_a_vehicle_that_does_not_pay_and_passes_is_an_unpaid_passage() -> None:
     lane = LaneDriver()
     stuck_open(lane)
