@@ -321,10 +321,11 @@ def _not_closed(state: LaneState, now: float) -> Result:
     first = _first_wait(state)
     state = replace(state, stuck_open=StuckOpen(now + first, first))
     detail = _stuck_detail(state, Position.CLOSED, state.rules.move_s)
+    # Within the health message's text limit (barrier.messages.MAX_TEXT) at any setting.
     message = (
-        f"barrier stuck open: {detail}, stuck since that close; payments go on, a vehicle"
-        " passing unpaid is recorded as unpaid_passage; clears when the device reports the boom"
-        f" closed: the lane commands the close again {_backoff_terms(state)}"
+        f"barrier stuck open: {detail}, since that close; payments go on, unpaid passages"
+        " recorded; clears when the device reports closed: close sent again"
+        f" {_backoff_terms(state)}"
     )
     state, actions = raise_notice(state, Alarm.BARRIER_STUCK_OPEN, message)
     state, more = query(state, "barrier_stuck_open")

@@ -229,7 +229,7 @@ async def test_a_boom_stuck_open_under_traffic_keeps_its_alarm_takes_payments_an
         await eventually(lambda: STUCK_OPEN in runner.alarms, within=10)
         text = runner.alarms[STUCK_OPEN]
         assert "commanded closed, device reports open" in text and "payments go on" in text
-        assert "clears when the device reports the boom closed" in text
+        assert "clears when the device reports closed" in text
         await eventually(lambda: STUCK_OPEN in lane_statuses[-1].faults, within=10)
         # Dense traffic: the next vehicles pay and pass, their opens "reached" at once under
         # the boom that is up; the alarm holds through them.
