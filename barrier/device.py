@@ -3,7 +3,8 @@
 Used by the tests and the simulator. It subscribes to the lane's command topic, admits,
 executes and acknowledges commands by the rules in `barrier.gate`, publishes its retained
 state with an increasing seq, and plays the lane's sensors (loops, light curtain, classifier)
-for a traffic generator. Faults can be injected: stuck, no_ack, slow_ack, offline, fault.
+for a traffic generator. Faults can be injected: stuck, stuck_open, no_ack, slow_ack, offline,
+fault.
 
 Time: `clock` is the device's wall clock (Unix seconds, used for deadlines and timestamps);
 `sleep` is how it waits for its mechanism and for passing vehicles, so the simulator can run
@@ -35,7 +36,7 @@ from lane.wire.codec import PayloadError, unpack
 
 log = logging.getLogger("lane.barrier.device")
 
-FAULTS = frozenset({"stuck", "no_ack", "slow_ack", "offline", "fault"})
+FAULTS = frozenset({"stuck", "stuck_open", "no_ack", "slow_ack", "offline", "fault"})
 SAFETY_SENSORS = frozenset({"safety_loop", "light_curtain"})
 # Every presence sensor the emulated lane has: a snapshot reports each one.
 LANE_SENSORS = ("entry_loop", "exit_loop", "light_curtain", "safety_loop")
@@ -290,8 +291,9 @@ class DeviceEmulator:
             log.info("repeated cmd_id answered, not executed", extra=extra)
             self._ack(msg, BarrierAck(cmd.cmd_id, prior[0], self.gate.state, prior[1]))
             return
-        if self.fault == "stuck":
-            # The drive reports success but the boom never moves.
+        if self.fault == "stuck" or (self.fault == "stuck_open" and cmd.op == "close"):
+            # The drive reports success but the boom never moves (stuck_open: it rises, and
+            # then never comes down).
             self.executed.remember(cmd.cmd_id, True, None)
             self._ack(msg, BarrierAck(cmd.cmd_id, True, self.gate.state))
             return

@@ -48,6 +48,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "acquirer_unhealthy": Severity.MAJOR,
         "acquirer_declines": Severity.MAJOR,
         "paid_not_passed": Severity.MAJOR,
+        # Paying drivers still pass; one who does not pay passes too (unpaid_passage).
+        "barrier_stuck_open": Severity.MAJOR,
         "unpaid_passage": Severity.MAJOR,
         "trust_update_refused": Severity.MAJOR,
         "payment_alipay": Severity.MAJOR,

@@ -193,10 +193,14 @@ class BarrierSection(_Section):
     max_attempts: int = Field(3, ge=1, le=10, description="Sends of one command before FAULT")
     cmd_ttl_s: int = Field(3, ge=1, le=60, description="MQTT expiry and deadline of a command")
     move_s: PositiveSeconds = Field(
-        4, description="The barrier reaches a commanded position within this, else barrier_stuck"
+        4,
+        description="The barrier reaches a commanded position within this, else barrier_stuck"
+        " (open) or barrier_stuck_open (close)",
     )
     selftest_s: PositiveSeconds = Field(
-        5, description="A boom that did not open is tried by the lane this long after (empty)"
+        5,
+        description="A boom that did not open is tried by the lane this long after (empty);"
+        " one that did not close is closed again on the same backoff",
     )
     selftest_max_s: PositiveSeconds = Field(
         60, description="... then twice as long after each failed try, up to this"

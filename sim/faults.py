@@ -110,6 +110,12 @@ FAULTS: dict[str, FaultSpec] = {
             },
         ),
         FaultSpec("barrier_stuck", "Barrier stuck", "lane", "acks commands, never moves"),
+        FaultSpec(
+            "barrier_stuck_open",
+            "Barrier stuck open",
+            "lane",
+            "the boom rises for the next vehicle and never comes down (closes acked, not done)",
+        ),
         FaultSpec("barrier_offline", "Barrier offline", "lane", "the device leaves the broker"),
         FaultSpec("barrier_no_ack", "Barrier no ack", "lane", "commands are ignored"),
         FaultSpec("barrier_slow_ack", "Barrier slow ack", "lane", "acks arrive seconds late"),
@@ -142,6 +148,7 @@ FAULTS: dict[str, FaultSpec] = {
 }
 BARRIER_FAULTS = {
     "barrier_stuck": "stuck",
+    "barrier_stuck_open": "stuck_open",
     "barrier_offline": "offline",
     "barrier_no_ack": "no_ack",
     "barrier_slow_ack": "slow_ack",

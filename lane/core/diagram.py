@@ -187,7 +187,6 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(PASSAGE, "tick", NEXT_UP, "paid, not let through in time: refund record, attendant"),
     _t(PASSAGE, "tick", P.IDLE, "paid, not let through in time: refund record, attendant"),
     _t(P.OPEN, "tick", P.OPENING, "not let through: the next paid vehicle's open"),
-    _t(AT_PAY_POINT, "tick", P.FAULT, "the barrier did not reach its position: barrier_stuck"),
     _t(IN_SERVICE, "snapshot", P.FAULT, "the device says it is offline or faulted"),
     _t(P.FAULT, "snapshot", IN_SERVICE, "the device answers and works: its faults clear"),
     _t(PAYING, "snapshot", P.IDLE, "the vehicle left the pay point unheard"),

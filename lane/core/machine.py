@@ -292,7 +292,7 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
         # cmd_id is sent again once a barrier state report clears the fault.
         held = replace(cmd, attempt=0, ack_deadline=None)
         return replace(state, command=held), actions + more
-    state = recovery.expect(state, cmd.op, now)
+    state = recovery.expect(state, cmd.op, event.state, now)
     # The ack says where the command put the barrier (`opening`, `closing`, or already there):
     # a device publishes no separate state for it (docs/barrier.md), so the ack is the report.
     state, more = _position(state, event.state, now, BARRIER_FAULTS)

@@ -21,6 +21,7 @@ class Alarm(StrEnum):
     QUEUE_FULL = "queue_full"
     DISK_ERROR = "disk_error"
     BARRIER_STUCK = "barrier_stuck"
+    BARRIER_STUCK_OPEN = "barrier_stuck_open"
     QUEUE_HIGH_WATER = "queue_high_water"
     ATTENDANT_NEEDED = "attendant_needed"
     LANE_STUCK = "lane_stuck"
@@ -53,8 +54,9 @@ BARRIER_FAULTS = (
 # What a working barrier report clears: not barrier_no_ack, which only an ack clears, as a
 # device that reports its state (or answers queries) may still drop every command.
 REPORT_CLEARS = tuple(a for a in BARRIER_FAULTS if a is not Alarm.BARRIER_NO_ACK)
-# Every alarm that says the barrier cannot be relied on (readiness, metrics).
-BARRIER_ALARMS = (*BARRIER_FAULTS, Alarm.BARRIER_STUCK)
+# Every alarm that says the barrier cannot be relied on (readiness, metrics). A boom stuck open
+# is one too, though only a notice: the lane still takes payments under it.
+BARRIER_ALARMS = (*BARRIER_FAULTS, Alarm.BARRIER_STUCK, Alarm.BARRIER_STUCK_OPEN)
 # The barrier faults a restart must not forget (a boom that did not open, a device that drops
 # commands): the shell keeps each on disk while it holds (KeepLatch, DropLatch) and hands it
 # back at start-up (LatchCarried), so the next driver is not charged for a barrier that

@@ -3,7 +3,7 @@ barrier's commanded position checked against what the device reports, a paid veh
 never let through, and a vehicle under a boom the lane did not open.
 
 Pure like the rest of the core. `machine.step` calls `settle` right after every event's
-handler (the barrier's position clears `barrier_stuck` and `unpaid_passage`), `after_step` at
+handler (the barrier's position clears `barrier_stuck_open` and `unpaid_passage`), `after_step` at
 the end of it (other alarms whose cause is gone clear, the phase's dwell is (re)armed) and
 `on_tick` on every Tick (what is overdue is raised and answered); `deadline` is this module's
 share of `next_deadline`.
@@ -22,6 +22,15 @@ lane, on a doubling backoff, the lane asks the device for its truth; if that ans
 is on a loop or under the boom, it commands an open of its own (`{snapshot id}/selftest/open`,
 no passage, no record), closes again at once when someone comes, and closes after the test
 either way. Seen open, the latch and the alarm clear and the lane takes payments again.
+A boom that did not close when commanded raises `barrier_stuck_open` (state.StuckOpen), a notice:
+it holds until the device reports the boom closed, not merely until the next command's position
+is "reached" (a paid vehicle's open is, at once, under a boom that is up), so it lasts under
+traffic. The lane keeps taking payments: refusing at an open boom would turn every driver into
+an unpaid passage, and one who does not pay is recorded as such anyway. Its cure is the close
+commanded again: at an empty lane, on the self-tests' doubling backoff, the lane asks the
+device, and its answer (an open boom nobody paid for) commands the close. Nothing is kept over
+a restart: the restarted lane asks the device at its start, and closes a boom found up for
+nobody, which raises the alarm again if it does not come down.
 A device that drops commands raises `barrier_no_ack`, which only an ack of a command clears:
 a paid vehicle's open given up under it is replaced by a test close at the empty lane, probed
 every `probe_s` like any held command.
@@ -70,6 +79,7 @@ from lane.core.state import (
     LaneState,
     Phase,
     StuckLatch,
+    StuckOpen,
     phase,
 )
 
@@ -93,8 +103,9 @@ def dwell_limit(state: LaneState, ph: Phase) -> float | None:
     """How long the lane may stay in `ph` before it looks for a way out (None: for ever)."""
     r = state.rules
     if ph in (Phase.IDLE, Phase.CLOSED):
-        # Idle is for ever, but not with the boom up: nobody paid for that.
-        return r.move_s if state.barrier in BOOM_UP else None
+        # Idle is for ever, but not with the boom up: nobody paid for that. Known stuck open,
+        # the lane asks on its own backoff (and says so in its own alarm).
+        return r.move_s if state.barrier in BOOM_UP and state.stuck_open is None else None
     if ph is Phase.FAULT:
         return r.probe_s
     if ph in (Phase.VEHICLE_PRESENT, Phase.DENIED):
@@ -118,12 +129,25 @@ def deadline(state: LaneState) -> list[float]:
         out.append(due)
     if state.latch is not None and _may_test(state):
         out.append(state.latch.test_at)
+    if state.stuck_open is not None and _empty(state):
+        out.append(state.stuck_open.retry_at)
     return out
 
 
-def expect(state: LaneState, op: Op, now: float) -> LaneState:
-    """The device acknowledged a move: it must report the position within `move_s`."""
+def expect(state: LaneState, op: Op, acked: Position, now: float) -> LaneState:
+    """The device acknowledged a move (its ack says the boom is now `acked`): it must report
+    the position within `move_s`. A close still owed (not reached, not judged yet) is not let
+    off by the commands after it: a later close keeps its deadline, and an open acked `open`
+    while the boom was never seen leaving `open` (not `closing`, as a drive that moves says in
+    its ack) is reached already and leaves the close to be judged, so a boom that sticks up
+    between two vehicles is seen however soon the next one pays."""
     target = Position.OPEN if op == Op.OPEN else Position.CLOSED
+    owed = state.expect
+    if owed is not None and owed.target == Position.CLOSED and not owed.overdue:
+        if target == Position.CLOSED:
+            return state
+        if acked == Position.OPEN and state.barrier == Position.OPEN:
+            return state
     return replace(state, expect=Expectation(target, now + state.rules.move_s))
 
 
@@ -134,21 +158,21 @@ def query(state: LaneState, reason: str) -> Result:
 
 def settle(state: LaneState) -> Result:
     """What the barrier's position (as the step left it) settles: the expected position
-    reached clears `barrier_stuck`, a closed boom `unpaid_passage`. `machine.step` calls it
-    straight after the event's handler, so the rest of the step (an entry lane's pass and
-    entry record, which wait for a lane that takes vehicles) sees the fault gone."""
+    reached ends the wait for it, a boom seen open the latch (`barrier_stuck`), a closed boom
+    `barrier_stuck_open` and `unpaid_passage`. `machine.step` calls it straight after the
+    event's handler, so the rest of the step (an entry lane's pass and entry record, which wait
+    for a lane that takes vehicles) sees the fault gone."""
     actions: list[Action] = []
     target = state.expect
     if target is not None and state.barrier == target.target:
         state = replace(state, expect=None)
-        if state.latch is None:  # a boom that failed to open is trusted once seen open only
-            state, actions = remove_fault(state, Alarm.BARRIER_STUCK)
     if state.latch is not None:
-        state, more = _latched(state)
-        actions += more
+        state, actions = _latched(state)
     if state.barrier == Position.CLOSED:
-        state, more = clear_notice(state, Alarm.UNPAID_PASSAGE)
-        actions += more
+        state = replace(state, stuck_open=None)
+        for notice in (Alarm.BARRIER_STUCK_OPEN, Alarm.UNPAID_PASSAGE):
+            state, more = clear_notice(state, notice)
+            actions += more
     return state, actions
 
 
@@ -163,8 +187,11 @@ def after_step(state: LaneState, event: ev.Event, before: Phase, now: float) -> 
         # An attendant took over, or the lane lets vehicles through again.
         state, more = clear_notice(state, Alarm.PAID_NOT_PASSED)
         actions += more
-    # Any step may be the one that empties the lane with a self-test overdue: ask at once.
+    # Any step may be the one that empties the lane with a self-test (or a close of a boom
+    # stuck open) overdue: ask at once.
     state, more = _self_test_due(state, now)
+    actions += more
+    state, more = _close_again_due(state, now)
     actions += more
     ph = phase(state)
     limit = dwell_limit(state, ph)
@@ -184,12 +211,13 @@ def on_tick(state: LaneState, now: float) -> Result:
         state = replace(state, expect=replace(target, overdue=True))
         if target.target == Position.OPEN:
             state, more = _not_opened(state, now, state.rules.move_s)
-        else:
-            detail = _stuck_detail(state, target.target, state.rules.move_s)
-            state, more = add_fault(state, Alarm.BARRIER_STUCK, detail)
-        actions += more
-        state, more = query(state, "barrier_stuck")
-        actions += more
+            actions += more
+            state, more = query(state, "barrier_stuck")
+            actions += more
+        elif state.stuck_open is None:
+            state, more = _not_closed(state, now)
+            actions += more
+        # (Stuck open already: the backoff of the close asks the device again.)
     due = _not_passed_due(state)
     if due is not None and now >= due:
         state, more = _not_let_through(state, now)
@@ -217,19 +245,27 @@ def start_self_test(state: LaneState, event_id: str, sensors: dict[str, bool]) -
 
 
 def _may_test(state: LaneState) -> bool:
-    """A self-test may open the boom: latched, no test running, nobody the lane knows of at
-    the pay point or under the boom, no command, a working device with the boom down, and no
-    attendant closure (someone may be working on the boom)."""
+    """A self-test may open the boom: latched, no test running, an empty lane with the boom
+    down."""
     latch = state.latch
     return (
         latch is not None
         and latch.test_id is None
-        and state.vehicle is None
+        and _empty(state)
+        and state.barrier == Position.CLOSED
+    )
+
+
+def _empty(state: LaneState) -> bool:
+    """The lane may move the boom for nobody: nobody it knows of at the pay point or under the
+    boom, no command, a working device, and no attendant closure (someone may be working on
+    the boom)."""
+    return (
+        state.vehicle is None
         and state.passage is None
         and state.command is None
         and not state.occupied
         and not state.blocked
-        and state.barrier == Position.CLOSED
         and state.closed_reason is None
     )
 
@@ -240,21 +276,60 @@ def _self_test_due(state: LaneState, now: float) -> Result:
     latch = state.latch
     if latch is None or now < latch.test_at or not _may_test(state):
         return state, []
-    backoff = min(latch.backoff_s * 2, state.rules.selftest_max_s)
+    backoff = _doubled(state, latch.backoff_s)
     latch = replace(latch, test_at=now + backoff, backoff_s=backoff, asked=True)
     return query(replace(state, latch=latch), "self-test of a boom that did not open")
+
+
+def _close_again_due(state: LaneState, now: float) -> Result:
+    """A boom stuck open, at an empty lane: ask the device; its answer closes a boom up for
+    nobody (machine._on_snapshot), or says it is closed already. The next try is due after
+    twice the wait, capped."""
+    stuck = state.stuck_open
+    if stuck is None or now < stuck.retry_at or not _empty(state):
+        return state, []
+    backoff = _doubled(state, stuck.backoff_s)
+    state = replace(state, stuck_open=StuckOpen(now + backoff, backoff))
+    return query(state, "close again: boom stuck open")
+
+
+def _first_wait(state: LaneState) -> float:
+    """The wait before the first self-test (or close again); each next one is `_doubled`."""
+    return min(state.rules.selftest_s, state.rules.selftest_max_s)
+
+
+def _doubled(state: LaneState, backoff_s: float) -> float:
+    return min(backoff_s * 2, state.rules.selftest_max_s)
 
 
 def _stuck_detail(state: LaneState, target: Position, after_s: float) -> str:
     return f"commanded {target}, device reports {state.barrier} after {after_s:g} s"
 
 
-def _latch_terms(state: LaneState) -> str:
+def _backoff_terms(state: LaneState) -> str:
     r = state.rules
-    return (
-        "lane closed to payments until the boom is seen open, self-test every"
-        f" {r.selftest_s:g} s doubling to {r.selftest_max_s:g} s while nobody is there"
+    return f"every {r.selftest_s:g} s doubling to {r.selftest_max_s:g} s while nobody is there"
+
+
+def _latch_terms(state: LaneState) -> str:
+    return f"lane closed to payments until the boom is seen open, self-test {_backoff_terms(state)}"
+
+
+def _not_closed(state: LaneState, now: float) -> Result:
+    """The boom was commanded closed and not seen closed: `barrier_stuck_open` until it is.
+    The lane asks the device at once (a lost report, or a boom up for nobody to close again)."""
+    first = _first_wait(state)
+    state = replace(state, stuck_open=StuckOpen(now + first, first))
+    detail = _stuck_detail(state, Position.CLOSED, state.rules.move_s)
+    # Within the health message's text limit (barrier.messages.MAX_TEXT) at any setting.
+    message = (
+        f"barrier stuck open: {detail}, since that close; payments go on, unpaid passages"
+        " recorded; clears when the device reports closed: close sent again"
+        f" {_backoff_terms(state)}"
     )
+    state, actions = raise_notice(state, Alarm.BARRIER_STUCK_OPEN, message)
+    state, more = query(state, "barrier_stuck_open")
+    return state, actions + more
 
 
 def _not_opened(state: LaneState, now: float, after_s: float) -> Result:
@@ -277,7 +352,7 @@ def _failed_open(state: LaneState, now: float, detail: str) -> Result:
 
 def _latch(state: LaneState, now: float) -> LaneState:
     """Latched: the self-tests start over from the shortest wait."""
-    first = min(state.rules.selftest_s, state.rules.selftest_max_s)
+    first = _first_wait(state)
     return replace(state, latch=StuckLatch(now + first, first))
 
 

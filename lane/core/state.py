@@ -243,7 +243,7 @@ class Expectation:
 
     target: Position  # open | closed
     by: float
-    overdue: bool = False  # barrier_stuck was raised for it; cleared when the target is reported
+    overdue: bool = False  # barrier_stuck(_open) was raised for it
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,18 @@ class StuckLatch:
     backoff_s: float
     asked: bool = False  # a self-test's query is out: its snapshot may start the test
     test_id: str | None = None  # the cmd_id of the self-test's open, while it runs
+
+
+@dataclass(frozen=True)
+class StuckOpen:
+    """A close was not reached: `barrier_stuck_open` holds until the device reports the boom
+    closed, whatever the lane commands meanwhile (a later open is "reached" at once under a boom
+    that is up). Payments go on. While nobody is at the lane it asks the device at `retry_at`,
+    and the answer commands the close again (a boom up for nobody); each wait doubles
+    `backoff_s`, from `selftest_s` up to `selftest_max_s`, as the self-tests of a StuckLatch."""
+
+    retry_at: float
+    backoff_s: float
 
 
 @dataclass(frozen=True)
@@ -304,6 +316,7 @@ class LaneState:
     dwell_at: float | None = None
     expect: Expectation | None = None
     latch: StuckLatch | None = None
+    stuck_open: StuckOpen | None = None
     # Paid vehicles owed their passage over a restart (lane.core.carried), oldest first.
     carried: tuple[CarriedPayment, ...] = ()
     queries: int = 0

@@ -149,7 +149,7 @@ function faultActive(s, name, laneId) {
 const GROUPS = [
   ["Back office", ["backoffice_offline"]],
   ["Acquirer", ["acquirer_outage", "acquirer_slow", "acquirer_declines"]],
-  ["Barrier", ["barrier_offline", "barrier_stuck", "barrier_no_ack", "barrier_slow_ack", "barrier_fault"]],
+  ["Barrier", ["barrier_offline", "barrier_stuck", "barrier_stuck_open", "barrier_no_ack", "barrier_slow_ack", "barrier_fault"]],
   ["Camera", ["camera_blackout"]],
   ["Attack", ["code_burst"]],
 ];

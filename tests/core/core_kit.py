@@ -141,6 +141,7 @@ class SafetyMonitor:
         self._check_trip(after)
         self._check_carried(before, event, after, actions)
         self._check_latch(before, event, after, actions)
+        self._check_stuck_open(before, event, now, after)
         self._check_no_ack(before, event, after, actions)
         passenger = after.vehicle
         if passenger is not None and passenger.implicit:
@@ -215,6 +216,33 @@ class SafetyMonitor:
         _check_kept(Alarm.BARRIER_STUCK, latched, cleared, event, actions)
         if before.latch is not None or after.latch is not None:
             assert not _charged(actions), f"charged while barrier_stuck is latched: {actions}"
+
+    def _check_stuck_open(
+        self, before: LaneState, event: ev.Event, now: float, after: LaneState
+    ) -> None:
+        """A boom that did not close: `barrier_stuck_open` is raised iff a close was not reached
+        in `move_s` and the boom was not seen closed since (a later open "reached" under the
+        boom that is up does not clear it). A notice: the lane goes on taking payments."""
+        code = Alarm.BARRIER_STUCK_OPEN
+        held, holds = code in before.notices, code in after.notices
+        assert code not in after.faults, f"barrier_stuck_open refuses payments: {after}"
+        assert holds == (after.stuck_open is not None), f"alarm and state disagree: {after}"
+        if holds:
+            assert after.barrier != "closed", f"stuck open with the boom seen closed: {after}"
+        if held and not holds:
+            assert after.barrier == "closed", f"barrier_stuck_open cleared by {event}: {after}"
+        close = before.expect
+        missed = (
+            isinstance(event, ev.Tick)
+            and close is not None
+            and close.target == "closed"
+            and not close.overdue
+            and now >= close.by
+        )
+        if holds and not held:
+            assert missed, f"barrier_stuck_open raised by {event}, no close missed: {before}"
+        if missed and after.barrier != "closed":
+            assert holds, f"a close missed and no barrier_stuck_open: {after}"
 
     def _check_no_ack(
         self, before: LaneState, event: ev.Event, after: LaneState, actions: list[Action]

@@ -182,35 +182,44 @@ def test_an_entry_whose_record_failed_at_a_closed_lane_is_entered_when_it_reopen
     assert one(lane.persisted(), OpenBarrier).cmd_id == "v1/open"
 
 
-def stuck_closing(lane: LaneDriver) -> None:
-    """The device says its boom is up for nobody; it acks the close and stays up: the lane's
-    `barrier_stuck` fault (a payment fault: it takes no vehicles)."""
-    lane.feed(ev.DeviceSnapshotted("open", (), "snap1"))
-    lane.feed(ev.BarrierAcked("snap1/close", True, "open"))
-    lane.tick_at_deadline()
-    assert "barrier_stuck" in lane.state.faults
+def faulted(lane: LaneDriver) -> None:
+    """The device reports a fault: the lane takes no vehicles until it reports a working
+    state. (A boom stuck open is no such fault: the lane goes on taking vehicles under it.)"""
+    lane.report("fault")
+    assert "barrier_fault" in lane.state.faults and not lane.state.accepting_payments
 
 
-def test_a_ticket_printed_while_the_barrier_was_stuck_is_entered_when_it_closes() -> None:
+def test_a_ticket_printed_while_the_barrier_was_faulted_is_entered_when_it_works() -> None:
     """The fault clears with the device's report: that step writes the entry (not the next
     event, whatever it is: vehicle_present --safety off--> persisting is no transition)."""
     lane = LaneDriver(ENTRY)
     lane.arrive("v1")
-    stuck_closing(lane)
+    faulted(lane)
     assert not of_type(lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=True)), Persist)
     assert one(lane.report("closed"), Persist).persist_id == "v1/pass"
     assert lane.phase() is Phase.PERSISTING
-    lane.sensor("safety_loop", False)
     assert of_type(lane.persisted(), OpenBarrier)
 
 
-def test_a_plate_wait_over_while_the_barrier_was_stuck_asks_for_the_pass_when_it_closes() -> None:
+def test_a_plate_wait_over_while_the_barrier_was_faulted_asks_for_the_pass_when_it_works() -> None:
     """The wait ran out while the lane took no vehicles: the pass is asked for in the step the
     fault clears, not left as a deadline in the past (the driver's monitor checks that)."""
     lane = LaneDriver(rules(LaneMode.TOLL_ENTRY, lane_id="P01/e1", plate_wait_s=0.5))
-    stuck_closing(lane)
+    faulted(lane)
     assert not of_type(lane.arrive("v1"), IssuePass)
     assert one(lane.report("closed", dt=1.0), IssuePass).issue_id == "v1/pass"
+
+
+def test_an_entry_lane_with_its_boom_stuck_open_goes_on_issuing_passes() -> None:
+    """A boom stuck open is a notice, not a fault: the next vehicle gets its pass and entry."""
+    lane = LaneDriver(ENTRY)
+    lane.feed(ev.DeviceSnapshotted("open", (), "snap1"))  # up for nobody: closed ...
+    lane.feed(ev.BarrierAcked("snap1/close", True, "open"))  # ... acked, and it stays up
+    lane.tick_at_deadline()
+    assert "barrier_stuck_open" in lane.state.notices and lane.state.accepting_payments
+    assert one(lane.arrive("v1"), IssuePass).issue_id == "v1/pass"
+    assert one(lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=True)), Persist)
+    assert "barrier_stuck_open" in lane.state.notices
 
 
 # --- exit lane -----------------------------------------------------------------------------

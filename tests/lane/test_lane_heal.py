@@ -211,6 +211,85 @@ async def test_killed_with_the_boom_stuck_closed_the_restarted_lane_starts_latch
         assert len(charged(lane)) == 1
 
 
+STUCK_OPEN = "barrier_stuck_open"
+
+
+def closes(device: DeviceEmulator) -> list[BarrierCommand]:
+    return [c for c in device.received if c.op == "close"]
+
+
+async def test_a_boom_stuck_open_under_traffic_keeps_its_alarm_takes_payments_and_heals(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    async with running_lane(tmp_path, mosquitto, lane_id, QUICK, STUCK_BARRIER) as lane:
+        runner, device = lane.daemon.runner, lane.device
+        device.set_fault("stuck_open")  # the boom rises for the next vehicle, never comes down
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+        await device.vehicle_passes()
+        await eventually(lambda: STUCK_OPEN in runner.alarms, within=10)
+        text = runner.alarms[STUCK_OPEN]
+        assert "commanded closed, device reports open" in text and "payments go on" in text
+        assert "clears when the device reports closed" in text
+        await eventually(lambda: STUCK_OPEN in lane_statuses[-1].faults, within=10)
+        # Dense traffic: the next vehicles pay and pass, their opens "reached" at once under
+        # the boom that is up; the alarm holds through them.
+        for n in (2, 3):
+            await pays(lane, lambda n=n: len(named(lane, "barrier_opened")) == n)
+            await device.vehicle_passes()
+            await eventually(lambda: runner.state.passage is None)
+            assert STUCK_OPEN in runner.alarms
+        # One who does not pay drives under it: an unpaid passage, recorded.
+        await device.vehicle_enters(1)
+        await device.vehicle_passes()
+        await eventually(lambda: "unpaid_passage" in runner.alarms)
+        violations = [r for r in records(lane.queue_path) if r.draft.kind == "violation"]
+        assert len(violations) == 1 and "unpaid_passage" in violations[0].draft.flags
+        assert len(charged(lane)) == 3 and refunds(lane) == []
+        # At the empty lane the close is commanded again, and again: acked, not done.
+        tried = len(closes(device))
+        await eventually(lambda: len(closes(device)) >= tried + 2, within=15)
+        assert STUCK_OPEN in runner.alarms
+        assert [f for f in named(lane, "alarm") if f["code"] == STUCK_OPEN] == [
+            {"code": STUCK_OPEN, "message": text, "active": True}
+        ]  # raised once, never cleared in between
+        # Repaired: the next close comes down and the alarm clears, no operator needed.
+        device.set_fault(None)
+        await eventually(lambda: STUCK_OPEN not in runner.alarms, within=15)
+        await eventually(lambda: device.state == "closed" and quiet(lane), within=10)
+        await eventually(lambda: STUCK_OPEN not in lane_statuses[-1].faults, within=10)
+
+
+async def test_killed_with_the_boom_stuck_open_the_restarted_lane_raises_the_alarm_again(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    """Nothing is kept on disk for a boom stuck open: the restarted lane asks the device at
+    its start, closes the boom it finds up for nobody, and the boom still stuck raises the
+    alarm again; repaired, it comes down and the alarm clears."""
+    data = tmp_path / "lane"
+    barrier = "".join(f"{k} = {v}\n" for k, v in STUCK_BARRIER.items())
+    async with lane_processes(tmp_path, mosquitto, lane_id, data, barrier) as rig:
+        await rig.start()
+        await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
+        await rig.attendant_open(lane_id)
+        await eventually(lambda: rig.device.state == "open", within=10)
+        rig.device.set_fault("stuck_open")
+        rig.procs[0].kill()  # SIGKILL: no clean shutdown
+        await rig.procs[0].wait()
+        seen = len(lane_statuses)
+        await rig.start()
+        await eventually(
+            lambda: any(STUCK_OPEN in s.faults for s in lane_statuses[seen:]), within=20
+        )
+        assert rig.device.state == "open"
+        assert sorted(p.name for p in data.iterdir() if p.suffix == ".json") == []
+        rig.device.set_fault(None)
+        await eventually(lambda: rig.device.state == "closed", within=15)
+        await eventually(
+            lambda: lane_statuses[-1].state == "idle" and lane_statuses[-1].faults == [],
+            within=10,
+        )
+
+
 async def test_killed_while_commands_are_dropped_the_restarted_lane_refuses_until_an_ack(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
 ) -> None:

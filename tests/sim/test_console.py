@@ -38,6 +38,9 @@ FAULTS = [
     ("barrier_offline", "barrier_offline", "critical"),
     # Seen by the next vehicle's command: the plaza's traffic brings one.
     ("barrier_stuck", "barrier_stuck", "critical"),
+    # The next vehicle's open works, the close after it does not: the boom stays up under the
+    # plaza's traffic, the alarm with it, and it clears when a close comes down.
+    ("barrier_stuck_open", "barrier_stuck_open", "major"),
     ("barrier_no_ack", "barrier_no_ack", "critical"),
     ("barrier_slow_ack", "barrier_no_ack", "critical"),
     ("acquirer_declines", "acquirer_declines", "major"),
@@ -48,9 +51,9 @@ FAULTS = [
 FAULT_PARAMS = {"acquirer_declines": {"rate": 0.9}}
 # A fault only a vehicle paying one way meets: the one-shot fault it spoils, and that way.
 MET_BY = {"wechatpay_certificates_broken": ("wechatpay_rotation", "wechat")}
-# Switched on with lane 1's boom down and no command out: a boom that sticks open meets no
-# close while the plaza's traffic keeps it up, so its alarm would come and go with vehicles
-# (a known gap, docs/operations.md); one that sticks down latches until seen open.
+# Switched on with lane 1's boom down and no command out, so that the boom sticks down (the
+# latched stuck-closed case; `barrier_stuck` sticks the boom wherever it is): the stuck-open
+# case is `barrier_stuck_open`, switched on under the plaza's traffic.
 AT_REST = {"barrier_stuck"}
 # What the alarm's row must say, beyond its code: where the operator should look.
 SAYS = {"wechatpay_certificates": "apiv3_key_file"}

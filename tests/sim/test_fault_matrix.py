@@ -56,6 +56,8 @@ CASES = [
     Case("barrier_fault", "barrier_fault", closed=True),
     Case("barrier_no_ack", None, with_vehicle="barrier_no_ack"),
     Case("barrier_stuck", None, with_vehicle="barrier_stuck"),
+    # The vehicle's open works, the close after it does not: the lane takes payments under it.
+    Case("barrier_stuck_open", None, with_vehicle="barrier_stuck_open"),
     # Acks 3 s late (not scaled by the speed): later than the lane's ack timeout and retries.
     Case("barrier_slow_ack", None, with_vehicle="barrier_no_ack"),
     Case("camera_blackout", "camera_blackout"),
