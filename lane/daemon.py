@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import logging
+import os
 import secrets
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -73,6 +75,7 @@ from lane.notification import Notification, ShellNote, ShellNoteName
 from lane.ops import LaneOps, TimedBarrier, disk_facts
 from lane.road_port import RoadDesks
 from lane.runner import Clocks, LaneRunner
+from lane.sd_notify import SystemdNotifier, readiness_status
 from lane.signals import install_signal_handlers
 from lane.tap_desk import ExitPricing, TapDesk
 from lane.tap_store import TapStore
@@ -1026,10 +1029,13 @@ def _log_failure(task: asyncio.Future[None]) -> None:
         log.warning("event not published", extra={"error": str(task.exception())})
 
 
-async def wait_for_data_dir(config: LaneConfig, stop: asyncio.Event) -> bool:
+async def wait_for_data_dir(
+    config: LaneConfig, stop: asyncio.Event, systemd: SystemdNotifier | None = None
+) -> bool:
     """Wait until the data directory can take the lane's stores; False when stopped first.
 
-    Says why on stderr and in the log, once per distinct reason, and that it tries again."""
+    Says why on stderr, in the log and in systemd's status, once per distinct reason, and
+    that it tries again."""
     data = config.lane.data_dir
     said: str | None = None
     while not stop.is_set():
@@ -1040,6 +1046,8 @@ async def wait_for_data_dir(config: LaneConfig, stop: asyncio.Event) -> bool:
             return True
         if problem != said:
             said = problem
+            if systemd is not None:
+                systemd.status = partial(str, f"cannot start yet: {data}: {problem}")
             extra = {"lane": config.lane.id, "error": f"{data}: {problem}"}
             log.error("lane cannot start yet", extra={**extra, "retry_s": DATA_DIR_RETRY_S})
             print(
@@ -1077,26 +1085,56 @@ def main(argv: list[str]) -> int:
         print(f"lane: bad configuration\n{exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level, lane=config.lane.id)
+    # A watchdog kill (SIGABRT) first prints every thread's Python stack: where the loop was
+    # stuck, in the journal. To a copy of the stderr systemd gave: fd 2 becomes a pipe whose
+    # reader logs through stdout, which may be the very write that is stuck.
+    faulthandler.enable(os.fdopen(os.dup(2), "w"), all_threads=True)
 
     async def serve() -> int:
         stop = asyncio.Event()
         install_signal_handlers(stop)
-        if not await wait_for_data_dir(config, stop):
-            return 0  # stopped while waiting: nothing was opened
+        systemd = SystemdNotifier()
+        # READY as soon as the loop turns and pings, not once the lane can serve: readiness to
+        # serve is /readyz and may be false for hours (broker or barrier away, a full disk) in
+        # a process that is fine. systemd arms the watchdog only at READY, so from here on every
+        # wait below (a full disk, the stores opened and upgraded off the loop, a broker down)
+        # is under the watchdog instead of TimeoutStartSec, which would kill a lane that waits.
+        pinger = asyncio.create_task(systemd.run(), name="systemd-notify")
+        systemd.ready()
+        said_stopping = asyncio.create_task(_say_stopping(stop, systemd), name="systemd-stopping")
         try:
-            daemon = await build(config)
-        except STARTUP_ERRORS as exc:
-            log.error("lane cannot start", extra={"lane": config.lane.id, "error": str(exc)})
-            print(f"lane: cannot start: {exc}", file=sys.stderr)
-            return 2
-        # From here on FFmpeg's and OpenCV's stderr lines become JSON events; the lane's own
-        # words to the operator at start and exit (above) stay plain stderr.
-        capture_native_stderr()
-        try:
-            await daemon.run(stop)
+            return await _serve(config, stop, systemd)
         finally:
-            release_native_stderr()
-        return 0
+            for task in (pinger, said_stopping):
+                task.cancel()
+            await asyncio.gather(pinger, said_stopping, return_exceptions=True)
+            systemd.close()
 
     code: int = run_with_uvloop(serve)
     return code
+
+
+async def _say_stopping(stop: asyncio.Event, systemd: SystemdNotifier) -> None:
+    await stop.wait()
+    systemd.stopping()
+
+
+async def _serve(config: LaneConfig, stop: asyncio.Event, systemd: SystemdNotifier) -> int:
+    if not await wait_for_data_dir(config, stop, systemd):
+        return 0  # stopped while waiting: nothing was opened
+    systemd.status = partial(str, "opening the stores")
+    try:
+        daemon = await build(config)
+    except STARTUP_ERRORS as exc:
+        log.error("lane cannot start", extra={"lane": config.lane.id, "error": str(exc)})
+        print(f"lane: cannot start: {exc}", file=sys.stderr)
+        return 2
+    systemd.status = lambda: readiness_status(daemon.ops.readiness())
+    # From here on FFmpeg's and OpenCV's stderr lines become JSON events; the lane's own
+    # words to the operator at start and exit (above) stay plain stderr.
+    capture_native_stderr()
+    try:
+        await daemon.run(stop)
+    finally:
+        release_native_stderr()
+    return 0

@@ -11,7 +11,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -394,12 +394,16 @@ class LaneProcesses:
     console: MqttLink
     procs: list[asyncio.subprocess.Process]
 
-    async def start(self) -> asyncio.subprocess.Process:
+    async def start(
+        self, env: Mapping[str, str] | None = None, **how: Any
+    ) -> asyncio.subprocess.Process:
+        """`env`: variables added to the lane's; `how`: other streams, a cwd."""
+        if "stdout" not in how:
+            how["stdout"] = (self.conf.parent / "lane.log").open("ab")
+        how.setdefault("stderr", asyncio.subprocess.STDOUT)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "lane", "run", "--config", str(self.conf),
-            stdout=(self.conf.parent / "lane.log").open("ab"),
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, **how,
         )  # fmt: skip
         self.procs.append(proc)
         return proc

@@ -1,0 +1,386 @@
+"""The systemd watchdog (lane/sd_notify.py, deploy/lane.service): a lane whose event loop is
+blocked stops pinging and is killed and restarted; a lane that waits (a full disk, a broker)
+is not. Against a real unix datagram socket standing for systemd's, real `lane run`
+processes, mosquitto and the device emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from disk_kit import fill, small_tmpfs
+from polling import eventually
+from test_lane_heal import lane_processes
+
+from barrier.messages import LaneStatus
+from lane.health import Check
+from lane.sd_notify import (
+    SystemdNotifier,
+    notify_address,
+    ping_period,
+    readiness_status,
+    watchdog_interval,
+)
+from lane.transport.mqtt import MqttLink
+from lane.wire import topics
+from sim.broker import Mosquitto
+
+
+class NotifySocket:
+    """systemd's end of $NOTIFY_SOCKET: a real unix datagram socket, read without waiting."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # as $NOTIFY_SOCKET spells it
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        address = notify_address({"NOTIFY_SOCKET": name})
+        assert address is not None
+        self.sock.bind(address)
+        self.sock.setblocking(False)
+        self.messages: list[list[str]] = []  # every datagram received, as its lines
+
+    @classmethod
+    def abstract(cls) -> NotifySocket:
+        return cls(f"@lane-test-{uuid.uuid4().hex}")
+
+    def env(self, watchdog_usec: int) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": self.name, "WATCHDOG_USEC": str(watchdog_usec)}
+
+    def take(self) -> list[list[str]]:
+        """The datagrams that arrived since the last call."""
+        new = []
+        while True:
+            try:
+                new.append(self.sock.recv(4096).decode().split("\n"))
+            except BlockingIOError:
+                break
+        self.messages += new
+        return new
+
+    def count(self, line: str) -> int:
+        self.take()
+        return sum(line in message for message in self.messages)
+
+    def statuses(self) -> list[str]:
+        self.take()
+        return [ln[len("STATUS=") :] for m in self.messages for ln in m if ln.startswith("STATUS=")]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[NotifySocket]:
+    sock = NotifySocket.abstract()
+    yield sock
+    sock.close()
+
+
+async def a_ping(notify: NotifySocket) -> None:
+    pinged = notify.count("WATCHDOG=1")
+    await eventually(lambda: notify.count("WATCHDOG=1") > pinged, what="a WATCHDOG=1")
+
+
+# --- the pure parts ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        (None, None),
+        ("", None),
+        ("/run/systemd/notify", "/run/systemd/notify"),
+        ("@lane/notify", "\0lane/notify"),
+        ("@", None),
+        ("run/systemd/notify", None),  # relative: not a socket systemd hands out
+        ("vsock:2:1234", None),  # a VM's host: not a lane computer's
+    ],
+)
+def test_the_notify_socket_is_read_from_the_environment(
+    value: str | None, address: str | None
+) -> None:
+    env = {} if value is None else {"NOTIFY_SOCKET": value}
+    assert notify_address(env) == address
+
+
+@pytest.mark.parametrize(
+    ("env", "interval"),
+    [
+        ({}, None),
+        ({"WATCHDOG_USEC": "20000000"}, 20.0),
+        ({"WATCHDOG_USEC": "20000000", "WATCHDOG_PID": "42"}, 20.0),
+        ({"WATCHDOG_USEC": "20000000", "WATCHDOG_PID": "43"}, None),  # another process's
+        ({"WATCHDOG_USEC": "20000000", "WATCHDOG_PID": ""}, None),
+        ({"WATCHDOG_USEC": "400000"}, 0.4),
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "-5"}, None),
+        ({"WATCHDOG_USEC": "1.5"}, None),
+        ({"WATCHDOG_USEC": "twenty"}, None),
+        ({"WATCHDOG_USEC": "٢٠"}, None),  # digits, but not ASCII ones
+        ({"WATCHDOG_USEC": ""}, None),
+        ({"WATCHDOG_PID": "42"}, None),
+    ],
+)
+def test_the_watchdog_interval_is_read_for_this_process_only(
+    env: dict[str, str], interval: float | None
+) -> None:
+    assert watchdog_interval(env, 42) == interval
+
+
+@pytest.mark.parametrize(("interval", "period"), [(20.0, 5.0), (0.4, 0.1), (3.0, 0.75)])
+def test_the_watchdog_is_pinged_four_times_an_interval(interval: float, period: float) -> None:
+    assert ping_period(interval) == pytest.approx(period)
+
+
+@pytest.mark.parametrize(
+    ("checks", "text"),
+    [
+        ([], "serving: ready"),
+        ([Check("camera", True, "running"), Check("broker", True, "connected")], "serving: ready"),
+        (
+            [
+                Check("camera", True, "running"),
+                Check("broker", False, "not connected"),
+                Check("barrier", False, "device is offline"),
+            ],
+            "serving: not ready: broker (not connected), barrier (device is offline)",
+        ),
+    ],
+)
+def test_a_running_lane_s_status_is_its_readiness_in_short(checks: list[Check], text: str) -> None:
+    assert readiness_status(checks) == text
+
+
+# --- the notifier, on a real socket ------------------------------------------------------------
+
+
+async def test_outside_systemd_the_notifier_does_nothing() -> None:
+    systemd = SystemdNotifier({"WATCHDOG_USEC": "20000000"})  # a watchdog and no socket
+    assert systemd.address is None and systemd.period is None
+    systemd.ready()
+    await asyncio.wait_for(systemd.run(), 1)  # returns at once: nothing to ping
+
+
+async def test_ready_status_and_stopping_are_datagrams_to_the_socket(
+    notify_socket: NotifySocket,
+) -> None:
+    systemd = SystemdNotifier({"NOTIFY_SOCKET": notify_socket.name})
+    assert systemd.period is None  # no watchdog asked for: status only
+    systemd.ready()
+    systemd.stopping()
+    systemd.close()
+    assert notify_socket.take() == [
+        ["READY=1", "STATUS=starting"],
+        ["STOPPING=1", "STATUS=stopping"],
+    ]
+
+
+async def test_a_missing_socket_is_logged_once_and_never_stops_the_lane(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = f"@lane-test-{uuid.uuid4().hex}"  # nobody listens there yet
+    systemd = SystemdNotifier({"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "40000"})
+    with caplog.at_level(logging.INFO, logger="lane.sd_notify"):
+        task = asyncio.create_task(systemd.run())
+        try:
+            for _ in range(3):
+                systemd.ready()
+            await eventually(lambda: "systemd notification not sent" in caplog.text)
+            assert not task.done()
+            listening = NotifySocket(name)  # systemd is back: the pings arrive again
+            await eventually(lambda: listening.count("WATCHDOG=1") >= 2)
+            listening.close()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            systemd.close()
+    events = [r.getMessage() for r in caplog.records]
+    assert events.count("systemd notification not sent") == 1
+    assert events.count("systemd notifications sent again") == 1
+
+
+async def test_the_pings_come_from_the_event_loop_and_stop_while_it_is_blocked(
+    notify_socket: NotifySocket,
+) -> None:
+    systemd = SystemdNotifier(notify_socket.env(watchdog_usec=40_000))  # a ping every 10 ms
+    assert systemd.period == pytest.approx(0.01)
+    task = asyncio.create_task(systemd.run())
+    try:
+        await eventually(lambda: notify_socket.count("WATCHDOG=1") >= 3)
+        notify_socket.take()  # every ping sent so far (a datagram is queued when sendto returns)
+        time.sleep(0.5)  # noqa: ASYNC251 - the fault: a blocking call on the loop, 50 pings long
+        assert notify_socket.take() == []  # not one ping while the loop did not turn
+        await a_ping(notify_socket)  # and after it, again
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        systemd.close()
+
+
+# --- `lane run` under a watchdog ---------------------------------------------------------------
+
+
+async def systemd_watchdog(
+    proc: asyncio.subprocess.Process, notify: NotifySocket, interval: float
+) -> None:
+    """What systemd does with WatchdogSec= once READY=1 came: SIGABRT when no WATCHDOG=1 came
+    for `interval`."""
+    loop = asyncio.get_running_loop()
+    fed, seen = loop.time(), notify.count("WATCHDOG=1")
+    while True:
+        if (pinged := notify.count("WATCHDOG=1")) > seen:
+            fed, seen = loop.time(), pinged
+        if loop.time() - fed > interval:
+            proc.send_signal(signal.SIGABRT)
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_lane_run_says_ready_pings_the_watchdog_and_says_stopping(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    lane_statuses: list[LaneStatus],
+    notify_socket: NotifySocket,
+) -> None:
+    async with lane_processes(tmp_path, mosquitto, lane_id, tmp_path / "data") as rig:
+        proc = await rig.start(notify_socket.env(watchdog_usec=400_000))  # a ping every 0.1 s
+        await eventually(lambda: notify_socket.count("READY=1"), within=30, what="READY=1")
+        assert notify_socket.messages[0][0] == "READY=1"  # before any ping
+        await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
+        await eventually(lambda: any(s.startswith("serving: ") for s in notify_socket.statuses()))
+        pinged = notify_socket.count("WATCHDOG=1")
+        await eventually(lambda: notify_socket.count("WATCHDOG=1") >= pinged + 5)
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+        assert notify_socket.count("STOPPING=1") == 1
+        assert notify_socket.count("READY=1") == 1
+
+
+async def test_a_lane_whose_loop_blocks_stops_pinging_is_killed_and_says_where_it_hung(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    lane_statuses: list[LaneStatus],
+    notify_socket: NotifySocket,
+) -> None:
+    """The loop blocks as it does when journald stops reading: the lane's stdout pipe is full
+    and the next log line's write() waits on the loop. Garbage on a lane topic makes log lines."""
+    stdout, unread = os.pipe()  # never read: 64 KiB of log lines fill it
+    stderr = tmp_path / "stderr.txt"
+    async with lane_processes(tmp_path, mosquitto, lane_id, tmp_path / "data") as rig:
+        proc = await rig.start(
+            notify_socket.env(watchdog_usec=3_000_000),
+            stdout=unread,
+            stderr=stderr.open("wb"),
+            cwd=tmp_path,  # where a core dump would go
+        )
+        os.close(unread)
+        await eventually(lambda: notify_socket.count("READY=1"), within=30, what="READY=1")
+        watchdog = asyncio.create_task(systemd_watchdog(proc, notify_socket, 3.0))
+        await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
+        for _ in range(8):  # 6 s: twice the interval, and the watchdog has not fired
+            await a_ping(notify_socket)
+            assert not watchdog.done()
+        noise = MqttLink(mosquitto.host, mosquitto.port, f"noise-{lane_id}")
+        noise_task = asyncio.create_task(noise.run())
+        try:
+            await noise.wait_connected(5)
+            for n in range(2000):  # a log line each: 64 KiB is some 300 of them
+                await noise.publish(topics.barrier_ack(lane_id), f"garbage {n}".encode())
+            code = await asyncio.wait_for(proc.wait(), 60)
+        finally:
+            noise_task.cancel()
+            await asyncio.gather(noise_task, return_exceptions=True)
+            os.close(stdout)
+        assert watchdog.done()  # it was the watchdog's SIGABRT
+        assert code == -signal.SIGABRT
+        # faulthandler's stacks, on stderr (the journal): the loop's thread in a logging write.
+        stacks = stderr.read_text(errors="replace")
+        assert "Fatal Python error: Aborted" in stacks
+        current = stacks.split("Current thread", 1)[1]
+        assert "logging/__init__.py" in current.split("\n\n", 1)[0], stacks
+
+
+async def test_a_lane_waiting_for_a_full_disk_is_ready_and_keeps_the_watchdog_fed(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    lane_statuses: list[LaneStatus],
+    notify_socket: NotifySocket,
+) -> None:
+    """Before READY systemd gives a start TimeoutStartSec (90 s) and would kill a lane that
+    waits longer for space; after it, the watchdog: the wait must ping it."""
+    with small_tmpfs(tmp_path / "lane", "24m") as data:  # freed, above the lane's 16 MB floor
+        filler = fill(data)
+        async with lane_processes(tmp_path, mosquitto, lane_id, data) as rig:
+            proc = await rig.start(notify_socket.env(watchdog_usec=400_000))
+            waiting = f"cannot start yet: {data}: disk almost full ("
+            await eventually(
+                lambda: any(s.startswith(waiting) for s in notify_socket.statuses()),
+                within=30,
+                what="systemd's status saying why the lane waits",
+            )
+            assert notify_socket.messages[0][0] == "READY=1"
+            pinged = notify_socket.count("WATCHDOG=1")
+            await eventually(lambda: notify_socket.count("WATCHDOG=1") >= pinged + 5)
+            # Pinged while waiting: the disk is still full, so the lane has not started.
+            assert proc.returncode is None and lane_statuses == []
+            filler.unlink()
+            await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
+            await eventually(lambda: notify_socket.statuses()[-1].startswith("serving: "))
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+
+
+async def systemctl(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, args
+    return out.decode()
+
+
+@pytest.mark.skipif(
+    not Path("/run/systemd/system").is_dir() or shutil.which("systemd-run") is None,
+    reason="systemd is not the init system here (a container): no transient units to run",
+)
+async def test_a_transient_unit_is_restarted_by_the_watchdog(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The real systemd: needs it as PID 1 (sd_booted(3)); containers, CI's included, have not."""
+    conf = tmp_path / "lane.toml"
+    conf.write_text(
+        f'[lane]\nid = "p1/wd{uuid.uuid4().hex[:6]}"\ndata_dir = "{tmp_path / "data"}"\n'
+        f"[broker]\nport = {mosquitto.port}\n"
+        f'[camera]\nsource = "{tmp_path / "frames"}/"\n'
+    )
+    (tmp_path / "frames").mkdir()
+    unit = f"lane-watchdog-test-{uuid.uuid4().hex[:8]}"
+    properties = ["Type=notify", "NotifyAccess=main", "WatchdogSec=2", "TimeoutAbortSec=2"]
+    properties += ["Restart=on-failure", "RestartSec=1", f"WorkingDirectory={tmp_path}"]
+    run = ["systemd-run", f"--unit={unit}", *(f"--property={p}" for p in properties)]
+    await systemctl(*run, sys.executable, "-m", "lane", "run", "--config", str(conf))
+
+    async def unit_is(**wanted: str) -> bool:
+        props = (f"--property={k}" for k in wanted)
+        shown = await systemctl("systemctl", "show", unit, *props)
+        return dict(ln.split("=", 1) for ln in shown.split()) == wanted
+
+    try:
+        await eventually(lambda: unit_is(ActiveState="active"), within=60, every=0.2)  # READY=1
+        # Stopped, the process pings no more: the watchdog aborts it and systemd restarts it.
+        await systemctl("systemctl", "kill", "--signal=SIGSTOP", unit)
+        await eventually(lambda: unit_is(ActiveState="active", NRestarts="1"), within=60, every=0.2)
+    finally:
+        with contextlib.suppress(AssertionError):
+            await systemctl("systemctl", "stop", unit)
