@@ -209,6 +209,29 @@ async def test_a_missing_socket_is_logged_once_and_never_stops_the_lane(
     assert events.count("systemd notifications sent again") == 1
 
 
+async def test_a_status_that_fails_is_logged_and_the_pings_go_on(
+    notify_socket: NotifySocket, caplog: pytest.LogCaptureFixture
+) -> None:
+    systemd = SystemdNotifier(notify_socket.env(watchdog_usec=40_000))
+
+    def broken() -> str:
+        raise RuntimeError("no readiness yet")
+
+    systemd.status = broken
+    task = asyncio.create_task(systemd.run())
+    try:
+        await eventually(lambda: notify_socket.count("WATCHDOG=1") >= 3)
+        assert "systemd status not computed" in caplog.text and not task.done()
+        systemd.stopping()
+        systemd.status = lambda: "serving: ready"  # a start-up step that comes too late
+        await a_ping(notify_socket)
+        assert notify_socket.statuses() == ["stopping"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        systemd.close()
+
+
 async def test_the_pings_come_from_the_event_loop_and_stop_while_it_is_blocked(
     notify_socket: NotifySocket,
 ) -> None:
