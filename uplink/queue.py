@@ -302,6 +302,10 @@ class RecordQueue:
         self._db.execute("PRAGMA synchronous=FULL")
         for name, value in extra.items():
             self._db.execute(f"PRAGMA {name}={value}")
+        # The level every commit but `served`'s runs at (FULL, unless `sqlite_pragmas` set
+        # another), which `served` puts back after its own.
+        level = int(self._db.execute("PRAGMA synchronous").fetchone()[0])
+        self._synchronous = ("OFF", "NORMAL", "FULL", "EXTRA")[level]
 
     def _check_owner(self) -> None:
         try:
@@ -328,9 +332,9 @@ class RecordQueue:
                 try:  # a closed connection raises even on this check
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
-                    # A call that relaxed it for its own commit (`served`) and failed: no other
-                    # commit runs at anything but FULL (the level cannot change in a transaction).
-                    self._db.execute("PRAGMA synchronous=FULL")
+                    # A call that relaxed it for its own commit (`served`) and failed: every
+                    # other commit runs at the configured level (fixed within a transaction).
+                    self._db.execute(f"PRAGMA synchronous={self._synchronous}")
                 except sqlite3.Error:
                     log.exception("queue rollback failed", extra={"path": str(self.path)})
                 raise _classify(self.path, exc) from exc
@@ -441,7 +445,7 @@ class RecordQueue:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM owed WHERE record_id=?", (record_id,))
             db.execute("COMMIT")
-            db.execute("PRAGMA synchronous=FULL")  # before the lock goes: every other commit
+            db.execute(f"PRAGMA synchronous={self._synchronous}")  # before the lock goes
 
     def batch(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to `limit` stored records with seq > after_seq, in seq order, as stored bytes."""

@@ -181,3 +181,13 @@ def test_a_served_delete_that_fails_leaves_every_other_commit_fsynced(tmp_path: 
         assert synchronous(q) == 2  # FULL, for the next paid record
         q.served(record.record_id)
         assert q.owed() == []
+
+
+def test_a_served_delete_puts_back_the_level_the_queue_was_opened_with(tmp_path: Path) -> None:
+    # `sqlite_pragmas` may set another level (the benchmark's backlog runs at OFF): after the
+    # delete's own NORMAL commit it is that level again, not FULL.
+    with RecordQueue(
+        tmp_path / "q.sqlite3", LANE, 10**8, sqlite_pragmas={"synchronous": "OFF"}
+    ) as q:
+        q.served(q.append(paid(), owes=CODE).record_id)
+        assert synchronous(q) == 0  # OFF
