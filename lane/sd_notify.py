@@ -91,9 +91,10 @@ class SystemdNotifier:
         elif self._name:
             log.warning("systemd notify socket not usable", extra={"socket": self._name})
 
-    def send(self, *lines: str) -> None:
+    def send(self, *lines: str) -> bool:
+        """One datagram of `lines`; False when it was not sent."""
         if self._sock is None or self.address is None:
-            return
+            return False
         try:
             self._sock.sendto("\n".join(lines).encode(), self.address)
         except OSError as exc:
@@ -101,29 +102,35 @@ class SystemdNotifier:
                 self._failing = True
                 extra = {"socket": self._name, "error": str(exc)}
                 log.warning("systemd notification not sent", extra=extra)
-            return
+            return False
         if self._failing:
             self._failing = False
             log.info("systemd notifications sent again", extra={"socket": self._name})
+        return True
+
+    def _send_status(self, *lines: str) -> None:
+        """`lines` and the STATUS= line when the status changed; a status that was not sent is
+        said again with the next datagram (else `systemctl status` would keep the old one)."""
+        text = self._new_status()
+        status = [] if text is None else [f"STATUS={text}"]
+        if (lines or status) and self.send(*lines, *status) and text is not None:
+            self._said = text
 
     def ready(self) -> None:
-        self.send("READY=1", *self._status_line())
+        self._send_status("READY=1")
 
     def stopping(self) -> None:
         self._stopping = True  # whatever the start-up still sets `status` to
-        self.send("STOPPING=1", *self._status_line())
+        self._send_status("STOPPING=1")
 
-    def _status_line(self) -> list[str]:
-        """STATUS= when the status changed since it was last said, else nothing."""
+    def _new_status(self) -> str | None:
+        """The status when it changed since it was last sent, else None."""
         try:
             text = "stopping" if self._stopping else self.status()
         except Exception:  # a wrong status must not end the pings: the lane would be killed
             log.exception("systemd status not computed")
-            return []
-        if text == self._said:
-            return []
-        self._said = text
-        return [f"STATUS={text}"]
+            return None
+        return None if text == self._said else text
 
     async def run(self) -> None:
         """Ping the watchdog (when systemd set one) and say the status when it changes, from
@@ -131,10 +138,7 @@ class SystemdNotifier:
         if self._sock is None:
             return
         while True:
-            lines = [] if self.period is None else ["WATCHDOG=1"]
-            lines += self._status_line()
-            if lines:
-                self.send(*lines)
+            self._send_status(*([] if self.period is None else ["WATCHDOG=1"]))
             await asyncio.sleep(STATUS_EVERY_S if self.period is None else self.period)
 
     def close(self) -> None:

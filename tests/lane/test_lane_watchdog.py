@@ -209,6 +209,24 @@ async def test_a_missing_socket_is_logged_once_and_never_stops_the_lane(
     assert events.count("systemd notifications sent again") == 1
 
 
+async def test_a_status_not_sent_is_said_once_systemd_listens_again() -> None:
+    name = f"@lane-test-{uuid.uuid4().hex}"  # nobody listens there yet
+    systemd = SystemdNotifier({"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "40000"})
+    systemd.status = lambda: "serving: ready"
+    systemd.ready()  # lost, status and all
+    listening = NotifySocket(name)
+    task = asyncio.create_task(systemd.run())
+    try:
+        await eventually(lambda: listening.statuses() == ["serving: ready"])
+        await a_ping(listening)
+        assert listening.statuses() == ["serving: ready"]  # said once, not with every ping
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        systemd.close()
+        listening.close()
+
+
 async def test_a_status_that_fails_is_logged_and_the_pings_go_on(
     notify_socket: NotifySocket, caplog: pytest.LogCaptureFixture
 ) -> None:
