@@ -258,8 +258,8 @@ def _may_test(state: LaneState) -> bool:
 
 def _empty(state: LaneState) -> bool:
     """The lane may move the boom for nobody: nobody it knows of at the pay point or under the
-    boom, no command, a working device, and no attendant closure (someone may be working on
-    the boom)."""
+    boom, no command, and no attendant closure (someone may be working on the boom). The
+    device's state is the caller's to judge (a self-test wants the boom reported down)."""
     return (
         state.vehicle is None
         and state.passage is None
