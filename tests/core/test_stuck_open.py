@@ -12,7 +12,7 @@ from core_kit import LaneDriver, of_type, one, rules
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from test_recovery import world_answers
-from test_stuck_closed import stuck_world
+from test_stuck_closed import CLEAR, stuck_world
 
 from barrier.messages import MAX_TEXT
 from lane.core import events as ev
@@ -29,7 +29,6 @@ from lane.core.actions import (
 from lane.core.names import Alarm
 from lane.core.state import Phase
 
-CLEAR = (("entry_loop", False), ("exit_loop", False), ("safety_loop", False))
 CLOSE_AGAIN = "close again: boom stuck open"
 STUCK = Alarm.BARRIER_STUCK_OPEN
 
