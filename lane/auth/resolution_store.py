@@ -345,6 +345,23 @@ class ResolutionStore:
                 (detail, now_ms, now_ms, payment_id),
             )
 
+    def refund_made_by_hand(self, payment_id: str, now_ms: int) -> PaymentRow:
+        """An operator made a refund the network ended unpaid (outside the lane): owed no
+        more. Refused for any other (one still in the network's hands could be paid twice)."""
+        with self._tx():
+            row = self._get(payment_id)
+            if row is None:
+                raise UnknownPayment(f"no payment {payment_id} in {self.path}")
+            if not (row.refund_owed and row.refund_failed):
+                raise StoreError(f"payment {payment_id}: no refund ended unpaid is owed")
+            self._db.execute(
+                "UPDATE payments SET refunded_ms = ?, updated_ms = ? WHERE payment_id = ?",
+                (now_ms, now_ms, payment_id),
+            )
+            made = self._get(payment_id)
+        assert made is not None
+        return made
+
     def get(self, payment_id: str) -> PaymentRow | None:
         with self._lock:
             return self._get(payment_id)

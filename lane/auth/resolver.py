@@ -204,16 +204,6 @@ class Resolver:
             self._idle.clear()
             self._wake.set()
 
-    async def refund_made_by_hand(self, payment_id: str) -> None:
-        """An operator refunded this payment's refund outside the lane (a refund the network
-        ended unpaid, made on its merchant platform): it is owed no more, and `refund_unpaid`
-        clears with the next round."""
-        await self._db(self._store.refunded, payment_id, self._now_ms())
-        self._refund_checks.pop(payment_id, None)
-        log.warning("refund marked made by hand", extra={"payment_id": payment_id})
-        self._idle.clear()
-        self._wake.set()
-
     def give_up(self, payment_id: str, reason: str = "gave_up") -> None:
         """The lane will not use this payment: resolve it (reverse if charged) unless settled."""
         self._queue.setdefault(payment_id, reason)
@@ -289,7 +279,7 @@ class Resolver:
                 owed = await self._db(self._store.refunds_owed)
                 if not rows and not owed:
                     failures = 0
-                    if self._unpaid_alarm is not None:  # the last was made by hand
+                    if self._unpaid_alarm is not None:  # the last was made by hand (refunds_cli)
                         self._say_unpaid(owed)
                     if not self._queue:
                         self._idle.set()
@@ -297,6 +287,8 @@ class Resolver:
                     continue
                 failed, pending = await self._resolve_all(rows)
                 refund_failed, next_query_s = await self._refund_all(owed)
+                if next_query_s is not None:  # the file is read again meanwhile: an operator's
+                    next_query_s = min(next_query_s, self._backoff.max_s)  # `lane refunds --made`
                 failed |= refund_failed
             except Exception:  # the store failed, or a bug: keep resolving, never die quietly
                 log.exception("payment resolution failed; retrying")

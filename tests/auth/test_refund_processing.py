@@ -19,6 +19,7 @@ from polling import eventually
 from lane.auth.acquirer import Acquirer, RefundRequest
 from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.resolver import Backoff, PaymentRow, ResolutionStore, Resolver, refund_id_for
+from lane.cli import main as lane_cli
 
 KEY = b"lane-secret-for-tests-0123456789"
 FAST = Backoff(0.01, 2.0, 0.05)
@@ -92,11 +93,15 @@ async def test_a_processing_refund_is_asked_about_until_success_and_made_once(
 
 @pytest.mark.parametrize("end", ["ABNORMAL", "CLOSED"])
 async def test_a_refund_ended_unpaid_is_alarmed_not_asked_anew_and_clears_when_made(
-    tmp_path: Path, wechat_gateway: Callable[..., Any], end: str
+    tmp_path: Path, wechat_gateway: Callable[..., Any], end: str, capsys: Any
 ) -> None:
     alarms = Alarms()
+    # The lane's own file, where `lane refunds --config` finds it.
+    config = tmp_path / "lane.toml"
+    config.write_text('[lane]\nid = "p07/l03"\ndata_dir = "data"\n')
+    (tmp_path / "data").mkdir()
     async with wechat_gateway() as (fake, client), resolving(
-        tmp_path / "payments.db", client, alarms
+        tmp_path / "data" / "payments.sqlite3", client, alarms
     ) as resolver:
         fake.refund_ends = end
         payment_id = await paid(resolver, client, fake.ledger.issue_code("w2", "13"))
@@ -112,10 +117,13 @@ async def test_a_refund_ended_unpaid_is_alarmed_not_asked_anew_and_clears_when_m
         assert fake.refund_requests == 1
         number = refund_id_for(payment_id)
         assert "refund_failing" not in alarms
+        # Only a refund ended unpaid can be marked made by hand: not one still processing.
+        assert lane_cli(["refunds", "--config", str(config)]) == 0
+        assert f"{payment_id} wechatpay {number} 150 CNY unpaid ({end})" in capsys.readouterr().out
         if end == "ABNORMAL":  # refunded by hand on the merchant platform: SUCCESS from now
             fake.refund_by_hand(number)
         else:  # CLOSED stays closed: the operator refunded outside the lane and says so
-            await resolver.refund_made_by_hand(payment_id)
+            assert lane_cli(["refunds", "--config", str(config), "--made", payment_id]) == 0
         await eventually(lambda: "refund_unpaid" not in alarms, what="the alarm cleared")
         row = await row_of(resolver, payment_id)
         assert row.refunded_ms is not None and row.refund_failed == end  # the trail stays
@@ -126,7 +134,10 @@ async def test_a_restart_while_a_refund_is_processing_asks_about_it_again(
     tmp_path: Path, wechat_gateway: Callable[..., Any]
 ) -> None:
     alarms = Alarms()
-    store = tmp_path / "payments.db"
+    config = tmp_path / "lane.toml"
+    config.write_text('[lane]\nid = "p07/l03"\ndata_dir = "data"\n')
+    (tmp_path / "data").mkdir()
+    store = tmp_path / "data" / "payments.sqlite3"
     async with wechat_gateway() as (fake, client):
         fake.refund_ends = "SUCCESS"
         # The first run would ask about it in an hour: it stops before.
@@ -135,6 +146,8 @@ async def test_a_restart_while_a_refund_is_processing_asks_about_it_again(
             await first.settle(payment_id, 200)
             await row_when(first, payment_id, lambda r: r.refund_sent_ms is not None, "taken")
         assert fake.refund_queries == 0
+        # Still in WeChat Pay's hands: not the operator's to mark made (it could pay twice).
+        assert lane_cli(["refunds", "--config", str(config), "--made", payment_id]) == 1
         async with resolving(store, client, alarms) as restarted:
             done = await row_when(restarted, payment_id, lambda r: r.refunded_ms is not None, "")
             assert done.refund_minor == 200
