@@ -57,6 +57,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "payment_acquirer": Severity.MAJOR,
         # A partial refund owed to a passenger that the network has not taken yet.
         "refund_failing": Severity.MAJOR,
+        # One the network ended unpaid (WeChat Pay ABNORMAL, CLOSED): an operator's refund.
+        "refund_unpaid": Severity.MAJOR,
         # WeChat Pay answers signed by a platform certificate the lane cannot learn are refused.
         "wechatpay_certificates": Severity.MAJOR,
         "attendant_needed": Severity.MINOR,

@@ -25,6 +25,12 @@ COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
         [],
         "compare the back office's records with Alipay's and WeChat Pay's daily bills",
     ),
+    "refunds": (
+        "lane.auth.refunds_cli",
+        "main",
+        [],
+        "metro refunds owed to passengers; --made one ended unpaid, refunded by hand",
+    ),
     "console": ("lane.console.cli", "main", [], "the operator console for lanes over MQTT"),
     "trips": ("uplink.trips_cli", "main", [], "closed roads: who entered and has not exited"),
 }

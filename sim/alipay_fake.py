@@ -93,6 +93,8 @@ class AlipayFake(AcquirerServer):
         elif method is wire.Method.REFUND:
             await asyncio.sleep(self._faults.latency_s(self._rng))
             body = self._refund_trade(biz)
+        elif method is wire.Method.REFUND_QUERY:
+            body = self._refund_query(biz)
         elif method is wire.Method.BILL_URL:
             date = str(biz.get("bill_date", ""))
             body = {**_ok(), "bill_download_url": f"{self.url}/bills/{date}.zip"}
@@ -169,6 +171,21 @@ class AlipayFake(AcquirerServer):
         assert payment is not None
         return {**_ok(), **_trade(payment, otn), "refund_fee": wire.yuan(payment.refunded),
                 "fund_change": "N" if again else "Y"}  # fmt: skip
+
+    def _refund_query(self, biz: dict[str, Any]) -> dict[str, Any]:
+        """alipay.trade.fastpay.refund.query: 10000 whether or not the refund was made; only a
+        made one carries `refund_status` REFUND_SUCCESS and its amount."""
+        otn, number = str(biz.get("out_trade_no", "")), str(biz.get("out_request_no", ""))
+        payment = self.ledger.get(otn)
+        if payment is None or payment.request is None:
+            return _failure("40004", wire.NOT_EXIST)
+        doc = {**_ok(), "out_trade_no": otn, "trade_no": payment.acquirer_ref,
+               "out_request_no": number}  # fmt: skip
+        made = payment.refunds.get(number)
+        if made is None:
+            return doc
+        return {**doc, "refund_amount": wire.yuan(made), "refund_status": "REFUND_SUCCESS",
+                "total_amount": wire.yuan(payment.request["amount_minor"])}  # fmt: skip
 
     def _order(self, method: wire.Method, otn: str) -> dict[str, Any]:
         if method is wire.Method.CANCEL:

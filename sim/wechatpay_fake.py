@@ -123,12 +123,20 @@ class WeChatPayFake(AcquirerServer):
         self._wall = wall
         self._placed: dict[str, tuple[float, float]] = {}  # otn -> (clock, wall) when placed
         self.early_reversals = 0  # reversals refused for coming too soon (tests look)
+        # How a new refund ends: None, made at once (SUCCESS); "SUCCESS", "ABNORMAL" or
+        # "CLOSED": answered PROCESSING, and so is its first query, then that.
+        self.refund_ends: str | None = None
+        self._refunds: dict[str, dict[str, Any]] = {}  # out_refund_no -> its answer
+        self._refund_ends: dict[str, str] = {}  # out_refund_no -> its end, while PROCESSING
+        self._refunds_queried: set[str] = set()
+        self.refund_queries = 0  # answered refund queries (tests count them)
 
     def _api_routes(self, app: web.Application) -> None:
         app.router.add_post(wire.CODEPAY_PATH, self._codepay)
         app.router.add_get("/v3/pay/transactions/out-trade-no/{otn}", self._query)
         app.router.add_post("/v3/pay/transactions/out-trade-no/{otn}/reverse", self._reverse_order)
         app.router.add_post(wire.REFUND_PATH, self._refund)
+        app.router.add_get(wire.REFUND_PATH + "/{number}", self._refund_query)
         app.router.add_get("/v3/bill/tradebill", self._tradebill)
         app.router.add_get("/v3/billdownload/file", self._bill_file)
         app.router.add_get(certs.CERTIFICATES_PATH, self._certificates)
@@ -284,11 +292,43 @@ class WeChatPayFake(AcquirerServer):
         if refusal is not None:
             code = REFUND_CODES.get(refusal, refusal.upper())
             return self._signed(404 if refusal == "not_found" else 403, _error(code, refusal))
-        return self._signed(200, {"refund_id": "50" + payment_digits(number),
-                                  "out_refund_no": number, "out_trade_no": otn,
-                                  "status": "SUCCESS",
-                                  "amount": {"refund": refund, "total": total,
-                                             "currency": "CNY"}})  # fmt: skip
+        # Taken: the merchant's balance pays it now (the ledger), the payer gets it when it
+        # ends SUCCESS. The same number again is the same refund, as it stands.
+        if number not in self._refunds:
+            end = self.refund_ends
+            self._refunds[number] = {"refund_id": "50" + payment_digits(number),
+                                     "out_refund_no": number, "out_trade_no": otn,
+                                     "status": "SUCCESS" if end is None else "PROCESSING",
+                                     "amount": {"refund": refund, "total": total,
+                                                "currency": "CNY"}}  # fmt: skip
+            if end is not None:
+                self._refund_ends[number] = end
+        return self._signed(200, self._refunds[number])
+
+    async def _refund_query(self, request: web.Request) -> web.Response:
+        if (refused := self._check_auth(request, await request.read())) is not None:
+            return refused
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        number = request.match_info["number"]
+        doc = self._refunds.get(number)
+        if doc is None:
+            return self._signed(404, _error("RESOURCE_NOT_EXISTS", "no such refund"))
+        self.refund_queries += 1
+        if number in self._refund_ends:  # the first query still finds it PROCESSING
+            if number in self._refunds_queried:
+                doc["status"] = self._refund_ends.pop(number)
+            self._refunds_queried.add(number)
+        return self._signed(200, doc)
+
+    def refund_by_hand(self, out_refund_no: str) -> None:
+        """The merchant refunded an ABNORMAL refund through the merchant platform (异常退款):
+        it is SUCCESS from now on."""
+        self._refunds[out_refund_no]["status"] = "SUCCESS"
+
+    def refund_status(self, out_refund_no: str) -> str | None:
+        doc = self._refunds.get(out_refund_no)
+        return None if doc is None else str(doc["status"])
 
     async def _tradebill(self, request: web.Request) -> web.Response:
         if (refused := self._check_auth(request, b"")) is not None:

@@ -78,6 +78,25 @@ class RefundRequest:
             raise ValueError(f"currency must be three capital letters, not {self.currency!r}")
 
 
+class RefundState(StrEnum):
+    """Where a refund stands at its network. MADE: the money went back. PROCESSING: taken,
+    not finished (WeChat Pay's PROCESSING, Alipay's `fund_change` N until its query confirms):
+    asked about again by its number, never asked anew. FAILED: the network ended it without
+    paying (WeChat Pay's ABNORMAL or CLOSED): an operator decides what follows. UNKNOWN: the
+    network has no refund under that number: it may be asked again under the same number."""
+
+    MADE = "MADE"
+    PROCESSING = "PROCESSING"
+    FAILED = "FAILED"
+    UNKNOWN = "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class RefundAnswer:
+    state: RefundState
+    detail: str = ""  # the network's own word for it (`ABNORMAL`, `CLOSED`, `fund_change N`)
+
+
 @dataclass(frozen=True)
 class ReverseRule:
     """When the resolver may reverse a given-up payment, counted from its intent.
@@ -123,10 +142,16 @@ class Acquirer(Protocol):
 
     async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult: ...
 
-    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
-        """Refund part of a settled payment; returns once the network took the refund (made,
-        or accepted to be made). `RefundRefused`: the network said no (the payment is not
+    async def refund(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
+        """Refund part of a settled payment: MADE, PROCESSING (taken, to be asked about with
+        `refund_status`) or FAILED. `RefundRefused`: the network said no (the payment is not
         refundable, the merchant's balance is short ...): asking again may not help."""
+        ...
+
+    async def refund_status(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
+        """Where the refund numbered `request.refund_id` stands (WeChat Pay's `GET
+        /v3/refund/domestic/refunds/{out_refund_no}`, Alipay's
+        `alipay.trade.fastpay.refund.query`)."""
         ...
 
     def reverse_rule(self, payment_id: str) -> ReverseRule: ...
@@ -278,7 +303,8 @@ class AcquirerClient(HttpClient, OneNetwork):
         path = f"/v1/payments/{quote(payment_id, safe='')}/reverse"
         return await self._call("POST", path, {}, payment_id, timeout_s)
 
-    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
+    async def refund(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
+        """Our API makes a refund before it answers: 200 is MADE, never PROCESSING."""
         path = f"/v1/payments/{quote(request.payment_id, safe='')}/refunds"
         body = {"refund_id": request.refund_id, "amount_minor": request.amount_minor,
                 "currency": request.currency}  # fmt: skip
@@ -287,8 +313,15 @@ class AcquirerClient(HttpClient, OneNetwork):
         doc = _decode(answer.body, what, answer.status)
         if answer.status == 409:  # our API's business refusal (not refundable, too much ...)
             raise RefundRefused(str(doc.get("error", "refused")), str(doc.get("detail", "")))
-        if answer.status != 200 or doc.get("refund_id") != request.refund_id:
+        made = doc.get("refund_id") == request.refund_id and doc.get("status") == "SUCCEEDED"
+        if answer.status != 200 or not made:
             raise AcquirerProtocolError(f"{what}: HTTP {answer.status}: {doc}", answer.status)
+        return RefundAnswer(RefundState.MADE)
+
+    async def refund_status(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
+        """Our API has no refund in between (see `refund`): asking again under the same
+        refund id is its query, and refunds once."""
+        return await self.refund(request, timeout_s)
 
     async def _call(
         self,

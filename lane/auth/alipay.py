@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -24,6 +25,7 @@ from lane.auth.acquirer import (
     HttpClient,
     OneNetwork,
     PayRequest,
+    RefundAnswer,
     RefundRequest,
     ReverseRule,
 )
@@ -79,13 +81,24 @@ class AlipayClient(HttpClient, OneNetwork):
         biz = {"out_trade_no": out_trade_no(payment_id)}
         return await self._call(wire.Method.CANCEL, biz, payment_id, timeout_s)
 
-    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
+    async def refund(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
         otn = out_trade_no(request.payment_id)
         biz = wire.refund_biz(otn, request.refund_id, request.amount_minor)
-        body = await self._signed_call(wire.Method.REFUND, biz, timeout_s)
-        if body.get("out_trade_no") not in (None, otn):
-            raise AcquirerProtocolError(f"refund: answer for order {body.get('out_trade_no')!r}")
-        wire.refund_result(body)
+        return wire.refund_result(await self._refund_call(wire.Method.REFUND, biz, timeout_s))
+
+    async def refund_status(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
+        biz = {"out_trade_no": out_trade_no(request.payment_id),
+               "out_request_no": request.refund_id}  # fmt: skip
+        body = await self._refund_call(wire.Method.REFUND_QUERY, biz, timeout_s)
+        return wire.refund_query_result(body, request.refund_id)
+
+    async def _refund_call(
+        self, method: wire.Method, biz: dict[str, Any], timeout_s: float
+    ) -> dict[str, object]:
+        body = await self._signed_call(method, biz, timeout_s)
+        if body.get("out_trade_no") not in (None, biz["out_trade_no"]):
+            raise AcquirerProtocolError(f"{method}: answer for order {body.get('out_trade_no')!r}")
+        return body
 
     async def bill_url(self, bill_date: str, timeout_s: float) -> str:
         """Where the day's trade bill (a zip of CSV) can be downloaded; bill_date YYYY-MM-DD."""
@@ -110,7 +123,7 @@ class AlipayClient(HttpClient, OneNetwork):
         return answer
 
     async def _signed_call(
-        self, method: wire.Method, biz: dict[str, str], timeout_s: float
+        self, method: wire.Method, biz: dict[str, Any], timeout_s: float
     ) -> dict[str, object]:
         params = wire.request_params(self._app_id, method, biz, self._wall())
         params["sign"] = netkeys.sign(self._key, wire.signing_content(params).encode())

@@ -23,7 +23,9 @@ from lane.auth.acquirer import (
     AcquirerProtocolError,
     AcquirerResult,
     PaymentStatus,
+    RefundAnswer,
     RefundRefused,
+    RefundState,
 )
 
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
@@ -36,6 +38,7 @@ class Method(StrEnum):
     QUERY = "alipay.trade.query"
     CANCEL = "alipay.trade.cancel"
     REFUND = "alipay.trade.refund"
+    REFUND_QUERY = "alipay.trade.fastpay.refund.query"
     BILL_URL = "alipay.data.dataservice.bill.downloadurl.query"
 
     @property
@@ -227,11 +230,32 @@ def refund_biz(out_trade_no: str, out_request_no: str, amount_minor: int) -> dic
     }
 
 
-def refund_result(body: Mapping[str, Any]) -> None:
-    """A verified answer to alipay.trade.refund: 10000 is the refund made (`fund_change` Y) or
-    already made under that number (N); a business failure is Alipay's no, with its sub_code
-    (`ACQ.SELLER_BALANCE_NOT_ENOUGH`, `ACQ.TRADE_STATUS_ERROR` ...); 20000 is unknown: asked
-    again under the same number."""
+def refund_result(body: Mapping[str, Any]) -> RefundAnswer:
+    """A verified answer to alipay.trade.refund: 10000 with `fund_change` Y is the refund made
+    now; with N no money moved in this call (made before under that number, or not at all):
+    PROCESSING until `refund_query_result` says which. A business failure is Alipay's no, with
+    its sub_code (`ACQ.SELLER_BALANCE_NOT_ENOUGH`, `ACQ.TRADE_STATUS_ERROR` ...); 20000 is
+    unknown: asked again under the same number."""
+    _refund_code(body)
+    if body.get("fund_change") == "Y":
+        return RefundAnswer(RefundState.MADE, "fund_change Y")
+    return RefundAnswer(RefundState.PROCESSING, f"fund_change {body.get('fund_change')}")
+
+
+def refund_query_result(body: Mapping[str, Any], out_request_no: str) -> RefundAnswer:
+    """A verified answer to alipay.trade.fastpay.refund.query: 10000 is only the query done;
+    `refund_status` REFUND_SUCCESS is the refund made, none is a refund not received or not
+    made, which Alipay says to ask again under the same number (UNKNOWN)."""
+    _refund_code(body)
+    if body.get("out_request_no") not in (None, out_request_no):
+        raise AcquirerProtocolError(f"refund query: answer for {body.get('out_request_no')!r}")
+    if body.get("refund_status") == "REFUND_SUCCESS":
+        return RefundAnswer(RefundState.MADE, "REFUND_SUCCESS")
+    return RefundAnswer(RefundState.UNKNOWN, str(body.get("refund_status") or "no refund_status"))
+
+
+def _refund_code(body: Mapping[str, Any]) -> None:
+    """Raise what a refund call's answer other than 10000 means."""
     code, sub = str(body.get("code", "")), str(body.get("sub_code", ""))
     if code == Code.SUCCESS:
         return

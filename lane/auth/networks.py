@@ -42,6 +42,7 @@ from lane.auth.acquirer import (
     OneNetwork,
     PaymentStatus,
     PayRequest,
+    RefundAnswer,
     RefundRefused,
     RefundRequest,
     ReverseRule,
@@ -97,7 +98,10 @@ class NoAcquirer(OneNetwork):
     async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
         raise AcquirerUnavailable(self.reason)
 
-    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
+    async def refund(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
+        raise AcquirerUnavailable(self.reason)
+
+    async def refund_status(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
         raise AcquirerUnavailable(self.reason)
 
 
@@ -183,16 +187,24 @@ class NetworkRouter:
             network = found[0]
         return await network.reverse(payment_id, timeout_s)
 
-    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
+    async def refund(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
         """Only a settled payment is refunded, and the resolver hands its recorded network back
         first (`remember`); one it cannot place is looked for like a query."""
-        network = self._known(request.payment_id)
+        network = await self._refunder(request.payment_id, timeout_s)
+        return await network.refund(request, timeout_s)
+
+    async def refund_status(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
+        network = await self._refunder(request.payment_id, timeout_s)
+        return await network.refund_status(request, timeout_s)
+
+    async def _refunder(self, payment_id: str, timeout_s: float) -> Acquirer:
+        network = self._known(payment_id)
         if network is None:
-            found = await self._find(request.payment_id, timeout_s)
+            found = await self._find(payment_id, timeout_s)
             if found is None:
                 raise RefundRefused("trade_not_exist", "no network knows this payment")
             network = found[0]
-        await network.refund(request, timeout_s)
+        return network
 
     def _known(self, payment_id: str) -> Acquirer | None:
         name = self._where.get(payment_id)
@@ -253,8 +265,11 @@ class WatchedAcquirer:
     async def reverse(self, payment_id: str, timeout_s: float) -> AcquirerResult:
         return await self._watch(self._inner.reverse(payment_id, timeout_s))
 
-    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
-        await self._watch(self._inner.refund(request, timeout_s))
+    async def refund(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
+        return await self._watch(self._inner.refund(request, timeout_s))
+
+    async def refund_status(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
+        return await self._watch(self._inner.refund_status(request, timeout_s))
 
     async def _watch(self, call: Coroutine[Any, Any, T]) -> T:
         try:

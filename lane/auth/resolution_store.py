@@ -11,7 +11,9 @@ allowed moves between them live in `TRANSITIONS`; an illegal move raises and cha
 A settled payment may owe part of it back (`refund_minor`, schema v3: a metro exit charged the
 maximum fare, then priced by the passenger's tap-in): written on the charged payment before
 its record (`owe_refund`) and with `settled`, due from the settle until the network takes the
-refund (`refunded_ms`); the resolver retries it until then, and `prune` keeps the row.
+refund (`refunded_ms`); the resolver retries it until then, and `prune` keeps the row. Schema v4:
+a refund the network took without finishing it is `refund_sent_ms` (asked about by its number
+until it ends), one it ended unpaid is `refund_failed` (its word: an operator's case).
 
 Each payment carries the network that was asked to take it, written with the intent (the same
 transaction), so the lane never has a payment in doubt without knowing whom to ask about it.
@@ -105,7 +107,20 @@ def _add_refund_v3(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_network_v2, _add_refund_v3)
+def _add_refund_progress_v4(conn: sqlite3.Connection) -> None:
+    # A refund the network took without finishing it (WeChat Pay's PROCESSING, Alipay's
+    # fund_change N) is asked about by its number, not asked anew; one it ended unpaid
+    # (ABNORMAL, CLOSED) waits for an operator. Rows already there: neither.
+    conn.execute("ALTER TABLE payments ADD COLUMN refund_sent_ms INTEGER")
+    conn.execute("ALTER TABLE payments ADD COLUMN refund_failed TEXT")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _create_v1,
+    _add_network_v2,
+    _add_refund_v3,
+    _add_refund_progress_v4,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 NETWORKS: tuple[Network, ...] = get_args(Network)
 
@@ -142,7 +157,9 @@ class PaymentRow:
     updated_ms: int
     network: Network | None  # None: written before the lane recorded it (schema v1)
     refund_minor: int = 0  # owed back to the payer once settled (a partial refund)
-    refunded_ms: int | None = None  # when the network took that refund; None: still owed
+    refunded_ms: int | None = None  # when the network made that refund; None: still owed
+    refund_sent_ms: int | None = None  # the network took it, not finished: ask about it
+    refund_failed: str | None = None  # the network ended it unpaid (ABNORMAL ...): an operator's
 
     @property
     def refund_owed(self) -> bool:
@@ -151,6 +168,11 @@ class PaymentRow:
             and self.refund_minor > 0
             and (self.refunded_ms is None)
         )
+
+    @property
+    def refund_processing(self) -> bool:
+        """Owed, taken by the network, not ended yet: asked about, never asked anew."""
+        return self.refund_owed and self.refund_sent_ms is not None and not self.refund_failed
 
 
 class ResolutionStore:
@@ -284,13 +306,61 @@ class ResolutionStore:
             return [_row(r) for r in cur.fetchall()]
 
     def refunded(self, payment_id: str, now_ms: int) -> None:
-        """The network took the refund owed on this payment."""
+        """The network made the refund owed on this payment (`refund_failed`, if the network
+        had ended it unpaid before, stays as its trail)."""
         with self._tx():
             self._db.execute(
                 "UPDATE payments SET refunded_ms = ?, updated_ms = ?"
                 " WHERE payment_id = ? AND refunded_ms IS NULL",
                 (now_ms, now_ms, payment_id),
             )
+
+    def refund_sent(self, payment_id: str, now_ms: int) -> None:
+        """The network took the refund without finishing it: from now on it is asked about by
+        its number, over restarts too."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE payments SET refund_sent_ms = COALESCE(refund_sent_ms, ?), updated_ms = ?"
+                " WHERE payment_id = ? AND refunded_ms IS NULL",
+                (now_ms, now_ms, payment_id),
+            )
+
+    def refund_unsent(self, payment_id: str, now_ms: int) -> None:
+        """The network has no refund under its number after all: ask it again (same number)."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE payments SET refund_sent_ms = NULL, updated_ms = ?"
+                " WHERE payment_id = ? AND refunded_ms IS NULL",
+                (now_ms, payment_id),
+            )
+
+    def refund_ended_unpaid(self, payment_id: str, detail: str, now_ms: int) -> None:
+        """The network ended the refund without paying it (WeChat Pay's ABNORMAL, CLOSED): it
+        stays owed, never asked anew under another number without an operator."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE payments SET refund_failed = ?, updated_ms = ?,"
+                " refund_sent_ms = COALESCE(refund_sent_ms, ?)"
+                " WHERE payment_id = ? AND refunded_ms IS NULL",
+                (detail, now_ms, now_ms, payment_id),
+            )
+
+    def refund_made_by_hand(self, payment_id: str, now_ms: int) -> PaymentRow:
+        """An operator made a refund the network ended unpaid (outside the lane): owed no
+        more. Refused for any other (one still in the network's hands could be paid twice)."""
+        with self._tx():
+            row = self._get(payment_id)
+            if row is None:
+                raise UnknownPayment(f"no payment {payment_id} in {self.path}")
+            if not (row.refund_owed and row.refund_failed):
+                raise StoreError(f"payment {payment_id}: no refund ended unpaid is owed")
+            self._db.execute(
+                "UPDATE payments SET refunded_ms = ?, updated_ms = ? WHERE payment_id = ?",
+                (now_ms, now_ms, payment_id),
+            )
+            made = self._get(payment_id)
+        assert made is not None
+        return made
 
     def get(self, payment_id: str) -> PaymentRow | None:
         with self._lock:
@@ -342,6 +412,8 @@ def _row(r: sqlite3.Row) -> PaymentRow:
         network=_network(r["network"]),
         refund_minor=r["refund_minor"],
         refunded_ms=r["refunded_ms"],
+        refund_sent_ms=r["refund_sent_ms"],
+        refund_failed=r["refund_failed"],
     )
 
 

@@ -38,7 +38,9 @@ from lane.auth.acquirer import (
     AcquirerUnavailable,
     AlarmSink,
     PaymentStatus,
+    RefundAnswer,
     RefundRequest,
+    RefundState,
 )
 from lane.auth.network_config import Network
 from lane.auth.resolution_store import (
@@ -66,6 +68,14 @@ __all__ = [
 log = logging.getLogger("lane.auth.resolver")
 T = TypeVar("T")
 REFUND_ALARM = "refund_failing"
+REFUND_UNPAID_ALARM = "refund_unpaid"
+# What the operator does about a refund the network ended unpaid, by the network's word.
+UNPAID_ACTION = {
+    "ABNORMAL": "the payer's account refused it: refund by hand on the WeChat Pay merchant"
+    " platform (交易中心) or to another account (异常退款)",
+    "CLOSED": "closed unpaid (the merchant balance was short for 7 days): fund it and refund"
+    " by hand on the merchant platform",
+}
 
 
 def refund_id_for(payment_id: str) -> str:
@@ -106,6 +116,7 @@ class Resolver:
         pending_grace_s: float = 30.0,
         is_recorded: Callable[[str], Awaitable[bool]] | None = None,
         alarm: AlarmSink | None = None,
+        refund_query: Backoff = Backoff(60.0, 2.0, 1800.0),
     ) -> None:
         self._store = store
         self._client = client
@@ -117,6 +128,13 @@ class Resolver:
         self._alarm = alarm
         self._refund_alarm: str | None = None  # the text raised, None: no refund failing
         self._refund_said = False
+        self._unpaid_alarm: str | None = None
+        self._unpaid_said = False
+        # A refund the network is still processing (or ended unpaid) is asked about on this
+        # back-off (WeChat Pay: a minute after, then less and less often): payment_id ->
+        # (queries so far, when the next is due). Memory only: a restart asks at once.
+        self._refund_query = refund_query
+        self._refund_checks: dict[str, tuple[int, float]] = {}
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolution-store")
         self._queue: dict[str, str] = {}  # payment_id -> why the lane gave up
         self._mine: set[str] = set()  # begun by this run: never "recovered"
@@ -261,21 +279,31 @@ class Resolver:
                 owed = await self._db(self._store.refunds_owed)
                 if not rows and not owed:
                     failures = 0
+                    if self._unpaid_alarm is not None:  # the last was made by hand (refunds_cli)
+                        self._say_unpaid(owed)
                     if not self._queue:
                         self._idle.set()
                     await self._wake.wait()
                     continue
                 failed, pending = await self._resolve_all(rows)
-                failed |= await self._refund_all(owed)
+                refund_failed, next_query_s = await self._refund_all(owed)
+                if next_query_s is not None:  # the file is read again meanwhile: an operator's
+                    next_query_s = min(next_query_s, self._backoff.max_s)  # `lane refunds --made`
+                failed |= refund_failed
             except Exception:  # the store failed, or a bug: keep resolving, never die quietly
                 log.exception("payment resolution failed; retrying")
-                failed, pending = True, False
+                failed, pending, next_query_s = True, False, None
             failures = failures + 1 if failed else 0
             if failed:
                 await asyncio.sleep(self._backoff.delay(failures))
-            elif pending:  # someone is still deciding: look again soon, or when woken
+                continue
+            # Someone is still deciding: look again soon; a refund in progress: when its next
+            # query is due; either way at once when woken.
+            waits = [self._backoff.initial_s] if pending else []
+            waits += [] if next_query_s is None else [next_query_s]
+            if waits:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._backoff.initial_s):
+                    async with asyncio.timeout(min(waits)):
                         await self._wake.wait()
 
     # -- inside the worker -----------------------------------------------------------------
@@ -311,36 +339,80 @@ class Resolver:
                     break  # the acquirer is down: no use trying the rest now
         return failed, pending
 
-    async def _refund_all(self, rows: list[PaymentRow]) -> bool:
-        """Ask each owed refund once; True when one failed (the alarm then says which)."""
-        failing: list[tuple[PaymentRow, AcquirerError]] = []
+    async def _refund_all(self, rows: list[PaymentRow]) -> tuple[bool, float | None]:
+        """Ask each owed refund once, or about it when the network has it in hand and its query
+        is due; returns (one failed: the alarm says which, seconds to the next query due)."""
+        failing: list[tuple[PaymentRow, str]] = []
+        now = self._clock()
+        due: list[float] = []
         for row in rows:
+            check = self._refund_checks.get(row.payment_id)
+            if row.refund_sent_ms is not None and check is not None and now < check[1]:
+                due.append(check[1] - now)
+                continue
             if row.network is not None:
                 self._client.remember(row.payment_id, row.network)
             ask = RefundRequest(row.payment_id, refund_id_for(row.payment_id), row.refund_minor,
                                 row.amount_minor, row.currency)  # fmt: skip
             try:
-                await self._client.refund(ask, self._timeout_s)
+                if row.refund_sent_ms is None:
+                    answer = await self._client.refund(ask, self._timeout_s)
+                else:  # taken under its number before (maybe by a previous run): ask about it
+                    answer = await self._client.refund_status(ask, self._timeout_s)
             except AcquirerError as exc:
-                failing.append((row, exc))
+                failing.append((row, str(exc)))
                 log.warning("refund not made: %s", exc, extra=_x(row))
                 await self._db(self._store.note_attempt, row.payment_id, self._now_ms(), str(exc))
                 if isinstance(exc, AcquirerUnavailable | AcquirerTimeout):
                     break  # the network is down: no use trying the rest now
                 continue
-            await self._db(self._store.refunded, row.payment_id, self._now_ms())
-            self._client.forget(row.payment_id)
-            log.info("refund made", extra={**_x(row), "refund_minor": row.refund_minor})
+            wait_s = await self._refund_answered(row, ask, answer)
+            if answer.state is RefundState.UNKNOWN:
+                failing.append((row, f"no refund {ask.refund_id} at the network: asked again"))
+            if wait_s is not None:
+                due.append(wait_s)
         self._say_refunds(failing)
-        return bool(failing)
+        self._say_unpaid(await self._db(self._store.refunds_owed))
+        return bool(failing), min(due, default=None)
 
-    def _say_refunds(self, failing: list[tuple[PaymentRow, AcquirerError]]) -> None:
+    async def _refund_answered(
+        self, row: PaymentRow, ask: RefundRequest, answer: RefundAnswer
+    ) -> float | None:
+        """Write where the refund stands; seconds until it is asked about again (None: not)."""
+        x = {**_x(row), "refund_minor": row.refund_minor, "refund_id": ask.refund_id,
+             "refund_status": answer.detail}  # fmt: skip
+        now_ms = self._now_ms()
+        if answer.state is RefundState.MADE:
+            await self._db(self._store.refunded, row.payment_id, now_ms)
+            self._refund_checks.pop(row.payment_id, None)
+            self._client.forget(row.payment_id)
+            log.info("refund made", extra=x)
+            return None
+        if answer.state is RefundState.UNKNOWN:  # never taken after all: the same number again
+            self._refund_checks.pop(row.payment_id, None)
+            await self._db(self._store.refund_unsent, row.payment_id, now_ms)
+            log.warning("refund not found at the network: asked again", extra=x)
+            return None
+        if answer.state is RefundState.FAILED and row.refund_failed != answer.detail:
+            await self._db(self._store.refund_ended_unpaid, row.payment_id, answer.detail, now_ms)
+            log.error("refund ended unpaid by the network: an operator's case", extra=x)
+        elif answer.state is RefundState.PROCESSING and row.refund_sent_ms is None:
+            await self._db(self._store.refund_sent, row.payment_id, now_ms)
+            log.info("refund taken, still processing: asked about by its number", extra=x)
+        # Still in the network's hands, or ended unpaid (WeChat Pay's ABNORMAL turns SUCCESS
+        # once the merchant refunds it by hand): asked about again, less and less often.
+        queries = self._refund_checks.get(row.payment_id, (0, 0.0))[0] + 1
+        wait_s = self._refund_query.delay(queries)
+        self._refund_checks[row.payment_id] = (queries, self._clock() + wait_s)
+        return wait_s
+
+    def _say_refunds(self, failing: list[tuple[PaymentRow, str]]) -> None:
         text = None
         if failing:
-            row, exc = failing[0]
+            row, why = failing[0]
             text = (
                 f"{len(failing)} refund(s) owed to passengers not made, retried until taken:"
-                f" {row.refund_minor} {row.currency} of {row.payment_id} ({exc})"
+                f" {row.refund_minor} {row.currency} of {row.payment_id} ({why})"
             )
         # Said once at first (a restarted lane's sink may still show the old run's alarm),
         # then on every change between failing and not.
@@ -348,6 +420,24 @@ class Resolver:
         if changed and self._alarm is not None:
             self._alarm(REFUND_ALARM, text)
         self._refund_alarm, self._refund_said = text, True
+
+    def _say_unpaid(self, owed: list[PaymentRow]) -> None:
+        """`refund_unpaid` while a refund the network ended unpaid is still owed (read from the
+        store, so a restarted lane says it too); cleared once each is made."""
+        unpaid = [r for r in owed if r.refund_failed]
+        text = None
+        if unpaid:
+            row = unpaid[0]
+            word = row.refund_failed or ""
+            text = (
+                f"refund of {row.refund_minor} {row.currency} of {row.payment_id} ended"
+                f" {word} by the network, not asked again:"
+                f" {UNPAID_ACTION.get(word, 'refund it by hand')}"
+                + (f" (+{len(unpaid) - 1} more)" if len(unpaid) > 1 else "")
+            )
+        if (text != self._unpaid_alarm or not self._unpaid_said) and self._alarm is not None:
+            self._alarm(REFUND_UNPAID_ALARM, text)
+        self._unpaid_alarm, self._unpaid_said = text, True
 
     async def _resolve(self, row: PaymentRow) -> bool:
         """One step towards a final state; True when the payment is resolved."""

@@ -32,7 +32,10 @@ from lane.auth.acquirer import (
     HttpClient,
     OneNetwork,
     PayRequest,
+    RefundAnswer,
+    RefundRefused,
     RefundRequest,
+    RefundState,
     ReverseRule,
 )
 from lane.auth.wechatpay_certs import CERTIFICATES_PATH
@@ -97,13 +100,32 @@ class WeChatPayClient(HttpClient, OneNetwork):
         body = {"appid": self._merchant.appid, "mchid": self._merchant.mchid}
         return await self._call(wire.Call.REVERSE, "POST", path, body, payment_id, timeout_s)
 
-    async def refund(self, request: RefundRequest, timeout_s: float) -> None:
-        deadline = self._monotonic() + timeout_s
+    async def refund(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
         body = wire.refund_body(wire.out_trade_no(request.payment_id), request.refund_id,
                                 request.amount_minor, request.total_minor)  # fmt: skip
-        answer = await self.request("POST", wire.REFUND_PATH, body, timeout_s)
-        doc = await self._verified(answer, f"POST {wire.REFUND_PATH}", deadline)
-        wire.refund_result(answer.status, doc, request.refund_id)
+        return await self._refund_call("POST", wire.REFUND_PATH, body, request, timeout_s)
+
+    async def refund_status(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
+        path = wire.refund_path(request.refund_id)
+        try:
+            return await self._refund_call("GET", path, None, request, timeout_s)
+        except RefundRefused as exc:
+            if exc.reason == "resource_not_exists":  # never taken under this number
+                return RefundAnswer(RefundState.UNKNOWN, "RESOURCE_NOT_EXISTS")
+            raise
+
+    async def _refund_call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        request: RefundRequest,
+        timeout_s: float,
+    ) -> RefundAnswer:
+        deadline = self._monotonic() + timeout_s
+        answer = await self.request(method, path, body, timeout_s)
+        doc = await self._verified(answer, f"{method} {path}", deadline)
+        return wire.refund_result(answer.status, doc, request.refund_id)
 
     async def get_signed(self, path: str, timeout_s: float) -> tuple[int, dict[str, Any]]:
         """GET an API path (e.g. the trade bill's download URL) and verify the answer."""

@@ -22,7 +22,9 @@ from lane.auth.acquirer import (
     AcquirerProtocolError,
     AcquirerResult,
     PaymentStatus,
+    RefundAnswer,
     RefundRefused,
+    RefundState,
 )
 
 SCHEME = "WECHATPAY2-SHA256-RSA2048"
@@ -193,19 +195,37 @@ def refund_body(otn: str, out_refund_no: str, refund: int, total: int) -> dict[s
             "amount": {"refund": refund, "total": total, "currency": "CNY"}}  # fmt: skip
 
 
-def refund_result(http_status: int, doc: Mapping[str, Any], out_refund_no: str) -> None:
-    """A verified answer to a refund: 200 with `status` SUCCESS or PROCESSING is taken (WeChat
-    Pay finishes a PROCESSING refund itself; the bill shows it); ABNORMAL or CLOSED, or a 4xx
-    business code (`NOT_ENOUGH`: the merchant's balance, `RESOURCE_NOT_EXISTS` ...), is its no;
+def refund_path(out_refund_no: str) -> str:
+    """查询单笔退款: where a refund stands, by our refund number."""
+    return f"{REFUND_PATH}/{out_refund_no}"
+
+
+# A refund's `status`: SUCCESS paid; PROCESSING not yet (asked about again by its number);
+# ABNORMAL the payer's account refused it (a closed or frozen card: the money waits at WeChat
+# Pay for the merchant's manual refund or 发起异常退款); CLOSED ended unpaid (7 days PROCESSING
+# without the merchant's balance: a new refund number is needed).
+REFUND_STATES = {
+    "SUCCESS": RefundState.MADE,
+    "PROCESSING": RefundState.PROCESSING,
+    "ABNORMAL": RefundState.FAILED,
+    "CLOSED": RefundState.FAILED,
+}
+
+
+def refund_result(http_status: int, doc: Mapping[str, Any], out_refund_no: str) -> RefundAnswer:
+    """A verified answer to a refund or its query: 200 with its `status` (REFUND_STATES); a
+    query of a number WeChat Pay has no refund under (404 RESOURCE_NOT_EXISTS) is UNKNOWN; a 4xx
+    business code (`NOT_ENOUGH`: the merchant's balance, `RESOURCE_NOT_EXISTS` ...) is its no;
     a request error is ours."""
     code = str(doc.get("code", ""))
     if http_status == 200 and not code:
         if doc.get("out_refund_no") != out_refund_no:
             raise AcquirerProtocolError(f"wechatpay refund: answer for {doc.get('out_refund_no')}")
         status = str(doc.get("status", ""))
-        if status in ("SUCCESS", "PROCESSING"):
-            return
-        raise RefundRefused(status.lower() or "no_status")
+        state = REFUND_STATES.get(status)
+        if state is None:
+            raise AcquirerProtocolError(f"wechatpay refund: unknown status {status!r}", 200)
+        return RefundAnswer(state, status)
     # A refund's INVALID_REQUEST is about the order (refunded beyond its total, not paid), not
     # our request: WeChat Pay's no, like NOT_ENOUGH.
     ours = REQUEST_ERRORS - {"INVALID_REQUEST"}

@@ -199,3 +199,38 @@ def test_a_refund_owed_is_written_with_the_settle_and_kept_until_made(tmp_path: 
     assert store.refunds_owed() == []
     assert store.prune(before_ms=10_000) == 1
     store.close()
+
+
+def test_a_refund_in_the_networks_hands_is_kept_over_a_reopen_until_it_ends(
+    tmp_path: Path,
+) -> None:
+    """v4: a refund taken and not finished (PROCESSING), and one ended unpaid (ABNORMAL),
+    stay owed, each as it stands, in the file; a number unknown to the network is owed anew."""
+    path = tmp_path / "resolve.db"
+    store = ResolutionStore(path)
+    for pid in ("pay_1", "pay_2"):
+        begin(store, pid)
+        store.move(pid, S.CHARGED, 1100)
+        store.move(pid, S.SETTLED, 1200, refund_minor=150)
+    store.refund_sent("pay_1", 1300)
+    store.refund_sent("pay_1", 1400)  # asked about again: still sent since the first
+    store.refund_ended_unpaid("pay_2", "ABNORMAL", 1500)
+    store.close()
+
+    store = ResolutionStore(path)
+    first, second = store.refunds_owed()
+    assert (first.refund_sent_ms, first.refund_failed, first.refund_processing) == (
+        1300, None, True
+    )  # fmt: skip
+    assert (second.refund_sent_ms, second.refund_failed, second.refund_processing) == (
+        1500, "ABNORMAL", False
+    )  # fmt: skip
+    assert store.prune(before_ms=10_000) == 0  # neither is made: both stay
+    store.refund_unsent("pay_1", 1600)
+    row = store.get("pay_1")
+    assert row is not None and (row.refund_sent_ms, row.refund_owed) == (None, True)
+    store.refunded("pay_2", 1700)
+    row = store.get("pay_2")
+    assert row is not None and (row.refunded_ms, row.refund_failed) == (1700, "ABNORMAL")
+    assert [r.payment_id for r in store.refunds_owed()] == ["pay_1"]
+    store.close()

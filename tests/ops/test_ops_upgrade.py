@@ -211,12 +211,14 @@ def test_a_v1_payments_file_is_upgraded_in_place_and_keeps_its_payments(tmp_path
     assert user_version(path) == 1 and len(before) == 4
 
     store = ResolutionStore(path)
-    assert user_version(path) == PAYMENTS_VERSION == 3
+    assert user_version(path) == PAYMENTS_VERSION == 4
     assert payment_rows(path) == before  # every column as it was
     rows = store.in_states(set(PaymentState))
     assert [r.state for r in rows] == ["intent", "given_up", "settled", "declined"]
     assert {r.network for r in rows} == {None}  # unknown: each network is asked about them
-    assert {(r.refund_minor, r.refunded_ms) for r in rows} == {(0, None)}  # v3: none owed
+    assert {(r.refund_minor, r.refunded_ms, r.refund_sent_ms, r.refund_failed) for r in rows} == {
+        (0, None, None, None)
+    }  # v3, v4: none owed, none sent
     assert store.refunds_owed() == []
     assert (rows[1].attempts, rows[1].reason) == (2, "acquirer unavailable")
     _, created = store.begin(
