@@ -376,13 +376,16 @@ class ResolutionStore:
             return [_row(r) for r in cur.fetchall()]
 
     def prune(self, before_ms: int) -> int:
-        """Delete final rows last touched before `before_ms`; return how many."""
+        """Delete final rows last touched before `before_ms`, except a settled one whose refund
+        is still owed (processing or ended unpaid too: `refund_owed`); return how many. A
+        payment given up after `owe_refund` keeps its `refund_minor` but was reversed whole:
+        nothing is owed on it, it goes."""
         finals = [s.value for s in FINAL]
         with self._tx():
             cur = self._db.execute(
                 "DELETE FROM payments WHERE updated_ms < ? AND state IN (?, ?, ?)"
-                " AND (refund_minor = 0 OR refunded_ms IS NOT NULL)",  # a refund owed stays
-                (before_ms, *finals),
+                " AND NOT (state = ? AND refund_minor > 0 AND refunded_ms IS NULL)",
+                (before_ms, *finals, S.SETTLED.value),
             )
             return cur.rowcount
 

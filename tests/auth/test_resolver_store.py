@@ -234,3 +234,31 @@ def test_a_refund_in_the_networks_hands_is_kept_over_a_reopen_until_it_ends(
     assert row is not None and (row.refunded_ms, row.refund_failed) == (1700, "ABNORMAL")
     assert [r.payment_id for r in store.refunds_owed()] == ["pay_1"]
     store.close()
+
+
+def test_prune_keeps_a_row_only_while_its_refund_is_owed(tmp_path: Path) -> None:
+    """A payment given up after `owe_refund` is reversed whole: its `refund_minor` stays on
+    the row but nothing is owed, so it is pruned; settled ones whose refund is owed, in the
+    network's hands or ended unpaid stay, and go once it is made."""
+    store = ResolutionStore(tmp_path / "resolve.db")
+    for pid in ("reversed", "owed", "processing", "unpaid"):
+        begin(store, pid)
+        store.move(pid, S.CHARGED, 1100)
+        store.owe_refund(pid, 150, 1150)
+    store.move("reversed", S.GIVEN_UP, 1200, reason="gave_up")
+    store.move("reversed", S.REVERSED, 1300, reason="reversed:succeeded")
+    for pid in ("owed", "processing", "unpaid"):
+        store.move(pid, S.SETTLED, 1200, refund_minor=150)
+    store.refund_sent("processing", 1300)
+    store.refund_ended_unpaid("unpaid", "ABNORMAL", 1300)
+    gone = store.get("reversed")
+    assert gone is not None and (gone.refund_minor, gone.refunded_ms) == (150, None)
+
+    assert store.prune(before_ms=10_000) == 1
+    assert store.get("reversed") is None
+    assert [r.payment_id for r in store.refunds_owed()] == ["owed", "processing", "unpaid"]
+    store.refunded("processing", 2000)
+    store.refund_made_by_hand("unpaid", 2000)
+    assert store.prune(before_ms=10_000) == 2
+    assert [r.payment_id for r in store.refunds_owed()] == ["owed"]
+    store.close()
