@@ -126,10 +126,9 @@ class Resolver:
         self._grace_ms = int(pending_grace_s * 1000)
         self._is_recorded = is_recorded
         self._alarm = alarm
-        self._refund_alarm: str | None = None  # the text raised, None: no refund failing
-        self._refund_said = False
-        self._unpaid_alarm: str | None = None
-        self._unpaid_said = False
+        # The text each refund alarm last said (None: cleared); absent: not said by this run
+        # yet (a restarted lane's sink may still show the old run's alarm).
+        self._said: dict[str, str | None] = {}
         # A refund the network is still processing (or ended unpaid) is asked about on this
         # back-off (WeChat Pay: a minute after, then less and less often): payment_id ->
         # (queries so far, when the next is due). Memory only: a restart asks at once.
@@ -279,7 +278,7 @@ class Resolver:
                 owed = await self._db(self._store.refunds_owed)
                 if not rows and not owed:
                     failures = 0
-                    if self._unpaid_alarm is not None:  # the last was made by hand (refunds_cli)
+                    if self._said.get(REFUND_UNPAID_ALARM):  # the last made by hand (refunds_cli)
                         self._say_unpaid(owed)
                     if not self._queue:
                         self._idle.set()
@@ -414,12 +413,7 @@ class Resolver:
                 f"{len(failing)} refund(s) owed to passengers not made, retried until taken:"
                 f" {row.refund_minor} {row.currency} of {row.payment_id} ({why})"
             )
-        # Said once at first (a restarted lane's sink may still show the old run's alarm),
-        # then on every change between failing and not.
-        changed = (text is None) != (self._refund_alarm is None) or not self._refund_said
-        if changed and self._alarm is not None:
-            self._alarm(REFUND_ALARM, text)
-        self._refund_alarm, self._refund_said = text, True
+        self._say(REFUND_ALARM, text)
 
     def _say_unpaid(self, owed: list[PaymentRow]) -> None:
         """`refund_unpaid` while a refund the network ended unpaid is still owed (read from the
@@ -435,9 +429,14 @@ class Resolver:
                 f" {UNPAID_ACTION.get(word, 'refund it by hand')}"
                 + (f" (+{len(unpaid) - 1} more)" if len(unpaid) > 1 else "")
             )
-        if (text != self._unpaid_alarm or not self._unpaid_said) and self._alarm is not None:
-            self._alarm(REFUND_UNPAID_ALARM, text)
-        self._unpaid_alarm, self._unpaid_said = text, True
+        self._say(REFUND_UNPAID_ALARM, text)
+
+    def _say(self, code: str, text: str | None) -> None:
+        """Raise `code` with `text` (None: clear it) when the text changed, so health and the
+        console show the count and the reason as they are now; and once at first."""
+        if (code not in self._said or self._said[code] != text) and self._alarm is not None:
+            self._alarm(code, text)
+        self._said[code] = text
 
     async def _resolve(self, row: PaymentRow) -> bool:
         """One step towards a final state; True when the payment is resolved."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from polling import eventually
+from test_refund_processing import Alarms, paid, resolving
 
 from lane.auth.acquirer import AcquirerClient, RefundRefused, RefundRequest
 from lane.auth.authoriser import Authoriser, AuthRequest
@@ -77,19 +78,12 @@ async def test_one_wallet_is_one_payer_and_a_partial_refund_is_made_once(
 
 
 async def test_a_refused_refund_is_retried_alarmed_and_survives_a_restart(tmp_path: Path) -> None:
-    alarms: dict[str, str] = {}
-
-    def alarm(code: str, message: str | None) -> None:
-        if message is None:
-            alarms.pop(code, None)
-        else:
-            alarms[code] = message
-
+    alarms = Alarms()
     store = tmp_path / "payments.db"
     async with our_acquirer() as (fake, client):
         fake.update_faults(refund_refused="seller_balance_not_enough")
         first = Resolver(ResolutionStore(store), client, backoff=Backoff(0.01, 2.0, 0.05),
-                         request_timeout_s=0.5, alarm=alarm)  # fmt: skip
+                         request_timeout_s=0.5, alarm=alarms)  # fmt: skip
         await first.start()
         auth = Authoriser("p07/l03", client, first, None, None, time.monotonic, time.time,  # type: ignore[arg-type]
                           account_key=KEY)  # fmt: skip
@@ -108,7 +102,7 @@ async def test_a_refused_refund_is_retried_alarmed_and_survives_a_restart(tmp_pa
 
         fake.update_faults(refund_refused=None)
         restarted = Resolver(ResolutionStore(store), client, backoff=Backoff(0.01, 2.0, 0.05),
-                             request_timeout_s=0.5, alarm=alarm)  # fmt: skip
+                             request_timeout_s=0.5, alarm=alarms)  # fmt: skip
         await restarted.start()
         payment = fake.payment(decision.payment_id)
         assert payment is not None
@@ -155,3 +149,25 @@ async def test_a_refund_owed_before_the_record_is_made_after_a_crash_before_the_
         await eventually(lambda: gone.status == "REVERSED", what="the unrecorded one reversed")
         assert gone.refunded == 0
         await restarted.stop()
+
+
+async def test_the_refund_alarm_says_how_many_as_that_changes(tmp_path: Path) -> None:
+    """A second refund refused while the first still is: the alarm's text (health, console)
+    says 2, not the 1 it said when it was raised."""
+    alarms = Alarms()
+    async with (
+        our_acquirer() as (fake, client),
+        resolving(tmp_path / "payments.db", client, alarms) as resolver,
+    ):
+        fake.update_faults(refund_refused="seller_balance_not_enough")
+        first = await paid(resolver, client, fake.ledger.issue_code("wallet-6"), 800)
+        second = await paid(resolver, client, fake.ledger.issue_code("wallet-7"), 800)
+        await resolver.settle(first, 500)
+        await eventually(lambda: alarms.get("refund_failing", "").startswith("1 refund(s)"),
+                         what="one refund failing")  # fmt: skip
+        await resolver.settle(second, 300)
+        await eventually(lambda: alarms.get("refund_failing", "").startswith("2 refund(s)"),
+                         what="the text says two")  # fmt: skip
+        assert "500 CNY" in alarms["refund_failing"]  # the oldest's
+        fake.update_faults(refund_refused=None)
+        await eventually(lambda: "refund_failing" not in alarms, what="the alarm cleared")
