@@ -370,8 +370,9 @@ class Resolver:
                 failing.append((row, f"no refund {ask.refund_id} at the network: asked again"))
             if wait_s is not None:
                 due.append(wait_s)
-        self._say_refunds(failing)
-        self._say_unpaid(await self._db(self._store.refunds_owed))
+        owed = await self._db(self._store.refunds_owed)
+        self._say_refunds(failing, owed)
+        self._say_unpaid(owed)
         return bool(failing), min(due, default=None)
 
     async def _refund_answered(
@@ -405,12 +406,17 @@ class Resolver:
         self._refund_checks[row.payment_id] = (queries, self._clock() + wait_s)
         return wait_s
 
-    def _say_refunds(self, failing: list[tuple[PaymentRow, str]]) -> None:
+    def _say_refunds(self, failing: list[tuple[PaymentRow, str]], owed: list[PaymentRow]) -> None:
+        """`refund_failing` while a refund asked this pass failed: it counts every refund owed
+        that the network has not taken (read from the store: those a network down kept this
+        pass from asking too), with the first failure's amount and reason."""
         text = None
         if failing:
             row, why = failing[0]
+            count = len({r.payment_id for r, _ in failing}
+                        | {r.payment_id for r in owed if r.refund_sent_ms is None})  # fmt: skip
             text = (
-                f"{len(failing)} refund(s) owed to passengers not made, retried until taken:"
+                f"{count} refund(s) owed to passengers not made, retried until taken:"
                 f" {row.refund_minor} {row.currency} of {row.payment_id} ({why})"
             )
         self._say(REFUND_ALARM, text)

@@ -21,6 +21,7 @@ from lane.auth.acquirer import AcquirerClient, RefundRefused, RefundRequest
 from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.resolver import Backoff, ResolutionStore, Resolver, refund_id_for
 from sim.acquirer import AcquirerServer, running_acquirer
+from sim.acquirer_faults import Outage
 
 KEY = b"lane-secret-for-tests-0123456789"  # as the auth tests' net_lane keys accounts
 PREFIX = {"acquirer": "28", "alipay": "28", "wechatpay": "13"}
@@ -171,3 +172,27 @@ async def test_the_refund_alarm_says_how_many_as_that_changes(tmp_path: Path) ->
         assert "500 CNY" in alarms["refund_failing"]  # the oldest's
         fake.update_faults(refund_refused=None)
         await eventually(lambda: "refund_failing" not in alarms, what="the alarm cleared")
+
+
+async def test_a_network_down_alarm_counts_every_refund_owed_not_the_one_tried(
+    tmp_path: Path,
+) -> None:
+    """The network refusing connections stops a pass at its first refund; the alarm still
+    counts the three owed (from the store), and clears once the network takes them all."""
+    alarms = Alarms()
+    async with (
+        our_acquirer() as (fake, client),
+        resolving(tmp_path / "payments.db", client, alarms) as resolver,
+    ):
+        wallets = ("wallet-8", "wallet-9", "wallet-10")
+        owed = [await paid(resolver, client, fake.ledger.issue_code(w), 800) for w in wallets]
+        fake.update_faults(outages=(Outage("refuse"),))
+        for payment_id in owed:
+            await resolver.settle(payment_id, 500)
+        await eventually(lambda: alarms.get("refund_failing", "").startswith("3 refund(s)"),
+                         what="the alarm counts all three")  # fmt: skip
+        fake.update_faults(outages=())
+        await eventually(lambda: "refund_failing" not in alarms, what="the alarm cleared")
+        for payment_id in owed:
+            payment = fake.payment(payment_id)
+            assert payment is not None and payment.refunded == 500
