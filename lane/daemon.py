@@ -1099,19 +1099,42 @@ def main(argv: list[str]) -> int:
         # a process that is fine. systemd arms the watchdog only at READY, so from here on every
         # wait below (a full disk, the stores opened and upgraded off the loop, a broker down)
         # is under the watchdog instead of TimeoutStartSec, which would kill a lane that waits.
-        pinger = asyncio.create_task(systemd.run(), name="systemd-notify")
+        lane = config.lane.id
+        pinger = asyncio.create_task(
+            _stop_if_failed(systemd.run(), stop, lane), name="systemd-notify"
+        )
         systemd.ready()
-        said_stopping = asyncio.create_task(_say_stopping(stop, systemd), name="systemd-stopping")
+        said_stopping = asyncio.create_task(
+            _stop_if_failed(_say_stopping(stop, systemd), stop, lane), name="systemd-stopping"
+        )
+        tasks = (pinger, said_stopping)
         try:
-            return await _serve(config, stop, systemd)
+            code = await _serve(config, stop, systemd)
         finally:
-            for task in (pinger, said_stopping):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(pinger, said_stopping, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)  # each failure logged already
             systemd.close()
+        failed = any(not t.cancelled() and t.exception() is not None for t in tasks)
+        return 1 if failed else code
 
     code: int = run_with_uvloop(serve)
     return code
+
+
+async def _stop_if_failed(work: Coroutine[Any, Any, None], stop: asyncio.Event, lane: str) -> None:
+    """Run one of `lane run`'s tasks beside the daemon (systemd's pings and words); if it
+    fails, log it with its traceback and stop the lane, which says offline on its way out and
+    exits 1 for systemd to start it again (as a failed task of the daemon ends the lane).
+    Unpinged, the lane would serve on until the watchdog killed it with no word why."""
+    try:
+        await work
+    except Exception:
+        task = asyncio.current_task()
+        name = None if task is None else task.get_name()
+        log.exception("lane task failed, stopping", extra={"lane": lane, "task": name})
+        stop.set()
+        raise
 
 
 async def _say_stopping(stop: asyncio.Event, systemd: SystemdNotifier) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -382,6 +383,38 @@ async def test_a_lane_waiting_for_a_full_disk_is_ready_and_keeps_the_watchdog_fe
             await eventually(lambda: notify_socket.statuses()[-1].startswith("serving: "))
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
+
+
+async def test_a_notifier_task_that_dies_is_logged_and_ends_the_lane(
+    tmp_path: Path, lane_id: str, notify_socket: NotifySocket
+) -> None:
+    """A status no datagram can carry ends the pings: a config in a directory whose name is
+    not UTF-8 (a lone surrogate to Python) puts it in the status of a data directory that
+    cannot be created. The lane logs why, with the traceback, says STOPPING and exits 1 for
+    systemd to start it again, rather than wait unpinged until the watchdog kills it."""
+    odd = tmp_path / os.fsdecode(b"lane-\xff")
+    odd.mkdir()
+    (odd / "blocked").touch()  # a file where the data directory's parent would be
+    conf = odd / "lane.toml"
+    conf.write_text(f'[lane]\nid = "{lane_id}"\ndata_dir = "blocked/data"\n')
+    out = tmp_path / "lane.log"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lane", "run", "--config", str(conf),
+        env={**os.environ, **notify_socket.env(watchdog_usec=400_000)},
+        stdout=out.open("wb"), stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        code = await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 1
+    assert notify_socket.count("STOPPING=1") == 1
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    failed = [line for line in lines if line["event"] == "lane task failed, stopping"]
+    assert len(failed) == 1 and failed[0]["task"] == "systemd-notify", lines
+    assert "UnicodeEncodeError" in failed[0]["exc"]
 
 
 async def systemctl(*args: str) -> str:
