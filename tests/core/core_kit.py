@@ -349,6 +349,9 @@ class SafetyMonitor:
             # Rule 3: never command a close over an occupied safety loop or light curtain.
             occupied = [s for s, on in self.sensors.items() if on]
             assert not occupied, f"close while {occupied} occupied: {action}"
+            # Nor in front of the vehicle the boom is up for: a close waits until it is through.
+            passage = after.passage
+            assert passage is None or passage.left, f"close before {passage} is through: {action}"
 
     def _check_deadline(
         self, before: LaneState, event: ev.Event, now: float, after: LaneState
