@@ -766,13 +766,13 @@ def heal(driver: LaneDriver, rounds: int = 12) -> None:
         if phase(state) is Phase.IDLE and not state.carried:
             break
         cmd, vehicle, passage = state.command, state.vehicle, state.passage
-        if cmd is not None and not cmd.acked:
+        if passage is not None and passage.opened_at is not None and not passage.left:
+            driver.cross()  # first: a held close (a carried no_ack's test close) waits for it
+        elif cmd is not None and not cmd.acked:
             if cmd.ack_deadline is None:
                 driver.tick(1.0)  # a refused close waits for its retry time
             else:
                 feed(ev.BarrierAcked(cmd.cmd_id, True, "open" if cmd.op == "open" else "closed"))
-        elif passage is not None and passage.opened_at is not None and not passage.left:
-            driver.cross()
         elif vehicle is not None and isinstance(vehicle.trip, TapOut) and not vehicle.committed:
             feed(metro_answer(vehicle.trip.asked))  # the shell always answers a PriceTrip
         elif vehicle is not None and vehicle.attempt is not None:
