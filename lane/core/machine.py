@@ -566,8 +566,8 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
     cmd = state.command
     if cmd is not None:
         if cmd.ack_deadline is None and not cmd.acked:
-            if cmd.op == Op.CLOSE and state.safety_occupied:
-                return state, actions  # rule 3: never command a close over an occupied loop
+            if cmd.op == Op.CLOSE and recovery.close_waits(state):
+                return state, actions  # rule 3, nor in front of the vehicle the boom is up for
             if cmd.retry_at is not None:
                 return state, actions  # refused a moment ago: wait for the area or the timer
             attempt = cmd.attempt + 1

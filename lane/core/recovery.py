@@ -333,6 +333,14 @@ def _no_ack_test(owner: str) -> Command:
     return Command(f"{owner}{NO_ACK_TEST}", Op.CLOSE, 0, None)
 
 
+def close_waits(state: LaneState) -> bool:
+    """A close is held: rule 3 (the safety area is occupied), and never in front of the
+    vehicle the boom is up for (a carried barrier_no_ack's test close, held under a boom found
+    up for a payer: lane.core.carried), however the close is sent (a drive, a probe)."""
+    passage = state.passage
+    return state.safety_occupied or (passage is not None and not passage.left)
+
+
 def held_test_close(cmd: Command | None) -> bool:
     """`cmd` is a `barrier_no_ack` test close not on its way to the device: it moved nothing
     and moves nothing before the probe sends it. One sent and not answered yet may still
@@ -499,10 +507,7 @@ def _probe(state: LaneState, now: float) -> Result:
         return state, []
     if not (state.faults & BLOCKING_FAULTS) <= COMMAND_FAULTS or state.barrier in BARRIER_DOWN:
         return state, []
-    passage = state.passage
-    if cmd.op == Op.CLOSE and (state.safety_occupied or (passage is not None and not passage.left)):
-        # Rule 3; and never in front of a vehicle whose passage the boom is up for (a carried
-        # barrier_no_ack's test close under a boom found up for a payer: lane.core.carried).
+    if cmd.op == Op.CLOSE and close_waits(state):
         return state, []
     rules = state.rules
     attempt = min(cmd.attempt + 1, rules.max_cmd_attempts)

@@ -419,6 +419,31 @@ def test_the_test_closes_own_late_ack_is_not_a_boom_found_up() -> None:
     lane.monitor.check_outcomes()
 
 
+def test_a_refused_test_close_sent_again_once_the_refusal_clears_waits_for_the_payer() -> None:
+    """The device refused the test close (barrier_refused, held for a report to clear): the
+    boom found up is the payer's, and the report that clears the refusal does not send the
+    held close in front of it (found by seeded random walks); it goes once the vehicle is
+    through."""
+    lane = LaneDriver(rules(probe_s=5.0))
+    restarted_with(lane, (Alarm.BARRIER_NO_ACK,), paid_first=False)
+    sent: list[str] = []
+    while not sent:
+        sent = closes(lane.tick_at_deadline())
+    lane.feed(ev.BarrierAcked(sent[0], False, "open", "jammed"), 0.05)
+    assert lane.state.faults == {Alarm.BARRIER_REFUSED}
+    actions = lane.report("open")  # clears the refusal
+    assert of_type(actions, PaidCarriedNote) and lane.state.faults == frozenset()
+    assert closes(actions) == [] and lane.phase() is Phase.CLOSING
+    lane.sensor("safety_loop", True)
+    assert closes(lane.sensor("safety_loop", False)) == []  # under it, not through yet
+    lane.sensor("exit_loop", True)
+    actions = lane.sensor("exit_loop", False)
+    assert PassageServed(CARRIED_RECORD) in actions and closes(actions) == [sent[0]]
+    lane.ack(sent[0])
+    assert lane.phase() is Phase.IDLE and of_type(lane.actions, Tailgating) == []
+    lane.monitor.check_outcomes()
+
+
 def test_under_a_carried_no_ack_its_code_is_refused_and_it_is_refunded_at_its_due() -> None:
     """Claimed under a device that drops commands, the vehicle would wait for an open that
     never comes, its payment neither through nor refunded: the code is refused like any, the
