@@ -103,7 +103,7 @@ def adopt(state: LaneState, now: float) -> Result:
     before the restart was a carried vehicle's (the one that paid first, which the open was
     for). Its passage takes what is left of its wait. A carried `barrier_no_ack`'s test close
     held for the probe moved nothing: the boom is still the payer's, and the close waits for
-    the vehicle to be through (recovery._probe) before it goes out for its ack."""
+    the vehicle to be through (recovery.close_waits) before it goes out for its ack."""
     cmd = state.command
     if not state.carried or state.passage is not None:
         return state, []
