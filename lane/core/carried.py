@@ -9,9 +9,11 @@ each owed passage to the core as a `PaidCarried` (oldest first; normally there i
 when the next vehicle had paid under the open barrier), and the lane honours each once:
 
 - the same code shown again (which the authoriser would refuse as a replay): the lane opens
-  for it with its record, no new charge and no new record;
-- the boom found up (a report or a snapshot) with nothing else going on: the open that went
-  out before the crash was this vehicle's, so what passes under it is its passage, not an
+  for it with its record, no new charge and no new record (not under a blocking fault: the
+  lane could not open, so the payment stays owed);
+- the boom found up (a report or a snapshot) with nothing else going on (a carried
+  `barrier_no_ack`'s test close held for the probe moved nothing): the open that went out
+  before the crash was this vehicle's, so what passes under it is its passage, not an
   unpaid one;
 - neither within what is left of `pass_dwell_s` (counted from the record's commit; at least
   `probe_s`): `paid_not_passed`, as when the barrier never opened for it (lane.core.recovery).
@@ -63,8 +65,12 @@ def _claimed(state: LaneState, event: ev.Scanned) -> CarriedPayment | None:
 
 
 def claims(state: LaneState, event: ev.Scanned) -> bool:
-    """The code shown is a carried payment's, at a pay point free to take it."""
-    if not state.carried or _claimed(state, event) is None:
+    """The code shown is a carried payment's, at a pay point free to take it, at a lane that
+    may move its barrier. Under a blocking fault (a device that drops commands, is offline,
+    refuses) the code is refused like any other: claimed, the vehicle would wait for an open
+    that may never come, its payment neither through nor refunded; left owed, it is refunded
+    at its due, or claimed once the fault clears."""
+    if not state.carried or state.blocked or _claimed(state, event) is None:
         return False
     vehicle = state.vehicle
     return vehicle is None or (vehicle.attempt is None and not vehicle.committed)
@@ -93,10 +99,15 @@ def claim(state: LaneState, event: ev.Scanned, now: float) -> Result:
 
 
 def adopt(state: LaneState, now: float) -> Result:
-    """The boom is up with no passage and no command: the open that went out before the
-    restart was a carried vehicle's (the one that paid first, which the open was for). Its
-    passage takes what is left of its wait."""
-    if not state.carried or state.passage is not None or state.command is not None:
+    """The boom is up with no passage and no command of this run's: the open that went out
+    before the restart was a carried vehicle's (the one that paid first, which the open was
+    for). Its passage takes what is left of its wait. A carried `barrier_no_ack`'s test close
+    held for the probe moved nothing: the boom is still the payer's, and the close waits for
+    the vehicle to be through (recovery.close_waits) before it goes out for its ack."""
+    cmd = state.command
+    if not state.carried or state.passage is not None:
+        return state, []
+    if cmd is not None and not recovery.held_test_close(cmd):
         return state, []
     if state.vehicle is not None and state.vehicle.committed:
         return state, []  # that vehicle's own record waits for this barrier

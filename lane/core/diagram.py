@@ -133,6 +133,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.AUTHORISING, "declined", P.DENIED, "declined record; try another code"),
     _t(P.AUTHORISING, "declined", P.IDLE, "fare gate: the passenger is refused"),
     _t(P.AUTHORISING, "approved", P.IDLE, "fare gate: passback, refused and Abandoned"),
+    _t(P.AUTHORISING, "approved", P.DENIED, "fare gate: passback for one seen arriving: tries"),
     _t(P.AUTHORISING, "tick", P.DENIED, "no answer by budget + grace: Abandon"),
     _t(P.AUTHORISING, "tick", P.IDLE, "fare gate: no answer in time, Abandon"),
     _t(P.PERSISTING, "persisted", P.OPENING, "record durable: Settle, OpenBarrier"),

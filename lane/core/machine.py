@@ -292,21 +292,39 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
         # cmd_id is sent again once a barrier state report clears the fault.
         held = replace(cmd, attempt=0, ack_deadline=None)
         return replace(state, command=held), actions + more
-    state = recovery.expect(state, cmd.op, event.state, now)
+    # Acked from here on: a boom up in this ack is the command's doing, not one found up for
+    # a payer carried over a restart (lane.core.carried.adopt).
+    state = replace(
+        recovery.expect(state, cmd.op, event.state, now), command=replace(cmd, acked=True)
+    )
     # The ack says where the command put the barrier (`opening`, `closing`, or already there):
     # a device publishes no separate state for it (docs/barrier.md), so the ack is the report.
     state, more = _position(state, event.state, now, BARRIER_FAULTS)
     actions += more
     if cmd.op == Op.CLOSE:
-        return replace(state, command=None, passage=None), actions
+        passage = state.passage
+        state = replace(state, command=None, passage=None)
+        if passage is not None and not passage.left and not passage.crossings:
+            # Down in front of the vehicle the boom was up for (a carried barrier_no_ack's
+            # test close, given up on before the boom was found up for a payer carried over
+            # the restart, executed late): not let through.
+            state, more = recovery.not_passed(
+                state,
+                passage.vehicle_id,
+                passage.vehicle_class,
+                passage.record_id,
+                manual=passage.manual,
+            )
+            actions += more
+        return state, actions
     passage = state.passage
     if passage is None:
         # A self-test's open (lane.core.recovery): nobody to let through; the position the
         # device reports decides the test.
-        return replace(state, command=replace(cmd, acked=True)), actions
+        return state, actions
     passage = replace(passage, opened_at=now)
     actions.append(_opened(passage, now))
-    return replace(state, command=replace(cmd, acked=True), passage=passage), actions
+    return replace(state, passage=passage), actions
 
 
 def _on_reported(state: LaneState, event: ev.BarrierReported, now: float) -> Result:
@@ -552,8 +570,8 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
     cmd = state.command
     if cmd is not None:
         if cmd.ack_deadline is None and not cmd.acked:
-            if cmd.op == Op.CLOSE and state.safety_occupied:
-                return state, actions  # rule 3: never command a close over an occupied loop
+            if cmd.op == Op.CLOSE and recovery.close_waits(state):
+                return state, actions  # rule 3, nor in front of the vehicle the boom is up for
             if cmd.retry_at is not None:
                 return state, actions  # refused a moment ago: wait for the area or the timer
             attempt = cmd.attempt + 1

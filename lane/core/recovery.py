@@ -399,10 +399,33 @@ def acked(state: LaneState) -> Result:
     return state, actions
 
 
+NO_ACK_TEST = "/noack_test/close"
+
+
 def _no_ack_test(owner: str) -> Command:
     """A close sent for nobody under `barrier_no_ack`: its ack is what clears the fault (an
     answer to a query or a report only says the device is there)."""
-    return Command(f"{owner}/noack_test/close", Op.CLOSE, 0, None)
+    return Command(f"{owner}{NO_ACK_TEST}", Op.CLOSE, 0, None)
+
+
+def close_waits(state: LaneState) -> bool:
+    """A close is held: rule 3 (the safety area is occupied), and never in front of the
+    vehicle the boom is up for (a carried barrier_no_ack's test close, held under a boom found
+    up for a payer: lane.core.carried), however the close is sent (a drive, a probe)."""
+    passage = state.passage
+    return state.safety_occupied or (passage is not None and not passage.left)
+
+
+def held_test_close(cmd: Command | None) -> bool:
+    """`cmd` is a `barrier_no_ack` test close not on its way to the device: it moved nothing
+    and moves nothing before the probe sends it. One sent and not answered yet may still
+    bring the boom down."""
+    return (
+        cmd is not None
+        and cmd.cmd_id.endswith(NO_ACK_TEST)
+        and not cmd.acked
+        and cmd.ack_deadline is None
+    )
 
 
 def _latched(state: LaneState) -> Result:
@@ -559,7 +582,7 @@ def _probe(state: LaneState, now: float) -> Result:
         return state, []
     if not (state.faults & BLOCKING_FAULTS) <= COMMAND_FAULTS or state.barrier in BARRIER_DOWN:
         return state, []
-    if cmd.op == Op.CLOSE and state.safety_occupied:
+    if cmd.op == Op.CLOSE and close_waits(state):
         return state, []
     rules = state.rules
     attempt = min(cmd.attempt + 1, rules.max_cmd_attempts)

@@ -392,6 +392,9 @@ class SafetyMonitor:
             # Rule 3: never command a close over an occupied safety loop or light curtain.
             occupied = [s for s, on in self.sensors.items() if on]
             assert not occupied, f"close while {occupied} occupied: {action}"
+            # Nor in front of the vehicle the boom is up for: a close waits until it is through.
+            passage = after.passage
+            assert passage is None or passage.left, f"close before {passage} is through: {action}"
 
     def _check_deadline(
         self, before: LaneState, event: ev.Event, now: float, after: LaneState
@@ -818,13 +821,13 @@ def heal(driver: LaneDriver, rounds: int = 12) -> None:
         if phase(state) is Phase.IDLE and not state.carried:
             break
         cmd, vehicle, passage = state.command, state.vehicle, state.passage
-        if cmd is not None and not cmd.acked:
+        if passage is not None and passage.opened_at is not None and not passage.left:
+            driver.cross()  # first: a held close (a carried no_ack's test close) waits for it
+        elif cmd is not None and not cmd.acked:
             if cmd.ack_deadline is None:
                 driver.tick(1.0)  # a refused close waits for its retry time
             else:
                 feed(ev.BarrierAcked(cmd.cmd_id, True, "open" if cmd.op == "open" else "closed"))
-        elif passage is not None and passage.opened_at is not None and not passage.left:
-            driver.cross()
         elif vehicle is not None and isinstance(vehicle.trip, TapOut) and not vehicle.committed:
             feed(metro_answer(vehicle.trip.asked))  # the shell always answers a PriceTrip
         elif vehicle is not None and vehicle.attempt is not None:

@@ -49,6 +49,9 @@ def scripted_rare_rows() -> LaneDriver:
     lane.ack()
     lane.scan("HC1:b", "token")
     lane.decide(method="token", account_ref="acct-1")  # authorising -> idle: passback
+    lane.arrive("p3")
+    lane.scan("HC1:c", "token")
+    lane.decide(method="token", account_ref="acct-1")  # authorising -> denied: passback
     return lane
 
 

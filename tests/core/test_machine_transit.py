@@ -131,6 +131,25 @@ def test_anti_passback_within_the_window(after: float, other: bool, refused: boo
         assert one(actions, Persist).draft.auth.result == "approved"
 
 
+def test_passback_for_a_passenger_seen_on_the_entry_loop_is_a_decline_like_any() -> None:
+    """A gate with an entry loop knows the passenger from their arrival, not only from the code:
+    refused as passback (Abandoned, nothing charged), they stay at the gate with their other
+    tries, or the attendant once none is left (authorising --approved--> denied, found by
+    seeded random walks)."""
+    lane = LaneDriver(ENTRY)
+    tap(lane, "HC1:first", "acct-1")
+    gate_passed(lane)
+    lane.arrive("p2")
+    actions = tap(lane, "HC1:second", "acct-1")
+    assert actions[0] == Abandon(lane.last(Authorise).auth_id, "passback")
+    assert one(actions, Persist).draft.auth.result == "declined"
+    assert lane.phase() is Phase.DENIED
+    assert ShowOnDisplay(("Payment refused", "passback", "Try another code (2 left)")) in actions
+    tap(lane, "HC1:third", "acct-2")  # another account's code: let in
+    gate_passed(lane)
+    lane.monitor.check_outcomes()
+
+
 def test_a_tap_in_that_was_never_recorded_does_not_count_for_passback() -> None:
     lane = LaneDriver(ENTRY)
     tap(lane, "HC1:first", "acct-1")

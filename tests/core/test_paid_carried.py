@@ -10,11 +10,21 @@ gets two passages and that every paid vehicle ends through or refunded.
 from __future__ import annotations
 
 import pytest
-from core_kit import CARRIED_RECORD, CARRIED_TEXT, LaneDriver, of_type, one, rules
+from core_kit import (
+    CARRIED_RECORD,
+    CARRIED_TEXT,
+    KEPT_DETAILS,
+    LaneDriver,
+    of_type,
+    one,
+    rules,
+)
 
 from lane.core import events as ev
 from lane.core.actions import (
     Authorise,
+    CloseBarrier,
+    DropLatch,
     OpenBarrier,
     PassageServed,
     Persist,
@@ -23,7 +33,13 @@ from lane.core.actions import (
 )
 from lane.core.machine import next_deadline
 from lane.core.names import Alarm
-from lane.core.notes import CarriedStep, PaidCarriedNote, PaidNotPassed, Tailgating
+from lane.core.notes import (
+    CarriedStep,
+    PaidCarriedNote,
+    PaidNotPassed,
+    ScanRefused,
+    Tailgating,
+)
 from lane.core.state import LaneMode, Phase
 
 CARRIED_VEHICLE = "v0/start1"  # the vehicle id in the run after the restart: fresh commands
@@ -278,4 +294,216 @@ def test_every_approved_record_is_owed_and_a_refund_ends_it() -> None:
     while not refunds:
         refunds = [p for p in of_type(lane.tick_at_deadline(), Persist) if p.ends_owed]
     assert refunds[0].owes is None and refunds[0].ends_owed == passage.record_id
+    lane.monitor.check_outcomes()
+
+
+# --- with a barrier fault kept over the same restart ----------------------------------------
+
+
+def restarted_with(lane: LaneDriver, faults: tuple[Alarm, ...], paid_first: bool) -> str:
+    """The shell hands over the kept faults, then the owed passages (lane.daemon); the core
+    takes them in either order. Returns the carried vehicle's id in this run."""
+    if paid_first:
+        lane.paid_carried()
+    for fault in faults:
+        lane.carried(fault, KEPT_DETAILS[fault])
+    if not paid_first:
+        lane.paid_carried()
+    lane.feed(ev.LinkChanged(up=True))
+    return lane.state.carried[0].vehicle_id
+
+
+def closes(actions: list[object]) -> list[str]:
+    return [a.cmd_id for a in of_type(actions, CloseBarrier)]
+
+
+@pytest.mark.parametrize("paid_first", [False, True], ids=["latch_first", "paid_first"])
+@pytest.mark.parametrize(
+    "faults",
+    [(Alarm.BARRIER_NO_ACK,), (Alarm.BARRIER_STUCK, Alarm.BARRIER_NO_ACK)],
+    ids=["no_ack", "stuck_and_no_ack"],
+)
+def test_with_a_carried_no_ack_the_boom_found_up_is_still_the_payers(
+    faults: tuple[Alarm, ...], paid_first: bool
+) -> None:
+    """The test close a carried barrier_no_ack holds moved nothing: the open that went out
+    before the crash was the payer's, so whoever passes under it is that payment's passage,
+    not an unpaid one, and the test close waits until the vehicle is through (it would come
+    down in front of it) before it goes out; its ack then clears the fault."""
+    lane = LaneDriver(rules(probe_s=5.0))
+    payer = restarted_with(lane, faults, paid_first)
+    test_close = lane.state.command
+    assert test_close is not None and test_close.cmd_id.endswith("/noack_test/close")
+    actions = lane.report("open")
+    assert PaidCarriedNote(payer, CARRIED_RECORD, CarriedStep.UNDER_OPEN_BOOM) in actions
+    assert Alarm.BARRIER_STUCK not in lane.state.faults  # seen open: the boom works
+    assert lane.phase() is Phase.FAULT  # barrier_no_ack holds until an ack
+    while lane.now < 1000.0 + 20.0:  # three probes: the vehicle is not through yet
+        assert closes(lane.tick_at_deadline()) == []
+    actions = lane.cross()
+    assert of_type(actions, Tailgating) == [] and of_type(actions, Persist) == []
+    assert PassageServed(CARRIED_RECORD) in actions
+    sent: list[str] = []
+    while not sent:  # through: the next probe sends the test close
+        sent = closes(lane.tick_at_deadline())
+    assert sent == [test_close.cmd_id]
+    actions = lane.feed(ev.BarrierAcked(test_close.cmd_id, True, "closing"), 0.05)
+    assert DropLatch(Alarm.BARRIER_NO_ACK) in actions
+    lane.report("closed")
+    assert lane.phase() is Phase.IDLE and lane.state.faults == frozenset()
+    assert "unpaid_passage" not in lane.monitor.alarms
+    assert of_type(lane.actions, PaidNotPassed) == []
+    lane.monitor.check_outcomes()
+
+
+def test_a_boom_found_up_while_the_test_close_awaits_its_ack_is_not_taken() -> None:
+    """A test close on its way may bring the boom down in front of the payer: the boom is not
+    taken for its passage then (it would be served without passing). The close acked, the
+    fault clears and the payer's code opens for it."""
+    lane = LaneDriver(rules(probe_s=5.0))
+    payer = restarted_with(lane, (Alarm.BARRIER_NO_ACK,), paid_first=False)
+    sent: list[str] = []
+    while not sent:
+        sent = closes(lane.tick_at_deadline())
+    actions = lane.report("open")  # the device's state, older than the close
+    assert of_type(actions, PaidCarriedNote) == [] and lane.state.passage is None
+    actions = lane.feed(ev.BarrierAcked(sent[0], True, "closing"), 0.05)
+    assert PassageServed(CARRIED_RECORD) not in actions
+    lane.report("closed")
+    assert lane.phase() is Phase.IDLE and lane.state.carried
+    lane.arrive("v7")
+    assert one(lane.scan(CARRIED_TEXT, "token"), OpenBarrier).cmd_id == f"{payer}/open"
+    through(lane)
+    lane.monitor.check_outcomes()
+
+
+def test_a_test_close_given_up_on_and_executed_late_in_front_of_the_payer_refunds_it() -> None:
+    """Found up after the test close went unanswered, the boom is the payer's; if the device
+    did execute that close (its ack comes late), the boom came down in front of the payer: not
+    let through, refunded, never counted as through."""
+    lane = LaneDriver(rules(probe_s=5.0, max_cmd_attempts=1))
+    restarted_with(lane, (Alarm.BARRIER_NO_ACK,), paid_first=False)
+    sent: list[str] = []
+    while not sent:
+        sent = closes(lane.tick_at_deadline())
+    lane.tick_at_deadline()  # no ack in time: held for the next probe
+    assert of_type(lane.report("open"), PaidCarriedNote)  # the payer's boom after all
+    actions = lane.feed(ev.BarrierAcked(sent[0], True, "closing"), 0.05)
+    assert PassageServed(CARRIED_RECORD) not in actions
+    assert one(actions, Persist).ends_owed == CARRIED_RECORD
+    assert one(actions, PaidNotPassed).record_id == CARRIED_RECORD
+    lane.report("closed")
+    assert lane.phase() is Phase.IDLE
+    lane.monitor.check_outcomes()
+
+
+def test_the_test_closes_own_late_ack_is_not_a_boom_found_up() -> None:
+    """The position in an ack is where the command put the boom: never taken for the payer's
+    (taken, and ended by that very close, it would be refunded at once; found by
+    test_invariants). The payment stays owed: its code opens for it."""
+    lane = LaneDriver(rules(probe_s=5.0, max_cmd_attempts=1))
+    payer = restarted_with(lane, (Alarm.BARRIER_NO_ACK,), paid_first=False)
+    sent: list[str] = []
+    while not sent:
+        sent = closes(lane.tick_at_deadline())
+    lane.tick_at_deadline()  # no ack in time: held for the next probe
+    actions = lane.feed(ev.BarrierAcked(sent[0], True, "open"), 0.05)
+    assert DropLatch(Alarm.BARRIER_NO_ACK) in actions
+    assert of_type(actions, PaidCarriedNote) == [] and of_type(actions, Persist) == []
+    assert [c.record_id for c in lane.state.carried] == [CARRIED_RECORD]
+    lane.report("closed")
+    lane.arrive("v7")
+    assert one(lane.scan(CARRIED_TEXT, "token"), OpenBarrier).cmd_id == f"{payer}/open"
+    through(lane)
+    assert of_type(lane.actions, PaidNotPassed) == []
+    lane.monitor.check_outcomes()
+
+
+def test_a_refused_test_close_sent_again_once_the_refusal_clears_waits_for_the_payer() -> None:
+    """The device refused the test close (barrier_refused, held for a report to clear): the
+    boom found up is the payer's, and the report that clears the refusal does not send the
+    held close in front of it (found by seeded random walks); it goes once the vehicle is
+    through."""
+    lane = LaneDriver(rules(probe_s=5.0))
+    restarted_with(lane, (Alarm.BARRIER_NO_ACK,), paid_first=False)
+    sent: list[str] = []
+    while not sent:
+        sent = closes(lane.tick_at_deadline())
+    lane.feed(ev.BarrierAcked(sent[0], False, "open", "jammed"), 0.05)
+    assert lane.state.faults == {Alarm.BARRIER_REFUSED}
+    actions = lane.report("open")  # clears the refusal
+    assert of_type(actions, PaidCarriedNote) and lane.state.faults == frozenset()
+    assert closes(actions) == [] and lane.phase() is Phase.CLOSING
+    lane.sensor("safety_loop", True)
+    assert closes(lane.sensor("safety_loop", False)) == []  # under it, not through yet
+    lane.sensor("exit_loop", True)
+    actions = lane.sensor("exit_loop", False)
+    assert PassageServed(CARRIED_RECORD) in actions and closes(actions) == [sent[0]]
+    lane.ack(sent[0])
+    assert lane.phase() is Phase.IDLE and of_type(lane.actions, Tailgating) == []
+    lane.monitor.check_outcomes()
+
+
+def test_under_a_carried_no_ack_its_code_is_refused_and_it_is_refunded_at_its_due() -> None:
+    """Claimed under a device that drops commands, the vehicle would wait for an open that
+    never comes, its payment neither through nor refunded: the code is refused like any, the
+    payment stays owed and is refunded at its due, the device still deaf."""
+    lane = LaneDriver(rules(probe_s=5.0))
+    restarted_with(lane, (Alarm.BARRIER_NO_ACK,), paid_first=False)
+    lane.report("closed")
+    lane.arrive("v7")
+    actions = lane.scan(CARRIED_TEXT, "token")
+    assert of_type(actions, OpenBarrier) == [] and of_type(actions, PaidCarriedNote) == []
+    assert "barrier_no_ack" in one(actions, ScanRefused).reason
+    refunds: list[Persist] = []
+    while not refunds:
+        refunds = [p for p in of_type(lane.tick_at_deadline(), Persist) if p.ends_owed]
+    assert [p.ends_owed for p in refunds] == [CARRIED_RECORD]
+    assert lane.now == pytest.approx(1000.0 + 60.0)
+    lane.monitor.check_outcomes()
+
+
+@pytest.mark.parametrize("paid_first", [False, True], ids=["latch_first", "paid_first"])
+def test_with_a_carried_stuck_latch_the_boom_found_up_is_the_payers_and_clears_the_latch(
+    paid_first: bool,
+) -> None:
+    lane = LaneDriver()
+    payer = restarted_with(lane, (Alarm.BARRIER_STUCK,), paid_first)
+    actions = lane.report("open")
+    assert PaidCarriedNote(payer, CARRIED_RECORD, CarriedStep.UNDER_OPEN_BOOM) in actions
+    assert DropLatch(Alarm.BARRIER_STUCK) in actions and lane.state.latch is None
+    assert lane.phase() is Phase.OPEN
+    actions = lane.cross()
+    assert of_type(actions, Tailgating) == [] and PassageServed(CARRIED_RECORD) in actions
+    lane.ack(f"{payer}/close")
+    assert lane.phase() is Phase.IDLE and lane.state.faults == frozenset()
+    lane.monitor.check_outcomes()
+
+
+def test_with_a_carried_stuck_latch_its_code_opens_and_the_boom_seen_open_clears_it() -> None:
+    """The latch refuses payment, not a payer owed its passage: nothing is charged, and the
+    open is the boom's test too (a late open clears a latch)."""
+    lane = LaneDriver()
+    payer = restarted_with(lane, (Alarm.BARRIER_STUCK,), paid_first=False)
+    lane.report("closed")
+    lane.arrive("v7")
+    actions = lane.scan(CARRIED_TEXT, "token")
+    assert one(actions, OpenBarrier).cmd_id == f"{payer}/open"
+    assert DropLatch(Alarm.BARRIER_STUCK) in through(lane)
+    assert lane.phase() is Phase.IDLE and lane.state.faults == frozenset()
+    assert of_type(lane.actions, Authorise) == [] and of_type(lane.actions, Persist) == []
+    lane.monitor.check_outcomes()
+
+
+def test_with_a_carried_stuck_latch_still_stuck_its_code_opens_in_vain_and_is_refunded() -> None:
+    lane = LaneDriver(rules(move_s=4.0))
+    payer = restarted_with(lane, (Alarm.BARRIER_STUCK,), paid_first=False)
+    lane.report("closed")
+    lane.scan(CARRIED_TEXT, "token")
+    lane.feed(ev.BarrierAcked(f"{payer}/open", True, "opening"), 0.05)  # never up
+    refunds: list[Persist] = []
+    while not refunds:
+        refunds = [p for p in of_type(lane.tick_at_deadline(), Persist) if p.ends_owed]
+    assert [p.ends_owed for p in refunds] == [CARRIED_RECORD]
+    assert lane.state.latch is not None and Alarm.BARRIER_STUCK in lane.state.faults
     lane.monitor.check_outcomes()

@@ -5,7 +5,8 @@ against mosquitto and the device emulator.
 The kill comes at a known point, not after a sleep: the emulator drops the open (its `no_ack`
 fault) and the lane waits `ack_timeout_s` (10 s) for its ack, so the record is durable, the
 open was sent, and nothing has happened at the barrier when the lane dies; or (boom up) the
-boom is seen open and the vehicle still waits before it.
+boom is seen open and the vehicle still waits before it. A restart may find the device
+dropping commands with `barrier_no_ack` kept on disk (d).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import asyncio
 import signal
 import sqlite3
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import cv2
@@ -21,6 +24,10 @@ from polling import eventually
 from test_lane_heal import LaneProcesses, lane_processes, records
 
 from barrier.messages import LaneStatus
+from lane.barrier_latches import LatchFiles
+from lane.core.names import Alarm
+from lane.transport.mqtt import Incoming, MqttLink
+from lane.wire import topics
 from sim.broker import Mosquitto
 from sim.camera import frame_for
 from sim.codes import CodeFactory
@@ -65,9 +72,11 @@ async def paid_then_killed(
     return paid
 
 
-async def restarted(rig: LaneProcesses, lane_statuses: list[LaneStatus]) -> None:
+async def restarted(
+    rig: LaneProcesses, lane_statuses: list[LaneStatus], fault: str | None = None
+) -> None:
     seen = len(lane_statuses)
-    rig.device.set_fault(None)
+    rig.device.set_fault(fault)
     await rig.start()
     await eventually(lambda: len(lane_statuses) > seen and lane_statuses[-1].state != "offline")
 
@@ -143,6 +152,60 @@ async def test_killed_with_the_boom_up_for_the_payer_its_passage_is_no_violation
         await rig.device.vehicle_passes()
         await eventually(lambda: rig.device.state == "closed", within=10)
         await eventually(lambda: idle_and_quiet(lane_statuses), within=10)
+        assert kinds(queue, "violation") == [] and kinds(queue, "paid_not_passed") == []
+        assert charged(queue) == [paid]
+        assert not any("unpaid_passage" in s.faults for s in lane_statuses)
+        await eventually(lambda: owed_rows(queue) == 0)
+        await stopped(rig)
+
+
+@asynccontextmanager
+async def device_queries(mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[list[bytes]]:
+    """Every query the lane sends its device (one at connect, then one at each probe)."""
+    queries: list[bytes] = []
+
+    async def on_query(msg: Incoming) -> None:
+        queries.append(msg.payload)
+
+    topic = [(topics.device_query(lane_id), 1)]
+    watcher = MqttLink(mosquitto.host, mosquitto.port, f"q-{lane_id}", topic, on_query)
+    task = asyncio.create_task(watcher.run())
+    try:
+        await watcher.wait_connected(5)
+        yield queries
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_killed_with_the_boom_up_and_the_device_dropping_commands_the_payer_passes(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    """(d) As (c), with the device dropping commands at the restart and `barrier_no_ack` kept
+    on disk (as the lane leaves it when it raises it): the lane starts closed to payments, the
+    boom found up is still the payer's (its retained state comes before the first probe, so
+    the test close has not gone out), the test close waits until the vehicle is through, and
+    the device's first ack of it clears the fault."""
+    data = tmp_path / "lane"
+    queue = data / "queue.sqlite3"
+    async with (
+        lane_processes(tmp_path, mosquitto, lane_id, data) as rig,
+        device_queries(mosquitto, lane_id) as queries,
+    ):
+        paid = await paid_then_killed(rig, lane_statuses, queue, boom_up=True)
+        LatchFiles(data, lane_id).keep(Alarm.BARRIER_NO_ACK, time.time(), "close x/close")
+        await restarted(rig, lane_statuses, fault="no_ack")
+        asked = len(queries)
+        await eventually(lambda: len(queries) >= asked + 2, within=20)  # past a probe
+        assert "barrier_no_ack" in lane_statuses[-1].faults
+        assert rig.device.state == "open"
+        assert not [c for c in rig.device.received if c.op == "close"]  # not in front of it
+        await rig.device.vehicle_passes()
+        await eventually(lambda: any(c.op == "close" for c in rig.device.received), within=15)
+        rig.device.set_fault(None)  # the device acks again: the next probe's close clears it
+        await eventually(lambda: rig.device.state == "closed", within=15)
+        await eventually(lambda: idle_and_quiet(lane_statuses), within=10)
+        assert not (data / "barrier_no_ack.json").exists()
         assert kinds(queue, "violation") == [] and kinds(queue, "paid_not_passed") == []
         assert charged(queue) == [paid]
         assert not any("unpaid_passage" in s.faults for s in lane_statuses)
