@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from lane.auth.network_config import AlipaySection, RoutesSection, WeChatPaySection
+from lane.auth.resolver import DEFAULT_KEEP_DAYS
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S
 from lane.toml_model import read_toml, validate
 from scanner.health import CaptureSettings
@@ -145,6 +146,14 @@ class AuthSection(_Section):
         1_000_000,  # lane.auth.trust.DEFAULT_MAX_STEP
         ge=1,
         description="Largest deny list generation jump a lane adopts",
+    )
+    payments_keep_days: int = Field(
+        DEFAULT_KEEP_DAYS,
+        ge=1,  # yesterday's payments are reconciled this morning: they must still be here
+        le=366,
+        strict=True,  # whole days: `true` or 7.5 is a mistake
+        description="Keep a final online payment in payments.sqlite3 this many days (refunds"
+        " still owed are kept until made)",
     )
     offline_policy: Literal["deny", "floor"] = Field(
         "deny", description="When the acquirer is unreachable: deny, or accept up to a floor"

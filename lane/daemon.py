@@ -515,6 +515,7 @@ class LaneDaemon:
             clock=self.clocks.wall,
             is_recorded=self._is_recorded,
             alarm=self._alarm,
+            keep_days=config.auth.payments_keep_days,
         )
         authoriser = Authoriser(
             self.lane,
@@ -778,6 +779,8 @@ class LaneDaemon:
                 self.ops.runner_task = tg.create_task(guard(self.runner.run()), name="lane-runner")
                 tg.create_task(guard(self.forwarder.run()), name="forwarder")
                 tg.create_task(guard(self.resolver.run()), name="resolver")
+                prune = self.resolver.prune_every(self.clocks.sleep)
+                tg.create_task(guard(prune), name="payments-prune")
                 for upkeep in self._network_upkeep:  # while no vehicle waits on the network
                     task = upkeep(self.runner.idle, self.clocks.sleep)
                     tg.create_task(guard(task), name="network-upkeep")

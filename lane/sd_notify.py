@@ -62,6 +62,14 @@ def ping_period(interval: float) -> float:
     return interval / PINGS_PER_INTERVAL
 
 
+def datagram(lines: Sequence[str]) -> bytes:
+    """The notification carrying `lines`. A text that is not Unicode through and through (a
+    path from a directory whose name is not UTF-8 holds a lone surrogate) is spelt with
+    backslash escapes: systemd ignores a STATUS= that is not clean UTF-8, raw bytes would be
+    lost, and a text must never stop the pings (the lane would be killed for a word)."""
+    return "\n".join(lines).encode("utf-8", errors="backslashreplace")
+
+
 def readiness_status(checks: Sequence[Check]) -> str:
     """A running lane's STATUS= line (`systemctl status lane`): its readiness in short."""
     failing = [f"{c.name} ({c.detail})" for c in checks if not c.ok]
@@ -96,7 +104,7 @@ class SystemdNotifier:
         if self._sock is None or self.address is None:
             return False
         try:
-            self._sock.sendto("\n".join(lines).encode(), self.address)
+            self._sock.sendto(datagram(lines), self.address)
         except OSError as exc:
             if not self._failing:
                 self._failing = True

@@ -67,6 +67,10 @@ __all__ = [
 
 log = logging.getLogger("lane.auth.resolver")
 T = TypeVar("T")
+# How long a final payment row stays in payments.sqlite3 (auth.payments_keep_days) and how often
+# the old ones go: a toll lane writes thousands a day, and a full disk refuses payments.
+DEFAULT_KEEP_DAYS = 7
+PRUNE_EVERY_S = 3600.0
 REFUND_ALARM = "refund_failing"
 REFUND_UNPAID_ALARM = "refund_unpaid"
 # What the operator does about a refund the network ended unpaid, by the network's word.
@@ -117,6 +121,7 @@ class Resolver:
         is_recorded: Callable[[str], Awaitable[bool]] | None = None,
         alarm: AlarmSink | None = None,
         refund_query: Backoff = Backoff(60.0, 2.0, 1800.0),
+        keep_days: int = DEFAULT_KEEP_DAYS,
     ) -> None:
         self._store = store
         self._client = client
@@ -124,6 +129,7 @@ class Resolver:
         self._backoff = backoff
         self._timeout_s = request_timeout_s
         self._grace_ms = int(pending_grace_s * 1000)
+        self._keep_ms = keep_days * 86_400_000
         self._is_recorded = is_recorded
         self._alarm = alarm
         # The text each refund alarm last said (None: cleared); absent: not said by this run
@@ -140,7 +146,7 @@ class Resolver:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set while the worker has nothing left to resolve
         self._waiters: dict[str, list[asyncio.Future[PaymentState]]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._recovered = False
 
     # -- what the authoriser calls ---------------------------------------------------------
@@ -236,14 +242,17 @@ class Resolver:
     async def start(self) -> None:
         """Recover what a previous run left open, then resolve in the background."""
         await self.recover()
-        self._task = asyncio.create_task(self.run(), name="payment-resolver")
+        self._tasks = [
+            asyncio.create_task(self.run(), name="payment-resolver"),
+            asyncio.create_task(self.prune_every(), name="payments-prune"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
         await asyncio.to_thread(self._io.shutdown)
 
     async def recover(self) -> int:
@@ -304,6 +313,30 @@ class Resolver:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(waits)):
                         await self._wake.wait()
+
+    async def prune_every(
+        self,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        every_s: float = PRUNE_EVERY_S,
+    ) -> None:
+        """Prune (`prune_turn`) now and every `every_s` until cancelled."""
+        while True:
+            await self.prune_turn()
+            await sleep(every_s)
+
+    async def prune_turn(self) -> int | None:
+        """Delete the payments final for longer than the retention (`auth.payments_keep_days`),
+        keeping every refund still owed; how many went, None when the store failed (logged:
+        the next turn tries again, the lane goes on)."""
+        before_ms = self._now_ms() - self._keep_ms
+        try:
+            count = await self._db(self._store.prune, before_ms)
+        except StoreError as exc:  # locked, disk full or failing: nothing lost, retried
+            extra = {"before_ms": before_ms, "error": str(exc)}
+            log.warning("payments not pruned; retrying at the next turn", extra=extra)
+            return None
+        log.info("payments pruned", extra={"pruned": count, "before_ms": before_ms})
+        return count
 
     # -- inside the worker -----------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from polling import eventually
 
 from lane.auth.acquirer import AcquirerClient, PaymentStatus, PayRequest
 from lane.auth.resolver import Backoff, PaymentState, ResolutionStore, Resolver
+from lane.checks import check_config
+from lane.config import parse_config
 from sim.acquirer import AcquirerServer, running_acquirer
 from sim.acquirer_faults import Outage
 
@@ -254,3 +257,107 @@ async def test_run_alone_recovers_first(
             await task
         await second.stop()
     assert charged_not_reversed(acquirer) == []
+
+
+DAY_MS = 86_400_000
+
+
+def payments_of_every_kind(path: Path) -> ResolutionStore:
+    """Final payments made on day 0 (declined, settled, reversed, settled owing a refund) and
+    day 9 (settled), and one left charged on day 0."""
+    store = ResolutionStore(path)
+    for pid, day in (("old_declined", 0), ("old_settled", 0), ("old_reversed", 0)):
+        store.begin(pid, auth_id=f"auth-{pid}", lane="p01/l01", amount_minor=450, currency="CNY",
+                    method="payment_code", network="acquirer", now_ms=day * DAY_MS)  # fmt: skip
+    for pid, day in (("old_owed", 0), ("old_charged", 0), ("new_settled", 9)):
+        store.begin(pid, auth_id=f"auth-{pid}", lane="p01/l01", amount_minor=450, currency="CNY",
+                    method="payment_code", network="acquirer", now_ms=day * DAY_MS)  # fmt: skip
+        store.move(pid, S.CHARGED, day * DAY_MS)
+    store.move("old_declined", S.DECLINED, 0, reason="insufficient_funds")
+    store.move("old_settled", S.CHARGED, 0)
+    store.move("old_settled", S.SETTLED, 0)
+    store.move("old_reversed", S.GIVEN_UP, 0, reason="timeout")
+    store.move("old_reversed", S.REVERSED, 0)
+    store.move("old_owed", S.SETTLED, 0, refund_minor=150)
+    store.move("new_settled", S.SETTLED, 9 * DAY_MS)
+    return store
+
+
+KEPT = {"old_owed", "old_charged", "new_settled"}
+
+
+def ids(store: ResolutionStore) -> set[str]:
+    return {row.payment_id for row in store.in_states(set(PaymentState))}
+
+
+async def test_a_prune_turn_deletes_the_payments_final_for_longer_than_kept(
+    tmp_path: Path, client: AcquirerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Day 10, kept 7 days: the day-0 finals go; a refund still owed, a payment not final and
+    a day-9 one stay. The turn says how many went."""
+    store = payments_of_every_kind(tmp_path / "payments.sqlite3")
+    now_s = 10 * DAY_MS / 1000
+    resolver = Resolver(store, client, clock=lambda: now_s, keep_days=7)
+    with caplog.at_level("INFO", logger="lane.auth.resolver"):
+        assert await resolver.prune_turn() == 3
+    assert ids(store) == KEPT
+    said = [r for r in caplog.records if r.getMessage() == "payments pruned"]
+    assert [r.__dict__["pruned"] for r in said] == [3]
+    store.refunded("old_owed", 10 * DAY_MS)  # made today: kept 7 more days
+    assert await resolver.prune_turn() == 0
+    now_s = 17 * DAY_MS / 1000 + 1
+    assert await resolver.prune_turn() == 2
+    assert ids(store) == {"old_charged"}
+    await resolver.stop()
+
+
+async def test_pruning_turns_hourly_and_a_locked_store_is_retried_next_turn(
+    tmp_path: Path, client: AcquirerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first turn finds the store locked by another writer: logged, the loop goes on, and
+    the next turn (an hour later by the clock it is given) prunes."""
+    path = tmp_path / "payments.sqlite3"
+    store = payments_of_every_kind(path)
+    now_s = 10 * DAY_MS / 1000
+    resolver = Resolver(store, client, clock=lambda: now_s, keep_days=7)
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the file
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 1:
+            other.execute("ROLLBACK")  # the writer is done before the next turn
+        else:
+            raise asyncio.CancelledError  # two turns are enough
+
+    with pytest.raises(asyncio.CancelledError):
+        await resolver.prune_every(sleep)
+    other.close()
+    assert slept == [3600.0, 3600.0]
+    events = [r.getMessage() for r in caplog.records]
+    assert events.count("payments not pruned; retrying at the next turn") == 1
+    assert ids(store) == KEPT
+    await resolver.stop()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("0", "greater than or equal to 1"),
+        ("367", "less than or equal to 366"),
+        ("7.5", "valid integer"),
+        ('"7"', "valid integer"),
+        ("true", "valid integer"),
+    ],
+)
+def test_the_payments_retention_is_whole_days_from_one_to_a_year(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    path = tmp_path / "lane.toml"
+    path.write_text(f"[auth]\npayments_keep_days = {value}\n")
+    found = check_config(path)
+    assert [p for p in found.problems if "auth.payments_keep_days" in p and problem in p]
+    path.write_text("[auth]\npayments_keep_days = 30\n")
+    assert check_config(path).problems == []
+    assert parse_config({}).auth.payments_keep_days == 7

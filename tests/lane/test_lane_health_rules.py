@@ -3,6 +3,9 @@ severities. Tables plus hypothesis properties; no I/O, no clock."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -31,6 +34,38 @@ def test_every_alarm_the_lane_raises_today_has_a_severity() -> None:
     known |= {"trust_update_refused", "payment_alipay", "payment_wechatpay", "payment_acquirer"}
     known |= {PAPER_OUT, PRINTER_OFFLINE, WECHATPAY_CERTIFICATES}
     assert known <= set(SEVERITY), sorted(known - set(SEVERITY))
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def documented_severities(
+    doc: str, header: str, code_cell: int, severity_cell: int
+) -> dict[str, str]:
+    """Every alarm code of the markdown table under `header` in docs/`doc`, with the severity
+    the table gives it."""
+    lines = (DOCS / doc).read_text().splitlines()
+    rows = lines[lines.index(header) + 2 :]
+    said: dict[str, str] = {}
+    for row in rows[: next(i for i, r in enumerate(rows) if not r.startswith("|"))]:
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        for code in re.findall(r"`([a-z_]+)`", cells[code_cell]):
+            said[code] = cells[severity_cell]
+    return said
+
+
+@pytest.mark.parametrize(
+    ("doc", "header", "code_cell", "severity_cell"),
+    [
+        ("operations.md", "| alarm | kind | severity | raised when | while it lasts | clears when | the operator should |", 0, 2),  # noqa: E501
+        ("console.md", "| severity | alarms |", 1, 0),
+    ],
+)
+def test_the_docs_give_every_alarm_the_severity_the_lane_gives_it(
+    doc: str, header: str, code_cell: int, severity_cell: int
+) -> None:
+    said = documented_severities(doc, header, code_cell, severity_cell)
+    assert said == {code: str(severity) for code, severity in SEVERITY.items()}
 
 
 @pytest.mark.parametrize(

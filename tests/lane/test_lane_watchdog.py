@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -25,9 +24,11 @@ from polling import eventually
 from test_lane_heal import lane_processes
 
 from barrier.messages import LaneStatus
+from lane.daemon import _stop_if_failed
 from lane.health import Check
 from lane.sd_notify import (
     SystemdNotifier,
+    datagram,
     notify_address,
     ping_period,
     readiness_status,
@@ -93,6 +94,21 @@ async def a_ping(notify: NotifySocket) -> None:
 
 
 # --- the pure parts ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "sent"),
+    [
+        (["READY=1"], b"READY=1"),
+        (["WATCHDOG=1", "STATUS=serving: ready"], b"WATCHDOG=1\nSTATUS=serving: ready"),
+        (["STATUS=for /srv/voie-n\u00b02"], "STATUS=for /srv/voie-n\u00b02".encode()),
+        (["STATUS=for " + os.fsdecode(b"/srv/lane-\xff")], b"STATUS=for /srv/lane-\\udcff"),
+        (["STATUS=\ud800 alone"], b"STATUS=\\ud800 alone"),
+    ],
+)
+def test_a_datagram_is_utf_8_whatever_the_text(lines: list[str], sent: bytes) -> None:
+    assert datagram(lines) == sent
+    datagram(lines).decode()  # clean UTF-8: systemd drops a STATUS= that is not
 
 
 @pytest.mark.parametrize(
@@ -385,36 +401,67 @@ async def test_a_lane_waiting_for_a_full_disk_is_ready_and_keeps_the_watchdog_fe
             assert await proc.wait() == 0
 
 
-async def test_a_notifier_task_that_dies_is_logged_and_ends_the_lane(
+async def test_a_status_no_utf_8_can_spell_is_said_and_the_lane_goes_on(
     tmp_path: Path, lane_id: str, notify_socket: NotifySocket
 ) -> None:
-    """A status no datagram can carry ends the pings: a config in a directory whose name is
-    not UTF-8 (a lone surrogate to Python) puts it in the status of a data directory that
-    cannot be created. The lane logs why, with the traceback, says STOPPING and exits 1 for
-    systemd to start it again, rather than wait unpinged until the watchdog kills it."""
+    """A config in a directory whose name is not UTF-8 (a lone surrogate to Python) puts that
+    path in the status of a data directory that cannot be created: the status is said, escaped,
+    and the lane waits on, pinged, instead of its pings ending (and systemd restarting it in a
+    loop while the directory stays)."""
     odd = tmp_path / os.fsdecode(b"lane-\xff")
     odd.mkdir()
     (odd / "blocked").touch()  # a file where the data directory's parent would be
     conf = odd / "lane.toml"
     conf.write_text(f'[lane]\nid = "{lane_id}"\ndata_dir = "blocked/data"\n')
-    out = tmp_path / "lane.log"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lane", "run", "--config", str(conf),
         env={**os.environ, **notify_socket.env(watchdog_usec=400_000)},
-        stdout=out.open("wb"), stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        code = await asyncio.wait_for(proc.wait(), 30)
+        await eventually(
+            lambda: any("lane-\\udcff" in s for s in notify_socket.statuses()),
+            what="the status with the path escaped",
+        )
+        await a_ping(notify_socket)
+        assert proc.returncode is None
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    assert code == 1
-    assert notify_socket.count("STOPPING=1") == 1
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    failed = [line for line in lines if line["event"] == "lane task failed, stopping"]
-    assert len(failed) == 1 and failed[0]["task"] == "systemd-notify", lines
-    assert "UnicodeEncodeError" in failed[0]["exc"]
+
+
+async def test_a_task_beside_the_daemon_that_dies_is_logged_and_stops_the_lane(
+    caplog: pytest.LogCaptureFixture, lane_id: str
+) -> None:
+    """`lane run`'s own tasks (systemd's pings and words) are supervised: one that fails is
+    logged with its traceback and sets `stop`, which ends the lane with exit code 1."""
+    stop = asyncio.Event()
+
+    async def dies() -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("the notify socket went away for good")
+
+    task = asyncio.create_task(_stop_if_failed(dies(), stop, lane_id), name="systemd-notify")
+    await asyncio.wait_for(stop.wait(), 5)
+    with pytest.raises(RuntimeError):
+        await task  # still failed: `lane run` exits 1 for it
+    failed = [r for r in caplog.records if r.getMessage() == "lane task failed, stopping"]
+    assert len(failed) == 1
+    assert failed[0].__dict__["task"] == "systemd-notify" and failed[0].__dict__["lane"] == lane_id
+    assert failed[0].exc_info is not None and "went away" in str(failed[0].exc_info[1])
+
+
+async def test_a_task_beside_the_daemon_that_ends_well_stops_nothing(lane_id: str) -> None:
+    stop = asyncio.Event()
+
+    async def ends() -> None:
+        await asyncio.sleep(0)
+
+    await _stop_if_failed(ends(), stop, lane_id)
+    assert not stop.is_set()
 
 
 async def systemctl(*args: str) -> str:
