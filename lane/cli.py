@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
         "compare the back office's records with Alipay's and WeChat Pay's daily bills",
     ),
     "refunds": (
-        "lane.auth.refunds_cli",
+        "lane.refunds_cli",
         "main",
         [],
         "metro refunds owed to passengers; --made one ended unpaid, refunded by hand",
