@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -127,6 +128,24 @@ def desk(tmp: Path, clock: list[float]) -> TapDesk:
                    wall=lambda: clock[0])  # fmt: skip
 
 
+async def _exits(
+    gate: TapDesk, clock: list[float], steps: list[tuple[tuple[str, str, str], int]]
+) -> AsyncIterator[tuple[int, str, str]]:
+    """Plays the steps on the desk's clock: a tap-in is another gate's, heard over the line
+    topic; each exit yields (its number, the account, a fresh token of the account)."""
+    n = 0
+    for (what, station, account), dt in steps:
+        clock[0] += dt
+        if what == "in":
+            record = tap_in(station, clock[0], account)
+            await gate.handle(Incoming(topics.line_taps("L1"), record.encode()))
+            continue
+        n += 1
+        yield n, account, issue_compact_token(
+            CODES.key, KID, account, int(clock[0]) - n, int(clock[0]) + 60
+        )
+
+
 @settings(max_examples=40, deadline=None)
 @given(steps=st.lists(st.tuples(step, st.sampled_from([10, 15 * MIN, 3 * 3600])), max_size=12))
 def test_a_fare_is_a_cell_or_the_maximum_and_a_tap_in_exits_once(
@@ -141,17 +160,7 @@ async def _walk(steps: list[tuple[tuple[str, str, str], int]]) -> None:
     exited: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
         gate = desk(Path(tmp), clock)
-        n = 0
-        for (what, station, account), dt in steps:
-            clock[0] += dt
-            if what == "in":  # another gate's tap-in, heard over the line topic
-                record = tap_in(station, clock[0], account)
-                await gate.handle(Incoming(topics.line_taps("L1"), record.encode()))
-                continue
-            n += 1
-            token = issue_compact_token(
-                CODES.key, KID, account, int(clock[0]) - n, int(clock[0]) + 60
-            )
+        async for _, _, token in _exits(gate, clock, steps):
             answer = await gate.price(ask(token))
             assert answer.amount_minor is not None
             entry = answer.entry_plaza
@@ -232,17 +241,7 @@ async def _wallet_walk(steps: list[tuple[tuple[str, str, str], int]]) -> None:
     clock = [float(NOW)]
     with tempfile.TemporaryDirectory() as tmp:
         gate = desk(Path(tmp), clock)
-        n = 0
-        for (what, station, account), dt in steps:
-            clock[0] += dt
-            if what == "in":
-                record = tap_in(station, clock[0], account)
-                await gate.handle(Incoming(topics.line_taps("L1"), record.encode()))
-                continue
-            n += 1
-            token = issue_compact_token(
-                CODES.key, KID, account, int(clock[0]) - n, int(clock[0]) + 60
-            )
+        async for n, account, token in _exits(gate, clock, steps):
             by_token = await gate.price(ask(token))
             wallet = f"28{n:016d}"
             first = await gate.price(
