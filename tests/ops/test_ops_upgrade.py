@@ -497,6 +497,32 @@ def ingested_during(records: list[Record], made: Sequence[tuple[str, str]]) -> l
     return during
 
 
+def crash_after_the_first_chunk(
+    pg_dsn: str,
+    during: list[IngestRecord],
+    chunks: list[str | None],
+    meanwhile: Callable[[PostgresIngestStore], None],
+) -> Callable[[UpgradeJob, str | None], None]:
+    """An `after_chunk` hook: the upgrading worker dies after its first chunk (each chunk it
+    reached goes to `chunks`), once another worker, holding the upgrade's row as in the middle
+    of a chunk, has had a second worker store `during`; `meanwhile` checks the answer with that
+    second worker's store, the row still held."""
+
+    def crash_after_the_first(job: UpgradeJob, reached: str | None) -> None:
+        chunks.append(reached)
+        with psycopg.connect(pg_dsn) as other:  # another worker, in the middle of a chunk
+            other.execute("SELECT * FROM lane_ingest.upgrade FOR UPDATE")
+            worker = PostgresIngestStore(pg_dsn, lock_timeout_s=0.2)
+            try:
+                worker.store_batch("P03/x2", QueueIdentity("during"), during, 1)
+                meanwhile(worker)
+            finally:
+                worker.close()
+        raise CrashError
+
+    return crash_after_the_first
+
+
 @pytest.mark.parametrize("version", [2, 3, 4])
 def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_crash(
     version: int, pg_dsn: str, capsys: pytest.CaptureFixture[str]
@@ -513,23 +539,15 @@ def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_cra
     old_pg_schema(pg_dsn, version, rows)
     chunks: list[str | None] = []
 
-    def crash_after_the_first(job: UpgradeJob, reached: str | None) -> None:
-        chunks.append(reached)
-        with psycopg.connect(pg_dsn) as other:  # another worker, in the middle of a chunk
-            other.execute("SELECT * FROM lane_ingest.upgrade FOR UPDATE")
-            worker = PostgresIngestStore(pg_dsn, lock_timeout_s=0.2)
-            try:
-                worker.store_batch("P03/x2", QueueIdentity("during"), during, 1)
-                assert open_trips(worker).upgrading  # the answer says it is not whole yet
-            finally:
-                worker.close()
-            assert trips_main(["--dsn", pg_dsn, "--json"]) == 0
-            out, err = capsys.readouterr()
-            assert json.loads(out)["upgrading"] is True
-            assert "upgrade has not finished" in err
-        raise CrashError
+    def not_whole_yet(worker: PostgresIngestStore) -> None:
+        assert open_trips(worker).upgrading  # the answer says it is not whole yet
+        assert trips_main(["--dsn", pg_dsn, "--json"]) == 0
+        out, err = capsys.readouterr()
+        assert json.loads(out)["upgrading"] is True
+        assert "upgrade has not finished" in err
 
     during = ingested_during(records, (("exit", "pass30"), ("entry", "new01"), ("exit", "nowhere")))
+    crash_after_the_first = crash_after_the_first_chunk(pg_dsn, during, chunks, not_whole_yet)
     with pytest.raises(CrashError):
         PostgresIngestStore(pg_dsn, upgrade_chunk=8, after_chunk=crash_after_the_first)
     with psycopg.connect(pg_dsn) as conn:
@@ -623,18 +641,10 @@ def test_a_postgres_v5_schema_prunes_its_strays_a_chunk_at_a_time_and_resumes(
     )
     chunks: list[str | None] = []
 
-    def crash_after_the_first(job: UpgradeJob, reached: str | None) -> None:
-        chunks.append(reached)
-        with psycopg.connect(pg_dsn) as other:  # another worker, in the middle of a chunk
-            other.execute("SELECT * FROM lane_ingest.upgrade FOR UPDATE")
-            worker = PostgresIngestStore(pg_dsn, lock_timeout_s=0.2)
-            try:
-                worker.store_batch("P03/x2", QueueIdentity("during"), during, 1)
-                assert open_trips(worker) == trip_ledger(r.encode() for r in records)
-            finally:
-                worker.close()
-        raise CrashError
+    def whole(worker: PostgresIngestStore) -> None:
+        assert open_trips(worker) == trip_ledger(r.encode() for r in records)
 
+    crash_after_the_first = crash_after_the_first_chunk(pg_dsn, during, chunks, whole)
     with pytest.raises(CrashError):
         PostgresIngestStore(pg_dsn, upgrade_chunk=8, after_chunk=crash_after_the_first)
     assert chunks == ["r-exit-33"]  # r-exit-01b, 21, ..., 33
