@@ -3,7 +3,6 @@ pg_server: a throwaway cluster when none answers on 5432), unique topics per tes
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -11,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from disk_kit import small_tmpfs
+from mqtt_kit import collected
 from pg_server import own_database, postgres_server
 
 from barrier.messages import LaneStatus
 from lane.log import JsonFormatter
-from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
 from sim.broker import Mosquitto, running_mosquitto
 
@@ -68,18 +67,6 @@ def lane_id() -> str:
 @pytest.fixture
 async def lane_statuses(mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[list[LaneStatus]]:
     """Every retained status the lane `lane_id` publishes, in order, as an operator sees them."""
-    statuses: list[LaneStatus] = []
-
-    async def on_status(msg: Incoming) -> None:
-        statuses.append(LaneStatus.decode(msg.payload))
-
-    watcher = MqttLink(
-        mosquitto.host, mosquitto.port, f"w-{lane_id}", [(topics.status(lane_id), 1)], on_status
-    )
-    task = asyncio.create_task(watcher.run())
-    try:
-        await watcher.wait_connected(5)
+    topic = topics.status(lane_id)
+    async with collected(mosquitto, f"w-{lane_id}", topic, LaneStatus.decode) as statuses:
         yield statuses
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)

@@ -15,18 +15,16 @@ import asyncio
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import cv2
+from mqtt_kit import collected
 from polling import eventually
 from test_lane_heal import LaneProcesses, lane_processes, records
 
 from barrier.messages import LaneStatus
 from lane.barrier_latches import LatchFiles
 from lane.core.names import Alarm
-from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
 from sim.broker import Mosquitto
 from sim.camera import frame_for
@@ -159,25 +157,6 @@ async def test_killed_with_the_boom_up_for_the_payer_its_passage_is_no_violation
         await stopped(rig)
 
 
-@asynccontextmanager
-async def device_queries(mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[list[bytes]]:
-    """Every query the lane sends its device (one at connect, then one at each probe)."""
-    queries: list[bytes] = []
-
-    async def on_query(msg: Incoming) -> None:
-        queries.append(msg.payload)
-
-    topic = [(topics.device_query(lane_id), 1)]
-    watcher = MqttLink(mosquitto.host, mosquitto.port, f"q-{lane_id}", topic, on_query)
-    task = asyncio.create_task(watcher.run())
-    try:
-        await watcher.wait_connected(5)
-        yield queries
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 async def test_killed_with_the_boom_up_and_the_device_dropping_commands_the_payer_passes(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
 ) -> None:
@@ -190,7 +169,8 @@ async def test_killed_with_the_boom_up_and_the_device_dropping_commands_the_paye
     queue = data / "queue.sqlite3"
     async with (
         lane_processes(tmp_path, mosquitto, lane_id, data) as rig,
-        device_queries(mosquitto, lane_id) as queries,
+        # Every query the lane sends its device (one at connect, then one at each probe).
+        collected(mosquitto, f"q-{lane_id}", topics.device_query(lane_id), bytes) as queries,
     ):
         paid = await paid_then_killed(rig, lane_statuses, queue, boom_up=True)
         LatchFiles(data, lane_id).keep(Alarm.BARRIER_NO_ACK, time.time(), "close x/close")
