@@ -29,7 +29,9 @@ import psycopg
 from uplink.messages import QueueIdentity
 from uplink.sql_store import (
     ADVANCE_CHUNK,
+    LATE_CLOSED,
     MOVE_ON,
+    NO_ENTRY,
     OPEN_NEW,
     RECORD_COLUMNS,
     RUN_END,
@@ -160,6 +162,17 @@ TRIP_LOCKS_OWN = 256
 TRIP_LOCKS_HELD = TRIP_LOCKS_OWN + TRIP_LOCK_GROUPS
 
 
+# PRUNE_STRAYS driven by the trip ids (same parameters): each one's exits read from the trip
+# index in a scalar subquery, the strays then deleted by key. PostgreSQL plans PRUNE_STRAYS's
+# `IN` as a hash join over every exit in the index, a cost that grows with the road's history
+# (4 ms a batch at 10,000 trips, 0.1 ms this way).
+PRUNE_BY_TRIP = (
+    "DELETE FROM {stray_exits} WHERE record_id = ANY(ARRAY(SELECT unnest(ARRAY(SELECT"
+    " x.record_id FROM {records} AS x WHERE x.trip_role=? AND x.trip_id=t.column1))"
+    f" FROM (VALUES {{ids}}) AS t WHERE NOT ({NO_ENTRY.replace('{column}', 'column1')})))"
+)
+
+
 class TripsMetError(IngestStoreError):
     """A batch's one statement refused itself: it leaves strays, or meets exits held
     (`PostgresIngestStore._trip_statements`); it is stored by the pipelined transaction."""
@@ -274,6 +287,7 @@ class PostgresIngestStore(SqlIngestStore):
     # meets the row's key, and the batch is stored as held (RowTakenError), where REOPEN keeps
     # the earlier entry.
     open_new = OPEN_NEW
+    prune_strays = PRUNE_BY_TRIP
 
     def __init__(
         self,
@@ -516,18 +530,50 @@ class PostgresIngestStore(SqlIngestStore):
         walks the prefix on in a second transaction after that commit; a worker that stops
         in between leaves the prefix short, and the next `epochs()` walks it on."""
         key = (lane, queue.epoch)
-        if key not in self._seen or key in self._meeting:
+        if key not in self._seen or (key in self._meeting and self.upgrade_seen):
             result = super()._store_new(lane, queue, records, now_us)
             self._seen.add(key)
             return result
         first, last = records[0].seq, records[-1].seq
-        sql, params = self._insert_sql(NewRows(lane, queue.epoch, records, now_us), returning="")
-        # The open trips and the closed count are kept by the same statement
-        # (`_trip_statements`: every record is inserted, or UniqueViolation undoes them all);
-        # a batch that leaves strays or meets exits held is refused by it (TripsMetError) and
-        # stored by the pipelined transaction, which keeps and prunes the strays.
         trips = batch_trips(records)
-        kept, changed, sets, values = self._trip_statements(trips)
+        # An epoch whose last batch met strays (an entry lane's backlog, its exit lanes'
+        # batches meanwhile) keeps and prunes them in the same round trip at once; any other
+        # batch tries the closed road's form, which refuses itself when it meets them.
+        new = NewRows(lane, queue.epoch, records, now_us)
+        try:
+            rows = self._one_statement(
+                self._new_statements(new, trips, strays=key in self._meeting), trips.trips
+            )
+        except TripsMetError:
+            if self.upgrade_seen:  # the trips a late entry closed are noted (`_note_counted`)
+                return super()._store_new(lane, queue, records, now_us)
+            rows = self._one_statement(self._new_statements(new, trips, strays=True), trips.trips)
+        row = rows[0]
+        if row is None:  # its row was removed by hand: the records are held, the row is not
+            self._seen.discard(key)
+            self._meeting.discard(key)
+            return self._store_held(lane, queue, records, now_us)
+        pruned = cast(tuple[int, bool] | None, rows[1] if len(rows) > 1 else None)
+        self._met_strays(key, pruned is not None and (pruned[0] > 0 or pruned[1]))
+        contiguous, max_seq = cast(tuple[int, int], row)  # BIGINT comes as int
+        if fills_a_hole(first, last, contiguous):
+            contiguous = self._walk_on(lane, queue.epoch, contiguous)
+        held = new_held(records)
+        return StoreResult(held, len(held), 0, (), contiguous, max_seq, False, ())
+
+    def _new_statements(
+        self, new: NewRows, trips: BatchTrips, *, strays: bool
+    ) -> list[tuple[str, tuple[object, ...]]]:
+        """A new batch of a seen epoch as one statement: the records inserted in a WITH,
+        which also clears the lane's conflicts this batch resolves and keeps its open trips
+        (`_trip_statements`), and the epoch's row moved on by the UPDATE around it. With
+        `strays`, it keeps the batch's strays too, and a second statement (`_pruning`) prunes
+        those its trips no longer have (a statement's WITHs all read the store as it was
+        before it: the pruning reads this batch's records and strays, so it comes after)."""
+        lane, epoch = new.lane, new.epoch
+        first, last = new.records[0].seq, new.records[-1].seq
+        sql, params = self._insert_sql(new, returning="")
+        kept, changed, sets, values = self._trip_statements(trips, strays=strays)
         statement = self._sql(
             f"WITH ins AS ({sql} RETURNING record_id, data), gone AS"
             " (DELETE FROM {conflicts} AS c USING ins WHERE c.lane=%s"
@@ -537,19 +583,47 @@ class PostgresIngestStore(SqlIngestStore):
             f" UPDATE {{epochs}} SET {MOVE_ON}{sets} WHERE lane=%s AND epoch=%s"
             " RETURNING contiguous, max_seq"
         )
-        args = (*params, lane, *changed, *move_on_args(first, last), *values, lane, queue.epoch)
-        try:
-            row = self._one_statement(statement, args, trips.trips)
-        except TripsMetError:
-            return super()._store_new(lane, queue, records, now_us)
-        if row is None:  # its row was removed by hand: the records are held, the row is not
-            self._seen.discard(key)
-            return self._store_held(lane, queue, records, now_us)
-        contiguous, max_seq = cast(tuple[int, int], row)  # BIGINT comes as int
-        if fills_a_hole(first, last, contiguous):
-            contiguous = self._walk_on(lane, queue.epoch, contiguous)
-        held = new_held(records)
-        return StoreResult(held, len(held), 0, (), contiguous, max_seq, False, ())
+        args = (*params, lane, *changed, *move_on_args(first, last), *values, lane, epoch)
+        if not strays or not trips.trips:
+            return [(statement, args)]
+        return [(statement, args), self._pruning(lane, epoch, trips)]
+
+    def _pruning(self, lane: str, epoch: str, batch: BatchTrips) -> tuple[str, tuple[object, ...]]:
+        """`_prune_strays` in one statement over the batch's trip ids as an array, after the
+        batch's statement: the trips a late entry closed (LATE_CLOSED) added to its epoch's
+        count and their strays dropped (`prune_strays`), when the batch has entries or kept
+        strays of its own (`_add_trips`' condition). Its row: how many trips it counted
+        closed, and whether the batch kept strays."""
+        form, ids = _text_column(list(batch.trips))
+        rows = f"unnest({form}) AS t (column1)"
+        exit_form, exit_ids = _text_column([r for r, _ in batch.exits])
+        entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
+        statement = self._sql(
+            "WITH kept AS (SELECT EXISTS (SELECT 1 FROM {stray_exits}"
+            f" WHERE record_id = ANY({exit_form})) AS yes),"
+            " met AS (SELECT %s OR (SELECT yes FROM kept) AS yes),"
+            f" late AS ({LATE_CLOSED.replace('(VALUES {ids}) AS t', rows)}"
+            " AND (SELECT yes FROM met)),"
+            f" pruned AS ({self.prune_strays.replace('(VALUES {ids}) AS t', rows)}"
+            " AND (SELECT yes FROM met))"
+            " UPDATE {epochs} SET closed = closed + (SELECT COUNT(*) FROM late)"
+            " WHERE lane=%s AND epoch=%s RETURNING (SELECT COUNT(*) FROM late),"
+            " (SELECT yes FROM kept)"
+        )
+        args = (
+            exit_ids,
+            bool(batch.entries),
+            ids,
+            entry,
+            exit_,
+            exit_,
+            exit_,
+            ids,
+            entry,
+            lane,
+            epoch,
+        )
+        return statement, args
 
     def _met_strays(self, key: tuple[str, str], met: bool) -> None:
         if met:
@@ -558,28 +632,35 @@ class PostgresIngestStore(SqlIngestStore):
             self._meeting.discard(key)
 
     def _one_statement(
-        self, statement: str, args: tuple[object, ...], trips: Sequence[str]
-    ) -> tuple[object, ...] | None:
-        """Run a batch's one statement, after its trips' locks: its epoch's row as moved on."""
+        self, statements: Sequence[tuple[str, tuple[object, ...]]], trips: Sequence[str]
+    ) -> list[tuple[object, ...] | None]:
+        """Run a batch's statements, after its trips' locks, in one round trip and one
+        transaction: each one's first row (the first: its epoch's row as moved on)."""
         with self._connected() as conn:
-            if trips:
+            if trips or len(statements) > 1:
                 # The trip ids' locks come first (`_lock_trips`), in a statement of their own:
-                # the batch's statement then takes its snapshot after any other transaction
-                # holding one of them committed. Both are sent at once and run in one
+                # the batch's statements then take their snapshots after any other transaction
+                # holding one of them committed. All are sent at once and run in one
                 # transaction, the implicit one of the extended protocol up to the pipeline's
                 # Sync (no BEGIN/COMMIT, which psycopg would each wait for).
                 with conn.pipeline():
                     self._lock_trips(conn, trips)
-                    moved = conn.execute(statement, args)
-                row = moved.fetchone()
+                    # A statement after the first is never prepared: one skipped because the
+                    # first failed (a held row) would be taken by psycopg for prepared, and the
+                    # name it reuses next would not exist.
+                    sent = [
+                        conn.execute(s, a, prepare=False if i else None)
+                        for i, (s, a) in enumerate(statements)
+                    ]
+                rows = [c.fetchone() for c in sent]
             else:
-                row = conn.execute(statement, args).fetchone()
+                rows = [conn.execute(s, a).fetchone() for s, a in statements]
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 # Only a statement outside a transaction block is committed when it returns;
                 # inside one left open the batch would not be, and an ack names only what is.
                 conn.rollback()
                 raise IngestStoreError("postgres: connection was inside a transaction block")
-        return row
+        return rows
 
     def _walk_on(self, lane: str, epoch: str, since: int) -> int:
         """`_walk_prefix` in one round trip: lock the epoch's row, then move its prefix on
@@ -630,19 +711,20 @@ class PostgresIngestStore(SqlIngestStore):
         return self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id = ANY({form}){back}"), (value,)
 
     def _trip_statements(
-        self, batch: BatchTrips
+        self, batch: BatchTrips, *, strays: bool = False
     ) -> tuple[str, tuple[object, ...], str, tuple[object, ...]]:
         """What a new batch of a seen epoch adds to its statement to keep its trips, as
         `_add_trips` keeps them: data-modifying WITHs over the batch's arrays (each one's
         parameters in order), then what its epoch's UPDATE sets besides (and its
-        parameters). Neither WITH reads what the other writes (the trips of the entries
-        opened are not those closed). The trips its exits closed (`trip_gone`) are added to
-        the epoch's count, when every exit closed a trip and every entry opened one (a
-        closed road's common path). Else the count is set to NULL, which its column refuses
-        (TripsMetError): the batch leaves strays, or meets an exit held and maybe strays to
-        prune, and `_store_new` stores it by the pipelined transaction, whose `_add_trips`
-        keeps them. A data-modifying WITH that keeps them here would be set up for every
-        batch, even one that writes nothing."""
+        parameters). No WITH reads what another writes (the trips of the entries opened are
+        not those closed). The trips its exits closed (`trip_gone`) are added to the epoch's
+        count. Without `strays`, only when every exit closed a trip and every entry opened
+        one (a closed road's common path); else the count is set to NULL, which its column
+        refuses (TripsMetError): the batch leaves strays, or meets an exit held and maybe
+        strays to prune, and `_store_new` stores it again with `strays`, which keeps its exits
+        that closed nothing (`trip_kept`) and prunes after it (`_pruning`). Keeping them on
+        every batch would set up a data-modifying WITH for each, even one that writes
+        nothing."""
         if not batch.trips:
             return "", (), "", ()
         steps: list[tuple[str, str, tuple[object, ...]]] = []
@@ -667,7 +749,20 @@ class PostgresIngestStore(SqlIngestStore):
             gone = "(SELECT COUNT(*) FROM trip_gone)"
             short.append(f"{gone} < %s")
             values = (*values, len(batch.exited))
-        sets = f", closed = closed + CASE WHEN {' OR '.join(short)} THEN NULL ELSE {gone} END"
+        if strays:
+            if batch.exits:
+                record_form, record_ids = _text_column([r for r, _ in batch.exits])
+                trip_form, trip_ids = _text_column([t for _, t in batch.exits])
+                steps.append((
+                    "trip_kept",
+                    "INSERT INTO {stray_exits} (record_id, trip_id) SELECT x.r, x.t FROM"
+                    f" unnest({record_form}, {trip_form}) AS x (r, t) WHERE x.t NOT IN"
+                    " (SELECT trip_id FROM trip_gone) ON CONFLICT DO NOTHING",
+                    (record_ids, trip_ids),
+                ))  # fmt: skip
+            sets, values = f", closed = closed + {gone}", ()
+        else:
+            sets = f", closed = closed + CASE WHEN {' OR '.join(short)} THEN NULL ELSE {gone} END"
         ctes = "".join(f", {name} AS ({self._sql(sql)})" for name, sql, _ in steps)
         return ctes, tuple(v for _, _, p in steps for v in p), sets, values
 

@@ -300,6 +300,7 @@ class SqlIngestStore:
     prefix = ""  # PostgreSQL: "schema."
     bytewise = ""  # PostgreSQL: ' COLLATE "C"' (SQLite compares text byte by byte already)
     open_new = OPEN_NEW + EARLIER_ENTRY  # PostgreSQL: OPEN_NEW alone
+    prune_strays = PRUNE_STRAYS  # PostgreSQL: `uplink.pg.PRUNE_BY_TRIP`
     # Whether an upgrade job may still be running beside this store (PostgreSQL: one was
     # pending when it opened the schema; jobs are only made by the DDL of a newer release).
     upgrade_seen = False
@@ -410,7 +411,9 @@ class SqlIngestStore:
         late = db.cursor()
         late.execute(self._sql(LATE_CLOSED.replace("{ids}", ids)), (*trips, entry, exit_, exit_))
         closed = {str(r[0]) for r in late.fetchall()}  # read whole before the strays go
-        db.cursor().execute(self._sql(PRUNE_STRAYS.replace("{ids}", ids)), (exit_, *trips, entry))
+        db.cursor().execute(
+            self._sql(self.prune_strays.replace("{ids}", ids)), (exit_, *trips, entry)
+        )
         self._note_counted(db, closed)
         return len(closed)
 

@@ -20,6 +20,7 @@ from uplink.records import Record
 from uplink.sql_store import trip_columns
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import Gap, IngestRecord, IngestStore, IngestStoreError, StoreBusyError
+from uplink.trips import open_trips
 
 LANE = "p09/l04"
 E = Q.epoch
@@ -352,6 +353,47 @@ def test_postgres_a_new_batch_of_a_seen_epoch_is_one_round_trip(
         (n,) = other.execute("SELECT COUNT(*) FROM lane_ingest.records").fetchone() or (0,)
         (opened,) = other.execute("SELECT COUNT(*) FROM lane_ingest.open_trips").fetchone() or (0,)
     assert (n, opened) == (20, 20 if make is entries else 0)
+    s.close()
+
+
+def passes(lane: str, kind: str, first: int, last: int) -> list[IngestRecord]:
+    """A lane's entries or exits of passes first..last, as seqs first..last."""
+    out = []
+    for seq in range(first, last + 1):
+        made = replace(draft(seq), kind=kind, entry_plaza="P01", pass_id=f"pass-{seq}")
+        rec = Record(f"rid-{kind}-{seq}", lane, seq, 1_700_000_000_000_000 + seq, made)
+        out.append(IngestRecord.of(rec, rec.encode()))
+    return out
+
+
+def test_postgres_an_out_of_order_backlog_batch_is_one_round_trip(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """An entry lane's backlog after an outage: each batch of exits comes before the batch of
+    their entries. Once an epoch's batch met strays, its next batch keeps and prunes them in
+    one round trip (the client sends, then waits for the server once), and the strays go as
+    the entries arrive, each trip counted closed once."""
+    s = PostgresIngestStore(pg_dsn)
+    out_q, in_q = QueueIdentity("exits-1"), QueueIdentity("entries-1")
+    out_lane, in_lane = "p01/l09", "p01/l01"
+    s.store_batch(out_lane, out_q, passes(out_lane, "exit", 1, 10), 1)
+    s.store_batch(in_lane, in_q, passes(in_lane, "entry", 1, 10), 1)
+    pgconn = s._connection().pgconn
+    for lane, q, kind in ((out_lane, out_q, "exit"), (in_lane, in_q, "entry")):
+        trace = tmp_path / f"{kind}.trace"
+        with trace.open("w") as out:
+            pgconn.trace(out.fileno())
+            pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+            r = s.store_batch(lane, q, passes(lane, kind, 11, 20), 2)
+            pgconn.untrace()
+        sides = [line.split("\t", 1)[0] for line in trace.read_text().splitlines()]
+        assert sum(1 for a, b in itertools.pairwise(sides) if (a, b) == ("F", "B")) == 1, kind
+        assert r.held == held(passes(lane, kind, 11, 20)) and r.contiguous == 20
+    ledger = open_trips(s)
+    assert (ledger.closed, ledger.open_trips, ledger.unmatched_exits) == (20, (), ())
+    with psycopg.connect(pg_dsn) as other:
+        (kept,) = other.execute("SELECT COUNT(*) FROM lane_ingest.stray_exits").fetchone() or (0,)
+    assert kept == 0
     s.close()
 
 
