@@ -44,7 +44,8 @@ FAULTS = [
     ("barrier_no_ack", "barrier_no_ack", "critical"),
     ("barrier_slow_ack", "barrier_no_ack", "critical"),
     ("acquirer_declines", "acquirer_declines", "major"),
-    # Seen by the next WeChat Pay vehicle after a rotation (the test brings both).
+    # Seen by the next WeChat Pay vehicle after a rotation (the test brings both, the vehicle
+    # ahead of lane 1's queue).
     ("wechatpay_certificates_broken", "wechatpay_certificates", "major"),
 ]
 # A decline rate well above the alarm's fifth, so that the alarm stays up while it is acked.
@@ -92,8 +93,12 @@ class Plaza:
             then, kind = MET_BY[name]
             await self.sim.faults.apply(then)
             self.sim.arrivals += 1
+            # Served next: the plaza's traffic is more than the lanes serve on a busy machine,
+            # lane 1's queue grows through the walk (200 vehicles by this step under load), and
+            # at its back the vehicle met the fault minutes later, after the row was waited for.
             self.sim.lanes[0].join(
-                Driver(10_000 + self.sim.arrivals, 0.0, 1, behaviour=kind, codes=(kind,))
+                Driver(10_000 + self.sim.arrivals, 0.0, 1, behaviour=kind, codes=(kind,)),
+                ahead=True,
             )
 
 
