@@ -220,6 +220,8 @@ class SimLane:
         # first served, but a driver waved ahead is served before those waiting.
         self._queue: asyncio.PriorityQueue[tuple[int, int, Driver]] = asyncio.PriorityQueue()
         self._joined = 0
+        self._admitting = asyncio.Event()  # cleared: the queue is held back (`hold`)
+        self._admitting.set()
         self._serving: Driver | None = None
         self._free_at = 0.0  # monotonic time the entry loop was last cleared
         self._walking = asyncio.Lock()
@@ -383,12 +385,23 @@ class SimLane:
         self._joined += 1
         self._queue.put_nowait((0 if ahead else 1, self._joined, driver))
 
+    def hold(self, on: bool) -> None:
+        """Hold the queue back from the pay point (on), or let it move again (off): the
+        vehicle at the pay point finishes, nobody follows. What only heals at an empty lane
+        (a stuck boom's self-test runs while nobody is there) heals under a queue that never
+        ends, as it would with a marshal holding the traffic back."""
+        if on:
+            self._admitting.clear()
+        else:
+            self._admitting.set()
+
     async def drained(self) -> None:
         await self._queue.join()
 
     async def serve(self) -> None:
         """Serve the drivers of this lane's queue, one at a time, forever."""
         while True:
+            await self._admitting.wait()
             _, _, driver = await self._queue.get()
             self._serving = driver
             try:
