@@ -198,7 +198,8 @@ class Simulator:
         await self.drive_for(float("inf"), mix)
 
     def burst(self, lane_index: int, count: int, kind: str) -> None:
-        """`count` vehicles showing only replayed/forged codes join lane `lane_index` now."""
+        """`count` vehicles showing only replayed/forged codes join lane `lane_index` now, at the
+        front of its queue."""
         kinds = {"replay": ("replay",), "forged": ("forged",), "mixed": ("replay", "forged")}[kind]
         for i in range(count):
             self.burst_count += 1
@@ -210,7 +211,8 @@ class Simulator:
                 behaviour=f"burst_{kind}",
                 codes=codes,
             )
-            self.lanes[lane_index].join(driver)
+            # Ahead of the vehicles waiting: the burst is seen now, not after a standing queue.
+            self.lanes[lane_index].join(driver, ahead=True)
 
     def code_for(self, kind: str, lane: SimLane) -> tuple[str, str | None]:
         """The text a driver shows for `kind`, and for a replay the lane that accepted it."""

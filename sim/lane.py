@@ -216,7 +216,12 @@ class SimLane:
         self.uplink: dict[str, Any] = {}
         self.backlog_max = 0
         self.started_at = time.monotonic()
-        self._queue: asyncio.Queue[Driver] = asyncio.Queue()
+        # (0 for a driver waved ahead, else 1; the order of joining; the driver): first come,
+        # first served, but a driver waved ahead is served before those waiting.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, Driver]] = asyncio.PriorityQueue()
+        self._joined = 0
+        self._admitting = asyncio.Event()  # cleared: the queue is held back (`hold`)
+        self._admitting.set()
         self._serving: Driver | None = None
         self._free_at = 0.0  # monotonic time the entry loop was last cleared
         self._walking = asyncio.Lock()
@@ -373,8 +378,22 @@ class SimLane:
     def load(self) -> int:
         return self._queue.qsize() + (self._serving is not None)
 
-    def join(self, driver: Driver) -> None:
-        self._queue.put_nowait(driver)
+    def join(self, driver: Driver, ahead: bool = False) -> None:
+        """The driver queues at this lane; `ahead`: waved to the front, served next (after the
+        one at the pay point and any waved ahead before). A saturated lane's queue only grows:
+        a vehicle an operator (or a test) sends to meet a fault would wait behind all of it."""
+        self._joined += 1
+        self._queue.put_nowait((0 if ahead else 1, self._joined, driver))
+
+    def hold(self, on: bool) -> None:
+        """Hold the queue back from the pay point (on), or let it move again (off): the
+        vehicle at the pay point finishes, nobody follows. What only heals at an empty lane
+        (a stuck boom's self-test runs while nobody is there) heals under a queue that never
+        ends, as it would with a marshal holding the traffic back."""
+        if on:
+            self._admitting.clear()
+        else:
+            self._admitting.set()
 
     async def drained(self) -> None:
         await self._queue.join()
@@ -382,7 +401,8 @@ class SimLane:
     async def serve(self) -> None:
         """Serve the drivers of this lane's queue, one at a time, forever."""
         while True:
-            driver = await self._queue.get()
+            await self._admitting.wait()
+            _, _, driver = await self._queue.get()
             self._serving = driver
             try:
                 outcome = await (
