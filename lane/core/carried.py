@@ -121,6 +121,7 @@ def adopt(state: LaneState, now: float) -> Result:
         opened_at=now,
         crossings=1 if under else 0,
         since=owed.due - state.rules.pass_dwell_s,
+        carried=True,
     )
     note = PaidCarriedNote(owed.vehicle_id, owed.record_id, CarriedStep.UNDER_OPEN_BOOM)
     return replace(state, passage=passage, carried=_without(state, owed)), [note]
@@ -136,7 +137,7 @@ def on_tick(state: LaneState, now: float) -> Result:
     for owed in [c for c in state.carried if now >= c.due]:
         state = replace(state, carried=_without(state, owed))
         state, more = recovery.not_passed(
-            state, owed.vehicle_id, owed.vehicle_class, owed.record_id, flags=("carried",)
+            state, owed.vehicle_id, owed.vehicle_class, owed.record_id, carried=True
         )
         actions += more
     return state, actions

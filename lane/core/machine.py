@@ -308,13 +308,7 @@ def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
             # Down in front of the vehicle the boom was up for (a carried barrier_no_ack's
             # test close, given up on before the boom was found up for a payer carried over
             # the restart, executed late): not let through.
-            state, more = recovery.not_passed(
-                state,
-                passage.vehicle_id,
-                passage.vehicle_class,
-                passage.record_id,
-                manual=passage.manual,
-            )
+            state, more = recovery.passage_not_passed(state, passage)
             actions += more
         return state, actions
     passage = state.passage
@@ -606,6 +600,7 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
             crossings=1 if state.safety_occupied else 0,
             since=now,
             manual=vehicle.manual is not None,
+            carried=vehicle.carried,
         )
         command = Command(cmd_id, Op.OPEN, 1, now + rules.ack_timeout_s)
         actions = [
@@ -627,6 +622,7 @@ def _hand_over(state: LaneState, vehicle: Vehicle, actions: list[Action], now: f
         opened_at=now,
         since=now,
         manual=vehicle.manual is not None,
+        carried=vehicle.carried,
     )
     actions = [*actions, THANK_YOU, _opened(passage, now, handover=True)]
     return replace(state, vehicle=None, passage=passage), actions

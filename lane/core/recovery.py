@@ -77,6 +77,7 @@ from lane.core.state import (
     Command,
     Expectation,
     LaneState,
+    Passage,
     Phase,
     StuckLatch,
     StuckOpen,
@@ -521,8 +522,16 @@ def _not_let_through(state: LaneState, now: float) -> Result:
             state, latched = _not_opened(state, now, now - p.since)
         # Whatever the barrier does now, the lane wants it closed.
         state = replace(state, expect=Expectation(Position.CLOSED, now + state.rules.move_s))
-    state, actions = not_passed(state, p.vehicle_id, p.vehicle_class, p.record_id, manual=p.manual)
+    state, actions = passage_not_passed(state, p)
     return state, actions + latched
+
+
+def passage_not_passed(state: LaneState, p: Passage) -> Result:
+    """`not_passed` for the vehicle of a passage, a carried payment's too (however the
+    passage ends)."""
+    return not_passed(
+        state, p.vehicle_id, p.vehicle_class, p.record_id, manual=p.manual, carried=p.carried
+    )
 
 
 def not_passed(
@@ -532,18 +541,17 @@ def not_passed(
     record_id: str,
     *,
     manual: bool = False,
-    flags: tuple[str, ...] = (),
+    carried: bool = False,
 ) -> Result:
     """The record the back office refunds from (`record:<id>`, it ends the passage the queue
-    kept as owed in the same commit), its note and alarm, the attendant called."""
+    kept as owed in the same commit; `carried`: paid before a restart, lane.core.carried), its
+    note and alarm, the attendant called. The one place a refund's flags are built."""
     kind = RecordKind.MANUAL if manual else RECORD_KINDS[state.rules.mode]
-    draft = replace(
-        _uncharged(kind, vehicle_id, vehicle_class),
-        flags=("paid_not_passed", f"record:{record_id}", *flags),
-    )
-    carried = " (paid before a restart)" if flags else ""
+    flags = ("paid_not_passed", f"record:{record_id}", *(("carried",) if carried else ()))
+    draft = replace(_uncharged(kind, vehicle_id, vehicle_class), flags=flags)
+    before = " (paid before a restart)" if carried else ""
     message = (
-        f"vehicle {vehicle_id} paid (record {record_id}){carried} and was not let through in"
+        f"vehicle {vehicle_id} paid (record {record_id}){before} and was not let through in"
         f" {state.rules.pass_dwell_s:g} s (barrier {state.barrier}): attendant, please help;"
         " a refund record is written"
     )

@@ -196,6 +196,11 @@ class Vehicle:
         return None
 
     @property
+    def carried(self) -> bool:
+        """Paid before a restart (lane.core.carried): its refund, if any, says so."""
+        return isinstance(self.stage, Committed) and self.stage.carried
+
+    @property
     def pending_persist(self) -> str | None:
         """The persist id of the record this vehicle waits for, if any."""
         stage = self.stage
@@ -230,6 +235,7 @@ class Passage:
     since: float = 0.0  # when the lane committed to it (a paid vehicle waits from here)
     manual: bool = False  # opened by an attendant, not paid
     seen_open: bool = False  # the device reported the barrier open for it: it was let through
+    carried: bool = False  # paid before a restart (lane.core.carried): its refund says so
 
     @property
     def awaited(self) -> bool:

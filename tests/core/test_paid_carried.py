@@ -9,6 +9,8 @@ gets two passages and that every paid vehicle ends through or refunded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from core_kit import (
     CARRIED_RECORD,
@@ -22,6 +24,7 @@ from core_kit import (
 
 from lane.core import events as ev
 from lane.core.actions import (
+    Action,
     Authorise,
     CloseBarrier,
     DropLatch,
@@ -394,6 +397,52 @@ def test_a_test_close_given_up_on_and_executed_late_in_front_of_the_payer_refund
     assert one(actions, PaidNotPassed).record_id == CARRIED_RECORD
     lane.report("closed")
     assert lane.phase() is Phase.IDLE
+    lane.monitor.check_outcomes()
+
+
+def _unclaimed(lane: LaneDriver) -> list[Action]:
+    restarted(lane)
+    return lane.feed(ev.Tick(), lane.state.carried[0].due - lane.now)
+
+
+def _claimed_never_opened(lane: LaneDriver) -> list[Action]:
+    restarted(lane)
+    lane.arrive("v7")
+    lane.scan(CARRIED_TEXT, "token")
+    lane.feed(ev.BarrierAcked(f"{CARRIED_VEHICLE}/open", True, "opening"), 0.05)  # never open
+    actions: list[Action] = []
+    while not of_type(actions, PaidNotPassed):
+        actions = lane.tick_at_deadline()
+    return actions
+
+
+def _late_close(lane: LaneDriver) -> list[Action]:
+    restarted_with(lane, (Alarm.BARRIER_NO_ACK,), paid_first=False)
+    sent: list[str] = []
+    while not sent:
+        sent = closes(lane.tick_at_deadline())
+    lane.tick_at_deadline()  # no ack in time: held for the next probe
+    lane.report("open")  # the payer's boom after all
+    return lane.feed(ev.BarrierAcked(sent[0], True, "closing"), 0.05)
+
+
+@pytest.mark.parametrize(
+    "refunded",
+    [_unclaimed, _claimed_never_opened, _late_close],
+    ids=["unclaimed_at_its_due", "claimed_never_opened", "late_close_in_front_of_it"],
+)
+def test_every_refund_of_a_carried_payment_is_flagged_carried(
+    refunded: Callable[[LaneDriver], list[Action]],
+) -> None:
+    """However a carried payment ends unpassed, its refund record says it was paid before a
+    restart: the back office and the operator tell it from a refund of this run's payment."""
+    lane = LaneDriver(rules(probe_s=5.0, max_cmd_attempts=1))
+    actions = refunded(lane)
+    refund = one(actions, Persist)
+    assert refund.draft.flags == ("paid_not_passed", f"record:{CARRIED_RECORD}", "carried")
+    assert refund.ends_owed == CARRIED_RECORD
+    [alarm] = [a for a in of_type(actions, RaiseAlarm) if a.code == Alarm.PAID_NOT_PASSED]
+    assert "paid before a restart" in alarm.message
     lane.monitor.check_outcomes()
 
 
