@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -772,7 +772,7 @@ class LaneDaemon:
         log.info("lane starting", extra={"lane": self.lane, "mode": cfg.lane.mode})
         try:
             async with asyncio.TaskGroup() as tg:
-                guard = self._offline_if_failed
+                guard = partial(_end_if_failed, lane=self.lane, then=self._say_offline)
                 # The links reconnect by themselves; what ends them is a bug, which ends the lane.
                 tg.create_task(guard(self.link.run()), name="barrier-link")
                 tg.create_task(guard(self.uplink.run()), name="uplink-link")
@@ -836,23 +836,18 @@ class LaneDaemon:
         wanted = "idle" if gate else "vehicle_present"
         return phase(self.runner.state).value == wanted
 
-    async def _offline_if_failed(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run one of the lane's tasks; if it fails, say offline before the lane ends.
+    async def _say_offline(self) -> None:
+        """Say offline before a failed task ends the lane.
 
         A failed task ends the TaskGroup, which cancels the links: they leave the broker
         cleanly, so it discards their will and the retained status would go on saying the lane
         is up. The status is published first, while the barrier link still holds (a failed
         barrier link itself cannot say it: its client is gone).
         """
-        try:
-            await work
-        except Exception:
-            log.exception("lane task failed, stopping", extra={"lane": self.lane})
-            self._said_offline = True
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                async with asyncio.timeout(2.0):
-                    await self.link.publish_status(self._status("offline"))
-            raise
+        self._said_offline = True
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.link.publish_status(self._status("offline"))
 
     async def _until_stopped(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -1125,19 +1120,31 @@ def main(argv: list[str]) -> int:
     return code
 
 
-async def _stop_if_failed(work: Coroutine[Any, Any, None], stop: asyncio.Event, lane: str) -> None:
-    """Run one of `lane run`'s tasks beside the daemon (systemd's pings and words); if it
-    fails, log it with its traceback and stop the lane, which says offline on its way out and
-    exits 1 for systemd to start it again (as a failed task of the daemon ends the lane).
-    Unpinged, the lane would serve on until the watchdog killed it with no word why."""
+async def _end_if_failed(
+    work: Coroutine[Any, Any, None], lane: str, then: Callable[[], Awaitable[None]]
+) -> None:
+    """Run one of the lane's tasks; if it fails, log it with its traceback, do `then` (what
+    says the lane is going) and fail on, which ends the lane."""
     try:
         await work
     except Exception:
         task = asyncio.current_task()
         name = None if task is None else task.get_name()
         log.exception("lane task failed, stopping", extra={"lane": lane, "task": name})
-        stop.set()
+        await then()
         raise
+
+
+async def _stop_if_failed(work: Coroutine[Any, Any, None], stop: asyncio.Event, lane: str) -> None:
+    """Run one of `lane run`'s tasks beside the daemon (systemd's pings and words); if it
+    fails, stop the lane, which says offline on its way out and exits 1 for systemd to start
+    it again (as a failed task of the daemon ends the lane). Unpinged, the lane would serve on
+    until the watchdog killed it with no word why."""
+
+    async def stop_lane() -> None:
+        stop.set()
+
+    await _end_if_failed(work, lane, stop_lane)
 
 
 async def _say_stopping(stop: asyncio.Event, systemd: SystemdNotifier) -> None:

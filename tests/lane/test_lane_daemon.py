@@ -372,10 +372,15 @@ async def test_an_unreadable_queue_does_not_take_the_lane_down(
 
 
 async def test_a_task_that_fails_leaves_the_status_offline(
-    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    lane_statuses: list[LaneStatus],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A failed task ends the lane, whose links then leave cleanly (the broker discards their
-    will): the retained status must still say offline, not the last 'idle'."""
+    will): the retained status must still say offline, not the last 'idle'. The log names the
+    task, as for the tasks beside the daemon."""
     statuses = lane_statuses
     with pytest.raises(ExceptionGroup):
         async with running_lane(tmp_path, mosquitto, lane_id) as lane:
@@ -386,6 +391,8 @@ async def test_a_task_that_fails_leaves_the_status_offline(
             lane.daemon.runner.post(object())  # type: ignore[arg-type]
             await eventually(runner_task.done)
     await eventually(lambda: statuses[-1].state == "offline")
+    failed = [r for r in caplog.records if r.getMessage() == "lane task failed, stopping"]
+    assert [(r.__dict__["task"], r.__dict__["lane"]) for r in failed] == [("lane-runner", lane_id)]
 
 
 async def test_an_uplink_link_that_fails_leaves_the_status_offline(
