@@ -315,35 +315,34 @@ class ResolutionStore:
                 (now_ms, now_ms, payment_id),
             )
 
-    def refund_sent(self, payment_id: str, now_ms: int) -> None:
+    def refund_sent(self, payment_id: str, now_ms: int) -> PaymentRow | None:
         """The network took the refund without finishing it: from now on it is asked about by
-        its number, over restarts too."""
-        with self._tx():
-            self._db.execute(
-                "UPDATE payments SET refund_sent_ms = COALESCE(refund_sent_ms, ?), updated_ms = ?"
-                " WHERE payment_id = ? AND refunded_ms IS NULL",
-                (now_ms, now_ms, payment_id),
-            )
+        its number, over restarts too. The row as it now stands; None: made meanwhile."""
+        return self._changed(
+            "UPDATE payments SET refund_sent_ms = COALESCE(refund_sent_ms, ?), updated_ms = ?"
+            " WHERE payment_id = ? AND refunded_ms IS NULL RETURNING *",
+            (now_ms, now_ms, payment_id),
+        )
 
-    def refund_unsent(self, payment_id: str, now_ms: int) -> None:
-        """The network has no refund under its number after all: ask it again (same number)."""
-        with self._tx():
-            self._db.execute(
-                "UPDATE payments SET refund_sent_ms = NULL, updated_ms = ?"
-                " WHERE payment_id = ? AND refunded_ms IS NULL",
-                (now_ms, payment_id),
-            )
+    def refund_unsent(self, payment_id: str, now_ms: int) -> PaymentRow | None:
+        """The network has no refund under its number after all: ask it again (same number).
+        The row as it now stands; None: made meanwhile."""
+        return self._changed(
+            "UPDATE payments SET refund_sent_ms = NULL, updated_ms = ?"
+            " WHERE payment_id = ? AND refunded_ms IS NULL RETURNING *",
+            (now_ms, payment_id),
+        )
 
-    def refund_ended_unpaid(self, payment_id: str, detail: str, now_ms: int) -> None:
+    def refund_ended_unpaid(self, payment_id: str, detail: str, now_ms: int) -> PaymentRow | None:
         """The network ended the refund without paying it (WeChat Pay's ABNORMAL, CLOSED): it
-        stays owed, never asked anew under another number without an operator."""
-        with self._tx():
-            self._db.execute(
-                "UPDATE payments SET refund_failed = ?, updated_ms = ?,"
-                " refund_sent_ms = COALESCE(refund_sent_ms, ?)"
-                " WHERE payment_id = ? AND refunded_ms IS NULL",
-                (detail, now_ms, now_ms, payment_id),
-            )
+        stays owed, never asked anew under another number without an operator. The row as it
+        now stands; None: made meanwhile."""
+        return self._changed(
+            "UPDATE payments SET refund_failed = ?, updated_ms = ?,"
+            " refund_sent_ms = COALESCE(refund_sent_ms, ?)"
+            " WHERE payment_id = ? AND refunded_ms IS NULL RETURNING *",
+            (detail, now_ms, now_ms, payment_id),
+        )
 
     def refund_made_by_hand(self, payment_id: str, now_ms: int) -> PaymentRow:
         """An operator made a refund the network ended unpaid (outside the lane): owed no
@@ -393,6 +392,13 @@ class ResolutionStore:
         cur = self._db.execute("SELECT * FROM payments WHERE payment_id = ?", (payment_id,))
         found = cur.fetchone()
         return None if found is None else _row(found)
+
+    def _changed(self, update: str, params: tuple[object, ...]) -> PaymentRow | None:
+        """One UPDATE ... RETURNING * in its own transaction: the row as it now stands, None
+        when it matched none (read to the end: the statement is done before the commit)."""
+        with self._tx():
+            found = self._db.execute(update, params).fetchall()
+        return _row(found[0]) if found else None
 
     def _tx(self) -> contextlib.AbstractContextManager[None]:
         return immediate(self._db, self._lock, lambda exc: StoreError(f"{self.path}: {exc}"))

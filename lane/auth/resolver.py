@@ -375,6 +375,7 @@ class Resolver:
         """Ask each owed refund once, or about it when the network has it in hand and its query
         is due; returns (one failed: the alarm says which, seconds to the next query due)."""
         failing: list[tuple[PaymentRow, str]] = []
+        stands: dict[str, PaymentRow | None] = {r.payment_id: r for r in rows}  # None: made
         now = self._clock()
         due: list[float] = []
         for row in rows:
@@ -398,20 +399,21 @@ class Resolver:
                 if isinstance(exc, AcquirerUnavailable | AcquirerTimeout):
                     break  # the network is down: no use trying the rest now
                 continue
-            wait_s = await self._refund_answered(row, ask, answer)
+            stands[row.payment_id], wait_s = await self._refund_answered(row, ask, answer)
             if answer.state is RefundState.UNKNOWN:
                 failing.append((row, f"no refund {ask.refund_id} at the network: asked again"))
             if wait_s is not None:
                 due.append(wait_s)
-        owed = await self._db(self._store.refunds_owed)
+        owed = [r for r in stands.values() if r is not None]
         self._say_refunds(failing, owed)
         self._say_unpaid(owed)
         return bool(failing), min(due, default=None)
 
     async def _refund_answered(
         self, row: PaymentRow, ask: RefundRequest, answer: RefundAnswer
-    ) -> float | None:
-        """Write where the refund stands; seconds until it is asked about again (None: not)."""
+    ) -> tuple[PaymentRow | None, float | None]:
+        """Write where the refund stands; the row as it now stands (None: owed no more) and the
+        seconds until it is asked about again (None: not)."""
         x = {**_x(row), "refund_minor": row.refund_minor, "refund_id": ask.refund_id,
              "refund_status": answer.detail}  # fmt: skip
         now_ms = self._now_ms()
@@ -420,29 +422,32 @@ class Resolver:
             self._refund_checks.pop(row.payment_id, None)
             self._client.forget(row.payment_id)
             log.info("refund made", extra=x)
-            return None
+            return None, None
         if answer.state is RefundState.UNKNOWN:  # never taken after all: the same number again
             self._refund_checks.pop(row.payment_id, None)
-            await self._db(self._store.refund_unsent, row.payment_id, now_ms)
+            unsent = await self._db(self._store.refund_unsent, row.payment_id, now_ms)
             log.warning("refund not found at the network: asked again", extra=x)
-            return None
+            return unsent, None
+        stands: PaymentRow | None = row
         if answer.state is RefundState.FAILED and row.refund_failed != answer.detail:
-            await self._db(self._store.refund_ended_unpaid, row.payment_id, answer.detail, now_ms)
+            stands = await self._db(
+                self._store.refund_ended_unpaid, row.payment_id, answer.detail, now_ms
+            )
             log.error("refund ended unpaid by the network: an operator's case", extra=x)
         elif answer.state is RefundState.PROCESSING and row.refund_sent_ms is None:
-            await self._db(self._store.refund_sent, row.payment_id, now_ms)
+            stands = await self._db(self._store.refund_sent, row.payment_id, now_ms)
             log.info("refund taken, still processing: asked about by its number", extra=x)
         # Still in the network's hands, or ended unpaid (WeChat Pay's ABNORMAL turns SUCCESS
         # once the merchant refunds it by hand): asked about again, less and less often.
         queries = self._refund_checks.get(row.payment_id, (0, 0.0))[0] + 1
         wait_s = self._refund_query.delay(queries)
         self._refund_checks[row.payment_id] = (queries, self._clock() + wait_s)
-        return wait_s
+        return stands, wait_s
 
     def _say_refunds(self, failing: list[tuple[PaymentRow, str]], owed: list[PaymentRow]) -> None:
         """`refund_failing` while a refund asked this pass failed: it counts every refund owed
-        that the network has not taken (read from the store: those a network down kept this
-        pass from asking too), with the first failure's amount and reason."""
+        that the network has not taken (those a network down kept this pass from asking too),
+        with the first failure's amount and reason."""
         text = None
         if failing:
             row, why = failing[0]

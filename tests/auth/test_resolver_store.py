@@ -213,8 +213,11 @@ def test_a_refund_in_the_networks_hands_is_kept_over_a_reopen_until_it_ends(
         store.move(pid, S.CHARGED, 1100)
         store.move(pid, S.SETTLED, 1200, refund_minor=150)
     store.refund_sent("pay_1", 1300)
-    store.refund_sent("pay_1", 1400)  # asked about again: still sent since the first
-    store.refund_ended_unpaid("pay_2", "ABNORMAL", 1500)
+    again = store.refund_sent("pay_1", 1400)  # asked about again: still sent since the first
+    unpaid = store.refund_ended_unpaid("pay_2", "ABNORMAL", 1500)
+    # Each write hands back the row as it now stands (the resolver's pass reads no more).
+    assert again == store.get("pay_1") and again is not None and again.refund_sent_ms == 1300
+    assert unpaid == store.get("pay_2") and unpaid is not None and unpaid.refund_failed
     store.close()
 
     store = ResolutionStore(path)
@@ -226,12 +229,13 @@ def test_a_refund_in_the_networks_hands_is_kept_over_a_reopen_until_it_ends(
         1500, "ABNORMAL", False
     )  # fmt: skip
     assert store.prune(before_ms=10_000) == 0  # neither is made: both stay
-    store.refund_unsent("pay_1", 1600)
-    row = store.get("pay_1")
+    row = store.refund_unsent("pay_1", 1600)
+    assert row == store.get("pay_1")
     assert row is not None and (row.refund_sent_ms, row.refund_owed) == (None, True)
     store.refunded("pay_2", 1700)
     row = store.get("pay_2")
     assert row is not None and (row.refunded_ms, row.refund_failed) == (1700, "ABNORMAL")
+    assert store.refund_sent("pay_2", 1800) is None  # made: owed no more, left as it is
     assert [r.payment_id for r in store.refunds_owed()] == ["pay_1"]
     store.close()
 
