@@ -57,8 +57,10 @@ sim: setup
 test: setup browser-deps rtsp-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+LINTED := lane scanner barrier uplink sim tests bench
 lint: setup
-	$(BIN)/ruff check lane scanner barrier uplink sim tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy lane scanner barrier uplink sim
 
 # make test runs every script in bench/ small too: tests/test_bench_smoke.py.
