@@ -645,12 +645,13 @@ class PostgresIngestStore(SqlIngestStore):
                 # Sync (no BEGIN/COMMIT, which psycopg would each wait for).
                 with conn.pipeline():
                     self._lock_trips(conn, trips)
-                    # A statement after the first is never prepared: one skipped because the
-                    # first failed (a held row) would be taken by psycopg for prepared, and the
-                    # name it reuses next would not exist.
+                    # psycopg takes a statement it names as it sends it for prepared, unless
+                    # it was told to prepare it (then it checks that the server did). The first
+                    # is, at once: the locks waiting too long skip it. One after it never is:
+                    # skipped because the first failed (a held row), its name reused next would
+                    # not exist.
                     sent = [
-                        conn.execute(s, a, prepare=False if i else None)
-                        for i, (s, a) in enumerate(statements)
+                        conn.execute(s, a, prepare=not i) for i, (s, a) in enumerate(statements)
                     ]
                 rows = [c.fetchone() for c in sent]
             else:

@@ -50,7 +50,7 @@ from uplink.sql_store import (
     NewRows,
 )
 from uplink.sqlite_store import SqliteIngestStore
-from uplink.store import IngestRecord, IngestStore
+from uplink.store import IngestRecord, IngestStore, StoreBusyError
 from uplink.trips import END_OF_TIME_US, open_trips, overdue, stored_mark, trip_ledger
 
 T0 = 1_800_000_000_000_000
@@ -377,6 +377,37 @@ async def test_postgres_a_trip_batch_holds_its_trip_locks_to_its_commit(pg_dsn: 
             await storing
             assert peer.execute(taken, bucket).fetchone() == (True,)
         assert store.count("P01/e1") == 2 and open_table(store) == 1
+    finally:
+        store.close()
+
+
+def test_postgres_batches_refused_on_their_trip_locks_leave_the_worker_storing(
+    pg_dsn: str,
+) -> None:
+    """A batch that waits past lock_timeout for its trip ids' locks is refused as busy, and
+    the server skips the statement sent after them. psycopg names a statement it prepares
+    (the fifth run of its form) as it sends it: skipped, the name would be taken for there,
+    and every later batch of that form on the worker's connection refused for good."""
+    store = PostgresIngestStore(pg_dsn, lock_timeout_s=0.1)
+    records = []
+    for seq in (1, 2, 3):
+        draft = RecordDraft("entry", "v", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            pass_id=f"p{seq}")  # fmt: skip
+        record = Record(f"r-{seq}", "P01/e1", seq, T0, draft)
+        records.append(IngestRecord.of(record, record.encode()))
+    locks = trip_lock_keys("lane_ingest", ["p3"])
+    try:
+        for record in records[:2]:  # the epoch is seen, then a batch of its one statement
+            store.store_batch("P01/e1", QueueIdentity("q"), [record], 1)
+        with psycopg.connect(pg_dsn) as holder:
+            holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", (locks.schema, locks.keys[0]))
+            for _ in range(8):  # past psycopg's prepare threshold
+                with pytest.raises(StoreBusyError, match="lock timeout"):
+                    store.store_batch("P01/e1", QueueIdentity("q"), records[2:], 1)
+            holder.rollback()
+        stored = store.store_batch("P01/e1", QueueIdentity("q"), records[2:], 1)
+        assert stored.contiguous == 3 and store.count("P01/e1") == 3
+        assert open_table(store) == 3
     finally:
         store.close()
 
