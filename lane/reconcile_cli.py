@@ -137,8 +137,8 @@ async def fetch_alipay(client: AlipayClient, session: aiohttp.ClientSession, dat
 
 
 async def fetch_wechat(client: WeChatPayClient, date: str) -> str:
-    status, doc = await client.get_signed(
-        f"/v3/bill/tradebill?bill_date={date}&bill_type=ALL", FETCH_TIMEOUT_S
+    status, doc = await client.signed_call(
+        "GET", f"/v3/bill/tradebill?bill_date={date}&bill_type=ALL", None, FETCH_TIMEOUT_S
     )
     url, digest = doc.get("download_url"), doc.get("hash_value")
     if status != 200 or not isinstance(url, str) or not isinstance(digest, str):

@@ -103,35 +103,27 @@ class WeChatPayClient(HttpClient, OneNetwork):
     async def refund(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
         body = wire.refund_body(wire.out_trade_no(request.payment_id), request.refund_id,
                                 request.amount_minor, request.total_minor)  # fmt: skip
-        return await self._refund_call("POST", wire.REFUND_PATH, body, request, timeout_s)
+        status, doc = await self.signed_call("POST", wire.REFUND_PATH, body, timeout_s)
+        return wire.refund_result(status, doc, request.refund_id)
 
     async def refund_status(self, request: RefundRequest, timeout_s: float) -> RefundAnswer:
         path = wire.refund_path(request.refund_id)
+        status, doc = await self.signed_call("GET", path, None, timeout_s)
         try:
-            return await self._refund_call("GET", path, None, request, timeout_s)
+            return wire.refund_result(status, doc, request.refund_id)
         except RefundRefused as exc:
             if exc.reason == "resource_not_exists":  # never taken under this number
                 return RefundAnswer(RefundState.UNKNOWN, "RESOURCE_NOT_EXISTS")
             raise
 
-    async def _refund_call(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None,
-        request: RefundRequest,
-        timeout_s: float,
-    ) -> RefundAnswer:
+    async def signed_call(
+        self, method: str, path: str, body: dict[str, Any] | None, timeout_s: float
+    ) -> tuple[int, dict[str, Any]]:
+        """One signed request (e.g. GET the trade bill's download URL), its answer verified
+        within the same budget: the HTTP status and the answer's JSON."""
         deadline = self._monotonic() + timeout_s
         answer = await self.request(method, path, body, timeout_s)
-        doc = await self._verified(answer, f"{method} {path}", deadline)
-        return wire.refund_result(answer.status, doc, request.refund_id)
-
-    async def get_signed(self, path: str, timeout_s: float) -> tuple[int, dict[str, Any]]:
-        """GET an API path (e.g. the trade bill's download URL) and verify the answer."""
-        deadline = self._monotonic() + timeout_s
-        answer = await self.request("GET", path, None, timeout_s)
-        return answer.status, await self._verified(answer, path, deadline)
+        return answer.status, await self._verified(answer, f"{method} {path}", deadline)
 
     async def download_certificates(self, timeout_s: float) -> HttpAnswer:
         """`GET /v3/certificates`, unverified: the platform trust checks it its own way."""
@@ -146,13 +138,11 @@ class WeChatPayClient(HttpClient, OneNetwork):
         payment_id: str,
         timeout_s: float,
     ) -> AcquirerResult:
-        deadline = self._monotonic() + timeout_s
-        answer = await self.request(method, path, body, timeout_s)
-        doc = await self._verified(answer, f"{method} {path}", deadline)
-        result = wire.result(call, answer.status, doc, payment_id)
+        status, doc = await self.signed_call(method, path, body, timeout_s)
+        result = wire.result(call, status, doc, payment_id)
         otn = doc.get("out_trade_no")
         if otn is not None and otn != wire.out_trade_no(payment_id):
-            raise AcquirerProtocolError(f"wechatpay {call}: order {otn!r}", answer.status)
+            raise AcquirerProtocolError(f"wechatpay {call}: order {otn!r}", status)
         return result
 
     async def request(
