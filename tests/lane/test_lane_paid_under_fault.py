@@ -5,26 +5,16 @@ it is refunded (`paid_not_passed`) and let go, not held for as long as the devic
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from polling import eventually
 from test_lane_daemon import named, running_lane
-from test_lane_heal import pays, quiet, records
+from test_lane_heal import pays, quiet
+from test_lane_paid_carried import kinds, owed_rows
 
 from sim.broker import Mosquitto
-from uplink.records import Record
 
 PAID_WAIT = ["Paid", "Barrier out of order", "Please wait"]
-
-
-def refunds(queue: Path) -> list[Record]:
-    return [r for r in records(queue) if "paid_not_passed" in r.draft.flags]
-
-
-def owed_rows(queue: Path) -> int:
-    with sqlite3.connect(queue) as db:
-        return int(db.execute("SELECT COUNT(*) FROM owed").fetchone()[0])
 
 
 async def test_paid_behind_the_vehicle_before_then_the_device_goes_it_is_refunded_at_its_due(
@@ -51,8 +41,9 @@ async def test_paid_behind_the_vehicle_before_then_the_device_goes_it_is_refunde
         assert "barrier_offline" in runner.alarms  # refunded while the device is still away
         [gone] = named(lane, "paid_not_passed")
         assert (gone["vehicle_id"], gone["record_id"]) == (v1["vehicle_id"], v1["record_id"])
-        await eventually(lambda: refunds(lane.queue_path))  # written just after the note
-        [refund] = refunds(lane.queue_path)
+        # Written just after the note.
+        await eventually(lambda: kinds(lane.queue_path, "paid_not_passed"))
+        [refund] = kinds(lane.queue_path, "paid_not_passed")
         assert refund.draft.flags == ("paid_not_passed", f"record:{v1['record_id']}")
         assert refund.draft.amount_minor == 0 and refund.draft.vehicle_id == v1["vehicle_id"]
         assert owed_rows(lane.queue_path) == 1  # v0's, let through: its passage is still on
