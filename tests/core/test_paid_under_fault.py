@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from core_kit import LaneDriver, displayed, heal, of_type, one, rules
+from core_kit import CARRIED_RECORD, CARRIED_TEXT, LaneDriver, displayed, heal, of_type, one, rules
 from test_machine_road import PASS_ID, PASS_TEXT, priced
 
 from lane.core import events as ev
@@ -178,6 +178,28 @@ def test_refunded_its_payment_answered_again_is_not_charged_again() -> None:
     assert of_type(actions, DuplicateDecision) and not of_type(actions, Persist)
     lane.report("closed")
     assert not of_type(lane.scan(V1_TEXT), Authorise)  # nobody at the pay point: no charge
+
+
+def test_a_carried_payment_claimed_behind_the_vehicle_before_is_held_from_its_claim() -> None:
+    """Paid before a restart, its code shown again while the boom is up for v1 (not under it
+    yet): it waits with its record, and the device going offline holds it; refunded,
+    flagged carried, `pass_dwell_s` after its claim."""
+    lane = LaneDriver(rules(pass_dwell_s=DWELL))
+    lane.paid_carried()
+    lane.report("closed")
+    lane.pay("v1", V1_TEXT)
+    lane.ack()
+    lane.leave_pay_point()  # v1 drives on towards the boom
+    lane.arrive("v2")
+    lane.scan(CARRIED_TEXT, "token")  # claimed: waits behind v1
+    vehicle = lane.state.vehicle
+    assert vehicle is not None and vehicle.carried and vehicle.record_id == CARRIED_RECORD
+    claimed_at = lane.now
+    lane.report("offline", dt=5.0)
+    (refund,) = refunds(tick_until_refunded(lane))
+    assert lane.now == pytest.approx(claimed_at + DWELL)
+    assert refund.draft.flags == ("paid_not_passed", f"record:{CARRIED_RECORD}", "carried")
+    assert refund.ends_owed == CARRIED_RECORD and lane.state.vehicle is None
 
 
 def tap(lane: LaneDriver) -> None:
