@@ -83,7 +83,14 @@ def claim(state: LaneState, event: ev.Scanned, now: float) -> Result:
     assert owed is not None
     waiting = state.vehicle
     actions = [] if waiting is None else paypoint.let_go(state, waiting, "paid_carried")
-    stage = Committed(owed.record_id, None, event.frame_ts, record_id=owed.record_id, carried=True)
+    stage = Committed(
+        owed.record_id,
+        None,
+        event.frame_ts,
+        record_id=owed.record_id,
+        carried=True,
+        durable_at=now,
+    )
     vehicle = Vehicle(
         owed.vehicle_id,
         owed.vehicle_class,

@@ -14,3 +14,10 @@ THANK_YOU = ShowOnDisplay(("Thank you", "Have a good journey"), ttl_s=5.0)
 def class_waits(vehicle_class: int) -> ShowOnDisplay:
     """A vehicle the lane has no fare for: the attendant (or a corrected class) decides."""
     return ShowOnDisplay((f"Class {vehicle_class}", ASSISTANCE))
+
+
+def paid_wait(ttl_s: float) -> ShowOnDisplay:
+    """A vehicle that paid and that a fault keeps the barrier from opening for: it waits
+    (until the fault clears, or its refund); "use another lane" is for drivers who have not
+    paid."""
+    return ShowOnDisplay(("Paid", "Barrier out of order", "Please wait"), ttl_s)

@@ -100,11 +100,12 @@ def step(state: LaneState, event: ev.Event, now: float) -> Result:
     new_state, actions = _drive(new_state, actions, now)
     new_state, more = recovery.after_step(new_state, event, before, now)
     more += carried.served(state, new_state, actions + more)
+    actions = recovery.tell_held(state, new_state, actions + more, now)
     after = phase(new_state)
     label = diagram.event_label(event)
     if not diagram.allows(before, label, after):
         raise IllegalTransitionError(before, label, after)
-    return new_state, actions + more
+    return new_state, actions
 
 
 def _handle(state: LaneState, event: ev.Event, now: float) -> Result:

@@ -275,7 +275,7 @@ def on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
         or stage.persist_id != event.persist_id
     ):
         return state, []  # a duplicate or stale answer: the record it names is settled already
-    vehicle = replace(vehicle, stage=replace(stage, record_id=event.record_id))
+    vehicle = replace(vehicle, stage=replace(stage, record_id=event.record_id, durable_at=now))
     approved = vehicle.approved
     if approved is None:
         return replace(state, vehicle=vehicle), []

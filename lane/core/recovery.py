@@ -34,6 +34,10 @@ nobody, which raises the alarm again if it does not come down.
 A device that drops commands raises `barrier_no_ack`, which only an ack of a command clears:
 a paid vehicle's open given up under it is replaced by a test close at the empty lane, probed
 every `probe_s` like any held command.
+A paid vehicle whose record is durable while a blocking fault keeps the barrier from opening
+for it (it became durable under the fault, or the fault came while it waited) is held: told
+to wait, opened for if the fault clears within `pass_dwell_s` of its record's commit, else
+refunded (`paid_not_passed`) and let go at that due, as a passage never opened for.
 
 Both outlive a restart (names.KEPT_LATCHES): the lane asks the shell to keep each on disk as it
 is raised and to drop it as it clears (KeepLatch, DropLatch), and is told of a kept one at
@@ -57,7 +61,7 @@ from lane.core.actions import (
     ShowOnDisplay,
 )
 from lane.core.alarms import add_fault, clear_notice, raise_notice, remove_fault
-from lane.core.display import ASSISTANCE
+from lane.core.display import ASSISTANCE, LANE_CLOSED, paid_wait
 from lane.core.names import (
     BARRIER_DOWN,
     BLOCKING_FAULTS,
@@ -75,12 +79,14 @@ from lane.core.records import AuthInfo, RecordDraft
 from lane.core.state import (
     RECORD_KINDS,
     Command,
+    Committed,
     Expectation,
     LaneState,
     Passage,
     Phase,
     StuckLatch,
     StuckOpen,
+    Vehicle,
     phase,
 )
 
@@ -125,9 +131,9 @@ def deadline(state: LaneState) -> list[float]:
     out = [] if state.dwell_at is None else [state.dwell_at]
     if state.expect is not None and not state.expect.overdue:
         out.append(state.expect.by)
-    due = _not_passed_due(state)
-    if due is not None:
-        out.append(due)
+    for due in (_not_passed_due(state), _held_due(state)):
+        if due is not None:
+            out.append(due)
     if state.latch is not None and _may_test(state):
         out.append(state.latch.test_at)
     if state.stuck_open is not None and _empty(state):
@@ -178,7 +184,9 @@ def settle(state: LaneState) -> Result:
 
 
 def after_step(state: LaneState, event: ev.Event, before: Phase, now: float) -> Result:
-    actions: list[Action] = []
+    # A held vehicle's due may be past in any step (a fault raised for one that has waited
+    # behind the vehicle before for longer): given up at once, not left overdue.
+    state, actions = _held_over(state, now)
     passage = state.passage
     if passage is not None and state.barrier == Position.OPEN and not passage.seen_open:
         state = replace(state, passage=replace(passage, seen_open=True))
@@ -526,6 +534,57 @@ def _not_let_through(state: LaneState, now: float) -> Result:
     return state, actions + latched
 
 
+def _held(state: LaneState) -> tuple[Vehicle, str, float] | None:
+    """The vehicle whose record is durable and whom a blocking fault keeps the barrier from
+    opening for (machine._drive opens for it once the fault clears), its record id and its
+    due: `pass_dwell_s` from its record's commit, as a passage waits from its open (one rule
+    for every paid vehicle not let through, a carried one's too)."""
+    vehicle = state.vehicle
+    stage = vehicle.stage if vehicle is not None else None
+    if vehicle is None or not isinstance(stage, Committed) or not state.blocked:
+        return None
+    if stage.record_id is None or stage.durable_at is None:
+        return None
+    return vehicle, stage.record_id, stage.durable_at + state.rules.pass_dwell_s
+
+
+def _held_due(state: LaneState) -> float | None:
+    found = _held(state)
+    return None if found is None else found[2]
+
+
+def _held_over(state: LaneState, now: float) -> Result:
+    """Held all its wait: refunded and let go like a passage never opened for. The barrier
+    must not rise hours later, when the fault clears, for whoever is at the lane then."""
+    found = _held(state)
+    if found is None or now < found[2]:
+        return state, []
+    vehicle, record_id, _ = found
+    state = replace(state, vehicle=None)
+    return not_passed(
+        state,
+        vehicle.vehicle_id,
+        vehicle.vehicle_class,
+        record_id,
+        manual=vehicle.manual is not None,
+        carried=vehicle.carried,
+    )
+
+
+def tell_held(
+    before: LaneState, after: LaneState, actions: list[Action], now: float
+) -> list[Action]:
+    """A held vehicle is told to wait as its hold begins, and instead of "Lane closed" (a fault
+    raised, its code read again): told to use another lane, it would drive off paid and owed."""
+    due = _held_due(after)
+    if due is None:
+        return actions
+    closed = LANE_CLOSED in actions
+    if not closed and _held_due(before) is not None:
+        return actions
+    return [*(a for a in actions if a != LANE_CLOSED), paid_wait(max(due - now, 0.0))]
+
+
 def passage_not_passed(state: LaneState, p: Passage) -> Result:
     """`not_passed` for the vehicle of a passage, a carried payment's too (however the
     passage ends)."""
@@ -550,9 +609,11 @@ def not_passed(
     flags = ("paid_not_passed", f"record:{record_id}", *(("carried",) if carried else ()))
     draft = replace(_uncharged(kind, vehicle_id, vehicle_class), flags=flags)
     before = " (paid before a restart)" if carried else ""
+    faults = ", ".join(sorted(state.faults & BLOCKING_FAULTS))
+    cause = f"barrier {state.barrier}" + (f", lane in fault: {faults}" if faults else "")
     message = (
         f"vehicle {vehicle_id} paid (record {record_id}){before} and was not let through in"
-        f" {state.rules.pass_dwell_s:g} s (barrier {state.barrier}): attendant, please help;"
+        f" {state.rules.pass_dwell_s:g} s ({cause}): attendant, please help;"
         " a refund record is written"
     )
     state, alarm = raise_notice(state, Alarm.PAID_NOT_PASSED, message)

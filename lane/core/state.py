@@ -136,8 +136,8 @@ class Authorising:
 @dataclass(frozen=True)
 class Committed:
     """The lane is committed to this vehicle: its record is on its way to disk (`record_id`
-    None) or durable. `approved` is the payment; None when an attendant opened (`persist_id`
-    is then the attendant's cmd_id)."""
+    None) or durable (since `durable_at`). `approved` is the payment; None when an attendant
+    opened (`persist_id` is then the attendant's cmd_id)."""
 
     persist_id: str
     approved: Decided | None
@@ -145,6 +145,9 @@ class Committed:
     record_id: str | None = None
     entry: bool = False  # an entry lane's free passage (its `entry` record), not an attendant's
     carried: bool = False  # paid before a restart (lane.core.carried): its record, no new one
+    # When the lane could first open for it (its record durable, or a carried payment claimed):
+    # held by a blocking fault, it waits `pass_dwell_s` from here (lane.core.recovery).
+    durable_at: float | None = None
 
 
 # A vehicle's sub-phase at the pay point: one of these, so no illegal mix is representable.

@@ -33,6 +33,7 @@ from lane.core.actions import (
     Settle,
     ShowOnDisplay,
 )
+from lane.core.display import LANE_CLOSED
 from lane.core.machine import initial_state, next_deadline, step
 from lane.core.names import Alarm
 from lane.core.records import credential_of
@@ -138,6 +139,11 @@ class SafetyMonitor:
             no_pass = isinstance(trip, Ticket) and trip.pass_id is None and trip.printer_error
             assert (out_of_tries or no_fare or suspect or no_pass) and not waiting.manual, waiting
             assert not waiting.committed or out_of_tries, f"waits for nobody: {waiting}"
+        waiting = after.vehicle
+        if waiting is not None and waiting.record_id is not None and after.blocked:
+            # Paid, and a fault keeps the barrier from opening for it: it waits, paid; told to
+            # use another lane it would drive off owed.
+            assert LANE_CLOSED not in actions, f"a paid vehicle told the lane is closed: {after}"
         self._check_trip(after)
         self._check_carried(before, event, after, actions)
         self._check_latch(before, event, after, actions)
@@ -407,6 +413,15 @@ class SafetyMonitor:
         assert not isinstance(event, ev.Tick), f"Tick at {now} left deadline {deadline} due"
         previous = next_deadline(before)
         assert previous is not None and previous <= now, f"new deadline {deadline} in the past"
+
+    def check_let_through_or_refunded(self, state: LaneState) -> None:
+        """After a blocking fault lasted longer than any paid vehicle's wait: every one is
+        through (something crossed, or the device said open for it: the lane cannot hear it
+        leave while the fault lasts) or refunded, none held for as long as the fault lasts."""
+        p = state.passage
+        through = p is not None and (p.seen_open or p.crossings > 0 or p.left)
+        left = self.owed - ({p.record_id} if p is not None and through else set())
+        assert not left and not state.carried, f"paid, held by the fault: {sorted(left)} {state}"
 
     def check_outcomes(self) -> None:
         """Every authorisation ended: approved + settled, or declined / abandoned; never both.
@@ -797,10 +812,52 @@ def metro_answer(trip_id: str) -> ev.TripPriced:
                          False, ("No tap-in", "Maximum fare CNY 8.00"))  # fmt: skip
 
 
-def random_walk(driver: LaneDriver, source: EventSource, steps: int) -> None:
+def random_walk(
+    driver: LaneDriver,
+    source: EventSource,
+    steps: int,
+    until: Callable[[LaneState], bool] | None = None,
+) -> None:
+    """`steps` random events, or fewer: the walk stops where `until` holds."""
     for _ in range(steps):
+        if until is not None and until(driver.state):
+            return
         dt, event = source.next(driver.state, driver.now)
         source.learn(driver.feed(event, dt))
+
+
+def recording(state: LaneState) -> bool:
+    """A record the lane committed to is on its way to disk (a payment approved, a pass, an
+    attendant's open): a fault that comes now holds a vehicle whose record becomes durable."""
+    return state.vehicle is not None and state.vehicle.pending_persist is not None
+
+
+# Blocking faults that last until the world changes (no answer of the lane's clears them).
+LASTING_FAULTS = (
+    ev.BarrierReported("offline"),
+    ev.BarrierReported("fault"),
+    ev.LinkChanged(up=False),
+)
+
+
+def fault_lasts(driver: LaneDriver, fault: ev.Event) -> None:
+    """`fault` comes and stays for three `pass_dwell_s`: the record queue still writes what the
+    lane asks, nothing else answers. Every paid vehicle must end through or refunded meanwhile,
+    not wait for the fault to clear."""
+    driver.feed(fault)
+    end = driver.now + 3 * driver.state.rules.pass_dwell_s
+    for _ in range(1000):
+        vehicle = driver.state.vehicle
+        pending = vehicle.pending_persist if vehicle is not None else None
+        deadline = next_deadline(driver.state)
+        if pending is not None:
+            driver.feed(ev.Persisted(pending, driver.fresh("rec-"), driver._ids), 0.004)
+        elif deadline is not None and deadline <= end:
+            driver.tick_at_deadline()
+        else:
+            driver.monitor.check_let_through_or_refunded(driver.state)
+            return
+    raise AssertionError(f"no end to the deadlines under {fault}: {driver.state}")
 
 
 def heal(driver: LaneDriver, rounds: int = 12) -> None:

@@ -8,7 +8,19 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from core_kit import EventSource, LaneDriver, metro_answer, of_type, one, random_walk, rules
+from core_kit import (
+    LASTING_FAULTS,
+    Chooser,
+    EventSource,
+    LaneDriver,
+    fault_lasts,
+    metro_answer,
+    of_type,
+    one,
+    random_walk,
+    recording,
+    rules,
+)
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from test_invariants import hypothesis_chooser, lane_rules
@@ -390,3 +402,44 @@ def test_liveness_holds_in_every_mode_from_a_stuck_open_barrier() -> None:
         lane.report("offline")
         world_answers(lane, budget=40)
         assert of_type(lane.actions, QueryDevice)
+
+
+def lasting_fault_walk(lane: LaneDriver, choose: Chooser, as_recorded: bool) -> None:
+    """A random walk (stopped as a record is on its way to disk, when `as_recorded`), then a
+    blocking fault that lasts."""
+    random_walk(lane, EventSource(choose), 40, until=recording if as_recorded else None)
+    fault_lasts(lane, choose.pick(LASTING_FAULTS))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lane_rules=lane_rules, data=st.data())
+def test_liveness_under_a_lasting_fault_every_paid_vehicle_ends_through_or_refunded(
+    lane_rules: LaneRules, data: st.DataObject
+) -> None:
+    """Faults that outlast a paid vehicle's wait do not hold it for their duration: from any
+    reachable state (often one with a record on its way to disk as the fault comes), every
+    paid vehicle is through or refunded within its `pass_dwell_s` (the monitor), and once the
+    world is well the lane is idle."""
+    lane = LaneDriver(lane_rules)
+    if data.draw(st.booleans(), label="a paid vehicle carried over a restart"):
+        lane.paid_carried(age_s=data.draw(st.sampled_from([0.0, 45.0]), label="age"))
+    as_recorded = data.draw(st.booleans(), label="the fault comes as a record is written")
+    lasting_fault_walk(lane, hypothesis_chooser(data), as_recorded)
+    note(f"after the fault: {lane.phase()} {lane.state}")
+    world_answers(lane, budget=60)
+    assert not lane.monitor.owed, lane.monitor.owed
+
+
+def test_the_lasting_fault_walks_hold_vehicles_paid_as_the_fault_came() -> None:
+    """The walks above meet the case they are for, in every mode: a vehicle whose record
+    became durable under the fault, refunded without ever being opened for."""
+    held: set[LaneMode] = set()
+    for seed in range(120):
+        mode = list(LaneMode)[seed % len(LaneMode)]
+        lane = LaneDriver(rules(mode))
+        lasting_fault_walk(lane, Chooser.seeded(seed), as_recorded=True)
+        opened = {a.cmd_id for a in of_type(lane.actions, OpenBarrier)}
+        refunded = [p for p in of_type(lane.actions, Persist) if p.ends_owed is not None]
+        if any(f"{p.draft.vehicle_id}/open" not in opened for p in refunded):
+            held.add(mode)
+    assert held == set(LaneMode), held
