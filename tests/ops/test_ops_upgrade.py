@@ -211,7 +211,7 @@ def test_a_v1_payments_file_is_upgraded_in_place_and_keeps_its_payments(tmp_path
     assert user_version(path) == 1 and len(before) == 4
 
     store = ResolutionStore(path)
-    assert user_version(path) == PAYMENTS_VERSION == 4
+    assert user_version(path) == PAYMENTS_VERSION == 5
     assert payment_rows(path) == before  # every column as it was
     rows = store.in_states(set(PaymentState))
     assert [r.state for r in rows] == ["intent", "given_up", "settled", "declined"]
@@ -219,7 +219,8 @@ def test_a_v1_payments_file_is_upgraded_in_place_and_keeps_its_payments(tmp_path
     assert {(r.refund_minor, r.refunded_ms, r.refund_sent_ms, r.refund_failed) for r in rows} == {
         (0, None, None, None)
     }  # v3, v4: none owed, none sent
-    assert store.refunds_owed() == []
+    assert {(r.refund_end, r.refund_recorded) for r in rows} == {(None, None)}  # v5: none ended
+    assert store.refunds_owed() == [] and store.ends_unrecorded() == []
     assert (rows[1].attempts, rows[1].reason) == (2, "acquirer unavailable")
     _, created = store.begin(
         "pay_new",
