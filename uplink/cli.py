@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def store_options(p: argparse.ArgumentParser) -> None:
+    """Where a reading command finds the store: `--db` or `--dsn` (and `--schema`)."""
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", help="SQLite ingest store file")
+    where.add_argument("--dsn", help="PostgreSQL DSN (psycopg 3)")
+    p.add_argument("--schema", default="lane_ingest", help="PostgreSQL schema of the tables")
+    p.add_argument("--lock-timeout", type=positive, default=5.0, help=argparse.SUPPRESS)
+
+
 def open_store(args: argparse.Namespace) -> IngestStore:
     if args.dsn:
         # psycopg is imported only when PostgreSQL is used: it is the optional [pg] extra.

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from uplink.cli import positive, read_store
+from uplink.cli import positive, read_store, store_options
 from uplink.store import IngestStore
 from uplink.trips import END_OF_TIME_US, TripLedger, open_trips
 
@@ -33,11 +33,7 @@ UPGRADING = (
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lane trips", description=__doc__.splitlines()[0])
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--db", help="SQLite ingest store file")
-    where.add_argument("--dsn", help="PostgreSQL DSN (psycopg 3)")
-    p.add_argument("--schema", default="lane_ingest", help="PostgreSQL schema of the tables")
-    p.add_argument("--lock-timeout", type=positive, default=5.0, help=argparse.SUPPRESS)
+    store_options(p)
     p.add_argument("--overdue-h", type=positive, help="only trips that entered longer ago")
     p.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     return p
