@@ -76,10 +76,9 @@ async def test_a_processing_refund_is_asked_about_until_success_and_made_once(
     tmp_path: Path, wechat_gateway: Callable[..., Any]
 ) -> None:
     alarms = Alarms()
-    async with (
-        wechat_gateway() as (fake, client),
-        resolving(tmp_path / "payments.db", client, alarms) as resolver,
-    ):
+    async with wechat_gateway() as (fake, client), resolving(
+        tmp_path / "payments.db", client, alarms
+    ) as resolver:
         fake.refund_ends = "SUCCESS"
         payment_id = await paid(resolver, client, fake.ledger.issue_code("w1", "13"))
         await resolver.settle(payment_id, 150)
@@ -101,10 +100,9 @@ async def test_a_refund_ended_unpaid_is_alarmed_not_asked_anew_and_clears_when_m
     config = tmp_path / "lane.toml"
     config.write_text('[lane]\nid = "p07/l03"\ndata_dir = "data"\n')
     (tmp_path / "data").mkdir()
-    async with (
-        wechat_gateway() as (fake, client),
-        resolving(tmp_path / "data" / "payments.sqlite3", client, alarms) as resolver,
-    ):
+    async with wechat_gateway() as (fake, client), resolving(
+        tmp_path / "data" / "payments.sqlite3", client, alarms
+    ) as resolver:
         fake.refund_ends = end
         payment_id = await paid(resolver, client, fake.ledger.issue_code("w2", "13"))
         await resolver.settle(payment_id, 150)
@@ -161,10 +159,9 @@ async def test_alipay_fund_change_n_is_confirmed_by_the_refund_query(
     tmp_path: Path, alipay_gateway: Callable[..., Any]
 ) -> None:
     alarms = Alarms()
-    async with (
-        alipay_gateway() as (fake, client),
-        resolving(tmp_path / "payments.db", client, alarms) as resolver,
-    ):
+    async with alipay_gateway() as (fake, client), resolving(
+        tmp_path / "payments.db", client, alarms
+    ) as resolver:
         payment_id = await paid(resolver, client, fake.ledger.issue_code("w4", "28"))
         # A refund made under its number whose answer was lost: the lane's ask is a repeat,
         # answered fund_change N (no money moved now), and only the query says it was made.

@@ -57,12 +57,7 @@ def documented_severities(
 @pytest.mark.parametrize(
     ("doc", "header", "code_cell", "severity_cell"),
     [
-        (
-            "operations.md",
-            "| alarm | kind | severity | raised when | while it lasts | clears when | the operator should |",
-            0,
-            2,
-        ),  # noqa: E501
+        ("operations.md", "| alarm | kind | severity | raised when | while it lasts | clears when | the operator should |", 0, 2),  # noqa: E501
         ("console.md", "| severity | alarms |", 1, 0),
     ],
 )

@@ -22,8 +22,8 @@ from uplink.refund_trail_cli import main as trail_main
 from uplink.refunds import open_refunds
 from uplink.sql_store import SCHEMA_VERSION, UpgradeJob
 from uplink.sqlite_store import SqliteIngestStore
-from uplink.trips import open_trips
 from uplink.store import IngestRecord, IngestStore
+from uplink.trips import open_trips
 
 LANE = "m01/x03"
 Q = QueueIdentity("epoch-r")
