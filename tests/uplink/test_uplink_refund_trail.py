@@ -97,9 +97,7 @@ def test_refunds_owed_and_not_made_are_listed_whatever_order_the_batches_come_in
     assert_trail(store)
 
 
-def test_the_cli_lists_them_from_sqlite(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_cli_lists_them_from_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "ingest.sqlite"
     store = SqliteIngestStore(path)
     store.store_batch(LANE, Q, rows(trail_records()), 1)
@@ -116,9 +114,7 @@ def test_the_cli_lists_them_from_sqlite(
     assert trail_main(["--db", str(tmp_path / "none.sqlite")]) == 1
 
 
-def test_the_cli_lists_them_from_postgres(
-    pg_dsn: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_cli_lists_them_from_postgres(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     store = PostgresIngestStore(pg_dsn)
     store.store_batch(LANE, Q, rows(trail_records()), 1)
     store.close()
