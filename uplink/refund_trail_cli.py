@@ -14,21 +14,12 @@ the answer misses the refunds of the records it has not reached: said on stderr 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 
-from uplink.cli import read_store, store_options
+from uplink.cli import answer_from_store, store_options
 from uplink.refunds import OpenRefund, RefundTrail, open_refunds
-from uplink.store import IngestStore
-
-UPGRADING = (
-    "lane refund-trail: the store's upgrade has not finished (a lane ingest worker goes on"
-    " with it); refunds owed by the records it has not reached are missing"
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,14 +51,7 @@ def render(trail: RefundTrail) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.db is not None and not Path(args.db).is_file():
-        print(f"lane refund-trail: {args.db}: no such store file", file=sys.stderr)
-        return 1
-
-    def show(store: IngestStore) -> None:
-        trail = open_refunds(store)
-        if trail.upgrading:
-            print(UPGRADING, file=sys.stderr)
-        print(json.dumps(asdict(trail), separators=(",", ":")) if args.json else render(trail))
-
-    return read_store(args, "lane refund-trail", show)
+    missing = "refunds owed by the records it has not reached are missing"
+    return answer_from_store(
+        args, "lane refund-trail", open_refunds, render, lambda t: t.upgrading, missing
+    )

@@ -64,10 +64,8 @@ def refund_mark(record: Record) -> RefundMark | None:
 def stored_refund_mark(data: bytes) -> RefundMark | None:
     """Pure: the mark of a record's stored bytes (what a store upgrade fills old rows with);
     None for bytes that do not decode too (the trip ledger counts those)."""
-    try:
-        return refund_mark(Record.decode(data))
-    except PayloadError:
-        return None
+    record = Record.readable(data)
+    return None if record is None else refund_mark(record)
 
 
 @dataclass(frozen=True)
