@@ -4,21 +4,23 @@ hand), each end once, whatever restart falls between the network's answer and th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from polling import eventually
-from test_payer_refund import PREFIX, network  # noqa: F401 - the three networks' fixture
+from test_payer_refund import PREFIX, network, our_acquirer  # noqa: F401 - the fixture
 from test_refund_processing import Alarms, paid
 
 from lane.auth.acquirer import Acquirer
 from lane.auth.refund_ends import RefundEnd, RefundEndKind, refund_draft, refund_record_id
 from lane.auth.resolution_store import SCHEMA_VERSION, PaymentState
-from lane.auth.resolver import Backoff, ResolutionStore, Resolver, refund_id_for
+from lane.auth.resolver import Backoff, PaymentRow, ResolutionStore, Resolver, refund_id_for
 from lane.cli import main as lane_cli
 from lane.core.names import RecordKind
 from lane.refund_records import RefundRecords
@@ -55,6 +57,14 @@ async def refund_records(queue: QueueThread) -> list[Record]:
         for _, data in await queue.batch(0, 1000)
         if (record := Record.decode(data)).draft.kind is RecordKind.REFUND
     ]
+
+
+async def row_when(resolver: Resolver, payment_id: str, recorded: str) -> PaymentRow:
+    async def check() -> PaymentRow | None:
+        row = await resolver.get(payment_id)
+        return row if row is not None and row.refund_recorded == recorded else None
+
+    return await eventually(check, what=f"{payment_id} recorded {recorded}")
 
 
 async def records_when(queue: QueueThread, count: int) -> list[Record]:
@@ -219,3 +229,67 @@ def test_refund_ends_reached_before_the_upgrade_are_recorded_after_it(tmp_path: 
         ("made", "made:"), ("unpaid", "unpaid:ABNORMAL")
     ]  # fmt: skip
     store.close()
+
+
+# A lane's resolver in a process of its own, against our acquirer's fake at argv[3], that is
+# killed (SIGKILL: no close, nothing flushed) either before the refund's record is appended
+# (`before`) or right after, before the payments file notes it (`after`).
+KILLED_AT_THE_RECORD = """
+import asyncio, os, signal, sys
+from lane.auth.acquirer import AcquirerClient
+from lane.auth.resolver import Backoff, ResolutionStore, Resolver
+from lane.refund_records import RefundRecords
+from uplink.queue import RecordQueue
+from uplink.queue_thread import QueueThread
+
+payments, queue_path, url, when = sys.argv[1:5]
+
+async def main():
+    queue = await QueueThread.open(lambda: RecordQueue(queue_path, "p07/l03", 10**7))
+    records = RefundRecords(queue, lambda: None)
+
+    async def record_end(end):
+        if when == "after":
+            await records(end)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    async with AcquirerClient(url) as client:
+        resolver = Resolver(ResolutionStore(payments), client, backoff=Backoff(0.01, 2.0, 0.05),
+                            request_timeout_s=0.5, record_end=record_end)
+        await resolver.start()
+        await asyncio.sleep(30)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_a_lane_killed_between_the_answer_and_the_record_records_it_once(
+    tmp_path: Path, when: str
+) -> None:
+    """The refund is made by the network (our acquirer's fake over HTTP) and the lane process
+    is killed before its record is in the queue, or after it is but before the payments file
+    says so. The next run writes the one record: none lost, none twice."""
+    payments, queue_path = tmp_path / "payments.sqlite3", tmp_path / "queue.sqlite3"
+    alarms = Alarms()
+    async with our_acquirer() as (fake, client):
+        owing = Resolver(ResolutionStore(payments), client)  # not started: nothing refunded
+        payment_id = await paid(owing, client, fake.ledger.issue_code("w6", "28"))
+        await owing.settle(payment_id, 130)
+        await owing.stop()
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", KILLED_AT_THE_RECORD, str(payments), str(queue_path),
+            fake.url, when, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(child.communicate(), 30)
+        assert child.returncode == -9, err.decode()
+        row = ResolutionStore(payments).get(payment_id)
+        assert row is not None and row.refunded_ms is not None  # the network's answer is kept
+        assert (row.refund_end, row.refund_recorded) == ("made:MADE", None)
+        async with trail(payments, queue_path, client, alarms) as (restarted, queue):
+            marked = await row_when(restarted, payment_id, "made:MADE")
+            assert marked.refund_recorded == "made:MADE"
+            (record,) = await refund_records(queue)
+            assert record.record_id == refund_record_id(refund_id_for(payment_id), "made:MADE")
+            assert record.draft.amount_minor == 130
+        assert fake.refund_requests == 1  # refunded once, recorded once
