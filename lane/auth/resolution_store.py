@@ -195,11 +195,6 @@ class PaymentRow:
         )
 
     @property
-    def end_unrecorded(self) -> bool:
-        """The refund reached an end the uplink queue has no record of yet."""
-        return self.refund_end is not None and self.refund_end != self.refund_recorded
-
-    @property
     def refund_processing(self) -> bool:
         """Owed, taken by the network, not ended yet: asked about, never asked anew."""
         return self.refund_owed and self.refund_sent_ms is not None and not self.refund_failed
@@ -427,7 +422,7 @@ class ResolutionStore:
     def prune(self, before_ms: int) -> int:
         """Delete final rows last touched before `before_ms`, except a settled one whose refund
         is still owed (processing or ended unpaid too: `refund_owed`) or whose refund's end the
-        uplink queue has no record of yet (`end_unrecorded`); return how many. A
+        uplink queue has no record of yet (`ends_unrecorded`); return how many. A
         payment given up after `owe_refund` keeps its `refund_minor` but was reversed whole:
         nothing is owed on it, it goes."""
         finals = [s.value for s in FINAL]

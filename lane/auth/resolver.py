@@ -433,8 +433,8 @@ class Resolver:
         if self._record_end is None:
             return False
         rows = await self._db(self._store.ends_unrecorded)
-        refused: list[tuple[PaymentRow, str]] = []
-        for row in rows:
+        text = None
+        for done, row in enumerate(rows):
             assert row.refund_end is not None  # what ends_unrecorded selects
             kind, word = parse_end_key(row.refund_end)
             end = RefundEnd(row.payment_id, refund_id_for(row.payment_id), kind, word,
@@ -444,20 +444,16 @@ class Resolver:
             try:
                 await self._record_end(end)
             except RefundNotRecorded as exc:
-                refused.append((row, str(exc)))
                 log.warning("refund end not recorded: %s", exc, extra=x)
+                text = (
+                    f"{len(rows) - done} refund end(s) not in the uplink queue, the back office"
+                    f" does not know them yet: {row.payment_id} {end.key} ({exc})"
+                )
                 break  # the queue refuses: the rest would be refused too
             await self._db(self._store.end_recorded, row.payment_id, end.key)
             log.info("refund end recorded", extra=x)
-        text = None
-        if refused:
-            row, why = refused[0]
-            text = (
-                f"{len(rows)} refund end(s) not in the uplink queue, the back office does not"
-                f" know them yet: {row.payment_id} {row.refund_end} ({why})"
-            )
         self._say(REFUND_UNRECORDED_ALARM, text)
-        return bool(refused)
+        return text is not None
 
     async def _refund_answered(
         self, row: PaymentRow, ask: RefundRequest, answer: RefundAnswer
