@@ -59,6 +59,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "refund_failing": Severity.MAJOR,
         # One the network ended unpaid (WeChat Pay ABNORMAL, CLOSED): an operator's refund.
         "refund_unpaid": Severity.MAJOR,
+        # A refund's end the queue refused: the back office does not know how it ended yet.
+        "refund_unrecorded": Severity.MAJOR,
         # WeChat Pay answers signed by a platform certificate the lane cannot learn are refused.
         "wechatpay_certificates": Severity.MAJOR,
         "attendant_needed": Severity.MINOR,

@@ -33,6 +33,12 @@ COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
     ),
     "console": ("lane.console.cli", "main", [], "the operator console for lanes over MQTT"),
     "trips": ("uplink.trips_cli", "main", [], "closed roads: who entered and has not exited"),
+    "refund-trail": (
+        "uplink.refund_trail_cli",
+        "main",
+        [],
+        "back office: metro refunds owed and not made, and those the network ended unpaid",
+    ),
 }
 
 

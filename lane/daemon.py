@@ -73,6 +73,7 @@ from lane.log import setup_logging
 from lane.metrics import LaneMetrics
 from lane.notification import Notification, ShellNote, ShellNoteName
 from lane.ops import LaneOps, TimedBarrier, disk_facts
+from lane.refund_records import RefundRecords
 from lane.road_port import RoadDesks
 from lane.runner import Clocks, LaneRunner
 from lane.sd_notify import SystemdNotifier, readiness_status
@@ -516,6 +517,7 @@ class LaneDaemon:
             is_recorded=self._is_recorded,
             alarm=self._alarm,
             keep_days=config.auth.payments_keep_days,
+            record_end=RefundRecords(self.queue, self.forwarder.wake),
         )
         authoriser = Authoriser(
             self.lane,

@@ -34,6 +34,7 @@ from lane.auth.networks import NetworkKeys, alipay_client, wechatpay_client
 from lane.auth.reconcile import Day, Finding, LaneReport, RecordedPayment, reconcile
 from lane.auth.wechatpay import WeChatPayClient
 from lane.config import AuthSection, ConfigError, load_config
+from lane.core.names import RecordKind
 from lane.log import setup_logging
 from lane.wire.codec import PayloadError
 from uplink.records import Record
@@ -177,7 +178,9 @@ def load_records(args: argparse.Namespace, day: Day) -> list[RecordedPayment]:
             log.warning("record not readable: %s", exc)
             continue
         d = record.draft
-        if d.payment_id is None:
+        # A refund record names its payment too, but takes nothing: the bill's charge is the
+        # tap_out's to match (its kept amount against the charge net of refunds).
+        if d.payment_id is None or d.kind == RecordKind.REFUND:
             continue
         found.append(
             RecordedPayment(

@@ -7,6 +7,7 @@ A refund the network ended unpaid (WeChat Pay's ABNORMAL or CLOSED: `refund_unpa
 asked again under another number by the lane: the operator refunds it on the merchant platform
 and says so here. The running lane reads its payments file again within 30 s and clears the
 alarm. Only such a refund can be marked: one still in the network's hands could be paid twice.
+The running lane then writes its `refund` record (`made_by_hand`) for the back office.
 """
 
 from __future__ import annotations

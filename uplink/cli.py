@@ -18,11 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import uvloop
 
@@ -33,6 +37,11 @@ from uplink.ingest import Ingest
 from uplink.ingest_metrics import MetricsServer
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestStore, IngestStoreError, StoreUnavailableError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # a reading command's answer, printed as JSON too
 
 log = logging.getLogger("lane.uplink.cli")
 
@@ -89,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def store_options(p: argparse.ArgumentParser) -> None:
+    """Where a reading command finds the store: `--db` or `--dsn` (and `--schema`)."""
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", help="SQLite ingest store file")
+    where.add_argument("--dsn", help="PostgreSQL DSN (psycopg 3)")
+    p.add_argument("--schema", default="lane_ingest", help="PostgreSQL schema of the tables")
+    p.add_argument("--lock-timeout", type=positive, default=5.0, help=argparse.SUPPRESS)
+
+
 def open_store(args: argparse.Namespace) -> IngestStore:
     if args.dsn:
         # psycopg is imported only when PostgreSQL is used: it is the optional [pg] extra.
@@ -107,6 +125,36 @@ def open_store(args: argparse.Namespace) -> IngestStore:
         )
         return store
     return SqliteIngestStore(args.db)
+
+
+def answer_from_store(  # noqa: PLR0917 - what each reading command differs in
+    args: argparse.Namespace,
+    prog: str,
+    ask: Callable[[IngestStore], T],
+    render: Callable[[T], str],
+    upgrading: Callable[[T], bool],
+    missing: str,
+) -> int:
+    """A reading command's whole run over the store of `args` (`store_options`): its answer
+    (`ask`) printed as `render` gives it, or as one JSON object with `--json`; while an
+    upgrade of the store has not finished, a line on stderr says what the answer misses. 0;
+    1 when the store cannot be opened (or the `--db` file is not there)."""
+    if args.db is not None and not Path(args.db).is_file():
+        print(f"{prog}: {args.db}: no such store file", file=sys.stderr)
+        return 1
+
+    def show(store: IngestStore) -> None:
+        answer = ask(store)
+        if upgrading(answer):
+            print(
+                f"{prog}: the store's upgrade has not finished (a lane ingest worker goes on"
+                f" with it); {missing}",
+                file=sys.stderr,
+            )
+        text = json.dumps(asdict(answer), separators=(",", ":")) if args.json else render(answer)
+        print(text)
+
+    return read_store(args, prog, show)
 
 
 def read_store(args: argparse.Namespace, prog: str, read: Callable[[IngestStore], None]) -> int:

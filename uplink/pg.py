@@ -50,6 +50,7 @@ from uplink.sql_store import (
     fills_a_hole,
     move_on_args,
     new_held,
+    refund_columns,
     trip_columns,
 )
 from uplink.store import (
@@ -77,11 +78,14 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         # A schema written before the trip columns gets them; an upgrade job fills them.
         f"ALTER TABLE IF EXISTS {schema}.records ADD COLUMN IF NOT EXISTS trip_role TEXT",
         f"ALTER TABLE IF EXISTS {schema}.records ADD COLUMN IF NOT EXISTS trip_id TEXT",
+        # Version 7: the refund columns (uplink.refunds); UpgradeJob.REFUNDS fills them.
+        f"ALTER TABLE IF EXISTS {schema}.records ADD COLUMN IF NOT EXISTS refund_of TEXT",
+        f"ALTER TABLE IF EXISTS {schema}.records ADD COLUMN IF NOT EXISTS refund_role TEXT",
         f"CREATE TABLE IF NOT EXISTS {schema}.records ("
         " record_id TEXT PRIMARY KEY, lane TEXT NOT NULL, epoch TEXT NOT NULL, seq BIGINT NOT NULL,"
         " ts_us BIGINT NOT NULL, kind TEXT NOT NULL, amount_minor BIGINT NOT NULL,"
         " currency TEXT NOT NULL, data BYTEA NOT NULL, ingested_us BIGINT NOT NULL,"
-        " trip_role TEXT, trip_id TEXT)",
+        " trip_role TEXT, trip_id TEXT, refund_of TEXT, refund_role TEXT)",
         f"CREATE UNIQUE INDEX IF NOT EXISTS records_lane_epoch_seq ON {schema}.records"
         " (lane, epoch, seq)",
         # The trips open now (uplink.sql_store.REOPEN), and the upgrade jobs still to run, each
@@ -128,15 +132,17 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
 
 # What a schema of an earlier release needs filled from its rows, read before its DDL runs:
 # whether it has `records` without the trip columns (MARK), or with them but no `open_trips`
-# (OPEN), or no `stray_exits` (STRAYS, TALLY), or the epochs' `strays` of version 5 (PRUNE).
-# Parameters: the schema, five times.
+# (OPEN), or no `stray_exits` (STRAYS, TALLY), or the epochs' `strays` of version 5 (PRUNE);
+# and whether its `records` has the refund columns (else REFUNDS). Parameters: the schema,
+# six times.
 _OLD_TABLES = (
     "SELECT to_regclass(%s || '.records') IS NOT NULL, EXISTS (SELECT 1 FROM"
     " information_schema.columns WHERE table_schema = %s AND table_name = 'records'"
     " AND column_name = 'trip_role'), to_regclass(%s || '.open_trips') IS NOT NULL,"
     " to_regclass(%s || '.stray_exits') IS NOT NULL, EXISTS (SELECT 1 FROM"
     " information_schema.columns WHERE table_schema = %s AND table_name = 'epochs'"
-    " AND column_name = 'strays')"
+    " AND column_name = 'strays'), EXISTS (SELECT 1 FROM information_schema.columns"
+    " WHERE table_schema = %s AND table_name = 'records' AND column_name = 'refund_of')"
 )
 _TAG = re.compile(r"^lane ingest schema v(\d+) ")
 # Every transaction touching a trip id waits for the others that do (`_lock_trips`), on the
@@ -223,9 +229,19 @@ def _int_array(values: Iterable[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+def _refund_index_sql(schema: str, *, concurrently: bool = True) -> str:
+    """The refund index (uplink.refunds), built as the trip index is: only the records that
+    take part in a refund's trail are in it."""
+    how = "CONCURRENTLY " if concurrently else "IF NOT EXISTS "
+    return (
+        f"CREATE INDEX {how}records_refund ON {schema}.records (refund_of)"
+        " WHERE refund_of IS NOT NULL"
+    )
+
+
 def _trip_index_sql(schema: str, *, concurrently: bool = True) -> str:
     """The trip index: on a table of an earlier release, built apart from the DDL's
-    transaction and without blocking writes (`PostgresIngestStore._build_trip_index`); on a
+    transaction and without blocking writes (`PostgresIngestStore._build_index`); on a
     new, empty one, in the DDL's transaction (a concurrent build would wait for every older
     transaction of the database). Only the records that take part in trips are in it
     (uplink.trips)."""
@@ -236,15 +252,21 @@ def _trip_index_sql(schema: str, *, concurrently: bool = True) -> str:
     )
 
 
-# Whether the trip index is there and valid: no row (missing), or its `indisvalid` (false: a
+# The indexes built apart from the DDL's transaction (`PostgresIngestStore._build_index`), by
+# name: each one's statement for a schema.
+INDEXES: dict[str, Callable[..., str]] = {
+    "trip": _trip_index_sql,
+    "refund": _refund_index_sql,
+}
+# Whether an index is there and valid: no row (missing), or its `indisvalid` (false: a
 # build is running, or one died and left it half made). Parameter: the index's name.
-_TRIP_INDEX_STATE = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)"
+_INDEX_STATE = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)"
 
 
 def _schema_tag(schema: str) -> str:
     """Names the schema's version and DDL: any change to the DDL makes a new tag, so a store of
     a new release migrates a schema an older one made; the version refuses the reverse."""
-    ddl = (*_schema_sql(schema), _trip_index_sql(schema))
+    ddl = (*_schema_sql(schema), *(index(schema) for index in INDEXES.values()))
     digest = hashlib.sha256("\n".join(ddl).encode()).hexdigest()[:16]
     return f"lane ingest schema v{SCHEMA_VERSION} {digest}"
 
@@ -255,10 +277,19 @@ def _pending_jobs(
     has_open_trips: bool,
     has_strays: bool,
     has_stray_arrays: bool,
+    *,
+    has_refund_columns: bool,
 ) -> tuple[UpgradeJob, ...]:
-    kept = (UpgradeJob.STRAYS, UpgradeJob.TALLY)
     if not has_records:
         return ()  # a new schema: nothing to fill
+    refunds = () if has_refund_columns else (UpgradeJob.REFUNDS,)
+    return _trip_jobs(has_trip_columns, has_open_trips, has_strays, has_stray_arrays) + refunds
+
+
+def _trip_jobs(
+    has_trip_columns: bool, has_open_trips: bool, has_strays: bool, has_stray_arrays: bool
+) -> tuple[UpgradeJob, ...]:
+    kept = (UpgradeJob.STRAYS, UpgradeJob.TALLY)
     if not has_trip_columns:
         return (UpgradeJob.MARK, *kept)  # MARK refreshes the open trips of what it meets
     if not has_open_trips:
@@ -332,20 +363,22 @@ class PostgresIngestStore(SqlIngestStore):
                     "SELECT obj_description(to_regnamespace(%s), 'pg_namespace')", (schema,)
                 )
                 self._refuse_newer(cast(tuple[str | None], cur.fetchone())[0])
-                cur.execute(_OLD_TABLES, (schema,) * 5)
-                old = cast(tuple[bool, bool, bool, bool, bool], cur.fetchone())
+                cur.execute(_OLD_TABLES, (schema,) * 6)
+                old = cast(tuple[bool, bool, bool, bool, bool, bool], cur.fetchone())
                 for stmt in _schema_sql(schema):
                     cur.execute(stmt)
                 if not old[0]:  # a new schema: its empty table indexed at once
-                    cur.execute(_trip_index_sql(schema, concurrently=False))
-                for job in _pending_jobs(*old):
+                    for index in INDEXES.values():
+                        cur.execute(index(schema, concurrently=False))
+                for job in _pending_jobs(*old[:5], has_refund_columns=old[5]):
                     cur.execute(
                         self._sql(f"INSERT INTO {self.prefix}upgrade (job) VALUES (?)"
                                   " ON CONFLICT DO NOTHING"),
                         (job.value,),
                     )  # fmt: skip
                 cur.execute(f"COMMENT ON SCHEMA {schema} IS '{tag}'")
-        self._build_trip_index()
+        for name, index in INDEXES.items():
+            self._build_index(name, index(schema))
         self._upgrade(upgrade_chunk, after_chunk)
         self.upgrade_pending()
 
@@ -357,8 +390,9 @@ class PostgresIngestStore(SqlIngestStore):
                 f" software ({SCHEMA_VERSION}); not touched"
             )
 
-    def _build_trip_index(self) -> None:
-        """Make sure the trip index is there and valid, building it if not with CREATE INDEX
+    def _build_index(self, index: str, build: str) -> None:
+        """Make sure the `index` index (`trip`, `refund`: `INDEXES`) is there and valid,
+        building it (`build`) if not with CREATE INDEX
         CONCURRENTLY: outside a transaction, it reads the table without blocking the batches
         that other workers write meanwhile (a plain CREATE INDEX holds their inserts until it
         has read every row, which on a large store of version 2 is minutes). One worker builds
@@ -367,34 +401,36 @@ class PostgresIngestStore(SqlIngestStore):
         and rebuilds it. A store that finds another worker building it is refused as
         unavailable (`lane ingest` retries its start with backoff), rather than waiting in a
         statement: a waiting statement holds a snapshot, which the build waits for in turn."""
-        name = f"{self.prefix}records_trip"
+        name = f"{self.prefix}records_{index}"
         with self._connected() as conn:
-            state = conn.execute(_TRIP_INDEX_STATE, (name,)).fetchone()
+            state = conn.execute(_INDEX_STATE, (name,)).fetchone()
             if state is not None and state[0]:
                 return
             key = f"{name} build"
             taken = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
             if taken is None or not taken[0]:
                 raise StoreUnavailableError(
-                    f"postgres schema {self.schema}: another worker is building its trip index"
-                    " (CREATE INDEX CONCURRENTLY); try again when it is done"
+                    f"postgres schema {self.schema}: another worker is building its {index}"
+                    " index (CREATE INDEX CONCURRENTLY); try again when it is done"
                 )
             try:
                 # The build reads the whole table, and waits for the transactions before it.
                 conn.execute("SET statement_timeout = 0")
                 conn.execute("SET lock_timeout = 0")
-                state = conn.execute(_TRIP_INDEX_STATE, (name,)).fetchone()
+                state = conn.execute(_INDEX_STATE, (name,)).fetchone()
                 if state is not None and not state[0]:
                     log.warning(
-                        "ingest trip index invalid, rebuilt",
+                        "ingest %s index invalid, rebuilt",
+                        index,
                         extra={"schema": self.schema, "index": name},
                     )
                     conn.execute(f"DROP INDEX CONCURRENTLY {name}")
                 if state is None or not state[0]:
                     # It waits for the transactions older than it: an open one delays it.
-                    log.info("ingest trip index building", extra={"schema": self.schema})
-                    conn.execute(_trip_index_sql(self.schema))
-                    log.info("ingest trip index built", extra={"schema": self.schema})
+                    x = {"schema": self.schema, "index": name}
+                    log.info("ingest %s index building", index, extra=x)
+                    conn.execute(build)
+                    log.info("ingest %s index built", index, extra=x)
             finally:
                 if not conn.broken:  # else its session, and the lock with it, is gone
                     conn.execute("RESET statement_timeout")
@@ -438,10 +474,18 @@ class PostgresIngestStore(SqlIngestStore):
 
     def _upgrading(self, cur: Cursor) -> bool:
         # While only PRUNE is left the answer is whole: `lane trips` counts a late entry's trip
-        # from the strays the job has not reached yet (uplink.sql_store.STRAYS).
+        # from the strays the job has not reached yet (uplink.sql_store.STRAYS). REFUNDS
+        # fills no trip column.
         cur.execute(
-            f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade WHERE job <> %s)",
-            (UpgradeJob.PRUNE.value,),
+            f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade WHERE job NOT IN (%s, %s))",
+            (UpgradeJob.PRUNE.value, UpgradeJob.REFUNDS.value),
+        )
+        return bool(cur.fetchone()[0])
+
+    def _refunds_upgrading(self, cur: Cursor) -> bool:
+        cur.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade WHERE job = %s)",
+            (UpgradeJob.REFUNDS.value,),
         )
         return bool(cur.fetchone()[0])
 
@@ -774,6 +818,7 @@ class PostgresIngestStore(SqlIngestStore):
         # binary array dumper, value by value in Python, cost more than the server's work.
         records = new.records
         trips = [trip_columns(r.trip) for r in records]
+        refunds = [refund_columns(r.refund) for r in records]
         columns = (
             _text_column([r.record_id for r in records]),
             ("%s::bigint[]", _int_array(r.seq for r in records)),
@@ -784,12 +829,14 @@ class PostgresIngestStore(SqlIngestStore):
             ("%b::bytea[]", [r.data for r in records]),
             _text_column([role for role, _ in trips]),
             _text_column([trip for _, trip in trips]),
+            _text_column([payment for payment, _ in refunds]),
+            _text_column([role for _, role in refunds]),
         )
         sql = self._sql(
             f"INSERT INTO {{records}} ({RECORD_COLUMNS})"
-            " SELECT r, %b, %b, s, t, k, a, c, d, %b, tr, ti"
+            " SELECT r, %b, %b, s, t, k, a, c, d, %b, tr, ti, ro, rr"
             f" FROM unnest({', '.join(form for form, _ in columns)})"
-            " AS u(r, s, t, k, a, c, d, tr, ti)" + returning
+            " AS u(r, s, t, k, a, c, d, tr, ti, ro, rr)" + returning
         )
         return sql, (new.lane, new.epoch, new.now_us, *(value for _, value in columns))
 

@@ -140,6 +140,16 @@ def _add_owed_v4(db: sqlite3.Connection) -> None:
     )
 
 
+def _add_keyed_v5(db: sqlite3.Connection) -> None:
+    """The records appended under an id their writer derived (`append_once`: a refund's end,
+    lane.auth.refund_ends), kept after they are forwarded and deleted, as `paid`: asked again
+    after a crash, the queue appends none a second time."""
+    db.execute(
+        "CREATE TABLE keyed (record_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,"
+        " ts_us INTEGER NOT NULL) WITHOUT ROWID"  # one b-tree: the empty file grows by a page
+    )
+
+
 # MIGRATIONS[n] upgrades a database at user_version n to n + 1. Records are never re-encoded by a
 # migration: an older record format stays in the queue as bytes and is forwarded unchanged.
 MIGRATIONS: dict[int, Migration] = {
@@ -147,6 +157,7 @@ MIGRATIONS: dict[int, Migration] = {
     1: _add_paid_v2,
     2: _add_epoch_v3,
     3: _add_owed_v4,
+    4: _add_keyed_v5,
 }
 
 
@@ -347,11 +358,29 @@ class RecordQueue:
         """Stamp and durably store one record; return it once the commit is on disk. In the
         same commit: `owes` (a code's digest) keeps the passage this paid record is owed,
         `ends_owed` (a record id) ends one (lane.core.actions.Persist)."""
+        record = self._append(draft, None, owes, ends_owed)
+        assert record is not None  # only a keyed append finds its record there already
+        return record
+
+    def append_once(self, draft: RecordDraft, record_id: str) -> Record | None:
+        """Store one record under `record_id` (derived by its writer) unless this queue has
+        appended one under it before (kept 30 days, as `paid`): the record once on disk, or
+        None when it was there already. A writer that crashed between this and noting it
+        asks again, and nothing is appended twice."""
+        return self._append(draft, record_id, None, None)
+
+    def _append(
+        self, draft: RecordDraft, keyed: str | None, owes: str | None, ends_owed: str | None
+    ) -> Record | None:
         now = self._wall()
         ts_us = int(now * 1_000_000)
-        record_id = str(uuid7(unix_ms=ts_us // 1000))
+        record_id = keyed or str(uuid7(unix_ms=ts_us // 1000))
         with self._locked() as db:
             db.execute("BEGIN IMMEDIATE")
+            taken = "SELECT 1 FROM keyed WHERE record_id=?"
+            if keyed is not None and db.execute(taken, (keyed,)).fetchone() is not None:
+                db.execute("ROLLBACK")
+                return None
             seq = int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0]) + 1
             record = Record(record_id=record_id, lane=self.lane, seq=seq, ts_us=ts_us, draft=draft)
             data = record.encode()
@@ -376,6 +405,8 @@ class RecordQueue:
                 )
             if ends_owed is not None:
                 db.execute("DELETE FROM owed WHERE record_id=?", (ends_owed,))
+            if keyed is not None:
+                db.execute("INSERT INTO keyed VALUES (?, ?, ?)", (keyed, seq, ts_us))
             db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
             db.execute("UPDATE meta SET value=value+1 WHERE key='appended_total'")
             db.execute("COMMIT")
@@ -471,6 +502,7 @@ class RecordQueue:
                     deleted.append(h.seq)
             horizon = int(self._wall() * 1_000_000) - PAID_RETENTION_US
             db.execute("DELETE FROM paid WHERE ts_us < ?", (horizon,))
+            db.execute("DELETE FROM keyed WHERE ts_us < ?", (horizon,))
             db.execute("COMMIT")
         return deleted
 

@@ -73,6 +73,9 @@ class QueueThread:
     ) -> Record:
         return await self._call(self.sync.append, draft, owes, ends_owed)
 
+    async def append_once(self, draft: RecordDraft, record_id: str) -> Record | None:
+        return await self._call(self.sync.append_once, draft, record_id)
+
     async def owed(self) -> list[OwedPassage]:
         return await self._call(self.sync.owed)
 

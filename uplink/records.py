@@ -70,6 +70,15 @@ class Record:
         return cls.from_map(unpack(data, max_version=RECORD_VERSION))
 
     @classmethod
+    def readable(cls, data: bytes) -> Record | None:
+        """The record of stored bytes, None when they do not decode (a store's upgrade reads
+        old rows: one it cannot read is counted, never fatal)."""
+        try:
+            return cls.decode(data)
+        except PayloadError:
+            return None
+
+    @classmethod
     def from_map(cls, body: Mapping[str, Any]) -> Record:
         # The back office decodes every record it ingests: a well-formed map (msgpack gives
         # exact types, so `type(v) is int` also refuses a bool) is built in one pass; anything

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
+from lane.core.names import RecordKind
 from uplink.messages import Held, QueueIdentity, digest
+from uplink.refunds import MADE_ROLES, RefundMark, RefundRole, RefundRows, stored_refund_mark
 from uplink.store import (
     Conflict,
     ConflictRow,
@@ -27,11 +29,11 @@ from uplink.trips import TripMark, TripRole, TripRows, stored_mark
 # The columns of a stored record, in the order both stores insert them.
 RECORD_COLUMNS = (
     "record_id, lane, epoch, seq, ts_us, kind, amount_minor, currency, data, ingested_us,"
-    " trip_role, trip_id"
+    " trip_role, trip_id, refund_of, refund_role"
 )
 COLUMN_COUNT = len(RECORD_COLUMNS.split(","))
 # The store's schema version: SQLite's `user_version`, named in PostgreSQL's schema comment.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
 # Rows (or trip ids) per step of an upgrade, each a transaction of its own in PostgreSQL.
 UPGRADE_CHUNK = 5000
@@ -161,6 +163,17 @@ PRUNE_STRAYS = (
     " WHERE x.trip_role=? AND x.trip_id IN (SELECT t.column1 FROM (VALUES {ids}) AS t WHERE"
     f" NOT ({NO_ENTRY.replace('{column}', 'column1')})))"
 )
+# The refunds owed and not made (uplink.refunds): each `tap_out` owing one whose payment has
+# no `made` or `made_by_hand` record held, with its payment's latest `unpaid` record (NULL:
+# none). Driven by the refund index (`refund_of`, where set), the ends probed by key in scalar
+# subqueries. Parameters: unpaid, owed, made, made by hand.
+REFUND_OPEN = (
+    "SELECT o.data, (SELECT e.data FROM {records} AS e WHERE e.refund_of = o.refund_of"
+    " AND e.refund_role = ? ORDER BY e.ts_us DESC LIMIT 1)"
+    " FROM {records} AS o WHERE o.refund_of IS NOT NULL AND o.refund_role = ?"
+    " AND (SELECT 1 FROM {records} AS m WHERE m.refund_of = o.refund_of"
+    " AND m.refund_role IN (?, ?) LIMIT 1) IS NULL"
+)
 # How a batch's UPDATE of its epoch's row adds the trips it closed. Parameter: how many.
 ADD_CLOSED = "closed = closed + ?"
 TALLY_SOURCE = "upgrade"  # the row of `trip_counts` an upgrade's tally adds to
@@ -217,7 +230,7 @@ class NewRows:
     def rows(self) -> list[tuple[object, ...]]:
         return [
             (r.record_id, self.lane, self.epoch, r.seq, r.ts_us, r.kind, r.amount_minor,
-             r.currency, r.data, self.now_us, *trip_columns(r.trip))
+             r.currency, r.data, self.now_us, *trip_columns(r.trip), *refund_columns(r.refund))
             for r in self.records
         ]  # fmt: skip
 
@@ -225,6 +238,11 @@ class NewRows:
 def trip_columns(mark: TripMark | None) -> tuple[str | None, str | None]:
     """A record's `trip_role` and `trip_id` columns (both NULL: no part in a trip)."""
     return (None, None) if mark is None else (mark.role.value, mark.trip_id)
+
+
+def refund_columns(mark: RefundMark | None) -> tuple[str | None, str | None]:
+    """A record's `refund_of` and `refund_role` columns (both NULL: no part in a refund)."""
+    return (None, None) if mark is None else (mark.payment_id, mark.role.value)
 
 
 class FirstEntry(NamedTuple):
@@ -276,6 +294,9 @@ class UpgradeJob(StrEnum):
     # The strays a release before 6 kept of trips with an entry: dropped, each trip whose
     # exits were all strays counted (`LATE_CLOSED`). Its answer is whole meanwhile.
     PRUNE = "prune"
+    # The refund columns of the `tap_out` rows stored before them (uplink.refunds): the trip
+    # ledger's answer is whole meanwhile, the refunds' is not.
+    REFUNDS = "refunds"
 
 
 def new_held(records: Sequence[IngestRecord]) -> tuple[Held, ...]:
@@ -810,6 +831,19 @@ class SqlIngestStore:
         closed += sum(1 for t, n in of_trip.items() if n == exits[t])
         return TripRows(open_entries, closed, unmatched, unreadable, upgrading)
 
+    def refund_rows(self) -> RefundRows:
+        """The refunds owed and not made (REFUND_OPEN), no record decoded here."""
+        roles = (RefundRole.UNPAID, RefundRole.OWED, *MADE_ROLES)
+        with self._snapshot() as cur:
+            cur.execute(self._sql(REFUND_OPEN), tuple(r.value for r in roles))
+            rows = [(bytes(o), None if e is None else bytes(e)) for o, e in cur.fetchall()]
+            upgrading = self._refunds_upgrading(cur)
+        return RefundRows(rows, upgrading)
+
+    def _refunds_upgrading(self, cur: Cursor) -> bool:
+        """Whether an upgrade has `tap_out` rows left to mark (SQLite marks them all on open)."""
+        return False
+
     def upgrade_pending(self) -> bool:
         """Whether an upgrade of the store has rows still to fill: until then the trip
         ledger's answer is not whole (`TripRows.upgrading`)."""
@@ -834,12 +868,26 @@ class SqlIngestStore:
         batch counted meanwhile (`counted`, which it empties when it is done) and that the
         strays do not account for. PRUNE takes the next `chunk` strays (by record id) and
         prunes those of their trips that have an entry (`_prune_strays`), adding the trips
-        it counts closed to the upgrade's count."""
+        it counts closed to the upgrade's count. REFUNDS fills the refund columns of the next
+        `chunk` `tap_out` rows (by record id) from their bytes."""
         q = self._sql
         read = db.cursor()
         past = "" if after is None else " AND {key} > ?"
         params: tuple[object, ...] = () if after is None else (after,)
         entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
+        if job == UpgradeJob.REFUNDS:
+            read.execute(
+                q("SELECT record_id, data FROM {records} WHERE kind=?"
+                  + past.format(key="record_id") + " ORDER BY record_id LIMIT ?"),
+                (RecordKind.TAP_OUT.value, *params, chunk),
+            )  # fmt: skip
+            tap_outs = [(str(r), stored_refund_mark(bytes(data))) for r, data in read.fetchall()]
+            refunds = [(*refund_columns(m), rid) for rid, m in tap_outs if m is not None]
+            if refunds:
+                db.cursor().executemany(
+                    q("UPDATE {records} SET refund_of=?, refund_role=? WHERE record_id=?"), refunds
+                )
+            return tap_outs[-1][0] if len(tap_outs) == chunk else None
         if job == UpgradeJob.MARK:
             read.execute(
                 q("SELECT record_id, data FROM {records} WHERE TRUE" + past.format(key="record_id")

@@ -1,14 +1,16 @@
 """The default back-office store: one SQLite file (WAL, synchronous=FULL: an ack always follows a
 durable commit). Several workers (threads or processes) may share the file; writers take turns.
 
-Schema version 6 keys seqs by queue epoch, keeps conflicts, each record's part in the trip
-ledger (`trip_role`, `trip_id`, indexed: uplink.trips), the trips open now (`open_trips`), and
-the closed count and the exits whose trip has no entry (`epochs.closed`, `trip_counts`,
-`stray_exits`: uplink.sql_store.CLOSED_COUNTS). An older file is migrated in place on open, in
-one transaction: version 1 (seqs per lane, no epochs) gets its records under the empty epoch
-`""`; the trip columns of the rows of a version 1 or 2 file are filled from their bytes;
+Schema version 7 keys seqs by queue epoch, keeps conflicts, each record's part in the trip
+ledger (`trip_role`, `trip_id`, indexed: uplink.trips), the trips open now (`open_trips`), the
+closed count and the exits whose trip has no entry (`epochs.closed`, `trip_counts`,
+`stray_exits`: uplink.sql_store.CLOSED_COUNTS), and each record's part in a refund's trail
+(`refund_of`, `refund_role`, indexed: uplink.refunds). An older file is migrated in place on
+open, in one transaction: version 1 (seqs per lane, no epochs) gets its records under the
+empty epoch `""`; the trip columns of the rows of a version 1 or 2 file are filled from their bytes;
 `open_trips`, the strays and the closed count are filled from the trip columns; the strays a
-version 5 file kept of trips with an entry are pruned. A file of a newer version is refused
+version 5 file kept of trips with an entry are pruned; the refund columns of the `tap_out`
+rows of a version 1 to 6 file are filled from their bytes. A file of a newer version is refused
 untouched.
 """
 
@@ -42,8 +44,10 @@ RECORDS = (
     " record_id TEXT PRIMARY KEY, lane TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL,"
     " ts_us INTEGER NOT NULL, kind TEXT NOT NULL, amount_minor INTEGER NOT NULL,"
     " currency TEXT NOT NULL, data BLOB NOT NULL, ingested_us INTEGER NOT NULL,"
-    " trip_role TEXT, trip_id TEXT, UNIQUE (lane, epoch, seq))"
+    " trip_role TEXT, trip_id TEXT, refund_of TEXT, refund_role TEXT, UNIQUE (lane, epoch, seq))"
 )
+# Only the records that take part in a refund's trail (uplink.refunds) are in the index.
+REFUND_INDEX = "CREATE INDEX records_refund ON records (refund_of) WHERE refund_of IS NOT NULL"
 # Only the records that take part in trips are in the index: a toll record costs it nothing.
 TRIP_INDEX = "CREATE INDEX records_trip ON records (trip_role, trip_id) WHERE trip_role IS NOT NULL"
 # The trips open now, one row per trip id at its earliest entry (uplink.sql_store.REOPEN),
@@ -95,16 +99,24 @@ TO_V5 = (
     f"INSERT INTO trip_counts VALUES ('{TALLY_SOURCE}', 0)",
     "CREATE TABLE counted (trip_id TEXT PRIMARY KEY) WITHOUT ROWID",
 )
+# Version 6 -> 7: the refund columns and their index; UpgradeJob.REFUNDS then fills them.
+TO_V7 = (
+    "ALTER TABLE records ADD COLUMN refund_of TEXT",
+    "ALTER TABLE records ADD COLUMN refund_role TEXT",
+    REFUND_INDEX,
+)
 KEPT = (UpgradeJob.STRAYS, UpgradeJob.TALLY)
-# Each version's statements up to the current one, and what is then filled from the rows.
+# Each version's statements up to the current one, and what is then filled from the rows
+# (version 1's `records` is made anew by FROM_V1, with the refund columns).
 MIGRATIONS: dict[int, tuple[tuple[str, ...], tuple[UpgradeJob, ...]]] = {
-    0: ((RECORDS, EPOCHS, CONFLICTS, TRIP_INDEX, OPEN_TRIPS, *TO_V5), ()),
-    1: ((*FROM_V1, OPEN_TRIPS, *TO_V5), (UpgradeJob.MARK, *KEPT)),
-    2: ((*FROM_V2, OPEN_TRIPS, *TO_V5), (UpgradeJob.MARK, *KEPT)),
-    3: ((OPEN_TRIPS, *TO_V5), (UpgradeJob.OPEN, *KEPT)),
-    4: (TO_V5, KEPT),
+    0: ((RECORDS, EPOCHS, CONFLICTS, TRIP_INDEX, REFUND_INDEX, OPEN_TRIPS, *TO_V5), ()),
+    1: ((*FROM_V1, REFUND_INDEX, OPEN_TRIPS, *TO_V5), (UpgradeJob.MARK, *KEPT, UpgradeJob.REFUNDS)),
+    2: ((*FROM_V2, OPEN_TRIPS, *TO_V5, *TO_V7), (UpgradeJob.MARK, *KEPT, UpgradeJob.REFUNDS)),
+    3: ((OPEN_TRIPS, *TO_V5, *TO_V7), (UpgradeJob.OPEN, *KEPT, UpgradeJob.REFUNDS)),
+    4: ((*TO_V5, *TO_V7), (*KEPT, UpgradeJob.REFUNDS)),
     # Version 6 prunes the strays of trips with an entry, as version 5 kept them.
-    5: ((), (UpgradeJob.PRUNE,)),
+    5: (TO_V7, (UpgradeJob.PRUNE, UpgradeJob.REFUNDS)),
+    6: (TO_V7, (UpgradeJob.REFUNDS,)),
     SCHEMA_VERSION: ((), ()),
 }
 

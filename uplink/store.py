@@ -23,6 +23,7 @@ from typing import Protocol
 
 from uplink.messages import Held, QueueIdentity
 from uplink.records import Record
+from uplink.refunds import RefundMark, RefundRows, refund_mark
 from uplink.trips import TripMark, TripRows, trip_mark
 
 
@@ -51,13 +52,15 @@ class IngestRecord:
     currency: str
     data: bytes
     trip: TripMark | None  # its part in the trip ledger (uplink.trips), kept in columns
+    refund: RefundMark | None = None  # its part in a refund's trail (uplink.refunds), as trip
 
     @classmethod
     def of(cls, record: Record, data: bytes) -> IngestRecord:
         """The row of a decoded record whose bytes as received are `data`."""
         d = record.draft
         return cls(record.record_id, record.lane, record.seq, record.ts_us, d.kind,
-                   d.amount_minor, d.currency, data, trip_mark(record))  # fmt: skip
+                   d.amount_minor, d.currency, data, trip_mark(record),
+                   refund_mark(record))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,8 @@ class IngestStore(Protocol):
     def records_between(self, start_us: int, end_us: int) -> list[bytes]: ...
 
     def trip_rows(self, entered_before_us: int) -> TripRows: ...
+
+    def refund_rows(self) -> RefundRows: ...
 
     def lanes(self) -> list[str]: ...
 

@@ -72,10 +72,8 @@ def trip_mark(record: Record) -> TripMark | None:
 
 def stored_mark(data: bytes) -> TripMark | None:
     """Pure: the mark of a record's stored bytes (what a store upgrade fills old rows with)."""
-    try:
-        return trip_mark(Record.decode(data))
-    except PayloadError:
-        return UNREADABLE
+    record = Record.readable(data)
+    return UNREADABLE if record is None else trip_mark(record)
 
 
 @dataclass(frozen=True)

@@ -13,31 +13,19 @@ docs/uplink.md) the answer misses the trips it has not reached: said on stderr (
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 
-from uplink.cli import positive, read_store
+from uplink.cli import answer_from_store, positive, store_options
 from uplink.store import IngestStore
 from uplink.trips import END_OF_TIME_US, TripLedger, open_trips
-
-UPGRADING = (
-    "lane trips: the store's upgrade has not finished (a lane ingest worker goes on with it);"
-    " trips of the records it has not reached are missing"
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lane trips", description=__doc__.splitlines()[0])
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--db", help="SQLite ingest store file")
-    where.add_argument("--dsn", help="PostgreSQL DSN (psycopg 3)")
-    p.add_argument("--schema", default="lane_ingest", help="PostgreSQL schema of the tables")
-    p.add_argument("--lock-timeout", type=positive, default=5.0, help=argparse.SUPPRESS)
+    store_options(p)
     p.add_argument("--overdue-h", type=positive, help="only trips that entered longer ago")
     p.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     return p
@@ -62,17 +50,12 @@ def render(ledger: TripLedger) -> str:
 
 def main(argv: Sequence[str] | None = None, now: float | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.db is not None and not Path(args.db).is_file():
-        print(f"lane trips: {args.db}: no such store file", file=sys.stderr)
-        return 1
     before = END_OF_TIME_US
     if args.overdue_h is not None:
         before = int(((time.time() if now is None else now) - args.overdue_h * 3600) * 1e6)
 
-    def show(store: IngestStore) -> None:
-        ledger = open_trips(store, entered_before_us=before)
-        if ledger.upgrading:
-            print(UPGRADING, file=sys.stderr)
-        print(json.dumps(asdict(ledger), separators=(",", ":")) if args.json else render(ledger))
+    def ask(store: IngestStore) -> TripLedger:
+        return open_trips(store, entered_before_us=before)
 
-    return read_store(args, "lane trips", show)
+    return answer_from_store(args, "lane trips", ask, render, lambda t: t.upgrading,
+                             "trips of the records it has not reached are missing")  # fmt: skip

@@ -14,6 +14,9 @@ its record (`owe_refund`) and with `settled`, due from the settle until the netw
 refund (`refunded_ms`); the resolver retries it until then, and `prune` keeps the row. Schema v4:
 a refund the network took without finishing it is `refund_sent_ms` (asked about by its number
 until it ends), one it ended unpaid is `refund_failed` (its word: an operator's case).
+Schema v5: how the refund ended (`refund_end`: made, made by hand, unpaid, with the network's
+word; lane.auth.refund_ends) and which end is in the uplink queue as a record
+(`refund_recorded`): an end not recorded yet is kept (`prune`) and recorded by the resolver.
 
 Each payment carries the network that was asked to take it, written with the intent (the same
 transaction), so the lane never has a payment in doubt without knowing whom to ask about it.
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import get_args
 
 from lane.auth.network_config import Network
+from lane.auth.refund_ends import BY_HAND, RefundEndKind, end_key
 from lane.auth.replay import Migration, ReplayStoreError, immediate, migrate, refuse_newer
 
 
@@ -115,11 +119,30 @@ def _add_refund_progress_v4(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE payments ADD COLUMN refund_failed TEXT")
 
 
+def _add_refund_end_v5(conn: sqlite3.Connection) -> None:
+    # How a refund ended, and which end the uplink queue has as a record. The ends reached
+    # before this step are recorded after it: the network's word was not kept (made: empty),
+    # nor whether an operator made it by hand (then `made` too).
+    conn.execute("ALTER TABLE payments ADD COLUMN refund_end TEXT")
+    conn.execute("ALTER TABLE payments ADD COLUMN refund_recorded TEXT")
+    conn.execute(
+        "UPDATE payments SET refund_end = CASE WHEN refunded_ms IS NOT NULL THEN 'made:'"
+        " ELSE 'unpaid:' || refund_failed END"
+        " WHERE state = 'settled' AND refund_minor > 0"
+        " AND (refunded_ms IS NOT NULL OR refund_failed IS NOT NULL)"
+    )
+    conn.execute(
+        "CREATE INDEX payments_refund_ends ON payments (created_ms)"
+        " WHERE refund_end IS NOT refund_recorded"
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _create_v1,
     _add_network_v2,
     _add_refund_v3,
     _add_refund_progress_v4,
+    _add_refund_end_v5,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 NETWORKS: tuple[Network, ...] = get_args(Network)
@@ -160,6 +183,8 @@ class PaymentRow:
     refunded_ms: int | None = None  # when the network made that refund; None: still owed
     refund_sent_ms: int | None = None  # the network took it, not finished: ask about it
     refund_failed: str | None = None  # the network ended it unpaid (ABNORMAL ...): an operator's
+    refund_end: str | None = None  # how it ended (lane.auth.refund_ends.end_key); None: not yet
+    refund_recorded: str | None = None  # the end the uplink queue has a record of
 
     @property
     def refund_owed(self) -> bool:
@@ -305,14 +330,14 @@ class ResolutionStore:
             )
             return [_row(r) for r in cur.fetchall()]
 
-    def refunded(self, payment_id: str, now_ms: int) -> None:
-        """The network made the refund owed on this payment (`refund_failed`, if the network
-        had ended it unpaid before, stays as its trail)."""
+    def refunded(self, payment_id: str, now_ms: int, word: str) -> None:
+        """The network made the refund owed on this payment, saying `word` (`refund_failed`,
+        if the network had ended it unpaid before, stays as its trail)."""
         with self._tx():
             self._db.execute(
-                "UPDATE payments SET refunded_ms = ?, updated_ms = ?"
+                "UPDATE payments SET refunded_ms = ?, updated_ms = ?, refund_end = ?"
                 " WHERE payment_id = ? AND refunded_ms IS NULL",
-                (now_ms, now_ms, payment_id),
+                (now_ms, now_ms, end_key(RefundEndKind.MADE, word), payment_id),
             )
 
     def refund_sent(self, payment_id: str, now_ms: int) -> PaymentRow | None:
@@ -338,10 +363,10 @@ class ResolutionStore:
         stays owed, never asked anew under another number without an operator. The row as it
         now stands; None: made meanwhile."""
         return self._changed(
-            "UPDATE payments SET refund_failed = ?, updated_ms = ?,"
+            "UPDATE payments SET refund_failed = ?, updated_ms = ?, refund_end = ?,"
             " refund_sent_ms = COALESCE(refund_sent_ms, ?)"
             " WHERE payment_id = ? AND refunded_ms IS NULL RETURNING *",
-            (detail, now_ms, now_ms, payment_id),
+            (detail, now_ms, end_key(RefundEndKind.UNPAID, detail), now_ms, payment_id),
         )
 
     def refund_made_by_hand(self, payment_id: str, now_ms: int) -> PaymentRow:
@@ -354,12 +379,31 @@ class ResolutionStore:
             if not (row.refund_owed and row.refund_failed):
                 raise StoreError(f"payment {payment_id}: no refund ended unpaid is owed")
             self._db.execute(
-                "UPDATE payments SET refunded_ms = ?, updated_ms = ? WHERE payment_id = ?",
-                (now_ms, now_ms, payment_id),
+                "UPDATE payments SET refunded_ms = ?, updated_ms = ?, refund_end = ?"
+                " WHERE payment_id = ?",
+                (now_ms, now_ms, end_key(RefundEndKind.MADE_BY_HAND, BY_HAND), payment_id),
             )
             made = self._get(payment_id)
         assert made is not None
         return made
+
+    def ends_unrecorded(self) -> list[PaymentRow]:
+        """Payments whose refund reached an end the uplink queue has no record of yet, oldest
+        first (the resolver records each: lane.auth.refund_ends)."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT * FROM payments WHERE refund_end IS NOT refund_recorded ORDER BY created_ms"
+            )
+            return [_row(r) for r in cur.fetchall()]
+
+    def end_recorded(self, payment_id: str, key: str) -> None:
+        """The end `key` of this payment's refund is in the uplink queue. A later end written
+        meanwhile (made after unpaid) stays to be recorded."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE payments SET refund_recorded = ? WHERE payment_id = ? AND refund_end = ?",
+                (key, payment_id, key),
+            )
 
     def get(self, payment_id: str) -> PaymentRow | None:
         with self._lock:
@@ -376,14 +420,16 @@ class ResolutionStore:
 
     def prune(self, before_ms: int) -> int:
         """Delete final rows last touched before `before_ms`, except a settled one whose refund
-        is still owed (processing or ended unpaid too: `refund_owed`); return how many. A
+        is still owed (processing or ended unpaid too: `refund_owed`) or whose refund's end the
+        uplink queue has no record of yet (`ends_unrecorded`); return how many. A
         payment given up after `owe_refund` keeps its `refund_minor` but was reversed whole:
         nothing is owed on it, it goes."""
         finals = [s.value for s in FINAL]
         with self._tx():
             cur = self._db.execute(
                 "DELETE FROM payments WHERE updated_ms < ? AND state IN (?, ?, ?)"
-                " AND NOT (state = ? AND refund_minor > 0 AND refunded_ms IS NULL)",
+                " AND NOT (state = ? AND refund_minor > 0 AND refunded_ms IS NULL)"
+                " AND refund_end IS refund_recorded",
                 (before_ms, *finals, S.SETTLED.value),
             )
             return cur.rowcount
@@ -423,6 +469,8 @@ def _row(r: sqlite3.Row) -> PaymentRow:
         refunded_ms=r["refunded_ms"],
         refund_sent_ms=r["refund_sent_ms"],
         refund_failed=r["refund_failed"],
+        refund_end=r["refund_end"],
+        refund_recorded=r["refund_recorded"],
     )
 
 

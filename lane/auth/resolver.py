@@ -16,6 +16,11 @@ found). The same worker makes that partial refund, with its own idempotency key
 (`refund_id_for`), and retries it with the same backoff until the network takes it; while a
 refund fails, the alarm `refund_failing` says which and why, and it clears once every refund
 owed is made.
+
+Each end a refund reaches (made by the network, made by hand, ended unpaid) is handed to
+`record_end` (the shell appends it to the uplink queue as a `refund` record:
+lane.auth.refund_ends) and then marked recorded in the store; an end the queue refused is kept
+and handed again, under the alarm `refund_unrecorded` until the queue takes it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,13 @@ from lane.auth.acquirer import (
     RefundState,
 )
 from lane.auth.network_config import Network
+from lane.auth.refund_ends import (
+    RecordRefundEnd,
+    RefundEnd,
+    RefundNotRecorded,
+    parse_end_key,
+    refund_record_id,
+)
 from lane.auth.resolution_store import (
     FINAL,
     OPEN,
@@ -73,6 +85,7 @@ DEFAULT_KEEP_DAYS = 7
 PRUNE_EVERY_S = 3600.0
 REFUND_ALARM = "refund_failing"
 REFUND_UNPAID_ALARM = "refund_unpaid"
+REFUND_UNRECORDED_ALARM = "refund_unrecorded"
 # What the operator does about a refund the network ended unpaid, by the network's word.
 UNPAID_ACTION = {
     "ABNORMAL": "the payer's account refused it: refund by hand on the WeChat Pay merchant"
@@ -122,6 +135,7 @@ class Resolver:
         alarm: AlarmSink | None = None,
         refund_query: Backoff = Backoff(60.0, 2.0, 1800.0),
         keep_days: int = DEFAULT_KEEP_DAYS,
+        record_end: RecordRefundEnd | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -132,6 +146,7 @@ class Resolver:
         self._keep_ms = keep_days * 86_400_000
         self._is_recorded = is_recorded
         self._alarm = alarm
+        self._record_end = record_end
         # The text each refund alarm last said (None: cleared); absent: not said by this run
         # yet (a restarted lane's sink may still show the old run's alarm).
         self._said: dict[str, str | None] = {}
@@ -285,7 +300,9 @@ class Resolver:
                 await self._absorb_queue()
                 rows = await self._db(self._store.in_states, {PaymentState.GIVEN_UP})
                 owed = await self._db(self._store.refunds_owed)
-                if not rows and not owed:
+                # Ends written by this pass's answers, earlier runs, or `lane refunds --made`.
+                unrecorded = await self._record_ends()
+                if not rows and not owed and not unrecorded:
                     failures = 0
                     if self._said.get(REFUND_UNPAID_ALARM):  # the last made by hand (refunds_cli)
                         self._say_unpaid(owed)
@@ -297,7 +314,8 @@ class Resolver:
                 refund_failed, next_query_s = await self._refund_all(owed)
                 if next_query_s is not None:  # the file is read again meanwhile: an operator's
                     next_query_s = min(next_query_s, self._backoff.max_s)  # `lane refunds --made`
-                failed |= refund_failed
+                unrecorded = await self._record_ends()  # the ends this pass's answers wrote
+                failed |= refund_failed or unrecorded
             except Exception:  # the store failed, or a bug: keep resolving, never die quietly
                 log.exception("payment resolution failed; retrying")
                 failed, pending, next_query_s = True, False, None
@@ -409,6 +427,35 @@ class Resolver:
         self._say_unpaid(owed)
         return bool(failing), min(due, default=None)
 
+    async def _record_ends(self) -> bool:
+        """Hand each refund end not recorded yet to `record_end`, then mark it recorded;
+        whether one is left (the queue refused it: `refund_unrecorded` says so until it takes
+        it). A crash between the two hands it again: its record id makes that a no-op."""
+        if self._record_end is None:
+            return False
+        rows = await self._db(self._store.ends_unrecorded)
+        text = None
+        for done, row in enumerate(rows):
+            assert row.refund_end is not None  # what ends_unrecorded selects
+            kind, word = parse_end_key(row.refund_end)
+            end = RefundEnd(row.payment_id, refund_id_for(row.payment_id), kind, word,
+                            row.refund_minor, row.currency, row.method, row.network)  # fmt: skip
+            x = {**_x(row), "refund_id": end.refund_id, "refund_end": end.key,
+                 "record_id": refund_record_id(end.refund_id, end.key)}  # fmt: skip
+            try:
+                await self._record_end(end)
+            except RefundNotRecorded as exc:
+                log.warning("refund end not recorded: %s", exc, extra=x)
+                text = (
+                    f"{len(rows) - done} refund end(s) not in the uplink queue, the back office"
+                    f" does not know them yet: {row.payment_id} {end.key} ({exc})"
+                )
+                break  # the queue refuses: the rest would be refused too
+            await self._db(self._store.end_recorded, row.payment_id, end.key)
+            log.info("refund end recorded", extra=x)
+        self._say(REFUND_UNRECORDED_ALARM, text)
+        return text is not None
+
     async def _refund_answered(
         self, row: PaymentRow, ask: RefundRequest, answer: RefundAnswer
     ) -> tuple[PaymentRow | None, float | None]:
@@ -418,7 +465,8 @@ class Resolver:
              "refund_status": answer.detail}  # fmt: skip
         now_ms = self._now_ms()
         if answer.state is RefundState.MADE:
-            await self._db(self._store.refunded, row.payment_id, now_ms)
+            word = answer.detail or answer.state.value
+            await self._db(self._store.refunded, row.payment_id, now_ms, word)
             self._refund_checks.pop(row.payment_id, None)
             self._client.forget(row.payment_id)
             log.info("refund made", extra=x)

@@ -26,6 +26,7 @@ from lane.core.actions import Action, Authorise, PriceTrip, ShowOnDisplay
 from lane.core.display import ASSISTANCE
 from lane.core.names import PAYABLE_KINDS, PayloadKind, TripSource
 from lane.core.notes import RoadEventIgnored, ScanIgnored, TripPricedNote, VehicleArrived
+from lane.core.records import FLAG_CHARGED, FLAG_REFUNDED
 from lane.core.state import LaneMode, LaneState, Vehicle
 from lane.core.trip import Priced, TapOut
 
@@ -140,7 +141,7 @@ def kept_fare(priced: Priced, charged: int, repriced: ev.TripPriced) -> Priced:
         return replace(priced, by_payer=False)
     refund = refund_of(charged, repriced)
     kept = charged - refund
-    money = (f"charged:{charged}", f"refunded:{refund}") if refund else ()
+    money = (f"{FLAG_CHARGED}{charged}", f"{FLAG_REFUNDED}{refund}") if refund else ()
     return Priced(priced.trip_id, repriced.outcome, kept, priced.currency, repriced.entry_plaza,
                   repriced.pass_id, repriced.pass_exp, (*repriced.flags, *money), attendant=False,
                   confirmed=True, display=repriced.display, refund_minor=refund)  # fmt: skip

@@ -126,6 +126,19 @@ class RecordKind(StrEnum):
     # (amount 0); the exit lane charged the trip of that pass.
     ENTRY = "entry"
     EXIT = "exit"
+    # How a partial refund owed on a payment ended (made, made by hand, unpaid): written by
+    # the shell's resolver, not the core (lane.auth.refund_ends); no vehicle, no passage.
+    REFUND = "refund"
+
+
+class RefundEndKind(StrEnum):
+    """How a partial refund owed on a payment ended (a `refund` record's `refund:` flag).
+    UNPAID is not final: the network may still make it (WeChat Pay's ABNORMAL turns SUCCESS
+    once refunded by hand there), or an operator says it was made."""
+
+    MADE = "made"  # the network made it
+    MADE_BY_HAND = "made_by_hand"  # an operator made it outside the lane (`lane refunds --made`)
+    UNPAID = "unpaid"  # the network ended it without paying: an operator's case
 
 
 class Method(StrEnum):

@@ -14,6 +14,17 @@ from typing import Any
 
 from lane.core.names import AuthResult, Method, RecordKind
 
+# The flags that carry money a record owes or settles back (`name:value`): a metro `tap_out`'s
+# `refunded:M` is what was owed back when it was written; a `refund` record's `refund:<end>`
+# (lane.core.names.RefundEndKind), `refund_id:`, `network:` and `word:` (the network's) say
+# how that refund ended.
+FLAG_CHARGED = "charged:"
+FLAG_REFUNDED = "refunded:"
+FLAG_REFUND_END = "refund:"
+FLAG_REFUND_ID = "refund_id:"
+FLAG_NETWORK = "network:"
+FLAG_WORD = "word:"
+
 
 @dataclass(frozen=True)
 class AuthInfo:
@@ -82,3 +93,8 @@ def credential_of(text: str) -> str:
     """What recognises a payment code after a restart (lane.core.carried) without keeping
     the code itself: a digest of its text."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def flag_value(flags: tuple[str, ...], prefix: str) -> str | None:
+    """The value of the first flag `prefix...`, None when there is none."""
+    return next((f.removeprefix(prefix) for f in flags if f.startswith(prefix)), None)

@@ -4,6 +4,7 @@ SQLite back-office store."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -18,7 +19,8 @@ from lane.auth import bills
 from lane.auth.acquirer import PayRequest
 from lane.auth.alipay_wire import beijing_time
 from lane.auth.reconcile import Finding, RecordedPayment, reconcile
-from lane.reconcile_cli import day_of, fetch_wechat, main
+from lane.auth.refund_ends import RefundEnd, RefundEndKind, refund_draft
+from lane.reconcile_cli import day_of, fetch_wechat, load_records, main
 from sim.network_bills import BillRow, alipay_bill_zip, wechat_bill_text
 from uplink.messages import QueueIdentity
 from uplink.pg import PostgresIngestStore
@@ -290,6 +292,18 @@ def test_lane_reconcile_refuses_what_it_cannot_use(
     bad.write_bytes(b"junk")
     assert main(["--date", "2026-11-30", "--alipay-bill", str(bad)]) == 2
     assert "Alipay bill: not an Alipay bill zip" in capsys.readouterr().err
+
+
+def test_a_refund_record_is_not_taken_for_its_payments_record(tmp_path: Path) -> None:
+    """The tap_out of pay_x fell before the day's margin, its refund record inside: the bill's
+    charge of pay_x has no record that day, not one of the refund's amount."""
+    end = RefundEnd("pay_x", "pay_x-r1", RefundEndKind.MADE, "SUCCESS", 150, "CNY",
+                    "payment_code", "alipay")  # fmt: skip
+    paid = record(2, "pay_y", 450, "alipay:01").draft
+    refund = Record("refund-1", "p07/l03", 1, NOON_US, refund_draft(end))
+    write_store(tmp_path / "i.sqlite", [refund, Record("rec-2", "p07/l03", 2, NOON_US + 1, paid)])
+    args = argparse.Namespace(dsn=None, db=str(tmp_path / "i.sqlite"))
+    assert [r.payment_id for r in load_records(args, DAY)] == ["pay_y"]
 
 
 def test_lane_reconcile_from_bill_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -303,7 +303,8 @@ async def test_a_prune_turn_deletes_the_payments_final_for_longer_than_kept(
     assert ids(store) == KEPT
     said = [r for r in caplog.records if r.getMessage() == "payments pruned"]
     assert [r.__dict__["pruned"] for r in said] == [3]
-    store.refunded("old_owed", 10 * DAY_MS)  # made today: kept 7 more days
+    store.refunded("old_owed", 10 * DAY_MS, "SUCCESS")  # made today: kept 7 more days
+    store.end_recorded("old_owed", "made:SUCCESS")
     assert await resolver.prune_turn() == 0
     now_s = 17 * DAY_MS / 1000 + 1
     assert await resolver.prune_turn() == 2

@@ -191,7 +191,8 @@ def test_a_refund_owed_is_written_with_the_settle_and_kept_until_made(tmp_path: 
     store.move("pay_2", S.SETTLED, 1200)
     assert [r.payment_id for r in store.refunds_owed()] == ["pay_1"]
     assert store.prune(before_ms=10_000) == 1  # pay_2 only: a refund owed is never pruned
-    store.refunded("pay_1", 2000)
+    store.refunded("pay_1", 2000, "SUCCESS")
+    store.end_recorded("pay_1", "made:SUCCESS")  # its record is in the queue
     row = store.get("pay_1")
     assert row is not None and (row.refund_minor, row.refunded_ms, row.refund_owed) == (
         150, 2000, False
@@ -232,7 +233,7 @@ def test_a_refund_in_the_networks_hands_is_kept_over_a_reopen_until_it_ends(
     row = store.refund_unsent("pay_1", 1600)
     assert row == store.get("pay_1")
     assert row is not None and (row.refund_sent_ms, row.refund_owed) == (None, True)
-    store.refunded("pay_2", 1700)
+    store.refunded("pay_2", 1700, "SUCCESS")
     row = store.get("pay_2")
     assert row is not None and (row.refunded_ms, row.refund_failed) == (1700, "ABNORMAL")
     assert store.refund_sent("pay_2", 1800) is None  # made: owed no more, left as it is
@@ -261,8 +262,12 @@ def test_prune_keeps_a_row_only_while_its_refund_is_owed(tmp_path: Path) -> None
     assert store.prune(before_ms=10_000) == 1
     assert store.get("reversed") is None
     assert [r.payment_id for r in store.refunds_owed()] == ["owed", "processing", "unpaid"]
-    store.refunded("processing", 2000)
+    store.refunded("processing", 2000, "SUCCESS")
     store.refund_made_by_hand("unpaid", 2000)
+    assert store.prune(before_ms=10_000) == 0  # made: kept until each end is recorded
+    for row in store.ends_unrecorded():
+        assert row.refund_end is not None
+        store.end_recorded(row.payment_id, row.refund_end)
     assert store.prune(before_ms=10_000) == 2
     assert [r.payment_id for r in store.refunds_owed()] == ["owed"]
     store.close()

@@ -6,7 +6,9 @@ charged the matrix fare, the tap_out record names S01 and the tap-in's trip id. 
 tap-in cannot exit twice; a passenger with no tap-in pays the maximum fare, flagged. A passenger
 paying with a dynamic wallet code (new digits at every showing) through the simulated acquirer
 over HTTP pays the maximum fare at the exit, then is refunded down to the trip's fare once the
-acquirer names the payer; a refund the acquirer refuses is retried, alarmed, and clears."""
+acquirer names the payer; a refund the acquirer refuses is retried, alarmed, and clears. The
+back office hears how each refund ended (a `refund` record) and lists the one still owed
+(`lane refund-trail`) until it is made."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from lane.auth.tokens import issue_compact_token
 from sim.acquirer import AcquirerServer
 from sim.codes import KID
 from uplink.records import Record
+from uplink.refunds import RefundTrail, open_refunds
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.trips import open_trips
 
@@ -143,6 +146,7 @@ async def wallet_gates(road: Road) -> tuple[RoadLane, RoadLane, AcquirerServer]:
 async def test_a_dynamic_wallet_code_pays_the_trip_fare_through_a_partial_refund(
     road: Road,
 ) -> None:
+    store = await running_back_office(road)
     entry, exit_gate, acquirer = await wallet_gates(road)
     taps = exit_gate.daemon.road.taps
     assert taps is not None
@@ -163,6 +167,11 @@ async def test_a_dynamic_wallet_code_pays_the_trip_fare_through_a_partial_refund
     assert payment is not None
     await eventually(lambda: payment.refunded == farthest - fare, what="the refund made")
     assert payment.request is not None and payment.request["amount_minor"] == farthest
+    made = await eventually_value(lambda: ingested(store, "refund") or None)
+    assert [(r.draft.payment_id, r.draft.amount_minor, r.draft.flags[0]) for r in made] == [
+        (out["payment_id"], farthest - fare, "refund:made")
+    ]
+    assert open_refunds(store) == RefundTrail((), ())
 
     # A refund the acquirer refuses: the record keeps the trip's fare, the refund is owed
     # durably, retried, alarmed; once the acquirer takes refunds again it is made and clears.
@@ -178,6 +187,13 @@ async def test_a_dynamic_wallet_code_pays_the_trip_fare_through_a_partial_refund
     assert owed is not None and owed.refunded == 0
     tries = acquirer.refund_requests
     await eventually(lambda: acquirer.refund_requests > tries + 1, what="the refund retried")
+    # The back office has the tap-out and no end of its refund: owed, not made.
+    trail = await eventually_value(lambda: open_refunds(store).owed or None)
+    assert [(r.payment_id, r.owed_minor) for r in trail] == [
+        (second["payment_id"], farthest - fare)
+    ]
     acquirer.update_faults(refund_refused=None)
     await eventually(lambda: owed.refunded == farthest - fare, within=15, what="the refund made")
     await eventually(lambda: "refund_failing" not in alarms, what="the alarm cleared")
+    await eventually(lambda: open_refunds(store) == RefundTrail((), ()), what="none owed")
+    assert len(ingested(store, "refund")) == 2

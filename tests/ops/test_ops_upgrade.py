@@ -211,7 +211,7 @@ def test_a_v1_payments_file_is_upgraded_in_place_and_keeps_its_payments(tmp_path
     assert user_version(path) == 1 and len(before) == 4
 
     store = ResolutionStore(path)
-    assert user_version(path) == PAYMENTS_VERSION == 4
+    assert user_version(path) == PAYMENTS_VERSION == 5
     assert payment_rows(path) == before  # every column as it was
     rows = store.in_states(set(PaymentState))
     assert [r.state for r in rows] == ["intent", "given_up", "settled", "declined"]
@@ -219,7 +219,8 @@ def test_a_v1_payments_file_is_upgraded_in_place_and_keeps_its_payments(tmp_path
     assert {(r.refund_minor, r.refunded_ms, r.refund_sent_ms, r.refund_failed) for r in rows} == {
         (0, None, None, None)
     }  # v3, v4: none owed, none sent
-    assert store.refunds_owed() == []
+    assert {(r.refund_end, r.refund_recorded) for r in rows} == {(None, None)}  # v5: none ended
+    assert store.refunds_owed() == [] and store.ends_unrecorded() == []
     assert (rows[1].attempts, rows[1].reason) == (2, "acquirer unavailable")
     _, created = store.begin(
         "pay_new",
@@ -321,7 +322,7 @@ def test_an_old_ingest_store_gets_its_trip_columns_and_open_trips_filled(
     assert user_version(path) == version
     store = SqliteIngestStore(path)
     try:
-        assert user_version(path) == INGEST_SCHEMA_VERSION == 6
+        assert user_version(path) == INGEST_SCHEMA_VERSION == 7
         check_trips_after_upgrade(store)
     finally:
         store.close()
@@ -477,10 +478,12 @@ def many_old_rows(version: int) -> tuple[list[tuple[object, ...]], list[Record]]
 # `many_old_rows` and the batch stored meanwhile: MARK goes over 83 rows, OPEN and TALLY over
 # 41 trip ids with an entry, STRAYS over 22 with an exit, and one more chunk finds the end
 # where a chunk is full.
+# The fixtures hold no tap_out: REFUNDS (version 7) reads one chunk, marks nothing.
+REFUNDS = (UpgradeJob.REFUNDS, 1)
 UPGRADE_CHUNKS = {
-    2: ((UpgradeJob.MARK, 11), (UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6)),
-    3: ((UpgradeJob.OPEN, 6), (UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6)),
-    4: ((UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6)),
+    2: ((UpgradeJob.MARK, 11), (UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6), REFUNDS),
+    3: ((UpgradeJob.OPEN, 6), (UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6), REFUNDS),
+    4: ((UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6), REFUNDS),
 }
 
 
@@ -571,7 +574,7 @@ def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_cra
         assert [job for job, _ in resumed] == sorted(
             (job for job, _ in resumed), key=list(UpgradeJob).index
         )
-        assert resumed[-1] == (UpgradeJob.TALLY, None)
+        assert resumed[-1] == (UpgradeJob.REFUNDS, None)
         pure = trip_ledger(r.encode() for r in records)
         assert pure.closed == 21 and pure.unmatched_exits == ("r-during-3",)
         assert open_trips(store) == pure
@@ -650,13 +653,14 @@ def test_a_postgres_v5_schema_prunes_its_strays_a_chunk_at_a_time_and_resumes(
     assert chunks == ["r-exit-33"]  # r-exit-01b, 21, ..., 33
     with psycopg.connect(pg_dsn) as conn:
         left = conn.execute("SELECT job, after FROM lane_ingest.upgrade").fetchall()
-    assert left == [(UpgradeJob.PRUNE.value, "r-exit-33")]
+    assert sorted(left) == [(UpgradeJob.PRUNE.value, "r-exit-33"), (UpgradeJob.REFUNDS.value, None)]
     resumed: list[tuple[UpgradeJob, str | None]] = []
     store = PostgresIngestStore(
         pg_dsn, upgrade_chunk=8, after_chunk=lambda job, at: resumed.append((job, at))
     )
     try:
-        assert resumed == [(UpgradeJob.PRUNE, None)]  # the rest: r-exit-35, ... in one chunk
+        # the rest: r-exit-35, ... in one chunk; then the refund columns (version 7)
+        assert resumed == [(UpgradeJob.PRUNE, None), (UpgradeJob.REFUNDS, None)]
         pure = trip_ledger(r.encode() for r in records)
         assert pure.closed == 21  # the odd passes and ghost0
         assert pure.unmatched_exits == ("r-during-3", "r-exit-g1", "r-exit-g2")

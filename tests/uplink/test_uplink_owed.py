@@ -110,6 +110,7 @@ def test_a_v3_queue_gets_the_owed_table_when_migrated(tmp_path: Path) -> None:
         q.append(paid())
     db = sqlite3.connect(path)  # back to the v3 layout
     db.execute("DROP TABLE owed")
+    db.execute("DROP TABLE keyed")
     db.execute("PRAGMA user_version = 3")
     db.commit()
     db.close()

@@ -54,11 +54,12 @@ def test_a_v1_queue_learns_its_paid_records_when_migrated(tmp_path: Path) -> Non
     db = sqlite3.connect(path)  # back to the v1 layout: records and meta only
     db.execute("DROP TABLE paid")
     db.execute("DROP TABLE owed")
+    db.execute("DROP TABLE keyed")
     db.execute("DELETE FROM meta WHERE key IN ('epoch', 'base')")
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
-    assert len(MIGRATIONS) == 4
+    assert len(MIGRATIONS) == 5
     with RecordQueue(path, LANE, 10**8) as q:
         assert q.recorded_paid("pay_old")
         assert not q.recorded_paid("pay_refused")

@@ -274,6 +274,7 @@ def test_a_v2_queue_gets_an_epoch_beginning_at_its_oldest_queued_record(tmp_path
     db = sqlite3.connect(path)  # back to the v2 layout: no queue identity, nothing owed
     db.execute("DELETE FROM meta WHERE key IN ('epoch', 'base')")
     db.execute("DROP TABLE owed")
+    db.execute("DROP TABLE keyed")
     db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()

@@ -23,7 +23,7 @@ from uplink.pg import PostgresIngestStore
 from uplink.queue import RecordQueue
 from uplink.queue_thread import QueueThread
 from uplink.records import AuthInfo, Record, RecordDraft
-from uplink.sql_store import COLUMN_COUNT, RECORD_COLUMNS, trip_columns
+from uplink.sql_store import COLUMN_COUNT, RECORD_COLUMNS, refund_columns, trip_columns
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore
 
@@ -105,7 +105,7 @@ def committed_behind(store: IngestStore, records: list[IngestRecord], epoch: str
     it (its prefix stops below the batch and its highest seq is above it already)."""
     rows = [
         (r.record_id, r.lane, epoch, r.seq, r.ts_us, r.kind, r.amount_minor, r.currency,
-         r.data, 1, *trip_columns(r.trip))
+         r.data, 1, *trip_columns(r.trip), *refund_columns(r.refund))
         for r in records
     ]  # fmt: skip
     marks = ", ".join("?" * COLUMN_COUNT)
