@@ -304,7 +304,10 @@ class Resolver:
                 unrecorded = await self._record_ends()
                 if not rows and not owed and not unrecorded:
                     failures = 0
-                    if self._said.get(REFUND_UNPAID_ALARM):  # the last made by hand (refunds_cli)
+                    # The last made by hand (refunds_cli): nothing owed, neither alarm stands
+                    # (one failing to be asked about clears too: it is no longer asked).
+                    if self._said.get(REFUND_UNPAID_ALARM) or self._said.get(REFUND_ALARM):
+                        self._say_refunds([], owed)
                         self._say_unpaid(owed)
                     if not self._queue:
                         self._idle.set()

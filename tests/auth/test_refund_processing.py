@@ -132,6 +132,31 @@ async def test_a_refund_ended_unpaid_is_alarmed_not_asked_anew_and_clears_when_m
         assert fake.refund_requests == 1
 
 
+async def test_refund_failing_clears_once_the_last_refund_owed_is_made_by_hand(
+    tmp_path: Path, wechat_gateway: Callable[..., Any]
+) -> None:
+    """A refund ended unpaid (CLOSED) whose query then fails (the network answering 500s)
+    raises `refund_failing`; the operator makes it by hand (`lane refunds --made`, another
+    process) while the network still fails: nothing is owed any more, so both alarms clear."""
+    alarms = Alarms()
+    config = tmp_path / "lane.toml"
+    config.write_text('[lane]\nid = "p07/l03"\ndata_dir = "data"\n')
+    (tmp_path / "data").mkdir()
+    async with (
+        wechat_gateway() as (fake, client),
+        resolving(tmp_path / "data" / "payments.sqlite3", client, alarms) as resolver,
+    ):
+        fake.refund_ends = "CLOSED"
+        payment_id = await paid(resolver, client, fake.ledger.issue_code("w5", "13"))
+        await resolver.settle(payment_id, 150)
+        await eventually(lambda: "refund_unpaid" in alarms, what="ended unpaid")
+        fake.update_faults(error_rate=1.0)
+        await eventually(lambda: "refund_failing" in alarms, what="its query failing")
+        assert lane_cli(["refunds", "--config", str(config), "--made", payment_id]) == 0
+        await eventually(lambda: "refund_unpaid" not in alarms, what="refund_unpaid cleared")
+        await eventually(lambda: "refund_failing" not in alarms, what="refund_failing cleared")
+
+
 async def test_a_restart_while_a_refund_is_processing_asks_about_it_again(
     tmp_path: Path, wechat_gateway: Callable[..., Any]
 ) -> None:
