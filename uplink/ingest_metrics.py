@@ -8,7 +8,7 @@ alerts on, and each returns to 0 by itself when the cause is gone:
 - `lane_ingest_holes_open`: seqs this worker has seen missing for longer than `--hole-after`;
 - `lane_ingest_upgrade_pending`: 1 while an upgrade of the store has rows still to fill (a
   PostgreSQL upgrade stopped between chunks: the next worker to start goes on with it), when
-  `lane trips` is not whole; read from the store at each scrape.
+  `lane trips` or `lane refund-trail` is not whole; read from the store at each scrape.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class IngestCollector(Collector):
         )
         yield GaugeMetricFamily(
             "lane_ingest_upgrade_pending",
-            "A store upgrade has rows still to fill: trip figures not whole (alert when > 0)",
+            "A store upgrade has rows to fill: trip or refund figures not whole (alert when > 0)",
             value=int(self.upgrade_pending),
         )
 

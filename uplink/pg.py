@@ -490,9 +490,11 @@ class PostgresIngestStore(SqlIngestStore):
         return bool(cur.fetchone()[0])
 
     def upgrade_pending(self) -> bool:
-        # Once none is pending, none ever is again for this store: its batches stop noting.
-        self.upgrade_seen = super().upgrade_pending()
-        return self.upgrade_seen
+        # Once no trip job is pending, none ever is again for this store: its batches stop
+        # noting (REFUNDS needs no noting).
+        with self._reader() as cur:
+            self.upgrade_seen = self._upgrading(cur)
+            return self.upgrade_seen or self._refunds_upgrading(cur)
 
     def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
         if trips:

@@ -846,9 +846,10 @@ class SqlIngestStore:
 
     def upgrade_pending(self) -> bool:
         """Whether an upgrade of the store has rows still to fill: until then the trip
-        ledger's answer is not whole (`TripRows.upgrading`)."""
+        ledger's answer (`TripRows.upgrading`) or the refunds' (`RefundRows.upgrading`) is
+        not whole."""
         with self._reader() as cur:
-            return self._upgrading(cur)
+            return self._upgrading(cur) or self._refunds_upgrading(cur)
 
     def _upgrading(self, cur: Cursor) -> bool:
         """Whether an upgrade job has rows still to fill (SQLite fills them all on open)."""

@@ -179,5 +179,6 @@ def test_a_version_6_postgres_schema_is_marked_a_chunk_at_a_time_and_resumes(
             conn.execute("INSERT INTO lane_ingest.upgrade VALUES ('refunds', 'tap-004')")
         assert open_refunds(store).upgrading  # the answer says it is not whole yet
         assert not open_trips(store).upgrading  # the trips' answer is: no trip column waits
+        assert store.upgrade_pending()  # and a worker's /metrics say so (upgrade_pending 1)
     finally:
         store.close()
