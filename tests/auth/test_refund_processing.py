@@ -46,6 +46,15 @@ async def resolving(
         await resolver.stop()
 
 
+def lane_config(tmp_path: Path) -> Path:
+    """The lane's own file, where `lane refunds --config` finds its payments file
+    (`tmp_path/data/payments.sqlite3`)."""
+    config = tmp_path / "lane.toml"
+    config.write_text('[lane]\nid = "p07/l03"\ndata_dir = "data"\n')
+    (tmp_path / "data").mkdir()
+    return config
+
+
 async def paid(resolver: Resolver, client: Acquirer, code: str, amount: int = 450) -> str:
     auth = Authoriser("p07/l03", client, resolver, None, None, time.monotonic, time.time,  # type: ignore[arg-type]
                       account_key=KEY)  # fmt: skip
@@ -97,10 +106,7 @@ async def test_a_refund_ended_unpaid_is_alarmed_not_asked_anew_and_clears_when_m
     tmp_path: Path, wechat_gateway: Callable[..., Any], end: str, capsys: Any
 ) -> None:
     alarms = Alarms()
-    # The lane's own file, where `lane refunds --config` finds it.
-    config = tmp_path / "lane.toml"
-    config.write_text('[lane]\nid = "p07/l03"\ndata_dir = "data"\n')
-    (tmp_path / "data").mkdir()
+    config = lane_config(tmp_path)
     async with (
         wechat_gateway() as (fake, client),
         resolving(tmp_path / "data" / "payments.sqlite3", client, alarms) as resolver,
@@ -139,9 +145,7 @@ async def test_refund_failing_clears_once_the_last_refund_owed_is_made_by_hand(
     raises `refund_failing`; the operator makes it by hand (`lane refunds --made`, another
     process) while the network still fails: nothing is owed any more, so both alarms clear."""
     alarms = Alarms()
-    config = tmp_path / "lane.toml"
-    config.write_text('[lane]\nid = "p07/l03"\ndata_dir = "data"\n')
-    (tmp_path / "data").mkdir()
+    config = lane_config(tmp_path)
     async with (
         wechat_gateway() as (fake, client),
         resolving(tmp_path / "data" / "payments.sqlite3", client, alarms) as resolver,
