@@ -155,6 +155,11 @@ class AuthSection(_Section):
         description="Keep a final online payment in payments.sqlite3 this many days (refunds"
         " still owed are kept until made)",
     )
+    refund_query_s: PositiveSeconds = Field(
+        60.0,
+        description="A refund the network took without finishing is asked about this long"
+        " after, then twice as long each time, up to 30 times this (WeChat Pay's advice)",
+    )
     offline_policy: Literal["deny", "floor"] = Field(
         "deny", description="When the acquirer is unreachable: deny, or accept up to a floor"
     )

@@ -54,7 +54,7 @@ from lane.auth.plaza import UsedTokenSharing, deny_topic, keys_topic
 from lane.auth.policy import OfflinePolicy
 from lane.auth.replay import RemoteBounds, ReplayStore, ReplayStoreError
 from lane.auth.resolution_store import ResolutionStore, StoreError
-from lane.auth.resolver import Resolver
+from lane.auth.resolver import Resolver, refund_query_backoff
 from lane.auth.sourced import SourcedError
 from lane.auth.trip_pricing import ExitLaneRules
 from lane.auth.trip_rules import OverTimeCharge, RoadRules, TripKind
@@ -518,6 +518,7 @@ class LaneDaemon:
             alarm=self._alarm,
             keep_days=config.auth.payments_keep_days,
             record_end=RefundRecords(self.queue, self.forwarder.wake),
+            refund_query=refund_query_backoff(config.auth.refund_query_s),
         )
         authoriser = Authoriser(
             self.lane,

@@ -50,17 +50,9 @@ def main(argv: list[str]) -> int:
 
 
 def _line(row: PaymentRow) -> str:
-    if row.refunded_ms is not None:
-        state = "made"
-    elif row.refund_failed:
-        state = f"unpaid ({row.refund_failed})"
-    elif row.refund_sent_ms is not None:
-        state = "processing"
-    else:
-        state = "owed"
     return (
         f"{row.payment_id} {row.network or '?'} {refund_id_for(row.payment_id)}"
-        f" {row.refund_minor} {row.currency} {state}"
+        f" {row.refund_minor} {row.currency} {row.refund_state}"
     )
 
 

@@ -195,6 +195,19 @@ class PaymentRow:
         )
 
     @property
+    def refund_state(self) -> str:
+        """Where its refund stands, as `lane refunds` and the simulator say it: made, unpaid
+        (with the network's word), processing (taken, not ended), failing (not taken: asked
+        again, `refund_failing`), owed (not asked yet)."""
+        if self.refunded_ms is not None:
+            return "made"
+        if self.refund_failed:
+            return f"unpaid ({self.refund_failed})"
+        if self.refund_sent_ms is not None:
+            return "processing"
+        return "failing" if self.attempts else "owed"
+
+    @property
     def refund_processing(self) -> bool:
         """Owed, taken by the network, not ended yet: asked about, never asked anew."""
         return self.refund_owed and self.refund_sent_ms is not None and not self.refund_failed

@@ -113,6 +113,12 @@ class Backoff:
         return float(min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1)))
 
 
+def refund_query_backoff(first_s: float = 60.0) -> Backoff:
+    """When a refund the network took without finishing is asked about: `first_s` after (a
+    minute, as WeChat Pay advises), then twice as long each time, up to 30 times that."""
+    return Backoff(first_s, 2.0, 30 * first_s)
+
+
 class Resolver:
     """Owns the resolution store's writes (one worker thread) and the resolving task.
 
@@ -133,7 +139,7 @@ class Resolver:
         pending_grace_s: float = 30.0,
         is_recorded: Callable[[str], Awaitable[bool]] | None = None,
         alarm: AlarmSink | None = None,
-        refund_query: Backoff = Backoff(60.0, 2.0, 1800.0),
+        refund_query: Backoff | None = None,
         keep_days: int = DEFAULT_KEEP_DAYS,
         record_end: RecordRefundEnd | None = None,
     ) -> None:
@@ -153,7 +159,7 @@ class Resolver:
         # A refund the network is still processing (or ended unpaid) is asked about on this
         # back-off (WeChat Pay: a minute after, then less and less often): payment_id ->
         # (queries so far, when the next is due). Memory only: a restart asks at once.
-        self._refund_query = refund_query
+        self._refund_query = refund_query or refund_query_backoff()
         self._refund_checks: dict[str, tuple[int, float]] = {}
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolution-store")
         self._queue: dict[str, str] = {}  # payment_id -> why the lane gave up
