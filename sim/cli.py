@@ -27,6 +27,7 @@ from lane.console.users import UsersError, load_users
 from lane.daemon import run_with_uvloop
 from lane.log import setup_logging
 from lane.signals import install_signal_handlers
+from sim import metro
 from sim.dashboard import Dashboard
 from sim.faults import play_timeline
 from sim.harness import (
@@ -61,7 +62,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run each lane daemon in a process of its own under a supervisor (as booths do)",
     )
-    p.add_argument("--mode", choices=["toll", "transit-entry", "transit-exit"], help="lane mode")
+    p.add_argument(
+        "--mode",
+        choices=["toll", "transit-entry", "transit-exit", "metro"],
+        help="lane mode; metro: a line's entry and exit gates in turn, wallet refunds",
+    )
     p.add_argument("--seed", type=int, help="traffic, codes and camera seed")
     p.add_argument(
         "--speed",
@@ -135,6 +140,8 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         problems.append("--vehicles must be >= 0")
     if args.lanes is not None and not 1 <= args.lanes <= 16:
         problems.append("--lanes must be within 1..16")
+    if args.mode == "metro" and (args.scenario or (args.lanes or 2) < 2):
+        problems.append("--mode metro takes no --scenario and needs --lanes 2 or more")
     if not 0 < args.fps <= 240:
         problems.append("--fps must be within 0..240")
     if not 0 <= args.port <= 65535:
@@ -152,6 +159,8 @@ def build_options(args: argparse.Namespace, scenario: Scenario | None) -> SimOpt
     changes: dict[str, Any] = {"speed": speed}
     if args.lane_processes:
         changes["lane_processes"] = True
+    if args.mode == "metro":  # an entry and an exit gate at least, the line's riders
+        changes |= {"lanes": 2, "mix": metro.MIX}
     for name in ("seed", "lanes", "mode", "conditions"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)

@@ -94,10 +94,11 @@ class CodeFactory:
     def account(self) -> str:
         return f"a{self.rng.randrange(10**7):07d}"
 
-    def make(self, kind: str, now: int) -> Code:
-        """The code of `kind`, made at unix time `now` (a phone refreshes its token)."""
+    def make(self, kind: str, now: int, account: str | None = None) -> Code:
+        """The code of `kind`, made at unix time `now` (a phone refreshes its token); a token
+        of `account`, else of a new one."""
         if kind == "token":
-            text = self._token(self.key, now, now + PHONE_TOKEN_TTL_S)
+            text = self._token(self.key, now, now + PHONE_TOKEN_TTL_S, account)
             self.used_tokens.append(text)
             return Code(kind, text, True)
         if kind == "alipay":
@@ -122,11 +123,12 @@ class CodeFactory:
             return Code(kind, self.rng.choice(self.used_tokens), False)
         return Code("garbage", self.rng.choice(_GARBAGE) + self._digits(4), False)
 
-    def _token(self, key: Ed25519PrivateKey, iat: int, exp: int) -> str:
+    def _token(self, key: Ed25519PrivateKey, iat: int, exp: int, account: str | None = None) -> str:
+        account = account or self.account()
         if self.token_format is TokenFormat.V2:
-            return issue_compact_token(key, KID, self.account(), iat, exp)
+            return issue_compact_token(key, KID, account, iat, exp)
         nonce = self.rng.randbytes(12)
-        return issue_token(key, KID, ISSUER, self.account(), iat, exp, nonce)
+        return issue_token(key, KID, ISSUER, account, iat, exp, nonce)
 
     def _digits(self, n: int) -> str:
         return "".join(self.rng.choice("0123456789") for _ in range(n))

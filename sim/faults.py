@@ -109,6 +109,21 @@ FAULTS: dict[str, FaultSpec] = {
                 )
             },
         ),
+        FaultSpec(
+            "refund_refused",
+            "Refunds refused",
+            "plaza",
+            "every network refuses the metro exits' partial refunds (the merchant's balance is"
+            " short): refund_failing, retried until taken",
+        ),
+        FaultSpec(
+            "refund_unpaid",
+            "WeChat Pay refunds end unpaid",
+            "plaza",
+            "WeChat Pay takes each new refund and ends it ABNORMAL (the payer's card is closed)"
+            " or CLOSED: refund_unpaid; off, the merchant refunds the ABNORMAL ones by hand",
+            params={"mode": ChoiceParam("abnormal", ("abnormal", "closed"))},
+        ),
         FaultSpec("barrier_stuck", "Barrier stuck", "lane", "acks commands, never moves"),
         FaultSpec(
             "barrier_stuck_open",
@@ -146,6 +161,7 @@ FAULTS: dict[str, FaultSpec] = {
         ),
     )
 }
+REFUND_REFUSAL = "seller_balance_not_enough"  # the networks' usual no to a refund
 BARRIER_FAULTS = {
     "barrier_stuck": "stuck",
     "barrier_stuck_open": "stuck_open",
@@ -296,7 +312,10 @@ class FaultController:
         elif name == "acquirer_declines":
             for server in sim.payment_servers():
                 server.update_faults(decline_rate=float(values["rate"]) if on else 0.0)
-        elif name.startswith("wechatpay_"):
+        elif name == "refund_refused":
+            for server in sim.payment_servers():
+                server.update_faults(refund_refused=REFUND_REFUSAL if on else None)
+        elif name.startswith("wechatpay_") or name == "refund_unpaid":
             await _wechatpay_fault(sim, name, on, values)
         else:
             assert index is not None
@@ -329,7 +348,11 @@ async def _wechatpay_fault(sim: Plaza, name: str, on: bool, values: Mapping[str,
     fake = sim.wechatpay()
     if fake is None:
         raise FaultError(f"{name}: this simulator routes no code to WeChat Pay")
-    if name == "wechatpay_rotation":
+    if name == "refund_unpaid":
+        fake.refund_ends = str(values["mode"]).upper() if on else None
+        if not on:
+            fake.refund_abnormal_by_hand()
+    elif name == "wechatpay_rotation":
         key = await asyncio.to_thread(rsa.generate_private_key, 65537, 2048)  # ~0.1 s of CPU
         fake.rotate_certificate(key)
         if values["overlap"] == "end":  # lanes that missed it cannot learn it (bootstrap rule)

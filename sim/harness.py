@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from sim import metro
 from sim.acquirer import AcquirerServer
 from sim.acquirer_faults import Faults
 from sim.backoffice import BackOffice
@@ -67,6 +68,7 @@ class Simulator:
         self._backoffice: BackOffice | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._rides: set[asyncio.Task[None]] = set()  # metro passengers between the gates
         self.started_at = time.monotonic()
         self.arrivals = 0
         self.burst_count = 0
@@ -92,6 +94,10 @@ class Simulator:
     def speed(self) -> float:
         return self.options.speed
 
+    @property
+    def metro(self) -> bool:
+        return self.options.mode == "metro"
+
     def sim_time(self) -> float:
         """Simulated seconds since the start."""
         return (time.monotonic() - self.started_at) * self.options.speed
@@ -107,6 +113,8 @@ class Simulator:
         await self.networks.start()
         self.network_auth = self.networks.auth_config(self.options.speed)
         keyset = self.codes.write_keyset(work / "keyset.json", int(time.time()))
+        if self.metro:
+            metro.write_tariff(work, int(time.time()) - 86_400)
         self._backoffice = BackOffice(
             work / "backoffice.sqlite3", self.broker.host, self.broker.port
         )
@@ -121,9 +129,9 @@ class Simulator:
         self._tasks.append(asyncio.create_task(self._monitor(), name="monitor"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in (*self._tasks, *self._rides):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._rides, return_exceptions=True)
         await asyncio.gather(*(lane.stop() for lane in self.lanes), return_exceptions=True)
         if self.acquirer is not None:
             await self.acquirer.stop()
@@ -154,11 +162,26 @@ class Simulator:
     # --- traffic --------------------------------------------------------------------------
 
     def dispatch(self, driver: Driver) -> SimLane:
-        """The driver joins the lane with the shortest queue (ties: the lowest lane)."""
-        lane = min(self.lanes, key=lambda ln: (ln.load, ln.index))
+        """The driver joins the lane with the shortest queue (ties: the lowest lane); on a
+        metro line, the entry gate's."""
+        entries = [ln for ln in self.lanes if metro.is_entry(ln.index)] if self.metro else None
+        lane = _shortest(entries or self.lanes)
         lane.join(driver)
         self.arrivals += 1
         return lane
+
+    def served(self, lane: SimLane, outcome: Outcome) -> None:
+        """A metro passenger through an entry gate rides to an exit gate and taps out there
+        with the kind of code that let them in."""
+        if self.metro and metro.is_entry(lane.index) and outcome.passed:
+            driver = dataclasses.replace(outcome.driver, codes=(outcome.methods[-1],))
+            ride = asyncio.create_task(self._ride(driver), name=f"ride-{driver.index}")
+            self._rides.add(ride)
+            ride.add_done_callback(self._rides.discard)
+
+    async def _ride(self, driver: Driver) -> None:
+        await asyncio.sleep(metro.RIDE_S / self.speed)
+        _shortest([ln for ln in self.lanes if not metro.is_entry(ln.index)]).join(driver)
 
     async def drive(self, drivers: list[Driver], offset_s: float = 0.0) -> None:
         """Drivers arrive at their times (simulated seconds after `offset_s`); wait until each
@@ -214,8 +237,17 @@ class Simulator:
             # Ahead of the vehicles waiting: the burst is seen now, not after a standing queue.
             self.lanes[lane_index].join(driver, ahead=True)
 
-    def code_for(self, kind: str, lane: SimLane) -> tuple[str, str | None]:
-        """The text a driver shows for `kind`, and for a replay the lane that accepted it."""
+    def code_for(self, kind: str, lane: SimLane, driver: Driver) -> tuple[str, str | None]:
+        """The text a driver shows for `kind`, and for a replay the lane that accepted it. A
+        metro passenger's wallet code is one its network issued to the passenger's wallet (so
+        the network names the same payer at every gate), a token one of the same account."""
+        if self.metro and (kind in metro.WALLET_PREFIXES or kind == "token"):
+            wallet = metro.wallet_of(driver)
+            nets = self.networks
+            network = None if nets is None else nets.alipay if kind == "alipay" else nets.wechatpay
+            if network is None:
+                return self.codes.make("token", int(time.time()), account=wallet).text, None
+            return network.ledger.issue_code(wallet, metro.WALLET_PREFIXES[kind]), None
         if kind == "replay":
             # Not one the camera read in the last seconds: the scanner would drop it as the
             # same presentation (its dedup window), and the lane would never see the replay.
@@ -266,6 +298,7 @@ class Simulator:
 
     async def snapshot(self) -> dict[str, Any]:
         """Everything the dashboard shows, as JSON-able data."""
+        await asyncio.gather(*(ln.follow_refunds() for ln in self.lanes))
         counts = await asyncio.gather(
             *(asyncio.to_thread(self.backoffice.store.count, ln.lane_id) for ln in self.lanes)
         )
@@ -287,6 +320,10 @@ class Simulator:
             "plaza": plaza_view(self.lanes),
             "lanes": [ln.snapshot(held) for ln, held in zip(self.lanes, counts, strict=True)],
         }
+
+
+def _shortest(lanes: list[SimLane]) -> SimLane:
+    return min(lanes, key=lambda ln: (ln.load, ln.index))
 
 
 def _arrivals(mix: Mix, seed: int, chunk: int = 200) -> Any:

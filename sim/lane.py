@@ -29,6 +29,7 @@ from lane.daemon import LaneDaemon, build
 from lane.notification import Notification, ShellNote, ShellNoteName
 from scanner.pipeline import LatestFrame
 from scanner.sources import PushSource
+from sim import metro
 from sim.broker import Mosquitto
 from sim.camera import SyntheticCamera
 from sim.options import SimOptions
@@ -53,6 +54,9 @@ SELFTEST_S = {"selftest_s": 5.0, "selftest_max_s": 60.0}
 # Simulated seconds the back office may take no record before the lane raises uplink_stalled
 # (the lane's default is 300 s: too long to see in a simulator session).
 STALLED_AFTER_S = 60.0
+# Simulated seconds before a refund the network is processing is first asked about (the lane's
+# default, WeChat Pay's advice), scaled like the waits above so an unpaid one is seen in time.
+REFUND_QUERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,9 @@ class LaneHost(Protocol):
 
     def sim_time(self) -> float: ...
 
-    def code_for(self, kind: str, lane: SimLane) -> tuple[str, str | None]: ...
+    def code_for(self, kind: str, lane: SimLane, driver: Driver) -> tuple[str, str | None]: ...
+
+    def served(self, lane: SimLane, outcome: Outcome) -> None: ...
 
     def token_accepted(self, text: str, lane_id: str) -> None: ...
 
@@ -204,7 +210,7 @@ class SimLane:
         self.sim = sim
         self.index = index
         self.lane_id = lane_id
-        self.mode = sim.options.mode
+        self.mode = metro.gate_mode(index) if sim.options.mode == "metro" else sim.options.mode
         self.watch = Watch()
         self.stats = LaneStats(lane_id, sim.sim_time, sim.options.speed)
         self.outcomes: list[Outcome] = []
@@ -250,7 +256,7 @@ class SimLane:
     def config_body(self, broker_port: int, acquirer_url: str, keyset: Path) -> dict[str, Any]:
         """The lane's configuration as a lane.toml would hold it."""
         o = self.sim.options
-        return {
+        body: dict[str, Any] = {
             "lane": {
                 "id": self.lane_id,
                 "mode": self.mode,
@@ -273,6 +279,7 @@ class SimLane:
                 "change_gate": o.change_gate,
             },
             "auth": {
+                "refund_query_s": REFUND_QUERY_S / o.speed,
                 "acquirer_url": acquirer_url,
                 "keyset": str(keyset),
                 **self.sim.network_auth,
@@ -280,6 +287,9 @@ class SimLane:
             # Alipay and WeChat Pay charge in yuan.
             "fares": {"currency": "CNY"},
         }
+        if o.mode == "metro":
+            return metro.gate_config(body, self.index, self.sim.workdir)
+        return body
 
     def make_device(self, broker: Mosquitto) -> DeviceEmulator:
         # The device's mechanics are physics and scale with the speed; a slow ack is its answer
@@ -409,6 +419,7 @@ class SimLane:
                     self._serve_passenger(driver) if self.transit else self._serve_vehicle(driver)
                 )
                 self.outcomes.append(outcome)
+                self.sim.served(self, outcome)
             except Exception:
                 log.exception(
                     "serving a driver failed", extra={"lane": self.lane_id, "driver": driver.index}
@@ -452,7 +463,7 @@ class SimLane:
 
     async def _try_codes(self, driver: Driver, outcome: Outcome, mark: int) -> None:
         for kind in driver.codes[: self.sim.options.max_tries]:
-            text, replay_of = self.sim.code_for(kind, self)
+            text, replay_of = self.sim.code_for(kind, self, driver)
             result = await self._present(kind, text, outcome, mark)
             if result is None:
                 outcome.refusals.append("no answer")
@@ -543,6 +554,16 @@ class SimLane:
         await device.set_sensor("exit_loop", False)
 
     # --- what the dashboard shows -----------------------------------------------------------
+
+    async def follow_refunds(self) -> None:
+        """Where each recent partial refund stands, from the lane's payments store (a lane in
+        a process of its own shows the record's amounts only)."""
+        if self.daemon is None:
+            return
+        for tx in list(self.stats.transactions):
+            if tx["refunded_minor"] and tx["payment_id"] and tx["refund"] != "made":
+                row = await self.daemon.resolver.get(tx["payment_id"])
+                tx["refund"] = None if row is None else row.refund_state
 
     async def latest_frame(self, quality: int, hold_s: float) -> LatestFrame | None:
         """The frame the lane's scanner decoded last, as JPEG (see `Pipeline.latest_frame`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sim import metro
 from sim.acquirer_faults import Faults
 from sim.traffic import Mix
 
@@ -19,7 +20,7 @@ class SimOptions:
     frame_size: tuple[int, int] = (1280, 720)
     lane_id: str = "p01/l01"  # the first lane; more lanes count on from it (p01/l02, ...)
     lanes: int = 1
-    mode: str = "toll"  # toll | transit-entry | transit-exit
+    mode: str = "toll"  # toll | transit-entry | transit-exit | metro (sim/metro.py)
     workdir: Path | None = None
     reaction_s: float = 0.6  # from stopping at the pay point to the phone in front of the camera
     move_up_s: float = 1.0  # from the vehicle ahead leaving the entry loop to the next on it
@@ -30,6 +31,8 @@ class SimOptions:
     lane_processes: bool = False  # each lane daemon a process of its own (sim/lane_process.py)
 
     def lane_ids(self) -> list[str]:
+        if self.mode == "metro":
+            return metro.gate_ids(self.lanes)
         plaza, first = self.lane_id.split("/", 1)
         digits = "".join(c for c in first if c.isdigit())
         stem = first[: len(first) - len(digits)] if digits else first

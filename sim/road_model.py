@@ -86,26 +86,27 @@ def fare_cell(km: float, vehicle_class: int) -> int:
     return max(MIN_FARE, math.floor(km * RATE_FEN_PER_KM[vehicle_class] / 100 + 0.5) * 100)
 
 
-def tariff_toml(road: Road, classes: list[int], valid_from: int) -> str:
-    """The road's `entry_exit` tariff as the lanes load it: every entry-exit-class cell."""
+def tariff_toml(road: Road, classes: list[int], valid_from: int, section: str = "toll") -> str:
+    """The road's `entry_exit` tariff as the lanes load it: every entry-exit-class cell
+    (`section` "transit": a metro line's, its stations as the plazas)."""
     lines = [
-        "# Written by lane sim --road for this run (sim/road_model.py).",
+        "# Written by lane sim for this run (sim/road_model.py).",
         'currency = "CNY"',
         "minor_digits = 2",
         "",
         "[classes]",
         *(f'{c} = "class {c}"' for c in classes),
         "",
-        "[toll]",
+        f"[{section}]",
         'mode = "entry_exit"',
         "",
-        "[[toll.version]]",
+        f"[[{section}.version]]",
         f"valid_from = {valid_from}",
         f"entries = [{', '.join(repr(p) for p in road.plazas)}]".replace("'", '"'),
         f"exits = [{', '.join(repr(p) for p in road.plazas)}]".replace("'", '"'),
     ]
     for entry in road.plazas:
-        lines += ["", f"[toll.version.fares.{entry}]"]
+        lines += ["", f"[{section}.version.fares.{entry}]"]
         for exit_plaza in road.plazas:
             if exit_plaza != entry:
                 km = road.distance_km(entry, exit_plaza)

@@ -100,6 +100,7 @@ class LaneStats:
         auth = rec.get("auth") or {}
         record_id = str(rec.get("record_id"))
         method = str(rec.get("method"))
+        flags = [str(f) for f in rec.get("flags") or ()]
         self.counts[f"result:{auth.get('result')}"] += 1
         self.counts[f"method:{method}"] += 1
         self._methods[record_id] = method
@@ -121,7 +122,12 @@ class LaneStats:
                 "auth_ms": auth.get("latency_ms"),
                 "offline": auth.get("offline"),
                 "open_ms": None,
-                "flags": list(rec.get("flags") or ()),
+                "flags": flags,
+                "payment_id": rec.get("payment_id"),
+                # A metro exit's wallet code: charged the maximum, the rest owed back.
+                "charged_minor": _flag_amount(flags, "charged"),
+                "refunded_minor": _flag_amount(flags, "refunded"),
+                "refund": None,  # where that refund stands (SimLane.follow_refunds)
             }
         )
 
@@ -166,7 +172,9 @@ class LaneStats:
     def snapshot(self) -> dict[str, Any]:
         return {
             "display": self.shown(),
-            "transactions": list(self.transactions)[:20],
+            "transactions": [
+                {**tx, "refund_text": refund_text(tx)} for tx in list(self.transactions)[:20]
+            ],
             "events": list(self.events)[:30],
             "alarm_log": list(self.alarm_log)[:20],
             "histogram": self.histogram.bins(),
@@ -182,3 +190,26 @@ class LaneStats:
                 "tailgating": self.counts[NoteName.TAILGATING],
             },
         }
+
+
+def _flag_amount(flags: list[str], name: str) -> int | None:
+    """The minor units of a record's `name:<minor>` flag (`charged:1400`), None without one."""
+    for flag in flags:
+        key, _, value = flag.partition(":")
+        if key == name and value.isdigit():
+            return int(value)
+    return None
+
+
+def refund_text(tx: dict[str, Any]) -> str | None:
+    """What the operator reads of a partial refund: "charged 14.00, refunded 6.00 (made)"."""
+    charged, refunded = tx.get("charged_minor"), tx.get("refunded_minor")
+    if charged is None or refunded is None:
+        return None
+    state = tx.get("refund")
+    text = f"charged {_major(charged)}, refunded {_major(refunded)}"
+    return f"{text} ({state})" if state else text
+
+
+def _major(minor: int) -> str:
+    return f"{minor // 100}.{minor % 100:02d}"  # fen to yuan, as the lanes' CNY fares

@@ -326,6 +326,16 @@ class WeChatPayFake(AcquirerServer):
         it is SUCCESS from now on."""
         self._refunds[out_refund_no]["status"] = "SUCCESS"
 
+    def refund_abnormal_by_hand(self) -> None:
+        """The merchant refunds every ABNORMAL refund by hand, and the payers' cards work
+        again: those still processing towards ABNORMAL end SUCCESS too."""
+        for number, end in self._refund_ends.items():
+            if end == "ABNORMAL":
+                self._refund_ends[number] = "SUCCESS"
+        for number, doc in self._refunds.items():
+            if doc["status"] == "ABNORMAL":
+                self.refund_by_hand(number)
+
     def refund_status(self, out_refund_no: str) -> str | None:
         doc = self._refunds.get(out_refund_no)
         return None if doc is None else str(doc["status"])

@@ -258,7 +258,7 @@ function renderTransactions(s) {
     el("td", {}, tx.lane),
     el("td", {}, tx.kind),
     el("td", {}, tx.vehicle_class),
-    el("td", {}, money(tx.amount_minor, tx.currency)),
+    el("td", {}, money(tx.amount_minor, tx.currency) + (tx.refund_text ? ` (${tx.refund_text})` : "")),
     el("td", {}, tx.method + (tx.offline ? " (offline)" : "")),
     el("td", { class: tx.result }, tx.result + (tx.flags.length && tx.result === "declined" ? `: ${tx.flags[tx.flags.length - 1]}` : "")),
     el("td", {}, fmt(tx.auth_ms)),
