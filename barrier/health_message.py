@@ -176,17 +176,18 @@ class LaneHealth(_Message):
     camera_fps: float | None = None
     uplink_backlog: int | None = None
     oldest_unsent_s: float | None = None
+    # The metro partial refunds: how many owed stand where (owed, failing, processing,
+    # unpaid) and how many were made since the lane started (made). None: not said.
+    refunds: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         _text(self.phase, "phase", limit=MAX_ID)
         _count(self.phase_since_us, "phase_since")
         if len(self.alarms) > MAX_ALARMS * 2:
             raise PayloadError(f"field 'alarms' holds more than {MAX_ALARMS * 2} entries")
-        if not isinstance(self.counters, dict):
-            raise PayloadError("field 'counters' must be a map")
-        for name, value in self.counters.items():
-            _text(name, "counters", limit=MAX_ID)
-            _count(value, f"counters.{name}")
+        _counts(self.counters, "counters")
+        if self.refunds is not None:
+            _counts(self.refunds, "refunds")
         _count(self.ts_us, "ts")
         if self.camera_fps is not None:
             _seconds(self.camera_fps, "camera_fps")
@@ -208,6 +209,7 @@ class LaneHealth(_Message):
                 "camera_fps": self.camera_fps,
                 "uplink_backlog": self.uplink_backlog,
                 "oldest_unsent_s": self.oldest_unsent_s,
+                "refunds": None if self.refunds is None else dict(self.refunds),
             }
         )
 
@@ -225,4 +227,14 @@ class LaneHealth(_Message):
             camera_fps=optional(body, "camera_fps", number),
             uplink_backlog=optional(body, "uplink_backlog", int),
             oldest_unsent_s=optional(body, "oldest_unsent_s", number),
+            refunds=optional(body, "refunds", dict),
         )
+
+
+def _counts(value: object, name: str) -> None:
+    """A map of names to counts (`counters`, `refunds`), or PayloadError naming what is bad."""
+    if not isinstance(value, dict):
+        raise PayloadError(f"field {name!r} must be a map")
+    for key, count in value.items():
+        _text(key, name, limit=MAX_ID)
+        _count(count, f"{name}.{key}")

@@ -234,6 +234,7 @@ class HealthPublisher:
             camera_fps=self.fps,
             uplink_backlog=None if uplink is None else uplink.backlog,
             oldest_unsent_s=None if uplink is None else uplink.oldest_age_s,
+            refunds=d.resolver.refund_tally(),
         )
 
     async def _publish(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from barrier.link import BarrierLink
+from lane.auth.resolver import Resolver
 from lane.config import LaneConfig
 from lane.runner import Clocks, LaneRunner
 from lane.transport.mqtt import MqttLink
@@ -29,6 +30,7 @@ class LaneView(Protocol):
     queue: QueueThread
     forwarder: Forwarder
     verifier: TokenVerifier
+    resolver: Resolver
     pipeline: ScanPipeline
     source: FrameSource
     # The queue's last status read by the daemon's health loop (None before the first).

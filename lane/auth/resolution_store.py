@@ -195,17 +195,24 @@ class PaymentRow:
         )
 
     @property
-    def refund_state(self) -> str:
-        """Where its refund stands, as `lane refunds` and the simulator say it: made, unpaid
-        (with the network's word), processing (taken, not ended), failing (not taken: asked
-        again, `refund_failing`), owed (not asked yet)."""
+    def refund_stage(self) -> str:
+        """Where its refund stands: made, unpaid (the network ended it unpaid), processing
+        (taken, not ended), failing (not taken: asked again, `refund_failing`), owed (not
+        asked yet)."""
         if self.refunded_ms is not None:
             return "made"
         if self.refund_failed:
-            return f"unpaid ({self.refund_failed})"
+            return "unpaid"
         if self.refund_sent_ms is not None:
             return "processing"
         return "failing" if self.attempts else "owed"
+
+    @property
+    def refund_state(self) -> str:
+        """The stage as `lane refunds` and the simulator say it, an unpaid one with the
+        network's word: `unpaid (ABNORMAL)`."""
+        stage = self.refund_stage
+        return f"{stage} ({self.refund_failed})" if stage == "unpaid" else stage
 
     @property
     def refund_processing(self) -> bool:

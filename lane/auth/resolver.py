@@ -30,6 +30,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -161,6 +162,9 @@ class Resolver:
         # (queries so far, when the next is due). Memory only: a restart asks at once.
         self._refund_query = refund_query or refund_query_backoff()
         self._refund_checks: dict[str, tuple[int, float]] = {}
+        # The refunds owed by stage as the last pass read them, and those this run made.
+        self._owed_by_stage: Counter[str] = Counter()
+        self._made = 0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolution-store")
         self._queue: dict[str, str] = {}  # payment_id -> why the lane gave up
         self._mine: set[str] = set()  # begun by this run: never "recovered"
@@ -169,6 +173,11 @@ class Resolver:
         self._waiters: dict[str, list[asyncio.Future[PaymentState]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._recovered = False
+
+    def refund_tally(self) -> dict[str, int]:
+        """The partial refunds owed by stage (`PaymentRow.refund_stage`) as last read, and
+        `made`: how many this run made (the lane's health message)."""
+        return {**self._owed_by_stage, **({"made": self._made} if self._made else {})}
 
     # -- what the authoriser calls ---------------------------------------------------------
 
@@ -308,6 +317,7 @@ class Resolver:
                 owed = await self._db(self._store.refunds_owed)
                 # Ends written by this pass's answers, earlier runs, or `lane refunds --made`.
                 unrecorded = await self._record_ends()
+                self._owed_by_stage = Counter(r.refund_stage for r in owed)
                 if not rows and not owed and not unrecorded:
                     failures = 0
                     # The last made by hand (refunds_cli): nothing owed, neither alarm stands
@@ -432,6 +442,7 @@ class Resolver:
             if wait_s is not None:
                 due.append(wait_s)
         owed = [r for r in stands.values() if r is not None]
+        self._owed_by_stage = Counter(r.refund_stage for r in owed)
         self._say_refunds(failing, owed)
         self._say_unpaid(owed)
         return bool(failing), min(due, default=None)
@@ -476,6 +487,7 @@ class Resolver:
         if answer.state is RefundState.MADE:
             word = answer.detail or answer.state.value
             await self._db(self._store.refunded, row.payment_id, now_ms, word)
+            self._made += 1
             self._refund_checks.pop(row.payment_id, None)
             self._client.forget(row.payment_id)
             log.info("refund made", extra=x)

@@ -107,6 +107,7 @@ class LaneView:
                 "oldest_unsent_s": None if h is None else h.oldest_unsent_s,
             },
             "counters": {} if h is None else dict(h.counters),
+            "refunds": {} if h is None or h.refunds is None else dict(h.refunds),
             "acquirer": None if h is None else h.acquirer.to_map(),
             "alarms": [_alarm_map(self.lane, a) for a in self._active()],
             "health_age_s": None if self.health_at is None else round(now - self.health_at, 1),

@@ -41,6 +41,7 @@ healths = st.builds(
     camera_fps=st.none() | st.floats(0, 120),
     uplink_backlog=st.none() | st.integers(0, 10**6),
     oldest_unsent_s=st.none() | st.floats(0, 10**6),
+    refunds=st.none() | st.dictionaries(ids, st.integers(0, 10**9), max_size=5),
 )
 
 
@@ -75,6 +76,8 @@ def _valid() -> dict[str, object]:
         ({"acquirer": {"state": "sleepy", "samples": 1}}, "field 'state'"),
         ({"checks": [{"name": "camera", "ok": "yes", "detail": ""}]}, "field 'ok'"),
         ({"camera_fps": True}, "camera_fps"),
+        ({"refunds": {"failing": -1}}, "refunds.failing"),
+        ({"refunds": [1]}, "field 'refunds' must be dict"),
     ],
 )
 def test_malformed_health_is_refused_naming_the_field(

@@ -76,6 +76,9 @@ function drawLane(s) {
   $("acquirer-figures").innerHTML = `<tr><td>availability</td><td>${pct(acq.availability)}</td></tr>
     <tr><td>error rate</td><td>${pct(acq.error_rate)}</td></tr><tr><td>decline rate</td><td>${pct(acq.decline_rate)}</td></tr>
     <tr><td>latency p50 / p95</td><td>${acq.p50_ms ?? "–"} / ${acq.p95_ms ?? "–"} ms</td></tr><tr><td>payments judged</td><td>${acq.samples ?? 0}</td></tr>`;
+  const refunds = Object.entries(lane.refunds);
+  $("refunds-box").hidden = !refunds.length;
+  $("refunds").innerHTML = refunds.map(([k, v]) => `<tr data-refunds="${esc(k)}"><td>${esc(k)}</td><td>${v}</td></tr>`).join("");
   $("garbage-box").hidden = !lane.garbage.length;
   $("garbage").innerHTML = lane.garbage.map((g) => `<li>${esc(g)}</li>`).join("");
   const may = s.user && s.user.role === "operator";
