@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from sim import metro
+from sim.cli import build_options, parser
 from sim.cli import main as sim_main
 from sim.harness import SimOptions, options_for, run_headless, run_scenario
 from sim.scenario import parse_scenario
@@ -145,6 +147,16 @@ def test_the_cli_lists_scenarios_and_checks_its_arguments(
     assert sim_main(["--headless", "--speed", "0", "--lanes", "40"]) == 2
     err = capsys.readouterr().err
     assert "--speed must be > 0" in err and "--lanes must be within 1..16" in err
+    assert sim_main(["--headless", "--mode", "metro", "--lanes", "1"]) == 2
+    assert "--mode metro takes no --scenario and needs --lanes 2 or more" in capsys.readouterr().err
+
+
+def test_a_metro_line_takes_two_lanes_and_its_riders_unless_told() -> None:
+    options = build_options(parser().parse_args(["--mode", "metro"]), None)
+    assert (options.lanes, options.mix) == (2, metro.MIX)
+    assert options.lane_ids() == ["S02/g01", "S03/x01"]
+    options = build_options(parser().parse_args(["--mode", "metro", "--lanes", "4"]), None)
+    assert options.lane_ids() == ["S02/g01", "S03/x01", "S02/g02", "S03/x02"]
 
 
 def test_options_count_lanes_on_from_the_first() -> None:
