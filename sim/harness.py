@@ -193,12 +193,20 @@ class Simulator:
             if wait > 0:
                 await asyncio.sleep(wait)
             self.dispatch(driver)
-        await asyncio.gather(*(lane.drained() for lane in self.lanes))
+        await self.drained()
+
+    async def drained(self) -> None:
+        """Every lane's queue served; on a metro line, every rider tapped out too."""
+        while True:
+            await asyncio.gather(*(lane.drained() for lane in self.lanes))
+            if not self._rides:
+                return
+            await asyncio.wait(set(self._rides))
 
     async def drive_for(self, duration_s: float, mix: Mix, limit: int | None = None) -> None:
         """Arrivals for `duration_s` simulated seconds from now (or `limit` vehicles)."""
         await self.arrive(_arrivals(mix, self.options.seed), duration_s, limit)
-        await asyncio.gather(*(lane.drained() for lane in self.lanes))
+        await self.drained()
 
     async def arrive(
         self, drivers: Iterable[Driver], duration_s: float, limit: int | None = None
@@ -244,9 +252,10 @@ class Simulator:
         if self.metro and (kind in metro.WALLET_PREFIXES or kind == "token"):
             wallet = metro.wallet_of(driver)
             nets = self.networks
-            network = None if nets is None else nets.alipay if kind == "alipay" else nets.wechatpay
-            if network is None:
+            if kind == "token" or nets is None:
                 return self.codes.make("token", int(time.time()), account=wallet).text, None
+            network = nets.alipay if kind == "alipay" else nets.wechatpay
+            assert network is not None  # started with the simulator
             return network.ledger.issue_code(wallet, metro.WALLET_PREFIXES[kind]), None
         if kind == "replay":
             # Not one the camera read in the last seconds: the scanner would drop it as the
