@@ -241,6 +241,34 @@ def test_a_refund_in_the_networks_hands_is_kept_over_a_reopen_until_it_ends(
     store.close()
 
 
+def test_a_refund_is_named_by_where_it_stands(tmp_path: Path) -> None:
+    """`refund_state`, as `lane refunds` and the simulator say it: owed until asked, failing
+    once the network refused it, processing once taken, unpaid with the network's word,
+    made."""
+    store = ResolutionStore(tmp_path / "resolve.db")
+    for pid in ("pay_1", "pay_2", "pay_3"):
+        begin(store, pid)
+        store.move(pid, S.CHARGED, 1100)
+        store.move(pid, S.SETTLED, 1200, refund_minor=150)
+
+    def state(pid: str) -> str:
+        row = store.get(pid)
+        assert row is not None
+        return row.refund_state
+
+    assert state("pay_1") == "owed"
+    store.note_attempt("pay_1", 1300, "seller_balance_not_enough")
+    store.refund_sent("pay_2", 1300)
+    store.refund_ended_unpaid("pay_3", "CLOSED", 1300)
+    assert [state(p) for p in ("pay_1", "pay_2", "pay_3")] == [
+        "failing", "processing", "unpaid (CLOSED)"
+    ]  # fmt: skip
+    assert [r.refund_stage for r in store.refunds_owed()] == ["failing", "processing", "unpaid"]
+    store.refunded("pay_3", 1400)
+    assert state("pay_3") == "made"
+    store.close()
+
+
 def test_prune_keeps_a_row_only_while_its_refund_is_owed(tmp_path: Path) -> None:
     """A payment given up after `owe_refund` is reversed whole: its `refund_minor` stays on
     the row but nothing is owed, so it is pruned; settled ones whose refund is owed, in the

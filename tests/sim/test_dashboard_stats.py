@@ -57,6 +57,22 @@ def test_a_transaction_gets_its_opening_latency() -> None:
     }
 
 
+def test_a_metro_exit_says_what_it_charged_and_refunded() -> None:
+    stats = LaneStats("S03/x01", Clock())
+    paid = record("r3", "payment_code")
+    paid["record"] |= {"kind": "tap_out", "amount_minor": 800, "payment_id": "pay_3",
+                       "flags": ["charged:1400", "refunded:600"]}  # fmt: skip
+    stats(ShellNote(Shell.RECORD, paid))
+    stats(ShellNote(Shell.RECORD, record("r4")))  # nothing refunded: nothing said
+    kept, refunded = stats.snapshot()["transactions"]
+    assert kept["refund_text"] is None
+    assert (refunded["charged_minor"], refunded["refunded_minor"]) == (1400, 600)
+    assert refunded["refund_text"] == "charged 14.00, refunded 6.00"
+    stats.transactions[1]["refund"] = "unpaid (ABNORMAL)"  # SimLane.follow_refunds
+    text = stats.snapshot()["transactions"][1]["refund_text"]
+    assert text == "charged 14.00, refunded 6.00 (unpaid (ABNORMAL))"
+
+
 def test_only_offline_tokens_count_as_token_latency() -> None:
     stats = LaneStats("p01/l01", Clock())
     stats(ShellNote(Shell.RECORD, record("r1", "emv")))
