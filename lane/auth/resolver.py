@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from lane.auth.acquirer import (
@@ -433,6 +433,7 @@ class Resolver:
                 failing.append((row, str(exc)))
                 log.warning("refund not made: %s", exc, extra=_x(row))
                 await self._db(self._store.note_attempt, row.payment_id, self._now_ms(), str(exc))
+                stands[row.payment_id] = replace(row, attempts=row.attempts + 1)  # as written
                 if isinstance(exc, AcquirerUnavailable | AcquirerTimeout):
                     break  # the network is down: no use trying the rest now
                 continue

@@ -264,7 +264,7 @@ def test_a_refund_is_named_by_where_it_stands(tmp_path: Path) -> None:
         "failing", "processing", "unpaid (CLOSED)"
     ]  # fmt: skip
     assert [r.refund_stage for r in store.refunds_owed()] == ["failing", "processing", "unpaid"]
-    store.refunded("pay_3", 1400)
+    store.refunded("pay_3", 1400, "SUCCESS")
     assert state("pay_3") == "made"
     store.close()
 
