@@ -32,6 +32,7 @@ def gate_toml(where: Path, lane_id: str, mode: str, tariff: Path, line: bool = T
         ({"metro": {"line": "L 1"}}, "metro.line"),
         ({"metro": {"over_time": "half"}}, "metro.over_time"),
         ({"metro": {"max_trip_s": 0}}, "metro.max_trip_s"),
+        ({"auth": {"refund_query_s": 0}}, "auth.refund_query_s"),
     ],
 )
 def test_bad_metro_settings_are_refused_with_the_key(
