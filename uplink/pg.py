@@ -753,9 +753,16 @@ class PostgresIngestStore(SqlIngestStore):
     def _closing(
         self, trips: Collection[str], *, returning: bool = False
     ) -> tuple[str, tuple[object, ...]]:
+        # A join with the batch's trip ids, which the planner hashes (or probes the key with,
+        # once the table is large), not `trip_id = ANY(array)`: with the array a parameter of
+        # the prepared statement, its cached plan scanned the table and compared each row
+        # with every id of the array (0.9 ms of an exit batch's 2.6 ms, auto_explain).
         form, value = _text_column(list(trips))
-        back = " RETURNING trip_id" if returning else ""
-        return self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id = ANY({form}){back}"), (value,)
+        back = " RETURNING o.trip_id" if returning else ""
+        return self._sql(
+            f"DELETE FROM {{open_trips}} AS o USING unnest({form}) AS x (trip_id)"
+            f" WHERE o.trip_id = x.trip_id{back}"
+        ), (value,)
 
     def _trip_statements(
         self, batch: BatchTrips, *, strays: bool = False

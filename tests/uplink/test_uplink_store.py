@@ -397,6 +397,37 @@ def test_postgres_an_out_of_order_backlog_batch_is_one_round_trip(
     s.close()
 
 
+def test_postgres_an_exit_batch_closes_its_trips_by_a_join(pg_dsn: str) -> None:
+    """The exits' DELETE of their open trips as the worker runs it, its statement prepared
+    and its plan cached (auto_explain's plans, on the worker's own connection): a join with
+    the batch's trip ids, never `trip_id = ANY(array)`, whose cached plan scanned the table
+    and compared each row with every exit of the batch."""
+    s = PostgresIngestStore(pg_dsn)
+    in_q, out_q = QueueIdentity("entries-1"), QueueIdentity("exits-1")
+    in_lane, out_lane = "p01/l01", "p01/l09"
+    plans: list[str] = []
+
+    def pair(first: int) -> None:
+        s.store_batch(in_lane, in_q, passes(in_lane, "entry", first, first + 9), 1)
+        s.store_batch(out_lane, out_q, passes(out_lane, "exit", first, first + 9), 1)
+
+    for first in range(1, 121, 10):  # psycopg prepares it, PostgreSQL caches its plan
+        pair(first)
+    conn = s._connection()
+    conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+    for setting in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
+                    "SET client_min_messages = log"):  # fmt: skip
+        conn.execute(setting)
+    pair(121)
+    conn.execute("RESET client_min_messages")
+    deletes = [p for p in plans if "Delete on open_trips" in p]
+    assert len(deletes) == 1, plans
+    assert "trip_id = ANY" not in deletes[0] and "= x.trip_id" in deletes[0], deletes
+    ledger = open_trips(s)
+    assert (ledger.closed, ledger.open_trips) == (130, ())
+    s.close()
+
+
 def test_postgres_stores_any_text_as_sent(pg_dsn: str) -> None:
     """A batch's text columns go to PostgreSQL as one string each, split by the server at
     ASCII 31 with ASCII 30 for NULL (the worker's cheapest form): a value holding either
