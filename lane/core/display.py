@@ -16,8 +16,9 @@ def class_waits(vehicle_class: int) -> ShowOnDisplay:
     return ShowOnDisplay((f"Class {vehicle_class}", ASSISTANCE))
 
 
-def paid_wait(ttl_s: float) -> ShowOnDisplay:
+def paid_wait(ttl_s: float, *, gate: bool) -> ShowOnDisplay:
     """A vehicle that paid and that a fault keeps the barrier from opening for: it waits
     (until the fault clears, or its refund); "use another lane" is for drivers who have not
-    paid."""
-    return ShowOnDisplay(("Paid", "Barrier out of order", "Please wait"), ttl_s)
+    paid. `gate`: a metro fare gate's passenger, who has no barrier in front of them."""
+    barrier = "Gate" if gate else "Barrier"
+    return ShowOnDisplay(("Paid", f"{barrier} out of order", "Please wait"), ttl_s)
