@@ -578,13 +578,15 @@ def tell_held(
 ) -> list[Action]:
     """A held vehicle is told to wait as its hold begins, and instead of "Lane closed" (a fault
     raised, its code read again): told to use another lane, it would drive off paid and owed."""
-    due = _held_due(after)
-    if due is None:
+    found = _held(after)
+    if found is None:
         return actions
+    vehicle, _, due = found
     closed = LANE_CLOSED in actions
     if not closed and _held_due(before) is not None:
         return actions
-    wait = paid_wait(max(due - now, 0.0), gate=after.rules.mode.fare_gate)
+    paid = vehicle.approved is not None or vehicle.carried  # not an attendant's or entry's
+    wait = paid_wait(max(due - now, 0.0), gate=after.rules.mode.fare_gate, paid=paid)
     return [*(a for a in actions if a != LANE_CLOSED), wait]
 
 
@@ -623,11 +625,20 @@ def not_passed(
     before = " (paid before a restart)" if carried else ""
     faults = ", ".join(sorted(state.faults & BLOCKING_FAULTS))
     cause = f"barrier {state.barrier}" + (f", lane in fault: {faults}" if faults else "")
-    message = (
-        f"vehicle {vehicle_id} paid (record {record_id}){before} and was not let through in"
-        f" {state.rules.pass_dwell_s:g} s ({cause}): attendant, please help;"
-        " a refund record is written"
-    )
+    waited = f"{state.rules.pass_dwell_s:g} s ({cause})"
+    if manual:
+        # Nobody paid and nothing is refunded: the attendant who pressed open is told that the
+        # lane forgot it, so a later open is theirs to give.
+        message = (
+            f"attendant open for {vehicle_id} (record {record_id}) not carried out in {waited}:"
+            " given up, the barrier will not rise for it later; open again once the barrier"
+            " works"
+        )
+    else:
+        message = (
+            f"vehicle {vehicle_id} paid (record {record_id}){before} and was not let through"
+            f" in {waited}: attendant, please help; a refund record is written"
+        )
     state, alarm = raise_notice(state, Alarm.PAID_NOT_PASSED, message)
     state = replace(state, taps=tuple(t for t in state.taps if t.record_id != record_id))
     actions: list[Action] = [

@@ -241,8 +241,9 @@ def test_the_wait_names_the_gate_at_a_fare_gate_and_the_barrier_elsewhere(
     lane.report("offline")
     lane.persisted(lane.last(Persist).persist_id)
     word = "Gate" if lane_rules.mode.fare_gate else "Barrier"
+    paid = ("Paid",) if kind != "entry" else ()  # an entry lane charges nothing
     assert of_type(lane.log[-1][2], ShowOnDisplay)[-1].lines == (
-        "Paid", f"{word} out of order", "Please wait"
+        *paid, f"{word} out of order", "Please wait"
     )  # fmt: skip
 
 
@@ -371,3 +372,26 @@ def test_a_refunded_metro_tap_out_reopens_its_tap_in(
     actions = refunded(lane, metro_tap_out)
     assert one(lane.actions, MarkPassUsed).pass_id == TRIP_HEX
     assert one(actions, ReleasePass) == ReleasePass(TRIP_HEX)
+
+
+def test_an_attendant_open_under_a_fault_is_given_up_and_the_alarm_tells_the_attendant() -> None:
+    """The attendant pressed open while the device was away: nobody paid, so the driver is not
+    told "Paid", and at the due the alarm says the open was given up (no refund: nothing was
+    charged) and that the attendant opens again once the barrier works."""
+    lane = LaneDriver(rules(pass_dwell_s=DWELL))
+    lane.arrive("v1")
+    lane.report("offline")
+    lane.feed(ev.AttendantOpen("att-1", "no fare", "op7"))
+    actions = lane.persisted("att-1")
+    assert of_type(actions, ShowOnDisplay)[-1].lines == ("Barrier out of order", "Please wait")
+    actions = tick_until_refunded(lane)
+    (record,) = refunds(actions)
+    assert (record.draft.kind, record.draft.amount_minor) == ("manual", 0)
+    alarm = next(a for a in of_type(actions, RaiseAlarm) if a.code == Alarm.PAID_NOT_PASSED)
+    assert alarm.message.startswith("attendant open for v1 (record ")
+    assert "given up" in alarm.message and "open again" in alarm.message
+    assert "barrier_offline" in alarm.message and "paid" not in alarm.message
+    assert "refund" not in alarm.message
+    lane.report("closed")
+    heal(lane)
+    assert "v1/open" not in {a.cmd_id for a in of_type(lane.actions, OpenBarrier)}
