@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from lane.auth.trip_pricing import unpriced
-from lane.core.actions import IssuePass, MarkPassUsed, PriceTrip
+from lane.core.actions import IssuePass, MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TicketIssued, TripPriced
 from lane.core.names import TripSource
 from lane.tap_desk import TapDesk
@@ -47,3 +47,9 @@ class RoadDesks:
             await self.taps.mark_used(action)  # a tap-in: a metro gate has no trip desk
         elif self.trips is not None:
             await self.trips.mark_used(action)
+
+    async def release(self, action: ReleasePass) -> None:
+        if self.taps is not None:
+            await self.taps.release(action)
+        elif self.trips is not None:
+            await self.trips.release(action)

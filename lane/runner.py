@@ -35,6 +35,7 @@ from lane.core.actions import (
     PriceTrip,
     QueryDevice,
     RaiseAlarm,
+    ReleasePass,
     Settle,
     ShowOnDisplay,
 )
@@ -71,6 +72,7 @@ class RoadPort(Protocol):
     def issue(self, request: IssuePass) -> AsyncIterator[ev.TicketIssued]: ...
     async def price(self, request: PriceTrip) -> ev.TripPriced: ...
     async def mark_used(self, action: MarkPassUsed) -> None: ...
+    async def release(self, action: ReleasePass) -> None: ...
 
 
 class LatchStore(Protocol):
@@ -245,8 +247,8 @@ class LaneRunner:
                 self._spawn("issue pass", self._issue(action))
             case PriceTrip():
                 self._spawn("price trip", self._price(action))
-            case MarkPassUsed():
-                self._spawn("mark pass used", self._mark_used(action))
+            case MarkPassUsed() | ReleasePass():
+                self._spawn("pass used mark", self._pass_mark(action))
             case KeepLatch() | DropLatch():
                 self._keep_latch(action)
             case RaiseAlarm(code=code, message=message):
@@ -349,16 +351,21 @@ class LaneRunner:
             answer = unpriced(action.trip_id, "Fare not known", f"{exc.__class__.__name__}: {exc}")
         self.post(answer)
 
-    async def _mark_used(self, action: MarkPassUsed) -> None:
+    async def _pass_mark(self, action: MarkPassUsed | ReleasePass) -> None:
         if self.road is None:
             return
         try:
-            await self.road.mark_used(action)
+            if isinstance(action, MarkPassUsed):
+                await self.road.mark_used(action)
+            else:
+                await self.road.release(action)
         except Exception:
-            # The exit record is durable and names the pass; the back office still sees it.
-            log.exception(
-                "pass not marked used", extra={"lane": self.lane, "pass_id": action.pass_id}
+            # The exit record (or its refund) is durable and names the pass; the back office
+            # still sees it.
+            what = (
+                "pass not marked used" if isinstance(action, MarkPassUsed) else "pass not released"
             )
+            log.exception(what, extra={"lane": self.lane, "pass_id": action.pass_id})
 
     async def _persist(self, action: Persist) -> None:
         try:

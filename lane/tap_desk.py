@@ -10,7 +10,10 @@ like a road pass). All offline: an exit gate asks nobody.
 shown (or, asked again after a wallet code was paid, the account of the payer the acquirer
 named: `PriceTrip.account_ref`), its latest tap-in and whether it exited, priced by
 lane.auth.trip_pricing (`price_tap_out`). `mark_used` answers `MarkPassUsed`: the tap_out
-record is durable, the tap-in has exited (a tap-in exits once).
+record is durable, the tap-in has exited (a tap-in exits once). `release` answers
+`ReleasePass`: that tap-out was refunded (the passenger did not leave), so this gate's mark
+goes and the tap-in prices the next tap-out here as a trip again; the line's other gates,
+which heard the tap_out record, keep it exited (a release is not shared).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from lane.auth.plaza import mark_used
 from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import tap_in_entry
-from lane.core.actions import MarkPassUsed, PriceTrip
+from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
 from lane.core.names import AuthResult, RecordKind
 from lane.tap_store import TapStore, TapStoreError
@@ -217,4 +220,12 @@ class TapDesk:
         first = await mark_used(self.replay, None, key, exp, self.lane, self.wall())
         log.info(
             "tap-in exited", extra={"lane": self.lane, "pass_id": action.pass_id, "first": first}
+        )
+
+    async def release(self, action: ReleasePass) -> None:
+        key = pass_key(action.pass_id)
+        released = await asyncio.to_thread(self.replay.release, key, self.lane)
+        log.info(
+            "tap-in reopened",
+            extra={"lane": self.lane, "pass_id": action.pass_id, "released": released},
         )

@@ -10,6 +10,9 @@ back office.
 
 `mark_used` answers `MarkPassUsed`: the exit record is durable, so the pass is recorded as
 exited (and shared with the plaza's other lanes), and its plate binding is emptied.
+`release` answers `ReleasePass`: that exit was refunded (the vehicle never left), so this
+lane's own mark goes and the pass shown here again prices as a trip. The plaza's other lanes
+keep the mark they heard (a release is not shared), and the plate binding stays emptied.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from lane.auth.plaza import UsedTokenSharing, mark_used
 from lane.auth.replay import ReplayStore
 from lane.auth.trip_pricing import ExitLaneRules, evidence_of, not_found, price_trip
 from lane.auth.trip_rules import normalise_plate
-from lane.core.actions import MarkPassUsed, PriceTrip
+from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
 from lane.core.names import TripSource
 from lane.transport.mqtt import Incoming, MqttLink
@@ -130,3 +133,11 @@ class TripDesk:
             log.warning(
                 "plate binding not cleared", extra={"lane": self.rules.lane, "error": str(exc)}
             )
+
+    async def release(self, action: ReleasePass) -> None:
+        key = pass_key(action.pass_id)
+        released = await asyncio.to_thread(self.replay.release, key, self.rules.lane)
+        log.info(
+            "pass released",
+            extra={"lane": self.rules.lane, "pass_id": action.pass_id, "released": released},
+        )

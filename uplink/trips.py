@@ -38,6 +38,7 @@ from uplink.records import Record
 END_OF_TIME_US = 1 << 62
 ENTRY_KINDS = frozenset({"entry", "tap_in"})
 EXIT_KINDS = frozenset({"exit", "tap_out"})
+REFUND = "paid_not_passed"  # the flag of a refund record (lane.core.recovery.not_passed)
 
 
 class TripRole(StrEnum):
@@ -58,10 +59,12 @@ UNREADABLE = TripMark(TripRole.UNREADABLE, None)
 
 
 def trip_mark(record: Record) -> TripMark | None:
-    """Pure: the record's part in a trip; None when it takes none (another kind, declined, or
-    no trip id an exit could name)."""
+    """Pure: the record's part in a trip; None when it takes none (another kind, declined, a
+    refund, or no trip id an exit could name)."""
     d = record.draft
-    if d.auth.result == AuthResult.DECLINED:
+    # A refund (`paid_not_passed`) names the record it refunds, not a trip: a gate's refunded
+    # tap-in would otherwise open a trip under the refund's own id that no exit ever closes.
+    if d.auth.result == AuthResult.DECLINED or REFUND in d.flags:
         return None
     role = (
         TripRole.ENTRY if d.kind in ENTRY_KINDS else TripRole.EXIT if d.kind in EXIT_KINDS else None

@@ -215,6 +215,17 @@ class ReplayStore:
             )
         return new
 
+    def release(self, token_id: str, lane: str) -> bool:
+        """Forget a use `lane` recorded here itself (a pass whose exit was refunded: not spent);
+        True when there was one. Another lane's use, or one heard from it, stays."""
+        return (
+            self._execute(
+                "DELETE FROM used_tokens WHERE token_id = ? AND lane = ? AND remote = 0",
+                (token_id, lane),
+            )
+            == 1
+        )
+
     def ledger(self) -> float:
         """Seconds this store has been open, over every run: the clock the purge trusts."""
         return self._ledger_base + max(0.0, self._monotonic() - self._opened_at)

@@ -131,6 +131,15 @@ class MarkPassUsed:
 
 
 @dataclass(frozen=True)
+class ReleasePass:
+    """Exit lane: the exit record that marked this pass used is refunded (`paid_not_passed`):
+    the vehicle did not leave, so the pass is not spent. The lane's own mark is taken back, so
+    the pass shown again prices as a trip, not as used."""
+
+    pass_id: str
+
+
+@dataclass(frozen=True)
 class KeepLatch:
     """`fault` (one of names.KEPT_LATCHES) was raised: keep it on disk (with the wall time, UTC)
     so a restarted lane starts with it (LatchCarried), not charging the next driver for a boom
@@ -171,6 +180,7 @@ Action = (
     | IssuePass
     | PriceTrip
     | MarkPassUsed
+    | ReleasePass
     | KeepLatch
     | DropLatch
     | RaiseAlarm
@@ -196,6 +206,7 @@ __all__ = [
     "PriceTrip",
     "QueryDevice",
     "RaiseAlarm",
+    "ReleasePass",
     "Settle",
     "ShowOnDisplay",
 ]

@@ -16,8 +16,11 @@ def class_waits(vehicle_class: int) -> ShowOnDisplay:
     return ShowOnDisplay((f"Class {vehicle_class}", ASSISTANCE))
 
 
-def paid_wait(ttl_s: float) -> ShowOnDisplay:
-    """A vehicle that paid and that a fault keeps the barrier from opening for: it waits
-    (until the fault clears, or its refund); "use another lane" is for drivers who have not
-    paid."""
-    return ShowOnDisplay(("Paid", "Barrier out of order", "Please wait"), ttl_s)
+def paid_wait(ttl_s: float, *, gate: bool, paid: bool) -> ShowOnDisplay:
+    """A vehicle that paid (not `paid`: an attendant opened for it, an entry lane let it on)
+    and that a fault keeps the barrier from opening for: it waits (until the fault clears, or
+    its refund); "use another lane" is for drivers who have not paid. `gate`: a metro fare
+    gate's passenger, who has no barrier in front of them."""
+    barrier = "Gate" if gate else "Barrier"
+    lines = ("Paid",) if paid else ()
+    return ShowOnDisplay((*lines, f"{barrier} out of order", "Please wait"), ttl_s)

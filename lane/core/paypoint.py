@@ -42,6 +42,7 @@ from lane.core.state import (
     LaneMode,
     LaneState,
     Paying,
+    Tap,
     Vehicle,
 )
 from lane.core.trip import AwaitingEntry, Priced, Ticket
@@ -192,7 +193,7 @@ def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
         event = replace(event, method=method, flags=(*event.flags, f"method:{event.method}"))
     if event.approved and state.rules.mode is LaneMode.TRANSIT_ENTRY:
         recent = recent_taps(state, now)
-        if any(acct == event.account_ref for acct, _ in recent):
+        if any(tap.account_ref == event.account_ref for tap in recent):
             state = replace(state, taps=recent)
             declined = replace(event, approved=False, reason="passback")
             abandon = Abandon(event.auth_id, "passback")
@@ -260,9 +261,9 @@ def record_draft(
     )
 
 
-def recent_taps(state: LaneState, now: float) -> tuple[tuple[str, float], ...]:
+def recent_taps(state: LaneState, now: float) -> tuple[Tap, ...]:
     window = state.rules.passback_window_s
-    return tuple((acct, t) for acct, t in state.taps if now - t < window)
+    return tuple(tap for tap in state.taps if now - tap.at < window)
 
 
 def on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
@@ -282,7 +283,8 @@ def on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
     if state.rules.mode is LaneMode.TRANSIT_ENTRY and approved.account_ref is not None:
         # The tap-in counts for anti-passback once it is on record, not before: a record that
         # failed charged nothing and must not lock the passenger out.
-        state = replace(state, taps=(*recent_taps(state, now), (approved.account_ref, now)))
+        tap = Tap(approved.account_ref, now, event.record_id)
+        state = replace(state, taps=(*recent_taps(state, now), tap))
     trip = vehicle.trip
     refund = trip.refund_minor if isinstance(trip, Priced) else 0
     return replace(state, vehicle=vehicle), [Settle(event.persist_id, refund)]

@@ -58,6 +58,7 @@ from lane.core.actions import (
     OpenBarrier,
     Persist,
     QueryDevice,
+    ReleasePass,
     ShowOnDisplay,
 )
 from lane.core.alarms import add_fault, clear_notice, raise_notice, remove_fault
@@ -568,6 +569,7 @@ def _held_over(state: LaneState, now: float) -> Result:
         record_id,
         manual=vehicle.manual is not None,
         carried=vehicle.carried,
+        marked_pass=vehicle.marked_pass,
     )
 
 
@@ -576,20 +578,29 @@ def tell_held(
 ) -> list[Action]:
     """A held vehicle is told to wait as its hold begins, and instead of "Lane closed" (a fault
     raised, its code read again): told to use another lane, it would drive off paid and owed."""
-    due = _held_due(after)
-    if due is None:
+    found = _held(after)
+    if found is None:
         return actions
+    vehicle, _, due = found
     closed = LANE_CLOSED in actions
     if not closed and _held_due(before) is not None:
         return actions
-    return [*(a for a in actions if a != LANE_CLOSED), paid_wait(max(due - now, 0.0))]
+    paid = vehicle.approved is not None or vehicle.carried  # not an attendant's or entry's
+    wait = paid_wait(max(due - now, 0.0), gate=after.rules.mode.fare_gate, paid=paid)
+    return [*(a for a in actions if a != LANE_CLOSED), wait]
 
 
 def passage_not_passed(state: LaneState, p: Passage) -> Result:
     """`not_passed` for the vehicle of a passage, a carried payment's too (however the
     passage ends)."""
     return not_passed(
-        state, p.vehicle_id, p.vehicle_class, p.record_id, manual=p.manual, carried=p.carried
+        state,
+        p.vehicle_id,
+        p.vehicle_class,
+        p.record_id,
+        manual=p.manual,
+        carried=p.carried,
+        marked_pass=p.marked_pass,
     )
 
 
@@ -601,28 +612,43 @@ def not_passed(
     *,
     manual: bool = False,
     carried: bool = False,
+    marked_pass: str | None = None,
 ) -> Result:
     """The record the back office refunds from (`record:<id>`, it ends the passage the queue
     kept as owed in the same commit; `carried`: paid before a restart, lane.core.carried), its
-    note and alarm, the attendant called. The one place a refund's flags are built."""
+    note and alarm, the attendant called. The one place a refund's flags are built. What the
+    refunded record spent is given back: its tap-in no longer counts for anti-passback, the
+    pass its exit marked used (`marked_pass`) is released."""
     kind = RecordKind.MANUAL if manual else RECORD_KINDS[state.rules.mode]
     flags = ("paid_not_passed", f"record:{record_id}", *(("carried",) if carried else ()))
     draft = replace(_uncharged(kind, vehicle_id, vehicle_class), flags=flags)
     before = " (paid before a restart)" if carried else ""
     faults = ", ".join(sorted(state.faults & BLOCKING_FAULTS))
     cause = f"barrier {state.barrier}" + (f", lane in fault: {faults}" if faults else "")
-    message = (
-        f"vehicle {vehicle_id} paid (record {record_id}){before} and was not let through in"
-        f" {state.rules.pass_dwell_s:g} s ({cause}): attendant, please help;"
-        " a refund record is written"
-    )
+    waited = f"{state.rules.pass_dwell_s:g} s ({cause})"
+    if manual:
+        # Nobody paid and nothing is refunded: the attendant who pressed open is told that the
+        # lane forgot it, so a later open is theirs to give.
+        message = (
+            f"attendant open for {vehicle_id} (record {record_id}) not carried out in {waited}:"
+            " given up, the barrier will not rise for it later; open again once the barrier"
+            " works"
+        )
+    else:
+        message = (
+            f"vehicle {vehicle_id} paid (record {record_id}){before} and was not let through"
+            f" in {waited}: attendant, please help; a refund record is written"
+        )
     state, alarm = raise_notice(state, Alarm.PAID_NOT_PASSED, message)
+    state = replace(state, taps=tuple(t for t in state.taps if t.record_id != record_id))
     actions: list[Action] = [
         Persist(f"{vehicle_id}/not_passed", draft, ends_owed=record_id),
         PaidNotPassed(vehicle_id, record_id),
         ShowOnDisplay((ASSISTANCE,)),
         *alarm,
     ]
+    if marked_pass is not None:
+        actions.append(ReleasePass(marked_pass))
     return state, actions
 
 

@@ -8,7 +8,10 @@ from typing import Protocol
 
 from lane.core.events import Decided
 from lane.core.names import BLOCKING_FAULTS, Alarm, Op, PayloadKind, Position, RecordKind, Sensor
-from lane.core.trip import Trip
+from lane.core.trip import Priced, Trip
+
+# lane.auth.trip_rules' flag of a trip priced from a pass that had exited already.
+PASS_USED = "pass_used"
 
 
 class Phase(StrEnum):
@@ -204,6 +207,16 @@ class Vehicle:
         return isinstance(self.stage, Committed) and self.stage.carried
 
     @property
+    def marked_pass(self) -> str | None:
+        """The pass (a metro tap-in) whose used mark is this vehicle's paid exit record's
+        (lane.core.road, MarkPassUsed): None when nothing marks it, or when the trip was priced
+        from a pass an exit before had marked (taking that mark back would free a spent pass)."""
+        trip = self.trip
+        if self.approved is None or not isinstance(trip, Priced) or PASS_USED in trip.flags:
+            return None
+        return trip.pass_id
+
+    @property
     def pending_persist(self) -> str | None:
         """The persist id of the record this vehicle waits for, if any."""
         stage = self.stage
@@ -239,6 +252,7 @@ class Passage:
     manual: bool = False  # opened by an attendant, not paid
     seen_open: bool = False  # the device reported the barrier open for it: it was let through
     carried: bool = False  # paid before a restart (lane.core.carried): its refund says so
+    marked_pass: str | None = None  # Vehicle.marked_pass: released if it is refunded
 
     @property
     def awaited(self) -> bool:
@@ -281,6 +295,16 @@ class StuckOpen:
 
 
 @dataclass(frozen=True)
+class Tap:
+    """A transit-entry gate's tap-in on record: its account may not tap in here again for
+    `passback_window_s` (anti-passback), unless the tap-in is refunded (`record_id` names it)."""
+
+    account_ref: str
+    at: float
+    record_id: str
+
+
+@dataclass(frozen=True)
 class CarriedPayment:
     """A vehicle that paid before a restart and was owed its passage (events.PaidCarried): the
     lane honours it once, for the same code shown again or under a boom found up, or writes
@@ -312,7 +336,7 @@ class LaneState:
     closed_reason: str | None = None
     next_class: int | None = None
     next_plate: str | None = None  # a plate read before its vehicle reached the entry loop
-    taps: tuple[tuple[str, float], ...] = field(default=())
+    taps: tuple[Tap, ...] = field(default=())
     violations: int = 0
     # Persist ids of the records the lane committed to (approved payments, attendant opens),
     # newest last, the last COMMITTED_MEMORY of them: a repeated Decided or AttendantOpen for

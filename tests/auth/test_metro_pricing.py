@@ -22,7 +22,7 @@ from lane.auth.replay import ReplayStore
 from lane.auth.tokens import issue_compact_token
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import RoadRules, TripKind
-from lane.core.actions import MarkPassUsed, PriceTrip
+from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.metro import kept_fare
 from lane.core.names import AuthResult, Method, PayloadKind, RecordKind, TripSource
 from lane.core.records import AuthInfo, RecordDraft
@@ -218,6 +218,36 @@ async def _sharing() -> None:
             ask(issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60))
         )
         assert (answer.outcome, answer.pass_id) == ("pass_used", trip)
+        gate.store.close()
+        gate.replay.close()
+
+
+def test_a_refunded_tap_out_reopens_its_tap_in_at_this_gate() -> None:
+    asyncio.run(_released())
+
+
+async def _released() -> None:
+    """The tap_out was refunded (the passenger was held by a fault and did not leave): the gate
+    takes back its mark, and the next tap-out prices the trip instead of the maximum fare."""
+    clock = [float(NOW)]
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        await gate.handle(Incoming(topics.line_taps("L1"), tap_in("S01", NOW - 600).encode()))
+
+        async def tap_out() -> tuple[str, int | None, str | None]:
+            clock[0] += 1  # a fresh token each time
+            token = issue_compact_token(CODES.key, KID, "rider-1", int(clock[0]), NOW + 600)
+            answer = await gate.price(ask(token))
+            return answer.outcome, answer.amount_minor, answer.pass_id
+
+        fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+        outcome, amount, trip = await tap_out()
+        assert (outcome, amount) == ("charged", fare) and trip is not None
+        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+        farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
+        assert await tap_out() == ("pass_used", farthest, trip)
+        await gate.release(ReleasePass(trip))
+        assert await tap_out() == ("charged", fare, trip)
         gate.store.close()
         gate.replay.close()
 

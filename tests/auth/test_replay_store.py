@@ -102,6 +102,20 @@ class Ledger:
         return self.t
 
 
+def test_a_lane_releases_only_its_own_mark(tmp_path: Path) -> None:
+    """A refunded exit takes back its lane's mark of the pass; a mark another lane made (here,
+    or heard from it) is another exit's and stays."""
+    with ReplayStore(tmp_path / "replay.db") as store:
+        assert store.check_and_mark("pass:aa", 1_800_000_060, "P03/x1", NOW)
+        assert not store.release("pass:aa", "P03/x2")
+        assert store.release("pass:aa", "P03/x1")
+        assert store.get("pass:aa") is None
+        assert store.check_and_mark("pass:aa", 1_800_000_060, "P03/x1", NOW + 1)  # marks again
+        assert store.mark_remote("pass:bb", 1_800_000_060, "P03/x1", NOW, now=NOW)
+        assert not store.release("pass:bb", "P03/x1")  # heard from a lane of that name
+        assert store.get("pass:bb") is not None
+
+
 def test_purge_keeps_entries_until_no_lane_can_accept_them(tmp_path: Path) -> None:
     mono = Ledger()
     with ReplayStore(tmp_path / "replay.db", keep_after_exp_s=60, monotonic=mono) as store:

@@ -30,6 +30,7 @@ from lane.core.actions import (
     PriceTrip,
     QueryDevice,
     RaiseAlarm,
+    ReleasePass,
     Settle,
     ShowOnDisplay,
 )
@@ -47,6 +48,7 @@ SAFETY_SENSORS = ("safety_loop", "light_curtain")
 PASSAGE_RESULTS = frozenset({"approved", "deferred", "manual"})
 # A closed road's entry lane opens for an `entry` record (result none, amount 0).
 FREE_PASSAGE = ("entry", "none")
+EXITS = ("exit", "tap_out")  # the record kinds that mark a pass (a metro tap-in) used
 SINCE = "2026-12-01T10:00:00.000000Z"  # when a fault carried over a restart was raised
 # What each kept fault's file says of it (lane.barrier_latches).
 KEPT_DETAILS = {
@@ -114,6 +116,10 @@ class SafetyMonitor:
     ended: set[str] = field(default_factory=set)
     owes: dict[str, str] = field(default_factory=dict)  # persist id -> credential, pending
     passages: dict[tuple[str, str], int] = field(default_factory=dict)  # passages per record
+    # A paid exit's record id -> the pass whose used mark is its own (not priced pass_used).
+    own_marks: dict[str, str] = field(default_factory=dict)
+    # A transit-entry tap-in on record, not refunded: record id -> (account, when durable).
+    tap_ins: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def observe(
         self,
@@ -124,6 +130,7 @@ class SafetyMonitor:
         actions: list[Action],
     ) -> None:
         self._take_event(before, event, after)
+        self._check_given_back(before, event, now, actions)
         for action in actions:
             self._take_action(action, after)
         self._check_deadline(before, event, now, after)
@@ -401,6 +408,37 @@ class SafetyMonitor:
             # Nor in front of the vehicle the boom is up for: a close waits until it is through.
             passage = after.passage
             assert passage is None or passage.left, f"close before {passage} is through: {action}"
+
+    def _check_given_back(
+        self, before: LaneState, event: ev.Event, now: float, actions: list[Action]
+    ) -> None:
+        """A refund gives back what its record spent: a refunded tap-in counts for no passback,
+        the pass its exit marked used is released in the refund's step (and only then)."""
+        waiting = before.vehicle
+        if (
+            isinstance(event, ev.Persisted)
+            and waiting
+            and waiting.pending_persist == event.persist_id
+        ):
+            for persist in self.persists.get(event.persist_id, []):
+                d = persist.draft
+                paid = d.auth.result in ("approved", "deferred")
+                if paid and d.kind in EXITS and d.pass_id and "pass_used" not in d.flags:
+                    self.own_marks[event.record_id] = d.pass_id
+                if paid and d.kind == "tap_in" and d.account_ref is not None:
+                    self.tap_ins[event.record_id] = (d.account_ref, now)
+        refunded = {p.ends_owed for p in of_type(actions, Persist) if p.ends_owed is not None}
+        released = [r.pass_id for r in of_type(actions, ReleasePass)]
+        due = sorted(self.own_marks.pop(r) for r in refunded if r in self.own_marks)
+        assert sorted(released) == due, f"released {released} for the refunds of {due}"
+        for record_id in refunded:
+            self.tap_ins.pop(record_id, None)
+        window = before.rules.passback_window_s
+        for persist in of_type(actions, Persist):
+            account = persist.draft.account_ref
+            if "passback" in persist.draft.flags:
+                taps = [t for a, t in self.tap_ins.values() if a == account and now - t < window]
+                assert taps, f"passback with no unrefunded tap-in of {account}: {persist}"
 
     def _check_deadline(
         self, before: LaneState, event: ev.Event, now: float, after: LaneState

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import pytest
 from core_kit import CARRIED_RECORD, CARRIED_TEXT, LaneDriver, displayed, heal, of_type, one, rules
+from test_machine_metro import TRIP_HEX
+from test_machine_metro import priced as metro_priced
 from test_machine_road import PASS_ID, PASS_TEXT, priced
 
 from lane.core import events as ev
@@ -19,7 +21,9 @@ from lane.core.actions import (
     MarkPassUsed,
     OpenBarrier,
     Persist,
+    PriceTrip,
     RaiseAlarm,
+    ReleasePass,
     ShowOnDisplay,
 )
 from lane.core.display import ASSISTANCE, LANE_CLOSED
@@ -229,6 +233,21 @@ MODES: list[tuple[LaneRules, Callable[[LaneDriver], None], str]] = [
 
 
 @pytest.mark.parametrize(("lane_rules", "pay", "kind"), MODES)
+def test_the_wait_names_the_gate_at_a_fare_gate_and_the_barrier_elsewhere(
+    lane_rules: LaneRules, pay: Callable[[LaneDriver], None], kind: str
+) -> None:
+    lane = LaneDriver(lane_rules)
+    pay(lane)
+    lane.report("offline")
+    lane.persisted(lane.last(Persist).persist_id)
+    word = "Gate" if lane_rules.mode.fare_gate else "Barrier"
+    paid = ("Paid",) if kind != "entry" else ()  # an entry lane charges nothing
+    assert of_type(lane.log[-1][2], ShowOnDisplay)[-1].lines == (
+        *paid, f"{word} out of order", "Please wait"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("lane_rules", "pay", "kind"), MODES)
 def test_every_mode_refunds_at_the_due_and_lets_the_vehicle_go(
     lane_rules: LaneRules, pay: Callable[[LaneDriver], None], kind: str
 ) -> None:
@@ -252,3 +271,127 @@ def test_every_mode_refunds_at_the_due_and_lets_the_vehicle_go(
     lane.report("closed")
     heal(lane)
     assert not of_type(lane.actions, OpenBarrier)
+
+
+# --- what a refund gives back -----------------------------------------------------------------
+
+
+def held_and_refunded(lane: LaneDriver, pay: Callable[[LaneDriver], None]) -> list[Action]:
+    """Paid as the device went offline: refunded at its due."""
+    pay(lane)
+    persist = lane.last(Persist)
+    lane.report("offline")
+    lane.persisted(persist.persist_id)
+    return tick_until_refunded(lane)
+
+
+def opened_and_refunded(lane: LaneDriver, pay: Callable[[LaneDriver], None]) -> list[Action]:
+    """Paid, the open sent, then the device went offline before the gate moved: a passage never
+    opened, refunded `pass_dwell_s` after its open."""
+    pay(lane)
+    assert of_type(lane.persisted(lane.last(Persist).persist_id), OpenBarrier)
+    lane.report("offline")
+    return tick_until_refunded(lane)
+
+
+REFUNDS = [held_and_refunded, opened_and_refunded]
+
+
+@pytest.mark.parametrize("refunded", REFUNDS)
+def test_a_refunded_tap_in_does_not_count_for_passback(
+    refunded: Callable[[LaneDriver, Callable[[LaneDriver], None]], list[Action]],
+) -> None:
+    """The passenger was refunded, not let in: tapping in again at this gate is a new tap-in,
+    not a passback (which would leave them outside, refunded, for `passback_window_s`)."""
+    lane = LaneDriver(rules(LaneMode.TRANSIT_ENTRY, pass_dwell_s=DWELL, passback_window_s=600.0))
+    refunded(lane, tap)
+    lane.report("closed")
+    heal(lane)
+    tap(lane)
+    again = one(of_type(lane.log[-1][2], Persist), Persist)
+    assert (again.draft.auth.result, again.draft.flags) == ("approved", ())
+    # That tap-in (on record, let through) counts: the next tap is passback.
+    lane.persisted(again.persist_id)
+    lane.ack()
+    lane.tick_at_deadline()
+    lane.ack()
+    tap(lane)
+    assert "passback" in one(of_type(lane.log[-1][2], Persist), Persist).draft.flags
+
+
+def exit_priced(**kw: object) -> Callable[[LaneDriver], None]:
+    def pay(lane: LaneDriver) -> None:
+        lane.arrive("v1")
+        lane.scan(PASS_TEXT, "entry_pass")
+        lane.feed(priced("v1/trip1", **kw))
+        if kw.get("attendant"):
+            lane.feed(ev.AttendantConfirmFare("c1", "op7"))
+        lane.scan()
+        lane.decide()
+
+    return pay
+
+
+@pytest.mark.parametrize("refunded", REFUNDS)
+def test_a_refunded_exit_releases_the_pass_it_marked_used(
+    refunded: Callable[[LaneDriver, Callable[[LaneDriver], None]], list[Action]],
+) -> None:
+    """The driver was refunded and did not leave: the pass is not spent. Its used mark (made as
+    the exit record became durable) is taken back in the refund's step."""
+    lane = LaneDriver(rules(LaneMode.TOLL_EXIT, lane_id="P03/x1", pass_dwell_s=DWELL))
+    actions = refunded(lane, exit_priced())
+    assert one(lane.actions, MarkPassUsed).pass_id == PASS_ID
+    assert one(actions, ReleasePass) == ReleasePass(PASS_ID)
+
+
+@pytest.mark.parametrize("refunded", REFUNDS)
+def test_a_refunded_exit_priced_from_a_used_pass_leaves_the_earlier_mark(
+    refunded: Callable[[LaneDriver, Callable[[LaneDriver], None]], list[Action]],
+) -> None:
+    """The pass had exited before (priced `pass_used`, the attendant confirmed): that mark is an
+    earlier exit's, and a pass pays once."""
+    lane = LaneDriver(rules(LaneMode.TOLL_EXIT, lane_id="P03/x1", pass_dwell_s=DWELL))
+    used = exit_priced(outcome="pass_used", flags=("pass_used", "attendant"), attendant=True)
+    actions = refunded(lane, used)
+    assert of_type(actions, PaidNotPassed) and not of_type(actions, ReleasePass)
+
+
+def metro_tap_out(lane: LaneDriver) -> None:
+    ask = one(lane.scan("HC1:tok", "token"), PriceTrip)
+    lane.feed(metro_priced(ask.trip_id))
+    lane.decide(method="token")
+
+
+@pytest.mark.parametrize("refunded", REFUNDS)
+def test_a_refunded_metro_tap_out_reopens_its_tap_in(
+    refunded: Callable[[LaneDriver, Callable[[LaneDriver], None]], list[Action]],
+) -> None:
+    """The passenger did not leave: the tap-in stays open, so tapping out again prices the
+    trip, not `Tap-in already used` at the maximum fare."""
+    lane = LaneDriver(rules(LaneMode.TRANSIT_EXIT, metro_pricing=True, pass_dwell_s=DWELL))
+    actions = refunded(lane, metro_tap_out)
+    assert one(lane.actions, MarkPassUsed).pass_id == TRIP_HEX
+    assert one(actions, ReleasePass) == ReleasePass(TRIP_HEX)
+
+
+def test_an_attendant_open_under_a_fault_is_given_up_and_the_alarm_tells_the_attendant() -> None:
+    """The attendant pressed open while the device was away: nobody paid, so the driver is not
+    told "Paid", and at the due the alarm says the open was given up (no refund: nothing was
+    charged) and that the attendant opens again once the barrier works."""
+    lane = LaneDriver(rules(pass_dwell_s=DWELL))
+    lane.arrive("v1")
+    lane.report("offline")
+    lane.feed(ev.AttendantOpen("att-1", "no fare", "op7"))
+    actions = lane.persisted("att-1")
+    assert of_type(actions, ShowOnDisplay)[-1].lines == ("Barrier out of order", "Please wait")
+    actions = tick_until_refunded(lane)
+    (record,) = refunds(actions)
+    assert (record.draft.kind, record.draft.amount_minor) == ("manual", 0)
+    alarm = next(a for a in of_type(actions, RaiseAlarm) if a.code == Alarm.PAID_NOT_PASSED)
+    assert alarm.message.startswith("attendant open for v1 (record ")
+    assert "given up" in alarm.message and "open again" in alarm.message
+    assert "barrier_offline" in alarm.message and "paid" not in alarm.message
+    assert "refund" not in alarm.message
+    lane.report("closed")
+    heal(lane)
+    assert "v1/open" not in {a.cmd_id for a in of_type(lane.actions, OpenBarrier)}

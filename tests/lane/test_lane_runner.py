@@ -16,7 +16,7 @@ from polling import ManualClock, eventually
 from lane.config import parse_config
 from lane.core import diagram
 from lane.core import events as ev
-from lane.core.actions import Authorise, IssuePass, MarkPassUsed, PriceTrip
+from lane.core.actions import Authorise, IssuePass, MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.machine import initial_state
 from lane.core.names import PayloadKind, TripSource
 from lane.core.state import FlatFares, LaneRules, Phase, phase
@@ -339,6 +339,9 @@ class PayerTrips:
         return ev.TripPriced(request.trip_id, True, "charged", 300, "CNY", 1, "S02", "0a" * 16)
 
     async def mark_used(self, action: MarkPassUsed) -> None:
+        return None
+
+    async def release(self, action: ReleasePass) -> None:
         return None
 
 

@@ -120,6 +120,51 @@ def _outs(store: SqliteIngestStore, n: int) -> list[Any] | None:
     return outs if len(outs) == n else None
 
 
+def approved(gate: RoadLane) -> list[dict[str, Any]]:
+    records = (f["record"] for f in gate.named("record"))
+    return [r for r in records if r["auth"]["result"] == "approved"]
+
+
+async def refunded(gate: RoadLane, code: str) -> None:
+    """The gate drops commands as the passenger pays: it never opens, and `pass_dwell_s` after
+    its open the payment is refunded (paid_not_passed); then the gate works again."""
+    paid = len(approved(gate))
+    gate.device.set_fault("no_ack")
+    await show(gate, code, lambda: len(approved(gate)) > paid)
+    await eventually(lambda: gate.named("paid_not_passed"), within=15)
+    gate.device.set_fault(None)
+    runner = gate.daemon.runner
+    await eventually(lambda: "barrier_no_ack" not in runner.alarms and runner.idle(), within=10)
+    gate.notes.clear()
+
+
+async def test_a_passenger_refunded_at_either_gate_is_not_held_to_what_the_refund_undid(
+    road: Road,
+) -> None:
+    """Refunded at the entry gate (not let in), the passenger taps in again there: not refused
+    as passback. Refunded at the exit gate (not let out), they tap out again there: priced
+    from their tap-in, not `Tap-in already used` at the maximum fare."""
+    line = {"line": f"L{road.run_id}"}
+    auth = {"keyset": str(road.keyset)}
+    rules = {"pass_dwell_s": 3.0, "probe_s": 0.5}
+    entry = await road.lane(road.lane_id("S01/g"), "transit-entry", rules, auth=auth, metro=line)
+    exit_gate = await road.lane(road.lane_id("S03/x"), "transit-exit", rules, auth=auth,
+                                metro=line, fares={"tariff": str(METRO)})  # fmt: skip
+    taps = exit_gate.daemon.road.taps
+    assert taps is not None
+    now = int(time.time())
+    await refunded(entry, token(road, "rider-1", now))
+    tap_in = await through(entry, token(road, "rider-1", now - 1))
+    assert "passback" not in tap_in["flags"]
+    await eventually(lambda: taps.store.count() == 2, what="both tap-ins heard at the exit gate")
+
+    fare = load_tariff(METRO).trip_fare(1, "S01", "S03", time.time()).amount_minor
+    trip = uuid.UUID(tap_in["record_id"]).hex
+    await refunded(exit_gate, token(road, "rider-1", now - 2))
+    tap_out = await through(exit_gate, token(road, "rider-1", now - 3))
+    assert (tap_out["amount_minor"], tap_out["pass_id"], tap_out["flags"]) == (fare, trip, [])
+
+
 async def test_a_flat_fare_gate_without_a_line_still_charges_its_flat_fare(road: Road) -> None:
     gate = await road.lane(road.lane_id("S03/f"), "transit-exit", auth={"keyset": str(road.keyset)})
     assert gate.daemon.road.taps is None

@@ -74,11 +74,14 @@ class Road:
     def lane_id(self, name: str) -> str:
         return f"{name}{self.run_id}"  # P01/e -> P01/e3fa2c1: unique on the session broker
 
-    async def lane(self, lane_id: str, mode: str, **sections: dict[str, Any]) -> RoadLane:
+    async def lane(
+        self, lane_id: str, mode: str, rules: dict[str, Any] | None = None, **sections: Any
+    ) -> RoadLane:
+        """`rules`: extra [lane] keys."""
         data = self.tmp / lane_id.replace("/", "_")
         config = parse_config(
             {
-                "lane": {"id": lane_id, "mode": mode, "data_dir": str(data)},
+                "lane": {"id": lane_id, "mode": mode, "data_dir": str(data), **(rules or {})},
                 "broker": {"port": self.broker.port},
                 "camera": {"source": "push"},
                 **sections,
@@ -119,13 +122,14 @@ class Road:
         await eventually(lambda: lane.daemon.road.tickets and lane.daemon.road.tickets.state)
         return lane, printer
 
-    async def exit_lane(self, name: str = "P03/x") -> RoadLane:
+    async def exit_lane(self, name: str = "P03/x", rules: dict[str, Any] | None = None) -> RoadLane:
         acquirer = AcquirerServer()
         url = await acquirer.start()
         self.stack.push_async_callback(acquirer.stop)
         return await self.lane(
             self.lane_id(name),
             "toll-exit",
+            rules,
             auth={"acquirer_url": url, "keyset": str(self.keyset)},
             fares={"tariff": str(ROAD)},
         )
@@ -350,3 +354,44 @@ async def test_a_ticketless_vehicle_exits_on_its_plate_binding(road: Road) -> No
         fare,
     )
     await eventually(lambda: plate not in trips.bound, what="the binding emptied")
+
+
+async def test_an_exit_refunded_under_a_fault_leaves_its_pass_to_exit_once_more(road: Road) -> None:
+    """The exit lane's device drops commands as the driver pays: the boom never rises, the
+    exit is refunded `pass_dwell_s` after its open (paid_not_passed). The driver did not leave,
+    so the pass is not spent: shown again once the device is back it prices as a trip (no
+    `Entry pass already used`, no attendant) and the driver pays it once."""
+    entry, printer = await road.entry_lane()
+    exit_lane = await road.exit_lane(rules={"pass_dwell_s": 3.0, "probe_s": 0.5})
+    runner, device = exit_lane.daemon.runner, exit_lane.device
+    ticket = await enter(entry, printer, 1)
+    [record] = entry.records("entry")
+    pass_id = record["pass_id"]
+    await device.vehicle_enters(1)
+    await eventually(lambda: exit_lane.named("vehicle_arrived"))
+    await show(exit_lane, ticket.text, lambda: exit_lane.named("trip_priced"))
+    fare = load_tariff(ROAD).trip_fare(1, "P01", "P03", time.time()).amount_minor
+    assert exit_lane.named("trip_priced")[0]["amount_minor"] == fare
+    device.set_fault("no_ack")
+    token = road.codes.make("token", int(time.time())).text
+    await show(exit_lane, token, lambda: exit_lane.records("exit"))
+    await eventually(lambda: exit_lane.daemon.replay.get(pass_key(pass_id)) is not None)
+    await eventually(lambda: exit_lane.named("paid_not_passed"), within=15)
+    await eventually(lambda: exit_lane.daemon.replay.get(pass_key(pass_id)) is None)
+    # The device acks again: the lane's test close clears barrier_no_ack.
+    device.set_fault(None)
+    await eventually(lambda: "barrier_no_ack" not in runner.alarms, within=10)
+    await device.vehicle_backs_away()
+    await device.vehicle_enters(1)
+    await eventually(lambda: len(exit_lane.named("vehicle_arrived")) == 2)
+    await show(exit_lane, ticket.text, lambda: len(exit_lane.named("trip_priced")) == 2)
+    again = exit_lane.named("trip_priced")[1]
+    assert (again["outcome"], again["amount_minor"], again["attendant"]) == ("charged", fare, False)
+    token = road.codes.make("token", int(time.time())).text
+    await show(exit_lane, token, lambda: exit_lane.named("barrier_opened"))
+    paid = [r for r in exit_lane.records("exit") if r["auth"]["result"] == "approved"]
+    assert [(r["amount_minor"], r["pass_id"]) for r in paid] == [(fare, pass_id)] * 2
+    assert "pass_used" not in paid[1].get("flags", [])
+    await device.vehicle_passes()
+    # Exited this time: the pass is spent.
+    await eventually(lambda: exit_lane.daemon.replay.get(pass_key(pass_id)) is not None)

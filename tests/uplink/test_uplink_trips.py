@@ -211,4 +211,8 @@ def test_a_records_mark_is_its_part_in_a_trip() -> None:
     assert stored_mark(blob(declined, 3)) is None
     toll = RecordDraft("toll", "v", 1, 5, "CNY", "token", None, NO_AUTH)
     assert stored_mark(blob(toll, 4)) is None
+    # A gate's refund of a tap-in (the passenger held by a fault, not let in): no trip of its own.
+    refund = RecordDraft("tap_in", "p1", 1, 0, "", "none", None, NO_AUTH,
+                         flags=("paid_not_passed", f"record:{tap_in_id}"))  # fmt: skip
+    assert stored_mark(Record(str(uuid.uuid4()), "S01/g1", 2, 2, refund).encode()) is None
     assert stored_mark(b"\x00garbage") == TripMark(TripRole.UNREADABLE, None)
