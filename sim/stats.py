@@ -202,12 +202,14 @@ def _flag_amount(flags: list[str], name: str) -> int | None:
 
 
 def refund_text(tx: dict[str, Any]) -> str | None:
-    """What the operator reads of a partial refund: "charged 14.00, refunded 6.00 (made)"."""
+    """What the operator reads of a partial refund: "charged 14.00, refund 6.00 (made)". The
+    record's `refunded:` is what was owed back when it was written: made or not is the
+    stage's to say, unknown without one."""
     charged, refunded = tx.get("charged_minor"), tx.get("refunded_minor")
     if charged is None or refunded is None:
         return None
     state = tx.get("refund")
-    text = f"charged {_major(charged)}, refunded {_major(refunded)}"
+    text = f"charged {_major(charged)}, refund {_major(refunded)}"
     return f"{text} ({state})" if state else text
 
 

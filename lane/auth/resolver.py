@@ -111,7 +111,10 @@ class Backoff:
     max_s: float = 30.0
 
     def delay(self, failures: int) -> float:
-        return float(min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1)))
+        try:
+            return float(min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1)))
+        except OverflowError:  # past a thousand failures the power is no float: long capped
+            return float(self.max_s)
 
 
 def refund_query_backoff(first_s: float = 60.0) -> Backoff:

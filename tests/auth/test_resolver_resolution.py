@@ -12,7 +12,13 @@ import pytest
 from polling import eventually
 
 from lane.auth.acquirer import AcquirerClient, PaymentStatus, PayRequest
-from lane.auth.resolver import Backoff, PaymentState, ResolutionStore, Resolver
+from lane.auth.resolver import (
+    Backoff,
+    PaymentState,
+    ResolutionStore,
+    Resolver,
+    refund_query_backoff,
+)
 from lane.checks import check_config
 from lane.config import parse_config
 from sim.acquirer import AcquirerServer, running_acquirer
@@ -224,6 +230,13 @@ def test_backoff_grows_and_caps() -> None:
     assert [backoff.delay(n) for n in (1, 2, 3, 4, 10)] == [0.25, 0.5, 1.0, 1.0, 1.0]
 
 
+def test_backoff_stays_capped_however_many_failures() -> None:
+    """The power would overflow a float past a thousand failures: an acquirer down for some
+    nine hours (30 s apart), an unpaid refund asked about for three weeks (30 min apart)."""
+    assert Backoff().delay(1100) == 30.0
+    assert refund_query_backoff(60.0).delay(1100) == 1800.0
+
+
 async def test_store_failure_does_not_kill_the_worker(
     tmp_path: Path, client: AcquirerClient, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -237,6 +250,24 @@ async def test_store_failure_does_not_kill_the_worker(
         return sum(r.message.startswith("payment resolution failed") for r in caplog.records)
 
     await eventually(lambda: failures() >= 2, what="several failed rounds")
+    await resolver.stop()  # would re-raise here had the worker died
+
+
+async def test_a_worker_failing_for_hours_goes_on(
+    tmp_path: Path, client: AcquirerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """More failed rounds in a row than a float's power of two holds (1025 at 30 s apart is
+    an outage of nine hours): the worker goes on at its longest wait."""
+    store = ResolutionStore(tmp_path / "r.db")
+    resolver = Resolver(store, client, backoff=Backoff(initial_s=1e-6, factor=2.0, max_s=1e-4))
+    await resolver.start()
+    store.close()  # every write fails from now on
+    resolver.give_up("pay_x", "timeout")
+
+    def failures() -> int:
+        return sum(r.message.startswith("payment resolution failed") for r in caplog.records)
+
+    await eventually(lambda: failures() >= 1100, within=60.0, what="1100 failed rounds")
     await resolver.stop()  # would re-raise here had the worker died
 
 

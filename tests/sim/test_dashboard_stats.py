@@ -67,10 +67,18 @@ def test_a_metro_exit_says_what_it_charged_and_refunded() -> None:
     kept, refunded = stats.snapshot()["transactions"]
     assert kept["refund_text"] is None
     assert (refunded["charged_minor"], refunded["refunded_minor"]) == (1400, 600)
-    assert refunded["refund_text"] == "charged 14.00, refunded 6.00"
-    stats.transactions[1]["refund"] = "unpaid (ABNORMAL)"  # SimLane.follow_refunds
-    text = stats.snapshot()["transactions"][1]["refund_text"]
-    assert text == "charged 14.00, refunded 6.00 (unpaid (ABNORMAL))"
+    # Owed when the record was written, where it stands not known yet (or never: a lane in
+    # a process of its own): the refund's amount, never "refunded".
+    assert refunded["refund_text"] == "charged 14.00, refund 6.00"
+    texts: dict[str, str] = {}
+    for stage in ("failing", "unpaid (ABNORMAL)", "made"):
+        stats.transactions[1]["refund"] = stage  # SimLane.follow_refunds
+        texts[stage] = stats.snapshot()["transactions"][1]["refund_text"]
+    assert texts == {
+        "failing": "charged 14.00, refund 6.00 (failing)",
+        "unpaid (ABNORMAL)": "charged 14.00, refund 6.00 (unpaid (ABNORMAL))",
+        "made": "charged 14.00, refund 6.00 (made)",
+    }
 
 
 def test_only_offline_tokens_count_as_token_latency() -> None:

@@ -6,7 +6,7 @@ daemon with its device emulator and camera, on the simulator's mosquitto, paying
 through the Alipay and WeChat Pay fakes over HTTP. A passenger taps in with a code of a wallet,
 rides, and taps out with another code of the same wallet: the exit charges the maximum fare
 into S03 (14.00) and refunds down to the S02 trip (8.00). The dashboard's state shows the
-exit's transaction as "charged 14.00, refunded 6.00" and where the refund stands; per refund
+exit's transaction as "charged 14.00, refund 6.00" and where the refund stands; per refund
 fault switched on (`POST /api/faults`) the exit gate raises its alarm with its text (in the
 lane's health message and on the console), and once the fault is off the refund is made and
 the alarm clears by itself.
@@ -31,7 +31,7 @@ from sim.harness import SimOptions, Simulator
 from sim.traffic import Driver
 
 SPEED = 30.0
-CHARGED = "charged 14.00, refunded 6.00"  # S02 -> S03 is 8.00, the most into S03 14.00
+CHARGED = "charged 14.00, refund 6.00"  # S02 -> S03 is 8.00, the most into S03 14.00
 # Real seconds: a refund refused is retried on the lane's back-off (up to 30 s, not scaled);
 # one ended unpaid is seen at the network's second answer (2 + 4 s at this speed); one marked
 # made by hand when the lane reads its payments file again (within 30 s). Under load, more.
