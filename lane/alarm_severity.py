@@ -63,6 +63,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "refund_unrecorded": Severity.MAJOR,
         # WeChat Pay answers signed by a platform certificate the lane cannot learn are refused.
         "wechatpay_certificates": Severity.MAJOR,
+        # Offline tokens are refused while the replay store cannot be written.
+        "replay_store_error": Severity.MAJOR,
         "attendant_needed": Severity.MINOR,
         "keyset_stale": Severity.MINOR,
         "queue_high_water": Severity.MINOR,

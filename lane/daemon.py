@@ -496,6 +496,7 @@ class LaneDaemon:
             clock=self.clocks.wall,
             max_generation_step=config.auth.max_generation_step,
             max_token_lifetime_s=config.auth.max_token_lifetime_s,
+            alarm=self._alarm,
         )
         # The files go through the same bounds as every later update (lane.auth.trust).
         if opened.keyset is not None:
@@ -784,6 +785,8 @@ class LaneDaemon:
                 tg.create_task(guard(self.resolver.run()), name="resolver")
                 prune = self.resolver.prune_every(self.clocks.sleep)
                 tg.create_task(guard(prune), name="payments-prune")
+                replay = self.verifier.upkeep(self.clocks.sleep)
+                tg.create_task(guard(replay), name="replay-upkeep")
                 for upkeep in self._network_upkeep:  # while no vehicle waits on the network
                     task = upkeep(self.runner.idle, self.clocks.sleep)
                     tg.create_task(guard(task), name="network-upkeep")
@@ -983,7 +986,6 @@ class LaneDaemon:
     async def _health_loop(self) -> None:
         """Queue health into the core; key set age into an alarm."""
         last: tuple[bool, bool] | None = None
-        purge_in = 0
         while True:
             try:
                 uplink = await self.forwarder.status()
@@ -1015,13 +1017,6 @@ class LaneDaemon:
             if refused != self.runner.alarms.get("trust_update_refused"):
                 self.runner.alarm("trust_update_refused", refused)
             self._reload_changed_files()
-            purge_in -= 1
-            if purge_in <= 0:
-                purge_in = 60
-                try:
-                    await asyncio.to_thread(self.replay.purge, self.clocks.wall())
-                except Exception:  # housekeeping: retried at the next round
-                    log.exception("replay purge failed", extra={"lane": self.lane})
             await self.clocks.sleep(HEALTH_EVERY_S)
 
 

@@ -82,6 +82,7 @@ REASONS = frozenset(
         "unsupported_kind",
         "internal_error",
         "verifier_error",
+        "replay_store_error",
         "abandoned",
         "lane_starting",
         "declined",

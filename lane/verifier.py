@@ -9,20 +9,27 @@ A refused update is remembered by its source (a file path or an MQTT topic) unti
 sends one that passes: `refusal_text()` is the `trust_update_refused` alarm, `refused_counts`
 feeds the metric. A future-dated update is kept and judged again by `retry_pending()`, so it is
 adopted once its time has come.
+
+A replay store that cannot be written (locked by another process, corrupt, an I/O error) is
+safe by itself (no token passes without its replay mark) but would turn every token away with
+no word: the first failure raises `replay_store_error` through `alarm`, and `upkeep`, whose
+purge is a write transaction, tries the store every second while it fails, so the alarm clears
+once the store takes writes again whether or not a token comes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from lane.auth.authoriser import OfflineResult
 from lane.auth.deny import DenyList
 from lane.auth.keys import KeySet
 from lane.auth.plaza import UsedTokenSharing, mark_used
-from lane.auth.replay import ReplayStore
+from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.auth.sourced import SourcedError
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, TokenAccepted, verify_token
 from lane.auth.trust import (
@@ -35,6 +42,10 @@ from lane.auth.trust import (
 )
 
 log = logging.getLogger("lane.auth.verifier")
+
+REPLAY_ALARM = "replay_store_error"
+PURGE_EVERY_S = 60.0
+PROBE_EVERY_S = 1.0  # while the store fails: how soon a store that works again is seen
 
 
 class TokenVerifier:
@@ -50,6 +61,7 @@ class TokenVerifier:
         clock: Callable[[], float] = time.time,
         max_generation_step: int = DEFAULT_MAX_STEP,
         max_token_lifetime_s: float = DEFAULT_MAX_LIFETIME_S,
+        alarm: Callable[[str, str | None], None] | None = None,
     ) -> None:
         self.lane = lane
         self.keys = keys
@@ -64,6 +76,8 @@ class TokenVerifier:
         self._refused_what: dict[str, object] = {}  # source -> (verdict, the refused update)
         self.refused_counts: Counter[tuple[UpdateKind, Verdict]] = Counter()
         self._pending: dict[str, KeySet | DenyList] = {}  # future-dated, by source
+        self._alarm = alarm
+        self.replay_error: str | None = None  # the alarm's text while the replay store fails
 
     def update_keys(self, keys: KeySet, source: str) -> Judgement:
         judgement = judge_keyset(self.keys, keys, self.clock(), self.skew_s)
@@ -153,9 +167,44 @@ class TokenVerifier:
         )
         if not isinstance(verdict, TokenAccepted):
             return OfflineResult(False, verdict.reason.value, None, None)
-        first = await mark_used(
-            self.replay, self.sharing, verdict.token_id, verdict.exp, self.lane, now_unix
-        )
+        try:
+            first = await mark_used(
+                self.replay, self.sharing, verdict.token_id, verdict.exp, self.lane, now_unix
+            )
+        except ReplayStoreError as exc:
+            self._replay_says(exc)
+            return OfflineResult(False, "replay_store_error", verdict.account_ref, verdict.token_id)
+        self._replay_says(None)
         if not first:
             return OfflineResult(False, "replayed", verdict.account_ref, verdict.token_id)
         return OfflineResult(True, "ok", verdict.account_ref, verdict.token_id)
+
+    async def upkeep(self, sleep: Callable[[float], Awaitable[None]]) -> None:
+        """Forget the uses no lane can accept any more, every `PURGE_EVERY_S`; every
+        `PROBE_EVERY_S` while the store fails, the purge being the probe that clears
+        `replay_store_error` (a write transaction, like a token's mark)."""
+        waited = PURGE_EVERY_S
+        while True:
+            if waited >= PURGE_EVERY_S or self.replay_error is not None:
+                waited = 0.0
+                try:
+                    await asyncio.to_thread(self.replay.purge, self.clock())
+                except ReplayStoreError as exc:
+                    self._replay_says(exc)
+                else:
+                    self._replay_says(None)
+            await sleep(PROBE_EVERY_S)
+            waited += PROBE_EVERY_S
+
+    def _replay_says(self, error: ReplayStoreError | None) -> None:
+        """Raise or clear `replay_store_error` when what the store last did changed."""
+        text = None
+        if error is not None:
+            text = (
+                f"offline tokens refused: replay store {error}; tried again every"
+                f" {PROBE_EVERY_S:g} s, clears once it takes writes"
+            )
+        if text != self.replay_error:
+            self.replay_error = text
+            if self._alarm is not None:
+                self._alarm(REPLAY_ALARM, text)
