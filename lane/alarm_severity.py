@@ -65,6 +65,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "wechatpay_certificates": Severity.MAJOR,
         # Offline tokens are refused while the replay store cannot be written.
         "replay_store_error": Severity.MAJOR,
+        # Online payment codes are refused while the payments store cannot be written.
+        "payments_store_error": Severity.MAJOR,
         "attendant_needed": Severity.MINOR,
         "keyset_stale": Severity.MINOR,
         "queue_high_water": Severity.MINOR,

@@ -21,6 +21,11 @@ Each end a refund reaches (made by the network, made by hand, ended unpaid) is h
 `record_end` (the shell appends it to the uplink queue as a `refund` record:
 lane.auth.refund_ends) and then marked recorded in the store; an end the queue refused is kept
 and handed again, under the alarm `refund_unrecorded` until the queue takes it.
+
+The store itself may fail while the lane runs (locked by another process, corrupt, an I/O
+error): no payment is asked of a network without its intent committed first, so codes are
+declined, and the alarm `payments_store_error` says so from the first failed call. The prune,
+a write transaction, runs every second while it holds and clears it once one commits.
 """
 
 from __future__ import annotations
@@ -87,6 +92,8 @@ PRUNE_EVERY_S = 3600.0
 REFUND_ALARM = "refund_failing"
 REFUND_UNPAID_ALARM = "refund_unpaid"
 REFUND_UNRECORDED_ALARM = "refund_unrecorded"
+STORE_ALARM = "payments_store_error"
+STORE_PROBE_S = 1.0  # while the store fails: how soon a store that works again is seen
 # What the operator does about a refund the network ended unpaid, by the network's word.
 UNPAID_ACTION = {
     "ABNORMAL": "the payer's account refused it: refund by hand on the WeChat Pay merchant"
@@ -359,10 +366,15 @@ class Resolver:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         every_s: float = PRUNE_EVERY_S,
     ) -> None:
-        """Prune (`prune_turn`) now and every `every_s` until cancelled."""
+        """Prune (`prune_turn`) now and every `every_s` until cancelled; every
+        `STORE_PROBE_S` while the store fails, the prune being the write that finds it works."""
+        waited = every_s
         while True:
-            await self.prune_turn()
-            await sleep(every_s)
+            if waited >= every_s or self._said.get(STORE_ALARM):
+                waited = 0.0
+                await self.prune_turn()
+            await sleep(STORE_PROBE_S)
+            waited += STORE_PROBE_S
 
     async def prune_turn(self) -> int | None:
         """Delete the payments final for longer than the retention (`auth.payments_keep_days`),
@@ -375,6 +387,8 @@ class Resolver:
             extra = {"before_ms": before_ms, "error": str(exc)}
             log.warning("payments not pruned; retrying at the next turn", extra=extra)
             return None
+        if self._said.get(STORE_ALARM):
+            self._say(STORE_ALARM, None)
         log.info("payments pruned", extra={"pruned": count, "before_ms": before_ms})
         return count
 
@@ -607,24 +621,40 @@ class Resolver:
     def _write_behind(self, payment_id: str, to: PaymentState, **kw: Any) -> None:
         call = functools.partial(self._store.move, payment_id, to, self._now_ms(), **kw)
         written = asyncio.get_running_loop().run_in_executor(self._io, call)
-        written.add_done_callback(functools.partial(_log_failed_write, payment_id, to))
+        written.add_done_callback(functools.partial(self._written, payment_id, to))
+
+    def _written(self, payment_id: str, to: PaymentState, done: asyncio.Future[PaymentRow]) -> None:
+        if done.cancelled() or done.exception() is None:
+            return
+        exc = done.exception()
+        if isinstance(exc, IllegalTransition):  # the lane gave up meanwhile: being resolved
+            log.warning("payment not marked %s: %s", to, exc, extra={"payment_id": payment_id})
+            return
+        log.error("payment not marked %s", to, exc_info=exc, extra={"payment_id": payment_id})
+        if isinstance(exc, StoreError):
+            self._store_failed(exc)
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, functools.partial(fn, *args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._io, functools.partial(fn, *args, **kwargs))
+        except (IllegalTransition, UnknownPayment):  # answers about one payment, not failures
+            raise
+        except StoreError as exc:
+            self._store_failed(exc)
+            raise
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """Raise `payments_store_error` (its text when the error changed); `prune_every`
+        clears it."""
+        self._say(
+            STORE_ALARM,
+            f"online payments refused: payments store {exc}; tried again every"
+            f" {STORE_PROBE_S:g} s, clears once it takes writes",
+        )
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
-
-
-def _log_failed_write(payment_id: str, to: PaymentState, done: asyncio.Future[PaymentRow]) -> None:
-    if done.cancelled() or done.exception() is None:
-        return
-    exc = done.exception()
-    if isinstance(exc, IllegalTransition):  # the lane gave up meanwhile: being resolved
-        log.warning("payment not marked %s: %s", to, exc, extra={"payment_id": payment_id})
-    else:
-        log.error("payment not marked %s", to, exc_info=exc, extra={"payment_id": payment_id})
 
 
 def _x(row: PaymentRow) -> dict[str, Any]:

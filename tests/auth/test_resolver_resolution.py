@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -343,15 +344,20 @@ async def test_a_prune_turn_deletes_the_payments_final_for_longer_than_kept(
     await resolver.stop()
 
 
-async def test_pruning_turns_hourly_and_a_locked_store_is_retried_next_turn(
+async def test_pruning_turns_hourly_and_a_locked_store_is_retried_each_second_under_its_alarm(
     tmp_path: Path, client: AcquirerClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The first turn finds the store locked by another writer: logged, the loop goes on, and
-    the next turn (an hour later by the clock it is given) prunes."""
+    """The first turn finds the store locked by another writer: logged, `payments_store_error`
+    raised, and the prune tried again a second later (by the sleep it is given), which clears
+    the alarm; then hourly again."""
+    caplog.set_level(logging.INFO, logger="lane.auth.resolver")
     path = tmp_path / "payments.sqlite3"
     store = payments_of_every_kind(path)
     now_s = 10 * DAY_MS / 1000
-    resolver = Resolver(store, client, clock=lambda: now_s, keep_days=7)
+    said: list[tuple[str, str | None]] = []
+    resolver = Resolver(
+        store, client, clock=lambda: now_s, keep_days=7, alarm=lambda c, t: said.append((c, t))
+    )
     other = sqlite3.connect(path, isolation_level=None, timeout=0)
     other.execute("BEGIN IMMEDIATE")  # another writer holds the file
     slept: list[float] = []
@@ -359,16 +365,20 @@ async def test_pruning_turns_hourly_and_a_locked_store_is_retried_next_turn(
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
         if len(slept) == 1:
-            other.execute("ROLLBACK")  # the writer is done before the next turn
-        else:
-            raise asyncio.CancelledError  # two turns are enough
+            other.execute("ROLLBACK")  # the writer is done before the next try
+        elif len(slept) == 3602:
+            raise asyncio.CancelledError  # the hourly turn after the retry is enough
 
     with pytest.raises(asyncio.CancelledError):
         await resolver.prune_every(sleep)
     other.close()
-    assert slept == [3600.0, 3600.0]
+    assert set(slept) == {1.0}
     events = [r.getMessage() for r in caplog.records]
     assert events.count("payments not pruned; retrying at the next turn") == 1
+    assert events.count("payments pruned") == 2  # a second after the failure, an hour later
+    assert [code for code, _ in said] == ["payments_store_error", "payments_store_error"]
+    assert f"payments store {path}: database is locked" in str(said[0][1])
+    assert said[1][1] is None
     assert ids(store) == KEPT
     await resolver.stop()
 
