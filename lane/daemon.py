@@ -515,6 +515,7 @@ class LaneDaemon:
             self.payments_store,
             self.acquirer,
             clock=self.clocks.wall,
+            monotonic=self.clocks.monotonic,
             is_recorded=self._is_recorded,
             alarm=self._alarm,
             keep_days=config.auth.payments_keep_days,

@@ -133,7 +133,10 @@ def refund_query_backoff(first_s: float = 60.0) -> Backoff:
 class Resolver:
     """Owns the resolution store's writes (one worker thread) and the resolving task.
 
-    `clock` is the wall clock in Unix seconds (row timestamps, the pending grace period).
+    `clock` is the wall clock in Unix seconds (row timestamps, which outlive a run);
+    `monotonic` times what a run waits for: a payment's age counts on both (the larger), so
+    a step of the wall clock back cannot hold a pending payment for hours, and the refund
+    queries' back-off is on it alone.
     `is_recorded`, when given, tells recovery whether a payment left open by a crash is in the
     uplink queue after all (the crash fell between writing the record and `settle`): those are
     settled, not reversed.
@@ -153,10 +156,14 @@ class Resolver:
         refund_query: Backoff | None = None,
         keep_days: int = DEFAULT_KEEP_DAYS,
         record_end: RecordRefundEnd | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._client = client
         self._clock = clock
+        self._monotonic = monotonic
+        # payment_id -> when this run first had it (begun, or met open): its age in this run.
+        self._seen: dict[str, float] = {}
         self._backoff = backoff
         self._timeout_s = request_timeout_s
         self._grace_ms = int(pending_grace_s * 1000)
@@ -169,7 +176,8 @@ class Resolver:
         self._said: dict[str, str | None] = {}
         # A refund the network is still processing (or ended unpaid) is asked about on this
         # back-off (WeChat Pay: a minute after, then less and less often): payment_id ->
-        # (queries so far, when the next is due). Memory only: a restart asks at once.
+        # (queries so far, when the next is due on the monotonic clock). Memory only: a
+        # restart asks at once.
         self._refund_query = refund_query or refund_query_backoff()
         self._refund_checks: dict[str, tuple[int, float]] = {}
         # The refunds owed by stage as the last pass read them, and those this run made.
@@ -216,6 +224,7 @@ class Resolver:
         )
         if created:
             self._mine.add(payment_id)
+            self._seen[payment_id] = self._monotonic()
         return row, created
 
     def charged(self, payment_id: str, acquirer_ref: str | None) -> None:
@@ -430,7 +439,7 @@ class Resolver:
         is due; returns (one failed: the alarm says which, seconds to the next query due)."""
         failing: list[tuple[PaymentRow, str]] = []
         stands: dict[str, PaymentRow | None] = {r.payment_id: r for r in rows}  # None: made
-        now = self._clock()
+        now = self._monotonic()
         due: list[float] = []
         for row in rows:
             check = self._refund_checks.get(row.payment_id)
@@ -528,7 +537,7 @@ class Resolver:
         # once the merchant refunds it by hand): asked about again, less and less often.
         queries = self._refund_checks.get(row.payment_id, (0, 0.0))[0] + 1
         wait_s = self._refund_query.delay(queries)
-        self._refund_checks[row.payment_id] = (queries, self._clock() + wait_s)
+        self._refund_checks[row.payment_id] = (queries, self._monotonic() + wait_s)
         return stands, wait_s
 
     def _say_refunds(self, failing: list[tuple[PaymentRow, str]], owed: list[PaymentRow]) -> None:
@@ -582,7 +591,8 @@ class Resolver:
             return True
         rule = self._client.reverse_rule(row.payment_id)
         grace_ms = self._grace_ms if rule.pending_grace_s is None else rule.pending_grace_s * 1000
-        age_ms = self._now_ms() - row.created_ms
+        seen = self._seen.setdefault(row.payment_id, self._monotonic())
+        age_ms = max(self._now_ms() - row.created_ms, (self._monotonic() - seen) * 1000)
         if answer.status is PaymentStatus.PENDING and age_ms < grace_ms:
             return False
         if age_ms < rule.min_age_s * 1000:  # the network refuses a reversal this early
@@ -617,6 +627,7 @@ class Resolver:
         handed back (`remember`) before a query."""
         self._client.forget(payment_id)
         self._mine.discard(payment_id)  # recovery looks at open rows only
+        self._seen.pop(payment_id, None)
 
     def _write_behind(self, payment_id: str, to: PaymentState, **kw: Any) -> None:
         call = functools.partial(self._store.move, payment_id, to, self._now_ms(), **kw)

@@ -7,6 +7,7 @@ asked anew under another number; Alipay's `fund_change` N is confirmed by
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -35,9 +36,13 @@ class Alarms(dict[str, str]):
 
 @contextlib.asynccontextmanager
 async def resolving(
-    store: Path, client: Acquirer, alarms: Alarms, refund_query: Backoff = FAST
+    store: Path,
+    client: Acquirer,
+    alarms: Alarms,
+    refund_query: Backoff = FAST,
+    wall: Callable[[], float] = time.time,
 ) -> AsyncIterator[Resolver]:
-    resolver = Resolver(ResolutionStore(store), client, backoff=FAST, request_timeout_s=0.5,
+    resolver = Resolver(ResolutionStore(store), client, wall, backoff=FAST, request_timeout_s=0.5,
                         alarm=alarms, refund_query=refund_query)  # fmt: skip
     await resolver.start()
     try:
@@ -99,6 +104,28 @@ async def test_a_processing_refund_is_asked_about_until_success_and_made_once(
         payment = fake.payment(payment_id.removeprefix("pay_"))
         assert payment is not None and payment.refunds == {refund_id_for(payment_id): 150}
         assert "refund_failing" not in alarms and "refund_unpaid" not in alarms
+
+
+async def test_a_processing_refund_is_asked_about_again_after_the_wall_clock_steps_back(
+    tmp_path: Path, wechat_gateway: Callable[..., Any]
+) -> None:
+    """The next query of a refund in the network's hands is timed on the monotonic clock: a
+    wall clock stepped back (here an hour at every reading) once held it for as long."""
+    steps = itertools.count()
+    start = time.time()
+
+    def wall() -> float:
+        return start - 3600.0 * next(steps)
+
+    async with wechat_gateway() as (fake, client), resolving(
+        tmp_path / "payments.db", client, Alarms(), wall=wall
+    ) as resolver:
+        fake.refund_ends = "SUCCESS"
+        payment_id = await paid(resolver, client, fake.ledger.issue_code("w9", "13"))
+        await resolver.settle(payment_id, 150)
+        done = await row_when(resolver, payment_id, lambda r: r.refunded_ms is not None, "made")
+        assert done.refund_sent_ms is not None  # it was PROCESSING first, then asked about
+        assert fake.refund_requests == 1
 
 
 @pytest.mark.parametrize("end", ["ABNORMAL", "CLOSED"])

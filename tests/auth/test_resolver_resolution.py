@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -200,6 +201,29 @@ async def test_pending_too_long_is_voided(
     finally:
         await resolver.stop()
     payment = acquirer.payment("pay_stuck")
+    assert payment is not None and payment.previous == "PENDING" and not payment.charged
+
+
+async def test_pending_too_long_is_voided_after_the_wall_clock_steps_back(
+    tmp_path: Path, acquirer: AcquirerServer, client: AcquirerClient
+) -> None:
+    """NTP steps the lane's clock back three hours while a payment waits: its age on the wall
+    clock goes negative. The grace is counted on the monotonic clock too, so the payment is
+    voided after it, not three hours later (asking the acquirer four times a second till then)."""
+    acquirer.update_faults(pending_rate=1.0, pending_ms=60_000)
+    step = [0.0]
+    resolver = make_resolver(
+        tmp_path / "r.db", client, pending_grace_s=0.3, clock=lambda: time.time() - step[0]
+    )
+    await resolver.start()
+    try:
+        await begin_and_pay(resolver, client, "pay_stepped")
+        step[0] = 3 * 3600.0
+        resolver.give_up("pay_stepped", "timeout")
+        assert await final(resolver, "pay_stepped") is S.REVERSED
+    finally:
+        await resolver.stop()
+    payment = acquirer.payment("pay_stepped")
     assert payment is not None and payment.previous == "PENDING" and not payment.charged
 
 
