@@ -636,12 +636,15 @@ class LaneDaemon:
             self.verifier.forget_source(source)
         elif is_keys:
             try:
-                self.verifier.update_keys(decode_keyset(msg.payload, source), source)
+                keys = await asyncio.to_thread(decode_keyset, msg.payload, source)
+                self.verifier.update_keys(keys, source)
             except KeySetError as exc:
                 self.verifier.update_unreadable(UpdateKind.KEYSET, source, exc)
         else:
             try:
-                self.verifier.update_deny(decode_deny_list(msg.payload, source), source)
+                # A large list takes seconds to read: off the loop, which serves meanwhile.
+                deny = await asyncio.to_thread(decode_deny_list, msg.payload, source)
+                self.verifier.update_deny(deny, source)
             except DenyListError as exc:
                 self.verifier.update_unreadable(UpdateKind.DENY, source, exc)
 

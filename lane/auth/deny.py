@@ -26,6 +26,9 @@ from lane.auth.sourced import (
 from lane.wire.codec import pack
 
 DENY_VERSION = 1
+# An MQTT deny list's bound: about two million accounts of 16 characters (~18 bytes each);
+# decoding one that large takes a couple of seconds, off the event loop.
+MAX_DENY_BYTES = 32 << 20
 
 
 class DenyListError(SourcedError):
@@ -75,7 +78,9 @@ def load_deny_list(path: str | Path) -> DenyList:
 
 
 def decode_deny_list(payload: bytes, source: str = "mqtt deny") -> DenyList:
-    return parse_deny_list(unpack_object(payload, DENY_VERSION, source, DenyListError), source)
+    return parse_deny_list(
+        unpack_object(payload, DENY_VERSION, source, DenyListError, MAX_DENY_BYTES), source
+    )
 
 
 def encode_deny_list(deny: DenyList) -> bytes:

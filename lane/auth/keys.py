@@ -33,6 +33,8 @@ from lane.auth.sourced import (
 from lane.wire.codec import pack
 
 KEYSET_VERSION = 1
+# An MQTT key set's bound: ~9,000 keys (a real one holds a few per issuer, ~110 bytes each).
+MAX_KEYSET_BYTES = 1 << 20
 MAX_KID_LEN = 64  # the longest kid a signed text may name (lane.auth.signed)
 
 
@@ -211,7 +213,8 @@ def load_keyset(path: str | Path) -> KeySet:
 
 
 def decode_keyset(payload: bytes, source: str = "mqtt keys") -> KeySet:
-    return parse_keyset(unpack_object(payload, KEYSET_VERSION, source, KeySetError), source)
+    body = unpack_object(payload, KEYSET_VERSION, source, KeySetError, MAX_KEYSET_BYTES)
+    return parse_keyset(body, source)
 
 
 def _key_fields(key: IssuerKey, json_form: bool) -> dict[str, Any]:

@@ -65,9 +65,14 @@ def read_json_object(path: str | Path, error: type[SourcedError]) -> Mapping[str
 
 
 def unpack_object(
-    payload: bytes, max_version: int, source: str, error: type[SourcedError]
+    payload: bytes, max_version: int, source: str, error: type[SourcedError], max_bytes: int
 ) -> Mapping[str, Any]:
-    """The versioned msgpack map of an MQTT payload, or `error(source, "", what is wrong)`."""
+    """The versioned msgpack map of an MQTT payload, or `error(source, "", what is wrong)`.
+
+    A payload over `max_bytes` is refused unread: decoding it would hold the lane for seconds
+    and its memory for as long as it is kept, and it is no real key set or deny list."""
+    if len(payload) > max_bytes:
+        raise error(source, "", f"is {len(payload)} bytes, at most {max_bytes}")
     try:
         return unpack(payload, max_version=max_version)
     except PayloadError as exc:

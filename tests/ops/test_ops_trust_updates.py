@@ -13,8 +13,14 @@ from ops_kit import running_lane
 from polling import eventually
 
 from lane.auth.cose import Alg
-from lane.auth.deny import DenyList, encode_deny_list
-from lane.auth.keys import IssuerKey, KeySet, encode_keyset, keyset_to_json
+from lane.auth.deny import MAX_DENY_BYTES, DenyList, encode_deny_list
+from lane.auth.keys import (
+    MAX_KEYSET_BYTES,
+    IssuerKey,
+    KeySet,
+    encode_keyset,
+    keyset_to_json,
+)
 from lane.auth.plaza import deny_topic, keys_topic
 from lane.transport.mqtt import MqttLink
 from sim.broker import Mosquitto
@@ -108,5 +114,48 @@ async def test_a_poisoned_file_and_a_garbage_copy_are_refused_until_their_source
             assert refused(metrics, "keyset") == 1 and refused(metrics, "deny") == 1
     finally:
         await backoffice.publish(deny_topic(plaza), b"", retain=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_huge_retained_key_set_or_deny_list_is_refused_by_its_size(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """A payload far beyond any real key set or deny list (a bug, a hostile publisher) used to
+    be decoded on the event loop and adopted: seconds of a frozen lane per delivery, its memory
+    held. Refused by its size before it is read, with the alarm; the next sane ones clear it."""
+    plaza = lane_id.split("/", maxsplit=1)[0]
+    now = int(time.time())
+    public = Ed25519PrivateKey.generate().public_key()
+    many = [IssuerKey(b"k%06d" % i, Alg.ED25519, public, now, now + 3600) for i in range(10_000)]
+    huge_keys = encode_keyset(KeySet.of(now + 1, many))
+    huge_deny = encode_deny_list(DenyList.of(2, (f"account-{i:024d}" for i in range(1_000_000))))
+    assert len(huge_keys) > MAX_KEYSET_BYTES and len(huge_deny) > MAX_DENY_BYTES
+    backoffice = MqttLink(mosquitto.host, mosquitto.port, f"bo-{lane_id}")
+    task = asyncio.create_task(backoffice.run())
+    try:
+        await backoffice.wait_connected(5)
+        async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+            daemon = lane.daemon
+            held = daemon.verifier.keys
+            await backoffice.publish(keys_topic(plaza), huge_keys, retain=True)
+            await backoffice.publish(deny_topic(plaza), huge_deny, retain=True)
+            await eventually(lambda: daemon.runner.alarms.get(ALARM, "").count(" bytes") == 2)
+            text = daemon.runner.alarms[ALARM]
+            assert f"is {len(huge_keys)} bytes, at most {MAX_KEYSET_BYTES}" in text
+            assert f"is {len(huge_deny)} bytes, at most {MAX_DENY_BYTES}" in text
+            assert daemon.verifier.keys is held and daemon.verifier.deny.generation == 0
+            assert await lane.serve("token") == "barrier_opened"
+            # The back office's next, sane updates are taken; the alarm clears.
+            sane = KeySet.of(held.issued_at + 1, held.keys.values())
+            await backoffice.publish(keys_topic(plaza), encode_keyset(sane), retain=True)
+            sane_deny = encode_deny_list(DenyList.of(3, []))
+            await backoffice.publish(deny_topic(plaza), sane_deny, retain=True)
+            await eventually(lambda: ALARM not in daemon.runner.alarms)
+            assert daemon.verifier.keys.issued_at == held.issued_at + 1
+            assert daemon.verifier.deny.generation == 3
+    finally:
+        for topic in (keys_topic(plaza), deny_topic(plaza)):
+            await backoffice.publish(topic, b"", retain=True)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
