@@ -471,7 +471,12 @@ class LaneDaemon:
             tls=tls,
         )
         self.forwarder = Forwarder(
-            self.queue, self.uplink, self.lane, batch_size=config.uplink.batch_size
+            self.queue,
+            self.uplink,
+            self.lane,
+            batch_size=config.uplink.batch_size,
+            clock=self.clocks.monotonic,
+            wall=self.clocks.wall,  # the records' own clock: their age is read on it
         )
         self.uplink_status: UplinkStatus | None = None  # the health loop's last read
         self.sharing: UsedTokenSharing | None = None

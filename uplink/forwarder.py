@@ -110,6 +110,8 @@ class Forwarder:
         self._reoffer_at: float | None = None  # when refused records are offered again
         self._link_epoch = -1
         self._last_ack_wall: float | None = None
+        # The oldest unsent record's ts_us and when (monotonic) this run first saw it oldest.
+        self._oldest: tuple[int, float] | None = None
         self.sent_batches = 0
         self.resent_batches = 0
 
@@ -147,10 +149,9 @@ class Forwarder:
 
     async def status(self) -> UplinkStatus:
         b = await self.queue.backlog()
-        age = None if b.oldest_ts_us is None else max(0.0, self._wall() - b.oldest_ts_us / 1e6)
         return UplinkStatus(
             backlog=b.count,
-            oldest_age_s=age,
+            oldest_age_s=self._oldest_age(b.oldest_ts_us),
             bytes_used=b.bytes_used,
             high_water_reached=b.high_water_reached,
             link_up=self.link.connected.is_set(),
@@ -160,6 +161,19 @@ class Forwarder:
             resent_batches=self.resent_batches,
             refused=len(self._refused),
         )
+
+    def _oldest_age(self, ts_us: int | None) -> float | None:
+        """The oldest unsent record's age: by its own wall time (which outlives a restart), or
+        by how long this run has seen it oldest, whichever is more. A wall clock stepped back
+        puts the record in the future; on the wall clock alone a back office that takes
+        nothing would go unseen (`uplink_stalled`) for as long as the step."""
+        if ts_us is None:
+            self._oldest = None
+            return None
+        now = self._clock()
+        if self._oldest is None or self._oldest[0] != ts_us:
+            self._oldest = (ts_us, now)
+        return max(0.0, self._wall() - ts_us / 1e6, now - self._oldest[1])
 
     async def run(self) -> None:
         """Forward forever (run as a task; cancel to stop)."""

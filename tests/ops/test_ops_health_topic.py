@@ -19,6 +19,7 @@ from polling import eventually
 
 from barrier.health_message import LaneHealth, health_topic
 from barrier.messages import AttendantCommand
+from lane.runner import Clocks
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
 from sim.backoffice import BackOffice
@@ -141,6 +142,31 @@ async def test_uplink_stalled_is_raised_seen_acknowledged_and_clears_by_itself(
             await attendant(link, lane_id, "ack_alarm", "uplink_stalled", "alice")
             await asyncio.sleep(0.5)  # nothing to poll for: the absence of a record
             assert len(office.ingested_ids(lane_id)) == 2 and not action_records(lane)
+        finally:
+            await office.stop()
+
+
+async def test_uplink_stalled_is_raised_after_the_wall_clock_steps_back(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """NTP steps the lane's clock back three hours after a record was written: by the wall
+    clock alone it is not old at all, and a back office that takes nothing went unseen for
+    those hours. The forwarder counts the oldest record's age on the monotonic clock too."""
+    step = [0.0]
+    clocks = Clocks(wall=lambda: time.time() - step[0])
+    extra = {"uplink": {"stalled_after_s": 3.0}}
+    async with running_lane(tmp_path, mosquitto, lane_id, extra=extra, clocks=clocks) as lane:
+        runner = lane.daemon.runner
+        assert await lane.serve("token") == "barrier_opened"  # a record nobody takes
+        step[0] = 3 * 3600.0
+        assert "uplink_stalled" not in runner.alarms  # the step came first
+        await eventually(lambda: "uplink_stalled" in runner.alarms)
+        office = BackOffice(
+            tmp_path / "bo.sqlite3", mosquitto.host, mosquitto.port, f"bo-{lane_id}"
+        )
+        await office.start()
+        try:
+            await eventually(lambda: "uplink_stalled" not in runner.alarms, within=15.0)
         finally:
             await office.stop()
 
