@@ -61,6 +61,7 @@ class BarrierLink:
         credentials: Credentials | None = None,
         tls: ssl.SSLContext | None = None,
         wall: Callable[[], float] = time.time,
+        keepalive_s: int = 10,
     ) -> None:
         self.lane = lane
         self._on_ack = on_ack
@@ -95,6 +96,7 @@ class BarrierLink:
             will=self._will(),
             credentials=credentials,
             tls=tls,
+            keepalive=keepalive_s,
         )
 
     async def run(self) -> None:

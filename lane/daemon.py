@@ -461,6 +461,7 @@ class LaneDaemon:
             on_plate=self._on_plate,
             credentials=creds,
             tls=tls,
+            keepalive_s=config.broker.keepalive_s,
         )
         self.uplink = MqttLink(
             config.broker.host,
@@ -469,6 +470,7 @@ class LaneDaemon:
             handler=self._on_uplink_message,
             credentials=creds,
             tls=tls,
+            keepalive=config.broker.keepalive_s,
         )
         self.forwarder = Forwarder(
             self.queue,

@@ -80,12 +80,13 @@ def config_for(
     lane: dict[str, Any] | None = None,
     barrier: dict[str, Any] | None = None,
     camera: dict[str, Any] | None = None,
+    broker_keys: dict[str, Any] | None = None,
 ) -> LaneConfig:
     return parse_config(
         {
             "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane"), **(lane or {})},
             "barrier": barrier or {},
-            "broker": {"port": broker.port},
+            "broker": {"port": broker.port, **(broker_keys or {})},
             "camera": {"source": "push", **(camera or {})},
             "auth": {"acquirer_url": acquirer, "keyset": str(keyset)},
         }
@@ -110,17 +111,27 @@ async def running_lane(
     source: PushSource | None = None,
     ready: bool = True,
     camera: dict[str, Any] | None = None,
+    broker: dict[str, Any] | None = None,
 ) -> AsyncIterator[Lane]:
-    """The daemon in this process, with a device emulator; `lane`, `barrier`, `camera`: extra
-    [lane], [barrier] and [camera] config keys; `fault`: the device's fault from its start;
-    `source`: the camera (a fresh push camera by default); `ready`: wait until lane and device
-    are connected and the barrier is closed (not with a broker that is down)."""
+    """The daemon in this process, with a device emulator; `lane`, `barrier`, `camera`,
+    `broker`: extra [lane], [barrier], [camera] and [broker] config keys; `fault`: the
+    device's fault from its start; `source`: the camera (a fresh push camera by default);
+    `ready`: wait until lane and device are connected and the barrier is closed (not with a
+    broker that is down)."""
     codes = CodeFactory(7)
     keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
     acquirer = AcquirerServer()
     url = await acquirer.start()
     config = config_for(
-        tmp_path, mosquitto, lane_id, url, keyset, lane=lane, barrier=barrier, camera=camera
+        tmp_path,
+        mosquitto,
+        lane_id,
+        url,
+        keyset,
+        lane=lane,
+        barrier=barrier,
+        camera=camera,
+        broker_keys=broker,
     )
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
     queue_path = config.lane.data_dir / "queue.sqlite3"

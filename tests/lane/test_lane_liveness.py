@@ -146,6 +146,28 @@ async def test_a_lane_started_while_its_broker_is_down_says_so_and_serves_once_i
         await eventually(lambda: quiet(lane))
 
 
+async def test_a_broker_that_stops_answering_is_seen_within_the_keepalive_and_left_behind(
+    tmp_path: Path, private_broker: Mosquitto, lane_id: str
+) -> None:
+    """mosquitto frozen (SIGSTOP: its sockets stay open, nothing answers), a half-open link:
+    seen within 1.5 keepalives (`broker.keepalive_s`, which the links once ignored for a
+    fixed 10 s), reconnected once it answers again."""
+    async with running_lane(tmp_path, private_broker, lane_id, broker={"keepalive_s": 2}) as lane:
+        runner = lane.daemon.runner
+        process = private_broker.process
+        assert process is not None
+        process.send_signal(signal.SIGSTOP)
+        try:
+            await eventually(lambda: "broker_down" in runner.alarms, within=6)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        await eventually(lambda: "broker_down" not in runner.alarms, within=30)
+        await eventually(lambda: quiet(lane), within=15)
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+        await lane.device.vehicle_passes()
+        await eventually(lambda: quiet(lane))
+
+
 async def test_a_lane_started_on_a_full_disk_waits_says_why_and_starts_once_space_is_freed(
     tmp_path: Path,
     mosquitto: Mosquitto,
