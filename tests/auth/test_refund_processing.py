@@ -117,9 +117,10 @@ async def test_a_processing_refund_is_asked_about_again_after_the_wall_clock_ste
     def wall() -> float:
         return start - 3600.0 * next(steps)
 
-    async with wechat_gateway() as (fake, client), resolving(
-        tmp_path / "payments.db", client, Alarms(), wall=wall
-    ) as resolver:
+    async with (
+        wechat_gateway() as (fake, client),
+        resolving(tmp_path / "payments.db", client, Alarms(), wall=wall) as resolver,
+    ):
         fake.refund_ends = "SUCCESS"
         payment_id = await paid(resolver, client, fake.ledger.issue_code("w9", "13"))
         await resolver.settle(payment_id, 150)

@@ -73,4 +73,3 @@ async def test_a_locked_store_refuses_its_codes_says_so_and_clears_when_released
         await shows(lane, kind, lambda: named(lane, "barrier_opened"))
         await lane.device.vehicle_passes()
         await eventually(lambda: quiet(lane))
-
