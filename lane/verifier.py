@@ -12,9 +12,9 @@ adopted once its time has come.
 
 A replay store that cannot be written (locked by another process, corrupt, an I/O error) is
 safe by itself (no token passes without its replay mark) but would turn every token away with
-no word: the first failure raises `replay_store_error` through `alarm`, and `upkeep`, whose
-purge is a write transaction, tries the store every second while it fails, so the alarm clears
-once the store takes writes again whether or not a token comes.
+no word: the first failed mark raises `replay_store_error` through `alarm`, and `upkeep`
+probes the store every second while it fails (`ReplayStore.probe`, the write a mark makes), so
+the alarm clears once the store takes marks again whether or not a token comes.
 """
 
 from __future__ import annotations
@@ -180,19 +180,25 @@ class TokenVerifier:
         return OfflineResult(True, "ok", verdict.account_ref, verdict.token_id)
 
     async def upkeep(self, sleep: Callable[[float], Awaitable[None]]) -> None:
-        """Forget the uses no lane can accept any more, every `PURGE_EVERY_S`; every
-        `PROBE_EVERY_S` while the store fails, the purge being the probe that clears
-        `replay_store_error` (a write transaction, like a token's mark)."""
+        """Forget the uses no lane can accept any more, every `PURGE_EVERY_S` (a failed purge
+        is housekeeping: logged, tried at the next turn). While a mark failed, probe the
+        store every `PROBE_EVERY_S` instead: the probe writes where a mark does, so the one
+        that commits clears `replay_store_error` (the purge may commit where marks fail)."""
         waited = PURGE_EVERY_S
         while True:
-            if waited >= PURGE_EVERY_S or self.replay_error is not None:
-                waited = 0.0
+            if self.replay_error is not None:
                 try:
-                    await asyncio.to_thread(self.replay.purge, self.clock())
+                    await asyncio.to_thread(self.replay.probe)
                 except ReplayStoreError as exc:
                     self._replay_says(exc)
                 else:
                     self._replay_says(None)
+            elif waited >= PURGE_EVERY_S:
+                waited = 0.0
+                try:
+                    await asyncio.to_thread(self.replay.purge, self.clock())
+                except ReplayStoreError:
+                    log.exception("replay purge failed", extra={"lane": self.lane})
             await sleep(PROBE_EVERY_S)
             waited += PROBE_EVERY_S
 

@@ -71,6 +71,8 @@ def _create_v1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX used_tokens_exp ON used_tokens (exp)")
 
 
+# The id `probe` writes and removes again: no token or pass id has this form.
+PROBE_ID = "probe:replay-store"
 # Ids stored before the ledger existed: kept this many ledger seconds after the upgrade.
 MIGRATED_KEEP_S = 3600.0
 
@@ -256,6 +258,18 @@ class ReplayStore:
                 "DELETE FROM used_tokens WHERE exp < ? AND keep_until <= ?", (cutoff, ledger)
             ).rowcount
         return purged
+
+    def probe(self) -> None:
+        """Store an id and take it back in one transaction: the write a token's mark makes, in
+        the pages it makes it in. Raises ReplayStoreError while the store could not take a
+        mark (locked past the wait, corrupt, an I/O error); leaves nothing behind."""
+        with immediate(self._conn, self._lock, self._error):
+            self._conn.execute(
+                "INSERT OR REPLACE INTO used_tokens (token_id, exp, lane, seen_at, remote,"
+                " keep_until) VALUES (?, 0, '', NULL, 0, 0)",
+                (PROBE_ID,),
+            )
+            self._conn.execute("DELETE FROM used_tokens WHERE token_id = ?", (PROBE_ID,))
 
     def _error(self, exc: sqlite3.Error) -> ReplayStoreError:
         return ReplayStoreError(f"{self.path}: {exc}")

@@ -362,3 +362,30 @@ def test_no_remote_id_outlives_now_skew_and_its_kinds_cap(
             mono.t = max(mono.t, gone_at)
             s.purge(now=NOW + mono.t)
             assert s.get(used_id) is None
+
+
+def test_the_probe_fails_where_a_mark_would_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A page of the used ids broken under a running lane: a mark fails, and so must the probe
+    that tells the lane the store takes marks again; the purge alone does not read them."""
+    path = tmp_path / "replay.sqlite3"
+    store = ReplayStore(path)
+    exp = int(NOW) + 100
+    for i in range(50):
+        assert store.check_and_mark(f"t{i}", exp, "p07/l01", NOW)
+    store.probe()
+    assert store.count() == 50  # the probe's own id is gone with its transaction
+    with sqlite3.connect(path) as other:
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (page,) = other.execute("PRAGMA page_size").fetchone()
+        (root,) = other.execute(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'used_tokens'"
+        ).fetchone()
+    with path.open("r+b") as f:  # the used ids' table page, nothing else
+        f.seek((root - 1) * page)
+        f.write(b"\xa5" * page)
+    with pytest.raises(ReplayStoreError, match="malformed"):
+        store.check_and_mark("late", exp, "p07/l01", NOW)
+    store.purge(NOW)  # still commits (the ledger, the index): no proof that marks would
+    with pytest.raises(ReplayStoreError, match="malformed"):
+        store.probe()
+    store.close()
