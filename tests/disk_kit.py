@@ -1,4 +1,5 @@
-"""A real full disk for the tests: a size-limited tmpfs of a test's own, and a filler.
+"""A real full disk for the tests: a size-limited tmpfs of a test's own, and a filler; and a
+SQLite file with one table's page broken under the connection that uses it.
 
 Mounting needs root (CI runs `make test` as root); elsewhere the test is skipped."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,3 +55,17 @@ def fill(directory: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def break_table_page(path: Path, table: str) -> None:
+    """Overwrite the root page of `table` in the SQLite file at `path` (its WAL checkpointed
+    into it first), as a bad sector or a stray write would: nothing else is touched."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (page,) = db.execute("PRAGMA page_size").fetchone()
+        (root,) = db.execute(
+            "SELECT rootpage FROM sqlite_schema WHERE name = ?", (table,)
+        ).fetchone()
+    with path.open("r+b") as f:
+        f.seek((root - 1) * page)
+        f.write(b"\xa5" * page)

@@ -148,6 +148,10 @@ SCHEMA_VERSION = len(MIGRATIONS)
 NETWORKS: tuple[Network, ...] = get_args(Network)
 
 
+# The payment `probe` begins and removes again: no payment id has this form.
+PROBE_ID = "probe:payments-store"
+
+
 class StoreError(Exception):
     """The resolution store cannot be opened or written."""
 
@@ -465,6 +469,19 @@ class ResolutionStore:
         with self._tx():
             found = self._db.execute(update, params).fetchall()
         return _row(found[0]) if found else None
+
+    def probe(self) -> None:
+        """Begin a payment and take it back in one transaction: the write `begin` makes, in the
+        pages it makes it in (a prune may commit where payments cannot begin). Raises
+        StoreError while no payment could begin; leaves nothing behind."""
+        with self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO payments (payment_id, auth_id, lane, amount_minor,"
+                " currency, method, state, created_ms, updated_ms)"
+                " VALUES (?, '', '', 0, '', '', 'intent', 0, 0)",
+                (PROBE_ID,),
+            )
+            self._db.execute("DELETE FROM payments WHERE payment_id = ?", (PROBE_ID,))
 
     def _tx(self) -> contextlib.AbstractContextManager[None]:
         return immediate(self._db, self._lock, lambda exc: StoreError(f"{self.path}: {exc}"))

@@ -24,8 +24,9 @@ and handed again, under the alarm `refund_unrecorded` until the queue takes it.
 
 The store itself may fail while the lane runs (locked by another process, corrupt, an I/O
 error): no payment is asked of a network without its intent committed first, so codes are
-declined, and the alarm `payments_store_error` says so from the first failed call. The prune,
-a write transaction, runs every second while it holds and clears it once one commits.
+declined, and the alarm `payments_store_error` says so from the first failed call. While it
+holds the store is probed every second (the write a payment's begin makes) and the probe that
+commits clears it.
 """
 
 from __future__ import annotations
@@ -375,11 +376,16 @@ class Resolver:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         every_s: float = PRUNE_EVERY_S,
     ) -> None:
-        """Prune (`prune_turn`) now and every `every_s` until cancelled; every
-        `STORE_PROBE_S` while the store fails, the prune being the write that finds it works."""
+        """Prune (`prune_turn`) now and every `every_s` until cancelled. While the store fails,
+        probe it every `STORE_PROBE_S` instead (`ResolutionStore.probe`, the write a payment's
+        begin makes): the probe that commits clears `payments_store_error`."""
         waited = every_s
         while True:
-            if waited >= every_s or self._said.get(STORE_ALARM):
+            if self._said.get(STORE_ALARM):
+                with contextlib.suppress(StoreError):  # said by `_db`: the alarm holds
+                    await self._db(self._store.probe)
+                    self._say(STORE_ALARM, None)
+            elif waited >= every_s:
                 waited = 0.0
                 await self.prune_turn()
             await sleep(STORE_PROBE_S)
@@ -396,8 +402,6 @@ class Resolver:
             extra = {"before_ms": before_ms, "error": str(exc)}
             log.warning("payments not pruned; retrying at the next turn", extra=extra)
             return None
-        if self._said.get(STORE_ALARM):
-            self._say(STORE_ALARM, None)
         log.info("payments pruned", extra={"pruned": count, "before_ms": before_ms})
         return count
 
@@ -656,8 +660,8 @@ class Resolver:
             raise
 
     def _store_failed(self, exc: StoreError) -> None:
-        """Raise `payments_store_error` (its text when the error changed); `prune_every`
-        clears it."""
+        """Raise `payments_store_error` (its text when the error changed); `prune_every`'s
+        probe clears it."""
         self._say(
             STORE_ALARM,
             f"online payments refused: payments store {exc}; tried again every"

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from disk_kit import break_table_page
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -374,15 +375,7 @@ def test_the_probe_fails_where_a_mark_would_and_leaves_nothing_behind(tmp_path: 
         assert store.check_and_mark(f"t{i}", exp, "p07/l01", NOW)
     store.probe()
     assert store.count() == 50  # the probe's own id is gone with its transaction
-    with sqlite3.connect(path) as other:
-        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        (page,) = other.execute("PRAGMA page_size").fetchone()
-        (root,) = other.execute(
-            "SELECT rootpage FROM sqlite_schema WHERE name = 'used_tokens'"
-        ).fetchone()
-    with path.open("r+b") as f:  # the used ids' table page, nothing else
-        f.seek((root - 1) * page)
-        f.write(b"\xa5" * page)
+    break_table_page(path, "used_tokens")
     with pytest.raises(ReplayStoreError, match="malformed"):
         store.check_and_mark("late", exp, "p07/l01", NOW)
     store.purge(NOW)  # still commits (the ledger, the index): no proof that marks would

@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from disk_kit import break_table_page
 
 from lane.auth.network_config import Network
 from lane.auth.resolution_store import (
@@ -298,4 +299,24 @@ def test_prune_keeps_a_row_only_while_its_refund_is_owed(tmp_path: Path) -> None
         store.end_recorded(row.payment_id, row.refund_end)
     assert store.prune(before_ms=10_000) == 2
     assert [r.payment_id for r in store.refunds_owed()] == ["owed"]
+    store.close()
+
+
+def test_the_probe_fails_where_a_payment_could_not_begin_and_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    """A page of the payments table broken under a running lane: no payment can begin, and
+    the probe that tells the lane the store works again fails too; a prune still commits."""
+    path = tmp_path / "payments.sqlite3"
+    store = ResolutionStore(path)
+    for i in range(50):
+        begin(store, f"pay_{i}", now_ms=1000 + i)
+    store.probe()
+    assert len(store.in_states(set(S))) == 50  # the probe's own payment is gone with it
+    break_table_page(path, "payments")
+    with pytest.raises(StoreError, match="malformed"):
+        begin(store, "pay_late", now_ms=5000)
+    store.prune(10**12)  # commits: no proof that a payment could begin
+    with pytest.raises(StoreError, match="malformed"):
+        store.probe()
     store.close()
