@@ -859,7 +859,8 @@ class LaneDaemon:
         A failed task ends the TaskGroup, which cancels the links: they leave the broker
         cleanly, so it discards their will and the retained status would go on saying the lane
         is up. The status is published first, while the barrier link still holds (a failed
-        barrier link itself cannot say it: its client is gone).
+        barrier link says it through its will: a link ended by a bug leaves as a crash would,
+        lane.transport.mqtt).
         """
         self._said_offline = True
         with contextlib.suppress(ConnectionError, TimeoutError):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from lane.transport.mqtt import Incoming, LinkDown, MqttLink, PublishProperties
+from lane.transport.mqtt import Incoming, LinkDown, MqttLink, PublishProperties, WillSpec
 from sim.broker import Mosquitto
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -163,3 +163,37 @@ async def test_a_write_that_raises_is_left_to_the_loop_not_the_publisher(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_link_ended_by_a_bug_leaves_its_will(mosquitto: Mosquitto, lane_id: str) -> None:
+    """A link whose task fails (a callback's bug) used to disconnect cleanly on its way out:
+    the broker discarded its will, and a lane that ended so went on looking up (the barrier
+    link's will is the lane's `offline`; with its client gone, nothing else could say it)."""
+    got: asyncio.Queue[Incoming] = asyncio.Queue()
+
+    async def handler(msg: Incoming) -> None:
+        await got.put(msg)
+
+    topic = f"lane/{lane_id}/status"
+    watch = MqttLink(mosquitto.host, mosquitto.port, f"watch-{lane_id}", [(topic, 1)], handler)
+
+    async def on_connect() -> None:
+        raise RuntimeError("a bug in a callback")
+
+    link = MqttLink(
+        mosquitto.host,
+        mosquitto.port,
+        f"dying-{lane_id}",
+        on_connect=on_connect,
+        will=WillSpec(topic, b"offline", qos=1, retain=False),
+    )
+    watching = asyncio.create_task(watch.run())
+    try:
+        await watch.wait_connected(5)
+        with pytest.raises(RuntimeError, match="a bug in a callback"):
+            await asyncio.wait_for(link.run(), 5)
+        msg = await asyncio.wait_for(got.get(), 5)
+        assert msg.payload == b"offline"
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)

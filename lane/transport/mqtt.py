@@ -12,6 +12,7 @@ the broker and delivered when we are back, so no ack is lost across a reconnect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -118,22 +119,31 @@ class MqttLink:
                 async with self._make_client() as client:
                     self._client = client
                     self._closed.clear()
-                    for topic, qos in self.subscriptions:
-                        rap = self.retain_as_published
-                        options = SubscribeOptions(qos=qos, retainAsPublished=rap)
-                        await client.subscribe(topic, options=options)
-                    reraise_swallowed_cancel()
-                    self.connected.set()
-                    said_down = False
-                    if not first:
-                        self.reconnects += 1
-                    first = False
-                    delay = self.backoff_min
-                    log.info("mqtt connected", extra={"client": self.client_id, "port": self.port})
-                    if self.on_connect is not None:
-                        await self.on_connect()
-                    async for message in client.messages:
-                        await self._dispatch(message)
+                    try:
+                        for topic, qos in self.subscriptions:
+                            rap = self.retain_as_published
+                            options = SubscribeOptions(qos=qos, retainAsPublished=rap)
+                            await client.subscribe(topic, options=options)
+                        reraise_swallowed_cancel()
+                        self.connected.set()
+                        said_down = False
+                        if not first:
+                            self.reconnects += 1
+                        first = False
+                        delay = self.backoff_min
+                        extra = {"client": self.client_id, "port": self.port}
+                        log.info("mqtt connected", extra=extra)
+                        if self.on_connect is not None:
+                            await self.on_connect()
+                        async for message in client.messages:
+                            await self._dispatch(message)
+                    except (aiomqtt.MqttError, LinkDown):
+                        raise
+                    except Exception:
+                        # A bug ends the link, and the process with it: leave as a crash
+                        # would, so the broker publishes our will (a clean exit discards it).
+                        await self._leave_with_will(client)
+                        raise
             except (aiomqtt.MqttError, LinkDown) as exc:
                 # LinkDown: a publish in on_connect met a connection that was already gone.
                 reraise_swallowed_cancel()
@@ -216,10 +226,18 @@ class MqttLink:
         client = self._client
         if client is None:
             return
-        reason = ReasonCode(PacketTypes.DISCONNECT, identifier=_DISCONNECT_WITH_WILL)
-        client._client.disconnect(reasoncode=reason)
+        await self._leave_with_will(client)
         async with asyncio.timeout(5.0):
             await self._closed.wait()
+
+    async def _leave_with_will(self, client: aiomqtt.Client) -> None:
+        """DISCONNECT with reason 0x04, and wait (5 s at most) until the connection is gone,
+        so the client's own exit finds it closed and sends no clean DISCONNECT after it."""
+        reason = ReasonCode(PacketTypes.DISCONNECT, identifier=_DISCONNECT_WITH_WILL)
+        client._client.disconnect(reasoncode=reason)
+        with contextlib.suppress(TimeoutError, aiomqtt.MqttError):
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(client._disconnected)
 
     def _make_client(self) -> aiomqtt.Client:
         will = None
