@@ -622,23 +622,10 @@ def not_passed(
     kind = RecordKind.MANUAL if manual else RECORD_KINDS[state.rules.mode]
     flags = ("paid_not_passed", f"record:{record_id}", *(("carried",) if carried else ()))
     draft = replace(_uncharged(kind, vehicle_id, vehicle_class), flags=flags)
-    before = " (paid before a restart)" if carried else ""
     faults = ", ".join(sorted(state.faults & BLOCKING_FAULTS))
     cause = f"barrier {state.barrier}" + (f", lane in fault: {faults}" if faults else "")
     waited = f"{state.rules.pass_dwell_s:g} s ({cause})"
-    if manual:
-        # Nobody paid and nothing is refunded: the attendant who pressed open is told that the
-        # lane forgot it, so a later open is theirs to give.
-        message = (
-            f"attendant open for {vehicle_id} (record {record_id}) not carried out in {waited}:"
-            " given up, the barrier will not rise for it later; open again once the barrier"
-            " works"
-        )
-    else:
-        message = (
-            f"vehicle {vehicle_id} paid (record {record_id}){before} and was not let through"
-            f" in {waited}: attendant, please help; a refund record is written"
-        )
+    message = _not_passed_text(kind, vehicle_id, record_id, waited, carried=carried)
     state, alarm = raise_notice(state, Alarm.PAID_NOT_PASSED, message)
     state = replace(state, taps=tuple(t for t in state.taps if t.record_id != record_id))
     actions: list[Action] = [
@@ -650,6 +637,35 @@ def not_passed(
     if marked_pass is not None:
         actions.append(ReleasePass(marked_pass))
     return state, actions
+
+
+def _not_passed_text(
+    kind: RecordKind, vehicle_id: str, record_id: str, waited: str, *, carried: bool
+) -> str:
+    """The `paid_not_passed` alarm's text, true to what the record undoes: a payment, which
+    the back office refunds; an attendant's open or an entry lane's entry, which charged
+    nothing."""
+    match kind:
+        case RecordKind.MANUAL:
+            # The attendant who pressed open is told that the lane forgot it, so a later open
+            # is theirs to give.
+            return (
+                f"attendant open for {vehicle_id} (record {record_id}) not carried out in"
+                f" {waited}: given up, the barrier will not rise for it later; open again once"
+                " the barrier works"
+            )
+        case RecordKind.ENTRY:
+            return (
+                f"vehicle {vehicle_id} let on (entry record {record_id}) was not let through in"
+                f" {waited}: attendant, please help; nothing was charged, a record undoing the"
+                " entry is written (the printed pass stays valid)"
+            )
+        case _:
+            before = " (paid before a restart)" if carried else ""
+            return (
+                f"vehicle {vehicle_id} paid (record {record_id}){before} and was not let"
+                f" through in {waited}: attendant, please help; a refund record is written"
+            )
 
 
 def _dwell_over(state: LaneState, now: float) -> Result:

@@ -273,6 +273,26 @@ def test_every_mode_refunds_at_the_due_and_lets_the_vehicle_go(
     assert not of_type(lane.actions, OpenBarrier)
 
 
+@pytest.mark.parametrize(("lane_rules", "pay", "kind"), MODES)
+def test_the_alarm_says_paid_only_of_a_vehicle_that_paid(
+    lane_rules: LaneRules, pay: Callable[[LaneDriver], None], kind: str
+) -> None:
+    """An entry lane charged nothing: its alarm says so, not "paid ... refund"."""
+    lane = LaneDriver(lane_rules)
+    pay(lane)
+    record = lane.last(Persist).persist_id
+    lane.report("offline")
+    lane.persisted(record)
+    actions = tick_until_refunded(lane)
+    alarm = next(a for a in of_type(actions, RaiseAlarm) if a.code == Alarm.PAID_NOT_PASSED)
+    assert "attendant, please help" in alarm.message
+    if kind == "entry":
+        assert "paid" not in alarm.message and "refund" not in alarm.message
+        assert "nothing was charged, a record undoing the entry is written" in alarm.message
+    else:
+        assert "paid" in alarm.message and "a refund record is written" in alarm.message
+
+
 # --- what a refund gives back -----------------------------------------------------------------
 
 
