@@ -278,12 +278,7 @@ def test_the_alarm_says_paid_only_of_a_vehicle_that_paid(
     lane_rules: LaneRules, pay: Callable[[LaneDriver], None], kind: str
 ) -> None:
     """An entry lane charged nothing: its alarm says so, not "paid ... refund"."""
-    lane = LaneDriver(lane_rules)
-    pay(lane)
-    record = lane.last(Persist).persist_id
-    lane.report("offline")
-    lane.persisted(record)
-    actions = tick_until_refunded(lane)
+    actions = held_and_refunded(LaneDriver(lane_rules), pay)
     alarm = next(a for a in of_type(actions, RaiseAlarm) if a.code == Alarm.PAID_NOT_PASSED)
     assert "attendant, please help" in alarm.message
     if kind == "entry":
