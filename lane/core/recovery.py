@@ -76,7 +76,7 @@ from lane.core.names import (
     RecordKind,
 )
 from lane.core.notes import BarrierSelfTest, PaidNotPassed, SelfTestStep, Tailgating
-from lane.core.records import AuthInfo, RecordDraft
+from lane.core.records import FLAG_RECORD, REFUND_FLAG, AuthInfo, RecordDraft
 from lane.core.state import (
     RECORD_KINDS,
     Command,
@@ -570,6 +570,7 @@ def _held_over(state: LaneState, now: float) -> Result:
         manual=vehicle.manual is not None,
         carried=vehicle.carried,
         marked_pass=vehicle.marked_pass,
+        entered_pass=vehicle.entered_pass,
     )
 
 
@@ -601,6 +602,7 @@ def passage_not_passed(state: LaneState, p: Passage) -> Result:
         manual=p.manual,
         carried=p.carried,
         marked_pass=p.marked_pass,
+        entered_pass=p.entered_pass,
     )
 
 
@@ -613,15 +615,17 @@ def not_passed(
     manual: bool = False,
     carried: bool = False,
     marked_pass: str | None = None,
+    entered_pass: str | None = None,
 ) -> Result:
     """The record the back office refunds from (`record:<id>`, it ends the passage the queue
     kept as owed in the same commit; `carried`: paid before a restart, lane.core.carried), its
     note and alarm, the attendant called. The one place a refund's flags are built. What the
     refunded record spent is given back: its tap-in no longer counts for anti-passback, the
-    pass its exit marked used (`marked_pass`) is released."""
+    pass its exit marked used (`marked_pass`) is released. An entry's refund names the pass the
+    entry issued (`entered_pass`, its `pass_id`): the back office closes the trip it opened."""
     kind = RecordKind.MANUAL if manual else RECORD_KINDS[state.rules.mode]
-    flags = ("paid_not_passed", f"record:{record_id}", *(("carried",) if carried else ()))
-    draft = replace(_uncharged(kind, vehicle_id, vehicle_class), flags=flags)
+    flags = (REFUND_FLAG, f"{FLAG_RECORD}{record_id}", *(("carried",) if carried else ()))
+    draft = replace(_uncharged(kind, vehicle_id, vehicle_class), flags=flags, pass_id=entered_pass)
     faults = ", ".join(sorted(state.faults & BLOCKING_FAULTS))
     cause = f"barrier {state.barrier}" + (f", lane in fault: {faults}" if faults else "")
     waited = f"{state.rules.pass_dwell_s:g} s ({cause})"

@@ -371,6 +371,21 @@ def test_a_refunded_exit_priced_from_a_used_pass_leaves_the_earlier_mark(
     assert of_type(actions, PaidNotPassed) and not of_type(actions, ReleasePass)
 
 
+@pytest.mark.parametrize("refunded", REFUNDS)
+def test_a_refunded_entry_names_the_pass_it_issued(
+    refunded: Callable[[LaneDriver, Callable[[LaneDriver], None]], list[Action]],
+) -> None:
+    """The record undoing an entry names the entry's pass (the trip it opened), so the back
+    office closes that trip; a refund of anything else names none."""
+    lane = LaneDriver(rules(LaneMode.TOLL_ENTRY, lane_id="P01/e1", pass_dwell_s=DWELL))
+    (refund,) = refunds(refunded(lane, toll_entry))
+    entry = next(p for p in of_type(lane.actions, Persist) if p.draft.kind == "entry")
+    assert refund.draft.pass_id == entry.draft.pass_id == PASS_ID
+    other = LaneDriver(rules(LaneMode.TOLL_EXIT, lane_id="P03/x1", pass_dwell_s=DWELL))
+    (refund,) = refunds(refunded(other, exit_priced()))
+    assert refund.draft.pass_id is None
+
+
 def metro_tap_out(lane: LaneDriver) -> None:
     ask = one(lane.scan("HC1:tok", "token"), PriceTrip)
     lane.feed(metro_priced(ask.trip_id))
