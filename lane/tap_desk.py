@@ -29,7 +29,7 @@ from lane.auth.deny import DenyList
 from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import pass_key
-from lane.auth.plaza import mark_used
+from lane.auth.plaza import mark_used, release_mark
 from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import tap_in_entry
@@ -223,8 +223,9 @@ class TapDesk:
         )
 
     async def release(self, action: ReleasePass) -> None:
+        # The line's other gates heard the tap_out record and keep the tap-in exited.
         key = pass_key(action.pass_id)
-        released = await asyncio.to_thread(self.replay.release, key, self.lane)
+        released = await release_mark(self.replay, None, key, self.lane, self.wall())
         log.info(
             "tap-in reopened",
             extra={"lane": self.lane, "pass_id": action.pass_id, "released": released},

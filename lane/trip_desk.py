@@ -11,8 +11,9 @@ back office.
 `mark_used` answers `MarkPassUsed`: the exit record is durable, so the pass is recorded as
 exited (and shared with the plaza's other lanes), and its plate binding is emptied.
 `release` answers `ReleasePass`: that exit was refunded (the vehicle never left), so this
-lane's own mark goes and the pass shown here again prices as a trip. The plaza's other lanes
-keep the mark they heard (a release is not shared), and the plate binding stays emptied.
+lane's own mark goes and the pass shown here again prices as a trip; the release is shared
+with the plaza like the use (lane.auth.plaza), so the other lanes forget the mark they heard
+from this one and price the pass as a trip too. The plate binding stays emptied.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import EntryPass, pass_key
-from lane.auth.plaza import UsedTokenSharing, mark_used
+from lane.auth.plaza import UsedTokenSharing, mark_used, release_mark
 from lane.auth.replay import ReplayStore
 from lane.auth.trip_pricing import ExitLaneRules, evidence_of, not_found, price_trip
 from lane.auth.trip_rules import normalise_plate
@@ -136,7 +137,7 @@ class TripDesk:
 
     async def release(self, action: ReleasePass) -> None:
         key = pass_key(action.pass_id)
-        released = await asyncio.to_thread(self.replay.release, key, self.rules.lane)
+        released = await release_mark(self.replay, self.sharing, key, self.rules.lane, self.wall())
         log.info(
             "pass released",
             extra={"lane": self.rules.lane, "pass_id": action.pass_id, "released": released},

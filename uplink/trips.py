@@ -5,7 +5,11 @@ record carrying the same pass id closes it. A metro's `tap_in` opens a trip unde
 record id (as hex: the id a `transit-exit` gate puts in its `tap_out`'s `pass_id`, docs/
 closed-road.md#metro), and the `tap_out` naming it closes it. A declined tap-in admitted
 nobody and a declined exit let nobody out: neither counts. Two entries under one trip id (a
-pass shown at two entry lanes) are one trip, entered at the earlier of them.
+pass shown at two entry lanes) are one trip, entered at the earlier of them. The refund of an
+entry or a tap-in (`paid_not_passed`: the vehicle was held by a fault and never let in, and
+the record undoes its entry) closes the trip that entry opened, as its exit would: an entry
+refund names the entry's pass, a tap-in refund the tap-in's record (`record:<id>`). A refund
+of an exit takes no part.
 
 `trip_mark` says what one record is to the ledger and `trip_ledger` is the ledger of a set of
 encoded records, both pure. The back office does not decode its records to answer: the store
@@ -30,22 +34,21 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
-from lane.core.names import AuthResult
-from lane.core.records import tap_in_trip_id
+from lane.core.names import AuthResult, RecordKind
+from lane.core.records import FLAG_RECORD, REFUND_FLAG, flag_value, tap_in_trip_id
 from lane.wire.codec import PayloadError
 from uplink.records import Record
 
 END_OF_TIME_US = 1 << 62
 ENTRY_KINDS = frozenset({"entry", "tap_in"})
 EXIT_KINDS = frozenset({"exit", "tap_out"})
-REFUND = "paid_not_passed"  # the flag of a refund record (lane.core.recovery.not_passed)
 
 
 class TripRole(StrEnum):
     """What a stored record is to the ledger (the store's `trip_role` column)."""
 
     ENTRY = "entry"  # opens a trip
-    EXIT = "exit"  # closes one
+    EXIT = "exit"  # closes one (an exit, or the refund of its entry)
     UNREADABLE = "unreadable"  # its bytes do not decode (counted, never fatal)
 
 
@@ -60,17 +63,35 @@ UNREADABLE = TripMark(TripRole.UNREADABLE, None)
 
 def trip_mark(record: Record) -> TripMark | None:
     """Pure: the record's part in a trip; None when it takes none (another kind, declined, a
-    refund, or no trip id an exit could name)."""
+    refund of anything but an entry, or no trip id an exit could name)."""
     d = record.draft
-    # A refund (`paid_not_passed`) names the record it refunds, not a trip: a gate's refunded
-    # tap-in would otherwise open a trip under the refund's own id that no exit ever closes.
-    if d.auth.result == AuthResult.DECLINED or REFUND in d.flags:
+    if d.auth.result == AuthResult.DECLINED:
         return None
+    if REFUND_FLAG in d.flags:
+        return _undone_entry(record)
     role = (
         TripRole.ENTRY if d.kind in ENTRY_KINDS else TripRole.EXIT if d.kind in EXIT_KINDS else None
     )
     trip = _trip_id(record)
     return None if role is None or trip is None else TripMark(role, trip)
+
+
+def _undone_entry(record: Record) -> TripMark | None:
+    """A refund closes the trip of the entry it undoes; it never opens one of its own (under
+    the refund's own id no exit would ever close it). An entry refund written before refunds
+    named their pass names no trip."""
+    d = record.draft
+    refunded = flag_value(d.flags, FLAG_RECORD)
+    if d.kind == RecordKind.ENTRY:
+        trip = d.pass_id
+    elif d.kind == RecordKind.TAP_IN and refunded is not None:
+        try:
+            trip = tap_in_trip_id(refunded, d).hex()
+        except ValueError:
+            trip = None  # not a gate's tap-in: no trip was opened under it
+    else:
+        trip = None
+    return None if not trip else TripMark(TripRole.EXIT, trip)
 
 
 def stored_mark(data: bytes) -> TripMark | None:
@@ -93,7 +114,7 @@ class OpenTrip:
 @dataclass(frozen=True)
 class TripLedger:
     open_trips: tuple[OpenTrip, ...]  # entered, not (yet) exited; oldest first
-    closed: int  # entries with an exit
+    closed: int  # entries with an exit (or the refund of the entry)
     unmatched_exits: tuple[str, ...]  # record ids of exits whose entry is not held
     unreadable: int  # stored records that do not decode (counted, never fatal)
     # The store's upgrade has not yet reached every record (PostgreSQL, docs/uplink.md):

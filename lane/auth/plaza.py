@@ -6,6 +6,13 @@ at lane B. What is left is the propagation window (milliseconds on a plaza LAN);
 outage a lane still refuses its own replays and catches up on the others' uses when the broker
 delivers the QoS 1 messages held in its persistent session.
 
+A mark a lane gives back (a pass whose exit was refunded: the vehicle never left) is shared
+the same way, a message of kind `release` on the same topic: the other lanes forget the mark
+only if they heard it from that lane (`ReplayStore.release(remote=True)`); a mark they made
+themselves, or heard from another lane, stays. A use is sent as version 1, as ever (a lane of
+an older release still reads it); a release as version 2, which such a lane refuses with a log
+line instead of reading it as a use.
+
 A local use never waits for MQTT: it is queued and published by `run()` when the link is up.
 """
 
@@ -17,16 +24,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import partial
 
 from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
-from lane.wire.codec import PayloadError, field, pack, unpack
+from lane.wire.codec import PayloadError, field, optional, pack, unpack
 
 log = logging.getLogger("lane.auth.plaza")
 
-USED_TOKEN_VERSION = 1
+USED_TOKEN_VERSION = 2  # 2: a release (`kind`); a use is still sent as 1
 MAX_TOKEN_ID_LEN = 128
 MAX_TIME = 1 << 40
 
@@ -45,17 +53,25 @@ def deny_topic(plaza: str) -> str:
     return f"lane/{plaza}/deny"
 
 
+class MarkKind(StrEnum):
+    USE = "use"  # the lane accepted the token or the pass: marked used
+    RELEASE = "release"  # the lane gave its mark back (its exit refunded)
+
+
 @dataclass(frozen=True)
 class UsedTokenMsg:
     token_id: str
     exp: int  # token expiry, unix seconds UTC
-    lane: str  # the lane that accepted it
-    ts: float  # when it was accepted, unix seconds UTC
+    lane: str  # the lane that accepted it (or released it)
+    ts: float  # when it was accepted (or released), unix seconds UTC
+    kind: MarkKind = MarkKind.USE
 
 
 def encode_used_token(msg: UsedTokenMsg) -> bytes:
     body = {"token_id": msg.token_id, "exp": msg.exp, "lane": msg.lane, "ts": msg.ts}
-    return pack(body, v=USED_TOKEN_VERSION)
+    if msg.kind is MarkKind.USE:
+        return pack(body, v=1)
+    return pack({**body, "kind": msg.kind.value}, v=USED_TOKEN_VERSION)
 
 
 def decode_used_token(payload: bytes) -> UsedTokenMsg:
@@ -65,6 +81,7 @@ def decode_used_token(payload: bytes) -> UsedTokenMsg:
     exp = field(body, "exp", int)
     lane = field(body, "lane", str)
     ts = field(body, "ts", (int, float))
+    kind = optional(body, "kind", str) or MarkKind.USE
     if not 0 < len(token_id) <= MAX_TOKEN_ID_LEN:
         raise PayloadError(f"field 'token_id' must be 1..{MAX_TOKEN_ID_LEN} characters")
     if not 0 <= exp < MAX_TIME:
@@ -73,7 +90,9 @@ def decode_used_token(payload: bytes) -> UsedTokenMsg:
         raise PayloadError("field 'lane' must not be empty")
     if not math.isfinite(ts):
         raise PayloadError("field 'ts' must be finite")
-    return UsedTokenMsg(token_id, exp, lane, float(ts))
+    if kind not in set(MarkKind):
+        raise PayloadError(f"field 'kind' must be {' or '.join(MarkKind)}, got {kind!r}")
+    return UsedTokenMsg(token_id, exp, lane, float(ts), MarkKind(kind))
 
 
 class UsedTokenSharing:
@@ -162,23 +181,29 @@ class UsedTokenSharing:
         if msg.lane == self.lane:
             return  # our own publish coming back
         try:
-            new = await asyncio.to_thread(
-                partial(self.store.mark_remote, now=self.clock()),
-                msg.token_id,
-                msg.exp,
-                msg.lane,
-                msg.ts,
-            )
+            if msg.kind is MarkKind.RELEASE:
+                released = await asyncio.to_thread(
+                    partial(self.store.release, remote=True), msg.token_id, msg.lane
+                )
+                changed = released is not None
+            else:
+                changed = await asyncio.to_thread(
+                    partial(self.store.mark_remote, now=self.clock()),
+                    msg.token_id,
+                    msg.exp,
+                    msg.lane,
+                    msg.ts,
+                )
         except ReplayStoreError as exc:
             log.error(
-                "cannot record remote token use",
+                f"cannot record remote token {msg.kind}",
                 extra={"lane": self.lane, "token_id": msg.token_id, "error": str(exc)},
             )
             return
         self.received += 1
-        if new:
+        if changed:
             log.info(
-                "remote token use",
+                f"remote token {msg.kind}",
                 extra={"lane": self.lane, "from_lane": msg.lane, "token_id": msg.token_id},
             )
 
@@ -198,3 +223,15 @@ async def mark_used(  # noqa: PLR0917 - the replay store's own arguments, and wh
     if first and sharing is not None:
         sharing.share(UsedTokenMsg(key, exp, lane, now))
     return first
+
+
+async def release_mark(
+    store: ReplayStore, sharing: UsedTokenSharing | None, key: str, lane: str, now: float
+) -> bool:
+    """Give back a use `lane` marked itself (`ReplayStore.release`, on a worker thread) and,
+    when there was one and the lane is in a plaza, share the release from the loop. True when
+    a mark was released."""
+    exp = await asyncio.to_thread(store.release, key, lane)
+    if exp is not None and sharing is not None:
+        sharing.share(UsedTokenMsg(key, exp, lane, now, MarkKind.RELEASE))
+    return exp is not None

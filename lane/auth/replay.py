@@ -217,16 +217,16 @@ class ReplayStore:
             )
         return new
 
-    def release(self, token_id: str, lane: str) -> bool:
-        """Forget a use `lane` recorded here itself (a pass whose exit was refunded: not spent);
-        True when there was one. Another lane's use, or one heard from it, stays."""
-        return (
-            self._execute(
-                "DELETE FROM used_tokens WHERE token_id = ? AND lane = ? AND remote = 0",
-                (token_id, lane),
-            )
-            == 1
+    def release(self, token_id: str, lane: str, *, remote: bool = False) -> int | None:
+        """Forget a use `lane` recorded here itself (a pass whose exit was refunded: not spent),
+        or, `remote`, one heard from `lane` (it shares its release); the exp of the use
+        forgotten, None when there was none. Any other mark of the id stays: another lane's
+        use, or one heard from it."""
+        rows = self._query(
+            "DELETE FROM used_tokens WHERE token_id = ? AND lane = ? AND remote = ? RETURNING exp",
+            (token_id, lane, int(remote)),
         )
+        return int(rows[0][0]) if rows else None
 
     def ledger(self) -> float:
         """Seconds this store has been open, over every run: the clock the purge trusts."""

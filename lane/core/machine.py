@@ -603,6 +603,7 @@ def _drive(state: LaneState, actions: list[Action], now: float) -> Result:
             manual=vehicle.manual is not None,
             carried=vehicle.carried,
             marked_pass=vehicle.marked_pass,
+            entered_pass=vehicle.entered_pass,
         )
         command = Command(cmd_id, Op.OPEN, 1, now + rules.ack_timeout_s)
         actions = [
@@ -626,6 +627,7 @@ def _hand_over(state: LaneState, vehicle: Vehicle, actions: list[Action], now: f
         manual=vehicle.manual is not None,
         carried=vehicle.carried,
         marked_pass=vehicle.marked_pass,
+        entered_pass=vehicle.entered_pass,
     )
     actions = [*actions, THANK_YOU, _opened(passage, now, handover=True)]
     return replace(state, vehicle=None, passage=passage), actions

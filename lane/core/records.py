@@ -24,6 +24,9 @@ FLAG_REFUND_END = "refund:"
 FLAG_REFUND_ID = "refund_id:"
 FLAG_NETWORK = "network:"
 FLAG_WORD = "word:"
+# A refund of a vehicle not let through (lane.core.recovery.not_passed) and the record it undoes.
+REFUND_FLAG = "paid_not_passed"
+FLAG_RECORD = "record:"
 
 
 @dataclass(frozen=True)

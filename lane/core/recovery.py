@@ -76,7 +76,7 @@ from lane.core.names import (
     RecordKind,
 )
 from lane.core.notes import BarrierSelfTest, PaidNotPassed, SelfTestStep, Tailgating
-from lane.core.records import AuthInfo, RecordDraft
+from lane.core.records import FLAG_RECORD, REFUND_FLAG, AuthInfo, RecordDraft
 from lane.core.state import (
     RECORD_KINDS,
     Command,
@@ -570,6 +570,7 @@ def _held_over(state: LaneState, now: float) -> Result:
         manual=vehicle.manual is not None,
         carried=vehicle.carried,
         marked_pass=vehicle.marked_pass,
+        entered_pass=vehicle.entered_pass,
     )
 
 
@@ -601,6 +602,7 @@ def passage_not_passed(state: LaneState, p: Passage) -> Result:
         manual=p.manual,
         carried=p.carried,
         marked_pass=p.marked_pass,
+        entered_pass=p.entered_pass,
     )
 
 
@@ -613,32 +615,21 @@ def not_passed(
     manual: bool = False,
     carried: bool = False,
     marked_pass: str | None = None,
+    entered_pass: str | None = None,
 ) -> Result:
     """The record the back office refunds from (`record:<id>`, it ends the passage the queue
     kept as owed in the same commit; `carried`: paid before a restart, lane.core.carried), its
     note and alarm, the attendant called. The one place a refund's flags are built. What the
     refunded record spent is given back: its tap-in no longer counts for anti-passback, the
-    pass its exit marked used (`marked_pass`) is released."""
+    pass its exit marked used (`marked_pass`) is released. An entry's refund names the pass the
+    entry issued (`entered_pass`, its `pass_id`): the back office closes the trip it opened."""
     kind = RecordKind.MANUAL if manual else RECORD_KINDS[state.rules.mode]
-    flags = ("paid_not_passed", f"record:{record_id}", *(("carried",) if carried else ()))
-    draft = replace(_uncharged(kind, vehicle_id, vehicle_class), flags=flags)
-    before = " (paid before a restart)" if carried else ""
+    flags = (REFUND_FLAG, f"{FLAG_RECORD}{record_id}", *(("carried",) if carried else ()))
+    draft = replace(_uncharged(kind, vehicle_id, vehicle_class), flags=flags, pass_id=entered_pass)
     faults = ", ".join(sorted(state.faults & BLOCKING_FAULTS))
     cause = f"barrier {state.barrier}" + (f", lane in fault: {faults}" if faults else "")
     waited = f"{state.rules.pass_dwell_s:g} s ({cause})"
-    if manual:
-        # Nobody paid and nothing is refunded: the attendant who pressed open is told that the
-        # lane forgot it, so a later open is theirs to give.
-        message = (
-            f"attendant open for {vehicle_id} (record {record_id}) not carried out in {waited}:"
-            " given up, the barrier will not rise for it later; open again once the barrier"
-            " works"
-        )
-    else:
-        message = (
-            f"vehicle {vehicle_id} paid (record {record_id}){before} and was not let through"
-            f" in {waited}: attendant, please help; a refund record is written"
-        )
+    message = _not_passed_text(kind, vehicle_id, record_id, waited, carried=carried)
     state, alarm = raise_notice(state, Alarm.PAID_NOT_PASSED, message)
     state = replace(state, taps=tuple(t for t in state.taps if t.record_id != record_id))
     actions: list[Action] = [
@@ -650,6 +641,35 @@ def not_passed(
     if marked_pass is not None:
         actions.append(ReleasePass(marked_pass))
     return state, actions
+
+
+def _not_passed_text(
+    kind: RecordKind, vehicle_id: str, record_id: str, waited: str, *, carried: bool
+) -> str:
+    """The `paid_not_passed` alarm's text, true to what the record undoes: a payment, which
+    the back office refunds; an attendant's open or an entry lane's entry, which charged
+    nothing."""
+    match kind:
+        case RecordKind.MANUAL:
+            # The attendant who pressed open is told that the lane forgot it, so a later open
+            # is theirs to give.
+            return (
+                f"attendant open for {vehicle_id} (record {record_id}) not carried out in"
+                f" {waited}: given up, the barrier will not rise for it later; open again once"
+                " the barrier works"
+            )
+        case RecordKind.ENTRY:
+            return (
+                f"vehicle {vehicle_id} let on (entry record {record_id}) was not let through in"
+                f" {waited}: attendant, please help; nothing was charged, a record undoing the"
+                " entry is written (the printed pass stays valid)"
+            )
+        case _:
+            before = " (paid before a restart)" if carried else ""
+            return (
+                f"vehicle {vehicle_id} paid (record {record_id}){before} and was not let"
+                f" through in {waited}: attendant, please help; a refund record is written"
+            )
 
 
 def _dwell_over(state: LaneState, now: float) -> Result:

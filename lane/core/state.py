@@ -8,7 +8,7 @@ from typing import Protocol
 
 from lane.core.events import Decided
 from lane.core.names import BLOCKING_FAULTS, Alarm, Op, PayloadKind, Position, RecordKind, Sensor
-from lane.core.trip import Priced, Trip
+from lane.core.trip import Priced, Ticket, Trip
 
 # lane.auth.trip_rules' flag of a trip priced from a pass that had exited already.
 PASS_USED = "pass_used"
@@ -217,6 +217,16 @@ class Vehicle:
         return trip.pass_id
 
     @property
+    def entered_pass(self) -> str | None:
+        """The pass this vehicle's `entry` record issued (an entry lane's; None elsewhere): the
+        id of the trip the entry opened, which a refund of it names (lane.core.recovery)."""
+        trip = self.trip
+        stage = self.stage
+        if not isinstance(stage, Committed) or not stage.entry or not isinstance(trip, Ticket):
+            return None
+        return trip.pass_id
+
+    @property
     def pending_persist(self) -> str | None:
         """The persist id of the record this vehicle waits for, if any."""
         stage = self.stage
@@ -253,6 +263,7 @@ class Passage:
     seen_open: bool = False  # the device reported the barrier open for it: it was let through
     carried: bool = False  # paid before a restart (lane.core.carried): its refund says so
     marked_pass: str | None = None  # Vehicle.marked_pass: released if it is refunded
+    entered_pass: str | None = None  # Vehicle.entered_pass: its refund names it
 
     @property
     def awaited(self) -> bool:

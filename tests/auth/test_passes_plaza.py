@@ -1,5 +1,6 @@
 """A pass exits once across the plaza: the used-pass namespace of the replay store, shared
-between two exit lanes over a real mosquitto like used tokens."""
+between two exit lanes over a real mosquitto like used tokens; a refunded exit gives the pass
+back at every exit lane."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import time
 import uuid
 from pathlib import Path
 
+from polling import eventually
 from test_replay_plaza import lane_sharing, wait_for_mark
 
 from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.passes import EntryPass, PassAccepted, pass_key, verify_pass
-from lane.auth.plaza import UsedTokenMsg
+from lane.auth.plaza import MarkKind, UsedTokenMsg, UsedTokenSharing
+from lane.auth.trip_pricing import ExitLaneRules
 from lane.auth.trip_rules import ExitContext, Outcome, RoadRules, decide_fare
+from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
+from lane.core.names import TripSource
+from lane.trip_desk import TripDesk
 from sim.broker import Mosquitto
 
 DAY = 86_400
@@ -73,3 +79,52 @@ async def test_a_pass_id_a_bad_peer_sends_for_years_is_kept_by_the_pass_lifetime
         # The store's bounds (RemoteBounds' defaults): skew 30 s, a pass lifetime of 30 days.
         assert used is not None and used.remote
         assert before + 60 + 30 * DAY <= used.exp <= math.ceil(after + 60 + 30 * DAY)
+
+
+def exit_desk(sharing: UsedTokenSharing, keys: KeySet) -> TripDesk:
+    rules = ExitLaneRules("P03", sharing.lane, RoadRules(), pass_lifetime_s=30 * DAY, skew_s=30)
+    return TripDesk(
+        rules, TARIFF, lambda: keys, sharing.store, sharing.link, sharing=sharing, wall=time.time
+    )
+
+
+def shown(text: str) -> PriceTrip:
+    return PriceTrip("v1/trip1", "v1", 1, TripSource.PASS, text, None)
+
+
+async def test_a_refunded_exit_gives_the_pass_back_at_every_exit_lane(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """x1 charged the trip, then refunded it (its driver was never let through): the release
+    reaches x2, where the pass prices as a trip again, no attendant. A release takes only the
+    mark heard from the lane that sends it: x2's own exit of another pass stays."""
+    plaza = f"P{uuid.uuid4().hex[:6]}"
+    now = int(time.time())
+    key = PlazaPassKey.generate("P01")
+    keys = KeySet.of(now, [key.public()])
+    texts = [key.issue(EntryPass("P01", "e1", now - 3600, 1, uuid.uuid4().bytes[:12]))
+             for _ in range(2)]  # fmt: skip
+    async with (
+        lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/x1") as (x1, _),
+        lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/x2") as (x2, _),
+    ):
+        await x1.link.wait_connected(5)
+        await x2.link.wait_connected(5)
+        at_x1, at_x2 = exit_desk(x1, keys), exit_desk(x2, keys)
+        trip = await at_x1.price(shown(texts[0]))
+        assert trip.outcome == "charged" and trip.pass_id is not None
+        await at_x1.mark_used(MarkPassUsed(trip.pass_id, trip.pass_exp or 0, None))
+        used_id = pass_key(trip.pass_id)
+        await wait_for_mark(x2.store, used_id)
+        assert (await at_x2.price(shown(texts[0]))).outcome == "pass_used"
+        own = await at_x2.price(shown(texts[1]))  # x2's own exit of the other pass
+        assert own.pass_id is not None
+        await at_x2.mark_used(MarkPassUsed(own.pass_id, own.pass_exp or 0, None))
+        # A release of it from x1 (which never marked it) comes first on the topic.
+        x1.share(UsedTokenMsg(pass_key(own.pass_id), now + DAY, x1.lane, now, MarkKind.RELEASE))
+        await at_x1.release(ReleasePass(trip.pass_id))
+        await eventually(lambda: x2.store.get(used_id) is None, within=5, what="x1's release")
+        again = await at_x2.price(shown(texts[0]))
+        assert (again.outcome, again.attendant) == ("charged", False)
+        assert x2.store.get(pass_key(own.pass_id)) is not None
+        assert (await at_x1.price(shown(texts[1]))).outcome == "pass_used"

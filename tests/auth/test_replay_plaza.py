@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import msgpack
@@ -15,6 +16,7 @@ from lane.auth.deny import DenyList
 from lane.auth.issuer import TokenIssuer
 from lane.auth.keys import KeySet
 from lane.auth.plaza import (
+    MarkKind,
     UsedTokenMsg,
     UsedTokenSharing,
     decode_used_token,
@@ -25,7 +27,7 @@ from lane.auth.replay import ReplayStore
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S as CAP
 from lane.auth.tokens import TokenAccepted, verify_token
 from lane.transport.mqtt import MqttLink
-from lane.wire.codec import PayloadError, pack
+from lane.wire.codec import PayloadError, pack, unpack
 from sim.broker import Mosquitto
 
 NOW = 1_800_000_000
@@ -34,6 +36,21 @@ NOW = 1_800_000_000
 def test_message_round_trip() -> None:
     msg = UsedTokenMsg("ab" * 16, NOW + 60, "p07/l03", NOW + 0.25)
     assert decode_used_token(encode_used_token(msg)) == msg
+    release = replace(msg, kind=MarkKind.RELEASE)
+    assert decode_used_token(encode_used_token(release)) == release
+
+
+def test_a_use_keeps_its_first_version_and_a_release_is_one_an_older_lane_refuses() -> None:
+    """A lane of an older release reads a use as ever and refuses a release (version 2) with a
+    log line, instead of taking it for a use."""
+    use = UsedTokenMsg("cafe", NOW + 60, "p07/l03", NOW)
+    assert unpack(encode_used_token(use)) == {
+        "v": 1, "token_id": "cafe", "exp": NOW + 60, "lane": "p07/l03", "ts": NOW
+    }  # fmt: skip
+    released = unpack(encode_used_token(replace(use, kind=MarkKind.RELEASE)), max_version=2)
+    assert (released["v"], released["kind"]) == (2, "release")
+    with pytest.raises(PayloadError, match="schema version 2"):
+        unpack(encode_used_token(replace(use, kind=MarkKind.RELEASE)), max_version=1)
 
 
 @pytest.mark.parametrize(
@@ -47,9 +64,13 @@ def test_message_round_trip() -> None:
         (pack({"token_id": "a", "exp": -1, "lane": "l", "ts": 1.0}), "out of range"),
         (pack({"token_id": "a", "exp": 1, "lane": "", "ts": 1.0}), "lane"),
         (pack({"token_id": "a", "exp": 1, "lane": "l", "ts": float("inf")}), "finite"),
-        (pack({"token_id": "a", "exp": 1, "lane": "l", "ts": 1.0}, v=2), "schema version 2"),
+        (pack({"token_id": "a", "exp": 1, "lane": "l", "ts": 1.0}, v=3), "schema version 3"),
+        (pack({"token_id": "a", "exp": 1, "lane": "l", "ts": 1.0, "kind": "forget"}, v=2),
+         "'kind' must be use or release, got 'forget'"),
+        (pack({"token_id": "a", "exp": 1, "lane": "l", "ts": 1.0, "kind": 1}, v=2),
+         "'kind' must be str"),
     ],
-)
+)  # fmt: skip
 def test_bad_messages(payload: bytes, problem: str) -> None:
     with pytest.raises(PayloadError, match=problem):
         decode_used_token(payload)
@@ -140,6 +161,8 @@ async def test_garbage_on_the_topic_is_ignored(
             await sender.wait_connected(5)
             topic = used_tokens_topic(plaza)
             await sender.publish(topic, b"\x00garbage")
+            odd = {"token_id": "cafe", "exp": NOW + 60, "lane": f"{plaza}/l09", "ts": NOW}
+            await sender.publish(topic, pack({**odd, "kind": "forget"}, v=2))
             good = UsedTokenMsg("cafe", NOW + 60, f"{plaza}/l09", NOW)
             await sender.publish(topic, encode_used_token(good))
             await wait_for_mark(b.store, "cafe")

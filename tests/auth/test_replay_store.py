@@ -108,13 +108,28 @@ def test_a_lane_releases_only_its_own_mark(tmp_path: Path) -> None:
     or heard from it) is another exit's and stays."""
     with ReplayStore(tmp_path / "replay.db") as store:
         assert store.check_and_mark("pass:aa", 1_800_000_060, "P03/x1", NOW)
-        assert not store.release("pass:aa", "P03/x2")
-        assert store.release("pass:aa", "P03/x1")
+        assert store.release("pass:aa", "P03/x2") is None
+        assert store.release("pass:aa", "P03/x1") == 1_800_000_060
         assert store.get("pass:aa") is None
         assert store.check_and_mark("pass:aa", 1_800_000_060, "P03/x1", NOW + 1)  # marks again
         assert store.mark_remote("pass:bb", 1_800_000_060, "P03/x1", NOW, now=NOW)
-        assert not store.release("pass:bb", "P03/x1")  # heard from a lane of that name
+        assert store.release("pass:bb", "P03/x1") is None  # heard from a lane of that name
         assert store.get("pass:bb") is not None
+
+
+def test_a_release_heard_from_a_lane_forgets_only_the_mark_heard_from_it(tmp_path: Path) -> None:
+    """Another lane shares its release: the mark heard from that lane goes; this lane's own
+    mark, or one heard from a third lane, is another exit's and stays."""
+    with ReplayStore(tmp_path / "replay.db") as store:
+        exp = 1_800_000_060
+        assert store.mark_remote("pass:aa", exp, "P03/x1", NOW, now=NOW)
+        assert store.mark_remote("pass:bb", exp, "P03/x3", NOW, now=NOW)
+        assert store.check_and_mark("pass:cc", exp, "P03/x1", NOW)  # our own, same lane name
+        assert store.release("pass:aa", "P03/x1", remote=True) == exp
+        assert store.get("pass:aa") is None
+        assert store.release("pass:bb", "P03/x1", remote=True) is None
+        assert store.release("pass:cc", "P03/x1", remote=True) is None
+        assert store.get("pass:bb") is not None and store.get("pass:cc") is not None
 
 
 def test_purge_keeps_entries_until_no_lane_can_accept_them(tmp_path: Path) -> None:

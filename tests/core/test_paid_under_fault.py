@@ -273,6 +273,21 @@ def test_every_mode_refunds_at_the_due_and_lets_the_vehicle_go(
     assert not of_type(lane.actions, OpenBarrier)
 
 
+@pytest.mark.parametrize(("lane_rules", "pay", "kind"), MODES)
+def test_the_alarm_says_paid_only_of_a_vehicle_that_paid(
+    lane_rules: LaneRules, pay: Callable[[LaneDriver], None], kind: str
+) -> None:
+    """An entry lane charged nothing: its alarm says so, not "paid ... refund"."""
+    actions = held_and_refunded(LaneDriver(lane_rules), pay)
+    alarm = next(a for a in of_type(actions, RaiseAlarm) if a.code == Alarm.PAID_NOT_PASSED)
+    assert "attendant, please help" in alarm.message
+    if kind == "entry":
+        assert "paid" not in alarm.message and "refund" not in alarm.message
+        assert "nothing was charged, a record undoing the entry is written" in alarm.message
+    else:
+        assert "paid" in alarm.message and "a refund record is written" in alarm.message
+
+
 # --- what a refund gives back -----------------------------------------------------------------
 
 
@@ -354,6 +369,21 @@ def test_a_refunded_exit_priced_from_a_used_pass_leaves_the_earlier_mark(
     used = exit_priced(outcome="pass_used", flags=("pass_used", "attendant"), attendant=True)
     actions = refunded(lane, used)
     assert of_type(actions, PaidNotPassed) and not of_type(actions, ReleasePass)
+
+
+@pytest.mark.parametrize("refunded", REFUNDS)
+def test_a_refunded_entry_names_the_pass_it_issued(
+    refunded: Callable[[LaneDriver, Callable[[LaneDriver], None]], list[Action]],
+) -> None:
+    """The record undoing an entry names the entry's pass (the trip it opened), so the back
+    office closes that trip; a refund of anything else names none."""
+    lane = LaneDriver(rules(LaneMode.TOLL_ENTRY, lane_id="P01/e1", pass_dwell_s=DWELL))
+    (refund,) = refunds(refunded(lane, toll_entry))
+    entry = next(p for p in of_type(lane.actions, Persist) if p.draft.kind == "entry")
+    assert refund.draft.pass_id == entry.draft.pass_id == PASS_ID
+    other = LaneDriver(rules(LaneMode.TOLL_EXIT, lane_id="P03/x1", pass_dwell_s=DWELL))
+    (refund,) = refunds(refunded(other, exit_priced()))
+    assert refund.draft.pass_id is None
 
 
 def metro_tap_out(lane: LaneDriver) -> None:

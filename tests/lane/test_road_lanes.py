@@ -360,9 +360,11 @@ async def test_an_exit_refunded_under_a_fault_leaves_its_pass_to_exit_once_more(
     """The exit lane's device drops commands as the driver pays: the boom never rises, the
     exit is refunded `pass_dwell_s` after its open (paid_not_passed). The driver did not leave,
     so the pass is not spent: shown again once the device is back it prices as a trip (no
-    `Entry pass already used`, no attendant) and the driver pays it once."""
+    `Entry pass already used`, no attendant) and the driver pays it once. The plaza's other
+    exit lane heard the use and hears the release: it forgets the mark too."""
     entry, printer = await road.entry_lane()
     exit_lane = await road.exit_lane(rules={"pass_dwell_s": 3.0, "probe_s": 0.5})
+    other = (await road.exit_lane("P03/y")).daemon.replay
     runner, device = exit_lane.daemon.runner, exit_lane.device
     ticket = await enter(entry, printer, 1)
     [record] = entry.records("entry")
@@ -376,8 +378,10 @@ async def test_an_exit_refunded_under_a_fault_leaves_its_pass_to_exit_once_more(
     token = road.codes.make("token", int(time.time())).text
     await show(exit_lane, token, lambda: exit_lane.records("exit"))
     await eventually(lambda: exit_lane.daemon.replay.get(pass_key(pass_id)) is not None)
+    await eventually(lambda: other.get(pass_key(pass_id)) is not None, what="the use heard")
     await eventually(lambda: exit_lane.named("paid_not_passed"), within=15)
     await eventually(lambda: exit_lane.daemon.replay.get(pass_key(pass_id)) is None)
+    await eventually(lambda: other.get(pass_key(pass_id)) is None, what="the release heard")
     # The device acks again: the lane's test close clears barrier_no_ack.
     device.set_fault(None)
     await eventually(lambda: "barrier_no_ack" not in runner.alarms, within=10)

@@ -66,12 +66,17 @@ def gate_record_id(i: int) -> str:
 @st.composite
 def stored_records(draw: st.DrawFn) -> list[IngestRecord]:
     """Rows as the ingest makes them (`IngestRecord.of`), and now and then one whose bytes do
-    not decode, marked as the store upgrade marks such a row."""
+    not decode, marked as the store upgrade marks such a row. Some are refunds of another row
+    (`paid_not_passed`, `record:<id>`): of an entry or a tap-in, they close its trip."""
     n = draw(st.integers(0, 24))
+    some_gate_record = st.integers(0, max(n - 1, 0)).map(gate_record_id)
     trip_ids = st.one_of(
         st.none(),
         st.sampled_from(("p1", "p2", "p3", "")),
-        st.integers(0, max(n - 1, 0)).map(lambda j: uuid.UUID(gate_record_id(j)).hex),
+        some_gate_record.map(lambda r: uuid.UUID(r).hex),
+    )
+    refund_flags = st.one_of(
+        st.just(()), some_gate_record.map(lambda r: ("paid_not_passed", f"record:{r}"))
     )
     seqs = dict.fromkeys(LANES, 0)
     rows: list[IngestRecord] = []
@@ -94,6 +99,7 @@ def stored_records(draw: st.DrawFn) -> list[IngestRecord]:
             None,
             AuthInfo(draw(st.sampled_from(("approved", "declined", "none")))),
             entry_plaza=draw(st.sampled_from((None, "P09"))),
+            flags=draw(refund_flags),
             pass_id=draw(trip_ids),
             plate=draw(st.sampled_from((None, "ZJA1"))),
         )

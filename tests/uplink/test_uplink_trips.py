@@ -211,8 +211,51 @@ def test_a_records_mark_is_its_part_in_a_trip() -> None:
     assert stored_mark(blob(declined, 3)) is None
     toll = RecordDraft("toll", "v", 1, 5, "CNY", "token", None, NO_AUTH)
     assert stored_mark(blob(toll, 4)) is None
-    # A gate's refund of a tap-in (the passenger held by a fault, not let in): no trip of its own.
+    # A gate's refund of a tap-in (the passenger held by a fault, not let in): no trip of its
+    # own; it closes the tap-in's.
     refund = RecordDraft("tap_in", "p1", 1, 0, "", "none", None, NO_AUTH,
                          flags=("paid_not_passed", f"record:{tap_in_id}"))  # fmt: skip
-    assert stored_mark(Record(str(uuid.uuid4()), "S01/g1", 2, 2, refund).encode()) is None
+    assert stored_mark(Record(str(uuid.uuid4()), "S01/g1", 2, 2, refund).encode()) == TripMark(
+        TripRole.EXIT, uuid.UUID(tap_in_id).hex
+    )
     assert stored_mark(b"\x00garbage") == TripMark(TripRole.UNREADABLE, None)
+
+
+def refund_of(record: Record, seq: int) -> Record:
+    """The record a lane writes when the vehicle of `record` is not let through
+    (lane.core.recovery.not_passed): an entry's names the pass the entry issued."""
+    d = record.draft
+    undo = RecordDraft(d.kind, d.vehicle_id, d.vehicle_class, 0, "", "none", None, NO_AUTH,
+                       flags=("paid_not_passed", f"record:{record.record_id}"),
+                       pass_id=d.pass_id if d.kind == "entry" else None)  # fmt: skip
+    return Record(f"{record.record_id}-refund", record.lane, seq, record.ts_us + 1, undo)
+
+
+def test_a_refunded_entry_or_tap_in_closes_its_trip_whatever_the_order(
+    store_factory: Callable[[], IngestStore],
+) -> None:
+    """A vehicle a fault held and never let in: the refund of its entry (naming the entry's
+    pass) or of its tap-in (naming the tap-in's record) closes the trip the entry opened, in
+    the pure ledger and in the store's index, whichever arrives first (counted closed). A
+    refunded exit's refund takes no part: its trip stays closed by the exit."""
+    tap_in_id = "01a23100-0000-7000-8000-000000000001"
+    tap_in = RecordDraft("tap_in", "p9", 1, 250, "CNY", "token", "acct", AuthInfo("approved"))
+    entered = Record("r-e1", "P01/e1", 1, T0, entry("p1"))
+    tapped = Record(tap_in_id, "S01/g1", 1, T0, tap_in)
+    stays = Record("r-e2", "P01/e1", 2, T0 + 5, entry("p2"))
+    leaves = Record("r-e3", "P01/e1", 3, T0 + 6, entry("p3"))
+    exited = Record("r-x1", "P03/x1", 1, T0 + HOUR_US, exit_("p3"))
+    lanes = [
+        [entered, stays, leaves, refund_of(entered, 4)],
+        [tapped, refund_of(tapped, 2)],
+        [exited, refund_of(exited, 2)],
+    ]
+    ledger = trip_ledger(r.encode() for lane in lanes for r in lane)
+    assert [t.pass_id for t in ledger.open_trips] == ["p2"]
+    assert (ledger.closed, ledger.unmatched_exits) == (3, ())
+    store = store_factory()
+    for n, lane in enumerate(reversed(lanes)):  # each lane's refund before its entry
+        for record in reversed(lane):
+            ingest = IngestRecord.of(record, record.encode())
+            store.store_batch(record.lane, QueueIdentity(f"q{n}"), [ingest], 1)
+    assert open_trips(store) == ledger
