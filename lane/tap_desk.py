@@ -198,6 +198,7 @@ class TapDesk:
                 "amount_minor": answer.amount_minor,
                 "pass_id": answer.pass_id,
                 "entry_plaza": answer.entry_plaza,
+                "flags": list(answer.flags),  # entry_paid: what the tap-in already charged
             },
         )
         return answer

@@ -1,7 +1,8 @@
 """A metro gate's store of the line's tap-ins, by account (docs/closed-road.md#metro).
 
-Every approved `tap_in` record the line's entry gates share (lane.tap_desk) is kept here with
-the passenger's account reference, so an exit gate finds the open tap-in of the account whose
+Every approved `tap_in` record the line's entry gates share (lane.tap_desk) is kept here whole
+(its station, time and what it charged, which the exit takes off the trip's fare) with the
+passenger's account reference, so an exit gate finds the open tap-in of the account whose
 code is shown without asking anyone. A tap-in is kept until `expires` (its time + the line's
 retention, twice the trip time limit: an exit after the limit is still known as over time),
 then purged; the store is bounded by the traffic of that window. Whether a tap-in has exited

@@ -189,6 +189,8 @@ def _headless(args: argparse.Namespace, options: SimOptions, scenario: Scenario 
         # Faults and declines make some paying vehicles turn back: only loss is a failure.
         return 0 if report["lost"] == 0 else 1
     ok = report["lost"] == 0 and report["paying_passed"] == report["paying_vehicles"]
+    fares = report.get("metro_fares")  # a metro line: every rider paid the trip's fare, once
+    ok = ok and (fares is None or fares["wrong"] == fares["unpaired"] == 0)
     return 0 if ok else 1
 
 

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from lane.auth.fares import load_tariff
 from sim import metro
 from sim.acquirer import AcquirerServer
 from sim.acquirer_faults import Faults
@@ -294,6 +295,10 @@ class Simulator:
             ingested = {ln.lane_id: self.backoffice.ingested_ids(ln.lane_id) for ln in self.lanes}
         report = plaza_report(self, ingested)
         report["faults"] = self.faults.history
+        if self.metro:  # what each rider paid in all, against the trip's fare
+            written = [r for ln in self.lanes for r in ln.records_written.values()]
+            tariff = load_tariff(metro.tariff_path(self.workdir))
+            report["metro_fares"] = metro.fare_check(written, tariff)
         if self.scenario is not None:
             report["scenario"] = self.scenario
         return report

@@ -202,7 +202,7 @@ def _flag_amount(flags: list[str], name: str) -> int | None:
 
 
 def refund_text(tx: dict[str, Any]) -> str | None:
-    """What the operator reads of a partial refund: "charged 14.00, refund 6.00 (made)". The
+    """What the operator reads of a partial refund: "charged 14.00, refund 8.50 (made)". The
     record's `refunded:` is what was owed back when it was written: made or not is the
     stage's to say, unknown without one."""
     charged, refunded = tx.get("charged_minor"), tx.get("refunded_minor")

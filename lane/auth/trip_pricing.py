@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from lane.auth.deny import DenyList
-from lane.auth.fares import FareError, Tariff
+from lane.auth.fares import FareError, Money, Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import (
     DEFAULT_PASS_LIFETIME_S,
@@ -41,6 +41,7 @@ from lane.auth.trip_rules import (
 )
 from lane.core.actions import PriceTrip
 from lane.core.events import TripPriced
+from lane.core.metro import exit_share
 from lane.core.names import PayloadKind
 
 
@@ -135,12 +136,24 @@ def price_tap_out(  # noqa: PLR0917 - the trip's inputs, each its own
 ) -> TripPriced:
     """A metro exit: `tap_in` is the account's latest tap-in (None: none on the line within
     the retention), `exited` whether it already exited. A tap-in record the rules cannot read
-    (no usable trip id) counts as no tap-in: the passenger pays the maximum fare, flagged."""
+    (no usable trip id) counts as no tap-in: the passenger pays the maximum fare, flagged.
+    An open tap-in paid its entry fare already: the exit charges the rest (`exit_share`)."""
     try:
         entry = tap_in_entry(tap_in) if tap_in is not None else None
     except ValueError:
         entry = None
-    return price_trip(request, entry, exited and entry is not None, tariff, rules, now)
+    answer = price_trip(request, entry, exited and entry is not None, tariff, rules, now)
+    if tap_in is None or entry is None or exited or answer.amount_minor is None:
+        return answer
+    paid = tap_in.draft
+    share = exit_share(answer.amount_minor, answer.currency, paid.amount_minor, paid.currency)
+    if share.amount_minor == answer.amount_minor:
+        return dataclasses.replace(answer, flags=(*answer.flags, *share.flags))
+    due = tariff.format(Money(share.amount_minor, answer.currency))
+    less = f"Less entry {tariff.format(Money(paid.amount_minor, paid.currency))}: {due}"
+    return dataclasses.replace(answer, amount_minor=share.amount_minor,
+                               flags=(*answer.flags, *share.flags),
+                               display=(*answer.display, less[:MAX_LINE]))  # fmt: skip
 
 
 def unpriced(trip_id: str, headline: str, detail: str, currency: str = "") -> TripPriced:

@@ -14,11 +14,14 @@ A wallet code's one-time digits name no tap-in: it is charged the maximum fare a
 `Authorise` carries `reprice`, which the shell answers once approved with the payer's account
 the acquirer named (`Decided.repriced`); `kept_fare` keeps that trip's fare, never more than
 was charged, and the rest is refunded once the record is durable (`Settle.refund_minor`).
+
+The tap-in charged its entry fare already (that payment is how a wallet's payer is learned),
+so the exit charges the rest of the trip's fare (`exit_share`): entry + exit = the trip's fare.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from lane.core import events as ev
 from lane.core import paypoint, road
@@ -33,6 +36,11 @@ from lane.core.trip import Priced, TapOut
 Result = tuple[LaneState, list[Action]]
 
 PROCESSING = "Processing payment"
+# Record flags of a tap-out whose tap-in was paid (`exit_share`): what the tap-in charged, what
+# it charged above the trip's fare, and the other currency it charged in (not taken off).
+FLAG_ENTRY_PAID = "entry_paid:"
+FLAG_ENTRY_OVERPAID = "entry_overpaid:"
+FLAG_ENTRY_CURRENCY = "entry_currency:"
 NO_TAP_IN = "no_pass"  # lane.auth.trip_rules' outcome: no tap-in of the account on the line
 
 
@@ -145,3 +153,27 @@ def kept_fare(priced: Priced, charged: int, repriced: ev.TripPriced) -> Priced:
     return Priced(priced.trip_id, repriced.outcome, kept, priced.currency, repriced.entry_plaza,
                   repriced.pass_id, repriced.pass_exp, (*repriced.flags, *money), attendant=False,
                   confirmed=True, display=repriced.display, refund_minor=refund)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ExitShare:
+    """What a tap-out charges of its trip (`exit_share`), and the record's flags saying why."""
+
+    amount_minor: int
+    flags: tuple[str, ...]
+
+
+def exit_share(fare_minor: int, currency: str, entry_minor: int, entry_currency: str) -> ExitShare:
+    """The part of the trip's fare the exit charges once its open tap-in charged `entry_minor`:
+    the rest, so the rider pays the trip's fare in all. Never below 0: an exit cannot pay back
+    the entry gate's payment, so a tap-in that charged more than the trip keeps it, flagged
+    (`entry_overpaid:`) for the back office. A tap-in paid in another currency (a gate
+    configured apart from the line) is not taken off: the whole fare, flagged."""
+    paid = max(entry_minor, 0)
+    if paid == 0:
+        return ExitShare(fare_minor, ())
+    if entry_currency != currency:
+        return ExitShare(fare_minor, (f"{FLAG_ENTRY_CURRENCY}{entry_currency}",))
+    over = paid - fare_minor
+    flags = (f"{FLAG_ENTRY_PAID}{paid}", *((f"{FLAG_ENTRY_OVERPAID}{over}",) if over > 0 else ()))
+    return ExitShare(max(-over, 0), flags)

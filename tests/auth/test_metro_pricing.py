@@ -44,8 +44,15 @@ KEYS = CODES.keyset(NOW - 3600)
 ACCOUNT_KEY = b"k" * 32
 
 
-def tap_in(station: str, at: float, account: str = "rider-1", kind: str = "tap_in") -> Record:
-    draft = RecordDraft(RecordKind(kind), "s1", 1, 0, "CNY", Method.TOKEN, account,
+def tap_in(  # noqa: PLR0917 - a tap-in's fields, each its own
+    station: str,
+    at: float,
+    account: str = "rider-1",
+    kind: str = "tap_in",
+    paid: int = 0,
+    currency: str = "CNY",
+) -> Record:
+    draft = RecordDraft(RecordKind(kind), "s1", 1, paid, currency, Method.TOKEN, account,
                         AuthInfo(AuthResult.APPROVED))  # fmt: skip
     return Record(str(uuid.uuid4()), f"{station}/g1", 1, int(at * 1e6), draft)
 
@@ -92,6 +99,42 @@ def test_a_tap_out_is_priced_by_its_tap_in_with_the_metro_exceptions(  # noqa: P
     assert answer.flags == (() if outcome == "charged" else (outcome,))
 
 
+@pytest.mark.parametrize(
+    ("record", "exited", "outcome", "amount", "flags", "less"),
+    [
+        (tap_in("S01", NOW - 30 * MIN, paid=250), False, "charged", 250, ("entry_paid:250",),
+         "Less entry CNY 2.50: CNY 2.50"),
+        (tap_in("S02", NOW - 30 * MIN, paid=250), False, "charged", 50, ("entry_paid:250",),
+         "Less entry CNY 2.50: CNY 0.50"),
+        # The same station: the lowest fare out of it (3.00), less what the tap-in paid.
+        (tap_in("S03", NOW - 10 * MIN, paid=100), False, "u_turn", 200,
+         ("u_turn", "entry_paid:100"), "Less entry CNY 1.00: CNY 2.00"),
+        # The maximum fares of a found tap-in (its rules' penalty) are the journey's in all.
+        (tap_in("S01", NOW - 5 * 3600, paid=250), False, "over_time", 250,
+         ("over_time", "entry_paid:250"), "Less entry CNY 2.50: CNY 2.50"),
+        # An entry that charged more than the trip: nothing at the exit, the excess flagged.
+        (tap_in("S02", NOW - 30 * MIN, paid=450), False, "charged", 0,
+         ("entry_paid:450", "entry_overpaid:150"), "Less entry CNY 4.50: CNY 0.00"),
+        # Paid in another currency (a gate configured apart): the whole fare, flagged.
+        (tap_in("S01", NOW - 30 * MIN, paid=250, currency="EUR"), False, "charged", 500,
+         ("entry_currency:EUR",), None),
+        # That entry fare was taken off the exit that closed the tap-in: not again.
+        (tap_in("S01", NOW - 30 * MIN, paid=250), True, "pass_used", 500, ("pass_used",), None),
+    ],
+)  # fmt: skip
+def test_a_tap_out_charges_the_trip_less_what_its_tap_in_paid(  # noqa: PLR0917
+    record: Record,
+    exited: bool,
+    outcome: str,
+    amount: int,
+    flags: tuple[str, ...],
+    less: str | None,
+) -> None:
+    answer = price_tap_out(ask(), record, exited, TARIFF, RULES, NOW)
+    assert (answer.outcome, answer.amount_minor, answer.flags) == (outcome, amount, flags)
+    assert answer.display[2:] == ((less,) if less else ())
+
+
 def test_the_account_of_a_code_is_the_one_the_authoriser_records() -> None:
     token = issue_compact_token(CODES.key, KID, "rider-7", NOW, NOW + 60)
     args = (KEYS, DenyList.empty(), ACCOUNT_KEY, NOW, RULES)
@@ -114,10 +157,13 @@ def test_the_account_of_a_code_is_the_one_the_authoriser_records() -> None:
 
 STATIONS = ("S01", "S02", "S03")
 ACCOUNTS = ("rider-1", "rider-2")
+ENTRY_FARES = (0, 100, 250, 450)  # what a tap-in charged: none, below and above a trip's fare
 step = st.one_of(
-    st.tuples(st.just("in"), st.sampled_from(STATIONS), st.sampled_from(ACCOUNTS)),
-    st.tuples(st.just("out"), st.sampled_from(STATIONS), st.sampled_from(ACCOUNTS)),
-)
+    st.tuples(st.just("in"), st.sampled_from(STATIONS), st.sampled_from(ACCOUNTS),
+              st.sampled_from(ENTRY_FARES)),
+    st.tuples(st.just("out"), st.sampled_from(STATIONS), st.sampled_from(ACCOUNTS), st.just(0)),
+)  # fmt: skip
+Step = tuple[str, str, str, int]  # in or out, the station, the account, what a tap-in paid
 # Up to 12 taps, each a few seconds, a quarter of an hour or three hours after the one before.
 walks = st.lists(st.tuples(step, st.sampled_from([10, 15 * MIN, 3 * 3600])), max_size=12)
 
@@ -131,15 +177,17 @@ def desk(tmp: Path, clock: list[float]) -> TapDesk:
 
 
 async def _exits(
-    gate: TapDesk, clock: list[float], steps: list[tuple[tuple[str, str, str], int]]
+    gate: TapDesk, clock: list[float], steps: list[tuple[Step, int]], paid: dict[str, int]
 ) -> AsyncIterator[tuple[int, str, str]]:
     """Plays the steps on the desk's clock: a tap-in is another gate's, heard over the line
-    topic; each exit yields (its number, the account, a fresh token of the account)."""
+    topic (`paid`: what each tap-in charged, by trip id); each exit yields (its number, the
+    account, a fresh token of the account)."""
     n = 0
-    for (what, station, account), dt in steps:
+    for (what, station, account, entry_fare), dt in steps:
         clock[0] += dt
         if what == "in":
-            record = tap_in(station, clock[0], account)
+            record = tap_in(station, clock[0], account, paid=entry_fare)
+            paid[uuid.UUID(record.record_id).hex] = entry_fare
             await gate.handle(Incoming(topics.line_taps("L1"), record.encode()))
             continue
         n += 1
@@ -150,28 +198,34 @@ async def _exits(
 @settings(max_examples=40, deadline=None)
 @given(steps=walks)
 def test_a_fare_is_a_cell_or_the_maximum_and_a_tap_in_exits_once(
-    steps: list[tuple[tuple[str, str, str], int]],
+    steps: list[tuple[Step, int]],
 ) -> None:
     asyncio.run(_walk(steps))
 
 
-async def _walk(steps: list[tuple[tuple[str, str, str], int]]) -> None:
+async def _walk(steps: list[tuple[Step, int]]) -> None:
     clock = [float(NOW)]
     farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
     exited: set[str] = set()
+    paid: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         gate = desk(Path(tmp), clock)
-        async for _, _, token in _exits(gate, clock, steps):
+        async for _, _, token in _exits(gate, clock, steps, paid):
             answer = await gate.price(ask(token))
-            assert answer.amount_minor is not None
+            assert answer.amount_minor is not None and answer.amount_minor >= 0
             entry = answer.entry_plaza
             cells = {farthest}
             if entry is not None and entry != "S03":
                 cells.add(TARIFF.trip_fare(1, entry, "S03", NOW).amount_minor)
             if entry is not None:
                 cells.add(TARIFF.nearest_fare(1, entry, NOW).amount_minor)
-            assert answer.amount_minor in cells and answer.amount_minor <= farthest
             trip = answer.pass_id
+            # An open tap-in paid part of the journey: entry + exit is the journey's cell (or
+            # what the entry alone charged above it); else the exit's fare is the cell.
+            entry_paid = paid[trip] if trip is not None and answer.outcome != "pass_used" else 0
+            journey = entry_paid + answer.amount_minor
+            assert any(journey == max(cell, entry_paid) for cell in cells), (answer, entry_paid)
+            assert answer.amount_minor <= farthest
             if trip is None:
                 continue
             # A tap-in exits once: once its tap_out is durable, every later one is pass_used.
@@ -258,12 +312,12 @@ async def _released() -> None:
 @settings(max_examples=40, deadline=None)
 @given(steps=walks)
 def test_a_wallet_code_keeps_no_more_than_a_token_of_the_same_journey(
-    steps: list[tuple[tuple[str, str, str], int]],
+    steps: list[tuple[Step, int]],
 ) -> None:
     asyncio.run(_wallet_walk(steps))
 
 
-async def _wallet_walk(steps: list[tuple[tuple[str, str, str], int]]) -> None:
+async def _wallet_walk(steps: list[tuple[Step, int]]) -> None:
     """Each exit is priced three ways on the same stores: with a token of the account (the
     reference), with a fresh wallet code (no tap-in under its one-time digits: charged first),
     and again with the payer's account as the acquirer's answer names it (the shell's reprice);
@@ -272,7 +326,7 @@ async def _wallet_walk(steps: list[tuple[tuple[str, str, str], int]]) -> None:
     clock = [float(NOW)]
     with tempfile.TemporaryDirectory() as tmp:
         gate = desk(Path(tmp), clock)
-        async for n, account, token in _exits(gate, clock, steps):
+        async for n, account, token in _exits(gate, clock, steps, {}):
             by_token = await gate.price(ask(token))
             wallet = f"28{n:016d}"
             first = await gate.price(

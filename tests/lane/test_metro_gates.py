@@ -1,8 +1,10 @@
 """A metro line against the real things: two lane daemons on the session mosquitto (a
 `transit-entry` gate at station S01 and a `transit-exit` gate at S03, both on one line), device
 emulators, the SQLite queues, tap stores and replay stores, and the back office's ingest. A
-passenger taps in at S01 with a token and out at S03 with another token of the same account:
-charged the matrix fare, the tap_out record names S01 and the tap-in's trip id. The same
+passenger taps in at S01 with a token (charged the entry gate's flat fare) and out at S03 with
+another token of the same account: charged the matrix fare less what the tap-in charged, so
+the two pay the trip's fare; the tap_out record names S01, the tap-in's trip id and what the
+tap-in paid. The same
 tap-in cannot exit twice; a passenger with no tap-in pays the maximum fare, flagged. A passenger
 paying with a dynamic wallet code (new digits at every showing) through the simulated acquirer
 over HTTP pays the maximum fare at the exit, then is refunded down to the trip's fare once the
@@ -33,6 +35,8 @@ from uplink.trips import open_trips
 __all__ = ["road"]  # the fixture, shared with the closed road's test
 
 METRO = Path(__file__).resolve().parents[2] / "deploy" / "tariff.metro.example.toml"
+# The entry gates charge their built-in flat fare, in the line's currency.
+ENTRY_FARES = {"currency": "CNY"}
 
 
 def token(road: Road, account: str, iat: int) -> str:
@@ -43,7 +47,9 @@ def token(road: Road, account: str, iat: int) -> str:
 async def gates(road: Road) -> tuple[RoadLane, RoadLane]:
     line = {"line": f"L{road.run_id}"}
     auth = {"keyset": str(road.keyset)}
-    entry = await road.lane(road.lane_id("S01/g"), "transit-entry", auth=auth, metro=line)
+    entry = await road.lane(
+        road.lane_id("S01/g"), "transit-entry", auth=auth, metro=line, fares=ENTRY_FARES
+    )
     exit_gate = await road.lane(
         road.lane_id("S03/x"), "transit-exit", auth=auth, metro=line, fares={"tariff": str(METRO)}
     )
@@ -81,15 +87,18 @@ async def test_a_passenger_pays_the_fare_from_the_tap_in_station_once(road: Road
 
     tap_out = await through(exit_gate, token(road, "rider-1", now - 1))
     fare = tariff.trip_fare(1, "S01", "S03", time.time()).amount_minor
+    paid_in = tap_in["amount_minor"]
+    assert 0 < paid_in < fare
     trip = uuid.UUID(tap_in["record_id"]).hex
+    # In and out together pay the trip's fare, once.
     assert (tap_out["kind"], tap_out["amount_minor"], tap_out["entry_plaza"]) == (
-        "tap_out", fare, "S01"
+        "tap_out", fare - paid_in, "S01"
     )  # fmt: skip
-    assert tap_out["pass_id"] == trip and tap_out["flags"] == []
+    assert tap_out["pass_id"] == trip and tap_out["flags"] == [f"entry_paid:{paid_in}"]
     # The first pricing is this tap-out's (the code, still held up while the passenger walks
     # through, may be read and priced again: its token is then refused as used).
     priced = exit_gate.named("trip_priced")[0]
-    assert (priced["outcome"], priced["amount_minor"]) == ("charged", fare)
+    assert (priced["outcome"], priced["amount_minor"]) == ("charged", fare - paid_in)
 
     # Out again with the same account and no new tap-in: that tap-in has exited.
     again = await through(exit_gate, token(road, "rider-1", now - 2))
@@ -147,7 +156,8 @@ async def test_a_passenger_refunded_at_either_gate_is_not_held_to_what_the_refun
     line = {"line": f"L{road.run_id}"}
     auth = {"keyset": str(road.keyset)}
     rules = {"pass_dwell_s": 3.0, "probe_s": 0.5}
-    entry = await road.lane(road.lane_id("S01/g"), "transit-entry", rules, auth=auth, metro=line)
+    entry = await road.lane(road.lane_id("S01/g"), "transit-entry", rules, auth=auth, metro=line,
+                            fares=ENTRY_FARES)  # fmt: skip
     exit_gate = await road.lane(road.lane_id("S03/x"), "transit-exit", rules, auth=auth,
                                 metro=line, fares={"tariff": str(METRO)})  # fmt: skip
     taps = exit_gate.daemon.road.taps
@@ -162,7 +172,10 @@ async def test_a_passenger_refunded_at_either_gate_is_not_held_to_what_the_refun
     trip = uuid.UUID(tap_in["record_id"]).hex
     await refunded(exit_gate, token(road, "rider-1", now - 2))
     tap_out = await through(exit_gate, token(road, "rider-1", now - 3))
-    assert (tap_out["amount_minor"], tap_out["pass_id"], tap_out["flags"]) == (fare, trip, [])
+    paid_in = tap_in["amount_minor"]
+    assert (tap_out["amount_minor"], tap_out["pass_id"], tap_out["flags"]) == (
+        fare - paid_in, trip, [f"entry_paid:{paid_in}"]
+    )  # fmt: skip
 
 
 async def test_a_flat_fare_gate_without_a_line_still_charges_its_flat_fare(road: Road) -> None:
@@ -181,7 +194,9 @@ async def wallet_gates(road: Road) -> tuple[RoadLane, RoadLane, AcquirerServer]:
     road.stack.push_async_callback(acquirer.stop)
     line = {"line": f"W{road.run_id}"}
     auth = {"keyset": str(road.keyset), "acquirer_url": url, "account_secret": "line-secret-" * 3}
-    entry = await road.lane(road.lane_id("S02/w"), "transit-entry", auth=auth, metro=line)
+    entry = await road.lane(
+        road.lane_id("S02/w"), "transit-entry", auth=auth, metro=line, fares=ENTRY_FARES
+    )
     exit_gate = await road.lane(
         road.lane_id("S03/w"), "transit-exit", auth=auth, metro=line, fares={"tariff": str(METRO)}
     )
@@ -206,15 +221,23 @@ async def test_a_dynamic_wallet_code_pays_the_trip_fare_through_a_partial_refund
     out = await through(exit_gate, acquirer.ledger.issue_code("wallet-1"))
     trip = uuid.UUID(tap_in["record_id"]).hex
     assert out["account_ref"] == tap_in["account_ref"]
-    assert (out["amount_minor"], out["entry_plaza"], out["pass_id"]) == (fare, "S02", trip)
-    assert out["flags"] == [f"charged:{farthest}", f"refunded:{farthest - fare}"]
+    # The tap-in paid part of the trip: the exit keeps the rest, and owes back the remainder.
+    paid_in = tap_in["amount_minor"]
+    assert 0 < paid_in < fare
+    due, back = fare - paid_in, farthest - (fare - paid_in)
+    assert (out["amount_minor"], out["entry_plaza"], out["pass_id"]) == (due, "S02", trip)
+    assert out["flags"] == [f"entry_paid:{paid_in}", f"charged:{farthest}", f"refunded:{back}"]
     payment = acquirer.payment(out["payment_id"])
     assert payment is not None
-    await eventually(lambda: payment.refunded == farthest - fare, what="the refund made")
+    await eventually(lambda: payment.refunded == back, what="the refund made")
     assert payment.request is not None and payment.request["amount_minor"] == farthest
+    entry_payment = acquirer.payment(tap_in["payment_id"])
+    assert entry_payment is not None and entry_payment.request is not None
+    # What the rider's wallet paid in all, through the acquirer: the trip's fare.
+    assert entry_payment.request["amount_minor"] + farthest - payment.refunded == fare
     made = await eventually_value(lambda: ingested(store, "refund") or None)
     assert [(r.draft.payment_id, r.draft.amount_minor, r.draft.flags[0]) for r in made] == [
-        (out["payment_id"], farthest - fare, "refund:made")
+        (out["payment_id"], back, "refund:made")
     ]
     assert open_refunds(store) == RefundTrail((), ())
 
@@ -224,7 +247,7 @@ async def test_a_dynamic_wallet_code_pays_the_trip_fare_through_a_partial_refund
     await through(entry, acquirer.ledger.issue_code("wallet-2"))
     await eventually(lambda: taps.store.count() == 2, what="the second tap-in heard")
     second = await through(exit_gate, acquirer.ledger.issue_code("wallet-2"))
-    assert second["amount_minor"] == fare
+    assert second["amount_minor"] == due
     alarms = exit_gate.daemon.runner.alarms
     await eventually(lambda: "refund_failing" in alarms, what="the refund alarm")
     assert "seller_balance_not_enough" in alarms["refund_failing"]
@@ -234,11 +257,9 @@ async def test_a_dynamic_wallet_code_pays_the_trip_fare_through_a_partial_refund
     await eventually(lambda: acquirer.refund_requests > tries + 1, what="the refund retried")
     # The back office has the tap-out and no end of its refund: owed, not made.
     trail = await eventually_value(lambda: open_refunds(store).owed or None)
-    assert [(r.payment_id, r.owed_minor) for r in trail] == [
-        (second["payment_id"], farthest - fare)
-    ]
+    assert [(r.payment_id, r.owed_minor) for r in trail] == [(second["payment_id"], back)]
     acquirer.update_faults(refund_refused=None)
-    await eventually(lambda: owed.refunded == farthest - fare, within=15, what="the refund made")
+    await eventually(lambda: owed.refunded == back, within=15, what="the refund made")
     await eventually(lambda: "refund_failing" not in alarms, what="the alarm cleared")
     await eventually(lambda: open_refunds(store) == RefundTrail((), ()), what="none owed")
     assert len(ingested(store, "refund")) == 2

@@ -3,10 +3,11 @@ through the simulator's HTTP API as an operator's page drives it.
 
 One line serves the module: an entry gate at S02 and an exit gate at S03, each the real lane
 daemon with its device emulator and camera, on the simulator's mosquitto, paying wallet codes
-through the Alipay and WeChat Pay fakes over HTTP. A passenger taps in with a code of a wallet,
-rides, and taps out with another code of the same wallet: the exit charges the maximum fare
-into S03 (14.00) and refunds down to the S02 trip (8.00). The dashboard's state shows the
-exit's transaction as "charged 14.00, refund 6.00" and where the refund stands; per refund
+through the Alipay and WeChat Pay fakes over HTTP. A passenger taps in with a code of a wallet
+(charged the entry's 2.50), rides, and taps out with another code of the same wallet: the exit
+charges the maximum fare into S03 (14.00) and refunds down to the rest of the S02 trip (8.00
+less 2.50). The dashboard's state shows the exit's transaction as "charged 14.00, refund 8.50"
+and where the refund stands; per refund
 fault switched on (`POST /api/faults`) the exit gate raises its alarm with its text (in the
 lane's health message and on the console), and once the fault is off the refund is made and
 the alarm clears by itself.
@@ -31,7 +32,8 @@ from sim.harness import SimOptions, Simulator
 from sim.traffic import Driver
 
 SPEED = 30.0
-CHARGED = "charged 14.00, refund 6.00"  # S02 -> S03 is 8.00, the most into S03 14.00
+# S02 -> S03 is 8.00, 2.50 of it paid at the tap-in; the most into S03 is 14.00.
+CHARGED = "charged 14.00, refund 8.50"
 # Real seconds: a refund refused is retried on the lane's back-off (up to 30 s, not scaled);
 # one ended unpaid is seen at the network's second answer (2 + 4 s at this speed); one marked
 # made by hand when the lane reads its payments file again (within 30 s). Under load, more.
@@ -150,7 +152,8 @@ async def test_a_wallet_passenger_is_charged_the_most_and_refunded_down_to_the_t
     record_id = await line.ride("wechat")
     lane = await line.refund(record_id, f"{CHARGED} (made)")
     tx = next(t for t in lane["transactions"] if t["record_id"] == record_id)
-    assert (tx["kind"], tx["amount_minor"], tx["currency"]) == ("tap_out", 800, "CNY")
+    assert (tx["kind"], tx["amount_minor"], tx["currency"]) == ("tap_out", 550, "CNY")
+    assert "entry_paid:250" in tx["flags"]
     entry = (await line.get("api/state"))["lanes"][0]
     assert {t["refund_text"] for t in entry["transactions"]} == {None}  # a tap-in owes nothing
     assert not refund_alarms(line)
@@ -172,7 +175,7 @@ async def test_refunds_refused_raise_refund_failing_until_the_network_takes_them
         assert "SELLER_BALANCE_NOT_ENOUGH" in alarms(line)["refund_failing"]
         await eventually(lambda: in_health(line.sim.lanes[1], "refund_failing"), what="health")
         text = await eventually(lambda: line.on_console("refund_failing"), what="on the console")
-        assert "600 CNY" in text
+        assert "850 CNY" in text
         assert (await line.console_refunds()).get("failing") == 1
     finally:
         await line.fault("refund_refused", False)
@@ -188,7 +191,7 @@ async def test_a_refund_ended_abnormal_raises_refund_unpaid_until_refunded_by_ha
         record_id = await line.ride("wechat")
         await line.refund(record_id, f"{CHARGED} (unpaid (ABNORMAL))")
         text = alarms(line)["refund_unpaid"]
-        assert "ABNORMAL" in text and "600 CNY" in text and "by hand" in text
+        assert "ABNORMAL" in text and "850 CNY" in text and "by hand" in text
         await eventually(lambda: in_health(line.sim.lanes[1], "refund_unpaid"), what="health")
         await eventually(lambda: line.on_console("refund_unpaid"), what="on the console")
     finally:

@@ -90,13 +90,15 @@ async def test_a_plaza_keeps_every_record_through_a_back_office_cut(tmp_path: Pa
 
 async def test_every_metro_rider_taps_in_and_out_with_the_same_wallet(tmp_path: Path) -> None:
     """A headless metro line ends once every rider tapped out: tokens and wallet codes alike
-    find their tap-in (a wallet code is charged the most and refunded down to the trip)."""
+    find their tap-in (a wallet code is charged the most and refunded down to the trip), and
+    each rider pays the trip's fare in all: the entry's fare and the exit's rest."""
     mix = Mix(arrivals_per_hour=3600, classes={1: 1.0}, behaviours={"token": 0.5, "wechat": 0.5})
     options = SimOptions(workdir=tmp_path, mode="metro", lanes=2, mix=mix, **FAST)  # type: ignore[arg-type]
     report = await run_headless(6, options)
     kinds = report["records_by_kind"]  # a code still in view may be read again: declined
     assert (kinds["tap_in:approved"], kinds["tap_out:approved"]) == (6, 6)
     assert set(report["methods"]) == {"token", "wechat"} and report["lost"] == 0
+    assert report["metro_fares"] == {"trips": 6, "wrong": 0, "unpaired": 0, "examples": []}
 
 
 TRANSIT = """
