@@ -11,6 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lane.alarm_severity import SEVERITY, Severity, severity_of, worst
+from lane.auth.resolver import (
+    REFUND_ALARM,
+    REFUND_UNPAID_ALARM,
+    REFUND_UNRECORDED_ALARM,
+    STORE_ALARM,
+)
 from lane.auth.wechatpay_trust import ALARM as WECHATPAY_CERTIFICATES
 from lane.core.names import BARRIER_ALARMS, Alarm
 from lane.health import QUEUE_FAULTS
@@ -26,13 +32,15 @@ from lane.lane_health import (
     uplink_stalled,
 )
 from lane.ticket_desk import PAPER_OUT, PRINTER_OFFLINE
+from lane.verifier import REPLAY_ALARM
 
 
 def test_every_alarm_the_lane_raises_today_has_a_severity() -> None:
     known = {*Alarm, *BARRIER_ALARMS, *QUEUE_FAULTS, "camera_blackout", "keyset_stale"}
     known |= {"attendant_needed", "queue_high_water", "uplink_stalled", "acquirer_unhealthy"}
     known |= {"trust_update_refused", "payment_alipay", "payment_wechatpay", "payment_acquirer"}
-    known |= {PAPER_OUT, PRINTER_OFFLINE, WECHATPAY_CERTIFICATES}
+    known |= {PAPER_OUT, PRINTER_OFFLINE, WECHATPAY_CERTIFICATES, REPLAY_ALARM, STORE_ALARM}
+    known |= {REFUND_ALARM, REFUND_UNPAID_ALARM, REFUND_UNRECORDED_ALARM}
     assert known <= set(SEVERITY), sorted(known - set(SEVERITY))
 
 
