@@ -18,7 +18,6 @@ from lane.core.actions import (
     OpenBarrier,
     Persist,
     PriceTrip,
-    ShowOnDisplay,
 )
 from lane.core.names import PersistError
 from lane.core.notes import ScanIgnored, VehicleArrived
