@@ -56,6 +56,9 @@ class LaneSection(_Section):
         600, description="transit-entry: the same account may not tap in twice within this"
     )
     gate_hold_s: PositiveSeconds = Field(8, description="transit: close the gate if nobody passes")
+    reread_s: PositiveSeconds = Field(
+        30, description="transit: a code the gate approved, read again within this, is ignored"
+    )
     pay_dwell_s: PositiveSeconds = Field(
         120, description="A vehicle at the pay point this long without paying: lane_stuck"
     )

@@ -216,6 +216,7 @@ def rules_from(config: LaneConfig) -> LaneRules:
         default_class=config.lane.default_class,
         passback_window_s=config.lane.passback_window_s,
         gate_hold_s=config.lane.gate_hold_s,
+        reread_s=config.lane.reread_s,
         move_s=config.barrier.move_s,
         selftest_s=config.barrier.selftest_s,
         selftest_max_s=config.barrier.selftest_max_s,

@@ -46,6 +46,7 @@ STEP_UP_S = 0.5  # transit: the next passenger steps up to the reader, phone in 
 AIMS = 4  # a driver aims a code at most this many times, then tries the next one
 REAIM_AFTER_S = 3.5  # a driver waits this long for an answer before re-aiming the phone
 GATE_HOLD_S = 8.0  # transit: a gate nobody walks through closes after this (simulated) time
+REREAD_S = 30.0  # transit: a phone still held up after its gate opened, in (simulated) time
 # The lane's bounds on waiting, in simulated seconds (the lane's own defaults).
 DWELL_S = {"pay_dwell_s": 120.0, "pass_dwell_s": 60.0, "persist_dwell_s": 10.0, "probe_s": 5.0}
 MOVE_S = 4.0
@@ -265,6 +266,7 @@ class SimLane:
                 # A passenger's walk is physics: it scales with the simulation speed, and so
                 # do the waits for drivers and barriers the lane bounds (docs/core.md).
                 "gate_hold_s": GATE_HOLD_S / o.speed,
+                "reread_s": REREAD_S / o.speed,
                 **{key: value / o.speed for key, value in DWELL_S.items()},
             },
             "barrier": {

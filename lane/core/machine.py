@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import assert_never
 
-from lane.core import carried, diagram, metro, paypoint, recovery, road
+from lane.core import carried, diagram, metro, paypoint, recovery, reread, road
 from lane.core import events as ev
 from lane.core.actions import (
     Abandon,
@@ -101,6 +101,7 @@ def step(state: LaneState, event: ev.Event, now: float) -> Result:
     new_state, more = recovery.after_step(new_state, event, before, now)
     more += carried.served(state, new_state, actions + more)
     actions = recovery.tell_held(state, new_state, actions + more, now)
+    new_state = reread.remember(state, event, new_state, actions, now)
     after = phase(new_state)
     label = diagram.event_label(event)
     if not diagram.allows(before, label, after):
@@ -120,6 +121,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return paypoint.on_classified(state, event, now)
         case ev.Scanned() if carried.claims(state, event):
             return carried.claim(state, event, now)
+        case ev.Scanned() if reread.ignores(state, event, now):
+            return reread.ignore(state, event, now)
         case ev.Scanned() if road.road_mode(state):
             return road.on_scanned(state, event, now)
         case ev.Scanned() if metro.priced_gate(state):

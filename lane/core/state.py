@@ -108,6 +108,9 @@ class LaneRules:
     # transit-exit: the fare is priced by the passenger's open tap-in (entry station to this
     # one, lane.core.metro) instead of the flat fare of the gate.
     metro_pricing: bool = False
+    # Fare gates: a code this gate approved, read again within this, is its passenger's phone
+    # still held up, not a new passenger (lane.core.reread).
+    reread_s: float = 30.0
 
     @property
     def plaza(self) -> str:
@@ -330,6 +333,18 @@ class CarriedPayment:
 
 
 @dataclass(frozen=True)
+class ApprovedCode:
+    """A code a fare gate approved (lane.core.reread), by its digest (`records.credential_of`):
+    read again within `reread_s` of `at` it is ignored. `persist_id` is its payment's record,
+    `vehicle_id` the passenger it let through."""
+
+    credential: str
+    vehicle_id: str
+    persist_id: str
+    at: float
+
+
+@dataclass(frozen=True)
 class LaneState:
     rules: LaneRules
     vehicle: Vehicle | None = None
@@ -364,6 +379,8 @@ class LaneState:
     # Paid vehicles owed their passage over a restart (lane.core.carried), oldest first.
     carried: tuple[CarriedPayment, ...] = ()
     queries: int = 0
+    # Fare gates: the codes approved within `reread_s`, oldest first (lane.core.reread).
+    approved_codes: tuple[ApprovedCode, ...] = ()
 
     @property
     def safety_occupied(self) -> bool:

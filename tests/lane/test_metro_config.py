@@ -33,6 +33,7 @@ def gate_toml(where: Path, lane_id: str, mode: str, tariff: Path, line: bool = T
         ({"metro": {"over_time": "half"}}, "metro.over_time"),
         ({"metro": {"max_trip_s": 0}}, "metro.max_trip_s"),
         ({"auth": {"refund_query_s": 0}}, "auth.refund_query_s"),
+        ({"lane": {"reread_s": 0}}, "lane.reread_s"),
     ],
 )
 def test_bad_metro_settings_are_refused_with_the_key(
@@ -54,6 +55,13 @@ def test_a_metro_exit_gate_prices_by_tap_in_with_the_metro_rules() -> None:
     assert not parse_config({"lane": {"mode": "transit-exit"}}).metro_pricing
     entry = parse_config({"lane": {"mode": "transit-entry"}, "metro": {"line": "L1"}})
     assert not entry.metro_pricing and not rules_from(entry).metro_pricing
+
+
+def test_a_gate_ignores_its_approved_codes_read_again_for_reread_s() -> None:
+    """[lane] reread_s (30 s unless set) is the core's window (lane.core.reread)."""
+    assert rules_from(parse_config({"lane": {"mode": "transit-entry"}})).reread_s == 30
+    gate = parse_config({"lane": {"mode": "transit-exit", "reread_s": 12.5}})
+    assert rules_from(gate).reread_s == 12.5
 
 
 def test_check_config_takes_a_metro_tariff_at_a_metro_exit_gate(tmp_path: Path) -> None:

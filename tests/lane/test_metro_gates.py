@@ -263,3 +263,39 @@ async def test_a_dynamic_wallet_code_pays_the_trip_fare_through_a_partial_refund
     await eventually(lambda: "refund_failing" not in alarms, what="the alarm cleared")
     await eventually(lambda: open_refunds(store) == RefundTrail((), ()), what="none owed")
     assert len(ingested(store, "refund")) == 2
+
+
+def answers_to_a_reread(gate: RoadLane) -> int:
+    """The gate's answers to a code shown again: ignored as read again, or declined."""
+    again = [n for n in gate.named("scan_ignored") if n["reason"] == "read again"]
+    return len(again) + len(gate.named("declined"))
+
+
+async def test_a_wallet_code_still_held_up_after_its_gate_opened_is_not_charged_again(
+    road: Road,
+) -> None:
+    """Each passenger keeps the phone up after walking through, at either gate: the code read
+    again reaches no acquirer and makes no record; nothing is declined, and the exit gate does
+    not raise `acquirer_declines` (docs/core.md, "A code read again at a fare gate")."""
+    entry, exit_gate, acquirer = await wallet_gates(road)
+    taps = exit_gate.daemon.road.taps
+    assert taps is not None
+    riders = ("wallet-r1", "wallet-r2", "wallet-r3")
+    for n, wallet in enumerate(riders, start=1):
+        for gate in (entry, exit_gate):
+            code = acquirer.ledger.issue_code(wallet)
+            await through(gate, code)
+            answered = answers_to_a_reread(gate)
+            await show(gate, code, lambda g=gate, a=answered: answers_to_a_reread(g) > a)
+        await eventually(lambda n=n: taps.store.count() == n, what="the tap-in heard")
+    for gate in (entry, exit_gate):
+        records = [f["record"] for f in gate.named("record")]
+        assert [r["auth"]["result"] for r in records] == ["approved"] * len(riders)
+        assert gate.named("declined") == []
+    # One charge per showing of a code: 3 tap-ins and 3 tap-outs, none refused as used.
+    assert len(acquirer.payments()) == 2 * len(riders)
+    health = exit_gate.daemon.health
+    await eventually(lambda: health.message().acquirer.samples >= len(riders),
+                     what="the exit gate's payments counted")  # fmt: skip
+    assert health.message().acquirer.decline_rate == 0.0
+    assert "acquirer_declines" not in exit_gate.daemon.runner.alarms

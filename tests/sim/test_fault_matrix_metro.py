@@ -139,9 +139,7 @@ def alarms(line: Line) -> dict[str, str]:
 
 
 def refund_alarms(line: Line) -> set[str]:
-    """The exit gate's refund alarms. Not every alarm: a wallet code still in view after its
-    gate opened is read again and declined as used (docs/simulator.md, "Known lane
-    behaviours"), and among a handful of payments that is `acquirer_declines`."""
+    """The exit gate's refund alarms (the faults here are the refunds')."""
     return set(alarms(line)) & {"refund_failing", "refund_unpaid"}
 
 

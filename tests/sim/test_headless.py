@@ -95,8 +95,8 @@ async def test_every_metro_rider_taps_in_and_out_with_the_same_wallet(tmp_path: 
     mix = Mix(arrivals_per_hour=3600, classes={1: 1.0}, behaviours={"token": 0.5, "wechat": 0.5})
     options = SimOptions(workdir=tmp_path, mode="metro", lanes=2, mix=mix, **FAST)  # type: ignore[arg-type]
     report = await run_headless(6, options)
-    kinds = report["records_by_kind"]  # a code still in view may be read again: declined
-    assert (kinds["tap_in:approved"], kinds["tap_out:approved"]) == (6, 6)
+    # A code still in view after its gate opened is read again: ignored, not declined as used.
+    assert report["records_by_kind"] == {"tap_in:approved": 6, "tap_out:approved": 6}
     assert set(report["methods"]) == {"token", "wechat"} and report["lost"] == 0
     assert report["metro_fares"] == {"trips": 6, "wrong": 0, "unpaired": 0, "examples": []}
 
