@@ -66,6 +66,14 @@ class Link:
     def cut(self, down: bool) -> None:
         ip("-n", self.namespace, "link", "set", self.peer, "down" if down else "up")
 
+    def drop_connections(self) -> None:
+        """Destroy this side's connections to the peer: one still waiting (the keepalives
+        missing: the test failed) would hold its worker thread, and the loop's end, for the
+        kernel's ~15 min."""
+        subprocess.run(
+            ["ss", "-K", "dst", self.address], check=False, capture_output=True, timeout=30
+        )
+
 
 @contextlib.contextmanager
 def veth_namespace() -> Iterator[Link]:
@@ -153,6 +161,7 @@ async def test_a_silent_server_is_noticed_in_seconds_and_the_next_batch_reconnec
                 assert time.monotonic() - began < 60
             finally:
                 link.cut(down=False)
+                link.drop_connections()
             # Back: the batch, sent again as the lane does, opens a new connection and is stored.
 
             async def resent() -> bool:
