@@ -156,8 +156,9 @@ async def test_a_silent_server_is_noticed_in_seconds_and_the_next_batch_reconnec
                 # Bounded well above what the keepalives take (the kernel alone: ~15 min).
                 await asyncio.wait_for(ingest.handle(batch(6, 10)), 90)
                 # Seen: the batch is not stored (not acknowledged: the lane resends it), counted
-                # on `lane_ingest_store_errors_total`, within the keepalives' 30 s.
-                assert ingest.stats.store_errors == 1
+                # on `lane_ingest_store_errors_total`, `lane_ingest_store_failing` is 1, within
+                # the keepalives' 30 s.
+                assert (ingest.stats.store_errors, ingest.store_failing) == (1, True)
                 assert time.monotonic() - began < 60
             finally:
                 link.cut(down=False)
@@ -169,6 +170,7 @@ async def test_a_silent_server_is_noticed_in_seconds_and_the_next_batch_reconnec
                 return ingest.stats.batches == 2
 
             await eventually(resent, within=30, every=0.5, what="the batch stored once back")
+            assert not ingest.store_failing
             assert await asyncio.to_thread(store.count, LANE) == 10
             await asyncio.to_thread(store.close)
 
