@@ -73,25 +73,25 @@ def main() -> None:
     plaza = Plaza(T0)
     lanes = [f"p07/l{n:02d}" for n in range(1, args.lanes + 1)]
     for n, lane in enumerate(lanes):
-        plaza.apply(f"lane/{lane}/health", health(n, now).encode(), now)
+        plaza.apply(f"lane/{lane}/health", health(n, now).encode(), now, now)
     t = T0
     while t < now:  # every lane opens once every 3.6 s
         for lane in lanes:
             event = pack({"name": "barrier_opened", "latency_ms": 25.0, "vehicle_id": "v"})
-            plaza.apply(f"lane/{lane}/events", event, t)
+            plaza.apply(f"lane/{lane}/events", event, t, t)
         t += 3.6
-    snapshot = plaza.snapshot(now)
+    snapshot = plaza.snapshot(now, now)
     rows = [
         ("encode one health message", timed(message.encode, 2000), f"{len(data)} bytes"),
         ("decode one health message", timed(lambda: LaneHealth.decode(data), 2000), ""),
         (
             "console applies one health message",
-            timed(lambda: plaza.apply(f"lane/{lanes[0]}/health", data, now), 2000),
+            timed(lambda: plaza.apply(f"lane/{lanes[0]}/health", data, now, now), 2000),
             "",
         ),
         (
             f"console snapshot, {args.lanes} lanes",
-            timed(lambda: plaza.snapshot(now), 50),
+            timed(lambda: plaza.snapshot(now, now), 50),
             f"{len(json.dumps(snapshot)) // 1024} KiB JSON, {len(plaza.openings)} openings",
         ),
     ]

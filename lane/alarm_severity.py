@@ -67,6 +67,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "replay_store_error": Severity.MAJOR,
         # Online payment codes are refused while the payments store cannot be written.
         "payments_store_error": Severity.MAJOR,
+        # A metro gate's tap-ins not kept: exits here pay the maximum fare (never ride free).
+        "taps_store_error": Severity.MAJOR,
         "attendant_needed": Severity.MINOR,
         "keyset_stale": Severity.MINOR,
         "queue_high_water": Severity.MINOR,

@@ -629,6 +629,7 @@ class LaneDaemon:
             self.uplink,
             pricing=pricing,
             wall=self.clocks.wall,
+            alarm=self._alarm,
         )
 
     async def _is_recorded(self, payment_id: str) -> bool:
@@ -806,6 +807,8 @@ class LaneDaemon:
                     tg.create_task(guard(self.sharing.run()), name="plaza-sharing")
                 if self.road.taps is not None:
                     tg.create_task(guard(self.road.taps.run()), name="line-taps")
+                    taps = self.road.taps.upkeep(self.clocks.sleep)
+                    tg.create_task(guard(taps), name="taps-upkeep")
                 tg.create_task(guard(self._status_loop()), name="status")
                 tg.create_task(guard(self._health_loop()), name="health")
                 tg.create_task(guard(self.ops.run()), name="ops")

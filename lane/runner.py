@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,10 +48,41 @@ from lane.core.records import RecordDraft
 from lane.core.state import LaneState, Phase, phase
 from lane.notification import Notification, Observer, ShellNote
 from lane.notification import ShellNoteName as Shell
-from uplink.queue import QueueError, QueueFull
+from uplink.queue import (
+    QueueCorrupt,
+    QueueDiskFull,
+    QueueError,
+    QueueFull,
+    QueueIOError,
+    QueueLocked,
+    QueueReadOnly,
+)
 from uplink.records import Record
 
 log = logging.getLogger("lane.runner")
+
+# What a failed record write was, for the core's `disk_error` text (lane.core.alarms).
+QUEUE_FAILURES: tuple[tuple[type[QueueError], PersistError], ...] = (
+    (QueueDiskFull, PersistError.DISK_FULL),
+    (QueueLocked, PersistError.LOCKED),
+    (QueueReadOnly, PersistError.READ_ONLY),
+    (QueueIOError, PersistError.IO_ERROR),
+    (QueueCorrupt, PersistError.CORRUPT),
+)
+OS_FAILURES = {
+    errno.ENOSPC: PersistError.DISK_FULL,
+    errno.EDQUOT: PersistError.DISK_FULL,
+    errno.EROFS: PersistError.READ_ONLY,
+    errno.EACCES: PersistError.READ_ONLY,
+    errno.EIO: PersistError.IO_ERROR,
+}
+
+
+def persist_error(exc: QueueError | OSError) -> PersistError:
+    """The class of a failed record write (any other is a plain `disk_error`)."""
+    if isinstance(exc, OSError):
+        return OS_FAILURES.get(exc.errno or 0, PersistError.DISK_ERROR)
+    return next((e for cls, e in QUEUE_FAILURES if isinstance(exc, cls)), PersistError.DISK_ERROR)
 
 
 class BarrierPort(Protocol):
@@ -382,7 +414,7 @@ class LaneRunner:
                 "record write failed",
                 extra={"lane": self.lane, "persist_id": action.persist_id, "error": str(exc)},
             )
-            self.post(ev.PersistFailed(action.persist_id, PersistError.DISK_ERROR))
+            self.post(ev.PersistFailed(action.persist_id, persist_error(exc)))
             return
         except Exception:
             # Anything else (a record that cannot be encoded, a bug) must still answer the core:

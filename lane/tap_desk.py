@@ -14,6 +14,11 @@ record is durable, the tap-in has exited (a tap-in exits once). `release` answer
 `ReleasePass`: that tap-out was refunded (the passenger did not leave), so this gate's mark
 goes and the tap-in prices the next tap-out here as a trip again; the line's other gates,
 which heard the tap_out record, keep it exited (a release is not shared).
+
+A tap-in the `TapStore` cannot keep (locked, corrupt, an I/O error) leaves its passenger to
+pay the maximum fare at this gate's exit (never a free ride): the failed write raises
+`taps_store_error`, and `upkeep` probes the store every second while it holds
+(`TapStore.probe`, lane.store_watch), clearing it once a write commits.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +41,7 @@ from lane.auth.trip_rules import tap_in_entry
 from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
 from lane.core.names import AuthResult, RecordKind
+from lane.store_watch import Alarm, StoreWatch
 from lane.tap_store import TapStore, TapStoreError
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
@@ -47,6 +53,7 @@ log = logging.getLogger("lane.tap_desk")
 
 SHARED = (RecordKind.TAP_IN, RecordKind.TAP_OUT)
 PAID = (AuthResult.APPROVED, AuthResult.DEFERRED)
+TAPS_ALARM = "taps_store_error"
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class TapDesk:
         *,
         pricing: ExitPricing | None,
         wall: Callable[[], float],
+        alarm: Alarm | None = None,
         max_pending: int = 10_000,
     ) -> None:
         self.lane = lane
@@ -83,6 +91,14 @@ class TapDesk:
         self.pricing = pricing
         self.wall = wall
         self.received = 0
+        self.store_watch = StoreWatch(
+            lane,
+            TAPS_ALARM,
+            "tap-ins not kept (their exits here pay the maximum fare): taps store",
+            store.probe,
+            (TapStoreError,),
+            alarm,
+        )
         # Shared once durable, whenever the broker is there; of use until no gate keeps it.
         self.outbox: Outbox[Record] = Outbox(
             link,
@@ -121,6 +137,10 @@ class TapDesk:
         """Publish the queued taps, in order, whenever the broker is there."""
         await self.outbox.run()
 
+    async def upkeep(self, sleep: Callable[[float], Awaitable[None]]) -> None:
+        """While a tap-in was not kept, probe the store until a write commits."""
+        await self.store_watch.run(sleep)
+
     async def handle(self, msg: Incoming) -> None:
         """Another gate's tap: keep a tap-in by account; a tap-out closes its tap-in here."""
         try:
@@ -139,13 +159,19 @@ class TapDesk:
             return
         self.received += 1
         try:
-            await asyncio.to_thread(self._learn, record, msg.payload)
+            kept = await asyncio.to_thread(self._learn, record, msg.payload)
         except (TapStoreError, ReplayStoreError) as exc:
             # Not kept: that passenger pays the maximum fare here (flagged), never rides free.
             log.error("tap not kept", extra={"lane": self.lane, "record_id": record.record_id,
                                              "error": str(exc)})  # fmt: skip
+            if isinstance(exc, TapStoreError):
+                self.store_watch.says(exc)
+            return
+        if kept:
+            self.store_watch.says(None)
 
-    def _learn(self, record: Record, encoded: bytes) -> None:
+    def _learn(self, record: Record, encoded: bytes) -> bool:
+        """Keep what the tap tells; True when a tap-in was written to the tap store."""
         d = record.draft
         now = self.wall()
         expires = record.ts_us / 1e6 + self.retention_s
@@ -158,9 +184,9 @@ class TapDesk:
                     record.ts_us / 1e6,
                     now=now,
                 )
-            return
+            return False
         if d.account_ref is None:
-            return  # nobody to find it by
+            return False  # nobody to find it by
         try:
             trip = tap_in_entry(record).pass_hex
         except ValueError as exc:
@@ -168,8 +194,9 @@ class TapDesk:
                 "tap-in without a trip id",
                 extra={"lane": self.lane, "record_id": record.record_id, "error": str(exc)},
             )
-            return
+            return False
         self.store.add(trip, d.account_ref, record.ts_us, expires, encoded, now)
+        return True
 
     # --- an exit gate -------------------------------------------------------------------------
 

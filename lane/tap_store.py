@@ -42,6 +42,9 @@ def _create_v1(conn: sqlite3.Connection) -> None:
 
 MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
 
+# The trip `probe` keeps and removes again: no trip id (hex) has this form.
+PROBE_TRIP = "probe:taps-store"
+
 
 class TapStore:
     def __init__(self, path: str | Path) -> None:
@@ -69,6 +72,16 @@ class TapStore:
                 (trip, account, ts_us, expires, record),
             ).rowcount
         return new == 1
+
+    def probe(self) -> None:
+        """Keep a tap-in and take it back in one transaction: the write `add` makes, in the
+        pages it makes it in. Raises TapStoreError while the store could not keep a tap-in
+        (locked past the wait, corrupt, an I/O error); leaves nothing behind."""
+        with immediate(self._conn, self._lock, self._error):
+            self._conn.execute(
+                "INSERT OR REPLACE INTO taps VALUES (?, '', 0, 0, x'')", (PROBE_TRIP,)
+            )
+            self._conn.execute("DELETE FROM taps WHERE trip = ?", (PROBE_TRIP,))
 
     def _error(self, exc: sqlite3.Error) -> TapStoreError:
         return TapStoreError(f"{self.path}: {exc}")

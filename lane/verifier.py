@@ -13,8 +13,9 @@ adopted once its time has come.
 A replay store that cannot be written (locked by another process, corrupt, an I/O error) is
 safe by itself (no token passes without its replay mark) but would turn every token away with
 no word: the first failed mark raises `replay_store_error` through `alarm`, and `upkeep`
-probes the store every second while it fails (`ReplayStore.probe`, the write a mark makes), so
-the alarm clears once the store takes marks again whether or not a token comes.
+probes the store every second while it fails (`ReplayStore.probe`, the write a mark makes;
+lane.store_watch), so the alarm clears once the store takes marks again whether or not a token
+comes.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ from lane.auth.trust import (
     judge_deny,
     judge_keyset,
 )
+from lane.store_watch import StoreWatch
 
 log = logging.getLogger("lane.auth.verifier")
 
 REPLAY_ALARM = "replay_store_error"
 PURGE_EVERY_S = 60.0
-PROBE_EVERY_S = 1.0  # while the store fails: how soon a store that works again is seen
 
 
 class TokenVerifier:
@@ -77,7 +78,19 @@ class TokenVerifier:
         self.refused_counts: Counter[tuple[UpdateKind, Verdict]] = Counter()
         self._pending: dict[str, KeySet | DenyList] = {}  # future-dated, by source
         self._alarm = alarm
-        self.replay_error: str | None = None  # the alarm's text while the replay store fails
+        self.replay_watch = StoreWatch(
+            lane,
+            REPLAY_ALARM,
+            "offline tokens refused: replay store",
+            replay.probe,
+            (ReplayStoreError,),
+            alarm,
+        )
+
+    @property
+    def replay_error(self) -> str | None:
+        """The alarm's text while the replay store fails."""
+        return self.replay_watch.text
 
     def update_keys(self, keys: KeySet, source: str) -> Judgement:
         judgement = judge_keyset(self.keys, keys, self.clock(), self.skew_s)
@@ -172,45 +185,23 @@ class TokenVerifier:
                 self.replay, self.sharing, verdict.token_id, verdict.exp, self.lane, now_unix
             )
         except ReplayStoreError as exc:
-            self._replay_says(exc)
+            self.replay_watch.says(exc)
             return OfflineResult(False, "replay_store_error", verdict.account_ref, verdict.token_id)
-        self._replay_says(None)
+        self.replay_watch.says(None)
         if not first:
             return OfflineResult(False, "replayed", verdict.account_ref, verdict.token_id)
         return OfflineResult(True, "ok", verdict.account_ref, verdict.token_id)
 
     async def upkeep(self, sleep: Callable[[float], Awaitable[None]]) -> None:
-        """Forget the uses no lane can accept any more, every `PURGE_EVERY_S` (a failed purge
-        is housekeeping: logged, tried at the next turn). While a mark failed, probe the
-        store every `PROBE_EVERY_S` instead: the probe writes where a mark does, so the one
-        that commits clears `replay_store_error` (the purge may commit where marks fail)."""
-        waited = PURGE_EVERY_S
-        while True:
-            if self.replay_error is not None:
-                try:
-                    await asyncio.to_thread(self.replay.probe)
-                except ReplayStoreError as exc:
-                    self._replay_says(exc)
-                else:
-                    self._replay_says(None)
-            elif waited >= PURGE_EVERY_S:
-                waited = 0.0
-                try:
-                    await asyncio.to_thread(self.replay.purge, self.clock())
-                except ReplayStoreError:
-                    log.exception("replay purge failed", extra={"lane": self.lane})
-            await sleep(PROBE_EVERY_S)
-            waited += PROBE_EVERY_S
+        """Forget the uses no lane can accept any more, every `PURGE_EVERY_S`; while a mark
+        failed, probe the store instead (lane.store_watch): the probe writes where a mark does,
+        so the one that commits clears `replay_store_error` (the purge may commit where marks
+        fail)."""
+        await self.replay_watch.run(sleep, self._purge, PURGE_EVERY_S)
 
-    def _replay_says(self, error: ReplayStoreError | None) -> None:
-        """Raise or clear `replay_store_error` when what the store last did changed."""
-        text = None
-        if error is not None:
-            text = (
-                f"offline tokens refused: replay store {error}; tried again every"
-                f" {PROBE_EVERY_S:g} s, clears once it takes writes"
-            )
-        if text != self.replay_error:
-            self.replay_error = text
-            if self._alarm is not None:
-                self._alarm(REPLAY_ALARM, text)
+    async def _purge(self) -> None:
+        """Housekeeping: a failed purge is logged and tried at the next turn."""
+        try:
+            await asyncio.to_thread(self.replay.purge, self.clock())
+        except ReplayStoreError:
+            log.exception("replay purge failed", extra={"lane": self.lane})

@@ -114,6 +114,9 @@ class Ingest:
         self._slots = asyncio.Semaphore(depth)
         self._store_turn = asyncio.Lock()
         self._inflight: set[asyncio.Task[None]] = set()
+        # Whether the last batch met a store failure other than a held lock (the database
+        # unreachable, a connection lost): `lane_ingest_store_failing`, until one commits.
+        self.store_failing = False
 
     @property
     def subscriptions(self) -> Sequence[tuple[str, int]]:
@@ -207,7 +210,7 @@ class Ingest:
         for attempt in range(1, self.busy_retries + 2):
             now_us = int(self._wall() * 1_000_000)
             try:
-                return await asyncio.to_thread(
+                result = await asyncio.to_thread(
                     self.store.store_batch, batch.lane, batch.queue, records, now_us
                 )
             except StoreBusyError as exc:
@@ -228,7 +231,11 @@ class Ingest:
                 delay *= 2
             except IngestStoreError as exc:
                 log.error("uplink batch not stored", extra={**_ctx(batch), "error": str(exc)})
+                self.store_failing = True
                 break
+            else:
+                self.store_failing = False
+                return result
         # Not acknowledged: the lane keeps the batch and sends it again.
         self.stats.store_errors += 1
         return None

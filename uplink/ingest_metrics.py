@@ -1,11 +1,14 @@
 """Prometheus `/metrics` of one `lane ingest` worker: the back office's alarms.
 
-Counters mirror `IngestStats` (`lane_ingest_<field>_total`); three gauges are what an operator
+Counters mirror `IngestStats` (`lane_ingest_<field>_total`); four gauges are what an operator
 alerts on, and each returns to 0 by itself when the cause is gone:
 
 - `lane_ingest_conflicts_open`: records the store refused (same id or seq, other content) and
   does not hold yet; read from the store's `conflicts` table at each scrape;
 - `lane_ingest_holes_open`: seqs this worker has seen missing for longer than `--hole-after`;
+- `lane_ingest_store_failing`: 1 while the last batch failed in the store for another reason
+  than a held lock (the database unreachable or gone silent, a connection lost), until one
+  commits;
 - `lane_ingest_upgrade_pending`: 1 while an upgrade of the store has rows still to fill (a
   PostgreSQL upgrade stopped between chunks: the next worker to start goes on with it), when
   `lane trips` or `lane refund-trail` is not whole; read from the store at each scrape.
@@ -60,6 +63,11 @@ class IngestCollector(Collector):
             "lane_ingest_holes_open",
             "Seqs missing for longer than hole_after_s (alert when > 0)",
             value=self.ingest.holes.open_holes(),
+        )
+        yield GaugeMetricFamily(
+            "lane_ingest_store_failing",
+            "The last batch failed in the store: unreachable, connection lost (alert when > 0)",
+            value=int(self.ingest.store_failing),
         )
         yield GaugeMetricFamily(
             "lane_ingest_upgrade_pending",

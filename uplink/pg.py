@@ -25,6 +25,7 @@ from contextlib import contextmanager, nullcontext
 from typing import NamedTuple, cast
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from uplink.messages import QueueIdentity
 from uplink.sql_store import (
@@ -299,6 +300,18 @@ def _trip_jobs(
     return (UpgradeJob.PRUNE,) if has_stray_arrays else ()
 
 
+# A server that vanished without a word (its host down, a cut link) leaves a half-open
+# connection the kernel would keep for hours: keepalives find an idle one within 25 s, and
+# tcp_user_timeout (ms) ends one whose sent data goes unanswered for 30 s. A DSN's own win.
+KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
 class PostgresIngestStore(SqlIngestStore):
     """`lock_timeout_s` bounds the wait for a row or table lock held by another transaction and
     `statement_timeout_s` any one statement: a batch that hits either is refused with
@@ -337,6 +350,10 @@ class PostgresIngestStore(SqlIngestStore):
         self.schema = schema
         self.prefix = f"{schema}."
         self._connect_timeout = connect_timeout
+        given = conninfo_to_dict(dsn)
+        self._conninfo = make_conninfo(
+            dsn, **{k: v for k, v in KEEPALIVE.items() if k not in given}
+        )
         self._options = (
             f"-c lock_timeout={int(lock_timeout_s * 1000)}"
             f" -c statement_timeout={int(statement_timeout_s * 1000)}"
@@ -513,7 +530,7 @@ class PostgresIngestStore(SqlIngestStore):
         if self._conn is None or self._conn.closed or self._conn.broken:
             try:
                 self._conn = psycopg.connect(
-                    self.dsn,
+                    self._conninfo,
                     autocommit=True,
                     connect_timeout=max(1, int(self._connect_timeout)),
                     options=self._options,

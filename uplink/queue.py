@@ -65,6 +65,18 @@ class QueueCorrupt(QueueError):  # noqa: N818
     """The file is not a readable queue database; it is left untouched for inspection."""
 
 
+class QueueLocked(QueueError):  # noqa: N818
+    """Another connection held the file's write lock past the busy wait; NOT stored."""
+
+
+class QueueReadOnly(QueueError):  # noqa: N818
+    """SQLite may not write the file (a read-only file or file system); NOT stored."""
+
+
+class QueueIOError(QueueError):
+    """The disk failed a read or write (SQLite's I/O error); NOT stored."""
+
+
 @dataclass(frozen=True)
 class OwedPassage:
     """A paid record whose vehicle the lane has not seen through yet (`owed` table)."""
@@ -186,6 +198,13 @@ def migrate(db: sqlite3.Connection, path: Path, steps: Mapping[int, Migration] =
 # SQLite's primary result codes (the low byte of an extended code) that name the file's state.
 DISK_FULL_CODES = frozenset({sqlite3.SQLITE_FULL})
 CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+# The other failures a running lane's queue meets, each its own class (the `disk_error` text).
+CODE_ERRORS: dict[int, type[QueueError]] = {
+    sqlite3.SQLITE_BUSY: QueueLocked,
+    sqlite3.SQLITE_LOCKED: QueueLocked,
+    sqlite3.SQLITE_READONLY: QueueReadOnly,
+    sqlite3.SQLITE_IOERR: QueueIOError,
+}
 
 
 def _classify(path: Path, exc: sqlite3.Error) -> QueueError:
@@ -199,7 +218,8 @@ def _classify(path: Path, exc: sqlite3.Error) -> QueueError:
         return QueueDiskFull(path, f"database or disk is full ({name}: {exc})")
     if primary in CORRUPT_CODES:
         return QueueCorrupt(path, f"corrupted queue file, left untouched ({name}: {exc})")
-    return QueueError(path, f"{name}: {exc}")
+    error = QueueError if primary is None else CODE_ERRORS.get(primary, QueueError)
+    return error(path, f"{name}: {exc}")
 
 
 class RecordQueue:

@@ -42,9 +42,11 @@ class ConsoleFeed:
         credentials: Credentials | None = None,
         tls: ssl.SSLContext | None = None,
         wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.plaza = plaza
         self.wall = wall
+        self.monotonic = monotonic
         prefix = f"lane/{lane_filter(lanes)}"
         self.link = MqttLink(
             host,
@@ -65,7 +67,7 @@ class ConsoleFeed:
         await self.link.run()
 
     async def _on_message(self, msg: Incoming) -> None:
-        self.plaza.apply(msg.topic, msg.payload, self.wall())
+        self.plaza.apply(msg.topic, msg.payload, self.wall(), self.monotonic())
 
     async def send(self, lane: str, cmd: AttendantCommand) -> None:
         """Publish an attendant command (QoS 1); LinkDown when the broker is not connected."""

@@ -1,9 +1,13 @@
 """What the console knows of a plaza, folded from the lanes' MQTT messages (pure: no I/O, no
-clock reads; every input carries the wall time it arrived at).
+clock reads; every input carries the wall time and the monotonic time it arrived at).
 
-`Plaza.apply(topic, payload, now)` takes any message of a lane topic (status, health, barrier
-state and commands, sensors, display, events); a payload that does not decode is counted and
-shown on the lane, never raised. `Plaza.snapshot(now)` is the JSON the browser draws.
+`Plaza.apply(topic, payload, now, mono)` takes any message of a lane topic (status, health,
+barrier state and commands, sensors, display, events); a payload that does not decode is
+counted and shown on the lane, never raised. `Plaza.snapshot(now, mono)` is the JSON the
+browser draws. How long ago something was heard (a lane silent, a command's age, a display's
+time to live) is read on the monotonic clock: a wall clock stepped back (NTP, an operator)
+would make a lane that stopped publishing look freshly heard. The wall time is for what is
+shown as a time and for what the lanes' own times are compared with.
 """
 
 from __future__ import annotations
@@ -43,23 +47,23 @@ class LaneView:
     lane: str
     status: LaneStatus | None = None
     health: LaneHealth | None = None
-    health_at: float | None = None
+    heard_at: float | None = None  # monotonic: when the last health message came
     barrier: BarrierStatus | None = None
     commanded: str | None = None  # the last barrier command's op
-    commanded_at: float | None = None
+    commanded_at: float | None = None  # monotonic
     sensors: dict[str, bool] = field(default_factory=dict)
     vehicle_class: int | None = None
     plate: str | None = None  # the last plate the ANPR camera read (closed roads)
     display: list[str] = field(default_factory=list)
-    display_until: float | None = None
+    display_until: float | None = None  # monotonic
     opened: int = 0
     garbage: deque[str] = field(default_factory=lambda: deque(maxlen=GARBAGE_KEPT))
 
-    def tile(self, now: float) -> str:
+    def tile(self, mono: float) -> str:
         """The tile's colour class: offline, silent, the worst active severity, or ok."""
         if self.status is not None and self.status.state == LaneStatus.OFFLINE:
             return "offline"
-        if self.health_at is None or now - self.health_at > SILENT_AFTER_S:
+        if self.heard_at is None or mono - self.heard_at > SILENT_AFTER_S:
             return "silent"
         sev = worst([Severity(a.severity) for a in self._active()])
         return "ok" if sev is None else sev.value
@@ -67,7 +71,7 @@ class LaneView:
     def _active(self) -> list[AlarmEntry]:
         return [a for a in self.health.alarms if a.active] if self.health is not None else []
 
-    def snapshot(self, now: float) -> dict[str, Any]:
+    def snapshot(self, now: float, mono: float) -> dict[str, Any]:
         h = self.health
         offline = self.status is not None and self.status.state == LaneStatus.OFFLINE
         # An offline lane's last health is stale: its phase is no longer known.
@@ -77,7 +81,7 @@ class LaneView:
         faults = self.status.faults if self.status is not None else []
         return {
             "lane": self.lane,
-            "tile": self.tile(now),
+            "tile": self.tile(mono),
             "phase": phase,
             "phase_for_s": None if in_phase is None else round(in_phase, 1),
             "stuck": in_phase is not None
@@ -92,13 +96,13 @@ class LaneView:
                 "commanded": self.commanded,
                 "commanded_ago_s": None
                 if self.commanded_at is None
-                else round(now - self.commanded_at, 1),
+                else round(mono - self.commanded_at, 1),
             },
             "sensors": {s: self.sensors.get(s) for s in PRESENCE_SENSORS},
             "vehicle_class": self.vehicle_class,
             "plate": self.plate,
             "display": self.display
-            if self.display_until is not None and now < self.display_until
+            if self.display_until is not None and mono < self.display_until
             else [],
             "camera_fps": None if h is None else h.camera_fps,
             "checks": [] if h is None else [c.to_map() for c in h.checks],
@@ -110,7 +114,7 @@ class LaneView:
             "refunds": {} if h is None or h.refunds is None else dict(h.refunds),
             "acquirer": None if h is None else h.acquirer.to_map(),
             "alarms": [_alarm_map(self.lane, a) for a in self._active()],
-            "health_age_s": None if self.health_at is None else round(now - self.health_at, 1),
+            "health_age_s": None if self.heard_at is None else round(mono - self.heard_at, 1),
             "garbage": list(self.garbage),
         }
 
@@ -151,22 +155,22 @@ class Plaza:
             view = self.lanes[lane] = LaneView(lane)
         return view
 
-    def apply(self, topic: str, payload: bytes, now: float) -> None:
+    def apply(self, topic: str, payload: bytes, now: float, mono: float) -> None:
         where = split_topic(topic)
         if where is None:
             return
         lane, rest = where
         view = self.lane(lane)
         try:
-            self._apply(view, rest, payload, now)
+            self._apply(view, rest, payload, now, mono)
         except PayloadError as exc:
             view.garbage.appendleft(f"{rest}: {exc}")
 
-    def _apply(self, view: LaneView, rest: str, payload: bytes, now: float) -> None:
+    def _apply(self, view: LaneView, rest: str, payload: bytes, now: float, mono: float) -> None:
         if rest == "status":
             view.status = LaneStatus.decode(payload)
         elif rest == "health":
-            view.health, view.health_at = LaneHealth.decode(payload), now
+            view.health, view.heard_at = LaneHealth.decode(payload), mono
             for a in view.health.alarms:
                 self.alarms[(view.lane, a.code, a.since_us)] = a
             while len(self.alarms) > ALARMS_KEPT:
@@ -174,7 +178,7 @@ class Plaza:
         elif rest == "barrier/state":
             view.barrier = BarrierStatus.decode(payload)
         elif rest == "barrier/cmd":
-            view.commanded, view.commanded_at = BarrierCommand.decode(payload).op, now
+            view.commanded, view.commanded_at = BarrierCommand.decode(payload).op, mono
         elif rest == f"io/{PLATE}":
             view.plate = PlateReading.decode(payload).plate
         elif rest.startswith("io/"):
@@ -187,7 +191,7 @@ class Plaza:
                 view.vehicle_class = reading.vehicle_class
         elif rest == "display":
             shown = DisplayMessage.decode(payload)
-            view.display, view.display_until = list(shown.lines), now + shown.ttl_s
+            view.display, view.display_until = list(shown.lines), mono + shown.ttl_s
         elif rest == "events":
             self._event(view, unpack(payload), now)
 
@@ -249,10 +253,10 @@ class Plaza:
         rows.sort(key=lambda r: (r["cleared"] is not None, -r["since"]))
         return rows
 
-    def snapshot(self, now: float) -> dict[str, Any]:
+    def snapshot(self, now: float, mono: float) -> dict[str, Any]:
         return {
             "now": now,
-            "lanes": [self.lanes[k].snapshot(now) for k in sorted(self.lanes)],
+            "lanes": [self.lanes[k].snapshot(now, mono) for k in sorted(self.lanes)],
             "alarms": self.alarm_list(),
             "trends": self.trends(now),
             "severities": [s.value for s in Severity],

@@ -47,13 +47,15 @@ class Console:
         *,
         wall: Callable[[], float] = time.time,
         sim_time: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.plaza = plaza
         self.feed = feed
         self.users = users
         self.wall = wall
         self.sim_time = sim_time
-        self.sessions = Sessions(time.monotonic)
+        self.monotonic = monotonic
+        self.sessions = Sessions(monotonic)
         self._snapshot: tuple[float, dict[str, Any]] | None = None
 
     def add_routes(self, app: web.Application, prefix: str = "/console") -> None:
@@ -79,9 +81,9 @@ class Console:
 
     def snapshot(self) -> dict[str, Any]:
         """The plaza as every browser sees it; browsers polling together share one."""
-        now = time.monotonic()
+        now = self.monotonic()
         if self._snapshot is None or now - self._snapshot[0] > SNAPSHOT_MAX_AGE_S:
-            body = self.plaza.snapshot(self.wall())
+            body = self.plaza.snapshot(self.wall(), now)
             body["broker"] = self.feed.connected
             body["sim_time_s"] = None if self.sim_time is None else round(self.sim_time(), 1)
             self._snapshot = (now, body)

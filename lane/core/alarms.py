@@ -7,11 +7,12 @@ operator. Every code here is documented in docs/operations.md with what raises i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from lane.core.actions import Action, ClearAlarm, RaiseAlarm
 from lane.core.display import LANE_CLOSED
-from lane.core.names import BARRIER_ALARMS, BARRIER_FAULTS, Alarm
+from lane.core.names import BARRIER_ALARMS, BARRIER_FAULTS, Alarm, PersistError
 from lane.core.state import LaneState
 
 __all__ = ["BARRIER_ALARMS", "BARRIER_FAULTS", "Alarm", "add_fault", "remove_fault"]
@@ -24,8 +25,19 @@ FAULT_MESSAGES = {
     Alarm.BARRIER_REFUSED: "barrier refused a command",
     Alarm.BROKER_DOWN: "controller lost the MQTT broker",
     Alarm.QUEUE_FULL: "record queue is full: paid passages refused",
-    Alarm.DISK_ERROR: "record queue cannot write to disk",
+    Alarm.DISK_ERROR: "record queue cannot write",
     Alarm.BARRIER_STUCK: "barrier did not reach its commanded position",
+}
+
+
+# The `disk_error` text's cause, by the queue's failure (PersistFailed.reason): a file only
+# locked by another process is not a disk to replace.
+DISK_CAUSES: Mapping[str, str] = {
+    PersistError.DISK_FULL: "disk full",
+    PersistError.LOCKED: "queue file locked by another process",
+    PersistError.READ_ONLY: "queue file or file system read-only",
+    PersistError.IO_ERROR: "disk I/O error",
+    PersistError.CORRUPT: "queue file corrupt",
 }
 
 

@@ -169,7 +169,13 @@ class TripSource(StrEnum):
 
 
 class PersistError(StrEnum):
-    """Why the queue did not write a record (PersistFailed.reason); each is also a fault."""
+    """Why the queue did not write a record (PersistFailed.reason): `queue_full` is that
+    fault; every other is `disk_error`, whose text names the cause (lane.core.alarms)."""
 
     QUEUE_FULL = "queue_full"
-    DISK_ERROR = "disk_error"
+    DISK_ERROR = "disk_error"  # a failure of no known class
+    DISK_FULL = "disk_full"
+    LOCKED = "locked"
+    READ_ONLY = "read_only"
+    IO_ERROR = "io_error"
+    CORRUPT = "corrupt"

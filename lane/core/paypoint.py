@@ -18,7 +18,7 @@ from lane.core.actions import (
     Settle,
     ShowOnDisplay,
 )
-from lane.core.alarms import add_fault
+from lane.core.alarms import DISK_CAUSES, add_fault
 from lane.core.display import ASSISTANCE, LANE_CLOSED, class_waits
 from lane.core.names import PAYABLE_KINDS, Alarm, AuthResult, Method, PayloadKind, PersistError
 from lane.core.notes import (
@@ -293,7 +293,7 @@ def on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
 def on_persist_failed(state: LaneState, event: ev.PersistFailed, now: float) -> Result:
     full = event.reason == PersistError.QUEUE_FULL
     fault = Alarm.QUEUE_FULL if full else Alarm.DISK_ERROR
-    state, actions = add_fault(state, fault)
+    state, actions = add_fault(state, fault, DISK_CAUSES.get(event.reason, ""))
     vehicle = state.vehicle
     if vehicle is None or vehicle.pending_persist != event.persist_id:
         return state, actions  # not the record the lane waits for: never undo a durable one

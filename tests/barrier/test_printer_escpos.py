@@ -177,9 +177,9 @@ def test_lane_watch_checks_the_closed_road_topics() -> None:
 def test_the_console_shows_the_last_plate_and_takes_a_bad_one_as_garbage() -> None:
     plaza = Plaza(0.0)
     topic = "lane/p07/e1/io/plate"
-    plaza.apply(topic, PlateReading("ZJA12345", 0.9, 1).encode(), 0.0)
-    [lane] = plaza.snapshot(0.0)["lanes"]
+    plaza.apply(topic, PlateReading("ZJA12345", 0.9, 1).encode(), 0.0, 0.0)
+    [lane] = plaza.snapshot(0.0, 0.0)["lanes"]
     assert lane["plate"] == "ZJA12345" and not lane["garbage"]
-    plaza.apply(topic, SensorReading("plate", True, None, 1).encode(), 0.0)  # not a plate
-    [lane] = plaza.snapshot(0.0)["lanes"]
+    plaza.apply(topic, SensorReading("plate", True, None, 1).encode(), 0.0, 0.0)  # not a plate
+    [lane] = plaza.snapshot(0.0, 0.0)["lanes"]
     assert lane["plate"] == "ZJA12345" and lane["garbage"]

@@ -42,15 +42,15 @@ def alarm(code: str, severity: str, since: float = T0, cleared: float | None = N
 
 def test_a_lane_tile_takes_the_colour_of_its_worst_active_alarm() -> None:
     plaza = Plaza(T0)
-    plaza.apply(f"lane/{LANE}/health", health(), T0)
+    plaza.apply(f"lane/{LANE}/health", health(), T0, T0)
     assert plaza.lanes[LANE].tile(T0 + 1) == "ok"
     worst = [
         alarm("keyset_stale", "minor"),
         alarm("barrier_offline", "critical"),
         alarm("camera_blackout", "major", cleared=T0),
     ]
-    plaza.apply(f"lane/{LANE}/health", health(alarms=worst), T0 + 1)
-    snap = plaza.snapshot(T0 + 2)
+    plaza.apply(f"lane/{LANE}/health", health(alarms=worst), T0 + 1, T0 + 1)
+    snap = plaza.snapshot(T0 + 2, T0 + 2)
     (lane,) = snap["lanes"]
     assert lane["tile"] == "critical"
     assert {a["code"] for a in lane["alarms"]} == {"keyset_stale", "barrier_offline"}
@@ -66,39 +66,56 @@ def test_an_offline_or_silent_lane_is_not_shown_green(
     status: str, health_age: float, tile: str
 ) -> None:
     plaza = Plaza(T0)
-    plaza.apply(f"lane/{LANE}/health", health(), T0)
-    plaza.apply(f"lane/{LANE}/status", LaneStatus(status, 0, None, {}, [], 1).encode(), T0)
+    plaza.apply(f"lane/{LANE}/health", health(), T0, T0)
+    plaza.apply(f"lane/{LANE}/status", LaneStatus(status, 0, None, {}, [], 1).encode(), T0, T0)
     assert plaza.lanes[LANE].tile(T0 + health_age) == tile
-    phase = plaza.snapshot(T0 + health_age)["lanes"][0]["phase"]
+    phase = plaza.snapshot(T0 + health_age, T0 + health_age)["lanes"][0]["phase"]
     assert phase == ("offline" if status == "offline" else "idle")
+
+
+def test_a_lane_that_stopped_publishing_is_silent_whatever_the_wall_clock_does() -> None:
+    """The age of the last health message was read on the wall clock: stepped back (NTP, an
+    operator) by more than the age, a lane that had stopped publishing looked freshly heard."""
+    plaza = Plaza(T0)
+    plaza.apply(f"lane/{LANE}/health", health(), T0, 500.0)
+    later = 500.0 + SILENT_AFTER_S + 1
+    lane = plaza.snapshot(T0 - 3600, later)["lanes"][0]  # the wall clock went back an hour
+    assert (lane["tile"], lane["health_age_s"]) == ("silent", SILENT_AFTER_S + 1)
+    # Stepped forward instead, a lane still publishing is not silent either.
+    lane = plaza.snapshot(T0 + 3600, 501.0)["lanes"][0]
+    assert (lane["tile"], lane["health_age_s"]) == ("ok", 1.0)
 
 
 def test_a_lane_too_long_in_a_busy_phase_is_flagged_stuck() -> None:
     plaza = Plaza(T0)
-    plaza.apply(f"lane/{LANE}/health", health("opening", since=T0), T0)
-    assert not plaza.snapshot(T0 + STUCK_AFTER_S - 1)["lanes"][0]["stuck"]
-    assert plaza.snapshot(T0 + STUCK_AFTER_S + 1)["lanes"][0]["stuck"]
-    plaza.apply(f"lane/{LANE}/health", health("idle", since=T0), T0)
-    assert not plaza.snapshot(T0 + 3600)["lanes"][0]["stuck"]  # resting is not stuck
+    plaza.apply(f"lane/{LANE}/health", health("opening", since=T0), T0, T0)
+    assert not plaza.snapshot(T0 + STUCK_AFTER_S - 1, T0 + STUCK_AFTER_S - 1)["lanes"][0]["stuck"]
+    assert plaza.snapshot(T0 + STUCK_AFTER_S + 1, T0 + STUCK_AFTER_S + 1)["lanes"][0]["stuck"]
+    plaza.apply(f"lane/{LANE}/health", health("idle", since=T0), T0, T0)
+    assert not plaza.snapshot(T0 + 3600, T0 + 3600)["lanes"][0]["stuck"]  # resting is not stuck
 
 
 def test_the_display_blanks_when_its_ttl_runs_out() -> None:
     plaza = Plaza(T0)
-    plaza.apply(f"lane/{LANE}/display", DisplayMessage(["Thank you"], 3.0).encode(), T0)
-    assert plaza.snapshot(T0 + 2)["lanes"][0]["display"] == ["Thank you"]
-    assert plaza.snapshot(T0 + 4)["lanes"][0]["display"] == []
+    plaza.apply(f"lane/{LANE}/display", DisplayMessage(["Thank you"], 3.0).encode(), T0, T0)
+    assert plaza.snapshot(T0 + 2, T0 + 2)["lanes"][0]["display"] == ["Thank you"]
+    assert plaza.snapshot(T0 + 4, T0 + 4)["lanes"][0]["display"] == []
 
 
 def test_barrier_sensors_and_commands_are_shown_as_published() -> None:
     plaza = Plaza(T0)
-    plaza.apply(f"lane/{LANE}/barrier/state", BarrierStatus("open", 2, 1, session="s").encode(), T0)
-    cmd = pack({"op": "close", "cmd_id": "v1/close", "deadline": 10**16, "lane": LANE})
-    plaza.apply(f"lane/{LANE}/barrier/cmd", cmd, T0)
     plaza.apply(
-        f"lane/{LANE}/io/safety_loop", SensorReading("safety_loop", True, None, 1).encode(), T0
+        f"lane/{LANE}/barrier/state", BarrierStatus("open", 2, 1, session="s").encode(), T0, T0
     )
-    plaza.apply(f"lane/{LANE}/io/classifier", SensorReading("classifier", None, 2, 1).encode(), T0)
-    lane = plaza.snapshot(T0)["lanes"][0]
+    cmd = pack({"op": "close", "cmd_id": "v1/close", "deadline": 10**16, "lane": LANE})
+    plaza.apply(f"lane/{LANE}/barrier/cmd", cmd, T0, T0)
+    plaza.apply(
+        f"lane/{LANE}/io/safety_loop", SensorReading("safety_loop", True, None, 1).encode(), T0, T0
+    )
+    plaza.apply(
+        f"lane/{LANE}/io/classifier", SensorReading("classifier", None, 2, 1).encode(), T0, T0
+    )
+    lane = plaza.snapshot(T0, T0)["lanes"][0]
     assert lane["barrier"]["commanded"] == "close" and lane["barrier"]["reported"] == "open"
     assert lane["sensors"]["safety_loop"] is True and lane["sensors"]["entry_loop"] is None
     assert lane["vehicle_class"] == 2
@@ -115,9 +132,9 @@ def test_barrier_sensors_and_commands_are_shown_as_published() -> None:
 )
 def test_garbage_is_shown_on_the_lane_and_changes_nothing(topic: str, payload: bytes) -> None:
     plaza = Plaza(T0)
-    plaza.apply(f"lane/{LANE}/health", health(), T0)
-    plaza.apply(topic, payload, T0)
-    lane = plaza.snapshot(T0)["lanes"][0]
+    plaza.apply(f"lane/{LANE}/health", health(), T0, T0)
+    plaza.apply(topic, payload, T0, T0)
+    lane = plaza.snapshot(T0, T0)["lanes"][0]
     assert lane["garbage"] and lane["tile"] == "ok" and lane["phase"] == "idle"
 
 
@@ -125,7 +142,7 @@ def test_trends_count_openings_over_each_window_and_since_the_start() -> None:
     plaza = Plaza(T0)
     for minute in range(30):  # one opening a minute for half an hour, latency = minute
         event = pack({"name": "barrier_opened", "latency_ms": float(minute), "vehicle_id": "v"})
-        plaza.apply(f"lane/{LANE}/events", event, T0 + 60 * minute + 1)
+        plaza.apply(f"lane/{LANE}/events", event, T0 + 60 * minute + 1, T0 + 60 * minute + 1)
     now = T0 + 30 * 60
     trends = plaza.trends(now)
     windows = trends["windows"]
@@ -137,7 +154,7 @@ def test_trends_count_openings_over_each_window_and_since_the_start() -> None:
 @given(st.text(max_size=40))
 def test_any_topic_is_either_a_lane_topic_or_ignored(topic: str) -> None:
     plaza = Plaza(T0)
-    plaza.apply(topic, b"", T0)
+    plaza.apply(topic, b"", T0, T0)
     assert len(plaza.lanes) == (1 if split_topic(topic) is not None else 0)
 
 
@@ -178,6 +195,6 @@ VALUES = st.recursive(
 )
 def test_no_payload_on_any_lane_topic_breaks_the_model(suffix: str, payload: bytes) -> None:
     plaza = Plaza(T0)
-    plaza.apply(f"lane/{LANE}/{suffix}", payload, T0)
-    snap = plaza.snapshot(T0 + 1)  # still drawable
+    plaza.apply(f"lane/{LANE}/{suffix}", payload, T0, T0)
+    snap = plaza.snapshot(T0 + 1, T0 + 1)  # still drawable
     assert snap["lanes"][0]["lane"] == LANE

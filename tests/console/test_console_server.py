@@ -10,10 +10,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from polling import ManualClock
 
 from barrier.health_message import AcquirerHealth, AlarmEntry, LaneHealth
 from lane.console.feed import ConsoleFeed
-from lane.console.model import Plaza
+from lane.console.model import SILENT_AFTER_S, Plaza
 from lane.console.server import Console
 from lane.console.users import Role, User, hash_password
 from sim.broker import free_port
@@ -28,7 +29,7 @@ async def console() -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
     plaza = Plaza(now)
     alarm = AlarmEntry("camera_blackout", "dark", "major", int(now * 1e6))
     health = LaneHealth("idle", int(now * 1e6), [alarm], [], {}, AcquirerHealth("idle", 0), 1)
-    plaza.apply(f"lane/{LANE}/health", health.encode(), now)
+    plaza.apply(f"lane/{LANE}/health", health.encode(), now, time.monotonic())
     feed = ConsoleFeed(plaza, "127.0.0.1", free_port())  # never run: the broker is away
     users = {"olga": User("olga", Role.OPERATOR, hash_password("pw"))}
     app = web.Application()
@@ -99,3 +100,15 @@ async def test_after_logout_the_session_acts_no_more(
     body = {"lane": LANE, "op": "close_lane", "confirm": True}
     status, answer = await _post(http, base + "/api/action", body)
     assert status == 401 and "log in" in answer["error"]
+
+
+def test_the_console_judges_silence_on_its_monotonic_clock() -> None:
+    wall, mono = ManualClock(time.time()), ManualClock(100.0)
+    plaza = Plaza(wall())
+    feed = ConsoleFeed(plaza, "127.0.0.1", free_port(), wall=wall, monotonic=mono)
+    console = Console(plaza, feed, {}, wall=wall, monotonic=mono)
+    health = LaneHealth("idle", int(wall() * 1e6), [], [], {}, AcquirerHealth("idle", 0), 1)
+    plaza.apply(f"lane/{LANE}/health", health.encode(), wall(), mono())
+    wall.advance(-3600.0)  # the wall clock stepped back; the lane has stopped publishing
+    mono.advance(SILENT_AFTER_S + 1)
+    assert console.snapshot()["lanes"][0]["tile"] == "silent"

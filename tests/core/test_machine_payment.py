@@ -288,11 +288,30 @@ def test_record_failure_abandons_and_faults_the_lane() -> None:
     assert ScanRefused(reason="queue_full") in refused
 
 
-@pytest.mark.parametrize(("reason", "fault"), [("disk_error", "disk_error"), ("odd", "disk_error")])
-def test_record_failure_reasons_map_to_faults(reason: str, fault: str) -> None:
+@pytest.mark.parametrize(
+    ("reason", "fault", "text"),
+    [
+        ("disk_error", "disk_error", "record queue cannot write"),
+        ("odd", "disk_error", "record queue cannot write"),
+        ("locked", "disk_error", "record queue cannot write: queue file locked by another process"),
+        (
+            "read_only",
+            "disk_error",
+            "record queue cannot write: queue file or file system read-only",
+        ),
+        ("io_error", "disk_error", "record queue cannot write: disk I/O error"),
+        ("disk_full", "disk_error", "record queue cannot write: disk full"),
+        ("corrupt", "disk_error", "record queue cannot write: queue file corrupt"),
+        ("queue_full", "queue_full", "record queue is full: paid passages refused"),
+    ],
+)
+def test_record_failure_reasons_map_to_faults_named_by_their_cause(
+    reason: str, fault: str, text: str
+) -> None:
+    """A queue file only locked by another process used to read "cannot write to disk"."""
     lane = LaneDriver()
     actions = lane.feed(ev.PersistFailed("nobody", reason))
-    assert one(actions, RaiseAlarm).code == fault
+    assert (one(actions, RaiseAlarm).code, one(actions, RaiseAlarm).message) == (fault, text)
     assert lane.phase() is Phase.FAULT
 
 

@@ -73,3 +73,24 @@ async def test_a_locked_store_refuses_its_codes_says_so_and_clears_when_released
         await shows(lane, kind, lambda: named(lane, "barrier_opened"))
         await lane.device.vehicle_passes()
         await eventually(lambda: quiet(lane))
+
+
+async def test_a_locked_queue_says_locked_and_clears_when_released(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """`disk_error` said "cannot write to disk" of a queue file that was only locked: an
+    operator sent to free space or replace a disk."""
+    async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+        alarms = lane.daemon.runner.alarms
+        holder = sqlite3.connect(lane.config.lane.data_dir / "queue.sqlite3", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            await shows(lane, "token", lambda: "disk_error" in alarms, within=30)
+            assert alarms["disk_error"] == (
+                "record queue cannot write: queue file locked by another process"
+            )
+            assert named(lane, "barrier_opened") == []  # safe: no open without its record
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        await eventually(lambda: "disk_error" not in alarms, within=30)

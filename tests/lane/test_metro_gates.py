@@ -14,6 +14,7 @@ back office hears how each refund ended (a `refund` record) and lists the one st
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -119,6 +120,43 @@ async def test_a_passenger_pays_the_fare_from_the_tap_in_station_once(road: Road
     assert [r.record_id for r in ingested(store, "tap_in")] == [tap_in["record_id"]]
     ledger = open_trips(store)  # `lane trips`: nobody is left inside
     assert (ledger.open_trips, ledger.closed) == ((), 1)
+
+
+async def test_a_locked_taps_store_charges_the_maximum_says_so_and_clears_when_released(
+    road: Road,
+) -> None:
+    """A tap-in the exit gate could not keep was only logged: its passenger paid the maximum
+    fare at the exit and the gate looked healthy."""
+    entry, exit_gate = await gates(road)
+    taps = exit_gate.daemon.road.taps
+    assert taps is not None
+    alarms = exit_gate.daemon.runner.alarms
+    path = exit_gate.daemon.config.lane.data_dir / "taps.sqlite3"
+    farthest = load_tariff(METRO).farthest_fare(1, "S03", time.time()).amount_minor
+    now = int(time.time())
+    # Another process takes the write lock and keeps it (a stuck backup, a sqlite3 shell).
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        await through(entry, token(road, "rider-1", now))
+        # Seen: SQLite's own wait runs out and the alarm names the file and why.
+        await eventually(lambda: "taps_store_error" in alarms, within=30)
+        assert alarms["taps_store_error"].startswith(
+            f"tap-ins not kept (their exits here pay the maximum fare): taps store {path}:"
+            " database is locked"
+        )
+        # Safe: the passenger whose tap-in was lost pays the maximum fare, flagged, never less.
+        out = await through(exit_gate, token(road, "rider-1", now - 1))
+        assert (out["amount_minor"], out["flags"]) == (farthest, ["no_pass"])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # Clears by itself: the gate writes to the store every second while it fails.
+    await eventually(lambda: "taps_store_error" not in alarms, within=15)
+    assert taps.store.count() == 0  # the probe leaves nothing behind
+    # And keeps the next tap-in.
+    await through(entry, token(road, "rider-2", now))
+    await eventually(lambda: taps.store.count() == 1, what="the next tap-in kept")
 
 
 def _outs(store: SqliteIngestStore, n: int) -> list[Any] | None:

@@ -1,0 +1,85 @@
+"""A lane store's alarm while its writes fail: raised by a failed write, probed while it holds,
+cleared by the write that commits.
+
+A SQLite store that cannot be written (locked by another process past SQLite's wait, corrupt,
+an I/O error) is safe by itself (what it cannot track is refused or charged at the maximum) but
+would say nothing. The first failed write raises the store's alarm (`says`), naming the file
+and SQLite's error; `run` then writes to the store every `PROBE_EVERY_S` with the store's own
+probe (the write its real writes make, in the pages they make it in, taken back), so the alarm
+clears once the store takes writes again whether or not traffic comes. While the store works,
+`run` does the store's housekeeping instead (a purge may commit where the real writes fail, so
+it never clears the alarm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("lane.store_watch")
+
+PROBE_EVERY_S = 1.0  # while the store fails: how soon a store that works again is seen
+
+Alarm = Callable[[str, str | None], None]
+
+
+class StoreWatch:
+    def __init__(  # noqa: PLR0917 - the store's alarm and how to probe it
+        self,
+        lane: str,
+        code: str,
+        refused: str,
+        probe: Callable[[], None],
+        errors: tuple[type[Exception], ...],
+        alarm: Alarm | None,
+    ) -> None:
+        self.lane = lane
+        self.code = code
+        self.refused = refused  # what the lane does without the store: the alarm text's start
+        self._probe = probe
+        self._errors = errors
+        self._alarm = alarm
+        self.text: str | None = None  # the alarm's text while the store fails
+
+    def says(self, error: Exception | None) -> None:
+        """What the store's last write did: raise or clear the alarm when that changed."""
+        text = None
+        if error is not None:
+            text = (
+                f"{self.refused} {error}; tried again every {PROBE_EVERY_S:g} s,"
+                " clears once it takes writes"
+            )
+        if text == self.text:
+            return
+        self.text = text
+        log.log(
+            logging.ERROR if text else logging.INFO,
+            "store failing" if text else "store writable again",
+            extra={"lane": self.lane, "alarm": self.code, "error": str(error or "")},
+        )
+        if self._alarm is not None:
+            self._alarm(self.code, text)
+
+    async def run(
+        self,
+        sleep: Callable[[float], Awaitable[None]],
+        housekeeping: Callable[[], Awaitable[None]] | None = None,
+        every_s: float = 60.0,
+    ) -> None:
+        """Until cancelled: probe the store every `PROBE_EVERY_S` while it fails; otherwise
+        run `housekeeping` (which handles its own failures) every `every_s`."""
+        waited = every_s
+        while True:
+            if self.text is not None:
+                try:
+                    await asyncio.to_thread(self._probe)
+                except self._errors as exc:
+                    self.says(exc)
+                else:
+                    self.says(None)
+            elif housekeeping is not None and waited >= every_s:
+                waited = 0.0
+                await housekeeping()
+            await sleep(PROBE_EVERY_S)
+            waited += PROBE_EVERY_S
