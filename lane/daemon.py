@@ -489,11 +489,6 @@ class LaneDaemon:
         if config.auth.share_used_tokens:
             self.sharing = UsedTokenSharing(self.uplink, self.replay, config.lane.plaza, self.lane)
             subs.append(self.sharing.subscription())
-        self.road = self._road_desks(opened)
-        for desk in (self.road.tickets, self.road.trips, self.road.taps):
-            if desk is not None:
-                subs += desk.subscriptions()
-        self.uplink.subscriptions = subs
         self.verifier = TokenVerifier(
             self.lane,
             KeySet(0, {}),
@@ -506,6 +501,12 @@ class LaneDaemon:
             max_token_lifetime_s=config.auth.max_token_lifetime_s,
             alarm=self._alarm,
         )
+        # Before the desks: a metro gate's tap desk shares its replay store's alarm.
+        self.road = self._road_desks(opened)
+        for desk in (self.road.tickets, self.road.trips, self.road.taps):
+            if desk is not None:
+                subs += desk.subscriptions()
+        self.uplink.subscriptions = subs
         # The files go through the same bounds as every later update (lane.auth.trust).
         if opened.keyset is not None:
             self.verifier.update_keys(opened.keyset, str(config.auth.keyset))
@@ -629,6 +630,7 @@ class LaneDaemon:
             self.uplink,
             pricing=pricing,
             wall=self.clocks.wall,
+            replay_watch=self.verifier.replay_watch,
             alarm=self._alarm,
         )
 

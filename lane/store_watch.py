@@ -8,7 +8,9 @@ and SQLite's error; `run` then writes to the store every `PROBE_EVERY_S` with th
 probe (the write its real writes make, in the pages they make it in, taken back), so the alarm
 clears once the store takes writes again whether or not traffic comes. While the store works,
 `run` does the store's housekeeping instead (a purge may commit where the real writes fail, so
-it never clears the alarm).
+it never clears the alarm). A failure the usual text does not fit (a read that fails where
+the writes are the usual worry) says what it stops instead (`says(..., refused)`); the probe
+keeps that text until the store works.
 """
 
 from __future__ import annotations
@@ -41,13 +43,16 @@ class StoreWatch:
         self._errors = errors
         self._alarm = alarm
         self.text: str | None = None  # the alarm's text while the store fails
+        self._stopped = refused  # what the failing store stops, as the alarm says it
 
-    def says(self, error: Exception | None) -> None:
-        """What the store's last write did: raise or clear the alarm when that changed."""
+    def says(self, error: Exception | None, refused: str | None = None) -> None:
+        """What the store's last use did: raise or clear the alarm when that changed.
+        `refused`: what this failure stops, when not the usual (`self.refused`)."""
         text = None
         if error is not None:
+            self._stopped = refused or self.refused
             text = (
-                f"{self.refused} {error}; tried again every {PROBE_EVERY_S:g} s,"
+                f"{self._stopped} {error}; tried again every {PROBE_EVERY_S:g} s,"
                 " clears once it takes writes"
             )
         if text == self.text:
@@ -75,7 +80,7 @@ class StoreWatch:
                 try:
                     await asyncio.to_thread(self._probe)
                 except self._errors as exc:
-                    self.says(exc)
+                    self.says(exc, self._stopped)
                 else:
                     self.says(None)
             elif housekeeping is not None and waited >= every_s:

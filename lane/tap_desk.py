@@ -18,7 +18,17 @@ which heard the tap_out record, keep it exited (a release is not shared).
 A tap-in the `TapStore` cannot keep (locked, corrupt, an I/O error) leaves its passenger to
 pay the maximum fare at this gate's exit (never a free ride): the failed write raises
 `taps_store_error`, and `upkeep` probes the store every second while it holds
-(`TapStore.probe`, lane.store_watch), clearing it once a write commits.
+(`TapStore.probe`, lane.store_watch), clearing it once a write commits. A tap-in the store
+cannot read at an exit leaves that exit unpriced (the passenger is refused "Fare not known",
+never charged a guess) and raises the same alarm, saying so.
+
+The replay store is the verifier's, and so is its alarm (`replay_store_error`, the verifier's
+`StoreWatch`, whose probe clears it). An exit it cannot read is unpriced, as above. An exit it
+cannot mark is held in memory (`unmarked`): the tap-in prices as exited here all the same (a
+trip is never paid twice), and `upkeep` writes the held marks once the store works again; a
+restart meanwhile forgets them (the line's other gates heard the tap_out record and keep the
+tap-in exited). A release it cannot write leaves the mark: that passenger's next exit here
+pays the maximum fare, flagged.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from lane.auth.trip_rules import tap_in_entry
 from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
 from lane.core.names import AuthResult, RecordKind
-from lane.store_watch import Alarm, StoreWatch
+from lane.store_watch import PROBE_EVERY_S, Alarm, StoreWatch
 from lane.tap_store import TapStore, TapStoreError
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
@@ -54,6 +64,13 @@ log = logging.getLogger("lane.tap_desk")
 SHARED = (RecordKind.TAP_IN, RecordKind.TAP_OUT)
 PAID = (AuthResult.APPROVED, AuthResult.DEFERRED)
 TAPS_ALARM = "taps_store_error"
+# What a failing store stops, as its alarm says it (lane.store_watch).
+TAPS_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): taps store'
+REPLAY_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): replay store'
+REPLAY_UNMARKED = "tap-in exits held in memory (forgotten if the lane restarts): replay store"
+REPLAY_UNRELEASED = (
+    "refunded tap-outs not reopened (their next exit here pays the maximum fare): replay store"
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,7 @@ class TapDesk:
         *,
         pricing: ExitPricing | None,
         wall: Callable[[], float],
+        replay_watch: StoreWatch,
         alarm: Alarm | None = None,
         max_pending: int = 10_000,
     ) -> None:
@@ -91,6 +109,8 @@ class TapDesk:
         self.pricing = pricing
         self.wall = wall
         self.received = 0
+        self.replay_watch = replay_watch  # the verifier's: one alarm for the one replay store
+        self.unmarked: dict[str, int] = {}  # exited tap-ins the replay store did not take: exp
         self.store_watch = StoreWatch(
             lane,
             TAPS_ALARM,
@@ -138,8 +158,9 @@ class TapDesk:
         await self.outbox.run()
 
     async def upkeep(self, sleep: Callable[[float], Awaitable[None]]) -> None:
-        """While a tap-in was not kept, probe the store until a write commits."""
-        await self.store_watch.run(sleep)
+        """While a tap-in was not kept, probe the store until a write commits; otherwise
+        write the exits the replay store did not take, once it takes writes again."""
+        await self.store_watch.run(sleep, self._mark_held, PROBE_EVERY_S)
 
     async def handle(self, msg: Incoming) -> None:
         """Another gate's tap: keep a tap-in by account; a tap-out closes its tap-in here."""
@@ -214,7 +235,14 @@ class TapDesk:
             now,
             pricing.rules,
         )
-        tap_in, exited = await asyncio.to_thread(self._open_tap, account, now)
+        try:
+            tap_in, exited = await asyncio.to_thread(self._open_tap, account, now)
+        except TapStoreError as exc:  # unpriced (the runner answers the core and logs it)
+            self.store_watch.says(exc, TAPS_UNREAD)
+            raise
+        except ReplayStoreError as exc:
+            self.replay_watch.says(exc, REPLAY_UNREAD)
+            raise
         answer = price_tap_out(request, tap_in, exited, pricing.tariff, pricing.rules, now)
         log.info(
             "tap-out priced",
@@ -239,13 +267,24 @@ class TapDesk:
             trip = tap_in_entry(record).pass_hex
         except ValueError:
             return record, False  # priced as no tap-in (lane.auth.trip_pricing)
-        return record, self.replay.get(pass_key(trip)) is not None
+        key = pass_key(trip)
+        return record, key in self.unmarked or self.replay.get(key) is not None
 
     async def mark_used(self, action: MarkPassUsed) -> None:
         key, exp = pass_key(action.pass_id), math.ceil(action.expires_at)
         # The line learns of the exit from the tap_out record itself (`_learn`), not a used-token
         # message.
-        first = await mark_used(self.replay, None, key, exp, self.lane, self.wall())
+        try:
+            first = await mark_used(self.replay, None, key, exp, self.lane, self.wall())
+        except ReplayStoreError as exc:
+            self.unmarked[key] = exp
+            self.replay_watch.says(exc, REPLAY_UNMARKED)
+            log.error(
+                "tap-in exit held in memory",
+                extra={"lane": self.lane, "pass_id": action.pass_id, "error": str(exc)},
+            )
+            return
+        self.replay_watch.says(None)
         log.info(
             "tap-in exited", extra={"lane": self.lane, "pass_id": action.pass_id, "first": first}
         )
@@ -253,8 +292,34 @@ class TapDesk:
     async def release(self, action: ReleasePass) -> None:
         # The line's other gates heard the tap_out record and keep the tap-in exited.
         key = pass_key(action.pass_id)
-        released = await release_mark(self.replay, None, key, self.lane, self.wall())
+        if self.unmarked.pop(key, None) is not None:
+            released = True  # held in memory only: the store never had it
+        else:
+            try:
+                released = await release_mark(self.replay, None, key, self.lane, self.wall())
+            except ReplayStoreError as exc:
+                self.replay_watch.says(exc, REPLAY_UNRELEASED)
+                log.error(
+                    "tap-in not reopened",
+                    extra={"lane": self.lane, "pass_id": action.pass_id, "error": str(exc)},
+                )
+                return
+            self.replay_watch.says(None)
         log.info(
             "tap-in reopened",
             extra={"lane": self.lane, "pass_id": action.pass_id, "released": released},
         )
+
+    async def _mark_held(self) -> None:
+        """Write the exits held in memory, once the replay store takes writes again."""
+        for key, exp in list(self.unmarked.items()):
+            if self.replay_watch.text is not None:
+                return  # still failing: its probe says when it works
+            try:
+                await mark_used(self.replay, None, key, exp, self.lane, self.wall())
+                if self.unmarked.pop(key, None) is None:  # released meanwhile: give it back
+                    await release_mark(self.replay, None, key, self.lane, self.wall())
+            except ReplayStoreError as exc:
+                self.replay_watch.says(exc, REPLAY_UNMARKED)
+                return
+            log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})

@@ -27,9 +27,11 @@ from lane.core.metro import kept_fare
 from lane.core.names import AuthResult, Method, PayloadKind, RecordKind, TripSource
 from lane.core.records import AuthInfo, RecordDraft
 from lane.core.trip import Priced
+from lane.store_watch import Alarm
 from lane.tap_desk import ExitPricing, TapDesk
 from lane.tap_store import TapStore
 from lane.transport.mqtt import Incoming, MqttLink
+from lane.verifier import TokenVerifier
 from lane.wire import topics
 from sim.codes import KID, CodeFactory
 from uplink.records import Record
@@ -168,12 +170,14 @@ Step = tuple[str, str, str, int]  # in or out, the station, the account, what a 
 walks = st.lists(st.tuples(step, st.sampled_from([10, 15 * MIN, 3 * 3600])), max_size=12)
 
 
-def desk(tmp: Path, clock: list[float]) -> TapDesk:
+def desk(tmp: Path, clock: list[float], alarm: Alarm | None = None) -> TapDesk:
     pricing = ExitPricing(RULES, TARIFF, lambda: KEYS, DenyList.empty, ACCOUNT_KEY)
     link = MqttLink("127.0.0.1", 1, "never-connected")
-    return TapDesk("L1", "S03/x1", 28_800, TapStore(tmp / "taps.sqlite3"),
-                   ReplayStore(tmp / "replay.sqlite3"), link, pricing=pricing,
-                   wall=lambda: clock[0])  # fmt: skip
+    replay = ReplayStore(tmp / "replay.sqlite3")
+    watch = TokenVerifier("S03/x1", KEYS, DenyList.empty(), replay, 30, alarm=alarm).replay_watch
+    return TapDesk("L1", "S03/x1", 28_800, TapStore(tmp / "taps.sqlite3"), replay, link,
+                   pricing=pricing, wall=lambda: clock[0], replay_watch=watch,
+                   alarm=alarm)  # fmt: skip
 
 
 async def _exits(
