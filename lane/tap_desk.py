@@ -278,11 +278,7 @@ class TapDesk:
             first = await mark_used(self.replay, None, key, exp, self.lane, self.wall())
         except ReplayStoreError as exc:
             self.unmarked[key] = exp
-            self.replay_watch.says(exc, REPLAY_UNMARKED)
-            log.error(
-                "tap-in exit held in memory",
-                extra={"lane": self.lane, "pass_id": action.pass_id, "error": str(exc)},
-            )
+            self._replay_failed(exc, REPLAY_UNMARKED, "tap-in exit held in memory", action)
             return
         self.replay_watch.says(None)
         log.info(
@@ -298,17 +294,19 @@ class TapDesk:
             try:
                 released = await release_mark(self.replay, None, key, self.lane, self.wall())
             except ReplayStoreError as exc:
-                self.replay_watch.says(exc, REPLAY_UNRELEASED)
-                log.error(
-                    "tap-in not reopened",
-                    extra={"lane": self.lane, "pass_id": action.pass_id, "error": str(exc)},
-                )
+                self._replay_failed(exc, REPLAY_UNRELEASED, "tap-in not reopened", action)
                 return
             self.replay_watch.says(None)
         log.info(
             "tap-in reopened",
             extra={"lane": self.lane, "pass_id": action.pass_id, "released": released},
         )
+
+    def _replay_failed(
+        self, exc: ReplayStoreError, stops: str, event: str, action: MarkPassUsed | ReleasePass
+    ) -> None:
+        self.replay_watch.says(exc, stops)
+        log.error(event, extra={"lane": self.lane, "pass_id": action.pass_id, "error": str(exc)})
 
     async def _mark_held(self) -> None:
         """Write the exits held in memory, once the replay store takes writes again."""

@@ -17,9 +17,9 @@ from test_metro_pricing import CODES, NOW, TARIFF, ask, desk, tap_in
 
 from lane.auth.replay import ReplayStoreError
 from lane.auth.tokens import issue_compact_token
-from lane.core.actions import MarkPassUsed
+from lane.core.actions import MarkPassUsed, ReleasePass
 from lane.store_watch import Alarm
-from lane.tap_desk import REPLAY_UNMARKED, REPLAY_UNREAD, TAPS_UNREAD, TapDesk
+from lane.tap_desk import REPLAY_UNMARKED, REPLAY_UNREAD, REPLAY_UNRELEASED, TAPS_UNREAD, TapDesk
 from lane.tap_store import TapStoreError
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
@@ -173,5 +173,52 @@ async def test_an_exit_the_replay_store_cannot_mark_is_held_so_the_tap_in_exits_
     finally:
         for task in tasks:
             task.cancel()
+        gate.store.close()
+        gate.replay.close()
+
+
+async def test_a_refund_the_replay_store_cannot_write_keeps_the_exit_says_so_and_clears(
+    tmp_path: Path,
+) -> None:
+    """A refunded tap-out whose release failed was only logged (and a held exit, released,
+    must reopen its tap-in without the store)."""
+    clock = [float(NOW)]
+    alarms, on_alarm = raised()
+    gate = desk(tmp_path, clock, on_alarm)
+    exits = Exits(gate, clock)
+    await gate.handle(Incoming(topics.line_taps("L1"), tap_in("S01", NOW - 600).encode()))
+    fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+    farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
+    _, _, trip = await exits.tap_out()
+    assert trip is not None
+    path = tmp_path / "replay.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        # Held in memory, then refunded: the tap-in reopens with no write at all.
+        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+        await gate.release(ReleasePass(trip))
+        assert gate.unmarked == {}
+        assert await exits.tap_out() == ("charged", fare, trip)
+    finally:
+        holder.execute("ROLLBACK")
+    await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))  # the store works: clears
+    assert "replay_store_error" not in alarms
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        await gate.release(ReleasePass(trip))  # SQLite's wait runs out
+        assert alarms["replay_store_error"].startswith(
+            f"{REPLAY_UNRELEASED} {path}: database is locked"
+        )
+        # Safe: the mark stays, so the next exit here pays the maximum fare, flagged.
+        assert await exits.tap_out() == ("pass_used", farthest, trip)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    probing = asyncio.create_task(_probe_replay(gate))
+    try:
+        await eventually(lambda: "replay_store_error" not in alarms, within=15)
+    finally:
+        probing.cancel()
         gate.store.close()
         gate.replay.close()
