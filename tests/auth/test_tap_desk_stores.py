@@ -18,25 +18,11 @@ from test_metro_pricing import CODES, NOW, TARIFF, ask, desk, tap_in
 from lane.auth.replay import ReplayStoreError
 from lane.auth.tokens import issue_compact_token
 from lane.core.actions import MarkPassUsed, ReleasePass
-from lane.store_watch import Alarm
 from lane.tap_desk import REPLAY_UNMARKED, REPLAY_UNREAD, REPLAY_UNRELEASED, TAPS_UNREAD, TapDesk
 from lane.tap_store import TapStoreError
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
 from sim.codes import KID
-
-
-def raised() -> tuple[dict[str, str], Alarm]:
-    """The alarms raised and not cleared, and the callback that keeps them."""
-    alarms: dict[str, str] = {}
-
-    def alarm(code: str, text: str | None) -> None:
-        if text is None:
-            alarms.pop(code, None)
-        else:
-            alarms[code] = text
-
-    return alarms, alarm
 
 
 def _commit_elsewhere(path: Path) -> None:
@@ -71,12 +57,41 @@ def corrupted(path: Path) -> Iterator[None]:
         _commit_elsewhere(path)
 
 
-class Exits:
-    """The same passenger at the exit gate, each time with a fresh token."""
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Another process takes the write lock and keeps it (a stuck backup, a sqlite3 shell)."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
 
-    def __init__(self, gate: TapDesk, clock: list[float]) -> None:
-        self.gate = gate
-        self.clock = clock
+
+FARE = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+FARTHEST = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
+
+
+class Exits:
+    """An exit gate's desk on real store files in `tmp`, its alarms (raised, not cleared), and
+    a passenger who tapped in at S01 and taps out, each time with a fresh token."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.clock = [float(NOW)]
+        self.alarms: dict[str, str] = {}
+        self.gate = desk(tmp, self.clock, self.alarm)
+
+    def alarm(self, code: str, text: str | None) -> None:
+        if text is None:
+            self.alarms.pop(code, None)
+        else:
+            self.alarms[code] = text
+
+    async def tapped_in(self) -> Exits:
+        tap = tap_in("S01", NOW - 600).encode()
+        await self.gate.handle(Incoming(topics.line_taps("L1"), tap))
+        return self
 
     async def tap_out(self) -> tuple[str, int | None, str | None]:
         self.clock[0] += 1
@@ -110,11 +125,8 @@ async def test_a_store_that_cannot_be_read_leaves_exits_unpriced_says_so_and_cle
 ) -> None:
     """A tap-in (or its exit mark) that could not be read left the passenger refused "Fare
     not known" with only a log line: the gate looked healthy."""
-    clock = [float(NOW)]
-    alarms, on_alarm = raised()
-    gate = desk(tmp_path, clock, on_alarm)
-    exits = Exits(gate, clock)
-    await gate.handle(Incoming(topics.line_taps("L1"), tap_in("S01", NOW - 600).encode()))
+    exits = await Exits(tmp_path).tapped_in()
+    gate, alarms = exits.gate, exits.alarms
     probing = asyncio.create_task(upkeep(gate))
     path = tmp_path / store
     try:
@@ -126,9 +138,8 @@ async def test_a_store_that_cannot_be_read_leaves_exits_unpriced_says_so_and_cle
             assert alarms[alarm].startswith(f"{said} {path}: database disk image is malformed")
         # Clears by itself: the store is probed every second while it fails.
         await eventually(lambda: alarm not in alarms, within=15)
-        fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
         outcome, amount, _ = await exits.tap_out()
-        assert (outcome, amount) == ("charged", fare)
+        assert (outcome, amount) == ("charged", FARE)
     finally:
         probing.cancel()
         gate.store.close()
@@ -140,36 +151,25 @@ async def test_an_exit_the_replay_store_cannot_mark_is_held_so_the_tap_in_exits_
 ) -> None:
     """An exit mark that failed was only logged: the tap-in stayed open and priced the next
     exit as the trip again (the trip paid twice from one tap-in)."""
-    clock = [float(NOW)]
-    alarms, on_alarm = raised()
-    gate = desk(tmp_path, clock, on_alarm)
-    exits = Exits(gate, clock)
-    await gate.handle(Incoming(topics.line_taps("L1"), tap_in("S01", NOW - 600).encode()))
-    fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
-    farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
+    exits = await Exits(tmp_path).tapped_in()
+    gate, alarms = exits.gate, exits.alarms
     outcome, amount, trip = await exits.tap_out()
-    assert (outcome, amount) == ("charged", fare) and trip is not None
+    assert (outcome, amount) == ("charged", FARE) and trip is not None
     path = tmp_path / "replay.sqlite3"
-    # Another process takes the write lock and keeps it (a stuck backup, a sqlite3 shell).
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
+    with locked(path):
         await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))  # SQLite's wait runs out
         assert alarms["replay_store_error"].startswith(
             f"{REPLAY_UNMARKED} {path}: database is locked"
         )
         # Safe: the tap-in has exited all the same; the next exit pays the maximum, flagged.
-        assert await exits.tap_out() == ("pass_used", farthest, trip)
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
     tasks = [asyncio.create_task(_probe_replay(gate)), asyncio.create_task(_probe_taps(gate))]
     try:
         # Clears by itself, and the held mark is written once the store takes writes.
         await eventually(lambda: "replay_store_error" not in alarms, within=15)
         await eventually(lambda: gate.replay.get(f"pass:{trip}") is not None, within=10)
         assert gate.unmarked == {}
-        assert await exits.tap_out() == ("pass_used", farthest, trip)
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
     finally:
         for task in tasks:
             task.cancel()
@@ -182,39 +182,26 @@ async def test_a_refund_the_replay_store_cannot_write_keeps_the_exit_says_so_and
 ) -> None:
     """A refunded tap-out whose release failed was only logged (and a held exit, released,
     must reopen its tap-in without the store)."""
-    clock = [float(NOW)]
-    alarms, on_alarm = raised()
-    gate = desk(tmp_path, clock, on_alarm)
-    exits = Exits(gate, clock)
-    await gate.handle(Incoming(topics.line_taps("L1"), tap_in("S01", NOW - 600).encode()))
-    fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
-    farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
+    exits = await Exits(tmp_path).tapped_in()
+    gate, alarms = exits.gate, exits.alarms
     _, _, trip = await exits.tap_out()
     assert trip is not None
     path = tmp_path / "replay.sqlite3"
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
+    with locked(path):
         # Held in memory, then refunded: the tap-in reopens with no write at all.
         await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
         await gate.release(ReleasePass(trip))
         assert gate.unmarked == {}
-        assert await exits.tap_out() == ("charged", fare, trip)
-    finally:
-        holder.execute("ROLLBACK")
+        assert await exits.tap_out() == ("charged", FARE, trip)
     await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))  # the store works: clears
     assert "replay_store_error" not in alarms
-    holder.execute("BEGIN IMMEDIATE")
-    try:
+    with locked(path):
         await gate.release(ReleasePass(trip))  # SQLite's wait runs out
         assert alarms["replay_store_error"].startswith(
             f"{REPLAY_UNRELEASED} {path}: database is locked"
         )
         # Safe: the mark stays, so the next exit here pays the maximum fare, flagged.
-        assert await exits.tap_out() == ("pass_used", farthest, trip)
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
     probing = asyncio.create_task(_probe_replay(gate))
     try:
         await eventually(lambda: "replay_store_error" not in alarms, within=15)
