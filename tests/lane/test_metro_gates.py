@@ -10,7 +10,9 @@ paying with a dynamic wallet code (new digits at every showing) through the simu
 over HTTP pays the maximum fare at the exit, then is refunded down to the trip's fare once the
 acquirer names the payer; a refund the acquirer refuses is retried, alarmed, and clears. The
 back office hears how each refund ended (a `refund` record) and lists the one still owed
-(`lane refund-trail`) until it is made."""
+(`lane refund-trail`) until it is made. A gate's refund of a tap (a passenger it never let
+through) is heard by the line's other gates (a third gate, an exit at S02): the tap-in its
+tap-out closed is open again there, a refunded tap-in prices nothing."""
 
 from __future__ import annotations
 
