@@ -12,8 +12,14 @@ named: `PriceTrip.account_ref`), its latest tap-in and whether it exited, priced
 lane.auth.trip_pricing (`price_tap_out`). `mark_used` answers `MarkPassUsed`: the tap_out
 record is durable, the tap-in has exited (a tap-in exits once). `release` answers
 `ReleasePass`: that tap-out was refunded (the passenger did not leave), so this gate's mark
-goes and the tap-in prices the next tap-out here as a trip again; the line's other gates,
-which heard the tap_out record, keep it exited (a release is not shared).
+goes and the tap-in prices the next tap-out here as a trip again.
+
+A refund of a tap (`paid_not_passed`: the gate never let the passenger through) is shared
+like the tap, the refund record itself once durable, and every gate of the line undoes what
+the tap told it: a refunded tap-out's tap-in (the refund's `pass_id`) is reopened where the
+mark was heard from that gate (`ReplayStore.release(remote=True)`: a mark another gate made
+stays, a tap-in pays once), a refunded tap-in (the refund's `record:`) is dropped from the
+tap store, so it prices no exit and takes nothing off one.
 
 A tap-in the `TapStore` cannot keep (locked, corrupt, an I/O error) leaves its passenger to
 pay the maximum fare at this gate's exit (never a free ride): the failed write raises
@@ -51,6 +57,7 @@ from lane.auth.trip_rules import tap_in_entry
 from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
 from lane.core.names import AuthResult, RecordKind
+from lane.core.records import FLAG_RECORD, REFUND_FLAG, flag_value, tap_in_trip_id
 from lane.store_watch import PROBE_EVERY_S, Alarm, StoreWatch
 from lane.tap_store import TapStore, TapStoreError
 from lane.transport.mqtt import Incoming, MqttLink
@@ -140,8 +147,10 @@ class TapDesk:
     # --- sharing ------------------------------------------------------------------------------
 
     def on_record(self, body: Mapping[str, Any]) -> None:
-        """A record of this lane is durable (the runner's record note): share a paid tap."""
-        if body.get("kind") not in SHARED or body.get("auth", {}).get("result") not in PAID:
+        """A record of this lane is durable (the runner's record note): share a paid tap, or a
+        tap's refund."""
+        paid = body.get("auth", {}).get("result") in PAID
+        if body.get("kind") not in SHARED or not (paid or REFUND_FLAG in body.get("flags", ())):
             return
         try:
             record = Record.from_map(body)
@@ -163,7 +172,8 @@ class TapDesk:
         await self.store_watch.run(sleep, self._mark_held, PROBE_EVERY_S)
 
     async def handle(self, msg: Incoming) -> None:
-        """Another gate's tap: keep a tap-in by account; a tap-out closes its tap-in here."""
+        """Another gate's tap: keep a tap-in by account; a tap-out closes its tap-in here; a
+        tap's refund undoes what the tap told."""
         try:
             record = Record.decode(msg.payload)
         except PayloadError as exc:
@@ -172,9 +182,9 @@ class TapDesk:
         if record.lane == self.lane:
             return  # our own publish coming back
         d = record.draft
-        if d.kind not in SHARED or d.auth.result not in PAID:
+        if d.kind not in SHARED or not (d.auth.result in PAID or REFUND_FLAG in d.flags):
             log.warning(
-                "tap message not a paid tap",
+                "tap message neither a paid tap nor a tap's refund: refused",
                 extra={"lane": self.lane, "record_id": record.record_id, "kind": str(d.kind)},
             )
             return
@@ -192,8 +202,10 @@ class TapDesk:
             self.store_watch.says(None)
 
     def _learn(self, record: Record, encoded: bytes) -> bool:
-        """Keep what the tap tells; True when a tap-in was written to the tap store."""
+        """Keep what the tap tells; True when the tap store was written."""
         d = record.draft
+        if REFUND_FLAG in d.flags:
+            return self._undo(record)
         now = self.wall()
         expires = record.ts_us / 1e6 + self.retention_s
         if d.kind == RecordKind.TAP_OUT:
@@ -217,6 +229,29 @@ class TapDesk:
             )
             return False
         self.store.add(trip, d.account_ref, record.ts_us, expires, encoded, now)
+        return True
+
+    def _undo(self, record: Record) -> bool:
+        """A tap's refund: reopen the tap-in its tap-out closed, or drop its tap-in; True when
+        the tap store was written."""
+        d = record.draft
+        ids = {"lane": self.lane, "record_id": record.record_id, "from_lane": record.lane}
+        if d.kind == RecordKind.TAP_OUT:
+            if d.pass_id is None:
+                return False  # it marked nothing: priced `pass_used` or `no_pass`, or carried
+            exp = self.replay.release(pass_key(d.pass_id), record.lane, remote=True)
+            log.info("refunded tap-out: tap-in reopened",
+                     extra={**ids, "pass_id": d.pass_id, "released": exp is not None})  # fmt: skip
+            return False
+        refunded = flag_value(d.flags, FLAG_RECORD)
+        try:
+            trip = tap_in_trip_id(refunded or "", d).hex()
+        except ValueError as exc:
+            log.warning("tap-in refund without the tap-in's trip id: refused",
+                        extra={**ids, "error": str(exc)})  # fmt: skip
+            return False
+        dropped = self.store.drop(trip)
+        log.info("refunded tap-in dropped", extra={**ids, "pass_id": trip, "dropped": dropped})
         return True
 
     # --- an exit gate -------------------------------------------------------------------------
@@ -286,7 +321,7 @@ class TapDesk:
         )
 
     async def release(self, action: ReleasePass) -> None:
-        # The line's other gates heard the tap_out record and keep the tap-in exited.
+        # The line's other gates reopen it from the refund record (`on_record`, `_undo`).
         key = pass_key(action.pass_id)
         if self.unmarked.pop(key, None) is not None:
             released = True  # held in memory only: the store never had it

@@ -5,7 +5,8 @@ Every approved `tap_in` record the line's entry gates share (lane.tap_desk) is k
 passenger's account reference, so an exit gate finds the open tap-in of the account whose
 code is shown without asking anyone. A tap-in is kept until `expires` (its time + the line's
 retention, twice the trip time limit: an exit after the limit is still known as over time),
-then purged; the store is bounded by the traffic of that window. Whether a tap-in has exited
+then purged, or dropped once its entry gate refunds it (the passenger was never let in); the
+store is bounded by the traffic of that window. Whether a tap-in has exited
 is not kept here: it is the replay store's `pass:` key (lane.auth.replay), like a road pass.
 
 SQLite in WAL mode (synchronous NORMAL: a tap-in lost in a power cut is heard again from no
@@ -72,6 +73,13 @@ class TapStore:
                 (trip, account, ts_us, expires, record),
             ).rowcount
         return new == 1
+
+    def drop(self, trip: str) -> bool:
+        """Forget a tap-in refunded at its entry gate (the passenger was never let in): it
+        prices no exit and takes nothing off one. True when it was kept here."""
+        with immediate(self._conn, self._lock, self._error):
+            dropped = self._conn.execute("DELETE FROM taps WHERE trip = ?", (trip,)).rowcount
+        return dropped == 1
 
     def probe(self) -> None:
         """Keep a tap-in and take it back in one transaction: the write `add` makes, in the

@@ -621,11 +621,17 @@ def not_passed(
     kept as owed in the same commit; `carried`: paid before a restart, lane.core.carried), its
     note and alarm, the attendant called. The one place a refund's flags are built. What the
     refunded record spent is given back: its tap-in no longer counts for anti-passback, the
-    pass its exit marked used (`marked_pass`) is released. An entry's refund names the pass the
-    entry issued (`entered_pass`, its `pass_id`): the back office closes the trip it opened."""
+    pass its exit marked used (`marked_pass`) is released. The refund names that pass in its
+    `pass_id`: an entry's the pass the entry issued (`entered_pass`: the back office closes the
+    trip it opened), an exit's the pass it gives back (a metro line's other gates reopen the
+    tap-in they heard this exit close, lane.tap_desk)."""
     kind = RecordKind.MANUAL if manual else RECORD_KINDS[state.rules.mode]
     flags = (REFUND_FLAG, f"{FLAG_RECORD}{record_id}", *(("carried",) if carried else ()))
-    draft = replace(_uncharged(kind, vehicle_id, vehicle_class), flags=flags, pass_id=entered_pass)
+    draft = replace(
+        _uncharged(kind, vehicle_id, vehicle_class),
+        flags=flags,
+        pass_id=entered_pass or marked_pass,
+    )
     faults = ", ".join(sorted(state.faults & BLOCKING_FAULTS))
     cause = f"barrier {state.barrier}" + (f", lane in fault: {faults}" if faults else "")
     waited = f"{state.rules.pass_dwell_s:g} s ({cause})"

@@ -8,6 +8,7 @@ import asyncio
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -308,6 +309,111 @@ async def _released() -> None:
         assert await tap_out() == ("charged", fare, trip)
         gate.store.close()
         gate.replay.close()
+
+
+def refund_of(tapped: Record, at: float, trip: str | None = None) -> Record:
+    """The refund its gate writes of `tapped` (`paid_not_passed`: never let through), naming
+    the tap-in a refunded tap-out gives back (`trip`) as lane.core.recovery does."""
+    none = AuthInfo(AuthResult.NONE)
+    draft = RecordDraft(tapped.draft.kind, "s1", 1, 0, "", Method.NONE, None, none,
+                        flags=("paid_not_passed", f"record:{tapped.record_id}"),
+                        pass_id=trip)  # fmt: skip
+    return Record(str(uuid.uuid4()), tapped.lane, tapped.seq + 1, int(at * 1e6), draft)
+
+
+def test_a_refund_heard_from_the_line_undoes_what_its_tap_told_this_gate() -> None:
+    asyncio.run(_refunds_heard())
+
+
+async def _refunds_heard() -> None:
+    """A gate's refund of a tap (the passenger never let through) shared on the line: a
+    refunded tap-out's tap-in prices a trip again here (only the mark that gate's tap-out made
+    goes), a refunded tap-in prices nothing and takes nothing off."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+
+        async def hear(record: Record) -> None:
+            await gate.handle(Incoming(topic, record.encode()))
+
+        async def tap_out(account: str) -> tuple[str, int | None, str | None]:
+            clock[0] += 1  # a fresh token each time
+            token = issue_compact_token(CODES.key, KID, account, int(clock[0]), NOW + 600)
+            answer = await gate.price(ask(token))
+            return answer.outcome, answer.amount_minor, answer.pass_id
+
+        fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+        farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
+        # (a) Out at another gate, which then refunds it: the tap-in prices the trip here.
+        entered = tap_in("S01", NOW - 600, paid=200)
+        trip = uuid.UUID(entered.record_id).hex
+        await hear(entered)
+        paid = AuthInfo(AuthResult.APPROVED)
+        out = RecordDraft(RecordKind.TAP_OUT, "s3", 1, fare - 200, "CNY", Method.TOKEN,
+                          "rider-1", paid, entry_plaza="S01", pass_id=trip)  # fmt: skip
+        elsewhere = Record(str(uuid.uuid4()), "S02/x1", 7, (NOW - 60) * 10**6, out)
+        await hear(elsewhere)
+        assert await tap_out("rider-1") == ("pass_used", farthest, trip)
+        # A third gate's refund naming the trip takes back no mark it did not make.
+        third = Record(str(uuid.uuid4()), "S04/x1", 3, (NOW - 50) * 10**6, out)
+        await hear(refund_of(third, NOW - 40, trip))
+        assert await tap_out("rider-1") == ("pass_used", farthest, trip)
+        await hear(refund_of(elsewhere, NOW - 30, trip))
+        assert await tap_out("rider-1") == ("charged", fare - 200, trip)
+        # A refund of a tap-out that marked nothing (priced `pass_used`, no trip named).
+        await hear(refund_of(elsewhere, NOW - 20))
+        assert gate.replay.get(f"pass:{trip}") is None
+
+        # (b) A tap-in its gate refunded: not the account's latest any more, nothing off.
+        earlier = tap_in("S02", NOW - 3000, "rider-2", paid=200)
+        await hear(earlier)
+        await gate.mark_used(MarkPassUsed(uuid.UUID(earlier.record_id).hex, NOW + 600, None))
+        latest = tap_in("S01", NOW - 300, "rider-2", paid=200)
+        await hear(latest)
+        assert gate.store.count() == 3
+        await hear(refund_of(latest, NOW - 290))
+        assert gate.store.count() == 2
+        outcome, amount, _ = await tap_out("rider-2")
+        assert (outcome, amount) == ("pass_used", farthest)
+        # Garbage refunds are refused, nothing dropped: no record named, a refund of a refund.
+        nameless = refund_of(entered, NOW - 10)
+        nameless = Record(nameless.record_id, nameless.lane, nameless.seq, nameless.ts_us,
+                          replace(nameless.draft, flags=("paid_not_passed",)))  # fmt: skip
+        await hear(nameless)
+        manual = refund_of(entered, NOW - 10)
+        await hear(Record(manual.record_id, manual.lane, manual.seq, manual.ts_us,
+                          replace(manual.draft, kind=RecordKind.MANUAL)))  # fmt: skip
+        assert gate.store.count() == 2
+        gate.store.close()
+        gate.replay.close()
+
+
+def test_a_tap_store_drops_a_refunded_tap_in_once(tmp_path: Path) -> None:
+    store = TapStore(tmp_path / "taps.sqlite3")
+    entered = tap_in("S01", NOW - 60)
+    trip = uuid.UUID(entered.record_id).hex
+    store.add(trip, "rider-1", entered.ts_us, NOW + 600, entered.encode(), NOW)
+    assert store.latest("rider-1", NOW) == entered.encode()
+    assert store.drop(trip) and not store.drop(trip)
+    assert store.latest("rider-1", NOW) is None
+    store.close()
+
+
+def test_a_gate_shares_its_paid_taps_and_their_refunds_once_durable(tmp_path: Path) -> None:
+    def durable(record: Record) -> None:  # the runner's record note
+        gate.on_record({**record.to_map(), "v": record.v})
+
+    gate = desk(tmp_path, [float(NOW)])
+    entered = tap_in("S01", NOW - 60)
+    declined = replace(entered.draft, auth=AuthInfo(AuthResult.DECLINED))
+    durable(Record(str(uuid.uuid4()), "S03/x1", 2, entered.ts_us, declined))
+    assert gate.outbox.backlog == 0
+    durable(entered)
+    durable(refund_of(entered, NOW - 50))
+    assert gate.outbox.backlog == 2
+    gate.store.close()
+    gate.replay.close()
 
 
 # --- a dynamic wallet code: charged first, priced again by the payer the acquirer names -------

@@ -374,17 +374,23 @@ def test_a_refunded_exit_priced_from_a_used_pass_leaves_the_earlier_mark(
 
 
 @pytest.mark.parametrize("refunded", REFUNDS)
-def test_a_refunded_entry_names_the_pass_it_issued(
+def test_a_refund_names_the_pass_it_gives_back(
     refunded: Callable[[LaneDriver, Callable[[LaneDriver], None]], list[Action]],
 ) -> None:
     """The record undoing an entry names the entry's pass (the trip it opened), so the back
-    office closes that trip; a refund of anything else names none."""
+    office closes that trip; one undoing an exit names the pass it releases (a metro line's
+    other gates reopen the tap-in from it); an exit priced from a used pass releases none and
+    names none."""
     lane = LaneDriver(rules(LaneMode.TOLL_ENTRY, lane_id="P01/e1", pass_dwell_s=DWELL))
     (refund,) = refunds(refunded(lane, toll_entry))
     entry = next(p for p in of_type(lane.actions, Persist) if p.draft.kind == "entry")
     assert refund.draft.pass_id == entry.draft.pass_id == PASS_ID
     other = LaneDriver(rules(LaneMode.TOLL_EXIT, lane_id="P03/x1", pass_dwell_s=DWELL))
     (refund,) = refunds(refunded(other, exit_priced()))
+    assert refund.draft.pass_id == PASS_ID
+    used = exit_priced(outcome="pass_used", flags=("pass_used", "attendant"), attendant=True)
+    again = LaneDriver(rules(LaneMode.TOLL_EXIT, lane_id="P03/x1", pass_dwell_s=DWELL))
+    (refund,) = refunds(refunded(again, used))
     assert refund.draft.pass_id is None
 
 

@@ -10,7 +10,9 @@ paying with a dynamic wallet code (new digits at every showing) through the simu
 over HTTP pays the maximum fare at the exit, then is refunded down to the trip's fare once the
 acquirer names the payer; a refund the acquirer refuses is retried, alarmed, and clears. The
 back office hears how each refund ended (a `refund` record) and lists the one still owed
-(`lane refund-trail`) until it is made."""
+(`lane refund-trail`) until it is made. A gate's refund of a tap (a passenger it never let
+through) is heard by the line's other gates (a third gate, an exit at S02): the tap-in its
+tap-out closed is open again there, a refunded tap-in prices nothing."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from test_road_lanes import Road, RoadLane, eventually_value, road, running_back
 
 from lane.auth.fares import load_tariff
 from lane.auth.tokens import issue_compact_token
+from lane.tap_desk import TapDesk
 from sim.acquirer import AcquirerServer
 from sim.codes import KID
 from uplink.records import Record
@@ -185,26 +188,43 @@ async def refunded(gate: RoadLane, code: str) -> None:
     gate.notes.clear()
 
 
+async def slow_gates(road: Road) -> tuple[RoadLane, RoadLane, RoadLane]:
+    """An entry gate at S01 and exit gates at S03 and S02, each refunding a passenger it has
+    not let through within 3 s."""
+    line = {"line": f"L{road.run_id}"}
+    auth = {"keyset": str(road.keyset)}
+    rules = {"pass_dwell_s": 3.0, "probe_s": 0.5}
+    exit_fares = {"tariff": str(METRO)}
+    entry = await road.lane(road.lane_id("S01/g"), "transit-entry", rules, auth=auth, metro=line,
+                            fares=ENTRY_FARES)  # fmt: skip
+    exit_gate = await road.lane(road.lane_id("S03/x"), "transit-exit", rules, auth=auth,
+                                metro=line, fares=exit_fares)  # fmt: skip
+    other = await road.lane(road.lane_id("S02/x"), "transit-exit", rules, auth=auth, metro=line,
+                            fares=exit_fares)  # fmt: skip
+    return entry, exit_gate, other
+
+
+def desk(gate: RoadLane) -> TapDesk:
+    taps = gate.daemon.road.taps
+    assert taps is not None
+    return taps
+
+
 async def test_a_passenger_refunded_at_either_gate_is_not_held_to_what_the_refund_undid(
     road: Road,
 ) -> None:
     """Refunded at the entry gate (not let in), the passenger taps in again there: not refused
     as passback. Refunded at the exit gate (not let out), they tap out again there: priced
     from their tap-in, not `Tap-in already used` at the maximum fare."""
-    line = {"line": f"L{road.run_id}"}
-    auth = {"keyset": str(road.keyset)}
-    rules = {"pass_dwell_s": 3.0, "probe_s": 0.5}
-    entry = await road.lane(road.lane_id("S01/g"), "transit-entry", rules, auth=auth, metro=line,
-                            fares=ENTRY_FARES)  # fmt: skip
-    exit_gate = await road.lane(road.lane_id("S03/x"), "transit-exit", rules, auth=auth,
-                                metro=line, fares={"tariff": str(METRO)})  # fmt: skip
-    taps = exit_gate.daemon.road.taps
-    assert taps is not None
+    entry, exit_gate, _ = await slow_gates(road)
+    taps = desk(exit_gate)
     now = int(time.time())
     await refunded(entry, token(road, "rider-1", now))
     tap_in = await through(entry, token(road, "rider-1", now - 1))
     assert "passback" not in tap_in["flags"]
-    await eventually(lambda: taps.store.count() == 2, what="both tap-ins heard at the exit gate")
+    # The tap-in, its refund (the tap-in dropped) and the second tap-in.
+    await eventually(lambda: taps.received == 3 and taps.store.count() == 1,
+                     what="the tap-ins and the refund heard at the exit gate")  # fmt: skip
 
     fare = load_tariff(METRO).trip_fare(1, "S01", "S03", time.time()).amount_minor
     trip = uuid.UUID(tap_in["record_id"]).hex
@@ -214,6 +234,41 @@ async def test_a_passenger_refunded_at_either_gate_is_not_held_to_what_the_refun
     assert (tap_out["amount_minor"], tap_out["pass_id"], tap_out["flags"]) == (
         fare - paid_in, trip, [f"entry_paid:{paid_in}"]
     )  # fmt: skip
+
+
+async def test_a_refund_is_heard_by_every_gate_of_the_line(road: Road) -> None:
+    """A gate's refund of a tap was known at that gate only: refunded at S03's exit (not let
+    out), the passenger tapping out at S02 paid the maximum (`Tap-in already used`); refunded
+    at the entry (not let in) and let through by hand, an exit took the refunded entry fare
+    off a trip that never began."""
+    entry, exit_gate, other = await slow_gates(road)
+    tariff = load_tariff(METRO)
+    now = int(time.time())
+    # (a) Not let out at S03: out at S02 instead, the trip from S01 less the entry's part.
+    tap_in = await through(entry, token(road, "rider-1", now))
+    await eventually(lambda: desk(exit_gate).store.count() == 1, what="the tap-in heard")
+    await refunded(exit_gate, token(road, "rider-1", now - 1))
+    # The tap-in, the tap-out and its refund.
+    await eventually(lambda: desk(other).received == 3, what="the refund heard at S02")
+    tap_out = await through(other, token(road, "rider-1", now - 2))
+    paid_in = tap_in["amount_minor"]
+    fare = tariff.trip_fare(1, "S01", "S02", time.time()).amount_minor
+    assert (tap_out["amount_minor"], tap_out["pass_id"], tap_out["flags"]) == (
+        fare - paid_in, uuid.UUID(tap_in["record_id"]).hex, [f"entry_paid:{paid_in}"]
+    )  # fmt: skip
+    # Still a tap-in pays once: out at S03 now, the maximum.
+    farthest = tariff.farthest_fare(1, "S03", time.time()).amount_minor
+    # (A gate's own taps coming back are not counted.)
+    await eventually(lambda: desk(exit_gate).received == 2, what="S02's tap-out heard at S03")
+    again = await through(exit_gate, token(road, "rider-1", now - 3))
+    assert (again["amount_minor"], again["flags"]) == (farthest, ["pass_used"])
+
+    # (b) Not let in at S01 (refunded), let through by hand: no tap-in, the maximum in full.
+    await refunded(entry, token(road, "rider-2", now))
+    await eventually(lambda: desk(exit_gate).received == 4 and desk(exit_gate).store.count() == 1,
+                     what="the tap-in and its refund heard at S03")  # fmt: skip
+    out = await through(exit_gate, token(road, "rider-2", now - 1))
+    assert (out["amount_minor"], out["flags"]) == (farthest, ["no_pass"])
 
 
 async def test_a_flat_fare_gate_without_a_line_still_charges_its_flat_fare(road: Road) -> None:
