@@ -530,6 +530,7 @@ class LaneDaemon:
             keep_days=config.auth.payments_keep_days,
             record_end=RefundRecords(self.queue, self.forwarder.wake),
             refund_query=refund_query_backoff(config.auth.refund_query_s),
+            lane=self.lane,
         )
         authoriser = Authoriser(
             self.lane,

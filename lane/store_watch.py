@@ -6,7 +6,9 @@ an I/O error) is safe by itself (what it cannot track is refused or charged at t
 would say nothing. The first failed write raises the store's alarm (`says`), naming the file
 and SQLite's error; `run` then writes to the store every `PROBE_EVERY_S` with the store's own
 probe (the write its real writes make, in the pages they make it in, taken back), so the alarm
-clears once the store takes writes again whether or not traffic comes. While the store works,
+clears once the store takes writes again whether or not traffic comes. The probe is async and
+runs where the store's writes run: a thread of its own (`in_thread`) for the replay and tap
+stores, the resolver's one writer thread for the payments store. While the store works,
 `run` does the store's housekeeping instead (a purge may commit where the real writes fail, so
 it never clears the alarm). A failure the usual text does not fit (a read that fails where
 the writes are the usual worry) says what it stops instead (`says(..., refused)`); the probe
@@ -16,6 +18,7 @@ keeps that text until the store works.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +27,12 @@ log = logging.getLogger("lane.store_watch")
 PROBE_EVERY_S = 1.0  # while the store fails: how soon a store that works again is seen
 
 Alarm = Callable[[str, str | None], None]
+Probe = Callable[[], Awaitable[None]]
+
+
+def in_thread(probe: Callable[[], None]) -> Probe:
+    """A store's blocking probe, run in a thread of its own (off the loop)."""
+    return functools.partial(asyncio.to_thread, probe)
 
 
 class StoreWatch:
@@ -32,7 +41,7 @@ class StoreWatch:
         lane: str,
         code: str,
         refused: str,
-        probe: Callable[[], None],
+        probe: Probe,
         errors: tuple[type[Exception], ...],
         alarm: Alarm | None,
     ) -> None:
@@ -69,7 +78,7 @@ class StoreWatch:
     async def run(
         self,
         sleep: Callable[[float], Awaitable[None]],
-        housekeeping: Callable[[], Awaitable[None]] | None = None,
+        housekeeping: Callable[[], Awaitable[object]] | None = None,
         every_s: float = 60.0,
     ) -> None:
         """Until cancelled: probe the store every `PROBE_EVERY_S` while it fails; otherwise
@@ -78,7 +87,7 @@ class StoreWatch:
         while True:
             if self.text is not None:
                 try:
-                    await asyncio.to_thread(self._probe)
+                    await self._probe()
                 except self._errors as exc:
                     self.says(exc, self._stopped)
                 else:

@@ -58,7 +58,7 @@ from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
 from lane.core.names import AuthResult, RecordKind
 from lane.core.records import FLAG_RECORD, REFUND_FLAG, flag_value, tap_in_trip_id
-from lane.store_watch import PROBE_EVERY_S, Alarm, StoreWatch
+from lane.store_watch import PROBE_EVERY_S, Alarm, StoreWatch, in_thread
 from lane.tap_store import TapStore, TapStoreError
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
@@ -122,7 +122,7 @@ class TapDesk:
             lane,
             TAPS_ALARM,
             "tap-ins not kept (their exits here pay the maximum fare): taps store",
-            store.probe,
+            in_thread(store.probe),
             (TapStoreError,),
             alarm,
         )

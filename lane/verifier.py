@@ -41,7 +41,7 @@ from lane.auth.trust import (
     judge_deny,
     judge_keyset,
 )
-from lane.store_watch import StoreWatch
+from lane.store_watch import StoreWatch, in_thread
 
 log = logging.getLogger("lane.auth.verifier")
 
@@ -82,7 +82,7 @@ class TokenVerifier:
             lane,
             REPLAY_ALARM,
             "offline tokens refused: replay store",
-            replay.probe,
+            in_thread(replay.probe),
             (ReplayStoreError,),
             alarm,
         )

@@ -25,8 +25,9 @@ and handed again, under the alarm `refund_unrecorded` until the queue takes it.
 The store itself may fail while the lane runs (locked by another process, corrupt, an I/O
 error): no payment is asked of a network without its intent committed first, so codes are
 declined, and the alarm `payments_store_error` says so from the first failed call. While it
-holds the store is probed every second (the write a payment's begin makes) and the probe that
-commits clears it.
+holds the store is probed every second (the write a payment's begin makes, on the store's one
+writer thread) and the probe that commits clears it (lane.store_watch, as the lane's other
+stores).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from lane.auth.resolution_store import (
     StoreError,
     UnknownPayment,
 )
+from lane.store_watch import StoreWatch
 
 __all__ = [
     "Backoff",
@@ -94,7 +96,6 @@ REFUND_ALARM = "refund_failing"
 REFUND_UNPAID_ALARM = "refund_unpaid"
 REFUND_UNRECORDED_ALARM = "refund_unrecorded"
 STORE_ALARM = "payments_store_error"
-STORE_PROBE_S = 1.0  # while the store fails: how soon a store that works again is seen
 # What the operator does about a refund the network ended unpaid, by the network's word.
 UNPAID_ACTION = {
     "ABNORMAL": "the payer's account refused it: refund by hand on the WeChat Pay merchant"
@@ -140,7 +141,7 @@ class Resolver:
     queries' back-off is on it alone.
     `is_recorded`, when given, tells recovery whether a payment left open by a crash is in the
     uplink queue after all (the crash fell between writing the record and `settle`): those are
-    settled, not reversed.
+    settled, not reversed. `lane` names the lane in the store alarm's log lines.
     """
 
     def __init__(
@@ -158,6 +159,7 @@ class Resolver:
         keep_days: int = DEFAULT_KEEP_DAYS,
         record_end: RecordRefundEnd | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        lane: str = "",
     ) -> None:
         self._store = store
         self._client = client
@@ -185,6 +187,16 @@ class Resolver:
         self._owed_by_stage: Counter[str] = Counter()
         self._made = 0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolution-store")
+        # `payments_store_error`: raised by a failed call (`_db`), cleared by the probe that
+        # commits, run like every call on the store's thread.
+        self.store_watch = StoreWatch(
+            lane,
+            STORE_ALARM,
+            "online payments refused: payments store",
+            functools.partial(self._db, self._store.probe),
+            (StoreError,),
+            alarm,
+        )
         self._queue: dict[str, str] = {}  # payment_id -> why the lane gave up
         self._mine: set[str] = set()  # begun by this run: never "recovered"
         self._wake = asyncio.Event()
@@ -377,19 +389,9 @@ class Resolver:
         every_s: float = PRUNE_EVERY_S,
     ) -> None:
         """Prune (`prune_turn`) now and every `every_s` until cancelled. While the store fails,
-        probe it every `STORE_PROBE_S` instead (`ResolutionStore.probe`, the write a payment's
-        begin makes): the probe that commits clears `payments_store_error`."""
-        waited = every_s
-        while True:
-            if self._said.get(STORE_ALARM):
-                with contextlib.suppress(StoreError):  # said by `_db`: the alarm holds
-                    await self._db(self._store.probe)
-                    self._say(STORE_ALARM, None)
-            elif waited >= every_s:
-                waited = 0.0
-                await self.prune_turn()
-            await sleep(STORE_PROBE_S)
-            waited += STORE_PROBE_S
+        probe it every second instead (`ResolutionStore.probe`, the write a payment's begin
+        makes; lane.store_watch): the probe that commits clears `payments_store_error`."""
+        await self.store_watch.run(sleep, self.prune_turn, every_s)
 
     async def prune_turn(self) -> int | None:
         """Delete the payments final for longer than the retention (`auth.payments_keep_days`),
@@ -647,7 +649,7 @@ class Resolver:
             return
         log.error("payment not marked %s", to, exc_info=exc, extra={"payment_id": payment_id})
         if isinstance(exc, StoreError):
-            self._store_failed(exc)
+            self.store_watch.says(exc)
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -655,18 +657,9 @@ class Resolver:
             return await loop.run_in_executor(self._io, functools.partial(fn, *args, **kwargs))
         except (IllegalTransition, UnknownPayment):  # answers about one payment, not failures
             raise
-        except StoreError as exc:
-            self._store_failed(exc)
+        except StoreError as exc:  # `payments_store_error` (its text when the error changed)
+            self.store_watch.says(exc)
             raise
-
-    def _store_failed(self, exc: StoreError) -> None:
-        """Raise `payments_store_error` (its text when the error changed); `prune_every`'s
-        probe clears it."""
-        self._say(
-            STORE_ALARM,
-            f"online payments refused: payments store {exc}; tried again every"
-            f" {STORE_PROBE_S:g} s, clears once it takes writes",
-        )
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
