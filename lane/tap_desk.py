@@ -26,15 +26,18 @@ pay the maximum fare at this gate's exit (never a free ride): the failed write r
 `taps_store_error`, and `upkeep` probes the store every second while it holds
 (`TapStore.probe`, lane.store_watch), clearing it once a write commits. A tap-in the store
 cannot read at an exit leaves that exit unpriced (the passenger is refused "Fare not known",
-never charged a guess) and raises the same alarm, saying so.
+never charged a guess) and raises the same alarm, saying so; so does a refunded tap-in it
+cannot drop (it may still price its passenger's exit here, the refunded entry fare taken off;
+not tried again).
 
 The replay store is the verifier's, and so is its alarm (`replay_store_error`, the verifier's
 `StoreWatch`, whose probe clears it). An exit it cannot read is unpriced, as above. An exit it
 cannot mark is held in memory (`unmarked`): the tap-in prices as exited here all the same (a
 trip is never paid twice), and `upkeep` writes the held marks once the store works again; a
 restart meanwhile forgets them (the line's other gates heard the tap_out record and keep the
-tap-in exited). A release it cannot write leaves the mark: that passenger's next exit here
-pays the maximum fare, flagged.
+tap-in exited). A release it cannot write (this gate's own, or another gate's refund heard on
+the line) leaves the mark: that passenger's next exit here pays the maximum fare, flagged, and
+the alarm says refunded tap-outs were not reopened.
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ PAID = (AuthResult.APPROVED, AuthResult.DEFERRED)
 TAPS_ALARM = "taps_store_error"
 # What a failing store stops, as its alarm says it (lane.store_watch).
 TAPS_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): taps store'
+TAPS_UNDROPPED = (
+    "refunded tap-ins not dropped (one may still price an exit here, its refunded entry fare"
+    " taken off): taps store"
+)
 REPLAY_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): replay store'
 REPLAY_UNMARKED = "tap-in exits held in memory (forgotten if the lane restarts): replay store"
 REPLAY_UNRELEASED = (
@@ -189,14 +196,20 @@ class TapDesk:
             )
             return
         self.received += 1
+        refund = REFUND_FLAG in d.flags
         try:
             kept = await asyncio.to_thread(self._learn, record, msg.payload)
         except (TapStoreError, ReplayStoreError) as exc:
-            # Not kept: that passenger pays the maximum fare here (flagged), never rides free.
-            log.error("tap not kept", extra={"lane": self.lane, "record_id": record.record_id,
-                                             "error": str(exc)})  # fmt: skip
+            # A tap not kept: that passenger pays the maximum fare here (flagged), never rides
+            # free. A refund not applied: its tap-in still prices an exit here (taps store), or
+            # stays exited here (replay store: the maximum fare, flagged).
+            event = "tap's refund not applied" if refund else "tap not kept"
+            log.error(event, extra={"lane": self.lane, "record_id": record.record_id,
+                                    "error": str(exc)})  # fmt: skip
             if isinstance(exc, TapStoreError):
-                self.store_watch.says(exc)
+                self.store_watch.says(exc, TAPS_UNDROPPED if refund else None)
+            elif refund:
+                self.replay_watch.says(exc, REPLAY_UNRELEASED)
             return
         if kept:
             self.store_watch.says(None)

@@ -7,22 +7,33 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from polling import eventually
-from test_metro_pricing import CODES, NOW, TARIFF, ask, desk, tap_in
+from test_metro_pricing import CODES, NOW, TARIFF, ask, desk, refund_of, tap_in
 
 from lane.auth.replay import ReplayStoreError
 from lane.auth.tokens import issue_compact_token
 from lane.core.actions import MarkPassUsed, ReleasePass
-from lane.tap_desk import REPLAY_UNMARKED, REPLAY_UNREAD, REPLAY_UNRELEASED, TAPS_UNREAD, TapDesk
+from lane.core.names import AuthResult, Method, RecordKind
+from lane.core.records import AuthInfo, RecordDraft
+from lane.tap_desk import (
+    REPLAY_UNMARKED,
+    REPLAY_UNREAD,
+    REPLAY_UNRELEASED,
+    TAPS_UNDROPPED,
+    TAPS_UNREAD,
+    TapDesk,
+)
 from lane.tap_store import TapStoreError
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
 from sim.codes import KID
+from uplink.records import Record
 
 
 def _commit_elsewhere(path: Path) -> None:
@@ -210,5 +221,71 @@ async def test_a_refund_the_replay_store_cannot_write_keeps_the_exit_says_so_and
         await eventually(lambda: "replay_store_error" not in alarms, within=15)
     finally:
         probing.cancel()
+        gate.store.close()
+        gate.replay.close()
+
+
+ENTRY_PAID = 200
+
+
+def _out_elsewhere(entered: Record) -> Record:
+    """Another gate's tap-out of `entered`, as heard on the line."""
+    trip = uuid.UUID(entered.record_id).hex
+    out = RecordDraft(RecordKind.TAP_OUT, "s3", 1, FARE - ENTRY_PAID, "CNY", Method.TOKEN,
+                      "rider-1", AuthInfo(AuthResult.APPROVED), entry_plaza="S01",
+                      pass_id=trip)  # fmt: skip
+    return Record(str(uuid.uuid4()), "S02/x1", 7, (NOW - 60) * 10**6, out)
+
+
+@pytest.mark.parametrize(
+    ("refunded", "store", "alarm", "said", "while_it_lasts", "upkeep"),
+    [
+        # A refunded tap-in stays in the tap store: it still prices the exit, less its entry.
+        ("tap_in", "taps.sqlite3", "taps_store_error", TAPS_UNDROPPED,
+         ("charged", FARE - ENTRY_PAID), _probe_taps),
+        # A refunded tap-out's tap-in stays exited here: the maximum fare, flagged.
+        ("tap_out", "replay.sqlite3", "replay_store_error", REPLAY_UNRELEASED,
+         ("pass_used", FARTHEST), _probe_replay),
+    ],
+)  # fmt: skip
+async def test_a_refund_heard_on_the_line_a_store_cannot_apply_says_so_and_clears(  # noqa: PLR0917
+    tmp_path: Path,
+    refunded: str,
+    store: str,
+    alarm: str,
+    said: str,
+    while_it_lasts: tuple[str, int],
+    upkeep: Callable[[TapDesk], Awaitable[None]],
+) -> None:
+    """Another gate's refund of a tap that this gate could not apply said "tap-ins not kept"
+    (a refunded tap-in not dropped) or nothing at all (a refunded tap-out's tap-in not
+    reopened): the operator read of lost tap-ins, or of nothing, while the refund went
+    unapplied."""
+    exits = Exits(tmp_path)
+    gate, alarms = exits.gate, exits.alarms
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await gate.handle(Incoming(topic, entered.encode()))
+    tapped = entered
+    if refunded == "tap_out":
+        tapped = _out_elsewhere(entered)
+        await gate.handle(Incoming(topic, tapped.encode()))
+    path = tmp_path / store
+    probing: asyncio.Task[None] | None = None
+    try:
+        with locked(path):
+            trip = tapped.draft.pass_id
+            await gate.handle(Incoming(topic, refund_of(tapped, NOW - 30, trip).encode()))
+            # Seen: the alarm names what was not applied, the file and why.
+            assert alarms[alarm].startswith(f"{said} {path}: database is locked")
+            # What it says: the tap is still in force here.
+            outcome, amount, _ = await exits.tap_out()
+            assert (outcome, amount) == while_it_lasts
+        # Clears by itself: the store is probed every second while it fails.
+        probing = asyncio.ensure_future(upkeep(gate))
+        await eventually(lambda: alarm not in alarms, within=15)
+    finally:
+        if probing is not None:
+            probing.cancel()
         gate.store.close()
         gate.replay.close()
