@@ -311,6 +311,15 @@ async def _released() -> None:
         gate.replay.close()
 
 
+def tap_out_of(entered: Record, kept: int, lane: str, at: float) -> Record:
+    """Another gate's tap-out of the tap-in `entered` (from S01), keeping `kept`, as heard on
+    the line."""
+    out = RecordDraft(RecordKind.TAP_OUT, "s3", 1, kept, "CNY", Method.TOKEN, "rider-1",
+                      AuthInfo(AuthResult.APPROVED), entry_plaza="S01",
+                      pass_id=uuid.UUID(entered.record_id).hex)  # fmt: skip
+    return Record(str(uuid.uuid4()), lane, 1, int(at * 1e6), out)
+
+
 def refund_of(tapped: Record, at: float, trip: str | None = None) -> Record:
     """The refund its gate writes of `tapped` (`paid_not_passed`: never let through), naming
     the tap-in a refunded tap-out gives back (`trip`) as lane.core.recovery does."""
@@ -349,14 +358,11 @@ async def _refunds_heard() -> None:
         entered = tap_in("S01", NOW - 600, paid=200)
         trip = uuid.UUID(entered.record_id).hex
         await hear(entered)
-        paid = AuthInfo(AuthResult.APPROVED)
-        out = RecordDraft(RecordKind.TAP_OUT, "s3", 1, fare - 200, "CNY", Method.TOKEN,
-                          "rider-1", paid, entry_plaza="S01", pass_id=trip)  # fmt: skip
-        elsewhere = Record(str(uuid.uuid4()), "S02/x1", 7, (NOW - 60) * 10**6, out)
+        elsewhere = tap_out_of(entered, fare - 200, "S02/x1", NOW - 60)
         await hear(elsewhere)
         assert await tap_out("rider-1") == ("pass_used", farthest, trip)
         # A third gate's refund naming the trip takes back no mark it did not make.
-        third = Record(str(uuid.uuid4()), "S04/x1", 3, (NOW - 50) * 10**6, out)
+        third = tap_out_of(entered, fare - 200, "S04/x1", NOW - 50)
         await hear(refund_of(third, NOW - 40, trip))
         assert await tap_out("rider-1") == ("pass_used", farthest, trip)
         await hear(refund_of(elsewhere, NOW - 30, trip))

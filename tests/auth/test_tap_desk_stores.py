@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from polling import eventually
-from test_metro_pricing import CODES, NOW, TARIFF, ask, desk, refund_of, tap_in
+from test_metro_pricing import CODES, NOW, TARIFF, ask, desk, refund_of, tap_in, tap_out_of
 
 from lane.auth.replay import ReplayStoreError
 from lane.auth.tokens import issue_compact_token
 from lane.core.actions import MarkPassUsed, ReleasePass
-from lane.core.names import AuthResult, Method, RecordKind
-from lane.core.records import AuthInfo, RecordDraft
 from lane.tap_desk import (
     REPLAY_UNMARKED,
     REPLAY_UNREAD,
@@ -33,7 +30,6 @@ from lane.tap_store import TapStoreError
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
 from sim.codes import KID
-from uplink.records import Record
 
 
 def _commit_elsewhere(path: Path) -> None:
@@ -228,15 +224,6 @@ async def test_a_refund_the_replay_store_cannot_write_keeps_the_exit_says_so_and
 ENTRY_PAID = 200
 
 
-def _out_elsewhere(entered: Record) -> Record:
-    """Another gate's tap-out of `entered`, as heard on the line."""
-    trip = uuid.UUID(entered.record_id).hex
-    out = RecordDraft(RecordKind.TAP_OUT, "s3", 1, FARE - ENTRY_PAID, "CNY", Method.TOKEN,
-                      "rider-1", AuthInfo(AuthResult.APPROVED), entry_plaza="S01",
-                      pass_id=trip)  # fmt: skip
-    return Record(str(uuid.uuid4()), "S02/x1", 7, (NOW - 60) * 10**6, out)
-
-
 @pytest.mark.parametrize(
     ("refunded", "store", "alarm", "said", "while_it_lasts", "upkeep"),
     [
@@ -268,7 +255,7 @@ async def test_a_refund_heard_on_the_line_a_store_cannot_apply_says_so_and_clear
     await gate.handle(Incoming(topic, entered.encode()))
     tapped = entered
     if refunded == "tap_out":
-        tapped = _out_elsewhere(entered)
+        tapped = tap_out_of(entered, FARE - ENTRY_PAID, "S02/x1", NOW - 60)
         await gate.handle(Incoming(topic, tapped.encode()))
     path = tmp_path / store
     probing: asyncio.Task[None] | None = None
