@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 
-def _refused_at_start(conf: Path) -> str:
-    """`lane run` on the config: exit 2 with one clear line, no traceback; its stderr."""
+def _refused(conf: Path) -> str:
+    """`lane run` on the config: exit 2, no traceback; its stderr."""
     proc = subprocess.run(
         [sys.executable, "-m", "lane", "run", "--config", str(conf)],
         capture_output=True,
@@ -19,9 +19,24 @@ def _refused_at_start(conf: Path) -> str:
         check=False,
     )
     assert proc.returncode == 2, proc.stderr
-    assert "lane: cannot start:" in proc.stderr
     assert "Traceback" not in proc.stderr
     return proc.stderr
+
+
+def _refused_at_start(conf: Path) -> str:
+    """The config is good, a file it names or a store is not: one clear line."""
+    stderr = _refused(conf)
+    assert "lane: cannot start:" in stderr
+    return stderr
+
+
+def test_broken_config_is_refused_with_every_problem(tmp_path: Path) -> None:
+    conf = tmp_path / "lane.toml"
+    conf.write_text('[lane]\nid = "no-slash"\n[broker]\nport = "x"\nwhat = 1\n')
+    stderr = _refused(conf)
+    assert "lane.id" in stderr
+    assert "broker.port" in stderr
+    assert "broker.what" in stderr
 
 
 @pytest.mark.parametrize(
