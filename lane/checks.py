@@ -5,6 +5,8 @@ key set, the deny list) and reports every problem as `file: key: what is wrong`,
 touching the network, the camera or the data directory: safe to run on a workstation before
 copying files to a lane. Exit 0 when the lane would start with these files, 1 when not.
 Warnings (a stale key set, no acquirer, the simulator's camera) do not change the exit code.
+Given several configs (a metro line's gates), each is checked alone, then the line's entry
+fares against its exits' tariff (`check_line`), which no one gate's files can tell.
 
 doctor probes what the files cannot tell: the camera, the broker, the acquirer, the disk and
 the clock (see lane/doctor.py). Exit 1 when any probe FAILs.
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -157,6 +160,82 @@ def _check_metro(config: LaneConfig, path: Path, found: Findings) -> None:
     )
 
 
+@dataclass(frozen=True)
+class EntryFares:
+    """What a metro entry gate charges a tap-in, by class, and where that is set."""
+
+    where: str  # `file: key` of the fares, the class appended
+    currency: str
+    amounts: dict[int, int]
+
+
+def entry_fares(config: LaneConfig, path: Path) -> EntryFares | None:
+    """An entry gate's fares, as `lane.daemon.rules_from` charges them (None: its tariff does
+    not load or is not a gate's, already a problem of its own check)."""
+    if config.fares.tariff is None:
+        amounts = {int(k): v for k, v in config.fares.flat.items()}
+        return EntryFares(f"{path}: fares.flat", config.fares.currency, amounts)
+    try:
+        tariff = load_tariff(config.fares.tariff)
+    except TariffError:
+        return None
+    if tariff.kind != "transit" or tariff.mode not in {"flat", "zero_at_entry"}:
+        return None
+    amounts = {c: tariff.fare(c).amount_minor for c in tariff.classes}
+    return EntryFares(f"{config.fares.tariff}: transit.fares", tariff.currency, amounts)
+
+
+def check_line(configs: Sequence[tuple[Path, LaneConfig]]) -> list[str]:
+    """Warnings on the gates of a metro line checked together (`lane check-config` given
+    several configs): an entry gate's fare above a trip's fare at the line's exits (the exit
+    keeps 0, flagged `entry_overpaid:`, and the excess is never refunded), or in another
+    currency than the exits' tariff (not taken off the trip: flagged `entry_currency:`)."""
+    warnings: list[str] = []
+    for path, config in configs:
+        line = config.metro.line
+        if config.lane.mode != "transit-entry" or line is None:
+            continue
+        fares = entry_fares(config, path)
+        exits = {c.fares.tariff for _, c in configs if c.metro_pricing and c.metro.line == line}
+        for tariff_path in sorted(t for t in exits if t is not None):
+            try:
+                tariff = load_tariff(tariff_path)
+            except TariffError:
+                continue  # a problem of that gate's check
+            if fares is not None and tariff.entry_exit is not None:
+                warnings += _entry_against_trips(config.lane.plaza, fares, tariff_path, tariff)
+    return warnings
+
+
+def _entry_against_trips(
+    station: str, fares: EntryFares, tariff_path: Path, tariff: Tariff
+) -> list[str]:
+    assert tariff.entry_exit is not None
+    charged = {c: a for c, a in sorted(fares.amounts.items()) if a > 0}
+    if charged and fares.currency != tariff.currency:
+        return [
+            f"{fares.where}: in {fares.currency}, but {tariff_path} prices the line's trips in "
+            f"{tariff.currency}: the exits do not take the entry fare off (the rider pays it and "
+            f"the whole trip; flagged entry_currency:{fares.currency}); charge the line's "
+            "currency at its entry gates"
+        ]
+    warnings = []
+    for n, version in enumerate(tariff.entry_exit.versions):
+        for c, amount in charged.items():
+            trips = {x: version.cells.get((station, x, c)) for x in version.exits}
+            below = [
+                f"{x} = {fare}" for x, fare in trips.items() if fare is not None and fare < amount
+            ]
+            if below:
+                warnings.append(
+                    f"{fares.where}.{c} = {amount}: above the trip's fare in {tariff_path}: "
+                    f"{tariff.kind}.version[{n}].fares.{station} class {c}: {', '.join(below)}: "
+                    f"those exits keep 0 (flagged entry_overpaid:) and the excess is never "
+                    "refunded; set the entry fare at or below the line's lowest fare"
+                )
+    return warnings
+
+
 def _check_road(
     config: LaneConfig, path: Path, tariff: Tariff, road: EntryExitMatrix, found: Findings
 ) -> None:
@@ -294,22 +373,35 @@ def check_config_main(argv: list[str]) -> int:
         prog="lane check-config",
         description="Validate a lane config and the files it names (tariff, key set, deny list).",
     )
-    parser.add_argument("config", type=Path, help="lane.toml")
+    parser.add_argument(
+        "config",
+        type=Path,
+        nargs="+",
+        help="lane.toml; several: the gates of a metro line, their fares checked together",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
-    found = check_config(args.config)
-    for line in found.problems:
-        print(line)
-    for line in found.warnings:
+    status = 0
+    loaded: list[tuple[Path, LaneConfig]] = []
+    for path in args.config:
+        found = check_config(path)
+        for line in found.problems:
+            print(line)
+        for line in found.warnings:
+            print(f"warning: {line}")
+        if found.config is not None:
+            loaded.append((path, found.config))
+        if found.ok:
+            print(f"{path}: OK")
+        else:
+            n = len(found.problems)
+            print(f"{path}: {n} problem{'s' if n != 1 else ''}")
+            status = 1
+    for line in check_line(loaded):
         print(f"warning: {line}")
-    if found.ok:
-        print(f"{args.config}: OK")
-        return 0
-    n = len(found.problems)
-    print(f"{args.config}: {n} problem{'s' if n != 1 else ''}")
-    return 1
+    return status
 
 
 def doctor_main(argv: list[str]) -> int:

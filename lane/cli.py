@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str, list[str], str]] = {
     "keys": ("lane.auth.cli", "main", ["keys"], "make issuer keys and key sets"),
     "token": ("lane.auth.cli", "main", ["token"], "issue offline tokens (tests, simulator)"),
     "pass": ("lane.auth.cli", "main", ["pass"], "issue or verify closed-road entry passes"),
-    "check-config": ("lane.checks", "check_config_main", [], "validate a config file"),
+    "check-config": ("lane.checks", "check_config_main", [], "validate config files"),
     "doctor": ("lane.checks", "doctor_main", [], "probe camera, broker, acquirer, disk, clock"),
     "reconcile": (
         "lane.reconcile_cli",

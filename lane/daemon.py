@@ -79,7 +79,7 @@ from lane.runner import Clocks, LaneRunner
 from lane.sd_notify import SystemdNotifier, readiness_status
 from lane.signals import install_signal_handlers
 from lane.tap_desk import ExitPricing, TapDesk
-from lane.tap_store import TapStore
+from lane.tap_store import TapStore, TapStoreError
 from lane.ticket_desk import TicketDesk
 from lane.transport.mqtt import Credentials, Incoming, MqttLink, tls_context
 from lane.trip_desk import TripDesk
@@ -101,7 +101,7 @@ log = logging.getLogger("lane.daemon")
 
 # What a lane computer's files can be wrong with at start: a clear message and exit 2.
 STARTUP_ERRORS = (
-    SourcedError, QueueError, ReplayStoreError, StoreError, KeyFileError, OSError
+    SourcedError, QueueError, ReplayStoreError, TapStoreError, StoreError, KeyFileError, OSError
 )  # fmt: skip
 
 

@@ -32,12 +32,14 @@ not tried again).
 
 The replay store is the verifier's, and so is its alarm (`replay_store_error`, the verifier's
 `StoreWatch`, whose probe clears it). An exit it cannot read is unpriced, as above. An exit it
-cannot mark is held in memory (`unmarked`): the tap-in prices as exited here all the same (a
-trip is never paid twice), and `upkeep` writes the held marks once the store works again; a
-restart meanwhile forgets them (the line's other gates heard the tap_out record and keep the
-tap-in exited). A release it cannot write (this gate's own, or another gate's refund heard on
-the line) leaves the mark: that passenger's next exit here pays the maximum fare, flagged, and
-the alarm says refunded tap-outs were not reopened.
+cannot mark is held (`unmarked`): the tap-in prices as exited here all the same (a trip is
+never paid twice), and `upkeep` writes the held marks once the store works again. The held
+exits are kept in the tap store too (`TapStore.hold`, another file), so a restart before the
+replay store heals loads them and still prices those tap-ins as exited; while the tap store
+cannot keep them either they are in memory only, a restart would forget them, and
+`taps_store_error` says so until a write commits there. A release it cannot write (this gate's own, or another gate's
+refund heard on the line) leaves the mark: that passenger's next exit here pays the maximum
+fare, flagged, and the alarm says refunded tap-outs were not reopened.
 """
 
 from __future__ import annotations
@@ -81,7 +83,11 @@ TAPS_UNDROPPED = (
     " taken off): taps store"
 )
 REPLAY_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): replay store'
-REPLAY_UNMARKED = "tap-in exits held in memory (forgotten if the lane restarts): replay store"
+REPLAY_UNMARKED = (
+    "tap-in exits held until marked (kept over a restart in the taps store, unless"
+    " taps_store_error says in memory only): replay store"
+)
+TAPS_UNHELD = "tap-in exits held in memory only (forgotten if the lane restarts): taps store"
 REPLAY_UNRELEASED = (
     "refunded tap-outs not reopened (their next exit here pays the maximum fare): replay store"
 )
@@ -124,7 +130,11 @@ class TapDesk:
         self.wall = wall
         self.received = 0
         self.replay_watch = replay_watch  # the verifier's: one alarm for the one replay store
-        self.unmarked: dict[str, int] = {}  # exited tap-ins the replay store did not take: exp
+        # Exited tap-ins the replay store did not take (pass key: exp), kept in the tap store
+        # over a restart; `_unsaved` while the tap store's copy is behind.
+        self.unmarked: dict[str, int] = store.held(wall())
+        self._unsaved = False
+        self._saving = asyncio.Lock()  # one copy written at a time, the latest last
         self.store_watch = StoreWatch(
             lane,
             TAPS_ALARM,
@@ -326,7 +336,8 @@ class TapDesk:
             first = await mark_used(self.replay, None, key, exp, self.lane, self.wall())
         except ReplayStoreError as exc:
             self.unmarked[key] = exp
-            self._replay_failed(exc, REPLAY_UNMARKED, "tap-in exit held in memory", action)
+            self._replay_failed(exc, REPLAY_UNMARKED, "tap-in exit held", action)
+            await self._save_held()
             return
         self.replay_watch.says(None)
         log.info(
@@ -337,7 +348,8 @@ class TapDesk:
         # The line's other gates reopen it from the refund record (`on_record`, `_undo`).
         key = pass_key(action.pass_id)
         if self.unmarked.pop(key, None) is not None:
-            released = True  # held in memory only: the store never had it
+            released = True  # held only: the replay store never had it
+            await self._save_held()
         else:
             try:
                 released = await release_mark(self.replay, None, key, self.lane, self.wall())
@@ -356,16 +368,39 @@ class TapDesk:
         self.replay_watch.says(exc, stops)
         log.error(event, extra={"lane": self.lane, "pass_id": action.pass_id, "error": str(exc)})
 
+    async def _save_held(self) -> None:
+        """Keep the held exits in the tap store, so a restart still knows them; while it cannot,
+        `taps_store_error` says they are in memory only, and `upkeep` tries again."""
+        async with self._saving:
+            held = dict(self.unmarked)
+            try:
+                await asyncio.to_thread(self.store.hold, held, self.wall())
+            except TapStoreError as exc:
+                self._unsaved = True
+                self.store_watch.says(exc, TAPS_UNHELD)
+                ids = {"lane": self.lane, "held": len(held), "error": str(exc)}
+                log.error("held tap-in exits not saved", extra=ids)
+            else:
+                self._unsaved = False
+                self.store_watch.says(None)
+
     async def _mark_held(self) -> None:
-        """Write the exits held in memory, once the replay store takes writes again."""
+        """Write the held exits into the replay store once it takes writes again (at start too:
+        those a restart loaded), and keep the tap store's copy up to date."""
+        if self._unsaved:
+            await self._save_held()
+        marked = False
         for key, exp in list(self.unmarked.items()):
             if self.replay_watch.text is not None:
-                return  # still failing: its probe says when it works
+                break  # still failing: its probe says when it works
             try:
                 await mark_used(self.replay, None, key, exp, self.lane, self.wall())
                 if self.unmarked.pop(key, None) is None:  # released meanwhile: give it back
                     await release_mark(self.replay, None, key, self.lane, self.wall())
             except ReplayStoreError as exc:
                 self.replay_watch.says(exc, REPLAY_UNMARKED)
-                return
+                break
+            marked = True
             log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})
+        if marked:
+            await self._save_held()

@@ -8,6 +8,8 @@ retention, twice the trip time limit: an exit after the limit is still known as 
 then purged, or dropped once its entry gate refunds it (the passenger was never let in); the
 store is bounded by the traffic of that window. Whether a tap-in has exited
 is not kept here: it is the replay store's `pass:` key (lane.auth.replay), like a road pass.
+The exits the replay store did not take while it failed (lane.tap_desk: held until marked) are
+kept here too (`held`, schema 2), so a restart before the replay store heals still knows them.
 
 SQLite in WAL mode (synchronous NORMAL: a tap-in lost in a power cut is heard again from no
 one, but costs only a maximum fare, never a free ride). The calls block; the asyncio shell
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from lane.auth.replay import Migration, immediate, migrate, refuse_newer
@@ -41,7 +44,16 @@ def _create_v1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX taps_expires ON taps (expires)")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
+def _add_held_v2(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE held ("
+        " key TEXT PRIMARY KEY,"  # the replay store's key of an exited tap-in (`pass:<trip>`)
+        " exp INTEGER NOT NULL"  # the mark's expiry (unix s), as the replay store keeps it
+        ") WITHOUT ROWID"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_held_v2)
 
 # The trip `probe` keeps and removes again: no trip id (hex) has this form.
 PROBE_TRIP = "probe:taps-store"
@@ -80,6 +92,23 @@ class TapStore:
         with immediate(self._conn, self._lock, self._error):
             dropped = self._conn.execute("DELETE FROM taps WHERE trip = ?", (trip,)).rowcount
         return dropped == 1
+
+    def hold(self, held: Mapping[str, int], now: float) -> None:
+        """Keep exactly these exits held until the replay store marks them (pass key: the
+        mark's expiry), in place of those kept before; an expired one is not kept."""
+        rows = [(key, exp) for key, exp in held.items() if exp >= now]
+        with immediate(self._conn, self._lock, self._error):
+            self._conn.execute("DELETE FROM held")
+            self._conn.executemany("INSERT INTO held VALUES (?, ?)", rows)
+
+    def held(self, now: float) -> dict[str, int]:
+        """The exits kept held (pass key: the mark's expiry), but the expired ones."""
+        with self._lock:
+            try:
+                rows = self._conn.execute("SELECT key, exp FROM held WHERE exp >= ?", (now,))
+                return {str(key): int(exp) for key, exp in rows.fetchall()}
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
 
     def probe(self) -> None:
         """Keep a tap-in and take it back in one transaction: the write `add` makes, in the

@@ -5,6 +5,7 @@ fare is always a cell of the matrix or the documented exception's; a tap-in exit
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -404,6 +405,38 @@ def test_a_tap_store_drops_a_refunded_tap_in_once(tmp_path: Path) -> None:
     assert store.drop(trip) and not store.drop(trip)
     assert store.latest("rider-1", NOW) is None
     store.close()
+
+
+def test_a_tap_store_of_the_first_release_keeps_its_tap_ins_and_then_holds_exits(
+    tmp_path: Path,
+) -> None:
+    """Schema 2 adds the held exits (lane.tap_desk): a v1 file, as the first release wrote it,
+    is upgraded in place."""
+    path = tmp_path / "taps.sqlite3"
+    entered = tap_in("S01", NOW - 60)
+    trip = uuid.UUID(entered.record_id).hex
+    v1 = sqlite3.connect(path, isolation_level=None)
+    v1.execute("PRAGMA journal_mode=WAL")
+    v1.execute("CREATE TABLE taps (trip TEXT PRIMARY KEY, account TEXT NOT NULL, ts_us INTEGER"
+               " NOT NULL, expires REAL NOT NULL, record BLOB NOT NULL) WITHOUT ROWID")  # fmt: skip
+    v1.execute("CREATE INDEX taps_account ON taps (account, ts_us)")
+    v1.execute("CREATE INDEX taps_expires ON taps (expires)")
+    v1.execute("INSERT INTO taps VALUES (?, 'rider-1', ?, ?, ?)",
+               (trip, entered.ts_us, NOW + 600, entered.encode()))  # fmt: skip
+    v1.execute("PRAGMA user_version = 1")
+    v1.close()
+    store = TapStore(path)
+    assert store.latest("rider-1", NOW) == entered.encode()
+    assert store.held(NOW) == {}
+    store.hold({f"pass:{trip}": NOW + 600, "pass:gone": NOW - 1}, NOW)
+    store.close()
+    store = TapStore(path)
+    assert store.held(NOW) == {f"pass:{trip}": NOW + 600}  # an expired one is not kept
+    assert store.held(NOW + 601) == {}
+    store.hold({}, NOW)
+    assert store.held(NOW) == {}
+    store.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (2,)
 
 
 def test_a_gate_shares_its_paid_taps_and_their_refunds_once_durable(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from lane.tap_desk import (
     REPLAY_UNREAD,
     REPLAY_UNRELEASED,
     TAPS_UNDROPPED,
+    TAPS_UNHELD,
     TAPS_UNREAD,
     TapDesk,
 )
@@ -84,10 +85,21 @@ class Exits:
     """An exit gate's desk on real store files in `tmp`, its alarms (raised, not cleared), and
     a passenger who tapped in at S01 and taps out, each time with a fresh token."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.clock = [float(NOW)]
+    def __init__(self, tmp: Path, clock: float = NOW) -> None:
+        self.tmp = tmp
+        self.clock = [clock]
         self.alarms: dict[str, str] = {}
         self.gate = desk(tmp, self.clock, self.alarm)
+
+    def restarted(self) -> Exits:
+        """The lane stopped (its stores closed, all it held in memory gone) and started again
+        on the same data directory."""
+        self.close()
+        return Exits(self.tmp, self.clock[0])
+
+    def close(self) -> None:
+        self.gate.store.close()
+        self.gate.replay.close()
 
     def alarm(self, code: str, text: str | None) -> None:
         if text is None:
@@ -185,6 +197,85 @@ async def test_an_exit_the_replay_store_cannot_mark_is_held_so_the_tap_in_exits_
             task.cancel()
         gate.store.close()
         gate.replay.close()
+
+
+async def test_a_held_exit_outlives_a_restart_before_the_replay_store_heals(
+    tmp_path: Path,
+) -> None:
+    """A held exit was in memory only: a lane restarted while the replay store still failed
+    priced the same tap-in as a trip again (the first trip's entry fare taken off a second
+    exit: a cheap or free ride)."""
+    exits = await Exits(tmp_path).tapped_in()
+    _, _, trip = await exits.tap_out()
+    assert trip is not None
+    path = tmp_path / "replay.sqlite3"
+    with locked(path):
+        await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+        assert exits.alarms["replay_store_error"].startswith(
+            f"{REPLAY_UNMARKED} {path}: database is locked"
+        )
+        assert "taps_store_error" not in exits.alarms  # the taps store took the held exit
+        exits = exits.restarted()
+        # Safe over the restart: the tap-in has exited; the next exit pays the maximum.
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
+        # The restarted lane tries the replay store: still failing, and said again.
+        upkeep = asyncio.create_task(_probe_taps(exits.gate))
+        await eventually(lambda: "replay_store_error" in exits.alarms, within=30)
+        assert exits.alarms["replay_store_error"].startswith(f"{REPLAY_UNMARKED} {path}")
+    tasks = [upkeep, asyncio.create_task(_probe_replay(exits.gate))]
+    gate = exits.gate
+    try:
+        # Clears by itself: the held exit is marked, then no longer held, in memory or file.
+        await eventually(lambda: "replay_store_error" not in exits.alarms, within=15)
+        await eventually(
+            lambda: (
+                gate.replay.get(f"pass:{trip}") is not None
+                and gate.unmarked == {}
+                and gate.store.held(NOW) == {}
+            ),
+            within=10,
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+    exits = exits.restarted()
+    try:
+        assert exits.gate.unmarked == {}
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
+    finally:
+        exits.close()
+
+
+async def test_a_held_exit_the_taps_store_cannot_keep_says_so_and_is_kept_once_it_can(
+    tmp_path: Path,
+) -> None:
+    """With the taps store failing too, the held exit is in memory only: the taps store's
+    alarm says a restart would forget it, until a write there keeps it."""
+    exits = await Exits(tmp_path).tapped_in()
+    _, _, trip = await exits.tap_out()
+    assert trip is not None
+    taps = tmp_path / "taps.sqlite3"
+    with locked(tmp_path / "replay.sqlite3"):
+        with corrupted(taps):
+            await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+            assert exits.alarms["taps_store_error"].startswith(
+                f"{TAPS_UNHELD} {taps}: database disk image is malformed"
+            )
+        # Safe while it lasts: held in memory, the tap-in has exited here.
+        assert exits.gate.store.held(NOW) == {}
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
+        upkeep = asyncio.create_task(_probe_taps(exits.gate))
+        try:
+            # Clears by itself once the taps store takes the held exit.
+            await eventually(lambda: "taps_store_error" not in exits.alarms, within=15)
+            await eventually(lambda: exits.gate.store.held(NOW) != {}, within=10)
+        finally:
+            upkeep.cancel()
+        exits = exits.restarted()  # the replay store still fails: the restart keeps the exit
+        try:
+            assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
+        finally:
+            exits.close()
 
 
 async def test_a_refund_the_replay_store_cannot_write_keeps_the_exit_says_so_and_clears(

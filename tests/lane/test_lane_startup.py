@@ -9,6 +9,36 @@ from pathlib import Path
 import pytest
 
 
+def _refused(conf: Path) -> str:
+    """`lane run` on the config: exit 2, no traceback; its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lane", "run", "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stderr
+
+
+def _refused_at_start(conf: Path) -> str:
+    """The config is good, a file it names or a store is not: one clear line."""
+    stderr = _refused(conf)
+    assert "lane: cannot start:" in stderr
+    return stderr
+
+
+def test_broken_config_is_refused_with_every_problem(tmp_path: Path) -> None:
+    conf = tmp_path / "lane.toml"
+    conf.write_text('[lane]\nid = "no-slash"\n[broker]\nport = "x"\nwhat = 1\n')
+    stderr = _refused(conf)
+    assert "lane.id" in stderr
+    assert "broker.port" in stderr
+    assert "broker.what" in stderr
+
+
 @pytest.mark.parametrize(
     ("setting", "content", "expected"),
     [
@@ -26,14 +56,18 @@ def test_unusable_files_stop_the_lane_at_start(
         (tmp_path / name).write_text(content)
     conf = tmp_path / "lane.toml"
     conf.write_text(f'[lane]\nid = "p1/l1"\ndata_dir = "data"\n{setting}\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "lane", "run", "--config", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    stderr = _refused_at_start(conf)
+    assert expected in stderr
+
+
+def test_a_metro_gate_whose_taps_store_is_not_a_database_stops_at_start(tmp_path: Path) -> None:
+    """The taps store's error at start left the lane with a traceback, not the clear line
+    and exit 2 of every other store."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "taps.sqlite3").write_bytes(b"not a database, " * 16)
+    conf = tmp_path / "lane.toml"
+    conf.write_text(
+        '[lane]\nid = "S01/g1"\nmode = "transit-entry"\ndata_dir = "data"\n[metro]\nline = "L1"\n'
     )
-    assert proc.returncode == 2, proc.stderr
-    assert "lane: cannot start:" in proc.stderr
-    assert expected in proc.stderr
-    assert "Traceback" not in proc.stderr
+    stderr = _refused_at_start(conf)
+    assert "taps.sqlite3: cannot open: file is not a database" in stderr

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from test_road_config import DEPLOY, NOW, keyset_with, lane_toml
 
-from lane.checks import check_config
-from lane.config import ConfigError, parse_config
+from lane.checks import check_config, check_config_main, check_line
+from lane.config import ConfigError, LaneConfig, load_config, parse_config
 from lane.daemon import exit_rules, rules_from
 
 METRO = DEPLOY / "tariff.metro.example.toml"
@@ -112,3 +112,73 @@ def test_check_config_warns_of_gates_without_a_shared_account_secret(tmp_path: P
     path.write_text(text)
     found = check_config(path, now=NOW)
     assert [w for w in found.warnings if "auth.account_secret" in w] == []
+
+
+def entry_tariff(path: Path, currency: str, adult: int, student: int) -> Path:
+    """A metro entry gate's flat [transit] tariff."""
+    path.write_text(
+        f'currency = "{currency}"\n[classes]\n1 = "Adult"\n2 = "Student"\n'
+        f'[transit]\nmode = "flat"\n[transit.fares]\n1 = {adult}\n2 = {student}\n'
+    )
+    return path
+
+
+def line_gates(tmp_path: Path, entry: Path) -> tuple[Path, Path]:
+    """An entry gate at S01 charging `entry`, and an exit gate at S03 pricing the line's trips
+    by the shipped metro tariff (from S01: S02 = 300 / 150, S03 = 500 / 250)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    return (
+        gate_toml(tmp_path / "in", "S01/g1", "transit-entry", entry),
+        gate_toml(tmp_path / "out", "S03/x1", "transit-exit", METRO),
+    )
+
+
+def test_check_config_warns_of_an_entry_fare_above_a_trips_fare_naming_the_cells(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry fare above a trip's left that exit 0 (`entry_overpaid:`), the excess never
+    refunded, with no word from check-config."""
+    entry, out = line_gates(tmp_path, entry_tariff(tmp_path / "entry.toml", "CNY", 400, 300))
+    tariff = tmp_path / "in" / "tariff.toml"
+    metro = tmp_path / "out" / "tariff.toml"
+    check_config_main([str(entry), str(out)])  # (its key sets are judged on the real clock)
+    said = [line for line in capsys.readouterr().out.splitlines() if "entry_overpaid" in line]
+    tail = (
+        ": those exits keep 0 (flagged entry_overpaid:) and the excess is never refunded; set "
+        "the entry fare at or below the line's lowest fare"
+    )
+    assert said == [
+        f"warning: {tariff}: transit.fares.1 = 400: above the trip's fare in {metro}: "
+        f"transit.version[0].fares.S01 class 1: S02 = 300{tail}",
+        f"warning: {tariff}: transit.fares.2 = 300: above the trip's fare in {metro}: "
+        f"transit.version[0].fares.S01 class 2: S02 = 150, S03 = 250{tail}",
+    ]
+    # At or below every trip from the station: nothing to say; each gate alone: nothing.
+    entry_tariff(tariff, "CNY", 300, 150)
+    assert check_line(loaded(entry, out)) == []
+    entry_tariff(tariff, "CNY", 400, 300)
+    assert check_line(loaded(entry)) == check_line(loaded(out)) == []
+
+
+def test_check_config_warns_of_an_entry_fare_in_another_currency_than_the_lines(
+    tmp_path: Path,
+) -> None:
+    """An entry gate charging another currency: the exits take nothing off (`entry_currency:`),
+    the rider pays the entry and the whole trip, with no word from check-config."""
+    entry, out = line_gates(tmp_path, entry_tariff(tmp_path / "entry.toml", "CNY", 200, 100))
+    text = entry.read_text().replace('tariff = "tariff.toml"', "# no tariff: the flat table")
+    entry.write_text(text)  # the built-in flat fares, in EUR (fares.currency)
+    assert check_line(loaded(entry, out)) == [
+        f"{entry}: fares.flat: in EUR, but {tmp_path / 'out' / 'tariff.toml'} prices the line's "
+        "trips in CNY: the exits do not take the entry fare off (the rider pays it and the "
+        "whole trip; flagged entry_currency:EUR); charge the line's currency at its entry gates"
+    ]
+    # In the line's currency: taken off; the built-in class 2 fare (400) is above its trips.
+    entry.write_text(text.replace('currency = "EUR"', 'currency = "CNY"'))
+    [said] = check_line(loaded(entry, out))
+    assert said.startswith(f"{entry}: fares.flat.2 = 400: above the trip's fare in "), said
+
+
+def loaded(*paths: Path) -> list[tuple[Path, LaneConfig]]:
+    return [(path, load_config(path)) for path in paths]
