@@ -6,10 +6,8 @@ processes, mosquitto and the device emulator."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -462,46 +460,3 @@ async def test_a_task_beside_the_daemon_that_ends_well_stops_nothing(lane_id: st
 
     await _stop_if_failed(ends(), stop, lane_id)
     assert not stop.is_set()
-
-
-async def systemctl(*args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0, args
-    return out.decode()
-
-
-@pytest.mark.skipif(
-    not Path("/run/systemd/system").is_dir() or shutil.which("systemd-run") is None,
-    reason="systemd is not the init system here (a container): no transient units to run",
-)
-async def test_a_transient_unit_is_restarted_by_the_watchdog(
-    tmp_path: Path, mosquitto: Mosquitto
-) -> None:
-    """The real systemd: needs it as PID 1 (sd_booted(3)); containers, CI's included, have not."""
-    conf = tmp_path / "lane.toml"
-    conf.write_text(
-        f'[lane]\nid = "p1/wd{uuid.uuid4().hex[:6]}"\ndata_dir = "{tmp_path / "data"}"\n'
-        f"[broker]\nport = {mosquitto.port}\n"
-        f'[camera]\nsource = "{tmp_path / "frames"}/"\n'
-    )
-    (tmp_path / "frames").mkdir()
-    unit = f"lane-watchdog-test-{uuid.uuid4().hex[:8]}"
-    properties = ["Type=notify", "NotifyAccess=main", "WatchdogSec=2", "TimeoutAbortSec=2"]
-    properties += ["Restart=on-failure", "RestartSec=1", f"WorkingDirectory={tmp_path}"]
-    run = ["systemd-run", f"--unit={unit}", *(f"--property={p}" for p in properties)]
-    await systemctl(*run, sys.executable, "-m", "lane", "run", "--config", str(conf))
-
-    async def unit_is(**wanted: str) -> bool:
-        props = (f"--property={k}" for k in wanted)
-        shown = await systemctl("systemctl", "show", unit, *props)
-        return dict(ln.split("=", 1) for ln in shown.split()) == wanted
-
-    try:
-        await eventually(lambda: unit_is(ActiveState="active"), within=60, every=0.2)  # READY=1
-        # Stopped, the process pings no more: the watchdog aborts it and systemd restarts it.
-        await systemctl("systemctl", "kill", "--signal=SIGSTOP", unit)
-        await eventually(lambda: unit_is(ActiveState="active", NRestarts="1"), within=60, every=0.2)
-    finally:
-        with contextlib.suppress(AssertionError):
-            await systemctl("systemctl", "stop", unit)
