@@ -22,10 +22,9 @@ import pytest
 from polling import eventually
 from systemd_kit import Manager, booted_systemd
 from test_lane_heal import LaneProcesses, lane_processes
+from test_lane_watchdog import assert_hung_in_a_log_write, log_noise
 
 from barrier.messages import LaneStatus
-from lane.transport.mqtt import MqttLink
-from lane.wire import topics
 from sim.broker import Mosquitto
 
 UNIT = Path(__file__).parents[2] / "deploy" / "lane.service"
@@ -65,23 +64,34 @@ async def systemd(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Man
         yield manager
 
 
-async def start_lane(
+@pytest.fixture
+async def rig(tmp_path: Path, mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[LaneProcesses]:
+    """The lane's config (its data directory in `tmp_path`), the device emulator."""
+    async with lane_processes(tmp_path, mosquitto, lane_id, tmp_path / "data") as processes:
+        yield processes
+
+
+@contextlib.asynccontextmanager
+async def lane_unit(
     systemd: Manager,
     rig: LaneProcesses,
     *how: str,
     unit_settings: Mapping[str, str] | None = None,
     **own: str,
-) -> str:
+) -> AsyncIterator[str]:
     """deploy/lane.service, as it is, installed under a name of its own with the test's
     drop-in, and started: `systemctl start` returns once READY=1 came (Type=notify), or at
-    once with `how` --no-block."""
+    once with `how` --no-block. Stopped on the way out."""
     unit = f"lane-test-{uuid.uuid4().hex[:8]}.service"
     (systemd.units / unit).write_bytes(UNIT.read_bytes())
     (systemd.units / f"{unit}.d").mkdir()
     (systemd.units / f"{unit}.d" / "test.conf").write_text(drop_in(rig, unit_settings, **own))
     await systemd.run("systemctl", "daemon-reload")
-    await systemd.run("systemctl", "start", *how, unit)
-    return unit
+    try:
+        await systemd.run("systemctl", "start", *how, unit)
+        yield unit
+    finally:
+        await systemd.exec("systemctl", "stop", unit)  # stopped already, when it passed
 
 
 async def unit_is(systemd: Manager, unit: str, **wanted: str) -> bool:
@@ -115,18 +125,18 @@ class Journal:
 
 
 async def test_the_unit_is_ready_and_its_watchdog_restarts_a_lane_whose_loop_blocks(
-    tmp_path: Path,
     mosquitto: Mosquitto,
     lane_id: str,
     lane_statuses: list[LaneStatus],
     systemd: Manager,
+    rig: LaneProcesses,
 ) -> None:
     """The loop blocks as it does when journald stops reading: the lane's stdout is full and
-    the next log line's write() waits on the loop. Garbage on a lane topic makes log lines."""
-    journal = Journal(tmp_path / "journal")
-    async with lane_processes(tmp_path, mosquitto, lane_id, tmp_path / "data") as rig:
-        unit = await start_lane(systemd, rig, StandardOutput=f"file:{journal.path}")
-        try:
+    the next log line's write() waits on the loop."""
+    work = rig.conf.parent
+    journal = Journal(work / "journal")
+    try:
+        async with lane_unit(systemd, rig, StandardOutput=f"file:{journal.path}") as unit:
             # The start job is done, so READY=1 came (Type=notify).
             first = await systemd.show(unit, "ActiveState", "SubState", "MainPID", "NRestarts")
             assert first | {"MainPID": ""} == {
@@ -139,74 +149,52 @@ async def test_the_unit_is_ready_and_its_watchdog_restarts_a_lane_whose_loop_blo
                 what="the lane's status in systemctl status",
             )
             seen = len(lane_statuses)
-            noise = MqttLink(mosquitto.host, mosquitto.port, f"noise-{lane_id}")
-            noise_task = asyncio.create_task(noise.run())
-            try:
-                await noise.wait_connected(5)
-                for n in range(2000):  # a log line each: 64 KiB is some 300 of them
-                    await noise.publish(topics.barrier_ack(lane_id), f"garbage {n}".encode())
+            async with log_noise(mosquitto, lane_id):
                 await eventually(
                     lambda: unit_is(systemd, unit, NRestarts="1"),
                     within=60,
                     every=0.2,
                     what="the watchdog's kill and the restart",
                 )
-            finally:
-                noise_task.cancel()
-                await asyncio.gather(noise_task, return_exceptions=True)
             journal.read()  # journald reads again: the restarted lane logs, and serves
             await eventually(lambda: any(s.state == "idle" for s in lane_statuses[seen:]), 30)
             again = await systemd.show(unit, "ActiveState", "MainPID", "NRestarts")
             assert again["ActiveState"] == "active" and again["MainPID"] != first["MainPID"]
             assert again["NRestarts"] == "1"
-        finally:
-            journal.read()  # a lane blocked on it would take SIGTERM only once it is read
-            await systemd.run("systemctl", "stop", unit)
-            journal.close()
+    finally:
+        journal.close()
     log = systemd.log()
     assert f"{unit}: Watchdog timeout (limit {WATCHDOG_S}s)!" in log, log
     assert f"{unit}: Failed with result 'watchdog'." in log, log
-    # faulthandler's stacks, on stderr (the journal): the loop's thread in a logging write.
-    stacks = (tmp_path / "stderr.txt").read_text(errors="replace")
-    assert "Fatal Python error: Aborted" in stacks
-    current = stacks.split("Current thread", 1)[1]
-    assert "logging/__init__.py" in current.split("\n\n", 1)[0], stacks
+    assert_hung_in_a_log_write(work / "stderr.txt")
     assert b'"event":"lane starting"' in journal.lines  # the restarted lane's, read
 
 
 async def test_the_unit_restarts_a_lane_that_crashes_and_not_one_that_stops_cleanly(
-    tmp_path: Path,
-    mosquitto: Mosquitto,
-    lane_id: str,
-    lane_statuses: list[LaneStatus],
-    systemd: Manager,
+    lane_statuses: list[LaneStatus], systemd: Manager, rig: LaneProcesses
 ) -> None:
-    async with lane_processes(tmp_path, mosquitto, lane_id, tmp_path / "data") as rig:
-        unit = await start_lane(systemd, rig)
-        try:
-            first = await systemd.show(unit, "MainPID")
-            await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=30)
-            seen = len(lane_statuses)
-            await systemd.run("systemctl", "kill", "--signal=SIGKILL", unit)  # a crash
-            await eventually(
-                lambda: unit_is(systemd, unit, ActiveState="active", NRestarts="1"),
-                within=30,
-                every=0.2,
-                what="the crashed lane restarted",
-            )
-            assert await systemd.show(unit, "MainPID") != first
-            await eventually(lambda: any(s.state == "idle" for s in lane_statuses[seen:]), 30)
-            # SIGTERM not from systemctl stop (someone's kill): the lane stops cleanly, exit 0,
-            # and the unit goes dead, not into a restart (it is then unloaded: transient).
-            await systemd.run("systemctl", "kill", "--signal=SIGTERM", unit)
-            await eventually(
-                lambda: f"{unit}: Deactivated successfully." in systemd.log(),
-                within=30,
-                what="the lane stopped and left stopped",
-            )
-            assert lane_statuses[-1].state == "offline"  # said on its way out
-        finally:
-            await systemd.exec("systemctl", "stop", unit)  # gone already when it passed
+    async with lane_unit(systemd, rig) as unit:
+        first = await systemd.show(unit, "MainPID")
+        await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=30)
+        seen = len(lane_statuses)
+        await systemd.run("systemctl", "kill", "--signal=SIGKILL", unit)  # a crash
+        await eventually(
+            lambda: unit_is(systemd, unit, ActiveState="active", NRestarts="1"),
+            within=30,
+            every=0.2,
+            what="the crashed lane restarted",
+        )
+        assert await systemd.show(unit, "MainPID") != first
+        await eventually(lambda: any(s.state == "idle" for s in lane_statuses[seen:]), 30)
+        # SIGTERM not from systemctl stop (someone's kill): the lane stops cleanly, exit 0,
+        # and the unit goes dead, not into a restart.
+        await systemd.run("systemctl", "kill", "--signal=SIGTERM", unit)
+        await eventually(
+            lambda: f"{unit}: Deactivated successfully." in systemd.log(),
+            within=30,
+            what="the lane stopped and left stopped",
+        )
+        assert lane_statuses[-1].state == "offline"  # said on its way out
     log = systemd.log()
     assert f"{unit}: Main process exited, code=killed, status=9/KILL" in log, log
     assert f"{unit}: Scheduled restart job, restart counter is at 1." in log, log
@@ -214,43 +202,35 @@ async def test_the_unit_restarts_a_lane_that_crashes_and_not_one_that_stops_clea
 
 
 async def test_the_unit_gives_up_on_a_lane_that_cannot_start_and_restarts_once_fixed(
-    tmp_path: Path,
-    mosquitto: Mosquitto,
-    lane_id: str,
-    lane_statuses: list[LaneStatus],
-    systemd: Manager,
+    tmp_path: Path, lane_statuses: list[LaneStatus], systemd: Manager, rig: LaneProcesses
 ) -> None:
     """A broken config: `lane run` exits 2 at once, and systemd tries again until its start
     limit (StartLimitBurst= starts in StartLimitIntervalSec=), then leaves the unit failed.
-    Fixed, `systemctl restart` starts it (docs/operations.md, "What needs a restart")."""
-    async with lane_processes(tmp_path, mosquitto, lane_id, tmp_path / "data") as rig:
-        good = rig.conf.read_text()
-        rig.conf.write_text(good + "[lane]\n")  # a table twice: not valid TOML
-        burst = int(re.findall(r"^StartLimitBurst=(\d+)$", UNIT.read_text(), re.M)[0])
-        # The shipped 2 s between starts, shorter, and the starts counted over 10 min, not 1:
-        # the same 10 starts, sooner, and all counted however slow a loaded machine is.
-        limits = {"StartLimitIntervalSec": "10min"}
-        unit = await start_lane(
-            systemd, rig, "--no-block", unit_settings=limits, RestartSec="100ms"
+    Fixed, `reset-failed` and `restart` start it (docs/operations.md, "What needs a restart")."""
+    good = rig.conf.read_text()
+    rig.conf.write_text(good + "[lane]\n")  # a table twice: not valid TOML
+    burst = int(re.findall(r"^StartLimitBurst=(\d+)$", UNIT.read_text(), re.M)[0])
+    # The shipped 2 s between starts, shorter, and the starts counted over 10 min, not 1:
+    # the same 10 starts, sooner, and all counted however slow a loaded machine is.
+    limits = {"StartLimitIntervalSec": "10min"}
+    async with lane_unit(
+        systemd, rig, "--no-block", unit_settings=limits, RestartSec="100ms"
+    ) as unit:
+        await eventually(
+            lambda: unit_is(systemd, unit, ActiveState="failed", NRestarts=str(burst)),
+            within=60,
+            every=0.2,
+            what="systemd giving up on the lane",
         )
-        try:
-            await eventually(
-                lambda: unit_is(systemd, unit, ActiveState="failed", NRestarts=str(burst)),
-                within=60,
-                every=0.2,
-                what="systemd giving up on the lane",
-            )
-            assert lane_statuses == []  # it never came up
-            rig.conf.write_text(good)
-            # Within StartLimitIntervalSec= of giving up a restart is refused, even by hand:
-            # reset-failed forgets the starts.
-            code, _, err = await systemd.exec("systemctl", "restart", unit)
-            assert code != 0 and "failed" in err
-            await systemd.run("systemctl", "reset-failed", unit)
-            await systemd.run("systemctl", "restart", unit)  # returns once READY=1 came
-            await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=30)
-        finally:
-            await systemd.exec("systemctl", "stop", unit)
+        assert lane_statuses == []  # it never came up
+        rig.conf.write_text(good)
+        # Within StartLimitIntervalSec= of giving up a restart is refused, even by hand:
+        # reset-failed forgets the starts.
+        code, _, err = await systemd.exec("systemctl", "restart", unit)
+        assert code != 0 and "failed" in err
+        await systemd.run("systemctl", "reset-failed", unit)
+        await systemd.run("systemctl", "restart", unit)  # returns once READY=1 came
+        await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=30)
     log = systemd.log()
     assert log.count(f"{unit}: Main process exited, code=exited, status=2/") == burst, log
     assert f"{unit}: Start request repeated too quickly." in log, log

@@ -6,6 +6,7 @@ processes, mosquitto and the device emulator."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -13,7 +14,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -302,6 +303,31 @@ async def systemd_watchdog(
         await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def log_noise(mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[None]:
+    """Garbage on the lane's barrier-ack topic, a log line each: 2000 of them, where 64 KiB of
+    stdout is some 300, so a lane whose stdout nobody reads blocks its loop on one."""
+    noise = MqttLink(mosquitto.host, mosquitto.port, f"noise-{lane_id}")
+    task = asyncio.create_task(noise.run())
+    try:
+        await noise.wait_connected(5)
+        for n in range(2000):
+            await noise.publish(topics.barrier_ack(lane_id), f"garbage {n}".encode())
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def assert_hung_in_a_log_write(stderr: Path) -> None:
+    """faulthandler's stacks, on the lane's stderr (the journal) when SIGABRT killed it: the
+    loop's thread in a logging write."""
+    stacks = stderr.read_text(errors="replace")
+    assert "Fatal Python error: Aborted" in stacks
+    current = stacks.split("Current thread", 1)[1]
+    assert "logging/__init__.py" in current.split("\n\n", 1)[0], stacks
+
+
 async def test_lane_run_says_ready_pings_the_watchdog_and_says_stopping(
     tmp_path: Path,
     mosquitto: Mosquitto,
@@ -348,24 +374,14 @@ async def test_a_lane_whose_loop_blocks_stops_pinging_is_killed_and_says_where_i
         for _ in range(8):  # 6 s: twice the interval, and the watchdog has not fired
             await a_ping(notify_socket)
             assert not watchdog.done()
-        noise = MqttLink(mosquitto.host, mosquitto.port, f"noise-{lane_id}")
-        noise_task = asyncio.create_task(noise.run())
         try:
-            await noise.wait_connected(5)
-            for n in range(2000):  # a log line each: 64 KiB is some 300 of them
-                await noise.publish(topics.barrier_ack(lane_id), f"garbage {n}".encode())
-            code = await asyncio.wait_for(proc.wait(), 60)
+            async with log_noise(mosquitto, lane_id):
+                code = await asyncio.wait_for(proc.wait(), 60)
         finally:
-            noise_task.cancel()
-            await asyncio.gather(noise_task, return_exceptions=True)
             os.close(stdout)
         assert watchdog.done()  # it was the watchdog's SIGABRT
         assert code == -signal.SIGABRT
-        # faulthandler's stacks, on stderr (the journal): the loop's thread in a logging write.
-        stacks = stderr.read_text(errors="replace")
-        assert "Fatal Python error: Aborted" in stacks
-        current = stacks.split("Current thread", 1)[1]
-        assert "logging/__init__.py" in current.split("\n\n", 1)[0], stacks
+        assert_hung_in_a_log_write(stderr)
 
 
 async def test_a_lane_waiting_for_a_full_disk_is_ready_and_keeps_the_watchdog_fed(
