@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps browser-deps rtsp-deps sim test lint bench clean
+.PHONY: setup system-deps browser-deps rtsp-deps systemd-deps sim test lint bench clean
 
 system-deps:
 	@missing=""; \
@@ -42,6 +42,14 @@ rtsp-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(RTSP_PACKAGES); }
 
+# The service tests run deploy/lane.service under Debian's systemd, booted as PID 1 of
+# namespaces of their own (as root; skipped elsewhere): tests/systemd_kit.py.
+systemd-deps:
+	@{ [ -x /lib/systemd/systemd ] && command -v systemd-run >/dev/null 2>&1; } || { \
+	  echo "installing system packages: systemd"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends systemd; }
+
 $(STAMP): pyproject.toml
 	$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ needed")'
 	[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
@@ -54,7 +62,7 @@ setup: system-deps $(STAMP)
 sim: setup
 	$(BIN)/lane sim $(ARGS)
 
-test: setup browser-deps rtsp-deps
+test: setup browser-deps rtsp-deps systemd-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 LINTED := lane scanner barrier uplink sim tests bench

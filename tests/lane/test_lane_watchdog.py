@@ -9,13 +9,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -304,6 +303,31 @@ async def systemd_watchdog(
         await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def log_noise(mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[None]:
+    """Garbage on the lane's barrier-ack topic, a log line each: 2000 of them, where 64 KiB of
+    stdout is some 300, so a lane whose stdout nobody reads blocks its loop on one."""
+    noise = MqttLink(mosquitto.host, mosquitto.port, f"noise-{lane_id}")
+    task = asyncio.create_task(noise.run())
+    try:
+        await noise.wait_connected(5)
+        for n in range(2000):
+            await noise.publish(topics.barrier_ack(lane_id), f"garbage {n}".encode())
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def assert_hung_in_a_log_write(stderr: Path) -> None:
+    """faulthandler's stacks, on the lane's stderr (the journal) when SIGABRT killed it: the
+    loop's thread in a logging write."""
+    stacks = stderr.read_text(errors="replace")
+    assert "Fatal Python error: Aborted" in stacks
+    current = stacks.split("Current thread", 1)[1]
+    assert "logging/__init__.py" in current.split("\n\n", 1)[0], stacks
+
+
 async def test_lane_run_says_ready_pings_the_watchdog_and_says_stopping(
     tmp_path: Path,
     mosquitto: Mosquitto,
@@ -350,24 +374,14 @@ async def test_a_lane_whose_loop_blocks_stops_pinging_is_killed_and_says_where_i
         for _ in range(8):  # 6 s: twice the interval, and the watchdog has not fired
             await a_ping(notify_socket)
             assert not watchdog.done()
-        noise = MqttLink(mosquitto.host, mosquitto.port, f"noise-{lane_id}")
-        noise_task = asyncio.create_task(noise.run())
         try:
-            await noise.wait_connected(5)
-            for n in range(2000):  # a log line each: 64 KiB is some 300 of them
-                await noise.publish(topics.barrier_ack(lane_id), f"garbage {n}".encode())
-            code = await asyncio.wait_for(proc.wait(), 60)
+            async with log_noise(mosquitto, lane_id):
+                code = await asyncio.wait_for(proc.wait(), 60)
         finally:
-            noise_task.cancel()
-            await asyncio.gather(noise_task, return_exceptions=True)
             os.close(stdout)
         assert watchdog.done()  # it was the watchdog's SIGABRT
         assert code == -signal.SIGABRT
-        # faulthandler's stacks, on stderr (the journal): the loop's thread in a logging write.
-        stacks = stderr.read_text(errors="replace")
-        assert "Fatal Python error: Aborted" in stacks
-        current = stacks.split("Current thread", 1)[1]
-        assert "logging/__init__.py" in current.split("\n\n", 1)[0], stacks
+        assert_hung_in_a_log_write(stderr)
 
 
 async def test_a_lane_waiting_for_a_full_disk_is_ready_and_keeps_the_watchdog_fed(
@@ -462,46 +476,3 @@ async def test_a_task_beside_the_daemon_that_ends_well_stops_nothing(lane_id: st
 
     await _stop_if_failed(ends(), stop, lane_id)
     assert not stop.is_set()
-
-
-async def systemctl(*args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0, args
-    return out.decode()
-
-
-@pytest.mark.skipif(
-    not Path("/run/systemd/system").is_dir() or shutil.which("systemd-run") is None,
-    reason="systemd is not the init system here (a container): no transient units to run",
-)
-async def test_a_transient_unit_is_restarted_by_the_watchdog(
-    tmp_path: Path, mosquitto: Mosquitto
-) -> None:
-    """The real systemd: needs it as PID 1 (sd_booted(3)); containers, CI's included, have not."""
-    conf = tmp_path / "lane.toml"
-    conf.write_text(
-        f'[lane]\nid = "p1/wd{uuid.uuid4().hex[:6]}"\ndata_dir = "{tmp_path / "data"}"\n'
-        f"[broker]\nport = {mosquitto.port}\n"
-        f'[camera]\nsource = "{tmp_path / "frames"}/"\n'
-    )
-    (tmp_path / "frames").mkdir()
-    unit = f"lane-watchdog-test-{uuid.uuid4().hex[:8]}"
-    properties = ["Type=notify", "NotifyAccess=main", "WatchdogSec=2", "TimeoutAbortSec=2"]
-    properties += ["Restart=on-failure", "RestartSec=1", f"WorkingDirectory={tmp_path}"]
-    run = ["systemd-run", f"--unit={unit}", *(f"--property={p}" for p in properties)]
-    await systemctl(*run, sys.executable, "-m", "lane", "run", "--config", str(conf))
-
-    async def unit_is(**wanted: str) -> bool:
-        props = (f"--property={k}" for k in wanted)
-        shown = await systemctl("systemctl", "show", unit, *props)
-        return dict(ln.split("=", 1) for ln in shown.split()) == wanted
-
-    try:
-        await eventually(lambda: unit_is(ActiveState="active"), within=60, every=0.2)  # READY=1
-        # Stopped, the process pings no more: the watchdog aborts it and systemd restarts it.
-        await systemctl("systemctl", "kill", "--signal=SIGSTOP", unit)
-        await eventually(lambda: unit_is(ActiveState="active", NRestarts="1"), within=60, every=0.2)
-    finally:
-        with contextlib.suppress(AssertionError):
-            await systemctl("systemctl", "stop", unit)
