@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ class RoadLane:
     device: DeviceEmulator
     source: PushSource
     notes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Stops the lane (as SIGTERM does) and its device; the road's end calls it too.
+    stop: Callable[[], Awaitable[None]] | None = None
 
     def named(self, name: str) -> list[dict[str, Any]]:
         return [fields for n, fields in self.notes if n == name]
@@ -96,11 +98,14 @@ class Road:
         tasks = [asyncio.create_task(device.run()), asyncio.create_task(daemon.run(stop))]
 
         async def down() -> None:
+            if stop.is_set():
+                return  # stopped before the road's end
             stop.set()
             await asyncio.wait_for(tasks[1], 15)
             await device.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+        lane.stop = down
         self.stack.push_async_callback(down)
         await device.wait_connected(5)
         await daemon.link.wait_connected(5)
