@@ -395,7 +395,6 @@ async def test_a_wallet_code_still_held_up_after_its_gate_opened_is_not_charged_
     assert "acquirer_declines" not in exit_gate.daemon.runner.alarms
 
 
-
 async def test_a_tap_out_carried_over_a_restart_and_refunded_reopens_its_tap_in_everywhere(
     road: Road,
 ) -> None:
