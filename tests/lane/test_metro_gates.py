@@ -216,7 +216,10 @@ async def test_a_passenger_refunded_at_either_gate_is_not_held_to_what_the_refun
 ) -> None:
     """Refunded at the entry gate (not let in), the passenger taps in again there: not refused
     as passback. Refunded at the exit gate (not let out), they tap out again there: priced
-    from their tap-in, not `Tap-in already used` at the maximum fare."""
+    from their tap-in, not `Tap-in already used` at the maximum fare. The back office's
+    ledger (`lane trips`) agrees: the refunded tap-out left the trip open, the second one
+    closed it, and no tap-out is unmatched."""
+    store = await running_back_office(road)
     entry, exit_gate, _ = await slow_gates(road)
     taps = desk(exit_gate)
     now = int(time.time())
@@ -230,11 +233,18 @@ async def test_a_passenger_refunded_at_either_gate_is_not_held_to_what_the_refun
     fare = load_tariff(METRO).trip_fare(1, "S01", "S03", time.time()).amount_minor
     trip = uuid.UUID(tap_in["record_id"]).hex
     await refunded(exit_gate, token(road, "rider-1", now - 2))
+    # The tap-out and its refund ingested: the passenger is still inside.
+    await eventually(lambda: len(ingested(store, "tap_out")) == 2, what="the refund ingested")
+    ledger = open_trips(store)
+    assert ([t.pass_id for t in ledger.open_trips], ledger.unmatched_exits) == ([trip], ())
     tap_out = await through(exit_gate, token(road, "rider-1", now - 3))
     paid_in = tap_in["amount_minor"]
     assert (tap_out["amount_minor"], tap_out["pass_id"], tap_out["flags"]) == (
         fare - paid_in, trip, [f"entry_paid:{paid_in}"]
     )  # fmt: skip
+    await eventually(lambda: len(ingested(store, "tap_out")) == 3, what="the tap-out ingested")
+    ledger = open_trips(store)  # out once: the refunded entry's trip and this one, closed
+    assert (ledger.open_trips, ledger.unmatched_exits, ledger.closed) == ((), (), 2)
 
 
 async def test_a_refund_is_heard_by_every_gate_of_the_line(road: Road) -> None:
