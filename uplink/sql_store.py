@@ -271,7 +271,7 @@ class FirstEntry(NamedTuple):
 class BatchTrips:
     """A batch's part in trips, read in one pass (it is on every batch's path)."""
 
-    trips: list[str]  # the trip ids its entries and exits name, sorted
+    trips: list[str]  # the trip ids its entries and exits (and its exit refunds) name, sorted
     exited: list[str]  # those its exits name, sorted
     # Each trip's earliest entry in the batch (by time, then record id, as
     # uplink.trips._keep_first), but for the trips it exits.
