@@ -311,11 +311,18 @@ def paid_carried(owed: OwedPassage, wall_now: float, lane: str) -> ev.PaidCarrie
             "lane": lane,
             "record_id": owed.record_id,
             "vehicle_id": owed.vehicle_id,
+            "pass_id": owed.pass_id,
             "age_s": round(age_s, 3),
         },
     )
     return ev.PaidCarried(
-        owed.record_id, owed.vehicle_id, owed.vehicle_class, owed.credential, age_s, new_id()
+        owed.record_id,
+        owed.vehicle_id,
+        owed.vehicle_class,
+        owed.credential,
+        age_s,
+        new_id(),
+        owed.pass_id,
     )
 
 

@@ -119,7 +119,7 @@ class RecordStore(Protocol):
     with the passage it owes (or ends) in the same commit; `served` forgets owed passages."""
 
     async def append(
-        self, draft: RecordDraft, owes: str | None, ends_owed: str | None
+        self, draft: RecordDraft, owes: str | None, ends_owed: str | None, owed_pass: str | None
     ) -> Record: ...
     async def served(self, record_id: str) -> None: ...
 
@@ -401,7 +401,9 @@ class LaneRunner:
 
     async def _persist(self, action: Persist) -> None:
         try:
-            record = await self.store.append(action.draft, action.owes, action.ends_owed)
+            record = await self.store.append(
+                action.draft, action.owes, action.ends_owed, action.owed_pass
+            )
         except QueueFull as exc:
             log.error(
                 "queue full",

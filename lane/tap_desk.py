@@ -261,7 +261,7 @@ class TapDesk:
         ids = {"lane": self.lane, "record_id": record.record_id, "from_lane": record.lane}
         if d.kind == RecordKind.TAP_OUT:
             if d.pass_id is None:
-                return False  # it marked nothing: priced `pass_used` or `no_pass`, or carried
+                return False  # it marked nothing: priced `pass_used` or `no_pass`
             exp = self.replay.release(pass_key(d.pass_id), record.lane, remote=True)
             log.info("refunded tap-out: tap-in reopened",
                      extra={**ids, "pass_id": d.pass_id, "released": exp is not None})  # fmt: skip

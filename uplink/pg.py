@@ -185,6 +185,12 @@ class TripsMetError(IngestStoreError):
     (`PostgresIngestStore._trip_statements`); it is stored by the pipelined transaction."""
 
 
+class ExitsUndoneError(IngestStoreError):
+    """A batch's one statement refused itself: an exit of it is refunded already (its refund
+    came first, `PostgresIngestStore._trip_statements`); it is stored by the pipelined
+    transaction, which undoes it (`SqlIngestStore._undo_exits`)."""
+
+
 class TripLocks(NamedTuple):
     schema: int  # the schema's key, the first of each lock's two
     keys: list[int]  # ascending
@@ -554,6 +560,8 @@ class PostgresIngestStore(SqlIngestStore):
             except psycopg.errors.NotNullViolation as exc:
                 if exc.diag.table_name == "epochs" and exc.diag.column_name == "closed":
                     raise TripsMetError(f"postgres: {_first_line(exc)}") from exc
+                if exc.diag.table_name == "epochs" and exc.diag.column_name == "first_us":
+                    raise ExitsUndoneError(f"postgres: {_first_line(exc)}") from exc
                 raise IngestStoreError(f"postgres: {exc}") from exc
             except psycopg.Error as exc:
                 raise IngestStoreError(f"postgres: {exc}") from exc
@@ -593,7 +601,9 @@ class PostgresIngestStore(SqlIngestStore):
         walks the prefix on in a second transaction after that commit; a worker that stops
         in between leaves the prefix short, and the next `epochs()` walks it on."""
         key = (lane, queue.epoch)
-        if key not in self._seen or (key in self._meeting and self.upgrade_seen):
+        # A batch with a refund of an exit (rare) undoes it in the pipelined transaction.
+        undoes = any(r.trip is not None and r.trip.role == TripRole.UNDO for r in records)
+        if key not in self._seen or (key in self._meeting and self.upgrade_seen) or undoes:
             result = super()._store_new(lane, queue, records, now_us)
             self._seen.add(key)
             return result
@@ -601,16 +611,21 @@ class PostgresIngestStore(SqlIngestStore):
         trips = batch_trips(records)
         # An epoch whose last batch met strays (an entry lane's backlog, its exit lanes'
         # batches meanwhile) keeps and prunes them in the same round trip at once; any other
-        # batch tries the closed road's form, which refuses itself when it meets them.
+        # batch tries the closed road's form, which refuses itself when it meets them, or an
+        # exit of it refunded already.
         new = NewRows(lane, queue.epoch, records, now_us)
         try:
-            rows = self._one_statement(
-                self._new_statements(new, trips, strays=key in self._meeting), trips.trips
-            )
-        except TripsMetError:
-            if self.upgrade_seen:  # the trips a late entry closed are noted (`_note_counted`)
-                return super()._store_new(lane, queue, records, now_us)
-            rows = self._one_statement(self._new_statements(new, trips, strays=True), trips.trips)
+            try:
+                rows = self._one_statement(
+                    self._new_statements(new, trips, strays=key in self._meeting), trips.trips
+                )
+            except TripsMetError:
+                if self.upgrade_seen:  # the trips a late entry closed are noted (`_note_counted`)
+                    return super()._store_new(lane, queue, records, now_us)
+                statements = self._new_statements(new, trips, strays=True)
+                rows = self._one_statement(statements, trips.trips)
+        except ExitsUndoneError:
+            return super()._store_new(lane, queue, records, now_us)
         row = rows[0]
         if row is None:  # its row was removed by hand: the records are held, the row is not
             self._seen.discard(key)
@@ -835,6 +850,16 @@ class PostgresIngestStore(SqlIngestStore):
             sets, values = f", closed = closed + {gone}", ()
         else:
             sets = f", closed = closed + CASE WHEN {' OR '.join(short)} THEN NULL ELSE {gone} END"
+        if batch.exits:
+            # An exit of the batch refunded already (its refund came first) refuses the
+            # statement: `first_us` NULL (ExitsUndoneError). An index probe per exit, in the
+            # same round trip.
+            form, exits = _text_column([r for r, _ in batch.exits])
+            sets += (
+                f", first_us = CASE WHEN (SELECT 1 FROM unnest({form}) AS z (r) JOIN {{records}}"
+                " AS u ON u.trip_role = %s AND u.trip_id = z.r LIMIT 1) IS NULL THEN first_us END"
+            )
+            values = (*values, exits, TripRole.UNDO.value)
         ctes = "".join(f", {name} AS ({self._sql(sql)})" for name, sql, _ in steps)
         return ctes, tuple(v for _, _, p in steps for v in p), sets, values
 

@@ -86,6 +86,7 @@ class OwedPassage:
     vehicle_class: int
     credential: str  # the digest of the code it paid with, never the code
     ts_us: int  # the paid record's commit (wall clock, UTC)
+    pass_id: str | None = None  # the pass its exit marked used, which its refund releases
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,13 @@ def _add_keyed_v5(db: sqlite3.Connection) -> None:
     )
 
 
+def _add_owed_pass_v6(db: sqlite3.Connection) -> None:
+    """The pass a paid exit marked used (a metro tap-in), kept with its owed passage, so a
+    refund after a restart releases it as a live one does. A passage owed across the upgrade
+    itself has none (NULL): its refund releases nothing, as before."""
+    db.execute("ALTER TABLE owed ADD COLUMN pass_id TEXT")
+
+
 # MIGRATIONS[n] upgrades a database at user_version n to n + 1. Records are never re-encoded by a
 # migration: an older record format stays in the queue as bytes and is forwarded unchanged.
 MIGRATIONS: dict[int, Migration] = {
@@ -170,6 +178,7 @@ MIGRATIONS: dict[int, Migration] = {
     2: _add_epoch_v3,
     3: _add_owed_v4,
     4: _add_keyed_v5,
+    5: _add_owed_pass_v6,
 }
 
 
@@ -373,12 +382,17 @@ class RecordQueue:
     # -- the API -------------------------------------------------------------------------------
 
     def append(
-        self, draft: RecordDraft, owes: str | None = None, ends_owed: str | None = None
+        self,
+        draft: RecordDraft,
+        owes: str | None = None,
+        ends_owed: str | None = None,
+        owed_pass: str | None = None,
     ) -> Record:
         """Stamp and durably store one record; return it once the commit is on disk. In the
-        same commit: `owes` (a code's digest) keeps the passage this paid record is owed,
-        `ends_owed` (a record id) ends one (lane.core.actions.Persist)."""
-        record = self._append(draft, None, owes, ends_owed)
+        same commit: `owes` (a code's digest) keeps the passage this paid record is owed, with
+        `owed_pass` (the pass its exit marked, which a refund releases), `ends_owed` (a record
+        id) ends one (lane.core.actions.Persist)."""
+        record = self._append(draft, None, (owes, owed_pass), ends_owed)
         assert record is not None  # only a keyed append finds its record there already
         return record
 
@@ -387,11 +401,16 @@ class RecordQueue:
         appended one under it before (kept 30 days, as `paid`): the record once on disk, or
         None when it was there already. A writer that crashed between this and noting it
         asks again, and nothing is appended twice."""
-        return self._append(draft, record_id, None, None)
+        return self._append(draft, record_id, (None, None), None)
 
     def _append(
-        self, draft: RecordDraft, keyed: str | None, owes: str | None, ends_owed: str | None
+        self,
+        draft: RecordDraft,
+        keyed: str | None,
+        owed: tuple[str | None, str | None],
+        ends_owed: str | None,
     ) -> Record | None:
+        owes, owed_pass = owed
         now = self._wall()
         ts_us = int(now * 1_000_000)
         record_id = keyed or str(uuid7(unix_ms=ts_us // 1000))
@@ -420,8 +439,9 @@ class RecordQueue:
                 )
             if owes is not None:
                 db.execute(
-                    "INSERT OR REPLACE INTO owed VALUES (?, ?, ?, ?, ?)",
-                    (record_id, draft.vehicle_id, draft.vehicle_class, owes, ts_us),
+                    "INSERT OR REPLACE INTO owed (record_id, vehicle_id, vehicle_class,"
+                    " credential, ts_us, pass_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    (record_id, draft.vehicle_id, draft.vehicle_class, owes, ts_us, owed_pass),
                 )
             if ends_owed is not None:
                 db.execute("DELETE FROM owed WHERE record_id=?", (ends_owed,))
@@ -476,10 +496,13 @@ class RecordQueue:
         """The passages still owed, oldest first (read once, at the lane's start)."""
         with self._locked() as db:
             rows = db.execute(
-                "SELECT record_id, vehicle_id, vehicle_class, credential, ts_us FROM owed"
-                " ORDER BY ts_us, record_id"
+                "SELECT record_id, vehicle_id, vehicle_class, credential, ts_us, pass_id"
+                " FROM owed ORDER BY ts_us, record_id"
             ).fetchall()
-        return [OwedPassage(str(r), str(v), int(c), str(k), int(t)) for r, v, c, k, t in rows]
+        return [
+            OwedPassage(str(r), str(v), int(c), str(k), int(t), None if p is None else str(p))
+            for r, v, c, k, t, p in rows
+        ]
 
     def served(self, record_id: str) -> None:
         """This paid vehicle went through: forget the passage its record owed.

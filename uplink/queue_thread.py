@@ -69,9 +69,13 @@ class QueueThread:
         return self.sync.write_error
 
     async def append(
-        self, draft: RecordDraft, owes: str | None = None, ends_owed: str | None = None
+        self,
+        draft: RecordDraft,
+        owes: str | None = None,
+        ends_owed: str | None = None,
+        owed_pass: str | None = None,
     ) -> Record:
-        return await self._call(self.sync.append, draft, owes, ends_owed)
+        return await self._call(self.sync.append, draft, owes, ends_owed, owed_pass)
 
     async def append_once(self, draft: RecordDraft, record_id: str) -> Record | None:
         return await self._call(self.sync.append_once, draft, record_id)

@@ -163,6 +163,22 @@ PRUNE_STRAYS = (
     " WHERE x.trip_role=? AND x.trip_id IN (SELECT t.column1 FROM (VALUES {ids}) AS t WHERE"
     f" NOT ({NO_ENTRY.replace('{column}', 'column1')})))"
 )
+# Which of some record ids (`{ids}`: a batch's exits, and the exits its refunds of exits name)
+# are exits whose refund is held (a refund of an exit is marked `undo`, its trip id the exit's
+# record id): the exits a batch undoes, whatever came first. Parameters: exit, the ids, undo.
+UNDONE = (
+    "SELECT x.record_id, x.trip_id FROM {records} AS x WHERE x.trip_role=?"
+    " AND x.record_id IN ({ids}) AND (SELECT 1 FROM {records} AS u WHERE u.trip_role=?"
+    " AND u.trip_id = x.record_id LIMIT 1) IS NOT NULL"
+)
+# How many of some trip ids (`{ids}`) are closed: an entry and an exit held. Parameters: the
+# trip ids, entry, exit.
+CLOSED_AMONG = (
+    "SELECT COUNT(*) FROM (VALUES {ids}) AS t"
+    f" WHERE NOT ({NO_ENTRY.replace('{column}', 'column1')})"
+    " AND (SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=t.column1 LIMIT 1)"
+    " IS NOT NULL"
+)
 # The refunds owed and not made (uplink.refunds): each `tap_out` owing one whose payment has
 # no `made` or `made_by_hand` record held, with its payment's latest `unpaid` record (NULL:
 # none). Driven by the refund index (`refund_of`, where set), the ends probed by key in scalar
@@ -255,23 +271,32 @@ class FirstEntry(NamedTuple):
 class BatchTrips:
     """A batch's part in trips, read in one pass (it is on every batch's path)."""
 
-    trips: list[str]  # the trip ids its entries and exits name, sorted
+    trips: list[str]  # the trip ids its entries and exits (and its exit refunds) name, sorted
     exited: list[str]  # those its exits name, sorted
     # Each trip's earliest entry in the batch (by time, then record id, as
     # uplink.trips._keep_first), but for the trips it exits.
     entries: list[FirstEntry]
     exits: list[tuple[str, str]]  # its exits' record ids and trip ids
+    # The record ids of its exits and of the exits its refunds undo: `_undo_exits` looks for
+    # the refunded ones among them.
+    undoable: list[str]
 
 
 def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
     """Pure: what `BatchTrips` says of `records`."""
     exits: list[tuple[str, str]] = []
     first: dict[str, tuple[int, str]] = {}  # trip id: its earliest entry's (time, record id)
+    undone: list[str] = []  # the exits its refunds undo
+    locked: set[str] = set()  # their trips, where the refunds name them
     for r in records:
         mark = r.trip
         if mark is None or mark.trip_id is None:
             continue
-        if mark.role == TripRole.EXIT:
+        if mark.role == TripRole.UNDO:
+            undone.append(mark.trip_id)
+            if mark.undone_trip is not None:
+                locked.add(mark.undone_trip)
+        elif mark.role == TripRole.EXIT:
             exits.append((r.record_id, mark.trip_id))
         elif mark.role == TripRole.ENTRY:
             key = (r.ts_us, r.record_id)
@@ -280,7 +305,8 @@ def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
                 first[mark.trip_id] = key
     exited = {trip for _, trip in exits}
     entries = [FirstEntry(t, rid, ts) for t, (ts, rid) in first.items() if t not in exited]
-    return BatchTrips(sorted(exited.union(first)), sorted(exited), entries, exits)
+    undoable = sorted({*(rid for rid, _ in exits), *undone})
+    return BatchTrips(sorted(exited.union(first, locked)), sorted(exited), entries, exits, undoable)
 
 
 class UpgradeJob(StrEnum):
@@ -415,6 +441,50 @@ class SqlIngestStore:
         late = self._prune_strays(db, batch.trips) if met or kept else 0
         return len(closed) + late, kept or late > 0
 
+    def _undo_exits(self, db: Session, undoable: Sequence[str]) -> int:
+        """Undo the exits refunded by now among `undoable` (a batch's exits and the exits its
+        refunds name: `BatchTrips.undoable`), whichever of an exit and its refund came first:
+        each becomes `refunded` (it closes nothing, and is no stray: not unmatched), its trip's
+        open-trips row is what the records now hold (open again when it had an entry and no
+        other exit), and the count of trips closed changes by what that did (returned, for
+        the batch's epoch row). After the batch's own trips are kept, under their locks (an
+        undone exit of the batch's is of its trips; a refund's, of the trip it names). One
+        read when the batch has exits or refunds of exits; more only when it undoes one."""
+        if not undoable:
+            return 0
+        q = self._sql
+        marks = ", ".join("?" for _ in undoable)
+        found = db.cursor()
+        found.execute(
+            q(UNDONE.replace("{ids}", marks)),
+            (TripRole.EXIT.value, *undoable, TripRole.UNDO.value),
+        )
+        undone = [(str(rid), str(trip)) for rid, trip in found.fetchall()]
+        if not undone:
+            return 0
+        trips = sorted({trip for _, trip in undone})
+        before = self._closed_among(db, trips)
+        ids = [rid for rid, _ in undone]
+        db.cursor().executemany(
+            q("UPDATE {records} SET trip_role=? WHERE record_id=?"),
+            [(TripRole.REFUNDED.value, rid) for rid in ids],
+        )
+        db.cursor().execute(
+            q(f"DELETE FROM {{stray_exits}} WHERE record_id IN ({', '.join('?' for _ in ids)})"),
+            (*ids,),
+        )
+        self._refresh_trips(db, trips)
+        return self._closed_among(db, trips) - before
+
+    def _closed_among(self, db: Session, trips: Sequence[str]) -> int:
+        cur = db.cursor()
+        ids = ", ".join("(?)" for _ in trips)
+        cur.execute(
+            self._sql(CLOSED_AMONG.replace("{ids}", ids)),
+            (*trips, TripRole.ENTRY.value, TripRole.EXIT.value),
+        )
+        return int(cur.fetchone()[0])
+
     def _met_strays(self, key: tuple[str, str], met: bool) -> None:
         """After a batch of the epoch `key` stored by `_store_new`'s transaction: whether it
         kept strays or counted a trip a late entry closed (PostgreSQL stores the epoch's next
@@ -542,6 +612,7 @@ class SqlIngestStore:
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
             # every record is inserted (or RowTakenError)
             closed, met = self._add_trips(db, trips)
+            closed += self._undo_exits(db, trips.undoable)
             self._met_strays((lane, epoch), met)
             args = (*move_on_args(first, last), closed, lane, epoch, lane)
             moved = db.cursor()
@@ -625,7 +696,7 @@ class SqlIngestStore:
             closed = {t for _, t in exits if t in was_open}
             self._add_strays(db, [e for e in exits if e[1] not in was_open])
             self._note_counted(db, closed)
-            late = self._prune_strays(db, trips)
+            late = self._prune_strays(db, trips) + self._undo_exits(db, marked.undoable)
             by_id, by_seq = self._held_rows(
                 db, lane, epoch, [r for r in records if r.seq not in fresh]
             )
@@ -904,6 +975,10 @@ class SqlIngestStore:
                 db.cursor().executemany(
                     q("UPDATE {records} SET trip_role=?, trip_id=? WHERE record_id=?"), marks
                 )
+            # Exits refunded, in this chunk or one before (the TALLY job counts from them).
+            undoable = [m.trip_id if m.role == TripRole.UNDO else rid for rid, m in rows
+                        if m is not None and m.role in (TripRole.EXIT, TripRole.UNDO)]  # fmt: skip
+            self._undo_exits(db, [rid for rid in undoable if rid is not None])
         elif job == UpgradeJob.PRUNE:
             read.execute(
                 q("SELECT record_id, trip_id FROM {stray_exits} WHERE TRUE"

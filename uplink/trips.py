@@ -8,8 +8,11 @@ nobody and a declined exit let nobody out: neither counts. Two entries under one
 pass shown at two entry lanes) are one trip, entered at the earlier of them. The refund of an
 entry or a tap-in (`paid_not_passed`: the vehicle was held by a fault and never let in, and
 the record undoes its entry) closes the trip that entry opened, as its exit would: an entry
-refund names the entry's pass, a tap-in refund the tap-in's record (`record:<id>`). A refund
-of an exit takes no part.
+refund names the entry's pass, a tap-in refund the tap-in's record (`record:<id>`). The
+refund of an exit or a tap-out (the vehicle was never let out) undoes that exit, the record
+its `record:<id>` names, whatever the order they arrive in: the exit closes nothing, so its
+trip is open again (or its exit no longer unmatched), and the passenger's later exit closes
+it as any exit would.
 
 `trip_mark` says what one record is to the ledger and `trip_ledger` is the ledger of a set of
 encoded records, both pure. The back office does not decode its records to answer: the store
@@ -50,12 +53,19 @@ class TripRole(StrEnum):
     ENTRY = "entry"  # opens a trip
     EXIT = "exit"  # closes one (an exit, or the refund of its entry)
     UNREADABLE = "unreadable"  # its bytes do not decode (counted, never fatal)
+    # The refund of an exit: its `trip_id` is the record id of the exit it undoes (not a trip).
+    UNDO = "undo"
+    # An exit whose refund the store holds: it closes nothing (set by the store, never marked).
+    REFUNDED = "refunded"
 
 
 @dataclass(frozen=True)
 class TripMark:
     role: TripRole
     trip_id: str | None  # None only when UNREADABLE
+    # UNDO: the trip the refunded exit closed, when the refund names it (its pass): the store
+    # locks it (uplink.pg); not stored.
+    undone_trip: str | None = None
 
 
 UNREADABLE = TripMark(TripRole.UNREADABLE, None)
@@ -63,12 +73,12 @@ UNREADABLE = TripMark(TripRole.UNREADABLE, None)
 
 def trip_mark(record: Record) -> TripMark | None:
     """Pure: the record's part in a trip; None when it takes none (another kind, declined, a
-    refund of anything but an entry, or no trip id an exit could name)."""
+    refund naming no record it undoes, or no trip id an exit could name)."""
     d = record.draft
     if d.auth.result == AuthResult.DECLINED:
         return None
     if REFUND_FLAG in d.flags:
-        return _undone_entry(record)
+        return _undone_exit(record) if d.kind in EXIT_KINDS else _undone_entry(record)
     role = (
         TripRole.ENTRY if d.kind in ENTRY_KINDS else TripRole.EXIT if d.kind in EXIT_KINDS else None
     )
@@ -94,6 +104,14 @@ def _undone_entry(record: Record) -> TripMark | None:
     return None if not trip else TripMark(TripRole.EXIT, trip)
 
 
+def _undone_exit(record: Record) -> TripMark | None:
+    """The refund of an exit undoes the exit its `record:<id>` names (one written before
+    refunds named their record names none)."""
+    d = record.draft
+    refunded = flag_value(d.flags, FLAG_RECORD)
+    return None if not refunded else TripMark(TripRole.UNDO, refunded, d.pass_id or None)
+
+
 def stored_mark(data: bytes) -> TripMark | None:
     """Pure: the mark of a record's stored bytes (what a store upgrade fills old rows with)."""
     record = Record.readable(data)
@@ -114,8 +132,8 @@ class OpenTrip:
 @dataclass(frozen=True)
 class TripLedger:
     open_trips: tuple[OpenTrip, ...]  # entered, not (yet) exited; oldest first
-    closed: int  # entries with an exit (or the refund of the entry)
-    unmatched_exits: tuple[str, ...]  # record ids of exits whose entry is not held
+    closed: int  # entries with an exit (or the refund of the entry), not refunded
+    unmatched_exits: tuple[str, ...]  # record ids of exits whose entry is not held, not refunded
     unreadable: int  # stored records that do not decode (counted, never fatal)
     # The store's upgrade has not yet reached every record (PostgreSQL, docs/uplink.md):
     # trips of the records it has not reached are missing from this answer.
@@ -138,14 +156,16 @@ class TripIndex(Protocol):
 
 
 def trip_ledger(blobs: Iterable[bytes]) -> TripLedger:
-    """Pure: the trips of a set of encoded records (in any order)."""
+    """Pure: the trips of a set of encoded records (in any order). An exit whose refund is
+    among them closes nothing."""
     entries: dict[str, OpenTrip] = {}
     exits: dict[str, list[str]] = {}
     marked, unreadable = _marked(blobs)
+    undone = {trip for _, role, trip in marked if role == TripRole.UNDO}
     for record, role, trip in marked:
         if role == TripRole.ENTRY:
             _keep_first(entries, _open_trip(record, trip))
-        else:
+        elif role == TripRole.EXIT and record.record_id not in undone:
             exits.setdefault(trip, []).append(record.record_id)
     still_open = (t for p, t in entries.items() if p not in exits)
     unmatched = [r for p, ids in exits.items() if p not in entries for r in ids]

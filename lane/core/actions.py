@@ -53,13 +53,16 @@ class Settle:
 class Persist:
     """Append the draft (fsync). `owes`: the record is a payment whose passage the lane owes
     until `PassageServed` (the digest of its code): the queue keeps that in the same commit, so
-    a restart finds it (events.PaidCarried). `ends_owed`: this record (`paid_not_passed`) ends
-    the owed passage of that record id, in the same commit."""
+    a restart finds it (events.PaidCarried). `owed_pass`: with `owes`, the pass (a metro
+    tap-in) this paid exit marks used (`Vehicle.marked_pass`), kept with the owed passage so
+    its refund after a restart releases it as a live one does. `ends_owed`: this record
+    (`paid_not_passed`) ends the owed passage of that record id, in the same commit."""
 
     persist_id: str
     draft: RecordDraft
     owes: str | None = None
     ends_owed: str | None = None
+    owed_pass: str | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,9 @@ when the next vehicle had paid under the open barrier), and the lane honours eac
 - neither within what is left of `pass_dwell_s` (counted from the record's commit; at least
   `probe_s`): `paid_not_passed`, as when the barrier never opened for it (lane.core.recovery).
 
+Its refund, whichever way it comes, gives back what a live one does: the pass its exit marked
+used (`marked_pass`, kept with the owed passage: `Persist.owed_pass`) is released.
+
 Other codes are served as usual meanwhile. Pure like the rest of the core.
 """
 
@@ -53,7 +56,12 @@ def on_carried(state: LaneState, event: ev.PaidCarried, now: float) -> Result:
     left = max(rules.pass_dwell_s - max(0.0, event.age_s), rules.probe_s)
     vehicle_id = lane_vehicle_id(event)
     owed = CarriedPayment(
-        event.record_id, vehicle_id, event.vehicle_class, event.credential, now + left
+        event.record_id,
+        vehicle_id,
+        event.vehicle_class,
+        event.credential,
+        now + left,
+        event.marked_pass,
     )
     note = PaidCarriedNote(vehicle_id, event.record_id, CarriedStep.CARRIED)
     return replace(state, carried=(*state.carried, owed)), [note]
@@ -89,6 +97,7 @@ def claim(state: LaneState, event: ev.Scanned, now: float) -> Result:
         event.frame_ts,
         record_id=owed.record_id,
         carried=True,
+        carried_pass=owed.marked_pass,
         durable_at=now,
     )
     vehicle = Vehicle(
@@ -129,6 +138,7 @@ def adopt(state: LaneState, now: float) -> Result:
         crossings=1 if under else 0,
         since=owed.due - state.rules.pass_dwell_s,
         carried=True,
+        marked_pass=owed.marked_pass,
     )
     note = PaidCarriedNote(owed.vehicle_id, owed.record_id, CarriedStep.UNDER_OPEN_BOOM)
     return replace(state, passage=passage, carried=_without(state, owed)), [note]
@@ -144,7 +154,12 @@ def on_tick(state: LaneState, now: float) -> Result:
     for owed in [c for c in state.carried if now >= c.due]:
         state = replace(state, carried=_without(state, owed))
         state, more = recovery.not_passed(
-            state, owed.vehicle_id, owed.vehicle_class, owed.record_id, carried=True
+            state,
+            owed.vehicle_id,
+            owed.vehicle_class,
+            owed.record_id,
+            carried=True,
+            marked_pass=owed.marked_pass,
         )
         actions += more
     return state, actions

@@ -211,7 +211,9 @@ class PaidCarried:
     record `record_id` (vehicle `vehicle_id`, class `vehicle_class`) was committed `age_s`
     seconds ago (wall time) and neither a passage nor a `paid_not_passed` record followed it.
     `credential` is the digest of the code it paid with (lane.core.records.credential_of),
-    never the code. `event_id` is a fresh unique id from the shell."""
+    never the code. `event_id` is a fresh unique id from the shell. `marked_pass`: the pass
+    (a metro tap-in) its exit record marked used (actions.Persist.owed_pass), which a refund
+    of it releases."""
 
     record_id: str
     vehicle_id: str
@@ -219,6 +221,7 @@ class PaidCarried:
     credential: str
     age_s: float
     event_id: str
+    marked_pass: str | None = None
 
 
 @dataclass(frozen=True)

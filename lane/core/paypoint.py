@@ -208,9 +208,11 @@ def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
     draft = record_draft(state, vehicle, event, result)
     vehicle = replace(vehicle, stage=Committed(event.auth_id, event, attempt.frame_ts))
     state = commit(state, event.auth_id)
-    # Owed a passage from its commit on, over a restart too (lane.core.carried).
+    # Owed a passage from its commit on, over a restart too (lane.core.carried), with the pass
+    # its refund would release.
     owes = credential_of(attempt.text)
-    return replace(state, vehicle=vehicle), [Persist(event.auth_id, draft, owes=owes)]
+    persist = Persist(event.auth_id, draft, owes=owes, owed_pass=vehicle.marked_pass)
+    return replace(state, vehicle=vehicle), [persist]
 
 
 def record_decline(

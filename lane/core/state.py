@@ -151,6 +151,7 @@ class Committed:
     record_id: str | None = None
     entry: bool = False  # an entry lane's free passage (its `entry` record), not an attendant's
     carried: bool = False  # paid before a restart (lane.core.carried): its record, no new one
+    carried_pass: str | None = None  # a carried payment's marked pass (CarriedPayment.marked_pass)
     # When the lane could first open for it (its record durable, or a carried payment claimed):
     # held by a blocking fault, it waits `pass_dwell_s` from here (lane.core.recovery).
     durable_at: float | None = None
@@ -213,7 +214,10 @@ class Vehicle:
     def marked_pass(self) -> str | None:
         """The pass (a metro tap-in) whose used mark is this vehicle's paid exit record's
         (lane.core.road, MarkPassUsed): None when nothing marks it, or when the trip was priced
-        from a pass an exit before had marked (taking that mark back would free a spent pass)."""
+        from a pass an exit before had marked (taking that mark back would free a spent pass).
+        A carried payment's is the one its record marked before the restart."""
+        if isinstance(self.stage, Committed) and self.stage.carried:
+            return self.stage.carried_pass
         trip = self.trip
         if self.approved is None or not isinstance(trip, Priced) or PASS_USED in trip.flags:
             return None
@@ -330,6 +334,7 @@ class CarriedPayment:
     vehicle_class: int
     credential: str
     due: float
+    marked_pass: str | None = None  # the pass its exit marked (PaidCarried): a refund releases it
 
 
 @dataclass(frozen=True)

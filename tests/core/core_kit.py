@@ -413,7 +413,15 @@ class SafetyMonitor:
         self, before: LaneState, event: ev.Event, now: float, actions: list[Action]
     ) -> None:
         """A refund gives back what its record spent: a refunded tap-in counts for no passback,
-        the pass its exit marked used is released in the refund's step (and only then)."""
+        the pass its exit marked used is released in the refund's step (and only then), a
+        carried payment's too: the owed passage keeps the pass its exit marks."""
+        if isinstance(event, ev.PaidCarried) and event.marked_pass is not None:
+            self.own_marks.setdefault(event.record_id, event.marked_pass)
+        for persist in of_type(actions, Persist):
+            d = persist.draft
+            marks = d.kind in EXITS and d.pass_id and "pass_used" not in d.flags
+            kept = d.pass_id if persist.owes is not None and marks else None
+            assert persist.owed_pass == kept, f"owed pass {persist.owed_pass} for {persist}"
         waiting = before.vehicle
         if (
             isinstance(event, ev.Persisted)
@@ -596,10 +604,16 @@ class LaneDriver:
         return self.feed(ev.LatchCarried(fault, since, detail, self.fresh("start")))
 
     def paid_carried(
-        self, text: str = CARRIED_TEXT, age_s: float = 0.0, record_id: str = CARRIED_RECORD
+        self,
+        text: str = CARRIED_TEXT,
+        age_s: float = 0.0,
+        record_id: str = CARRIED_RECORD,
+        marked_pass: str | None = None,
     ) -> list[Action]:
-        """The shell's first event: a paid vehicle was owed its passage when the lane stopped."""
-        event = ev.PaidCarried(record_id, "v0", 1, credential_of(text), age_s, self.fresh("start"))
+        """The shell's first event: a paid vehicle was owed its passage when the lane stopped
+        (`marked_pass`: the pass its exit record marked used)."""
+        start = self.fresh("start")
+        event = ev.PaidCarried(record_id, "v0", 1, credential_of(text), age_s, start, marked_pass)
         return self.feed(event)
 
     # lookups

@@ -32,6 +32,7 @@ from lane.core.actions import (
     PassageServed,
     Persist,
     RaiseAlarm,
+    ReleasePass,
     ShowOnDisplay,
 )
 from lane.core.machine import next_deadline
@@ -48,9 +49,9 @@ from lane.core.state import LaneMode, Phase
 CARRIED_VEHICLE = "v0/start1"  # the vehicle id in the run after the restart: fresh commands
 
 
-def restarted(lane: LaneDriver, age_s: float = 0.0) -> None:
+def restarted(lane: LaneDriver, age_s: float = 0.0, marked_pass: str | None = None) -> None:
     """Started owing the vehicle its passage; the device says the boom is down."""
-    note = one(lane.paid_carried(age_s=age_s), PaidCarriedNote)
+    note = one(lane.paid_carried(age_s=age_s, marked_pass=marked_pass), PaidCarriedNote)
     assert note == PaidCarriedNote(CARRIED_VEHICLE, CARRIED_RECORD, CarriedStep.CARRIED)
     lane.feed(ev.LinkChanged(up=True))
     lane.report("closed")
@@ -303,15 +304,20 @@ def test_every_approved_record_is_owed_and_a_refund_ends_it() -> None:
 # --- with a barrier fault kept over the same restart ----------------------------------------
 
 
-def restarted_with(lane: LaneDriver, faults: tuple[Alarm, ...], paid_first: bool) -> str:
+def restarted_with(
+    lane: LaneDriver,
+    faults: tuple[Alarm, ...],
+    paid_first: bool,
+    marked_pass: str | None = None,
+) -> str:
     """The shell hands over the kept faults, then the owed passages (lane.daemon); the core
     takes them in either order. Returns the carried vehicle's id in this run."""
     if paid_first:
-        lane.paid_carried()
+        lane.paid_carried(marked_pass=marked_pass)
     for fault in faults:
         lane.carried(fault, KEPT_DETAILS[fault])
     if not paid_first:
-        lane.paid_carried()
+        lane.paid_carried(marked_pass=marked_pass)
     lane.feed(ev.LinkChanged(up=True))
     return lane.state.carried[0].vehicle_id
 
@@ -400,13 +406,13 @@ def test_a_test_close_given_up_on_and_executed_late_in_front_of_the_payer_refund
     lane.monitor.check_outcomes()
 
 
-def _unclaimed(lane: LaneDriver) -> list[Action]:
-    restarted(lane)
+def _unclaimed(lane: LaneDriver, marked_pass: str | None) -> list[Action]:
+    restarted(lane, marked_pass=marked_pass)
     return lane.feed(ev.Tick(), lane.state.carried[0].due - lane.now)
 
 
-def _claimed_never_opened(lane: LaneDriver) -> list[Action]:
-    restarted(lane)
+def _claimed_never_opened(lane: LaneDriver, marked_pass: str | None) -> list[Action]:
+    restarted(lane, marked_pass=marked_pass)
     lane.arrive("v7")
     lane.scan(CARRIED_TEXT, "token")
     lane.feed(ev.BarrierAcked(f"{CARRIED_VEHICLE}/open", True, "opening"), 0.05)  # never open
@@ -416,8 +422,8 @@ def _claimed_never_opened(lane: LaneDriver) -> list[Action]:
     return actions
 
 
-def _late_close(lane: LaneDriver) -> list[Action]:
-    restarted_with(lane, (Alarm.BARRIER_NO_ACK,), paid_first=False)
+def _late_close(lane: LaneDriver, marked_pass: str | None) -> list[Action]:
+    restarted_with(lane, (Alarm.BARRIER_NO_ACK,), paid_first=False, marked_pass=marked_pass)
     sent: list[str] = []
     while not sent:
         sent = closes(lane.tick_at_deadline())
@@ -426,21 +432,26 @@ def _late_close(lane: LaneDriver) -> list[Action]:
     return lane.feed(ev.BarrierAcked(sent[0], True, "closing"), 0.05)
 
 
+@pytest.mark.parametrize("marked_pass", [None, "9f2c"], ids=["no_pass", "its_exit_marked_one"])
 @pytest.mark.parametrize(
     "refunded",
     [_unclaimed, _claimed_never_opened, _late_close],
     ids=["unclaimed_at_its_due", "claimed_never_opened", "late_close_in_front_of_it"],
 )
-def test_every_refund_of_a_carried_payment_is_flagged_carried(
-    refunded: Callable[[LaneDriver], list[Action]],
+def test_every_refund_of_a_carried_payment_is_flagged_carried_and_releases_its_pass(
+    refunded: Callable[[LaneDriver, str | None], list[Action]], marked_pass: str | None
 ) -> None:
     """However a carried payment ends unpassed, its refund record says it was paid before a
-    restart: the back office and the operator tell it from a refund of this run's payment."""
+    restart: the back office and the operator tell it from a refund of this run's payment.
+    And it gives back what a live refund does: the pass its exit marked (a metro tap-in),
+    kept with the owed passage, is released and named in the refund's `pass_id`."""
     lane = LaneDriver(rules(probe_s=5.0, max_cmd_attempts=1))
-    actions = refunded(lane)
+    actions = refunded(lane, marked_pass)
     refund = one(actions, Persist)
     assert refund.draft.flags == ("paid_not_passed", f"record:{CARRIED_RECORD}", "carried")
-    assert refund.ends_owed == CARRIED_RECORD
+    assert refund.ends_owed == CARRIED_RECORD and refund.draft.pass_id == marked_pass
+    released = [r.pass_id for r in of_type(actions, ReleasePass)]
+    assert released == ([] if marked_pass is None else [marked_pass])
     [alarm] = [a for a in of_type(actions, RaiseAlarm) if a.code == Alarm.PAID_NOT_PASSED]
     assert "paid before a restart" in alarm.message
     lane.monitor.check_outcomes()

@@ -77,7 +77,9 @@ class Payments:
 class UnencodableStore:
     """Stands in for the queue failing with an error it does not classify."""
 
-    async def append(self, draft: RecordDraft, owes: str | None, ends_owed: str | None) -> Record:
+    async def append(
+        self, draft: RecordDraft, owes: str | None, ends_owed: str | None, owed_pass: str | None
+    ) -> Record:
         raise ValueError("record cannot be encoded")
 
     async def served(self, record_id: str) -> None:
@@ -241,7 +243,9 @@ class MemoryStore:
     def __init__(self) -> None:
         self.records: list[Record] = []
 
-    async def append(self, draft: RecordDraft, owes: str | None, ends_owed: str | None) -> Record:
+    async def append(
+        self, draft: RecordDraft, owes: str | None, ends_owed: str | None, owed_pass: str | None
+    ) -> Record:
         record = Record(f"rec-{len(self.records) + 1}", "p01/l01", len(self.records) + 1, 0, draft)
         self.records.append(record)
         return record

@@ -27,6 +27,7 @@ from test_lane_daemon import show
 from test_road_lanes import Road, RoadLane, eventually_value, road, running_back_office
 
 from lane.auth.fares import load_tariff
+from lane.auth.passes import pass_key
 from lane.auth.tokens import issue_compact_token
 from lane.tap_desk import TapDesk
 from sim.acquirer import AcquirerServer
@@ -215,7 +216,10 @@ async def test_a_passenger_refunded_at_either_gate_is_not_held_to_what_the_refun
 ) -> None:
     """Refunded at the entry gate (not let in), the passenger taps in again there: not refused
     as passback. Refunded at the exit gate (not let out), they tap out again there: priced
-    from their tap-in, not `Tap-in already used` at the maximum fare."""
+    from their tap-in, not `Tap-in already used` at the maximum fare. The back office's
+    ledger (`lane trips`) agrees: the refunded tap-out left the trip open, the second one
+    closed it, and no tap-out is unmatched."""
+    store = await running_back_office(road)
     entry, exit_gate, _ = await slow_gates(road)
     taps = desk(exit_gate)
     now = int(time.time())
@@ -229,11 +233,18 @@ async def test_a_passenger_refunded_at_either_gate_is_not_held_to_what_the_refun
     fare = load_tariff(METRO).trip_fare(1, "S01", "S03", time.time()).amount_minor
     trip = uuid.UUID(tap_in["record_id"]).hex
     await refunded(exit_gate, token(road, "rider-1", now - 2))
+    # The tap-out and its refund ingested: the passenger is still inside.
+    await eventually(lambda: len(ingested(store, "tap_out")) == 2, what="the refund ingested")
+    ledger = open_trips(store)
+    assert ([t.pass_id for t in ledger.open_trips], ledger.unmatched_exits) == ([trip], ())
     tap_out = await through(exit_gate, token(road, "rider-1", now - 3))
     paid_in = tap_in["amount_minor"]
     assert (tap_out["amount_minor"], tap_out["pass_id"], tap_out["flags"]) == (
         fare - paid_in, trip, [f"entry_paid:{paid_in}"]
     )  # fmt: skip
+    await eventually(lambda: len(ingested(store, "tap_out")) == 3, what="the tap-out ingested")
+    ledger = open_trips(store)  # out once: the refunded entry's trip and this one, closed
+    assert (ledger.open_trips, ledger.unmatched_exits, ledger.closed) == ((), (), 2)
 
 
 async def test_a_refund_is_heard_by_every_gate_of_the_line(road: Road) -> None:
@@ -392,3 +403,64 @@ async def test_a_wallet_code_still_held_up_after_its_gate_opened_is_not_charged_
                      what="the exit gate's payments counted")  # fmt: skip
     assert health.message().acquirer.decline_rate == 0.0
     assert "acquirer_declines" not in exit_gate.daemon.runner.alarms
+
+
+async def test_a_tap_out_carried_over_a_restart_and_refunded_reopens_its_tap_in_everywhere(
+    road: Road,
+) -> None:
+    """The exit gate at S03 stops between a passenger's paid tap-out and the open (its device
+    drops the open; the gate stops before the ack's wait ends) and starts again owing the
+    passage. Nobody shows the code within what is left of the wait: the refund (`carried`)
+    names the tap-in and reopens it as a live refund does, at this gate and at the line's
+    other exit gate (S02), which hears the refund: the passenger tapping out again pays the
+    trip from S01 (less the tap-in's part), with no attendant, not `Tap-in already used` at
+    the maximum."""
+    line = {"line": f"L{road.run_id}"}
+    auth = {"keyset": str(road.keyset)}
+    fares = {"tariff": str(METRO)}
+    entry = await road.lane(road.lane_id("S01/g"), "transit-entry", auth=auth, metro=line,
+                            fares=ENTRY_FARES)  # fmt: skip
+    other = await road.lane(road.lane_id("S02/x"), "transit-exit", auth=auth, metro=line,
+                            fares=fares)  # fmt: skip
+    exit_id = road.lane_id("S03/x")
+    exit_gate = await road.lane(exit_id, "transit-exit", {"pass_dwell_s": 60.0}, auth=auth,
+                                metro=line, fares=fares, barrier={"ack_timeout_s": 10})  # fmt: skip
+    now = int(time.time())
+    tap_in = await through(entry, token(road, "rider-1", now))
+    trip = uuid.UUID(tap_in["record_id"]).hex
+    await eventually(lambda: desk(exit_gate).store.count() == 1, what="the tap-in heard")
+
+    exit_gate.device.set_fault("no_ack")  # the open is dropped: the passenger waits
+    await show(exit_gate, token(road, "rider-1", now - 1), lambda: approved(exit_gate))
+    [paid] = approved(exit_gate)
+    assert paid["pass_id"] == trip
+    await eventually(lambda: any(c.op == "open" for c in exit_gate.device.received))
+    await eventually(lambda: desk(exit_gate).replay.get(pass_key(trip)) is not None,
+                     what="the tap-in marked exited here")  # fmt: skip
+    await eventually(lambda: desk(other).replay.get(pass_key(trip)) is not None,
+                     what="the tap-out heard at S02")  # fmt: skip
+    assert exit_gate.stop is not None
+    await exit_gate.stop()  # owing the passenger its passage
+    assert exit_gate.named("paid_not_passed") == []
+
+    restarted = await road.lane(exit_id, "transit-exit", {"pass_dwell_s": 3.0, "probe_s": 0.5},
+                                auth=auth, metro=line, fares=fares)  # fmt: skip
+    await eventually(lambda: restarted.named("paid_not_passed"), within=15)
+    await eventually(lambda: restarted.records("tap_out"), what="the refund record")
+    [refund] = restarted.records("tap_out")
+    assert refund["flags"] == ["paid_not_passed", f"record:{paid['record_id']}", "carried"]
+    assert refund["pass_id"] == trip
+    # Reopened here and, from the shared refund record, at S02.
+    await eventually(lambda: desk(restarted).replay.get(pass_key(trip)) is None,
+                     what="the tap-in reopened here")  # fmt: skip
+    await eventually(lambda: desk(other).replay.get(pass_key(trip)) is None,
+                     what="the tap-in reopened at S02")  # fmt: skip
+
+    again = await through(restarted, token(road, "rider-1", now - 2))
+    fare = load_tariff(METRO).trip_fare(1, "S01", "S03", time.time()).amount_minor
+    paid_in = tap_in["amount_minor"]
+    assert (again["amount_minor"], again["pass_id"], again["flags"]) == (
+        fare - paid_in, trip, [f"entry_paid:{paid_in}"]
+    )  # fmt: skip
+    assert restarted.named("trip_priced")[0]["outcome"] == "charged"
+    assert "attendant_needed" not in restarted.daemon.runner.alarms

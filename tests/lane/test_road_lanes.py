@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ class RoadLane:
     device: DeviceEmulator
     source: PushSource
     notes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Stops the lane (as SIGTERM does) and its device; the road's end calls it too.
+    stop: Callable[[], Awaitable[None]] | None = None
 
     def named(self, name: str) -> list[dict[str, Any]]:
         return [fields for n, fields in self.notes if n == name]
@@ -96,11 +98,14 @@ class Road:
         tasks = [asyncio.create_task(device.run()), asyncio.create_task(daemon.run(stop))]
 
         async def down() -> None:
+            if stop.is_set():
+                return  # stopped before the road's end
             stop.set()
             await asyncio.wait_for(tasks[1], 15)
             await device.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+        lane.stop = down
         self.stack.push_async_callback(down)
         await device.wait_connected(5)
         await daemon.link.wait_connected(5)
@@ -399,3 +404,50 @@ async def test_an_exit_refunded_under_a_fault_leaves_its_pass_to_exit_once_more(
     await device.vehicle_passes()
     # Exited this time: the pass is spent.
     await eventually(lambda: exit_lane.daemon.replay.get(pass_key(pass_id)) is not None)
+
+
+async def test_an_exit_carried_over_a_restart_and_refunded_releases_its_pass_here_and_there(
+    road: Road,
+) -> None:
+    """The exit lane stops between the driver's paid exit and the open (its device drops the
+    open) and starts again owing the passage. Nobody shows the code within what is left of the
+    wait: the refund (`carried`) names the pass and releases it as a live refund does, at this
+    lane and at the plaza's other exit lane, which hears the release: shown again, the pass
+    prices as a trip with no attendant."""
+    entry, printer = await road.entry_lane()
+    exit_lane = await road.exit_lane(rules={"pass_dwell_s": 60.0})
+    other = (await road.exit_lane("P03/y")).daemon.replay
+    ticket = await enter(entry, printer, 1)
+    [record] = entry.records("entry")
+    pass_id = record["pass_id"]
+    await exit_lane.device.vehicle_enters(1)
+    await eventually(lambda: exit_lane.named("vehicle_arrived"))
+    await show(exit_lane, ticket.text, lambda: exit_lane.named("trip_priced"))
+    exit_lane.device.set_fault("no_ack")  # the open is dropped: the driver waits
+    token = road.codes.make("token", int(time.time())).text
+    await show(exit_lane, token, lambda: exit_lane.records("exit"))
+    [paid] = exit_lane.records("exit")
+    assert paid["pass_id"] == pass_id
+    await eventually(lambda: exit_lane.daemon.replay.get(pass_key(pass_id)) is not None)
+    await eventually(lambda: other.get(pass_key(pass_id)) is not None, what="the use heard")
+    assert exit_lane.stop is not None
+    await exit_lane.stop()  # owing the driver its passage
+    assert exit_lane.named("paid_not_passed") == []
+
+    restarted = await road.exit_lane(rules={"pass_dwell_s": 3.0, "probe_s": 0.5})
+    await eventually(lambda: restarted.named("paid_not_passed"), within=15)
+    await eventually(lambda: restarted.records("exit"), what="the refund record")
+    [refund] = restarted.records("exit")
+    assert refund["flags"] == ["paid_not_passed", f"record:{paid['record_id']}", "carried"]
+    assert refund["pass_id"] == pass_id
+    await eventually(lambda: restarted.daemon.replay.get(pass_key(pass_id)) is None)
+    await eventually(lambda: other.get(pass_key(pass_id)) is None, what="the release heard")
+    runner = restarted.daemon.runner
+    # barrier_no_ack, kept on disk, clears at the device's first ack of the lane's test close.
+    await eventually(lambda: "barrier_no_ack" not in runner.alarms, within=10)
+    await restarted.device.vehicle_enters(1)
+    await eventually(lambda: restarted.named("vehicle_arrived"))
+    await show(restarted, ticket.text, lambda: restarted.named("trip_priced"))
+    fare = load_tariff(ROAD).trip_fare(1, "P01", "P03", time.time()).amount_minor
+    again = restarted.named("trip_priced")[0]
+    assert (again["outcome"], again["amount_minor"], again["attendant"]) == ("charged", fare, False)

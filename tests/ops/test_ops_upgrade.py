@@ -333,6 +333,39 @@ def test_an_old_ingest_store_gets_its_trip_columns_and_open_trips_filled(
         again.close()
 
 
+def test_a_v2_ingest_store_upgraded_undoes_the_refunded_exits_it_marks(tmp_path: Path) -> None:
+    """Version 2 held no trip columns: the upgrade marks every row from its bytes, a refund
+    of an exit among them (the vehicle not let out) too, and that exit closes nothing (its
+    trip open again), whichever chunk held which; the pure ledger says the same."""
+    path = tmp_path / "ingest.sqlite"
+    shutil.copy(FIXTURES / "ingest_v2.sqlite", path)
+    entered = RecordDraft("entry", "veh-u", 1, 0, "CNY", "none", None, AuthInfo("none"),
+                          entry_plaza="P01", pass_id="bb01")  # fmt: skip
+    exited = RecordDraft("exit", "veh-u", 1, 4000, "CNY", "token", "acct",
+                         AuthInfo("approved"), entry_plaza="P01", pass_id="bb01")  # fmt: skip
+    refund = RecordDraft("exit", "veh-u", 1, 0, "", "none", None, AuthInfo("none"),
+                         flags=("paid_not_passed", "record:r-u-exit"), pass_id="bb01")  # fmt: skip
+    rows = [
+        Record("r-u-entry", "P01/e9", 1, FIXTURE_TS0 + 1, entered),
+        Record("r-u-exit", "P03/x9", 1, FIXTURE_TS0 + 2, exited),
+        Record("r-u-refund", "P03/x9", 2, FIXTURE_TS0 + 3, refund),
+    ]
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO records VALUES (?, ?, '', ?, ?, ?, ?, ?, ?, 1)",
+            [(r.record_id, r.lane, r.seq, r.ts_us, r.draft.kind, r.draft.amount_minor,
+              r.draft.currency, r.encode()) for r in rows],
+        )  # fmt: skip
+    store = SqliteIngestStore(path)
+    try:
+        ledger = open_trips(store)
+        assert ledger == trip_ledger(store.records_between(0, END_OF_TIME_US))
+        assert sorted(t.pass_id for t in ledger.open_trips) == ["aa01", "bb01"]
+        assert ledger.closed == INGEST_V2_LEDGER.closed
+    finally:
+        store.close()
+
+
 # The version-5 fixture's ledger: INGEST_V2_LEDGER's, and the trip closed by an entry that came
 # after its exit (make_fixtures.INGEST_V5_ROWS).
 INGEST_V5_LEDGER = replace(INGEST_V2_LEDGER, closed=3)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from uplink_kit import queued
 
-from uplink.queue import OwedPassage, QueueError, QueueFull, RecordQueue
+from uplink.queue import MIGRATIONS, OwedPassage, QueueError, QueueFull, RecordQueue
 from uplink.records import AuthInfo, RecordDraft
 
 LANE = "p1/l1"
@@ -118,6 +118,65 @@ def test_a_v3_queue_gets_the_owed_table_when_migrated(tmp_path: Path) -> None:
         assert q.owed() == []
         record = q.append(paid("v2"), owes=CODE)
         assert [o.record_id for o in q.owed()] == [record.record_id]
+
+
+def test_an_exit_keeps_the_pass_it_marked_with_its_owed_passage(tmp_path: Path) -> None:
+    """A paid exit's refund after a restart releases the pass (a metro tap-in) it marked: the
+    owed row keeps it, over a reopen and an ack."""
+    path = tmp_path / "q.sqlite3"
+    with RecordQueue(path, LANE, 10**8) as q:
+        exit_record = q.append(paid("v1"), owes=CODE, owed_pass="9f2c")
+        toll = q.append(paid("v2"), owes="other")
+        q.ack(queued(q))
+    with RecordQueue(path, LANE, 10**8) as q:
+        assert [(o.record_id, o.pass_id) for o in q.owed()] == [
+            (exit_record.record_id, "9f2c"),
+            (toll.record_id, None),
+        ]
+
+
+def v5_file(path: Path) -> str:
+    """A queue of schema v5 (its owed table without a pass) owing one passage: its record id."""
+    with RecordQueue(path, LANE, 10**8) as q:
+        record = q.append(paid(), owes=CODE)
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE owed DROP COLUMN pass_id")
+    db.execute("PRAGMA user_version = 5")
+    db.commit()
+    db.close()
+    return record.record_id
+
+
+def test_a_v5_queue_keeps_its_owed_passage_and_keeps_passes_once_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    before = v5_file(path)
+    with RecordQueue(path, LANE, 10**8) as q:
+        # Owed across the upgrade: its pass was never kept, so its refund releases none.
+        assert [(o.record_id, o.pass_id) for o in q.owed()] == [(before, None)]
+        after = q.append(paid("v2"), owes="other", owed_pass="9f2c")
+        assert [o.pass_id for o in q.owed() if o.record_id == after.record_id] == ["9f2c"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 6 == max(MIGRATIONS) + 1
+
+
+def test_an_upgrade_cut_short_leaves_the_v5_file_and_resumes_at_the_next_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.sqlite3"
+    before = v5_file(path)
+
+    def cut_short(db: sqlite3.Connection) -> None:
+        MIGRATIONS[5](db)
+        raise sqlite3.OperationalError("disk I/O error")  # the lane died within the step
+
+    with pytest.raises(QueueError):
+        RecordQueue(path, LANE, 10**8, migrations={**MIGRATIONS, 5: cut_short})
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+        columns = [r[1] for r in db.execute("PRAGMA table_info(owed)")]
+        assert "pass_id" not in columns  # rolled back whole
+    with RecordQueue(path, LANE, 10**8) as q:
+        assert [(o.record_id, o.pass_id) for o in q.owed()] == [(before, None)]
 
 
 def test_a_served_delete_survives_a_kill_9_right_after_it_returns(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def test_a_v1_queue_learns_its_paid_records_when_migrated(tmp_path: Path) -> Non
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
-    assert len(MIGRATIONS) == 5
+    assert len(MIGRATIONS) == 6
     with RecordQueue(path, LANE, 10**8) as q:
         assert q.recorded_paid("pay_old")
         assert not q.recorded_paid("pay_refused")

@@ -25,10 +25,14 @@ class ThreadSpy(RecordQueue):
     threads: set[int]
 
     def append(
-        self, draft: RecordDraft, owes: str | None = None, ends_owed: str | None = None
+        self,
+        draft: RecordDraft,
+        owes: str | None = None,
+        ends_owed: str | None = None,
+        owed_pass: str | None = None,
     ) -> Record:
         self.threads.add(threading.get_ident())
-        return super().append(draft, owes, ends_owed)
+        return super().append(draft, owes, ends_owed, owed_pass)
 
     def backlog(self):  # type: ignore[no-untyped-def]
         self.threads.add(threading.get_ident())

@@ -547,3 +547,84 @@ def test_the_open_trips_come_from_their_own_table(tmp_path: Path) -> None:
     assert reads[0].startswith("SCAN o"), reads
     assert all("records_trip" not in s for s in reads), reads
     assert any("SEARCH r USING INDEX sqlite_autoindex_records_1 (record_id=?)" in s for s in reads)
+
+
+# The records of a refunded exit, in the order a lane writes them: the entry (another lane),
+# then at the exit lane a toll (so that lane's epoch is one PostgreSQL's worker has seen: its
+# later batches take the one statement), the exit, its refund (the vehicle not let out), the
+# vehicle's second, real exit; and a stray exit (no entry) refunded too.
+REFUNDED_EXIT = ("entry", "toll", "exit", "refund", "again", "stray", "stray_refund")
+# Orders of arrival, one record a batch: in order; each refund before its exit; the refund
+# before the entry; everything backwards.
+REFUND_ORDERS = (
+    REFUNDED_EXIT,
+    ("toll", "refund", "stray_refund", "entry", "exit", "stray", "again"),
+    ("toll", "exit", "refund", "entry", "again", "stray_refund", "stray"),
+    tuple(reversed(REFUNDED_EXIT)),
+)
+
+
+def refunded_exit_records(n: int) -> dict[str, IngestRecord]:
+    trip, stray, entry_lane, exit_lane = f"t{n}", f"s{n}", f"P01/e{n}", f"P03/x{n}"
+
+    def draft(kind: str, pass_id: str, flags: tuple[str, ...] = ()) -> RecordDraft:
+        result = "none" if flags or kind == "entry" else "approved"
+        return RecordDraft(kind, "v", 1, 0 if flags else 500, "CNY", "token", None,
+                           AuthInfo(result), flags=flags, pass_id=pass_id)  # fmt: skip
+
+    def refund(of: str, pass_id: str) -> RecordDraft:
+        return draft("exit", pass_id, ("paid_not_passed", f"record:{of}"))
+
+    drafts = {
+        "entry": (entry_lane, 1, draft("entry", trip)),
+        "toll": (exit_lane, 1, draft("toll", "")),
+        "exit": (exit_lane, 2, draft("exit", trip)),
+        "refund": (exit_lane, 3, refund(f"x{n}-2", trip)),
+        "again": (exit_lane, 4, draft("exit", trip)),
+        "stray": (exit_lane, 5, draft("exit", stray)),
+        "stray_refund": (exit_lane, 6, refund(f"x{n}-5", stray)),
+    }
+    out = {}
+    for name, (lane, seq, d) in drafts.items():
+        rid = f"e{n}-{seq}" if lane == entry_lane else f"x{n}-{seq}"
+        record = Record(rid, lane, seq, T0 + seq, replace(d, pass_id=d.pass_id or None))
+        out[name] = IngestRecord.of(record, record.encode())
+    return out
+
+
+def test_a_refunded_exit_reopens_its_trip_whatever_the_order(
+    store_factory: Callable[[], IngestStore],
+) -> None:
+    """The vehicle was not let out: the refund of its exit (naming the exit's record) undoes
+    the exit, whichever arrives first, so the trip is open again (counted closed no more) and
+    a refunded exit with no entry is no unmatched exit; the vehicle's later exit closes the
+    trip again, not an unmatched exit. After every batch the store's answer is the pure
+    ledger's; batches sent again change nothing."""
+    store = store_factory()
+    for n, order in enumerate(REFUND_ORDERS):
+        rows = refunded_exit_records(n)
+        epochs = {lane: QueueIdentity(f"q-{lane}") for lane in {r.lane for r in rows.values()}}
+        for name in order:
+            row = rows[name]
+            store.store_batch(row.lane, epochs[row.lane], [row], 1)
+            ledger = trip_ledger(store.records_between(0, END_OF_TIME_US))
+            assert open_trips(store) == ledger, (order, name)
+            assert kept_strays(store) == sorted(ledger.unmatched_exits), (order, name)
+            held = set(order[: order.index(name) + 1])
+            trips = [t.pass_id for t in ledger.open_trips]
+            # Entered, and exited by no exit but the refunded one: on the road.
+            on_road = (
+                "entry" in held
+                and "again" not in held
+                and not ("exit" in held and "refund" not in held)
+            )
+            assert (f"t{n}" in trips) == on_road, (order, name)
+        for name in order:  # every batch sent again
+            row = rows[name]
+            store.store_batch(row.lane, epochs[row.lane], [row], 2)
+        ledger = open_trips(store)
+        assert ledger == trip_ledger(store.records_between(0, END_OF_TIME_US))
+        assert f"t{n}" not in [t.pass_id for t in ledger.open_trips]
+        assert not [r for r in ledger.unmatched_exits if r.startswith(f"x{n}-")]
+    assert open_trips(store).closed == len(REFUND_ORDERS)  # each trip once, by its second exit
+    assert open_table(store) == 0

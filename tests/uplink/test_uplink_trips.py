@@ -218,16 +218,21 @@ def test_a_records_mark_is_its_part_in_a_trip() -> None:
     assert stored_mark(Record(str(uuid.uuid4()), "S01/g1", 2, 2, refund).encode()) == TripMark(
         TripRole.EXIT, uuid.UUID(tap_in_id).hex
     )
+    # An exit's refund (the vehicle not let out) undoes the exit it names: its trip id is
+    # that exit's record id; the pass it gives back is only the trip to lock.
+    exited = Record("r-x9", "P03/x1", 1, 1, exit_("p1"))
+    assert stored_mark(refund_of(exited, 2).encode()) == TripMark(TripRole.UNDO, "r-x9", "p1")
     assert stored_mark(b"\x00garbage") == TripMark(TripRole.UNREADABLE, None)
 
 
 def refund_of(record: Record, seq: int) -> Record:
     """The record a lane writes when the vehicle of `record` is not let through
-    (lane.core.recovery.not_passed): an entry's names the pass the entry issued."""
+    (lane.core.recovery.not_passed): an entry's names the pass the entry issued, an exit's
+    the pass it gives back."""
     d = record.draft
     undo = RecordDraft(d.kind, d.vehicle_id, d.vehicle_class, 0, "", "none", None, NO_AUTH,
                        flags=("paid_not_passed", f"record:{record.record_id}"),
-                       pass_id=d.pass_id if d.kind == "entry" else None)  # fmt: skip
+                       pass_id=d.pass_id if d.kind in ("entry", "exit") else None)  # fmt: skip
     return Record(f"{record.record_id}-refund", record.lane, seq, record.ts_us + 1, undo)
 
 
@@ -236,8 +241,8 @@ def test_a_refunded_entry_or_tap_in_closes_its_trip_whatever_the_order(
 ) -> None:
     """A vehicle a fault held and never let in: the refund of its entry (naming the entry's
     pass) or of its tap-in (naming the tap-in's record) closes the trip the entry opened, in
-    the pure ledger and in the store's index, whichever arrives first (counted closed). A
-    refunded exit's refund takes no part: its trip stays closed by the exit."""
+    the pure ledger and in the store's index, whichever arrives first (counted closed). (A
+    refunded exit reopens its trip: test_uplink_trip_index.py.)"""
     tap_in_id = "01a23100-0000-7000-8000-000000000001"
     tap_in = RecordDraft("tap_in", "p9", 1, 250, "CNY", "token", "acct", AuthInfo("approved"))
     entered = Record("r-e1", "P01/e1", 1, T0, entry("p1"))
@@ -248,7 +253,7 @@ def test_a_refunded_entry_or_tap_in_closes_its_trip_whatever_the_order(
     lanes = [
         [entered, stays, leaves, refund_of(entered, 4)],
         [tapped, refund_of(tapped, 2)],
-        [exited, refund_of(exited, 2)],
+        [exited],
     ]
     ledger = trip_ledger(r.encode() for lane in lanes for r in lane)
     assert [t.pass_id for t in ledger.open_trips] == ["p2"]
