@@ -37,9 +37,10 @@ never paid twice), and `upkeep` writes the held marks once the store works again
 exits are kept in the tap store too (`TapStore.hold`, another file), so a restart before the
 replay store heals loads them and still prices those tap-ins as exited; while the tap store
 cannot keep them either they are in memory only, a restart would forget them, and
-`taps_store_error` says so until a write commits there. A release it cannot write (this gate's own, or another gate's
-refund heard on the line) leaves the mark: that passenger's next exit here pays the maximum
-fare, flagged, and the alarm says refunded tap-outs were not reopened.
+`taps_store_error` says so until a write commits there. A release it cannot write (this
+gate's own, or another gate's refund heard on the line) leaves the mark: that passenger's next
+exit here pays the maximum fare, flagged, and the alarm says refunded tap-outs were not
+reopened.
 """
 
 from __future__ import annotations
