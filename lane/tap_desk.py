@@ -56,7 +56,6 @@ from lane.auth.deny import DenyList
 from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import pass_key
-from lane.auth.plaza import mark_used, release_mark
 from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import tap_in_entry
@@ -64,8 +63,8 @@ from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
 from lane.core.names import AuthResult, RecordKind
 from lane.core.records import FLAG_RECORD, REFUND_FLAG, flag_value, tap_in_trip_id
-from lane.store_watch import PROBE_EVERY_S, Alarm, StoreWatch, in_thread
-from lane.tap_store import TapStore, TapStoreError
+from lane.store_watch import PROBE_EVERY_S, Alarm, StoreWatch
+from lane.tap_store import Held, TapStore, TapStoreError
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
 from lane.wire import topics
@@ -131,16 +130,19 @@ class TapDesk:
         self.wall = wall
         self.received = 0
         self.replay_watch = replay_watch  # the verifier's: one alarm for the one replay store
-        # Exited tap-ins the replay store did not take (pass key: exp), kept in the tap store
-        # over a restart; `_unsaved` while the tap store's copy is behind.
-        self.unmarked: dict[str, int] = store.held(wall())
+        # Exited tap-ins the replay store did not take (by pass key), this gate's or heard on
+        # the line, kept in the tap store over a restart; `_unsaved` while its copy is behind.
+        self.unmarked: dict[str, Held] = store.held(wall())
         self._unsaved = False
-        self._saving = asyncio.Lock()  # one copy written at a time, the latest last
+        self._saving = asyncio.Lock()
+        # Refunded tap-ins the tap store did not drop (trip id: when they expire anyway), in
+        # memory only: the refund is heard once.
+        self.undropped: dict[str, float] = {}
         self.store_watch = StoreWatch(
             lane,
             TAPS_ALARM,
             "tap-ins not kept (their exits here pay the maximum fare): taps store",
-            in_thread(store.probe),
+            self._probe_taps,
             (TapStoreError,),
             alarm,
         )
@@ -200,50 +202,25 @@ class TapDesk:
         if record.lane == self.lane:
             return  # our own publish coming back
         d = record.draft
-        if d.kind not in SHARED or not (d.auth.result in PAID or REFUND_FLAG in d.flags):
+        refund = REFUND_FLAG in d.flags
+        if d.kind not in SHARED or not (d.auth.result in PAID or refund):
             log.warning(
                 "tap message neither a paid tap nor a tap's refund: refused",
                 extra={"lane": self.lane, "record_id": record.record_id, "kind": str(d.kind)},
             )
             return
         self.received += 1
-        refund = REFUND_FLAG in d.flags
-        try:
-            kept = await asyncio.to_thread(self._learn, record, msg.payload)
-        except (TapStoreError, ReplayStoreError) as exc:
-            # A tap not kept: that passenger pays the maximum fare here (flagged), never rides
-            # free. A refund not applied: its tap-in still prices an exit here (taps store), or
-            # stays exited here (replay store: the maximum fare, flagged).
-            event = "tap's refund not applied" if refund else "tap not kept"
-            log.error(event, extra={"lane": self.lane, "record_id": record.record_id,
-                                    "error": str(exc)})  # fmt: skip
-            if isinstance(exc, TapStoreError):
-                self.store_watch.says(exc, TAPS_UNDROPPED if refund else None)
-            elif refund:
-                self.replay_watch.says(exc, REPLAY_UNRELEASED)
-            return
-        if kept:
-            self.store_watch.says(None)
-
-    def _learn(self, record: Record, encoded: bytes) -> bool:
-        """Keep what the tap tells; True when the tap store was written."""
-        d = record.draft
-        if REFUND_FLAG in d.flags:
-            return self._undo(record)
-        now = self.wall()
-        expires = record.ts_us / 1e6 + self.retention_s
         if d.kind == RecordKind.TAP_OUT:
-            if d.pass_id is not None:  # exited: marked like a road pass (kept until it expires)
-                self.replay.mark_remote(
-                    pass_key(d.pass_id),
-                    math.ceil(expires),
-                    record.lane,
-                    record.ts_us / 1e6,
-                    now=now,
-                )
-            return False
+            await (self._reopen(record) if refund else self._exited_elsewhere(record))
+        else:
+            await (self._drop_refunded(record) if refund else self._keep(record, msg.payload))
+
+    async def _keep(self, record: Record, encoded: bytes) -> None:
+        """Keep a tap-in by account. One not kept: that passenger pays the maximum fare here
+        (flagged), never rides free."""
+        d = record.draft
         if d.account_ref is None:
-            return False  # nobody to find it by
+            return  # nobody to find it by
         try:
             trip = tap_in_entry(record).pass_hex
         except ValueError as exc:
@@ -251,32 +228,80 @@ class TapDesk:
                 "tap-in without a trip id",
                 extra={"lane": self.lane, "record_id": record.record_id, "error": str(exc)},
             )
-            return False
-        self.store.add(trip, d.account_ref, record.ts_us, expires, encoded, now)
-        return True
+            return
+        expires = record.ts_us / 1e6 + self.retention_s
+        try:
+            await asyncio.to_thread(
+                self.store.add, trip, d.account_ref, record.ts_us, expires, encoded, self.wall()
+            )
+        except TapStoreError as exc:
+            log.error("tap not kept", extra={"lane": self.lane, "record_id": record.record_id,
+                                             "error": str(exc)})  # fmt: skip
+            self.store_watch.says(exc)
+            return
+        self._taps_written()
 
-    def _undo(self, record: Record) -> bool:
-        """A tap's refund: reopen the tap-in its tap-out closed, or drop its tap-in; True when
-        the tap store was written."""
+    async def _exited_elsewhere(self, record: Record) -> None:
+        """Another gate's tap-out: its tap-in has exited, marked like a road pass (kept until
+        it expires). A mark the replay store does not take is held as this gate's own."""
+        d = record.draft
+        if d.pass_id is None:
+            return  # it closed no tap-in: priced `pass_used` or `no_pass`
+        key = pass_key(d.pass_id)
+        exp = math.ceil(record.ts_us / 1e6 + self.retention_s)
+        heard = Held(exp, record.lane, record.ts_us / 1e6)
+        try:
+            await asyncio.to_thread(self._mark, key, heard)
+        except ReplayStoreError as exc:
+            self.unmarked.setdefault(key, heard)  # one held exit is enough to close it here
+            log.error("tap-in exit held", extra={"lane": self.lane, "from_lane": record.lane,
+                      "record_id": record.record_id, "pass_id": d.pass_id,
+                      "error": str(exc)})  # fmt: skip
+            self.replay_watch.says(exc, REPLAY_UNMARKED)
+            await self._save_held()
+            return
+        self.replay_watch.says(None)
+
+    async def _reopen(self, record: Record) -> None:
+        """A refunded tap-out of another gate: forget the exited mark heard from it (held or
+        in the replay store). One not forgotten leaves the tap-in exited here (the maximum
+        fare, flagged)."""
+        d = record.draft
+        if d.pass_id is None:
+            return  # it marked nothing: priced `pass_used` or `no_pass`
+        ids = {"lane": self.lane, "record_id": record.record_id, "from_lane": record.lane,
+               "pass_id": d.pass_id}  # fmt: skip
+        try:
+            released = await self._release(pass_key(d.pass_id), record.lane)
+        except ReplayStoreError as exc:
+            log.error("tap's refund not applied", extra={**ids, "error": str(exc)})
+            self.replay_watch.says(exc, REPLAY_UNRELEASED)
+            return
+        log.info("refunded tap-out: tap-in reopened", extra={**ids, "released": released})
+
+    async def _drop_refunded(self, record: Record) -> None:
+        """A refunded tap-in: dropped from the tap store, so it prices no exit and takes nothing
+        off one. One the store does not drop is skipped by `price` and dropped by `upkeep`."""
         d = record.draft
         ids = {"lane": self.lane, "record_id": record.record_id, "from_lane": record.lane}
-        if d.kind == RecordKind.TAP_OUT:
-            if d.pass_id is None:
-                return False  # it marked nothing: priced `pass_used` or `no_pass`
-            exp = self.replay.release(pass_key(d.pass_id), record.lane, remote=True)
-            log.info("refunded tap-out: tap-in reopened",
-                     extra={**ids, "pass_id": d.pass_id, "released": exp is not None})  # fmt: skip
-            return False
         refunded = flag_value(d.flags, FLAG_RECORD)
         try:
             trip = tap_in_trip_id(refunded or "", d).hex()
         except ValueError as exc:
             log.warning("tap-in refund without the tap-in's trip id: refused",
                         extra={**ids, "error": str(exc)})  # fmt: skip
-            return False
-        dropped = self.store.drop(trip)
+            return
+        try:
+            dropped = await asyncio.to_thread(self.store.drop, trip)
+        except TapStoreError as exc:
+            # Kept until the tap-in would have expired anyway (it was tapped before its refund).
+            self.undropped[trip] = record.ts_us / 1e6 + self.retention_s
+            log.error("tap's refund not applied: held until dropped",
+                      extra={**ids, "pass_id": trip, "error": str(exc)})  # fmt: skip
+            self.store_watch.says(exc, TAPS_UNDROPPED)
+            return
         log.info("refunded tap-in dropped", extra={**ids, "pass_id": trip, "dropped": dropped})
-        return True
+        self._taps_written()
 
     # --- an exit gate -------------------------------------------------------------------------
 
@@ -295,7 +320,9 @@ class TapDesk:
             pricing.rules,
         )
         try:
-            tap_in, exited = await asyncio.to_thread(self._open_tap, account, now)
+            tap_in, exited = await asyncio.to_thread(
+                self._open_tap, account, frozenset(self.undropped), now
+            )
         except TapStoreError as exc:  # unpriced (the runner answers the core and logs it)
             self.store_watch.says(exc, TAPS_UNREAD)
             raise
@@ -317,8 +344,10 @@ class TapDesk:
         )
         return answer
 
-    def _open_tap(self, account: str | None, now: float) -> tuple[Record | None, bool]:
-        encoded = self.store.latest(account, now) if account is not None else None
+    def _open_tap(
+        self, account: str | None, undropped: frozenset[str], now: float
+    ) -> tuple[Record | None, bool]:
+        encoded = self.store.latest(account, now, undropped) if account is not None else None
         if encoded is None:
             return None, False
         record = Record.decode(encoded)
@@ -330,13 +359,13 @@ class TapDesk:
         return record, key in self.unmarked or self.replay.get(key) is not None
 
     async def mark_used(self, action: MarkPassUsed) -> None:
-        key, exp = pass_key(action.pass_id), math.ceil(action.expires_at)
-        # The line learns of the exit from the tap_out record itself (`_learn`), not a used-token
-        # message.
+        key, own = pass_key(action.pass_id), Held(math.ceil(action.expires_at))
+        # The line learns of the exit from the tap_out record itself (`_exited_elsewhere`), not
+        # a used-token message.
         try:
-            first = await mark_used(self.replay, None, key, exp, self.lane, self.wall())
+            first = await asyncio.to_thread(self._mark, key, own)
         except ReplayStoreError as exc:
-            self.unmarked[key] = exp
+            self.unmarked[key] = own
             self._replay_failed(exc, REPLAY_UNMARKED, "tap-in exit held", action)
             await self._save_held()
             return
@@ -346,22 +375,39 @@ class TapDesk:
         )
 
     async def release(self, action: ReleasePass) -> None:
-        # The line's other gates reopen it from the refund record (`on_record`, `_undo`).
-        key = pass_key(action.pass_id)
-        if self.unmarked.pop(key, None) is not None:
-            released = True  # held only: the replay store never had it
-            await self._save_held()
-        else:
-            try:
-                released = await release_mark(self.replay, None, key, self.lane, self.wall())
-            except ReplayStoreError as exc:
-                self._replay_failed(exc, REPLAY_UNRELEASED, "tap-in not reopened", action)
-                return
-            self.replay_watch.says(None)
+        # The line's other gates reopen it from the refund record (`on_record`, `_reopen`).
+        try:
+            released = await self._release(pass_key(action.pass_id), None)
+        except ReplayStoreError as exc:
+            self._replay_failed(exc, REPLAY_UNRELEASED, "tap-in not reopened", action)
+            return
         log.info(
             "tap-in reopened",
             extra={"lane": self.lane, "pass_id": action.pass_id, "released": released},
         )
+
+    def _mark(self, key: str, held: Held) -> bool:
+        """Write an exit's mark (this gate's, or one heard from `held.lane`); True when new."""
+        if held.lane is None:
+            return self.replay.check_and_mark(key, held.exp, self.lane, self.wall())
+        return self.replay.mark_remote(key, held.exp, held.lane, held.seen_at, now=self.wall())
+
+    async def _release(self, key: str, lane: str | None) -> bool:
+        """Forget the exit of `key` this gate made (`lane` None) or heard from `lane`: held
+        only (the replay store never had it), or its mark; True when there was one."""
+        held = self.unmarked.get(key)
+        if held is not None and held.lane == lane:
+            del self.unmarked[key]
+            await self._save_held()
+            return True
+        released = await asyncio.to_thread(self._unmark, key, lane)
+        self.replay_watch.says(None)
+        return released
+
+    def _unmark(self, key: str, lane: str | None) -> bool:
+        """Give back the mark of `key` this gate made (`lane` None) or heard from `lane`."""
+        remote = lane is not None
+        return self.replay.release(key, lane or self.lane, remote=remote) is not None
 
     def _replay_failed(
         self, exc: ReplayStoreError, stops: str, event: str, action: MarkPassUsed | ReleasePass
@@ -369,35 +415,70 @@ class TapDesk:
         self.replay_watch.says(exc, stops)
         log.error(event, extra={"lane": self.lane, "pass_id": action.pass_id, "error": str(exc)})
 
+    def _taps_written(self) -> None:
+        """A write to the taps store committed: its alarm clears, unless it still owes writes
+        (held exits not kept, refunded tap-ins not dropped), which its probe makes first."""
+        if not self._unsaved and not self.undropped:
+            self.store_watch.says(None)
+
     async def _save_held(self) -> None:
         """Keep the held exits in the tap store, so a restart still knows them; while it cannot,
         `taps_store_error` says they are in memory only, and `upkeep` tries again."""
-        async with self._saving:
+        try:
+            await self._keep_held()
+        except TapStoreError as exc:
+            self.store_watch.says(exc, TAPS_UNHELD)
+            ids = {"lane": self.lane, "held": len(self.unmarked), "error": str(exc)}
+            log.error("held tap-in exits not saved", extra=ids)
+        else:
+            self._taps_written()
+
+    async def _keep_held(self) -> None:
+        async with self._saving:  # one copy written at a time, the latest last
             held = dict(self.unmarked)
-            try:
-                await asyncio.to_thread(self.store.hold, held, self.wall())
-            except TapStoreError as exc:
-                self._unsaved = True
-                self.store_watch.says(exc, TAPS_UNHELD)
-                ids = {"lane": self.lane, "held": len(held), "error": str(exc)}
-                log.error("held tap-in exits not saved", extra=ids)
-            else:
-                self._unsaved = False
-                self.store_watch.says(None)
+            self._unsaved = True
+            await asyncio.to_thread(self.store.hold, held, self.wall())
+            self._unsaved = False
+
+    async def _drop_undropped(self) -> None:
+        """Drop the refunded tap-ins the taps store did not (forgetting those expired anyway)."""
+        now = self.wall()
+        for trip, expires in list(self.undropped.items()):
+            if expires >= now:
+                await asyncio.to_thread(self.store.drop, trip)
+            del self.undropped[trip]
+            log.info("refunded tap-in dropped", extra={"lane": self.lane, "pass_id": trip})
+
+    async def _probe_taps(self) -> None:
+        """The taps store's probe while it fails: the writes it owes (refunded tap-ins to
+        drop, held exits to keep) or else the probe's own write; raises TapStoreError until
+        they commit, so the alarm clears once they are applied."""
+        owed = bool(self.undropped) or self._unsaved
+        await self._drop_undropped()
+        if self._unsaved:
+            await self._keep_held()
+        if not owed:
+            await asyncio.to_thread(self.store.probe)
 
     async def _mark_held(self) -> None:
-        """Write the held exits into the replay store once it takes writes again (at start too:
-        those a restart loaded), and keep the tap store's copy up to date."""
-        if self._unsaved:
-            await self._save_held()
+        """Write what the stores owe once they take writes (at start too: the held exits a
+        restart loaded): refunded tap-ins to drop, the held exits into the replay store, and
+        the tap store's copy of them."""
+        if self.undropped or self._unsaved:  # owed since the probe cleared the alarm
+            try:
+                await self._probe_taps()
+            except TapStoreError as exc:
+                self.store_watch.says(exc, TAPS_UNDROPPED if self.undropped else TAPS_UNHELD)
         marked = False
-        for key, exp in list(self.unmarked.items()):
+        for key, held in list(self.unmarked.items()):
             if self.replay_watch.text is not None:
                 break  # still failing: its probe says when it works
             try:
-                await mark_used(self.replay, None, key, exp, self.lane, self.wall())
-                if self.unmarked.pop(key, None) is None:  # released meanwhile: give it back
-                    await release_mark(self.replay, None, key, self.lane, self.wall())
+                await asyncio.to_thread(self._mark, key, held)
+                if self.unmarked.get(key) == held:
+                    del self.unmarked[key]
+                else:  # released meanwhile: give it back
+                    await asyncio.to_thread(self._unmark, key, held.lane)
             except ReplayStoreError as exc:
                 self.replay_watch.says(exc, REPLAY_UNMARKED)
                 break

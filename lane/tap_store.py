@@ -9,7 +9,8 @@ then purged, or dropped once its entry gate refunds it (the passenger was never 
 store is bounded by the traffic of that window. Whether a tap-in has exited
 is not kept here: it is the replay store's `pass:` key (lane.auth.replay), like a road pass.
 The exits the replay store did not take while it failed (lane.tap_desk: held until marked) are
-kept here too (`held`, schema 2), so a restart before the replay store heals still knows them.
+kept here too (`held`, schema 2; who made each, schema 3), so a restart before the replay store
+heals still knows them.
 
 SQLite in WAL mode (synchronous NORMAL: a tap-in lost in a power cut is heard again from no
 one, but costs only a maximum fare, never a free ride). The calls block; the asyncio shell
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from lane.auth.replay import Migration, immediate, migrate, refuse_newer
 
@@ -53,7 +55,23 @@ def _add_held_v2(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_held_v2)
+def _add_held_lane_v3(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE held ADD COLUMN lane TEXT")  # NULL: this gate's own exit
+    conn.execute("ALTER TABLE held ADD COLUMN seen_at REAL")  # a heard exit's time, its clock
+
+
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_held_v2, _add_held_lane_v3)
+
+
+class Held(NamedTuple):
+    """An exit held until the replay store marks it: the mark's expiry (unix s) and who made
+    it: this gate (`lane` None), or another gate of the line, heard at `seen_at` by its clock
+    (marked as heard, `ReplayStore.mark_remote`, so that gate's refund gives it back)."""
+
+    exp: int
+    lane: str | None = None
+    seen_at: float | None = None
+
 
 # The trip `probe` keeps and removes again: no trip id (hex) has this form.
 PROBE_TRIP = "probe:taps-store"
@@ -93,20 +111,27 @@ class TapStore:
             dropped = self._conn.execute("DELETE FROM taps WHERE trip = ?", (trip,)).rowcount
         return dropped == 1
 
-    def hold(self, held: Mapping[str, int], now: float) -> None:
-        """Keep exactly these exits held until the replay store marks them (pass key: the
-        mark's expiry), in place of those kept before; an expired one is not kept."""
-        rows = [(key, exp) for key, exp in held.items() if exp >= now]
+    def hold(self, held: Mapping[str, Held], now: float) -> None:
+        """Keep exactly these exits held until the replay store marks them (by pass key), in
+        place of those kept before; an expired one is not kept."""
+        rows = [(key, *h) for key, h in held.items() if h.exp >= now]
         with immediate(self._conn, self._lock, self._error):
             self._conn.execute("DELETE FROM held")
-            self._conn.executemany("INSERT INTO held VALUES (?, ?)", rows)
+            self._conn.executemany(
+                "INSERT INTO held (key, exp, lane, seen_at) VALUES (?, ?, ?, ?)", rows
+            )
 
-    def held(self, now: float) -> dict[str, int]:
-        """The exits kept held (pass key: the mark's expiry), but the expired ones."""
+    def held(self, now: float) -> dict[str, Held]:
+        """The exits kept held (by pass key), but the expired ones."""
         with self._lock:
             try:
-                rows = self._conn.execute("SELECT key, exp FROM held WHERE exp >= ?", (now,))
-                return {str(key): int(exp) for key, exp in rows.fetchall()}
+                rows = self._conn.execute(
+                    "SELECT key, exp, lane, seen_at FROM held WHERE exp >= ?", (now,)
+                )
+                return {
+                    str(key): Held(int(exp), lane, seen_at)
+                    for key, exp, lane, seen_at in rows.fetchall()
+                }
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
 
@@ -123,18 +148,19 @@ class TapStore:
     def _error(self, exc: sqlite3.Error) -> TapStoreError:
         return TapStoreError(f"{self.path}: {exc}")
 
-    def latest(self, account: str, now: float) -> bytes | None:
-        """The account's latest tap-in not yet expired (encoded record), or None."""
+    def latest(self, account: str, now: float, skip: Collection[str] = ()) -> bytes | None:
+        """The account's latest tap-in not yet expired (encoded record), but those of the trips
+        in `skip` (refunded, not dropped yet: lane.tap_desk), or None."""
         with self._lock:
             try:
-                row = self._conn.execute(
-                    "SELECT record FROM taps WHERE account = ? AND expires >= ?"
-                    " ORDER BY ts_us DESC LIMIT 1",
+                rows = self._conn.execute(
+                    "SELECT trip, record FROM taps WHERE account = ? AND expires >= ?"
+                    " ORDER BY ts_us DESC",
                     (account, now),
-                ).fetchone()
+                )
+                return next((bytes(record) for trip, record in rows if trip not in skip), None)
             except sqlite3.Error as exc:
                 raise TapStoreError(f"{self.path}: {exc}") from exc
-        return None if row is None else bytes(row[0])
 
     def count(self) -> int:
         with self._lock:

@@ -31,7 +31,7 @@ from lane.core.records import AuthInfo, RecordDraft
 from lane.core.trip import Priced
 from lane.store_watch import Alarm
 from lane.tap_desk import ExitPricing, TapDesk
-from lane.tap_store import TapStore
+from lane.tap_store import Held, TapStore
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.verifier import TokenVerifier
 from lane.wire import topics
@@ -410,8 +410,8 @@ def test_a_tap_store_drops_a_refunded_tap_in_once(tmp_path: Path) -> None:
 def test_a_tap_store_of_the_first_release_keeps_its_tap_ins_and_then_holds_exits(
     tmp_path: Path,
 ) -> None:
-    """Schema 2 adds the held exits (lane.tap_desk): a v1 file, as the first release wrote it,
-    is upgraded in place."""
+    """Schema 2 adds the held exits (lane.tap_desk), schema 3 who made each (this gate, or the
+    gate it was heard from): a v1 file, as the first release wrote it, is upgraded in place."""
     path = tmp_path / "taps.sqlite3"
     entered = tap_in("S01", NOW - 60)
     trip = uuid.UUID(entered.record_id).hex
@@ -428,15 +428,18 @@ def test_a_tap_store_of_the_first_release_keeps_its_tap_ins_and_then_holds_exits
     store = TapStore(path)
     assert store.latest("rider-1", NOW) == entered.encode()
     assert store.held(NOW) == {}
-    store.hold({f"pass:{trip}": NOW + 600, "pass:gone": NOW - 1}, NOW)
+    heard = Held(NOW + 600, "S02/g1", NOW - 30.5)  # another gate's exit, marked as heard
+    store.hold({f"pass:{trip}": Held(NOW + 600), "pass:out": heard, "pass:gone": Held(NOW - 1)},
+               NOW)  # fmt: skip
     store.close()
     store = TapStore(path)
-    assert store.held(NOW) == {f"pass:{trip}": NOW + 600}  # an expired one is not kept
+    # An expired one is not kept.
+    assert store.held(NOW) == {f"pass:{trip}": Held(NOW + 600), "pass:out": heard}
     assert store.held(NOW + 601) == {}
     store.hold({}, NOW)
     assert store.held(NOW) == {}
     store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (2,)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (3,)
 
 
 def test_a_gate_shares_its_paid_taps_and_their_refunds_once_durable(tmp_path: Path) -> None:

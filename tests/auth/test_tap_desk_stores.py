@@ -318,9 +318,9 @@ ENTRY_PAID = 200
 @pytest.mark.parametrize(
     ("refunded", "store", "alarm", "said", "while_it_lasts", "upkeep"),
     [
-        # A refunded tap-in stays in the tap store: it still prices the exit, less its entry.
+        # A refunded tap-in not dropped yet prices nothing: the maximum fare, flagged.
         ("tap_in", "taps.sqlite3", "taps_store_error", TAPS_UNDROPPED,
-         ("charged", FARE - ENTRY_PAID), _probe_taps),
+         ("no_pass", FARTHEST), _probe_taps),
         # A refunded tap-out's tap-in stays exited here: the maximum fare, flagged.
         ("tap_out", "replay.sqlite3", "replay_store_error", REPLAY_UNRELEASED,
          ("pass_used", FARTHEST), _probe_replay),
@@ -367,3 +367,97 @@ async def test_a_refund_heard_on_the_line_a_store_cannot_apply_says_so_and_clear
             probing.cancel()
         gate.store.close()
         gate.replay.close()
+
+
+async def test_a_refunded_tap_in_the_taps_store_cannot_drop_prices_nothing_and_is_dropped_later(
+    tmp_path: Path,
+) -> None:
+    """A refunded tap-in the taps store could not drop was not tried again (the refund is heard
+    once): while it was the passenger's latest it priced their exit here with its refunded
+    entry fare taken off, and for good."""
+    exits = Exits(tmp_path)
+    gate, alarms = exits.gate, exits.alarms
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await gate.handle(Incoming(topic, entered.encode()))
+    path = tmp_path / "taps.sqlite3"
+    with locked(path):
+        await gate.handle(Incoming(topic, refund_of(entered, NOW - 30).encode()))
+        assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {path}: database is locked")
+        # Safe: held until dropped, the refunded tap-in prices nothing here.
+        assert (await exits.tap_out())[:2] == ("no_pass", FARTHEST)
+    upkeep = asyncio.create_task(_probe_taps(gate))
+    try:
+        # Clears by itself, once the drop is applied (not merely once the store takes a write).
+        await eventually(lambda: "taps_store_error" not in alarms, within=15)
+        assert gate.undropped == {}
+        assert gate.store.latest("rider-1", NOW) is None
+    finally:
+        upkeep.cancel()
+    exits = exits.restarted()
+    try:
+        assert (await exits.tap_out())[:2] == ("no_pass", FARTHEST)
+    finally:
+        exits.close()
+
+
+async def test_an_exit_heard_on_the_line_the_replay_store_cannot_mark_is_held_then_marked(
+    tmp_path: Path,
+) -> None:
+    """Another gate's tap-out the replay store could not mark was only logged: its tap-in
+    stayed open here, and the passenger's next exit here was priced as the trip again, its
+    entry fare taken off once more (one tap-in, two trips)."""
+    exits = Exits(tmp_path)
+    gate, alarms = exits.gate, exits.alarms
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await gate.handle(Incoming(topic, entered.encode()))
+    out = tap_out_of(entered, FARE - ENTRY_PAID, "S02/x1", NOW - 60)
+    trip = out.draft.pass_id
+    path = tmp_path / "replay.sqlite3"
+    with locked(path):
+        await gate.handle(Incoming(topic, out.encode()))  # SQLite's wait runs out
+        assert alarms["replay_store_error"].startswith(
+            f"{REPLAY_UNMARKED} {path}: database is locked"
+        )
+        # Safe: held as this gate's own, the tap-in has exited; the maximum fare, flagged.
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
+        assert gate.store.held(NOW) == gate.unmarked != {}
+    tasks = [asyncio.create_task(_probe_replay(gate)), asyncio.create_task(_probe_taps(gate))]
+    try:
+        # Clears by itself; the mark is written as heard from its gate.
+        await eventually(lambda: "replay_store_error" not in alarms, within=15)
+        await eventually(lambda: gate.unmarked == {} and gate.store.held(NOW) == {}, within=10)
+    finally:
+        for task in tasks:
+            task.cancel()
+    used = gate.replay.get(f"pass:{trip}")
+    assert used is not None and (used.lane, used.remote) == ("S02/x1", True)
+    # So that gate's refund of the tap-out gives it back here, as a mark heard at once would.
+    await gate.handle(Incoming(topic, refund_of(out, NOW - 30, trip).encode()))
+    try:
+        assert await exits.tap_out() == ("charged", FARE - ENTRY_PAID, trip)
+    finally:
+        exits.close()
+
+
+async def test_an_exit_heard_on_the_line_and_held_outlives_a_restart_and_its_refund(
+    tmp_path: Path,
+) -> None:
+    """A held exit heard from another gate is kept over a restart (with the gate it came
+    from), and that gate's refund reopens the tap-in with the replay store still failing."""
+    exits = Exits(tmp_path)
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await exits.gate.handle(Incoming(topic, entered.encode()))
+    out = tap_out_of(entered, FARE - ENTRY_PAID, "S02/x1", NOW - 60)
+    trip = out.draft.pass_id
+    with locked(tmp_path / "replay.sqlite3"):
+        await exits.gate.handle(Incoming(topic, out.encode()))
+        exits = exits.restarted()
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
+        # Its gate's refund: the held exit goes, no replay store write needed.
+        await exits.gate.handle(Incoming(topic, refund_of(out, NOW - 30, trip).encode()))
+        assert exits.gate.unmarked == {} == exits.gate.store.held(NOW)
+        assert await exits.tap_out() == ("charged", FARE - ENTRY_PAID, trip)
+    exits.close()
