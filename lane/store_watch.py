@@ -7,8 +7,9 @@ would say nothing. The first failed write raises the store's alarm (`says`), nam
 and SQLite's error; `run` then writes to the store every `PROBE_EVERY_S` with the store's own
 probe (the write its real writes make, in the pages they make it in, taken back), so the alarm
 clears once the store takes writes again whether or not traffic comes. The probe is async and
-runs where the store's writes run: a thread of its own (`in_thread`) for the replay and tap
-stores, the resolver's one writer thread for the payments store. While the store works,
+runs where the store's writes run: a thread of its own (`in_thread`) for the replay store,
+threads of their own for the tap store (whose probe first makes the writes its tap desk owes
+it, lane.tap_desk), the resolver's one writer thread for the payments store. While the store works,
 `run` does the store's housekeeping instead (a purge may commit where the real writes fail, so
 it never clears the alarm). A failure the usual text does not fit (a read that fails where
 the writes are the usual worry) says what it stops instead (`says(..., refused)`); the probe

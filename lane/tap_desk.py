@@ -26,14 +26,18 @@ pay the maximum fare at this gate's exit (never a free ride): the failed write r
 `taps_store_error`, and `upkeep` probes the store every second while it holds
 (`TapStore.probe`, lane.store_watch), clearing it once a write commits. A tap-in the store
 cannot read at an exit leaves that exit unpriced (the passenger is refused "Fare not known",
-never charged a guess) and raises the same alarm, saying so; so does a refunded tap-in it
-cannot drop (it may still price its passenger's exit here, the refunded entry fare taken off;
-not tried again).
+never charged a guess) and raises the same alarm, saying so. A refunded tap-in it cannot drop
+is held until dropped (`undropped`, in memory only: the refund is heard once): `price` skips
+it (it prices no exit here), and the store's probe drops it first, so the alarm, which says
+so, clears once it is dropped. A restart meanwhile forgets it: while it is its passenger's
+latest tap-in it then prices their exit here with its refunded entry fare taken off.
 
 The replay store is the verifier's, and so is its alarm (`replay_store_error`, the verifier's
 `StoreWatch`, whose probe clears it). An exit it cannot read is unpriced, as above. An exit it
-cannot mark is held (`unmarked`): the tap-in prices as exited here all the same (a trip is
-never paid twice), and `upkeep` writes the held marks once the store works again. The held
+cannot mark, this gate's or another gate's heard on the line, is held (`unmarked`): the tap-in
+prices as exited here all the same (a trip is never paid twice), and `upkeep` writes the held
+marks once the store works again, a heard one as heard from its gate (so that gate's refund
+reopens it, held or written). The held
 exits are kept in the tap store too (`TapStore.hold`, another file), so a restart before the
 replay store heals loads them and still prices those tap-ins as exited; while the tap store
 cannot keep them either they are in memory only, a restart would forget them, and
@@ -79,8 +83,9 @@ TAPS_ALARM = "taps_store_error"
 # What a failing store stops, as its alarm says it (lane.store_watch).
 TAPS_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): taps store'
 TAPS_UNDROPPED = (
-    "refunded tap-ins not dropped (one may still price an exit here, its refunded entry fare"
-    " taken off): taps store"
+    "refunded tap-ins held until dropped (they price no exit here; a restart meanwhile forgets"
+    " them, and one may then price its passenger's exit here, its refunded entry fare taken"
+    " off): taps store"
 )
 REPLAY_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): replay store'
 REPLAY_UNMARKED = (
