@@ -192,9 +192,9 @@ class TapDesk:
         await self.outbox.run()
 
     async def upkeep(self, sleep: Callable[[float], Awaitable[None]]) -> None:
-        """While a tap-in was not kept, probe the store until a write commits; otherwise
-        write the exits the replay store did not take, once it takes writes again."""
-        await self.store_watch.run(sleep, self._mark_held, PROBE_EVERY_S)
+        """While the tap store fails, probe it (writing first what it owes) until a write
+        commits; otherwise write what the stores owe (`_write_owed`)."""
+        await self.store_watch.run(sleep, self._write_owed, PROBE_EVERY_S)
 
     async def handle(self, msg: Incoming) -> None:
         """Another gate's tap: keep a tap-in by account; a tap-out closes its tap-in here; a
@@ -449,10 +449,12 @@ class TapDesk:
         """Drop the refunded tap-ins the taps store did not (forgetting those expired anyway)."""
         now = self.wall()
         for trip, expires in list(self.undropped.items()):
-            if expires >= now:
+            expired = expires < now  # priced by no exit any more: nothing to drop
+            if not expired:
                 await asyncio.to_thread(self.store.drop, trip)
-            del self.undropped[trip]
-            log.info("refunded tap-in dropped", extra={"lane": self.lane, "pass_id": trip})
+            self.undropped.pop(trip, None)
+            log.info("held refunded tap-in dropped",
+                     extra={"lane": self.lane, "pass_id": trip, "expired": expired})  # fmt: skip
 
     async def _probe_taps(self) -> None:
         """The taps store's probe while it fails: the writes it owes (refunded tap-ins to
@@ -465,7 +467,7 @@ class TapDesk:
         if not owed:
             await asyncio.to_thread(self.store.probe)
 
-    async def _mark_held(self) -> None:
+    async def _write_owed(self) -> None:
         """Write what the stores owe once they take writes (at start too: the held exits a
         restart loaded): refunded tap-ins to drop, the held exits into the replay store, and
         the tap store's copy of them."""
