@@ -2,20 +2,23 @@
 the distribution's /lib/systemd/systemd booted as PID 1 of PID, mount, cgroup and UTS
 namespaces of its own, a system manager that runs real units, watchdog and Restart= included.
 
-Its namespaces: a cgroup of its own (made under the cgroup2 hierarchy and removed afterwards)
-is the root of its cgroup namespace, where it mounts cgroup2 and runs in unified mode; its /run
-is a tmpfs of its own (its sockets, its transient units, $NOTIFY_SOCKET); /proc/sys is
-read-only to it, so it changes no sysctl of the machine; `container=` in its environment makes
-it skip what an init does to a whole machine. The network and every other file are the
-machine's: a unit reaches the session's mosquitto and runs this checkout's `lane run`. It
-loads units from a directory of the test's own only (`$SYSTEMD_UNIT_PATH`), holding the targets
-a service's default dependencies name, empty: nothing of the machine's units starts. Its log
+Its namespaces: a cgroup of its own (made under the cgroup2 hierarchy and removed afterwards) is
+the root of its cgroup namespace, where it mounts cgroup2 and runs in unified mode; its /run is
+a tmpfs of its own (its sockets, its transient units, $NOTIFY_SOCKET); /proc/sys is read-only to
+it, so it changes no sysctl of the machine; `container=` in its environment makes it skip what
+an init does to a whole machine; it starts without CAP_SYS_MODULE in its bounding set
+(`setpriv`), so neither it (its early `autofs4`, which `container=` does not skip) nor a unit it
+starts loads a module into the machine's kernel. The network and every other file are the
+machine's: a unit reaches the session's mosquitto and runs this checkout's `lane run`. It loads
+units from a directory of the test's own only (`$SYSTEMD_UNIT_PATH`), holding the targets a
+service's default dependencies name, empty: nothing of the machine's units starts. Its log
 (systemd[1]'s lines) goes to a pseudo-terminal standing for /dev/console, read into `log()`.
 `systemctl` and `systemd-run` reach it through `nsenter` into its mount and PID namespaces.
 
-It needs root (CI runs `make test` as root), `unshare`/`nsenter`, systemd's binaries (`make
-test` installs the `systemd` package where missing) and a cgroup2 hierarchy; elsewhere the test
-is skipped, saying which is missing. Killing it on the way out ends every process it started."""
+It needs root (CI runs `make test` as root), `unshare`/`nsenter`/`setpriv` (util-linux),
+systemd's binaries (`make test` installs the `systemd` package where missing) and a cgroup2
+hierarchy; elsewhere the test is skipped, saying which is missing. Killing it on the way out
+ends every process it started."""
 
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import pytest
 from polling import eventually
 
 SYSTEMD = Path("/lib/systemd/systemd")
-TOOLS = ("unshare", "nsenter", "mount", "systemctl", "systemd-run")
+TOOLS = ("unshare", "nsenter", "setpriv", "mount", "systemctl", "systemd-run")
 TARGET = "lane-test.target"  # what it boots to: nothing
 # The targets of a service's default dependencies (Requires=sysinit.target, After=basic.target,
 # Conflicts=shutdown.target): empty, but there.
@@ -47,8 +50,8 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
 mount --bind "$CONSOLE" /dev/console
-exec env -i container=lane-test SYSTEMD_UNIT_PATH="$UNITS" PATH=/usr/sbin:/usr/bin:/sbin:/bin \\
-  "$SYSTEMD" --unit="$TARGET" --log-target=console
+exec setpriv --bounding-set=-sys_module -- env -i container=lane-test SYSTEMD_UNIT_PATH="$UNITS" \\
+  PATH=/usr/sbin:/usr/bin:/sbin:/bin "$SYSTEMD" --unit="$TARGET" --log-target=console
 """
 
 

@@ -30,6 +30,7 @@ from sim.broker import Mosquitto
 UNIT = Path(__file__).parents[2] / "deploy" / "lane.service"
 pytestmark = pytest.mark.slow
 WATCHDOG_S = 5  # the shipped 20 s, shorter: a loaded machine's pauses stay well below it
+CAP_SYS_MODULE = 16  # linux/capability.h
 
 
 def drop_in(rig: LaneProcesses, unit: Mapping[str, str] | None = None, **own: str) -> str:
@@ -235,3 +236,19 @@ async def test_the_unit_gives_up_on_a_lane_that_cannot_start_and_restarts_once_f
     assert log.count(f"{unit}: Main process exited, code=exited, status=2/") == burst, log
     assert f"{unit}: Start request repeated too quickly." in log, log
     assert (tmp_path / "stderr.txt").read_text().count("not valid TOML") == burst
+
+
+def bounding_set(pid: int) -> int:
+    """The capability bounding set of process `pid`, as a mask."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(
+        next(v for k, v in (ln.split(":", 1) for ln in status.splitlines()) if k == "CapBnd"), 16
+    )
+
+
+async def test_the_manager_loads_no_kernel_module_into_the_machine(systemd: Manager) -> None:
+    """The machine's kernel is shared: the manager (and whatever it starts) has no
+    CAP_SYS_MODULE to bound it, so its early `autofs4` load (which `container=` does not skip)
+    is not even tried."""
+    assert not bounding_set(systemd.pid) & (1 << CAP_SYS_MODULE), hex(bounding_set(systemd.pid))
+    assert "autofs4" not in systemd.log(), systemd.log()
