@@ -18,7 +18,8 @@ service's default dependencies name, empty: nothing of the machine's units start
 It needs root (CI runs `make test` as root), `unshare`/`nsenter`/`setpriv` (util-linux),
 systemd's binaries (`make test` installs the `systemd` package where missing) and a cgroup2
 hierarchy; elsewhere the test is skipped, saying which is missing. Killing it on the way out
-ends every process it started."""
+ends every process it started; so does the death of the tests' process itself (SIGKILL, where
+no `finally` runs), whose empty cgroup the next boot removes."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from polling import eventually
 SYSTEMD = Path("/lib/systemd/systemd")
 TOOLS = ("unshare", "nsenter", "setpriv", "mount", "systemctl", "systemd-run")
 TARGET = "lane-test.target"  # what it boots to: nothing
+CGROUP_PREFIX = "lane-test-systemd-"  # then the tests' process id and a random part
 # The targets of a service's default dependencies (Requires=sysinit.target, After=basic.target,
 # Conflicts=shutdown.target): empty, but there.
 TARGETS = (TARGET, "sysinit.target", "basic.target", "shutdown.target")
@@ -150,6 +152,16 @@ def _write_units(units: Path) -> None:
         (units / target).write_text(f"[Unit]\nDescription={target} (empty: lane tests)\n")
 
 
+def _remove_stale_cgroups(root: Path) -> None:
+    """The (empty) cgroups of tests' processes that died before removing theirs: named by
+    their process id, so that another test session's, still running, is never touched."""
+    for stale in root.glob(f"{CGROUP_PREFIX}*"):
+        owner = stale.name.removeprefix(CGROUP_PREFIX).split("-")[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            with contextlib.suppress(OSError):  # its processes not all gone yet: next time
+                _remove_cgroup(stale)
+
+
 def _remove_cgroup(top: Path) -> None:
     """`top` and the cgroups systemd made under it, deepest first (all empty by now)."""
     for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
@@ -166,7 +178,8 @@ async def booted_systemd(workdir: Path) -> AsyncIterator[Manager]:
         pytest.skip(reason)
     root = cgroup2_root()
     assert root is not None
-    cgroup = root / f"lane-test-systemd-{uuid.uuid4().hex[:8]}"
+    _remove_stale_cgroups(root)
+    cgroup = root / f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     cgroup.mkdir()
     units = workdir / "units"
     _write_units(units)
@@ -180,10 +193,13 @@ async def booted_systemd(workdir: Path) -> AsyncIterator[Manager]:
     }
     said = workdir / "boot.txt"
     # The shell moves itself into the new cgroup, then becomes unshare; unshare's child is PID 1.
+    # Should the tests' process die without its `finally` (SIGKILL), unshare is killed with it
+    # (`--pdeathsig`), and PID 1 with unshare (`--kill-child`): nothing is left running.
     with said.open("wb") as out:
         boot = await asyncio.create_subprocess_exec(
-            "sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec unshare --cgroup --pid '
-            f'--mount --uts --fork --kill-child --mount-proc --propagation private sh -c "$0"',
+            "sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec setpriv --pdeathsig=KILL -- '
+            f'unshare --cgroup --pid --mount --uts --fork --kill-child --mount-proc '
+            f'--propagation private sh -c "$0"',
             BOOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     children = Path(f"/proc/{boot.pid}/task/{boot.pid}/children")
