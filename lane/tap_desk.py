@@ -27,8 +27,8 @@ pay the maximum fare at this gate's exit (never a free ride): the failed write r
 (`TapStore.probe`, lane.store_watch), clearing it once a write commits. A tap-in the store
 cannot read at an exit leaves that exit unpriced (the passenger is refused "Fare not known",
 never charged a guess) and raises the same alarm, saying so; so does a refunded tap-in it
-cannot drop (it may still price its passenger's exit here, the refunded entry fare taken off;
-not tried again).
+cannot drop (it may still price its passenger's exit here, the refunded entry fare taken off,
+until `upkeep` drops it once the store takes writes again; a restart meanwhile forgets it).
 
 The replay store is the verifier's, and so is its alarm (`replay_store_error`, the verifier's
 `StoreWatch`, whose probe clears it). An exit it cannot read is unpriced, as above. An exit it
@@ -136,6 +136,8 @@ class TapDesk:
         self.unmarked: dict[str, int] = store.held(wall())
         self._unsaved = False
         self._saving = asyncio.Lock()  # one copy written at a time, the latest last
+        # Refunded tap-ins (trip ids) the tap store could not drop: dropped by `upkeep`.
+        self.undropped: set[str] = set()
         self.store_watch = StoreWatch(
             lane,
             TAPS_ALARM,
@@ -187,7 +189,7 @@ class TapDesk:
     async def upkeep(self, sleep: Callable[[float], Awaitable[None]]) -> None:
         """While a tap-in was not kept, probe the store until a write commits; otherwise
         write the exits the replay store did not take, once it takes writes again."""
-        await self.store_watch.run(sleep, self._mark_held, PROBE_EVERY_S)
+        await self.store_watch.run(sleep, self._catch_up, PROBE_EVERY_S)
 
     async def handle(self, msg: Incoming) -> None:
         """Another gate's tap: keep a tap-in by account; a tap-out closes its tap-in here; a
@@ -274,7 +276,11 @@ class TapDesk:
             log.warning("tap-in refund without the tap-in's trip id: refused",
                         extra={**ids, "error": str(exc)})  # fmt: skip
             return False
-        dropped = self.store.drop(trip)
+        try:
+            dropped = self.store.drop(trip)
+        except TapStoreError:
+            self.undropped.add(trip)  # `upkeep` drops it once the store takes writes
+            raise
         log.info("refunded tap-in dropped", extra={**ids, "pass_id": trip, "dropped": dropped})
         return True
 
@@ -384,6 +390,22 @@ class TapDesk:
             else:
                 self._unsaved = False
                 self.store_watch.says(None)
+
+    async def _catch_up(self) -> None:
+        """What the stores could not take when it came, once they take writes again: the
+        refunded tap-ins not dropped, the held exits."""
+        await self._drop_refunded()
+        await self._mark_held()
+
+    async def _drop_refunded(self) -> None:
+        for trip in sorted(self.undropped):
+            try:
+                await asyncio.to_thread(self.store.drop, trip)
+            except TapStoreError as exc:
+                self.store_watch.says(exc, TAPS_UNDROPPED)
+                return
+            self.undropped.discard(trip)
+            log.info("refunded tap-in dropped late", extra={"lane": self.lane, "pass_id": trip})
 
     async def _mark_held(self) -> None:
         """Write the held exits into the replay store once it takes writes again (at start too:

@@ -367,3 +367,37 @@ async def test_a_refund_heard_on_the_line_a_store_cannot_apply_says_so_and_clear
             probing.cancel()
         gate.store.close()
         gate.replay.close()
+
+
+async def test_a_refunded_tap_in_the_taps_store_could_not_drop_is_dropped_once_it_can(
+    tmp_path: Path,
+) -> None:
+    """A refunded tap-in the taps store could not drop stayed there for good once the store
+    healed and the alarm cleared (not tried again): the passenger's exit here went on taking
+    off an entry fare that had been refunded."""
+    exits = Exits(tmp_path)
+    gate, alarms = exits.gate, exits.alarms
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await gate.handle(Incoming(topic, entered.encode()))
+    taps = tmp_path / "taps.sqlite3"
+    upkeep = asyncio.ensure_future(_probe_taps(gate))
+    try:
+        with locked(taps):
+            refund = refund_of(entered, NOW - 30, entered.draft.pass_id)
+            await gate.handle(Incoming(topic, refund.encode()))
+            assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+            assert (await exits.tap_out())[:2] == ("charged", FARE - ENTRY_PAID)
+
+        account = entered.draft.account_ref
+        assert account is not None
+        await eventually(
+            lambda: "taps_store_error" not in alarms and gate.store.latest(account, NOW) is None,
+            within=15,
+            what="the refunded tap-in dropped",
+        )
+        # No tap-in left: the maximum fare, as for any rider without one.
+        assert await exits.tap_out() == ("no_pass", FARTHEST, None)
+    finally:
+        upkeep.cancel()
+        exits.close()
