@@ -279,7 +279,9 @@ class TapDesk:
         try:
             dropped = self.store.drop(trip)
         except TapStoreError:
-            self.undropped.add(trip)  # `upkeep` drops it once the store takes writes
+            # `upkeep` drops it once the store takes writes (added from `handle`'s worker
+            # thread: one set add, atomic; the loop only copies the set or discards from it).
+            self.undropped.add(trip)
             raise
         log.info("refunded tap-in dropped", extra={**ids, "pass_id": trip, "dropped": dropped})
         return True
