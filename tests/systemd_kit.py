@@ -2,20 +2,24 @@
 the distribution's /lib/systemd/systemd booted as PID 1 of PID, mount, cgroup and UTS
 namespaces of its own, a system manager that runs real units, watchdog and Restart= included.
 
-Its namespaces: a cgroup of its own (made under the cgroup2 hierarchy and removed afterwards)
-is the root of its cgroup namespace, where it mounts cgroup2 and runs in unified mode; its /run
-is a tmpfs of its own (its sockets, its transient units, $NOTIFY_SOCKET); /proc/sys is
-read-only to it, so it changes no sysctl of the machine; `container=` in its environment makes
-it skip what an init does to a whole machine. The network and every other file are the
-machine's: a unit reaches the session's mosquitto and runs this checkout's `lane run`. It
-loads units from a directory of the test's own only (`$SYSTEMD_UNIT_PATH`), holding the targets
-a service's default dependencies name, empty: nothing of the machine's units starts. Its log
+Its namespaces: a cgroup of its own (made under the cgroup2 hierarchy and removed afterwards) is
+the root of its cgroup namespace, where it mounts cgroup2 and runs in unified mode; its /run is
+a tmpfs of its own (its sockets, its transient units, $NOTIFY_SOCKET); /proc/sys is read-only to
+it, so it changes no sysctl of the machine; `container=` in its environment makes it skip what
+an init does to a whole machine; it starts without CAP_SYS_MODULE in its bounding set
+(`setpriv`), so neither it (its early `autofs4`, which `container=` does not skip) nor a unit it
+starts loads a module into the machine's kernel. The network and every other file are the
+machine's: a unit reaches the session's mosquitto and runs this checkout's `lane run`. It loads
+units from a directory of the test's own only (`$SYSTEMD_UNIT_PATH`), holding the targets a
+service's default dependencies name, empty: nothing of the machine's units starts. Its log
 (systemd[1]'s lines) goes to a pseudo-terminal standing for /dev/console, read into `log()`.
 `systemctl` and `systemd-run` reach it through `nsenter` into its mount and PID namespaces.
 
-It needs root (CI runs `make test` as root), `unshare`/`nsenter`, systemd's binaries (`make
-test` installs the `systemd` package where missing) and a cgroup2 hierarchy; elsewhere the test
-is skipped, saying which is missing. Killing it on the way out ends every process it started."""
+It needs root (CI runs `make test` as root), `unshare`/`nsenter`/`setpriv` (util-linux),
+systemd's binaries (`make test` installs the `systemd` package where missing) and a cgroup2
+hierarchy; elsewhere the test is skipped, saying which is missing. Killing it on the way out
+ends every process it started; so does the death of the tests' process itself (SIGKILL, where
+no `finally` runs), whose empty cgroup the next boot removes."""
 
 from __future__ import annotations
 
@@ -34,8 +38,9 @@ import pytest
 from polling import eventually
 
 SYSTEMD = Path("/lib/systemd/systemd")
-TOOLS = ("unshare", "nsenter", "mount", "systemctl", "systemd-run")
+TOOLS = ("unshare", "nsenter", "setpriv", "mount", "systemctl", "systemd-run")
 TARGET = "lane-test.target"  # what it boots to: nothing
+CGROUP_PREFIX = "lane-test-systemd-"  # then the tests' process id and a random part
 # The targets of a service's default dependencies (Requires=sysinit.target, After=basic.target,
 # Conflicts=shutdown.target): empty, but there.
 TARGETS = (TARGET, "sysinit.target", "basic.target", "shutdown.target")
@@ -47,8 +52,8 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
 mount --bind "$CONSOLE" /dev/console
-exec env -i container=lane-test SYSTEMD_UNIT_PATH="$UNITS" PATH=/usr/sbin:/usr/bin:/sbin:/bin \\
-  "$SYSTEMD" --unit="$TARGET" --log-target=console
+exec setpriv --bounding-set=-sys_module -- env -i container=lane-test SYSTEMD_UNIT_PATH="$UNITS" \\
+  PATH=/usr/sbin:/usr/bin:/sbin:/bin "$SYSTEMD" --unit="$TARGET" --log-target=console
 """
 
 
@@ -147,6 +152,16 @@ def _write_units(units: Path) -> None:
         (units / target).write_text(f"[Unit]\nDescription={target} (empty: lane tests)\n")
 
 
+def _remove_stale_cgroups(root: Path) -> None:
+    """The (empty) cgroups of tests' processes that died before removing theirs: named by
+    their process id, so that another test session's, still running, is never touched."""
+    for stale in root.glob(f"{CGROUP_PREFIX}*"):
+        owner = stale.name.removeprefix(CGROUP_PREFIX).split("-")[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            with contextlib.suppress(OSError):  # its processes not all gone yet: next time
+                _remove_cgroup(stale)
+
+
 def _remove_cgroup(top: Path) -> None:
     """`top` and the cgroups systemd made under it, deepest first (all empty by now)."""
     for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
@@ -163,7 +178,8 @@ async def booted_systemd(workdir: Path) -> AsyncIterator[Manager]:
         pytest.skip(reason)
     root = cgroup2_root()
     assert root is not None
-    cgroup = root / f"lane-test-systemd-{uuid.uuid4().hex[:8]}"
+    _remove_stale_cgroups(root)
+    cgroup = root / f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     cgroup.mkdir()
     units = workdir / "units"
     _write_units(units)
@@ -177,10 +193,13 @@ async def booted_systemd(workdir: Path) -> AsyncIterator[Manager]:
     }
     said = workdir / "boot.txt"
     # The shell moves itself into the new cgroup, then becomes unshare; unshare's child is PID 1.
+    # Should the tests' process die without its `finally` (SIGKILL), unshare is killed with it
+    # (`--pdeathsig`), and PID 1 with unshare (`--kill-child`): nothing is left running.
     with said.open("wb") as out:
         boot = await asyncio.create_subprocess_exec(
-            "sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec unshare --cgroup --pid '
-            f'--mount --uts --fork --kill-child --mount-proc --propagation private sh -c "$0"',
+            "sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec setpriv --pdeathsig=KILL -- '
+            f'unshare --cgroup --pid --mount --uts --fork --kill-child --mount-proc '
+            f'--propagation private sh -c "$0"',
             BOOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     children = Path(f"/proc/{boot.pid}/task/{boot.pid}/children")

@@ -519,6 +519,25 @@ class PostgresIngestStore(SqlIngestStore):
             self.upgrade_seen = self._upgrading(cur)
             return self.upgrade_seen or self._refunds_upgrading(cur)
 
+    def _lock_batch(self, db: Session, batch: BatchTrips) -> None:
+        """A refund of an exit that names no trip (`BatchTrips.unnamed`) locks the trip of the
+        exit it undoes too, read from that exit's row first (a round trip more, for a rare
+        batch): it takes turns with a batch bringing that trip's entry or another exit, whose
+        records its `_undo_exits` reads. An exit not held yet is its own batch's to lock (it
+        finds the refund there once the refund's batch committed)."""
+        trips = batch.trips
+        if batch.unnamed:
+            cur = db.cursor()
+            cur.execute(
+                self._sql(
+                    "SELECT DISTINCT trip_id FROM {records} WHERE record_id = ANY(%s)"
+                    " AND trip_role IN (%s, %s)"
+                ),
+                (batch.unnamed, TripRole.EXIT.value, TripRole.REFUNDED.value),
+            )
+            trips = sorted({*trips, *(str(r[0]) for r in cur.fetchall())})
+        self._lock_trips(db, trips)
+
     def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
         if trips:
             locks = trip_lock_keys(self.schema, trips)

@@ -280,6 +280,9 @@ class BatchTrips:
     # The record ids of its exits and of the exits its refunds undo: `_undo_exits` looks for
     # the refunded ones among them.
     undoable: list[str]
+    # Those its refunds undo without naming their trip (no pass: an exit priced `pass_used`,
+    # or carried over the lane queue's v6 upgrade): `_lock_batch` reads their trips.
+    unnamed: list[str]
 
 
 def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
@@ -288,6 +291,7 @@ def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
     first: dict[str, tuple[int, str]] = {}  # trip id: its earliest entry's (time, record id)
     undone: list[str] = []  # the exits its refunds undo
     locked: set[str] = set()  # their trips, where the refunds name them
+    unnamed: list[str] = []  # the exits of the refunds that do not
     for r in records:
         mark = r.trip
         if mark is None or mark.trip_id is None:
@@ -296,6 +300,8 @@ def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
             undone.append(mark.trip_id)
             if mark.undone_trip is not None:
                 locked.add(mark.undone_trip)
+            else:
+                unnamed.append(mark.trip_id)
         elif mark.role == TripRole.EXIT:
             exits.append((r.record_id, mark.trip_id))
         elif mark.role == TripRole.ENTRY:
@@ -306,7 +312,8 @@ def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
     exited = {trip for _, trip in exits}
     entries = [FirstEntry(t, rid, ts) for t, (ts, rid) in first.items() if t not in exited]
     undoable = sorted({*(rid for rid, _ in exits), *undone})
-    return BatchTrips(sorted(exited.union(first, locked)), sorted(exited), entries, exits, undoable)
+    trips = sorted(exited.union(first, locked))
+    return BatchTrips(trips, sorted(exited), entries, exits, undoable, sorted(unnamed))
 
 
 class UpgradeJob(StrEnum):
@@ -368,6 +375,11 @@ class SqlIngestStore:
     def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
         """Make the other transactions that touch these trip ids wait for this one's commit
         (PostgreSQL; SQLite's writers take turns anyway). Taken first in a transaction."""
+
+    def _lock_batch(self, db: Session, batch: BatchTrips) -> None:
+        """`_lock_trips` of a batch's trip ids (`BatchTrips.trips`); PostgreSQL adds the trips
+        of the exits its refunds undo without naming them."""
+        self._lock_trips(db, batch.trips)
 
     def _refresh_trips(self, db: Session, trips: Sequence[str]) -> None:
         """Set the open-trips rows of `trips` to what the records now hold (REOPEN), under
@@ -608,7 +620,7 @@ class SqlIngestStore:
         held = new_held(records)
         trips = batch_trips(records)
         with self._batch() as db:
-            self._lock_trips(db, trips.trips)
+            self._lock_batch(db, trips)
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
             # every record is inserted (or RowTakenError)
             closed, met = self._add_trips(db, trips)
@@ -675,7 +687,7 @@ class SqlIngestStore:
         marked = batch_trips(records)
         trips = marked.trips
         with self._batch() as db:
-            self._lock_trips(db, trips)
+            self._lock_batch(db, marked)
             was_open = self._open_among(db, marked.exited)
             locked = db.cursor()
             locked.execute(lock_sql, (lane, lane, epoch))

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from polling import eventually
-from systemd_kit import Manager, booted_systemd
+from systemd_kit import CGROUP_PREFIX, Manager, booted_systemd, cgroup2_root, why_not
 from test_lane_heal import LaneProcesses, lane_processes
 from test_lane_watchdog import assert_hung_in_a_log_write, log_noise
 
@@ -30,6 +31,7 @@ from sim.broker import Mosquitto
 UNIT = Path(__file__).parents[2] / "deploy" / "lane.service"
 pytestmark = pytest.mark.slow
 WATCHDOG_S = 5  # the shipped 20 s, shorter: a loaded machine's pauses stay well below it
+CAP_SYS_MODULE = 16  # linux/capability.h
 
 
 def drop_in(rig: LaneProcesses, unit: Mapping[str, str] | None = None, **own: str) -> str:
@@ -235,3 +237,71 @@ async def test_the_unit_gives_up_on_a_lane_that_cannot_start_and_restarts_once_f
     assert log.count(f"{unit}: Main process exited, code=exited, status=2/") == burst, log
     assert f"{unit}: Start request repeated too quickly." in log, log
     assert (tmp_path / "stderr.txt").read_text().count("not valid TOML") == burst
+
+
+def bounding_set(pid: int) -> int:
+    """The capability bounding set of process `pid`, as a mask."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(
+        next(v for k, v in (ln.split(":", 1) for ln in status.splitlines()) if k == "CapBnd"), 16
+    )
+
+
+async def test_the_manager_loads_no_kernel_module_into_the_machine(systemd: Manager) -> None:
+    """The machine's kernel is shared: the manager (and whatever it starts) has no
+    CAP_SYS_MODULE to bound it, so its early `autofs4` load (which `container=` does not skip)
+    is not even tried."""
+    assert not bounding_set(systemd.pid) & (1 << CAP_SYS_MODULE), hex(bounding_set(systemd.pid))
+    assert "autofs4" not in systemd.log(), systemd.log()
+
+
+# Tests that boot a systemd and wait, in a process of their own (`argv`: their directory, tests/).
+BOOTED_AND_WAITING = """
+import asyncio, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from systemd_kit import booted_systemd
+
+async def main() -> None:
+    async with booted_systemd(Path(sys.argv[1])) as manager:
+        print(manager.pid, flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def gone(pid: int) -> bool:
+    """No such process (or only its exit status left)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_tests_killed_outright_leave_no_systemd_behind(tmp_path: Path) -> None:
+    """Tests killed with SIGKILL (a CI job's timeout), where no `finally` runs, left their
+    systemd running, with every unit it ran, and its cgroup."""
+    reason = why_not()
+    if reason is not None:
+        pytest.skip(reason)
+    tests = Path(__file__).parents[1]
+    (tmp_path / "killed").mkdir()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", BOOTED_AND_WAITING, str(tmp_path / "killed"), str(tests),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    manager = int(await asyncio.wait_for(proc.stdout.readline(), 60))
+    proc.kill()
+    await proc.wait()
+    try:
+        await eventually(lambda: gone(manager), within=30, what="the manager gone with the tests")
+    finally:
+        if not gone(manager):  # failed: not left running after the test either
+            os.kill(manager, signal.SIGKILL)
+    root = cgroup2_root()
+    assert root is not None
+    (tmp_path / "next").mkdir()
+    async with booted_systemd(tmp_path / "next"):  # the next boot removes the dead one's cgroup
+        assert not list(root.glob(f"{CGROUP_PREFIX}{proc.pid}-*"))

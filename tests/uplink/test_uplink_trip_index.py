@@ -628,3 +628,75 @@ def test_a_refunded_exit_reopens_its_trip_whatever_the_order(
         assert not [r for r in ledger.unmatched_exits if r.startswith(f"x{n}-")]
     assert open_trips(store).closed == len(REFUND_ORDERS)  # each trip once, by its second exit
     assert open_table(store) == 0
+
+
+def waiting_here(dsn: str, event: str) -> int:
+    """The backends of this test's database waiting for a lock of that kind (`advisory`,
+    `transactionid`: a row another transaction locked)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND wait_event = %s",
+            (event,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+async def test_postgres_a_refund_naming_no_trip_waits_for_its_trips_entry_in_flight(
+    pg_dsn: str,
+) -> None:
+    """A refund of an exit that names no trip (no pass: an exit priced `pass_used`, or one
+    carried over the lane queue's v6 upgrade) and that trip's late entry, stored at once by
+    two workers: the refund's batch locks the trip of the exit it undoes (read from the exit's
+    row) and waits for the entry's commit, so the trip is open again and counted closed no
+    more. Without the wait the entry's batch counts the trip closed by the exit the refund is
+    undoing, and the refund's finds no entry to reopen: the trip closed, and counted."""
+    refunds, entries = PostgresIngestStore(pg_dsn), PostgresIngestStore(pg_dsn)
+
+    def row(
+        rid: str, lane: str, seq: int, kind: str, trip: str | None, *flags: str
+    ) -> IngestRecord:
+        result = "none" if flags or kind == "entry" else "approved"
+        draft = RecordDraft(kind, "v", 1, 0 if flags else 500, "CNY", "token", None,
+                            AuthInfo(result), flags=flags, pass_id=trip)  # fmt: skip
+        record = Record(rid, lane, seq, T0 + seq, draft)
+        return IngestRecord.of(record, record.encode())
+
+    exit_q, entry_q = QueueIdentity("x"), QueueIdentity("e")
+    exit_ = row("x-1", "P03/x9", 1, "exit", "p9")
+    refund = row("x-2", "P03/x9", 2, "exit", None, "paid_not_passed", "record:x-1")
+    entry = row("e-2", "P01/e9", 2, "entry", "p9")
+    try:
+        refunds.store_batch("P03/x9", exit_q, [exit_], 1)  # a stray: its entry is late
+        refunds.store_batch("P01/e9", entry_q, [row("e-1", "P01/e9", 1, "toll", None)], 1)
+        with psycopg.connect(pg_dsn) as holder:
+            # The entry's batch, in flight in another worker: under its trip's lock, it has
+            # kept its records and counted the trip closed by the exit, and waits on its
+            # epoch's row.
+            holder.execute("SELECT 1 FROM lane_ingest.epochs WHERE lane = 'P01/e9' FOR UPDATE")
+            entering = asyncio.create_task(
+                asyncio.to_thread(entries.store_batch, "P01/e9", entry_q, [entry], 1)
+            )
+            await eventually(
+                lambda: waiting_here(pg_dsn, "transactionid"), what="the entry's batch waits"
+            )
+            undoing = asyncio.create_task(
+                asyncio.to_thread(refunds.store_batch, "P03/x9", exit_q, [refund], 1)
+            )
+            # Waiting for the trip's lock; without it, it would wait for the exit's stray row
+            # the entry's batch removed, having found no entry already.
+            await eventually(
+                lambda: (
+                    waiting_here(pg_dsn, "advisory") or waiting_here(pg_dsn, "transactionid") > 1
+                ),
+                what="the refund's batch waits",
+            )
+            holder.commit()
+        await entering
+        await undoing
+        ledger = open_trips(refunds)
+        assert ledger == trip_ledger(refunds.records_between(0, END_OF_TIME_US))
+        assert ([t.pass_id for t in ledger.open_trips], ledger.closed) == (["p9"], 0)
+    finally:
+        refunds.close()
+        entries.close()
