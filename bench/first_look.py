@@ -38,6 +38,7 @@ import cv2
 
 from bench.scan import road_frame
 from lane.auth.tokens import TokenFormat
+from scanner.deblur import Deblur
 from scanner.decoders import DEFAULT_PASSES, CascadeDecoder, ZxingDecoder, make_pass
 from scanner.detection import Decoder, Detection, GrayImage, as_gray
 from scanner.frame_gate import FrameGate
@@ -46,6 +47,7 @@ from sim.render import render_frame
 from sim.scene import Conditions, Scene, as_generator
 
 SEED = 2
+PARTS = ("empty", "first", "gate", "effects")
 PREVIOUS_PASSES = ("roi-global", "half")
 FPS = 30.0
 # scan(gray, frame id, timestamp): the codes read, or None when the frame was not decoded.
@@ -57,6 +59,7 @@ def decoders() -> dict[str, Decoder]:
     return {
         "zxing alone": ZxingDecoder(),
         "cascade before": CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in PREVIOUS_PASSES]),
+        "deblur, no stacking": unstacked_cascade(),
         "cascade (default)": default_cascade(),
     }
 
@@ -75,6 +78,12 @@ ALONE: dict[str, tuple[str, ...]] = {
 
 def default_cascade() -> CascadeDecoder:
     return CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in DEFAULT_PASSES])
+
+
+def unstacked_cascade() -> CascadeDecoder:
+    """The default cascade as it was before its deblur pass stacked frames."""
+    unstacked = Deblur("deblur", ZxingDecoder(), stack=1)
+    return CascadeDecoder(ZxingDecoder(), [*(make_pass(p) for p in PREVIOUS_PASSES), unstacked])
 
 
 def plain(decoder: Decoder) -> Scan:
@@ -197,13 +206,16 @@ def print_gate_first_look(conditions: list[str], scenes: int, frames: int, befor
 
 
 def print_hard_effects(scenes: int, frames: int) -> None:
-    print(f"## Hard, one effect at a time: v2 token, default cascade, {scenes} poses\n")
-    print("| effects kept | first frame | first look |")
-    print("|---|---|---|")
+    print(f"## Hard, one effect at a time: v2 token, {scenes} poses\n")
+    print("| effects kept | no stacking: first frame | first look | "
+          "default cascade: first frame | first look |")  # fmt: skip
+    print("|---|---|---|---|---|")
     for name, keep in ALONE.items():
-        scan = plain(default_cascade())
-        t = first_look("hard", TokenFormat.V2, scan, scenes, frames, keep=keep)
-        print(f"| {name} | {t.first / scenes:.1%} | **{t.within / scenes:.1%}** |")
+        cells = []
+        for decoder in (unstacked_cascade(), default_cascade()):
+            t = first_look("hard", TokenFormat.V2, plain(decoder), scenes, frames, keep=keep)
+            cells.append(f"{t.first / scenes:.1%} | **{t.within / scenes:.1%}**")
+        print(f"| {name} | {' | '.join(cells)} |")
         sys.stdout.flush()
     print()
 
@@ -217,22 +229,24 @@ def print_empty_costs(repeat: int) -> None:
         "bench/scan road frame": [road_frame(1280, 720, seed) for seed in range(1, 3)],
     }
     print(f"## Empty 1280x720 frames: mean CPU ms per frame over {repeat} frames\n")
-    print("| view | zxing alone | cascade before | cascade (default) | default + gate | "
-          "default / before | gate / zxing | gate / before |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print("| view | zxing alone | cascade before | deblur, no stacking | cascade (default) | "
+          "default + gate | default / before | default / no stacking | gate / zxing | "
+          "gate / before |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for view, frames in views.items():
         scans = {name: plain(d) for name, d in decoders().items()}
         scans["default + gate"] = gated(default_cascade())
         costs = {name: empty_cost_ms(scan, frames, repeat) for name, scan in scans.items()}
-        zxing, before, now, gate = (
+        zxing, before, unstacked, now, gate = (
             costs["zxing alone"],
             costs["cascade before"],
+            costs["deblur, no stacking"],
             costs["cascade (default)"],
             costs["default + gate"],
         )
-        print(f"| {view} | {zxing:.2f} | {before:.2f} | {now:.2f} | {gate:.2f} | "
-              f"**{now / before:.2f}x** | **{gate / zxing:.2f}x** | "
-              f"{gate / before:.2f}x |")  # fmt: skip
+        print(f"| {view} | {zxing:.2f} | {before:.2f} | {unstacked:.2f} | {now:.2f} | "
+              f"{gate:.2f} | **{now / before:.2f}x** | **{now / unstacked:.2f}x** | "
+              f"**{gate / zxing:.2f}x** | {gate / before:.2f}x |")  # fmt: skip
     print()
 
 
@@ -246,17 +260,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gate-conditions", default="realistic,hard", help="first look with the gate on/off"
     )
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"which tables, of {','.join(PARTS)}"
+    )
     args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     cv2.setNumThreads(1)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     loadavg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# bench/first_look.py: one core, load average {loadavg:.1f} on {os.cpu_count()} "
           "CPUs\n")  # fmt: skip
-    print_empty_costs(args.empty)
-    print_first_look(args.conditions.split(","), args.scenes, args.frames)
-    print_gate_first_look(args.gate_conditions.split(","), args.scenes, args.frames, args.before)
-    if "hard" in args.conditions.split(","):
+    if "empty" in parts:
+        print_empty_costs(args.empty)
+    if "first" in parts:
+        print_first_look(args.conditions.split(","), args.scenes, args.frames)
+    if "gate" in parts:
+        print_gate_first_look(
+            args.gate_conditions.split(","), args.scenes, args.frames, args.before
+        )
+    if "effects" in parts:
         print_hard_effects(args.scenes, args.frames)
     return 0
 
