@@ -274,7 +274,7 @@ def stacked(current: GrayImage, earlier: list[GrayImage]) -> tuple[GrayImage, in
     m = MAX_SHIFT
     top, left = h // 4, w // 4
     middle = _smooth(current[top : h - top, left : w - left])
-    total = current.astype(np.float32)
+    total = current.astype(np.float32)  # whole pixels: the shifted regions stay exact
     count = 1
     for region in earlier:
         around = region[top - m : h - top + m, left - m : w - left + m]
@@ -282,15 +282,12 @@ def stacked(current: GrayImage, earlier: list[GrayImage]) -> tuple[GrayImage, in
         _, match, _, (u, v) = cv2.minMaxLoc(scores)
         if match < MIN_MATCH:
             continue
-        shift = np.float32([[1, 0, m - u], [0, 1, m - v]])
-        total += cv2.warpAffine(
-            region.astype(np.float32), shift, (w, h), borderMode=cv2.BORDER_REPLICATE
-        )
+        shift = np.array([[1, 0, m - u], [0, 1, m - v]], np.float32)
+        total += cv2.warpAffine(region, shift, (w, h), borderMode=cv2.BORDER_REPLICATE)
         count += 1
     average: GrayImage = np.clip(total / count + 0.5, 0, 255).astype(np.uint8)
     return average, count
 
 
 def _smooth(gray: GrayImage) -> FloatImage:
-    smooth: FloatImage = cv2.GaussianBlur(gray.astype(np.float32), (0, 0), 1.5)
-    return smooth
+    return np.asarray(cv2.GaussianBlur(gray.astype(np.float32), (0, 0), 1.5), np.float32)
