@@ -2,6 +2,7 @@
 decoders cost on the empty frames a lane camera mostly sees.
 
     .venv/bin/python -m bench.first_look [--scenes 200] [--frames 30] [--conditions realistic,hard]
+                                        [--parts empty,first,gate,effects]
 
 For each camera condition and token format (v1 at QR version 8-M, compact v2 at 5-L), scenes
 are drawn from the simulator's presets with a fixed seed (the same poses for every decoder
@@ -9,7 +10,8 @@ and format) and rendered frame after frame as the lane camera does: the pose hol
 shake and sensor noise change. A code is read on the first look when a decoder reads it in
 one of the first --frames frames (30 = 1 s at 30 fps; the simulated driver re-aims after
 3.5 s, so this slightly understates the rate). Decoders: zxing-cpp alone (the raw anchor),
-the cascade before this work (roi-global + half) and the default cascade (+ deblur).
+the cascade before the deblur pass (roi-global + half), the cascade with a deblur pass that does
+not stack frames (stack=1: as it was before stacking) and the default cascade.
 
 Empty-frame cost: CPU time of the decoding thread (one core, cv2.setNumThreads(1)), the mean
 over --empty frames (the deblur pass looks at one frame in four, so the mean is what counts),
@@ -20,7 +22,9 @@ change gate on and off: each pose preceded by --before frames of the same view w
 phone, one camera (frame ids and 30 fps timestamps running on across poses), so the gate has
 a reference when the phone comes up; "code frames let pass" must be 0. Then the "hard" preset
 one effect at a time (the rest taken out of the same poses), which shows the ceiling its thumbs
-put on any decoder. Prints markdown; asserts nothing (docs/scanner.md keeps the figures).
+put on any decoder, without stacking and with. --parts picks the tables (empty, first, gate,
+effects; all by default), e.g. to run them as separate processes, each pinned to its own CPU
+(`taskset -c 1 ...`). Prints markdown; asserts nothing (docs/scanner.md keeps the figures).
 """
 
 from __future__ import annotations
