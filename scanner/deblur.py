@@ -10,6 +10,9 @@ realistic camera is almost only this (bench/first_look.py). Three cheap-to-expen
 2. `motion_estimate`: the cepstrum of the region around the peak has its deepest minimum at
    the streak's length and direction (the blur's spectrum has zeros spaced 1/length apart).
 3. `wiener`: deconvolve the region with that streak (and a few neighbours of it) and decode.
+4. `stacked`: when that read nothing, the region averaged over the last frames (each shifted
+   onto this one; a held phone shows the same code in all of them), decoded as it is, then
+   deconvolved, then after CLAHE: night noise and glare one frame cannot beat.
 
 Pure functions of their inputs; `Deblur` is the cascade pass that strings them together.
 """
@@ -126,6 +129,8 @@ class Deblur:
     sharper, and the next driver's phone may be held where this one was); the very same view
     (the peak on the same pixel with the same score: a fixed sign or grille in front of a
     fixed camera, where a code's peak wanders with the hand) waits `forget_after` frames.
+    An attempt that reads nothing in one frame stacks the region over the last `stack` frames
+    given to the pass (1: no stacking); a frame the change gate let pass empties the stack.
     """
 
     def __init__(
