@@ -279,7 +279,7 @@ def stacked(current: GrayImage, earlier: list[GrayImage]) -> tuple[GrayImage, in
     m = MAX_SHIFT
     top, left = h // 4, w // 4
     middle = _smooth(current[top : h - top, left : w - left])
-    total = current.astype(np.float32)  # whole pixels: the shifted regions stay exact
+    total = current.astype(np.float32)
     count = 1
     for region in earlier:
         around = region[top - m : h - top + m, left - m : w - left + m]
@@ -287,7 +287,7 @@ def stacked(current: GrayImage, earlier: list[GrayImage]) -> tuple[GrayImage, in
         _, match, _, (u, v) = cv2.minMaxLoc(scores)
         if match < MIN_MATCH:
             continue
-        shift = np.array([[1, 0, m - u], [0, 1, m - v]], np.float32)
+        shift = np.array([[1, 0, m - u], [0, 1, m - v]], np.float32)  # whole pixels: exact
         total += cv2.warpAffine(region, shift, (w, h), borderMode=cv2.BORDER_REPLICATE)
         count += 1
     average: GrayImage = np.clip(total / count + 0.5, 0, 255).astype(np.uint8)
