@@ -2,6 +2,7 @@
 decoders cost on the empty frames a lane camera mostly sees.
 
     .venv/bin/python -m bench.first_look [--scenes 200] [--frames 30] [--conditions realistic,hard]
+                                        [--parts empty,first,gate,effects]
 
 For each camera condition and token format (v1 at QR version 8-M, compact v2 at 5-L), scenes
 are drawn from the simulator's presets with a fixed seed (the same poses for every decoder
@@ -9,7 +10,8 @@ and format) and rendered frame after frame as the lane camera does: the pose hol
 shake and sensor noise change. A code is read on the first look when a decoder reads it in
 one of the first --frames frames (30 = 1 s at 30 fps; the simulated driver re-aims after
 3.5 s, so this slightly understates the rate). Decoders: zxing-cpp alone (the raw anchor),
-the cascade before this work (roi-global + half) and the default cascade (+ deblur).
+the cascade before the deblur pass (roi-global + half), the cascade with a deblur pass that does
+not stack frames (stack=1: as it was before stacking) and the default cascade.
 
 Empty-frame cost: CPU time of the decoding thread (one core, cv2.setNumThreads(1)), the mean
 over --empty frames (the deblur pass looks at one frame in four, so the mean is what counts),
@@ -20,7 +22,9 @@ change gate on and off: each pose preceded by --before frames of the same view w
 phone, one camera (frame ids and 30 fps timestamps running on across poses), so the gate has
 a reference when the phone comes up; "code frames let pass" must be 0. Then the "hard" preset
 one effect at a time (the rest taken out of the same poses), which shows the ceiling its thumbs
-put on any decoder. Prints markdown; asserts nothing (docs/scanner.md keeps the figures).
+put on any decoder, without stacking and with. --parts picks the tables (empty, first, gate,
+effects; all by default), e.g. to run them as separate processes, each pinned to its own CPU
+(`taskset -c 1 ...`). Prints markdown; asserts nothing (docs/scanner.md keeps the figures).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import cv2
 
 from bench.scan import road_frame
 from lane.auth.tokens import TokenFormat
+from scanner.deblur import Deblur
 from scanner.decoders import DEFAULT_PASSES, CascadeDecoder, ZxingDecoder, make_pass
 from scanner.detection import Decoder, Detection, GrayImage, as_gray
 from scanner.frame_gate import FrameGate
@@ -46,6 +51,7 @@ from sim.render import render_frame
 from sim.scene import Conditions, Scene, as_generator
 
 SEED = 2
+PARTS = ("empty", "first", "gate", "effects")
 PREVIOUS_PASSES = ("roi-global", "half")
 FPS = 30.0
 # scan(gray, frame id, timestamp): the codes read, or None when the frame was not decoded.
@@ -57,6 +63,7 @@ def decoders() -> dict[str, Decoder]:
     return {
         "zxing alone": ZxingDecoder(),
         "cascade before": CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in PREVIOUS_PASSES]),
+        "deblur, no stacking": unstacked_cascade(),
         "cascade (default)": default_cascade(),
     }
 
@@ -75,6 +82,12 @@ ALONE: dict[str, tuple[str, ...]] = {
 
 def default_cascade() -> CascadeDecoder:
     return CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in DEFAULT_PASSES])
+
+
+def unstacked_cascade() -> CascadeDecoder:
+    """The default cascade as it was before its deblur pass stacked frames."""
+    unstacked = Deblur("deblur", ZxingDecoder(), stack=1)
+    return CascadeDecoder(ZxingDecoder(), [*(make_pass(p) for p in PREVIOUS_PASSES), unstacked])
 
 
 def plain(decoder: Decoder) -> Scan:
@@ -197,13 +210,16 @@ def print_gate_first_look(conditions: list[str], scenes: int, frames: int, befor
 
 
 def print_hard_effects(scenes: int, frames: int) -> None:
-    print(f"## Hard, one effect at a time: v2 token, default cascade, {scenes} poses\n")
-    print("| effects kept | first frame | first look |")
-    print("|---|---|---|")
+    print(f"## Hard, one effect at a time: v2 token, {scenes} poses\n")
+    print("| effects kept | no stacking: first frame | first look | "
+          "default cascade: first frame | first look |")  # fmt: skip
+    print("|---|---|---|---|---|")
     for name, keep in ALONE.items():
-        scan = plain(default_cascade())
-        t = first_look("hard", TokenFormat.V2, scan, scenes, frames, keep=keep)
-        print(f"| {name} | {t.first / scenes:.1%} | **{t.within / scenes:.1%}** |")
+        cells = []
+        for decoder in (unstacked_cascade(), default_cascade()):
+            t = first_look("hard", TokenFormat.V2, plain(decoder), scenes, frames, keep=keep)
+            cells.append(f"{t.first / scenes:.1%} | **{t.within / scenes:.1%}**")
+        print(f"| {name} | {' | '.join(cells)} |")
         sys.stdout.flush()
     print()
 
@@ -217,22 +233,24 @@ def print_empty_costs(repeat: int) -> None:
         "bench/scan road frame": [road_frame(1280, 720, seed) for seed in range(1, 3)],
     }
     print(f"## Empty 1280x720 frames: mean CPU ms per frame over {repeat} frames\n")
-    print("| view | zxing alone | cascade before | cascade (default) | default + gate | "
-          "default / before | gate / zxing | gate / before |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print("| view | zxing alone | cascade before | deblur, no stacking | cascade (default) | "
+          "default + gate | default / before | default / no stacking | gate / zxing | "
+          "gate / before |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for view, frames in views.items():
         scans = {name: plain(d) for name, d in decoders().items()}
         scans["default + gate"] = gated(default_cascade())
         costs = {name: empty_cost_ms(scan, frames, repeat) for name, scan in scans.items()}
-        zxing, before, now, gate = (
+        zxing, before, unstacked, now, gate = (
             costs["zxing alone"],
             costs["cascade before"],
+            costs["deblur, no stacking"],
             costs["cascade (default)"],
             costs["default + gate"],
         )
-        print(f"| {view} | {zxing:.2f} | {before:.2f} | {now:.2f} | {gate:.2f} | "
-              f"**{now / before:.2f}x** | **{gate / zxing:.2f}x** | "
-              f"{gate / before:.2f}x |")  # fmt: skip
+        print(f"| {view} | {zxing:.2f} | {before:.2f} | {unstacked:.2f} | {now:.2f} | "
+              f"{gate:.2f} | **{now / before:.2f}x** | **{now / unstacked:.2f}x** | "
+              f"**{gate / zxing:.2f}x** | {gate / before:.2f}x |")  # fmt: skip
     print()
 
 
@@ -246,17 +264,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gate-conditions", default="realistic,hard", help="first look with the gate on/off"
     )
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"which tables, of {','.join(PARTS)}"
+    )
     args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     cv2.setNumThreads(1)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     loadavg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# bench/first_look.py: one core, load average {loadavg:.1f} on {os.cpu_count()} "
           "CPUs\n")  # fmt: skip
-    print_empty_costs(args.empty)
-    print_first_look(args.conditions.split(","), args.scenes, args.frames)
-    print_gate_first_look(args.gate_conditions.split(","), args.scenes, args.frames, args.before)
-    if "hard" in args.conditions.split(","):
+    if "empty" in parts:
+        print_empty_costs(args.empty)
+    if "first" in parts:
+        print_first_look(args.conditions.split(","), args.scenes, args.frames)
+    if "gate" in parts:
+        print_gate_first_look(
+            args.gate_conditions.split(","), args.scenes, args.frames, args.before
+        )
+    if "effects" in parts:
         print_hard_effects(args.scenes, args.frames)
     return 0
 

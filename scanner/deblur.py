@@ -10,6 +10,9 @@ realistic camera is almost only this (bench/first_look.py). Three cheap-to-expen
 2. `motion_estimate`: the cepstrum of the region around the peak has its deepest minimum at
    the streak's length and direction (the blur's spectrum has zeros spaced 1/length apart).
 3. `wiener`: deconvolve the region with that streak (and a few neighbours of it) and decode.
+4. `stacked`: when that read nothing, the region averaged over the last frames (each shifted
+   onto this one; a held phone shows the same code in all of them), decoded as it is, then
+   deconvolved, then after CLAHE: night noise and glare one frame cannot beat.
 
 Pure functions of their inputs; `Deblur` is the cascade pass that strings them together.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import cv2
@@ -26,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanner.detection import Decoder, Detection, GrayImage, Polygon, bounding_box
-from scanner.fallbacks import moved, resize
+from scanner.fallbacks import clahe, moved, resize
 
 STEP = 4  # subsample step of the texture map
 WINDOW = 9  # box filter of the texture map, in subsampled pixels (~ a third of a code)
@@ -42,6 +46,12 @@ NUDGES = ((0.0, 0.0), (0.0, -8.0), (0.0, 8.0))
 NOISE_TO_SIGNAL = 0.005
 # Texture scores of one fixed view vary by ~0.2% with sensor noise; a held phone's by ~3%.
 SAME_VIEW = 0.01
+# Stacking: the region in the last STACK frames, each shifted onto the current one (hand shake
+# moves a held phone a few pixels a frame) and averaged; a frame whose region matches the
+# current one worse than MIN_MATCH (another view, another pose) is left out.
+STACK = 8
+MIN_MATCH = 0.9
+MAX_SHIFT = 12
 
 FloatImage = npt.NDArray[np.float32]
 
@@ -119,6 +129,8 @@ class Deblur:
     sharper, and the next driver's phone may be held where this one was); the very same view
     (the peak on the same pixel with the same score: a fixed sign or grille in front of a
     fixed camera, where a code's peak wanders with the hand) waits `forget_after` frames.
+    An attempt that reads nothing in one frame stacks the region over the last `stack` frames
+    given to the pass (1: no stacking); a frame the change gate let pass empties the stack.
     """
 
     def __init__(
@@ -130,11 +142,12 @@ class Deblur:
         retry_after: int = 8,
         forget_after: int = 900,
         min_texture: float = MIN_TEXTURE,
+        stack: int = STACK,
     ) -> None:
-        if every < 1 or not 0 <= retry_after <= forget_after:
+        if every < 1 or stack < 1 or not 0 <= retry_after <= forget_after:
             raise ValueError(
-                "need every >= 1 and 0 <= retry_after <= forget_after, got "
-                f"{every}, {retry_after}, {forget_after}"
+                "need every >= 1, stack >= 1 and 0 <= retry_after <= forget_after, got "
+                f"{every}, {stack}, {retry_after}, {forget_after}"
             )
         self.name = name
         self._decoder = decoder
@@ -145,13 +158,21 @@ class Deblur:
         self._frames = itertools.count()  # next() is atomic: workers may share the pass
         self._lock = threading.Lock()
         self._failed: list[_Failure] = []
+        # The frames given to the pass before this one (references, no copies), for stacking.
+        self._recent: deque[GrayImage] = deque(maxlen=stack - 1)
 
     def frame_passed(self) -> None:
-        """A camera frame that was not decoded (the change gate): one in `every` still counts."""
+        """A camera frame that was not decoded (the change gate): one in `every` still counts.
+        The frames before it showed an empty view: nothing there to stack."""
         next(self._frames)
+        with self._lock:
+            self._recent.clear()
 
     def run(self, gray: GrayImage, candidates: list[Polygon]) -> list[Detection]:
         frame = next(self._frames)
+        with self._lock:
+            earlier = list(self._recent)
+            self._recent.append(gray)
         if frame % self._every:
             return []
         score = None
@@ -165,7 +186,7 @@ class Deblur:
         here = _Failure(centre[0], centre[1], score, frame)
         if self._waiting(here):
             return []
-        found = self._attempt(gray, centre)
+        found = self._attempt(gray, earlier, centre)
         if not found:
             with self._lock:
                 self._failed.append(here)
@@ -179,7 +200,9 @@ class Deblur:
                 for f in self._failed
             )
 
-    def _attempt(self, gray: GrayImage, centre: tuple[int, int]) -> list[Detection]:
+    def _attempt(
+        self, gray: GrayImage, earlier: list[GrayImage], centre: tuple[int, int]
+    ) -> list[Detection]:
         height, width = gray.shape
         side = min(ROI, height, width)
         if side < MIN_ROI:
@@ -187,17 +210,39 @@ class Deblur:
         x0 = min(max(0, centre[0] - side // 2), width - side)
         y0 = min(max(0, centre[1] - side // 2), height - side)
         roi = np.ascontiguousarray(gray[y0 : y0 + side, x0 : x0 + side])
+        found = self._deconvolved(roi, self.name, (x0, y0))
+        if found:
+            return found
+        # Night noise the streak's undoing amplified beyond reading, or glare: the same region
+        # over the last frames, averaged (a held phone shows the same code in each of them).
+        regions = [f[y0 : y0 + side, x0 : x0 + side] for f in earlier if f.shape == gray.shape]
+        average, count = stacked(roi, regions)
+        if count < 2:
+            return []
+        name = f"{self.name}-stack"
+        return (
+            self._read(average, name, (x0, y0))
+            or self._deconvolved(average, name, (x0, y0))
+            or self._read(clahe(average), name, (x0, y0))
+        )
+
+    def _deconvolved(self, roi: GrayImage, name: str, at: tuple[int, int]) -> list[Detection]:
+        """`roi` deconvolved with its estimated streak and its neighbours, decoded."""
         length, angle = motion_estimate(roi)
         for d_length, d_angle in NUDGES:
             kernel = motion_kernel(max(2.0, length + d_length), angle + d_angle)
-            sharp = wiener(roi, kernel, NOISE_TO_SIGNAL)
-            found = self._decoder.decode(sharp)
+            found = self._read(wiener(roi, kernel, NOISE_TO_SIGNAL), name, at)
             if found:
-                return [moved(d, self.name, 1.0, (x0, y0)) for d in found]
-            found = self._decoder.decode(resize(sharp, 2.0))
-            if found:
-                return [moved(d, self.name, 0.5, (x0, y0)) for d in found]
+                return found
         return []
+
+    def _read(self, region: GrayImage, name: str, at: tuple[int, int]) -> list[Detection]:
+        """Decode `region` (at `at` in the frame) as it is, else enlarged 2x."""
+        found = self._decoder.decode(region)
+        if found:
+            return [moved(d, name, 1.0, at) for d in found]
+        found = self._decoder.decode(resize(region, 2.0))
+        return [moved(d, name, 0.5, at) for d in found]
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,3 +262,37 @@ class _Failure:
             return False
         same_spot = abs(self.x - other.x) <= STEP and abs(self.y - other.y) <= STEP
         return same_spot and abs(self.score - other.score) <= SAME_VIEW * self.score
+
+
+def stacked(current: GrayImage, earlier: list[GrayImage]) -> tuple[GrayImage, int]:
+    """`current` averaged with those of the `earlier` regions (same size) that show the same
+    view, each shifted onto it; and how many frames went into it. Sensor noise averages out
+    over n frames (its sigma by sqrt(n)); a held code's modules do not.
+
+    The shift is where the region's middle best matches the other frame's (normalised cross-
+    correlation of slightly smoothed images, whole pixels, up to MAX_SHIFT each way: a hand's
+    shake); a frame matching worse than MIN_MATCH shows something else and is left out."""
+    h, w = current.shape
+    if min(h, w) < 4 * MAX_SHIFT:
+        return current, 1
+    # The middle half (where the code is) is matched, within MAX_SHIFT around its place.
+    m = MAX_SHIFT
+    top, left = h // 4, w // 4
+    middle = _smooth(current[top : h - top, left : w - left])
+    total = current.astype(np.float32)
+    count = 1
+    for region in earlier:
+        around = region[top - m : h - top + m, left - m : w - left + m]
+        scores = cv2.matchTemplate(_smooth(around), middle, cv2.TM_CCOEFF_NORMED)
+        _, match, _, (u, v) = cv2.minMaxLoc(scores)
+        if match < MIN_MATCH:
+            continue
+        shift = np.array([[1, 0, m - u], [0, 1, m - v]], np.float32)  # whole pixels: exact
+        total += cv2.warpAffine(region, shift, (w, h), borderMode=cv2.BORDER_REPLICATE)
+        count += 1
+    average: GrayImage = np.clip(total / count + 0.5, 0, 255).astype(np.uint8)
+    return average, count
+
+
+def _smooth(gray: GrayImage) -> FloatImage:
+    return np.asarray(cv2.GaussianBlur(gray.astype(np.float32), (0, 0), 1.5), np.float32)
