@@ -10,6 +10,10 @@ STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
+# make test runs the suite in this many pytest-xdist workers, each file's tests in one of them
+# (a module's fixtures, e.g. the console test's plaza, are made once); each worker has its own
+# session mosquitto and PostgreSQL databases. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup system-deps browser-deps rtsp-deps systemd-deps sim test lint bench clean
 
@@ -63,7 +67,7 @@ sim: setup
 	$(BIN)/lane sim $(ARGS)
 
 test: setup browser-deps rtsp-deps systemd-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 LINTED := lane scanner barrier uplink sim tests bench
 lint: setup

@@ -50,15 +50,15 @@ RESTARTS = ((), (), (), *((f,) for f in KEPT_LATCHES), KEPT_LATCHES)
 
 
 def hypothesis_chooser(data: st.DataObject) -> Chooser:
-    cache: dict[int, st.SearchStrategy[Any]] = {}
+    # One strategy per distinct set of options, by value: building a strategy (and hypothesis
+    # checking it) costs more than the draw, and `chance` makes a new range each call.
+    cache: dict[tuple[Any, ...] | range, st.SearchStrategy[Any]] = {}
 
     def pick(options: Sequence[Any]) -> Any:
-        key = id(options)
+        key = options if isinstance(options, tuple | range) else tuple(options)
         strategy = cache.get(key)
-        if strategy is None or not isinstance(options, tuple | range):
-            strategy = st.sampled_from(options)
-            if isinstance(options, tuple | range):
-                cache[key] = strategy
+        if strategy is None:
+            strategy = cache[key] = st.sampled_from(key)
         return data.draw(strategy)
 
     return Chooser(pick)

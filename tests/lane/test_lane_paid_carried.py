@@ -70,6 +70,11 @@ async def paid_then_killed(
     return paid
 
 
+def lane_settings(rig: LaneProcesses, lines: str) -> None:
+    """Add `lines` to the config's [lane] section: the next start reads them."""
+    rig.conf.write_text(rig.conf.read_text().replace("[lane]\n", f"[lane]\n{lines}"))
+
+
 async def restarted(
     rig: LaneProcesses, lane_statuses: list[LaneStatus], fault: str | None = None
 ) -> None:
@@ -122,8 +127,7 @@ async def test_killed_after_the_payment_nobody_comes_back_a_refund_record_follow
     queue = data / "queue.sqlite3"
     async with lane_processes(tmp_path, mosquitto, lane_id, data, HELD_OPEN) as rig:
         paid = await paid_then_killed(rig, lane_statuses, queue, boom_up=False)
-        conf = rig.conf.read_text()
-        rig.conf.write_text(conf.replace("[lane]\n", "[lane]\npass_dwell_s = 3\nprobe_s = 1\n"))
+        lane_settings(rig, "pass_dwell_s = 3\nprobe_s = 1\n")
         await restarted(rig, lane_statuses)
         await eventually(lambda: kinds(queue, "paid_not_passed") != [], within=20)
         [refund] = kinds(queue, "paid_not_passed")
@@ -174,6 +178,9 @@ async def test_killed_with_the_boom_up_and_the_device_dropping_commands_the_paye
     ):
         paid = await paid_then_killed(rig, lane_statuses, queue, boom_up=True)
         LatchFiles(data, lane_id).keep(Alarm.BARRIER_NO_ACK, time.time(), "close x/close")
+        # The walk waits on three probes (past one, the close after the vehicle, its ack): a
+        # probe a second rather than every 5 s.
+        lane_settings(rig, "probe_s = 1\n")
         await restarted(rig, lane_statuses, fault="no_ack")
         asked = len(queries)
         await eventually(lambda: len(queries) >= asked + 2, within=20)  # past a probe
