@@ -472,6 +472,8 @@ class LaneDaemon:
             credentials=creds,
             tls=tls,
             keepalive=config.broker.keepalive_s,
+            # The used tokens and taps the lane shares come back to nobody but the others.
+            no_local=True,
         )
         self.forwarder = Forwarder(
             self.queue,

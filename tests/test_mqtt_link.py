@@ -197,3 +197,32 @@ async def test_a_link_ended_by_a_bug_leaves_its_will(mosquitto: Mosquitto, lane_
     finally:
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
+
+
+async def test_a_no_local_link_hears_the_others_on_its_topic_not_itself(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """A lane shares used tokens (and a metro gate its taps) on a topic it also hears: with
+    No Local the broker does not send its own message back to wake its loop for nothing."""
+    got: asyncio.Queue[Incoming] = asyncio.Queue()
+
+    async def handler(msg: Incoming) -> None:
+        await got.put(msg)
+
+    topic = f"plaza/{lane_id}/used_tokens"
+    link = MqttLink(
+        mosquitto.host, mosquitto.port, f"me-{lane_id}", [(topic, 1)], handler, no_local=True
+    )
+    other = MqttLink(mosquitto.host, mosquitto.port, f"other-{lane_id}")
+    tasks = [asyncio.create_task(link.run()), asyncio.create_task(other.run())]
+    try:
+        await link.wait_connected(5)
+        await other.wait_connected(5)
+        await link.publish(topic, b"mine", qos=1)  # acked: the broker has routed it
+        await other.publish(topic, b"theirs", qos=1)
+        assert (await asyncio.wait_for(got.get(), 5)).payload == b"theirs"
+        assert got.empty()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -97,6 +97,9 @@ class MqttLink:
     # a message it forwards live, so `Incoming.retain` says what the publisher asked for, not
     # only whether the copy came out of the broker's store.
     retain_as_published: bool = False
+    # MQTT 5 No Local on every subscription: the broker does not send this client what it
+    # publishes itself (the used tokens and taps a lane shares on a topic it also hears).
+    no_local: bool = False
     # Instead of `handler`: called for each message inside the MQTT client's read callback,
     # before it sends the PUBACK. It must not block; it may publish. The async `handler`
     # goes through aiomqtt's message iterator, a task and three event loop turns per message,
@@ -121,8 +124,11 @@ class MqttLink:
                     self._closed.clear()
                     try:
                         for topic, qos in self.subscriptions:
-                            rap = self.retain_as_published
-                            options = SubscribeOptions(qos=qos, retainAsPublished=rap)
+                            options = SubscribeOptions(
+                                qos=qos,
+                                noLocal=self.no_local,
+                                retainAsPublished=self.retain_as_published,
+                            )
                             await client.subscribe(topic, options=options)
                         reraise_swallowed_cancel()
                         self.connected.set()
