@@ -210,8 +210,14 @@ async def test_a_no_local_link_hears_the_others_on_its_topic_not_itself(
         await got.put(msg)
 
     topic = f"plaza/{lane_id}/used_tokens"
+    kept = f"road/{lane_id}/plates"  # a topic whose own messages the client must see
     link = MqttLink(
-        mosquitto.host, mosquitto.port, f"me-{lane_id}", [(topic, 1)], handler, no_local=True
+        mosquitto.host,
+        mosquitto.port,
+        f"me-{lane_id}",
+        [(topic, 1), (kept, 1)],
+        handler,
+        no_local={topic},
     )
     other = MqttLink(mosquitto.host, mosquitto.port, f"other-{lane_id}")
     tasks = [asyncio.create_task(link.run()), asyncio.create_task(other.run())]
@@ -222,6 +228,8 @@ async def test_a_no_local_link_hears_the_others_on_its_topic_not_itself(
         await other.publish(topic, b"theirs", qos=1)
         assert (await asyncio.wait_for(got.get(), 5)).payload == b"theirs"
         assert got.empty()
+        await link.publish(kept, b"cleared", qos=1)
+        assert (await asyncio.wait_for(got.get(), 5)).payload == b"cleared"
     finally:
         for t in tasks:
             t.cancel()

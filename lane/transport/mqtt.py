@@ -19,7 +19,7 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -97,9 +97,10 @@ class MqttLink:
     # a message it forwards live, so `Incoming.retain` says what the publisher asked for, not
     # only whether the copy came out of the broker's store.
     retain_as_published: bool = False
-    # MQTT 5 No Local on every subscription: the broker does not send this client what it
-    # publishes itself (the used tokens and taps a lane shares on a topic it also hears).
-    no_local: bool = False
+    # Topics (as in `subscriptions`) subscribed with MQTT 5 No Local: the broker does not send
+    # this client what it publishes there itself (the used tokens and taps a lane shares on a
+    # topic it also hears; not a topic whose own messages it must see, a plate binding cleared).
+    no_local: Collection[str] = ()
     # Instead of `handler`: called for each message inside the MQTT client's read callback,
     # before it sends the PUBACK. It must not block; it may publish. The async `handler`
     # goes through aiomqtt's message iterator, a task and three event loop turns per message,
@@ -126,7 +127,7 @@ class MqttLink:
                         for topic, qos in self.subscriptions:
                             options = SubscribeOptions(
                                 qos=qos,
-                                noLocal=self.no_local,
+                                noLocal=topic in self.no_local,
                                 retainAsPublished=self.retain_as_published,
                             )
                             await client.subscribe(topic, options=options)
