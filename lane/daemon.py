@@ -507,9 +507,6 @@ class LaneDaemon:
             if desk is not None:
                 subs += desk.subscriptions()
         self.uplink.subscriptions = subs
-        # The used tokens and taps the lane shares go to the others, not back to itself.
-        shared = (self.sharing, self.road.taps)
-        self.uplink.no_local = frozenset(s.topic for s in shared if s is not None)
         # The files go through the same bounds as every later update (lane.auth.trust).
         if opened.keyset is not None:
             self.verifier.update_keys(opened.keyset, str(config.auth.keyset))

@@ -13,12 +13,7 @@ themselves, or heard from another lane, stays. A use is sent as version 1, as ev
 an older release still reads it); a release as version 2, which such a lane refuses with a log
 line instead of reading it as a use.
 
-A local use never waits for MQTT: it is queued and published by `run()` when the link is up,
-`SHARE_HOLD_S` after the mark at the earliest. Each use shared makes every other lane of the
-plaza take a message and commit a mark (an fsync); published at once, that fell within the
-passage's own record append and barrier command, for the plaza's broker and, where booths share
-a computer (the simulator's plaza), its cores. A quarter of a second later it falls after them,
-and no phone is shown at another lane that soon.
+A local use never waits for MQTT: it is queued and published by `run()` when the link is up.
 """
 
 from __future__ import annotations
@@ -27,7 +22,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
@@ -42,7 +37,6 @@ log = logging.getLogger("lane.auth.plaza")
 USED_TOKEN_VERSION = 2  # 2: a release (`kind`); a use is still sent as 1
 MAX_TOKEN_ID_LEN = 128
 MAX_TIME = 1 << 40
-SHARE_HOLD_S = 0.25  # a use is shared this long after it was marked, at the earliest
 
 
 def used_tokens_topic(plaza: str) -> str:
@@ -118,8 +112,6 @@ class UsedTokenSharing:
         max_pending: int = 10_000,
         useful_after_exp_s: float = 300.0,
         clock: Callable[[], float] = time.time,
-        hold_s: float = SHARE_HOLD_S,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.link = link
         self.store = store
@@ -137,8 +129,6 @@ class UsedTokenSharing:
             lambda msg: {"token_id": msg.token_id},
             lane=lane,
             max_pending=max_pending,
-            hold_s=hold_s,
-            sleep=sleep,
         )
 
     @property

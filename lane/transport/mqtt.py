@@ -19,7 +19,7 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -97,10 +97,6 @@ class MqttLink:
     # a message it forwards live, so `Incoming.retain` says what the publisher asked for, not
     # only whether the copy came out of the broker's store.
     retain_as_published: bool = False
-    # Topics (as in `subscriptions`) subscribed with MQTT 5 No Local: the broker does not send
-    # this client what it publishes there itself (the used tokens and taps a lane shares on a
-    # topic it also hears; not a topic whose own messages it must see, a plate binding cleared).
-    no_local: Collection[str] = ()
     # Instead of `handler`: called for each message inside the MQTT client's read callback,
     # before it sends the PUBACK. It must not block; it may publish. The async `handler`
     # goes through aiomqtt's message iterator, a task and three event loop turns per message,
@@ -125,11 +121,8 @@ class MqttLink:
                     self._closed.clear()
                     try:
                         for topic, qos in self.subscriptions:
-                            options = SubscribeOptions(
-                                qos=qos,
-                                noLocal=topic in self.no_local,
-                                retainAsPublished=self.retain_as_published,
-                            )
+                            rap = self.retain_as_published
+                            options = SubscribeOptions(qos=qos, retainAsPublished=rap)
                             await client.subscribe(topic, options=options)
                         reraise_swallowed_cancel()
                         self.connected.set()

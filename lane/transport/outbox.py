@@ -3,7 +3,6 @@ in order at QoS 1 whenever the broker is there (used tokens shared in a plaza, a
 taps). Bounded: when the queue is full the oldest message is dropped (logged). A message whose
 useful life is over when its turn comes is not sent; one in flight is sent with an MQTT
 expiry of what is left of it, so a broker holding it for an absent subscriber drops it then.
-A message may be held back `hold_s` after it was queued (a used token: see lane.auth.plaza).
 """
 
 from __future__ import annotations
@@ -11,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from lane.transport.mqtt import LinkDown, MqttLink
@@ -34,14 +32,9 @@ class Outbox(Generic[T]):
         lane: str,
         max_pending: int = 10_000,
         max_expiry_s: int = 3600,
-        hold_s: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """`left_s(msg)`: how long the message is still of use (<= 0: drop it); `name(msg)`:
-        the log fields that name it (its id); `max_expiry_s`: the longest a broker keeps it;
-        `hold_s`: how long after it was queued (on `clock`) a message is published at the
-        earliest (`sleep` waits out the rest)."""
+        the log fields that name it (its id); `max_expiry_s`: the longest a broker keeps it."""
         self.link = link
         self.topic = topic
         self.encode = encode
@@ -49,13 +42,10 @@ class Outbox(Generic[T]):
         self.name = name
         self.lane = lane
         self.max_expiry_s = max_expiry_s
-        self.hold_s = hold_s
-        self.clock = clock
-        self.sleep = sleep
         self.published = 0
         self.dropped = 0
         self.expired_unsent = 0
-        self._pending: asyncio.Queue[tuple[T, float]] = asyncio.Queue(max_pending)  # + queued at
+        self._pending: asyncio.Queue[T] = asyncio.Queue(max_pending)
 
     @property
     def backlog(self) -> int:
@@ -64,20 +54,17 @@ class Outbox(Generic[T]):
     def put(self, msg: T) -> None:
         """On the loop only (asyncio.Queue is not thread-safe)."""
         if self._pending.full():
-            old, _queued = self._pending.get_nowait()
+            old = self._pending.get_nowait()
             self.dropped += 1
             log.warning(
                 "backlog full, dropped oldest",
                 extra={"lane": self.lane, "topic": self.topic, **self.name(old)},
             )
-        self._pending.put_nowait((msg, self.clock()))
+        self._pending.put_nowait(msg)
 
     async def run(self, retry_s: float = 0.2) -> None:
         while True:
-            msg, queued = await self._pending.get()
-            held = queued + self.hold_s - self.clock()
-            if held > 0:
-                await self.sleep(held)
+            msg = await self._pending.get()
             while True:
                 left = self.left_s(msg)
                 if left <= 0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +16,6 @@ from lane.auth.deny import DenyList
 from lane.auth.issuer import TokenIssuer
 from lane.auth.keys import KeySet
 from lane.auth.plaza import (
-    SHARE_HOLD_S,
     MarkKind,
     UsedTokenMsg,
     UsedTokenSharing,
@@ -79,18 +78,12 @@ def test_bad_messages(payload: bytes, problem: str) -> None:
 
 @asynccontextmanager
 async def lane_sharing(
-    broker: Mosquitto,
-    tmp_path: Path,
-    plaza: str,
-    lane: str,
-    *,
-    start: bool = True,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    broker: Mosquitto, tmp_path: Path, plaza: str, lane: str, *, start: bool = True
 ) -> AsyncIterator[tuple[UsedTokenSharing, list[asyncio.Task[None]]]]:
     store = ReplayStore(tmp_path / f"{lane.replace('/', '_')}.db")
     topic = used_tokens_topic(plaza)
     link = MqttLink(broker.host, broker.port, f"auth-{lane}", [(topic, 1)])
-    sharing = UsedTokenSharing(link, store, plaza, lane, sleep=sleep)
+    sharing = UsedTokenSharing(link, store, plaza, lane)
     link.handler = sharing.handle
     tasks: list[asyncio.Task[None]] = []
     if start:
@@ -135,34 +128,6 @@ async def test_token_used_at_lane_a_is_refused_at_lane_b(
         assert a.published == 1 and b.received == 1
         # B's refusal is not a use: nothing goes back to A as new.
         assert b.backlog == 0
-
-
-async def test_a_use_is_shared_a_hold_after_its_mark(
-    mosquitto: Mosquitto, lane_id: str, tmp_path: Path
-) -> None:
-    """The other lanes' marks (a message and an fsync each) come after the passage's own record
-    and barrier command, not within them: the use waits SHARE_HOLD_S after its mark."""
-    plaza = lane_id.split("/", maxsplit=1)[0]
-    asked: list[float] = []
-    held = asyncio.Event()
-
-    async def sleep(seconds: float) -> None:
-        asked.append(seconds)
-        await held.wait()
-
-    async with (
-        lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/l01", sleep=sleep) as (a, _),
-        lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/l02") as (b, _),
-    ):
-        await a.link.wait_connected(5)
-        await b.link.wait_connected(5)
-        assert await a.check_and_mark("feed02", NOW + 60, NOW)
-        await eventually(lambda: bool(asked), within=5, what="the hold")
-        assert 0 < asked[0] <= SHARE_HOLD_S
-        assert a.published == 0 and b.store.get("feed02") is None
-        held.set()
-        await wait_for_mark(b.store, "feed02")
-        assert a.published == 1
 
 
 async def test_uses_made_while_the_link_is_down_are_shared_later(

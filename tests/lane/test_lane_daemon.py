@@ -450,11 +450,3 @@ async def test_status_changes_during_shutdown_do_not_outlive_offline(
         if churn is not None:
             churn.cancel()
             await asyncio.gather(churn, return_exceptions=True)
-
-
-async def test_the_lane_hears_the_plazas_uses_not_its_own(lane: Lane) -> None:
-    """Its own shared uses would only come back through its loop during the passage (No Local);
-    every other topic of the uplink link, a plate binding it clears itself, is heard as ever."""
-    sharing = lane.daemon.sharing
-    assert sharing is not None
-    assert lane.daemon.uplink.no_local == {sharing.topic}
