@@ -1,20 +1,33 @@
 """Render cost of the synthetic lane camera (prints figures; asserts nothing).
 
     .venv/bin/python -m bench.camera [--frames 200] [--new-scenes 30] [--loop-seconds 2]
+        [--scanner-seconds 15]
 
 Per preset: a steady scene (the phone patch cached, what the 30 fps loop pays per frame),
 a new scene every frame (the cache-miss cost paid once per show()), and the first-ever frame
-(background and noise fields drawn). Also how much of one core a 30 fps loop takes.
+(background and noise fields drawn). Also how much of one core a 30 fps loop takes, and what an
+idle booth's camera and scanner cost at 10 fps (the change gate on) with the frames pushed from
+the camera's thread to a `PushSource` against the camera read as a device (`CameraReader`
+under a `CaptureSource`, as `sim.booth` does): CPU and the threads' context switches per frame,
+each a thread put to sleep and woken again (Linux: /proc).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 
 from bench import args as bench_args
-from sim.camera import Conditions, Scene, SyntheticCamera, render_frame
+from scanner.change_gate import GateSettings
+from scanner.decoders import make_decoder
+from scanner.pipeline import ScanPipeline
+from scanner.sources import CaptureSource, FrameSource, PushSource
+from sim.camera import CameraReader, Conditions, Scene, SyntheticCamera, render_frame
 
 PAY = "283015967744120934"
 TOKEN = "LT1:" + "RRQT9P60GO0PQE4DNF6TF68CK.C7380PQE4DKWECECPQE/TE*PDIPC-UE646746QF6" * 3
@@ -84,6 +97,61 @@ def _bench_loop(seconds: float) -> None:
     )
 
 
+def context_switches() -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of all this process's threads so far."""
+    counts = {"voluntary_ctxt_switches": 0, "nonvoluntary_ctxt_switches": 0}
+    for status in Path(f"/proc/{os.getpid()}/task").glob("*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        for line in lines:
+            key, _, value = line.partition(":")
+            if key in counts:
+                counts[key] += int(value)
+    return counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"]
+
+
+def _reader(camera: SyntheticCamera, _target: int | str) -> CameraReader:
+    return camera.reader()
+
+
+def _push(source: PushSource, frame: np.ndarray, _ts: float) -> None:
+    source.put(frame, time.monotonic())  # stamped when handed over, as sim.lane does
+
+
+def _bench_scanner(seconds: float, fps: float = 10.0) -> None:
+    """An idle booth's camera and scanner: pushed frames against the camera read as a device."""
+    for how in ("pushed", "read"):
+        cam = SyntheticCamera(fps=fps, size=SIZE, rng=1)
+        source: FrameSource
+        if how == "pushed":
+            source = push = PushSource()
+        else:
+            source = CaptureSource("camera", live=True, open_capture=partial(_reader, cam))
+        pipeline = ScanPipeline(source, make_decoder(), lambda _r: None, gate=GateSettings())
+        loop = asyncio.new_event_loop()  # never run: an empty window reports no code
+        pipeline.start(loop)
+        if how == "pushed":
+            cam.start(partial(_push, push))
+        time.sleep(min(1.0, seconds))  # the gate takes its reference
+        frames0, switches0, cpu0 = cam.stats.frames, context_switches(), time.process_time()
+        wall0 = time.perf_counter()
+        time.sleep(seconds)
+        frames, switches = cam.stats.frames - frames0, context_switches()
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        cam.stop()
+        pipeline.stop()
+        loop.close()
+        voluntary, involuntary = (b - a for a, b in zip(switches0, switches, strict=True))
+        n = max(frames, 1)
+        print(
+            f"idle booth, {how:6s}: {frames} frames at {fps:g} fps, CPU {cpu / wall * 100:.1f}% "
+            f"of one core, {cpu * 1e3 / n:.2f} ms, {voluntary / n:.2f} voluntary and "
+            f"{involuntary / n:.2f} involuntary context switches a frame"
+        )
+
+
 def main() -> None:
     parser = bench_args.parser(__doc__)
     parser.add_argument("--frames", type=int, default=200, help="steady frames timed per scene")
@@ -91,8 +159,12 @@ def main() -> None:
     parser.add_argument(
         "--loop-seconds", type=float, default=2.0, help="the 30 fps loop's CPU measurement"
     )
+    parser.add_argument(
+        "--scanner-seconds", type=float, default=15.0, help="each idle booth scanner measured"
+    )
     args = parser.parse_args()
     bench_camera(args.frames, args.new_scenes, args.loop_seconds)
+    _bench_scanner(args.scanner_seconds)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from lane.daemon import LaneDaemon, build, run_with_uvloop
 from lane.log import setup_logging
 from lane.signals import install_signal_handlers
 from lane.transport.mqtt import Incoming, LinkDown, MqttLink
-from scanner.sources import PushSource
+from scanner.sources import CaptureSource
 from sim.booth_wire import (
     READY,
     Control,
@@ -112,8 +111,15 @@ class Booth:
 
 
 async def booth(config: LaneConfig, fps: float, size: tuple[int, int], seed: int) -> int:
-    source = PushSource()
     camera = SyntheticCamera(fps=fps, size=size, rng=seed)
+    # The scanner reads the camera as a device: its capture thread renders each frame (see
+    # `sim.camera.CameraReader`), stamped when read, as a camera driver stamps at capture.
+    source = CaptureSource(
+        "synthetic-camera",
+        live=True,
+        open_capture=lambda _target: camera.reader(),
+        blackout_after_s=config.camera.blackout_s,
+    )
     # A simulator stopping needs no long grace for the vehicle in progress.
     daemon = await build(config, source=source, shutdown_grace_s=STOP_GRACE_S)
     control = Booth(daemon, camera).control
@@ -127,8 +133,6 @@ async def booth(config: LaneConfig, fps: float, size: tuple[int, int], seed: int
             await daemon.uplink.wait_connected()
             await control.wait_connected()
             await daemon.ops.http_settled.wait()
-        # Stamped when handed over, as a camera driver stamps at capture (see sim/lane.py).
-        camera.start(lambda frame, _rendered: source.put(frame, time.monotonic()))
         print(ops_line(daemon.ops.address), READY, sep="\n", flush=True)
         await lane_task
     finally:

@@ -12,7 +12,7 @@ import argparse
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 
 import cv2
@@ -22,6 +22,7 @@ from sim.render import DEFAULT_SIZE, Size, render_frame
 from sim.scene import Conditions, Rng, Scene, as_generator
 
 __all__ = [
+    "CameraReader",
     "CameraStats",
     "Conditions",
     "FrameSink",
@@ -189,32 +190,65 @@ class SyntheticCamera:
     def _interruptible_sleep(self, seconds: float) -> None:
         self._stopping.wait(seconds)
 
-    def _run(self, sink: FrameSink) -> None:
+    def reader(self) -> CameraReader:
+        """The camera as a capture device the scanner reads (`scanner.sources.CaptureSource`):
+        each read renders the next frame on the reading thread, when its slot is due."""
+        return CameraReader(self)
+
+    def frames(self) -> Generator[tuple[np.ndarray, float], None, None]:
+        """Frames of the current scene and their stamps, one per 1/fps slot, rendered on the
+        caller's thread, until `stop`. Slots missed because rendering or the consumer fell
+        behind are skipped (counted in `stats.dropped`), not rendered in a burst to catch up."""
         period = 1.0 / self.fps
         next_due = self._clock()
+        while not self._stopping.is_set():
+            frame, ts = self.capture()
+            self.stats.frames += 1
+            yield frame, ts
+            next_due += period
+            now = self._clock()
+            behind = now - next_due
+            if behind > period:
+                missed = int(behind // period)
+                self.stats.dropped += missed
+                next_due += missed * period
+            if next_due > now and not self._stopping.is_set():
+                self._sleep(next_due - now)
+
+    def _run(self, sink: FrameSink) -> None:
         try:
-            while not self._stopping.is_set():
-                frame, ts = self.capture()
-                self.stats.frames += 1
+            for frame, ts in self.frames():
                 try:
                     sink(frame, ts)
                 except Exception:
                     # A broken consumer must not kill the camera; every failure is logged.
                     self.stats.sink_errors += 1
                     log.exception("camera sink failed", extra={"ts": ts})
-                next_due += period
-                now = self._clock()
-                behind = now - next_due
-                if behind > period:
-                    # Skip the slots we missed instead of rendering a burst to catch up.
-                    missed = int(behind // period)
-                    self.stats.dropped += missed
-                    next_due += missed * period
-                if next_due > now and not self._stopping.is_set():
-                    self._sleep(next_due - now)
         except Exception as exc:
             self.error = exc
             log.exception("camera loop failed", extra={"frames": self.stats.frames})
+
+
+class CameraReader:
+    """A `SyntheticCamera` read as a camera device is (`scanner.sources.CaptureLike`): `read`
+    blocks until the next frame's slot and returns it, rendered on the reading thread. So in a
+    booth the scanner's capture thread is the camera, as with a real one, and no camera thread
+    has to wake it for each frame (one thread and one wake-up fewer on a code's path)."""
+
+    def __init__(self, camera: SyntheticCamera) -> None:
+        self._frames = camera.frames()
+
+    def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        # Stamped by the reader when read, as a camera driver stamps at capture: the camera's
+        # own stamp is taken before it renders, a cost of the simulator, not of the lane.
+        frame, _rendered = next(self._frames, (None, None))
+        return frame is not None, frame
+
+    def release(self) -> None:
+        self._frames.close()
 
 
 def main(argv: list[str] | None = None) -> int:

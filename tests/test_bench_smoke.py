@@ -74,11 +74,13 @@ SMOKES = {
         ),
     ),
     "camera": Smoke(
-        "--frames 3 --new-scenes 2 --loop-seconds 0.3",
+        "--frames 3 --new-scenes 2 --loop-seconds 0.3 --scanner-seconds 0.3",
         (
             r"^first frame \(background, noise fields, phone\): \d+ ms$",
             r"^hard +new scene +p50 +[\d.]+ ms +p95 +[\d.]+ ms$",
             r"^30 fps loop: \d+ frames in [\d.]+ s, dropped \d+, CPU [\d.]+% of one core$",
+            r"^idle booth, read  : \d+ frames at 10 fps, CPU [\d.]+% of one core, [\d.]+ ms, "
+            r"[\d.]+ voluntary and [\d.]+ involuntary context switches a frame$",
         ),
     ),
     "console": Smoke(

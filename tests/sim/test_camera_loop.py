@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from itertools import islice
 
 import cv2
 import numpy as np
 import pytest
 import zxingcpp
 
+from scanner.health import SourceEvent
+from scanner.sources import CaptureSource, Frame
 from sim.camera import Scene, SyntheticCamera
 
 PAY = "283015967744120934"
@@ -225,3 +228,44 @@ def test_a_sink_may_stop_the_camera_itself() -> None:
     assert not cam.running
     assert len(stamps) == 2
     assert cam.error is None
+
+
+def test_a_reader_renders_paced_frames_on_the_reading_thread() -> None:
+    """A booth's scanner reads the camera as a device (CameraSource over `reader()`): each read
+    waits for its frame's slot and renders it on the reading thread; no camera thread runs."""
+    clock = FakeClock()
+    cam = small_camera(clock)
+    cam.show(PAY, "clear")
+    reader = cam.reader()
+    assert reader.isOpened()
+    reads = [reader.read() for _ in range(4)]
+    assert all(ok for ok, _ in reads)
+    last = reads[-1][1]
+    assert last is not None and decode(last) == [PAY]
+    assert clock.now == pytest.approx(3 / 30)  # paced: three slots waited for
+    assert cam.stats.frames == 4 and not cam.running
+    cam.stop()  # a stopped camera ends the reads, as a device that is gone
+    assert reader.read() == (False, None)
+    reader.release()
+
+
+def test_a_booth_source_reads_the_camera_and_reports_its_blackout() -> None:
+    """The scanner's source over the reader: frames, then a blackout the source sees in them."""
+    clock = FakeClock()
+    cam = small_camera(clock)
+    source = CaptureSource(
+        "synthetic-camera",
+        live=True,
+        clock=clock,
+        sleep=clock.sleep,
+        open_capture=lambda _target: cam.reader(),
+        blackout_after_s=0.1,
+    )
+    items = source.stream()
+    assert next(items) == SourceEvent("opened", "synthetic-camera", 0.0, "synthetic-camera")
+    assert isinstance(next(items), Frame)
+    cam.blackout(True)
+    kinds = [item.kind for item in islice(items, 8) if isinstance(item, SourceEvent)]
+    assert kinds == ["blackout"]
+    source.close()
+    cam.stop()
