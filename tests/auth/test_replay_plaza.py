@@ -10,6 +10,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from polling import eventually
 
 from lane.auth.deny import DenyList
@@ -21,6 +23,7 @@ from lane.auth.plaza import (
     UsedTokenSharing,
     decode_used_token,
     encode_used_token,
+    of_plaza,
     used_tokens_topic,
 )
 from lane.auth.replay import ReplayStore
@@ -171,6 +174,49 @@ async def test_garbage_on_the_topic_is_ignored(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_use_or_release_from_a_lane_outside_the_plaza_is_refused(
+    mosquitto: Mosquitto, lane_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any client that may write the plaza's topic could name a lane of another plaza (or no
+    lane id at all): such a use would refuse a good token here, such a release free a mark."""
+    plaza = lane_id.split("/", maxsplit=1)[0]
+    async with lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/l02") as (b, _):
+        await b.link.wait_connected(5)
+        # A mark heard from this plaza's lane l01, which a forged release must not free.
+        assert b.store.mark_remote("beef", NOW + 60, f"{plaza}/l01", NOW, now=NOW)
+        sender = MqttLink(mosquitto.host, mosquitto.port, f"forger-{lane_id}")
+        task = asyncio.create_task(sender.run())
+        try:
+            await sender.wait_connected(5)
+            topic = used_tokens_topic(plaza)
+            for lane in (f"x{plaza}/l01", f"{plaza}x/l01", plaza, f"{plaza}/l01/x"):
+                await sender.publish(topic, encode_used_token(
+                    UsedTokenMsg("cafe", NOW + 60, lane, NOW)))  # fmt: skip
+                release = UsedTokenMsg("beef", NOW + 60, lane, NOW, MarkKind.RELEASE)
+                await sender.publish(topic, encode_used_token(release))
+            good = UsedTokenMsg("feed", NOW + 60, f"{plaza}/l09", NOW)
+            await sender.publish(topic, encode_used_token(good))
+            await wait_for_mark(b.store, "feed")  # in order after every forged one
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert b.store.get("cafe") is None
+        kept = b.store.get("beef")
+        assert kept is not None and kept.lane == f"{plaza}/l01"
+        refused = [r for r in caplog.records if "outside the plaza" in r.getMessage()]
+        assert len(refused) == 8
+        assert {r.__dict__["topic"] for r in refused} == {used_tokens_topic(plaza)}
+
+
+@given(st.from_regex(r"[\w-]+", fullmatch=True), st.from_regex(r"[\w-]+", fullmatch=True),
+       st.text(max_size=20))  # fmt: skip
+def test_only_a_lane_id_of_the_plaza_is_of_it(plaza: str, lane: str, other: str) -> None:
+    assert of_plaza(f"{plaza}/{lane}", plaza)
+    assert of_plaza(other, plaza) == (other.startswith(f"{plaza}/") and other.count("/") == 1
+                                      and other != f"{plaza}/")  # fmt: skip
+    assert not of_plaza(f"{plaza}/{lane}", f"{plaza}x")
 
 
 async def test_backlog_is_bounded_and_useless_uses_are_not_sent(tmp_path: Path) -> None:
