@@ -122,10 +122,12 @@ class TapDesk:
         pricing: ExitPricing | None,
         wall: Callable[[], float],
         replay_watch: StoreWatch,
+        skew_s: float,
         alarm: Alarm | None = None,
         max_pending: int = 10_000,
     ) -> None:
         self.lane = lane
+        self.skew_s = skew_s  # a tap-in later than the gate's clock by more: refused
         self.topic = topics.line_taps(line)
         self.retention_s = retention_s
         self.store = store
@@ -202,7 +204,10 @@ class TapDesk:
         try:
             record = Record.decode(msg.payload)
         except PayloadError as exc:
-            log.warning("bad tap message", extra={"lane": self.lane, "error": str(exc)})
+            log.warning(
+                "bad tap message",
+                extra={"lane": self.lane, "topic": msg.topic, "error": str(exc)},
+            )
             return
         if record.lane == self.lane:
             return  # our own publish coming back
@@ -211,8 +216,26 @@ class TapDesk:
         if d.kind not in SHARED or not (d.auth.result in PAID or refund):
             log.warning(
                 "tap message neither a paid tap nor a tap's refund: refused",
-                extra={"lane": self.lane, "record_id": record.record_id, "kind": str(d.kind)},
+                extra={
+                    "lane": self.lane,
+                    "topic": msg.topic,
+                    "record_id": record.record_id,
+                    "kind": str(d.kind),
+                },
             )
+            return
+        if (
+            not refund
+            and d.kind != RecordKind.TAP_OUT
+            and record.ts_us / 1e6 > self.wall() + self.skew_s
+        ):
+            # Kept, it would be its account's latest tap-in until long after it: every real
+            # tap-in of that account would price as it, or as exited once it had.
+            log.warning(
+                "tap-in from the future: refused",
+                extra={"lane": self.lane, "topic": msg.topic, "record_id": record.record_id,
+                       "from_lane": record.lane, "ts_us": record.ts_us},
+            )  # fmt: skip
             return
         self.received += 1
         if d.kind == RecordKind.TAP_OUT:

@@ -79,7 +79,10 @@ class TripDesk:
             self.bound[plate] = msg.payload.decode("ascii")
         except UnicodeDecodeError:
             # Not a pass: verifying it would refuse it anyway; keep no garbage.
-            log.warning("garbage plate binding", extra={"lane": self.rules.lane, "plate": plate})
+            log.warning(
+                "garbage plate binding",
+                extra={"lane": self.rules.lane, "topic": msg.topic, "plate": plate},
+            )
 
     async def price(self, request: PriceTrip) -> TripPriced:
         text = request.pass_text

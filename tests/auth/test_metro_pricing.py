@@ -179,7 +179,7 @@ def desk(tmp: Path, clock: list[float], alarm: Alarm | None = None) -> TapDesk:
     watch = TokenVerifier("S03/x1", KEYS, DenyList.empty(), replay, 30, alarm=alarm).replay_watch
     return TapDesk("L1", "S03/x1", 28_800, TapStore(tmp / "taps.sqlite3"), replay, link,
                    pricing=pricing, wall=lambda: clock[0], replay_watch=watch,
-                   alarm=alarm)  # fmt: skip
+                   skew_s=RULES.skew_s, alarm=alarm)  # fmt: skip
 
 
 async def _exits(
@@ -329,6 +329,32 @@ def refund_of(tapped: Record, at: float, trip: str | None = None) -> Record:
                         flags=("paid_not_passed", f"record:{tapped.record_id}"),
                         pass_id=trip)  # fmt: skip
     return Record(str(uuid.uuid4()), tapped.lane, tapped.seq + 1, int(at * 1e6), draft)
+
+
+def test_a_tap_in_from_the_future_is_refused_and_hides_no_real_one() -> None:
+    asyncio.run(_future_tap_in())
+
+
+async def _future_tap_in() -> None:
+    """A tap-in stamped later than the gate's clock by more than the skew (a gate's clock far
+    off, or a forged message) would be its account's latest for ever: refused, the account's
+    real tap-in prices the exit."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        real = tap_in("S02", NOW - 30 * MIN)
+        await gate.handle(Incoming(topic, real.encode()))
+        for ahead in (RULES.skew_s + 1, 86_400, 10**9):
+            await gate.handle(Incoming(topic, tap_in("S01", NOW + ahead).encode()))
+        # Within the skew: a gate's clock a little ahead, taken.
+        near = tap_in("S01", NOW + RULES.skew_s - 1, account="rider-2")
+        await gate.handle(Incoming(topic, near.encode()))
+        assert gate.received == 2 and gate.store.count() == 2
+        token = issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60)
+        answer = await gate.price(ask(token))
+        assert (answer.outcome, answer.entry_plaza) == ("charged", "S02")
+        assert answer.pass_id == uuid.UUID(real.record_id).hex
 
 
 def test_a_refund_heard_from_the_line_undoes_what_its_tap_told_this_gate() -> None:
