@@ -160,7 +160,14 @@ class BarrierLink:
         except PayloadError as exc:
             log.warning(
                 "garbage on a lane topic",
-                extra={"lane": self.lane, "topic": msg.topic, "error": str(exc)},
+                # retained: a copy the broker kept, met at (re)connection; it stays until its
+                # publisher replaces it or someone deletes it (an empty retained message).
+                extra={
+                    "lane": self.lane,
+                    "topic": msg.topic,
+                    "error": str(exc),
+                    "retained": msg.retain,
+                },
             )
             if self._on_garbage is not None:
                 self._on_garbage(msg.topic, str(exc))
