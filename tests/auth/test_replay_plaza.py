@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -18,6 +19,8 @@ from lane.auth.deny import DenyList
 from lane.auth.issuer import TokenIssuer
 from lane.auth.keys import KeySet
 from lane.auth.plaza import (
+    MAX_TIME,
+    MAX_TOKEN_ID_LEN,
     MarkKind,
     UsedTokenMsg,
     UsedTokenSharing,
@@ -77,6 +80,24 @@ def test_a_use_keeps_its_first_version_and_a_release_is_one_an_older_lane_refuse
 def test_bad_messages(payload: bytes, problem: str) -> None:
     with pytest.raises(PayloadError, match=problem):
         decode_used_token(payload)
+
+
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
+    st.text(max_size=200), st.binary(max_size=20), st.sampled_from(["use", "release", "p1/l1"]),
+)  # fmt: skip
+_fields = st.sampled_from(["v", "token_id", "exp", "lane", "ts", "kind"])
+
+
+@given(st.one_of(st.binary(max_size=300), st.dictionaries(_fields, _values).map(msgpack.packb)))
+def test_any_payload_decodes_to_a_bounded_message_or_a_payload_error(payload: bytes) -> None:
+    try:
+        msg = decode_used_token(payload)
+    except PayloadError:
+        return
+    assert 0 < len(msg.token_id) <= MAX_TOKEN_ID_LEN and msg.lane
+    assert 0 <= msg.exp < MAX_TIME and math.isfinite(msg.ts)
+    assert decode_used_token(encode_used_token(msg)) == msg
 
 
 @asynccontextmanager
