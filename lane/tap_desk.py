@@ -142,9 +142,9 @@ class TapDesk:
         self.unmarked: dict[str, Held] = store.held(wall())
         self._unsaved = False
         self._saving = asyncio.Lock()
-        # Refunded tap-ins the tap store did not drop (trip id: when they expire anyway), in
-        # memory only: the refund is heard once.
-        self.undropped: dict[str, float] = {}
+        # Refunded tap-ins the tap store did not drop (trip id: when they expire anyway, the
+        # gate that refunded them), in memory only: the refund is heard once.
+        self.undropped: dict[str, tuple[float, str]] = {}
         self.store_watch = StoreWatch(
             lane,
             TAPS_ALARM,
@@ -320,10 +320,10 @@ class TapDesk:
                         extra={**ids, "error": str(exc)})  # fmt: skip
             return
         try:
-            dropped = await asyncio.to_thread(self.store.drop, trip)
+            dropped = await asyncio.to_thread(self.store.drop, trip, record.lane)
         except TapStoreError as exc:
             # Kept until the tap-in would have expired anyway (it was tapped before its refund).
-            self.undropped[trip] = record.ts_us / 1e6 + self.retention_s
+            self.undropped[trip] = (record.ts_us / 1e6 + self.retention_s, record.lane)
             log.error("tap's refund not applied: held until dropped",
                       extra={**ids, "pass_id": trip, "error": str(exc)})  # fmt: skip
             self.store_watch.says(exc, TAPS_UNDROPPED)
@@ -471,10 +471,10 @@ class TapDesk:
     async def _drop_undropped(self) -> None:
         """Drop the refunded tap-ins the taps store did not (forgetting those expired anyway)."""
         now = self.wall()
-        for trip, expires in list(self.undropped.items()):
+        for trip, (expires, lane) in list(self.undropped.items()):
             expired = expires < now  # priced by no exit any more: nothing to drop
             if not expired:
-                await asyncio.to_thread(self.store.drop, trip)
+                await asyncio.to_thread(self.store.drop, trip, lane)
             self.undropped.pop(trip, None)
             log.info("held refunded tap-in dropped",
                      extra={"lane": self.lane, "pass_id": trip, "expired": expired})  # fmt: skip

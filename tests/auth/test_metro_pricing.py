@@ -357,6 +357,31 @@ async def _future_tap_in() -> None:
         assert answer.pass_id == uuid.UUID(real.record_id).hex
 
 
+def test_a_refund_of_a_tap_in_from_another_gate_than_its_own_drops_nothing() -> None:
+    asyncio.run(_refund_from_elsewhere())
+
+
+async def _refund_from_elsewhere() -> None:
+    """Only the gate that wrote a tap-in refunds it: a refund naming it from any other gate
+    (forged, or confused) leaves the passenger's tap-in pricing the exit."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        entered = tap_in("S01", NOW - 600)
+        await gate.handle(Incoming(topic, entered.encode()))
+        forged = replace(refund_of(entered, NOW - 30), lane="S02/g1")
+        await gate.handle(Incoming(topic, forged.encode()))
+        assert gate.store.count() == 1
+        token = issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60)
+        answer = await gate.price(ask(token))
+        assert (answer.outcome, answer.entry_plaza) == ("charged", "S01")
+        await gate.handle(Incoming(topic, refund_of(entered, NOW - 20).encode()))
+        assert gate.store.count() == 0
+        gate.store.close()
+        gate.replay.close()
+
+
 def test_a_refund_heard_from_the_line_undoes_what_its_tap_told_this_gate() -> None:
     asyncio.run(_refunds_heard())
 
@@ -428,7 +453,11 @@ def test_a_tap_store_drops_a_refunded_tap_in_once(tmp_path: Path) -> None:
     trip = uuid.UUID(entered.record_id).hex
     store.add(trip, "rider-1", entered.ts_us, NOW + 600, entered.encode(), NOW)
     assert store.latest("rider-1", NOW) == entered.encode()
-    assert store.drop(trip) and not store.drop(trip)
+    # Only its own gate refunds a tap-in: another gate's refund naming it (a forged or a
+    # confused one on the line) drops nothing.
+    assert not store.drop(trip, "S02/g1")
+    assert store.latest("rider-1", NOW) == entered.encode()
+    assert store.drop(trip, entered.lane) and not store.drop(trip, entered.lane)
     assert store.latest("rider-1", NOW) is None
     store.close()
 
