@@ -4,7 +4,8 @@ It turns incoming MQTT messages into typed messages for callbacks and typed mess
 publishes with the right QoS, retain flag and MQTT 5 properties. It holds no lane logic: ack
 timeouts, retries and FAULT are the lane core's. What it does decide:
 
-- garbage on any subscribed topic goes to `on_garbage(topic, error)`, never into a callback;
+- garbage on any subscribed topic is logged once ("garbage on a lane topic": lane, topic,
+  error) and goes to `on_garbage(topic, error)` when given, never into another callback;
 - a barrier state older than one already seen from the same device session (lower or equal
   seq) is dropped, so a re-delivered retained state never rolls the lane's view back;
 - the controller's will is `lane/{id}/status` = LaneStatus "offline", retained.
@@ -53,7 +54,7 @@ class BarrierLink:
         on_state: Callable[[BarrierStatus], None],
         on_sensor: Callable[[SensorReading], None],
         on_attendant: Callable[[AttendantCommand], None],
-        on_garbage: Callable[[str, str], None],
+        on_garbage: Callable[[str, str], None] | None = None,
         on_link: Callable[[bool], None] | None = None,
         on_snapshot: Callable[[DeviceSnapshot], None] | None = None,
         on_plate: Callable[[PlateReading], None] | None = None,
@@ -159,9 +160,17 @@ class BarrierLink:
         except PayloadError as exc:
             log.warning(
                 "garbage on a lane topic",
-                extra={"lane": self.lane, "topic": msg.topic, "error": str(exc)},
+                # retained: a copy the broker kept, met at (re)connection; it stays until its
+                # publisher replaces it or someone deletes it (an empty retained message).
+                extra={
+                    "lane": self.lane,
+                    "topic": msg.topic,
+                    "error": str(exc),
+                    "retained": msg.retain,
+                },
             )
-            self._on_garbage(msg.topic, str(exc))
+            if self._on_garbage is not None:
+                self._on_garbage(msg.topic, str(exc))
             return
         deliver()
 

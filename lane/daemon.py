@@ -463,7 +463,6 @@ class LaneDaemon:
             on_state=self._on_state,
             on_sensor=self._on_sensor,
             on_attendant=self._on_attendant,
-            on_garbage=self._on_garbage,
             on_link=self._on_link,
             on_snapshot=self._on_snapshot,
             on_plate=self._on_plate,
@@ -639,6 +638,7 @@ class LaneDaemon:
             pricing=pricing,
             wall=self.clocks.wall,
             replay_watch=self.verifier.replay_watch,
+            skew_s=self.config.auth.skew_s,
             alarm=self._alarm,
         )
 
@@ -722,11 +722,6 @@ class LaneDaemon:
     def _on_plate(self, reading: PlateReading) -> None:
         log.info("plate read", extra={"lane": self.lane, "confidence": reading.confidence})
         self.runner.post(ev.PlateRead(reading.plate))
-
-    def _on_garbage(self, topic: str, error: str) -> None:
-        log.warning(
-            "garbage payload ignored", extra={"lane": self.lane, "topic": topic, "error": error}
-        )
 
     def _on_link(self, up: bool) -> None:
         self.runner.post(ev.LinkChanged(up))

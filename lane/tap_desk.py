@@ -122,10 +122,12 @@ class TapDesk:
         pricing: ExitPricing | None,
         wall: Callable[[], float],
         replay_watch: StoreWatch,
+        skew_s: float,
         alarm: Alarm | None = None,
         max_pending: int = 10_000,
     ) -> None:
         self.lane = lane
+        self.skew_s = skew_s  # a tap-in later than the gate's clock by more: refused
         self.topic = topics.line_taps(line)
         self.retention_s = retention_s
         self.store = store
@@ -140,9 +142,9 @@ class TapDesk:
         self.unmarked: dict[str, Held] = store.held(wall())
         self._unsaved = False
         self._saving = asyncio.Lock()
-        # Refunded tap-ins the tap store did not drop (trip id: when they expire anyway), in
-        # memory only: the refund is heard once.
-        self.undropped: dict[str, float] = {}
+        # Refunded tap-ins the tap store did not drop (trip id: when they expire anyway, the
+        # gate that refunded them), in memory only: the refund is heard once.
+        self.undropped: dict[str, tuple[float, str]] = {}
         self.store_watch = StoreWatch(
             lane,
             TAPS_ALARM,
@@ -202,7 +204,10 @@ class TapDesk:
         try:
             record = Record.decode(msg.payload)
         except PayloadError as exc:
-            log.warning("bad tap message", extra={"lane": self.lane, "error": str(exc)})
+            log.warning(
+                "bad tap message",
+                extra={"lane": self.lane, "topic": msg.topic, "error": str(exc)},
+            )
             return
         if record.lane == self.lane:
             return  # our own publish coming back
@@ -211,8 +216,26 @@ class TapDesk:
         if d.kind not in SHARED or not (d.auth.result in PAID or refund):
             log.warning(
                 "tap message neither a paid tap nor a tap's refund: refused",
-                extra={"lane": self.lane, "record_id": record.record_id, "kind": str(d.kind)},
+                extra={
+                    "lane": self.lane,
+                    "topic": msg.topic,
+                    "record_id": record.record_id,
+                    "kind": str(d.kind),
+                },
             )
+            return
+        if (
+            not refund
+            and d.kind != RecordKind.TAP_OUT
+            and record.ts_us / 1e6 > self.wall() + self.skew_s
+        ):
+            # Kept, it would be its account's latest tap-in until long after it: every real
+            # tap-in of that account would price as it, or as exited once it had.
+            log.warning(
+                "tap-in from the future: refused",
+                extra={"lane": self.lane, "topic": msg.topic, "record_id": record.record_id,
+                       "from_lane": record.lane, "ts_us": record.ts_us},
+            )  # fmt: skip
             return
         self.received += 1
         if d.kind == RecordKind.TAP_OUT:
@@ -297,10 +320,10 @@ class TapDesk:
                         extra={**ids, "error": str(exc)})  # fmt: skip
             return
         try:
-            dropped = await asyncio.to_thread(self.store.drop, trip)
+            dropped = await asyncio.to_thread(self.store.drop, trip, record.lane)
         except TapStoreError as exc:
             # Kept until the tap-in would have expired anyway (it was tapped before its refund).
-            self.undropped[trip] = record.ts_us / 1e6 + self.retention_s
+            self.undropped[trip] = (record.ts_us / 1e6 + self.retention_s, record.lane)
             log.error("tap's refund not applied: held until dropped",
                       extra={**ids, "pass_id": trip, "error": str(exc)})  # fmt: skip
             self.store_watch.says(exc, TAPS_UNDROPPED)
@@ -448,10 +471,10 @@ class TapDesk:
     async def _drop_undropped(self) -> None:
         """Drop the refunded tap-ins the taps store did not (forgetting those expired anyway)."""
         now = self.wall()
-        for trip, expires in list(self.undropped.items()):
+        for trip, (expires, lane) in list(self.undropped.items()):
             expired = expires < now  # priced by no exit any more: nothing to drop
             if not expired:
-                await asyncio.to_thread(self.store.drop, trip)
+                await asyncio.to_thread(self.store.drop, trip, lane)
             self.undropped.pop(trip, None)
             log.info("held refunded tap-in dropped",
                      extra={"lane": self.lane, "pass_id": trip, "expired": expired})  # fmt: skip

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lane.auth.replay import Migration, immediate, migrate, refuse_newer
+from uplink.records import Record
 
 
 class TapStoreError(RuntimeError):
@@ -104,12 +105,16 @@ class TapStore:
             ).rowcount
         return new == 1
 
-    def drop(self, trip: str) -> bool:
-        """Forget a tap-in refunded at its entry gate (the passenger was never let in): it
-        prices no exit and takes nothing off one. True when it was kept here."""
+    def drop(self, trip: str, lane: str) -> bool:
+        """Forget a tap-in refunded at its entry gate `lane` (the passenger was never let in):
+        it prices no exit and takes nothing off one. True when it was kept here; a tap-in of
+        another gate stays (only the gate that wrote a tap-in refunds it)."""
         with immediate(self._conn, self._lock, self._error):
-            dropped = self._conn.execute("DELETE FROM taps WHERE trip = ?", (trip,)).rowcount
-        return dropped == 1
+            rows = self._conn.execute("SELECT record FROM taps WHERE trip = ?", (trip,))
+            if not any(_lane_of(bytes(row[0])) == lane for row in rows.fetchall()):
+                return False
+            self._conn.execute("DELETE FROM taps WHERE trip = ?", (trip,))
+        return True
 
     def hold(self, held: Mapping[str, Held], now: float) -> None:
         """Keep exactly these exits held until the replay store marks them (by pass key), in
@@ -169,3 +174,9 @@ class TapStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _lane_of(encoded: bytes) -> str | None:
+    """The gate that wrote a kept tap-in (None for a row that no longer decodes)."""
+    record = Record.readable(encoded)
+    return None if record is None else record.lane

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
-from lane.auth.passes import EntryPass, pass_key
+from lane.auth.passes import MAX_TEXT_LEN, EntryPass, pass_key
 from lane.auth.plaza import UsedTokenSharing, mark_used, release_mark
 from lane.auth.replay import ReplayStore
 from lane.auth.trip_pricing import ExitLaneRules, evidence_of, not_found, price_trip
@@ -76,10 +76,20 @@ class TripDesk:
             self.bound.pop(plate, None)
             return
         try:
+            if len(msg.payload) > MAX_TEXT_LEN:
+                raise ValueError(f"{len(msg.payload)} bytes, a pass is at most {MAX_TEXT_LEN}")
             self.bound[plate] = msg.payload.decode("ascii")
-        except UnicodeDecodeError:
+        except ValueError as exc:  # UnicodeDecodeError too
             # Not a pass: verifying it would refuse it anyway; keep no garbage.
-            log.warning("garbage plate binding", extra={"lane": self.rules.lane, "plate": plate})
+            log.warning(
+                "garbage plate binding",
+                extra={
+                    "lane": self.rules.lane,
+                    "topic": msg.topic,
+                    "plate": plate,
+                    "error": str(exc),
+                },
+            )
 
     async def price(self, request: PriceTrip) -> TripPriced:
         text = request.pass_text

@@ -132,17 +132,28 @@ class Forwarder:
         try:
             ack = decode_ack(payload)
         except PayloadError as exc:
-            log.warning("uplink bad ack", extra={"lane": self.lane, "error": str(exc)})
+            log.warning(
+                "uplink bad ack",
+                extra={"lane": self.lane, "topic": self.ack_topic, "error": str(exc)},
+            )
             return
         if ack.lane != self.lane:
-            log.warning("uplink ack for another lane", extra={"lane": self.lane, "ack": ack.lane})
+            log.warning(
+                "uplink ack for another lane",
+                extra={"lane": self.lane, "topic": self.ack_topic, "ack": ack.lane},
+            )
             return
         if ack.epoch != self.queue.identity.epoch:
             # An ack of a queue file this lane no longer has (restored or replaced): it cannot
             # name our records, whatever its seqs say.
             log.warning(
                 "uplink ack for another queue epoch",
-                extra={"lane": self.lane, "epoch": ack.epoch, "batch_id": ack.batch_id},
+                extra={
+                    "lane": self.lane,
+                    "topic": self.ack_topic,
+                    "epoch": ack.epoch,
+                    "batch_id": ack.batch_id,
+                },
             )
             return
         self.acks.put_nowait(ack)

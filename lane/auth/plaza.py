@@ -95,6 +95,12 @@ def decode_used_token(payload: bytes) -> UsedTokenMsg:
     return UsedTokenMsg(token_id, exp, lane, float(ts), MarkKind(kind))
 
 
+def of_plaza(lane: str, plaza: str) -> bool:
+    """Is `lane` (an id `plaza/lane`) one of the lanes of `plaza`?"""
+    head, sep, rest = lane.partition("/")
+    return head == plaza and sep == "/" and bool(rest) and "/" not in rest
+
+
 class UsedTokenSharing:
     """Publishes this lane's token uses and records the other lanes' ones.
 
@@ -180,6 +186,15 @@ class UsedTokenSharing:
             return
         if msg.lane == self.lane:
             return  # our own publish coming back
+        if not of_plaza(msg.lane, self.plaza):
+            # Only this plaza's lanes mark or release here: a use from elsewhere would refuse
+            # a good token, a release would free a mark nobody here gave.
+            log.warning(
+                "used-token message from a lane outside the plaza: refused",
+                extra={"lane": self.lane, "topic": incoming.topic, "from_lane": msg.lane,
+                       "token_id": msg.token_id, "kind": msg.kind.value},
+            )  # fmt: skip
+            return
         try:
             if msg.kind is MarkKind.RELEASE:
                 released = await asyncio.to_thread(

@@ -179,7 +179,7 @@ def desk(tmp: Path, clock: list[float], alarm: Alarm | None = None) -> TapDesk:
     watch = TokenVerifier("S03/x1", KEYS, DenyList.empty(), replay, 30, alarm=alarm).replay_watch
     return TapDesk("L1", "S03/x1", 28_800, TapStore(tmp / "taps.sqlite3"), replay, link,
                    pricing=pricing, wall=lambda: clock[0], replay_watch=watch,
-                   alarm=alarm)  # fmt: skip
+                   skew_s=RULES.skew_s, alarm=alarm)  # fmt: skip
 
 
 async def _exits(
@@ -331,6 +331,57 @@ def refund_of(tapped: Record, at: float, trip: str | None = None) -> Record:
     return Record(str(uuid.uuid4()), tapped.lane, tapped.seq + 1, int(at * 1e6), draft)
 
 
+def test_a_tap_in_from_the_future_is_refused_and_hides_no_real_one() -> None:
+    asyncio.run(_future_tap_in())
+
+
+async def _future_tap_in() -> None:
+    """A tap-in stamped later than the gate's clock by more than the skew (a gate's clock far
+    off, or a forged message) would be its account's latest for ever: refused, the account's
+    real tap-in prices the exit."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        real = tap_in("S02", NOW - 30 * MIN)
+        await gate.handle(Incoming(topic, real.encode()))
+        for ahead in (RULES.skew_s + 1, 86_400, 10**9):
+            await gate.handle(Incoming(topic, tap_in("S01", NOW + ahead).encode()))
+        # Within the skew: a gate's clock a little ahead, taken.
+        near = tap_in("S01", NOW + RULES.skew_s - 1, account="rider-2")
+        await gate.handle(Incoming(topic, near.encode()))
+        assert gate.received == 2 and gate.store.count() == 2
+        token = issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60)
+        answer = await gate.price(ask(token))
+        assert (answer.outcome, answer.entry_plaza) == ("charged", "S02")
+        assert answer.pass_id == uuid.UUID(real.record_id).hex
+
+
+def test_a_refund_of_a_tap_in_from_another_gate_than_its_own_drops_nothing() -> None:
+    asyncio.run(_refund_from_elsewhere())
+
+
+async def _refund_from_elsewhere() -> None:
+    """Only the gate that wrote a tap-in refunds it: a refund naming it from any other gate
+    (forged, or confused) leaves the passenger's tap-in pricing the exit."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        entered = tap_in("S01", NOW - 600)
+        await gate.handle(Incoming(topic, entered.encode()))
+        forged = replace(refund_of(entered, NOW - 30), lane="S02/g1")
+        await gate.handle(Incoming(topic, forged.encode()))
+        assert gate.store.count() == 1
+        token = issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60)
+        answer = await gate.price(ask(token))
+        assert (answer.outcome, answer.entry_plaza) == ("charged", "S01")
+        await gate.handle(Incoming(topic, refund_of(entered, NOW - 20).encode()))
+        assert gate.store.count() == 0
+        gate.store.close()
+        gate.replay.close()
+
+
 def test_a_refund_heard_from_the_line_undoes_what_its_tap_told_this_gate() -> None:
     asyncio.run(_refunds_heard())
 
@@ -402,7 +453,11 @@ def test_a_tap_store_drops_a_refunded_tap_in_once(tmp_path: Path) -> None:
     trip = uuid.UUID(entered.record_id).hex
     store.add(trip, "rider-1", entered.ts_us, NOW + 600, entered.encode(), NOW)
     assert store.latest("rider-1", NOW) == entered.encode()
-    assert store.drop(trip) and not store.drop(trip)
+    # Only its own gate refunds a tap-in: another gate's refund naming it (a forged or a
+    # confused one on the line) drops nothing.
+    assert not store.drop(trip, "S02/g1")
+    assert store.latest("rider-1", NOW) == entered.encode()
+    assert store.drop(trip, entered.lane) and not store.drop(trip, entered.lane)
     assert store.latest("rider-1", NOW) is None
     store.close()
 

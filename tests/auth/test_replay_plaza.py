@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -10,17 +11,22 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from polling import eventually
 
 from lane.auth.deny import DenyList
 from lane.auth.issuer import TokenIssuer
 from lane.auth.keys import KeySet
 from lane.auth.plaza import (
+    MAX_TIME,
+    MAX_TOKEN_ID_LEN,
     MarkKind,
     UsedTokenMsg,
     UsedTokenSharing,
     decode_used_token,
     encode_used_token,
+    of_plaza,
     used_tokens_topic,
 )
 from lane.auth.replay import ReplayStore
@@ -74,6 +80,24 @@ def test_a_use_keeps_its_first_version_and_a_release_is_one_an_older_lane_refuse
 def test_bad_messages(payload: bytes, problem: str) -> None:
     with pytest.raises(PayloadError, match=problem):
         decode_used_token(payload)
+
+
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
+    st.text(max_size=200), st.binary(max_size=20), st.sampled_from(["use", "release", "p1/l1"]),
+)  # fmt: skip
+_fields = st.sampled_from(["v", "token_id", "exp", "lane", "ts", "kind"])
+
+
+@given(st.one_of(st.binary(max_size=300), st.dictionaries(_fields, _values).map(msgpack.packb)))
+def test_any_payload_decodes_to_a_bounded_message_or_a_payload_error(payload: bytes) -> None:
+    try:
+        msg = decode_used_token(payload)
+    except PayloadError:
+        return
+    assert 0 < len(msg.token_id) <= MAX_TOKEN_ID_LEN and msg.lane
+    assert 0 <= msg.exp < MAX_TIME and math.isfinite(msg.ts)
+    assert decode_used_token(encode_used_token(msg)) == msg
 
 
 @asynccontextmanager
@@ -171,6 +195,49 @@ async def test_garbage_on_the_topic_is_ignored(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_use_or_release_from_a_lane_outside_the_plaza_is_refused(
+    mosquitto: Mosquitto, lane_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any client that may write the plaza's topic could name a lane of another plaza (or no
+    lane id at all): such a use would refuse a good token here, such a release free a mark."""
+    plaza = lane_id.split("/", maxsplit=1)[0]
+    async with lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/l02") as (b, _):
+        await b.link.wait_connected(5)
+        # A mark heard from this plaza's lane l01, which a forged release must not free.
+        assert b.store.mark_remote("beef", NOW + 60, f"{plaza}/l01", NOW, now=NOW)
+        sender = MqttLink(mosquitto.host, mosquitto.port, f"forger-{lane_id}")
+        task = asyncio.create_task(sender.run())
+        try:
+            await sender.wait_connected(5)
+            topic = used_tokens_topic(plaza)
+            for lane in (f"x{plaza}/l01", f"{plaza}x/l01", plaza, f"{plaza}/l01/x"):
+                await sender.publish(topic, encode_used_token(
+                    UsedTokenMsg("cafe", NOW + 60, lane, NOW)))  # fmt: skip
+                release = UsedTokenMsg("beef", NOW + 60, lane, NOW, MarkKind.RELEASE)
+                await sender.publish(topic, encode_used_token(release))
+            good = UsedTokenMsg("feed", NOW + 60, f"{plaza}/l09", NOW)
+            await sender.publish(topic, encode_used_token(good))
+            await wait_for_mark(b.store, "feed")  # in order after every forged one
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert b.store.get("cafe") is None
+        kept = b.store.get("beef")
+        assert kept is not None and kept.lane == f"{plaza}/l01"
+        refused = [r for r in caplog.records if "outside the plaza" in r.getMessage()]
+        assert len(refused) == 8
+        assert {r.__dict__["topic"] for r in refused} == {used_tokens_topic(plaza)}
+
+
+@given(st.from_regex(r"[\w-]+", fullmatch=True), st.from_regex(r"[\w-]+", fullmatch=True),
+       st.text(max_size=20))  # fmt: skip
+def test_only_a_lane_id_of_the_plaza_is_of_it(plaza: str, lane: str, other: str) -> None:
+    assert of_plaza(f"{plaza}/{lane}", plaza)
+    assert of_plaza(other, plaza) == (other.startswith(f"{plaza}/") and other.count("/") == 1
+                                      and other != f"{plaza}/")  # fmt: skip
+    assert not of_plaza(f"{plaza}/{lane}", f"{plaza}x")
 
 
 async def test_backlog_is_bounded_and_useless_uses_are_not_sent(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
-from lane.auth.passes import EntryPass
+from lane.auth.passes import MAX_TEXT_LEN, EntryPass
 from lane.auth.replay import ReplayStore
 from lane.auth.trip_pricing import ExitLaneRules, evidence_of, pass_expiry, price_trip
 from lane.auth.trip_rules import RoadRules
@@ -154,3 +154,20 @@ def test_a_plate_prices_from_its_binding_and_the_binding_goes_with_the_exit(
             assert not (await trips.price(plate_ask)).found
 
     asyncio.run(run())
+
+
+def test_a_plate_binding_that_is_no_pass_text_is_refused_and_not_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not ASCII, or longer than any pass (a retained megabyte on the road's topic): logged with
+    its topic and not held in memory."""
+    with ReplayStore(tmp_path / "replay.sqlite3") as store:
+        trips = desk(store, [float(NOW)])
+        topic = topics.road_plate("ZJA1")
+        for payload in (b"\xff\xfe", b"A" * (MAX_TEXT_LEN + 1), b"A" * 1_000_000):
+            trips.handle(Incoming(topic, payload, retain=True))
+        assert trips.bound == {}
+        lines = [r for r in caplog.records if r.getMessage() == "garbage plate binding"]
+        assert [r.__dict__["topic"] for r in lines] == [topic] * 3
+        trips.handle(Incoming(topic, b"A" * MAX_TEXT_LEN, retain=True))
+        assert trips.bound == {"ZJA1": "A" * MAX_TEXT_LEN}

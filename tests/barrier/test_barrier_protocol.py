@@ -397,6 +397,33 @@ async def test_garbage_everywhere_link_keeps_working(mosquitto: Mosquitto, lane_
         assert rec.garbage.empty() and rec.acks.qsize() == 1
 
 
+async def test_retained_garbage_met_at_start_is_logged_once_as_retained(
+    mosquitto: Mosquitto, lane_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broken copy the broker keeps (a device's state) is named at start as retained, once:
+    the line says it stays until replaced; live garbage is not retained."""
+    state_topic = topics.barrier_state(lane_id)
+    raw = MqttLink(mosquitto.host, mosquitto.port, f"raw-{lane_id}")
+    async with tasks(raw.run()):
+        await raw.wait_connected(WAIT)
+        await raw.publish(state_topic, b"\xc1 broken", retain=True)
+        try:
+            rec = Recorder()
+            link = rec.link(mosquitto, lane_id)
+            async with tasks(link.run()):
+                assert (await until(rec.garbage, lambda g: True))[0] == state_topic
+                await link.wait_connected(WAIT)  # subscribed to every topic
+                await raw.publish(topics.attendant(lane_id), b"\xc1 live")
+                await until(rec.garbage, lambda g: True)
+        finally:
+            await raw.publish(state_topic, b"", retain=True)
+    lines = [r for r in caplog.records if r.getMessage() == "garbage on a lane topic"]
+    assert [(r.__dict__["topic"], r.__dict__["retained"]) for r in lines] == [
+        (state_topic, True),
+        (topics.attendant(lane_id), False),
+    ]
+
+
 def msgpack_list() -> bytes:
     return bytes([0x92, 0x01, 0x02])
 

@@ -16,12 +16,15 @@ tap-out closed is open again there, a refunded tap-in prices nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from polling import eventually
 from test_lane_daemon import show
 from test_road_lanes import Road, RoadLane, eventually_value, road, running_back_office
@@ -29,7 +32,10 @@ from test_road_lanes import Road, RoadLane, eventually_value, road, running_back
 from lane.auth.fares import load_tariff
 from lane.auth.passes import pass_key
 from lane.auth.tokens import issue_compact_token
+from lane.core.names import AuthResult, Method, RecordKind
+from lane.core.records import AuthInfo, RecordDraft
 from lane.tap_desk import TapDesk
+from lane.transport.mqtt import MqttLink
 from sim.acquirer import AcquirerServer
 from sim.codes import KID
 from uplink.records import Record
@@ -464,3 +470,47 @@ async def test_a_tap_out_carried_over_a_restart_and_refunded_reopens_its_tap_in_
     )  # fmt: skip
     assert restarted.named("trip_priced")[0]["outcome"] == "charged"
     assert "attendant_needed" not in restarted.daemon.runner.alarms
+
+
+async def test_bad_taps_on_the_line_are_refused_and_the_passenger_pays_from_the_real_tap_in(
+    road: Road, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage, a record that is no tap, and a tap-in of the same account stamped a day ahead
+    (a gate's clock far off, or a forged message) on the line's topic: each refused with a line
+    naming the topic; the passenger's real tap-in prices the exit (docs/operations.md)."""
+    entry, exit_gate = await gates(road)
+    taps = exit_gate.daemon.road.taps
+    assert taps is not None
+    topic = taps.topic
+    now = int(time.time())
+    approved = AuthInfo(AuthResult.APPROVED)
+    ahead = RecordDraft(RecordKind.TAP_IN, "v1", 1, 0, "CNY", Method.TOKEN, "rider-1", approved)
+    toll = RecordDraft(RecordKind.TOLL, "v2", 1, 100, "CNY", Method.TOKEN, "rider-1", approved)
+    bad = [
+        b"\xc1",
+        b"\x00" * 1_000_000,
+        Record(str(uuid.uuid4()), road.lane_id("S02/g"), 1, (now + 86_400) * 10**6, ahead).encode(),
+        Record(str(uuid.uuid4()), road.lane_id("S02/g"), 1, now * 10**6, toll).encode(),
+    ]
+    noise = MqttLink(road.broker.host, road.broker.port, f"noise-{road.run_id}")
+    task = asyncio.create_task(noise.run())
+    try:
+        await noise.wait_connected(5)
+        for payload in bad:
+            await noise.publish(topic, payload)
+        tap_in = await through(entry, token(road, "rider-1", now))
+        await eventually(lambda: taps.store.count() == 1, what="the tap-in heard at the exit gate")
+        tap_out = await through(exit_gate, token(road, "rider-1", now - 1))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert (tap_out["entry_plaza"], tap_out["pass_id"]) == (
+        "S01",
+        uuid.UUID(tap_in["record_id"]).hex,
+    )
+    for gate in (entry, exit_gate):  # every gate of the line refuses each one, once
+        fields = [r.__dict__ for r in caplog.records if r.levelno >= logging.WARNING]
+        lines = [
+            f["msg"] for f in fields if (f.get("topic"), f.get("lane")) == (topic, gate.daemon.lane)
+        ]
+        assert len(lines) == len(bad), lines
