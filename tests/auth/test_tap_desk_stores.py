@@ -112,6 +112,13 @@ class Exits:
         await self.gate.handle(Incoming(topics.line_taps("L1"), tap))
         return self
 
+    async def tapped_out(self) -> str:
+        """Tapped in, then priced out here once: the tap-in's trip id."""
+        await self.tapped_in()
+        _, _, trip = await self.tap_out()
+        assert trip is not None
+        return trip
+
     async def tap_out(self) -> tuple[str, int | None, str | None]:
         self.clock[0] += 1
         token = issue_compact_token(CODES.key, KID, "rider-1", int(self.clock[0]), NOW + 600)
@@ -283,10 +290,9 @@ async def test_a_refund_the_replay_store_cannot_write_keeps_the_exit_says_so_and
 ) -> None:
     """A refunded tap-out whose release failed was only logged (and a held exit, released,
     must reopen its tap-in without the store)."""
-    exits = await Exits(tmp_path).tapped_in()
+    exits = Exits(tmp_path)
     gate, alarms = exits.gate, exits.alarms
-    _, _, trip = await exits.tap_out()
-    assert trip is not None
+    trip = await exits.tapped_out()
     path = tmp_path / "replay.sqlite3"
     with locked(path):
         # Held in memory, then refunded: the tap-in reopens with no write at all.
@@ -470,10 +476,9 @@ async def test_a_held_exit_is_marked_once_the_replay_store_heals_with_the_taps_s
     which does not run while that store fails: with both stores failed (one disk) and only the
     replay store healed, the exit stayed in memory only, a restart away from being forgotten
     (the tap-in then priced a second exit as a trip)."""
-    exits = await Exits(tmp_path).tapped_in()
+    exits = Exits(tmp_path)
     gate, alarms = exits.gate, exits.alarms
-    _, _, trip = await exits.tap_out()
-    assert trip is not None
+    trip = await exits.tapped_out()
     taps = tmp_path / "taps.sqlite3"
     with corrupted(taps):
         with locked(tmp_path / "replay.sqlite3"):
