@@ -503,5 +503,7 @@ class TapDesk:
                 break
             marked = True
             log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})
-        if marked:
+        if marked and self.store_watch.text is None:
             await self._save_held()
+        elif marked:  # the taps store fails: its probe keeps the copy, its alarm's text kept
+            self._unsaved = True
