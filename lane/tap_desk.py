@@ -36,8 +36,9 @@ The replay store is the verifier's, and so is its alarm (`replay_store_error`, t
 `StoreWatch`, whose probe clears it). An exit it cannot read is unpriced, as above. An exit it
 cannot mark, this gate's or another gate's heard on the line, is held (`unmarked`): the tap-in
 prices as exited here all the same (a trip is never paid twice), and `upkeep` writes the held
-marks once the store works again, a heard one as heard from its gate (so that gate's refund
-reopens it, held or written). The held
+marks once the store works again (whether or not the tap store does), a heard one as heard
+from its gate (so that gate's refund reopens it, held or written); the first exit held for a
+tap-in stays, as the replay store keeps the first mark. The held
 exits are kept in the tap store too (`TapStore.hold`, another file), so a restart before the
 replay store heals loads them and still prices those tap-ins as exited; while the tap store
 cannot keep them either they are in memory only, a restart would forget them, and
@@ -393,7 +394,9 @@ class TapDesk:
         try:
             first = await asyncio.to_thread(self._mark, key, own)
         except ReplayStoreError as exc:
-            self.unmarked[key] = own
+            # The first exit held stays, as the replay store keeps the first mark: one heard
+            # from another gate is not given back by this gate's refund.
+            self.unmarked.setdefault(key, own)
             self._replay_failed(exc, REPLAY_UNMARKED, "tap-in exit held", action)
             await self._save_held()
             return
@@ -480,9 +483,11 @@ class TapDesk:
                      extra={"lane": self.lane, "pass_id": trip, "expired": expired})  # fmt: skip
 
     async def _probe_taps(self) -> None:
-        """The taps store's probe while it fails: the writes it owes (refunded tap-ins to
-        drop, held exits to keep) or else the probe's own write; raises TapStoreError until
-        they commit, so the alarm clears once they are applied."""
+        """The taps store's probe while it fails: the held exits into the replay store first
+        (it may work again before this one), then the writes this store owes (refunded
+        tap-ins to drop, held exits to keep) or else the probe's own write; raises
+        TapStoreError until they commit, so the alarm clears once they are applied."""
+        await self._mark_held()  # the replay store may take them before this store heals
         owed = bool(self.undropped) or self._unsaved
         await self._drop_undropped()
         if self._unsaved:
@@ -492,13 +497,20 @@ class TapDesk:
 
     async def _write_owed(self) -> None:
         """Write what the stores owe once they take writes (at start too: the held exits a
-        restart loaded): refunded tap-ins to drop, the held exits into the replay store, and
-        the tap store's copy of them."""
+        restart loaded): refunded tap-ins to drop, the held exits into the replay store
+        (`_mark_held`, which the taps store's probe makes too), and the tap store's copy of
+        them."""
         if self.undropped or self._unsaved:  # owed since the probe cleared the alarm
             try:
                 await self._probe_taps()
             except TapStoreError as exc:
                 self.store_watch.says(exc, TAPS_UNDROPPED if self.undropped else TAPS_UNHELD)
+        else:
+            await self._mark_held()
+
+    async def _mark_held(self) -> None:
+        """Write the held exits into the replay store while it takes writes (whether or not
+        the taps store does), then the taps store's copy of them."""
         marked = False
         for key, held in list(self.unmarked.items()):
             if self.replay_watch.text is not None:
@@ -514,5 +526,7 @@ class TapDesk:
                 break
             marked = True
             log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})
-        if marked:
+        if marked and self.store_watch.text is None:
             await self._save_held()
+        elif marked:  # the taps store fails: its probe keeps the copy, its alarm's text kept
+            self._unsaved = True

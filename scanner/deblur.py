@@ -48,9 +48,10 @@ NOISE_TO_SIGNAL = 0.005
 SAME_VIEW = 0.01
 # Stacking: the region in the last STACK frames, each shifted onto the current one (hand shake
 # moves a held phone a few pixels a frame) and averaged; a frame whose region matches the
-# current one worse than MIN_MATCH (another view, another pose) is left out.
+# current one worse than MIN_MATCH (another view, another pose, another code held at the same
+# pose: matched by their detail at a module's scale, `_modules`) is left out (docs/scanner.md).
 STACK = 8
-MIN_MATCH = 0.9
+MIN_MATCH = 0.82
 MAX_SHIFT = 12
 
 FloatImage = npt.NDArray[np.float32]
@@ -270,20 +271,21 @@ def stacked(current: GrayImage, earlier: list[GrayImage]) -> tuple[GrayImage, in
     over n frames (its sigma by sqrt(n)); a held code's modules do not.
 
     The shift is where the region's middle best matches the other frame's (normalised cross-
-    correlation of slightly smoothed images, whole pixels, up to MAX_SHIFT each way: a hand's
-    shake); a frame matching worse than MIN_MATCH shows something else and is left out."""
+    correlation of the images' detail at a module's scale, whole pixels, up to MAX_SHIFT each
+    way: a hand's shake); a frame matching worse than MIN_MATCH shows something else (another
+    code too, held where this one is) and is left out."""
     h, w = current.shape
     if min(h, w) < 4 * MAX_SHIFT:
         return current, 1
     # The middle half (where the code is) is matched, within MAX_SHIFT around its place.
     m = MAX_SHIFT
     top, left = h // 4, w // 4
-    middle = _smooth(current[top : h - top, left : w - left])
+    middle = _modules(current[top : h - top, left : w - left])
     total = current.astype(np.float32)
     count = 1
     for region in earlier:
         around = region[top - m : h - top + m, left - m : w - left + m]
-        scores = cv2.matchTemplate(_smooth(around), middle, cv2.TM_CCOEFF_NORMED)
+        scores = cv2.matchTemplate(_modules(around), middle, cv2.TM_CCOEFF_NORMED)
         _, match, _, (u, v) = cv2.minMaxLoc(scores)
         if match < MIN_MATCH:
             continue
@@ -294,5 +296,10 @@ def stacked(current: GrayImage, earlier: list[GrayImage]) -> tuple[GrayImage, in
     return average, count
 
 
-def _smooth(gray: GrayImage) -> FloatImage:
-    return np.asarray(cv2.GaussianBlur(gray.astype(np.float32), (0, 0), 1.5), np.float32)
+def _modules(gray: GrayImage) -> FloatImage:
+    """The detail at a code module's scale (a band: smoothed by 1.5 px, less the image smoothed
+    by 4 px), where two codes differ; the phone, the hand and the light, which two phones held
+    at the same pose share, are taken off."""
+    image = gray.astype(np.float32)
+    fine = cv2.GaussianBlur(image, (0, 0), 1.5)
+    return np.asarray(fine - cv2.GaussianBlur(image, (0, 0), 4.0), np.float32)

@@ -112,6 +112,13 @@ class Exits:
         await self.gate.handle(Incoming(topics.line_taps("L1"), tap))
         return self
 
+    async def tapped_out(self) -> str:
+        """Tapped in, then priced out here once: the tap-in's trip id."""
+        await self.tapped_in()
+        _, _, trip = await self.tap_out()
+        assert trip is not None
+        return trip
+
     async def tap_out(self) -> tuple[str, int | None, str | None]:
         self.clock[0] += 1
         token = issue_compact_token(CODES.key, KID, "rider-1", int(self.clock[0]), NOW + 600)
@@ -283,10 +290,9 @@ async def test_a_refund_the_replay_store_cannot_write_keeps_the_exit_says_so_and
 ) -> None:
     """A refunded tap-out whose release failed was only logged (and a held exit, released,
     must reopen its tap-in without the store)."""
-    exits = await Exits(tmp_path).tapped_in()
+    exits = Exits(tmp_path)
     gate, alarms = exits.gate, exits.alarms
-    _, _, trip = await exits.tap_out()
-    assert trip is not None
+    trip = await exits.tapped_out()
     path = tmp_path / "replay.sqlite3"
     with locked(path):
         # Held in memory, then refunded: the tap-in reopens with no write at all.
@@ -460,4 +466,72 @@ async def test_an_exit_heard_on_the_line_and_held_outlives_a_restart_and_its_ref
         await exits.gate.handle(Incoming(topic, refund_of(out, NOW - 30, trip).encode()))
         assert exits.gate.unmarked == {} == exits.gate.store.held(NOW)
         assert await exits.tap_out() == ("charged", FARE - ENTRY_PAID, trip)
+    exits.close()
+
+
+async def test_a_held_exit_is_marked_once_the_replay_store_heals_with_the_taps_store_failing(
+    tmp_path: Path,
+) -> None:
+    """Held exits were written into the replay store only by the taps store's housekeeping,
+    which does not run while that store fails: with both stores failed (one disk) and only the
+    replay store healed, the exit stayed in memory only, a restart away from being forgotten
+    (the tap-in then priced a second exit as a trip)."""
+    exits = Exits(tmp_path)
+    gate, alarms = exits.gate, exits.alarms
+    trip = await exits.tapped_out()
+    taps = tmp_path / "taps.sqlite3"
+    with corrupted(taps):
+        with locked(tmp_path / "replay.sqlite3"):
+            await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+            assert alarms["taps_store_error"].startswith(f"{TAPS_UNHELD} {taps}")
+            assert "replay_store_error" in alarms
+            # And another rider's tap-in refunded, which the taps store cannot drop either.
+            other = tap_in("S02", NOW - 300, "rider-2")
+            await gate.handle(Incoming(topics.line_taps("L1"), refund_of(other, NOW - 30).encode()))
+            assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+        tasks = [asyncio.create_task(_probe_replay(gate)), asyncio.create_task(_probe_taps(gate))]
+        try:
+            # The replay store works again: the held exit is marked there, the taps store
+            # still failing and still saying what it owes.
+            await eventually(
+                lambda: gate.replay.get(f"pass:{trip}") is not None and gate.unmarked == {},
+                within=10,
+            )
+            assert "replay_store_error" not in alarms
+            assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+        finally:
+            for task in tasks:
+                task.cancel()
+    upkeep = asyncio.create_task(_probe_taps(gate))
+    try:
+        await eventually(lambda: "taps_store_error" not in alarms, within=15)
+    finally:
+        upkeep.cancel()
+    exits = exits.restarted()  # the exit is the replay store's now
+    try:
+        assert exits.gate.unmarked == {}
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
+    finally:
+        exits.close()
+
+
+async def test_a_heard_exit_held_is_not_given_back_by_this_gates_refund(tmp_path: Path) -> None:
+    """This gate's own exit held replaced a heard one held for the same tap-in, so refunding
+    this gate's tap-out reopened a tap-in the other gate had let out (a second trip from one
+    tap-in): the replay store keeps the first mark, so must the held exits."""
+    exits = Exits(tmp_path)
+    gate = exits.gate
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await gate.handle(Incoming(topic, entered.encode()))
+    _, _, trip = await exits.tap_out()  # priced here before the other gate's exit is heard
+    out = tap_out_of(entered, FARE - ENTRY_PAID, "S02/x1", NOW - 60)
+    assert trip is not None and trip == out.draft.pass_id
+    with locked(tmp_path / "replay.sqlite3"):
+        await gate.handle(Incoming(topic, out.encode()))
+        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+        assert gate.unmarked[f"pass:{trip}"].lane == "S02/x1"
+        await gate.release(ReleasePass(trip))  # this gate's tap-out refunded
+        # The other gate's exit stands: the tap-in stays exited, the maximum fare, flagged.
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
     exits.close()

@@ -13,6 +13,7 @@ from scanner_testkit import BLURRED, TOKEN, frame_with
 from scanner.deblur import STACK, Deblur, motion_estimate, stacked, texture_peak
 from scanner.decoders import DEFAULT_PASSES, CascadeDecoder, ZxingDecoder, make_decoder, make_pass
 from scanner.detection import Detection, GrayImage, as_gray
+from sim.codes import CodeFactory
 from sim.render import code_corners, render_frame
 from sim.scene import Scene
 
@@ -214,3 +215,19 @@ def test_a_frame_let_pass_empties_the_stack() -> None:
         assert emptied.run(gray, []) == []
     emptied.frame_passed()
     assert emptied.run(frames[k], []) == [], "one frame alone does not read"
+
+
+def test_a_code_read_is_not_read_again_from_its_frames_for_the_next_phone() -> None:
+    """The stack kept the frames of a code once it was read, and at night another code held at
+    the same pose matches them at 0.94 (the streak and the smoothing leave the phone, not its
+    modules): the next phone's first frames, stacked with them, read the previous code again
+    (a stale code charged for the next driver)."""
+    other = CodeFactory(8).make("token", 1_800_000_000).text
+    assert other != TOKEN
+    cascade = make_decoder("cascade")
+    first = [cascade.decode(as_gray(render_frame(NIGHT, seed))) for seed in range(2 * STACK)]
+    assert any(first), "the first phone's code is read (and the phone held on)"
+    nxt = replace(NIGHT, code_text=other)  # the next phone, held where the first one was
+    read = {d.text for seed in range(16, 16 + STACK) for d in cascade.decode(
+        as_gray(render_frame(nxt, seed)))}  # fmt: skip
+    assert TOKEN not in read
