@@ -28,8 +28,9 @@ pay the maximum fare at this gate's exit (never a free ride): the failed write r
 cannot read at an exit leaves that exit unpriced (the passenger is refused "Fare not known",
 never charged a guess) and raises the same alarm, saying so. A refunded tap-in it cannot drop
 is held until dropped (`undropped`, in memory only: the refund is heard once): `price` skips
-it (it prices no exit here), and the store's probe drops it first, so the alarm, which says
-so, clears once it is dropped. A restart meanwhile forgets it: while it is its passenger's
+it when the refunding gate wrote it, as the drop would (it prices no exit here), and the
+store's probe drops it first, so the alarm, which says so, clears once it is dropped. A restart
+meanwhile forgets it: while it is its passenger's
 latest tap-in it then prices their exit here with its refunded entry fare taken off.
 
 The replay store is the verifier's, and so is its alarm (`replay_store_error`, the verifier's
@@ -350,7 +351,7 @@ class TapDesk:
         )
         try:
             tap_in, exited = await asyncio.to_thread(
-                self._open_tap, account, frozenset(self.undropped), now
+                self._open_tap, account, {t: lane for t, (_, lane) in self.undropped.items()}, now
             )
         except TapStoreError as exc:  # unpriced (the runner answers the core and logs it)
             self.store_watch.says(exc, TAPS_UNREAD)
@@ -374,7 +375,7 @@ class TapDesk:
         return answer
 
     def _open_tap(
-        self, account: str | None, undropped: frozenset[str], now: float
+        self, account: str | None, undropped: Mapping[str, str], now: float
     ) -> tuple[Record | None, bool]:
         encoded = self.store.latest(account, now, undropped) if account is not None else None
         if encoded is None:

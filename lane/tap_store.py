@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -153,9 +153,13 @@ class TapStore:
     def _error(self, exc: sqlite3.Error) -> TapStoreError:
         return TapStoreError(f"{self.path}: {exc}")
 
-    def latest(self, account: str, now: float, skip: Collection[str] = ()) -> bytes | None:
-        """The account's latest tap-in not yet expired (encoded record), but those of the trips
-        in `skip` (refunded, not dropped yet: lane.tap_desk), or None."""
+    def latest(
+        self, account: str, now: float, skip: Mapping[str, str] | None = None
+    ) -> bytes | None:
+        """The account's latest tap-in not yet expired (encoded record), but those `skip` names
+        (trip: the gate that refunded it, not dropped yet: lane.tap_desk) and that gate wrote
+        (as `drop` would drop), or None."""
+        skip = skip or {}
         with self._lock:
             try:
                 rows = self._conn.execute(
@@ -163,7 +167,14 @@ class TapStore:
                     " ORDER BY ts_us DESC",
                     (account, now),
                 )
-                return next((bytes(record) for trip, record in rows if trip not in skip), None)
+                return next(
+                    (
+                        bytes(record)
+                        for trip, record in rows
+                        if trip not in skip or _lane_of(bytes(record)) != skip[trip]
+                    ),
+                    None,
+                )
             except sqlite3.Error as exc:
                 raise TapStoreError(f"{self.path}: {exc}") from exc
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from disk_kit import small_tmpfs
+from hypothesis import settings
 from mqtt_kit import collected
 from pg_server import own_database, postgres_server
 
@@ -17,6 +18,12 @@ from barrier.messages import LaneStatus
 from lane.log import JsonFormatter
 from lane.wire import topics
 from sim.broker import Mosquitto, running_mosquitto
+
+# No per-example deadline (hypothesis' default is 200 ms): it is a wall-clock assert, and under
+# `make test`'s workers on shared cores a pure example can take longer (seen: a used-token
+# decode test failing "Flaky" under load, passing alone with the same seed).
+settings.register_profile("lane", deadline=None)
+settings.load_profile("lane")
 
 
 @pytest.fixture(autouse=True)

@@ -181,7 +181,8 @@ class UsedTokenSharing:
             msg = decode_used_token(incoming.payload)
         except PayloadError as exc:
             log.warning(
-                "bad used-token message", extra={"topic": incoming.topic, "error": str(exc)}
+                "bad used-token message",
+                extra={"lane": self.lane, "topic": incoming.topic, "error": str(exc)},
             )
             return
         if msg.lane == self.lane:

@@ -31,6 +31,7 @@ from lane.tap_store import TapStoreError
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
 from sim.codes import KID
+from uplink.records import Record
 
 
 def _commit_elsewhere(path: Path) -> None:
@@ -403,6 +404,27 @@ async def test_a_refunded_tap_in_the_taps_store_cannot_drop_prices_nothing_and_i
     exits = exits.restarted()
     try:
         assert (await exits.tap_out())[:2] == ("no_pass", FARTHEST)
+    finally:
+        exits.close()
+
+
+async def test_another_gates_refund_of_a_tap_in_the_taps_store_cannot_apply_hides_nothing(
+    tmp_path: Path,
+) -> None:
+    """Only the gate that wrote a tap-in refunds it (`TapStore.drop`): another gate's refund
+    naming it, heard while the taps store cannot write, was held as undropped all the same, and
+    `price` skipped the tap-in: the passenger paid the maximum fare until the store healed."""
+    exits = Exits(tmp_path)
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await exits.gate.handle(Incoming(topic, entered.encode()))
+    forged = refund_of(entered, NOW - 30)
+    forged = Record(forged.record_id, "S02/g1", forged.seq, forged.ts_us, forged.draft)
+    try:
+        with locked(tmp_path / "taps.sqlite3"):
+            await exits.gate.handle(Incoming(topic, forged.encode()))
+            outcome, amount, _ = await exits.tap_out()
+            assert (outcome, amount) == ("charged", FARE - ENTRY_PAID)
     finally:
         exits.close()
 

@@ -119,7 +119,9 @@ async def test_bad_input_on_every_topic_is_refused_once_and_the_next_vehicle_pas
             return Counter(
                 r.__dict__["topic"]
                 for r in caplog.records
-                if r.levelno >= logging.WARNING and r.__dict__.get("topic") in expected
+                if r.levelno >= logging.WARNING
+                and r.__dict__.get("topic") in expected
+                and r.__dict__.get("lane") == lane_id  # each line names the lane refusing it
             )
 
         await eventually(lambda: refused() == expected, what=f"one line each: {refused()}")

@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import psycopg
 import pytest
+from pg_server import own_database
 from polling import eventually
 
 from lane.auth.replay import MIGRATED_KEEP_S, ReplayStore, ReplayStoreError
@@ -754,14 +755,28 @@ def test_a_postgres_tally_counts_each_closed_trip_once_whatever_closes_meanwhile
         assert conn.execute("SELECT count(*) FROM lane_ingest.counted").fetchone() == (0,)
 
 
+# This database's builds of the trip index: pg_stat_activity is the whole server's, and the
+# server may be another pytest-xdist worker's too (tests/pg_server.py), its tests building the
+# same index in databases of their own.
+TRIP_INDEX_BUILDS = (
+    "FROM pg_stat_activity WHERE datname = current_database()"
+    " AND query LIKE 'CREATE INDEX CONCURRENTLY records_trip %%'"
+)
+
+
 def index_build(dsn: str) -> int:
     """Backends building the trip index concurrently and waiting for a transaction."""
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query LIKE 'CREATE INDEX CONCURRENTLY records_trip %%'"
+            f"SELECT count(*) {TRIP_INDEX_BUILDS} AND wait_event_type = 'Lock'"
         ).fetchone()
         return int(row[0]) if row else 0
+
+
+def end_index_builds(dsn: str, end: str) -> None:
+    """`end` (pg_cancel_backend, pg_terminate_backend) this database's trip index builds."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"SELECT {end}(pid) {TRIP_INDEX_BUILDS}")
 
 
 def trip_index_valid(dsn: str) -> bool | None:
@@ -830,6 +845,27 @@ async def test_a_postgres_upgrade_builds_the_trip_index_while_workers_write(
         store.close()
 
 
+async def test_another_databases_trip_index_build_is_neither_counted_nor_ended(
+    pg_server: str, pg_dsn: str
+) -> None:
+    """The PostgreSQL server is shared (by pytest-xdist workers, by a machine's 5432): a test
+    waiting for its database's index build, or ending it, must not see or end another's."""
+    rows, _ = many_old_rows(2)
+    with own_database(pg_server) as other, psycopg.connect(other) as holder:
+        old_pg_schema(other, 2, rows)
+        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT 1")
+        upgrading = asyncio.create_task(asyncio.to_thread(PostgresIngestStore, other))
+        await eventually(lambda: index_build(other), what="the other build waits")
+        assert index_build(pg_dsn) == 0
+        end_index_builds(pg_dsn, "pg_terminate_backend")
+        assert index_build(other) == 1
+        end_index_builds(other, "pg_terminate_backend")
+        with pytest.raises(IngestStoreError):
+            await upgrading
+        holder.rollback()
+
+
 async def test_a_new_postgres_schema_is_indexed_beside_an_open_transaction(pg_dsn: str) -> None:
     """A new schema's empty table gets its trip index in the DDL's transaction: a concurrent
     build would wait for every older transaction of the database, so a store opened beside
@@ -840,11 +876,7 @@ async def test_a_new_postgres_schema_is_indexed_beside_an_open_transaction(pg_ds
         opening = asyncio.create_task(asyncio.to_thread(PostgresIngestStore, pg_dsn))
         done, _ = await asyncio.wait([opening], timeout=30)
         if not done:  # let the waiting build go, so the thread ends
-            with psycopg.connect(pg_dsn, autocommit=True) as admin:
-                admin.execute(
-                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
-                    " WHERE query LIKE 'CREATE INDEX CONCURRENTLY records_trip %%'"
-                )
+            end_index_builds(pg_dsn, "pg_cancel_backend")
             holder.rollback()
             await asyncio.gather(opening, return_exceptions=True)
             pytest.fail("the new schema's store waited for a transaction of the database")
@@ -868,11 +900,7 @@ async def test_a_postgres_trip_index_build_that_died_is_rebuilt(
         holder.execute("SELECT 1")
         upgrading = asyncio.create_task(asyncio.to_thread(PostgresIngestStore, pg_dsn))
         await eventually(lambda: index_build(pg_dsn), what="the build waits for the snapshot")
-        with psycopg.connect(pg_dsn, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE query LIKE 'CREATE INDEX CONCURRENTLY records_trip %%'"
-            )
+        end_index_builds(pg_dsn, "pg_terminate_backend")
         with pytest.raises(IngestStoreError):
             await upgrading
         holder.rollback()
