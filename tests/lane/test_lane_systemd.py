@@ -47,9 +47,10 @@ def drop_in(rig: LaneProcesses, unit: Mapping[str, str] | None = None, **own: st
         # The test's files live under /tmp, which PrivateTmp= hides: bound into the private one.
         "BindPaths": str(work),
         # The test's Python may live in a home (pyenv's): homes hidden as a tmpfs, not made
-        # inaccessible, so that it can be bound back.
+        # inaccessible, so that it can be bound back; so may the checkout and its venv, or
+        # they may be under /tmp (a CI clone), which PrivateTmp= hides: bound back too.
         "ProtectHome": "tmpfs",
-        "BindReadOnlyPaths": sys.base_prefix,
+        "BindReadOnlyPaths": " ".join(sorted({sys.base_prefix, sys.prefix, str(UNIT.parents[1])})),
         "WatchdogSec": str(WATCHDOG_S),
         "StandardOutput": f"append:{work / 'lane.log'}",
         "StandardError": f"append:{work / 'stderr.txt'}",
