@@ -459,11 +459,16 @@ class TapDesk:
         try:
             await self._keep_held()
         except TapStoreError as exc:
-            self.store_watch.says(exc, TAPS_UNHELD)
+            self.store_watch.says(exc, self._taps_owed())
             ids = {"lane": self.lane, "held": len(self.unmarked), "error": str(exc)}
             log.error("held tap-in exits not saved", extra=ids)
         else:
             self._taps_written()
+
+    def _taps_owed(self) -> str:
+        """What the failing taps store's alarm says it owes: refunded tap-ins held until dropped
+        (a restart would charge wrongly) before held exits in memory only."""
+        return TAPS_UNDROPPED if self.undropped else TAPS_UNHELD
 
     async def _keep_held(self) -> None:
         async with self._saving:  # one copy written at a time, the latest last
@@ -505,7 +510,7 @@ class TapDesk:
             try:
                 await self._probe_taps()
             except TapStoreError as exc:
-                self.store_watch.says(exc, TAPS_UNDROPPED if self.undropped else TAPS_UNHELD)
+                self.store_watch.says(exc, self._taps_owed())
         else:
             await self._mark_held()
 

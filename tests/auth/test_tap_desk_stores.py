@@ -286,6 +286,29 @@ async def test_a_held_exit_the_taps_store_cannot_keep_says_so_and_is_kept_once_i
             exits.close()
 
 
+async def test_an_exit_the_taps_store_cannot_keep_leaves_its_undropped_warning(
+    tmp_path: Path,
+) -> None:
+    """While a refunded tap-in is held until dropped, a held exit the taps store cannot keep
+    either left the alarm saying only that exits are in memory: the warning that a restart
+    would price an exit with a refunded entry fare taken off was gone."""
+    exits = await Exits(tmp_path).tapped_in()
+    _, _, trip = await exits.tap_out()
+    assert trip is not None
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await exits.gate.handle(Incoming(topic, entered.encode()))
+    taps = tmp_path / "taps.sqlite3"
+    try:
+        with locked(tmp_path / "replay.sqlite3"), corrupted(taps):
+            await exits.gate.handle(Incoming(topic, refund_of(entered, NOW - 30).encode()))
+            await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+            assert exits.gate.undropped != {}
+            assert exits.alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+    finally:
+        exits.close()
+
+
 async def test_a_refund_the_replay_store_cannot_write_keeps_the_exit_says_so_and_clears(
     tmp_path: Path,
 ) -> None:
