@@ -491,15 +491,14 @@ class TapDesk:
     async def _probe_taps(self) -> None:
         """The taps store's probe while it fails: the held exits into the replay store first
         (it may work again before this one), then the writes this store owes (refunded
-        tap-ins to drop, held exits to keep) or else the probe's own write; raises
-        TapStoreError until they commit, so the alarm clears once they are applied."""
+        tap-ins to drop, held exits to keep), then the probe's own write (an owed write may
+        change nothing: a drop of a tap-in never kept); raises TapStoreError until they all
+        commit, so the alarm clears once they are applied and the store takes writes."""
         await self._mark_held()  # the replay store may take them before this store heals
-        owed = bool(self.undropped) or self._unsaved
         await self._drop_undropped()
         if self._unsaved:
             await self._keep_held()
-        if not owed:
-            await asyncio.to_thread(self.store.probe)
+        await asyncio.to_thread(self.store.probe)
 
     async def _write_owed(self) -> None:
         """Write what the stores owe once they take writes (at start too: the held exits a
