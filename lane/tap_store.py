@@ -176,7 +176,7 @@ class TapStore:
                     None,
                 )
             except sqlite3.Error as exc:
-                raise TapStoreError(f"{self.path}: {exc}") from exc
+                raise self._error(exc) from exc
 
     def count(self) -> int:
         with self._lock:
