@@ -17,8 +17,6 @@ import logging
 import random
 import socket
 import ssl
-import struct
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,9 +24,11 @@ import aiomqtt
 from paho.mqtt import client as mqtt
 from paho.mqtt.client import MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties, VariableByteIntegers
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from lane.transport.paho_internals import PublishProperties, paho_client, write_at_once
 
 log = logging.getLogger("lane.mqtt")
 
@@ -74,6 +74,38 @@ _DISCONNECT_WITH_WILL = 4
 
 
 @dataclass
+class _Connection:
+    """One connection: its aiomqtt client, the paho client under it, and the publishes waiting
+    for their PUBACK by message id (ids start again with each connection's client)."""
+
+    client: aiomqtt.Client
+    paho: mqtt.Client
+    acks: dict[int, asyncio.Event] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A VERSION2 callback (paho_client checked), whose type paho gives as either version's.
+        theirs: Callable[..., None] | None = self.paho.on_publish
+
+        def on_publish(
+            client: mqtt.Client,
+            userdata: object,
+            mid: int,
+            reason_code: ReasonCode,
+            properties: Properties,
+        ) -> None:
+            event = self.acks.pop(mid, None)
+            if event is not None:
+                event.set()
+            if theirs is not None:
+                theirs(client, userdata, mid, reason_code, properties)
+
+        # paho's on_publish, aiomqtt's chained behind it: aiomqtt's own publish waits through
+        # asyncio.wait_for, which on 3.11 is a task of its own and three loop turns from
+        # PUBACK to caller (and can swallow a cancel racing the ack); this is one turn.
+        self.paho.on_publish = on_publish
+
+
+@dataclass
 class MqttLink:
     host: str
     port: int
@@ -102,7 +134,7 @@ class MqttLink:
     # goes through aiomqtt's message iterator, a task and three event loop turns per message,
     # which a lane pays on every barrier ack and state (docs/barrier.md, "Benchmark").
     receive: Receive | None = None
-    _client: aiomqtt.Client | None = None
+    _conn: _Connection | None = None
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -116,8 +148,9 @@ class MqttLink:
         said_down = False  # on_disconnect was told of this outage (or of the first failure)
         while True:
             try:
-                async with self._make_client() as client:
-                    self._client = client
+                conn = self._make_connection()
+                async with conn.client as client:
+                    self._conn = conn
                     self._closed.clear()
                     try:
                         for topic, qos in self.subscriptions:
@@ -142,7 +175,8 @@ class MqttLink:
                     except Exception:
                         # A bug ends the link, and the process with it: leave as a crash
                         # would, so the broker publishes our will (a clean exit discards it).
-                        await self._leave_with_will(client)
+                        self._leave_with_will(conn)
+                        await _until_gone(client)
                         raise
             except (aiomqtt.MqttError, LinkDown) as exc:
                 # LinkDown: a publish in on_connect met a connection that was already gone.
@@ -152,7 +186,7 @@ class MqttLink:
                     extra={"client": self.client_id, "error": str(exc), "retry_s": round(delay, 3)},
                 )
             finally:
-                self._client = None
+                self._conn = None
                 self._closed.set()
                 if self.connected.is_set():
                     self.connected.clear()
@@ -181,13 +215,13 @@ class MqttLink:
         timeout: float = 5.0,  # noqa: ASYNC109 - bounds the wait for the broker ack
     ) -> None:
         """Publish and wait for the broker's ack (QoS 1); raise LinkDown when not connected."""
-        client = self._client
-        if client is None:
+        conn = self._conn
+        if conn is None:
             raise LinkDown(f"not connected to {self.host}:{self.port}")
         props = None
         if expiry_s is not None or response_topic is not None or correlation is not None:
             props = PublishProperties(expiry_s, response_topic, correlation)
-        info = client._client.publish(
+        info = conn.paho.publish(
             topic,
             payload,
             qos=qos,
@@ -198,19 +232,15 @@ class MqttLink:
             raise LinkDown(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         if info.is_published():
             return  # QoS 0, already written
-        # aiomqtt's own publish waits for this PUBACK through asyncio.wait_for, which on 3.11
-        # is a task of its own and three loop turns from PUBACK to caller (and can swallow a
-        # cancel racing the ack); asyncio.timeout is one turn. aiomqtt's on_publish sets the
-        # event it finds under the message id.
         confirmation = asyncio.Event()
-        client._pending_publishes[info.mid] = confirmation
+        conn.acks[info.mid] = confirmation
         try:
             async with asyncio.timeout(timeout):
                 await confirmation.wait()
         except TimeoutError as exc:
             raise LinkDown(f"publish to {topic} failed: no PUBACK in {timeout} s") from exc
         finally:
-            client._pending_publishes.pop(info.mid, None)
+            conn.acks.pop(info.mid, None)
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
@@ -223,23 +253,21 @@ class MqttLink:
         shutdown (cancelling `run`) disconnects cleanly and the broker discards the will.
         Fault injection and tests use this; `run` reconnects afterwards unless cancelled.
         """
-        client = self._client
-        if client is None:
+        conn = self._conn
+        if conn is None:
             return
-        await self._leave_with_will(client)
+        # `run` sees the connection end in its message loop, and leaves it without a DISCONNECT.
+        self._leave_with_will(conn)
         async with asyncio.timeout(5.0):
             await self._closed.wait()
 
-    async def _leave_with_will(self, client: aiomqtt.Client) -> None:
-        """DISCONNECT with reason 0x04, and wait (5 s at most) until the connection is gone,
-        so the client's own exit finds it closed and sends no clean DISCONNECT after it."""
+    @staticmethod
+    def _leave_with_will(conn: _Connection) -> None:
+        """DISCONNECT with reason 0x04 (aiomqtt's own exit only disconnects cleanly)."""
         reason = ReasonCode(PacketTypes.DISCONNECT, identifier=_DISCONNECT_WITH_WILL)
-        client._client.disconnect(reasoncode=reason)
-        with contextlib.suppress(TimeoutError, aiomqtt.MqttError):
-            async with asyncio.timeout(5.0):
-                await asyncio.shield(client._disconnected)
+        conn.paho.disconnect(reasoncode=reason)
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_connection(self) -> _Connection:
         will = None
         if self.will is not None:
             will = aiomqtt.Will(
@@ -263,13 +291,14 @@ class MqttLink:
             # Commands and acks are tiny: without NODELAY each one waits for a delayed TCP ACK.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
+        paho = paho_client(client)
         if self.receive is not None:
             # paho's own callback in place of aiomqtt's queue, set before the connection: what
             # the persistent session held for us comes right after the CONNACK. The
             # `client.messages` loop in `run` then only waits for the connection to end.
-            client._client.on_message = self._receive
-        _write_at_once(client._client)
-        return client
+            paho.on_message = self._receive
+        write_at_once(paho)
+        return _Connection(client, paho)
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
         if self.handler is None:
@@ -285,83 +314,27 @@ class MqttLink:
         """paho's on_message: hand the message to `receive` now, in arrival order."""
         assert self.receive is not None
         try:
-            self.receive(_incoming(message.topic, message.payload, message.retain, message))
+            topic = message.topic
+        except UnicodeDecodeError as exc:
+            # MQTT forbids such a topic; paho decodes it when asked, its bytes are in the error.
+            log.exception(
+                "mqtt handler failed", extra={"topic": bytes(exc.object).decode(errors="replace")}
+            )
+            return
+        try:
+            self.receive(_incoming(topic, message.payload, message.retain, message))
         except Exception:
             # Raised into paho, it would end the connection; logged with its topic instead.
-            topic = bytes(message._topic).decode(errors="replace")
             log.exception("mqtt handler failed", extra={"topic": topic})
 
 
-class PublishProperties:
-    """The MQTT 5 PUBLISH properties the lane sets, packed once, where paho wants a Properties.
-
-    paho's Properties looks each name up through a list of every property of every packet
-    type: 10-15 µs to build a command's three and 8 µs to pack them, against under 1 µs here,
-    on the command's path in the controller and the ack's in the device. paho only calls
-    `pack()` on it (also when it resends the message after a reconnect).
-    """
-
-    __slots__ = ("_packed",)
-
-    def __init__(
-        self, expiry_s: int | None, response_topic: str | None, correlation: bytes | None
-    ) -> None:
-        body = b""
-        if expiry_s is not None:
-            body += _MESSAGE_EXPIRY + struct.pack("!L", expiry_s)
-        if response_topic is not None:
-            body += _RESPONSE_TOPIC + _length_prefixed(response_topic.encode())
-        if correlation is not None:
-            body += _CORRELATION_DATA + _length_prefixed(correlation)
-        self._packed = bytes(VariableByteIntegers.encode(len(body))) + body  # type: ignore[no-untyped-call]
-
-    def pack(self) -> bytes:
-        return self._packed
-
-
-# MQTT 5 property identifiers (section 2.2.2.2).
-_MESSAGE_EXPIRY, _RESPONSE_TOPIC, _CORRELATION_DATA = b"\x02", b"\x08", b"\x09"
-
-
-def _length_prefixed(data: bytes) -> bytes:
-    if len(data) > 0xFFFF:
-        raise ValueError(f"an MQTT property of {len(data)} bytes (at most 65535)")
-    return struct.pack("!H", len(data)) + data
-
-
-def _write_at_once(paho: mqtt.Client) -> None:
-    """Write each packet paho queues there and then, instead of a loop turn later.
-
-    aiomqtt answers paho's "I have something to write" with `call_soon_threadsafe(add_writer)`:
-    a wake-up write, a loop turn to register the writer, one for the socket to poll writable,
-    and the writer removed again, for every command, ack, state and PUBACK. On the event loop's
-    thread a write to a connected socket with room in its buffer needs none of that. Inside a
-    paho callback (its `_in_callback_mutex` held) paho's write path would take that lock again
-    for a QoS 0 publish, and a packet queued from another thread (the CONNECT, from aiomqtt's
-    executor) belongs to the loop: both, and what a full socket buffer leaves, go the
-    deferred way.
-    """
-    deferred = paho.on_socket_register_write
-    loop_thread = threading.get_ident()
-
-    def register_write(client: mqtt.Client, userdata: object, sock: mqtt.SocketLike) -> None:
-        if threading.get_ident() == loop_thread and client._in_callback_mutex.acquire(False):
-            client._in_callback_mutex.release()
-            # Errors on the socket come back as paho's return codes, and paho then reports
-            # the lost connection to aiomqtt; loop_write unregisters once all is written.
-            try:
-                client.loop_write()
-            except Exception:
-                # Not the publisher's to handle: the deferred write meets it again, and
-                # aiomqtt's writer turns it into the end of the connection.
-                log.warning("mqtt write failed, left to the loop", exc_info=True)
-            else:
-                if not client.want_write() or client.socket() is None:
-                    return
-        if deferred is not None:
-            deferred(client, userdata, sock)
-
-    paho.on_socket_register_write = register_write
+async def _until_gone(client: aiomqtt.Client) -> None:
+    """Wait (5 s at most) until the connection is gone, so that the client's own exit finds it
+    closed and sends no clean DISCONNECT after ours (the broker would discard the will)."""
+    with contextlib.suppress(TimeoutError, aiomqtt.MqttError):
+        async with asyncio.timeout(5.0):
+            async for _ in client.messages:
+                pass  # what was still queued: the link ends with a bug, as a crash would
 
 
 def _incoming(topic: str, payload: object, retain: bool, message: object) -> Incoming:

@@ -159,18 +159,18 @@ async def test_a_publish_without_its_puback_raises_link_down(
         task = asyncio.create_task(link.run())
         try:
             await link.wait_connected(5)
-            assert link._client is not None
+            assert link._conn is not None
             proxy.holding = True
             with pytest.raises(LinkDown, match="no PUBACK"):
                 await link.publish(f"lane/{lane_id}/events", b"x", timeout=0.3)
-            assert not link._client._pending_publishes
+            assert not link._conn.acks
             held = len(proxy.held)
             waiting = asyncio.create_task(link.publish(f"lane/{lane_id}/events", b"y"))
             await eventually(lambda: len(proxy.held) > held, 5, what="the PUBACK held")
             assert not waiting.done()
             proxy.release()
             await asyncio.wait_for(waiting, 5)
-            assert not link._client._pending_publishes
+            assert not link._conn.acks
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
