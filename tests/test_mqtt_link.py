@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
+from mqtt_kit import broker_proxy
+from polling import eventually
 
 from lane.transport.mqtt import Incoming, LinkDown, MqttLink, WillSpec
 from sim.broker import Mosquitto
@@ -71,3 +74,35 @@ async def test_a_link_ended_by_a_bug_leaves_its_will(mosquitto: Mosquitto, lane_
     finally:
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
+
+
+async def test_a_topic_that_is_not_utf8_is_logged_by_its_bytes_and_the_link_goes_on(
+    mosquitto: Mosquitto, lane_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MQTT forbids such a topic and mosquitto refuses it, so the proxy slips one in as if from
+    the broker: the receiver is not called, the log names the topic as far as it decodes, and
+    the next message arrives on the same connection."""
+    topic = f"lane/{lane_id}/events"
+    got: list[Incoming] = []
+    async with broker_proxy(mosquitto) as proxy:
+        rx = MqttLink(mosquitto.host, proxy.port, f"rx-{lane_id}", [(topic, 1)], receive=got.append)
+        tx = MqttLink(mosquitto.host, mosquitto.port, f"tx-{lane_id}")
+        tasks = [asyncio.create_task(rx.run()), asyncio.create_task(tx.run())]
+        try:
+            await rx.wait_connected(5)
+            await tx.wait_connected(5)
+            bad = f"lane/{lane_id}/".encode() + b"\xff\xfe"
+            # PUBLISH, QoS 0: the topic, no MQTT 5 properties, the payload.
+            body = struct.pack("!H", len(bad)) + bad + b"\x00" + b"garbled"
+            assert len(body) < 128  # a remaining length of one byte
+            proxy.send_client(bytes([0x30, len(body)]) + body)
+            await tx.publish(topic, b"after")
+            await eventually(lambda: got, 5, what="the message after the bad one")
+            assert [m.payload for m in got] == [b"after"]
+            failed = [r for r in caplog.records if r.getMessage() == "mqtt handler failed"]
+            assert [getattr(r, "topic", None) for r in failed] == [f"lane/{lane_id}/\ufffd\ufffd"]
+            assert rx.reconnects == 0
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -9,11 +9,9 @@ before what follows it). A device that published one message at a time would nev
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
+from mqtt_kit import broker_proxy
 from polling import eventually
 from test_barrier_protocol import FAST, WAIT, command, tasks
 
@@ -22,85 +20,6 @@ from barrier.link import BarrierLink
 from barrier.messages import BarrierAck, BarrierStatus, SensorReading
 from lane.transport.mqtt import LinkDown, MqttLink
 from sim.broker import Mosquitto
-
-PUBACK = 0x40  # MQTT fixed header: packet type 4, no flags
-
-
-class PubackHold:
-    """A TCP proxy to the broker that can hold back the PUBACKs the broker sends the client."""
-
-    def __init__(self, broker: Mosquitto) -> None:
-        self.broker = broker
-        self.holding = False
-        self.held: list[tuple[asyncio.StreamWriter, bytes]] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for pipe in self._pipes:
-            pipe.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-
-    def release(self) -> None:
-        self.holding = False
-        for writer, packet in self.held:
-            writer.write(packet)
-        self.held.clear()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self.broker.host, self.broker.port)
-        for pipe in (self._copy(reader, up_writer), self._packets(up_reader, writer)):
-            task = asyncio.create_task(pipe)
-            self._pipes.add(task)
-
-    @staticmethod
-    async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-        writer.close()
-
-    async def _packets(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while True:
-                packet = await _read_packet(reader)
-                if packet[0] == PUBACK and self.holding:
-                    self.held.append((writer, packet))
-                else:
-                    writer.write(packet)
-        writer.close()
-
-
-async def _read_packet(reader: asyncio.StreamReader) -> bytes:
-    """One MQTT control packet: the fixed header byte, the remaining length, the rest."""
-    header = await reader.readexactly(1)
-    length_bytes, length, shift = b"", 0, 0
-    while True:
-        byte = await reader.readexactly(1)
-        length_bytes += byte
-        length |= (byte[0] & 0x7F) << shift
-        shift += 7
-        if not byte[0] & 0x80:
-            break
-    return header + length_bytes + await reader.readexactly(length)
-
-
-@asynccontextmanager
-async def puback_hold(broker: Mosquitto) -> AsyncIterator[PubackHold]:
-    proxy = PubackHold(broker)
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.release()
-        await proxy.stop()
 
 
 async def test_ack_is_not_held_behind_an_unacknowledged_publish(
@@ -117,7 +36,7 @@ async def test_ack_is_not_held_behind_an_unacknowledged_publish(
         on_attendant=lambda command: None,
         on_garbage=lambda topic, error: None,
     )
-    async with puback_hold(mosquitto) as proxy:
+    async with broker_proxy(mosquitto) as proxy:
         device = DeviceEmulator(lane_id, "127.0.0.1", proxy.port, FAST)
         async with tasks(link.run(), device.run()):
             await link.wait_connected(WAIT)
@@ -154,7 +73,7 @@ async def test_a_publish_without_its_puback_raises_link_down(
 ) -> None:
     """MqttLink waits for the PUBACK itself (not through aiomqtt's publish): none within the
     timeout is LinkDown, with nothing left waiting; one that comes ends the wait."""
-    async with puback_hold(mosquitto) as proxy:
+    async with broker_proxy(mosquitto) as proxy:
         link = MqttLink(mosquitto.host, proxy.port, f"pub-{lane_id}")
         task = asyncio.create_task(link.run())
         try:
