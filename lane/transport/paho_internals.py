@@ -9,10 +9,10 @@ MQTT client's internals"): what the command path needs and neither library offer
   path takes it again, so a write at once from inside a callback would deadlock.
 - `PublishProperties` stands in for paho's `Properties`: paho only calls `pack()` on it.
 
-`paho_client` checks both attributes on every connection and raises `InternalsChangedError` naming
-the release when either is gone, so an upgrade past the pins fails loudly at connect instead
-of quietly losing the link; `tests/test_paho_internals.py` holds each to its meaning against
-a real mosquitto.
+`paho_client` checks both attributes on every connection and raises `InternalsChangedError`,
+naming the release, when either is gone: an upgrade past the pins fails loudly at connect
+instead of quietly losing the link. `tests/test_paho_internals.py` holds each to its meaning
+against a real mosquitto.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def _changed(library: str, what: str) -> InternalsChangedError:
 
 
 def in_callback(paho: mqtt.Client) -> bool:
-    """Whether one of paho's callbacks runs now (paho holds its callback lock around each)."""
+    """Whether paho holds its callback lock: around each of its callbacks, and where paho
+    itself wants nothing written in the call (its resends after a CONNACK)."""
     lock: threading.Lock = paho._in_callback_mutex
     return lock.locked()
 
