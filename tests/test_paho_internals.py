@@ -120,8 +120,9 @@ async def test_paho_holds_its_callback_lock_while_a_callback_runs(
 async def test_a_release_without_the_internals_is_refused_by_name(
     library: str, breaks: Callable[[aiomqtt.Client], None]
 ) -> None:
-    """Stands in for an upgrade past the pins: the link refuses to connect, naming the
-    library, its version and the pin, rather than run on an internal that means something else."""
+    """Stands in for an upgrade past the pins: `paho_client`, which every connection of a link
+    goes through, refuses by library, version and pin rather than let a link run on an
+    internal that means something else."""
     client = aiomqtt.Client("127.0.0.1", 1, identifier="upgraded")
     breaks(client)
     with pytest.raises(InternalsChangedError, match=rf"^{library} \d[^:]*: .*pyproject\.toml"):
