@@ -1,5 +1,5 @@
 """The transport's reach past the public API of aiomqtt and paho
-(`lane/transport/paho_internals.py`, docs/lane-io.md "The MQTT client's internals"), each
+(`lane/transport/paho_internals.py`, docs/architecture.md "The MQTT client's internals"), each
 internal held to what the transport takes it to mean, against a real mosquitto: a release that
 moves one fails here by name instead of costing a lane its link."""
 

@@ -1,5 +1,5 @@
-"""The transport's only reach past the public API of aiomqtt and paho (docs/lane-io.md, "The
-MQTT client's internals"): what the command path needs and neither library offers.
+"""The transport's only reach past the public API of aiomqtt and paho (docs/architecture.md,
+"The MQTT client's internals"): what the command path needs and neither library offers.
 
 - aiomqtt keeps the paho client it drives in `Client._client`; there is no public way to it,
   and the lane needs it to publish without aiomqtt's `wait_for` (a task and three loop turns
@@ -51,7 +51,7 @@ def paho_client(client: aiomqtt.Client) -> mqtt.Client:
 def _changed(library: str, what: str) -> InternalsChangedError:
     return InternalsChangedError(
         f"{library} {version(library)}: {what} (pyproject.toml pins the series the transport"
-        " was tested with: docs/lane-io.md)"
+        " was tested with: docs/architecture.md)"
     )
 
 
