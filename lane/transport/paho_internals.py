@@ -18,9 +18,10 @@ against a real mosquitto.
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import threading
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, requires, version
 
 import aiomqtt
 from paho.mqtt import client as mqtt
@@ -50,9 +51,21 @@ def paho_client(client: aiomqtt.Client) -> mqtt.Client:
 
 def _changed(library: str, what: str) -> InternalsChangedError:
     return InternalsChangedError(
-        f"{library} {version(library)}: {what} (pyproject.toml pins the series the transport"
-        " was tested with: docs/architecture.md)"
+        f"{library} {version(library)}: {what}; the transport was tested with {_pin(library)}"
+        " (pyproject.toml; docs/architecture.md)"
     )
+
+
+def _pin(library: str) -> str:
+    """The requirement lane is installed with for `library` (`aiomqtt~=2.5.1`): what to go
+    back to, named in the refusal the operator reads (the journal, `lane doctor`)."""
+    pinned = f"the {library} series pyproject.toml pins"
+    try:
+        wanted = requires("lane") or []
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return pinned
+    name = re.compile(rf"{re.escape(library)}\s*[~=<>!]")
+    return next((req for req in wanted if name.match(req)), pinned)
 
 
 def in_callback(paho: mqtt.Client) -> bool:
