@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -112,7 +113,6 @@ async def probe_camera(
 async def probe_broker(config: LaneConfig, timeout_s: float) -> Probe:
     b = config.broker
     where = f"{b.host}:{b.port}"
-    started = time.monotonic()
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(b.host, b.port), timeout_s)
     except (OSError, TimeoutError) as exc:
@@ -127,22 +127,50 @@ async def probe_broker(config: LaneConfig, timeout_s: float) -> Probe:
         session_expiry=0,
         backoff_min=0.2,
     )
+    who = f"as {b.username}" if b.username else "(anonymous)"
+    return await probe_mqtt(link, who, timeout_s)
+
+
+async def probe_mqtt(link: MqttLink, who: str, timeout_s: float) -> Probe:
+    """Connect `link` once: connected, refused (the broker's last answer), or stopped."""
+    where = f"{link.host}:{link.port}"
+    started = time.monotonic()
     errors = LinkErrors()
     mqtt_log = logging.getLogger("lane.mqtt")
     mqtt_log.addHandler(errors)
     task = asyncio.create_task(link.run())
     try:
-        await link.wait_connected(timeout_s)
+        await _connected_or_stopped(link, task, timeout_s)
     except TimeoutError:
         why = errors.error or "no CONNACK"
         return Probe("FAIL", "broker", f"{where}: TCP works but MQTT refused: {why}")
+    except Exception as exc:
+        # A link only stops on what reconnecting cannot mend: the MQTT libraries refused
+        # (InternalsChangedError names the release and the pin) or a bug. Waiting out the
+        # timeout instead would blame the broker for it.
+        why = f"{exc.__class__.__name__}: {exc}"
+        return Probe("FAIL", "broker", f"{where}: TCP works but the MQTT client stopped: {why}")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         mqtt_log.removeHandler(errors)
     ms = (time.monotonic() - started) * 1000
-    who = f" as {b.username}" if b.username else " (anonymous)"
-    return Probe("OK", "broker", f"{where}: MQTT connected{who} in {ms:.0f} ms")
+    return Probe("OK", "broker", f"{where}: MQTT connected {who} in {ms:.0f} ms")
+
+
+async def _connected_or_stopped(link: MqttLink, task: asyncio.Task[None], timeout_s: float) -> None:
+    """Return once `link` is connected; raise what its `run` task ended with if it ends first,
+    TimeoutError if neither comes within `timeout_s`."""
+    connected = asyncio.create_task(link.connected.wait())
+    try:
+        await asyncio.wait({task, connected}, timeout=timeout_s, return_when=FIRST_COMPLETED)
+    finally:
+        connected.cancel()
+    if link.connected.is_set():
+        return
+    if task.done():
+        task.result()
+    raise TimeoutError
 
 
 # --- acquirer -----------------------------------------------------------------------------------

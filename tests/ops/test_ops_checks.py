@@ -19,7 +19,15 @@ from aiohttp import web
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S
 from lane.checks import check_config, check_config_main
 from lane.config import AuthSection, ConfigError, parse_config
-from lane.doctor import probe_acquirer, probe_broker, probe_camera, probe_clock, probe_disk
+from lane.doctor import (
+    probe_acquirer,
+    probe_broker,
+    probe_camera,
+    probe_clock,
+    probe_disk,
+    probe_mqtt,
+)
+from lane.transport.mqtt import MqttLink
 from sim.acquirer import AcquirerServer
 from sim.broker import Mosquitto, free_port
 from sim.camera import frame_for
@@ -269,6 +277,22 @@ async def test_broker_probe(mosquitto: Mosquitto, tmp_path: Path) -> None:
     finally:
         strict.stop()
     assert refused.status == "FAIL" and "TCP works but MQTT refused" in refused.detail
+
+
+async def test_broker_probe_names_what_stopped_the_mqtt_client(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """A link that stops, where a refused CONNECT would retry, is named by what stopped it, not
+    blamed on the broker once the timeout has passed ("MQTT refused: no CONNACK"). How the
+    transport stops on an aiomqtt or paho release it refuses (InternalsChangedError, named by
+    library, version and pin: tests/test_paho_internals.py); here paho refuses a filter."""
+    where = f"{mosquitto.host}:{mosquitto.port}"
+    link = MqttLink(mosquitto.host, mosquitto.port, f"doctor-{lane_id}", [("a/#/b", 1)])
+    stopped = await probe_mqtt(link, "(anonymous)", 10)
+    assert (stopped.status, stopped.detail) == (
+        "FAIL",
+        f"{where}: TCP works but the MQTT client stopped: ValueError: Invalid subscription filter.",
+    )
 
 
 async def test_acquirer_probe() -> None:
