@@ -28,6 +28,7 @@ from lane.signals import stop_on_signals
 from scanner.payload import UnknownPayload, classify
 from sim.acquirer_faults import Faults, FaultsError, OutageMode
 from sim.acquirer_ledger import Ledger, Outcome, SimPayment
+from sim.http_site import start_site
 
 log = logging.getLogger("sim.acquirer")
 
@@ -69,8 +70,8 @@ class AcquirerServer:
         self._outages_set_at = clock()
         self.ledger = Ledger(clock)
         self._runner: web.AppRunner | None = None
-        self._api_site: web.TCPSite | None = None
-        self._admin_site: web.TCPSite | None = None
+        self._api_site: web.SockSite | None = None
+        self._admin_site: web.SockSite | None = None
         self._faults_changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -91,12 +92,11 @@ class AcquirerServer:
             app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        self._api_site = web.TCPSite(self._runner, self._host, self._port)
-        await self._api_site.start()
-        self._port = _bound_port(self._api_site)  # fixed from now on: outages reopen it
-        self._admin_site = web.TCPSite(self._runner, self._host, self._admin_port)
-        await self._admin_site.start()
-        self._admin_port = _bound_port(self._admin_site)
+        # The API's port is fixed from now on: outages reopen it.
+        self._api_site, self._port = await start_site(self._runner, self._host, self._port)
+        self._admin_site, self._admin_port = await start_site(
+            self._runner, self._host, self._admin_port
+        )
         self._outages_set_at = self._clock()
         await self._sync_listener()
         self._supervisor = asyncio.create_task(self._supervise(), name="acquirer-outages")
@@ -179,8 +179,7 @@ class AcquirerServer:
             self._api_site = None
             log.info("acquirer outage: refusing connections", extra={"port": self._port})
         elif not refuse and self._api_site is None and self._runner is not None:
-            self._api_site = web.TCPSite(self._runner, self._host, self._port)
-            await self._api_site.start()
+            self._api_site, _ = await start_site(self._runner, self._host, self._port)
             log.info("acquirer outage over: listening", extra={"port": self._port})
 
     async def _gate(self, request: web.Request) -> web.Response | None:
@@ -335,15 +334,6 @@ async def running_acquirer(
         yield server
     finally:
         await server.stop()
-
-
-def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server private; the port is on its socket
-    sockets = getattr(server, "sockets", None)  # asyncio.Server or uvloop's Server
-    if not sockets:
-        raise RuntimeError("acquirer server is not listening")
-    port: int = sockets[0].getsockname()[1]
-    return port
 
 
 def _error(status: int, error: str, detail: str) -> web.Response:

@@ -35,6 +35,7 @@ from lane.console.server import Console
 from lane.console.users import User
 from sim.faults import FaultError, catalogue
 from sim.harness import Simulator
+from sim.http_site import start_site
 
 log = logging.getLogger("lane.sim.dashboard")
 
@@ -84,16 +85,12 @@ class Dashboard:
             self._feed = asyncio.create_task(feed.run(), name="console-feed")
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
         try:
-            await site.start()
+            _, bound = await start_site(self._runner, host, port)
         except OSError:
             await self._runner.cleanup()
             self._runner = None
             raise
-        server = site._server  # aiohttp keeps it private; the bound port is on its socket
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
         self.url = f"http://{host}:{bound}/"
         log.info("dashboard listening", extra={"url": self.url})
         return self.url

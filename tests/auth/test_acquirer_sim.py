@@ -326,9 +326,8 @@ async def test_bad_answers_are_protocol_errors(body: bytes, match: str) -> None:
     app.router.add_post("/v1/payments", answer)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
     try:
         async with AcquirerClient(f"http://127.0.0.1:{port}") as client:
             with pytest.raises(AcquirerProtocolError, match=match):
@@ -340,9 +339,8 @@ async def test_bad_answers_are_protocol_errors(body: bytes, match: str) -> None:
 async def test_a_404_that_is_not_the_apis_is_no_answer() -> None:
     runner = web.AppRunner(web.Application(), access_log=None)  # no routes: plain 404s
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
     try:
         async with AcquirerClient(f"http://127.0.0.1:{port}/wrong") as client:
             with pytest.raises(AcquirerProtocolError) as err:

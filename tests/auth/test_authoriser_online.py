@@ -377,9 +377,8 @@ async def test_garbage_answer_is_an_acquirer_error(tmp_path: Path) -> None:
     app.router.add_route("*", "/{tail:.*}", garbage)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
     fake = _UrlOnly(f"http://127.0.0.1:{port}")
     try:
         async for lane in make_lane(tmp_path, fake):  # type: ignore[arg-type]
