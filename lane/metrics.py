@@ -71,6 +71,7 @@ REASONS = frozenset(
         "lifetime_too_long",
         "replayed",
         "passback",
+        "already_used",
         "timeout",
         "acquirer_error",
         "acquirer_unavailable",

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +24,48 @@ class BrokerError(RuntimeError):
     """Mosquitto could not be found or did not start."""
 
 
+# A block of ports ("FIRST-LAST") this process hands out servers' ports from, set by a process
+# that starts servers beside others doing the same (each pytest-xdist worker of the test
+# session, tests/port_kit.py): the kernel's port 0 can hand a port just probed and let go by
+# one process to another before either server has bound it; disjoint blocks cannot.
+PORTS_ENV = "LANE_PORTS"
+_cursor: dict[range, int] = {}  # the block's next port to try
+_cursor_lock = threading.Lock()
+
+
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on, for a server about to start: one of the
+    `LANE_PORTS` block when that is set (each port once in turn, from a random place in it, so
+    another session given the same block rarely tries the same port at the same moment),
+    else whatever the kernel picks."""
+    block = os.environ.get(PORTS_ENV)
+    if not block:
+        return _bound_to(0)
+    ports = port_block(block)
+    with _cursor_lock:
+        start = _cursor.get(ports, random.randrange(ports.start, ports.stop))
+        for i in range(len(ports)):
+            port = ports.start + (start - ports.start + i) % len(ports)
+            with contextlib.suppress(OSError):  # taken: by our servers or someone else's
+                _bound_to(port)
+                _cursor[ports] = port + 1 if port + 1 < ports.stop else ports.start
+                return port
+    raise BrokerError(f"no free port left in {PORTS_ENV}={block}")
+
+
+def port_block(text: str) -> range:
+    """`FIRST-LAST` (inclusive) as a range, refused with the variable's name when malformed."""
+    first, sep, last = text.partition("-")
+    if not (sep and first.isdigit() and last.isdigit() and 0 < int(first) <= int(last) < 65536):
+        raise BrokerError(f"{PORTS_ENV} must be FIRST-LAST within 1..65535, not {text!r}")
+    return range(int(first), int(last) + 1)
+
+
+def _bound_to(port: int) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        s.bind(("127.0.0.1", port))
+        bound: int = s.getsockname()[1]
+        return bound
 
 
 def find_mosquitto() -> str:

@@ -13,6 +13,7 @@ from disk_kit import small_tmpfs
 from hypothesis import settings
 from mqtt_kit import collected
 from pg_server import own_database, postgres_server
+from port_kit import claim_worker_block
 
 from barrier.messages import LaneStatus
 from lane.log import JsonFormatter
@@ -24,6 +25,12 @@ from sim.broker import Mosquitto, running_mosquitto
 # decode test failing "Flaky" under load, passing alone with the same seed).
 settings.register_profile("lane", deadline=None)
 settings.load_profile("lane")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Servers' ports from this worker's own block: free_port (sim.broker) could otherwise hand
+    # two workers one port.
+    claim_worker_block()
 
 
 @pytest.fixture(autouse=True)

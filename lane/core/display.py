@@ -11,6 +11,11 @@ LANE_OPEN = ShowOnDisplay(("Lane open",), ttl_s=3.0)
 THANK_YOU = ShowOnDisplay(("Thank you", "Have a good journey"), ttl_s=5.0)
 
 
+def not_accepted(reason: str) -> ShowOnDisplay:
+    """A fare-gate passenger's code refused: they are no longer served, the next one is."""
+    return ShowOnDisplay(("Not accepted", reason), ttl_s=3.0)
+
+
 def class_waits(vehicle_class: int) -> ShowOnDisplay:
     """A vehicle the lane has no fare for: the attendant (or a corrected class) decides."""
     return ShowOnDisplay((f"Class {vehicle_class}", ASSISTANCE))

@@ -123,6 +123,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return carried.claim(state, event, now)
         case ev.Scanned() if reread.ignores(state, event, now):
             return reread.ignore(state, event, now)
+        case ev.Scanned() if reread.declines_again(state, event, now):
+            return reread.decline_again(state, event, now)
         case ev.Scanned() if road.road_mode(state):
             return road.on_scanned(state, event, now)
         case ev.Scanned() if metro.priced_gate(state):

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from lane.core import events as ev
-from lane.core import paypoint, road
+from lane.core import paypoint, reread, road
 from lane.core.actions import Action, Authorise, PriceTrip, ShowOnDisplay
 from lane.core.display import ASSISTANCE
 from lane.core.names import PAYABLE_KINDS, PayloadKind, TripSource
@@ -56,11 +56,17 @@ def on_classified(state: LaneState, event: ev.VehicleClassified, now: float) -> 
 
 def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
     """A payable code with nobody at the gate: hold it and ask for the trip's fare. Anything
-    else is the fare gate's as usual (refused, ignored while a payment is in flight)."""
+    else is the fare gate's as usual (refused, ignored while a payment is in flight, a copy of
+    a used code refused as used)."""
     vehicle = state.vehicle
     if vehicle is not None and isinstance(vehicle.trip, TapOut):
         return state, [ScanIgnored(vehicle.vehicle_id, "tap-in being looked up")]
-    if vehicle is not None or not state.accepting_payments or event.kind not in PAYABLE_KINDS:
+    if (
+        vehicle is not None
+        or not state.accepting_payments
+        or event.kind not in PAYABLE_KINDS
+        or reread.copied(state, event, now)  # refused as used: no trip to price
+    ):
         return paypoint.on_scanned(state, event, now)
     rules = state.rules
     vehicle_class = state.next_class if state.next_class is not None else rules.default_class

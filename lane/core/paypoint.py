@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from lane.core import events as ev
+from lane.core import reread
 from lane.core.actions import (
     Abandon,
     Action,
@@ -19,7 +20,7 @@ from lane.core.actions import (
     ShowOnDisplay,
 )
 from lane.core.alarms import DISK_CAUSES, add_fault
-from lane.core.display import ASSISTANCE, LANE_CLOSED, class_waits
+from lane.core.display import ASSISTANCE, LANE_CLOSED, class_waits, not_accepted
 from lane.core.names import PAYABLE_KINDS, Alarm, AuthResult, Method, PayloadKind, PersistError
 from lane.core.notes import (
     AttendantOpenFailed,
@@ -114,6 +115,10 @@ def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
             else f"unsupported code: {event.kind}"
         )
         return refuse(state, vehicle, event.text, reason, actions)
+    if reread.copied(state, event, now):
+        # The code a passenger went through this gate with, shown by someone else: a fraud
+        # attempt, on record; the network would only say the same.
+        return decline_here(state, vehicle, event, reread.ALREADY_USED, actions)
     if vehicle.amount_minor is None:
         reason = f"no fare for class {vehicle.vehicle_class}"
         if vehicle.implicit:
@@ -155,9 +160,20 @@ def refuse(
     return after_decline(state, vehicle, reason, actions)
 
 
+def decline_here(
+    state: LaneState, vehicle: Vehicle, event: ev.Scanned, reason: str, actions: list[Action]
+) -> Result:
+    """The lane declines the code itself, as the network would: a try spent, a declined record
+    under the try's id, the display; nothing is sent."""
+    tries = vehicle.tries + 1
+    vehicle = replace(vehicle, tries=tries)
+    decided = ev.Decided(f"{vehicle.vehicle_id}/a{tries}", False, reason, str(event.kind))
+    return record_decline(state, vehicle, event.text, decided, actions)
+
+
 def after_decline(state: LaneState, vehicle: Vehicle, reason: str, actions: list[Action]) -> Result:
     if vehicle.implicit:
-        actions.append(ShowOnDisplay(("Not accepted", reason), ttl_s=3.0))
+        actions.append(not_accepted(reason))
         return replace(state, vehicle=None), actions
     if vehicle.tries >= state.rules.max_tries:
         actions += [

@@ -340,12 +340,27 @@ class CarriedPayment:
 @dataclass(frozen=True)
 class ApprovedCode:
     """A code a fare gate approved (lane.core.reread), by its digest (`records.credential_of`):
-    read again within `reread_s` of `at` it is ignored. `persist_id` is its payment's record,
-    `vehicle_id` the passenger it let through."""
+    read again within `reread_s` of `at` it is ignored, unless its passenger is gone: seen
+    walking through (`crossed`) and the gate seen closed behind them (`gone_at`), after which
+    whoever shows it is someone else. `persist_id` is its payment's record, `vehicle_id` the
+    passenger it let through."""
 
     credential: str
     vehicle_id: str
     persist_id: str
+    at: float
+    crossed: bool = False
+    gone_at: float | None = None
+
+
+@dataclass(frozen=True)
+class DeclinedCode:
+    """A code the network declined at a fare gate (lane.core.reread), by its digest: read again
+    within `reread_s` of `at` it is refused with the same `reason`, not sent again."""
+
+    credential: str
+    vehicle_id: str
+    reason: str
     at: float
 
 
@@ -386,6 +401,8 @@ class LaneState:
     queries: int = 0
     # Fare gates: the codes approved within `reread_s`, oldest first (lane.core.reread).
     approved_codes: tuple[ApprovedCode, ...] = ()
+    # Fare gates: the codes the network declined within `reread_s`, oldest first (ditto).
+    declined_codes: tuple[DeclinedCode, ...] = ()
 
     @property
     def safety_occupied(self) -> bool:

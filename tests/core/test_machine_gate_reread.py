@@ -1,12 +1,14 @@
 """A code read again at a fare gate (lane.core.reread): the phone of the passenger the code let
 through, still held up, is not a new passenger; it reaches no acquirer, makes no record, opens
-nothing and leaves the display as it is. A different code is served as usual; the same code
-after `reread_s` is the network's to refuse."""
+nothing and leaves the display as it is. Once that passenger walked through and the gate was
+seen closed behind them, the code is someone else's copy: refused as used, on record, shown.
+A code the network declined is refused again with its decline, not sent again. A different
+code is served as usual; the same code after `reread_s` is the network's to refuse."""
 
 from __future__ import annotations
 
 import pytest
-from core_kit import LaneDriver, of_type, one, rules
+from core_kit import LaneDriver, displayed, of_type, one, rules
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,9 +20,10 @@ from lane.core.actions import (
     OpenBarrier,
     Persist,
     PriceTrip,
+    ShowOnDisplay,
 )
 from lane.core.names import PersistError
-from lane.core.notes import ScanIgnored, VehicleArrived
+from lane.core.notes import Declined, ScanIgnored, VehicleArrived
 from lane.core.records import credential_of
 from lane.core.state import LaneMode, LaneRules, Phase
 
@@ -31,6 +34,8 @@ ENTRY = rules(LaneMode.TRANSIT_ENTRY, reread_s=REREAD_S)
 EXIT = rules(LaneMode.TRANSIT_EXIT, reread_s=REREAD_S)
 METRO_EXIT = rules(LaneMode.TRANSIT_EXIT, metro_pricing=True, reread_s=REREAD_S)
 GATES = [ENTRY, EXIT, METRO_EXIT]
+GATE_IDS = ["entry", "exit", "metro-exit"]
+FRAME_AGE_S = 0.05  # LaneDriver.scan: the frame was taken this long before the scan
 
 
 def priced(trip_id: str) -> ev.TripPriced:
@@ -43,20 +48,30 @@ def sent(actions: list[Action]) -> bool:
     return bool(of_type(actions, Authorise) or of_type(actions, PriceTrip))
 
 
-def show(lane: LaneDriver, text: str, account: str = "acct-1") -> list[Action]:
-    """A passenger shows `text` and is approved: the actions of the approval's step."""
+def decide(lane: LaneDriver, text: str, approved: bool, **kw: object) -> list[Action]:
+    """A passenger shows `text` and the network answers: the actions of the answer's step."""
     actions = lane.scan(text)
     ask = of_type(actions, PriceTrip)
     if ask:
         lane.feed(priced(ask[0].trip_id))
-    return lane.decide(account_ref=account, dt=0.2)
+    return lane.decide(approved=approved, dt=0.2, **kw)
+
+
+def show(lane: LaneDriver, text: str, account: str = "acct-1") -> list[Action]:
+    """A passenger shows `text` and is approved: the actions of the approval's step."""
+    return decide(lane, text, True, account_ref=account)
+
+
+def opened(lane: LaneDriver, text: str = CODE, account: str = "acct-1") -> None:
+    """Approved, recorded, the gate open in front of the passenger."""
+    show(lane, text, account)
+    lane.persisted()
+    lane.ack()
 
 
 def let_through(lane: LaneDriver, text: str = CODE, account: str = "acct-1") -> None:
     """Approved, recorded, the gate opens and the passenger walks through; the gate closes."""
-    show(lane, text, account)
-    lane.persisted()
-    lane.ack()
+    opened(lane, text, account)
     lane.sensor("light_curtain", True)
     lane.sensor("light_curtain", False)
     assert one(lane.tick_at_deadline(), CloseBarrier)
@@ -73,12 +88,36 @@ def ignored(actions: list[Action]) -> bool:
     )
 
 
-@pytest.mark.parametrize("lane_rules", GATES, ids=["entry", "exit", "metro-exit"])
+def refused_as_used(actions: list[Action]) -> bool:
+    """Refused here as used: a declined record of its own, the display saying so; nothing sent
+    to the network, nothing opened."""
+    records = of_type(actions, Persist)
+    return (
+        not sent(actions)
+        and of_type(actions, OpenBarrier) == []
+        and len(records) == 1
+        and records[0].owes is None
+        and records[0].draft.auth.result == "declined"
+        and records[0].draft.flags[-1] == "already_used"
+        and "already_used" in displayed(actions)
+        and one(actions, Declined).reason == "already_used"
+    )
+
+
+def declined_again(actions: list[Action], reason: str) -> bool:
+    """Refused with the network's earlier decline: told again, no record, nothing sent."""
+    return (
+        not sent(actions)
+        and of_type(actions, Persist) == []
+        and one(actions, ShowOnDisplay).lines == ("Not accepted", reason)
+        and one(actions, ScanIgnored).reason == f"declined before: {reason}"
+    )
+
+
+@pytest.mark.parametrize("lane_rules", GATES, ids=GATE_IDS)
 def test_the_code_read_again_while_its_gate_is_open_is_ignored(lane_rules: LaneRules) -> None:
     lane = LaneDriver(lane_rules)
-    show(lane, CODE)
-    lane.persisted()
-    lane.ack()
+    opened(lane)
     assert lane.phase() is Phase.OPEN
     passenger = lane.state.passage.vehicle_id if lane.state.passage else None
     lane.tick(1.0)
@@ -87,17 +126,78 @@ def test_the_code_read_again_while_its_gate_is_open_is_ignored(lane_rules: LaneR
     assert lane.phase() is Phase.OPEN and lane.state.vehicle is None
 
 
-@pytest.mark.parametrize("lane_rules", GATES, ids=["entry", "exit", "metro-exit"])
+def reach(lane: LaneDriver, stage: str) -> None:
+    """The passenger CODE opened the gate for, up to `stage` of their passage."""
+    stages = iter(("crossing", "through", "closing", "closed"))
+    opened(lane)
+    if stage == "open":
+        return
+    lane.sensor("light_curtain", True)
+    if stage == next(stages):
+        return
+    lane.sensor("light_curtain", False)  # through the gate: its close goes out
+    if stage == next(stages):
+        return
+    close = lane.last(CloseBarrier)
+    lane.feed(ev.BarrierAcked(close.cmd_id, True, "closing"), dt=0.05)
+    if stage == next(stages):
+        return
+    lane.report("closed", dt=1.0)
+    assert stage == next(stages)
+
+
+@pytest.mark.parametrize("lane_rules", GATES, ids=GATE_IDS)
+@pytest.mark.parametrize(
+    ("stage", "later", "copy"),
+    [
+        ("open", 0.5, False),  # the gate open in front of its passenger
+        ("crossing", 0.1, False),  # walking through, the phone still held up
+        ("through", 0.1, False),  # past the light curtain, the close on its way
+        ("closing", 0.1, False),  # the gate closing behind them
+        ("closed", 0.0, False),  # seen closed, in a frame taken before that
+        ("closed", FRAME_AGE_S, True),  # a frame from the moment it was seen closed
+        ("closed", REREAD_S / 2, True),
+    ],
+)
+def test_the_code_is_its_passengers_until_the_gate_closed_behind_them(
+    lane_rules: LaneRules, stage: str, later: float, copy: bool
+) -> None:
+    """One passenger, the code still in the camera: silent. The gate seen closed behind the
+    passenger who walked through: whoever shows the code in front of it is someone else."""
+    lane = LaneDriver(lane_rules)
+    reach(lane, stage)
+    lane.tick(later)
+    actions = lane.scan(CODE)
+    assert ignored(actions) is not copy
+    assert refused_as_used(actions) is copy
+    if copy:
+        assert lane.state.vehicle is None  # the copy's holder is told, the gate free again
+
+
+@pytest.mark.parametrize("lane_rules", GATES, ids=GATE_IDS)
+def test_a_passenger_who_did_not_walk_through_keeps_their_code(lane_rules: LaneRules) -> None:
+    """Nobody walked through: the gate closed after its hold in front of a passenger who may
+    still be there, phone in hand."""
+    lane = LaneDriver(lane_rules)
+    opened(lane)
+    assert one(lane.tick_at_deadline(), CloseBarrier)
+    lane.ack()
+    lane.tick(1.0)
+    assert lane.phase() is Phase.IDLE
+    assert ignored(lane.scan(CODE))
+
+
+@pytest.mark.parametrize("lane_rules", GATES, ids=GATE_IDS)
 @pytest.mark.parametrize(
     ("after", "again"),
     [
-        (1.0, False),  # the phone still in view as the gate closes behind its passenger
+        (1.0, False),  # a copy shown as the passenger walks off: refused as used
         (REREAD_S - 0.1, False),
         (REREAD_S, True),  # the window is over: the network refuses a used code
         (REREAD_S + 60.0, True),
     ],
 )
-def test_the_code_read_again_after_its_passage_within_the_window(
+def test_a_copy_is_refused_here_within_the_window_and_the_networks_after(
     lane_rules: LaneRules, after: float, again: bool
 ) -> None:
     lane = LaneDriver(lane_rules)
@@ -107,11 +207,24 @@ def test_the_code_read_again_after_its_passage_within_the_window(
     lane.tick(approved_at + after - lane.now)
     actions = lane.scan(CODE)
     assert sent(actions) is again
-    assert bool(of_type(actions, VehicleArrived)) is again
-    assert ignored(actions) is not again
+    assert bool(of_type(actions, VehicleArrived))
+    assert refused_as_used(actions) is not again
 
 
-@pytest.mark.parametrize("lane_rules", GATES, ids=["entry", "exit", "metro-exit"])
+def test_a_vehicle_seen_arriving_after_the_gate_closed_is_refused_the_used_code() -> None:
+    """A gate with an entry loop: the next one there showing the code just used spends a try
+    on it, on their own record, and may show another code."""
+    lane = LaneDriver(ENTRY)
+    let_through(lane)
+    lane.arrive("v2", dt=1.0)
+    actions = lane.scan(CODE)
+    assert refused_as_used(actions)
+    assert one(actions, Persist).draft.vehicle_id == "v2"
+    assert displayed(actions) == ["Payment refused", "already_used", "Try another code (2 left)"]
+    assert sent(lane.scan(OTHER))
+
+
+@pytest.mark.parametrize("lane_rules", GATES, ids=GATE_IDS)
 def test_a_different_code_within_the_window_is_served_as_usual(lane_rules: LaneRules) -> None:
     lane = LaneDriver(lane_rules)
     let_through(lane)
@@ -132,21 +245,29 @@ def test_a_token_read_again_at_a_gate_is_ignored_too() -> None:
     assert ignored(lane.scan("HC1:tok", "token"))
 
 
-def test_the_code_read_again_while_the_next_passenger_pays_leaves_them_alone() -> None:
+@pytest.mark.parametrize("walked", [False, True], ids=["phone-in-view", "copy"])
+def test_the_code_read_again_while_the_next_passenger_pays_leaves_them_alone(
+    walked: bool,
+) -> None:
     lane = LaneDriver(EXIT)
-    let_through(lane)
+    (let_through if walked else opened)(lane)
+    lane.tick(1.0)
     lane.scan(OTHER)
-    assert lane.phase() is Phase.AUTHORISING
-    assert ignored(lane.scan(CODE))
-    assert lane.phase() is Phase.AUTHORISING
+    paying = lane.state.vehicle
+    assert paying is not None and paying.attempt is not None
+    actions = lane.scan(CODE)
+    assert not sent(actions) and of_type(actions, Persist) == [] and displayed(actions) == []
+    assert lane.state.vehicle == paying
     assert one(lane.decide(account_ref="acct-2"), Persist).draft.auth.result == "approved"
 
 
 def test_a_copied_screen_opens_nothing_and_is_the_networks_after_the_window() -> None:
     lane = LaneDriver(ENTRY)
     let_through(lane)
-    copied = lane.scan(CODE) + lane.tick(5.0)
-    assert of_type(copied, OpenBarrier) == [] and lane.phase() is Phase.IDLE
+    lane.tick(1.0)
+    copied = lane.scan(CODE)
+    assert refused_as_used(copied)
+    assert of_type(copied + lane.tick(5.0), OpenBarrier) == [] and lane.phase() is Phase.IDLE
     lane.tick(REREAD_S)
     lane.scan(CODE)
     # After the window it goes out as any code: anti-passback (and the network) refuse it.
@@ -154,12 +275,70 @@ def test_a_copied_screen_opens_nothing_and_is_the_networks_after_the_window() ->
     assert (declined.draft.auth.result, declined.draft.flags[-1]) == ("declined", "passback")
 
 
-def test_a_declined_code_is_not_remembered() -> None:
+@pytest.mark.parametrize("lane_rules", GATES, ids=GATE_IDS)
+@pytest.mark.parametrize(
+    ("reason", "again"),
+    [
+        # The network's answer about the code (docs/acquirer.md): the same code, the same no.
+        ("insufficient_funds", False),
+        ("code_invalid", False),
+        ("code_used", False),
+        ("payment_failed", False),
+        # Nothing said of the code: it may be shown again on purpose.
+        ("timeout", True),
+        ("acquirer_unavailable", True),
+        ("acquirer_error", True),
+        ("internal_error", True),
+    ],
+)
+def test_a_code_the_network_declined_is_declined_again_without_asking(
+    lane_rules: LaneRules, reason: str, again: bool
+) -> None:
+    lane = LaneDriver(lane_rules)
+    passenger = one(decide(lane, CODE, False, reason=reason), Declined).vehicle_id
+    assert lane.state.vehicle is None  # the gate takes the next passenger
+    lane.tick(2.0)
+    actions = lane.scan(CODE)
+    assert sent(actions) is again
+    assert declined_again(actions, reason) is not again
+    if not again:
+        assert one(actions, ScanIgnored).vehicle_id == passenger
+        assert lane.state.vehicle is None
+
+
+def test_an_entry_gate_declines_a_passback_again_without_a_second_charge() -> None:
+    lane = LaneDriver(ENTRY)
+    let_through(lane)
+    lane.tick(REREAD_S)
+    refused = decide(lane, OTHER, True, account_ref="acct-1")  # the same payer again
+    assert one(refused, Persist).draft.flags[-1] == "passback"
+    assert declined_again(lane.scan(OTHER), "passback")
+
+
+@pytest.mark.parametrize(("after", "again"), [(REREAD_S - 0.1, False), (REREAD_S, True)])
+def test_a_declined_code_is_remembered_for_the_window(after: float, again: bool) -> None:
     lane = LaneDriver(EXIT)
-    lane.scan(CODE)
+    decide(lane, CODE, False)
+    declined_at = lane.now
+    lane.tick(declined_at + after - lane.now)
+    assert sent(lane.scan(CODE)) is again
+
+
+def test_after_a_decline_another_code_or_a_vehicle_seen_arriving_goes_to_the_network() -> None:
+    lane = LaneDriver(ENTRY)
+    decide(lane, CODE, False)
+    assert sent(lane.scan(OTHER))
     lane.decide(approved=False)
-    assert lane.state.approved_codes == ()
+    lane.arrive("v2", dt=1.0)
     assert sent(lane.scan(CODE))
+
+
+def test_a_declined_code_at_a_closed_gate_is_told_the_gate_is_closed() -> None:
+    lane = LaneDriver(EXIT)
+    decide(lane, CODE, False)
+    lane.feed(ev.AttendantCloseLane("cleaning"))
+    actions = lane.scan(CODE)
+    assert not sent(actions) and displayed(actions) == ["Lane closed", "Please use another lane"]
 
 
 def test_a_payment_whose_record_failed_may_show_its_code_again() -> None:
@@ -176,22 +355,24 @@ def test_a_failure_for_another_record_keeps_the_code() -> None:
     lane = LaneDriver(EXIT)
     let_through(lane)
     lane.feed(ev.PersistFailed("made-up", PersistError.DISK_ERROR))
-    lane.feed(ev.QueueChanged(full=False, high_water=False))
-    assert ignored(lane.scan(CODE))
+    lane.feed(ev.QueueChanged(full=False, high_water=False), dt=1.0)
+    assert refused_as_used(lane.scan(CODE))
 
 
 def test_the_memory_is_bounded_by_the_window() -> None:
     lane = LaneDriver(EXIT)
     let_through(lane, CODE)
+    decide(lane, "28" + "5" * 16, False)
     lane.tick(REREAD_S)
     let_through(lane, OTHER, "acct-2")
     assert [c.credential for c in lane.state.approved_codes] == [credential_of(OTHER)]
+    assert lane.state.declined_codes == ()
 
 
 def test_a_toll_lane_keeps_no_memory_and_needs_none() -> None:
     """A code read while the paid vehicle is still at the pay point or under the boom is
     ignored (one payment at a time, no vehicle without a loop); the next vehicle's driver
-    showing it is the replay check's to refuse."""
+    showing it is the replay check's to refuse. A declined code is its vehicle's own."""
     lane = LaneDriver(rules(LaneMode.TOLL))
     lane.pay("v1", CODE)
     assert not sent(lane.scan(CODE))
@@ -203,6 +384,12 @@ def test_a_toll_lane_keeps_no_memory_and_needs_none() -> None:
     assert lane.state.approved_codes == ()
     lane.arrive("v2")
     assert sent(lane.scan(CODE))
+    lane.decide(approved=False)
+    assert not sent(lane.scan(CODE))  # its phone still in view
+    assert lane.state.declined_codes == ()
+    lane.leave_pay_point()
+    lane.arrive("v3", dt=1.0)
+    assert sent(lane.scan(CODE))
 
 
 @settings(max_examples=150, deadline=None)
@@ -211,23 +398,38 @@ def test_no_code_is_charged_twice_within_the_window(
     data: st.DataObject, lane_rules: LaneRules
 ) -> None:
     """Passengers show codes from a small pool, read again at random moments; the acquirer
-    approves or declines, records fail sometimes, time passes. A code approved (on its way to
-    disk, not failed) never reaches the acquirer again within `reread_s`; a code shown at an
-    idle gate that is not one of those is served."""
+    approves or declines, records fail sometimes, passengers walk through, time passes. A code
+    approved (on its way to disk, not failed) never reaches the acquirer again within
+    `reread_s`: read again it is ignored while its passenger may be there, and once they walked
+    through and the gate was seen closed behind them it is refused as used, on record, when the
+    gate is free. A code the network declined is not sent again within it either. A code that
+    is neither, shown at an idle gate, is served."""
     lane = LaneDriver(lane_rules)
     pool = [f"28{n:016d}" for n in range(4)]
-    approvals: dict[str, tuple[str, float]] = {}  # persist id -> the code and when approved
+    approvals: dict[str, tuple[str, float, str]] = {}  # persist id -> code, when, passenger
+    declines: list[tuple[str, float]] = []  # the codes the network declined, and when
+    crossed: set[str] = set()  # passengers seen walking through their gate
+    gone: dict[str, float] = {}  # passenger -> when the gate was seen closed behind them
     for _ in range(data.draw(st.integers(5, 40))):
         move = data.draw(st.sampled_from(["scan", "scan", "decide", "persist", "gate", "wait"]))
         vehicle = lane.state.vehicle
         if move == "scan":
             text = data.draw(st.sampled_from(pool))
             idle = lane.phase() is Phase.IDLE
-            recent = any(t == text and lane.now - at < REREAD_S for t, at in approvals.values())
+            free = vehicle is None and lane.state.accepting_payments
+            frame = lane.now - FRAME_AGE_S
+            window = [(t, p) for t, at, p in approvals.values() if lane.now - at < REREAD_S]
+            recent = [p for t, p in window if t == text]
+            copy = any(p in gone and gone[p] <= frame for p in recent)
+            declined = any(t == text and lane.now - at < REREAD_S for t, at in declines)
             actions = lane.scan(text)
-            if recent:
+            if recent and not copy:
                 assert ignored(actions), (text, actions)
-            elif idle:
+            elif recent and free:
+                assert refused_as_used(actions), (text, actions)
+            elif declined and free:
+                assert not sent(actions) and of_type(actions, Persist) == [], (text, actions)
+            elif idle and not recent:
                 assert sent(actions), (text, actions)
             ask = of_type(actions, PriceTrip)
             if ask:
@@ -235,11 +437,14 @@ def test_no_code_is_charged_twice_within_the_window(
         elif move == "decide" and vehicle is not None and vehicle.attempt is not None:
             attempt = vehicle.attempt
             ok = data.draw(st.booleans())
+            reason = data.draw(st.sampled_from(["insufficient_funds", "timeout"]))
             account = f"acct-{attempt.text[-1]}"
-            actions = lane.decide(attempt.auth_id, approved=ok, account_ref=account)
+            actions = lane.decide(attempt.auth_id, approved=ok, account_ref=account, reason=reason)
             for p in of_type(actions, Persist):
                 if p.owes is not None:
-                    approvals[p.persist_id] = (attempt.text, lane.now)
+                    approvals[p.persist_id] = (attempt.text, lane.now, vehicle.vehicle_id)
+                elif p.draft.flags[-1] != "timeout":  # passback too: the same payer again
+                    declines.append((attempt.text, lane.now))
         elif move == "persist" and vehicle is not None and vehicle.pending_persist is not None:
             pending = vehicle.pending_persist
             if data.draw(st.booleans()):
@@ -250,12 +455,18 @@ def test_no_code_is_charged_twice_within_the_window(
                 lane.feed(ev.QueueChanged(full=False, high_water=False))
         elif move == "gate" and lane.state.command is not None:
             lane.ack()
-            if lane.state.passage is not None:
+            passage = lane.state.passage
+            if lane.state.barrier == "closed":
+                mine = {passage.vehicle_id} if passage is not None else set()
+                gone |= {p: lane.now for p in crossed - mine - gone.keys()}
+            if passage is not None:
+                crossed.add(passage.vehicle_id)
                 lane.sensor("light_curtain", True)
                 lane.sensor("light_curtain", False)
         elif move == "wait":
             lane.tick(data.draw(st.sampled_from([0.5, 5.0, REREAD_S / 2, REREAD_S])))
     sent_at = [(a.text, at) for at, _, actions in lane.log for a in of_type(actions, Authorise)]
-    for text, when in approvals.values():
+    refused = [(t, when) for t, when, _ in approvals.values()] + declines
+    for text, when in refused:
         again = [t for c, t in sent_at if c == text and when < t < when + REREAD_S]
-        assert again == [], f"{text} approved at {when}, sent again at {again}"
+        assert again == [], f"{text} refused or approved at {when}, sent again at {again}"

@@ -47,6 +47,7 @@ class Lane:
     codes: CodeFactory
     notes: list[tuple[str, dict[str, Any]]]
     queue_path: Path
+    acquirer: AcquirerServer
 
 
 class RecordedBeforeOpen(list[BarrierCommand]):
@@ -147,7 +148,7 @@ async def running_lane(
             await device.wait_connected(5)
             await daemon.link.wait_connected(5)
             await eventually(lambda: daemon.runner.state.barrier == "closed")
-        yield Lane(config, daemon, device, source, codes, notes, queue_path)
+        yield Lane(config, daemon, device, source, codes, notes, queue_path, acquirer)
     finally:
         stop.set()
         await asyncio.wait_for(tasks[1], 15)

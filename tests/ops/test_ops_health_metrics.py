@@ -96,6 +96,7 @@ def test_liveness() -> None:
         (None, False, "none"),
         ("expired", False, "expired"),
         ("replayed", False, "replayed"),
+        ("already_used", False, "already_used"),  # a copy of a code a fare gate just let through
         ("insufficient_funds", False, "other"),  # an acquirer's own word: not a label value
         ("payment timed out", False, "timeout"),
         ("error: KeyError", False, "internal_error"),

@@ -1,0 +1,33 @@
+"""Each pytest-xdist worker's own block of ports (sim.broker.free_port hands out its servers'
+ports from it), so two workers starting servers at the same moment never pick one port.
+
+The blocks split 20000-32767, below Linux's ephemeral ports (32768-60999 by default): no port 0
+bind nor outgoing connection anywhere on the machine lands in them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sim.broker import PORTS_ENV
+
+FIRST = 20000
+LAST = 32767
+
+
+def worker_block(worker: str | None, workers: int) -> str:
+    """The `FIRST-LAST` block of xdist worker `worker` ("gw0", "gw1" ...; None: the one
+    process of a run without workers) out of `workers`."""
+    index = int(worker.removeprefix("gw")) if worker and worker.startswith("gw") else 0
+    count = max(workers, index + 1)
+    span = (LAST - FIRST + 1) // count
+    first = FIRST + index * span
+    return f"{first}-{first + span - 1}"
+
+
+def claim_worker_block() -> None:
+    """This process hands out ports from its worker's block from now on. Set in every process
+    of the session (the workers inherit the controller's environment, so never kept from it)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ[PORTS_ENV] = worker_block(worker, workers)
