@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pg_server import waiting_here
 from polling import eventually
 from uplink_kit import beside
 
@@ -630,16 +631,15 @@ def test_a_refunded_exit_reopens_its_trip_whatever_the_order(
     assert open_table(store) == 0
 
 
-def waiting_here(dsn: str, event: str) -> int:
-    """The backends of this test's database waiting for a lock of that kind (`advisory`,
-    `transactionid`: a row another transaction locked)."""
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock' AND wait_event = %s",
-            (event,),
-        ).fetchone()
-        return int(row[0]) if row else 0
+def trip_row(
+    rid: str, lane: str, seq: int, kind: str, trip: str | None, *flags: str
+) -> IngestRecord:
+    """A record of a trip (`trip`: its pass), or with `flags` a refund (nothing charged)."""
+    result = "none" if flags or kind == "entry" else "approved"
+    draft = RecordDraft(kind, "v", 1, 0 if flags else 500, "CNY", "token", None,
+                        AuthInfo(result), flags=flags, pass_id=trip)  # fmt: skip
+    record = Record(rid, lane, seq, T0 + seq, draft)
+    return IngestRecord.of(record, record.encode())
 
 
 async def test_postgres_a_refund_naming_no_trip_waits_for_its_trips_entry_in_flight(
@@ -652,16 +652,7 @@ async def test_postgres_a_refund_naming_no_trip_waits_for_its_trips_entry_in_fli
     more. Without the wait the entry's batch counts the trip closed by the exit the refund is
     undoing, and the refund's finds no entry to reopen: the trip closed, and counted."""
     refunds, entries = PostgresIngestStore(pg_dsn), PostgresIngestStore(pg_dsn)
-
-    def row(
-        rid: str, lane: str, seq: int, kind: str, trip: str | None, *flags: str
-    ) -> IngestRecord:
-        result = "none" if flags or kind == "entry" else "approved"
-        draft = RecordDraft(kind, "v", 1, 0 if flags else 500, "CNY", "token", None,
-                            AuthInfo(result), flags=flags, pass_id=trip)  # fmt: skip
-        record = Record(rid, lane, seq, T0 + seq, draft)
-        return IngestRecord.of(record, record.encode())
-
+    row = trip_row
     exit_q, entry_q = QueueIdentity("x"), QueueIdentity("e")
     exit_ = row("x-1", "P03/x9", 1, "exit", "p9")
     refund = row("x-2", "P03/x9", 2, "exit", None, "paid_not_passed", "record:x-1")
@@ -700,3 +691,61 @@ async def test_postgres_a_refund_naming_no_trip_waits_for_its_trips_entry_in_fli
     finally:
         refunds.close()
         entries.close()
+
+
+@pytest.mark.parametrize("first", ["exit", "refund"])
+async def test_postgres_a_refund_naming_no_trip_and_its_exit_stored_at_once_meet(
+    pg_dsn: str, first: str
+) -> None:
+    """A refund of an exit that names no trip and that very exit, stored at the same moment
+    by two workers (a lane's backlog, its batches spread over workers), whichever starts
+    first: the second waits for the first's commit, then sees it, so the exit is undone and
+    its trip open again. The refund, finding no exit to read its trip from, locks every trip
+    group; the exit's batch holds its trip's group. Without that common lock each misses the
+    other's uncommitted row: the exit closes its trip and the refund is never applied."""
+    exits, refunds = PostgresIngestStore(pg_dsn), PostgresIngestStore(pg_dsn)
+    lane, queue = "P03/x8", QueueIdentity("x")
+    batches = {
+        "exit": (exits, trip_row("x-2", lane, 2, "exit", "p8")),
+        "refund": (
+            refunds,
+            trip_row("x-3", lane, 3, "exit", None, "paid_not_passed", "record:x-2"),
+        ),
+    }
+    second = "refund" if first == "exit" else "exit"
+    try:
+        exits.store_batch(
+            "P01/e8", QueueIdentity("e"), [trip_row("e-1", "P01/e8", 1, "entry", "p8")], 1
+        )
+        # The exit's worker has seen the epoch: its batch is the one statement.
+        exits.store_batch(lane, queue, [trip_row("x-1", lane, 1, "toll", None)], 1)
+        with psycopg.connect(pg_dsn) as holder:
+            # The first batch, in flight: under its locks it has read and written what it
+            # does, and waits on its epoch's row.
+            holder.execute("SELECT 1 FROM lane_ingest.epochs WHERE lane = %s FOR UPDATE", (lane,))
+            store, row = batches[first]
+            storing = asyncio.create_task(
+                asyncio.to_thread(store.store_batch, lane, queue, [row], 1)
+            )
+            await eventually(
+                lambda: waiting_here(pg_dsn, "transactionid"), what=f"the {first}'s batch waits"
+            )
+            store, row = batches[second]
+            meeting = asyncio.create_task(
+                asyncio.to_thread(store.store_batch, lane, queue, [row], 1)
+            )
+            # Waiting for the first's locks; without them, on the epoch's row behind the first
+            # (a second waiter for a row waits on its tuple lock), its reads done.
+            await eventually(
+                lambda: waiting_here(pg_dsn, "advisory") or waiting_here(pg_dsn, "tuple"),
+                what=f"the {second}'s batch waits",
+            )
+            holder.commit()
+        await storing
+        await meeting
+        ledger = open_trips(exits)
+        assert ledger == trip_ledger(exits.records_between(0, END_OF_TIME_US))
+        assert ([t.pass_id for t in ledger.open_trips], ledger.closed) == (["p8"], 0)
+    finally:
+        exits.close()
+        refunds.close()
