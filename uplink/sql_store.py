@@ -1038,10 +1038,13 @@ class SqlIngestStore:
             trips = sorted({*named, *own})
             self._lock_batch(db, trips, sorted(set(unnamed) - set(keys)))
             if marked:
+                # An exit a worker stored meanwhile may be `refunded` by now (a role no mark
+                # gives): it stays so, else the chunk would undo it, and count that, again.
                 db.cursor().executemany(
-                    q("UPDATE {records} SET trip_role=?, trip_id=? WHERE record_id=?"),
-                    [(*trip_columns(m), rid) for rid, m in marked],
-                )
+                    q("UPDATE {records} SET trip_role=?, trip_id=? WHERE record_id=?"
+                      " AND COALESCE(trip_role, '') <> ?"),
+                    [(*trip_columns(m), rid, TripRole.REFUNDED.value) for rid, m in marked],
+                )  # fmt: skip
             # Exits refunded, in this chunk or one before: what that changed in the trips a
             # count holds already (those a batch counted meanwhile) goes to the upgrade's count;
             # the TALLY job counts the others from the rows.
