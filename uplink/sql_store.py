@@ -1051,7 +1051,8 @@ class SqlIngestStore:
             undoable = [m.trip_id if m.role == TripRole.UNDO else rid for rid, m in marked
                         if m.role in (TripRole.EXIT, TripRole.UNDO)]  # fmt: skip
             undone = self._undo_exits(db, [r for r in undoable if r is not None], upgrading=True)
-            self._add_tally(db, undone)
+            if undone:
+                self._add_tally(db, undone)
         elif job == UpgradeJob.PRUNE:
             read.execute(
                 q("SELECT record_id, trip_id FROM {stray_exits} WHERE TRUE"
