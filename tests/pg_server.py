@@ -142,3 +142,15 @@ def own_database(server_dsn: str) -> Iterator[str]:
     finally:
         with psycopg.connect(server_dsn + " dbname=postgres", autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def waiting_here(dsn: str, event: str) -> int:
+    """The backends of this test's database waiting for a lock of that kind (`advisory`,
+    `transactionid`: a row another transaction locked)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND wait_event = %s",
+            (event,),
+        ).fetchone()
+        return int(row[0]) if row else 0

@@ -197,18 +197,23 @@ class TripLocks(NamedTuple):
     share_groups: bool  # the group keys are taken shared (else all exclusive)
 
 
-def trip_lock_keys(schema: str, trips: Iterable[str]) -> TripLocks:
+def trip_lock_keys(schema: str, trips: Iterable[str], *, every_group: bool = False) -> TripLocks:
     """The advisory locks that make two transactions naming a common trip id take turns, and
     no other pair but rarely, at most TRIP_LOCKS_HELD of them. A transaction naming at most
     TRIP_LOCKS_OWN trip ids takes each one's lock exclusive and their groups shared; one
     naming more takes its groups exclusive and no trip id's. Two transactions with a trip id
     in common both hold its lock, or one holds its group exclusive: one waits for the other's
-    commit. Taken in ascending order (trip ids' keys below groups'), so they never deadlock.
-    Computed here rather than in SQL, so the server only takes them; every worker and upgrade
-    of a schema must agree on them."""
+    commit. `every_group`: every group exclusive, so it takes turns with every transaction
+    naming any trip id (one that must meet a trip it cannot name: a refund of an exit not
+    held yet). Taken in ascending order (trip ids' keys below groups'), so they never
+    deadlock. Computed here rather than in SQL, so the server only takes them; every worker
+    and upgrade of a schema must agree on them."""
+    key = zlib.crc32(schema.encode()) - _HALF
+    if every_group:
+        every = [TRIP_LOCK_GROUP_BASE + g for g in range(TRIP_LOCK_GROUPS)]
+        return TripLocks(key, every, share_groups=False)
     hashes = {zlib.crc32(t.encode()) for t in trips}
     groups = sorted({TRIP_LOCK_GROUP_BASE + h % TRIP_LOCK_GROUPS for h in hashes})
-    key = zlib.crc32(schema.encode()) - _HALF
     if len(hashes) <= TRIP_LOCKS_OWN:
         own = sorted({h >> 2 for h in hashes})
         return TripLocks(key, [*own, *groups], share_groups=True)
@@ -505,6 +510,13 @@ class PostgresIngestStore(SqlIngestStore):
         )
         return bool(cur.fetchone()[0])
 
+    def _tallied_to(self, cur: Cursor) -> str | None:
+        cur.execute(
+            f"SELECT after FROM {self.prefix}upgrade WHERE job = %s", (UpgradeJob.TALLY.value,)
+        )
+        row = cur.fetchone()
+        return None if row is None else cast(str | None, row[0])
+
     def _refunds_upgrading(self, cur: Cursor) -> bool:
         cur.execute(
             f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade WHERE job = %s)",
@@ -519,28 +531,33 @@ class PostgresIngestStore(SqlIngestStore):
             self.upgrade_seen = self._upgrading(cur)
             return self.upgrade_seen or self._refunds_upgrading(cur)
 
-    def _lock_batch(self, db: Session, batch: BatchTrips) -> None:
-        """A refund of an exit that names no trip (`BatchTrips.unnamed`) locks the trip of the
-        exit it undoes too, read from that exit's row first (a round trip more, for a rare
-        batch): it takes turns with a batch bringing that trip's entry or another exit, whose
-        records its `_undo_exits` reads. An exit not held yet is its own batch's to lock (it
-        finds the refund there once the refund's batch committed)."""
-        trips = batch.trips
-        if batch.unnamed:
+    def _lock_batch(self, db: Session, trips: Sequence[str], unnamed: Sequence[str]) -> None:
+        """A refund of an exit that names no trip (`unnamed`: the exits' record ids) locks the
+        trip of the exit it undoes too, read from that exit's row first (a round trip more,
+        for a rare batch): it takes turns with a batch bringing that trip's entry or another
+        exit, whose records its `_undo_exits` reads. An exit not held yet (or not marked yet:
+        an upgrade's `mark` has not reached it) may be in flight in another worker under its
+        trip's lock, which nothing here can name: then every group is taken exclusive
+        (`trip_lock_keys`), so the two take turns whichever starts first and the second to
+        commit sees the first (the exit finds the refund, or the refund the exit)."""
+        every = False
+        if unnamed:
             cur = db.cursor()
             cur.execute(
                 self._sql(
-                    "SELECT DISTINCT trip_id FROM {records} WHERE record_id = ANY(%s)"
+                    "SELECT record_id, trip_id FROM {records} WHERE record_id = ANY(%s)"
                     " AND trip_role IN (%s, %s)"
                 ),
-                (batch.unnamed, TripRole.EXIT.value, TripRole.REFUNDED.value),
+                (list(unnamed), TripRole.EXIT.value, TripRole.REFUNDED.value),
             )
-            trips = sorted({*trips, *(str(r[0]) for r in cur.fetchall())})
-        self._lock_trips(db, trips)
+            found = {str(rid): str(trip) for rid, trip in cur.fetchall()}
+            trips = sorted({*trips, *found.values()})
+            every = not set(unnamed) <= found.keys()
+        self._lock_trips(db, trips, every_group=every)
 
-    def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
-        if trips:
-            locks = trip_lock_keys(self.schema, trips)
+    def _lock_trips(self, db: Session, trips: Sequence[str], *, every_group: bool = False) -> None:
+        if trips or every_group:
+            locks = trip_lock_keys(self.schema, trips, every_group=every_group)
             db.cursor().execute(
                 _LOCK_TRIPS,
                 {

@@ -5,7 +5,7 @@ for byte, duplicates, conflicts (and their resolution), the prefix per queue epo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -171,13 +171,22 @@ UNDONE = (
     " AND x.record_id IN ({ids}) AND (SELECT 1 FROM {records} AS u WHERE u.trip_role=?"
     " AND u.trip_id = x.record_id LIMIT 1) IS NOT NULL"
 )
-# How many of some trip ids (`{ids}`) are closed: an entry and an exit held. Parameters: the
-# trip ids, entry, exit.
+# How many of some trip ids (`{ids}`) the kept counts hold closed: an entry and an exit that
+# is no stray held. A trip with an entry whose exits are all strays (kept while an upgrade
+# runs) is counted from them when read (STRAYS), not here: a refund undoing such an exit
+# changes that count alone. Parameters: the trip ids, entry, exit.
 CLOSED_AMONG = (
     "SELECT COUNT(*) FROM (VALUES {ids}) AS t"
     f" WHERE NOT ({NO_ENTRY.replace('{column}', 'column1')})"
-    " AND (SELECT 1 FROM {records} AS o WHERE o.trip_role=? AND o.trip_id=t.column1 LIMIT 1)"
-    " IS NOT NULL"
+    f" AND {_STRAY_EXIT.replace('{is}', 'IS NULL')} IS NOT NULL"
+)
+# Which of some trip ids (`{ids}`) a closed count holds while an upgrade's tally has not
+# finished: those a batch counted meanwhile (`counted`), and those up to the last trip id the
+# tally counted (NULL: none yet; compared as the tally orders them). Parameters: the trip
+# ids, the tally's last trip id.
+ACCOUNTED = (
+    "SELECT t.column1 FROM (VALUES {ids}) AS t WHERE t.column1 <= CAST(? AS TEXT)"
+    " OR (SELECT 1 FROM {counted} AS c WHERE c.trip_id = t.column1) IS NOT NULL"
 )
 # The refunds owed and not made (uplink.refunds): each `tap_out` owing one whose payment has
 # no `made` or `made_by_hand` record held, with its payment's latest `unpaid` record (NULL:
@@ -289,19 +298,13 @@ def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
     """Pure: what `BatchTrips` says of `records`."""
     exits: list[tuple[str, str]] = []
     first: dict[str, tuple[int, str]] = {}  # trip id: its earliest entry's (time, record id)
-    undone: list[str] = []  # the exits its refunds undo
-    locked: set[str] = set()  # their trips, where the refunds name them
-    unnamed: list[str] = []  # the exits of the refunds that do not
+    undos: list[TripMark] = []  # its refunds of exits
     for r in records:
         mark = r.trip
         if mark is None or mark.trip_id is None:
             continue
         if mark.role == TripRole.UNDO:
-            undone.append(mark.trip_id)
-            if mark.undone_trip is not None:
-                locked.add(mark.undone_trip)
-            else:
-                unnamed.append(mark.trip_id)
+            undos.append(mark)
         elif mark.role == TripRole.EXIT:
             exits.append((r.record_id, mark.trip_id))
         elif mark.role == TripRole.ENTRY:
@@ -311,9 +314,21 @@ def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
                 first[mark.trip_id] = key
     exited = {trip for _, trip in exits}
     entries = [FirstEntry(t, rid, ts) for t, (ts, rid) in first.items() if t not in exited]
-    undoable = sorted({*(rid for rid, _ in exits), *undone})
+    undoable = sorted(
+        {*(rid for rid, _ in exits), *(m.trip_id for m in undos if m.trip_id is not None)}
+    )
+    locked, unnamed = undo_locks(undos)
     trips = sorted(exited.union(first, locked))
-    return BatchTrips(trips, sorted(exited), entries, exits, undoable, sorted(unnamed))
+    return BatchTrips(trips, sorted(exited), entries, exits, undoable, unnamed)
+
+
+def undo_locks(undos: Iterable[TripMark]) -> tuple[set[str], list[str]]:
+    """Pure: what refunds of exits (`undo` marks) lock, in a batch and in an upgrade's `mark`
+    chunk alike: the trips they name (`TripMark.undone_trip`), and the record ids of the exits
+    they undo without naming one, whose trips `_lock_batch` reads from their rows."""
+    named = {m.undone_trip for m in undos if m.undone_trip is not None}
+    unnamed = {m.trip_id for m in undos if m.undone_trip is None and m.trip_id is not None}
+    return named, sorted(unnamed)
 
 
 class UpgradeJob(StrEnum):
@@ -372,14 +387,16 @@ class SqlIngestStore:
             text = text.replace("{" + table + "}", self.prefix + table)
         return text.replace("{bytewise}", self.bytewise).replace("?", self.param)
 
-    def _lock_trips(self, db: Session, trips: Sequence[str]) -> None:
-        """Make the other transactions that touch these trip ids wait for this one's commit
-        (PostgreSQL; SQLite's writers take turns anyway). Taken first in a transaction."""
+    def _lock_trips(self, db: Session, trips: Sequence[str], *, every_group: bool = False) -> None:
+        """Make the other transactions that touch these trip ids (`every_group`: any trip id)
+        wait for this one's commit (PostgreSQL; SQLite's writers take turns anyway). Taken
+        first in a transaction."""
 
-    def _lock_batch(self, db: Session, batch: BatchTrips) -> None:
-        """`_lock_trips` of a batch's trip ids (`BatchTrips.trips`); PostgreSQL adds the trips
-        of the exits its refunds undo without naming them."""
-        self._lock_trips(db, batch.trips)
+    def _lock_batch(self, db: Session, trips: Sequence[str], unnamed: Sequence[str]) -> None:
+        """`_lock_trips` of the trip ids a batch or an upgrade's `mark` chunk names
+        (`BatchTrips.trips`); PostgreSQL adds the trips of the exits (`unnamed`: their record
+        ids) that its refunds undo without naming them (`BatchTrips.unnamed`)."""
+        self._lock_trips(db, trips)
 
     def _refresh_trips(self, db: Session, trips: Sequence[str]) -> None:
         """Set the open-trips rows of `trips` to what the records now hold (REOPEN), under
@@ -453,7 +470,7 @@ class SqlIngestStore:
         late = self._prune_strays(db, batch.trips) if met or kept else 0
         return len(closed) + late, kept or late > 0
 
-    def _undo_exits(self, db: Session, undoable: Sequence[str]) -> int:
+    def _undo_exits(self, db: Session, undoable: Sequence[str], *, upgrading: bool = False) -> int:
         """Undo the exits refunded by now among `undoable` (a batch's exits and the exits its
         refunds name: `BatchTrips.undoable`), whichever of an exit and its refund came first:
         each becomes `refunded` (it closes nothing, and is no stray: not unmatched), its trip's
@@ -461,7 +478,13 @@ class SqlIngestStore:
         other exit), and the count of trips closed changes by what that did (returned, for
         the batch's epoch row). After the batch's own trips are kept, under their locks (an
         undone exit of the batch's is of its trips; a refund's, of the trip it names). One
-        read when the batch has exits or refunds of exits; more only when it undoes one."""
+        read when the batch has exits or refunds of exits; more only when it undoes one.
+
+        While an upgrade's tally has not finished (`upgrading`: the upgrade's own `mark`
+        step), the change is counted only over the trips a count holds already
+        (`_accounted`): the tally counts every other trip from its rows when it reaches it,
+        under its lock, so a change counted here too would be counted twice (a trip closed
+        before the upgrade and reopened by a refund meanwhile would end one short)."""
         if not undoable:
             return 0
         q = self._sql
@@ -475,7 +498,8 @@ class SqlIngestStore:
         if not undone:
             return 0
         trips = sorted({trip for _, trip in undone})
-        before = self._closed_among(db, trips)
+        held = self._accounted(db, trips) if upgrading or self._tally_running(db) else trips
+        before = self._closed_among(db, held)
         ids = [rid for rid, _ in undone]
         db.cursor().executemany(
             q("UPDATE {records} SET trip_role=? WHERE record_id=?"),
@@ -486,9 +510,31 @@ class SqlIngestStore:
             (*ids,),
         )
         self._refresh_trips(db, trips)
-        return self._closed_among(db, trips) - before
+        return self._closed_among(db, held) - before
+
+    def _tally_running(self, db: Session) -> bool:
+        """Whether an upgrade job that the closed count waits for may be running beside this
+        store's batches (PostgreSQL; SQLite runs its upgrade before any batch)."""
+        return self.upgrade_seen and self._upgrading(db.cursor())
+
+    def _accounted(self, db: Session, trips: Sequence[str]) -> list[str]:
+        """Which of `trips` a closed count holds while an upgrade's tally has not finished
+        (ACCOUNTED): those a batch counted meanwhile (`counted`) and those the tally has gone
+        past (`_tallied_to`)."""
+        cur = db.cursor()
+        tallied = self._tallied_to(cur)
+        ids = ", ".join("(?)" for _ in trips)
+        cur.execute(self._sql(ACCOUNTED.replace("{ids}", ids)), (*trips, tallied))
+        return [str(r[0]) for r in cur.fetchall()]
+
+    def _tallied_to(self, cur: Cursor) -> str | None:
+        """The last trip id the upgrade's tally has counted (None: none yet). SQLite's tally
+        runs after its `mark` step in the opening transaction, with no batch beside it."""
+        return None
 
     def _closed_among(self, db: Session, trips: Sequence[str]) -> int:
+        if not trips:
+            return 0
         cur = db.cursor()
         ids = ", ".join("(?)" for _ in trips)
         cur.execute(
@@ -545,7 +591,7 @@ class SqlIngestStore:
     def _note_counted(self, db: Session, closed: Collection[str]) -> None:
         """While an upgrade runs, the trips a batch counted closed are noted, so its tally
         (`UpgradeJob.TALLY`) does not count them again."""
-        if closed and self.upgrade_seen and self._upgrading(db.cursor()):
+        if closed and self._tally_running(db):
             db.cursor().execute(
                 self._sql(
                     f"INSERT INTO {{counted}} (trip_id) VALUES {', '.join('(?)' for _ in closed)}"
@@ -620,7 +666,7 @@ class SqlIngestStore:
         held = new_held(records)
         trips = batch_trips(records)
         with self._batch() as db:
-            self._lock_batch(db, trips)
+            self._lock_batch(db, trips.trips, trips.unnamed)
             self._insert(db, NewRows(lane, epoch, records, now_us), careful=False)
             # every record is inserted (or RowTakenError)
             closed, met = self._add_trips(db, trips)
@@ -687,7 +733,7 @@ class SqlIngestStore:
         marked = batch_trips(records)
         trips = marked.trips
         with self._batch() as db:
-            self._lock_batch(db, marked)
+            self._lock_batch(db, trips, marked.unnamed)
             was_open = self._open_among(db, marked.exited)
             locked = db.cursor()
             locked.execute(lock_sql, (lane, lane, epoch))
@@ -979,18 +1025,34 @@ class SqlIngestStore:
                 (*params, chunk),
             )  # fmt: skip
             rows = [(str(rid), stored_mark(bytes(data))) for rid, data in read.fetchall()]
-            marks = [(*trip_columns(m), rid) for rid, m in rows if m is not None]
-            trips = sorted({m.trip_id for _, m in rows if m is not None and m.trip_id is not None})
+            marked = [(rid, m) for rid, m in rows if m is not None]
             keys = [rid for rid, _ in rows]
-            self._lock_trips(db, trips)
-            if marks:
+            # The locks the live ingest takes for these records (`batch_trips`), so a worker
+            # storing one of their trips meanwhile takes turns with the chunk: an undo's are
+            # the trip its refund names, or the trip of the exit it undoes, read from that
+            # exit's row unless the exit is in this chunk (its own mark names its trip).
+            named, unnamed = undo_locks([m for _, m in marked if m.role == TripRole.UNDO])
+            own = (
+                m.trip_id for _, m in marked if m.role != TripRole.UNDO and m.trip_id is not None
+            )
+            trips = sorted({*named, *own})
+            self._lock_batch(db, trips, sorted(set(unnamed) - set(keys)))
+            if marked:
+                # An exit a worker stored meanwhile may be `refunded` by now (a role no mark
+                # gives): it stays so, else the chunk would undo it, and count that, again.
                 db.cursor().executemany(
-                    q("UPDATE {records} SET trip_role=?, trip_id=? WHERE record_id=?"), marks
-                )
-            # Exits refunded, in this chunk or one before (the TALLY job counts from them).
-            undoable = [m.trip_id if m.role == TripRole.UNDO else rid for rid, m in rows
-                        if m is not None and m.role in (TripRole.EXIT, TripRole.UNDO)]  # fmt: skip
-            self._undo_exits(db, [rid for rid in undoable if rid is not None])
+                    q("UPDATE {records} SET trip_role=?, trip_id=? WHERE record_id=?"
+                      " AND COALESCE(trip_role, '') <> ?"),
+                    [(*trip_columns(m), rid, TripRole.REFUNDED.value) for rid, m in marked],
+                )  # fmt: skip
+            # Exits refunded, in this chunk or one before: what that changed in the trips a
+            # count holds already (those a batch counted meanwhile) goes to the upgrade's count;
+            # the TALLY job counts the others from the rows.
+            undoable = [m.trip_id if m.role == TripRole.UNDO else rid for rid, m in marked
+                        if m.role in (TripRole.EXIT, TripRole.UNDO)]  # fmt: skip
+            undone = self._undo_exits(db, [r for r in undoable if r is not None], upgrading=True)
+            if undone:
+                self._add_tally(db, undone)
         elif job == UpgradeJob.PRUNE:
             read.execute(
                 q("SELECT record_id, trip_id FROM {stray_exits} WHERE TRUE"
@@ -1025,13 +1087,17 @@ class SqlIngestStore:
                 cur = db.cursor()
                 cur.execute(q(TALLIED.replace("{ids}", ids)), (*trips, entry, exit_, exit_))
                 found = int(cur.fetchone()[0])
-            db.cursor().execute(
-                q("UPDATE {trip_counts} SET closed = closed + ? WHERE source = ?"),
-                (found, TALLY_SOURCE),
-            )
+            self._add_tally(db, found)
             if job == UpgradeJob.TALLY and reached is None:
                 db.cursor().execute(q("DELETE FROM {counted}"))
         return reached
+
+    def _add_tally(self, db: Session, closed: int) -> None:
+        """Add to the upgrade's closed count (`trip_counts`, TALLY_SOURCE)."""
+        db.cursor().execute(
+            self._sql("UPDATE {trip_counts} SET closed = closed + ? WHERE source = ?"),
+            (closed, TALLY_SOURCE),
+        )
 
     def lanes(self) -> list[str]:
         with self._reader() as cur:

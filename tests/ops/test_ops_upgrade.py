@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import psycopg
 import pytest
-from pg_server import own_database
+from pg_server import own_database, waiting_here
 from polling import eventually
 
 from lane.auth.replay import MIGRATED_KEEP_S, ReplayStore, ReplayStoreError
@@ -499,13 +499,32 @@ def many_old_rows(version: int) -> tuple[list[tuple[object, ...]], list[Record]]
             draft = RecordDraft(kind, f"veh-{i}", 1, 0, "CNY", "token", None, AuthInfo("none"),
                                 entry_plaza="P01", pass_id=trip)  # fmt: skip
             records.append(Record(f"r-{kind}-{i:02}", lane, seqs[lane], FIXTURE_TS0 + i, draft))
+    return stored_as(version, records), records
+
+
+def stored_as(version: int, records: Sequence[Record]) -> list[tuple[object, ...]]:
+    """`records` as the release of `version` stored them (version 3 on: with the trip columns
+    as it marked them)."""
     rows = []
     for r in records:
         row = IngestRecord.of(r, r.encode())
         marks = trip_columns(row.trip) if version >= 3 else ()
         rows.append((r.record_id, r.lane, "", r.seq, r.ts_us, row.kind, 0, "CNY", row.data, 1,
                      *marks))  # fmt: skip
-    return rows, records
+    return rows
+
+
+def trip_record(rid: str, lane: str, seq: int, kind: str, trip: str | None, *flags: str) -> Record:
+    """A record of a trip (`trip`: its pass), or with `flags` a refund (nothing charged)."""
+    draft = RecordDraft(kind, "veh-t", 1, 0 if flags else 500, "CNY", "token", None,
+                        AuthInfo("none" if flags or kind == "entry" else "approved"),
+                        entry_plaza="P01", flags=flags, pass_id=trip)  # fmt: skip
+    return Record(rid, lane, seq, FIXTURE_TS0 + 100 + seq, draft)
+
+
+def refund_of(rid: str, exit_id: str, seq: int, trip: str | None) -> Record:
+    """The refund of the exit `exit_id` (the vehicle not let out), naming its pass or none."""
+    return trip_record(rid, "P03/x2", seq, "exit", trip, "paid_not_passed", f"record:{exit_id}")
 
 
 # The jobs an upgrade from each version runs, and the chunks of 8 each takes over
@@ -539,13 +558,16 @@ def crash_after_the_first_chunk(
     during: list[IngestRecord],
     chunks: list[str | None],
     meanwhile: Callable[[PostgresIngestStore], None],
+    job: UpgradeJob | None = None,
 ) -> Callable[[UpgradeJob, str | None], None]:
-    """An `after_chunk` hook: the upgrading worker dies after its first chunk (each chunk it
-    reached goes to `chunks`), once another worker, holding the upgrade's row as in the middle
-    of a chunk, has had a second worker store `during`; `meanwhile` checks the answer with that
-    second worker's store, the row still held."""
+    """An `after_chunk` hook: the upgrading worker dies after its first chunk (of `job`, else
+    of the first job; each chunk it reached goes to `chunks`), once another worker, holding
+    the upgrade's row as in the middle of a chunk, has had a second worker store `during`;
+    `meanwhile` checks the answer with that second worker's store, the row still held."""
 
-    def crash_after_the_first(job: UpgradeJob, reached: str | None) -> None:
+    def crash_after_the_first(ran: UpgradeJob, reached: str | None) -> None:
+        if job is not None and ran != job:
+            return
         chunks.append(reached)
         with psycopg.connect(pg_dsn) as other:  # another worker, in the middle of a chunk
             other.execute("SELECT * FROM lane_ingest.upgrade FOR UPDATE")
@@ -753,6 +775,157 @@ def test_a_postgres_tally_counts_each_closed_trip_once_whatever_closes_meanwhile
         store.close()
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM lane_ingest.counted").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("version", "job"),
+    [(3, UpgradeJob.OPEN), (4, UpgradeJob.STRAYS), (4, UpgradeJob.TALLY)],
+    ids=["v3-open", "v4-strays", "v4-tally"],
+)
+def test_a_postgres_refund_ingested_during_the_upgrade_counts_its_trip_once(
+    pg_dsn: str, version: int, job: UpgradeJob
+) -> None:
+    """An exit stored before the upgrade closed its trip (pass01); its refund (the vehicle was
+    not let out) is ingested while the upgrade runs: before the tally reaches the trip (the
+    tally counts it from its rows then, open again), or after the tally's first chunk counted
+    it closed (the refund takes that back). Either way the closed count is the pure ledger's.
+    Before the tally, counting the reopening in the refund's batch as well left it one short."""
+    rows, records = many_old_rows(version)
+    old_pg_schema(pg_dsn, version, rows)
+    refund = refund_of("r-during-1", "r-exit-01", 1, "pass01")
+    records.append(refund)
+    during = [IngestRecord.of(refund, refund.encode())]
+    chunks: list[str | None] = []
+    crash = crash_after_the_first_chunk(pg_dsn, during, chunks, lambda _: None, job)
+    with pytest.raises(CrashError):
+        PostgresIngestStore(pg_dsn, upgrade_chunk=8, after_chunk=crash)
+    assert chunks == ["pass07" if job == UpgradeJob.TALLY else chunks[0]]  # past pass01, or not
+    store = PostgresIngestStore(pg_dsn, upgrade_chunk=8)
+    try:
+        pure = trip_ledger(r.encode() for r in records)
+        assert pure.closed == 19 and "pass01" in [t.pass_id for t in pure.open_trips]
+        assert open_trips(store) == pure
+    finally:
+        store.close()
+
+
+def test_a_postgres_mark_undoing_an_exit_a_worker_counted_takes_its_count_back(
+    pg_dsn: str,
+) -> None:
+    """Version 2 held a trip's entry (pass88) and the refund of its exit, whose exit a
+    worker stores while the upgrade's `mark` runs: the exit closes the trip, counted by its
+    batch. The chunk that marks the refund undoes the exit, the trip open again, and takes
+    that count back; the chunk that marks the exit later leaves it refunded. Without that the
+    trip stayed counted closed."""
+    entry = trip_record("r-a-entry", "P01/e8", 1, "entry", "pass88")
+    refund = refund_of("r-c-refund", "r-live-exit", 2, "pass88")
+    old_pg_schema(pg_dsn, 2, stored_as(2, [entry, refund]))
+    exit_ = trip_record("r-live-exit", "P03/x2", 1, "exit", "pass88")
+    during = [IngestRecord.of(exit_, exit_.encode())]
+    chunks: list[str | None] = []
+    crash = crash_after_the_first_chunk(pg_dsn, during, chunks, lambda _: None)
+    with pytest.raises(CrashError):
+        PostgresIngestStore(pg_dsn, upgrade_chunk=1, after_chunk=crash)
+    assert chunks == ["r-a-entry"]  # the trip open, its exit stored: counted closed
+    store = PostgresIngestStore(pg_dsn, upgrade_chunk=1)
+    try:
+        pure = trip_ledger(r.encode() for r in (entry, refund, exit_))
+        assert pure.closed == 0 and [t.pass_id for t in pure.open_trips] == ["pass88"]
+        assert open_trips(store) == pure
+    finally:
+        store.close()
+
+
+def test_a_postgres_refund_of_a_stray_its_trips_entry_left_counts_it_once(pg_dsn: str) -> None:
+    """An exit a worker stores while the upgrade's `mark` has not reached its trip's entry
+    (pass66) is kept as a stray, and once the entry is marked `lane trips` counts the trip
+    closed from that stray. Its refund, ingested after the upgrade, reopens the trip: the
+    stray goes, and with it that count; the kept counts, which never held the trip, change
+    by nothing. Counted as an exit that was no stray, the trip ended one short."""
+    toll = trip_record("r-a-toll", "P01/e6", 1, "toll", None)
+    entry = trip_record("r-b-entry", "P01/e6", 2, "entry", "pass66")
+    old_pg_schema(pg_dsn, 2, stored_as(2, [toll, entry]))
+    exit_ = trip_record("r-live-exit", "P03/x2", 1, "exit", "pass66")
+    during = [IngestRecord.of(exit_, exit_.encode())]
+    chunks: list[str | None] = []
+    crash = crash_after_the_first_chunk(pg_dsn, during, chunks, lambda _: None)
+    with pytest.raises(CrashError):
+        PostgresIngestStore(pg_dsn, upgrade_chunk=1, after_chunk=crash)
+    assert chunks == ["r-a-toll"]  # the entry not marked yet when the exit came
+    store = PostgresIngestStore(pg_dsn, upgrade_chunk=1)
+    try:
+        assert open_trips(store) == trip_ledger(r.encode() for r in (toll, entry, exit_))
+        assert open_trips(store).closed == 1
+        refund = refund_of("r-refund", "r-live-exit", 2, "pass66")
+        store.store_batch(
+            "P03/x2", QueueIdentity("during"), [IngestRecord.of(refund, refund.encode())], 1
+        )
+        pure = trip_ledger(r.encode() for r in (toll, entry, exit_, refund))
+        assert pure.closed == 0 and [t.pass_id for t in pure.open_trips] == ["pass66"]
+        assert open_trips(store) == pure
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("names_its_trip", [True, False], ids=["named", "no-pass"])
+async def test_a_postgres_mark_chunk_takes_turns_with_a_batch_of_its_refunds_trip(
+    pg_dsn: str, names_its_trip: bool
+) -> None:
+    """Version 2 held a trip's exit (pass77) and that exit's refund (the vehicle was not let
+    out), in two chunks of the upgrade's `mark`; the trip's entry comes meanwhile, stored by a
+    worker. The chunk that marks the refund undoes the exit under the trip's lock, as a batch
+    of that refund would take it (the trip the refund names, or the one of the exit it
+    undoes, read from the exit's row): with the entry's batch in flight it waits for that
+    commit, then opens the trip. Locking the exit's record id, each missed the other: the
+    entry opened nothing (an exit was held), the chunk reopened nothing (no entry yet), and
+    the vehicle on the road was in no open trip."""
+    exit_ = trip_record("r-1-exit", "P03/x7", 1, "exit", "pass77")
+    refund = trip_record("r-2-refund", "P03/x7", 2, "exit", "pass77" if names_its_trip else None,
+                         "paid_not_passed", "record:r-1-exit")  # fmt: skip
+    old_pg_schema(pg_dsn, 2, stored_as(2, [exit_, refund]))
+    toll = trip_record("r-0-toll", "P01/e7", 1, "toll", None)
+    entry = trip_record("r-3-entry", "P01/e7", 2, "entry", "pass77")
+
+    def crash(job: UpgradeJob, reached: str | None) -> None:
+        raise CrashError
+
+    with pytest.raises(CrashError):  # the first chunk marked the exit
+        PostgresIngestStore(pg_dsn, upgrade_chunk=1, after_chunk=crash)
+    with psycopg.connect(pg_dsn) as other:  # opened beside the upgrade, as a worker is
+        other.execute("SELECT * FROM lane_ingest.upgrade FOR UPDATE")
+        worker, seeder = PostgresIngestStore(pg_dsn), PostgresIngestStore(pg_dsn)
+    queue = QueueIdentity("e")
+    try:
+        seeder.store_batch("P01/e7", queue, [IngestRecord.of(toll, toll.encode())], 1)
+        with psycopg.connect(pg_dsn) as holder:
+            # The entry's batch, in flight: under its trip's lock it has found the exit held
+            # (opening nothing), and waits on its epoch's row.
+            holder.execute("SELECT 1 FROM lane_ingest.epochs WHERE lane = 'P01/e7' FOR UPDATE")
+            entering = asyncio.create_task(asyncio.to_thread(
+                worker.store_batch, "P01/e7", queue, [IngestRecord.of(entry, entry.encode())], 1
+            ))  # fmt: skip
+            await eventually(
+                lambda: waiting_here(pg_dsn, "transactionid"), what="the entry's batch waits"
+            )
+            upgrading = asyncio.create_task(
+                asyncio.to_thread(PostgresIngestStore, pg_dsn, upgrade_chunk=1)
+            )
+            await eventually(
+                lambda: waiting_here(pg_dsn, "advisory") or upgrading.done(),
+                what="the mark chunk waits for the trip's lock (or the upgrade ran through)",
+            )
+            holder.commit()
+        await entering
+        upgraded = await upgrading
+        try:
+            pure = trip_ledger(r.encode() for r in (exit_, refund, toll, entry))
+            assert [t.pass_id for t in pure.open_trips] == ["pass77"] and pure.closed == 0
+            assert open_trips(upgraded) == pure
+        finally:
+            upgraded.close()
+    finally:
+        worker.close()
+        seeder.close()
 
 
 # This database's builds of the trip index: pg_stat_activity is the whole server's, and the

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pg_server import waiting_here
 from polling import eventually
 from uplink_kit import beside
 
@@ -564,7 +565,9 @@ REFUND_ORDERS = (
 )
 
 
-def refunded_exit_records(n: int) -> dict[str, IngestRecord]:
+def refunded_exit_records(n: int, *, named: bool = True) -> dict[str, IngestRecord]:
+    """`REFUNDED_EXIT`'s records of the trip t{n}; not `named`: the refunds name no pass (an
+    exit priced `pass_used`), so the store finds each one's trip from its exit."""
     trip, stray, entry_lane, exit_lane = f"t{n}", f"s{n}", f"P01/e{n}", f"P03/x{n}"
 
     def draft(kind: str, pass_id: str, flags: tuple[str, ...] = ()) -> RecordDraft:
@@ -573,7 +576,7 @@ def refunded_exit_records(n: int) -> dict[str, IngestRecord]:
                            AuthInfo(result), flags=flags, pass_id=pass_id)  # fmt: skip
 
     def refund(of: str, pass_id: str) -> RecordDraft:
-        return draft("exit", pass_id, ("paid_not_passed", f"record:{of}"))
+        return draft("exit", pass_id if named else "", ("paid_not_passed", f"record:{of}"))
 
     drafts = {
         "entry": (entry_lane, 1, draft("entry", trip)),
@@ -592,17 +595,20 @@ def refunded_exit_records(n: int) -> dict[str, IngestRecord]:
     return out
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["refunds-name-the-pass", "no-pass"])
 def test_a_refunded_exit_reopens_its_trip_whatever_the_order(
-    store_factory: Callable[[], IngestStore],
+    store_factory: Callable[[], IngestStore], named: bool
 ) -> None:
     """The vehicle was not let out: the refund of its exit (naming the exit's record) undoes
     the exit, whichever arrives first, so the trip is open again (counted closed no more) and
     a refunded exit with no entry is no unmatched exit; the vehicle's later exit closes the
     trip again, not an unmatched exit. After every batch the store's answer is the pure
-    ledger's; batches sent again change nothing."""
+    ledger's; batches sent again change nothing. Alike with refunds that name no pass, whose
+    trips the store reads from their exits (on PostgreSQL, one whose exit is not held yet
+    locks every trip group)."""
     store = store_factory()
     for n, order in enumerate(REFUND_ORDERS):
-        rows = refunded_exit_records(n)
+        rows = refunded_exit_records(n, named=named)
         epochs = {lane: QueueIdentity(f"q-{lane}") for lane in {r.lane for r in rows.values()}}
         for name in order:
             row = rows[name]
@@ -630,16 +636,15 @@ def test_a_refunded_exit_reopens_its_trip_whatever_the_order(
     assert open_table(store) == 0
 
 
-def waiting_here(dsn: str, event: str) -> int:
-    """The backends of this test's database waiting for a lock of that kind (`advisory`,
-    `transactionid`: a row another transaction locked)."""
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock' AND wait_event = %s",
-            (event,),
-        ).fetchone()
-        return int(row[0]) if row else 0
+def trip_row(
+    rid: str, lane: str, seq: int, kind: str, trip: str | None, *flags: str
+) -> IngestRecord:
+    """A record of a trip (`trip`: its pass), or with `flags` a refund (nothing charged)."""
+    result = "none" if flags or kind == "entry" else "approved"
+    draft = RecordDraft(kind, "v", 1, 0 if flags else 500, "CNY", "token", None,
+                        AuthInfo(result), flags=flags, pass_id=trip)  # fmt: skip
+    record = Record(rid, lane, seq, T0 + seq, draft)
+    return IngestRecord.of(record, record.encode())
 
 
 async def test_postgres_a_refund_naming_no_trip_waits_for_its_trips_entry_in_flight(
@@ -652,16 +657,7 @@ async def test_postgres_a_refund_naming_no_trip_waits_for_its_trips_entry_in_fli
     more. Without the wait the entry's batch counts the trip closed by the exit the refund is
     undoing, and the refund's finds no entry to reopen: the trip closed, and counted."""
     refunds, entries = PostgresIngestStore(pg_dsn), PostgresIngestStore(pg_dsn)
-
-    def row(
-        rid: str, lane: str, seq: int, kind: str, trip: str | None, *flags: str
-    ) -> IngestRecord:
-        result = "none" if flags or kind == "entry" else "approved"
-        draft = RecordDraft(kind, "v", 1, 0 if flags else 500, "CNY", "token", None,
-                            AuthInfo(result), flags=flags, pass_id=trip)  # fmt: skip
-        record = Record(rid, lane, seq, T0 + seq, draft)
-        return IngestRecord.of(record, record.encode())
-
+    row = trip_row
     exit_q, entry_q = QueueIdentity("x"), QueueIdentity("e")
     exit_ = row("x-1", "P03/x9", 1, "exit", "p9")
     refund = row("x-2", "P03/x9", 2, "exit", None, "paid_not_passed", "record:x-1")
@@ -700,3 +696,61 @@ async def test_postgres_a_refund_naming_no_trip_waits_for_its_trips_entry_in_fli
     finally:
         refunds.close()
         entries.close()
+
+
+@pytest.mark.parametrize("first", ["exit", "refund"])
+async def test_postgres_a_refund_naming_no_trip_and_its_exit_stored_at_once_meet(
+    pg_dsn: str, first: str
+) -> None:
+    """A refund of an exit that names no trip and that very exit, stored at the same moment
+    by two workers (a lane's backlog, its batches spread over workers), whichever starts
+    first: the second waits for the first's commit, then sees it, so the exit is undone and
+    its trip open again. The refund, finding no exit to read its trip from, locks every trip
+    group; the exit's batch holds its trip's group. Without that common lock each misses the
+    other's uncommitted row: the exit closes its trip and the refund is never applied."""
+    exits, refunds = PostgresIngestStore(pg_dsn), PostgresIngestStore(pg_dsn)
+    lane, queue = "P03/x8", QueueIdentity("x")
+    batches = {
+        "exit": (exits, trip_row("x-2", lane, 2, "exit", "p8")),
+        "refund": (
+            refunds,
+            trip_row("x-3", lane, 3, "exit", None, "paid_not_passed", "record:x-2"),
+        ),
+    }
+    second = "refund" if first == "exit" else "exit"
+    try:
+        exits.store_batch(
+            "P01/e8", QueueIdentity("e"), [trip_row("e-1", "P01/e8", 1, "entry", "p8")], 1
+        )
+        # The exit's worker has seen the epoch: its batch is the one statement.
+        exits.store_batch(lane, queue, [trip_row("x-1", lane, 1, "toll", None)], 1)
+        with psycopg.connect(pg_dsn) as holder:
+            # The first batch, in flight: under its locks it has read and written what it
+            # does, and waits on its epoch's row.
+            holder.execute("SELECT 1 FROM lane_ingest.epochs WHERE lane = %s FOR UPDATE", (lane,))
+            store, row = batches[first]
+            storing = asyncio.create_task(
+                asyncio.to_thread(store.store_batch, lane, queue, [row], 1)
+            )
+            await eventually(
+                lambda: waiting_here(pg_dsn, "transactionid"), what=f"the {first}'s batch waits"
+            )
+            store, row = batches[second]
+            meeting = asyncio.create_task(
+                asyncio.to_thread(store.store_batch, lane, queue, [row], 1)
+            )
+            # Waiting for the first's locks; without them, on the epoch's row behind the first
+            # (a second waiter for a row waits on its tuple lock), its reads done.
+            await eventually(
+                lambda: waiting_here(pg_dsn, "advisory") or waiting_here(pg_dsn, "tuple"),
+                what=f"the {second}'s batch waits",
+            )
+            holder.commit()
+        await storing
+        await meeting
+        ledger = open_trips(exits)
+        assert ledger == trip_ledger(exits.records_between(0, END_OF_TIME_US))
+        assert ([t.pass_id for t in ledger.open_trips], ledger.closed) == (["p8"], 0)
+    finally:
+        exits.close()
+        refunds.close()
