@@ -944,7 +944,13 @@ class LaneDaemon:
                 tuple(status.faults),
                 tuple(status.link.items()),
             )
-            if key == last or not self.link.connected or self._said_offline:
+            if not self.link.connected:
+                # The broker may have published the will ('offline', retained) meanwhile:
+                # after the reconnect the status goes out again even if nothing else changed,
+                # or a lane back at work would stay 'offline' on every console until it did.
+                last = None
+                continue
+            if key == last or self._said_offline:
                 continue
             try:
                 await self.link.publish_status(status)

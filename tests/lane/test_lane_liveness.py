@@ -168,6 +168,28 @@ async def test_a_broker_that_stops_answering_is_seen_within_the_keepalive_and_le
         await eventually(lambda: quiet(lane))
 
 
+async def test_a_lane_back_from_a_lost_link_says_so_over_the_will_s_offline(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    """A link lost uncleanly (a network cut, a broker that froze) leaves the broker to publish
+    the lane's will: `offline`, retained, on every console. Reconnected, the lane must say it
+    is back even when nothing else changed meanwhile, or it stays `offline` while it serves,
+    until its next vehicle."""
+    statuses = lane_statuses
+    async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+        # Settled: no frame pushed, so the camera's blackout is raised and stays.
+        await eventually(lambda: statuses and "camera_blackout" in statuses[-1].faults)
+        await lane.daemon.link.mqtt.drop()  # leaves as a crash would: the will is published
+        await eventually(lambda: statuses[-1].state == "offline", what="the will published")
+        # Seen and cleared by itself: once reconnected, the status says the lane is back.
+        await eventually(
+            lambda: statuses[-1].state == "idle", within=5, what="the lane saying it is back"
+        )
+        assert statuses[-1].link["broker"] and statuses[-1].faults == ["camera_blackout"]
+        await eventually(lambda: quiet(lane))
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+
+
 async def test_a_lane_started_on_a_full_disk_waits_says_why_and_starts_once_space_is_freed(
     tmp_path: Path,
     mosquitto: Mosquitto,
