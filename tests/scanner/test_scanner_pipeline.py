@@ -16,7 +16,7 @@ from scanner.decoders import ZxingDecoder, make_decoder
 from scanner.dedup import Deduplicator
 from scanner.detection import Detection, GrayImage
 from scanner.health import SourceEvent
-from scanner.pipeline import ScanPipeline, ScanResult, ScanStats
+from scanner.pipeline import FRESH_CHECK_EVERY, ScanPipeline, ScanResult, ScanStats
 from scanner.sources import Frame, ImageFolderSource, Item, PushSource
 
 CODE_A = "281234567890123456"
@@ -191,6 +191,24 @@ async def test_decoder_failure_is_counted_not_fatal() -> None:
         await eventually(lambda: pipeline.stats().errors == 2)
         stats: ScanStats = pipeline.stats()
     assert stats.decoded == 0 and stats.frames_in == 2
+
+
+async def test_frames_that_repeat_the_one_before_are_not_fresh() -> None:
+    """A frozen camera's frames come at full rate, each the picture before; a live one's differ
+    (sensor noise). The sample of frames compared tells them apart (scanner.health)."""
+    source = PushSource()
+    rng = np.random.default_rng(3)
+    frozen = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    async with ScanPipeline(source, make_decoder("zxing"), lambda r: None, gate=None) as p:
+        for n in range(1, 3 * FRESH_CHECK_EVERY + 1):
+            source.put(frozen.copy())
+            await eventually(lambda n=n: p.stats().frames_in == n)
+        assert p.stats().fresh == 1  # the first frame only
+        for n in range(1, 3 * FRESH_CHECK_EVERY + 1):
+            noise = rng.integers(-2, 3, frozen.shape)
+            source.put(np.clip(frozen + noise, 0, 255).astype(np.uint8))
+            await eventually(lambda n=n: p.stats().frames_in == 3 * FRESH_CHECK_EVERY + n)
+        assert p.stats().fresh == 1 + 3
 
 
 class FailingSource(PushSource):
