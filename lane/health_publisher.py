@@ -70,7 +70,7 @@ class HealthPublisher:
         )
         self.acquirer: Window[AcquirerSample] = Window(ACQUIRER_WINDOW_S, ACQUIRER_SAMPLES)
         self.phase = phase(daemon.runner.state).value
-        self.phase_since_us = self._now_us()
+        self._phase_at = self.monotonic()  # when the phase began
         self.fps: float | None = None
         self._frames: tuple[float, int] | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -102,7 +102,7 @@ class HealthPublisher:
             if record.get("kind") == "violation":
                 self.counters["violations"] += 1
         elif name is ShellNoteName.PHASE:
-            self.phase, self.phase_since_us = str(fields["to"]), self._now_us()
+            self.phase, self._phase_at = str(fields["to"]), self.monotonic()
             self._wake.set()
         elif name is ShellNoteName.ALARM:
             code = str(fields.get("code"))
@@ -223,14 +223,18 @@ class HealthPublisher:
     def message(self) -> LaneHealth:
         d = self.daemon
         uplink = d.uplink_status
+        now_us = self._now_us()
+        # Since when, on the wall clock of now: `ts - phase_since` is how long the phase has
+        # lasted on the monotonic clock, which a step of the wall clock does not change.
+        lasted_us = round((self.monotonic() - self._phase_at) * 1_000_000)
         return LaneHealth(
             phase=self.phase,
-            phase_since_us=self.phase_since_us,
+            phase_since_us=now_us - lasted_us,
             alarms=self.book.entries(),
             checks=[CheckEntry(c.name, c.ok, c.detail[:256]) for c in self.readiness()],
             counters=dict(self.counters),
             acquirer=self._acquirer(),
-            ts_us=self._now_us(),
+            ts_us=now_us,
             camera_fps=self.fps,
             uplink_backlog=None if uplink is None else uplink.backlog,
             oldest_unsent_s=None if uplink is None else uplink.oldest_age_s,

@@ -19,6 +19,7 @@ from polling import eventually
 
 from barrier.health_message import LaneHealth, health_topic
 from barrier.messages import AttendantCommand
+from lane.console.model import STUCK_AFTER_S, Plaza
 from lane.runner import Clocks
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
@@ -170,6 +171,40 @@ async def test_uplink_stalled_is_raised_after_the_wall_clock_steps_back(
             await eventually(lambda: "uplink_stalled" not in runner.alarms, within=40.0)
         finally:
             await office.stop()
+
+
+async def test_a_phase_s_duration_outlives_a_step_of_the_lane_s_wall_clock(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """NTP steps the lane's clock back an hour while a vehicle waits at the pay point: its
+    phase began, by the new clock, an hour ahead, and a console showed it 0 s in the phase
+    (never STUCK?) for that hour. The health message's `ts - phase_since` is the time in the
+    phase on the monotonic clock, and the console measures from it."""
+    step = [0.0]
+    clocks = Clocks(wall=lambda: time.time() - step[0])
+    async with running_lane(tmp_path, mosquitto, lane_id, clocks=clocks) as lane:
+        publisher = lane.daemon.health
+        arrived = time.monotonic()
+        await lane.device.vehicle_enters(1)
+        await eventually(lambda: publisher.message().phase == "vehicle_present")
+        step[0] = 3600.0
+        message = await eventually(
+            lambda: _in_phase_for(publisher.message(), 1.0), what="a second in the phase"
+        )
+        lasted = (message.ts_us - message.phase_since_us) / 1e6
+        assert 1.0 <= lasted <= time.monotonic() - arrived
+        # A console (on the right time) shows the same, and STUCK? once it lasts long enough.
+        plaza = Plaza(time.time())
+        plaza.apply(f"lane/{lane_id}/health", message.encode(), time.time(), 50.0)
+        (view,) = plaza.snapshot(time.time(), 50.0)["lanes"]
+        assert (view["phase_for_s"], view["stuck"]) == (round(lasted, 1), False)
+        (view,) = plaza.snapshot(time.time(), 50.0 + STUCK_AFTER_S)["lanes"]
+        assert view["stuck"]
+
+
+def _in_phase_for(message: LaneHealth, seconds: float) -> LaneHealth | None:
+    lasted = (message.ts_us - message.phase_since_us) / 1e6
+    return message if message.phase == "vehicle_present" and lasted >= seconds else None
 
 
 async def test_closing_and_reopening_the_lane_are_recorded_with_who(
