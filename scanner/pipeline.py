@@ -36,9 +36,9 @@ log = logging.getLogger("lane.scanner")
 DEFAULT_GATE = GateSettings()
 # A live source that raised is read again after 0.5 s, doubling to this.
 RESTART_MAX_S = 10.0
-# One frame in this many is compared with the one before (a frozen camera repeats its picture):
-# a look a second at least from 8 fps up, some ten microseconds a frame spread over them.
-FRESH_CHECK_EVERY = 8
+# A frame is compared with the one before (a frozen camera repeats its picture) once this long
+# after the last look: about 0.1 ms a second at any frame rate, every frame of a slow camera.
+FRESH_CHECK_S = 1.0
 T = TypeVar("T")
 
 
@@ -56,8 +56,8 @@ class ScanResult:
 @dataclass(frozen=True, slots=True)
 class ScanStats:
     frames_in: int  # frames the source delivered
-    # Frames seen to differ from the one before: the first, then of every FRESH_CHECK_EVERY-th
-    # frame (a frozen camera's never do: scanner.health.StallWatch).
+    # Frames seen to differ from the one before: the first, then of one frame a FRESH_CHECK_S
+    # (a frozen camera's never do: scanner.health.StallWatch).
     fresh: int
     decoded: int  # frames a worker decoded
     skipped: int  # frames the change gate let pass undecoded (the same view, nothing in it)
@@ -118,6 +118,27 @@ class _NewestFrameSlot:
             self._closed = True
             self._frame = None
             self._cond.notify_all()
+
+
+class _FreshLooks:
+    """Whether a frame differs from the one before, looked at once a FRESH_CHECK_S (a frame not
+    looked at is not counted fresh). The capture thread's own."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._previous: Image | None = None
+        self._looked_at: float | None = None
+
+    def fresh(self, image: Image) -> bool:
+        previous, self._previous = self._previous, image
+        now = self._clock()
+        if previous is None or self._looked_at is None:
+            self._looked_at = now
+            return True
+        if 0.0 <= now - self._looked_at < FRESH_CHECK_S:
+            return False
+        self._looked_at = now
+        return not same_picture(previous, image)
 
 
 class ScanPipeline:
@@ -284,8 +305,7 @@ class ScanPipeline:
         reconnect does not handle) is read again after a backoff, never left dead: the lane
         would stay blind, alive and unrestarted. A finite source is read once, as ever."""
         failures = 0
-        previous: Image | None = None
-        read = 0
+        looks = _FreshLooks(self._clock)
         try:
             while not self._stop.is_set():
                 try:
@@ -298,11 +318,7 @@ class ScanPipeline:
                         if failures:
                             failures = 0
                             self._deliver_status(self._event("recovered", "capture restarted"))
-                        read += 1
-                        fresh = previous is None or (
-                            read % FRESH_CHECK_EVERY == 0 and not same_picture(previous, item.image)
-                        )
-                        previous = item.image
+                        fresh = looks.fresh(item.image)
                         replaced = self._slot.put(item)
                         with self._lock:
                             self._counts["frames_in"] += 1

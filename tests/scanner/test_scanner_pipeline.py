@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -16,8 +16,8 @@ from scanner.decoders import ZxingDecoder, make_decoder
 from scanner.dedup import Deduplicator
 from scanner.detection import Detection, GrayImage
 from scanner.health import SourceEvent
-from scanner.pipeline import FRESH_CHECK_EVERY, ScanPipeline, ScanResult, ScanStats
-from scanner.sources import Frame, ImageFolderSource, Item, PushSource
+from scanner.pipeline import FRESH_CHECK_S, ScanPipeline, ScanResult, ScanStats
+from scanner.sources import Frame, Image, ImageFolderSource, Item, PushSource
 
 CODE_A = "281234567890123456"
 CODE_B = "134567890123456789"
@@ -195,20 +195,32 @@ async def test_decoder_failure_is_counted_not_fatal() -> None:
 
 async def test_frames_that_repeat_the_one_before_are_not_fresh() -> None:
     """A frozen camera's frames come at full rate, each the picture before; a live one's differ
-    (sensor noise). The sample of frames compared tells them apart (scanner.health)."""
+    (sensor noise). A frame is compared with the one before once a FRESH_CHECK_S."""
     source = PushSource()
     rng = np.random.default_rng(3)
     frozen = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
-    async with ScanPipeline(source, make_decoder("zxing"), lambda r: None, gate=None) as p:
-        for n in range(1, 3 * FRESH_CHECK_EVERY + 1):
-            source.put(frozen.copy())
-            await eventually(lambda n=n: p.stats().frames_in == n)
-        assert p.stats().fresh == 1  # the first frame only
-        for n in range(1, 3 * FRESH_CHECK_EVERY + 1):
-            noise = rng.integers(-2, 3, frozen.shape)
-            source.put(np.clip(frozen + noise, 0, 255).astype(np.uint8))
-            await eventually(lambda n=n: p.stats().frames_in == 3 * FRESH_CHECK_EVERY + n)
-        assert p.stats().fresh == 1 + 3
+    clock = [0.0]
+
+    async def frames(make: Callable[[], Image], n: int, every_s: float) -> None:
+        for _ in range(n):
+            taken = p.stats().frames_in
+            clock[0] += every_s
+            source.put(make())
+            await eventually(lambda taken=taken: p.stats().frames_in > taken)
+
+    def noisy() -> Image:
+        return np.clip(frozen + rng.integers(-2, 3, frozen.shape), 0, 255).astype(np.uint8)
+
+    pipeline = ScanPipeline(
+        source, make_decoder("zxing"), lambda r: None, gate=None, clock=lambda: clock[0]
+    )
+    async with pipeline as p:
+        await frames(frozen.copy, 6, FRESH_CHECK_S)
+        assert p.stats().fresh == 1  # the first frame only: the others repeat it
+        await frames(noisy, 5, FRESH_CHECK_S)
+        assert p.stats().fresh == 1 + 5  # each looked at, each a new picture
+        await frames(noisy, 6, FRESH_CHECK_S / 4)
+        assert p.stats().fresh == 1 + 5 + 1  # one look in that second and a half
 
 
 class FailingSource(PushSource):
