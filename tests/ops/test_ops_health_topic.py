@@ -20,6 +20,7 @@ from polling import eventually
 from barrier.health_message import LaneHealth, health_topic
 from barrier.messages import AttendantCommand
 from lane.console.model import STUCK_AFTER_S, Plaza
+from lane.lane_health import CLOCK_RUNS
 from lane.runner import Clocks
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
@@ -30,7 +31,11 @@ from uplink.records import Record
 
 @asynccontextmanager
 async def watched_lane(
-    tmp_path: Path, broker: Mosquitto, lane_id: str, extra: dict[str, dict[str, Any]] | None = None
+    tmp_path: Path,
+    broker: Mosquitto,
+    lane_id: str,
+    extra: dict[str, dict[str, Any]] | None = None,
+    clocks: Clocks | None = None,
 ) -> AsyncIterator[tuple[OpsLane, list[LaneHealth], MqttLink]]:
     """A real lane, every health message it publishes, and an operator's link to command it."""
     seen: list[LaneHealth] = []
@@ -45,7 +50,7 @@ async def watched_lane(
         [(health_topic(lane_id), 1)],
         on_health,
     )
-    async with running_lane(tmp_path, broker, lane_id, extra=extra) as lane:
+    async with running_lane(tmp_path, broker, lane_id, extra=extra, clocks=clocks) as lane:
         task = asyncio.create_task(link.run())
         await link.wait_connected(5)
         try:
@@ -205,6 +210,37 @@ async def test_a_phase_s_duration_outlives_a_step_of_the_lane_s_wall_clock(
 def _in_phase_for(message: LaneHealth, seconds: float) -> LaneHealth | None:
     lasted = (message.ts_us - message.phase_since_us) / 1e6
     return message if message.phase == "vehicle_present" and lasted >= seconds else None
+
+
+async def test_a_lane_clock_that_refuses_every_token_is_seen_and_clears_once_right(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """NTP steps the lane's clock back an hour (or its RTC lost it): every token a phone shows
+    now was issued ahead of the lane's clock and is refused as not yet valid, payer after
+    payer, while the lane looked healthy. No token passes meanwhile (safe); the alarm says what
+    is wrong (seen); the first token accepted once the clock is right clears it."""
+    step = [0.0]
+    clocks = Clocks(wall=lambda: time.time() - step[0])
+    async with watched_lane(tmp_path, mosquitto, lane_id, clocks=clocks) as (lane, seen, _):
+        alarms = lane.daemon.runner.alarms
+        step[0] = 3600.0
+        _, run = CLOCK_RUNS["not_yet_valid"]
+        for _payer in range(run):
+            assert "clock_suspect" not in alarms
+            assert await lane.serve("token") == "declined"
+        assert lane.named("declined")[-1]["reason"] == "not_yet_valid"
+        text = await eventually(lambda: alarms.get("clock_suspect"), what="clock_suspect raised")
+        assert text == (
+            f"offline tokens refused as not yet valid for {run} token payers in a row:"
+            " this lane's clock may be behind; check its time sync (lane doctor)"
+        )
+        raised = await eventually(
+            lambda: _latest_if(seen, lambda h: any(a.code == "clock_suspect" for a in h.alarms))
+        )
+        assert next(a for a in raised.alarms if a.code == "clock_suspect").severity == "major"
+        step[0] = 0.0  # the clock set right
+        assert await lane.serve("token") == "barrier_opened"
+        await eventually(lambda: "clock_suspect" not in alarms, what="clock_suspect cleared")
 
 
 async def test_closing_and_reopening_the_lane_are_recorded_with_who(
