@@ -54,7 +54,7 @@ INTERVAL_S = 1.0
 MIN_GAP_S = 0.2  # bursts of notes (an alarm with its phase change) make one message
 ACQUIRER_WINDOW_S = 300.0
 ACQUIRER_SAMPLES = 20  # the last online payments judged, at most ACQUIRER_WINDOW_S old
-TOKEN_SAMPLES = 32  # the token decisions of the same minutes: the longest run's payers' tries
+TOKEN_SAMPLES = 32  # token decisions kept: the longest run (6 payers) with their retries
 SLOW_SHARE_OF_BUDGET = 0.5  # an acquirer p95 above this share of the budget is degraded
 SEEN_COMMANDS = 256
 # Attendant operations the core records itself (a manual open is a `manual` passage record).
