@@ -47,6 +47,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "uplink_stalled": Severity.MAJOR,
         "acquirer_unhealthy": Severity.MAJOR,
         "acquirer_declines": Severity.MAJOR,
+        # Every offline token refused for its time: token payers are turned away.
+        "clock_suspect": Severity.MAJOR,
         "paid_not_passed": Severity.MAJOR,
         # Paying drivers still pass; one who does not pay passes too (unpaid_passage).
         "barrier_stuck_open": Severity.MAJOR,

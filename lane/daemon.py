@@ -944,7 +944,13 @@ class LaneDaemon:
                 tuple(status.faults),
                 tuple(status.link.items()),
             )
-            if key == last or not self.link.connected or self._said_offline:
+            if not self.link.connected:
+                # The broker may have published the will ('offline', retained) meanwhile:
+                # after the reconnect the status goes out again even if nothing else changed,
+                # or a lane back at work would stay 'offline' on every console until it did.
+                last = None
+                continue
+            if key == last or self._said_offline:
                 continue
             try:
                 await self.link.publish_status(status)
@@ -953,9 +959,10 @@ class LaneDaemon:
                 log.warning("status not published", extra={"lane": self.lane, "error": str(exc)})
 
     def _watch_camera(self) -> None:
-        """A capture thread stuck in a driver call reports nothing, not even a blackout, and
-        stuck decoders read nothing while frames arrive: judged from the pipeline's counters,
-        either raises camera_blackout, and clears what it raised once frames are decoded again.
+        """A capture thread stuck in a driver call reports nothing, not even a blackout, a
+        frozen camera repeats one picture, and stuck decoders read nothing while frames arrive:
+        judged from the pipeline's counters, each raises camera_blackout, and clears what it
+        raised once fresh frames are decoded again.
         An alarm the source raised itself (its own blackout, a failed capture) is left to it."""
         stats = self.pipeline.stats()
         if self.source.finite or not self.pipeline.started or stats.source_ended:
@@ -967,7 +974,8 @@ class LaneDaemon:
             # whose text says more while its thread still runs.
             silent_s = self.config.camera.open_timeout_s + self.source.blackout_after_s
             self._stall = StallWatch(silent_s, now)
-        text = self._stall.observe(now, stats.frames_in, stats.decoded + stats.skipped)
+        processed = stats.decoded + stats.skipped
+        text = self._stall.observe(now, stats.frames_in, processed, stats.fresh)
         current = self.runner.alarms.get("camera_blackout")
         ours = current is not None and current == self._stall_text
         if text is not None and (current is None or (ours and current != text)):

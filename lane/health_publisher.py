@@ -5,9 +5,9 @@ vehicles) and, as a task of the daemon's TaskGroup, about once a second:
 
 - raises or clears `uplink_stalled` (the oldest unsent record is older than
   `[uplink] stalled_after_s`), `acquirer_unhealthy` (the online payments of the last few
-  minutes failed or were slow) and `acquirer_declines` (an unusual share of them was declined)
-  through `runner.alarm`, so they reach the status, the metrics
-  and the logs like every alarm;
+  minutes failed or were slow), `acquirer_declines` (an unusual share of them was declined) and
+  `clock_suspect` (the last token payers' tokens were all refused for their time) through
+  `runner.alarm`, so they reach the status, the metrics and the logs like every alarm;
 - publishes the health message (barrier/health_message.py), at once after an alarm, a phase
   change or an acknowledgement, else once a second.
 
@@ -34,10 +34,13 @@ from lane.health import Check
 from lane.lane_health import (
     AcquirerSample,
     AlarmBook,
+    TokenSample,
     acquirer_alarm,
     acquirer_declines,
     acquirer_health,
     acquirer_sample,
+    clock_suspect,
+    token_sample,
     uplink_stalled,
 )
 from lane.notification import Notification, ShellNote, ShellNoteName
@@ -51,6 +54,7 @@ INTERVAL_S = 1.0
 MIN_GAP_S = 0.2  # bursts of notes (an alarm with its phase change) make one message
 ACQUIRER_WINDOW_S = 300.0
 ACQUIRER_SAMPLES = 20  # the last online payments judged, at most ACQUIRER_WINDOW_S old
+TOKEN_SAMPLES = 32  # token decisions kept: the longest run (6 payers) with their retries
 SLOW_SHARE_OF_BUDGET = 0.5  # an acquirer p95 above this share of the budget is degraded
 SEEN_COMMANDS = 256
 # Attendant operations the core records itself (a manual open is a `manual` passage record).
@@ -69,8 +73,10 @@ class HealthPublisher:
             {"vehicles": 0, "passed": 0, "violations": 0, "paid_not_passed": 0}
         )
         self.acquirer: Window[AcquirerSample] = Window(ACQUIRER_WINDOW_S, ACQUIRER_SAMPLES)
+        # Token decisions of the same minutes: a wrong clock refuses each payer's token.
+        self.tokens: Window[TokenSample] = Window(ACQUIRER_WINDOW_S, TOKEN_SAMPLES)
         self.phase = phase(daemon.runner.state).value
-        self.phase_since_us = self._now_us()
+        self._phase_at = self.monotonic()  # when the phase began
         self.fps: float | None = None
         self._frames: tuple[float, int] | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -99,10 +105,13 @@ class HealthPublisher:
             sample = acquirer_sample(record)
             if sample is not None:
                 self.acquirer.add(self.monotonic(), sample)
+            token = token_sample(record)
+            if token is not None:
+                self.tokens.add(self.monotonic(), token)
             if record.get("kind") == "violation":
                 self.counters["violations"] += 1
         elif name is ShellNoteName.PHASE:
-            self.phase, self.phase_since_us = str(fields["to"]), self._now_us()
+            self.phase, self._phase_at = str(fields["to"]), self.monotonic()
             self._wake.set()
         elif name is ShellNoteName.ALARM:
             code = str(fields.get("code"))
@@ -206,6 +215,8 @@ class HealthPublisher:
         acquirer = self._acquirer()
         self._set_alarm("acquirer_unhealthy", acquirer_alarm(acquirer))
         self._set_alarm("acquirer_declines", acquirer_declines(acquirer))
+        self.tokens.prune(self.monotonic())
+        self._set_alarm("clock_suspect", clock_suspect(self.tokens.values()))
         now, frames = self.monotonic(), d.pipeline.stats().frames_in
         if self._frames is not None and now > self._frames[0]:
             self.fps = round((frames - self._frames[1]) / (now - self._frames[0]), 1)
@@ -223,14 +234,18 @@ class HealthPublisher:
     def message(self) -> LaneHealth:
         d = self.daemon
         uplink = d.uplink_status
+        now_us = self._now_us()
+        # Since when, on the wall clock of now: `ts - phase_since` is how long the phase has
+        # lasted on the monotonic clock, which a step of the wall clock does not change.
+        lasted_us = round((self.monotonic() - self._phase_at) * 1_000_000)
         return LaneHealth(
             phase=self.phase,
-            phase_since_us=self.phase_since_us,
+            phase_since_us=now_us - lasted_us,
             alarms=self.book.entries(),
             checks=[CheckEntry(c.name, c.ok, c.detail[:256]) for c in self.readiness()],
             counters=dict(self.counters),
             acquirer=self._acquirer(),
-            ts_us=self._now_us(),
+            ts_us=now_us,
             camera_fps=self.fps,
             uplink_backlog=None if uplink is None else uplink.backlog,
             oldest_unsent_s=None if uplink is None else uplink.oldest_age_s,

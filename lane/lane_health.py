@@ -5,6 +5,8 @@
   (availability, error rate, latency) judged from the lane's own records of online payments;
   `acquirer_declines`: it answers, but declines an unusual share of them.
 - `uplink_stalled`: the back office has not taken a record for too long.
+- `token_sample` / `clock_suspect`: offline tokens refused for their time, payer after payer,
+  say the lane's clock is wrong.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ DEGRADED_ERROR_RATE = 0.2
 # Everyday declines are a few percent (insufficient funds, a closed card); a fifth of the
 # online payments declined means drivers are being turned away for a reason to look into.
 DECLINING_RATE = 0.2
+# A genuine token refused for its time says the lane's clock and its issuer's disagree. Issued
+# ahead of the lane's clock (the clock behind): one payer's phone may be off, not 3 payers' in a
+# row. Expired (the clock ahead): an old screenshot gives that too, so it takes a longer run.
+CLOCK_RUNS = {"not_yet_valid": ("behind", 3), "expired": ("ahead", 6)}
 
 
 class AlarmBook:
@@ -164,3 +170,43 @@ def uplink_stalled(oldest_unsent_s: float | None, backlog: int, limit_s: float) 
     if oldest_unsent_s is None or backlog == 0 or oldest_unsent_s < limit_s:
         return None
     return f"back office has taken no record for over {limit_s:g} s"
+
+
+@dataclass(frozen=True)
+class TokenSample:
+    vehicle_id: str
+    refused: str | None  # a refusal for the token's time (CLOCK_RUNS), else None
+
+
+def token_sample(record: Mapping[str, Any]) -> TokenSample | None:
+    """What one record (as the runner's `record` note carries it) says about the lane's clock."""
+    if record.get("method") != "token":
+        return None
+    auth = record.get("auth") or {}
+    flags = [str(f) for f in record.get("flags") or ()]
+    reason = flags[-1] if auth.get("result") == "declined" and flags else ""
+    refused = reason if reason in CLOCK_RUNS else None
+    return TokenSample(str(record.get("vehicle_id") or ""), refused)
+
+
+def clock_suspect(samples: Iterable[TokenSample]) -> str | None:
+    """The `clock_suspect` alarm text, or None: the last token payers (each judged by its last
+    token: a driver's retries are one payer) were refused for their token's time, all for the
+    same reason, as many in a row as CLOCK_RUNS asks. A token accepted ends the run."""
+    last: dict[str, str | None] = {}
+    for sample in samples:
+        last.pop(sample.vehicle_id, None)  # moved to the end: payers in the order they last paid
+        last[sample.vehicle_id] = sample.refused
+    run, reason = 0, None
+    for refused in reversed(list(last.values())):
+        if refused is None or (reason is not None and refused != reason):
+            break
+        run, reason = run + 1, refused
+    if reason is None or run < CLOCK_RUNS[reason][1]:
+        return None
+    way, needed = CLOCK_RUNS[reason]
+    said = reason.replace("_", " ")
+    return (
+        f"offline tokens refused as {said} for {needed} token payers in a row: this lane's"
+        f" clock may be {way}; check its time sync (lane doctor)"
+    )

@@ -28,7 +28,7 @@ from scanner.decoders import Decoder
 from scanner.dedup import Deduplicator
 from scanner.detection import Polygon, as_gray
 from scanner.frame_gate import FrameGate
-from scanner.health import EventKind, SourceEvent, backoff_delay
+from scanner.health import EventKind, SourceEvent, backoff_delay, same_picture
 from scanner.payload import Payload, classify
 from scanner.sources import Clock, Frame, FrameSource, Image
 
@@ -36,6 +36,9 @@ log = logging.getLogger("lane.scanner")
 DEFAULT_GATE = GateSettings()
 # A live source that raised is read again after 0.5 s, doubling to this.
 RESTART_MAX_S = 10.0
+# A frame is compared with the one before (a frozen camera repeats its picture) once this long
+# after the last look: about 0.1 ms a second at any frame rate, every frame of a slow camera.
+FRESH_CHECK_S = 1.0
 T = TypeVar("T")
 
 
@@ -53,6 +56,9 @@ class ScanResult:
 @dataclass(frozen=True, slots=True)
 class ScanStats:
     frames_in: int  # frames the source delivered
+    # Frames seen to differ from the one before: the first, then of one frame a FRESH_CHECK_S
+    # (a frozen camera's never do: scanner.health.StallWatch).
+    fresh: int
     decoded: int  # frames a worker decoded
     skipped: int  # frames the change gate let pass undecoded (the same view, nothing in it)
     dropped: int  # frames replaced by a newer one before any worker took them
@@ -114,6 +120,27 @@ class _NewestFrameSlot:
             self._cond.notify_all()
 
 
+class _FreshLooks:
+    """Whether a frame differs from the one before, looked at once a FRESH_CHECK_S (a frame not
+    looked at is not counted fresh). The capture thread's own."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._previous: Image | None = None
+        self._looked_at: float | None = None
+
+    def fresh(self, image: Image) -> bool:
+        previous, self._previous = self._previous, image
+        now = self._clock()
+        if previous is None or self._looked_at is None:
+            self._looked_at = now
+            return True
+        if 0.0 <= now - self._looked_at < FRESH_CHECK_S:
+            return False
+        self._looked_at = now
+        return not same_picture(previous, image)
+
+
 class ScanPipeline:
     def __init__(
         self,
@@ -142,7 +169,17 @@ class ScanPipeline:
         self._lock = threading.Lock()  # guards everything below
         self._dedup = Deduplicator(dedup_window_s)
         self._counts = dict.fromkeys(
-            ("frames_in", "decoded", "skipped", "dropped", "results", "duplicates", "errors"), 0
+            (
+                "frames_in",
+                "fresh",
+                "decoded",
+                "skipped",
+                "dropped",
+                "results",
+                "duplicates",
+                "errors",
+            ),
+            0,
         )
         self._decode_ms: deque[float] = deque(maxlen=500)
         self._source_ended = False
@@ -219,6 +256,7 @@ class ScanPipeline:
             ended = self._source_ended
         return ScanStats(
             frames_in=c["frames_in"],
+            fresh=c["fresh"],
             decoded=c["decoded"],
             skipped=c["skipped"],
             dropped=c["dropped"],
@@ -267,6 +305,7 @@ class ScanPipeline:
         reconnect does not handle) is read again after a backoff, never left dead: the lane
         would stay blind, alive and unrestarted. A finite source is read once, as ever."""
         failures = 0
+        looks = _FreshLooks(self._clock)
         try:
             while not self._stop.is_set():
                 try:
@@ -279,9 +318,11 @@ class ScanPipeline:
                         if failures:
                             failures = 0
                             self._deliver_status(self._event("recovered", "capture restarted"))
+                        fresh = looks.fresh(item.image)
                         replaced = self._slot.put(item)
                         with self._lock:
                             self._counts["frames_in"] += 1
+                            self._counts["fresh"] += int(fresh)
                             self._counts["dropped"] += int(replaced)
                     return
                 except Exception as exc:

@@ -71,13 +71,18 @@ class LaneView:
     def _active(self) -> list[AlarmEntry]:
         return [a for a in self.health.alarms if a.active] if self.health is not None else []
 
-    def snapshot(self, now: float, mono: float) -> dict[str, Any]:
+    def snapshot(self, mono: float) -> dict[str, Any]:
         h = self.health
         offline = self.status is not None and self.status.state == LaneStatus.OFFLINE
         # An offline lane's last health is stale: its phase is no longer known.
         phase = "offline" if offline else h.phase if h is not None else "unknown"
-        since = None if h is None else h.phase_since_us / 1e6
-        in_phase = None if since is None else max(0.0, now - since)
+        in_phase = None
+        if h is not None and self.heard_at is not None:
+            # How long the phase had lasted when the lane said so (both times on its clock),
+            # and since then on ours: the lane's clock against the console's, or either stepped,
+            # would otherwise hide a lane stuck in a phase (or flag one that is not).
+            lasted = (h.ts_us - h.phase_since_us) / 1e6
+            in_phase = max(0.0, lasted + mono - self.heard_at)
         faults = self.status.faults if self.status is not None else []
         return {
             "lane": self.lane,
@@ -256,7 +261,7 @@ class Plaza:
     def snapshot(self, now: float, mono: float) -> dict[str, Any]:
         return {
             "now": now,
-            "lanes": [self.lanes[k].snapshot(now, mono) for k in sorted(self.lanes)],
+            "lanes": [self.lanes[k].snapshot(mono) for k in sorted(self.lanes)],
             "alarms": self.alarm_list(),
             "trends": self.trends(now),
             "severities": [s.value for s in Severity],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -93,6 +95,25 @@ def test_a_lane_too_long_in_a_busy_phase_is_flagged_stuck() -> None:
     assert plaza.snapshot(T0 + STUCK_AFTER_S + 1, T0 + STUCK_AFTER_S + 1)["lanes"][0]["stuck"]
     plaza.apply(f"lane/{LANE}/health", health("idle", since=T0), T0, T0)
     assert not plaza.snapshot(T0 + 3600, T0 + 3600)["lanes"][0]["stuck"]  # resting is not stuck
+
+
+@pytest.mark.parametrize("lane_ahead_s", [3600.0, -3600.0, 0.0])
+def test_a_lane_too_long_in_a_busy_phase_is_flagged_stuck_whatever_its_clock_says(
+    lane_ahead_s: float,
+) -> None:
+    """The time in a phase was the console's wall clock less the lane's phase start: a lane
+    whose clock runs ahead of the console's (no NTP, or stepped back after the phase began)
+    showed 0 s in it and never STUCK?, one behind it STUCK? at once. Measured on the lane's
+    own clock (its message's `ts` less the phase start), then on the console's monotonic."""
+    plaza = Plaza(T0)
+    lane_now = T0 + lane_ahead_s
+    message = LaneHealth.decode(health("opening", since=lane_now - 5))
+    message = replace(message, ts_us=int(lane_now * 1e6))
+    plaza.apply(f"lane/{LANE}/health", message.encode(), T0, 100.0)
+    lane = plaza.snapshot(T0, 100.0)["lanes"][0]
+    assert (lane["phase_for_s"], lane["stuck"]) == (5.0, False)
+    lane = plaza.snapshot(T0 - 7200, 100.0 + STUCK_AFTER_S)["lanes"][0]  # console clock stepped
+    assert (lane["phase_for_s"], lane["stuck"]) == (5.0 + STUCK_AFTER_S, True)
 
 
 def test_the_display_blanks_when_its_ttl_runs_out() -> None:

@@ -25,10 +25,13 @@ from lane.lane_health import (
     REOPEN_WITHIN_US,
     AcquirerSample,
     AlarmBook,
+    TokenSample,
     acquirer_alarm,
     acquirer_declines,
     acquirer_health,
     acquirer_sample,
+    clock_suspect,
+    token_sample,
     uplink_stalled,
 )
 from lane.ticket_desk import PAPER_OUT, PRINTER_OFFLINE
@@ -38,6 +41,7 @@ from lane.verifier import REPLAY_ALARM
 def test_every_alarm_the_lane_raises_today_has_a_severity() -> None:
     known = {*Alarm, *BARRIER_ALARMS, *QUEUE_FAULTS, "camera_blackout", "keyset_stale"}
     known |= {"attendant_needed", "queue_high_water", "uplink_stalled", "acquirer_unhealthy"}
+    known |= {"acquirer_declines", "clock_suspect"}
     known |= {"trust_update_refused", "payment_alipay", "payment_wechatpay", "payment_acquirer"}
     known |= {PAPER_OUT, PRINTER_OFFLINE, WECHATPAY_CERTIFICATES, REPLAY_ALARM, STORE_ALARM}
     known |= {REFUND_ALARM, REFUND_UNPAID_ALARM, REFUND_UNRECORDED_ALARM}
@@ -251,3 +255,71 @@ def test_the_uplink_is_stalled_once_the_oldest_record_is_too_old(
     oldest: float | None, backlog: int, stalled: bool
 ) -> None:
     assert (uplink_stalled(oldest, backlog, 300.0) is not None) == stalled
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        ({"method": "emv", "vehicle_id": "v1", "auth": {"result": "declined"}}, None),
+        (
+            {"method": "token", "vehicle_id": "v1", "auth": {"result": "approved"}},
+            TokenSample("v1", None),
+        ),
+        (
+            {"method": "token", "vehicle_id": "v2", "auth": {"result": "declined"},
+             "flags": ["not_yet_valid"]},
+            TokenSample("v2", "not_yet_valid"),
+        ),
+        (
+            {"method": "token", "vehicle_id": "v3", "auth": {"result": "declined"},
+             "flags": ["expired"]},
+            TokenSample("v3", "expired"),
+        ),
+        (
+            {"method": "token", "vehicle_id": "v4", "auth": {"result": "declined"},
+             "flags": ["replayed"]},
+            TokenSample("v4", None),
+        ),
+    ],
+)  # fmt: skip
+def test_what_a_record_says_about_the_lane_s_clock(
+    record: dict[str, object], expected: TokenSample | None
+) -> None:
+    assert token_sample(record) == expected
+
+
+def payers(reasons: str) -> list[TokenSample]:
+    """One token payer a letter: b refused not yet valid, e expired, o accepted."""
+    refused = {"b": "not_yet_valid", "e": "expired", "o": None}
+    return [TokenSample(f"v{i}", refused[r]) for i, r in enumerate(reasons)]
+
+
+@pytest.mark.parametrize(
+    ("reasons", "said"),
+    [
+        ("bbb", "refused as not yet valid for 3 token payers in a row: this lane's clock may be"
+                " behind"),
+        ("obbb", "behind"),
+        ("bb", None),  # too few to say: a phone or two may be off
+        ("bbbo", None),  # a token accepted since: the clock agrees with its issuer
+        ("eeeee", None),  # expired is also an old screenshot: a longer run
+        ("eeeeee", "refused as expired for 6 token payers in a row: this lane's clock may be"
+                   " ahead"),
+        ("bbebb", None),  # not one way in a row
+    ],
+)  # fmt: skip
+def test_token_payers_refused_for_their_time_in_a_row_say_the_clock_is_wrong(
+    reasons: str, said: str | None
+) -> None:
+    text = clock_suspect(payers(reasons))
+    assert (text is None) == (said is None)
+    if said is not None:
+        assert text is not None and said in text and text.endswith("(lane doctor)")
+
+
+def test_a_driver_s_retries_are_one_payer_judged_by_the_last_token() -> None:
+    three_tries = [TokenSample("v1", "not_yet_valid")] * 3
+    assert clock_suspect(three_tries) is None
+    refused = payers("bbb")
+    assert clock_suspect(refused) is not None
+    assert clock_suspect([*refused, TokenSample("v2", None)]) is None  # a fresh token passed

@@ -5,10 +5,11 @@ device emulator, SQLite, the simulator's acquirer, the daemon in this process.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -103,11 +104,7 @@ async def test_a_capture_stuck_in_its_driver_is_seen_and_clears_when_frames_retu
     settings = {"open_timeout_s": 2.0}
     async with running_lane(tmp_path, mosquitto, lane_id, source=camera, camera=settings) as lane:
         alarms = lane.daemon.runner.alarms
-        blank = frame_for(None, "clear", rng=1)
-
-        def frames() -> None:
-            camera.put(blank, time.monotonic())
-
+        frames = live_pictures(camera)
         await eventually(lambda: "camera_blackout" not in alarms, between=frames)
         camera.hang.set()
         # Seen: the source itself says nothing (its thread is stuck), the lane's watch does.
@@ -119,6 +116,45 @@ async def test_a_capture_stuck_in_its_driver_is_seen_and_clears_when_frames_retu
         # Clears by itself once the driver returns and frames are decoded again.
         camera.release.set()
         await eventually(lambda: "camera_blackout" not in alarms, between=frames)
+        assert camera_ready(lane)
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+        await lane.device.vehicle_passes()
+        await eventually(lambda: quiet(lane))
+
+
+def live_pictures(camera: PushSource) -> Callable[[], None]:
+    """A live camera's frames of the empty lane: each differs from the one before (sensor
+    noise), as no frozen camera's do."""
+    pictures = itertools.cycle([frame_for(None, "clear", rng=seed) for seed in range(3)])
+    return lambda: camera.put(next(pictures), time.monotonic())
+
+
+async def test_a_camera_that_repeats_one_picture_is_seen_and_clears_when_it_moves_again(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """An encoder or a driver that froze delivers its last picture over and over at full rate:
+    frames arrive, the change gate lets each pass as the empty view, and the blind lane looked
+    ready, its camera at full frame rate."""
+    camera = PushSource()
+    # Frozen once no fresh picture came for open_timeout_s + blackout_s (a keyframe's time).
+    settings = {"open_timeout_s": 1.0}
+    async with running_lane(tmp_path, mosquitto, lane_id, source=camera, camera=settings) as lane:
+        alarms = lane.daemon.runner.alarms
+        live = live_pictures(camera)
+        await eventually(lambda: camera_ready(lane), between=live)
+        frozen = frame_for(None, "clear", rng=7)
+        # Seen: the alarm says what the camera does; not ready; the health message says it.
+        text = "camera frozen: the same picture for over 3 s"
+        await eventually(
+            lambda: alarms.get("camera_blackout") == text,
+            between=lambda: camera.put(frozen, time.monotonic()),
+            what="the frozen camera seen",
+        )
+        assert not camera_ready(lane)
+        checks = lane.daemon.health.message().checks
+        assert [(c.ok, c.detail) for c in checks if c.name == "camera"] == [(False, text)]
+        # Clears by itself once the pictures move again; the next vehicle pays and passes.
+        await eventually(lambda: "camera_blackout" not in alarms, between=live)
         assert camera_ready(lane)
         await pays(lane, lambda: named(lane, "barrier_opened"))
         await lane.device.vehicle_passes()
@@ -166,6 +202,28 @@ async def test_a_broker_that_stops_answering_is_seen_within_the_keepalive_and_le
         await pays(lane, lambda: named(lane, "barrier_opened"))
         await lane.device.vehicle_passes()
         await eventually(lambda: quiet(lane))
+
+
+async def test_a_lane_back_from_a_lost_link_says_so_over_the_will_s_offline(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    """A link lost uncleanly (a network cut, a broker that froze) leaves the broker to publish
+    the lane's will: `offline`, retained, on every console. Reconnected, the lane must say it
+    is back even when nothing else changed meanwhile, or it stays `offline` while it serves,
+    until its next vehicle."""
+    statuses = lane_statuses
+    async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+        # Settled: no frame pushed, so the camera's blackout is raised and stays.
+        await eventually(lambda: statuses and "camera_blackout" in statuses[-1].faults)
+        await lane.daemon.link.mqtt.drop()  # leaves as a crash would: the will is published
+        await eventually(lambda: statuses[-1].state == "offline", what="the will published")
+        # Seen and cleared by itself: once reconnected, the status says the lane is back.
+        await eventually(
+            lambda: statuses[-1].state == "idle", within=5, what="the lane saying it is back"
+        )
+        assert statuses[-1].link["broker"] and statuses[-1].faults == ["camera_blackout"]
+        await eventually(lambda: quiet(lane))
+        await pays(lane, lambda: named(lane, "barrier_opened"))
 
 
 async def test_a_lane_started_on_a_full_disk_waits_says_why_and_starts_once_space_is_freed(

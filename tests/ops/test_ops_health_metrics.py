@@ -185,7 +185,7 @@ def test_barrier_round_trip_uses_the_last_send() -> None:
 
 
 def stats(frames: int, dropped: int, skipped: int = 0) -> ScanStats:
-    return ScanStats(frames, frames - skipped, skipped, dropped, 1, 0, 0, 0, False, 4.0, None)
+    return ScanStats(frames, 0, frames - skipped, skipped, dropped, 1, 0, 0, 0, False, 4.0, None)
 
 
 def test_snapshots_mirror_running_totals_and_survive_a_reset() -> None:

@@ -19,6 +19,8 @@ from polling import eventually
 
 from barrier.health_message import LaneHealth, health_topic
 from barrier.messages import AttendantCommand
+from lane.console.model import STUCK_AFTER_S, Plaza
+from lane.lane_health import CLOCK_RUNS
 from lane.runner import Clocks
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
@@ -29,7 +31,11 @@ from uplink.records import Record
 
 @asynccontextmanager
 async def watched_lane(
-    tmp_path: Path, broker: Mosquitto, lane_id: str, extra: dict[str, dict[str, Any]] | None = None
+    tmp_path: Path,
+    broker: Mosquitto,
+    lane_id: str,
+    extra: dict[str, dict[str, Any]] | None = None,
+    clocks: Clocks | None = None,
 ) -> AsyncIterator[tuple[OpsLane, list[LaneHealth], MqttLink]]:
     """A real lane, every health message it publishes, and an operator's link to command it."""
     seen: list[LaneHealth] = []
@@ -44,7 +50,7 @@ async def watched_lane(
         [(health_topic(lane_id), 1)],
         on_health,
     )
-    async with running_lane(tmp_path, broker, lane_id, extra=extra) as lane:
+    async with running_lane(tmp_path, broker, lane_id, extra=extra, clocks=clocks) as lane:
         task = asyncio.create_task(link.run())
         await link.wait_connected(5)
         try:
@@ -170,6 +176,71 @@ async def test_uplink_stalled_is_raised_after_the_wall_clock_steps_back(
             await eventually(lambda: "uplink_stalled" not in runner.alarms, within=40.0)
         finally:
             await office.stop()
+
+
+async def test_a_phase_s_duration_outlives_a_step_of_the_lane_s_wall_clock(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """NTP steps the lane's clock back an hour while a vehicle waits at the pay point: its
+    phase began, by the new clock, an hour ahead, and a console showed it 0 s in the phase
+    (never STUCK?) for that hour. The health message's `ts - phase_since` is the time in the
+    phase on the monotonic clock, and the console measures from it."""
+    step = [0.0]
+    clocks = Clocks(wall=lambda: time.time() - step[0])
+    async with running_lane(tmp_path, mosquitto, lane_id, clocks=clocks) as lane:
+        publisher = lane.daemon.health
+        arrived = time.monotonic()
+        await lane.device.vehicle_enters(1)
+        await eventually(lambda: publisher.message().phase == "vehicle_present")
+        step[0] = 3600.0
+        message = await eventually(
+            lambda: _in_phase_for(publisher.message(), 1.0), what="a second in the phase"
+        )
+        lasted = (message.ts_us - message.phase_since_us) / 1e6
+        assert 1.0 <= lasted <= time.monotonic() - arrived
+        # A console (on the right time) shows the same, and STUCK? once it lasts long enough.
+        plaza = Plaza(time.time())
+        plaza.apply(f"lane/{lane_id}/health", message.encode(), time.time(), 50.0)
+        (view,) = plaza.snapshot(time.time(), 50.0)["lanes"]
+        assert (view["phase_for_s"], view["stuck"]) == (round(lasted, 1), False)
+        (view,) = plaza.snapshot(time.time(), 50.0 + STUCK_AFTER_S)["lanes"]
+        assert view["stuck"]
+
+
+def _in_phase_for(message: LaneHealth, seconds: float) -> LaneHealth | None:
+    lasted = (message.ts_us - message.phase_since_us) / 1e6
+    return message if message.phase == "vehicle_present" and lasted >= seconds else None
+
+
+async def test_a_lane_clock_that_refuses_every_token_is_seen_and_clears_once_right(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """NTP steps the lane's clock back an hour (or its RTC lost it): every token a phone shows
+    now was issued ahead of the lane's clock and is refused as not yet valid, payer after
+    payer, while the lane looked healthy. No token passes meanwhile (safe); the alarm says what
+    is wrong (seen); the first token accepted once the clock is right clears it."""
+    step = [0.0]
+    clocks = Clocks(wall=lambda: time.time() - step[0])
+    async with watched_lane(tmp_path, mosquitto, lane_id, clocks=clocks) as (lane, seen, _):
+        alarms = lane.daemon.runner.alarms
+        step[0] = 3600.0
+        _, run = CLOCK_RUNS["not_yet_valid"]
+        for _payer in range(run):
+            assert "clock_suspect" not in alarms
+            assert await lane.serve("token") == "declined"
+        assert lane.named("declined")[-1]["reason"] == "not_yet_valid"
+        text = await eventually(lambda: alarms.get("clock_suspect"), what="clock_suspect raised")
+        assert text == (
+            f"offline tokens refused as not yet valid for {run} token payers in a row:"
+            " this lane's clock may be behind; check its time sync (lane doctor)"
+        )
+        raised = await eventually(
+            lambda: _latest_if(seen, lambda h: any(a.code == "clock_suspect" for a in h.alarms))
+        )
+        assert next(a for a in raised.alarms if a.code == "clock_suspect").severity == "major"
+        step[0] = 0.0  # the clock set right
+        assert await lane.serve("token") == "barrier_opened"
+        await eventually(lambda: "clock_suspect" not in alarms, what="clock_suspect cleared")
 
 
 async def test_closing_and_reopening_the_lane_are_recorded_with_who(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -16,8 +16,8 @@ from scanner.decoders import ZxingDecoder, make_decoder
 from scanner.dedup import Deduplicator
 from scanner.detection import Detection, GrayImage
 from scanner.health import SourceEvent
-from scanner.pipeline import ScanPipeline, ScanResult, ScanStats
-from scanner.sources import Frame, ImageFolderSource, Item, PushSource
+from scanner.pipeline import FRESH_CHECK_S, ScanPipeline, ScanResult, ScanStats
+from scanner.sources import Frame, Image, ImageFolderSource, Item, PushSource
 
 CODE_A = "281234567890123456"
 CODE_B = "134567890123456789"
@@ -191,6 +191,36 @@ async def test_decoder_failure_is_counted_not_fatal() -> None:
         await eventually(lambda: pipeline.stats().errors == 2)
         stats: ScanStats = pipeline.stats()
     assert stats.decoded == 0 and stats.frames_in == 2
+
+
+async def test_frames_that_repeat_the_one_before_are_not_fresh() -> None:
+    """A frozen camera's frames come at full rate, each the picture before; a live one's differ
+    (sensor noise). A frame is compared with the one before once a FRESH_CHECK_S."""
+    source = PushSource()
+    rng = np.random.default_rng(3)
+    frozen = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    clock = [0.0]
+
+    async def frames(make: Callable[[], Image], n: int, every_s: float) -> None:
+        for _ in range(n):
+            taken = p.stats().frames_in
+            clock[0] += every_s
+            source.put(make())
+            await eventually(lambda taken=taken: p.stats().frames_in > taken)
+
+    def noisy() -> Image:
+        return np.clip(frozen + rng.integers(-2, 3, frozen.shape), 0, 255).astype(np.uint8)
+
+    pipeline = ScanPipeline(
+        source, make_decoder("zxing"), lambda r: None, gate=None, clock=lambda: clock[0]
+    )
+    async with pipeline as p:
+        await frames(frozen.copy, 6, FRESH_CHECK_S)
+        assert p.stats().fresh == 1  # the first frame only: the others repeat it
+        await frames(noisy, 5, FRESH_CHECK_S)
+        assert p.stats().fresh == 1 + 5  # each looked at, each a new picture
+        await frames(noisy, 6, FRESH_CHECK_S / 4)
+        assert p.stats().fresh == 1 + 5 + 1  # one look in that second and a half
 
 
 class FailingSource(PushSource):
