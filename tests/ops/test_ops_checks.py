@@ -94,7 +94,7 @@ def test_the_example_config_is_valid(lane_dir: Path, capsys: pytest.CaptureFixtu
             'port = "1883x"',
             "broker.port: Input should be a valid integer",
         ),
-        ("lane.toml", 'id = "p07/l03"', 'id = "no-slash"', "lane.id: String should match"),
+        ("lane.toml", 'id = "p07/l03"', 'id = "no-slash"', "lane.id: Value error, a lane id is"),
         (
             "tariff.toml",
             "2 = 290",
