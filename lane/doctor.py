@@ -18,7 +18,6 @@ import tempfile
 import threading
 import time
 import uuid
-from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ import aiohttp
 from lane.config import LaneConfig
 from lane.health import MIN_FREE_BYTES
 from lane.install import TOP_LEVEL, clashes
-from lane.transport.mqtt import Credentials, LinkErrors, MqttLink
+from lane.transport.mqtt import Credentials, LinkErrors, LinkStopped, MqttLink
 from scanner.camera_net import redact, redact_text
 from scanner.health import CaptureSettings, SourceEvent, is_black
 from scanner.sources import DEFAULT_SETTINGS, Frame, open_source
@@ -140,37 +139,18 @@ async def probe_mqtt(link: MqttLink, who: str, timeout_s: float) -> Probe:
     mqtt_log.addHandler(errors)
     task = asyncio.create_task(link.run())
     try:
-        await _connected_or_stopped(link, task, timeout_s)
+        await link.wait_connected(timeout_s)
     except TimeoutError:
         why = errors.error or "no CONNACK"
         return Probe("FAIL", "broker", f"{where}: TCP works but MQTT refused: {why}")
-    except Exception as exc:
-        # A link only stops on what reconnecting cannot mend: the MQTT libraries refused
-        # (InternalsChangedError names the release and the pin) or a bug. Waiting out the
-        # timeout instead would blame the broker for it.
-        why = f"{exc.__class__.__name__}: {exc}"
-        return Probe("FAIL", "broker", f"{where}: TCP works but the MQTT client stopped: {why}")
+    except LinkStopped as exc:
+        return Probe("FAIL", "broker", f"{where}: TCP works but {exc}")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         mqtt_log.removeHandler(errors)
     ms = (time.monotonic() - started) * 1000
     return Probe("OK", "broker", f"{where}: MQTT connected {who} in {ms:.0f} ms")
-
-
-async def _connected_or_stopped(link: MqttLink, task: asyncio.Task[None], timeout_s: float) -> None:
-    """Return once `link` is connected; raise what its `run` task ended with if it ends first,
-    TimeoutError if neither comes within `timeout_s`."""
-    connected = asyncio.create_task(link.connected.wait())
-    try:
-        await asyncio.wait({task, connected}, timeout=timeout_s, return_when=FIRST_COMPLETED)
-    finally:
-        connected.cancel()
-    if link.connected.is_set():
-        return
-    if task.done():
-        task.result()
-    raise TimeoutError
 
 
 # --- acquirer -----------------------------------------------------------------------------------
