@@ -25,10 +25,11 @@ from pathlib import Path
 
 import aiohttp
 
+from lane.broker_link import BrokerLink
 from lane.config import LaneConfig
 from lane.health import MIN_FREE_BYTES
 from lane.install import TOP_LEVEL, clashes
-from lane.transport.mqtt import Credentials, LinkErrors, LinkStopped, MqttLink
+from lane.transport.mqtt import LinkErrors, LinkStopped, MqttLink
 from scanner.camera_net import redact, redact_text
 from scanner.health import CaptureSettings, SourceEvent, is_black
 from scanner.sources import DEFAULT_SETTINGS, Frame, open_source
@@ -113,20 +114,19 @@ async def probe_broker(config: LaneConfig, timeout_s: float) -> Probe:
     b = config.broker
     where = f"{b.host}:{b.port}"
     try:
+        broker = BrokerLink.of(b)
+    except OSError as exc:  # ssl.SSLError is one: a file that holds no CA
+        return Probe("FAIL", "broker", f"{where}: broker.tls_ca_file {b.tls_ca_file}: {exc}")
+    try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(b.host, b.port), timeout_s)
     except (OSError, TimeoutError) as exc:
         return Probe("FAIL", "broker", f"{where}: cannot connect: {exc or 'timed out'}")
     writer.close()
-    creds = Credentials(b.username, b.password or "") if b.username else None
-    link = MqttLink(
-        b.host,
-        b.port,
-        f"doctor-{uuid.uuid4().hex[:12]}",
-        credentials=creds,
-        session_expiry=0,
-        backoff_min=0.2,
-    )
+    # As the daemon connects (BrokerLink), only with a throwaway id and no session kept.
+    link = broker.link(f"doctor-{uuid.uuid4().hex[:12]}", session_expiry=0, backoff_min=0.2)
     who = f"as {b.username}" if b.username else "(anonymous)"
+    if broker.tls is not None:
+        who += " over TLS"
     return await probe_mqtt(link, who, timeout_s)
 
 
