@@ -7,6 +7,8 @@ topic, `R` for a retained message, the MQTT 5 properties that matter (expiry, co
 response topic) and the payload as compact JSON. A payload that is not a valid message of its
 topic prints as `ERROR <reason> hex=<first bytes>` instead; watching never stops on garbage.
 Ctrl-C (SIGINT) or SIGTERM ends it with exit code 0, even when started with SIGINT ignored.
+A broker that is down is waited for; an MQTT client that stops instead of retrying ends it
+with exit code 1 and what stopped it.
 The password, if any, comes from the environment variable LANE_MQTT_PASSWORD.
 """
 
@@ -35,9 +37,16 @@ from barrier.messages import (
 )
 from barrier.peripherals import PlateReading, PrintAck, PrinterStatus, PrintJob
 from lane.signals import install_signal_handlers
-from lane.transport.mqtt import Credentials, Incoming, LinkErrors, MqttLink, tls_context
+from lane.transport.mqtt import (
+    Credentials,
+    Incoming,
+    LinkErrors,
+    LinkStopped,
+    MqttLink,
+    tls_context,
+)
 from lane.wire.codec import PayloadError, unpack
-from lane.wire.topics import PLATE
+from lane.wire.topics import PLATE, check_lane_id
 
 HEX_PREFIX = 32
 PASSWORD_ENV = "LANE_MQTT_PASSWORD"
@@ -74,6 +83,7 @@ def main(argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         host, port = parse_broker(args.broker)
+        check_lane_id(args.lane)  # `[lane] id`'s own check: `p07/#` is no lane to watch
     except ValueError as exc:
         print(f"lane watch: {exc}", file=sys.stderr)
         return 2
@@ -98,6 +108,9 @@ def main(argv: list[str]) -> int:
         )
     except KeyboardInterrupt:  # Ctrl-C before `watch` has its own handler in place
         return 0
+    except LinkStopped as exc:
+        print(f"lane watch: {host}:{port}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -118,7 +131,8 @@ async def watch(
     tls: ssl.SSLContext | None = None,
     handle_signals: bool = False,
 ) -> None:
-    """Print until `count` messages, or (with `handle_signals`) until SIGINT or SIGTERM."""
+    """Print until `count` messages, or (with `handle_signals`) until SIGINT or SIGTERM; raise
+    LinkStopped when the MQTT client stops instead of retrying (it would never print again)."""
     done = asyncio.Event()
     if handle_signals:
         install_signal_handlers(done)
@@ -154,12 +168,16 @@ async def watch(
     mqtt_log.addHandler(errors)
     propagate, mqtt_log.propagate = mqtt_log.propagate, False
     task = asyncio.create_task(link.run())
+    # A broker that is down is waited for; a link that stopped will not connect again.
+    task.add_done_callback(lambda _: done.set())
     try:
         try:
             await link.wait_connected(3.0)
         except TimeoutError:
             print(f"lane watch: waiting for the broker at {host}:{port}", file=sys.stderr)
         await done.wait()
+        if link.stopped is not None:
+            raise link.stopped
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

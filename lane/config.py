@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,6 +23,7 @@ from lane.auth.network_config import AlipaySection, RoutesSection, WeChatPaySect
 from lane.auth.resolver import DEFAULT_KEEP_DAYS
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S
 from lane.toml_model import read_toml, validate
+from lane.wire.topics import check_lane_id
 from scanner.health import CaptureSettings
 
 S = TypeVar("S", bound=BaseModel)
@@ -39,10 +41,8 @@ PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
 
 
 class LaneSection(_Section):
-    id: str = Field(
-        "p01/l01",
-        description="Lane id, plaza/lane, used in every topic",
-        pattern=r"^[\w-]+/[\w-]+$",
+    id: Annotated[str, AfterValidator(check_lane_id)] = Field(
+        "p01/l01", description="Lane id, plaza/lane, used in every topic"
     )
     mode: Literal["toll", "transit-entry", "transit-exit", "toll-entry", "toll-exit"] = Field(
         "toll",

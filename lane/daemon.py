@@ -60,6 +60,7 @@ from lane.auth.trip_pricing import ExitLaneRules
 from lane.auth.trip_rules import OverTimeCharge, RoadRules, TripKind
 from lane.auth.trust import UpdateKind
 from lane.barrier_latches import LatchFiles
+from lane.broker_link import BrokerLink
 from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
@@ -81,7 +82,7 @@ from lane.signals import install_signal_handlers
 from lane.tap_desk import ExitPricing, TapDesk
 from lane.tap_store import TapStore, TapStoreError
 from lane.ticket_desk import TicketDesk
-from lane.transport.mqtt import Credentials, Incoming, MqttLink, tls_context
+from lane.transport.mqtt import Incoming
 from lane.trip_desk import TripDesk
 from lane.verifier import TokenVerifier
 from lane.wire.ids import new_id
@@ -450,15 +451,11 @@ class LaneDaemon:
         self.replay = opened.replay
         self.payments_store = opened.payments_store
         self.source = opened.source
-        creds = None
-        if config.broker.username:
-            creds = Credentials(config.broker.username, config.broker.password or "")
-        ca = config.broker.tls_ca_file
-        tls = tls_context(str(ca)) if ca is not None else None
+        broker = BrokerLink.of(config.broker)
         self.link = BarrierLink(
             self.lane,
-            config.broker.host,
-            config.broker.port,
+            broker.host,
+            broker.port,
             on_ack=self._on_ack,
             on_state=self._on_state,
             on_sensor=self._on_sensor,
@@ -466,19 +463,11 @@ class LaneDaemon:
             on_link=self._on_link,
             on_snapshot=self._on_snapshot,
             on_plate=self._on_plate,
-            credentials=creds,
-            tls=tls,
-            keepalive_s=config.broker.keepalive_s,
+            credentials=broker.credentials,
+            tls=broker.tls,
+            keepalive_s=broker.keepalive_s,
         )
-        self.uplink = MqttLink(
-            config.broker.host,
-            config.broker.port,
-            f"uplink-{self.lane}",
-            handler=self._on_uplink_message,
-            credentials=creds,
-            tls=tls,
-            keepalive=config.broker.keepalive_s,
-        )
+        self.uplink = broker.link(f"uplink-{self.lane}", handler=self._on_uplink_message)
         self.forwarder = Forwarder(
             self.queue,
             self.uplink,

@@ -33,7 +33,14 @@ from barrier.messages import BarrierStatus, LaneStatus
 from lane.config import ConfigError, load_config
 from lane.log import setup_logging
 from lane.signals import stop_on_signals
-from lane.transport.mqtt import Credentials, Handler, Incoming, MqttLink, tls_context
+from lane.transport.mqtt import (
+    Credentials,
+    Handler,
+    Incoming,
+    LinkStopped,
+    MqttLink,
+    tls_context,
+)
 from lane.wire import topics
 from lane.wire.codec import PayloadError
 
@@ -108,6 +115,11 @@ def target_of(args: argparse.Namespace) -> Target:
         host, port = parse_broker(args.broker)
     if lane is None or host is None or port is None:
         raise UsageError("say which lane and broker: --config lane.toml, or --lane and --broker")
+    try:
+        # `[lane] id`'s own check: a wildcard would reach paho as a topic it refuses, mid-run.
+        topics.check_lane_id(lane)
+    except ValueError as exc:
+        raise UsageError(f"--lane: {exc}") from None
     creds = None
     if args.username:
         creds = Credentials(args.username, os.environ.get(PASSWORD_ENV, ""))
@@ -187,6 +199,9 @@ async def send(target: Target, ctl: control.DeviceControl) -> int:
                 f"lane device: no MQTT connection to {target.host}:{target.port} within 5 s",
                 file=sys.stderr,
             )
+            return 1
+        except LinkStopped as exc:
+            print(f"lane device: {target.host}:{target.port}: {exc}", file=sys.stderr)
             return 1
         await link.publish(control.device_control(target.lane), ctl.encode(), qos=1)
     finally:

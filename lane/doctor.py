@@ -18,7 +18,6 @@ import tempfile
 import threading
 import time
 import uuid
-from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,10 +25,11 @@ from pathlib import Path
 
 import aiohttp
 
+from lane.broker_link import BrokerLink
 from lane.config import LaneConfig
 from lane.health import MIN_FREE_BYTES
 from lane.install import TOP_LEVEL, clashes
-from lane.transport.mqtt import Credentials, LinkErrors, MqttLink
+from lane.transport.mqtt import LinkErrors, LinkStopped, MqttLink
 from scanner.camera_net import redact, redact_text
 from scanner.health import CaptureSettings, SourceEvent, is_black
 from scanner.sources import DEFAULT_SETTINGS, Frame, open_source
@@ -114,20 +114,19 @@ async def probe_broker(config: LaneConfig, timeout_s: float) -> Probe:
     b = config.broker
     where = f"{b.host}:{b.port}"
     try:
+        broker = BrokerLink.of(b)
+    except OSError as exc:  # ssl.SSLError is one: a file that holds no CA
+        return Probe("FAIL", "broker", f"{where}: broker.tls_ca_file {b.tls_ca_file}: {exc}")
+    try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(b.host, b.port), timeout_s)
     except (OSError, TimeoutError) as exc:
         return Probe("FAIL", "broker", f"{where}: cannot connect: {exc or 'timed out'}")
     writer.close()
-    creds = Credentials(b.username, b.password or "") if b.username else None
-    link = MqttLink(
-        b.host,
-        b.port,
-        f"doctor-{uuid.uuid4().hex[:12]}",
-        credentials=creds,
-        session_expiry=0,
-        backoff_min=0.2,
-    )
+    # As the daemon connects (BrokerLink), only with a throwaway id and no session kept.
+    link = broker.link(f"doctor-{uuid.uuid4().hex[:12]}", session_expiry=0, backoff_min=0.2)
     who = f"as {b.username}" if b.username else "(anonymous)"
+    if broker.tls is not None:
+        who += " over TLS"
     return await probe_mqtt(link, who, timeout_s)
 
 
@@ -140,37 +139,18 @@ async def probe_mqtt(link: MqttLink, who: str, timeout_s: float) -> Probe:
     mqtt_log.addHandler(errors)
     task = asyncio.create_task(link.run())
     try:
-        await _connected_or_stopped(link, task, timeout_s)
+        await link.wait_connected(timeout_s)
     except TimeoutError:
         why = errors.error or "no CONNACK"
         return Probe("FAIL", "broker", f"{where}: TCP works but MQTT refused: {why}")
-    except Exception as exc:
-        # A link only stops on what reconnecting cannot mend: the MQTT libraries refused
-        # (InternalsChangedError names the release and the pin) or a bug. Waiting out the
-        # timeout instead would blame the broker for it.
-        why = f"{exc.__class__.__name__}: {exc}"
-        return Probe("FAIL", "broker", f"{where}: TCP works but the MQTT client stopped: {why}")
+    except LinkStopped as exc:
+        return Probe("FAIL", "broker", f"{where}: TCP works but {exc}")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         mqtt_log.removeHandler(errors)
     ms = (time.monotonic() - started) * 1000
     return Probe("OK", "broker", f"{where}: MQTT connected {who} in {ms:.0f} ms")
-
-
-async def _connected_or_stopped(link: MqttLink, task: asyncio.Task[None], timeout_s: float) -> None:
-    """Return once `link` is connected; raise what its `run` task ended with if it ends first,
-    TimeoutError if neither comes within `timeout_s`."""
-    connected = asyncio.create_task(link.connected.wait())
-    try:
-        await asyncio.wait({task, connected}, timeout=timeout_s, return_when=FIRST_COMPLETED)
-    finally:
-        connected.cancel()
-    if link.connected.is_set():
-        return
-    if task.done():
-        task.result()
-    raise TimeoutError
 
 
 # --- acquirer -----------------------------------------------------------------------------------

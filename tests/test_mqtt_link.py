@@ -7,7 +7,7 @@ import pytest
 from mqtt_kit import broker_proxy
 from polling import eventually
 
-from lane.transport.mqtt import Incoming, LinkDown, MqttLink, WillSpec
+from lane.transport.mqtt import Incoming, LinkDown, LinkStopped, MqttLink, WillSpec
 from sim.broker import Mosquitto
 
 
@@ -40,6 +40,34 @@ async def test_publish_while_disconnected_raises() -> None:
     link = MqttLink("127.0.0.1", 1, "nobody")
     with pytest.raises(LinkDown):
         await link.publish("a/b", b"x")
+
+
+async def test_waiting_for_a_link_that_stopped_names_what_stopped_it(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """A link whose `run` ends (here on a filter paho refuses) will never connect: whoever
+    waited for it (`lane doctor`, `lane device --send`) waited out its timeout and then blamed
+    the broker. It hears what stopped the link instead; run again, the link is not stopped."""
+    link = MqttLink(mosquitto.host, mosquitto.port, f"bad-{lane_id}", [("a/#/b", 1)])
+    task = asyncio.create_task(link.run())
+    try:
+        with pytest.raises(LinkStopped) as stopped:
+            await link.wait_connected(10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert str(stopped.value) == (
+        "the MQTT client stopped: ValueError: Invalid subscription filter."
+    )
+    assert isinstance(stopped.value.__cause__, ValueError) and link.stopped is stopped.value
+    link.subscriptions = [(f"lane/{lane_id}/status", 1)]
+    task = asyncio.create_task(link.run())
+    try:
+        await link.wait_connected(10)
+        assert link.stopped is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_link_ended_by_a_bug_leaves_its_will(mosquitto: Mosquitto, lane_id: str) -> None:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from lane.transport.mqtt import Credentials, Incoming, LinkDown, MqttLink
 from lane.wire.codec import PayloadError
-from lane.wire.topics import uplink_acks
+from lane.wire.topics import LANE_ID, uplink_acks
 from uplink.holes import HoleEvent, HoleState, HoleWatch
 from uplink.messages import Ack, Batch, Held, decode_batch, encode_ack, lane_of
 from uplink.records import Record
@@ -32,11 +31,9 @@ from uplink.store import IngestRecord, IngestStore, IngestStoreError, StoreBusyE
 
 log = logging.getLogger("lane.uplink.ingest")
 
-# Lane ids are `plaza/lane` (two topic levels, as lane/config.py requires): a client whose
-# user name is not a lane id can never be granted a lane's records topic by the per-lane ACL
-# pattern `uplink/%u/records` (deploy/mosquitto/plaza.acl).
+# A batch counts only on a lane id's records topic (`LANE_ID`): a client whose user name is not
+# a lane id can never be granted one by the per-lane ACL pattern `uplink/%u/records`.
 RECORD_FILTERS = ("uplink/+/+/records",)
-LANE_ID = re.compile(r"^[\w-]+/[\w-]+$")
 
 
 def shared_filters(group: str) -> list[tuple[str, int]]:
@@ -46,7 +43,7 @@ def shared_filters(group: str) -> list[tuple[str, int]]:
 def parse_batch(topic: str, payload: bytes) -> tuple[Batch, list[IngestRecord]]:
     """Decode and check one batch message; any inconsistency raises PayloadError."""
     lane = lane_of(topic, "records")
-    if lane is None or not LANE_ID.match(lane):
+    if lane is None or LANE_ID.fullmatch(lane) is None:
         raise PayloadError(f"not a lane's uplink records topic: {topic!r}")
     batch = decode_batch(payload)
     if batch.lane != lane:

@@ -37,6 +37,12 @@ class LinkDown(ConnectionError):  # noqa: N818 - the name other parts import
     """The broker is not reachable right now; the message was not sent."""
 
 
+class LinkStopped(RuntimeError):  # noqa: N818 - said as "the link stopped"
+    """`MqttLink.run` ended on what reconnecting cannot mend: an aiomqtt or paho release the
+    transport refuses (`InternalsChangedError`), a topic filter paho refuses, a bug. The link
+    will not connect by itself; the text names what stopped it, which is its `__cause__`."""
+
+
 @dataclass(frozen=True)
 class Incoming:
     topic: str
@@ -134,15 +140,33 @@ class MqttLink:
     # goes through aiomqtt's message iterator, a task and three event loop turns per message,
     # which a lane pays on every barrier ack and state (docs/barrier.md, "Benchmark").
     receive: Receive | None = None
+    # Why `run` ended, when it ended on an error rather than a cancel (None while it runs).
+    stopped: LinkStopped | None = field(default=None, init=False)
     _conn: _Connection | None = None
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
+    _ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         if self.handler is not None and self.receive is not None:
             raise ValueError("give a link a handler or a receive, not both")
 
     async def run(self) -> None:
-        """Connect and dispatch forever; reconnect with exponential backoff and jitter."""
+        """Connect and dispatch forever; reconnect with exponential backoff and jitter.
+
+        What reconnecting cannot mend ends it, raised as it came; `stopped` then says so, and
+        `wait_connected` raises that at once instead of waiting for a connection that will
+        not come."""
+        self.stopped = None
+        self._ended.clear()
+        try:
+            await self._serve()
+        except Exception as exc:
+            self.stopped = LinkStopped(f"the MQTT client stopped: {exc.__class__.__name__}: {exc}")
+            self.stopped.__cause__ = exc
+            self._ended.set()
+            raise
+
+    async def _serve(self) -> None:
         delay = self.backoff_min
         first = True
         said_down = False  # on_disconnect was told of this outage (or of the first failure)
@@ -243,8 +267,19 @@ class MqttLink:
             conn.acks.pop(info.mid, None)
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        async with asyncio.timeout(timeout):
-            await self.connected.wait()
+        """Return once connected; raise `stopped` as soon as `run` ends on an error (waiting
+        out the timeout would blame the broker), TimeoutError when neither comes in time."""
+        if self.connected.is_set():
+            return
+        waits = {asyncio.ensure_future(e.wait()) for e in (self.connected, self._ended)}
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if not self.connected.is_set() and self.stopped is not None:
+            raise self.stopped
 
     async def drop(self) -> None:
         """Leave the broker so that it publishes our will, as if we had crashed.

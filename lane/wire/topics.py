@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
+# `plaza/lane`: two topic levels of letters, digits, `_` and `-`. A lane's topics then hold no
+# wildcard and exactly the levels the ACL patterns expect (`uplink/%u/records` can only match a
+# user whose name is a lane id: deploy/mosquitto/plaza.acl).
+LANE_ID = re.compile(r"[\w-]+/[\w-]+")
+
 SENSORS = ("entry_loop", "safety_loop", "exit_loop", "light_curtain", "classifier")
+
+
+def check_lane_id(text: str) -> str:
+    """`text` if it is a lane id; ValueError saying what one is otherwise (`[lane] id`, the
+    tools' `--lane`)."""
+    if LANE_ID.fullmatch(text) is None:
+        raise ValueError(f"a lane id is plaza/lane (letters, digits, _ and -), not {text!r}")
+    return text
 
 
 def barrier_cmd(lane: str) -> str:

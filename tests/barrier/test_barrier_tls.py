@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_barrier_deploy import make_certs
+from tls_kit import make_certs, tls_mosquitto
 
 from lane.transport.mqtt import Incoming, MqttLink, tls_context
-from sim.broker import Mosquitto, free_port
+from sim.broker import Mosquitto
 
 
 @pytest.fixture
-def tls_broker(tmp_path: Path) -> tuple[Mosquitto, int, Path]:
-    certs = make_certs(tmp_path)
-    tls_port = free_port()
-    as_root = "user root\n" if os.geteuid() == 0 else ""
-    broker = Mosquitto(
-        port=free_port(),
-        workdir=tmp_path,
-        extra_config=(
-            f"{as_root}listener {tls_port} 127.0.0.1\n"
-            f"cafile {certs['ca']}\ncertfile {certs['server']}\nkeyfile {certs['key']}\n"
-            "tls_version tlsv1.2\n"
-        ),
-    )
-    broker.start()
-    yield broker, tls_port, certs["ca"]
-    broker.stop()
+def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, int, Path]]:
+    with tls_mosquitto(tmp_path) as broker:
+        yield broker
 
 
 async def test_publish_and_receive_over_tls(tls_broker: tuple[Mosquitto, int, Path]) -> None:

@@ -5,12 +5,13 @@ import json
 import signal
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from barrier.messages import BarrierStatus, LaneStatus
 from barrier.watch import format_line, main, watch
-from lane.transport.mqtt import Incoming, MqttLink
+from lane.transport.mqtt import Incoming, LinkStopped, MqttLink
 from lane.wire import topics
 from lane.wire.codec import pack
 from sim.broker import Mosquitto, free_port
@@ -138,12 +139,8 @@ async def test_watch_on_a_wrong_port_says_why_once(capsys: pytest.CaptureFixture
     """Nobody listens on the port: the reason is printed, once, not a bare 'disconnected'."""
     port = free_port()
     task = asyncio.create_task(watch("127.0.0.1", port, "p01/l01", 1))
-    err = ""
     try:
-        async with asyncio.timeout(10):
-            while "waiting for the broker" not in err:
-                await asyncio.sleep(0.05)
-                err += capsys.readouterr().err
+        err = await until_waiting(capsys)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -154,3 +151,64 @@ async def test_watch_on_a_wrong_port_says_why_once(capsys: pytest.CaptureFixture
     assert len(reasons) == 1, lines  # several retries, one line
     assert "Connection refused" in reasons[0] and reasons[0].endswith("(retrying)")
     assert not any("mqtt disconnected" in ln for ln in lines)
+
+
+async def until_waiting(capsys: pytest.CaptureFixture[str]) -> str:
+    """What the watcher said on stderr up to 'waiting for the broker' (10 s at most)."""
+    err = ""
+    async with asyncio.timeout(10):
+        while "waiting for the broker" not in err:
+            await asyncio.sleep(0.05)
+            err += capsys.readouterr().err
+    return err
+
+
+@pytest.mark.parametrize("lane", ["p07/l03", "p07/#"], ids=["lane", "wildcard"])
+async def test_watch_waits_for_a_broker_that_is_down_but_not_for_a_stopped_client(
+    lane: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nobody listens yet: the watcher says it waits, and prints once a broker comes up there.
+    A link that stops on that broker (a filter paho refuses: `main` refuses such a lane id up
+    front, `watch` is handed one here) will never connect: the watcher hung for ever after
+    'waiting for the broker'. It ends, saying why."""
+    broker = Mosquitto(port=free_port(), workdir=tmp_path)
+    task = asyncio.create_task(watch(broker.host, broker.port, lane, 1))
+    raw = MqttLink(broker.host, broker.port, "raw")
+    raw_task = asyncio.create_task(raw.run())
+    try:
+        await until_waiting(capsys)
+        broker.start()
+        if lane.endswith("#"):
+            with pytest.raises(LinkStopped, match=r"^the MQTT client stopped: ValueError: Inv"):
+                await asyncio.wait_for(task, 20)
+            return
+        await raw.wait_connected(10)
+        # Retained: the watcher gets it whenever it subscribes, before or after this publish.
+        await raw.publish(topics.status(lane), pack({"v": 1}), retain=True)
+        await asyncio.wait_for(task, 20)
+        assert topics.status(lane) in capsys.readouterr().out
+    finally:
+        for t in (task, raw_task):
+            t.cancel()
+        await asyncio.gather(task, raw_task, return_exceptions=True)
+        broker.stop()
+
+
+async def test_watch_refuses_a_lane_id_that_is_not_one(mosquitto: Mosquitto) -> None:
+    """`lane watch --lane 'p07/#'` waited for ever on a stopped link; now it is refused up front
+    by `[lane] id`'s own check, exit 2."""
+    address = f"{mosquitto.host}:{mosquitto.port}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lane", "watch", "--broker", address, "--lane", "p07/#",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert (proc.returncode, err.decode()) == (
+        2,
+        "lane watch: a lane id is plaza/lane (letters, digits, _ and -), not 'p07/#'\n",
+    )

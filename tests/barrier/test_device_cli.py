@@ -138,6 +138,21 @@ def test_bad_command_lines_exit_2_with_the_reason(
     assert expected in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mode", [["--send", "fault"], ["--emulate"]], ids=["send", "emulate"])
+async def test_a_lane_id_that_is_not_one_is_refused_up_front(
+    mosquitto: Mosquitto, mode: list[str]
+) -> None:
+    """`p07/#` is no lane: `--send` published to a topic with a wildcard and died on paho's
+    ValueError with a traceback; `--emulate` subscribed to such filters, its links stopped and
+    it served on with nothing connected. Refused before any connection, as `[lane] id` is."""
+    where = ["--lane", "p07/#", "--broker", f"{mosquitto.host}:{mosquitto.port}"]
+    code, out = await lane_cmd("device", *mode, *where)
+    assert (code, out) == (
+        2,
+        "lane device: --lane: a lane id is plaza/lane (letters, digits, _ and -), not 'p07/#'\n",
+    )
+
+
 def test_device_control_round_trips_and_refuses_nonsense() -> None:
     for ctl in (
         DeviceControl("c1", ControlOp.FAULT, fault="stuck"),

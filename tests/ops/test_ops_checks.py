@@ -7,7 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,13 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp import web
+from tls_kit import make_certs, tls_mosquitto
 
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S
 from lane.checks import check_config, check_config_main
 from lane.config import AuthSection, ConfigError, parse_config
 from lane.doctor import (
+    Probe,
     probe_acquirer,
     probe_broker,
     probe_camera,
@@ -94,7 +96,7 @@ def test_the_example_config_is_valid(lane_dir: Path, capsys: pytest.CaptureFixtu
             'port = "1883x"',
             "broker.port: Input should be a valid integer",
         ),
-        ("lane.toml", 'id = "p07/l03"', 'id = "no-slash"', "lane.id: String should match"),
+        ("lane.toml", 'id = "p07/l03"', 'id = "no-slash"', "lane.id: Value error, a lane id is"),
         (
             "tariff.toml",
             "2 = 290",
@@ -277,6 +279,32 @@ async def test_broker_probe(mosquitto: Mosquitto, tmp_path: Path) -> None:
     finally:
         strict.stop()
     assert refused.status == "FAIL" and "TCP works but MQTT refused" in refused.detail
+
+
+async def test_broker_probe_connects_over_tls_as_the_daemon_does(tmp_path: Path) -> None:
+    """The probe built its own link and left `broker.tls_ca_file` out: on a TLS listener it
+    spoke plain MQTT and reported 'MQTT refused', a refusal the daemon, which connects over
+    TLS, would not get. It connects as the daemon does (BrokerLink): verified against the CA
+    file, refused by a broker the CA did not sign, and a file that is no CA is named."""
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other_ca = make_certs(other_dir)["ca"]
+    with tls_mosquitto(tmp_path) as (broker, port, ca):
+
+        def probe(ca_file: Path) -> Coroutine[Any, Any, Probe]:
+            broker_section = {"host": broker.host, "port": port, "tls_ca_file": str(ca_file)}
+            return probe_broker(parse_config({"broker": broker_section}), 5)
+
+        ok = await probe(ca)
+        assert ok.status == "OK", ok.detail
+        assert ok.detail.startswith(f"{broker.host}:{port}: MQTT connected (anonymous) over TLS")
+        wrong = await probe(other_ca)
+        assert wrong.status == "FAIL" and "CERTIFICATE_VERIFY_FAILED" in wrong.detail, wrong
+        not_a_ca = await probe(tmp_path / "key.pem")
+    assert (not_a_ca.status, not_a_ca.detail.split(": ", 2)[:2]) == (
+        "FAIL",
+        [f"{broker.host}:{port}", f"broker.tls_ca_file {tmp_path / 'key.pem'}"],
+    )
 
 
 async def test_broker_probe_names_what_stopped_the_mqtt_client(

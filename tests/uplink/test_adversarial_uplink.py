@@ -126,8 +126,14 @@ def test_records_of_another_lane_inside_a_lane_batch_are_refused() -> None:
         parse_batch(f"uplink/{LANE}/records", encode_batch(LANE, Q, "b", [(1, theirs[0].data)]))
 
 
-@pytest.mark.parametrize("topic", ["uplink/l1/records", "uplink/a/b/c/records", "uplink/records"])
+@pytest.mark.parametrize(
+    "topic",
+    ["uplink/l1/records", "uplink/a/b/c/records", "uplink/records", "uplink/p1/l1\n/records"],
+)
 def test_only_plaza_lane_topics_are_lanes(topic: str) -> None:
-    rec = Record("r", "l1", 1, 1, draft(1)).encode()
+    """The batch and its records name the lane of the topic: only the topic's lane id is
+    wrong (a trailing newline passed the `$` of the ingest's own copy of the pattern)."""
+    lane = topic.removeprefix("uplink/").removesuffix("records").removesuffix("/")
+    rec = Record("r", lane, 1, 1, draft(1)).encode()
     with pytest.raises(PayloadError):
-        parse_batch(topic, encode_batch("l1", Q, "b", [(1, rec)]))
+        parse_batch(topic, encode_batch(lane, Q, "b", [(1, rec)]))
