@@ -7,12 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ops_kit import OpsLane, running_lane
+from polling import eventually
 
 from sim.broker import Mosquitto
 
 
-def declined_for_lifetime(lane: OpsLane) -> None:
-    """The last vehicle's record says declined for the lifetime, and nothing was opened for it."""
+async def declined_for_lifetime(lane: OpsLane) -> None:
+    """The last vehicle's record says declined for the lifetime, and nothing was opened for it.
+    The record's note follows the decline's once the queue has committed it."""
+    await eventually(lambda: bool(lane.named("record")))
     record = lane.named("record")[-1]["record"]
     assert record["method"] == "token"
     assert record["auth"]["result"] == "declined"
@@ -33,7 +36,7 @@ async def test_a_year_long_token_is_declined_and_the_barrier_stays_closed(
 ) -> None:
     async with running_lane(tmp_path, mosquitto, lane_id) as lane:
         assert await lane.serve("long_lived") == "declined"
-        declined_for_lifetime(lane)
+        await declined_for_lifetime(lane)
         assert lane.named("barrier_opened") == []
         assert await decisions(lane, "declined", "lifetime_too_long") == 1
         # The same issuer's 60 s token still pays: only the lifetime was wrong.
@@ -48,5 +51,5 @@ async def test_the_cap_is_the_configured_one(
     extra = {"auth": {"max_token_lifetime_s": 30}}
     async with running_lane(tmp_path, mosquitto, lane_id, extra=extra) as lane:
         assert await lane.serve("token") == "declined"
-        declined_for_lifetime(lane)
+        await declined_for_lifetime(lane)
         assert lane.named("barrier_opened") == []
