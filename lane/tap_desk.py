@@ -44,9 +44,13 @@ exits are kept in the tap store too (`TapStore.hold`, another file), so a restar
 replay store heals loads them and still prices those tap-ins as exited; while the tap store
 cannot keep them either they are in memory only, a restart would forget them, and
 `taps_store_error` says so until a write commits there. A release it cannot write (this
-gate's own, or another gate's refund heard on the line) leaves the mark: that passenger's next
-exit here pays the maximum fare, flagged, and the alarm says refunded tap-outs were not
-reopened.
+gate's own, or another gate's refund heard on the line) is held the same way (`unreleased`,
+kept in the tap store too): the tap-in prices as reopened here (the trip, as the refund said),
+the alarm says refunded tap-outs are held until reopened, and `upkeep` writes the held releases
+before the held exits; a later exit's mark writes its tap-in's held release first (the mark
+would not go in over the old one), and a release gives back only a mark made by the refund's
+time (`made_by`), so a copy loaded late never reopens a later exit. The tap store's copy of
+what is held is versioned (lane.held_copy): an older copy never overwrites a newer one.
 """
 
 from __future__ import annotations
@@ -62,13 +66,15 @@ from lane.auth.deny import DenyList
 from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import pass_key
-from lane.auth.replay import ReplayStore, ReplayStoreError
+from lane.auth.plaza import mark_used, release_mark
+from lane.auth.replay import ReplayStore, ReplayStoreError, UsedToken
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import tap_in_entry
 from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
 from lane.core.names import AuthResult, RecordKind
 from lane.core.records import FLAG_RECORD, REFUND_FLAG, flag_value, tap_in_trip_id
+from lane.held_copy import HeldCopy
 from lane.store_watch import PROBE_EVERY_S, Alarm, StoreWatch
 from lane.tap_store import Held, TapStore, TapStoreError
 from lane.transport.mqtt import Incoming, MqttLink
@@ -94,9 +100,12 @@ REPLAY_UNMARKED = (
     "tap-in exits held until marked (kept over a restart in the taps store, unless"
     " taps_store_error says in memory only): replay store"
 )
-TAPS_UNHELD = "tap-in exits held in memory only (forgotten if the lane restarts): taps store"
+TAPS_UNHELD = (
+    "tap-in exits and refunds held in memory only (forgotten if the lane restarts): taps store"
+)
 REPLAY_UNRELEASED = (
-    "refunded tap-outs not reopened (their next exit here pays the maximum fare): replay store"
+    "refunded tap-outs held until reopened (their tap-ins price as reopened here; kept over a"
+    " restart in the taps store, unless taps_store_error says in memory only): replay store"
 )
 
 
@@ -140,10 +149,11 @@ class TapDesk:
         self.received = 0
         self.replay_watch = replay_watch  # the verifier's: one alarm for the one replay store
         # Exited tap-ins the replay store did not take (by pass key), this gate's or heard on
-        # the line, kept in the tap store over a restart; `_unsaved` while its copy is behind.
+        # the line, and refunded exits whose marks it did not give back: kept in the tap store
+        # over a restart (`_held_copy`, versioned).
         self.unmarked: dict[str, Held] = store.held(wall())
-        self._unsaved = False
-        self._saving = asyncio.Lock()
+        self.unreleased: dict[str, Held] = store.unreleased(wall())
+        self._held_copy: HeldCopy[tuple[dict[str, Held], dict[str, Held]]] = HeldCopy()
         # Refunded tap-ins the tap store did not drop (trip id: when they expire anyway, the
         # gate that refunded them), in memory only: the refund is heard once.
         self.undropped: dict[str, tuple[float, str]] = {}
@@ -281,9 +291,9 @@ class TapDesk:
         exp = math.ceil(record.ts_us / 1e6 + self.retention_s)
         heard = Held(exp, record.lane, record.ts_us / 1e6)
         try:
-            await asyncio.to_thread(self._mark, key, heard)
+            await self._mark(key, heard)
         except ReplayStoreError as exc:
-            self.unmarked.setdefault(key, heard)  # one held exit is enough to close it here
+            self._hold_exit(key, heard)
             log.error("tap-in exit held", extra={"lane": self.lane, "from_lane": record.lane,
                       "record_id": record.record_id, "pass_id": d.pass_id,
                       "error": str(exc)})  # fmt: skip
@@ -302,9 +312,9 @@ class TapDesk:
         ids = {"lane": self.lane, "record_id": record.record_id, "from_lane": record.lane,
                "pass_id": d.pass_id}  # fmt: skip
         try:
-            released = await self._release(pass_key(d.pass_id), record.lane)
+            released = await self._release(pass_key(d.pass_id), record.lane, record.ts_us / 1e6)
         except ReplayStoreError as exc:
-            log.error("tap's refund not applied", extra={**ids, "error": str(exc)})
+            log.error("tap's refund held until reopened", extra={**ids, "error": str(exc)})
             self.replay_watch.says(exc, REPLAY_UNRELEASED)
             return
         log.info("refunded tap-out: tap-in reopened", extra={**ids, "released": released})
@@ -350,7 +360,7 @@ class TapDesk:
             pricing.rules,
         )
         try:
-            tap_in, exited = await asyncio.to_thread(
+            tap_in, key, used = await asyncio.to_thread(
                 self._open_tap, account, {t: lane for t, (_, lane) in self.undropped.items()}, now
             )
         except TapStoreError as exc:  # unpriced (the runner answers the core and logs it)
@@ -359,6 +369,7 @@ class TapDesk:
         except ReplayStoreError as exc:
             self.replay_watch.says(exc, REPLAY_UNREAD)
             raise
+        exited = key is not None and (key in self.unmarked or self._stays_marked(key, used))
         answer = price_tap_out(request, tap_in, exited, pricing.tariff, pricing.rules, now)
         log.info(
             "tap-out priced",
@@ -376,28 +387,36 @@ class TapDesk:
 
     def _open_tap(
         self, account: str | None, undropped: Mapping[str, str], now: float
-    ) -> tuple[Record | None, bool]:
+    ) -> tuple[Record | None, str | None, UsedToken | None]:
+        """The account's latest tap-in, its pass key and the replay store's mark of its exit."""
         encoded = self.store.latest(account, now, undropped) if account is not None else None
         if encoded is None:
-            return None, False
+            return None, None, None
         record = Record.decode(encoded)
         try:
             trip = tap_in_entry(record).pass_hex
         except ValueError:
-            return record, False  # priced as no tap-in (lane.auth.trip_pricing)
+            return record, None, None  # priced as no tap-in (lane.auth.trip_pricing)
         key = pass_key(trip)
-        return record, key in self.unmarked or self.replay.get(key) is not None
+        return record, key, self.replay.get(key)
+
+    def _stays_marked(self, key: str, used: UsedToken | None) -> bool:
+        """Is the exit marked, and not by a mark a refund held until reopened gives back?"""
+        release = self.unreleased.get(key)
+        if used is None or release is None:
+            return used is not None
+        owner = (release.lane, True) if release.lane is not None else (self.lane, False)
+        made = used.seen_at is None or release.seen_at is None or used.seen_at <= release.seen_at
+        return (used.lane, used.remote) != owner or not made
 
     async def mark_used(self, action: MarkPassUsed) -> None:
         key, own = pass_key(action.pass_id), Held(math.ceil(action.expires_at))
         # The line learns of the exit from the tap_out record itself (`_exited_elsewhere`), not
         # a used-token message.
         try:
-            first = await asyncio.to_thread(self._mark, key, own)
+            first = await self._mark(key, own)
         except ReplayStoreError as exc:
-            # The first exit held stays, as the replay store keeps the first mark: one heard
-            # from another gate is not given back by this gate's refund.
-            self.unmarked.setdefault(key, own)
+            self._hold_exit(key, own)
             self._replay_failed(exc, REPLAY_UNMARKED, "tap-in exit held", action)
             await self._save_held()
             return
@@ -409,37 +428,66 @@ class TapDesk:
     async def release(self, action: ReleasePass) -> None:
         # The line's other gates reopen it from the refund record (`on_record`, `_reopen`).
         try:
-            released = await self._release(pass_key(action.pass_id), None)
+            released = await self._release(pass_key(action.pass_id), None, self.wall())
         except ReplayStoreError as exc:
-            self._replay_failed(exc, REPLAY_UNRELEASED, "tap-in not reopened", action)
+            self._replay_failed(exc, REPLAY_UNRELEASED, "tap-in held until reopened", action)
             return
         log.info(
             "tap-in reopened",
             extra={"lane": self.lane, "pass_id": action.pass_id, "released": released},
         )
 
-    def _mark(self, key: str, held: Held) -> bool:
-        """Write an exit's mark (this gate's, or one heard from `held.lane`); True when new."""
-        if held.lane is None:
-            return self.replay.check_and_mark(key, held.exp, self.lane, self.wall())
-        return self.replay.mark_remote(key, held.exp, held.lane, held.seen_at, now=self.wall())
+    def _hold_exit(self, key: str, held: Held) -> None:
+        """Hold an exit the replay store did not mark. The first exit held stays, as the replay
+        store keeps the first mark: one heard from another gate is not given back by this
+        gate's refund."""
+        if key not in self.unmarked:
+            self.unmarked[key] = held
+            self._held_copy.changed()
 
-    async def _release(self, key: str, lane: str | None) -> bool:
-        """Forget the exit of `key` this gate made (`lane` None) or heard from `lane`: held
-        only (the replay store never had it), or its mark; True when there was one."""
+    async def _mark(self, key: str, held: Held) -> bool:
+        """Write an exit's mark (this gate's, or one heard from `held.lane`), after the refund
+        held for its tap-in (an earlier exit's: the mark would not go in over it); True when
+        new."""
+        release = self.unreleased.get(key)
+        if release is not None:
+            await self._unmark(key, release)
+            if self.unreleased.get(key) == release:
+                del self.unreleased[key]
+                self._held_copy.changed()
+        remote = held.lane is not None
+        return await mark_used(self.replay, None, key, held.exp, held.lane or self.lane,
+                               self.wall(), remote=remote, seen_at=held.seen_at)  # fmt: skip
+
+    async def _release(self, key: str, lane: str | None, refunded_at: float) -> bool:
+        """Forget the exit of `key` this gate made (`lane` None) or heard from `lane`, refunded
+        at `refunded_at` (by that gate's clock): held only (the replay store never had it), or
+        its mark; True when there was one. A mark the replay store does not give back is held
+        until reopened (`unreleased`) and the error raised."""
         held = self.unmarked.get(key)
         if held is not None and held.lane == lane:
             del self.unmarked[key]
+            self._held_copy.changed()
             await self._save_held()
             return True
-        released = await asyncio.to_thread(self._unmark, key, lane)
+        # Kept as long as any mark of the tap-in could be (it is older than the refund).
+        release = Held(math.ceil(self.wall() + self.retention_s), lane, refunded_at)
+        try:
+            released = await self._unmark(key, release)
+        except ReplayStoreError:
+            self.unreleased[key] = release  # a later refund of the tap-in is a later exit's
+            self._held_copy.changed()
+            await self._save_held()
+            raise
         self.replay_watch.says(None)
         return released
 
-    def _unmark(self, key: str, lane: str | None) -> bool:
-        """Give back the mark of `key` this gate made (`lane` None) or heard from `lane`."""
-        remote = lane is not None
-        return self.replay.release(key, lane or self.lane, remote=remote) is not None
+    async def _unmark(self, key: str, release: Held) -> bool:
+        """Give back the mark of `key` this gate made (`release.lane` None) or heard from
+        `release.lane`, made by `release.seen_at` (a later one stays)."""
+        remote = release.lane is not None
+        return await release_mark(self.replay, None, key, release.lane or self.lane, self.wall(),
+                                  remote=remote, made_by=release.seen_at)  # fmt: skip
 
     def _replay_failed(
         self, exc: ReplayStoreError, stops: str, event: str, action: MarkPassUsed | ReleasePass
@@ -449,18 +497,21 @@ class TapDesk:
 
     def _taps_written(self) -> None:
         """A write to the taps store committed: its alarm clears, unless it still owes writes
-        (held exits not kept, refunded tap-ins not dropped), which its probe makes first."""
-        if not self._unsaved and not self.undropped:
+        (a copy of the held exits and refunds behind, refunded tap-ins not dropped), which its
+        probe makes first."""
+        if not self._held_copy.behind and not self.undropped:
             self.store_watch.says(None)
 
     async def _save_held(self) -> None:
-        """Keep the held exits in the tap store, so a restart still knows them; while it cannot,
-        `taps_store_error` says they are in memory only, and `upkeep` tries again."""
+        """Keep the held exits and refunds in the tap store, so a restart still knows them;
+        while it cannot, `taps_store_error` says they are in memory only, and `upkeep` tries
+        again."""
         try:
             await self._keep_held()
         except TapStoreError as exc:
             self.store_watch.says(exc, self._taps_owed())
-            ids = {"lane": self.lane, "held": len(self.unmarked), "error": str(exc)}
+            ids = {"lane": self.lane, "held": len(self.unmarked),
+                   "unreleased": len(self.unreleased), "error": str(exc)}  # fmt: skip
             log.error("held tap-in exits not saved", extra=ids)
         else:
             self._taps_written()
@@ -471,11 +522,13 @@ class TapDesk:
         return TAPS_UNDROPPED if self.undropped else TAPS_UNHELD
 
     async def _keep_held(self) -> None:
-        async with self._saving:  # one copy written at a time, the latest last
-            held = dict(self.unmarked)
-            self._unsaved = True
-            await asyncio.to_thread(self.store.hold, held, self.wall())
-            self._unsaved = False
+        """Write the copy of the held exits and refunds when it is behind (one at a time, the
+        newest last: lane.held_copy)."""
+        now = self.wall()
+        await self._held_copy.save(
+            lambda: (dict(self.unmarked), dict(self.unreleased)),
+            lambda copy: self.store.hold(*copy, now),
+        )
 
     async def _drop_undropped(self) -> None:
         """Drop the refunded tap-ins the taps store did not (forgetting those expired anyway)."""
@@ -489,49 +542,54 @@ class TapDesk:
                      extra={"lane": self.lane, "pass_id": trip, "expired": expired})  # fmt: skip
 
     async def _probe_taps(self) -> None:
-        """The taps store's probe while it fails: the held exits into the replay store first
-        (it may work again before this one), then the writes this store owes (refunded
-        tap-ins to drop, held exits to keep), then the probe's own write (an owed write may
+        """The taps store's probe while it fails: what the replay store owes first (it may work
+        again before this one), then the writes this store owes (refunded tap-ins to drop, the
+        copy of the held exits and refunds), then the probe's own write (an owed write may
         change nothing: a drop of a tap-in never kept); raises TapStoreError until they all
         commit, so the alarm clears once they are applied and the store takes writes."""
-        await self._mark_held()  # the replay store may take them before this store heals
+        await self._write_held()  # the replay store may take them before this store heals
         await self._drop_undropped()
-        if self._unsaved:
-            await self._keep_held()
+        await self._keep_held()
         await asyncio.to_thread(self.store.probe)
 
     async def _write_owed(self) -> None:
-        """Write what the stores owe once they take writes (at start too: the held exits a
-        restart loaded): refunded tap-ins to drop, the held exits into the replay store
-        (`_mark_held`, which the taps store's probe makes too), and the tap store's copy of
+        """Write what the stores owe once they take writes (at start too: what a restart
+        loaded): refunded tap-ins to drop, the held refunds and exits into the replay store
+        (`_write_held`, which the taps store's probe makes too), and the tap store's copy of
         them."""
-        if self.undropped or self._unsaved:  # owed since the probe cleared the alarm
+        if self.undropped or self._held_copy.behind:  # owed since the probe cleared the alarm
             try:
                 await self._probe_taps()
             except TapStoreError as exc:
                 self.store_watch.says(exc, self._taps_owed())
         else:
-            await self._mark_held()
+            await self._write_held()
 
-    async def _mark_held(self) -> None:
-        """Write the held exits into the replay store while it takes writes (whether or not
-        the taps store does), then the taps store's copy of them."""
-        marked = False
-        for key, held in list(self.unmarked.items()):
-            if self.replay_watch.text is not None:
-                break  # still failing: its probe says when it works
-            try:
-                await asyncio.to_thread(self._mark, key, held)
+    async def _write_held(self) -> None:
+        """Write what the replay store owes while it takes writes (whether or not the taps
+        store does): the held refunds (their marks given back), then the held exits; then the
+        taps store's copy of them, unless that store fails (its probe keeps the copy, its
+        alarm's text kept)."""
+        if self.replay_watch.text is not None:
+            return  # still failing: its probe says when it works
+        stops = REPLAY_UNRELEASED
+        try:
+            for key, release in list(self.unreleased.items()):
+                await self._unmark(key, release)
+                if self.unreleased.get(key) == release:
+                    del self.unreleased[key]
+                    self._held_copy.changed()
+                log.info("held tap-in reopening written", extra={"lane": self.lane, "key": key})
+            stops = REPLAY_UNMARKED
+            for key, held in list(self.unmarked.items()):
+                await self._mark(key, held)
                 if self.unmarked.get(key) == held:
                     del self.unmarked[key]
+                    self._held_copy.changed()
                 else:  # released meanwhile: give it back
-                    await asyncio.to_thread(self._unmark, key, held.lane)
-            except ReplayStoreError as exc:
-                self.replay_watch.says(exc, REPLAY_UNMARKED)
-                break
-            marked = True
-            log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})
-        if marked and self.store_watch.text is None:
+                    await self._unmark(key, Held(held.exp, held.lane))
+                log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})
+        except ReplayStoreError as exc:
+            self.replay_watch.says(exc, stops)
+        if self._held_copy.behind and self.store_watch.text is None:
             await self._save_held()
-        elif marked:  # the taps store fails: its probe keeps the copy, its alarm's text kept
-            self._unsaved = True
