@@ -27,11 +27,14 @@ pay the maximum fare at this gate's exit (never a free ride): the failed write r
 (`TapStore.probe`, lane.store_watch), clearing it once a write commits. A tap-in the store
 cannot read at an exit leaves that exit unpriced (the passenger is refused "Fare not known",
 never charged a guess) and raises the same alarm, saying so. A refunded tap-in it cannot drop
-is held until dropped (`undropped`, in memory only: the refund is heard once): `price` skips
-it when the refunding gate wrote it, as the drop would (it prices no exit here), and the
-store's probe drops it first, so the alarm, which says so, clears once it is dropped. A restart
-meanwhile forgets it: while it is its passenger's
-latest tap-in it then prices their exit here with its refunded entry fare taken off.
+is held until dropped (`undropped`: the refund is heard once): `price` skips it when the
+refunding gate wrote it, as the drop would (it prices no exit here), and the store's probe
+drops it first, so the alarm, which says so, clears once it is dropped. It is kept in the
+replay store meanwhile (`ReplayStore.keep_undropped`: the other file, as the tap store keeps
+what the replay store owes), so a restart still skips and drops it; while the replay store
+cannot keep it either it is in memory only and `replay_store_error` says so (a restart would
+forget it: while it is its passenger's latest tap-in it would price their exit here with its
+refunded entry fare taken off). A copy behind by a drop only drops it again: no harm.
 
 The replay store is the verifier's, and so is its alarm (`replay_store_error`, the verifier's
 `StoreWatch`, whose probe clears it). An exit it cannot read is unpriced, as above. An exit it
@@ -91,14 +94,17 @@ TAPS_ALARM = "taps_store_error"
 # What a failing store stops, as its alarm says it (lane.store_watch).
 TAPS_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): taps store'
 TAPS_UNDROPPED = (
-    "refunded tap-ins held until dropped (they price no exit here; a restart meanwhile forgets"
-    " them, and one may then price its passenger's exit here, its refunded entry fare taken"
-    " off): taps store"
+    "refunded tap-ins held until dropped (they price no exit here; kept over a restart in the"
+    " replay store, unless replay_store_error says in memory only): taps store"
 )
 REPLAY_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): replay store'
 REPLAY_UNMARKED = (
     "tap-in exits held until marked (kept over a restart in the taps store, unless"
     " taps_store_error says in memory only): replay store"
+)
+REPLAY_UNHELD = (
+    "refunded tap-ins held until dropped in memory only (forgotten if the lane restarts; one"
+    " may then price its passenger's exit here, its refunded entry fare taken off): replay store"
 )
 TAPS_UNHELD = (
     "tap-in exits and refunds held in memory only (forgotten if the lane restarts): taps store"
@@ -155,8 +161,10 @@ class TapDesk:
         self.unreleased: dict[str, Held] = store.unreleased(wall())
         self._held_copy: HeldCopy[tuple[dict[str, Held], dict[str, Held]]] = HeldCopy()
         # Refunded tap-ins the tap store did not drop (trip id: when they expire anyway, the
-        # gate that refunded them), in memory only: the refund is heard once.
-        self.undropped: dict[str, tuple[float, str]] = {}
+        # gate that refunded them): the refund is heard once, so they are kept in the replay
+        # store over a restart (`_drops_copy`, versioned), not in the failing one.
+        self.undropped: dict[str, tuple[float, str]] = replay.undropped(wall())
+        self._drops_copy: HeldCopy[dict[str, tuple[float, str]]] = HeldCopy()
         self.store_watch = StoreWatch(
             lane,
             TAPS_ALARM,
@@ -336,9 +344,11 @@ class TapDesk:
         except TapStoreError as exc:
             # Kept until the tap-in would have expired anyway (it was tapped before its refund).
             self.undropped[trip] = (record.ts_us / 1e6 + self.retention_s, record.lane)
+            self._drops_copy.changed()
             log.error("tap's refund not applied: held until dropped",
                       extra={**ids, "pass_id": trip, "error": str(exc)})  # fmt: skip
             self.store_watch.says(exc, TAPS_UNDROPPED)
+            await self._save_drops()
             return
         log.info("refunded tap-in dropped", extra={**ids, "pass_id": trip, "dropped": dropped})
         self._taps_written()
@@ -538,8 +548,23 @@ class TapDesk:
             if not expired:
                 await asyncio.to_thread(self.store.drop, trip, lane)
             self.undropped.pop(trip, None)
+            self._drops_copy.changed()  # a copy behind drops it again at a restart: no harm
             log.info("held refunded tap-in dropped",
                      extra={"lane": self.lane, "pass_id": trip, "expired": expired})  # fmt: skip
+
+    async def _save_drops(self) -> None:
+        """Keep the refunded tap-ins held until dropped in the replay store, so a restart still
+        skips and drops them; while it cannot, `replay_store_error` says they are in memory
+        only, and `upkeep` tries again (`_write_held`)."""
+        now = self.wall()
+        try:
+            await self._drops_copy.save(
+                lambda: dict(self.undropped), lambda copy: self.replay.keep_undropped(copy, now)
+            )
+        except ReplayStoreError as exc:
+            self.replay_watch.says(exc, REPLAY_UNHELD)
+            log.error("held refunded tap-ins not saved", extra={"lane": self.lane,
+                      "undropped": len(self.undropped), "error": str(exc)})  # fmt: skip
 
     async def _probe_taps(self) -> None:
         """The taps store's probe while it fails: what the replay store owes first (it may work
@@ -567,11 +592,14 @@ class TapDesk:
 
     async def _write_held(self) -> None:
         """Write what the replay store owes while it takes writes (whether or not the taps
-        store does): the held refunds (their marks given back), then the held exits; then the
-        taps store's copy of them, unless that store fails (its probe keeps the copy, its
-        alarm's text kept)."""
+        store does): its copy of the refunded tap-ins held until dropped, the held refunds
+        (their marks given back), then the held exits; then the taps store's copy of them,
+        unless that store fails (its probe keeps the copy, its alarm's text kept)."""
         if self.replay_watch.text is not None:
             return  # still failing: its probe says when it works
+        await self._save_drops()
+        if self.replay_watch.text is not None:
+            return
         stops = REPLAY_UNRELEASED
         try:
             for key, release in list(self.unreleased.items()):

@@ -2,19 +2,21 @@
 SQLite files, locked by another connection or corrupted under the open store, then put right
 (tests/auth/test_tap_desk_stores.py holds the faults themselves). A refund whose mark the
 replay store did not give back is held until reopened, kept over a restart and written once the
-store heals; the copy of what is held never falls behind what the desk holds."""
+store heals; a refunded tap-in held until dropped is kept in the replay store, the other file;
+the copy of what is held never falls behind what the desk holds."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 from polling import eventually
 from test_metro_pricing import NOW, refund_of, tap_in
-from test_tap_desk_stores import FARE, FARTHEST, Exits, corrupted, locked
+from test_tap_desk_stores import ENTRY_PAID, FARE, FARTHEST, Exits, corrupted, locked
 
 from lane.core.actions import MarkPassUsed, ReleasePass
-from lane.tap_desk import REPLAY_UNRELEASED, TAPS_UNDROPPED, TapDesk
+from lane.tap_desk import REPLAY_UNHELD, REPLAY_UNRELEASED, TAPS_UNDROPPED, TapDesk
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
 
@@ -143,5 +145,72 @@ async def test_a_held_copy_written_while_the_held_exits_change_is_written_again(
     exits = exits.restarted()
     try:
         assert await exits.tap_out() == ("charged", FARE, trip)
+    finally:
+        exits.close()
+
+
+async def test_a_refunded_tap_in_held_until_dropped_outlives_a_restart(tmp_path: Path) -> None:
+    """A refunded tap-in the taps store could not drop was held in memory only: a lane
+    restarted before that store healed priced the passenger's exit with the refunded entry fare
+    taken off, and the tap-in stayed in the store for good."""
+    exits = Exits(tmp_path)
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await exits.gate.handle(Incoming(topic, entered.encode()))
+    taps = tmp_path / "taps.sqlite3"
+    with locked(taps):
+        await exits.gate.handle(Incoming(topic, refund_of(entered, NOW - 30).encode()))
+        assert exits.alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+        # Kept in the replay store, another file: the restarted lane still skips it.
+        exits = exits.restarted()
+        assert (await exits.tap_out())[:2] == ("no_pass", FARTHEST)
+    gate = exits.gate
+    upkeep = asyncio.create_task(gate.upkeep(asyncio.sleep))
+    try:
+        # Dropped once the taps store takes writes, and no longer held anywhere.
+        await eventually(
+            lambda: (
+                gate.store.latest("rider-1", NOW) is None
+                and gate.undropped == {} == gate.replay.undropped(NOW)
+            ),
+            within=10,
+        )
+    finally:
+        upkeep.cancel()
+    exits = exits.restarted()
+    try:
+        assert (await exits.tap_out())[:2] == ("no_pass", FARTHEST)
+    finally:
+        exits.close()
+
+
+async def test_a_refunded_tap_in_the_replay_store_cannot_keep_either_says_so_and_is_kept_later(
+    tmp_path: Path,
+) -> None:
+    """With both stores failing the refunded tap-in is in memory only: the replay store's
+    alarm says a restart would forget it, until a write there keeps it."""
+    exits = Exits(tmp_path)
+    gate, alarms = exits.gate, exits.alarms
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await gate.handle(Incoming(topic, entered.encode()))
+    trip = uuid.UUID(entered.record_id).hex
+    taps, replay = tmp_path / "taps.sqlite3", tmp_path / "replay.sqlite3"
+    try:
+        with corrupted(taps):
+            with corrupted(replay):
+                await gate.handle(Incoming(topic, refund_of(entered, NOW - 30).encode()))
+                assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
+                assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+            tasks = _probes(gate)
+            try:
+                # The replay store works again: it keeps the refunded tap-in, the taps store
+                # still failing and still saying it holds it.
+                await eventually(lambda: trip in gate.replay.undropped(NOW), within=10)
+                await eventually(lambda: "replay_store_error" not in alarms, within=10)
+                assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+            finally:
+                for task in tasks:
+                    task.cancel()
     finally:
         exits.close()
