@@ -21,6 +21,10 @@ mark was heard from that gate (`ReplayStore.release(remote=True)`: a mark anothe
 stays, a tap-in pays once), a refunded tap-in (the refund's `record:`) is dropped from the
 tap store, so it prices no exit and takes nothing off one.
 
+A tap-in stamped more than `auth.skew_s` after this gate's clock is refused, and
+`tap_clock_ahead` names the gate that stamped it until one of its taps is stamped within the
+skew again (lane.tap_clocks).
+
 A tap-in the `TapStore` cannot keep (locked, corrupt, an I/O error) leaves its passenger to
 pay the maximum fare at this gate's exit (never a free ride): the failed write raises
 `taps_store_error`, and `upkeep` probes the store every second while it holds
@@ -79,6 +83,7 @@ from lane.core.names import AuthResult, RecordKind
 from lane.core.records import FLAG_RECORD, REFUND_FLAG, flag_value, tap_in_trip_id
 from lane.held_copy import HeldCopy
 from lane.store_watch import PROBE_EVERY_S, Alarm, StoreWatch
+from lane.tap_clocks import CLOCK_ALARM, GateClocks
 from lane.tap_store import Held, TapStore, TapStoreError
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
@@ -144,7 +149,8 @@ class TapDesk:
         max_pending: int = 10_000,
     ) -> None:
         self.lane = lane
-        self.skew_s = skew_s  # a tap-in later than the gate's clock by more: refused
+        self.clocks = GateClocks(skew_s)  # a tap-in later than the gate's clock by more: refused
+        self.alarm = alarm
         self.topic = topics.line_taps(line)
         self.retention_s = retention_s
         self.store = store
@@ -244,11 +250,8 @@ class TapDesk:
                 },
             )
             return
-        if (
-            not refund
-            and d.kind != RecordKind.TAP_OUT
-            and record.ts_us / 1e6 > self.wall() + self.skew_s
-        ):
+        ahead = self._judge_clock(record)
+        if not refund and d.kind != RecordKind.TAP_OUT and ahead:
             # Kept, it would be its account's latest tap-in until long after it: every real
             # tap-in of that account would price as it, or as exited once it had.
             log.warning(
@@ -262,6 +265,16 @@ class TapDesk:
             await (self._reopen(record) if refund else self._exited_elsewhere(record))
         else:
             await (self._drop_refunded(record) if refund else self._keep(record, msg.payload))
+
+    def _judge_clock(self, record: Record) -> bool:
+        """Is the tap stamped ahead of this gate's clock (lane.tap_clocks)? Its alarm says which
+        gates are, when that changed."""
+        said = self.clocks.text()
+        ahead = self.clocks.heard(record.lane, record.ts_us / 1e6, self.wall())
+        text = self.clocks.text()
+        if text != said and self.alarm is not None:
+            self.alarm(CLOCK_ALARM, text)
+        return ahead
 
     async def _keep(self, record: Record, encoded: bytes) -> None:
         """Keep a tap-in by account. One not kept: that passenger pays the maximum fare here
