@@ -318,7 +318,7 @@ class TapDesk:
             log.error("tap-in exit held", extra={"lane": self.lane, "from_lane": record.lane,
                       "record_id": record.record_id, "pass_id": d.pass_id,
                       "error": str(exc)})  # fmt: skip
-            self.replay_watch.says(exc, REPLAY_UNMARKED)
+            self.replay_watch.says(exc, self._replay_owed(REPLAY_UNMARKED))
             await self._save_held()
             return
         self.replay_watch.says(None)
@@ -336,7 +336,7 @@ class TapDesk:
             released = await self._release(pass_key(d.pass_id), record.lane, record.ts_us / 1e6)
         except ReplayStoreError as exc:
             log.error("tap's refund held until reopened", extra={**ids, "error": str(exc)})
-            self.replay_watch.says(exc, REPLAY_UNRELEASED)
+            self.replay_watch.says(exc, self._replay_owed(REPLAY_UNRELEASED))
             return
         log.info("refunded tap-out: tap-in reopened", extra={**ids, "released": released})
 
@@ -515,7 +515,7 @@ class TapDesk:
     def _replay_failed(
         self, exc: ReplayStoreError, stops: str, event: str, action: MarkPassUsed | ReleasePass
     ) -> None:
-        self.replay_watch.says(exc, stops)
+        self.replay_watch.says(exc, self._replay_owed(stops))
         log.error(event, extra={"lane": self.lane, "pass_id": action.pass_id, "error": str(exc)})
 
     def _taps_written(self) -> None:
@@ -564,6 +564,11 @@ class TapDesk:
             self._drops_copy.changed()  # a copy behind drops it again at a restart: no harm
             log.info("held refunded tap-in dropped",
                      extra={"lane": self.lane, "pass_id": trip, "expired": expired})  # fmt: skip
+
+    def _replay_owed(self, stops: str) -> str:
+        """What the failing replay store's alarm says: that refunded tap-ins are held in memory
+        only (a restart would charge wrongly) before what this failure stops."""
+        return REPLAY_UNHELD if self.undropped and self._drops_copy.behind else stops
 
     async def _save_drops(self) -> None:
         """Keep the refunded tap-ins held until dropped in the replay store, so a restart still
@@ -631,6 +636,6 @@ class TapDesk:
                     await self._unmark(key, Held(held.exp, held.lane))
                 log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})
         except ReplayStoreError as exc:
-            self.replay_watch.says(exc, stops)
+            self.replay_watch.says(exc, self._replay_owed(stops))
         if self._held_copy.behind and self.store_watch.text is None:
             await self._save_held()

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from polling import eventually
-from test_metro_pricing import NOW, refund_of, tap_in
+from test_metro_pricing import NOW, refund_of, tap_in, tap_out_of
 from test_tap_desk_stores import ENTRY_PAID, FARE, FARTHEST, Exits, corrupted, locked
 
 from lane.core.actions import MarkPassUsed, ReleasePass
@@ -202,6 +202,13 @@ async def test_a_refunded_tap_in_the_replay_store_cannot_keep_either_says_so_and
                 await gate.handle(Incoming(topic, refund_of(entered, NOW - 30).encode()))
                 assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
                 assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+                # An exit held meanwhile does not hide that warning (a restart would charge
+                # that passenger wrongly).
+                other = tap_in("S02", NOW - 900, "rider-2")
+                out = tap_out_of(other, FARE, "S02/x1", NOW - 60)
+                await gate.handle(Incoming(topic, out.encode()))
+                assert gate.unmarked != {}
+                assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
             tasks = _probes(gate)
             try:
                 # The replay store works again: it keeps the refunded tap-in, the taps store
