@@ -72,6 +72,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         # A metro gate's tap-ins not kept: exits here pay the maximum fare (never ride free).
         "taps_store_error": Severity.MAJOR,
         "attendant_needed": Severity.MINOR,
+        # A metro gate refuses another gate's tap-ins stamped ahead of its clock: a clock to set.
+        "tap_clock_ahead": Severity.MINOR,
         "keyset_stale": Severity.MINOR,
         "queue_high_water": Severity.MINOR,
     }

@@ -21,17 +21,24 @@ mark was heard from that gate (`ReplayStore.release(remote=True)`: a mark anothe
 stays, a tap-in pays once), a refunded tap-in (the refund's `record:`) is dropped from the
 tap store, so it prices no exit and takes nothing off one.
 
+A tap-in stamped more than `auth.skew_s` after this gate's clock is refused, and
+`tap_clock_ahead` names the gate that stamped it until one of its taps is stamped within the
+skew again (lane.tap_clocks).
+
 A tap-in the `TapStore` cannot keep (locked, corrupt, an I/O error) leaves its passenger to
 pay the maximum fare at this gate's exit (never a free ride): the failed write raises
 `taps_store_error`, and `upkeep` probes the store every second while it holds
 (`TapStore.probe`, lane.store_watch), clearing it once a write commits. A tap-in the store
 cannot read at an exit leaves that exit unpriced (the passenger is refused "Fare not known",
 never charged a guess) and raises the same alarm, saying so. A refunded tap-in it cannot drop
-is held until dropped (`undropped`, in memory only: the refund is heard once): `price` skips
-it when the refunding gate wrote it, as the drop would (it prices no exit here), and the
-store's probe drops it first, so the alarm, which says so, clears once it is dropped. A restart
-meanwhile forgets it: while it is its passenger's
-latest tap-in it then prices their exit here with its refunded entry fare taken off.
+is held until dropped (`undropped`: the refund is heard once): `price` skips it when the
+refunding gate wrote it, as the drop would (it prices no exit here), and the store's probe
+drops it first, so the alarm, which says so, clears once it is dropped. It is kept in the
+replay store meanwhile (`ReplayStore.keep_undropped`: the other file, as the tap store keeps
+what the replay store owes), so a restart still skips and drops it; while the replay store
+cannot keep it either it is in memory only and `replay_store_error` says so (a restart would
+forget it: while it is its passenger's latest tap-in it would price their exit here with its
+refunded entry fare taken off). A copy behind by a drop only drops it again: no harm.
 
 The replay store is the verifier's, and so is its alarm (`replay_store_error`, the verifier's
 `StoreWatch`, whose probe clears it). An exit it cannot read is unpriced, as above. An exit it
@@ -44,9 +51,13 @@ exits are kept in the tap store too (`TapStore.hold`, another file), so a restar
 replay store heals loads them and still prices those tap-ins as exited; while the tap store
 cannot keep them either they are in memory only, a restart would forget them, and
 `taps_store_error` says so until a write commits there. A release it cannot write (this
-gate's own, or another gate's refund heard on the line) leaves the mark: that passenger's next
-exit here pays the maximum fare, flagged, and the alarm says refunded tap-outs were not
-reopened.
+gate's own, or another gate's refund heard on the line) is held the same way (`unreleased`,
+kept in the tap store too): the tap-in prices as reopened here (the trip, as the refund said),
+the alarm says refunded tap-outs are held until reopened, and `upkeep` writes the held releases
+before the held exits; a later exit's mark writes its tap-in's held release first (the mark
+would not go in over the old one), and a release gives back only a mark made by the refund's
+time (`made_by`), so a copy loaded late never reopens a later exit. The tap store's copy of
+what is held is versioned (lane.held_copy): an older copy never overwrites a newer one.
 """
 
 from __future__ import annotations
@@ -62,14 +73,17 @@ from lane.auth.deny import DenyList
 from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import pass_key
-from lane.auth.replay import ReplayStore, ReplayStoreError
+from lane.auth.plaza import mark_used, release_mark
+from lane.auth.replay import ReplayStore, ReplayStoreError, UsedToken
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import tap_in_entry
 from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
 from lane.core.names import AuthResult, RecordKind
 from lane.core.records import FLAG_RECORD, REFUND_FLAG, flag_value, tap_in_trip_id
+from lane.held_copy import HeldCopy
 from lane.store_watch import PROBE_EVERY_S, Alarm, StoreWatch
+from lane.tap_clocks import CLOCK_ALARM, GateClocks
 from lane.tap_store import Held, TapStore, TapStoreError
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
@@ -85,18 +99,24 @@ TAPS_ALARM = "taps_store_error"
 # What a failing store stops, as its alarm says it (lane.store_watch).
 TAPS_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): taps store'
 TAPS_UNDROPPED = (
-    "refunded tap-ins held until dropped (they price no exit here; a restart meanwhile forgets"
-    " them, and one may then price its passenger's exit here, its refunded entry fare taken"
-    " off): taps store"
+    "refunded tap-ins held until dropped (they price no exit here; kept over a restart in the"
+    " replay store, unless replay_store_error says in memory only): taps store"
 )
 REPLAY_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): replay store'
 REPLAY_UNMARKED = (
     "tap-in exits held until marked (kept over a restart in the taps store, unless"
     " taps_store_error says in memory only): replay store"
 )
-TAPS_UNHELD = "tap-in exits held in memory only (forgotten if the lane restarts): taps store"
+REPLAY_UNHELD = (
+    "refunded tap-ins held until dropped in memory only (forgotten if the lane restarts; one"
+    " may then price its passenger's exit here, its refunded entry fare taken off): replay store"
+)
+TAPS_UNHELD = (
+    "tap-in exits and refunds held in memory only (forgotten if the lane restarts): taps store"
+)
 REPLAY_UNRELEASED = (
-    "refunded tap-outs not reopened (their next exit here pays the maximum fare): replay store"
+    "refunded tap-outs held until reopened (their tap-ins price as reopened here; kept over a"
+    " restart in the taps store, unless taps_store_error says in memory only): replay store"
 )
 
 
@@ -129,7 +149,8 @@ class TapDesk:
         max_pending: int = 10_000,
     ) -> None:
         self.lane = lane
-        self.skew_s = skew_s  # a tap-in later than the gate's clock by more: refused
+        self.clocks = GateClocks(skew_s)  # a tap-in later than the gate's clock by more: refused
+        self.alarm = alarm
         self.topic = topics.line_taps(line)
         self.retention_s = retention_s
         self.store = store
@@ -140,13 +161,16 @@ class TapDesk:
         self.received = 0
         self.replay_watch = replay_watch  # the verifier's: one alarm for the one replay store
         # Exited tap-ins the replay store did not take (by pass key), this gate's or heard on
-        # the line, kept in the tap store over a restart; `_unsaved` while its copy is behind.
+        # the line, and refunded exits whose marks it did not give back: kept in the tap store
+        # over a restart (`_held_copy`, versioned).
         self.unmarked: dict[str, Held] = store.held(wall())
-        self._unsaved = False
-        self._saving = asyncio.Lock()
+        self.unreleased: dict[str, Held] = store.unreleased(wall())
+        self._held_copy: HeldCopy[tuple[dict[str, Held], dict[str, Held]]] = HeldCopy()
         # Refunded tap-ins the tap store did not drop (trip id: when they expire anyway, the
-        # gate that refunded them), in memory only: the refund is heard once.
-        self.undropped: dict[str, tuple[float, str]] = {}
+        # gate that refunded them): the refund is heard once, so they are kept in the replay
+        # store over a restart (`_drops_copy`, versioned), not in the failing one.
+        self.undropped: dict[str, tuple[float, str]] = replay.undropped(wall())
+        self._drops_copy: HeldCopy[dict[str, tuple[float, str]]] = HeldCopy()
         self.store_watch = StoreWatch(
             lane,
             TAPS_ALARM,
@@ -226,11 +250,8 @@ class TapDesk:
                 },
             )
             return
-        if (
-            not refund
-            and d.kind != RecordKind.TAP_OUT
-            and record.ts_us / 1e6 > self.wall() + self.skew_s
-        ):
+        ahead = self._judge_clock(record)
+        if not refund and d.kind != RecordKind.TAP_OUT and ahead:
             # Kept, it would be its account's latest tap-in until long after it: every real
             # tap-in of that account would price as it, or as exited once it had.
             log.warning(
@@ -244,6 +265,16 @@ class TapDesk:
             await (self._reopen(record) if refund else self._exited_elsewhere(record))
         else:
             await (self._drop_refunded(record) if refund else self._keep(record, msg.payload))
+
+    def _judge_clock(self, record: Record) -> bool:
+        """Is the tap stamped ahead of this gate's clock (lane.tap_clocks)? Its alarm says which
+        gates are, when that changed."""
+        said = self.clocks.text()
+        ahead = self.clocks.heard(record.lane, record.ts_us / 1e6, self.wall())
+        text = self.clocks.text()
+        if text != said and self.alarm is not None:
+            self.alarm(CLOCK_ALARM, text)
+        return ahead
 
     async def _keep(self, record: Record, encoded: bytes) -> None:
         """Keep a tap-in by account. One not kept: that passenger pays the maximum fare here
@@ -281,13 +312,13 @@ class TapDesk:
         exp = math.ceil(record.ts_us / 1e6 + self.retention_s)
         heard = Held(exp, record.lane, record.ts_us / 1e6)
         try:
-            await asyncio.to_thread(self._mark, key, heard)
+            await self._mark(key, heard)
         except ReplayStoreError as exc:
-            self.unmarked.setdefault(key, heard)  # one held exit is enough to close it here
+            self._hold_exit(key, heard)
             log.error("tap-in exit held", extra={"lane": self.lane, "from_lane": record.lane,
                       "record_id": record.record_id, "pass_id": d.pass_id,
                       "error": str(exc)})  # fmt: skip
-            self.replay_watch.says(exc, REPLAY_UNMARKED)
+            self.replay_watch.says(exc, self._replay_owed(REPLAY_UNMARKED))
             await self._save_held()
             return
         self.replay_watch.says(None)
@@ -302,10 +333,10 @@ class TapDesk:
         ids = {"lane": self.lane, "record_id": record.record_id, "from_lane": record.lane,
                "pass_id": d.pass_id}  # fmt: skip
         try:
-            released = await self._release(pass_key(d.pass_id), record.lane)
+            released = await self._release(pass_key(d.pass_id), record.lane, record.ts_us / 1e6)
         except ReplayStoreError as exc:
-            log.error("tap's refund not applied", extra={**ids, "error": str(exc)})
-            self.replay_watch.says(exc, REPLAY_UNRELEASED)
+            log.error("tap's refund held until reopened", extra={**ids, "error": str(exc)})
+            self.replay_watch.says(exc, self._replay_owed(REPLAY_UNRELEASED))
             return
         log.info("refunded tap-out: tap-in reopened", extra={**ids, "released": released})
 
@@ -326,9 +357,11 @@ class TapDesk:
         except TapStoreError as exc:
             # Kept until the tap-in would have expired anyway (it was tapped before its refund).
             self.undropped[trip] = (record.ts_us / 1e6 + self.retention_s, record.lane)
+            self._drops_copy.changed()
             log.error("tap's refund not applied: held until dropped",
                       extra={**ids, "pass_id": trip, "error": str(exc)})  # fmt: skip
             self.store_watch.says(exc, TAPS_UNDROPPED)
+            await self._save_drops()
             return
         log.info("refunded tap-in dropped", extra={**ids, "pass_id": trip, "dropped": dropped})
         self._taps_written()
@@ -350,7 +383,7 @@ class TapDesk:
             pricing.rules,
         )
         try:
-            tap_in, exited = await asyncio.to_thread(
+            tap_in, key, used = await asyncio.to_thread(
                 self._open_tap, account, {t: lane for t, (_, lane) in self.undropped.items()}, now
             )
         except TapStoreError as exc:  # unpriced (the runner answers the core and logs it)
@@ -359,6 +392,7 @@ class TapDesk:
         except ReplayStoreError as exc:
             self.replay_watch.says(exc, REPLAY_UNREAD)
             raise
+        exited = key is not None and (key in self.unmarked or self._stays_marked(key, used))
         answer = price_tap_out(request, tap_in, exited, pricing.tariff, pricing.rules, now)
         log.info(
             "tap-out priced",
@@ -376,28 +410,36 @@ class TapDesk:
 
     def _open_tap(
         self, account: str | None, undropped: Mapping[str, str], now: float
-    ) -> tuple[Record | None, bool]:
+    ) -> tuple[Record | None, str | None, UsedToken | None]:
+        """The account's latest tap-in, its pass key and the replay store's mark of its exit."""
         encoded = self.store.latest(account, now, undropped) if account is not None else None
         if encoded is None:
-            return None, False
+            return None, None, None
         record = Record.decode(encoded)
         try:
             trip = tap_in_entry(record).pass_hex
         except ValueError:
-            return record, False  # priced as no tap-in (lane.auth.trip_pricing)
+            return record, None, None  # priced as no tap-in (lane.auth.trip_pricing)
         key = pass_key(trip)
-        return record, key in self.unmarked or self.replay.get(key) is not None
+        return record, key, self.replay.get(key)
+
+    def _stays_marked(self, key: str, used: UsedToken | None) -> bool:
+        """Is the exit marked, and not by a mark a refund held until reopened gives back?"""
+        release = self.unreleased.get(key)
+        if used is None or release is None:
+            return used is not None
+        owner = (release.lane, True) if release.lane is not None else (self.lane, False)
+        made = used.seen_at is None or release.seen_at is None or used.seen_at <= release.seen_at
+        return (used.lane, used.remote) != owner or not made
 
     async def mark_used(self, action: MarkPassUsed) -> None:
         key, own = pass_key(action.pass_id), Held(math.ceil(action.expires_at))
         # The line learns of the exit from the tap_out record itself (`_exited_elsewhere`), not
         # a used-token message.
         try:
-            first = await asyncio.to_thread(self._mark, key, own)
+            first = await self._mark(key, own)
         except ReplayStoreError as exc:
-            # The first exit held stays, as the replay store keeps the first mark: one heard
-            # from another gate is not given back by this gate's refund.
-            self.unmarked.setdefault(key, own)
+            self._hold_exit(key, own)
             self._replay_failed(exc, REPLAY_UNMARKED, "tap-in exit held", action)
             await self._save_held()
             return
@@ -409,58 +451,90 @@ class TapDesk:
     async def release(self, action: ReleasePass) -> None:
         # The line's other gates reopen it from the refund record (`on_record`, `_reopen`).
         try:
-            released = await self._release(pass_key(action.pass_id), None)
+            released = await self._release(pass_key(action.pass_id), None, self.wall())
         except ReplayStoreError as exc:
-            self._replay_failed(exc, REPLAY_UNRELEASED, "tap-in not reopened", action)
+            self._replay_failed(exc, REPLAY_UNRELEASED, "tap-in held until reopened", action)
             return
         log.info(
             "tap-in reopened",
             extra={"lane": self.lane, "pass_id": action.pass_id, "released": released},
         )
 
-    def _mark(self, key: str, held: Held) -> bool:
-        """Write an exit's mark (this gate's, or one heard from `held.lane`); True when new."""
-        if held.lane is None:
-            return self.replay.check_and_mark(key, held.exp, self.lane, self.wall())
-        return self.replay.mark_remote(key, held.exp, held.lane, held.seen_at, now=self.wall())
+    def _hold_exit(self, key: str, held: Held) -> None:
+        """Hold an exit the replay store did not mark. The first exit held stays, as the replay
+        store keeps the first mark: one heard from another gate is not given back by this
+        gate's refund."""
+        if key not in self.unmarked:
+            self.unmarked[key] = held
+            self._held_copy.changed()
 
-    async def _release(self, key: str, lane: str | None) -> bool:
-        """Forget the exit of `key` this gate made (`lane` None) or heard from `lane`: held
-        only (the replay store never had it), or its mark; True when there was one."""
+    async def _mark(self, key: str, held: Held) -> bool:
+        """Write an exit's mark (this gate's, or one heard from `held.lane`), after the refund
+        held for its tap-in (an earlier exit's: the mark would not go in over it); True when
+        new."""
+        release = self.unreleased.get(key)
+        if release is not None:
+            await self._unmark(key, release)
+            if self.unreleased.get(key) == release:
+                del self.unreleased[key]
+                self._held_copy.changed()
+        remote = held.lane is not None
+        return await mark_used(self.replay, None, key, held.exp, held.lane or self.lane,
+                               self.wall(), remote=remote, seen_at=held.seen_at)  # fmt: skip
+
+    async def _release(self, key: str, lane: str | None, refunded_at: float) -> bool:
+        """Forget the exit of `key` this gate made (`lane` None) or heard from `lane`, refunded
+        at `refunded_at` (by that gate's clock): held only (the replay store never had it), or
+        its mark; True when there was one. A mark the replay store does not give back is held
+        until reopened (`unreleased`) and the error raised."""
         held = self.unmarked.get(key)
         if held is not None and held.lane == lane:
             del self.unmarked[key]
+            self._held_copy.changed()
             await self._save_held()
             return True
-        released = await asyncio.to_thread(self._unmark, key, lane)
+        # Kept as long as any mark of the tap-in could be (it is older than the refund).
+        release = Held(math.ceil(self.wall() + self.retention_s), lane, refunded_at)
+        try:
+            released = await self._unmark(key, release)
+        except ReplayStoreError:
+            self.unreleased[key] = release  # a later refund of the tap-in is a later exit's
+            self._held_copy.changed()
+            await self._save_held()
+            raise
         self.replay_watch.says(None)
         return released
 
-    def _unmark(self, key: str, lane: str | None) -> bool:
-        """Give back the mark of `key` this gate made (`lane` None) or heard from `lane`."""
-        remote = lane is not None
-        return self.replay.release(key, lane or self.lane, remote=remote) is not None
+    async def _unmark(self, key: str, release: Held) -> bool:
+        """Give back the mark of `key` this gate made (`release.lane` None) or heard from
+        `release.lane`, made by `release.seen_at` (a later one stays)."""
+        remote = release.lane is not None
+        return await release_mark(self.replay, None, key, release.lane or self.lane, self.wall(),
+                                  remote=remote, made_by=release.seen_at)  # fmt: skip
 
     def _replay_failed(
         self, exc: ReplayStoreError, stops: str, event: str, action: MarkPassUsed | ReleasePass
     ) -> None:
-        self.replay_watch.says(exc, stops)
+        self.replay_watch.says(exc, self._replay_owed(stops))
         log.error(event, extra={"lane": self.lane, "pass_id": action.pass_id, "error": str(exc)})
 
     def _taps_written(self) -> None:
         """A write to the taps store committed: its alarm clears, unless it still owes writes
-        (held exits not kept, refunded tap-ins not dropped), which its probe makes first."""
-        if not self._unsaved and not self.undropped:
+        (a copy of the held exits and refunds behind, refunded tap-ins not dropped), which its
+        probe makes first."""
+        if not self._held_copy.behind and not self.undropped:
             self.store_watch.says(None)
 
     async def _save_held(self) -> None:
-        """Keep the held exits in the tap store, so a restart still knows them; while it cannot,
-        `taps_store_error` says they are in memory only, and `upkeep` tries again."""
+        """Keep the held exits and refunds in the tap store, so a restart still knows them;
+        while it cannot, `taps_store_error` says they are in memory only, and `upkeep` tries
+        again."""
         try:
             await self._keep_held()
         except TapStoreError as exc:
             self.store_watch.says(exc, self._taps_owed())
-            ids = {"lane": self.lane, "held": len(self.unmarked), "error": str(exc)}
+            ids = {"lane": self.lane, "held": len(self.unmarked),
+                   "unreleased": len(self.unreleased), "error": str(exc)}  # fmt: skip
             log.error("held tap-in exits not saved", extra=ids)
         else:
             self._taps_written()
@@ -471,11 +545,13 @@ class TapDesk:
         return TAPS_UNDROPPED if self.undropped else TAPS_UNHELD
 
     async def _keep_held(self) -> None:
-        async with self._saving:  # one copy written at a time, the latest last
-            held = dict(self.unmarked)
-            self._unsaved = True
-            await asyncio.to_thread(self.store.hold, held, self.wall())
-            self._unsaved = False
+        """Write the copy of the held exits and refunds when it is behind (one at a time, the
+        newest last: lane.held_copy)."""
+        now = self.wall()
+        await self._held_copy.save(
+            lambda: (dict(self.unmarked), dict(self.unreleased)),
+            lambda copy: self.store.hold(*copy, now),
+        )
 
     async def _drop_undropped(self) -> None:
         """Drop the refunded tap-ins the taps store did not (forgetting those expired anyway)."""
@@ -485,53 +561,81 @@ class TapDesk:
             if not expired:
                 await asyncio.to_thread(self.store.drop, trip, lane)
             self.undropped.pop(trip, None)
+            self._drops_copy.changed()  # a copy behind drops it again at a restart: no harm
             log.info("held refunded tap-in dropped",
                      extra={"lane": self.lane, "pass_id": trip, "expired": expired})  # fmt: skip
 
+    def _replay_owed(self, stops: str) -> str:
+        """What the failing replay store's alarm says: that refunded tap-ins are held in memory
+        only (a restart would charge wrongly) before what this failure stops."""
+        return REPLAY_UNHELD if self.undropped and self._drops_copy.behind else stops
+
+    async def _save_drops(self) -> None:
+        """Keep the refunded tap-ins held until dropped in the replay store, so a restart still
+        skips and drops them; while it cannot, `replay_store_error` says they are in memory
+        only, and `upkeep` tries again (`_write_held`)."""
+        now = self.wall()
+        try:
+            await self._drops_copy.save(
+                lambda: dict(self.undropped), lambda copy: self.replay.keep_undropped(copy, now)
+            )
+        except ReplayStoreError as exc:
+            self.replay_watch.says(exc, REPLAY_UNHELD)
+            log.error("held refunded tap-ins not saved", extra={"lane": self.lane,
+                      "undropped": len(self.undropped), "error": str(exc)})  # fmt: skip
+
     async def _probe_taps(self) -> None:
-        """The taps store's probe while it fails: the held exits into the replay store first
-        (it may work again before this one), then the writes this store owes (refunded
-        tap-ins to drop, held exits to keep), then the probe's own write (an owed write may
+        """The taps store's probe while it fails: what the replay store owes first (it may work
+        again before this one), then the writes this store owes (refunded tap-ins to drop, the
+        copy of the held exits and refunds), then the probe's own write (an owed write may
         change nothing: a drop of a tap-in never kept); raises TapStoreError until they all
         commit, so the alarm clears once they are applied and the store takes writes."""
-        await self._mark_held()  # the replay store may take them before this store heals
+        await self._write_held()  # the replay store may take them before this store heals
         await self._drop_undropped()
-        if self._unsaved:
-            await self._keep_held()
+        await self._keep_held()
         await asyncio.to_thread(self.store.probe)
 
     async def _write_owed(self) -> None:
-        """Write what the stores owe once they take writes (at start too: the held exits a
-        restart loaded): refunded tap-ins to drop, the held exits into the replay store
-        (`_mark_held`, which the taps store's probe makes too), and the tap store's copy of
+        """Write what the stores owe once they take writes (at start too: what a restart
+        loaded): refunded tap-ins to drop, the held refunds and exits into the replay store
+        (`_write_held`, which the taps store's probe makes too), and the tap store's copy of
         them."""
-        if self.undropped or self._unsaved:  # owed since the probe cleared the alarm
+        if self.undropped or self._held_copy.behind:  # owed since the probe cleared the alarm
             try:
                 await self._probe_taps()
             except TapStoreError as exc:
                 self.store_watch.says(exc, self._taps_owed())
         else:
-            await self._mark_held()
+            await self._write_held()
 
-    async def _mark_held(self) -> None:
-        """Write the held exits into the replay store while it takes writes (whether or not
-        the taps store does), then the taps store's copy of them."""
-        marked = False
-        for key, held in list(self.unmarked.items()):
-            if self.replay_watch.text is not None:
-                break  # still failing: its probe says when it works
-            try:
-                await asyncio.to_thread(self._mark, key, held)
+    async def _write_held(self) -> None:
+        """Write what the replay store owes while it takes writes (whether or not the taps
+        store does): its copy of the refunded tap-ins held until dropped, the held refunds
+        (their marks given back), then the held exits; then the taps store's copy of them,
+        unless that store fails (its probe keeps the copy, its alarm's text kept)."""
+        if self.replay_watch.text is not None:
+            return  # still failing: its probe says when it works
+        await self._save_drops()
+        if self.replay_watch.text is not None:
+            return
+        stops = REPLAY_UNRELEASED
+        try:
+            for key, release in list(self.unreleased.items()):
+                await self._unmark(key, release)
+                if self.unreleased.get(key) == release:
+                    del self.unreleased[key]
+                    self._held_copy.changed()
+                log.info("held tap-in reopening written", extra={"lane": self.lane, "key": key})
+            stops = REPLAY_UNMARKED
+            for key, held in list(self.unmarked.items()):
+                await self._mark(key, held)
                 if self.unmarked.get(key) == held:
                     del self.unmarked[key]
+                    self._held_copy.changed()
                 else:  # released meanwhile: give it back
-                    await asyncio.to_thread(self._unmark, key, held.lane)
-            except ReplayStoreError as exc:
-                self.replay_watch.says(exc, REPLAY_UNMARKED)
-                break
-            marked = True
-            log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})
-        if marked and self.store_watch.text is None:
+                    await self._unmark(key, Held(held.exp, held.lane))
+                log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})
+        except ReplayStoreError as exc:
+            self.replay_watch.says(exc, self._replay_owed(stops))
+        if self._held_copy.behind and self.store_watch.text is None:
             await self._save_held()
-        elif marked:  # the taps store fails: its probe keeps the copy, its alarm's text kept
-            self._unsaved = True

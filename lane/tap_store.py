@@ -9,8 +9,9 @@ then purged, or dropped once its entry gate refunds it (the passenger was never 
 store is bounded by the traffic of that window. Whether a tap-in has exited
 is not kept here: it is the replay store's `pass:` key (lane.auth.replay), like a road pass.
 The exits the replay store did not take while it failed (lane.tap_desk: held until marked) are
-kept here too (`held`, schema 2; who made each, schema 3), so a restart before the replay store
-heals still knows them.
+kept here too (`held`, schema 2; who made each, schema 3), and so are the refunded exits whose
+marks it did not give back (`unreleased`, schema 4: held until reopened), so a restart before
+the replay store heals still knows them.
 
 SQLite in WAL mode (synchronous NORMAL: a tap-in lost in a power cut is heard again from no
 one, but costs only a maximum fare, never a free ride). The calls block; the asyncio shell
@@ -61,13 +62,31 @@ def _add_held_lane_v3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE held ADD COLUMN seen_at REAL")  # a heard exit's time, its clock
 
 
-MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_held_v2, _add_held_lane_v3)
+def _add_unreleased_v4(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE unreleased ("
+        " key TEXT PRIMARY KEY,"  # the replay store's key of a reopened tap-in (`pass:<trip>`)
+        " exp INTEGER NOT NULL,"  # kept until then (unix s): no mark it gives back outlives it
+        " lane TEXT,"  # whose mark it gives back: NULL this gate's, else heard from that gate
+        " seen_at REAL"  # the refund's time (that gate's clock): no newer mark is given back
+        ") WITHOUT ROWID"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _create_v1,
+    _add_held_v2,
+    _add_held_lane_v3,
+    _add_unreleased_v4,
+)
 
 
 class Held(NamedTuple):
     """An exit held until the replay store marks it: the mark's expiry (unix s) and who made
     it: this gate (`lane` None), or another gate of the line, heard at `seen_at` by its clock
-    (marked as heard, `ReplayStore.mark_remote`, so that gate's refund gives it back)."""
+    (marked as heard, `ReplayStore.mark_remote`, so that gate's refund gives it back). A
+    refund held until the replay store gives the mark back has the same fields: kept until
+    `exp`, whose mark (`lane`) and the refund's time (`seen_at`: a newer mark stays)."""
 
     exp: int
     lane: str | None = None
@@ -116,22 +135,31 @@ class TapStore:
             self._conn.execute("DELETE FROM taps WHERE trip = ?", (trip,))
         return True
 
-    def hold(self, held: Mapping[str, Held], now: float) -> None:
-        """Keep exactly these exits held until the replay store marks them (by pass key), in
-        place of those kept before; an expired one is not kept."""
-        rows = [(key, *h) for key, h in held.items() if h.exp >= now]
+    def hold(self, held: Mapping[str, Held], unreleased: Mapping[str, Held], now: float) -> None:
+        """Keep exactly these exits held until the replay store marks them, and these refunds
+        held until it gives their marks back (by pass key), in place of those kept before; an
+        expired one is not kept."""
         with immediate(self._conn, self._lock, self._error):
-            self._conn.execute("DELETE FROM held")
-            self._conn.executemany(
-                "INSERT INTO held (key, exp, lane, seen_at) VALUES (?, ?, ?, ?)", rows
-            )
+            for table, rows in (("held", held), ("unreleased", unreleased)):
+                self._conn.execute(f"DELETE FROM {table}")
+                self._conn.executemany(
+                    f"INSERT INTO {table} (key, exp, lane, seen_at) VALUES (?, ?, ?, ?)",
+                    [(key, *h) for key, h in rows.items() if h.exp >= now],
+                )
 
     def held(self, now: float) -> dict[str, Held]:
         """The exits kept held (by pass key), but the expired ones."""
+        return self._kept("held", now)
+
+    def unreleased(self, now: float) -> dict[str, Held]:
+        """The refunds kept held (by pass key), but the expired ones."""
+        return self._kept("unreleased", now)
+
+    def _kept(self, table: str, now: float) -> dict[str, Held]:
         with self._lock:
             try:
                 rows = self._conn.execute(
-                    "SELECT key, exp, lane, seen_at FROM held WHERE exp >= ?", (now,)
+                    f"SELECT key, exp, lane, seen_at FROM {table} WHERE exp >= ?", (now,)
                 )
                 return {
                     str(key): Held(int(exp), lane, seen_at)

@@ -198,18 +198,14 @@ class UsedTokenSharing:
             return
         try:
             if msg.kind is MarkKind.RELEASE:
-                released = await asyncio.to_thread(
-                    partial(self.store.release, remote=True), msg.token_id, msg.lane
+                changed = await release_mark(
+                    self.store, None, msg.token_id, msg.lane, self.clock(), remote=True
                 )
-                changed = released is not None
             else:
-                changed = await asyncio.to_thread(
-                    partial(self.store.mark_remote, now=self.clock()),
-                    msg.token_id,
-                    msg.exp,
-                    msg.lane,
-                    msg.ts,
-                )
+                changed = await mark_used(
+                    self.store, None, msg.token_id, msg.exp, msg.lane, self.clock(), remote=True,
+                    seen_at=msg.ts,
+                )  # fmt: skip
         except ReplayStoreError as exc:
             log.error(
                 f"cannot record remote token {msg.kind}",
@@ -231,10 +227,18 @@ async def mark_used(  # noqa: PLR0917 - the replay store's own arguments, and wh
     exp: int,
     lane: str,
     now: float,
+    *,
+    remote: bool = False,
+    seen_at: float | None = None,
 ) -> bool:
     """Mark a used token or pass in the replay store (an fsync: on a worker thread, the one
-    hop) and, when it is the first use and the lane is in a plaza, share it from the loop.
-    True for the first use."""
+    hop): this lane's use, shared from the loop when it is the first and the lane is in a
+    plaza; or, `remote`, a use `lane` made, heard with its time by its clock (`seen_at`):
+    marked as heard (`ReplayStore.mark_remote`, given back by that lane's release), never
+    shared again. True for the first use."""
+    if remote:
+        mark = partial(store.mark_remote, now=now)
+        return await asyncio.to_thread(mark, key, exp, lane, seen_at)
     first = await asyncio.to_thread(store.check_and_mark, key, exp, lane, now)
     if first and sharing is not None:
         sharing.share(UsedTokenMsg(key, exp, lane, now))
@@ -242,12 +246,21 @@ async def mark_used(  # noqa: PLR0917 - the replay store's own arguments, and wh
 
 
 async def release_mark(
-    store: ReplayStore, sharing: UsedTokenSharing | None, key: str, lane: str, now: float
+    store: ReplayStore,
+    sharing: UsedTokenSharing | None,
+    key: str,
+    lane: str,
+    now: float,
+    *,
+    remote: bool = False,
+    made_by: float | None = None,
 ) -> bool:
-    """Give back a use `lane` marked itself (`ReplayStore.release`, on a worker thread) and,
-    when there was one and the lane is in a plaza, share the release from the loop. True when
-    a mark was released."""
-    exp = await asyncio.to_thread(store.release, key, lane)
-    if exp is not None and sharing is not None:
+    """Give back a use `lane` marked itself, or (`remote`) one heard from `lane`
+    (`ReplayStore.release`, on a worker thread; `made_by`: only a use marked by then), and,
+    when there was one of its own and the lane is in a plaza, share the release from the
+    loop. True when a mark was released."""
+    release = partial(store.release, remote=remote, made_by=made_by)
+    exp = await asyncio.to_thread(release, key, lane)
+    if exp is not None and sharing is not None and not remote:
         sharing.share(UsedTokenMsg(key, exp, lane, now, MarkKind.RELEASE))
     return exp is not None

@@ -19,6 +19,10 @@ over every run (monotonic time, persisted): an id goes only when the wall clock 
 The ledger stands still while the lane is off and cannot be stepped, so a correct wall clock
 at the time of use is enough; a wrong one can only keep ids longer.
 
+A metro gate keeps here too the refunded tap-ins its tap store could not drop (lane.tap_desk:
+held until dropped; `undropped`, schema 3), as that store keeps the exits this one could not
+mark: each store keeps what the other owes, so a restart while one fails still knows it.
+
 The calls block (fsync); the asyncio shell runs them with `asyncio.to_thread`. The schema is
 versioned with PRAGMA user_version; `MIGRATIONS[i]` takes a file from version i to i + 1.
 """
@@ -31,7 +35,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -85,7 +89,17 @@ def _add_ledger_v2(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO ledger VALUES ('elapsed', 0)")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_ledger_v2)
+def _add_undropped_v3(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE undropped ("
+        " trip TEXT PRIMARY KEY,"  # a refunded tap-in's trip id (hex)
+        " lane TEXT NOT NULL,"  # the gate that refunded it (and wrote it)
+        " expires REAL NOT NULL"  # when it would have expired anyway (unix s)
+        ") WITHOUT ROWID"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_ledger_v2, _add_undropped_v3)
 
 
 @dataclass(frozen=True)
@@ -217,16 +231,36 @@ class ReplayStore:
             )
         return new
 
-    def release(self, token_id: str, lane: str, *, remote: bool = False) -> int | None:
+    def release(
+        self, token_id: str, lane: str, *, remote: bool = False, made_by: float | None = None
+    ) -> int | None:
         """Forget a use `lane` recorded here itself (a pass whose exit was refunded: not spent),
         or, `remote`, one heard from `lane` (it shares its release); the exp of the use
         forgotten, None when there was none. Any other mark of the id stays: another lane's
-        use, or one heard from it."""
+        use, or one heard from it. `made_by` (a release written late, lane.tap_desk): only a
+        use seen by then (`seen_at`, the time `lane` gave it) goes, never a newer one."""
         rows = self._query(
-            "DELETE FROM used_tokens WHERE token_id = ? AND lane = ? AND remote = ? RETURNING exp",
-            (token_id, lane, int(remote)),
+            "DELETE FROM used_tokens WHERE token_id = ? AND lane = ? AND remote = ?"
+            " AND (? IS NULL OR seen_at IS NULL OR seen_at <= ?) RETURNING exp",
+            (token_id, lane, int(remote), made_by, made_by),
         )
         return int(rows[0][0]) if rows else None
+
+    def keep_undropped(self, undropped: Mapping[str, tuple[float, str]], now: float) -> None:
+        """Keep exactly these refunded tap-ins held until dropped (trip: when it expires anyway,
+        the gate that refunded it), in place of those kept before; an expired one is not."""
+        rows = [(trip, lane, expires) for trip, (expires, lane) in undropped.items()]
+        with immediate(self._conn, self._lock, self._error):
+            self._conn.execute("DELETE FROM undropped")
+            self._conn.executemany(
+                "INSERT INTO undropped (trip, lane, expires) VALUES (?, ?, ?)",
+                [row for row in rows if row[2] >= now],
+            )
+
+    def undropped(self, now: float) -> dict[str, tuple[float, str]]:
+        """The refunded tap-ins kept held until dropped, but the expired ones."""
+        rows = self._query("SELECT trip, lane, expires FROM undropped WHERE expires >= ?", (now,))
+        return {str(trip): (float(expires), str(lane)) for trip, lane, expires in rows}
 
     def ledger(self) -> float:
         """Seconds this store has been open, over every run: the clock the purge trusts."""

@@ -466,7 +466,8 @@ def test_a_tap_store_of_the_first_release_keeps_its_tap_ins_and_then_holds_exits
     tmp_path: Path,
 ) -> None:
     """Schema 2 adds the held exits (lane.tap_desk), schema 3 who made each (this gate, or the
-    gate it was heard from): a v1 file, as the first release wrote it, is upgraded in place."""
+    gate it was heard from), schema 4 the refunds held until their marks are given back: a v1
+    file, as the first release wrote it, is upgraded in place."""
     path = tmp_path / "taps.sqlite3"
     entered = tap_in("S01", NOW - 60)
     trip = uuid.UUID(entered.record_id).hex
@@ -485,16 +486,17 @@ def test_a_tap_store_of_the_first_release_keeps_its_tap_ins_and_then_holds_exits
     assert store.held(NOW) == {}
     heard = Held(NOW + 600, "S02/g1", NOW - 30.5)  # another gate's exit, marked as heard
     store.hold({f"pass:{trip}": Held(NOW + 600), "pass:out": heard, "pass:gone": Held(NOW - 1)},
-               NOW)  # fmt: skip
+               {"pass:back": heard, "pass:over": Held(NOW - 1)}, NOW)  # fmt: skip
     store.close()
     store = TapStore(path)
     # An expired one is not kept.
     assert store.held(NOW) == {f"pass:{trip}": Held(NOW + 600), "pass:out": heard}
-    assert store.held(NOW + 601) == {}
-    store.hold({}, NOW)
-    assert store.held(NOW) == {}
+    assert store.unreleased(NOW) == {"pass:back": heard}
+    assert store.held(NOW + 601) == {} == store.unreleased(NOW + 601)
+    store.hold({}, {}, NOW)
+    assert store.held(NOW) == {} == store.unreleased(NOW)
     store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (3,)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (4,)
 
 
 def test_a_gate_shares_its_paid_taps_and_their_refunds_once_durable(tmp_path: Path) -> None:

@@ -397,3 +397,30 @@ def test_the_probe_fails_where_a_mark_would_and_leaves_nothing_behind(tmp_path: 
     with pytest.raises(ReplayStoreError, match="malformed"):
         store.probe()
     store.close()
+
+
+def test_a_metro_gates_undropped_tap_ins_are_kept_exactly_and_until_they_expire(
+    tmp_path: Path,
+) -> None:
+    """The refunded tap-ins a metro gate's tap store owes drops of (lane.tap_desk) are kept
+    here, the other file, over a restart: exactly the last set given, the expired ones not."""
+    path = tmp_path / "replay.db"
+    with ReplayStore(path) as store:
+        store.keep_undropped({"aa": (NOW + 60, "S01/g1"), "bb": (NOW - 1, "S02/g1")}, NOW)
+    with ReplayStore(path) as store:
+        assert store.undropped(NOW) == {"aa": (NOW + 60, "S01/g1")}
+        assert store.undropped(NOW + 61) == {}
+        store.keep_undropped({}, NOW)
+        assert store.undropped(NOW) == {}
+
+
+def test_a_late_release_gives_back_no_use_newer_than_it(tmp_path: Path) -> None:
+    """A release written late (held while the store failed, lane.tap_desk) names the time of
+    its refund: a use the same lane marked after it stays."""
+    with ReplayStore(tmp_path / "replay.db") as store:
+        assert store.check_and_mark("pass:aa", 1_800_000_600, "S03/x1", NOW + 10)
+        assert store.release("pass:aa", "S03/x1", made_by=NOW + 5) is None
+        assert store.release("pass:aa", "S03/x1", made_by=NOW + 10) == 1_800_000_600
+        assert store.mark_remote("pass:aa", 1_800_000_600, "S02/x1", NOW + 20, now=NOW)
+        assert store.release("pass:aa", "S02/x1", remote=True, made_by=NOW + 19) is None
+        assert store.release("pass:aa", "S02/x1", remote=True, made_by=NOW + 20) is not None

@@ -309,11 +309,12 @@ async def test_an_exit_the_taps_store_cannot_keep_leaves_its_undropped_warning(
         exits.close()
 
 
-async def test_a_refund_the_replay_store_cannot_write_keeps_the_exit_says_so_and_clears(
+async def test_a_refund_the_replay_store_cannot_write_is_held_says_so_and_clears(
     tmp_path: Path,
 ) -> None:
     """A refunded tap-out whose release failed was only logged (and a held exit, released,
-    must reopen its tap-in without the store)."""
+    must reopen its tap-in without the store). Held until reopened: tests/auth/
+    test_tap_desk_held.py."""
     exits = Exits(tmp_path)
     gate, alarms = exits.gate, exits.alarms
     trip = await exits.tapped_out()
@@ -331,8 +332,8 @@ async def test_a_refund_the_replay_store_cannot_write_keeps_the_exit_says_so_and
         assert alarms["replay_store_error"].startswith(
             f"{REPLAY_UNRELEASED} {path}: database is locked"
         )
-        # Safe: the mark stays, so the next exit here pays the maximum fare, flagged.
-        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
+        # Safe: the refund is held, so the next exit here is priced as the trip it is.
+        assert await exits.tap_out() == ("charged", FARE, trip)
     probing = asyncio.create_task(_probe_replay(gate))
     try:
         await eventually(lambda: "replay_store_error" not in alarms, within=15)
@@ -351,9 +352,9 @@ ENTRY_PAID = 200
         # A refunded tap-in not dropped yet prices nothing: the maximum fare, flagged.
         ("tap_in", "taps.sqlite3", "taps_store_error", TAPS_UNDROPPED,
          ("no_pass", FARTHEST), _probe_taps),
-        # A refunded tap-out's tap-in stays exited here: the maximum fare, flagged.
+        # A refunded tap-out's tap-in is held until reopened: its trip, the entry fare off.
         ("tap_out", "replay.sqlite3", "replay_store_error", REPLAY_UNRELEASED,
-         ("pass_used", FARTHEST), _probe_replay),
+         ("charged", FARE - ENTRY_PAID), _probe_replay),
     ],
 )  # fmt: skip
 async def test_a_refund_heard_on_the_line_a_store_cannot_apply_says_so_and_clears(  # noqa: PLR0917

@@ -34,6 +34,8 @@ from lane.lane_health import (
     token_sample,
     uplink_stalled,
 )
+from lane.tap_clocks import CLOCK_ALARM
+from lane.tap_desk import TAPS_ALARM
 from lane.ticket_desk import PAPER_OUT, PRINTER_OFFLINE
 from lane.verifier import REPLAY_ALARM
 
@@ -45,6 +47,7 @@ def test_every_alarm_the_lane_raises_today_has_a_severity() -> None:
     known |= {"trust_update_refused", "payment_alipay", "payment_wechatpay", "payment_acquirer"}
     known |= {PAPER_OUT, PRINTER_OFFLINE, WECHATPAY_CERTIFICATES, REPLAY_ALARM, STORE_ALARM}
     known |= {REFUND_ALARM, REFUND_UNPAID_ALARM, REFUND_UNRECORDED_ALARM}
+    known |= {TAPS_ALARM, CLOCK_ALARM}
     assert known <= set(SEVERITY), sorted(known - set(SEVERITY))
 
 

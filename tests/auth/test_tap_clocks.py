@@ -1,0 +1,84 @@
+"""A metro gate names the line's gates whose taps are stamped ahead of its clock
+(lane.tap_clocks): the rule as a table, then through the real tap desk and stores, its alarm
+raised, updated and cleared by the taps themselves (docs/closed-road.md, "Metro")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_metro_pricing import NOW, RULES, desk, refund_of, tap_in
+
+from lane.tap_clocks import CLOCK_ALARM, GateClocks
+from lane.transport.mqtt import Incoming
+from lane.wire import topics
+
+SKEW = RULES.skew_s
+
+
+@pytest.mark.parametrize(
+    ("heard", "ahead"),
+    [
+        ([("A", SKEW + 1)], {"A": SKEW + 1}),
+        ([("A", SKEW)], {}),  # at the skew: a clock a little off, taken
+        # The first lead is kept (the alarm's text does not change with every tap).
+        ([("A", 3600), ("A", 7200)], {"A": 3600}),
+        ([("A", 3600), ("B", 60)], {"A": 3600, "B": 60}),
+        # Within the skew either side: that gate's clock is right again.
+        ([("A", 3600), ("A", 0)], {}),
+        ([("A", 3600), ("A", -SKEW)], {}),
+        # Stamped long ago (queued while the broker was away): says nothing of the clock now.
+        ([("A", 3600), ("A", -SKEW - 1)], {"A": 3600}),
+        # Another gate's sane tap clears only that gate.
+        ([("A", 3600), ("B", 3600), ("B", 1)], {"A": 3600}),
+    ],
+)
+def test_a_gate_is_ahead_from_its_first_tap_beyond_the_skew_until_a_tap_within_it(
+    heard: list[tuple[str, float]], ahead: dict[str, float]
+) -> None:
+    clocks = GateClocks(SKEW)
+    for gate, lead in heard:
+        assert clocks.heard(gate, NOW + lead, NOW) == (lead > SKEW)
+    assert clocks.ahead == ahead
+    assert (clocks.text() is None) == (not ahead)
+
+
+async def test_a_tap_in_from_the_future_names_its_gate_until_that_gate_is_sane_again(
+    tmp_path: Path,
+) -> None:
+    """A tap-in stamped ahead of the gate's clock was refused with a log line only: its
+    passenger paid the maximum fare at the exit, and nobody was told that a gate's clock (or
+    something claiming to be that gate) was ahead."""
+    clock = [float(NOW)]
+    alarms: dict[str, str] = {}
+
+    def alarm(code: str, text: str | None) -> None:
+        if text is None:
+            alarms.pop(code, None)
+        else:
+            alarms[code] = text
+
+    gate = desk(tmp_path, clock, alarm)
+    topic = topics.line_taps("L1")
+    try:
+        await gate.handle(Incoming(topic, tap_in("S01", NOW + 3600).encode()))
+        await gate.handle(Incoming(topic, tap_in("S02", NOW + 86_400, "rider-2").encode()))
+        # Safe: both refused. Seen: the alarm names each gate and how far ahead it was.
+        assert gate.store.count() == 0
+        text = alarms[CLOCK_ALARM]
+        assert text.startswith("tap-ins refused (their exits here pay the maximum fare):")
+        assert "from S01/g1 (3600 s), S02/g1 (86400 s):" in text
+        # A tap stamped long ago (queued while the broker was away) clears nothing.
+        await gate.handle(Incoming(topic, tap_in("S01", NOW - 3600, "rider-3").encode()))
+        assert "S01/g1 (3600 s)" in alarms[CLOCK_ALARM]
+        # Clears by itself: each gate once its taps are stamped within the skew again.
+        sane = tap_in("S01", NOW - 5, "rider-4")
+        await gate.handle(Incoming(topic, sane.encode()))
+        assert "S01/g1" not in alarms[CLOCK_ALARM] and "S02/g1 (86400 s)" in alarms[CLOCK_ALARM]
+        other = tap_in("S02", NOW - 600, "rider-2")
+        await gate.handle(Incoming(topic, refund_of(other, NOW + 1).encode()))
+        assert CLOCK_ALARM not in alarms
+        assert gate.store.count() == 2  # the tap-ins stamped within the retention, taken
+    finally:
+        gate.store.close()
+        gate.replay.close()

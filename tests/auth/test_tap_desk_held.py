@@ -1,0 +1,223 @@
+"""What a metro gate's tap desk holds while a store fails, and the copies it keeps of it: real
+SQLite files, locked by another connection or corrupted under the open store, then put right
+(tests/auth/test_tap_desk_stores.py holds the faults themselves). A refund whose mark the
+replay store did not give back is held until reopened, kept over a restart and written once the
+store heals; a refunded tap-in held until dropped is kept in the replay store, the other file;
+the copy of what is held never falls behind what the desk holds."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+from polling import eventually
+from test_metro_pricing import NOW, refund_of, tap_in, tap_out_of
+from test_tap_desk_stores import ENTRY_PAID, FARE, FARTHEST, Exits, corrupted, locked
+
+from lane.core.actions import MarkPassUsed, ReleasePass
+from lane.tap_desk import REPLAY_UNHELD, REPLAY_UNRELEASED, TAPS_UNDROPPED, TapDesk
+from lane.transport.mqtt import Incoming
+from lane.wire import topics
+
+EXIT_EXP = NOW + 28_800
+
+
+def _probes(gate: TapDesk) -> list[asyncio.Task[None]]:
+    """The replay store's probe (the verifier's upkeep, without its purge) and the taps
+    store's upkeep, as the daemon runs them."""
+    return [
+        asyncio.create_task(gate.replay_watch.run(asyncio.sleep)),
+        asyncio.create_task(gate.upkeep(asyncio.sleep)),
+    ]
+
+
+async def test_a_refund_the_replay_store_cannot_write_is_held_kept_over_a_restart_and_written(
+    tmp_path: Path,
+) -> None:
+    """A refunded tap-out whose mark the replay store did not give back was only logged: once
+    its alarm cleared the tap-in stayed exited, and that passenger's next exit here paid the
+    maximum fare with no alarm at all."""
+    exits = Exits(tmp_path)
+    trip = await exits.tapped_out()
+    key = f"pass:{trip}"
+    await exits.gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None))
+    path = tmp_path / "replay.sqlite3"
+    with locked(path):
+        await exits.gate.release(ReleasePass(trip))  # SQLite's wait runs out
+        # Seen: the alarm says the refunds are held until reopened, names the file and why.
+        assert exits.alarms["replay_store_error"].startswith(
+            f"{REPLAY_UNRELEASED} {path}: database is locked"
+        )
+        # Safe while it lasts: the tap-in prices as reopened (the passenger's trip, as the
+        # refund said), and a restart still knows it (the taps store's copy).
+        assert await exits.tap_out() == ("charged", FARE, trip)
+        exits = exits.restarted()
+        assert exits.gate.unreleased.keys() == {key}
+        assert await exits.tap_out() == ("charged", FARE, trip)
+    gate, alarms = exits.gate, exits.alarms
+    tasks = _probes(gate)
+    try:
+        # Clears by itself, and the mark is given back: held nowhere any more.
+        await eventually(lambda: "replay_store_error" not in alarms, within=15)
+        await eventually(
+            lambda: (
+                gate.replay.get(key) is None and gate.unreleased == {} == gate.store.unreleased(NOW)
+            ),
+            within=10,
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+    exits = exits.restarted()
+    try:
+        assert await exits.tap_out() == ("charged", FARE, trip)
+    finally:
+        exits.close()
+
+
+async def test_an_exit_after_a_held_refund_is_marked_after_it_and_stays(tmp_path: Path) -> None:
+    """The refund held for a tap-in goes into the replay store before a later exit's mark:
+    written after it, it would give back the exit that followed the refund."""
+    exits = Exits(tmp_path)
+    gate = exits.gate
+    trip = await exits.tapped_out()
+    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None))
+    with corrupted(tmp_path / "replay.sqlite3"):
+        await gate.release(ReleasePass(trip))
+    assert gate.unreleased != {}
+    # The store works again before its probe has run: the passenger taps out once more.
+    assert await exits.tap_out() == ("charged", FARE, trip)
+    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None))
+    tasks = _probes(gate)
+    try:
+        await eventually(lambda: "replay_store_error" not in exits.alarms, within=15)
+        await eventually(lambda: gate.store.unreleased(NOW) == {}, within=10)
+    finally:
+        for task in tasks:
+            task.cancel()
+    try:
+        assert gate.replay.get(f"pass:{trip}") is not None
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
+    finally:
+        exits.close()
+
+
+async def test_a_held_copy_written_while_the_held_exits_change_is_written_again(
+    tmp_path: Path,
+) -> None:
+    """The tap store's copy of the held exits was tracked by a flag: a copy in flight (the
+    taps store locked) reset it after the upkeep had marked that exit in the replay store, so
+    the stale copy stayed; refunded then, the exit came back held at the next start and the
+    passenger paid the maximum fare."""
+    exits = Exits(tmp_path)
+    gate, alarms = exits.gate, exits.alarms
+    trip = await exits.tapped_out()
+    topic = topics.line_taps("L1")
+    others = [tap_in("S02", NOW - 300, f"rider-{n}") for n in (2, 3)]
+    taps = tmp_path / "taps.sqlite3"
+    with corrupted(taps):  # two refunded tap-ins the taps store owes drops of, and says so
+        for other in others:
+            await gate.handle(Incoming(topic, refund_of(other, NOW - 30).encode()))
+    assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+    replay = tmp_path / "replay.sqlite3"
+    probes: list[asyncio.Task[None]] = []
+    with locked(taps):
+        with corrupted(replay):
+            # The exit held; its copy's write waits for the taps store's lock.
+            saving = asyncio.create_task(gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None)))
+            await eventually(gate.store._lock.locked, within=5)
+        # The replay store works again (its probe says so first); then the taps store's
+        # upkeep marks the held exit there, and its drops wait behind the copy in flight.
+        probes = [asyncio.create_task(gate.replay_watch.run(asyncio.sleep))]
+        await eventually(lambda: "replay_store_error" not in alarms, within=5)
+        probes.append(asyncio.create_task(gate.upkeep(asyncio.sleep)))
+        await eventually(lambda: gate.unmarked == {}, within=5)
+    try:
+        await saving
+        await eventually(lambda: "taps_store_error" not in alarms, within=15)
+        # The copy is what the desk holds: nothing.
+        assert gate.store.held(NOW) == gate.unmarked == {}
+    finally:
+        for task in probes:
+            task.cancel()
+    await gate.release(ReleasePass(trip))  # that exit refunded: the tap-in reopened
+    exits = exits.restarted()
+    try:
+        assert await exits.tap_out() == ("charged", FARE, trip)
+    finally:
+        exits.close()
+
+
+async def test_a_refunded_tap_in_held_until_dropped_outlives_a_restart(tmp_path: Path) -> None:
+    """A refunded tap-in the taps store could not drop was held in memory only: a lane
+    restarted before that store healed priced the passenger's exit with the refunded entry fare
+    taken off, and the tap-in stayed in the store for good."""
+    exits = Exits(tmp_path)
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await exits.gate.handle(Incoming(topic, entered.encode()))
+    taps = tmp_path / "taps.sqlite3"
+    with locked(taps):
+        await exits.gate.handle(Incoming(topic, refund_of(entered, NOW - 30).encode()))
+        assert exits.alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+        # Kept in the replay store, another file: the restarted lane still skips it.
+        exits = exits.restarted()
+        assert (await exits.tap_out())[:2] == ("no_pass", FARTHEST)
+    gate = exits.gate
+    upkeep = asyncio.create_task(gate.upkeep(asyncio.sleep))
+    try:
+        # Dropped once the taps store takes writes, and no longer held anywhere.
+        await eventually(
+            lambda: (
+                gate.store.latest("rider-1", NOW) is None
+                and gate.undropped == {} == gate.replay.undropped(NOW)
+            ),
+            within=10,
+        )
+    finally:
+        upkeep.cancel()
+    exits = exits.restarted()
+    try:
+        assert (await exits.tap_out())[:2] == ("no_pass", FARTHEST)
+    finally:
+        exits.close()
+
+
+async def test_a_refunded_tap_in_the_replay_store_cannot_keep_either_says_so_and_is_kept_later(
+    tmp_path: Path,
+) -> None:
+    """With both stores failing the refunded tap-in is in memory only: the replay store's
+    alarm says a restart would forget it, until a write there keeps it."""
+    exits = Exits(tmp_path)
+    gate, alarms = exits.gate, exits.alarms
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await gate.handle(Incoming(topic, entered.encode()))
+    trip = uuid.UUID(entered.record_id).hex
+    taps, replay = tmp_path / "taps.sqlite3", tmp_path / "replay.sqlite3"
+    try:
+        with corrupted(taps):
+            with corrupted(replay):
+                await gate.handle(Incoming(topic, refund_of(entered, NOW - 30).encode()))
+                assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
+                assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+                # An exit held meanwhile does not hide that warning (a restart would charge
+                # that passenger wrongly).
+                other = tap_in("S02", NOW - 900, "rider-2")
+                out = tap_out_of(other, FARE, "S02/x1", NOW - 60)
+                await gate.handle(Incoming(topic, out.encode()))
+                assert gate.unmarked != {}
+                assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
+            tasks = _probes(gate)
+            try:
+                # The replay store works again: it keeps the refunded tap-in, the taps store
+                # still failing and still saying it holds it.
+                await eventually(lambda: trip in gate.replay.undropped(NOW), within=10)
+                await eventually(lambda: "replay_store_error" not in alarms, within=10)
+                assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+            finally:
+                for task in tasks:
+                    task.cancel()
+    finally:
+        exits.close()
