@@ -15,6 +15,7 @@ from typing import Literal
 import zxingcpp
 
 from scanner import fallbacks, zbar
+from scanner.covered import CoveredRetry
 from scanner.deblur import Deblur
 from scanner.detection import (
     Decoder,
@@ -45,8 +46,9 @@ _QR_MODEL_2 = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCodeModel2)
 # Chosen from the measurements in docs/scanner.md: re-read unreadable candidates with a
 # global-histogram binariser (curved, unevenly lit codes), retry the frame at half size (print
 # texture and moire average out), and undo the motion blur of a phone held out of a rolling
-# car (the simulator's first-look misses). None costs much on empty frames.
-DEFAULT_PASSES = ("roi-global", "half", "deblur")
+# car (the simulator's first-look misses); read a code partly covered by a thumb with the
+# modules it hides as erasures. None costs much on empty frames.
+DEFAULT_PASSES = ("roi-global", "covered", "half", "deblur")
 
 
 class ZxingDecoder:
@@ -155,13 +157,16 @@ def make_pass(name: str) -> FallbackPass:
         return fallbacks.WholeFrame(name, PyzbarDecoder())
     if name == "pyzbar-invert":
         return fallbacks.WholeFrame(name, PyzbarDecoder(), fallbacks.invert)
+    if name == "covered":
+        return CoveredRetry(name)
     if name == "deblur":
         return Deblur(name, ZxingDecoder())
     raise ValueError(f"unknown fallback pass {name!r}")
 
 
 PASS_NAMES = (
-    "roi-global", "roi-x2", "roi-pyzbar", "half", "clahe", "pyzbar", "pyzbar-invert", "deblur",
+    "roi-global", "roi-x2", "roi-pyzbar", "covered", "half", "clahe", "pyzbar", "pyzbar-invert",
+    "deblur",
 )  # fmt: skip
 
 
