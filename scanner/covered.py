@@ -23,8 +23,16 @@ import numpy as np
 import numpy.typing as npt
 import zxingcpp
 
+from scanner.common_words import CommonWords
 from scanner.detection import Detection, GrayImage, Polygon
-from scanner.qr_symbol import VERSIONS, Matrix, function_agreement, repaired, size_of
+from scanner.qr_symbol import (
+    VERSIONS,
+    Matrix,
+    data_stream,
+    function_agreement,
+    repaired,
+    size_of,
+)
 
 FloatImage = npt.NDArray[np.float32]
 
@@ -70,10 +78,23 @@ def modules_seen(levels: FloatImage) -> tuple[Matrix, Matrix]:
 
 
 class CoveredRetry:
-    """Fallback pass: each unreadable candidate read again with its unseen modules erased."""
+    """Fallback pass: each unreadable candidate read again with its unseen modules erased,
+    then with the codewords the lane's last codes shared (`scanner.common_words`) in place of
+    the erased ones they cover."""
 
     def __init__(self, name: str = "covered") -> None:
         self.name = name
+        self._common = CommonWords()
+        self._last_text: str | None = None
+
+    def learn(self, found: list[Detection]) -> None:
+        for detection in found:
+            if detection.text == self._last_text:
+                continue  # the same code on the next frame: nothing new
+            self._last_text = detection.text
+            stream = encoded_stream(detection.text)
+            if stream is not None:
+                self._common.learn(stream)
 
     def run(self, gray: GrayImage, candidates: list[Polygon]) -> list[Detection]:
         for polygon in candidates:
@@ -92,14 +113,30 @@ class CoveredRetry:
                     best = (score, polarity, erased)
         if best is None or best[0] < MIN_AGREEMENT:
             return []
-        matrix = repaired(best[1], best[2])
-        if matrix is None:
-            return []
+        for known in ({}, *self._common.patterns()):
+            matrix = repaired(best[1], best[2], known=known)
+            if matrix is not None:
+                return self._pure_read(matrix, polygon)
+        return []
+
+    def _pure_read(self, matrix: Matrix, polygon: Polygon) -> list[Detection]:
         barcodes = zxingcpp.read_barcodes(
             pure_image(matrix), formats=_QR, is_pure=True, text_mode=zxingcpp.TextMode.Plain
         )
         name = f"zxing+{self.name}"
         return [Detection(b.text, bytes(b.bytes), polygon, name) for b in barcodes if b.valid]
+
+
+def encoded_stream(text: str) -> tuple[int, ...] | None:
+    """The data codewords an encoder writes for `text` (zxing-cpp's, at level L: the smallest
+    symbol; the data stream is the same at every level of versions 1-9), None when it takes a
+    version above 6."""
+    try:
+        code = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode, ec_level="L")
+    except ValueError:  # too long for any QR symbol: nothing to learn from it
+        return None
+    image = np.asarray(zxingcpp.write_barcode_to_image(code, scale=1, add_quiet_zones=False))
+    return data_stream(image < 128)
 
 
 def pure_image(matrix: Matrix, scale: int = 3) -> GrayImage:

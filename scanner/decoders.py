@@ -22,6 +22,7 @@ from scanner.detection import (
     Detection,
     FrameSampler,
     GrayImage,
+    Learner,
     Polygon,
     check_gray,
     locate,
@@ -120,6 +121,7 @@ class CascadeDecoder:
         self.primary = primary
         self.passes = tuple(passes)
         self._samplers = tuple(p for p in (primary, *passes) if isinstance(p, FrameSampler))
+        self._learners = tuple(p for p in passes if isinstance(p, Learner))
 
     def frame_passed(self) -> None:
         for sampler in self._samplers:
@@ -132,13 +134,14 @@ class CascadeDecoder:
         """Codes read, and the primary's outlines of codes it saw but could not read (the
         change gate never takes a frame with one as "nothing here")."""
         found, candidates = locate(self.primary, gray)
-        if found:
-            return found, candidates
         for fallback in self.passes:
-            found = fallback.run(gray, candidates)
             if found:
-                return found, candidates
-        return [], candidates
+                break
+            found = fallback.run(gray, candidates)
+        for learner in self._learners:
+            if found:
+                learner.learn(found)
+        return found, candidates
 
 
 def make_pass(name: str) -> FallbackPass:

@@ -15,6 +15,7 @@ Layout tables and placement rules follow ISO/IEC 18004 (as laid out by Nayuki's 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -221,18 +222,41 @@ def read_blocks(dark: Matrix, erased: Matrix) -> Blocks | None:
     return Blocks(version, level, pattern, checks, blocks, gaps)
 
 
-def repaired(dark: Matrix, erased: Matrix, spare: int = SPARE) -> Matrix | None:
+def repaired(
+    dark: Matrix, erased: Matrix, spare: int = SPARE, known: Mapping[int, int] | None = None
+) -> Matrix | None:
     """The symbol drawn again with every block corrected (erased modules as erasures), or None
-    when its size, format or any block cannot be read. `dark` and `erased` are size x size."""
+    when its size, format or any block cannot be read. `dark` and `erased` are size x size.
+
+    `known`: data codewords by their index in the data stream (the blocks' data in block
+    order) that are likely, e.g. a token issuer's header: an erased codeword there is taken as
+    that value instead of an erasure. A wrong guess is one more error for Reed-Solomon to find
+    (or refuse), never a wrong read."""
     read = read_blocks(dark, erased)
     if read is None:
         return None
-    fixed = [
-        correct(b, read.checks, g, spare) for b, g in zip(read.blocks, read.erased, strict=True)
-    ]
+    known = known or {}
+    fixed = []
+    start = 0
+    for block, gaps in zip(read.blocks, read.erased, strict=True):
+        data = len(block) - read.checks
+        guessed = {i: known[start + i] for i in gaps if i < data and start + i in known}
+        for i, value in guessed.items():
+            block[i] = value
+        unknown = [i for i in gaps if i not in guessed]
+        fixed.append(correct(block, read.checks, unknown, spare))
+        start += data
     if any(b is None for b in fixed):
         return None
     return drawn(read.version, read.level, read.mask, [list(b or b"") for b in fixed])
+
+
+def data_stream(matrix: Matrix) -> tuple[int, ...] | None:
+    """The data codewords of a clean symbol, blocks in order (what `known` indexes)."""
+    read = read_blocks(matrix, np.zeros_like(matrix))
+    if read is None:
+        return None
+    return tuple(v for block in read.blocks for v in block[: len(block) - read.checks])
 
 
 def drawn(version: int, level: str, mask: int, blocks: list[list[int]]) -> Matrix:

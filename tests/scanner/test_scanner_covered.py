@@ -4,6 +4,8 @@ photos from the corpus and the simulator's camera."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scanner_testkit import TOKEN, corpus_image, load_gray
 
+from scanner.common_words import KEEP, MIN_SHARED, CommonWords
 from scanner.covered import CoveredRetry
 from scanner.decoders import DEFAULT_PASSES, CascadeDecoder, ZxingDecoder, make_decoder, make_pass
 from scanner.detection import GrayImage, Polygon, as_gray
@@ -22,6 +25,8 @@ from sim.render import render_frame
 from sim.scene import Scene
 
 OTHER_TOKEN = CodeFactory(8).make("token", 1_800_000_000).text
+# Two more tokens of TOKEN's issuer: their header (the first data codewords) is TOKEN's.
+ISSUER_TOKENS = [CodeFactory(7).make("token", 1_800_000_100 + i).text for i in range(2)]
 # A compact token held by daylight with a thumb over a tenth of its symbol: zxing-cpp finds
 # the symbol and fails its checksum.
 THUMB = Scene(TOKEN, distance=1.4, angle_deg=20.0, roll_deg=-8.0, pitch_deg=6.0, occlusion=0.09)
@@ -182,3 +187,56 @@ def test_another_code_pasted_over_the_corner_is_never_read() -> None:
     found, candidates = ZxingDecoder().locate(spliced)
     assert found == []
     assert CoveredRetry().run(spliced, [*candidates, code.polygon]) == []
+
+
+def test_successive_reads_teach_only_the_codewords_they_share() -> None:
+    common = CommonWords()
+    first = tuple(range(40))
+    common.learn(first)
+    assert common.patterns() == [], "one code alone says nothing about the next"
+    common.learn(first)
+    assert common.patterns() == [], "the same code again: nothing shared with another"
+    second = (*first[: MIN_SHARED + 2], *(v + 100 for v in first[MIN_SHARED + 2 :]))
+    common.learn(second)
+    assert common.patterns() == [{i: i for i in range(MIN_SHARED + 2)}]
+    common.learn((*second[: MIN_SHARED - 1], *(v + 200 for v in first[MIN_SHARED - 1 :])))
+    assert len(common.patterns()) == 1, "fewer codewords in common than a header: chance"
+    for issuer in range(2 * KEEP):  # two tokens of each: a header each, the rest their own
+        for token in range(2):
+            common.learn(
+                (issuer,) * MIN_SHARED
+                + tuple(range(1000 * (2 * issuer + token), 1000 * (2 * issuer + token) + 30))
+            )
+    assert common.patterns()[0] == {i: 2 * KEEP - 1 for i in range(MIN_SHARED)}, "latest first"
+    assert len(common.patterns()) == KEEP
+
+
+def held_by_thumb(text: str, occlusion: float) -> GrayImage:
+    return as_gray(render_frame(replace(THUMB, code_text=text, occlusion=occlusion), 1))
+
+
+def test_a_bigger_thumb_is_read_once_the_lane_has_read_two_tokens_of_the_issuer() -> None:
+    """The first data codewords sit in the corner a thumb covers; a token's issuer header
+    fills them. Read after two other tokens of the issuer, not before."""
+    gray = held_by_thumb(TOKEN, 0.15)
+    fresh = make_decoder("cascade")
+    assert fresh.decode(gray) == []
+    cascade = make_decoder("cascade")
+    for text in ISSUER_TOKENS:
+        [read] = cascade.decode(as_gray(render_frame(Scene(text, distance=1.2), 1)))
+        assert (read.text, read.decoder) == (text, "zxing")
+    found = cascade.decode(gray)
+    assert [(d.text, d.decoder) for d in found] == [(TOKEN, "zxing+covered")]
+
+
+@pytest.mark.parametrize(
+    "shown", [OTHER_TOKEN, "https://pay.example.com/q/5K2H7Q9W3M", "283746519203847561"]
+)
+def test_what_the_lane_learned_never_reads_as_another_code(shown: str) -> None:
+    """After two tokens of an issuer, a code under a thumb (a token of another account, a URL,
+    a wallet code) is read as itself or not at all: never a learned code, never a mix."""
+    for occlusion in (0.1, 0.15, 0.2, 0.25, 0.3):
+        cascade = make_decoder("cascade")
+        for text in ISSUER_TOKENS:
+            assert [d.text for d in cascade.decode(as_gray(render_frame(Scene(text), 1)))] == [text]
+        assert {d.text for d in cascade.decode(held_by_thumb(shown, occlusion))} <= {shown}
