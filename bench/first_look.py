@@ -2,6 +2,7 @@
 decoders cost on the empty frames a lane camera mostly sees.
 
     .venv/bin/python -m bench.first_look [--scenes 200] [--frames 30] [--conditions realistic,hard]
+                                        [--tokens v1,v2]
                                         [--parts empty,first,gate,effects]
 
 For each camera condition and token format (v1 at QR version 8-M, compact v2 at 5-L), scenes
@@ -171,12 +172,14 @@ def empty_cost_ms(scan: Scan, frames: list[GrayImage], repeat: int) -> float:
     return (time.thread_time_ns() - started) / 1e6 / repeat
 
 
-def print_first_look(conditions: list[str], scenes: int, frames: int) -> None:
+def print_first_look(
+    conditions: list[str], formats: list[TokenFormat], scenes: int, frames: int
+) -> None:
     print(f"## First look: {scenes} poses per condition, read within {frames} frames\n")
     print("| condition | token | QR | decoder | first frame | first look | vs zxing alone |")
     print("|---|---|---|---|---|---|---|")
     for condition in conditions:
-        for fmt in TokenFormat:
+        for fmt in formats:
             anchor = None
             qr = "5-L" if fmt is TokenFormat.V2 else "8-M"
             for name, decoder in decoders().items():
@@ -258,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--empty", type=int, default=1800, help="empty frames timed")
     parser.add_argument("--conditions", default="clear,realistic,hard")
+    parser.add_argument("--tokens", default="v1,v2", help="token formats of the first look")
     parser.add_argument("--before", type=int, default=8, help="empty frames before each phone")
     parser.add_argument(
         "--gate-conditions", default="realistic,hard", help="first look with the gate on/off"
@@ -278,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if "empty" in parts:
         print_empty_costs(args.empty)
     if "first" in parts:
-        print_first_look(args.conditions.split(","), args.scenes, args.frames)
+        formats = [TokenFormat[name.upper()] for name in args.tokens.split(",")]
+        print_first_look(args.conditions.split(","), formats, args.scenes, args.frames)
     if "gate" in parts:
         print_gate_first_look(
             args.gate_conditions.split(","), args.scenes, args.frames, args.before
