@@ -2,6 +2,7 @@
 decoders cost on the empty frames a lane camera mostly sees.
 
     .venv/bin/python -m bench.first_look [--scenes 200] [--frames 30] [--conditions realistic,hard]
+                                        [--tokens v1,v2]
                                         [--parts empty,first,gate,effects]
 
 For each camera condition and token format (v1 at QR version 8-M, compact v2 at 5-L), scenes
@@ -10,8 +11,8 @@ and format) and rendered frame after frame as the lane camera does: the pose hol
 shake and sensor noise change. A code is read on the first look when a decoder reads it in
 one of the first --frames frames (30 = 1 s at 30 fps; the simulated driver re-aims after
 3.5 s, so this slightly understates the rate). Decoders: zxing-cpp alone (the raw anchor),
-the cascade before the deblur pass (roi-global + half), the cascade with a deblur pass that does
-not stack frames (stack=1: as it was before stacking) and the default cascade.
+the cascade before the deblur pass (roi-global + half), the cascade before the covered pass
+(roi-global + half + deblur, as it was before issue #16's thumb work) and the default cascade.
 
 Empty-frame cost: CPU time of the decoding thread (one core, cv2.setNumThreads(1)), the mean
 over --empty frames (the deblur pass looks at one frame in four, so the mean is what counts),
@@ -21,9 +22,9 @@ at 30 fps, its block-mean thumbnails included. Then the first look with the
 change gate on and off: each pose preceded by --before frames of the same view without the
 phone, one camera (frame ids and 30 fps timestamps running on across poses), so the gate has
 a reference when the phone comes up; "code frames let pass" must be 0. Then the "hard" preset
-one effect at a time (the rest taken out of the same poses), which shows the ceiling its thumbs
-put on any decoder, without stacking and with. --parts picks the tables (empty, first, gate,
-effects; all by default), e.g. to run them as separate processes, each pinned to its own CPU
+one effect at a time (the rest taken out of the same poses), which shows what its thumbs take,
+before the covered pass and with it. --parts picks the tables (empty, first, gate, effects;
+all by default), e.g. to run them as separate processes, each pinned to its own CPU
 (`taskset -c 1 ...`). Prints markdown; asserts nothing (docs/scanner.md keeps the figures).
 """
 
@@ -42,7 +43,6 @@ import cv2
 
 from bench.scan import road_frame
 from lane.auth.tokens import TokenFormat
-from scanner.deblur import Deblur
 from scanner.decoders import DEFAULT_PASSES, CascadeDecoder, ZxingDecoder, make_pass
 from scanner.detection import Decoder, Detection, GrayImage, as_gray
 from scanner.frame_gate import FrameGate
@@ -63,7 +63,7 @@ def decoders() -> dict[str, Decoder]:
     return {
         "zxing alone": ZxingDecoder(),
         "cascade before": CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in PREVIOUS_PASSES]),
-        "deblur, no stacking": unstacked_cascade(),
+        "before covered": uncovered_cascade(),
         "cascade (default)": default_cascade(),
     }
 
@@ -84,10 +84,9 @@ def default_cascade() -> CascadeDecoder:
     return CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in DEFAULT_PASSES])
 
 
-def unstacked_cascade() -> CascadeDecoder:
-    """The default cascade as it was before its deblur pass stacked frames."""
-    unstacked = Deblur("deblur", ZxingDecoder(), stack=1)
-    return CascadeDecoder(ZxingDecoder(), [*(make_pass(p) for p in PREVIOUS_PASSES), unstacked])
+def uncovered_cascade() -> CascadeDecoder:
+    """The default cascade as it was before the covered pass (thumbs as erasures)."""
+    return CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in DEFAULT_PASSES if p != "covered"])
 
 
 def plain(decoder: Decoder) -> Scan:
@@ -173,12 +172,14 @@ def empty_cost_ms(scan: Scan, frames: list[GrayImage], repeat: int) -> float:
     return (time.thread_time_ns() - started) / 1e6 / repeat
 
 
-def print_first_look(conditions: list[str], scenes: int, frames: int) -> None:
+def print_first_look(
+    conditions: list[str], formats: list[TokenFormat], scenes: int, frames: int
+) -> None:
     print(f"## First look: {scenes} poses per condition, read within {frames} frames\n")
     print("| condition | token | QR | decoder | first frame | first look | vs zxing alone |")
     print("|---|---|---|---|---|---|---|")
     for condition in conditions:
-        for fmt in TokenFormat:
+        for fmt in formats:
             anchor = None
             qr = "5-L" if fmt is TokenFormat.V2 else "8-M"
             for name, decoder in decoders().items():
@@ -211,12 +212,12 @@ def print_gate_first_look(conditions: list[str], scenes: int, frames: int, befor
 
 def print_hard_effects(scenes: int, frames: int) -> None:
     print(f"## Hard, one effect at a time: v2 token, {scenes} poses\n")
-    print("| effects kept | no stacking: first frame | first look | "
+    print("| effects kept | before covered: first frame | first look | "
           "default cascade: first frame | first look |")  # fmt: skip
     print("|---|---|---|---|---|")
     for name, keep in ALONE.items():
         cells = []
-        for decoder in (unstacked_cascade(), default_cascade()):
+        for decoder in (uncovered_cascade(), default_cascade()):
             t = first_look("hard", TokenFormat.V2, plain(decoder), scenes, frames, keep=keep)
             cells.append(f"{t.first / scenes:.1%} | **{t.within / scenes:.1%}**")
         print(f"| {name} | {' | '.join(cells)} |")
@@ -233,23 +234,23 @@ def print_empty_costs(repeat: int) -> None:
         "bench/scan road frame": [road_frame(1280, 720, seed) for seed in range(1, 3)],
     }
     print(f"## Empty 1280x720 frames: mean CPU ms per frame over {repeat} frames\n")
-    print("| view | zxing alone | cascade before | deblur, no stacking | cascade (default) | "
-          "default + gate | default / before | default / no stacking | gate / zxing | "
+    print("| view | zxing alone | cascade before | before covered | cascade (default) | "
+          "default + gate | default / before | default / before covered | gate / zxing | "
           "gate / before |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     for view, frames in views.items():
         scans = {name: plain(d) for name, d in decoders().items()}
         scans["default + gate"] = gated(default_cascade())
         costs = {name: empty_cost_ms(scan, frames, repeat) for name, scan in scans.items()}
-        zxing, before, unstacked, now, gate = (
+        zxing, before, uncovered, now, gate = (
             costs["zxing alone"],
             costs["cascade before"],
-            costs["deblur, no stacking"],
+            costs["before covered"],
             costs["cascade (default)"],
             costs["default + gate"],
         )
-        print(f"| {view} | {zxing:.2f} | {before:.2f} | {unstacked:.2f} | {now:.2f} | "
-              f"{gate:.2f} | **{now / before:.2f}x** | **{now / unstacked:.2f}x** | "
+        print(f"| {view} | {zxing:.2f} | {before:.2f} | {uncovered:.2f} | {now:.2f} | "
+              f"{gate:.2f} | **{now / before:.2f}x** | **{now / uncovered:.2f}x** | "
               f"**{gate / zxing:.2f}x** | {gate / before:.2f}x |")  # fmt: skip
     print()
 
@@ -260,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--empty", type=int, default=1800, help="empty frames timed")
     parser.add_argument("--conditions", default="clear,realistic,hard")
+    parser.add_argument("--tokens", default="v1,v2", help="token formats of the first look")
     parser.add_argument("--before", type=int, default=8, help="empty frames before each phone")
     parser.add_argument(
         "--gate-conditions", default="realistic,hard", help="first look with the gate on/off"
@@ -280,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if "empty" in parts:
         print_empty_costs(args.empty)
     if "first" in parts:
-        print_first_look(args.conditions.split(","), args.scenes, args.frames)
+        formats = [TokenFormat[name.upper()] for name in args.tokens.split(",")]
+        print_first_look(args.conditions.split(","), formats, args.scenes, args.frames)
     if "gate" in parts:
         print_gate_first_look(
             args.gate_conditions.split(","), args.scenes, args.frames, args.before

@@ -15,12 +15,14 @@ from typing import Literal
 import zxingcpp
 
 from scanner import fallbacks, zbar
+from scanner.covered import CoveredRetry
 from scanner.deblur import Deblur
 from scanner.detection import (
     Decoder,
     Detection,
     FrameSampler,
     GrayImage,
+    Learner,
     Polygon,
     check_gray,
     locate,
@@ -45,8 +47,9 @@ _QR_MODEL_2 = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCodeModel2)
 # Chosen from the measurements in docs/scanner.md: re-read unreadable candidates with a
 # global-histogram binariser (curved, unevenly lit codes), retry the frame at half size (print
 # texture and moire average out), and undo the motion blur of a phone held out of a rolling
-# car (the simulator's first-look misses). None costs much on empty frames.
-DEFAULT_PASSES = ("roi-global", "half", "deblur")
+# car (the simulator's first-look misses); read a code partly covered by a thumb with the
+# modules it hides as erasures. None costs much on empty frames.
+DEFAULT_PASSES = ("roi-global", "covered", "half", "deblur")
 
 
 class ZxingDecoder:
@@ -118,6 +121,7 @@ class CascadeDecoder:
         self.primary = primary
         self.passes = tuple(passes)
         self._samplers = tuple(p for p in (primary, *passes) if isinstance(p, FrameSampler))
+        self._learners = tuple(p for p in passes if isinstance(p, Learner))
 
     def frame_passed(self) -> None:
         for sampler in self._samplers:
@@ -130,13 +134,14 @@ class CascadeDecoder:
         """Codes read, and the primary's outlines of codes it saw but could not read (the
         change gate never takes a frame with one as "nothing here")."""
         found, candidates = locate(self.primary, gray)
-        if found:
-            return found, candidates
         for fallback in self.passes:
-            found = fallback.run(gray, candidates)
             if found:
-                return found, candidates
-        return [], candidates
+                break
+            found = fallback.run(gray, candidates)
+        for learner in self._learners:
+            if found:
+                learner.learn(found)
+        return found, candidates
 
 
 def make_pass(name: str) -> FallbackPass:
@@ -155,13 +160,16 @@ def make_pass(name: str) -> FallbackPass:
         return fallbacks.WholeFrame(name, PyzbarDecoder())
     if name == "pyzbar-invert":
         return fallbacks.WholeFrame(name, PyzbarDecoder(), fallbacks.invert)
+    if name == "covered":
+        return CoveredRetry(name)
     if name == "deblur":
         return Deblur(name, ZxingDecoder())
     raise ValueError(f"unknown fallback pass {name!r}")
 
 
 PASS_NAMES = (
-    "roi-global", "roi-x2", "roi-pyzbar", "half", "clahe", "pyzbar", "pyzbar-invert", "deblur",
+    "roi-global", "roi-x2", "roi-pyzbar", "covered", "half", "clahe", "pyzbar", "pyzbar-invert",
+    "deblur",
 )  # fmt: skip
 
 

@@ -46,6 +46,13 @@ class FrameSampler(Protocol):
     def frame_passed(self) -> None: ...
 
 
+@runtime_checkable
+class Learner(Protocol):
+    """A pass that learns from the codes the cascade reads, whichever pass read them."""
+
+    def learn(self, found: list[Detection]) -> None: ...
+
+
 def locate(decoder: Decoder, gray: GrayImage) -> tuple[list[Detection], list[Polygon]]:
     """Codes read, and where codes were seen but not read (none from a plain decoder)."""
     if isinstance(decoder, Locator):

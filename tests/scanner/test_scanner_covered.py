@@ -1,0 +1,242 @@
+"""The covered pass: a code partly hidden (a thumb) read with the hidden modules as erasures,
+and never a wrong code: Reed-Solomon with spare checks, real symbols from zxing-cpp, real
+photos from the corpus and the simulator's camera."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+import zxingcpp
+from hypothesis import given
+from hypothesis import strategies as st
+from scanner_testkit import TOKEN, corpus_image, load_gray
+
+from scanner.common_words import KEEP, MIN_SHARED, CommonWords
+from scanner.covered import CoveredRetry
+from scanner.decoders import DEFAULT_PASSES, CascadeDecoder, ZxingDecoder, make_decoder, make_pass
+from scanner.detection import GrayImage, Polygon, as_gray
+from scanner.qr_symbol import SPARE, Matrix, read_blocks, repaired
+from scanner.reed_solomon import correct, syndromes
+from sim.codes import CodeFactory
+from sim.render import render_frame
+from sim.scene import Scene
+
+OTHER_TOKEN = CodeFactory(8).make("token", 1_800_000_000).text
+# Two more tokens of TOKEN's issuer: their header (the first data codewords) is TOKEN's.
+ISSUER_TOKENS = [CodeFactory(7).make("token", 1_800_000_100 + i).text for i in range(2)]
+# A compact token held by daylight with a thumb over a tenth of its symbol: zxing-cpp finds
+# the symbol and fails its checksum.
+THUMB = Scene(TOKEN, distance=1.4, angle_deg=20.0, roll_deg=-8.0, pitch_deg=6.0, occlusion=0.09)
+
+
+def uncovered() -> CascadeDecoder:
+    """The default cascade without this pass."""
+    return CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in DEFAULT_PASSES if p != "covered"])
+
+
+def symbol(text: str, level: str = "L") -> Matrix:
+    """The module matrix (no quiet zone) zxing-cpp writes for `text`."""
+    code = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode, ec_level=level)
+    image = np.asarray(zxingcpp.write_barcode_to_image(code, scale=1, add_quiet_zones=False))
+    return image < 128
+
+
+def a_block(text: str = TOKEN) -> tuple[list[int], int]:
+    read = read_blocks(symbol(text), np.zeros((37, 37), bool))
+    assert read is not None and read.version == 5 and read.level == "L"
+    return read.blocks[0], read.checks
+
+
+def test_a_clean_block_has_zero_syndromes_and_comes_back_as_it_is() -> None:
+    block, checks = a_block()
+    assert (len(block), checks) == (134, 26)
+    assert not any(syndromes(block, checks))
+    assert correct(block, checks, [], SPARE) == bytes(block)
+
+
+@given(st.data())
+def test_erasures_and_errors_within_the_budget_are_corrected(data: st.DataObject) -> None:
+    block, checks = a_block()
+    budget = checks - SPARE
+    erased = data.draw(st.lists(st.integers(0, 133), max_size=budget, unique=True))
+    errors = data.draw(
+        st.lists(
+            st.integers(0, 133).filter(lambda p: p not in erased),
+            unique=True,
+            max_size=(budget - len(erased)) // 2,
+        )
+    )
+    damaged = list(block)
+    for p in [*erased, *errors]:
+        damaged[p] ^= data.draw(st.integers(1, 255))
+    assert correct(damaged, checks, erased, SPARE) == bytes(block)
+
+
+@given(st.data())
+def test_damage_beyond_the_budget_is_refused_never_miscorrected(data: st.DataObject) -> None:
+    block, checks = a_block()
+    erased = data.draw(st.lists(st.integers(0, 133), max_size=checks, unique=True))
+    # One error more than the budget leaves room for, up to many more.
+    least = max(1, (checks - SPARE - len(erased)) // 2 + 1)
+    errors = data.draw(
+        st.lists(
+            st.integers(0, 133).filter(lambda p: p not in erased),
+            unique=True,
+            min_size=least,
+            max_size=least + 40,
+        )
+    )
+    damaged = list(block)
+    for p in [*erased, *errors]:
+        damaged[p] ^= data.draw(st.integers(1, 255))
+    assert correct(damaged, checks, erased, SPARE) is None
+
+
+def test_a_symbol_is_repaired_from_its_uncovered_modules_only() -> None:
+    clean = symbol(TOKEN)
+    covered = np.zeros_like(clean)
+    covered[-11:, -11:] = True  # 9% of the symbol, the alignment pattern included
+    seen = np.where(covered, False, clean)
+    fixed = repaired(seen, covered)
+    assert fixed is not None and (fixed == clean).all()
+    covered[-15:, -15:] = True  # 16%: more codewords than the budget
+    assert repaired(np.where(covered, False, clean), covered) is None
+
+
+@pytest.mark.parametrize("level", ["M", "Q", "H"])
+def test_multi_block_symbols_are_repaired(level: str) -> None:
+    text = "https://example.org/lane/p07/l03?ticket=0123456789"
+    clean = symbol(text, level)
+    covered = np.zeros_like(clean)
+    covered[-7:, -7:] = True
+    fixed = repaired(np.where(covered, True, clean), covered)
+    assert fixed is not None and (fixed == clean).all()
+
+
+def test_two_codes_spliced_are_never_read_as_either_or_a_mix() -> None:
+    """Frames stacked across two phones, or a code pasted over another: the top of one symbol
+    with the bottom of the other, the seam erased, is refused."""
+    a, b = symbol(TOKEN), symbol(OTHER_TOKEN)
+    assert a.shape == b.shape
+    for seam in range(9, 30, 4):
+        spliced = np.vstack([a[:seam], b[seam:]])
+        erased = np.zeros_like(a)
+        erased[seam - 1 : seam + 1] = True
+        assert repaired(spliced, erased) is None, seam
+
+
+def thumb_over(gray: GrayImage, polygon: Polygon, radius: float) -> GrayImage:
+    """A skin-grey disc (a thumb tip) over the symbol's bottom-right corner, `radius` in
+    symbol widths."""
+    out = gray.copy()
+    x, y = polygon[2]
+    width = float(np.hypot(*np.subtract(polygon[1], polygon[0])))
+    cv2.circle(out, (x, y), round(radius * width), 150, -1, cv2.LINE_AA)
+    return out
+
+
+# Real photos, versions 3-6, levels L and M, one and several blocks; the thumb just big
+# enough that zxing-cpp (and the cascade before this pass) no longer reads them.
+@pytest.mark.parametrize(
+    ("image", "radius"),
+    [("qrcode-1/1.png", 0.5), ("qrcode-3/26.png", 0.4), ("qrcode-2/15.png", 0.45),
+     ("qrcode-3/10.png", 0.45)],
+)  # fmt: skip
+def test_corpus_photos_with_a_thumb_are_read_by_the_cascade(image: str, radius: float) -> None:
+    path, expected = corpus_image(image)
+    gray = load_gray(path)
+    [code] = zxingcpp.read_barcodes(gray, formats=zxingcpp.BarcodeFormat.QRCodeModel2)
+    p = code.position
+    polygon = tuple((q.x, q.y) for q in (p.top_left, p.top_right, p.bottom_right, p.bottom_left))
+    covered = thumb_over(gray, polygon, radius)
+    found, candidates = ZxingDecoder().locate(covered)
+    assert found == [] and candidates, "zxing-cpp sees the symbol and fails its checksum"
+    assert uncovered().decode(covered) == []
+    read = make_decoder("cascade").decode(covered)
+    assert [(d.text, d.decoder) for d in read] == [(expected, "zxing+covered")]
+    # Covered further than the error correction reaches: nothing, not a guess.
+    assert CoveredRetry().run(thumb_over(gray, polygon, 0.6), [polygon]) == []
+
+
+def test_a_simulated_thumb_is_read_and_a_thumb_over_too_much_is_not() -> None:
+    gray = as_gray(render_frame(THUMB, 1))
+    found, candidates = ZxingDecoder().locate(gray)
+    assert found == [] and candidates
+    assert uncovered().decode(gray) == []
+    read = make_decoder("cascade").decode(gray)
+    assert [(d.text, d.decoder) for d in read] == [(TOKEN, "zxing+covered")]
+    assert "covered" in DEFAULT_PASSES
+    heavy = Scene(TOKEN, distance=1.4, angle_deg=20.0, occlusion=0.25)
+    gray = as_gray(render_frame(heavy, 1))
+    assert CoveredRetry().run(gray, ZxingDecoder().locate(gray)[1]) == []
+
+
+def test_another_code_pasted_over_the_corner_is_never_read() -> None:
+    """The corner of another phone's code over this one at the same pose (a textured cover,
+    not a thumb): the pass reads neither code, nor a mix of the two."""
+    mine = as_gray(render_frame(Scene(TOKEN, distance=1.2), 1))
+    theirs = as_gray(render_frame(Scene(OTHER_TOKEN, distance=1.2), 1))
+    [code] = ZxingDecoder().decode(mine)
+    x, y = code.polygon[2]
+    w = round(float(np.hypot(*np.subtract(code.polygon[1], code.polygon[0]))) * 0.4)
+    spliced = mine.copy()
+    spliced[y - w : y, x - w : x] = theirs[y - w : y, x - w : x]
+    found, candidates = ZxingDecoder().locate(spliced)
+    assert found == []
+    assert CoveredRetry().run(spliced, [*candidates, code.polygon]) == []
+
+
+def test_successive_reads_teach_only_the_codewords_they_share() -> None:
+    common = CommonWords()
+    first = tuple(range(40))
+    common.learn(first)
+    assert common.patterns() == [], "one code alone says nothing about the next"
+    common.learn(first)
+    assert common.patterns() == [], "the same code again: nothing shared with another"
+    second = (*first[: MIN_SHARED + 2], *(v + 100 for v in first[MIN_SHARED + 2 :]))
+    common.learn(second)
+    assert common.patterns() == [{i: i for i in range(MIN_SHARED + 2)}]
+    common.learn((*second[: MIN_SHARED - 1], *(v + 200 for v in first[MIN_SHARED - 1 :])))
+    assert len(common.patterns()) == 1, "fewer codewords in common than a header: chance"
+    for issuer in range(2 * KEEP):  # two tokens of each: a header each, the rest their own
+        for token in range(2):
+            common.learn(
+                (issuer,) * MIN_SHARED
+                + tuple(range(1000 * (2 * issuer + token), 1000 * (2 * issuer + token) + 30))
+            )
+    assert common.patterns()[0] == {i: 2 * KEEP - 1 for i in range(MIN_SHARED)}, "latest first"
+    assert len(common.patterns()) == KEEP
+
+
+def held_by_thumb(text: str, occlusion: float) -> GrayImage:
+    return as_gray(render_frame(replace(THUMB, code_text=text, occlusion=occlusion), 1))
+
+
+def test_a_bigger_thumb_is_read_once_the_lane_has_read_two_tokens_of_the_issuer() -> None:
+    """The first data codewords sit in the corner a thumb covers; a token's issuer header
+    fills them. Read after two other tokens of the issuer, not before."""
+    gray = held_by_thumb(TOKEN, 0.15)
+    fresh = make_decoder("cascade")
+    assert fresh.decode(gray) == []
+    cascade = make_decoder("cascade")
+    for text in ISSUER_TOKENS:
+        [read] = cascade.decode(as_gray(render_frame(Scene(text, distance=1.2), 1)))
+        assert (read.text, read.decoder) == (text, "zxing")
+    found = cascade.decode(gray)
+    assert [(d.text, d.decoder) for d in found] == [(TOKEN, "zxing+covered")]
+
+
+@pytest.mark.parametrize(
+    "shown", [OTHER_TOKEN, "https://pay.example.com/q/5K2H7Q9W3M", "283746519203847561"]
+)
+def test_what_the_lane_learned_never_reads_as_another_code(shown: str) -> None:
+    """After two tokens of an issuer, a code under a thumb (a token of another account, a URL,
+    a wallet code) is read as itself or not at all: never a learned code, never a mix."""
+    for occlusion in (0.1, 0.15, 0.2, 0.25, 0.3):
+        cascade = make_decoder("cascade")
+        for text in ISSUER_TOKENS:
+            assert [d.text for d in cascade.decode(as_gray(render_frame(Scene(text), 1)))] == [text]
+        assert {d.text for d in cascade.decode(held_by_thumb(shown, occlusion))} <= {shown}
