@@ -243,6 +243,38 @@ async def test_a_lane_clock_that_refuses_every_token_is_seen_and_clears_once_rig
         await eventually(lambda: "clock_suspect" not in alarms, what="clock_suspect cleared")
 
 
+async def test_a_wrong_clock_stays_seen_through_a_quiet_spell_and_clears_once_set_right(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """The lane's clock is an hour behind and its token payers were refused; then nobody comes
+    for long (a night). The clock is as wrong as ever: the alarm stays, or the next payers are
+    turned away again unwarned. Setting the clock right clears it, with no payer to show it."""
+    later, step = [0.0], [0.0]
+    clocks = Clocks(
+        monotonic=lambda: time.monotonic() + later[0],
+        wall=lambda: time.time() + later[0] - step[0],
+    )
+    async with watched_lane(tmp_path, mosquitto, lane_id, clocks=clocks) as (lane, seen, _):
+        alarms = lane.daemon.runner.alarms
+        step[0] = 3600.0
+        for _payer in range(CLOCK_RUNS["not_yet_valid"][1]):
+            assert await lane.serve("token") == "declined"
+        await eventually(lambda: "clock_suspect" in alarms, what="clock_suspect raised")
+        later[0] = 3 * 3600.0  # three hours without a token payer
+
+        def judged_since(at_us: float) -> bool:  # two rounds: one judged wholly after `at_us`
+            return sum(h.ts_us >= at_us for h in seen) >= 2
+
+        at_us = (clocks.wall() - 1) * 1e6
+        await eventually(lambda: judged_since(at_us), what="the lane judged hours later")
+        assert "clock_suspect" in alarms
+        # The clock set right (the issuer's hours did not pass): what was refused on the old
+        # clock says nothing of this one.
+        step[0] = later[0]
+        await eventually(lambda: "clock_suspect" not in alarms, what="clock_suspect cleared")
+        assert await lane.serve("token") == "barrier_opened"
+
+
 async def test_closing_and_reopening_the_lane_are_recorded_with_who(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
