@@ -19,6 +19,7 @@ from typing import Any
 from barrier.health_message import MAX_ALARMS, AcquirerHealth, AlarmEntry
 from barrier.messages import MAX_TEXT
 from lane.alarm_severity import severity_of
+from lane.auth.tokens import Reason
 from lane.window import percentiles
 
 CLEARED_KEPT = 16
@@ -39,6 +40,18 @@ DECLINING_RATE = 0.2
 # ahead of the lane's clock (the clock behind): one payer's phone may be off, not 3 payers' in a
 # row. Expired (the clock ahead): an old screenshot gives that too, so it takes a longer run.
 CLOCK_RUNS = {"not_yet_valid": ("behind", 3), "expired": ("ahead", 6)}
+# Refused before its time is looked at (lane.auth.tokens checks it after these): such a token
+# says nothing of the lane's clock, neither way, and anyone may show a forged one.
+REFUSED_UNTIMED = frozenset(
+    {
+        Reason.MALFORMED,
+        Reason.UNKNOWN_KEY,
+        Reason.BAD_SIGNATURE,
+        Reason.WRONG_ALGORITHM,
+        Reason.LIFETIME_TOO_LONG,
+        Reason.KEY_NOT_VALID_AT_IAT,
+    }
+)
 # The wall clock moves against the monotonic one by less than this unless someone set it (NTP
 # slews at most 0.5 ms a second): the least move that says so when auth.skew_s is smaller.
 CLOCK_SET_S = 1.0
@@ -190,6 +203,8 @@ def token_sample(record: Mapping[str, Any], clock_s: float) -> TokenSample | Non
     auth = record.get("auth") or {}
     flags = [str(f) for f in record.get("flags") or ()]
     reason = flags[-1] if auth.get("result") == "declined" and flags else ""
+    if reason in REFUSED_UNTIMED:
+        return None
     refused = reason if reason in CLOCK_RUNS else None
     return TokenSample(str(record.get("vehicle_id") or ""), refused, clock_s)
 

@@ -280,6 +280,11 @@ def test_the_uplink_is_stalled_once_the_oldest_record_is_too_old(
              "flags": ["replayed"]},
             TokenSample("v4", None, 5.0),
         ),
+        # Refused before its time was looked at: nothing said of the clock (a forgery is free).
+        ({"method": "token", "vehicle_id": "v5", "auth": {"result": "declined"},
+          "flags": ["bad_signature"]}, None),
+        ({"method": "token", "vehicle_id": "v6", "auth": {"result": "declined"},
+          "flags": ["unknown_key"]}, None),
     ],
 )  # fmt: skip
 def test_what_a_record_says_about_the_lane_s_clock(

@@ -238,6 +238,17 @@ async def test_a_lane_clock_that_refuses_every_token_is_seen_and_clears_once_rig
             lambda: _latest_if(seen, lambda h: any(a.code == "clock_suspect" for a in h.alarms))
         )
         assert next(a for a in raised.alarms if a.code == "clock_suspect").severity == "major"
+        # A forged token is refused before its time is looked at: it says nothing of the clock,
+        # and anyone may show one. The alarm stays.
+        assert await lane.serve("forged") == "declined"
+        assert lane.named("declined")[-1]["reason"] == "bad_signature"
+        await eventually(
+            lambda: "bad_signature" in lane.named("record")[-1]["record"]["flags"],
+            what="its record",
+        )
+        at_us = clocks.wall() * 1e6  # two rounds: one judged wholly after the record
+        await eventually(lambda: sum(h.ts_us >= at_us for h in seen) >= 2, what="judged again")
+        assert alarms.get("clock_suspect") == text
         step[0] = 0.0  # the clock set right
         assert await lane.serve("token") == "barrier_opened"
         await eventually(lambda: "clock_suspect" not in alarms, what="clock_suspect cleared")
