@@ -191,7 +191,7 @@ def uplink_stalled(oldest_unsent_s: float | None, backlog: int, limit_s: float) 
 @dataclass(frozen=True)
 class TokenSample:
     vehicle_id: str
-    refused: str | None  # a refusal for the token's time (CLOCK_RUNS), else None
+    refused: str | None  # a refusal for the token's time (CLOCK_RUNS), else None: the time agreed
     clock_s: float  # the lane's wall clock less its monotonic one then: moves when it is set
 
 
