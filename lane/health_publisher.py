@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -73,8 +73,8 @@ class HealthPublisher:
             {"vehicles": 0, "passed": 0, "violations": 0, "paid_not_passed": 0}
         )
         self.acquirer: Window[AcquirerSample] = Window(ACQUIRER_WINDOW_S, ACQUIRER_SAMPLES)
-        # Token decisions of the same minutes: a wrong clock refuses each payer's token.
-        self.tokens: Window[TokenSample] = Window(ACQUIRER_WINDOW_S, TOKEN_SAMPLES)
+        # The last token decisions, however old: a wrong clock refuses each payer's token.
+        self.tokens: deque[TokenSample] = deque(maxlen=TOKEN_SAMPLES)
         self.phase = phase(daemon.runner.state).value
         self._phase_at = self.monotonic()  # when the phase began
         self.fps: float | None = None
@@ -86,6 +86,10 @@ class HealthPublisher:
 
     def _now_us(self) -> int:
         return int(self.wall() * 1_000_000)
+
+    def _clock_s(self) -> float:
+        """The wall clock less the monotonic one: it moves when the lane's clock is set."""
+        return self.wall() - self.monotonic()
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -105,9 +109,9 @@ class HealthPublisher:
             sample = acquirer_sample(record)
             if sample is not None:
                 self.acquirer.add(self.monotonic(), sample)
-            token = token_sample(record)
+            token = token_sample(record, self._clock_s())
             if token is not None:
-                self.tokens.add(self.monotonic(), token)
+                self.tokens.append(token)
             if record.get("kind") == "violation":
                 self.counters["violations"] += 1
         elif name is ShellNoteName.PHASE:
@@ -215,8 +219,8 @@ class HealthPublisher:
         acquirer = self._acquirer()
         self._set_alarm("acquirer_unhealthy", acquirer_alarm(acquirer))
         self._set_alarm("acquirer_declines", acquirer_declines(acquirer))
-        self.tokens.prune(self.monotonic())
-        self._set_alarm("clock_suspect", clock_suspect(self.tokens.values()))
+        skew_s = d.config.auth.skew_s
+        self._set_alarm("clock_suspect", clock_suspect(self.tokens, self._clock_s(), skew_s))
         now, frames = self.monotonic(), d.pipeline.stats().frames_in
         if self._frames is not None and now > self._frames[0]:
             self.fps = round((frames - self._frames[1]) / (now - self._frames[0]), 1)

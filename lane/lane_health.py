@@ -19,6 +19,7 @@ from typing import Any
 from barrier.health_message import MAX_ALARMS, AcquirerHealth, AlarmEntry
 from barrier.messages import MAX_TEXT
 from lane.alarm_severity import severity_of
+from lane.auth.tokens import Reason
 from lane.window import percentiles
 
 CLEARED_KEPT = 16
@@ -39,6 +40,21 @@ DECLINING_RATE = 0.2
 # ahead of the lane's clock (the clock behind): one payer's phone may be off, not 3 payers' in a
 # row. Expired (the clock ahead): an old screenshot gives that too, so it takes a longer run.
 CLOCK_RUNS = {"not_yet_valid": ("behind", 3), "expired": ("ahead", 6)}
+# Refused before its time is looked at (lane.auth.tokens checks it after these): such a token
+# says nothing of the lane's clock, neither way, and anyone may show a forged one.
+REFUSED_UNTIMED = frozenset(
+    {
+        Reason.MALFORMED,
+        Reason.UNKNOWN_KEY,
+        Reason.BAD_SIGNATURE,
+        Reason.WRONG_ALGORITHM,
+        Reason.LIFETIME_TOO_LONG,
+        Reason.KEY_NOT_VALID_AT_IAT,
+    }
+)
+# The wall clock moves against the monotonic one by less than this unless someone set it (NTP
+# slews at most 0.5 ms a second): the least move that says so when auth.skew_s is smaller.
+CLOCK_SET_S = 1.0
 
 
 class AlarmBook:
@@ -175,26 +191,36 @@ def uplink_stalled(oldest_unsent_s: float | None, backlog: int, limit_s: float) 
 @dataclass(frozen=True)
 class TokenSample:
     vehicle_id: str
-    refused: str | None  # a refusal for the token's time (CLOCK_RUNS), else None
+    refused: str | None  # a refusal for the token's time (CLOCK_RUNS), else None: the time agreed
+    clock_s: float  # the lane's wall clock less its monotonic one then: moves when it is set
 
 
-def token_sample(record: Mapping[str, Any]) -> TokenSample | None:
-    """What one record (as the runner's `record` note carries it) says about the lane's clock."""
+def token_sample(record: Mapping[str, Any], clock_s: float) -> TokenSample | None:
+    """What one record (as the runner's `record` note carries it) says about the lane's clock;
+    `clock_s`: its wall clock less its monotonic clock as the token was judged."""
     if record.get("method") != "token":
         return None
     auth = record.get("auth") or {}
     flags = [str(f) for f in record.get("flags") or ()]
     reason = flags[-1] if auth.get("result") == "declined" and flags else ""
+    if reason in REFUSED_UNTIMED:
+        return None
     refused = reason if reason in CLOCK_RUNS else None
-    return TokenSample(str(record.get("vehicle_id") or ""), refused)
+    return TokenSample(str(record.get("vehicle_id") or ""), refused, clock_s)
 
 
-def clock_suspect(samples: Iterable[TokenSample]) -> str | None:
+def clock_suspect(samples: Iterable[TokenSample], clock_s: float, skew_s: float) -> str | None:
     """The `clock_suspect` alarm text, or None: the last token payers (each judged by its last
     token: a driver's retries are one payer) were refused for their token's time, all for the
-    same reason, as many in a row as CLOCK_RUNS asks. A token accepted ends the run."""
+    same reason, as many in a row as CLOCK_RUNS asks. A token accepted ends the run; so does
+    setting the clock (`clock_s`, the wall clock less the monotonic one now, moved by more than
+    the skew tokens are allowed since they were judged): those refusals say nothing of the
+    clock the lane has now. However long ago: a clock is not set right by waiting."""
+    moved_s = max(skew_s, CLOCK_SET_S)
     last: dict[str, str | None] = {}
     for sample in samples:
+        if abs(sample.clock_s - clock_s) > moved_s:
+            continue
         last.pop(sample.vehicle_id, None)  # moved to the end: payers in the order they last paid
         last[sample.vehicle_id] = sample.refused
     run, reason = 0, None

@@ -127,8 +127,8 @@ class StallWatch:
 
     def observe(self, now: float, frames_in: int, processed: int, fresh: int) -> str | None:
         """`processed`: frames a decode worker finished with (decoded or let pass by the change
-        gate; a decoder error is not one); `fresh`: frames seen to differ from the one before
-        (ScanStats.fresh: a sample of them is compared)."""
+        gate; a decoder error is not one); `fresh`: frames seen to differ from the one looked at
+        before (ScanStats.fresh: one frame a second is compared)."""
         served = processed != self._processed
         if served:
             self._processed = processed

@@ -36,8 +36,8 @@ log = logging.getLogger("lane.scanner")
 DEFAULT_GATE = GateSettings()
 # A live source that raised is read again after 0.5 s, doubling to this.
 RESTART_MAX_S = 10.0
-# A frame is compared with the one before (a frozen camera repeats its picture) once this long
-# after the last look: about 0.1 ms a second at any frame rate, every frame of a slow camera.
+# A frame is compared with the one looked at before (a frozen camera repeats its picture) once
+# this long after that look: about 0.1 ms a second at any frame rate, every frame of a slow one.
 FRESH_CHECK_S = 1.0
 T = TypeVar("T")
 
@@ -56,8 +56,8 @@ class ScanResult:
 @dataclass(frozen=True, slots=True)
 class ScanStats:
     frames_in: int  # frames the source delivered
-    # Frames seen to differ from the one before: the first, then of one frame a FRESH_CHECK_S
-    # (a frozen camera's never do: scanner.health.StallWatch).
+    # Frames seen to differ from the one looked at before: the first, then of one frame a
+    # FRESH_CHECK_S (a frozen camera's never do: scanner.health.StallWatch).
     fresh: int
     decoded: int  # frames a worker decoded
     skipped: int  # frames the change gate let pass undecoded (the same view, nothing in it)
@@ -121,24 +121,21 @@ class _NewestFrameSlot:
 
 
 class _FreshLooks:
-    """Whether a frame differs from the one before, looked at once a FRESH_CHECK_S (a frame not
-    looked at is not counted fresh). The capture thread's own."""
+    """Whether the picture changed since the last look, looked at once a FRESH_CHECK_S (a frame
+    not looked at is not counted fresh). Against the last look's frame, not the frame before:
+    a live camera may send a picture more than once (a slow shutter at night, a still scene's
+    stream between keyframes). The capture thread's own."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._previous: Image | None = None
-        self._looked_at: float | None = None
+        self._looked: tuple[float, Image] | None = None  # when, and the frame looked at
 
     def fresh(self, image: Image) -> bool:
-        previous, self._previous = self._previous, image
         now = self._clock()
-        if previous is None or self._looked_at is None:
-            self._looked_at = now
-            return True
-        if 0.0 <= now - self._looked_at < FRESH_CHECK_S:
+        if self._looked is not None and 0.0 <= now - self._looked[0] < FRESH_CHECK_S:
             return False
-        self._looked_at = now
-        return not same_picture(previous, image)
+        before, self._looked = self._looked, (now, image)
+        return before is None or not same_picture(before[1], image)
 
 
 class ScanPipeline:

@@ -266,35 +266,40 @@ def test_the_uplink_is_stalled_once_the_oldest_record_is_too_old(
         ({"method": "emv", "vehicle_id": "v1", "auth": {"result": "declined"}}, None),
         (
             {"method": "token", "vehicle_id": "v1", "auth": {"result": "approved"}},
-            TokenSample("v1", None),
+            TokenSample("v1", None, 5.0),
         ),
         (
             {"method": "token", "vehicle_id": "v2", "auth": {"result": "declined"},
              "flags": ["not_yet_valid"]},
-            TokenSample("v2", "not_yet_valid"),
+            TokenSample("v2", "not_yet_valid", 5.0),
         ),
         (
             {"method": "token", "vehicle_id": "v3", "auth": {"result": "declined"},
              "flags": ["expired"]},
-            TokenSample("v3", "expired"),
+            TokenSample("v3", "expired", 5.0),
         ),
         (
             {"method": "token", "vehicle_id": "v4", "auth": {"result": "declined"},
              "flags": ["replayed"]},
-            TokenSample("v4", None),
+            TokenSample("v4", None, 5.0),
         ),
+        # Refused before its time was looked at: nothing said of the clock (a forgery is free).
+        ({"method": "token", "vehicle_id": "v5", "auth": {"result": "declined"},
+          "flags": ["bad_signature"]}, None),
+        ({"method": "token", "vehicle_id": "v6", "auth": {"result": "declined"},
+          "flags": ["unknown_key"]}, None),
     ],
 )  # fmt: skip
 def test_what_a_record_says_about_the_lane_s_clock(
     record: dict[str, object], expected: TokenSample | None
 ) -> None:
-    assert token_sample(record) == expected
+    assert token_sample(record, 5.0) == expected
 
 
 def payers(reasons: str) -> list[TokenSample]:
     """One token payer a letter: b refused not yet valid, e expired, o accepted."""
     refused = {"b": "not_yet_valid", "e": "expired", "o": None}
-    return [TokenSample(f"v{i}", refused[r]) for i, r in enumerate(reasons)]
+    return [TokenSample(f"v{i}", refused[r], 0.0) for i, r in enumerate(reasons)]
 
 
 @pytest.mark.parametrize(
@@ -314,15 +319,41 @@ def payers(reasons: str) -> list[TokenSample]:
 def test_token_payers_refused_for_their_time_in_a_row_say_the_clock_is_wrong(
     reasons: str, said: str | None
 ) -> None:
-    text = clock_suspect(payers(reasons))
+    text = clock_suspect(payers(reasons), 0.0, 30.0)
     assert (text is None) == (said is None)
     if said is not None:
         assert text is not None and said in text and text.endswith("(lane doctor)")
 
 
 def test_a_driver_s_retries_are_one_payer_judged_by_the_last_token() -> None:
-    three_tries = [TokenSample("v1", "not_yet_valid")] * 3
-    assert clock_suspect(three_tries) is None
+    three_tries = [TokenSample("v1", "not_yet_valid", 0.0)] * 3
+    assert clock_suspect(three_tries, 0.0, 30.0) is None
     refused = payers("bbb")
-    assert clock_suspect(refused) is not None
-    assert clock_suspect([*refused, TokenSample("v2", None)]) is None  # a fresh token passed
+    assert clock_suspect(refused, 0.0, 30.0) is not None
+    fresh = TokenSample("v2", None, 0.0)
+    assert clock_suspect([*refused, fresh], 0.0, 30.0) is None  # a fresh token passed
+
+
+@pytest.mark.parametrize(
+    ("now", "skew_s", "still"),
+    [
+        (0.0, 30.0, True),
+        (29.9, 30.0, True),  # NTP's slewing, never that far
+        (-3600.0, 30.0, False),  # the clock set back an hour: refused on the old one
+        (31.0, 30.0, False),
+        (0.9, 0.0, True),  # no skew allowed: a set clock still moves more than a second
+        (1.1, 0.0, False),
+    ],
+)
+def test_refusals_on_a_clock_since_set_say_nothing_of_it(
+    now: float, skew_s: float, still: bool
+) -> None:
+    """Not how long ago: a clock is not set right by waiting, and a quiet night would clear
+    the alarm on a lane whose next payers are refused again."""
+    assert (clock_suspect(payers("bbb"), now, skew_s) is not None) == still
+
+
+def test_only_refusals_on_the_clock_the_lane_has_now_make_a_run() -> None:
+    moved = [TokenSample(f"w{i}", "not_yet_valid", -3600.0) for i in range(2)]
+    assert clock_suspect([*moved, *payers("b")], 0.0, 30.0) is None
+    assert clock_suspect([*moved, *payers("bbb")], 0.0, 30.0) is not None

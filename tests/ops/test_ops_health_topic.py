@@ -238,9 +238,52 @@ async def test_a_lane_clock_that_refuses_every_token_is_seen_and_clears_once_rig
             lambda: _latest_if(seen, lambda h: any(a.code == "clock_suspect" for a in h.alarms))
         )
         assert next(a for a in raised.alarms if a.code == "clock_suspect").severity == "major"
+        # A forged token is refused before its time is looked at: it says nothing of the clock,
+        # and anyone may show one. The alarm stays.
+        assert await lane.serve("forged") == "declined"
+        assert lane.named("declined")[-1]["reason"] == "bad_signature"
+        await eventually(
+            lambda: "bad_signature" in lane.named("record")[-1]["record"]["flags"],
+            what="its record",
+        )
+        at_us = clocks.wall() * 1e6  # two rounds: one judged wholly after the record
+        await eventually(lambda: sum(h.ts_us >= at_us for h in seen) >= 2, what="judged again")
+        assert alarms.get("clock_suspect") == text
         step[0] = 0.0  # the clock set right
         assert await lane.serve("token") == "barrier_opened"
         await eventually(lambda: "clock_suspect" not in alarms, what="clock_suspect cleared")
+
+
+async def test_a_wrong_clock_stays_seen_through_a_quiet_spell_and_clears_once_set_right(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """The lane's clock is an hour behind and its token payers were refused; then nobody comes
+    for long (a night). The clock is as wrong as ever: the alarm stays, or the next payers are
+    turned away again unwarned. Setting the clock right clears it, with no payer to show it."""
+    later, step = [0.0], [0.0]
+    clocks = Clocks(
+        monotonic=lambda: time.monotonic() + later[0],
+        wall=lambda: time.time() + later[0] - step[0],
+    )
+    async with watched_lane(tmp_path, mosquitto, lane_id, clocks=clocks) as (lane, seen, _):
+        alarms = lane.daemon.runner.alarms
+        step[0] = 3600.0
+        for _payer in range(CLOCK_RUNS["not_yet_valid"][1]):
+            assert await lane.serve("token") == "declined"
+        await eventually(lambda: "clock_suspect" in alarms, what="clock_suspect raised")
+        later[0] = 3 * 3600.0  # three hours without a token payer
+
+        def judged_since(at_us: float) -> bool:  # two rounds: one judged wholly after `at_us`
+            return sum(h.ts_us >= at_us for h in seen) >= 2
+
+        at_us = (clocks.wall() - 1) * 1e6
+        await eventually(lambda: judged_since(at_us), what="the lane judged hours later")
+        assert "clock_suspect" in alarms
+        # The clock set right (the issuer's hours did not pass): what was refused on the old
+        # clock says nothing of this one.
+        step[0] = later[0]
+        await eventually(lambda: "clock_suspect" not in alarms, what="clock_suspect cleared")
+        assert await lane.serve("token") == "barrier_opened"
 
 
 async def test_closing_and_reopening_the_lane_are_recorded_with_who(

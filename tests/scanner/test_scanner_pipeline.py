@@ -223,6 +223,34 @@ async def test_frames_that_repeat_the_one_before_are_not_fresh() -> None:
         assert p.stats().fresh == 1 + 5 + 1  # one look in that second and a half
 
 
+async def test_a_live_camera_that_repeats_frames_between_changes_stays_fresh() -> None:
+    """A live camera may send each picture more than once: at night a slow shutter gives the
+    sensor's 6 pictures a second in a 24 fps stream, and a still scene's stream repeats its
+    picture between keyframes. Its picture still changes each second: fresh, never frozen,
+    whichever frames the looks land on."""
+    source = PushSource()
+    rng = np.random.default_rng(4)
+    clock = [0.0]
+    every_s = 1 / 32  # exact in binary: the looks land on the same frames each second
+
+    def picture() -> Image:
+        return rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+
+    pipeline = ScanPipeline(
+        source, make_decoder("zxing"), lambda r: None, gate=None, clock=lambda: clock[0]
+    )
+    async with pipeline as p:
+        shown = picture()
+        for n in range(12 * 32):
+            if n % 8 == 4:  # a new picture 4 times a second, never on a look's frame
+                shown = picture()
+            taken = p.stats().frames_in
+            clock[0] = n * every_s
+            source.put(shown)
+            await eventually(lambda taken=taken: p.stats().frames_in > taken)
+        assert p.stats().fresh == 12  # the first frame, then each second's look
+
+
 class FailingSource(PushSource):
     """A push camera that raises on each of its first `failures` frames (a driver's bug)."""
 
