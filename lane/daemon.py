@@ -927,17 +927,18 @@ class LaneDaemon:
                 async with asyncio.timeout(STATUS_REFRESH_S):
                     seen = await self.runner.wait_changed(seen)
             status = self._status()
+            # The broker may have published the will ('offline', retained) while the link was
+            # down: after each reconnect the status goes out again even if nothing else changed,
+            # or a lane back at work would stay 'offline' on every console until it did. The
+            # reconnect count says so even when the loop never ran while the link was down.
             key = (
                 status.state,
                 status.uplink_backlog,
                 tuple(status.faults),
                 tuple(status.link.items()),
+                self.link.mqtt.reconnects,
             )
             if not self.link.connected:
-                # The broker may have published the will ('offline', retained) meanwhile:
-                # after the reconnect the status goes out again even if nothing else changed,
-                # or a lane back at work would stay 'offline' on every console until it did.
-                last = None
                 continue
             if key == last or self._said_offline:
                 continue
