@@ -317,18 +317,21 @@ def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
     undoable = sorted(
         {*(rid for rid, _ in exits), *(m.trip_id for m in undos if m.trip_id is not None)}
     )
-    locked, unnamed = undo_locks(undos)
+    locked, unnamed = undo_locks(undos, {rid for rid, _ in exits})
     trips = sorted(exited.union(first, locked))
     return BatchTrips(trips, sorted(exited), entries, exits, undoable, unnamed)
 
 
-def undo_locks(undos: Iterable[TripMark]) -> tuple[set[str], list[str]]:
+def undo_locks(undos: Iterable[TripMark], beside: Collection[str]) -> tuple[set[str], list[str]]:
     """Pure: what refunds of exits (`undo` marks) lock, in a batch and in an upgrade's `mark`
     chunk alike: the trips they name (`TripMark.undone_trip`), and the record ids of the exits
-    they undo without naming one, whose trips `_lock_batch` reads from their rows."""
+    they undo without naming one, whose trips `_lock_batch` reads from their rows; but for
+    the exits `beside` them (in the same batch or chunk), whose own marks name their trips,
+    locked with the rest. (`_lock_batch` finds no row of such an exit yet, and would lock
+    every trip group: the whole ingest held back for a lane's backlog of such refunds.)"""
     named = {m.undone_trip for m in undos if m.undone_trip is not None}
     unnamed = {m.trip_id for m in undos if m.undone_trip is None and m.trip_id is not None}
-    return named, sorted(unnamed)
+    return named, sorted(unnamed.difference(beside))
 
 
 class UpgradeJob(StrEnum):
@@ -1031,12 +1034,12 @@ class SqlIngestStore:
             # storing one of their trips meanwhile takes turns with the chunk: an undo's are
             # the trip its refund names, or the trip of the exit it undoes, read from that
             # exit's row unless the exit is in this chunk (its own mark names its trip).
-            named, unnamed = undo_locks([m for _, m in marked if m.role == TripRole.UNDO])
+            named, unnamed = undo_locks([m for _, m in marked if m.role == TripRole.UNDO], keys)
             own = (
                 m.trip_id for _, m in marked if m.role != TripRole.UNDO and m.trip_id is not None
             )
             trips = sorted({*named, *own})
-            self._lock_batch(db, trips, sorted(set(unnamed) - set(keys)))
+            self._lock_batch(db, trips, unnamed)
             if marked:
                 # An exit a worker stored meanwhile may be `refunded` by now (a role no mark
                 # gives): it stays so, else the chunk would undo it, and count that, again.

@@ -49,6 +49,7 @@ from uplink.sql_store import (
     STRAYS,
     TALLIED,
     NewRows,
+    batch_trips,
 )
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore, StoreBusyError
@@ -754,3 +755,54 @@ async def test_postgres_a_refund_naming_no_trip_and_its_exit_stored_at_once_meet
     finally:
         exits.close()
         refunds.close()
+
+
+def test_a_refund_naming_no_trip_reads_the_trip_only_of_an_exit_not_beside_it() -> None:
+    """Pure: the exits a batch's refunds undo without naming a trip are read from their rows
+    (`BatchTrips.unnamed`) only when the batch does not bring them itself; one it brings is
+    locked by its own trip."""
+    exit_ = trip_row("x-1", "P03/x6", 1, "exit", "p6")
+    refund = trip_row("x-2", "P03/x6", 2, "exit", None, "paid_not_passed", "record:x-1")
+    earlier = trip_row("x-3", "P03/x6", 3, "exit", None, "paid_not_passed", "record:x-0")
+    marked = batch_trips([exit_, refund, earlier])
+    assert (marked.trips, marked.unnamed) == (["p6"], ["x-0"])
+    assert marked.undoable == ["x-0", "x-1"]
+
+
+async def test_postgres_a_refund_naming_no_trip_beside_its_exit_locks_that_trip_alone(
+    pg_dsn: str,
+) -> None:
+    """A lane's backlog brings an exit and its refund naming no trip (no pass) in one batch:
+    the exit the refund undoes is the batch's own, its trip among the batch's locks, so the
+    batch takes no lock more and is stored while another trip's batch is in flight. It locked
+    every trip group instead (as for an exit not held yet), so it waited for every trip batch
+    in flight (here until `lock_timeout`: refused as busy) and held back all the others."""
+    backlog, entries = PostgresIngestStore(pg_dsn, lock_timeout_s=1), PostgresIngestStore(pg_dsn)
+    entry_q = QueueIdentity("e")
+    exit_ = trip_row("x-1", "P03/x6", 1, "exit", "p6")
+    refund = trip_row("x-2", "P03/x6", 2, "exit", None, "paid_not_passed", "record:x-1")
+    try:
+        entries.store_batch("P01/e6", entry_q, [trip_row("e-1", "P01/e6", 1, "entry", "p6")], 1)
+        with psycopg.connect(pg_dsn) as holder:
+            # Another trip's entry batch, in flight: under its trip's locks, it waits on its
+            # epoch's row.
+            holder.execute("SELECT 1 FROM lane_ingest.epochs WHERE lane = 'P01/e6' FOR UPDATE")
+            entering = asyncio.create_task(asyncio.to_thread(
+                entries.store_batch, "P01/e6", entry_q,
+                [trip_row("e-2", "P01/e6", 2, "entry", "p5")], 1,
+            ))  # fmt: skip
+            await eventually(
+                lambda: waiting_here(pg_dsn, "transactionid"), what="the entry's batch waits"
+            )
+            stored = await asyncio.to_thread(
+                backlog.store_batch, "P03/x6", QueueIdentity("x"), [exit_, refund], 1
+            )
+            assert [h.seq for h in stored.held] == [1, 2]
+            holder.commit()
+        await entering
+        ledger = open_trips(backlog)
+        assert ledger == trip_ledger(backlog.records_between(0, END_OF_TIME_US))
+        assert ([t.pass_id for t in ledger.open_trips], ledger.closed) == (["p6", "p5"], 0)
+    finally:
+        backlog.close()
+        entries.close()
