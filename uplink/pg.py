@@ -589,7 +589,14 @@ class PostgresIngestStore(SqlIngestStore):
             conn = self._connection()
             try:
                 yield conn
-            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+            except (
+                psycopg.errors.LockNotAvailable,
+                psycopg.errors.QueryCanceled,
+                # The server ended a wait cycle by failing this transaction (two batches of one
+                # epoch, a resend cut otherwise: one holds the epoch's row and waits for a
+                # seq the other inserted, which waits for the row): tried again, it goes on.
+                psycopg.errors.DeadlockDetected,
+            ) as exc:
                 raise StoreBusyError(f"postgres: {_first_line(exc)}") from exc
             except psycopg.errors.UniqueViolation as exc:
                 raise RowTakenError(f"postgres: {_first_line(exc)}") from exc
