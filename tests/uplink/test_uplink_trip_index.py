@@ -637,6 +637,45 @@ def test_a_refunded_exit_reopens_its_trip_whatever_the_order(
     assert open_table(store) == 0
 
 
+# The exit lane's records as a backlog brings them, several a batch (an exit and its refund
+# in one), the entry before, between or after them.
+BACKLOG = ("toll", "exit", "refund", "again", "stray", "stray_refund")
+REFUND_BATCHES = (
+    (("entry",), BACKLOG),
+    (BACKLOG, ("entry",)),
+    (BACKLOG[:3], ("entry",), BACKLOG[3:]),
+    (("toll",), BACKLOG[1:4], ("entry",), BACKLOG[4:]),
+)
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["refunds-name-the-pass", "no-pass"])
+def test_a_refunded_exit_in_the_batch_of_its_refund_reopens_its_trip(
+    store_factory: Callable[[], IngestStore], named: bool
+) -> None:
+    """An exit and its refund in one batch (a lane's backlog), the entry before, between or
+    after: after every batch the store's answer is the pure ledger's, and batches sent again
+    change nothing; the trip is closed once, by the vehicle's second exit."""
+    store = store_factory()
+    for n, batches in enumerate(REFUND_BATCHES):
+        rows = refunded_exit_records(n, named=named)
+        epochs = {lane: QueueIdentity(f"q-{lane}") for lane in {r.lane for r in rows.values()}}
+        for names in batches:
+            batch = [rows[name] for name in names]
+            store.store_batch(batch[0].lane, epochs[batch[0].lane], batch, 1)
+            ledger = trip_ledger(store.records_between(0, END_OF_TIME_US))
+            assert open_trips(store) == ledger, (batches, names)
+            assert kept_strays(store) == sorted(ledger.unmatched_exits), (batches, names)
+        for names in batches:  # every batch sent again
+            batch = [rows[name] for name in names]
+            store.store_batch(batch[0].lane, epochs[batch[0].lane], batch, 2)
+        ledger = open_trips(store)
+        assert ledger == trip_ledger(store.records_between(0, END_OF_TIME_US))
+        assert f"t{n}" not in [t.pass_id for t in ledger.open_trips]
+        assert not [r for r in ledger.unmatched_exits if r.startswith(f"x{n}-")]
+    assert open_trips(store).closed == len(REFUND_BATCHES)
+    assert open_table(store) == 0
+
+
 def trip_row(
     rid: str, lane: str, seq: int, kind: str, trip: str | None, *flags: str
 ) -> IngestRecord:
