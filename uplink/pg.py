@@ -510,12 +510,9 @@ class PostgresIngestStore(SqlIngestStore):
         )
         return bool(cur.fetchone()[0])
 
-    def _tallied_to(self, cur: Cursor) -> str | None:
-        cur.execute(
-            f"SELECT after FROM {self.prefix}upgrade WHERE job = %s", (UpgradeJob.TALLY.value,)
-        )
-        row = cur.fetchone()
-        return None if row is None else cast(str | None, row[0])
+    def _tally_state(self) -> str:
+        job = f"FROM {self.prefix}upgrade WHERE job = '{UpgradeJob.TALLY.value}'"
+        return f"SELECT EXISTS (SELECT 1 {job}) AS pending, (SELECT after {job}) AS after"
 
     def _refunds_upgrading(self, cur: Cursor) -> bool:
         cur.execute(

@@ -180,12 +180,16 @@ CLOSED_AMONG = (
     f" WHERE NOT ({NO_ENTRY.replace('{column}', 'column1')})"
     f" AND {_STRAY_EXIT.replace('{is}', 'IS NULL')} IS NOT NULL"
 )
-# Which of some trip ids (`{ids}`) a closed count holds while an upgrade's tally has not
-# finished: those a batch counted meanwhile (`counted`), and those up to the last trip id the
-# tally counted (NULL: none yet; compared as the tally orders them). Parameters: the trip
-# ids, the tally's last trip id.
+# Which of some trip ids (`{ids}`) a closed count holds while an upgrade's tally may be
+# running, read in one snapshot with the tally's state (`{tally}`: whether its job is pending,
+# and the last trip id it counted, NULL: none yet): every one once it is done (a batch that
+# found it running may read this after its last chunk committed, which emptied `counted`:
+# read apart, a trip it had counted was held by no count); else those a batch counted
+# meanwhile (`counted`) and those up to the tally's last trip id (compared as the tally
+# orders them). Parameters: the trip ids.
 ACCOUNTED = (
-    "SELECT t.column1 FROM (VALUES {ids}) AS t WHERE t.column1 <= CAST(? AS TEXT)"
+    "SELECT t.column1 FROM (VALUES {ids}) AS t, ({tally}) AS u WHERE NOT u.pending"
+    " OR t.column1 <= u.after"
     " OR (SELECT 1 FROM {counted} AS c WHERE c.trip_id = t.column1) IS NOT NULL"
 )
 # The refunds owed and not made (uplink.refunds): each `tap_out` owing one whose payment has
@@ -521,19 +525,19 @@ class SqlIngestStore:
         return self.upgrade_seen and self._upgrading(db.cursor())
 
     def _accounted(self, db: Session, trips: Sequence[str]) -> list[str]:
-        """Which of `trips` a closed count holds while an upgrade's tally has not finished
-        (ACCOUNTED): those a batch counted meanwhile (`counted`) and those the tally has gone
-        past (`_tallied_to`)."""
+        """Which of `trips` a closed count holds while an upgrade's tally may be running
+        (ACCOUNTED): all once it is done, else those a batch counted meanwhile (`counted`)
+        and those the tally has gone past."""
         cur = db.cursor()
-        tallied = self._tallied_to(cur)
-        ids = ", ".join("(?)" for _ in trips)
-        cur.execute(self._sql(ACCOUNTED.replace("{ids}", ids)), (*trips, tallied))
+        sql = ACCOUNTED.replace("{ids}", ", ".join("(?)" for _ in trips))
+        cur.execute(self._sql(sql.replace("{tally}", self._tally_state())), (*trips,))
         return [str(r[0]) for r in cur.fetchall()]
 
-    def _tallied_to(self, cur: Cursor) -> str | None:
-        """The last trip id the upgrade's tally has counted (None: none yet). SQLite's tally
-        runs after its `mark` step in the opening transaction, with no batch beside it."""
-        return None
+    def _tally_state(self) -> str:
+        """ACCOUNTED's `{tally}`: one row, whether the upgrade's tally is pending and the last
+        trip id it counted. SQLite's tally runs after its `mark` step in the opening
+        transaction, with no batch beside it: pending, none counted yet."""
+        return "SELECT TRUE AS pending, CAST(NULL AS TEXT) AS after"
 
     def _closed_among(self, db: Session, trips: Sequence[str]) -> int:
         if not trips:

@@ -843,6 +843,30 @@ def test_a_postgres_tally_and_refunds_meanwhile_agree_on_trip_ids_out_of_byte_or
             store.close()
 
 
+def test_a_postgres_refund_reading_the_tally_after_its_last_chunk_finds_every_trip_counted(
+    pg_dsn: str,
+) -> None:
+    """A refund's batch that found the tally running (`_tally_running`) reads which of its
+    trips a count holds (`_accounted`) in a later statement: the tally's last chunk may have
+    committed in between, taking its job and emptying `counted`. That read answers from the
+    tally's state in its own snapshot, so every trip is held by a count then (the tally's, or
+    the batch's that noted it), and the refund takes back the trip it reopens. Read apart
+    (the job's key, then `counted`), it answered none: the trip stayed counted closed."""
+    rows, _ = many_old_rows(4)
+    old_pg_schema(pg_dsn, 4, rows)
+    store = PostgresIngestStore(pg_dsn, upgrade_chunk=8)  # the tally runs through
+    try:
+        assert not store.upgrade_pending()
+        with store._batch() as db:  # as the refund's transaction reads it then
+            assert store._accounted(db, ["pass01", "pass02", "pass39"]) == [
+                "pass01",
+                "pass02",
+                "pass39",
+            ]
+    finally:
+        store.close()
+
+
 def test_a_postgres_mark_undoing_an_exit_a_worker_counted_takes_its_count_back(
     pg_dsn: str,
 ) -> None:
