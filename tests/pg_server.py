@@ -128,11 +128,14 @@ def postgres_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def own_database(server_dsn: str) -> Iterator[str]:
-    """A new database with a unique name, dropped (connections and all) afterwards."""
+def own_database(server_dsn: str, icu_locale: str | None = None) -> Iterator[str]:
+    """A new database with a unique name, dropped (connections and all) afterwards;
+    `icu_locale`: its text compared by that ICU collation (the server's own is byte order)."""
     name = f"lane_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_dsn + " dbname=postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
+        icu = f" LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'"
+        how = "" if icu_locale is None else f" TEMPLATE template0{icu}"
+        conn.execute(f"CREATE DATABASE {name}{how}")
         # A test's commit need not wait for its WAL to reach the disk (the database is thrown
         # away, the server is never crashed): a shared server with fsync on otherwise spends
         # most of a store test's time in fsync.

@@ -510,12 +510,9 @@ class PostgresIngestStore(SqlIngestStore):
         )
         return bool(cur.fetchone()[0])
 
-    def _tallied_to(self, cur: Cursor) -> str | None:
-        cur.execute(
-            f"SELECT after FROM {self.prefix}upgrade WHERE job = %s", (UpgradeJob.TALLY.value,)
-        )
-        row = cur.fetchone()
-        return None if row is None else cast(str | None, row[0])
+    def _tally_state(self) -> str:
+        job = f"FROM {self.prefix}upgrade WHERE job = '{UpgradeJob.TALLY.value}'"
+        return f"SELECT EXISTS (SELECT 1 {job}) AS pending, (SELECT after {job}) AS after"
 
     def _refunds_upgrading(self, cur: Cursor) -> bool:
         cur.execute(
@@ -589,7 +586,14 @@ class PostgresIngestStore(SqlIngestStore):
             conn = self._connection()
             try:
                 yield conn
-            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+            except (
+                psycopg.errors.LockNotAvailable,
+                psycopg.errors.QueryCanceled,
+                # The server ended a wait cycle by failing this transaction (two batches of one
+                # epoch, a resend cut otherwise: one holds the epoch's row and waits for a
+                # seq the other inserted, which waits for the row): tried again, it goes on.
+                psycopg.errors.DeadlockDetected,
+            ) as exc:
                 raise StoreBusyError(f"postgres: {_first_line(exc)}") from exc
             except psycopg.errors.UniqueViolation as exc:
                 raise RowTakenError(f"postgres: {_first_line(exc)}") from exc

@@ -180,12 +180,16 @@ CLOSED_AMONG = (
     f" WHERE NOT ({NO_ENTRY.replace('{column}', 'column1')})"
     f" AND {_STRAY_EXIT.replace('{is}', 'IS NULL')} IS NOT NULL"
 )
-# Which of some trip ids (`{ids}`) a closed count holds while an upgrade's tally has not
-# finished: those a batch counted meanwhile (`counted`), and those up to the last trip id the
-# tally counted (NULL: none yet; compared as the tally orders them). Parameters: the trip
-# ids, the tally's last trip id.
+# Which of some trip ids (`{ids}`) a closed count holds while an upgrade's tally may be
+# running, read in one snapshot with the tally's state (`{tally}`: whether its job is pending,
+# and the last trip id it counted, NULL: none yet): every one once it is done (a batch that
+# found it running may read this after its last chunk committed, which emptied `counted`:
+# read apart, a trip it had counted was held by no count); else those a batch counted
+# meanwhile (`counted`) and those up to the tally's last trip id (compared as the tally
+# orders them). Parameters: the trip ids.
 ACCOUNTED = (
-    "SELECT t.column1 FROM (VALUES {ids}) AS t WHERE t.column1 <= CAST(? AS TEXT)"
+    "SELECT t.column1 FROM (VALUES {ids}) AS t, ({tally}) AS u WHERE NOT u.pending"
+    " OR t.column1 <= u.after"
     " OR (SELECT 1 FROM {counted} AS c WHERE c.trip_id = t.column1) IS NOT NULL"
 )
 # The refunds owed and not made (uplink.refunds): each `tap_out` owing one whose payment has
@@ -317,18 +321,21 @@ def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
     undoable = sorted(
         {*(rid for rid, _ in exits), *(m.trip_id for m in undos if m.trip_id is not None)}
     )
-    locked, unnamed = undo_locks(undos)
+    locked, unnamed = undo_locks(undos, {rid for rid, _ in exits})
     trips = sorted(exited.union(first, locked))
     return BatchTrips(trips, sorted(exited), entries, exits, undoable, unnamed)
 
 
-def undo_locks(undos: Iterable[TripMark]) -> tuple[set[str], list[str]]:
+def undo_locks(undos: Iterable[TripMark], beside: Collection[str]) -> tuple[set[str], list[str]]:
     """Pure: what refunds of exits (`undo` marks) lock, in a batch and in an upgrade's `mark`
     chunk alike: the trips they name (`TripMark.undone_trip`), and the record ids of the exits
-    they undo without naming one, whose trips `_lock_batch` reads from their rows."""
+    they undo without naming one, whose trips `_lock_batch` reads from their rows; but for
+    the exits `beside` them (in the same batch or chunk), whose own marks name their trips,
+    locked with the rest. (`_lock_batch` finds no row of such an exit yet, and would lock
+    every trip group: the whole ingest held back for a lane's backlog of such refunds.)"""
     named = {m.undone_trip for m in undos if m.undone_trip is not None}
     unnamed = {m.trip_id for m in undos if m.undone_trip is None and m.trip_id is not None}
-    return named, sorted(unnamed)
+    return named, sorted(unnamed.difference(beside))
 
 
 class UpgradeJob(StrEnum):
@@ -518,19 +525,19 @@ class SqlIngestStore:
         return self.upgrade_seen and self._upgrading(db.cursor())
 
     def _accounted(self, db: Session, trips: Sequence[str]) -> list[str]:
-        """Which of `trips` a closed count holds while an upgrade's tally has not finished
-        (ACCOUNTED): those a batch counted meanwhile (`counted`) and those the tally has gone
-        past (`_tallied_to`)."""
+        """Which of `trips` a closed count holds while an upgrade's tally may be running
+        (ACCOUNTED): all once it is done, else those a batch counted meanwhile (`counted`)
+        and those the tally has gone past."""
         cur = db.cursor()
-        tallied = self._tallied_to(cur)
-        ids = ", ".join("(?)" for _ in trips)
-        cur.execute(self._sql(ACCOUNTED.replace("{ids}", ids)), (*trips, tallied))
+        sql = ACCOUNTED.replace("{ids}", ", ".join("(?)" for _ in trips))
+        cur.execute(self._sql(sql.replace("{tally}", self._tally_state())), (*trips,))
         return [str(r[0]) for r in cur.fetchall()]
 
-    def _tallied_to(self, cur: Cursor) -> str | None:
-        """The last trip id the upgrade's tally has counted (None: none yet). SQLite's tally
-        runs after its `mark` step in the opening transaction, with no batch beside it."""
-        return None
+    def _tally_state(self) -> str:
+        """ACCOUNTED's `{tally}`: one row, whether the upgrade's tally is pending and the last
+        trip id it counted. SQLite's tally runs after its `mark` step in the opening
+        transaction, with no batch beside it: pending, none counted yet."""
+        return "SELECT TRUE AS pending, CAST(NULL AS TEXT) AS after"
 
     def _closed_among(self, db: Session, trips: Sequence[str]) -> int:
         if not trips:
@@ -1031,12 +1038,12 @@ class SqlIngestStore:
             # storing one of their trips meanwhile takes turns with the chunk: an undo's are
             # the trip its refund names, or the trip of the exit it undoes, read from that
             # exit's row unless the exit is in this chunk (its own mark names its trip).
-            named, unnamed = undo_locks([m for _, m in marked if m.role == TripRole.UNDO])
+            named, unnamed = undo_locks([m for _, m in marked if m.role == TripRole.UNDO], keys)
             own = (
                 m.trip_id for _, m in marked if m.role != TripRole.UNDO and m.trip_id is not None
             )
             trips = sorted({*named, *own})
-            self._lock_batch(db, trips, sorted(set(unnamed) - set(keys)))
+            self._lock_batch(db, trips, unnamed)
             if marked:
                 # An exit a worker stored meanwhile may be `refunded` by now (a role no mark
                 # gives): it stays so, else the chunk would undo it, and count that, again.

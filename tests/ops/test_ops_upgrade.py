@@ -809,6 +809,64 @@ def test_a_postgres_refund_ingested_during_the_upgrade_counts_its_trip_once(
         store.close()
 
 
+def test_a_postgres_tally_and_refunds_meanwhile_agree_on_trip_ids_out_of_byte_order(
+    pg_server: str,
+) -> None:
+    """In a database whose collation is not byte order (ICU `en`: `p_a` before `p-b` before
+    `P-c` before `pä`; bytes put `P-c` and `PZ` first, `pä` after `pe`), the refunds of every
+    trip's exit are ingested after the tally's first chunk: a refund counts the trip it
+    reopens only if the tally went past it, compared as the tally orders trip ids, so each
+    trip is counted once. Compared byte by byte, only `P-c` sorts at or before the tally's
+    last trip id: the three other trips its chunk counted stayed counted closed."""
+    trips = ("p-b", "p_a", "P-c", "p_D", "pé", "pe", "pä", "PZ")
+    records = [
+        trip_record(f"r-{kind}-{i}", lane, i + 1, kind, trip)
+        for i, trip in enumerate(trips)
+        for lane, kind in (("P01/e1", "entry"), ("P03/x1", "exit"))
+    ]
+    refunds = [refund_of(f"r-refund-{i}", f"r-exit-{i}", i + 1, t) for i, t in enumerate(trips)]
+    with own_database(pg_server, icu_locale="en") as pg_dsn:
+        old_pg_schema(pg_dsn, 4, stored_as(4, records))
+        during = [IngestRecord.of(r, r.encode()) for r in refunds]
+        chunks: list[str | None] = []
+        crash = crash_after_the_first_chunk(pg_dsn, during, chunks, lambda _: None,
+                                            UpgradeJob.TALLY)  # fmt: skip
+        with pytest.raises(CrashError):
+            PostgresIngestStore(pg_dsn, upgrade_chunk=4, after_chunk=crash)
+        assert chunks == ["P-c"]  # p_a, p_D, p-b, P-c tallied
+        store = PostgresIngestStore(pg_dsn, upgrade_chunk=4)
+        try:
+            pure = trip_ledger(r.encode() for r in (*records, *refunds))
+            assert pure.closed == 0 and len(pure.open_trips) == len(trips)
+            assert open_trips(store) == pure
+        finally:
+            store.close()
+
+
+def test_a_postgres_refund_reading_the_tally_after_its_last_chunk_finds_every_trip_counted(
+    pg_dsn: str,
+) -> None:
+    """A refund's batch that found the tally running (`_tally_running`) reads which of its
+    trips a count holds (`_accounted`) in a later statement: the tally's last chunk may have
+    committed in between, taking its job and emptying `counted`. That read answers from the
+    tally's state in its own snapshot, so every trip is held by a count then (the tally's, or
+    the batch's that noted it), and the refund takes back the trip it reopens. Read apart
+    (the job's key, then `counted`), it answered none: the trip stayed counted closed."""
+    rows, _ = many_old_rows(4)
+    old_pg_schema(pg_dsn, 4, rows)
+    store = PostgresIngestStore(pg_dsn, upgrade_chunk=8)  # the tally runs through
+    try:
+        assert not store.upgrade_pending()
+        with store._batch() as db:  # as the refund's transaction reads it then
+            assert store._accounted(db, ["pass01", "pass02", "pass39"]) == [
+                "pass01",
+                "pass02",
+                "pass39",
+            ]
+    finally:
+        store.close()
+
+
 def test_a_postgres_mark_undoing_an_exit_a_worker_counted_takes_its_count_back(
     pg_dsn: str,
 ) -> None:

@@ -3,6 +3,7 @@ prefix and gaps, against SQLite and a real PostgreSQL (a database of the test's 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sqlite3
 import threading
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pg_server import waiting_here
+from polling import eventually
 from uplink_kit import Q, beside, committed_behind, draft, held, recs
 
 from uplink.messages import QueueIdentity, digest
@@ -493,6 +496,52 @@ def test_postgres_batches_of_one_epoch_wait_for_its_lock(pg_dsn: str) -> None:
     r = s.store_batch(LANE, Q, recs(3, 4), 2)
     assert r.held == held(recs(3, 4)) and r.contiguous == 4
     s.close()
+
+
+async def test_postgres_two_batches_of_an_epoch_deadlocked_on_its_row_are_tried_again(
+    pg_dsn: str,
+) -> None:
+    """A lane's resend, cut other than the first sending, stored by two workers at once: one
+    batch partly held takes its epoch's row first and waits to insert a seq the other has
+    inserted uncommitted, which waits for that row. PostgreSQL ends the deadlock by failing
+    one: a busy error (the ingest tries it again after a back-off, as for a lock timeout),
+    storing and acknowledging nothing, and tried again it is held. It was a plain store
+    error: `uplink batch not stored`, `lane_ingest_store_failing` raised, nothing retried
+    until the lane's resend."""
+    resend, batch = PostgresIngestStore(pg_dsn), PostgresIngestStore(pg_dsn)
+    try:
+        # Seq 1 stored by a third worker: each of these two takes the epoch for one it has
+        # not seen, storing its records before it moves the epoch's row on.
+        seed = PostgresIngestStore(pg_dsn)
+        seed.store_batch(LANE, Q, recs(1, 1), 1)
+        seed.close()
+        with psycopg.connect(pg_dsn) as holder:  # the epoch's row held, as by a third batch
+            holder.execute(
+                "SELECT 1 FROM lane_ingest.epochs WHERE lane=%s AND epoch=%s FOR UPDATE", (LANE, E)
+            )
+            # Seq 1 held: stored carefully, under the epoch's row, which it waits for first.
+            resending = asyncio.create_task(
+                asyncio.to_thread(resend.store_batch, LANE, Q, recs(1, 2), 1)
+            )
+            await eventually(lambda: waiting_here(pg_dsn, "transactionid"), what="the resend waits")
+            # Seqs 2 and 3 inserted, waiting for the row behind it.
+            storing = asyncio.create_task(
+                asyncio.to_thread(batch.store_batch, LANE, Q, recs(2, 3), 1)
+            )
+            await eventually(lambda: waiting_here(pg_dsn, "tuple"), what="the batch waits")
+            holder.commit()
+        results = await asyncio.gather(resending, storing, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert len(failed) == 1, results
+        assert isinstance(failed[0], StoreBusyError), failed
+        assert "deadlock" in str(failed[0])
+        again = {0: (resend, recs(1, 2)), 1: (batch, recs(2, 3))}[results.index(failed[0])]
+        assert again[0].store_batch(LANE, Q, again[1], 2).held == held(again[1])
+        assert [r.seq for r in batch.records(LANE)] == [1, 2, 3]
+        assert batch.contiguous(LANE, E) == 3
+    finally:
+        resend.close()
+        batch.close()
 
 
 def test_postgres_a_worker_starting_beside_a_busy_one_needs_no_table_lock(pg_dsn: str) -> None:

@@ -49,6 +49,7 @@ from uplink.sql_store import (
     STRAYS,
     TALLIED,
     NewRows,
+    batch_trips,
 )
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore, StoreBusyError
@@ -636,6 +637,45 @@ def test_a_refunded_exit_reopens_its_trip_whatever_the_order(
     assert open_table(store) == 0
 
 
+# The exit lane's records as a backlog brings them, several a batch (an exit and its refund
+# in one), the entry before, between or after them.
+BACKLOG = ("toll", "exit", "refund", "again", "stray", "stray_refund")
+REFUND_BATCHES = (
+    (("entry",), BACKLOG),
+    (BACKLOG, ("entry",)),
+    (BACKLOG[:3], ("entry",), BACKLOG[3:]),
+    (("toll",), BACKLOG[1:4], ("entry",), BACKLOG[4:]),
+)
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["refunds-name-the-pass", "no-pass"])
+def test_a_refunded_exit_in_the_batch_of_its_refund_reopens_its_trip(
+    store_factory: Callable[[], IngestStore], named: bool
+) -> None:
+    """An exit and its refund in one batch (a lane's backlog), the entry before, between or
+    after: after every batch the store's answer is the pure ledger's, and batches sent again
+    change nothing; the trip is closed once, by the vehicle's second exit."""
+    store = store_factory()
+    for n, batches in enumerate(REFUND_BATCHES):
+        rows = refunded_exit_records(n, named=named)
+        epochs = {lane: QueueIdentity(f"q-{lane}") for lane in {r.lane for r in rows.values()}}
+        for names in batches:
+            batch = [rows[name] for name in names]
+            store.store_batch(batch[0].lane, epochs[batch[0].lane], batch, 1)
+            ledger = trip_ledger(store.records_between(0, END_OF_TIME_US))
+            assert open_trips(store) == ledger, (batches, names)
+            assert kept_strays(store) == sorted(ledger.unmatched_exits), (batches, names)
+        for names in batches:  # every batch sent again
+            batch = [rows[name] for name in names]
+            store.store_batch(batch[0].lane, epochs[batch[0].lane], batch, 2)
+        ledger = open_trips(store)
+        assert ledger == trip_ledger(store.records_between(0, END_OF_TIME_US))
+        assert f"t{n}" not in [t.pass_id for t in ledger.open_trips]
+        assert not [r for r in ledger.unmatched_exits if r.startswith(f"x{n}-")]
+    assert open_trips(store).closed == len(REFUND_BATCHES)
+    assert open_table(store) == 0
+
+
 def trip_row(
     rid: str, lane: str, seq: int, kind: str, trip: str | None, *flags: str
 ) -> IngestRecord:
@@ -754,3 +794,54 @@ async def test_postgres_a_refund_naming_no_trip_and_its_exit_stored_at_once_meet
     finally:
         exits.close()
         refunds.close()
+
+
+def test_a_refund_naming_no_trip_reads_the_trip_only_of_an_exit_not_beside_it() -> None:
+    """Pure: the exits a batch's refunds undo without naming a trip are read from their rows
+    (`BatchTrips.unnamed`) only when the batch does not bring them itself; one it brings is
+    locked by its own trip."""
+    exit_ = trip_row("x-1", "P03/x6", 1, "exit", "p6")
+    refund = trip_row("x-2", "P03/x6", 2, "exit", None, "paid_not_passed", "record:x-1")
+    earlier = trip_row("x-3", "P03/x6", 3, "exit", None, "paid_not_passed", "record:x-0")
+    marked = batch_trips([exit_, refund, earlier])
+    assert (marked.trips, marked.unnamed) == (["p6"], ["x-0"])
+    assert marked.undoable == ["x-0", "x-1"]
+
+
+async def test_postgres_a_refund_naming_no_trip_beside_its_exit_locks_that_trip_alone(
+    pg_dsn: str,
+) -> None:
+    """A lane's backlog brings an exit and its refund naming no trip (no pass) in one batch:
+    the exit the refund undoes is the batch's own, its trip among the batch's locks, so the
+    batch takes no lock more and is stored while another trip's batch is in flight. It locked
+    every trip group instead (as for an exit not held yet), so it waited for every trip batch
+    in flight (here until `lock_timeout`: refused as busy) and held back all the others."""
+    backlog, entries = PostgresIngestStore(pg_dsn, lock_timeout_s=1), PostgresIngestStore(pg_dsn)
+    entry_q = QueueIdentity("e")
+    exit_ = trip_row("x-1", "P03/x6", 1, "exit", "p6")
+    refund = trip_row("x-2", "P03/x6", 2, "exit", None, "paid_not_passed", "record:x-1")
+    try:
+        entries.store_batch("P01/e6", entry_q, [trip_row("e-1", "P01/e6", 1, "entry", "p6")], 1)
+        with psycopg.connect(pg_dsn) as holder:
+            # Another trip's entry batch, in flight: under its trip's locks, it waits on its
+            # epoch's row.
+            holder.execute("SELECT 1 FROM lane_ingest.epochs WHERE lane = 'P01/e6' FOR UPDATE")
+            entering = asyncio.create_task(asyncio.to_thread(
+                entries.store_batch, "P01/e6", entry_q,
+                [trip_row("e-2", "P01/e6", 2, "entry", "p5")], 1,
+            ))  # fmt: skip
+            await eventually(
+                lambda: waiting_here(pg_dsn, "transactionid"), what="the entry's batch waits"
+            )
+            stored = await asyncio.to_thread(
+                backlog.store_batch, "P03/x6", QueueIdentity("x"), [exit_, refund], 1
+            )
+            assert [h.seq for h in stored.held] == [1, 2]
+            holder.commit()
+        await entering
+        ledger = open_trips(backlog)
+        assert ledger == trip_ledger(backlog.records_between(0, END_OF_TIME_US))
+        assert ([t.pass_id for t in ledger.open_trips], ledger.closed) == (["p6", "p5"], 0)
+    finally:
+        backlog.close()
+        entries.close()
