@@ -217,14 +217,18 @@ class ReplayStore:
             )
         return new
 
-    def release(self, token_id: str, lane: str, *, remote: bool = False) -> int | None:
+    def release(
+        self, token_id: str, lane: str, *, remote: bool = False, before: float | None = None
+    ) -> int | None:
         """Forget a use `lane` recorded here itself (a pass whose exit was refunded: not spent),
         or, `remote`, one heard from `lane` (it shares its release); the exp of the use
         forgotten, None when there was none. Any other mark of the id stays: another lane's
-        use, or one heard from it."""
+        use, or one heard from it. `before`: the release's own time on `lane`'s clock; a mark
+        that lane made later stays (a release replayed after the pass was used again)."""
         rows = self._query(
-            "DELETE FROM used_tokens WHERE token_id = ? AND lane = ? AND remote = ? RETURNING exp",
-            (token_id, lane, int(remote)),
+            "DELETE FROM used_tokens WHERE token_id = ? AND lane = ? AND remote = ?"
+            " AND (? IS NULL OR seen_at IS NULL OR seen_at <= ?) RETURNING exp",
+            (token_id, lane, int(remote), before, before),
         )
         return int(rows[0][0]) if rows else None
 
