@@ -12,7 +12,8 @@ import base64
 import hashlib
 import os
 import random
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lane.auth.cose import Alg, PrivateKey
 from lane.auth.keys import IssuerKey, KeySet, keyset_to_json
 from lane.auth.peer_messages import LaneKey
+from lane.auth.peers import Peers
+from lane.auth.replay import ReplayStore
 from lane.auth.tokens import PHONE_TOKEN_TTL_S, TokenFormat, issue_compact_token, issue_token
 
 ISSUER = "sim-transit"
@@ -131,6 +134,20 @@ class CodeFactory:
         """The `[auth]` keys of lane `lane` whose key `write_keyset` wrote in `keys_dir`."""
         kid = self.lane_key(lane).kid.decode()
         return {"lane_key": str(lane_key_path(keys_dir, lane)), "lane_kid": kid}
+
+    def peers(
+        self,
+        lane: str,
+        replay: ReplayStore,
+        keys: Callable[[], KeySet],
+        wall: Callable[[], float] = time.time,
+    ) -> Peers:
+        """Lane `lane`'s end of the peer messages, signing with `lane_key` (tests, benchmarks)."""
+        return Peers(lane, self.lane_key(lane), keys, replay, accept_unsigned=False, wall=wall)
+
+    def lane_auth_toml(self, keys_dir: Path, lane: str) -> str:
+        """`lane_auth` as lines of a lane.toml's `[auth]`."""
+        return "".join(f'{k} = "{v}"\n' for k, v in self.lane_auth(keys_dir, lane).items())
 
     def account(self) -> str:
         return f"a{self.rng.randrange(10**7):07d}"

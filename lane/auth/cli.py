@@ -215,10 +215,9 @@ def _use_of(args: argparse.Namespace) -> tuple[KeyUse, str | None, str | None]:
     """What the new key signs, and for which plaza or lane (`IssuerKey`'s last three)."""
     if args.plaza is not None and args.lane is not None:
         raise CliError("--plaza makes a pass key, --lane a lane key: give one")
-    owner = args.plaza or args.lane
-    if owner is not None and args.issuer is not None:
-        raise CliError(f"--{'plaza' if args.plaza else 'lane'} makes a key that signs no tokens: "
-                       "no --issuer")  # fmt: skip
+    if args.issuer is not None and (args.plaza or args.lane) is not None:
+        made = "--plaza makes a pass key" if args.plaza else "--lane makes a lane key"
+        raise CliError(f"{made}, which has no token --issuer")
     if args.lane is not None:
         plaza, sep, rest = args.lane.partition("/")
         if not (plaza and sep and rest) or "/" in rest:

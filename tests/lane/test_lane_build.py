@@ -15,7 +15,9 @@ from uplink.queue import QueueError, RecordQueue
 
 
 def config_for(data: Path) -> LaneConfig:
-    return parse_config({"lane": {"id": "p01/l01", "data_dir": str(data)}})
+    # Alone: nothing to tell other lanes, no lane key.
+    auth = {"share_used_tokens": False}
+    return parse_config({"lane": {"id": "p01/l01", "data_dir": str(data)}, "auth": auth})
 
 
 def open_wal_files(data: Path) -> list[str]:

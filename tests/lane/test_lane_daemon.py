@@ -80,6 +80,7 @@ def config_for(
     barrier: dict[str, Any] | None = None,
     camera: dict[str, Any] | None = None,
     broker_keys: dict[str, Any] | None = None,
+    peer_key: dict[str, Any] | None = None,
 ) -> LaneConfig:
     return parse_config(
         {
@@ -87,7 +88,11 @@ def config_for(
             "barrier": barrier or {},
             "broker": {"port": broker.port, **(broker_keys or {})},
             "camera": {"source": "push", **(camera or {})},
-            "auth": {"acquirer_url": acquirer, "keyset": str(keyset)},
+            "auth": {
+                "acquirer_url": acquirer,
+                "keyset": str(keyset),
+                **(peer_key or {}),
+            },
         }
     )
 
@@ -118,7 +123,7 @@ async def running_lane(
     `ready`: wait until lane and device are connected and the barrier is closed (not with a
     broker that is down)."""
     codes = CodeFactory(7)
-    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
+    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()), [lane_id])
     acquirer = AcquirerServer()
     url = await acquirer.start()
     config = config_for(
@@ -131,6 +136,7 @@ async def running_lane(
         barrier=barrier,
         camera=camera,
         broker_keys=broker,
+        peer_key=codes.lane_auth(tmp_path, lane_id),
     )
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
     queue_path = config.lane.data_dir / "queue.sqlite3"
@@ -234,13 +240,14 @@ async def test_garbage_on_lane_topics_is_ignored(lane: Lane, mosquitto: Mosquitt
 async def test_sigterm_stops_cleanly_and_says_offline(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
 ) -> None:
-    keyset = CodeFactory(3).write_keyset(tmp_path / "keyset.json", int(time.time()))
+    codes = CodeFactory(3)
+    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()), [lane_id])
     conf = tmp_path / "lane.toml"
     conf.write_text(
         f'[lane]\nid = "{lane_id}"\ndata_dir = "data"\n'
         f"[broker]\nport = {mosquitto.port}\n"
         f'[camera]\nsource = "{tmp_path / "frames"}/"\n'
-        f'[auth]\nkeyset = "{keyset.name}"\n'
+        f'[auth]\nkeyset = "{keyset.name}"\n{codes.lane_auth_toml(tmp_path, lane_id)}'
     )
     (tmp_path / "frames").mkdir()
     statuses = lane_statuses
