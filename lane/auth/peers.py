@@ -13,7 +13,10 @@ lane.trip_desk), which call it where they encode and decode their messages:
   store, `peer:` keys, kept as long as the message could act): a replay of a genuine signed
   message is not taken twice.
 - `alarm_texts(now)`: the three peer alarms' texts (None: clear), which the health loop raises
-  and clears every second.
+  and clears every second: `peer_messages_refused` (per lane, until a message of that lane
+  verifies or `PEER_QUIET_S` passes without a refusal from it), `unsigned_peer_messages` (until
+  none is taken for `PEER_QUIET_S`), `lane_key_missing` (while the key set the lane holds,
+  which its peers hold too, lacks its own key).
 """
 
 from __future__ import annotations
@@ -110,7 +113,9 @@ class Peers:
         return first
 
     def alarm_texts(self, now: float) -> dict[str, str | None]:
-        missing = None if self.key is None else own_key_text(self.keys(), self.key, now)
+        keys = self.keys()
+        # A lane holding no key set at all cannot tell (`lane check-config` warns of that).
+        missing = None if self.key is None or not keys.keys else own_key_text(keys, self.key, now)
         return {
             REFUSED_ALARM: self.watch.refused_text(now),
             UNSIGNED_ALARM: self.watch.unsigned_text(now),

@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -80,7 +80,7 @@ def config_for(
     barrier: dict[str, Any] | None = None,
     camera: dict[str, Any] | None = None,
     broker_keys: dict[str, Any] | None = None,
-    peer_key: dict[str, Any] | None = None,
+    auth_extra: dict[str, Any] | None = None,
 ) -> LaneConfig:
     return parse_config(
         {
@@ -91,7 +91,7 @@ def config_for(
             "auth": {
                 "acquirer_url": acquirer,
                 "keyset": str(keyset),
-                **(peer_key or {}),
+                **(auth_extra or {}),
             },
         }
     )
@@ -116,14 +116,17 @@ async def running_lane(
     ready: bool = True,
     camera: dict[str, Any] | None = None,
     broker: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
+    peers: Sequence[str] = (),
 ) -> AsyncIterator[Lane]:
     """The daemon in this process, with a device emulator; `lane`, `barrier`, `camera`,
-    `broker`: extra [lane], [barrier], [camera] and [broker] config keys; `fault`: the
+    `broker`, `auth`: extra [lane], [barrier], [camera], [broker] and [auth] config keys;
+    `peers`: other lanes whose keys the key set holds (it holds the lane's own); `fault`: the
     device's fault from its start; `source`: the camera (a fresh push camera by default);
     `ready`: wait until lane and device are connected and the barrier is closed (not with a
     broker that is down)."""
     codes = CodeFactory(7)
-    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()), [lane_id])
+    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()), [lane_id, *peers])
     acquirer = AcquirerServer()
     url = await acquirer.start()
     config = config_for(
@@ -136,7 +139,7 @@ async def running_lane(
         barrier=barrier,
         camera=camera,
         broker_keys=broker,
-        peer_key=codes.lane_auth(tmp_path, lane_id),
+        auth_extra={**codes.lane_auth(tmp_path, lane_id), **(auth or {})},
     )
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
     queue_path = config.lane.data_dir / "queue.sqlite3"

@@ -63,6 +63,12 @@ class RoadLane:
         return [r for r in (f["record"] for f in self.named("record")) if r["kind"] == kind]
 
 
+# The lanes a road or a metro line of these tests may run (`Road.lane_id`), whose keys the key
+# set holds: a lane's messages reach lanes started before it, which read no new key set then.
+LANES = ("P01/e", "P02/e", "P03/x", "P03/y", "S01/g", "S02/g", "S02/w", "S02/x", "S03/f",
+         "S03/w", "S03/x")  # fmt: skip
+
+
 @dataclass
 class Road:
     tmp: Path
@@ -81,6 +87,9 @@ class Road:
     ) -> RoadLane:
         """`rules`: extra [lane] keys."""
         data = self.tmp / lane_id.replace("/", "_")
+        # Every lane holds the road's key set and signs with its own key (lane.auth.peers).
+        auth = {"keyset": str(self.keyset), **self.codes.lane_auth(self.tmp, lane_id)}
+        sections["auth"] = {**auth, **sections.get("auth", {})}
         config = parse_config(
             {
                 "lane": {"id": lane_id, "mode": mode, "data_dir": str(data), **(rules or {})},
@@ -154,7 +163,9 @@ class Road:
 @pytest.fixture
 async def road(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Road]:
     codes = CodeFactory(7)
-    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
+    run_id = uuid.uuid4().hex[:6]
+    lanes = [f"{name}{run_id}" for name in LANES]
+    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()), lanes)
     p01 = PlazaPassKey.generate("P01")
     tokens = load_keyset(keyset)
     keyset.write_text(keyset_to_json(KeySet.of(tokens.issued_at, [*tokens.keys.values(),
@@ -166,7 +177,7 @@ async def road(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Road]:
                                               serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption()))  # fmt: skip
     async with contextlib.AsyncExitStack() as stack:
-        yield Road(tmp_path, mosquitto, codes, keyset, pem, uuid.uuid4().hex[:6], stack)
+        yield Road(tmp_path, mosquitto, codes, keyset, pem, run_id, stack)
 
 
 def shown(lane: RoadLane, line: str) -> bool:
