@@ -390,6 +390,42 @@ async def _refund_from_elsewhere() -> None:
         gate.replay.close()
 
 
+def test_a_genuine_tap_replayed_after_its_refund_is_not_taken_again() -> None:
+    asyncio.run(_replayed_taps())
+
+
+async def _replayed_taps() -> None:
+    """S01's tap-in, then its refund (the gate never let the passenger through): replayed,
+    the signed tap-in would be the account's latest again and price its next exit here, its
+    refunded fare taken off; a tap-out replayed after its refund would close the reopened
+    tap-in. Each genuine message is taken once."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        entered = tap_in("S01", NOW - 600, paid=200)
+        await gate.handle(Incoming(topic, signed(entered)))
+        await gate.handle(Incoming(topic, signed(refund_of(entered, NOW - 500))))
+        assert gate.store.count() == 0
+        await gate.handle(Incoming(topic, signed(entered)))  # replayed
+        assert gate.store.count() == 0
+        again = tap_in("S01", NOW - 400)  # the passenger taps in for real
+        await gate.handle(Incoming(topic, signed(again)))
+        out = tap_out_of(again, 300, "S02/x1", NOW - 100)
+        await gate.handle(Incoming(topic, signed(out)))
+        trip = uuid.UUID(again.record_id).hex
+        assert gate.replay.get(f"pass:{trip}") is not None
+        await gate.handle(Incoming(topic, signed(refund_of(out, NOW - 50, trip))))
+        assert gate.replay.get(f"pass:{trip}") is None  # reopened
+        await gate.handle(Incoming(topic, signed(out)))  # replayed
+        assert gate.replay.get(f"pass:{trip}") is None
+        token = issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60)
+        answer = await gate.price(ask(token))
+        assert (answer.outcome, answer.pass_id) == ("charged", trip)
+        gate.store.close()
+        gate.replay.close()
+
+
 def test_a_refund_heard_from_the_line_undoes_what_its_tap_told_this_gate() -> None:
     asyncio.run(_refunds_heard())
 
