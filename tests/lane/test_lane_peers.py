@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +25,7 @@ from test_lane_daemon import Lane, running_lane
 
 from lane.auth.keys import KeySet, keyset_to_json, load_keyset
 from lane.auth.plaza import MarkKind, UsedTokenMsg, encode_used_token, used_tokens_topic
+from lane.checks import check_config
 from lane.transport.mqtt import MqttLink
 from sim.broker import Mosquitto
 from sim.codes import CodeFactory
@@ -176,3 +179,30 @@ async def test_unsigned_messages_are_taken_only_with_the_switch_and_then_alarmed
         await eventually(lambda: "unsigned_peer_messages" in alarms, what="raised")
         assert alarms["unsigned_peer_messages"].startswith(f"unsigned messages taken from {l02} (")
         assert "peer_messages_refused" not in alarms
+
+
+def test_a_lane_that_talks_to_others_does_not_start_without_its_key(tmp_path: Path) -> None:
+    """Plaza sharing is on by default: no `auth.lane_key`, no start (exit 2, saying why) and a
+    `check-config` problem, unless the upgrade switch is on (a warning); a key set without the
+    lane's own key is warned about."""
+    conf = tmp_path / "lane.toml"
+    head = f'[lane]\nid = "p07/l03"\ndata_dir = "{tmp_path / "data"}"\n[camera]\nsource = "push"\n'
+    conf.write_text(head)
+    [problem] = check_config(conf).problems
+    assert problem.startswith("auth.lane_key: not set, and this lane tells other lanes")
+    done = subprocess.run([sys.executable, "-m", "lane", "run", "--config", str(conf)],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "lane: cannot start: auth.lane_key: not set" in done.stderr
+    conf.write_text(head + "[auth]\naccept_unsigned_peers = true\n")
+    found = check_config(conf)
+    assert found.problems == []
+    assert any(w.startswith("auth.accept_unsigned_peers: ") for w in found.warnings)
+    codes = CodeFactory(1)
+    codes.write_keyset(tmp_path / "mine.json", int(time.time()), ["p07/l03"])  # the key file
+    codes.write_keyset(tmp_path / "keyset.json", int(time.time()))  # a set without it
+    auth = codes.lane_auth_toml(tmp_path, "p07/l03")
+    conf.write_text(head + f'[auth]\nkeyset = "keyset.json"\n{auth}')
+    found = check_config(conf)
+    assert found.problems == []
+    assert any("peers will refuse this lane's messages" in w for w in found.warnings)
