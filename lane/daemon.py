@@ -297,11 +297,11 @@ def open_files(
         )
         latch = LatchFiles(data, config.lane.id)
         opened = replace(opened, latch=latch, carried=tuple(latch.load()))
-        opened = replace(opened, lane_key=lane_key_of(config))
         if metro_gate(config):
             taps = TapStore(data / "taps.sqlite3")
             stack.callback(taps.close)
             opened = replace(opened, taps=taps)
+        opened = replace(opened, lane_key=lane_key_of(config))
         return opened, stack.pop_all()
     raise AssertionError("unreachable")  # the with block returns or raises  # pragma: no cover
 
