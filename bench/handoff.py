@@ -400,14 +400,14 @@ async def idle(daemon: LaneDaemon, within_s: float) -> None:
 
 async def bench(host: str, port: int, work: Path, vehicles: int, fps: float) -> dict[str, Any]:
     factory = CodeFactory(SEED)
-    keyset = factory.write_keyset(work / "keyset.json", int(time.time()))
+    keyset = factory.write_keyset(work / "keyset.json", int(time.time()), [LANE])
     config = parse_config(
         {
             "lane": {"id": LANE, "mode": "transit-entry", "gate_hold_s": 0.05,
                      "data_dir": str(work / "lane")},
             "broker": {"port": port},
             "camera": {"source": "push"},
-            "auth": {"keyset": str(keyset)},
+            "auth": {"keyset": str(keyset), **factory.lane_auth(work, LANE)},
         }
     )  # fmt: skip
     source = PushSource()

@@ -73,13 +73,14 @@ class BenchLane:
     """A lane daemon fed by its synthetic camera, and its passengers."""
 
     def __init__(self, lane: str, port: int, *, keyset: Path, work: Path, fps: float) -> None:
+        self.codes = CodeFactory(SEED)  # the keyset's keys ...
         config = parse_config(
             {
                 "lane": {"id": lane, "mode": "transit-entry", "gate_hold_s": 1.0,
                          "data_dir": str(work / lane.replace("/", "_"))},
                 "broker": {"port": port},
                 "camera": {"source": "push"},
-                "auth": {"keyset": str(keyset)},
+                "auth": {"keyset": str(keyset), **self.codes.lane_auth(keyset.parent, lane)},
             }
         )  # fmt: skip
         self.source = PushSource()
@@ -88,7 +89,6 @@ class BenchLane:
         lane_seed = SEED * 1000 + zlib.crc32(lane.encode())
         self.camera = SyntheticCamera(fps=fps, size=(1280, 720), rng=lane_seed)
         self.config = config
-        self.codes = CodeFactory(SEED)  # the keyset's key ...
         self.codes.rng = random.Random(lane_seed)  # ... and tokens of this lane's own
         self.latencies: list[float] = []
         self.answered = asyncio.Event()

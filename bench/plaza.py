@@ -118,12 +118,15 @@ async def plaza(
         await asyncio.to_thread(broker.start)
         backoffice = BackOffice(work / "backoffice.sqlite3", broker.host, broker.port)
         try:
-            keyset = CodeFactory(lane_child.SEED).write_keyset(work / "keys.json", int(time.time()))
-            await backoffice.start()
             # A plaza id per run: no run sees another's retained states or data directories.
             one = [["b1/l01"]]
             shared = [[f"bs/l{i + 1:02d}" for i in range(lanes)]]
             apart = [[f"bp/l{i + 1:02d}"] for i in range(lanes)]
+            every = [lane for groups in (one, shared, apart) for g in groups for lane in g]
+            keyset = CodeFactory(lane_child.SEED).write_keyset(
+                work / "keys.json", int(time.time()), every
+            )
+            await backoffice.start()
             out: list[dict[str, Any]] = []
             anchor = None
             for name, groups, span in (

@@ -78,7 +78,7 @@ async def cpu(seconds: float, fps: float, warm_up: float) -> dict[str, Any]:
         broker = Mosquitto(port=free_port(), workdir=work)
         broker.start()
         try:
-            keyset = CodeFactory(SEED).write_keyset(work / "keyset.json", int(time.time()))
+            keyset = CodeFactory(SEED).write_keyset(work / "keyset.json", int(time.time()), [LANE])
             device = DeviceEmulator(LANE, broker.host, broker.port, Timings())
             device_task = asyncio.create_task(device.run())
             backoffice = BackOffice(work / "backoffice.sqlite3", broker.host, broker.port)

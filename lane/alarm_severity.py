@@ -71,9 +71,16 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "payments_store_error": Severity.MAJOR,
         # A metro gate's tap-ins not kept: exits here pay the maximum fare (never ride free).
         "taps_store_error": Severity.MAJOR,
+        # Another lane's messages refused (forged, or its key missing from the key set): what
+        # it tells this lane (a used token, a tap, a plate binding) is not taken.
+        "peer_messages_refused": Severity.MAJOR,
+        # This lane's own key is not in the key set: the other lanes refuse what it tells them.
+        "lane_key_missing": Severity.MAJOR,
         "attendant_needed": Severity.MINOR,
         # A metro gate refuses another gate's tap-ins stamped ahead of its clock: a clock to set.
         "tap_clock_ahead": Severity.MINOR,
+        # auth.accept_unsigned_peers took unsigned messages: a plaza halfway through its upgrade.
+        "unsigned_peer_messages": Severity.MINOR,
         "keyset_stale": Severity.MINOR,
         "queue_high_water": Severity.MINOR,
     }

@@ -26,10 +26,11 @@ from urllib.parse import urlsplit
 from lane.auth.deny import DenyList, DenyListError, load_deny_list
 from lane.auth.entry_exit import EntryExitMatrix
 from lane.auth.fares import Tariff, TariffError, load_tariff
-from lane.auth.issuer import PlazaPassKey
+from lane.auth.issuer import PlazaPassKey, load_lane_key
 from lane.auth.keys import KeySet, KeySetError, KeyUse, keyset_stale, load_keyset
 from lane.auth.netkeys import KeyFileError
 from lane.auth.networks import NetworkKeys
+from lane.auth.peer_messages import own_key_missing
 from lane.auth.tokens import PHONE_TOKEN_TTL_S
 from lane.auth.trust import judge_deny, judge_keyset
 from lane.auth.wechatpay_certs import utc_text
@@ -62,6 +63,7 @@ def check_config(path: Path, now: float | None = None) -> Findings:
     _check_metro(config, path, found)
     _check_keys(config, path, wall, found)
     _check_pass_key(config, found)
+    _check_lane_key(config, wall, found)
     if config.auth.deny_list is not None:
         try:
             deny = load_deny_list(config.auth.deny_list)
@@ -286,6 +288,32 @@ def _check_pass_key(config: LaneConfig, found: Findings) -> None:
             f"{config.auth.keyset}: no pass key {road.pass_kid!r}: the exit lanes must hold it, "
             "or they refuse this lane's passes as unknown_key"
         )
+
+
+def _check_lane_key(config: LaneConfig, now: float, found: Findings) -> None:
+    """The lane's message key loads (and is there when the lane talks to other lanes), and
+    the key set holds its public half, which its peers need (lane.auth.peers)."""
+    auth = config.auth
+    required = config.talks_to_peers and not auth.accept_unsigned_peers
+    try:
+        key = load_lane_key(auth.lane_key, auth.lane_kid, config.lane.id, required=required)
+    except KeyFileError as exc:
+        found.problems.append(str(exc))
+        return
+    if auth.accept_unsigned_peers:
+        found.warnings.append(
+            "auth.accept_unsigned_peers: other lanes' unsigned messages are taken (anybody with "
+            "the broker account can send them); turn it off once every lane signs"
+        )
+    if key is None or auth.keyset is None:
+        return
+    try:
+        keys = load_keyset(auth.keyset)
+    except KeySetError:
+        return  # reported by the key check
+    missing = own_key_missing(keys, key, now)
+    if missing is not None:
+        found.warnings.append(f"{auth.keyset}: {missing}")
 
 
 def _check_keys(config: LaneConfig, path: Path, now: float, found: Findings) -> None:

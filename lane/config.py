@@ -174,6 +174,17 @@ class AuthSection(_Section):
         description="Key for hashing wallet codes into account refs; default: made per lane",
     )
     share_used_tokens: bool = Field(True, description="Share used token ids with the plaza")
+    lane_key: Path | None = Field(
+        None,
+        description="The lane's key signing what it tells other lanes (PEM, owner-only; "
+        "`lane keys new --lane`)",
+    )
+    lane_kid: str | None = Field(None, description="auth.lane_key's kid in the key set")
+    accept_unsigned_peers: bool = Field(
+        False,
+        description="Upgrading a plaza: take other lanes' unsigned messages (alarmed), and "
+        "start without auth.lane_key",
+    )
     routes: RoutesSection = Field(default_factory=RoutesSection)
     alipay: AlipaySection | None = Field(None, description="Alipay face-to-face payment")
     wechatpay: WeChatPaySection | None = Field(None, description="WeChat Pay code payment")
@@ -353,6 +364,13 @@ class LaneConfig(_Section):
         return self
 
     @property
+    def talks_to_peers(self) -> bool:
+        """Does this lane tell other lanes something (plaza sharing, a metro line's taps, a
+        closed road's plate bindings)? Then it signs it (auth.lane_key)."""
+        gate = self.lane.mode in ("transit-entry", "transit-exit") and self.metro.line is not None
+        return self.auth.share_used_tokens or gate or self.lane.mode == "toll-entry"
+
+    @property
     def metro_pricing(self) -> bool:
         """A transit-exit gate on a line prices by the passenger's tap-in."""
         return self.lane.mode == "transit-exit" and self.metro.line is not None
@@ -378,6 +396,7 @@ def _resolve_paths(config: LaneConfig, base: Path) -> LaneConfig:
         update={
             "keyset": rel(config.auth.keyset),
             "deny_list": rel(config.auth.deny_list),
+            "lane_key": rel(config.auth.lane_key),
             "alipay": _rel_files(config.auth.alipay, rel),
             "wechatpay": _rel_files(config.auth.wechatpay, rel),
         }

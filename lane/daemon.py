@@ -45,11 +45,13 @@ from lane.auth.acquirer import Acquirer
 from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.deny import DenyList, DenyListError, decode_deny_list, load_deny_list
 from lane.auth.fares import Tariff, load_tariff
-from lane.auth.issuer import PlazaPassKey
+from lane.auth.issuer import PlazaPassKey, load_lane_key
 from lane.auth.keys import KeySet, KeySetError, decode_keyset, keyset_stale, load_keyset
 from lane.auth.netkeys import KeyFileError
 from lane.auth.networks import NetworkKeys, build_acquirer
 from lane.auth.passes import DAY_S
+from lane.auth.peer_messages import LaneKey
+from lane.auth.peers import Peers
 from lane.auth.plaza import UsedTokenSharing, deny_topic, keys_topic
 from lane.auth.policy import OfflinePolicy
 from lane.auth.replay import RemoteBounds, ReplayStore, ReplayStoreError
@@ -247,6 +249,7 @@ class Opened:
     taps: TapStore | None = None  # a metro gate on a line: the line's tap-ins by account
     latch: LatchFiles | None = None  # the barrier's faults, kept over restarts
     carried: tuple[ev.LatchCarried, ...] = ()  # those the lane stopped with
+    lane_key: LaneKey | None = None  # what it signs its messages to the other lanes with
 
 
 def account_key(config: LaneConfig) -> bytes:
@@ -299,6 +302,7 @@ def open_files(
             taps = TapStore(data / "taps.sqlite3")
             stack.callback(taps.close)
             opened = replace(opened, taps=taps)
+        opened = replace(opened, lane_key=lane_key_of(config))
         return opened, stack.pop_all()
     raise AssertionError("unreachable")  # the with block returns or raises  # pragma: no cover
 
@@ -337,6 +341,13 @@ def _road_files(config: LaneConfig) -> tuple[PlazaPassKey | None, Tariff | None]
     if exit_lane and config.fares.tariff is not None:
         tariff = load_tariff(config.fares.tariff)
     return key, tariff
+
+
+def lane_key_of(config: LaneConfig) -> LaneKey | None:
+    """The lane's message key; KeyFileError when bad, or missing where it is needed."""
+    auth = config.auth
+    required = config.talks_to_peers and not auth.accept_unsigned_peers
+    return load_lane_key(auth.lane_key, auth.lane_kid, config.lane.id, required=required)
 
 
 def metro_gate(config: LaneConfig) -> bool:
@@ -481,8 +492,19 @@ class LaneDaemon:
         plaza = config.lane.plaza
         self._plaza_topics = (keys_topic(plaza), deny_topic(plaza))
         subs = [*self.forwarder.subscriptions(), *((t, 1) for t in self._plaza_topics)]
+        # Every message to and from the other lanes is signed (lane.auth.peers).
+        self.peers = Peers(
+            self.lane,
+            opened.lane_key,
+            lambda: self.verifier.keys,
+            self.replay,
+            accept_unsigned=config.auth.accept_unsigned_peers,
+            wall=self.clocks.wall,
+        )
         if config.auth.share_used_tokens:
-            self.sharing = UsedTokenSharing(self.uplink, self.replay, config.lane.plaza, self.lane)
+            self.sharing = UsedTokenSharing(
+                self.uplink, self.replay, config.lane.plaza, self.lane, peers=self.peers
+            )
             subs.append(self.sharing.subscription())
         self.verifier = TokenVerifier(
             self.lane,
@@ -585,6 +607,7 @@ class LaneDaemon:
                 self.lane,
                 opened.pass_key,
                 self.uplink,
+                peers=self.peers,
                 alarm=self._alarm,
                 wall=self.clocks.wall,
                 monotonic=self.clocks.monotonic,
@@ -600,6 +623,7 @@ class LaneDaemon:
                 self.replay,
                 self.uplink,
                 sharing=self.sharing,
+                peers=self.peers,
                 wall=self.clocks.wall,
             )
         return RoadDesks(tickets, trips)
@@ -627,6 +651,7 @@ class LaneDaemon:
             pricing=pricing,
             wall=self.clocks.wall,
             replay_watch=self.verifier.replay_watch,
+            peers=self.peers,
             skew_s=self.config.auth.skew_s,
             alarm=self._alarm,
         )
@@ -1003,7 +1028,7 @@ class LaneDaemon:
         return previous != mtime
 
     async def _health_loop(self) -> None:
-        """Queue health into the core; key set age into an alarm."""
+        """Queue health into the core; key set age and the peer messages into alarms."""
         last: tuple[bool, bool] | None = None
         while True:
             try:
@@ -1035,6 +1060,9 @@ class LaneDaemon:
             refused = self.verifier.refusal_text()
             if refused != self.runner.alarms.get("trust_update_refused"):
                 self.runner.alarm("trust_update_refused", refused)
+            for code, text in self.peers.alarm_texts(self.clocks.wall()).items():
+                if text != self.runner.alarms.get(code):
+                    self.runner.alarm(code, text)
             self._reload_changed_files()
             await self.clocks.sleep(HEALTH_EVERY_S)
 

@@ -14,6 +14,10 @@ record is durable, the tap-in has exited (a tap-in exits once). `release` answer
 `ReleasePass`: that tap-out was refunded (the passenger did not leave), so this gate's mark
 goes and the tap-in prices the next tap-out here as a trip again.
 
+Every tap and refund goes out signed with the gate's key and is taken only signed by a lane
+of the key set (lane.auth.peers), and once: a genuine record replayed (a tap-in refunded
+since, a tap-out reopened since) is not taken again (`Peers.first_hearing`).
+
 A refund of a tap (`paid_not_passed`: the gate never let the passenger through) is shared
 like the tap, the refund record itself once durable, and every gate of the line undoes what
 the tap told it: a refunded tap-out's tap-in (the refund's `pass_id`) is reopened where the
@@ -73,6 +77,7 @@ from lane.auth.deny import DenyList
 from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import pass_key
+from lane.auth.peers import Peers
 from lane.auth.plaza import mark_used, release_mark
 from lane.auth.replay import ReplayStore, ReplayStoreError, UsedToken
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
@@ -144,6 +149,7 @@ class TapDesk:
         pricing: ExitPricing | None,
         wall: Callable[[], float],
         replay_watch: StoreWatch,
+        peers: Peers,
         skew_s: float,
         alarm: Alarm | None = None,
         max_pending: int = 10_000,
@@ -159,6 +165,7 @@ class TapDesk:
         self.pricing = pricing
         self.wall = wall
         self.received = 0
+        self.peers = peers
         self.replay_watch = replay_watch  # the verifier's: one alarm for the one replay store
         # Exited tap-ins the replay store did not take (by pass key), this gate's or heard on
         # the line, and refunded exits whose marks it did not give back: kept in the tap store
@@ -183,7 +190,7 @@ class TapDesk:
         self.outbox: Outbox[Record] = Outbox(
             link,
             self.topic,
-            Record.encode,
+            lambda record: peers.seal(record.encode()),
             lambda record: record.ts_us / 1e6 + retention_s - wall(),
             lambda record: {"record_id": record.record_id},
             lane=lane,
@@ -227,14 +234,10 @@ class TapDesk:
     async def handle(self, msg: Incoming) -> None:
         """Another gate's tap: keep a tap-in by account; a tap-out closes its tap-in here; a
         tap's refund undoes what the tap told."""
-        try:
-            record = Record.decode(msg.payload)
-        except PayloadError as exc:
-            log.warning(
-                "bad tap message",
-                extra={"lane": self.lane, "topic": msg.topic, "error": str(exc)},
-            )
+        opened = self.peers.open(msg.topic, msg.payload, Record.decode, _lane_of, "tap message")
+        if opened is None:
             return
+        record = opened.message
         if record.lane == self.lane:
             return  # our own publish coming back
         d = record.draft
@@ -260,11 +263,14 @@ class TapDesk:
                        "from_lane": record.lane, "ts_us": record.ts_us},
             )  # fmt: skip
             return
+        until = record.ts_us / 1e6 + self.retention_s  # no gate acts on it any later
+        if not await self.peers.first_hearing(opened, until, {"record_id": record.record_id}):
+            return
         self.received += 1
         if d.kind == RecordKind.TAP_OUT:
             await (self._reopen(record) if refund else self._exited_elsewhere(record))
         else:
-            await (self._drop_refunded(record) if refund else self._keep(record, msg.payload))
+            await (self._drop_refunded(record) if refund else self._keep(record, opened.payload))
 
     def _judge_clock(self, record: Record) -> bool:
         """Is the tap stamped ahead of this gate's clock (lane.tap_clocks)? Its alarm says which
@@ -639,3 +645,7 @@ class TapDesk:
             self.replay_watch.says(exc, self._replay_owed(stops))
         if self._held_copy.behind and self.store_watch.text is None:
             await self._save_held()
+
+
+def _lane_of(record: Record) -> str:
+    return record.lane

@@ -4,8 +4,9 @@ The core asks `IssuePass(issue_id, ...)`; `TicketDesk.issue` answers with `Ticke
 events (an async iterator: the runner posts each one):
 
 1. The pass is signed with the plaza's key (`PlazaPassKey`) at the wall clock's time of entry.
-2. With a plate read, the pass text is published retained on `road/plates/{plate}`: an exit
-   lane prices a ticketless vehicle from it (lane.trip_desk).
+2. With a plate read, the pass text is published retained on `road/plates/{plate}`, as a
+   plate binding signed with the lane's key (lane.auth.plate_binding, lane.auth.peers): an
+   exit lane prices a ticketless vehicle from it (lane.trip_desk).
 3. The ticket is published as a `PrintJob` (job id = issue_id: a printer prints a job id once)
    on `lane/{id}/printer/print`, and the desk waits for its `PrintAck`. Printed: answered.
    Not printed (paper out, printer offline or silent): the core is told at once; with a plate
@@ -30,6 +31,8 @@ from barrier.escpos import Ticket, encode_ticket
 from barrier.peripherals import PrintAck, PrinterState, PrinterStatus, PrintJob
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.passes import EntryPass
+from lane.auth.peers import Peers
+from lane.auth.plate_binding import PlateBinding, encode_binding
 from lane.auth.sourced import rfc3339
 from lane.auth.trip_rules import normalise_plate
 from lane.core.actions import IssuePass
@@ -56,6 +59,7 @@ class TicketDesk:
         key: PlazaPassKey,
         link: MqttLink,
         *,
+        peers: Peers,
         alarm: Callable[[str, str | None], None],
         wall: Callable[[], float],
         monotonic: Callable[[], float],
@@ -65,6 +69,7 @@ class TicketDesk:
         self.lane = lane
         self.key = key
         self.link = link
+        self.peers = peers
         self.alarm = alarm
         self.wall = wall
         self.monotonic = monotonic
@@ -177,9 +182,11 @@ class TicketDesk:
         return None if ack.error is None else ack.error.value
 
     async def _bind(self, plate: str, text: str, extra: dict[str, str]) -> None:
-        topic = topics.road_plate(normalise_plate(plate))
+        normalised = normalise_plate(plate)
+        binding = PlateBinding(normalised, text, self.lane, self.wall())
+        payload = self.peers.seal(encode_binding(binding))
         try:
-            await self.link.publish(topic, text.encode(), qos=1, retain=True)
+            await self.link.publish(topics.road_plate(normalised), payload, qos=1, retain=True)
         except ConnectionError as exc:
             # The ticket still carries the pass; only a ticketless exit needs the binding.
             log.warning("plate binding not published", extra={**extra, "error": str(exc)})

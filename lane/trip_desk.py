@@ -14,6 +14,15 @@ exited (and shared with the plaza's other lanes), and its plate binding is empti
 lane's own mark goes and the pass shown here again prices as a trip; the release is shared
 with the plaza like the use (lane.auth.plaza), so the other lanes forget the mark they heard
 from this one and price the pass as a trip too. The plate binding stays emptied.
+
+A binding is taken only signed by a lane of the key set (lane.auth.peers: refused with a log
+line and `peer_messages_refused` otherwise), for the plate of its topic, and only when it is
+later than the binding the plate holds here (a replayed older binding never replaces the
+plate's current trip). The empty retained message that clears a binding is an MQTT delete and
+cannot be signed: taken as it is. A forged one only makes this lane forget the binding, and
+the vehicle is then priced from the ticket it shows, as one whose plate the entry lane did not
+read; it never prices anybody's trip from another entry (docs/closed-road.md, "Plate
+bindings").
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ from collections.abc import Callable
 
 from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
-from lane.auth.passes import MAX_TEXT_LEN, EntryPass, pass_key
+from lane.auth.passes import EntryPass, pass_key
+from lane.auth.peers import Peers
+from lane.auth.plate_binding import PlateBinding, decode_binding
 from lane.auth.plaza import UsedTokenSharing, mark_used, release_mark
 from lane.auth.replay import ReplayStore
 from lane.auth.trip_pricing import ExitLaneRules, evidence_of, not_found, price_trip
@@ -48,6 +59,7 @@ class TripDesk:
         link: MqttLink,
         *,
         sharing: UsedTokenSharing | None,
+        peers: Peers,
         wall: Callable[[], float],
     ) -> None:
         self.rules = rules
@@ -56,8 +68,10 @@ class TripDesk:
         self.replay = replay
         self.link = link
         self.sharing = sharing
+        self.peers = peers
         self.wall = wall
         self.bound: dict[str, str] = {}  # normalised plate -> the pass text bound to it
+        self._bound_at: dict[str, float] = {}  # normalised plate -> its binding's signed time
         # pass id -> the plate its entry bound and the pass text (to clear only that binding)
         self._entry_plates: dict[str, tuple[str, str]] = {}
 
@@ -74,22 +88,24 @@ class TripDesk:
             return
         if not msg.payload:
             self.bound.pop(plate, None)
+            self._bound_at.pop(plate, None)
             return
-        try:
-            if len(msg.payload) > MAX_TEXT_LEN:
-                raise ValueError(f"{len(msg.payload)} bytes, a pass is at most {MAX_TEXT_LEN}")
-            self.bound[plate] = msg.payload.decode("ascii")
-        except ValueError as exc:  # UnicodeDecodeError too
-            # Not a pass: verifying it would refuse it anyway; keep no garbage.
-            log.warning(
-                "garbage plate binding",
-                extra={
-                    "lane": self.rules.lane,
-                    "topic": msg.topic,
-                    "plate": plate,
-                    "error": str(exc),
-                },
-            )
+        opened = self.peers.open(msg.topic, msg.payload, decode_binding, _lane_of, "plate binding")
+        if opened is None:
+            return
+        binding = opened.message
+        ids = {"lane": self.rules.lane, "topic": msg.topic, "plate": plate,
+               "from_lane": binding.lane}  # fmt: skip
+        if opened.signed and binding.plate != plate:
+            log.warning("plate binding for another plate: refused",
+                        extra={**ids, "bound_plate": binding.plate})  # fmt: skip
+            return
+        if binding.ts < self._bound_at.get(plate, -1.0):
+            log.warning("plate binding older than the plate's: refused",
+                        extra={**ids, "ts": binding.ts})  # fmt: skip
+            return
+        self.bound[plate] = binding.pass_text
+        self._bound_at[plate] = binding.ts
 
     async def price(self, request: PriceTrip) -> TripPriced:
         text = request.pass_text
@@ -152,3 +168,7 @@ class TripDesk:
             "pass released",
             extra={"lane": self.rules.lane, "pass_id": action.pass_id, "released": released},
         )
+
+
+def _lane_of(binding: PlateBinding) -> str:
+    return binding.lane

@@ -1,20 +1,31 @@
 """Payment codes as phones would show them: offline tokens, wallet codes, EMV CPM, bad ones.
 
 The simulator's issuer key signs real tokens (the lane verifies them with the real verifier);
-wallet and EMV codes are unique per vehicle, as a wallet app makes them.
+wallet and EMV codes are unique per vehicle, as a wallet app makes them. Each simulated lane
+has a key of its own for the messages it sends the other lanes (`lane_key`), whose public
+half the key set holds (`keyset(now, lanes)`), as `lane keys new --lane` makes it.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
 import random
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lane.auth.cose import Alg
+from lane.auth.cose import Alg, PrivateKey
 from lane.auth.keys import IssuerKey, KeySet, keyset_to_json
+from lane.auth.peer_messages import LaneKey
+from lane.auth.peers import Peers
+from lane.auth.replay import ReplayStore
 from lane.auth.tokens import PHONE_TOKEN_TTL_S, TokenFormat, issue_compact_token, issue_token
 
 ISSUER = "sim-transit"
@@ -62,6 +73,21 @@ def emv_cpm(pan: str, atc: int, cryptogram: bytes) -> str:
     return base64.b64encode(payload).decode("ascii")
 
 
+def lane_key_path(keys_dir: Path, lane: str) -> Path:
+    return keys_dir / f"lane-{lane.replace('/', '-')}.key.pem"
+
+
+def write_private_key(path: Path, key: PrivateKey) -> None:
+    """A PEM private key file readable by its owner only (a lane refuses any other)."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+
+
 class CodeFactory:
     """Makes the codes of simulated drivers; deterministic for a seed, times from the caller.
 
@@ -70,12 +96,14 @@ class CodeFactory:
 
     def __init__(self, seed: int, token_format: TokenFormat = TokenFormat.V2) -> None:
         self.token_format = token_format
+        self.seed = seed
         self.rng = random.Random(seed)
         self.key = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
         self.forger = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
         self.used_tokens: list[str] = []
 
-    def keyset(self, now: int) -> KeySet:
+    def keyset(self, now: int, lanes: Iterable[str] = ()) -> KeySet:
+        """The issuer's token key, and the lane key of each of `lanes`."""
         public = self.key.public_key()
         key = IssuerKey(
             kid=KID.encode(),
@@ -85,11 +113,41 @@ class CodeFactory:
             not_before=now - 86400,
             not_after=now + 86400 * 365,
         )
-        return KeySet.of(issued_at=now, keys=[key])
+        peers = [self.lane_key(lane).public(now - 86400, now + 86400 * 365) for lane in lanes]
+        return KeySet.of(issued_at=now, keys=[key, *peers])
 
-    def write_keyset(self, path: Path, now: int) -> Path:
-        path.write_text(keyset_to_json(self.keyset(now)))
+    def write_keyset(self, path: Path, now: int, lanes: Iterable[str] = ()) -> Path:
+        """The key set file, and beside it each of `lanes`' key file (`lane_auth`)."""
+        lanes = list(lanes)
+        path.write_text(keyset_to_json(self.keyset(now, lanes)))
+        for lane in lanes:
+            write_private_key(lane_key_path(path.parent, lane), self.lane_key(lane).private_key)
         return path
+
+    def lane_key(self, lane: str) -> LaneKey:
+        """Lane `lane`'s message key: the same for a seed and a lane id, every run."""
+        secret = hashlib.sha256(f"lane-key/{self.seed}/{lane}".encode()).digest()
+        kid = "lane-" + lane.replace("/", "-")
+        return LaneKey(Ed25519PrivateKey.from_private_bytes(secret), kid.encode(), lane)
+
+    def lane_auth(self, keys_dir: Path, lane: str) -> dict[str, Any]:
+        """The `[auth]` keys of lane `lane` whose key `write_keyset` wrote in `keys_dir`."""
+        kid = self.lane_key(lane).kid.decode()
+        return {"lane_key": str(lane_key_path(keys_dir, lane)), "lane_kid": kid}
+
+    def peers(
+        self,
+        lane: str,
+        replay: ReplayStore,
+        keys: Callable[[], KeySet],
+        wall: Callable[[], float] = time.time,
+    ) -> Peers:
+        """Lane `lane`'s end of the peer messages, signing with `lane_key` (tests, benchmarks)."""
+        return Peers(lane, self.lane_key(lane), keys, replay, accept_unsigned=False, wall=wall)
+
+    def lane_auth_toml(self, keys_dir: Path, lane: str) -> str:
+        """`lane_auth` as lines of a lane.toml's `[auth]`."""
+        return "".join(f'{k} = "{v}"\n' for k, v in self.lane_auth(keys_dir, lane).items())
 
     def account(self) -> str:
         return f"a{self.rng.randrange(10**7):07d}"

@@ -113,7 +113,8 @@ class Simulator:
         self.networks = SimNetworks(work, self.options.acquirer, self.options.seed)
         await self.networks.start()
         self.network_auth = self.networks.auth_config(self.options.speed)
-        keyset = self.codes.write_keyset(work / "keyset.json", int(time.time()))
+        lanes = [lane.lane_id for lane in self.lanes]
+        keyset = self.codes.write_keyset(work / "keyset.json", int(time.time()), lanes)
         if self.metro:
             metro.write_tariff(work, int(time.time()) - 86_400)
         self._backoffice = BackOffice(

@@ -32,6 +32,7 @@ from scanner.sources import PushSource
 from sim import metro
 from sim.broker import Mosquitto
 from sim.camera import SyntheticCamera
+from sim.codes import CodeFactory
 from sim.options import SimOptions
 from sim.scene import Scene
 from sim.stats import LaneStats
@@ -197,6 +198,9 @@ class LaneHost(Protocol):
     @property
     def workdir(self) -> Path: ...
 
+    @property
+    def codes(self) -> CodeFactory: ...  # the lanes' message keys too (`lane_auth`)
+
     def sim_time(self) -> float: ...
 
     def code_for(self, kind: str, lane: SimLane, driver: Driver) -> tuple[str, str | None]: ...
@@ -284,6 +288,7 @@ class SimLane:
                 "refund_query_s": REFUND_QUERY_S / o.speed,
                 "acquirer_url": acquirer_url,
                 "keyset": str(keyset),
+                **self.sim.codes.lane_auth(keyset.parent, self.lane_id),
                 **self.sim.network_auth,
             },
             # Alipay and WeChat Pay charge in yuan.

@@ -21,16 +21,13 @@ import asyncio
 import dataclasses
 import enum
 import logging
-import os
 import random
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from barrier.messages import AttendantCommand
@@ -42,7 +39,7 @@ from lane.auth.passes import PassAccepted, verify_pass
 from lane.transport.mqtt import MqttLink
 from lane.window import percentiles
 from lane.wire import topics
-from sim.codes import CodeFactory
+from sim.codes import CodeFactory, write_private_key
 from sim.harness import Say, Simulator, progress
 from sim.lane import Outcome
 from sim.options import SimOptions
@@ -91,8 +88,8 @@ class RoadCodes(CodeFactory):
             for plaza in plazas
         }
 
-    def keyset(self, now: int) -> KeySet:
-        tokens = super().keyset(now)
+    def keyset(self, now: int, lanes: Iterable[str] = ()) -> KeySet:
+        tokens = super().keyset(now, lanes)
         passes = [dataclasses.replace(k, not_before=now - 86400).public()
                   for k in self.pass_keys.values()]  # fmt: skip
         return KeySet.of(tokens.issued_at, [*tokens.keys.values(), *passes])
@@ -128,12 +125,7 @@ class RoadSimulator(Simulator):
         tariff_path.write_text(tariff_toml(self.plan.road, sorted(RATE_FEN_PER_KM), now - 86400))
         self.tariff = load_tariff(tariff_path)
         for plaza, key in self.codes.pass_keys.items():
-            pem = key.private_key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            _write_private(work / "keys" / f"pass-{plaza}.key.pem", pem)
+            write_private_key(work / "keys" / f"pass-{plaza}.key.pem", key.private_key)
         self._keys = self.codes.keyset(now)
         await super().start()
         assert self.broker is not None
@@ -315,14 +307,6 @@ class RoadSimulator(Simulator):
             "legs": {str(k): v for k, v in legs.items()},
             "limit_s": self.plan.limit_s,
         }
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """A private key file readable by its owner only (the lane refuses any other)."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def endless_trips(plan: RoadPlan, seed: int, mix: Mix, chunk: int = 200) -> Iterator[Trip]:

@@ -110,6 +110,13 @@ SMOKES = {
         ),
     ),
     "networks": Smoke("5", (rf"^  alipay +{PCT}$", rf"^  wechatpay +{PCT}$")),
+    "peer_messages": Smoke(
+        "--messages 20",
+        (
+            r"^  seal +[\d.]+ us +raw sign +[\d.]+ us +[\d.]+x$",
+            r"^  open +[\d.]+ us +raw verify +[\d.]+ us +[\d.]+x$",
+        ),
+    ),
     "plaza": Smoke(
         "--lanes 2 --seconds 1 --anchor-seconds 1 --fps 5 --warm-up 0",
         tuple(

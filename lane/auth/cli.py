@@ -2,6 +2,8 @@
 
     keys new --kid K --alg ed25519|es256 --out DIR [--issuer I] [--valid-days 365]
              [--plaza P]   (an entry plaza's pass key: use "pass", docs/closed-road.md)
+             [--lane P/L]  (a lane's key for its messages to other lanes: use "lane",
+                            auth.lane_key; docs/tokens.md, "Lane keys")
     keys check FILE
     token issue --key PRIV.pem --kid K (--issuer I | --compact) --account A [--ttl 60] [--png F]
     token verify --keys keyset.json [--deny deny.json] [--skew 5] [--max-lifetime 900] TEXT
@@ -86,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--out", required=True, type=Path, help="directory for the files")
     new.add_argument("--issuer", help="bind the key to this token issuer (iss)")
     new.add_argument("--plaza", help="make an entry pass key of this plaza (not a token key)")
+    new.add_argument(
+        "--lane",
+        help="make the key lane P/L signs its messages to other lanes with (auth.lane_key)",
+    )
     new.add_argument("--not-before", type=int, help="unix seconds (default: now)")
     new.add_argument("--valid-days", type=float, default=365.0)
     new.set_defaults(run=_keys_new)
@@ -182,12 +188,10 @@ def _keys_new(args: argparse.Namespace) -> int:
     )
     not_before = now if args.not_before is None else args.not_before
     not_after = not_before + int(args.valid_days * 86400)
-    if args.plaza is not None and args.issuer is not None:
-        raise CliError("--plaza makes a pass key, which has no token --issuer")
-    use = KeyUse.TOKEN if args.plaza is None else KeyUse.PASS
     entry = IssuerKey(
-        kid.encode(), alg, private.public_key(), not_before, not_after, args.issuer, use, args.plaza
-    )
+        kid.encode(), alg, private.public_key(), not_before, not_after, args.issuer,
+        *_use_of(args),
+    )  # fmt: skip
     keyset = KeySet.of(max(now, current.issued_at + 1), [*current.keys.values(), entry])
 
     pem = private.private_bytes(
@@ -207,6 +211,21 @@ def _keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_of(args: argparse.Namespace) -> tuple[KeyUse, str | None, str | None]:
+    """What the new key signs, and for which plaza or lane (`IssuerKey`'s last three)."""
+    if args.plaza is not None and args.lane is not None:
+        raise CliError("--plaza makes a pass key, --lane a lane key: give one")
+    if args.issuer is not None and (args.plaza or args.lane) is not None:
+        made = "--plaza makes a pass key" if args.plaza else "--lane makes a lane key"
+        raise CliError(f"{made}, which has no token --issuer")
+    if args.lane is not None:
+        plaza, sep, rest = args.lane.partition("/")
+        if not (plaza and sep and rest) or "/" in rest:
+            raise CliError(f"--lane {args.lane!r}: a lane id plaza/lane")
+        return KeyUse.LANE, None, args.lane
+    return (KeyUse.TOKEN, None, None) if args.plaza is None else (KeyUse.PASS, args.plaza, None)
+
+
 def _keys_check(args: argparse.Namespace) -> int:
     keyset = load_keyset(args.file)
     print(f"{args.file}: issued {rfc3339(keyset.issued_at)}, {len(keyset.keys)} keys")
@@ -214,6 +233,8 @@ def _keys_check(args: argparse.Namespace) -> int:
         issuer = f" issuer {key.issuer}" if key.issuer else ""
         if key.use is KeyUse.PASS:
             issuer = f" pass key of plaza {key.plaza}"
+        if key.use is KeyUse.LANE:
+            issuer = f" lane key of {key.lane}"
         print(
             f"  {key.kid_text}: {key.alg.value}{issuer}"
             f" valid {rfc3339(key.not_before)} .. {rfc3339(key.not_after)}"

@@ -2,7 +2,8 @@
 
 `TokenIssuer` (the simulator, tests and benchmarks) holds one private key and mints tokens the
 way a wallet app's back end would; `public()` is the matching key set entry for the lanes.
-`PlazaPassKey` is what a `toll-entry` lane signs its passes with (`PlazaPassKey.load`).
+`PlazaPassKey` is what a `toll-entry` lane signs its passes with (`PlazaPassKey.load`);
+`load_lane_key` what a lane signs its messages to the other lanes with (lane.auth.peers).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lane.auth.cose import Alg, CoseError, PrivateKey, alg_of_private
 from lane.auth.keys import IssuerKey, KeyUse
 from lane.auth.netkeys import KeyFileError, read_secret
 from lane.auth.passes import EntryPass, issue_pass
+from lane.auth.peer_messages import LaneKey
 from lane.auth.tokens import PHONE_TOKEN_TTL_S, issue_compact_token, issue_token
 
 FAR_FUTURE = 1 << 32
@@ -44,6 +46,26 @@ def parse_private_key(data: bytes, path: Path) -> PrivateKey:
     except CoseError as exc:
         raise KeyFileError(f"{path}: {exc}") from None
     return key
+
+
+def load_lane_key(
+    path: Path | None, kid: str | None, lane: str, *, required: bool
+) -> LaneKey | None:
+    """A lane's message key (`auth.lane_key`, `auth.lane_kid`) from its PEM file (`lane keys
+    new --lane`); KeyFileError if bad, or if `required` (the lane tells other lanes things and
+    may not send them unsigned) and not set."""
+    if path is not None and kid is not None:
+        return LaneKey(load_private_key(path), kid.encode("utf-8"), lane)
+    if path is not None or kid is not None:
+        raise KeyFileError("auth.lane_key and auth.lane_kid: set both or neither")
+    if required:
+        raise KeyFileError(
+            "auth.lane_key: not set, and this lane tells other lanes what it did (plaza "
+            "sharing, a metro line's taps or a road's plate bindings), which they refuse "
+            "unsigned: make one with `lane keys new --lane " + lane + "` and set auth.lane_key "
+            "and auth.lane_kid (or auth.accept_unsigned_peers while a plaza upgrades)"
+        )
+    return None
 
 
 @dataclass(frozen=True)

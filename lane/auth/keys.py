@@ -43,10 +43,12 @@ class KeySetError(SourcedError):
 
 
 class KeyUse(enum.StrEnum):
-    """What a key may sign: payment tokens (the wallet issuers) or entry passes (a plaza)."""
+    """What a key may sign: payment tokens (the wallet issuers), entry passes (a plaza), or the
+    messages one lane sends the others (lane.auth.peer_messages). A key signs one kind only."""
 
     TOKEN = "token"
     PASS = "pass"
+    LANE = "lane"
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class IssuerKey:
     issuer: str | None = None  # when set, tokens signed with this key must carry this `iss`
     use: KeyUse = KeyUse.TOKEN
     plaza: str | None = None  # pass keys: the only plaza whose passes this key signs
+    lane: str | None = None  # lane keys: the only lane (`plaza/lane`) whose messages it signs
 
     def valid_at(self, unix_s: float) -> bool:
         return self.not_before <= unix_s < self.not_after
@@ -137,20 +140,33 @@ def _parse_key(read: Reader, entry: Any, path: str) -> IssuerKey:
     issuer = None
     if entry.get("issuer") is not None:
         issuer = read.text(entry, "issuer", f"{path}.issuer")
-    use, plaza = _parse_use(read, entry, path)
-    return IssuerKey(kid, alg, public_key, not_before, not_after, issuer, use, plaza)
+    use = _parse_use(read, entry, path)
+    plaza = read.text(entry, "plaza", f"{path}.plaza") if use is KeyUse.PASS else None
+    lane = _parse_lane(read, entry, path) if use is KeyUse.LANE else None
+    return IssuerKey(kid, alg, public_key, not_before, not_after, issuer, use, plaza, lane)
 
 
-def _parse_use(read: Reader, entry: Mapping[str, Any], path: str) -> tuple[KeyUse, str | None]:
-    """`use` is optional (sets written before passes existed hold token keys only)."""
+def _parse_use(read: Reader, entry: Mapping[str, Any], path: str) -> KeyUse:
+    """`use` is optional (sets written before passes existed hold token keys only); `plaza`
+    belongs to pass keys only, `lane` to lane keys only."""
     use = KeyUse.TOKEN
     if entry.get("use") is not None:
         use = _choice(read, KeyUse, read.text(entry, "use", f"{path}.use"), f"{path}.use", "use")
-    if use is KeyUse.PASS:
-        return use, read.text(entry, "plaza", f"{path}.plaza")
-    if entry.get("plaza") is not None:
+    if use is not KeyUse.PASS and entry.get("plaza") is not None:
         raise read.fail(f"{path}.plaza", 'only pass keys (use = "pass") belong to a plaza')
-    return use, None
+    if use is not KeyUse.LANE and entry.get("lane") is not None:
+        raise read.fail(f"{path}.lane", 'only lane keys (use = "lane") belong to a lane')
+    if use is KeyUse.LANE and entry.get("issuer") is not None:
+        raise read.fail(f"{path}.issuer", "a lane key signs no tokens: it has no issuer")
+    return use
+
+
+def _parse_lane(read: Reader, entry: Mapping[str, Any], path: str) -> str:
+    lane = read.text(entry, "lane", f"{path}.lane")
+    plaza, sep, rest = lane.partition("/")
+    if not (plaza and sep and rest) or "/" in rest or "+" in lane or "#" in lane:
+        raise read.fail(f"{path}.lane", f"must be a lane id plaza/lane, got {lane!r}")
+    return lane
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -230,9 +246,10 @@ def _key_fields(key: IssuerKey, json_form: bool) -> dict[str, Any]:
     out["alg"] = key.alg.value
     if key.issuer is not None:
         out["issuer"] = key.issuer
-    if key.use is not KeyUse.TOKEN:  # token keys stay as older lanes wrote and read them
-        out["use"] = key.use.value
-        out["plaza"] = key.plaza
+    if key.use is KeyUse.PASS:  # token keys stay as older lanes wrote and read them
+        out.update(use=key.use.value, plaza=key.plaza)
+    elif key.use is KeyUse.LANE:
+        out.update(use=key.use.value, lane=key.lane)
     out["public_key"] = base64.b64encode(der).decode("ascii") if json_form else der
     out["not_before"] = rfc3339(key.not_before) if json_form else key.not_before
     out["not_after"] = rfc3339(key.not_after) if json_form else key.not_after

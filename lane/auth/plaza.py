@@ -13,6 +13,12 @@ themselves, or heard from another lane, stays. A use is sent as version 1, as ev
 an older release still reads it); a release as version 2, which such a lane refuses with a log
 line instead of reading it as a use.
 
+Every message is signed with the sending lane's key and verified before it is taken
+(lane.auth.peers, lane.auth.peer_messages): the broker account the lanes share proves nothing.
+A genuine message replayed is not taken twice (`Peers.first_hearing`), and a release is taken
+only for a mark no newer than it (`ReplayStore.release(made_by=...)`): a release replayed after
+the pass was used again at that lane never frees the new mark.
+
 A local use never waits for MQTT: it is queued and published by `run()` when the link is up.
 """
 
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 
+from lane.auth.peers import Peers
 from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
@@ -95,6 +102,10 @@ def decode_used_token(payload: bytes) -> UsedTokenMsg:
     return UsedTokenMsg(token_id, exp, lane, float(ts), MarkKind(kind))
 
 
+def _lane_of(msg: UsedTokenMsg) -> str:
+    return msg.lane
+
+
 def of_plaza(lane: str, plaza: str) -> bool:
     """Is `lane` (an id `plaza/lane`) one of the lanes of `plaza`?"""
     head, sep, rest = lane.partition("/")
@@ -115,6 +126,7 @@ class UsedTokenSharing:
         plaza: str,
         lane: str,
         *,
+        peers: Peers,
         max_pending: int = 10_000,
         useful_after_exp_s: float = 300.0,
         clock: Callable[[], float] = time.time,
@@ -126,11 +138,12 @@ class UsedTokenSharing:
         self.topic = used_tokens_topic(plaza)
         self.useful_after_exp_s = useful_after_exp_s
         self.clock = clock
+        self.peers = peers
         self.received = 0
         self.outbox: Outbox[UsedTokenMsg] = Outbox(
             link,
             self.topic,
-            encode_used_token,
+            lambda msg: peers.seal(encode_used_token(msg)),
             lambda msg: msg.exp + self.useful_after_exp_s - self.clock(),  # then nobody takes it
             lambda msg: {"token_id": msg.token_id},
             lane=lane,
@@ -177,14 +190,12 @@ class UsedTokenSharing:
     async def handle(self, incoming: Incoming) -> None:
         if incoming.topic != self.topic:
             return
-        try:
-            msg = decode_used_token(incoming.payload)
-        except PayloadError as exc:
-            log.warning(
-                "bad used-token message",
-                extra={"lane": self.lane, "topic": incoming.topic, "error": str(exc)},
-            )
+        opened = self.peers.open(
+            incoming.topic, incoming.payload, decode_used_token, _lane_of, "used-token message"
+        )
+        if opened is None:
             return
+        msg = opened.message
         if msg.lane == self.lane:
             return  # our own publish coming back
         if not of_plaza(msg.lane, self.plaza):
@@ -196,10 +207,19 @@ class UsedTokenSharing:
                        "token_id": msg.token_id, "kind": msg.kind.value},
             )  # fmt: skip
             return
+        ids = {"token_id": msg.token_id}
+        if not await self.peers.first_hearing(opened, msg.exp, ids):
+            return
         try:
             if msg.kind is MarkKind.RELEASE:
                 changed = await release_mark(
-                    self.store, None, msg.token_id, msg.lane, self.clock(), remote=True
+                    self.store,
+                    None,
+                    msg.token_id,
+                    msg.lane,
+                    self.clock(),
+                    remote=True,
+                    made_by=msg.ts,
                 )
             else:
                 changed = await mark_used(

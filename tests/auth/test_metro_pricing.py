@@ -44,7 +44,9 @@ MIN = 60
 METRO = RoadRules(TripKind.METRO, u_turn_window_s=1200, max_trip_s=14_400)
 RULES = ExitLaneRules("S03", "S03/x1", METRO, pass_lifetime_s=28_800, skew_s=30)
 CODES = CodeFactory(3)
-KEYS = CODES.keyset(NOW - 3600)
+# The line's gates: each signs the taps it shares with its own key (lane.auth.peers).
+GATES = [f"S0{n}/{gate}" for n in (1, 2, 3) for gate in ("g1", "x1")]
+KEYS = CODES.keyset(NOW - 3600, GATES)
 ACCOUNT_KEY = b"k" * 32
 
 
@@ -59,6 +61,11 @@ def tap_in(  # noqa: PLR0917 - a tap-in's fields, each its own
     draft = RecordDraft(RecordKind(kind), "s1", 1, paid, currency, Method.TOKEN, account,
                         AuthInfo(AuthResult.APPROVED))  # fmt: skip
     return Record(str(uuid.uuid4()), f"{station}/g1", 1, int(at * 1e6), draft)
+
+
+def signed(record: Record) -> bytes:
+    """The record as its gate shares it on the line."""
+    return CODES.lane_key(record.lane).seal(record.encode())
 
 
 def ask(code: str = "HC1:x") -> PriceTrip:
@@ -179,6 +186,7 @@ def desk(tmp: Path, clock: list[float], alarm: Alarm | None = None) -> TapDesk:
     watch = TokenVerifier("S03/x1", KEYS, DenyList.empty(), replay, 30, alarm=alarm).replay_watch
     return TapDesk("L1", "S03/x1", 28_800, TapStore(tmp / "taps.sqlite3"), replay, link,
                    pricing=pricing, wall=lambda: clock[0], replay_watch=watch,
+                   peers=CODES.peers("S03/x1", replay, lambda: KEYS, lambda: clock[0]),
                    skew_s=RULES.skew_s, alarm=alarm)  # fmt: skip
 
 
@@ -194,7 +202,7 @@ async def _exits(
         if what == "in":
             record = tap_in(station, clock[0], account, paid=entry_fare)
             paid[uuid.UUID(record.record_id).hex] = entry_fare
-            await gate.handle(Incoming(topics.line_taps("L1"), record.encode()))
+            await gate.handle(Incoming(topics.line_taps("L1"), signed(record)))
             continue
         n += 1
         token = issue_compact_token(CODES.key, KID, account, int(clock[0]) - n, int(clock[0]) + 60)
@@ -259,20 +267,20 @@ async def _sharing() -> None:
         trip = uuid.UUID(record.record_id).hex
         await gate.handle(Incoming(topic, b"\x93garbage"))  # logged, nothing kept
         own = Record(str(uuid.uuid4()), "S03/x1", 1, NOW * 10**6, record.draft)
-        await gate.handle(Incoming(topic, own.encode()))  # our own publish coming back
+        await gate.handle(Incoming(topic, signed(own)))  # our own publish coming back
         declined = RecordDraft(RecordKind.TAP_IN, "s2", 1, 0, "CNY", Method.TOKEN, "rider-1",
                                AuthInfo(AuthResult.DECLINED))  # fmt: skip
         refused = Record(str(uuid.uuid4()), "S01/g1", 2, NOW * 10**6, declined)
-        await gate.handle(Incoming(topic, refused.encode()))  # not a tap-in: nobody went in
+        await gate.handle(Incoming(topic, signed(refused)))  # not a tap-in: nobody went in
         assert gate.store.count() == 0
-        await gate.handle(Incoming(topic, record.encode()))
-        await gate.handle(Incoming(topic, record.encode()))  # QoS 1 redelivery: kept once
-        assert gate.store.count() == 1 and gate.received == 2
+        await gate.handle(Incoming(topic, signed(record)))
+        await gate.handle(Incoming(topic, signed(record)))  # QoS 1 redelivery: taken once
+        assert gate.store.count() == 1 and gate.received == 1
         paid = AuthInfo(AuthResult.APPROVED)
         out = RecordDraft(RecordKind.TAP_OUT, "s3", 1, 500, "CNY", Method.TOKEN, "rider-1", paid,
                           entry_plaza="S01", pass_id=trip)  # fmt: skip
         elsewhere = Record(str(uuid.uuid4()), "S02/x1", 1, NOW * 10**6, out)
-        await gate.handle(Incoming(topic, elsewhere.encode()))
+        await gate.handle(Incoming(topic, signed(elsewhere)))
         assert gate.replay.get(f"pass:{trip}") is not None  # exited at another gate
         answer = await gate.price(
             ask(issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60))
@@ -292,7 +300,7 @@ async def _released() -> None:
     clock = [float(NOW)]
     with tempfile.TemporaryDirectory() as tmp:
         gate = desk(Path(tmp), clock)
-        await gate.handle(Incoming(topics.line_taps("L1"), tap_in("S01", NOW - 600).encode()))
+        await gate.handle(Incoming(topics.line_taps("L1"), signed(tap_in("S01", NOW - 600))))
 
         async def tap_out() -> tuple[str, int | None, str | None]:
             clock[0] += 1  # a fresh token each time
@@ -344,12 +352,12 @@ async def _future_tap_in() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gate = desk(Path(tmp), clock)
         real = tap_in("S02", NOW - 30 * MIN)
-        await gate.handle(Incoming(topic, real.encode()))
+        await gate.handle(Incoming(topic, signed(real)))
         for ahead in (RULES.skew_s + 1, 86_400, 10**9):
-            await gate.handle(Incoming(topic, tap_in("S01", NOW + ahead).encode()))
+            await gate.handle(Incoming(topic, signed(tap_in("S01", NOW + ahead))))
         # Within the skew: a gate's clock a little ahead, taken.
         near = tap_in("S01", NOW + RULES.skew_s - 1, account="rider-2")
-        await gate.handle(Incoming(topic, near.encode()))
+        await gate.handle(Incoming(topic, signed(near)))
         assert gate.received == 2 and gate.store.count() == 2
         token = issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60)
         answer = await gate.price(ask(token))
@@ -369,15 +377,51 @@ async def _refund_from_elsewhere() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gate = desk(Path(tmp), clock)
         entered = tap_in("S01", NOW - 600)
-        await gate.handle(Incoming(topic, entered.encode()))
+        await gate.handle(Incoming(topic, signed(entered)))
         forged = replace(refund_of(entered, NOW - 30), lane="S02/g1")
-        await gate.handle(Incoming(topic, forged.encode()))
+        await gate.handle(Incoming(topic, signed(forged)))
         assert gate.store.count() == 1
         token = issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60)
         answer = await gate.price(ask(token))
         assert (answer.outcome, answer.entry_plaza) == ("charged", "S01")
-        await gate.handle(Incoming(topic, refund_of(entered, NOW - 20).encode()))
+        await gate.handle(Incoming(topic, signed(refund_of(entered, NOW - 20))))
         assert gate.store.count() == 0
+        gate.store.close()
+        gate.replay.close()
+
+
+def test_a_genuine_tap_replayed_after_its_refund_is_not_taken_again() -> None:
+    asyncio.run(_replayed_taps())
+
+
+async def _replayed_taps() -> None:
+    """S01's tap-in, then its refund (the gate never let the passenger through): replayed,
+    the signed tap-in would be the account's latest again and price its next exit here, its
+    refunded fare taken off; a tap-out replayed after its refund would close the reopened
+    tap-in. Each genuine message is taken once."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        entered = tap_in("S01", NOW - 600, paid=200)
+        await gate.handle(Incoming(topic, signed(entered)))
+        await gate.handle(Incoming(topic, signed(refund_of(entered, NOW - 500))))
+        assert gate.store.count() == 0
+        await gate.handle(Incoming(topic, signed(entered)))  # replayed
+        assert gate.store.count() == 0
+        again = tap_in("S01", NOW - 400)  # the passenger taps in for real
+        await gate.handle(Incoming(topic, signed(again)))
+        out = tap_out_of(again, 300, "S02/x1", NOW - 100)
+        await gate.handle(Incoming(topic, signed(out)))
+        trip = uuid.UUID(again.record_id).hex
+        assert gate.replay.get(f"pass:{trip}") is not None
+        await gate.handle(Incoming(topic, signed(refund_of(out, NOW - 50, trip))))
+        assert gate.replay.get(f"pass:{trip}") is None  # reopened
+        await gate.handle(Incoming(topic, signed(out)))  # replayed
+        assert gate.replay.get(f"pass:{trip}") is None
+        token = issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60)
+        answer = await gate.price(ask(token))
+        assert (answer.outcome, answer.pass_id) == ("charged", trip)
         gate.store.close()
         gate.replay.close()
 
@@ -396,7 +440,7 @@ async def _refunds_heard() -> None:
         gate = desk(Path(tmp), clock)
 
         async def hear(record: Record) -> None:
-            await gate.handle(Incoming(topic, record.encode()))
+            await gate.handle(Incoming(topic, signed(record)))
 
         async def tap_out(account: str) -> tuple[str, int | None, str | None]:
             clock[0] += 1  # a fresh token each time

@@ -501,7 +501,9 @@ def test_check_config_reports_network_problems(tmp_path: Path, network_keys: Key
     wx = raw["auth"]["wechatpay"]
     path = tmp_path / "lane.toml"
     path.write_text(
-        '[auth]\nacquirer_url = "http://127.0.0.1:9"\n[auth.routes]\nwechat = "wechatpay"\n'
+        # A lane on its own: it tells no other lane anything, so it needs no lane key.
+        '[auth]\nacquirer_url = "http://127.0.0.1:9"\nshare_used_tokens = false\n'
+        '[auth.routes]\nwechat = "wechatpay"\n'
         "[auth.wechatpay]\n" + "".join(f'{k} = "{v}"\n' for k, v in wx.items())
     )
     problems = check_config(path).problems

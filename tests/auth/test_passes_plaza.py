@@ -83,9 +83,8 @@ async def test_a_pass_id_a_bad_peer_sends_for_years_is_kept_by_the_pass_lifetime
 
 def exit_desk(sharing: UsedTokenSharing, keys: KeySet) -> TripDesk:
     rules = ExitLaneRules("P03", sharing.lane, RoadRules(), pass_lifetime_s=30 * DAY, skew_s=30)
-    return TripDesk(
-        rules, TARIFF, lambda: keys, sharing.store, sharing.link, sharing=sharing, wall=time.time
-    )
+    return TripDesk(rules, TARIFF, lambda: keys, sharing.store, sharing.link, sharing=sharing,
+                    peers=sharing.peers, wall=time.time)  # fmt: skip
 
 
 def shown(text: str) -> PriceTrip:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -35,8 +36,24 @@ from lane.auth.tokens import TokenAccepted, verify_token
 from lane.transport.mqtt import MqttLink
 from lane.wire.codec import PayloadError, pack, unpack
 from sim.broker import Mosquitto
+from sim.codes import CodeFactory
 
 NOW = 1_800_000_000
+CODES = CodeFactory(5)
+
+
+def plaza_keys(plaza: str) -> KeySet:
+    """The key set of a plaza's lanes (l01..l09, x1..x3, bad) and of a few lanes elsewhere, each
+    lane's key signing its own messages (lane.auth.peers); valid now, as lanes check it."""
+    names = [*(f"l{n:02d}" for n in range(1, 10)), "x1", "x2", "x3", "bad"]
+    lanes = [f"{plaza}/{name}" for name in names]
+    elsewhere = [f"x{plaza}/l01", f"{plaza}x/l01", plaza, f"{plaza}/l01/x"]
+    return CODES.keyset(int(time.time()), [*lanes, *elsewhere])
+
+
+def signed(msg: UsedTokenMsg) -> bytes:
+    """The message as its lane sends it."""
+    return CODES.lane_key(msg.lane).seal(encode_used_token(msg))
 
 
 def test_message_round_trip() -> None:
@@ -107,7 +124,10 @@ async def lane_sharing(
     store = ReplayStore(tmp_path / f"{lane.replace('/', '_')}.db")
     topic = used_tokens_topic(plaza)
     link = MqttLink(broker.host, broker.port, f"auth-{lane}", [(topic, 1)])
-    sharing = UsedTokenSharing(link, store, plaza, lane)
+    keys = plaza_keys(plaza)
+    sharing = UsedTokenSharing(
+        link, store, plaza, lane, peers=CODES.peers(lane, store, lambda: keys)
+    )
     link.handler = sharing.handle
     tasks: list[asyncio.Task[None]] = []
     if start:
@@ -188,7 +208,7 @@ async def test_garbage_on_the_topic_is_ignored(
             odd = {"token_id": "cafe", "exp": NOW + 60, "lane": f"{plaza}/l09", "ts": NOW}
             await sender.publish(topic, pack({**odd, "kind": "forget"}, v=2))
             good = UsedTokenMsg("cafe", NOW + 60, f"{plaza}/l09", NOW)
-            await sender.publish(topic, encode_used_token(good))
+            await sender.publish(topic, signed(good))
             await wait_for_mark(b.store, "cafe")
             # The mark is committed on a worker thread before the count moves on the loop.
             await eventually(lambda: b.received == 1, what="the good message counted")
@@ -213,12 +233,11 @@ async def test_a_use_or_release_from_a_lane_outside_the_plaza_is_refused(
             await sender.wait_connected(5)
             topic = used_tokens_topic(plaza)
             for lane in (f"x{plaza}/l01", f"{plaza}x/l01", plaza, f"{plaza}/l01/x"):
-                await sender.publish(topic, encode_used_token(
-                    UsedTokenMsg("cafe", NOW + 60, lane, NOW)))  # fmt: skip
+                await sender.publish(topic, signed(UsedTokenMsg("cafe", NOW + 60, lane, NOW)))
                 release = UsedTokenMsg("beef", NOW + 60, lane, NOW, MarkKind.RELEASE)
-                await sender.publish(topic, encode_used_token(release))
+                await sender.publish(topic, signed(release))
             good = UsedTokenMsg("feed", NOW + 60, f"{plaza}/l09", NOW)
-            await sender.publish(topic, encode_used_token(good))
+            await sender.publish(topic, signed(good))
             await wait_for_mark(b.store, "feed")  # in order after every forged one
         finally:
             task.cancel()
@@ -246,7 +265,7 @@ async def test_backlog_is_bounded_and_useless_uses_are_not_sent(tmp_path: Path) 
     with ReplayStore(tmp_path / "r.db") as store:
         sharing = UsedTokenSharing(
             link, store, "p1", "p1/l01", max_pending=2, useful_after_exp_s=60,
-            clock=lambda: NOW + 1000,
+            clock=lambda: NOW + 1000, peers=CODES.peers("p1/l01", store, lambda: KeySet(NOW)),
         )  # fmt: skip
         for n in range(3):
             sharing.share(UsedTokenMsg(f"t{n}", NOW, "p1/l01", NOW))

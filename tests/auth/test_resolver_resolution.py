@@ -415,6 +415,7 @@ def test_the_payments_retention_is_whole_days_from_one_to_a_year(
     path.write_text(f"[auth]\npayments_keep_days = {value}\n")
     found = check_config(path)
     assert [p for p in found.problems if "auth.payments_keep_days" in p and problem in p]
-    path.write_text("[auth]\npayments_keep_days = 30\n")
+    # Alone (no plaza sharing): no lane key to have.
+    path.write_text("[auth]\npayments_keep_days = 30\nshare_used_tokens = false\n")
     assert check_config(path).problems == []
     assert parse_config({}).auth.payments_keep_days == 7

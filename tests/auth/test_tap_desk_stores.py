@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 from polling import eventually
-from test_metro_pricing import CODES, NOW, TARIFF, ask, desk, refund_of, tap_in, tap_out_of
+from test_metro_pricing import (
+    CODES,
+    NOW,
+    TARIFF,
+    ask,
+    desk,
+    refund_of,
+    signed,
+    tap_in,
+    tap_out_of,
+)
 
 from lane.auth.replay import ReplayStoreError
 from lane.auth.tokens import issue_compact_token
@@ -109,7 +119,7 @@ class Exits:
             self.alarms[code] = text
 
     async def tapped_in(self) -> Exits:
-        tap = tap_in("S01", NOW - 600).encode()
+        tap = signed(tap_in("S01", NOW - 600))
         await self.gate.handle(Incoming(topics.line_taps("L1"), tap))
         return self
 
@@ -297,11 +307,11 @@ async def test_an_exit_the_taps_store_cannot_keep_leaves_its_undropped_warning(
     assert trip is not None
     topic = topics.line_taps("L1")
     entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
-    await exits.gate.handle(Incoming(topic, entered.encode()))
+    await exits.gate.handle(Incoming(topic, signed(entered)))
     taps = tmp_path / "taps.sqlite3"
     try:
         with locked(tmp_path / "replay.sqlite3"), corrupted(taps):
-            await exits.gate.handle(Incoming(topic, refund_of(entered, NOW - 30).encode()))
+            await exits.gate.handle(Incoming(topic, signed(refund_of(entered, NOW - 30))))
             await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
             assert exits.gate.undropped != {}
             assert exits.alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
@@ -374,17 +384,17 @@ async def test_a_refund_heard_on_the_line_a_store_cannot_apply_says_so_and_clear
     gate, alarms = exits.gate, exits.alarms
     topic = topics.line_taps("L1")
     entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
-    await gate.handle(Incoming(topic, entered.encode()))
+    await gate.handle(Incoming(topic, signed(entered)))
     tapped = entered
     if refunded == "tap_out":
         tapped = tap_out_of(entered, FARE - ENTRY_PAID, "S02/x1", NOW - 60)
-        await gate.handle(Incoming(topic, tapped.encode()))
+        await gate.handle(Incoming(topic, signed(tapped)))
     path = tmp_path / store
     probing: asyncio.Task[None] | None = None
     try:
         with locked(path):
             trip = tapped.draft.pass_id
-            await gate.handle(Incoming(topic, refund_of(tapped, NOW - 30, trip).encode()))
+            await gate.handle(Incoming(topic, signed(refund_of(tapped, NOW - 30, trip))))
             # Seen: the alarm names what was not applied, the file and why.
             assert alarms[alarm].startswith(f"{said} {path}: database is locked")
             # What it says: the tap is still in force here.
@@ -410,10 +420,10 @@ async def test_a_refunded_tap_in_the_taps_store_cannot_drop_prices_nothing_and_i
     gate, alarms = exits.gate, exits.alarms
     topic = topics.line_taps("L1")
     entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
-    await gate.handle(Incoming(topic, entered.encode()))
+    await gate.handle(Incoming(topic, signed(entered)))
     path = tmp_path / "taps.sqlite3"
     with locked(path):
-        await gate.handle(Incoming(topic, refund_of(entered, NOW - 30).encode()))
+        await gate.handle(Incoming(topic, signed(refund_of(entered, NOW - 30))))
         assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {path}: database is locked")
         # Safe: held until dropped, the refunded tap-in prices nothing here.
         assert (await exits.tap_out())[:2] == ("no_pass", FARTHEST)
@@ -441,12 +451,12 @@ async def test_another_gates_refund_of_a_tap_in_the_taps_store_cannot_apply_hide
     exits = Exits(tmp_path)
     topic = topics.line_taps("L1")
     entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
-    await exits.gate.handle(Incoming(topic, entered.encode()))
+    await exits.gate.handle(Incoming(topic, signed(entered)))
     forged = refund_of(entered, NOW - 30)
     forged = Record(forged.record_id, "S02/g1", forged.seq, forged.ts_us, forged.draft)
     try:
         with locked(tmp_path / "taps.sqlite3"):
-            await exits.gate.handle(Incoming(topic, forged.encode()))
+            await exits.gate.handle(Incoming(topic, signed(forged)))
             outcome, amount, _ = await exits.tap_out()
             assert (outcome, amount) == ("charged", FARE - ENTRY_PAID)
     finally:
@@ -463,12 +473,12 @@ async def test_an_exit_heard_on_the_line_the_replay_store_cannot_mark_is_held_th
     gate, alarms = exits.gate, exits.alarms
     topic = topics.line_taps("L1")
     entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
-    await gate.handle(Incoming(topic, entered.encode()))
+    await gate.handle(Incoming(topic, signed(entered)))
     out = tap_out_of(entered, FARE - ENTRY_PAID, "S02/x1", NOW - 60)
     trip = out.draft.pass_id
     path = tmp_path / "replay.sqlite3"
     with locked(path):
-        await gate.handle(Incoming(topic, out.encode()))  # SQLite's wait runs out
+        await gate.handle(Incoming(topic, signed(out)))  # SQLite's wait runs out
         assert alarms["replay_store_error"].startswith(
             f"{REPLAY_UNMARKED} {path}: database is locked"
         )
@@ -486,7 +496,7 @@ async def test_an_exit_heard_on_the_line_the_replay_store_cannot_mark_is_held_th
     used = gate.replay.get(f"pass:{trip}")
     assert used is not None and (used.lane, used.remote) == ("S02/x1", True)
     # So that gate's refund of the tap-out gives it back here, as a mark heard at once would.
-    await gate.handle(Incoming(topic, refund_of(out, NOW - 30, trip).encode()))
+    await gate.handle(Incoming(topic, signed(refund_of(out, NOW - 30, trip))))
     try:
         assert await exits.tap_out() == ("charged", FARE - ENTRY_PAID, trip)
     finally:
@@ -501,15 +511,15 @@ async def test_an_exit_heard_on_the_line_and_held_outlives_a_restart_and_its_ref
     exits = Exits(tmp_path)
     topic = topics.line_taps("L1")
     entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
-    await exits.gate.handle(Incoming(topic, entered.encode()))
+    await exits.gate.handle(Incoming(topic, signed(entered)))
     out = tap_out_of(entered, FARE - ENTRY_PAID, "S02/x1", NOW - 60)
     trip = out.draft.pass_id
     with locked(tmp_path / "replay.sqlite3"):
-        await exits.gate.handle(Incoming(topic, out.encode()))
+        await exits.gate.handle(Incoming(topic, signed(out)))
         exits = exits.restarted()
         assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
         # Its gate's refund: the held exit goes, no replay store write needed.
-        await exits.gate.handle(Incoming(topic, refund_of(out, NOW - 30, trip).encode()))
+        await exits.gate.handle(Incoming(topic, signed(refund_of(out, NOW - 30, trip))))
         assert exits.gate.unmarked == {} == exits.gate.store.held(NOW)
         assert await exits.tap_out() == ("charged", FARE - ENTRY_PAID, trip)
     exits.close()
@@ -533,7 +543,7 @@ async def test_a_held_exit_is_marked_once_the_replay_store_heals_with_the_taps_s
             assert "replay_store_error" in alarms
             # And another rider's tap-in refunded, which the taps store cannot drop either.
             other = tap_in("S02", NOW - 300, "rider-2")
-            await gate.handle(Incoming(topics.line_taps("L1"), refund_of(other, NOW - 30).encode()))
+            await gate.handle(Incoming(topics.line_taps("L1"), signed(refund_of(other, NOW - 30))))
             assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
         tasks = [asyncio.create_task(_probe_replay(gate)), asyncio.create_task(_probe_taps(gate))]
         try:
@@ -569,12 +579,12 @@ async def test_a_heard_exit_held_is_not_given_back_by_this_gates_refund(tmp_path
     gate = exits.gate
     topic = topics.line_taps("L1")
     entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
-    await gate.handle(Incoming(topic, entered.encode()))
+    await gate.handle(Incoming(topic, signed(entered)))
     _, _, trip = await exits.tap_out()  # priced here before the other gate's exit is heard
     out = tap_out_of(entered, FARE - ENTRY_PAID, "S02/x1", NOW - 60)
     assert trip is not None and trip == out.draft.pass_id
     with locked(tmp_path / "replay.sqlite3"):
-        await gate.handle(Incoming(topic, out.encode()))
+        await gate.handle(Incoming(topic, signed(out)))
         await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
         assert gate.unmarked[f"pass:{trip}"].lane == "S02/x1"
         await gate.release(ReleasePass(trip))  # this gate's tap-out refunded

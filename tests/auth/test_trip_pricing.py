@@ -17,6 +17,7 @@ from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.passes import MAX_TEXT_LEN, EntryPass
+from lane.auth.plate_binding import PlateBinding, encode_binding
 from lane.auth.replay import ReplayStore
 from lane.auth.trip_pricing import ExitLaneRules, evidence_of, pass_expiry, price_trip
 from lane.auth.trip_rules import RoadRules
@@ -25,6 +26,7 @@ from lane.core.names import TripSource
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.trip_desk import TripDesk
 from lane.wire import topics
+from sim.codes import CodeFactory
 
 TARIFF = load_tariff(Path(__file__).resolve().parents[2] / "deploy" / "tariff.road.example.toml")
 NOW = int(datetime(2026, 12, 1, 4, 0, tzinfo=UTC).timestamp())
@@ -32,8 +34,16 @@ HOUR = 3600
 P01 = PlazaPassKey.generate("P01")
 P02 = PlazaPassKey.generate("P02")
 STRANGER = PlazaPassKey.generate("P02", kid="pass-P02-stolen")
-KEYS = KeySet.of(NOW - 86_400, [P01.public(), P02.public()])
+CODES = CodeFactory(5)
+ENTRY = "P01/e1"  # the entry lane that binds plates, with its key (lane.auth.peers)
+KEYS = KeySet.of(NOW - 86_400, [*CODES.keyset(NOW - 3600, [ENTRY]).keys.values(), P01.public(),
+                                P02.public()])  # fmt: skip
 RULES = ExitLaneRules("P03", "P03/x1", RoadRules(), pass_lifetime_s=30 * 86_400, skew_s=30)
+
+
+def binding(text: str, plate: str = "ZJA1", at: float = NOW - HOUR, lane: str = ENTRY) -> bytes:
+    """A plate binding as the entry lane publishes it."""
+    return CODES.lane_key(lane).seal(encode_binding(PlateBinding(plate, text, lane, at)))
 
 
 def pass_of(key: PlazaPassKey, n: int, vehicle_class: int = 1, at: int = NOW - HOUR) -> str:
@@ -99,7 +109,10 @@ def test_an_exit_the_tariff_cannot_price_is_unpriced_for_the_attendant() -> None
 def desk(store: ReplayStore, now: list[float]) -> TripDesk:
     # A link that never connects: the desk only publishes to clear a plate binding.
     link = MqttLink("127.0.0.1", 1, "never-connected")
-    return TripDesk(RULES, TARIFF, lambda: KEYS, store, link, sharing=None, wall=lambda: now[0])
+    peers = CODES.peers(RULES.lane, store, lambda: KEYS, lambda: now[0])
+    return TripDesk(
+        RULES, TARIFF, lambda: KEYS, store, link, sharing=None, peers=peers, wall=lambda: now[0]
+    )
 
 
 async def exits(store: ReplayStore, showings: list[tuple[int, int]]) -> list[tuple[int, str, int]]:
@@ -147,7 +160,7 @@ def test_a_plate_prices_from_its_binding_and_the_binding_goes_with_the_exit(
             plate_ask = ask(None, source=TripSource.PLATE)
             assert not (await trips.price(plate_ask)).found
             text = pass_of(P01, 7)
-            trips.handle(Incoming(topics.road_plate("ZJA1"), text.encode(), retain=True))
+            trips.handle(Incoming(topics.road_plate("ZJA1"), binding(text), retain=True))
             answer = await trips.price(plate_ask)
             assert (answer.outcome, answer.amount_minor) == ("charged", 4000)
             trips.handle(Incoming(topics.road_plate("ZJA1"), b"", retain=True))  # exited
@@ -159,15 +172,16 @@ def test_a_plate_prices_from_its_binding_and_the_binding_goes_with_the_exit(
 def test_a_plate_binding_that_is_no_pass_text_is_refused_and_not_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Not ASCII, or longer than any pass (a retained megabyte on the road's topic): logged with
-    its topic and not held in memory."""
+    """Not ASCII, or longer than any pass (a retained megabyte on the road's topic), signed or
+    not: logged with its topic and not held in memory."""
     with ReplayStore(tmp_path / "replay.sqlite3") as store:
         trips = desk(store, [float(NOW)])
         topic = topics.road_plate("ZJA1")
-        for payload in (b"\xff\xfe", b"A" * (MAX_TEXT_LEN + 1), b"A" * 1_000_000):
+        for payload in (b"\xff\xfe", b"A" * (MAX_TEXT_LEN + 1), b"A" * 1_000_000,
+                        binding("A" * (MAX_TEXT_LEN + 1)), binding("\u6d59A1")):  # fmt: skip
             trips.handle(Incoming(topic, payload, retain=True))
         assert trips.bound == {}
-        lines = [r for r in caplog.records if r.getMessage() == "garbage plate binding"]
-        assert [r.__dict__["topic"] for r in lines] == [topic] * 3
-        trips.handle(Incoming(topic, b"A" * MAX_TEXT_LEN, retain=True))
+        lines = [r for r in caplog.records if r.getMessage() == "plate binding refused: malformed"]
+        assert [r.__dict__["topic"] for r in lines] == [topic] * 5
+        trips.handle(Incoming(topic, binding("A" * MAX_TEXT_LEN), retain=True))
         assert trips.bound == {"ZJA1": "A" * MAX_TEXT_LEN}

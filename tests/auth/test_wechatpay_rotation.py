@@ -406,7 +406,9 @@ def test_check_config_names_a_bad_certificate_mode_file(
 
 
 def write_lane_toml(tmp: Path, section: dict[str, Any]) -> Path:
-    lines = ['[fares]\ncurrency = "CNY"\n[auth.routes]\nwechat = "wechatpay"\n[auth.wechatpay]']
+    # A lane on its own (no plaza sharing): no lane key to have.
+    lines = ['[fares]\ncurrency = "CNY"\n[auth]\nshare_used_tokens = false\n[auth.routes]\n'
+             'wechat = "wechatpay"\n[auth.wechatpay]']  # fmt: skip
     lines += [f'{k} = "{v}"' for k, v in section.items()]
     path = tmp / "lane.toml"
     path.write_text("\n".join(lines) + "\n")

@@ -3,6 +3,7 @@ closes what was opened, and `aclose()` closes it all again (twice is harmless)."
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,20 @@ from lane.auth.passes import pass_key
 from lane.config import LaneConfig, parse_config
 from lane.daemon import build
 from scanner.sources import PushSource
+from sim.codes import CodeFactory
 from uplink.queue import QueueError, RecordQueue
 
 
 def config_for(data: Path) -> LaneConfig:
-    return parse_config({"lane": {"id": "p01/l01", "data_dir": str(data)}})
+    # Alone: nothing to tell other lanes, no lane key.
+    auth = {"share_used_tokens": False}
+    return parse_config({"lane": {"id": "p01/l01", "data_dir": str(data)}, "auth": auth})
+
+
+def lane_key(where: Path, lane: str) -> dict[str, str]:
+    """[auth] keys giving `lane` its key (a road or metro lane talks to the others)."""
+    CodeFactory(1).write_keyset(where / "keyset.json", int(time.time()), [lane])
+    return CodeFactory(1).lane_auth(where, lane)
 
 
 def open_wal_files(data: Path) -> list[str]:
@@ -62,7 +72,7 @@ async def test_the_replay_store_gets_the_lanes_skew_and_caps(
 ) -> None:
     data: dict[str, dict[str, object]] = {
         "lane": {"id": "p01/l01", "data_dir": str(tmp_path / "lane")},
-        "auth": {"skew_s": 10, "max_token_lifetime_s": 120},
+        "auth": {"skew_s": 10, "max_token_lifetime_s": 120, **lane_key(tmp_path, "p01/l01")},
     }
     for section, values in settings.items():
         data[section] = {**data.get(section, {}), **values}

@@ -17,7 +17,11 @@ async def test_the_lane_builds_its_scanner_with_the_gate_unless_switched_off(
 ) -> None:
     for setting, expected in (({}, GateSettings()), ({"change_gate": False}, None)):
         config = parse_config(
-            {"lane": {"id": "p01/l01", "data_dir": str(tmp_path / "lane")}, "camera": setting}
+            {
+                "lane": {"id": "p01/l01", "data_dir": str(tmp_path / "lane")},
+                "camera": setting,
+                "auth": {"share_used_tokens": False},  # alone: no lane key
+            }
         )
         daemon = await build(config, source=PushSource())
         try:
@@ -31,7 +35,9 @@ def test_check_config_refuses_a_non_boolean_and_warns_when_off(tmp_path: Path) -
     path.write_text('[camera]\nsource = "0"\nchange_gate = "sometimes"\n')
     found = check_config(path)
     assert any("camera.change_gate" in p for p in found.problems), found.problems
-    path.write_text('[camera]\nsource = "0"\nchange_gate = false\n')
+    path.write_text(
+        '[camera]\nsource = "0"\nchange_gate = false\n[auth]\nshare_used_tokens = false\n'
+    )
     found = check_config(path)
     assert found.problems == []
     assert any("camera.change_gate: off" in w for w in found.warnings), found.warnings

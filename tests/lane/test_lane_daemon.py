@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,6 +81,7 @@ def config_for(
     barrier: dict[str, Any] | None = None,
     camera: dict[str, Any] | None = None,
     broker_keys: dict[str, Any] | None = None,
+    auth_extra: dict[str, Any] | None = None,
 ) -> LaneConfig:
     return parse_config(
         {
@@ -88,7 +89,11 @@ def config_for(
             "barrier": barrier or {},
             "broker": {"port": broker.port, **(broker_keys or {})},
             "camera": {"source": "push", **(camera or {})},
-            "auth": {"acquirer_url": acquirer, "keyset": str(keyset)},
+            "auth": {
+                "acquirer_url": acquirer,
+                "keyset": str(keyset),
+                **(auth_extra or {}),
+            },
         }
     )
 
@@ -112,14 +117,17 @@ async def running_lane(
     ready: bool = True,
     camera: dict[str, Any] | None = None,
     broker: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
+    peers: Sequence[str] = (),
 ) -> AsyncIterator[Lane]:
     """The daemon in this process, with a device emulator; `lane`, `barrier`, `camera`,
-    `broker`: extra [lane], [barrier], [camera] and [broker] config keys; `fault`: the
+    `broker`, `auth`: extra [lane], [barrier], [camera], [broker] and [auth] config keys;
+    `peers`: other lanes whose keys the key set holds (it holds the lane's own); `fault`: the
     device's fault from its start; `source`: the camera (a fresh push camera by default);
     `ready`: wait until lane and device are connected and the barrier is closed (not with a
     broker that is down)."""
     codes = CodeFactory(7)
-    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
+    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()), [lane_id, *peers])
     acquirer = AcquirerServer()
     url = await acquirer.start()
     config = config_for(
@@ -132,6 +140,7 @@ async def running_lane(
         barrier=barrier,
         camera=camera,
         broker_keys=broker,
+        auth_extra={**codes.lane_auth(tmp_path, lane_id), **(auth or {})},
     )
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))
     queue_path = config.lane.data_dir / "queue.sqlite3"
@@ -235,13 +244,14 @@ async def test_garbage_on_lane_topics_is_ignored(lane: Lane, mosquitto: Mosquitt
 async def test_sigterm_stops_cleanly_and_says_offline(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
 ) -> None:
-    keyset = CodeFactory(3).write_keyset(tmp_path / "keyset.json", int(time.time()))
+    codes = CodeFactory(3)
+    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()), [lane_id])
     conf = tmp_path / "lane.toml"
     conf.write_text(
         f'[lane]\nid = "{lane_id}"\ndata_dir = "data"\n'
         f"[broker]\nport = {mosquitto.port}\n"
         f'[camera]\nsource = "{tmp_path / "frames"}/"\n'
-        f'[auth]\nkeyset = "{keyset.name}"\n'
+        f'[auth]\nkeyset = "{keyset.name}"\n{codes.lane_auth_toml(tmp_path, lane_id)}'
     )
     (tmp_path / "frames").mkdir()
     statuses = lane_statuses

@@ -23,7 +23,7 @@ async def test_a_folder_read_before_the_device_is_up_still_pays(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
     codes = CodeFactory(11)
-    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
+    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()), [lane_id])
     folder = tmp_path / "camera"
     folder.mkdir()
     token = codes.make("token", int(time.time())).text
@@ -33,7 +33,7 @@ async def test_a_folder_read_before_the_device_is_up_still_pays(
             "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")},
             "broker": {"port": mosquitto.port},
             "camera": {"source": f"{folder}/"},
-            "auth": {"keyset": str(keyset)},
+            "auth": {"keyset": str(keyset), **codes.lane_auth(tmp_path, lane_id)},
         }
     )
     daemon = await build(config, shutdown_grace_s=2.0)

@@ -418,14 +418,15 @@ async def lane_processes(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str, data: Path, barrier: str = ""
 ) -> AsyncIterator[LaneProcesses]:
     """Killed on the way out, whatever is still running; `barrier`: [barrier] TOML lines."""
-    keyset = CodeFactory(3).write_keyset(tmp_path / "keyset.json", int(time.time()))
+    codes = CodeFactory(3)
+    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()), [lane_id])
     conf = tmp_path / "lane.toml"
     conf.write_text(
         f'[lane]\nid = "{lane_id}"\ndata_dir = "{data}"\n'
         f"[barrier]\n{barrier}"
         f"[broker]\nport = {mosquitto.port}\n"
         f'[camera]\nsource = "{tmp_path / "frames"}/"\n'
-        f'[auth]\nkeyset = "{keyset}"\n'
+        f'[auth]\nkeyset = "{keyset}"\n{codes.lane_auth_toml(tmp_path, lane_id)}'
     )
     (tmp_path / "frames").mkdir()
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, Timings().scaled(20))

@@ -45,7 +45,12 @@ def test_broken_config_is_refused_with_every_problem(tmp_path: Path) -> None:
         ('[auth]\nkeyset = "missing.json"', None, "missing.json: cannot read"),
         ('[auth]\nkeyset = "keys.json"', "{not json", "keys.json: not JSON"),
         ('[auth]\ndeny_list = "deny.json"', "[]", "deny.json: must hold a JSON object"),
-        ('[fares]\ntariff = "tariff.toml"', "currency = 'EUR'\n[toll.fares]\n1 = 2.5\n", "tariff"),
+        # A lane alone (no plaza sharing: no lane key), whose tariff is read after the stores.
+        (
+            '[fares]\ntariff = "tariff.toml"\n[auth]\nshare_used_tokens = false',
+            "currency = 'EUR'\n[toll.fares]\n1 = 2.5\n",
+            "tariff",
+        ),
     ],
 )
 def test_unusable_files_stop_the_lane_at_start(

@@ -61,7 +61,8 @@ async def test_a_first_use_is_shared_from_the_loop(tmp_path: Path) -> None:
     codes = CodeFactory(3)
     store = ReplayStore(tmp_path / "replay.db")
     link = MqttLink("127.0.0.1", free_port(), "unused")  # never connected: the use stays queued
-    sharing = UsedTokenSharing(link, store, "p01", "p01/l01")
+    peers = codes.peers("p01/l01", store, lambda: codes.keyset(now))
+    sharing = UsedTokenSharing(link, store, "p01", "p01/l01", peers=peers)
     verifier = TokenVerifier(
         "p01/l01", codes.keyset(now), DenyList.empty(), store, 30.0, sharing=sharing
     )

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from polling import eventually
 from test_lane_daemon import show
+from test_lane_peers import REFUSED, sender
 from test_road_lanes import Road, RoadLane, eventually_value, road, running_back_office
 
 from lane.auth.fares import load_tariff
@@ -37,7 +38,7 @@ from lane.core.records import AuthInfo, RecordDraft
 from lane.tap_desk import TapDesk
 from lane.transport.mqtt import MqttLink
 from sim.acquirer import AcquirerServer
-from sim.codes import KID
+from sim.codes import KID, CodeFactory
 from uplink.records import Record
 from uplink.refunds import RefundTrail, open_refunds
 from uplink.sqlite_store import SqliteIngestStore
@@ -514,3 +515,52 @@ async def test_bad_taps_on_the_line_are_refused_and_the_passenger_pays_from_the_
             f["msg"] for f in fields if (f.get("topic"), f.get("lane")) == (topic, gate.daemon.lane)
         ]
         assert len(lines) == len(bad), lines
+
+
+async def test_a_forged_tap_out_or_refund_is_refused_and_the_passenger_pays_from_the_real_tap_in(
+    road: Road, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the line's broker account anybody can publish on `line/{line}/taps` in a gate's
+    name: a tap-out closing the passenger's tap-in (unsigned, or signed with a key the key set
+    does not hold) or a refund dropping it (signed by another gate's key): each refused with a
+    line naming the topic, the gate it claims and why, and `peer_messages_refused`; the exit
+    prices the real tap-in's trip (docs/closed-road.md, "Sharing the taps")."""
+    entry, exit_gate = await gates(road)
+    taps = exit_gate.daemon.road.taps
+    assert taps is not None
+    now = int(time.time())
+    tap_in = await through(entry, token(road, "rider-1", now))
+    await eventually(lambda: taps.store.count() == 1, what="the tap-in heard at the exit gate")
+    entered = Record.from_map(tap_in)
+    trip = uuid.UUID(entered.record_id).hex
+    elsewhere = road.lane_id("S02/x")
+    paid = AuthInfo(AuthResult.APPROVED)
+    closing = RecordDraft(RecordKind.TAP_OUT, "v9", 1, 500, "CNY", Method.TOKEN, "rider-1", paid,
+                          entry_plaza="S01", pass_id=trip)  # fmt: skip
+    out = Record(str(uuid.uuid4()), elsewhere, 1, now * 10**6, closing).encode()
+    undo = RecordDraft(RecordKind.TAP_IN, "v9", 1, 0, "", Method.NONE, None,
+                       AuthInfo(AuthResult.NONE),
+                       flags=("paid_not_passed", f"record:{entered.record_id}"))  # fmt: skip
+    refund = Record(str(uuid.uuid4()), entry.daemon.lane, 9, now * 10**6, undo).encode()
+    forged = [
+        out,
+        CodeFactory(99).lane_key(elsewhere).seal(out),
+        road.codes.lane_key(road.lane_id("S02/g")).seal(refund),
+    ]
+    caplog.set_level(logging.INFO)
+    async with sender(road.broker, f"forger-{road.run_id}") as link:
+        for payload in forged:
+            await link.publish(taps.topic, payload)
+        alarms = exit_gate.daemon.runner.alarms
+        await eventually(lambda: entry.daemon.lane in alarms.get(REFUSED, ""), what="alarmed")
+    assert elsewhere in alarms[REFUSED]
+    lines = [r.__dict__ for r in caplog.records if r.getMessage().startswith("tap message refused")
+             and r.__dict__["lane"] == exit_gate.daemon.lane]  # fmt: skip
+    assert [(f["topic"], f["from_lane"], f["reason"]) for f in lines] == [
+        (taps.topic, elsewhere, "unsigned"),
+        (taps.topic, elsewhere, "bad_signature"),
+        (taps.topic, entry.daemon.lane, "wrong_lane"),
+    ]
+    tap_out = await through(exit_gate, token(road, "rider-1", now - 1))
+    assert (tap_out["entry_plaza"], tap_out["pass_id"]) == ("S01", trip)
+    assert not {"pass_used", "no_pass"} & set(tap_out["flags"])  # the trip, from its tap-in

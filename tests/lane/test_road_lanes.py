@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -30,7 +31,8 @@ from barrier.printer import PrinterEmulator, render_ticket
 from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet, keyset_to_json, load_keyset
-from lane.auth.passes import pass_key
+from lane.auth.passes import EntryPass, pass_key
+from lane.auth.plate_binding import PlateBinding, encode_binding
 from lane.config import parse_config
 from lane.daemon import LaneDaemon, build
 from lane.transport.mqtt import MqttLink
@@ -63,6 +65,12 @@ class RoadLane:
         return [r for r in (f["record"] for f in self.named("record")) if r["kind"] == kind]
 
 
+# The lanes a road or a metro line of these tests may run (`Road.lane_id`), whose keys the key
+# set holds: a lane's messages reach lanes started before it, which read no new key set then.
+LANES = ("P01/e", "P02/e", "P03/x", "P03/y", "S01/g", "S02/g", "S02/w", "S02/x", "S03/f",
+         "S03/w", "S03/x")  # fmt: skip
+
+
 @dataclass
 class Road:
     tmp: Path
@@ -81,6 +89,9 @@ class Road:
     ) -> RoadLane:
         """`rules`: extra [lane] keys."""
         data = self.tmp / lane_id.replace("/", "_")
+        # Every lane holds the road's key set and signs with its own key (lane.auth.peers).
+        auth = {"keyset": str(self.keyset), **self.codes.lane_auth(self.tmp, lane_id)}
+        sections["auth"] = {**auth, **sections.get("auth", {})}
         config = parse_config(
             {
                 "lane": {"id": lane_id, "mode": mode, "data_dir": str(data), **(rules or {})},
@@ -154,7 +165,9 @@ class Road:
 @pytest.fixture
 async def road(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Road]:
     codes = CodeFactory(7)
-    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
+    run_id = uuid.uuid4().hex[:6]
+    lanes = [f"{name}{run_id}" for name in LANES]
+    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()), lanes)
     p01 = PlazaPassKey.generate("P01")
     tokens = load_keyset(keyset)
     keyset.write_text(keyset_to_json(KeySet.of(tokens.issued_at, [*tokens.keys.values(),
@@ -166,7 +179,7 @@ async def road(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Road]:
                                               serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption()))  # fmt: skip
     async with contextlib.AsyncExitStack() as stack:
-        yield Road(tmp_path, mosquitto, codes, keyset, pem, uuid.uuid4().hex[:6], stack)
+        yield Road(tmp_path, mosquitto, codes, keyset, pem, run_id, stack)
 
 
 def shown(lane: RoadLane, line: str) -> bool:
@@ -451,3 +464,53 @@ async def test_an_exit_carried_over_a_restart_and_refunded_releases_its_pass_her
     fare = load_tariff(ROAD).trip_fare(1, "P01", "P03", time.time()).amount_minor
     again = restarted.named("trip_priced")[0]
     assert (again["outcome"], again["amount_minor"], again["attendant"]) == ("charged", fare, False)
+
+
+async def test_a_forged_or_stale_plate_binding_is_refused_at_the_exit_lane(
+    road: Road, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The plate's binding, signed by the entry lane, stands against one published unsigned
+    in that lane's name (a genuine pass of a cheaper trip, say), an older genuine binding of
+    the plate replayed, and a genuine binding of another plate put on this plate's topic
+    (docs/closed-road.md, "Plate bindings")."""
+    exit_lane = await road.exit_lane()
+    trips = exit_lane.daemon.road.trips
+    assert trips is not None
+    entry_id = road.lane_id("P01/e")
+    plaza_key = PlazaPassKey.load(road.pass_key, "pass-P01", "P01")
+    plate = f"ZJ{road.run_id.upper()}"[:16]
+    now = int(time.time())
+
+    def pass_of(n: int, at: int) -> str:
+        return plaza_key.issue(EntryPass("P01", entry_id.split("/")[1], at, 1, bytes([n]) * 12,
+                                         plate))  # fmt: skip
+
+    def bound(text: str, at: float, to: str = plate) -> bytes:
+        return encode_binding(PlateBinding(to, text, entry_id, at))
+
+    current = pass_of(1, now - 60)
+    await road.publish(topics.road_plate(plate), road.codes.lane_key(entry_id).seal(
+        bound(current, now - 60)))  # fmt: skip
+    await eventually(lambda: trips.bound.get(plate) == current, what="the binding")
+    caplog.set_level(logging.INFO)
+    for payload in (
+        road.codes.lane_key(entry_id).seal(bound(pass_of(3, now - 3600), now - 3600)),  # stale
+        road.codes.lane_key(entry_id).seal(bound(pass_of(4, now - 10), now - 10, "OTHER1")),
+        bound(pass_of(2, now - 30), now - 30),  # unsigned, in the entry lane's name
+    ):
+        await road.publish(topics.road_plate(plate), payload)
+    topic = topics.road_plate(plate)
+
+    def refused() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.__dict__.get("topic") == topic and r.levelname == "WARNING"]  # fmt: skip
+
+    await eventually(lambda: len(refused()) == 3, what=f"three refusals: {refused()}")
+    assert refused() == [
+        "plate binding older than the plate's: refused",
+        "plate binding for another plate: refused",
+        "plate binding refused: unsigned",
+    ]
+    assert trips.bound[plate] == current
+    alarms = exit_lane.daemon.runner.alarms
+    await eventually(lambda: entry_id in alarms.get("peer_messages_refused", ""), what="alarm")

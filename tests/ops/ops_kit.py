@@ -101,14 +101,14 @@ async def running_lane(
     """`extra`: config keys by section, on top of the test lane's; `clocks`: the lane's (its
     wall is the device's too: both computers keep the same time)."""
     codes = CodeFactory(11)
-    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()))
+    keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()), [lane_id])
     acquirer = AcquirerServer()
     url = await acquirer.start()
     sections: dict[str, dict[str, Any]] = {
         "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")},
         "broker": {"port": broker.port},
         "camera": {"source": "push"},
-        "auth": {"acquirer_url": url, "keyset": str(keyset)},
+        "auth": {"acquirer_url": url, "keyset": str(keyset), **codes.lane_auth(tmp_path, lane_id)},
         "metrics": {"host": "127.0.0.1", "port": 0},
     }
     for section, keys in (extra or {}).items():

@@ -142,6 +142,7 @@ async def test_a_taken_metrics_port_does_not_stop_the_lane(
                 "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")},
                 "broker": {"port": mosquitto.port},
                 "metrics": {"port": port},
+                "auth": {"share_used_tokens": False},  # alone: no lane key
             }
         )
         daemon = await build(config, source=PushSource())
@@ -157,7 +158,11 @@ async def test_healthz_is_503_once_the_runner_task_has_died(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
     config = parse_config(
-        {"lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")}, "metrics": {"port": 0}}
+        {
+            "lane": {"id": lane_id, "data_dir": str(tmp_path / "lane")},
+            "metrics": {"port": 0},
+            "auth": {"share_used_tokens": False},  # alone: no lane key
+        }
     )
     daemon = await build(config, source=PushSource())
 

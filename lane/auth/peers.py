@@ -1,0 +1,123 @@
+"""A lane's end of the messages lanes send each other: sign what it sends, verify what it hears.
+
+One `Peers` per lane, shared by the used-token sharing (lane.auth.plaza), a metro gate's tap
+desk (lane.tap_desk) and a closed road's ticket and trip desks (lane.ticket_desk,
+lane.trip_desk), which call it where they encode and decode their messages:
+
+- `seal(payload)`: the message signed with the lane's key (lane.auth.peer_messages); a lane
+  without one (only while `auth.accept_unsigned_peers` is on) sends it bare.
+- `open(...)`: the verified message, or None after one warning line naming the topic, the lane
+  the message claims and the refusal; the refusal is kept for `peer_messages_refused`, an
+  unsigned message taken for `unsigned_peer_messages`.
+- `first_hearing(...)`: False for a message already taken (its digest marked in the replay
+  store, `peer:` keys, kept as long as the message could act): a replay of a genuine signed
+  message is not taken twice.
+- `alarm_texts(now)`: the three peer alarms' texts (None: clear), which the health loop raises
+  and clears every second: `peer_messages_refused` (per lane, until a message of that lane
+  verifies or `PEER_QUIET_S` passes without a refusal from it), `unsigned_peer_messages` (until
+  none is taken for `PEER_QUIET_S`), `lane_key_missing` (while the key set the lane holds,
+  which its peers hold too, lacks its own key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from lane.auth.keys import KeySet
+from lane.auth.peer_messages import LaneKey, PeerOpened, PeerRefusal, PeerWatch, open_peer
+from lane.auth.peer_messages import own_key_missing as own_key_text
+from lane.auth.replay import ReplayStore, ReplayStoreError
+
+log = logging.getLogger("lane.auth.peers")
+
+T = TypeVar("T")
+REFUSED_ALARM = "peer_messages_refused"
+UNSIGNED_ALARM = "unsigned_peer_messages"
+KEY_MISSING_ALARM = "lane_key_missing"
+# Replay store keys of messages taken: never a token id or a pass (`pass:`) key.
+HEARD_PREFIX = "peer:"
+
+
+class Peers:
+    def __init__(
+        self,
+        lane: str,
+        key: LaneKey | None,
+        keys: Callable[[], KeySet],
+        replay: ReplayStore,
+        *,
+        accept_unsigned: bool,
+        wall: Callable[[], float],
+    ) -> None:
+        self.lane = lane
+        self.key = key
+        self.keys = keys  # the lane's current key set (files and retained updates)
+        self.replay = replay
+        self.accept_unsigned = accept_unsigned
+        self.wall = wall
+        self.watch = PeerWatch()
+
+    def seal(self, payload: bytes) -> bytes:
+        return payload if self.key is None else self.key.seal(payload)
+
+    def open(
+        self,
+        topic: str,
+        data: bytes,
+        decode: Callable[[bytes], T],
+        lane_of: Callable[[T], str],
+        what: str,
+    ) -> PeerOpened[T] | None:
+        """`what`: the message's name in the log line (`used-token message`, ...)."""
+        now = self.wall()
+        got = open_peer(
+            data, self.keys(), now, decode, lane_of, accept_unsigned=self.accept_unsigned
+        )
+        if isinstance(got, PeerOpened):
+            if got.lane != self.lane:
+                self.watch.opened(got.lane, got.signed, now)
+            return got
+        if got.lane == self.lane:
+            # Our own publish coming back while our key is not in the key set
+            # (`lane_key_missing` says so), or a forgery in our name: nothing to act on.
+            return None
+        log.warning(
+            f"{what} refused: {got.reason}",
+            extra={"lane": self.lane, "topic": topic, "from_lane": got.lane,
+                   "reason": str(got.reason), "kid": got.kid, "error": got.detail},
+        )  # fmt: skip
+        if got.lane is not None and got.reason is not PeerRefusal.MALFORMED:
+            self.watch.refusal(got.lane, got.reason, now)
+        return None
+
+    async def first_hearing(self, opened: PeerOpened[T], exp: float, ids: dict[str, str]) -> bool:
+        """Mark the message as taken until `exp` (unix s); False when it was taken before (a
+        replay, or the broker's second delivery). A store that fails takes it all the same: the
+        message is genuine, and what it does says the store's fault itself."""
+        heard = HEARD_PREFIX + hashlib.sha256(opened.payload).hexdigest()[:32]
+        try:
+            first = await asyncio.to_thread(
+                self.replay.check_and_mark, heard, int(exp) + 1, opened.lane, self.wall()
+            )
+        except ReplayStoreError as exc:
+            log.error("peer message not marked as heard", extra={**ids, "lane": self.lane,
+                      "from_lane": opened.lane, "error": str(exc)})  # fmt: skip
+            return True
+        if not first:
+            log.info("peer message heard before: ignored",
+                     extra={**ids, "lane": self.lane, "from_lane": opened.lane})  # fmt: skip
+        return first
+
+    def alarm_texts(self, now: float) -> dict[str, str | None]:
+        keys = self.keys()
+        # A lane holding no key set at all cannot tell (`lane check-config` warns of that).
+        missing = None if self.key is None or not keys.keys else own_key_text(keys, self.key, now)
+        return {
+            REFUSED_ALARM: self.watch.refused_text(now),
+            UNSIGNED_ALARM: self.watch.unsigned_text(now),
+            KEY_MISSING_ALARM: missing,
+        }
