@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_metro_pricing import NOW, RULES, desk, refund_of, tap_in
+from test_metro_pricing import NOW, RULES, desk, refund_of, signed, tap_in
 
 from lane.tap_clocks import CLOCK_ALARM, GateClocks
 from lane.transport.mqtt import Incoming
@@ -61,22 +61,22 @@ async def test_a_tap_in_from_the_future_names_its_gate_until_that_gate_is_sane_a
     gate = desk(tmp_path, clock, alarm)
     topic = topics.line_taps("L1")
     try:
-        await gate.handle(Incoming(topic, tap_in("S01", NOW + 3600).encode()))
-        await gate.handle(Incoming(topic, tap_in("S02", NOW + 86_400, "rider-2").encode()))
+        await gate.handle(Incoming(topic, signed(tap_in("S01", NOW + 3600))))
+        await gate.handle(Incoming(topic, signed(tap_in("S02", NOW + 86_400, "rider-2"))))
         # Safe: both refused. Seen: the alarm names each gate and how far ahead it was.
         assert gate.store.count() == 0
         text = alarms[CLOCK_ALARM]
         assert text.startswith("tap-ins refused (their exits here pay the maximum fare):")
         assert "from S01/g1 (3600 s), S02/g1 (86400 s):" in text
         # A tap stamped long ago (queued while the broker was away) clears nothing.
-        await gate.handle(Incoming(topic, tap_in("S01", NOW - 3600, "rider-3").encode()))
+        await gate.handle(Incoming(topic, signed(tap_in("S01", NOW - 3600, "rider-3"))))
         assert "S01/g1 (3600 s)" in alarms[CLOCK_ALARM]
         # Clears by itself: each gate once its taps are stamped within the skew again.
         sane = tap_in("S01", NOW - 5, "rider-4")
-        await gate.handle(Incoming(topic, sane.encode()))
+        await gate.handle(Incoming(topic, signed(sane)))
         assert "S01/g1" not in alarms[CLOCK_ALARM] and "S02/g1 (86400 s)" in alarms[CLOCK_ALARM]
         other = tap_in("S02", NOW - 600, "rider-2")
-        await gate.handle(Incoming(topic, refund_of(other, NOW + 1).encode()))
+        await gate.handle(Incoming(topic, signed(refund_of(other, NOW + 1))))
         assert CLOCK_ALARM not in alarms
         assert gate.store.count() == 2  # the tap-ins stamped within the retention, taken
     finally:

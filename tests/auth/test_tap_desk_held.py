@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from polling import eventually
-from test_metro_pricing import NOW, refund_of, tap_in, tap_out_of
+from test_metro_pricing import NOW, refund_of, signed, tap_in, tap_out_of
 from test_tap_desk_stores import ENTRY_PAID, FARE, FARTHEST, Exits, corrupted, locked
 
 from lane.core.actions import MarkPassUsed, ReleasePass
@@ -118,7 +118,7 @@ async def test_a_held_copy_written_while_the_held_exits_change_is_written_again(
     taps = tmp_path / "taps.sqlite3"
     with corrupted(taps):  # two refunded tap-ins the taps store owes drops of, and says so
         for other in others:
-            await gate.handle(Incoming(topic, refund_of(other, NOW - 30).encode()))
+            await gate.handle(Incoming(topic, signed(refund_of(other, NOW - 30))))
     assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
     replay = tmp_path / "replay.sqlite3"
     probes: list[asyncio.Task[None]] = []
@@ -156,10 +156,10 @@ async def test_a_refunded_tap_in_held_until_dropped_outlives_a_restart(tmp_path:
     exits = Exits(tmp_path)
     topic = topics.line_taps("L1")
     entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
-    await exits.gate.handle(Incoming(topic, entered.encode()))
+    await exits.gate.handle(Incoming(topic, signed(entered)))
     taps = tmp_path / "taps.sqlite3"
     with locked(taps):
-        await exits.gate.handle(Incoming(topic, refund_of(entered, NOW - 30).encode()))
+        await exits.gate.handle(Incoming(topic, signed(refund_of(entered, NOW - 30))))
         assert exits.alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
         # Kept in the replay store, another file: the restarted lane still skips it.
         exits = exits.restarted()
@@ -193,20 +193,20 @@ async def test_a_refunded_tap_in_the_replay_store_cannot_keep_either_says_so_and
     gate, alarms = exits.gate, exits.alarms
     topic = topics.line_taps("L1")
     entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
-    await gate.handle(Incoming(topic, entered.encode()))
+    await gate.handle(Incoming(topic, signed(entered)))
     trip = uuid.UUID(entered.record_id).hex
     taps, replay = tmp_path / "taps.sqlite3", tmp_path / "replay.sqlite3"
     try:
         with corrupted(taps):
             with corrupted(replay):
-                await gate.handle(Incoming(topic, refund_of(entered, NOW - 30).encode()))
+                await gate.handle(Incoming(topic, signed(refund_of(entered, NOW - 30))))
                 assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
                 assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
                 # An exit held meanwhile does not hide that warning (a restart would charge
                 # that passenger wrongly).
                 other = tap_in("S02", NOW - 900, "rider-2")
                 out = tap_out_of(other, FARE, "S02/x1", NOW - 60)
-                await gate.handle(Incoming(topic, out.encode()))
+                await gate.handle(Incoming(topic, signed(out)))
                 assert gate.unmarked != {}
                 assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
             tasks = _probes(gate)
