@@ -56,8 +56,11 @@ DECLINED_BEFORE = "declined before"
 ALREADY_USED = "already_used"
 # Declines that say nothing of the code itself (docs/acquirer.md, "Decisions"): the answer
 # may differ next time, so the code may be shown again on purpose and goes out again.
+# `not_yet_valid` is a token shown before its `nbf`/`iat` (lane.auth.tokens): valid seconds
+# later, by the clock alone.
 PASSING = frozenset(
     {
+        "not_yet_valid",
         "timeout",
         "acquirer_unavailable",
         "acquirer_error",

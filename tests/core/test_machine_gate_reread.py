@@ -306,6 +306,16 @@ def test_a_code_the_network_declined_is_declined_again_without_asking(
         assert lane.state.vehicle is None
 
 
+def test_a_token_shown_before_it_is_valid_is_verified_again_once_it_may_be() -> None:
+    """`not_yet_valid` (a token's `nbf` still ahead, by seconds) says when, not whether: the
+    same token shown once that time has come is the verifier's again, not refused from memory."""
+    lane = LaneDriver(ENTRY)
+    lane.scan("HC1:early", "token")
+    lane.decide(approved=False, method="token", reason="not_yet_valid")
+    lane.tick(5.0)
+    assert one(lane.scan("HC1:early", "token"), Authorise).text == "HC1:early"
+
+
 def test_an_entry_gate_declines_a_passback_again_without_a_second_charge() -> None:
     lane = LaneDriver(ENTRY)
     let_through(lane)
