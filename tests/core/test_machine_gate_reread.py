@@ -175,6 +175,30 @@ def test_the_code_is_its_passengers_until_the_gate_closed_behind_them(
 
 
 @pytest.mark.parametrize("lane_rules", GATES, ids=GATE_IDS)
+def test_a_copy_is_refused_once_the_gate_handed_over_at_its_passengers_crossing_closed(
+    lane_rules: LaneRules,
+) -> None:
+    """A queue at the gate: the next passenger paid while the first was still in front of it,
+    so the gate is handed over in the step of the first one's crossing. Their phone is theirs
+    while the gate stays open; once it closed behind the next one, the code is a copy."""
+    lane = LaneDriver(lane_rules)
+    opened(lane)
+    lane.tick(0.5)
+    show(lane, OTHER, "acct-2")
+    lane.persisted()
+    lane.sensor("light_curtain", True)  # the first walks in: the gate is the next one's now
+    assert lane.state.passage is not None and lane.state.passage.crossings == 0
+    lane.sensor("light_curtain", False)
+    assert ignored(lane.scan(CODE))
+    lane.sensor("light_curtain", True)  # the next one walks through
+    lane.sensor("light_curtain", False)
+    assert one(lane.tick_at_deadline(), CloseBarrier)
+    lane.ack()
+    lane.tick(1.0)
+    assert refused_as_used(lane.scan(CODE))
+
+
+@pytest.mark.parametrize("lane_rules", GATES, ids=GATE_IDS)
 def test_a_passenger_who_did_not_walk_through_keeps_their_code(lane_rules: LaneRules) -> None:
     """Nobody walked through: the gate closed after its hold in front of a passenger who may
     still be there, phone in hand."""
