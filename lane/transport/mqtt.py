@@ -37,6 +37,12 @@ class LinkDown(ConnectionError):  # noqa: N818 - the name other parts import
     """The broker is not reachable right now; the message was not sent."""
 
 
+class PublishRefused(LinkDown):
+    """The broker answered the publish with a refusal (an MQTT 5 PUBACK reason of 0x80 or
+    more: not authorised by its ACL, over a quota ...): the message was not taken. A LinkDown,
+    so that every sender treats it as not sent; its text names the broker's reason."""
+
+
 @dataclass(frozen=True)
 class Incoming:
     topic: str
@@ -76,11 +82,12 @@ _DISCONNECT_WITH_WILL = 4
 @dataclass
 class _Connection:
     """One connection: its aiomqtt client, the paho client under it, and the publishes waiting
-    for their PUBACK by message id (ids start again with each connection's client)."""
+    for their PUBACK's reason code by message id (ids start again with each connection's
+    client)."""
 
     client: aiomqtt.Client
     paho: mqtt.Client
-    acks: dict[int, asyncio.Event] = field(default_factory=dict)
+    acks: dict[int, asyncio.Future[ReasonCode]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A VERSION2 callback (paho_client checked), whose type paho gives as either version's.
@@ -93,9 +100,9 @@ class _Connection:
             reason_code: ReasonCode,
             properties: Properties,
         ) -> None:
-            event = self.acks.pop(mid, None)
-            if event is not None:
-                event.set()
+            waiter = self.acks.pop(mid, None)
+            if waiter is not None and not waiter.done():  # done: given up (timed out, cancelled)
+                waiter.set_result(reason_code)
             if theirs is not None:
                 theirs(client, userdata, mid, reason_code, properties)
 
@@ -214,7 +221,8 @@ class MqttLink:
         correlation: bytes | None = None,
         timeout: float = 5.0,  # noqa: ASYNC109 - bounds the wait for the broker ack
     ) -> None:
-        """Publish and wait for the broker's ack (QoS 1); raise LinkDown when not connected."""
+        """Publish and wait for the broker's ack (QoS 1); raise LinkDown when not connected,
+        PublishRefused when the broker's ack refuses the message."""
         conn = self._conn
         if conn is None:
             raise LinkDown(f"not connected to {self.host}:{self.port}")
@@ -232,15 +240,18 @@ class MqttLink:
             raise LinkDown(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         if info.is_published():
             return  # QoS 0, already written
-        confirmation = asyncio.Event()
-        conn.acks[info.mid] = confirmation
+        answer: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
+        conn.acks[info.mid] = answer
         try:
             async with asyncio.timeout(timeout):
-                await confirmation.wait()
+                reason = await answer
         except TimeoutError as exc:
             raise LinkDown(f"publish to {topic} failed: no PUBACK in {timeout} s") from exc
         finally:
             conn.acks.pop(info.mid, None)
+        if reason.is_failure:
+            # A PUBACK all the same: taken as delivered, the message would be lost unseen.
+            raise PublishRefused(f"publish to {topic} refused by the broker: {reason}")
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
