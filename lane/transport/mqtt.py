@@ -111,6 +111,15 @@ class _Connection:
         # PUBACK to caller (and can swallow a cancel racing the ack); this is one turn.
         self.paho.on_publish = on_publish
 
+    def lost(self, where: str) -> None:
+        """The connection ended: no PUBACK can come for what waits (the next connection's
+        client neither knows those messages nor sends them again), so each publisher hears
+        it now, not once its timeout is over."""
+        for waiter in self.acks.values():
+            if not waiter.done():
+                waiter.set_exception(LinkDown(f"connection to {where} lost before the PUBACK"))
+        self.acks.clear()
+
 
 @dataclass
 class MqttLink:
@@ -193,6 +202,8 @@ class MqttLink:
                     extra={"client": self.client_id, "error": str(exc), "retry_s": round(delay, 3)},
                 )
             finally:
+                if self._conn is not None:
+                    self._conn.lost(f"{self.host}:{self.port}")
                 self._conn = None
                 self._closed.set()
                 if self.connected.is_set():
