@@ -29,7 +29,7 @@ import aiohttp
 from lane.config import LaneConfig
 from lane.health import MIN_FREE_BYTES
 from lane.install import TOP_LEVEL, clashes
-from lane.transport.mqtt import Credentials, LinkErrors, MqttLink
+from lane.transport.mqtt import Credentials, LinkErrors, MqttLink, tls_context
 from scanner.camera_net import redact, redact_text
 from scanner.health import CaptureSettings, SourceEvent, is_black
 from scanner.sources import DEFAULT_SETTINGS, Frame, open_source
@@ -124,6 +124,8 @@ async def probe_broker(config: LaneConfig, timeout_s: float) -> Probe:
         b.port,
         f"doctor-{uuid.uuid4().hex[:12]}",
         credentials=creds,
+        # As the lane connects: without it a TLS listener is "MQTT refused" however sound.
+        tls=tls_context(str(b.tls_ca_file)) if b.tls_ca_file is not None else None,
         session_expiry=0,
         backoff_min=0.2,
     )
