@@ -57,7 +57,10 @@ class LaneSection(_Section):
     )
     gate_hold_s: PositiveSeconds = Field(8, description="transit: close the gate if nobody passes")
     reread_s: PositiveSeconds = Field(
-        30, description="transit: a code the gate approved, read again within this, is ignored"
+        30,
+        description="transit: a code the gate approved, read again within this, is ignored"
+        " (refused as used once its passenger is through the closed gate); one it declined is"
+        " refused again",
     )
     pay_dwell_s: PositiveSeconds = Field(
         120, description="A vehicle at the pay point this long without paying: lane_stuck"

@@ -20,6 +20,7 @@ from barrier.health_message import MAX_ALARMS, AcquirerHealth, AlarmEntry
 from barrier.messages import MAX_TEXT
 from lane.alarm_severity import severity_of
 from lane.auth.tokens import Reason
+from lane.core.reread import ALREADY_USED
 from lane.window import percentiles
 
 CLEARED_KEPT = 16
@@ -127,6 +128,8 @@ def acquirer_sample(record: Mapping[str, Any]) -> AcquirerSample | None:
     result = auth.get("result")
     flags = [str(f) for f in record.get("flags") or ()]
     reason = flags[-1] if flags else ""
+    if reason == ALREADY_USED:
+        return None  # a copy a fare gate refused itself (lane.core.reread): never sent
     latency = auth.get("latency_ms")
     latency_ms = float(latency) if isinstance(latency, int | float) else 0.0
     error = result == "deferred" or "deferred" in flags or reason in ACQUIRER_ERRORS

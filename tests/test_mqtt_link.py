@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
+from pathlib import Path
 
 import pytest
 from mqtt_kit import broker_proxy
 from polling import eventually
 
-from lane.transport.mqtt import Incoming, LinkDown, LinkStopped, MqttLink, WillSpec
-from sim.broker import Mosquitto
+from lane.transport.mqtt import Incoming, LinkDown, LinkStopped, MqttLink, PublishRefused, WillSpec
+from sim.broker import Mosquitto, free_port
 
 
 async def test_publish_and_receive_roundtrip(mosquitto: Mosquitto, lane_id: str) -> None:
@@ -68,6 +70,30 @@ async def test_waiting_for_a_link_that_stopped_names_what_stopped_it(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_publish_the_broker_refuses_is_not_taken_as_delivered(tmp_path: Path) -> None:
+    """mosquitto answers a publish its ACL denies with a PUBACK all the same, its reason
+    "Not authorized": the publisher must hear it was not taken (an Outbox keeps it and says
+    so), not go on as if it had been delivered. The link stays up for what is granted."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite granted/#\n")
+    # Started as root, mosquitto drops to user "mosquitto", which cannot read pytest's tmp_path.
+    as_root = "user root\n" if os.geteuid() == 0 else ""
+    broker = Mosquitto(free_port(), tmp_path, f"acl_file {acl}\n{as_root}")
+    broker.start()
+    link = MqttLink(broker.host, broker.port, "acl-publisher")
+    task = asyncio.create_task(link.run())
+    try:
+        await link.wait_connected(5)
+        with pytest.raises(PublishRefused, match="denied/x refused by the broker: Not authorized"):
+            await link.publish("denied/x", b"lost unseen")
+        await link.publish("granted/x", b"taken")
+        assert link.reconnects == 0 and link.connected.is_set()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        broker.stop()
 
 
 async def test_a_link_ended_by_a_bug_leaves_its_will(mosquitto: Mosquitto, lane_id: str) -> None:

@@ -44,7 +44,7 @@ from lane.core import events as ev
 from lane.core.actions import Action, Persist
 from lane.core.display import not_accepted
 from lane.core.names import AuthResult, Position
-from lane.core.notes import ScanIgnored
+from lane.core.notes import BarrierOpened, ScanIgnored
 from lane.core.records import credential_of
 from lane.core.state import COMMITTED_MEMORY, ApprovedCode, DeclinedCode, LaneState
 
@@ -56,8 +56,11 @@ DECLINED_BEFORE = "declined before"
 ALREADY_USED = "already_used"
 # Declines that say nothing of the code itself (docs/acquirer.md, "Decisions"): the answer
 # may differ next time, so the code may be shown again on purpose and goes out again.
+# `not_yet_valid` is a token shown before its `nbf`/`iat` (lane.auth.tokens): valid seconds
+# later, by the clock alone.
 PASSING = frozenset(
     {
+        "not_yet_valid",
         "timeout",
         "acquirer_unavailable",
         "acquirer_error",
@@ -144,7 +147,10 @@ def remember(
     if not after.rules.mode.fare_gate:
         return after
     window = after.rules.reread_s
-    kept = tuple(_followed(c, after, now) for c in after.approved_codes if now - c.at < window)
+    handed = _handed_over(before, actions)
+    kept = tuple(
+        _followed(c, after, handed, now) for c in after.approved_codes if now - c.at < window
+    )
     waited = before.vehicle.pending_persist if before.vehicle is not None else None
     if isinstance(event, ev.PersistFailed) and event.persist_id == waited:
         kept = tuple(c for c in kept if c.persist_id != event.persist_id)
@@ -161,12 +167,26 @@ def remember(
     return replace(after, approved_codes=codes, declined_codes=declined)
 
 
-def _followed(code: ApprovedCode, after: LaneState, now: float) -> ApprovedCode:
+def _handed_over(before: LaneState, actions: Sequence[Action]) -> str | None:
+    """The passenger whose open gate this step handed to the next one: handed over only once
+    they crossed (lane.core.machine._hand_over), which may be this very step's crossing, so
+    that their passage is never seen with it."""
+    if before.passage is None:
+        return None
+    handover = any(isinstance(a, BarrierOpened) and a.handover for a in actions)
+    return before.passage.vehicle_id if handover else None
+
+
+def _followed(code: ApprovedCode, after: LaneState, handed: str | None, now: float) -> ApprovedCode:
     """The code's passenger seen crossing under its passage, then the gate seen closed with
     that passage over (closed behind them, or after the next passenger it was handed to)."""
     passage = after.passage
     theirs = passage is not None and passage.vehicle_id == code.vehicle_id
-    crossed = code.crossed or (theirs and passage is not None and passage.crossings > 0)
+    crossed = (
+        code.crossed
+        or handed == code.vehicle_id
+        or (theirs and passage is not None and passage.crossings > 0)
+    )
     closed = crossed and not theirs and after.barrier == Position.CLOSED
     if code.gone_at is None and closed:
         return replace(code, crossed=True, gone_at=now)

@@ -43,6 +43,12 @@ class LinkStopped(RuntimeError):  # noqa: N818 - said as "the link stopped"
     will not connect by itself; the text names what stopped it, which is its `__cause__`."""
 
 
+class PublishRefused(LinkDown):
+    """The broker answered the publish with a refusal (an MQTT 5 PUBACK reason of 0x80 or
+    more: not authorised by its ACL, over a quota ...): the message was not taken. A LinkDown,
+    so that every sender treats it as not sent; its text names the broker's reason."""
+
+
 @dataclass(frozen=True)
 class Incoming:
     topic: str
@@ -82,11 +88,12 @@ _DISCONNECT_WITH_WILL = 4
 @dataclass
 class _Connection:
     """One connection: its aiomqtt client, the paho client under it, and the publishes waiting
-    for their PUBACK by message id (ids start again with each connection's client)."""
+    for their PUBACK's reason code by message id (ids start again with each connection's
+    client)."""
 
     client: aiomqtt.Client
     paho: mqtt.Client
-    acks: dict[int, asyncio.Event] = field(default_factory=dict)
+    acks: dict[int, asyncio.Future[ReasonCode]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A VERSION2 callback (paho_client checked), whose type paho gives as either version's.
@@ -99,9 +106,9 @@ class _Connection:
             reason_code: ReasonCode,
             properties: Properties,
         ) -> None:
-            event = self.acks.pop(mid, None)
-            if event is not None:
-                event.set()
+            waiter = self.acks.pop(mid, None)
+            if waiter is not None and not waiter.done():  # done: given up (timed out, cancelled)
+                waiter.set_result(reason_code)
             if theirs is not None:
                 theirs(client, userdata, mid, reason_code, properties)
 
@@ -109,6 +116,15 @@ class _Connection:
         # asyncio.wait_for, which on 3.11 is a task of its own and three loop turns from
         # PUBACK to caller (and can swallow a cancel racing the ack); this is one turn.
         self.paho.on_publish = on_publish
+
+    def lost(self, where: str) -> None:
+        """The connection ended: no PUBACK can come for what waits (the next connection's
+        client neither knows those messages nor sends them again), so each publisher hears
+        it now, not once its timeout is over."""
+        for waiter in self.acks.values():
+            if not waiter.done():
+                waiter.set_exception(LinkDown(f"connection to {where} lost before the PUBACK"))
+        self.acks.clear()
 
 
 @dataclass
@@ -210,6 +226,8 @@ class MqttLink:
                     extra={"client": self.client_id, "error": str(exc), "retry_s": round(delay, 3)},
                 )
             finally:
+                if self._conn is not None:
+                    self._conn.lost(f"{self.host}:{self.port}")
                 self._conn = None
                 self._closed.set()
                 if self.connected.is_set():
@@ -238,7 +256,8 @@ class MqttLink:
         correlation: bytes | None = None,
         timeout: float = 5.0,  # noqa: ASYNC109 - bounds the wait for the broker ack
     ) -> None:
-        """Publish and wait for the broker's ack (QoS 1); raise LinkDown when not connected."""
+        """Publish and wait for the broker's ack (QoS 1); raise LinkDown when not connected,
+        PublishRefused when the broker's ack refuses the message."""
         conn = self._conn
         if conn is None:
             raise LinkDown(f"not connected to {self.host}:{self.port}")
@@ -256,15 +275,18 @@ class MqttLink:
             raise LinkDown(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         if info.is_published():
             return  # QoS 0, already written
-        confirmation = asyncio.Event()
-        conn.acks[info.mid] = confirmation
+        answer: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
+        conn.acks[info.mid] = answer
         try:
             async with asyncio.timeout(timeout):
-                await confirmation.wait()
+                reason = await answer
         except TimeoutError as exc:
             raise LinkDown(f"publish to {topic} failed: no PUBACK in {timeout} s") from exc
         finally:
             conn.acks.pop(info.mid, None)
+        if reason.is_failure:
+            # A PUBACK all the same: taken as delivered, the message would be lost unseen.
+            raise PublishRefused(f"publish to {topic} refused by the broker: {reason}")
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Return once connected; raise `stopped` as soon as `run` ends on an error (waiting

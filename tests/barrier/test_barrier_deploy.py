@@ -21,7 +21,7 @@ from tls_kit import make_certs
 from barrier.device import DeviceEmulator, Timings
 from barrier.link import BarrierLink
 from barrier.messages import BarrierAck, BarrierCommand, BarrierStatus, SensorReading
-from lane.transport.mqtt import Credentials, MqttLink
+from lane.transport.mqtt import Credentials, MqttLink, PublishRefused
 from lane.wire import topics
 from sim.broker import Mosquitto, find_mosquitto, free_port
 
@@ -112,9 +112,10 @@ async def test_only_the_controller_can_command_the_barrier(acl_broker: Mosquitto
                 await who.publish(topics.barrier_cmd(lane), forged.encode(), expiry_s=3)
             except Exception as exc:
                 print(f"publish refused: {exc!r}")
-        # io may not speak for the barrier either.
+        # io may not speak for the barrier either, and hears that it was refused.
         fake = BarrierStatus("open", 99, 1, None, "fake")
-        await io.publish(topics.barrier_state(lane), fake.encode(), retain=True)
+        with pytest.raises(PublishRefused, match="Not authorized"):
+            await io.publish(topics.barrier_state(lane), fake.encode(), retain=True)
         # ... but it may report its sensors.
         reading = SensorReading("entry_loop", True, None, 1)
         await io.publish(topics.io(lane, "entry_loop"), reading.encode())

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from test_barrier_deploy import acl_broker, creds, needs_passwd, tasks
 
 from barrier.health_message import AcquirerHealth, LaneHealth, health_topic
 from barrier.messages import AttendantCommand
-from lane.transport.mqtt import Incoming, MqttLink
+from lane.transport.mqtt import Incoming, MqttLink, PublishRefused
 from lane.wire import topics
 from sim.broker import Mosquitto
 
@@ -49,7 +50,8 @@ async def test_health_reaches_the_attendant_whose_commands_reach_the_controller(
             await client.wait_connected(5)
         now = int(time.time() * 1e6)
         forged = LaneHealth("idle", now, [], [], {"passed": 999}, AcquirerHealth("ok", 0), now)
-        await io.publish(health_topic(lane), forged.encode())  # dropped by the broker
+        with pytest.raises(PublishRefused, match="Not authorized"):  # the broker drops it
+            await io.publish(health_topic(lane), forged.encode())
         real = LaneHealth("idle", now, [], [], {"passed": 1}, AcquirerHealth("idle", 0), now)
         await controller.publish(health_topic(lane), real.encode())
         assert await asyncio.wait_for(seen.get(), 5) == real

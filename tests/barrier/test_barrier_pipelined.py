@@ -93,3 +93,29 @@ async def test_a_publish_without_its_puback_raises_link_down(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_publish_waiting_for_its_puback_hears_at_once_that_its_connection_ended(
+    mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """A PUBACK cannot come on another connection (its client never heard of the message), so
+    a publisher still waiting when the connection ends is told so then, not at its timeout."""
+    async with broker_proxy(mosquitto) as proxy:
+        link = MqttLink(mosquitto.host, proxy.port, f"pub-{lane_id}")
+        task = asyncio.create_task(link.run())
+        try:
+            await link.wait_connected(5)
+            proxy.holding = True
+            waiting = asyncio.create_task(
+                link.publish(f"lane/{lane_id}/events", b"x", timeout=30.0)
+            )
+            await eventually(lambda: len(proxy.held) == 1, 5, what="the PUBACK held")
+            await link.drop()
+            with pytest.raises(LinkDown, match="lost before the PUBACK"):
+                await waiting
+            proxy.release()
+            await link.wait_connected(5)
+            await link.publish(f"lane/{lane_id}/events", b"y")  # the next connection's own
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

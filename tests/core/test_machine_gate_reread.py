@@ -175,6 +175,30 @@ def test_the_code_is_its_passengers_until_the_gate_closed_behind_them(
 
 
 @pytest.mark.parametrize("lane_rules", GATES, ids=GATE_IDS)
+def test_a_copy_is_refused_once_the_gate_handed_over_at_its_passengers_crossing_closed(
+    lane_rules: LaneRules,
+) -> None:
+    """A queue at the gate: the next passenger paid while the first was still in front of it,
+    so the gate is handed over in the step of the first one's crossing. Their phone is theirs
+    while the gate stays open; once it closed behind the next one, the code is a copy."""
+    lane = LaneDriver(lane_rules)
+    opened(lane)
+    lane.tick(0.5)
+    show(lane, OTHER, "acct-2")
+    lane.persisted()
+    lane.sensor("light_curtain", True)  # the first walks in: the gate is the next one's now
+    assert lane.state.passage is not None and lane.state.passage.crossings == 0
+    lane.sensor("light_curtain", False)
+    assert ignored(lane.scan(CODE))
+    lane.sensor("light_curtain", True)  # the next one walks through
+    lane.sensor("light_curtain", False)
+    assert one(lane.tick_at_deadline(), CloseBarrier)
+    lane.ack()
+    lane.tick(1.0)
+    assert refused_as_used(lane.scan(CODE))
+
+
+@pytest.mark.parametrize("lane_rules", GATES, ids=GATE_IDS)
 def test_a_passenger_who_did_not_walk_through_keeps_their_code(lane_rules: LaneRules) -> None:
     """Nobody walked through: the gate closed after its hold in front of a passenger who may
     still be there, phone in hand."""
@@ -304,6 +328,16 @@ def test_a_code_the_network_declined_is_declined_again_without_asking(
     if not again:
         assert one(actions, ScanIgnored).vehicle_id == passenger
         assert lane.state.vehicle is None
+
+
+def test_a_token_shown_before_it_is_valid_is_verified_again_once_it_may_be() -> None:
+    """`not_yet_valid` (a token's `nbf` still ahead, by seconds) says when, not whether: the
+    same token shown once that time has come is the verifier's again, not refused from memory."""
+    lane = LaneDriver(ENTRY)
+    lane.scan("HC1:early", "token")
+    lane.decide(approved=False, method="token", reason="not_yet_valid")
+    lane.tick(5.0)
+    assert one(lane.scan("HC1:early", "token"), Authorise).text == "HC1:early"
 
 
 def test_an_entry_gate_declines_a_passback_again_without_a_second_charge() -> None:

@@ -189,6 +189,8 @@ def _record(
         (_record("emv", "declined", ("acquirer_unavailable",)), AcquirerSample(True, False, 40.0)),
         (_record("emv", "declined", ("timeout",), 1900), AcquirerSample(True, False, 1900.0)),
         (_record("emv", "approved", ("deferred",)), AcquirerSample(True, False, 40.0)),
+        # A copy a fare gate refused as used reached no acquirer: neither a decline nor 0 ms.
+        (_record("payment_code", "declined", ("already_used",), 0), None),
     ],
 )
 def test_what_a_record_says_about_the_acquirer(
