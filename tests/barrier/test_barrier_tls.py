@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from tls_kit import make_certs, tls_mosquitto
 
-from lane.config import parse_config
-from lane.doctor import probe_broker
 from lane.transport.mqtt import Incoming, MqttLink, tls_context
 from sim.broker import Mosquitto
 
@@ -58,14 +56,3 @@ async def test_a_broker_not_signed_by_the_lane_ca_is_refused(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-
-
-async def test_the_doctor_probes_the_broker_over_tls_as_the_lane_connects(
-    tls_broker: tuple[Mosquitto, int, Path],
-) -> None:
-    """`lane doctor` on a lane with `tls_ca_file` connects as the lane does: over TLS,
-    verified with that CA, not in plain text to a listener that only speaks TLS."""
-    _, port, ca = tls_broker
-    config = parse_config({"broker": {"port": port, "tls_ca_file": str(ca)}})
-    probe = await probe_broker(config, 5)
-    assert (probe.status, probe.name) == ("OK", "broker"), probe.detail
