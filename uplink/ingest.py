@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from lane.transport.mqtt import Credentials, Incoming, LinkDown, MqttLink
 from lane.wire.codec import PayloadError
-from lane.wire.topics import LANE_ID, uplink_acks
+from lane.wire.topics import is_lane_id, uplink_acks
 from uplink.holes import HoleEvent, HoleState, HoleWatch
 from uplink.messages import Ack, Batch, Held, decode_batch, encode_ack, lane_of
 from uplink.records import Record
@@ -31,7 +31,7 @@ from uplink.store import IngestRecord, IngestStore, IngestStoreError, StoreBusyE
 
 log = logging.getLogger("lane.uplink.ingest")
 
-# A batch counts only on a lane id's records topic (`LANE_ID`): a client whose user name is not
+# A batch counts only on a lane id's records topic (`is_lane_id`): a client whose user name is not
 # a lane id can never be granted one by the per-lane ACL pattern `uplink/%u/records`.
 RECORD_FILTERS = ("uplink/+/+/records",)
 
@@ -43,7 +43,7 @@ def shared_filters(group: str) -> list[tuple[str, int]]:
 def parse_batch(topic: str, payload: bytes) -> tuple[Batch, list[IngestRecord]]:
     """Decode and check one batch message; any inconsistency raises PayloadError."""
     lane = lane_of(topic, "records")
-    if lane is None or LANE_ID.fullmatch(lane) is None:
+    if lane is None or not is_lane_id(lane):
         raise PayloadError(f"not a lane's uplink records topic: {topic!r}")
     batch = decode_batch(payload)
     if batch.lane != lane:

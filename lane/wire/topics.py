@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
-import re
+import unicodedata
 
-# `plaza/lane`: two topic levels of letters, digits, `_` and `-`. A lane's topics then hold no
+# `plaza/lane`: two topic levels of word characters and `-`. A lane's topics then hold no
 # wildcard and exactly the levels the ACL patterns expect (`uplink/%u/records` can only match a
-# user whose name is a lane id: deploy/mosquitto/plaza.acl).
-LANE_ID = re.compile(r"[\w-]+/[\w-]+")
+# user whose name is a lane id: deploy/mosquitto/plaza.acl). `[lane] id` was checked by the
+# pattern `^[\w-]+/[\w-]+$` run in pydantic's Rust regex, whose `\w` is Unicode's word class
+# (UTS #18), and lanes are deployed under it: Python's `re` leaves out the combining marks of
+# Thai, Devanagari or an accent typed as one, so the class is spelt out here.
+_WORD_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nl", "Mn", "Mc", "Me", "Nd", "Pc"})
+_JOINERS = frozenset("\u200c\u200d")
+# The circled and squared Latin letters: symbols that Unicode counts as alphabetic.
+_SYMBOL_LETTERS = ((0x24B6, 0x24E9), (0x1F130, 0x1F149), (0x1F150, 0x1F169), (0x1F170, 0x1F189))
 
 SENSORS = ("entry_loop", "safety_loop", "exit_loop", "light_curtain", "classifier")
+
+
+def is_lane_id(text: str) -> bool:
+    levels = text.split("/")
+    return len(levels) == 2 and all(level and all(map(_lane_id_char, level)) for level in levels)
+
+
+def _lane_id_char(char: str) -> bool:
+    if char == "-" or char in _JOINERS or unicodedata.category(char) in _WORD_CATEGORIES:
+        return True
+    return any(low <= ord(char) <= high for low, high in _SYMBOL_LETTERS)
 
 
 def check_lane_id(text: str) -> str:
     """`text` if it is a lane id; ValueError saying what one is otherwise (`[lane] id`, the
     tools' `--lane`)."""
-    if LANE_ID.fullmatch(text) is None:
+    if not is_lane_id(text):
         raise ValueError(f"a lane id is plaza/lane (letters, digits, _ and -), not {text!r}")
     return text
 

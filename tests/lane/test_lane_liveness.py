@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
+import pytest
 from disk_kit import fill, small_tmpfs
 from polling import eventually
 from test_lane_daemon import Lane, named, running_lane
@@ -20,7 +25,7 @@ from test_lane_heal import lane_processes, pays, quiet
 
 from barrier.messages import LaneStatus
 from scanner.sources import Item, PushSource
-from sim.broker import Mosquitto
+from sim.broker import Mosquitto, free_port
 from sim.camera import frame_for
 from sim.codes import CodeFactory
 
@@ -202,6 +207,65 @@ async def test_a_broker_that_stops_answering_is_seen_within_the_keepalive_and_le
         await pays(lane, lambda: named(lane, "barrier_opened"))
         await lane.device.vehicle_passes()
         await eventually(lambda: quiet(lane))
+
+
+def refused(caplog: pytest.LogCaptureFixture, client: str) -> bool:
+    """The broker refused `client`'s CONNECT for its user (CONNACK "not authorized")."""
+    return any(
+        getattr(r, "client", None) == client and "Not authorized" in str(getattr(r, "error", ""))
+        for r in caplog.records
+    )
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd")
+async def test_a_broker_killed_and_back_refusing_the_lane_s_user_is_retried_until_it_takes_it(
+    tmp_path: Path, lane_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mosquitto killed under a lane that logs in, and back with a password file that does
+    not hold the lane's user yet (a restart racing the file's update): each CONNECT refused,
+    "not authorized". That is the broker's answer of the moment, not what reconnecting cannot
+    mend: the lane says broker_down while it lasts, neither link stops, and the lane serves
+    again by itself once the broker takes the user (the file reloaded on SIGHUP)."""
+    caplog.set_level(logging.WARNING, logger="lane.mqtt")
+    passwd = tmp_path / "broker.passwd"
+    passwd.touch()
+
+    def password_file(*users: str) -> None:
+        passwd.write_text("")
+        for user in users:
+            subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, "pw"], check=True)
+
+    password_file(lane_id)
+    work = tmp_path / "broker"
+    work.mkdir()
+    # Anonymous clients (the device emulator) stay allowed; a user must be in the file.
+    as_root = "user root\n" if os.geteuid() == 0 else ""
+    broker = Mosquitto(free_port(), work, f"password_file {passwd}\n{as_root}")
+    await asyncio.to_thread(broker.start)
+    try:
+        creds = {"username": lane_id, "password": "pw"}
+        async with running_lane(tmp_path, broker, lane_id, broker=creds) as lane:
+            daemon, runner = lane.daemon, lane.daemon.runner
+            password_file("backoffice")
+            assert broker.process is not None
+            broker.process.kill()
+            await asyncio.to_thread(broker.process.wait)
+            await asyncio.to_thread(broker.start)
+            await eventually(lambda: "broker_down" in runner.alarms, what="broker_down raised")
+            for client in (f"controller-{lane_id}", f"uplink-{lane_id}"):
+                await eventually(lambda c=client: refused(caplog, c), within=15, what=client)
+            assert (daemon.link.mqtt.stopped, daemon.uplink.stopped) == (None, None)
+            assert "broker_down" in runner.alarms and "broker_down" in runner.state.faults
+            password_file(lane_id)
+            os.kill(broker.process.pid, signal.SIGHUP)
+            await eventually(lambda: "broker_down" not in runner.alarms, within=15)
+            await eventually(daemon.uplink.connected.is_set, within=15)
+            await eventually(lambda: quiet(lane), within=15)
+            await pays(lane, lambda: named(lane, "barrier_opened"))
+            await lane.device.vehicle_passes()
+            await eventually(lambda: quiet(lane))
+    finally:
+        await asyncio.to_thread(broker.stop)
 
 
 async def test_a_lane_back_from_a_lost_link_says_so_over_the_will_s_offline(

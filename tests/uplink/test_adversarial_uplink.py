@@ -137,3 +137,12 @@ def test_only_plaza_lane_topics_are_lanes(topic: str) -> None:
     rec = Record("r", lane, 1, 1, draft(1)).encode()
     with pytest.raises(PayloadError):
         parse_batch(topic, encode_batch(lane, Q, "b", [(1, rec)]))
+
+
+@pytest.mark.parametrize("lane", ["ด่าน/l01", "स्टेशन/l1", "cafe\u0301/l01"])
+def test_a_lane_whose_id_has_combining_marks_has_its_records_taken(lane: str) -> None:
+    """`[lane] id` always took these (pydantic's Rust regex); the ingest's Python pattern
+    refused every batch of such a lane, which then piled up in its queue for good."""
+    rec = Record("r", lane, 1, 1, draft(1)).encode()
+    batch, stored = parse_batch(f"uplink/{lane}/records", encode_batch(lane, Q, "b", [(1, rec)]))
+    assert (batch.lane, len(stored)) == (lane, 1)
