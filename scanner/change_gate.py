@@ -85,8 +85,8 @@ def thumbnail(gray: GrayImage, block_px: int) -> Thumbnail:
     size = (max(1, width // block_px), max(1, height // block_px))
     if block_px % 2 == 0 and width % 2 == 0 and height % 2 == 0:
         # Halved first (OpenCV's own 2x2 path), then averaged: the same block means within a
-        # level of rounding in under half the time (0.22 against 0.51 ms at 1280x720), which
-        # the capture thread pays on every frame.
+        # level of rounding in under half the time, which the capture thread pays on every
+        # frame (bench/first_look.py --parts empty, "default + gate").
         half = (width // 2, height // 2)
         gray = cv2.resize(gray, half, interpolation=cv2.INTER_AREA)  # type: ignore[assignment]
     small: Thumbnail = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)  # type: ignore[assignment]
