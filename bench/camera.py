@@ -18,11 +18,11 @@ import asyncio
 import os
 import time
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
 from bench import args as bench_args
+from bench.proc import context_switches
 from scanner.change_gate import GateSettings
 from scanner.decoders import make_decoder
 from scanner.pipeline import ScanPipeline
@@ -97,21 +97,6 @@ def _bench_loop(seconds: float) -> None:
     )
 
 
-def context_switches() -> tuple[int, int]:
-    """(voluntary, involuntary) context switches of all this process's threads so far."""
-    counts = {"voluntary_ctxt_switches": 0, "nonvoluntary_ctxt_switches": 0}
-    for status in Path(f"/proc/{os.getpid()}/task").glob("*/status"):
-        try:
-            lines = status.read_text().splitlines()
-        except FileNotFoundError:  # a thread that ended meanwhile
-            continue
-        for line in lines:
-            key, _, value = line.partition(":")
-            if key in counts:
-                counts[key] += int(value)
-    return counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"]
-
-
 def _reader(camera: SyntheticCamera, _target: int | str) -> CameraReader:
     return camera.reader()
 
@@ -135,10 +120,14 @@ def _bench_scanner(seconds: float, fps: float = 10.0) -> None:
         if how == "pushed":
             cam.start(partial(_push, push))
         time.sleep(min(1.0, seconds))  # the gate takes its reference
-        frames0, switches0, cpu0 = cam.stats.frames, context_switches(), time.process_time()
+        frames0, switches0, cpu0 = (
+            cam.stats.frames,
+            context_switches(os.getpid()),
+            time.process_time(),
+        )
         wall0 = time.perf_counter()
         time.sleep(seconds)
-        frames, switches = cam.stats.frames - frames0, context_switches()
+        frames, switches = cam.stats.frames - frames0, context_switches(os.getpid())
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         cam.stop()
         pipeline.stop()

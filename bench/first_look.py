@@ -97,8 +97,8 @@ def gated(decoder: Decoder) -> Scan:
     gate = FrameGate(decoder)
 
     def scan(gray: GrayImage, frame_id: int, ts: float) -> list[Detection] | None:
-        verdict, found = gate.scan(gray, frame_id, ts)
-        return found if verdict.decode else None
+        verdict, thumb = gate.judge(gray, ts)
+        return gate.decode(gray, frame_id, thumb) if verdict.decode else None
 
     return scan
 

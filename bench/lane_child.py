@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.proc import rss_mb  # noqa: E402
 from lane.config import parse_config  # noqa: E402
 from lane.core.notes import BarrierOpened, CodeRefused, Declined  # noqa: E402
 from lane.daemon import LaneDaemon, build  # noqa: E402
@@ -60,13 +61,6 @@ def thread_cpu_s() -> dict[str, float]:
             name = "asyncio-to-thread"  # default executor workers: one line for all of them
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 class BenchLane:
@@ -133,7 +127,7 @@ async def lane_child(
     wall0, cpu0, threads0 = time.monotonic(), os.times(), thread_cpu_s()
     seen0 = [len(b.latencies) for b in bench_lanes]
     await asyncio.sleep(seconds)
-    wall1, cpu1, threads1, rss = time.monotonic(), os.times(), thread_cpu_s(), rss_mb()
+    wall1, cpu1, threads1, rss = time.monotonic(), os.times(), thread_cpu_s(), rss_mb(os.getpid())
     latencies = [x for b, n in zip(bench_lanes, seen0, strict=True) for x in b.latencies[n:]]
     for task in traffic:
         task.cancel()

@@ -10,7 +10,8 @@ one process; N lanes as N processes (one daemon each) under `sim.supervisor.Supe
 booths run. Then two runs of `lane sim --lane-processes` itself (`--runs sim` runs only these):
 one booth, then N booths (sim/booth.py, each a lane daemon with its camera, supervised by the
 simulator, which talks to them over the broker only), the same passengers (`sim_booths`); the
-CPU and memory per lane are read from each booth's /proc entry, camera rendering included.
+CPU, memory and context switches per lane are read from each booth's /proc entry, camera
+rendering included.
 
 Each lane is the lane daemon with its synthetic camera (1280x720 at --fps) and a
 passenger showing an offline token every 3.6 s (bench/lane_child.py: transit-entry mode, each
@@ -39,6 +40,7 @@ if str(ROOT) not in sys.path:
 
 from barrier.device import DeviceEmulator, Timings  # noqa: E402
 from bench import lane_child  # noqa: E402
+from bench.proc import context_switches, cpu_s, rss_mb  # noqa: E402
 from lane.window import percentiles  # noqa: E402
 from sim.backoffice import BackOffice  # noqa: E402
 from sim.broker import Mosquitto, free_port  # noqa: E402
@@ -145,21 +147,6 @@ async def plaza(
             await asyncio.to_thread(broker.stop)
 
 
-def proc_cpu_s(pid: int) -> tuple[float, float]:
-    """(user + system, system) CPU seconds of process `pid`, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    user, system = int(fields[11]) / tick, int(fields[12]) / tick
-    return user + system, system
-
-
-def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
 def booth_pid(lane: SimLane) -> int:
     if not isinstance(lane, ProcessLane) or lane.child is None or lane.child.process is None:
         raise RuntimeError(f"lane {lane.lane_id} is not running as a booth")
@@ -194,10 +181,12 @@ async def sim_booths(
         try:
             await asyncio.sleep(warm_up)
             pids = [booth_pid(lane) for lane in sim.lanes]
-            wall0, own0, cpu0 = time.monotonic(), os.times(), [proc_cpu_s(p) for p in pids]
+            wall0, own0, cpu0 = time.monotonic(), os.times(), [cpu_s(p) for p in pids]
+            switches0 = [context_switches(p) for p in pids]
             await asyncio.sleep(seconds)
-            wall1, own1, cpu1 = time.monotonic(), os.times(), [proc_cpu_s(p) for p in pids]
-            rss = [proc_rss_mb(p) for p in pids]
+            wall1, own1, cpu1 = time.monotonic(), os.times(), [cpu_s(p) for p in pids]
+            switches1 = [context_switches(p) for p in pids]
+            rss = [rss_mb(p) for p in pids]
             if [booth_pid(lane) for lane in sim.lanes] != pids:
                 raise RuntimeError("a booth was restarted during the window")
         finally:
@@ -217,6 +206,10 @@ async def sim_booths(
     cpu = sum(b[0] - a[0] for a, b in zip(cpu0, cpu1, strict=True)) / lanes
     system = sum(b[1] - a[1] for a, b in zip(cpu0, cpu1, strict=True)) / lanes
     own = (own1.user + own1.system) - (own0.user + own0.system)
+    voluntary, involuntary = (
+        sum(b[i] - a[i] for a, b in zip(switches0, switches1, strict=True)) / lanes / wall
+        for i in (0, 1)
+    )
     cpu_pct = round(100 * cpu / wall, 1)
     anchor_p99 = anchor["token_ms"]["p99"] if anchor else None
     p99 = figures["p99"]
@@ -231,6 +224,9 @@ async def sim_booths(
         "cpu_per_lane_vs_one_lane": None if anchor is None
         else round(cpu_pct / anchor["cpu_pct_per_lane"], 2),
         "system_cpu_pct_per_lane": round(100 * system / wall, 1),
+        # Threads put to sleep and woken again (voluntary), or preempted, per booth a second.
+        "wakeups_per_lane_s": round(voluntary, 1),
+        "preempted_per_lane_s": round(involuntary, 1),
         "rss_mb_per_lane": round(sum(rss) / lanes, 1),
         "simulator_cpu_pct": round(100 * own / wall, 1),
     }  # fmt: skip

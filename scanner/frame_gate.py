@@ -1,6 +1,10 @@
 """A decoder behind the change gate (`scanner.change_gate`): frames that are, within sensor
 noise, the last frame in which nothing at all was found are let pass without a decode.
 
+The gate works in two halves, on two threads: `judge` (the capture thread: gray frame in,
+verdict out) and `decode` (a decode worker, only for the frames judged worth decoding). A frame
+let pass therefore never wakes a worker: an idle lane's workers sleep through 29 frames in 30.
+
 "Nothing at all" is judged strictly, because a frame taken as the reference stops the frames
 like it from being decoded: no code read, no code seen but not read (zxing-cpp's checksum
 failures, which the cascade reports), and no code-like texture (the deblur pass's texture map
@@ -19,6 +23,7 @@ import threading
 from scanner.change_gate import (
     GateSettings,
     GateState,
+    Thumbnail,
     Verdict,
     decide,
     nothing_found,
@@ -31,7 +36,7 @@ from scanner.detection import Decoder, Detection, FrameSampler, GrayImage, locat
 
 
 class FrameGate:
-    """Thread-safe: the scanner's decode workers share one."""
+    """Thread-safe: the scanner's capture thread judges, its decode workers decode."""
 
     def __init__(self, decoder: Decoder, settings: GateSettings | None = None) -> None:
         self.decoder = decoder
@@ -40,31 +45,33 @@ class FrameGate:
         self._lock = threading.Lock()
         self._state = GateState()
 
-    def scan(self, gray: GrayImage, frame_id: int, ts: float) -> tuple[Verdict, list[Detection]]:
-        """The gate's verdict on frame `frame_id` (taken at `ts`) and the codes read in it
-        (none when the verdict is SKIP: the frame was not decoded)."""
-        block = self.settings.block_px
+    def judge(self, gray: GrayImage, ts: float) -> tuple[Verdict, Thumbnail | None]:
+        """Decode the frame taken at `ts`, or let it pass? Also its thumbnail, when one was
+        made (there was a reference to compare it with), for `decode` to reuse."""
         with self._lock:
             compare = self._state.reference is not None
-        thumb = thumbnail(gray, block) if compare else None
+        thumb = thumbnail(gray, self.settings.block_px) if compare else None
         with self._lock:
             verdict, self._state = decide(self._state, thumb, ts, self.settings)
-        if not verdict.decode:
-            if self._sampler is not None:
-                self._sampler.frame_passed()
-            return verdict, []
+        if not verdict.decode and self._sampler is not None:
+            self._sampler.frame_passed()
+        return verdict, thumb
+
+    def decode(self, gray: GrayImage, frame_id: int, thumb: Thumbnail | None) -> list[Detection]:
+        """The codes read in frame `frame_id`, which `judge` let through (`thumb`: what it
+        made). A frame with nothing at all in it becomes the reference."""
         found, unread = locate(self.decoder, gray)
         if found or unread:
-            return verdict, found
+            return found
         with self._lock:
             measure, self._state = texture_due(self._state)
         if not measure:
-            return verdict, found
+            return found
         if texture_peak(gray)[0] >= MIN_TEXTURE:
             with self._lock:
                 self._state = textured(self._state, self.settings)
-            return verdict, found
-        thumb = thumbnail(gray, block) if thumb is None else thumb
+            return found
+        thumb = thumbnail(gray, self.settings.block_px) if thumb is None else thumb
         with self._lock:
             self._state = nothing_found(self._state, frame_id, thumb)
-        return verdict, found
+        return found

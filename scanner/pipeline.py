@@ -2,10 +2,11 @@
 
 Capture runs on its own thread and only ever keeps the newest frame; a frame that was not
 picked up before the next one arrived is dropped and counted, so decoding never falls behind
-the camera. The change gate (`scanner.frame_gate`) lets pass, counted, the frames that are the
-same view as the last one in which nothing was found. Decoding runs on a few worker threads
-(the decoders release the GIL); results are classified, deduplicated and handed to the event
-loop with `call_soon_threadsafe`.
+the camera. The change gate (`scanner.frame_gate`) judges each frame on the capture thread and
+lets pass, counted, the frames that are the same view as the last one in which nothing was
+found: those never wake a decode worker, nor replace a frame waiting for one. Decoding runs on
+a few worker threads (the decoders release the GIL); results are classified, deduplicated and
+handed to the event loop with `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from typing import NamedTuple, TypeVar
 import cv2
 import numpy as np
 
-from scanner.change_gate import GateSettings
+from scanner.change_gate import GateSettings, Thumbnail
 from scanner.decoders import Decoder
 from scanner.dedup import Deduplicator
-from scanner.detection import Polygon, as_gray
+from scanner.detection import GrayImage, Polygon, as_gray
 from scanner.frame_gate import FrameGate
 from scanner.health import EventKind, SourceEvent, backoff_delay, same_picture
 from scanner.payload import Payload, classify
@@ -77,31 +78,42 @@ class LatestFrame(NamedTuple):
     polygons: tuple[Polygon, ...]
 
 
+class _Job(NamedTuple):
+    """A frame handed to the decode workers, with what the capture thread made of it."""
+
+    frame: Frame
+    gray: GrayImage | None  # made by the change gate (None: no gate, the worker makes it)
+    thumb: Thumbnail | None  # the gate's thumbnail, when it made one
+    gate_ms: float  # the gate's work on the capture thread, part of the frame's decode_ms
+
+
 class _NewestFrameSlot:
     """Holds at most one frame; put() replaces, take() waits. Shared by capture and workers."""
 
     def __init__(self) -> None:
-        self._frame: Frame | None = None
+        self._job: _Job | None = None
         self._cond = threading.Condition()
         self._closed = False
         self._in_flight = 0  # taken and not yet done()
 
-    def put(self, frame: Frame) -> bool:
-        """Store `frame`; True when it replaced one nobody had taken (a drop)."""
+    def put(self, job: _Job) -> bool:
+        """Store `job`; True when it replaced one nobody had taken (a drop)."""
         with self._cond:
-            replaced = self._frame is not None
-            self._frame = frame
+            replaced = self._job is not None
+            self._job = job
             self._cond.notify()
             return replaced
 
-    def take(self, timeout: float) -> Frame | None:
+    def take(self) -> _Job | None:
+        """The newest frame, waiting for one; None once closed. No timeout: an idle worker
+        sleeps until a frame or close() wakes it, not several times a second to look."""
         with self._cond:
-            if self._frame is None and not self._closed:
-                self._cond.wait(timeout)
-            frame, self._frame = self._frame, None
-            if frame is not None:
+            while self._job is None and not self._closed:
+                self._cond.wait()
+            job, self._job = self._job, None
+            if job is not None:
                 self._in_flight += 1
-            return frame
+            return job
 
     def done(self) -> None:
         with self._cond:
@@ -111,12 +123,12 @@ class _NewestFrameSlot:
     def pending(self) -> int:
         """Frames waiting or being decoded (counted atomically with the hand-over)."""
         with self._cond:
-            return self._in_flight + (self._frame is not None)
+            return self._in_flight + (self._job is not None)
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._frame = None
+            self._job = None
             self._cond.notify_all()
 
 
@@ -315,12 +327,7 @@ class ScanPipeline:
                         if failures:
                             failures = 0
                             self._deliver_status(self._event("recovered", "capture restarted"))
-                        fresh = looks.fresh(item.image)
-                        replaced = self._slot.put(item)
-                        with self._lock:
-                            self._counts["frames_in"] += 1
-                            self._counts["fresh"] += int(fresh)
-                            self._counts["dropped"] += int(replaced)
+                        self._hand_over(item, looks.fresh(item.image))
                     return
                 except Exception as exc:
                     log.exception("camera source %s failed", self.source.name)
@@ -339,33 +346,55 @@ class ScanPipeline:
     def _event(self, kind: EventKind, detail: str) -> SourceEvent:
         return SourceEvent(kind, self.source.name, self._clock(), detail)
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            frame = self._slot.take(timeout=0.2)
-            if frame is None:
-                continue
+    def _hand_over(self, frame: Frame, fresh: bool) -> None:
+        """On the capture thread: the change gate's verdict, then the frame to the workers
+        unless the gate lets it pass (the same view as its reference). A frame let pass wakes
+        no worker and never replaces a frame waiting for one (a phone's, say). `fresh`: not the
+        picture the camera's last look saw (a frozen camera repeats it)."""
+        job = _Job(frame, None, None, 0.0)
+        skipped = error = replaced = False
+        if self._frame_gate is not None:
+            started = self._clock()
             try:
-                self._decode(frame)
+                gray = as_gray(frame.image)
+                verdict, thumb = self._frame_gate.judge(gray, frame.ts)
+            except Exception:  # a frame the gate cannot read counts as a failed decode
+                error = True
+                log.exception("judging frame %d failed", frame.id, extra={"frame_id": frame.id})
+            else:
+                skipped = not verdict.decode
+                job = _Job(frame, gray, thumb, (self._clock() - started) * 1000.0)
+        if not (skipped or error):
+            replaced = self._slot.put(job)
+        with self._lock:
+            self._counts["frames_in"] += 1
+            self._counts["fresh"] += int(fresh)
+            self._counts["dropped"] += int(replaced)
+            self._counts["skipped"] += int(skipped)
+            self._counts["errors"] += int(error)
+            if skipped:
+                self._show(frame, ())  # nothing in it, as in the frame it matched
+
+    def _work(self) -> None:
+        while (job := self._slot.take()) is not None:
+            try:
+                self._decode(job)
             except Exception:
-                log.exception("decoding frame %d failed", frame.id, extra={"frame_id": frame.id})
+                frame_id = job.frame.id
+                log.exception("decoding frame %d failed", frame_id, extra={"frame_id": frame_id})
                 with self._lock:
                     self._counts["errors"] += 1
             finally:
                 self._slot.done()
 
-    def _decode(self, frame: Frame) -> None:
+    def _decode(self, job: _Job) -> None:
+        frame = job.frame
         started = self._clock()
-        gray = as_gray(frame.image)
-        if self._frame_gate is None:
-            detections = self.decoder.decode(gray)
+        if self._frame_gate is None or job.gray is None:
+            detections = self.decoder.decode(as_gray(frame.image))
         else:
-            verdict, detections = self._frame_gate.scan(gray, frame.id, frame.ts)
-            if not verdict.decode:
-                with self._lock:
-                    self._counts["skipped"] += 1
-                    self._show(frame, ())  # nothing in it, as in the frame it matched
-                return
-        ms = (self._clock() - started) * 1000.0
+            detections = self._frame_gate.decode(job.gray, frame.id, job.thumb)
+        ms = (self._clock() - started) * 1000.0 + job.gate_ms
         fresh = []
         with self._lock:
             self._counts["decoded"] += 1

@@ -48,16 +48,15 @@ def render_frame(scene: Scene, rng: Rng, size: Size = DEFAULT_SIZE) -> np.ndarra
     ox, oy = int(r[2]) % (NOISE_PAD + 1), int(r[3]) % (NOISE_PAD + 1)
     w, h = size
     if scene.blackout:
-        frame = np.full((h, w, 3), 3, np.uint8)
-        _add_noise(frame, 2, ox, oy)
-        return frame
+        return _add_noise(np.full((h, w, 3), 3, np.uint8), 2, ox, oy, in_place=True)
     level = _light_level(scene.low_light)
-    frame = background(size, level).copy()
-    if scene.code_text is not None:
-        patch = phone_patch(scene, size)
-        _composite(frame, patch, dx, dy)
-    _add_noise(frame, _noise_sigma(level), ox, oy)
-    return frame
+    view = background(size, level)
+    if scene.code_text is None:
+        # The empty view, most frames: the noise is added into a new frame, no copy first.
+        return _add_noise(view, _noise_sigma(level), ox, oy, in_place=False)
+    frame = view.copy()
+    _composite(frame, phone_patch(scene, size), dx, dy)
+    return _add_noise(frame, _noise_sigma(level), ox, oy, in_place=True)
 
 
 def code_corners(scene: Scene, size: Size = DEFAULT_SIZE) -> np.ndarray:
@@ -228,11 +227,15 @@ def _noise_sigma(level: float) -> int:
     return min(NOISE_LEVELS, key=lambda s: abs(s - want))
 
 
-def _add_noise(frame: np.ndarray, sigma: int, ox: int, oy: int) -> None:
-    plus, minus = _noise_fields((frame.shape[1], frame.shape[0]), sigma)
-    h, w = frame.shape[:2]
-    cv2.add(frame, plus[oy : oy + h, ox : ox + w], dst=frame)
+def _add_noise(image: np.ndarray, sigma: int, ox: int, oy: int, *, in_place: bool) -> np.ndarray:
+    """`image` with sensor noise: written over it, or into a new frame (`image` is kept)."""
+    plus, minus = _noise_fields((image.shape[1], image.shape[0]), sigma)
+    h, w = image.shape[:2]
+    frame: np.ndarray = cv2.add(
+        image, plus[oy : oy + h, ox : ox + w], dst=image if in_place else None
+    )
     cv2.subtract(frame, minus[oy : oy + h, ox : ox + w], dst=frame)
+    return frame
 
 
 @lru_cache(maxsize=8)

@@ -64,8 +64,8 @@ class AfterFirstFrame:
         self._inner.close()
 
 
-def numbered_frame(n: int, code: str) -> np.ndarray:
-    frame = frame_with(qr_image(code))
+def numbered_frame(n: int, code: str | None) -> np.ndarray:
+    frame = frame_with(qr_image(code) if code else None)
     frame[0, 0] = n
     return frame
 
@@ -91,6 +91,34 @@ async def test_decodes_only_the_newest_frame(tmp_path: Path) -> None:
     assert [(r.text, r.frame_id, r.payload.kind) for r in results] == [(CODE_A, 1, "payment_code")]
     assert (stats.results, stats.duplicates) == (1, 1)
     assert [e.kind for e in events][:1] == ["opened"] and events[-1].kind == "ended"
+
+
+async def test_an_unchanged_frame_never_replaces_a_phone_waiting_for_a_worker() -> None:
+    """The change gate judges frames on the capture thread: the empty view coming back while
+    the worker is busy is let pass there, and the phone's frame waiting in the slot is decoded.
+    (Judged by the worker, the empty frame replaced the phone's as the newest and was let pass:
+    the phone was never decoded.)"""
+    decoder = GatedDecoder()
+    decoder.gate.set()
+    results: list[ScanResult] = []
+    source = PushSource()
+    pipeline = ScanPipeline(source, decoder, results.append, workers=1)
+    async with pipeline:
+        source.put(numbered_frame(1, None), ts=0.0)
+        await eventually(lambda: pipeline.stats().decoded == 1)  # nothing in it: the reference
+        decoder.gate.clear()
+        decoder.entered.clear()
+        source.put(numbered_frame(2, CODE_A), ts=0.1)  # a phone: held in decode
+        await asyncio.to_thread(decoder.entered.wait, 5.0)
+        source.put(numbered_frame(3, CODE_B), ts=0.2)  # another phone: waits
+        source.put(numbered_frame(4, None), ts=0.3)  # the empty view again
+        await eventually(lambda: pipeline.stats().frames_in == 4)
+        decoder.gate.set()
+        await eventually(lambda: pipeline.stats().pending == 0)
+        stats = pipeline.stats()
+    assert decoder.frames == [1, 2, 3]
+    assert [r.text for r in results] == [CODE_A, CODE_B]
+    assert (stats.decoded, stats.skipped, stats.dropped) == (3, 1, 0)
 
 
 async def test_results_reach_the_loop_deduplicated() -> None:
@@ -183,14 +211,18 @@ class ExplodingDecoder:
 
 
 async def test_decoder_failure_is_counted_not_fatal() -> None:
+    events: list[SourceEvent] = []
     source = PushSource()
-    async with ScanPipeline(source, ExplodingDecoder(), lambda r: None) as pipeline:
+    async with ScanPipeline(source, ExplodingDecoder(), lambda r: None, events.append) as pipeline:
         source.put(frame_with(None))
         await eventually(lambda: pipeline.stats().errors == 1)
         source.put(frame_with(None))
         await eventually(lambda: pipeline.stats().errors == 2)
+        source.put(np.zeros((720, 1280, 2), np.uint8))  # no gray view of it: the gate fails
+        await eventually(lambda: pipeline.stats().errors == 3)
         stats: ScanStats = pipeline.stats()
-    assert stats.decoded == 0 and stats.frames_in == 2
+    assert stats.decoded == 0 and stats.frames_in == 3
+    assert [e.kind for e in events if e.kind == "error"] == []  # the capture went on
 
 
 async def test_frames_that_repeat_the_one_before_are_not_fresh() -> None:
