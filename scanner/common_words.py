@@ -28,6 +28,7 @@ class CommonWords:
         self._lock = threading.Lock()
         self._last: tuple[int, ...] | None = None
         self._patterns: deque[Mapping[int, int]] = deque(maxlen=KEEP)
+        self.learned = 0  # patterns kept so far: a code that failed may read with a new one
 
     def learn(self, stream: tuple[int, ...]) -> None:
         """A code read: the data codewords of its symbol (`qr_symbol.data_stream`)."""
@@ -39,6 +40,7 @@ class CommonWords:
             if len(shared) < MIN_SHARED or shared in self._patterns:
                 return
             self._patterns.appendleft(shared)
+            self.learned += 1
 
     def patterns(self) -> list[Mapping[int, int]]:
         """The shared patterns, the latest first."""

@@ -316,3 +316,30 @@ def test_what_the_lane_learned_never_reads_as_another_code(shown: str) -> None:
         for text in ISSUER_TOKENS:
             assert [d.text for d in cascade.decode(as_gray(render_frame(Scene(text), 1)))] == [text]
         assert {d.text for d in cascade.decode(held_by_thumb(shown, occlusion))} <= {shown}
+
+
+def test_a_spot_where_nothing_was_read_waits_a_few_frames() -> None:
+    """A phone held still under a thumb shows the same hidden modules frame after frame: its
+    spot is tried once in `retry_after + 1` frames, not on each (~4-10 ms a try); another spot
+    is tried at once."""
+    zxing = ZxingDecoder()
+    covered = CoveredRetry(retry_after=3)
+    heavy = as_gray(render_frame(replace(THUMB, occlusion=0.25), 1))
+    assert covered.run(heavy, zxing.locate(heavy)[1]) == []
+    light = [as_gray(render_frame(THUMB, f)) for f in range(2, 7)]
+    reads = [[d.text for d in covered.run(g, zxing.locate(g)[1])] for g in light]
+    assert reads == [[], [], [], [TOKEN], [TOKEN]], "the thumb moved: read 4 frames later"
+    elsewhere = as_gray(render_frame(replace(THUMB, distance=1.2, angle_deg=-10.0), 1))
+    assert covered.run(heavy, zxing.locate(heavy)[1]) == []
+    assert [d.text for d in covered.run(elsewhere, zxing.locate(elsewhere)[1])] == [TOKEN]
+    with pytest.raises(ValueError, match="retry_after"):
+        CoveredRetry(retry_after=-1)
+
+
+def test_a_spot_is_tried_again_at_once_when_the_lane_learned_a_pattern() -> None:
+    gray = held_by_thumb(TOKEN, 0.15)
+    cascade = make_decoder("cascade")
+    assert cascade.decode(gray) == []
+    for text in ISSUER_TOKENS:
+        assert [d.text for d in cascade.decode(as_gray(render_frame(Scene(text), 1)))] == [text]
+    assert [(d.text, d.decoder) for d in cascade.decode(gray)] == [(TOKEN, "zxing+covered")]
