@@ -21,13 +21,14 @@ learned a new pattern since.
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 import zxingcpp
 
-from scanner.common_words import CommonWords
+from scanner.common_words import RECENT, CommonWords
 from scanner.detection import Detection, GrayImage, Polygon
 from scanner.qr_symbol import (
     VERSIONS,
@@ -92,7 +93,9 @@ class CoveredRetry:
         self.name = name
         self._retry_after = retry_after
         self._common = CommonWords()
-        self._last_text: str | None = None
+        # Texts learned lately: a code read again (the same phone on the next frame, or a
+        # sticker in view beside each driver's phone) is no new code.
+        self._recent: deque[str] = deque(maxlen=RECENT)
         # Thread-safe: pipeline workers share the pass.
         self._lock = threading.Lock()
         self._calls = 0
@@ -101,9 +104,10 @@ class CoveredRetry:
 
     def learn(self, found: list[Detection]) -> None:
         for detection in found:
-            if detection.text == self._last_text:
-                continue  # the same code on the next frame: nothing new
-            self._last_text = detection.text
+            with self._lock:
+                if detection.text in self._recent:
+                    continue
+                self._recent.append(detection.text)
             stream = encoded_stream(detection.text)
             if stream is not None:
                 self._common.learn(stream)

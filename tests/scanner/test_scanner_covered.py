@@ -285,6 +285,10 @@ def test_successive_reads_teach_only_the_codewords_they_share() -> None:
             )
     assert common.patterns()[0] == {i: 2 * KEEP - 1 for i in range(MIN_SHARED)}, "latest first"
     assert len(common.patterns()) == KEEP
+    between = CommonWords()
+    for stream in (first, tuple(range(500, 540)), second):
+        between.learn(stream)
+    assert between.patterns() == [{i: i for i in range(MIN_SHARED + 2)}], "a code read between"
 
 
 def held_by_thumb(text: str, occlusion: float) -> GrayImage:
@@ -343,3 +347,17 @@ def test_a_spot_is_tried_again_at_once_when_the_lane_learned_a_pattern() -> None
     for text in ISSUER_TOKENS:
         assert [d.text for d in cascade.decode(as_gray(render_frame(Scene(text), 1)))] == [text]
     assert [(d.text, d.decoder) for d in cascade.decode(gray)] == [(TOKEN, "zxing+covered")]
+
+
+def test_a_code_always_in_view_does_not_keep_the_lane_from_learning() -> None:
+    """A sticker on the booth (or a second phone) read in every frame beside each driver's
+    token: the issuer's header is still learned from the tokens, not from the sticker."""
+    sticker = as_gray(render_frame(Scene("https://example.org/help/booth-7", distance=1.2), 1))
+    cascade = make_decoder("cascade")
+    for text in ISSUER_TOKENS:
+        for frame in (1, 2):
+            token = as_gray(render_frame(Scene(text, distance=1.2), frame))
+            read = {d.text for d in cascade.decode(np.hstack([sticker, token]))}
+            assert read == {text, "https://example.org/help/booth-7"}
+    found = cascade.decode(held_by_thumb(TOKEN, 0.15))
+    assert [(d.text, d.decoder) for d in found] == [(TOKEN, "zxing+covered")]
