@@ -3,7 +3,7 @@ decoders cost on the empty frames a lane camera mostly sees.
 
     .venv/bin/python -m bench.first_look [--scenes 200] [--frames 30] [--conditions realistic,hard]
                                         [--tokens v1,v2]
-                                        [--parts empty,first,gate,effects]
+                                        [--parts empty,held,first,gate,effects]
 
 For each camera condition and token format (v1 at QR version 8-M, compact v2 at 5-L), scenes
 are drawn from the simulator's presets with a fixed seed (the same poses for every decoder
@@ -18,12 +18,15 @@ Empty-frame cost: CPU time of the decoding thread (one core, cv2.setNumThreads(1
 over --empty frames (the deblur pass looks at one frame in four, so the mean is what counts),
 on the simulator's empty cab window by day and by night and on bench/scan.py's cluttered road
 frame; "default + gate" is the default cascade behind the change gate (scanner/frame_gate.py)
-at 30 fps, its block-mean thumbnails included. Then the first look with the
+at 30 fps, its block-mean thumbnails included. Held thumb cost: the same measure over
+--held frames of a phone held still with a thumb over a quarter of its code (zxing-cpp
+locates it, nothing reads it), the covered pass trying the spot on every frame
+(retry_after 0, as first merged) and once in four (the default). Then the first look with the
 change gate on and off: each pose preceded by --before frames of the same view without the
 phone, one camera (frame ids and 30 fps timestamps running on across poses), so the gate has
 a reference when the phone comes up; "code frames let pass" must be 0. Then the "hard" preset
 one effect at a time (the rest taken out of the same poses), which shows what its thumbs take,
-before the covered pass and with it. --parts picks the tables (empty, first, gate, effects;
+before the covered pass and with it. --parts picks the tables (empty, held, first, gate, effects;
 all by default), e.g. to run them as separate processes, each pinned to its own CPU
 (`taskset -c 1 ...`). Prints markdown; asserts nothing (docs/scanner.md keeps the figures).
 """
@@ -43,6 +46,7 @@ import cv2
 
 from bench.scan import road_frame
 from lane.auth.tokens import TokenFormat
+from scanner.covered import CoveredRetry
 from scanner.decoders import DEFAULT_PASSES, CascadeDecoder, ZxingDecoder, make_pass
 from scanner.detection import Decoder, Detection, GrayImage, as_gray
 from scanner.frame_gate import FrameGate
@@ -51,7 +55,7 @@ from sim.render import render_frame
 from sim.scene import Conditions, Scene, as_generator
 
 SEED = 2
-PARTS = ("empty", "first", "gate", "effects")
+PARTS = ("empty", "held", "first", "gate", "effects")
 PREVIOUS_PASSES = ("roi-global", "half")
 FPS = 30.0
 # scan(gray, frame id, timestamp): the codes read, or None when the frame was not decoded.
@@ -255,11 +259,39 @@ def print_empty_costs(repeat: int) -> None:
     print()
 
 
+def print_held_costs(repeat: int) -> None:
+    thumb = Scene(
+        CodeFactory(SEED).make("token", 1_800_000_000).text,
+        distance=1.4, angle_deg=20.0, roll_deg=-8.0, pitch_deg=6.0, occlusion=0.25,
+    )  # fmt: skip
+    frames = [as_gray(render_frame(thumb, s)) for s in range(8)]
+    every_frame = CascadeDecoder(
+        ZxingDecoder(),
+        [CoveredRetry(retry_after=0) if p == "covered" else make_pass(p) for p in DEFAULT_PASSES],
+    )
+    scans = {
+        "zxing alone": plain(ZxingDecoder()),
+        "before covered": plain(uncovered_cascade()),
+        "covered every frame": plain(every_frame),
+        "cascade (default)": plain(default_cascade()),
+    }
+    costs = {name: empty_cost_ms(scan, frames, repeat) for name, scan in scans.items()}
+    print(f"## A phone held still under a thumb (25%, not read): mean CPU ms per frame over "
+          f"{repeat} frames\n")  # fmt: skip
+    print(f"| {' | '.join(costs)} | every frame / before covered | default / before covered |")
+    print(f"|{'---|' * (len(costs) + 2)}")
+    before = costs["before covered"]
+    print(f"| {' | '.join(f'{c:.2f}' for c in costs.values())} | "
+          f"**{costs['covered every frame'] / before:.2f}x** | "
+          f"**{costs['cascade (default)'] / before:.2f}x** |\n")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--empty", type=int, default=1800, help="empty frames timed")
+    parser.add_argument("--held", type=int, default=300, help="held-thumb frames timed")
     parser.add_argument("--conditions", default="clear,realistic,hard")
     parser.add_argument("--tokens", default="v1,v2", help="token formats of the first look")
     parser.add_argument("--before", type=int, default=8, help="empty frames before each phone")
@@ -281,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
           "CPUs\n")  # fmt: skip
     if "empty" in parts:
         print_empty_costs(args.empty)
+    if "held" in parts:
+        print_held_costs(args.held)
     if "first" in parts:
         formats = [TokenFormat[name.upper()] for name in args.tokens.split(",")]
         print_first_look(args.conditions.split(","), formats, args.scenes, args.frames)

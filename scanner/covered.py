@@ -13,17 +13,22 @@ the unseen modules as erasures and zxing-cpp reads the repaired matrix as a pure
 A wrong read cannot come out of it: every block must decode with `qr_symbol.SPARE` check
 codewords to spare and then pass all its checks, and zxing-cpp checks the drawn symbol's
 codewords and segments once more. The pass works only on outlines zxing-cpp reports, so an
-empty frame costs it nothing.
+empty frame costs it nothing; a spot where it read nothing waits `retry_after` frames (a phone
+held still under a thumb: the same modules hidden frame after frame), unless the lane has
+learned a new pattern since.
 """
 
 from __future__ import annotations
+
+import threading
+from collections import deque
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 import zxingcpp
 
-from scanner.common_words import CommonWords
+from scanner.common_words import RECENT, CommonWords
 from scanner.detection import Detection, GrayImage, Polygon
 from scanner.qr_symbol import (
     VERSIONS,
@@ -82,25 +87,47 @@ class CoveredRetry:
     then with the codewords the lane's last codes shared (`scanner.common_words`) in place of
     the erased ones they cover."""
 
-    def __init__(self, name: str = "covered") -> None:
+    def __init__(self, name: str = "covered", retry_after: int = 3) -> None:
+        if retry_after < 0:
+            raise ValueError(f"need retry_after >= 0, got {retry_after}")
         self.name = name
+        self._retry_after = retry_after
         self._common = CommonWords()
-        self._last_text: str | None = None
+        # Texts learned lately: a code read again (the same phone on the next frame, or a
+        # sticker in view beside each driver's phone) is no new code.
+        self._recent: deque[str] = deque(maxlen=RECENT)
+        # Thread-safe: pipeline workers share the pass.
+        self._lock = threading.Lock()
+        self._calls = 0
+        # Where it read nothing: (outline, call, patterns learned by then).
+        self._failed: list[tuple[Polygon, int, int]] = []
 
     def learn(self, found: list[Detection]) -> None:
         for detection in found:
-            if detection.text == self._last_text:
-                continue  # the same code on the next frame: nothing new
-            self._last_text = detection.text
+            with self._lock:
+                if detection.text in self._recent:
+                    continue
+                self._recent.append(detection.text)
             stream = encoded_stream(detection.text)
             if stream is not None:
                 self._common.learn(stream)
 
     def run(self, gray: GrayImage, candidates: list[Polygon]) -> list[Detection]:
-        for polygon in candidates:
+        with self._lock:
+            self._calls += 1
+            call, learned = self._calls, self._common.learned
+            self._failed = [f for f in self._failed if call - f[1] <= self._retry_after]
+            fresh = [
+                p
+                for p in candidates
+                if not any(f[2] == learned and near(f[0], p) for f in self._failed)
+            ]
+        for polygon in fresh:
             found = self._read(gray, polygon)
             if found:
                 return found
+            with self._lock:
+                self._failed.append((polygon, call, learned))
         return []
 
     def _read(self, gray: GrayImage, polygon: Polygon) -> list[Detection]:
@@ -125,6 +152,14 @@ class CoveredRetry:
         )
         name = f"zxing+{self.name}"
         return [Detection(b.text, bytes(b.bytes), polygon, name) for b in barcodes if b.valid]
+
+
+def near(a: Polygon, b: Polygon) -> bool:
+    """The same spot: no corner moved by more than an eighth of the symbol's side (a hand's
+    shake moves a held phone's outline by a few pixels)."""
+    side = float(np.hypot(*np.subtract(a[1], a[0])))
+    moved = max(float(np.hypot(*np.subtract(p, q))) for p, q in zip(a, b, strict=False))
+    return len(a) == len(b) and moved <= side / 8
 
 
 def encoded_stream(text: str) -> tuple[int, ...] | None:

@@ -91,9 +91,11 @@ SMOKES = {
         ),
     ),
     "first_look": Smoke(
-        "--scenes 2 --frames 3 --empty 4 --before 2 --conditions clear,hard --gate-conditions hard",
+        "--scenes 2 --frames 3 --empty 4 --held 4 --before 2 --conditions clear,hard "
+        "--gate-conditions hard",
         (
             r"^\| sim cab window, night \| [\d.]+ \|.* \| \*\*[\d.]+x\*\* \|",
+            r"^\| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| \*\*[\d.]+x\*\* \| \*\*[\d.]+x\*\* \|$",
             r"^\| clear \| v2 \| 5-L \| cascade \(default\) \| [\d.]+% \| \*\*[\d.]+%\*\* \|",
             r"^\| hard \| v1 \| on \| [\d.]+% \| \*\*[\d.]+%\*\* \| \d+/\d+ \| \d+ \|$",
             r"^\| \+ thumb only \| [\d.]+% \| \*\*[\d.]+%\*\* \| [\d.]+% \| \*\*[\d.]+%\*\* \|$",

@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 import zxingcpp
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scanner_testkit import TOKEN, corpus_image, load_gray
 
 from scanner.common_words import KEEP, MIN_SHARED, CommonWords
-from scanner.covered import CoveredRetry
+from scanner.covered import CoveredRetry, encoded_stream
 from scanner.decoders import DEFAULT_PASSES, CascadeDecoder, ZxingDecoder, make_decoder, make_pass
 from scanner.detection import GrayImage, Polygon, as_gray
 from scanner.qr_symbol import SPARE, Matrix, read_blocks, repaired
@@ -93,6 +93,82 @@ def test_damage_beyond_the_budget_is_refused_never_miscorrected(data: st.DataObj
     for p in [*erased, *errors]:
         damaged[p] ^= data.draw(st.integers(1, 255))
     assert correct(damaged, checks, erased, SPARE) is None
+
+
+DIGITS = st.text("0123456789", min_size=1, max_size=30)
+PAYLOADS = st.one_of(
+    DIGITS, st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=60)
+)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_blocks_of_every_version_and_level_decode_right_or_refuse(data: st.DataObject) -> None:
+    """Random payloads in real symbols (zxing-cpp's encoder: versions 1-6, levels L-H, one to
+    four blocks): any block damaged within the budget comes back exactly; one error beyond it,
+    up to many more, is refused, never corrected into another codeword."""
+    clean = symbol(data.draw(PAYLOADS), data.draw(st.sampled_from("LMQH")))
+    read = read_blocks(clean, np.zeros_like(clean))
+    assume(read is not None)
+    assert read is not None
+    block = read.blocks[data.draw(st.integers(0, len(read.blocks) - 1))]
+    n, budget = len(block), read.checks - SPARE
+    beyond = data.draw(st.booleans())
+    count = data.draw(st.integers(0, read.checks if beyond else budget))
+    erased = data.draw(st.lists(st.integers(0, n - 1), unique=True, min_size=count, max_size=count))
+    fewest = max(1, (budget - count) // 2 + 1) if beyond else 0
+    most = fewest + n // 3 if beyond else (budget - count) // 2
+    errors = data.draw(
+        st.lists(
+            st.integers(0, n - 1).filter(lambda p: p not in erased),
+            unique=True,
+            min_size=min(fewest, n - len(erased)),
+            max_size=min(most, n - len(erased)),
+        )
+    )
+    damaged = list(block)
+    for p in [*erased, *errors]:
+        damaged[p] ^= data.draw(st.integers(1, 255))
+    fixed = correct(damaged, read.checks, erased, SPARE)
+    if 2 * len(errors) + len(erased) <= budget:
+        assert fixed == bytes(block)
+    else:
+        assert fixed is None
+
+
+def _digits_near(draw: st.DrawFn, code: str) -> str:
+    out = list(code)
+    for _ in range(draw(st.integers(1, 4))):
+        out[draw(st.integers(2, len(out) - 1))] = draw(st.sampled_from("0123456789"))
+    return "".join(out)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_wallet_codes_learned_never_fill_in_another_wallet_code(data: st.DataObject) -> None:
+    """Wallet codes carry no signature: a number read wrong charges another account. The lane
+    read two wallet codes sharing a prefix; the next one differs from one of them in a few
+    digits, and a thumb of any size hides its first codewords, which the learned pattern fills
+    with the previous codes' values: read as itself, or refused (with no spare check
+    codewords, this reads a fabricated number about once in a hundred)."""
+    prefix = "28" + data.draw(st.text("0123456789", min_size=3, max_size=14))
+    rest = st.text("0123456789", min_size=18 - len(prefix), max_size=18 - len(prefix))
+    learned = [prefix + data.draw(rest), prefix + data.draw(rest)]
+    shown = _digits_near(data.draw, data.draw(st.sampled_from(learned)))
+    assume(shown not in learned)
+    common = CommonWords()
+    for text in learned:
+        stream = encoded_stream(text)
+        assert stream is not None
+        common.learn(stream)
+    clean = symbol(shown, data.draw(st.sampled_from("LMQH")))
+    side = data.draw(st.integers(3, clean.shape[0] - 8))
+    covered = np.zeros_like(clean)
+    covered[-side:, -side:] = True
+    seen = np.where(covered, data.draw(st.booleans()), clean)
+    for known in ({}, *common.patterns()):
+        fixed = repaired(seen, covered, known=known)
+        assert fixed is None or (fixed == clean).all()
 
 
 def test_a_symbol_is_repaired_from_its_uncovered_modules_only() -> None:
@@ -209,6 +285,10 @@ def test_successive_reads_teach_only_the_codewords_they_share() -> None:
             )
     assert common.patterns()[0] == {i: 2 * KEEP - 1 for i in range(MIN_SHARED)}, "latest first"
     assert len(common.patterns()) == KEEP
+    between = CommonWords()
+    for stream in (first, tuple(range(500, 540)), second):
+        between.learn(stream)
+    assert between.patterns() == [{i: i for i in range(MIN_SHARED + 2)}], "a code read between"
 
 
 def held_by_thumb(text: str, occlusion: float) -> GrayImage:
@@ -240,3 +320,44 @@ def test_what_the_lane_learned_never_reads_as_another_code(shown: str) -> None:
         for text in ISSUER_TOKENS:
             assert [d.text for d in cascade.decode(as_gray(render_frame(Scene(text), 1)))] == [text]
         assert {d.text for d in cascade.decode(held_by_thumb(shown, occlusion))} <= {shown}
+
+
+def test_a_spot_where_nothing_was_read_waits_a_few_frames() -> None:
+    """A phone held still under a thumb shows the same hidden modules frame after frame: its
+    spot is tried once in `retry_after + 1` frames, not on each (~4-10 ms a try); another spot
+    is tried at once."""
+    zxing = ZxingDecoder()
+    covered = CoveredRetry(retry_after=3)
+    heavy = as_gray(render_frame(replace(THUMB, occlusion=0.25), 1))
+    assert covered.run(heavy, zxing.locate(heavy)[1]) == []
+    light = [as_gray(render_frame(THUMB, f)) for f in range(2, 7)]
+    reads = [[d.text for d in covered.run(g, zxing.locate(g)[1])] for g in light]
+    assert reads == [[], [], [], [TOKEN], [TOKEN]], "the thumb moved: read 4 frames later"
+    elsewhere = as_gray(render_frame(replace(THUMB, distance=1.2, angle_deg=-10.0), 1))
+    assert covered.run(heavy, zxing.locate(heavy)[1]) == []
+    assert [d.text for d in covered.run(elsewhere, zxing.locate(elsewhere)[1])] == [TOKEN]
+    with pytest.raises(ValueError, match="retry_after"):
+        CoveredRetry(retry_after=-1)
+
+
+def test_a_spot_is_tried_again_at_once_when_the_lane_learned_a_pattern() -> None:
+    gray = held_by_thumb(TOKEN, 0.15)
+    cascade = make_decoder("cascade")
+    assert cascade.decode(gray) == []
+    for text in ISSUER_TOKENS:
+        assert [d.text for d in cascade.decode(as_gray(render_frame(Scene(text), 1)))] == [text]
+    assert [(d.text, d.decoder) for d in cascade.decode(gray)] == [(TOKEN, "zxing+covered")]
+
+
+def test_a_code_always_in_view_does_not_keep_the_lane_from_learning() -> None:
+    """A sticker on the booth (or a second phone) read in every frame beside each driver's
+    token: the issuer's header is still learned from the tokens, not from the sticker."""
+    sticker = as_gray(render_frame(Scene("https://example.org/help/booth-7", distance=1.2), 1))
+    cascade = make_decoder("cascade")
+    for text in ISSUER_TOKENS:
+        for frame in (1, 2):
+            token = as_gray(render_frame(Scene(text, distance=1.2), frame))
+            read = {d.text for d in cascade.decode(np.hstack([sticker, token]))}
+            assert read == {text, "https://example.org/help/booth-7"}
+    found = cascade.decode(held_by_thumb(TOKEN, 0.15))
+    assert [(d.text, d.decoder) for d in found] == [(TOKEN, "zxing+covered")]
