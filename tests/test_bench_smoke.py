@@ -34,6 +34,7 @@ HELPERS = {
     "__init__": "the package",
     "args": "the command line every benchmark shares",
     "lane_child": "the lane processes of bench.plaza and sim",
+    "proc": "what /proc says of a benchmark's processes",
 }
 
 
