@@ -23,7 +23,7 @@ tap store, so it prices no exit and takes nothing off one.
 
 A tap-in stamped more than `auth.skew_s` after this gate's clock is refused, and
 `tap_clock_ahead` names the gate that stamped it until one of its taps is stamped within the
-skew again (lane.tap_clocks).
+skew again, or none comes stamped ahead for the retention (lane.tap_clocks).
 
 A tap-in the `TapStore` cannot keep (locked, corrupt, an I/O error) leaves its passenger to
 pay the maximum fare at this gate's exit (never a free ride): the failed write raises
@@ -151,7 +151,7 @@ class TapDesk:
         max_pending: int = 10_000,
     ) -> None:
         self.lane = lane
-        self.clocks = GateClocks(skew_s)  # a tap-in later than the gate's clock by more: refused
+        self.clocks = GateClocks(skew_s, retention_s)  # a tap-in later by more: refused
         self.alarm = alarm
         self.topic = topics.line_taps(line)
         self.retention_s = retention_s
@@ -223,8 +223,15 @@ class TapDesk:
 
     async def upkeep(self, sleep: Callable[[float], Awaitable[None]]) -> None:
         """While the tap store fails, probe it (writing first what it owes) until a write
-        commits; otherwise write what the stores owe (`_write_owed`)."""
-        await self.store_watch.run(sleep, self._write_owed, PROBE_EVERY_S)
+        commits; otherwise write what the stores owe (`_write_owed`) and forget the gates
+        quiet long enough (lane.tap_clocks)."""
+        await self.store_watch.run(sleep, self._housekeeping, PROBE_EVERY_S)
+
+    async def _housekeeping(self) -> None:
+        said = self.clocks.text()
+        self.clocks.forget_quiet(self.wall())
+        self._say_clocks(said)
+        await self._write_owed()
 
     async def handle(self, msg: Incoming) -> None:
         """Another gate's tap: keep a tap-in by account; a tap-out closes its tap-in here; a
@@ -273,10 +280,14 @@ class TapDesk:
         gates are, when that changed."""
         said = self.clocks.text()
         ahead = self.clocks.heard(record.lane, record.ts_us / 1e6, self.wall())
+        self._say_clocks(said)
+        return ahead
+
+    def _say_clocks(self, said: str | None) -> None:
+        """Raise, update or clear `tap_clock_ahead` when its text is no longer `said`."""
         text = self.clocks.text()
         if text != said and self.alarm is not None:
             self.alarm(CLOCK_ALARM, text)
-        return ahead
 
     async def _keep(self, record: Record, encoded: bytes) -> None:
         """Keep a tap-in by account. One not kept: that passenger pays the maximum fare here
