@@ -311,7 +311,7 @@ class TapDesk:
         except TapStoreError as exc:
             log.error("tap not kept", extra={"lane": self.lane, "record_id": record.record_id,
                                              "error": str(exc)})  # fmt: skip
-            self.store_watch.says(exc)
+            self.store_watch.says(exc, self._taps_owed(None))
             return
         self._taps_written()
 
@@ -400,10 +400,10 @@ class TapDesk:
                 self._open_tap, account, {t: lane for t, (_, lane) in self.undropped.items()}, now
             )
         except TapStoreError as exc:  # unpriced (the runner answers the core and logs it)
-            self.store_watch.says(exc, TAPS_UNREAD)
+            self.store_watch.says(exc, self._taps_owed(TAPS_UNREAD))
             raise
         except ReplayStoreError as exc:
-            self.replay_watch.says(exc, REPLAY_UNREAD)
+            self.replay_watch.says(exc, self._replay_owed(REPLAY_UNREAD))
             raise
         exited = key is not None and (key in self.unmarked or self._stays_marked(key, used))
         answer = price_tap_out(request, tap_in, exited, pricing.tariff, pricing.rules, now)
@@ -554,10 +554,13 @@ class TapDesk:
         else:
             self._taps_written()
 
-    def _taps_owed(self) -> str:
-        """What the failing taps store's alarm says it owes: refunded tap-ins held until dropped
-        (a restart would charge wrongly) before held exits in memory only."""
-        return TAPS_UNDROPPED if self.undropped else TAPS_UNHELD
+    def _taps_owed(self, stops: str | None = TAPS_UNHELD) -> str | None:
+        """What the failing taps store's alarm says: what it owes, refunded tap-ins held until
+        dropped (a restart would charge wrongly) before held exits and refunds in memory only,
+        before what this failure stops (None: the usual text)."""
+        if self.undropped:
+            return TAPS_UNDROPPED
+        return TAPS_UNHELD if self._held_copy.behind else stops
 
     async def _keep_held(self) -> None:
         """Write the copy of the held exits and refunds when it is behind (one at a time, the
