@@ -27,7 +27,7 @@ tap store, so it prices no exit and takes nothing off one.
 
 A tap-in stamped more than `auth.skew_s` after this gate's clock is refused, and
 `tap_clock_ahead` names the gate that stamped it until one of its taps is stamped within the
-skew again (lane.tap_clocks).
+skew again, or none comes stamped ahead for the retention (lane.tap_clocks).
 
 A tap-in the `TapStore` cannot keep (locked, corrupt, an I/O error) leaves its passenger to
 pay the maximum fare at this gate's exit (never a free ride): the failed write raises
@@ -59,9 +59,11 @@ gate's own, or another gate's refund heard on the line) is held the same way (`u
 kept in the tap store too): the tap-in prices as reopened here (the trip, as the refund said),
 the alarm says refunded tap-outs are held until reopened, and `upkeep` writes the held releases
 before the held exits; a later exit's mark writes its tap-in's held release first (the mark
-would not go in over the old one), and a release gives back only a mark made by the refund's
-time (`made_by`), so a copy loaded late never reopens a later exit. The tap store's copy of
-what is held is versioned (lane.held_copy): an older copy never overwrites a newer one.
+would not go in over the old one), and a release written late gives back only a mark made by
+the refund's time (`made_by`), so a copy loaded late never reopens a later exit (one written
+at once gives back the mark there, whatever a wall clock stepped back since says). The tap
+store's copy of what is held is versioned (lane.held_copy): an older copy never overwrites a
+newer one.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ class TapDesk:
         max_pending: int = 10_000,
     ) -> None:
         self.lane = lane
-        self.clocks = GateClocks(skew_s)  # a tap-in later than the gate's clock by more: refused
+        self.clocks = GateClocks(skew_s, retention_s)  # a tap-in later by more: refused
         self.alarm = alarm
         self.topic = topics.line_taps(line)
         self.retention_s = retention_s
@@ -228,8 +230,15 @@ class TapDesk:
 
     async def upkeep(self, sleep: Callable[[float], Awaitable[None]]) -> None:
         """While the tap store fails, probe it (writing first what it owes) until a write
-        commits; otherwise write what the stores owe (`_write_owed`)."""
-        await self.store_watch.run(sleep, self._write_owed, PROBE_EVERY_S)
+        commits; otherwise write what the stores owe (`_write_owed`) and forget the gates
+        quiet long enough (lane.tap_clocks)."""
+        await self.store_watch.run(sleep, self._housekeeping, PROBE_EVERY_S)
+
+    async def _housekeeping(self) -> None:
+        said = self.clocks.text()
+        self.clocks.forget_quiet(self.wall())
+        self._say_clocks(said)
+        await self._write_owed()
 
     async def handle(self, msg: Incoming) -> None:
         """Another gate's tap: keep a tap-in by account; a tap-out closes its tap-in here; a
@@ -277,10 +286,14 @@ class TapDesk:
         gates are, when that changed."""
         said = self.clocks.text()
         ahead = self.clocks.heard(record.lane, record.ts_us / 1e6, self.wall())
+        self._say_clocks(said)
+        return ahead
+
+    def _say_clocks(self, said: str | None) -> None:
+        """Raise, update or clear `tap_clock_ahead` when its text is no longer `said`."""
         text = self.clocks.text()
         if text != said and self.alarm is not None:
             self.alarm(CLOCK_ALARM, text)
-        return ahead
 
     async def _keep(self, record: Record, encoded: bytes) -> None:
         """Keep a tap-in by account. One not kept: that passenger pays the maximum fare here
@@ -304,7 +317,7 @@ class TapDesk:
         except TapStoreError as exc:
             log.error("tap not kept", extra={"lane": self.lane, "record_id": record.record_id,
                                              "error": str(exc)})  # fmt: skip
-            self.store_watch.says(exc)
+            self.store_watch.says(exc, self._taps_owed(None))
             return
         self._taps_written()
 
@@ -393,10 +406,10 @@ class TapDesk:
                 self._open_tap, account, {t: lane for t, (_, lane) in self.undropped.items()}, now
             )
         except TapStoreError as exc:  # unpriced (the runner answers the core and logs it)
-            self.store_watch.says(exc, TAPS_UNREAD)
+            self.store_watch.says(exc, self._taps_owed(TAPS_UNREAD))
             raise
         except ReplayStoreError as exc:
-            self.replay_watch.says(exc, REPLAY_UNREAD)
+            self.replay_watch.says(exc, self._replay_owed(REPLAY_UNREAD))
             raise
         exited = key is not None and (key in self.unmarked or self._stays_marked(key, used))
         answer = price_tap_out(request, tap_in, exited, pricing.tariff, pricing.rules, now)
@@ -502,7 +515,9 @@ class TapDesk:
         # Kept as long as any mark of the tap-in could be (it is older than the refund).
         release = Held(math.ceil(self.wall() + self.retention_s), lane, refunded_at)
         try:
-            released = await self._unmark(key, release)
+            # Given back now, any mark there was made before the refund: its time is for one
+            # written late (a wall clock stepped back since the exit would keep the mark).
+            released = await self._unmark(key, release._replace(seen_at=None))
         except ReplayStoreError:
             self.unreleased[key] = release  # a later refund of the tap-in is a later exit's
             self._held_copy.changed()
@@ -545,10 +560,13 @@ class TapDesk:
         else:
             self._taps_written()
 
-    def _taps_owed(self) -> str:
-        """What the failing taps store's alarm says it owes: refunded tap-ins held until dropped
-        (a restart would charge wrongly) before held exits in memory only."""
-        return TAPS_UNDROPPED if self.undropped else TAPS_UNHELD
+    def _taps_owed(self, stops: str | None = TAPS_UNHELD) -> str | None:
+        """What the failing taps store's alarm says: what it owes, refunded tap-ins held until
+        dropped (a restart would charge wrongly) before held exits and refunds in memory only,
+        before what this failure stops (None: the usual text)."""
+        if self.undropped:
+            return TAPS_UNDROPPED
+        return TAPS_UNHELD if self._held_copy.behind else stops
 
     async def _keep_held(self) -> None:
         """Write the copy of the held exits and refunds when it is behind (one at a time, the

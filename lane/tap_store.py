@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from lane.auth.replay import Migration, immediate, migrate, refuse_newer
+from lane.auth.replay import Migration, ReplayStoreError, immediate, migrate, refuse_newer
 from uplink.records import Record
 
 
@@ -105,12 +105,19 @@ class TapStore:
             self._conn = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
-            refuse_newer(self._conn, len(MIGRATIONS), self.path)
+        except sqlite3.Error as exc:
+            raise TapStoreError(f"{self.path}: cannot open: {exc}") from exc
+        try:
+            refuse_newer(self._conn, len(MIGRATIONS), self.path)  # before WAL changes the file
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             migrate(self._conn, MIGRATIONS, self.path)
-        except (sqlite3.Error, RuntimeError) as exc:
+        except sqlite3.Error as exc:
+            self._conn.close()
             raise TapStoreError(f"{self.path}: cannot open: {exc}") from exc
+        except ReplayStoreError as exc:  # a newer schema: the check's own text names the file
+            self._conn.close()
+            raise TapStoreError(str(exc)) from exc
 
     def add(  # noqa: PLR0917 - one row's columns
         self, trip: str, account: str, ts_us: int, expires: float, record: bytes, now: float

@@ -4,9 +4,11 @@ raised, updated and cleared by the taps themselves (docs/closed-road.md, "Metro"
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
+from polling import eventually
 from test_metro_pricing import NOW, RULES, desk, refund_of, signed, tap_in
 
 from lane.tap_clocks import CLOCK_ALARM, GateClocks
@@ -14,6 +16,7 @@ from lane.transport.mqtt import Incoming
 from lane.wire import topics
 
 SKEW = RULES.skew_s
+QUIET = 28_800  # the tap-ins' retention
 
 
 @pytest.mark.parametrize(
@@ -36,11 +39,22 @@ SKEW = RULES.skew_s
 def test_a_gate_is_ahead_from_its_first_tap_beyond_the_skew_until_a_tap_within_it(
     heard: list[tuple[str, float]], ahead: dict[str, float]
 ) -> None:
-    clocks = GateClocks(SKEW)
+    clocks = GateClocks(SKEW, QUIET)
     for gate, lead in heard:
         assert clocks.heard(gate, NOW + lead, NOW) == (lead > SKEW)
     assert clocks.ahead == ahead
     assert (clocks.text() is None) == (not ahead)
+
+
+def test_a_gate_is_forgotten_once_no_tap_of_it_came_stamped_ahead_for_the_retention() -> None:
+    clocks = GateClocks(SKEW, QUIET)
+    clocks.heard("A", NOW + 3600, NOW)
+    clocks.heard("A", NOW + 100 + 3600, NOW + 100)  # ahead again: the quiet starts anew
+    clocks.heard("A", NOW - 3600, NOW + 200)  # stamped long ago: not a tap ahead
+    clocks.forget_quiet(NOW + 100 + QUIET - 1)
+    assert clocks.ahead == {"A": 3600}
+    clocks.forget_quiet(NOW + 100 + QUIET)
+    assert clocks.ahead == {} and clocks.text() is None
 
 
 async def test_a_tap_in_from_the_future_names_its_gate_until_that_gate_is_sane_again(
@@ -80,5 +94,44 @@ async def test_a_tap_in_from_the_future_names_its_gate_until_that_gate_is_sane_a
         assert CLOCK_ALARM not in alarms
         assert gate.store.count() == 2  # the tap-ins stamped within the retention, taken
     finally:
+        gate.store.close()
+        gate.replay.close()
+
+
+async def test_a_gate_named_ahead_that_is_never_heard_again_is_forgotten_after_the_retention(
+    tmp_path: Path,
+) -> None:
+    """A gate was named until one of its taps came stamped right: a message naming a gate that
+    never taps again (forged, or a gate taken out of the line) kept `tap_clock_ahead` raised
+    for ever. Once no tap of it has come stamped ahead for the tap-ins' retention, every tap-in
+    it had refused is past it: its name goes, with no traffic at all."""
+    clock = [float(NOW)]
+    alarms: dict[str, str] = {}
+
+    def alarm(code: str, text: str | None) -> None:
+        if text is None:
+            alarms.pop(code, None)
+        else:
+            alarms[code] = text
+
+    gate = desk(tmp_path, clock, alarm)
+    topic = topics.line_taps("L1")
+    upkeep: asyncio.Task[None] | None = None
+    try:
+        await gate.handle(Incoming(topic, signed(tap_in("S02", NOW + 3600))))
+        await gate.handle(Incoming(topic, signed(tap_in("S01", NOW + 600, "rider-2"))))
+        clock[0] += gate.retention_s - 60
+        # S01 still taps ahead: named on; S02, quiet since, too until the retention is over.
+        await gate.handle(Incoming(topic, signed(tap_in("S01", clock[0] + 600, "rider-3"))))
+        assert "S01/g1 (600 s), S02/g1 (3600 s)" in alarms[CLOCK_ALARM]
+        clock[0] += 60
+        upkeep = asyncio.create_task(gate.upkeep(asyncio.sleep))
+        await eventually(lambda: "S02/g1" not in alarms[CLOCK_ALARM], within=10)
+        assert "S01/g1 (600 s)" in alarms[CLOCK_ALARM]
+        clock[0] += gate.retention_s - 60
+        await eventually(lambda: CLOCK_ALARM not in alarms, within=10)
+    finally:
+        if upkeep is not None:
+            upkeep.cancel()
         gate.store.close()
         gate.replay.close()

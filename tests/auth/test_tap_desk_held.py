@@ -11,12 +11,15 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import pytest
 from polling import eventually
 from test_metro_pricing import NOW, refund_of, signed, tap_in, tap_out_of
 from test_tap_desk_stores import ENTRY_PAID, FARE, FARTHEST, Exits, corrupted, locked
 
+from lane.auth.replay import ReplayStoreError
 from lane.core.actions import MarkPassUsed, ReleasePass
 from lane.tap_desk import REPLAY_UNHELD, REPLAY_UNRELEASED, TAPS_UNDROPPED, TapDesk
+from lane.tap_store import TapStoreError
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
 
@@ -219,5 +222,68 @@ async def test_a_refunded_tap_in_the_replay_store_cannot_keep_either_says_so_and
             finally:
                 for task in tasks:
                     task.cancel()
+    finally:
+        exits.close()
+
+
+async def test_a_refund_given_back_at_once_reopens_its_tap_in_after_a_wall_clock_step(
+    tmp_path: Path,
+) -> None:
+    """A refund the replay store takes at once was given back only if the mark was made by
+    the refund's time on the wall clock: stepped back between the exit and its refund (NTP),
+    the mark stayed and the refunded passenger's next exit paid the maximum fare, with no
+    alarm. Only a refund written late (held) needs its time: any mark there now was made
+    before it."""
+    exits = Exits(tmp_path)
+    gate = exits.gate
+    trip = await exits.tapped_out()
+    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None))
+    exits.clock[0] -= 120  # this gate's clock stepped back
+    await gate.release(ReleasePass(trip))
+    # Another gate's exit, its refund stamped after that gate's clock stepped back too.
+    topic = topics.line_taps("L1")
+    other = tap_in("S02", NOW - 900, "rider-2")
+    await gate.handle(Incoming(topic, signed(other)))
+    out = tap_out_of(other, FARE, "S02/x1", NOW - 60)
+    await gate.handle(Incoming(topic, signed(out)))
+    await gate.handle(
+        Incoming(topic, signed(refund_of(out, NOW - 180, uuid.UUID(other.record_id).hex)))
+    )
+    try:
+        assert gate.replay.get(f"pass:{uuid.UUID(other.record_id).hex}") is None
+        assert gate.replay.get(f"pass:{trip}") is None
+        assert await exits.tap_out() == ("charged", FARE, trip)
+    finally:
+        exits.close()
+
+
+async def test_what_a_restart_would_lose_stays_said_when_the_failing_stores_fail_again(
+    tmp_path: Path,
+) -> None:
+    """A refunded tap-in held until dropped, said by the taps store's alarm, or held in memory
+    only, said by the replay store's: a tap-in the taps store then could not keep, or an exit
+    a store could not read, replaced that text with its own, and the operator no longer saw
+    that a restart would charge that passenger wrongly."""
+    exits = await Exits(tmp_path).tapped_in()
+    gate, alarms = exits.gate, exits.alarms
+    topic = topics.line_taps("L1")
+    taps, replay = tmp_path / "taps.sqlite3", tmp_path / "replay.sqlite3"
+    try:
+        with corrupted(taps):
+            refunded = tap_in("S02", NOW - 900, "rider-2", paid=ENTRY_PAID)
+            await gate.handle(Incoming(topic, signed(refund_of(refunded, NOW - 30))))
+            assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+            await gate.handle(Incoming(topic, signed(tap_in("S01", NOW - 60, "rider-3"))))
+            assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+            with pytest.raises(TapStoreError):
+                await exits.tap_out()
+            assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
+        with locked(taps), corrupted(replay):  # the taps store reads, the replay store not
+            other = tap_in("S02", NOW - 900, "rider-4", paid=ENTRY_PAID)
+            await gate.handle(Incoming(topic, signed(refund_of(other, NOW - 30))))
+            assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
+            with pytest.raises(ReplayStoreError):
+                await exits.tap_out()
+            assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
     finally:
         exits.close()
