@@ -340,7 +340,8 @@ async def test_cancelled_authorisation_is_resolved(lane: Lane) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     pid = payment_id_for(LANE, req.auth_id)
-    assert await asyncio.wait_for(lane.resolver.wait_final(pid), 5) is S.REVERSED
+    # The outcome, not how soon: the resolver's retries outlast 5 s on a loaded machine.
+    assert await asyncio.wait_for(lane.resolver.wait_final(pid), 60) is S.REVERSED
     await asyncio.sleep(0.06)  # the acquirer finishes processing: still nothing charged
     assert lane.charged_not_reversed() == []
 
