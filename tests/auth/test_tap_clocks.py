@@ -12,6 +12,7 @@ from polling import eventually
 from test_metro_pricing import NOW, RULES, desk, refund_of, signed, tap_in
 
 from lane.tap_clocks import CLOCK_ALARM, GateClocks
+from lane.tap_desk import TapDesk
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
 
@@ -57,13 +58,8 @@ def test_a_gate_is_forgotten_once_no_tap_of_it_came_stamped_ahead_for_the_retent
     assert clocks.ahead == {} and clocks.text() is None
 
 
-async def test_a_tap_in_from_the_future_names_its_gate_until_that_gate_is_sane_again(
-    tmp_path: Path,
-) -> None:
-    """A tap-in stamped ahead of the gate's clock was refused with a log line only: its
-    passenger paid the maximum fare at the exit, and nobody was told that a gate's clock (or
-    something claiming to be that gate) was ahead."""
-    clock = [float(NOW)]
+def alarmed_desk(tmp_path: Path, clock: list[float]) -> tuple[TapDesk, dict[str, str]]:
+    """A gate on `clock` and the alarms it holds raised (code: text)."""
     alarms: dict[str, str] = {}
 
     def alarm(code: str, text: str | None) -> None:
@@ -72,7 +68,17 @@ async def test_a_tap_in_from_the_future_names_its_gate_until_that_gate_is_sane_a
         else:
             alarms[code] = text
 
-    gate = desk(tmp_path, clock, alarm)
+    return desk(tmp_path, clock, alarm), alarms
+
+
+async def test_a_tap_in_from_the_future_names_its_gate_until_that_gate_is_sane_again(
+    tmp_path: Path,
+) -> None:
+    """A tap-in stamped ahead of the gate's clock was refused with a log line only: its
+    passenger paid the maximum fare at the exit, and nobody was told that a gate's clock (or
+    something claiming to be that gate) was ahead."""
+    clock = [float(NOW)]
+    gate, alarms = alarmed_desk(tmp_path, clock)
     topic = topics.line_taps("L1")
     try:
         await gate.handle(Incoming(topic, signed(tap_in("S01", NOW + 3600))))
@@ -106,15 +112,7 @@ async def test_a_gate_named_ahead_that_is_never_heard_again_is_forgotten_after_t
     for ever. Once no tap of it has come stamped ahead for the tap-ins' retention, every tap-in
     it had refused is past it: its name goes, with no traffic at all."""
     clock = [float(NOW)]
-    alarms: dict[str, str] = {}
-
-    def alarm(code: str, text: str | None) -> None:
-        if text is None:
-            alarms.pop(code, None)
-        else:
-            alarms[code] = text
-
-    gate = desk(tmp_path, clock, alarm)
+    gate, alarms = alarmed_desk(tmp_path, clock)
     topic = topics.line_taps("L1")
     upkeep: asyncio.Task[None] | None = None
     try:
