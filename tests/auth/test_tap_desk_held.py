@@ -72,11 +72,7 @@ async def test_a_refund_the_replay_store_cannot_write_is_held_kept_over_a_restar
     finally:
         for task in tasks:
             task.cancel()
-    exits = exits.restarted()
-    try:
-        assert await exits.tap_out() == ("charged", FARE, trip)
-    finally:
-        exits.close()
+    assert await exits.tap_out_after_restart() == ("charged", FARE, trip)
 
 
 async def test_an_exit_after_a_held_refund_is_marked_after_it_and_stays(tmp_path: Path) -> None:
@@ -145,11 +141,7 @@ async def test_a_held_copy_written_while_the_held_exits_change_is_written_again(
         for task in probes:
             task.cancel()
     await gate.release(ReleasePass(trip))  # that exit refunded: the tap-in reopened
-    exits = exits.restarted()
-    try:
-        assert await exits.tap_out() == ("charged", FARE, trip)
-    finally:
-        exits.close()
+    assert await exits.tap_out_after_restart() == ("charged", FARE, trip)
 
 
 async def test_a_refunded_tap_in_held_until_dropped_outlives_a_restart(tmp_path: Path) -> None:
@@ -180,11 +172,7 @@ async def test_a_refunded_tap_in_held_until_dropped_outlives_a_restart(tmp_path:
         )
     finally:
         upkeep.cancel()
-    exits = exits.restarted()
-    try:
-        assert (await exits.tap_out())[:2] == ("no_pass", FARTHEST)
-    finally:
-        exits.close()
+    assert (await exits.tap_out_after_restart())[:2] == ("no_pass", FARTHEST)
 
 
 async def test_a_refunded_tap_in_the_replay_store_cannot_keep_either_says_so_and_is_kept_later(

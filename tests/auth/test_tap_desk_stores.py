@@ -108,6 +108,14 @@ class Exits:
         self.close()
         return Exits(self.tmp, self.clock[0])
 
+    async def tap_out_after_restart(self) -> tuple[str, int | None, str | None]:
+        """The next exit's outcome at this gate restarted (`restarted`), closed after it."""
+        exits = self.restarted()
+        try:
+            return await exits.tap_out()
+        finally:
+            exits.close()
+
     def close(self) -> None:
         self.gate.store.close()
         self.gate.replay.close()
@@ -435,11 +443,7 @@ async def test_a_refunded_tap_in_the_taps_store_cannot_drop_prices_nothing_and_i
         assert gate.store.latest("rider-1", NOW) is None
     finally:
         upkeep.cancel()
-    exits = exits.restarted()
-    try:
-        assert (await exits.tap_out())[:2] == ("no_pass", FARTHEST)
-    finally:
-        exits.close()
+    assert (await exits.tap_out_after_restart())[:2] == ("no_pass", FARTHEST)
 
 
 async def test_another_gates_refund_of_a_tap_in_the_taps_store_cannot_apply_hides_nothing(
