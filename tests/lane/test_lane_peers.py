@@ -212,3 +212,18 @@ def test_a_lane_that_talks_to_others_does_not_start_without_its_key(tmp_path: Pa
     found = check_config(conf)
     assert found.problems == []
     assert any("peers will refuse this lane's messages" in w for w in found.warnings)
+
+
+def test_a_key_set_of_lane_keys_alone_is_one_no_token_verifies_with(tmp_path: Path) -> None:
+    """Lane keys sign no token: a set whose only key valid now is one warns as an empty one."""
+    now = int(time.time())
+    keyset = tmp_path / "keyset.json"
+    lane_only = KeySet.of(
+        now - 10, [CodeFactory(4).lane_key("p07/l03").public(now - 10, now + 86_400)]
+    )
+    keyset.write_text(keyset_to_json(lane_only))
+    conf = tmp_path / "lane.toml"
+    head = f'[lane]\nid = "p07/l03"\ndata_dir = "{tmp_path / "data"}"\n[camera]\nsource = "push"\n'
+    conf.write_text(head + f'[auth]\nkeyset = "{keyset}"\naccept_unsigned_peers = true\n')
+    warned = [w for w in check_config(conf).warnings if w.startswith(f"{keyset}: keys:")]
+    assert warned == [f"{keyset}: keys: no token key is valid now; every token is refused"]
