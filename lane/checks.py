@@ -337,8 +337,9 @@ def _check_keys(config: LaneConfig, path: Path, now: float, found: Findings) -> 
             f"{source}: issued_at: the key set is {days:.1f} days old (limit "
             f"{max_age / 86400:g} days); the lane will raise the keyset_stale alarm"
         )
-    if not any(k.valid_at(now) for k in keys.keys.values()):
-        found.warnings.append(f"{source}: keys: no key is valid now; every token is refused")
+    # Pass and lane keys sign no token (lane.auth.tokens takes only `use: token`).
+    if not any(k.use is KeyUse.TOKEN and k.valid_at(now) for k in keys.keys.values()):
+        found.warnings.append(f"{source}: keys: no token key is valid now; every token is refused")
 
 
 def _check_settings(config: LaneConfig, path: Path, found: Findings) -> None:

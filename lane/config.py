@@ -185,8 +185,8 @@ class AuthSection(_Section):
     lane_kid: str | None = Field(None, description="auth.lane_key's kid in the key set")
     accept_unsigned_peers: bool = Field(
         False,
-        description="Upgrading a plaza: take other lanes' unsigned messages (alarmed), and "
-        "start without auth.lane_key",
+        description="Upgrading a plaza: take other lanes' unsigned messages (alarmed; never "
+        "of a lane whose key is in the key set), and start without auth.lane_key",
     )
     routes: RoutesSection = Field(default_factory=RoutesSection)
     alipay: AlipaySection | None = Field(None, description="Alipay face-to-face payment")

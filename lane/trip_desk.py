@@ -21,8 +21,9 @@ later than the binding the plate holds here (a replayed older binding never repl
 plate's current trip). The empty retained message that clears a binding is an MQTT delete and
 cannot be signed: taken as it is. A forged one only makes this lane forget the binding, and
 the vehicle is then priced from the ticket it shows, as one whose plate the entry lane did not
-read; it never prices anybody's trip from another entry (docs/closed-road.md, "Plate
-bindings").
+read; it never prices anybody's trip from another entry: the forgotten binding's time is kept
+(`forgotten`, for `road.max_trip_s`), so the plate's earlier binding replayed after the delete
+is refused as older still (docs/closed-road.md, "Plate bindings").
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class TripDesk:
         self.wall = wall
         self.bound: dict[str, str] = {}  # normalised plate -> the pass text bound to it
         self._bound_at: dict[str, float] = {}  # normalised plate -> its binding's signed time
+        # Plate -> the signed time of the binding a delete emptied, oldest delete first: kept
+        # while a trip may last, so a binding no later than it stays refused.
+        self.forgotten: dict[str, float] = {}
         # pass id -> the plate its entry bound and the pass text (to clear only that binding)
         self._entry_plates: dict[str, tuple[str, str]] = {}
 
@@ -87,8 +91,7 @@ class TripDesk:
         if plate is None:
             return
         if not msg.payload:
-            self.bound.pop(plate, None)
-            self._bound_at.pop(plate, None)
+            self._forget(plate)
             return
         opened = self.peers.open(msg.topic, msg.payload, decode_binding, _lane_of, "plate binding")
         if opened is None:
@@ -100,12 +103,30 @@ class TripDesk:
             log.warning("plate binding for another plate: refused",
                         extra={**ids, "bound_plate": binding.plate})  # fmt: skip
             return
-        if binding.ts < self._bound_at.get(plate, -1.0):
+        held = self._bound_at.get(plate, self.forgotten.get(plate, -1.0))
+        if binding.ts < held:
             log.warning("plate binding older than the plate's: refused",
                         extra={**ids, "ts": binding.ts})  # fmt: skip
             return
         self.bound[plate] = binding.pass_text
         self._bound_at[plate] = binding.ts
+        self.forgotten.pop(plate, None)
+
+    def _forget(self, plate: str) -> None:
+        """An empty retained binding (the pass exited, or anybody with the broker password: a
+        delete is not signed). Its time stays until the binding is older than any trip may be:
+        else the plate's earlier binding, replayed next, would price this trip from that entry
+        (its pass exited: the farthest fare). A binding that old prices over time anyway."""
+        self.bound.pop(plate, None)
+        at = self._bound_at.pop(plate, None)
+        if at is not None:
+            self.forgotten.pop(plate, None)
+            self.forgotten[plate] = at
+        cutoff = self.wall() - self.rules.road.max_trip_s
+        # Deletes come roughly in the order of their bindings' times; one out of order only
+        # delays the prune of those behind it.
+        while self.forgotten and next(iter(self.forgotten.values())) < cutoff:
+            del self.forgotten[next(iter(self.forgotten))]
 
     async def price(self, request: PriceTrip) -> TripPriced:
         text = request.pass_text

@@ -14,6 +14,10 @@ message's own msgpack bytes. A receiver takes it only when:
 - the signature verifies, the payload decodes as the topic's message,
 - and the lane the message names is the key's lane: a lane signs for itself only.
 
+An unsigned message is taken only while `accept_unsigned` (a plaza upgrading lane by lane)
+and only in the name of a lane without a lane key valid now in the key set: a lane whose key
+is there signs, so a bare message in its name is anybody's.
+
 `open_peer` never raises and reads no clock: any input becomes `PeerRefused` with a
 `PeerRefusal` (and the lane the message claims, when it could be read, for the log line and
 the alarm). Replays of a genuine message are the receiver's rules (lane.auth.plaza,
@@ -55,6 +59,8 @@ T = TypeVar("T")
 
 class PeerRefusal(enum.StrEnum):
     UNSIGNED = "unsigned"  # a bare msgpack message: a lane not upgraded, or anybody
+    # Bare, in the name of a lane whose key the key set holds: that lane signs, so anybody.
+    UNSIGNED_FROM_SIGNER = "unsigned_from_signer"
     MALFORMED = "malformed"  # not a COSE_Sign1 of ours, or its payload is not the message
     UNKNOWN_KEY = "unknown_key"  # no key with that kid in the key set
     NOT_A_LANE_KEY = "not_a_lane_key"  # the kid names a token or pass key
@@ -67,6 +73,7 @@ class PeerRefusal(enum.StrEnum):
 # What an operator reads in the alarm (`messages from p07/l03 refused: ...`).
 REFUSAL_TEXT = {
     PeerRefusal.UNSIGNED: "unsigned (auth.accept_unsigned_peers is off)",
+    PeerRefusal.UNSIGNED_FROM_SIGNER: "unsigned, yet the key set holds its lane key",
     PeerRefusal.MALFORMED: "not a signed message of ours",
     PeerRefusal.UNKNOWN_KEY: "no lane key for it in the key set",
     PeerRefusal.NOT_A_LANE_KEY: "signed with a key that is not a lane key",
@@ -139,9 +146,15 @@ def open_peer(
             bare = decode(data)
         except (PayloadError, ValueError) as exc:
             return PeerRefused(PeerRefusal.MALFORMED, str(exc))
-        if accept_unsigned:
-            return PeerOpened(bare, data, lane_of(bare), signed=False)
-        return PeerRefused(PeerRefusal.UNSIGNED, "not signed", lane_of(bare))
+        claimed = lane_of(bare)
+        if not accept_unsigned:
+            return PeerRefused(PeerRefusal.UNSIGNED, "not signed", claimed)
+        signer = _lane_key(keys, claimed, now)
+        if signer is not None:
+            named = kid_text(signer.kid)
+            detail = f"not signed, yet {named!r} is its lane key"
+            return PeerRefused(PeerRefusal.UNSIGNED_FROM_SIGNER, detail, claimed, named)
+        return PeerOpened(bare, data, claimed, signed=False)
     try:
         sign1 = decode_sign1(data)
         message = decode(sign1.payload)
@@ -168,6 +181,14 @@ def open_peer(
         detail = f"key {named!r} is lane {key.lane}'s"
         return PeerRefused(PeerRefusal.WRONG_LANE, detail, claimed, named)
     return PeerOpened(message, sign1.payload, claimed, signed=True)
+
+
+def _lane_key(keys: KeySet, lane: str, now: float) -> IssuerKey | None:
+    """A key of `lane` valid now: with one in the key set, the lane signs what it sends."""
+    for key in keys.keys.values():
+        if key.use is KeyUse.LANE and key.lane == lane and key.valid_at(now):
+            return key
+    return None
 
 
 def own_key_missing(keys: KeySet, own: LaneKey, now: float) -> str | None:

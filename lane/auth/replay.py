@@ -221,9 +221,21 @@ class ReplayStore:
     ) -> bool:
         """Record a use reported by another lane (`seen_at`: its clock, for the record; `now`:
         ours, which times the purge); True when it was new to us. An id is kept by at most the
-        exp of a use this lane would accept now (`RemoteBounds.kept_exp`)."""
+        exp of a use this lane would accept now (`RemoteBounds.kept_exp`).
+
+        An id marked already keeps its mark, but a later use makes it `seen_at` that late: a
+        release made before then (a refund of the first exit, heard after the pass or tap-in
+        exited again, anywhere) frees nothing. The mark's lane stays: a lane never frees a
+        mark another lane made by claiming a use of it; and a use stamped past our clock
+        counts from `now + skew_s`, so a lane's bad clock holds no release off for long."""
         kept = self.bounds.kept_exp(token_id, exp, now)
         new = self._insert(token_id, kept, lane, seen_at, now, remote=True)
+        if not new and seen_at is not None:
+            self._execute(
+                "UPDATE used_tokens SET seen_at = ? WHERE token_id = ?"
+                " AND (seen_at IS NULL OR seen_at < ?)",
+                (later := min(seen_at, now + self.bounds.skew_s), token_id, later),
+            )
         if new and kept < exp:
             log.warning(
                 "remote used id kept only to this lane's lifetime cap",

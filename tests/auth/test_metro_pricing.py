@@ -426,6 +426,32 @@ async def _replayed_taps() -> None:
         gate.replay.close()
 
 
+@pytest.mark.parametrize("second_exit", ["S02/x1", "S01/x1"])
+def test_a_late_refund_never_reopens_a_tap_in_that_exited_again_since(second_exit: str) -> None:
+    """S02 let the passenger out, refunded that exit (never let through), then the passenger
+    left for real at `second_exit`; the line's messages come in any order, and this gate
+    hears the refund last: the tap-in stays exited here, whichever gate the second exit was."""
+    asyncio.run(_late_refund(second_exit))
+
+
+async def _late_refund(second_exit: str) -> None:
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        entered = tap_in("S01", NOW - 600)
+        trip = uuid.UUID(entered.record_id).hex
+        first = tap_out_of(entered, 300, "S02/x1", NOW - 300)
+        second = tap_out_of(entered, 300, second_exit, NOW - 100)
+        for record in (entered, first, second, refund_of(first, NOW - 200, trip)):
+            await gate.handle(Incoming(topic, signed(record)))
+        assert gate.replay.get(f"pass:{trip}") is not None
+        token = issue_compact_token(CODES.key, KID, "rider-1", NOW, NOW + 60)
+        assert (await gate.price(ask(token))).outcome == "pass_used"
+        gate.store.close()
+        gate.replay.close()
+
+
 def test_a_refund_heard_from_the_line_undoes_what_its_tap_told_this_gate() -> None:
     asyncio.run(_refunds_heard())
 

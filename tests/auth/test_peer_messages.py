@@ -118,9 +118,23 @@ def test_a_lane_key_is_taken_only_inside_its_window() -> None:
 
 def test_an_unsigned_message_is_taken_only_while_the_switch_is_on() -> None:
     bare = encode_used_token(USE)
-    assert opened(bare, accept_unsigned=True) == PeerOpened(USE, bare, A, signed=False)
+    alone = KeySet.of(NOW - 100, [KEY_B.public(NOW - 86_400, NOW + 86_400)])
+    assert opened(bare, alone, accept_unsigned=True) == PeerOpened(USE, bare, A, signed=False)
     got = opened(b"\xc1", accept_unsigned=True)
     assert isinstance(got, PeerRefused) and got.reason is PeerRefusal.MALFORMED
+
+
+def test_an_unsigned_message_of_a_lane_whose_key_is_in_the_key_set_is_refused() -> None:
+    """Upgrading: a lane with its key in the key set signs, so an unsigned message in its name is
+    somebody with the broker password, switch or not; one whose key is not valid now cannot sign
+    yet (or any more) and is taken unsigned while the switch is on."""
+    bare = encode_used_token(USE)
+    got = opened(bare, accept_unsigned=True)
+    assert isinstance(got, PeerRefused)
+    assert (got.reason, got.lane) == (PeerRefusal.UNSIGNED_FROM_SIGNER, A)
+    assert got.text == "unsigned, yet the key set holds its lane key"
+    later = opened(bare, now=NOW + 86_400, accept_unsigned=True)
+    assert later == PeerOpened(USE, bare, A, signed=False)
 
 
 def test_a_lane_key_verifies_no_token_and_no_pass() -> None:

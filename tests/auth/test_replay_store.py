@@ -424,3 +424,19 @@ def test_a_late_release_gives_back_no_use_newer_than_it(tmp_path: Path) -> None:
         assert store.mark_remote("pass:aa", 1_800_000_600, "S02/x1", NOW + 20, now=NOW)
         assert store.release("pass:aa", "S02/x1", remote=True, made_by=NOW + 19) is None
         assert store.release("pass:aa", "S02/x1", remote=True, made_by=NOW + 20) is not None
+
+
+def test_a_release_frees_no_mark_of_an_id_used_again_since(tmp_path: Path) -> None:
+    """S02's exit, refunded at +20, then the pass exited again at S01 (+30): heard here in the
+    order exits first, refund last, the refund frees nothing. A later use never makes the mark
+    its lane's (S01 cannot free S02's mark), and counts from our clock's skew at the latest."""
+    with ReplayStore(tmp_path / "replay.db") as store:
+        assert store.mark_remote("pass:aa", 1_800_000_600, "S02/x1", NOW + 10, now=NOW + 40)
+        assert not store.mark_remote("pass:aa", 1_800_000_600, "S01/x1", NOW + 30, now=NOW + 40)
+        assert store.release("pass:aa", "S02/x1", remote=True, made_by=NOW + 20) is None
+        assert store.release("pass:aa", "S01/x1", remote=True, made_by=NOW + 40) is None
+        mark = store.get("pass:aa")
+        assert mark is not None and (mark.lane, mark.seen_at) == ("S02/x1", NOW + 30)
+        assert not store.mark_remote("pass:aa", 1_800_000_600, "S01/x1", NOW + 9e6, now=NOW + 40)
+        mark = store.get("pass:aa")
+        assert mark is not None and mark.seen_at == NOW + 40 + store.bounds.skew_s

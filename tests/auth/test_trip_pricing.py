@@ -169,6 +169,40 @@ def test_a_plate_prices_from_its_binding_and_the_binding_goes_with_the_exit(
     asyncio.run(run())
 
 
+def test_a_forged_delete_does_not_let_an_older_binding_of_the_plate_back_in(
+    tmp_path: Path,
+) -> None:
+    """Anybody with the broker password can empty a plate's binding (a delete is not signed)
+    and then replay the plate's earlier genuine binding: its pass, exited long ago, would
+    charge the vehicle the farthest fare as `pass_used`. Forgotten, the plate still refuses
+    a binding no later than the one it held, until that one is older than any trip may be;
+    a later one (the plate's next trip) is taken."""
+
+    async def run() -> None:
+        with ReplayStore(tmp_path / "replay.sqlite3") as store:
+            clock = [float(NOW)]
+            trips = desk(store, clock)
+            topic, plate_ask = topics.road_plate("ZJA1"), ask(None, source=TripSource.PLATE)
+            earlier = pass_of(P01, 1, at=NOW - 5 * HOUR)
+            trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
+            answer = await trips.price(ask(earlier))
+            assert answer.pass_id is not None
+            await trips.mark_used(MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None))
+            trips.handle(Incoming(topic, binding(pass_of(P01, 2)), retain=True))  # this trip
+            trips.handle(Incoming(topic, b"", retain=True))  # forged
+            trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
+            assert not (await trips.price(plate_ask)).found  # the vehicle shows its ticket
+            later = pass_of(P02, 3, at=NOW - 60)
+            trips.handle(Incoming(topic, binding(later, at=NOW - 60), retain=True))
+            assert trips.bound == {"ZJA1": later}
+            trips.handle(Incoming(topic, b"", retain=True))
+            clock[0] = NOW - 60 + RULES.road.max_trip_s + 1
+            trips.handle(Incoming(topics.road_plate("ZJB2"), b"", retain=True))
+            assert trips.forgotten == {}  # no memory kept for ever, plate by plate
+
+    asyncio.run(run())
+
+
 def test_a_plate_binding_that_is_no_pass_text_is_refused_and_not_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -164,21 +164,27 @@ async def test_a_lane_whose_key_is_not_in_its_key_set_says_so_until_it_is(
 async def test_unsigned_messages_are_taken_only_with_the_switch_and_then_alarmed(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
+    """l09 is not upgraded yet (no key in the key set): its unsigned messages are taken; l02
+    is (its key is in the key set, so it signs): an unsigned message in its name is a forgery."""
     plaza = lane_id.split("/", maxsplit=1)[0]
-    l02 = f"{plaza}/l02"
+    l02, l09 = f"{plaza}/l02", f"{plaza}/l09"
     topic = used_tokens_topic(plaza)
     upgrading = {"accept_unsigned_peers": True}
     async with (
         running_lane(tmp_path, mosquitto, lane_id, auth=upgrading, peers=[l02]) as lane,
         sender(mosquitto, f"old-lane-{lane_id}") as link,
     ):
-        exp = int(time.time()) + 600
-        bare = encode_used_token(UsedTokenMsg("old", exp, l02, time.time()))
-        await taken(lane, link, topic, bare, "old")
+        now, exp = time.time(), int(time.time()) + 600
+        forged = encode_used_token(UsedTokenMsg("forged", exp, l02, now))
+        await link.publish(topic, forged)
+        await taken(lane, link, topic, encode_used_token(UsedTokenMsg("old", exp, l09, now)), "old")
+        assert lane.daemon.replay.get("forged") is None
         alarms = lane.daemon.runner.alarms
         await eventually(lambda: "unsigned_peer_messages" in alarms, what="raised")
-        assert alarms["unsigned_peer_messages"].startswith(f"unsigned messages taken from {l02} (")
-        assert "peer_messages_refused" not in alarms
+        assert alarms["unsigned_peer_messages"].startswith(f"unsigned messages taken from {l09} (")
+        assert alarms["peer_messages_refused"] == (
+            f"messages from {l02} refused: unsigned, yet the key set holds its lane key"
+        )
 
 
 def test_a_lane_that_talks_to_others_does_not_start_without_its_key(tmp_path: Path) -> None:
@@ -206,3 +212,18 @@ def test_a_lane_that_talks_to_others_does_not_start_without_its_key(tmp_path: Pa
     found = check_config(conf)
     assert found.problems == []
     assert any("peers will refuse this lane's messages" in w for w in found.warnings)
+
+
+def test_a_key_set_of_lane_keys_alone_is_one_no_token_verifies_with(tmp_path: Path) -> None:
+    """Lane keys sign no token: a set whose only key valid now is one warns as an empty one."""
+    now = int(time.time())
+    keyset = tmp_path / "keyset.json"
+    lane_only = KeySet.of(
+        now - 10, [CodeFactory(4).lane_key("p07/l03").public(now - 10, now + 86_400)]
+    )
+    keyset.write_text(keyset_to_json(lane_only))
+    conf = tmp_path / "lane.toml"
+    head = f'[lane]\nid = "p07/l03"\ndata_dir = "{tmp_path / "data"}"\n[camera]\nsource = "push"\n'
+    conf.write_text(head + f'[auth]\nkeyset = "{keyset}"\naccept_unsigned_peers = true\n')
+    warned = [w for w in check_config(conf).warnings if w.startswith(f"{keyset}: keys:")]
+    assert warned == [f"{keyset}: keys: no token key is valid now; every token is refused"]
