@@ -59,11 +59,11 @@ gate's own, or another gate's refund heard on the line) is held the same way (`u
 kept in the tap store too): the tap-in prices as reopened here (the trip, as the refund said),
 the alarm says refunded tap-outs are held until reopened, and `upkeep` writes the held releases
 before the held exits; a later exit's mark writes its tap-in's held release first (the mark
-would not go in over the old one), and a release written late gives back only a mark made by
-the refund's time (`made_by`), so a copy loaded late never reopens a later exit (one written
-at once gives back the mark there, whatever a wall clock stepped back since says). The tap
-store's copy of what is held is versioned (lane.held_copy): an older copy never overwrites a
-newer one.
+would not go in over the old one), and a release gives back only a mark made by the refund's
+time (`made_by`), so neither a copy loaded late nor a refund heard after a later exit reopens
+that exit (a wall clock stepped back between an exit and its refund keeps the mark: the
+passenger pays the maximum, flagged). The tap store's copy of what is held is versioned
+(lane.held_copy): an older copy never overwrites a newer one.
 """
 
 from __future__ import annotations
@@ -515,9 +515,10 @@ class TapDesk:
         # Kept as long as any mark of the tap-in could be (it is older than the refund).
         release = Held(math.ceil(self.wall() + self.retention_s), lane, refunded_at)
         try:
-            # Given back now, any mark there was made before the refund: its time is for one
-            # written late (a wall clock stepped back since the exit would keep the mark).
-            released = await self._unmark(key, release._replace(seen_at=None))
+            # Only a mark made by the refund's time: one made later is a later exit's, heard
+            # before this refund (a wall clock stepped back since the exit keeps the mark too:
+            # that passenger pays the maximum, flagged, never rides free).
+            released = await self._unmark(key, release)
         except ReplayStoreError:
             self.unreleased[key] = release  # a later refund of the tap-in is a later exit's
             self._held_copy.changed()

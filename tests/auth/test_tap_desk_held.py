@@ -214,37 +214,6 @@ async def test_a_refunded_tap_in_the_replay_store_cannot_keep_either_says_so_and
         exits.close()
 
 
-async def test_a_refund_given_back_at_once_reopens_its_tap_in_after_a_wall_clock_step(
-    tmp_path: Path,
-) -> None:
-    """A refund the replay store takes at once was given back only if the mark was made by
-    the refund's time on the wall clock: stepped back between the exit and its refund (NTP),
-    the mark stayed and the refunded passenger's next exit paid the maximum fare, with no
-    alarm. Only a refund written late (held) needs its time: any mark there now was made
-    before it."""
-    exits = Exits(tmp_path)
-    gate = exits.gate
-    trip = await exits.tapped_out()
-    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None))
-    exits.clock[0] -= 120  # this gate's clock stepped back
-    await gate.release(ReleasePass(trip))
-    # Another gate's exit, its refund stamped after that gate's clock stepped back too.
-    topic = topics.line_taps("L1")
-    other = tap_in("S02", NOW - 900, "rider-2")
-    await gate.handle(Incoming(topic, signed(other)))
-    out = tap_out_of(other, FARE, "S02/x1", NOW - 60)
-    await gate.handle(Incoming(topic, signed(out)))
-    await gate.handle(
-        Incoming(topic, signed(refund_of(out, NOW - 180, uuid.UUID(other.record_id).hex)))
-    )
-    try:
-        assert gate.replay.get(f"pass:{uuid.UUID(other.record_id).hex}") is None
-        assert gate.replay.get(f"pass:{trip}") is None
-        assert await exits.tap_out() == ("charged", FARE, trip)
-    finally:
-        exits.close()
-
-
 async def test_what_a_restart_would_lose_stays_said_when_the_failing_stores_fail_again(
     tmp_path: Path,
 ) -> None:
