@@ -111,6 +111,8 @@ RESULTS = [
     (C.PAY, 400, {"code": "AUTH_CODE_INVALID"}, PaymentStatus.DECLINED, "code_invalid"),
     (C.PAY, 403, {"code": "RULELIMIT"}, PaymentStatus.DECLINED, "rulelimit"),
     (C.PAY, 403, {"code": "ORDERPAID"}, PaymentStatus.PENDING, None),
+    (C.PAY, 403, {"code": "BANKERROR"}, PaymentStatus.PENDING, None),
+    (C.PAY, 400, {"code": "SYSTEMERROR"}, PaymentStatus.PENDING, None),
     (C.PAY, 403, {"code": "ORDERREVERSED"}, PaymentStatus.REVERSED, "closed"),
     (C.QUERY, 200, {"trade_state": "USERPAYING"}, PaymentStatus.PENDING, None),
     (C.QUERY, 200, {"trade_state": "SUCCESS"}, PaymentStatus.SUCCEEDED, None),
@@ -165,6 +167,21 @@ async def test_declined_not_enough(wechat_gateway: Any, net_lane: Any) -> None:
         fake.update_faults(decline_rate=1.0)
         decision = await lane.auth.authorise(lane.request(code()))
         assert (decision.approved, decision.reason) == (False, "insufficient_funds")
+
+
+@pytest.mark.parametrize("answer", [(403, "BANKERROR"), (400, "SYSTEMERROR")])
+async def test_bank_or_system_error_on_a_charged_pay_is_queried_not_declined(
+    wechat_gateway: Any, net_lane: Any, answer: tuple[int, str]
+) -> None:
+    """WeChat Pay says to query the order after these: this one went through."""
+    async with wechat_gateway() as (fake, client), net_lane(client, fake) as lane:
+        fake.unknown_pay_answer = answer
+        req = lane.request(code())
+        decision = await lane.auth.authorise(req)
+        assert (decision.approved, decision.reason) == (True, "approved")
+        await lane.auth.settle(req.auth_id)
+        assert await lane.final(decision.payment_id) is PaymentState.SETTLED
+        assert len(fake.payments()) == 1
 
 
 async def test_an_alipay_code_is_refused_by_wechat(wechat_gateway: Any, net_lane: Any) -> None:
