@@ -15,6 +15,7 @@ from lane.auth import wechatpay_wire as wire
 from lane.auth.acquirer import AcquirerProtocolError, PaymentStatus, PayRequest
 from lane.auth.authoriser import payment_id_for
 from lane.auth.resolver import PaymentState
+from lane.core.reread import PASSING
 
 Keys = dict[str, Any]  # name -> conftest.KeyPair
 MCHID, APPID = "1900000100", "wx8888888888888888"
@@ -112,6 +113,7 @@ RESULTS = [
     (C.PAY, 403, {"code": "RULELIMIT"}, PaymentStatus.DECLINED, "rulelimit"),
     (C.PAY, 403, {"code": "ORDERPAID"}, PaymentStatus.PENDING, None),
     (C.PAY, 403, {"code": "BANKERROR"}, PaymentStatus.PENDING, None),
+    (C.PAY, 429, {"code": "FREQUENCY_LIMITED"}, PaymentStatus.DECLINED, "frequency_limited"),
     (C.PAY, 400, {"code": "SYSTEMERROR"}, PaymentStatus.PENDING, None),
     (C.PAY, 403, {"code": "ORDERREVERSED"}, PaymentStatus.REVERSED, "closed"),
     (C.QUERY, 200, {"trade_state": "USERPAYING"}, PaymentStatus.PENDING, None),
@@ -167,6 +169,18 @@ async def test_declined_not_enough(wechat_gateway: Any, net_lane: Any) -> None:
         fake.update_faults(decline_rate=1.0)
         decision = await lane.auth.authorise(lane.request(code()))
         assert (decision.approved, decision.reason) == (False, "insufficient_funds")
+
+
+@pytest.mark.parametrize(
+    ("http", "code", "passing"),
+    [(429, "FREQUENCY_LIMITED", True), (403, "OUT_TRADE_NO_USED", True), (403, "NOTENOUGH", False)],
+)
+def test_a_decline_about_the_call_is_not_remembered_at_a_fare_gate(
+    http: int, code: str, passing: bool
+) -> None:
+    """A rate limit says nothing of the payer's code: shown again, it goes out again."""
+    reason = wire.result(C.PAY, http, {"code": code}, "pay_x").reason
+    assert (reason in PASSING) is passing
 
 
 @pytest.mark.parametrize("answer", [(403, "BANKERROR"), (400, "SYSTEMERROR")])
