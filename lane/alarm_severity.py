@@ -76,6 +76,9 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "peer_messages_refused": Severity.MAJOR,
         # This lane's own key is not in the key set: the other lanes refuse what it tells them.
         "lane_key_missing": Severity.MAJOR,
+        # The broker refuses a topic the lane publishes (its ACL): those messages are kept
+        # and retried, and reach nobody until the ACL is fixed.
+        "publish_refused": Severity.MAJOR,
         "attendant_needed": Severity.MINOR,
         # A metro gate refuses another gate's tap-ins stamped ahead of its clock: a clock to set.
         "tap_clock_ahead": Severity.MINOR,

@@ -85,6 +85,7 @@ from lane.tap_desk import ExitPricing, TapDesk
 from lane.tap_store import TapStore, TapStoreError
 from lane.ticket_desk import TicketDesk
 from lane.transport.mqtt import Incoming
+from lane.transport.refusals import PUBLISH_REFUSED
 from lane.trip_desk import TripDesk
 from lane.verifier import TokenVerifier
 from lane.wire.ids import new_id
@@ -479,6 +480,8 @@ class LaneDaemon:
             keepalive_s=broker.keepalive_s,
         )
         self.uplink = broker.link(f"uplink-{self.lane}", handler=self._on_uplink_message)
+        # A topic the broker refuses (its ACL) is an alarm until a publish to it is taken.
+        self.uplink.refusals.on_change = partial(self._alarm, PUBLISH_REFUSED)
         self.forwarder = Forwarder(
             self.queue,
             self.uplink,

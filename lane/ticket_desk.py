@@ -13,7 +13,8 @@ events (an async iterator: the runner posts each one):
    bound that opens the barrier (flag no_ticket) and the desk stops (a ticket printed later
    would be for nobody); without one the vehicle waits, and the same job is sent again once
    the printer says `ready` (or every `retry_s`), until it prints, the next vehicle's issue
-   replaces it, or `give_up_s` passes.
+   replaces it, or `give_up_s` passes. A job the broker refuses (its ACL) is sent again after
+   the link's refusal back-off instead (lane.transport.refusals: logged once, alarmed).
 
 The printer's retained status raises `printer_paper_out` / `printer_offline` (and a job not
 acknowledged raises `printer_offline`), each cleared by itself when the printer is ready.
@@ -149,12 +150,18 @@ class TicketDesk:
                 log.info("ticket printed", extra={**extra, "pass_id": entry.pass_hex})
                 yield TicketIssued(request.issue_id, entry.pass_hex, True)
                 return
-            log.warning("ticket not printed", extra={**extra, "error": error})
+            refused_s = self.link.refusals.wait_s(topics.printer_print(self.lane))
+            if not (told and refused_s):  # a refusal is logged once, by the link
+                log.warning("ticket not printed", extra={**extra, "error": error})
             if not told:
                 told = True
                 yield TicketIssued(request.issue_id, entry.pass_hex, False, error)
             if request.plate is not None:
                 return  # opened on the plate: a ticket printed later would be nobody's
+            if refused_s:
+                # The broker's ACL, not the printer: a `ready` mends nothing. Back off.
+                await asyncio.sleep(min(refused_s, max(0.0, until - self.monotonic())))
+                continue
             # Wait for the printer to say `ready` after this failure (paper loaded: the same job
             # goes again at once), else retry_s: a stale `ready` never makes a busy loop.
             self._ready.clear()

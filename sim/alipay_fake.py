@@ -57,6 +57,9 @@ class AlipayFake(AcquirerServer):
         self._alipay_key = alipay_key
         self._wall = wall
         self._placed: dict[str, float] = {}  # out_trade_no -> wall time the order was placed
+        # The 40004 sub_code a pay is answered with once its charge went through (None: the
+        # true answer): Alipay's "outcome unknown, query the order" (ACQ.SYSTEM_ERROR).
+        self.unknown_pay_answer: str | None = None
 
     @property
     def gateway_url(self) -> str:
@@ -141,6 +144,8 @@ class AlipayFake(AcquirerServer):
             return _failure("40004", "ACQ.TRADE_NO_REPEAT")
         except StoppingError:
             return _failure("20000", "isp.unknow-error")
+        if self.unknown_pay_answer is not None:
+            return _failure("40004", self.unknown_pay_answer)
         view = self.ledger.view(payment)
         status = view["status"]
         if status == "SUCCEEDED":

@@ -123,6 +123,9 @@ class WeChatPayFake(AcquirerServer):
         self._wall = wall
         self._placed: dict[str, tuple[float, float]] = {}  # otn -> (clock, wall) when placed
         self.early_reversals = 0  # reversals refused for coming too soon (tests look)
+        # The HTTP status and code a pay is answered with once its charge went through (None:
+        # the true answer): WeChat Pay's "query the order" answers (403 BANKERROR ...).
+        self.unknown_pay_answer: tuple[int, str] | None = None
         # How a new refund ends: None, made at once (SUCCESS); "SUCCESS", "ABNORMAL" or
         # "CLOSED": answered PROCESSING, and so is its first query, then that.
         self.refund_ends: str | None = None
@@ -224,6 +227,9 @@ class WeChatPayFake(AcquirerServer):
             return self._signed(403, _error("OUT_TRADE_NO_USED", "same number, other order"))
         except StoppingError:
             return self._signed(500, _error("SYSTEMERROR", "stopping"))
+        if self.unknown_pay_answer is not None:
+            http, code = self.unknown_pay_answer
+            return self._signed(http, _error(code, "outcome unknown: query the order"))
         status = self.ledger.view(payment)["status"]
         if status == "SUCCEEDED":
             if not created:

@@ -63,6 +63,10 @@ class Code(StrEnum):
 PAID_BEFORE = "ACQ.TRADE_HAS_SUCCESS"  # a retried pay whose first try went through: query
 NOT_EXIST = "ACQ.TRADE_NOT_EXIST"
 CLOSED = "ACQ.TRADE_HAS_CLOSE"
+# A pay answered with these did not fail: Alipay does not know yet whether it went through, and
+# says to query the order (its barcode-payment error handling: "if SYSTEM_ERROR is returned,
+# call the query interface"). A decline here could leave a charge neither recorded nor reversed.
+UNKNOWN_OUTCOME = frozenset({"ACQ.SYSTEM_ERROR"})
 # The sub_codes a driver can act on, in the lane's words; the rest keep Alipay's name.
 DECLINE_REASONS = {
     "ACQ.BUYER_BALANCE_NOT_ENOUGH": "insufficient_funds",
@@ -198,7 +202,7 @@ def result(method: Method, body: Mapping[str, Any], payment_id: str) -> Acquirer
         if sub == CLOSED:
             return AcquirerResult(payment_id, PaymentStatus.REVERSED, reason="closed")
         if method is Method.PAY:
-            if sub == PAID_BEFORE:  # a retry of ours: the query says with which trade_no
+            if sub == PAID_BEFORE or sub in UNKNOWN_OUTCOME:  # the query says what happened
                 return AcquirerResult(payment_id, PaymentStatus.PENDING, acquirer_ref=ref)
             reason = DECLINE_REASONS.get(sub) or sub.removeprefix("ACQ.").lower() or "declined"
             return AcquirerResult(payment_id, PaymentStatus.DECLINED, reason, ref)

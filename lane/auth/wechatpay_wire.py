@@ -67,6 +67,12 @@ DECLINE_REASONS = {
 REQUEST_ERRORS = frozenset(
     {"PARAM_ERROR", "INVALID_REQUEST", "SIGN_ERROR", "APPID_MCHID_NOT_MATCH", "MCH_NOT_EXISTS"}
 )
+# A pay answered with these may have gone through or still be going: WeChat Pay says to query
+# the order (code payment: USERPAYING, SYSTEMERROR, BANKERROR), never to take them as a no.
+# 5xx answers never reach `result`: they are outages, which the resolver queries too.
+QUERY_CODES = frozenset(
+    {"USERPAYING", "SYSTEMERROR", "SYSTEM_ERROR", "BANKERROR", "BANK_ERROR", "ORDERPAID"}
+)
 NOT_FOUND_CODES = frozenset({"ORDER_NOT_EXIST", "ORDERNOTEXIST", "RESOURCE_NOT_EXISTS"})
 CLOSED_CODES = frozenset({"ORDER_CLOSED", "ORDERCLOSED", "ORDERREVERSED", "ORDER_REVERSED"})
 
@@ -241,15 +247,13 @@ def result(call: Call, http_status: int, doc: Mapping[str, Any], payment_id: str
             return AcquirerResult(payment_id, PaymentStatus.REVERSED, "reversed")
         return _trade(call, doc, payment_id)
     code = str(doc.get("code", ""))
-    if code == TradeState.USERPAYING and call is Call.PAY:
+    if code in QUERY_CODES and call is Call.PAY:  # ORDERPAID: our retry of a paid order
         return AcquirerResult(payment_id, PaymentStatus.PENDING)
     if code in NOT_FOUND_CODES and call is not Call.PAY:
         status = PaymentStatus.REVERSED if call is Call.REVERSE else PaymentStatus.NOT_FOUND
         return AcquirerResult(payment_id, status, "not_found")
     if code in CLOSED_CODES:
         return AcquirerResult(payment_id, PaymentStatus.REVERSED, "closed")
-    if call is Call.PAY and code == "ORDERPAID":  # our retry of a paid order: query tells
-        return AcquirerResult(payment_id, PaymentStatus.PENDING)
     if call is Call.PAY and code and code not in REQUEST_ERRORS and 400 <= http_status < 500:
         reason = DECLINE_REASONS.get(code, code.lower())
         return AcquirerResult(payment_id, PaymentStatus.DECLINED, reason)

@@ -54,13 +54,20 @@ READ_AGAIN = "read again"
 DECLINED_BEFORE = "declined before"
 # The reason a copy of a code this gate let its passenger through with is refused.
 ALREADY_USED = "already_used"
-# Declines that say nothing of the code itself (docs/acquirer.md, "Decisions"): the answer
-# may differ next time, so the code may be shown again on purpose and goes out again.
+# Declines that say nothing of the code itself (docs/core.md, "A code read again at a fare
+# gate": the rule): they are about the call, the moment, the merchant or the lane, so the
+# answer may differ next time, and the code may be shown again on purpose and goes out again.
 # `not_yet_valid` is a token shown before its `nbf`/`iat` (lane.auth.tokens): valid seconds
-# later, by the clock alone.
+# later, by the clock alone. `frequency_limited` is WeChat Pay's 429 (our merchant's call
+# rate); `out_trade_no_used` / `trade_no_repeat` are about our order number, and Alipay's
+# `access_forbidden` about our merchant's contract.
 PASSING = frozenset(
     {
         "not_yet_valid",
+        "frequency_limited",
+        "out_trade_no_used",
+        "trade_no_repeat",
+        "access_forbidden",
         "timeout",
         "acquirer_unavailable",
         "acquirer_error",

@@ -29,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from lane.transport.paho_internals import PublishProperties, paho_client, write_at_once
+from lane.transport.refusals import Refusals
 
 log = logging.getLogger("lane.mqtt")
 
@@ -158,6 +159,8 @@ class MqttLink:
     receive: Receive | None = None
     # Why `run` ended, when it ended on an error rather than a cancel (None while it runs).
     stopped: LinkStopped | None = field(default=None, init=False)
+    # The topics the broker refuses, with a publisher's wait before it tries one again.
+    refusals: Refusals = field(init=False)
     _conn: _Connection | None = None
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
     _ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -165,6 +168,7 @@ class MqttLink:
     def __post_init__(self) -> None:
         if self.handler is not None and self.receive is not None:
             raise ValueError("give a link a handler or a receive, not both")
+        self.refusals = Refusals(self.client_id)
 
     async def run(self) -> None:
         """Connect and dispatch forever; reconnect with exponential backoff and jitter.
@@ -286,7 +290,9 @@ class MqttLink:
             conn.acks.pop(info.mid, None)
         if reason.is_failure:
             # A PUBACK all the same: taken as delivered, the message would be lost unseen.
+            self.refusals.refused(topic, str(reason))
             raise PublishRefused(f"publish to {topic} refused by the broker: {reason}")
+        self.refusals.accepted(topic)
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Return once connected; raise `stopped` as soon as `run` ends on an error (waiting

@@ -3,6 +3,8 @@ in order at QoS 1 whenever the broker is there (used tokens shared in a plaza, a
 taps). Bounded: when the queue is full the oldest message is dropped (logged). A message whose
 useful life is over when its turn comes is not sent; one in flight is sent with an MQTT
 expiry of what is left of it, so a broker holding it for an absent subscriber drops it then.
+A message the broker refuses (its ACL) is kept too, and tried again after the link's
+refusal back-off (lane.transport.refusals), which logs the refusal once and alarms.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from lane.transport.mqtt import LinkDown, MqttLink
+from lane.transport.mqtt import LinkDown, MqttLink, PublishRefused
 
 log = logging.getLogger("lane.transport.outbox")
 
@@ -78,6 +80,11 @@ class Outbox(Generic[T]):
                         qos=1,
                         expiry_s=max(1, min(self.max_expiry_s, math.ceil(left))),
                     )
+                except PublishRefused:
+                    # Not an outage: the broker says no until its ACL changes (the link
+                    # logged it once and alarms): try again after the refusal's back-off.
+                    await asyncio.sleep(self.link.refusals.wait_s(self.topic))
+                    continue
                 except LinkDown as exc:
                     log.warning(
                         "publish failed, will retry",

@@ -114,6 +114,7 @@ RESULTS = [
     ),
     (M.PAY, {"code": "40004", "sub_code": "ACQ.RISK_X"}, PaymentStatus.DECLINED, "risk_x"),
     (M.PAY, {"code": "40004", "sub_code": wire.PAID_BEFORE}, PaymentStatus.PENDING, None),
+    (M.PAY, {"code": "40004", "sub_code": "ACQ.SYSTEM_ERROR"}, PaymentStatus.PENDING, None),
     (M.PAY, {"code": "40004", "sub_code": wire.CLOSED}, PaymentStatus.REVERSED, "closed"),
     (M.QUERY, {"code": "10000", "trade_status": "WAIT_BUYER_PAY"}, PaymentStatus.PENDING, None),
     (M.QUERY, {"code": "10000", "trade_status": "TRADE_SUCCESS"}, PaymentStatus.SUCCEEDED, None),
@@ -169,6 +170,20 @@ async def test_declined_with_the_sub_codes_reason(alipay_gateway: Any, net_lane:
         fake.update_faults(decline_rate=1.0)
         decision = await lane.auth.authorise(lane.request(code()))
         assert (decision.approved, decision.reason) == (False, "insufficient_funds")
+
+
+async def test_system_error_on_a_charged_pay_is_queried_not_declined(
+    alipay_gateway: Any, net_lane: Any
+) -> None:
+    """40004 ACQ.SYSTEM_ERROR is Alipay's "outcome unknown, query": this one went through."""
+    async with alipay_gateway() as (fake, client), net_lane(client, fake) as lane:
+        fake.unknown_pay_answer = "ACQ.SYSTEM_ERROR"
+        req = lane.request(code())
+        decision = await lane.auth.authorise(req)
+        assert (decision.approved, decision.reason) == (True, "approved")
+        await lane.auth.settle(req.auth_id)
+        assert await lane.final(decision.payment_id) is PaymentState.SETTLED
+        assert len(fake.payments()) == 1
 
 
 async def test_used_code_is_declined(alipay_gateway: Any, net_lane: Any) -> None:

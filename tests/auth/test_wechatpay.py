@@ -15,6 +15,7 @@ from lane.auth import wechatpay_wire as wire
 from lane.auth.acquirer import AcquirerProtocolError, PaymentStatus, PayRequest
 from lane.auth.authoriser import payment_id_for
 from lane.auth.resolver import PaymentState
+from lane.core.reread import PASSING
 
 Keys = dict[str, Any]  # name -> conftest.KeyPair
 MCHID, APPID = "1900000100", "wx8888888888888888"
@@ -111,6 +112,9 @@ RESULTS = [
     (C.PAY, 400, {"code": "AUTH_CODE_INVALID"}, PaymentStatus.DECLINED, "code_invalid"),
     (C.PAY, 403, {"code": "RULELIMIT"}, PaymentStatus.DECLINED, "rulelimit"),
     (C.PAY, 403, {"code": "ORDERPAID"}, PaymentStatus.PENDING, None),
+    (C.PAY, 403, {"code": "BANKERROR"}, PaymentStatus.PENDING, None),
+    (C.PAY, 429, {"code": "FREQUENCY_LIMITED"}, PaymentStatus.DECLINED, "frequency_limited"),
+    (C.PAY, 400, {"code": "SYSTEMERROR"}, PaymentStatus.PENDING, None),
     (C.PAY, 403, {"code": "ORDERREVERSED"}, PaymentStatus.REVERSED, "closed"),
     (C.QUERY, 200, {"trade_state": "USERPAYING"}, PaymentStatus.PENDING, None),
     (C.QUERY, 200, {"trade_state": "SUCCESS"}, PaymentStatus.SUCCEEDED, None),
@@ -165,6 +169,33 @@ async def test_declined_not_enough(wechat_gateway: Any, net_lane: Any) -> None:
         fake.update_faults(decline_rate=1.0)
         decision = await lane.auth.authorise(lane.request(code()))
         assert (decision.approved, decision.reason) == (False, "insufficient_funds")
+
+
+@pytest.mark.parametrize(
+    ("http", "code", "passing"),
+    [(429, "FREQUENCY_LIMITED", True), (403, "OUT_TRADE_NO_USED", True), (403, "NOTENOUGH", False)],
+)
+def test_a_decline_about_the_call_is_not_remembered_at_a_fare_gate(
+    http: int, code: str, passing: bool
+) -> None:
+    """A rate limit says nothing of the payer's code: shown again, it goes out again."""
+    reason = wire.result(C.PAY, http, {"code": code}, "pay_x").reason
+    assert (reason in PASSING) is passing
+
+
+@pytest.mark.parametrize("answer", [(403, "BANKERROR"), (400, "SYSTEMERROR")])
+async def test_bank_or_system_error_on_a_charged_pay_is_queried_not_declined(
+    wechat_gateway: Any, net_lane: Any, answer: tuple[int, str]
+) -> None:
+    """WeChat Pay says to query the order after these: this one went through."""
+    async with wechat_gateway() as (fake, client), net_lane(client, fake) as lane:
+        fake.unknown_pay_answer = answer
+        req = lane.request(code())
+        decision = await lane.auth.authorise(req)
+        assert (decision.approved, decision.reason) == (True, "approved")
+        await lane.auth.settle(req.auth_id)
+        assert await lane.final(decision.payment_id) is PaymentState.SETTLED
+        assert len(fake.payments()) == 1
 
 
 async def test_an_alipay_code_is_refused_by_wechat(wechat_gateway: Any, net_lane: Any) -> None:

@@ -313,6 +313,12 @@ def test_a_copied_screen_opens_nothing_and_is_the_networks_after_the_window() ->
         ("acquirer_unavailable", True),
         ("acquirer_error", True),
         ("internal_error", True),
+        # The network's answer about the call or the merchant, not the code.
+        ("frequency_limited", True),
+        ("out_trade_no_used", True),
+        ("trade_no_repeat", True),
+        ("access_forbidden", True),
+        ("over_limit", False),
     ],
 )
 def test_a_code_the_network_declined_is_declined_again_without_asking(

@@ -1,0 +1,73 @@
+"""Topics the broker refuses to take (a PUBACK reason of 0x80 or more: its ACL, a quota).
+
+A refusal is not an outage that passes by itself: the broker says no to that topic, and keeps
+saying it, until someone changes its ACL. Retried at a reconnect's pace, a publisher asked it
+ten times a second and logged each no. So a link keeps here which of its topics are refused
+and why: each publisher that keeps its message for a retry waits `wait_s(topic)` (doubling
+from `first_s` with each refusal up to `max_s`), one line is logged when a topic is refused
+(or refused for another reason) and one when it is accepted again, and `on_change` hears the
+alarm text naming every refused topic and the broker's reason, or None once none is left.
+No clock is read: the waits are the publishers' to sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("lane.transport.refusals")
+
+PUBLISH_REFUSED = "publish_refused"  # the lane's alarm while its uplink has refused topics
+
+# Past this many doublings the wait is `max_s` anyway; the exponent stays small.
+_MAX_DOUBLINGS = 30
+
+
+@dataclass
+class _Refused:
+    reason: str
+    times: int
+
+
+class Refusals:
+    def __init__(self, client: str, first_s: float = 0.2, max_s: float = 30.0) -> None:
+        self.client = client
+        self.first_s = first_s
+        self.max_s = max_s
+        self.on_change: Callable[[str | None], None] | None = None
+        self._topics: dict[str, _Refused] = {}
+
+    def refused(self, topic: str, reason: str) -> None:
+        before = self._topics.get(topic)
+        times = 1 if before is None else before.times + 1
+        self._topics[topic] = _Refused(reason, times)
+        if before is None or before.reason != reason:
+            log.error(
+                "publish refused by the broker, kept for retry",
+                extra={"client": self.client, "topic": topic, "reason": reason},
+            )
+            self._changed()
+
+    def accepted(self, topic: str) -> None:
+        if self._topics.pop(topic, None) is not None:
+            log.info("publish accepted again", extra={"client": self.client, "topic": topic})
+            self._changed()
+
+    def wait_s(self, topic: str) -> float:
+        """How long a publisher waits before it tries `topic` again (0: it is not refused)."""
+        refused = self._topics.get(topic)
+        if refused is None:
+            return 0.0
+        doublings: int = min(refused.times - 1, _MAX_DOUBLINGS)
+        return min(self.max_s, self.first_s * (1 << doublings))
+
+    def text(self) -> str | None:
+        if not self._topics:
+            return None
+        topics = ", ".join(f"{t} ({r.reason})" for t, r in sorted(self._topics.items()))
+        return f"the broker refuses {topics}: kept and retried; check the broker's ACL"
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self.text())
