@@ -22,10 +22,10 @@ import json
 import logging
 import os
 import secrets
-import ssl
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from barrier.messages import (
@@ -45,8 +45,8 @@ from lane.transport.mqtt import (
     LinkErrors,
     LinkStopped,
     MqttLink,
-    tls_context,
 )
+from lane.transport.tls import CaFile
 from lane.wire.codec import PayloadError, unpack
 from lane.wire.topics import PLATE, check_lane_id, is_level
 
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
     if args.username:
         credentials = Credentials(args.username, os.environ.get(PASSWORD_ENV, ""))
     try:
-        tls = tls_context(args.tls_ca) if args.tls_ca else None
+        tls = CaFile.load(Path(args.tls_ca)) if args.tls_ca else None
         asyncio.run(
             watch(
                 host,
@@ -145,7 +145,7 @@ async def watch(
     count: int | None,
     *,
     credentials: Credentials | None = None,
-    tls: ssl.SSLContext | None = None,
+    tls: CaFile | None = None,
     handle_signals: bool = False,
 ) -> None:
     """Print until `count` messages, or (with `handle_signals`) until SIGINT or SIGTERM; raise
