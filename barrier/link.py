@@ -19,7 +19,6 @@ MqttLink with the topic.
 from __future__ import annotations
 
 import logging
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,6 +36,7 @@ from barrier.messages import (
 )
 from barrier.peripherals import PlateReading
 from lane.transport.mqtt import Credentials, Incoming, MqttLink, WillSpec
+from lane.transport.tls import CaFile
 from lane.wire import topics
 from lane.wire.codec import PayloadError, pack
 
@@ -55,12 +55,12 @@ class BarrierLink:
         on_sensor: Callable[[SensorReading], None],
         on_attendant: Callable[[AttendantCommand], None],
         on_garbage: Callable[[str, str], None] | None = None,
-        on_link: Callable[[bool], None] | None = None,
+        on_link: Callable[[bool, str | None], None] | None = None,
         on_snapshot: Callable[[DeviceSnapshot], None] | None = None,
         on_plate: Callable[[PlateReading], None] | None = None,
         client_id: str | None = None,
         credentials: Credentials | None = None,
-        tls: ssl.SSLContext | None = None,
+        tls: CaFile | None = None,
         wall: Callable[[], float] = time.time,
         keepalive_s: int = 10,
     ) -> None:
@@ -236,11 +236,12 @@ class BarrierLink:
         # The will registered for the next connection says when this one was made.
         self.mqtt.will = self._will()
         if self._on_link is not None:
-            self._on_link(True)
+            self._on_link(True, None)
 
-    def _disconnected(self) -> None:
+    def _disconnected(self, cause: str | None) -> None:
+        """Down, with what the operator can fix at this end (MqttLink.on_disconnect)."""
         if self._on_link is not None:
-            self._on_link(False)
+            self._on_link(False, cause)
 
     def _will(self) -> WillSpec:
         offline = LaneStatus.offline(int(self.wall() * 1_000_000))

@@ -1,11 +1,13 @@
-"""`lane watch`: print every message of one lane, decoded, one line each.
+"""`lane watch`: print every message of one lane, or of a whole plaza, decoded, one line each.
 
     lane watch --broker 127.0.0.1:1883 --lane p07/l03 [--count N] [--username U]
+    lane watch --broker 127.0.0.1:1883 --lane 'p07/+'      # every lane of plaza p07
 
-Subscribes to `lane/{id}/#` and `uplink/{id}/#`. Each line is the receive time (UTC), the
-topic, `R` for a retained message, the MQTT 5 properties that matter (expiry, correlation,
-response topic) and the payload as compact JSON. A payload that is not a valid message of its
-topic prints as `ERROR <reason> hex=<first bytes>` instead; watching never stops on garbage.
+Subscribes to `lane/{id}/#` and `uplink/{id}/#` (`{id}` a lane id, or `plaza/+`). Each line
+is the receive time (UTC), the topic, `R` for a retained message, the MQTT 5 properties that
+matter (expiry, correlation, response topic) and the payload as compact JSON. A payload that is
+not a valid message of its topic prints as `ERROR <reason> hex=<first bytes>` instead;
+watching never stops on garbage.
 Ctrl-C (SIGINT) or SIGTERM ends it with exit code 0, even when started with SIGINT ignored.
 A broker that is down is waited for; an MQTT client that stops instead of retrying ends it
 with exit code 1 and what stopped it.
@@ -20,10 +22,10 @@ import json
 import logging
 import os
 import secrets
-import ssl
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from barrier.messages import (
@@ -43,10 +45,10 @@ from lane.transport.mqtt import (
     LinkErrors,
     LinkStopped,
     MqttLink,
-    tls_context,
 )
+from lane.transport.tls import CaFile
 from lane.wire.codec import PayloadError, unpack
-from lane.wire.topics import PLATE, check_lane_id
+from lane.wire.topics import PLATE, check_lane_id, is_level
 
 HEX_PREFIX = 32
 PASSWORD_ENV = "LANE_MQTT_PASSWORD"
@@ -71,7 +73,9 @@ def main(argv: list[str]) -> int:
         prog="lane watch", description="Print a lane's MQTT traffic, decoded, one line each."
     )
     parser.add_argument("--broker", default="127.0.0.1:1883", help="host:port of the broker")
-    parser.add_argument("--lane", required=True, help="lane id, e.g. p07/l03")
+    parser.add_argument(
+        "--lane", required=True, help="lane id, e.g. p07/l03, or a whole plaza: p07/+"
+    )
     parser.add_argument("--count", type=int, default=None, help="exit after N messages")
     parser.add_argument("--username", default=None, help=f"MQTT user (password: ${PASSWORD_ENV})")
     parser.add_argument(
@@ -83,7 +87,7 @@ def main(argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         host, port = parse_broker(args.broker)
-        check_lane_id(args.lane)  # `[lane] id`'s own check: `p07/#` is no lane to watch
+        check_watched(args.lane)
     except ValueError as exc:
         print(f"lane watch: {exc}", file=sys.stderr)
         return 2
@@ -94,7 +98,7 @@ def main(argv: list[str]) -> int:
     if args.username:
         credentials = Credentials(args.username, os.environ.get(PASSWORD_ENV, ""))
     try:
-        tls = tls_context(args.tls_ca) if args.tls_ca else None
+        tls = CaFile.load(Path(args.tls_ca)) if args.tls_ca else None
         asyncio.run(
             watch(
                 host,
@@ -114,6 +118,19 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def check_watched(text: str) -> str:
+    """`text` if it is a lane id or a whole plaza (`p07/+`), by `[lane] id`'s own check of
+    the plaza; ValueError otherwise: `p07/#` or `+/l03` would reach paho as a filter beyond
+    one plaza's lanes (or one it refuses, mid-run)."""
+    plaza, sep, level = text.rpartition("/")
+    if sep and level == "+" and is_level(plaza):
+        return text
+    try:
+        return check_lane_id(text)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; a whole plaza is plaza/+") from None
+
+
 def parse_broker(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -128,7 +145,7 @@ async def watch(
     count: int | None,
     *,
     credentials: Credentials | None = None,
-    tls: ssl.SSLContext | None = None,
+    tls: CaFile | None = None,
     handle_signals: bool = False,
 ) -> None:
     """Print until `count` messages, or (with `handle_signals`) until SIGINT or SIGTERM; raise
@@ -142,7 +159,7 @@ async def watch(
         nonlocal printed
         if done.is_set():
             return
-        print(format_line(msg, lane, datetime.now(UTC)), flush=True)
+        print(format_line(msg, datetime.now(UTC)), flush=True)
         printed += 1
         if count is not None and printed >= count:
             done.set()
@@ -185,7 +202,7 @@ async def watch(
         mqtt_log.propagate = propagate
 
 
-def format_line(msg: Incoming, lane: str, now: datetime) -> str:
+def format_line(msg: Incoming, now: datetime) -> str:
     """One printable line for one message (pure: the receive time comes in)."""
     head = [now.strftime("%H:%M:%S.%f"), msg.topic]
     if msg.retain:
@@ -199,17 +216,18 @@ def format_line(msg: Incoming, lane: str, now: datetime) -> str:
     if not msg.payload:
         return " ".join([*head, "(empty: retained message cleared)"])
     try:
-        body = decode(msg.topic, msg.payload, lane)
+        body = decode(msg.topic, msg.payload)
     except PayloadError as exc:
         return " ".join([*head, f"ERROR {exc} hex={msg.payload[:HEX_PREFIX].hex()}"])
     return " ".join([*head, json.dumps(_plain(body), separators=(",", ":"), ensure_ascii=False)])
 
 
-def decode(topic: str, payload: bytes, lane: str) -> dict[str, Any]:
-    """The payload as a map, checked by its topic's decoder when the topic has one."""
-    prefix = f"lane/{lane}/"
-    if topic.startswith(prefix):
-        suffix = topic[len(prefix) :]
+def decode(topic: str, payload: bytes) -> dict[str, Any]:
+    """The payload as a map, checked by its topic's decoder when the topic has one (a lane's
+    topic is `lane/{plaza}/{lane}/{suffix}`: the watched filter says which lanes arrive)."""
+    levels = topic.split("/", 3)
+    if len(levels) == 4 and levels[0] == "lane":
+        suffix = levels[3]
         decoder = DECODERS.get(suffix)
         if decoder is None and suffix.startswith("io/"):
             decoder = SensorReading.decode

@@ -5,12 +5,16 @@ daemon would connect to, nor pass one it would not."""
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from typing import Any
 
 from lane.config import BrokerSection
-from lane.transport.mqtt import Credentials, MqttLink, tls_context
+from lane.transport.mqtt import Credentials, MqttLink
+from lane.transport.tls import CaFile
+
+
+class CaFileError(OSError):
+    """`broker.tls_ca_file` cannot be read as a CA file; the text names the setting and file."""
 
 
 @dataclass(frozen=True)
@@ -18,17 +22,23 @@ class BrokerLink:
     host: str
     port: int
     credentials: Credentials | None
-    tls: ssl.SSLContext | None
+    # Read again at each connection attempt when it changed (a CA rotated under a running lane).
+    tls: CaFile | None
     keepalive_s: int
 
     @classmethod
     def of(cls, broker: BrokerSection) -> BrokerLink:
-        """The settings of `broker`; reads `tls_ca_file` (OSError when it is no CA file)."""
+        """The settings of `broker`; reads `tls_ca_file` (CaFileError when it is no CA file)."""
         creds = None
         if broker.username:
             creds = Credentials(broker.username, broker.password or "")
         ca = broker.tls_ca_file
-        tls = tls_context(str(ca)) if ca is not None else None
+        tls = None
+        if ca is not None:
+            try:
+                tls = CaFile.load(ca)
+            except OSError as exc:  # ssl.SSLError is one: a file that holds no CA
+                raise CaFileError(f"broker.tls_ca_file {ca}: {exc.strerror or exc}") from exc
         return cls(broker.host, broker.port, creds, tls, broker.keepalive_s)
 
     def link(self, client_id: str, **options: Any) -> MqttLink:

@@ -740,8 +740,8 @@ class LaneDaemon:
         log.info("plate read", extra={"lane": self.lane, "confidence": reading.confidence})
         self.runner.post(ev.PlateRead(reading.plate))
 
-    def _on_link(self, up: bool) -> None:
-        self.runner.post(ev.LinkChanged(up))
+    def _on_link(self, up: bool, cause: str | None) -> None:
+        self.runner.post(ev.LinkChanged(up, cause))
 
     async def _on_uplink_message(self, msg: Incoming) -> None:
         if msg.topic == self.forwarder.ack_topic:

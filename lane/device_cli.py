@@ -20,7 +20,6 @@ import asyncio
 import logging
 import os
 import secrets
-import ssl
 import sys
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -39,8 +38,8 @@ from lane.transport.mqtt import (
     Incoming,
     LinkStopped,
     MqttLink,
-    tls_context,
 )
+from lane.transport.tls import CaFile
 from lane.wire import topics
 from lane.wire.codec import PayloadError
 
@@ -63,8 +62,8 @@ class Target:
     credentials: Credentials | None
     tls_ca: Path | None
 
-    def tls(self) -> ssl.SSLContext | None:
-        return tls_context(str(self.tls_ca)) if self.tls_ca is not None else None
+    def tls(self) -> CaFile | None:
+        return CaFile.load(self.tls_ca) if self.tls_ca is not None else None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from lane.broker_link import BrokerLink
+from lane.broker_link import BrokerLink, CaFileError
 from lane.config import LaneConfig
 from lane.health import MIN_FREE_BYTES
 from lane.install import TOP_LEVEL, clashes
@@ -115,8 +115,8 @@ async def probe_broker(config: LaneConfig, timeout_s: float) -> Probe:
     where = f"{b.host}:{b.port}"
     try:
         broker = BrokerLink.of(b)
-    except OSError as exc:  # ssl.SSLError is one: a file that holds no CA
-        return Probe("FAIL", "broker", f"{where}: broker.tls_ca_file {b.tls_ca_file}: {exc}")
+    except CaFileError as exc:
+        return Probe("FAIL", "broker", f"{where}: {exc}")
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(b.host, b.port), timeout_s)
     except (OSError, TimeoutError) as exc:

@@ -27,7 +27,8 @@ from lane.console.users import Role, User, UsersError, add_user, load_users
 from lane.daemon import run_with_uvloop
 from lane.log import setup_logging
 from lane.signals import install_signal_handlers
-from lane.transport.mqtt import Credentials, tls_context
+from lane.transport.mqtt import Credentials
+from lane.transport.tls import CaFile
 
 log = logging.getLogger("lane.console")
 
@@ -59,7 +60,7 @@ def main(argv: list[str]) -> int:
     credentials = None
     if args.username:
         credentials = Credentials(args.username, os.environ.get(PASSWORD_ENV, ""))
-    tls = tls_context(args.tls_ca) if args.tls_ca else None
+    tls = CaFile.load(Path(args.tls_ca)) if args.tls_ca else None
     plaza = Plaza(time.time())
     feed = ConsoleFeed(plaza, host, port, lanes=args.lanes, credentials=credentials, tls=tls)
     console = Console(plaza, feed, users)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-import ssl
 import time
 from collections.abc import Callable
 
 from barrier.messages import AttendantCommand
 from lane.console.model import Plaza
 from lane.transport.mqtt import Credentials, Incoming, MqttLink
+from lane.transport.tls import CaFile
 from lane.wire import topics
 
 log = logging.getLogger("lane.console.feed")
@@ -40,7 +40,7 @@ class ConsoleFeed:
         *,
         lanes: str = "*/*",
         credentials: Credentials | None = None,
-        tls: ssl.SSLContext | None = None,
+        tls: CaFile | None = None,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:

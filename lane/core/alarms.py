@@ -41,11 +41,14 @@ DISK_CAUSES: Mapping[str, str] = {
 }
 
 
+def fault_message(fault: Alarm, detail: str = "") -> str:
+    return FAULT_MESSAGES.get(fault, str(fault)) + (f": {detail}" if detail else "")
+
+
 def add_fault(state: LaneState, fault: Alarm, detail: str = "") -> tuple[LaneState, list[Action]]:
     if fault in state.faults:
         return state, []
-    message = FAULT_MESSAGES.get(fault, str(fault)) + (f": {detail}" if detail else "")
-    actions: list[Action] = [RaiseAlarm(fault, message), LANE_CLOSED]
+    actions: list[Action] = [RaiseAlarm(fault, fault_message(fault, detail)), LANE_CLOSED]
     return replace(state, faults=state.faults | {fault}), actions
 
 

@@ -115,9 +115,11 @@ class QueueChanged:
 
 @dataclass(frozen=True)
 class LinkChanged:
-    """The broker link of the controller went down or came back."""
+    """The broker link of the controller went down or came back; while down, again whenever
+    the cause changes (the text `broker_down` names: a TLS failure, an unreadable CA file)."""
 
     up: bool
+    cause: str | None = None
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from lane.core.actions import (
     Persist,
     RaiseAlarm,
 )
-from lane.core.alarms import add_fault, remove_fault
+from lane.core.alarms import add_fault, fault_message, remove_fault
 from lane.core.display import LANE_CLOSED, LANE_OPEN, THANK_YOU
 from lane.core.names import (
     BARRIER_DOWN,
@@ -551,12 +551,16 @@ def _on_queue(state: LaneState, event: ev.QueueChanged, now: float) -> Result:
 
 
 def _on_link(state: LaneState, event: ev.LinkChanged, now: float) -> Result:
+    why = event.cause or ""
     if event.up:
         # Whatever the device did while the lane could not hear it: ask for its whole truth.
         state, actions = remove_fault(state, Alarm.BROKER_DOWN)
         state, query = recovery.query(state, "connected")
         return state, actions + query
-    return add_fault(state, Alarm.BROKER_DOWN)
+    if Alarm.BROKER_DOWN in state.faults:
+        # Down still, for another cause: the alarm's text says what keeps it down now.
+        return state, [RaiseAlarm(Alarm.BROKER_DOWN, fault_message(Alarm.BROKER_DOWN, why))]
+    return add_fault(state, Alarm.BROKER_DOWN, why)
 
 
 # --- helpers ---------------------------------------------------------------------------------

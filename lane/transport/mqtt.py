@@ -16,7 +16,6 @@ import contextlib
 import logging
 import random
 import socket
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +29,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from lane.transport.paho_internals import PublishProperties, paho_client, write_at_once
 from lane.transport.refusals import Refusals
+from lane.transport.tls import CaFile, tls_failure
 
 log = logging.getLogger("lane.mqtt")
 
@@ -80,7 +80,9 @@ Handler = Callable[[Incoming], Awaitable[None]]
 # A receiver that handles a message there and then (see MqttLink.receive).
 Receive = Callable[[Incoming], None]
 OnConnect = Callable[[], Awaitable[None]]
-OnDisconnect = Callable[[], None]
+# Called with the cause of the outage the operator can act on at this end (a TLS failure, a CA
+# file that cannot be read), or None.
+OnDisconnect = Callable[[str | None], None]
 
 # MQTT 5 DISCONNECT reason 0x04: "disconnect with will message" (the broker publishes our will).
 _DISCONNECT_WITH_WILL = 4
@@ -138,15 +140,16 @@ class MqttLink:
     on_connect: OnConnect | None = None
     will: WillSpec | None = None
     credentials: Credentials | None = None
-    tls: ssl.SSLContext | None = None
+    tls: CaFile | None = None
     session_expiry: int = 300
     keepalive: int = 10
     backoff_min: float = 0.05
     backoff_max: float = 5.0
     reconnects: int = 0
     connected: asyncio.Event = field(default_factory=asyncio.Event)
-    # Called (synchronously) each time an established connection is lost, and once when the
-    # first attempt to connect fails.
+    # Called (synchronously) each time an established connection is lost, once when the
+    # first attempt to connect fails, and again while down whenever the cause changes (a
+    # broker whose certificate the CA file does not verify: "TLS: certificate verify failed").
     on_disconnect: OnDisconnect | None = None
     # MQTT 5 Retain-As-Published on every subscription: the broker keeps the retain flag of
     # a message it forwards live, so `Incoming.retain` says what the publisher asked for, not
@@ -190,7 +193,9 @@ class MqttLink:
         delay = self.backoff_min
         first = True
         said_down = False  # on_disconnect was told of this outage (or of the first failure)
+        told: str | None = None  # the cause it was told
         while True:
+            cause = None
             try:
                 conn = self._make_connection()
                 async with conn.client as client:
@@ -203,7 +208,7 @@ class MqttLink:
                             await client.subscribe(topic, options=options)
                         reraise_swallowed_cancel()
                         self.connected.set()
-                        said_down = False
+                        said_down, told = False, None
                         if not first:
                             self.reconnects += 1
                         first = False
@@ -229,6 +234,7 @@ class MqttLink:
                     "mqtt disconnected",
                     extra={"client": self.client_id, "error": str(exc), "retry_s": round(delay, 3)},
                 )
+                cause = self._cause(str(exc))
             finally:
                 if self._conn is not None:
                     self._conn.lost(f"{self.host}:{self.port}")
@@ -236,15 +242,16 @@ class MqttLink:
                 self._closed.set()
                 if self.connected.is_set():
                     self.connected.clear()
-                    said_down = True
+                    said_down, told = True, cause
                     if self.on_disconnect is not None:
-                        self.on_disconnect()
-            if not said_down:
+                        self.on_disconnect(cause)
+            if not said_down or cause != told:
                 # Never connected yet (a process started while its broker is down): the link is
-                # down all the same, and whoever raises an alarm for it must hear so now.
-                said_down = True
+                # down all the same, and whoever raises an alarm for it must hear so now; and
+                # again when what keeps it down changes, so the alarm names what to fix.
+                said_down, told = True, cause
                 if self.on_disconnect is not None:
-                    self.on_disconnect()
+                    self.on_disconnect(cause)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.backoff_max)
 
@@ -349,7 +356,7 @@ class MqttLink:
             keepalive=self.keepalive,
             username=self.credentials.username if self.credentials else None,
             password=self.credentials.password if self.credentials else None,
-            tls_context=self.tls,
+            tls_context=self.tls.context() if self.tls is not None else None,
             max_queued_incoming_messages=10000,
             # Commands and acks are tiny: without NODELAY each one waits for a delayed TCP ACK.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
@@ -362,6 +369,11 @@ class MqttLink:
             paho.on_message = self._receive
         write_at_once(paho)
         return _Connection(client, paho)
+
+    def _cause(self, error: str) -> str | None:
+        """What in a failed attempt's error the operator can fix at this end, if anything."""
+        found = [tls_failure(error), self.tls.problem if self.tls is not None else None]
+        return "; ".join(c for c in found if c) or None
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
         if self.handler is None:
@@ -445,13 +457,6 @@ def reraise_swallowed_cancel() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """A client TLS context that verifies the broker against `ca_file` (or the system CAs)."""
-    context = ssl.create_default_context(cafile=ca_file)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
 
 
 def subscriptions(topics: Sequence[str], qos: int = 1) -> list[tuple[str, int]]:

@@ -20,7 +20,12 @@ SENSORS = ("entry_loop", "safety_loop", "exit_loop", "light_curtain", "classifie
 
 def is_lane_id(text: str) -> bool:
     levels = text.split("/")
-    return len(levels) == 2 and all(level and all(map(_lane_id_char, level)) for level in levels)
+    return len(levels) == 2 and all(map(is_level, levels))
+
+
+def is_level(text: str) -> bool:
+    """One level of a lane id (a plaza, or a lane within it)."""
+    return bool(text) and all(map(_lane_id_char, text))
 
 
 def _lane_id_char(char: str) -> bool:

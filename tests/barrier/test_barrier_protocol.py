@@ -54,7 +54,7 @@ class Recorder:
             on_sensor=self.sensors.put_nowait,
             on_attendant=self.attendant.put_nowait,
             on_garbage=lambda topic, error: self.garbage.put_nowait((topic, error)),
-            on_link=self.link_changes.append,
+            on_link=lambda up, _cause: self.link_changes.append(up),
             **kwargs,
         )
 
@@ -559,7 +559,7 @@ async def test_a_callback_that_raises_is_logged_and_the_link_stays_up(
         on_sensor=on_sensor,
         on_attendant=lambda command: None,
         on_garbage=lambda topic, error: None,
-        on_link=links.append,
+        on_link=lambda up, _cause: links.append(up),
     )
     device = DeviceEmulator(lane_id, mosquitto.host, mosquitto.port, FAST)
     async with tasks(link.run(), device.run()):

@@ -4,6 +4,7 @@ import asyncio
 import json
 import signal
 import sys
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -108,17 +109,17 @@ def test_format_line_shows_command_properties_and_checks_the_schema() -> None:
         response_topic="lane/p07/l03/barrier/ack",
         expiry_s=3,
     )
-    line = format_line(cmd, "p07/l03", NOW)
+    line = format_line(cmd, NOW)
     assert line.startswith("03:04:05.678901 lane/p07/l03/barrier/cmd expiry=3s corr=v1/open")
     assert "reply=lane/p07/l03/barrier/ack" in line and '"op":"open"' in line
     # A well-formed map that is not a valid message of its topic is an error line.
     bad = Incoming("lane/p07/l03/barrier/cmd", pack({"op": "lift"}))
-    assert "ERROR" in format_line(bad, "p07/l03", NOW)
+    assert "ERROR" in format_line(bad, NOW)
     # Bytes and odd keys do not break the printer.
     odd = Incoming("lane/p07/l03/events", pack({"blob": b"\x00\x01", "n": [1.5, None]}))
-    assert '"blob":"0x0001"' in format_line(odd, "p07/l03", NOW)
+    assert '"blob":"0x0001"' in format_line(odd, NOW)
     cleared = Incoming("lane/p07/l03/status", b"", retain=True)
-    assert "retained message cleared" in format_line(cleared, "p07/l03", NOW)
+    assert "retained message cleared" in format_line(cleared, NOW)
 
 
 @pytest.mark.parametrize(
@@ -194,12 +195,13 @@ async def test_watch_waits_for_a_broker_that_is_down_but_not_for_a_stopped_clien
         broker.stop()
 
 
-async def test_watch_refuses_a_lane_id_that_is_not_one(mosquitto: Mosquitto) -> None:
+@pytest.mark.parametrize("lane", ["p07/#", "+/l03", "+/+", "p07/+/l03", "p+7/+", "#"])
+async def test_watch_refuses_a_lane_id_that_is_not_one(mosquitto: Mosquitto, lane: str) -> None:
     """`lane watch --lane 'p07/#'` waited for ever on a stopped link; now it is refused up front
-    by `[lane] id`'s own check, exit 2."""
+    by `[lane] id`'s own check, exit 2: only a whole plaza (`p07/+`) is a wildcard it takes."""
     address = f"{mosquitto.host}:{mosquitto.port}"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lane", "watch", "--broker", address, "--lane", "p07/#",
+        sys.executable, "-m", "lane", "watch", "--broker", address, "--lane", lane,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -210,5 +212,44 @@ async def test_watch_refuses_a_lane_id_that_is_not_one(mosquitto: Mosquitto) -> 
             await proc.wait()
     assert (proc.returncode, err.decode()) == (
         2,
-        "lane watch: a lane id is plaza/lane (letters, digits, _ and -), not 'p07/#'\n",
+        f"lane watch: a lane id is plaza/lane (letters, digits, _ and -), not {lane!r}; "
+        "a whole plaza is plaza/+\n",
     )
+
+
+async def test_watch_takes_a_whole_plaza(
+    mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--lane 'p07/+'` watched a plaza before lane ids were checked, and operators use it: it
+    prints the traffic of every lane of the plaza, each message checked by its topic's
+    decoder, and nothing of another plaza's lane."""
+    plaza = f"t{uuid.uuid4().hex[:6]}"
+    lanes = [f"{plaza}/l01", f"{plaza}/l02"]
+    other = f"{plaza}x/l01"
+    raw = MqttLink(mosquitto.host, mosquitto.port, f"raw-{plaza}")
+    retained = [
+        (topics.barrier_state(lanes[0]), BarrierStatus("open", 4, 10, None, "s1").encode()),
+        (topics.io(lanes[1], "entry_loop"), b"\xc1\xc1 not msgpack"),
+        (topics.uplink_acks(lanes[1]), pack({"upto": 7})),
+        (topics.status(other), LaneStatus("idle", 2, 0.5, {}, [], 11).encode()),
+    ]
+    task = asyncio.create_task(raw.run())
+    try:
+        await raw.wait_connected(5)
+        for topic, payload in retained:
+            await raw.publish(topic, payload, retain=True)
+        address = f"{mosquitto.host}:{mosquitto.port}"
+        argv = ["--broker", address, "--lane", f"{plaza}/+", "--count", "3"]
+        code = await asyncio.wait_for(asyncio.to_thread(main, argv), 10)
+        assert code == 0
+        lines = capsys.readouterr().out.splitlines()
+        by_topic = {line.split(" ")[1]: line for line in lines}
+        assert sorted(by_topic) == sorted(t for t, _ in retained[:3])
+        assert '"state":"open"' in by_topic[topics.barrier_state(lanes[0])]
+        assert "ERROR not msgpack" in by_topic[topics.io(lanes[1], "entry_loop")]
+        assert '{"v":1,"upto":7}' in by_topic[topics.uplink_acks(lanes[1])]
+    finally:
+        for topic, _ in retained:
+            await raw.publish(topic, b"", retain=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -163,15 +163,15 @@ def test_device_messages_refuse_bad_fields(
 def test_lane_watch_checks_the_closed_road_topics() -> None:
     lane = "p07/e1"
     plate = PlateReading("ZJA12345", 0.9, 1).encode()
-    assert watch_decode(f"lane/{lane}/io/plate", plate, lane)["plate"] == "ZJA12345"
+    assert watch_decode(f"lane/{lane}/io/plate", plate)["plate"] == "ZJA12345"
     ack = PrintAck("j1", PrintError.BAD_JOB, "offset 2", 3).encode()
-    assert watch_decode(f"lane/{lane}/printer/ack", ack, lane)["error"] == "bad_job"
+    assert watch_decode(f"lane/{lane}/printer/ack", ack)["error"] == "bad_job"
     status = PrinterStatus(PrinterState.READY, 1, 2, 3).encode()
-    assert watch_decode(f"lane/{lane}/printer/status", status, lane)["state"] == "ready"
+    assert watch_decode(f"lane/{lane}/printer/status", status)["state"] == "ready"
     with pytest.raises(PayloadError, match="field 'escpos'"):
-        watch_decode(f"lane/{lane}/printer/print", pack({"job_id": "j", "ts": 1}), lane)
+        watch_decode(f"lane/{lane}/printer/print", pack({"job_id": "j", "ts": 1}))
     with pytest.raises(PayloadError, match="field 'plate'"):
-        watch_decode(f"lane/{lane}/io/plate", pack({"plate": "", "confidence": 1, "ts": 1}), lane)
+        watch_decode(f"lane/{lane}/io/plate", pack({"plate": "", "confidence": 1, "ts": 1}))
 
 
 def test_the_console_shows_the_last_plate_and_takes_a_bad_one_as_garbage() -> None:

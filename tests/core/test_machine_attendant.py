@@ -231,6 +231,23 @@ def test_broker_down_faults_the_lane_and_holds_commands() -> None:
     assert one(actions, OpenBarrier).cmd_id == "v1/open"
 
 
+def test_broker_down_says_what_keeps_it_down_as_that_changes() -> None:
+    """The link down for a cause the operator can fix at the lane (a TLS certificate the CA
+    file does not verify): the alarm says it, and says the new cause when it changes, without
+    closing the lane twice; back, it clears."""
+    lane = LaneDriver()
+    actions = lane.feed(ev.LinkChanged(up=False))
+    assert one(actions, RaiseAlarm).message == "controller lost the MQTT broker"
+    tls = "TLS: certificate verify failed: unable to get local issuer certificate"
+    actions = lane.feed(ev.LinkChanged(up=False, cause=tls))
+    assert actions == [RaiseAlarm(Alarm.BROKER_DOWN, f"controller lost the MQTT broker: {tls}")]
+    actions = lane.feed(ev.LinkChanged(up=False))
+    assert actions == [RaiseAlarm(Alarm.BROKER_DOWN, "controller lost the MQTT broker")]
+    assert lane.phase() is Phase.FAULT
+    assert ClearAlarm(Alarm.BROKER_DOWN) in lane.feed(ev.LinkChanged(up=True))
+    assert lane.phase() is Phase.IDLE
+
+
 def test_broker_down_during_a_command_resends_the_same_cmd_id_when_back() -> None:
     lane = LaneDriver()
     lane.pay()

@@ -45,6 +45,17 @@ def test_broken_config_is_refused_with_every_problem(tmp_path: Path) -> None:
         ('[auth]\nkeyset = "missing.json"', None, "missing.json: cannot read"),
         ('[auth]\nkeyset = "keys.json"', "{not json", "keys.json: not JSON"),
         ('[auth]\ndeny_list = "deny.json"', "[]", "deny.json: must hold a JSON object"),
+        # No last good CA to keep at start: the file the setting names, and why.
+        (
+            '[broker]\ntls_ca_file = "ca.pem"\n[auth]\nshare_used_tokens = false',
+            None,
+            "broker.tls_ca_file {}: No such file or directory",
+        ),
+        (
+            '[broker]\ntls_ca_file = "ca.pem"\n[auth]\nshare_used_tokens = false',
+            "not a CA",
+            "broker.tls_ca_file {}: [X509: NO_CERTIFICATE_OR_CRL_FOUND]",
+        ),
         # A lane alone (no plaza sharing: no lane key), whose tariff is read after the stores.
         (
             '[fares]\ntariff = "tariff.toml"\n[auth]\nshare_used_tokens = false',
@@ -62,7 +73,7 @@ def test_unusable_files_stop_the_lane_at_start(
     conf = tmp_path / "lane.toml"
     conf.write_text(f'[lane]\nid = "p1/l1"\ndata_dir = "data"\n{setting}\n')
     stderr = _refused_at_start(conf)
-    assert expected in stderr
+    assert expected.format(tmp_path / name) in stderr
 
 
 def test_a_metro_gate_whose_taps_store_is_not_a_database_stops_at_start(tmp_path: Path) -> None:
