@@ -99,6 +99,15 @@ class NetLane:
         assert payment_id is not None
         return await asyncio.wait_for(self.resolver.wait_final(payment_id), 10)
 
+    async def pays_once(self, code: str) -> None:
+        """`code` is approved, settled, and charged once at the acquirer."""
+        req = self.request(code)
+        decision = await self.auth.authorise(req)
+        assert (decision.approved, decision.reason) == (True, "approved")
+        await self.auth.settle(req.auth_id)
+        assert await self.final(decision.payment_id) is PaymentState.SETTLED
+        assert len(self.fake.payments()) == 1
+
     def charged_not_reversed(self) -> list[str]:
         return [p["payment_id"] for p in self.fake.payments() if p["charged"] and not p["reversed"]]
 

@@ -156,12 +156,7 @@ def test_answers_that_are_not_results(call: wire.Call, http: int, doc: dict[str,
 
 async def test_approved_then_settled(wechat_gateway: Any, net_lane: Any) -> None:
     async with wechat_gateway() as (fake, client), net_lane(client, fake) as lane:
-        req = lane.request(code())
-        decision = await lane.auth.authorise(req)
-        assert (decision.approved, decision.reason) == (True, "approved")
-        await lane.auth.settle(req.auth_id)
-        assert await lane.final(decision.payment_id) is PaymentState.SETTLED
-        assert len(fake.payments()) == 1
+        await lane.pays_once(code())
 
 
 async def test_declined_not_enough(wechat_gateway: Any, net_lane: Any) -> None:
@@ -190,12 +185,7 @@ async def test_bank_or_system_error_on_a_charged_pay_is_queried_not_declined(
     """WeChat Pay says to query the order after these: this one went through."""
     async with wechat_gateway() as (fake, client), net_lane(client, fake) as lane:
         fake.unknown_pay_answer = answer
-        req = lane.request(code())
-        decision = await lane.auth.authorise(req)
-        assert (decision.approved, decision.reason) == (True, "approved")
-        await lane.auth.settle(req.auth_id)
-        assert await lane.final(decision.payment_id) is PaymentState.SETTLED
-        assert len(fake.payments()) == 1
+        await lane.pays_once(code())
 
 
 async def test_an_alipay_code_is_refused_by_wechat(wechat_gateway: Any, net_lane: Any) -> None:
