@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lane.alarm_severity import SEVERITY, Severity, severity_of, worst
+from lane.auth.peers import KEY_MISSING_ALARM, REFUSED_ALARM, UNSIGNED_ALARM
 from lane.auth.resolver import (
     REFUND_ALARM,
     REFUND_UNPAID_ALARM,
@@ -37,6 +38,7 @@ from lane.lane_health import (
 from lane.tap_clocks import CLOCK_ALARM
 from lane.tap_desk import TAPS_ALARM
 from lane.ticket_desk import PAPER_OUT, PRINTER_OFFLINE
+from lane.transport.refusals import PUBLISH_REFUSED
 from lane.verifier import REPLAY_ALARM
 
 
@@ -48,6 +50,7 @@ def test_every_alarm_the_lane_raises_today_has_a_severity() -> None:
     known |= {PAPER_OUT, PRINTER_OFFLINE, WECHATPAY_CERTIFICATES, REPLAY_ALARM, STORE_ALARM}
     known |= {REFUND_ALARM, REFUND_UNPAID_ALARM, REFUND_UNRECORDED_ALARM}
     known |= {TAPS_ALARM, CLOCK_ALARM}
+    known |= {REFUSED_ALARM, UNSIGNED_ALARM, KEY_MISSING_ALARM, PUBLISH_REFUSED}
     assert known <= set(SEVERITY), sorted(known - set(SEVERITY))
 
 
