@@ -47,6 +47,18 @@ def quiet(lane: Lane) -> bool:
     return set(runner.alarms) <= {"camera_blackout"} and runner.idle()
 
 
+async def back_and_paying(lane: Lane) -> None:
+    """The broker back for both links: `broker_down` clears by itself, the uplink reconnects,
+    and the next vehicle pays and passes."""
+    runner = lane.daemon.runner
+    await eventually(lambda: "broker_down" not in runner.alarms, within=15)
+    await eventually(lane.daemon.uplink.connected.is_set, within=15)
+    await eventually(lambda: quiet(lane), within=15)
+    await pays(lane, lambda: named(lane, "barrier_opened"))
+    await lane.device.vehicle_passes()
+    await eventually(lambda: quiet(lane))
+
+
 async def test_barrier_offline_while_open_then_back_the_lost_exit_edge_is_recovered(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:

@@ -21,7 +21,7 @@ import pytest
 from disk_kit import fill, small_tmpfs
 from polling import eventually
 from test_lane_daemon import Lane, named, running_lane
-from test_lane_heal import lane_processes, pays, quiet
+from test_lane_heal import back_and_paying, lane_processes, pays, quiet
 
 from barrier.messages import LaneStatus
 from scanner.sources import Item, PushSource
@@ -258,12 +258,7 @@ async def test_a_broker_killed_and_back_refusing_the_lane_s_user_is_retried_unti
             assert "broker_down" in runner.alarms and "broker_down" in runner.state.faults
             password_file(lane_id)
             os.kill(broker.process.pid, signal.SIGHUP)
-            await eventually(lambda: "broker_down" not in runner.alarms, within=15)
-            await eventually(daemon.uplink.connected.is_set, within=15)
-            await eventually(lambda: quiet(lane), within=15)
-            await pays(lane, lambda: named(lane, "barrier_opened"))
-            await lane.device.vehicle_passes()
-            await eventually(lambda: quiet(lane))
+            await back_and_paying(lane)
     finally:
         await asyncio.to_thread(broker.stop)
 

@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 from polling import eventually
-from test_lane_daemon import named, running_lane
-from test_lane_heal import pays, quiet
+from test_lane_daemon import running_lane
+from test_lane_heal import back_and_paying
 from tls_kit import make_certs, tls_mosquitto
 
 TLS_FAILED = "TLS: certificate verify failed: "
@@ -57,9 +57,4 @@ async def test_a_ca_rotated_under_a_running_lane_is_taken_once_its_file_is_repla
             staged = tmp_path / "lane-ca.pem.new"
             shutil.copy(new["ca"], staged)
             staged.replace(lane_ca)
-            await eventually(lambda: "broker_down" not in runner.alarms, within=15)
-            await eventually(daemon.uplink.connected.is_set, within=15)
-            await eventually(lambda: quiet(lane), within=15)
-            await pays(lane, lambda: named(lane, "barrier_opened"))
-            await lane.device.vehicle_passes()
-            await eventually(lambda: quiet(lane))
+            await back_and_paying(lane)
