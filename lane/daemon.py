@@ -966,9 +966,7 @@ class LaneDaemon:
                 tuple(status.link.items()),
                 self.link.mqtt.reconnects,
             )
-            if not self.link.connected:
-                continue
-            if key == last or self._said_offline:
+            if key == last or not self.link.connected or self._said_offline:
                 continue
             try:
                 await self.link.publish_status(status)
