@@ -21,6 +21,7 @@ from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.peers import Peers
 from lane.auth.replay import ReplayStore
+from lane.backoff import Backoff
 from lane.core.actions import IssuePass
 from lane.core.events import TicketIssued
 from lane.ticket_desk import TicketDesk
@@ -42,7 +43,7 @@ def logged(caplog: pytest.LogCaptureFixture, message: str) -> int:
 def test_refusals_back_off_and_say_each_change_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="lane.transport.refusals")
     heard: list[str | None] = []
-    refusals = Refusals("uplink-p07/l03", first_s=0.2, max_s=1.0)
+    refusals = Refusals("uplink-p07/l03", Backoff(0.2, 1.0))
     refusals.on_change = heard.append
     assert refusals.wait_s("a/b") == 0.0 and refusals.text() is None
     waits = []
@@ -85,7 +86,7 @@ async def test_an_outbox_refused_by_the_acl_backs_off_alarms_and_delivers_once_f
 
     rx = MqttLink(broker.host, broker.port, "rx", [(TOPIC, 1)], handler)
     tx = MqttLink(broker.host, broker.port, "uplink-p07/l03")
-    tx.refusals.max_s = 1.0  # the cap, so that the fixed ACL is tried again soon
+    tx.refusals.backoff = Backoff(0.2, 1.0)  # a low cap, so that the fixed ACL is tried again soon
     alarms: list[str | None] = []
     tx.refusals.on_change = alarms.append
     outbox: Outbox[bytes] = Outbox(
@@ -137,7 +138,7 @@ async def test_a_ticket_the_broker_refuses_waits_for_the_acl_not_for_the_printer
     broker.start()
     alarms: dict[str, str | None] = {}
     link = MqttLink(broker.host, broker.port, f"uplink-{LANE}")
-    link.refusals.max_s = 1.0
+    link.refusals.backoff = Backoff(0.2, 1.0)
     link.refusals.on_change = partial(alarms.__setitem__, PUBLISH_REFUSED)  # as lane.daemon
     with ReplayStore(tmp_path / "replay.sqlite3") as replay:
         peers = Peers(LANE, None, lambda: KeySet(0, {}), replay, accept_unsigned=True,

@@ -3,8 +3,8 @@
 A refusal is not an outage that passes by itself: the broker says no to that topic, and keeps
 saying it, until someone changes its ACL. Retried at a reconnect's pace, a publisher asked it
 ten times a second and logged each no. So a link keeps here which of its topics are refused
-and why: each publisher that keeps its message for a retry waits `wait_s(topic)` (doubling
-from `first_s` with each refusal up to `max_s`), one line is logged when a topic is refused
+and why: each publisher that keeps its message for a retry waits `wait_s(topic)` (`backoff`:
+doubling with each refusal), one line is logged when a topic is refused
 (or refused for another reason) and one when it is accepted again, and `on_change` hears the
 alarm text naming every refused topic and the broker's reason, or None once none is left.
 No clock is read: the waits are the publishers' to sleep.
@@ -16,12 +16,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lane.backoff import Backoff
+
 log = logging.getLogger("lane.transport.refusals")
 
 PUBLISH_REFUSED = "publish_refused"  # the lane's alarm while its uplink has refused topics
-
-# Past this many doublings the wait is `max_s` anyway; the exponent stays small.
-_MAX_DOUBLINGS = 30
 
 
 @dataclass
@@ -30,11 +29,14 @@ class _Refused:
     times: int
 
 
+# A refused topic is tried again after 0.2 s, doubling to 30 s: an ACL is fixed by hand.
+REFUSED_RETRY = Backoff(0.2, 30.0)
+
+
 class Refusals:
-    def __init__(self, client: str, first_s: float = 0.2, max_s: float = 30.0) -> None:
+    def __init__(self, client: str, backoff: Backoff = REFUSED_RETRY) -> None:
         self.client = client
-        self.first_s = first_s
-        self.max_s = max_s
+        self.backoff = backoff
         self.on_change: Callable[[str | None], None] | None = None
         self._topics: dict[str, _Refused] = {}
 
@@ -59,8 +61,7 @@ class Refusals:
         refused = self._topics.get(topic)
         if refused is None:
             return 0.0
-        doublings: int = min(refused.times - 1, _MAX_DOUBLINGS)
-        return min(self.max_s, self.first_s * (1 << doublings))
+        return self.backoff.delay(refused.times)
 
     def text(self) -> str | None:
         if not self._topics:
