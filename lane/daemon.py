@@ -85,7 +85,7 @@ from lane.tap_store import TapStore, TapStoreError
 from lane.ticket_desk import TicketDesk
 from lane.transport.broker_link import BrokerLink
 from lane.transport.mqtt import Incoming
-from lane.transport.refusals import PUBLISH_REFUSED
+from lane.transport.refusals import PUBLISH_REFUSED, alarm_on_refusals
 from lane.trip_desk import TripDesk
 from lane.verifier import TokenVerifier
 from lane.wire.ids import new_id
@@ -476,8 +476,11 @@ class LaneDaemon:
             on_plate=self._on_plate,
         )
         self.uplink = broker.link(f"uplink-{self.lane}", handler=self._on_uplink_message)
-        # A topic the broker refuses (its ACL) is an alarm until a publish to it is taken.
-        self.uplink.refusals.on_change = partial(self._alarm, PUBLISH_REFUSED)
+        # A topic the broker refuses either link (its ACL: barrier commands; records, peer
+        # messages, tickets) is one alarm, naming each link, until a publish to it is taken.
+        alarm_on_refusals(
+            (self.link.mqtt.refusals, self.uplink.refusals), partial(self._alarm, PUBLISH_REFUSED)
+        )
         self.forwarder = Forwarder(
             self.queue,
             self.uplink,

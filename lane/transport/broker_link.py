@@ -1,8 +1,8 @@
 """How the lane's own MQTT clients reach `[broker]`, built from the config in one place:
-`lane run`'s barrier link (`barrier.link.BarrierLink` takes it whole), uplink and peer link
-and `lane doctor`'s broker probe connect with exactly these settings (address, credentials,
-TLS, keepalive), so the doctor cannot fail a broker the daemon would connect to, nor pass one
-it would not."""
+`lane run`'s barrier link (`barrier.link.BarrierLink` takes it whole) and uplink (which
+carries the messages to the other lanes too) and `lane doctor`'s broker probe connect with
+exactly these settings (address, credentials, TLS, keepalive), so the doctor cannot fail a
+broker the daemon would connect to, nor pass one it would not."""
 
 from __future__ import annotations
 
