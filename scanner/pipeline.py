@@ -335,8 +335,8 @@ class ScanPipeline:
                     if self.source.finite:
                         self._deliver_status(self._event("error", f"source failed: {exc}"))
                         return
-                    delay = RESTART_BACKOFF.delay(failures + 1)
                     failures += 1
+                    delay = RESTART_BACKOFF.delay(failures)
                     why = f"capture failed: {exc}; restarting in {delay:.1f} s"
                     self._deliver_status(self._event("error", why))
                     self._stop.wait(delay)

@@ -233,15 +233,9 @@ class MqttLink:
                 # LinkDown: a publish in on_connect met a connection that was already gone.
                 reraise_swallowed_cancel()
                 failures += 1
-                retry_s = backoff.delay(failures)
-                log.warning(
-                    "mqtt disconnected",
-                    extra={
-                        "client": self.client_id,
-                        "error": str(exc),
-                        "retry_s": round(retry_s, 3),
-                    },
-                )
+                retry_s = round(backoff.delay(failures), 3)
+                extra = {"client": self.client_id, "error": str(exc), "retry_s": retry_s}
+                log.warning("mqtt disconnected", extra=extra)
                 cause = self._cause(str(exc))
             finally:
                 if self._conn is not None:
