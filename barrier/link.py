@@ -35,8 +35,8 @@ from barrier.messages import (
     SensorReading,
 )
 from barrier.peripherals import PlateReading
-from lane.transport.mqtt import Credentials, Incoming, MqttLink, WillSpec
-from lane.transport.tls import CaFile
+from lane.transport.broker_link import BrokerLink
+from lane.transport.mqtt import Incoming, WillSpec
 from lane.wire import topics
 from lane.wire.codec import PayloadError, pack
 
@@ -47,8 +47,7 @@ class BarrierLink:
     def __init__(
         self,
         lane: str,
-        host: str,
-        port: int,
+        broker: BrokerLink,
         *,
         on_ack: Callable[[BarrierAck], None],
         on_state: Callable[[BarrierStatus], None],
@@ -59,10 +58,7 @@ class BarrierLink:
         on_snapshot: Callable[[DeviceSnapshot], None] | None = None,
         on_plate: Callable[[PlateReading], None] | None = None,
         client_id: str | None = None,
-        credentials: Credentials | None = None,
-        tls: CaFile | None = None,
         wall: Callable[[], float] = time.time,
-        keepalive_s: int = 10,
     ) -> None:
         self.lane = lane
         self._on_ack = on_ack
@@ -80,11 +76,9 @@ class BarrierLink:
         self._snapshot_topic = topics.device_snapshot(lane)
         # (session, seq) of the newest barrier state passed on.
         self._last_state: tuple[str, int] | None = None
-        self.mqtt = MqttLink(
-            host,
-            port,
+        self.mqtt = broker.link(
             client_id or f"controller-{lane}",
-            [
+            subscriptions=[
                 (self._ack_topic, 1),
                 (self._state_topic, 1),
                 (topics.io_all(lane), 1),
@@ -95,9 +89,6 @@ class BarrierLink:
             on_connect=self._connected,
             on_disconnect=self._disconnected,
             will=self._will(),
-            credentials=credentials,
-            tls=tls,
-            keepalive=keepalive_s,
         )
 
     async def run(self) -> None:

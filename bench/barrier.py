@@ -53,6 +53,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 from barrier.device import DeviceEmulator, Timings
 from barrier.link import BarrierLink
 from barrier.messages import BarrierAck, BarrierCommand, BarrierStatus
+from lane.transport.broker_link import BrokerLink
 from sim.broker import running_mosquitto
 
 LANE = "bench/l01"
@@ -187,8 +188,7 @@ async def bench(count: int, host: str, port: int, settle: bool) -> dict[str, lis
 
     link = BarrierLink(
         LANE,
-        host,
-        port,
+        BrokerLink(host, port),
         on_ack=lambda ack: acks.resolve(ack.cmd_id, ack),
         on_state=on_state,
         on_sensor=lambda r: None,

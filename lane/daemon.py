@@ -62,7 +62,6 @@ from lane.auth.trip_pricing import ExitLaneRules
 from lane.auth.trip_rules import OverTimeCharge, RoadRules, TripKind
 from lane.auth.trust import UpdateKind
 from lane.barrier_latches import LatchFiles
-from lane.broker_link import BrokerLink
 from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
@@ -84,8 +83,9 @@ from lane.signals import install_signal_handlers
 from lane.tap_desk import ExitPricing, TapDesk
 from lane.tap_store import TapStore, TapStoreError
 from lane.ticket_desk import TicketDesk
+from lane.transport.broker_link import BrokerLink
 from lane.transport.mqtt import Incoming
-from lane.transport.refusals import PUBLISH_REFUSED
+from lane.transport.refusals import PUBLISH_REFUSED, alarm_on_refusals
 from lane.trip_desk import TripDesk
 from lane.verifier import TokenVerifier
 from lane.wire.ids import new_id
@@ -466,8 +466,7 @@ class LaneDaemon:
         broker = BrokerLink.of(config.broker)
         self.link = BarrierLink(
             self.lane,
-            broker.host,
-            broker.port,
+            broker,
             on_ack=self._on_ack,
             on_state=self._on_state,
             on_sensor=self._on_sensor,
@@ -475,13 +474,13 @@ class LaneDaemon:
             on_link=self._on_link,
             on_snapshot=self._on_snapshot,
             on_plate=self._on_plate,
-            credentials=broker.credentials,
-            tls=broker.tls,
-            keepalive_s=broker.keepalive_s,
         )
         self.uplink = broker.link(f"uplink-{self.lane}", handler=self._on_uplink_message)
-        # A topic the broker refuses (its ACL) is an alarm until a publish to it is taken.
-        self.uplink.refusals.on_change = partial(self._alarm, PUBLISH_REFUSED)
+        # A topic the broker refuses either link (its ACL: barrier commands; records, peer
+        # messages, tickets) is one alarm, naming each link, until a publish to it is taken.
+        alarm_on_refusals(
+            (self.link.mqtt.refusals, self.uplink.refusals), partial(self._alarm, PUBLISH_REFUSED)
+        )
         self.forwarder = Forwarder(
             self.queue,
             self.uplink,

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import aiohttp
 
-from lane.broker_link import BrokerLink, CaFileError
 from lane.config import LaneConfig
 from lane.health import MIN_FREE_BYTES
 from lane.install import TOP_LEVEL, clashes
+from lane.transport.broker_link import BrokerLink, CaFileError
 from lane.transport.mqtt import LinkErrors, LinkStopped, MqttLink
 from scanner.camera_net import redact, redact_text
 from scanner.health import CaptureSettings, SourceEvent, is_black

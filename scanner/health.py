@@ -47,11 +47,6 @@ def is_black(image: npt.NDArray[np.uint8], *, level: float = 16.0, spread: float
     return float(sample.mean()) < level and float(sample.std()) < spread
 
 
-def backoff_delay(attempt: int, *, base: float = 0.5, cap: float = 10.0) -> float:
-    """Seconds to wait before reconnect attempt `attempt` (0-based): 0.5, 1, 2, 4 ... 10."""
-    return float(min(cap, base * 2 ** min(attempt, 30)))
-
-
 class BlackoutMonitor:
     """Reports a blackout when no usable frame came for `after_s`, and the recovery after it.
 

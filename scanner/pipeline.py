@@ -24,19 +24,20 @@ from typing import NamedTuple, TypeVar
 import cv2
 import numpy as np
 
+from lane.backoff import Backoff
 from scanner.change_gate import GateSettings, Thumbnail
 from scanner.decoders import Decoder
 from scanner.dedup import Deduplicator
 from scanner.detection import GrayImage, Polygon, as_gray
 from scanner.frame_gate import FrameGate
-from scanner.health import EventKind, SourceEvent, backoff_delay, same_picture
+from scanner.health import EventKind, SourceEvent, same_picture
 from scanner.payload import Payload, classify
 from scanner.sources import Clock, Frame, FrameSource, Image
 
 log = logging.getLogger("lane.scanner")
 DEFAULT_GATE = GateSettings()
-# A live source that raised is read again after 0.5 s, doubling to this.
-RESTART_MAX_S = 10.0
+# A live source that raised is read again after 0.5 s, doubling to 10 s.
+RESTART_BACKOFF = Backoff(0.5, 10.0)
 # A frame is compared with the one looked at before (a frozen camera repeats its picture) once
 # this long after that look: about 0.1 ms a second at any frame rate, every frame of a slow one.
 FRESH_CHECK_S = 1.0
@@ -334,8 +335,8 @@ class ScanPipeline:
                     if self.source.finite:
                         self._deliver_status(self._event("error", f"source failed: {exc}"))
                         return
-                    delay = backoff_delay(failures, cap=RESTART_MAX_S)
                     failures += 1
+                    delay = RESTART_BACKOFF.delay(failures)
                     why = f"capture failed: {exc}; restarting in {delay:.1f} s"
                     self._deliver_status(self._event("error", why))
                     self._stop.wait(delay)

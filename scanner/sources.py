@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from lane.backoff import Backoff
 from scanner.camera_net import reachable, redact
 from scanner.diagnose import why_not_open
 from scanner.health import (
@@ -30,7 +31,6 @@ from scanner.health import (
     CaptureSettings,
     EventKind,
     SourceEvent,
-    backoff_delay,
     is_black,
 )
 
@@ -190,7 +190,7 @@ class CaptureSource(_SourceBase):
         self._open_capture = open_capture or (lambda t: opencv_capture(t, settings))
         self._probe = probe
         self._diagnose = diagnose
-        self._backoff = (backoff_base_s, settings.retry_max_s)
+        self._backoff = Backoff(backoff_base_s, settings.retry_max_s)
         self.reconnects = 0
 
     def stream(self) -> Iterator[Item]:
@@ -248,7 +248,7 @@ class CaptureSource(_SourceBase):
                 self._sleep(1.0 / self.fps)
 
     def _wait_to_reconnect(self, attempt: int, why: str) -> Iterator[Item]:
-        delay = backoff_delay(attempt, base=self._backoff[0], cap=self._backoff[1])
+        delay = self._backoff.delay(attempt + 1)
         # Down now? Only a camera that was unreachable and answers again cuts the wait short:
         # one that answers but will not stream keeps its backoff.
         was_down = self._probe is not None and self._probe() is False

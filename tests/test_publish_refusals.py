@@ -21,12 +21,13 @@ from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.peers import Peers
 from lane.auth.replay import ReplayStore
+from lane.backoff import Backoff
 from lane.core.actions import IssuePass
 from lane.core.events import TicketIssued
 from lane.ticket_desk import TicketDesk
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
-from lane.transport.refusals import PUBLISH_REFUSED, Refusals
+from lane.transport.refusals import PUBLISH_REFUSED, Refusals, alarm_on_refusals
 from lane.wire import topics
 from sim.broker import Mosquitto, free_port
 
@@ -42,7 +43,7 @@ def logged(caplog: pytest.LogCaptureFixture, message: str) -> int:
 def test_refusals_back_off_and_say_each_change_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="lane.transport.refusals")
     heard: list[str | None] = []
-    refusals = Refusals("uplink-p07/l03", first_s=0.2, max_s=1.0)
+    refusals = Refusals("uplink-p07/l03", Backoff(0.2, 1.0))
     refusals.on_change = heard.append
     assert refusals.wait_s("a/b") == 0.0 and refusals.text() is None
     waits = []
@@ -52,9 +53,10 @@ def test_refusals_back_off_and_say_each_change_once(caplog: pytest.LogCaptureFix
     assert waits == [0.2, 0.4, 0.8, 1.0, 1.0]
     refusals.refused("c/d", "Quota exceeded")
     assert heard == [
-        "the broker refuses a/b (Not authorized): kept and retried; check the broker's ACL",
-        "the broker refuses a/b (Not authorized), c/d (Quota exceeded): kept and retried;"
+        "the broker refuses uplink-p07/l03 publishing a/b (Not authorized): kept and retried;"
         " check the broker's ACL",
+        "the broker refuses uplink-p07/l03 publishing a/b (Not authorized), c/d (Quota"
+        " exceeded): kept and retried; check the broker's ACL",
     ]
     assert logged(caplog, "publish refused by the broker, kept for retry") == 2
     refusals.accepted("a/b")
@@ -62,10 +64,31 @@ def test_refusals_back_off_and_say_each_change_once(caplog: pytest.LogCaptureFix
     assert refusals.wait_s("a/b") == 0.0
     refusals.accepted("c/d")
     assert heard[2:] == [
-        "the broker refuses c/d (Quota exceeded): kept and retried; check the broker's ACL",
+        "the broker refuses uplink-p07/l03 publishing c/d (Quota exceeded): kept and retried;"
+        " check the broker's ACL",
         None,
     ]
     assert logged(caplog, "publish accepted again") == 2
+
+
+def test_one_alarm_names_each_link_the_broker_refuses_and_clears_when_none_is() -> None:
+    barrier, uplink = Refusals("controller-p07/l03"), Refusals("uplink-p07/l03")
+    alarm: list[str | None] = []
+    alarm_on_refusals([barrier, uplink], alarm.append)
+    barrier.refused("lane/p07/l03/barrier/cmd", "Not authorized")
+    uplink.refused("plaza/P07/used", "Not authorized")
+    barrier.accepted("lane/p07/l03/barrier/cmd")
+    uplink.accepted("plaza/P07/used")
+    assert alarm == [
+        "the broker refuses controller-p07/l03 publishing lane/p07/l03/barrier/cmd (Not"
+        " authorized): kept and retried; check the broker's ACL",
+        "the broker refuses controller-p07/l03 publishing lane/p07/l03/barrier/cmd (Not"
+        " authorized); uplink-p07/l03 publishing plaza/P07/used (Not authorized): kept and"
+        " retried; check the broker's ACL",
+        "the broker refuses uplink-p07/l03 publishing plaza/P07/used (Not authorized): kept and"
+        " retried; check the broker's ACL",
+        None,
+    ]
 
 
 async def test_an_outbox_refused_by_the_acl_backs_off_alarms_and_delivers_once_fixed(
@@ -85,7 +108,7 @@ async def test_an_outbox_refused_by_the_acl_backs_off_alarms_and_delivers_once_f
 
     rx = MqttLink(broker.host, broker.port, "rx", [(TOPIC, 1)], handler)
     tx = MqttLink(broker.host, broker.port, "uplink-p07/l03")
-    tx.refusals.max_s = 1.0  # the cap, so that the fixed ACL is tried again soon
+    tx.refusals.backoff = Backoff(0.2, 1.0)  # a low cap, so that the fixed ACL is tried again soon
     alarms: list[str | None] = []
     tx.refusals.on_change = alarms.append
     outbox: Outbox[bytes] = Outbox(
@@ -99,7 +122,8 @@ async def test_an_outbox_refused_by_the_acl_backs_off_alarms_and_delivers_once_f
         # Refused again and again: each time it waits longer, and says so only once.
         await eventually(lambda: tx.refusals.wait_s(TOPIC) >= 0.8, what="three refusals")
         assert alarms == [
-            f"the broker refuses {TOPIC} (Not authorized): kept and retried; check the broker's ACL"
+            f"the broker refuses uplink-p07/l03 publishing {TOPIC} (Not authorized): kept and"
+            " retried; check the broker's ACL"
         ]
         assert logged(caplog, "publish refused by the broker, kept for retry") == 1
         assert logged(caplog, "publish failed, will retry") == 0
@@ -137,7 +161,7 @@ async def test_a_ticket_the_broker_refuses_waits_for_the_acl_not_for_the_printer
     broker.start()
     alarms: dict[str, str | None] = {}
     link = MqttLink(broker.host, broker.port, f"uplink-{LANE}")
-    link.refusals.max_s = 1.0
+    link.refusals.backoff = Backoff(0.2, 1.0)
     link.refusals.on_change = partial(alarms.__setitem__, PUBLISH_REFUSED)  # as lane.daemon
     with ReplayStore(tmp_path / "replay.sqlite3") as replay:
         peers = Peers(LANE, None, lambda: KeySet(0, {}), replay, accept_unsigned=True,
@@ -164,8 +188,8 @@ async def test_a_ticket_the_broker_refuses_waits_for_the_acl_not_for_the_printer
             assert logged(caplog, "ticket not printed") == 1
             assert logged(caplog, "publish refused by the broker, kept for retry") == 1
             assert alarms[PUBLISH_REFUSED] == (
-                f"the broker refuses {topic} (Not authorized): kept and retried;"
-                " check the broker's ACL"
+                f"the broker refuses uplink-{LANE} publishing {topic} (Not authorized): kept and"
+                " retried; check the broker's ACL"
             )
             assert printer.printed == []
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import uvloop
 
+from lane.backoff import Backoff
 from lane.log import setup_logging
 from lane.signals import stop_on_signals
 from lane.transport.mqtt import Credentials
@@ -199,10 +200,11 @@ async def connect_store(
     args: argparse.Namespace, stop: asyncio.Event, backoff_min: float = 0.5
 ) -> IngestStore | None:
     """Open the store, retrying while the database refuses connections; None once stopped."""
-    delay = backoff_min
+    backoff = Backoff(backoff_min, args.retry_max)
     attempt = 0
     while not stop.is_set():
         attempt += 1
+        delay = backoff.delay(attempt)
         try:
             return await asyncio.to_thread(open_store, args)
         except StoreUnavailableError as exc:
@@ -212,7 +214,6 @@ async def connect_store(
             )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
-        delay = min(delay * 2, args.retry_max)
     return None
 
 

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from lane.backoff import Backoff
 from lane.transport.mqtt import LinkDown
 from lane.wire.codec import PayloadError
 from lane.wire.ids import new_id
@@ -189,7 +190,8 @@ class Forwarder:
     async def run(self) -> None:
         """Forward forever (run as a task; cancel to stop)."""
         getter: asyncio.Task[Ack] | None = None
-        delay = self.backoff_min
+        backoff = Backoff(self.backoff_min, self.backoff_max)
+        failures = 0  # in a row
         try:
             while True:
                 try:
@@ -198,15 +200,15 @@ class Forwarder:
                         self._note_reconnect()
                         await self._send_due()
                         await self._fill_window()
-                    delay = self.backoff_min
+                    failures = 0
                 except (LinkDown, QueueError) as exc:
-                    wait = delay * (0.5 + self._rand())
+                    failures += 1
+                    wait = backoff.jittered(failures, self._rand())
                     log.warning(
                         "uplink forward failed",
                         extra={"lane": self.lane, "error": str(exc), "retry_s": round(wait, 3)},
                     )
                     await self._sleep(wait)
-                    delay = min(delay * 2, self.backoff_max)
                     continue
                 if getter is None:
                     getter = asyncio.ensure_future(self.acks.get())

@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from lane.auth.acquirer import (
@@ -73,10 +73,10 @@ from lane.auth.resolution_store import (
     StoreError,
     UnknownPayment,
 )
+from lane.backoff import Backoff
 from lane.store_watch import StoreWatch
 
 __all__ = [
-    "Backoff",
     "IllegalTransition",
     "PaymentRow",
     "PaymentState",
@@ -111,25 +111,14 @@ def refund_id_for(payment_id: str) -> str:
     return f"{payment_id}-r1"
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Delay before retry number `failures` (1, 2, ...): initial * factor**(n-1), capped."""
-
-    initial_s: float = 0.25
-    factor: float = 2.0
-    max_s: float = 30.0
-
-    def delay(self, failures: int) -> float:
-        try:
-            return float(min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1)))
-        except OverflowError:  # past a thousand failures the power is no float: long capped
-            return float(self.max_s)
+# An acquirer that did not answer is asked again a quarter second later, doubling to 30 s.
+ACQUIRER_RETRY = Backoff(0.25, 30.0)
 
 
 def refund_query_backoff(first_s: float = 60.0) -> Backoff:
     """When a refund the network took without finishing is asked about: `first_s` after (a
     minute, as WeChat Pay advises), then twice as long each time, up to 30 times that."""
-    return Backoff(first_s, 2.0, 30 * first_s)
+    return Backoff(first_s, 30 * first_s)
 
 
 class Resolver:
@@ -149,7 +138,7 @@ class Resolver:
         store: ResolutionStore,
         client: Acquirer,
         clock: Callable[[], float] = time.time,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = ACQUIRER_RETRY,
         *,
         request_timeout_s: float = 2.0,
         pending_grace_s: float = 30.0,
@@ -376,7 +365,7 @@ class Resolver:
                 continue
             # Someone is still deciding: look again soon; a refund in progress: when its next
             # query is due; either way at once when woken.
-            waits = [self._backoff.initial_s] if pending else []
+            waits = [self._backoff.first_s] if pending else []
             waits += [] if next_query_s is None else [next_query_s]
             if waits:
                 with contextlib.suppress(TimeoutError):

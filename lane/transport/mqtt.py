@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from lane.backoff import Backoff
 from lane.transport.paho_internals import PublishProperties, paho_client, write_at_once
 from lane.transport.refusals import Refusals
 from lane.transport.tls import CaFile, tls_failure
@@ -190,7 +191,8 @@ class MqttLink:
             raise
 
     async def _serve(self) -> None:
-        delay = self.backoff_min
+        backoff = Backoff(self.backoff_min, self.backoff_max)
+        failures = 0  # in a row, since the last connection
         first = True
         said_down = False  # on_disconnect was told of this outage (or of the first failure)
         told: str | None = None  # the cause it was told
@@ -212,7 +214,7 @@ class MqttLink:
                         if not first:
                             self.reconnects += 1
                         first = False
-                        delay = self.backoff_min
+                        failures = 0
                         extra = {"client": self.client_id, "port": self.port}
                         log.info("mqtt connected", extra=extra)
                         if self.on_connect is not None:
@@ -230,10 +232,10 @@ class MqttLink:
             except (aiomqtt.MqttError, LinkDown) as exc:
                 # LinkDown: a publish in on_connect met a connection that was already gone.
                 reraise_swallowed_cancel()
-                log.warning(
-                    "mqtt disconnected",
-                    extra={"client": self.client_id, "error": str(exc), "retry_s": round(delay, 3)},
-                )
+                failures += 1
+                retry_s = round(backoff.delay(failures), 3)
+                extra = {"client": self.client_id, "error": str(exc), "retry_s": retry_s}
+                log.warning("mqtt disconnected", extra=extra)
                 cause = self._cause(str(exc))
             finally:
                 if self._conn is not None:
@@ -252,8 +254,7 @@ class MqttLink:
                 said_down, told = True, cause
                 if self.on_disconnect is not None:
                     self.on_disconnect(cause)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self.backoff_max)
+            await asyncio.sleep(backoff.jittered(failures, random.random()))
 
     async def publish(
         self,

@@ -3,25 +3,26 @@
 A refusal is not an outage that passes by itself: the broker says no to that topic, and keeps
 saying it, until someone changes its ACL. Retried at a reconnect's pace, a publisher asked it
 ten times a second and logged each no. So a link keeps here which of its topics are refused
-and why: each publisher that keeps its message for a retry waits `wait_s(topic)` (doubling
-from `first_s` with each refusal up to `max_s`), one line is logged when a topic is refused
+and why: each publisher that keeps its message for a retry waits `wait_s(topic)` (`backoff`:
+doubling with each refusal), one line is logged when a topic is refused
 (or refused for another reason) and one when it is accepted again, and `on_change` hears the
-alarm text naming every refused topic and the broker's reason, or None once none is left.
+alarm text naming the link (its client id), every refused topic and the broker's reason, or
+None once none is left. A lane has several links (barrier, uplink) and one alarm for them
+all: `alarm_on_refusals` gives it the text of every link with a refused topic.
 No clock is read: the waits are the publishers' to sleep.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+
+from lane.backoff import Backoff
 
 log = logging.getLogger("lane.transport.refusals")
 
-PUBLISH_REFUSED = "publish_refused"  # the lane's alarm while its uplink has refused topics
-
-# Past this many doublings the wait is `max_s` anyway; the exponent stays small.
-_MAX_DOUBLINGS = 30
+PUBLISH_REFUSED = "publish_refused"  # the lane's alarm while any of its links has refused topics
 
 
 @dataclass
@@ -30,11 +31,14 @@ class _Refused:
     times: int
 
 
+# A refused topic is tried again after 0.2 s, doubling to 30 s: an ACL is fixed by hand.
+REFUSED_RETRY = Backoff(0.2, 30.0)
+
+
 class Refusals:
-    def __init__(self, client: str, first_s: float = 0.2, max_s: float = 30.0) -> None:
+    def __init__(self, client: str, backoff: Backoff = REFUSED_RETRY) -> None:
         self.client = client
-        self.first_s = first_s
-        self.max_s = max_s
+        self.backoff = backoff
         self.on_change: Callable[[str | None], None] | None = None
         self._topics: dict[str, _Refused] = {}
 
@@ -59,15 +63,37 @@ class Refusals:
         refused = self._topics.get(topic)
         if refused is None:
             return 0.0
-        doublings: int = min(refused.times - 1, _MAX_DOUBLINGS)
-        return min(self.max_s, self.first_s * (1 << doublings))
+        return self.backoff.delay(refused.times)
 
     def text(self) -> str | None:
+        return refused_text([self])
+
+    def part(self) -> str | None:
+        """This link's part of the alarm text: its client id and what it may not publish."""
         if not self._topics:
             return None
         topics = ", ".join(f"{t} ({r.reason})" for t, r in sorted(self._topics.items()))
-        return f"the broker refuses {topics}: kept and retried; check the broker's ACL"
+        return f"{self.client} publishing {topics}"
 
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change(self.text())
+
+
+def refused_text(links: Iterable[Refusals]) -> str | None:
+    """One alarm text for the topics the broker refuses any of `links` (None: none)."""
+    parts = [part for part in (link.part() for link in links) if part is not None]
+    if not parts:
+        return None
+    return f"the broker refuses {'; '.join(parts)}: kept and retried; check the broker's ACL"
+
+
+def alarm_on_refusals(links: Sequence[Refusals], alarm: Callable[[str | None], None]) -> None:
+    """`alarm` hears, at each change of any of `links`, the text for all of them: one alarm
+    that names each link still refused and clears once none is."""
+
+    def changed(_: str | None) -> None:
+        alarm(refused_text(links))
+
+    for link in links:
+        link.on_change = changed

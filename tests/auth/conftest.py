@@ -20,9 +20,10 @@ from lane.auth.acquirer import Acquirer
 from lane.auth.alipay import AlipayClient
 from lane.auth.authoriser import Authoriser, AuthRequest, OfflineResult
 from lane.auth.policy import OfflinePolicy
-from lane.auth.resolver import Backoff, PaymentState, ResolutionStore, Resolver
+from lane.auth.resolver import PaymentState, ResolutionStore, Resolver
 from lane.auth.wechatpay import WeChatPayClient
 from lane.auth.wechatpay_trust import FixedPlatformKey
+from lane.backoff import Backoff
 from sim.acquirer import AcquirerServer
 from sim.alipay_fake import AlipayFake
 from sim.wechatpay_fake import WeChatPayFake
@@ -128,7 +129,7 @@ def net_lane(tmp_path: Path) -> NetLaneFactory:
         resolver = Resolver(
             ResolutionStore(store or tmp_path / f"resolve-{uuid.uuid4().hex[:6]}.db"),
             client,
-            backoff=Backoff(initial_s=0.01, max_s=0.05),
+            backoff=Backoff(first_s=0.01, max_s=0.05),
             request_timeout_s=0.5,
         )
         if resolving:

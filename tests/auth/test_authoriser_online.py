@@ -26,7 +26,8 @@ from lane.auth.authoriser import (
 )
 from lane.auth.paycodes import online_code
 from lane.auth.policy import OfflinePolicy
-from lane.auth.resolver import Backoff, PaymentState, ResolutionStore, Resolver
+from lane.auth.resolver import PaymentState, ResolutionStore, Resolver
+from lane.backoff import Backoff
 from sim.acquirer import AcquirerServer, running_acquirer
 from sim.acquirer_faults import Outage
 from sim.codes import emv_cpm
@@ -99,7 +100,7 @@ async def make_lane(
         resolver = Resolver(
             ResolutionStore(tmp_path / "resolve.db"),
             client,
-            backoff=Backoff(initial_s=0.01, max_s=0.05),
+            backoff=Backoff(first_s=0.01, max_s=0.05),
             request_timeout_s=0.5,
         )
         await resolver.start()

@@ -19,7 +19,8 @@ from test_refund_processing import Alarms, paid, resolving
 
 from lane.auth.acquirer import AcquirerClient, RefundRefused, RefundRequest
 from lane.auth.authoriser import Authoriser, AuthRequest
-from lane.auth.resolver import Backoff, ResolutionStore, Resolver, refund_id_for
+from lane.auth.resolver import ResolutionStore, Resolver, refund_id_for
+from lane.backoff import Backoff
 from sim.acquirer import AcquirerServer, running_acquirer
 from sim.acquirer_faults import Outage
 
@@ -83,7 +84,7 @@ async def test_a_refused_refund_is_retried_alarmed_and_survives_a_restart(tmp_pa
     store = tmp_path / "payments.db"
     async with our_acquirer() as (fake, client):
         fake.update_faults(refund_refused="seller_balance_not_enough")
-        first = Resolver(ResolutionStore(store), client, backoff=Backoff(0.01, 2.0, 0.05),
+        first = Resolver(ResolutionStore(store), client, backoff=Backoff(0.01, 0.05),
                          request_timeout_s=0.5, alarm=alarms)  # fmt: skip
         await first.start()
         auth = Authoriser("p07/l03", client, first, None, None, time.monotonic, time.time,  # type: ignore[arg-type]
@@ -102,7 +103,7 @@ async def test_a_refused_refund_is_retried_alarmed_and_survives_a_restart(tmp_pa
         await first.stop()  # the lane stops with the refund still owed
 
         fake.update_faults(refund_refused=None)
-        restarted = Resolver(ResolutionStore(store), client, backoff=Backoff(0.01, 2.0, 0.05),
+        restarted = Resolver(ResolutionStore(store), client, backoff=Backoff(0.01, 0.05),
                              request_timeout_s=0.5, alarm=alarms)  # fmt: skip
         await restarted.start()
         payment = fake.payment(decision.payment_id)
@@ -120,7 +121,7 @@ async def test_a_refund_owed_before_the_record_is_made_after_a_crash_before_the_
     record says it was taken) with the refund; one dying before its record is reversed whole,
     nothing refunded on top."""
     store = tmp_path / "payments.db"
-    fast = Backoff(0.01, 2.0, 0.05)
+    fast = Backoff(0.01, 0.05)
     async with our_acquirer() as (fake, client):
         first = Resolver(ResolutionStore(store), client, backoff=fast, request_timeout_s=0.5)
         await first.start()

@@ -19,11 +19,12 @@ from polling import eventually
 
 from lane.auth.acquirer import Acquirer, RefundRequest
 from lane.auth.authoriser import Authoriser, AuthRequest
-from lane.auth.resolver import Backoff, PaymentRow, ResolutionStore, Resolver, refund_id_for
+from lane.auth.resolver import PaymentRow, ResolutionStore, Resolver, refund_id_for
+from lane.backoff import Backoff
 from lane.cli import main as lane_cli
 
 KEY = b"lane-secret-for-tests-0123456789"
-FAST = Backoff(0.01, 2.0, 0.05)
+FAST = Backoff(0.01, 0.05)
 
 
 class Alarms(dict[str, str]):
@@ -200,7 +201,7 @@ async def test_a_restart_while_a_refund_is_processing_asks_about_it_again(
     async with wechat_gateway() as (fake, client):
         fake.refund_ends = "SUCCESS"
         # The first run would ask about it in an hour: it stops before.
-        async with resolving(store, client, alarms, Backoff(3600.0, 2.0, 3600.0)) as first:
+        async with resolving(store, client, alarms, Backoff(3600.0, 3600.0)) as first:
             payment_id = await paid(first, client, fake.ledger.issue_code("w3", "13"))
             await first.settle(payment_id, 200)
             await row_when(first, payment_id, lambda r: r.refund_sent_ms is not None, "taken")

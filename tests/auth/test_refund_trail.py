@@ -20,7 +20,8 @@ from test_refund_processing import Alarms, paid
 from lane.auth.acquirer import Acquirer
 from lane.auth.refund_ends import RefundEnd, RefundEndKind, refund_draft, refund_record_id
 from lane.auth.resolution_store import SCHEMA_VERSION, PaymentState
-from lane.auth.resolver import Backoff, PaymentRow, ResolutionStore, Resolver, refund_id_for
+from lane.auth.resolver import PaymentRow, ResolutionStore, Resolver, refund_id_for
+from lane.backoff import Backoff
 from lane.cli import main as lane_cli
 from lane.core.names import RecordKind
 from lane.refund_records import RefundRecords
@@ -29,7 +30,7 @@ from uplink.queue import RecordQueue
 from uplink.queue_thread import QueueThread
 from uplink.records import Record
 
-FAST = Backoff(0.01, 2.0, 0.05)
+FAST = Backoff(0.01, 0.05)
 LANE = "p07/l03"
 
 
@@ -237,7 +238,8 @@ def test_refund_ends_reached_before_the_upgrade_are_recorded_after_it(tmp_path: 
 KILLED_AT_THE_RECORD = """
 import asyncio, os, signal, sys
 from lane.auth.acquirer import AcquirerClient
-from lane.auth.resolver import Backoff, ResolutionStore, Resolver
+from lane.backoff import Backoff
+from lane.auth.resolver import ResolutionStore, Resolver
 from lane.refund_records import RefundRecords
 from uplink.queue import RecordQueue
 from uplink.queue_thread import QueueThread
@@ -254,7 +256,7 @@ async def main():
         os.kill(os.getpid(), signal.SIGKILL)
 
     async with AcquirerClient(url) as client:
-        resolver = Resolver(ResolutionStore(payments), client, backoff=Backoff(0.01, 2.0, 0.05),
+        resolver = Resolver(ResolutionStore(payments), client, backoff=Backoff(0.01, 0.05),
                             request_timeout_s=0.5, record_end=record_end)
         await resolver.start()
         await asyncio.sleep(30)

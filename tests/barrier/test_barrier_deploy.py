@@ -21,6 +21,7 @@ from tls_kit import make_certs
 from barrier.device import DeviceEmulator, Timings
 from barrier.link import BarrierLink
 from barrier.messages import BarrierAck, BarrierCommand, BarrierStatus, SensorReading
+from lane.transport.broker_link import BrokerLink
 from lane.transport.mqtt import Credentials, MqttLink, PublishRefused
 from lane.wire import topics
 from sim.broker import Mosquitto, find_mosquitto, free_port
@@ -87,14 +88,12 @@ async def test_only_the_controller_can_command_the_barrier(acl_broker: Mosquitto
     garbage: list[tuple[str, str]] = []
     link = BarrierLink(
         lane,
-        host,
-        port,
+        BrokerLink(host, port, creds("controller")),
         on_ack=acks.put_nowait,
         on_state=states.put_nowait,
         on_sensor=sensors.put_nowait,
         on_attendant=lambda a: None,
         on_garbage=lambda t, e: garbage.append((t, e)),
-        credentials=creds("controller"),
     )
     device = DeviceEmulator(lane, host, port, FAST, credentials=creds("barrier"))
     io = MqttLink(host, port, "io-module", credentials=creds("io"))

@@ -18,6 +18,7 @@ from test_barrier_protocol import FAST, WAIT, command, tasks
 from barrier.device import DeviceEmulator
 from barrier.link import BarrierLink
 from barrier.messages import BarrierAck, BarrierStatus, SensorReading
+from lane.transport.broker_link import BrokerLink
 from lane.transport.mqtt import LinkDown, MqttLink
 from sim.broker import Mosquitto
 
@@ -28,8 +29,7 @@ async def test_ack_is_not_held_behind_an_unacknowledged_publish(
     seen: asyncio.Queue[BarrierAck | BarrierStatus | SensorReading] = asyncio.Queue()
     link = BarrierLink(
         lane_id,
-        mosquitto.host,
-        mosquitto.port,
+        BrokerLink(mosquitto.host, mosquitto.port),
         on_ack=seen.put_nowait,
         on_state=seen.put_nowait,
         on_sensor=seen.put_nowait,

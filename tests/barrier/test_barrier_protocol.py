@@ -23,6 +23,7 @@ from barrier.messages import (
     LaneStatus,
     SensorReading,
 )
+from lane.transport.broker_link import BrokerLink
 from lane.transport.mqtt import Incoming, LinkDown, MqttLink
 from lane.wire import topics
 from lane.wire.codec import pack, unpack
@@ -47,8 +48,7 @@ class Recorder:
     def link(self, broker: Mosquitto, lane: str, **kwargs: Any) -> BarrierLink:
         return BarrierLink(
             lane,
-            broker.host,
-            broker.port,
+            BrokerLink(broker.host, broker.port),
             on_ack=self.acks.put_nowait,
             on_state=self.states.put_nowait,
             on_sensor=self.sensors.put_nowait,
@@ -484,8 +484,7 @@ async def test_controller_outputs_and_will(mosquitto: Mosquitto, lane_id: str) -
 async def test_send_raises_link_down_without_broker(lane_id: str) -> None:
     link = BarrierLink(
         lane_id,
-        "127.0.0.1",
-        1,
+        BrokerLink("127.0.0.1", 1),
         on_ack=print,
         on_state=print,
         on_sensor=print,
@@ -552,8 +551,7 @@ async def test_a_callback_that_raises_is_logged_and_the_link_stays_up(
 
     link = BarrierLink(
         lane_id,
-        mosquitto.host,
-        mosquitto.port,
+        BrokerLink(mosquitto.host, mosquitto.port),
         on_ack=lambda ack: None,
         on_state=lambda status: None,
         on_sensor=on_sensor,

@@ -26,6 +26,7 @@ from barrier.printer import PrinterEmulator, render_ticket
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.passes import EntryPass, PassAccepted, verify_pass
+from lane.transport.broker_link import BrokerLink
 from lane.transport.mqtt import Credentials, Incoming, MqttLink
 from lane.wire import topics
 from lane.wire.codec import pack
@@ -155,7 +156,7 @@ async def test_a_plate_on_the_io_topics_reaches_the_lane_and_is_not_garbage(
     plates: asyncio.Queue[PlateReading] = asyncio.Queue()
     garbage: list[tuple[str, str]] = []
     link = BarrierLink(
-        lane, mosquitto.host, mosquitto.port,
+        lane, BrokerLink(mosquitto.host, mosquitto.port),
         on_ack=print, on_state=print, on_sensor=print, on_attendant=print,
         on_garbage=lambda topic, error: garbage.append((topic, error)),
         on_plate=plates.put_nowait,
@@ -185,10 +186,10 @@ async def test_the_shipped_acl_lets_printer_and_anpr_do_their_part_only(
     ctl = Controller(acl_broker, lane, creds("controller"))
     plates: asyncio.Queue[PlateReading] = asyncio.Queue()
     link = BarrierLink(
-        lane, host, port,
+        lane, BrokerLink(host, port, creds("controller")),
         on_ack=print, on_state=print, on_sensor=print, on_attendant=print,
         on_garbage=lambda topic, error: None, on_plate=plates.put_nowait,
-        client_id="controller-plates", credentials=creds("controller"),
+        client_id="controller-plates",
     )  # fmt: skip
     anpr = MqttLink(host, port, "anpr-cam", credentials=creds("anpr"))
     async with tasks(printer.run(), ctl.link.run(), link.run(), anpr.run()):

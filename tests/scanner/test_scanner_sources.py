@@ -16,7 +16,6 @@ from scanner.health import (
     BlackoutMonitor,
     SourceEvent,
     StallWatch,
-    backoff_delay,
     is_black,
     same_picture,
 )
@@ -289,11 +288,6 @@ def test_a_picture_is_the_same_only_when_its_pixels_are() -> None:
     assert not same_picture(scene, scene[:, :, 0].copy())  # another size or format
     gray = scene[:, :, 1].copy()
     assert same_picture(gray, gray.copy())
-
-
-def test_backoff_doubles_up_to_a_cap() -> None:
-    assert [backoff_delay(a) for a in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-    assert backoff_delay(10_000) == 10.0
 
 
 def test_the_time_an_open_takes_is_not_blindness() -> None:

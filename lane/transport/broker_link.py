@@ -1,14 +1,15 @@
 """How the lane's own MQTT clients reach `[broker]`, built from the config in one place:
-`lane run`'s barrier link and uplink and `lane doctor`'s broker probe connect with exactly
-these settings (address, credentials, TLS, keepalive), so the doctor cannot fail a broker the
-daemon would connect to, nor pass one it would not."""
+`lane run`'s barrier link (`barrier.link.BarrierLink` takes it whole) and uplink (which
+carries the messages to the other lanes too) and `lane doctor`'s broker probe connect with
+exactly these settings (address, credentials, TLS, keepalive), so the doctor cannot fail a
+broker the daemon would connect to, nor pass one it would not."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from lane.config import BrokerSection
 from lane.transport.mqtt import Credentials, MqttLink
 from lane.transport.tls import CaFile
 
@@ -17,17 +18,34 @@ class CaFileError(OSError):
     """`broker.tls_ca_file` cannot be read as a CA file; the text names the setting and file."""
 
 
+class BrokerSettings(Protocol):
+    """What `BrokerLink.of` reads of the config's `[broker]` (lane.config.BrokerSection)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def tls_ca_file(self) -> Path | None: ...
+    @property
+    def keepalive_s(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class BrokerLink:
     host: str
     port: int
-    credentials: Credentials | None
+    credentials: Credentials | None = None
     # Read again at each connection attempt when it changed (a CA rotated under a running lane).
-    tls: CaFile | None
-    keepalive_s: int
+    tls: CaFile | None = None
+    keepalive_s: int = 10
 
     @classmethod
-    def of(cls, broker: BrokerSection) -> BrokerLink:
+    def of(cls, broker: BrokerSettings) -> BrokerLink:
         """The settings of `broker`; reads `tls_ca_file` (CaFileError when it is no CA file)."""
         creds = None
         if broker.username:

@@ -1,0 +1,55 @@
+"""The one doubling wait every retry loop uses (lane/backoff.py)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lane.backoff import Backoff
+
+seconds = st.floats(min_value=1e-6, max_value=1e6)
+failures = st.integers(min_value=0, max_value=10**9)
+draws = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
+
+
+def test_a_camera_reopens_after_half_a_second_doubling_to_ten() -> None:
+    camera = Backoff(0.5, 10.0)
+    assert [camera.delay(n) for n in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+def test_no_failure_yet_waits_the_first_wait() -> None:
+    assert Backoff(0.25, 1.0).delay(0) == 0.25
+
+
+def test_the_cap_holds_however_many_failures() -> None:
+    """2.0 ** n is no float past a thousand and some: an acquirer down for some nine hours
+    (30 s apart), an unpaid refund asked about for three weeks (30 min apart)."""
+    assert Backoff(0.25, 30.0).delay(1100) == 30.0
+    assert Backoff(60.0, 1800.0).delay(10**9) == 1800.0
+    assert Backoff(1e-6, 1e-4).delay(10_000) == 1e-4
+
+
+def test_jitter_spreads_a_wait_from_half_to_one_and_a_half_times() -> None:
+    link = Backoff(0.05, 5.0)
+    assert [link.jittered(3, d) for d in (0.0, 0.5)] == [0.1, 0.2]
+    assert link.jittered(30, 0.999) < 7.5
+
+
+@given(seconds, seconds, failures)
+def test_never_above_the_cap_nor_below_the_floor(first: float, cap: float, n: int) -> None:
+    assert min(first, cap) <= Backoff(first, cap).delay(n) <= cap
+
+
+@given(seconds, seconds, failures)
+def test_one_more_failure_never_waits_less(first: float, cap: float, n: int) -> None:
+    backoff = Backoff(first, cap)
+    assert backoff.delay(n) <= backoff.delay(n + 1)
+
+
+@given(seconds, seconds, failures, draws)
+def test_jitter_stays_within_half_and_one_and_a_half_of_the_wait(
+    first: float, cap: float, n: int, draw: float
+) -> None:
+    backoff = Backoff(first, cap)
+    wait = backoff.delay(n)
+    assert wait / 2 <= backoff.jittered(n, draw) <= wait * 1.5
