@@ -84,10 +84,11 @@ from lane.tap_desk import ExitPricing, TapDesk
 from lane.tap_store import TapStore, TapStoreError
 from lane.ticket_desk import TicketDesk
 from lane.transport.broker_link import BrokerLink
-from lane.transport.mqtt import Incoming
+from lane.transport.mqtt import Incoming, PublishRefused
 from lane.transport.refusals import PUBLISH_REFUSED, alarm_on_refusals
 from lane.trip_desk import TripDesk
 from lane.verifier import TokenVerifier
+from lane.wire import topics
 from lane.wire.ids import new_id
 from scanner.change_gate import GateSettings
 from scanner.decoders import make_decoder
@@ -142,11 +143,47 @@ class BarrierAdapter:
     def __init__(self, link: BarrierLink, lane: str) -> None:
         self.link = link
         self.lane = lane
+        # The newest device query the broker refused (its ACL), for `ask_again`.
+        self._refused_query: str | None = None
+        self._query_refused = asyncio.Event()
 
     async def command(self, op: str, cmd_id: str, deadline_us: int, expiry_s: int) -> None:
         await self.link.send(BarrierCommand(op, cmd_id, deadline_us, self.lane), expiry_s)
 
     async def query(self, query_id: str) -> None:
+        self._refused_query = None  # a newer query replaces one refused before
+        try:
+            await self._ask(query_id)
+        except PublishRefused:
+            self._refused_query = query_id
+            self._query_refused.set()
+            raise
+
+    async def ask_again(self) -> None:
+        """The lane asks the device again only after a reconnect or a dwell it outlives; a
+        query the broker refuses (its ACL) ends neither, so the newest refused one is asked
+        again here, at the link's refusal back-off, until the broker takes it: once the ACL is
+        fixed the device's truth comes and `publish_refused` clears. Run as a task."""
+        topic = topics.device_query(self.lane)
+        while True:
+            await self._query_refused.wait()
+            self._query_refused.clear()
+            await asyncio.sleep(self.link.mqtt.refusals.wait_s(topic))
+            query_id, self._refused_query = self._refused_query, None
+            if query_id is None:
+                continue  # asked anew meanwhile
+            extra = {"lane": self.lane, "query_id": query_id}
+            try:
+                await self._ask(query_id)
+            except PublishRefused:
+                self._refused_query = query_id  # logged once, by the link's refusals
+                self._query_refused.set()
+            except ConnectionError as exc:  # down: the reconnect asks anew
+                log.warning("device query not sent", extra={**extra, "error": str(exc)})
+            else:
+                log.info("device queried again", extra=extra)
+
+    async def _ask(self, query_id: str) -> None:
         wall_us = int(self.link.wall() * 1_000_000)
         await self.link.query(DeviceQuery(query_id, self.lane, wall_us))
 
@@ -475,6 +512,7 @@ class LaneDaemon:
             on_snapshot=self._on_snapshot,
             on_plate=self._on_plate,
         )
+        self.barrier = BarrierAdapter(self.link, self.lane)
         self.uplink = broker.link(f"uplink-{self.lane}", handler=self._on_uplink_message)
         # A topic the broker refuses either link (its ACL: barrier commands; records, peer
         # messages, tickets) is one alarm, naming each link, until a publish to it is taken.
@@ -567,7 +605,7 @@ class LaneDaemon:
         )
         self.runner = LaneRunner(
             initial_state(rules_from(config)),
-            barrier=TimedBarrier(BarrierAdapter(self.link, self.lane), self.metrics),
+            barrier=TimedBarrier(self.barrier, self.metrics),
             payments=PaymentsAdapter(self.lane, authoriser),
             store=self.queue,
             clocks=self.clocks,
@@ -813,6 +851,7 @@ class LaneDaemon:
                 guard = partial(_end_if_failed, lane=self.lane, then=self._say_offline)
                 # The links reconnect by themselves; what ends them is a bug, which ends the lane.
                 tg.create_task(guard(self.link.run()), name="barrier-link")
+                tg.create_task(guard(self.barrier.ask_again()), name="device-query-again")
                 tg.create_task(guard(self.uplink.run()), name="uplink-link")
                 self.ops.runner_task = tg.create_task(guard(self.runner.run()), name="lane-runner")
                 tg.create_task(guard(self.forwarder.run()), name="forwarder")

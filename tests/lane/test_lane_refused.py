@@ -84,3 +84,18 @@ async def test_refused_commands_and_peer_messages_open_nothing_alarm_and_heal(
         assert [c for c in device.executions if c.endswith("/open")] == [
             named(lane, "barrier_opened")[0]["vehicle_id"] + "/open"
         ]
+
+
+async def test_a_refused_device_query_is_asked_again_once_the_acl_is_fixed(
+    tmp_path: Path, acl_broker: Mosquitto, lane_id: str
+) -> None:
+    """The start-up query of the device's truth, refused: no reconnect asks again (the link
+    stays up), so it is asked again at the refusal back-off, and once the ACL is fixed the
+    answer comes and `publish_refused` clears, no vehicle needed."""
+    query = topics.device_query(lane_id)
+    deny(acl_broker, [query])
+    async with running_lane(tmp_path, acl_broker, lane_id, QUICK, broker=LANE_USER) as lane:
+        runner = lane.daemon.runner
+        await eventually(lambda: query in runner.alarms.get(PUBLISH_REFUSED, ""), within=10)
+        deny(acl_broker, [])
+        await eventually(lambda: PUBLISH_REFUSED not in runner.alarms, within=15)
