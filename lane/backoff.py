@@ -1,5 +1,8 @@
-"""The doubling wait between retries, for every loop that retries: a broker link's reconnect,
-a refused publish, an acquirer's payment queries, a camera's reopen.
+"""The doubling wait between retries after failures in a row: a broker link's reconnect, a
+refused publish, the uplink forwarder's failed round, the ingest's store connect, an
+acquirer's payment queries, a camera's reopen. (Not a batch's resend in the forwarder, jittered
+before its cap, nor the ingest's bounded busy retries, nor the core's self-tests, whose wait is
+lane state.)
 
 Pure: the caller counts its failures, draws the jitter and sleeps.
 """
