@@ -1,5 +1,6 @@
-"""A test's own MQTT watcher on the session broker (what a lane publishes on one topic), and
-a TCP proxy to it that holds back PUBACKs or slips in a packet of its own."""
+"""A test's own MQTT watcher on the session broker (what a lane publishes on one topic), a
+client with the lanes' broker account (anybody who has the password), and a TCP proxy to it
+that holds back PUBACKs or slips in a packet of its own."""
 
 from __future__ import annotations
 
@@ -31,6 +32,19 @@ async def collected(
     try:
         await watcher.wait_connected(5)
         yield got
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@asynccontextmanager
+async def sender(broker: Mosquitto, client_id: str) -> AsyncIterator[MqttLink]:
+    """A client with the lanes' broker account, connected: anybody who has the password."""
+    link = MqttLink(broker.host, broker.port, client_id)
+    task = asyncio.create_task(link.run())
+    try:
+        await link.wait_connected(5)
+        yield link
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -10,8 +10,9 @@ lane.trip_desk), which call it where they encode and decode their messages:
   the message claims and the refusal; the refusal is kept for `peer_messages_refused`, an
   unsigned message taken for `unsigned_peer_messages`.
 - `first_hearing(...)`: False for a message already taken (its digest marked in the replay
-  store, `peer:` keys, kept as long as the message could act): a replay of a genuine signed
-  message is not taken twice.
+  store, `peer:` keys, kept as long as the message could act, and never longer than this
+  lane's own rules let what it names act: a peer's `exp` beyond that is cut, with a line): a
+  replay of a genuine signed message is not taken twice.
 - `alarm_texts(now)`: the three peer alarms' texts (None: clear), which the health loop raises
   and clears every second: `peer_messages_refused` (per lane, until a message of that lane
   verifies or `PEER_QUIET_S` passes without a refusal from it), `unsigned_peer_messages` (until
@@ -40,6 +41,12 @@ UNSIGNED_ALARM = "unsigned_peer_messages"
 KEY_MISSING_ALARM = "lane_key_missing"
 # Replay store keys of messages taken: never a token id or a pass (`pass:`) key.
 HEARD_PREFIX = "peer:"
+
+
+def heard_key(payload: bytes) -> str:
+    """A message's mark as taken: the digest of its payload, not of its envelope (a genuine
+    ECDSA signature can be re-made as another valid one without the key)."""
+    return HEARD_PREFIX + hashlib.sha256(payload).hexdigest()[:32]
 
 
 class Peers:
@@ -94,14 +101,28 @@ class Peers:
             self.watch.refusal(got.lane, got.reason, now)
         return None
 
-    async def first_hearing(self, opened: PeerOpened[T], exp: float, ids: dict[str, str]) -> bool:
+    async def first_hearing(
+        self, opened: PeerOpened[T], exp: float, ids: dict[str, str], *, latest: float
+    ) -> bool:
         """Mark the message as taken until `exp` (unix s); False when it was taken before (a
-        replay, or the broker's second delivery). A store that fails takes it all the same: the
-        message is genuine, and what it does says the store's fault itself."""
-        heard = HEARD_PREFIX + hashlib.sha256(opened.payload).hexdigest()[:32]
+        replay, or the broker's second delivery). `latest`: the latest time this lane's own
+        rules let what the message names act here (a token's or a pass's lifetime cap, a
+        tap-in's retention): a later `exp` (a peer's bad clock or rules, or its key's) is cut to
+        it with a line, so no message keeps a mark here for longer than this lane would. A
+        store that fails takes it all the same: the message is genuine, and what it does says
+        the store's fault itself."""
+        kept = min(exp, latest)
+        if kept < exp:
+            log.warning("peer message marked heard only to this lane's limit",
+                        extra={**ids, "lane": self.lane, "from_lane": opened.lane, "exp": exp,
+                               "kept_exp": kept})  # fmt: skip
         try:
             first = await asyncio.to_thread(
-                self.replay.check_and_mark, heard, int(exp) + 1, opened.lane, self.wall()
+                self.replay.check_and_mark,
+                heard_key(opened.payload),
+                int(kept) + 1,
+                opened.lane,
+                self.wall(),
             )
         except ReplayStoreError as exc:
             log.error("peer message not marked as heard", extra={**ids, "lane": self.lane,

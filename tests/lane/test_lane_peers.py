@@ -10,16 +10,14 @@ would free frees nothing. A lane whose own key is missing from its key set says 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from mqtt_kit import sender
 from polling import eventually
 from test_lane_daemon import Lane, running_lane
 
@@ -31,19 +29,6 @@ from sim.broker import Mosquitto
 from sim.codes import CodeFactory
 
 REFUSED = "peer_messages_refused"
-
-
-@asynccontextmanager
-async def sender(broker: Mosquitto, name: str) -> AsyncIterator[MqttLink]:
-    """A client with the lanes' broker account: anybody who has the password."""
-    link = MqttLink(broker.host, broker.port, name)
-    task = asyncio.create_task(link.run())
-    try:
-        await link.wait_connected(5)
-        yield link
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def signed(codes: CodeFactory, msg: UsedTokenMsg) -> bytes:
