@@ -628,6 +628,7 @@ class LaneDaemon:
                 sharing=self.sharing,
                 peers=self.peers,
                 wall=self.clocks.wall,
+                replay_watch=self.verifier.replay_watch,
             )
         return RoadDesks(tickets, trips)
 
@@ -751,7 +752,7 @@ class LaneDaemon:
         elif self.road.tickets is not None and self.road.tickets.handles(msg.topic):
             self.road.tickets.handle(msg)
         elif self.road.trips is not None and self.road.trips.handles(msg.topic):
-            self.road.trips.handle(msg)
+            await self.road.trips.handle(msg)
         elif self.road.taps is not None and self.road.taps.handles(msg.topic):
             await self.road.taps.handle(msg)
         elif self.sharing is not None:

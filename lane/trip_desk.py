@@ -23,7 +23,11 @@ cannot be signed: taken as it is. A forged one only makes this lane forget the b
 the vehicle is then priced from the ticket it shows, as one whose plate the entry lane did not
 read; it never prices anybody's trip from another entry: the forgotten binding's time is kept
 (`forgotten`, for `road.max_trip_s`), so the plate's earlier binding replayed after the delete
-is refused as older still (docs/closed-road.md, "Plate bindings").
+is refused as older still (docs/closed-road.md, "Plate bindings"). Each binding's time taken
+is kept in the replay store too (`plate_times`) and loaded at start as forgotten: a restart
+forgets no plate's time, and the retained binding the broker hands the lane then is taken
+only when no older than it. A time the store did not take is written with the next binding's
+(`replay_store_error` says so meanwhile: a restart before then would forget it).
 """
 
 from __future__ import annotations
@@ -38,16 +42,24 @@ from lane.auth.passes import EntryPass, pass_key
 from lane.auth.peers import Peers
 from lane.auth.plate_binding import PlateBinding, decode_binding
 from lane.auth.plaza import UsedTokenSharing, mark_used, release_mark
-from lane.auth.replay import ReplayStore
+from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.auth.trip_pricing import ExitLaneRules, evidence_of, not_found, price_trip
 from lane.auth.trip_rules import normalise_plate
 from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
 from lane.core.names import TripSource
+from lane.store_watch import StoreWatch
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
 
 log = logging.getLogger("lane.trip_desk")
+
+# The replay store's alarm while a binding's time it did not take is held in memory only.
+REPLAY_PLATES = (
+    "plate binding times held in memory only (a restart before the store takes them lets a"
+    " plate's earlier binding, replayed after its current one was emptied, price its trip):"
+    " replay store"
+)
 
 
 class TripDesk:
@@ -62,6 +74,7 @@ class TripDesk:
         sharing: UsedTokenSharing | None,
         peers: Peers,
         wall: Callable[[], float],
+        replay_watch: StoreWatch,
     ) -> None:
         self.rules = rules
         self.tariff = tariff
@@ -73,9 +86,11 @@ class TripDesk:
         self.wall = wall
         self.bound: dict[str, str] = {}  # normalised plate -> the pass text bound to it
         self._bound_at: dict[str, float] = {}  # normalised plate -> its binding's signed time
-        # Plate -> the signed time of the binding a delete emptied, oldest delete first: kept
-        # while a trip may last, so a binding no later than it stays refused.
-        self.forgotten: dict[str, float] = {}
+        self.replay_watch = replay_watch  # the verifier's: one alarm for the one replay store
+        # Plate -> the signed time of the binding a delete emptied (or taken before the lane
+        # started), oldest first: kept while a trip may last, so an older binding stays refused.
+        self.forgotten = replay.plate_times(wall() - rules.road.max_trip_s)
+        self._unkept: dict[str, float] = {}  # binding times the replay store did not take
         # pass id -> the plate its entry bound and the pass text (to clear only that binding)
         self._entry_plates: dict[str, tuple[str, str]] = {}
 
@@ -85,7 +100,7 @@ class TripDesk:
     def handles(self, topic: str) -> bool:
         return topics.plate_of(topic) is not None
 
-    def handle(self, msg: Incoming) -> None:
+    async def handle(self, msg: Incoming) -> None:
         """A plate binding from an entry lane (retained); empty: the pass has exited."""
         plate = topics.plate_of(msg.topic)
         if plate is None:
@@ -111,6 +126,26 @@ class TripDesk:
         self.bound[plate] = binding.pass_text
         self._bound_at[plate] = binding.ts
         self.forgotten.pop(plate, None)
+        await self._keep_time(plate, binding.ts, ids)
+
+    async def _keep_time(self, plate: str, ts: float, ids: dict[str, str]) -> None:
+        """Keep the binding's time over a restart, with those the store did not take before
+        (a trip as long as any may be ago or less: an older one is refused by nobody)."""
+        self._unkept[plate] = max(ts, self._unkept.get(plate, ts))
+        cutoff = self.wall() - self.rules.road.max_trip_s
+        for old in [held for held, at in self._unkept.items() if at < cutoff]:
+            del self._unkept[old]
+        owed = dict(self._unkept)
+        try:
+            await asyncio.to_thread(self.replay.keep_plate_times, owed, cutoff)
+        except ReplayStoreError as exc:
+            log.error("plate binding time not kept", extra={**ids, "error": str(exc)})
+            self.replay_watch.says(exc, REPLAY_PLATES)
+            return
+        for held, at in owed.items():
+            if self._unkept.get(held) == at:  # not taken again later meanwhile
+                del self._unkept[held]
+        self.replay_watch.says(None)
 
     def _forget(self, plate: str) -> None:
         """An empty retained binding (the pass exited, or anybody with the broker password: a

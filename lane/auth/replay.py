@@ -23,6 +23,10 @@ A metro gate keeps here too the refunded tap-ins its tap store could not drop (l
 held until dropped; `undropped`, schema 3), as that store keeps the exits this one could not
 mark: each store keeps what the other owes, so a restart while one fails still knows it.
 
+A toll-exit lane keeps here too the signed time of the latest plate binding it took per plate
+(lane.trip_desk; `plate_times`, schema 4) while a trip may last: a lane that restarts still
+refuses a plate's older binding replayed, after the current one was emptied.
+
 The calls block (fsync); the asyncio shell runs them with `asyncio.to_thread`. The schema is
 versioned with PRAGMA user_version; `MIGRATIONS[i]` takes a file from version i to i + 1.
 """
@@ -99,7 +103,22 @@ def _add_undropped_v3(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_ledger_v2, _add_undropped_v3)
+def _add_plate_times_v4(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE plate_times ("
+        " plate TEXT PRIMARY KEY,"  # normalised (lane.auth.trip_rules.normalise_plate)
+        " ts REAL NOT NULL"  # the signed time of the latest binding of it taken (unix s)
+        ") WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX plate_times_ts ON plate_times (ts)")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _create_v1,
+    _add_ledger_v2,
+    _add_undropped_v3,
+    _add_plate_times_v4,
+)
 
 
 @dataclass(frozen=True)
@@ -275,6 +294,23 @@ class ReplayStore:
         """The refunded tap-ins kept held until dropped, but the expired ones."""
         rows = self._query("SELECT trip, lane, expires FROM undropped WHERE expires >= ?", (now,))
         return {str(trip): (float(expires), str(lane)) for trip, lane, expires in rows}
+
+    def keep_plate_times(self, times: Mapping[str, float], forget_before: float) -> None:
+        """Keep, per plate, the latest of these signed binding times and the one kept before
+        (the order they come in does not matter), and forget the plates whose latest is
+        before `forget_before`."""
+        with immediate(self._conn, self._lock, self._error):
+            self._conn.executemany(
+                "INSERT INTO plate_times (plate, ts) VALUES (?, ?)"
+                " ON CONFLICT (plate) DO UPDATE SET ts = max(ts, excluded.ts)",
+                list(times.items()),
+            )
+            self._conn.execute("DELETE FROM plate_times WHERE ts < ?", (forget_before,))
+
+    def plate_times(self, since: float) -> dict[str, float]:
+        """The plates' latest binding times kept, `since` or later, the oldest first."""
+        rows = self._query("SELECT plate, ts FROM plate_times WHERE ts >= ? ORDER BY ts", (since,))
+        return {str(plate): float(ts) for plate, ts in rows}
 
     def ledger(self) -> float:
         """Seconds this store has been open, over every run: the clock the purge trusts."""

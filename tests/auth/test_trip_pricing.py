@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_tap_desk_stores import locked
 
+from lane.auth.deny import DenyList
 from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
@@ -23,8 +25,10 @@ from lane.auth.trip_pricing import ExitLaneRules, evidence_of, pass_expiry, pric
 from lane.auth.trip_rules import RoadRules
 from lane.core.actions import MarkPassUsed, PriceTrip
 from lane.core.names import TripSource
+from lane.store_watch import Alarm
 from lane.transport.mqtt import Incoming, MqttLink
-from lane.trip_desk import TripDesk
+from lane.trip_desk import REPLAY_PLATES, TripDesk
+from lane.verifier import TokenVerifier
 from lane.wire import topics
 from sim.codes import CodeFactory
 
@@ -106,13 +110,14 @@ def test_an_exit_the_tariff_cannot_price_is_unpriced_for_the_attendant() -> None
 # --- through the real trip desk and used-pass store -----------------------------------------
 
 
-def desk(store: ReplayStore, now: list[float]) -> TripDesk:
+def desk(store: ReplayStore, now: list[float], alarm: Alarm | None = None) -> TripDesk:
+    """`alarm`: the replay store's (the verifier's, which the desk says its faults through)."""
     # A link that never connects: the desk only publishes to clear a plate binding.
     link = MqttLink("127.0.0.1", 1, "never-connected")
     peers = CODES.peers(RULES.lane, store, lambda: KEYS, lambda: now[0])
-    return TripDesk(
-        RULES, TARIFF, lambda: KEYS, store, link, sharing=None, peers=peers, wall=lambda: now[0]
-    )
+    watch = TokenVerifier(RULES.lane, KEYS, DenyList.empty(), store, 30, alarm=alarm).replay_watch
+    return TripDesk(RULES, TARIFF, lambda: KEYS, store, link, sharing=None, peers=peers,
+                    wall=lambda: now[0], replay_watch=watch)  # fmt: skip
 
 
 async def exits(store: ReplayStore, showings: list[tuple[int, int]]) -> list[tuple[int, str, int]]:
@@ -160,10 +165,10 @@ def test_a_plate_prices_from_its_binding_and_the_binding_goes_with_the_exit(
             plate_ask = ask(None, source=TripSource.PLATE)
             assert not (await trips.price(plate_ask)).found
             text = pass_of(P01, 7)
-            trips.handle(Incoming(topics.road_plate("ZJA1"), binding(text), retain=True))
+            await trips.handle(Incoming(topics.road_plate("ZJA1"), binding(text), retain=True))
             answer = await trips.price(plate_ask)
             assert (answer.outcome, answer.amount_minor) == ("charged", 4000)
-            trips.handle(Incoming(topics.road_plate("ZJA1"), b"", retain=True))  # exited
+            await trips.handle(Incoming(topics.road_plate("ZJA1"), b"", retain=True))  # exited
             assert not (await trips.price(plate_ask)).found
 
     asyncio.run(run())
@@ -184,21 +189,78 @@ def test_a_forged_delete_does_not_let_an_older_binding_of_the_plate_back_in(
             trips = desk(store, clock)
             topic, plate_ask = topics.road_plate("ZJA1"), ask(None, source=TripSource.PLATE)
             earlier = pass_of(P01, 1, at=NOW - 5 * HOUR)
-            trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
+            await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
             answer = await trips.price(ask(earlier))
             assert answer.pass_id is not None
             await trips.mark_used(MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None))
-            trips.handle(Incoming(topic, binding(pass_of(P01, 2)), retain=True))  # this trip
-            trips.handle(Incoming(topic, b"", retain=True))  # forged
-            trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
+            await trips.handle(Incoming(topic, binding(pass_of(P01, 2)), retain=True))  # this trip
+            await trips.handle(Incoming(topic, b"", retain=True))  # forged
+            await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
             assert not (await trips.price(plate_ask)).found  # the vehicle shows its ticket
             later = pass_of(P02, 3, at=NOW - 60)
-            trips.handle(Incoming(topic, binding(later, at=NOW - 60), retain=True))
+            await trips.handle(Incoming(topic, binding(later, at=NOW - 60), retain=True))
             assert trips.bound == {"ZJA1": later}
-            trips.handle(Incoming(topic, b"", retain=True))
+            await trips.handle(Incoming(topic, b"", retain=True))
             clock[0] = NOW - 60 + RULES.road.max_trip_s + 1
-            trips.handle(Incoming(topics.road_plate("ZJB2"), b"", retain=True))
+            await trips.handle(Incoming(topics.road_plate("ZJB2"), b"", retain=True))
             assert trips.forgotten == {}  # no memory kept for ever, plate by plate
+
+    asyncio.run(run())
+
+
+def test_a_plates_binding_time_outlives_a_restart_of_the_exit_lane(tmp_path: Path) -> None:
+    """The forged delete and the earlier binding replayed while this lane was restarting: the
+    time of the binding it held comes back from the replay store, so the replay is refused as
+    older than the plate's, and the plate's current binding, when the broker hands it, taken."""
+
+    async def run() -> None:
+        path, clock = tmp_path / "replay.sqlite3", [float(NOW)]
+        topic, plate_ask = topics.road_plate("ZJA1"), ask(None, source=TripSource.PLATE)
+        earlier, current = pass_of(P01, 1, at=NOW - 5 * HOUR), pass_of(P01, 2)
+        with ReplayStore(path) as store:
+            trips = desk(store, clock)
+            await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
+            await trips.handle(Incoming(topic, binding(current), retain=True))
+            await trips.handle(Incoming(topic, b"", retain=True))  # forged
+        with ReplayStore(path) as store:  # the lane starts again
+            trips = desk(store, clock)
+            assert trips.forgotten == {"ZJA1": NOW - HOUR}
+            await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
+            assert not (await trips.price(plate_ask)).found  # the vehicle shows its ticket
+            await trips.handle(Incoming(topic, binding(current), retain=True))
+            assert trips.bound == {"ZJA1": current}
+            # Kept while a trip may last, no longer: a plate's time goes with its next write.
+            clock[0] = NOW - HOUR + RULES.road.max_trip_s + 1
+            await trips.handle(
+                Incoming(topics.road_plate("ZJB2"), binding(current, "ZJB2", at=clock[0] - 1))
+            )
+            assert store.plate_times(0) == {"ZJB2": clock[0] - 1}
+
+    asyncio.run(run())
+
+
+def test_a_binding_time_the_store_does_not_take_is_alarmed_and_written_with_the_next(
+    tmp_path: Path,
+) -> None:
+    """The replay store locked by another process: the binding is taken all the same, its time
+    held in memory and `replay_store_error` says so; the next binding once the store takes
+    writes again writes both, and clears it."""
+
+    async def run() -> None:
+        path = tmp_path / "replay.sqlite3"
+        said: list[tuple[str, str | None]] = []
+        with ReplayStore(path) as store:
+            trips = desk(store, [float(NOW)], lambda code, text: said.append((code, text)))
+            with locked(path):  # SQLite's wait runs out
+                await trips.handle(Incoming(topics.road_plate("ZJA1"), binding(pass_of(P01, 1))))
+            assert trips.bound == {"ZJA1": pass_of(P01, 1)}
+            [(code, text)] = said
+            assert code == "replay_store_error" and text is not None
+            assert text.startswith(f"{REPLAY_PLATES} {path}: database is locked")
+            later = binding(pass_of(P01, 2), "ZJB2", at=NOW - 60)
+            await trips.handle(Incoming(topics.road_plate("ZJB2"), later))
+            assert said[-1] == ("replay_store_error", None)
+            assert store.plate_times(0) == {"ZJA1": NOW - HOUR, "ZJB2": NOW - 60}
 
     asyncio.run(run())
 
@@ -208,14 +270,19 @@ def test_a_plate_binding_that_is_no_pass_text_is_refused_and_not_kept(
 ) -> None:
     """Not ASCII, or longer than any pass (a retained megabyte on the road's topic), signed or
     not: logged with its topic and not held in memory."""
-    with ReplayStore(tmp_path / "replay.sqlite3") as store:
-        trips = desk(store, [float(NOW)])
-        topic = topics.road_plate("ZJA1")
-        for payload in (b"\xff\xfe", b"A" * (MAX_TEXT_LEN + 1), b"A" * 1_000_000,
-                        binding("A" * (MAX_TEXT_LEN + 1)), binding("\u6d59A1")):  # fmt: skip
-            trips.handle(Incoming(topic, payload, retain=True))
-        assert trips.bound == {}
-        lines = [r for r in caplog.records if r.getMessage() == "plate binding refused: malformed"]
-        assert [r.__dict__["topic"] for r in lines] == [topic] * 5
-        trips.handle(Incoming(topic, binding("A" * MAX_TEXT_LEN), retain=True))
-        assert trips.bound == {"ZJA1": "A" * MAX_TEXT_LEN}
+
+    async def run() -> None:
+        with ReplayStore(tmp_path / "replay.sqlite3") as store:
+            trips = desk(store, [float(NOW)])
+            topic = topics.road_plate("ZJA1")
+            for payload in (b"\xff\xfe", b"A" * (MAX_TEXT_LEN + 1), b"A" * 1_000_000,
+                            binding("A" * (MAX_TEXT_LEN + 1)), binding("\u6d59A1")):  # fmt: skip
+                await trips.handle(Incoming(topic, payload, retain=True))
+            assert trips.bound == {}
+            said = "plate binding refused: malformed"
+            lines = [r for r in caplog.records if r.getMessage() == said]
+            assert [r.__dict__["topic"] for r in lines] == [topic] * 5
+            await trips.handle(Incoming(topic, binding("A" * MAX_TEXT_LEN), retain=True))
+            assert trips.bound == {"ZJA1": "A" * MAX_TEXT_LEN}
+
+    asyncio.run(run())
