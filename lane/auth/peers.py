@@ -7,8 +7,11 @@ lane.trip_desk), which call it where they encode and decode their messages:
 - `seal(payload)`: the message signed with the lane's key (lane.auth.peer_messages); a lane
   without one (only while `auth.accept_unsigned_peers` is on) sends it bare.
 - `open(...)`: the verified message, or None after one warning line naming the topic, the lane
-  the message claims and the refusal; the refusal is kept for `peer_messages_refused`, an
-  unsigned message taken for `unsigned_peer_messages`.
+  the message claims and the refusal (the first of its kind, its message's name and reason,
+  in `REFUSAL_LOG_EVERY_S`: the others are counted, and `say_counted(now)`, from the health
+  loop every second, says how many once that time has passed: a flood writes two lines a
+  minute); the refusal is kept for `peer_messages_refused` (every one of them), an unsigned
+  message taken for `unsigned_peer_messages`.
 - `first_hearing(...)`: False for a message already taken (its digest marked in the replay
   store, `peer:` keys, kept as long as the message could act, and never longer than this
   lane's own rules let what it names act: a peer's `exp` beyond that is cut, with a line): a
@@ -29,9 +32,17 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from lane.auth.keys import KeySet
-from lane.auth.peer_messages import LaneKey, PeerOpened, PeerRefusal, PeerWatch, open_peer
+from lane.auth.peer_messages import (
+    LaneKey,
+    PeerOpened,
+    PeerRefusal,
+    PeerWatch,
+    RefusalLog,
+    open_peer,
+)
 from lane.auth.peer_messages import own_key_missing as own_key_text
 from lane.auth.replay import ReplayStore, ReplayStoreError
+from lane.auth.wechatpay_certs import utc_text
 
 log = logging.getLogger("lane.auth.peers")
 
@@ -67,6 +78,7 @@ class Peers:
         self.accept_unsigned = accept_unsigned
         self.wall = wall
         self.watch = PeerWatch()
+        self.refusal_log = RefusalLog()
 
     def seal(self, payload: bytes) -> bytes:
         return payload if self.key is None else self.key.seal(payload)
@@ -92,11 +104,12 @@ class Peers:
             # Our own publish coming back while our key is not in the key set
             # (`lane_key_missing` says so), or a forgery in our name: nothing to act on.
             return None
-        log.warning(
-            f"{what} refused: {got.reason}",
-            extra={"lane": self.lane, "topic": topic, "from_lane": got.lane,
-                   "reason": str(got.reason), "kid": got.kid, "error": got.detail},
-        )  # fmt: skip
+        if self.refusal_log.admit(what, got.reason, now):
+            log.warning(
+                f"{what} refused: {got.reason}",
+                extra={"lane": self.lane, "topic": topic, "from_lane": got.lane,
+                       "reason": str(got.reason), "kid": got.kid, "error": got.detail},
+            )  # fmt: skip
         if got.lane is not None and got.reason is not PeerRefusal.MALFORMED:
             self.watch.refusal(got.lane, got.reason, now)
         return None
@@ -132,6 +145,16 @@ class Peers:
             log.info("peer message heard before: ignored",
                      extra={**ids, "lane": self.lane, "from_lane": opened.lane})  # fmt: skip
         return first
+
+    def say_counted(self, now: float) -> None:
+        """One line per kind of refusal counted, not logged, in a window that has passed."""
+        for counted in self.refusal_log.counted(now):
+            log.warning(
+                f"{counted.what} refused: {counted.reason}: {counted.count} more since"
+                f" {utc_text(counted.since)}",
+                extra={"lane": self.lane, "reason": str(counted.reason),
+                       "refused": counted.count, "since": counted.since},
+            )  # fmt: skip
 
     def alarm_texts(self, now: float) -> dict[str, str | None]:
         keys = self.keys()

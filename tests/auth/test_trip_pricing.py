@@ -19,6 +19,7 @@ from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.passes import MAX_TEXT_LEN, EntryPass
+from lane.auth.peer_messages import REFUSAL_LOG_EVERY_S
 from lane.auth.plate_binding import PlateBinding, encode_binding
 from lane.auth.replay import ReplayStore
 from lane.auth.trip_pricing import ExitLaneRules, evidence_of, pass_expiry, price_trip
@@ -269,7 +270,7 @@ def test_a_plate_binding_that_is_no_pass_text_is_refused_and_not_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Not ASCII, or longer than any pass (a retained megabyte on the road's topic), signed or
-    not: logged with its topic and not held in memory."""
+    not: logged with its topic (the first, the others counted) and not held in memory."""
 
     async def run() -> None:
         with ReplayStore(tmp_path / "replay.sqlite3") as store:
@@ -281,7 +282,10 @@ def test_a_plate_binding_that_is_no_pass_text_is_refused_and_not_kept(
             assert trips.bound == {}
             said = "plate binding refused: malformed"
             lines = [r for r in caplog.records if r.getMessage() == said]
-            assert [r.__dict__["topic"] for r in lines] == [topic] * 5
+            assert [r.__dict__["topic"] for r in lines] == [topic]  # then counted, a minute
+            trips.peers.say_counted(NOW + REFUSAL_LOG_EVERY_S)
+            [counted] = [r for r in caplog.records if r.getMessage().startswith(f"{said}: 4 more")]
+            assert counted.__dict__["refused"] == 4
             await trips.handle(Incoming(topic, binding("A" * MAX_TEXT_LEN), retain=True))
             assert trips.bound == {"ZJA1": "A" * MAX_TEXT_LEN}
 

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mqtt_kit import sender
 from polling import eventually
 from test_lane_daemon import show
-from test_lane_peers import REFUSED, sender
+from test_lane_peers import REFUSED
 from test_road_lanes import Road, RoadLane, eventually_value, road, running_back_office
 
 from lane.auth.fares import load_tariff
