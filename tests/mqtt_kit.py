@@ -27,11 +27,18 @@ async def collected(
     async def on_message(msg: Incoming) -> None:
         got.append(decode(msg.payload))
 
-    watcher = MqttLink(mosquitto.host, mosquitto.port, client_id, [(topic, 1)], on_message)
-    task = asyncio.create_task(watcher.run())
-    try:
-        await watcher.wait_connected(5)
+    async with running(MqttLink(mosquitto.host, mosquitto.port, client_id, [(topic, 1)],
+                                on_message)):  # fmt: skip
         yield got
+
+
+@asynccontextmanager
+async def running(link: MqttLink) -> AsyncIterator[MqttLink]:
+    """`link` running, connected, while the block runs."""
+    task = asyncio.create_task(link.run())
+    try:
+        await link.wait_connected(5)
+        yield link
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -40,14 +47,8 @@ async def collected(
 @asynccontextmanager
 async def sender(broker: Mosquitto, client_id: str) -> AsyncIterator[MqttLink]:
     """A client with the lanes' broker account, connected: anybody who has the password."""
-    link = MqttLink(broker.host, broker.port, client_id)
-    task = asyncio.create_task(link.run())
-    try:
-        await link.wait_connected(5)
+    async with running(MqttLink(broker.host, broker.port, client_id)) as link:
         yield link
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 PUBACK = 0x40  # MQTT fixed header: packet type 4, no flags
