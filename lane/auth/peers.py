@@ -36,6 +36,7 @@ from lane.auth.peer_messages import (
     LaneKey,
     PeerOpened,
     PeerRefusal,
+    PeerRefused,
     PeerWatch,
     RefusalLog,
     open_peer,
@@ -104,6 +105,11 @@ class Peers:
             # Our own publish coming back while our key is not in the key set
             # (`lane_key_missing` says so), or a forgery in our name: nothing to act on.
             return None
+        self.refuse(topic, what, got, now)
+        return None
+
+    def refuse(self, topic: str, what: str, got: PeerRefused, now: float) -> None:
+        """Log a message refused (unless counted: `refusal_log`) and keep it for the alarm."""
         if self.refusal_log.admit(what, got.reason, now):
             log.warning(
                 f"{what} refused: {got.reason}",
@@ -112,7 +118,6 @@ class Peers:
             )  # fmt: skip
         if got.lane is not None and got.reason is not PeerRefusal.MALFORMED:
             self.watch.refusal(got.lane, got.reason, now)
-        return None
 
     async def first_hearing(
         self, opened: PeerOpened[T], exp: float, ids: dict[str, str], *, latest: float
