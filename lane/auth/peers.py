@@ -11,7 +11,8 @@ lane.trip_desk), which call it where they encode and decode their messages:
   in `REFUSAL_LOG_EVERY_S`: the others are counted, and `say_counted(now)`, from the health
   loop every second, says how many once that time has passed: a flood writes two lines a
   minute); the refusal is kept for `peer_messages_refused` (every one of them), an unsigned
-  message taken for `unsigned_peer_messages`.
+  message taken for `unsigned_peer_messages`. `refuse(...)` does the same for what a desk
+  refuses itself before opening it (an MQTT delete of a plate binding: it cannot be signed).
 - `first_hearing(...)`: False for a message already taken (its digest marked in the replay
   store, `peer:` keys, kept as long as the message could act, and never longer than this
   lane's own rules let what it names act: a peer's `exp` beyond that is cut, with a line): a
