@@ -665,6 +665,7 @@ class LaneDaemon:
                 sharing=self.sharing,
                 peers=self.peers,
                 wall=self.clocks.wall,
+                replay_watch=self.verifier.replay_watch,
             )
         return RoadDesks(tickets, trips)
 
@@ -788,7 +789,7 @@ class LaneDaemon:
         elif self.road.tickets is not None and self.road.tickets.handles(msg.topic):
             self.road.tickets.handle(msg)
         elif self.road.trips is not None and self.road.trips.handles(msg.topic):
-            self.road.trips.handle(msg)
+            await self.road.trips.handle(msg)
         elif self.road.taps is not None and self.road.taps.handles(msg.topic):
             await self.road.taps.handle(msg)
         elif self.sharing is not None:
@@ -1099,6 +1100,7 @@ class LaneDaemon:
             refused = self.verifier.refusal_text()
             if refused != self.runner.alarms.get("trust_update_refused"):
                 self.runner.alarm("trust_update_refused", refused)
+            self.peers.say_counted(self.clocks.wall())
             for code, text in self.peers.alarm_texts(self.clocks.wall()).items():
                 if text != self.runner.alarms.get(code):
                     self.runner.alarm(code, text)

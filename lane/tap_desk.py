@@ -273,7 +273,10 @@ class TapDesk:
             )  # fmt: skip
             return
         until = record.ts_us / 1e6 + self.retention_s  # no gate acts on it any later
-        if not await self.peers.first_hearing(opened, until, {"record_id": record.record_id}):
+        # A tap-out or a refund stamped ahead is taken: kept no later than one stamped now.
+        latest = self.wall() + self.clocks.skew_s + self.retention_s
+        ids = {"record_id": record.record_id}
+        if not await self.peers.first_hearing(opened, until, ids, latest=latest):
             return
         self.received += 1
         if d.kind == RecordKind.TAP_OUT:

@@ -1,5 +1,6 @@
-"""A test's own MQTT watcher on the session broker (what a lane publishes on one topic), and
-a TCP proxy to it that holds back PUBACKs or slips in a packet of its own."""
+"""A test's own MQTT watcher on the session broker (what a lane publishes on one topic), a
+client with the lanes' broker account (anybody who has the password), and a TCP proxy to it
+that holds back PUBACKs or slips in a packet of its own."""
 
 from __future__ import annotations
 
@@ -26,14 +27,28 @@ async def collected(
     async def on_message(msg: Incoming) -> None:
         got.append(decode(msg.payload))
 
-    watcher = MqttLink(mosquitto.host, mosquitto.port, client_id, [(topic, 1)], on_message)
-    task = asyncio.create_task(watcher.run())
-    try:
-        await watcher.wait_connected(5)
+    async with running(MqttLink(mosquitto.host, mosquitto.port, client_id, [(topic, 1)],
+                                on_message)):  # fmt: skip
         yield got
+
+
+@asynccontextmanager
+async def running(link: MqttLink) -> AsyncIterator[MqttLink]:
+    """`link` running, connected, while the block runs."""
+    task = asyncio.create_task(link.run())
+    try:
+        await link.wait_connected(5)
+        yield link
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@asynccontextmanager
+async def sender(broker: Mosquitto, client_id: str) -> AsyncIterator[MqttLink]:
+    """A client with the lanes' broker account, connected: anybody who has the password."""
+    async with running(MqttLink(broker.host, broker.port, client_id)) as link:
+        yield link
 
 
 PUBACK = 0x40  # MQTT fixed header: packet type 4, no flags

@@ -7,11 +7,16 @@ lane.trip_desk), which call it where they encode and decode their messages:
 - `seal(payload)`: the message signed with the lane's key (lane.auth.peer_messages); a lane
   without one (only while `auth.accept_unsigned_peers` is on) sends it bare.
 - `open(...)`: the verified message, or None after one warning line naming the topic, the lane
-  the message claims and the refusal; the refusal is kept for `peer_messages_refused`, an
-  unsigned message taken for `unsigned_peer_messages`.
+  the message claims and the refusal (the first of its kind, its message's name and reason,
+  in `REFUSAL_LOG_EVERY_S`: the others are counted, and `say_counted(now)`, from the health
+  loop every second, says how many once that time has passed: a flood writes two lines a
+  minute); the refusal is kept for `peer_messages_refused` (every one of them), an unsigned
+  message taken for `unsigned_peer_messages`. `refuse(...)` does the same for what a desk
+  refuses itself before opening it (an MQTT delete of a plate binding: it cannot be signed).
 - `first_hearing(...)`: False for a message already taken (its digest marked in the replay
-  store, `peer:` keys, kept as long as the message could act): a replay of a genuine signed
-  message is not taken twice.
+  store, `peer:` keys, kept as long as the message could act, and never longer than this
+  lane's own rules let what it names act: a peer's `exp` beyond that is cut, with a line): a
+  replay of a genuine signed message is not taken twice.
 - `alarm_texts(now)`: the three peer alarms' texts (None: clear), which the health loop raises
   and clears every second: `peer_messages_refused` (per lane, until a message of that lane
   verifies or `PEER_QUIET_S` passes without a refusal from it), `unsigned_peer_messages` (until
@@ -28,9 +33,18 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from lane.auth.keys import KeySet
-from lane.auth.peer_messages import LaneKey, PeerOpened, PeerRefusal, PeerWatch, open_peer
+from lane.auth.peer_messages import (
+    LaneKey,
+    PeerOpened,
+    PeerRefusal,
+    PeerRefused,
+    PeerWatch,
+    RefusalLog,
+    open_peer,
+)
 from lane.auth.peer_messages import own_key_missing as own_key_text
 from lane.auth.replay import ReplayStore, ReplayStoreError
+from lane.auth.wechatpay_certs import utc_text
 
 log = logging.getLogger("lane.auth.peers")
 
@@ -40,6 +54,12 @@ UNSIGNED_ALARM = "unsigned_peer_messages"
 KEY_MISSING_ALARM = "lane_key_missing"
 # Replay store keys of messages taken: never a token id or a pass (`pass:`) key.
 HEARD_PREFIX = "peer:"
+
+
+def heard_key(payload: bytes) -> str:
+    """A message's mark as taken: the digest of its payload, not of its envelope (a genuine
+    ECDSA signature can be re-made as another valid one without the key)."""
+    return HEARD_PREFIX + hashlib.sha256(payload).hexdigest()[:32]
 
 
 class Peers:
@@ -60,6 +80,7 @@ class Peers:
         self.accept_unsigned = accept_unsigned
         self.wall = wall
         self.watch = PeerWatch()
+        self.refusal_log = RefusalLog()
 
     def seal(self, payload: bytes) -> bytes:
         return payload if self.key is None else self.key.seal(payload)
@@ -85,23 +106,42 @@ class Peers:
             # Our own publish coming back while our key is not in the key set
             # (`lane_key_missing` says so), or a forgery in our name: nothing to act on.
             return None
-        log.warning(
-            f"{what} refused: {got.reason}",
-            extra={"lane": self.lane, "topic": topic, "from_lane": got.lane,
-                   "reason": str(got.reason), "kid": got.kid, "error": got.detail},
-        )  # fmt: skip
-        if got.lane is not None and got.reason is not PeerRefusal.MALFORMED:
-            self.watch.refusal(got.lane, got.reason, now)
+        self.refuse(topic, what, got, now)
         return None
 
-    async def first_hearing(self, opened: PeerOpened[T], exp: float, ids: dict[str, str]) -> bool:
+    def refuse(self, topic: str, what: str, got: PeerRefused, now: float) -> None:
+        """Log a message refused (unless counted: `refusal_log`) and keep it for the alarm."""
+        if self.refusal_log.admit(what, got.reason, now):
+            log.warning(
+                f"{what} refused: {got.reason}",
+                extra={"lane": self.lane, "topic": topic, "from_lane": got.lane,
+                       "reason": str(got.reason), "kid": got.kid, "error": got.detail},
+            )  # fmt: skip
+        if got.lane is not None and got.reason is not PeerRefusal.MALFORMED:
+            self.watch.refusal(got.lane, got.reason, now)
+
+    async def first_hearing(
+        self, opened: PeerOpened[T], exp: float, ids: dict[str, str], *, latest: float
+    ) -> bool:
         """Mark the message as taken until `exp` (unix s); False when it was taken before (a
-        replay, or the broker's second delivery). A store that fails takes it all the same: the
-        message is genuine, and what it does says the store's fault itself."""
-        heard = HEARD_PREFIX + hashlib.sha256(opened.payload).hexdigest()[:32]
+        replay, or the broker's second delivery). `latest`: the latest time this lane's own
+        rules let what the message names act here (a token's or a pass's lifetime cap, a
+        tap-in's retention): a later `exp` (a peer's bad clock or rules, or its key's) is cut to
+        it with a line, so no message keeps a mark here for longer than this lane would. A
+        store that fails takes it all the same: the message is genuine, and what it does says
+        the store's fault itself."""
+        kept = min(exp, latest)
+        if kept < exp:
+            log.warning("peer message marked heard only to this lane's limit",
+                        extra={**ids, "lane": self.lane, "from_lane": opened.lane, "exp": exp,
+                               "kept_exp": kept})  # fmt: skip
         try:
             first = await asyncio.to_thread(
-                self.replay.check_and_mark, heard, int(exp) + 1, opened.lane, self.wall()
+                self.replay.check_and_mark,
+                heard_key(opened.payload),
+                int(kept) + 1,
+                opened.lane,
+                self.wall(),
             )
         except ReplayStoreError as exc:
             log.error("peer message not marked as heard", extra={**ids, "lane": self.lane,
@@ -111,6 +151,16 @@ class Peers:
             log.info("peer message heard before: ignored",
                      extra={**ids, "lane": self.lane, "from_lane": opened.lane})  # fmt: skip
         return first
+
+    def say_counted(self, now: float) -> None:
+        """One line per kind of refusal counted, not logged, in a window that has passed."""
+        for counted in self.refusal_log.counted(now):
+            log.warning(
+                f"{counted.what} refused: {counted.reason}: {counted.count} more since"
+                f" {utc_text(counted.since)}",
+                extra={"lane": self.lane, "reason": str(counted.reason),
+                       "refused": counted.count, "since": counted.since},
+            )  # fmt: skip
 
     def alarm_texts(self, now: float) -> dict[str, str | None]:
         keys = self.keys()

@@ -208,7 +208,8 @@ class UsedTokenSharing:
             )  # fmt: skip
             return
         ids = {"token_id": msg.token_id}
-        if not await self.peers.first_hearing(opened, msg.exp, ids):
+        latest = self.store.bounds.latest_exp(msg.token_id, self.clock())
+        if not await self.peers.first_hearing(opened, msg.exp, ids, latest=latest):
             return
         try:
             if msg.kind is MarkKind.RELEASE:

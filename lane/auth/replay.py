@@ -23,6 +23,10 @@ A metro gate keeps here too the refunded tap-ins its tap store could not drop (l
 held until dropped; `undropped`, schema 3), as that store keeps the exits this one could not
 mark: each store keeps what the other owes, so a restart while one fails still knows it.
 
+A toll-exit lane keeps here too the signed time of the latest plate binding it took per plate,
+and whether it was emptied since (lane.trip_desk; `plate_times`, schema 4), while a trip may
+last: a lane that restarts still refuses a plate's older binding replayed, or the emptied one.
+
 The calls block (fsync); the asyncio shell runs them with `asyncio.to_thread`. The schema is
 versioned with PRAGMA user_version; `MIGRATIONS[i]` takes a file from version i to i + 1.
 """
@@ -39,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from lane.auth.passes import DEFAULT_PASS_LIFETIME_S, USED_PASS_PREFIX, pass_valid_until
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S
@@ -99,7 +103,31 @@ def _add_undropped_v3(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_ledger_v2, _add_undropped_v3)
+def _add_plate_times_v4(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE plate_times ("
+        " plate TEXT PRIMARY KEY,"  # normalised (lane.auth.trip_rules.normalise_plate)
+        " ts REAL NOT NULL,"  # the signed time of the latest binding of it taken (unix s)
+        " emptied INTEGER NOT NULL"  # 1: that binding's pass has exited (its tombstone)
+        ") WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX plate_times_ts ON plate_times (ts)")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _create_v1,
+    _add_ledger_v2,
+    _add_undropped_v3,
+    _add_plate_times_v4,
+)
+
+
+class PlateTime(NamedTuple):
+    """The signed time of a plate's latest binding a toll exit lane took, and whether that
+    binding was emptied since (its pass exited); a later one is the greater."""
+
+    ts: float
+    emptied: bool
 
 
 @dataclass(frozen=True)
@@ -275,6 +303,26 @@ class ReplayStore:
         """The refunded tap-ins kept held until dropped, but the expired ones."""
         rows = self._query("SELECT trip, lane, expires FROM undropped WHERE expires >= ?", (now,))
         return {str(trip): (float(expires), str(lane)) for trip, lane, expires in rows}
+
+    def keep_plate_times(self, times: Mapping[str, PlateTime], forget_before: float) -> None:
+        """Keep, per plate, the later of this time and the one kept before (of one binding,
+        emptied is the later: the order they come in does not matter), and forget the plates
+        whose time is before `forget_before`."""
+        with immediate(self._conn, self._lock, self._error):
+            self._conn.executemany(
+                "INSERT INTO plate_times (plate, ts, emptied) VALUES (?, ?, ?)"
+                " ON CONFLICT (plate) DO UPDATE SET ts = excluded.ts, emptied = excluded.emptied"
+                " WHERE (excluded.ts, excluded.emptied) > (ts, emptied)",
+                [(plate, at.ts, int(at.emptied)) for plate, at in times.items()],
+            )
+            self._conn.execute("DELETE FROM plate_times WHERE ts < ?", (forget_before,))
+
+    def plate_times(self, since: float) -> dict[str, PlateTime]:
+        """The plates' times kept, `since` or later, the oldest first."""
+        rows = self._query(
+            "SELECT plate, ts, emptied FROM plate_times WHERE ts >= ? ORDER BY ts", (since,)
+        )
+        return {str(plate): PlateTime(float(ts), bool(emptied)) for plate, ts, emptied in rows}
 
     def ledger(self) -> float:
         """Seconds this store has been open, over every run: the clock the purge trusts."""

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from lane.auth.deny import DenyList
 from lane.auth.fares import load_tariff
 from lane.auth.paycodes import online_code
+from lane.auth.peers import heard_key
 from lane.auth.replay import ReplayStore
 from lane.auth.tokens import issue_compact_token
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
@@ -363,6 +364,27 @@ async def _future_tap_in() -> None:
         answer = await gate.price(ask(token))
         assert (answer.outcome, answer.entry_plaza) == ("charged", "S02")
         assert answer.pass_id == uuid.UUID(real.record_id).hex
+
+
+def test_a_tap_out_stamped_far_ahead_is_marked_heard_no_longer_than_a_tap_in_is_kept() -> None:
+    asyncio.run(_far_tap_out())
+
+
+async def _far_tap_out() -> None:
+    """A tap-out is taken stamped ahead (it closes a tap-in all the same), but its heard mark,
+    timed by its stamp plus the retention, would stay in the replay store for years: it is kept
+    no later than one stamped now would be."""
+    clock = [float(NOW)]
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        entered = tap_in("S01", NOW - 600)
+        out = tap_out_of(entered, 500, "S02/g1", NOW + 365 * 86_400)
+        await gate.handle(Incoming(topics.line_taps("L1"), signed(out)))
+        assert gate.received == 1
+        heard = gate.replay.get(heard_key(out.encode()))
+        assert heard is not None and heard.exp <= NOW + RULES.skew_s + 28_800 + 1
+        gate.store.close()
+        gate.replay.close()
 
 
 def test_a_refund_of_a_tap_in_from_another_gate_than_its_own_drops_nothing() -> None:

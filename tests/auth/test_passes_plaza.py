@@ -12,6 +12,7 @@ from pathlib import Path
 from polling import eventually
 from test_replay_plaza import lane_sharing, wait_for_mark
 
+from lane.auth.deny import DenyList
 from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
@@ -22,6 +23,7 @@ from lane.auth.trip_rules import ExitContext, Outcome, RoadRules, decide_fare
 from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.names import TripSource
 from lane.trip_desk import TripDesk
+from lane.verifier import TokenVerifier
 from sim.broker import Mosquitto
 
 DAY = 86_400
@@ -83,8 +85,9 @@ async def test_a_pass_id_a_bad_peer_sends_for_years_is_kept_by_the_pass_lifetime
 
 def exit_desk(sharing: UsedTokenSharing, keys: KeySet) -> TripDesk:
     rules = ExitLaneRules("P03", sharing.lane, RoadRules(), pass_lifetime_s=30 * DAY, skew_s=30)
+    watch = TokenVerifier(sharing.lane, keys, DenyList.empty(), sharing.store, 30).replay_watch
     return TripDesk(rules, TARIFF, lambda: keys, sharing.store, sharing.link, sharing=sharing,
-                    peers=sharing.peers, wall=time.time)  # fmt: skip
+                    peers=sharing.peers, wall=time.time, replay_watch=watch)  # fmt: skip
 
 
 def shown(text: str) -> PriceTrip:

@@ -26,6 +26,8 @@ from lane.auth.peer_messages import (
     PeerRefusal,
     PeerRefused,
     PeerWatch,
+    RefusalLog,
+    RefusalsCounted,
     open_peer,
     own_key_missing,
 )
@@ -253,3 +255,23 @@ def test_an_alarm_names_a_few_lanes_and_counts_the_rest() -> None:
     text = watch.refused_text(NOW + 200) or ""
     assert text.count("messages from") == MAX_NAMED and text.endswith("and 60 more")
     assert "p07/f199" in text and len(watch.refused) == 64
+
+
+def test_a_kind_of_refusal_is_logged_once_a_window_and_the_rest_counted() -> None:
+    log = RefusalLog(every_s=60)
+    used, plate = "used-token message", "plate binding"
+    assert log.admit(used, PeerRefusal.MALFORMED, NOW)
+    assert log.admit(plate, PeerRefusal.MALFORMED, NOW)  # another message: its own line
+    assert log.admit(used, PeerRefusal.UNSIGNED, NOW)  # another reason: its own line
+    assert not any(log.admit(used, PeerRefusal.MALFORMED, NOW + n) for n in range(1, 100))
+    assert log.counted(NOW + 59.9) == []
+    # A window that passed with refusals counted stays until they are said.
+    assert not log.admit(used, PeerRefusal.MALFORMED, NOW + 61)
+    assert log.counted(NOW + 61) == [RefusalsCounted(used, PeerRefusal.MALFORMED, 100, NOW)]
+    assert log.windows == {}  # the two with nothing counted went too
+    assert log.admit(used, PeerRefusal.MALFORMED, NOW + 62)  # a new window, in full
+    assert log.admit(used, PeerRefusal.MALFORMED, NOW + 122)  # one passed, nothing counted
+    assert not log.admit(used, PeerRefusal.MALFORMED, NOW + 123)
+    # The clock set back: the window has passed (never held open until the clock catches up).
+    assert log.counted(NOW + 10) == [RefusalsCounted(used, PeerRefusal.MALFORMED, 1, NOW + 122)]
+    assert log.admit(used, PeerRefusal.MALFORMED, NOW + 10)

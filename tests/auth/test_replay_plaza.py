@@ -14,11 +14,13 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from mqtt_kit import sender
 from polling import eventually
 
 from lane.auth.deny import DenyList
 from lane.auth.issuer import TokenIssuer
 from lane.auth.keys import KeySet
+from lane.auth.peers import heard_key
 from lane.auth.plaza import (
     MAX_TIME,
     MAX_TOKEN_ID_LEN,
@@ -248,6 +250,29 @@ async def test_a_use_or_release_from_a_lane_outside_the_plaza_is_refused(
         refused = [r for r in caplog.records if "outside the plaza" in r.getMessage()]
         assert len(refused) == 8
         assert {r.__dict__["topic"] for r in refused} == {used_tokens_topic(plaza)}
+
+
+async def test_a_peer_message_is_marked_heard_no_longer_than_this_lane_keeps_what_it_names(
+    mosquitto: Mosquitto, lane_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A genuine use signed with an exp years ahead (a peer's bad clock or rules; its key in
+    the wrong hands) would keep its heard mark, and the replay store's row, for those years: it
+    is kept to the latest exp this lane would accept a token of now, with a line."""
+    plaza = lane_id.split("/", maxsplit=1)[0]
+    async with lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/l02") as (b, _):
+        await b.link.wait_connected(5)
+        now = time.time()
+        far = UsedTokenMsg("cafe", int(now) + 10 * 365 * 86_400, f"{plaza}/l09", now)
+        payload = signed(far)
+        async with sender(mosquitto, f"far-{lane_id}") as link:
+            await link.publish(used_tokens_topic(plaza), payload)
+            await wait_for_mark(b.store, "cafe")
+        heard = b.store.get(heard_key(encode_used_token(far)))
+        assert heard is not None
+        assert heard.exp <= b.store.bounds.latest_exp("cafe", time.time()) + 1
+        [line] = [r.__dict__ for r in caplog.records if r.getMessage().startswith("peer message")]
+        assert line["message"] == "peer message marked heard only to this lane's limit"
+        assert (line["token_id"], line["exp"]) == ("cafe", far.exp)
 
 
 @given(st.from_regex(r"[\w-]+", fullmatch=True), st.from_regex(r"[\w-]+", fullmatch=True),

@@ -13,7 +13,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lane.auth.passes import pass_key
-from lane.auth.replay import MIGRATIONS, RemoteBounds, ReplayStore, ReplayStoreError, UsedToken
+from lane.auth.replay import (
+    MIGRATIONS,
+    PlateTime,
+    RemoteBounds,
+    ReplayStore,
+    ReplayStoreError,
+    UsedToken,
+)
 
 NOW = 1_800_000_000.0
 
@@ -216,6 +223,27 @@ def test_migration_hook_upgrades_existing_file(tmp_path: Path) -> None:
     columns = [row[1] for row in conn.execute("PRAGMA table_info(used_tokens)")]
     assert "source" in columns
     conn.close()
+
+
+def test_a_version_3_file_takes_the_plate_times_and_keeps_its_marks(tmp_path: Path) -> None:
+    """A toll exit's replay store of the release before (schema 3) upgrades in place: its
+    marks stay, and it keeps the plates' latest binding times (and whether emptied) from then
+    on."""
+    path = tmp_path / "replay.db"
+    with ReplayStore(path, migrations=MIGRATIONS[:3]) as v3:
+        v3.check_and_mark("pass:aa01", 1_800_000_060, "P03/x1", NOW)
+    with ReplayStore(path) as v4:
+        assert v4.schema_version == 4 == len(MIGRATIONS)
+        assert not v4.check_and_mark("pass:aa01", 1_800_000_060, "P03/x1", NOW)
+        bound, emptied = PlateTime(NOW - 60, emptied=False), PlateTime(NOW - 60, emptied=True)
+        v4.keep_plate_times({"ZJA1": emptied, "ZJB2": PlateTime(NOW - 7200, False)}, NOW - 3600)
+        v4.keep_plate_times({"ZJA1": bound, "ZJC3": PlateTime(NOW - 30, False)}, NOW - 3600)
+        v4.keep_plate_times({"ZJA1": PlateTime(NOW - 120, True)}, NOW - 3600)
+        # The later stays, whatever the order: of one binding, the emptied one.
+        assert v4.plate_times(NOW - 3600) == {"ZJA1": emptied, "ZJC3": PlateTime(NOW - 30, False)}
+        assert list(v4.plate_times(0)) == ["ZJA1", "ZJC3"]  # the oldest first
+        v4.keep_plate_times({"ZJA1": PlateTime(NOW - 10, False)}, NOW - 3600)  # its next trip
+        assert v4.plate_times(NOW - 3600)["ZJA1"] == PlateTime(NOW - 10, False)
 
 
 def test_failed_migration_leaves_file_untouched(tmp_path: Path) -> None:

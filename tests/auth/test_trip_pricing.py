@@ -6,26 +6,33 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_tap_desk_stores import locked
 
+from lane.auth.deny import DenyList
 from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.passes import MAX_TEXT_LEN, EntryPass
-from lane.auth.plate_binding import PlateBinding, encode_binding
-from lane.auth.replay import ReplayStore
+from lane.auth.peer_messages import REFUSAL_LOG_EVERY_S
+from lane.auth.plate_binding import BindingKind, PlateBinding, decode_binding, encode_binding
+from lane.auth.replay import PlateTime, ReplayStore
 from lane.auth.trip_pricing import ExitLaneRules, evidence_of, pass_expiry, price_trip
 from lane.auth.trip_rules import RoadRules
 from lane.core.actions import MarkPassUsed, PriceTrip
 from lane.core.names import TripSource
+from lane.store_watch import Alarm
 from lane.transport.mqtt import Incoming, MqttLink
-from lane.trip_desk import TripDesk
+from lane.trip_desk import REPLAY_PLATES, TripDesk
+from lane.verifier import TokenVerifier
 from lane.wire import topics
+from lane.wire.codec import PayloadError, pack, unpack
 from sim.codes import CodeFactory
 
 TARIFF = load_tariff(Path(__file__).resolve().parents[2] / "deploy" / "tariff.road.example.toml")
@@ -36,14 +43,22 @@ P02 = PlazaPassKey.generate("P02")
 STRANGER = PlazaPassKey.generate("P02", kid="pass-P02-stolen")
 CODES = CodeFactory(5)
 ENTRY = "P01/e1"  # the entry lane that binds plates, with its key (lane.auth.peers)
-KEYS = KeySet.of(NOW - 86_400, [*CODES.keyset(NOW - 3600, [ENTRY]).keys.values(), P01.public(),
-                                P02.public()])  # fmt: skip
+ELSEWHERE = "P03/x2"  # another exit lane, which empties a binding whose pass left by it
+KEYS = KeySet.of(NOW - 86_400, [*CODES.keyset(NOW - 3600, [ENTRY, ELSEWHERE]).keys.values(),
+                                P01.public(), P02.public()])  # fmt: skip
 RULES = ExitLaneRules("P03", "P03/x1", RoadRules(), pass_lifetime_s=30 * 86_400, skew_s=30)
 
 
 def binding(text: str, plate: str = "ZJA1", at: float = NOW - HOUR, lane: str = ENTRY) -> bytes:
     """A plate binding as the entry lane publishes it."""
     return CODES.lane_key(lane).seal(encode_binding(PlateBinding(plate, text, lane, at)))
+
+
+def exited(text: str, plate: str = "ZJA1", at: float = NOW - HOUR) -> bytes:
+    """The tombstone of the binding of `plate` made `at`, as the exit lane its pass left by
+    publishes it."""
+    tomb = PlateBinding(plate, text, ELSEWHERE, at, BindingKind.EXITED)
+    return CODES.lane_key(ELSEWHERE).seal(encode_binding(tomb))
 
 
 def pass_of(key: PlazaPassKey, n: int, vehicle_class: int = 1, at: int = NOW - HOUR) -> str:
@@ -106,13 +121,14 @@ def test_an_exit_the_tariff_cannot_price_is_unpriced_for_the_attendant() -> None
 # --- through the real trip desk and used-pass store -----------------------------------------
 
 
-def desk(store: ReplayStore, now: list[float]) -> TripDesk:
+def desk(store: ReplayStore, now: list[float], alarm: Alarm | None = None) -> TripDesk:
+    """`alarm`: the replay store's (the verifier's, which the desk says its faults through)."""
     # A link that never connects: the desk only publishes to clear a plate binding.
     link = MqttLink("127.0.0.1", 1, "never-connected")
     peers = CODES.peers(RULES.lane, store, lambda: KEYS, lambda: now[0])
-    return TripDesk(
-        RULES, TARIFF, lambda: KEYS, store, link, sharing=None, peers=peers, wall=lambda: now[0]
-    )
+    watch = TokenVerifier(RULES.lane, KEYS, DenyList.empty(), store, 30, alarm=alarm).replay_watch
+    return TripDesk(RULES, TARIFF, lambda: KEYS, store, link, sharing=None, peers=peers,
+                    wall=lambda: now[0], replay_watch=watch)  # fmt: skip
 
 
 async def exits(store: ReplayStore, showings: list[tuple[int, int]]) -> list[tuple[int, str, int]]:
@@ -160,23 +176,40 @@ def test_a_plate_prices_from_its_binding_and_the_binding_goes_with_the_exit(
             plate_ask = ask(None, source=TripSource.PLATE)
             assert not (await trips.price(plate_ask)).found
             text = pass_of(P01, 7)
-            trips.handle(Incoming(topics.road_plate("ZJA1"), binding(text), retain=True))
+            await trips.handle(Incoming(topics.road_plate("ZJA1"), binding(text), retain=True))
             answer = await trips.price(plate_ask)
             assert (answer.outcome, answer.amount_minor) == ("charged", 4000)
-            trips.handle(Incoming(topics.road_plate("ZJA1"), b"", retain=True))  # exited
+            await trips.handle(Incoming(topics.road_plate("ZJA1"), exited(text), retain=True))
             assert not (await trips.price(plate_ask)).found
 
     asyncio.run(run())
 
 
-def test_a_forged_delete_does_not_let_an_older_binding_of_the_plate_back_in(
-    tmp_path: Path,
+def test_a_binding_is_sent_as_ever_and_its_tombstone_as_a_version_an_older_lane_refuses() -> None:
+    """An exit lane of the release before reads a binding as ever, and refuses a tombstone (a
+    version it does not know) instead of taking it for a binding of its pass."""
+    bound = PlateBinding("ZJA1", pass_of(P01, 1), ENTRY, NOW - 60)
+    assert unpack(encode_binding(bound)) == {"v": 1, "plate": "ZJA1", "pass": bound.pass_text,
+                                             "lane": ENTRY, "ts": NOW - 60}  # fmt: skip
+    tomb = replace(bound, lane=ELSEWHERE, kind=BindingKind.EXITED)
+    assert decode_binding(encode_binding(bound)) == bound
+    assert decode_binding(encode_binding(tomb)) == tomb
+    with pytest.raises(PayloadError, match="schema version 2"):
+        unpack(encode_binding(tomb), max_version=1)
+    odd = {**unpack(encode_binding(tomb), max_version=2), "kind": "gone"}
+    with pytest.raises(PayloadError, match="field 'kind' must be bound or exited"):
+        decode_binding(pack({k: v for k, v in odd.items() if k != "v"}, v=2))
+
+
+def test_a_forged_delete_is_refused_and_an_emptied_binding_lets_no_older_one_back_in(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Anybody with the broker password can empty a plate's binding (a delete is not signed)
-    and then replay the plate's earlier genuine binding: its pass, exited long ago, would
-    charge the vehicle the farthest fare as `pass_used`. Forgotten, the plate still refuses
-    a binding no later than the one it held, until that one is older than any trip may be;
-    a later one (the plate's next trip) is taken."""
+    """Anybody with the broker password can send an MQTT delete of a plate's binding (it is
+    not signed): refused, the binding stands. The genuine tombstone of the exit at another lane
+    empties it; the plate's earlier genuine binding replayed next (its pass exited long ago:
+    the farthest fare as `pass_used`) is refused as older, and so is the tombstone replayed
+    against the plate's next binding, until the time is older than any trip may be. A delete
+    is taken while unsigned messages are (an exit lane of the release before sends one)."""
 
     async def run() -> None:
         with ReplayStore(tmp_path / "replay.sqlite3") as store:
@@ -184,21 +217,98 @@ def test_a_forged_delete_does_not_let_an_older_binding_of_the_plate_back_in(
             trips = desk(store, clock)
             topic, plate_ask = topics.road_plate("ZJA1"), ask(None, source=TripSource.PLATE)
             earlier = pass_of(P01, 1, at=NOW - 5 * HOUR)
-            trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
+            await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
             answer = await trips.price(ask(earlier))
             assert answer.pass_id is not None
             await trips.mark_used(MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None))
-            trips.handle(Incoming(topic, binding(pass_of(P01, 2)), retain=True))  # this trip
-            trips.handle(Incoming(topic, b"", retain=True))  # forged
-            trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
+            current = pass_of(P01, 2)
+            await trips.handle(Incoming(topic, binding(current), retain=True))  # this trip
+            await trips.handle(Incoming(topic, b"", retain=True))  # forged
+            assert trips.bound == {"ZJA1": current}
+            [line] = [r for r in caplog.records if r.getMessage().startswith("plate binding del")]
+            assert line.getMessage() == "plate binding delete refused: unsigned"
+            assert line.__dict__["topic"] == topic
+            await trips.handle(Incoming(topic, exited(current), retain=True))  # it left
+            await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
             assert not (await trips.price(plate_ask)).found  # the vehicle shows its ticket
             later = pass_of(P02, 3, at=NOW - 60)
-            trips.handle(Incoming(topic, binding(later, at=NOW - 60), retain=True))
+            await trips.handle(Incoming(topic, binding(later, at=NOW - 60), retain=True))
+            await trips.handle(Incoming(topic, exited(current), retain=True))  # replayed
             assert trips.bound == {"ZJA1": later}
-            trips.handle(Incoming(topic, b"", retain=True))
+            await trips.handle(Incoming(topic, exited(later, at=NOW - 60), retain=True))
+            assert trips.bound == {}
             clock[0] = NOW - 60 + RULES.road.max_trip_s + 1
-            trips.handle(Incoming(topics.road_plate("ZJB2"), b"", retain=True))
-            assert trips.forgotten == {}  # no memory kept for ever, plate by plate
+            await trips.handle(Incoming(topics.road_plate("ZJB2"),
+                                        exited(later, "ZJB2", at=clock[0] - 1)))  # fmt: skip
+            assert trips.forgotten == {"ZJB2": clock[0] - 1}  # no memory kept for ever
+            trips.peers.accept_unsigned = True
+            await trips.handle(Incoming(topic, binding(later, at=clock[0]), retain=True))
+            await trips.handle(Incoming(topic, b"", retain=True))
+            assert trips.bound == {}
+
+    asyncio.run(run())
+
+
+def test_a_plates_binding_time_outlives_a_restart_of_the_exit_lane(tmp_path: Path) -> None:
+    """The plate's pass exited (its binding emptied), and that binding or the plate's earlier
+    one is replayed while this lane restarts, in the tombstone's place on the broker: the
+    plate's time comes back from the replay store, so both are refused; a plate still bound
+    takes its binding the broker hands it again; the plate's next binding is taken."""
+
+    async def run() -> None:
+        path, clock = tmp_path / "replay.sqlite3", [float(NOW)]
+        topic, plate_ask = topics.road_plate("ZJA1"), ask(None, source=TripSource.PLATE)
+        earlier, current = pass_of(P01, 1, at=NOW - 5 * HOUR), pass_of(P01, 2)
+        still = binding(pass_of(P01, 3), "ZJB2")
+        with ReplayStore(path) as store:
+            trips = desk(store, clock)
+            await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
+            await trips.handle(Incoming(topic, binding(current), retain=True))
+            await trips.handle(Incoming(topic, exited(current), retain=True))  # it left
+            await trips.handle(Incoming(topics.road_plate("ZJB2"), still, retain=True))
+        with ReplayStore(path) as store:  # the lane starts again
+            trips = desk(store, clock)
+            assert trips.forgotten == {"ZJA1": NOW - HOUR}
+            for replayed in (binding(earlier, at=NOW - 5 * HOUR), binding(current)):
+                await trips.handle(Incoming(topic, replayed, retain=True))
+                assert not (await trips.price(plate_ask)).found  # the vehicle shows its ticket
+            await trips.handle(Incoming(topics.road_plate("ZJB2"), still, retain=True))
+            assert trips.bound == {"ZJB2": pass_of(P01, 3)}
+            later = pass_of(P01, 4, at=NOW - 60)
+            await trips.handle(Incoming(topic, binding(later, at=NOW - 60), retain=True))
+            assert trips.bound == {"ZJA1": later, "ZJB2": pass_of(P01, 3)}
+            # Kept while a trip may last, no longer: a plate's time goes with a later write.
+            clock[0] = NOW - 60 + RULES.road.max_trip_s + 1
+            await trips.handle(Incoming(topics.road_plate("ZJC3"),
+                                        binding(later, "ZJC3", at=clock[0] - 1)))  # fmt: skip
+            assert store.plate_times(0) == {"ZJC3": PlateTime(clock[0] - 1, emptied=False)}
+
+    asyncio.run(run())
+
+
+def test_a_binding_time_the_store_does_not_take_is_alarmed_and_written_with_the_next(
+    tmp_path: Path,
+) -> None:
+    """The replay store locked by another process: the binding is taken all the same, its time
+    held in memory and `replay_store_error` says so; the next binding once the store takes
+    writes again writes both, and clears it."""
+
+    async def run() -> None:
+        path = tmp_path / "replay.sqlite3"
+        said: list[tuple[str, str | None]] = []
+        with ReplayStore(path) as store:
+            trips = desk(store, [float(NOW)], lambda code, text: said.append((code, text)))
+            with locked(path):  # SQLite's wait runs out
+                await trips.handle(Incoming(topics.road_plate("ZJA1"), binding(pass_of(P01, 1))))
+            assert trips.bound == {"ZJA1": pass_of(P01, 1)}
+            [(code, text)] = said
+            assert code == "replay_store_error" and text is not None
+            assert text.startswith(f"{REPLAY_PLATES} {path}: database is locked")
+            later = binding(pass_of(P01, 2), "ZJB2", at=NOW - 60)
+            await trips.handle(Incoming(topics.road_plate("ZJB2"), later))
+            assert said[-1] == ("replay_store_error", None)
+            assert store.plate_times(0) == {"ZJA1": PlateTime(NOW - HOUR, emptied=False),
+                                            "ZJB2": PlateTime(NOW - 60, emptied=False)}  # fmt: skip
 
     asyncio.run(run())
 
@@ -207,15 +317,23 @@ def test_a_plate_binding_that_is_no_pass_text_is_refused_and_not_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Not ASCII, or longer than any pass (a retained megabyte on the road's topic), signed or
-    not: logged with its topic and not held in memory."""
-    with ReplayStore(tmp_path / "replay.sqlite3") as store:
-        trips = desk(store, [float(NOW)])
-        topic = topics.road_plate("ZJA1")
-        for payload in (b"\xff\xfe", b"A" * (MAX_TEXT_LEN + 1), b"A" * 1_000_000,
-                        binding("A" * (MAX_TEXT_LEN + 1)), binding("\u6d59A1")):  # fmt: skip
-            trips.handle(Incoming(topic, payload, retain=True))
-        assert trips.bound == {}
-        lines = [r for r in caplog.records if r.getMessage() == "plate binding refused: malformed"]
-        assert [r.__dict__["topic"] for r in lines] == [topic] * 5
-        trips.handle(Incoming(topic, binding("A" * MAX_TEXT_LEN), retain=True))
-        assert trips.bound == {"ZJA1": "A" * MAX_TEXT_LEN}
+    not: logged with its topic (the first, the others counted) and not held in memory."""
+
+    async def run() -> None:
+        with ReplayStore(tmp_path / "replay.sqlite3") as store:
+            trips = desk(store, [float(NOW)])
+            topic = topics.road_plate("ZJA1")
+            for payload in (b"\xff\xfe", b"A" * (MAX_TEXT_LEN + 1), b"A" * 1_000_000,
+                            binding("A" * (MAX_TEXT_LEN + 1)), binding("\u6d59A1")):  # fmt: skip
+                await trips.handle(Incoming(topic, payload, retain=True))
+            assert trips.bound == {}
+            said = "plate binding refused: malformed"
+            lines = [r for r in caplog.records if r.getMessage() == said]
+            assert [r.__dict__["topic"] for r in lines] == [topic]  # then counted, a minute
+            trips.peers.say_counted(NOW + REFUSAL_LOG_EVERY_S)
+            [counted] = [r for r in caplog.records if r.getMessage().startswith(f"{said}: 4 more")]
+            assert counted.__dict__["refused"] == 4
+            await trips.handle(Incoming(topic, binding("A" * MAX_TEXT_LEN), retain=True))
+            assert trips.bound == {"ZJA1": "A" * MAX_TEXT_LEN}
+
+    asyncio.run(run())

@@ -28,6 +28,7 @@ from lane.auth.plaza import keys_topic
 from lane.auth.tokens import issue_token
 from lane.config import LaneConfig, parse_config
 from lane.daemon import LaneDaemon, build
+from lane.runner import Clocks
 from lane.transport.mqtt import MqttLink
 from lane.wire import topics
 from scanner.sources import PushSource
@@ -119,13 +120,14 @@ async def running_lane(
     broker: dict[str, Any] | None = None,
     auth: dict[str, Any] | None = None,
     peers: Sequence[str] = (),
+    clocks: Clocks | None = None,
 ) -> AsyncIterator[Lane]:
     """The daemon in this process, with a device emulator; `lane`, `barrier`, `camera`,
     `broker`, `auth`: extra [lane], [barrier], [camera], [broker] and [auth] config keys;
     `peers`: other lanes whose keys the key set holds (it holds the lane's own); `fault`: the
     device's fault from its start; `source`: the camera (a fresh push camera by default);
     `ready`: wait until lane and device are connected and the barrier is closed (not with a
-    broker that is down)."""
+    broker that is down); `clocks`: the lane's (its wall clock moved on, say)."""
     codes = CodeFactory(7)
     keyset = codes.write_keyset(tmp_path / "keyset.json", int(time.time()), [lane_id, *peers])
     acquirer = AcquirerServer()
@@ -147,7 +149,7 @@ async def running_lane(
     device.received = RecordedBeforeOpen(queue_path)
     device.set_fault(fault)
     source = source or PushSource()
-    daemon = await build(config, source=source, shutdown_grace_s=2.0)
+    daemon = await build(config, source=source, clocks=clocks, shutdown_grace_s=2.0)
     notes: list[tuple[str, dict[str, Any]]] = []
     daemon.runner.observers.append(lambda note: notes.append((note.name, note.fields())))
     stop = asyncio.Event()

@@ -10,40 +10,29 @@ would free frees nothing. A lane whose own key is missing from its key set says 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from mqtt_kit import sender
 from polling import eventually
 from test_lane_daemon import Lane, running_lane
 
 from lane.auth.keys import KeySet, keyset_to_json, load_keyset
+from lane.auth.peer_messages import REFUSAL_LOG_EVERY_S
 from lane.auth.plaza import MarkKind, UsedTokenMsg, encode_used_token, used_tokens_topic
+from lane.auth.wechatpay_certs import utc_text
 from lane.checks import check_config
+from lane.runner import Clocks
 from lane.transport.mqtt import MqttLink
 from sim.broker import Mosquitto
 from sim.codes import CodeFactory
 
 REFUSED = "peer_messages_refused"
-
-
-@asynccontextmanager
-async def sender(broker: Mosquitto, name: str) -> AsyncIterator[MqttLink]:
-    """A client with the lanes' broker account: anybody who has the password."""
-    link = MqttLink(broker.host, broker.port, name)
-    task = asyncio.create_task(link.run())
-    try:
-        await link.wait_connected(5)
-        yield link
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def signed(codes: CodeFactory, msg: UsedTokenMsg) -> bytes:
@@ -85,9 +74,9 @@ async def test_forged_uses_and_releases_are_refused_alarmed_and_the_alarm_clears
         assert kept is not None and kept.lane == l02
         lines = [r.__dict__ for r in caplog.records if r.getMessage().startswith("used-token")]
         reasons = [(line["from_lane"], line["reason"]) for line in lines]
-        assert reasons == [(l02, "unsigned"), (l02, "wrong_lane"), (l02, "bad_signature")] * 2 + [
-            (l09, "unknown_key")
-        ]
+        # The second of each kind within a minute is counted, not logged (the next test).
+        assert reasons == [(l02, "unsigned"), (l02, "wrong_lane"), (l02, "bad_signature"),
+                           (l09, "unknown_key")]  # fmt: skip
         assert all(line["topic"] == topic and line["lane"] == lane_id for line in lines)
         alarms = lane.daemon.runner.alarms
         await eventually(lambda: l09 in alarms.get(REFUSED, ""), what="the alarm")
@@ -106,6 +95,54 @@ async def test_forged_uses_and_releases_are_refused_alarmed_and_the_alarm_clears
         await eventually(lambda: lane.daemon.verifier.keys.issued_at == more.issued_at)
         await taken(lane, link, topic, signed(codes, strange), "other-token")
         await eventually(lambda: REFUSED not in alarms, what="the alarm cleared")
+
+
+async def test_a_flood_of_refused_messages_is_logged_in_a_few_counted_lines(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage and forgeries poured on the plaza's topic by anybody with the broker password
+    wrote a line each. Now the first of each kind (message and reason) is logged, the others
+    counted and said in one line a minute later; the alarm is as ever."""
+    plaza = lane_id.split("/", maxsplit=1)[0]
+    l02, l03 = f"{plaza}/l02", f"{plaza}/l03"
+    topic = used_tokens_topic(plaza)
+    moved = [0.0]
+    clocks = Clocks(wall=lambda: time.time() + moved[0])
+    caplog.set_level(logging.INFO)
+    async with (
+        running_lane(tmp_path, mosquitto, lane_id, peers=[l02, l03], clocks=clocks) as lane,
+        sender(mosquitto, f"flood-{lane_id}") as link,
+    ):
+        now, exp, flood = time.time(), int(time.time()) + 600, 150
+        for n in range(flood):
+            await link.publish(topic, b"\x00garbage %d" % n)
+            forged = UsedTokenMsg(f"forged-{n}", exp, l02, now)
+            await link.publish(topic, encode_used_token(forged))  # unsigned
+        sentinel = signed(lane.codes, UsedTokenMsg("s1", exp, l03, now))
+        await taken(lane, link, topic, sentinel, "s1")
+
+        def refused() -> list[dict[str, Any]]:
+            return [r.__dict__ for r in caplog.records
+                    if r.getMessage().startswith("used-token message refused")
+                    and r.__dict__.get("lane") == lane_id]  # fmt: skip
+
+        assert [line["message"] for line in refused()] == [
+            "used-token message refused: malformed",
+            "used-token message refused: unsigned",
+        ]
+        alarms = lane.daemon.runner.alarms
+        await eventually(lambda: REFUSED in alarms, what="the alarm")  # l02's, until it verifies
+        flooded = time.time()
+        moved[0] = REFUSAL_LOG_EVERY_S
+        await eventually(lambda: len(refused()) == 4, what="the counts")
+        counts = refused()[2:]
+        assert [(line["message"], line["refused"]) for line in counts] == [
+            (f"used-token message refused: malformed: {flood - 1} more since"
+             f" {utc_text(counts[0]['since'])}", flood - 1),
+            (f"used-token message refused: unsigned: {flood - 1} more since"
+             f" {utc_text(counts[1]['since'])}", flood - 1),
+        ]  # fmt: skip
+        assert all(now <= line["since"] <= flooded for line in counts)
 
 
 async def test_a_genuine_message_replayed_is_not_taken_again(

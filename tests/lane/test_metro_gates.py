@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mqtt_kit import sender
 from polling import eventually
 from test_lane_daemon import show
-from test_lane_peers import REFUSED, sender
+from test_lane_peers import REFUSED
 from test_road_lanes import Road, RoadLane, eventually_value, road, running_back_office
 
 from lane.auth.fares import load_tariff
@@ -477,8 +478,9 @@ async def test_bad_taps_on_the_line_are_refused_and_the_passenger_pays_from_the_
     road: Road, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Garbage, a record that is no tap, and a tap-in of the same account stamped a day ahead
-    (a gate's clock far off, or a forged message) on the line's topic: each refused with a line
-    naming the topic; the passenger's real tap-in prices the exit (docs/operations.md)."""
+    (a gate's clock far off, or a forged message) on the line's topic: each refused (the first
+    of each kind with a line naming the topic); the passenger's real tap-in prices the exit
+    (docs/operations.md)."""
     entry, exit_gate = await gates(road)
     taps = exit_gate.daemon.road.taps
     assert taps is not None
@@ -509,12 +511,13 @@ async def test_bad_taps_on_the_line_are_refused_and_the_passenger_pays_from_the_
         "S01",
         uuid.UUID(tap_in["record_id"]).hex,
     )
-    for gate in (entry, exit_gate):  # every gate of the line refuses each one, once
+    for gate in (entry, exit_gate):  # every gate of the line refuses each one
         fields = [r.__dict__ for r in caplog.records if r.levelno >= logging.WARNING]
         lines = [
             f["msg"] for f in fields if (f.get("topic"), f.get("lane")) == (topic, gate.daemon.lane)
         ]
-        assert len(lines) == len(bad), lines
+        # The first of each kind logged, the second counted (said a minute later).
+        assert lines == ["tap message refused: malformed", "tap message refused: unsigned"]
 
 
 async def test_a_forged_tap_out_or_refund_is_refused_and_the_passenger_pays_from_the_real_tap_in(
