@@ -40,6 +40,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "lane_stuck": Severity.CRITICAL,
         "queue_full": Severity.CRITICAL,
         "disk_error": Severity.CRITICAL,
+        # A hung data directory: no record can be written, so no payment is taken.
+        "disk_not_answering": Severity.CRITICAL,
         "camera_blackout": Severity.MAJOR,
         # A closed road's entry lane: vehicles without a plate read wait for their ticket.
         "printer_paper_out": Severity.MAJOR,

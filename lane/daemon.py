@@ -67,9 +67,11 @@ from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
-from lane.core.names import PayloadKind, Position, Sensor
+from lane.core.names import Alarm, PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
+from lane.disk_answer import not_answering
+from lane.disk_probe import DiskProbe
 from lane.health import disk_problem
 from lane.health_publisher import HealthPublisher
 from lane.log import setup_logging
@@ -416,7 +418,8 @@ async def build(
                 config.uplink.max_bytes,
                 config.uplink.high_water,
                 wall=clocks.wall,
-            )
+            ),
+            clocks.monotonic,
         )
     except BaseException:
         closing.close()
@@ -460,6 +463,7 @@ class LaneDaemon:
         self.shutdown_grace_s = shutdown_grace_s
         self._closing = closing
         self.queue = queue
+        self.disk_probe = DiskProbe(self.lane, config.lane.data_dir, clocks.monotonic)
         self.replay = opened.replay
         self.payments_store = opened.payments_store
         self.source = opened.source
@@ -833,6 +837,8 @@ class LaneDaemon:
                     tg.create_task(guard(taps), name="taps-upkeep")
                 tg.create_task(guard(self._status_loop()), name="status")
                 tg.create_task(guard(self._health_loop()), name="health")
+                tg.create_task(guard(self._queue_loop()), name="queue-health")
+                tg.create_task(guard(self.disk_probe.run(self.clocks.sleep)), name="disk-probe")
                 tg.create_task(guard(self.ops.run()), name="ops")
                 tg.create_task(guard(self.health.run()), name="health-publisher")
                 tg.create_task(guard(self._start_camera()), name="camera")
@@ -1028,8 +1034,9 @@ class LaneDaemon:
         self._file_mtimes[path] = mtime
         return previous != mtime
 
-    async def _health_loop(self) -> None:
-        """Queue health into the core; key set age and the peer messages into alarms."""
+    async def _queue_loop(self) -> None:
+        """Queue health into the core. A task of its own: its reads wait on the disk, and a
+        hung one holds this loop only (the health loop says so: `_watch_disk`)."""
         last: tuple[bool, bool] | None = None
         while True:
             try:
@@ -1049,6 +1056,32 @@ class LaneDaemon:
                     hw = uplink.high_water_reached
                     self.runner.post(ev.QueueChanged(full=full, high_water=hw))
                     last = now
+            await self.clocks.sleep(HEALTH_EVERY_S)
+
+    def _watch_disk(self) -> None:
+        """A queue call or probe write unanswered past `disk_answer_s` raises
+        `disk_not_answering`; none waiting that long clears it. Reads what their callers wait
+        for, never the disk."""
+        faulted = Alarm.DISK_NOT_ANSWERING in self.runner.state.faults
+        now = self.clocks.monotonic()
+        waits = (self.queue.waiting_since(), self.disk_probe.waiting_since())
+        since = min((t for t in waits if t is not None), default=None)
+        data = self.config.lane.data_dir
+        text = not_answering(data, since, now, self.clocks.wall(), self.config.lane.disk_answer_s)
+        if (text is not None) == faulted:
+            return
+        extra = {"lane": self.lane, "path": str(data)}
+        if text is not None:
+            log.error("data directory not answering", extra={**extra, "error": text})
+        else:
+            log.info("data directory answers again", extra=extra)
+        self.runner.post(ev.DiskAnswering(answering=text is None, detail=text or ""))
+
+    async def _health_loop(self) -> None:
+        """Key set age, the camera, the peer messages and the disk's answers into alarms:
+        nothing here waits on the disk, so a hung one stops none of them."""
+        while True:
+            self._watch_disk()
             keys = self.verifier.keys
             stale = bool(keys.keys) and keyset_stale(
                 keys, self.clocks.wall(), self.config.auth.keyset_max_age_s

@@ -1,5 +1,7 @@
-"""A real full disk for the tests: a size-limited tmpfs of a test's own, and a filler; and a
-SQLite file with one table's page broken under the connection that uses it.
+"""A real full disk for the tests: a size-limited tmpfs of a test's own, and a filler; a real
+hung disk: an ext4 image of a test's own on a loop device, frozen (`fsfreeze`: every write and
+fsync blocks, no error, until it is thawed); and a SQLite file with one table's page broken
+under the connection that uses it.
 
 Mounting needs root (CI runs `make test` as root); elsewhere the test is skipped."""
 
@@ -37,6 +39,39 @@ def small_tmpfs(target: Path, size: str = SIZE) -> Iterator[Path]:
         yield target
     finally:
         subprocess.run(["umount", str(target)], check=True, timeout=30)
+
+
+@contextlib.contextmanager
+def ext4_image(target: Path, size: str = "64M") -> Iterator[Path]:
+    """`target` (made here) as an ext4 file system of `size` on a loop device of its own (the
+    image beside it) while the block runs."""
+    target.mkdir()
+    image = target.with_name(target.name + ".ext4")
+    try:
+        for command in (
+            ["truncate", "-s", size, str(image)],
+            ["mkfs.ext4", "-q", "-F", str(image)],
+            ["mount", "-o", "loop", str(image), str(target)],
+        ):
+            subprocess.run(command, check=True, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        pytest.skip(f"cannot mount an ext4 image on a loop device here (needs root): {detail}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True, timeout=60)
+
+
+@contextlib.contextmanager
+def frozen(mountpoint: Path) -> Iterator[Path]:
+    """The file system at `mountpoint` frozen while the block runs: every write to it waits,
+    as on a disk that stopped answering; thawed after, when the waiting writes go through."""
+    subprocess.run(["fsfreeze", "-f", str(mountpoint)], check=True, timeout=30)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(mountpoint)], check=True, timeout=30)
 
 
 def fill(directory: Path) -> Path:
