@@ -47,6 +47,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "printer_paper_out": Severity.MAJOR,
         "printer_offline": Severity.MAJOR,
         "uplink_stalled": Severity.MAJOR,
+        # No connection to the back office's road: records queue on disk, nothing is lost yet.
+        "uplink_down": Severity.MAJOR,
         "acquirer_unhealthy": Severity.MAJOR,
         "acquirer_declines": Severity.MAJOR,
         # Every offline token refused for its time: token payers are turned away.

@@ -74,6 +74,7 @@ from lane.disk_answer import not_answering
 from lane.disk_probe import DiskProbe
 from lane.health import disk_problem
 from lane.health_publisher import HealthPublisher
+from lane.lane_health import UPLINK_DOWN, uplink_down
 from lane.log import setup_logging
 from lane.metrics import LaneMetrics
 from lane.notification import Notification, ShellNote, ShellNoteName
@@ -120,6 +121,10 @@ DATA_DIR_RETRY_S = 5.0
 # the health loop reads the queue and the trust files this often.
 STATUS_REFRESH_S = 1.0
 HEALTH_EVERY_S = 1.0
+# The uplink down this many `broker.keepalive_s` raises `uplink_down`: as long as a broker that
+# stops answering takes to be seen (MQTT's 1.5 keepalives), so a drop mended by the next
+# reconnect (at most 7.5 s) says nothing.
+UPLINK_DOWN_AFTER_KEEPALIVES = 1.5
 
 
 class Shutdown(Exception):  # noqa: N818 - a signal, not an error
@@ -495,6 +500,7 @@ class LaneDaemon:
             wall=self.clocks.wall,  # the records' own clock: their age is read on it
         )
         self.uplink_status: UplinkStatus | None = None  # the health loop's last read
+        self._uplink_down_since: float | None = None  # monotonic; None while connected
         self.sharing: UsedTokenSharing | None = None
         plaza = config.lane.plaza
         self._plaza_topics = (keys_topic(plaza), deny_topic(plaza))
@@ -1077,11 +1083,27 @@ class LaneDaemon:
             log.info("data directory answers again", extra=extra)
         self.runner.post(ev.DiskAnswering(answering=text is None, detail=text or ""))
 
+    def _watch_uplink(self) -> None:
+        """The uplink connection down past its grace raises `uplink_down`, whether records
+        wait or not (`uplink_stalled` needs one); connected again clears it."""
+        now = self.clocks.monotonic()
+        if self.uplink.connected.is_set():
+            self._uplink_down_since = None
+        elif self._uplink_down_since is None:
+            self._uplink_down_since = now
+        broker = self.config.broker
+        grace = UPLINK_DOWN_AFTER_KEEPALIVES * broker.keepalive_s
+        where = f"{broker.host}:{broker.port}"
+        text = uplink_down(self._uplink_down_since, now, self.clocks.wall(), grace, where)
+        if text != self.runner.alarms.get(UPLINK_DOWN):
+            self.runner.alarm(UPLINK_DOWN, text)
+
     async def _health_loop(self) -> None:
-        """Key set age, the camera, the peer messages and the disk's answers into alarms:
-        nothing here waits on the disk, so a hung one stops none of them."""
+        """Key set age, the camera, the peer messages, the disk's answers and the uplink
+        connection into alarms: nothing here waits on the disk, so a hung one stops none."""
         while True:
             self._watch_disk()
+            self._watch_uplink()
             keys = self.verifier.keys
             stale = bool(keys.keys) and keyset_stale(
                 keys, self.clocks.wall(), self.config.auth.keyset_max_age_s

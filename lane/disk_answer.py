@@ -10,8 +10,9 @@ nothing waits that long (the disk answered: the calls in line are done).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+
+from lane.since_utc import since_utc
 
 
 def not_answering(
@@ -21,8 +22,7 @@ def not_answering(
     is monotonic too, `wall` the wall time at `now`) has waited `after_s` or more; else None."""
     if since is None or now - since < after_s:
         return None
-    started = time.strftime("%H:%M:%S", time.gmtime(wall - (now - since)))
     return (
         f"{data_dir}: a read or write unanswered for {now - since:.0f} s"
-        f" (since {started} UTC); no payments until it answers"
+        f" (since {since_utc(since, now, wall)} UTC); no payments until it answers"
     )
