@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from disk_kit import frozen
@@ -87,4 +88,54 @@ async def test_a_hung_disk_is_safe_visible_and_clears_once_it_answers(
         await eventually(lambda: "disk_not_answering" not in daemon.runner.alarms, within=20)
         assert await metric_alarm(lane, "disk_not_answering") == 0
         assert await lane.serve("token") == "barrier_opened"
+        assert noted_record_ids(lane) == stored_record_ids(queue)
+
+
+async def test_a_disk_that_hangs_under_a_paying_driver_lets_nobody_through_and_loses_nothing(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    ext4_fs: Path,
+) -> None:
+    """The disk stops answering as a driver shows an offline token: its check against the
+    replay store waits on the disk past the payment budget, so the lane declines it (a
+    timeout, nothing taken) and closes; once the disk answers, the decline's record is
+    written, and the driver's next code is served. `disk_answer_s` longer than the budget
+    (2.5 s): the decline comes first, whenever the disk probe meets the frozen disk."""
+    extra = {"lane": {"disk_answer_s": 5}}
+    async with running_lane(tmp_path, mosquitto, lane_id, extra=extra) as lane:
+        daemon = lane.daemon
+        queue = daemon.config.lane.data_dir / "queue.sqlite3"
+        assert await lane.serve("token") == "barrier_opened"
+        opened = len(lane.named("barrier_opened"))
+        await lane.device.vehicle_enters(2)
+        await eventually(lambda: len(lane.named("vehicle_arrived")) == 2)
+        vehicle_id = lane.named("vehicle_arrived")[-1]["vehicle_id"]
+
+        def shown(kind: str) -> Callable[[], object]:
+            frame = frame_for(lane.codes.make(kind, int(time.time())).text, "clear", rng=1)
+            return lambda: lane.source.put(frame, time.monotonic())
+
+        def records_of_vehicle() -> list[str]:
+            return [
+                str(f["record"]["auth"]["result"])
+                for f in lane.named("record")
+                if f["record"]["vehicle_id"] == vehicle_id
+            ]
+
+        with frozen(ext4_fs):
+            await eventually(lambda: lane.named("declined"), every=0.03, between=shown("token"))
+            assert [f["reason"] for f in lane.named("declined")] == ["timeout"]
+            await eventually(lambda: "disk_not_answering" in daemon.runner.alarms, within=20)
+            assert records_of_vehicle() == []  # its record waits for the disk with it
+            assert len(lane.named("barrier_opened")) == opened
+            assert [c.op for c in lane.device.received].count("open") == opened
+        # The disk answers: the record that waited is written, the lane opens to payments.
+        await eventually(lambda: "disk_not_answering" not in daemon.runner.alarms, within=20)
+        await eventually(lambda: records_of_vehicle() == ["declined"])
+        assert noted_record_ids(lane) == stored_record_ids(queue)
+        await eventually(lambda: len(lane.named("barrier_opened")) > opened, between=shown("token"))
+        await lane.device.vehicle_passes()
+        await eventually(lambda: daemon.runner.state.passage is None)
+        assert records_of_vehicle() == ["declined", "approved"]
         assert noted_record_ids(lane) == stored_record_ids(queue)
