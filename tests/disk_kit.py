@@ -23,40 +23,37 @@ SIZE = "8m"  # room for the three SQLite files and their WAL; small enough to fi
 @contextlib.contextmanager
 def small_tmpfs(target: Path, size: str = SIZE) -> Iterator[Path]:
     """`target` (made here) as a tmpfs of `size` of its own while the block runs."""
-    target.mkdir()
-    try:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(target)],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", None) or str(exc)
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {detail.strip()}")
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=True, timeout=30)
+    options = f"size={size},mode=0700"
+    mount = [["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)]]
+    with _mounted(target, mount, "a size-limited tmpfs") as mounted:
+        yield mounted
 
 
 @contextlib.contextmanager
 def ext4_image(target: Path, size: str = "64M") -> Iterator[Path]:
     """`target` (made here) as an ext4 file system of `size` on a loop device of its own (the
     image beside it) while the block runs."""
+    image = str(target.with_name(target.name + ".ext4"))
+    mount = [
+        ["truncate", "-s", size, image],
+        ["mkfs.ext4", "-q", "-F", image],
+        ["mount", "-o", "loop", image, str(target)],
+    ]
+    with _mounted(target, mount, "an ext4 image on a loop device") as mounted:
+        yield mounted
+
+
+@contextlib.contextmanager
+def _mounted(target: Path, commands: list[list[str]], what: str) -> Iterator[Path]:
+    """`target` made, `commands` run to mount `what` on it (the test skipped, saying why, when
+    they fail), unmounted after the block."""
     target.mkdir()
-    image = target.with_name(target.name + ".ext4")
     try:
-        for command in (
-            ["truncate", "-s", size, str(image)],
-            ["mkfs.ext4", "-q", "-F", str(image)],
-            ["mount", "-o", "loop", str(image), str(target)],
-        ):
+        for command in commands:
             subprocess.run(command, check=True, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
-        pytest.skip(f"cannot mount an ext4 image on a loop device here (needs root): {detail}")
+        pytest.skip(f"cannot mount {what} here (needs root): {detail.strip()}")
     try:
         yield target
     finally:

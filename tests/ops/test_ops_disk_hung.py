@@ -12,17 +12,29 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from disk_kit import frozen
-from ops_kit import running_lane
+from ops_kit import OpsLane, running_lane
 from polling import eventually
 from test_ops_disk_full import metric_alarm, noted_record_ids, stored_record_ids
 
 from barrier.messages import LaneStatus
 from sim.broker import Mosquitto
 from sim.camera import frame_for
+
+
+@asynccontextmanager
+async def serving_lane(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, disk_answer_s: float
+) -> AsyncIterator[OpsLane]:
+    """A lane on the test's own file system that has served one vehicle (its queue written)."""
+    extra = {"lane": {"disk_answer_s": disk_answer_s}}
+    async with running_lane(tmp_path, mosquitto, lane_id, extra=extra) as lane:
+        assert await lane.serve("token") == "barrier_opened"
+        yield lane
 
 
 def threads_named(prefix: str) -> int:
@@ -36,11 +48,9 @@ async def test_a_hung_disk_is_safe_visible_and_clears_once_it_answers(
     ext4_fs: Path,
     lane_statuses: list[LaneStatus],
 ) -> None:
-    extra = {"lane": {"disk_answer_s": 1}}
-    async with running_lane(tmp_path, mosquitto, lane_id, extra=extra) as lane:
+    async with serving_lane(tmp_path, mosquitto, lane_id, 1) as lane:
         daemon = lane.daemon
         queue = daemon.config.lane.data_dir / "queue.sqlite3"
-        assert await lane.serve("token") == "barrier_opened"
         opened = len(lane.named("barrier_opened"))
 
         with frozen(ext4_fs):
@@ -102,11 +112,9 @@ async def test_a_disk_that_hangs_under_a_paying_driver_lets_nobody_through_and_l
     timeout, nothing taken) and closes; once the disk answers, the decline's record is
     written, and the driver's next code is served. `disk_answer_s` longer than the budget
     (2.5 s): the decline comes first, whenever the disk probe meets the frozen disk."""
-    extra = {"lane": {"disk_answer_s": 5}}
-    async with running_lane(tmp_path, mosquitto, lane_id, extra=extra) as lane:
+    async with serving_lane(tmp_path, mosquitto, lane_id, 5) as lane:
         daemon = lane.daemon
         queue = daemon.config.lane.data_dir / "queue.sqlite3"
-        assert await lane.serve("token") == "barrier_opened"
         opened = len(lane.named("barrier_opened"))
         await lane.device.vehicle_enters(2)
         await eventually(lambda: len(lane.named("vehicle_arrived")) == 2)
