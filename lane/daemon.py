@@ -118,7 +118,7 @@ STARTUP_ERRORS = (
 DATA_DIR_RETRY_S = 5.0
 
 # The status is republished at least this often (the backlog changes without a lane event);
-# the health loop reads the queue and the trust files this often.
+# the queue loop reads the queue, the health loop the trust files, this often.
 STATUS_REFRESH_S = 1.0
 HEALTH_EVERY_S = 1.0
 # The uplink down this many `broker.keepalive_s` raises `uplink_down`: as long as a broker that
@@ -499,7 +499,7 @@ class LaneDaemon:
             clock=self.clocks.monotonic,
             wall=self.clocks.wall,  # the records' own clock: their age is read on it
         )
-        self.uplink_status: UplinkStatus | None = None  # the health loop's last read
+        self.uplink_status: UplinkStatus | None = None  # the queue loop's last read
         self._uplink_down_since: float | None = None  # monotonic; None while connected
         self.sharing: UsedTokenSharing | None = None
         plaza = config.lane.plaza

@@ -5,7 +5,7 @@
 the connection is opened there, used only there and closed there, so an fsynced append never
 waits on a lock held by a status read from another thread, and no caller does `to_thread` on
 the queue itself. The runner (records), the forwarder (batches, acks, backlog), the health
-publisher (action records) and the daemon's health loop (backlog, `writable()` probe) share it.
+publisher (action records) and the daemon's queue loop (backlog, `writable()` probe) share it.
 
 A disk that stops answering (a frozen file system, a dead NFS server, an SD card that hangs)
 blocks the one thread in a write or fsync: every call after it waits in line, no new thread is
