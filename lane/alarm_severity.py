@@ -40,11 +40,15 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "lane_stuck": Severity.CRITICAL,
         "queue_full": Severity.CRITICAL,
         "disk_error": Severity.CRITICAL,
+        # A hung data directory: no record can be written, so no payment is taken.
+        "disk_not_answering": Severity.CRITICAL,
         "camera_blackout": Severity.MAJOR,
         # A closed road's entry lane: vehicles without a plate read wait for their ticket.
         "printer_paper_out": Severity.MAJOR,
         "printer_offline": Severity.MAJOR,
         "uplink_stalled": Severity.MAJOR,
+        # No connection to the back office's road: records queue on disk, nothing is lost yet.
+        "uplink_down": Severity.MAJOR,
         "acquirer_unhealthy": Severity.MAJOR,
         "acquirer_declines": Severity.MAJOR,
         # Every offline token refused for its time: token payers are turned away.

@@ -69,6 +69,11 @@ class LaneSection(_Section):
         60, description="A paid vehicle not through after this: lane_stuck, or paid_not_passed"
     )
     persist_dwell_s: PositiveSeconds = Field(10, description="A record write this long: lane_stuck")
+    disk_answer_s: PositiveSeconds = Field(
+        15,
+        description="A record queue read or write unanswered this long (a hung disk):"
+        " disk_not_answering; longer than SQLite's 10 s wait for a locked file",
+    )
     probe_s: PositiveSeconds = Field(
         5, description="In fault: ask the device and retry a held command this often"
     )

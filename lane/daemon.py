@@ -66,11 +66,14 @@ from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
-from lane.core.names import PayloadKind, Position, Sensor
+from lane.core.names import Alarm, PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
+from lane.disk_answer import not_answering
+from lane.disk_probe import DiskProbe
 from lane.health import disk_problem
 from lane.health_publisher import HealthPublisher
+from lane.lane_health import UPLINK_DOWN, uplink_down
 from lane.log import setup_logging
 from lane.metrics import LaneMetrics
 from lane.notification import Notification, ShellNote, ShellNoteName
@@ -116,9 +119,13 @@ STARTUP_ERRORS = (
 DATA_DIR_RETRY_S = 5.0
 
 # The status is republished at least this often (the backlog changes without a lane event);
-# the health loop reads the queue and the trust files this often.
+# the queue loop reads the queue, the health loop the trust files, this often.
 STATUS_REFRESH_S = 1.0
 HEALTH_EVERY_S = 1.0
+# The uplink down this many `broker.keepalive_s` raises `uplink_down`: as long as a broker that
+# stops answering takes to be seen (MQTT's 1.5 keepalives), so a drop mended by the next
+# reconnect (at most 7.5 s) says nothing.
+UPLINK_DOWN_AFTER_KEEPALIVES = 1.5
 
 
 class Shutdown(Exception):  # noqa: N818 - a signal, not an error
@@ -453,7 +460,8 @@ async def build(
                 config.uplink.max_bytes,
                 config.uplink.high_water,
                 wall=clocks.wall,
-            )
+            ),
+            clocks.monotonic,
         )
     except BaseException:
         closing.close()
@@ -497,6 +505,7 @@ class LaneDaemon:
         self.shutdown_grace_s = shutdown_grace_s
         self._closing = closing
         self.queue = queue
+        self.disk_probe = DiskProbe(self.lane, config.lane.data_dir, clocks.monotonic)
         self.replay = opened.replay
         self.payments_store = opened.payments_store
         self.source = opened.source
@@ -527,7 +536,8 @@ class LaneDaemon:
             clock=self.clocks.monotonic,
             wall=self.clocks.wall,  # the records' own clock: their age is read on it
         )
-        self.uplink_status: UplinkStatus | None = None  # the health loop's last read
+        self.uplink_status: UplinkStatus | None = None  # the queue loop's last read
+        self._uplink_down_since: float | None = None  # monotonic; None while connected
         self.sharing: UsedTokenSharing | None = None
         plaza = config.lane.plaza
         self._plaza_topics = (keys_topic(plaza), deny_topic(plaza))
@@ -872,6 +882,8 @@ class LaneDaemon:
                     tg.create_task(guard(taps), name="taps-upkeep")
                 tg.create_task(guard(self._status_loop()), name="status")
                 tg.create_task(guard(self._health_loop()), name="health")
+                tg.create_task(guard(self._queue_loop()), name="queue-health")
+                tg.create_task(guard(self.disk_probe.run(self.clocks.sleep)), name="disk-probe")
                 tg.create_task(guard(self.ops.run()), name="ops")
                 tg.create_task(guard(self.health.run()), name="health-publisher")
                 tg.create_task(guard(self._start_camera()), name="camera")
@@ -1067,8 +1079,9 @@ class LaneDaemon:
         self._file_mtimes[path] = mtime
         return previous != mtime
 
-    async def _health_loop(self) -> None:
-        """Queue health into the core; key set age and the peer messages into alarms."""
+    async def _queue_loop(self) -> None:
+        """Queue health into the core. A task of its own: its reads wait on the disk, and a
+        hung one holds this loop only (the health loop says so: `_watch_disk`)."""
         last: tuple[bool, bool] | None = None
         while True:
             try:
@@ -1088,6 +1101,48 @@ class LaneDaemon:
                     hw = uplink.high_water_reached
                     self.runner.post(ev.QueueChanged(full=full, high_water=hw))
                     last = now
+            await self.clocks.sleep(HEALTH_EVERY_S)
+
+    def _watch_disk(self) -> None:
+        """A queue call or probe write unanswered past `disk_answer_s` raises
+        `disk_not_answering`; none waiting that long clears it. Reads what their callers wait
+        for, never the disk."""
+        faulted = Alarm.DISK_NOT_ANSWERING in self.runner.state.faults
+        now = self.clocks.monotonic()
+        waits = (self.queue.waiting_since(), self.disk_probe.waiting_since())
+        since = min((t for t in waits if t is not None), default=None)
+        data = self.config.lane.data_dir
+        text = not_answering(data, since, now, self.clocks.wall(), self.config.lane.disk_answer_s)
+        if (text is not None) == faulted:
+            return
+        extra = {"lane": self.lane, "path": str(data)}
+        if text is not None:
+            log.error("data directory not answering", extra={**extra, "error": text})
+        else:
+            log.info("data directory answers again", extra=extra)
+        self.runner.post(ev.DiskAnswering(answering=text is None, detail=text or ""))
+
+    def _watch_uplink(self) -> None:
+        """The uplink connection down past its grace raises `uplink_down`, whether records
+        wait or not (`uplink_stalled` needs one); connected again clears it."""
+        now = self.clocks.monotonic()
+        if self.uplink.connected.is_set():
+            self._uplink_down_since = None
+        elif self._uplink_down_since is None:
+            self._uplink_down_since = now
+        broker = self.config.broker
+        grace = UPLINK_DOWN_AFTER_KEEPALIVES * broker.keepalive_s
+        where = f"{broker.host}:{broker.port}"
+        text = uplink_down(self._uplink_down_since, now, self.clocks.wall(), grace, where)
+        if text != self.runner.alarms.get(UPLINK_DOWN):
+            self.runner.alarm(UPLINK_DOWN, text)
+
+    async def _health_loop(self) -> None:
+        """Key set age, the camera, the peer messages, the disk's answers and the uplink
+        connection into alarms: nothing here waits on the disk, so a hung one stops none."""
+        while True:
+            self._watch_disk()
+            self._watch_uplink()
             keys = self.verifier.keys
             stale = bool(keys.keys) and keyset_stale(
                 keys, self.clocks.wall(), self.config.auth.keyset_max_age_s

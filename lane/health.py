@@ -22,7 +22,7 @@ MAX_LOOP_LAG_S = 5.0
 MIN_FREE_BYTES = 16 * 1024 * 1024
 
 BARRIER_UNUSABLE_STATES = frozenset({"offline", "fault", "unknown"})
-QUEUE_FAULTS = ("queue_full", "disk_error")
+QUEUE_FAULTS = ("queue_full", "disk_error", "disk_not_answering")
 CHECKS = ("camera", "broker", "barrier", "queue")
 
 

@@ -5,6 +5,8 @@
   (availability, error rate, latency) judged from the lane's own records of online payments;
   `acquirer_declines`: it answers, but declines an unusual share of them.
 - `uplink_stalled`: the back office has not taken a record for too long.
+- `uplink_down`: the lane's uplink connection to its broker (its road to the back office) is
+  down, queued records or none.
 - `token_sample` / `clock_suspect`: offline tokens refused for their time, payer after payer,
   say the lane's clock is wrong.
 """
@@ -21,6 +23,7 @@ from barrier.messages import MAX_TEXT
 from lane.alarm_severity import severity_of
 from lane.auth.tokens import Reason
 from lane.core.reread import ALREADY_USED
+from lane.since_utc import since_utc
 from lane.window import percentiles
 
 CLEARED_KEPT = 16
@@ -189,6 +192,24 @@ def uplink_stalled(oldest_unsent_s: float | None, backlog: int, limit_s: float) 
     if oldest_unsent_s is None or backlog == 0 or oldest_unsent_s < limit_s:
         return None
     return f"back office has taken no record for over {limit_s:g} s"
+
+
+UPLINK_DOWN = "uplink_down"
+
+
+def uplink_down(
+    down_since: float | None, now: float, wall: float, grace_s: float, where: str
+) -> str | None:
+    """The `uplink_down` alarm text once the uplink connection (to `where`) has been down
+    since monotonic `down_since` for `grace_s`, or None (`now` monotonic, `wall` the wall
+    time at `now`). A lane with nothing queued says so too: `uplink_stalled` needs a record."""
+    if down_since is None or now - down_since < grace_s:
+        return None
+    return (
+        f"back-office link down: no uplink connection to the broker {where}"
+        f" since {since_utc(down_since, now, wall)} UTC; records stay queued on disk"
+        " and go once it is back"
+    )
 
 
 @dataclass(frozen=True)

@@ -33,5 +33,5 @@ class LaneView(Protocol):
     resolver: Resolver
     pipeline: ScanPipeline
     source: FrameSource
-    # The queue's last status read by the daemon's health loop (None before the first).
+    # The queue's last status read by the daemon's queue loop (None before the first).
     uplink_status: UplinkStatus | None

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from disk_kit import small_tmpfs
+from disk_kit import ext4_image, small_tmpfs
 from hypothesis import settings
 from mqtt_kit import collected
 from pg_server import own_database, postgres_server
@@ -69,6 +69,14 @@ def pg_dsn(pg_server: str) -> Iterator[str]:
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """`tmp_path/lane` (a test lane's data directory) as an 8 MiB tmpfs of its own."""
     with small_tmpfs(tmp_path / "lane") as target:
+        yield target
+
+
+@pytest.fixture
+def ext4_fs(tmp_path: Path) -> Iterator[Path]:
+    """`tmp_path/lane` (a test lane's data directory) as an ext4 image on a loop device of its
+    own, to freeze (disk_kit.frozen)."""
+    with ext4_image(tmp_path / "lane") as target:
         yield target
 
 

@@ -1,5 +1,7 @@
-"""A real full disk for the tests: a size-limited tmpfs of a test's own, and a filler; and a
-SQLite file with one table's page broken under the connection that uses it.
+"""A real full disk for the tests: a size-limited tmpfs of a test's own, and a filler; a real
+hung disk: an ext4 image of a test's own on a loop device, frozen (`fsfreeze`: every write and
+fsync blocks, no error, until it is thawed); and a SQLite file with one table's page broken
+under the connection that uses it.
 
 Mounting needs root (CI runs `make test` as root); elsewhere the test is skipped."""
 
@@ -21,22 +23,52 @@ SIZE = "8m"  # room for the three SQLite files and their WAL; small enough to fi
 @contextlib.contextmanager
 def small_tmpfs(target: Path, size: str = SIZE) -> Iterator[Path]:
     """`target` (made here) as a tmpfs of `size` of its own while the block runs."""
+    options = f"size={size},mode=0700"
+    mount = [["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)]]
+    with _mounted(target, mount, "a size-limited tmpfs") as mounted:
+        yield mounted
+
+
+@contextlib.contextmanager
+def ext4_image(target: Path, size: str = "64M") -> Iterator[Path]:
+    """`target` (made here) as an ext4 file system of `size` on a loop device of its own (the
+    image beside it) while the block runs."""
+    image = str(target.with_name(target.name + ".ext4"))
+    mount = [
+        ["truncate", "-s", size, image],
+        ["mkfs.ext4", "-q", "-F", image],
+        ["mount", "-o", "loop", image, str(target)],
+    ]
+    with _mounted(target, mount, "an ext4 image on a loop device") as mounted:
+        yield mounted
+
+
+@contextlib.contextmanager
+def _mounted(target: Path, commands: list[list[str]], what: str) -> Iterator[Path]:
+    """`target` made, `commands` run to mount `what` on it (the test skipped, saying why, when
+    they fail), unmounted after the block."""
     target.mkdir()
     try:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(target)],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        for command in commands:
+            subprocess.run(command, check=True, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {detail.strip()}")
+        pytest.skip(f"cannot mount {what} here (needs root): {detail.strip()}")
     try:
         yield target
     finally:
-        subprocess.run(["umount", str(target)], check=True, timeout=30)
+        subprocess.run(["umount", str(target)], check=True, timeout=60)
+
+
+@contextlib.contextmanager
+def frozen(mountpoint: Path) -> Iterator[Path]:
+    """The file system at `mountpoint` frozen while the block runs: every write to it waits,
+    as on a disk that stopped answering; thawed after, when the waiting writes go through."""
+    subprocess.run(["fsfreeze", "-f", str(mountpoint)], check=True, timeout=30)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(mountpoint)], check=True, timeout=30)
 
 
 def fill(directory: Path) -> Path:

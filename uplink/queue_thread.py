@@ -5,12 +5,20 @@
 the connection is opened there, used only there and closed there, so an fsynced append never
 waits on a lock held by a status read from another thread, and no caller does `to_thread` on
 the queue itself. The runner (records), the forwarder (batches, acks, backlog), the health
-publisher (action records) and the daemon's health loop (backlog, `writable()` probe) share it.
+publisher (action records) and the daemon's queue loop (backlog, `writable()` probe) share it.
+
+A disk that stops answering (a frozen file system, a dead NFS server, an SD card that hangs)
+blocks the one thread in a write or fsync: every call after it waits in line, no new thread is
+made, nothing is lost. `waiting_since()` says, without waiting, since when (on the clock given)
+the oldest call not yet answered was made: the lane's health loop raises `disk_not_answering`
+from it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,12 +37,22 @@ class QueueThread:
     `QueueThread(queue)` adopts a queue opened elsewhere (tools, tests, benchmarks): from then
     on only the new thread uses it."""
 
-    def __init__(self, queue: RecordQueue, executor: ThreadPoolExecutor | None = None) -> None:
+    def __init__(
+        self,
+        queue: RecordQueue,
+        executor: ThreadPoolExecutor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.sync = queue  # for tools and tests that inspect the file; the lane never calls it
         self._executor: ThreadPoolExecutor | None = executor or _one_thread()
+        self._clock = clock
+        self._numbers = itertools.count()
+        self._made: dict[int, float] = {}  # calls not answered yet: when each was made
 
     @classmethod
-    async def open(cls, opener: Callable[[], RecordQueue]) -> QueueThread:
+    async def open(
+        cls, opener: Callable[[], RecordQueue], clock: Callable[[], float] = time.monotonic
+    ) -> QueueThread:
         """Open the queue on a new worker thread (`opener` runs there) and keep that thread."""
         executor = _one_thread()
         loop = asyncio.get_running_loop()
@@ -43,12 +61,23 @@ class QueueThread:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(queue, executor)
+        return cls(queue, executor, clock)
+
+    def waiting_since(self) -> float | None:
+        """When the oldest call not answered yet was made, or None when none waits."""
+        return min(self._made.values(), default=None)
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         if self._executor is None:
             raise QueueError(self.sync.path, "queue closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        loop = asyncio.get_running_loop()
+        number = next(self._numbers)
+        self._made[number] = self._clock()
+        # Answered when the thread is done with the call, not when its caller stops waiting: a
+        # cancelled caller leaves the thread as stuck as before.
+        done = self._executor.submit(fn, *args)
+        done.add_done_callback(lambda _: _on_loop(loop, self._made.pop, number))
+        return await asyncio.wrap_future(done)
 
     # -- what the queue holds, for the lane --------------------------------------------------
 
@@ -110,6 +139,13 @@ class QueueThread:
             await asyncio.get_running_loop().run_in_executor(executor, self.sync.close)
         finally:
             executor.shutdown(wait=True)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[int], object], arg: int) -> None:
+    """Run `fn(arg)` on `loop` from the queue's thread; nothing once the loop is closed (the
+    lane is gone, and nobody asks what is waiting)."""
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(fn, arg)
 
 
 def _one_thread() -> ThreadPoolExecutor:

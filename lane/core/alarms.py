@@ -26,6 +26,7 @@ FAULT_MESSAGES = {
     Alarm.BROKER_DOWN: "controller lost the MQTT broker",
     Alarm.QUEUE_FULL: "record queue is full: paid passages refused",
     Alarm.DISK_ERROR: "record queue cannot write",
+    Alarm.DISK_NOT_ANSWERING: "data directory does not answer",
     Alarm.BARRIER_STUCK: "barrier did not reach its commanded position",
 }
 

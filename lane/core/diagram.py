@@ -104,6 +104,8 @@ LABELS: dict[str, type] = {
     "reopen lane": ev.AttendantReopenLane,
     "queue full": ev.QueueChanged,
     "queue ok": ev.QueueChanged,
+    "disk hung": ev.DiskAnswering,
+    "disk answers": ev.DiskAnswering,
     "link down": ev.LinkChanged,
     "link up": ev.LinkChanged,
     "plate": ev.PlateRead,
@@ -172,6 +174,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(IN_SERVICE, "barrier down", P.FAULT, "barrier offline or faulted"),
     _t(IN_SERVICE, "link down", P.FAULT, "controller lost the broker"),
     _t(AT_PAY_POINT, "queue full", P.FAULT, "no new paid passages"),
+    _t(AT_PAY_POINT, "disk hung", P.FAULT, "no new paid passages: no record could be written"),
     _t(AT_PAY_POINT, "persist failed", P.FAULT, "a record was not written"),
     _t(P.OPENING, "tick", P.FAULT, "no ack after max attempts"),
     _t(P.CLOSING, "tick", P.FAULT, "no ack after max attempts"),
@@ -182,6 +185,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.FAULT, "barrier up", IN_SERVICE, "barrier reports a working state"),
     _t(P.FAULT, "link up", IN_SERVICE, "broker back"),
     _t(P.FAULT, "queue ok", AT_PAY_POINT, "queue has room again"),
+    _t(P.FAULT, "disk answers", AT_PAY_POINT, "records can be written again"),
     _t(P.FAULT, "ack ok", IN_SERVICE, "a late ack: the barrier is alive"),
     _t(P.FAULT, "ack refused", P.CLOSING, "a late refusal (loop occupied): alive"),
     # Healing: no phase waits for ever (lane.core.recovery).
@@ -278,6 +282,8 @@ def event_label(event: ev.Event) -> str:
             return "reopen lane"
         case ev.QueueChanged(full=full):
             return "queue full" if full else "queue ok"
+        case ev.DiskAnswering(answering=answering):
+            return "disk answers" if answering else "disk hung"
         case ev.LinkChanged(up=up):
             return "link up" if up else "link down"
         case ev.PlateRead():

@@ -114,6 +114,16 @@ class QueueChanged:
 
 
 @dataclass(frozen=True)
+class DiskAnswering:
+    """Whether the data directory answers the record queue: False once a read or write has
+    waited past `disk_answer_s` (a hung disk: no error, no answer), True once it answers.
+    `detail` names the directory and since when."""
+
+    answering: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class LinkChanged:
     """The broker link of the controller went down or came back; while down, again whenever
     the cause changes (the text `broker_down` names: a TLS failure, an unreadable CA file)."""
@@ -246,6 +256,7 @@ Event = (
     | AttendantCloseLane
     | AttendantReopenLane
     | QueueChanged
+    | DiskAnswering
     | LinkChanged
     | PlateRead
     | TicketIssued

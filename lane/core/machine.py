@@ -155,6 +155,10 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return _on_reopen_lane(state, event, now)
         case ev.QueueChanged():
             return _on_queue(state, event, now)
+        case ev.DiskAnswering(answering=True):
+            return remove_fault(state, Alarm.DISK_NOT_ANSWERING)
+        case ev.DiskAnswering(detail=detail):
+            return add_fault(state, Alarm.DISK_NOT_ANSWERING, detail)
         case ev.LinkChanged():
             return _on_link(state, event, now)
         case ev.PlateRead() if road.road_mode(state):

@@ -20,6 +20,7 @@ class Alarm(StrEnum):
     BROKER_DOWN = "broker_down"
     QUEUE_FULL = "queue_full"
     DISK_ERROR = "disk_error"
+    DISK_NOT_ANSWERING = "disk_not_answering"
     BARRIER_STUCK = "barrier_stuck"
     BARRIER_STUCK_OPEN = "barrier_stuck_open"
     QUEUE_HIGH_WATER = "queue_high_water"
@@ -40,7 +41,9 @@ BLOCKING_FAULTS = frozenset(
     }
 )
 # Faults that stop new payments only (the barrier may still serve a vehicle that already paid).
-PAYMENT_FAULTS = frozenset({Alarm.QUEUE_FULL, Alarm.DISK_ERROR, Alarm.BARRIER_STUCK})
+PAYMENT_FAULTS = frozenset(
+    {Alarm.QUEUE_FULL, Alarm.DISK_ERROR, Alarm.DISK_NOT_ANSWERING, Alarm.BARRIER_STUCK}
+)
 FAULTS = BLOCKING_FAULTS | PAYMENT_FAULTS
 # Faults about one command that a later probe of the same command can clear.
 COMMAND_FAULTS = frozenset({Alarm.BARRIER_NO_ACK, Alarm.BARRIER_REFUSED})

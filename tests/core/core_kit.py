@@ -817,6 +817,8 @@ class EventSource:
             return ev.AttendantCloseLane("maintenance")
         if what == "reopen":
             return ev.AttendantReopenLane("done")
+        if what == "queue" and self.c.chance(4):
+            return ev.DiskAnswering(not self.c.chance(2), "/var/lib/lane")
         if what == "queue":
             return ev.QueueChanged(self.c.chance(3), self.c.chance(2))
         return ev.LinkChanged(not self.c.chance(3))
@@ -919,6 +921,7 @@ def heal(driver: LaneDriver, rounds: int = 12) -> None:
     world_is_well: list[ev.Event] = [
         ev.LinkChanged(up=True),
         ev.QueueChanged(full=False, high_water=False),
+        ev.DiskAnswering(answering=True),
         ev.BarrierReported("closed"),
         ev.AttendantReopenLane("healed"),
         *(ev.SensorChanged(s, False, driver.fresh("e")) for s in SAFETY_SENSORS),

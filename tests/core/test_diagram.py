@@ -212,6 +212,8 @@ def test_every_event_type_has_labels_and_every_label_an_event_type() -> None:
         ev.AttendantReopenLane("r"),
         ev.QueueChanged(True, False),
         ev.QueueChanged(False, False),
+        ev.DiskAnswering(False, "/var/lib/lane"),
+        ev.DiskAnswering(True),
         ev.LinkChanged(False),
         ev.LinkChanged(True),
         ev.PlateRead("ZJA123"),

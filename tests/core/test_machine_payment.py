@@ -335,6 +335,22 @@ def test_the_queue_recovering_reopens_payments() -> None:
     assert one(lane.scan(), Authorise).amount_minor == 250
 
 
+def test_a_data_directory_that_answers_again_reopens_payments() -> None:
+    lane = LaneDriver()
+    actions = lane.feed(ev.DiskAnswering(answering=False, detail="/var/lib/lane: waited 15 s"))
+    assert (
+        RaiseAlarm(
+            Alarm.DISK_NOT_ANSWERING, "data directory does not answer: /var/lib/lane: waited 15 s"
+        )
+        in actions
+    )
+    lane.arrive()
+    assert of_type(lane.scan(), Authorise) == []
+    actions = lane.feed(ev.DiskAnswering(answering=True))
+    assert ClearAlarm(Alarm.DISK_NOT_ANSWERING) in actions
+    assert one(lane.scan(), Authorise).amount_minor == 250
+
+
 # --- refused when the lane cannot take payments ----------------------------------------------
 
 BLOCKERS = [
@@ -343,6 +359,7 @@ BLOCKERS = [
     (ev.BarrierReported("fault"), "barrier_fault"),
     (ev.LinkChanged(up=False), "broker_down"),
     (ev.QueueChanged(full=True, high_water=False), "queue_full"),
+    (ev.DiskAnswering(answering=False, detail="/var/lib/lane"), "disk_not_answering"),
     (ev.AttendantCloseLane("maintenance"), "maintenance"),
 ]
 

@@ -20,10 +20,12 @@ from lane.auth.resolver import (
 )
 from lane.auth.wechatpay_trust import ALARM as WECHATPAY_CERTIFICATES
 from lane.core.names import BARRIER_ALARMS, Alarm
+from lane.disk_answer import not_answering
 from lane.health import QUEUE_FAULTS
 from lane.lane_health import (
     CLEARED_KEPT,
     REOPEN_WITHIN_US,
+    UPLINK_DOWN,
     AcquirerSample,
     AlarmBook,
     TokenSample,
@@ -33,6 +35,7 @@ from lane.lane_health import (
     acquirer_sample,
     clock_suspect,
     token_sample,
+    uplink_down,
     uplink_stalled,
 )
 from lane.tap_clocks import CLOCK_ALARM
@@ -50,7 +53,7 @@ def test_every_alarm_the_lane_raises_today_has_a_severity() -> None:
     known |= {PAPER_OUT, PRINTER_OFFLINE, WECHATPAY_CERTIFICATES, REPLAY_ALARM, STORE_ALARM}
     known |= {REFUND_ALARM, REFUND_UNPAID_ALARM, REFUND_UNRECORDED_ALARM}
     known |= {TAPS_ALARM, CLOCK_ALARM}
-    known |= {REFUSED_ALARM, UNSIGNED_ALARM, KEY_MISSING_ALARM, PUBLISH_REFUSED}
+    known |= {REFUSED_ALARM, UNSIGNED_ALARM, KEY_MISSING_ALARM, PUBLISH_REFUSED, UPLINK_DOWN}
     assert known <= set(SEVERITY), sorted(known - set(SEVERITY))
 
 
@@ -181,6 +184,25 @@ def _record(
         "auth": {"result": result, "latency_ms": latency},
         "flags": list(flags),
     }
+
+
+@pytest.mark.parametrize(("down_since", "down"), [(None, False), (86.0, False), (85.0, True)])
+def test_the_uplink_is_down_once_its_grace_is_over(down_since: float | None, down: bool) -> None:
+    text = uplink_down(down_since, 100.0, 1_800_000_000.0, 15.0, "127.0.0.1:1883")
+    assert (text is not None) == down
+    if text is not None:  # since when, on the wall clock, in UTC: 15 s before 08:00:00
+        assert "broker 127.0.0.1:1883 since 07:59:45 UTC;" in text
+
+
+@pytest.mark.parametrize(("since", "hung"), [(None, False), (86.0, False), (85.0, True)])
+def test_a_data_directory_waited_on_past_its_limit_does_not_answer(
+    since: float | None, hung: bool
+) -> None:
+    text = not_answering(Path("/var/lib/lane"), since, 100.0, 1_800_000_000.0, 15.0)
+    assert (text is not None) == hung
+    if text is not None:
+        assert text.startswith("/var/lib/lane: a read or write unanswered for 15 s")
+        assert "(since 07:59:45 UTC)" in text
 
 
 @pytest.mark.parametrize(

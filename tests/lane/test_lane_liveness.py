@@ -318,3 +318,27 @@ async def test_a_lane_started_on_a_full_disk_waits_says_why_and_starts_once_spac
             assert [c.op for c in rig.device.received] == ["open"]
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
+
+
+async def test_the_uplink_down_with_nothing_queued_is_said_after_its_grace_and_cleared_on_reconnect(
+    tmp_path: Path, private_broker: Mosquitto, lane_id: str
+) -> None:
+    """The lane's uplink (its road to the back office) down at a lane with nothing queued:
+    `uplink_stalled` needs a record waiting, so without `uplink_down` nobody would know the
+    back office is out of reach until records pile up. Said after 1.5 keepalives (3 s here),
+    cleared once the uplink is connected again."""
+    async with running_lane(tmp_path, private_broker, lane_id, broker={"keepalive_s": 2}) as lane:
+        daemon, runner = lane.daemon, lane.daemon.runner
+        await eventually(lambda: daemon.uplink_status is not None)
+        assert daemon.uplink_status is not None and daemon.uplink_status.backlog == 0
+        assert "uplink_down" not in runner.alarms
+        await asyncio.to_thread(private_broker.stop)
+        await eventually(lambda: "uplink_down" in runner.alarms, within=15)
+        text = runner.alarms["uplink_down"]
+        where = f"127.0.0.1:{private_broker.port}"
+        assert text.startswith(f"back-office link down: no uplink connection to the broker {where}")
+        assert "UTC" in text and "uplink_stalled" not in runner.alarms
+        assert daemon.uplink_status is not None and daemon.uplink_status.backlog == 0
+        await asyncio.to_thread(private_broker.start)
+        await eventually(lambda: "uplink_down" not in runner.alarms, within=20)
+        await eventually(lambda: quiet(lane), within=15)

@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from disk_kit import frozen
+from polling import eventually
 from uplink_kit import draft
 
 from uplink.messages import Held, digest
@@ -115,3 +117,31 @@ def test_the_message_text_alone_classifies_nothing(tmp_path: Path) -> None:
     for text in ("database or disk is full", "database disk image is malformed"):
         classified = _classify(path, sqlite3.OperationalError(text))
         assert type(classified) is QueueError, text
+
+
+async def test_a_call_on_a_hung_disk_waits_until_it_answers_even_when_its_caller_gave_up(
+    ext4_fs: Path,
+) -> None:
+    """On a frozen file system (a hung disk) an append waits; `waiting_since` says since when,
+    on the clock given, also after its caller stopped waiting (the thread is still stuck in it,
+    and every later call in line behind it), and is None once the thawed disk answered."""
+    now = [100.0]
+    queue = await QueueThread.open(
+        lambda: RecordQueue(ext4_fs / "queue.sqlite3", LANE, 10**8), lambda: now[0]
+    )
+    try:
+        assert queue.waiting_since() is None
+        with frozen(ext4_fs):
+            append = asyncio.ensure_future(queue.append(draft()))
+            await eventually(lambda: queue.waiting_since() == 100.0)  # handed to the thread
+            now[0] = 101.0
+            backlog = asyncio.ensure_future(queue.backlog())  # in line behind the append
+            append.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await append
+            assert queue.waiting_since() == 100.0
+            assert not backlog.done()
+        assert (await backlog).count == 1  # the append went through once the disk answered
+        await eventually(lambda: queue.waiting_since() is None)
+    finally:
+        await queue.aclose()

@@ -1,0 +1,149 @@
+"""A hung disk, then the disk answers again: the lane's data directory on a real ext4 file
+system (a loop device) frozen with `fsfreeze`, so every write and fsync there waits with no
+error, as on a dead NFS server or an SD card that stopped answering; with the real lane, device
+emulator, mosquitto and acquirer.
+
+Safe while it lasts (no vehicle through without its record, payments refused, one thread per
+writer stuck and no more), visible (`disk_not_answering` naming the data directory and since
+when; the health loop's other checks go on), and it clears by itself once the disk answers:
+the next paying vehicle is served. Mounting needs root (CI runs `make test` as root)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from disk_kit import frozen
+from ops_kit import OpsLane, running_lane
+from polling import eventually
+from test_ops_disk_full import metric_alarm, noted_record_ids, stored_record_ids
+
+from barrier.messages import LaneStatus
+from sim.broker import Mosquitto
+from sim.camera import frame_for
+
+
+@asynccontextmanager
+async def serving_lane(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, disk_answer_s: float
+) -> AsyncIterator[OpsLane]:
+    """A lane on the test's own file system that has served one vehicle (its queue written)."""
+    extra = {"lane": {"disk_answer_s": disk_answer_s}}
+    async with running_lane(tmp_path, mosquitto, lane_id, extra=extra) as lane:
+        assert await lane.serve("token") == "barrier_opened"
+        yield lane
+
+
+def threads_named(prefix: str) -> int:
+    return sum(t.name.startswith(prefix) for t in threading.enumerate())
+
+
+async def test_a_hung_disk_is_safe_visible_and_clears_once_it_answers(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    ext4_fs: Path,
+    lane_statuses: list[LaneStatus],
+) -> None:
+    async with serving_lane(tmp_path, mosquitto, lane_id, 1) as lane:
+        daemon = lane.daemon
+        queue = daemon.config.lane.data_dir / "queue.sqlite3"
+        opened = len(lane.named("barrier_opened"))
+
+        with frozen(ext4_fs):
+            # Nothing writes at an empty lane but the disk probe: it is seen all the same.
+            await eventually(
+                lambda: "disk_not_answering" in daemon.runner.alarms,
+                within=20,
+                what=f"disk_not_answering; alarms: {daemon.runner.alarms}",
+            )
+            text = daemon.runner.alarms["disk_not_answering"]
+            assert text.startswith(f"data directory does not answer: {ext4_fs}: ")
+            assert "unanswered for" in text and "UTC" in text
+            # Visible: on /metrics, in the retained status, /readyz says why.
+            assert await metric_alarm(lane, "disk_not_answering") == 1
+            await eventually(lambda: any("disk_not_answering" in s.faults for s in lane_statuses))
+            status, body = await lane.get("/readyz")
+            assert status == 503 and "does not answer" in body
+            # The health loop's other checks go on: a broken key set file (not on the hung
+            # disk) is refused and said so.
+            keyset = daemon.config.auth.keyset
+            assert keyset is not None
+            keyset.write_text("{broken")
+            await eventually(lambda: "trust_update_refused" in daemon.runner.alarms, within=10)
+            # Safe: a driver who shows a code is refused, the barrier stays closed.
+            await lane.device.vehicle_enters(2)
+            await eventually(lambda: len(lane.named("vehicle_arrived")) == 2)
+            frame = frame_for(lane.codes.make("alipay", int(time.time())).text, "clear", rng=1)
+            await eventually(
+                lambda: any(
+                    f.get("reason") == "disk_not_answering" for f in lane.named("scan_refused")
+                ),
+                every=0.03,
+                what=f"a refused scan; notes: {lane.notes[-5:]}",
+                between=lambda: lane.source.put(frame, time.monotonic()),
+            )
+            await lane.device.vehicle_backs_away()
+            await eventually(lambda: daemon.runner.state.vehicle is None)
+            assert len(lane.named("barrier_opened")) == opened
+            assert [c.op for c in lane.device.received].count("open") == opened
+            # One thread stuck on the disk per writer, not one more each try.
+            assert threads_named("lane-disk-probe") == 1
+            assert threads_named("lane-queue") == 1
+
+        # The disk answers: the lane comes back by itself, no restart.
+        await eventually(lambda: "disk_not_answering" not in daemon.runner.alarms, within=20)
+        assert await metric_alarm(lane, "disk_not_answering") == 0
+        assert await lane.serve("token") == "barrier_opened"
+        assert noted_record_ids(lane) == stored_record_ids(queue)
+
+
+async def test_a_disk_that_hangs_under_a_paying_driver_lets_nobody_through_and_loses_nothing(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    ext4_fs: Path,
+) -> None:
+    """The disk stops answering as a driver shows an offline token: its check against the
+    replay store waits on the disk past the payment budget, so the lane declines it (a
+    timeout, nothing taken) and closes; once the disk answers, the decline's record is
+    written, and the driver's next code is served. `disk_answer_s` longer than the budget
+    (2.5 s): the decline comes first, whenever the disk probe meets the frozen disk."""
+    async with serving_lane(tmp_path, mosquitto, lane_id, 5) as lane:
+        daemon = lane.daemon
+        queue = daemon.config.lane.data_dir / "queue.sqlite3"
+        opened = len(lane.named("barrier_opened"))
+        await lane.device.vehicle_enters(2)
+        await eventually(lambda: len(lane.named("vehicle_arrived")) == 2)
+        vehicle_id = lane.named("vehicle_arrived")[-1]["vehicle_id"]
+
+        def shown(kind: str) -> Callable[[], object]:
+            frame = frame_for(lane.codes.make(kind, int(time.time())).text, "clear", rng=1)
+            return lambda: lane.source.put(frame, time.monotonic())
+
+        def records_of_vehicle() -> list[str]:
+            return [
+                str(f["record"]["auth"]["result"])
+                for f in lane.named("record")
+                if f["record"]["vehicle_id"] == vehicle_id
+            ]
+
+        with frozen(ext4_fs):
+            await eventually(lambda: lane.named("declined"), every=0.03, between=shown("token"))
+            assert [f["reason"] for f in lane.named("declined")] == ["timeout"]
+            await eventually(lambda: "disk_not_answering" in daemon.runner.alarms, within=20)
+            assert records_of_vehicle() == []  # its record waits for the disk with it
+            assert len(lane.named("barrier_opened")) == opened
+            assert [c.op for c in lane.device.received].count("open") == opened
+        # The disk answers: the record that waited is written, the lane opens to payments.
+        await eventually(lambda: "disk_not_answering" not in daemon.runner.alarms, within=20)
+        await eventually(lambda: records_of_vehicle() == ["declined"])
+        assert noted_record_ids(lane) == stored_record_ids(queue)
+        await eventually(lambda: len(lane.named("barrier_opened")) > opened, between=shown("token"))
+        await lane.device.vehicle_passes()
+        await eventually(lambda: daemon.runner.state.passage is None)
+        assert records_of_vehicle() == ["declined", "approved"]
+        assert noted_record_ids(lane) == stored_record_ids(queue)
