@@ -26,6 +26,8 @@ BLURRED = Scene(
 # A compact token held by daylight with a thumb over a tenth of its symbol: zxing-cpp finds
 # the symbol and fails its checksum; the covered pass reads it.
 THUMB = Scene(TOKEN, distance=1.4, angle_deg=20.0, roll_deg=-8.0, pitch_deg=6.0, occlusion=0.09)
+# A QR sticker on the booth (`Scene.sticker`): read in every frame of the simulator's camera.
+STICKER = "https://example.org/help/booth-7"
 
 # The example of EMV QRCPS v1.1 (consumer presented mode), as reproduced by independent CPM
 # libraries; decoded by hand: 85 "CPV01", two 61 templates (A0000000555555 "Product1",

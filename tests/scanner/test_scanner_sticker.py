@@ -8,15 +8,22 @@ from dataclasses import replace
 
 import numpy as np
 import zxingcpp
-from scanner_testkit import BLURRED, THUMB, TOKEN, corpus_image, load_gray, qr_image, thumb_over
+from scanner_testkit import (
+    BLURRED,
+    STICKER,
+    THUMB,
+    TOKEN,
+    corpus_image,
+    load_gray,
+    qr_image,
+    thumb_over,
+)
 
 from scanner.deblur import MIN_TEXTURE, texture_peak
 from scanner.decoders import ZxingDecoder, make_decoder
 from scanner.detection import GrayImage, as_gray
 from sim.render import render_frame
 from sim.scene import Scene
-
-STICKER = "https://example.org/help/booth-7"
 
 
 def read(frames: list[GrayImage]) -> list[list[tuple[str, str]]]:
