@@ -3,7 +3,7 @@ decoders cost on the empty frames a lane camera mostly sees.
 
     .venv/bin/python -m bench.first_look [--scenes 200] [--frames 30] [--conditions realistic,hard]
                                         [--tokens v1,v2]
-                                        [--parts empty,held,first,gate,effects]
+                                        [--parts empty,held,first,gate,effects,sticker]
 
 For each camera condition and token format (v1 at QR version 8-M, compact v2 at 5-L), scenes
 are drawn from the simulator's presets with a fixed seed (the same poses for every decoder
@@ -26,9 +26,14 @@ change gate on and off: each pose preceded by --before frames of the same view w
 phone, one camera (frame ids and 30 fps timestamps running on across poses), so the gate has
 a reference when the phone comes up; "code frames let pass" must be 0. Then the "hard" preset
 one effect at a time (the rest taken out of the same poses), which shows what its thumbs take,
-before the covered pass and with it. --parts picks the tables (empty, held, first, gate, effects;
-all by default), e.g. to run them as separate processes, each pinned to its own CPU
-(`taskset -c 1 ...`). Prints markdown; asserts nothing (docs/scanner.md keeps the figures).
+before the covered pass and with it. Then a QR sticker in view (`Scene.sticker`, read in every
+frame): the first look of the v2 token with it and without it, the cascade as it was (its
+fallbacks only when nothing was read), the default (the passes that work on what was not read
+still run) and the default with the whole-frame pass run beside a read too; and what the
+frames with only the sticker cost (the common frame at a booth that has one). --parts picks the
+tables (empty, held, first, gate, effects, sticker; all by default), e.g. to run them as
+separate processes, each pinned to its own CPU (`taskset -c 1 ...`). Prints markdown; asserts
+nothing (docs/scanner.md keeps the figures).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import cv2
@@ -48,14 +53,16 @@ from bench.scan import road_frame
 from lane.auth.tokens import TokenFormat
 from scanner.covered import CoveredRetry
 from scanner.decoders import DEFAULT_PASSES, CascadeDecoder, ZxingDecoder, make_pass
-from scanner.detection import Decoder, Detection, GrayImage, as_gray
+from scanner.detection import Decoder, Detection, GrayImage, Polygon, as_gray, locate
+from scanner.fallbacks import FallbackPass, WholeFrame
 from scanner.frame_gate import FrameGate
 from sim.codes import CodeFactory
 from sim.render import render_frame
 from sim.scene import Conditions, Scene, as_generator
 
 SEED = 2
-PARTS = ("empty", "held", "first", "gate", "effects")
+PARTS = ("empty", "held", "first", "gate", "effects", "sticker")
+STICKER = "https://example.org/help/booth-7"
 PREVIOUS_PASSES = ("roi-global", "half")
 FPS = 30.0
 # scan(gray, frame id, timestamp): the codes read, or None when the frame was not decoded.
@@ -93,6 +100,52 @@ def uncovered_cascade() -> CascadeDecoder:
     return CascadeDecoder(ZxingDecoder(), [make_pass(p) for p in DEFAULT_PASSES if p != "covered"])
 
 
+class ReadBlind(CascadeDecoder):
+    """The cascade as it was before a sticker in view was thought of: its fallback passes ran
+    only when the primary read nothing at all."""
+
+    def locate(self, gray: GrayImage) -> tuple[list[Detection], list[Polygon]]:
+        found, candidates = locate(self.primary, gray)
+        for fallback in self.passes:
+            if found:
+                break
+            found = fallback.run(gray, candidates)
+        for learner in self._learners:
+            if found:
+                learner.learn(found)
+        return found, candidates
+
+
+class Regardless:
+    """A pass that is not told what was read in the frame: a whole-frame pass then runs beside
+    a read too (what it would cost and read)."""
+
+    def __init__(self, inner: FallbackPass) -> None:
+        self.name = inner.name
+        self._inner = inner
+
+    def run(
+        self, gray: GrayImage, candidates: list[Polygon], read: Sequence[Polygon] = ()
+    ) -> list[Detection]:
+        return self._inner.run(gray, candidates)
+
+
+def sticker_decoders() -> dict[str, Decoder]:
+    passes = [make_pass(p) for p in DEFAULT_PASSES]
+    return {
+        "zxing alone": ZxingDecoder(),
+        "before (blind beside a read)": ReadBlind(ZxingDecoder(), passes),
+        "cascade (default)": default_cascade(),
+        "default + whole frame beside a read": CascadeDecoder(
+            ZxingDecoder(),
+            [
+                Regardless(p) if isinstance(p, WholeFrame) else p
+                for p in (make_pass(p) for p in DEFAULT_PASSES)
+            ],
+        ),
+    }
+
+
 def plain(decoder: Decoder) -> Scan:
     return lambda gray, frame_id, ts: decoder.decode(gray)
 
@@ -108,10 +161,11 @@ def gated(decoder: Decoder) -> Scan:
 
 
 def poses(
-    condition: str, fmt: TokenFormat, scenes: int, keep: tuple[str, ...] = EFFECTS
-) -> Iterator[tuple[str, Scene, int]]:
+    condition: str, fmt: TokenFormat, scenes: int, keep: tuple[str, ...] = EFFECTS,
+    sticker: str | None = None,
+) -> Iterator[tuple[str, Scene, int]]:  # fmt: skip
     """(code text, scene, frame seed) for `scenes` seeded poses, with only the effects in `keep`
-    left in each."""
+    left in each (and `sticker` in view)."""
     codes = CodeFactory(7, fmt)
     rng = random.Random(SEED)
     for _ in range(scenes):
@@ -126,7 +180,7 @@ def poses(
                 low_light=scene.low_light if "low_light" in keep else 0.0,
                 occlusion=scene.occlusion if "occlusion" in keep else 0.0,
             )
-        yield text, scene, seed + 1
+        yield text, replace(scene, sticker=sticker), seed + 1
 
 
 @dataclass
@@ -140,14 +194,14 @@ class Tally:
 
 def first_look(
     condition: str, fmt: TokenFormat, scan: Scan, scenes: int, frames: int, *,
-    keep: tuple[str, ...] = EFFECTS, before: int = 0,
+    keep: tuple[str, ...] = EFFECTS, before: int = 0, sticker: str | None = None,
 ) -> Tally:  # fmt: skip
     """How many of `scenes` poses (only the effects in `keep` left) `scan` reads on the first
     frame and within `frames` frames, each shown after `before` frames of the same view without
     the phone; frame ids and timestamps run on across poses, as from one camera."""
     tally = Tally()
     ids = itertools.count(1)
-    for text, scene, seed in poses(condition, fmt, scenes, keep):
+    for text, scene, seed in poses(condition, fmt, scenes, keep, sticker):
         frame_rng = as_generator(seed)
         for _ in range(before):
             i = next(ids)
@@ -259,6 +313,47 @@ def print_empty_costs(repeat: int) -> None:
     print()
 
 
+def print_sticker(conditions: list[str], scenes: int, frames: int, repeat: int) -> None:
+    print(f"## A QR sticker in view: v2 token, {scenes} poses, read within {frames} frames\n")
+    print("| condition | decoder | first look, no sticker | with the sticker: first frame | "
+          "first look |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for condition in conditions:
+        for name in sticker_decoders():
+            without, beside = (
+                first_look(condition, TokenFormat.V2, plain(sticker_decoders()[name]), scenes,
+                           frames, sticker=sticker)
+                for sticker in (None, STICKER)
+            )  # fmt: skip
+            print(f"| {condition} | {name} | **{without.within / scenes:.1%}** | "
+                  f"{beside.first / scenes:.1%} | **{beside.within / scenes:.1%}** |")  # fmt: skip
+            sys.stdout.flush()
+    print()
+    views = {
+        "cab window + sticker, day": [
+            as_gray(render_frame(Scene(None, sticker=STICKER), s)) for s in range(8)
+        ],
+        "cab window + sticker, night": [
+            as_gray(render_frame(Scene(None, low_light=0.8, sticker=STICKER), s)) for s in range(8)
+        ],
+    }
+    print(f"## Frames with only the sticker: mean CPU ms per frame over {repeat} frames\n")
+    names = list(sticker_decoders())
+    print(f"| view | {' | '.join(names)} | default + gate | default / before | "
+          "whole frame / before | before / zxing |")  # fmt: skip
+    print(f"|{'---|' * (len(names) + 5)}")
+    for view, images in views.items():
+        scans = {name: plain(d) for name, d in sticker_decoders().items()}
+        scans["default + gate"] = gated(default_cascade())
+        costs = {name: empty_cost_ms(scan, images, repeat) for name, scan in scans.items()}
+        before = costs["before (blind beside a read)"]
+        print(f"| {view} | {' | '.join(f'{c:.2f}' for c in costs.values())} | "
+              f"**{costs['cascade (default)'] / before:.2f}x** | "
+              f"{costs['default + whole frame beside a read'] / before:.2f}x | "
+              f"{before / costs['zxing alone']:.2f}x |")  # fmt: skip
+    print()
+
+
 def print_held_costs(repeat: int) -> None:
     thumb = Scene(
         CodeFactory(SEED).make("token", 1_800_000_000).text,
@@ -299,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         "--gate-conditions", default="realistic,hard", help="first look with the gate on/off"
     )
     parser.add_argument(
+        "--sticker-conditions", default="realistic,hard", help="first look with a sticker in view"
+    )
+    parser.add_argument(
         "--parts", default=",".join(PARTS), help=f"which tables, of {','.join(PARTS)}"
     )
     args = parser.parse_args(argv)
@@ -324,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "effects" in parts:
         print_hard_effects(args.scenes, args.frames)
+    if "sticker" in parts:
+        print_sticker(args.sticker_conditions.split(","), args.scenes, args.frames, args.empty)
     return 0
 
 

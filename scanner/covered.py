@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -112,7 +113,9 @@ class CoveredRetry:
             if stream is not None:
                 self._common.learn(stream)
 
-    def run(self, gray: GrayImage, candidates: list[Polygon]) -> list[Detection]:
+    def run(
+        self, gray: GrayImage, candidates: list[Polygon], read: Sequence[Polygon] = ()
+    ) -> list[Detection]:
         with self._lock:
             self._calls += 1
             call, learned = self._calls, self._common.learned

@@ -23,6 +23,7 @@ import itertools
 import math
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -57,12 +58,21 @@ MAX_SHIFT = 12
 FloatImage = npt.NDArray[np.float32]
 
 
-def texture_peak(gray: GrayImage) -> tuple[float, tuple[int, int]]:
-    """The densest texture in the frame: (score, centre in frame pixels)."""
+def texture_peak(gray: GrayImage, hidden: Sequence[Polygon] = ()) -> tuple[float, tuple[int, int]]:
+    """The densest texture in the frame, outside the `hidden` outlines (codes already read):
+    (score, centre in frame pixels)."""
     small = np.ascontiguousarray(gray[::STEP, ::STEP])
     gx = cv2.convertScaleAbs(cv2.Sobel(small, cv2.CV_16S, 1, 0))
     gy = cv2.convertScaleAbs(cv2.Sobel(small, cv2.CV_16S, 0, 1))
     density = cv2.boxFilter(cv2.add(gx, gy), cv2.CV_32F, (WINDOW, WINDOW))
+    for polygon in hidden:
+        # The box filter spreads a code's texture half a window beyond its outline.
+        x0, y0, x1, y1 = bounding_box(polygon)
+        pad = WINDOW // 2 + 1
+        density[
+            max(0, y0 // STEP - pad) : y1 // STEP + pad + 1,
+            max(0, x0 // STEP - pad) : x1 // STEP + pad + 1,
+        ] = 0
     _, score, _, (x, y) = cv2.minMaxLoc(density)
     return float(score), (x * STEP, y * STEP)
 
@@ -121,7 +131,7 @@ def wiener(roi: GrayImage, kernel: FloatImage, noise_to_signal: float) -> GrayIm
 
 class Deblur:
     """Cascade pass: deconvolve the region around an unreadable candidate, or else around the
-    frame's densest texture, and decode it.
+    frame's densest texture outside the codes already read in it, and decode it.
 
     Evidence is spread over frames, since a phone stays in view for seconds: the pass looks
     at one frame in `every` (~0.2 ms for the texture map; nothing more on a frame without a
@@ -169,7 +179,9 @@ class Deblur:
         with self._lock:
             self._recent.clear()
 
-    def run(self, gray: GrayImage, candidates: list[Polygon]) -> list[Detection]:
+    def run(
+        self, gray: GrayImage, candidates: list[Polygon], read: Sequence[Polygon] = ()
+    ) -> list[Detection]:
         frame = next(self._frames)
         with self._lock:
             earlier = list(self._recent)
@@ -181,7 +193,7 @@ class Deblur:
             x0, y0, x1, y1 = bounding_box(candidates[0])
             centre = ((x0 + x1) // 2, (y0 + y1) // 2)
         else:
-            score, centre = texture_peak(gray)
+            score, centre = texture_peak(gray, read)
             if score < self._min_texture:
                 return []
         here = _Failure(centre[0], centre[1], score, frame)

@@ -3,8 +3,9 @@
 - `ZxingDecoder`: zxing-cpp restricted to QR Model 2 (the wider QR family occasionally reports
   bogus extra symbols); fastest and best reader on our corpus.
 - `PyzbarDecoder`: ZBar via pyzbar, QR only, bytes decoded by us (see `scanner.zbar`).
-- `CascadeDecoder`: the primary decoder, then fallback passes only when it read nothing. The
-  default passes are the ones `bench/scan.py` shows to pay for their cost (docs/scanner.md).
+- `CascadeDecoder`: the primary decoder, then fallback passes for what it did not read: the
+  codes it saw but could not read, even beside a code it read (a sticker in view). The default
+  passes are the ones `bench/scan.py` shows to pay for their cost (docs/scanner.md).
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class ZxingDecoder:
             )
             if barcode.valid:
                 found.append(Detection(barcode.text, bytes(barcode.bytes), polygon, self.name))
-            else:
+            elif len(set(polygon)) > 1:
+                # Beside a code it reads, zxing-cpp can report a format error with no outline
+                # (every corner at 0,0): nothing was seen there to retry.
                 unreadable.append(polygon)
         return found, unreadable
 
@@ -132,12 +135,20 @@ class CascadeDecoder:
 
     def locate(self, gray: GrayImage) -> tuple[list[Detection], list[Polygon]]:
         """Codes read, and the primary's outlines of codes it saw but could not read (the
-        change gate never takes a frame with one as "nothing here")."""
+        change gate never takes a frame with one as "nothing here").
+
+        The passes run in turn until one reads a code not read yet, whether or not the primary
+        read one: a sticker or a second phone read in every frame must not keep them from the
+        driver's code beside it. Each pass is told what was read (whole-frame passes then
+        stand aside; the deblur pass looks past it)."""
         found, candidates = locate(self.primary, gray)
+        read = tuple(d.polygon for d in found)
+        texts = {d.text for d in found}
         for fallback in self.passes:
-            if found:
+            more = [d for d in fallback.run(gray, candidates, read) if d.text not in texts]
+            if more:
+                found = [*found, *more]
                 break
-            found = fallback.run(gray, candidates)
         for learner in self._learners:
             if found:
                 learner.learn(found)

@@ -1,13 +1,15 @@
-"""Fallback passes for the cascade: extra attempts made only when the primary decoder read nothing.
+"""Fallback passes for the cascade: extra attempts at what the primary decoder did not read.
 
 Each pass states its own cost: ROI passes work on the few candidate regions where the primary
 saw a code but failed its checksum, so on an empty road frame they cost nothing; whole-frame
-passes pay on every empty frame, which is the common case for a lane camera.
+passes pay on every empty frame, which is the common case for a lane camera. A whole-frame pass
+does not run on a frame where a code was already read (`read`): with a sticker in view that is
+every frame, and there it cost +11-44% and read nothing more (docs/scanner.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -22,8 +24,11 @@ Transform = Callable[[GrayImage], GrayImage]
 class FallbackPass(Protocol):
     name: str
 
-    def run(self, gray: GrayImage, candidates: list[Polygon]) -> list[Detection]:
-        """Try again; `candidates` are regions where the primary saw an unreadable code."""
+    def run(
+        self, gray: GrayImage, candidates: list[Polygon], read: Sequence[Polygon] = ()
+    ) -> list[Detection]:
+        """Try again; `candidates` are regions where the primary saw an unreadable code,
+        `read` the outlines of the codes already read in this frame (a sticker in view)."""
         ...
 
 
@@ -36,7 +41,9 @@ class RoiRetry:
         self._margin = margin
         self._scale = scale
 
-    def run(self, gray: GrayImage, candidates: list[Polygon]) -> list[Detection]:
+    def run(
+        self, gray: GrayImage, candidates: list[Polygon], read: Sequence[Polygon] = ()
+    ) -> list[Detection]:
         height, width = gray.shape
         for polygon in candidates:
             x0, y0, x1, y1 = bounding_box(polygon)
@@ -65,7 +72,11 @@ class WholeFrame:
         self._transform = transform
         self._scale = scale
 
-    def run(self, gray: GrayImage, candidates: list[Polygon]) -> list[Detection]:
+    def run(
+        self, gray: GrayImage, candidates: list[Polygon], read: Sequence[Polygon] = ()
+    ) -> list[Detection]:
+        if read:
+            return []
         image = gray
         if self._scale != 1.0:
             image = resize(image, self._scale)

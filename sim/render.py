@@ -31,6 +31,10 @@ NOISE_PAD = 16  # noise fields are larger than the frame; a random crop varies p
 NOISE_LEVELS = (2, 4, 6, 8, 10, 12)
 CODE_MARGIN_PX = 8
 CODE_PHYSICAL_M = 0.04  # a phone's code is ~4 cm across
+# A QR sticker in view (`Scene.sticker`): its side (quiet zone included) at 1280 px wide, and
+# its top-left corner as fractions of the frame: the body panel below the wheel arch.
+STICKER_PX = 116
+STICKER_AT = (0.015, 0.695)
 OPAQUE, TRANSPARENT = 254.5 / 255, 0.5 / 255  # coverage that rounds to all or nothing
 
 
@@ -50,7 +54,7 @@ def render_frame(scene: Scene, rng: Rng, size: Size = DEFAULT_SIZE) -> np.ndarra
     if scene.blackout:
         return _add_noise(np.full((h, w, 3), 3, np.uint8), 2, ox, oy, in_place=True)
     level = _light_level(scene.low_light)
-    view = background(size, level)
+    view = background(size, level, scene.sticker)
     if scene.code_text is None:
         # The empty view, most frames: the noise is added into a new frame, no copy first.
         return _add_noise(view, _noise_sigma(level), ox, oy, in_place=False)
@@ -253,12 +257,13 @@ def _noise_fields(size: Size, sigma: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=8)
-def background(size: Size, light_level: float = 0.0) -> np.ndarray:
-    """The static view for a light level: daylight drawn once, darkened through a LUT.
+def background(size: Size, light_level: float = 0.0, sticker: str | None = None) -> np.ndarray:
+    """The static view for a light level (and a QR sticker in view): daylight drawn once,
+    darkened through a LUT.
 
     Night keeps a floor (lane lighting), so a dark frame still differs from a blackout.
     """
-    base = _daylight_background(size)
+    base = _daylight_background(size) if sticker is None else _with_sticker(size, sticker)
     if light_level <= 0:
         return base
     v = np.arange(256, dtype=np.float64) / 255.0
@@ -266,6 +271,24 @@ def background(size: Size, light_level: float = 0.0) -> np.ndarray:
     dark = cv2.LUT(base, np.clip(lut, 0, 255).astype(np.uint8))
     dark.setflags(write=False)
     return dark
+
+
+@lru_cache(maxsize=2)
+def _with_sticker(size: Size, text: str) -> np.ndarray:
+    """The daylight view with a printed QR sticker on the body panel left of the cab window
+    (outside it: the phone is never held over it), softened as the lens softens the phone."""
+    w, h = size
+    side = round(STICKER_PX * w / REFERENCE_WIDTH)
+    modules = qr_modules(text)
+    module_px = max(2, math.ceil(side / modules.shape[0]))
+    printed = np.where(np.kron(modules, np.ones((module_px, module_px), bool)), 30, 235)
+    code = cv2.resize(printed.astype(np.uint8), (side, side), interpolation=cv2.INTER_AREA)
+    code = cv2.GaussianBlur(code, (0, 0), 0.6)
+    img = _daylight_background(size).copy()
+    x, y = round(STICKER_AT[0] * w), round(STICKER_AT[1] * h)
+    img[y : y + side, x : x + side] = code[:, :, None]
+    img.setflags(write=False)
+    return img
 
 
 @lru_cache(maxsize=2)

@@ -54,6 +54,8 @@ class Scene:
     blur_dir_deg direction of the motion streak (0 = horizontal)
     glare_at    centre of the reflection in screen coordinates (0..1, 0..1)
     position    centre of the code in the cab window (0..1, 0..1 of the window rectangle)
+    sticker     text of a printed QR sticker always in view (on the booth, an ad), or None;
+                it stays when the phone goes (`without_code`)
     """
 
     code_text: str | None
@@ -70,6 +72,7 @@ class Scene:
     blur_dir_deg: float = 0.0
     glare_at: tuple[float, float] = (0.35, 0.3)
     position: tuple[float, float] = (0.5, 0.5)
+    sticker: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.2 <= self.distance <= 10.0:

@@ -93,13 +93,15 @@ SMOKES = {
     ),
     "first_look": Smoke(
         "--scenes 2 --frames 3 --empty 4 --held 4 --before 2 --conditions clear,hard "
-        "--gate-conditions hard",
+        "--gate-conditions hard --sticker-conditions hard",
         (
             r"^\| sim cab window, night \| [\d.]+ \|.* \| \*\*[\d.]+x\*\* \|",
             r"^\| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| \*\*[\d.]+x\*\* \| \*\*[\d.]+x\*\* \|$",
             r"^\| clear \| v2 \| 5-L \| cascade \(default\) \| [\d.]+% \| \*\*[\d.]+%\*\* \|",
             r"^\| hard \| v1 \| on \| [\d.]+% \| \*\*[\d.]+%\*\* \| \d+/\d+ \| \d+ \|$",
             r"^\| \+ thumb only \| [\d.]+% \| \*\*[\d.]+%\*\* \| [\d.]+% \| \*\*[\d.]+%\*\* \|$",
+            r"^\| hard \| cascade \(default\) \| \*\*[\d.]+%\*\* \| [\d.]+% \| \*\*[\d.]+%\*\* \|$",
+            r"^\| cab window \+ sticker, day \| [\d.]+ \|.*\*\*[\d.]+x\*\* \| [\d.]+x \|",
         ),
     ),
     "handoff": Smoke(

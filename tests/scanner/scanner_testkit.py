@@ -10,6 +10,7 @@ import numpy.typing as npt
 import pytest
 import zxingcpp
 
+from scanner.detection import Polygon
 from sim.codes import CodeFactory
 from sim.scene import Scene
 
@@ -22,6 +23,11 @@ BLURRED = Scene(
     TOKEN, distance=1.75, angle_deg=24.0, blur_px=5.2, blur_dir_deg=-12.0, low_light=0.41,
     roll_deg=-6.0, pitch_deg=9.0, position=(0.6, 0.5),
 )  # fmt: skip
+# A compact token held by daylight with a thumb over a tenth of its symbol: zxing-cpp finds
+# the symbol and fails its checksum; the covered pass reads it.
+THUMB = Scene(TOKEN, distance=1.4, angle_deg=20.0, roll_deg=-8.0, pitch_deg=6.0, occlusion=0.09)
+# A QR sticker on the booth (`Scene.sticker`): read in every frame of the simulator's camera.
+STICKER = "https://example.org/help/booth-7"
 
 # The example of EMV QRCPS v1.1 (consumer presented mode), as reproduced by independent CPM
 # libraries; decoded by hand: 85 "CPV01", two 61 templates (A0000000555555 "Product1",
@@ -66,6 +72,16 @@ def frame_with(
         x, y = at
         frame[y : y + code.shape[0], x : x + code.shape[1]] = code
     return frame
+
+
+def thumb_over(gray: Gray, polygon: Polygon, radius: float) -> Gray:
+    """A skin-grey disc (a thumb tip) over the symbol's bottom-right corner, `radius` in
+    symbol widths."""
+    out = gray.copy()
+    x, y = polygon[2]
+    width = float(np.hypot(*np.subtract(polygon[1], polygon[0])))
+    cv2.circle(out, (x, y), round(radius * width), 150, -1, cv2.LINE_AA)
+    return out
 
 
 def load_gray(path: Path) -> Gray:

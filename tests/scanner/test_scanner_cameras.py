@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import cv2
 import pytest
 from camera_kit import MjpegCamera, RtspCamera, gstreamer_camera
-from scanner_testkit import FakeClock
+from scanner_testkit import STICKER, THUMB, TOKEN, FakeClock
 from test_scanner_sources import ScriptedCapture, kinds
 
 from lane.doctor import probe_camera
@@ -28,6 +29,7 @@ from scanner.health import CaptureSettings, SourceEvent
 from scanner.sources import CaptureSource, Frame, Item, open_source
 from sim.broker import free_port
 from sim.camera import frame_for
+from sim.render import render_frame
 
 
 def events_until(items: Iterator[Item], wanted: str, within_s: float = 20.0) -> list[Item]:
@@ -165,6 +167,22 @@ def test_a_udp_only_gstreamer_camera_streams_its_code_over_udp(tmp_path: Path) -
     assert isinstance(frame, Frame)
     texts = [d.text for d in make_decoder("zxing").decode(as_gray(frame.image))]
     assert texts == ["LT1:RTSP-OVER-UDP"]
+
+
+def test_a_gstreamer_camera_with_a_sticker_in_view_reads_the_covered_code_beside_it(
+    tmp_path: Path,
+) -> None:
+    """The lane's camera path (RTSP over TCP, FFmpeg's MJPEG decoding): a booth sticker read in
+    every frame and, beside it, a phone under a thumb that only the covered pass reads."""
+    image = tmp_path / "booth.png"
+    cv2.imwrite(str(image), render_frame(replace(THUMB, sticker=STICKER), 1))
+    with gstreamer_camera(image) as url:
+        source = open_source(url, settings=CaptureSettings(open_timeout_s=5))
+        frames = [i for i in itertools.islice(source.stream(), 4) if isinstance(i, Frame)]
+        source.close()
+    cascade = make_decoder()
+    reads = [[(d.text, d.decoder) for d in cascade.decode(as_gray(f.image))] for f in frames]
+    assert reads and all(r == [(STICKER, "zxing"), (TOKEN, "zxing+covered")] for r in reads)
 
 
 # --- open timeout separate from the blackout timeout --------------------------------------------

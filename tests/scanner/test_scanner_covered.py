@@ -6,18 +6,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import cv2
 import numpy as np
 import pytest
 import zxingcpp
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from scanner_testkit import TOKEN, corpus_image, load_gray
+from scanner_testkit import THUMB, TOKEN, corpus_image, load_gray, thumb_over
 
 from scanner.common_words import KEEP, MIN_SHARED, CommonWords
 from scanner.covered import CoveredRetry, encoded_stream
 from scanner.decoders import DEFAULT_PASSES, CascadeDecoder, ZxingDecoder, make_decoder, make_pass
-from scanner.detection import GrayImage, Polygon, as_gray
+from scanner.detection import GrayImage, as_gray
 from scanner.qr_symbol import SPARE, Matrix, read_blocks, repaired
 from scanner.reed_solomon import correct, syndromes
 from sim.codes import CodeFactory
@@ -27,9 +26,6 @@ from sim.scene import Scene
 OTHER_TOKEN = CodeFactory(8).make("token", 1_800_000_000).text
 # Two more tokens of TOKEN's issuer: their header (the first data codewords) is TOKEN's.
 ISSUER_TOKENS = [CodeFactory(7).make("token", 1_800_000_100 + i).text for i in range(2)]
-# A compact token held by daylight with a thumb over a tenth of its symbol: zxing-cpp finds
-# the symbol and fails its checksum.
-THUMB = Scene(TOKEN, distance=1.4, angle_deg=20.0, roll_deg=-8.0, pitch_deg=6.0, occlusion=0.09)
 
 
 def uncovered() -> CascadeDecoder:
@@ -202,16 +198,6 @@ def test_two_codes_spliced_are_never_read_as_either_or_a_mix() -> None:
         erased = np.zeros_like(a)
         erased[seam - 1 : seam + 1] = True
         assert repaired(spliced, erased) is None, seam
-
-
-def thumb_over(gray: GrayImage, polygon: Polygon, radius: float) -> GrayImage:
-    """A skin-grey disc (a thumb tip) over the symbol's bottom-right corner, `radius` in
-    symbol widths."""
-    out = gray.copy()
-    x, y = polygon[2]
-    width = float(np.hypot(*np.subtract(polygon[1], polygon[0])))
-    cv2.circle(out, (x, y), round(radius * width), 150, -1, cv2.LINE_AA)
-    return out
 
 
 # Real photos, versions 3-6, levels L and M, one and several blocks; the thumb just big

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pytest
 from polling import eventually
-from scanner_testkit import BLURRED, TOKEN, frame_with, qr_image
+from scanner_testkit import BLURRED, STICKER, THUMB, TOKEN, frame_with, qr_image
 
 from scanner.change_gate import CLUTTERED_AFTER, GateSettings
 from scanner.deblur import MIN_TEXTURE, texture_peak
@@ -282,3 +282,22 @@ async def test_a_cluttered_view_pays_for_its_texture_once_per_valve_period() -> 
         for i, image in enumerate(empty[1:], start=1):
             decoded += await push([gated], image, i / 30)
     assert decoded == [True] * (CLUTTERED_AFTER - 1) + [True] * every + [True, False]
+
+
+async def test_a_booth_with_a_sticker_in_view_reads_the_phones_beside_it() -> None:
+    # A QR sticker on the booth is read in every frame; the phones held up beside it need the
+    # fallback passes (a thumb: the covered pass; a streak nobody locates: the deblur pass).
+    camera = Camera(seed=13)
+    other = CodeFactory(14).make("token", 1_800_000_000).text
+    thumb = replace(THUMB, sticker=STICKER)
+    blurred = replace(BLURRED, code_text=other, sticker=STICKER)
+    async with scanners(GateSettings()) as (gated,):
+        for scene in (thumb, blurred):
+            for image, ts in [*camera.frames(scene.without_code(), 4), *camera.frames(scene, 8)]:
+                await push([gated], image, ts)
+    # The sticker once (deduplicated over the frames it stays in), each phone once.
+    assert [(r.text, r.decoder) for r in gated.results] == [
+        (STICKER, "zxing"),
+        (TOKEN, "zxing+covered"),
+        (other, "zxing+deblur"),
+    ]
