@@ -9,21 +9,24 @@ over every stored record, on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import psycopg
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_uplink_trip_index import arrivals, kept_strays, open_table, stored_records
+from test_uplink_trip_index import T0, arrivals, kept_strays, open_table, stored_records
 from uplink_kit import beside
 
 from lane.core.records import REFUND_FLAG
 from uplink.messages import QueueIdentity
 from uplink.pg import PostgresIngestStore
-from uplink.records import Record
+from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore
 from uplink.trips import END_OF_TIME_US, TripMark, open_trips, trip_ledger, trip_mark
@@ -101,3 +104,34 @@ def test_refunds_an_earlier_release_marked_are_marked_again_on_upgrade(
             upgraded.close()
 
     check()
+
+
+def test_the_upgrade_log_counts_the_refunds_marked_again_and_those_left(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two entries refunded, marked as none by version 7: the refund naming its pass closes
+    its trip; the one a lane of an earlier release wrote names none and is left, its trip
+    open. The upgrade's log line counts one of each."""
+    records = []
+    for i, named in enumerate(("p1", None)):
+        entry = RecordDraft("entry", "veh", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                            pass_id=f"p{i + 1}")  # fmt: skip
+        refund = replace(entry, flags=(REFUND_FLAG, f"record:e-{i}"), pass_id=named)
+        records += [Record(f"e-{i}", "P01/e1", 2 * i + 1, T0, entry),
+                    Record(f"f-{i}", "P01/e1", 2 * i + 2, T0, refund)]  # fmt: skip
+    store = SqliteIngestStore(tmp_path / "ingest.sqlite")
+    rows = [IngestRecord.of(r, r.encode()) for r in records]
+    old = [replace(r, trip=None) if r.record_id.startswith("f-") else r for r in rows]
+    store.store_batch("P01/e1", QueueIdentity("old"), old, 1)
+    made_old(store)
+    store.close()
+    caplog.set_level(logging.INFO, logger="lane.uplink.sqlite_store")
+    upgraded = reopened(store)
+    try:
+        pure = trip_ledger(r.encode() for r in records)
+        assert [t.pass_id for t in pure.open_trips] == ["p2"] and pure.closed == 1
+        assert open_trips(upgraded) == pure
+    finally:
+        upgraded.close()
+    (line,) = [r for r in caplog.records if r.getMessage() == "ingest store upgraded"]
+    assert (line.refunds_remarked, line.refunds_unmarked) == (1, 1)  # type: ignore[attr-defined]
