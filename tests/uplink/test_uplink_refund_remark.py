@@ -84,7 +84,7 @@ def test_refunds_an_earlier_release_marked_are_marked_again_on_upgrade(
     over every record, its strays the unmatched exits, one open-trips row per open trip."""
     store = store_factory()
 
-    @settings(max_examples=300, deadline=None, database=None)
+    @settings(max_examples=40, deadline=None, database=None)
     @given(data=st.data(), rows=stored_records())
     def check(data: st.DataObject, rows: list[IngestRecord]) -> None:
         for table in ("records", "open_trips", "stray_exits", "epochs"):
