@@ -146,6 +146,8 @@ _OLD_TABLES = (
     " WHERE table_schema = %s AND table_name = 'records' AND column_name = 'refund_of')"
 )
 _TAG = re.compile(r"^lane ingest schema v(\d+) ")
+# The first version whose refunds were all marked by today's `trip_mark` (UpgradeJob.REMARK).
+REMARKED_FROM = 8
 # Every transaction touching a trip id waits for the others that do (`_lock_trips`), on the
 # locks `trip_lock_keys` names: keys in one order, taken in one statement, so two batches never
 # deadlock on them; one row back. Parameters: the schema's key, whether the groups are shared,
@@ -283,6 +285,12 @@ def _schema_tag(schema: str) -> str:
     return f"lane ingest schema v{SCHEMA_VERSION} {digest}"
 
 
+def _tagged_version(comment: str | None) -> int | None:
+    """The schema version a schema's comment names (None: no tag, a release before tags)."""
+    version = _TAG.match(comment or "")
+    return None if version is None else int(version[1])
+
+
 def _pending_jobs(
     has_records: bool,
     has_trip_columns: bool,
@@ -291,11 +299,16 @@ def _pending_jobs(
     has_stray_arrays: bool,
     *,
     has_refund_columns: bool,
+    version: int | None,
 ) -> tuple[UpgradeJob, ...]:
     if not has_records:
         return ()  # a new schema: nothing to fill
     refunds = () if has_refund_columns else (UpgradeJob.REFUNDS,)
-    return _trip_jobs(has_trip_columns, has_open_trips, has_strays, has_stray_arrays) + refunds
+    # Trip columns an earlier release filled hold its marks of refunds (MARK gives today's).
+    remarked = has_trip_columns and (version is None or version < REMARKED_FROM)
+    remark = (UpgradeJob.REMARK,) if remarked else ()
+    trips = _trip_jobs(has_trip_columns, has_open_trips, has_strays, has_stray_arrays)
+    return trips + refunds + remark
 
 
 def _trip_jobs(
@@ -343,6 +356,7 @@ class PostgresIngestStore(SqlIngestStore):
     # the earlier entry.
     open_new = OPEN_NEW
     prune_strays = PRUNE_BY_TRIP
+    holds_bytes = "position(? IN data) > 0"
 
     def __init__(
         self,
@@ -390,7 +404,8 @@ class PostgresIngestStore(SqlIngestStore):
                 cur.execute(
                     "SELECT obj_description(to_regnamespace(%s), 'pg_namespace')", (schema,)
                 )
-                self._refuse_newer(cast(tuple[str | None], cur.fetchone())[0])
+                comment = cast(tuple[str | None], cur.fetchone())[0]
+                self._refuse_newer(comment)
                 cur.execute(_OLD_TABLES, (schema,) * 6)
                 old = cast(tuple[bool, bool, bool, bool, bool, bool], cur.fetchone())
                 for stmt in _schema_sql(schema):
@@ -398,7 +413,10 @@ class PostgresIngestStore(SqlIngestStore):
                 if not old[0]:  # a new schema: its empty table indexed at once
                     for index in INDEXES.values():
                         cur.execute(index(schema, concurrently=False))
-                for job in _pending_jobs(*old[:5], has_refund_columns=old[5]):
+                jobs = _pending_jobs(
+                    *old[:5], has_refund_columns=old[5], version=_tagged_version(comment)
+                )
+                for job in jobs:
                     cur.execute(
                         self._sql(f"INSERT INTO {self.prefix}upgrade (job) VALUES (?)"
                                   " ON CONFLICT DO NOTHING"),
@@ -411,10 +429,10 @@ class PostgresIngestStore(SqlIngestStore):
         self.upgrade_pending()
 
     def _refuse_newer(self, comment: str | None) -> None:
-        version = _TAG.match(comment or "")
-        if version is not None and int(version[1]) > SCHEMA_VERSION:
+        version = _tagged_version(comment)
+        if version is not None and version > SCHEMA_VERSION:
             raise IngestStoreError(
-                f"postgres schema {self.schema}: schema version {version[1]} is newer than this"
+                f"postgres schema {self.schema}: schema version {version} is newer than this"
                 f" software ({SCHEMA_VERSION}); not touched"
             )
 
@@ -486,17 +504,18 @@ class PostgresIngestStore(SqlIngestStore):
                 if row is None:
                     return
                 job, after = UpgradeJob(str(row[0])), cast(str | None, row[1])
-                reached = self._upgrade_step(conn, job, after, chunk)
+                step = self._upgrade_step(conn, job, after, chunk)
+                reached = step.reached
                 if reached is None:
                     conn.execute(f"DELETE FROM {table} WHERE job = %s", (job.value,))
                 else:
                     conn.execute(
                         f"UPDATE {table} SET after = %s WHERE job = %s", (reached, job.value)
                     )
-            log.info(
-                "ingest schema upgrade step",
-                extra={"schema": self.schema, "job": job.value, "after": reached},
-            )
+            x: dict[str, object] = {"schema": self.schema, "job": job.value, "after": reached}
+            if job == UpgradeJob.REMARK:
+                x |= {"refunds_remarked": step.remarked, "refunds_unmarked": step.unmarked}
+            log.info("ingest schema upgrade step", extra=x)
             if after_chunk is not None:
                 after_chunk(job, reached)
 
@@ -504,9 +523,18 @@ class PostgresIngestStore(SqlIngestStore):
         # While only PRUNE is left the answer is whole: `lane trips` counts a late entry's trip
         # from the strays the job has not reached yet (uplink.sql_store.STRAYS). REFUNDS
         # fills no trip column.
+        return self._pending_but(cur, (UpgradeJob.PRUNE, UpgradeJob.REFUNDS))
+
+    def _tally_running(self, db: Session) -> bool:
+        # REMARK runs after the tally and counts what it changes itself, as a batch does.
+        jobs = (UpgradeJob.PRUNE, UpgradeJob.REFUNDS, UpgradeJob.REMARK)
+        return self.upgrade_seen and self._pending_but(db.cursor(), jobs)
+
+    def _pending_but(self, cur: Cursor, jobs: Collection[UpgradeJob]) -> bool:
+        """Whether a job other than `jobs` is pending."""
         cur.execute(
-            f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade WHERE job NOT IN (%s, %s))",
-            (UpgradeJob.PRUNE.value, UpgradeJob.REFUNDS.value),
+            f"SELECT EXISTS (SELECT 1 FROM {self.prefix}upgrade WHERE job <> ALL(%s))",
+            ([j.value for j in jobs],),
         )
         return bool(cur.fetchone()[0])
 

@@ -12,7 +12,9 @@ from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
 from lane.core.names import RecordKind
+from lane.core.records import REFUND_FLAG
 from uplink.messages import Held, QueueIdentity, digest
+from uplink.records import Record
 from uplink.refunds import MADE_ROLES, RefundMark, RefundRole, RefundRows, stored_refund_mark
 from uplink.store import (
     Conflict,
@@ -24,7 +26,15 @@ from uplink.store import (
     StoredRecord,
     StoreResult,
 )
-from uplink.trips import TripMark, TripRole, TripRows, stored_mark
+from uplink.trips import (
+    ENTRY_KINDS,
+    EXIT_KINDS,
+    TripMark,
+    TripRole,
+    TripRows,
+    stored_mark,
+    trip_mark,
+)
 
 # The columns of a stored record, in the order both stores insert them.
 RECORD_COLUMNS = (
@@ -33,7 +43,7 @@ RECORD_COLUMNS = (
 )
 COLUMN_COUNT = len(RECORD_COLUMNS.split(","))
 # The store's schema version: SQLite's `user_version`, named in PostgreSQL's schema comment.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 ADVANCE_CHUNK = 1000  # seqs read per step when the prefix advances
 # Rows (or trip ids) per step of an upgrade, each a transaction of its own in PostgreSQL.
 UPGRADE_CHUNK = 5000
@@ -352,6 +362,20 @@ class UpgradeJob(StrEnum):
     # The refund columns of the `tap_out` rows stored before them (uplink.refunds): the trip
     # ledger's answer is whole meanwhile, the refunds' is not.
     REFUNDS = "refunds"
+    # The trip columns of the refunds that an earlier release's `trip_mark` marked (none, or
+    # as the record they refund), marked again with today's (`_remark_refunds`), after the
+    # closed count is whole (`tally`): what that changes is counted as a batch would.
+    REMARK = "remark"
+
+
+class UpgradeStep(NamedTuple):
+    """What one chunk of an upgrade job did (`SqlIngestStore._upgrade_step`)."""
+
+    reached: str | None  # the key to go on after; None: the job is done
+    remarked: int = 0  # REMARK: refunds whose trip columns it changed
+    # REMARK: refunds today's `trip_mark` gives no part in a trip (an entry's refund from a
+    # lane of an earlier release names no pass): left as they are.
+    unmarked: int = 0
 
 
 def new_held(records: Sequence[IngestRecord]) -> tuple[Held, ...]:
@@ -377,6 +401,8 @@ class SqlIngestStore:
     bytewise = ""  # PostgreSQL: ' COLLATE "C"' (SQLite compares text byte by byte already)
     open_new = OPEN_NEW + EARLIER_ENTRY  # PostgreSQL: OPEN_NEW alone
     prune_strays = PRUNE_STRAYS  # PostgreSQL: `uplink.pg.PRUNE_BY_TRIP`
+    # Whether a row's bytes hold the parameter's (PostgreSQL: `position`).
+    holds_bytes = "instr(data, ?) > 0"
     # Whether an upgrade job may still be running beside this store (PostgreSQL: one was
     # pending when it opened the schema; jobs are only made by the DDL of a newer release).
     upgrade_seen = False
@@ -993,7 +1019,7 @@ class SqlIngestStore:
 
     def _upgrade_step(
         self, db: Session, job: UpgradeJob, after: str | None, chunk: int
-    ) -> str | None:
+    ) -> UpgradeStep:
         """One chunk of an upgrade job, past the key `after` (None: from the start): the key
         to go on after, None when the job is done. MARK fills the trip columns of the next
         `chunk` rows (by record id) from their bytes (a record that does not decode is marked
@@ -1006,7 +1032,10 @@ class SqlIngestStore:
         strays do not account for. PRUNE takes the next `chunk` strays (by record id) and
         prunes those of their trips that have an entry (`_prune_strays`), adding the trips
         it counts closed to the upgrade's count. REFUNDS fills the refund columns of the next
-        `chunk` `tap_out` rows (by record id) from their bytes."""
+        `chunk` `tap_out` rows (by record id) from their bytes; REMARK marks the refunds
+        among the next `chunk` rows again (`_remark_refunds`)."""
+        if job == UpgradeJob.REMARK:
+            return self._remark_refunds(db, after, chunk)
         q = self._sql
         read = db.cursor()
         past = "" if after is None else " AND {key} > ?"
@@ -1024,7 +1053,7 @@ class SqlIngestStore:
                 db.cursor().executemany(
                     q("UPDATE {records} SET refund_of=?, refund_role=? WHERE record_id=?"), refunds
                 )
-            return tap_outs[-1][0] if len(tap_outs) == chunk else None
+            return UpgradeStep(tap_outs[-1][0] if len(tap_outs) == chunk else None)
         if job == UpgradeJob.MARK:
             read.execute(
                 q("SELECT record_id, data FROM {records} WHERE TRUE" + past.format(key="record_id")
@@ -1097,7 +1126,83 @@ class SqlIngestStore:
             self._add_tally(db, found)
             if job == UpgradeJob.TALLY and reached is None:
                 db.cursor().execute(q("DELETE FROM {counted}"))
-        return reached
+        return UpgradeStep(reached)
+
+    def _remark_refunds(self, db: Session, after: str | None, chunk: int) -> UpgradeStep:
+        """REMARK's chunk: the next `chunk` rows by record id (past `after`), of which only the
+        entries' and exits' rows holding the refund flag's bytes are decoded (`holds_bytes`).
+        Each refund whose trip columns are not what today's `trip_mark` says, but an `undo`
+        (only today's release gives that), takes today's mark as if its batch came now:
+        under the locks that batch would take (`undo_locks`, `_lock_batch`) and those of the
+        trip its old mark named, its old mark's part goes (an exit it was, a stray it was, an
+        entry it opened), the open trips, the strays and the closed count of those trips are
+        what the records now hold (the change counted to the upgrade's count), and the exits
+        its `undo` names are undone (`_undo_exits`)."""
+        q = self._sql
+        read = db.cursor()
+        past = "" if after is None else " AND record_id > ?"
+        params: tuple[object, ...] = () if after is None else (after,)
+        read.execute(
+            q("SELECT record_id FROM {records} WHERE TRUE" + past
+              + " ORDER BY record_id LIMIT 1 OFFSET ?"),
+            (*params, chunk - 1),
+        )  # fmt: skip
+        last = read.fetchone()
+        reached = None if last is None else str(last[0])
+        upto = "" if reached is None else " AND record_id <= ?"
+        kinds = sorted(ENTRY_KINDS | EXIT_KINDS)
+        read.execute(
+            q("SELECT record_id, data, trip_role, trip_id FROM {records} WHERE kind IN"
+              f" ({', '.join('?' for _ in kinds)}){past}{upto} AND {self.holds_bytes}"),
+            (*kinds, *params, *(() if reached is None else (reached,)), REFUND_FLAG.encode()),
+        )  # fmt: skip
+        changed: list[tuple[str, str | None, TripMark | None]] = []  # id, old trip, new mark
+        unmarked = 0
+        for rid, data, role, trip in read.fetchall():
+            record = Record.readable(bytes(data))
+            if record is None or REFUND_FLAG not in record.draft.flags:
+                continue
+            mark = trip_mark(record)
+            unmarked += mark is None
+            if trip_columns(mark) == (role, trip) or role == TripRole.UNDO.value:
+                continue
+            changed.append((str(rid), None if trip is None else str(trip), mark))
+        if not changed:
+            return UpgradeStep(reached, 0, unmarked)
+        undos = [m for _, _, m in changed if m is not None and m.role == TripRole.UNDO]
+        named, unnamed = undo_locks(undos, ())
+        # The trip ids an old mark or a new one names, but an undo's (an exit's record id).
+        trips = sorted({*named, *(t for _, t, _ in changed if t is not None),
+                        *(m.trip_id for _, _, m in changed if m is not None
+                          and m.role != TripRole.UNDO and m.trip_id is not None)})  # fmt: skip
+        self._lock_batch(db, trips, unnamed)
+        before = self._closed_among(db, trips)
+        ids = [rid for rid, _, _ in changed]
+        db.cursor().execute(
+            q(f"DELETE FROM {{stray_exits}} WHERE record_id IN ({', '.join('?' for _ in ids)})"),
+            (*ids,),
+        )
+        db.cursor().executemany(
+            q("UPDATE {records} SET trip_role=?, trip_id=? WHERE record_id=?"),
+            [(*trip_columns(m), rid) for rid, _, m in changed],
+        )
+        self._refresh_trips(db, trips)
+        if trips:
+            entry, exit_ = TripRole.ENTRY.value, TripRole.EXIT.value
+            marks = ", ".join("(?)" for _ in trips)
+            db.cursor().execute(q(OLD_STRAYS.replace("{ids}", marks)), (exit_, *trips, entry))
+            db.cursor().execute(
+                q(self.prune_strays.replace("{ids}", marks)), (exit_, *trips, entry)
+            )
+        closed = self._closed_among(db, trips) - before
+        # As a batch's (`BatchTrips.undoable`): the exits its undos name, and its own new
+        # exits (an entry's refund), which an undo held already may name.
+        exits = (rid for rid, _, m in changed if m is not None and m.role == TripRole.EXIT)
+        undoable = {*exits, *(m.trip_id for m in undos if m.trip_id is not None)}
+        closed += self._undo_exits(db, sorted(undoable))
+        if closed:
+            self._add_tally(db, closed)
+        return UpgradeStep(reached, len(changed), unmarked)
 
     def _add_tally(self, db: Session, closed: int) -> None:
         """Add to the upgrade's closed count (`trip_counts`, TALLY_SOURCE)."""

@@ -1,7 +1,7 @@
 """The default back-office store: one SQLite file (WAL, synchronous=FULL: an ack always follows a
 durable commit). Several workers (threads or processes) may share the file; writers take turns.
 
-Schema version 7 keys seqs by queue epoch, keeps conflicts, each record's part in the trip
+Schema version 8 keys seqs by queue epoch, keeps conflicts, each record's part in the trip
 ledger (`trip_role`, `trip_id`, indexed: uplink.trips), the trips open now (`open_trips`), the
 closed count and the exits whose trip has no entry (`epochs.closed`, `trip_counts`,
 `stray_exits`: uplink.sql_store.CLOSED_COUNTS), and each record's part in a refund's trail
@@ -10,8 +10,9 @@ open, in one transaction: version 1 (seqs per lane, no epochs) gets its records 
 empty epoch `""`; the trip columns of the rows of a version 1 or 2 file are filled from their bytes;
 `open_trips`, the strays and the closed count are filled from the trip columns; the strays a
 version 5 file kept of trips with an entry are pruned; the refund columns of the `tap_out`
-rows of a version 1 to 6 file are filled from their bytes. A file of a newer version is refused
-untouched.
+rows of a version 1 to 6 file are filled from their bytes; the refunds of a version 3 to 7 file,
+marked by an earlier `trip_mark`, are marked again (UpgradeJob.REMARK). A file of a newer
+version is refused untouched.
 """
 
 from __future__ import annotations
@@ -106,17 +107,21 @@ TO_V7 = (
     REFUND_INDEX,
 )
 KEPT = (UpgradeJob.STRAYS, UpgradeJob.TALLY)
+NEWER = (UpgradeJob.REFUNDS, UpgradeJob.REMARK)
 # Each version's statements up to the current one, and what is then filled from the rows
 # (version 1's `records` is made anew by FROM_V1, with the refund columns).
 MIGRATIONS: dict[int, tuple[tuple[str, ...], tuple[UpgradeJob, ...]]] = {
     0: ((RECORDS, EPOCHS, CONFLICTS, TRIP_INDEX, REFUND_INDEX, OPEN_TRIPS, *TO_V5), ()),
     1: ((*FROM_V1, REFUND_INDEX, OPEN_TRIPS, *TO_V5), (UpgradeJob.MARK, *KEPT, UpgradeJob.REFUNDS)),
     2: ((*FROM_V2, OPEN_TRIPS, *TO_V5, *TO_V7), (UpgradeJob.MARK, *KEPT, UpgradeJob.REFUNDS)),
-    3: ((OPEN_TRIPS, *TO_V5, *TO_V7), (UpgradeJob.OPEN, *KEPT, UpgradeJob.REFUNDS)),
-    4: ((*TO_V5, *TO_V7), (*KEPT, UpgradeJob.REFUNDS)),
+    3: ((OPEN_TRIPS, *TO_V5, *TO_V7), (UpgradeJob.OPEN, *KEPT, *NEWER)),
+    4: ((*TO_V5, *TO_V7), (*KEPT, *NEWER)),
     # Version 6 prunes the strays of trips with an entry, as version 5 kept them.
-    5: (TO_V7, (UpgradeJob.PRUNE, UpgradeJob.REFUNDS)),
-    6: (TO_V7, (UpgradeJob.REFUNDS,)),
+    5: (TO_V7, (UpgradeJob.PRUNE, *NEWER)),
+    6: (TO_V7, NEWER),
+    # Version 8 marks the refunds an earlier `trip_mark` marked again (versions 1 and 2 get
+    # today's marks from MARK).
+    7: ((), (UpgradeJob.REMARK,)),
     SCHEMA_VERSION: ((), ()),
 }
 
@@ -156,16 +161,21 @@ class SqliteIngestStore(SqlIngestStore):
         steps, jobs = MIGRATIONS[version]
         for stmt in steps:
             self._db.execute(stmt)
+        remarked = unmarked = 0
         for job in jobs:
             after: str | None = None
-            while (after := self._upgrade_step(self._db, job, after, UPGRADE_CHUNK)) is not None:
-                pass
+            while True:
+                step = self._upgrade_step(self._db, job, after, UPGRADE_CHUNK)
+                remarked, unmarked = remarked + step.remarked, unmarked + step.unmarked
+                if (after := step.reached) is None:
+                    break
         if jobs:
             opened = int(self._db.execute("SELECT COUNT(*) FROM open_trips").fetchone()[0])
             log.info(
                 "ingest store upgraded",
-                extra={"path": str(self.path), "from": version, "open_trips": opened},
-            )
+                extra={"path": str(self.path), "from": version, "open_trips": opened,
+                       "refunds_remarked": remarked, "refunds_unmarked": unmarked},
+            )  # fmt: skip
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager

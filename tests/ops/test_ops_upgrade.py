@@ -323,7 +323,7 @@ def test_an_old_ingest_store_gets_its_trip_columns_and_open_trips_filled(
     assert user_version(path) == version
     store = SqliteIngestStore(path)
     try:
-        assert user_version(path) == INGEST_SCHEMA_VERSION == 7
+        assert user_version(path) == INGEST_SCHEMA_VERSION == 8
         check_trips_after_upgrade(store)
     finally:
         store.close()
@@ -531,12 +531,15 @@ def refund_of(rid: str, exit_id: str, seq: int, trip: str | None) -> Record:
 # `many_old_rows` and the batch stored meanwhile: MARK goes over 83 rows, OPEN and TALLY over
 # 41 trip ids with an entry, STRAYS over 22 with an exit, and one more chunk finds the end
 # where a chunk is full.
-# The fixtures hold no tap_out: REFUNDS (version 7) reads one chunk, marks nothing.
+# The fixtures hold no tap_out: REFUNDS (version 7) reads one chunk, marks nothing. REMARK
+# (version 8) goes over the 83 rows, and marks no refund (there is none); version 2's MARK
+# gave every row today's mark, so it has none.
 REFUNDS = (UpgradeJob.REFUNDS, 1)
+REMARK = (UpgradeJob.REMARK, 11)
 UPGRADE_CHUNKS = {
     2: ((UpgradeJob.MARK, 11), (UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6), REFUNDS),
-    3: ((UpgradeJob.OPEN, 6), (UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6), REFUNDS),
-    4: ((UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6), REFUNDS),
+    3: ((UpgradeJob.OPEN, 6), (UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6), REFUNDS, REMARK),
+    4: ((UpgradeJob.STRAYS, 3), (UpgradeJob.TALLY, 6), REFUNDS, REMARK),
 }
 
 
@@ -630,7 +633,7 @@ def test_a_postgres_upgrade_goes_a_chunk_per_transaction_and_resumes_after_a_cra
         assert [job for job, _ in resumed] == sorted(
             (job for job, _ in resumed), key=list(UpgradeJob).index
         )
-        assert resumed[-1] == (UpgradeJob.REFUNDS, None)
+        assert resumed[-1] == (jobs[-1][0], None)
         pure = trip_ledger(r.encode() for r in records)
         assert pure.closed == 21 and pure.unmatched_exits == ("r-during-3",)
         assert open_trips(store) == pure
@@ -701,7 +704,9 @@ def test_a_postgres_v5_schema_prunes_its_strays_a_chunk_at_a_time_and_resumes(
     chunks: list[str | None] = []
 
     def whole(worker: PostgresIngestStore) -> None:
-        assert open_trips(worker) == trip_ledger(r.encode() for r in records)
+        # REMARK (version 8) is pending, and says so, though these rows hold no refund.
+        ledger = trip_ledger(r.encode() for r in records)
+        assert open_trips(worker) == replace(ledger, upgrading=True)
 
     crash_after_the_first = crash_after_the_first_chunk(pg_dsn, during, chunks, whole)
     with pytest.raises(CrashError):
@@ -709,14 +714,20 @@ def test_a_postgres_v5_schema_prunes_its_strays_a_chunk_at_a_time_and_resumes(
     assert chunks == ["r-exit-33"]  # r-exit-01b, 21, ..., 33
     with psycopg.connect(pg_dsn) as conn:
         left = conn.execute("SELECT job, after FROM lane_ingest.upgrade").fetchall()
-    assert sorted(left) == [(UpgradeJob.PRUNE.value, "r-exit-33"), (UpgradeJob.REFUNDS.value, None)]
+    assert sorted(left) == [
+        (UpgradeJob.PRUNE.value, "r-exit-33"),
+        (UpgradeJob.REFUNDS.value, None),
+        (UpgradeJob.REMARK.value, None),
+    ]
     resumed: list[tuple[UpgradeJob, str | None]] = []
     store = PostgresIngestStore(
         pg_dsn, upgrade_chunk=8, after_chunk=lambda job, at: resumed.append((job, at))
     )
     try:
-        # the rest: r-exit-35, ... in one chunk; then the refund columns (version 7)
-        assert resumed == [(UpgradeJob.PRUNE, None), (UpgradeJob.REFUNDS, None)]
+        # the rest: r-exit-35, ... in one chunk; then the refund columns (version 7), then
+        # the refunds' marks (version 8: 87 rows, 8 a chunk)
+        assert resumed[:2] == [(UpgradeJob.PRUNE, None), (UpgradeJob.REFUNDS, None)]
+        assert [job for job, _ in resumed[2:]] == [UpgradeJob.REMARK] * 11
         pure = trip_ledger(r.encode() for r in records)
         assert pure.closed == 21  # the odd passes and ghost0
         assert pure.unmatched_exits == ("r-during-3", "r-exit-g1", "r-exit-g2")
@@ -944,46 +955,152 @@ async def test_a_postgres_mark_chunk_takes_turns_with_a_batch_of_its_refunds_tri
     toll = trip_record("r-0-toll", "P01/e7", 1, "toll", None)
     entry = trip_record("r-3-entry", "P01/e7", 2, "entry", "pass77")
 
+    # The first chunk marks the exit; the entry's batch, in flight, has found the exit held
+    # (opening nothing) under its trip's lock.
+    upgraded = await upgraded_beside_a_batch(pg_dsn, toll, entry)
+    try:
+        pure = trip_ledger(r.encode() for r in (exit_, refund, toll, entry))
+        assert [t.pass_id for t in pure.open_trips] == ["pass77"] and pure.closed == 0
+        assert open_trips(upgraded) == pure
+    finally:
+        upgraded.close()
+
+
+async def upgraded_beside_a_batch(pg_dsn: str, seed: Record, record: Record) -> PostgresIngestStore:
+    """An upgrade of a row a chunk whose worker dies after its first chunk; two workers opened
+    beside it (leaving it to the one running it) store `seed`, then `record` of the same lane
+    while the next store to open the schema upgrades it: that batch, in flight, holds its
+    trip's lock and waits on its epoch's row (held here until the upgrade's chunk waits for
+    the trip's lock, or the upgrade ran through). The upgraded store, once both are done."""
+
     def crash(job: UpgradeJob, reached: str | None) -> None:
         raise CrashError
 
-    with pytest.raises(CrashError):  # the first chunk marked the exit
+    with pytest.raises(CrashError):
         PostgresIngestStore(pg_dsn, upgrade_chunk=1, after_chunk=crash)
     with psycopg.connect(pg_dsn) as other:  # opened beside the upgrade, as a worker is
         other.execute("SELECT * FROM lane_ingest.upgrade FOR UPDATE")
         worker, seeder = PostgresIngestStore(pg_dsn), PostgresIngestStore(pg_dsn)
-    queue = QueueIdentity("e")
+    queue, lane = QueueIdentity("beside"), record.lane
     try:
-        seeder.store_batch("P01/e7", queue, [IngestRecord.of(toll, toll.encode())], 1)
+        seeder.store_batch(lane, queue, [IngestRecord.of(seed, seed.encode())], 1)
         with psycopg.connect(pg_dsn) as holder:
-            # The entry's batch, in flight: under its trip's lock it has found the exit held
-            # (opening nothing), and waits on its epoch's row.
-            holder.execute("SELECT 1 FROM lane_ingest.epochs WHERE lane = 'P01/e7' FOR UPDATE")
-            entering = asyncio.create_task(asyncio.to_thread(
-                worker.store_batch, "P01/e7", queue, [IngestRecord.of(entry, entry.encode())], 1
+            holder.execute("SELECT 1 FROM lane_ingest.epochs WHERE lane = %s FOR UPDATE", (lane,))
+            storing = asyncio.create_task(asyncio.to_thread(
+                worker.store_batch, lane, queue, [IngestRecord.of(record, record.encode())], 1
             ))  # fmt: skip
-            await eventually(
-                lambda: waiting_here(pg_dsn, "transactionid"), what="the entry's batch waits"
-            )
+            await eventually(lambda: waiting_here(pg_dsn, "transactionid"), what="it waits")
             upgrading = asyncio.create_task(
                 asyncio.to_thread(PostgresIngestStore, pg_dsn, upgrade_chunk=1)
             )
             await eventually(
                 lambda: waiting_here(pg_dsn, "advisory") or upgrading.done(),
-                what="the mark chunk waits for the trip's lock (or the upgrade ran through)",
+                what="the chunk waits for the trip's lock (or the upgrade ran through)",
             )
             holder.commit()
-        await entering
-        upgraded = await upgrading
-        try:
-            pure = trip_ledger(r.encode() for r in (exit_, refund, toll, entry))
-            assert [t.pass_id for t in pure.open_trips] == ["pass77"] and pure.closed == 0
-            assert open_trips(upgraded) == pure
-        finally:
-            upgraded.close()
+        await storing
+        return await upgrading
     finally:
         worker.close()
         seeder.close()
+
+
+def passage(rid: str, lane: str, seq: int, kind: str, trip: str | None, *flags: str) -> Record:
+    """An entry or an exit of the pass `trip`, or with `flags` a refund (nothing charged)."""
+    draft = RecordDraft(kind, "veh", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                        flags=flags, pass_id=trip)  # fmt: skip
+    return Record(rid, lane, seq, FIXTURE_TS0 + seq, draft)
+
+
+def refund(rid: str, lane: str, seq: int, kind: str, of: tuple[str | None, str]) -> Record:
+    """The refund of the record `of[1]` (the vehicle held by a fault), naming the pass `of[0]`
+    or none."""
+    return passage(rid, lane, seq, kind, of[0], "paid_not_passed", f"record:{of[1]}")
+
+
+def old_refunds_schema(pg_dsn: str, records: Sequence[Record]) -> None:
+    """`records` ingested by the release of version 7, whose `trip_mark` marked a refund as
+    none (the release before the refund of an entry closed its trip)."""
+    refunds = {r.record_id for r in records if r.draft.flags}
+    store = PostgresIngestStore(pg_dsn)
+    try:
+        for lane in sorted({r.lane for r in records}):
+            rows = [IngestRecord.of(r, r.encode()) for r in records if r.lane == lane]
+            old = [replace(r, trip=None) if r.record_id in refunds else r for r in rows]
+            store.store_batch(lane, QueueIdentity("old"), old, 1)
+    finally:
+        store.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("COMMENT ON SCHEMA lane_ingest IS 'lane ingest schema v7 0000000000000000'")
+
+
+def test_a_postgres_remark_resumes_after_a_crash_beside_a_worker(pg_dsn: str) -> None:
+    """Version 7 marked refunds as none: ten passes entered and refunded (the vehicles never
+    let in), an exit refunded (never let out), and a refund undoing the refund of p9's entry,
+    which the upgrade's `remark` reaches chunks before that refund. The upgrading worker dies
+    after its first chunk of 4 rows, once another worker has stored an exit of p0, whose
+    refund it has not reached; the next store to open the schema goes on from that chunk. The
+    ledger is then the pure one over every record: p9 and q1 open, every other pass closed
+    once (p0 too, though an exit and its entry's refund both closed it)."""
+    records = [passage(f"e-{i}", "P01/e1", i + 1, "entry", f"p{i}") for i in range(10)]
+    records += [refund(f"f-{i}", "P01/e1", 11 + i, "entry", (f"p{i}", f"e-{i}")) for i in range(10)]
+    records += [
+        passage("e-q", "P01/e1", 21, "entry", "q1"),
+        passage("x-q", "P03/x1", 1, "exit", "q1"),
+        refund("c-x", "P03/x1", 2, "exit", ("q1", "x-q")),
+        refund("b-undo", "P03/x1", 3, "exit", (None, "f-9")),
+    ]
+    old_refunds_schema(pg_dsn, records)
+    during = ingested_during(records, (("exit", "p0"),))
+    chunks: list[str | None] = []
+
+    def not_whole_yet(worker: PostgresIngestStore) -> None:
+        assert open_trips(worker).upgrading
+
+    crash = crash_after_the_first_chunk(pg_dsn, during, chunks, not_whole_yet)
+    with pytest.raises(CrashError):
+        PostgresIngestStore(pg_dsn, upgrade_chunk=4, after_chunk=crash)
+    with psycopg.connect(pg_dsn) as conn:
+        left = conn.execute("SELECT job, after FROM lane_ingest.upgrade").fetchall()
+    assert left == [(UpgradeJob.REMARK.value, chunks[0])] and chunks[0] is not None
+    resumed: list[tuple[UpgradeJob, str | None]] = []
+    store = PostgresIngestStore(
+        pg_dsn, upgrade_chunk=4, after_chunk=lambda job, at: resumed.append((job, at))
+    )
+    try:
+        assert len(resumed) == 24 // 4  # 25 rows: the first chunk is not gone over again
+        pure = trip_ledger(r.encode() for r in records)
+        assert [t.pass_id for t in pure.open_trips] == ["p9", "q1"] and pure.closed == 9
+        assert open_trips(store) == pure
+        assert pg_strays(pg_dsn) == []
+    finally:
+        store.close()
+
+
+async def test_a_postgres_remark_chunk_takes_turns_with_a_worker_on_its_trip(pg_dsn: str) -> None:
+    """Version 7 held p1's and p2's entries and their refunds, marked as none. A worker's
+    batch holding p1's exit is in flight (under p1's lock, it has closed the trip and waits on
+    its epoch's row) when the upgrade's `remark` reaches the refund of p1's entry: the chunk
+    takes p1's lock as a batch of that refund would, and waits, so p1 is counted closed once
+    (not waiting, it found p1 open, counted it closed, and the worker's commit counted it
+    again); p2, refunded alone, is closed by the upgrade."""
+    records = [
+        passage("e-1", "P01/e1", 1, "entry", "p1"),
+        passage("e-2", "P01/e1", 2, "entry", "p2"),
+        refund("f-1", "P01/e1", 3, "entry", ("p1", "e-1")),
+        refund("f-2", "P01/e1", 4, "entry", ("p2", "e-2")),
+    ]
+    old_refunds_schema(pg_dsn, records)
+    toll = passage("t-0", "P03/x1", 1, "toll", None)
+    exit_ = passage("x-1", "P03/x1", 2, "exit", "p1")
+
+    upgraded = await upgraded_beside_a_batch(pg_dsn, toll, exit_)  # its first row: e-1
+    try:
+        pure = trip_ledger(r.encode() for r in (*records, toll, exit_))
+        assert pure.open_trips == () and pure.closed == 2
+        assert open_trips(upgraded) == pure
+    finally:
+        upgraded.close()
 
 
 # This database's builds of the trip index: pg_stat_activity is the whole server's, and the
