@@ -36,6 +36,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "barrier_no_ack": Severity.CRITICAL,
         "barrier_refused": Severity.CRITICAL,
         "barrier_stuck": Severity.CRITICAL,
+        # The lane cannot tell where the boom is or whether the device works: closed to payments.
+        "barrier_unreadable": Severity.CRITICAL,
         "broker_down": Severity.CRITICAL,
         "lane_stuck": Severity.CRITICAL,
         "queue_full": Severity.CRITICAL,

@@ -88,6 +88,7 @@ from lane.transport.mqtt import Incoming
 from lane.transport.refusals import PUBLISH_REFUSED
 from lane.trip_desk import TripDesk
 from lane.verifier import TokenVerifier
+from lane.wire import topics
 from lane.wire.ids import new_id
 from scanner.change_gate import GateSettings
 from scanner.decoders import make_decoder
@@ -464,6 +465,7 @@ class LaneDaemon:
         self.payments_store = opened.payments_store
         self.source = opened.source
         broker = BrokerLink.of(config.broker)
+        self._boom_words = topics.boom_words(self.lane)
         self.link = BarrierLink(
             self.lane,
             broker.host,
@@ -475,6 +477,7 @@ class LaneDaemon:
             on_link=self._on_link,
             on_snapshot=self._on_snapshot,
             on_plate=self._on_plate,
+            on_garbage=self._on_garbage,
             credentials=broker.credentials,
             tls=broker.tls,
             keepalive_s=broker.keepalive_s,
@@ -705,6 +708,13 @@ class LaneDaemon:
         )
         sensors = tuple(sorted(snap.sensors.items()))
         self.runner.post(ev.DeviceSnapshotted(Position(snap.barrier), sensors, new_id()))
+
+    def _on_garbage(self, topic: str, error: str) -> None:
+        """What the device says of its boom and its commands, unreadable: a fault (the core's).
+        A garbled loop or plate reading, or an attendant's command, changes nothing (the link
+        has logged it)."""
+        if topic in self._boom_words:
+            self.runner.post(ev.DeviceUnreadable(topic, error))
 
     def _on_sensor(self, reading: SensorReading) -> None:
         if reading.sensor == "classifier":

@@ -27,6 +27,7 @@ FAULT_MESSAGES = {
     Alarm.QUEUE_FULL: "record queue is full: paid passages refused",
     Alarm.DISK_ERROR: "record queue cannot write",
     Alarm.BARRIER_STUCK: "barrier did not reach its commanded position",
+    Alarm.BARRIER_UNREADABLE: "barrier device's messages cannot be read",
 }
 
 
