@@ -56,6 +56,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "barrier_stuck_open": Severity.MAJOR,
         "unpaid_passage": Severity.MAJOR,
         "trust_update_refused": Severity.MAJOR,
+        # Every offline token refused: its payers are turned away (online codes go on).
+        "keyset_no_token_key": Severity.MAJOR,
         "payment_alipay": Severity.MAJOR,
         "payment_wechatpay": Severity.MAJOR,
         "payment_acquirer": Severity.MAJOR,

@@ -46,7 +46,15 @@ from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.deny import DenyList, DenyListError, decode_deny_list, load_deny_list
 from lane.auth.fares import Tariff, load_tariff
 from lane.auth.issuer import PlazaPassKey, load_lane_key
-from lane.auth.keys import KeySet, KeySetError, decode_keyset, keyset_stale, load_keyset
+from lane.auth.keys import (
+    NO_TOKEN_KEY_ALARM,
+    KeySet,
+    KeySetError,
+    decode_keyset,
+    keyset_stale,
+    load_keyset,
+    no_token_key_now,
+)
 from lane.auth.netkeys import KeyFileError
 from lane.auth.networks import NetworkKeys, build_acquirer
 from lane.auth.passes import DAY_S
@@ -1067,6 +1075,9 @@ class LaneDaemon:
                 self.runner.alarm(
                     "keyset_stale", "issuer key set is older than allowed" if stale else None
                 )
+            lapsed = no_token_key_now(keys, self.clocks.wall())
+            if lapsed != self.runner.alarms.get(NO_TOKEN_KEY_ALARM):
+                self.runner.alarm(NO_TOKEN_KEY_ALARM, lapsed)
             self._watch_camera()
             refused = self.verifier.refusal_text()
             if refused != self.runner.alarms.get("trust_update_refused"):

@@ -11,7 +11,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ from polling import eventually
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import BarrierCommand, LaneStatus
 from lane.auth.cose import Alg
-from lane.auth.keys import IssuerKey, KeySet, encode_keyset, keyset_to_json
+from lane.auth.keys import IssuerKey, KeySet, KeyUse, encode_keyset, keyset_to_json
 from lane.auth.plaza import keys_topic
 from lane.auth.tokens import issue_token
 from lane.config import LaneConfig, parse_config
@@ -295,6 +295,32 @@ async def test_a_replaced_key_set_file_is_taken_without_a_restart(lane: Lane) ->
     token = issue_token(new_key, b"rotated", "anyone", "acct-rotated", now, now + 60, b"n" * 16)
     await lane.device.vehicle_enters(1)
     await eventually(lambda: named(lane, "vehicle_arrived"))
+    await show(lane, token, lambda: named(lane, "barrier_opened"))
+
+
+async def test_a_key_set_whose_token_keys_lapsed_is_seen_and_a_good_one_clears_it(
+    lane: Lane,
+) -> None:
+    """A newer, well-formed set is adopted; if none of its token keys is valid now, every token
+    payer is refused for the key alone: the lane says so, and the next good set clears it."""
+    now = int(time.time())
+    runner = lane.daemon.runner
+    held = lane.daemon.verifier.keys
+    tokens = [k for k in held.keys.values() if k.use is KeyUse.TOKEN]
+    lapsed = KeySet.of(
+        now + 1,
+        [replace(k, not_after=now - 60) if k in tokens else k for k in held.keys.values()],
+    )
+    path = lane.config.auth.keyset
+    assert path is not None
+    path.write_text(keyset_to_json(lapsed))
+    await eventually(lambda: "keyset_no_token_key" in runner.alarms, within=5)
+    assert f"{tokens[0].kid_text} expired" in runner.alarms["keyset_no_token_key"]
+    path.write_text(keyset_to_json(KeySet.of(now + 2, held.keys.values())))
+    await eventually(lambda: "keyset_no_token_key" not in runner.alarms, within=5)
+    await lane.device.vehicle_enters(1)
+    await eventually(lambda: named(lane, "vehicle_arrived"))
+    token = lane.codes.make("token", now).text
     await show(lane, token, lambda: named(lane, "barrier_opened"))
 
 
