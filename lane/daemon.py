@@ -251,7 +251,10 @@ class Opened:
     replay: ReplayStore
     payments_store: ResolutionStore
     account_key: bytes
-    keyset: KeySet | None
+    # A key set file that does not load at start is refused like one replaced at run time (the
+    # lane starts with no key, its alarm says why, and the file is read again when it changes):
+    # exiting would have systemd give up after 10 quick restarts, the lane down once it is fixed.
+    keyset: KeySet | KeySetError | None
     deny: DenyList | None
     source: FrameSource
     pass_key: PlazaPassKey | None = None  # toll-entry: what its passes are signed with
@@ -301,7 +304,7 @@ def open_files(
             replay,
             payments_store,
             account_key(config),
-            load_keyset(auth.keyset) if auth.keyset else None,
+            _start_keyset(auth.keyset),
             load_deny_list(auth.deny_list) if auth.deny_list else None,
             source or open_source(config.camera.source, settings=config.camera.capture()),
             *_road_files(config),
@@ -315,6 +318,15 @@ def open_files(
         opened = replace(opened, lane_key=lane_key_of(config))
         return opened, stack.pop_all()
     raise AssertionError("unreachable")  # the with block returns or raises  # pragma: no cover
+
+
+def _start_keyset(path: Path | None) -> KeySet | KeySetError | None:
+    if path is None:
+        return None
+    try:
+        return load_keyset(path)
+    except KeySetError as exc:
+        return exc
 
 
 def paid_carried(owed: OwedPassage, wall_now: float, lane: str) -> ev.PaidCarried:
@@ -539,7 +551,11 @@ class LaneDaemon:
                 subs += desk.subscriptions()
         self.uplink.subscriptions = subs
         # The files go through the same bounds as every later update (lane.auth.trust).
-        if opened.keyset is not None:
+        if isinstance(opened.keyset, KeySetError):
+            self.verifier.update_unreadable(
+                UpdateKind.KEYSET, str(config.auth.keyset), opened.keyset
+            )
+        elif opened.keyset is not None:
             self.verifier.update_keys(opened.keyset, str(config.auth.keyset))
         if opened.deny is not None:
             self.verifier.update_deny(opened.deny, str(config.auth.deny_list))
@@ -601,6 +617,10 @@ class LaneDaemon:
             gate=GateSettings() if config.camera.change_gate else None,
         )
         self._file_mtimes: dict[Path, int] = {}
+        if isinstance(opened.keyset, KeySetError) and config.auth.keyset is not None:
+            self._file_mtimes[
+                config.auth.keyset
+            ] = -1  # read again at the first look, mended or not
         self._stall: StallWatch | None = None  # from the pipeline's start (live sources only)
         self._stall_text: str | None = None  # the camera_blackout text the watch raised
         self._publishing: set[asyncio.Future[None]] = set()

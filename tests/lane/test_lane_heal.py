@@ -489,6 +489,33 @@ async def lane_processes(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def test_a_lane_restarted_on_a_broken_key_set_file_starts_says_why_and_takes_it_mended(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    """A sync job's half-written key set when the lane (re)starts, a power cut between them:
+    the lane starts all the same with no key (every offline token refused), its status says
+    why, and it takes the file once mended. Exiting, it would have been restarted by systemd
+    into the same file until systemd gave up (10 quick restarts), down once the file was
+    mended."""
+    async with lane_processes(tmp_path, mosquitto, lane_id, tmp_path / "data") as rig:
+        keyset = tmp_path / "keyset.json"
+        good = keyset.read_text()
+        keyset.write_text(good[: len(good) // 2])
+        proc = await rig.start()
+        await eventually(
+            lambda: any("trust_update_refused" in s.faults for s in lane_statuses), within=20
+        )
+        assert proc.returncode is None
+        keyset.write_text(good)
+        await eventually(
+            lambda: lane_statuses[-1].state == "idle" and lane_statuses[-1].faults == [],
+            within=10,
+        )
+        assert "key set updated" in (tmp_path / "lane.log").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
 @pytest.mark.parametrize("gone_before_restart", [False, True], ids=["under", "gone"])
 async def test_killed_with_the_barrier_open_the_restarted_lane_closes_it_and_records_the_unpaid(
     tmp_path: Path,

@@ -42,8 +42,8 @@ def test_broken_config_is_refused_with_every_problem(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setting", "content", "expected"),
     [
-        ('[auth]\nkeyset = "missing.json"', None, "missing.json: cannot read"),
-        ('[auth]\nkeyset = "keys.json"', "{not json", "keys.json: not JSON"),
+        # (A key set file that does not load starts the lane with no key, its alarm saying why:
+        # test_lane_heal.py, a lane restarted on a broken key set file.)
         ('[auth]\ndeny_list = "deny.json"', "[]", "deny.json: must hold a JSON object"),
         # No last good CA to keep at start: the file the setting names, and why.
         (
