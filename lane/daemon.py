@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import uvloop
@@ -109,6 +109,8 @@ from uplink.queue import OwedPassage, QueueError, RecordQueue
 from uplink.queue_thread import QueueThread
 
 KNOWN_SENSORS = frozenset(Sensor)
+T = TypeVar("T")
+E = TypeVar("E", bound=SourcedError)
 
 log = logging.getLogger("lane.daemon")
 
@@ -251,11 +253,12 @@ class Opened:
     replay: ReplayStore
     payments_store: ResolutionStore
     account_key: bytes
-    # A key set file that does not load at start is refused like one replaced at run time (the
-    # lane starts with no key, its alarm says why, and the file is read again when it changes):
-    # exiting would have systemd give up after 10 quick restarts, the lane down once it is fixed.
+    # A key set or deny list file that does not load at start is refused like one replaced at
+    # run time (the lane starts with no key, or takes no token until it has a deny list; its
+    # alarm says why; the file is read again when it changes): exiting would have systemd give
+    # up after 10 quick restarts, and the lane stay down once the file is mended.
     keyset: KeySet | KeySetError | None
-    deny: DenyList | None
+    deny: DenyList | DenyListError | None
     source: FrameSource
     pass_key: PlazaPassKey | None = None  # toll-entry: what its passes are signed with
     tariff: Tariff | None = None  # toll-exit: the entry-exit matrix its trips are priced by
@@ -304,8 +307,8 @@ def open_files(
             replay,
             payments_store,
             account_key(config),
-            _start_keyset(auth.keyset),
-            load_deny_list(auth.deny_list) if auth.deny_list else None,
+            _at_start(load_keyset, auth.keyset, KeySetError),
+            _at_start(load_deny_list, auth.deny_list, DenyListError),
             source or open_source(config.camera.source, settings=config.camera.capture()),
             *_road_files(config),
         )
@@ -320,12 +323,13 @@ def open_files(
     raise AssertionError("unreachable")  # the with block returns or raises  # pragma: no cover
 
 
-def _start_keyset(path: Path | None) -> KeySet | KeySetError | None:
+def _at_start(load: Callable[[Path], T], path: Path | None, error: type[E]) -> T | E | None:
+    """A trust file read at start: what it holds, or why it does not load (Opened.keyset)."""
     if path is None:
         return None
     try:
-        return load_keyset(path)
-    except KeySetError as exc:
+        return load(path)
+    except error as exc:
         return exc
 
 
@@ -557,7 +561,12 @@ class LaneDaemon:
             )
         elif opened.keyset is not None:
             self.verifier.update_keys(opened.keyset, str(config.auth.keyset))
-        if opened.deny is not None:
+        if isinstance(opened.deny, DenyListError):
+            self.verifier.deny_missing = True
+            self.verifier.update_unreadable(
+                UpdateKind.DENY, str(config.auth.deny_list), opened.deny
+            )
+        elif opened.deny is not None:
             self.verifier.update_deny(opened.deny, str(config.auth.deny_list))
         self.metrics = LaneMetrics(self.lane, config.lane.mode, clock=self.clocks.monotonic)
         self.http = aiohttp.ClientSession(trace_configs=[self.metrics.acquirer_trace()])
@@ -617,10 +626,12 @@ class LaneDaemon:
             gate=GateSettings() if config.camera.change_gate else None,
         )
         self._file_mtimes: dict[Path, int] = {}
-        if isinstance(opened.keyset, KeySetError) and config.auth.keyset is not None:
-            self._file_mtimes[
-                config.auth.keyset
-            ] = -1  # read again at the first look, mended or not
+        for path, got in (
+            (config.auth.keyset, opened.keyset),
+            (config.auth.deny_list, opened.deny),
+        ):
+            if path is not None and isinstance(got, SourcedError):
+                self._file_mtimes[path] = -1  # read again at the first look, mended or not
         self._stall: StallWatch | None = None  # from the pipeline's start (live sources only)
         self._stall_text: str | None = None  # the camera_blackout text the watch raised
         self._publishing: set[asyncio.Future[None]] = set()

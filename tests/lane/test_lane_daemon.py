@@ -23,6 +23,7 @@ from polling import eventually
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import BarrierCommand, LaneStatus
 from lane.auth.cose import Alg
+from lane.auth.deny import DenyList, deny_list_to_json
 from lane.auth.keys import IssuerKey, KeySet, KeyUse, encode_keyset, keyset_to_json
 from lane.auth.plaza import keys_topic
 from lane.auth.tokens import issue_token
@@ -322,6 +323,31 @@ async def test_a_key_set_whose_token_keys_lapsed_is_seen_and_a_good_one_clears_i
     await eventually(lambda: named(lane, "vehicle_arrived"))
     token = lane.codes.make("token", now).text
     await show(lane, token, lambda: named(lane, "barrier_opened"))
+
+
+async def test_a_lane_started_on_a_broken_deny_list_takes_no_token_until_it_has_one(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """A deny list cut short when the lane starts (a sync job and a power cut): it starts all
+    the same (exit 2 had systemd give up, the lane down once the file was mended), takes no
+    offline token meanwhile (a denied account cannot be told from another), says why, and
+    takes the file once mended."""
+    deny = tmp_path / "deny.json"
+    whole = deny_list_to_json(DenyList.of(1, ["acct-denied"]))
+    deny.write_text(whole[: len(whole) // 2])
+    async with running_lane(tmp_path, mosquitto, lane_id, auth={"deny_list": str(deny)}) as lane:
+        runner = lane.daemon.runner
+        await eventually(lambda: str(deny) in runner.alarms.get("trust_update_refused", ""))
+        await lane.device.vehicle_enters(1)
+        await eventually(lambda: named(lane, "vehicle_arrived"))
+        await show(
+            lane, lane.codes.make("token", int(time.time())).text, lambda: named(lane, "declined")
+        )
+        assert named(lane, "declined")[0]["reason"] == "verifier_error"
+        deny.write_text(whole)
+        await eventually(lambda: "trust_update_refused" not in runner.alarms, within=5)
+        token = lane.codes.make("token", int(time.time())).text
+        await show(lane, token, lambda: named(lane, "barrier_opened"))
 
 
 async def test_broker_restarted_mid_vehicle_the_lane_recovers(
