@@ -4,7 +4,7 @@ Used by the tests and the simulator. It subscribes to the lane's command topic, 
 executes and acknowledges commands by the rules in `barrier.gate`, publishes its retained
 state with an increasing seq, and plays the lane's sensors (loops, light curtain, classifier)
 for a traffic generator. Faults can be injected: stuck, stuck_open, no_ack, slow_ack, offline,
-fault.
+fault, garbled.
 
 Time: `clock` is the device's wall clock (Unix seconds, used for deadlines and timestamps);
 `sleep` is how it waits for its mechanism and for passing vehicles, so the simulator can run
@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from barrier import gate as rules
 from barrier.messages import (
@@ -36,7 +36,10 @@ from lane.wire.codec import PayloadError, unpack
 
 log = logging.getLogger("lane.barrier.device")
 
-FAULTS = frozenset({"stuck", "stuck_open", "no_ack", "slow_ack", "offline", "fault"})
+FAULTS = frozenset({"stuck", "stuck_open", "no_ack", "slow_ack", "offline", "fault", "garbled"})
+# Under `garbled`, what the device says of its boom (acks, states, snapshots) goes out as this:
+# a byte msgpack never uses, as a firmware speaking another format would look to the lane.
+GARBLED = b"\xc1"
 SAFETY_SENSORS = frozenset({"safety_loop", "light_curtain"})
 # Every presence sensor the emulated lane has: a snapshot reports each one.
 LANE_SENSORS = ("entry_loop", "exit_loop", "light_curtain", "safety_loop")
@@ -84,6 +87,7 @@ class DeviceEmulator:
         memory: int = 1024,
     ) -> None:
         self.lane = lane
+        self._boom_words = topics.boom_words(lane)
         self.timings = timings
         self.gate = rules.Gate()
         self.fault: str | None = None
@@ -185,6 +189,8 @@ class DeviceEmulator:
             self._apply(rules.recover(self.gate), None)
         if name == "fault":
             self._apply(rules.fail(self.gate, "fault injected"), None)
+        if "garbled" in (name, previous):
+            self._publish_state()  # a device that changes its format says its state in the new one
         self._control.put_nowait(("fault", previous))
 
     @property
@@ -425,6 +431,8 @@ class DeviceEmulator:
         step in creation order, and `MqttLink.publish` hands the packet to the MQTT client
         (which writes in call order) before its first await.
         """
+        if self.fault == "garbled" and out.topic in self._boom_words:
+            out = replace(out, payload=GARBLED)
         task = asyncio.create_task(self._publish(out))
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)

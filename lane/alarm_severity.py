@@ -36,6 +36,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "barrier_no_ack": Severity.CRITICAL,
         "barrier_refused": Severity.CRITICAL,
         "barrier_stuck": Severity.CRITICAL,
+        # The lane cannot tell where the boom is or whether the device works: closed to payments.
+        "barrier_unreadable": Severity.CRITICAL,
         "broker_down": Severity.CRITICAL,
         "lane_stuck": Severity.CRITICAL,
         "queue_full": Severity.CRITICAL,
@@ -58,6 +60,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "barrier_stuck_open": Severity.MAJOR,
         "unpaid_passage": Severity.MAJOR,
         "trust_update_refused": Severity.MAJOR,
+        # Every offline token refused: its payers are turned away (online codes go on).
+        "keyset_no_token_key": Severity.MAJOR,
         "payment_alipay": Severity.MAJOR,
         "payment_wechatpay": Severity.MAJOR,
         "payment_acquirer": Severity.MAJOR,

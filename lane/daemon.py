@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import uvloop
@@ -46,7 +46,15 @@ from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.deny import DenyList, DenyListError, decode_deny_list, load_deny_list
 from lane.auth.fares import Tariff, load_tariff
 from lane.auth.issuer import PlazaPassKey, load_lane_key
-from lane.auth.keys import KeySet, KeySetError, decode_keyset, keyset_stale, load_keyset
+from lane.auth.keys import (
+    NO_TOKEN_KEY_ALARM,
+    KeySet,
+    KeySetError,
+    decode_keyset,
+    keyset_stale,
+    load_keyset,
+    no_token_key_now,
+)
 from lane.auth.netkeys import KeyFileError
 from lane.auth.networks import NetworkKeys, build_acquirer
 from lane.auth.passes import DAY_S
@@ -104,6 +112,8 @@ from uplink.queue import OwedPassage, QueueError, RecordQueue
 from uplink.queue_thread import QueueThread
 
 KNOWN_SENSORS = frozenset(Sensor)
+T = TypeVar("T")
+E = TypeVar("E", bound=SourcedError)
 
 log = logging.getLogger("lane.daemon")
 
@@ -286,8 +296,12 @@ class Opened:
     replay: ReplayStore
     payments_store: ResolutionStore
     account_key: bytes
-    keyset: KeySet | None
-    deny: DenyList | None
+    # A key set or deny list file that does not load at start is refused like one replaced at
+    # run time (the lane starts with no key, or takes no token until it has a deny list; its
+    # alarm says why; the file is read again when it changes): exiting would have systemd give
+    # up after 10 quick restarts, and the lane stay down once the file is mended.
+    keyset: KeySet | KeySetError | None
+    deny: DenyList | DenyListError | None
     source: FrameSource
     pass_key: PlazaPassKey | None = None  # toll-entry: what its passes are signed with
     tariff: Tariff | None = None  # toll-exit: the entry-exit matrix its trips are priced by
@@ -336,8 +350,8 @@ def open_files(
             replay,
             payments_store,
             account_key(config),
-            load_keyset(auth.keyset) if auth.keyset else None,
-            load_deny_list(auth.deny_list) if auth.deny_list else None,
+            _at_start(load_keyset, auth.keyset, KeySetError),
+            _at_start(load_deny_list, auth.deny_list, DenyListError),
             source or open_source(config.camera.source, settings=config.camera.capture()),
             *_road_files(config),
         )
@@ -350,6 +364,16 @@ def open_files(
         opened = replace(opened, lane_key=lane_key_of(config))
         return opened, stack.pop_all()
     raise AssertionError("unreachable")  # the with block returns or raises  # pragma: no cover
+
+
+def _at_start(load: Callable[[Path], T], path: Path | None, error: type[E]) -> T | E | None:
+    """A trust file read at start: what it holds, or why it does not load (Opened.keyset)."""
+    if path is None:
+        return None
+    try:
+        return load(path)
+    except error as exc:
+        return exc
 
 
 def paid_carried(owed: OwedPassage, wall_now: float, lane: str) -> ev.PaidCarried:
@@ -510,6 +534,7 @@ class LaneDaemon:
         self.payments_store = opened.payments_store
         self.source = opened.source
         broker = BrokerLink.of(config.broker)
+        self._boom_words = topics.boom_words(self.lane)
         self.link = BarrierLink(
             self.lane,
             broker,
@@ -520,6 +545,7 @@ class LaneDaemon:
             on_link=self._on_link,
             on_snapshot=self._on_snapshot,
             on_plate=self._on_plate,
+            on_garbage=self._on_garbage,
         )
         self.barrier = BarrierAdapter(self.link, self.lane)
         self.uplink = broker.link(f"uplink-{self.lane}", handler=self._on_uplink_message)
@@ -575,9 +601,18 @@ class LaneDaemon:
                 subs += desk.subscriptions()
         self.uplink.subscriptions = subs
         # The files go through the same bounds as every later update (lane.auth.trust).
-        if opened.keyset is not None:
+        if isinstance(opened.keyset, KeySetError):
+            self.verifier.update_unreadable(
+                UpdateKind.KEYSET, str(config.auth.keyset), opened.keyset
+            )
+        elif opened.keyset is not None:
             self.verifier.update_keys(opened.keyset, str(config.auth.keyset))
-        if opened.deny is not None:
+        if isinstance(opened.deny, DenyListError):
+            self.verifier.deny_missing = True
+            self.verifier.update_unreadable(
+                UpdateKind.DENY, str(config.auth.deny_list), opened.deny
+            )
+        elif opened.deny is not None:
             self.verifier.update_deny(opened.deny, str(config.auth.deny_list))
         self.metrics = LaneMetrics(self.lane, config.lane.mode, clock=self.clocks.monotonic)
         self.http = aiohttp.ClientSession(trace_configs=[self.metrics.acquirer_trace()])
@@ -637,6 +672,12 @@ class LaneDaemon:
             gate=GateSettings() if config.camera.change_gate else None,
         )
         self._file_mtimes: dict[Path, int] = {}
+        for path, got in (
+            (config.auth.keyset, opened.keyset),
+            (config.auth.deny_list, opened.deny),
+        ):
+            if path is not None and isinstance(got, SourcedError):
+                self._file_mtimes[path] = -1  # read again at the first look, mended or not
         self._stall: StallWatch | None = None  # from the pipeline's start (live sources only)
         self._stall_text: str | None = None  # the camera_blackout text the watch raised
         self._publishing: set[asyncio.Future[None]] = set()
@@ -753,6 +794,13 @@ class LaneDaemon:
         )
         sensors = tuple(sorted(snap.sensors.items()))
         self.runner.post(ev.DeviceSnapshotted(Position(snap.barrier), sensors, new_id()))
+
+    def _on_garbage(self, topic: str, error: str) -> None:
+        """What the device says of its boom and its commands, unreadable: a fault (the core's).
+        A garbled loop or plate reading, or an attendant's command, changes nothing (the link
+        has logged it)."""
+        if topic in self._boom_words:
+            self.runner.post(ev.DeviceUnreadable(topic, error))
 
     def _on_sensor(self, reading: SensorReading) -> None:
         if reading.sensor == "classifier":
@@ -1151,6 +1199,9 @@ class LaneDaemon:
                 self.runner.alarm(
                     "keyset_stale", "issuer key set is older than allowed" if stale else None
                 )
+            lapsed = no_token_key_now(keys, self.clocks.wall())
+            if lapsed != self.runner.alarms.get(NO_TOKEN_KEY_ALARM):
+                self.runner.alarm(NO_TOKEN_KEY_ALARM, lapsed)
             self._watch_camera()
             refused = self.verifier.refusal_text()
             if refused != self.runner.alarms.get("trust_update_refused"):

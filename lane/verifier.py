@@ -78,6 +78,9 @@ class TokenVerifier:
         self.refused_counts: Counter[tuple[UpdateKind, Verdict]] = Counter()
         self._pending: dict[str, KeySet | DenyList] = {}  # future-dated, by source
         self._alarm = alarm
+        # A deny list is configured and none was read yet (its file did not load at start): a
+        # denied account cannot be told from another, so no token passes until one is held.
+        self.deny_missing = False
         self.replay_watch = StoreWatch(
             lane,
             REPLAY_ALARM,
@@ -103,6 +106,8 @@ class TokenVerifier:
         judgement = judge_deny(self.deny, deny, self.clock(), self.skew_s, self.max_generation_step)
         if judgement.verdict is Verdict.ADOPT:
             self.deny = deny
+        if not judgement.refused:
+            self.deny_missing = False  # adopted, or no newer than the (empty) list held
         self._settle(UpdateKind.DENY, source, judgement, deny)
         return judgement
 
@@ -175,6 +180,8 @@ class TokenVerifier:
         replay mark, an fsync that would stall the loop for milliseconds under load, goes to a
         worker thread (the one hop of the decision); the first use is shared from the loop, so
         no second hop back."""
+        if self.deny_missing:
+            return OfflineResult(False, "verifier_error", None, None)
         verdict = verify_token(
             text, self.keys, self.deny, now_unix, self.skew_s, self.max_token_lifetime_s
         )

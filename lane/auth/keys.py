@@ -98,6 +98,33 @@ def keyset_stale(keyset: KeySet, now: float, max_age_s: float) -> bool:
     return now - keyset.issued_at > max_age_s
 
 
+NO_TOKEN_KEY_ALARM = "keyset_no_token_key"
+# Token keys its text names (then "and N more").
+NAMED_KEYS = 4
+
+
+def no_token_key_now(keyset: KeySet, now: float) -> str | None:
+    """The NO_TOKEN_KEY_ALARM's text while the set holds token keys and none of them
+    is valid now (all expired, or not valid yet: a rotation gone wrong, a set that dropped the
+    key phones still use): every offline token is refused, each for its key alone, with no other
+    word. A set holding no token key at all (a lane that takes no offline tokens) says nothing."""
+    tokens = sorted(
+        (k for k in keyset.keys.values() if k.use is KeyUse.TOKEN), key=lambda k: k.not_after
+    )
+    if not tokens or any(k.valid_at(now) for k in tokens):
+        return None
+    named = [
+        f"{k.kid_text} {'expired' if k.not_after <= now else 'not valid yet'}"
+        for k in tokens[-NAMED_KEYS:]
+    ]
+    more = len(tokens) - len(named)
+    return (
+        "offline tokens refused: no token key of the key set is valid now"
+        f" ({', '.join(named)}{f', and {more} more' if more else ''});"
+        " clears once a key set with one arrives, or a key's time comes"
+    )
+
+
 def kid_text(kid: bytes) -> str:
     """A kid for people: its text when it is printable UTF-8, else `hex:...`."""
     try:

@@ -28,6 +28,7 @@ FAULT_MESSAGES = {
     Alarm.DISK_ERROR: "record queue cannot write",
     Alarm.DISK_NOT_ANSWERING: "data directory does not answer",
     Alarm.BARRIER_STUCK: "barrier did not reach its commanded position",
+    Alarm.BARRIER_UNREADABLE: "barrier device's messages cannot be read",
 }
 
 

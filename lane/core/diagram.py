@@ -99,6 +99,7 @@ LABELS: dict[str, type] = {
     "barrier down": ev.BarrierReported,
     "barrier up": ev.BarrierReported,
     "snapshot": ev.DeviceSnapshotted,
+    "unreadable": ev.DeviceUnreadable,
     "attendant open": ev.AttendantOpen,
     "close lane": ev.AttendantCloseLane,
     "reopen lane": ev.AttendantReopenLane,
@@ -176,6 +177,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(AT_PAY_POINT, "queue full", P.FAULT, "no new paid passages"),
     _t(AT_PAY_POINT, "disk hung", P.FAULT, "no new paid passages: no record could be written"),
     _t(AT_PAY_POINT, "persist failed", P.FAULT, "a record was not written"),
+    _t(AT_PAY_POINT, "unreadable", P.FAULT, "the device's words cannot be read: no payments"),
     _t(P.OPENING, "tick", P.FAULT, "no ack after max attempts"),
     _t(P.CLOSING, "tick", P.FAULT, "no ack after max attempts"),
     _t(P.OPENING, "ack refused", P.FAULT, "the barrier refused the open"),
@@ -274,6 +276,8 @@ def event_label(event: ev.Event) -> str:
             return "barrier up"
         case ev.DeviceSnapshotted():
             return "snapshot"
+        case ev.DeviceUnreadable():
+            return "unreadable"
         case ev.AttendantOpen():
             return "attendant open"
         case ev.AttendantCloseLane():

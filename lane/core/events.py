@@ -91,6 +91,16 @@ class DeviceSnapshotted:
 
 
 @dataclass(frozen=True)
+class DeviceUnreadable:
+    """The barrier device said something on its ack, state or snapshot topic that does not
+    decode (another firmware's format, a corrupted payload): what it says of its boom, its
+    faults and its commands is not known. `topic` and `error` are for the alarm's text."""
+
+    topic: str
+    error: str
+
+
+@dataclass(frozen=True)
 class AttendantOpen:
     cmd_id: str
     reason: str
@@ -252,6 +262,7 @@ Event = (
     | CommandNotSent
     | BarrierReported
     | DeviceSnapshotted
+    | DeviceUnreadable
     | AttendantOpen
     | AttendantCloseLane
     | AttendantReopenLane

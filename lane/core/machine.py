@@ -147,6 +147,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return _on_reported(state, event, now)
         case ev.DeviceSnapshotted():
             return _on_snapshot(state, event, now)
+        case ev.DeviceUnreadable():
+            return _on_unreadable(state, event)
         case ev.AttendantOpen():
             return _on_attendant_open(state, event, now)
         case ev.AttendantCloseLane():
@@ -362,12 +364,23 @@ def _position(state: LaneState, position: Position, now: float, clears: Iterable
     return state, actions
 
 
+def _on_unreadable(state: LaneState, event: ev.DeviceUnreadable) -> Result:
+    """A payment fault: the lane cannot tell whether the boom works, so it charges nobody. In
+    the fault phase it asks the device every probe_s; a snapshot that decodes clears it."""
+    detail = (
+        f"{event.topic}: {event.error}; lane closed to payments until the device answers"
+        f" a query readably (asked every {state.rules.probe_s:g} s)"
+    )
+    return add_fault(state, Alarm.BARRIER_UNREADABLE, detail)
+
+
 def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> Result:
     """Adopt the device's whole truth: what the lane missed while it could not hear it."""
     # An answer to a query says the device is there, not that it executes commands: a command
     # fault clears with the ack of its command (recovery's probe); a refusal also below when
     # no command waits.
-    clears = (Alarm.BARRIER_OFFLINE, Alarm.BARRIER_FAULT)
+    # A snapshot that decodes also says the device speaks the lane's language again.
+    clears = (Alarm.BARRIER_OFFLINE, Alarm.BARRIER_FAULT, Alarm.BARRIER_UNREADABLE)
     state, actions = _position(state, event.barrier, now, clears)
     sensors = dict(event.sensors)
     for name in SAFETY_SENSORS:

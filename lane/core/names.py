@@ -23,6 +23,7 @@ class Alarm(StrEnum):
     DISK_NOT_ANSWERING = "disk_not_answering"
     BARRIER_STUCK = "barrier_stuck"
     BARRIER_STUCK_OPEN = "barrier_stuck_open"
+    BARRIER_UNREADABLE = "barrier_unreadable"
     QUEUE_HIGH_WATER = "queue_high_water"
     ATTENDANT_NEEDED = "attendant_needed"
     LANE_STUCK = "lane_stuck"
@@ -41,8 +42,16 @@ BLOCKING_FAULTS = frozenset(
     }
 )
 # Faults that stop new payments only (the barrier may still serve a vehicle that already paid).
+# A device whose words about its boom cannot be read (barrier_unreadable) may be in any
+# position or fault: the lane takes nobody's money it may not be able to let through.
 PAYMENT_FAULTS = frozenset(
-    {Alarm.QUEUE_FULL, Alarm.DISK_ERROR, Alarm.DISK_NOT_ANSWERING, Alarm.BARRIER_STUCK}
+    {
+        Alarm.QUEUE_FULL,
+        Alarm.DISK_ERROR,
+        Alarm.DISK_NOT_ANSWERING,
+        Alarm.BARRIER_STUCK,
+        Alarm.BARRIER_UNREADABLE,
+    }
 )
 FAULTS = BLOCKING_FAULTS | PAYMENT_FAULTS
 # Faults about one command that a later probe of the same command can clear.
@@ -59,7 +68,12 @@ BARRIER_FAULTS = (
 REPORT_CLEARS = tuple(a for a in BARRIER_FAULTS if a is not Alarm.BARRIER_NO_ACK)
 # Every alarm that says the barrier cannot be relied on (readiness, metrics). A boom stuck open
 # is one too, though only a notice: the lane still takes payments under it.
-BARRIER_ALARMS = (*BARRIER_FAULTS, Alarm.BARRIER_STUCK, Alarm.BARRIER_STUCK_OPEN)
+BARRIER_ALARMS = (
+    *BARRIER_FAULTS,
+    Alarm.BARRIER_STUCK,
+    Alarm.BARRIER_STUCK_OPEN,
+    Alarm.BARRIER_UNREADABLE,
+)
 # The barrier faults a restart must not forget (a boom that did not open, a device that drops
 # commands): the shell keeps each on disk while it holds (KeepLatch, DropLatch) and hands it
 # back at start-up (LatchCarried), so the next driver is not charged for a barrier that

@@ -64,6 +64,12 @@ def device_snapshot(lane: str) -> str:
     return f"lane/{lane}/device/snapshot"
 
 
+def boom_words(lane: str) -> frozenset[str]:
+    """What a barrier device says of its boom and of the commands it was given: its acks,
+    states and snapshots (a lane that cannot read them does not know where the boom is)."""
+    return frozenset({barrier_ack(lane), barrier_state(lane), device_snapshot(lane)})
+
+
 def io(lane: str, sensor: str) -> str:
     return f"lane/{lane}/io/{sensor}"
 

@@ -20,9 +20,11 @@ from lane.auth.keys import (
     keyset_stale,
     keyset_to_json,
     load_keyset,
+    no_token_key_now,
     parse_keyset,
 )
 from lane.wire.codec import pack
+from sim.codes import CodeFactory
 
 ED = TokenIssuer.generate(Alg.ED25519, kid="k-ed", issuer="wallet.example", not_before=1000)
 ES = TokenIssuer.generate(Alg.ES256, kid=b"\x00\xff", issuer="bank.example", not_before=1000)
@@ -204,3 +206,18 @@ def test_stale_and_supersedes() -> None:
     assert newer.supersedes(older)
     assert not older.supersedes(newer)
     assert not newer.supersedes(KeySet(2000))  # a retained re-delivery changes nothing
+
+
+def test_a_set_whose_token_keys_are_none_valid_now_says_so_and_which() -> None:
+    """Every token key expired or not valid yet: each offline token would be refused for its
+    key alone. Named, each with why; a set holding no token key at all says nothing."""
+    old = TokenIssuer.generate(Alg.ED25519, kid="old", not_before=1000, not_after=2000).public()
+    new = TokenIssuer.generate(Alg.ED25519, kid="new", not_before=3000).public()
+    both = KeySet.of(1500, [old, new])
+    assert no_token_key_now(both, 1500) is None  # `old` is valid
+    text = no_token_key_now(both, 2500)
+    assert text is not None and "old expired" in text and "new not valid yet" in text
+    assert no_token_key_now(both, 3000) is None  # `new`'s time came
+    lane_only = KeySet.of(1500, [CodeFactory(1).lane_key("p1/l1").public(0, 10**10)])
+    assert no_token_key_now(lane_only, 2500) is None
+    assert no_token_key_now(KeySet(0), 2500) is None

@@ -104,6 +104,8 @@ def scripted_snapshot_rows() -> LaneDriver:
     lane.sensor("safety_loop", False)
     lane.feed(ev.DeviceSnapshotted("open", (), "d3"))  # exit edge lost: open -> closing
     lane.ack()
+    lane.feed(ev.DeviceUnreadable("lane/p/l/barrier/state", "garbled"))  # idle -> fault
+    lane.feed(ev.DeviceSnapshotted("closed", (), "d4"))  # read again: fault -> idle
     return lane
 
 
@@ -207,6 +209,7 @@ def test_every_event_type_has_labels_and_every_label_an_event_type() -> None:
         ev.BarrierReported("offline"),
         ev.BarrierReported("closed"),
         ev.DeviceSnapshotted("open", (("safety_loop", False),), "d"),
+        ev.DeviceUnreadable("lane/p/l/barrier/state", "not msgpack"),
         ev.AttendantOpen("c", "r", "a"),
         ev.AttendantCloseLane("r"),
         ev.AttendantReopenLane("r"),

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from core_kit import LaneDriver, of_type, one, rules
+from core_kit import LaneDriver, displayed, of_type, one, rules
 
 from lane.core import events as ev
 from lane.core.actions import (
+    Authorise,
     ClearAlarm,
     CloseBarrier,
     OpenBarrier,
     PassageServed,
     Persist,
+    QueryDevice,
     RaiseAlarm,
     Settle,
 )
@@ -364,3 +366,28 @@ def test_a_whole_day_of_vehicles_reuses_no_command() -> None:
         lane.through(f"v{n}", f"28{n:016d}")
     cmds = [a.cmd_id for a in lane.actions if isinstance(a, OpenBarrier | CloseBarrier)]
     assert len(cmds) == len(set(cmds)) == 40
+
+
+STATE_TOPIC = "lane/p07/l03/barrier/state"
+
+
+def test_a_device_that_cannot_be_read_takes_nobody_s_money_until_a_snapshot_reads() -> None:
+    """Garbled words about the boom (a device in fault saying so in a format the lane does not
+    read): safe (no payment taken), seen (the alarm names the topic and the error), and it
+    clears by itself once the device answers the lane's query in words it reads."""
+    lane = LaneDriver()
+    actions = lane.feed(ev.DeviceUnreadable(STATE_TOPIC, "unsupported version 99"))
+    alarm = one(actions, RaiseAlarm)
+    assert alarm.code == Alarm.BARRIER_UNREADABLE
+    assert STATE_TOPIC in alarm.message and "unsupported version 99" in alarm.message
+    assert lane.phase() is Phase.FAULT
+    lane.arrive("v1")
+    assert of_type(lane.scan(), Authorise) == []  # refused: nobody is charged
+    assert "Lane closed" in displayed(lane.actions)
+    assert lane.feed(ev.DeviceUnreadable(STATE_TOPIC, "again")) == []  # raised once
+    asked = of_type(lane.tick_at_deadline(), QueryDevice)  # the fault phase asks the device
+    assert len(asked) == 1
+    actions = lane.feed(ev.DeviceSnapshotted("closed", (("entry_loop", True),), "d1"))
+    assert ClearAlarm(Alarm.BARRIER_UNREADABLE) in actions
+    assert lane.phase() is Phase.VEHICLE_PRESENT
+    assert of_type(lane.scan("289876543210123456"), Authorise) != []  # served again

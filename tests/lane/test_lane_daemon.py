@@ -11,7 +11,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +23,8 @@ from polling import eventually
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import BarrierCommand, LaneStatus
 from lane.auth.cose import Alg
-from lane.auth.keys import IssuerKey, KeySet, encode_keyset, keyset_to_json
+from lane.auth.deny import DenyList, deny_list_to_json
+from lane.auth.keys import IssuerKey, KeySet, KeyUse, encode_keyset, keyset_to_json
 from lane.auth.plaza import keys_topic
 from lane.auth.tokens import issue_token
 from lane.config import LaneConfig, parse_config
@@ -221,7 +222,11 @@ async def test_replayed_token_is_refused_and_recorded_as_declined(lane: Lane) ->
     assert [c.op for c in lane.device.received].count("open") == 1
 
 
-async def test_garbage_on_lane_topics_is_ignored(lane: Lane, mosquitto: Mosquitto) -> None:
+async def test_garbage_on_lane_topics_is_ignored_or_cleared_by_the_device(
+    lane: Lane, mosquitto: Mosquitto
+) -> None:
+    """Garbage on the barrier's ack and state topics is a fault (barrier_unreadable) until the
+    device answers the lane's query readably; on the others it changes nothing."""
     lane_id = lane.config.lane.id
     noise = MqttLink(mosquitto.host, mosquitto.port, f"noise-{lane_id}")
     task = asyncio.create_task(noise.run())
@@ -235,9 +240,10 @@ async def test_garbage_on_lane_topics_is_ignored(lane: Lane, mosquitto: Mosquitt
         ):
             for payload in (b"", b"\xc1", b"not msgpack at all", b"\x93\x01\x02\x03"):
                 await noise.publish(topic, payload)
+        await eventually(lambda: "barrier_unreadable" in lane.daemon.runner.alarms)
         await lane.device.vehicle_enters(1)
         await eventually(lambda: named(lane, "vehicle_arrived"))
-        assert lane.daemon.runner.state.faults == frozenset()
+        await eventually(lambda: lane.daemon.runner.state.faults == frozenset(), within=15)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -293,6 +299,57 @@ async def test_a_replaced_key_set_file_is_taken_without_a_restart(lane: Lane) ->
     await lane.device.vehicle_enters(1)
     await eventually(lambda: named(lane, "vehicle_arrived"))
     await show(lane, token, lambda: named(lane, "barrier_opened"))
+
+
+async def test_a_key_set_whose_token_keys_lapsed_is_seen_and_a_good_one_clears_it(
+    lane: Lane,
+) -> None:
+    """A newer, well-formed set is adopted; if none of its token keys is valid now, every token
+    payer is refused for the key alone: the lane says so, and the next good set clears it."""
+    now = int(time.time())
+    runner = lane.daemon.runner
+    held = lane.daemon.verifier.keys
+    tokens = [k for k in held.keys.values() if k.use is KeyUse.TOKEN]
+    lapsed = KeySet.of(
+        now + 1,
+        [replace(k, not_after=now - 60) if k in tokens else k for k in held.keys.values()],
+    )
+    path = lane.config.auth.keyset
+    assert path is not None
+    path.write_text(keyset_to_json(lapsed))
+    await eventually(lambda: "keyset_no_token_key" in runner.alarms, within=5)
+    assert f"{tokens[0].kid_text} expired" in runner.alarms["keyset_no_token_key"]
+    path.write_text(keyset_to_json(KeySet.of(now + 2, held.keys.values())))
+    await eventually(lambda: "keyset_no_token_key" not in runner.alarms, within=5)
+    await lane.device.vehicle_enters(1)
+    await eventually(lambda: named(lane, "vehicle_arrived"))
+    token = lane.codes.make("token", now).text
+    await show(lane, token, lambda: named(lane, "barrier_opened"))
+
+
+async def test_a_lane_started_on_a_broken_deny_list_takes_no_token_until_it_has_one(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """A deny list cut short when the lane starts (a sync job and a power cut): it starts all
+    the same (exit 2 had systemd give up, the lane down once the file was mended), takes no
+    offline token meanwhile (a denied account cannot be told from another), says why, and
+    takes the file once mended."""
+    deny = tmp_path / "deny.json"
+    whole = deny_list_to_json(DenyList.of(1, ["acct-denied"]))
+    deny.write_text(whole[: len(whole) // 2])
+    async with running_lane(tmp_path, mosquitto, lane_id, auth={"deny_list": str(deny)}) as lane:
+        runner = lane.daemon.runner
+        await eventually(lambda: str(deny) in runner.alarms.get("trust_update_refused", ""))
+        await lane.device.vehicle_enters(1)
+        await eventually(lambda: named(lane, "vehicle_arrived"))
+        await show(
+            lane, lane.codes.make("token", int(time.time())).text, lambda: named(lane, "declined")
+        )
+        assert named(lane, "declined")[0]["reason"] == "verifier_error"
+        deny.write_text(whole)
+        await eventually(lambda: "trust_update_refused" not in runner.alarms, within=5)
+        token = lane.codes.make("token", int(time.time())).text
+        await show(lane, token, lambda: named(lane, "barrier_opened"))
 
 
 async def test_broker_restarted_mid_vehicle_the_lane_recovers(

@@ -391,6 +391,35 @@ async def test_the_lane_asks_the_device_after_its_start_and_after_every_reconnec
         await eventually(lambda: quiet(lane), within=15)
 
 
+async def test_a_device_the_lane_cannot_read_takes_no_payment_says_so_and_heals(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """A device that speaks a format the lane does not read (a firmware upgrade): it may be in
+    fault, its boom anywhere. The lane charges nobody, names the topic and the error, asks the
+    device every probe_s, and serves again once the device's answer reads."""
+    async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
+        runner = lane.daemon.runner
+        lane.device.set_fault("garbled")  # it says its state in the new format at once
+        await eventually(lambda: "barrier_unreadable" in runner.alarms)
+        assert topics.barrier_state(lane_id) in runner.alarms["barrier_unreadable"]
+        barrier = next(c for c in lane.daemon.ops.readiness() if c.name == "barrier")
+        assert not barrier.ok and "cannot be read" in barrier.detail
+        await lane.device.vehicle_enters(1)
+        await eventually(lambda: named(lane, "vehicle_arrived"))
+        token = lane.codes.make("token", int(time.time())).text
+        await show(lane, token, lambda: named(lane, "scan_refused"))
+        assert records(lane.queue_path) == []  # nobody charged
+        asked = len(lane.device.queries)
+        await eventually(lambda: len(lane.device.queries) >= asked + 2)  # asked every probe_s
+        assert "barrier_unreadable" in runner.alarms  # a garbled answer clears nothing
+        lane.device.set_fault(None)
+        await eventually(lambda: "barrier_unreadable" not in runner.alarms)
+        token = lane.codes.make("token", int(time.time())).text
+        await show(lane, token, lambda: named(lane, "barrier_opened"))
+        await lane.device.vehicle_passes()
+        await eventually(lambda: quiet(lane))
+
+
 def records(queue_path: Path) -> list[Record]:
     with sqlite3.connect(queue_path) as db:
         return [Record.decode(row[0]) for row in db.execute("SELECT data FROM records")]
@@ -458,6 +487,33 @@ async def lane_processes(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_lane_restarted_on_a_broken_key_set_file_starts_says_why_and_takes_it_mended(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    """A sync job's half-written key set when the lane (re)starts, a power cut between them:
+    the lane starts all the same with no key (every offline token refused), its status says
+    why, and it takes the file once mended. Exiting, it would have been restarted by systemd
+    into the same file until systemd gave up (10 quick restarts), down once the file was
+    mended."""
+    async with lane_processes(tmp_path, mosquitto, lane_id, tmp_path / "data") as rig:
+        keyset = tmp_path / "keyset.json"
+        good = keyset.read_text()
+        keyset.write_text(good[: len(good) // 2])
+        proc = await rig.start()
+        await eventually(
+            lambda: any("trust_update_refused" in s.faults for s in lane_statuses), within=20
+        )
+        assert proc.returncode is None
+        keyset.write_text(good)
+        await eventually(
+            lambda: lane_statuses[-1].state == "idle" and lane_statuses[-1].faults == [],
+            within=10,
+        )
+        assert "key set updated" in (tmp_path / "lane.log").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
 
 
 @pytest.mark.parametrize("gone_before_restart", [False, True], ids=["under", "gone"])

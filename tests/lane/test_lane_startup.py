@@ -42,9 +42,8 @@ def test_broken_config_is_refused_with_every_problem(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setting", "content", "expected"),
     [
-        ('[auth]\nkeyset = "missing.json"', None, "missing.json: cannot read"),
-        ('[auth]\nkeyset = "keys.json"', "{not json", "keys.json: not JSON"),
-        ('[auth]\ndeny_list = "deny.json"', "[]", "deny.json: must hold a JSON object"),
+        # (A key set or deny list file that does not load starts the lane, which says why and
+        # takes no offline token it cannot judge: test_lane_heal.py, test_lane_daemon.py.)
         # No last good CA to keep at start: the file the setting names, and why.
         (
             '[broker]\ntls_ca_file = "ca.pem"\n[auth]\nshare_used_tokens = false',
