@@ -59,11 +59,11 @@ gate's own, or another gate's refund heard on the line) is held the same way (`u
 kept in the tap store too): the tap-in prices as reopened here (the trip, as the refund said),
 the alarm says refunded tap-outs are held until reopened, and `upkeep` writes the held releases
 before the held exits; a later exit's mark writes its tap-in's held release first (the mark
-would not go in over the old one), and a release gives back only a mark made by the refund's
-time (`made_by`), so neither a copy loaded late nor a refund heard after a later exit reopens
-that exit (a wall clock stepped back between an exit and its refund keeps the mark: the
-passenger pays the maximum, flagged). The tap store's copy of what is held is versioned
-(lane.held_copy): an older copy never overwrites a newer one.
+would not go in over the old one), and a release gives back only a mark made by the exit it
+refunds (`made_by`: an exit is marked at its record's time, which the refund names), so neither
+a copy loaded late nor a refund heard after a later exit reopens that exit, and a wall clock
+stepped back between an exit and its refund keeps no mark. The tap store's copy of what is
+held is versioned (lane.held_copy): an older copy never overwrites a newer one.
 """
 
 from __future__ import annotations
@@ -96,12 +96,15 @@ from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
 from lane.wire import topics
 from lane.wire.codec import PayloadError
+from lane.wire.ids import uuid7_unix_ms
 from uplink.records import Record
 
 log = logging.getLogger("lane.tap_desk")
 
 SHARED = (RecordKind.TAP_IN, RecordKind.TAP_OUT)
 PAID = (AuthResult.APPROVED, AuthResult.DEFERRED)
+STAMP_S = 0.001  # a record id's time resolution (`_stamped`)
+STEPPED_BACK = "tap-out refund stamped before its exit: a clock stepped back"
 TAPS_ALARM = "taps_store_error"
 # What a failing store stops, as its alarm says it (lane.store_watch).
 TAPS_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): taps store'
@@ -351,8 +354,10 @@ class TapDesk:
             return  # it marked nothing: priced `pass_used` or `no_pass`
         ids = {"lane": self.lane, "record_id": record.record_id, "from_lane": record.lane,
                "pass_id": d.pass_id}  # fmt: skip
+        refunded = flag_value(d.flags, FLAG_RECORD) or ""
+        made_by = self._made_by(refunded, record.ts_us / 1e6, ids)
         try:
-            released = await self._release(pass_key(d.pass_id), record.lane, record.ts_us / 1e6)
+            released = await self._release(pass_key(d.pass_id), record.lane, made_by)
         except ReplayStoreError as exc:
             log.error("tap's refund held until reopened", extra={**ids, "error": str(exc)})
             self.replay_watch.says(exc, self._replay_owed(REPLAY_UNRELEASED))
@@ -452,7 +457,10 @@ class TapDesk:
         return (used.lane, used.remote) != owner or not made
 
     async def mark_used(self, action: MarkPassUsed) -> None:
-        key, own = pass_key(action.pass_id), Held(math.ceil(action.expires_at))
+        # Made at the exit record's time, as a heard exit's mark is: its refund gives back the
+        # mark of that exit whatever the wall clock says by then (`_made_by`).
+        key = pass_key(action.pass_id)
+        own = Held(math.ceil(action.expires_at), None, _stamped(action.record_id))
         # The line learns of the exit from the tap_out record itself (`_exited_elsewhere`), not
         # a used-token message.
         try:
@@ -470,7 +478,9 @@ class TapDesk:
     async def release(self, action: ReleasePass) -> None:
         # The line's other gates reopen it from the refund record (`on_record`, `_reopen`).
         try:
-            released = await self._release(pass_key(action.pass_id), None, self.wall())
+            ids = {"lane": self.lane, "pass_id": action.pass_id}
+            made_by = self._made_by(action.record_id, self.wall(), ids)
+            released = await self._release(pass_key(action.pass_id), None, made_by)
         except ReplayStoreError as exc:
             self._replay_failed(exc, REPLAY_UNRELEASED, "tap-in held until reopened", action)
             return
@@ -501,11 +511,11 @@ class TapDesk:
         return await mark_used(self.replay, None, key, held.exp, held.lane or self.lane,
                                self.wall(), remote=remote, seen_at=held.seen_at)  # fmt: skip
 
-    async def _release(self, key: str, lane: str | None, refunded_at: float) -> bool:
-        """Forget the exit of `key` this gate made (`lane` None) or heard from `lane`, refunded
-        at `refunded_at` (by that gate's clock): held only (the replay store never had it), or
-        its mark; True when there was one. A mark the replay store does not give back is held
-        until reopened (`unreleased`) and the error raised."""
+    async def _release(self, key: str, lane: str | None, made_by: float) -> bool:
+        """Forget the exit of `key` this gate made (`lane` None) or heard from `lane`, the one
+        stamped by `made_by` (that gate's clock, `_made_by`): held only (the replay store never
+        had it), or its mark; True when there was one. A mark the replay store does not give
+        back is held until reopened (`unreleased`) and the error raised."""
         held = self.unmarked.get(key)
         if held is not None and held.lane == lane:
             del self.unmarked[key]
@@ -513,11 +523,10 @@ class TapDesk:
             await self._save_held()
             return True
         # Kept as long as any mark of the tap-in could be (it is older than the refund).
-        release = Held(math.ceil(self.wall() + self.retention_s), lane, refunded_at)
+        release = Held(math.ceil(self.wall() + self.retention_s), lane, made_by)
         try:
-            # Only a mark made by the refund's time: one made later is a later exit's, heard
-            # before this refund (a wall clock stepped back since the exit keeps the mark too:
-            # that passenger pays the maximum, flagged, never rides free).
+            # Only a mark made by the refunded exit: one made later is a later exit's, heard
+            # before this refund.
             released = await self._unmark(key, release)
         except ReplayStoreError:
             self.unreleased[key] = release  # a later refund of the tap-in is a later exit's
@@ -533,6 +542,22 @@ class TapDesk:
         remote = release.lane is not None
         return await release_mark(self.replay, None, key, release.lane or self.lane, self.wall(),
                                   remote=remote, made_by=release.seen_at)  # fmt: skip
+
+    def _made_by(self, exit_id: str, refunded_at: float, ids: Mapping[str, object]) -> float:
+        """The latest time a mark of the refunded exit (record `exit_id`) can have: the end of
+        the millisecond its record was stamped in (`_stamped`; a heard exit is marked by its
+        record's microsecond). Not the refund's time: a wall clock stepped back between the
+        exit and its refund would keep the mark, and that passenger would pay the maximum fare
+        at the next exit. An exit record of another form (an id that is no UUIDv7) is bounded
+        by the refund's time (`refunded_at`, the refunding gate's clock)."""
+        stamped = _stamped(exit_id)
+        if stamped is None:
+            return refunded_at
+        if refunded_at < stamped:  # the refunding gate's clock went back since the exit
+            log.warning(STEPPED_BACK,
+                        extra={**ids, "exit_record_id": exit_id,
+                               "behind_s": round(stamped - refunded_at, 3)})  # fmt: skip
+        return stamped + STAMP_S
 
     def _replay_failed(
         self, exc: ReplayStoreError, stops: str, event: str, action: MarkPassUsed | ReleasePass
@@ -668,3 +693,10 @@ class TapDesk:
 
 def _lane_of(record: Record) -> str:
     return record.lane
+
+
+def _stamped(record_id: str) -> float | None:
+    """When this lane's record `record_id` was stamped, to the millisecond: its id is the
+    UUIDv7 of its time (uplink.queue). None for an id of another form."""
+    unix_ms = uuid7_unix_ms(record_id)
+    return None if unix_ms is None else unix_ms / 1000

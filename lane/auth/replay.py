@@ -212,9 +212,13 @@ class ReplayStore:
         self._ledger_base = float(elapsed)
         self._opened_at = monotonic()
 
-    def check_and_mark(self, token_id: str, exp: int, lane: str, now: float) -> bool:
-        """Record a local use; True when this is the first use anywhere we know of."""
-        return self._insert(token_id, exp, lane, now, now, remote=False)
+    def check_and_mark(
+        self, token_id: str, exp: int, lane: str, now: float, seen_at: float | None = None
+    ) -> bool:
+        """Record a local use, made at `seen_at` (None: `now`; a metro exit is marked by its
+        record's time, lane.tap_desk); True when this is the first use anywhere we know of."""
+        return self._insert(token_id, exp, lane, now if seen_at is None else seen_at, now,
+                            remote=False)  # fmt: skip
 
     def mark_remote(
         self, token_id: str, exp: int, lane: str, seen_at: float | None = None, *, now: float

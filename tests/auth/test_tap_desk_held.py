@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from polling import eventually
-from test_metro_pricing import NOW, refund_of, signed, tap_in, tap_out_of
+from test_metro_pricing import EXIT_ID, NOW, exit_id, refund_of, signed, tap_in, tap_out_of
 from test_tap_desk_stores import ENTRY_PAID, FARE, FARTHEST, Exits, corrupted, locked
 
 from lane.auth.replay import ReplayStoreError
@@ -44,10 +44,10 @@ async def test_a_refund_the_replay_store_cannot_write_is_held_kept_over_a_restar
     exits = Exits(tmp_path)
     trip = await exits.tapped_out()
     key = f"pass:{trip}"
-    await exits.gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None))
+    await exits.gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, EXIT_ID))
     path = tmp_path / "replay.sqlite3"
     with locked(path):
-        await exits.gate.release(ReleasePass(trip))  # SQLite's wait runs out
+        await exits.gate.release(ReleasePass(trip, EXIT_ID))  # SQLite's wait runs out
         # Seen: the alarm says the refunds are held until reopened, names the file and why.
         assert exits.alarms["replay_store_error"].startswith(
             f"{REPLAY_UNRELEASED} {path}: database is locked"
@@ -81,13 +81,13 @@ async def test_an_exit_after_a_held_refund_is_marked_after_it_and_stays(tmp_path
     exits = Exits(tmp_path)
     gate = exits.gate
     trip = await exits.tapped_out()
-    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None))
+    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, EXIT_ID))
     with corrupted(tmp_path / "replay.sqlite3"):
-        await gate.release(ReleasePass(trip))
+        await gate.release(ReleasePass(trip, EXIT_ID))
     assert gate.unreleased != {}
     # The store works again before its probe has run: the passenger taps out once more.
     assert await exits.tap_out() == ("charged", FARE, trip)
-    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None))
+    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, exit_id(exits.clock[0])))
     tasks = _probes(gate)
     try:
         await eventually(lambda: "replay_store_error" not in exits.alarms, within=15)
@@ -124,7 +124,9 @@ async def test_a_held_copy_written_while_the_held_exits_change_is_written_again(
     with locked(taps):
         with corrupted(replay):
             # The exit held; its copy's write waits for the taps store's lock.
-            saving = asyncio.create_task(gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None)))
+            saving = asyncio.create_task(
+                gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, EXIT_ID))
+            )
             await eventually(gate.store._lock.locked, within=5)
         # The replay store works again (its probe says so first); then the taps store's
         # upkeep marks the held exit there, and its drops wait behind the copy in flight.
@@ -140,7 +142,7 @@ async def test_a_held_copy_written_while_the_held_exits_change_is_written_again(
     finally:
         for task in probes:
             task.cancel()
-    await gate.release(ReleasePass(trip))  # that exit refunded: the tap-in reopened
+    await gate.release(ReleasePass(trip, EXIT_ID))  # that exit refunded: the tap-in reopened
     assert await exits.tap_out_after_restart() == ("charged", FARE, trip)
 
 

@@ -15,6 +15,7 @@ import pytest
 from polling import eventually
 from test_metro_pricing import (
     CODES,
+    EXIT_ID,
     NOW,
     TARIFF,
     ask,
@@ -202,7 +203,9 @@ async def test_an_exit_the_replay_store_cannot_mark_is_held_so_the_tap_in_exits_
     assert (outcome, amount) == ("charged", FARE) and trip is not None
     path = tmp_path / "replay.sqlite3"
     with locked(path):
-        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))  # SQLite's wait runs out
+        await gate.mark_used(
+            MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID)
+        )  # SQLite's wait runs out
         assert alarms["replay_store_error"].startswith(
             f"{REPLAY_UNMARKED} {path}: database is locked"
         )
@@ -236,7 +239,7 @@ async def test_a_held_exit_outlives_a_restart_before_the_replay_store_heals(
     assert trip is not None
     path = tmp_path / "replay.sqlite3"
     with locked(path):
-        await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+        await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
         assert exits.alarms["replay_store_error"].startswith(
             f"{REPLAY_UNMARKED} {path}: database is locked"
         )
@@ -283,7 +286,7 @@ async def test_a_held_exit_the_taps_store_cannot_keep_says_so_and_is_kept_once_i
     taps = tmp_path / "taps.sqlite3"
     with locked(tmp_path / "replay.sqlite3"):
         with corrupted(taps):
-            await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+            await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
             assert exits.alarms["taps_store_error"].startswith(
                 f"{TAPS_UNHELD} {taps}: database disk image is malformed"
             )
@@ -320,7 +323,7 @@ async def test_an_exit_the_taps_store_cannot_keep_leaves_its_undropped_warning(
     try:
         with locked(tmp_path / "replay.sqlite3"), corrupted(taps):
             await exits.gate.handle(Incoming(topic, signed(refund_of(entered, NOW - 30))))
-            await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+            await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
             assert exits.gate.undropped != {}
             assert exits.alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
     finally:
@@ -339,14 +342,14 @@ async def test_a_refund_the_replay_store_cannot_write_is_held_says_so_and_clears
     path = tmp_path / "replay.sqlite3"
     with locked(path):
         # Held in memory, then refunded: the tap-in reopens with no write at all.
-        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
-        await gate.release(ReleasePass(trip))
+        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
+        await gate.release(ReleasePass(trip, EXIT_ID))
         assert gate.unmarked == {}
         assert await exits.tap_out() == ("charged", FARE, trip)
-    await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))  # the store works: clears
+    await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))  # the store works: clears
     assert "replay_store_error" not in alarms
     with locked(path):
-        await gate.release(ReleasePass(trip))  # SQLite's wait runs out
+        await gate.release(ReleasePass(trip, EXIT_ID))  # SQLite's wait runs out
         assert alarms["replay_store_error"].startswith(
             f"{REPLAY_UNRELEASED} {path}: database is locked"
         )
@@ -542,7 +545,7 @@ async def test_a_held_exit_is_marked_once_the_replay_store_heals_with_the_taps_s
     taps = tmp_path / "taps.sqlite3"
     with corrupted(taps):
         with locked(tmp_path / "replay.sqlite3"):
-            await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+            await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
             assert alarms["taps_store_error"].startswith(f"{TAPS_UNHELD} {taps}")
             assert "replay_store_error" in alarms
             # And another rider's tap-in refunded, which the taps store cannot drop either.
@@ -589,9 +592,9 @@ async def test_a_heard_exit_held_is_not_given_back_by_this_gates_refund(tmp_path
     assert trip is not None and trip == out.draft.pass_id
     with locked(tmp_path / "replay.sqlite3"):
         await gate.handle(Incoming(topic, signed(out)))
-        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
         assert gate.unmarked[f"pass:{trip}"].lane == "S02/x1"
-        await gate.release(ReleasePass(trip))  # this gate's tap-out refunded
+        await gate.release(ReleasePass(trip, EXIT_ID))  # this gate's tap-out refunded
         # The other gate's exit stands: the tap-in stays exited, the maximum fare, flagged.
         assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
     exits.close()

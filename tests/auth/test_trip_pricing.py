@@ -127,7 +127,7 @@ async def exits(store: ReplayStore, showings: list[tuple[int, int]]) -> list[tup
         answer = await trips.price(ask(texts[n], vehicle_class))
         assert answer.amount_minor is not None and answer.pass_id is not None
         seen.append((n, answer.outcome, answer.amount_minor))
-        await trips.mark_used(MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None))
+        await trips.mark_used(MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None, "x-exit"))
     return seen
 
 
@@ -187,7 +187,9 @@ def test_a_forged_delete_does_not_let_an_older_binding_of_the_plate_back_in(
             trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
             answer = await trips.price(ask(earlier))
             assert answer.pass_id is not None
-            await trips.mark_used(MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None))
+            await trips.mark_used(
+                MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None, "x-exit")
+            )
             trips.handle(Incoming(topic, binding(pass_of(P01, 2)), retain=True))  # this trip
             trips.handle(Incoming(topic, b"", retain=True))  # forged
             trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
