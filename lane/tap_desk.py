@@ -183,6 +183,7 @@ class TapDesk:
         # store over a restart (`_drops_copy`, versioned), not in the failing one.
         self.undropped: dict[str, tuple[float, str]] = replay.undropped(wall())
         self._drops_copy: HeldCopy[dict[str, tuple[float, str]]] = HeldCopy()
+        replay_watch.holds(self._replay_owed)
         self.store_watch = StoreWatch(
             lane,
             TAPS_ALARM,
@@ -340,7 +341,7 @@ class TapDesk:
             log.error("tap-in exit held", extra={"lane": self.lane, "from_lane": record.lane,
                       "record_id": record.record_id, "pass_id": d.pass_id,
                       "error": str(exc)})  # fmt: skip
-            self.replay_watch.says(exc, self._replay_owed(REPLAY_UNMARKED))
+            self.replay_watch.says(exc, REPLAY_UNMARKED)
             await self._save_held()
             return
         self.replay_watch.says(None)
@@ -360,7 +361,7 @@ class TapDesk:
             released = await self._release(pass_key(d.pass_id), record.lane, made_by)
         except ReplayStoreError as exc:
             log.error("tap's refund held until reopened", extra={**ids, "error": str(exc)})
-            self.replay_watch.says(exc, self._replay_owed(REPLAY_UNRELEASED))
+            self.replay_watch.says(exc, REPLAY_UNRELEASED)
             return
         log.info("refunded tap-out: tap-in reopened", extra={**ids, "released": released})
 
@@ -414,7 +415,7 @@ class TapDesk:
             self.store_watch.says(exc, self._taps_owed(TAPS_UNREAD))
             raise
         except ReplayStoreError as exc:
-            self.replay_watch.says(exc, self._replay_owed(REPLAY_UNREAD))
+            self.replay_watch.says(exc, REPLAY_UNREAD)
             raise
         exited = key is not None and (key in self.unmarked or self._stays_marked(key, used))
         answer = price_tap_out(request, tap_in, exited, pricing.tariff, pricing.rules, now)
@@ -562,7 +563,7 @@ class TapDesk:
     def _replay_failed(
         self, exc: ReplayStoreError, stops: str, event: str, action: MarkPassUsed | ReleasePass
     ) -> None:
-        self.replay_watch.says(exc, self._replay_owed(stops))
+        self.replay_watch.says(exc, stops)
         log.error(event, extra={"lane": self.lane, "pass_id": action.pass_id, "error": str(exc)})
 
     def _taps_written(self) -> None:
@@ -615,10 +616,16 @@ class TapDesk:
             log.info("held refunded tap-in dropped",
                      extra={"lane": self.lane, "pass_id": trip, "expired": expired})  # fmt: skip
 
-    def _replay_owed(self, stops: str) -> str:
-        """What the failing replay store's alarm says: that refunded tap-ins are held in memory
-        only (a restart would charge wrongly) before what this failure stops."""
-        return REPLAY_UNHELD if self.undropped and self._drops_copy.behind else stops
+    def _replay_owed(self) -> str | None:
+        """What this desk holds until the replay store takes writes, the most pressing first:
+        refunded tap-ins held until dropped in memory only (a restart would charge wrongly),
+        refunds held until reopened, exits held until marked. Said first in its alarm whoever
+        failed on the store (lane.store_watch: the verifier's offline tokens too)."""
+        if self.undropped and self._drops_copy.behind:
+            return REPLAY_UNHELD
+        if self.unreleased:
+            return REPLAY_UNRELEASED
+        return REPLAY_UNMARKED if self.unmarked else None
 
     async def _save_drops(self) -> None:
         """Keep the refunded tap-ins held until dropped in the replay store, so a restart still
@@ -686,7 +693,7 @@ class TapDesk:
                     await self._unmark(key, Held(held.exp, held.lane))
                 log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})
         except ReplayStoreError as exc:
-            self.replay_watch.says(exc, self._replay_owed(stops))
+            self.replay_watch.says(exc, stops)
         if self._held_copy.behind and self.store_watch.text is None:
             await self._save_held()
 

@@ -191,14 +191,22 @@ walks = st.lists(st.tuples(step, st.sampled_from([10, 15 * MIN, 3 * 3600])), max
 
 
 def desk(tmp: Path, clock: list[float], alarm: Alarm | None = None) -> TapDesk:
+    return desk_and_verifier(tmp, clock, alarm)[0]
+
+
+def desk_and_verifier(
+    tmp: Path, clock: list[float], alarm: Alarm | None = None
+) -> tuple[TapDesk, TokenVerifier]:
+    """An exit gate's tap desk and its verifier, on one replay store with one alarm."""
     pricing = ExitPricing(RULES, TARIFF, lambda: KEYS, DenyList.empty, ACCOUNT_KEY)
     link = MqttLink("127.0.0.1", 1, "never-connected")
     replay = ReplayStore(tmp / "replay.sqlite3")
-    watch = TokenVerifier("S03/x1", KEYS, DenyList.empty(), replay, 30, alarm=alarm).replay_watch
-    return TapDesk("L1", "S03/x1", 28_800, TapStore(tmp / "taps.sqlite3"), replay, link,
-                   pricing=pricing, wall=lambda: clock[0], replay_watch=watch,
+    verifier = TokenVerifier("S03/x1", KEYS, DenyList.empty(), replay, 30, alarm=alarm)
+    gate = TapDesk("L1", "S03/x1", 28_800, TapStore(tmp / "taps.sqlite3"), replay, link,
+                   pricing=pricing, wall=lambda: clock[0], replay_watch=verifier.replay_watch,
                    peers=CODES.peers("S03/x1", replay, lambda: KEYS, lambda: clock[0]),
                    skew_s=RULES.skew_s, alarm=alarm)  # fmt: skip
+    return gate, verifier
 
 
 async def _exits(

@@ -13,15 +13,24 @@ from pathlib import Path
 
 import pytest
 from polling import eventually
-from test_metro_pricing import EXIT_ID, NOW, exit_id, refund_of, signed, tap_in, tap_out_of
+from test_metro_pricing import CODES, EXIT_ID, NOW, exit_id, refund_of, signed, tap_in, tap_out_of
 from test_tap_desk_stores import ENTRY_PAID, FARE, FARTHEST, Exits, corrupted, locked
 
 from lane.auth.replay import ReplayStoreError
+from lane.auth.tokens import issue_compact_token
 from lane.core.actions import MarkPassUsed, ReleasePass
-from lane.tap_desk import REPLAY_UNHELD, REPLAY_UNRELEASED, TAPS_UNDROPPED, TapDesk
+from lane.tap_desk import (
+    REPLAY_UNHELD,
+    REPLAY_UNMARKED,
+    REPLAY_UNREAD,
+    REPLAY_UNRELEASED,
+    TAPS_UNDROPPED,
+    TapDesk,
+)
 from lane.tap_store import TapStoreError
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
+from sim.codes import KID
 
 EXIT_EXP = NOW + 28_800
 
@@ -196,12 +205,14 @@ async def test_a_refunded_tap_in_the_replay_store_cannot_keep_either_says_so_and
                 assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
                 assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
                 # An exit held meanwhile does not hide that warning (a restart would charge
-                # that passenger wrongly).
+                # that passenger wrongly): it is said after it.
                 other = tap_in("S02", NOW - 900, "rider-2")
                 out = tap_out_of(other, FARE, "S02/x1", NOW - 60)
                 await gate.handle(Incoming(topic, signed(out)))
                 assert gate.unmarked != {}
-                assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
+                assert alarms["replay_store_error"].startswith(
+                    f"{REPLAY_UNHELD}; {REPLAY_UNMARKED} {replay}"
+                )
             tasks = _probes(gate)
             try:
                 # The replay store works again: it keeps the refunded tap-in, the taps store
@@ -222,7 +233,7 @@ async def test_what_a_restart_would_lose_stays_said_when_the_failing_stores_fail
     """A refunded tap-in held until dropped, said by the taps store's alarm, or held in memory
     only, said by the replay store's: a tap-in the taps store then could not keep, or an exit
     a store could not read, replaced that text with its own, and the operator no longer saw
-    that a restart would charge that passenger wrongly."""
+    that a restart would charge that passenger wrongly. Both are said, the held one first."""
     exits = await Exits(tmp_path).tapped_in()
     gate, alarms = exits.gate, exits.alarms
     topic = topics.line_taps("L1")
@@ -243,6 +254,46 @@ async def test_what_a_restart_would_lose_stays_said_when_the_failing_stores_fail
             assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
             with pytest.raises(ReplayStoreError):
                 await exits.tap_out()
-            assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
+            assert alarms["replay_store_error"].startswith(
+                f"{REPLAY_UNHELD}; {REPLAY_UNREAD} {replay}"
+            )
     finally:
         exits.close()
+
+
+async def test_the_verifiers_failure_on_the_replay_store_keeps_what_the_desk_holds_said(
+    tmp_path: Path,
+) -> None:
+    """One alarm for the one replay store: an offline token the verifier could not mark
+    replaced the tap desk's text with its own ("offline tokens refused"), and the operator no
+    longer saw that refunded tap-ins were held in memory only, or refunds held until reopened.
+    The alarm says both, what is held first; and clears once the store takes writes."""
+    exits = await Exits(tmp_path).tapped_in()
+    gate, alarms = exits.gate, exits.alarms
+    topic = topics.line_taps("L1")
+    taps, replay = tmp_path / "taps.sqlite3", tmp_path / "replay.sqlite3"
+    refused = "offline tokens refused: replay store"
+    token = issue_compact_token(CODES.key, KID, "rider-9", NOW, NOW + 600)
+    with corrupted(taps), corrupted(replay):
+        refunded = tap_in("S02", NOW - 900, "rider-2", paid=ENTRY_PAID)
+        await gate.handle(Incoming(topic, signed(refund_of(refunded, NOW - 30))))
+        assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
+        result = await exits.verifier.verify(token, NOW)
+        assert (result.approved, result.reason) == (False, "replay_store_error")
+        assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD}; {refused} {replay}")
+    tasks = _probes(gate)
+    try:
+        await eventually(lambda: "replay_store_error" not in alarms, within=15)
+    finally:
+        for task in tasks:
+            task.cancel()
+    # A refund held until reopened is said first too.
+    trip = await exits.tapped_out()
+    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, EXIT_ID))
+    with locked(replay):
+        await gate.release(ReleasePass(trip, EXIT_ID))
+        await exits.verifier.verify(token, NOW)
+        assert alarms["replay_store_error"].startswith(
+            f"{REPLAY_UNRELEASED}; {refused} {replay}: database is locked"
+        )
+    exits.close()

@@ -19,7 +19,7 @@ from test_metro_pricing import (
     NOW,
     TARIFF,
     ask,
-    desk,
+    desk_and_verifier,
     refund_of,
     signed,
     tap_in,
@@ -101,7 +101,7 @@ class Exits:
         self.tmp = tmp
         self.clock = [clock]
         self.alarms: dict[str, str] = {}
-        self.gate = desk(tmp, self.clock, self.alarm)
+        self.gate, self.verifier = desk_and_verifier(tmp, self.clock, self.alarm)
 
     def restarted(self) -> Exits:
         """The lane stopped (its stores closed, all it held in memory gone) and started again
