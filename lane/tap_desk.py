@@ -508,6 +508,8 @@ class TapDesk:
             if self.unreleased.get(key) == release:
                 del self.unreleased[key]
                 self._held_copy.changed()
+                # At once, not at the upkeep's next turn: a restart meanwhile loaded it again.
+                await self._save_held()
         remote = held.lane is not None
         return await mark_used(self.replay, None, key, held.exp, held.lane or self.lane,
                                self.wall(), remote=remote, seen_at=held.seen_at)  # fmt: skip

@@ -111,6 +111,30 @@ async def test_an_exit_after_a_held_refund_is_marked_after_it_and_stays(tmp_path
         exits.close()
 
 
+async def test_a_held_refund_written_by_a_later_exit_is_not_loaded_again_at_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A later exit's mark writes the refund held for its tap-in first; the tap store's copy
+    of the held refunds was written again only at the upkeep's next turn (every second), so a
+    lane restarted in that second loaded the refund again, held until reopened."""
+    exits = Exits(tmp_path)
+    gate = exits.gate
+    trip = await exits.tapped_out()
+    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, EXIT_ID))
+    with corrupted(tmp_path / "replay.sqlite3"):
+        await gate.release(ReleasePass(trip, EXIT_ID))
+    assert gate.store.unreleased(NOW).keys() == {f"pass:{trip}"}
+    assert await exits.tap_out() == ("charged", FARE, trip)
+    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, exit_id(exits.clock[0])))
+    assert gate.unreleased == {} == gate.store.unreleased(NOW)
+    exits = exits.restarted()  # no upkeep has run
+    try:
+        assert exits.gate.unreleased == {}
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
+    finally:
+        exits.close()
+
+
 async def test_a_held_copy_written_while_the_held_exits_change_is_written_again(
     tmp_path: Path,
 ) -> None:
