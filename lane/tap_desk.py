@@ -478,9 +478,9 @@ class TapDesk:
 
     async def release(self, action: ReleasePass) -> None:
         # The line's other gates reopen it from the refund record (`on_record`, `_reopen`).
+        ids = {"lane": self.lane, "pass_id": action.pass_id}
+        made_by = self._made_by(action.record_id, self.wall(), ids)
         try:
-            ids = {"lane": self.lane, "pass_id": action.pass_id}
-            made_by = self._made_by(action.record_id, self.wall(), ids)
             released = await self._release(pass_key(action.pass_id), None, made_by)
         except ReplayStoreError as exc:
             self._replay_failed(exc, REPLAY_UNRELEASED, "tap-in held until reopened", action)
