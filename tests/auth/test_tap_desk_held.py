@@ -19,14 +19,8 @@ from test_tap_desk_stores import ENTRY_PAID, FARE, FARTHEST, Exits, corrupted, l
 from lane.auth.replay import ReplayStoreError
 from lane.auth.tokens import issue_compact_token
 from lane.core.actions import MarkPassUsed, ReleasePass
-from lane.tap_desk import (
-    REPLAY_UNHELD,
-    REPLAY_UNMARKED,
-    REPLAY_UNREAD,
-    REPLAY_UNRELEASED,
-    TAPS_UNDROPPED,
-    TapDesk,
-)
+from lane.tap_desk import REPLAY_UNREAD, TapDesk
+from lane.tap_held import REPLAY_UNHELD, REPLAY_UNMARKED, REPLAY_UNRELEASED, TAPS_UNDROPPED
 from lane.tap_store import TapStoreError
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
@@ -65,7 +59,7 @@ async def test_a_refund_the_replay_store_cannot_write_is_held_kept_over_a_restar
         # refund said), and a restart still knows it (the taps store's copy).
         assert await exits.tap_out() == ("charged", FARE, trip)
         exits = exits.restarted()
-        assert exits.gate.unreleased.keys() == {key}
+        assert exits.gate.held.unreleased.keys() == {key}
         assert await exits.tap_out() == ("charged", FARE, trip)
     gate, alarms = exits.gate, exits.alarms
     tasks = _probes(gate)
@@ -74,7 +68,8 @@ async def test_a_refund_the_replay_store_cannot_write_is_held_kept_over_a_restar
         await eventually(lambda: "replay_store_error" not in alarms, within=15)
         await eventually(
             lambda: (
-                gate.replay.get(key) is None and gate.unreleased == {} == gate.store.unreleased(NOW)
+                gate.replay.get(key) is None
+                and gate.held.unreleased == {} == gate.store.unreleased(NOW)
             ),
             within=10,
         )
@@ -98,10 +93,10 @@ async def test_an_exit_after_a_held_refund_is_marked_after_it_and_stays(tmp_path
     # The store works again before its probe has run: the passenger taps out once more.
     assert await exits.tap_out() == ("charged", FARE, trip)
     await exits.gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, exit_id(exits.clock[0])))
-    assert exits.gate.unreleased == {} == exits.gate.store.unreleased(NOW)
+    assert exits.gate.held.unreleased == {} == exits.gate.store.unreleased(NOW)
     exits = exits.restarted()  # before any upkeep ran
     gate = exits.gate
-    assert gate.unreleased == {}
+    assert gate.held.unreleased == {}
     tasks = _probes(gate)
     try:
         await eventually(lambda: "replay_store_error" not in exits.alarms, within=15)
@@ -147,12 +142,12 @@ async def test_a_held_copy_written_while_the_held_exits_change_is_written_again(
         probes = [asyncio.create_task(gate.replay_watch.run(asyncio.sleep))]
         await eventually(lambda: "replay_store_error" not in alarms, within=5)
         probes.append(asyncio.create_task(gate.upkeep(asyncio.sleep)))
-        await eventually(lambda: gate.unmarked == {}, within=5)
+        await eventually(lambda: gate.held.unmarked == {}, within=5)
     try:
         await saving
         await eventually(lambda: "taps_store_error" not in alarms, within=15)
         # The copy is what the desk holds: nothing.
-        assert gate.store.held(NOW) == gate.unmarked == {}
+        assert gate.store.held(NOW) == gate.held.unmarked == {}
     finally:
         for task in probes:
             task.cancel()
@@ -182,7 +177,7 @@ async def test_a_refunded_tap_in_held_until_dropped_outlives_a_restart(tmp_path:
         await eventually(
             lambda: (
                 gate.store.latest("rider-1", NOW) is None
-                and gate.undropped == {} == gate.replay.undropped(NOW)
+                and gate.held.undropped == {} == gate.replay.undropped(NOW)
             ),
             within=10,
         )
@@ -214,7 +209,7 @@ async def test_a_refunded_tap_in_the_replay_store_cannot_keep_either_says_so_and
                 other = tap_in("S02", NOW - 900, "rider-2")
                 out = tap_out_of(other, FARE, "S02/x1", NOW - 60)
                 await gate.handle(Incoming(topic, signed(out)))
-                assert gate.unmarked != {}
+                assert gate.held.unmarked != {}
                 assert alarms["replay_store_error"].startswith(
                     f"{REPLAY_UNHELD}; {REPLAY_UNMARKED} {replay}"
                 )
