@@ -7,7 +7,9 @@ a time, each snapshot taken under the lock with the version it had, and `saved` 
 version once it is written. So an older copy never overwrites a newer one, and a change made
 while a write was in flight leaves the copy `behind` until a later write: a flag reset by that
 write said the copy was current, and an exit marked and refunded meanwhile came back held at
-the next start.
+the next start. The desk writes the copy at each change, and its upkeep one a failing store
+left behind: a change left to the upkeep's next turn was loaded again by a lane restarted
+within that second.
 """
 
 from __future__ import annotations

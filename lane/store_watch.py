@@ -13,7 +13,10 @@ it, lane.tap_desk), the resolver's one writer thread for the payments store. Whi
 `run` does the store's housekeeping instead (a purge may commit where the real writes fail, so
 it never clears the alarm). A failure the usual text does not fit (a read that fails where
 the writes are the usual worry) says what it stops instead (`says(..., refused)`); the probe
-keeps that text until the store works.
+keeps that text until the store works. A store shared by two users (the replay store: the
+verifier's offline tokens, a metro gate's tap desk) has one alarm, and this watch composes its
+text: what the other user holds until the store takes writes (`holds`, asked at every change)
+comes first, then what the failure at hand stops, so neither user's failure hides the other's.
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ class StoreWatch:
         self._alarm = alarm
         self.text: str | None = None  # the alarm's text while the store fails
         self._stopped = refused  # what the failing store stops, as the alarm says it
+        self._held: Callable[[], str | None] = lambda: None
+
+    def holds(self, held: Callable[[], str | None]) -> None:
+        """What another user of the store holds until it takes writes (None: nothing), said
+        first whatever failure the alarm says then."""
+        self._held = held
 
     def says(self, error: Exception | None, refused: str | None = None) -> None:
         """What the store's last use did: raise or clear the alarm when that changed.
@@ -61,8 +70,10 @@ class StoreWatch:
         text = None
         if error is not None:
             self._stopped = refused or self.refused
+            parts = (self._held(), self._stopped)
+            said = "; ".join(dict.fromkeys(part for part in parts if part))  # each part once
             text = (
-                f"{self._stopped} {error}; tried again every {PROBE_EVERY_S:g} s,"
+                f"{said} {error}; tried again every {PROBE_EVERY_S:g} s,"
                 " clears once it takes writes"
             )
         if text == self.text:

@@ -59,11 +59,12 @@ gate's own, or another gate's refund heard on the line) is held the same way (`u
 kept in the tap store too): the tap-in prices as reopened here (the trip, as the refund said),
 the alarm says refunded tap-outs are held until reopened, and `upkeep` writes the held releases
 before the held exits; a later exit's mark writes its tap-in's held release first (the mark
-would not go in over the old one), and a release gives back only a mark made by the refund's
-time (`made_by`), so neither a copy loaded late nor a refund heard after a later exit reopens
-that exit (a wall clock stepped back between an exit and its refund keeps the mark: the
-passenger pays the maximum, flagged). The tap store's copy of what is held is versioned
-(lane.held_copy): an older copy never overwrites a newer one.
+would not go in over the old one), and a release gives back only a mark made by the exit it
+refunds (`made_by`: an exit is marked at its record's time, which the refund names), so neither
+a copy loaded late nor a refund heard after a later exit reopens that exit, and a wall clock
+stepped back between an exit and its refund keeps no mark. The tap store's copy of what is
+held is versioned (lane.held_copy): an older copy never overwrites a newer one. What the desk
+holds while a store fails, its copies and the writes it owes are lane.tap_held's (`HeldWrites`).
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import pass_key
 from lane.auth.peers import Peers
-from lane.auth.plaza import mark_used, release_mark
 from lane.auth.replay import ReplayStore, ReplayStoreError, UsedToken
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import tap_in_entry
@@ -88,43 +88,31 @@ from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
 from lane.core.names import AuthResult, RecordKind
 from lane.core.records import FLAG_RECORD, REFUND_FLAG, flag_value, tap_in_trip_id
-from lane.held_copy import HeldCopy
 from lane.store_watch import PROBE_EVERY_S, Alarm, StoreWatch
 from lane.tap_clocks import CLOCK_ALARM, GateClocks
+from lane.tap_held import (
+    REPLAY_UNMARKED,
+    REPLAY_UNRELEASED,
+    TAPS_UNDROPPED,
+    HeldWrites,
+)
 from lane.tap_store import Held, TapStore, TapStoreError
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
 from lane.wire import topics
 from lane.wire.codec import PayloadError
+from lane.wire.ids import uuid7_unix_ms
 from uplink.records import Record
 
 log = logging.getLogger("lane.tap_desk")
 
 SHARED = (RecordKind.TAP_IN, RecordKind.TAP_OUT)
 PAID = (AuthResult.APPROVED, AuthResult.DEFERRED)
-TAPS_ALARM = "taps_store_error"
+STAMP_S = 0.001  # a record id's time resolution (`_stamped`)
+STEPPED_BACK = "tap-out refund stamped before its exit: a clock stepped back"
 # What a failing store stops, as its alarm says it (lane.store_watch).
 TAPS_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): taps store'
-TAPS_UNDROPPED = (
-    "refunded tap-ins held until dropped (they price no exit here; kept over a restart in the"
-    " replay store, unless replay_store_error says in memory only): taps store"
-)
 REPLAY_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): replay store'
-REPLAY_UNMARKED = (
-    "tap-in exits held until marked (kept over a restart in the taps store, unless"
-    " taps_store_error says in memory only): replay store"
-)
-REPLAY_UNHELD = (
-    "refunded tap-ins held until dropped in memory only (forgotten if the lane restarts; one"
-    " may then price its passenger's exit here, its refunded entry fare taken off): replay store"
-)
-TAPS_UNHELD = (
-    "tap-in exits and refunds held in memory only (forgotten if the lane restarts): taps store"
-)
-REPLAY_UNRELEASED = (
-    "refunded tap-outs held until reopened (their tap-ins price as reopened here; kept over a"
-    " restart in the taps store, unless taps_store_error says in memory only): replay store"
-)
 
 
 @dataclass(frozen=True)
@@ -169,25 +157,8 @@ class TapDesk:
         self.received = 0
         self.peers = peers
         self.replay_watch = replay_watch  # the verifier's: one alarm for the one replay store
-        # Exited tap-ins the replay store did not take (by pass key), this gate's or heard on
-        # the line, and refunded exits whose marks it did not give back: kept in the tap store
-        # over a restart (`_held_copy`, versioned).
-        self.unmarked: dict[str, Held] = store.held(wall())
-        self.unreleased: dict[str, Held] = store.unreleased(wall())
-        self._held_copy: HeldCopy[tuple[dict[str, Held], dict[str, Held]]] = HeldCopy()
-        # Refunded tap-ins the tap store did not drop (trip id: when they expire anyway, the
-        # gate that refunded them): the refund is heard once, so they are kept in the replay
-        # store over a restart (`_drops_copy`, versioned), not in the failing one.
-        self.undropped: dict[str, tuple[float, str]] = replay.undropped(wall())
-        self._drops_copy: HeldCopy[dict[str, tuple[float, str]]] = HeldCopy()
-        self.store_watch = StoreWatch(
-            lane,
-            TAPS_ALARM,
-            "tap-ins not kept (their exits here pay the maximum fare): taps store",
-            self._probe_taps,
-            (TapStoreError,),
-            alarm,
-        )
+        # What the stores owe while they fail, and the copies kept of it (lane.tap_held).
+        self.held = HeldWrites(lane, store, replay, wall, replay_watch, alarm)
         # Shared once durable, whenever the broker is there; of use until no gate keeps it.
         self.outbox: Outbox[Record] = Outbox(
             link,
@@ -232,13 +203,13 @@ class TapDesk:
         """While the tap store fails, probe it (writing first what it owes) until a write
         commits; otherwise write what the stores owe (`_write_owed`) and forget the gates
         quiet long enough (lane.tap_clocks)."""
-        await self.store_watch.run(sleep, self._housekeeping, PROBE_EVERY_S)
+        await self.held.store_watch.run(sleep, self._housekeeping, PROBE_EVERY_S)
 
     async def _housekeeping(self) -> None:
         said = self.clocks.text()
         self.clocks.forget_quiet(self.wall())
         self._say_clocks(said)
-        await self._write_owed()
+        await self.held.write_owed()
 
     async def handle(self, msg: Incoming) -> None:
         """Another gate's tap: keep a tap-in by account; a tap-out closes its tap-in here; a
@@ -320,9 +291,9 @@ class TapDesk:
         except TapStoreError as exc:
             log.error("tap not kept", extra={"lane": self.lane, "record_id": record.record_id,
                                              "error": str(exc)})  # fmt: skip
-            self.store_watch.says(exc, self._taps_owed(None))
+            self.held.store_watch.says(exc, self.held.taps_owed(None))
             return
-        self._taps_written()
+        self.held.taps_written()
 
     async def _exited_elsewhere(self, record: Record) -> None:
         """Another gate's tap-out: its tap-in has exited, marked like a road pass (kept until
@@ -334,14 +305,14 @@ class TapDesk:
         exp = math.ceil(record.ts_us / 1e6 + self.retention_s)
         heard = Held(exp, record.lane, record.ts_us / 1e6)
         try:
-            await self._mark(key, heard)
+            await self.held.mark(key, heard)
         except ReplayStoreError as exc:
-            self._hold_exit(key, heard)
+            self.held.hold_exit(key, heard)
             log.error("tap-in exit held", extra={"lane": self.lane, "from_lane": record.lane,
                       "record_id": record.record_id, "pass_id": d.pass_id,
                       "error": str(exc)})  # fmt: skip
-            self.replay_watch.says(exc, self._replay_owed(REPLAY_UNMARKED))
-            await self._save_held()
+            self.replay_watch.says(exc, REPLAY_UNMARKED)
+            await self.held.save_held()
             return
         self.replay_watch.says(None)
 
@@ -354,11 +325,13 @@ class TapDesk:
             return  # it marked nothing: priced `pass_used` or `no_pass`
         ids = {"lane": self.lane, "record_id": record.record_id, "from_lane": record.lane,
                "pass_id": d.pass_id}  # fmt: skip
+        refunded = flag_value(d.flags, FLAG_RECORD) or ""
+        made_by = self._made_by(refunded, record.ts_us / 1e6, ids)
         try:
-            released = await self._release(pass_key(d.pass_id), record.lane, record.ts_us / 1e6)
+            released = await self._release(pass_key(d.pass_id), record.lane, made_by)
         except ReplayStoreError as exc:
             log.error("tap's refund held until reopened", extra={**ids, "error": str(exc)})
-            self.replay_watch.says(exc, self._replay_owed(REPLAY_UNRELEASED))
+            self.replay_watch.says(exc, REPLAY_UNRELEASED)
             return
         log.info("refunded tap-out: tap-in reopened", extra={**ids, "released": released})
 
@@ -378,15 +351,15 @@ class TapDesk:
             dropped = await asyncio.to_thread(self.store.drop, trip, record.lane)
         except TapStoreError as exc:
             # Kept until the tap-in would have expired anyway (it was tapped before its refund).
-            self.undropped[trip] = (record.ts_us / 1e6 + self.retention_s, record.lane)
-            self._drops_copy.changed()
+            self.held.undropped[trip] = (record.ts_us / 1e6 + self.retention_s, record.lane)
+            self.held.drops_copy.changed()
             log.error("tap's refund not applied: held until dropped",
                       extra={**ids, "pass_id": trip, "error": str(exc)})  # fmt: skip
-            self.store_watch.says(exc, TAPS_UNDROPPED)
-            await self._save_drops()
+            self.held.store_watch.says(exc, TAPS_UNDROPPED)
+            await self.held.save_drops()
             return
         log.info("refunded tap-in dropped", extra={**ids, "pass_id": trip, "dropped": dropped})
-        self._taps_written()
+        self.held.taps_written()
 
     # --- an exit gate -------------------------------------------------------------------------
 
@@ -406,15 +379,18 @@ class TapDesk:
         )
         try:
             tap_in, key, used = await asyncio.to_thread(
-                self._open_tap, account, {t: lane for t, (_, lane) in self.undropped.items()}, now
+                self._open_tap,
+                account,
+                {t: lane for t, (_, lane) in self.held.undropped.items()},
+                now,
             )
         except TapStoreError as exc:  # unpriced (the runner answers the core and logs it)
-            self.store_watch.says(exc, self._taps_owed(TAPS_UNREAD))
+            self.held.store_watch.says(exc, self.held.taps_owed(TAPS_UNREAD))
             raise
         except ReplayStoreError as exc:
-            self.replay_watch.says(exc, self._replay_owed(REPLAY_UNREAD))
+            self.replay_watch.says(exc, REPLAY_UNREAD)
             raise
-        exited = key is not None and (key in self.unmarked or self._stays_marked(key, used))
+        exited = key is not None and (key in self.held.unmarked or self._stays_marked(key, used))
         answer = price_tap_out(request, tap_in, exited, pricing.tariff, pricing.rules, now)
         log.info(
             "tap-out priced",
@@ -447,7 +423,7 @@ class TapDesk:
 
     def _stays_marked(self, key: str, used: UsedToken | None) -> bool:
         """Is the exit marked, and not by a mark a refund held until reopened gives back?"""
-        release = self.unreleased.get(key)
+        release = self.held.unreleased.get(key)
         if used is None or release is None:
             return used is not None
         owner = (release.lane, True) if release.lane is not None else (self.lane, False)
@@ -455,15 +431,18 @@ class TapDesk:
         return (used.lane, used.remote) != owner or not made
 
     async def mark_used(self, action: MarkPassUsed) -> None:
-        key, own = pass_key(action.pass_id), Held(math.ceil(action.expires_at))
+        # Made at the exit record's time, as a heard exit's mark is: its refund gives back the
+        # mark of that exit whatever the wall clock says by then (`_made_by`).
+        key = pass_key(action.pass_id)
+        own = Held(math.ceil(action.expires_at), None, _stamped(action.record_id))
         # The line learns of the exit from the tap_out record itself (`_exited_elsewhere`), not
         # a used-token message.
         try:
-            first = await self._mark(key, own)
+            first = await self.held.mark(key, own)
         except ReplayStoreError as exc:
-            self._hold_exit(key, own)
+            self.held.hold_exit(key, own)
             self._replay_failed(exc, REPLAY_UNMARKED, "tap-in exit held", action)
-            await self._save_held()
+            await self.held.save_held()
             return
         self.replay_watch.says(None)
         log.info(
@@ -472,8 +451,10 @@ class TapDesk:
 
     async def release(self, action: ReleasePass) -> None:
         # The line's other gates reopen it from the refund record (`on_record`, `_reopen`).
+        ids = {"lane": self.lane, "pass_id": action.pass_id}
+        made_by = self._made_by(action.record_id, self.wall(), ids)
         try:
-            released = await self._release(pass_key(action.pass_id), None, self.wall())
+            released = await self._release(pass_key(action.pass_id), None, made_by)
         except ReplayStoreError as exc:
             self._replay_failed(exc, REPLAY_UNRELEASED, "tap-in held until reopened", action)
             return
@@ -482,192 +463,60 @@ class TapDesk:
             extra={"lane": self.lane, "pass_id": action.pass_id, "released": released},
         )
 
-    def _hold_exit(self, key: str, held: Held) -> None:
-        """Hold an exit the replay store did not mark. The first exit held stays, as the replay
-        store keeps the first mark: one heard from another gate is not given back by this
-        gate's refund."""
-        if key not in self.unmarked:
-            self.unmarked[key] = held
-            self._held_copy.changed()
-
-    async def _mark(self, key: str, held: Held) -> bool:
-        """Write an exit's mark (this gate's, or one heard from `held.lane`), after the refund
-        held for its tap-in (an earlier exit's: the mark would not go in over it); True when
-        new."""
-        release = self.unreleased.get(key)
-        if release is not None:
-            await self._unmark(key, release)
-            if self.unreleased.get(key) == release:
-                del self.unreleased[key]
-                self._held_copy.changed()
-        remote = held.lane is not None
-        return await mark_used(self.replay, None, key, held.exp, held.lane or self.lane,
-                               self.wall(), remote=remote, seen_at=held.seen_at)  # fmt: skip
-
-    async def _release(self, key: str, lane: str | None, refunded_at: float) -> bool:
-        """Forget the exit of `key` this gate made (`lane` None) or heard from `lane`, refunded
-        at `refunded_at` (by that gate's clock): held only (the replay store never had it), or
-        its mark; True when there was one. A mark the replay store does not give back is held
-        until reopened (`unreleased`) and the error raised."""
-        held = self.unmarked.get(key)
+    async def _release(self, key: str, lane: str | None, made_by: float) -> bool:
+        """Forget the exit of `key` this gate made (`lane` None) or heard from `lane`, the one
+        stamped by `made_by` (that gate's clock, `_made_by`): held only (the replay store never
+        had it), or its mark; True when there was one. A mark the replay store does not give
+        back is held until reopened (`unreleased`) and the error raised."""
+        held = self.held.unmarked.get(key)
         if held is not None and held.lane == lane:
-            del self.unmarked[key]
-            self._held_copy.changed()
-            await self._save_held()
+            del self.held.unmarked[key]
+            self.held.held_copy.changed()
+            await self.held.save_held()
             return True
         # Kept as long as any mark of the tap-in could be (it is older than the refund).
-        release = Held(math.ceil(self.wall() + self.retention_s), lane, refunded_at)
+        release = Held(math.ceil(self.wall() + self.retention_s), lane, made_by)
         try:
-            # Only a mark made by the refund's time: one made later is a later exit's, heard
-            # before this refund (a wall clock stepped back since the exit keeps the mark too:
-            # that passenger pays the maximum, flagged, never rides free).
-            released = await self._unmark(key, release)
+            # Only a mark made by the refunded exit: one made later is a later exit's, heard
+            # before this refund.
+            released = await self.held.unmark(key, release)
         except ReplayStoreError:
-            self.unreleased[key] = release  # a later refund of the tap-in is a later exit's
-            self._held_copy.changed()
-            await self._save_held()
+            self.held.unreleased[key] = release  # a later refund of the tap-in is a later exit's
+            self.held.held_copy.changed()
+            await self.held.save_held()
             raise
         self.replay_watch.says(None)
         return released
 
-    async def _unmark(self, key: str, release: Held) -> bool:
-        """Give back the mark of `key` this gate made (`release.lane` None) or heard from
-        `release.lane`, made by `release.seen_at` (a later one stays)."""
-        remote = release.lane is not None
-        return await release_mark(self.replay, None, key, release.lane or self.lane, self.wall(),
-                                  remote=remote, made_by=release.seen_at)  # fmt: skip
+    def _made_by(self, exit_id: str, refunded_at: float, ids: Mapping[str, object]) -> float:
+        """The latest time a mark of the refunded exit (record `exit_id`) can have: the end of
+        the millisecond its record was stamped in (`_stamped`; a heard exit is marked by its
+        record's microsecond). Not the refund's time: a wall clock stepped back between the
+        exit and its refund would keep the mark, and that passenger would pay the maximum fare
+        at the next exit. An exit record of another form (an id that is no UUIDv7) is bounded
+        by the refund's time (`refunded_at`, the refunding gate's clock)."""
+        stamped = _stamped(exit_id)
+        if stamped is None:
+            return refunded_at
+        if refunded_at < stamped:  # the refunding gate's clock went back since the exit
+            log.warning(STEPPED_BACK,
+                        extra={**ids, "exit_record_id": exit_id,
+                               "behind_s": round(stamped - refunded_at, 3)})  # fmt: skip
+        return stamped + STAMP_S
 
     def _replay_failed(
         self, exc: ReplayStoreError, stops: str, event: str, action: MarkPassUsed | ReleasePass
     ) -> None:
-        self.replay_watch.says(exc, self._replay_owed(stops))
+        self.replay_watch.says(exc, stops)
         log.error(event, extra={"lane": self.lane, "pass_id": action.pass_id, "error": str(exc)})
-
-    def _taps_written(self) -> None:
-        """A write to the taps store committed: its alarm clears, unless it still owes writes
-        (a copy of the held exits and refunds behind, refunded tap-ins not dropped), which its
-        probe makes first."""
-        if not self._held_copy.behind and not self.undropped:
-            self.store_watch.says(None)
-
-    async def _save_held(self) -> None:
-        """Keep the held exits and refunds in the tap store, so a restart still knows them;
-        while it cannot, `taps_store_error` says they are in memory only, and `upkeep` tries
-        again."""
-        try:
-            await self._keep_held()
-        except TapStoreError as exc:
-            self.store_watch.says(exc, self._taps_owed())
-            ids = {"lane": self.lane, "held": len(self.unmarked),
-                   "unreleased": len(self.unreleased), "error": str(exc)}  # fmt: skip
-            log.error("held tap-in exits not saved", extra=ids)
-        else:
-            self._taps_written()
-
-    def _taps_owed(self, stops: str | None = TAPS_UNHELD) -> str | None:
-        """What the failing taps store's alarm says: what it owes, refunded tap-ins held until
-        dropped (a restart would charge wrongly) before held exits and refunds in memory only,
-        before what this failure stops (None: the usual text)."""
-        if self.undropped:
-            return TAPS_UNDROPPED
-        return TAPS_UNHELD if self._held_copy.behind else stops
-
-    async def _keep_held(self) -> None:
-        """Write the copy of the held exits and refunds when it is behind (one at a time, the
-        newest last: lane.held_copy)."""
-        now = self.wall()
-        await self._held_copy.save(
-            lambda: (dict(self.unmarked), dict(self.unreleased)),
-            lambda copy: self.store.hold(*copy, now),
-        )
-
-    async def _drop_undropped(self) -> None:
-        """Drop the refunded tap-ins the taps store did not (forgetting those expired anyway)."""
-        now = self.wall()
-        for trip, (expires, lane) in list(self.undropped.items()):
-            expired = expires < now  # priced by no exit any more: nothing to drop
-            if not expired:
-                await asyncio.to_thread(self.store.drop, trip, lane)
-            self.undropped.pop(trip, None)
-            self._drops_copy.changed()  # a copy behind drops it again at a restart: no harm
-            log.info("held refunded tap-in dropped",
-                     extra={"lane": self.lane, "pass_id": trip, "expired": expired})  # fmt: skip
-
-    def _replay_owed(self, stops: str) -> str:
-        """What the failing replay store's alarm says: that refunded tap-ins are held in memory
-        only (a restart would charge wrongly) before what this failure stops."""
-        return REPLAY_UNHELD if self.undropped and self._drops_copy.behind else stops
-
-    async def _save_drops(self) -> None:
-        """Keep the refunded tap-ins held until dropped in the replay store, so a restart still
-        skips and drops them; while it cannot, `replay_store_error` says they are in memory
-        only, and `upkeep` tries again (`_write_held`)."""
-        now = self.wall()
-        try:
-            await self._drops_copy.save(
-                lambda: dict(self.undropped), lambda copy: self.replay.keep_undropped(copy, now)
-            )
-        except ReplayStoreError as exc:
-            self.replay_watch.says(exc, REPLAY_UNHELD)
-            log.error("held refunded tap-ins not saved", extra={"lane": self.lane,
-                      "undropped": len(self.undropped), "error": str(exc)})  # fmt: skip
-
-    async def _probe_taps(self) -> None:
-        """The taps store's probe while it fails: what the replay store owes first (it may work
-        again before this one), then the writes this store owes (refunded tap-ins to drop, the
-        copy of the held exits and refunds), then the probe's own write (an owed write may
-        change nothing: a drop of a tap-in never kept); raises TapStoreError until they all
-        commit, so the alarm clears once they are applied and the store takes writes."""
-        await self._write_held()  # the replay store may take them before this store heals
-        await self._drop_undropped()
-        await self._keep_held()
-        await asyncio.to_thread(self.store.probe)
-
-    async def _write_owed(self) -> None:
-        """Write what the stores owe once they take writes (at start too: what a restart
-        loaded): refunded tap-ins to drop, the held refunds and exits into the replay store
-        (`_write_held`, which the taps store's probe makes too), and the tap store's copy of
-        them."""
-        if self.undropped or self._held_copy.behind:  # owed since the probe cleared the alarm
-            try:
-                await self._probe_taps()
-            except TapStoreError as exc:
-                self.store_watch.says(exc, self._taps_owed())
-        else:
-            await self._write_held()
-
-    async def _write_held(self) -> None:
-        """Write what the replay store owes while it takes writes (whether or not the taps
-        store does): its copy of the refunded tap-ins held until dropped, the held refunds
-        (their marks given back), then the held exits; then the taps store's copy of them,
-        unless that store fails (its probe keeps the copy, its alarm's text kept)."""
-        if self.replay_watch.text is not None:
-            return  # still failing: its probe says when it works
-        await self._save_drops()
-        if self.replay_watch.text is not None:
-            return
-        stops = REPLAY_UNRELEASED
-        try:
-            for key, release in list(self.unreleased.items()):
-                await self._unmark(key, release)
-                if self.unreleased.get(key) == release:
-                    del self.unreleased[key]
-                    self._held_copy.changed()
-                log.info("held tap-in reopening written", extra={"lane": self.lane, "key": key})
-            stops = REPLAY_UNMARKED
-            for key, held in list(self.unmarked.items()):
-                await self._mark(key, held)
-                if self.unmarked.get(key) == held:
-                    del self.unmarked[key]
-                    self._held_copy.changed()
-                else:  # released meanwhile: give it back
-                    await self._unmark(key, Held(held.exp, held.lane))
-                log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})
-        except ReplayStoreError as exc:
-            self.replay_watch.says(exc, self._replay_owed(stops))
-        if self._held_copy.behind and self.store_watch.text is None:
-            await self._save_held()
 
 
 def _lane_of(record: Record) -> str:
     return record.lane
+
+
+def _stamped(record_id: str) -> float | None:
+    """When this lane's record `record_id` was stamped, to the millisecond: its id is the
+    UUIDv7 of its time (uplink.queue). None for an id of another form."""
+    unix_ms = uuid7_unix_ms(record_id)
+    return None if unix_ms is None else unix_ms / 1000

@@ -68,7 +68,7 @@ def _add_unreleased_v4(conn: sqlite3.Connection) -> None:
         " key TEXT PRIMARY KEY,"  # the replay store's key of a reopened tap-in (`pass:<trip>`)
         " exp INTEGER NOT NULL,"  # kept until then (unix s): no mark it gives back outlives it
         " lane TEXT,"  # whose mark it gives back: NULL this gate's, else heard from that gate
-        " seen_at REAL"  # the refund's time (that gate's clock): no newer mark is given back
+        " seen_at REAL"  # the refunded exit's time (that gate's clock): no newer mark goes
         ") WITHOUT ROWID"
     )
 
@@ -86,7 +86,7 @@ class Held(NamedTuple):
     it: this gate (`lane` None), or another gate of the line, heard at `seen_at` by its clock
     (marked as heard, `ReplayStore.mark_remote`, so that gate's refund gives it back). A
     refund held until the replay store gives the mark back has the same fields: kept until
-    `exp`, whose mark (`lane`) and the refund's time (`seen_at`: a newer mark stays)."""
+    `exp`, whose mark (`lane`) and the refunded exit's time (`seen_at`: a newer mark stays)."""
 
     exp: int
     lane: str | None = None

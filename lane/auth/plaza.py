@@ -253,14 +253,14 @@ async def mark_used(  # noqa: PLR0917 - the replay store's own arguments, and wh
     seen_at: float | None = None,
 ) -> bool:
     """Mark a used token or pass in the replay store (an fsync: on a worker thread, the one
-    hop): this lane's use, shared from the loop when it is the first and the lane is in a
-    plaza; or, `remote`, a use `lane` made, heard with its time by its clock (`seen_at`):
-    marked as heard (`ReplayStore.mark_remote`, given back by that lane's release), never
-    shared again. True for the first use."""
+    hop): this lane's use, made at `seen_at` (None: now), shared from the loop when it is the
+    first and the lane is in a plaza; or, `remote`, a use `lane` made, heard with its time by
+    its clock (`seen_at`): marked as heard (`ReplayStore.mark_remote`, given back by that
+    lane's release), never shared again. True for the first use."""
     if remote:
         mark = partial(store.mark_remote, now=now)
         return await asyncio.to_thread(mark, key, exp, lane, seen_at)
-    first = await asyncio.to_thread(store.check_and_mark, key, exp, lane, now)
+    first = await asyncio.to_thread(store.check_and_mark, key, exp, lane, now, seen_at)
     if first and sharing is not None:
         sharing.share(UsedTokenMsg(key, exp, lane, now))
     return first

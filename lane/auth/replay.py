@@ -240,9 +240,13 @@ class ReplayStore:
         self._ledger_base = float(elapsed)
         self._opened_at = monotonic()
 
-    def check_and_mark(self, token_id: str, exp: int, lane: str, now: float) -> bool:
-        """Record a local use; True when this is the first use anywhere we know of."""
-        return self._insert(token_id, exp, lane, now, now, remote=False)
+    def check_and_mark(
+        self, token_id: str, exp: int, lane: str, now: float, seen_at: float | None = None
+    ) -> bool:
+        """Record a local use, made at `seen_at` (None: `now`; a metro exit is marked by its
+        record's time, lane.tap_desk); True when this is the first use anywhere we know of."""
+        return self._insert(token_id, exp, lane, now if seen_at is None else seen_at, now,
+                            remote=False)  # fmt: skip
 
     def mark_remote(
         self, token_id: str, exp: int, lane: str, seen_at: float | None = None, *, now: float
@@ -277,10 +281,10 @@ class ReplayStore:
         """Forget a use `lane` recorded here itself (a pass whose exit was refunded: not spent),
         or, `remote`, one heard from `lane` (it shares its release); the exp of the use
         forgotten, None when there was none. Any other mark of the id stays: another lane's
-        use, or one heard from it. `made_by`: the release's own time on `lane`'s clock (a
-        release written late, lane.tap_desk, or shared by another lane): only a use seen by
-        then (`seen_at`, the time `lane` gave it) goes, never a newer one (a release replayed
-        after the pass was used again)."""
+        use, or one heard from it. `made_by`: the release's own time on `lane`'s clock (one
+        shared by another lane), or a metro gate's refunded exit's (lane.tap_desk): only a use
+        seen by then (`seen_at`, the time `lane` gave it) goes, never a newer one (a release
+        replayed or written late after the pass was used again)."""
         rows = self._query(
             "DELETE FROM used_tokens WHERE token_id = ? AND lane = ? AND remote = ?"
             " AND (? IS NULL OR seen_at IS NULL OR seen_at <= ?) RETURNING exp",

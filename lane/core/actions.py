@@ -131,6 +131,7 @@ class MarkPassUsed:
     pass_id: str
     expires_at: float  # unix s: kept in the store until then
     plate: str | None
+    record_id: str  # the exit record: a metro gate marks the exit by its time (lane.tap_desk)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class ReleasePass:
     the pass shown again prices as a trip, not as used."""
 
     pass_id: str
+    record_id: str  # the refunded exit record: a metro gate gives back only a mark made by it
 
 
 @dataclass(frozen=True)

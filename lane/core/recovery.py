@@ -645,7 +645,7 @@ def not_passed(
         *alarm,
     ]
     if marked_pass is not None:
-        actions.append(ReleasePass(marked_pass))
+        actions.append(ReleasePass(marked_pass, record_id))
     return state, actions
 
 

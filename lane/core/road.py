@@ -324,5 +324,5 @@ def on_persisted(state: LaneState, event: ev.Persisted, now: float) -> Result:
         and vehicle.approved is not None
     ):
         expires = trip.pass_exp if trip.pass_exp is not None else 0.0
-        actions.append(MarkPassUsed(trip.pass_id, expires, vehicle.plate))
+        actions.append(MarkPassUsed(trip.pass_id, expires, vehicle.plate, event.record_id))
     return state, actions

@@ -20,3 +20,12 @@ def uuid7(unix_ms: int | None = None, rand: bytes | None = None) -> uuid.UUID:
 
 def new_id() -> str:
     return str(uuid7())
+
+
+def uuid7_unix_ms(text: str) -> int | None:
+    """The unix ms a UUIDv7 was made with (`uuid7`'s `unix_ms`), None for any other id."""
+    try:
+        value = uuid.UUID(text)
+    except ValueError:
+        return None
+    return value.int >> 80 if value.version == 7 else None

@@ -5,6 +5,7 @@ fare is always a cell of the matrix or the documented exception's; a tap-in exit
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import tempfile
 import uuid
@@ -31,11 +32,12 @@ from lane.core.names import AuthResult, Method, PayloadKind, RecordKind, TripSou
 from lane.core.records import AuthInfo, RecordDraft
 from lane.core.trip import Priced
 from lane.store_watch import Alarm
-from lane.tap_desk import ExitPricing, TapDesk
+from lane.tap_desk import STEPPED_BACK, ExitPricing, TapDesk
 from lane.tap_store import Held, TapStore
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.verifier import TokenVerifier
 from lane.wire import topics
+from lane.wire.ids import uuid7
 from sim.codes import KID, CodeFactory
 from uplink.records import Record
 
@@ -49,6 +51,15 @@ CODES = CodeFactory(3)
 GATES = [f"S0{n}/{gate}" for n in (1, 2, 3) for gate in ("g1", "x1")]
 KEYS = CODES.keyset(NOW - 3600, GATES)
 ACCOUNT_KEY = b"k" * 32
+
+
+def exit_id(at: float) -> str:
+    """The id of this gate's tap_out record stamped at `at`: the UUIDv7 of its time, as the
+    lane's queue makes it (uplink.queue)."""
+    return str(uuid7(unix_ms=int(at * 1000)))
+
+
+EXIT_ID = exit_id(NOW)  # an exit of this gate at NOW: its mark, and the refund naming it
 
 
 def tap_in(  # noqa: PLR0917 - a tap-in's fields, each its own
@@ -181,14 +192,22 @@ walks = st.lists(st.tuples(step, st.sampled_from([10, 15 * MIN, 3 * 3600])), max
 
 
 def desk(tmp: Path, clock: list[float], alarm: Alarm | None = None) -> TapDesk:
+    return desk_and_verifier(tmp, clock, alarm)[0]
+
+
+def desk_and_verifier(
+    tmp: Path, clock: list[float], alarm: Alarm | None = None
+) -> tuple[TapDesk, TokenVerifier]:
+    """An exit gate's tap desk and its verifier, on one replay store with one alarm."""
     pricing = ExitPricing(RULES, TARIFF, lambda: KEYS, DenyList.empty, ACCOUNT_KEY)
     link = MqttLink("127.0.0.1", 1, "never-connected")
     replay = ReplayStore(tmp / "replay.sqlite3")
-    watch = TokenVerifier("S03/x1", KEYS, DenyList.empty(), replay, 30, alarm=alarm).replay_watch
-    return TapDesk("L1", "S03/x1", 28_800, TapStore(tmp / "taps.sqlite3"), replay, link,
-                   pricing=pricing, wall=lambda: clock[0], replay_watch=watch,
+    verifier = TokenVerifier("S03/x1", KEYS, DenyList.empty(), replay, 30, alarm=alarm)
+    gate = TapDesk("L1", "S03/x1", 28_800, TapStore(tmp / "taps.sqlite3"), replay, link,
+                   pricing=pricing, wall=lambda: clock[0], replay_watch=verifier.replay_watch,
                    peers=CODES.peers("S03/x1", replay, lambda: KEYS, lambda: clock[0]),
                    skew_s=RULES.skew_s, alarm=alarm)  # fmt: skip
+    return gate, verifier
 
 
 async def _exits(
@@ -246,7 +265,7 @@ async def _walk(steps: list[tuple[Step, int]]) -> None:
             # A tap-in exits once: once its tap_out is durable, every later one is pass_used.
             assert (answer.outcome == "pass_used") == (trip in exited), (answer, exited)
             assert answer.pass_exp is not None
-            await gate.mark_used(MarkPassUsed(trip, answer.pass_exp, None))
+            await gate.mark_used(MarkPassUsed(trip, answer.pass_exp, None, EXIT_ID))
             exited.add(trip)
         gate.store.close()
         gate.replay.close()
@@ -312,11 +331,64 @@ async def _released() -> None:
         fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
         outcome, amount, trip = await tap_out()
         assert (outcome, amount) == ("charged", fare) and trip is not None
-        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
         farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
         assert await tap_out() == ("pass_used", farthest, trip)
-        await gate.release(ReleasePass(trip))
+        await gate.release(ReleasePass(trip, EXIT_ID))
         assert await tap_out() == ("charged", fare, trip)
+        gate.store.close()
+        gate.replay.close()
+
+
+def test_a_refund_under_a_clock_stepped_back_since_its_exit_reopens_the_tap_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "lane.tap_desk")
+    asyncio.run(_stepped_back())
+    stepped = [r for r in caplog.records if r.getMessage() == STEPPED_BACK]
+    assert [r.__dict__["behind_s"] for r in stepped] == [60.0, 119.0, 121.0]
+
+
+async def _stepped_back() -> None:
+    """The wall clock went back between an exit and its refund (NTP stepped it): the refund,
+    stamped before its exit, kept the exit's mark, and the passenger's next exit paid the
+    maximum fare as already out, with no alarm. The refund gives back the mark of the exit it
+    names (by that exit's own time), here and heard from another gate; a later exit's stays."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+    farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+
+        async def tap_out() -> tuple[str, int | None, str | None]:
+            clock[0] += 1  # a fresh token each time
+            token = issue_compact_token(CODES.key, KID, "rider-1", int(clock[0]), NOW + 600)
+            answer = await gate.price(ask(token))
+            return answer.outcome, answer.amount_minor, answer.pass_id
+
+        # This gate's own exit, its refund after the clock went back a minute.
+        entered = tap_in("S01", NOW - 600)
+        await gate.handle(Incoming(topic, signed(entered)))
+        _, _, trip = await tap_out()
+        assert trip is not None
+        out = exit_id(clock[0])
+        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, out))
+        clock[0] -= 60
+        await gate.release(ReleasePass(trip, out))
+        assert await tap_out() == ("charged", fare, trip)
+        # Another gate's exit, refunded there after its clock went back: reopened here too.
+        elsewhere = tap_out_of(entered, fare, "S02/x1", clock[0])
+        await gate.handle(Incoming(topic, signed(elsewhere)))
+        assert await tap_out() == ("pass_used", farthest, trip)
+        await gate.handle(Incoming(topic, signed(refund_of(elsewhere, clock[0] - 120, trip))))
+        assert await tap_out() == ("charged", fare, trip)
+        # A later exit heard before an earlier exit's refund stamped back: it stays.
+        first = tap_out_of(entered, fare, "S02/x1", clock[0] + 1)
+        later = tap_out_of(entered, fare, "S01/x1", clock[0] + 30)
+        for record in (first, later, refund_of(first, clock[0] - 120, trip)):
+            await gate.handle(Incoming(topic, signed(record)))
+        assert await tap_out() == ("pass_used", farthest, trip)
         gate.store.close()
         gate.replay.close()
 
@@ -327,7 +399,7 @@ def tap_out_of(entered: Record, kept: int, lane: str, at: float) -> Record:
     out = RecordDraft(RecordKind.TAP_OUT, "s3", 1, kept, "CNY", Method.TOKEN, "rider-1",
                       AuthInfo(AuthResult.APPROVED), entry_plaza="S01",
                       pass_id=uuid.UUID(entered.record_id).hex)  # fmt: skip
-    return Record(str(uuid.uuid4()), lane, 1, int(at * 1e6), out)
+    return Record(exit_id(at), lane, 1, int(at * 1e6), out)
 
 
 def refund_of(tapped: Record, at: float, trip: str | None = None) -> Record:
@@ -518,7 +590,9 @@ async def _refunds_heard() -> None:
         # (b) A tap-in its gate refunded: not the account's latest any more, nothing off.
         earlier = tap_in("S02", NOW - 3000, "rider-2", paid=200)
         await hear(earlier)
-        await gate.mark_used(MarkPassUsed(uuid.UUID(earlier.record_id).hex, NOW + 600, None))
+        await gate.mark_used(
+            MarkPassUsed(uuid.UUID(earlier.record_id).hex, NOW + 600, None, EXIT_ID)
+        )
         latest = tap_in("S01", NOW - 300, "rider-2", paid=200)
         await hear(latest)
         assert gate.store.count() == 3
@@ -648,6 +722,6 @@ async def _wallet_walk(steps: list[tuple[Step, int]]) -> None:
             assert charged - kept.refund_minor == kept.amount_minor
             assert (kept.entry_plaza, kept.pass_id) == (by_token.entry_plaza, by_token.pass_id)
             if kept.pass_id is not None and kept.pass_exp is not None:
-                await gate.mark_used(MarkPassUsed(kept.pass_id, kept.pass_exp, None))
+                await gate.mark_used(MarkPassUsed(kept.pass_id, kept.pass_exp, None, EXIT_ID))
         gate.store.close()
         gate.replay.close()

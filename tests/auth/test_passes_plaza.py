@@ -115,16 +115,16 @@ async def test_a_refunded_exit_gives_the_pass_back_at_every_exit_lane(
         at_x1, at_x2 = exit_desk(x1, keys), exit_desk(x2, keys)
         trip = await at_x1.price(shown(texts[0]))
         assert trip.outcome == "charged" and trip.pass_id is not None
-        await at_x1.mark_used(MarkPassUsed(trip.pass_id, trip.pass_exp or 0, None))
+        await at_x1.mark_used(MarkPassUsed(trip.pass_id, trip.pass_exp or 0, None, "x-exit"))
         used_id = pass_key(trip.pass_id)
         await wait_for_mark(x2.store, used_id)
         assert (await at_x2.price(shown(texts[0]))).outcome == "pass_used"
         own = await at_x2.price(shown(texts[1]))  # x2's own exit of the other pass
         assert own.pass_id is not None
-        await at_x2.mark_used(MarkPassUsed(own.pass_id, own.pass_exp or 0, None))
+        await at_x2.mark_used(MarkPassUsed(own.pass_id, own.pass_exp or 0, None, "x-exit"))
         # A release of it from x1 (which never marked it) comes first on the topic.
         x1.share(UsedTokenMsg(pass_key(own.pass_id), now + DAY, x1.lane, now, MarkKind.RELEASE))
-        await at_x1.release(ReleasePass(trip.pass_id))
+        await at_x1.release(ReleasePass(trip.pass_id, "x-exit"))
         await eventually(lambda: x2.store.get(used_id) is None, within=5, what="x1's release")
         again = await at_x2.price(shown(texts[0]))
         assert (again.outcome, again.attendant) == ("charged", False)

@@ -13,15 +13,18 @@ from pathlib import Path
 
 import pytest
 from polling import eventually
-from test_metro_pricing import NOW, refund_of, signed, tap_in, tap_out_of
+from test_metro_pricing import CODES, EXIT_ID, NOW, exit_id, refund_of, signed, tap_in, tap_out_of
 from test_tap_desk_stores import ENTRY_PAID, FARE, FARTHEST, Exits, corrupted, locked
 
 from lane.auth.replay import ReplayStoreError
+from lane.auth.tokens import issue_compact_token
 from lane.core.actions import MarkPassUsed, ReleasePass
-from lane.tap_desk import REPLAY_UNHELD, REPLAY_UNRELEASED, TAPS_UNDROPPED, TapDesk
+from lane.tap_desk import REPLAY_UNREAD, TapDesk
+from lane.tap_held import REPLAY_UNHELD, REPLAY_UNMARKED, REPLAY_UNRELEASED, TAPS_UNDROPPED
 from lane.tap_store import TapStoreError
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
+from sim.codes import KID
 
 EXIT_EXP = NOW + 28_800
 
@@ -44,10 +47,10 @@ async def test_a_refund_the_replay_store_cannot_write_is_held_kept_over_a_restar
     exits = Exits(tmp_path)
     trip = await exits.tapped_out()
     key = f"pass:{trip}"
-    await exits.gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None))
+    await exits.gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, EXIT_ID))
     path = tmp_path / "replay.sqlite3"
     with locked(path):
-        await exits.gate.release(ReleasePass(trip))  # SQLite's wait runs out
+        await exits.gate.release(ReleasePass(trip, EXIT_ID))  # SQLite's wait runs out
         # Seen: the alarm says the refunds are held until reopened, names the file and why.
         assert exits.alarms["replay_store_error"].startswith(
             f"{REPLAY_UNRELEASED} {path}: database is locked"
@@ -56,7 +59,7 @@ async def test_a_refund_the_replay_store_cannot_write_is_held_kept_over_a_restar
         # refund said), and a restart still knows it (the taps store's copy).
         assert await exits.tap_out() == ("charged", FARE, trip)
         exits = exits.restarted()
-        assert exits.gate.unreleased.keys() == {key}
+        assert exits.gate.held.unreleased.keys() == {key}
         assert await exits.tap_out() == ("charged", FARE, trip)
     gate, alarms = exits.gate, exits.alarms
     tasks = _probes(gate)
@@ -65,7 +68,8 @@ async def test_a_refund_the_replay_store_cannot_write_is_held_kept_over_a_restar
         await eventually(lambda: "replay_store_error" not in alarms, within=15)
         await eventually(
             lambda: (
-                gate.replay.get(key) is None and gate.unreleased == {} == gate.store.unreleased(NOW)
+                gate.replay.get(key) is None
+                and gate.held.unreleased == {} == gate.store.unreleased(NOW)
             ),
             within=10,
         )
@@ -77,17 +81,22 @@ async def test_a_refund_the_replay_store_cannot_write_is_held_kept_over_a_restar
 
 async def test_an_exit_after_a_held_refund_is_marked_after_it_and_stays(tmp_path: Path) -> None:
     """The refund held for a tap-in goes into the replay store before a later exit's mark:
-    written after it, it would give back the exit that followed the refund."""
+    written after it, it would give back the exit that followed the refund. And it leaves the
+    tap store's copy at once: written again only at the upkeep's next turn (every second), a
+    lane restarted in that second loaded the refund again, held until reopened."""
     exits = Exits(tmp_path)
-    gate = exits.gate
     trip = await exits.tapped_out()
-    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None))
+    await exits.gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, EXIT_ID))
     with corrupted(tmp_path / "replay.sqlite3"):
-        await gate.release(ReleasePass(trip))
-    assert gate.unreleased != {}
+        await exits.gate.release(ReleasePass(trip, EXIT_ID))
+    assert exits.gate.store.unreleased(NOW).keys() == {f"pass:{trip}"}
     # The store works again before its probe has run: the passenger taps out once more.
     assert await exits.tap_out() == ("charged", FARE, trip)
-    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None))
+    await exits.gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, exit_id(exits.clock[0])))
+    assert exits.gate.held.unreleased == {} == exits.gate.store.unreleased(NOW)
+    exits = exits.restarted()  # before any upkeep ran
+    gate = exits.gate
+    assert gate.held.unreleased == {}
     tasks = _probes(gate)
     try:
         await eventually(lambda: "replay_store_error" not in exits.alarms, within=15)
@@ -124,23 +133,25 @@ async def test_a_held_copy_written_while_the_held_exits_change_is_written_again(
     with locked(taps):
         with corrupted(replay):
             # The exit held; its copy's write waits for the taps store's lock.
-            saving = asyncio.create_task(gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None)))
+            saving = asyncio.create_task(
+                gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, EXIT_ID))
+            )
             await eventually(gate.store._lock.locked, within=5)
         # The replay store works again (its probe says so first); then the taps store's
         # upkeep marks the held exit there, and its drops wait behind the copy in flight.
         probes = [asyncio.create_task(gate.replay_watch.run(asyncio.sleep))]
         await eventually(lambda: "replay_store_error" not in alarms, within=5)
         probes.append(asyncio.create_task(gate.upkeep(asyncio.sleep)))
-        await eventually(lambda: gate.unmarked == {}, within=5)
+        await eventually(lambda: gate.held.unmarked == {}, within=5)
     try:
         await saving
         await eventually(lambda: "taps_store_error" not in alarms, within=15)
         # The copy is what the desk holds: nothing.
-        assert gate.store.held(NOW) == gate.unmarked == {}
+        assert gate.store.held(NOW) == gate.held.unmarked == {}
     finally:
         for task in probes:
             task.cancel()
-    await gate.release(ReleasePass(trip))  # that exit refunded: the tap-in reopened
+    await gate.release(ReleasePass(trip, EXIT_ID))  # that exit refunded: the tap-in reopened
     assert await exits.tap_out_after_restart() == ("charged", FARE, trip)
 
 
@@ -166,7 +177,7 @@ async def test_a_refunded_tap_in_held_until_dropped_outlives_a_restart(tmp_path:
         await eventually(
             lambda: (
                 gate.store.latest("rider-1", NOW) is None
-                and gate.undropped == {} == gate.replay.undropped(NOW)
+                and gate.held.undropped == {} == gate.replay.undropped(NOW)
             ),
             within=10,
         )
@@ -194,12 +205,14 @@ async def test_a_refunded_tap_in_the_replay_store_cannot_keep_either_says_so_and
                 assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
                 assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
                 # An exit held meanwhile does not hide that warning (a restart would charge
-                # that passenger wrongly).
+                # that passenger wrongly): it is said after it.
                 other = tap_in("S02", NOW - 900, "rider-2")
                 out = tap_out_of(other, FARE, "S02/x1", NOW - 60)
                 await gate.handle(Incoming(topic, signed(out)))
-                assert gate.unmarked != {}
-                assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
+                assert gate.held.unmarked != {}
+                assert alarms["replay_store_error"].startswith(
+                    f"{REPLAY_UNHELD}; {REPLAY_UNMARKED} {replay}"
+                )
             tasks = _probes(gate)
             try:
                 # The replay store works again: it keeps the refunded tap-in, the taps store
@@ -220,7 +233,7 @@ async def test_what_a_restart_would_lose_stays_said_when_the_failing_stores_fail
     """A refunded tap-in held until dropped, said by the taps store's alarm, or held in memory
     only, said by the replay store's: a tap-in the taps store then could not keep, or an exit
     a store could not read, replaced that text with its own, and the operator no longer saw
-    that a restart would charge that passenger wrongly."""
+    that a restart would charge that passenger wrongly. Both are said, the held one first."""
     exits = await Exits(tmp_path).tapped_in()
     gate, alarms = exits.gate, exits.alarms
     topic = topics.line_taps("L1")
@@ -241,6 +254,46 @@ async def test_what_a_restart_would_lose_stays_said_when_the_failing_stores_fail
             assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
             with pytest.raises(ReplayStoreError):
                 await exits.tap_out()
-            assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
+            assert alarms["replay_store_error"].startswith(
+                f"{REPLAY_UNHELD}; {REPLAY_UNREAD} {replay}"
+            )
     finally:
         exits.close()
+
+
+async def test_the_verifiers_failure_on_the_replay_store_keeps_what_the_desk_holds_said(
+    tmp_path: Path,
+) -> None:
+    """One alarm for the one replay store: an offline token the verifier could not mark
+    replaced the tap desk's text with its own ("offline tokens refused"), and the operator no
+    longer saw that refunded tap-ins were held in memory only, or refunds held until reopened.
+    The alarm says both, what is held first; and clears once the store takes writes."""
+    exits = await Exits(tmp_path).tapped_in()
+    gate, alarms = exits.gate, exits.alarms
+    topic = topics.line_taps("L1")
+    taps, replay = tmp_path / "taps.sqlite3", tmp_path / "replay.sqlite3"
+    refused = "offline tokens refused: replay store"
+    token = issue_compact_token(CODES.key, KID, "rider-9", NOW, NOW + 600)
+    with corrupted(taps), corrupted(replay):
+        refunded = tap_in("S02", NOW - 900, "rider-2", paid=ENTRY_PAID)
+        await gate.handle(Incoming(topic, signed(refund_of(refunded, NOW - 30))))
+        assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
+        result = await exits.verifier.verify(token, NOW)
+        assert (result.approved, result.reason) == (False, "replay_store_error")
+        assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD}; {refused} {replay}")
+    tasks = _probes(gate)
+    try:
+        await eventually(lambda: "replay_store_error" not in alarms, within=15)
+    finally:
+        for task in tasks:
+            task.cancel()
+    # A refund held until reopened is said first too.
+    trip = await exits.tapped_out()
+    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, EXIT_ID))
+    with locked(replay):
+        await gate.release(ReleasePass(trip, EXIT_ID))
+        await exits.verifier.verify(token, NOW)
+        assert alarms["replay_store_error"].startswith(
+            f"{REPLAY_UNRELEASED}; {refused} {replay}: database is locked"
+        )
+    exits.close()

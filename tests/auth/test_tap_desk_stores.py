@@ -15,10 +15,11 @@ import pytest
 from polling import eventually
 from test_metro_pricing import (
     CODES,
+    EXIT_ID,
     NOW,
     TARIFF,
     ask,
-    desk,
+    desk_and_verifier,
     refund_of,
     signed,
     tap_in,
@@ -28,15 +29,8 @@ from test_metro_pricing import (
 from lane.auth.replay import ReplayStoreError
 from lane.auth.tokens import issue_compact_token
 from lane.core.actions import MarkPassUsed, ReleasePass
-from lane.tap_desk import (
-    REPLAY_UNMARKED,
-    REPLAY_UNREAD,
-    REPLAY_UNRELEASED,
-    TAPS_UNDROPPED,
-    TAPS_UNHELD,
-    TAPS_UNREAD,
-    TapDesk,
-)
+from lane.tap_desk import REPLAY_UNREAD, TAPS_UNREAD, TapDesk
+from lane.tap_held import REPLAY_UNMARKED, REPLAY_UNRELEASED, TAPS_UNDROPPED, TAPS_UNHELD
 from lane.tap_store import TapStoreError
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
@@ -100,7 +94,7 @@ class Exits:
         self.tmp = tmp
         self.clock = [clock]
         self.alarms: dict[str, str] = {}
-        self.gate = desk(tmp, self.clock, self.alarm)
+        self.gate, self.verifier = desk_and_verifier(tmp, self.clock, self.alarm)
 
     def restarted(self) -> Exits:
         """The lane stopped (its stores closed, all it held in memory gone) and started again
@@ -202,7 +196,9 @@ async def test_an_exit_the_replay_store_cannot_mark_is_held_so_the_tap_in_exits_
     assert (outcome, amount) == ("charged", FARE) and trip is not None
     path = tmp_path / "replay.sqlite3"
     with locked(path):
-        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))  # SQLite's wait runs out
+        await gate.mark_used(
+            MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID)
+        )  # SQLite's wait runs out
         assert alarms["replay_store_error"].startswith(
             f"{REPLAY_UNMARKED} {path}: database is locked"
         )
@@ -214,7 +210,7 @@ async def test_an_exit_the_replay_store_cannot_mark_is_held_so_the_tap_in_exits_
         await eventually(lambda: "replay_store_error" not in alarms, within=15)
         # The mark commits in a thread before the loop drops it from memory: wait for both.
         await eventually(
-            lambda: gate.replay.get(f"pass:{trip}") is not None and gate.unmarked == {},
+            lambda: gate.replay.get(f"pass:{trip}") is not None and gate.held.unmarked == {},
             within=10,
         )
         assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
@@ -236,7 +232,7 @@ async def test_a_held_exit_outlives_a_restart_before_the_replay_store_heals(
     assert trip is not None
     path = tmp_path / "replay.sqlite3"
     with locked(path):
-        await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+        await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
         assert exits.alarms["replay_store_error"].startswith(
             f"{REPLAY_UNMARKED} {path}: database is locked"
         )
@@ -256,7 +252,7 @@ async def test_a_held_exit_outlives_a_restart_before_the_replay_store_heals(
         await eventually(
             lambda: (
                 gate.replay.get(f"pass:{trip}") is not None
-                and gate.unmarked == {}
+                and gate.held.unmarked == {}
                 and gate.store.held(NOW) == {}
             ),
             within=10,
@@ -266,7 +262,7 @@ async def test_a_held_exit_outlives_a_restart_before_the_replay_store_heals(
             task.cancel()
     exits = exits.restarted()
     try:
-        assert exits.gate.unmarked == {}
+        assert exits.gate.held.unmarked == {}
         assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
     finally:
         exits.close()
@@ -283,7 +279,7 @@ async def test_a_held_exit_the_taps_store_cannot_keep_says_so_and_is_kept_once_i
     taps = tmp_path / "taps.sqlite3"
     with locked(tmp_path / "replay.sqlite3"):
         with corrupted(taps):
-            await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+            await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
             assert exits.alarms["taps_store_error"].startswith(
                 f"{TAPS_UNHELD} {taps}: database disk image is malformed"
             )
@@ -320,8 +316,8 @@ async def test_an_exit_the_taps_store_cannot_keep_leaves_its_undropped_warning(
     try:
         with locked(tmp_path / "replay.sqlite3"), corrupted(taps):
             await exits.gate.handle(Incoming(topic, signed(refund_of(entered, NOW - 30))))
-            await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
-            assert exits.gate.undropped != {}
+            await exits.gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
+            assert exits.gate.held.undropped != {}
             assert exits.alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
     finally:
         exits.close()
@@ -339,14 +335,14 @@ async def test_a_refund_the_replay_store_cannot_write_is_held_says_so_and_clears
     path = tmp_path / "replay.sqlite3"
     with locked(path):
         # Held in memory, then refunded: the tap-in reopens with no write at all.
-        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
-        await gate.release(ReleasePass(trip))
-        assert gate.unmarked == {}
+        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
+        await gate.release(ReleasePass(trip, EXIT_ID))
+        assert gate.held.unmarked == {}
         assert await exits.tap_out() == ("charged", FARE, trip)
-    await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))  # the store works: clears
+    await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))  # the store works: clears
     assert "replay_store_error" not in alarms
     with locked(path):
-        await gate.release(ReleasePass(trip))  # SQLite's wait runs out
+        await gate.release(ReleasePass(trip, EXIT_ID))  # SQLite's wait runs out
         assert alarms["replay_store_error"].startswith(
             f"{REPLAY_UNRELEASED} {path}: database is locked"
         )
@@ -439,7 +435,7 @@ async def test_a_refunded_tap_in_the_taps_store_cannot_drop_prices_nothing_and_i
     try:
         # Clears by itself, once the drop is applied (not merely once the store takes a write).
         await eventually(lambda: "taps_store_error" not in alarms, within=15)
-        assert gate.undropped == {}
+        assert gate.held.undropped == {}
         assert gate.store.latest("rider-1", NOW) is None
     finally:
         upkeep.cancel()
@@ -488,12 +484,12 @@ async def test_an_exit_heard_on_the_line_the_replay_store_cannot_mark_is_held_th
         )
         # Safe: held as this gate's own, the tap-in has exited; the maximum fare, flagged.
         assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
-        assert gate.store.held(NOW) == gate.unmarked != {}
+        assert gate.store.held(NOW) == gate.held.unmarked != {}
     tasks = [asyncio.create_task(_probe_replay(gate)), asyncio.create_task(_probe_taps(gate))]
     try:
         # Clears by itself; the mark is written as heard from its gate.
         await eventually(lambda: "replay_store_error" not in alarms, within=15)
-        await eventually(lambda: gate.unmarked == {} and gate.store.held(NOW) == {}, within=10)
+        await eventually(lambda: gate.held.unmarked == {} and gate.store.held(NOW) == {}, within=10)
     finally:
         for task in tasks:
             task.cancel()
@@ -524,7 +520,7 @@ async def test_an_exit_heard_on_the_line_and_held_outlives_a_restart_and_its_ref
         assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
         # Its gate's refund: the held exit goes, no replay store write needed.
         await exits.gate.handle(Incoming(topic, signed(refund_of(out, NOW - 30, trip))))
-        assert exits.gate.unmarked == {} == exits.gate.store.held(NOW)
+        assert exits.gate.held.unmarked == {} == exits.gate.store.held(NOW)
         assert await exits.tap_out() == ("charged", FARE - ENTRY_PAID, trip)
     exits.close()
 
@@ -542,7 +538,7 @@ async def test_a_held_exit_is_marked_once_the_replay_store_heals_with_the_taps_s
     taps = tmp_path / "taps.sqlite3"
     with corrupted(taps):
         with locked(tmp_path / "replay.sqlite3"):
-            await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
+            await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
             assert alarms["taps_store_error"].startswith(f"{TAPS_UNHELD} {taps}")
             assert "replay_store_error" in alarms
             # And another rider's tap-in refunded, which the taps store cannot drop either.
@@ -554,7 +550,7 @@ async def test_a_held_exit_is_marked_once_the_replay_store_heals_with_the_taps_s
             # The replay store works again: the held exit is marked there, the taps store
             # still failing and still saying what it owes.
             await eventually(
-                lambda: gate.replay.get(f"pass:{trip}") is not None and gate.unmarked == {},
+                lambda: gate.replay.get(f"pass:{trip}") is not None and gate.held.unmarked == {},
                 within=10,
             )
             assert "replay_store_error" not in alarms
@@ -569,7 +565,7 @@ async def test_a_held_exit_is_marked_once_the_replay_store_heals_with_the_taps_s
         upkeep.cancel()
     exits = exits.restarted()  # the exit is the replay store's now
     try:
-        assert exits.gate.unmarked == {}
+        assert exits.gate.held.unmarked == {}
         assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
     finally:
         exits.close()
@@ -589,9 +585,9 @@ async def test_a_heard_exit_held_is_not_given_back_by_this_gates_refund(tmp_path
     assert trip is not None and trip == out.draft.pass_id
     with locked(tmp_path / "replay.sqlite3"):
         await gate.handle(Incoming(topic, signed(out)))
-        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None))
-        assert gate.unmarked[f"pass:{trip}"].lane == "S02/x1"
-        await gate.release(ReleasePass(trip))  # this gate's tap-out refunded
+        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
+        assert gate.held.unmarked[f"pass:{trip}"].lane == "S02/x1"
+        await gate.release(ReleasePass(trip, EXIT_ID))  # this gate's tap-out refunded
         # The other gate's exit stands: the tap-in stays exited, the maximum fare, flagged.
         assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
     exits.close()

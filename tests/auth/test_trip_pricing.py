@@ -143,7 +143,7 @@ async def exits(store: ReplayStore, showings: list[tuple[int, int]]) -> list[tup
         answer = await trips.price(ask(texts[n], vehicle_class))
         assert answer.amount_minor is not None and answer.pass_id is not None
         seen.append((n, answer.outcome, answer.amount_minor))
-        await trips.mark_used(MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None))
+        await trips.mark_used(MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None, "x-exit"))
     return seen
 
 
@@ -220,7 +220,9 @@ def test_a_forged_delete_is_refused_and_an_emptied_binding_lets_no_older_one_bac
             await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
             answer = await trips.price(ask(earlier))
             assert answer.pass_id is not None
-            await trips.mark_used(MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None))
+            await trips.mark_used(
+                MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None, "x-exit")
+            )
             current = pass_of(P01, 2)
             await trips.handle(Incoming(topic, binding(current), retain=True))  # this trip
             await trips.handle(Incoming(topic, b"", retain=True))  # forged

@@ -264,7 +264,8 @@ def test_an_exit_lane_wants_the_pass_then_the_payment_at_the_trip_fare() -> None
     d = one(lane.decide(), Persist).draft
     assert (d.kind, d.amount_minor, d.pass_id, d.entry_plaza) == ("exit", 4000, PASS_ID, "P01")
     actions = lane.persisted()
-    assert one(actions, MarkPassUsed) == MarkPassUsed(PASS_ID, 2_000_000.0, None)
+    (record_id,) = [e.record_id for _, e, _ in lane.log if isinstance(e, ev.Persisted)][-1:]
+    assert one(actions, MarkPassUsed) == MarkPassUsed(PASS_ID, 2_000_000.0, None, record_id)
     assert of_type(actions, Settle) and of_type(actions, OpenBarrier)
 
 
