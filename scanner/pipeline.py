@@ -31,7 +31,7 @@ from scanner.dedup import Deduplicator
 from scanner.detection import GrayImage, Polygon, as_gray
 from scanner.frame_gate import FrameGate
 from scanner.health import EventKind, SourceEvent, same_picture
-from scanner.payload import Payload, classify
+from scanner.payload import Payload, UnknownPayload, classify
 from scanner.sources import Clock, Frame, FrameSource, Image
 
 log = logging.getLogger("lane.scanner")
@@ -238,9 +238,13 @@ class ScanPipeline:
                 log.warning("thread %s did not stop in time", thread.name)
 
     def forget_seen(self) -> None:
-        """A new vehicle is at the lane: codes still in view count as new sightings."""
+        """A new vehicle is at the lane: codes still in view count as new sightings, but for
+        codes that are no payment code of any kind. Those (a QR sticker on the booth, an ad)
+        are read on every frame; reported again, each driver would be refused for them, a try
+        spent and "Payment refused" shown as the car pulls up, while nothing a lane checks
+        (a replay) is at stake."""
         with self._lock:
-            self._dedup.clear()
+            self._dedup.clear(keep=_not_payment)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.stop)
@@ -447,6 +451,10 @@ class ScanPipeline:
             self._loop.call_soon_threadsafe(callback, arg)
         except RuntimeError:  # the loop is closed: we are shutting down
             log.warning("event loop closed; dropped %s", type(arg).__name__)
+
+
+def _not_payment(text: str) -> bool:
+    return isinstance(classify(text), UnknownPayload)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:

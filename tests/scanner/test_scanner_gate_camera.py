@@ -301,3 +301,18 @@ async def test_a_booth_with_a_sticker_in_view_reads_the_phones_beside_it() -> No
         (TOKEN, "zxing+covered"),
         (other, "zxing+deblur"),
     ]
+
+
+async def test_a_sticker_is_not_reported_again_for_each_new_vehicle() -> None:
+    # Reported again after `forget_seen` (a vehicle arrived), the sticker, no payment code,
+    # would be refused to each driver as the car pulls up: a try spent, "Payment refused".
+    # The driver's token, still in view, is reported again (the replay check must see it).
+    camera = Camera(seed=15)
+    booth = Scene(None, sticker=STICKER)
+    phone = replace(THUMB, sticker=STICKER)
+    async with scanners(GateSettings()) as (gated,):
+        for scene, n in ((booth, 4), (booth, 4), (phone, 6), (phone, 3)):
+            gated.pipeline.forget_seen()
+            for image, ts in camera.frames(scene, n):
+                await push([gated], image, ts)
+    assert [r.text for r in gated.results] == [STICKER, TOKEN, TOKEN]
