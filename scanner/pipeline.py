@@ -378,7 +378,7 @@ class ScanPipeline:
             self._counts["skipped"] += int(skipped)
             self._counts["errors"] += int(error)
             if skipped:
-                self._show(frame, ())  # nothing in it, as in the frame it matched
+                self._show(frame, ())  # nothing new in it, as in the frame it matched
 
     def _work(self) -> None:
         while (job := self._slot.take()) is not None:
