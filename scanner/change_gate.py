@@ -75,6 +75,8 @@ class Verdict(enum.Enum):
 class Reference:
     frame_id: int
     thumb: Thumbnail
+    # Steady codes in it (`steady`): in view in every frame let pass as its same view.
+    codes: tuple[Sighting, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,14 +158,16 @@ def textured(state: GateState, settings: GateSettings) -> GateState:
     return replace(state, textured_in_row=n - 1, texture_wait=settings.every_frames - 1)
 
 
-def nothing_found(state: GateState, frame_id: int, thumb: Thumbnail) -> GateState:
+def nothing_found(
+    state: GateState, frame_id: int, thumb: Thumbnail, codes: tuple[Sighting, ...] = ()
+) -> GateState:
     """Frame `frame_id` was decoded and nothing at all was found in it (no code read, none seen
     unread, no code-like texture): it becomes the reference. Only such a frame may, so a phone
     whose code is seen but not read is decoded again on every frame it stays in view."""
     state = replace(state, textured_in_row=0)
     if state.reference is not None and state.reference.frame_id > frame_id:
         return state  # another worker already took a newer frame as the reference
-    return replace(state, reference=Reference(frame_id, thumb))
+    return replace(state, reference=Reference(frame_id, thumb, codes))
 
 
 def steady(state: GateState, codes: tuple[Sighting, ...]) -> tuple[bool, GateState]:

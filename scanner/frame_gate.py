@@ -63,6 +63,12 @@ class FrameGate:
             self._sampler.frame_passed()
         return verdict, thumb
 
+    def in_view(self) -> tuple[Sighting, ...]:
+        """The steady codes in the reference: in view in a frame `judge` let pass."""
+        with self._lock:
+            reference = self._state.reference
+        return () if reference is None else reference.codes
+
     def decode(self, gray: GrayImage, frame_id: int, thumb: Thumbnail | None) -> list[Detection]:
         """The codes read in frame `frame_id`, which `judge` let through (`thumb`: what it
         made). A frame with nothing at all in it becomes the reference."""
@@ -83,7 +89,7 @@ class FrameGate:
             return found
         thumb = thumbnail(gray, self.settings.block_px) if thumb is None else thumb
         with self._lock:
-            self._state = nothing_found(self._state, frame_id, thumb)
+            self._state = nothing_found(self._state, frame_id, thumb, codes)
         return found
 
 

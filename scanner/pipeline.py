@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from lane.backoff import Backoff
-from scanner.change_gate import GateSettings, Thumbnail
+from scanner.change_gate import GateSettings, Sighting, Thumbnail
 from scanner.decoders import Decoder
 from scanner.dedup import Deduplicator
 from scanner.detection import GrayImage, Polygon, as_gray
@@ -358,6 +358,7 @@ class ScanPipeline:
         picture the camera's last look saw (a frozen camera repeats it)."""
         job = _Job(frame, None, None, 0.0)
         skipped = error = replaced = False
+        steady: tuple[Sighting, ...] = ()
         if self._frame_gate is not None:
             started = self._clock()
             try:
@@ -368,6 +369,7 @@ class ScanPipeline:
                 log.exception("judging frame %d failed", frame.id, extra={"frame_id": frame.id})
             else:
                 skipped = not verdict.decode
+                steady = self._frame_gate.in_view() if skipped else ()
                 job = _Job(frame, gray, thumb, (self._clock() - started) * 1000.0)
         if not (skipped or error):
             replaced = self._slot.put(job)
@@ -378,7 +380,12 @@ class ScanPipeline:
             self._counts["skipped"] += int(skipped)
             self._counts["errors"] += int(error)
             if skipped:
-                self._show(frame, ())  # nothing new in it, as in the frame it matched
+                # Nothing new in it: the frame it matched, with the steady codes in that one
+                # (a sticker), still in view: sighted, so they stay within the dedup window
+                # however long the safety valve's period is.
+                self._show(frame, tuple(polygon for _, polygon in steady))
+                for text, _ in steady:
+                    self._dedup.first_sighting(text, frame.ts)
 
     def _work(self) -> None:
         while (job := self._slot.take()) is not None:

@@ -355,3 +355,21 @@ async def test_a_phone_held_still_is_never_the_reference() -> None:
         decoded = [await push([gated], with_noise(still, rng, 3.0), i / 30) for i in range(12)]
     assert decoded == [[True]] * 12
     assert [r.text for r in gated.results] == [TOKEN]
+
+
+async def test_a_sticker_let_pass_stays_sighted_whatever_the_valve_period() -> None:
+    # The valve 10 s apart, the dedup window 2 s: the sticker in the frames let pass is still
+    # in view, so the phone's frame, decoded 3 s later, does not report it again.
+    camera = Camera(seed=19)
+    booth = Scene(None, sticker=STICKER)
+    phone = Scene(TOKEN, distance=1.6, angle_deg=15.0, sticker=STICKER)
+    async with scanners(GateSettings(every_frames=300, every_s=10.0)) as (gated,):
+        for image, ts in camera.frames(booth, 90):
+            await push([gated], image, ts)
+        # The dashboard's frame, let pass: the sticker's outline, as in the frame it matched.
+        shown = gated.pipeline.latest_frame(jpeg=False)
+        for image, ts in camera.frames(phone, 2):
+            await push([gated], image, ts)
+    assert gated.stats().skipped >= 90 - STEADY_AFTER
+    assert shown is not None and shown.frame_id == 90 and len(shown.polygons) == 1
+    assert [r.text for r in gated.results] == [STICKER, TOKEN]
