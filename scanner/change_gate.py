@@ -4,9 +4,10 @@ within sensor noise, the frame in which the decoder last found nothing at all.
 A lane camera looks at an empty window most of the time, and zxing-cpp searching those frames
 was two thirds of an idle lane's CPU (issue #16). A frame is compared with the reference (the
 last fully decoded frame with nothing in it: no code read, none seen unread, no code-like
-texture) on a thumbnail of block means; it is decoded if any block moved by more than the
-threshold, if no reference is known yet, or if the safety valve is due (a decode at least
-every `every_frames` frames and every `every_s` seconds, whatever the comparison says).
+texture; or nothing but steady codes, `steady`) on a thumbnail of block means; it is decoded
+if any block moved by more than the threshold, if no reference is known yet, or if the safety
+valve is due (a decode at least every `every_frames` frames and every `every_s` seconds,
+whatever the comparison says).
 
 Pure: time and frame ids come from the caller; no I/O, no threads (`scanner.frame_gate` holds the
 lock and does the decoding).
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from scanner.detection import GrayImage
+from scanner.detection import GrayImage, Polygon
 
 Thumbnail = npt.NDArray[np.uint8]
 
@@ -33,6 +34,15 @@ THRESHOLD = 12.0
 # Texture measurements in a row too textured for a reference that make a view "cluttered": not
 # one (a phone frame nobody located), but a view that stays so.
 CLUTTERED_AFTER = 3
+# Decoded frames in a row that must show the same codes, none a payment code, at the same place
+# before a frame with nothing else in it may be the reference: a QR sticker on the booth, an ad.
+STEADY_AFTER = 3
+# Pixels a steady code's corners may move between frames: zxing-cpp's outline of a printed code
+# in a fixed view moves by a pixel or so with sensor noise; a hand's shake moves a phone's more.
+STEADY_PX = 3
+
+# A code read in a frame: its text and outline.
+Sighting = tuple[str, Polygon]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,8 @@ class Verdict(enum.Enum):
 class Reference:
     frame_id: int
     thumb: Thumbnail
+    # Steady codes in it (`steady`): in view in every frame let pass as its same view.
+    codes: tuple[Sighting, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,10 @@ class GateState:
     # view would otherwise pay for the texture map on every frame and never yield a reference.
     texture_wait: int = 0
     textured_in_row: int = 0
+    # The codes of the last decoded frame that showed only codes that are no payment code, and
+    # in how many decoded frames in a row they stayed (`steady`).
+    codes: tuple[Sighting, ...] = ()
+    codes_in_row: int = 0
 
 
 def thumbnail(gray: GrayImage, block_px: int) -> Thumbnail:
@@ -142,11 +158,38 @@ def textured(state: GateState, settings: GateSettings) -> GateState:
     return replace(state, textured_in_row=n - 1, texture_wait=settings.every_frames - 1)
 
 
-def nothing_found(state: GateState, frame_id: int, thumb: Thumbnail) -> GateState:
+def nothing_found(
+    state: GateState, frame_id: int, thumb: Thumbnail, codes: tuple[Sighting, ...] = ()
+) -> GateState:
     """Frame `frame_id` was decoded and nothing at all was found in it (no code read, none seen
     unread, no code-like texture): it becomes the reference. Only such a frame may, so a phone
     whose code is seen but not read is decoded again on every frame it stays in view."""
     state = replace(state, textured_in_row=0)
     if state.reference is not None and state.reference.frame_id > frame_id:
         return state  # another worker already took a newer frame as the reference
-    return replace(state, reference=Reference(frame_id, thumb))
+    return replace(state, reference=Reference(frame_id, thumb, codes))
+
+
+def steady(state: GateState, codes: tuple[Sighting, ...]) -> tuple[bool, GateState]:
+    """A decoded frame showed `codes` (sorted), all no payment code, and no code seen unread
+    (`()`: anything else, which ends the run). Have they stayed, the same texts at the same
+    place, for STEADY_AFTER decoded frames in a row, this one included? Then the frame may be
+    the reference if nothing else is in it: the codes are in the reference's thumbnail, so a
+    phone coming up beside them or over them still moves its blocks (`changed`), and the
+    safety valve still decodes them once a period (the lane's deduplication stays fed)."""
+    if not codes:
+        return False, replace(state, codes=(), codes_in_row=0)
+    n = state.codes_in_row + 1 if same_codes(state.codes, codes) else 1
+    return n >= STEADY_AFTER, replace(state, codes=codes, codes_in_row=n)
+
+
+def same_codes(a: tuple[Sighting, ...], b: tuple[Sighting, ...]) -> bool:
+    return len(a) == len(b) and all(
+        ta == tb
+        and len(pa) == len(pb)
+        and all(
+            abs(x - u) <= STEADY_PX and abs(y - v) <= STEADY_PX
+            for (x, y), (u, v) in zip(pa, pb, strict=True)
+        )
+        for (ta, pa), (tb, pb) in zip(a, b, strict=True)
+    )

@@ -199,7 +199,7 @@ class Deblur:
         here = _Failure(centre[0], centre[1], score, frame)
         if self._waiting(here):
             return []
-        found = self._attempt(gray, earlier, centre)
+        found = self._attempt(gray, earlier, centre, read)
         if not found:
             with self._lock:
                 self._failed.append(here)
@@ -214,7 +214,11 @@ class Deblur:
             )
 
     def _attempt(
-        self, gray: GrayImage, earlier: list[GrayImage], centre: tuple[int, int]
+        self,
+        gray: GrayImage,
+        earlier: list[GrayImage],
+        centre: tuple[int, int],
+        read: Sequence[Polygon],
     ) -> list[Detection]:
         height, width = gray.shape
         side = min(ROI, height, width)
@@ -222,13 +226,20 @@ class Deblur:
             return []
         x0 = min(max(0, centre[0] - side // 2), width - side)
         y0 = min(max(0, centre[1] - side // 2), height - side)
-        roi = np.ascontiguousarray(gray[y0 : y0 + side, x0 : x0 + side])
+        # A code already read in the region (a sticker beside the phone) is blanked out: read
+        # again, it would pass for this attempt's success, so a spot that never reads anything
+        # new would never wait, and it would end the attempt before the stacked frames.
+        roi = hidden(gray[y0 : y0 + side, x0 : x0 + side], read, (x0, y0))
         found = self._deconvolved(roi, self.name, (x0, y0))
         if found:
             return found
         # Night noise the streak's undoing amplified beyond reading, or glare: the same region
         # over the last frames, averaged (a held phone shows the same code in each of them).
-        regions = [f[y0 : y0 + side, x0 : x0 + side] for f in earlier if f.shape == gray.shape]
+        regions = [
+            hidden(f[y0 : y0 + side, x0 : x0 + side], read, (x0, y0))
+            for f in earlier
+            if f.shape == gray.shape
+        ]
         average, count = stacked(roi, regions)
         if count < 2:
             return []
@@ -275,6 +286,24 @@ class _Failure:
             return False
         same_spot = abs(self.x - other.x) <= STEP and abs(self.y - other.y) <= STEP
         return same_spot and abs(self.score - other.score) <= SAME_VIEW * self.score
+
+
+def hidden(region: GrayImage, read: Sequence[Polygon], at: tuple[int, int]) -> GrayImage:
+    """A copy of `region` (at `at` in the frame) with the codes `read` (frame outlines) painted
+    over with its mean level, their quiet zone included."""
+    if not read:
+        return np.ascontiguousarray(region)
+    out = region.copy()
+    h, w = out.shape
+    level = int(out.mean())
+    for polygon in read:
+        x0, y0, x1, y1 = bounding_box(polygon)
+        pad = max(x1 - x0, y1 - y0) // 8 + 2
+        out[
+            max(0, y0 - at[1] - pad) : max(0, min(h, y1 - at[1] + pad + 1)),
+            max(0, x0 - at[0] - pad) : max(0, min(w, x1 - at[0] + pad + 1)),
+        ] = level
+    return out
 
 
 def stacked(current: GrayImage, earlier: list[GrayImage]) -> tuple[GrayImage, int]:

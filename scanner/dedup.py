@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 
 class Deduplicator:
@@ -28,10 +29,12 @@ class Deduplicator:
             self._last_seen.popitem(last=False)
         return previous is None or now - previous > self.window_s
 
-    def clear(self) -> None:
-        """Forget every sighting: the next person at the lane is reported even with the same code
-        (a screenshot of the previous driver's code must reach the lane's replay check)."""
-        self._last_seen.clear()
+    def clear(self, keep: Callable[[str], bool] | None = None) -> None:
+        """Forget every sighting (but those of the texts `keep` says to keep): the next person
+        at the lane is reported even with the same code (a screenshot of the previous driver's
+        code must reach the lane's replay check)."""
+        for text in [t for t in self._last_seen if keep is None or not keep(t)]:
+            del self._last_seen[text]
 
     def _forget_older_than(self, cutoff: float) -> None:
         while self._last_seen:

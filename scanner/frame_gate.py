@@ -8,7 +8,10 @@ let pass therefore never wakes a worker: an idle lane's workers sleep through 29
 "Nothing at all" is judged strictly, because a frame taken as the reference stops the frames
 like it from being decoded: no code read, no code seen but not read (zxing-cpp's checksum
 failures, which the cascade reports), and no code-like texture (the deblur pass's texture map
-below its threshold: a code blurred beyond being located still scores above it). A view
+below its threshold: a code blurred beyond being located still scores above it). One kind of
+code read may be in it: codes that are no payment code and have stayed at the same place for
+`change_gate.STEADY_AFTER` decoded frames (a QR sticker on the booth), their own texture left
+out of the texture map. A view
 cluttered enough to score above it is therefore never a reference and is decoded as before;
 its texture is measured again only once per `every_frames` decoded frames (`texture_due`).
 
@@ -23,16 +26,19 @@ import threading
 from scanner.change_gate import (
     GateSettings,
     GateState,
+    Sighting,
     Thumbnail,
     Verdict,
     decide,
     nothing_found,
+    steady,
     texture_due,
     textured,
     thumbnail,
 )
 from scanner.deblur import MIN_TEXTURE, texture_peak
 from scanner.detection import Decoder, Detection, FrameSampler, GrayImage, locate
+from scanner.payload import UnknownPayload, classify
 
 
 class FrameGate:
@@ -57,21 +63,41 @@ class FrameGate:
             self._sampler.frame_passed()
         return verdict, thumb
 
+    def in_view(self) -> tuple[Sighting, ...]:
+        """The steady codes in the reference: in view in a frame `judge` let pass."""
+        with self._lock:
+            reference = self._state.reference
+        return () if reference is None else reference.codes
+
     def decode(self, gray: GrayImage, frame_id: int, thumb: Thumbnail | None) -> list[Detection]:
         """The codes read in frame `frame_id`, which `judge` let through (`thumb`: what it
         made). A frame with nothing at all in it becomes the reference."""
         found, unread = locate(self.decoder, gray)
-        if found or unread:
+        codes = () if unread else sightings(found)
+        with self._lock:
+            codes_stay, self._state = steady(self._state, codes)
+        if unread or (found and not codes_stay):
             return found
         with self._lock:
             measure, self._state = texture_due(self._state)
         if not measure:
             return found
-        if texture_peak(gray)[0] >= MIN_TEXTURE:
+        # The steady codes' own texture left out: only what else is in view counts.
+        if texture_peak(gray, [d.polygon for d in found])[0] >= MIN_TEXTURE:
             with self._lock:
                 self._state = textured(self._state, self.settings)
             return found
         thumb = thumbnail(gray, self.settings.block_px) if thumb is None else thumb
         with self._lock:
-            self._state = nothing_found(self._state, frame_id, thumb)
+            self._state = nothing_found(self._state, frame_id, thumb, codes)
         return found
+
+
+def sightings(found: list[Detection]) -> tuple[Sighting, ...]:
+    """The codes read, sorted, when none is a payment code of any kind (`()` otherwise): only
+    such codes may be in the reference. A driver's phone held still is never let pass, so it
+    is read on every frame as without the gate (the lane hears of it again for the next person
+    at once)."""
+    if any(not isinstance(classify(d.text), UnknownPayload) for d in found):
+        return ()
+    return tuple(sorted((d.text, d.polygon) for d in found))

@@ -25,13 +25,13 @@ import cv2
 import numpy as np
 
 from lane.backoff import Backoff
-from scanner.change_gate import GateSettings, Thumbnail
+from scanner.change_gate import GateSettings, Sighting, Thumbnail
 from scanner.decoders import Decoder
 from scanner.dedup import Deduplicator
 from scanner.detection import GrayImage, Polygon, as_gray
 from scanner.frame_gate import FrameGate
 from scanner.health import EventKind, SourceEvent, same_picture
-from scanner.payload import Payload, classify
+from scanner.payload import Payload, UnknownPayload, classify
 from scanner.sources import Clock, Frame, FrameSource, Image
 
 log = logging.getLogger("lane.scanner")
@@ -238,9 +238,13 @@ class ScanPipeline:
                 log.warning("thread %s did not stop in time", thread.name)
 
     def forget_seen(self) -> None:
-        """A new vehicle is at the lane: codes still in view count as new sightings."""
+        """A new vehicle is at the lane: codes still in view count as new sightings, but for
+        codes that are no payment code of any kind. Those (a QR sticker on the booth, an ad)
+        are read on every frame; reported again, each driver would be refused for them, a try
+        spent and "Payment refused" shown as the car pulls up, while nothing a lane checks
+        (a replay) is at stake."""
         with self._lock:
-            self._dedup.clear()
+            self._dedup.clear(keep=_not_payment)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.stop)
@@ -354,6 +358,7 @@ class ScanPipeline:
         picture the camera's last look saw (a frozen camera repeats it)."""
         job = _Job(frame, None, None, 0.0)
         skipped = error = replaced = False
+        steady: tuple[Sighting, ...] = ()
         if self._frame_gate is not None:
             started = self._clock()
             try:
@@ -364,6 +369,7 @@ class ScanPipeline:
                 log.exception("judging frame %d failed", frame.id, extra={"frame_id": frame.id})
             else:
                 skipped = not verdict.decode
+                steady = self._frame_gate.in_view() if skipped else ()
                 job = _Job(frame, gray, thumb, (self._clock() - started) * 1000.0)
         if not (skipped or error):
             replaced = self._slot.put(job)
@@ -374,7 +380,12 @@ class ScanPipeline:
             self._counts["skipped"] += int(skipped)
             self._counts["errors"] += int(error)
             if skipped:
-                self._show(frame, ())  # nothing in it, as in the frame it matched
+                # Nothing new in it: the frame it matched, with the steady codes in that one
+                # (a sticker), still in view: sighted, so they stay within the dedup window
+                # however long the safety valve's period is.
+                self._show(frame, tuple(polygon for _, polygon in steady))
+                for text, _ in steady:
+                    self._dedup.first_sighting(text, frame.ts)
 
     def _work(self) -> None:
         while (job := self._slot.take()) is not None:
@@ -447,6 +458,10 @@ class ScanPipeline:
             self._loop.call_soon_threadsafe(callback, arg)
         except RuntimeError:  # the loop is closed: we are shutting down
             log.warning("event loop closed; dropped %s", type(arg).__name__)
+
+
+def _not_payment(text: str) -> bool:
+    return isinstance(classify(text), UnknownPayload)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from scanner.change_gate import (
     CLUTTERED_AFTER,
+    STEADY_AFTER,
+    STEADY_PX,
     GateSettings,
     GateState,
     Thumbnail,
@@ -17,6 +19,7 @@ from scanner.change_gate import (
     changed,
     decide,
     nothing_found,
+    steady,
     texture_due,
     textured,
     thumbnail,
@@ -175,3 +178,25 @@ def test_properties(script: list[tuple[int, int, float, bool]]) -> None:
             if empty:
                 state = nothing_found(state, frame_id, thumb)
         assert skipped_in_row < SETTINGS.every_frames
+
+
+STICKER_AT = ((10, 10), (60, 10), (60, 60), (10, 60))
+
+
+def shifted(by: int) -> tuple[tuple[str, tuple[tuple[int, int], ...]], ...]:
+    return (("https://example.org/help", tuple((x + by, y) for x, y in STICKER_AT)),)
+
+
+def test_codes_are_steady_after_staying_put_for_steady_after_decoded_frames() -> None:
+    state, verdicts = GateState(), []
+    # Still (sensor noise moves the outline a pixel or so), then moved, then another text,
+    # then a frame with something else in it (`()`): each of the last three starts again.
+    frames = [shifted(0), shifted(1), shifted(STEADY_PX), shifted(0), shifted(STEADY_PX + 1)]
+    frames += [shifted(STEADY_PX + 1), shifted(STEADY_PX + 1), (("another", STICKER_AT),), ()]
+    frames += [shifted(0)] * STEADY_AFTER
+    for codes in frames:
+        verdict, state = steady(state, codes)
+        verdicts.append(verdict)
+    assert STEADY_AFTER == 3
+    assert verdicts == [False, False, True, True, False, False, True, False, False,
+                        False, False, True]  # fmt: skip

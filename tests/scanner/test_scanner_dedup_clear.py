@@ -7,3 +7,11 @@ def test_clear_reports_the_same_code_again_at_once() -> None:
     assert not d.first_sighting("code", 0.1)
     d.clear()
     assert d.first_sighting("code", 0.2)
+
+
+def test_clear_keeps_the_sightings_it_is_told_to_keep() -> None:
+    d = Deduplicator(window_s=3.0)
+    assert d.first_sighting("sticker", 0.0) and d.first_sighting("code", 0.0)
+    d.clear(keep=lambda text: text == "sticker")
+    assert not d.first_sighting("sticker", 0.2)
+    assert d.first_sighting("code", 0.2)

@@ -19,7 +19,7 @@ import pytest
 from polling import eventually
 from scanner_testkit import BLURRED, STICKER, THUMB, TOKEN, frame_with, qr_image
 
-from scanner.change_gate import CLUTTERED_AFTER, GateSettings
+from scanner.change_gate import CLUTTERED_AFTER, STEADY_AFTER, GateSettings
 from scanner.deblur import MIN_TEXTURE, texture_peak
 from scanner.decoders import ZxingDecoder, make_decoder
 from scanner.detection import as_gray
@@ -301,3 +301,75 @@ async def test_a_booth_with_a_sticker_in_view_reads_the_phones_beside_it() -> No
         (TOKEN, "zxing+covered"),
         (other, "zxing+deblur"),
     ]
+
+
+async def test_a_sticker_is_not_reported_again_for_each_new_vehicle() -> None:
+    # Reported again after `forget_seen` (a vehicle arrived), the sticker, no payment code,
+    # would be refused to each driver as the car pulls up: a try spent, "Payment refused".
+    # The driver's token, still in view, is reported again (the replay check must see it).
+    camera = Camera(seed=15)
+    booth = Scene(None, sticker=STICKER)
+    phone = replace(THUMB, sticker=STICKER)
+    async with scanners(GateSettings()) as (gated,):
+        for scene, n in ((booth, 4), (booth, 4), (phone, 6), (phone, 3)):
+            gated.pipeline.forget_seen()
+            for image, ts in camera.frames(scene, n):
+                await push([gated], image, ts)
+    assert [r.text for r in gated.results] == [STICKER, TOKEN, TOKEN]
+
+
+@pytest.mark.parametrize("low_light", [0.0, 0.8])
+async def test_an_idle_booth_with_a_sticker_is_let_pass_and_a_phone_beside_it_read_at_once(
+    low_light: float,
+) -> None:
+    # The sticker, read in every frame at the same place and no payment code, is part of the
+    # reference once it has stayed STEADY_AFTER decoded frames: the booth costs what an empty
+    # one does. A phone held up beside it is decoded and read on its first frame.
+    camera = Camera(seed=16)
+    other = CodeFactory(17).make("token", 1_800_000_000).text
+    booth = Scene(None, low_light=low_light, sticker=STICKER)
+    async with scanners(GateSettings()) as (gated,):
+        idle = [await push([gated], image, ts) for image, ts in camera.frames(booth, 60)]
+        phones = []
+        for text in (TOKEN, other):
+            scene = Scene(text, distance=1.6, angle_deg=15.0, low_light=low_light, sticker=STICKER)
+            first = [await push([gated], image, ts) for image, ts in camera.frames(scene, 1)]
+            phones.append((first, [r.text for r in gated.results][-1]))
+            for image, ts in camera.frames(booth, 30):
+                await push([gated], image, ts)
+    assert idle[:STEADY_AFTER] == [[True]] * STEADY_AFTER
+    assert sum(d == [False] for d in idle) >= 60 - STEADY_AFTER - 2  # the valve: every 30
+    assert phones == [([[True]], TOKEN), ([[True]], other)]
+    # The sticker once: the valve's decodes keep it within the deduplication window.
+    assert [r.text for r in gated.results] == [STICKER, TOKEN, other]
+
+
+async def test_a_phone_held_still_is_never_the_reference() -> None:
+    # A code the lane pays with, read frame after frame at the same place, is decoded on every
+    # frame as without the gate: only codes that are no payment code become part of it.
+    # A printed token on a plain wall: nothing but the code in view, no hand shake, only the
+    # sensor's noise from frame to frame.
+    still = frame_with(qr_image(TOKEN, scale=3))
+    rng = np.random.default_rng(18)
+    async with scanners(GateSettings()) as (gated,):
+        decoded = [await push([gated], with_noise(still, rng, 3.0), i / 30) for i in range(12)]
+    assert decoded == [[True]] * 12
+    assert [r.text for r in gated.results] == [TOKEN]
+
+
+async def test_a_sticker_let_pass_stays_sighted_whatever_the_valve_period() -> None:
+    # The valve 10 s apart, the dedup window 2 s: the sticker in the frames let pass is still
+    # in view, so the phone's frame, decoded 3 s later, does not report it again.
+    camera = Camera(seed=19)
+    booth = Scene(None, sticker=STICKER)
+    phone = Scene(TOKEN, distance=1.6, angle_deg=15.0, sticker=STICKER)
+    async with scanners(GateSettings(every_frames=300, every_s=10.0)) as (gated,):
+        for image, ts in camera.frames(booth, 90):
+            await push([gated], image, ts)
+        # The dashboard's frame, let pass: the sticker's outline, as in the frame it matched.
+        shown = gated.pipeline.latest_frame(jpeg=False)
+        for image, ts in camera.frames(phone, 2):
+            await push([gated], image, ts)
+    assert gated.stats().skipped >= 90 - STEADY_AFTER
+    assert shown is not None and shown.frame_id == 90 and len(shown.polygons) == 1
+    assert [r.text for r in gated.results] == [STICKER, TOKEN]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import zxingcpp
 from scanner_testkit import (
@@ -14,12 +15,14 @@ from scanner_testkit import (
     THUMB,
     TOKEN,
     corpus_image,
+    frame_with,
     load_gray,
     qr_image,
     thumb_over,
 )
+from test_scanner_deblur import CountingDecoder
 
-from scanner.deblur import MIN_TEXTURE, texture_peak
+from scanner.deblur import MIN_TEXTURE, Deblur, texture_peak
 from scanner.decoders import ZxingDecoder, make_decoder
 from scanner.detection import GrayImage, as_gray
 from sim.render import render_frame
@@ -87,3 +90,28 @@ def test_corpus_photos_with_a_thumb_beside_a_printed_sticker_are_read() -> None:
         scene[: sticker.shape[0], w + 40 :] = sticker
         assert [d.text for d in ZxingDecoder().decode(scene)] == [STICKER], image
         assert read([scene]) == [[(STICKER, "zxing"), (expected, "zxing+covered")]], image
+
+
+def test_a_fruitless_spot_beside_a_sticker_waits_like_any_other() -> None:
+    """A grille's texture beside a sticker: the deblur region holds the sticker, which the
+    stacked frames read as they are. Read again, it passed for the attempt's success and the
+    spot never waited: an attempt on every frame the pass looks at, for as long as both stay."""
+    sticker = qr_image(STICKER, scale=2)
+    view = frame_with(sticker, at=(500, 300))
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        x, y = int(rng.integers(592, 620)), int(rng.integers(300, 360))
+        cv2.rectangle(view, (x, y), (x + 5, y + 5), int(rng.integers(0, 255)), -1)
+    found, unread = ZxingDecoder().locate(view)
+    assert [d.text for d in found] == [STICKER] and not unread
+    read = [d.polygon for d in found]
+    assert texture_peak(view, read)[0] >= MIN_TEXTURE  # the grille, the region's centre
+    decoder = CountingDecoder()
+    deblur = Deblur("deblur", decoder, every=1, retry_after=2, forget_after=8)
+    attempts = []
+    for _ in range(24):
+        before = decoder.calls
+        assert deblur.run(view, [], read) == []
+        attempts.append(decoder.calls > before)
+    # Tried on the first frame, then again only once `forget_after` frames have gone by.
+    assert attempts == ([True] + [False] * 7) * 3
