@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polling import eventually
 from test_tap_desk_stores import locked
 
 from lane.auth.deny import DenyList
@@ -309,6 +310,46 @@ def test_a_binding_time_the_store_does_not_take_is_alarmed_and_written_with_the_
             assert said[-1] == ("replay_store_error", None)
             assert store.plate_times(0) == {"ZJA1": PlateTime(NOW - HOUR, emptied=False),
                                             "ZJB2": PlateTime(NOW - 60, emptied=False)}  # fmt: skip
+
+    asyncio.run(run())
+
+
+def test_a_held_binding_time_is_written_by_the_stores_probe_before_its_alarm_clears(
+    tmp_path: Path,
+) -> None:
+    """The store takes writes again and no binding comes: a token's mark committing did clear
+    `replay_store_error`, and so did the store's probe, with the time still in memory only; a
+    restart then let the plate's earlier binding, replayed, price its trip. The alarm stays
+    until the probe has written it."""
+
+    async def run() -> None:
+        path, clock = tmp_path / "replay.sqlite3", [float(NOW)]
+        topic, earlier = topics.road_plate("ZJA1"), pass_of(P01, 1, at=NOW - 5 * HOUR)
+        alarms: dict[str, str] = {}
+
+        def alarm(code: str, text: str | None) -> None:
+            if text is None:
+                alarms.pop(code, None)
+            else:
+                alarms[code] = text
+
+        with ReplayStore(path) as store:
+            trips = desk(store, clock, alarm)
+            await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR)))
+            with locked(path):
+                await trips.handle(Incoming(topic, binding(pass_of(P01, 2))))
+            trips.replay_watch.says(None)  # a token's mark commits (lane.verifier)
+            said = alarms["replay_store_error"]
+            assert said.startswith(f"{REPLAY_PLATES} {path}: database is locked")
+            probing = asyncio.create_task(trips.replay_watch.run(asyncio.sleep))
+            try:
+                await eventually(lambda: "replay_store_error" not in alarms)
+            finally:
+                probing.cancel()
+        with ReplayStore(path) as store:  # the lane starts again at once
+            trips = desk(store, clock)
+            await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
+            assert trips.bound == {}
 
     asyncio.run(run())
 
