@@ -133,14 +133,20 @@ class TripDesk:
             log.warning("plate binding older than the plate's: refused",
                         extra={**ids, "ts": binding.ts})  # fmt: skip
             return
+        # The broker hands every retained binding and tombstone again at each connect (a
+        # day's vehicles): one heard again has its time kept (written, or held for the probe)
+        # and is not written again, an fsync apiece with the peer messages waiting behind.
         if binding.kind is BindingKind.EXITED:
-            log.info("plate binding emptied: its pass exited", extra={**ids, "ts": binding.ts})
-            await self._empty(plate, ids, binding.ts)
+            if self.forgotten.get(plate) != binding.ts:
+                log.info("plate binding emptied: its pass exited", extra={**ids, "ts": binding.ts})
+                await self._empty(plate, ids, binding.ts)
             return
+        again = self._bound_at.get(plate) == binding.ts
         self.bound[plate] = binding.pass_text
         self._bound_at[plate] = binding.ts
         self.forgotten.pop(plate, None)
-        await self._keep_time(plate, PlateTime(binding.ts, emptied=False), ids)
+        if not again:
+            await self._keep_time(plate, PlateTime(binding.ts, emptied=False), ids)
 
     def _stale(self, plate: str, binding: PlateBinding) -> bool:
         """Older than the plate's binding here; a binding no later than the one emptied (that

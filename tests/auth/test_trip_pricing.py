@@ -398,6 +398,34 @@ def test_a_held_binding_time_is_written_by_the_stores_probe_before_its_alarm_cle
     asyncio.run(run())
 
 
+def test_a_binding_or_tombstone_heard_again_is_not_written_again(tmp_path: Path) -> None:
+    """The broker hands every retained binding and tombstone again at each connect and start
+    (a day's vehicles on a road): each was written again, an fsync apiece, with the peer
+    messages waiting behind. One heard again, its time kept, does not even ask the store (here
+    locked by another process meanwhile: no wait, no alarm)."""
+
+    async def run() -> None:
+        path, clock, said = tmp_path / "replay.sqlite3", [float(NOW)], []
+        current, left = pass_of(P01, 1), pass_of(P01, 2)
+        retained = [
+            Incoming(topics.road_plate("ZJA1"), binding(current), retain=True),
+            Incoming(topics.road_plate("ZJB2"), exited(left, "ZJB2"), retain=True),
+        ]
+        with ReplayStore(path) as store:
+            trips = desk(store, clock)
+            for msg in retained:
+                await trips.handle(msg)
+        with ReplayStore(path) as store:  # the lane starts again: the broker hands them
+            trips = desk(store, clock, lambda code, text: said.append((code, text)))
+            with locked(path):
+                for msg in retained * 2:
+                    await trips.handle(msg)
+            assert said == []
+            assert (trips.bound, trips.forgotten) == ({"ZJA1": current}, {"ZJB2": NOW - HOUR})
+
+    asyncio.run(run())
+
+
 def test_a_plate_binding_that_is_no_pass_text_is_refused_and_not_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
