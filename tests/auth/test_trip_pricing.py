@@ -369,25 +369,19 @@ def test_a_held_binding_time_is_written_by_the_stores_probe_before_its_alarm_cle
     async def run() -> None:
         path, clock = tmp_path / "replay.sqlite3", [float(NOW)]
         topic, earlier = topics.road_plate("ZJA1"), pass_of(P01, 1, at=NOW - 5 * HOUR)
-        alarms: dict[str, str] = {}
-
-        def alarm(code: str, text: str | None) -> None:
-            if text is None:
-                alarms.pop(code, None)
-            else:
-                alarms[code] = text
-
+        said: list[tuple[str, str | None]] = []
         with ReplayStore(path) as store:
-            trips = desk(store, clock, alarm)
+            trips = desk(store, clock, lambda code, text: said.append((code, text)))
             await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR)))
             with locked(path):
                 await trips.handle(Incoming(topic, binding(pass_of(P01, 2))))
             trips.replay_watch.says(None)  # a token's mark commits (lane.verifier)
-            said = alarms["replay_store_error"]
-            assert said.startswith(f"{REPLAY_PLATES} {path}: database is locked")
+            code, text = said[-1]
+            assert code == "replay_store_error" and text is not None
+            assert text.startswith(f"{REPLAY_PLATES} {path}: database is locked")
             probing = asyncio.create_task(trips.replay_watch.run(asyncio.sleep))
             try:
-                await eventually(lambda: "replay_store_error" not in alarms)
+                await eventually(lambda: said[-1] == ("replay_store_error", None))
             finally:
                 probing.cancel()
         with ReplayStore(path) as store:  # the lane starts again at once
