@@ -18,11 +18,11 @@ import json
 import logging
 from pathlib import Path
 
-from lane.auth.sourced import rfc3339
 from lane.core.events import LatchCarried
 from lane.core.names import KEPT_LATCHES, Alarm
 from lane.durable import sync_dir, write_atomically
 from lane.wire.ids import new_id
+from lane.wire.utc import utc_text
 
 log = logging.getLogger("lane.barrier_latches")
 
@@ -43,7 +43,7 @@ class LatchFiles:
 
     def keep(self, fault: Alarm, since: float, detail: str) -> None:
         """Raised at `since` (unix s): durable before this returns. Raises OSError."""
-        data = json.dumps({"since": rfc3339(int(since)), "detail": detail}).encode()
+        data = json.dumps({"since": utc_text(since), "detail": detail}).encode()
         write_atomically(self.path(fault), data)
 
     def drop(self, fault: Alarm) -> None:

@@ -30,6 +30,7 @@ from lane.health import MIN_FREE_BYTES
 from lane.install import TOP_LEVEL, clashes
 from lane.transport.broker_link import BrokerLink, CaFileError
 from lane.transport.mqtt import LinkErrors, LinkStopped, MqttLink
+from lane.wire.utc import utc_text
 from scanner.camera_net import redact, redact_text
 from scanner.health import CaptureSettings, SourceEvent, is_black
 from scanner.sources import DEFAULT_SETTINGS, Frame, open_source
@@ -236,7 +237,7 @@ def run_tool(cmd: list[str]) -> str | None:
 def probe_clock(now: float | None = None, tool: Runner = run_tool) -> Probe:
     wall = time.time() if now is None else now
     utc = datetime.fromtimestamp(wall, UTC)
-    stamp = utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = utc_text(wall)
     if utc.year < BUILD_YEAR:
         return Probe("FAIL", "clock", f"UTC {stamp} is before {BUILD_YEAR}: set the clock (NTP)")
     sync = _chrony(tool) or _timedatectl(tool)

@@ -17,6 +17,9 @@ keeps that text until the store works. A store shared by two users (the replay s
 verifier's offline tokens, a metro gate's tap desk) has one alarm, and this watch composes its
 text: what the other user holds until the store takes writes (`holds`, asked at every change)
 comes first, then what the failure at hand stops, so neither user's failure hides the other's.
+A desk that holds in memory what the store did not take (a trip desk's plate times) says so
+with `owes`: the probe writes that first, and the alarm does not clear (a write elsewhere
+committing) while it is held, since a restart would forget it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 log = logging.getLogger("lane.store_watch")
 
@@ -37,6 +41,15 @@ Probe = Callable[[], Awaitable[None]]
 def in_thread(probe: Callable[[], None]) -> Probe:
     """A store's blocking probe, run in a thread of its own (off the loop)."""
     return functools.partial(asyncio.to_thread, probe)
+
+
+@dataclass(frozen=True)
+class Owed:
+    """Writes a desk holds in memory only, the store having not taken them."""
+
+    held: Callable[[], bool]  # some are held
+    write: Probe  # writes them, raising the store's error
+    stops: str  # what the alarm says while they are held
 
 
 class StoreWatch:
@@ -58,17 +71,30 @@ class StoreWatch:
         self.text: str | None = None  # the alarm's text while the store fails
         self._stopped = refused  # what the failing store stops, as the alarm says it
         self._held: Callable[[], str | None] = lambda: None
+        self._error: Exception | None = None  # the failing store's last error
+        self._owed: list[Owed] = []
 
     def holds(self, held: Callable[[], str | None]) -> None:
         """What another user of the store holds until it takes writes (None: nothing), said
         first whatever failure the alarm says then."""
         self._held = held
 
+    def owes(self, held: Callable[[], bool], write: Probe, stops: str) -> None:
+        """A desk's writes the store may not take (`Owed`): the probe writes them first, and
+        the alarm stays, saying `stops`, while `held()`."""
+        self._owed.append(Owed(held, write, stops))
+
     def says(self, error: Exception | None, refused: str | None = None) -> None:
         """What the store's last use did: raise or clear the alarm when that changed.
         `refused`: what this failure stops, when not the usual (`self.refused`)."""
+        owing = next((owed for owed in self._owed if owed.held()), None)
+        if error is None and self.text is not None and owing is not None:
+            # Another write committed, but what the store owes is in memory only: the probe
+            # writes it, then clears the alarm.
+            error, refused = self._error, owing.stops
         text = None
         if error is not None:
+            self._error = error
             self._stopped = refused or self.refused
             parts = (self._held(), self._stopped)
             said = "; ".join(dict.fromkeys(part for part in parts if part))  # each part once
@@ -99,6 +125,9 @@ class StoreWatch:
         while True:
             if self.text is not None:
                 try:
+                    for owed in self._owed:
+                        if owed.held():
+                            await owed.write()
                     await self._probe()
                 except self._errors as exc:
                     self.says(exc, self._stopped)

@@ -34,13 +34,13 @@ from lane.auth.issuer import PlazaPassKey
 from lane.auth.passes import EntryPass
 from lane.auth.peers import Peers
 from lane.auth.plate_binding import PlateBinding, encode_binding
-from lane.auth.sourced import rfc3339
 from lane.auth.trip_rules import normalise_plate
 from lane.core.actions import IssuePass
 from lane.core.events import TicketIssued
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
 from lane.wire.codec import PayloadError
+from lane.wire.utc import utc_text
 
 log = logging.getLogger("lane.ticket_desk")
 
@@ -203,7 +203,7 @@ class TicketDesk:
 
 
 def ticket_of(entry: EntryPass, text: str) -> Ticket:
-    lines = [f"Entry {entry.plaza} lane {entry.lane}", rfc3339(entry.entered_at),
+    lines = [f"Entry {entry.plaza} lane {entry.lane}", utc_text(entry.entered_at),
              f"Class {entry.vehicle_class}"]  # fmt: skip
     if entry.plate is not None:
         # The printer prints ASCII: a plate's other letters (浙A12345) show as '?'.

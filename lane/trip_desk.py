@@ -28,8 +28,9 @@ lane of the release before sends one). The emptied binding's time is kept (`forg
 refused (docs/closed-road.md, "Plate bindings"). Each plate's time, bound or emptied, is kept
 in the replay store too (`plate_times`) and loaded at start: a restart forgets none, and a
 binding the broker hands the lane then is taken by the same rules. A time the store did not
-take is written with the next one (`replay_store_error` says so meanwhile: a restart before
-then would forget it).
+take is written with the next one, or by the replay store's probe (lane.store_watch, `owes`):
+`replay_store_error` says so until one of them writes it (a restart before then would forget
+it).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class TripDesk:
         for plate, at in replay.plate_times(wall() - rules.road.max_trip_s).items():
             (self.forgotten if at.emptied else self._bound_at)[plate] = at.ts
         self._unkept: dict[str, PlateTime] = {}  # binding times the replay store did not take
+        replay_watch.owes(lambda: bool(self._unkept), self._write_held, REPLAY_PLATES)
         # pass id -> the plate its entry bound and the pass text (to clear only that binding)
         self._entry_plates: dict[str, tuple[str, str]] = {}
 
@@ -131,14 +133,20 @@ class TripDesk:
             log.warning("plate binding older than the plate's: refused",
                         extra={**ids, "ts": binding.ts})  # fmt: skip
             return
+        # The broker hands every retained binding and tombstone again at each connect (a
+        # day's vehicles): one heard again has its time kept (written, or held for the probe)
+        # and is not written again, an fsync apiece with the peer messages waiting behind.
         if binding.kind is BindingKind.EXITED:
-            log.info("plate binding emptied: its pass exited", extra={**ids, "ts": binding.ts})
-            await self._empty(plate, ids, binding.ts)
+            if self.forgotten.get(plate) != binding.ts:
+                log.info("plate binding emptied: its pass exited", extra={**ids, "ts": binding.ts})
+                await self._empty(plate, ids, binding.ts)
             return
+        again = self._bound_at.get(plate) == binding.ts
         self.bound[plate] = binding.pass_text
         self._bound_at[plate] = binding.ts
         self.forgotten.pop(plate, None)
-        await self._keep_time(plate, PlateTime(binding.ts, emptied=False), ids)
+        if not again:
+            await self._keep_time(plate, PlateTime(binding.ts, emptied=False), ids)
 
     def _stale(self, plate: str, binding: PlateBinding) -> bool:
         """Older than the plate's binding here; a binding no later than the one emptied (that
@@ -151,23 +159,33 @@ class TripDesk:
         return binding.ts < bound or binding.ts <= emptied
 
     async def _keep_time(self, plate: str, at: PlateTime, ids: dict[str, str]) -> None:
-        """Keep the plate's time over a restart, with those the store did not take before
-        (a trip as long as any may be ago or less: an older one is refused by nobody)."""
+        """Keep the plate's time over a restart, with those the store did not take before."""
         self._unkept[plate] = max(at, self._unkept.get(plate, at))
-        cutoff = self.wall() - self.rules.road.max_trip_s
-        for old in [held for held, kept in self._unkept.items() if kept.ts < cutoff]:
-            del self._unkept[old]
-        owed = dict(self._unkept)
         try:
-            await asyncio.to_thread(self.replay.keep_plate_times, owed, cutoff)
+            await self._write_unkept()
         except ReplayStoreError as exc:
             log.error("plate binding time not kept", extra={**ids, "error": str(exc)})
             self.replay_watch.says(exc, REPLAY_PLATES)
             return
+        self.replay_watch.says(None)
+
+    async def _write_unkept(self) -> None:
+        """Write the plates' times the replay store did not take (a trip as long as any may be
+        ago or less: an older one is refused by nobody). Raises ReplayStoreError."""
+        cutoff = self.wall() - self.rules.road.max_trip_s
+        for old in [held for held, kept in self._unkept.items() if kept.ts < cutoff]:
+            del self._unkept[old]
+        owed = dict(self._unkept)
+        await asyncio.to_thread(self.replay.keep_plate_times, owed, cutoff)
         for held, kept in owed.items():
             if self._unkept.get(held) == kept:  # not taken again later meanwhile
                 del self._unkept[held]
-        self.replay_watch.says(None)
+
+    async def _write_held(self) -> None:
+        """The replay store's probe's first write while it fails (`_write_unkept`)."""
+        held = len(self._unkept)
+        await self._write_unkept()
+        log.info("held plate binding times kept", extra={"lane": self.rules.lane, "plates": held})
 
     async def _deleted(self, topic: str, plate: str) -> None:
         """An MQTT delete is not signed: anybody with the broker password can send one. Taken

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
+from lane.wire.utc import utc_text
 from uplink.cli import answer_from_store, store_options
 from uplink.refunds import OpenRefund, RefundTrail, open_refunds
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _when(ts_us: int | None) -> str:
     if ts_us is None:
         return "-"
-    return datetime.fromtimestamp(ts_us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(ts_us / 1e6)
 
 
 def _line(r: OpenRefund) -> str:

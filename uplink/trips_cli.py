@@ -16,8 +16,8 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
+from lane.wire.utc import utc_text
 from uplink.cli import answer_from_store, positive, store_options
 from uplink.store import IngestStore
 from uplink.trips import END_OF_TIME_US, TripLedger, open_trips
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _when(ts_us: int) -> str:
-    return datetime.fromtimestamp(ts_us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(ts_us / 1e6)
 
 
 def render(ledger: TripLedger) -> str:

@@ -41,7 +41,6 @@ from lane.auth.keys import (
 )
 from lane.auth.netkeys import KeyFileError
 from lane.auth.passes import EntryPass, PassRefused, issue_pass, verify_pass
-from lane.auth.sourced import rfc3339
 from lane.auth.tokens import (
     DEFAULT_MAX_LIFETIME_S,
     PHONE_TOKEN_TTL_S,
@@ -51,6 +50,7 @@ from lane.auth.tokens import (
     qr_ec_level,
     verify_token,
 )
+from lane.wire.utc import utc_text
 
 KEYSET_FILE = "keyset.json"
 _SAFE_KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -207,7 +207,7 @@ def _keys_new(args: argparse.Namespace) -> int:
     tmp.replace(keyset_path)
     print(f"private key: {key_path}")
     print(f"key set:     {keyset_path} ({len(keyset.keys)} keys)")
-    print(f"valid:       {rfc3339(not_before)} .. {rfc3339(not_after)}")
+    print(f"valid:       {utc_text(not_before)} .. {utc_text(not_after)}")
     return 0
 
 
@@ -228,7 +228,7 @@ def _use_of(args: argparse.Namespace) -> tuple[KeyUse, str | None, str | None]:
 
 def _keys_check(args: argparse.Namespace) -> int:
     keyset = load_keyset(args.file)
-    print(f"{args.file}: issued {rfc3339(keyset.issued_at)}, {len(keyset.keys)} keys")
+    print(f"{args.file}: issued {utc_text(keyset.issued_at)}, {len(keyset.keys)} keys")
     for key in keyset.keys.values():
         issuer = f" issuer {key.issuer}" if key.issuer else ""
         if key.use is KeyUse.PASS:
@@ -237,7 +237,7 @@ def _keys_check(args: argparse.Namespace) -> int:
             issuer = f" lane key of {key.lane}"
         print(
             f"  {key.kid_text}: {key.alg.value}{issuer}"
-            f" valid {rfc3339(key.not_before)} .. {rfc3339(key.not_after)}"
+            f" valid {utc_text(key.not_before)} .. {utc_text(key.not_after)}"
         )
     return 0
 
@@ -274,7 +274,7 @@ def _token_issue(args: argparse.Namespace) -> int:
     print(text)
     # On stderr, so scripts that take the token from stdout are unaffected.
     print(
-        f"valid {args.ttl} s, until {rfc3339(iat + args.ttl)} (--ttl to change)",
+        f"valid {args.ttl} s, until {utc_text(iat + args.ttl)} (--ttl to change)",
         file=sys.stderr,
     )
     if args.ttl > DEFAULT_MAX_LIFETIME_S:
@@ -326,7 +326,7 @@ def _pass_verify(args: argparse.Namespace) -> int:
     e = verdict.entry
     print(
         f"accepted: pass_id={e.pass_hex} plaza={e.plaza} lane={e.lane}"
-        f" entered={rfc3339(e.entered_at)} class={e.vehicle_class} plate={e.plate or '-'}"
+        f" entered={utc_text(e.entered_at)} class={e.vehicle_class} plate={e.plate or '-'}"
         f" kid={verdict.kid.decode('utf-8', 'backslashreplace')}"
     )
     return 0

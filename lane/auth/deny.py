@@ -19,11 +19,11 @@ from lane.auth.sourced import (
     Reader,
     SourcedError,
     read_json_object,
-    rfc3339,
     type_name,
     unpack_object,
 )
 from lane.wire.codec import pack
+from lane.wire.utc import utc_text
 
 DENY_VERSION = 1
 # An MQTT deny list's bound: about two million accounts of 16 characters (~18 bytes each);
@@ -94,6 +94,6 @@ def encode_deny_list(deny: DenyList) -> bytes:
 def deny_list_to_json(deny: DenyList) -> str:
     body: dict[str, Any] = {"v": DENY_VERSION, "generation": deny.generation}
     if deny.issued_at is not None:
-        body["issued_at"] = rfc3339(deny.issued_at)
+        body["issued_at"] = utc_text(deny.issued_at)
     body["accounts"] = sorted(deny.accounts)
     return json.dumps(body, indent=2) + "\n"

@@ -26,11 +26,11 @@ from lane.auth.sourced import (
     Reader,
     SourcedError,
     read_json_object,
-    rfc3339,
     type_name,
     unpack_object,
 )
 from lane.wire.codec import pack
+from lane.wire.utc import utc_text
 
 KEYSET_VERSION = 1
 # An MQTT key set's bound: ~9,000 keys (a real one holds a few per issuer, ~110 bytes each).
@@ -278,8 +278,8 @@ def _key_fields(key: IssuerKey, json_form: bool) -> dict[str, Any]:
     elif key.use is KeyUse.LANE:
         out.update(use=key.use.value, lane=key.lane)
     out["public_key"] = base64.b64encode(der).decode("ascii") if json_form else der
-    out["not_before"] = rfc3339(key.not_before) if json_form else key.not_before
-    out["not_after"] = rfc3339(key.not_after) if json_form else key.not_after
+    out["not_before"] = utc_text(key.not_before) if json_form else key.not_before
+    out["not_after"] = utc_text(key.not_after) if json_form else key.not_after
     return out
 
 
@@ -292,7 +292,7 @@ def encode_keyset(keyset: KeySet) -> bytes:
 def keyset_to_json(keyset: KeySet) -> str:
     body = {
         "v": KEYSET_VERSION,
-        "issued_at": rfc3339(keyset.issued_at),
+        "issued_at": utc_text(keyset.issued_at),
         "keys": [_key_fields(k, json_form=True) for k in keyset.keys.values()],
     }
     return json.dumps(body, indent=2) + "\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +138,3 @@ class Reader:
         if name not in body:
             raise self.fail(path, "is missing")
         return body[name]
-
-
-def rfc3339(unix_s: int) -> str:
-    """Integer unix seconds as an RFC 3339 UTC string, the way our files write times."""
-    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

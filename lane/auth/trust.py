@@ -25,7 +25,7 @@ from enum import StrEnum
 
 from lane.auth.deny import DenyList
 from lane.auth.keys import KeySet
-from lane.auth.sourced import rfc3339
+from lane.wire.utc import utc_text
 
 MAX_GENERATION = 1 << 40
 # One list a minute for about two years: a lane away that long should be set up again anyway.
@@ -110,7 +110,7 @@ def _future(issued_at: int, now: float, skew_s: float) -> Judgement | None:
     ahead = issued_at - now
     if ahead <= skew_s:
         return None
-    when = rfc3339(issued_at) if issued_at <= _PRINTABLE_TIME else "no real date"
+    when = utc_text(issued_at) if issued_at <= _PRINTABLE_TIME else "no real date"
     return Judgement(
         Verdict.FUTURE_DATED,
         f"issued_at {issued_at} ({when}) is {ahead:.0f} s ahead of this lane's clock"

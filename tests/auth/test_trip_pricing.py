@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,8 +15,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mqtt_kit import collected, running, sender
+from polling import eventually
 from test_tap_desk_stores import locked
 
+from lane.auth.cose import decode_sign1
 from lane.auth.deny import DenyList
 from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
@@ -33,6 +38,7 @@ from lane.trip_desk import REPLAY_PLATES, TripDesk
 from lane.verifier import TokenVerifier
 from lane.wire import topics
 from lane.wire.codec import PayloadError, pack, unpack
+from sim.broker import Mosquitto
 from sim.codes import CodeFactory
 
 TARIFF = load_tariff(Path(__file__).resolve().parents[2] / "deploy" / "tariff.road.example.toml")
@@ -201,6 +207,45 @@ def test_a_binding_is_sent_as_ever_and_its_tombstone_as_a_version_an_older_lane_
         decode_binding(pack({k: v for k, v in odd.items() if k != "v"}, v=2))
 
 
+async def test_the_tombstone_is_retained_until_the_broker_drops_it_after_max_trip_s(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A retained tombstone per plate ever emptied would stay on every broker for ever: it goes
+    with its MQTT message expiry, `max_trip_s` (1 s here), which mosquitto honours."""
+    rules = replace(RULES, road=replace(RULES.road, max_trip_s=1.0))
+    plate, now = f"ZT{uuid.uuid4().hex[:8].upper()}", time.time()
+    text = P01.issue(EntryPass("P01", "e1", int(now) - 60, 1, bytes([9]) * 12, plate))
+    topic = topics.road_plate(plate)
+    link = MqttLink(mosquitto.host, mosquitto.port, f"exit-{plate}")
+    async with running(link), sender(mosquitto, f"entry-{plate}") as entry:
+        await entry.publish(topic, binding(text, plate, at=now - 60), qos=1, retain=True)
+        with ReplayStore(tmp_path / "replay.sqlite3") as store:
+            peers = CODES.peers(rules.lane, store, lambda: KEYS, time.time)
+            watch = TokenVerifier(rules.lane, KEYS, DenyList.empty(), store, 30).replay_watch
+            trips = TripDesk(rules, TARIFF, lambda: KEYS, store, link, sharing=None,
+                             peers=peers, wall=time.time, replay_watch=watch)  # fmt: skip
+            await trips.handle(Incoming(topic, binding(text, plate, at=now - 60), retain=True))
+            answer = await trips.price(replace(ask(None, source=TripSource.PLATE), plate=plate))
+            assert answer.pass_id is not None
+            await trips.mark_used(MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None))
+
+    async def retained() -> list[PlateBinding]:
+        """What a lane that subscribes now is handed before a marker sent after it."""
+        async with collected(mosquitto, f"late-{uuid.uuid4().hex[:8]}", topic,
+                             lambda data: data) as got:  # fmt: skip
+            async with sender(mosquitto, f"marker-{plate}") as marker:
+                await marker.publish(topic, b"marker", qos=1)
+            await eventually(lambda: b"marker" in got, what="the marker")
+        return [decode_binding(decode_sign1(data).payload) for data in got[: got.index(b"marker")]]
+
+    async def gone() -> bool:
+        return not await retained()
+
+    [tomb] = await retained()
+    assert (tomb.kind, tomb.ts) == (BindingKind.EXITED, now - 60)
+    await eventually(gone, within=10, every=0.25, what="the tombstone dropped")
+
+
 def test_a_forged_delete_is_refused_and_an_emptied_binding_lets_no_older_one_back_in(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -311,6 +356,68 @@ def test_a_binding_time_the_store_does_not_take_is_alarmed_and_written_with_the_
             assert said[-1] == ("replay_store_error", None)
             assert store.plate_times(0) == {"ZJA1": PlateTime(NOW - HOUR, emptied=False),
                                             "ZJB2": PlateTime(NOW - 60, emptied=False)}  # fmt: skip
+
+    asyncio.run(run())
+
+
+def test_a_held_binding_time_is_written_by_the_stores_probe_before_its_alarm_clears(
+    tmp_path: Path,
+) -> None:
+    """The store takes writes again and no binding comes: a token's mark committing did clear
+    `replay_store_error`, and so did the store's probe, with the time still in memory only; a
+    restart then let the plate's earlier binding, replayed, price its trip. The alarm stays
+    until the probe has written it."""
+
+    async def run() -> None:
+        path, clock = tmp_path / "replay.sqlite3", [float(NOW)]
+        topic, earlier = topics.road_plate("ZJA1"), pass_of(P01, 1, at=NOW - 5 * HOUR)
+        said: list[tuple[str, str | None]] = []
+        with ReplayStore(path) as store:
+            trips = desk(store, clock, lambda code, text: said.append((code, text)))
+            await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR)))
+            with locked(path):
+                await trips.handle(Incoming(topic, binding(pass_of(P01, 2))))
+            trips.replay_watch.says(None)  # a token's mark commits (lane.verifier)
+            code, text = said[-1]
+            assert code == "replay_store_error" and text is not None
+            assert text.startswith(f"{REPLAY_PLATES} {path}: database is locked")
+            probing = asyncio.create_task(trips.replay_watch.run(asyncio.sleep))
+            try:
+                await eventually(lambda: said[-1] == ("replay_store_error", None))
+            finally:
+                probing.cancel()
+        with ReplayStore(path) as store:  # the lane starts again at once
+            trips = desk(store, clock)
+            await trips.handle(Incoming(topic, binding(earlier, at=NOW - 5 * HOUR), retain=True))
+            assert trips.bound == {}
+
+    asyncio.run(run())
+
+
+def test_a_binding_or_tombstone_heard_again_is_not_written_again(tmp_path: Path) -> None:
+    """The broker hands every retained binding and tombstone again at each connect and start
+    (a day's vehicles on a road): each was written again, an fsync apiece, with the peer
+    messages waiting behind. One heard again, its time kept, does not even ask the store (here
+    locked by another process meanwhile: no wait, no alarm)."""
+
+    async def run() -> None:
+        path, clock, said = tmp_path / "replay.sqlite3", [float(NOW)], []
+        current, left = pass_of(P01, 1), pass_of(P01, 2)
+        retained = [
+            Incoming(topics.road_plate("ZJA1"), binding(current), retain=True),
+            Incoming(topics.road_plate("ZJB2"), exited(left, "ZJB2"), retain=True),
+        ]
+        with ReplayStore(path) as store:
+            trips = desk(store, clock)
+            for msg in retained:
+                await trips.handle(msg)
+        with ReplayStore(path) as store:  # the lane starts again: the broker hands them
+            trips = desk(store, clock, lambda code, text: said.append((code, text)))
+            with locked(path):
+                for msg in retained * 2:
+                    await trips.handle(msg)
+            assert said == []
+            assert (trips.bound, trips.forgotten) == ({"ZJA1": current}, {"ZJB2": NOW - HOUR})
 
     asyncio.run(run())
 
