@@ -227,7 +227,9 @@ async def test_the_tombstone_is_retained_until_the_broker_drops_it_after_max_tri
             await trips.handle(Incoming(topic, binding(text, plate, at=now - 60), retain=True))
             answer = await trips.price(replace(ask(None, source=TripSource.PLATE), plate=plate))
             assert answer.pass_id is not None
-            await trips.mark_used(MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None))
+            await trips.mark_used(
+                MarkPassUsed(answer.pass_id, answer.pass_exp or 0, None, "x-exit")
+            )
 
     async def retained() -> list[PlateBinding]:
         """What a lane that subscribes now is handed before a marker sent after it."""
