@@ -136,9 +136,9 @@ class CameraSection(_Section):
     def _no_payment_code(cls, texts: tuple[str, ...]) -> tuple[str, ...]:
         """A code the lane could take payment from is never set aside as printed."""
         for n, text in enumerate(texts, start=1):
-            kind = classify(text).kind
             if not text.strip():
                 raise ValueError(f"code {n} is empty")
+            kind = classify(text).kind
             if kind != "unknown":  # not echoed: a payment code is a credential
                 raise ValueError(f"code {n} is a payment code ({kind}), not one printed")
         return texts
