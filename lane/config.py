@@ -25,6 +25,7 @@ from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S
 from lane.toml_model import read_toml, validate
 from lane.wire.topics import check_lane_id
 from scanner.health import CaptureSettings
+from scanner.payload import classify
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -107,6 +108,11 @@ class CameraSection(_Section):
         description="Skip decoding frames that are the same view as the last one with nothing "
         "in it (a decode at least every second regardless; docs/scanner.md)",
     )
+    static_codes: tuple[str, ...] = Field(
+        (),
+        description="Texts of the QR codes printed at the booth (a help sticker, an ad): never "
+        "a driver's try (the scanner also learns the ones that stay put in view)",
+    )
     rtsp_transport: Literal["tcp", "udp", "udp_multicast", "http"] = Field(
         "tcp", description="How an rtsp:// camera sends its stream (a UDP-only one needs udp)"
     )
@@ -124,6 +130,18 @@ class CameraSection(_Section):
         return CaptureSettings(
             self.rtsp_transport, self.open_timeout_s, self.blackout_s, self.retry_max_s
         )
+
+    @field_validator("static_codes")
+    @classmethod
+    def _no_payment_code(cls, texts: tuple[str, ...]) -> tuple[str, ...]:
+        """A code the lane could take payment from is never set aside as printed."""
+        for n, text in enumerate(texts, start=1):
+            if not text.strip():
+                raise ValueError(f"code {n} is empty")
+            kind = classify(text).kind
+            if kind != "unknown":  # not echoed: a payment code is a credential
+                raise ValueError(f"code {n} is a payment code ({kind}), not one printed")
+        return texts
 
     @field_validator("source", mode="before")
     @classmethod

@@ -670,6 +670,7 @@ class LaneDaemon:
             workers=config.camera.workers,
             dedup_window_s=config.camera.dedup_window_s,
             gate=GateSettings() if config.camera.change_gate else None,
+            static_codes=frozenset(config.camera.static_codes),
         )
         self._file_mtimes: dict[Path, int] = {}
         for path, got in (
@@ -857,7 +858,12 @@ class LaneDaemon:
         reason = getattr(result.payload, "reason", None)
         self.runner.post(
             ev.Scanned(
-                result.text, PayloadKind(result.payload.kind), reason, result.frame_ts, new_id()
+                result.text,
+                PayloadKind(result.payload.kind),
+                reason,
+                result.frame_ts,
+                new_id(),
+                result.static,
             )
         )
 

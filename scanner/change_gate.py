@@ -41,6 +41,9 @@ STEADY_AFTER = 3
 # in a fixed view moves by a pixel or so with sensor noise; a hand's shake moves a phone's more.
 STEADY_PX = 3
 
+# Steady codes kept for the session (`GateState.known`), the latest: a booth shows a few.
+KNOWN_MAX = 16
+
 # A code read in a frame: its text and outline.
 Sighting = tuple[str, Polygon]
 
@@ -93,6 +96,9 @@ class GateState:
     # in how many decoded frames in a row they stayed (`steady`).
     codes: tuple[Sighting, ...] = ()
     codes_in_row: int = 0
+    # Every code that was steady in this view since the gate started, text and place (a
+    # sticker the lane keeps knowing while a truck hides it: `printed_here`).
+    known: tuple[Sighting, ...] = ()
 
 
 def thumbnail(gray: GrayImage, block_px: int) -> Thumbnail:
@@ -180,16 +186,39 @@ def steady(state: GateState, codes: tuple[Sighting, ...]) -> tuple[bool, GateSta
     if not codes:
         return False, replace(state, codes=(), codes_in_row=0)
     n = state.codes_in_row + 1 if same_codes(state.codes, codes) else 1
-    return n >= STEADY_AFTER, replace(state, codes=codes, codes_in_row=n)
+    stays = n >= STEADY_AFTER
+    known = learned(state.known, codes) if stays else state.known
+    return stays, replace(state, codes=codes, codes_in_row=n, known=known)
+
+
+def learned(known: tuple[Sighting, ...], codes: tuple[Sighting, ...]) -> tuple[Sighting, ...]:
+    """`known` with the steady `codes` in it: each replaces what it was seen as before (its
+    text, or its place), the latest KNOWN_MAX kept."""
+    kept = tuple(
+        (text, place)
+        for text, place in known
+        if not any(text == t or same_place(place, p) for t, p in codes)
+    )
+    return (*kept, *codes)[-KNOWN_MAX:]
+
+
+def printed_here(known: tuple[Sighting, ...], sighting: Sighting) -> bool:
+    """A code read now (no payment code: the caller's to check) that is one of the steady codes
+    seen before: the same text, or read at the very place of one (every corner within
+    STEADY_PX, which a phone held by hand is not): a sticker seen again after something hid it,
+    or a sticker replaced by another."""
+    text, place = sighting
+    return any(text == t or same_place(place, p) for t, p in known)
 
 
 def same_codes(a: tuple[Sighting, ...], b: tuple[Sighting, ...]) -> bool:
     return len(a) == len(b) and all(
-        ta == tb
-        and len(pa) == len(pb)
-        and all(
-            abs(x - u) <= STEADY_PX and abs(y - v) <= STEADY_PX
-            for (x, y), (u, v) in zip(pa, pb, strict=True)
-        )
-        for (ta, pa), (tb, pb) in zip(a, b, strict=True)
+        ta == tb and same_place(pa, pb) for (ta, pa), (tb, pb) in zip(a, b, strict=True)
+    )
+
+
+def same_place(a: Polygon, b: Polygon) -> bool:
+    return len(a) == len(b) and all(
+        abs(x - u) <= STEADY_PX and abs(y - v) <= STEADY_PX
+        for (x, y), (u, v) in zip(a, b, strict=True)
     )

@@ -31,6 +31,7 @@ from scanner.change_gate import (
     Verdict,
     decide,
     nothing_found,
+    printed_here,
     steady,
     texture_due,
     textured,
@@ -68,6 +69,13 @@ class FrameGate:
         with self._lock:
             reference = self._state.reference
         return () if reference is None else reference.codes
+
+    def printed_here(self, sighting: Sighting) -> bool:
+        """Is this code (no payment code) one that stayed put in this view before (a sticker),
+        by its text or its place? `change_gate.printed_here`."""
+        with self._lock:
+            known = self._state.known
+        return printed_here(known, sighting)
 
     def decode(self, gray: GrayImage, frame_id: int, thumb: Thumbnail | None) -> list[Detection]:
         """The codes read in frame `frame_id`, which `judge` let through (`thumb`: what it

@@ -28,7 +28,7 @@ from lane.backoff import Backoff
 from scanner.change_gate import GateSettings, Sighting, Thumbnail
 from scanner.decoders import Decoder
 from scanner.dedup import Deduplicator
-from scanner.detection import GrayImage, Polygon, as_gray
+from scanner.detection import Detection, GrayImage, Polygon, as_gray
 from scanner.frame_gate import FrameGate
 from scanner.health import EventKind, SourceEvent, same_picture
 from scanner.payload import Payload, UnknownPayload, classify
@@ -53,6 +53,8 @@ class ScanResult:
     decoder: str
     decode_ms: float
     polygon: Polygon
+    # Printed at the booth (a sticker: `ScanPipeline.printed_here`), not shown by a driver.
+    static: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +165,14 @@ class ScanPipeline:
         clock: Clock = time.monotonic,
         dedup_window_s: float = 2.0,
         gate: GateSettings | None = DEFAULT_GATE,
+        static_codes: frozenset[str] = frozenset(),
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.source = source
         self.decoder = decoder
         self.gate = gate
+        self.static_codes = static_codes  # texts the operator knows are printed at the booth
         self._frame_gate = FrameGate(decoder, gate) if gate is not None else None
         self._on_result = on_result
         self._on_status = on_status
@@ -422,23 +426,35 @@ class ScanPipeline:
                     self._counts["duplicates"] += 1
             self._counts["results"] += len(fresh)
         for d in fresh:
+            payload = classify(d.text)
             result = ScanResult(
                 text=d.text,
-                payload=classify(d.text),
+                payload=payload,
                 frame_id=frame.id,
                 frame_ts=frame.ts,
                 decoder=d.decoder,
                 decode_ms=ms,
                 polygon=d.polygon,
+                static=isinstance(payload, UnknownPayload) and self.printed_here(d),
             )
             log.info(
-                "code read: %s by %s in %.1f ms",
-                result.payload.kind,
+                "code read: %s%s by %s in %.1f ms",
+                payload.kind,
+                " (printed at the booth)" if result.static else "",
                 d.decoder,
                 ms,
-                extra={"frame_id": frame.id, "kind": result.payload.kind},
+                extra={"frame_id": frame.id, "kind": payload.kind, "static": result.static},
             )
             self._call_soon(self._on_result, result)
+
+    def printed_here(self, d: Detection) -> bool:
+        """Is this code printed at the booth? One the operator listed (`static_codes`), or one
+        the change gate saw stay put in this view since the start, by its text or its place (a
+        sticker a truck hid for longer than the dedup window, reported again as it comes back).
+        Without the gate only the listed ones."""
+        if d.text in self.static_codes:
+            return True
+        return self._frame_gate is not None and self._frame_gate.printed_here((d.text, d.polygon))
 
     def _show(self, frame: Frame, polygons: tuple[Polygon, ...]) -> None:
         """The frame latest_frame() returns, unless a newer one is already there (hold _lock)."""

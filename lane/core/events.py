@@ -33,6 +33,8 @@ class Scanned:
     reason: str | None
     frame_ts: float
     event_id: str
+    # The scanner knows this code to be printed at the booth (a sticker): no driver shows it.
+    static: bool = False
 
 
 @dataclass(frozen=True)

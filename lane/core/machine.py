@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import assert_never
 
-from lane.core import carried, diagram, metro, paypoint, recovery, reread, road
+from lane.core import carried, diagram, metro, paypoint, recovery, reread, road, static_codes
 from lane.core import events as ev
 from lane.core.actions import (
     Abandon,
@@ -119,6 +119,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return metro.on_classified(state, event, now)
         case ev.VehicleClassified():
             return paypoint.on_classified(state, event, now)
+        case ev.Scanned() if static_codes.ignores(event):
+            return static_codes.ignore(state, event)
         case ev.Scanned() if carried.claims(state, event):
             return carried.claim(state, event, now)
         case ev.Scanned() if reread.ignores(state, event, now):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from lane.core import carried, diagram, metro
+from lane.core import carried, diagram, metro, static_codes
 from lane.core import events as ev
 from lane.core.actions import (
     Abandon,
@@ -156,6 +156,7 @@ class SafetyMonitor:
         self._check_latch(before, event, after, actions)
         self._check_stuck_open(before, event, now, after)
         self._check_no_ack(before, event, after, actions)
+        self._check_static(before, event, after, actions)
         passenger = after.vehicle
         if passenger is not None and passenger.implicit:
             # A fare-gate passenger exists only while their code is in hand; else the gate jams.
@@ -256,6 +257,24 @@ class SafetyMonitor:
             assert missed, f"barrier_stuck_open raised by {event}, no close missed: {before}"
         if missed and after.barrier != "closed":
             assert holds, f"a close missed and no barrier_stuck_open: {after}"
+
+    def _check_static(
+        self, before: LaneState, event: ev.Event, after: LaneState, actions: list[Action]
+    ) -> None:
+        """A code printed at the booth (lane.core.static_codes) is nobody's try: the vehicle
+        present keeps its tries and refused codes, no passenger is made for it, nothing is
+        authorised or refused (what else the step does, a dwell or a barrier, is the lane's)."""
+        if not (isinstance(event, ev.Scanned) and static_codes.ignores(event)):
+            return
+        was, now = before.vehicle, after.vehicle
+        if now is not None and (was is None or now.vehicle_id != was.vehicle_id):
+            raise AssertionError(f"a passenger made for a static code: {now}")
+        if was is not None and now is not None:
+            assert (now.tries, now.refused_texts) == (was.tries, was.refused_texts), (was, now)
+        assert not of_type(actions, Authorise), actions
+        assert "Payment refused" not in displayed(actions), actions
+        declined = [a for a in of_type(actions, Persist) if a.draft.auth.result == "declined"]
+        assert not declined, declined
 
     def _check_no_ack(
         self, before: LaneState, event: ev.Event, after: LaneState, actions: list[Action]
@@ -568,8 +587,9 @@ class LaneDriver:
         text: str = "281234567890123456",
         kind: str = "payment_code",
         reason: str | None = None,
+        static: bool = False,
     ) -> list[Action]:
-        return self.feed(ev.Scanned(text, kind, reason, self.now - 0.05, self.fresh("s")))
+        return self.feed(ev.Scanned(text, kind, reason, self.now - 0.05, self.fresh("s"), static))
 
     def decide(
         self, auth_id: str | None = None, approved: bool = True, dt: float = 0.3, **kw: Any
@@ -754,7 +774,9 @@ class EventSource:
         kind = self.c.pick(ROAD_KINDS if self.road else KINDS)
         reason = "not a payment code" if kind == "unknown" else None
         text = self.c.pick(ROAD_TEXTS if self.road else TEXTS)
-        return ev.Scanned(text, kind, reason, now - 0.05, self.fresh("s"))
+        # A code the scanner knows is printed at the booth (a sticker seen again).
+        static = kind == "unknown" and self.c.chance(2)
+        return ev.Scanned(text, kind, reason, now - 0.05, self.fresh("s"), static)
 
     def _decided(self, now: float) -> ev.Event:
         approved = not self.c.chance(3)

@@ -43,3 +43,33 @@ def test_check_config_refuses_a_non_boolean_and_warns_when_off(tmp_path: Path) -
     assert any("camera.change_gate: off" in w for w in found.warnings), found.warnings
     path.write_text('[camera]\nsource = "0"\n')
     assert not any("change_gate" in w for w in check_config(path).warnings)
+
+
+async def test_the_codes_printed_at_the_booth_reach_the_scanner(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "lane": {"id": "p01/l01", "data_dir": str(tmp_path / "lane")},
+            "camera": {"static_codes": ["https://example.org/help/booth-7"]},
+            "auth": {"share_used_tokens": False},
+        }
+    )
+    daemon = await build(config, source=PushSource())
+    try:
+        assert daemon.pipeline.static_codes == {"https://example.org/help/booth-7"}
+    finally:
+        await daemon.aclose()
+
+
+def test_check_config_refuses_a_payment_code_or_an_empty_text_as_printed(tmp_path: Path) -> None:
+    path = tmp_path / "lane.toml"
+    codes = '["https://x.org/help", "281234567890123456"]'
+    path.write_text(f'[camera]\nsource = "0"\nstatic_codes = {codes}\n')
+    found = check_config(path)
+    assert any(
+        "camera.static_codes" in p
+        and "code 2 is a payment code (payment_code)" in p
+        and "2812345" not in p
+        for p in found.problems
+    ), found.problems
+    path.write_text('[camera]\nsource = "0"\nstatic_codes = [" "]\n')
+    assert any("code 1 is empty" in p for p in check_config(path).problems)

@@ -10,15 +10,18 @@ from hypothesis import strategies as st
 
 from scanner.change_gate import (
     CLUTTERED_AFTER,
+    KNOWN_MAX,
     STEADY_AFTER,
     STEADY_PX,
     GateSettings,
     GateState,
+    Sighting,
     Thumbnail,
     Verdict,
     changed,
     decide,
     nothing_found,
+    printed_here,
     steady,
     texture_due,
     textured,
@@ -200,3 +203,44 @@ def test_codes_are_steady_after_staying_put_for_steady_after_decoded_frames() ->
     assert STEADY_AFTER == 3
     assert verdicts == [False, False, True, True, False, False, True, False, False,
                         False, False, True]  # fmt: skip
+
+
+def stayed(state: GateState, codes: tuple[Sighting, ...]) -> GateState:
+    for _ in range(STEADY_AFTER):
+        _, state = steady(state, codes)
+    return state
+
+
+def test_codes_that_stayed_put_are_known_for_the_session_by_text_and_place() -> None:
+    # Seen for fewer than STEADY_AFTER frames: not known. Once steady: known after frames with
+    # something else in view (`()`, a truck in front of it) and other codes.
+    state = GateState()
+    for _ in range(STEADY_AFTER - 1):
+        _, state = steady(state, shifted(0))
+    assert state.known == ()
+    _, state = steady(state, shifted(0))
+    for codes in [(), (("another", ((500, 500), (540, 500), (540, 540), (500, 540))),), ()]:
+        _, state = steady(state, codes)
+    sticker, place = shifted(0)[0]
+    far = tuple((x + 200, y) for x, y in place)
+    table = [
+        # text, outline, printed here?
+        (sticker, place, True),
+        (sticker, far, True),  # the same text anywhere: the lane's own sticker
+        ("a new sticker", shifted(STEADY_PX)[0][1], True),  # at its very place
+        ("a driver's QR", shifted(STEADY_PX + 1)[0][1], False),  # a corner 1 px further
+        ("a driver's QR", far, False),
+        ("another", far, False),  # seen once, never steady
+    ]
+    assert [printed_here(state.known, (t, p)) for t, p, _ in table] == [e for _, _, e in table]
+
+
+def test_a_code_steady_again_replaces_what_it_was_known_as_and_the_latest_are_kept() -> None:
+    state = stayed(GateState(), shifted(0))
+    state = stayed(state, shifted(40))  # moved: the same text known at its new place only
+    assert state.known == shifted(40)
+    replaced = (("new text", shifted(40)[0][1]),)
+    assert stayed(state, replaced).known == replaced  # a new sticker over the old one
+    for i in range(KNOWN_MAX + 2):
+        state = stayed(state, ((f"ad {i}", tuple((x + 100 * i, y) for x, y in STICKER_AT)),))
+    assert len(state.known) == KNOWN_MAX and state.known[-1][0] == f"ad {KNOWN_MAX + 1}"

@@ -373,3 +373,54 @@ async def test_a_sticker_let_pass_stays_sighted_whatever_the_valve_period() -> N
     assert gated.stats().skipped >= 90 - STEADY_AFTER
     assert shown is not None and shown.frame_id == 90 and len(shown.polygons) == 1
     assert [r.text for r in gated.results] == [STICKER, TOKEN]
+
+
+PERSONAL = "https://example.org/card/alice"  # a driver's own QR: no payment code
+
+
+async def test_a_sticker_hidden_longer_than_the_dedup_window_comes_back_printed_at_the_booth() -> (
+    None
+):
+    # A truck in front of the sticker for 3 s (the dedup window 2 s): the sticker is reported
+    # again when it comes back, marked as printed at the booth (its text stayed put in this view
+    # before), so the lane spends nobody's try on it. A driver's own QR, no payment code
+    # either, held up beside it, is not: the lane refuses it with the reason.
+    camera = Camera(seed=20)
+    booth = Scene(None, sticker=STICKER)
+    truck = Scene(None)
+    personal = Scene(PERSONAL, distance=1.6, angle_deg=15.0, sticker=STICKER)
+    async with scanners(GateSettings()) as (gated,):
+        for scene, n in ((booth, 10), (truck, 90), (booth, 10), (personal, 6), (booth, 10)):
+            for image, ts in camera.frames(scene, n):
+                await push([gated], image, ts)
+    assert [(r.text, r.static) for r in gated.results] == [
+        (STICKER, False),  # its first sighting: not yet seen to stay put
+        (STICKER, True),
+        (PERSONAL, False),
+    ]
+
+
+async def test_a_code_the_operator_listed_is_printed_at_the_booth_from_its_first_sighting() -> None:
+    # camera.static_codes: known before the gate has seen it stay put, and without the gate.
+    camera = Camera(seed=21)
+    booth = Scene(None, sticker=STICKER)
+    personal = Scene(PERSONAL, distance=1.6, angle_deg=15.0, sticker=STICKER)
+    source = PushSource()
+    results: list[ScanResult] = []
+    pipeline = ScanPipeline(
+        source,
+        make_decoder(),
+        results.append,
+        workers=1,
+        gate=None,
+        static_codes=frozenset({STICKER}),
+    )
+    listed = Scanner(pipeline, source, results)
+    pipeline.start()
+    try:
+        for scene, n in ((booth, 2), (personal, 2)):
+            for image, ts in camera.frames(scene, n):
+                await push([listed], image, ts)
+    finally:
+        await pipeline.aclose()
+    assert [(r.text, r.static) for r in results] == [(STICKER, True), (PERSONAL, False)]
