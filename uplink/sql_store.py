@@ -403,8 +403,9 @@ class SqlIngestStore:
     prune_strays = PRUNE_STRAYS  # PostgreSQL: `uplink.pg.PRUNE_BY_TRIP`
     # Whether a row's bytes hold the parameter's (PostgreSQL: `position`).
     holds_bytes = "instr(data, ?) > 0"
-    # Whether an upgrade job may still be running beside this store (PostgreSQL: one was
-    # pending when it opened the schema; jobs are only made by the DDL of a newer release).
+    # Whether an upgrade job the closed count waits for (the tally or one before it) may
+    # still be running beside this store (PostgreSQL: one was pending when it opened the
+    # schema, `upgrade_pending`; jobs are only made by the DDL of a newer release).
     upgrade_seen = False
 
     def _sql(self, text: str) -> str:
