@@ -135,3 +135,36 @@ def test_the_upgrade_log_counts_the_refunds_marked_again_and_those_left(
         upgraded.close()
     (line,) = [r for r in caplog.records if r.getMessage() == "ingest store upgraded"]
     assert (line.refunds_remarked, line.refunds_unmarked) == (1, 1)  # type: ignore[attr-defined]
+
+
+def test_a_refund_undone_by_a_refund_of_its_own_is_left_as_today_marked_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Version 7's last release marked refunds as today: an entry refunded, and that refund
+    undone by a refund naming it, is `refunded` (a role no mark gives). The upgrade leaves it
+    so, and counts no refund marked again (it marked it an exit again, undid it again, and
+    counted it in its log line)."""
+    entry = RecordDraft("entry", "veh", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                        pass_id="p9")  # fmt: skip
+    records = [
+        Record("e-9", "P01/e1", 1, T0, entry),
+        Record("f-9", "P01/e1", 2, T0, replace(entry, flags=(REFUND_FLAG, "record:e-9"))),
+        Record("u-9", "P01/e1", 3, T0, replace(entry, kind="exit", pass_id=None,
+                                               flags=(REFUND_FLAG, "record:f-9"))),
+    ]  # fmt: skip
+    store = SqliteIngestStore(tmp_path / "ingest.sqlite")
+    store.store_batch(
+        "P01/e1", QueueIdentity("q"), [IngestRecord.of(r, r.encode()) for r in records], 1
+    )
+    made_old(store)
+    store.close()
+    caplog.set_level(logging.INFO, logger="lane.uplink.sqlite_store")
+    upgraded = reopened(store)
+    try:
+        pure = trip_ledger(r.encode() for r in records)
+        assert [t.pass_id for t in pure.open_trips] == ["p9"] and pure.closed == 0
+        assert open_trips(upgraded) == pure
+    finally:
+        upgraded.close()
+    (line,) = [r for r in caplog.records if r.getMessage() == "ingest store upgraded"]
+    assert (line.refunds_remarked, line.refunds_unmarked) == (0, 0)  # type: ignore[attr-defined]
