@@ -374,7 +374,7 @@ class UpgradeStep(NamedTuple):
     reached: str | None  # the key to go on after; None: the job is done
     remarked: int = 0  # REMARK: refunds whose trip columns it changed
     # REMARK: refunds today's `trip_mark` gives no part in a trip (an entry's refund from a
-    # lane of an earlier release names no pass): left as they are.
+    # lane of an earlier release names no pass, an exit's no record): they take none.
     unmarked: int = 0
 
 
