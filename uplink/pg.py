@@ -146,6 +146,10 @@ _OLD_TABLES = (
     " WHERE table_schema = %s AND table_name = 'records' AND column_name = 'refund_of')"
 )
 _TAG = re.compile(r"^lane ingest schema v(\d+) ")
+# The jobs that run once the closed count is whole (after TALLY): a batch notes no trip it
+# closes for them (`counted`, `_note_counted`); REMARK counts what it changes itself.
+COUNT_WHOLE = (UpgradeJob.PRUNE, UpgradeJob.REFUNDS, UpgradeJob.REMARK)
+_COUNT_WHOLE = ", ".join(f"'{j.value}'" for j in COUNT_WHOLE)
 # The first version whose refunds were all marked by today's `trip_mark` (UpgradeJob.REMARK).
 REMARKED_FROM = 8
 # Every transaction touching a trip id waits for the others that do (`_lock_trips`), on the
@@ -526,9 +530,7 @@ class PostgresIngestStore(SqlIngestStore):
         return self._pending_but(cur, (UpgradeJob.PRUNE, UpgradeJob.REFUNDS))
 
     def _tally_running(self, db: Session) -> bool:
-        # REMARK runs after the tally and counts what it changes itself, as a batch does.
-        jobs = (UpgradeJob.PRUNE, UpgradeJob.REFUNDS, UpgradeJob.REMARK)
-        return self.upgrade_seen and self._pending_but(db.cursor(), jobs)
+        return self.upgrade_seen and self._pending_but(db.cursor(), COUNT_WHOLE)
 
     def _pending_but(self, cur: Cursor, jobs: Collection[UpgradeJob]) -> bool:
         """Whether a job other than `jobs` is pending."""
@@ -550,11 +552,12 @@ class PostgresIngestStore(SqlIngestStore):
         return bool(cur.fetchone()[0])
 
     def upgrade_pending(self) -> bool:
-        # Once no trip job is pending, none ever is again for this store: its batches stop
-        # noting (REFUNDS needs no noting).
+        # Once the tally and the jobs before it are done, none is ever pending again for this
+        # store: its batches stop noting (the jobs after it count what they change, or fill
+        # no trip column).
         with self._reader() as cur:
-            self.upgrade_seen = self._upgrading(cur)
-            return self.upgrade_seen or self._refunds_upgrading(cur)
+            self.upgrade_seen = self._pending_but(cur, COUNT_WHOLE)
+            return self._upgrading(cur) or self._refunds_upgrading(cur)
 
     def _lock_batch(self, db: Session, trips: Sequence[str], unnamed: Sequence[str]) -> None:
         """A refund of an exit that names no trip (`unnamed`: the exits' record ids) locks the
@@ -898,7 +901,8 @@ class PostgresIngestStore(SqlIngestStore):
                 steps.append((
                     "trip_noted",
                     "INSERT INTO {counted} (trip_id) SELECT trip_id FROM trip_gone WHERE EXISTS"
-                    f" (SELECT 1 FROM {self.prefix}upgrade) ON CONFLICT DO NOTHING",
+                    f" (SELECT 1 FROM {self.prefix}upgrade WHERE job NOT IN ({_COUNT_WHOLE}))"
+                    " ON CONFLICT DO NOTHING",
                     (),
                 ))  # fmt: skip
             gone = "(SELECT COUNT(*) FROM trip_gone)"

@@ -374,7 +374,7 @@ class UpgradeStep(NamedTuple):
     reached: str | None  # the key to go on after; None: the job is done
     remarked: int = 0  # REMARK: refunds whose trip columns it changed
     # REMARK: refunds today's `trip_mark` gives no part in a trip (an entry's refund from a
-    # lane of an earlier release names no pass): left as they are.
+    # lane of an earlier release names no pass, an exit's no record): they take none.
     unmarked: int = 0
 
 
@@ -403,8 +403,9 @@ class SqlIngestStore:
     prune_strays = PRUNE_STRAYS  # PostgreSQL: `uplink.pg.PRUNE_BY_TRIP`
     # Whether a row's bytes hold the parameter's (PostgreSQL: `position`).
     holds_bytes = "instr(data, ?) > 0"
-    # Whether an upgrade job may still be running beside this store (PostgreSQL: one was
-    # pending when it opened the schema; jobs are only made by the DDL of a newer release).
+    # Whether an upgrade job the closed count waits for (the tally or one before it) may
+    # still be running beside this store (PostgreSQL: one was pending when it opened the
+    # schema, `upgrade_pending`; jobs are only made by the DDL of a newer release).
     upgrade_seen = False
 
     def _sql(self, text: str) -> str:
@@ -1132,7 +1133,8 @@ class SqlIngestStore:
         """REMARK's chunk: the next `chunk` rows by record id (past `after`), of which only the
         entries' and exits' rows holding the refund flag's bytes are decoded (`holds_bytes`).
         Each refund whose trip columns are not what today's `trip_mark` says, but an `undo`
-        (only today's release gives that), takes today's mark as if its batch came now:
+        (only today's release gives that) or a `refunded` exit of that mark's trip (today's
+        release undid it), takes today's mark as if its batch came now:
         under the locks that batch would take (`undo_locks`, `_lock_batch`) and those of the
         trip its old mark named, its old mark's part goes (an exit it was, a stray it was, an
         entry it opened), the open trips, the strays and the closed count of those trips are
@@ -1164,7 +1166,10 @@ class SqlIngestStore:
                 continue
             mark = trip_mark(record)
             unmarked += mark is None
-            if trip_columns(mark) == (role, trip) or role == TripRole.UNDO.value:
+            # An entry's refund that a refund undid is `refunded` (a role no mark gives), as
+            # today's marks leave it.
+            held = TripRole.EXIT.value if role == TripRole.REFUNDED.value else role
+            if trip_columns(mark) == (held, trip) or role == TripRole.UNDO.value:
                 continue
             changed.append((str(rid), None if trip is None else str(trip), mark))
         if not changed:

@@ -1077,6 +1077,46 @@ def test_a_postgres_remark_resumes_after_a_crash_beside_a_worker(pg_dsn: str) ->
         store.close()
 
 
+def test_a_postgres_worker_beside_the_remark_notes_no_trip_for_it(pg_dsn: str) -> None:
+    """A worker opened while `remark` is pending (its row held by the upgrading worker) stores
+    a trip's entry, then its exit in a batch of the same epoch (the one-statement form): the
+    job counts what it changes itself, as a batch does, so the worker notes nothing in
+    `counted` for it (it noted every trip it closed there, which no tally would ever empty),
+    and says the upgrade is pending."""
+    records = [
+        passage("e-1", "P01/e1", 1, "entry", "p1"),
+        refund("f-1", "P01/e1", 2, "entry", ("p1", "e-1")),
+    ]
+    old_refunds_schema(pg_dsn, records)
+
+    def crash(job: UpgradeJob, reached: str | None) -> None:
+        raise CrashError
+
+    with pytest.raises(CrashError):
+        PostgresIngestStore(pg_dsn, upgrade_chunk=1, after_chunk=crash)
+    with psycopg.connect(pg_dsn) as other:  # the upgrading worker, in the middle of a chunk
+        other.execute("SELECT * FROM lane_ingest.upgrade FOR UPDATE")
+        worker = PostgresIngestStore(pg_dsn)
+    during = [passage("e-5", "P03/x2", 1, "entry", "p5"), passage("x-5", "P03/x2", 2, "exit", "p5")]
+    try:
+        assert worker.upgrade_pending()
+        for record in during:
+            worker.store_batch(
+                "P03/x2", QueueIdentity("during"), [IngestRecord.of(record, record.encode())], 1
+            )
+        with psycopg.connect(pg_dsn) as conn:
+            assert conn.execute("SELECT trip_id FROM lane_ingest.counted").fetchall() == []
+    finally:
+        worker.close()
+    store = PostgresIngestStore(pg_dsn)
+    try:
+        assert not store.upgrade_pending()
+        pure = trip_ledger(r.encode() for r in (*records, *during))
+        assert pure.closed == 2 and open_trips(store) == pure
+    finally:
+        store.close()
+
+
 async def test_a_postgres_remark_chunk_takes_turns_with_a_worker_on_its_trip(pg_dsn: str) -> None:
     """Version 7 held p1's and p2's entries and their refunds, marked as none. A worker's
     batch holding p1's exit is in flight (under p1's lock, it has closed the trip and waits on

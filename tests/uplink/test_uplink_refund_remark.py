@@ -23,13 +23,21 @@ from hypothesis import strategies as st
 from test_uplink_trip_index import T0, arrivals, kept_strays, open_table, stored_records
 from uplink_kit import beside
 
+from lane.core.names import RecordKind
 from lane.core.records import REFUND_FLAG
 from uplink.messages import QueueIdentity
 from uplink.pg import PostgresIngestStore
 from uplink.records import AuthInfo, Record, RecordDraft
 from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestRecord, IngestStore
-from uplink.trips import END_OF_TIME_US, TripMark, open_trips, trip_ledger, trip_mark
+from uplink.trips import (
+    END_OF_TIME_US,
+    TripLedger,
+    TripMark,
+    open_trips,
+    trip_ledger,
+    trip_mark,
+)
 
 # How an earlier release marked a refund: as none, or as the record it refunds.
 OLD_MARKS = ("none", "as_refunded")
@@ -119,19 +127,54 @@ def test_the_upgrade_log_counts_the_refunds_marked_again_and_those_left(
         refund = replace(entry, flags=(REFUND_FLAG, f"record:e-{i}"), pass_id=named)
         records += [Record(f"e-{i}", "P01/e1", 2 * i + 1, T0, entry),
                     Record(f"f-{i}", "P01/e1", 2 * i + 2, T0, refund)]  # fmt: skip
-    store = SqliteIngestStore(tmp_path / "ingest.sqlite")
     rows = [IngestRecord.of(r, r.encode()) for r in records]
     old = [replace(r, trip=None) if r.record_id.startswith("f-") else r for r in rows]
-    store.store_batch("P01/e1", QueueIdentity("old"), old, 1)
+    ledger, counted = upgraded_from(tmp_path, caplog, old)
+    pure = trip_ledger(r.encode() for r in records)
+    assert [t.pass_id for t in pure.open_trips] == ["p2"] and pure.closed == 1
+    assert ledger == pure
+    assert counted == (1, 1)
+
+
+def test_a_refund_undone_by_a_refund_of_its_own_is_left_as_today_marked_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Version 7's last release marked refunds as today: an entry refunded, and that refund
+    undone by a refund naming it, is `refunded` (a role no mark gives). The upgrade leaves it
+    so, and counts no refund marked again (it marked it an exit again, undid it again, and
+    counted it in its log line)."""
+    entry = RecordDraft("entry", "veh", 1, 0, "CNY", "token", None, AuthInfo("none"),
+                        pass_id="p9")  # fmt: skip
+    records = [
+        Record("e-9", "P01/e1", 1, T0, entry),
+        Record("f-9", "P01/e1", 2, T0, replace(entry, flags=(REFUND_FLAG, "record:e-9"))),
+        Record("u-9", "P01/e1", 3, T0, replace(entry, kind=RecordKind.EXIT, pass_id=None,
+                                               flags=(REFUND_FLAG, "record:f-9"))),
+    ]  # fmt: skip
+    ledger, counted = upgraded_from(
+        tmp_path, caplog, [IngestRecord.of(r, r.encode()) for r in records]
+    )
+    pure = trip_ledger(r.encode() for r in records)
+    assert [t.pass_id for t in pure.open_trips] == ["p9"] and pure.closed == 0
+    assert ledger == pure
+    assert counted == (0, 0)
+
+
+def upgraded_from(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, rows: list[IngestRecord]
+) -> tuple[TripLedger, tuple[int, int]]:
+    """`rows` (one lane's, in order) stored by version 7 in a SQLite file, which this release
+    then opens: its ledger, and the refunds its upgrade's log line says it marked again and
+    left with no part in a trip."""
+    store = SqliteIngestStore(tmp_path / "ingest.sqlite")
+    store.store_batch(rows[0].lane, QueueIdentity("old"), rows, 1)
     made_old(store)
     store.close()
     caplog.set_level(logging.INFO, logger="lane.uplink.sqlite_store")
     upgraded = reopened(store)
     try:
-        pure = trip_ledger(r.encode() for r in records)
-        assert [t.pass_id for t in pure.open_trips] == ["p2"] and pure.closed == 1
-        assert open_trips(upgraded) == pure
+        ledger = open_trips(upgraded)
     finally:
         upgraded.close()
     (line,) = [r for r in caplog.records if r.getMessage() == "ingest store upgraded"]
-    assert (line.refunds_remarked, line.refunds_unmarked) == (1, 1)  # type: ignore[attr-defined]
+    return ledger, (line.refunds_remarked, line.refunds_unmarked)  # type: ignore[attr-defined]
