@@ -74,6 +74,7 @@ class Simulator:
         self.arrivals = 0
         self.burst_count = 0
         self.scenario: str | None = None
+        self.keyset_issued_at = 0  # the plaza's key set file's, as last issued
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -114,7 +115,8 @@ class Simulator:
         await self.networks.start()
         self.network_auth = self.networks.auth_config(self.options.speed)
         lanes = [lane.lane_id for lane in self.lanes]
-        keyset = self.codes.write_keyset(work / "keyset.json", int(time.time()), lanes)
+        self.keyset_issued_at = int(time.time())
+        keyset = self.codes.write_keyset(self.keyset_path, self.keyset_issued_at, lanes)
         if self.metro:
             metro.write_tariff(work, int(time.time()) - 86_400)
         self._backoffice = BackOffice(
@@ -229,6 +231,18 @@ class Simulator:
 
     async def drive_forever(self, mix: Mix) -> None:
         await self.drive_for(float("inf"), mix)
+
+    @property
+    def keyset_path(self) -> Path:
+        """The plaza's key set, which every lane's `auth.keyset` names."""
+        return self.workdir / "keyset.json"
+
+    def issue_keyset(self, lapsed: bool) -> None:
+        # Strictly newer, or the lanes keep the set they hold (a fault switched twice a second).
+        self.keyset_issued_at = max(int(time.time()), self.keyset_issued_at + 1)
+        lanes = [lane.lane_id for lane in self.lanes]
+        self.codes.reissue_keyset(self.keyset_path, self.keyset_issued_at, lanes, lapsed=lapsed)
+        log.warning("key set issued", extra={"issued_at": self.keyset_issued_at, "lapsed": lapsed})
 
     def burst(self, lane_index: int, count: int, kind: str) -> None:
         """`count` vehicles showing only replayed/forged codes join lane `lane_index` now, at the
