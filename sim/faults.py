@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from lane.wire import topics
 from sim.acquirer_faults import Outage
 from sim.plaza import Plaza
 from sim.wechatpay_fake import CertificateFault
@@ -142,6 +143,13 @@ FAULTS: dict[str, FaultSpec] = {
             "the device's acks, states and snapshots do not decode (barrier_unreadable)",
         ),
         FaultSpec("camera_blackout", "Camera blackout", "lane", "frames go black"),
+        FaultSpec(
+            "publish_refused",
+            "Broker refuses the lane's records",
+            "lane",
+            "the broker's ACL, reloaded, refuses the lane's uplink records topic: they are kept"
+            " and retried (publish_refused); off, the ACL grants it again",
+        ),
         FaultSpec(
             "keyset_lapsed",
             "Key set with lapsed token keys",
@@ -348,6 +356,9 @@ class FaultController:
             elif name == "camera_blackout":
                 assert lane.camera is not None
                 lane.camera.blackout(on)
+            elif name == "publish_refused":
+                topic = topics.uplink_records(lane.lane_id)
+                await asyncio.to_thread(sim.refuse_topic, topic, on)
             elif name == "queue_high_water":
                 await lane.squeeze_queue(on)
             elif name == "code_burst":

@@ -23,6 +23,7 @@ from barrier.messages import MAX_TEXT
 from lane.auth.wechatpay_certs import MIN_REFRESH_INTERVAL_S
 from lane.auth.wechatpay_wire import out_trade_no
 from lane.core.names import AuthResult
+from lane.transport.refusals import REFUSED_RETRY
 from sim.harness import SimOptions, Simulator
 from sim.lane import SimLane
 from sim.traffic import Driver
@@ -71,6 +72,14 @@ CASES = [
     Case("acquirer_slow", None),
     Case("acquirer_declines", None),
     Case("queue_high_water", "queue_high_water"),
+    # The broker refuses the lane's records: the vehicle passes, its record waits. The lane
+    # tries the topic again at a back-off doubling to REFUSED_RETRY's cap (real seconds).
+    Case(
+        "publish_refused",
+        None,
+        with_vehicle="publish_refused",
+        heal_s=HEAL_WITHIN_S + REFUSED_RETRY.max_s * SPEED,
+    ),
     # The plaza issues a newer key set whose token key has expired: offline tokens are refused
     # for their key alone; off, a good set is issued and adopted.
     Case("keyset_lapsed", "keyset_no_token_key", refused="key_not_valid_at_iat"),
