@@ -252,7 +252,10 @@ class Simulator:
         return self.workdir / "mosquitto.acl"
 
     def refuse_topic(self, topic: str, refused: bool) -> None:
-        (self.refused_topics.add if refused else self.refused_topics.discard)(topic)
+        if refused:
+            self.refused_topics.add(topic)
+        else:
+            self.refused_topics.discard(topic)
         self._write_acl()
         assert self.broker is not None
         self.broker.reload()
