@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +157,25 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto reads its ACL file again; its clients stay connected."""
+        if self.process is None or self.process.poll() is not None:
+            raise BrokerError("mosquitto is not running: nothing to reload")
+        self.process.send_signal(signal.SIGHUP)
+
+
+def acl_all_but(denied: Iterable[str]) -> str:
+    """An ACL file's text for anonymous clients: every topic, read and write, but `denied`
+    (neither; mosquitto weighs denials first)."""
+    return "".join(f"topic deny {topic}\n" for topic in sorted(denied)) + "topic readwrite #\n"
+
+
+def acl_config(acl: Path) -> str:
+    """The config lines that make mosquitto obey the ACL file `acl`. Started as root it reads
+    the file after dropping to its own user, which cannot read a private work dir: it stays
+    root then."""
+    return f"acl_file {acl}\n" + ("user root\n" if os.geteuid() == 0 else "")
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lane.auth.cose import Alg, PrivateKey
-from lane.auth.keys import IssuerKey, KeySet, keyset_to_json
+from lane.auth.keys import IssuerKey, KeySet, KeyUse, keyset_to_json
 from lane.auth.peer_messages import LaneKey
 from lane.auth.peers import Peers
 from lane.auth.replay import ReplayStore
 from lane.auth.tokens import PHONE_TOKEN_TTL_S, TokenFormat, issue_compact_token, issue_token
+from lane.durable import write_atomically
 
 ISSUER = "sim-transit"
 # Short, so that a compact token with an 8-character account fits QR version 5-L.
@@ -119,10 +120,29 @@ class CodeFactory:
     def write_keyset(self, path: Path, now: int, lanes: Iterable[str] = ()) -> Path:
         """The key set file, and beside it each of `lanes`' key file (`lane_auth`)."""
         lanes = list(lanes)
-        path.write_text(keyset_to_json(self.keyset(now, lanes)))
+        self.reissue_keyset(path, now, lanes)
         for lane in lanes:
             write_private_key(lane_key_path(path.parent, lane), self.lane_key(lane).private_key)
         return path
+
+    def reissue_keyset(
+        self, path: Path, now: int, lanes: Iterable[str], *, lapsed: bool = False
+    ) -> None:
+        """The key set file, issued at `now`, replaced whole: a lane re-reads it when it
+        changes and must never meet half of it. `lapsed`: each token key expired an hour
+        before `now` (a rotation gone wrong), the other keys as ever."""
+        keys = self.keyset(now, lanes)
+        if lapsed:
+            keys = KeySet.of(
+                now,
+                [
+                    replace(k, not_before=now - 2 * 86400, not_after=now - 3600)
+                    if k.use is KeyUse.TOKEN
+                    else k
+                    for k in keys.keys.values()
+                ],
+            )
+        write_atomically(path, keyset_to_json(keys).encode())
 
     def lane_key(self, lane: str) -> LaneKey:
         """Lane `lane`'s message key: the same for a seed and a lane id, every run."""

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from lane.wire import topics
 from sim.acquirer_faults import Outage
 from sim.plaza import Plaza
 from sim.wechatpay_fake import CertificateFault
@@ -135,7 +136,27 @@ FAULTS: dict[str, FaultSpec] = {
         FaultSpec("barrier_no_ack", "Barrier no ack", "lane", "commands are ignored"),
         FaultSpec("barrier_slow_ack", "Barrier slow ack", "lane", "acks arrive seconds late"),
         FaultSpec("barrier_fault", "Barrier fault", "lane", "the device reports a fault"),
+        FaultSpec(
+            "barrier_garbled",
+            "Barrier garbled",
+            "lane",
+            "the device's acks, states and snapshots do not decode (barrier_unreadable)",
+        ),
         FaultSpec("camera_blackout", "Camera blackout", "lane", "frames go black"),
+        FaultSpec(
+            "publish_refused",
+            "Broker refuses the lane's records",
+            "lane",
+            "the broker's ACL, reloaded, refuses the lane's uplink records topic: they are kept"
+            " and retried (publish_refused); off, the ACL grants it again",
+        ),
+        FaultSpec(
+            "keyset_lapsed",
+            "Key set with lapsed token keys",
+            "plaza",
+            "the plaza's key set is replaced by a newer one whose token key expired an hour ago:"
+            " offline tokens are refused (keyset_no_token_key); off, a good set is issued",
+        ),
         FaultSpec(
             "broker_down",
             "Broker down",
@@ -169,6 +190,7 @@ BARRIER_FAULTS = {
     "barrier_no_ack": "no_ack",
     "barrier_slow_ack": "slow_ack",
     "barrier_fault": "fault",
+    "barrier_garbled": "garbled",
 }
 
 
@@ -315,6 +337,8 @@ class FaultController:
         elif name == "refund_refused":
             for server in sim.payment_servers():
                 server.update_faults(refund_refused=REFUND_REFUSAL if on else None)
+        elif name == "keyset_lapsed":
+            await asyncio.to_thread(sim.issue_keyset, on)
         elif name.startswith("wechatpay_") or name == "refund_unpaid":
             await _wechatpay_fault(sim, name, on, values)
         else:
@@ -332,6 +356,9 @@ class FaultController:
             elif name == "camera_blackout":
                 assert lane.camera is not None
                 lane.camera.blackout(on)
+            elif name == "publish_refused":
+                topic = topics.uplink_records(lane.lane_id)
+                await asyncio.to_thread(sim.refuse_topic, topic, on)
             elif name == "queue_high_water":
                 await lane.squeeze_queue(on)
             elif name == "code_burst":

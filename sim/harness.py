@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from lane.auth.fares import load_tariff
+from lane.durable import write_atomically
 from sim import metro
 from sim.acquirer import AcquirerServer
 from sim.acquirer_faults import Faults
 from sim.backoffice import BackOffice
-from sim.broker import Mosquitto, free_port
+from sim.broker import Mosquitto, acl_all_but, acl_config, free_port
 from sim.codes import CodeFactory
 from sim.faults import FaultController, play_timeline
 from sim.lane import Outcome, SimLane
@@ -74,6 +75,8 @@ class Simulator:
         self.arrivals = 0
         self.burst_count = 0
         self.scenario: str | None = None
+        self.keyset_issued_at = 0  # the plaza's key set file's, as last issued
+        self.refused_topics: set[str] = set()  # the broker's ACL refuses these (publish_refused)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -106,7 +109,8 @@ class Simulator:
     async def start(self) -> None:
         work = self.workdir
         work.mkdir(parents=True, exist_ok=True)
-        self.broker = Mosquitto(port=free_port(), workdir=work)
+        self._write_acl()
+        self.broker = Mosquitto(free_port(), work, acl_config(self.acl_path))
         await asyncio.to_thread(self.broker.start)
         self.acquirer = AcquirerServer(faults=self.options.acquirer, seed=self.options.seed)
         acquirer_url = await self.acquirer.start()
@@ -114,7 +118,8 @@ class Simulator:
         await self.networks.start()
         self.network_auth = self.networks.auth_config(self.options.speed)
         lanes = [lane.lane_id for lane in self.lanes]
-        keyset = self.codes.write_keyset(work / "keyset.json", int(time.time()), lanes)
+        self.keyset_issued_at = int(time.time())
+        keyset = self.codes.write_keyset(self.keyset_path, self.keyset_issued_at, lanes)
         if self.metro:
             metro.write_tariff(work, int(time.time()) - 86_400)
         self._backoffice = BackOffice(
@@ -229,6 +234,35 @@ class Simulator:
 
     async def drive_forever(self, mix: Mix) -> None:
         await self.drive_for(float("inf"), mix)
+
+    @property
+    def keyset_path(self) -> Path:
+        """The plaza's key set, which every lane's `auth.keyset` names."""
+        return self.workdir / "keyset.json"
+
+    def issue_keyset(self, lapsed: bool) -> None:
+        # Strictly newer, or the lanes keep the set they hold (a fault switched twice a second).
+        self.keyset_issued_at = max(int(time.time()), self.keyset_issued_at + 1)
+        lanes = [lane.lane_id for lane in self.lanes]
+        self.codes.reissue_keyset(self.keyset_path, self.keyset_issued_at, lanes, lapsed=lapsed)
+        log.warning("key set issued", extra={"issued_at": self.keyset_issued_at, "lapsed": lapsed})
+
+    @property
+    def acl_path(self) -> Path:
+        return self.workdir / "mosquitto.acl"
+
+    def refuse_topic(self, topic: str, refused: bool) -> None:
+        if refused:
+            self.refused_topics.add(topic)
+        else:
+            self.refused_topics.discard(topic)
+        self._write_acl()
+        assert self.broker is not None
+        self.broker.reload()
+        log.warning("broker ACL reloaded", extra={"refused": sorted(self.refused_topics)})
+
+    def _write_acl(self) -> None:
+        write_atomically(self.acl_path, acl_all_but(self.refused_topics).encode())
 
     def burst(self, lane_index: int, count: int, kind: str) -> None:
         """`count` vehicles showing only replayed/forged codes join lane `lane_index` now, at the

@@ -33,4 +33,13 @@ class Plaza(Protocol):
         """The WeChat Pay fake, when the lanes' WeChat codes go to it."""
         ...
 
+    def issue_keyset(self, lapsed: bool) -> None:
+        """The plaza's key set issued again, newer than the last; `lapsed`: its token keys
+        all expired."""
+        ...
+
+    def refuse_topic(self, topic: str, refused: bool) -> None:
+        """The broker's ACL refuses (or grants again) every publish to `topic`, reloaded."""
+        ...
+
     def burst(self, lane_index: int, count: int, kind: str) -> None: ...

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -29,11 +27,10 @@ from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
 from lane.transport.refusals import PUBLISH_REFUSED, Refusals, alarm_on_refusals
 from lane.wire import topics
-from sim.broker import Mosquitto, free_port
+from sim.broker import Mosquitto, acl_config, free_port
 
 TOPIC = "denied/taps"
 LANE = "P01/l01"
-AS_ROOT = "user root\n" if os.geteuid() == 0 else ""  # mosquitto then reads pytest's tmp_path
 
 
 def logged(caplog: pytest.LogCaptureFixture, message: str) -> int:
@@ -99,7 +96,7 @@ async def test_an_outbox_refused_by_the_acl_backs_off_alarms_and_delivers_once_f
     caplog.set_level(logging.INFO)
     acl = tmp_path / "acl"
     acl.write_text(f"topic read {TOPIC}\n")
-    broker = Mosquitto(free_port(), tmp_path, f"acl_file {acl}\n{AS_ROOT}")
+    broker = Mosquitto(free_port(), tmp_path, acl_config(acl))
     broker.start()
     got: asyncio.Queue[Incoming] = asyncio.Queue()
 
@@ -130,8 +127,7 @@ async def test_an_outbox_refused_by_the_acl_backs_off_alarms_and_delivers_once_f
         assert outbox.published == 0 and got.empty()
 
         acl.write_text(f"topic readwrite {TOPIC}\n")
-        assert broker.process is not None
-        broker.process.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL file
+        broker.reload()  # mosquitto reads its ACL file again
 
         msg = await asyncio.wait_for(got.get(), 10)
         assert msg.payload == b"tap-1"
@@ -157,7 +153,7 @@ async def test_a_ticket_the_broker_refuses_waits_for_the_acl_not_for_the_printer
     granted = "".join(f"topic readwrite {t}\n" for t in printer_topics)
     acl = tmp_path / "acl"
     acl.write_text(f"{granted}topic read {topics.printer_print(LANE)}\n")
-    broker = Mosquitto(free_port(), tmp_path, f"acl_file {acl}\n{AS_ROOT}")
+    broker = Mosquitto(free_port(), tmp_path, acl_config(acl))
     broker.start()
     alarms: dict[str, str | None] = {}
     link = MqttLink(broker.host, broker.port, f"uplink-{LANE}")
@@ -194,8 +190,7 @@ async def test_a_ticket_the_broker_refuses_waits_for_the_acl_not_for_the_printer
             assert printer.printed == []
 
             acl.write_text(f"{granted}topic readwrite {topic}\n")
-            assert broker.process is not None
-            broker.process.send_signal(signal.SIGHUP)
+            broker.reload()  # mosquitto reads its ACL file again
 
             await eventually(lambda: [a.printed for a in answers] == [False, True], what="print")
             assert [t.job_id for t in printer.printed] == ["iss-1"]

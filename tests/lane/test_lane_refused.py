@@ -6,8 +6,6 @@ tests/test_publish_refusals.py."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +18,8 @@ from test_lane_heal import QUICK, quiet
 from lane.auth.plaza import used_tokens_topic
 from lane.transport.refusals import PUBLISH_REFUSED
 from lane.wire import topics
-from sim.broker import Mosquitto, free_port
+from sim.broker import Mosquitto, acl_config, free_port
 
-AS_ROOT = "user root\n" if os.geteuid() == 0 else ""  # mosquitto then reads pytest's tmp_path
 # The lane connects as this user; the device emulator and the tests' clients anonymously.
 LANE_USER = {"username": "lane", "password": "lane"}
 
@@ -37,8 +34,7 @@ def acl(denied: list[str]) -> str:
 def deny(broker: Mosquitto, denied: list[str]) -> None:
     """Rewrite the broker's ACL file and have mosquitto read it again."""
     (broker.workdir / "acl").write_text(acl(denied))
-    assert broker.process is not None
-    broker.process.send_signal(signal.SIGHUP)
+    broker.reload()  # mosquitto reads its ACL file again
 
 
 @pytest.fixture
@@ -46,7 +42,7 @@ def acl_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     work = tmp_path / "broker"
     work.mkdir()
     (work / "acl").write_text(acl([]))
-    broker = Mosquitto(free_port(), work, f"acl_file {work / 'acl'}\n{AS_ROOT}")
+    broker = Mosquitto(free_port(), work, acl_config(work / "acl"))
     broker.start()
     try:
         yield broker

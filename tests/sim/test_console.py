@@ -47,6 +47,11 @@ FAULTS = [
     # Seen by the next WeChat Pay vehicle after a rotation (the test brings both, the vehicle
     # ahead of lane 1's queue).
     ("wechatpay_certificates_broken", "wechatpay_certificates", "major"),
+    ("barrier_garbled", "barrier_unreadable", "critical"),
+    # Seen by no vehicle: the lane judges the key set it holds; the traffic's tokens are refused.
+    ("keyset_lapsed", "keyset_no_token_key", "major"),
+    # Seen by the next vehicle's record, which the broker refuses.
+    ("publish_refused", "publish_refused", "major"),
 ]
 # A decline rate well above the alarm's fifth, so that the alarm stays up while it is acked.
 FAULT_PARAMS = {"acquirer_declines": {"rate": 0.9}}
@@ -62,7 +67,12 @@ AT_REST = {"barrier_stuck"}
 # its gaps once in 9 loaded runs).
 EMPTY_TO_CLEAR = {"barrier_stuck"}
 # What the alarm's row must say, beyond its code: where the operator should look.
-SAYS = {"wechatpay_certificates": "apiv3_key_file"}
+SAYS = {
+    "wechatpay_certificates": "apiv3_key_file",
+    "barrier_unreadable": "cannot be read",
+    "keyset_no_token_key": "s1 expired",
+    "publish_refused": "Not authorized",
+}
 
 
 class Plaza:

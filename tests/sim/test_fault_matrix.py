@@ -23,6 +23,7 @@ from barrier.messages import MAX_TEXT
 from lane.auth.wechatpay_certs import MIN_REFRESH_INTERVAL_S
 from lane.auth.wechatpay_wire import out_trade_no
 from lane.core.names import AuthResult
+from lane.transport.refusals import REFUSED_RETRY
 from sim.harness import SimOptions, Simulator
 from sim.lane import SimLane
 from sim.traffic import Driver
@@ -45,6 +46,8 @@ class Case:
     vehicle: str = "token"  # the code the vehicles show
     # Safe while it lasts: the vehicle that meets it is declined, its payment in doubt reversed.
     declined: bool = False
+    # Safe while it lasts: a vehicle showing `vehicle` is refused for this reason, not let through.
+    refused: str | None = None
     heal_s: float = HEAL_WITHIN_S
     # Alarms judged over a window of payments, which the declined vehicle stays in after the
     # fault is gone (it clears as the window moves on: the lane's rule, tested on its own).
@@ -54,6 +57,8 @@ class Case:
 CASES = [
     Case("barrier_offline", "barrier_offline", closed=True),
     Case("barrier_fault", "barrier_fault", closed=True),
+    # The device's words about its boom do not decode: the lane cannot tell where the boom is.
+    Case("barrier_garbled", "barrier_unreadable", closed=True),
     Case("barrier_no_ack", None, with_vehicle="barrier_no_ack"),
     Case("barrier_stuck", None, with_vehicle="barrier_stuck"),
     # The vehicle's open works, the close after it does not: the lane takes payments under it.
@@ -67,6 +72,17 @@ CASES = [
     Case("acquirer_slow", None),
     Case("acquirer_declines", None),
     Case("queue_high_water", "queue_high_water"),
+    # The broker refuses the lane's records: the vehicle passes, its record waits. The lane
+    # tries the topic again at a back-off doubling to REFUSED_RETRY's cap (real seconds).
+    Case(
+        "publish_refused",
+        None,
+        with_vehicle="publish_refused",
+        heal_s=HEAL_WITHIN_S + REFUSED_RETRY.max_s * SPEED,
+    ),
+    # The plaza issues a newer key set whose token key has expired: offline tokens are refused
+    # for their key alone; off, a good set is issued and adopted.
+    Case("keyset_lapsed", "keyset_no_token_key", refused="key_not_valid_at_iat"),
     # WeChat Pay rotates its certificate while the download is broken: the next WeChat Pay
     # answer names a certificate the lane cannot learn. Once the download works, the lane's
     # next try (a retry is allowed every certificate_retry_s, which the simulator scales like
@@ -155,6 +171,13 @@ async def test_each_fault_clears_itself_and_the_next_vehicle_is_served(
                 lambda: case.with_vehicle in alarms(lane),
                 NOTICE_WITHIN_S,
             )
+        if case.refused is not None:
+            refused = len(lane.outcomes)
+            lane.join(paying(sim, case.vehicle))
+            await lane.drained()
+            outcome = lane.outcomes[refused]
+            assert not outcome.passed, f"{case.fault}: let through {outcome}"
+            assert case.refused in outcome.refusals, f"{case.fault}: {outcome.refusals}"
         for code in (case.alarm, case.with_vehicle):
             if code is not None:  # the operator sees it: in the health message, with its text
                 await within(
