@@ -18,12 +18,15 @@ from pathlib import Path
 
 import cv2
 import pytest
-from disk_kit import fill, small_tmpfs
+from disk_kit import fill, frozen, small_tmpfs
 from polling import eventually
 from test_lane_daemon import Lane, named, running_lane
 from test_lane_heal import back_and_paying, lane_processes, pays, quiet
 
 from barrier.messages import LaneStatus
+from lane.config import parse_config
+from lane.daemon import wait_for_data_dir
+from lane.sd_notify import SystemdNotifier
 from scanner.sources import Item, PushSource
 from sim.broker import Mosquitto, free_port
 from sim.camera import frame_for
@@ -318,6 +321,26 @@ async def test_a_lane_started_on_a_full_disk_waits_says_why_and_starts_once_spac
             assert [c.op for c in rig.device.received] == ["open"]
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
+
+
+async def test_a_lane_started_on_a_hung_disk_says_so_and_starts_once_it_answers(
+    ext4_fs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lane run` on a data directory that does not answer (a real ext4 file system frozen
+    with fsfreeze: its check's mkdir waits) used to wait in that check, or in opening its
+    stores, saying nothing anywhere; now it says so past `disk_answer_s` on stderr, in the log
+    and in systemd's status, and goes on once the disk answers."""
+    config = parse_config({"lane": {"id": "p01/l01", "data_dir": str(ext4_fs), "disk_answer_s": 1}})
+    systemd = SystemdNotifier({})
+    stop = asyncio.Event()
+    with frozen(ext4_fs):
+        waiting = asyncio.create_task(wait_for_data_dir(config, stop, systemd))
+        await eventually(lambda: "does not answer" in systemd.status(), within=10)
+        assert systemd.status().startswith(f"cannot start yet: {ext4_fs}: does not answer")
+        assert f"lane: cannot start yet: {ext4_fs}: does not answer" in capsys.readouterr().err
+        assert not waiting.done()  # safe: nothing opened on it
+    assert await asyncio.wait_for(waiting, 30) is True
+    assert (ext4_fs / "disk-probe").exists()  # the check's own write went through
 
 
 async def test_the_uplink_down_with_nothing_queued_is_said_after_its_grace_and_cleared_on_reconnect(
