@@ -10,6 +10,7 @@ the next paying vehicle is served. Mounting needs root (CI runs `make test` as r
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,10 +29,11 @@ from sim.camera import frame_for
 
 @asynccontextmanager
 async def serving_lane(
-    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, disk_answer_s: float
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, disk_answer_s: float, **more: float
 ) -> AsyncIterator[OpsLane]:
-    """A lane on the test's own file system that has served one vehicle (its queue written)."""
-    extra = {"lane": {"disk_answer_s": disk_answer_s}}
+    """A lane on the test's own file system that has served one vehicle (its queue written);
+    `more`: more `[lane]` keys."""
+    extra = {"lane": {"disk_answer_s": disk_answer_s, **more}}
     async with running_lane(tmp_path, mosquitto, lane_id, extra=extra) as lane:
         assert await lane.serve("token") == "barrier_opened"
         yield lane
@@ -146,4 +148,68 @@ async def test_a_disk_that_hangs_under_a_paying_driver_lets_nobody_through_and_l
         await lane.device.vehicle_passes()
         await eventually(lambda: daemon.runner.state.passage is None)
         assert records_of_vehicle() == ["declined", "approved"]
+        assert noted_record_ids(lane) == stored_record_ids(queue)
+
+
+async def test_a_disk_that_hangs_as_a_paid_record_is_written_holds_the_barrier_until_it_is_on_disk(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    ext4_fs: Path,
+) -> None:
+    """The driver has paid (an offline token, its replay check done) and the disk freezes the
+    moment the lane starts writing the record: the vehicle waits at a closed barrier (no
+    passage without its record on disk), told to wait (it used to be told "Lane closed, please
+    use another lane"), and `disk_not_answering` says so; once
+    the disk answers the record is written, the barrier opens for that vehicle and it passes,
+    and nothing is written twice or lost."""
+    async with serving_lane(tmp_path, mosquitto, lane_id, 1) as lane:
+        daemon = lane.daemon
+        queue = daemon.config.lane.data_dir / "queue.sqlite3"
+        opened = len(lane.named("barrier_opened"))
+        await lane.device.vehicle_enters(2)
+        await eventually(lambda: len(lane.named("vehicle_arrived")) == 2)
+        vehicle_id = lane.named("vehicle_arrived")[-1]["vehicle_id"]
+        frame = frame_for(lane.codes.make("token", int(time.time())).text, "clear", rng=1)
+        # The test holds the queue's write lock, so the record's write waits in line for it
+        # until the disk is frozen, then goes to the frozen disk.
+        holder = sqlite3.connect(queue, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            await eventually(
+                lambda: (
+                    daemon.runner.state.vehicle is not None
+                    and daemon.runner.state.vehicle.committed
+                ),
+                every=0.03,
+                between=lambda: lane.source.put(frame, time.monotonic()),
+            )
+            with frozen(ext4_fs):
+                holder.execute("ROLLBACK")
+                await eventually(lambda: "disk_not_answering" in daemon.runner.alarms, within=20)
+                # Told to wait, not to use another lane: the barrier opens once it is on disk.
+                assert lane.named("display")[-1]["lines"] == ["Paid", "Please wait"]
+                vehicle = daemon.runner.state.vehicle
+                assert vehicle is not None and vehicle.committed  # still waiting, paid
+                assert [
+                    f for f in lane.named("record") if f["record"]["vehicle_id"] == vehicle_id
+                ] == []
+                assert len(lane.named("barrier_opened")) == opened
+                assert [c.op for c in lane.device.received].count("open") == opened
+                assert lane.device.state == "closed"
+        finally:
+            holder.close()
+        # The disk answers: the paid vehicle's record is written, then its barrier opens.
+        await eventually(lambda: len(lane.named("barrier_opened")) > opened, within=20)
+        assert lane.named("barrier_opened")[-1]["vehicle_id"] == vehicle_id
+        await eventually(lambda: lane.device.state == "open")
+        await lane.device.vehicle_passes()
+        await eventually(lambda: daemon.runner.state.passage is None)
+        results = [
+            f["record"]["auth"]["result"]
+            for f in lane.named("record")
+            if f["record"]["vehicle_id"] == vehicle_id
+        ]
+        assert results == ["approved"]
+        await eventually(lambda: "disk_not_answering" not in daemon.runner.alarms, within=20)
         assert noted_record_ids(lane) == stored_record_ids(queue)
