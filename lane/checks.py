@@ -33,9 +33,9 @@ from lane.auth.networks import NetworkKeys
 from lane.auth.peer_messages import own_key_missing
 from lane.auth.tokens import PHONE_TOKEN_TTL_S
 from lane.auth.trust import judge_deny, judge_keyset
-from lane.auth.wechatpay_certs import utc_text
 from lane.auth.wechatpay_trust import CertificateFiles
 from lane.config import ConfigError, LaneConfig, load_config
+from lane.utc_text import utc_text
 
 
 @dataclass

@@ -44,7 +44,7 @@ from lane.auth.peer_messages import (
 )
 from lane.auth.peer_messages import own_key_missing as own_key_text
 from lane.auth.replay import ReplayStore, ReplayStoreError
-from lane.auth.wechatpay_certs import utc_text
+from lane.utc_text import utc_text
 
 log = logging.getLogger("lane.auth.peers")
 

@@ -20,7 +20,7 @@ import base64
 import binascii
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
 
@@ -254,10 +254,6 @@ def refresh_due(
 def _elapsed(since: float | None, now: float, interval_s: float) -> bool:
     """`interval_s` has passed since `since` (never, or a clock set back, counts as passed)."""
     return since is None or not 0 <= now - since < interval_s
-
-
-def utc_text(unix_s: float) -> str:
-    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _rfc3339(unix_s: float) -> str:

@@ -46,6 +46,7 @@ from lane.auth import wechatpay_certs as certs
 from lane.auth import wechatpay_wire as wire
 from lane.auth.acquirer import AcquirerError, AlarmSink, HttpAnswer
 from lane.durable import write_atomically
+from lane.utc_text import utc_text
 
 log = logging.getLogger("lane.auth.wechatpay")
 
@@ -230,7 +231,7 @@ class PlatformCertificates:
                 held = (
                     "the lane has no valid one"
                     if newest is None
-                    else f"the newest the lane has expires {certs.utc_text(newest)}"
+                    else f"the newest the lane has expires {utc_text(newest)}"
                 )
                 self._fail(
                     f"WeChat Pay platform certificates run out ({held}) and downloading"

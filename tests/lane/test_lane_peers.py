@@ -25,10 +25,10 @@ from test_lane_daemon import Lane, running_lane
 from lane.auth.keys import KeySet, keyset_to_json, load_keyset
 from lane.auth.peer_messages import REFUSAL_LOG_EVERY_S
 from lane.auth.plaza import MarkKind, UsedTokenMsg, encode_used_token, used_tokens_topic
-from lane.auth.wechatpay_certs import utc_text
 from lane.checks import check_config
 from lane.runner import Clocks
 from lane.transport.mqtt import MqttLink
+from lane.utc_text import utc_text
 from sim.broker import Mosquitto
 from sim.codes import CodeFactory
 
