@@ -1136,8 +1136,11 @@ class LaneDaemon:
         grace = UPLINK_DOWN_AFTER_KEEPALIVES * broker.keepalive_s
         where = f"{broker.host}:{broker.port}"
         text = uplink_down(self._uplink_down_since, now, self.clocks.wall(), grace, where)
-        if text != self.runner.alarms.get(UPLINK_DOWN):
-            self.runner.alarm(UPLINK_DOWN, text)
+        # Raised once with its text: read again each second, its "since" (wall time worked
+        # back from the monotonic clock) moves with every step or slew of the wall clock.
+        if (text is None) == (UPLINK_DOWN not in self.runner.alarms):
+            return
+        self.runner.alarm(UPLINK_DOWN, text)
 
     async def _health_loop(self) -> None:
         """Key set age, the camera, the peer messages, the disk's answers and the uplink
