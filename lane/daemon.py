@@ -20,6 +20,7 @@ import os
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -78,7 +79,8 @@ from lane.core.names import Alarm, PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.disk_answer import not_answering
-from lane.disk_probe import DiskProbe
+from lane.disk_probe import PROBE_FILE, DiskProbe
+from lane.durable import write_atomically
 from lane.health import disk_problem
 from lane.health_publisher import HealthPublisher
 from lane.lane_health import UPLINK_DOWN, uplink_down
@@ -1188,8 +1190,11 @@ class LaneDaemon:
         grace = UPLINK_DOWN_AFTER_KEEPALIVES * broker.keepalive_s
         where = f"{broker.host}:{broker.port}"
         text = uplink_down(self._uplink_down_since, now, self.clocks.wall(), grace, where)
-        if text != self.runner.alarms.get(UPLINK_DOWN):
-            self.runner.alarm(UPLINK_DOWN, text)
+        # Raised once with its text: read again each second, its "since" (wall time worked
+        # back from the monotonic clock) moves with every step or slew of the wall clock.
+        if (text is None) == (UPLINK_DOWN not in self.runner.alarms):
+            return
+        self.runner.alarm(UPLINK_DOWN, text)
 
     async def _health_loop(self) -> None:
         """Key set age, the camera, the peer messages, the disk's answers and the uplink
@@ -1231,38 +1236,69 @@ async def wait_for_data_dir(
     """Wait until the data directory can take the lane's stores; False when stopped first.
 
     Says why on stderr, in the log and in systemd's status, once per distinct reason, and
-    that it tries again."""
+    that it tries again. A hung disk (a frozen file system, a dead NFS server) answers the
+    check with nothing at all: past `lane.disk_answer_s` that is said too, and the same check
+    is waited for (one thread stuck in the disk, not one more per try)."""
     data = config.lane.data_dir
+    answer_s = config.lane.disk_answer_s
     said: str | None = None
-    while not stop.is_set():
-        problem = await asyncio.to_thread(_data_dir_problem, data)
-        if problem is None:
-            if said is not None:
-                log.info("data directory usable", extra={"lane": config.lane.id, "path": str(data)})
-            return True
-        if problem != said:
-            said = problem
-            if systemd is not None:
-                systemd.status = partial(str, f"cannot start yet: {data}: {problem}")
-            extra = {"lane": config.lane.id, "error": f"{data}: {problem}"}
-            log.error("lane cannot start yet", extra={**extra, "retry_s": DATA_DIR_RETRY_S})
-            print(
-                f"lane: cannot start yet: {data}: {problem}; "
-                f"trying again every {DATA_DIR_RETRY_S:g} s",
-                file=sys.stderr,
-            )
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(DATA_DIR_RETRY_S):
-                await stop.wait()
-    return False
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-data-dir")
+    stopped = asyncio.ensure_future(stop.wait())
+    check: asyncio.Future[str | None] | None = None
+    try:
+        while not stop.is_set():
+            if check is None:
+                check = loop.run_in_executor(executor, _data_dir_problem, data)
+            either: list[asyncio.Future[Any]] = [check, stopped]
+            await asyncio.wait(either, timeout=answer_s, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                break
+            problem: str | None
+            if not check.done():
+                problem = f"does not answer: nothing back from it for {answer_s:g} s (a hung disk?)"
+                then = "waiting for it"
+            else:
+                problem, check = check.result(), None
+                then = f"trying again every {DATA_DIR_RETRY_S:g} s"
+            if problem is None:
+                if said is not None:
+                    extra = {"lane": config.lane.id, "path": str(data)}
+                    log.info("data directory usable", extra=extra)
+                return True
+            if problem != said:
+                said = problem
+                if systemd is not None:
+                    systemd.status = partial(str, f"cannot start yet: {data}: {problem}")
+                extra = {"lane": config.lane.id, "error": f"{data}: {problem}"}
+                log.error("lane cannot start yet", extra={**extra, "retry_s": DATA_DIR_RETRY_S})
+                print(f"lane: cannot start yet: {data}: {problem}; {then}", file=sys.stderr)
+            if check is None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(DATA_DIR_RETRY_S):
+                        await stop.wait()
+        return False
+    finally:
+        stopped.cancel()
+        # A check stuck in a hung disk keeps its thread until the disk answers: not waited.
+        executor.shutdown(wait=False)
 
 
 def _data_dir_problem(data: Path) -> str | None:
+    """Why the data directory cannot take the stores, or None; blocking, and on a hung disk
+    for as long as it hangs (its mkdir and the probe write wait for a frozen file system)."""
     try:
         data.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return f"cannot create it: {exc.strerror or exc}"
-    return disk_problem(*disk_facts(data))
+    problem = disk_problem(*disk_facts(data))
+    if problem is not None:
+        return problem
+    try:
+        write_atomically(data / PROBE_FILE, b"")
+    except OSError as exc:
+        return f"cannot write there: {exc.strerror or exc}"
+    return None
 
 
 def run_with_uvloop(main: Callable[[], Any]) -> Any:

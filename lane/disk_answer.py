@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lane.since_utc import since_utc
+from lane.wire.utc import since_utc
 
 
 def not_answering(
@@ -24,5 +24,5 @@ def not_answering(
         return None
     return (
         f"{data_dir}: a read or write unanswered for {now - since:.0f} s"
-        f" (since {since_utc(since, now, wall)} UTC); no payments until it answers"
+        f" (since {since_utc(since, now, wall)}); no payments until it answers"
     )

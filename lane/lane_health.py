@@ -23,8 +23,8 @@ from barrier.messages import MAX_TEXT
 from lane.alarm_severity import severity_of
 from lane.auth.tokens import Reason
 from lane.core.reread import ALREADY_USED
-from lane.since_utc import since_utc
 from lane.window import percentiles
+from lane.wire.utc import since_utc
 
 CLEARED_KEPT = 16
 # An alarm raised again this soon after it cleared is the same occurrence coming back (a
@@ -207,7 +207,7 @@ def uplink_down(
         return None
     return (
         f"back-office link down: no uplink connection to the broker {where}"
-        f" since {since_utc(down_since, now, wall)} UTC; records stay queued on disk"
+        f" since {since_utc(down_since, now, wall)}; records stay queued on disk"
         " and go once it is back"
     )
 

@@ -4,7 +4,8 @@
 metrics first and wires them in itself (runner observer, `TimedBarrier` around the barrier
 port, acquirer request tracing), so nothing is patched after construction. `run()` (a task
 of the daemon's TaskGroup) measures the event loop's heartbeat, refreshes the adapters' figures
-every second (the queue's from the daemon's last read, not the disk) and, when
+every second (the queue's from the daemon's last read; the data directory's free space on a
+thread of its own, never waited for past a heartbeat) and, when
 `[metrics] port` is set, serves:
 
     GET /metrics   Prometheus text exposition of this lane's own registry
@@ -25,6 +26,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -78,6 +80,10 @@ class LaneOps:
         # then says which): a supervisor told the address learns it only after that.
         self.http_settled = asyncio.Event()
         self._site: web.AppRunner | None = None
+        # Not the loop's default pool: calls stuck in a hung disk (the replay store's, a peer
+        # message's mark) may fill that one, and /metrics must answer through a hung disk.
+        self._disk_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-disk-facts")
+        self._disk_read: asyncio.Future[tuple[bool, int | None]] | None = None
 
     # --- hooks the daemon calls ---------------------------------------------------------------
 
@@ -120,7 +126,7 @@ class LaneOps:
         """Read the adapters (queue, disk: off the loop) and update the metrics."""
         d = self.daemon
         self.uplink = d.uplink_status
-        self.disk = await asyncio.to_thread(disk_facts, d.config.lane.data_dir)
+        await self._read_disk()
         keys = d.verifier.keys
         self.metrics.update(
             Snapshot(
@@ -164,6 +170,21 @@ class LaneOps:
                 self.loop_lag_s = max(0.0, self._clock() - before - HEARTBEAT_S)
         finally:
             await self.stop_http()
+            # A read stuck in a hung disk keeps its thread until the disk answers: not waited.
+            self._disk_io.shutdown(wait=False, cancel_futures=True)
+
+    async def _read_disk(self) -> None:
+        """`disk` read again, waited for one heartbeat at most: a read stuck in a hung disk
+        (statvfs on a dead NFS server) leaves the last figures standing, and no second read
+        starts beside it."""
+        if self._disk_read is None:
+            data_dir = self.daemon.config.lane.data_dir
+            loop = asyncio.get_running_loop()
+            self._disk_read = loop.run_in_executor(self._disk_io, disk_facts, data_dir)
+        done, _ = await asyncio.wait({self._disk_read}, timeout=HEARTBEAT_S)
+        if done:
+            read, self._disk_read = self._disk_read, None
+            self.disk = read.result()
 
     # --- HTTP -----------------------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from lane.core.actions import Action, ClearAlarm, RaiseAlarm
-from lane.core.display import LANE_CLOSED
-from lane.core.names import BARRIER_ALARMS, BARRIER_FAULTS, Alarm, PersistError
+from lane.core.display import LANE_CLOSED, record_wait
+from lane.core.names import BARRIER_ALARMS, BARRIER_FAULTS, PAYMENT_FAULTS, Alarm, PersistError
 from lane.core.state import LaneState
 
 __all__ = ["BARRIER_ALARMS", "BARRIER_FAULTS", "Alarm", "add_fault", "remove_fault"]
@@ -50,7 +50,13 @@ def fault_message(fault: Alarm, detail: str = "") -> str:
 def add_fault(state: LaneState, fault: Alarm, detail: str = "") -> tuple[LaneState, list[Action]]:
     if fault in state.faults:
         return state, []
-    actions: list[Action] = [RaiseAlarm(fault, fault_message(fault, detail)), LANE_CLOSED]
+    vehicle = state.vehicle
+    shown = LANE_CLOSED
+    if fault in PAYMENT_FAULTS and vehicle is not None and vehicle.committed:
+        # Its record is on its way and opens the barrier once written, fault or not: "use
+        # another lane" is for drivers who have not paid.
+        shown = record_wait(paid=vehicle.approved is not None or vehicle.carried)
+    actions: list[Action] = [RaiseAlarm(fault, fault_message(fault, detail)), shown]
     return replace(state, faults=state.faults | {fault}), actions
 
 

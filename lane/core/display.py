@@ -21,6 +21,13 @@ def class_waits(vehicle_class: int) -> ShowOnDisplay:
     return ShowOnDisplay((f"Class {vehicle_class}", ASSISTANCE))
 
 
+def record_wait(*, paid: bool) -> ShowOnDisplay:
+    """A vehicle whose record is on its way to disk when a payment fault comes (a hung disk, a
+    full queue): the barrier still opens for it once the record is written, so it waits (not
+    `paid`: an attendant opened for it)."""
+    return ShowOnDisplay((*(("Paid",) if paid else ()), "Please wait"))
+
+
 def paid_wait(ttl_s: float, *, gate: bool, paid: bool) -> ShowOnDisplay:
     """A vehicle that paid (not `paid`: an attendant opened for it, an entry lane let it on)
     and that a fault keeps the barrier from opening for: it waits (until the fault clears, or

@@ -8,3 +8,9 @@ from datetime import UTC, datetime
 
 def utc_text(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def since_utc(since: float, now: float, wall: float) -> str:
+    """A moment the lane measured on its monotonic clock: `since` and `now` monotonic, `wall`
+    the wall time at `now`."""
+    return utc_text(wall - (now - since))

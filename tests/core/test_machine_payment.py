@@ -351,6 +351,33 @@ def test_a_data_directory_that_answers_again_reopens_payments() -> None:
     assert one(lane.scan(), Authorise).amount_minor == 250
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ev.DiskAnswering(answering=False, detail="/var/lib/lane: waited 15 s"),
+        ev.QueueChanged(full=True, high_water=True),
+    ],
+)
+def test_a_payment_fault_while_a_paid_record_is_written_tells_its_driver_to_wait(
+    fault: ev.Event,
+) -> None:
+    """The disk hangs (or the queue fills) as a paid vehicle's record is being written: the
+    barrier still opens for it once the record is on disk, so its driver is told to wait,
+    not to use another lane; the next driver is refused."""
+    lane = LaneDriver()
+    lane.arrive()
+    lane.scan()
+    lane.decide()
+    assert displayed(lane.feed(fault)) == ["Paid", "Please wait"]
+    assert one(lane.persisted(), OpenBarrier)
+    lane.ack()
+    lane.leave_pay_point()
+    lane.cross()
+    lane.ack()
+    lane.arrive("v2")
+    assert of_type(lane.scan(), Authorise) == []
+
+
 # --- refused when the lane cannot take payments ----------------------------------------------
 
 BLOCKERS = [

@@ -18,12 +18,16 @@ from pathlib import Path
 
 import cv2
 import pytest
-from disk_kit import fill, small_tmpfs
+from disk_kit import fill, frozen, small_tmpfs
 from polling import eventually
 from test_lane_daemon import Lane, named, running_lane
 from test_lane_heal import back_and_paying, lane_processes, pays, quiet
 
 from barrier.messages import LaneStatus
+from lane.config import parse_config
+from lane.daemon import wait_for_data_dir
+from lane.runner import Clocks
+from lane.sd_notify import SystemdNotifier
 from scanner.sources import Item, PushSource
 from sim.broker import Mosquitto, free_port
 from sim.camera import frame_for
@@ -320,14 +324,39 @@ async def test_a_lane_started_on_a_full_disk_waits_says_why_and_starts_once_spac
             assert await proc.wait() == 0
 
 
+async def test_a_lane_started_on_a_hung_disk_says_so_and_starts_once_it_answers(
+    ext4_fs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lane run` on a data directory that does not answer (a real ext4 file system frozen
+    with fsfreeze: its check's mkdir waits) used to wait in that check, or in opening its
+    stores, saying nothing anywhere; now it says so past `disk_answer_s` on stderr, in the log
+    and in systemd's status, and goes on once the disk answers."""
+    config = parse_config({"lane": {"id": "p01/l01", "data_dir": str(ext4_fs), "disk_answer_s": 1}})
+    systemd = SystemdNotifier({})
+    stop = asyncio.Event()
+    with frozen(ext4_fs):
+        waiting = asyncio.create_task(wait_for_data_dir(config, stop, systemd))
+        await eventually(lambda: "does not answer" in systemd.status(), within=10)
+        assert systemd.status().startswith(f"cannot start yet: {ext4_fs}: does not answer")
+        assert f"lane: cannot start yet: {ext4_fs}: does not answer" in capsys.readouterr().err
+        assert not waiting.done()  # safe: nothing opened on it
+    assert await asyncio.wait_for(waiting, 30) is True
+    assert (ext4_fs / "disk-probe").exists()  # the check's own write went through
+
+
 async def test_the_uplink_down_with_nothing_queued_is_said_after_its_grace_and_cleared_on_reconnect(
     tmp_path: Path, private_broker: Mosquitto, lane_id: str
 ) -> None:
     """The lane's uplink (its road to the back office) down at a lane with nothing queued:
     `uplink_stalled` needs a record waiting, so without `uplink_down` nobody would know the
     back office is out of reach until records pile up. Said after 1.5 keepalives (3 s here),
-    cleared once the uplink is connected again."""
-    async with running_lane(tmp_path, private_broker, lane_id, broker={"keepalive_s": 2}) as lane:
+    cleared once the uplink is connected again. Raised once: the wall clock stepped an hour
+    on meanwhile (NTP) used to raise it again with a new "since"."""
+    step = [0.0]
+    clocks = Clocks(wall=lambda: time.time() + step[0])
+    async with running_lane(
+        tmp_path, private_broker, lane_id, broker={"keepalive_s": 2}, clocks=clocks
+    ) as lane:
         daemon, runner = lane.daemon, lane.daemon.runner
         await eventually(lambda: daemon.uplink_status is not None)
         assert daemon.uplink_status is not None and daemon.uplink_status.backlog == 0
@@ -337,7 +366,19 @@ async def test_the_uplink_down_with_nothing_queued_is_said_after_its_grace_and_c
         text = runner.alarms["uplink_down"]
         where = f"127.0.0.1:{private_broker.port}"
         assert text.startswith(f"back-office link down: no uplink connection to the broker {where}")
-        assert "UTC" in text and "uplink_stalled" not in runner.alarms
+        assert "uplink_stalled" not in runner.alarms
+        # The wall clock steps an hour on; a broken key set file, read by the same health
+        # tick after the uplink's look, shows that tick has run.
+        step[0] = 3600.0
+        keyset = daemon.config.auth.keyset
+        assert keyset is not None
+        good = keyset.read_bytes()
+        keyset.write_text("{broken")
+        await eventually(lambda: "trust_update_refused" in runner.alarms, within=10)
+        assert runner.alarms["uplink_down"] == text
+        raised = [a for a in named(lane, "alarm") if a["code"] == "uplink_down"]
+        assert len(raised) == 1, raised
+        keyset.write_bytes(good)
         assert daemon.uplink_status is not None and daemon.uplink_status.backlog == 0
         await asyncio.to_thread(private_broker.start)
         await eventually(lambda: "uplink_down" not in runner.alarms, within=20)

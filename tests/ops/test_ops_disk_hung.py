@@ -10,6 +10,8 @@ the next paying vehicle is served. Mounting needs root (CI runs `make test` as r
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,13 +30,30 @@ from sim.camera import frame_for
 
 @asynccontextmanager
 async def serving_lane(
-    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, disk_answer_s: float
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, disk_answer_s: float, **more: float
 ) -> AsyncIterator[OpsLane]:
-    """A lane on the test's own file system that has served one vehicle (its queue written)."""
-    extra = {"lane": {"disk_answer_s": disk_answer_s}}
+    """A lane on the test's own file system that has served one vehicle (its queue written);
+    `more`: more `[lane]` keys."""
+    extra = {"lane": {"disk_answer_s": disk_answer_s, **more}}
     async with running_lane(tmp_path, mosquitto, lane_id, extra=extra) as lane:
         assert await lane.serve("token") == "barrier_opened"
         yield lane
+
+
+async def second_vehicle(lane: OpsLane) -> str:
+    """The lane's second vehicle at the pay point: its id."""
+    await lane.device.vehicle_enters(2)
+    await eventually(lambda: len(lane.named("vehicle_arrived")) == 2)
+    return str(lane.named("vehicle_arrived")[-1]["vehicle_id"])
+
+
+def results_of(lane: OpsLane, vehicle_id: str) -> list[str]:
+    """The results of the records the lane wrote for one vehicle, in order."""
+    return [
+        str(f["record"]["auth"]["result"])
+        for f in lane.named("record")
+        if f["record"]["vehicle_id"] == vehicle_id
+    ]
 
 
 def threads_named(prefix: str) -> int:
@@ -62,7 +81,7 @@ async def test_a_hung_disk_is_safe_visible_and_clears_once_it_answers(
             )
             text = daemon.runner.alarms["disk_not_answering"]
             assert text.startswith(f"data directory does not answer: {ext4_fs}: ")
-            assert "unanswered for" in text and "UTC" in text
+            assert "unanswered for" in text and text.count("Z); no payments") == 1
             # Visible: on /metrics, in the retained status, /readyz says why.
             assert await metric_alarm(lane, "disk_not_answering") == 1
             await eventually(lambda: any("disk_not_answering" in s.faults for s in lane_statuses))
@@ -93,6 +112,13 @@ async def test_a_hung_disk_is_safe_visible_and_clears_once_it_answers(
             # One thread stuck on the disk per writer, not one more each try.
             assert threads_named("lane-disk-probe") == 1
             assert threads_named("lane-queue") == 1
+            # The loop's default thread pool filled with writes stuck on the disk (the replay
+            # store's, peer messages' marks: each one a thread there): /metrics still answers.
+            loop = asyncio.get_running_loop()
+            for n in range(40):  # more than the pool's size (32 at most)
+                stuck = ext4_fs / f"stuck-{n}"
+                loop.run_in_executor(None, stuck.write_bytes, b"")
+            assert await asyncio.wait_for(metric_alarm(lane, "disk_not_answering"), 10) == 1
 
         # The disk answers: the lane comes back by itself, no restart.
         await eventually(lambda: "disk_not_answering" not in daemon.runner.alarms, within=20)
@@ -116,34 +142,80 @@ async def test_a_disk_that_hangs_under_a_paying_driver_lets_nobody_through_and_l
         daemon = lane.daemon
         queue = daemon.config.lane.data_dir / "queue.sqlite3"
         opened = len(lane.named("barrier_opened"))
-        await lane.device.vehicle_enters(2)
-        await eventually(lambda: len(lane.named("vehicle_arrived")) == 2)
-        vehicle_id = lane.named("vehicle_arrived")[-1]["vehicle_id"]
+        vehicle_id = await second_vehicle(lane)
 
         def shown(kind: str) -> Callable[[], object]:
             frame = frame_for(lane.codes.make(kind, int(time.time())).text, "clear", rng=1)
             return lambda: lane.source.put(frame, time.monotonic())
 
-        def records_of_vehicle() -> list[str]:
-            return [
-                str(f["record"]["auth"]["result"])
-                for f in lane.named("record")
-                if f["record"]["vehicle_id"] == vehicle_id
-            ]
-
         with frozen(ext4_fs):
             await eventually(lambda: lane.named("declined"), every=0.03, between=shown("token"))
             assert [f["reason"] for f in lane.named("declined")] == ["timeout"]
             await eventually(lambda: "disk_not_answering" in daemon.runner.alarms, within=20)
-            assert records_of_vehicle() == []  # its record waits for the disk with it
+            assert results_of(lane, vehicle_id) == []  # its record waits for the disk with it
             assert len(lane.named("barrier_opened")) == opened
             assert [c.op for c in lane.device.received].count("open") == opened
         # The disk answers: the record that waited is written, the lane opens to payments.
         await eventually(lambda: "disk_not_answering" not in daemon.runner.alarms, within=20)
-        await eventually(lambda: records_of_vehicle() == ["declined"])
+        await eventually(lambda: results_of(lane, vehicle_id) == ["declined"])
         assert noted_record_ids(lane) == stored_record_ids(queue)
         await eventually(lambda: len(lane.named("barrier_opened")) > opened, between=shown("token"))
         await lane.device.vehicle_passes()
         await eventually(lambda: daemon.runner.state.passage is None)
-        assert records_of_vehicle() == ["declined", "approved"]
+        assert results_of(lane, vehicle_id) == ["declined", "approved"]
+        assert noted_record_ids(lane) == stored_record_ids(queue)
+
+
+async def test_a_disk_that_hangs_as_a_paid_record_is_written_holds_the_barrier_until_it_is_on_disk(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    ext4_fs: Path,
+) -> None:
+    """The driver has paid (an offline token, its replay check done) and the disk freezes the
+    moment the lane starts writing the record: the vehicle waits at a closed barrier (no
+    passage without its record on disk), told to wait (it used to be told "Lane closed, please
+    use another lane"), and `disk_not_answering` says so; once
+    the disk answers the record is written, the barrier opens for that vehicle and it passes,
+    and nothing is written twice or lost."""
+    async with serving_lane(tmp_path, mosquitto, lane_id, 1) as lane:
+        daemon = lane.daemon
+        queue = daemon.config.lane.data_dir / "queue.sqlite3"
+        opened = len(lane.named("barrier_opened"))
+        vehicle_id = await second_vehicle(lane)
+        frame = frame_for(lane.codes.make("token", int(time.time())).text, "clear", rng=1)
+        # The test holds the queue's write lock, so the record's write waits in line for it
+        # until the disk is frozen, then goes to the frozen disk.
+        holder = sqlite3.connect(queue, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            await eventually(
+                lambda: (
+                    daemon.runner.state.vehicle is not None
+                    and daemon.runner.state.vehicle.committed
+                ),
+                every=0.03,
+                between=lambda: lane.source.put(frame, time.monotonic()),
+            )
+            with frozen(ext4_fs):
+                holder.execute("ROLLBACK")
+                await eventually(lambda: "disk_not_answering" in daemon.runner.alarms, within=20)
+                # Told to wait, not to use another lane: the barrier opens once it is on disk.
+                assert lane.named("display")[-1]["lines"] == ["Paid", "Please wait"]
+                vehicle = daemon.runner.state.vehicle
+                assert vehicle is not None and vehicle.committed  # still waiting, paid
+                assert results_of(lane, vehicle_id) == []
+                assert len(lane.named("barrier_opened")) == opened
+                assert [c.op for c in lane.device.received].count("open") == opened
+                assert lane.device.state == "closed"
+        finally:
+            holder.close()
+        # The disk answers: the paid vehicle's record is written, then its barrier opens.
+        await eventually(lambda: len(lane.named("barrier_opened")) > opened, within=20)
+        assert lane.named("barrier_opened")[-1]["vehicle_id"] == vehicle_id
+        await eventually(lambda: lane.device.state == "open")
+        await lane.device.vehicle_passes()
+        await eventually(lambda: daemon.runner.state.passage is None)
+        assert results_of(lane, vehicle_id) == ["approved"]
+        await eventually(lambda: "disk_not_answering" not in daemon.runner.alarms, within=20)
         assert noted_record_ids(lane) == stored_record_ids(queue)
