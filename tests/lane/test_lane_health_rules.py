@@ -39,7 +39,7 @@ from lane.lane_health import (
     uplink_stalled,
 )
 from lane.tap_clocks import CLOCK_ALARM
-from lane.tap_desk import TAPS_ALARM
+from lane.tap_held import TAPS_ALARM
 from lane.ticket_desk import PAPER_OUT, PRINTER_OFFLINE
 from lane.transport.refusals import PUBLISH_REFUSED
 from lane.verifier import REPLAY_ALARM
