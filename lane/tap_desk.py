@@ -452,7 +452,11 @@ class TapDesk:
     async def release(self, action: ReleasePass) -> None:
         # The line's other gates reopen it from the refund record (`on_record`, `_reopen`).
         ids = {"lane": self.lane, "pass_id": action.pass_id}
-        made_by = self._made_by(action.record_id, self.wall(), ids)
+        now = self.wall()
+        # Not before now: the release before this one marked an exit at the wall clock once
+        # its record was durable, after its millisecond; a lane restarted into this release
+        # with that passage carried gives its mark back too.
+        made_by = max(self._made_by(action.record_id, now, ids), now)
         try:
             released = await self._release(pass_key(action.pass_id), None, made_by)
         except ReplayStoreError as exc:

@@ -310,6 +310,15 @@ async def _sharing() -> None:
         gate.replay.close()
 
 
+async def tap_out(gate: TapDesk, clock: list[float]) -> tuple[str, int | None, str | None]:
+    """rider-1 taps out at `gate`, a second on (a fresh token each time): the outcome, the
+    amount and the tap-in it closes."""
+    clock[0] += 1
+    token = issue_compact_token(CODES.key, KID, "rider-1", int(clock[0]), NOW + 600)
+    answer = await gate.price(ask(token))
+    return answer.outcome, answer.amount_minor, answer.pass_id
+
+
 def test_a_refunded_tap_out_reopens_its_tap_in_at_this_gate() -> None:
     asyncio.run(_released())
 
@@ -322,20 +331,45 @@ async def _released() -> None:
         gate = desk(Path(tmp), clock)
         await gate.handle(Incoming(topics.line_taps("L1"), signed(tap_in("S01", NOW - 600))))
 
-        async def tap_out() -> tuple[str, int | None, str | None]:
-            clock[0] += 1  # a fresh token each time
-            token = issue_compact_token(CODES.key, KID, "rider-1", int(clock[0]), NOW + 600)
-            answer = await gate.price(ask(token))
-            return answer.outcome, answer.amount_minor, answer.pass_id
-
         fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
-        outcome, amount, trip = await tap_out()
+        outcome, amount, trip = await tap_out(gate, clock)
         assert (outcome, amount) == ("charged", fare) and trip is not None
         await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
         farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
-        assert await tap_out() == ("pass_used", farthest, trip)
+        assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
         await gate.release(ReleasePass(trip, EXIT_ID))
-        assert await tap_out() == ("charged", fare, trip)
+        assert await tap_out(gate, clock) == ("charged", fare, trip)
+        gate.store.close()
+        gate.replay.close()
+
+
+def test_a_refund_after_an_upgrade_reopens_an_exit_the_release_before_marked() -> None:
+    asyncio.run(_marked_before_upgrade())
+
+
+async def _marked_before_upgrade() -> None:
+    """The release before this one marked this gate's exit at the wall clock when the mark was
+    written, after its record was stamped and committed. The lane restarted into
+    this release with the passenger not let through (a carried passage), and its refund gave
+    back only a mark made within the exit record's millisecond: the mark stayed and the
+    passenger's next exit paid the maximum fare."""
+    clock = [float(NOW)]
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        await gate.handle(Incoming(topics.line_taps("L1"), signed(tap_in("S01", NOW - 600))))
+
+        fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+        _, _, trip = await tap_out(gate, clock)
+        assert trip is not None
+        out = exit_id(clock[0])
+        # As that release marked it: at its wall clock once the record was durable (an fsync).
+        gate.replay.check_and_mark(f"pass:{trip}", NOW + 28_800, "S03/x1", clock[0] + 0.004)
+        gate.store.close()
+        gate.replay.close()
+        clock[0] += 30  # restarted into this release, the passage carried and then refunded
+        gate = desk(Path(tmp), clock)
+        await gate.release(ReleasePass(trip, out))
+        assert await tap_out(gate, clock) == ("charged", fare, trip)
         gate.store.close()
         gate.replay.close()
 
@@ -361,34 +395,28 @@ async def _stepped_back() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gate = desk(Path(tmp), clock)
 
-        async def tap_out() -> tuple[str, int | None, str | None]:
-            clock[0] += 1  # a fresh token each time
-            token = issue_compact_token(CODES.key, KID, "rider-1", int(clock[0]), NOW + 600)
-            answer = await gate.price(ask(token))
-            return answer.outcome, answer.amount_minor, answer.pass_id
-
         # This gate's own exit, its refund after the clock went back a minute.
         entered = tap_in("S01", NOW - 600)
         await gate.handle(Incoming(topic, signed(entered)))
-        _, _, trip = await tap_out()
+        _, _, trip = await tap_out(gate, clock)
         assert trip is not None
         out = exit_id(clock[0])
         await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, out))
         clock[0] -= 60
         await gate.release(ReleasePass(trip, out))
-        assert await tap_out() == ("charged", fare, trip)
+        assert await tap_out(gate, clock) == ("charged", fare, trip)
         # Another gate's exit, refunded there after its clock went back: reopened here too.
         elsewhere = tap_out_of(entered, fare, "S02/x1", clock[0])
         await gate.handle(Incoming(topic, signed(elsewhere)))
-        assert await tap_out() == ("pass_used", farthest, trip)
+        assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
         await gate.handle(Incoming(topic, signed(refund_of(elsewhere, clock[0] - 120, trip))))
-        assert await tap_out() == ("charged", fare, trip)
+        assert await tap_out(gate, clock) == ("charged", fare, trip)
         # A later exit heard before an earlier exit's refund stamped back: it stays.
         first = tap_out_of(entered, fare, "S02/x1", clock[0] + 1)
         later = tap_out_of(entered, fare, "S01/x1", clock[0] + 30)
         for record in (first, later, refund_of(first, clock[0] - 120, trip)):
             await gate.handle(Incoming(topic, signed(record)))
-        assert await tap_out() == ("pass_used", farthest, trip)
+        assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
         gate.store.close()
         gate.replay.close()
 
