@@ -32,7 +32,7 @@ from lane.core.names import AuthResult, Method, PayloadKind, RecordKind, TripSou
 from lane.core.records import AuthInfo, RecordDraft
 from lane.core.trip import Priced
 from lane.store_watch import Alarm
-from lane.tap_desk import STEPPED_BACK, ExitPricing, TapDesk
+from lane.tap_desk import NAMED_AHEAD, STEPPED_BACK, ExitPricing, TapDesk
 from lane.tap_store import Held, TapStore
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.verifier import TokenVerifier
@@ -415,6 +415,41 @@ async def _stepped_back() -> None:
         first = tap_out_of(entered, fare, "S02/x1", clock[0] + 1)
         later = tap_out_of(entered, fare, "S01/x1", clock[0] + 30)
         for record in (first, later, refund_of(first, clock[0] - 120, trip)):
+            await gate.handle(Incoming(topic, signed(record)))
+        assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
+        gate.store.close()
+        gate.replay.close()
+
+
+def test_a_refund_naming_an_exit_stamped_far_ahead_gives_back_no_later_exit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "lane.tap_desk")
+    asyncio.run(_named_ahead())
+    named = [r for r in caplog.records if r.getMessage() == NAMED_AHEAD]
+    assert [r.__dict__["ahead_s"] for r in named] == [86_400 - 6 - RULES.skew_s]
+
+
+async def _named_ahead() -> None:
+    """A refund gives back the mark of the exit it names by that exit's time, read from the
+    id its `record:` flag names: a buggy gate's refund naming an id of a day ahead gave back
+    the mark of a later exit of the tap-in too, and its next exit priced as a trip. An exit
+    named ahead of this gate's clock by more than the skew is bounded by the refund's own
+    time, as one named by an id of another form."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
+    fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        entered = tap_in("S01", NOW - 600)
+        await gate.handle(Incoming(topic, signed(entered)))
+        trip = uuid.UUID(entered.record_id).hex
+        first = tap_out_of(entered, fare, "S02/x1", NOW)
+        later = tap_out_of(entered, fare, "S01/x1", NOW + 5)
+        named = Record(exit_id(NOW + 86_400), first.lane, first.seq, first.ts_us, first.draft)
+        clock[0] += 6
+        for record in (first, later, refund_of(named, NOW + 2, trip)):
             await gate.handle(Incoming(topic, signed(record)))
         assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
         gate.store.close()
