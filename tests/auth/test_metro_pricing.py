@@ -379,8 +379,12 @@ def test_a_refund_under_a_clock_stepped_back_since_its_exit_reopens_the_tap_in(
 ) -> None:
     caplog.set_level(logging.WARNING, "lane.tap_desk")
     asyncio.run(_stepped_back())
-    stepped = [r for r in caplog.records if r.getMessage() == STEPPED_BACK]
-    assert [r.__dict__["behind_s"] for r in stepped] == [60.0, 119.0, 121.0]
+    assert logged(caplog, STEPPED_BACK, "behind_s") == [60.0, 119.0, 121.0]
+
+
+def logged(caplog: pytest.LogCaptureFixture, message: str, field: str) -> list[object]:
+    """`field` of each log line `message`, in order."""
+    return [r.__dict__[field] for r in caplog.records if r.getMessage() == message]
 
 
 async def _stepped_back() -> None:
@@ -426,8 +430,7 @@ def test_a_refund_naming_an_exit_stamped_far_ahead_gives_back_no_later_exit(
 ) -> None:
     caplog.set_level(logging.WARNING, "lane.tap_desk")
     asyncio.run(_named_ahead())
-    named = [r for r in caplog.records if r.getMessage() == NAMED_AHEAD]
-    assert [r.__dict__["ahead_s"] for r in named] == [86_400 - 6 - RULES.skew_s]
+    assert logged(caplog, NAMED_AHEAD, "ahead_s") == [86_400 - 6 - RULES.skew_s]
 
 
 async def _named_ahead() -> None:
