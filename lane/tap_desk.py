@@ -110,6 +110,9 @@ SHARED = (RecordKind.TAP_IN, RecordKind.TAP_OUT)
 PAID = (AuthResult.APPROVED, AuthResult.DEFERRED)
 STAMP_S = 0.001  # a record id's time resolution (`_stamped`)
 STEPPED_BACK = "tap-out refund stamped before its exit: a clock stepped back"
+NAMED_AHEAD = (
+    "tap-out refund names an exit stamped ahead of this gate's clock: its own time bounds it"
+)
 # What a failing store stops, as its alarm says it (lane.store_watch).
 TAPS_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): taps store'
 REPLAY_UNREAD = 'tap-outs not priced (passengers refused "Fare not known"): replay store'
@@ -326,7 +329,8 @@ class TapDesk:
         ids = {"lane": self.lane, "record_id": record.record_id, "from_lane": record.lane,
                "pass_id": d.pass_id}  # fmt: skip
         refunded = flag_value(d.flags, FLAG_RECORD) or ""
-        made_by = self._made_by(refunded, record.ts_us / 1e6, ids)
+        latest = self.wall() + self.clocks.skew_s  # what a gate of the line may stamp by now
+        made_by = self._made_by(refunded, record.ts_us / 1e6, ids, latest)
         try:
             released = await self._release(pass_key(d.pass_id), record.lane, made_by)
         except ReplayStoreError as exc:
@@ -452,7 +456,11 @@ class TapDesk:
     async def release(self, action: ReleasePass) -> None:
         # The line's other gates reopen it from the refund record (`on_record`, `_reopen`).
         ids = {"lane": self.lane, "pass_id": action.pass_id}
-        made_by = self._made_by(action.record_id, self.wall(), ids)
+        now = self.wall()
+        # Not before now: the release before this one marked an exit at the wall clock once
+        # its record was durable, after its millisecond; a lane restarted into this release
+        # with that passage carried gives its mark back too.
+        made_by = max(self._made_by(action.record_id, now, ids), now)
         try:
             released = await self._release(pass_key(action.pass_id), None, made_by)
         except ReplayStoreError as exc:
@@ -488,15 +496,28 @@ class TapDesk:
         self.replay_watch.says(None)
         return released
 
-    def _made_by(self, exit_id: str, refunded_at: float, ids: Mapping[str, object]) -> float:
+    def _made_by(
+        self,
+        exit_id: str,
+        refunded_at: float,
+        ids: Mapping[str, object],
+        latest: float | None = None,
+    ) -> float:
         """The latest time a mark of the refunded exit (record `exit_id`) can have: the end of
         the millisecond its record was stamped in (`_stamped`; a heard exit is marked by its
         record's microsecond). Not the refund's time: a wall clock stepped back between the
         exit and its refund would keep the mark, and that passenger would pay the maximum fare
-        at the next exit. An exit record of another form (an id that is no UUIDv7) is bounded
-        by the refund's time (`refunded_at`, the refunding gate's clock)."""
+        at the next exit. An exit record of another form (an id that is no UUIDv7), or named
+        stamped after `latest` (another gate's refund: a later exit heard makes the mark no
+        later than this gate's clock and the skew, `ReplayStore.mark_remote`, so a buggy gate's
+        id named past that would give the later exit back too), is bounded by the refund's
+        time (`refunded_at`, the refunding gate's clock)."""
         stamped = _stamped(exit_id)
         if stamped is None:
+            return refunded_at
+        if latest is not None and stamped > latest:
+            log.warning(NAMED_AHEAD, extra={**ids, "exit_record_id": exit_id,
+                                            "ahead_s": round(stamped - latest, 3)})  # fmt: skip
             return refunded_at
         if refunded_at < stamped:  # the refunding gate's clock went back since the exit
             log.warning(STEPPED_BACK,

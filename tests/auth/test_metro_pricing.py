@@ -32,7 +32,7 @@ from lane.core.names import AuthResult, Method, PayloadKind, RecordKind, TripSou
 from lane.core.records import AuthInfo, RecordDraft
 from lane.core.trip import Priced
 from lane.store_watch import Alarm
-from lane.tap_desk import STEPPED_BACK, ExitPricing, TapDesk
+from lane.tap_desk import NAMED_AHEAD, STEPPED_BACK, ExitPricing, TapDesk
 from lane.tap_store import Held, TapStore
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.verifier import TokenVerifier
@@ -310,6 +310,15 @@ async def _sharing() -> None:
         gate.replay.close()
 
 
+async def tap_out(gate: TapDesk, clock: list[float]) -> tuple[str, int | None, str | None]:
+    """rider-1 taps out at `gate`, a second on (a fresh token each time): the outcome, the
+    amount and the tap-in it closes."""
+    clock[0] += 1
+    token = issue_compact_token(CODES.key, KID, "rider-1", int(clock[0]), NOW + 600)
+    answer = await gate.price(ask(token))
+    return answer.outcome, answer.amount_minor, answer.pass_id
+
+
 def test_a_refunded_tap_out_reopens_its_tap_in_at_this_gate() -> None:
     asyncio.run(_released())
 
@@ -322,20 +331,45 @@ async def _released() -> None:
         gate = desk(Path(tmp), clock)
         await gate.handle(Incoming(topics.line_taps("L1"), signed(tap_in("S01", NOW - 600))))
 
-        async def tap_out() -> tuple[str, int | None, str | None]:
-            clock[0] += 1  # a fresh token each time
-            token = issue_compact_token(CODES.key, KID, "rider-1", int(clock[0]), NOW + 600)
-            answer = await gate.price(ask(token))
-            return answer.outcome, answer.amount_minor, answer.pass_id
-
         fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
-        outcome, amount, trip = await tap_out()
+        outcome, amount, trip = await tap_out(gate, clock)
         assert (outcome, amount) == ("charged", fare) and trip is not None
         await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, EXIT_ID))
         farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
-        assert await tap_out() == ("pass_used", farthest, trip)
+        assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
         await gate.release(ReleasePass(trip, EXIT_ID))
-        assert await tap_out() == ("charged", fare, trip)
+        assert await tap_out(gate, clock) == ("charged", fare, trip)
+        gate.store.close()
+        gate.replay.close()
+
+
+def test_a_refund_after_an_upgrade_reopens_an_exit_the_release_before_marked() -> None:
+    asyncio.run(_marked_before_upgrade())
+
+
+async def _marked_before_upgrade() -> None:
+    """The release before this one marked this gate's exit at the wall clock when the mark was
+    written, after its record was stamped and committed. The lane restarted into
+    this release with the passenger not let through (a carried passage), and its refund gave
+    back only a mark made within the exit record's millisecond: the mark stayed and the
+    passenger's next exit paid the maximum fare."""
+    clock = [float(NOW)]
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        await gate.handle(Incoming(topics.line_taps("L1"), signed(tap_in("S01", NOW - 600))))
+
+        fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+        _, _, trip = await tap_out(gate, clock)
+        assert trip is not None
+        out = exit_id(clock[0])
+        # As that release marked it: at its wall clock once the record was durable (an fsync).
+        gate.replay.check_and_mark(f"pass:{trip}", NOW + 28_800, "S03/x1", clock[0] + 0.004)
+        gate.store.close()
+        gate.replay.close()
+        clock[0] += 30  # restarted into this release, the passage carried and then refunded
+        gate = desk(Path(tmp), clock)
+        await gate.release(ReleasePass(trip, out))
+        assert await tap_out(gate, clock) == ("charged", fare, trip)
         gate.store.close()
         gate.replay.close()
 
@@ -345,8 +379,12 @@ def test_a_refund_under_a_clock_stepped_back_since_its_exit_reopens_the_tap_in(
 ) -> None:
     caplog.set_level(logging.WARNING, "lane.tap_desk")
     asyncio.run(_stepped_back())
-    stepped = [r for r in caplog.records if r.getMessage() == STEPPED_BACK]
-    assert [r.__dict__["behind_s"] for r in stepped] == [60.0, 119.0, 121.0]
+    assert logged(caplog, STEPPED_BACK, "behind_s") == [60.0, 119.0, 121.0]
+
+
+def logged(caplog: pytest.LogCaptureFixture, message: str, field: str) -> list[object]:
+    """`field` of each log line `message`, in order."""
+    return [r.__dict__[field] for r in caplog.records if r.getMessage() == message]
 
 
 async def _stepped_back() -> None:
@@ -361,34 +399,62 @@ async def _stepped_back() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gate = desk(Path(tmp), clock)
 
-        async def tap_out() -> tuple[str, int | None, str | None]:
-            clock[0] += 1  # a fresh token each time
-            token = issue_compact_token(CODES.key, KID, "rider-1", int(clock[0]), NOW + 600)
-            answer = await gate.price(ask(token))
-            return answer.outcome, answer.amount_minor, answer.pass_id
-
         # This gate's own exit, its refund after the clock went back a minute.
         entered = tap_in("S01", NOW - 600)
         await gate.handle(Incoming(topic, signed(entered)))
-        _, _, trip = await tap_out()
+        _, _, trip = await tap_out(gate, clock)
         assert trip is not None
         out = exit_id(clock[0])
         await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, out))
         clock[0] -= 60
         await gate.release(ReleasePass(trip, out))
-        assert await tap_out() == ("charged", fare, trip)
+        assert await tap_out(gate, clock) == ("charged", fare, trip)
         # Another gate's exit, refunded there after its clock went back: reopened here too.
         elsewhere = tap_out_of(entered, fare, "S02/x1", clock[0])
         await gate.handle(Incoming(topic, signed(elsewhere)))
-        assert await tap_out() == ("pass_used", farthest, trip)
+        assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
         await gate.handle(Incoming(topic, signed(refund_of(elsewhere, clock[0] - 120, trip))))
-        assert await tap_out() == ("charged", fare, trip)
+        assert await tap_out(gate, clock) == ("charged", fare, trip)
         # A later exit heard before an earlier exit's refund stamped back: it stays.
         first = tap_out_of(entered, fare, "S02/x1", clock[0] + 1)
         later = tap_out_of(entered, fare, "S01/x1", clock[0] + 30)
         for record in (first, later, refund_of(first, clock[0] - 120, trip)):
             await gate.handle(Incoming(topic, signed(record)))
-        assert await tap_out() == ("pass_used", farthest, trip)
+        assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
+        gate.store.close()
+        gate.replay.close()
+
+
+def test_a_refund_naming_an_exit_stamped_far_ahead_gives_back_no_later_exit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "lane.tap_desk")
+    asyncio.run(_named_ahead())
+    assert logged(caplog, NAMED_AHEAD, "ahead_s") == [86_400 - 6 - RULES.skew_s]
+
+
+async def _named_ahead() -> None:
+    """A refund gives back the mark of the exit it names by that exit's time, read from the
+    id its `record:` flag names: a buggy gate's refund naming an id of a day ahead gave back
+    the mark of a later exit of the tap-in too, and its next exit priced as a trip. An exit
+    named ahead of this gate's clock by more than the skew is bounded by the refund's own
+    time, as one named by an id of another form."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
+    fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        entered = tap_in("S01", NOW - 600)
+        await gate.handle(Incoming(topic, signed(entered)))
+        trip = uuid.UUID(entered.record_id).hex
+        first = tap_out_of(entered, fare, "S02/x1", NOW)
+        later = tap_out_of(entered, fare, "S01/x1", NOW + 5)
+        named = Record(exit_id(NOW + 86_400), first.lane, first.seq, first.ts_us, first.draft)
+        clock[0] += 6
+        for record in (first, later, refund_of(named, NOW + 2, trip)):
+            await gate.handle(Incoming(topic, signed(record)))
+        assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
         gate.store.close()
         gate.replay.close()
 
