@@ -101,8 +101,8 @@ class GateState:
     # in how many decoded frames in a row they stayed (`steady`).
     codes: tuple[Sighting, ...] = ()
     codes_in_row: int = 0
-    # Every code that was steady in this view since the gate started, text and place (a
-    # sticker the lane keeps knowing while a truck hides it: `printed_here`).
+    # The codes that stayed put in this view for KNOWN_AFTER_S since the gate started, text
+    # and place (a sticker the lane keeps knowing while a truck hides it: `printed_here`).
     known: tuple[Sighting, ...] = ()
     # The codes in view where they were first seen (frame time `still_since`), while every
     # decoded frame since showed them within STEADY_PX of there: known after KNOWN_AFTER_S.
