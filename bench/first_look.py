@@ -155,7 +155,7 @@ def gated(decoder: Decoder) -> Scan:
 
     def scan(gray: GrayImage, frame_id: int, ts: float) -> list[Detection] | None:
         verdict, thumb = gate.judge(gray, ts)
-        return gate.decode(gray, frame_id, thumb) if verdict.decode else None
+        return gate.decode(gray, frame_id, ts, thumb) if verdict.decode else None
 
     return scan
 

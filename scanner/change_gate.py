@@ -43,6 +43,11 @@ STEADY_PX = 3
 
 # Steady codes kept for the session (`GateState.known`), the latest: a booth shows a few.
 KNOWN_MAX = 16
+# Seconds of frame time codes must stay within STEADY_PX of where they were first seen before
+# they are known for the session: a sticker stays for hours. STEADY_AFTER frames in a row are no
+# sign of one: a phone held by hand (sim.render.SHAKE_PX) is that still within 0.1 s, and known
+# its text and place would be ignored for every driver after (no "Payment refused", no reason).
+KNOWN_AFTER_S = 30.0
 
 # A code read in a frame: its text and outline.
 Sighting = tuple[str, Polygon]
@@ -96,9 +101,13 @@ class GateState:
     # in how many decoded frames in a row they stayed (`steady`).
     codes: tuple[Sighting, ...] = ()
     codes_in_row: int = 0
-    # Every code that was steady in this view since the gate started, text and place (a
-    # sticker the lane keeps knowing while a truck hides it: `printed_here`).
+    # The codes that stayed put in this view for KNOWN_AFTER_S since the gate started, text
+    # and place (a sticker the lane keeps knowing while a truck hides it: `printed_here`).
     known: tuple[Sighting, ...] = ()
+    # The codes in view where they were first seen (frame time `still_since`), while every
+    # decoded frame since showed them within STEADY_PX of there: known after KNOWN_AFTER_S.
+    still: tuple[Sighting, ...] = ()
+    still_since: float = 0.0
 
 
 def thumbnail(gray: GrayImage, block_px: int) -> Thumbnail:
@@ -176,23 +185,27 @@ def nothing_found(
     return replace(state, reference=Reference(frame_id, thumb, codes))
 
 
-def steady(state: GateState, codes: tuple[Sighting, ...]) -> tuple[bool, GateState]:
-    """A decoded frame showed `codes` (sorted), all no payment code, and no code seen unread
-    (`()`: anything else, which ends the run). Have they stayed, the same texts at the same
-    place, for STEADY_AFTER decoded frames in a row, this one included? Then the frame may be
-    the reference if nothing else is in it: the codes are in the reference's thumbnail, so a
-    phone coming up beside them or over them still moves its blocks (`changed`), and the
-    safety valve still decodes them once a period (the lane's deduplication stays fed)."""
+def steady(state: GateState, codes: tuple[Sighting, ...], ts: float) -> tuple[bool, GateState]:
+    """A decoded frame taken at `ts` showed `codes` (sorted), all no payment code, and no code
+    seen unread (`()`: anything else, which ends the run). Have they stayed, the same texts at
+    the same place, for STEADY_AFTER decoded frames in a row, this one included? Then the frame
+    may be the reference if nothing else is in it: the codes are in the reference's thumbnail,
+    so a phone coming up beside them or over them still moves its blocks (`changed`), and the
+    safety valve still decodes them once a period (the lane's deduplication stays fed). Codes
+    still where they were first seen KNOWN_AFTER_S ago are known for the session (`learned`)."""
     if not codes:
-        return False, replace(state, codes=(), codes_in_row=0)
+        return False, replace(state, codes=(), codes_in_row=0, still=())
     n = state.codes_in_row + 1 if same_codes(state.codes, codes) else 1
-    stays = n >= STEADY_AFTER
-    known = learned(state.known, codes) if stays else state.known
-    return stays, replace(state, codes=codes, codes_in_row=n, known=known)
+    if not same_codes(state.still, codes):
+        state = replace(state, still=codes, still_since=ts)
+    known = state.known
+    if ts - state.still_since >= KNOWN_AFTER_S:
+        known = learned(known, codes)
+    return n >= STEADY_AFTER, replace(state, codes=codes, codes_in_row=n, known=known)
 
 
 def learned(known: tuple[Sighting, ...], codes: tuple[Sighting, ...]) -> tuple[Sighting, ...]:
-    """`known` with the steady `codes` in it: each replaces what it was seen as before (its
+    """`known` with the codes that stayed put in it: each replaces what it was seen as before (its
     text, or its place), the latest KNOWN_MAX kept."""
     kept = tuple(
         (text, place)

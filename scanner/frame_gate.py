@@ -77,13 +77,15 @@ class FrameGate:
             known = self._state.known
         return printed_here(known, sighting)
 
-    def decode(self, gray: GrayImage, frame_id: int, thumb: Thumbnail | None) -> list[Detection]:
-        """The codes read in frame `frame_id`, which `judge` let through (`thumb`: what it
-        made). A frame with nothing at all in it becomes the reference."""
+    def decode(
+        self, gray: GrayImage, frame_id: int, ts: float, thumb: Thumbnail | None
+    ) -> list[Detection]:
+        """The codes read in frame `frame_id` (taken at `ts`), which `judge` let through
+        (`thumb`: what it made). A frame with nothing at all in it becomes the reference."""
         found, unread = locate(self.decoder, gray)
         codes = () if unread else sightings(found)
         with self._lock:
-            codes_stay, self._state = steady(self._state, codes)
+            codes_stay, self._state = steady(self._state, codes, ts)
         if unread or (found and not codes_stay):
             return found
         with self._lock:

@@ -409,7 +409,7 @@ class ScanPipeline:
         if self._frame_gate is None or job.gray is None:
             detections = self.decoder.decode(as_gray(frame.image))
         else:
-            detections = self._frame_gate.decode(job.gray, frame.id, job.thumb)
+            detections = self._frame_gate.decode(job.gray, frame.id, frame.ts, job.thumb)
         ms = (self._clock() - started) * 1000.0 + job.gate_ms
         fresh = []
         with self._lock:

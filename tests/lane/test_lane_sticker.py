@@ -12,6 +12,7 @@ from polling import eventually
 from test_lane_daemon import Lane, named, running_lane, show
 
 from lane.core.static_codes import STATIC_CODE
+from scanner.change_gate import KNOWN_AFTER_S, STEADY_AFTER
 from sim.broker import Mosquitto
 from sim.render import render_frame
 from sim.scene import Scene
@@ -39,7 +40,16 @@ async def test_a_sticker_seen_again_spends_no_try_and_a_drivers_own_qr_is_refuse
         tmp_path, mosquitto, lane_id, camera={"dedup_window_s": DEDUP_S}
     ) as lane:
         pipeline = lane.daemon.pipeline
-        # An idle booth: the sticker stays put until the change gate lets its view pass.
+        # An idle booth since KNOWN_AFTER_S ago (frames the camera took then, and now): the
+        # sticker stayed put, the change gate knows it and lets its view pass.
+        then = time.monotonic() - KNOWN_AFTER_S
+        await eventually(
+            lambda: pipeline.stats().decoded >= STEADY_AFTER,
+            every=0.03,
+            between=lambda: lane.source.put(BOOTH, then),
+        )
+        decoded = pipeline.stats().decoded
+        await show(lane, BOOTH, lambda: pipeline.stats().decoded > decoded)
         await show(lane, BOOTH, lambda: pipeline.stats().skipped > 0)
         await lane.device.vehicle_enters(1)
         await eventually(lambda: named(lane, "vehicle_arrived"))

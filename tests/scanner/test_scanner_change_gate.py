@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from scanner.change_gate import (
     CLUTTERED_AFTER,
+    KNOWN_AFTER_S,
     KNOWN_MAX,
     STEADY_AFTER,
     STEADY_PX,
@@ -27,6 +28,7 @@ from scanner.change_gate import (
     textured,
     thumbnail,
 )
+from sim.render import SHAKE_PX
 
 SETTINGS = GateSettings(threshold=12.0, every_frames=5, every_s=1.0)
 EMPTY = np.full((4, 6), 100, np.uint8)
@@ -198,7 +200,7 @@ def test_codes_are_steady_after_staying_put_for_steady_after_decoded_frames() ->
     frames += [shifted(STEADY_PX + 1), shifted(STEADY_PX + 1), (("another", STICKER_AT),), ()]
     frames += [shifted(0)] * STEADY_AFTER
     for codes in frames:
-        verdict, state = steady(state, codes)
+        verdict, state = steady(state, codes, 0.0)
         verdicts.append(verdict)
     assert STEADY_AFTER == 3
     assert verdicts == [False, False, True, True, False, False, True, False, False,
@@ -206,21 +208,25 @@ def test_codes_are_steady_after_staying_put_for_steady_after_decoded_frames() ->
 
 
 def stayed(state: GateState, codes: tuple[Sighting, ...]) -> GateState:
-    for _ in range(STEADY_AFTER):
-        _, state = steady(state, codes)
+    """`codes` in view, still, for KNOWN_AFTER_S (frame time), decoded once a second."""
+    for ts in range(int(KNOWN_AFTER_S) + 1):
+        _, state = steady(state, codes, float(ts))
     return state
 
 
 def test_codes_that_stayed_put_are_known_for_the_session_by_text_and_place() -> None:
-    # Seen for fewer than STEADY_AFTER frames: not known. Once steady: known after frames with
-    # something else in view (`()`, a truck in front of it) and other codes.
+    # Steady for STEADY_AFTER frames but in view for less than KNOWN_AFTER_S: not known. Once
+    # still for that long: known after frames with something else in view (`()`, a truck in
+    # front of it) and other codes.
     state = GateState()
-    for _ in range(STEADY_AFTER - 1):
-        _, state = steady(state, shifted(0))
-    assert state.known == ()
-    _, state = steady(state, shifted(0))
-    for codes in [(), (("another", ((500, 500), (540, 500), (540, 540), (500, 540))),), ()]:
-        _, state = steady(state, codes)
+    for ts in range(int(KNOWN_AFTER_S)):
+        _, state = steady(state, shifted(ts % 2), float(ts))
+    assert state.codes_in_row >= STEADY_AFTER and state.known == ()
+    _, state = steady(state, shifted(0), KNOWN_AFTER_S)
+    for ts, codes in enumerate(
+        [(), (("another", ((500, 500), (540, 500), (540, 540), (500, 540))),), ()]
+    ):
+        _, state = steady(state, codes, KNOWN_AFTER_S + ts)
     sticker, place = shifted(0)[0]
     far = tuple((x + 200, y) for x, y in place)
     table = [
@@ -233,6 +239,22 @@ def test_codes_that_stayed_put_are_known_for_the_session_by_text_and_place() -> 
         ("another", far, False),  # seen once, never steady
     ]
     assert [printed_here(state.known, (t, p)) for t, p, _ in table] == [e for _, _, e in table]
+
+
+def test_a_phone_held_by_hand_is_never_known_however_steady() -> None:
+    # A hand moves a phone's code by up to the simulator's SHAKE_PX from one frame to the next:
+    # steady from frame to frame (STEADY_PX), but it wanders, and nobody holds it for
+    # KNOWN_AFTER_S. Known, its text and any code at its place would be ignored for every
+    # driver after: no "Payment refused", no reason, a driver left waiting.
+    assert SHAKE_PX <= STEADY_PX
+    held, state = GateState(), GateState()
+    for frame in range(30 * 5):  # 5 s at 30 frames a second, within SHAKE_PX of the start
+        _, held = steady(held, shifted(frame % (SHAKE_PX + 1)), frame / 30)
+    assert held.codes_in_row == 30 * 5 and held.known == ()
+    wander = int(KNOWN_AFTER_S) * 30 + 30  # longer than KNOWN_AFTER_S, a pixel further a second
+    for frame in range(wander):
+        _, state = steady(state, shifted(frame // 30), frame / 30)
+    assert state.codes_in_row == wander and state.known == ()
 
 
 def test_a_code_steady_again_replaces_what_it_was_known_as_and_the_latest_are_kept() -> None:
