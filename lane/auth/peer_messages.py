@@ -246,14 +246,14 @@ class PeerWatch:
 
     def refused_text(self, now: float) -> str | None:
         """`peer_messages_refused`: which lanes' messages are refused, and why."""
-        _forget(self.refused, lambda seen: seen[1], now - self.quiet_s)
+        _forget(self.refused, lambda seen: seen[1], now, self.quiet_s)
         said = [f"messages from {lane} refused: {REFUSAL_TEXT[reason]}"
                 for lane, (reason, _) in self.refused.items()]  # fmt: skip
         return _named(said, "; ")
 
     def unsigned_text(self, now: float) -> str | None:
         """`unsigned_peer_messages`: lanes whose unsigned messages were taken lately."""
-        _forget(self.unsigned, lambda seen: seen, now - self.quiet_s)
+        _forget(self.unsigned, lambda seen: seen, now, self.quiet_s)
         lanes = _named(list(self.unsigned), ", ")
         if lanes is None:
             return None
@@ -326,8 +326,10 @@ def _bound(seen: dict[str, V]) -> None:
         del seen[next(iter(seen))]
 
 
-def _forget(seen: dict[str, V], when: Callable[[V], float], before: float) -> None:
-    for lane in [lane for lane, value in seen.items() if when(value) < before]:
+def _forget(seen: dict[str, V], when: Callable[[V], float], now: float, quiet_s: float) -> None:
+    """Forget what was seen `quiet_s` ago, or at a time the clock has since been set back past:
+    a step back by hours must not hold an alarm up for hours."""
+    for lane in [lane for lane, value in seen.items() if _passed(when(value), now, quiet_s)]:
         del seen[lane]
 
 
