@@ -39,12 +39,12 @@ from lane.auth.peer_messages import (
     PeerRefusal,
     PeerRefused,
     PeerWatch,
-    RefusalLog,
     open_peer,
 )
 from lane.auth.peer_messages import own_key_missing as own_key_text
 from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.auth.wechatpay_certs import utc_text
+from lane.refusal_log import RefusalLog
 
 log = logging.getLogger("lane.auth.peers")
 

@@ -26,14 +26,13 @@ from lane.auth.peer_messages import (
     PeerRefusal,
     PeerRefused,
     PeerWatch,
-    RefusalLog,
-    RefusalsCounted,
     open_peer,
     own_key_missing,
 )
 from lane.auth.plaza import UsedTokenMsg, decode_used_token, encode_used_token
 from lane.auth.tokens import Reason as TokenReason
 from lane.auth.tokens import TokenRefused, verify_token
+from lane.refusal_log import RefusalLog, RefusalsCounted
 from sim.codes import CodeFactory
 
 NOW = 1_800_000_000
