@@ -4,8 +4,11 @@ It turns incoming MQTT messages into typed messages for callbacks and typed mess
 publishes with the right QoS, retain flag and MQTT 5 properties. It holds no lane logic: ack
 timeouts, retries and FAULT are the lane core's. What it does decide:
 
-- garbage on any subscribed topic is logged once ("garbage on a lane topic": lane, topic,
-  error) and goes to `on_garbage(topic, error)` when given, never into another callback;
+- garbage on any subscribed topic goes to `on_garbage(topic, error)` when given, never into
+  another callback, and is logged ("garbage on a lane topic": lane, topic, error, retained):
+  the first of a topic (the `io/+` readings share one) in `REFUSAL_LOG_EVERY_S`, the others
+  counted, and `say_counted()`, from the lane's health loop, says how many once that time has
+  passed (lane.refusal_log): a flood writes two lines a minute, not one a message;
 - a barrier state older than one already seen from the same device session (lower or equal
   seq) is dropped, so a re-delivered retained state never rolls the lane's view back;
 - the controller's will is `lane/{id}/status` = LaneStatus "offline", retained.
@@ -35,6 +38,7 @@ from barrier.messages import (
     SensorReading,
 )
 from barrier.peripherals import PlateReading
+from lane.refusal_log import RefusalLog
 from lane.transport.broker_link import BrokerLink
 from lane.transport.mqtt import Incoming, WillSpec
 from lane.wire import topics
@@ -76,6 +80,7 @@ class BarrierLink:
         self._snapshot_topic = topics.device_snapshot(lane)
         # (session, seq) of the newest barrier state passed on.
         self._last_state: tuple[str, int] | None = None
+        self.garbage_log = RefusalLog()
         self.mqtt = broker.link(
             client_id or f"controller-{lane}",
             subscriptions=[
@@ -149,21 +154,42 @@ class BarrierLink:
         try:
             deliver = self._decode(msg)
         except PayloadError as exc:
-            log.warning(
-                "garbage on a lane topic",
-                # retained: a copy the broker kept, met at (re)connection; it stays until its
-                # publisher replaces it or someone deletes it (an empty retained message).
-                extra={
-                    "lane": self.lane,
-                    "topic": msg.topic,
-                    "error": str(exc),
-                    "retained": msg.retain,
-                },
-            )
+            # retained: a copy the broker kept, met at (re)connection; it stays until its
+            # publisher replaces it or someone deletes it (an empty retained message).
+            kind = "retained" if msg.retain else "live"
+            if self.garbage_log.admit(self._garbage_topic(msg.topic), kind, self.wall()):
+                log.warning(
+                    "garbage on a lane topic",
+                    extra={
+                        "lane": self.lane,
+                        "topic": msg.topic,
+                        "error": str(exc),
+                        "retained": msg.retain,
+                    },
+                )
             if self._on_garbage is not None:
                 self._on_garbage(msg.topic, str(exc))
             return
         deliver()
+
+    def say_counted(self) -> None:
+        """One line per topic whose garbage was counted, not logged, in a window that passed."""
+        for counted in self.garbage_log.counted(self.wall()):
+            log.warning(
+                "garbage on a lane topic, more counted",
+                extra={
+                    "lane": self.lane,
+                    "topic": counted.what,
+                    "retained": counted.reason == "retained",
+                    "refused": counted.count,
+                    "since": counted.since,
+                },
+            )
+
+    def _garbage_topic(self, topic: str) -> str:
+        """The topic a garbage line is counted under: a reading's topic names a sensor anybody
+        may invent (`io/<anything>`), so they share their wildcard."""
+        return topic if topics.sensor_of(topic) is None else topics.io_all(self.lane)
 
     def _decode(self, msg: Incoming) -> Callable[[], None]:
         """Decode and check a message; returns the call that hands it on."""

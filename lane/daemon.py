@@ -1218,6 +1218,7 @@ class LaneDaemon:
             if refused != self.runner.alarms.get("trust_update_refused"):
                 self.runner.alarm("trust_update_refused", refused)
             self.peers.say_counted(self.clocks.wall())
+            self.link.say_counted()
             for code, text in self.peers.alarm_texts(self.clocks.wall()).items():
                 if text != self.runner.alarms.get(code):
                     self.runner.alarm(code, text)

@@ -47,6 +47,7 @@ from lane.auth.cose import (
     verify,
 )
 from lane.auth.keys import IssuerKey, KeySet, KeyUse, kid_text
+from lane.refusal_log import passed
 from lane.wire.codec import PayloadError
 
 # The first byte of a tagged COSE_Sign1 (CBOR tag 18): never the first byte of a msgpack map,
@@ -246,14 +247,14 @@ class PeerWatch:
 
     def refused_text(self, now: float) -> str | None:
         """`peer_messages_refused`: which lanes' messages are refused, and why."""
-        _forget(self.refused, lambda seen: seen[1], now - self.quiet_s)
+        _forget(self.refused, lambda seen: seen[1], now, self.quiet_s)
         said = [f"messages from {lane} refused: {REFUSAL_TEXT[reason]}"
                 for lane, (reason, _) in self.refused.items()]  # fmt: skip
         return _named(said, "; ")
 
     def unsigned_text(self, now: float) -> str | None:
         """`unsigned_peer_messages`: lanes whose unsigned messages were taken lately."""
-        _forget(self.unsigned, lambda seen: seen, now - self.quiet_s)
+        _forget(self.unsigned, lambda seen: seen, now, self.quiet_s)
         lanes = _named(list(self.unsigned), ", ")
         if lanes is None:
             return None
@@ -261,61 +262,6 @@ class PeerWatch:
             f"unsigned messages taken from {lanes} (auth.accept_unsigned_peers is on:"
             " turn it off once every lane signs)"
         )
-
-
-REFUSAL_LOG_EVERY_S = 60.0  # a kind of refusal is logged once per this; the rest counted
-
-
-@dataclass(frozen=True)
-class RefusalsCounted:
-    """Refusals of one kind not logged one by one: `count` of them since `since` (unix s)."""
-
-    what: str  # the message's name in the log line (`used-token message`, ...)
-    reason: PeerRefusal
-    count: int
-    since: float
-
-
-@dataclass
-class RefusalLog:
-    """Which refusals get a log line of their own (pure: the time is a parameter). A flood of
-    garbage or forgeries on a peer topic would write a line per message: the first refusal of
-    a kind (the message's name and the reason) is logged, the next ones within `every_s` only
-    counted, and `counted` hands back their number once that time has passed; the next
-    refusal of that kind after it is logged again. The kinds are the lane's few message names
-    times the reasons: bounded whatever comes."""
-
-    every_s: float = REFUSAL_LOG_EVERY_S
-    # (what, reason) -> when its line was logged and how many refused of it since then
-    windows: dict[tuple[str, PeerRefusal], tuple[float, int]] = dataclass_field(
-        default_factory=dict
-    )
-
-    def admit(self, what: str, reason: PeerRefusal, now: float) -> bool:
-        """True: log this refusal; False: it is counted."""
-        window = self.windows.get((what, reason))
-        # A window with refusals counted closes in `counted` only: their number is said first.
-        if window is None or (window[1] == 0 and _passed(window[0], now, self.every_s)):
-            self.windows[(what, reason)] = (now, 0)
-            return True
-        self.windows[(what, reason)] = (window[0], window[1] + 1)
-        return False
-
-    def counted(self, now: float) -> list[RefusalsCounted]:
-        """The refusals counted in each window that has passed (its kind is logged in full
-        again at the next one)."""
-        said = []
-        for (what, reason), (since, count) in list(self.windows.items()):
-            if _passed(since, now, self.every_s):
-                del self.windows[(what, reason)]
-                if count:
-                    said.append(RefusalsCounted(what, reason, count, since))
-        return said
-
-
-def _passed(since: float, now: float, every_s: float) -> bool:
-    """`every_s` has passed since `since` (a clock set back counts as passed)."""
-    return not 0 <= now - since < every_s
 
 
 V = TypeVar("V")
@@ -326,8 +272,10 @@ def _bound(seen: dict[str, V]) -> None:
         del seen[next(iter(seen))]
 
 
-def _forget(seen: dict[str, V], when: Callable[[V], float], before: float) -> None:
-    for lane in [lane for lane, value in seen.items() if when(value) < before]:
+def _forget(seen: dict[str, V], when: Callable[[V], float], now: float, quiet_s: float) -> None:
+    """Forget what was seen `quiet_s` ago, or at a time the clock has since been set back past:
+    a step back by hours must not hold an alarm up for hours."""
+    for lane in [lane for lane, value in seen.items() if passed(when(value), now, quiet_s)]:
         del seen[lane]
 
 

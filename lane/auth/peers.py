@@ -39,11 +39,11 @@ from lane.auth.peer_messages import (
     PeerRefusal,
     PeerRefused,
     PeerWatch,
-    RefusalLog,
     open_peer,
 )
 from lane.auth.peer_messages import own_key_missing as own_key_text
 from lane.auth.replay import ReplayStore, ReplayStoreError
+from lane.refusal_log import RefusalLog
 from lane.wire.utc import utc_text
 
 log = logging.getLogger("lane.auth.peers")

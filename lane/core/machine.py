@@ -291,6 +291,8 @@ def _violation(state: LaneState, passage: Passage) -> Result:
 
 def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
     cmd = state.command
+    if cmd is not None and not cmd.acked and cmd.cmd_id != event.cmd_id:
+        return replace(state, command=replace(cmd, stray_acks=cmd.stray_acks + 1)), []
     if cmd is None or cmd.cmd_id != event.cmd_id or cmd.acked:
         return state, []  # a duplicate or stale ack: at-most-once was already settled
     state, actions = recovery.acked(state)
@@ -487,6 +489,11 @@ def _send_lapsed(state: LaneState, cmd: Command, why: str) -> Result:
     if cmd.attempt < state.rules.max_cmd_attempts:
         return replace(state, command=replace(cmd, ack_deadline=None)), []
     detail = f"{cmd.op} {cmd.cmd_id}" + (f" ({why})" if why else "")
+    if cmd.stray_acks:
+        detail += (
+            f"; {cmd.stray_acks} acks for other command ids heard meanwhile (does the device"
+            " answer with the command's cmd_id?)"
+        )
     state, actions = recovery.no_ack(state, detail)
     # Keep the command: the same cmd_id is sent again once the fault clears, so a device that
     # did receive it still executes it at most once.

@@ -252,6 +252,9 @@ class Command:
     # Held after the device refused it: not sent again before this time (or the safety area
     # reporting clear), so a refusal is never answered by an immediate resend.
     retry_at: float | None = None
+    # Acks heard for another cmd_id while this one waited: barrier_no_ack says how many (a
+    # device that answers every command under a wrong id looks deaf, not broken).
+    stray_acks: int = 0
 
 
 @dataclass(frozen=True)

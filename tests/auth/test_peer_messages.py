@@ -26,14 +26,13 @@ from lane.auth.peer_messages import (
     PeerRefusal,
     PeerRefused,
     PeerWatch,
-    RefusalLog,
-    RefusalsCounted,
     open_peer,
     own_key_missing,
 )
 from lane.auth.plaza import UsedTokenMsg, decode_used_token, encode_used_token
 from lane.auth.tokens import Reason as TokenReason
 from lane.auth.tokens import TokenRefused, verify_token
+from lane.refusal_log import RefusalLog, RefusalsCounted
 from sim.codes import CodeFactory
 
 NOW = 1_800_000_000
@@ -233,8 +232,20 @@ def test_a_refused_lane_is_alarmed_until_it_verifies_again_or_goes_quiet() -> No
     )
     watch.opened(A, True, NOW + 3)  # A's key arrived: its messages verify
     assert watch.refused_text(NOW + 4) == "messages from p07/l02 refused: bad signature"
-    assert watch.refused_text(NOW + 1 + PEER_QUIET_S) is not None
-    assert watch.refused_text(NOW + 1 + PEER_QUIET_S + 0.1) is None  # nothing since
+    assert watch.refused_text(NOW + 1 + PEER_QUIET_S - 0.1) is not None
+    assert watch.refused_text(NOW + 1 + PEER_QUIET_S) is None  # nothing since
+
+
+def test_a_clock_set_back_counts_as_the_quiet_time_passed() -> None:
+    """A step back by hours (an NTP correction) must not hold a peer alarm up for hours: the
+    refusal is forgotten, and said again at once if the lane is still refused."""
+    watch = PeerWatch()
+    watch.refusal(A, PeerRefusal.UNKNOWN_KEY, NOW)
+    watch.opened(B, False, NOW)
+    assert watch.refused_text(NOW - 3 * 3600) is None
+    assert watch.unsigned_text(NOW - 3 * 3600) is None
+    watch.refusal(A, PeerRefusal.UNKNOWN_KEY, NOW - 3 * 3600 + 1)
+    assert watch.refused_text(NOW - 3 * 3600 + 2) is not None
 
 
 def test_unsigned_messages_taken_are_alarmed_until_none_for_a_while() -> None:

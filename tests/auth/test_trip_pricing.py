@@ -25,13 +25,13 @@ from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.passes import MAX_TEXT_LEN, EntryPass
-from lane.auth.peer_messages import REFUSAL_LOG_EVERY_S
 from lane.auth.plate_binding import BindingKind, PlateBinding, decode_binding, encode_binding
 from lane.auth.replay import PlateTime, ReplayStore
 from lane.auth.trip_pricing import ExitLaneRules, evidence_of, pass_expiry, price_trip
 from lane.auth.trip_rules import RoadRules
 from lane.core.actions import MarkPassUsed, PriceTrip
 from lane.core.names import TripSource
+from lane.refusal_log import REFUSAL_LOG_EVERY_S
 from lane.store_watch import Alarm
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.trip_desk import REPLAY_PLATES, TripDesk

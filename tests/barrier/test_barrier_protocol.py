@@ -424,6 +424,39 @@ async def test_retained_garbage_met_at_start_is_logged_once_as_retained(
     ]
 
 
+async def test_a_garbage_flood_is_logged_once_a_topic_a_window_and_the_rest_counted(
+    mosquitto: Mosquitto, lane_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage faster than anyone reads (a broken device, somebody with the broker password)
+    writes a line per topic a window, not one a message: the rest are counted and said in one
+    line once the window passed. Readings on invented sensors share one line."""
+    now = [1_000.0]
+    rec = Recorder()
+    link = rec.link(mosquitto, lane_id, wall=lambda: now[0])
+    raw = MqttLink(mosquitto.host, mosquitto.port, f"raw-{lane_id}")
+    state_topic = topics.barrier_state(lane_id)
+    flood = [(state_topic, b"\xc1")] * 30 + [
+        (topics.io(lane_id, f"invented{n}"), b"\xc1") for n in range(30)
+    ]
+    async with tasks(link.run(), raw.run()):
+        await link.wait_connected(WAIT)
+        await raw.wait_connected(WAIT)
+        for topic, payload in flood:
+            await raw.publish(topic, payload)
+        seen = [await until(rec.garbage, lambda g: True) for _ in flood]
+        assert len(seen) == len(flood)  # each still handed on: the lane acts on every one
+        link.say_counted()  # the window has not passed: nothing to say yet
+        now[0] += 60
+        link.say_counted()
+    lines = [r for r in caplog.records if r.getMessage().startswith("garbage on a lane topic")]
+    assert [(r.getMessage(), r.__dict__["topic"], r.__dict__.get("refused")) for r in lines] == [
+        ("garbage on a lane topic", state_topic, None),
+        ("garbage on a lane topic", topics.io(lane_id, "invented0"), None),
+        ("garbage on a lane topic, more counted", state_topic, 29),
+        ("garbage on a lane topic, more counted", topics.io_all(lane_id), 29),
+    ]
+
+
 def msgpack_list() -> bytes:
     return bytes([0x92, 0x01, 0x02])
 

@@ -166,6 +166,21 @@ def test_a_late_ack_clears_the_no_ack_fault() -> None:
     assert lane.phase() is Phase.OPEN
 
 
+def test_a_device_acking_under_other_ids_gets_no_ack_with_how_many_it_sent() -> None:
+    """A firmware that answers every command under a wrong id looks deaf: barrier_no_ack as
+    ever, and its text counts the acks heard for other ids meanwhile."""
+    lane = LaneDriver(rules(max_cmd_attempts=1))
+    lane.pay()
+    for wrong in ("w1", "w2"):
+        assert lane.feed(ev.BarrierAcked(wrong, True, Position.OPENING)) == []
+    alarm = one(lane.tick_at_deadline(), RaiseAlarm)
+    assert alarm.code == Alarm.BARRIER_NO_ACK
+    assert alarm.message == (
+        f"{_no_ack_msg} open v1/open; 2 acks for other command ids heard meanwhile (does the"
+        " device answer with the command's cmd_id?)"
+    )
+
+
 def test_stale_and_duplicate_acks_are_ignored() -> None:
     lane = LaneDriver()
     lane.pay()

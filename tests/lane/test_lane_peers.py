@@ -23,9 +23,9 @@ from polling import eventually
 from test_lane_daemon import Lane, running_lane
 
 from lane.auth.keys import KeySet, keyset_to_json, load_keyset
-from lane.auth.peer_messages import REFUSAL_LOG_EVERY_S
 from lane.auth.plaza import MarkKind, UsedTokenMsg, encode_used_token, used_tokens_topic
 from lane.checks import check_config
+from lane.refusal_log import REFUSAL_LOG_EVERY_S
 from lane.runner import Clocks
 from lane.transport.mqtt import MqttLink
 from lane.wire.utc import utc_text

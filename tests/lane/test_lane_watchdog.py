@@ -305,14 +305,15 @@ async def systemd_watchdog(
 
 @contextlib.asynccontextmanager
 async def log_noise(mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[None]:
-    """Garbage on the lane's barrier-ack topic, a log line each: 2000 of them, where 64 KiB of
-    stdout is some 300, so a lane whose stdout nobody reads blocks its loop on one."""
+    """Garbage on the lane's uplink-ack topic, a log line each: 2000 of them, where 64 KiB of
+    stdout is some 300, so a lane whose stdout nobody reads blocks its loop on one. (Not the
+    barrier link's topics: their garbage is logged once a minute, the rest counted.)"""
     noise = MqttLink(mosquitto.host, mosquitto.port, f"noise-{lane_id}")
     task = asyncio.create_task(noise.run())
     try:
         await noise.wait_connected(5)
         for n in range(2000):
-            await noise.publish(topics.barrier_ack(lane_id), f"garbage {n}".encode())
+            await noise.publish(topics.uplink_acks(lane_id), f"garbage {n}".encode())
         yield
     finally:
         task.cancel()
