@@ -1181,15 +1181,13 @@ class LaneDaemon:
             late_at=self._disk_late_at,
         )
         self._disk_late_at = answers.late_at
-        text = answers.detail
-        if (text is not None) == faulted:
-            return
         extra = {"lane": self.lane, "path": str(data)}
-        if text is not None:
-            log.error("data directory not answering", extra={**extra, "error": text})
-        else:
+        if not faulted and answers.late is not None:
+            log.error("data directory not answering", extra={**extra, "error": answers.late})
+            self.runner.post(ev.DiskAnswering(answering=False, detail=answers.late))
+        elif faulted and not answers.holds:
             log.info("data directory answers again", extra=extra)
-        self.runner.post(ev.DiskAnswering(answering=text is None, detail=text or ""))
+            self.runner.post(ev.DiskAnswering(answering=True))
 
     def _watch_uplink(self) -> None:
         """The uplink connection down past its grace raises `uplink_down`, whether records

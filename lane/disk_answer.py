@@ -27,10 +27,16 @@ def clear_after_s(after_s: float, clear_s: float) -> float:
 @dataclass(frozen=True)
 class DiskAnswers:
     """One health tick's judgement: `late_at`, the monotonic time a call was last seen waiting
-    past the limit (the next tick's input); `detail`, the fault's text while it holds."""
+    past the limit (the next tick's input), None once the hold-off is over; `late`, the
+    alarm's text while a call waits past the limit now."""
 
     late_at: float | None
-    detail: str | None
+    late: str | None
+
+    @property
+    def holds(self) -> bool:
+        """The fault holds: raised by a late call, not yet cleared by the hold-off."""
+        return self.late_at is not None
 
 
 def judged(
@@ -44,18 +50,14 @@ def judged(
     late_at: float | None,
 ) -> DiskAnswers:
     """The fault holds while the oldest unanswered call (made at monotonic `since`) has waited
-    `after_s` or more, and `hold_s` after the last tick that saw one (`late_at`)."""
+    `after_s` or more, and `hold_s` after the last tick that saw one (`late_at`); it is raised
+    only by a call late now, with that call's text."""
     text = not_answering(data_dir, since, now, wall, after_s)
     if text is not None:
         return DiskAnswers(now, text)
     if late_at is None or now - late_at >= hold_s:
         return DiskAnswers(None, None)
-    return DiskAnswers(
-        late_at,
-        f"{data_dir}: a read or write unanswered for {after_s:g} s or more, last seen"
-        f" {since_utc(late_at, now, wall)}; no payments until every call answers within"
-        f" {after_s:g} s for {hold_s:g} s",
-    )
+    return DiskAnswers(late_at, None)
 
 
 def not_answering(
