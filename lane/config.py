@@ -75,6 +75,11 @@ class LaneSection(_Section):
         description="A record queue read or write unanswered this long (a hung disk):"
         " disk_not_answering; longer than SQLite's 10 s wait for a locked file",
     )
+    disk_clear_s: PositiveSeconds = Field(
+        30,
+        description="disk_not_answering clears once no call has waited past disk_answer_s for"
+        " this long (never less than disk_answer_s): a slow disk does not flap the lane",
+    )
     probe_s: PositiveSeconds = Field(
         5, description="In fault: ask the device and retry a held command this often"
     )

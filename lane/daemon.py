@@ -78,7 +78,7 @@ from lane.core.machine import initial_state
 from lane.core.names import Alarm, PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
-from lane.disk_answer import not_answering
+from lane.disk_answer import clear_after_s, judged
 from lane.disk_probe import PROBE_FILE, DiskProbe
 from lane.durable import write_atomically
 from lane.health import disk_problem
@@ -566,6 +566,7 @@ class LaneDaemon:
         )
         self.uplink_status: UplinkStatus | None = None  # the queue loop's last read
         self._uplink_down_since: float | None = None  # monotonic; None while connected
+        self._disk_late_at: float | None = None  # monotonic: a disk call last seen late
         self.sharing: UsedTokenSharing | None = None
         plaza = config.lane.plaza
         self._plaza_topics = (keys_topic(plaza), deny_topic(plaza))
@@ -1161,22 +1162,32 @@ class LaneDaemon:
 
     def _watch_disk(self) -> None:
         """A queue call or probe write unanswered past `disk_answer_s` raises
-        `disk_not_answering`; none waiting that long clears it. Reads what their callers wait
-        for, never the disk."""
+        `disk_not_answering`; none seen waiting that long for the hold-off (`disk_clear_s`)
+        clears it. Reads what their callers wait for, never the disk."""
         faulted = Alarm.DISK_NOT_ANSWERING in self.runner.state.faults
         now = self.clocks.monotonic()
         waits = (self.queue.waiting_since(), self.disk_probe.waiting_since())
         since = min((t for t in waits if t is not None), default=None)
         data = self.config.lane.data_dir
-        text = not_answering(data, since, now, self.clocks.wall(), self.config.lane.disk_answer_s)
-        if (text is not None) == faulted:
-            return
+        after_s = self.config.lane.disk_answer_s
+        hold_s = clear_after_s(after_s, self.config.lane.disk_clear_s)
+        answers = judged(
+            data,
+            since,
+            now,
+            self.clocks.wall(),
+            after_s=after_s,
+            hold_s=hold_s,
+            late_at=self._disk_late_at,
+        )
+        self._disk_late_at = answers.late_at
         extra = {"lane": self.lane, "path": str(data)}
-        if text is not None:
-            log.error("data directory not answering", extra={**extra, "error": text})
-        else:
+        if not faulted and answers.late is not None:
+            log.error("data directory not answering", extra={**extra, "error": answers.late})
+            self.runner.post(ev.DiskAnswering(answering=False, detail=answers.late))
+        elif faulted and not answers.holds:
             log.info("data directory answers again", extra=extra)
-        self.runner.post(ev.DiskAnswering(answering=text is None, detail=text or ""))
+            self.runner.post(ev.DiskAnswering(answering=True))
 
     def _watch_uplink(self) -> None:
         """The uplink connection down past its grace raises `uplink_down`, whether records

@@ -128,8 +128,8 @@ class QueueChanged:
 @dataclass(frozen=True)
 class DiskAnswering:
     """Whether the data directory answers the record queue: False once a read or write has
-    waited past `disk_answer_s` (a hung disk: no error, no answer), True once it answers.
-    `detail` names the directory and since when."""
+    waited past `disk_answer_s` (a hung disk: no error, no answer), True once none has for
+    `disk_clear_s` (lane.disk_answer). `detail` names the directory and since when."""
 
     answering: bool
     detail: str = ""

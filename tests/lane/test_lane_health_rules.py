@@ -4,6 +4,7 @@ severities. Tables plus hypothesis properties; no I/O, no clock."""
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from lane.auth.resolver import (
 )
 from lane.auth.wechatpay_trust import ALARM as WECHATPAY_CERTIFICATES
 from lane.core.names import BARRIER_ALARMS, Alarm
-from lane.disk_answer import not_answering
+from lane.disk_answer import clear_after_s, judged, not_answering
 from lane.health import QUEUE_FAULTS
 from lane.lane_health import (
     CLEARED_KEPT,
@@ -203,6 +204,106 @@ def test_a_data_directory_waited_on_past_its_limit_does_not_answer(
     if text is not None:
         assert text.startswith("/var/lib/lane: a read or write unanswered for 15 s")
         assert "(since 2027-01-15T07:59:45Z)" in text
+
+
+DATA = Path("/var/lib/lane")
+WALL = 1_800_000_000.0  # the wall time at monotonic 100.0
+
+
+@pytest.mark.parametrize(("after_s", "clear_s", "hold_s"), [(15, 30, 30), (40, 30, 40), (1, 2, 2)])
+def test_the_hold_off_is_never_shorter_than_the_limit(
+    after_s: float, clear_s: float, hold_s: float
+) -> None:
+    assert clear_after_s(after_s, clear_s) == hold_s
+
+
+@pytest.mark.parametrize(
+    ("since", "late_at", "now", "late_after", "held"),
+    [
+        (None, None, 100.0, None, False),  # nothing waits, nothing was late
+        (90.0, None, 100.0, None, False),  # a call waits, not yet past the limit
+        (85.0, None, 100.0, 100.0, True),  # past it: raised
+        (85.0, 95.0, 100.0, 100.0, True),  # still past it: seen late again now
+        (None, 80.0, 100.0, 80.0, True),  # answered 20 s ago: held for the 30 s hold-off
+        (95.0, 80.0, 100.0, 80.0, True),  # a call in time does not end the hold-off early
+        (None, 70.0, 100.0, None, False),  # 30 s without a late call: cleared
+    ],
+)
+def test_the_fault_holds_until_no_call_has_been_late_for_the_hold_off(
+    since: float | None, late_at: float | None, now: float, late_after: float | None, held: bool
+) -> None:
+    answers = judged(DATA, since, now, WALL, after_s=15.0, hold_s=30.0, late_at=late_at)
+    assert answers.late_at == late_after
+    assert answers.holds == held
+    assert (answers.late is not None) == (late_after == now)  # raised by a call late now
+
+
+TICK_S = 1.0  # the health loop's period
+
+
+def _ticks(
+    calls: list[tuple[int, int]], after_s: float, hold_s: float
+) -> tuple[list[tuple[float, bool]], list[float], list[tuple[float, float]]]:
+    """A disk's calls one after another, each (gap before it, how long it waits), judged every
+    tick as the health loop does: the fault's changes (time, raised), the ticks that saw a
+    call waiting past `after_s`, and each call's (start, end)."""
+    spans: list[tuple[float, float]] = []
+    t = 0.0
+    for gap, wait in calls:
+        spans.append((t + gap, t + gap + wait))
+        t += gap + wait
+    changes: list[tuple[float, bool]] = []
+    late_ticks: list[float] = []
+    late_at: float | None = None
+    held = False
+    now = 0.0
+    while now <= t + hold_s + 2 * TICK_S:
+        since = next((start for start, end in spans if start <= now < end), None)
+        if since is not None and now - since >= after_s:
+            late_ticks.append(now)
+        answers = judged(DATA, since, now, WALL, after_s=after_s, hold_s=hold_s, late_at=late_at)
+        late_at = answers.late_at
+        if answers.holds != held:
+            held = not held
+            changes.append((now, held))
+        now += TICK_S
+    return changes, late_ticks, spans
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), max_size=30),
+    st.integers(1, 20),
+    st.integers(1, 40),
+)
+def test_a_slow_disk_flips_the_fault_at_most_once_per_hold_off_and_it_always_clears(
+    calls: list[tuple[int, int]], after_s: int, clear_s: int
+) -> None:
+    hold_s = clear_after_s(after_s, clear_s)
+    changes, late_ticks, spans = _ticks(calls, after_s, hold_s)
+    # Safe: raised at every tick that sees a call late.
+    for tick in late_ticks:
+        assert next(raised for at, raised in reversed(changes) if at <= tick)
+    held_at = [at for at, raised in changes if raised]
+    cleared_at = [at for at, raised in changes if not raised]
+    # No flapping: each raise stands the hold-off, so raises (and clears) are that far apart.
+    for raised, cleared in zip(held_at, cleared_at, strict=False):
+        assert cleared - raised >= hold_s
+    assert all(b - a >= hold_s for a, b in pairwise(held_at))
+    # Live: cleared the hold-off after the last tick that saw a call late, so within the
+    # hold-off after that call ended.
+    if late_ticks:
+        assert changes[-1] == (late_ticks[-1] + hold_s, False)
+        last_late_end = next(end for start, end in spans if start <= late_ticks[-1] < end)
+        assert changes[-1][0] <= last_late_end + hold_s
+    else:
+        assert changes == []
+
+
+def test_a_disk_whose_every_write_is_a_little_late_keeps_the_lane_closed_once() -> None:
+    """The defect: every probe write (every 5 s) taking 16 s against a 15 s limit raised and
+    cleared the fault at every write; now it is raised once and cleared 30 s after the last."""
+    changes, late_ticks, _ = _ticks([(5, 16)] * 20, 15.0, 30.0)
+    assert changes == [(20.0, True), (late_ticks[-1] + 30.0, False)]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ the next paying vehicle is served. Mounting needs root (CI runs `make test` as r
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 from disk_kit import frozen
 from ops_kit import OpsLane, running_lane
 from polling import eventually
@@ -33,8 +35,9 @@ async def serving_lane(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str, disk_answer_s: float, **more: float
 ) -> AsyncIterator[OpsLane]:
     """A lane on the test's own file system that has served one vehicle (its queue written);
-    `more`: more `[lane]` keys."""
-    extra = {"lane": {"disk_answer_s": disk_answer_s, **more}}
+    `more`: more `[lane]` keys. The clear's hold-off as short as it goes (`disk_answer_s`)
+    unless `more` says otherwise: the tests wait for the clear."""
+    extra = {"lane": {"disk_answer_s": disk_answer_s, "disk_clear_s": disk_answer_s, **more}}
     async with running_lane(tmp_path, mosquitto, lane_id, extra=extra) as lane:
         assert await lane.serve("token") == "barrier_opened"
         yield lane
@@ -219,3 +222,34 @@ async def test_a_disk_that_hangs_as_a_paid_record_is_written_holds_the_barrier_u
         assert results_of(lane, vehicle_id) == ["approved"]
         await eventually(lambda: "disk_not_answering" not in daemon.runner.alarms, within=20)
         assert noted_record_ids(lane) == stored_record_ids(queue)
+
+
+async def test_a_disk_that_hangs_twice_in_quick_succession_closes_the_lane_once(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    ext4_fs: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A slow disk, late, answering, late again: the fault used to clear between the two
+    (payments let in for a moment) and be raised again. It is raised once and cleared once,
+    `disk_clear_s` after a call was last seen late."""
+    caplog.set_level(logging.INFO, logger="lane")
+    async with serving_lane(tmp_path, mosquitto, lane_id, 1, disk_clear_s=10) as lane:
+        daemon = lane.daemon
+        probe = daemon.disk_probe
+
+        def probe_late() -> bool:
+            since = probe.waiting_since()
+            return since is not None and daemon.clocks.monotonic() - since > 1.5
+
+        for _ in range(2):
+            with frozen(ext4_fs):
+                await eventually(probe_late, within=20, what="a probe write late")
+                await eventually(lambda: "disk_not_answering" in daemon.runner.alarms)
+            await eventually(lambda: probe.waiting_since() is None, what="the probe answered")
+        await eventually(lambda: "disk_not_answering" not in daemon.runner.alarms, within=20)
+        assert await lane.serve("token") == "barrier_opened"
+        said = [r.getMessage() for r in caplog.records if r.name == "lane.daemon"]
+        assert said.count("data directory not answering") == 1, said
+        assert said.count("data directory answers again") == 1, said
