@@ -18,7 +18,17 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import assert_never
 
-from lane.core import carried, diagram, metro, paypoint, recovery, reread, road, static_codes
+from lane.core import (
+    carried,
+    diagram,
+    metro,
+    paypoint,
+    recovery,
+    reopened,
+    reread,
+    road,
+    static_codes,
+)
 from lane.core import events as ev
 from lane.core.actions import (
     Abandon,
@@ -30,7 +40,7 @@ from lane.core.actions import (
     RaiseAlarm,
 )
 from lane.core.alarms import add_fault, fault_message, remove_fault
-from lane.core.display import LANE_CLOSED, LANE_OPEN, THANK_YOU
+from lane.core.display import LANE_CLOSED, THANK_YOU
 from lane.core.names import (
     BARRIER_DOWN,
     BARRIER_FAULTS,
@@ -101,6 +111,7 @@ def step(state: LaneState, event: ev.Event, now: float) -> Result:
     new_state, more = recovery.after_step(new_state, event, before, now)
     more += carried.served(state, new_state, actions + more)
     actions = recovery.tell_held(state, new_state, actions + more, now)
+    actions += reopened.reopened(state, new_state)
     new_state = reread.remember(state, event, new_state, actions, now)
     after = phase(new_state)
     label = diagram.event_label(event)
@@ -555,10 +566,9 @@ def _on_close_lane(state: LaneState, event: ev.AttendantCloseLane, now: float) -
 
 
 def _on_reopen_lane(state: LaneState, event: ev.AttendantReopenLane, now: float) -> Result:
-    return replace(state, closed_reason=None), [
-        LANE_OPEN,
-        LaneReopened(event.reason),
-    ]
+    # What the lane shows now (`Lane open`, or still `Lane closed` under a fault) is
+    # lane.core.reopened's, once the step is done.
+    return replace(state, closed_reason=None), [LaneReopened(event.reason)]
 
 
 def _on_queue(state: LaneState, event: ev.QueueChanged, now: float) -> Result:

@@ -50,6 +50,8 @@ from lane.core.trip import AwaitingEntry, Priced, Ticket
 
 Result = tuple[LaneState, list[Action]]
 METHODS = frozenset(Method)
+# A vehicle that spent its tries: it waits for an attendant.
+TRIES_SPENT = ShowOnDisplay(("Payment refused", ASSISTANCE))
 
 
 def arrive(state: LaneState, vehicle_id: str, implicit: bool) -> Result:
@@ -103,7 +105,7 @@ def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
         # Tries are bounded: this vehicle now waits for an attendant.
         return state, [
             *actions,
-            ShowOnDisplay(("Payment refused", ASSISTANCE)),
+            TRIES_SPENT,
             ScanIgnored(vehicle.vehicle_id, "max_tries"),
         ]
     if event.text in vehicle.refused_texts:

@@ -86,6 +86,18 @@ def arrive(state: LaneState, vehicle_id: str, now: float) -> Result:
     return state, actions
 
 
+def shown(state: LaneState, vehicle: Vehicle) -> ShowOnDisplay | None:
+    """What the pay point shows this vehicle (no payment on its way) while the lane is open."""
+    trip = vehicle.trip
+    if isinstance(trip, Ticket):
+        return PRINTER_FAULT if trip.printer_error and not trip.printed else TAKE_TICKET
+    if isinstance(trip, AwaitingEntry):
+        return _ask_pass(state)
+    if isinstance(trip, Priced):
+        return fare_display(trip)
+    return None
+
+
 def _ask_pass(state: LaneState) -> ShowOnDisplay:
     vehicle = state.vehicle
     if not state.accepting_payments or vehicle is None:

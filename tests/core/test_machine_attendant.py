@@ -146,8 +146,8 @@ def test_close_lane_lets_the_unpaid_vehicle_go_and_refuses_payments() -> None:
     lane.leave_pay_point()
     actions = lane.feed(ev.AttendantReopenLane("done"))
     assert actions == [
-        ShowOnDisplay(("Lane open",), ttl_s=3.0),
         LaneReopened(reason="done"),
+        ShowOnDisplay(("Lane open",), ttl_s=3.0),
     ]
     assert lane.phase() is Phase.IDLE
     lane.through("v3")
