@@ -358,3 +358,28 @@ async def test_the_replay_store_alarm_clears_only_once_the_held_exits_are_marked
     assert gate.replay.get(key) is not None
     assert gate.held.unmarked == {} == gate.store.held(NOW)
     assert await exits.tap_out_after_restart() == ("pass_used", FARTHEST, trip)
+
+
+async def test_the_replay_store_alarm_clears_only_once_the_held_refunds_are_written_there(
+    tmp_path: Path,
+) -> None:
+    """A refund held until reopened was written by the tap desk's upkeep after the verifier's
+    probe cleared the replay store's alarm, which said it was held. The probe gives its mark
+    back first, and the taps store's copy follows at once."""
+    exits = Exits(tmp_path)
+    gate, alarms = exits.gate, exits.alarms
+    trip = await exits.tapped_out()
+    key = f"pass:{trip}"
+    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, EXIT_ID))
+    replay = tmp_path / "replay.sqlite3"
+    with corrupted(replay):
+        await gate.release(ReleasePass(trip, EXIT_ID))
+        assert alarms["replay_store_error"].startswith(f"{REPLAY_UNRELEASED} {replay}")
+    probe = asyncio.create_task(gate.replay_watch.run(asyncio.sleep))  # the verifier's alone
+    try:
+        await eventually(lambda: "replay_store_error" not in alarms, within=10)
+    finally:
+        probe.cancel()
+    assert gate.replay.get(key) is None
+    assert gate.held.unreleased == {} == gate.store.unreleased(NOW)
+    assert await exits.tap_out_after_restart() == ("charged", FARE, trip)
