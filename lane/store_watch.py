@@ -1,25 +1,25 @@
 """A lane store's alarm while its writes fail: raised by a failed write, probed while it holds,
 cleared by the write that commits.
 
-A SQLite store that cannot be written (locked by another process past SQLite's wait, corrupt,
-an I/O error) is safe by itself (what it cannot track is refused or charged at the maximum) but
-would say nothing. The first failed write raises the store's alarm (`says`), naming the file
-and SQLite's error; `run` then writes to the store every `PROBE_EVERY_S` with the store's own
-probe (the write its real writes make, in the pages they make it in, taken back), so the alarm
-clears once the store takes writes again whether or not traffic comes. The probe is async and
-runs where the store's writes run: a thread of its own (`in_thread`) for the replay store,
-threads of their own for the tap store (whose probe first makes the writes its tap desk owes
-it, lane.tap_desk), the resolver's one writer thread for the payments store. While the store works,
-`run` does the store's housekeeping instead (a purge may commit where the real writes fail, so
-it never clears the alarm). A failure the usual text does not fit (a read that fails where
-the writes are the usual worry) says what it stops instead (`says(..., refused)`); the probe
-keeps that text until the store works. A store shared by two users (the replay store: the
-verifier's offline tokens, a metro gate's tap desk) has one alarm, and this watch composes its
-text: what the other user holds until the store takes writes (`holds`, asked at every change)
-comes first, then what the failure at hand stops, so neither user's failure hides the other's.
-A desk that holds in memory what the store did not take (a trip desk's plate times) says so
-with `owes`: the probe writes that first, and the alarm does not clear (a write elsewhere
-committing) while it is held, since a restart would forget it.
+A SQLite store that cannot be written (locked by another process past SQLite's wait, corrupt, an I/O
+error) is safe by itself (what it cannot track is refused or charged at the maximum) but would say
+nothing. The first failed write raises the store's alarm (`says`), naming the file and SQLite's
+error; `run` then writes to the store every `PROBE_EVERY_S` with the store's own probe (the write
+its real writes make, in the pages they make it in, taken back), so the alarm clears once the store
+takes writes again whether or not traffic comes. The probe is async and runs where the store's
+writes run: a thread of its own (`in_thread`) for the replay store, threads of their own for the tap
+store (whose probe first makes the writes its tap desk holds for the replay store, lane.tap_held),
+the resolver's one writer thread for the payments store. While the store works, `run` does the
+store's housekeeping instead (a purge may commit where the real writes fail, so it never clears the
+alarm). A failure the usual text does not fit (a read that fails where the writes are the usual
+worry) says what it stops instead (`says(..., refused)`); the probe keeps that text until the store
+works. A desk that holds in memory what the store did not take (a trip desk's plate times; a metro
+tap desk's held exits, refunds and drops, lane.tap_held) says so with `owes`, the one way to say
+"this desk holds X for this store": what the first desk holding something says comes first in the
+alarm's text whatever failure raised it, then what the failure at hand stops (so neither of two
+users of one store, the verifier's offline tokens and a metro gate's tap desk on the replay store,
+hides the other's failure); the probe writes what is held first (`settle`), and the alarm does not
+clear (a write elsewhere committing) while anything is held, since a restart would forget it.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Owed:
 
     held: Callable[[], bool]  # some are held
     write: Probe  # writes them, raising the store's error
-    stops: str  # what the alarm says while they are held
+    stops: str  # what the alarm says first while they are held
 
 
 class StoreWatch:
@@ -70,33 +70,38 @@ class StoreWatch:
         self._alarm = alarm
         self.text: str | None = None  # the alarm's text while the store fails
         self._stopped = refused  # what the failing store stops, as the alarm says it
-        self._held: Callable[[], str | None] = lambda: None
         self._error: Exception | None = None  # the failing store's last error
         self._owed: list[Owed] = []
 
-    def holds(self, held: Callable[[], str | None]) -> None:
-        """What another user of the store holds until it takes writes (None: nothing), said
-        first whatever failure the alarm says then."""
-        self._held = held
-
     def owes(self, held: Callable[[], bool], write: Probe, stops: str) -> None:
-        """A desk's writes the store may not take (`Owed`): the probe writes them first, and
-        the alarm stays, saying `stops`, while `held()`."""
+        """A desk's writes the store may not take (`Owed`), the most pressing registered first:
+        while `held()`, the alarm says `stops` first and does not clear, and the probe writes
+        them first."""
         self._owed.append(Owed(held, write, stops))
+
+    def owing(self) -> str | None:
+        """What the first desk holding writes for the store says (None: none held)."""
+        return next((owed.stops for owed in self._owed if owed.held()), None)
+
+    async def settle(self) -> None:
+        """Write what the desks hold for the store, raising the store's error."""
+        for owed in self._owed:
+            if owed.held():
+                await owed.write()
 
     def says(self, error: Exception | None, refused: str | None = None) -> None:
         """What the store's last use did: raise or clear the alarm when that changed.
         `refused`: what this failure stops, when not the usual (`self.refused`)."""
-        owing = next((owed for owed in self._owed if owed.held()), None)
+        owing = self.owing()
         if error is None and self.text is not None and owing is not None:
             # Another write committed, but what the store owes is in memory only: the probe
             # writes it, then clears the alarm.
-            error, refused = self._error, owing.stops
+            error, refused = self._error, owing
         text = None
         if error is not None:
             self._error = error
             self._stopped = refused or self.refused
-            parts = (self._held(), self._stopped)
+            parts = (owing, self._stopped)
             said = "; ".join(dict.fromkeys(part for part in parts if part))  # each part once
             text = (
                 f"{said} {error}; tried again every {PROBE_EVERY_S:g} s,"
@@ -125,9 +130,7 @@ class StoreWatch:
         while True:
             if self.text is not None:
                 try:
-                    for owed in self._owed:
-                        if owed.held():
-                            await owed.write()
+                    await self.settle()
                     await self._probe()
                 except self._errors as exc:
                     self.says(exc, self._stopped)

@@ -47,8 +47,9 @@ refunded entry fare taken off). A copy behind by a drop only drops it again: no 
 The replay store is the verifier's, and so is its alarm (`replay_store_error`, the verifier's
 `StoreWatch`, whose probe clears it). An exit it cannot read is unpriced, as above. An exit it
 cannot mark, this gate's or another gate's heard on the line, is held (`unmarked`): the tap-in
-prices as exited here all the same (a trip is never paid twice), and `upkeep` writes the held
-marks once the store works again (whether or not the tap store does), a heard one as heard
+prices as exited here all the same (a trip is never paid twice), and the store's probe writes
+the held marks before its alarm clears (`upkeep` those a restart loaded; whether or not the
+tap store works), a heard one as heard
 from its gate (so that gate's refund reopens it, held or written); the first exit held for a
 tap-in stays, as the replay store keeps the first mark. The held
 exits are kept in the tap store too (`TapStore.hold`, another file), so a restart before the
@@ -57,7 +58,7 @@ cannot keep them either they are in memory only, a restart would forget them, an
 `taps_store_error` says so until a write commits there. A release it cannot write (this
 gate's own, or another gate's refund heard on the line) is held the same way (`unreleased`,
 kept in the tap store too): the tap-in prices as reopened here (the trip, as the refund said),
-the alarm says refunded tap-outs are held until reopened, and `upkeep` writes the held releases
+the alarm says refunded tap-outs are held until reopened, and the held releases are written
 before the held exits; a later exit's mark writes its tap-in's held release first (the mark
 would not go in over the old one), and a release gives back only a mark made by the exit it
 refunds (`made_by`: an exit is marked at its record's time, which the refund names), so neither
@@ -204,7 +205,7 @@ class TapDesk:
 
     async def upkeep(self, sleep: Callable[[float], Awaitable[None]]) -> None:
         """While the tap store fails, probe it (writing first what it owes) until a write
-        commits; otherwise write what the stores owe (`_write_owed`) and forget the gates
+        commits; otherwise write what the stores owe (`HeldWrites.write_owed`) and forget the gates
         quiet long enough (lane.tap_clocks)."""
         await self.held.store_watch.run(sleep, self._housekeeping, PROBE_EVERY_S)
 
@@ -294,9 +295,9 @@ class TapDesk:
         except TapStoreError as exc:
             log.error("tap not kept", extra={"lane": self.lane, "record_id": record.record_id,
                                              "error": str(exc)})  # fmt: skip
-            self.held.store_watch.says(exc, self.held.taps_owed(None))
+            self.held.store_watch.says(exc, self.held.store_watch.owing())
             return
-        self.held.taps_written()
+        self.held.store_watch.says(None)
 
     async def _exited_elsewhere(self, record: Record) -> None:
         """Another gate's tap-out: its tap-in has exited, marked like a road pass (kept until
@@ -363,7 +364,7 @@ class TapDesk:
             await self.held.save_drops()
             return
         log.info("refunded tap-in dropped", extra={**ids, "pass_id": trip, "dropped": dropped})
-        self.held.taps_written()
+        self.held.store_watch.says(None)
 
     # --- an exit gate -------------------------------------------------------------------------
 
@@ -389,7 +390,7 @@ class TapDesk:
                 now,
             )
         except TapStoreError as exc:  # unpriced (the runner answers the core and logs it)
-            self.held.store_watch.says(exc, self.held.taps_owed(TAPS_UNREAD))
+            self.held.store_watch.says(exc, self.held.store_watch.owing() or TAPS_UNREAD)
             raise
         except ReplayStoreError as exc:
             self.replay_watch.says(exc, REPLAY_UNREAD)

@@ -4,9 +4,10 @@ did not give back (`unreleased`), copied into the tap store (`TapStore.hold`), a
 tap-ins the tap store did not drop (`undropped`), copied into the replay store
 (`ReplayStore.keep_undropped`): each store keeps what the other owes, so a restart while one
 fails still knows it. Each copy is versioned (lane.held_copy) and written at each change; the
-desk's upkeep writes what is owed once a store takes writes again (`write_owed`), and the tap
-store's alarm (`store_watch`, probed by `probe_taps`) and the replay store's (the verifier's,
-`replay_owed` said first in it) say what is held in memory only.
+desk's upkeep writes what is owed once a store takes writes again (`write_owed`). Each thing
+held is owed to its store (lane.store_watch `owes`): the tap store's alarm (`store_watch`,
+probed by `probe_taps`) and the replay store's (the verifier's) say it first, their probes write
+it first, and neither clears while it is held, so a restart right after the clear loses nothing.
 """
 
 from __future__ import annotations
@@ -72,7 +73,13 @@ class HeldWrites:
         # store over a restart (`drops_copy`, versioned), not in the failing one.
         self.undropped: dict[str, tuple[float, str]] = replay.undropped(wall())
         self.drops_copy: HeldCopy[dict[str, tuple[float, str]]] = HeldCopy()
-        replay_watch.holds(self.replay_owed)
+        # The most pressing first: refunded tap-ins held until dropped in memory only (a
+        # restart would charge wrongly), refunds held until reopened, exits held until marked.
+        replay_watch.owes(
+            lambda: bool(self.undropped) and self.drops_copy.behind, self.keep_drops, REPLAY_UNHELD
+        )
+        replay_watch.owes(lambda: bool(self.unreleased), self.write_unreleased, REPLAY_UNRELEASED)
+        replay_watch.owes(lambda: bool(self.unmarked), self.write_unmarked, REPLAY_UNMARKED)
         self.store_watch = StoreWatch(
             lane,
             TAPS_ALARM,
@@ -81,6 +88,8 @@ class HeldWrites:
             (TapStoreError,),
             alarm,
         )
+        self.store_watch.owes(lambda: bool(self.undropped), self.drop_undropped, TAPS_UNDROPPED)
+        self.store_watch.owes(lambda: self.held_copy.behind, self.keep_held, TAPS_UNHELD)
 
     def hold_exit(self, key: str, held: Held) -> None:
         """Hold an exit the replay store did not mark. The first exit held stays, as the replay
@@ -113,13 +122,6 @@ class HeldWrites:
         return await release_mark(self.replay, None, key, release.lane or self.lane, self.wall(),
                                   remote=remote, made_by=release.seen_at)  # fmt: skip
 
-    def taps_written(self) -> None:
-        """A write to the taps store committed: its alarm clears, unless it still owes writes
-        (a copy of the held exits and refunds behind, refunded tap-ins not dropped), which its
-        probe makes first."""
-        if not self.held_copy.behind and not self.undropped:
-            self.store_watch.says(None)
-
     async def save_held(self) -> None:
         """Keep the held exits and refunds in the tap store, so a restart still knows them;
         while it cannot, `taps_store_error` says they are in memory only, and the desk's
@@ -127,20 +129,12 @@ class HeldWrites:
         try:
             await self.keep_held()
         except TapStoreError as exc:
-            self.store_watch.says(exc, self.taps_owed())
+            self.store_watch.says(exc, self.store_watch.owing())
             ids = {"lane": self.lane, "held": len(self.unmarked),
                    "unreleased": len(self.unreleased), "error": str(exc)}  # fmt: skip
             log.error("held tap-in exits not saved", extra=ids)
         else:
-            self.taps_written()
-
-    def taps_owed(self, stops: str | None = TAPS_UNHELD) -> str | None:
-        """What the failing taps store's alarm says: what it owes, refunded tap-ins held until
-        dropped (a restart would charge wrongly) before held exits and refunds in memory only,
-        before what this failure stops (None: the usual text)."""
-        if self.undropped:
-            return TAPS_UNDROPPED
-        return TAPS_UNHELD if self.held_copy.behind else stops
+            self.store_watch.says(None)
 
     async def keep_held(self) -> None:
         """Write the copy of the held exits and refunds when it is behind (one at a time, the
@@ -163,66 +157,68 @@ class HeldWrites:
             log.info("held refunded tap-in dropped",
                      extra={"lane": self.lane, "pass_id": trip, "expired": expired})  # fmt: skip
 
-    def replay_owed(self) -> str | None:
-        """What this desk holds until the replay store takes writes, the most pressing first:
-        refunded tap-ins held until dropped in memory only (a restart would charge wrongly),
-        refunds held until reopened, exits held until marked. Said first in its alarm whoever
-        failed on the store (lane.store_watch: the verifier's offline tokens too)."""
-        if self.undropped and self.drops_copy.behind:
-            return REPLAY_UNHELD
-        if self.unreleased:
-            return REPLAY_UNRELEASED
-        return REPLAY_UNMARKED if self.unmarked else None
+    async def keep_drops(self) -> None:
+        """Write the replay store's copy of the refunded tap-ins held until dropped when it is
+        behind (lane.held_copy)."""
+        now = self.wall()
+        await self.drops_copy.save(
+            lambda: dict(self.undropped), lambda copy: self.replay.keep_undropped(copy, now)
+        )
 
     async def save_drops(self) -> None:
         """Keep the refunded tap-ins held until dropped in the replay store, so a restart still
         skips and drops them; while it cannot, `replay_store_error` says they are in memory
-        only, and the desk's upkeep tries again (`write_held`)."""
-        now = self.wall()
+        only, and its probe tries again."""
         try:
-            await self.drops_copy.save(
-                lambda: dict(self.undropped), lambda copy: self.replay.keep_undropped(copy, now)
-            )
+            await self.keep_drops()
         except ReplayStoreError as exc:
             self.replay_watch.says(exc, REPLAY_UNHELD)
             log.error("held refunded tap-ins not saved", extra={"lane": self.lane,
                       "undropped": len(self.undropped), "error": str(exc)})  # fmt: skip
 
     async def probe_taps(self) -> None:
-        """The taps store's probe while it fails: what the replay store owes first (it may work
-        again before this one), then the writes this store owes (refunded tap-ins to drop, the
-        copy of the held exits and refunds), then the probe's own write (an owed write may
+        """The taps store's probe while it fails, after the writes it is owed (lane.store_watch
+        `settle`): what the replay store owes first (it may work again before this one, and
+        the verifier's probe writes it only while that store's alarm holds: not what a restart
+        loaded), the copy of what that changed, then the probe's own write (an owed write may
         change nothing: a drop of a tap-in never kept); raises TapStoreError until they all
-        commit, so the alarm clears once they are applied and the store takes writes."""
-        await self.write_held()  # the replay store may take them before this store heals
-        await self.drop_undropped()
+        commit."""
+        await self.write_held()
         await self.keep_held()
         await asyncio.to_thread(self.store.probe)
 
     async def write_owed(self) -> None:
-        """Write what the stores owe once they take writes (at start too: what a restart
-        loaded): refunded tap-ins to drop, the held refunds and exits into the replay store
-        (`write_held`, which the taps store's probe makes too), and the tap store's copy of
-        them."""
-        if self.undropped or self.held_copy.behind:  # owed since the probe cleared the alarm
-            try:
-                await self.probe_taps()
-            except TapStoreError as exc:
-                self.store_watch.says(exc, self.taps_owed())
-        else:
-            await self.write_held()
+        """Write what the stores owe while they take writes (at start too: what a restart
+        loaded): the held refunds and exits into the replay store (`write_held`, which the
+        taps store's probe makes too), then what the taps store is owed."""
+        await self.write_held()
+        try:
+            await self.store_watch.settle()
+        except TapStoreError as exc:
+            self.store_watch.says(exc, self.store_watch.owing())
 
     async def write_held(self) -> None:
         """Write what the replay store owes while it takes writes (whether or not the taps
-        store does): its copy of the refunded tap-ins held until dropped, the held refunds
-        (their marks given back), then the held exits; then the taps store's copy of them,
-        unless that store fails (its probe keeps the copy, its alarm's text kept)."""
+        store does; while it fails, its probe writes them): its copy of the refunded tap-ins
+        held until dropped, the held refunds (their marks given back), then the held exits."""
         if self.replay_watch.text is not None:
             return  # still failing: its probe says when it works
+        # A copy behind by drops only is owed nothing (a restart drops them again), but kept in
+        # step here.
         await self.save_drops()
         if self.replay_watch.text is not None:
             return
-        stops = REPLAY_UNRELEASED
+        try:
+            await self.replay_watch.settle()
+        except ReplayStoreError as exc:
+            self.replay_watch.says(exc, self.replay_watch.owing())
+            log.error("held writes not made to the replay store", extra={"lane": self.lane,
+                      "held": len(self.unmarked), "unreleased": len(self.unreleased),
+                      "undropped": len(self.undropped), "error": str(exc)})  # fmt: skip
+
+    async def write_unreleased(self) -> None:
+        """Give back the marks of the held refunds, then keep the taps store's copy in step
+        (unless that store fails: its probe keeps the copy, its alarm's text kept)."""
         try:
             for key, release in list(self.unreleased.items()):
                 await self.unmark(key, release)
@@ -230,7 +226,12 @@ class HeldWrites:
                     del self.unreleased[key]
                     self.held_copy.changed()
                 log.info("held tap-in reopening written", extra={"lane": self.lane, "key": key})
-            stops = REPLAY_UNMARKED
+        finally:
+            await self._copy_held()
+
+    async def write_unmarked(self) -> None:
+        """Mark the held exits, then keep the taps store's copy in step (`write_unreleased`)."""
+        try:
             for key, held in list(self.unmarked.items()):
                 await self.mark(key, held)
                 if self.unmarked.get(key) == held:
@@ -239,7 +240,11 @@ class HeldWrites:
                 else:  # released meanwhile: give it back
                     await self.unmark(key, Held(held.exp, held.lane))
                 log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})
-        except ReplayStoreError as exc:
-            self.replay_watch.says(exc, stops)
+        finally:
+            await self._copy_held()
+
+    async def _copy_held(self) -> None:
+        """At once, not at the taps store's upkeep's next turn: a lane restarted meanwhile
+        would load what was just written as held again."""
         if self.held_copy.behind and self.store_watch.text is None:
             await self.save_held()

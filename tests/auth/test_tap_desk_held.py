@@ -25,6 +25,7 @@ from lane.tap_store import TapStoreError
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
 from sim.codes import KID
+from uplink.records import Record
 
 EXIT_EXP = NOW + 28_800
 
@@ -36,6 +37,13 @@ def _probes(gate: TapDesk) -> list[asyncio.Task[None]]:
         asyncio.create_task(gate.replay_watch.run(asyncio.sleep)),
         asyncio.create_task(gate.upkeep(asyncio.sleep)),
     ]
+
+
+async def _paid_tap_in(gate: TapDesk) -> tuple[Record, str]:
+    """A tap-in heard from S01 that paid an entry fare, and its trip id."""
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await gate.handle(Incoming(topics.line_taps("L1"), signed(entered)))
+    return entered, uuid.UUID(entered.record_id).hex
 
 
 async def test_a_refund_the_replay_store_cannot_write_is_held_kept_over_a_restart_and_written(
@@ -194,9 +202,7 @@ async def test_a_refunded_tap_in_the_replay_store_cannot_keep_either_says_so_and
     exits = Exits(tmp_path)
     gate, alarms = exits.gate, exits.alarms
     topic = topics.line_taps("L1")
-    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
-    await gate.handle(Incoming(topic, signed(entered)))
-    trip = uuid.UUID(entered.record_id).hex
+    entered, trip = await _paid_tap_in(gate)
     taps, replay = tmp_path / "taps.sqlite3", tmp_path / "replay.sqlite3"
     try:
         with corrupted(taps):
@@ -297,3 +303,83 @@ async def test_the_verifiers_failure_on_the_replay_store_keeps_what_the_desk_hol
             f"{REPLAY_UNRELEASED}; {refused} {replay}: database is locked"
         )
     exits.close()
+
+
+async def test_the_replay_store_alarm_clears_only_once_the_held_drops_are_kept_there(
+    tmp_path: Path,
+) -> None:
+    """A refunded tap-in neither store could keep was kept in the replay store by the tap
+    desk's upkeep up to a second after the verifier's probe cleared that store's alarm: a lane
+    restarted in that gap forgot it, and priced its passenger's exit with the refunded entry
+    fare taken off. The probe keeps it first: once the alarm clears, a restart loses nothing."""
+    exits = Exits(tmp_path)
+    gate, alarms = exits.gate, exits.alarms
+    topic = topics.line_taps("L1")
+    entered, trip = await _paid_tap_in(gate)
+    taps, replay = tmp_path / "taps.sqlite3", tmp_path / "replay.sqlite3"
+    with locked(taps):
+        with corrupted(replay):
+            await gate.handle(Incoming(topic, signed(refund_of(entered, NOW - 30))))
+            assert alarms["replay_store_error"].startswith(f"{REPLAY_UNHELD} {replay}")
+        # The verifier's probe alone: the desk's upkeep would keep it a second later.
+        probe = asyncio.create_task(gate.replay_watch.run(asyncio.sleep))
+        try:
+            await eventually(lambda: "replay_store_error" not in alarms, within=10)
+        finally:
+            probe.cancel()
+        assert trip in gate.replay.undropped(NOW)
+        exits = exits.restarted()  # right after the clear, the taps store still failing
+        assert trip in exits.gate.held.undropped
+        assert (await exits.tap_out())[:2] == ("no_pass", FARTHEST)
+    exits.close()
+
+
+async def test_the_replay_store_alarm_clears_only_once_the_held_exits_are_marked_there(
+    tmp_path: Path,
+) -> None:
+    """An exit the replay store did not mark was marked by the tap desk's upkeep after the
+    verifier's probe cleared that store's alarm: the alarm said exits were held until marked,
+    and cleared with the exit still held. The probe marks it first, and the taps store's copy
+    follows at once: once the alarm clears, the mark is there and held nowhere any more."""
+    exits = Exits(tmp_path)
+    gate, alarms = exits.gate, exits.alarms
+    trip = await exits.tapped_out()
+    key = f"pass:{trip}"
+    replay = tmp_path / "replay.sqlite3"
+    with corrupted(replay):
+        await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, EXIT_ID))
+        assert alarms["replay_store_error"].startswith(f"{REPLAY_UNMARKED} {replay}")
+    assert gate.store.held(NOW).keys() == {key}
+    probe = asyncio.create_task(gate.replay_watch.run(asyncio.sleep))  # the verifier's alone
+    try:
+        await eventually(lambda: "replay_store_error" not in alarms, within=10)
+    finally:
+        probe.cancel()
+    assert gate.replay.get(key) is not None
+    assert gate.held.unmarked == {} == gate.store.held(NOW)
+    assert await exits.tap_out_after_restart() == ("pass_used", FARTHEST, trip)
+
+
+async def test_the_replay_store_alarm_clears_only_once_the_held_refunds_are_written_there(
+    tmp_path: Path,
+) -> None:
+    """A refund held until reopened was written by the tap desk's upkeep after the verifier's
+    probe cleared the replay store's alarm, which said it was held. The probe gives its mark
+    back first, and the taps store's copy follows at once."""
+    exits = Exits(tmp_path)
+    gate, alarms = exits.gate, exits.alarms
+    trip = await exits.tapped_out()
+    key = f"pass:{trip}"
+    await gate.mark_used(MarkPassUsed(trip, EXIT_EXP, None, EXIT_ID))
+    replay = tmp_path / "replay.sqlite3"
+    with corrupted(replay):
+        await gate.release(ReleasePass(trip, EXIT_ID))
+        assert alarms["replay_store_error"].startswith(f"{REPLAY_UNRELEASED} {replay}")
+    probe = asyncio.create_task(gate.replay_watch.run(asyncio.sleep))  # the verifier's alone
+    try:
+        await eventually(lambda: "replay_store_error" not in alarms, within=10)
+    finally:
+        probe.cancel()
+    assert gate.replay.get(key) is None
+    assert gate.held.unreleased == {} == gate.store.unreleased(NOW)
+    assert await exits.tap_out_after_restart() == ("charged", FARE, trip)
