@@ -59,8 +59,9 @@ def results_of(lane: OpsLane, vehicle_id: str) -> list[str]:
     ]
 
 
-def threads_named(prefix: str) -> int:
-    return sum(t.name.startswith(prefix) for t in threading.enumerate())
+def threads_named(prefix: str, before: set[threading.Thread]) -> int:
+    """This test's threads named `prefix` (`before`: the worker's earlier tests' threads)."""
+    return sum(t.name.startswith(prefix) for t in set(threading.enumerate()) - before)
 
 
 async def test_a_hung_disk_is_safe_visible_and_clears_once_it_answers(
@@ -70,6 +71,7 @@ async def test_a_hung_disk_is_safe_visible_and_clears_once_it_answers(
     ext4_fs: Path,
     lane_statuses: list[LaneStatus],
 ) -> None:
+    earlier = set(threading.enumerate())
     async with serving_lane(tmp_path, mosquitto, lane_id, 1) as lane:
         daemon = lane.daemon
         queue = daemon.config.lane.data_dir / "queue.sqlite3"
@@ -113,8 +115,8 @@ async def test_a_hung_disk_is_safe_visible_and_clears_once_it_answers(
             assert len(lane.named("barrier_opened")) == opened
             assert [c.op for c in lane.device.received].count("open") == opened
             # One thread stuck on the disk per writer, not one more each try.
-            assert threads_named("lane-disk-probe") == 1
-            assert threads_named("lane-queue") == 1
+            assert threads_named("lane-disk-probe", earlier) == 1
+            assert threads_named("lane-queue", earlier) == 1
             # The loop's default thread pool filled with writes stuck on the disk (the replay
             # store's, peer messages' marks: each one a thread there): /metrics still answers.
             loop = asyncio.get_running_loop()
