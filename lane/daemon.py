@@ -1207,6 +1207,12 @@ class LaneDaemon:
             return
         self.runner.alarm(UPLINK_DOWN, text)
 
+    def _say(self, code: str, text: str | None) -> None:
+        """An alarm read again every health tick: raised or cleared only when its text changed
+        (the runner logs and notifies each call)."""
+        if text != self.runner.alarms.get(code):
+            self.runner.alarm(code, text)
+
     async def _health_loop(self) -> None:
         """Key set age, the camera, the peer messages, the disk's answers and the uplink
         connection into alarms: nothing here waits on the disk, so a hung one stops none."""
@@ -1217,22 +1223,14 @@ class LaneDaemon:
             stale = bool(keys.keys) and keyset_stale(
                 keys, self.clocks.wall(), self.config.auth.keyset_max_age_s
             )
-            if stale != ("keyset_stale" in self.runner.alarms):
-                self.runner.alarm(
-                    "keyset_stale", "issuer key set is older than allowed" if stale else None
-                )
-            lapsed = no_token_key_now(keys, self.clocks.wall())
-            if lapsed != self.runner.alarms.get(NO_TOKEN_KEY_ALARM):
-                self.runner.alarm(NO_TOKEN_KEY_ALARM, lapsed)
+            self._say("keyset_stale", "issuer key set is older than allowed" if stale else None)
+            self._say(NO_TOKEN_KEY_ALARM, no_token_key_now(keys, self.clocks.wall()))
             self._watch_camera()
-            refused = self.verifier.refusal_text()
-            if refused != self.runner.alarms.get("trust_update_refused"):
-                self.runner.alarm("trust_update_refused", refused)
+            self._say("trust_update_refused", self.verifier.refusal_text())
             self.peers.say_counted(self.clocks.wall())
             self.link.say_counted()
             for code, text in self.peers.alarm_texts(self.clocks.wall()).items():
-                if text != self.runner.alarms.get(code):
-                    self.runner.alarm(code, text)
+                self._say(code, text)
             self._reload_changed_files()
             await self.clocks.sleep(HEALTH_EVERY_S)
 
