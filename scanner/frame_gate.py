@@ -39,7 +39,7 @@ from scanner.change_gate import (
 )
 from scanner.deblur import MIN_TEXTURE, texture_peak
 from scanner.detection import Decoder, Detection, FrameSampler, GrayImage, locate
-from scanner.payload import UnknownPayload, classify
+from scanner.payload import is_payment
 
 
 class FrameGate:
@@ -108,6 +108,6 @@ def sightings(found: list[Detection]) -> tuple[Sighting, ...]:
     such codes may be in the reference. A driver's phone held still is never let pass, so it
     is read on every frame as without the gate (the lane hears of it again for the next person
     at once)."""
-    if any(not isinstance(classify(d.text), UnknownPayload) for d in found):
+    if any(is_payment(d.text) for d in found):
         return ()
     return tuple(sorted((d.text, d.polygon) for d in found))

@@ -31,6 +31,7 @@ __all__ = [
     "UnknownPayload",
     "Wallet",
     "classify",
+    "is_payment",
     "mask_pan",
 ]
 
@@ -90,6 +91,11 @@ def classify(text: str) -> Payload:
         return _classify(text)
     except Exception as exc:  # a bug here must not take the lane down; say what happened
         return UnknownPayload(f"unclassifiable ({exc.__class__.__name__})")
+
+
+def is_payment(text: str) -> bool:
+    """Could the lane take payment from this code (any kind but `UnknownPayload`)?"""
+    return not isinstance(classify(text), UnknownPayload)
 
 
 def _classify(text: str) -> Payload:

@@ -31,7 +31,7 @@ from scanner.dedup import Deduplicator
 from scanner.detection import Detection, GrayImage, Polygon, as_gray
 from scanner.frame_gate import FrameGate
 from scanner.health import EventKind, SourceEvent, same_picture
-from scanner.payload import Payload, UnknownPayload, classify
+from scanner.payload import Payload, UnknownPayload, classify, is_payment
 from scanner.sources import Clock, Frame, FrameSource, Image
 
 log = logging.getLogger("lane.scanner")
@@ -248,7 +248,7 @@ class ScanPipeline:
         spent and "Payment refused" shown as the car pulls up, while nothing a lane checks
         (a replay) is at stake."""
         with self._lock:
-            self._dedup.clear(keep=_not_payment)
+            self._dedup.clear(keep=lambda text: not is_payment(text))
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.stop)
@@ -474,10 +474,6 @@ class ScanPipeline:
             self._loop.call_soon_threadsafe(callback, arg)
         except RuntimeError:  # the loop is closed: we are shutting down
             log.warning("event loop closed; dropped %s", type(arg).__name__)
-
-
-def _not_payment(text: str) -> bool:
-    return isinstance(classify(text), UnknownPayload)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:
