@@ -92,6 +92,8 @@ class StoreWatch:
     def says(self, error: Exception | None, refused: str | None = None) -> None:
         """What the store's last use did: raise or clear the alarm when that changed.
         `refused`: what this failure stops, when not the usual (`self.refused`)."""
+        if error is None and self.text is None:
+            return  # the common case, every write that commits: nothing to ask the desks
         owing = self.owing()
         if error is None and self.text is not None and owing is not None:
             # Another write committed, but what the store owes is in memory only: the probe
