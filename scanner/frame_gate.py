@@ -36,6 +36,7 @@ from scanner.change_gate import (
     texture_due,
     textured,
     thumbnail,
+    watched,
 )
 from scanner.deblur import MIN_TEXTURE, texture_peak
 from scanner.detection import Decoder, Detection, FrameSampler, GrayImage, locate
@@ -86,6 +87,13 @@ class FrameGate:
         codes = () if unread else sightings(found)
         with self._lock:
             codes_stay, self._state = steady(self._state, codes, ts)
+            watch = bool(self._state.known)
+        if watch:
+            # Every decoded frame is evidence of whether the known codes are still in view.
+            thumb = thumbnail(gray, self.settings.block_px) if thumb is None else thumb
+            read = tuple((d.text, d.polygon) for d in found if not is_payment(d.text))
+            with self._lock:
+                self._state = watched(self._state, read, thumb, ts, self.settings.block_px)
         if unread or (found and not codes_stay):
             return found
         with self._lock:
