@@ -288,6 +288,19 @@ def watched(
     return replace(state, known=known, home=home, watched_ts=ts if known else None)
 
 
+def known_changes(
+    before: tuple[KnownCode, ...], after: tuple[KnownCode, ...]
+) -> tuple[tuple[KnownCode, ...], tuple[KnownCode, ...]]:
+    """The codes learned and the codes forgotten from `before` to `after` (a code moved is both:
+    forgotten at its old place, learned at the new one), for the operator's log."""
+    was = {k.sighting for k in before}
+    now = {k.sighting for k in after}
+    return (
+        tuple(k for k in after if k.sighting not in was),
+        tuple(k for k in before if k.sighting not in now),
+    )
+
+
 def at_place(known: KnownCode, read: tuple[Sighting, ...]) -> bool:
     return any(text == known.text and same_place(place, known.place) for text, place in read)
 

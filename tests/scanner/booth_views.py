@@ -16,7 +16,7 @@ from sim.render import DEFAULT_SIZE, STICKER_AT, STICKER_PX, background
 BLOCK_PX = 16
 WIDTH, HEIGHT = DEFAULT_SIZE
 _X, _Y = round(STICKER_AT[0] * WIDTH), round(STICKER_AT[1] * HEIGHT)
-# The sticker's outline as zxing-cpp reads it (its quiet zone aside, within a few pixels).
+# The sticker's printed square, its quiet zone included (zxing-cpp's outline lies inside it).
 STICKER_PLACE: Polygon = ((_X, _Y), (_X + STICKER_PX, _Y), (_X + STICKER_PX, _Y + STICKER_PX),
                           (_X, _Y + STICKER_PX))  # fmt: skip
 Image = np.ndarray

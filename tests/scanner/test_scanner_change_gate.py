@@ -26,6 +26,7 @@ from scanner.change_gate import (
     Verdict,
     changed,
     decide,
+    known_changes,
     nothing_found,
     printed_here,
     steady,
@@ -290,6 +291,13 @@ def test_a_moved_sticker_is_known_at_its_new_place_after_moved_after_s() -> None
     assert known(state) == shifted(40) and MOVED_AFTER_S < KNOWN_AFTER_S
     assert not printed_here(state.known, ("a driver's QR", shifted(0)[0][1]))
     assert printed_here(state.known, ("a new sticker", shifted(40)[0][1]))
+
+
+def test_a_moved_code_is_told_as_forgotten_at_its_old_place_and_learned_at_the_new() -> None:
+    before = stayed(GateState(), shifted(0)).known
+    after = stayed(stayed(GateState(), shifted(0)), shifted(40)).known
+    assert known_changes(before, after) == (after, before)
+    assert known_changes(after, after) == ((), ())
 
 
 def booth_known() -> GateState:

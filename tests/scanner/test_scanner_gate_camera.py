@@ -10,6 +10,7 @@ however still it is held; the safety valve decodes the same view every K frames 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -461,20 +462,33 @@ BOOTH = Scene(None, sticker=STICKER)
 AWAY = partial(turned, dx=-200, dy=-150)  # the camera turned, the sticker out of view
 
 
-async def test_a_camera_turned_away_forgets_the_sticker_it_knew() -> None:
+async def test_a_camera_turned_away_forgets_the_sticker_it_knew(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # The sticker known (still for KNOWN_AFTER_S), then the camera turned away from it for
     # FORGET_AFTER_S, a frame a second: its text and place are forgotten. A driver then
     # holding up a QR with that text at that place is anybody's (refused with its reason by
-    # the lane), not ignored as printed at the booth.
+    # the lane), not ignored as printed at the booth. The operator sees each step: a log line
+    # with its place, and the count of codes the lane ignores.
+    caplog.set_level(logging.INFO, logger="lane.scanner")
     camera = Camera(seed=22, fps=5)
     async with scanners(GateSettings()) as (gated,):
         await show(camera, gated, (BOOTH, as_is, int(KNOWN_AFTER_S) * 5 + 5))
+        assert gated.stats().static_known == 1
         camera.period = 1.0
         await show(camera, gated, (BOOTH, AWAY, int(FORGET_AFTER_S) + 10))
+        assert gated.stats().static_known == 0
         camera.period = 0.2
         held = Scene(None, sticker=STICKER)  # its frames' sticker, put into the turned view
         await show(camera, gated, (held, lambda image: sticker_of(image, AWAY(image)), 5))
     assert [(r.text, r.static) for r in gated.results] == [(STICKER, False), (STICKER, False)]
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("static code")]
+    assert told == [
+        "static code learned at 32,513: stayed put: read there, or with its text, it is ignored;"
+        " 1 known",
+        f"static code forgotten at 32,513: missing from its place for {FORGET_AFTER_S:.0f} s;"
+        " 0 known",
+    ]
 
 
 async def test_a_truck_in_front_of_the_sticker_for_minutes_leaves_it_known() -> None:
