@@ -292,12 +292,15 @@ def known_changes(
     before: tuple[KnownCode, ...], after: tuple[KnownCode, ...]
 ) -> tuple[tuple[KnownCode, ...], tuple[KnownCode, ...]]:
     """The codes learned and the codes forgotten from `before` to `after` (a code moved is both:
-    forgotten at its old place, learned at the new one), for the operator's log."""
-    was = {k.sighting for k in before}
-    now = {k.sighting for k in after}
+    forgotten at its old place, learned at the new one), for the operator's log. A code learned
+    again where it was (its outline a pixel off, as each decoded frame reads it) is neither."""
+
+    def among(k: KnownCode, others: tuple[KnownCode, ...]) -> bool:
+        return any(k.text == o.text and same_place(k.place, o.place) for o in others)
+
     return (
-        tuple(k for k in after if k.sighting not in was),
-        tuple(k for k in before if k.sighting not in now),
+        tuple(k for k in after if not among(k, before)),
+        tuple(k for k in before if not among(k, after)),
     )
 
 
