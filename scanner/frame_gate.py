@@ -26,6 +26,7 @@ import threading
 
 from scanner.change_gate import (
     FORGET_AFTER_S,
+    KNOWN_MAX,
     GateSettings,
     GateState,
     KnownCode,
@@ -100,7 +101,12 @@ class FrameGate:
             before = self._state.known
             codes_stay, self._state = steady(self._state, codes, ts)
             after = self._state.known
-        tell(before, after, frame_id, "known elsewhere now")
+        tell(
+            before,
+            after,
+            frame_id,
+            f"replaced (moved, another code over it, or over {KNOWN_MAX} known)",
+        )
         if after:
             # Every decoded frame is evidence of whether the known codes are still in view.
             thumb = thumbnail(gray, self.settings.block_px) if thumb is None else thumb
