@@ -236,6 +236,12 @@ class LaneMetrics:
         self.scan_codes = Counter(
             "lane_scanner_codes", "Codes read (after deduplication)", registry=r
         )
+        self.static_codes = Gauge(
+            "lane_scanner_static_codes",
+            "Codes known as printed at the booth (listed, or learned by the change gate): read,"
+            " they are ignored",
+            registry=r,
+        )
         self.decode_seconds = Gauge(
             "lane_scanner_frame_decode_seconds",
             "Decode time per frame over the last 500 frames, by quantile",
@@ -406,6 +412,7 @@ class LaneMetrics:
             self._mirror(self.scan_dropped, "dropped", s.dropped)
             self._mirror(self.scan_errors, "errors", s.errors)
             self._mirror(self.scan_codes, "codes", s.results)
+            self.static_codes.set(s.static_known)
             for q, ms in (("0.5", s.decode_ms_p50), ("0.95", s.decode_ms_p95)):
                 self.decode_seconds.labels(q).set(math.nan if ms is None else ms / 1000.0)
         for link, (up, reconnects) in snap.mqtt.items():

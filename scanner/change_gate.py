@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanner.detection import GrayImage, Polygon
+from scanner.view_match import View, view_of
 
 Thumbnail = npt.NDArray[np.uint8]
 
@@ -48,9 +49,36 @@ KNOWN_MAX = 16
 # sign of one: a phone held by hand (sim.render.SHAKE_PX) is that still within 0.1 s, and known
 # its text and place would be ignored for every driver after (no "Payment refused", no reason).
 KNOWN_AFTER_S = 30.0
+# Seconds a code already known by its text (a sticker) must stay put at another place before it
+# is known there instead: a sticker moved, or the camera turned with it still in view. Shorter
+# than KNOWN_AFTER_S (the text is the lane's own), longer than a phone is held still.
+MOVED_AFTER_S = 10.0
+# Seconds of frame time a known code may be missing from its place, while the camera sees
+# its home view with nothing in front of it or another view altogether (the camera turned),
+# before it is forgotten. A vehicle or a person in front of it (part of the home view still
+# showing: `view_match.View.PART`) stops the count, however long they stay.
+FORGET_AFTER_S = 300.0
+# A gap between two decoded frames counts as at most this much missing time: the camera gave
+# no frames (a blackout, a restart), which is no evidence that the sticker went.
+GAP_S = 5.0
 
 # A code read in a frame: its text and outline.
 Sighting = tuple[str, Polygon]
+
+
+@dataclass(frozen=True, slots=True)
+class KnownCode:
+    """A code that stayed put in this view (a sticker): printed at the booth, by text or place."""
+
+    text: str
+    place: Polygon
+    # Frame time it has been missing from its place while the view said it should be seen
+    # (`watched`); reset whenever it is read there.
+    missing_s: float = 0.0
+
+    @property
+    def sighting(self) -> Sighting:
+        return self.text, self.place
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +129,13 @@ class GateState:
     # in how many decoded frames in a row they stayed (`steady`).
     codes: tuple[Sighting, ...] = ()
     codes_in_row: int = 0
-    # The codes that stayed put in this view for KNOWN_AFTER_S since the gate started, text
-    # and place (a sticker the lane keeps knowing while a truck hides it: `printed_here`).
-    known: tuple[Sighting, ...] = ()
+    # The codes that stayed put in this view for KNOWN_AFTER_S, text and place (a sticker the
+    # lane keeps knowing while a truck hides it: `printed_here`), until forgotten (`watched`).
+    known: tuple[KnownCode, ...] = ()
+    # The view they were last seen in (a reference's thumbnail with one of them at its place),
+    # and when a decoded frame last compared with it showed no vehicle in front (`watched`).
+    home: Thumbnail | None = None
+    watched_ts: float | None = None
     # The codes in view where they were first seen (frame time `still_since`), while every
     # decoded frame since showed them within STEADY_PX of there: known after KNOWN_AFTER_S.
     still: tuple[Sighting, ...] = ()
@@ -182,6 +214,8 @@ def nothing_found(
     state = replace(state, textured_in_row=0)
     if state.reference is not None and state.reference.frame_id > frame_id:
         return state  # another worker already took a newer frame as the reference
+    if any(at_place(k, codes) for k in state.known):
+        state = replace(state, home=thumb)  # follows the light, and a view turned and relearned
     return replace(state, reference=Reference(frame_id, thumb, codes))
 
 
@@ -192,36 +226,86 @@ def steady(state: GateState, codes: tuple[Sighting, ...], ts: float) -> tuple[bo
     may be the reference if nothing else is in it: the codes are in the reference's thumbnail,
     so a phone coming up beside them or over them still moves its blocks (`changed`), and the
     safety valve still decodes them once a period (the lane's deduplication stays fed). Codes
-    still where they were first seen KNOWN_AFTER_S ago are known for the session (`learned`)."""
+    still where they were first seen KNOWN_AFTER_S ago are known (`learned`); codes all known
+    by their text already (a sticker moved) after MOVED_AFTER_S, at their new place."""
     if not codes:
         return False, replace(state, codes=(), codes_in_row=0, still=())
     n = state.codes_in_row + 1 if same_codes(state.codes, codes) else 1
     if not same_codes(state.still, codes):
         state = replace(state, still=codes, still_since=ts)
     known = state.known
-    if ts - state.still_since >= KNOWN_AFTER_S:
+    texts = {k.text for k in known}
+    wait = MOVED_AFTER_S if all(text in texts for text, _ in codes) else KNOWN_AFTER_S
+    if ts - state.still_since >= wait:
         known = learned(known, codes)
     return n >= STEADY_AFTER, replace(state, codes=codes, codes_in_row=n, known=known)
 
 
-def learned(known: tuple[Sighting, ...], codes: tuple[Sighting, ...]) -> tuple[Sighting, ...]:
+def learned(known: tuple[KnownCode, ...], codes: tuple[Sighting, ...]) -> tuple[KnownCode, ...]:
     """`known` with the codes that stayed put in it: each replaces what it was seen as before (its
     text, or its place), the latest KNOWN_MAX kept."""
     kept = tuple(
-        (text, place)
-        for text, place in known
-        if not any(text == t or same_place(place, p) for t, p in codes)
+        k for k in known if not any(k.text == t or same_place(k.place, p) for t, p in codes)
     )
-    return (*kept, *codes)[-KNOWN_MAX:]
+    return (*kept, *(KnownCode(t, p) for t, p in codes))[-KNOWN_MAX:]
 
 
-def printed_here(known: tuple[Sighting, ...], sighting: Sighting) -> bool:
+def printed_here(known: tuple[KnownCode, ...], sighting: Sighting) -> bool:
     """A code read now (no payment code: the caller's to check) that is one of the steady codes
     seen before: the same text, or read at the very place of one (every corner within
     STEADY_PX, which a phone held by hand is not): a sticker seen again after something hid it,
     or a sticker replaced by another."""
     text, place = sighting
-    return any(text == t or same_place(place, p) for t, p in known)
+    return any(text == k.text or same_place(place, k.place) for k in known)
+
+
+def watched(
+    state: GateState, read: tuple[Sighting, ...], thumb: Thumbnail, ts: float, block_px: int
+) -> GateState:
+    """A decoded frame taken at `ts` (thumbnail `thumb`) in which `read` were read (the codes
+    that are no payment code): which known codes have gone? One read at its place is there. One
+    missing while the frame shows the home view with nothing in front (a sticker taken away) or
+    another view altogether (the camera turned) counts the time since the last such frame; a
+    frame with part of the home in view (a vehicle, a person before the sticker), or no
+    evidence, stops the count without resetting it. Missing FORGET_AFTER_S: forgotten, its
+    text and its place (the lane then treats a code there as anybody's)."""
+    if not state.known:
+        return state
+    view = (
+        View.PART
+        if state.home is None
+        else view_of(state.home, thumb, tuple(k.place for k in state.known), block_px)
+    )
+    if view is View.PART:
+        known = tuple(replace(k, missing_s=0.0) if at_place(k, read) else k for k in state.known)
+        return replace(state, known=known, watched_ts=None)
+    step = 0.0 if state.watched_ts is None else min(max(ts - state.watched_ts, 0.0), GAP_S)
+    counted = (
+        replace(k, missing_s=0.0 if at_place(k, read) else k.missing_s + step) for k in state.known
+    )
+    known = tuple(k for k in counted if k.missing_s < FORGET_AFTER_S)
+    home = state.home if known else None
+    return replace(state, known=known, home=home, watched_ts=ts if known else None)
+
+
+def known_changes(
+    before: tuple[KnownCode, ...], after: tuple[KnownCode, ...]
+) -> tuple[tuple[KnownCode, ...], tuple[KnownCode, ...]]:
+    """The codes learned and the codes forgotten from `before` to `after` (a code moved is both:
+    forgotten at its old place, learned at the new one), for the operator's log. A code learned
+    again where it was (its outline a pixel off, as each decoded frame reads it) is neither."""
+
+    def among(k: KnownCode, others: tuple[KnownCode, ...]) -> bool:
+        return any(k.text == o.text and same_place(k.place, o.place) for o in others)
+
+    return (
+        tuple(k for k in after if not among(k, before)),
+        tuple(k for k in before if not among(k, after)),
+    )
+
+
+def at_place(known: KnownCode, read: tuple[Sighting, ...]) -> bool:
+    return any(text == known.text and same_place(place, known.place) for text, place in read)
 
 
 def same_codes(a: tuple[Sighting, ...], b: tuple[Sighting, ...]) -> bool:

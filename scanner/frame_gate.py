@@ -21,25 +21,33 @@ pass, so it looks at the same frames of a phone as it would without the gate.
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from scanner.change_gate import (
+    FORGET_AFTER_S,
+    KNOWN_MAX,
     GateSettings,
     GateState,
+    KnownCode,
     Sighting,
     Thumbnail,
     Verdict,
     decide,
+    known_changes,
     nothing_found,
     printed_here,
     steady,
     texture_due,
     textured,
     thumbnail,
+    watched,
 )
 from scanner.deblur import MIN_TEXTURE, texture_peak
 from scanner.detection import Decoder, Detection, FrameSampler, GrayImage, locate
 from scanner.payload import is_payment
+
+log = logging.getLogger("lane.scanner")
 
 
 class FrameGate:
@@ -77,6 +85,11 @@ class FrameGate:
             known = self._state.known
         return printed_here(known, sighting)
 
+    def known_texts(self) -> frozenset[str]:
+        """The codes it knows as printed at the booth now (`ScanStats.static_known`)."""
+        with self._lock:
+            return frozenset(k.text for k in self._state.known)
+
     def decode(
         self, gray: GrayImage, frame_id: int, ts: float, thumb: Thumbnail | None
     ) -> list[Detection]:
@@ -85,7 +98,24 @@ class FrameGate:
         found, unread = locate(self.decoder, gray)
         codes = () if unread else sightings(found)
         with self._lock:
+            before = self._state.known
             codes_stay, self._state = steady(self._state, codes, ts)
+            after = self._state.known
+        tell(
+            before,
+            after,
+            frame_id,
+            f"replaced (moved, another code over it, or over {KNOWN_MAX} known)",
+        )
+        if after:
+            # Every decoded frame is evidence of whether the known codes are still in view.
+            thumb = thumbnail(gray, self.settings.block_px) if thumb is None else thumb
+            read = tuple((d.text, d.polygon) for d in found if not is_payment(d.text))
+            with self._lock:
+                before = self._state.known
+                self._state = watched(self._state, read, thumb, ts, self.settings.block_px)
+                after = self._state.known
+            tell(before, after, frame_id, f"missing from its place for {FORGET_AFTER_S:.0f} s")
         if unread or (found and not codes_stay):
             return found
         with self._lock:
@@ -101,6 +131,39 @@ class FrameGate:
         with self._lock:
             self._state = nothing_found(self._state, frame_id, thumb, codes)
         return found
+
+
+def tell(
+    before: tuple[KnownCode, ...], after: tuple[KnownCode, ...], frame_id: int, gone: str
+) -> None:
+    """One log line per code learned or forgotten (`gone`: why): the operator's way to know
+    which code the lane ignores (its place in the picture; the text is never logged, as no
+    code is)."""
+    learned, forgotten = known_changes(before, after)
+    for k in learned:
+        said(
+            k, "learned", "stayed put: read there, or with its text, it is ignored", after, frame_id
+        )
+    for k in forgotten:
+        said(k, "forgotten", gone, after, frame_id)
+
+
+def said(k: KnownCode, what: str, why: str, known: tuple[KnownCode, ...], frame_id: int) -> None:
+    x, y = min(p[0] for p in k.place), min(p[1] for p in k.place)
+    log.info(
+        "static code %s at %d,%d: %s; %d known",
+        what,
+        x,
+        y,
+        why,
+        len(known),
+        extra={
+            "event": f"static_{what}",
+            "frame_id": frame_id,
+            "place": [x, y],
+            "known": len(known),
+        },
+    )
 
 
 def sightings(found: list[Detection]) -> tuple[Sighting, ...]:

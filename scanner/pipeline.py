@@ -73,6 +73,9 @@ class ScanStats:
     source_ended: bool
     decode_ms_p50: float | None  # over the last 500 decoded frames
     decode_ms_p95: float | None
+    # Codes known as printed at the booth now: listed (`static_codes`) and learned by the
+    # change gate. Read, they are ignored (nobody's try): the operator's to see.
+    static_known: int = 0
 
 
 class LatestFrame(NamedTuple):
@@ -272,6 +275,7 @@ class ScanPipeline:
             c = dict(self._counts)
             samples = sorted(self._decode_ms)
             ended = self._source_ended
+        learned = frozenset() if self._frame_gate is None else self._frame_gate.known_texts()
         return ScanStats(
             frames_in=c["frames_in"],
             fresh=c["fresh"],
@@ -285,6 +289,7 @@ class ScanPipeline:
             source_ended=ended,
             decode_ms_p50=_percentile(samples, 0.50),
             decode_ms_p95=_percentile(samples, 0.95),
+            static_known=len(self.static_codes | learned),
         )
 
     def latest_frame(

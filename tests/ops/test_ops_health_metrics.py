@@ -184,16 +184,23 @@ def test_barrier_round_trip_uses_the_last_send() -> None:
     assert len(m._sent) == 64
 
 
-def stats(frames: int, dropped: int, skipped: int = 0) -> ScanStats:
-    return ScanStats(frames, 0, frames - skipped, skipped, dropped, 1, 0, 0, 0, False, 4.0, None)
+def stats(frames: int, dropped: int, skipped: int = 0, static: int = 0) -> ScanStats:
+    return ScanStats(
+        frames, 0, frames - skipped, skipped, dropped, 1, 0, 0, 0, False, 4.0, None, static
+    )
 
 
 def test_snapshots_mirror_running_totals_and_survive_a_reset() -> None:
     m = LaneMetrics("p01/l01", "toll")
     m.update(Snapshot(scan=stats(10, 2), mqtt={"uplink": (True, 1)}, keyset_age_s=None))
     m.update(
-        Snapshot(scan=stats(25, 3, 20), mqtt={"uplink": (False, 2)}, alarms={"keyset_stale": "x"})
+        Snapshot(
+            scan=stats(25, 3, 20, static=2),
+            mqtt={"uplink": (False, 2)},
+            alarms={"keyset_stale": "x"},
+        )
     )
+    assert value(m, "lane_scanner_static_codes") == 2  # the lane ignores two codes it reads
     assert value(m, "lane_scanner_frames_total") == 25
     assert value(m, "lane_scanner_frames_skipped_total") == 20
     assert value(m, "lane_scanner_frames_dropped_total") == 3

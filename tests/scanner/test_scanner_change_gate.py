@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from booth_views import BLOCK_PX, STICKER_PLACE, views
 from hypothesis import given
 from hypothesis import strategies as st
+from scanner_testkit import STICKER
 
 from scanner.change_gate import (
     CLUTTERED_AFTER,
+    FORGET_AFTER_S,
+    GAP_S,
     KNOWN_AFTER_S,
     KNOWN_MAX,
+    MOVED_AFTER_S,
     STEADY_AFTER,
     STEADY_PX,
     GateSettings,
@@ -21,12 +26,14 @@ from scanner.change_gate import (
     Verdict,
     changed,
     decide,
+    known_changes,
     nothing_found,
     printed_here,
     steady,
     texture_due,
     textured,
     thumbnail,
+    watched,
 )
 from sim.render import SHAKE_PX
 
@@ -260,9 +267,123 @@ def test_a_phone_held_by_hand_is_never_known_however_steady() -> None:
 def test_a_code_steady_again_replaces_what_it_was_known_as_and_the_latest_are_kept() -> None:
     state = stayed(GateState(), shifted(0))
     state = stayed(state, shifted(40))  # moved: the same text known at its new place only
-    assert state.known == shifted(40)
+    assert known(state) == shifted(40)
     replaced = (("new text", shifted(40)[0][1]),)
-    assert stayed(state, replaced).known == replaced  # a new sticker over the old one
+    assert known(stayed(state, replaced)) == replaced  # a new sticker over the old one
     for i in range(KNOWN_MAX + 2):
         state = stayed(state, ((f"ad {i}", tuple((x + 100 * i, y) for x, y in STICKER_AT)),))
-    assert len(state.known) == KNOWN_MAX and state.known[-1][0] == f"ad {KNOWN_MAX + 1}"
+    assert len(state.known) == KNOWN_MAX and state.known[-1].text == f"ad {KNOWN_MAX + 1}"
+
+
+def known(state: GateState) -> tuple[Sighting, ...]:
+    return tuple(k.sighting for k in state.known)
+
+
+def test_a_moved_sticker_is_known_at_its_new_place_after_moved_after_s() -> None:
+    # Its text is the lane's own sticker's: steady at another place for MOVED_AFTER_S (not
+    # KNOWN_AFTER_S), it is known there and no longer at the old place, where a driver's QR is
+    # then anybody's. A phone held up with the sticker's text for less is not.
+    state = stayed(GateState(), shifted(0))
+    for ts in range(int(MOVED_AFTER_S)):
+        _, state = steady(state, shifted(40), 100.0 + ts)
+    assert known(state) == shifted(0)
+    _, state = steady(state, shifted(40), 100.0 + MOVED_AFTER_S)
+    assert known(state) == shifted(40) and MOVED_AFTER_S < KNOWN_AFTER_S
+    assert not printed_here(state.known, ("a driver's QR", shifted(0)[0][1]))
+    assert printed_here(state.known, ("a new sticker", shifted(40)[0][1]))
+
+
+def test_a_moved_code_is_told_as_forgotten_at_its_old_place_and_learned_at_the_new() -> None:
+    before = stayed(GateState(), shifted(0)).known
+    after = stayed(stayed(GateState(), shifted(0)), shifted(40)).known
+    assert known_changes(before, after) == (after, before)
+    assert known_changes(after, after) == ((), ())
+    # Read again a pixel or two off, as each decoded frame reads it: nothing to tell.
+    jitter = stayed(stayed(GateState(), shifted(0)), shifted(STEADY_PX)).known
+    assert known_changes(before, jitter) == ((), ())
+
+
+def booth_known() -> GateState:
+    """The booth's sticker known, its view the home (a reference with the sticker at its place)."""
+    state = stayed(GateState(), ((STICKER, STICKER_PLACE),))
+    return nothing_found(state, 1, views()["home"], ((STICKER, STICKER_PLACE),))
+
+
+def watch(
+    state: GateState, frames: list[tuple[str, bool]], start: float, every: float
+) -> GateState:
+    """Decoded frames of the named views (`booth_views`), the sticker read at its place or not."""
+    for i, (name, read) in enumerate(frames):
+        codes = ((STICKER, STICKER_PLACE),) if read else ()
+        state = watched(state, codes, views()[name], start + i * every, BLOCK_PX)
+    return state
+
+
+MINUTES = int(FORGET_AFTER_S)  # decoded frames a second, for FORGET_AFTER_S and a few more
+
+
+@pytest.mark.parametrize(
+    ("frames", "forgotten"),
+    [
+        # Taken away: the view the same without it, for FORGET_AFTER_S.
+        ([("taken away", False)] * (MINUTES + 2), True),
+        ([("taken away", False)] * (MINUTES - 2), False),
+        # The camera turned away from it.
+        ([("turned", False)] * (MINUTES + 2), True),
+        # A truck in front of it, for twice as long: never, whatever comes after.
+        ([("truck", False)] * 2 * MINUTES + [("home", True)], False),
+        ([("truck", False)] * 2 * MINUTES + [("taken away", False)] * 3, False),
+        # Night: seen at its place, or unread for a while.
+        ([("night", True)] * 2 * MINUTES, False),
+        # A blackout (a covered lens, no evidence) for longer.
+        ([("blackout", False)] * 2 * MINUTES, False),
+        # Missing, then read again: the count starts over.
+        ([("taken away", False)] * (MINUTES - 2) + [("home", True)]
+         + [("taken away", False)] * (MINUTES - 2), False),
+        # Vehicles in between stop the count (from the frame after them on), do not reset it:
+        # a busy lane forgets it too.
+        (([("taken away", False)] * 10 + [("truck", False)] * 5) * (MINUTES // 9 + 1), True),
+    ],
+)  # fmt: skip
+def test_a_known_sticker_missing_from_an_unobstructed_view_is_forgotten(
+    frames: list[tuple[str, bool]], forgotten: bool
+) -> None:
+    state = watch(booth_known(), frames, 100.0, 1.0)
+    assert (state.known == ()) is forgotten
+    assert printed_here(state.known, ("a driver's QR", STICKER_PLACE)) is not forgotten
+    assert printed_here(state.known, (STICKER, ((500, 300),) * 4)) is not forgotten
+
+
+def test_a_gap_without_frames_is_no_evidence_that_the_sticker_went() -> None:
+    # The camera gave nothing for an hour (a blackout, a restart): at most GAP_S of it counts.
+    state = watch(booth_known(), [("taken away", False)] * 2, 100.0, 3600.0)
+    assert state.known[0].missing_s == GAP_S
+
+
+VIEW_NAMES = ("home", "taken away", "night", "truck", "truck edge to edge", "turned", "blackout")
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(VIEW_NAMES), st.booleans(), st.floats(0.0, 60.0)), max_size=80
+    )
+)
+def test_a_sticker_is_forgotten_only_after_forget_after_s_missing_from_a_clear_view(
+    frames: list[tuple[str, bool, float]],
+) -> None:
+    # Frames of any views, the sticker read or not, any time apart: it is never forgotten
+    # within FORGET_AFTER_S of frame time since it was last read at its place, nor ever while
+    # every frame since then showed it, or something in front of it, or nothing to go by.
+    state, ts, seen_ts, clear_miss = booth_known(), 0.0, 0.0, False
+    for name, shown, dt in frames:
+        ts += dt
+        read = shown and name not in ("taken away", "turned")  # not there, not in view
+        codes = ((STICKER, STICKER_PLACE),) if read else ()
+        state = watched(state, codes, views()[name], ts, BLOCK_PX)
+        if read:
+            seen_ts, clear_miss = ts, False
+        elif name in ("home", "taken away", "night", "turned"):
+            clear_miss = True
+        if not state.known:
+            assert ts - seen_ts >= FORGET_AFTER_S and clear_miss
+            return
