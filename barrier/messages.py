@@ -36,6 +36,7 @@ MAX_ID = 128
 MAX_TEXT = 256
 MAX_LINES = 16
 MAX_SENSORS = 16
+MAX_EXPIRY_S = 2**32 - 1  # MQTT 5 Message Expiry Interval: a four-byte integer
 _NAME = re.compile(r"[a-z0-9_]{1,32}\Z")
 
 
@@ -270,6 +271,14 @@ class DisplayMessage(_Message):
         for line in self.lines:
             _text(line, "lines", empty=True)
         _seconds(self.ttl_s, "ttl")
+
+    @property
+    def expiry_s(self) -> int:
+        """Its MQTT 5 message expiry: the whole seconds of its ttl, rounded down so the broker
+        drops its retained copy before the ttl ends, never after (a display that connects gets
+        no text the lane has stopped showing); at least 1 (mosquitto takes 0 for
+        never expiring), and at most the property's 32 bits."""
+        return min(max(1, math.floor(self.ttl_s)), MAX_EXPIRY_S)
 
     def to_map(self) -> dict[str, Any]:
         return {"lines": list(self.lines), "ttl": self.ttl_s}
