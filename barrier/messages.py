@@ -290,7 +290,8 @@ class DisplayMessage(_Message):
 
 @dataclass(frozen=True)
 class LaneStatus(_Message):
-    """Controller → operators (retained): lane health. None means unknown (the will)."""
+    """Controller → operators and the display (retained): lane health. None means unknown (the
+    will, or a lane of an earlier release)."""
 
     state: str
     uplink_backlog: int | None
@@ -298,6 +299,9 @@ class LaneStatus(_Message):
     link: dict[str, bool]
     faults: list[str]
     ts_us: int
+    # Whether the lane takes payments (false: a fault or an attendant closed it). A display
+    # shows "Lane closed" while it is false and no text of the lane's is left to show.
+    accepting: bool | None = None
 
     OFFLINE: ClassVar[str] = "offline"
 
@@ -318,6 +322,8 @@ class LaneStatus(_Message):
         for fault in self.faults:
             _text(fault, "faults", limit=MAX_ID)
         _count(self.ts_us, "ts")
+        if self.accepting is not None and not isinstance(self.accepting, bool):
+            raise PayloadError("field 'accepting' must be bool")
 
     @classmethod
     def offline(cls, ts_us: int) -> LaneStatus:
@@ -333,6 +339,7 @@ class LaneStatus(_Message):
                 "link": dict(self.link),
                 "faults": list(self.faults),
                 "ts": self.ts_us,
+                "accepting": self.accepting,
             }
         )
 
@@ -346,6 +353,7 @@ class LaneStatus(_Message):
             link=dict(field(body, "link", dict)),
             faults=list(field(body, "faults", list)),
             ts_us=field(body, "ts", int),
+            accepting=optional(body, "accepting", bool),
         )
 
 

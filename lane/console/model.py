@@ -72,11 +72,15 @@ class LaneView:
     def shown(self, mono: float) -> list[str]:
         """What the lane's display shows, by its contract (docs/barrier.md, "DisplayMessage"):
         `Lane closed` while the lane is offline, whatever text it left; else its text while
-        that lives, else nothing (the display's idle text)."""
-        if self.status is not None and self.status.state == LaneStatus.OFFLINE:
+        that lives; else `Lane closed` while the lane takes no payments, nothing (the display's
+        idle text) while it does."""
+        status = self.status
+        if status is not None and status.state == LaneStatus.OFFLINE:
             return list(LANE_CLOSED.lines)
         if self.display_until is not None and mono < self.display_until:
             return self.display
+        if status is not None and status.accepting is False:
+            return list(LANE_CLOSED.lines)
         return []
 
     def _active(self) -> list[AlarmEntry]:

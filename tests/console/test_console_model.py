@@ -149,6 +149,25 @@ def test_the_display_of_an_offline_lane_says_lane_closed_until_the_lane_speaks_a
     assert plaza.snapshot(T0 + 3, T0 + 3)["lanes"][0]["display"] == ["Lane open"]
 
 
+@pytest.mark.parametrize(
+    ("accepting", "idle"),
+    [(False, ["Lane closed", "Please use another lane"]), (True, []), (None, [])],
+)
+def test_once_its_text_has_lived_the_display_says_lane_closed_while_the_lane_takes_no_payments(
+    accepting: bool | None, idle: list[str]
+) -> None:
+    """A fault outlives its 10 s `Lane closed`: the status (`accepting` false) keeps the display
+    saying so; a lane that takes payments (or of a release that does not say) leaves it idle."""
+    plaza = Plaza(T0)
+    status = LaneStatus("fault", 0, None, {}, ["barrier_unreadable"], 1, accepting=accepting)
+    plaza.apply(f"lane/{LANE}/status", status.encode(), T0, T0)
+    text = DisplayMessage(["Lane closed", "Please use another lane"], 10.0).encode()
+    plaza.apply(f"lane/{LANE}/display", text, T0, T0)
+    plaza.apply(f"lane/{LANE}/display", DisplayMessage(["Thank you"], 3.0).encode(), T0, T0 + 1)
+    assert plaza.snapshot(T0 + 2, T0 + 2)["lanes"][0]["display"] == ["Thank you"]
+    assert plaza.snapshot(T0 + 20, T0 + 20)["lanes"][0]["display"] == idle
+
+
 def test_barrier_sensors_and_commands_are_shown_as_published() -> None:
     plaza = Plaza(T0)
     plaza.apply(

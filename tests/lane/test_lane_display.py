@@ -59,6 +59,10 @@ def texts(handed: list[Incoming], lane_id: str) -> list[list[str]]:
     return [lines(m.payload) for m in handed if m.topic == topics.display(lane_id)]
 
 
+def handed_status(handed: list[Incoming], lane_id: str) -> list[LaneStatus]:
+    return [LaneStatus.decode(m.payload) for m in handed if m.topic == topics.status(lane_id)]
+
+
 async def lane_speaks(lane: Lane, speech: str, display: list[list[str]]) -> list[str]:
     """Bring the lane to say `speech`'s text on its display; returns the text's lines."""
     if speech == "lane_open":  # the fault cleared at an empty pay point
@@ -129,8 +133,28 @@ async def test_a_display_that_starts_after_the_lane_spoke_is_handed_its_text_at_
         text = next(m for m in handed if m.topic == topics.display(lane_id))
         assert text.retain
         assert text.expiry_s is not None and 1 <= text.expiry_s <= sent.ttl_s
-        status = [LaneStatus.decode(m.payload) for m in handed if m.topic != text.topic]
+        status = handed_status(handed, lane_id)
         assert len(status) == 1 and status[0].state != LaneStatus.OFFLINE
+
+
+async def told_accepting(mosquitto: Mosquitto, lane_id: str, wanted: bool) -> bool:
+    """A display that starts now is handed the lane's status saying `accepting` is `wanted`."""
+    statuses = handed_status(await display_starts(mosquitto, lane_id), lane_id)
+    return bool(statuses) and statuses[-1].accepting is wanted
+
+
+async def test_a_display_that_starts_during_a_fault_is_told_the_lane_takes_no_payments(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, display: list[list[str]]
+) -> None:
+    """ "Lane closed" lives its 10 s ttl; the lane's retained status says as long as the fault
+    lasts that the lane takes no payments, so a display that starts after those 10 s shows
+    "Lane closed" all the same, and its idle text again once the fault is gone."""
+    async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
+        await lane_speaks(lane, "lane_closed", display)
+        await eventually(lambda: told_accepting(mosquitto, lane_id, False))
+        lane.device.set_fault(None)
+        await eventually(lambda: not alarm(lane, "barrier_unreadable"))
+        await eventually(lambda: told_accepting(mosquitto, lane_id, True))
 
 
 async def test_a_text_whose_ttl_has_passed_is_not_handed_to_a_display_that_starts(
@@ -164,8 +188,7 @@ async def test_a_display_that_starts_after_the_lane_s_process_died_can_tell_it_i
         handed = await display_starts(mosquitto, lane_id)
     # The fare, unless a loaded machine took longer than its ttl to get here.
     assert texts(handed, lane_id) in ([shown[-1]], [])
-    statuses = [LaneStatus.decode(m.payload) for m in handed if m.topic == topics.status(lane_id)]
-    assert [s.state for s in statuses] == ["offline"]
+    assert [s.state for s in handed_status(handed, lane_id)] == ["offline"]
     plaza, now = Plaza(started_at=time.time()), time.time()
     for message in handed:
         plaza.apply(message.topic, message.payload, now, 0.0, expiry_s=message.expiry_s)
