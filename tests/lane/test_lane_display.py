@@ -146,9 +146,9 @@ async def told_accepting(mosquitto: Mosquitto, lane_id: str, wanted: bool) -> bo
 async def test_a_display_that_starts_during_a_fault_is_told_the_lane_takes_no_payments(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str, display: list[list[str]]
 ) -> None:
-    """ "Lane closed" lives its 10 s ttl; the lane's retained status says as long as the fault
-    lasts that the lane takes no payments, so a display that starts after those 10 s shows
-    "Lane closed" all the same, and its idle text again once the fault is gone."""
+    """A fault's `Lane closed` lives its 10 s ttl; the lane's retained status says as long as
+    the fault lasts that the lane takes no payments, so a display that starts after those 10 s
+    shows `Lane closed` all the same, and its idle text again once the fault is gone."""
     async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
         await lane_speaks(lane, "lane_closed", display)
         await eventually(lambda: told_accepting(mosquitto, lane_id, False))
