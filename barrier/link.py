@@ -135,8 +135,16 @@ class BarrierLink:
         await self.mqtt.publish(topics.device_query(self.lane), query.encode(), qos=1, retain=False)
 
     async def show(self, message: DisplayMessage) -> None:
-        """Put lines on the lane display (QoS 0: a lost frame is replaced by the next one)."""
-        await self.mqtt.publish(topics.display(self.lane), message.encode(), qos=0)
+        """Put lines on the lane display: QoS 0 (a lost frame is replaced by the next one),
+        retained, so a display that (re)starts is handed the lane's current text at once, and
+        expiring with the text's ttl, so the broker never hands it one the lane stopped showing."""
+        await self.mqtt.publish(
+            topics.display(self.lane),
+            message.encode(),
+            qos=0,
+            retain=True,
+            expiry_s=message.expiry_s,
+        )
 
     async def publish_status(self, status: LaneStatus) -> None:
         await self.mqtt.publish(topics.status(self.lane), status.encode(), qos=1, retain=True)

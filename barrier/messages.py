@@ -36,6 +36,7 @@ MAX_ID = 128
 MAX_TEXT = 256
 MAX_LINES = 16
 MAX_SENSORS = 16
+MAX_EXPIRY_S = 2**32 - 1  # MQTT 5 Message Expiry Interval: a four-byte integer
 _NAME = re.compile(r"[a-z0-9_]{1,32}\Z")
 
 
@@ -271,6 +272,14 @@ class DisplayMessage(_Message):
             _text(line, "lines", empty=True)
         _seconds(self.ttl_s, "ttl")
 
+    @property
+    def expiry_s(self) -> int:
+        """Its MQTT 5 message expiry: the whole seconds of its ttl, rounded down so the broker
+        drops its retained copy before the ttl ends, never after (a display that connects gets
+        no text the lane has stopped showing); at least 1 (mosquitto takes 0 for
+        never expiring), and at most the property's 32 bits."""
+        return min(max(1, math.floor(self.ttl_s)), MAX_EXPIRY_S)
+
     def to_map(self) -> dict[str, Any]:
         return {"lines": list(self.lines), "ttl": self.ttl_s}
 
@@ -281,7 +290,8 @@ class DisplayMessage(_Message):
 
 @dataclass(frozen=True)
 class LaneStatus(_Message):
-    """Controller → operators (retained): lane health. None means unknown (the will)."""
+    """Controller → operators and the display (retained): lane health. None means unknown (the
+    will, or a lane of an earlier release)."""
 
     state: str
     uplink_backlog: int | None
@@ -289,6 +299,9 @@ class LaneStatus(_Message):
     link: dict[str, bool]
     faults: list[str]
     ts_us: int
+    # Whether the lane takes payments (false: a fault or an attendant closed it). A display
+    # shows "Lane closed" while it is false and no text of the lane's is left to show.
+    accepting: bool | None = None
 
     OFFLINE: ClassVar[str] = "offline"
 
@@ -309,6 +322,8 @@ class LaneStatus(_Message):
         for fault in self.faults:
             _text(fault, "faults", limit=MAX_ID)
         _count(self.ts_us, "ts")
+        if self.accepting is not None and not isinstance(self.accepting, bool):
+            raise PayloadError("field 'accepting' must be bool")
 
     @classmethod
     def offline(cls, ts_us: int) -> LaneStatus:
@@ -324,6 +339,7 @@ class LaneStatus(_Message):
                 "link": dict(self.link),
                 "faults": list(self.faults),
                 "ts": self.ts_us,
+                "accepting": self.accepting,
             }
         )
 
@@ -337,6 +353,7 @@ class LaneStatus(_Message):
             link=dict(field(body, "link", dict)),
             faults=list(field(body, "faults", list)),
             ts_us=field(body, "ts", int),
+            accepting=optional(body, "accepting", bool),
         )
 
 

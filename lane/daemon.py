@@ -1053,6 +1053,7 @@ class LaneDaemon:
             },
             faults=sorted(self.runner.alarms),
             ts_us=int(self.clocks.wall() * 1_000_000),
+            accepting=None if state else self.runner.state.accepting_payments,
         )
 
     async def _status_loop(self) -> None:
@@ -1071,6 +1072,7 @@ class LaneDaemon:
                 status.state,
                 status.uplink_backlog,
                 tuple(status.faults),
+                status.accepting,
                 tuple(status.link.items()),
                 self.link.mqtt.reconnects,
             )

@@ -32,6 +32,32 @@ async def collected(
         yield got
 
 
+async def handed_at_once(mosquitto: Mosquitto, client_id: str, *topics: str) -> list[Incoming]:
+    """What the broker hands a client that subscribes to `topics` now: their retained copies,
+    nothing else. After its subscriptions the client publishes a marker on a topic of its own:
+    the broker sends a subscription's retained copies before it takes the client's next
+    packet, so what came before the marker is all there is (a proof of absence, no waiting)."""
+    marker = f"test/{client_id}/marker"
+    got: list[Incoming] = []
+    seen = asyncio.Event()
+
+    def receive(msg: Incoming) -> None:
+        if msg.topic == marker:
+            seen.set()
+        elif not seen.is_set():
+            got.append(msg)
+
+    subscriptions = [(topic, 1) for topic in (*topics, marker)]
+    link = MqttLink(
+        mosquitto.host, mosquitto.port, client_id, subscriptions, receive=receive, session_expiry=0
+    )
+    async with running(link):
+        await link.publish(marker, b"", qos=1)
+        async with asyncio.timeout(5):
+            await seen.wait()
+    return got
+
+
 @asynccontextmanager
 async def running(link: MqttLink) -> AsyncIterator[MqttLink]:
     """`link` running, connected, while the block runs."""

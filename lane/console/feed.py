@@ -67,7 +67,9 @@ class ConsoleFeed:
         await self.link.run()
 
     async def _on_message(self, msg: Incoming) -> None:
-        self.plaza.apply(msg.topic, msg.payload, self.wall(), self.monotonic())
+        self.plaza.apply(
+            msg.topic, msg.payload, self.wall(), self.monotonic(), expiry_s=msg.expiry_s
+        )
 
     async def send(self, lane: str, cmd: AttendantCommand) -> None:
         """Publish an attendant command (QoS 1); LinkDown when the broker is not connected."""

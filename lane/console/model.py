@@ -1,8 +1,8 @@
 """What the console knows of a plaza, folded from the lanes' MQTT messages (pure: no I/O, no
 clock reads; every input carries the wall time and the monotonic time it arrived at).
 
-`Plaza.apply(topic, payload, now, mono)` takes any message of a lane topic (status, health,
-barrier state and commands, sensors, display, events); a payload that does not decode is
+`Plaza.apply(topic, payload, now, mono, expiry_s=)` takes any message of a lane topic (status,
+health, barrier state and commands, sensors, display, events); a payload that does not decode is
 counted and shown on the lane, never raised. `Plaza.snapshot(now, mono)` is the JSON the
 browser draws. How long ago something was heard (a lane silent, a command's age, a display's
 time to live) is read on the monotonic clock: a wall clock stepped back (NTP, an operator)
@@ -26,6 +26,7 @@ from barrier.messages import (
 )
 from barrier.peripherals import PlateReading
 from lane.alarm_severity import Severity, worst
+from lane.core.display import LANE_CLOSED
 from lane.window import Window, percentiles
 from lane.wire.codec import PayloadError, unpack
 from lane.wire.topics import PLATE
@@ -68,6 +69,20 @@ class LaneView:
         sev = worst([Severity(a.severity) for a in self._active()])
         return "ok" if sev is None else sev.value
 
+    def shown(self, mono: float) -> list[str]:
+        """What the lane's display shows, by its contract (docs/barrier.md, "DisplayMessage"):
+        `Lane closed` while the lane is offline, whatever text it left; else its text while
+        that lives; else `Lane closed` while the lane takes no payments, nothing (the display's
+        idle text) while it does."""
+        status = self.status
+        if status is not None and status.state == LaneStatus.OFFLINE:
+            return list(LANE_CLOSED.lines)
+        if self.display_until is not None and mono < self.display_until:
+            return self.display
+        if status is not None and status.accepting is False:
+            return list(LANE_CLOSED.lines)
+        return []
+
     def _active(self) -> list[AlarmEntry]:
         return [a for a in self.health.alarms if a.active] if self.health is not None else []
 
@@ -106,9 +121,7 @@ class LaneView:
             "sensors": {s: self.sensors.get(s) for s in PRESENCE_SENSORS},
             "vehicle_class": self.vehicle_class,
             "plate": self.plate,
-            "display": self.display
-            if self.display_until is not None and mono < self.display_until
-            else [],
+            "display": self.shown(mono),
             "camera_fps": None if h is None else h.camera_fps,
             "checks": [] if h is None else [c.to_map() for c in h.checks],
             "uplink": {
@@ -160,20 +173,35 @@ class Plaza:
             view = self.lanes[lane] = LaneView(lane)
         return view
 
-    def apply(self, topic: str, payload: bytes, now: float, mono: float) -> None:
+    def apply(
+        self, topic: str, payload: bytes, now: float, mono: float, *, expiry_s: int | None = None
+    ) -> None:
+        """`expiry_s`: the message's MQTT 5 expiry as the broker handed it over (what is left
+        of a retained display text's life), None when it has none."""
         where = split_topic(topic)
         if where is None:
             return
         lane, rest = where
         view = self.lane(lane)
         try:
-            self._apply(view, rest, payload, now, mono)
+            self._apply(view, rest, payload, now, mono, expiry=expiry_s)
         except PayloadError as exc:
             view.garbage.appendleft(f"{rest}: {exc}")
 
-    def _apply(self, view: LaneView, rest: str, payload: bytes, now: float, mono: float) -> None:
+    def _apply(
+        self,
+        view: LaneView,
+        rest: str,
+        payload: bytes,
+        now: float,
+        mono: float,
+        *,
+        expiry: int | None,
+    ) -> None:
         if rest == "status":
             view.status = LaneStatus.decode(payload)
+            if view.status.state == LaneStatus.OFFLINE:
+                view.display_until = None  # a lane back from offline says its text anew
         elif rest == "health":
             view.health, view.heard_at = LaneHealth.decode(payload), mono
             for a in view.health.alarms:
@@ -196,7 +224,9 @@ class Plaza:
                 view.vehicle_class = reading.vehicle_class
         elif rest == "display":
             shown = DisplayMessage.decode(payload)
-            view.display, view.display_until = list(shown.lines), mono + shown.ttl_s
+            # A retained text handed over late has only what its expiry left of its ttl.
+            ttl = shown.ttl_s if expiry is None else min(shown.ttl_s, expiry)
+            view.display, view.display_until = list(shown.lines), mono + ttl
         elif rest == "events":
             self._event(view, unpack(payload), now)
 

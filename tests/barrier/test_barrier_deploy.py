@@ -20,15 +20,22 @@ from tls_kit import make_certs
 
 from barrier.device import DeviceEmulator, Timings
 from barrier.link import BarrierLink
-from barrier.messages import BarrierAck, BarrierCommand, BarrierStatus, SensorReading
+from barrier.messages import (
+    BarrierAck,
+    BarrierCommand,
+    BarrierStatus,
+    DisplayMessage,
+    LaneStatus,
+    SensorReading,
+)
 from lane.transport.broker_link import BrokerLink
-from lane.transport.mqtt import Credentials, MqttLink, PublishRefused
+from lane.transport.mqtt import Credentials, Incoming, MqttLink, PublishRefused
 from lane.wire import topics
 from sim.broker import Mosquitto, find_mosquitto, free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PASSWD_TOOL = Path("/usr/bin/mosquitto_passwd")
-USERS = ("controller", "barrier", "io", "operator", "attendant", "anpr", "printer")
+USERS = ("controller", "barrier", "io", "operator", "attendant", "anpr", "printer", "display")
 FAST = Timings(opening_s=0.01, closing_s=0.01, slow_ack_s=0.0, step_s=0.0)
 needs_passwd = pytest.mark.skipif(
     not PASSWD_TOOL.exists(), reason="mosquitto_passwd not at /usr/bin: cannot make a password file"
@@ -129,6 +136,52 @@ async def test_only_the_controller_can_command_the_barrier(acl_broker: Mosquitto
         while not states.empty():
             assert states.get_nowait().session != "fake"
         assert not garbage
+
+
+@needs_passwd
+async def test_the_shipped_acl_lets_the_display_read_the_lane_s_text_and_status_only(
+    acl_broker: Mosquitto,
+) -> None:
+    """The display's contract (docs/barrier.md, "DisplayMessage"): it reads the lane's retained
+    text and its status, whose will says `offline` once the lane is gone; it writes nothing."""
+    lane = "p07/l03"
+    host, port = acl_broker.host, acl_broker.port
+    link = BarrierLink(
+        lane,
+        BrokerLink(host, port, creds("controller")),
+        on_ack=lambda a: None,
+        on_state=lambda s: None,
+        on_sensor=lambda r: None,
+        on_attendant=lambda a: None,
+    )
+    got: asyncio.Queue[Incoming] = asyncio.Queue()
+    subscriptions = [(topics.display(lane), 1), (topics.status(lane), 1)]
+    display = MqttLink(
+        host, port, "display-p07-l03", subscriptions, credentials=creds("display"),
+        receive=got.put_nowait, session_expiry=0,
+    )  # fmt: skip
+    async with tasks(link.run()):
+        await link.wait_connected(5)
+        await link.show(DisplayMessage(["Lane open"], 30.0))
+        await link.publish_status(LaneStatus("idle", 0, None, {"broker": True}, [], 1))
+        async with tasks(display.run()):  # the display starts after the lane spoke
+            await display.wait_connected(5)
+            handed = {m.topic: m for m in [await asyncio.wait_for(got.get(), 5) for _ in "ab"]}
+            assert DisplayMessage.decode(handed[topics.display(lane)].payload).lines == [
+                "Lane open"
+            ]
+            assert LaneStatus.decode(handed[topics.status(lane)].payload).state == "idle"
+            await link.mqtt.drop()  # the lane dies: its will reaches the display
+            will = await asyncio.wait_for(got.get(), 5)
+            assert (will.topic, LaneStatus.decode(will.payload).state) == (
+                topics.status(lane),
+                "offline",
+            )
+            forged = DisplayMessage(["Free passage"], 30.0).encode()
+            with pytest.raises(PublishRefused, match="Not authorized"):
+                await display.publish(topics.display(lane), forged, qos=1, retain=True)
+            with pytest.raises(PublishRefused, match="Not authorized"):
+                await display.publish(topics.status(lane), b"", qos=1, retain=True)
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

@@ -45,6 +45,7 @@ EXAMPLES: list[Any] = [
     DisplayMessage(["Class 2", "EUR 3.40"], 10.0),
     LaneStatus("idle", 3, 1.5, {"broker": True, "backoffice": False}, ["queue_high"], 17),
     LaneStatus.offline(18),
+    LaneStatus("fault", 0, None, {"broker": True}, ["barrier_unreadable"], 23, accepting=False),
     AttendantCommand("open", "att-1", "broken phone", "alice", 19),
     DeviceQuery("q-1", "p07/l03", 20),
     DeviceSnapshot("open", {"entry_loop": False, "safety_loop": True}, "a1b2c3", 9, 21),
@@ -69,6 +70,17 @@ def test_wire_keys_follow_the_design_table() -> None:
         "ts": 9,
     }
     assert unpack(DisplayMessage(["a"], 2.5).encode()) == {"v": 1, "lines": ["a"], "ttl": 2.5}
+    assert unpack(LaneStatus("idle", 0, None, {}, [], 1, accepting=True).encode())["accepting"]
+    assert "accepting" not in unpack(LaneStatus.offline(1).encode())  # the will: unknown
+
+
+@pytest.mark.parametrize(
+    ("ttl", "expiry"), [(10.0, 10), (3.0, 3), (2.9, 2), (0.4, 1), (0.0, 1), (1e12, 2**32 - 1)]
+)
+def test_a_display_text_expires_on_the_broker_within_its_ttl(ttl: float, expiry: int) -> None:
+    """Its MQTT 5 expiry: the ttl's whole seconds, never more (a display that connects is
+    never handed a text past its ttl) but at least 1 (mosquitto takes 0 for never)."""
+    assert DisplayMessage(["a"], ttl).expiry_s == expiry
 
 
 def test_device_messages_follow_the_contract() -> None:
@@ -123,6 +135,11 @@ _SNAP: dict[str, Any] = {"sensors": {"entry_loop": False}, "session": "s", "seq"
         (DisplayMessage, {"lines": ["a"] * 17, "ttl": 1}, "'lines'"),
         (LaneStatus, {"state": "idle", "link": {"a": 1}, "faults": [], "ts": 1}, "'link'"),
         (LaneStatus, {"state": "idle", "link": {}, "faults": [None], "ts": 1}, "'faults'"),
+        (
+            LaneStatus,
+            {"state": "idle", "link": {}, "faults": [], "ts": 1, "accepting": 1},
+            "'accepting'",
+        ),
         (AttendantCommand, {"op": "open", "cmd_id": "c", "reason": "", "ts": 1}, "'attendant'"),
         (DeviceQuery, {"query_id": "", "lane": "x", "ts": 1}, "'query_id'"),
         (DeviceQuery, {"query_id": "q", "ts": 1}, "'lane'"),

@@ -123,6 +123,51 @@ def test_the_display_blanks_when_its_ttl_runs_out() -> None:
     assert plaza.snapshot(T0 + 4, T0 + 4)["lanes"][0]["display"] == []
 
 
+def test_a_retained_display_text_handed_over_late_lives_only_what_its_expiry_left() -> None:
+    """A console (or display) that starts is handed the lane's retained text with what is left
+    of its life as the MQTT 5 expiry: it shows it that long, not its whole ttl again."""
+    plaza = Plaza(T0)
+    text = DisplayMessage(["Class 1", "2.50 EUR"], 10.0).encode()
+    plaza.apply(f"lane/{LANE}/display", text, T0, T0, expiry_s=4)
+    assert plaza.snapshot(T0 + 3, T0 + 3)["lanes"][0]["display"] == ["Class 1", "2.50 EUR"]
+    assert plaza.snapshot(T0 + 5, T0 + 5)["lanes"][0]["display"] == []
+
+
+def test_the_display_of_an_offline_lane_says_lane_closed_until_the_lane_speaks_again() -> None:
+    """The lane's will (`offline`) wins over the text it left, which does not come back with
+    the lane: the lane back says its own text."""
+    plaza = Plaza(T0)
+    fare = DisplayMessage(["Class 1", "2.50 EUR"], 10.0).encode()
+    plaza.apply(f"lane/{LANE}/display", fare, T0, T0)
+    plaza.apply(f"lane/{LANE}/status", LaneStatus.offline(int(T0 * 1e6)).encode(), T0, T0 + 1)
+    closed = ["Lane closed", "Please use another lane"]
+    assert plaza.snapshot(T0 + 1, T0 + 1)["lanes"][0]["display"] == closed
+    back = LaneStatus("idle", 0, None, {"broker": True}, [], int(T0 * 1e6) + 2)
+    plaza.apply(f"lane/{LANE}/status", back.encode(), T0 + 2, T0 + 2)
+    assert plaza.snapshot(T0 + 2, T0 + 2)["lanes"][0]["display"] == []
+    plaza.apply(f"lane/{LANE}/display", DisplayMessage(["Lane open"], 3.0).encode(), T0, T0 + 2)
+    assert plaza.snapshot(T0 + 3, T0 + 3)["lanes"][0]["display"] == ["Lane open"]
+
+
+@pytest.mark.parametrize(
+    ("accepting", "idle"),
+    [(False, ["Lane closed", "Please use another lane"]), (True, []), (None, [])],
+)
+def test_once_its_text_has_lived_the_display_says_lane_closed_while_the_lane_takes_no_payments(
+    accepting: bool | None, idle: list[str]
+) -> None:
+    """A fault outlives its 10 s `Lane closed`: the status (`accepting` false) keeps the display
+    saying so; a lane that takes payments (or of a release that does not say) leaves it idle."""
+    plaza = Plaza(T0)
+    status = LaneStatus("fault", 0, None, {}, ["barrier_unreadable"], 1, accepting=accepting)
+    plaza.apply(f"lane/{LANE}/status", status.encode(), T0, T0)
+    text = DisplayMessage(["Lane closed", "Please use another lane"], 10.0).encode()
+    plaza.apply(f"lane/{LANE}/display", text, T0, T0)
+    plaza.apply(f"lane/{LANE}/display", DisplayMessage(["Thank you"], 3.0).encode(), T0, T0 + 1)
+    assert plaza.snapshot(T0 + 2, T0 + 2)["lanes"][0]["display"] == ["Thank you"]
+    assert plaza.snapshot(T0 + 20, T0 + 20)["lanes"][0]["display"] == idle
+
+
 def test_barrier_sensors_and_commands_are_shown_as_published() -> None:
     plaza = Plaza(T0)
     plaza.apply(

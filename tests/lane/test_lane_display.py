@@ -1,18 +1,26 @@
-"""What the lane display receives (its MQTT topic, QoS 0, not retained) once a fault that
-closed the lane to payments clears: the text of the lane's phase, not the `Lane closed` the
-fault put there. Against the real things: mosquitto, the device emulator, the daemon."""
+"""What the lane display receives (its MQTT topic: QoS 0, retained, expiring with the text's
+ttl) once a fault that closed the lane to payments clears: the text of the lane's phase, not
+the `Lane closed` the fault put there; what a display that (re)starts is handed at once; and
+what it is handed once the lane's process is gone. Against the real things: mosquitto, the
+device emulator, the daemon (in this process, and as a `lane run` process killed with SIGKILL)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from mqtt_kit import collected
+from mqtt_kit import collected, handed_at_once
 from polling import eventually
 from test_lane_daemon import Lane, named, running_lane
+from test_lane_heal import lane_processes
 
-from barrier.messages import DisplayMessage
+from barrier.messages import DisplayMessage, LaneStatus
+from lane.console.model import Plaza
+from lane.transport.mqtt import Incoming
 from lane.wire import topics
 from sim.broker import Mosquitto
 
@@ -39,6 +47,36 @@ async def display(mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[list[list
 
 def alarm(lane: Lane, code: str) -> bool:
     return code in lane.daemon.runner.alarms
+
+
+async def display_starts(mosquitto: Mosquitto, lane_id: str) -> list[Incoming]:
+    """What a display that (re)starts now is handed at once: the lane's text and status."""
+    client = f"display-{uuid.uuid4().hex[:8]}"
+    return await handed_at_once(mosquitto, client, topics.display(lane_id), topics.status(lane_id))
+
+
+def texts(handed: list[Incoming], lane_id: str) -> list[list[str]]:
+    return [lines(m.payload) for m in handed if m.topic == topics.display(lane_id)]
+
+
+def handed_status(handed: list[Incoming], lane_id: str) -> list[LaneStatus]:
+    return [LaneStatus.decode(m.payload) for m in handed if m.topic == topics.status(lane_id)]
+
+
+async def lane_speaks(lane: Lane, speech: str, display: list[list[str]]) -> list[str]:
+    """Bring the lane to say `speech`'s text on its display; returns the text's lines."""
+    if speech == "lane_open":  # the fault cleared at an empty pay point
+        lane.device.set_fault("garbled")
+        await eventually(lambda: display[-1:] == [CLOSED])
+        lane.device.set_fault(None)
+        await eventually(lambda: display[-1:] == [["Lane open"]])
+    elif speech == "fare":
+        await lane.device.vehicle_enters(1)
+        await eventually(lambda: last_ask(display) == FARE_ASK)
+    else:
+        lane.device.set_fault("garbled")
+        await eventually(lambda: display[-1:] == [CLOSED])
+    return display[-1]
 
 
 @pytest.mark.parametrize("vehicle", [True, False], ids=["vehicle_present", "nobody"])
@@ -78,3 +116,80 @@ async def test_after_the_lane_s_broker_link_comes_back_the_display_is_sent_again
         await eventually(lambda: any(a["code"] == "broker_down" for a in named(lane, "alarm")))
         await eventually(lambda: lane.daemon.runner.state.faults == frozenset(), within=10)
         await eventually(lambda: last_ask(display[mark:]) == FARE_ASK)
+
+
+@pytest.mark.parametrize("speech", ["lane_open", "fare", "lane_closed"])
+async def test_a_display_that_starts_after_the_lane_spoke_is_handed_its_text_at_once(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, display: list[list[str]], speech: str
+) -> None:
+    """A display restarted (a power blip) while the lane stays connected: the broker hands it
+    the lane's current text the moment it subscribes, with what is left of the text's ttl as
+    its expiry; nothing else of the lane's is left over for it."""
+    async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
+        said = await lane_speaks(lane, speech, display)
+        sent = DisplayMessage(said, 3.0 if speech == "lane_open" else 10.0)
+        handed = await display_starts(mosquitto, lane_id)
+        assert texts(handed, lane_id) == [said]
+        text = next(m for m in handed if m.topic == topics.display(lane_id))
+        assert text.retain
+        assert text.expiry_s is not None and 1 <= text.expiry_s <= sent.ttl_s
+        status = handed_status(handed, lane_id)
+        assert len(status) == 1 and status[0].state != LaneStatus.OFFLINE
+
+
+async def told_accepting(mosquitto: Mosquitto, lane_id: str, wanted: bool) -> bool:
+    """A display that starts now is handed the lane's status saying `accepting` is `wanted`."""
+    statuses = handed_status(await display_starts(mosquitto, lane_id), lane_id)
+    return bool(statuses) and statuses[-1].accepting is wanted
+
+
+async def test_a_display_that_starts_during_a_fault_is_told_the_lane_takes_no_payments(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, display: list[list[str]]
+) -> None:
+    """A fault's `Lane closed` lives its 10 s ttl; the lane's retained status says as long as
+    the fault lasts that the lane takes no payments, so a display that starts after those 10 s
+    shows `Lane closed` all the same, and its idle text again once the fault is gone."""
+    async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
+        await lane_speaks(lane, "lane_closed", display)
+        await eventually(lambda: told_accepting(mosquitto, lane_id, False))
+        lane.device.set_fault(None)
+        await eventually(lambda: not alarm(lane, "barrier_unreadable"))
+        await eventually(lambda: told_accepting(mosquitto, lane_id, True))
+
+
+async def test_a_text_whose_ttl_has_passed_is_not_handed_to_a_display_that_starts(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, display: list[list[str]]
+) -> None:
+    """`Lane open` (ttl 3 s): a display that starts once it has lived its ttl is handed no
+    text (it shows its idle text), never one the lane has stopped showing."""
+    async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
+        await lane_speaks(lane, "lane_open", display)
+        heard = time.monotonic()  # the broker took it before our watcher heard it
+        await asyncio.sleep(max(0.0, heard + 3.0 - time.monotonic()))  # its ttl passes
+        assert texts(await display_starts(mosquitto, lane_id), lane_id) == []
+
+
+async def test_a_display_that_starts_after_the_lane_s_process_died_can_tell_it_is_offline(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, lane_statuses: list[LaneStatus]
+) -> None:
+    """`lane run` killed (SIGKILL) right after it showed a vehicle its fare: the broker hands
+    a display that starts then the fare (its ttl not spent) and the lane's will, status
+    `offline`; by the display's contract it shows `Lane closed`, as the console's view of the
+    display does, not a fare nobody will take."""
+    async with lane_processes(tmp_path, mosquitto, lane_id, tmp_path / "lane") as rig:
+        async with collected(mosquitto, f"d-{lane_id}", topics.display(lane_id), lines) as shown:
+            proc = await rig.start()
+            await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=20)
+            await rig.device.vehicle_enters(1)
+            await eventually(lambda: last_ask(shown) == FARE_ASK, within=10)
+        proc.kill()  # SIGKILL: no clean shutdown, no last word but the will
+        await proc.wait()
+        await eventually(lambda: lane_statuses[-1].state == "offline")
+        handed = await display_starts(mosquitto, lane_id)
+    # The fare, unless a loaded machine took longer than its ttl to get here.
+    assert texts(handed, lane_id) in ([shown[-1]], [])
+    assert [s.state for s in handed_status(handed, lane_id)] == ["offline"]
+    plaza, now = Plaza(started_at=time.time()), time.time()
+    for message in handed:
+        plaza.apply(message.topic, message.payload, now, 0.0, expiry_s=message.expiry_s)
+    assert plaza.lanes[lane_id].shown(0.0) == CLOSED
