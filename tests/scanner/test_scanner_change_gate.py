@@ -337,6 +337,10 @@ MINUTES = int(FORGET_AFTER_S)  # decoded frames a second, for FORGET_AFTER_S and
         ([("night", True)] * 2 * MINUTES, False),
         # A blackout (a covered lens, no evidence) for longer.
         ([("blackout", False)] * 2 * MINUTES, False),
+        # A person standing before it for longer, the rest of the view as it was: it is there
+        # when they go (forgotten, its next sighting would be nobody's: a driver's try spent).
+        ([("person", False)] * 2 * MINUTES + [("taken away", False)] * 3, False),
+        ([("person narrow", False)] * 2 * MINUTES, False),
         # Missing, then read again: the count starts over.
         ([("taken away", False)] * (MINUTES - 2) + [("home", True)]
          + [("taken away", False)] * (MINUTES - 2), False),
@@ -354,13 +358,38 @@ def test_a_known_sticker_missing_from_an_unobstructed_view_is_forgotten(
     assert printed_here(state.known, (STICKER, ((500, 300),) * 4)) is not forgotten
 
 
+@pytest.mark.parametrize(
+    ("frames", "forgotten"),
+    [
+        ([("bare panel, taken away", False)] * (MINUTES + 2), True),
+        ([("bare panel, person", False)] * 2 * MINUTES, False),
+    ],
+)
+def test_a_sticker_on_a_bare_panel_is_forgotten_taken_away_not_hidden(
+    frames: list[tuple[str, bool]], forgotten: bool
+) -> None:
+    # Plain around it, the panel is compared by its level: a person before it changes that.
+    state = stayed(GateState(), ((STICKER, STICKER_PLACE),))
+    state = nothing_found(state, 1, views()["bare panel"], ((STICKER, STICKER_PLACE),))
+    assert (watch(state, frames, 100.0, 1.0).known == ()) is forgotten
+
+
 def test_a_gap_without_frames_is_no_evidence_that_the_sticker_went() -> None:
     # The camera gave nothing for an hour (a blackout, a restart): at most GAP_S of it counts.
     state = watch(booth_known(), [("taken away", False)] * 2, 100.0, 3600.0)
     assert state.known[0].missing_s == GAP_S
 
 
-VIEW_NAMES = ("home", "taken away", "night", "truck", "truck edge to edge", "turned", "blackout")
+VIEW_NAMES = (
+    "home",
+    "taken away",
+    "night",
+    "truck",
+    "truck edge to edge",
+    "turned",
+    "blackout",
+    "person",
+)
 
 
 @given(
