@@ -261,10 +261,11 @@ def printed_here(known: tuple[KnownCode, ...], sighting: Sighting) -> bool:
 
 
 def watched(
-    state: GateState, read: tuple[Sighting, ...], thumb: Thumbnail, ts: float, block_px: int
+    state: GateState, read: tuple[Sighting, ...], thumb: Thumbnail | None, ts: float, block_px: int
 ) -> GateState:
-    """A decoded frame taken at `ts` (thumbnail `thumb`) in which `read` were read (the codes
-    that are no payment code): which known codes have gone? One read at its place is there. One
+    """A decoded frame taken at `ts` (thumbnail `thumb`; None: not made, as there was no
+    reference, so no home to compare it with either) in which `read` were read (the codes that
+    are no payment code): which known codes have gone? One read at its place is there. One
     missing while the frame shows the home view with nothing in front, its surroundings too (a
     sticker taken away), or another view altogether (the camera turned) counts the time since
     the last such frame; a frame with part of the home in view (a vehicle), or with something
@@ -276,10 +277,10 @@ def watched(
     home = state.home
     view = (
         View.PART
-        if home is None
+        if home is None or thumb is None
         else view_of(home, thumb, tuple(k.place for k in state.known), block_px)
     )
-    if home is None or view is View.PART:
+    if home is None or thumb is None or view is View.PART:
         known = tuple(replace(k, missing_s=0.0) if at_place(k, read) else k for k in state.known)
         return replace(state, known=known, watched_ts=None)
     step = 0.0 if state.watched_ts is None else min(max(ts - state.watched_ts, 0.0), GAP_S)

@@ -380,6 +380,17 @@ def test_a_gap_without_frames_is_no_evidence_that_the_sticker_went() -> None:
     assert state.known[0].missing_s == GAP_S
 
 
+def test_a_frame_judged_without_a_reference_is_no_evidence() -> None:
+    # No thumbnail made (no reference when judged, so the gate made none): none is made for
+    # this either, and the count stops as for a vehicle in front; read there, it starts over.
+    state = watch(booth_known(), [("taken away", False)] * 3, 100.0, 1.0)
+    missing = state.known[0].missing_s
+    state = watched(state, (), None, 110.0, BLOCK_PX)
+    assert state.known[0].missing_s == missing and state.watched_ts is None
+    state = watched(state, ((STICKER, STICKER_PLACE),), None, 111.0, BLOCK_PX)
+    assert state.known[0].missing_s == 0.0
+
+
 VIEW_NAMES = (
     "home",
     "taken away",
