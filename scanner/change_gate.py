@@ -283,7 +283,10 @@ def watched(
     if home is None or thumb is None or view is View.PART:
         known = tuple(replace(k, missing_s=0.0) if at_place(k, read) else k for k in state.known)
         return replace(state, known=known, watched_ts=None)
-    step = 0.0 if state.watched_ts is None else min(max(ts - state.watched_ts, 0.0), GAP_S)
+    # Two workers may finish their frames out of order: an older frame's evidence counts, but
+    # the time since the newest frame watched only once.
+    last = ts if state.watched_ts is None else state.watched_ts
+    step = min(max(ts - last, 0.0), GAP_S)
 
     def missing(k: KnownCode) -> KnownCode:
         if at_place(k, read):
@@ -295,7 +298,10 @@ def watched(
     counted = (missing(k) for k in state.known)
     known = tuple(k for k in counted if k.missing_s < FORGET_AFTER_S)
     return replace(
-        state, known=known, home=home if known else None, watched_ts=ts if known else None
+        state,
+        known=known,
+        home=home if known else None,
+        watched_ts=max(ts, last) if known else None,
     )
 
 

@@ -380,6 +380,14 @@ def test_a_gap_without_frames_is_no_evidence_that_the_sticker_went() -> None:
     assert state.known[0].missing_s == GAP_S
 
 
+def test_frames_watched_out_of_order_count_their_time_once() -> None:
+    # Two decode workers: frames a second apart finished in pairs, the later of each first.
+    state = booth_known()
+    for ts in [101.0, 100.0, 103.0, 102.0, 105.0, 104.0, 107.0, 106.0]:
+        state = watched(state, (), views()["taken away"], ts, BLOCK_PX)
+    assert state.known[0].missing_s == 6.0  # from 101 to 107
+
+
 def test_a_frame_judged_without_a_reference_is_no_evidence() -> None:
     # No thumbnail made (no reference when judged, so the gate made none): none is made for
     # this either, and the count stops as for a vehicle in front; read there, it starts over.
