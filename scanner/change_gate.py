@@ -77,10 +77,6 @@ class KnownCode:
     # (`watched`); reset whenever it is read there.
     missing_s: float = 0.0
 
-    @property
-    def sighting(self) -> Sighting:
-        return self.text, self.place
-
 
 @dataclass(frozen=True, slots=True)
 class GateSettings:

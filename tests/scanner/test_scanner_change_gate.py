@@ -276,7 +276,7 @@ def test_a_code_steady_again_replaces_what_it_was_known_as_and_the_latest_are_ke
 
 
 def known(state: GateState) -> tuple[Sighting, ...]:
-    return tuple(k.sighting for k in state.known)
+    return tuple((k.text, k.place) for k in state.known)
 
 
 def test_a_moved_sticker_is_known_at_its_new_place_after_moved_after_s() -> None:
