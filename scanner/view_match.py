@@ -33,9 +33,10 @@ FLAT = 0.25
 DETAIL_SIGMA = 2.0  # blocks: the neighbourhood a block's detail is measured against
 # Blocks around a code (beyond its own and the one left out) that show whether something stands
 # before it: a person or a cone hiding the sticker covers them too, while a sticker taken away
-# leaves them as they were. On the simulator's booth a person-sized shape before the sticker
-# (100-300 px wide) leaves them at 0.56 or below (-0.08 for the wider ones), the sticker taken
-# away 1.0, the night 0.997 against a day home (the whole view, by `view_of`: 0.91-0.98).
+# leaves them as they were. On the simulator's booth a plain shape standing before the sticker
+# (60-300 px wide; the whole view still the same by `view_of`) leaves their block means
+# correlated 0.74 down to 0.0 with the home's, the sticker taken away 1.0, the night 0.997 but
+# with a fifth of the day's spread (`FLAT`: no evidence against a day's home).
 AROUND = 2
 # Gray levels of spread under which a code's surroundings are plain (a bare panel): compared by
 # their level, within the change gate's threshold (block means of one view differ by 3 at most).
