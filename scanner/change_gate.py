@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanner.detection import GrayImage, Polygon
-from scanner.view_match import View, view_of
+from scanner.view_match import View, clear_before, view_of
 
 Thumbnail = npt.NDArray[np.uint8]
 
@@ -55,8 +55,9 @@ KNOWN_AFTER_S = 30.0
 MOVED_AFTER_S = 10.0
 # Seconds of frame time a known code may be missing from its place, while the camera sees
 # its home view with nothing in front of it or another view altogether (the camera turned),
-# before it is forgotten. A vehicle or a person in front of it (part of the home view still
-# showing: `view_match.View.PART`) stops the count, however long they stay.
+# before it is forgotten. A vehicle in front of it (part of the home view still showing:
+# `view_match.View.PART`) or a person before it alone (`view_match.clear_before`) stops the
+# count, however long they stay.
 FORGET_AFTER_S = 300.0
 # A gap between two decoded frames counts as at most this much missing time: the camera gave
 # no frames (a blackout, a restart), which is no evidence that the sticker went.
@@ -75,10 +76,6 @@ class KnownCode:
     # Frame time it has been missing from its place while the view said it should be seen
     # (`watched`); reset whenever it is read there.
     missing_s: float = 0.0
-
-    @property
-    def sighting(self) -> Sighting:
-        return self.text, self.place
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,32 +257,48 @@ def printed_here(known: tuple[KnownCode, ...], sighting: Sighting) -> bool:
 
 
 def watched(
-    state: GateState, read: tuple[Sighting, ...], thumb: Thumbnail, ts: float, block_px: int
+    state: GateState, read: tuple[Sighting, ...], thumb: Thumbnail | None, ts: float, block_px: int
 ) -> GateState:
-    """A decoded frame taken at `ts` (thumbnail `thumb`) in which `read` were read (the codes
-    that are no payment code): which known codes have gone? One read at its place is there. One
-    missing while the frame shows the home view with nothing in front (a sticker taken away) or
-    another view altogether (the camera turned) counts the time since the last such frame; a
-    frame with part of the home in view (a vehicle, a person before the sticker), or no
-    evidence, stops the count without resetting it. Missing FORGET_AFTER_S: forgotten, its
-    text and its place (the lane then treats a code there as anybody's)."""
+    """A decoded frame taken at `ts` (thumbnail `thumb`; None: not made, as there was no
+    reference, so no home to compare it with either) in which `read` were read (the codes that
+    are no payment code): which known codes have gone? One read at its place is there. One
+    missing while the frame shows the home view with nothing in front, its surroundings too (a
+    sticker taken away), or another view altogether (the camera turned) counts the time since
+    the last such frame; a frame with part of the home in view (a vehicle), or with something
+    before the code alone (a person: `clear_before`), or no evidence, stops its count without
+    resetting it. Missing FORGET_AFTER_S: forgotten, its text and its place (the lane then
+    treats a code there as anybody's)."""
     if not state.known:
         return state
+    home = state.home
     view = (
         View.PART
-        if state.home is None
-        else view_of(state.home, thumb, tuple(k.place for k in state.known), block_px)
+        if home is None or thumb is None
+        else view_of(home, thumb, tuple(k.place for k in state.known), block_px)
     )
-    if view is View.PART:
+    if home is None or thumb is None or view is View.PART:
         known = tuple(replace(k, missing_s=0.0) if at_place(k, read) else k for k in state.known)
         return replace(state, known=known, watched_ts=None)
-    step = 0.0 if state.watched_ts is None else min(max(ts - state.watched_ts, 0.0), GAP_S)
-    counted = (
-        replace(k, missing_s=0.0 if at_place(k, read) else k.missing_s + step) for k in state.known
-    )
+    # Two workers may finish their frames out of order: an older frame's evidence counts, but
+    # the time since the newest frame watched only once.
+    last = ts if state.watched_ts is None else state.watched_ts
+    step = min(max(ts - last, 0.0), GAP_S)
+
+    def missing(k: KnownCode) -> KnownCode:
+        if at_place(k, read):
+            return replace(k, missing_s=0.0)
+        if view is View.SAME and not clear_before(home, thumb, k.place, block_px):
+            return k  # hidden by something the rest of the view does not show (a person)
+        return replace(k, missing_s=k.missing_s + step)
+
+    counted = (missing(k) for k in state.known)
     known = tuple(k for k in counted if k.missing_s < FORGET_AFTER_S)
-    home = state.home if known else None
-    return replace(state, known=known, home=home, watched_ts=ts if known else None)
+    return replace(
+        state,
+        known=known,
+        home=home if known else None,
+        watched_ts=max(ts, last) if known else None,
+    )
 
 
 def known_changes(

@@ -108,8 +108,8 @@ class FrameGate:
             f"replaced (moved, another code over it, or over {KNOWN_MAX} known)",
         )
         if after:
-            # Every decoded frame is evidence of whether the known codes are still in view.
-            thumb = thumbnail(gray, self.settings.block_px) if thumb is None else thumb
+            # Every decoded frame is evidence of whether the known codes are still in view (one
+            # judged with no reference has no thumbnail, and there is no home view to compare).
             read = tuple((d.text, d.polygon) for d in found if not is_payment(d.text))
             with self._lock:
                 before = self._state.known

@@ -1,5 +1,6 @@
 """The simulator's booth as the change gate sees it (thumbnails of block means), and the same
-booth with the sticker taken away, at night, behind a vehicle, the camera turned, blacked out."""
+booth with the sticker taken away, at night, behind a vehicle or a person, the camera turned,
+blacked out; and a booth whose sticker is on a bare panel."""
 
 from __future__ import annotations
 
@@ -53,6 +54,23 @@ def behind_truck(image: Image, width: float = 0.6) -> Image:
     return covered
 
 
+def person_before(image: Image, width: int = 200) -> Image:
+    """A person (a plain shape `width` px wide) standing before the sticker, head above it: the
+    rest of the view as it was."""
+    covered = image.copy()
+    middle = _X + STICKER_PX // 2
+    covered[_Y - 100 :, max(0, middle - width // 2) : middle + width // 2] = (90, 80, 70)
+    return covered
+
+
+def bare_panel(image: Image) -> Image:
+    """The booth with the panel around its sticker's place bare (plain gray, 80 px on every
+    side), the sticker taken away."""
+    bare = image.copy()
+    bare[_Y - 80 : _Y + STICKER_PX + 80, : _X + STICKER_PX + 80] = (150, 150, 150)
+    return bare
+
+
 @cache
 def views() -> dict[str, Thumbnail]:
     booth = background(DEFAULT_SIZE, 0.0, STICKER)
@@ -65,5 +83,10 @@ def views() -> dict[str, Thumbnail]:
         "turned": turned(booth, -200, -150),
         "turned down": turned(booth, 0, 100),
         "blackout": np.full_like(booth, 3),
+        "person": person_before(booth),
+        "person narrow": person_before(booth, 100),
+        "bare panel": sticker_of(booth, bare_panel(booth)),
+        "bare panel, taken away": bare_panel(booth),
+        "bare panel, person": person_before(sticker_of(booth, bare_panel(booth))),
     }
     return {name: thumbnail(as_gray(image), BLOCK_PX) for name, image in images.items()}

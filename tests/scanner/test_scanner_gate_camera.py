@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 import pytest
-from booth_views import behind_truck, sticker_moved, sticker_of, turned
+from booth_views import behind_truck, person_before, sticker_moved, sticker_of, turned
 from polling import eventually
 from scanner_testkit import BLURRED, STICKER, THUMB, TOKEN, frame_with, qr_image
 
@@ -500,6 +500,19 @@ async def test_a_truck_in_front_of_the_sticker_for_minutes_leaves_it_known() -> 
         await show(camera, gated, (BOOTH, as_is, int(KNOWN_AFTER_S) * 5 + 5))
         camera.period = 1.0
         await show(camera, gated, (BOOTH, behind_truck, 2 * int(FORGET_AFTER_S)), (BOOTH, as_is, 3))
+    assert [(r.text, r.static) for r in gated.results] == [(STICKER, False), (STICKER, True)]
+
+
+async def test_a_person_before_the_sticker_for_minutes_leaves_it_known() -> None:
+    # Someone standing before the sticker (the rest of the view as it was) for longer than
+    # FORGET_AFTER_S: it is still there when they go, printed at the booth (nobody's try).
+    camera = Camera(seed=25, fps=5)
+    async with scanners(GateSettings()) as (gated,):
+        await show(camera, gated, (BOOTH, as_is, int(KNOWN_AFTER_S) * 5 + 5))
+        camera.period = 1.0
+        await show(
+            camera, gated, (BOOTH, person_before, 2 * int(FORGET_AFTER_S)), (BOOTH, as_is, 3)
+        )
     assert [(r.text, r.static) for r in gated.results] == [(STICKER, False), (STICKER, True)]
 
 
