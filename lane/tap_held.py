@@ -129,7 +129,7 @@ class HeldWrites:
         try:
             await self.keep_held()
         except TapStoreError as exc:
-            self.store_watch.says(exc, self.store_watch.owing())
+            self.store_watch.says_held(exc)
             ids = {"lane": self.lane, "held": len(self.unmarked),
                    "unreleased": len(self.unreleased), "error": str(exc)}  # fmt: skip
             log.error("held tap-in exits not saved", extra=ids)
@@ -195,7 +195,7 @@ class HeldWrites:
         try:
             await self.store_watch.settle()
         except TapStoreError as exc:
-            self.store_watch.says(exc, self.store_watch.owing())
+            self.store_watch.says_held(exc)
 
     async def write_held(self) -> None:
         """Write what the replay store owes while it takes writes (whether or not the taps
@@ -211,7 +211,7 @@ class HeldWrites:
         try:
             await self.replay_watch.settle()
         except ReplayStoreError as exc:
-            self.replay_watch.says(exc, self.replay_watch.owing())
+            self.replay_watch.says_held(exc)
             log.error("held writes not made to the replay store", extra={"lane": self.lane,
                       "held": len(self.unmarked), "unreleased": len(self.unreleased),
                       "undropped": len(self.undropped), "error": str(exc)})  # fmt: skip
