@@ -66,6 +66,12 @@ def test_a_batch_is_resent_after_its_ack_timeout_doubling_to_the_cap_jitter_and_
     assert resend.jittered_within(3, 0.9) == 28.0 and resend.jittered_within(4, 0.9) == 30.0
 
 
+def test_a_short_first_wait_still_reaches_a_far_cap() -> None:
+    """The forwarder's own doubling stopped at 2 ** 16: a 1 ms ack timeout never passed some
+    98 s, whatever its cap."""
+    assert Backoff(0.001, 300.0).jittered_within(30, 0.0) == 300.0
+
+
 def test_a_first_wait_above_the_cap_wins() -> None:
     """An ack timeout longer than the cap: no batch is resent before its ack could come."""
     assert Backoff(60.0, 30.0).jittered_within(5, 0.0) == 60.0
