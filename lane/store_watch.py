@@ -12,14 +12,16 @@ store (whose probe first makes the writes its tap desk holds for the replay stor
 the resolver's one writer thread for the payments store. While the store works, `run` does the
 store's housekeeping instead (a purge may commit where the real writes fail, so it never clears the
 alarm). A failure the usual text does not fit (a read that fails where the writes are the usual
-worry) says what it stops instead (`says(..., refused)`); the probe keeps that text until the store
-works. A desk that holds in memory what the store did not take (a trip desk's plate times; a metro
-tap desk's held exits, refunds and drops, lane.tap_held) says so with `owes`, the one way to say
-"this desk holds X for this store": what the first desk holding something says comes first in the
-alarm's text whatever failure raised it, then what the failure at hand stops (so neither of two
-users of one store, the verifier's offline tokens and a metro gate's tap desk on the replay store,
-hides the other's failure); the probe writes what is held first (`settle`), and the alarm does not
-clear (a write elsewhere committing) while anything is held, since a restart would forget it.
+worry) says what it stops instead (`says(..., refused)`); one that says only what the desks hold
+while they hold anything (writing it failed) says so by `says_held`; the probe keeps that text
+until the store works. A desk that holds in memory what the store did not take (a trip desk's
+plate times; a metro tap desk's held exits, refunds and drops, lane.tap_held) says so with
+`owes`, the one way to say "this desk holds X for this store": what the first desk holding
+something says comes first in the alarm's text whatever failure raised it, then what the failure
+at hand stops (so neither of two users of one store, the verifier's offline tokens and a metro
+gate's tap desk on the replay store, hides the other's failure); the probe writes what is held
+first (`settle`), and the alarm does not clear (a write elsewhere committing) while anything is
+held, since a restart would forget it.
 """
 
 from __future__ import annotations
@@ -119,6 +121,12 @@ class StoreWatch:
         )
         if self._alarm is not None:
             self._alarm(self.code, text)
+
+    def says_held(self, error: Exception, otherwise: str | None = None) -> None:
+        """A failure whose alarm names what the desks hold alone while anything is held (the
+        most pressing: writing it, or keeping its copy, failed), else what it stops:
+        `otherwise`, or the usual."""
+        self.says(error, self.owing() or otherwise)
 
     async def run(
         self,

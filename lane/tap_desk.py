@@ -295,7 +295,7 @@ class TapDesk:
         except TapStoreError as exc:
             log.error("tap not kept", extra={"lane": self.lane, "record_id": record.record_id,
                                              "error": str(exc)})  # fmt: skip
-            self.held.store_watch.says(exc, self.held.store_watch.owing())
+            self.held.store_watch.says_held(exc)
             return
         self.held.store_watch.says(None)
 
@@ -390,7 +390,7 @@ class TapDesk:
                 now,
             )
         except TapStoreError as exc:  # unpriced (the runner answers the core and logs it)
-            self.held.store_watch.says(exc, self.held.store_watch.owing() or TAPS_UNREAD)
+            self.held.store_watch.says_held(exc, TAPS_UNREAD)
             raise
         except ReplayStoreError as exc:
             self.replay_watch.says(exc, REPLAY_UNREAD)

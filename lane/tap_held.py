@@ -104,16 +104,22 @@ class HeldWrites:
         held for its tap-in (an earlier exit's: the mark would not go in over it); True when
         new."""
         release = self.unreleased.get(key)
-        if release is not None:
-            await self.unmark(key, release)
-            if self.unreleased.get(key) == release:
-                del self.unreleased[key]
-                self.held_copy.changed()
-                # At once, not at the upkeep's next turn: a restart meanwhile loaded it again.
-                await self.save_held()
+        if release is not None and await self._give_back(key, release):
+            # At once, not at the upkeep's next turn: a restart meanwhile loaded it again.
+            await self.save_held()
         remote = held.lane is not None
         return await mark_used(self.replay, None, key, held.exp, held.lane or self.lane,
                                self.wall(), remote=remote, seen_at=held.seen_at)  # fmt: skip
+
+    async def _give_back(self, key: str, release: Held) -> bool:
+        """Give back the mark of a held refund, which is then held no more unless another
+        refund of `key` took its place meanwhile; True when it is let go."""
+        await self.unmark(key, release)
+        if self.unreleased.get(key) != release:
+            return False
+        del self.unreleased[key]
+        self.held_copy.changed()
+        return True
 
     async def unmark(self, key: str, release: Held) -> bool:
         """Give back the mark of `key` this gate made (`release.lane` None) or heard from
@@ -129,7 +135,7 @@ class HeldWrites:
         try:
             await self.keep_held()
         except TapStoreError as exc:
-            self.store_watch.says(exc, self.store_watch.owing())
+            self.store_watch.says_held(exc)
             ids = {"lane": self.lane, "held": len(self.unmarked),
                    "unreleased": len(self.unreleased), "error": str(exc)}  # fmt: skip
             log.error("held tap-in exits not saved", extra=ids)
@@ -195,7 +201,7 @@ class HeldWrites:
         try:
             await self.store_watch.settle()
         except TapStoreError as exc:
-            self.store_watch.says(exc, self.store_watch.owing())
+            self.store_watch.says_held(exc)
 
     async def write_held(self) -> None:
         """Write what the replay store owes while it takes writes (whether or not the taps
@@ -211,7 +217,7 @@ class HeldWrites:
         try:
             await self.replay_watch.settle()
         except ReplayStoreError as exc:
-            self.replay_watch.says(exc, self.replay_watch.owing())
+            self.replay_watch.says_held(exc)
             log.error("held writes not made to the replay store", extra={"lane": self.lane,
                       "held": len(self.unmarked), "unreleased": len(self.unreleased),
                       "undropped": len(self.undropped), "error": str(exc)})  # fmt: skip
@@ -221,10 +227,7 @@ class HeldWrites:
         (unless that store fails: its probe keeps the copy, its alarm's text kept)."""
         try:
             for key, release in list(self.unreleased.items()):
-                await self.unmark(key, release)
-                if self.unreleased.get(key) == release:
-                    del self.unreleased[key]
-                    self.held_copy.changed()
+                await self._give_back(key, release)
                 log.info("held tap-in reopening written", extra={"lane": self.lane, "key": key})
         finally:
             await self._copy_held()

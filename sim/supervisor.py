@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from lane.backoff import Backoff
 
 log = logging.getLogger("lane.sim.supervisor")
 
@@ -93,7 +96,8 @@ class Supervisor:
         await asyncio.gather(*watchers, return_exceptions=True)
 
     async def _watch(self, child: Child) -> None:
-        delay = self._backoff_s
+        # No cap: `max_restarts` bounds the waits.
+        backoff = Backoff(self._backoff_s, math.inf)
         while True:
             process = await asyncio.create_subprocess_exec(
                 *child.argv, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
@@ -114,6 +118,7 @@ class Supervisor:
                     extra={"child": child.name, "returncode": code, "restarts": child.restarts},
                 )
                 return
+            delay = backoff.delay(child.restarts + 1)
             log.warning(
                 "child failed: restarting",
                 extra={"child": child.name, "returncode": code, "retry_s": delay},
@@ -122,7 +127,6 @@ class Supervisor:
             if self._stopping:
                 return
             child.restarts += 1
-            delay *= 2
 
     async def _pump(self, child: Child, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None

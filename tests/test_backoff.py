@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -53,3 +55,34 @@ def test_jitter_stays_within_half_and_one_and_a_half_of_the_wait(
     backoff = Backoff(first, cap)
     wait = backoff.delay(n)
     assert wait / 2 <= backoff.jittered(n, draw) <= wait * 1.5
+
+
+def test_a_batch_is_resent_after_its_ack_timeout_doubling_to_the_cap_jitter_and_all() -> None:
+    """The forwarder's resend: spread before the cap, so it never passes it, and never
+    before the ack could have come (the first wait is a floor)."""
+    resend = Backoff(5.0, 30.0)
+    assert [resend.jittered_within(n, 0.5) for n in range(1, 7)] == [5, 10, 20, 30, 30, 30]
+    assert [resend.jittered_within(n, 0.0) for n in range(1, 7)] == [5, 5, 10, 20, 30, 30]
+    assert resend.jittered_within(3, 0.9) == 28.0 and resend.jittered_within(4, 0.9) == 30.0
+
+
+def test_a_short_first_wait_still_reaches_a_far_cap() -> None:
+    """The forwarder's own doubling stopped at 2 ** 16: a 1 ms ack timeout never passed some
+    98 s, whatever its cap."""
+    assert Backoff(0.001, 300.0).jittered_within(30, 0.0) == 300.0
+
+
+def test_a_first_wait_above_the_cap_wins() -> None:
+    """An ack timeout longer than the cap: no batch is resent before its ack could come."""
+    assert Backoff(60.0, 30.0).jittered_within(5, 0.0) == 60.0
+
+
+def test_no_cap_when_a_count_bounds_the_retries() -> None:
+    assert [Backoff(0.5, math.inf).delay(n) for n in range(1, 5)] == [0.5, 1.0, 2.0, 4.0]
+
+
+@given(seconds, seconds, failures, draws)
+def test_held_jitter_stays_from_the_first_wait_to_the_cap(
+    first: float, cap: float, n: int, draw: float
+) -> None:
+    assert first <= Backoff(first, cap).jittered_within(n, draw) <= max(first, cap)

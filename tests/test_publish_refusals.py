@@ -25,7 +25,7 @@ from lane.core.events import TicketIssued
 from lane.ticket_desk import TicketDesk
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
-from lane.transport.refusals import PUBLISH_REFUSED, Refusals, alarm_on_refusals
+from lane.transport.refusals import PUBLISH_REFUSED, Refusals, alarm_on_refusals, refused_text
 from lane.wire import topics
 from sim.broker import Mosquitto, acl_config, free_port
 
@@ -41,8 +41,8 @@ def test_refusals_back_off_and_say_each_change_once(caplog: pytest.LogCaptureFix
     caplog.set_level(logging.INFO, logger="lane.transport.refusals")
     heard: list[str | None] = []
     refusals = Refusals("uplink-p07/l03", Backoff(0.2, 1.0))
-    refusals.on_change = heard.append
-    assert refusals.wait_s("a/b") == 0.0 and refusals.text() is None
+    alarm_on_refusals([refusals], heard.append)
+    assert refusals.wait_s("a/b") == 0.0 and refused_text([refusals]) is None
     waits = []
     for _ in range(5):
         refusals.refused("a/b", "Not authorized")
@@ -107,7 +107,7 @@ async def test_an_outbox_refused_by_the_acl_backs_off_alarms_and_delivers_once_f
     tx = MqttLink(broker.host, broker.port, "uplink-p07/l03")
     tx.refusals.backoff = Backoff(0.2, 1.0)  # a low cap, so that the fixed ACL is tried again soon
     alarms: list[str | None] = []
-    tx.refusals.on_change = alarms.append
+    alarm_on_refusals([tx.refusals], alarms.append)
     outbox: Outbox[bytes] = Outbox(
         tx, TOPIC, bytes, lambda m: 60.0, lambda m: {"record_id": m.decode()}, lane="p07/l03"
     )
@@ -158,7 +158,7 @@ async def test_a_ticket_the_broker_refuses_waits_for_the_acl_not_for_the_printer
     alarms: dict[str, str | None] = {}
     link = MqttLink(broker.host, broker.port, f"uplink-{LANE}")
     link.refusals.backoff = Backoff(0.2, 1.0)
-    link.refusals.on_change = partial(alarms.__setitem__, PUBLISH_REFUSED)  # as lane.daemon
+    alarm_on_refusals([link.refusals], partial(alarms.__setitem__, PUBLISH_REFUSED))
     with ReplayStore(tmp_path / "replay.sqlite3") as replay:
         peers = Peers(LANE, None, lambda: KeySet(0, {}), replay, accept_unsigned=True,
                       wall=time.time)  # fmt: skip

@@ -326,8 +326,8 @@ class Forwarder:
 
     async def _publish(self, b: _Inflight) -> None:
         # Set the retry time before trying, so a LinkDown leaves the batch due again later.
-        base = self.ack_timeout * (2 ** min(b.attempts, 16)) * (0.5 + self._rand())
-        b.due = self._clock() + max(self.ack_timeout, min(base, self.backoff_max))
+        resend = Backoff(self.ack_timeout, self.backoff_max)
+        b.due = self._clock() + resend.jittered_within(b.attempts + 1, self._rand())
         try:
             await self.link.publish(uplink_records(self.lane), b.payload, qos=1)
         except LinkDown:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from lane.backoff import Backoff
 from lane.transport.mqtt import Credentials, Incoming, LinkDown, MqttLink
 from lane.wire.codec import PayloadError
 from lane.wire.topics import is_lane_id, uplink_acks
@@ -203,7 +205,8 @@ class Ingest:
             )
 
     async def _store(self, batch: Batch, records: list[IngestRecord]) -> StoreResult | None:
-        delay = self.busy_backoff_s
+        # No cap: `busy_retries` bounds the waits.
+        backoff = Backoff(self.busy_backoff_s, math.inf)
         for attempt in range(1, self.busy_retries + 2):
             now_us = int(self._wall() * 1_000_000)
             try:
@@ -212,6 +215,7 @@ class Ingest:
                 )
             except StoreBusyError as exc:
                 last = attempt > self.busy_retries
+                delay = backoff.delay(attempt)
                 self.stats.busy_retries += 0 if last else 1
                 log.warning(
                     "uplink store busy",
@@ -225,7 +229,6 @@ class Ingest:
                 if last:
                     break
                 await self._sleep(delay)
-                delay *= 2
             except IngestStoreError as exc:
                 log.error("uplink batch not stored", extra={**_ctx(batch), "error": str(exc)})
                 self.store_failing = True

@@ -557,7 +557,9 @@ class PostgresIngestStore(SqlIngestStore):
         # no trip column).
         with self._reader() as cur:
             self.upgrade_seen = self._pending_but(cur, COUNT_WHOLE)
-            return self._upgrading(cur) or self._refunds_upgrading(cur)
+            # The trip ledger's answer is whole while PRUNE or REFUNDS alone is left
+            # (`_upgrading`), the refunds' while any job but REFUNDS is: both only under PRUNE.
+            return self._pending_but(cur, (UpgradeJob.PRUNE,))
 
     def _lock_batch(self, db: Session, trips: Sequence[str], unnamed: Sequence[str]) -> None:
         """A refund of an exit that names no trip (`unnamed`: the exits' record ids) locks the

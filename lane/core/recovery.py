@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from lane.backoff import Backoff
 from lane.core import events as ev
 from lane.core.actions import (
     Action,
@@ -286,8 +287,8 @@ def _self_test_due(state: LaneState, now: float) -> Result:
     latch = state.latch
     if latch is None or now < latch.test_at or not _may_test(state):
         return state, []
-    backoff = _doubled(state, latch.backoff_s)
-    latch = replace(latch, test_at=now + backoff, backoff_s=backoff, asked=True)
+    tries = latch.tries + 1
+    latch = replace(latch, test_at=now + _wait(state, tries), tries=tries, asked=True)
     return query(replace(state, latch=latch), "self-test of a boom that did not open")
 
 
@@ -298,18 +299,15 @@ def _close_again_due(state: LaneState, now: float) -> Result:
     stuck = state.stuck_open
     if stuck is None or now < stuck.retry_at or not _empty(state):
         return state, []
-    backoff = _doubled(state, stuck.backoff_s)
-    state = replace(state, stuck_open=StuckOpen(now + backoff, backoff))
+    tries = stuck.tries + 1
+    state = replace(state, stuck_open=StuckOpen(now + _wait(state, tries), tries))
     return query(state, "close again: boom stuck open")
 
 
-def _first_wait(state: LaneState) -> float:
-    """The wait before the first self-test (or close again); each next one is `_doubled`."""
-    return min(state.rules.selftest_s, state.rules.selftest_max_s)
-
-
-def _doubled(state: LaneState, backoff_s: float) -> float:
-    return min(backoff_s * 2, state.rules.selftest_max_s)
+def _wait(state: LaneState, tries: int) -> float:
+    """The wait before the next self-test (or close again) after `tries` of them."""
+    rules = state.rules
+    return Backoff(rules.selftest_s, rules.selftest_max_s).delay(tries + 1)
 
 
 def _stuck_detail(state: LaneState, target: Position, after_s: float) -> str:
@@ -328,8 +326,7 @@ def _latch_terms(state: LaneState) -> str:
 def _not_closed(state: LaneState, now: float) -> Result:
     """The boom was commanded closed and not seen closed: `barrier_stuck_open` until it is.
     The lane asks the device at once (a lost report, or a boom up for nobody to close again)."""
-    first = _first_wait(state)
-    state = replace(state, stuck_open=StuckOpen(now + first, first))
+    state = replace(state, stuck_open=StuckOpen(now + _wait(state, 0)))
     detail = _stuck_detail(state, Position.CLOSED, state.rules.move_s)
     # Within the health message's text limit (barrier.messages.MAX_TEXT) at any setting.
     message = (
@@ -362,8 +359,7 @@ def _failed_open(state: LaneState, now: float, detail: str) -> Result:
 
 def _latch(state: LaneState, now: float) -> LaneState:
     """Latched: the self-tests start over from the shortest wait."""
-    first = _first_wait(state)
-    return replace(state, latch=StuckLatch(now + first, first))
+    return replace(state, latch=StuckLatch(now + _wait(state, 0)))
 
 
 def carried(state: LaneState, event: ev.LatchCarried, now: float) -> Result:

@@ -295,10 +295,11 @@ class StuckLatch:
     """The boom did not open when commanded: `barrier_stuck` holds until the device reports it
     open, whatever the lane wants of it meanwhile, so no further driver pays at a lane whose
     boom cannot rise. The lane tries the boom itself (a self-test: open, then close) when
-    nobody is there, at `test_at`; each try doubles `backoff_s` up to `selftest_max_s`."""
+    nobody is there, at `test_at`: `selftest_s` after the latch, then after twice the wait
+    with each of its `tries`, up to `selftest_max_s` (lane.backoff)."""
 
     test_at: float
-    backoff_s: float
+    tries: int = 0
     asked: bool = False  # a self-test's query is out: its snapshot may start the test
     test_id: str | None = None  # the cmd_id of the self-test's open, while it runs
 
@@ -308,11 +309,11 @@ class StuckOpen:
     """A close was not reached: `barrier_stuck_open` holds until the device reports the boom
     closed, whatever the lane commands meanwhile (a later open is "reached" at once under a boom
     that is up). Payments go on. While nobody is at the lane it asks the device at `retry_at`,
-    and the answer commands the close again (a boom up for nobody); each wait doubles
-    `backoff_s`, from `selftest_s` up to `selftest_max_s`, as the self-tests of a StuckLatch."""
+    and the answer commands the close again (a boom up for nobody), waiting after each of its
+    `tries` as the self-tests of a StuckLatch wait."""
 
     retry_at: float
-    backoff_s: float
+    tries: int = 0
 
 
 @dataclass(frozen=True)

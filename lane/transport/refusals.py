@@ -5,10 +5,11 @@ saying it, until someone changes its ACL. Retried at a reconnect's pace, a publi
 ten times a second and logged each no. So a link keeps here which of its topics are refused
 and why: each publisher that keeps its message for a retry waits `wait_s(topic)` (`backoff`:
 doubling with each refusal), one line is logged when a topic is refused
-(or refused for another reason) and one when it is accepted again, and `on_change` hears the
-alarm text naming the link (its client id), every refused topic and the broker's reason, or
-None once none is left. A lane has several links (barrier, uplink) and one alarm for them
-all: `alarm_on_refusals` gives it the text of every link with a refused topic.
+(or refused for another reason) and one when it is accepted again, and `on_change` hears that
+its refused topics changed. A lane has several links (barrier, uplink) and one alarm for them
+all: `alarm_on_refusals` gives it, at each change of any of them, the text naming each link
+with a refused topic (its client id), every refused topic and the broker's reason, or None
+once none is left.
 No clock is read: the waits are the publishers' to sleep.
 """
 
@@ -39,7 +40,7 @@ class Refusals:
     def __init__(self, client: str, backoff: Backoff = REFUSED_RETRY) -> None:
         self.client = client
         self.backoff = backoff
-        self.on_change: Callable[[str | None], None] | None = None
+        self.on_change: Callable[[], None] | None = None
         self._topics: dict[str, _Refused] = {}
 
     def refused(self, topic: str, reason: str) -> None:
@@ -65,9 +66,6 @@ class Refusals:
             return 0.0
         return self.backoff.delay(refused.times)
 
-    def text(self) -> str | None:
-        return refused_text([self])
-
     def part(self) -> str | None:
         """This link's part of the alarm text: its client id and what it may not publish."""
         if not self._topics:
@@ -77,7 +75,7 @@ class Refusals:
 
     def _changed(self) -> None:
         if self.on_change is not None:
-            self.on_change(self.text())
+            self.on_change()
 
 
 def refused_text(links: Iterable[Refusals]) -> str | None:
@@ -92,7 +90,7 @@ def alarm_on_refusals(links: Sequence[Refusals], alarm: Callable[[str | None], N
     """`alarm` hears, at each change of any of `links`, the text for all of them: one alarm
     that names each link still refused and clears once none is."""
 
-    def changed(_: str | None) -> None:
+    def changed() -> None:
         alarm(refused_text(links))
 
     for link in links:

@@ -5,9 +5,12 @@ child that keeps failing is given up, a clean exit rests, and stopping leaves no
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from sim.supervisor import Supervisor
 
@@ -57,11 +60,14 @@ async def test_a_crashed_child_is_restarted_and_stop_ends_it(tmp_path: Path) -> 
     assert child.exits[-1] != 0 and child.restarts == 1  # stopped, not restarted again
 
 
-async def test_a_child_that_keeps_failing_is_given_up() -> None:
+async def test_a_child_that_keeps_failing_is_given_up(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="lane.sim.supervisor")
     async with Supervisor(max_restarts=2, backoff_s=0.01) as sup:
         child = sup.start("bad", [sys.executable, "-c", "raise SystemExit(7)"])
         assert await sup.wait("bad") == 7
     assert child.exits == [7, 7, 7] and child.restarts == 2 and child.gave_up
+    restarts = [r for r in caplog.records if r.getMessage() == "child failed: restarting"]
+    assert [r.__dict__["retry_s"] for r in restarts] == [0.01, 0.02]  # each wait doubled
 
 
 async def test_a_clean_exit_is_not_restarted() -> None:

@@ -283,6 +283,9 @@ async def test_a_held_table_lock_times_out_with_a_clear_line_and_is_retried(
         assert busy and "lock timeout" in busy[0].__dict__["error"]
         assert busy[0].__dict__["lane"] == lane_id and busy[0].__dict__["attempt"] == 1
         assert w.ingest.stats.busy_retries >= w.ingest.busy_retries
+        # Each try of a batch waits twice the last before the next; the last waits for no try.
+        waits = {(r.__dict__["attempt"], r.__dict__["retry_s"]) for r in busy}
+        assert waits == {(1, 0.05), (2, 0.1), (3, 0.2), (4, None)}
         assert side.queue.batch(0, 100) == before  # nothing acked, nothing deleted
         locker.rollback()  # the lock is released: the lane's resend goes through
         await drained(side, store, lane_id, within=20)

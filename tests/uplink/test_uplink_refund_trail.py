@@ -181,5 +181,9 @@ def test_a_version_6_postgres_schema_is_marked_a_chunk_at_a_time_and_resumes(
         assert open_refunds(store).upgrading  # the answer says it is not whole yet
         assert not open_trips(store).upgrading  # the trips' answer is: no trip column waits
         assert store.upgrade_pending()  # and a worker's /metrics say so (upgrade_pending 1)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:  # the prune alone left
+            conn.execute("UPDATE lane_ingest.upgrade SET job = 'prune', after = NULL")
+        assert not open_refunds(store).upgrading and not open_trips(store).upgrading
+        assert not store.upgrade_pending()  # both answers whole: nothing to say
     finally:
         store.close()
