@@ -75,10 +75,10 @@ from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
-from lane.core.names import Alarm, PayloadKind, Position, Sensor
+from lane.core.names import PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
-from lane.disk_answer import clear_after_s, judged
+from lane.disk_answer import DiskPhase, clear_after_s, judged
 from lane.disk_probe import PROBE_FILE, DiskProbe
 from lane.durable import write_atomically
 from lane.health import disk_problem
@@ -567,6 +567,7 @@ class LaneDaemon:
         self.uplink_status: UplinkStatus | None = None  # the queue loop's last read
         self._uplink_down_since: float | None = None  # monotonic; None while connected
         self._disk_late_at: float | None = None  # monotonic: a disk call last seen late
+        self._disk_phase: DiskPhase | None = None  # what the core was last told of the disk
         self.sharing: UsedTokenSharing | None = None
         plaza = config.lane.plaza
         self._plaza_topics = (keys_topic(plaza), deny_topic(plaza))
@@ -1162,9 +1163,10 @@ class LaneDaemon:
 
     def _watch_disk(self) -> None:
         """A queue call or probe write unanswered past `disk_answer_s` raises
-        `disk_not_answering`; none seen waiting that long for the hold-off (`disk_clear_s`)
-        clears it. Reads what their callers wait for, never the disk."""
-        faulted = Alarm.DISK_NOT_ANSWERING in self.runner.state.faults
+        `disk_not_answering`; once the disk answers its text says so, and when the lane
+        reopens; none seen waiting that long for the hold-off (`disk_clear_s`) clears it. Reads
+        what their callers wait for, never the disk. The core is told each change of phase
+        only: the "unanswered for N s" of a text read again each tick moves every second."""
         now = self.clocks.monotonic()
         waits = (self.queue.waiting_since(), self.disk_probe.waiting_since())
         since = min((t for t in waits if t is not None), default=None)
@@ -1181,11 +1183,22 @@ class LaneDaemon:
             late_at=self._disk_late_at,
         )
         self._disk_late_at = answers.late_at
+        before, self._disk_phase = self._disk_phase, answers.phase
+        if answers.phase == before:
+            return
         extra = {"lane": self.lane, "path": str(data)}
-        if not faulted and answers.late is not None:
-            log.error("data directory not answering", extra={**extra, "error": answers.late})
+        if answers.late is not None:
+            said = (
+                "data directory not answering" if before is None else "data directory stalls again"
+            )
+            log.error(said, extra={**extra, "error": answers.late})
             self.runner.post(ev.DiskAnswering(answering=False, detail=answers.late))
-        elif faulted and not answers.holds:
+        elif answers.again is not None:
+            log.warning(
+                "data directory answers, lane held closed", extra={**extra, "error": answers.again}
+            )
+            self.runner.post(ev.DiskAnswersAgain(answers.again))
+        else:
             log.info("data directory answers again", extra=extra)
             self.runner.post(ev.DiskAnswering(answering=True))
 

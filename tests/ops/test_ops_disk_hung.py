@@ -235,7 +235,9 @@ async def test_a_disk_that_hangs_twice_in_quick_succession_closes_the_lane_once(
 ) -> None:
     """A slow disk, late, answering, late again: the fault used to clear between the two
     (payments let in for a moment) and be raised again. It is raised once and cleared once,
-    `disk_clear_s` after a call was last seen late."""
+    `disk_clear_s` after a call was last seen late. While the hold-off runs its text says the
+    disk answers again and when the lane reopens (it used to say "does not answer" still),
+    and says "does not answer" again when the disk stalls again."""
     caplog.set_level(logging.INFO, logger="lane")
     async with serving_lane(tmp_path, mosquitto, lane_id, 1, disk_clear_s=10) as lane:
         daemon = lane.daemon
@@ -245,13 +247,34 @@ async def test_a_disk_that_hangs_twice_in_quick_succession_closes_the_lane_once(
             since = probe.waiting_since()
             return since is not None and daemon.clocks.monotonic() - since > 1.5
 
+        def text() -> str:
+            return daemon.runner.alarms.get("disk_not_answering", "")
+
+        late = f"data directory does not answer: {ext4_fs}: "
+        again = f"data directory answers again: {ext4_fs}: the lane reopens at "
         for _ in range(2):
             with frozen(ext4_fs):
                 await eventually(probe_late, within=20, what="a probe write late")
-                await eventually(lambda: "disk_not_answering" in daemon.runner.alarms)
+                await eventually(lambda: text().startswith(late), what=f"late; said {text()!r}")
             await eventually(lambda: probe.waiting_since() is None, what="the probe answered")
-        await eventually(lambda: "disk_not_answering" not in daemon.runner.alarms, within=20)
+            await eventually(lambda: text().startswith(again), what=f"again; said {text()!r}")
+            assert text().endswith(" UTC unless it stalls again")
+            status, body = await lane.get("/readyz")
+            assert status == 503 and "answers again" in body
+        reopens = text().removeprefix(again).split(" ")[0]
+        await eventually(lambda: text() == "", within=20, every=0.05)
+        cleared = time.strftime("%H:%M:%S", time.gmtime())
+        late_by = (_seconds(cleared) - _seconds(reopens) + 43200) % 86400 - 43200
+        assert -1 <= late_by <= 2, (reopens, cleared)
         assert await lane.serve("token") == "barrier_opened"
         said = [r.getMessage() for r in caplog.records if r.name == "lane.daemon"]
         assert said.count("data directory not answering") == 1, said
+        assert said.count("data directory stalls again") == 1, said
+        assert said.count("data directory answers, lane held closed") == 2, said
         assert said.count("data directory answers again") == 1, said
+
+
+def _seconds(clock: str) -> int:
+    """HH:MM:SS as seconds of the day."""
+    h, m, s = (int(part) for part in clock.split(":"))
+    return h * 3600 + m * 60 + s
