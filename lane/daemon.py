@@ -531,7 +531,9 @@ class LaneDaemon:
         self.shutdown_grace_s = shutdown_grace_s
         self._closing = closing
         self.queue = queue
-        self.disk_probe = DiskProbe(self.lane, config.lane.data_dir, clocks.monotonic)
+        self.disk_probe = DiskProbe(
+            self.lane, config.lane.data_dir, clocks.monotonic, queue.wrote_at
+        )
         self.replay = opened.replay
         self.payments_store = opened.payments_store
         self.source = opened.source

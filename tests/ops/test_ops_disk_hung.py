@@ -26,6 +26,7 @@ from polling import eventually
 from test_ops_disk_full import metric_alarm, noted_record_ids, stored_record_ids
 
 from barrier.messages import LaneStatus
+from lane.disk_probe import PROBE_EVERY_S
 from sim.broker import Mosquitto
 from sim.camera import frame_for
 
@@ -278,3 +279,32 @@ def _seconds(clock: str) -> int:
     """HH:MM:SS as seconds of the day."""
     h, m, s = (int(part) for part in clock.split(":"))
     return h * 3600 + m * 60 + s
+
+
+async def test_a_busy_lane_s_records_stand_for_the_disk_probe_and_an_idle_lane_is_probed(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    ext4_fs: Path,
+) -> None:
+    """The probe fsynced every 5 s while the queue wrote all the time (an SD card's wear, and
+    nothing learnt): a queue write within the probe's period is the disk's answer, the probe
+    skips its own. Once the lane is idle it probes again, and sees the disk freeze."""
+    async with serving_lane(tmp_path, mosquitto, lane_id, 1) as lane:
+        daemon = lane.daemon
+        probe = daemon.disk_probe
+        writes = probe.writes
+        busy_until = time.monotonic() + 3 * PROBE_EVERY_S
+        served = 0
+        while time.monotonic() < busy_until:  # one record every second or two
+            assert await lane.serve("token") == "barrier_opened"
+            served += 1
+        assert served >= 3 and probe.writes == writes, (served, probe.writes - writes)
+
+        # Idle: probed again, and a freeze seen by the probe alone (the queue waits on nothing).
+        await eventually(lambda: probe.writes > writes, within=3 * PROBE_EVERY_S)
+        with frozen(ext4_fs):
+            await eventually(lambda: "disk_not_answering" in daemon.runner.alarms, within=20)
+            assert daemon.queue.waiting_since() is None
+            assert probe.waiting_since() is not None
+        await eventually(lambda: "disk_not_answering" not in daemon.runner.alarms, within=20)
