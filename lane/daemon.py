@@ -6,7 +6,8 @@ nothing patched afterwards; what it opened is closed again, in reverse, if a lat
 `LaneDaemon.run` supervises the adapters in one TaskGroup and shuts down cleanly on
 SIGTERM/SIGINT: no new vehicles, the vehicle in progress finishes (bounded by a grace period on
 the lane's clock), records are already durable, the retained status says offline, exit 0;
-`aclose()` then closes what `build` opened, in reverse.
+`aclose()` then closes what `build` opened, in reverse; on a data directory that does not
+answer it gives up after STORES_CLOSE_S, says so, and `lane run` exits 3 at once.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import aiohttp
 import uvloop
@@ -103,6 +104,7 @@ from lane.trip_desk import TripDesk
 from lane.verifier import TokenVerifier
 from lane.wire import topics
 from lane.wire.ids import new_id
+from lane.wire.utc import since_utc
 from scanner.change_gate import GateSettings
 from scanner.decoders import make_decoder
 from scanner.health import SourceEvent, StallWatch
@@ -140,8 +142,22 @@ HEALTH_EVERY_S = 1.0
 UPLINK_DOWN_AFTER_KEEPALIVES = 1.5
 
 
+# Stopping, the stores' closing waits this long for the data directory, then gives up on a
+# hung disk: after the vehicle's grace (10 s), within systemd's TimeoutStopSec (20 s). What is
+# still waiting is said after STORES_SAY_AFTER_S.
+STORES_CLOSE_S = 5.0
+STORES_SAY_AFTER_S = 1.0
+# `lane run`'s exit when its stores did not close on a disk that does not answer.
+EXIT_DISK_HUNG = 3
+
+
 class Shutdown(Exception):  # noqa: N818 - a signal, not an error
     """Raised inside the TaskGroup to stop every task once the lane is quiet."""
+
+
+class StoresHungError(Exception):
+    """Stopping, the stores did not close within STORES_CLOSE_S: the data directory does not
+    answer. What the lane says, in its text; the threads waiting on the disk are left to it."""
 
 
 @dataclass
@@ -570,6 +586,7 @@ class LaneDaemon:
         self._uplink_down_since: float | None = None  # monotonic; None while connected
         self._disk_late_at: float | None = None  # monotonic: a disk call last seen late
         self._disk_phase: DiskPhase | None = None  # what the core was last told of the disk
+        self._closing_now = ""  # what the stores' closing waits for (the stop's words)
         self.sharing: UsedTokenSharing | None = None
         plaza = config.lane.plaza
         self._plaza_topics = (keys_topic(plaza), deny_topic(plaza))
@@ -1029,15 +1046,54 @@ class LaneDaemon:
     async def aclose(self) -> None:
         """Close in the reverse order of construction; the stores `build` opened go last.
 
-        Safe to call twice and on a lane that never ran."""
+        Safe to call twice and on a lane that never ran. On a hung disk the stores' closing
+        would wait for as long as it hangs (systemd then kills the lane without a word): it
+        says what it waits for after STORES_SAY_AFTER_S and gives up after STORES_CLOSE_S,
+        raising StoresHungError. What was written is on disk already (every record is
+        committed with an fsync before it counts); what waits cannot be written anyway."""
         await self.pipeline.aclose()
-        await self.resolver.stop()  # its store worker finishes before the store closes
         await self.http.close()
+        closing = asyncio.ensure_future(self._close_stores())
+        await asyncio.wait([closing], timeout=STORES_SAY_AFTER_S)
+        extra = {"lane": self.lane, "path": str(self.config.lane.data_dir)}
+        if not closing.done():
+            waits = self._disk_waits()
+            log.warning("lane stopping: waiting for the data directory", extra={**extra, **waits})
+            await asyncio.wait([closing], timeout=STORES_CLOSE_S - STORES_SAY_AFTER_S)
+        if not closing.done():
+            closing.cancel()
+            waits = self._disk_waits()
+            log.error("lane stopped with its stores open", extra={**extra, **waits})
+            raise StoresHungError(
+                f"{self.config.lane.data_dir} does not answer: stopped without closing the"
+                f" stores after {STORES_CLOSE_S:g} s, waiting for {waits['waiting']}; every record"
+                " written before it hung is on disk, what waits for it cannot be written on a"
+                " disk that does not answer; threads stuck in it hold the process until it does"
+            )
+        closing.result()
+
+    async def _close_stores(self) -> None:
+        self._closing_now = "the payment resolver's store writes"
+        await self.resolver.stop()  # its store worker finishes before the store closes
+        self._closing_now = "the record queue's close"
         await self.queue.aclose()  # opened last by build: closed first
+        self._closing_now = "the payments and replay stores' close"
+        # Off the loop: a store's last write may wait on the disk.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-close")
         try:
-            self._closing.close()  # payments store, replay store
+            await asyncio.get_running_loop().run_in_executor(executor, self._closing.close)
         except Exception:
             log.exception("close failed", extra={"lane": self.lane})
+        finally:
+            executor.shutdown(wait=False)
+
+    def _disk_waits(self) -> dict[str, str]:
+        """What the stop waits for on the data directory now, for its words."""
+        since = self.queue.waiting_since()
+        if since is None:
+            return {"waiting": self._closing_now}
+        when = since_utc(since, self.clocks.monotonic(), self.clocks.wall())
+        return {"waiting": f"{self._closing_now}, behind a queue call since {when}"}
 
     # --- status ---------------------------------------------------------------------------
 
@@ -1372,11 +1428,22 @@ def main(argv: list[str]) -> int:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # each failure logged already
             systemd.close()
+        if code == EXIT_DISK_HUNG:
+            _exit_leaving_the_disk(code)
         failed = any(not t.cancelled() and t.exception() is not None for t in tasks)
         return 1 if failed else code
 
     code: int = run_with_uvloop(serve)
     return code
+
+
+def _exit_leaving_the_disk(code: int) -> NoReturn:
+    """Exit now, leaving the threads stuck in a hung disk: Python's own exit joins them (the
+    loop's default executor, every ThreadPoolExecutor at exit) for as long as it hangs."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _end_if_failed(
@@ -1425,8 +1492,14 @@ async def _serve(config: LaneConfig, stop: asyncio.Event, systemd: SystemdNotifi
     # From here on FFmpeg's and OpenCV's stderr lines become JSON events; the lane's own
     # words to the operator at start and exit (above) stay plain stderr.
     capture_native_stderr()
+    hung: StoresHungError | None = None
     try:
         await daemon.run(stop)
+    except StoresHungError as exc:
+        hung = exc
     finally:
         release_native_stderr()
+    if hung is not None:
+        print(f"lane: {hung}", file=sys.stderr)
+        return EXIT_DISK_HUNG
     return 0

@@ -151,8 +151,11 @@ class QueueThread:
         executor, self._executor = self._executor, None
         try:
             await asyncio.get_running_loop().run_in_executor(executor, self.sync.close)
-        finally:
-            executor.shutdown(wait=True)
+        except BaseException:
+            # Cancelled behind a call stuck in a hung disk: its thread is left to the disk.
+            executor.shutdown(wait=False)
+            raise
+        executor.shutdown(wait=True)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[int], object], arg: int) -> None:
