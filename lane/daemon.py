@@ -1337,8 +1337,7 @@ async def wait_for_data_dir(
                 break
             problem: str | None
             if not check.done():
-                problem = f"does not answer: nothing back from it for {answer_s:g} s (a hung disk?)"
-                then = "waiting for it"
+                problem, then = _not_answering(answer_s), "waiting for it"
             else:
                 problem, check = check.result(), None
                 then = f"trying again every {DATA_DIR_RETRY_S:g} s"
@@ -1349,11 +1348,7 @@ async def wait_for_data_dir(
                 return True
             if problem != said:
                 said = problem
-                if systemd is not None:
-                    systemd.status = partial(str, f"cannot start yet: {data}: {problem}")
-                extra = {"lane": config.lane.id, "error": f"{data}: {problem}"}
-                log.error("lane cannot start yet", extra={**extra, "retry_s": DATA_DIR_RETRY_S})
-                print(f"lane: cannot start yet: {data}: {problem}; {then}", file=sys.stderr)
+                _cannot_start_yet(config, systemd, problem, then)
             if check is None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(DATA_DIR_RETRY_S):
@@ -1363,6 +1358,40 @@ async def wait_for_data_dir(
         stopped.cancel()
         # A check stuck in a hung disk keeps its thread until the disk answers: not waited.
         executor.shutdown(wait=False)
+
+
+async def build_saying_why(
+    config: LaneConfig, systemd: SystemdNotifier | None = None
+) -> LaneDaemon:
+    """`build(config)`, saying past `lane.disk_answer_s` that the data directory does not
+    answer, as the start's check says it: a disk may hang between that check and the stores'
+    opening, which waits for it (systemd's status said only "opening the stores")."""
+    building = asyncio.ensure_future(build(config))
+    answer_s = config.lane.disk_answer_s
+    await asyncio.wait([building], timeout=answer_s)
+    if building.done():
+        return building.result()
+    _cannot_start_yet(config, systemd, _not_answering(answer_s), "waiting for it")
+    daemon = await building
+    extra = {"lane": config.lane.id, "path": str(config.lane.data_dir)}
+    log.info("data directory usable", extra=extra)
+    return daemon
+
+
+def _not_answering(answer_s: float) -> str:
+    return f"does not answer: nothing back from it for {answer_s:g} s (a hung disk?)"
+
+
+def _cannot_start_yet(
+    config: LaneConfig, systemd: SystemdNotifier | None, problem: str, then: str
+) -> None:
+    """Why the lane cannot start yet, on stderr, in the log and in systemd's status."""
+    data = config.lane.data_dir
+    if systemd is not None:
+        systemd.status = partial(str, f"cannot start yet: {data}: {problem}")
+    extra = {"lane": config.lane.id, "error": f"{data}: {problem}"}
+    log.error("lane cannot start yet", extra={**extra, "retry_s": DATA_DIR_RETRY_S})
+    print(f"lane: cannot start yet: {data}: {problem}; {then}", file=sys.stderr)
 
 
 def _data_dir_problem(data: Path) -> str | None:
@@ -1483,7 +1512,7 @@ async def _serve(config: LaneConfig, stop: asyncio.Event, systemd: SystemdNotifi
         return 0  # stopped while waiting: nothing was opened
     systemd.status = partial(str, "opening the stores")
     try:
-        daemon = await build(config)
+        daemon = await build_saying_why(config, systemd)
     except STARTUP_ERRORS as exc:
         log.error("lane cannot start", extra={"lane": config.lane.id, "error": str(exc)})
         print(f"lane: cannot start: {exc}", file=sys.stderr)

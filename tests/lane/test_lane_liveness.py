@@ -27,7 +27,7 @@ from test_lane_heal import back_and_paying, lane_processes, pays, quiet
 
 from barrier.messages import LaneStatus
 from lane.config import parse_config
-from lane.daemon import wait_for_data_dir
+from lane.daemon import build_saying_why, wait_for_data_dir
 from lane.runner import Clocks
 from lane.sd_notify import SystemdNotifier
 from scanner.sources import Item, PushSource
@@ -344,6 +344,28 @@ async def test_a_lane_started_on_a_hung_disk_says_so_and_starts_once_it_answers(
         assert not waiting.done()  # safe: nothing opened on it
     assert await asyncio.wait_for(waiting, 30) is True
     assert (ext4_fs / "disk-probe").exists()  # the check's own write went through
+
+
+async def test_a_disk_that_hangs_as_the_stores_open_is_said_as_the_start_s_check_says_it(
+    ext4_fs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The data directory answered the start's check, then hangs as the stores open: that wait
+    said only systemd's "opening the stores"; now it says the check's line past
+    `disk_answer_s`, and the lane goes on once the disk answers."""
+    lane = {"id": "p01/l01", "data_dir": str(ext4_fs), "disk_answer_s": 1}
+    config = parse_config({"lane": lane, "auth": {"accept_unsigned_peers": True}})
+    systemd = SystemdNotifier({})
+    stop = asyncio.Event()
+    assert await wait_for_data_dir(config, stop, systemd) is True  # the check answers
+    with frozen(ext4_fs):
+        building = asyncio.create_task(build_saying_why(config, systemd))
+        await eventually(lambda: "does not answer" in systemd.status(), within=10)
+        said = f"cannot start yet: {ext4_fs}: does not answer: nothing back from it for 1 s"
+        assert systemd.status().startswith(said)
+        assert f"lane: {said} (a hung disk?); waiting for it" in capsys.readouterr().err
+        assert not building.done()
+    daemon = await asyncio.wait_for(building, 30)
+    await daemon.aclose()
 
 
 def process_state(pid: int) -> str:
