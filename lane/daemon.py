@@ -1052,7 +1052,6 @@ class LaneDaemon:
         raising StoresHungError. What was written is on disk already (every record is
         committed with an fsync before it counts); what waits cannot be written anyway."""
         await self.pipeline.aclose()
-        await self.http.close()
         closing = asyncio.ensure_future(self._close_stores())
         await asyncio.wait([closing], timeout=STORES_SAY_AFTER_S)
         extra = {"lane": self.lane, "path": str(self.config.lane.data_dir)}
@@ -1075,6 +1074,7 @@ class LaneDaemon:
     async def _close_stores(self) -> None:
         self._closing_now = "the payment resolver's store writes"
         await self.resolver.stop()  # its store worker finishes before the store closes
+        await self.http.close()  # after the resolver, whose tasks it serves
         self._closing_now = "the record queue's close"
         await self.queue.aclose()  # opened last by build: closed first
         self._closing_now = "the payments and replay stores' close"
