@@ -6,7 +6,8 @@ nothing patched afterwards; what it opened is closed again, in reverse, if a lat
 `LaneDaemon.run` supervises the adapters in one TaskGroup and shuts down cleanly on
 SIGTERM/SIGINT: no new vehicles, the vehicle in progress finishes (bounded by a grace period on
 the lane's clock), records are already durable, the retained status says offline, exit 0;
-`aclose()` then closes what `build` opened, in reverse.
+`aclose()` then closes what `build` opened, in reverse; on a data directory that does not
+answer it gives up after STORES_CLOSE_S, says so, and `lane run` exits 3 at once.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import aiohttp
 import uvloop
@@ -75,10 +76,10 @@ from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
-from lane.core.names import Alarm, PayloadKind, Position, Sensor
+from lane.core.names import PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
-from lane.disk_answer import clear_after_s, judged
+from lane.disk_answer import DiskPhase, clear_after_s, judged
 from lane.disk_probe import PROBE_FILE, DiskProbe
 from lane.durable import write_atomically
 from lane.health import disk_problem
@@ -103,6 +104,7 @@ from lane.trip_desk import TripDesk
 from lane.verifier import TokenVerifier
 from lane.wire import topics
 from lane.wire.ids import new_id
+from lane.wire.utc import since_utc
 from scanner.change_gate import GateSettings
 from scanner.decoders import make_decoder
 from scanner.health import SourceEvent, StallWatch
@@ -140,8 +142,22 @@ HEALTH_EVERY_S = 1.0
 UPLINK_DOWN_AFTER_KEEPALIVES = 1.5
 
 
+# Stopping, the stores' closing waits this long for the data directory, then gives up on a
+# hung disk: after the vehicle's grace (10 s), within systemd's TimeoutStopSec (20 s). What is
+# still waiting is said after STORES_SAY_AFTER_S.
+STORES_CLOSE_S = 5.0
+STORES_SAY_AFTER_S = 1.0
+# `lane run`'s exit when its stores did not close on a disk that does not answer.
+EXIT_DISK_HUNG = 3
+
+
 class Shutdown(Exception):  # noqa: N818 - a signal, not an error
     """Raised inside the TaskGroup to stop every task once the lane is quiet."""
+
+
+class StoresHungError(Exception):
+    """Stopping, the stores did not close within STORES_CLOSE_S: the data directory does not
+    answer. What the lane says, in its text; the threads waiting on the disk are left to it."""
 
 
 @dataclass
@@ -531,7 +547,9 @@ class LaneDaemon:
         self.shutdown_grace_s = shutdown_grace_s
         self._closing = closing
         self.queue = queue
-        self.disk_probe = DiskProbe(self.lane, config.lane.data_dir, clocks.monotonic)
+        self.disk_probe = DiskProbe(
+            self.lane, config.lane.data_dir, clocks.monotonic, queue.wrote_at
+        )
         self.replay = opened.replay
         self.payments_store = opened.payments_store
         self.source = opened.source
@@ -567,6 +585,8 @@ class LaneDaemon:
         self.uplink_status: UplinkStatus | None = None  # the queue loop's last read
         self._uplink_down_since: float | None = None  # monotonic; None while connected
         self._disk_late_at: float | None = None  # monotonic: a disk call last seen late
+        self._disk_phase: DiskPhase | None = None  # what the core was last told of the disk
+        self._closing_now = ""  # what the stores' closing waits for (the stop's words)
         self.sharing: UsedTokenSharing | None = None
         plaza = config.lane.plaza
         self._plaza_topics = (keys_topic(plaza), deny_topic(plaza))
@@ -1026,15 +1046,54 @@ class LaneDaemon:
     async def aclose(self) -> None:
         """Close in the reverse order of construction; the stores `build` opened go last.
 
-        Safe to call twice and on a lane that never ran."""
+        Safe to call twice and on a lane that never ran. On a hung disk the stores' closing
+        would wait for as long as it hangs (systemd then kills the lane without a word): it
+        says what it waits for after STORES_SAY_AFTER_S and gives up after STORES_CLOSE_S,
+        raising StoresHungError. What was written is on disk already (every record is
+        committed with an fsync before it counts); what waits cannot be written anyway."""
         await self.pipeline.aclose()
+        closing = asyncio.ensure_future(self._close_stores())
+        await asyncio.wait([closing], timeout=STORES_SAY_AFTER_S)
+        extra = {"lane": self.lane, "path": str(self.config.lane.data_dir)}
+        if not closing.done():
+            waits = self._disk_waits()
+            log.warning("lane stopping: waiting for the data directory", extra={**extra, **waits})
+            await asyncio.wait([closing], timeout=STORES_CLOSE_S - STORES_SAY_AFTER_S)
+        if not closing.done():
+            closing.cancel()
+            waits = self._disk_waits()
+            log.error("lane stopped with its stores open", extra={**extra, **waits})
+            raise StoresHungError(
+                f"{self.config.lane.data_dir} does not answer: stopped without closing the"
+                f" stores after {STORES_CLOSE_S:g} s, waiting for {waits['waiting']}; every record"
+                " written before it hung is on disk, what waits for it cannot be written on a"
+                " disk that does not answer; threads stuck in it hold the process until it does"
+            )
+        closing.result()
+
+    async def _close_stores(self) -> None:
+        self._closing_now = "the payment resolver's store writes"
         await self.resolver.stop()  # its store worker finishes before the store closes
-        await self.http.close()
+        await self.http.close()  # after the resolver, whose tasks it serves
+        self._closing_now = "the record queue's close"
         await self.queue.aclose()  # opened last by build: closed first
+        self._closing_now = "the payments and replay stores' close"
+        # Off the loop: a store's last write may wait on the disk.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-close")
         try:
-            self._closing.close()  # payments store, replay store
+            await asyncio.get_running_loop().run_in_executor(executor, self._closing.close)
         except Exception:
             log.exception("close failed", extra={"lane": self.lane})
+        finally:
+            executor.shutdown(wait=False)
+
+    def _disk_waits(self) -> dict[str, str]:
+        """What the stop waits for on the data directory now, for its words."""
+        since = self.queue.waiting_since()
+        if since is None:
+            return {"waiting": self._closing_now}
+        when = since_utc(since, self.clocks.monotonic(), self.clocks.wall())
+        return {"waiting": f"{self._closing_now}, behind a queue call since {when}"}
 
     # --- status ---------------------------------------------------------------------------
 
@@ -1164,9 +1223,10 @@ class LaneDaemon:
 
     def _watch_disk(self) -> None:
         """A queue call or probe write unanswered past `disk_answer_s` raises
-        `disk_not_answering`; none seen waiting that long for the hold-off (`disk_clear_s`)
-        clears it. Reads what their callers wait for, never the disk."""
-        faulted = Alarm.DISK_NOT_ANSWERING in self.runner.state.faults
+        `disk_not_answering`; once the disk answers its text says so, and when the lane
+        reopens; none seen waiting that long for the hold-off (`disk_clear_s`) clears it. Reads
+        what their callers wait for, never the disk. The core is told each change of phase
+        only: the "unanswered for N s" of a text read again each tick moves every second."""
         now = self.clocks.monotonic()
         waits = (self.queue.waiting_since(), self.disk_probe.waiting_since())
         since = min((t for t in waits if t is not None), default=None)
@@ -1183,11 +1243,22 @@ class LaneDaemon:
             late_at=self._disk_late_at,
         )
         self._disk_late_at = answers.late_at
+        before, self._disk_phase = self._disk_phase, answers.phase
+        if answers.phase == before:
+            return
         extra = {"lane": self.lane, "path": str(data)}
-        if not faulted and answers.late is not None:
-            log.error("data directory not answering", extra={**extra, "error": answers.late})
+        if answers.late is not None:
+            said = (
+                "data directory not answering" if before is None else "data directory stalls again"
+            )
+            log.error(said, extra={**extra, "error": answers.late})
             self.runner.post(ev.DiskAnswering(answering=False, detail=answers.late))
-        elif faulted and not answers.holds:
+        elif answers.again is not None:
+            log.warning(
+                "data directory answers, lane held closed", extra={**extra, "error": answers.again}
+            )
+            self.runner.post(ev.DiskAnswersAgain(answers.again))
+        else:
             log.info("data directory answers again", extra=extra)
             self.runner.post(ev.DiskAnswering(answering=True))
 
@@ -1268,8 +1339,7 @@ async def wait_for_data_dir(
                 break
             problem: str | None
             if not check.done():
-                problem = f"does not answer: nothing back from it for {answer_s:g} s (a hung disk?)"
-                then = "waiting for it"
+                problem, then = _not_answering(answer_s), "waiting for it"
             else:
                 problem, check = check.result(), None
                 then = f"trying again every {DATA_DIR_RETRY_S:g} s"
@@ -1280,11 +1350,7 @@ async def wait_for_data_dir(
                 return True
             if problem != said:
                 said = problem
-                if systemd is not None:
-                    systemd.status = partial(str, f"cannot start yet: {data}: {problem}")
-                extra = {"lane": config.lane.id, "error": f"{data}: {problem}"}
-                log.error("lane cannot start yet", extra={**extra, "retry_s": DATA_DIR_RETRY_S})
-                print(f"lane: cannot start yet: {data}: {problem}; {then}", file=sys.stderr)
+                _cannot_start_yet(config, systemd, problem, then)
             if check is None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(DATA_DIR_RETRY_S):
@@ -1294,6 +1360,40 @@ async def wait_for_data_dir(
         stopped.cancel()
         # A check stuck in a hung disk keeps its thread until the disk answers: not waited.
         executor.shutdown(wait=False)
+
+
+async def build_saying_why(
+    config: LaneConfig, systemd: SystemdNotifier | None = None
+) -> LaneDaemon:
+    """`build(config)`, saying past `lane.disk_answer_s` that the data directory does not
+    answer, as the start's check says it: a disk may hang between that check and the stores'
+    opening, which waits for it (systemd's status said only "opening the stores")."""
+    building = asyncio.ensure_future(build(config))
+    answer_s = config.lane.disk_answer_s
+    await asyncio.wait([building], timeout=answer_s)
+    if building.done():
+        return building.result()
+    _cannot_start_yet(config, systemd, _not_answering(answer_s), "waiting for it")
+    daemon = await building
+    extra = {"lane": config.lane.id, "path": str(config.lane.data_dir)}
+    log.info("data directory usable", extra=extra)
+    return daemon
+
+
+def _not_answering(answer_s: float) -> str:
+    return f"does not answer: nothing back from it for {answer_s:g} s (a hung disk?)"
+
+
+def _cannot_start_yet(
+    config: LaneConfig, systemd: SystemdNotifier | None, problem: str, then: str
+) -> None:
+    """Why the lane cannot start yet, on stderr, in the log and in systemd's status."""
+    data = config.lane.data_dir
+    if systemd is not None:
+        systemd.status = partial(str, f"cannot start yet: {data}: {problem}")
+    extra = {"lane": config.lane.id, "error": f"{data}: {problem}"}
+    log.error("lane cannot start yet", extra={**extra, "retry_s": DATA_DIR_RETRY_S})
+    print(f"lane: cannot start yet: {data}: {problem}; {then}", file=sys.stderr)
 
 
 def _data_dir_problem(data: Path) -> str | None:
@@ -1359,11 +1459,22 @@ def main(argv: list[str]) -> int:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # each failure logged already
             systemd.close()
+        if code == EXIT_DISK_HUNG:
+            _exit_leaving_the_disk(code)
         failed = any(not t.cancelled() and t.exception() is not None for t in tasks)
         return 1 if failed else code
 
     code: int = run_with_uvloop(serve)
     return code
+
+
+def _exit_leaving_the_disk(code: int) -> NoReturn:
+    """Exit now, leaving the threads stuck in a hung disk: Python's own exit joins them (the
+    loop's default executor, every ThreadPoolExecutor at exit) for as long as it hangs."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _end_if_failed(
@@ -1403,7 +1514,7 @@ async def _serve(config: LaneConfig, stop: asyncio.Event, systemd: SystemdNotifi
         return 0  # stopped while waiting: nothing was opened
     systemd.status = partial(str, "opening the stores")
     try:
-        daemon = await build(config)
+        daemon = await build_saying_why(config, systemd)
     except STARTUP_ERRORS as exc:
         log.error("lane cannot start", extra={"lane": config.lane.id, "error": str(exc)})
         print(f"lane: cannot start: {exc}", file=sys.stderr)
@@ -1412,8 +1523,14 @@ async def _serve(config: LaneConfig, stop: asyncio.Event, systemd: SystemdNotifi
     # From here on FFmpeg's and OpenCV's stderr lines become JSON events; the lane's own
     # words to the operator at start and exit (above) stay plain stderr.
     capture_native_stderr()
+    hung: StoresHungError | None = None
     try:
         await daemon.run(stop)
+    except StoresHungError as exc:
+        hung = exc
     finally:
         release_native_stderr()
+    if hung is not None:
+        print(f"lane: {hung}", file=sys.stderr)
+        return EXIT_DISK_HUNG
     return 0

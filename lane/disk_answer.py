@@ -7,15 +7,18 @@ probe (lane.disk_probe) say since when their oldest unanswered call waits; past 
 lane raises `disk_not_answering`, a payment fault, with the text made here, and clears it once
 no call has waited that long for `hold_s` (`clear_after_s`). Clearing as soon as the late call
 answers would flap on a slow disk whose every write takes a little longer than `after_s` but
-ends: each clear let a payment start, each raise closed the lane again.
+ends: each clear let a payment start, each raise closed the lane again. Meanwhile the alarm
+says so (`DiskPhase.AGAIN`): the disk answers, and when the lane reopens unless it stalls again.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
-from lane.wire.utc import since_utc
+from lane.wire.utc import clock_utc, since_utc
 
 
 def clear_after_s(after_s: float, clear_s: float) -> float:
@@ -24,19 +27,35 @@ def clear_after_s(after_s: float, clear_s: float) -> float:
     return max(after_s, clear_s)
 
 
+class DiskPhase(StrEnum):
+    """What the alarm says while the fault holds."""
+
+    LATE = "late"  # a call waits past the limit now
+    AGAIN = "again"  # the disk answers; the hold-off runs
+
+
 @dataclass(frozen=True)
 class DiskAnswers:
     """One health tick's judgement: `late_at`, the monotonic time a call was last seen waiting
     past the limit (the next tick's input), None once the hold-off is over; `late`, the
-    alarm's text while a call waits past the limit now."""
+    alarm's text while a call waits past the limit now; `again`, its text while the hold-off
+    runs after the disk answered."""
 
     late_at: float | None
     late: str | None
+    again: str | None = None
 
     @property
     def holds(self) -> bool:
         """The fault holds: raised by a late call, not yet cleared by the hold-off."""
         return self.late_at is not None
+
+    @property
+    def phase(self) -> DiskPhase | None:
+        """None while the fault does not hold."""
+        if self.late is not None:
+            return DiskPhase.LATE
+        return DiskPhase.AGAIN if self.holds else None
 
 
 def judged(
@@ -57,7 +76,14 @@ def judged(
         return DiskAnswers(now, text)
     if late_at is None or now - late_at >= hold_s:
         return DiskAnswers(None, None)
-    return DiskAnswers(late_at, None)
+    return DiskAnswers(late_at, None, answers_again(data_dir, late_at + hold_s, now, wall))
+
+
+def answers_again(data_dir: Path, reopens: float, now: float, wall: float) -> str:
+    """The alarm's detail while the hold-off runs: the lane reopens at monotonic `reopens`
+    (the health tick that sees it over comes within a second of it: rounded up)."""
+    at = clock_utc(math.ceil(wall + reopens - now))
+    return f"{data_dir}: the lane reopens at {at} unless it stalls again"
 
 
 def not_answering(

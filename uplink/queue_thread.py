@@ -11,7 +11,8 @@ A disk that stops answering (a frozen file system, a dead NFS server, an SD card
 blocks the one thread in a write or fsync: every call after it waits in line, no new thread is
 made, nothing is lost. `waiting_since()` says, without waiting, since when (on the clock given)
 the oldest call not yet answered was made: the lane's health loop raises `disk_not_answering`
-from it.
+from it. `wrote_at()` says when a write last went through: on a busy lane that is the disk
+answering already, and the lane's disk probe (lane.disk_probe) skips its own write.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class QueueThread:
         self._clock = clock
         self._numbers = itertools.count()
         self._made: dict[int, float] = {}  # calls not answered yet: when each was made
+        self._wrote_at: float | None = None
 
     @classmethod
     async def open(
@@ -66,6 +68,18 @@ class QueueThread:
     def waiting_since(self) -> float | None:
         """When the oldest call not answered yet was made, or None when none waits."""
         return min(self._made.values(), default=None)
+
+    def wrote_at(self) -> float | None:
+        """When (on the clock given) a write last went through to the disk, or None before
+        the first: an fsynced commit (a record, an ack), not `served`'s, which may end in the
+        page cache of a disk that no longer answers."""
+        return self._wrote_at
+
+    async def _write(self, fn: Callable[..., T], *args: object) -> T:
+        """A call that commits with an fsync: its return is the disk's answer."""
+        result = await self._call(fn, *args)
+        self._wrote_at = self._clock()
+        return result
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         if self._executor is None:
@@ -104,10 +118,10 @@ class QueueThread:
         ends_owed: str | None = None,
         owed_pass: str | None = None,
     ) -> Record:
-        return await self._call(self.sync.append, draft, owes, ends_owed, owed_pass)
+        return await self._write(self.sync.append, draft, owes, ends_owed, owed_pass)
 
     async def append_once(self, draft: RecordDraft, record_id: str) -> Record | None:
-        return await self._call(self.sync.append_once, draft, record_id)
+        return await self._write(self.sync.append_once, draft, record_id)
 
     async def owed(self) -> list[OwedPassage]:
         return await self._call(self.sync.owed)
@@ -125,7 +139,7 @@ class QueueThread:
         return await self._call(self.sync.batch, after_seq, limit)
 
     async def ack(self, held: Sequence[Held]) -> list[int]:
-        return await self._call(self.sync.ack, held)
+        return await self._write(self.sync.ack, held)
 
     async def backlog(self) -> Backlog:
         return await self._call(self.sync.backlog)
@@ -137,8 +151,11 @@ class QueueThread:
         executor, self._executor = self._executor, None
         try:
             await asyncio.get_running_loop().run_in_executor(executor, self.sync.close)
-        finally:
-            executor.shutdown(wait=True)
+        except BaseException:
+            # Cancelled behind a call stuck in a hung disk: its thread is left to the disk.
+            executor.shutdown(wait=False)
+            raise
+        executor.shutdown(wait=True)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[int], object], arg: int) -> None:

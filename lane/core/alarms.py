@@ -31,6 +31,7 @@ FAULT_MESSAGES = {
     Alarm.BARRIER_UNREADABLE: "barrier device's messages cannot be read",
 }
 
+DISK_ANSWERS_AGAIN = "data directory answers again"
 
 # The `disk_error` text's cause, by the queue's failure (PersistFailed.reason): a file only
 # locked by another process is not a disk to replace.
@@ -58,6 +59,28 @@ def add_fault(state: LaneState, fault: Alarm, detail: str = "") -> tuple[LaneSta
         shown = record_wait(paid=vehicle.approved is not None or vehicle.carried)
     actions: list[Action] = [RaiseAlarm(fault, fault_message(fault, detail)), shown]
     return replace(state, faults=state.faults | {fault}), actions
+
+
+def tell_fault(state: LaneState, fault: Alarm, detail: str = "") -> tuple[LaneState, list[Action]]:
+    """Raise `fault`, or tell a held one's text again as it is now (another cause, since
+    another time)."""
+    if fault in state.faults:
+        return retell_fault(state, fault, fault_message(fault, detail))
+    return add_fault(state, fault, detail)
+
+
+def retell_fault(state: LaneState, fault: Alarm, message: str) -> tuple[LaneState, list[Action]]:
+    """A held fault's alarm with a new text: what the lane does is unchanged; nothing for a
+    fault not held (a text never raises one)."""
+    if fault not in state.faults:
+        return state, []
+    return state, [RaiseAlarm(fault, message)]
+
+
+def disk_answers_again(detail: str) -> str:
+    """`disk_not_answering`'s text once the disk answers, while the fault holds for its
+    hold-off: "does not answer" would no longer be true."""
+    return f"{DISK_ANSWERS_AGAIN}: {detail}"
 
 
 def remove_fault(state: LaneState, fault: Alarm) -> tuple[LaneState, list[Action]]:

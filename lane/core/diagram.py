@@ -107,6 +107,7 @@ LABELS: dict[str, type] = {
     "queue ok": ev.QueueChanged,
     "disk hung": ev.DiskAnswering,
     "disk answers": ev.DiskAnswering,
+    "disk answers again": ev.DiskAnswersAgain,
     "link down": ev.LinkChanged,
     "link up": ev.LinkChanged,
     "plate": ev.PlateRead,
@@ -288,6 +289,8 @@ def event_label(event: ev.Event) -> str:
             return "queue full" if full else "queue ok"
         case ev.DiskAnswering(answering=answering):
             return "disk answers" if answering else "disk hung"
+        case ev.DiskAnswersAgain():
+            return "disk answers again"
         case ev.LinkChanged(up=up):
             return "link up" if up else "link down"
         case ev.PlateRead():

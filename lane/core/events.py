@@ -136,6 +136,15 @@ class DiskAnswering:
 
 
 @dataclass(frozen=True)
+class DiskAnswersAgain:
+    """The data directory answers again while `disk_not_answering` holds for its hold-off
+    (`disk_clear_s`): the lane stays closed to payments, and the alarm no longer says the disk
+    does not answer. `detail` says when the lane reopens unless it stalls again."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
 class LinkChanged:
     """The broker link of the controller went down or came back; while down, again whenever
     the cause changes (the text `broker_down` names: a TLS failure, an unreadable CA file)."""
@@ -270,6 +279,7 @@ Event = (
     | AttendantReopenLane
     | QueueChanged
     | DiskAnswering
+    | DiskAnswersAgain
     | LinkChanged
     | PlateRead
     | TicketIssued

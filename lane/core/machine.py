@@ -39,7 +39,13 @@ from lane.core.actions import (
     Persist,
     RaiseAlarm,
 )
-from lane.core.alarms import add_fault, fault_message, remove_fault
+from lane.core.alarms import (
+    add_fault,
+    disk_answers_again,
+    remove_fault,
+    retell_fault,
+    tell_fault,
+)
 from lane.core.display import LANE_CLOSED, THANK_YOU
 from lane.core.names import (
     BARRIER_DOWN,
@@ -173,7 +179,10 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
         case ev.DiskAnswering(answering=True):
             return remove_fault(state, Alarm.DISK_NOT_ANSWERING)
         case ev.DiskAnswering(detail=detail):
-            return add_fault(state, Alarm.DISK_NOT_ANSWERING, detail)
+            # Raised, or stalled again in the hold-off: the text says it does not answer.
+            return tell_fault(state, Alarm.DISK_NOT_ANSWERING, detail)
+        case ev.DiskAnswersAgain(detail=detail):
+            return retell_fault(state, Alarm.DISK_NOT_ANSWERING, disk_answers_again(detail))
         case ev.LinkChanged():
             return _on_link(state, event, now)
         case ev.PlateRead() if road.road_mode(state):
@@ -593,10 +602,8 @@ def _on_link(state: LaneState, event: ev.LinkChanged, now: float) -> Result:
         state, actions = remove_fault(state, Alarm.BROKER_DOWN)
         state, query = recovery.query(state, "connected")
         return state, actions + query
-    if Alarm.BROKER_DOWN in state.faults:
-        # Down still, for another cause: the alarm's text says what keeps it down now.
-        return state, [RaiseAlarm(Alarm.BROKER_DOWN, fault_message(Alarm.BROKER_DOWN, why))]
-    return add_fault(state, Alarm.BROKER_DOWN, why)
+    # Down still, for another cause: the alarm's text says what keeps it down now.
+    return tell_fault(state, Alarm.BROKER_DOWN, why)
 
 
 # --- helpers ---------------------------------------------------------------------------------

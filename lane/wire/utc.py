@@ -14,3 +14,8 @@ def since_utc(since: float, now: float, wall: float) -> str:
     """A moment the lane measured on its monotonic clock: `since` and `now` monotonic, `wall`
     the wall time at `now`."""
     return utc_text(wall - (now - since))
+
+
+def clock_utc(unix_s: float) -> str:
+    """A moment read while it is near (within the day), to the second: `10:58:50 UTC`."""
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%H:%M:%S UTC")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from core_kit import LaneDriver, displayed, of_type, one, rules
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lane.core import events as ev
 from lane.core.actions import (
@@ -349,6 +351,61 @@ def test_a_data_directory_that_answers_again_reopens_payments() -> None:
     actions = lane.feed(ev.DiskAnswering(answering=True))
     assert ClearAlarm(Alarm.DISK_NOT_ANSWERING) in actions
     assert one(lane.scan(), Authorise).amount_minor == 250
+
+
+DISK_LATE = ev.DiskAnswering(answering=False, detail="/var/lib/lane: waited 15 s")
+DISK_AGAIN = ev.DiskAnswersAgain("/var/lib/lane: the lane reopens at 10:58:50 UTC")
+NOT_ANSWERING = "data directory does not answer: /var/lib/lane: waited 15 s"
+ANSWERS_AGAIN = "data directory answers again: /var/lib/lane: the lane reopens at 10:58:50 UTC"
+
+
+@pytest.mark.parametrize(
+    ("events", "texts"),
+    [
+        # raised, the disk answers (the hold-off runs), cleared
+        ([DISK_LATE, DISK_AGAIN], [NOT_ANSWERING, ANSWERS_AGAIN]),
+        # it stalls again in the hold-off: the text says so again
+        ([DISK_LATE, DISK_AGAIN, DISK_LATE], [NOT_ANSWERING, ANSWERS_AGAIN, NOT_ANSWERING]),
+        # no fault held: the disk's answer raises nothing
+        ([DISK_AGAIN], [None]),
+        ([DISK_LATE, ev.DiskAnswering(answering=True), DISK_AGAIN], [NOT_ANSWERING, None, None]),
+    ],
+)
+def test_the_disk_fault_s_text_says_what_the_disk_does_now(
+    events: list[ev.Event], texts: list[str | None]
+) -> None:
+    """The text it was raised with ("does not answer") was kept through the hold-off, when the
+    disk answers again: it now says so, and when the lane reopens; payments stay refused."""
+    lane = LaneDriver()
+    shown: str | None = None
+    for event, text in zip(events, texts, strict=True):
+        actions = lane.feed(event)
+        raised = of_type(actions, RaiseAlarm)
+        if raised:
+            shown = one(raised, RaiseAlarm).message
+        if ClearAlarm(Alarm.DISK_NOT_ANSWERING) in actions:
+            shown = None
+        assert shown == text
+        lane.arrive(lane.fresh("v"))
+        assert bool(of_type(lane.scan(), Authorise)) == (text is None)
+        lane.leave_pay_point()
+
+
+@given(st.lists(st.sampled_from([DISK_LATE, DISK_AGAIN, ev.DiskAnswering(answering=True)])))
+def test_the_disk_fault_s_text_is_always_the_disk_s_latest_word(events: list[ev.Event]) -> None:
+    """Held from a late call to the clear; its text, what the health loop last said."""
+    lane = LaneDriver()
+    shown: str | None = None
+    for event in events:
+        for action in lane.feed(event):
+            if isinstance(action, RaiseAlarm):
+                shown = action.message
+            elif action == ClearAlarm(Alarm.DISK_NOT_ANSWERING):
+                shown = None
+        held = Alarm.DISK_NOT_ANSWERING in lane.state.faults
+        assert held == (shown is not None)
+        if held:
+            assert shown == (ANSWERS_AGAIN if event == DISK_AGAIN else NOT_ANSWERING)
 
 
 @pytest.mark.parametrize(

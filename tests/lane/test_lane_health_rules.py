@@ -21,7 +21,7 @@ from lane.auth.resolver import (
 )
 from lane.auth.wechatpay_trust import ALARM as WECHATPAY_CERTIFICATES
 from lane.core.names import BARRIER_ALARMS, Alarm
-from lane.disk_answer import clear_after_s, judged, not_answering
+from lane.disk_answer import DiskPhase, clear_after_s, judged, not_answering
 from lane.health import QUEUE_FAULTS
 from lane.lane_health import (
     CLEARED_KEPT,
@@ -236,6 +236,20 @@ def test_the_fault_holds_until_no_call_has_been_late_for_the_hold_off(
     assert answers.late_at == late_after
     assert answers.holds == held
     assert (answers.late is not None) == (late_after == now)  # raised by a call late now
+    # Held, and no call late now: the disk answers again, the text says when the lane reopens.
+    assert (answers.again is not None) == (held and answers.late is None)
+    assert answers.phase == (
+        DiskPhase.LATE if answers.late else DiskPhase.AGAIN if answers.again else None
+    )
+
+
+def test_the_hold_off_s_text_says_when_the_lane_reopens() -> None:
+    """Answered 20 s ago, held 30 s after: 10 s from now (08:00:00 at monotonic 100.0)."""
+    answers = judged(DATA, None, 100.0, WALL, after_s=15.0, hold_s=30.0, late_at=80.0)
+    assert answers.again == "/var/lib/lane: the lane reopens at 08:00:10 UTC unless it stalls again"
+    # The tick that clears it comes within a second: a fraction is rounded up, not down.
+    answers = judged(DATA, None, 100.0, WALL + 0.2, after_s=15.0, hold_s=30.0, late_at=80.0)
+    assert answers.again is not None and "08:00:11 UTC" in answers.again
 
 
 TICK_S = 1.0  # the health loop's period

@@ -5,11 +5,13 @@ device emulator, SQLite, the simulator's acquirer, the daemon in this process.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -25,7 +27,7 @@ from test_lane_heal import back_and_paying, lane_processes, pays, quiet
 
 from barrier.messages import LaneStatus
 from lane.config import parse_config
-from lane.daemon import wait_for_data_dir
+from lane.daemon import build_saying_why, wait_for_data_dir
 from lane.runner import Clocks
 from lane.sd_notify import SystemdNotifier
 from scanner.sources import Item, PushSource
@@ -342,6 +344,84 @@ async def test_a_lane_started_on_a_hung_disk_says_so_and_starts_once_it_answers(
         assert not waiting.done()  # safe: nothing opened on it
     assert await asyncio.wait_for(waiting, 30) is True
     assert (ext4_fs / "disk-probe").exists()  # the check's own write went through
+
+
+async def test_a_disk_that_hangs_as_the_stores_open_is_said_as_the_start_s_check_says_it(
+    ext4_fs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The data directory answered the start's check, then hangs as the stores open: that wait
+    said only systemd's "opening the stores"; now it says the check's line past
+    `disk_answer_s`, and the lane goes on once the disk answers."""
+    lane = {"id": "p01/l01", "data_dir": str(ext4_fs), "disk_answer_s": 1}
+    config = parse_config({"lane": lane, "auth": {"accept_unsigned_peers": True}})
+    systemd = SystemdNotifier({})
+    stop = asyncio.Event()
+    assert await wait_for_data_dir(config, stop, systemd) is True  # the check answers
+    with frozen(ext4_fs):
+        building = asyncio.create_task(build_saying_why(config, systemd))
+        await eventually(lambda: "does not answer" in systemd.status(), within=10)
+        said = f"cannot start yet: {ext4_fs}: does not answer: nothing back from it for 1 s"
+        assert systemd.status().startswith(said)
+        assert f"lane: {said} (a hung disk?); waiting for it" in capsys.readouterr().err
+        assert not building.done()
+    daemon = await asyncio.wait_for(building, 30)
+    await daemon.aclose()
+
+
+def process_state(pid: int) -> str:
+    """R, S, D, Z ... of a process's main thread (Z: it exited, its other threads live on)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return status.split("State:")[1].split()[0]
+
+
+async def test_a_lane_stopped_on_a_hung_disk_says_what_it_waits_for_and_ends_within_a_bound(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    ext4_fs: Path,
+    lane_statuses: list[LaneStatus],
+) -> None:
+    """SIGTERM at a lane whose data directory does not answer (a real ext4 file system frozen
+    with fsfreeze) used to wait on the stores' closing, and Python's exit on the threads stuck
+    in the disk, for as long as it hung, saying nothing; systemd killed it after
+    TimeoutStopSec. Now it says on the log what it waits for, gives up after its bound with a
+    clear line on stderr and exits 3; what was written before the disk hung is on disk. The
+    threads stuck in the disk hold the exited process until it answers (the kernel's, not the
+    lane's: no signal ends them either)."""
+    data = ext4_fs / "lane"
+    async with lane_processes(tmp_path, mosquitto, lane_id, data) as rig:
+        rig.conf.write_text(rig.conf.read_text().replace("[lane]\n", "[lane]\ndisk_answer_s = 1\n"))
+        proc = await rig.start()
+        await eventually(lambda: any(s.state == "idle" for s in lane_statuses), within=30)
+        token = CodeFactory(3).make("token", int(time.time())).text  # the rig's issuer
+        cv2.imwrite(str(tmp_path / "frames" / "token.png"), frame_for(token, "clear", rng=1))
+        await rig.device.vehicle_enters(1)
+        await eventually(lambda: rig.device.state == "open", within=15)  # its record on disk
+        await rig.device.vehicle_passes()
+        await eventually(lambda: lane_statuses[-1].state == "idle", within=15)
+        output = tmp_path / "lane.log"
+        with frozen(ext4_fs):
+            await eventually(lambda: "disk_not_answering" in lane_statuses[-1].faults, within=20)
+            stopped_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            said = f"lane: {data} does not answer: stopped without closing the stores after 5 s"
+            await eventually(
+                lambda: said in output.read_text(errors="replace"),
+                within=30,
+                what="the lane's last word",
+            )
+            await eventually(lambda: process_state(proc.pid) == "Z", what="its main thread gone")
+            assert time.monotonic() - stopped_at < 20  # systemd's TimeoutStopSec
+            log = output.read_text(errors="replace")
+            assert "lane stopping: waiting for the data directory" in log
+            assert "waiting for the record queue's close" in log
+            assert "every record written before it hung is on disk" in log
+        assert await asyncio.wait_for(proc.wait(), 30) == 3
+    with contextlib.closing(
+        sqlite3.connect(f"file:{data / 'queue.sqlite3'}?mode=ro", uri=True)
+    ) as db:
+        results = [row[0] for row in db.execute("SELECT count(*) FROM records")]
+    assert results == [1]  # the vehicle's record, written before the disk hung
 
 
 async def test_the_uplink_down_with_nothing_queued_is_said_after_its_grace_and_cleared_on_reconnect(
