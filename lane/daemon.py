@@ -1345,8 +1345,7 @@ async def wait_for_data_dir(
                 then = f"trying again every {DATA_DIR_RETRY_S:g} s"
             if problem is None:
                 if said is not None:
-                    extra = {"lane": config.lane.id, "path": str(data)}
-                    log.info("data directory usable", extra=extra)
+                    _usable(config)
                 return True
             if problem != said:
                 said = problem
@@ -1375,13 +1374,19 @@ async def build_saying_why(
         return building.result()
     _cannot_start_yet(config, systemd, _not_answering(answer_s), "waiting for it")
     daemon = await building
-    extra = {"lane": config.lane.id, "path": str(config.lane.data_dir)}
-    log.info("data directory usable", extra=extra)
+    _usable(config)
     return daemon
 
 
 def _not_answering(answer_s: float) -> str:
     return f"does not answer: nothing back from it for {answer_s:g} s (a hung disk?)"
+
+
+def _usable(config: LaneConfig) -> None:
+    """The data directory answers again after `_cannot_start_yet` said it did not."""
+    log.info(
+        "data directory usable", extra={"lane": config.lane.id, "path": str(config.lane.data_dir)}
+    )
 
 
 def _cannot_start_yet(

@@ -76,9 +76,12 @@ class QueueThread:
         return self._wrote_at
 
     async def _write(self, fn: Callable[..., T], *args: object) -> T:
-        """A call that commits with an fsync: its return is the disk's answer."""
+        """A call that commits with an fsync: its return is the disk's answer, unless it
+        changed nothing (an empty result: a key found already, an ack that deleted nothing),
+        whose commit SQLite makes without a write and which returns on a frozen disk."""
         result = await self._call(fn, *args)
-        self._wrote_at = self._clock()
+        if result:
+            self._wrote_at = self._clock()
         return result
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:

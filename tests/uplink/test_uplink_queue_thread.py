@@ -145,3 +145,32 @@ async def test_a_call_on_a_hung_disk_waits_until_it_answers_even_when_its_caller
         await eventually(lambda: queue.waiting_since() is None)
     finally:
         await queue.aclose()
+
+
+async def test_only_a_commit_that_wrote_says_the_disk_answers(ext4_fs: Path) -> None:
+    """`wrote_at` stands for the disk probe's write (lane.disk_probe): an append or an ack
+    that deleted a record moves it. An ack that deletes nothing (a back office's ack heard
+    twice) or a keyed append found already commits nothing, and returns on a frozen disk: it
+    used to move `wrote_at` too, and the probe skipped its write on a disk that did not answer."""
+    now = [100.0]
+    queue = await QueueThread.open(
+        lambda: RecordQueue(ext4_fs / "queue.sqlite3", LANE, 10**8), lambda: now[0]
+    )
+    try:
+        record = await queue.append(draft())
+        await queue.append_once(draft(1), "refund-1")
+        assert queue.wrote_at() == 100.0
+        now[0] = 101.0
+        held = Held(record.seq, record.record_id, digest(record.encode()))
+        # A read since the last commit (the lane's queue loop reads every second): SQLite's
+        # read mark for it is set already, so nothing that follows writes to the disk.
+        await queue.backlog()
+        with frozen(ext4_fs):
+            assert await asyncio.wait_for(queue.append_once(draft(1), "refund-1"), 5) is None
+            assert await asyncio.wait_for(queue.ack([Held(999, "gone", b"x")]), 5) == []
+            assert queue.wrote_at() == 100.0
+        now[0] = 102.0
+        assert await queue.ack([held]) == [record.seq]
+        assert queue.wrote_at() == 102.0
+    finally:
+        await queue.aclose()
