@@ -335,7 +335,9 @@ class TapDesk:
         latest = self.wall() + self.clocks.skew_s  # what a gate of the line may stamp by now
         made_by = self._made_by(refunded, record.ts_us / 1e6, ids, latest)
         try:
-            released = await self._release(pass_key(d.pass_id), record.lane, made_by, refunded)
+            released = await self._release(
+                pass_key(d.pass_id), record.lane, made_by, refunded or None
+            )
         except ReplayStoreError as exc:
             log.error("tap's refund held until reopened", extra={**ids, "error": str(exc)})
             self.replay_watch.says(exc, REPLAY_UNRELEASED)
@@ -475,7 +477,9 @@ class TapDesk:
             extra={"lane": self.lane, "pass_id": action.pass_id, "released": released},
         )
 
-    async def _release(self, key: str, lane: str | None, made_by: float, exit_id: str) -> bool:
+    async def _release(
+        self, key: str, lane: str | None, made_by: float, exit_id: str | None
+    ) -> bool:
         """Forget the exit of `key` this gate made (`lane` None) or heard from `lane`, the one
         stamped by `made_by` (that gate's clock, `_made_by`) as record `exit_id` (a mark a later
         exit made stays, however the gates' clocks stamped it: lane.core.exit_marks): held only
@@ -489,7 +493,7 @@ class TapDesk:
             await self.held.save_held()
             return True
         # Kept as long as any mark of the tap-in could be (it is older than the refund).
-        release = Held(math.ceil(self.wall() + self.retention_s), lane, made_by, exit_id or None)
+        release = Held(math.ceil(self.wall() + self.retention_s), lane, made_by, exit_id)
         try:
             # Only a mark made by the refunded exit: one made later is a later exit's, heard
             # before this refund.
