@@ -61,7 +61,8 @@ kept in the tap store too): the tap-in prices as reopened here (the trip, as the
 the alarm says refunded tap-outs are held until reopened, and the held releases are written
 before the held exits; a later exit's mark writes its tap-in's held release first (the mark
 would not go in over the old one), and a release gives back only a mark made by the exit it
-refunds (`made_by`: an exit is marked at its record's time, which the refund names), so neither
+refunds (`made_by`: an exit is marked at its record's time, which the refund names; and the
+mark names the exit that made it last, lane.core.exit_marks), so neither
 a copy loaded late nor a refund heard after a later exit reopens that exit, and a wall clock
 stepped back between an exit and its refund keeps no mark. The tap store's copy of what is
 held is versioned (lane.held_copy): an older copy never overwrites a newer one. What the desk
@@ -87,6 +88,7 @@ from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import tap_in_entry
 from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
+from lane.core.exit_marks import ExitMark, gives_back
 from lane.core.names import AuthResult, RecordKind
 from lane.core.records import FLAG_RECORD, REFUND_FLAG, flag_value, tap_in_trip_id
 from lane.store_watch import PROBE_EVERY_S, Alarm, StoreWatch
@@ -307,7 +309,7 @@ class TapDesk:
             return  # it closed no tap-in: priced `pass_used` or `no_pass`
         key = pass_key(d.pass_id)
         exp = math.ceil(record.ts_us / 1e6 + self.retention_s)
-        heard = Held(exp, record.lane, record.ts_us / 1e6)
+        heard = Held(exp, record.lane, record.ts_us / 1e6, record.record_id)
         try:
             await self.held.mark(key, heard)
         except ReplayStoreError as exc:
@@ -333,7 +335,9 @@ class TapDesk:
         latest = self.wall() + self.clocks.skew_s  # what a gate of the line may stamp by now
         made_by = self._made_by(refunded, record.ts_us / 1e6, ids, latest)
         try:
-            released = await self._release(pass_key(d.pass_id), record.lane, made_by)
+            released = await self._release(
+                pass_key(d.pass_id), record.lane, made_by, refunded or None
+            )
         except ReplayStoreError as exc:
             log.error("tap's refund held until reopened", extra={**ids, "error": str(exc)})
             self.replay_watch.says(exc, REPLAY_UNRELEASED)
@@ -432,14 +436,14 @@ class TapDesk:
         if used is None or release is None:
             return used is not None
         owner = (release.lane, True) if release.lane is not None else (self.lane, False)
-        made = used.seen_at is None or release.seen_at is None or used.seen_at <= release.seen_at
+        made = gives_back(ExitMark(used.seen_at, used.exit_id), release.exit_id, release.seen_at)
         return (used.lane, used.remote) != owner or not made
 
     async def mark_used(self, action: MarkPassUsed) -> None:
         # Made at the exit record's time, as a heard exit's mark is: its refund gives back the
         # mark of that exit whatever the wall clock says by then (`_made_by`).
         key = pass_key(action.pass_id)
-        own = Held(math.ceil(action.expires_at), None, _stamped(action.record_id))
+        own = Held(math.ceil(action.expires_at), None, _stamped(action.record_id), action.record_id)
         # The line learns of the exit from the tap_out record itself (`_exited_elsewhere`), not
         # a used-token message.
         try:
@@ -463,7 +467,8 @@ class TapDesk:
         # with that passage carried gives its mark back too.
         made_by = max(self._made_by(action.record_id, now, ids), now)
         try:
-            released = await self._release(pass_key(action.pass_id), None, made_by)
+            released = await self._release(pass_key(action.pass_id), None, made_by,
+                                           action.record_id)  # fmt: skip
         except ReplayStoreError as exc:
             self._replay_failed(exc, REPLAY_UNRELEASED, "tap-in held until reopened", action)
             return
@@ -472,11 +477,15 @@ class TapDesk:
             extra={"lane": self.lane, "pass_id": action.pass_id, "released": released},
         )
 
-    async def _release(self, key: str, lane: str | None, made_by: float) -> bool:
+    async def _release(
+        self, key: str, lane: str | None, made_by: float, exit_id: str | None
+    ) -> bool:
         """Forget the exit of `key` this gate made (`lane` None) or heard from `lane`, the one
-        stamped by `made_by` (that gate's clock, `_made_by`): held only (the replay store never
-        had it), or its mark; True when there was one. A mark the replay store does not give
-        back is held until reopened (`unreleased`) and the error raised."""
+        stamped by `made_by` (that gate's clock, `_made_by`) as record `exit_id` (a mark a later
+        exit made stays, however the gates' clocks stamped it: lane.core.exit_marks): held only
+        (the replay store never had it), or its mark; True when there was one. A mark the
+        replay store does not give back is held until reopened (`unreleased`) and the error
+        raised."""
         held = self.held.unmarked.get(key)
         if held is not None and held.lane == lane:
             del self.held.unmarked[key]
@@ -484,7 +493,7 @@ class TapDesk:
             await self.held.save_held()
             return True
         # Kept as long as any mark of the tap-in could be (it is older than the refund).
-        release = Held(math.ceil(self.wall() + self.retention_s), lane, made_by)
+        release = Held(math.ceil(self.wall() + self.retention_s), lane, made_by, exit_id)
         try:
             # Only a mark made by the refunded exit: one made later is a later exit's, heard
             # before this refund.

@@ -109,7 +109,8 @@ class HeldWrites:
             await self.save_held()
         remote = held.lane is not None
         return await mark_used(self.replay, None, key, held.exp, held.lane or self.lane,
-                               self.wall(), remote=remote, seen_at=held.seen_at)  # fmt: skip
+                               self.wall(), remote=remote, seen_at=held.seen_at,
+                               exit_id=held.exit_id)  # fmt: skip
 
     async def _give_back(self, key: str, release: Held) -> bool:
         """Give back the mark of a held refund, which is then held no more unless another
@@ -123,10 +124,12 @@ class HeldWrites:
 
     async def unmark(self, key: str, release: Held) -> bool:
         """Give back the mark of `key` this gate made (`release.lane` None) or heard from
-        `release.lane`, made by `release.seen_at` (a later one stays)."""
+        `release.lane`, made by `release.seen_at` by the exit `release.exit_id` (a later one,
+        or another exit's, stays)."""
         remote = release.lane is not None
         return await release_mark(self.replay, None, key, release.lane or self.lane, self.wall(),
-                                  remote=remote, made_by=release.seen_at)  # fmt: skip
+                                  remote=remote, made_by=release.seen_at,
+                                  exit_id=release.exit_id)  # fmt: skip
 
     async def save_held(self) -> None:
         """Keep the held exits and refunds in the tap store, so a restart still knows them;
@@ -241,7 +244,7 @@ class HeldWrites:
                     del self.unmarked[key]
                     self.held_copy.changed()
                 else:  # released meanwhile: give it back
-                    await self.unmark(key, Held(held.exp, held.lane))
+                    await self.unmark(key, Held(held.exp, held.lane, exit_id=held.exit_id))
                 log.info("held tap-in exit marked", extra={"lane": self.lane, "key": key})
         finally:
             await self._copy_held()

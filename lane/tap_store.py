@@ -10,8 +10,8 @@ store is bounded by the traffic of that window. Whether a tap-in has exited
 is not kept here: it is the replay store's `pass:` key (lane.auth.replay), like a road pass.
 The exits the replay store did not take while it failed (lane.tap_desk: held until marked) are
 kept here too (`held`, schema 2; who made each, schema 3), and so are the refunded exits whose
-marks it did not give back (`unreleased`, schema 4: held until reopened), so a restart before
-the replay store heals still knows them.
+marks it did not give back (`unreleased`, schema 4: held until reopened), each naming its exit
+record (schema 5), so a restart before the replay store heals still knows them.
 
 SQLite in WAL mode (synchronous NORMAL: a tap-in lost in a power cut is heard again from no
 one, but costs only a maximum fare, never a free ride). The calls block; the asyncio shell
@@ -73,11 +73,19 @@ def _add_unreleased_v4(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_exit_id_v5(conn: sqlite3.Connection) -> None:
+    # The exit record whose mark is held, or whose refund is: NULL in a row of an older release
+    # (its mark named by no exit, its refund judged by time alone, lane.core.exit_marks).
+    for table in ("held", "unreleased"):
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN exit_id TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _create_v1,
     _add_held_v2,
     _add_held_lane_v3,
     _add_unreleased_v4,
+    _add_exit_id_v5,
 )
 
 
@@ -86,11 +94,14 @@ class Held(NamedTuple):
     it: this gate (`lane` None), or another gate of the line, heard at `seen_at` by its clock
     (marked as heard, `ReplayStore.mark_remote`, so that gate's refund gives it back). A
     refund held until the replay store gives the mark back has the same fields: kept until
-    `exp`, whose mark (`lane`) and the refunded exit's time (`seen_at`: a newer mark stays)."""
+    `exp`, whose mark (`lane`) and the refunded exit's time (`seen_at`: a newer mark stays).
+    `exit_id` is the exit record (its own, or the refunded one): a mark names the exit that
+    made it last, and a refund gives back only that exit's (lane.core.exit_marks)."""
 
     exp: int
     lane: str | None = None
     seen_at: float | None = None
+    exit_id: str | None = None
 
 
 # The trip `probe` keeps and removes again: no trip id (hex) has this form.
@@ -150,7 +161,8 @@ class TapStore:
             for table, rows in (("held", held), ("unreleased", unreleased)):
                 self._conn.execute(f"DELETE FROM {table}")
                 self._conn.executemany(
-                    f"INSERT INTO {table} (key, exp, lane, seen_at) VALUES (?, ?, ?, ?)",
+                    f"INSERT INTO {table} (key, exp, lane, seen_at, exit_id)"
+                    " VALUES (?, ?, ?, ?, ?)",
                     [(key, *h) for key, h in rows.items() if h.exp >= now],
                 )
 
@@ -166,11 +178,12 @@ class TapStore:
         with self._lock:
             try:
                 rows = self._conn.execute(
-                    f"SELECT key, exp, lane, seen_at FROM {table} WHERE exp >= ?", (now,)
+                    f"SELECT key, exp, lane, seen_at, exit_id FROM {table} WHERE exp >= ?",
+                    (now,),
                 )
                 return {
-                    str(key): Held(int(exp), lane, seen_at)
-                    for key, exp, lane, seen_at in rows.fetchall()
+                    str(key): Held(int(exp), lane, seen_at, exit_id)
+                    for key, exp, lane, seen_at, exit_id in rows.fetchall()
                 }
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc

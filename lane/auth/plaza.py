@@ -251,16 +251,19 @@ async def mark_used(  # noqa: PLR0917 - the replay store's own arguments, and wh
     *,
     remote: bool = False,
     seen_at: float | None = None,
+    exit_id: str | None = None,
 ) -> bool:
     """Mark a used token or pass in the replay store (an fsync: on a worker thread, the one
     hop): this lane's use, made at `seen_at` (None: now), shared from the loop when it is the
     first and the lane is in a plaza; or, `remote`, a use `lane` made, heard with its time by
     its clock (`seen_at`): marked as heard (`ReplayStore.mark_remote`, given back by that
-    lane's release), never shared again. True for the first use."""
+    lane's release), never shared again. `exit_id`: the exit record that used it (a metro
+    tap-out), which names the mark. True for the first use."""
     if remote:
-        mark = partial(store.mark_remote, now=now)
+        mark = partial(store.mark_remote, now=now, exit_id=exit_id)
         return await asyncio.to_thread(mark, key, exp, lane, seen_at)
-    first = await asyncio.to_thread(store.check_and_mark, key, exp, lane, now, seen_at)
+    local = partial(store.check_and_mark, exit_id=exit_id)
+    first = await asyncio.to_thread(local, key, exp, lane, now, seen_at)
     if first and sharing is not None:
         sharing.share(UsedTokenMsg(key, exp, lane, now))
     return first
@@ -275,12 +278,14 @@ async def release_mark(
     *,
     remote: bool = False,
     made_by: float | None = None,
+    exit_id: str | None = None,
 ) -> bool:
     """Give back a use `lane` marked itself, or (`remote`) one heard from `lane`
-    (`ReplayStore.release`, on a worker thread; `made_by`: only a use marked by then), and,
-    when there was one of its own and the lane is in a plaza, share the release from the
-    loop. True when a mark was released."""
-    release = partial(store.release, remote=remote, made_by=made_by)
+    (`ReplayStore.release`, on a worker thread; `made_by`: only a use marked by then;
+    `exit_id`: only a mark the refunded exit made last), and, when there was one of its own
+    and the lane is in a plaza, share the release from the loop. True when a mark was
+    released."""
+    release = partial(store.release, remote=remote, made_by=made_by, exit_id=exit_id)
     exp = await asyncio.to_thread(release, key, lane)
     if exp is not None and sharing is not None and not remote:
         sharing.share(UsedTokenMsg(key, exp, lane, now, MarkKind.RELEASE))

@@ -23,6 +23,10 @@ A metro gate keeps here too the refunded tap-ins its tap store could not drop (l
 held until dropped; `undropped`, schema 3), as that store keeps the exits this one could not
 mark: each store keeps what the other owes, so a restart while one fails still knows it.
 
+A mark names the exit that made it last (`exit_id`, schema 5: a metro exit's record id), and
+a refund gives it back only when it names that exit (lane.core.exit_marks): a pass used again
+after the refunded exit keeps its mark, whatever the gates' clocks say.
+
 A toll-exit lane keeps here too the signed time of the latest plate binding it took per plate,
 and whether it was emptied since (lane.trip_desk; `plate_times`, schema 4), while a trip may
 last: a lane that restarts still refuses a plate's older binding replayed, or the emptied one.
@@ -47,6 +51,7 @@ from typing import Any, NamedTuple
 
 from lane.auth.passes import DEFAULT_PASS_LIFETIME_S, USED_PASS_PREFIX, pass_valid_until
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S
+from lane.core.exit_marks import ExitMark, gives_back
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,7 @@ class UsedToken:
     lane: str
     seen_at: float | None
     remote: bool
+    exit_id: str | None = None  # the exit that made the mark last (None: not known)
 
 
 def _create_v1(conn: sqlite3.Connection) -> None:
@@ -114,11 +120,18 @@ def _add_plate_times_v4(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX plate_times_ts ON plate_times (ts)")
 
 
+def _add_exit_id_v5(conn: sqlite3.Connection) -> None:
+    # The record id of the exit that made the mark last. NULL: a mark of an older release (or
+    # a use of another kind), which a refund gives back by its time alone, as that release did.
+    conn.execute("ALTER TABLE used_tokens ADD COLUMN exit_id TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _create_v1,
     _add_ledger_v2,
     _add_undropped_v3,
     _add_plate_times_v4,
+    _add_exit_id_v5,
 )
 
 
@@ -241,15 +254,31 @@ class ReplayStore:
         self._opened_at = monotonic()
 
     def check_and_mark(
-        self, token_id: str, exp: int, lane: str, now: float, seen_at: float | None = None
+        self,
+        token_id: str,
+        exp: int,
+        lane: str,
+        now: float,
+        seen_at: float | None = None,
+        *,
+        exit_id: str | None = None,
     ) -> bool:
         """Record a local use, made at `seen_at` (None: `now`; a metro exit is marked by its
-        record's time, lane.tap_desk); True when this is the first use anywhere we know of."""
+        record's time, lane.tap_desk) by the exit record `exit_id` (which names the mark even
+        when it was there already: the refund of an earlier exit no longer gives it back);
+        True when this is the first use anywhere we know of."""
         return self._insert(token_id, exp, lane, now if seen_at is None else seen_at, now,
-                            remote=False)  # fmt: skip
+                            remote=False, exit_id=exit_id)  # fmt: skip
 
     def mark_remote(
-        self, token_id: str, exp: int, lane: str, seen_at: float | None = None, *, now: float
+        self,
+        token_id: str,
+        exp: int,
+        lane: str,
+        seen_at: float | None = None,
+        *,
+        now: float,
+        exit_id: str | None = None,
     ) -> bool:
         """Record a use reported by another lane (`seen_at`: its clock, for the record; `now`:
         ours, which times the purge); True when it was new to us. An id is kept by at most the
@@ -259,15 +288,14 @@ class ReplayStore:
         release made before then (a refund of the first exit, heard after the pass or tap-in
         exited again, anywhere) frees nothing. The mark's lane stays: a lane never frees a
         mark another lane made by claiming a use of it; and a use stamped past our clock
-        counts from `now + skew_s`, so a lane's bad clock holds no release off for long."""
+        counts from `now + skew_s`, so a lane's bad clock holds no release off for long. A use
+        by an exit (`exit_id`, a metro gate's tap-out) names the mark too: only that exit's
+        refund gives it back (lane.core.exit_marks), even when its gate's clock is behind the
+        earlier exit's."""
         kept = self.bounds.kept_exp(token_id, exp, now)
-        new = self._insert(token_id, kept, lane, seen_at, now, remote=True)
-        if not new and seen_at is not None:
-            self._execute(
-                "UPDATE used_tokens SET seen_at = ? WHERE token_id = ?"
-                " AND (seen_at IS NULL OR seen_at < ?)",
-                (later := min(seen_at, now + self.bounds.skew_s), token_id, later),
-            )
+        later = None if seen_at is None else min(seen_at, now + self.bounds.skew_s)
+        new = self._insert(token_id, kept, lane, seen_at, now, remote=True, exit_id=exit_id,
+                           later=later)  # fmt: skip
         if new and kept < exp:
             log.warning(
                 "remote used id kept only to this lane's lifetime cap",
@@ -276,7 +304,13 @@ class ReplayStore:
         return new
 
     def release(
-        self, token_id: str, lane: str, *, remote: bool = False, made_by: float | None = None
+        self,
+        token_id: str,
+        lane: str,
+        *,
+        remote: bool = False,
+        made_by: float | None = None,
+        exit_id: str | None = None,
     ) -> int | None:
         """Forget a use `lane` recorded here itself (a pass whose exit was refunded: not spent),
         or, `remote`, one heard from `lane` (it shares its release); the exp of the use
@@ -284,13 +318,19 @@ class ReplayStore:
         use, or one heard from it. `made_by`: the release's own time on `lane`'s clock (one
         shared by another lane), or a metro gate's refunded exit's (lane.tap_desk): only a use
         seen by then (`seen_at`, the time `lane` gave it) goes, never a newer one (a release
-        replayed or written late after the pass was used again)."""
-        rows = self._query(
-            "DELETE FROM used_tokens WHERE token_id = ? AND lane = ? AND remote = ?"
-            " AND (? IS NULL OR seen_at IS NULL OR seen_at <= ?) RETURNING exp",
-            (token_id, lane, int(remote), made_by, made_by),
-        )
-        return int(rows[0][0]) if rows else None
+        replayed or written late after the pass was used again). `exit_id`: the refunded exit's
+        record: a mark another exit made last stays (lane.core.exit_marks; a mark that names
+        no exit, stored by an older release, is judged by `made_by` alone)."""
+        with immediate(self._conn, self._lock, self._error):
+            row = self._conn.execute(
+                "SELECT exp, seen_at, exit_id FROM used_tokens"
+                " WHERE token_id = ? AND lane = ? AND remote = ?",
+                (token_id, lane, int(remote)),
+            ).fetchone()
+            if row is None or not gives_back(ExitMark(row[1], row[2]), exit_id, made_by):
+                return None
+            self._conn.execute("DELETE FROM used_tokens WHERE token_id = ?", (token_id,))
+        return int(row[0])
 
     def keep_undropped(self, undropped: Mapping[str, tuple[float, str]], now: float) -> None:
         """Keep exactly these refunded tap-ins held until dropped (trip: when it expires anyway,
@@ -334,13 +374,14 @@ class ReplayStore:
 
     def get(self, token_id: str) -> UsedToken | None:
         rows = self._query(
-            "SELECT token_id, exp, lane, seen_at, remote FROM used_tokens WHERE token_id = ?",
+            "SELECT token_id, exp, lane, seen_at, remote, exit_id FROM used_tokens"
+            " WHERE token_id = ?",
             (token_id,),
         )
         if not rows:
             return None
         row = rows[0]
-        return UsedToken(row[0], row[1], row[2], row[3], bool(row[4]))
+        return UsedToken(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
 
     def purge(self, now: float) -> int:
         """Forget uses whose tokens no lane can accept any more; returns how many.
@@ -393,16 +434,40 @@ class ReplayStore:
         self.close()
 
     def _insert(
-        self, token_id: str, exp: int, lane: str, seen_at: float | None, now: float, *, remote: bool
+        self,
+        token_id: str,
+        exp: int,
+        lane: str,
+        seen_at: float | None,
+        now: float,
+        *,
+        remote: bool,
+        exit_id: str | None,
+        later: float | None = None,
     ) -> bool:
+        """Store a use; one of an id kept already names the mark by its exit (`exit_id`, when
+        given) and makes it seen that `later` (when given and later than the mark)."""
         # The ledger seconds until no lane can accept the token, judged by the wall clock now.
         keep_until = self.ledger() + max(0.0, exp + self.keep_after_exp_s - now)
-        changed = self._execute(
-            "INSERT INTO used_tokens (token_id, exp, lane, seen_at, remote, keep_until)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (token_id) DO NOTHING",
-            (token_id, exp, lane, seen_at, int(remote), keep_until),
+        insert = (
+            "INSERT INTO used_tokens (token_id, exp, lane, seen_at, remote, keep_until, exit_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (token_id) DO NOTHING",
+            (token_id, exp, lane, seen_at, int(remote), keep_until, exit_id),
         )
-        return changed == 1
+        if exit_id is None and later is None:
+            # Nothing to change in a kept id (a token's use): the one statement, as before,
+            # not a transaction around it (a replayed id's check costs a third more so).
+            return self._execute(*insert) == 1
+        with immediate(self._conn, self._lock, self._error):
+            new = self._conn.execute(*insert).rowcount
+            if new != 1:
+                self._conn.execute(
+                    "UPDATE used_tokens SET exit_id = coalesce(?, exit_id), seen_at ="
+                    " CASE WHEN ? IS NULL THEN seen_at ELSE max(coalesce(seen_at, ?), ?) END"
+                    " WHERE token_id = ?",
+                    (exit_id, later, later, later, token_id),
+                )
+        return new == 1
 
     def _execute(self, sql: str, params: tuple[object, ...]) -> int:
         with self._lock:

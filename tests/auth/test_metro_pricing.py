@@ -10,6 +10,7 @@ import sqlite3
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mqtt_kit import running, sender
+from polling import eventually
 
 from lane.auth.deny import DenyList
 from lane.auth.fares import load_tariff
@@ -38,6 +41,7 @@ from lane.transport.mqtt import Incoming, MqttLink
 from lane.verifier import TokenVerifier
 from lane.wire import topics
 from lane.wire.ids import uuid7
+from sim.broker import Mosquitto
 from sim.codes import KID, CodeFactory
 from uplink.records import Record
 
@@ -191,21 +195,26 @@ Step = tuple[str, str, str, int]  # in or out, the station, the account, what a 
 walks = st.lists(st.tuples(step, st.sampled_from([10, 15 * MIN, 3 * 3600])), max_size=12)
 
 
-def desk(tmp: Path, clock: list[float], alarm: Alarm | None = None) -> TapDesk:
-    return desk_and_verifier(tmp, clock, alarm)[0]
+def desk(
+    tmp: Path, clock: list[float], alarm: Alarm | None = None, link: MqttLink | None = None
+) -> TapDesk:
+    return desk_and_verifier(tmp, clock, alarm, link)[0]
 
 
 def desk_and_verifier(
-    tmp: Path, clock: list[float], alarm: Alarm | None = None
+    tmp: Path, clock: list[float], alarm: Alarm | None = None, link: MqttLink | None = None
 ) -> tuple[TapDesk, TokenVerifier]:
-    """An exit gate's tap desk and its verifier, on one replay store with one alarm."""
-    pricing = ExitPricing(RULES, TARIFF, lambda: KEYS, DenyList.empty, ACCOUNT_KEY)
-    link = MqttLink("127.0.0.1", 1, "never-connected")
+    """An exit gate's tap desk and its verifier, on one replay store with one alarm; the
+    gate is `link`'s client id (S03/x1 when none is given: a link never connected)."""
+    link = link or MqttLink("127.0.0.1", 1, "S03/x1")
+    lane = link.client_id
+    rules = replace(RULES, plaza=lane.split("/")[0], lane=lane)
+    pricing = ExitPricing(rules, TARIFF, lambda: KEYS, DenyList.empty, ACCOUNT_KEY)
     replay = ReplayStore(tmp / "replay.sqlite3")
-    verifier = TokenVerifier("S03/x1", KEYS, DenyList.empty(), replay, 30, alarm=alarm)
-    gate = TapDesk("L1", "S03/x1", 28_800, TapStore(tmp / "taps.sqlite3"), replay, link,
+    verifier = TokenVerifier(lane, KEYS, DenyList.empty(), replay, 30, alarm=alarm)
+    gate = TapDesk("L1", lane, 28_800, TapStore(tmp / "taps.sqlite3"), replay, link,
                    pricing=pricing, wall=lambda: clock[0], replay_watch=verifier.replay_watch,
-                   peers=CODES.peers("S03/x1", replay, lambda: KEYS, lambda: clock[0]),
+                   peers=CODES.peers(lane, replay, lambda: KEYS, lambda: clock[0]),
                    skew_s=RULES.skew_s, alarm=alarm)  # fmt: skip
     return gate, verifier
 
@@ -459,6 +468,142 @@ async def _named_ahead() -> None:
         gate.replay.close()
 
 
+def test_a_refund_gives_back_no_later_exit_whatever_the_gates_clocks_stamped() -> None:
+    asyncio.run(_later_exit_stamped_earlier())
+
+
+async def _later_exit_stamped_earlier() -> None:
+    """A tap-in exited at one gate, then (the first exit refunded: never let through) at
+    another whose clock is behind by less than the skew, so the later exit is stamped earlier.
+    The mark was timed by the first exit and the refund of it gave the later exit's mark back:
+    that tap-in priced a third exit as a trip. So did a refund naming an exit stamped after
+    the later one, within the skew of this gate's clock. A mark names the exit that made it
+    last, and a refund gives back only that exit's: here, heard, and this gate's own."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
+    fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        entered = tap_in("S01", NOW - 600)
+        await gate.handle(Incoming(topic, signed(entered)))
+        trip = uuid.UUID(entered.record_id).hex
+        # Heard: S02 (10 s ahead) let it out, then S01/x1 (behind) let it out again.
+        first = tap_out_of(entered, fare, "S02/x1", NOW + 10)
+        later = tap_out_of(entered, fare, "S01/x1", NOW + 5)
+        for record in (first, later, refund_of(first, NOW + 11, trip)):
+            await gate.handle(Incoming(topic, signed(record)))
+        assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
+        # A refund naming an exit stamped after the later one, within the skew: it stays.
+        named = Record(exit_id(clock[0] + RULES.skew_s - 1), first.lane, 2, first.ts_us,
+                       first.draft)  # fmt: skip
+        await gate.handle(Incoming(topic, signed(refund_of(named, NOW + 12, trip))))
+        assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
+        # The later exit's own refund gives its mark back (the mark is still S02's: heard from
+        # it first, `ReplayStore.mark_remote`; so it is S02's refund that frees it).
+        assert gate.replay.get(f"pass:{trip}") is not None
+
+        # This gate's own exit, then another gate's (its clock behind) after its refund.
+        again = tap_in("S01", clock[0], account="rider-1")
+        await gate.handle(Incoming(topic, signed(again)))
+        trip = uuid.UUID(again.record_id).hex
+        assert await tap_out(gate, clock) == ("charged", fare, trip)
+        own = exit_id(clock[0])
+        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, own))
+        await gate.handle(Incoming(topic, signed(tap_out_of(again, fare, "S02/x1", clock[0] - 3))))
+        clock[0] += 2
+        await gate.release(ReleasePass(trip, own))
+        assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
+        gate.store.close()
+        gate.replay.close()
+
+
+@asynccontextmanager
+async def line_gate(
+    mosquitto: Mosquitto, tmp: Path, lane: str, clock: list[float]
+) -> AsyncIterator[TapDesk]:
+    """An exit gate of the line on the session broker: it hears the line's taps and shares its
+    own once durable (`on_record`)."""
+    gates: list[TapDesk] = []
+
+    async def heard(msg: Incoming) -> None:
+        await gates[0].handle(msg)
+
+    link = MqttLink(mosquitto.host, mosquitto.port, lane, [(topics.line_taps("L1"), 1)], heard)
+    gates.append(desk(Path(tempfile.mkdtemp(dir=tmp)), clock, link=link))
+    sharing = asyncio.create_task(gates[0].run())
+    try:
+        async with running(link):
+            yield gates[0]
+    finally:
+        sharing.cancel()
+        await asyncio.gather(sharing, return_exceptions=True)
+        gates[0].store.close()
+        gates[0].replay.close()
+
+
+def durable(gate: TapDesk, record: Record) -> None:
+    """The gate's record is durable: the runner's record note."""
+    gate.on_record({**record.to_map(), "v": record.v})
+
+
+async def test_a_refund_over_the_line_gives_back_its_exits_mark_and_never_a_later_exits(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Two exit gates of the line on the real broker. S03's refund of its exit gives the mark
+    back there and at S02 (heard on the line): the tap-in prices as a trip at both. Let out
+    again at S03, then at S01/x1 (whose clock is behind: that exit stamped earlier), S03's
+    refund of its own exit gave back S01's mark too, at both gates."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+    async with (
+        line_gate(mosquitto, tmp_path, "S03/x1", clock) as here,
+        line_gate(mosquitto, tmp_path, "S02/x1", clock) as there,
+        sender(mosquitto, "S01-gates") as s01,
+    ):
+        entered = tap_in("S01", NOW - 600)
+        trip = uuid.UUID(entered.record_id).hex
+        key = f"pass:{trip}"
+        await s01.publish(topic, signed(entered), qos=1)
+        await eventually(lambda: here.store.count() == there.store.count() == 1,
+                         what="the tap-in heard at both gates")  # fmt: skip
+
+        async def priced(gate: TapDesk) -> tuple[str, str | None]:
+            """The outcome of rider-1's tap-out at `gate` (its fares are its station's)."""
+            outcome, _, pass_id = await tap_out(gate, clock)
+            return outcome, pass_id
+
+        # (2) The latest exit's refund: its mark goes here and at S02.
+        assert await priced(here) == ("charged", trip)
+        out = tap_out_of(entered, fare, "S03/x1", clock[0])
+        await here.mark_used(MarkPassUsed(trip, NOW + 28_800, None, out.record_id))
+        durable(here, out)
+        await eventually(lambda: there.replay.get(key) is not None, what="S03's exit at S02")
+        assert await priced(there) == ("pass_used", trip)
+        await here.release(ReleasePass(trip, out.record_id))
+        durable(here, refund_of(out, clock[0], trip))
+        await eventually(lambda: there.replay.get(key) is None, what="S03's refund at S02")
+        assert await priced(here) == ("charged", trip)
+        assert await priced(there) == ("charged", trip)
+
+        # (1) Out at S03 again, then at S01/x1 (its clock 3 s behind S03's), then S03 refunds
+        # its exit: S01's mark stays at both gates.
+        out = tap_out_of(entered, fare, "S03/x1", clock[0])
+        await here.mark_used(MarkPassUsed(trip, NOW + 28_800, None, out.record_id))
+        durable(here, out)
+        await eventually(lambda: there.replay.get(key) is not None, what="S03's exit at S02")
+        heard = (here.received, there.received)
+        await s01.publish(topic, signed(tap_out_of(entered, fare, "S01/x1", clock[0] - 3)), qos=1)
+        await eventually(lambda: (here.received, there.received) == (heard[0] + 1, heard[1] + 1),
+                         what="S01's exit heard at both gates")  # fmt: skip
+        await here.release(ReleasePass(trip, out.record_id))
+        durable(here, refund_of(out, clock[0], trip))
+        await eventually(lambda: there.received == heard[1] + 2, what="S03's refund at S02")
+        assert await priced(here) == ("pass_used", trip)
+        assert await priced(there) == ("pass_used", trip)
+
+
 def tap_out_of(entered: Record, kept: int, lane: str, at: float) -> Record:
     """Another gate's tap-out of the tap-in `entered` (from S01), keeping `kept`, as heard on
     the line."""
@@ -698,8 +843,9 @@ def test_a_tap_store_of_the_first_release_keeps_its_tap_ins_and_then_holds_exits
     tmp_path: Path,
 ) -> None:
     """Schema 2 adds the held exits (lane.tap_desk), schema 3 who made each (this gate, or the
-    gate it was heard from), schema 4 the refunds held until their marks are given back: a v1
-    file, as the first release wrote it, is upgraded in place."""
+    gate it was heard from), schema 4 the refunds held until their marks are given back,
+    schema 5 the exit record each names: a v1 file, as the first release wrote it, is upgraded
+    in place."""
     path = tmp_path / "taps.sqlite3"
     entered = tap_in("S01", NOW - 60)
     trip = uuid.UUID(entered.record_id).hex
@@ -716,7 +862,8 @@ def test_a_tap_store_of_the_first_release_keeps_its_tap_ins_and_then_holds_exits
     store = TapStore(path)
     assert store.latest("rider-1", NOW) == entered.encode()
     assert store.held(NOW) == {}
-    heard = Held(NOW + 600, "S02/g1", NOW - 30.5)  # another gate's exit, marked as heard
+    # Another gate's exit, marked as heard.
+    heard = Held(NOW + 600, "S02/g1", NOW - 30.5, exit_id(NOW - 30.5))
     store.hold({f"pass:{trip}": Held(NOW + 600), "pass:out": heard, "pass:gone": Held(NOW - 1)},
                {"pass:back": heard, "pass:over": Held(NOW - 1)}, NOW)  # fmt: skip
     store.close()
@@ -728,7 +875,7 @@ def test_a_tap_store_of_the_first_release_keeps_its_tap_ins_and_then_holds_exits
     store.hold({}, {}, NOW)
     assert store.held(NOW) == {} == store.unreleased(NOW)
     store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (4,)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (5,)
 
 
 def test_a_gate_shares_its_paid_taps_and_their_refunds_once_durable(tmp_path: Path) -> None:

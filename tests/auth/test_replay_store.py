@@ -20,6 +20,7 @@ from lane.auth.replay import (
     ReplayStore,
     ReplayStoreError,
     UsedToken,
+    migrate,
 )
 
 NOW = 1_800_000_000.0
@@ -230,10 +231,9 @@ def test_a_version_3_file_takes_the_plate_times_and_keeps_its_marks(tmp_path: Pa
     marks stay, and it keeps the plates' latest binding times (and whether emptied) from then
     on."""
     path = tmp_path / "replay.db"
-    with ReplayStore(path, migrations=MIGRATIONS[:3]) as v3:
-        v3.check_and_mark("pass:aa01", 1_800_000_060, "P03/x1", NOW)
+    old_file(path, 3, [("pass:aa01", 1_800_000_060, "P03/x1", NOW, 0)])
     with ReplayStore(path) as v4:
-        assert v4.schema_version == 4 == len(MIGRATIONS)
+        assert v4.schema_version == len(MIGRATIONS)
         assert not v4.check_and_mark("pass:aa01", 1_800_000_060, "P03/x1", NOW)
         bound, emptied = PlateTime(NOW - 60, emptied=False), PlateTime(NOW - 60, emptied=True)
         v4.keep_plate_times({"ZJA1": emptied, "ZJB2": PlateTime(NOW - 7200, False)}, NOW - 3600)
@@ -244,6 +244,18 @@ def test_a_version_3_file_takes_the_plate_times_and_keeps_its_marks(tmp_path: Pa
         assert list(v4.plate_times(0)) == ["ZJA1", "ZJC3"]  # the oldest first
         v4.keep_plate_times({"ZJA1": PlateTime(NOW - 10, False)}, NOW - 3600)  # its next trip
         assert v4.plate_times(NOW - 3600)["ZJA1"] == PlateTime(NOW - 10, False)
+
+
+def old_file(path: Path, version: int, marks: list[tuple[str, int, str, float, int]]) -> None:
+    """A replay store as the release of schema `version` left it, holding `marks` (token id,
+    exp, lane, seen_at, remote) as that release wrote them: only its own columns."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, MIGRATIONS[:version], str(path))
+    conn.executemany(
+        "INSERT INTO used_tokens (token_id, exp, lane, seen_at, remote) VALUES (?, ?, ?, ?, ?)",
+        marks,
+    )
+    conn.close()
 
 
 def test_failed_migration_leaves_file_untouched(tmp_path: Path) -> None:
@@ -468,3 +480,50 @@ def test_a_release_frees_no_mark_of_an_id_used_again_since(tmp_path: Path) -> No
         assert not store.mark_remote("pass:aa", 1_800_000_600, "S01/x1", NOW + 9e6, now=NOW + 40)
         mark = store.get("pass:aa")
         assert mark is not None and mark.seen_at == NOW + 40 + store.bounds.skew_s
+
+
+def test_a_refund_gives_back_only_the_mark_its_exit_made_last(tmp_path: Path) -> None:
+    """A metro tap-in exited at S02 (its clock 10 s ahead), then at S01 (its clock behind, the
+    later exit stamped earlier): the mark named by S02's exit and timed by it, S02's refund of
+    it gave back S01's exit too. A mark names the exit that made it last; a refund naming
+    another exit gives back nothing, whatever its time."""
+    exp = 1_800_000_600
+    with ReplayStore(tmp_path / "replay.db") as store:
+        assert store.mark_remote("pass:aa", exp, "S02/x1", NOW + 10, now=NOW, exit_id="exit-a")
+        assert not store.mark_remote("pass:aa", exp, "S01/x1", NOW + 5, now=NOW, exit_id="exit-b")
+        assert store.release("pass:aa", "S02/x1", remote=True, made_by=NOW + 10.001,
+                             exit_id="exit-a") is None  # fmt: skip
+        assert store.get("pass:aa") == UsedToken("pass:aa", exp, "S02/x1", NOW + 10, True, "exit-b")
+        # This gate's own exit, marked again by its later exit: the first one's refund keeps it.
+        assert store.check_and_mark("pass:bb", exp, "S03/x1", NOW, NOW, exit_id="exit-c")
+        assert not store.check_and_mark("pass:bb", exp, "S03/x1", NOW, NOW - 1, exit_id="exit-d")
+        assert store.release("pass:bb", "S03/x1", made_by=NOW + 60, exit_id="exit-c") is None
+        # The latest exit's refund gives its mark back; one stamped later than it stays.
+        assert store.release("pass:bb", "S03/x1", made_by=NOW - 2, exit_id="exit-d") is None
+        assert store.release("pass:bb", "S03/x1", made_by=NOW + 60, exit_id="exit-d") == exp
+
+
+def test_a_version_4_file_keeps_its_marks_given_back_by_time_as_before(tmp_path: Path) -> None:
+    """The release before (schema 4) named no exit in its marks: they stay over the upgrade,
+    name no exit, and a refund gives them back by its time alone, as that release did; a
+    later exit's mark names that exit from then on."""
+    exp = 1_800_000_600
+    path = tmp_path / "replay.db"
+    marks = [("pass:aa", "S03/x1", 0), ("pass:bb", "S02/x1", 1), ("pass:cc", "S02/x1", 1),
+             ("tok1", "S03/x1", 0)]  # fmt: skip
+    old_file(path, 4, [(used, exp, lane, NOW, remote) for used, lane, remote in marks])
+    with ReplayStore(path) as store:
+        assert store.schema_version == len(MIGRATIONS) == 5
+        assert store.count() == 4 and not store.check_and_mark("tok1", exp, "S03/x1", NOW)
+        assert store.get("pass:aa") == UsedToken("pass:aa", exp, "S03/x1", NOW, False, None)
+        # Any exit's refund made by then gives an old mark back; one made before it does not.
+        assert store.release("pass:aa", "S03/x1", made_by=NOW - 1, exit_id="exit-a") is None
+        assert store.release("pass:aa", "S03/x1", made_by=NOW + 1, exit_id="exit-a") == exp
+        assert store.release("pass:bb", "S02/x1", remote=True, made_by=NOW,
+                             exit_id="exit-b") == exp  # fmt: skip
+        # An old mark used again by a named exit: the refund of the old one keeps it.
+        assert not store.mark_remote("pass:cc", exp, "S01/x1", NOW - 3, now=NOW, exit_id="exit-c")
+        assert store.release("pass:cc", "S02/x1", remote=True, made_by=NOW + 1,
+                             exit_id="exit-old") is None  # fmt: skip
+        assert store.release("pass:cc", "S02/x1", remote=True, made_by=NOW + 1,
+                             exit_id="exit-c") == exp  # fmt: skip

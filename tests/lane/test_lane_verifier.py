@@ -39,9 +39,9 @@ async def test_only_the_replay_mark_leaves_the_event_loop(
     with ReplayStore(tmp_path / "replay.db") as store:
         mark = store.check_and_mark
 
-        def spy_mark(*args: Any) -> bool:
+        def spy_mark(*args: Any, **kwargs: Any) -> bool:
             marked.append(threading.get_ident())
-            return mark(*args)
+            return mark(*args, **kwargs)
 
         monkeypatch.setattr(store, "check_and_mark", spy_mark)
         verifier = TokenVerifier("p01/l01", codes.keyset(now), DenyList.empty(), store, 30.0)
