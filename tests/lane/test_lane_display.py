@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from mqtt_kit import collected, handed_at_once
+from mqtt_kit import collected, handed_at_once, sender
 from polling import eventually
 from test_lane_daemon import Lane, named, running_lane
 from test_lane_heal import lane_processes
@@ -167,6 +167,33 @@ async def test_a_text_whose_ttl_has_passed_is_not_handed_to_a_display_that_start
         heard = time.monotonic()  # the broker took it before our watcher heard it
         await asyncio.sleep(max(0.0, heard + 3.0 - time.monotonic()))  # its ttl passes
         assert texts(await display_starts(mosquitto, lane_id), lane_id) == []
+
+
+async def test_a_lane_that_starts_replaces_the_text_its_previous_process_left(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """A lane killed right after it showed a fare left it retained (and its will, `offline`);
+    restarted within the fare's ttl, it replaces that text before it says its status: a
+    display that starts once the lane says it is back is never handed the fare of a vehicle
+    the restarted lane knows nothing of (it has no text to show, and shows rule 4's)."""
+    fare = DisplayMessage(["Class 1", "2.50 EUR", FARE_ASK], 60.0)
+    async with sender(mosquitto, f"gone-{lane_id}") as gone:
+        await gone.publish(
+            topics.display(lane_id), fare.encode(), qos=1, retain=True, expiry_s=fare.expiry_s
+        )
+        await gone.publish(
+            topics.status(lane_id), LaneStatus.offline(1).encode(), qos=1, retain=True
+        )
+    assert texts(await display_starts(mosquitto, lane_id), lane_id) == [fare.lines]
+    async with running_lane(tmp_path, mosquitto, lane_id, QUICK):
+        handed: list[Incoming] = []
+
+        async def lane_back() -> bool:
+            handed[:] = await display_starts(mosquitto, lane_id)
+            return [s.state for s in handed_status(handed, lane_id)] == ["idle"]
+
+        await eventually(lane_back)
+        assert texts(handed, lane_id) in ([], [[]])
 
 
 async def test_a_display_that_starts_after_the_lane_s_process_died_can_tell_it_is_offline(
