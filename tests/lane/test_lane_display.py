@@ -123,11 +123,16 @@ async def test_a_display_that_starts_after_the_lane_spoke_is_handed_its_text_at_
 ) -> None:
     """A display restarted (a power blip) while the lane stays connected: the broker hands it
     the lane's current text the moment it subscribes, with what is left of the text's ttl as
-    its expiry; nothing else of the lane's is left over for it."""
+    its expiry; nothing else of the lane's is left over for it. `Lane open` lives 3 s, which
+    mosquitto counts in whole seconds (it may drop it 2 s after it took it): a machine so
+    loaded that the display starts later is given another try, not a failure."""
     async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
-        said = await lane_speaks(lane, speech, display)
+        for _ in range(3):
+            said = await lane_speaks(lane, speech, display)
+            handed = await display_starts(mosquitto, lane_id)
+            if texts(handed, lane_id) or speech != "lane_open":
+                break
         sent = DisplayMessage(said, 3.0 if speech == "lane_open" else 10.0)
-        handed = await display_starts(mosquitto, lane_id)
         assert texts(handed, lane_id) == [said]
         text = next(m for m in handed if m.topic == topics.display(lane_id))
         assert text.retain
