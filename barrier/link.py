@@ -11,7 +11,9 @@ timeouts, retries and FAULT are the lane core's. What it does decide:
   passed (lane.refusal_log): a flood writes two lines a minute, not one a message;
 - a barrier state older than one already seen from the same device session (lower or equal
   seq) is dropped, so a re-delivered retained state never rolls the lane's view back;
-- the controller's will is `lane/{id}/status` = LaneStatus "offline", retained.
+- the controller's will is `lane/{id}/status` = LaneStatus "offline", retained;
+- on each connection, before the lane hears of it, the display's retained text is replaced by
+  one with no lines (`DisplayMessage.none()`): a text left from before is not the lane's.
 
 Callbacks are plain functions called on the event loop, straight from the MQTT client's read
 callback (no task or queue in between: an ack reaches `on_ack` in the loop turn that read it);
@@ -260,6 +262,11 @@ class BarrierLink:
     async def _connected(self) -> None:
         # The will registered for the next connection says when this one was made.
         self.mqtt.will = self._will()
+        # Before the lane is told (and says its status, or its phase's text): the retained
+        # text is one this lane's previous process, or the lane before the outage, left; a
+        # display that starts must not be handed it (a fare, "Lane open") over a lane that
+        # came back not showing it. QoS 0 goes out in order, ahead of anything the lane says.
+        await self.show(DisplayMessage.none())
         if self._on_link is not None:
             self._on_link(True, None)
 

@@ -280,6 +280,13 @@ class DisplayMessage(_Message):
         never expiring), and at most the property's 32 bits."""
         return min(max(1, math.floor(self.ttl_s)), MAX_EXPIRY_S)
 
+    @classmethod
+    def none(cls) -> DisplayMessage:
+        """No text: what the lane says on connecting, before its status, so that a text a
+        killed process (or the lane before an outage) left retained is not handed to a display
+        over a lane that no longer shows it."""
+        return cls([], 0.0)
+
     def to_map(self) -> dict[str, Any]:
         return {"lines": list(self.lines), "ttl": self.ttl_s}
 

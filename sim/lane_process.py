@@ -34,6 +34,7 @@ from typing import Any
 
 from barrier.health_message import LaneHealth, health_topic
 from barrier.messages import DisplayMessage, LaneStatus
+from lane.core.display import seen_on_display
 from lane.transport.mqtt import Incoming, LinkDown, MqttLink
 from lane.wire import topics
 from lane.wire.codec import PayloadError, unpack
@@ -282,9 +283,16 @@ class ProcessLane(SimLane):
         down = self.offline_alarm()
         if down is not None:
             alarms[LANE_OFFLINE] = down
-        phase = "starting" if self.status is None else self.status.state
+        status = self.status
+        phase = "starting" if status is None else status.state
         view |= {
             "phase": LaneStatus.OFFLINE if down is not None else phase,
+            # As a display shows it, and the console's view of it: not a text the lane left.
+            "display": seen_on_display(
+                view["display"],
+                offline=down is not None,
+                accepting=None if status is None else status.accepting,
+            ),
             "barrier": self.device.state if self.device is not None else "unknown",
             "alarms": alarms,
             "process": {

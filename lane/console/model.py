@@ -26,7 +26,7 @@ from barrier.messages import (
 )
 from barrier.peripherals import PlateReading
 from lane.alarm_severity import Severity, worst
-from lane.core.display import LANE_CLOSED
+from lane.core.display import seen_on_display
 from lane.window import Window, percentiles
 from lane.wire.codec import PayloadError, unpack
 from lane.wire.topics import PLATE
@@ -70,18 +70,14 @@ class LaneView:
         return "ok" if sev is None else sev.value
 
     def shown(self, mono: float) -> list[str]:
-        """What the lane's display shows, by its contract (docs/barrier.md, "DisplayMessage"):
-        `Lane closed` while the lane is offline, whatever text it left; else its text while
-        that lives; else `Lane closed` while the lane takes no payments, nothing (the display's
-        idle text) while it does."""
+        """What the lane's display shows, by its contract (`seen_on_display`)."""
         status = self.status
-        if status is not None and status.state == LaneStatus.OFFLINE:
-            return list(LANE_CLOSED.lines)
-        if self.display_until is not None and mono < self.display_until:
-            return self.display
-        if status is not None and status.accepting is False:
-            return list(LANE_CLOSED.lines)
-        return []
+        alive = self.display_until is not None and mono < self.display_until
+        return seen_on_display(
+            self.display if alive else [],
+            offline=status is not None and status.state == LaneStatus.OFFLINE,
+            accepting=None if status is None else status.accepting,
+        )
 
     def _active(self) -> list[AlarmEntry]:
         return [a for a in self.health.alarms if a.active] if self.health is not None else []

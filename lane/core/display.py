@@ -11,6 +11,19 @@ LANE_OPEN = ShowOnDisplay(("Lane open",), ttl_s=3.0)
 THANK_YOU = ShowOnDisplay(("Thank you", "Have a good journey"), ttl_s=5.0)
 
 
+def seen_on_display(text: list[str], *, offline: bool, accepting: bool | None) -> list[str]:
+    """What a display shows by its contract (docs/barrier.md, "DisplayMessage"), for the views
+    of it (the console's, the simulator's): "Lane closed" while the lane is `offline` (its
+    will), whatever text it left; else the lane's `text` while it lives (empty: none left, or
+    the lane said it has none); else "Lane closed" while the lane takes no payments, nothing
+    (the display's idle text) while it does or does not say."""
+    if offline:
+        return list(LANE_CLOSED.lines)
+    if text:
+        return text
+    return list(LANE_CLOSED.lines) if accepting is False else []
+
+
 def not_accepted(reason: str) -> ShowOnDisplay:
     """A fare-gate passenger's code refused: they are no longer served, the next one is."""
     return ShowOnDisplay(("Not accepted", reason), ttl_s=3.0)

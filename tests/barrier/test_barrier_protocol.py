@@ -492,6 +492,9 @@ async def test_controller_outputs_and_will(mosquitto: Mosquitto, lane_id: str) -
     async with tasks(spy.mqtt.run(), link.run()):
         await spy.mqtt.wait_connected(WAIT)
         await link.wait_connected(WAIT)
+        # On connecting, before anything else: no text (a text left from before is not ours).
+        blank = await spy.on(topics.display(lane_id))
+        assert DisplayMessage.decode(blank.payload) == DisplayMessage.none()
         await link.show(DisplayMessage(["Class 2", "EUR 3.40"], 8.0))
         shown = await spy.on(topics.display(lane_id))
         assert DisplayMessage.decode(shown.payload).lines == ["Class 2", "EUR 3.40"]

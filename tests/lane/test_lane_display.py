@@ -6,14 +6,13 @@ device emulator, the daemon (in this process, and as a `lane run` process killed
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from mqtt_kit import collected, handed_at_once
+from mqtt_kit import collected, handed_at_once, sender
 from polling import eventually
 from test_lane_daemon import Lane, named, running_lane
 from test_lane_heal import lane_processes
@@ -124,11 +123,16 @@ async def test_a_display_that_starts_after_the_lane_spoke_is_handed_its_text_at_
 ) -> None:
     """A display restarted (a power blip) while the lane stays connected: the broker hands it
     the lane's current text the moment it subscribes, with what is left of the text's ttl as
-    its expiry; nothing else of the lane's is left over for it."""
+    its expiry; nothing else of the lane's is left over for it. `Lane open` lives 3 s, which
+    mosquitto counts in whole seconds (it may drop it 2 s after it took it): a machine so
+    loaded that the display starts later is given another try, not a failure."""
     async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
-        said = await lane_speaks(lane, speech, display)
+        for _ in range(3):
+            said = await lane_speaks(lane, speech, display)
+            handed = await display_starts(mosquitto, lane_id)
+            if texts(handed, lane_id) or speech != "lane_open":
+                break
         sent = DisplayMessage(said, 3.0 if speech == "lane_open" else 10.0)
-        handed = await display_starts(mosquitto, lane_id)
         assert texts(handed, lane_id) == [said]
         text = next(m for m in handed if m.topic == topics.display(lane_id))
         assert text.retain
@@ -160,13 +164,43 @@ async def test_a_display_that_starts_during_a_fault_is_told_the_lane_takes_no_pa
 async def test_a_text_whose_ttl_has_passed_is_not_handed_to_a_display_that_starts(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str, display: list[list[str]]
 ) -> None:
-    """`Lane open` (ttl 3 s): a display that starts once it has lived its ttl is handed no
-    text (it shows its idle text), never one the lane has stopped showing."""
+    """`Lane open` (ttl 3 s) is not retained for ever: the broker drops it once its expiry
+    (within its ttl: the test above) is over, and a display that starts then is handed no text
+    (it shows its idle text). Polled: the broker counts its expiry in whole seconds."""
     async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
         await lane_speaks(lane, "lane_open", display)
-        heard = time.monotonic()  # the broker took it before our watcher heard it
-        await asyncio.sleep(max(0.0, heard + 3.0 - time.monotonic()))  # its ttl passes
-        assert texts(await display_starts(mosquitto, lane_id), lane_id) == []
+
+        async def no_text() -> bool:
+            return texts(await display_starts(mosquitto, lane_id), lane_id) == []
+
+        await eventually(no_text)
+
+
+async def test_a_lane_that_starts_replaces_the_text_its_previous_process_left(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """A lane killed right after it showed a fare left it retained (and its will, `offline`);
+    restarted within the fare's ttl, it replaces that text before it says its status: a
+    display that starts once the lane says it is back is never handed the fare of a vehicle
+    the restarted lane knows nothing of (it has no text to show, and shows rule 4's)."""
+    fare = DisplayMessage(["Class 1", "2.50 EUR", FARE_ASK], 60.0)
+    async with sender(mosquitto, f"gone-{lane_id}") as gone:
+        await gone.publish(
+            topics.display(lane_id), fare.encode(), qos=1, retain=True, expiry_s=fare.expiry_s
+        )
+        await gone.publish(
+            topics.status(lane_id), LaneStatus.offline(1).encode(), qos=1, retain=True
+        )
+    assert texts(await display_starts(mosquitto, lane_id), lane_id) == [fare.lines]
+    async with running_lane(tmp_path, mosquitto, lane_id, QUICK):
+        handed: list[Incoming] = []
+
+        async def lane_back() -> bool:
+            handed[:] = await display_starts(mosquitto, lane_id)
+            return [s.state for s in handed_status(handed, lane_id)] == ["idle"]
+
+        await eventually(lane_back)
+        assert texts(handed, lane_id) in ([], [[]])
 
 
 async def test_a_display_that_starts_after_the_lane_s_process_died_can_tell_it_is_offline(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,6 +22,7 @@ from browser_kit import browser_page
 from polling import eventually
 from prometheus_client.parser import text_string_to_metric_families
 
+from lane.core.display import LANE_CLOSED
 from lane.core.state import Phase
 from lane.wire.codec import PayloadError, pack
 from scanner.pipeline import LatestFrame
@@ -157,8 +159,16 @@ async def test_two_lane_processes_serve_survive_a_kill_and_take_faults(tmp_path:
         assert first.child.process is not None
         killed = first.child.process.pid
         os.kill(killed, signal.SIGKILL)
-        down = await eventually(lambda: alarms(sim, first).get(LANE_OFFLINE), 10, what="offline")
+
+        def offline_view() -> dict[str, Any] | None:
+            view: dict[str, Any] = first.snapshot(0)
+            return view if LANE_OFFLINE in view["alarms"] else None
+
+        view = await eventually(offline_view, 10, what="offline")
+        down = view["alarms"][LANE_OFFLINE]
         assert "offline" in down or "exited" in down
+        # Its display as a display shows it (and the console): not a fare the dead lane left.
+        assert view["display"] == list(LANE_CLOSED.lines)
         child = first.child
 
         def back() -> bool:
