@@ -75,7 +75,7 @@ from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
-from lane.core.names import Alarm, PayloadKind, Position, Sensor
+from lane.core.names import Alarm, DeviceWords, PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.disk_answer import clear_after_s, judged
@@ -804,7 +804,9 @@ class LaneDaemon:
         A garbled loop or plate reading, or an attendant's command, changes nothing (the link
         has logged it)."""
         if topic in self._boom_words:
-            self.runner.post(ev.DeviceUnreadable(topic, error))
+            ack = topic == topics.barrier_ack(self.lane)
+            words = DeviceWords.ACKS if ack else DeviceWords.REPORTS
+            self.runner.post(ev.DeviceUnreadable(topic, error, words))
 
     def _on_sensor(self, reading: SensorReading) -> None:
         if reading.sensor == "classifier":
