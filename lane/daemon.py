@@ -1231,6 +1231,7 @@ class LaneDaemon:
             self._say("trust_update_refused", self.verifier.refusal_text())
             self.peers.say_counted(self.clocks.wall())
             self.link.say_counted()
+            self.forwarder.say_counted()
             for code, text in self.peers.alarm_texts(self.clocks.wall()).items():
                 self._say(code, text)
             self._reload_changed_files()
