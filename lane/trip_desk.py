@@ -58,6 +58,8 @@ from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
 
 log = logging.getLogger("lane.trip_desk")
+# Who sent an MQTT delete taken unsigned, in `unsigned_peer_messages`: it names no lane.
+UNSIGNED_DELETE = "whoever deleted plate bindings"
 
 # The replay store's alarm while a binding's time it did not take is held in memory only.
 REPLAY_PLATES = (
@@ -190,6 +192,7 @@ class TripDesk:
         only while unsigned messages are (an exit lane of the release before empties the
         binding so); refused otherwise (the tombstone is what empties a binding)."""
         if self.peers.accept_unsigned:
+            self.peers.took_unsigned(UNSIGNED_DELETE)
             ids = {"lane": self.rules.lane, "topic": topic, "plate": plate}
             await self._empty(plate, ids)
             return

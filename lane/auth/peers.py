@@ -12,7 +12,9 @@ lane.trip_desk), which call it where they encode and decode their messages:
   loop every second, says how many once that time has passed: a flood writes two lines a
   minute); the refusal is kept for `peer_messages_refused` (every one of them), an unsigned
   message taken for `unsigned_peer_messages`. `refuse(...)` does the same for what a desk
-  refuses itself before opening it (an MQTT delete of a plate binding: it cannot be signed).
+  refuses itself before opening it (an MQTT delete of a plate binding: it cannot be signed),
+  `took_unsigned(...)` what one takes unsigned without opening it (that delete, while
+  `auth.accept_unsigned_peers` is on: it names no lane, so the alarm names what it was).
 - `ignore(why, ...)`: a genuine message a desk does not take for what it says (`Ignored`: heard
   before, from outside the plaza, older than the plate's ...): a replay of one comes as often as
   whoever replays it sends it, so its line goes through the same window (`say_counted`).
@@ -130,6 +132,11 @@ class Peers:
             return None
         self.refuse(topic, what, got, now)
         return None
+
+    def took_unsigned(self, sender: str) -> None:
+        """An unsigned message a desk took without opening it: `unsigned_peer_messages` names
+        `sender` (what it was, as it names no lane) as it names a lane whose message it took."""
+        self.watch.opened(sender, signed=False, now=self.wall())
 
     def refuse(self, topic: str, what: str, got: PeerRefused, now: float) -> None:
         """Log a message refused (unless counted: `refusal_log`) and keep it for the alarm."""
