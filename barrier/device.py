@@ -4,7 +4,7 @@ Used by the tests and the simulator. It subscribes to the lane's command topic, 
 executes and acknowledges commands by the rules in `barrier.gate`, publishes its retained
 state with an increasing seq, and plays the lane's sensors (loops, light curtain, classifier)
 for a traffic generator. Faults can be injected: stuck, stuck_open, no_ack, slow_ack, offline,
-fault, garbled.
+fault, garbled, garbled_acks.
 
 Time: `clock` is the device's wall clock (Unix seconds, used for deadlines and timestamps);
 `sleep` is how it waits for its mechanism and for passing vehicles, so the simulator can run
@@ -36,9 +36,12 @@ from lane.wire.codec import PayloadError, unpack
 
 log = logging.getLogger("lane.barrier.device")
 
-FAULTS = frozenset({"stuck", "stuck_open", "no_ack", "slow_ack", "offline", "fault", "garbled"})
+FAULTS = frozenset(
+    {"stuck", "stuck_open", "no_ack", "slow_ack", "offline", "fault", "garbled", "garbled_acks"}
+)
 # Under `garbled`, what the device says of its boom (acks, states, snapshots) goes out as this:
 # a byte msgpack never uses, as a firmware speaking another format would look to the lane.
+# `garbled_acks` garbles its acks only (a firmware whose ack encoder alone broke).
 GARBLED = b"\xc1"
 SAFETY_SENSORS = frozenset({"safety_loop", "light_curtain"})
 # Every presence sensor the emulated lane has: a snapshot reports each one.
@@ -431,7 +434,9 @@ class DeviceEmulator:
         step in creation order, and `MqttLink.publish` hands the packet to the MQTT client
         (which writes in call order) before its first await.
         """
-        if self.fault == "garbled" and out.topic in self._boom_words:
+        if (self.fault == "garbled" and out.topic in self._boom_words) or (
+            self.fault == "garbled_acks" and out.topic == topics.barrier_ack(self.lane)
+        ):
             out = replace(out, payload=GARBLED)
         task = asyncio.create_task(self._publish(out))
         self._publishing.add(task)

@@ -76,7 +76,7 @@ from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
 from lane.core.machine import initial_state
-from lane.core.names import PayloadKind, Position, Sensor
+from lane.core.names import DeviceWords, PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.disk_answer import DiskPhase, clear_after_s, judged
@@ -824,7 +824,9 @@ class LaneDaemon:
         A garbled loop or plate reading, or an attendant's command, changes nothing (the link
         has logged it)."""
         if topic in self._boom_words:
-            self.runner.post(ev.DeviceUnreadable(topic, error))
+            ack = topic == topics.barrier_ack(self.lane)
+            words = DeviceWords.ACKS if ack else DeviceWords.REPORTS
+            self.runner.post(ev.DeviceUnreadable(topic, error, words))
 
     def _on_sensor(self, reading: SensorReading) -> None:
         if reading.sensor == "classifier":
@@ -1302,6 +1304,7 @@ class LaneDaemon:
             self._say("trust_update_refused", self.verifier.refusal_text())
             self.peers.say_counted(self.clocks.wall())
             self.link.say_counted()
+            self.forwarder.say_counted()
             for code, text in self.peers.alarm_texts(self.clocks.wall()).items():
                 self._say(code, text)
             self._reload_changed_files()

@@ -5,7 +5,8 @@ the first refusal of a kind (what was refused and why) is logged, the next ones 
 `every_s` only counted, and `counted` hands back their number once that time has passed; the
 next refusal of that kind after it is logged again. Its users keep the kinds few (the lane's
 message names times their reasons, a link's topics): bounded whatever comes. Peers' messages
-(lane.auth.peers) and the barrier link's garbage (barrier.link) go through it.
+(lane.auth.peers), the barrier link's garbage (barrier.link) and the acks the uplink cannot
+take (uplink.forwarder) go through it.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ from lane.auth.deny import DenyList
 from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import pass_key
-from lane.auth.peers import Peers
+from lane.auth.peers import Ignored, Peers
 from lane.auth.replay import ReplayStore, ReplayStoreError, UsedToken
 from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import tap_in_entry
@@ -243,10 +243,10 @@ class TapDesk:
         if not refund and d.kind != RecordKind.TAP_OUT and ahead:
             # Kept, it would be its account's latest tap-in until long after it: every real
             # tap-in of that account would price as it, or as exited once it had.
-            log.warning(
-                "tap-in from the future: refused",
-                extra={"lane": self.lane, "topic": msg.topic, "record_id": record.record_id,
-                       "from_lane": record.lane, "ts_us": record.ts_us},
+            self.peers.ignore(
+                Ignored.FUTURE_TAP_IN,
+                {"topic": msg.topic, "record_id": record.record_id, "from_lane": record.lane,
+                 "ts_us": record.ts_us},
             )  # fmt: skip
             return
         until = record.ts_us / 1e6 + self.retention_s  # no gate acts on it any later

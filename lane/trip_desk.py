@@ -44,7 +44,7 @@ from lane.auth.fares import Tariff
 from lane.auth.keys import KeySet
 from lane.auth.passes import EntryPass, pass_key
 from lane.auth.peer_messages import PeerRefusal, PeerRefused
-from lane.auth.peers import Peers
+from lane.auth.peers import Ignored, Peers
 from lane.auth.plate_binding import BindingKind, PlateBinding, decode_binding, encode_binding
 from lane.auth.plaza import UsedTokenSharing, mark_used, release_mark
 from lane.auth.replay import PlateTime, ReplayStore, ReplayStoreError
@@ -58,6 +58,8 @@ from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
 
 log = logging.getLogger("lane.trip_desk")
+# Who sent an MQTT delete taken unsigned, in `unsigned_peer_messages`: it names no lane.
+UNSIGNED_DELETE = "whoever deleted plate bindings"
 
 # The replay store's alarm while a binding's time it did not take is held in memory only.
 REPLAY_PLATES = (
@@ -126,12 +128,10 @@ class TripDesk:
         ids = {"lane": self.rules.lane, "topic": msg.topic, "plate": plate,
                "from_lane": binding.lane, "kind": binding.kind.value}  # fmt: skip
         if opened.signed and binding.plate != plate:
-            log.warning("plate binding for another plate: refused",
-                        extra={**ids, "bound_plate": binding.plate})  # fmt: skip
+            self.peers.ignore(Ignored.ANOTHER_PLATE, {**ids, "bound_plate": binding.plate})
             return
         if self._stale(plate, binding):
-            log.warning("plate binding older than the plate's: refused",
-                        extra={**ids, "ts": binding.ts})  # fmt: skip
+            self.peers.ignore(Ignored.OLDER_BINDING, {**ids, "ts": binding.ts})
             return
         # The broker hands every retained binding and tombstone again at each connect (a
         # day's vehicles): one heard again has its time kept (written, or held for the probe)
@@ -192,6 +192,7 @@ class TripDesk:
         only while unsigned messages are (an exit lane of the release before empties the
         binding so); refused otherwise (the tombstone is what empties a binding)."""
         if self.peers.accept_unsigned:
+            self.peers.took_unsigned(UNSIGNED_DELETE)
             ids = {"lane": self.rules.lane, "topic": topic, "plate": plate}
             await self._empty(plate, ids)
             return

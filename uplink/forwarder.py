@@ -10,7 +10,10 @@ are harmless because the ingest is idempotent by record id. Nothing is kept acro
 the queue itself: the forwarder starts again from the oldest record on disk.
 
 Acks reach the forwarder through the owner of the MqttLink: route messages on `ack_topic` to
-`handle_ack(payload)` (or feed decoded `Ack`s into the `acks` queue passed in).
+`handle_ack(payload)` (or feed decoded `Ack`s into the `acks` queue passed in). An ack it cannot
+take (garbage, another lane's, another queue epoch's) is logged the first of its kind in
+`REFUSAL_LOG_EVERY_S`, the others counted; `say_counted()`, from the lane's health loop, says
+how many once that time has passed (lane.refusal_log): a flood writes a few lines a minute.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from lane.backoff import Backoff
+from lane.refusal_log import RefusalLog
 from lane.transport.mqtt import LinkDown
 from lane.wire.codec import PayloadError
 from lane.wire.ids import new_id
@@ -33,6 +38,14 @@ from uplink.queue import QueueError
 from uplink.queue_thread import QueueThread
 
 log = logging.getLogger("lane.uplink.forwarder")
+
+
+class AckRefusal(StrEnum):
+    """Why an ack on `uplink/{lane}/acks` was not taken: its log line."""
+
+    BAD = "uplink bad ack"
+    OTHER_LANE = "uplink ack for another lane"
+    OTHER_EPOCH = "uplink ack for another queue epoch"
 
 
 class PublishLink(Protocol):
@@ -115,6 +128,7 @@ class Forwarder:
         self._oldest: tuple[int, float] | None = None
         self.sent_batches = 0
         self.resent_batches = 0
+        self.refusal_log = RefusalLog()
 
     @property
     def ack_topic(self) -> str:
@@ -129,35 +143,35 @@ class Forwarder:
         self._kick.set()
 
     def handle_ack(self, payload: bytes) -> None:
-        """Feed one message from `uplink/{lane}/acks`; garbage is logged and ignored."""
+        """Feed one message from `uplink/{lane}/acks`; one it cannot take is logged (unless
+        counted: `refusal_log`) and ignored."""
         try:
             ack = decode_ack(payload)
         except PayloadError as exc:
-            log.warning(
-                "uplink bad ack",
-                extra={"lane": self.lane, "topic": self.ack_topic, "error": str(exc)},
-            )
+            self._refuse(AckRefusal.BAD, {"error": str(exc)})
             return
         if ack.lane != self.lane:
-            log.warning(
-                "uplink ack for another lane",
-                extra={"lane": self.lane, "topic": self.ack_topic, "ack": ack.lane},
-            )
+            self._refuse(AckRefusal.OTHER_LANE, {"ack": ack.lane})
             return
         if ack.epoch != self.queue.identity.epoch:
             # An ack of a queue file this lane no longer has (restored or replaced): it cannot
             # name our records, whatever its seqs say.
-            log.warning(
-                "uplink ack for another queue epoch",
-                extra={
-                    "lane": self.lane,
-                    "topic": self.ack_topic,
-                    "epoch": ack.epoch,
-                    "batch_id": ack.batch_id,
-                },
-            )
+            self._refuse(AckRefusal.OTHER_EPOCH, {"epoch": ack.epoch, "batch_id": ack.batch_id})
             return
         self.acks.put_nowait(ack)
+
+    def _refuse(self, why: AckRefusal, extra: dict[str, object]) -> None:
+        if self.refusal_log.admit(self.ack_topic, why, self._wall()):
+            log.warning(why, extra={"lane": self.lane, "topic": self.ack_topic, **extra})
+
+    def say_counted(self) -> None:
+        """One line per kind of ack refused and counted, not logged, in a window that passed."""
+        for counted in self.refusal_log.counted(self._wall()):
+            log.warning(
+                f"{counted.reason}, more counted",
+                extra={"lane": self.lane, "topic": counted.what, "refused": counted.count,
+                       "since": counted.since},
+            )  # fmt: skip
 
     async def status(self) -> UplinkStatus:
         b = await self.queue.backlog()

@@ -12,7 +12,12 @@ lane.trip_desk), which call it where they encode and decode their messages:
   loop every second, says how many once that time has passed: a flood writes two lines a
   minute); the refusal is kept for `peer_messages_refused` (every one of them), an unsigned
   message taken for `unsigned_peer_messages`. `refuse(...)` does the same for what a desk
-  refuses itself before opening it (an MQTT delete of a plate binding: it cannot be signed).
+  refuses itself before opening it (an MQTT delete of a plate binding: it cannot be signed),
+  `took_unsigned(...)` what one takes unsigned without opening it (that delete, while
+  `auth.accept_unsigned_peers` is on: it names no lane, so the alarm names what it was).
+- `ignore(why, ...)`: a genuine message a desk does not take for what it says (`Ignored`: heard
+  before, from outside the plaza, older than the plate's ...): a replay of one comes as often as
+  whoever replays it sends it, so its line goes through the same window (`say_counted`).
 - `first_hearing(...)`: False for a message already taken (its digest marked in the replay
   store, `peer:` keys, kept as long as the message could act, and never longer than this
   lane's own rules let what it names act: a peer's `exp` beyond that is cut, with a line): a
@@ -29,7 +34,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from enum import StrEnum
 from typing import TypeVar
 
 from lane.auth.keys import KeySet
@@ -54,6 +60,23 @@ UNSIGNED_ALARM = "unsigned_peer_messages"
 KEY_MISSING_ALARM = "lane_key_missing"
 # Replay store keys of messages taken: never a token id or a pass (`pass:`) key.
 HEARD_PREFIX = "peer:"
+
+
+class Ignored(StrEnum):
+    """A genuine (or, while unsigned ones are taken, unsigned) peer message not taken for what
+    it says: its log line. Each is what a replay of a message once genuine can cause."""
+
+    HEARD_BEFORE = "peer message heard before: ignored"
+    LIMITED = "peer message marked heard only to this lane's limit"
+    OUTSIDE_PLAZA = "used-token message from a lane outside the plaza: refused"
+    ANOTHER_PLATE = "plate binding for another plate: refused"
+    OLDER_BINDING = "plate binding older than the plate's: refused"
+    FUTURE_TAP_IN = "tap-in from the future: refused"
+
+    @property
+    def level(self) -> int:
+        # The broker's second delivery is heard before too: nothing to look into.
+        return logging.INFO if self is Ignored.HEARD_BEFORE else logging.WARNING
 
 
 def heard_key(payload: bytes) -> str:
@@ -81,6 +104,7 @@ class Peers:
         self.wall = wall
         self.watch = PeerWatch()
         self.refusal_log = RefusalLog()
+        self.ignored_log = RefusalLog()  # keyed by the Ignored line alone (its reason "")
 
     def seal(self, payload: bytes) -> bytes:
         return payload if self.key is None else self.key.seal(payload)
@@ -109,6 +133,11 @@ class Peers:
         self.refuse(topic, what, got, now)
         return None
 
+    def took_unsigned(self, sender: str) -> None:
+        """An unsigned message a desk took without opening it: `unsigned_peer_messages` names
+        `sender` (what it was, as it names no lane) as it names a lane whose message it took."""
+        self.watch.opened(sender, signed=False, now=self.wall())
+
     def refuse(self, topic: str, what: str, got: PeerRefused, now: float) -> None:
         """Log a message refused (unless counted: `refusal_log`) and keep it for the alarm."""
         if self.refusal_log.admit(what, got.reason, now):
@@ -132,9 +161,8 @@ class Peers:
         the store's fault itself."""
         kept = min(exp, latest)
         if kept < exp:
-            log.warning("peer message marked heard only to this lane's limit",
-                        extra={**ids, "lane": self.lane, "from_lane": opened.lane, "exp": exp,
-                               "kept_exp": kept})  # fmt: skip
+            self.ignore(Ignored.LIMITED, {**ids, "from_lane": opened.lane, "exp": exp,
+                                          "kept_exp": kept})  # fmt: skip
         try:
             first = await asyncio.to_thread(
                 self.replay.check_and_mark,
@@ -148,9 +176,13 @@ class Peers:
                       "from_lane": opened.lane, "error": str(exc)})  # fmt: skip
             return True
         if not first:
-            log.info("peer message heard before: ignored",
-                     extra={**ids, "lane": self.lane, "from_lane": opened.lane})  # fmt: skip
+            self.ignore(Ignored.HEARD_BEFORE, {**ids, "from_lane": opened.lane})
         return first
+
+    def ignore(self, why: Ignored, extra: Mapping[str, object]) -> None:
+        """Log a genuine message not taken (unless counted: `ignored_log`)."""
+        if self.ignored_log.admit(why, "", self.wall()):
+            log.log(why.level, why, extra={**extra, "lane": self.lane})
 
     def say_counted(self, now: float) -> None:
         """One line per kind of refusal counted, not logged, in a window that has passed."""
@@ -161,6 +193,11 @@ class Peers:
                 extra={"lane": self.lane, "reason": str(counted.reason),
                        "refused": counted.count, "since": counted.since},
             )  # fmt: skip
+        for counted in self.ignored_log.counted(now):
+            why = Ignored(counted.what)
+            log.log(why.level, f"{why}: {counted.count} more since {utc_text(counted.since)}",
+                    extra={"lane": self.lane, "refused": counted.count,
+                           "since": counted.since})  # fmt: skip
 
     def alarm_texts(self, now: float) -> dict[str, str | None]:
         keys = self.keys()

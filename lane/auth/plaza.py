@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 
-from lane.auth.peers import Peers
+from lane.auth.peers import Ignored, Peers
 from lane.auth.replay import ReplayStore, ReplayStoreError
 from lane.transport.mqtt import Incoming, MqttLink
 from lane.transport.outbox import Outbox
@@ -201,10 +201,10 @@ class UsedTokenSharing:
         if not of_plaza(msg.lane, self.plaza):
             # Only this plaza's lanes mark or release here: a use from elsewhere would refuse
             # a good token, a release would free a mark nobody here gave.
-            log.warning(
-                "used-token message from a lane outside the plaza: refused",
-                extra={"lane": self.lane, "topic": incoming.topic, "from_lane": msg.lane,
-                       "token_id": msg.token_id, "kind": msg.kind.value},
+            self.peers.ignore(
+                Ignored.OUTSIDE_PLAZA,
+                {"topic": incoming.topic, "from_lane": msg.lane, "token_id": msg.token_id,
+                 "kind": msg.kind.value},
             )  # fmt: skip
             return
         ids = {"token_id": msg.token_id}

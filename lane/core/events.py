@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lane.core.names import Alarm, PayloadKind, PersistError, Position, Sensor
+from lane.core.names import Alarm, DeviceWords, PayloadKind, PersistError, Position, Sensor
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,12 @@ class DeviceSnapshotted:
 class DeviceUnreadable:
     """The barrier device said something on its ack, state or snapshot topic that does not
     decode (another firmware's format, a corrupted payload): what it says of its boom, its
-    faults and its commands is not known. `topic` and `error` are for the alarm's text."""
+    faults and its commands is not known. `topic` and `error` are for the alarm's text;
+    `words` is which of the device's words the topic carries (its acks, or its reports)."""
 
     topic: str
     error: str
+    words: DeviceWords
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from lane.core.names import (
     SAFETY_SENSORS,
     Alarm,
     AuthResult,
+    DeviceWords,
     Method,
     Op,
     Position,
@@ -310,6 +311,13 @@ def _violation(state: LaneState, passage: Passage) -> Result:
 
 
 def _on_acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
+    # An ack that decodes, whatever command it answers, says the device's acks read again.
+    state, actions = _read_again(state, DeviceWords.ACKS)
+    state, more = _acked(state, event, now)
+    return state, actions + more
+
+
+def _acked(state: LaneState, event: ev.BarrierAcked, now: float) -> Result:
     cmd = state.command
     if cmd is not None and not cmd.acked and cmd.cmd_id != event.cmd_id:
         return replace(state, command=replace(cmd, stray_acks=cmd.stray_acks + 1)), []
@@ -389,23 +397,50 @@ def _position(state: LaneState, position: Position, now: float, clears: Iterable
 
 
 def _on_unreadable(state: LaneState, event: ev.DeviceUnreadable) -> Result:
-    """A payment fault: the lane cannot tell whether the boom works, so it charges nobody. In
-    the fault phase it asks the device every probe_s; a snapshot that decodes clears it."""
-    detail = (
-        f"{event.topic}: {event.error}; lane closed to payments until the device answers"
-        f" a query readably (asked every {state.rules.probe_s:g} s)"
-    )
+    """A payment fault: the lane cannot tell whether the boom works, so it charges nobody.
+    Each kind of word is read again by its own answer (`_read_again`): reports by a snapshot
+    that decodes (in the fault phase the lane asks every probe_s), acks by an ack that decodes
+    (a command waiting for one is sent again every probe_s under barrier_no_ack), or by a
+    snapshot while no command waits for an ack. A snapshot of a device whose acks alone broke
+    reads, and must not clear the alarm the next garbled ack raises again."""
+    probe_s = f"{state.rules.probe_s:g} s"
+    if event.words is DeviceWords.ACKS:
+        until = (
+            f"its acks read again (a command waiting for one is sent again every {probe_s};"
+            " with none waiting, a query answered readably does)"
+        )
+    else:
+        until = f"the device answers a query readably (asked every {probe_s})"
+    detail = f"{event.topic}: {event.error}; lane closed to payments until {until}"
+    state = replace(state, unreadable=state.unreadable | {event.words})
     return add_fault(state, Alarm.BARRIER_UNREADABLE, detail)
+
+
+def _read_again(state: LaneState, words: DeviceWords) -> Result:
+    """The device's `words` decode again: barrier_unreadable clears once none is unreadable."""
+    if words not in state.unreadable:
+        return state, []
+    state = replace(state, unreadable=state.unreadable - {words})
+    if state.unreadable:
+        return state, []
+    return remove_fault(state, Alarm.BARRIER_UNREADABLE)
 
 
 def _on_snapshot(state: LaneState, event: ev.DeviceSnapshotted, now: float) -> Result:
     """Adopt the device's whole truth: what the lane missed while it could not hear it."""
+    # A snapshot that decodes says the device's reports read again; of its acks only while no
+    # command waits for one (none will come to say so, and none is needed).
+    cmd = state.command
+    state, actions = _read_again(state, DeviceWords.REPORTS)
+    if cmd is None or cmd.acked:
+        state, more = _read_again(state, DeviceWords.ACKS)
+        actions += more
     # An answer to a query says the device is there, not that it executes commands: a command
     # fault clears with the ack of its command (recovery's probe); a refusal also below when
     # no command waits.
-    # A snapshot that decodes also says the device speaks the lane's language again.
-    clears = (Alarm.BARRIER_OFFLINE, Alarm.BARRIER_FAULT, Alarm.BARRIER_UNREADABLE)
-    state, actions = _position(state, event.barrier, now, clears)
+    clears = (Alarm.BARRIER_OFFLINE, Alarm.BARRIER_FAULT)
+    state, more = _position(state, event.barrier, now, clears)
+    actions += more
     sensors = dict(event.sensors)
     for name in SAFETY_SENSORS:
         if name in sensors and sensors[name] != (name in state.occupied):

@@ -112,6 +112,15 @@ BOOM_UP = frozenset({Position.OPEN, Position.OPENING, Position.CLOSING})
 BARRIER_DOWN = frozenset({Position.FAULT, Position.OFFLINE})
 
 
+class DeviceWords(StrEnum):
+    """What a barrier device says that the lane may fail to read (`barrier_unreadable` holds
+    while any is unreadable). Judged apart: a device whose acks alone broke answers every
+    query readably, and that answer says nothing of its acks."""
+
+    ACKS = "acks"  # its answers to commands: read again when an ack decodes
+    REPORTS = "reports"  # its states and snapshots: read again when a snapshot decodes
+
+
 class Op(StrEnum):
     """A barrier command."""
 

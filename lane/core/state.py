@@ -7,7 +7,16 @@ from enum import StrEnum
 from typing import Protocol
 
 from lane.core.events import Decided
-from lane.core.names import BLOCKING_FAULTS, Alarm, Op, PayloadKind, Position, RecordKind, Sensor
+from lane.core.names import (
+    BLOCKING_FAULTS,
+    Alarm,
+    DeviceWords,
+    Op,
+    PayloadKind,
+    Position,
+    RecordKind,
+    Sensor,
+)
 from lane.core.trip import Priced, Ticket, Trip
 
 # lane.auth.trip_rules' flag of a trip priced from a pass that had exited already.
@@ -383,6 +392,9 @@ class LaneState:
     # position then turns out to be up, that vehicle went under a boom nobody paid for.
     under_before_known: bool = False
     faults: frozenset[Alarm] = frozenset()
+    # The device's words the lane could not read last it heard them (barrier_unreadable holds
+    # while any is here): each kind is read again by its own answer (lane.core.machine).
+    unreadable: frozenset[DeviceWords] = frozenset()
     closed_reason: str | None = None
     next_class: int | None = None
     next_plate: str | None = None  # a plate read before its vehicle reached the entry loop

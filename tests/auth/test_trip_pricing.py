@@ -25,6 +25,8 @@ from lane.auth.fares import load_tariff
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.passes import MAX_TEXT_LEN, EntryPass
+from lane.auth.peer_messages import PEER_QUIET_S
+from lane.auth.peers import UNSIGNED_ALARM
 from lane.auth.plate_binding import BindingKind, PlateBinding, decode_binding, encode_binding
 from lane.auth.replay import PlateTime, ReplayStore
 from lane.auth.trip_pricing import ExitLaneRules, evidence_of, pass_expiry, price_trip
@@ -34,7 +36,7 @@ from lane.core.names import TripSource
 from lane.refusal_log import REFUSAL_LOG_EVERY_S
 from lane.store_watch import Alarm
 from lane.transport.mqtt import Incoming, MqttLink
-from lane.trip_desk import REPLAY_PLATES, TripDesk
+from lane.trip_desk import REPLAY_PLATES, UNSIGNED_DELETE, TripDesk
 from lane.verifier import TokenVerifier
 from lane.wire import topics
 from lane.wire.codec import PayloadError, pack, unpack
@@ -292,8 +294,15 @@ def test_a_forged_delete_is_refused_and_an_emptied_binding_lets_no_older_one_bac
             assert trips.forgotten == {"ZJB2": clock[0] - 1}  # no memory kept for ever
             trips.peers.accept_unsigned = True
             await trips.handle(Incoming(topic, binding(later, at=clock[0]), retain=True))
+            assert trips.peers.alarm_texts(clock[0])[UNSIGNED_ALARM] is None  # signed
             await trips.handle(Incoming(topic, b"", retain=True))
             assert trips.bound == {}
+            # Taken unsigned as any unsigned message is: alarmed as one, until none for a while.
+            said = trips.peers.alarm_texts(clock[0])[UNSIGNED_ALARM]
+            assert said is not None and said.startswith(
+                f"unsigned messages taken from {UNSIGNED_DELETE} ("
+            )
+            assert trips.peers.alarm_texts(clock[0] + PEER_QUIET_S)[UNSIGNED_ALARM] is None
 
     asyncio.run(run())
 

@@ -23,7 +23,7 @@ from test_stuck_closed import carried_over, next_self_test, refunded, stuck_clos
 from lane.core import diagram
 from lane.core import events as ev
 from lane.core.machine import IllegalTransitionError, step
-from lane.core.names import Alarm
+from lane.core.names import Alarm, DeviceWords
 from lane.core.state import LaneMode, Phase, phase
 
 WALKS_PER_MODE = 80
@@ -104,7 +104,9 @@ def scripted_snapshot_rows() -> LaneDriver:
     lane.sensor("safety_loop", False)
     lane.feed(ev.DeviceSnapshotted("open", (), "d3"))  # exit edge lost: open -> closing
     lane.ack()
-    lane.feed(ev.DeviceUnreadable("lane/p/l/barrier/state", "garbled"))  # idle -> fault
+    lane.feed(
+        ev.DeviceUnreadable("lane/p/l/barrier/state", "garbled", DeviceWords.REPORTS)
+    )  # idle -> fault
     lane.feed(ev.DeviceSnapshotted("closed", (), "d4"))  # read again: fault -> idle
     return lane
 
@@ -209,7 +211,7 @@ def test_every_event_type_has_labels_and_every_label_an_event_type() -> None:
         ev.BarrierReported("offline"),
         ev.BarrierReported("closed"),
         ev.DeviceSnapshotted("open", (("safety_loop", False),), "d"),
-        ev.DeviceUnreadable("lane/p/l/barrier/state", "not msgpack"),
+        ev.DeviceUnreadable("lane/p/l/barrier/state", "not msgpack", DeviceWords.REPORTS),
         ev.AttendantOpen("c", "r", "a"),
         ev.AttendantCloseLane("r"),
         ev.AttendantReopenLane("r"),

@@ -18,7 +18,7 @@ from lane.core.actions import (
     Settle,
 )
 from lane.core.machine import next_deadline
-from lane.core.names import Alarm, Position
+from lane.core.names import Alarm, DeviceWords, Position
 from lane.core.notes import BarrierOpened, ExitLoopIgnored, Tailgating, VehicleLeft
 from lane.core.state import Phase
 
@@ -391,7 +391,9 @@ def test_a_device_that_cannot_be_read_takes_nobody_s_money_until_a_snapshot_read
     read): safe (no payment taken), seen (the alarm names the topic and the error), and it
     clears by itself once the device answers the lane's query in words it reads."""
     lane = LaneDriver()
-    actions = lane.feed(ev.DeviceUnreadable(STATE_TOPIC, "unsupported version 99"))
+    actions = lane.feed(
+        ev.DeviceUnreadable(STATE_TOPIC, "unsupported version 99", DeviceWords.REPORTS)
+    )
     alarm = one(actions, RaiseAlarm)
     assert alarm.code == Alarm.BARRIER_UNREADABLE
     assert STATE_TOPIC in alarm.message and "unsupported version 99" in alarm.message
@@ -399,10 +401,31 @@ def test_a_device_that_cannot_be_read_takes_nobody_s_money_until_a_snapshot_read
     lane.arrive("v1")
     assert of_type(lane.scan(), Authorise) == []  # refused: nobody is charged
     assert "Lane closed" in displayed(lane.actions)
-    assert lane.feed(ev.DeviceUnreadable(STATE_TOPIC, "again")) == []  # raised once
+    assert (
+        lane.feed(ev.DeviceUnreadable(STATE_TOPIC, "again", DeviceWords.REPORTS)) == []
+    )  # raised once
     asked = of_type(lane.tick_at_deadline(), QueryDevice)  # the fault phase asks the device
     assert len(asked) == 1
     actions = lane.feed(ev.DeviceSnapshotted("closed", (("entry_loop", True),), "d1"))
     assert ClearAlarm(Alarm.BARRIER_UNREADABLE) in actions
     assert lane.phase() is Phase.VEHICLE_PRESENT
     assert of_type(lane.scan("289876543210123456"), Authorise) != []  # served again
+
+
+ACK_TOPIC = "lane/p07/l03/barrier/ack"
+
+
+def test_unreadable_acks_hold_the_alarm_through_readable_snapshots_until_an_ack_reads() -> None:
+    """A device whose acks alone broke answers every query readably: that answer says nothing
+    of its acks while a command waits for one, so the alarm holds (it does not blink at each
+    probe) and clears with the first ack that decodes."""
+    lane = LaneDriver()
+    lane.pay("v1")
+    alarm = one(lane.feed(ev.DeviceUnreadable(ACK_TOPIC, "bad", DeviceWords.ACKS)), RaiseAlarm)
+    assert alarm.code == Alarm.BARRIER_UNREADABLE and "acks read again" in alarm.message
+    snapshot = ev.DeviceSnapshotted("open", (("entry_loop", True),), "d1")
+    assert ClearAlarm(Alarm.BARRIER_UNREADABLE) not in lane.feed(snapshot)
+    assert lane.feed(ev.DeviceUnreadable(STATE_TOPIC, "bad", DeviceWords.REPORTS)) == []
+    assert ClearAlarm(Alarm.BARRIER_UNREADABLE) not in lane.ack("v1/open")  # reports still not
+    assert ClearAlarm(Alarm.BARRIER_UNREADABLE) in lane.feed(snapshot)
+    assert lane.state.unreadable == frozenset()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from lane.core import events as ev
 from lane.core.actions import Action, ShowOnDisplay
 from lane.core.display import LANE_CLOSED, LANE_OPEN
+from lane.core.names import DeviceWords
 from lane.core.state import Phase
 from tests.core.core_kit import LaneDriver, of_type
 
@@ -29,7 +30,10 @@ def _snapshot(lane: LaneDriver) -> ev.Event:
 
 # Each payment or blocking fault the lane clears by itself: what raises it, what clears it.
 FAULTS: dict[str, tuple[Callable[[LaneDriver], ev.Event], Callable[[LaneDriver], ev.Event]]] = {
-    "barrier_unreadable": (lambda _: ev.DeviceUnreadable(TOPIC, "garbled"), _snapshot),
+    "barrier_unreadable": (
+        lambda _: ev.DeviceUnreadable(TOPIC, "garbled", DeviceWords.REPORTS),
+        _snapshot,
+    ),
     "queue_full": (lambda _: ev.QueueChanged(True, True), lambda _: ev.QueueChanged(False, False)),
     "disk_not_answering": (
         lambda _: ev.DiskAnswering(False, "no answer in 5 s"),
@@ -73,7 +77,7 @@ def test_once_the_lane_opens_again_the_display_shows_the_phase_not_lane_closed(
 
 def test_a_fault_that_clears_while_another_lasts_leaves_the_lane_closed() -> None:
     lane = LaneDriver()
-    lane.feed(ev.DeviceUnreadable(TOPIC, "garbled"))
+    lane.feed(ev.DeviceUnreadable(TOPIC, "garbled", DeviceWords.REPORTS))
     lane.feed(ev.QueueChanged(True, False))
     lane.arrive("v1")
     assert of_type(lane.feed(_snapshot(lane)), ShowOnDisplay) == []
@@ -89,7 +93,7 @@ def test_a_driver_who_spent_the_tries_is_told_to_wait_for_assistance_again() -> 
     for n in range(lane.state.rules.max_tries):
         lane.scan(f"28{n:016d}")
         lane.decide(approved=False)
-    lane.feed(ev.DeviceUnreadable(TOPIC, "garbled"))
+    lane.feed(ev.DeviceUnreadable(TOPIC, "garbled", DeviceWords.REPORTS))
     lane.feed(_snapshot(lane))
     assert last_display(lane.actions) == ShowOnDisplay(
         ("Payment refused", "Please wait for assistance")

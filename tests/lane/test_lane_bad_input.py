@@ -134,9 +134,14 @@ async def test_bad_input_on_every_topic_is_refused_once_and_the_next_vehicle_pas
         for topic in link_topics:
             expected[topic] = 1
         link_counted += expected.pop(topics.io(lane_id, "plate"))
+        # The uplink's acks too, once a kind (uplink.forwarder: here all garbage).
+        acks_topic = topics.uplink_acks(lane_id)
+        link_counted += expected[acks_topic] - 1
+        expected[acks_topic] = 1
 
         def counted() -> int:
-            logs = (lane.daemon.peers.refusal_log, lane.daemon.link.garbage_log)
+            daemon = lane.daemon
+            logs = (daemon.peers.refusal_log, daemon.link.garbage_log, daemon.forwarder.refusal_log)
             return sum(n for log in logs for _, n in log.windows.values())
 
         def refused() -> Counter[str]:

@@ -420,6 +420,27 @@ async def test_a_device_the_lane_cannot_read_takes_no_payment_says_so_and_heals(
         await eventually(lambda: quiet(lane))
 
 
+async def test_a_device_whose_acks_alone_cannot_be_read_holds_one_alarm_until_they_read(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """Its states and snapshots read, its acks do not: `barrier_unreadable` stays up, raised
+    once, through every probe (each query's readable answer says nothing of the acks; each
+    command sent again is answered in garbage again), and clears with the first ack that reads."""
+    async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
+        runner, device = lane.daemon.runner, lane.device
+        device.set_fault("garbled_acks")
+        await pays(lane, lambda: "barrier_no_ack" in runner.alarms, within=10)
+        assert topics.barrier_ack(lane_id) in runner.alarms["barrier_unreadable"]
+        asked = len(device.queries)
+        await eventually(lambda: len(device.queries) >= asked + 4, within=10)  # 4 probes
+        said = [a["active"] for a in named(lane, "alarm") if a["code"] == "barrier_unreadable"]
+        assert said == [True], "the alarm blinks under probes"
+        device.set_fault(None)
+        await eventually(lambda: not {"barrier_unreadable", "barrier_no_ack"} & set(runner.alarms))
+        said = [a["active"] for a in named(lane, "alarm") if a["code"] == "barrier_unreadable"]
+        assert said == [True, False]
+
+
 def records(queue_path: Path) -> list[Record]:
     with sqlite3.connect(queue_path) as db:
         return [Record.decode(row[0]) for row in db.execute("SELECT data FROM records")]

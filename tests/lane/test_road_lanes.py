@@ -38,6 +38,7 @@ from lane.auth.plate_binding import BindingKind, PlateBinding, decode_binding, e
 from lane.config import parse_config
 from lane.daemon import LaneDaemon, build
 from lane.transport.mqtt import MqttLink
+from lane.trip_desk import UNSIGNED_DELETE
 from lane.wire import topics
 from scanner.decoders import ZxingDecoder
 from scanner.sources import PushSource
@@ -140,7 +141,13 @@ class Road:
         await eventually(lambda: lane.daemon.road.tickets and lane.daemon.road.tickets.state)
         return lane, printer
 
-    async def exit_lane(self, name: str = "P03/x", rules: dict[str, Any] | None = None) -> RoadLane:
+    async def exit_lane(
+        self,
+        name: str = "P03/x",
+        rules: dict[str, Any] | None = None,
+        auth: dict[str, Any] | None = None,
+    ) -> RoadLane:
+        """`auth`: extra [auth] keys."""
         acquirer = AcquirerServer()
         url = await acquirer.start()
         self.stack.push_async_callback(acquirer.stop)
@@ -148,7 +155,7 @@ class Road:
             self.lane_id(name),
             "toll-exit",
             rules,
-            auth={"acquirer_url": url, "keyset": str(self.keyset)},
+            auth={"acquirer_url": url, "keyset": str(self.keyset), **(auth or {})},
             fares={"tariff": str(ROAD)},
         )
 
@@ -528,6 +535,38 @@ async def test_a_forged_or_stale_plate_binding_is_refused_at_the_exit_lane(
     assert trips.bound[plate] == current
     alarms = exit_lane.daemon.runner.alarms
     await eventually(lambda: entry_id in alarms.get("peer_messages_refused", ""), what="alarm")
+
+
+async def test_a_plate_binding_deleted_under_the_upgrade_switch_is_taken_and_alarmed(
+    road: Road,
+) -> None:
+    """While `auth.accept_unsigned_peers` is on, an MQTT delete of a plate's binding (how an
+    exit lane of the release before empties it) is taken, unsigned as it is, and says so as
+    any unsigned message taken does: `unsigned_peer_messages`, naming no lane (a delete names
+    none)."""
+    exit_lane = await road.exit_lane(auth={"accept_unsigned_peers": True})
+    trips = exit_lane.daemon.road.trips
+    assert trips is not None
+    entry_id = road.lane_id("P01/e")
+    plaza_key = PlazaPassKey.load(road.pass_key, "pass-P01", "P01")
+    plate, now = f"ZD{road.run_id.upper()}"[:16], int(time.time())
+    text = plaza_key.issue(EntryPass("P01", entry_id.split("/")[1], now - 60, 1,
+                                     bytes([5]) * 12, plate))  # fmt: skip
+    binding = encode_binding(PlateBinding(plate, text, entry_id, now - 60))
+    topic = topics.road_plate(plate)
+    await road.publish(topic, road.codes.lane_key(entry_id).seal(binding))
+    await eventually(lambda: trips.bound.get(plate) == text, what="the binding")
+    alarms = exit_lane.daemon.runner.alarms
+
+    def unsigned() -> str:
+        # Other lanes' unsigned bindings, retained by earlier tests of the road, may be named too.
+        return alarms.get("unsigned_peer_messages", "")
+
+    assert UNSIGNED_DELETE not in unsigned()  # signed
+    await road.publish(topic, b"")
+    await eventually(lambda: plate not in trips.bound, what="emptied")
+    await eventually(lambda: UNSIGNED_DELETE in unsigned(), what=f"alarmed: {unsigned()!r}")
+    assert unsigned().startswith("unsigned messages taken from ")
 
 
 async def test_an_exit_lane_restarted_still_refuses_a_plates_emptied_binding_replayed(

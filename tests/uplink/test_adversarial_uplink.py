@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 from polling import eventually
-from uplink_kit import draft, queued, recs
+from uplink_kit import Client, draft, fast_link, lane_side, queued, recs, start_lane
 
+from lane.refusal_log import REFUSAL_LOG_EVERY_S
 from lane.wire.codec import PayloadError, pack
+from lane.wire.topics import uplink_acks
+from sim.broker import Mosquitto
 from uplink.forwarder import Forwarder
 from uplink.ingest import parse_batch
 from uplink.messages import Ack, Held, QueueIdentity, decode_batch, digest, encode_ack, encode_batch
@@ -146,3 +149,45 @@ def test_a_lane_whose_id_has_combining_marks_has_its_records_taken(lane: str) ->
     rec = Record("r", lane, 1, 1, draft(1)).encode()
     batch, stored = parse_batch(f"uplink/{lane}/records", encode_batch(lane, Q, "b", [(1, rec)]))
     assert (batch.lane, len(stored)) == (lane, 1)
+
+
+async def test_a_flood_of_acks_not_taken_writes_a_line_a_kind_a_window_the_rest_counted(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage, or acks of another lane or queue epoch, faster than anyone reads (somebody with
+    the broker password): a line per kind a window, the rest counted and said in one line once
+    the window passed, not a line a message."""
+    now = [1_000.0]
+    side = lane_side(
+        mosquitto.host, mosquitto.port, lane_id, tmp_path / "q.sqlite", wall=lambda: now[0]
+    )
+    epoch = side.queue.identity.epoch
+    flood = [
+        b"\xc1",
+        encode_ack(Ack(f"{lane_id}x", epoch, "b", ())),
+        encode_ack(Ack(lane_id, "old-epoch", "b", ())),
+    ] * 20
+    raw = await Client(fast_link(mosquitto.host, mosquitto.port, f"raw-{lane_id}")).start()
+    await start_lane(side)
+    try:
+        await side.link.wait_connected(5)
+        for payload in flood:
+            await raw.link.publish(uplink_acks(lane_id), payload)
+        log = side.forwarder.refusal_log
+        await eventually(lambda: sum(n for _, n in log.windows.values()) == len(flood) - 3)
+        side.forwarder.say_counted()  # the window has not passed: nothing to say yet
+        now[0] += REFUSAL_LOG_EVERY_S
+        side.forwarder.say_counted()
+    finally:
+        await side.stop()
+        await raw.stop()
+        side.queue.close()
+    lines = [r for r in caplog.records if r.__dict__.get("topic") == uplink_acks(lane_id)]
+    assert [(r.getMessage(), r.__dict__.get("refused")) for r in lines] == [
+        ("uplink bad ack", None),
+        ("uplink ack for another lane", None),
+        ("uplink ack for another queue epoch", None),
+        ("uplink bad ack, more counted", 19),
+        ("uplink ack for another lane, more counted", 19),
+        ("uplink ack for another queue epoch, more counted", 19),
+    ]
