@@ -35,7 +35,7 @@ from uplink.sql_store import (
     SqlIngestStore,
     UpgradeJob,
 )
-from uplink.store import IngestStoreError, StoreBusyError
+from uplink.store import IngestStoreError, SchemaNewerError, StoreBusyError
 
 log = logging.getLogger("lane.uplink.sqlite_store")
 
@@ -149,8 +149,8 @@ class SqliteIngestStore(SqlIngestStore):
             self._db.close()
             raise
 
-    def _too_new(self, version: int) -> IngestStoreError:
-        return IngestStoreError(
+    def _too_new(self, version: int) -> SchemaNewerError:
+        return SchemaNewerError(
             f"{self.path}: schema version {version} is newer than this software"
             f" ({SCHEMA_VERSION}); not touched"
         )
@@ -184,6 +184,9 @@ class SqliteIngestStore(SqlIngestStore):
             cur = self._db.cursor()
             try:
                 cur.execute("BEGIN IMMEDIATE")
+                # Under the write lock, which an upgrade holds for its whole migration: a
+                # worker left running while a newer release upgraded the file writes nothing.
+                sqlite_schema.refuse_newer(self._db, SCHEMA_VERSION, self._too_new)
                 yield cur
                 cur.execute("COMMIT")
             except BaseException as exc:
