@@ -71,10 +71,14 @@ def migrate(
     conn: sqlite3.Connection, known: int, upgrade: Upgrade, newer: Newer
 ) -> list[tuple[int, int]]:
     """Bring the file to version `known` (`conn` in autocommit: isolation_level None), each
-    call of `upgrade` in a transaction of its own that reads the version under the write lock
-    and writes the one reached. The steps this call made, (from, to) each: none when the file
+    call of `upgrade` in a transaction of its own that reads the version again under the write
+    lock and writes the one reached. The steps this call made, (from, to) each: none when the file
     was current, or another opener made them first."""
     made: list[tuple[int, int]] = []
+    # A current file needs no write lock, which another process may hold for a while (a lane
+    # restarted beside a writer): only a file behind is read again under the lock.
+    if refuse_newer(conn, known, newer) == known:
+        return made
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
