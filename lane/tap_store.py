@@ -26,7 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from lane.auth.replay import Migration, ReplayStoreError, immediate, migrate, refuse_newer
+from lane.auth.replay import ReplayStoreError, immediate, migrate, refuse_newer
+from lane.sqlite_schema import Migration, use_wal
 from uplink.records import Record
 
 
@@ -120,7 +121,7 @@ class TapStore:
             raise TapStoreError(f"{self.path}: cannot open: {exc}") from exc
         try:
             refuse_newer(self._conn, len(MIGRATIONS), self.path)  # before WAL changes the file
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            use_wal(self._conn)
             self._conn.execute("PRAGMA synchronous=NORMAL")
             migrate(self._conn, MIGRATIONS, self.path)
         except sqlite3.Error as exc:

@@ -227,13 +227,14 @@ async def serve(args: argparse.Namespace) -> int:
     if store is None:
         return 0
     try:
-        await _serve(args, store, stop)
+        return await _serve(args, store, stop)
     finally:
         store.close()
-    return 0
 
 
-async def _serve(args: argparse.Namespace, store: IngestStore, stop: asyncio.Event) -> None:
+async def _serve(args: argparse.Namespace, store: IngestStore, stop: asyncio.Event) -> int:
+    """Serve until stopped (0), or until a batch finds the store's schema newer than this
+    release (1: a worker left running while a newer release upgraded the store)."""
     host, port = args.broker
     creds = None
     if args.username:
@@ -249,15 +250,18 @@ async def _serve(args: argparse.Namespace, store: IngestStore, stop: asyncio.Eve
                 "ingest metrics not started",
                 extra={"host": args.metrics_host, "port": args.metrics_port, "error": str(exc)},
             )
-    tasks = [asyncio.create_task(link.run(), name="ingest-link")]
+    tasks: list[asyncio.Task[object]] = [asyncio.create_task(link.run(), name="ingest-link")]
     tasks.append(asyncio.create_task(_stats(ingest, args.stats_every), name="ingest-stats"))
     log.info(
         "ingest started",
         extra={"broker": f"{host}:{port}", "worker": args.workers_name, "group": args.group},
     )
+    ends = [asyncio.create_task(e.wait()) for e in (stop, ingest.schema_newer)]
     try:
-        await stop.wait()
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        return 1 if ingest.schema_newer.is_set() else 0
     finally:
+        tasks += ends
         # A batch cut off here was either committed without an ack (the lane resends; the
         # duplicate collapses) or not committed at all (the lane resends): nothing is lost.
         for t in tasks:

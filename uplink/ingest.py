@@ -29,7 +29,14 @@ from lane.wire.topics import is_lane_id, uplink_acks
 from uplink.holes import HoleEvent, HoleState, HoleWatch
 from uplink.messages import Ack, Batch, Held, decode_batch, encode_ack, lane_of
 from uplink.records import Record
-from uplink.store import IngestRecord, IngestStore, IngestStoreError, StoreBusyError, StoreResult
+from uplink.store import (
+    IngestRecord,
+    IngestStore,
+    IngestStoreError,
+    SchemaNewerError,
+    StoreBusyError,
+    StoreResult,
+)
 
 log = logging.getLogger("lane.uplink.ingest")
 
@@ -116,6 +123,10 @@ class Ingest:
         # Whether the last batch met a store failure other than a held lock (the database
         # unreachable, a connection lost): `lane_ingest_store_failing`, until one commits.
         self.store_failing = False
+        # Set by the first batch whose write found the store's schema newer than this release
+        # (a newer release upgraded it while this worker ran): it takes no batch after, and
+        # `lane ingest` exits 1.
+        self.schema_newer = asyncio.Event()
 
     @property
     def subscriptions(self) -> Sequence[tuple[str, int]]:
@@ -205,6 +216,8 @@ class Ingest:
             )
 
     async def _store(self, batch: Batch, records: list[IngestRecord]) -> StoreResult | None:
+        if self.schema_newer.is_set():
+            return None  # left to the lane's resend, which a worker of the new release takes
         # No cap: `busy_retries` bounds the waits.
         backoff = Backoff(self.busy_backoff_s, math.inf)
         for attempt in range(1, self.busy_retries + 2):
@@ -229,6 +242,13 @@ class Ingest:
                 if last:
                     break
                 await self._sleep(delay)
+            except SchemaNewerError as exc:
+                log.error(
+                    "ingest store schema newer, worker stops",
+                    extra={**_ctx(batch), "error": str(exc)},
+                )
+                self.schema_newer.set()
+                break
             except IngestStoreError as exc:
                 log.error("uplink batch not stored", extra={**_ctx(batch), "error": str(exc)})
                 self.store_failing = True

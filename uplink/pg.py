@@ -57,6 +57,7 @@ from uplink.sql_store import (
 from uplink.store import (
     IngestRecord,
     IngestStoreError,
+    SchemaNewerError,
     StoreBusyError,
     StoreResult,
     StoreUnavailableError,
@@ -66,6 +67,10 @@ from uplink.trips import TripRole
 log = logging.getLogger("lane.uplink.pg")
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+# The SQLSTATE of a write the guard refused (`writable_by`): the schema is newer.
+NEWER_STATE = "LI001"
 
 
 def _schema_sql(schema: str) -> tuple[str, ...]:
@@ -128,6 +133,20 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         f"DO $$ BEGIN IF to_regclass('{schema}.lanes') IS NOT NULL THEN"
         f" INSERT INTO {schema}.epochs SELECT lane, '', 0, contiguous, max_seq, 0"
         f" FROM {schema}.lanes ON CONFLICT DO NOTHING; DROP TABLE {schema}.lanes; END IF; END $$",
+        # Every write's guard (`PostgresIngestStore._guard`): it takes turns with an upgrade's
+        # DDL, which holds the schema's lock exclusive, then refuses when the schema's tag is
+        # no longer the writer's own (a newer release upgraded it while a worker of this one
+        # ran): the write's transaction is aborted, nothing of it stored.
+        f"CREATE OR REPLACE FUNCTION {schema}.writable_by(tag TEXT) RETURNS void"
+        " LANGUAGE plpgsql AS $$ DECLARE found TEXT; BEGIN"
+        f" PERFORM pg_advisory_xact_lock_shared(hashtext('{schema}'));"
+        # The comment read from its catalog (obj_description cost a batch 0.2x more).
+        " SELECT description INTO found FROM pg_catalog.pg_description"
+        f" WHERE objoid = '{schema}'::regnamespace"
+        " AND classoid = 'pg_catalog.pg_namespace'::regclass AND objsubid = 0;"
+        f" IF found IS DISTINCT FROM tag THEN RAISE EXCEPTION USING ERRCODE = '{NEWER_STATE}',"
+        " MESSAGE = format('the schema is tagged %L, newer than this worker''s %L', found, tag);"
+        " END IF; END $$",
     )
 
 
@@ -396,7 +415,7 @@ class PostgresIngestStore(SqlIngestStore):
         # outage, an exit lane's batches meanwhile. Their next batch is stored by the
         # pipelined transaction at once, not refused by the one statement first.
         self._meeting: set[tuple[str, str]] = set()
-        tag = _schema_tag(schema)
+        tag = self._tag = _schema_tag(schema)
         with self._transaction() as cur:
             # A schema already made by this release needs no DDL: its ALTER TABLE would wait
             # for an exclusive lock behind the batches of the workers already running.
@@ -435,7 +454,7 @@ class PostgresIngestStore(SqlIngestStore):
     def _refuse_newer(self, comment: str | None) -> None:
         version = _tagged_version(comment)
         if version is not None and version > SCHEMA_VERSION:
-            raise IngestStoreError(
+            raise SchemaNewerError(
                 f"postgres schema {self.schema}: schema version {version} is newer than this"
                 f" software ({SCHEMA_VERSION}); not touched"
             )
@@ -498,7 +517,7 @@ class PostgresIngestStore(SqlIngestStore):
         table = f"{self.prefix}upgrade"
         order = [j.value for j in UpgradeJob]
         while True:
-            with self._session(pipeline=False) as conn:
+            with self._session(pipeline=False, writes=True) as conn:
                 row = conn.execute(
                     f"SELECT job, after FROM {table} WHERE job = (SELECT job FROM {table}"
                     " ORDER BY array_position(%s::text[], job) LIMIT 1)"
@@ -637,18 +656,33 @@ class PostgresIngestStore(SqlIngestStore):
                     raise ExitsUndoneError(f"postgres: {_first_line(exc)}") from exc
                 raise IngestStoreError(f"postgres: {exc}") from exc
             except psycopg.Error as exc:
+                if exc.sqlstate == NEWER_STATE:
+                    raise SchemaNewerError(
+                        f"postgres schema {self.schema}: {_first_line(exc)}"
+                    ) from exc
                 raise IngestStoreError(f"postgres: {exc}") from exc
 
+    def _guard(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        """A write transaction's first statement (`writable_by`): it fails the transaction
+        when the schema is newer than this worker. Pipelined with the rest, it costs no round
+        trip of its own."""
+        conn.execute(f"SELECT {self.prefix}writable_by(%s)", (self._tag,))
+
     @contextmanager
-    def _session(self, pipeline: bool) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    def _session(
+        self, pipeline: bool, *, writes: bool = False
+    ) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         """One transaction on the worker's connection; with `pipeline`, statements are sent
         without waiting for each other's results (psycopg pipeline mode): a result is read,
-        in one round trip for everything sent so far, only when the code asks for it."""
+        in one round trip for everything sent so far, only when the code asks for it. One
+        that `writes` begins with the guard (`_guard`)."""
         with (
             self._connected() as conn,
             conn.pipeline() if pipeline else nullcontext(),
             conn.transaction(),
         ):
+            if writes:
+                self._guard(conn)
             yield conn
 
     @contextmanager
@@ -658,7 +692,7 @@ class PostgresIngestStore(SqlIngestStore):
 
     @contextmanager
     def _batch(self) -> Iterator[Session]:
-        with self._session(pipeline=True) as conn:
+        with self._session(pipeline=True, writes=True) as conn:
             yield conn
 
     def _store_new(
@@ -788,25 +822,21 @@ class PostgresIngestStore(SqlIngestStore):
         """Run a batch's statements, after its trips' locks, in one round trip and one
         transaction: each one's first row (the first: its epoch's row as moved on)."""
         with self._connected() as conn:
-            if trips or len(statements) > 1:
-                # The trip ids' locks come first (`_lock_trips`), in a statement of their own:
-                # the batch's statements then take their snapshots after any other transaction
-                # holding one of them committed. All are sent at once and run in one
-                # transaction, the implicit one of the extended protocol up to the pipeline's
-                # Sync (no BEGIN/COMMIT, which psycopg would each wait for).
-                with conn.pipeline():
-                    self._lock_trips(conn, trips)
-                    # psycopg takes a statement it names as it sends it for prepared, unless
-                    # it was told to prepare it (then it checks that the server did). The first
-                    # is, at once: the locks waiting too long skip it. One after it never is:
-                    # skipped because the first failed (a held row), its name reused next would
-                    # not exist.
-                    sent = [
-                        conn.execute(s, a, prepare=not i) for i, (s, a) in enumerate(statements)
-                    ]
-                rows = [c.fetchone() for c in sent]
-            else:
-                rows = [conn.execute(s, a).fetchone() for s, a in statements]
+            # The guard and the trip ids' locks come first (`_guard`, `_lock_trips`), each in
+            # a statement of its own: the batch's statements then take their snapshots after
+            # any other transaction holding one of them committed. All are sent at once and
+            # run in one transaction, the implicit one of the extended protocol up to the
+            # pipeline's Sync (no BEGIN/COMMIT, which psycopg would each wait for).
+            with conn.pipeline():
+                self._guard(conn)
+                self._lock_trips(conn, trips)
+                # psycopg takes a statement it names as it sends it for prepared, unless it
+                # was told to prepare it (then it checks that the server did). The first is,
+                # at once: the guard or the locks failing skip it. One after it never is:
+                # skipped because the first failed (a held row), its name reused next would
+                # not exist.
+                sent = [conn.execute(s, a, prepare=not i) for i, (s, a) in enumerate(statements)]
+            rows = [c.fetchone() for c in sent]
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 # Only a statement outside a transaction block is committed when it returns;
                 # inside one left open the batch would not be, and an ack names only what is.
@@ -823,6 +853,7 @@ class PostgresIngestStore(SqlIngestStore):
         q = self._sql
         with self._connected() as conn, conn.pipeline():
             with conn.transaction():
+                self._guard(conn)
                 # Its commit is not waited for on disk (the batch's rows were): a crash that
                 # loses it leaves the prefix short, which the next `epochs()` walks on.
                 conn.execute("SET LOCAL synchronous_commit TO off")

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from lane import sqlite_schema
+from lane.sqlite_schema import Migration, Newer, chain
 from lane.wire.codec import PayloadError
 from lane.wire.ids import new_id, uuid7
 from uplink.messages import Held, QueueIdentity, digest
@@ -41,8 +43,6 @@ ROW_OVERHEAD = 80
 # What `writable()` commits (and removes again): room for dozens of records, so a disk that
 # takes the probe takes the next vehicle's record too.
 PROBE_BYTES = 64 * 1024
-
-Migration = Callable[[sqlite3.Connection], None]
 
 
 class QueueError(Exception):
@@ -183,25 +183,18 @@ MIGRATIONS: dict[int, Migration] = {
 
 
 def migrate(db: sqlite3.Connection, path: Path, steps: Mapping[int, Migration] = MIGRATIONS) -> int:
-    """Bring the schema to the newest version in `steps`, one transaction per step."""
-    target = max(steps) + 1
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version > target:
-        raise QueueError(
-            path, f"schema version {version} is newer than this software ({target}); not touched"
-        )
-    while version < target:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            steps[version](db)
-            db.execute(f"PRAGMA user_version = {version + 1}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        log.info("queue schema migrated", extra={"path": str(path), "to_version": version + 1})
-        version += 1
-    return version
+    """Bring the schema to the newest version in `steps`, one transaction per step, one opener
+    at a time (lane.sqlite_schema)."""
+    target = len(steps)
+    for _, version in sqlite_schema.migrate(db, target, chain(steps), _too_new(path, target)):
+        log.info("queue schema migrated", extra={"path": str(path), "to_version": version})
+    return target
+
+
+def _too_new(path: Path, known: int) -> Newer:
+    return lambda version: QueueError(
+        path, f"schema version {version} is newer than this software ({known}); not touched"
+    )
 
 
 # SQLite's primary result codes (the low byte of an extended code) that name the file's state.
@@ -272,7 +265,8 @@ class RecordQueue:
             # Read-only checks first: a file that is not our queue must not be modified at all.
             self._check_file()
             self._check_owner()
-            self._refuse_newer(max(migrations) + 1)  # before WAL: a refused file stays as it was
+            known = len(migrations)  # before WAL: a refused file stays as it was
+            sqlite_schema.refuse_newer(self._db, known, _too_new(self.path, known))
             self._configure(sqlite_pragmas or {})
             migrate(self._db, self.path, migrations)
             self.identity = self._identity()
@@ -327,16 +321,8 @@ class RecordQueue:
                 self.path, "corrupted queue file, left untouched: " + "; ".join(problems[:5])
             )
 
-    def _refuse_newer(self, target: int) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version > target:
-            raise QueueError(
-                self.path,
-                f"schema version {version} is newer than this software ({target}); not touched",
-            )
-
     def _configure(self, extra: Mapping[str, int | str]) -> None:
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = sqlite_schema.use_wal(self._db)
         if str(mode).lower() != "wal":
             raise QueueError(self.path, f"could not enable WAL mode (got {mode})")
         self._db.execute("PRAGMA synchronous=FULL")

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lane import sqlite_schema
 from uplink.sql_store import (
     SCHEMA_VERSION,
     TALLY_SOURCE,
@@ -34,7 +35,7 @@ from uplink.sql_store import (
     SqlIngestStore,
     UpgradeJob,
 )
-from uplink.store import IngestStoreError, StoreBusyError
+from uplink.store import IngestStoreError, SchemaNewerError, StoreBusyError
 
 log = logging.getLogger("lane.uplink.sqlite_store")
 
@@ -122,7 +123,6 @@ MIGRATIONS: dict[int, tuple[tuple[str, ...], tuple[UpgradeJob, ...]]] = {
     # Version 8 marks the refunds an earlier `trip_mark` marked again (versions 1 and 2 get
     # today's marks from MARK).
     7: ((), (UpgradeJob.REMARK,)),
-    SCHEMA_VERSION: ((), ()),
 }
 
 
@@ -134,49 +134,49 @@ class SqliteIngestStore(SqlIngestStore):
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
             )
-            self._refuse_newer()  # before WAL: a refused file keeps its bytes
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._create_or_migrate()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise IngestStoreError(f"{self.path}: {exc}") from exc
-
-    def _refuse_newer(self) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
+        try:
+            # before WAL: a refused file keeps its bytes
+            sqlite_schema.refuse_newer(self._db, SCHEMA_VERSION, self._too_new)
+            sqlite_schema.use_wal(self._db)
+            self._db.execute("PRAGMA synchronous=FULL")
+            sqlite_schema.migrate(self._db, SCHEMA_VERSION, self._upgrade, self._too_new)
+        except sqlite3.Error as exc:
             self._db.close()
-            raise IngestStoreError(
-                f"{self.path}: schema version {version} is newer than this software"
-                f" ({SCHEMA_VERSION}); not touched"
-            )
+            raise IngestStoreError(f"{self.path}: {exc}") from exc
+        except IngestStoreError:
+            self._db.close()
+            raise
 
-    def _create_or_migrate(self) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+    def _too_new(self, version: int) -> SchemaNewerError:
+        return SchemaNewerError(
+            f"{self.path}: schema version {version} is newer than this software"
+            f" ({SCHEMA_VERSION}); not touched"
+        )
+
+    def _upgrade(self, db: sqlite3.Connection, version: int) -> int:
+        """A file of `version` brought to SCHEMA_VERSION in the one transaction
+        lane.sqlite_schema.migrate holds."""
         steps, jobs = MIGRATIONS[version]
         for stmt in steps:
-            self._db.execute(stmt)
+            db.execute(stmt)
         remarked = unmarked = 0
         for job in jobs:
             after: str | None = None
             while True:
-                step = self._upgrade_step(self._db, job, after, UPGRADE_CHUNK)
+                step = self._upgrade_step(db, job, after, UPGRADE_CHUNK)
                 remarked, unmarked = remarked + step.remarked, unmarked + step.unmarked
                 if (after := step.reached) is None:
                     break
         if jobs:
-            opened = int(self._db.execute("SELECT COUNT(*) FROM open_trips").fetchone()[0])
+            opened = int(db.execute("SELECT COUNT(*) FROM open_trips").fetchone()[0])
             log.info(
                 "ingest store upgraded",
                 extra={"path": str(self.path), "from": version, "open_trips": opened,
                        "refunds_remarked": remarked, "refunds_unmarked": unmarked},
             )  # fmt: skip
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return SCHEMA_VERSION
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
@@ -184,6 +184,9 @@ class SqliteIngestStore(SqlIngestStore):
             cur = self._db.cursor()
             try:
                 cur.execute("BEGIN IMMEDIATE")
+                # Under the write lock, which an upgrade holds for its whole migration: a
+                # worker left running while a newer release upgraded the file writes nothing.
+                sqlite_schema.refuse_newer(self._db, SCHEMA_VERSION, self._too_new)
                 yield cur
                 cur.execute("COMMIT")
             except BaseException as exc:

@@ -35,6 +35,12 @@ class StoreUnavailableError(IngestStoreError):
     """The database cannot be reached (refused, down, timed out connecting). Retry."""
 
 
+class SchemaNewerError(IngestStoreError):
+    """The store's schema is newer than this software: refused at open, or met by a write of a
+    worker left running while a newer release upgraded the store, which then writes nothing
+    (its rows would miss what the upgrade did to the others) and takes no more batches."""
+
+
 class StoreBusyError(IngestStoreError):
     """A lock or statement timeout: another transaction held what the batch needs. Retry."""
 

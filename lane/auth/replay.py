@@ -49,13 +49,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from lane import sqlite_schema
 from lane.auth.passes import DEFAULT_PASS_LIFETIME_S, USED_PASS_PREFIX, pass_valid_until
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S
 from lane.core.exit_marks import ExitMark, gives_back
+from lane.sqlite_schema import Migration, Newer, chain
 
 log = logging.getLogger(__name__)
-
-Migration = Callable[[sqlite3.Connection], None]
 
 
 class ReplayStoreError(RuntimeError):
@@ -167,14 +167,16 @@ class RemoteBounds:
         return min(exp, self.latest_exp(used_id, now))
 
 
+def too_new(source: str, known: int) -> Newer:
+    """The lane stores' refusal of a file of a newer schema, naming the file."""
+    return lambda version: ReplayStoreError(
+        f"{source}: schema version {version} is newer than this lane knows ({known})"
+    )
+
+
 def refuse_newer(conn: sqlite3.Connection, target: int, source: str) -> int:
     """The file's schema version; a newer one than this software knows is refused."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version > target:
-        raise ReplayStoreError(
-            f"{source}: schema version {version} is newer than this lane knows ({target})"
-        )
-    return int(version)
+    return sqlite_schema.refuse_newer(conn, target, too_new(source, target))
 
 
 @contextlib.contextmanager
@@ -197,18 +199,10 @@ def immediate(
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration], source: str) -> int:
-    """Bring the file to `len(migrations)`; each step commits with its new version number."""
+    """Bring the file to `len(migrations)`; each step commits with its new version number,
+    one opener at a time (lane.sqlite_schema)."""
     target = len(migrations)
-    version = refuse_newer(conn, target, source)
-    for step in range(version, target):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            migrations[step](conn)
-            conn.execute(f"PRAGMA user_version = {step + 1}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    sqlite_schema.migrate(conn, target, chain(migrations), too_new(source, target))
     return target
 
 
@@ -238,7 +232,7 @@ class ReplayStore:
             raise ReplayStoreError(f"{self.path}: cannot open: {exc}") from exc
         try:
             refuse_newer(self._conn, len(migrations), self.path)  # before WAL changes the file
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            sqlite_schema.use_wal(self._conn)
             self._conn.execute("PRAGMA synchronous=FULL")
             self.schema_version = migrate(self._conn, migrations, self.path)
             (elapsed,) = self._conn.execute(

@@ -40,7 +40,8 @@ from typing import get_args
 
 from lane.auth.network_config import Network
 from lane.auth.refund_ends import BY_HAND, RefundEndKind, end_key
-from lane.auth.replay import Migration, ReplayStoreError, immediate, migrate, refuse_newer
+from lane.auth.replay import ReplayStoreError, immediate, migrate, refuse_newer
+from lane.sqlite_schema import Migration, use_wal
 
 
 class PaymentState(StrEnum):
@@ -235,7 +236,7 @@ class ResolutionStore:
         try:
             refuse_newer(self._db, SCHEMA_VERSION, str(self.path))  # before WAL changes the file
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
+            use_wal(self._db)
             self._db.execute("PRAGMA synchronous=FULL")
             migrate(self._db, MIGRATIONS, str(self.path))
         except (sqlite3.Error, ReplayStoreError) as exc:

@@ -1,0 +1,105 @@
+"""A worker of an older release left running while a newer release upgrades the back-office
+store: its next write finds the schema newer than it knows, writes nothing, and the worker
+stops taking batches with one error line (`lane ingest` exits 1).
+
+The newer release is the store's version set one above this code's: SQLite's user_version,
+PostgreSQL's schema tag."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from polling import eventually
+from test_uplink_cli import Lines, ingest_process
+from uplink_kit import Q, drained, lane_side, recs, start_lane
+
+from sim.broker import Mosquitto
+from uplink.messages import QueueIdentity
+from uplink.pg import PostgresIngestStore
+from uplink.sql_store import SCHEMA_VERSION
+from uplink.sqlite_store import SqliteIngestStore
+from uplink.store import IngestStore, SchemaNewerError
+
+NEWER = SCHEMA_VERSION + 1
+STOPS = "ingest store schema newer, worker stops"
+
+
+def upgrade_sqlite(path: Path) -> None:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA user_version = {NEWER}")
+    db.close()
+
+
+def upgrade_pg(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"COMMENT ON SCHEMA lane_ingest IS 'lane ingest schema v{NEWER} 0123456789'")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def opened(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[IngestStore, Callable[[], None]]]:
+    """A store of this release, and how a newer release's upgrade of it is made."""
+    if request.param == "sqlite":
+        path = tmp_path / "ingest.sqlite"
+        sqlite = SqliteIngestStore(path)
+        yield sqlite, lambda: upgrade_sqlite(path)
+        sqlite.close()
+    else:
+        dsn = request.getfixturevalue("pg_dsn")
+        pg = PostgresIngestStore(dsn)
+        yield pg, lambda: upgrade_pg(dsn)
+        pg.close()
+
+
+def test_a_write_finding_the_schema_newer_stores_nothing(
+    opened: tuple[IngestStore, Callable[[], None]],
+) -> None:
+    store, upgrade = opened
+    lane = "p09/l04"
+    store.store_batch(lane, Q, recs(1, 3), 1)
+    store.store_batch(lane, Q, recs(4, 6), 2)  # a seen epoch's batch: its own path on postgres
+    upgrade()
+    batches = [
+        (Q, recs(7, 9)),  # the next batch of a seen epoch
+        (QueueIdentity("epoch-2"), recs(1, 3, tag="e2")),  # a new epoch's first
+        (Q, recs(4, 9)),  # a resend, part of it held already (stored carefully)
+    ]
+    for queue, records in batches:
+        with pytest.raises(SchemaNewerError, match=f"v{NEWER}|version {NEWER}"):
+            store.store_batch(lane, queue, records, 3)
+    assert store.count(lane) == 6
+    assert [e.epoch for e in store.epochs(lane)] == [Q.epoch]
+
+
+async def test_lane_ingest_left_running_after_a_newer_upgrade_stops_and_exits_1(
+    mosquitto: Mosquitto, lane_id: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "ingest.sqlite"
+    name = lane_id.replace("/", "-")
+    lines = Lines(await ingest_process(mosquitto, name, "--db", str(db)))
+    side = await start_lane(lane_side(mosquitto.host, mosquitto.port, lane_id, tmp_path / "q"))
+    try:
+        await eventually(lambda: lines.named("ingest started"), what="ingest started")
+        await side.link.wait_connected(5)
+        await side.append(5)
+        store = SqliteIngestStore(db)
+        await drained(side, store, lane_id)
+        store.close()
+        upgrade_sqlite(db)
+        await side.append(5, start=5)
+        await eventually(lambda: lines.proc.returncode is not None, within=20, what="exited")
+    finally:
+        await side.stop()
+        err = await lines.stop()
+    assert lines.proc.returncode == 1, err.decode()
+    (stopped,) = lines.named(STOPS)
+    assert stopped["lane"] == lane_id and f"version {NEWER}" in str(stopped["error"])
+    assert not lines.named("uplink batch not stored")
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as read:
+        assert read.execute("SELECT COUNT(*) FROM records").fetchone() == (5,)
+    assert side.queue.backlog().count == 5  # kept for a worker of the new release
