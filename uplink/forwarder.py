@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 from lane.transport.mqtt import LinkDown
 from lane.wire.codec import PayloadError
 from lane.wire.ids import new_id
