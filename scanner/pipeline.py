@@ -24,7 +24,7 @@ from typing import NamedTuple, TypeVar
 import cv2
 import numpy as np
 
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 from scanner.change_gate import GateSettings, Sighting, Thumbnail
 from scanner.decoders import Decoder
 from scanner.dedup import Deduplicator

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 from scanner.camera_net import reachable, redact
 from scanner.diagnose import why_not_open
 from scanner.health import (

@@ -17,7 +17,7 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 
 log = logging.getLogger("lane.sim.supervisor")
 

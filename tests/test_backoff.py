@@ -1,4 +1,4 @@
-"""The one doubling wait every retry loop uses (lane/backoff.py)."""
+"""The one doubling wait every retry loop uses (lane/core/backoff.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 
 seconds = st.floats(min_value=1e-6, max_value=1e6)
 failures = st.integers(min_value=0, max_value=10**9)

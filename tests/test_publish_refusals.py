@@ -19,8 +19,8 @@ from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
 from lane.auth.peers import Peers
 from lane.auth.replay import ReplayStore
-from lane.backoff import Backoff
 from lane.core.actions import IssuePass
+from lane.core.backoff import Backoff
 from lane.core.events import TicketIssued
 from lane.ticket_desk import TicketDesk
 from lane.transport.mqtt import Incoming, MqttLink

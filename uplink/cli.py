@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import uvloop
 
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 from lane.log import setup_logging
 from lane.signals import stop_on_signals
 from lane.transport.mqtt import Credentials

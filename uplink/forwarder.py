@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 from lane.refusal_log import RefusalLog
 from lane.transport.mqtt import LinkDown
 from lane.wire.codec import PayloadError

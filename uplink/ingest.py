@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 from lane.transport.mqtt import Credentials, Incoming, LinkDown, MqttLink
 from lane.wire.codec import PayloadError
 from lane.wire.topics import is_lane_id, uplink_acks

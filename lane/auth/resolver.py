@@ -73,7 +73,7 @@ from lane.auth.resolution_store import (
     StoreError,
     UnknownPayment,
 )
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 from lane.store_watch import StoreWatch
 
 __all__ = [

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from lane.backoff import Backoff
 from lane.core import events as ev
 from lane.core.actions import (
     Action,
@@ -63,6 +62,7 @@ from lane.core.actions import (
     ShowOnDisplay,
 )
 from lane.core.alarms import add_fault, clear_notice, raise_notice, remove_fault
+from lane.core.backoff import Backoff
 from lane.core.display import ASSISTANCE, LANE_CLOSED, paid_wait
 from lane.core.names import (
     BARRIER_DOWN,

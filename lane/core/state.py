@@ -305,7 +305,7 @@ class StuckLatch:
     open, whatever the lane wants of it meanwhile, so no further driver pays at a lane whose
     boom cannot rise. The lane tries the boom itself (a self-test: open, then close) when
     nobody is there, at `test_at`: `selftest_s` after the latch, then after twice the wait
-    with each of its `tries`, up to `selftest_max_s` (lane.backoff)."""
+    with each of its `tries`, up to `selftest_max_s` (lane.core.backoff)."""
 
     test_at: float
     tries: int = 0

@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 from lane.transport.paho_internals import PublishProperties, paho_client, write_at_once
 from lane.transport.refusals import Refusals
 from lane.transport.tls import CaFile, tls_failure

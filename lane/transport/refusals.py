@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 
 log = logging.getLogger("lane.transport.refusals")
 

@@ -23,7 +23,7 @@ from lane.auth.policy import OfflinePolicy
 from lane.auth.resolver import PaymentState, ResolutionStore, Resolver
 from lane.auth.wechatpay import WeChatPayClient
 from lane.auth.wechatpay_trust import FixedPlatformKey
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 from sim.acquirer import AcquirerServer
 from sim.alipay_fake import AlipayFake
 from sim.wechatpay_fake import WeChatPayFake

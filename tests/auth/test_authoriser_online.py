@@ -27,7 +27,7 @@ from lane.auth.authoriser import (
 from lane.auth.paycodes import online_code
 from lane.auth.policy import OfflinePolicy
 from lane.auth.resolver import PaymentState, ResolutionStore, Resolver
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 from sim.acquirer import AcquirerServer, running_acquirer
 from sim.acquirer_faults import Outage
 from sim.codes import emv_cpm

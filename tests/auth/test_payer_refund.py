@@ -20,7 +20,7 @@ from test_refund_processing import Alarms, paid, resolving
 from lane.auth.acquirer import AcquirerClient, RefundRefused, RefundRequest
 from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.resolver import ResolutionStore, Resolver, refund_id_for
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 from sim.acquirer import AcquirerServer, running_acquirer
 from sim.acquirer_faults import Outage
 

@@ -20,8 +20,8 @@ from polling import eventually
 from lane.auth.acquirer import Acquirer, RefundRequest
 from lane.auth.authoriser import Authoriser, AuthRequest
 from lane.auth.resolver import PaymentRow, ResolutionStore, Resolver, refund_id_for
-from lane.backoff import Backoff
 from lane.cli import main as lane_cli
+from lane.core.backoff import Backoff
 
 KEY = b"lane-secret-for-tests-0123456789"
 FAST = Backoff(0.01, 0.05)

@@ -21,8 +21,8 @@ from lane.auth.acquirer import Acquirer
 from lane.auth.refund_ends import RefundEnd, RefundEndKind, refund_draft, refund_record_id
 from lane.auth.resolution_store import SCHEMA_VERSION, PaymentState
 from lane.auth.resolver import PaymentRow, ResolutionStore, Resolver, refund_id_for
-from lane.backoff import Backoff
 from lane.cli import main as lane_cli
+from lane.core.backoff import Backoff
 from lane.core.names import RecordKind
 from lane.refund_records import RefundRecords
 from uplink.messages import Held, digest
@@ -238,7 +238,7 @@ def test_refund_ends_reached_before_the_upgrade_are_recorded_after_it(tmp_path: 
 KILLED_AT_THE_RECORD = """
 import asyncio, os, signal, sys
 from lane.auth.acquirer import AcquirerClient
-from lane.backoff import Backoff
+from lane.core.backoff import Backoff
 from lane.auth.resolver import ResolutionStore, Resolver
 from lane.refund_records import RefundRecords
 from uplink.queue import RecordQueue

@@ -20,9 +20,9 @@ from lane.auth.resolver import (
     Resolver,
     refund_query_backoff,
 )
-from lane.backoff import Backoff
 from lane.checks import check_config
 from lane.config import parse_config
+from lane.core.backoff import Backoff
 from sim.acquirer import AcquirerServer, running_acquirer
 from sim.acquirer_faults import Outage
 

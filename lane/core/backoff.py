@@ -4,7 +4,9 @@ connect and busy retries, an acquirer's payment queries, a camera's reopen, the 
 self-tests of a stuck boom (it keeps their count in lane state), the simulator's restarts of a
 child process.
 
-Pure: the caller counts its failures, draws the jitter and sleeps.
+Pure: the caller counts its failures, draws the jitter and sleeps. It lives in the core, which
+imports nothing outside itself, so that the self-tests wait as every other retry does; the
+shell's retry loops import it from here.
 """
 
 from __future__ import annotations
