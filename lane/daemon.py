@@ -919,7 +919,9 @@ class LaneDaemon:
             case VehicleArrived(implicit=False) | VehicleLeft() | TripPricedNote():
                 # Codes still in view count again for the next person (a screenshot must reach
                 # the replay check), but not for the fare-gate passenger the code just made.
-                self.pipeline.forget_seen()
+                # Frames are stamped on the lane's monotonic clock: one taken before now showed
+                # the pay point before this (lane.core.before_arrival), however late decoded.
+                self.pipeline.forget_seen(self.clocks.monotonic())
             case ShellNote(name=ShellNoteName.DISPLAY):
                 return
         if not self.link.connected:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -200,6 +201,7 @@ class ScanPipeline:
         )
         self._decode_ms: deque[float] = deque(maxlen=500)
         self._source_ended = False
+        self._newest_ts = -math.inf  # the newest frame the source gave (forget_seen)
         self._latest: tuple[Frame, tuple[Polygon, ...]] | None = None
         # The last frame a code was found in, and when (self._clock) it was decoded.
         self._last_read: tuple[Frame, tuple[Polygon, ...], float] | None = None
@@ -244,14 +246,19 @@ class ScanPipeline:
                 # A capture blocked inside a camera read ends when the read times out.
                 log.warning("thread %s did not stop in time", thread.name)
 
-    def forget_seen(self) -> None:
+    def forget_seen(self, taken_by: float | None = None) -> None:
         """A new vehicle is at the lane: codes still in view count as new sightings, but for
         codes that are no payment code of any kind. Those (a QR sticker on the booth, an ad)
         are read on every frame; reported again, each driver would be refused for them, a try
         spent and "Payment refused" shown as the car pulls up, while nothing a lane checks
-        (a replay) is at stake."""
+        (a replay) is at stake.
+
+        A frame the source gave before now, or taken by `taken_by` (the source's clock: the
+        lane's), decoded late on a loaded machine, showed the pay point before: its codes are
+        not reported again, nor kept as sightings (docs/scanner.md, "Deduplication")."""
         with self._lock:
-            self._dedup.clear(keep=lambda text: not is_payment(text))
+            since = self._newest_ts if taken_by is None else max(self._newest_ts, taken_by)
+            self._dedup.clear(keep=lambda text: not is_payment(text), since=since)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.stop)
@@ -365,6 +372,8 @@ class ScanPipeline:
         unless the gate lets it pass (the same view as its reference). A frame let pass wakes
         no worker and never replaces a frame waiting for one (a phone's, say). `fresh`: not the
         picture the camera's last look saw (a frozen camera repeats it)."""
+        with self._lock:  # before any worker may have it: forget_seen's cut includes it
+            self._newest_ts = max(self._newest_ts, frame.ts)
         job = _Job(frame, None, None, 0.0)
         skipped = error = replaced = False
         steady: tuple[Sighting, ...] = ()

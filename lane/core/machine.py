@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import assert_never
 
 from lane.core import (
+    before_arrival,
     carried,
     diagram,
     metro,
@@ -139,6 +140,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return paypoint.on_classified(state, event, now)
         case ev.Scanned() if static_codes.ignores(event):
             return static_codes.ignore(state, event)
+        case ev.Scanned() if before_arrival.ignores(state, event):
+            return before_arrival.ignore(state, event)
         case ev.Scanned() if carried.claims(state, event):
             return carried.claim(state, event, now)
         case ev.Scanned() if reread.ignores(state, event, now):
@@ -251,6 +254,8 @@ def _on_sensor(state: LaneState, event: ev.SensorChanged, now: float) -> Result:
 
 
 def _entry_loop(state: LaneState, event: ev.SensorChanged, now: float) -> Result:
+    if not event.occupied:
+        state = replace(state, entry_cleared_at=now)  # lane.core.before_arrival
     vehicle = state.vehicle
     if event.occupied:
         if vehicle is not None or metro.priced_gate(state):

@@ -30,7 +30,8 @@ not remembered: that code may be shown again on purpose.
 
 Toll lanes keep no such memory: a code read while the paid vehicle is at the pay point is
 ignored there (one payment at a time), a declined one is the vehicle's own (`refused_texts`,
-for as long as it is there), one read with nobody at the pay point makes no vehicle, and the
+for as long as it is there), one read with nobody at the pay point makes no vehicle, one in
+a frame taken before the next vehicle arrived is ignored (lane.core.before_arrival), and the
 next vehicle's is the network's or the replay check's. Pure like the rest of the core: time
 is `now`.
 """

@@ -419,6 +419,9 @@ class LaneState:
     approved_codes: tuple[ApprovedCode, ...] = ()
     # Fare gates: the codes the network declined within `reread_s`, oldest first (ditto).
     declined_codes: tuple[DeclinedCode, ...] = ()
+    # When the entry loop was last seen clear (a vehicle drove on or backed away): a frame
+    # taken before it shows the vehicle before the one there now (lane.core.before_arrival).
+    entry_cleared_at: float | None = None
 
     @property
     def safety_occupied(self) -> bool:

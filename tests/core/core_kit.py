@@ -49,6 +49,8 @@ PASSAGE_RESULTS = frozenset({"approved", "deferred", "manual"})
 # A closed road's entry lane opens for an `entry` record (result none, amount 0).
 FREE_PASSAGE = ("entry", "none")
 EXITS = ("exit", "tap_out")  # the record kinds that mark a pass (a metro tap-in) used
+# A code reaches the core this long after its frame was taken (the decode).
+FRAME_AGE_S = 0.05
 SINCE = "2026-12-01T10:00:00.000000Z"  # when a fault carried over a restart was raised
 # What each kept fault's file says of it (lane.barrier_latches).
 KEPT_DETAILS = {
@@ -588,8 +590,16 @@ class LaneDriver:
         kind: str = "payment_code",
         reason: str | None = None,
         static: bool = False,
+        taken: float | None = None,
     ) -> list[Action]:
-        return self.feed(ev.Scanned(text, kind, reason, self.now - 0.05, self.fresh("s"), static))
+        """The code in a frame taken at `taken`: by default FRAME_AGE_S before the scan, but
+        not before the entry loop was last cleared, since the kit's vehicles arrive with no time
+        passing (an earlier frame is the vehicle before's: lane.core.before_arrival)."""
+        if taken is None:
+            cleared = self.state.entry_cleared_at
+            taken = self.now - FRAME_AGE_S
+            taken = taken if cleared is None else max(taken, cleared)
+        return self.feed(ev.Scanned(text, kind, reason, taken, self.fresh("s"), static))
 
     def decide(
         self, auth_id: str | None = None, approved: bool = True, dt: float = 0.3, **kw: Any
@@ -776,7 +786,7 @@ class EventSource:
         text = self.c.pick(ROAD_TEXTS if self.road else TEXTS)
         # A code the scanner knows is printed at the booth (a sticker seen again).
         static = kind == "unknown" and self.c.chance(2)
-        return ev.Scanned(text, kind, reason, now - 0.05, self.fresh("s"), static)
+        return ev.Scanned(text, kind, reason, now - FRAME_AGE_S, self.fresh("s"), static)
 
     def _decided(self, now: float) -> ev.Event:
         approved = not self.c.chance(3)

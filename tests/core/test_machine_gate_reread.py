@@ -8,7 +8,7 @@ code is served as usual; the same code after `reread_s` is the network's to refu
 from __future__ import annotations
 
 import pytest
-from core_kit import LaneDriver, displayed, of_type, one, rules
+from core_kit import FRAME_AGE_S, LaneDriver, displayed, of_type, one, rules
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +35,6 @@ EXIT = rules(LaneMode.TRANSIT_EXIT, reread_s=REREAD_S)
 METRO_EXIT = rules(LaneMode.TRANSIT_EXIT, metro_pricing=True, reread_s=REREAD_S)
 GATES = [ENTRY, EXIT, METRO_EXIT]
 GATE_IDS = ["entry", "exit", "metro-exit"]
-FRAME_AGE_S = 0.05  # LaneDriver.scan: the frame was taken this long before the scan
 
 
 def priced(trip_id: str) -> ev.TripPriced:

@@ -75,7 +75,7 @@ class OpsLane:
         deadline = time.monotonic() + 8.0
         while answer() is None:
             assert time.monotonic() < deadline, f"no answer; notes: {self.notes[-5:]}"
-            self.source.put(frame, time.monotonic())
+            self.source.put(frame, self.daemon.clocks.monotonic())  # the camera's is the lane's
             await asyncio.sleep(0.03)
         result = answer()
         assert result is not None
