@@ -1,8 +1,8 @@
 """An old store file opened by two processes at the same moment (`lane run` beside `lane
-refunds` or `lane doctor`, a lane restarted while a CLI still has the file, two ingest
-workers): both open it, and it is migrated once (lane.sqlite_schema).
+refunds`, a lane restarted while that CLI still has the file, two ingest workers): both open
+it, and it is migrated once (lane.sqlite_schema).
 
-Each test opens ROUNDS copies of the store's oldest version, each by both processes together:
+Each test opens ROUNDS copies of an old version of the store, each by both processes together:
 with the version read before the write lock, both ran the first step and the loser failed
 ("table exists", "duplicate column") in most rounds."""
 
