@@ -2,12 +2,12 @@
 store of the project: the lane's queue, replay, payments and taps stores and the back office's
 SQLite ingest store.
 
-Two processes may open an old file at the same moment (`lane run` beside `lane refunds` or
-`lane doctor`, a lane restarted while a CLI still has its file, two ingest workers). Each
-migration step reads the version only once it holds the file's write lock (BEGIN IMMEDIATE),
-and writes the new one in the same transaction: the second opener waits for the first's step
-and then finds it made, where reading the version before the lock had both run it ("table
-exists" for the loser).
+Two processes may open an old file at the same moment (`lane run` beside `lane refunds`, a
+lane restarted while that CLI still has its file, two ingest workers, `lane trips` beside a
+worker). Each migration step reads the version only once it holds the file's write lock
+(BEGIN IMMEDIATE), and writes the new one in the same transaction: the second opener waits
+for the first's step and then finds it made, where reading the version before the lock had
+both run it ("table exists" for the loser).
 """
 
 from __future__ import annotations

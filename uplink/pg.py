@@ -134,9 +134,11 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         f" INSERT INTO {schema}.epochs SELECT lane, '', 0, contiguous, max_seq, 0"
         f" FROM {schema}.lanes ON CONFLICT DO NOTHING; DROP TABLE {schema}.lanes; END IF; END $$",
         # Every write's guard (`PostgresIngestStore._guard`): it takes turns with an upgrade's
-        # DDL, which holds the schema's lock exclusive, then refuses when the schema's tag is
-        # no longer the writer's own (a newer release upgraded it while a worker of this one
-        # ran): the write's transaction is aborted, nothing of it stored.
+        # DDL, which holds the schema's lock exclusive, then refuses when the schema's tag
+        # names a version above the writer's (a newer release upgraded it while a worker of
+        # this one ran): the write's transaction is aborted, nothing of it stored. A tag of
+        # the same version with other DDL is not newer: a worker of an earlier release of it,
+        # restarted, tags the schema with its own digest again, which must not stop this one.
         f"CREATE OR REPLACE FUNCTION {schema}.writable_by(tag TEXT) RETURNS void"
         " LANGUAGE plpgsql AS $$ DECLARE found TEXT; BEGIN"
         f" PERFORM pg_advisory_xact_lock_shared(hashtext('{schema}'));"
@@ -144,7 +146,9 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         " SELECT description INTO found FROM pg_catalog.pg_description"
         f" WHERE objoid = '{schema}'::regnamespace"
         " AND classoid = 'pg_catalog.pg_namespace'::regclass AND objsubid = 0;"
-        f" IF found IS DISTINCT FROM tag THEN RAISE EXCEPTION USING ERRCODE = '{NEWER_STATE}',"
+        f" IF substring(found FROM '{_TAG.pattern}')::int"
+        f" > substring(tag FROM '{_TAG.pattern}')::int"
+        f" THEN RAISE EXCEPTION USING ERRCODE = '{NEWER_STATE}',"
         " MESSAGE = format('the schema is tagged %L, newer than this worker''s %L', found, tag);"
         " END IF; END $$",
     )

@@ -1,8 +1,8 @@
 """An old store file opened by two processes at the same moment (`lane run` beside `lane
-refunds` or `lane doctor`, a lane restarted while a CLI still has the file, two ingest
-workers): both open it, and it is migrated once (lane.sqlite_schema).
+refunds`, a lane restarted while that CLI still has the file, two ingest workers): both open
+it, and it is migrated once (lane.sqlite_schema).
 
-Each test opens ROUNDS copies of the store's oldest version, each by both processes together:
+Each test opens ROUNDS copies of an old version of the store, each by both processes together:
 with the version read before the write lock, both ran the first step and the loser failed
 ("table exists", "duplicate column") in most rounds."""
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from race_kit import open_together
 
 from lane.auth.replay import MIGRATIONS as REPLAY_MIGRATIONS
 from lane.auth.resolution_store import SCHEMA_VERSION as PAYMENTS_VERSION
+from lane.sqlite_schema import Migration
 from lane.tap_store import MIGRATIONS as TAP_MIGRATIONS
 from uplink.queue import MIGRATIONS as QUEUE_MIGRATIONS
 from uplink.sqlite_store import SCHEMA_VERSION as INGEST_VERSION
@@ -37,14 +39,17 @@ def copies(fixture: str, tmp_path: Path) -> list[Path]:
     return paths
 
 
-def taps_v1(tmp_path: Path) -> list[Path]:
-    """Taps stores of version 1, made by its first step (no release wrote a fixture of it)."""
-    paths = [tmp_path / f"{n}-taps_v1.sqlite" for n in range(ROUNDS)]
+def made(store: str, steps: Sequence[Migration], version: int, tmp_path: Path) -> list[Path]:
+    """Files of `version`, made by its first steps: the taps store's version 1 (no release
+    wrote a fixture of it) and version 4 of the replay and taps stores, which the release
+    before their exit ids (version 5) left on every metro gate."""
+    paths = [tmp_path / f"{n}-{store}_v{version}.sqlite" for n in range(ROUNDS)]
     for path in paths:
         db = sqlite3.connect(path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
-        TAP_MIGRATIONS[0](db)
-        db.execute("PRAGMA user_version = 1")
+        for step in steps[:version]:
+            step(db)
+        db.execute(f"PRAGMA user_version = {version}")
         db.close()
     return paths
 
@@ -56,13 +61,20 @@ def taps_v1(tmp_path: Path) -> list[Path]:
         ("replay", "replay_v1.sqlite", len(REPLAY_MIGRATIONS)),
         ("payments", "payments_v1.sqlite", PAYMENTS_VERSION),
         ("ingest", "ingest_v2.sqlite", INGEST_VERSION),
-        ("taps", None, len(TAP_MIGRATIONS)),
+        ("taps", 1, len(TAP_MIGRATIONS)),
+        ("taps", 4, len(TAP_MIGRATIONS)),
+        ("replay", 4, len(REPLAY_MIGRATIONS)),
     ],
 )
 def test_two_processes_opening_an_old_store_at_once_both_open_it(
-    store: str, fixture: str | None, current: int, tmp_path: Path
+    store: str, fixture: str | int, current: int, tmp_path: Path
 ) -> None:
-    paths = taps_v1(tmp_path) if fixture is None else copies(fixture, tmp_path)
+    """`fixture`: a file of an earlier release, or the version of one made here (`made`)."""
+    if isinstance(fixture, int):
+        steps = TAP_MIGRATIONS if store == "taps" else REPLAY_MIGRATIONS
+        paths = made(store, steps, fixture, tmp_path)
+    else:
+        paths = copies(fixture, tmp_path)
     assert open_together(store, paths) == []
     assert [user_version(p) for p in paths] == [current] * ROUNDS
 

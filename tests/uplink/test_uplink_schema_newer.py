@@ -103,3 +103,25 @@ async def test_lane_ingest_left_running_after_a_newer_upgrade_stops_and_exits_1(
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as read:
         assert read.execute("SELECT COUNT(*) FROM records").fetchone() == (5,)
     assert side.queue.backlog().count == 5  # kept for a worker of the new release
+
+
+def test_a_schema_retagged_by_a_release_of_the_same_version_is_still_written(
+    pg_dsn: str,
+) -> None:
+    """A worker of an earlier release of the same schema version, restarted after this one's
+    upgrade, runs its own DDL and tags the schema with its digest: the schema is not newer,
+    and this release's workers go on storing (they used to stop, every one, at their next
+    batch with "newer than this worker")."""
+    store = PostgresIngestStore(pg_dsn)
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                "COMMENT ON SCHEMA lane_ingest IS"
+                f" 'lane ingest schema v{SCHEMA_VERSION} 0123456789abcdef'"
+            )
+        lane = "p09/l05"
+        assert store.store_batch(lane, Q, recs(1, 3), 1).inserted == 3
+        assert store.store_batch(lane, Q, recs(4, 6), 2).inserted == 3
+        assert store.count(lane) == 6
+    finally:
+        store.close()
