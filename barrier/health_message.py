@@ -19,6 +19,10 @@ from lane.wire.codec import PayloadError, field, optional
 SEVERITIES = frozenset({"critical", "major", "minor"})
 ACQUIRER_STATES = frozenset({"idle", "ok", "degraded", "down"})
 MAX_ALARMS = 64
+# A health message's MQTT expiry: the lane publishes one each second, so the broker drops a
+# retained copy this old, and a console (re)started while a lane's health is stuck sees that
+# lane silent at once, not its last "all fine" copy.
+HEALTH_LIFE_S = 10
 
 
 def health_topic(lane: str) -> str:

@@ -78,6 +78,7 @@ from lane.core.actions import Authorise
 from lane.core.machine import initial_state
 from lane.core.names import DeviceWords, PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
+from lane.core.road import waits_for_ticket
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
 from lane.disk_answer import DiskPhase, clear_after_s, judged
 from lane.disk_probe import PROBE_FILE, DiskProbe
@@ -724,8 +725,8 @@ class LaneDaemon:
                 self.uplink,
                 peers=self.peers,
                 alarm=self._alarm,
+                waiting=lambda issue_id: waits_for_ticket(self.runner.state, issue_id),
                 wall=self.clocks.wall,
-                monotonic=self.clocks.monotonic,
                 retry_s=self.config.road.print_retry_s,
             )
         if opened.taps is not None:

@@ -24,7 +24,13 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from barrier.health_message import AcquirerHealth, CheckEntry, LaneHealth, health_topic
+from barrier.health_message import (
+    HEALTH_LIFE_S,
+    AcquirerHealth,
+    CheckEntry,
+    LaneHealth,
+    health_topic,
+)
 from barrier.messages import AttendantCommand
 from lane.core.names import Alarm, AuthResult, Method, RecordKind
 from lane.core.notes import BarrierOpened, VehicleArrived
@@ -262,7 +268,11 @@ class HealthPublisher:
             return
         try:
             await link.mqtt.publish(
-                health_topic(self.lane), self.message().encode(), qos=1, retain=True
+                health_topic(self.lane),
+                self.message().encode(),
+                qos=1,
+                retain=True,
+                expiry_s=HEALTH_LIFE_S,
             )
         except ConnectionError as exc:
             log.warning("health not published", extra={"lane": self.lane, "error": str(exc)})

@@ -12,9 +12,11 @@ events (an async iterator: the runner posts each one):
    Not printed (paper out, printer offline or silent): the core is told at once; with a plate
    bound that opens the barrier (flag no_ticket) and the desk stops (a ticket printed later
    would be for nobody); without one the vehicle waits, and the same job is sent again once
-   the printer says `ready` (or every `retry_s`), until it prints, the next vehicle's issue
-   replaces it, or `give_up_s` passes. A job the broker refuses (its ACL) is sent again after
-   the link's refusal back-off instead (lane.transport.refusals: logged once, alarmed).
+   the printer says `ready` (or every `retry_s`), for as long as the core says that vehicle
+   still waits for it (`waiting`): however long the printer is out, the ticket prints once it
+   is back, and a vehicle gone (backed out, let through by hand, the next one's turn) gets no
+   ticket printed after it. A job the broker refuses (its ACL) is sent again after the link's
+   refusal back-off instead (lane.transport.refusals: logged once, alarmed).
 
 The printer's retained status raises `printer_paper_out` / `printer_offline` (and a job not
 acknowledged raises `printer_offline`), each cleared by itself when the printer is ready.
@@ -62,24 +64,23 @@ class TicketDesk:
         *,
         peers: Peers,
         alarm: Callable[[str, str | None], None],
+        waiting: Callable[[str], bool],
         wall: Callable[[], float],
-        monotonic: Callable[[], float],
         retry_s: float = 3.0,
-        give_up_s: float = 600.0,
     ) -> None:
+        """`waiting(issue_id)`: the vehicle of that issue is still at the entry without its
+        ticket (the core's state, read when a job is to be sent again)."""
         self.lane = lane
         self.key = key
         self.link = link
         self.peers = peers
         self.alarm = alarm
+        self.waiting = waiting
         self.wall = wall
-        self.monotonic = monotonic
         self.retry_s = retry_s
-        self.give_up_s = give_up_s
         self.state: PrinterState | None = None  # None: no status heard yet
         self._ready = asyncio.Event()
         self._acks: dict[str, asyncio.Future[PrintAck]] = {}
-        self._current: str | None = None
         self._ack_topic = topics.printer_ack(lane)
         self._status_topic = topics.printer_status(lane)
 
@@ -126,7 +127,6 @@ class TicketDesk:
     # --- issuing -------------------------------------------------------------------------
 
     async def issue(self, request: IssuePass) -> AsyncIterator[TicketIssued]:
-        self._current = request.issue_id  # the vehicle before is gone or through: stop its job
         extra = {"lane": self.lane, "issue_id": request.issue_id}
         entered = int(self.wall())
         plaza, _, lane = self.lane.partition("/")
@@ -143,8 +143,9 @@ class TicketDesk:
             await self._bind(request.plate, text, extra)
         job = PrintJob(request.issue_id, encode_ticket(ticket_of(entry, text)), self._now_us())
         told = False
-        until = self.monotonic() + self.give_up_s
-        while self._current == request.issue_id and self.monotonic() < until:
+        # No deadline: a desk that gave up while the vehicle waited would leave it at a closed
+        # boom after the printer came back, its alarm cleared (a stuck lane looking healthy).
+        while self.waiting(request.issue_id):
             error = await self._print(job)
             if error is None:
                 log.info("ticket printed", extra={**extra, "pass_id": entry.pass_hex})
@@ -160,7 +161,7 @@ class TicketDesk:
                 return  # opened on the plate: a ticket printed later would be nobody's
             if refused_s:
                 # The broker's ACL, not the printer: a `ready` mends nothing. Back off.
-                await asyncio.sleep(min(refused_s, max(0.0, until - self.monotonic())))
+                await asyncio.sleep(refused_s)
                 continue
             # Wait for the printer to say `ready` after this failure (paper loaded: the same job
             # goes again at once), else retry_s: a stale `ready` never makes a busy loop.
@@ -168,6 +169,7 @@ class TicketDesk:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.retry_s):
                     await self._ready.wait()
+        log.info("ticket job dropped: its vehicle no longer waits", extra=extra)
 
     async def _print(self, job: PrintJob) -> str | None:
         """Send the job and wait for its ack: None when printed, else why not."""

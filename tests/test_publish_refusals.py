@@ -163,7 +163,7 @@ async def test_a_ticket_the_broker_refuses_waits_for_the_acl_not_for_the_printer
         peers = Peers(LANE, None, lambda: KeySet(0, {}), replay, accept_unsigned=True,
                       wall=time.time)  # fmt: skip
         desk = TicketDesk(LANE, PlazaPassKey.generate("P01"), link, peers=peers,
-                          alarm=alarms.__setitem__, wall=time.time, monotonic=time.monotonic,
+                          alarm=alarms.__setitem__, waiting=lambda _: True, wall=time.time,
                           retry_s=0.1)  # fmt: skip
         link.subscriptions, link.handler = desk.subscriptions(), _handle(desk)
         printer = PrinterEmulator(LANE, broker.host, broker.port)

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from barrier.health_message import AlarmEntry, LaneHealth
+from barrier.health_message import HEALTH_LIFE_S, AlarmEntry, LaneHealth
 from barrier.messages import (
     BarrierCommand,
     BarrierStatus,
@@ -35,8 +35,9 @@ PRESENCE_SENSORS = ("entry_loop", "safety_loop", "exit_loop", "light_curtain")
 # Phases a lane passes through in seconds; longer than this in one of them is worth a look.
 STUCK_AFTER_S = 30.0
 RESTING_PHASES = frozenset({"idle", "closed"})
-# A lane whose health message is older than this is shown as silent (it publishes each second).
-SILENT_AFTER_S = 10.0
+# A lane whose health message is older than this is shown as silent (it publishes each second;
+# the broker keeps a retained copy no longer either).
+SILENT_AFTER_S = float(HEALTH_LIFE_S)
 TREND_WINDOWS_S = (300.0, 900.0, 3600.0)
 TREND_BUCKET_S = 60.0
 ALARMS_KEPT = 500
@@ -173,7 +174,7 @@ class Plaza:
         self, topic: str, payload: bytes, now: float, mono: float, *, expiry_s: int | None = None
     ) -> None:
         """`expiry_s`: the message's MQTT 5 expiry as the broker handed it over (what is left
-        of a retained display text's life), None when it has none."""
+        of a retained display text's or health message's life), None when it has none."""
         where = split_topic(topic)
         if where is None:
             return
@@ -199,7 +200,9 @@ class Plaza:
             if view.status.state == LaneStatus.OFFLINE:
                 view.display_until = None  # a lane back from offline says its text anew
         elif rest == "health":
-            view.health, view.heard_at = LaneHealth.decode(payload), mono
+            # A retained copy handed over late is as old as its expiry says, not new.
+            age = 0 if expiry is None else max(0, HEALTH_LIFE_S - expiry)
+            view.health, view.heard_at = LaneHealth.decode(payload), mono - age
             for a in view.health.alarms:
                 self.alarms[(view.lane, a.code, a.since_us)] = a
             while len(self.alarms) > ALARMS_KEPT:

@@ -130,6 +130,14 @@ def _open_vehicle(state: LaneState) -> Vehicle | None:
     return vehicle
 
 
+def waits_for_ticket(state: LaneState, issue_id: str) -> bool:
+    """Entry lane: the vehicle of `issue_id` is at the pay point, its ticket not printed and
+    no record on its way (the shell keeps sending the print job while this holds)."""
+    vehicle = _open_vehicle(state)
+    trip = vehicle.trip if vehicle is not None else None
+    return isinstance(trip, Ticket) and trip.issue_id == issue_id and not trip.printed
+
+
 # --- events --------------------------------------------------------------------------------
 
 

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from barrier.health_message import AcquirerHealth, AlarmEntry, CheckEntry, LaneHealth
+from barrier.health_message import (
+    HEALTH_LIFE_S,
+    AcquirerHealth,
+    AlarmEntry,
+    CheckEntry,
+    LaneHealth,
+)
 from barrier.messages import BarrierStatus, DisplayMessage, LaneStatus, SensorReading
 from lane.console.feed import lane_filter
 from lane.console.model import SILENT_AFTER_S, STUCK_AFTER_S, Plaza, split_topic
@@ -121,6 +127,19 @@ def test_the_display_blanks_when_its_ttl_runs_out() -> None:
     plaza.apply(f"lane/{LANE}/display", DisplayMessage(["Thank you"], 3.0).encode(), T0, T0)
     assert plaza.snapshot(T0 + 2, T0 + 2)["lanes"][0]["display"] == ["Thank you"]
     assert plaza.snapshot(T0 + 4, T0 + 4)["lanes"][0]["display"] == []
+
+
+def test_a_retained_health_handed_over_late_is_as_old_as_its_expiry_says() -> None:
+    """A console that starts is handed each lane's retained health with what is left of its
+    life: a lane whose health stopped 7 s ago is silent 4 s later, not 10 s after the console
+    started (shown green meanwhile); a fresh message (its whole life left) is heard now."""
+    plaza = Plaza(T0)
+    plaza.apply(f"lane/{LANE}/health", health(), T0, T0, expiry_s=HEALTH_LIFE_S - 7)
+    lane = plaza.snapshot(T0, T0)["lanes"][0]
+    assert (lane["tile"], lane["health_age_s"]) == ("ok", 7.0)
+    assert plaza.lanes[LANE].tile(T0 + 4) == "silent"
+    plaza.apply(f"lane/{LANE}/health", health(), T0 + 4, T0 + 4, expiry_s=HEALTH_LIFE_S)
+    assert plaza.lanes[LANE].tile(T0 + 4) == "ok"  # fresh health: it clears by itself
 
 
 def test_a_retained_display_text_handed_over_late_lives_only_what_its_expiry_left() -> None:

@@ -29,6 +29,7 @@ from lane.core.actions import (
 )
 from lane.core.machine import next_deadline
 from lane.core.notes import BarrierOpened, PassIssued, RoadEventIgnored, ScanIgnored, TripPricedNote
+from lane.core.road import waits_for_ticket
 from lane.core.state import LaneMode, Phase
 
 ENTRY = rules(LaneMode.TOLL_ENTRY, lane_id="P01/e1")
@@ -77,6 +78,19 @@ def test_no_ticket_and_no_plate_waits_until_the_printer_prints() -> None:
     persist = one(lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=True)), Persist)
     assert persist.draft.flags == ()
     assert of_type(lane.persisted(), OpenBarrier)
+
+
+def test_the_shell_keeps_printing_exactly_while_the_vehicle_waits_for_its_ticket() -> None:
+    lane = LaneDriver(ENTRY)
+    lane.arrive("v1")
+    assert waits_for_ticket(lane.state, "v1/pass")
+    lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=False, error="paper_out"))
+    assert waits_for_ticket(lane.state, "v1/pass") and not waits_for_ticket(lane.state, "v0/pass")
+    lane.leave_pay_point()  # backed away: no ticket for it after this
+    assert not waits_for_ticket(lane.state, "v1/pass")
+    lane.arrive("v2")
+    lane.feed(ev.TicketIssued("v2/pass", PASS_ID, printed=True))
+    assert not waits_for_ticket(lane.state, "v2/pass")  # printed: its entry is on its way
 
 
 def test_no_ticket_with_a_bound_plate_opens_with_the_flag_no_ticket() -> None:

@@ -37,6 +37,7 @@ from lane.auth.passes import EntryPass, pass_key
 from lane.auth.plate_binding import BindingKind, PlateBinding, decode_binding, encode_binding
 from lane.config import parse_config
 from lane.daemon import LaneDaemon, build
+from lane.runner import Clocks
 from lane.transport.mqtt import MqttLink
 from lane.trip_desk import UNSIGNED_DELETE
 from lane.wire import topics
@@ -88,9 +89,14 @@ class Road:
         return f"{name}{self.run_id}"  # P01/e -> P01/e3fa2c1: unique on the session broker
 
     async def lane(
-        self, lane_id: str, mode: str, rules: dict[str, Any] | None = None, **sections: Any
+        self,
+        lane_id: str,
+        mode: str,
+        rules: dict[str, Any] | None = None,
+        clocks: Clocks | None = None,
+        **sections: Any,
     ) -> RoadLane:
-        """`rules`: extra [lane] keys."""
+        """`rules`: extra [lane] keys; `clocks`: the daemon's (default the real ones)."""
         data = self.tmp / lane_id.replace("/", "_")
         # Every lane holds the road's key set and signs with its own key (lane.auth.peers).
         auth = {"keyset": str(self.keyset), **self.codes.lane_auth(self.tmp, lane_id)}
@@ -105,7 +111,7 @@ class Road:
         )
         device = DeviceEmulator(lane_id, self.broker.host, self.broker.port, Timings().scaled(20))
         source = PushSource()
-        daemon = await build(config, source=source, shutdown_grace_s=2.0)
+        daemon = await build(config, source=source, shutdown_grace_s=2.0, clocks=clocks)
         lane = RoadLane(daemon, device, source)
         daemon.runner.observers.append(lambda note: lane.notes.append((note.name, note.fields())))
         stop = asyncio.Event()
@@ -126,7 +132,9 @@ class Road:
         await eventually(lambda: daemon.runner.state.barrier == "closed")
         return lane
 
-    async def entry_lane(self, name: str = "P01/e") -> tuple[RoadLane, PrinterEmulator]:
+    async def entry_lane(
+        self, name: str = "P01/e", clocks: Clocks | None = None
+    ) -> tuple[RoadLane, PrinterEmulator]:
         lane_id = self.lane_id(name)
         printer = PrinterEmulator(lane_id, self.broker.host, self.broker.port)
         task = asyncio.create_task(printer.run())
@@ -137,7 +145,7 @@ class Road:
 
         self.stack.push_async_callback(down)
         road = {"pass_key": str(self.pass_key), "pass_kid": "pass-P01", "print_retry_s": 1.0}
-        lane = await self.lane(lane_id, "toll-entry", road=road)
+        lane = await self.lane(lane_id, "toll-entry", clocks=clocks, road=road)
         await eventually(lambda: lane.daemon.road.tickets and lane.daemon.road.tickets.state)
         return lane, printer
 
@@ -344,6 +352,61 @@ async def test_paper_out_is_an_alarm_the_lane_stays_safe_and_it_clears(road: Roa
         f"{v['vehicle_id']}/pass" for v in entry.named("vehicle_arrived")[0::2]
     ]
     assert third == printer.printed[-1].qr_codes[0]
+
+
+async def test_a_vehicle_waiting_out_a_long_paper_out_gets_its_ticket_once_paper_is_in(
+    road: Road, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No plate read, paper out for an hour: the boom stays down and the alarm stays up all
+    along, and once paper is loaded the same job prints and the lane opens. (The desk gave up
+    after ten minutes before: the alarm then cleared with paper in, the vehicle left at a
+    closed boom under `Ticket printer fault` for good.)"""
+    caplog.set_level(logging.INFO, logger="lane.ticket_desk")
+    ahead = [0.0]  # the daemon's monotonic clock, moved on as an hour's wait would
+    clocks = Clocks(monotonic=lambda: time.monotonic() + ahead[0])
+    entry, printer = await road.entry_lane(clocks=clocks)
+    alarms = entry.daemon.runner.alarms
+    printer.set_paper(False)
+    await eventually(lambda: "printer_paper_out" in alarms, what="the paper-out alarm")
+    await entry.device.vehicle_enters(1)
+    await eventually(lambda: shown(entry, "Ticket printer fault"), what="the fault displayed")
+
+    def tries() -> int:
+        return sum(r.getMessage() == "ticket not printed" for r in caplog.records)
+
+    ahead[0] = 3600.0
+    after = tries()
+    await eventually(lambda: tries() >= after + 2, what="the job tried again after an hour")
+    assert entry.records("entry") == [] and entry.named("barrier_opened") == []
+    assert "printer_paper_out" in alarms
+
+    printer.set_paper(True)
+    await eventually(lambda: entry.named("barrier_opened"), what="the ticket printed, opened")
+    assert "printer_paper_out" not in alarms
+    assert [t.job_id for t in printer.printed] == [entry.named("vehicle_arrived")[0]["vehicle_id"]
+                                                   + "/pass"]  # fmt: skip
+    [record] = entry.records("entry")
+    assert record.get("flags", []) == []
+
+
+async def test_no_ticket_is_printed_for_a_vehicle_that_backed_away(road: Road) -> None:
+    """Paper out, a vehicle without a plate read waits, then backs away: once paper is in,
+    its job is not printed (a ticket left in the slot would be nobody's, or the next
+    driver's); the next vehicle's ticket is the only one printed."""
+    entry, printer = await road.entry_lane()
+    alarms = entry.daemon.runner.alarms
+    printer.set_paper(False)
+    await eventually(lambda: "printer_paper_out" in alarms, what="the paper-out alarm")
+    await entry.device.vehicle_enters(1)
+    await eventually(lambda: shown(entry, "Ticket printer fault"), what="the fault displayed")
+    await entry.device.vehicle_backs_away()
+    await eventually(lambda: entry.daemon.runner.state.vehicle is None, what="the vehicle gone")
+    printer.set_paper(True)
+    await eventually(lambda: "printer_paper_out" not in alarms, what="the alarm cleared")
+    await enter(entry, printer, 1)
+    arrived = [v["vehicle_id"] for v in entry.named("vehicle_arrived")]
+    assert [t.job_id for t in printer.printed] == [f"{arrived[1]}/pass"]
+    assert entry.named("barrier_opened") and len(entry.records("entry")) == 1
 
 
 async def test_a_ticketless_vehicle_exits_on_its_plate_binding(road: Road) -> None:

@@ -14,10 +14,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from mqtt_kit import handed_at_once
 from ops_kit import OpsLane, running_lane
 from polling import eventually
 
-from barrier.health_message import LaneHealth, health_topic
+from barrier.health_message import HEALTH_LIFE_S, LaneHealth, health_topic
 from barrier.messages import AttendantCommand
 from lane.console.model import STUCK_AFTER_S, Plaza
 from lane.lane_health import CLOCK_RUNS
@@ -71,6 +72,26 @@ def action_records(lane: OpsLane) -> list[Record]:
     with sqlite3.connect(lane.config.lane.data_dir / "queue.sqlite3") as db:
         records = [Record.decode(row[0]) for row in db.execute("SELECT data FROM records")]
     return [r for r in records if "attendant_action" in r.draft.flags]
+
+
+async def test_a_lanes_retained_health_lives_only_while_the_lane_renews_it(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """The broker kept a lane's last health for ever: a console started after that lane's
+    health stopped was handed its last "all fine" and showed it green. Now the copy carries an
+    expiry (the console ages it by what was used of it) and is gone once it runs out."""
+    async with watched_lane(tmp_path, mosquitto, lane_id) as (_, seen, _):
+        await eventually(lambda: bool(seen), what="the lane's health")
+        [copy] = await handed_at_once(mosquitto, f"late-{lane_id}", health_topic(lane_id))
+        assert copy.expiry_s is not None and 0 < copy.expiry_s <= HEALTH_LIFE_S
+        plaza = Plaza(time.time())
+        plaza.apply(copy.topic, copy.payload, time.time(), 0.0, expiry_s=copy.expiry_s)
+        assert plaza.snapshot(time.time(), 0.0)["lanes"][0]["tile"] != "silent"
+
+    async def no_copy() -> bool:
+        return not await handed_at_once(mosquitto, f"late-{lane_id}", health_topic(lane_id))
+
+    await eventually(no_copy, within=HEALTH_LIFE_S + 5, every=0.5, what="the copy expired")
 
 
 async def test_health_carries_the_readyz_checks_phase_and_counters(
