@@ -51,7 +51,7 @@ from typing import Any, NamedTuple
 
 from lane.auth.passes import DEFAULT_PASS_LIFETIME_S, USED_PASS_PREFIX, pass_valid_until
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S
-from lane.core.exit_marks import ExitMark, gives_back
+from lane.core.exit_marks import ExitMark, gives_back, names_mark
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,8 @@ class ReplayStore:
     ) -> bool:
         """Record a local use, made at `seen_at` (None: `now`; a metro exit is marked by its
         record's time, lane.tap_desk) by the exit record `exit_id` (which names the mark even
-        when it was there already: the refund of an earlier exit no longer gives it back);
+        when it was there already, unless stamped earlier than it by more than the skew: the
+        refund of an earlier exit no longer gives it back);
         True when this is the first use anywhere we know of."""
         return self._insert(token_id, exp, lane, now if seen_at is None else seen_at, now,
                             remote=False, exit_id=exit_id)  # fmt: skip
@@ -446,7 +447,8 @@ class ReplayStore:
         later: float | None = None,
     ) -> bool:
         """Store a use; one of an id kept already names the mark by its exit (`exit_id`, when
-        given) and makes it seen that `later` (when given and later than the mark)."""
+        given, unless an earlier exit's heard late: lane.core.exit_marks `names_mark`) and
+        makes it seen that `later` (when given and later than the mark)."""
         # The ledger seconds until no lane can accept the token, judged by the wall clock now.
         keep_until = self.ledger() + max(0.0, exp + self.keep_after_exp_s - now)
         insert = (
@@ -459,15 +461,22 @@ class ReplayStore:
             # not a transaction around it (a replayed id's check costs a third more so).
             return self._execute(*insert) == 1
         with immediate(self._conn, self._lock, self._error):
-            new = self._conn.execute(*insert).rowcount
-            if new != 1:
-                self._conn.execute(
-                    "UPDATE used_tokens SET exit_id = coalesce(?, exit_id), seen_at ="
-                    " CASE WHEN ? IS NULL THEN seen_at ELSE max(coalesce(seen_at, ?), ?) END"
-                    " WHERE token_id = ?",
-                    (exit_id, later, later, later, token_id),
-                )
-        return new == 1
+            if self._conn.execute(*insert).rowcount == 1:
+                return True
+            kept = self._conn.execute(
+                "SELECT seen_at, exit_id FROM used_tokens WHERE token_id = ?", (token_id,)
+            ).fetchone()
+            mark = ExitMark(kept[0], kept[1])
+            used = seen_at if later is None else later
+            if exit_id is None or not names_mark(mark, used, self.bounds.skew_s):
+                exit_id = mark.exit_id  # an earlier exit heard late names nothing
+            self._conn.execute(
+                "UPDATE used_tokens SET exit_id = ?, seen_at ="
+                " CASE WHEN ? IS NULL THEN seen_at ELSE max(coalesce(seen_at, ?), ?) END"
+                " WHERE token_id = ?",
+                (exit_id, later, later, later, token_id),
+            )
+        return False
 
     def _execute(self, sql: str, params: tuple[object, ...]) -> int:
         with self._lock:
