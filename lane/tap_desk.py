@@ -51,7 +51,8 @@ prices as exited here all the same (a trip is never paid twice), and the store's
 the held marks before its alarm clears (`upkeep` those a restart loaded; whether or not the
 tap store works), a heard one as heard
 from its gate (so that gate's refund reopens it, held or written); the first exit held for a
-tap-in stays, as the replay store keeps the first mark. The held
+tap-in stays its gate's, as the replay store keeps the first mark's lane, named by a later exit
+as the mark would be (a refund drops it only as it would give back the mark). The held
 exits are kept in the tap store too (`TapStore.hold`, another file), so a restart before the
 replay store heals loads them and still prices those tap-ins as exited; while the tap store
 cannot keep them either they are in memory only, a restart would forget them, and
@@ -488,6 +489,8 @@ class TapDesk:
         raised."""
         held = self.held.unmarked.get(key)
         if held is not None and held.lane == lane:
+            if not gives_back(ExitMark(held.seen_at, held.exit_id), exit_id, made_by):
+                return False  # a later exit's, held: it stands, as its mark would
             del self.held.unmarked[key]
             self.held.held_copy.changed()
             await self.held.save_held()

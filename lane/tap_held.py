@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from lane.auth.plaza import mark_used, release_mark
 from lane.auth.replay import ReplayStore, ReplayStoreError
+from lane.core.exit_marks import ExitMark, names_mark
 from lane.held_copy import HeldCopy
 from lane.store_watch import Alarm, StoreWatch
 from lane.tap_store import Held, TapStore, TapStoreError
@@ -92,12 +93,27 @@ class HeldWrites:
         self.store_watch.owes(lambda: self.held_copy.behind, self.keep_held, TAPS_UNHELD)
 
     def hold_exit(self, key: str, held: Held) -> None:
-        """Hold an exit the replay store did not mark. The first exit held stays, as the replay
-        store keeps the first mark: one heard from another gate is not given back by this
-        gate's refund."""
-        if key not in self.unmarked:
+        """Hold an exit the replay store did not mark. The first exit held stays its gate's,
+        as the replay store keeps the first mark's lane: one heard from another gate is not
+        given back by this gate's refund. A later exit names it, and makes it that late when
+        heard, as it would the mark (`ReplayStore.mark_remote`, lane.core.exit_marks): the
+        refund of the first exit then gives back nothing."""
+        first = self.unmarked.get(key)
+        if first is None:
             self.unmarked[key] = held
-            self.held_copy.changed()
+        else:
+            mark = ExitMark(first.seen_at, first.exit_id)
+            named = held.exit_id is not None and names_mark(
+                mark, held.seen_at, self.replay.bounds.skew_s
+            )
+            seen = first.seen_at
+            if held.lane is not None and held.seen_at is not None:
+                seen = held.seen_at if seen is None else max(seen, held.seen_at)
+            kept = first._replace(seen_at=seen, exit_id=held.exit_id if named else first.exit_id)
+            if kept == first:
+                return
+            self.unmarked[key] = kept
+        self.held_copy.changed()
 
     async def mark(self, key: str, held: Held) -> bool:
         """Write an exit's mark (this gate's, or one heard from `held.lane`), after the refund

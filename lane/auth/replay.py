@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 from lane import sqlite_schema
 from lane.auth.passes import DEFAULT_PASS_LIFETIME_S, USED_PASS_PREFIX, pass_valid_until
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S
-from lane.core.exit_marks import ExitMark, gives_back
+from lane.core.exit_marks import ExitMark, gives_back, names_mark
 from lane.sqlite_schema import Migration, Newer, chain
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,15 @@ def _add_exit_id_v5(conn: sqlite3.Connection) -> None:
     # a use of another kind), which a refund gives back by its time alone, as that release did.
     conn.execute("ALTER TABLE used_tokens ADD COLUMN exit_id TEXT")
 
+
+# A use stored unless its id is kept already: one naming no exit leaves exit_id to the
+# column's NULL (bound, a replayed token's check costs a seventh more), one naming its exit.
+_INSERT_USE = (
+    "INSERT INTO used_tokens (token_id, exp, lane, seen_at, remote, keep_until{})"
+    " VALUES (?, ?, ?, ?, ?, ?{}) ON CONFLICT (token_id) DO NOTHING"
+)
+_INSERT_UNNAMED = _INSERT_USE.format("", "")
+_INSERT_NAMED = _INSERT_USE.format(", exit_id", ", ?")
 
 MIGRATIONS: tuple[Migration, ...] = (
     _create_v1,
@@ -259,7 +268,8 @@ class ReplayStore:
     ) -> bool:
         """Record a local use, made at `seen_at` (None: `now`; a metro exit is marked by its
         record's time, lane.tap_desk) by the exit record `exit_id` (which names the mark even
-        when it was there already: the refund of an earlier exit no longer gives it back);
+        when it was there already, unless stamped earlier than it by more than the skew: the
+        refund of an earlier exit no longer gives it back);
         True when this is the first use anywhere we know of."""
         return self._insert(token_id, exp, lane, now if seen_at is None else seen_at, now,
                             remote=False, exit_id=exit_id)  # fmt: skip
@@ -440,28 +450,32 @@ class ReplayStore:
         later: float | None = None,
     ) -> bool:
         """Store a use; one of an id kept already names the mark by its exit (`exit_id`, when
-        given) and makes it seen that `later` (when given and later than the mark)."""
+        given, unless an earlier exit's heard late: lane.core.exit_marks `names_mark`) and
+        makes it seen that `later` (when given and later than the mark)."""
         # The ledger seconds until no lane can accept the token, judged by the wall clock now.
         keep_until = self.ledger() + max(0.0, exp + self.keep_after_exp_s - now)
-        insert = (
-            "INSERT INTO used_tokens (token_id, exp, lane, seen_at, remote, keep_until, exit_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (token_id) DO NOTHING",
-            (token_id, exp, lane, seen_at, int(remote), keep_until, exit_id),
-        )
+        use = (token_id, exp, lane, seen_at, int(remote), keep_until)
         if exit_id is None and later is None:
             # Nothing to change in a kept id (a token's use): the one statement, as before,
             # not a transaction around it (a replayed id's check costs a third more so).
-            return self._execute(*insert) == 1
+            return self._execute(_INSERT_UNNAMED, use) == 1
         with immediate(self._conn, self._lock, self._error):
-            new = self._conn.execute(*insert).rowcount
-            if new != 1:
-                self._conn.execute(
-                    "UPDATE used_tokens SET exit_id = coalesce(?, exit_id), seen_at ="
-                    " CASE WHEN ? IS NULL THEN seen_at ELSE max(coalesce(seen_at, ?), ?) END"
-                    " WHERE token_id = ?",
-                    (exit_id, later, later, later, token_id),
-                )
-        return new == 1
+            if self._conn.execute(_INSERT_NAMED, (*use, exit_id)).rowcount == 1:
+                return True
+            kept = self._conn.execute(
+                "SELECT seen_at, exit_id FROM used_tokens WHERE token_id = ?", (token_id,)
+            ).fetchone()
+            mark = ExitMark(kept[0], kept[1])
+            used = seen_at if later is None else later
+            if exit_id is None or not names_mark(mark, used, self.bounds.skew_s):
+                exit_id = mark.exit_id  # an earlier exit heard late names nothing
+            self._conn.execute(
+                "UPDATE used_tokens SET exit_id = ?, seen_at ="
+                " CASE WHEN ? IS NULL THEN seen_at ELSE max(coalesce(seen_at, ?), ?) END"
+                " WHERE token_id = ?",
+                (exit_id, later, later, later, token_id),
+            )
+        return False
 
     def _execute(self, sql: str, params: tuple[object, ...]) -> int:
         with self._lock:

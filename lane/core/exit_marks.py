@@ -12,6 +12,11 @@ earlier exit's refund) and that exit was seen no later than the refund's bound (
 bound, `made_by`: no later use of it, heard out of order). A mark stored before exits were
 named (`exit_id` None: a release before this one, or a use of another kind) is judged by the
 time alone, as before.
+
+Which exit is the later one is told by the order the uses come in, not by their times, unless
+the times tell it beyond doubt: an exit stamped earlier than the mark by more than the skew is
+an earlier one heard late (its gate's messages held up), and names nothing (`names_mark`), so
+the refund of the later exit, which named the mark, still gives it back.
 """
 
 from __future__ import annotations
@@ -34,3 +39,10 @@ def gives_back(mark: ExitMark, exit_id: str | None, made_by: float | None) -> bo
     if made_by is not None and mark.seen_at is not None and mark.seen_at > made_by:
         return False  # a later use
     return exit_id is None or mark.exit_id is None or mark.exit_id == exit_id
+
+
+def names_mark(mark: ExitMark, seen_at: float | None, skew_s: float) -> bool:
+    """Does another use of a marked pass by an exit seen at `seen_at` (its gate's clock) name
+    the mark from now on? A later exit does, even one its gate stamped up to `skew_s` before
+    the mark (that clock behind); one stamped earlier by more is an earlier exit heard late."""
+    return mark.seen_at is None or seen_at is None or seen_at >= mark.seen_at - skew_s

@@ -757,6 +757,48 @@ async def _late_refund(second_exit: str) -> None:
         gate.replay.close()
 
 
+def test_an_earlier_exit_heard_late_keeps_the_later_exits_refund_giving_its_mark_back() -> None:
+    asyncio.run(_crossed_exits())
+
+
+async def _crossed_exits() -> None:
+    """S02 let the passenger out and refunded it (never let through), then so did S01/x1 two
+    minutes later; S02's messages were held up (its broker link down) and came in after
+    S01's exit. The mark, heard from S01/x1, took the name of S02's earlier exit, so S01's
+    refund gave back nothing and the passenger, let through nowhere, paid the maximum at the
+    next exit. So too after this gate's own exit, refunded once an earlier exit was heard.
+    An exit stamped earlier than the mark by more than the skew is an earlier one: it does
+    not name the mark."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+
+        async def hear(record: Record) -> None:
+            await gate.handle(Incoming(topic, signed(record)))
+
+        entered = tap_in("S01", NOW - 600)
+        trip = uuid.UUID(entered.record_id).hex
+        first = tap_out_of(entered, fare, "S02/x1", NOW - 180)
+        later = tap_out_of(entered, fare, "S01/x1", NOW - 60)
+        for record in (entered, later, first, refund_of(first, NOW - 170, trip),
+                       refund_of(later, NOW - 50, trip)):  # fmt: skip
+            await hear(record)
+        assert await tap_out(gate, clock) == ("charged", fare, trip)
+
+        out = exit_id(clock[0])
+        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, out))
+        earlier = tap_out_of(entered, fare, "S02/x1", clock[0] - 100)
+        await hear(earlier)
+        await hear(refund_of(earlier, clock[0] - 90, trip))
+        clock[0] += 5
+        await gate.release(ReleasePass(trip, out))
+        assert await tap_out(gate, clock) == ("charged", fare, trip)
+        gate.store.close()
+        gate.replay.close()
+
+
 def test_a_refund_heard_from_the_line_undoes_what_its_tap_told_this_gate() -> None:
     asyncio.run(_refunds_heard())
 

@@ -527,3 +527,27 @@ def test_a_version_4_file_keeps_its_marks_given_back_by_time_as_before(tmp_path:
                              exit_id="exit-old") is None  # fmt: skip
         assert store.release("pass:cc", "S02/x1", remote=True, made_by=NOW + 1,
                              exit_id="exit-c") == exp  # fmt: skip
+
+
+def test_an_earlier_exit_heard_late_names_no_mark(tmp_path: Path) -> None:
+    """S01's exit heard first, then S02's stamped two minutes before it (S02's messages held
+    up): the mark took the earlier exit's name, and the refund of S01's, the later one, gave
+    back nothing (its passenger paid the maximum at the next exit). An exit stamped earlier by
+    no more than the skew may be the later one (its gate's clock behind): it names the mark."""
+    exp = 1_800_000_600
+    skew = RemoteBounds().skew_s
+    with ReplayStore(tmp_path / "replay.db") as store:
+        assert store.mark_remote("pass:aa", exp, "S01/x1", NOW, now=NOW, exit_id="exit-later")
+        assert not store.mark_remote("pass:aa", exp, "S02/x1", NOW - 120, now=NOW,
+                                     exit_id="exit-earlier")  # fmt: skip
+        assert store.release("pass:aa", "S01/x1", remote=True, made_by=NOW + 0.001,
+                             exit_id="exit-later") == exp  # fmt: skip
+        # This lane's own exit, then an earlier one heard, then a later one its gate stamped
+        # earlier.
+        assert store.check_and_mark("pass:bb", exp, "S03/x1", NOW, NOW, exit_id="exit-own")
+        assert not store.mark_remote("pass:bb", exp, "S02/x1", NOW - 120, now=NOW,
+                                     exit_id="exit-earlier")  # fmt: skip
+        assert store.get("pass:bb") == UsedToken("pass:bb", exp, "S03/x1", NOW, False, "exit-own")
+        assert not store.mark_remote("pass:bb", exp, "S01/x1", NOW - skew, now=NOW,
+                                     exit_id="exit-behind")  # fmt: skip
+        assert store.release("pass:bb", "S03/x1", made_by=NOW + 0.001, exit_id="exit-own") is None

@@ -591,3 +591,37 @@ async def test_a_heard_exit_held_is_not_given_back_by_this_gates_refund(tmp_path
         # The other gate's exit stands: the tap-in stays exited, the maximum fare, flagged.
         assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
     exits.close()
+
+
+async def test_a_held_exit_is_named_by_a_later_exit_and_an_earlier_exits_refund_keeps_it(
+    tmp_path: Path,
+) -> None:
+    """While the replay store failed, S02's exit was held, then a later one at S01/x1 (its
+    clock behind: stamped earlier) was not (the first held stays), and S02's refund of its
+    own exit dropped the held one: the tap-in priced a third exit as a trip, though S01/x1 had
+    let its passenger out. A held exit is named by a later exit as a mark in the replay store
+    is (lane.core.exit_marks), and a refund gives back only the held exit it names."""
+    exits = Exits(tmp_path)
+    gate = exits.gate
+    topic = topics.line_taps("L1")
+    entered = tap_in("S01", NOW - 600, paid=ENTRY_PAID)
+    await gate.handle(Incoming(topic, signed(entered)))
+    first = tap_out_of(entered, FARE - ENTRY_PAID, "S02/x1", NOW - 50)
+    later = tap_out_of(entered, FARE - ENTRY_PAID, "S01/x1", NOW - 55)
+    trip = first.draft.pass_id
+    with locked(tmp_path / "replay.sqlite3"):
+        for record in (first, later, refund_of(first, NOW - 40, trip)):
+            await gate.handle(Incoming(topic, signed(record)))
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
+    tasks = [asyncio.create_task(_probe_replay(gate)), asyncio.create_task(_probe_taps(gate))]
+    try:
+        await eventually(lambda: gate.held.unmarked == {} == gate.store.held(NOW), within=15)
+    finally:
+        for task in tasks:
+            task.cancel()
+    try:
+        used = gate.replay.get(f"pass:{trip}")
+        assert used is not None and (used.lane, used.exit_id) == ("S02/x1", later.record_id)
+        assert await exits.tap_out() == ("pass_used", FARTHEST, trip)
+    finally:
+        exits.close()

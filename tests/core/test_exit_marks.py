@@ -1,10 +1,11 @@
-"""Whether a refunded exit gives back a pass's mark (lane.core.exit_marks): a table."""
+"""Whether a refunded exit gives back a pass's mark, and whether an exit names it
+(lane.core.exit_marks): tables."""
 
 from __future__ import annotations
 
 import pytest
 
-from lane.core.exit_marks import ExitMark, gives_back
+from lane.core.exit_marks import ExitMark, gives_back, names_mark
 
 AT = 1_800_000_000.0
 
@@ -35,3 +36,24 @@ def test_a_refund_gives_back_only_the_mark_its_exit_made_last(
     mark: ExitMark, exit_id: str | None, made_by: float | None, given_back: bool
 ) -> None:
     assert gives_back(mark, exit_id, made_by) is given_back
+
+
+@pytest.mark.parametrize(
+    ("mark", "seen_at", "named"),
+    [
+        # A later exit, stamped after the mark or before it by no more than the skew (its
+        # gate's clock behind): it names the mark.
+        (ExitMark(AT, "exit-a"), AT + 60, True),
+        (ExitMark(AT, "exit-a"), AT - 30, True),
+        # Stamped earlier by more: an earlier exit heard late names nothing.
+        (ExitMark(AT, "exit-a"), AT - 30.001, False),
+        (ExitMark(AT, "exit-a"), AT - 120, False),
+        # Nothing to tell them apart by: the use heard last names it.
+        (ExitMark(None, "exit-a"), AT - 120, True),
+        (ExitMark(AT, None), None, True),
+    ],
+)
+def test_an_exit_names_a_mark_unless_stamped_before_it_by_more_than_the_skew(
+    mark: ExitMark, seen_at: float | None, named: bool
+) -> None:
+    assert names_mark(mark, seen_at, 30) is named
