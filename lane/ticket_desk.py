@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Callable
 
@@ -81,6 +82,10 @@ class TicketDesk:
         self.state: PrinterState | None = None  # None: no status heard yet
         self._ready = asyncio.Event()
         self._acks: dict[str, asyncio.Future[PrintAck]] = {}
+        # A job lives at the broker only as long as the desk waits for its ack: one queued for
+        # a printer gone (its persistent session) is sent again while its vehicle waits, and
+        # otherwise is nobody's: the broker drops it rather than print it once the printer is back.
+        self._job_life_s = max(1, math.ceil(retry_s))
         self._ack_topic = topics.printer_ack(lane)
         self._status_topic = topics.printer_status(lane)
 
@@ -178,7 +183,9 @@ class TicketDesk:
         waiter = asyncio.get_running_loop().create_future()
         self._acks[job.job_id] = waiter
         try:
-            await self.link.publish(topics.printer_print(self.lane), job.encode(), qos=1)
+            await self.link.publish(
+                topics.printer_print(self.lane), job.encode(), qos=1, expiry_s=self._job_life_s
+            )
             async with asyncio.timeout(self.retry_s):
                 ack = await waiter
         except ConnectionError as exc:

@@ -84,6 +84,8 @@ class Road:
     pass_key: Path
     run_id: str
     stack: contextlib.AsyncExitStack
+    # Each printer running, by lane: how to stop it cleanly (its will discarded).
+    printer_stops: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
 
     def lane_id(self, name: str) -> str:
         return f"{name}{self.run_id}"  # P01/e -> P01/e3fa2c1: unique on the session broker
@@ -136,6 +138,15 @@ class Road:
         self, name: str = "P01/e", clocks: Clocks | None = None
     ) -> tuple[RoadLane, PrinterEmulator]:
         lane_id = self.lane_id(name)
+        printer = self.printer(lane_id)
+        road = {"pass_key": str(self.pass_key), "pass_kid": "pass-P01", "print_retry_s": 1.0}
+        lane = await self.lane(lane_id, "toll-entry", clocks=clocks, road=road)
+        await eventually(lambda: lane.daemon.road.tickets and lane.daemon.road.tickets.state)
+        return lane, printer
+
+    def printer(self, lane_id: str) -> PrinterEmulator:
+        """The lane's printer, running; `printer_stops[lane_id]` stops it. A printer started
+        again is handed what the broker kept for the session of the one before."""
         printer = PrinterEmulator(lane_id, self.broker.host, self.broker.port)
         task = asyncio.create_task(printer.run())
 
@@ -144,10 +155,8 @@ class Road:
             await asyncio.gather(task, return_exceptions=True)
 
         self.stack.push_async_callback(down)
-        road = {"pass_key": str(self.pass_key), "pass_kid": "pass-P01", "print_retry_s": 1.0}
-        lane = await self.lane(lane_id, "toll-entry", clocks=clocks, road=road)
-        await eventually(lambda: lane.daemon.road.tickets and lane.daemon.road.tickets.state)
-        return lane, printer
+        self.printer_stops[lane_id] = down
+        return printer
 
     async def exit_lane(
         self,
@@ -407,6 +416,32 @@ async def test_no_ticket_is_printed_for_a_vehicle_that_backed_away(road: Road) -
     arrived = [v["vehicle_id"] for v in entry.named("vehicle_arrived")]
     assert [t.job_id for t in printer.printed] == [f"{arrived[1]}/pass"]
     assert entry.named("barrier_opened") and len(entry.records("entry")) == 1
+
+
+async def test_a_job_left_at_the_broker_for_a_printer_gone_is_not_printed_when_it_is_back(
+    road: Road, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The printer drops off the broker (its status still `ready`); a vehicle without a plate
+    read waits, its job kept at the broker for the printer's session, then backs away. Once the
+    printer is back, that job has expired there: only the next vehicle's ticket is printed."""
+    caplog.set_level(logging.INFO, logger="lane.ticket_desk")
+    entry, _ = await road.entry_lane()
+    alarms = entry.daemon.runner.alarms
+    await road.printer_stops[entry.daemon.lane]()  # gone, its retained status still `ready`
+    await entry.device.vehicle_enters(1)
+    await eventually(lambda: "printer_offline" in alarms, what="no answer: printer offline")
+    await entry.device.vehicle_backs_away()
+    await eventually(
+        lambda: any(r.getMessage().startswith("ticket job dropped") for r in caplog.records),
+        what="the job dropped with its vehicle",
+    )
+    printer = road.printer(entry.daemon.lane)
+    await eventually(lambda: "printer_offline" not in alarms, what="the printer back, ready")
+    await entry.device.vehicle_enters(1)
+    await eventually(lambda: entry.named("barrier_opened"), what="the next vehicle's entry")
+    arrived = [v["vehicle_id"] for v in entry.named("vehicle_arrived")]
+    assert [t.job_id for t in printer.printed] == [f"{arrived[1]}/pass"]
+    assert len(entry.records("entry")) == 1
 
 
 async def test_a_ticketless_vehicle_exits_on_its_plate_binding(road: Road) -> None:
