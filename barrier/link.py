@@ -8,7 +8,8 @@ timeouts, retries and FAULT are the lane core's. What it does decide:
   another callback, and is logged ("garbage on a lane topic": lane, topic, error, retained):
   the first of a topic (the `io/+` readings share one) in `REFUSAL_LOG_EVERY_S`, the others
   counted, and `say_counted()`, from the lane's health loop, says how many once that time has
-  passed (lane.refusal_log): a flood writes two lines a minute, not one a message;
+  passed (every window's as the lane stops: lane.refusal_log): a flood writes two lines a
+  minute, not one a message;
 - a barrier state older than one already seen from the same device session (lower or equal
   seq) is dropped, so a re-delivered retained state never rolls the lane's view back;
 - the controller's will is `lane/{id}/status` = LaneStatus "offline", retained;
@@ -182,9 +183,11 @@ class BarrierLink:
             return
         deliver()
 
-    def say_counted(self) -> None:
-        """One line per topic whose garbage was counted, not logged, in a window that passed."""
-        for counted in self.garbage_log.counted(self.wall()):
+    def say_counted(self, *, stopping: bool = False) -> None:
+        """One line per topic whose garbage was counted, not logged, in a window that passed
+        (`stopping`: in every window)."""
+        refusals = self.garbage_log
+        for counted in refusals.rest() if stopping else refusals.counted(self.wall()):
             log.warning(
                 "garbage on a lane topic, more counted",
                 extra={

@@ -973,8 +973,16 @@ class LaneDaemon:
         except* Shutdown:
             pass
         finally:
+            self._say_counted(stopping=True)
             await self.aclose()
         log.info("lane stopped", extra={"lane": self.lane})
+
+    def _say_counted(self, *, stopping: bool = False) -> None:
+        """The refusals logged only as counted, once their window passed (`stopping`: all of
+        them, as the lane stops: the health loop would never say them)."""
+        self.peers.say_counted(self.clocks.wall(), stopping=stopping)
+        self.link.say_counted(stopping=stopping)
+        self.forwarder.say_counted(stopping=stopping)
 
     async def _start_camera(self) -> None:
         """Start the scan pipeline; a finite source only once the lane can take a code.
@@ -1305,9 +1313,7 @@ class LaneDaemon:
             self._say(NO_TOKEN_KEY_ALARM, no_token_key_now(keys, self.clocks.wall()))
             self._watch_camera()
             self._say("trust_update_refused", self.verifier.refusal_text())
-            self.peers.say_counted(self.clocks.wall())
-            self.link.say_counted()
-            self.forwarder.say_counted()
+            self._say_counted()
             for code, text in self.peers.alarm_texts(self.clocks.wall()).items():
                 self._say(code, text)
             self._reload_changed_files()

@@ -299,6 +299,9 @@ class LaneMetrics:
         self.keyset_age.set(math.nan)
         self._mirrored: dict[str, int] = {}
         self._alarm_codes: set[str] = set()
+        # The alarms raised and not cleared since: one told again with a new text (the lane
+        # core's `tell_fault`) is not raised again.
+        self._raised: set[str] = set()
         self._sent: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     # --- what the lane decides (runner observer) --------------------------------------------
@@ -340,8 +343,12 @@ class LaneMetrics:
             return
         self._alarm_codes.add(code)
         self.alarm.labels(code).set(1 if active else 0)
-        if active and code in BARRIER_ALARMS:
-            self.barrier_faults.labels(code).inc()
+        if not active:
+            self._raised.discard(code)
+        elif code not in self._raised:
+            self._raised.add(code)
+            if code in BARRIER_ALARMS:
+                self.barrier_faults.labels(code).inc()
 
     # --- barrier commands ---------------------------------------------------------------------
 

@@ -2,15 +2,16 @@
 
 A flood of garbage or forgeries on a topic the lane listens to would write a line per message:
 the first refusal of a kind (what was refused and why) is logged, the next ones within
-`every_s` only counted, and `counted` hands back their number once that time has passed; the
-next refusal of that kind after it is logged again. Its users keep the kinds few (the lane's
-message names times their reasons, a link's topics): bounded whatever comes. Peers' messages
-(lane.auth.peers), the barrier link's garbage (barrier.link) and the acks the uplink cannot
-take (uplink.forwarder) go through it.
+`every_s` only counted, and `counted` hands back their number once that time has passed (`rest`
+every window's, when its owner stops); the next refusal of that kind after it is logged again.
+Its users keep the kinds few (the lane's message names times their reasons, a link's topics):
+bounded whatever comes. Peers' messages (lane.auth.peers), the barrier link's garbage
+(barrier.link) and the acks the uplink cannot take (uplink.forwarder) go through it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 REFUSAL_LOG_EVERY_S = 60.0  # a kind of refusal is logged once per this; the rest counted
@@ -52,6 +53,11 @@ class RefusalLog:
                 if count:
                     said.append(RefusalsCounted(what, reason, count, since))
         return said
+
+    def rest(self) -> list[RefusalsCounted]:
+        """The refusals counted in every window, passed or not: its owner stops, and a count
+        not said then is never said."""
+        return self.counted(math.inf)
 
 
 def passed(since: float, now: float, every_s: float) -> bool:

@@ -13,7 +13,8 @@ Acks reach the forwarder through the owner of the MqttLink: route messages on `a
 `handle_ack(payload)` (or feed decoded `Ack`s into the `acks` queue passed in). An ack it cannot
 take (garbage, another lane's, another queue epoch's) is logged the first of its kind in
 `REFUSAL_LOG_EVERY_S`, the others counted; `say_counted()`, from the lane's health loop, says
-how many once that time has passed (lane.refusal_log): a flood writes a few lines a minute.
+how many once that time has passed (every window's as the lane stops: lane.refusal_log): a
+flood writes a few lines a minute.
 """
 
 from __future__ import annotations
@@ -164,9 +165,11 @@ class Forwarder:
         if self.refusal_log.admit(self.ack_topic, why, self._wall()):
             log.warning(why, extra={"lane": self.lane, "topic": self.ack_topic, **extra})
 
-    def say_counted(self) -> None:
-        """One line per kind of ack refused and counted, not logged, in a window that passed."""
-        for counted in self.refusal_log.counted(self._wall()):
+    def say_counted(self, *, stopping: bool = False) -> None:
+        """One line per kind of ack refused and counted, not logged, in a window that passed
+        (`stopping`: in every window)."""
+        refusals = self.refusal_log
+        for counted in refusals.rest() if stopping else refusals.counted(self._wall()):
             log.warning(
                 f"{counted.reason}, more counted",
                 extra={"lane": self.lane, "topic": counted.what, "refused": counted.count,

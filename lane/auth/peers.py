@@ -7,14 +7,15 @@ lane.trip_desk), which call it where they encode and decode their messages:
 - `seal(payload)`: the message signed with the lane's key (lane.auth.peer_messages); a lane
   without one (only while `auth.accept_unsigned_peers` is on) sends it bare.
 - `open(...)`: the verified message, or None after one warning line naming the topic, the lane
-  the message claims and the refusal (the first of its kind, its message's name and reason,
-  in `REFUSAL_LOG_EVERY_S`: the others are counted, and `say_counted(now)`, from the health
-  loop every second, says how many once that time has passed: a flood writes two lines a
-  minute); the refusal is kept for `peer_messages_refused` (every one of them), an unsigned
-  message taken for `unsigned_peer_messages`. `refuse(...)` does the same for what a desk
-  refuses itself before opening it (an MQTT delete of a plate binding: it cannot be signed),
-  `took_unsigned(...)` what one takes unsigned without opening it (that delete, while
-  `auth.accept_unsigned_peers` is on: it names no lane, so the alarm names what it was).
+  the message claims and the refusal (the first of its kind, its message's name and reason, in
+  `REFUSAL_LOG_EVERY_S`: the others are counted, and `say_counted(now)`, from the health loop
+  every second, says how many once that time has passed (as the lane stops, every window's:
+  `stopping`): a flood writes two lines a minute); the refusal is kept for
+  `peer_messages_refused` (every one of them), an unsigned message taken for
+  `unsigned_peer_messages`. `refuse(...)` does the same for what a desk refuses itself before
+  opening it (an MQTT delete of a plate binding: it cannot be signed), `took_unsigned(...)`
+  what one takes unsigned without opening it (that delete, while `auth.accept_unsigned_peers`
+  is on: it names no lane, so the alarm names what it was).
 - `ignore(why, ...)`: a genuine message a desk does not take for what it says (`Ignored`: heard
   before, from outside the plaza, older than the plate's ...): a replay of one comes as often as
   whoever replays it sends it, so its line goes through the same window (`say_counted`).
@@ -184,16 +185,17 @@ class Peers:
         if self.ignored_log.admit(why, "", self.wall()):
             log.log(why.level, why, extra={**extra, "lane": self.lane})
 
-    def say_counted(self, now: float) -> None:
-        """One line per kind of refusal counted, not logged, in a window that has passed."""
-        for counted in self.refusal_log.counted(now):
+    def say_counted(self, now: float, *, stopping: bool = False) -> None:
+        """One line per kind of refusal counted, not logged, in a window that has passed
+        (`stopping`: in every window)."""
+        for counted in self.refusal_log.rest() if stopping else self.refusal_log.counted(now):
             log.warning(
                 f"{counted.what} refused: {counted.reason}: {counted.count} more since"
                 f" {utc_text(counted.since)}",
                 extra={"lane": self.lane, "reason": str(counted.reason),
                        "refused": counted.count, "since": counted.since},
             )  # fmt: skip
-        for counted in self.ignored_log.counted(now):
+        for counted in self.ignored_log.rest() if stopping else self.ignored_log.counted(now):
             why = Ignored(counted.what)
             log.log(why.level, f"{why}: {counted.count} more since {utc_text(counted.since)}",
                     extra={"lane": self.lane, "refused": counted.count,

@@ -84,6 +84,7 @@ from lane.core.state import (
     Passage,
     Paying,
     Phase,
+    UnreadableWords,
     Vehicle,
     phase,
 )
@@ -407,27 +408,39 @@ def _on_unreadable(state: LaneState, event: ev.DeviceUnreadable) -> Result:
     that decodes (in the fault phase the lane asks every probe_s), acks by an ack that decodes
     (a command waiting for one is sent again every probe_s under barrier_no_ack), or by a
     snapshot while no command waits for an ack. A snapshot of a device whose acks alone broke
-    reads, and must not clear the alarm the next garbled ack raises again."""
+    reads, and must not clear the alarm the next garbled ack raises again. The alarm's text
+    names each kind unreadable now (told again when that changes), not one garbled message
+    after another."""
+    if any(u.words is event.words for u in state.unreadable):
+        return state, []
+    heard = UnreadableWords(event.words, event.topic, event.error)
+    state = replace(state, unreadable=(*state.unreadable, heard))
+    return tell_fault(state, Alarm.BARRIER_UNREADABLE, _unreadable_detail(state))
+
+
+def _unreadable_detail(state: LaneState) -> str:
     probe_s = f"{state.rules.probe_s:g} s"
-    if event.words is DeviceWords.ACKS:
-        until = (
+    until = {
+        DeviceWords.ACKS: (
             f"its acks read again (a command waiting for one is sent again every {probe_s};"
             " with none waiting, a query answered readably does)"
-        )
-    else:
-        until = f"the device answers a query readably (asked every {probe_s})"
-    detail = f"{event.topic}: {event.error}; lane closed to payments until {until}"
-    state = replace(state, unreadable=state.unreadable | {event.words})
-    return add_fault(state, Alarm.BARRIER_UNREADABLE, detail)
+        ),
+        DeviceWords.REPORTS: f"the device answers a query readably (asked every {probe_s})",
+    }
+    heard = "; ".join(f"{u.topic}: {u.error}" for u in state.unreadable)
+    untils = " and ".join(until[u.words] for u in state.unreadable)
+    return f"{heard}; lane closed to payments until {untils}"
 
 
 def _read_again(state: LaneState, words: DeviceWords) -> Result:
-    """The device's `words` decode again: barrier_unreadable clears once none is unreadable."""
-    if words not in state.unreadable:
+    """The device's `words` decode again: barrier_unreadable clears once none is unreadable
+    (its text, until then, names those still unreadable)."""
+    left = tuple(u for u in state.unreadable if u.words is not words)
+    if left == state.unreadable:
         return state, []
-    state = replace(state, unreadable=state.unreadable - {words})
-    if state.unreadable:
-        return state, []
+    state = replace(state, unreadable=left)
+    if left:
+        return tell_fault(state, Alarm.BARRIER_UNREADABLE, _unreadable_detail(state))
     return remove_fault(state, Alarm.BARRIER_UNREADABLE)
 
 

@@ -378,6 +378,16 @@ class DeclinedCode:
 
 
 @dataclass(frozen=True)
+class UnreadableWords:
+    """Words of the barrier device the lane could not read (`barrier_unreadable`): the topic
+    and error first heard of them, for the alarm's text."""
+
+    words: DeviceWords
+    topic: str
+    error: str
+
+
+@dataclass(frozen=True)
 class LaneState:
     rules: LaneRules
     vehicle: Vehicle | None = None
@@ -392,9 +402,10 @@ class LaneState:
     # position then turns out to be up, that vehicle went under a boom nobody paid for.
     under_before_known: bool = False
     faults: frozenset[Alarm] = frozenset()
-    # The device's words the lane could not read last it heard them (barrier_unreadable holds
-    # while any is here): each kind is read again by its own answer (lane.core.machine).
-    unreadable: frozenset[DeviceWords] = frozenset()
+    # The device's words the lane could not read last it heard them, first heard first
+    # (barrier_unreadable holds while any is here, its text names each): each kind is read
+    # again by its own answer (lane.core.machine).
+    unreadable: tuple[UnreadableWords, ...] = ()
     closed_reason: str | None = None
     next_class: int | None = None
     next_plate: str | None = None  # a plate read before its vehicle reached the entry loop

@@ -425,7 +425,25 @@ def test_unreadable_acks_hold_the_alarm_through_readable_snapshots_until_an_ack_
     assert alarm.code == Alarm.BARRIER_UNREADABLE and "acks read again" in alarm.message
     snapshot = ev.DeviceSnapshotted("open", (("entry_loop", True),), "d1")
     assert ClearAlarm(Alarm.BARRIER_UNREADABLE) not in lane.feed(snapshot)
-    assert lane.feed(ev.DeviceUnreadable(STATE_TOPIC, "bad", DeviceWords.REPORTS)) == []
+    assert lane.feed(ev.DeviceUnreadable(ACK_TOPIC, "bad again", DeviceWords.ACKS)) == []
+    lane.feed(ev.DeviceUnreadable(STATE_TOPIC, "bad", DeviceWords.REPORTS))
     assert ClearAlarm(Alarm.BARRIER_UNREADABLE) not in lane.ack("v1/open")  # reports still not
     assert ClearAlarm(Alarm.BARRIER_UNREADABLE) in lane.feed(snapshot)
-    assert lane.state.unreadable == frozenset()
+    assert not lane.state.unreadable
+
+
+def test_the_unreadable_alarm_names_every_kind_of_word_unreadable_now() -> None:
+    """Acks garbled, then states too: the text names both and what reads each again; the acks
+    read again, it names the states alone (not acks that read, over a lane still closed)."""
+    lane = LaneDriver()
+    lane.pay("v1")
+    lane.feed(ev.DeviceUnreadable(ACK_TOPIC, "bad ack", DeviceWords.ACKS))
+    both = one(lane.feed(ev.DeviceUnreadable(STATE_TOPIC, "bad state", DeviceWords.REPORTS)),
+               RaiseAlarm)  # fmt: skip
+    assert both.code == Alarm.BARRIER_UNREADABLE
+    assert f"{ACK_TOPIC}: bad ack" in both.message and f"{STATE_TOPIC}: bad state" in both.message
+    assert "acks read again" in both.message and "answers a query readably" in both.message
+    states = one(lane.ack("v1/open"), RaiseAlarm)
+    assert states.code == Alarm.BARRIER_UNREADABLE
+    assert f"{STATE_TOPIC}: bad state" in states.message and "answers a query" in states.message
+    assert ACK_TOPIC not in states.message and "acks read again" not in states.message

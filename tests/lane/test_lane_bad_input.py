@@ -173,3 +173,36 @@ async def test_bad_input_on_every_topic_is_refused_once_and_the_next_vehicle_pas
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_refusals_counted_when_the_lane_stops_are_said_as_it_stops(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage counted in a window that has not passed when the lane stops: its count is said
+    then (the health loop that says it once the window passed stops with the lane)."""
+    plaza = lane_id.split("/", maxsplit=1)[0]
+    flood = {
+        topics.attendant(lane_id): b"\xc1",  # the barrier link's
+        topics.uplink_acks(lane_id): b"\xc1",  # the uplink's
+        used_tokens_topic(plaza): b"\xc1",  # a peer message
+    }
+    noise = MqttLink(mosquitto.host, mosquitto.port, f"noise-{lane_id}")
+    task = asyncio.create_task(noise.run())
+    try:
+        async with running_lane(tmp_path, mosquitto, lane_id) as lane:
+            await noise.wait_connected(5)
+            for topic, payload in flood.items():
+                for _ in range(3):
+                    await noise.publish(topic, payload)
+            daemon = lane.daemon
+            logs = (daemon.peers.refusal_log, daemon.link.garbage_log, daemon.forwarder.refusal_log)
+
+            def counted() -> int:
+                return sum(n for log in logs for _, n in log.windows.values())
+
+            await eventually(lambda: counted() == 2 * len(flood), what=f"counted: {counted()}")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    said = [r.__dict__["refused"] for r in caplog.records if "refused" in r.__dict__]
+    assert said == [2] * len(flood)
