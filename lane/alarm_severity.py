@@ -2,8 +2,9 @@
 
 Severity orders what an operator looks at first and colours the plaza tiles:
 
-- `critical`: the lane cannot pass vehicles safely or at all (barrier, broker, queue, stuck).
-- `major`: the lane works but something an operator must fix is wrong (camera dark, back office
+- `critical`: the lane cannot pass vehicles safely or at all (barrier, broker, queue, stuck,
+  camera dark).
+- `major`: the lane works but something an operator must fix is wrong (back office
   not taking records, acquirer failing or declining many payments, a paid vehicle that did not
   pass).
 - `minor`: worth a look, nothing is lost yet (key set ageing, queue filling, a driver waiting).
@@ -44,7 +45,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "disk_error": Severity.CRITICAL,
         # A hung data directory: no record can be written, so no payment is taken.
         "disk_not_answering": Severity.CRITICAL,
-        "camera_blackout": Severity.MAJOR,
+        # A camera that reads no codes: the lane is closed to payments (a payment fault).
+        "camera_blackout": Severity.CRITICAL,
         # A closed road's entry lane: vehicles without a plate read wait for their ticket.
         "printer_paper_out": Severity.MAJOR,
         "printer_offline": Severity.MAJOR,

@@ -704,7 +704,11 @@ class LaneDaemon:
             if path is not None and isinstance(got, SourcedError):
                 self._file_mtimes[path] = -1  # read again at the first look, mended or not
         self._stall: StallWatch | None = None  # from the pipeline's start (live sources only)
-        self._stall_text: str | None = None  # the camera_blackout text the watch raised
+        # What the camera cannot do, by who saw it: the source's own word (its blackout, a
+        # lost stream, a failed capture) and the stall watch's; the source's comes first.
+        self._source_dark: str | None = None
+        self._stall_text: str | None = None
+        self._camera_told: str | None = None  # what the core was last told (None: it sees)
         self._publishing: set[asyncio.Future[None]] = set()
         # Once 'offline' is being said, the status loop says nothing more: a later status
         # would replace the retained 'offline' of a lane that is gone.
@@ -906,9 +910,20 @@ class LaneDaemon:
             },
         )
         if event.kind == "recovered":
-            self.runner.alarm("camera_blackout", None)
+            self._source_dark = None
         elif event.kind in ("blackout", "error", "lost"):
-            self.runner.alarm("camera_blackout", f"camera {event.kind}: {event.detail}")
+            self._source_dark = f"camera {event.kind}: {event.detail}"
+        self._tell_camera()
+
+    def _tell_camera(self) -> None:
+        """The core hears whether the camera gives codes to read (`camera_blackout`, a payment
+        fault: the lane does not invite drivers to show a code nobody reads), once per change
+        of what is said."""
+        dark = self._source_dark or self._stall_text
+        if dark == self._camera_told:
+            return
+        self._camera_told = dark
+        self.runner.post(ev.CameraSees(seeing=dark is None, detail=dark or ""))
 
     def _on_note(self, note: Notification) -> None:
         """Every lane note goes out on the events topic (QoS 0) for operators."""
@@ -1161,7 +1176,7 @@ class LaneDaemon:
         frozen camera repeats one picture, and stuck decoders read nothing while frames arrive:
         judged from the pipeline's counters, each raises camera_blackout, and clears what it
         raised once fresh frames are decoded again.
-        An alarm the source raised itself (its own blackout, a failed capture) is left to it."""
+        What the source said itself (its own blackout, a failed capture) is told before it."""
         stats = self.pipeline.stats()
         if self.source.finite or not self.pipeline.started or stats.source_ended:
             return
@@ -1173,15 +1188,8 @@ class LaneDaemon:
             silent_s = self.config.camera.open_timeout_s + self.source.blackout_after_s
             self._stall = StallWatch(silent_s, now)
         processed = stats.decoded + stats.skipped
-        text = self._stall.observe(now, stats.frames_in, processed, stats.fresh)
-        current = self.runner.alarms.get("camera_blackout")
-        ours = current is not None and current == self._stall_text
-        if text is not None and (current is None or (ours and current != text)):
-            self._stall_text = text
-            self.runner.alarm("camera_blackout", text)
-        elif text is None and ours:
-            self._stall_text = None
-            self.runner.alarm("camera_blackout", None)
+        self._stall_text = self._stall.observe(now, stats.frames_in, processed, stats.fresh)
+        self._tell_camera()
 
     def _reload_changed_files(self) -> None:
         """Key set and deny list files are re-read when they change (an operator or a sync job

@@ -29,6 +29,7 @@ FAULT_MESSAGES = {
     Alarm.DISK_NOT_ANSWERING: "data directory does not answer",
     Alarm.BARRIER_STUCK: "barrier did not reach its commanded position",
     Alarm.BARRIER_UNREADABLE: "barrier device's messages cannot be read",
+    Alarm.CAMERA_BLACKOUT: "camera reads no codes",
 }
 
 DISK_ANSWERS_AGAIN = "data directory answers again"

@@ -108,6 +108,8 @@ LABELS: dict[str, type] = {
     "disk hung": ev.DiskAnswering,
     "disk answers": ev.DiskAnswering,
     "disk answers again": ev.DiskAnswersAgain,
+    "camera dark": ev.CameraSees,
+    "camera sees": ev.CameraSees,
     "link down": ev.LinkChanged,
     "link up": ev.LinkChanged,
     "plate": ev.PlateRead,
@@ -179,6 +181,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(AT_PAY_POINT, "disk hung", P.FAULT, "no new paid passages: no record could be written"),
     _t(AT_PAY_POINT, "persist failed", P.FAULT, "a record was not written"),
     _t(AT_PAY_POINT, "unreadable", P.FAULT, "the device's words cannot be read: no payments"),
+    _t(AT_PAY_POINT, "camera dark", P.FAULT, "no code can be read: no payments"),
     _t(P.OPENING, "tick", P.FAULT, "no ack after max attempts"),
     _t(P.CLOSING, "tick", P.FAULT, "no ack after max attempts"),
     _t(P.OPENING, "ack refused", P.FAULT, "the barrier refused the open"),
@@ -189,6 +192,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.FAULT, "link up", IN_SERVICE, "broker back"),
     _t(P.FAULT, "queue ok", AT_PAY_POINT, "queue has room again"),
     _t(P.FAULT, "disk answers", AT_PAY_POINT, "records can be written again"),
+    _t(P.FAULT, "camera sees", AT_PAY_POINT, "fresh frames decoded again"),
     _t(P.FAULT, "ack ok", IN_SERVICE, "a late ack: the barrier is alive"),
     _t(P.FAULT, "ack refused", P.CLOSING, "a late refusal (loop occupied): alive"),
     # Healing: no phase waits for ever (lane.core.recovery).
@@ -291,6 +295,8 @@ def event_label(event: ev.Event) -> str:
             return "disk answers" if answering else "disk hung"
         case ev.DiskAnswersAgain():
             return "disk answers again"
+        case ev.CameraSees(seeing=seeing):
+            return "camera sees" if seeing else "camera dark"
         case ev.LinkChanged(up=up):
             return "link up" if up else "link down"
         case ev.PlateRead():

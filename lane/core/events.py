@@ -147,6 +147,17 @@ class DiskAnswersAgain:
 
 
 @dataclass(frozen=True)
+class CameraSees:
+    """Whether the lane's camera gives codes to read: False while it cannot (lost, black
+    frames, capture failed or stalled, decoding stalled, a frozen picture: the shell's camera
+    watch, past the scanner's own thresholds), again whenever its cause changes; True once
+    fresh frames are decoded again. `detail` says what the shell saw."""
+
+    seeing: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class LinkChanged:
     """The broker link of the controller went down or came back; while down, again whenever
     the cause changes (the text `broker_down` names: a TLS failure, an unreadable CA file)."""
@@ -282,6 +293,7 @@ Event = (
     | QueueChanged
     | DiskAnswering
     | DiskAnswersAgain
+    | CameraSees
     | LinkChanged
     | PlateRead
     | TicketIssued

@@ -188,6 +188,10 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return tell_fault(state, Alarm.DISK_NOT_ANSWERING, detail)
         case ev.DiskAnswersAgain(detail=detail):
             return retell_fault(state, Alarm.DISK_NOT_ANSWERING, disk_answers_again(detail))
+        case ev.CameraSees(seeing=True):
+            return remove_fault(state, Alarm.CAMERA_BLACKOUT)
+        case ev.CameraSees(detail=detail):
+            return tell_fault(state, Alarm.CAMERA_BLACKOUT, detail)
         case ev.LinkChanged():
             return _on_link(state, event, now)
         case ev.PlateRead() if road.road_mode(state):

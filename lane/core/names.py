@@ -24,6 +24,7 @@ class Alarm(StrEnum):
     BARRIER_STUCK = "barrier_stuck"
     BARRIER_STUCK_OPEN = "barrier_stuck_open"
     BARRIER_UNREADABLE = "barrier_unreadable"
+    CAMERA_BLACKOUT = "camera_blackout"
     QUEUE_HIGH_WATER = "queue_high_water"
     ATTENDANT_NEEDED = "attendant_needed"
     LANE_STUCK = "lane_stuck"
@@ -43,7 +44,9 @@ BLOCKING_FAULTS = frozenset(
 )
 # Faults that stop new payments only (the barrier may still serve a vehicle that already paid).
 # A device whose words about its boom cannot be read (barrier_unreadable) may be in any
-# position or fault: the lane takes nobody's money it may not be able to let through.
+# position or fault: the lane takes nobody's money it may not be able to let through. A lane
+# whose camera reads no code (camera_blackout) must not invite drivers to show one; a vehicle
+# that already paid needs no camera to be let through.
 PAYMENT_FAULTS = frozenset(
     {
         Alarm.QUEUE_FULL,
@@ -51,6 +54,7 @@ PAYMENT_FAULTS = frozenset(
         Alarm.DISK_NOT_ANSWERING,
         Alarm.BARRIER_STUCK,
         Alarm.BARRIER_UNREADABLE,
+        Alarm.CAMERA_BLACKOUT,
     }
 )
 FAULTS = BLOCKING_FAULTS | PAYMENT_FAULTS

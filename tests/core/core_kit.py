@@ -851,6 +851,8 @@ class EventSource:
             return ev.AttendantReopenLane("done")
         if what == "queue" and self.c.chance(4):
             return ev.DiskAnswering(not self.c.chance(2), "/var/lib/lane")
+        if what == "queue" and self.c.chance(4):
+            return ev.CameraSees(not self.c.chance(2), "camera blackout: no frames for 2.0 s")
         if what == "queue":
             return ev.QueueChanged(self.c.chance(3), self.c.chance(2))
         return ev.LinkChanged(not self.c.chance(3))
@@ -954,6 +956,7 @@ def heal(driver: LaneDriver, rounds: int = 12) -> None:
         ev.LinkChanged(up=True),
         ev.QueueChanged(full=False, high_water=False),
         ev.DiskAnswering(answering=True),
+        ev.CameraSees(seeing=True),
         ev.BarrierReported("closed"),
         ev.AttendantReopenLane("healed"),
         *(ev.SensorChanged(s, False, driver.fresh("e")) for s in SAFETY_SENSORS),

@@ -220,6 +220,8 @@ def test_every_event_type_has_labels_and_every_label_an_event_type() -> None:
         ev.DiskAnswering(False, "/var/lib/lane"),
         ev.DiskAnswering(True),
         ev.DiskAnswersAgain("/var/lib/lane: the lane reopens at 10:58:50 UTC"),
+        ev.CameraSees(False, "camera lost: stream ended"),
+        ev.CameraSees(True),
         ev.LinkChanged(False),
         ev.LinkChanged(True),
         ev.PlateRead("ZJA123"),

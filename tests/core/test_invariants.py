@@ -146,6 +146,7 @@ arbitrary_events: st.SearchStrategy[ev.Event] = st.one_of(
     st.builds(ev.QueueChanged, st.booleans(), st.booleans()),
     st.builds(ev.DiskAnswering, st.booleans(), text),
     st.builds(ev.DiskAnswersAgain, text),
+    st.builds(ev.CameraSees, st.booleans(), text),
     st.builds(ev.LinkChanged, st.booleans()),
     st.builds(ev.PaidCarried, ids, ids, st.integers(-5, 10**6), text, times, ids),
     st.just(ev.Tick()),

@@ -329,6 +329,7 @@ def world_answers(lane: LaneDriver, budget: int) -> int:
         ev.LinkChanged(up=True),
         ev.QueueChanged(full=False, high_water=False),
         ev.DiskAnswering(answering=True),
+        ev.CameraSees(seeing=True),
         ev.AttendantReopenLane("healed"),
         ev.BarrierReported(position),
         *(ev.SensorChanged(s, False, lane.fresh("e")) for s in ("safety_loop", "light_curtain")),

@@ -40,6 +40,10 @@ FAULTS: dict[str, tuple[Callable[[LaneDriver], ev.Event], Callable[[LaneDriver],
         lambda _: ev.DiskAnswering(True),
     ),
     "broker_down": (lambda _: ev.LinkChanged(False, "refused"), lambda _: ev.LinkChanged(True)),
+    "camera_blackout": (
+        lambda _: ev.CameraSees(False, "camera blackout: black frames for 2.0 s"),
+        lambda _: ev.CameraSees(True),
+    ),
     "attendant": (
         lambda _: ev.AttendantCloseLane("maintenance"),
         lambda _: ev.AttendantReopenLane("done"),

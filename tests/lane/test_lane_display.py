@@ -11,16 +11,19 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mqtt_kit import collected, handed_at_once, sender
 from polling import eventually
-from test_lane_daemon import Lane, named, running_lane
-from test_lane_heal import lane_processes
+from test_lane_daemon import Lane, named, running_lane, show
+from test_lane_heal import lane_processes, pays
+from test_lane_liveness import live_pictures
 
 from barrier.messages import DisplayMessage, LaneStatus
 from lane.console.model import Plaza
 from lane.transport.mqtt import Incoming
 from lane.wire import topics
+from scanner.sources import PushSource
 from sim.broker import Mosquitto
 
 QUICK = {"probe_s": 0.5}  # the fault phase asks the device every probe_s
@@ -227,3 +230,53 @@ async def test_a_display_that_starts_after_the_lane_s_process_died_can_tell_it_i
     for message in handed:
         plaza.apply(message.topic, message.payload, now, 0.0, expiry_s=message.expiry_s)
     assert plaza.lanes[lane_id].shown(0.0) == CLOSED
+
+
+async def test_a_lane_whose_camera_goes_black_is_closed_to_payments_until_it_sees_again(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    lane_id: str,
+    display: list[list[str]],
+    lane_statuses: list[LaneStatus],
+) -> None:
+    """A covered lens (black frames past the source's blackout time): the lane reads no code,
+    so it does not invite the next driver to show one: `Lane closed`, its status not
+    accepting, nobody charged. The vehicle that paid before is let through. Once the camera
+    sees again the lane reopens by itself, shows the waiting driver the fare, and serves."""
+    camera = PushSource(blackout_after_s=1.0)
+    black = np.zeros((720, 1280, 3), np.uint8)
+
+    def covered() -> None:
+        camera.put(black, time.monotonic())
+
+    async with running_lane(tmp_path, mosquitto, lane_id, QUICK, source=camera) as lane:
+        runner, statuses = lane.daemon.runner, lane_statuses
+        live = live_pictures(camera)
+        await eventually(lambda: bool(statuses) and statuses[-1].accepting is True, between=live)
+        # Paid before: under the open boom when the lens is covered.
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+        await eventually(lambda: "camera_blackout" in runner.alarms, between=covered)
+        assert runner.alarms["camera_blackout"].startswith(
+            "camera reads no codes: camera blackout: black frames for"
+        )
+        await lane.device.vehicle_passes()
+        await eventually(
+            lambda: runner.state.passage is None and lane.device.state == "closed",
+            between=covered,
+            what="the paid vehicle through",
+        )
+        assert not named(lane, "paid_not_passed")
+        # Closed: said on the status and the display; the next driver is not asked to pay.
+        await eventually(lambda: statuses[-1].accepting is False, between=covered)
+        await lane.device.vehicle_enters(1)
+        await eventually(lambda: len(named(lane, "vehicle_arrived")) == 2, between=covered)
+        await eventually(lambda: display[-1:] == [CLOSED], between=covered)
+        assert statuses[-1].accepting is False and statuses[-1].faults == ["camera_blackout"]
+        # Sees again: the alarm clears, the lane takes payments, the driver is shown the fare.
+        await eventually(lambda: "camera_blackout" not in runner.alarms, between=live)
+        await eventually(lambda: last_ask(display) == FARE_ASK, between=live)
+        await eventually(lambda: statuses[-1].accepting is True, between=live)
+        assert len(named(lane, "barrier_opened")) == 1  # nobody served while it was dark
+        token = lane.codes.make("token", int(time.time())).text
+        await show(lane, token, lambda: len(named(lane, "barrier_opened")) == 2)
+        await lane.device.vehicle_passes()

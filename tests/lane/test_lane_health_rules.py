@@ -101,7 +101,7 @@ def test_the_docs_give_every_alarm_the_severity_the_lane_gives_it(
     [
         ([], None),
         (["keyset_stale"], Severity.MINOR),
-        (["keyset_stale", "camera_blackout"], Severity.MAJOR),
+        (["keyset_stale", "uplink_down"], Severity.MAJOR),
         (["camera_blackout", "barrier_offline", "keyset_stale"], Severity.CRITICAL),
         (["something_new"], Severity.MAJOR),  # an unclassified alarm is taken seriously
     ],

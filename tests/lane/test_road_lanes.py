@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from mqtt_kit import collected
 from polling import eventually
-from test_lane_daemon import show
+from test_lane_daemon import idle_camera, show
 
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import AttendantCommand
@@ -112,7 +112,7 @@ class Road:
             }
         )
         device = DeviceEmulator(lane_id, self.broker.host, self.broker.port, Timings().scaled(20))
-        source = PushSource()
+        source = idle_camera()
         daemon = await build(config, source=source, shutdown_grace_s=2.0, clocks=clocks)
         lane = RoadLane(daemon, device, source)
         daemon.runner.observers.append(lambda note: lane.notes.append((note.name, note.fields())))

@@ -30,7 +30,7 @@ from sim.traffic import Driver, Mix
 PASSWORDS = {"alice": "alice-pw", "victor": "victor-pw"}
 # fault button -> the alarm it must raise (lane 1) and the colour its tile must take
 FAULTS = [
-    ("camera_blackout", "camera_blackout", "major"),
+    ("camera_blackout", "camera_blackout", "critical"),
     ("backoffice_offline", "uplink_stalled", "major"),
     ("acquirer_outage", "acquirer_unhealthy", "major"),
     ("acquirer_slow", "acquirer_unhealthy", "major"),

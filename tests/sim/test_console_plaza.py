@@ -28,7 +28,7 @@ from sim.broker import Mosquitto
 
 # lane number -> its active alarms; lane 16 is offline
 ALARMS = {
-    3: ["camera_blackout"],
+    3: ["uplink_down"],
     5: ["keyset_stale"],
     8: ["barrier_offline", "uplink_stalled"],
     11: ["acquirer_unhealthy", "attendant_needed"],

@@ -65,7 +65,8 @@ CASES = [
     Case("barrier_stuck_open", None, with_vehicle="barrier_stuck_open"),
     # Acks 3 s late (not scaled by the speed): later than the lane's ack timeout and retries.
     Case("barrier_slow_ack", None, with_vehicle="barrier_no_ack"),
-    Case("camera_blackout", "camera_blackout"),
+    # A camera that reads no codes: the lane does not invite drivers to show one.
+    Case("camera_blackout", "camera_blackout", closed=True),
     Case("broker_down", "broker_down", closed=True),
     Case("backoffice_offline", None),
     Case("acquirer_outage", None),
