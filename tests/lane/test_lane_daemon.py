@@ -149,7 +149,7 @@ async def running_lane(
     queue_path = config.lane.data_dir / "queue.sqlite3"
     device.received = RecordedBeforeOpen(queue_path)
     device.set_fault(fault)
-    source = source or PushSource()
+    source = source or PushSource(clock=(clocks or Clocks()).monotonic)  # the lane's clock
     daemon = await build(config, source=source, clocks=clocks, shutdown_grace_s=2.0)
     notes: list[tuple[str, dict[str, Any]]] = []
     daemon.runner.observers.append(lambda note: notes.append((note.name, note.fields())))
@@ -183,7 +183,7 @@ async def show(lane: Camera, code: str | np.ndarray, until: Any, within: float =
         within=within,
         every=0.03,
         what=f"the lane reacting to the code; notes: {lane.notes[-5:]}",
-        between=lambda: lane.source.put(frame, time.monotonic()),
+        between=lambda: lane.source.put(frame),  # taken now, on the camera's clock
     )
 
 
