@@ -348,9 +348,11 @@ def account_key(config: LaneConfig) -> bytes:
 
 
 def open_files(
-    config: LaneConfig, source: FrameSource | None
+    config: LaneConfig, source: FrameSource | None, monotonic: Callable[[], float]
 ) -> tuple[Opened, contextlib.ExitStack]:
     """Every file the lane reads or opens at start but the queue (blocking: run it off the loop).
+    The camera it opens stamps its frames on `monotonic`, the lane's clock: a frame is told
+    apart from the pay point's vehicle by when it was taken (lane.core.before_arrival).
 
     Returns what was opened and the stack that closes it in reverse; a failure half-way closes
     what was already open and raises (a bad key file, an unreadable store: exit 2)."""
@@ -371,7 +373,8 @@ def open_files(
             account_key(config),
             _at_start(load_keyset, auth.keyset, KeySetError),
             _at_start(load_deny_list, auth.deny_list, DenyListError),
-            source or open_source(config.camera.source, settings=config.camera.capture()),
+            source
+            or open_source(config.camera.source, clock=monotonic, settings=config.camera.capture()),
             *_road_files(config),
         )
         latch = LatchFiles(data, config.lane.id)
@@ -490,9 +493,10 @@ async def build(
     clocks: Clocks | None = None,
     shutdown_grace_s: float = 10.0,
 ) -> LaneDaemon:
-    """The lane, built: files read and stores opened off the loop, then every adapter."""
+    """The lane, built: files read and stores opened off the loop, then every adapter.
+    `source` (a camera of the caller's) must stamp its frames on `clocks.monotonic`."""
     clocks = clocks or Clocks()
-    opened, closing = await asyncio.to_thread(open_files, config, source)
+    opened, closing = await asyncio.to_thread(open_files, config, source, clocks.monotonic)
     try:
         # Opened on the thread that will own its connection for the lane's life.
         queue = await QueueThread.open(

@@ -4,13 +4,17 @@ frame showed the vehicle before, and was decoded late (lane.core.before_arrival)
 from __future__ import annotations
 
 import pytest
-from core_kit import LaneDriver, of_type, one, rules
+from core_kit import EventSource, LaneDriver, of_type, one, rules
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+from test_invariants import STEPS, hypothesis_chooser, lane_rules
 
 from lane.core import events as ev
 from lane.core.actions import Authorise, ShowOnDisplay
 from lane.core.before_arrival import BEFORE_ARRIVAL
-from lane.core.notes import CodeRefused, ScanIgnored
-from lane.core.state import LaneMode, Phase
+from lane.core.machine import step
+from lane.core.notes import CodeRefused, ScanIgnored, VehicleArrived
+from lane.core.state import LaneMode, LaneRules, Phase
 
 PAID = "281234567890123456"  # the code the vehicle before paid with
 OWN = "289876543210987654"  # the vehicle's own code
@@ -113,3 +117,38 @@ def test_a_passenger_known_only_from_their_code_is_the_code_readers_own() -> Non
     cleared = lane.now
     actions = lane.scan(OWN, taken=cleared - 0.1)
     assert one(actions, Authorise).vehicle_id != "v1"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lane_rules=lane_rules, data=st.data())
+def test_a_code_shown_after_the_vehicle_arrived_is_never_set_aside_as_before_it(
+    lane_rules: LaneRules, data: st.DataObject
+) -> None:
+    """Liveness, for any event sequence of any mode (the loop chattering, snapshots, restarts,
+    payments in flight, refused, failed to write): a code in a frame taken once the vehicle at
+    the pay point arrived (or once a failed write made it pay again) is that vehicle's."""
+    lane = LaneDriver(lane_rules)
+    source = EventSource(hypothesis_chooser(data))
+    since: dict[str, float] = {}  # vehicle id -> from when its frames are its own
+    committed: set[str] = set()
+    for _ in range(STEPS):
+        dt, event = source.next(lane.state, lane.now)
+        note(f"t={lane.now + dt:.3f} {event}")
+        actions = lane.feed(event, dt)
+        source.learn(actions)
+        for arrived in of_type(actions, VehicleArrived):
+            since[arrived.vehicle_id] = lane.now
+        vehicle = lane.state.vehicle
+        if vehicle is None or vehicle.implicit or vehicle.vehicle_id not in since:
+            continue  # a fare-gate passenger (reread.py) or a carried, paid one
+        vid = vehicle.vehicle_id
+        if vehicle.committed:
+            committed.add(vid)
+            continue  # one payment at a time: its codes are ignored anyway
+        if vid in committed:  # its record failed: it pays again from now
+            committed.discard(vid)
+            since[vid] = lane.now
+        for taken in (since[vid], lane.now):
+            probe = ev.Scanned(OWN, "token", None, taken, "probe")
+            _, answer = step(lane.state, probe, lane.now)
+            assert ScanIgnored(vid, BEFORE_ARRIVAL) not in answer, (taken, lane.state)

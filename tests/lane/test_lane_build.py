@@ -11,7 +11,9 @@ import pytest
 from lane.auth.passes import pass_key
 from lane.config import LaneConfig, parse_config
 from lane.daemon import build
-from scanner.sources import PushSource
+from lane.runner import Clocks
+from scanner.sources import Frame, PushSource
+from sim.camera import frame_for
 from sim.codes import CodeFactory
 from uplink.queue import QueueError, RecordQueue
 
@@ -52,6 +54,29 @@ async def test_aclose_closes_everything_build_opened(tmp_path: Path) -> None:
     with pytest.raises(QueueError, match="queue closed"):
         await daemon.queue.backlog()
     await daemon.aclose()  # twice is harmless
+
+
+async def test_the_camera_it_opens_stamps_its_frames_on_the_lanes_clock(tmp_path: Path) -> None:
+    # A code is the pay point's vehicle's by when its frame was taken, on the lane's clock
+    # (lane.core.before_arrival, the scanner's forget_seen): frames on another clock (a lane
+    # given its clock, the camera on the system's) would have every code set aside for ever.
+    lane_now = time.monotonic() + 3600.0
+    config = parse_config(
+        {
+            "lane": {"id": "p01/l01", "data_dir": str(tmp_path / "lane")},
+            "auth": {"share_used_tokens": False},
+            "camera": {"source": "push"},
+        }
+    )
+    daemon = await build(config, clocks=Clocks(monotonic=lambda: lane_now))
+    try:
+        camera = daemon.source
+        assert isinstance(camera, PushSource)
+        camera.put(frame_for("a phone", "clear", rng=1))
+        frame = next(item for item in camera.stream() if isinstance(item, Frame))
+        assert frame.ts == lane_now
+    finally:
+        await daemon.aclose()
 
 
 @pytest.mark.parametrize(

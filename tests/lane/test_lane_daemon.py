@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -149,7 +149,7 @@ async def running_lane(
     queue_path = config.lane.data_dir / "queue.sqlite3"
     device.received = RecordedBeforeOpen(queue_path)
     device.set_fault(fault)
-    source = source or idle_camera()
+    source = source or idle_camera(clock=(clocks or Clocks()).monotonic)  # the lane's clock
     daemon = await build(config, source=source, clocks=clocks, shutdown_grace_s=2.0)
     notes: list[tuple[str, dict[str, Any]]] = []
     daemon.runner.observers.append(lambda note: notes.append((note.name, note.fields())))
@@ -169,11 +169,11 @@ async def running_lane(
         await acquirer.stop()
 
 
-def idle_camera() -> PushSource:
+def idle_camera(clock: Callable[[], float] = time.monotonic) -> PushSource:
     """The push camera of a lane test: frames only come when a test shows a code, where a lane
     camera sees its empty lane all along. No blackout in between, which would close the lane
     to payments (`camera_blackout`): the tests of a camera that goes dark pass their own."""
-    return PushSource(blackout_after_s=3600)
+    return PushSource(blackout_after_s=3600, clock=clock)
 
 
 class Camera(Protocol):
@@ -190,7 +190,7 @@ async def show(lane: Camera, code: str | np.ndarray, until: Any, within: float =
         within=within,
         every=0.03,
         what=f"the lane reacting to the code; notes: {lane.notes[-5:]}",
-        between=lambda: lane.source.put(frame, time.monotonic()),
+        between=lambda: lane.source.put(frame),  # taken now, on the camera's clock
     )
 
 

@@ -1,3 +1,6 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
 from scanner.dedup import Deduplicator
 
 
@@ -27,3 +30,23 @@ def test_a_sighting_in_a_frame_taken_by_the_clear_is_neither_reported_nor_kept()
     assert not d.first_sighting("code", 2.0)
     assert d.first_sighting("code", 2.1)
     assert not d.first_sighting("code", 2.2)
+
+
+@given(
+    before=st.lists(st.floats(0.0, 10.0), max_size=5),
+    cut=st.floats(0.0, 10.0),
+    after=st.lists(st.floats(0.0, 20.0), min_size=1, max_size=8),
+)
+def test_after_a_cut_the_first_frame_taken_after_it_is_reported_and_none_before(
+    before: list[float], cut: float, after: list[float]
+) -> None:
+    # Liveness of the cut, workers finishing in any order: the late frames of the person
+    # before never reach the lane, and a code held up after it is read at its first frame.
+    d = Deduplicator(window_s=3.0)
+    for ts in before:
+        d.first_sighting("code", ts)
+    d.clear(since=cut)
+    reported = [ts for ts in after if d.first_sighting("code", ts)]
+    assert all(ts > cut for ts in reported)
+    later = [ts for ts in after if ts > cut]
+    assert reported[:1] == later[:1]
