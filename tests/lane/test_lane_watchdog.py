@@ -23,6 +23,7 @@ from polling import eventually
 from test_lane_heal import lane_processes
 
 from barrier.messages import LaneStatus
+from barrier.peripherals import PlateReading
 from lane.daemon import _stop_if_failed
 from lane.health import Check
 from lane.sd_notify import (
@@ -305,15 +306,16 @@ async def systemd_watchdog(
 
 @contextlib.asynccontextmanager
 async def log_noise(mosquitto: Mosquitto, lane_id: str) -> AsyncIterator[None]:
-    """Garbage on the lane's uplink-ack topic, a log line each: 2000 of them, where 64 KiB of
-    stdout is some 300, so a lane whose stdout nobody reads blocks its loop on one. (Not the
-    barrier link's topics: their garbage is logged once a minute, the rest counted.)"""
+    """Plate readings on the lane's I/O topic, a log line each ("plate read"): 2000 of them,
+    where 64 KiB of stdout is some 300, so a lane whose stdout nobody reads blocks its loop on
+    one. (Not garbage: garbage on any topic is logged once a minute, the rest counted.)"""
     noise = MqttLink(mosquitto.host, mosquitto.port, f"noise-{lane_id}")
     task = asyncio.create_task(noise.run())
     try:
         await noise.wait_connected(5)
         for n in range(2000):
-            await noise.publish(topics.uplink_acks(lane_id), f"garbage {n}".encode())
+            reading = PlateReading(f"ZJA{n:05d}", 0.9, time.time_ns() // 1000, seq=n)
+            await noise.publish(topics.io(lane_id, topics.PLATE), reading.encode())
         yield
     finally:
         task.cancel()
