@@ -81,7 +81,7 @@ class AcquirerServer:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> str:
-        app = web.Application(middlewares=[self._count])
+        app = web.Application(middlewares=[self._count, self._body_faults])
         self._api_routes(app)
         app.router.add_get("/admin/faults", self._admin_faults_get)
         app.router.add_post("/admin/faults", self._admin_faults_post)
@@ -115,6 +115,36 @@ class AcquirerServer:
         if not request.path.startswith("/admin/"):
             self.api_requests += 1
         return await handler(request)
+
+    @web.middleware
+    async def _body_faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The answer made as usual, then sent slowly or cut mid-body (`slow_body_rate`,
+        `cut_body_rate`): the client has its status and headers and waits for the rest."""
+        response = await handler(request)
+        faults = self._faults
+        admin = request.path.startswith("/admin/")
+        if admin or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+            return response
+        cut = bool(faults.cut_body_rate) and self._rng.random() < faults.cut_body_rate
+        slow = (
+            not cut and bool(faults.slow_body_rate) and self._rng.random() < faults.slow_body_rate
+        )
+        if not (cut or slow):
+            return response
+        body = response.body
+        stream = web.StreamResponse(status=response.status, headers=response.headers)
+        stream.content_length = len(body)
+        await stream.prepare(request)
+        if cut:
+            await stream.write(body[: len(body) // 2])
+            if request.transport is not None:
+                request.transport.close()
+            return stream
+        for byte in body:
+            await asyncio.sleep(faults.slow_body_ms / 1000.0)
+            await stream.write(bytes([byte]))
+        await stream.write_eof()
+        return stream
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -67,6 +67,12 @@ class Faults:
     error_rate: float = 0.0
     # Share of pay calls never answered (until the client gives up) and never processed.
     hang_rate: float = 0.0
+    # Share of API answers (every call, processed as usual) whose headers go at once and whose
+    # body follows a byte every `slow_body_ms`: a gateway or proxy stalling mid-answer.
+    slow_body_rate: float = 0.0
+    slow_body_ms: float = 1000.0
+    # Share of API answers whose headers and half the body go, then the connection is closed.
+    cut_body_rate: float = 0.0
     # Every refund refused with this reason (e.g. the merchant's balance is short), None: made.
     refund_refused: str | None = None
     outages: tuple[Outage, ...] = field(default=())
@@ -78,11 +84,19 @@ class Faults:
             "late_success_rate",
             "error_rate",
             "hang_rate",
+            "slow_body_rate",
+            "cut_body_rate",
         ):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise FaultsError(f"{name} must be within 0..1, not {rate}")
-        for name in ("latency_ms", "pending_ms", "late_success_ms", "late_max_wait_ms"):
+        for name in (
+            "latency_ms",
+            "pending_ms",
+            "late_success_ms",
+            "late_max_wait_ms",
+            "slow_body_ms",
+        ):
             if getattr(self, name) < 0:
                 raise FaultsError(f"{name} must not be negative")
         median, p99 = self.latency_median_ms, self.latency_p99_ms

@@ -167,18 +167,35 @@ class PlatformCertificates:
         return self._trusted.key_for(serial, now)
 
     async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> None:
-        async with self._lock:
-            now = self._wall()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        # The call's time bounds the wait for a download under way too: the idle look has
+        # IDLE_DOWNLOAD_TIMEOUT_S, far more than what a vehicle's budget leaves.
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._lock.acquire()
+        except TimeoutError:
+            log.warning(
+                "unknown WeChat Pay platform certificate: a download under way did not end"
+                " within the call's %.3f s",
+                timeout_s,
+                extra={"serial": serial},
+            )
+            return
+        try:
+            now, left = self._wall(), deadline - loop.time()
             if self.key_for(serial, now) is not None:  # a download meanwhile brought it
                 return
-            if timeout_s <= 0 or not certs.may_learn(self._times, now, self._retry_s):
+            if left <= 0 or not certs.may_learn(self._times, now, self._retry_s):
                 log.warning(
                     "unknown WeChat Pay platform certificate: no download (one per"
                     " certificate_retry_s at most, or no time left in the call)",
                     extra={"serial": serial, "last_learn": self._times.last_learn},
                 )
                 return
-            await self._learn(serial, fetch, timeout_s)
+            await self._learn(serial, fetch, left)
+        finally:
+            self._lock.release()
 
     async def keep(self, fetch: Fetch, idle: Callable[[], bool], sleep: Sleep) -> None:
         """Look every `retry_s` whether a download is due, and do it while the lane is idle."""

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from polling import eventually
 
-from lane.auth.acquirer import AcquirerClient
+from lane.auth.acquirer import Acquirer, AcquirerClient
 from lane.auth.authoriser import (
     Authoriser,
     AuthRequest,
@@ -24,6 +25,7 @@ from lane.auth.authoriser import (
     OfflineResult,
     payment_id_for,
 )
+from lane.auth.networks import WatchedAcquirer
 from lane.auth.paycodes import online_code
 from lane.auth.policy import OfflinePolicy
 from lane.auth.resolver import PaymentState, ResolutionStore, Resolver
@@ -63,6 +65,8 @@ class Lane:
     clock: Clock
     policy: OfflinePolicy
     auth: Authoriser
+    # The operator's alarms as the lane's shell keeps them (code -> text; cleared: absent).
+    alarms: dict[str, str]
 
     def request(
         self,
@@ -96,17 +100,27 @@ async def make_lane(
 ) -> AsyncIterator[Lane]:
     clock = Clock()
     policy = policy or OfflinePolicy("deny")
+    alarms: dict[str, str] = {}
+
+    def alarm(code: str, text: str | None) -> None:
+        if text is None:
+            alarms.pop(code, None)
+        else:
+            alarms[code] = text
+
     async with AcquirerClient(acquirer.url) as client:
+        # As the lane wires it (lane.auth.networks.build_acquirer): failures are an alarm.
+        watched: Acquirer = WatchedAcquirer(client, "acquirer", alarm)
         resolver = Resolver(
             ResolutionStore(tmp_path / "resolve.db"),
-            client,
+            watched,
             backoff=Backoff(first_s=0.01, max_s=0.05),
             request_timeout_s=0.5,
         )
         await resolver.start()
         auth = Authoriser(
             LANE,
-            client,
+            watched,
             resolver,
             NoTokens(),
             policy,
@@ -116,7 +130,7 @@ async def make_lane(
             poll_interval_s=0.02,
         )
         try:
-            yield Lane(acquirer, client, resolver, clock, policy, auth)
+            yield Lane(acquirer, client, resolver, clock, policy, auth, alarms)
         finally:
             await resolver.stop()
 
@@ -241,6 +255,46 @@ async def test_hang_times_out_and_the_payment_is_voided(lane: Lane) -> None:
     lane.acquirer.update_faults(hang_rate=0.0)
     payment = lane.acquirer.payment(decision.payment_id or "")
     assert payment is not None and payment.previous == "NONE"
+
+
+async def test_an_answer_whose_body_stalls_times_out_and_is_reversed_once_it_flows(
+    lane: Lane,
+) -> None:
+    # Headers at once, then a byte a second: only a timeout on the whole exchange (not on
+    # connecting, nor on each read) answers the driver within the budget.
+    lane.acquirer.update_faults(slow_body_rate=1.0)
+    async with asyncio.timeout(10 * BUDGET_S):
+        decision = await lane.auth.authorise(lane.request())
+    assert (decision.approved, decision.reason) == (False, "timeout")
+    pid = decision.payment_id or ""
+    payment = lane.acquirer.payment(pid)
+    assert payment is not None and payment.charged  # the acquirer took it: in doubt
+    # The resolver's queries stall the same way: it asks again and again, never stuck on one.
+    asked = lane.acquirer.api_requests
+    await eventually(lambda: lane.acquirer.api_requests >= asked + 3, within=5, what="queries")
+    row = await lane.resolver.get(pid)
+    assert row is not None and row.state is S.GIVEN_UP
+    lane.acquirer.update_faults(slow_body_rate=0.0)
+    assert await lane.final(decision) is S.REVERSED
+    assert lane.charged_not_reversed() == []
+
+
+async def test_an_answer_cut_mid_body_is_unavailable_alarmed_and_reversed_once_whole(
+    lane: Lane,
+) -> None:
+    lane.acquirer.update_faults(cut_body_rate=1.0)
+    async with asyncio.timeout(10 * BUDGET_S):
+        decision = await lane.auth.authorise(lane.request())
+    assert (decision.approved, decision.reason) == (False, "acquirer_unavailable")
+    text = lane.alarms.get("payment_acquirer", "")
+    assert "the acquirer unreachable" in text and "not completed" in text, text
+    payment = lane.acquirer.payment(decision.payment_id or "")
+    assert payment is not None and payment.charged  # the retry found the same payment: once
+    assert len(lane.acquirer.payments()) == 1
+    lane.acquirer.update_faults(cut_body_rate=0.0)
+    assert await lane.final(decision) is S.REVERSED
+    assert lane.charged_not_reversed() == []
+    assert "payment_acquirer" not in lane.alarms  # cleared by the first whole answer
 
 
 @pytest.mark.parametrize("fault", ["5xx", "refuse", "503"])

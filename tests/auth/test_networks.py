@@ -142,6 +142,27 @@ async def test_each_code_goes_to_its_network(three_networks: Any, net_lane: Any)
         assert all(len(f.payments()) == 1 for f in fakes.values())
 
 
+@pytest.mark.parametrize("kind", ["alipay", "wechat"])
+@pytest.mark.parametrize(
+    ("fault", "reason"), [("slow_body_rate", "timeout"), ("cut_body_rate", "acquirer_unavailable")]
+)
+async def test_a_network_answer_stalled_or_cut_mid_body_is_declined_in_time_then_reversed(
+    three_networks: Any, net_lane: Any, kind: str, fault: str, reason: str
+) -> None:
+    async with three_networks() as env, net_lane(router(env), env["fakes"][kind]) as lane:
+        fake = env["fakes"][kind]
+        fake.update_faults(**{fault: 1.0})  # headers at once, then a byte a second or a cut
+        async with asyncio.timeout(10 * 0.4):  # the budget, not the body's minutes
+            decision = await lane.auth.authorise(
+                lane.request(alipay() if kind == "alipay" else wechat())
+            )
+        assert (decision.approved, decision.reason) == (False, reason)
+        assert [p["charged"] for p in fake.payments()] == [True]  # taken once, in doubt
+        fake.update_faults(**{fault: 0.0})
+        assert await lane.final(decision.payment_id) is PaymentState.REVERSED
+        assert lane.charged_not_reversed() == []
+
+
 async def test_after_a_restart_the_router_finds_each_payment(three_networks: Any) -> None:
     async with three_networks() as env:
         first = router(env)

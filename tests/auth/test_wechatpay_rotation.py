@@ -293,6 +293,43 @@ async def test_the_idle_lane_tries_a_failed_download_again_and_clears(
         assert await s.trust.tick(fetch, 2.0) is None  # nothing left to retry
 
 
+async def test_a_download_stalled_mid_body_is_refused_in_time_alarmed_and_retried(
+    cert_gateway: Any, network_keys: Keys
+) -> None:
+    async with cert_gateway() as s:
+        fetch = s.client.download_certificates
+        new = s.fake.rotate_certificate(network_keys["rotated"].private)
+        s.fake.update_faults(slow_body_rate=1.0)  # headers at once, then a byte a second
+        async with asyncio.timeout(3.0):  # the call's 0.3 s, not the body's minutes
+            await s.trust.learn(new.serial, fetch, 0.3)
+        text = s.alarm_text()
+        assert text is not None and new.serial in text and "no answer within" in text, text
+        s.fake.update_faults(slow_body_rate=0.0)
+        s.wall.ahead_s += certs.MIN_REFRESH_INTERVAL_S + 1
+        assert await s.trust.tick(fetch, 2.0) is certs.RefreshReason.UNKNOWN_SERIAL
+        assert s.trust.key_for(new.serial, s.wall()) is not None and s.alarm_text() is None
+
+
+async def test_an_idle_look_stalled_mid_body_holds_no_payment_past_its_budget(
+    cert_gateway: Any, network_keys: Keys
+) -> None:
+    """The idle lane's look has 10 s; an answer naming a new certificate meanwhile has what is
+    left of its vehicle's budget, and does not wait the look out."""
+    async with cert_gateway() as s:
+        fetch = s.client.download_certificates
+        s.fake.update_faults(slow_body_rate=1.0)
+        look = asyncio.create_task(s.trust.tick(fetch, 2.0))
+        await eventually(lambda: s.fake.certificate_downloads == 1, within=2.0, what="the look")
+        new = s.fake.rotate_certificate(network_keys["rotated"].private)
+        await s.trust.learn(new.serial, fetch, 0.3)
+        assert not look.done()  # the answer's call ended while the look still waited
+        assert await look is certs.RefreshReason.DAILY  # its failure is only logged
+        s.fake.update_faults(slow_body_rate=0.0)
+        s.wall.ahead_s += certs.MIN_REFRESH_INTERVAL_S + 1
+        await s.trust.learn(new.serial, fetch, 2.0)  # the next answer naming it
+        assert s.trust.key_for(new.serial, s.wall()) is not None and s.alarm_text() is None
+
+
 async def test_a_failed_daily_look_is_no_alarm(cert_gateway: Any) -> None:
     async with cert_gateway() as s:
         s.fake.certificate_fault = CertificateFault.UNAVAILABLE
