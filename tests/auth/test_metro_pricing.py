@@ -219,6 +219,23 @@ def desk_and_verifier(
     return gate, verifier
 
 
+@asynccontextmanager
+async def heard_a_tap_in() -> AsyncIterator[tuple[TapDesk, list[float], Record, str]]:
+    """This gate on its own stores, its clock at NOW, having heard rider-1's tap-in at S01
+    ten minutes before: the gate, its clock, the tap-in and its trip id. Closed on the way
+    out."""
+    clock = [float(NOW)]
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = desk(Path(tmp), clock)
+        entered = tap_in("S01", NOW - 600)
+        await gate.handle(Incoming(topics.line_taps("L1"), signed(entered)))
+        try:
+            yield gate, clock, entered, uuid.UUID(entered.record_id).hex
+        finally:
+            gate.store.close()
+            gate.replay.close()
+
+
 async def _exits(
     gate: TapDesk, clock: list[float], steps: list[tuple[Step, int]], paid: dict[str, int]
 ) -> AsyncIterator[tuple[int, str, str]]:
@@ -448,15 +465,10 @@ async def _named_ahead() -> None:
     the mark of a later exit of the tap-in too, and its next exit priced as a trip. An exit
     named ahead of this gate's clock by more than the skew is bounded by the refund's own
     time, as one named by an id of another form."""
-    clock = [float(NOW)]
     topic = topics.line_taps("L1")
     farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
     fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
-    with tempfile.TemporaryDirectory() as tmp:
-        gate = desk(Path(tmp), clock)
-        entered = tap_in("S01", NOW - 600)
-        await gate.handle(Incoming(topic, signed(entered)))
-        trip = uuid.UUID(entered.record_id).hex
+    async with heard_a_tap_in() as (gate, clock, entered, trip):
         first = tap_out_of(entered, fare, "S02/x1", NOW)
         later = tap_out_of(entered, fare, "S01/x1", NOW + 5)
         named = Record(exit_id(NOW + 86_400), first.lane, first.seq, first.ts_us, first.draft)
@@ -464,8 +476,6 @@ async def _named_ahead() -> None:
         for record in (first, later, refund_of(named, NOW + 2, trip)):
             await gate.handle(Incoming(topic, signed(record)))
         assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
-        gate.store.close()
-        gate.replay.close()
 
 
 def test_a_refund_gives_back_no_later_exit_whatever_the_gates_clocks_stamped() -> None:
@@ -479,15 +489,10 @@ async def _later_exit_stamped_earlier() -> None:
     that tap-in priced a third exit as a trip. So did a refund naming an exit stamped after
     the later one, within the skew of this gate's clock. A mark names the exit that made it
     last, and a refund gives back only that exit's: here, heard, and this gate's own."""
-    clock = [float(NOW)]
     topic = topics.line_taps("L1")
     farthest = TARIFF.farthest_fare(1, "S03", NOW).amount_minor
     fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
-    with tempfile.TemporaryDirectory() as tmp:
-        gate = desk(Path(tmp), clock)
-        entered = tap_in("S01", NOW - 600)
-        await gate.handle(Incoming(topic, signed(entered)))
-        trip = uuid.UUID(entered.record_id).hex
+    async with heard_a_tap_in() as (gate, clock, entered, trip):
         # Heard: S02 (10 s ahead) let it out, then S01/x1 (behind) let it out again.
         first = tap_out_of(entered, fare, "S02/x1", NOW + 10)
         later = tap_out_of(entered, fare, "S01/x1", NOW + 5)
@@ -506,16 +511,14 @@ async def _later_exit_stamped_earlier() -> None:
         # This gate's own exit, then another gate's (its clock behind) after its refund.
         again = tap_in("S01", clock[0], account="rider-1")
         await gate.handle(Incoming(topic, signed(again)))
-        trip = uuid.UUID(again.record_id).hex
-        assert await tap_out(gate, clock) == ("charged", fare, trip)
+        next_trip = uuid.UUID(again.record_id).hex
+        assert await tap_out(gate, clock) == ("charged", fare, next_trip)
         own = exit_id(clock[0])
-        await gate.mark_used(MarkPassUsed(trip, NOW + 28_800, None, own))
+        await gate.mark_used(MarkPassUsed(next_trip, NOW + 28_800, None, own))
         await gate.handle(Incoming(topic, signed(tap_out_of(again, fare, "S02/x1", clock[0] - 3))))
         clock[0] += 2
-        await gate.release(ReleasePass(trip, own))
-        assert await tap_out(gate, clock) == ("pass_used", farthest, trip)
-        gate.store.close()
-        gate.replay.close()
+        await gate.release(ReleasePass(next_trip, own))
+        assert await tap_out(gate, clock) == ("pass_used", farthest, next_trip)
 
 
 @asynccontextmanager
@@ -677,12 +680,8 @@ def test_a_refund_of_a_tap_in_from_another_gate_than_its_own_drops_nothing() -> 
 async def _refund_from_elsewhere() -> None:
     """Only the gate that wrote a tap-in refunds it: a refund naming it from any other gate
     (forged, or confused) leaves the passenger's tap-in pricing the exit."""
-    clock = [float(NOW)]
     topic = topics.line_taps("L1")
-    with tempfile.TemporaryDirectory() as tmp:
-        gate = desk(Path(tmp), clock)
-        entered = tap_in("S01", NOW - 600)
-        await gate.handle(Incoming(topic, signed(entered)))
+    async with heard_a_tap_in() as (gate, _, entered, _):
         forged = replace(refund_of(entered, NOW - 30), lane="S02/g1")
         await gate.handle(Incoming(topic, signed(forged)))
         assert gate.store.count() == 1
@@ -691,8 +690,6 @@ async def _refund_from_elsewhere() -> None:
         assert (answer.outcome, answer.entry_plaza) == ("charged", "S01")
         await gate.handle(Incoming(topic, signed(refund_of(entered, NOW - 20))))
         assert gate.store.count() == 0
-        gate.store.close()
-        gate.replay.close()
 
 
 def test_a_genuine_tap_replayed_after_its_refund_is_not_taken_again() -> None:

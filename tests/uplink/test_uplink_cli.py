@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from polling import eventually
-from uplink_kit import Q, drained, lane_side, reconcile, recs, start_lane
+from uplink_kit import LaneSide, Q, drained, lane_side, reconcile, recs, start_lane
 
 from sim.broker import Mosquitto, free_port
 from uplink.cli import main, parse_broker
@@ -52,6 +52,7 @@ class Lines:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.events: list[dict[str, object]] = []
+        self.err = b""  # its stderr, read once it is stopped
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -62,38 +63,54 @@ class Lines:
     def named(self, event: str) -> list[dict[str, object]]:
         return [e for e in self.events if e["event"] == event]
 
-    async def stop(self) -> bytes:
+    async def stop(self) -> None:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
         assert self.proc.stderr is not None
-        err = await asyncio.wait_for(self.proc.stderr.read(), 10)
+        self.err = await asyncio.wait_for(self.proc.stderr.read(), 10)
         await asyncio.wait_for(self.proc.wait(), 10)
         await asyncio.wait_for(self.task, 5)
-        return err
+
+
+def worker_name(lane_id: str) -> str:
+    """The ingest worker (and its share group) of a test's lane: a group name has no '/'."""
+    return lane_id.replace("/", "-")
+
+
+@contextlib.asynccontextmanager
+async def ingest_drained(
+    mosquitto: Mosquitto, lane_id: str, tmp_path: Path, db: Path, records: int
+) -> AsyncIterator[tuple[Lines, LaneSide, SqliteIngestStore]]:
+    """`lane ingest` on the SQLite store `db` beside the lane's uplink (its queue in
+    tmp_path/q): the lane wrote `records` and the ingest stored them all. Yields the ingest's
+    lines, the lane and the store (open); all closed on the way out (stderr in `Lines.err`)."""
+    lines = Lines(await ingest_process(mosquitto, worker_name(lane_id), "--db", str(db)))
+    side = await start_lane(lane_side(mosquitto.host, mosquitto.port, lane_id, tmp_path / "q"))
+    try:
+        await eventually(lambda: lines.named("ingest started"), what="ingest started")
+        await side.link.wait_connected(5)
+        await side.append(records)
+        store = SqliteIngestStore(db)
+        try:
+            await drained(side, store, lane_id)
+            yield lines, side, store
+        finally:
+            store.close()
+    finally:
+        await side.stop()
+        await lines.stop()
 
 
 async def test_ingest_command_serves_until_sigterm_and_logs_json_lines(
     mosquitto: Mosquitto, lane_id: str, tmp_path: Path
 ) -> None:
     db = tmp_path / "ingest.sqlite"
-    name = lane_id.replace("/", "-")
-    lines = Lines(await ingest_process(mosquitto, name, "--db", str(db)))
-    side = await start_lane(lane_side(mosquitto.host, mosquitto.port, lane_id, tmp_path / "q"))
-    try:
-        await eventually(lambda: lines.named("ingest started"), what="ingest started")
-        await side.link.wait_connected(5)
-        await side.append(50)
-        store = SqliteIngestStore(db)
-        await drained(side, store, lane_id)
+    async with ingest_drained(mosquitto, lane_id, tmp_path, db, 50) as (lines, side, store):
         reconcile(side, store, lane_id)
-        store.close()
-    finally:
-        await side.stop()
-        err = await lines.stop()
-    assert lines.proc.returncode == 0, err.decode()
+    assert lines.proc.returncode == 0, lines.err.decode()
     stopped = lines.named("ingest stopped")[0]
     assert stopped["records"] == 50 and stopped["conflicts"] == 0
-    assert stopped["worker"] == name and stopped["logger"] == "lane.uplink.cli"
+    assert stopped["worker"] == worker_name(lane_id) and stopped["logger"] == "lane.uplink.cli"
 
     code = await asyncio.to_thread(main, ["--broker", "x:1", "--db", str(db), "--report"])
     assert code == 0
@@ -164,8 +181,7 @@ async def test_ingest_keeps_retrying_a_refused_postgres_at_start(
     real_port = int(re.search(r"port=(\d+)", pg_dsn).group(1))  # type: ignore[union-attr]
     port = free_port()  # nothing listens yet: connections are refused
     dsn = re.sub(r"port=\d+", f"port={port}", pg_dsn)
-    name = lane_id.replace("/", "-")
-    lines = Lines(await ingest_process(mosquitto, name, "--dsn", dsn))
+    lines = Lines(await ingest_process(mosquitto, worker_name(lane_id), "--dsn", dsn))
     side = await start_lane(lane_side(mosquitto.host, mosquitto.port, lane_id, tmp_path / "q"))
     try:
         await side.append(5)
@@ -199,7 +215,7 @@ async def test_metrics_raise_and_clear_the_conflict_alarm(
     mine = recs(1, 2, lane=lane_id, amount=9)  # the lane's version: refused
     assert len(store.store_batch(lane_id, Q, mine, 2).conflicts) == 2
     port = free_port()
-    name = lane_id.replace("/", "-")
+    name = worker_name(lane_id)
     lines = Lines(
         await ingest_process(mosquitto, name, "--db", str(db), "--metrics-port", str(port))
     )

@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from polling import eventually
-from test_uplink_cli import Lines, ingest_process
-from uplink_kit import Q, drained, lane_side, recs, start_lane
+from test_uplink_cli import ingest_drained
+from uplink_kit import Q, recs
 
 from sim.broker import Mosquitto
 from uplink.messages import QueueIdentity
@@ -80,23 +80,12 @@ async def test_lane_ingest_left_running_after_a_newer_upgrade_stops_and_exits_1(
     mosquitto: Mosquitto, lane_id: str, tmp_path: Path
 ) -> None:
     db = tmp_path / "ingest.sqlite"
-    name = lane_id.replace("/", "-")
-    lines = Lines(await ingest_process(mosquitto, name, "--db", str(db)))
-    side = await start_lane(lane_side(mosquitto.host, mosquitto.port, lane_id, tmp_path / "q"))
-    try:
-        await eventually(lambda: lines.named("ingest started"), what="ingest started")
-        await side.link.wait_connected(5)
-        await side.append(5)
-        store = SqliteIngestStore(db)
-        await drained(side, store, lane_id)
-        store.close()
+    async with ingest_drained(mosquitto, lane_id, tmp_path, db, 5) as (lines, side, store):
+        store.close()  # closed again on the way out: a second close does nothing
         upgrade_sqlite(db)
         await side.append(5, start=5)
         await eventually(lambda: lines.proc.returncode is not None, within=20, what="exited")
-    finally:
-        await side.stop()
-        err = await lines.stop()
-    assert lines.proc.returncode == 1, err.decode()
+    assert lines.proc.returncode == 1, lines.err.decode()
     (stopped,) = lines.named(STOPS)
     assert stopped["lane"] == lane_id and f"version {NEWER}" in str(stopped["error"])
     assert not lines.named("uplink batch not stored")
