@@ -19,10 +19,10 @@ events (an async iterator: the runner posts each one):
    refusal back-off instead (lane.transport.refusals: logged once, alarmed).
 
 The printer's retained status raises `printer_paper_out` / `printer_offline` (and a job not
-acknowledged raises `printer_offline`), each cleared by itself when the printer is ready. A job
-refused for its data (`bad_job`) raises `printer_refused_job`, with the printer's reason, until
-its vehicle is served. A long failure is logged when it starts (and when its reason changes),
-not on every retry.
+acknowledged raises `printer_offline`), each cleared by itself when the printer is ready (any
+ack clears `printer_offline`: it answers). A job refused for its data (`bad_job`) raises
+`printer_refused_job`, with the printer's reason, until its vehicle is served. A long failure
+is logged when it starts (and when its reason changes), not on every retry.
 """
 
 from __future__ import annotations
@@ -122,8 +122,7 @@ class TicketDesk:
         waiter = self._acks.get(ack.job_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(ack)
-        if ack.printed:
-            self._set_alarm(PRINTER_OFFLINE, False)  # it answers
+        self._set_alarm(PRINTER_OFFLINE, False)  # it answers, whatever it says
 
     def _on_status(self, status: PrinterStatus) -> None:
         self.state = status.state

@@ -27,7 +27,7 @@ from test_lane_daemon import idle_camera, show
 
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import AttendantCommand
-from barrier.peripherals import PlateReading
+from barrier.peripherals import PlateReading, PrintAck, PrintError
 from barrier.printer import PrinterEmulator, render_ticket
 from lane.auth.cose import decode_sign1
 from lane.auth.fares import load_tariff
@@ -476,6 +476,25 @@ async def test_a_job_left_at_the_broker_for_a_printer_gone_is_not_printed_when_i
     arrived = [v["vehicle_id"] for v in entry.named("vehicle_arrived")]
     assert [t.job_id for t in printer.printed] == [f"{arrived[1]}/pass"]
     assert len(entry.records("entry")) == 1
+
+
+async def test_printer_offline_for_a_job_unanswered_clears_on_any_answer_from_the_printer(
+    road: Road,
+) -> None:
+    """A job unanswered raises `printer_offline`; the printer's gateway then answers a job, if
+    only to say it has no paper, without a new status: it is not offline, the alarm clears
+    (it stayed until a ticket printed before)."""
+    entry, _ = await road.entry_lane()
+    alarms = entry.daemon.runner.alarms
+    await road.printer_stops[entry.daemon.lane]()  # gone, its retained status still `ready`
+    await entry.device.vehicle_enters(1)
+    await eventually(lambda: "printer_offline" in alarms, what="no answer: printer offline")
+    [arrived] = entry.named("vehicle_arrived")
+    ack = PrintAck(f"{arrived['vehicle_id']}/pass", PrintError.PAPER_OUT, "no paper",
+                   int(time.time() * 1e6))  # fmt: skip
+    await road.publish(topics.printer_ack(entry.daemon.lane), ack.encode())
+    await eventually(lambda: "printer_offline" not in alarms, what="answered: not offline")
+    assert entry.named("barrier_opened") == []
 
 
 async def test_a_ticketless_vehicle_exits_on_its_plate_binding(road: Road) -> None:
