@@ -8,7 +8,8 @@ once (a QoS 1 redelivery of the same job id is acknowledged again, never printed
 publishes its retained `PrinterStatus`, and leaves `offline` as its will.
 
 Faults: `paper_out` (jobs are refused with PAPER_OUT and the status says so, until paper is
-loaded: `set_paper(True)`), and a stream it cannot print is refused as BAD_JOB.
+loaded: `set_paper(True)`), and a stream it cannot print is refused as BAD_JOB (as is every
+job while `refusing` names why: a gateway whose printer model takes another dialect).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class PrinterEmulator:
         self.lane = lane
         self.printed: list[PrintedTicket] = []
         self.paper = True
+        self.refusing: str | None = None  # a reason: every job is refused as BAD_JOB with it
         self._clock = clock
         self._seq = 0
         self._memory = memory
@@ -167,6 +169,8 @@ class PrinterEmulator:
         if not self.paper:
             return PrintAck(job.job_id, PrintError.PAPER_OUT, "no paper", self._now_us())
         try:
+            if self.refusing is not None:
+                raise EscPosError(self.refusing)
             items = tuple(decode(job.escpos))
         except EscPosError as exc:
             log.warning(

@@ -50,6 +50,7 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         # A closed road's entry lane: vehicles without a plate read wait for their ticket.
         "printer_paper_out": Severity.MAJOR,
         "printer_offline": Severity.MAJOR,
+        "printer_refused_job": Severity.MAJOR,
         "uplink_stalled": Severity.MAJOR,
         # No connection to the back office's road: records queue on disk, nothing is lost yet.
         "uplink_down": Severity.MAJOR,

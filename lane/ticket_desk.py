@@ -19,7 +19,10 @@ events (an async iterator: the runner posts each one):
    refusal back-off instead (lane.transport.refusals: logged once, alarmed).
 
 The printer's retained status raises `printer_paper_out` / `printer_offline` (and a job not
-acknowledged raises `printer_offline`), each cleared by itself when the printer is ready.
+acknowledged raises `printer_offline`), each cleared by itself when the printer is ready (any
+ack clears `printer_offline`: it answers). A job refused for its data (`bad_job`) raises
+`printer_refused_job`, with the printer's reason, until its vehicle is served. A long failure
+is logged when it starts (and when its reason changes), not on every retry.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 
 from barrier.escpos import Ticket, encode_ticket
-from barrier.peripherals import PrintAck, PrinterState, PrinterStatus, PrintJob
+from barrier.peripherals import PrintAck, PrintError, PrinterState, PrinterStatus, PrintJob
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.passes import EntryPass
 from lane.auth.peers import Peers
@@ -50,10 +53,16 @@ log = logging.getLogger("lane.ticket_desk")
 PASS_ID_BYTES = 12
 PAPER_OUT = "printer_paper_out"
 PRINTER_OFFLINE = "printer_offline"
+PRINTER_REFUSED_JOB = "printer_refused_job"
 ALARM_TEXT = {
     PAPER_OUT: "ticket printer out of paper: vehicles without a plate read wait",
     PRINTER_OFFLINE: "ticket printer offline: vehicles without a plate read wait",
 }
+
+
+def refused_job_text(issue_id: str, detail: str) -> str:
+    return (f"ticket printer refused the job {issue_id} ({detail or 'no reason given'}): "
+            "the vehicle without a plate read waits; open by hand")  # fmt: skip
 
 
 class TicketDesk:
@@ -81,6 +90,7 @@ class TicketDesk:
         self.retry_s = retry_s
         self.state: PrinterState | None = None  # None: no status heard yet
         self._ready = asyncio.Event()
+        self._refused_by: str | None = None  # the issue whose job the printer refused
         self._acks: dict[str, asyncio.Future[PrintAck]] = {}
         # A job lives at the broker only as long as the desk waits for its ack: one queued for
         # a printer gone (its persistent session) is sent again while its vehicle waits, and
@@ -112,8 +122,7 @@ class TicketDesk:
         waiter = self._acks.get(ack.job_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(ack)
-        if ack.printed:
-            self._set_alarm(PRINTER_OFFLINE, False)  # it answers
+        self._set_alarm(PRINTER_OFFLINE, False)  # it answers, whatever it says
 
     def _on_status(self, status: PrinterStatus) -> None:
         self.state = status.state
@@ -147,21 +156,40 @@ class TicketDesk:
         if request.plate is not None:
             await self._bind(request.plate, text, extra)
         job = PrintJob(request.issue_id, encode_ticket(ticket_of(entry, text)), self._now_us())
+        try:
+            async for issued in self._print_while_waiting(request, job, entry.pass_hex, extra):
+                yield issued
+        finally:
+            # Printed, dropped or opened otherwise (plate, attendant, backed away): served.
+            if self._refused_by == request.issue_id:
+                self._refused_by = None
+                self.alarm(PRINTER_REFUSED_JOB, None)
+
+    async def _print_while_waiting(
+        self, request: IssuePass, job: PrintJob, pass_hex: str, extra: dict[str, str]
+    ) -> AsyncIterator[TicketIssued]:
         told = False
+        said: str | None = None  # the failure last logged: a long paper-out logs it once
+        tries = 0
         # No deadline: a desk that gave up while the vehicle waited would leave it at a closed
         # boom after the printer came back, its alarm cleared (a stuck lane looking healthy).
         while self.waiting(request.issue_id):
+            tries += 1
             error = await self._print(job)
             if error is None:
-                log.info("ticket printed", extra={**extra, "pass_id": entry.pass_hex})
-                yield TicketIssued(request.issue_id, entry.pass_hex, True)
+                log.info("ticket printed", extra={**extra, "pass_id": pass_hex, "tries": tries})
+                yield TicketIssued(request.issue_id, pass_hex, True)
                 return
             refused_s = self.link.refusals.wait_s(topics.printer_print(self.lane))
-            if not (told and refused_s):  # a refusal is logged once, by the link
-                log.warning("ticket not printed", extra={**extra, "error": error})
+            if error != said and not (told and refused_s):  # a refusal is logged by the link
+                log.warning("ticket not printed", extra={**extra, "error": error, "tries": tries})
+            else:
+                log.debug("ticket not printed again", extra={**extra, "error": error,
+                                                             "tries": tries})  # fmt: skip
+            said = error
             if not told:
                 told = True
-                yield TicketIssued(request.issue_id, entry.pass_hex, False, error)
+                yield TicketIssued(request.issue_id, pass_hex, False, error)
             if request.plate is not None:
                 return  # opened on the plate: a ticket printed later would be nobody's
             if refused_s:
@@ -174,7 +202,8 @@ class TicketDesk:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.retry_s):
                     await self._ready.wait()
-        log.info("ticket job dropped: its vehicle no longer waits", extra=extra)
+        dropped = {**extra, "tries": tries}
+        log.info("ticket job dropped: its vehicle no longer waits", extra=dropped)
 
     async def _print(self, job: PrintJob) -> str | None:
         """Send the job and wait for its ack: None when printed, else why not."""
@@ -195,6 +224,11 @@ class TicketDesk:
             return "no answer from the printer"
         finally:
             self._acks.pop(job.job_id, None)
+        if ack.error is PrintError.BAD_JOB:
+            # Its data refused: sent again it is refused again, so only a hand opens the lane.
+            self._refused_by = job.job_id
+            self.alarm(PRINTER_REFUSED_JOB, refused_job_text(job.job_id, ack.detail))
+            return f"{ack.error.value}: {ack.detail}"
         return None if ack.error is None else ack.error.value
 
     async def _bind(self, plate: str, text: str, extra: dict[str, str]) -> None:
