@@ -59,6 +59,10 @@ class BlackoutMonitor:
         self.source = source
         self.after_s = after_s
         self.out = False
+        # The source said it was dark another way (a lost stream, an unreadable image): its next
+        # usable frame is a recovery too, though no blackout was declared (a stream reopened
+        # within `after_s` declares none), or the lane would stay closed over a camera that sees.
+        self._said_dark = False
         self._last_frame = now
         self._last_good = now
 
@@ -68,13 +72,17 @@ class BlackoutMonitor:
         if not self.out:
             self._last_good = self._last_frame = now
 
+    def said_dark(self) -> None:
+        """The source reported it cannot see (lost, error): the next usable frame recovers."""
+        self._said_dark = True
+
     def on_frame(self, now: float, black: bool) -> SourceEvent | None:
         self._last_frame = now
         if black:
             return self.tick(now)
         self._last_good = now
-        if self.out:
-            self.out = False
+        if self.out or self._said_dark:
+            self.out = self._said_dark = False
             return SourceEvent("recovered", self.source, now, "frames are back")
         return None
 

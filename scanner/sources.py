@@ -132,6 +132,8 @@ class _SourceBase:
         self._monitor = BlackoutMonitor(self.name, self._clock(), self.blackout_after_s)
 
     def _event(self, kind: EventKind, detail: str = "") -> SourceEvent:
+        if kind in ("lost", "error"):
+            self._monitor.said_dark()
         event = SourceEvent(kind, self.name, self._clock(), detail)
         level = logging.INFO if kind in ("opened", "recovered", "ended") else logging.WARNING
         log.log(level, "camera %s: %s", kind, detail, extra={"source": self.name, "event": kind})

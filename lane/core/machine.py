@@ -188,6 +188,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return tell_fault(state, Alarm.DISK_NOT_ANSWERING, detail)
         case ev.DiskAnswersAgain(detail=detail):
             return retell_fault(state, Alarm.DISK_NOT_ANSWERING, disk_answers_again(detail))
+        case ev.CameraSees() if road.entry_camera(state):
+            return road.on_entry_camera(state, event)
         case ev.CameraSees(seeing=True):
             return remove_fault(state, Alarm.CAMERA_BLACKOUT)
         case ev.CameraSees(detail=detail):

@@ -33,6 +33,7 @@ from lane.core.actions import (
     RaiseAlarm,
     ShowOnDisplay,
 )
+from lane.core.alarms import clear_notice, fault_message
 from lane.core.display import ASSISTANCE, LANE_CLOSED, class_waits
 from lane.core.names import Alarm, AuthResult, Method, PayloadKind, RecordKind, TripSource
 from lane.core.notes import (
@@ -166,6 +167,23 @@ def on_plate(state: LaneState, event: ev.PlateRead, now: float) -> Result:
     if trip.asked is not None or trip.plate_tried or not state.accepting_payments:
         return state, []
     return _price(state, vehicle, TripSource.PLATE, None)
+
+
+def entry_camera(state: LaneState) -> bool:
+    """An entry lane takes no codes (it prints its passes): its camera is not what lets
+    vehicles in, so a camera that reads none closes nothing there."""
+    return state.rules.mode is LaneMode.TOLL_ENTRY
+
+
+def on_entry_camera(state: LaneState, event: ev.CameraSees) -> Result:
+    """`camera_blackout` at an entry lane: the alarm tells it (an operator still fixes the
+    camera), the lane goes on issuing passes."""
+    if event.seeing:
+        return clear_notice(state, Alarm.CAMERA_BLACKOUT)
+    # Told again whenever its cause changes (the shell says it once per change).
+    notices = state.notices | {Alarm.CAMERA_BLACKOUT}
+    text = fault_message(Alarm.CAMERA_BLACKOUT, event.detail)
+    return replace(state, notices=notices), [RaiseAlarm(Alarm.CAMERA_BLACKOUT, text)]
 
 
 def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:

@@ -28,6 +28,7 @@ from lane.core.actions import (
     ShowOnDisplay,
 )
 from lane.core.machine import next_deadline
+from lane.core.names import Alarm
 from lane.core.notes import BarrierOpened, PassIssued, RoadEventIgnored, ScanIgnored, TripPricedNote
 from lane.core.road import waits_for_ticket
 from lane.core.state import LaneMode, Phase
@@ -463,3 +464,17 @@ def test_after_any_history_the_next_vehicle_is_served(
     lane.cross()
     lane.ack()
     assert lane.phase() is Phase.IDLE
+
+
+def test_an_entry_lane_whose_camera_reads_nothing_goes_on_issuing_passes() -> None:
+    """An entry lane takes no codes: a dark camera is told (the operator fixes it), the lane
+    is not closed, the next vehicle gets its pass; the alarm clears once the camera sees."""
+    lane = LaneDriver(ENTRY)
+    dark = lane.feed(ev.CameraSees(False, "camera lost: stream stopped delivering frames"))
+    text = "camera reads no codes: camera lost: stream stopped delivering frames"
+    assert dark == [RaiseAlarm(Alarm.CAMERA_BLACKOUT, text)]
+    assert lane.state.accepting_payments and not lane.state.faults
+    assert "Please take your ticket" in displayed(lane.arrive("v1"))
+    assert one(lane.feed(ev.TicketIssued("v1/pass", PASS_ID, printed=True)), Persist)
+    assert one(lane.persisted(), OpenBarrier)
+    assert lane.feed(ev.CameraSees(True)) == [ClearAlarm(Alarm.CAMERA_BLACKOUT)]

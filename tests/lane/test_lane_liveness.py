@@ -30,7 +30,8 @@ from lane.config import parse_config
 from lane.daemon import build_saying_why, wait_for_data_dir
 from lane.runner import Clocks
 from lane.sd_notify import SystemdNotifier
-from scanner.sources import Item, PushSource
+from scanner.health import CaptureSettings
+from scanner.sources import CaptureSource, Item, PushSource
 from sim.broker import Mosquitto, free_port
 from sim.camera import frame_for
 from sim.codes import CodeFactory
@@ -468,3 +469,53 @@ async def test_the_uplink_down_with_nothing_queued_is_said_after_its_grace_and_c
         await asyncio.to_thread(private_broker.start)
         await eventually(lambda: "uplink_down" not in runner.alarms, within=20)
         await eventually(lambda: quiet(lane), within=15)
+
+
+class DroppingStream:
+    """An RTSP stream as OpenCV reads it, which the camera's server ends when told (an NVR or
+    an encoder restarting its session) and which opens again at once: live pictures
+    otherwise, paced as a camera's."""
+
+    def __init__(self, drop: threading.Event) -> None:
+        self.drop = drop
+        self.pictures = itertools.cycle([frame_for(None, "clear", rng=seed) for seed in range(3)])
+
+    def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+        return True
+
+    def read(self) -> tuple[bool, object]:
+        if self.drop.is_set():
+            self.drop.clear()
+            return False, None
+        self.drop.wait(0.05)  # a camera's frame rate
+        return True, next(self.pictures)
+
+    def release(self) -> None:
+        pass
+
+
+async def test_a_stream_lost_and_reopened_at_once_reopens_the_lane(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """A lost stream closes the lane to payments; reopened before any blackout is declared,
+    its frames say the camera sees again and the lane takes payments again (it stayed
+    closed for ever: nothing said the loss was over)."""
+    drop = threading.Event()
+    source = CaptureSource(
+        "rtsp://camera.invalid/lane",
+        live=True,
+        open_capture=lambda _target: DroppingStream(drop),
+        settings=CaptureSettings(blackout_s=30.0),
+    )
+    async with running_lane(tmp_path, mosquitto, lane_id, source=source) as lane:
+        runner = lane.daemon.runner
+        await eventually(lambda: camera_ready(lane) and runner.state.accepting_payments)
+        drop.set()
+        await eventually(
+            lambda: runner.alarms.get("camera_blackout", "").startswith(f"{DARK}camera lost"),
+            what="the loss seen",
+        )
+        await eventually(
+            lambda: "camera_blackout" not in runner.alarms, what="the lane told the camera sees"
+        )
+        assert runner.state.accepting_payments

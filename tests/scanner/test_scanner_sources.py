@@ -48,7 +48,8 @@ def test_image_folder_in_name_order(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("ignored")
     clock = FakeClock()
     items = list(ImageFolderSource(tmp_path, clock=clock).stream())
-    assert kinds(items) == ["opened", "frame1", "frame2", "error", "frame3", "ended"]
+    # The image after the broken one says the source sees again (the lane reopens on it).
+    assert kinds(items) == ["opened", "frame1", "frame2", "error", "recovered", "frame3", "ended"]
     frames = [i for i in items if isinstance(i, Frame)]
     assert [int(f.image.mean()) for f in frames] == [60, 120, 200]  # a, b, (broken), c
     assert all(f.ts == clock.now for f in frames)
@@ -194,6 +195,29 @@ def test_live_stream_reconnects_with_backoff_and_reports_blackout() -> None:
     assert (
         isinstance(blackout, SourceEvent) and blackout.detail == "no frames for 1.5 s (cannot open)"
     )
+
+
+def test_a_stream_reopened_at_once_says_it_sees_again() -> None:
+    """A stream dropped and reopened within the blackout time (an NVR or encoder restarting
+    the session) declares no blackout, but it said it was lost: its first usable frame says
+    the recovery, or the lane (closed to payments by the loss) would stay closed for ever."""
+    clock = FakeClock()
+    script = iter([(True, 1), (True, 1), (True, 1)])
+    source = CaptureSource(
+        "rtsp://camera.invalid/lane",
+        live=True,
+        clock=clock,
+        sleep=clock.sleep,
+        open_capture=lambda _t: ScriptedCapture(*next(script)),
+        blackout_after_s=2.0,
+    )
+    items = list(itertools.islice(source.stream(), 7))
+    source.close()
+    assert kinds(items) == [
+        "opened", "frame1",
+        "lost", "reconnecting",  # 0.5 s: within the blackout time, no blackout
+        "opened", "recovered", "frame2",
+    ]  # fmt: skip
 
 
 def test_refused_rtsp_stream_keeps_retrying() -> None:
