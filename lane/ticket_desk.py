@@ -19,10 +19,13 @@ events (an async iterator: the runner posts each one):
    refusal back-off instead (lane.transport.refusals: logged once, alarmed).
 
 The printer's retained status raises `printer_paper_out` / `printer_offline` (and a job not
-acknowledged raises `printer_offline`), each cleared by itself when the printer is ready (any
-ack clears `printer_offline`: it answers). A job refused for its data (`bad_job`) raises
-`printer_refused_job`, with the printer's reason, until its vehicle is served. A long failure
-is logged when it starts (and when its reason changes), not on every retry.
+acknowledged raises `printer_offline`), each cleared by itself when the printer is ready (an
+ack clears `printer_offline` too: it answers; not one heard after its status said `offline`, a
+late ack of a job from before). A job refused for its data (`bad_job`) raises
+`printer_refused_job`, with the printer's reason: it is the printer's fault, not the job's (a
+gateway taking another dialect refuses every job), so it stays over the vehicles served without
+a ticket until a job prints or the printer's status changes (a gateway restarted or mended). A
+long failure is logged when it starts (and when its reason changes), not on every retry.
 """
 
 from __future__ import annotations
@@ -60,9 +63,9 @@ ALARM_TEXT = {
 }
 
 
-def refused_job_text(issue_id: str, detail: str) -> str:
-    return (f"ticket printer refused the job {issue_id} ({detail or 'no reason given'}): "
-            "the vehicle without a plate read waits; open by hand")  # fmt: skip
+def refused_job_text(job_id: str, detail: str) -> str:
+    return (f"ticket printer refuses its jobs ({detail or 'no reason given'}; the last: {job_id}): "
+            "vehicles without a plate read wait; open by hand")  # fmt: skip
 
 
 class TicketDesk:
@@ -90,7 +93,7 @@ class TicketDesk:
         self.retry_s = retry_s
         self.state: PrinterState | None = None  # None: no status heard yet
         self._ready = asyncio.Event()
-        self._refused_by: str | None = None  # the issue whose job the printer refused
+        self._refusing = False  # the printer refused a job's data: it refuses the next too
         self._acks: dict[str, asyncio.Future[PrintAck]] = {}
         # A job lives at the broker only as long as the desk waits for its ack: one queued for
         # a printer gone (its persistent session) is sent again while its vehicle waits, and
@@ -122,9 +125,15 @@ class TicketDesk:
         waiter = self._acks.get(ack.job_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(ack)
-        self._set_alarm(PRINTER_OFFLINE, False)  # it answers, whatever it says
+        if ack.printed:
+            self._set_refusing(None)
+        if self.state is not PrinterState.OFFLINE:
+            # It answers, whatever it says; after its will, only a job sent before it could.
+            self._set_alarm(PRINTER_OFFLINE, False)
 
     def _on_status(self, status: PrinterStatus) -> None:
+        if status.state is not self.state:
+            self._set_refusing(None)  # restarted, reloaded: the next job says whether it refuses
         self.state = status.state
         log.info("printer status", extra={"lane": self.lane, "state": status.state.value})
         ready = status.state is PrinterState.READY
@@ -137,6 +146,11 @@ class TicketDesk:
 
     def _set_alarm(self, code: str, on: bool) -> None:
         self.alarm(code, ALARM_TEXT[code] if on else None)
+
+    def _set_refusing(self, text: str | None) -> None:
+        if text is not None or self._refusing:
+            self._refusing = text is not None
+            self.alarm(PRINTER_REFUSED_JOB, text)
 
     # --- issuing -------------------------------------------------------------------------
 
@@ -156,18 +170,6 @@ class TicketDesk:
         if request.plate is not None:
             await self._bind(request.plate, text, extra)
         job = PrintJob(request.issue_id, encode_ticket(ticket_of(entry, text)), self._now_us())
-        try:
-            async for issued in self._print_while_waiting(request, job, entry.pass_hex, extra):
-                yield issued
-        finally:
-            # Printed, dropped or opened otherwise (plate, attendant, backed away): served.
-            if self._refused_by == request.issue_id:
-                self._refused_by = None
-                self.alarm(PRINTER_REFUSED_JOB, None)
-
-    async def _print_while_waiting(
-        self, request: IssuePass, job: PrintJob, pass_hex: str, extra: dict[str, str]
-    ) -> AsyncIterator[TicketIssued]:
         told = False
         said: str | None = None  # the failure last logged: a long paper-out logs it once
         tries = 0
@@ -177,8 +179,10 @@ class TicketDesk:
             tries += 1
             error = await self._print(job)
             if error is None:
-                log.info("ticket printed", extra={**extra, "pass_id": pass_hex, "tries": tries})
-                yield TicketIssued(request.issue_id, pass_hex, True)
+                log.info(
+                    "ticket printed", extra={**extra, "pass_id": entry.pass_hex, "tries": tries}
+                )
+                yield TicketIssued(request.issue_id, entry.pass_hex, True)
                 return
             refused_s = self.link.refusals.wait_s(topics.printer_print(self.lane))
             if error != said and not (told and refused_s):  # a refusal is logged by the link
@@ -189,7 +193,7 @@ class TicketDesk:
             said = error
             if not told:
                 told = True
-                yield TicketIssued(request.issue_id, pass_hex, False, error)
+                yield TicketIssued(request.issue_id, entry.pass_hex, False, error)
             if request.plate is not None:
                 return  # opened on the plate: a ticket printed later would be nobody's
             if refused_s:
@@ -226,8 +230,7 @@ class TicketDesk:
             self._acks.pop(job.job_id, None)
         if ack.error is PrintError.BAD_JOB:
             # Its data refused: sent again it is refused again, so only a hand opens the lane.
-            self._refused_by = job.job_id
-            self.alarm(PRINTER_REFUSED_JOB, refused_job_text(job.job_id, ack.detail))
+            self._set_refusing(refused_job_text(job.job_id, ack.detail))
             return f"{ack.error.value}: {ack.detail}"
         return None if ack.error is None else ack.error.value
 
