@@ -123,16 +123,24 @@ ALIPAY_OPERATIONS = {
     "alipay.trade.pay": "pay",
     "alipay.trade.query": "query",
     "alipay.trade.cancel": "reverse",
+    "alipay.trade.refund": "refund",
+    "alipay.trade.fastpay.refund.query": "refund",
 }
 
 
 def acquirer_operation(method: str, path: str, api_method: str | None = None) -> str:
-    """pay | query | reverse | other, from the request line (and Alipay's `method` parameter,
-    which names the call: every Alipay call is a POST to the same gateway path)."""
+    """pay | query | reverse | refund | other, from the request line (and Alipay's `method`
+    parameter, which names the call: every Alipay call is a POST to the same gateway path).
+    Refunds and WeChat Pay's certificate download are kept out of the driver's calls: a slow
+    refund is no slow pay."""
     if api_method is not None:
         return ALIPAY_OPERATIONS.get(api_method, "other")
     if path.endswith("/reverse"):
         return "reverse"
+    if "/refund" in path:  # ours: /v1/payments/{id}/refunds; WeChat Pay's: /v3/refund/...
+        return "refund"
+    if path.endswith("/certificates"):
+        return "other"
     if method == "POST":
         return "pay"
     return "query" if method == "GET" else "other"

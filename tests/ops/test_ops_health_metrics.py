@@ -123,6 +123,12 @@ def test_acquirer_operations() -> None:
     assert acquirer_operation("POST", "/v1/payments") == "pay"
     assert acquirer_operation("GET", "/v1/payments/p1") == "query"
     assert acquirer_operation("POST", "/v1/payments/p1/reverse") == "reverse"
+    # Refunds and the certificate download are no driver's pay or query.
+    assert acquirer_operation("POST", "/v1/payments/p1/refunds") == "refund"
+    assert acquirer_operation("POST", "/v3/refund/domestic/refunds") == "refund"
+    assert acquirer_operation("GET", "/v3/refund/domestic/refunds/r1") == "refund"
+    assert acquirer_operation("POST", "/gateway.do", "alipay.trade.refund") == "refund"
+    assert acquirer_operation("GET", "/v3/certificates") == "other"
 
 
 WALLET_CODE = "2800000000000001"  # a wallet's online code, as the simulated acquirer takes it
