@@ -198,7 +198,7 @@ class LaneMetrics:
         )
         self.acquirer_latency = Histogram(
             "lane_acquirer_request_seconds",
-            "Acquirer HTTP requests that got an answer, by operation",
+            "Acquirer HTTP requests that got a whole answer (body included), by operation",
             ["operation"],
             buckets=ACQUIRER_BUCKETS,
             registry=r,
