@@ -643,10 +643,15 @@ class LaneDaemon:
         elif opened.deny is not None:
             self.verifier.update_deny(opened.deny, str(config.auth.deny_list))
         self.metrics = LaneMetrics(self.lane, config.lane.mode, clock=self.clocks.monotonic)
-        self.http = aiohttp.ClientSession(trace_configs=[self.metrics.acquirer_trace()])
+        self.http = aiohttp.ClientSession()
         # Alarms raised by the acquirer watch reach the runner, which exists by the first call.
         networks = build_acquirer(
-            config.auth, opened.network_keys, self.http, self.clocks.wall, alarm=self._alarm
+            config.auth,
+            opened.network_keys,
+            self.http,
+            self.clocks.wall,
+            alarm=self._alarm,
+            observe=self.metrics.acquirer_request,
         )
         self.acquirer: Acquirer = networks.acquirer
         self._network_upkeep = networks.upkeep

@@ -18,10 +18,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from types import SimpleNamespace
 from typing import Any
 
-import aiohttp
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -30,7 +28,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from yarl import URL
 
+from lane.auth.acquirer import RequestFailure
 from lane.core.names import BARRIER_ALARMS
 from lane.core.notes import (
     BarrierOpened,
@@ -123,16 +123,24 @@ ALIPAY_OPERATIONS = {
     "alipay.trade.pay": "pay",
     "alipay.trade.query": "query",
     "alipay.trade.cancel": "reverse",
+    "alipay.trade.refund": "refund",
+    "alipay.trade.fastpay.refund.query": "refund",
 }
 
 
 def acquirer_operation(method: str, path: str, api_method: str | None = None) -> str:
-    """pay | query | reverse | other, from the request line (and Alipay's `method` parameter,
-    which names the call: every Alipay call is a POST to the same gateway path)."""
+    """pay | query | reverse | refund | other, from the request line (and Alipay's `method`
+    parameter, which names the call: every Alipay call is a POST to the same gateway path).
+    Refunds and WeChat Pay's certificate download are kept out of the driver's calls: a slow
+    refund is no slow pay."""
     if api_method is not None:
         return ALIPAY_OPERATIONS.get(api_method, "other")
     if path.endswith("/reverse"):
         return "reverse"
+    if "/refund" in path:  # ours: /v1/payments/{id}/refunds; WeChat Pay's: /v3/refund/...
+        return "refund"
+    if path.endswith("/certificates"):
+        return "other"
     if method == "POST":
         return "pay"
     return "query" if method == "GET" else "other"
@@ -190,7 +198,7 @@ class LaneMetrics:
         )
         self.acquirer_latency = Histogram(
             "lane_acquirer_request_seconds",
-            "Acquirer HTTP requests that got an answer, by operation",
+            "Acquirer HTTP requests that got a whole answer (body included), by operation",
             ["operation"],
             buckets=ACQUIRER_BUCKETS,
             registry=r,
@@ -366,47 +374,21 @@ class LaneMetrics:
             op, at = sent
             self.barrier_rtt.labels(op).observe(max(0.0, self._clock() - at))
 
-    # --- acquirer requests (aiohttp tracing of the session the acquirer client uses) ----------
+    # --- acquirer requests (told by the acquirer clients: lane.auth.acquirer.HttpClient) ---
 
-    def acquirer_trace(self) -> aiohttp.TraceConfig:
-        trace = aiohttp.TraceConfig()
-
-        async def start(
-            _s: object, ctx: SimpleNamespace, params: aiohttp.TraceRequestStartParams
-        ) -> None:
-            ctx.started = self._clock()
-            url = params.url
-            ctx.operation = acquirer_operation(params.method, url.path, url.query.get("method"))
-
-        async def end(
-            _s: object, ctx: SimpleNamespace, params: aiohttp.TraceRequestEndParams
-        ) -> None:
-            status = params.response.status
-            self.acquirer_latency.labels(ctx.operation).observe(self._clock() - ctx.started)
-            if status >= 500:
-                self.acquirer_errors.labels(ctx.operation, "http_5xx").inc()
-            elif status >= 400 and not (status == 404 and ctx.operation == "query"):
-                self.acquirer_errors.labels(ctx.operation, "http_4xx").inc()
-
-        async def failed(
-            _s: object, ctx: SimpleNamespace, params: aiohttp.TraceRequestExceptionParams
-        ) -> None:
-            exc = params.exception
-            if isinstance(exc, TimeoutError):
-                kind = "timeout"
-            elif isinstance(exc, aiohttp.ClientConnectionError):
-                kind = "connection"
-            elif isinstance(exc, Exception):
-                kind = "other"
-            else:
-                return  # cancelled: the lane gave up, not the acquirer
-            self.acquirer_errors.labels(ctx.operation, kind).inc()
-
-        trace.on_request_start.append(start)
-        trace.on_request_end.append(end)
-        trace.on_request_exception.append(failed)
-        trace.freeze()
-        return trace
+    def acquirer_request(
+        self, method: str, url: URL, seconds: float, outcome: int | RequestFailure
+    ) -> None:
+        """One request ended: its whole answer (body included) or why there was none."""
+        operation = acquirer_operation(method, url.path, url.query.get("method"))
+        if isinstance(outcome, RequestFailure):
+            self.acquirer_errors.labels(operation, outcome.value).inc()
+            return
+        self.acquirer_latency.labels(operation).observe(seconds)
+        if outcome >= 500:
+            self.acquirer_errors.labels(operation, "http_5xx").inc()
+        elif outcome >= 400 and not (outcome == 404 and operation == "query"):
+            self.acquirer_errors.labels(operation, "http_4xx").inc()
 
     # --- the adapters' state (periodic) -------------------------------------------------------
 

@@ -9,6 +9,7 @@ the caller must hand it to the resolver (design safety rule 5).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -21,6 +22,7 @@ from typing import Any, ClassVar, Protocol, Self
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from lane.auth.network_config import Network
 
@@ -223,13 +225,33 @@ class HttpAnswer:
     body: bytes
 
 
+class RequestFailure(StrEnum):
+    """Why a request got no answer, as the lane's metrics count it."""
+
+    TIMEOUT = "timeout"  # no whole answer in time (a body stalled after its headers too)
+    CONNECTION = "connection"  # refused, dropped, or the body cut short
+    OTHER = "other"
+
+
+# Told of each request once it ends: method, URL (query included: Alipay's names its call),
+# seconds from sending to the last byte of the body, and the HTTP status or the failure. A
+# request the lane cancels is not told: the lane gave up, not the acquirer.
+RequestObserver = Callable[[str, URL, float, int | RequestFailure], None]
+
+
 class HttpClient:
     """What every acquirer and network client does with HTTP: use a shared `session` or own one
-    (then close it), and turn one request into an answer or one of the errors above."""
+    (then close it), turn one request into an answer or one of the errors above, and tell
+    `observe` how each went (lane/metrics.py)."""
 
-    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession | None = None,
+        observe: RequestObserver | None = None,
+    ) -> None:
         self._session = session
         self._owns_session = session is None
+        self._observe = observe
 
     async def __aenter__(self) -> Self:
         return self
@@ -260,6 +282,16 @@ class HttpClient:
             raise AcquirerTimeout(f"{what}: no time left")
         if self._session is None:
             self._session = aiohttp.ClientSession()
+        # Measured here, not by a session trace: aiohttp's trace ends a request at its headers,
+        # so an answer stalled or cut mid-body would count as a quick success.
+        clock = asyncio.get_running_loop().time
+        started = clock()
+
+        def seen(outcome: int | RequestFailure) -> None:
+            if self._observe is not None:
+                target = URL(url).extend_query(request.get("params"))
+                self._observe(method, target, clock() - started, outcome)
+
         try:
             async with self._session.request(
                 method, url, timeout=aiohttp.ClientTimeout(total=timeout_s), **request
@@ -267,9 +299,15 @@ class HttpClient:
                 raw = await _read_capped(resp, max_bytes)
                 answer = HttpAnswer(resp.status, dict(resp.headers), raw)
         except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError subclasses
+            seen(RequestFailure.TIMEOUT)
             raise AcquirerTimeout(f"{what}: no answer within {timeout_s:.3f} s") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            seen(RequestFailure.CONNECTION)
             raise AcquirerUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        except aiohttp.ClientError:
+            seen(RequestFailure.OTHER)
+            raise
+        seen(answer.status)
         if answer.status >= 500:
             raise AcquirerUnavailable(f"{what}: HTTP {answer.status}", http_status=answer.status)
         if len(raw) > max_bytes:
@@ -282,8 +320,13 @@ class AcquirerClient(HttpClient, OneNetwork):
 
     network = "acquirer"
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None) -> None:
-        super().__init__(session)
+    def __init__(
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession | None = None,
+        observe: RequestObserver | None = None,
+    ) -> None:
+        super().__init__(session, observe)
         self._base = base_url.rstrip("/")
 
     def reverse_rule(self, payment_id: str) -> ReverseRule:

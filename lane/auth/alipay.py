@@ -27,6 +27,7 @@ from lane.auth.acquirer import (
     PayRequest,
     RefundAnswer,
     RefundRequest,
+    RequestObserver,
     ReverseRule,
 )
 
@@ -54,8 +55,9 @@ class AlipayClient(HttpClient, OneNetwork):
         session: aiohttp.ClientSession | None = None,
         *,
         wall: Callable[[], float] = time.time,
+        observe: RequestObserver | None = None,
     ) -> None:
-        super().__init__(session)
+        super().__init__(session, observe)
         self._url = gateway_url
         self._app_id = app_id
         self._key = private_key

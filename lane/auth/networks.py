@@ -45,6 +45,7 @@ from lane.auth.acquirer import (
     RefundAnswer,
     RefundRefused,
     RefundRequest,
+    RequestObserver,
     ReverseRule,
 )
 from lane.auth.alipay import AlipayClient
@@ -355,9 +356,11 @@ def build_acquirer(
     session: aiohttp.ClientSession,
     wall: Callable[[], float] = time.time,
     alarm: AlarmSink | None = None,
+    *,
+    observe: RequestObserver | None = None,
 ) -> BuiltNetworks:
     """The lane's acquirer per `[auth]`: one client, or a router over several; each watched
-    for the operator when `alarm` is given."""
+    for the operator when `alarm` is given, each request told to `observe` (the metrics)."""
 
     def watched(name: Network, client: Acquirer) -> Acquirer:
         # No acquirer configured is a choice (codes follow the policy), not a fault.
@@ -373,7 +376,7 @@ def build_acquirer(
     }
     # One client per network, however many kinds of code it takes.
     clients = {
-        name: _make(name, auth, keys, session, wall, alarm)
+        name: _make(name, auth, keys, session, wall, alarm, observe)
         for name in dict.fromkeys(routes.values())
     }
     upkeep = tuple(
@@ -394,15 +397,16 @@ def _make(  # noqa: PLR0917 - build_acquirer's arguments, handed on
     session: aiohttp.ClientSession,
     wall: Callable[[], float],
     alarm: AlarmSink | None,
+    observe: RequestObserver | None,
 ) -> Acquirer:
     if name == "alipay":
-        return alipay_client(auth, keys, session, wall)
+        return alipay_client(auth, keys, session, wall, observe=observe)
     if name == "wechatpay":
-        return wechatpay_client(auth, keys, session, wall, alarm)
+        return wechatpay_client(auth, keys, session, wall, alarm, observe=observe)
     if auth.acquirer_url is None:
         log.warning("no acquirer configured: online codes follow the offline policy")
         return NoAcquirer()
-    return AcquirerClient(auth.acquirer_url, session)
+    return AcquirerClient(auth.acquirer_url, session, observe)
 
 
 def alipay_client(
@@ -410,12 +414,16 @@ def alipay_client(
     keys: NetworkKeys,
     session: aiohttp.ClientSession,
     wall: Callable[[], float] = time.time,
+    *,
+    observe: RequestObserver | None = None,
 ) -> AlipayClient:
     # The config refuses a route to an unconfigured network and NetworkKeys loads every routed
     # one: callers ask only for a network whose keys are loaded.
     assert auth.alipay is not None and keys.alipay is not None
     ali = auth.alipay
-    return AlipayClient(ali.gateway_url, ali.app_id, *keys.alipay, session, wall=wall)
+    return AlipayClient(
+        ali.gateway_url, ali.app_id, *keys.alipay, session, wall=wall, observe=observe
+    )
 
 
 def wechatpay_client(
@@ -424,6 +432,8 @@ def wechatpay_client(
     session: aiohttp.ClientSession,
     wall: Callable[[], float] = time.time,
     alarm: AlarmSink | None = None,
+    *,
+    observe: RequestObserver | None = None,
 ) -> WeChatPayClient:
     assert auth.wechatpay is not None and keys.wechatpay is not None
     wx = auth.wechatpay
@@ -444,4 +454,5 @@ def wechatpay_client(
         reverse_after_s=wx.reverse_after_s,
         device_ip=str(wx.device_ip),
         wall=wall,
+        observe=observe,
     )

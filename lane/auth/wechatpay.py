@@ -36,6 +36,7 @@ from lane.auth.acquirer import (
     RefundRefused,
     RefundRequest,
     RefundState,
+    RequestObserver,
     ReverseRule,
 )
 from lane.auth.wechatpay_certs import CERTIFICATES_PATH
@@ -67,8 +68,9 @@ class WeChatPayClient(HttpClient, OneNetwork):
         device_ip: str = "127.0.0.1",
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        observe: RequestObserver | None = None,
     ) -> None:
-        super().__init__(session)
+        super().__init__(session, observe)
         self._base = base_url.rstrip("/")
         self._merchant = wire.Merchant(mchid, appid, device_ip)
         self._serial = serial_no

@@ -7,7 +7,6 @@ import itertools
 import json
 from typing import Any
 
-import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -279,14 +278,13 @@ async def test_each_alipay_call_is_measured_as_what_it_is(network_keys: Keys) ->
     )
     await fake.start()
     try:
-        async with aiohttp.ClientSession(trace_configs=[metrics.acquirer_trace()]) as session:
-            client = AlipayClient(
-                fake.gateway_url,
-                "2021000000000001",
-                network_keys["merchant"].private,
-                network_keys["alipay"].public,
-                session,
-            )
+        async with AlipayClient(
+            fake.gateway_url,
+            "2021000000000001",
+            network_keys["merchant"].private,
+            network_keys["alipay"].public,
+            observe=metrics.acquirer_request,
+        ) as client:
             await client.pay(PayRequest("pay_m1", code(), 450, "CNY", "p07/l03"), 1.0)
             await client.query("pay_m1", 1.0)
             await client.reverse("pay_m1", 1.0)

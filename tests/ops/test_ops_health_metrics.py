@@ -6,11 +6,17 @@ import dataclasses
 import math
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from lane import health
+from lane.auth.acquirer import (
+    AcquirerClient,
+    AcquirerTimeout,
+    AcquirerUnavailable,
+    PaymentStatus,
+    PayRequest,
+)
 from lane.core.notes import (
     BarrierOpened,
     CodeRefused,
@@ -24,6 +30,8 @@ from lane.metrics import LaneMetrics, Snapshot, acquirer_operation, reason_label
 from lane.notification import ShellNote
 from lane.notification import ShellNoteName as Shell
 from scanner.pipeline import ScanStats
+from sim.acquirer import running_acquirer
+from sim.acquirer_faults import Faults
 from sim.broker import free_port
 
 GOOD = ReadinessFacts(
@@ -115,6 +123,15 @@ def test_acquirer_operations() -> None:
     assert acquirer_operation("POST", "/v1/payments") == "pay"
     assert acquirer_operation("GET", "/v1/payments/p1") == "query"
     assert acquirer_operation("POST", "/v1/payments/p1/reverse") == "reverse"
+    # Refunds and the certificate download are no driver's pay or query.
+    assert acquirer_operation("POST", "/v1/payments/p1/refunds") == "refund"
+    assert acquirer_operation("POST", "/v3/refund/domestic/refunds") == "refund"
+    assert acquirer_operation("GET", "/v3/refund/domestic/refunds/r1") == "refund"
+    assert acquirer_operation("POST", "/gateway.do", "alipay.trade.refund") == "refund"
+    assert acquirer_operation("GET", "/v3/certificates") == "other"
+
+
+WALLET_CODE = "2800000000000001"  # a wallet's online code, as the simulated acquirer takes it
 
 
 def value(m: LaneMetrics, name: str, **labels: str) -> float | None:
@@ -227,8 +244,9 @@ def test_two_lanes_in_one_process_keep_their_own_figures() -> None:
 
 
 async def test_acquirer_requests_are_timed_and_failures_counted() -> None:
-    async def pay(_r: web.Request) -> web.Response:
-        return web.json_response({"status": "SUCCEEDED"})
+    async def pay(r: web.Request) -> web.Response:
+        paid = {"payment_id": (await r.json())["payment_id"], "status": "SUCCEEDED"}
+        return web.json_response(paid)
 
     async def broken(_r: web.Request) -> web.Response:
         return web.json_response({"error": "boom"}, status=503)
@@ -247,16 +265,16 @@ async def test_acquirer_requests_are_timed_and_failures_counted() -> None:
     m = LaneMetrics("p01/l01", "toll")
     base = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession(trace_configs=[m.acquirer_trace()]) as s:
-            async with s.post(f"{base}/v1/payments", json={}) as r:
-                assert r.status == 200
-            async with s.post(f"{base}/v1/payments/p1/reverse") as r:
-                assert r.status == 503
-            async with s.get(f"{base}/v1/payments/p1") as r:
-                assert r.status == 404
-            with pytest.raises(aiohttp.ClientConnectionError):
-                async with s.post(f"http://127.0.0.1:{free_port()}/v1/payments"):
-                    pass
+        async with AcquirerClient(base, observe=m.acquirer_request) as client:
+            await client.pay(PayRequest("p1", WALLET_CODE, 450, "CNY", "p01/l01"), 1.0)
+            with pytest.raises(AcquirerUnavailable):
+                await client.reverse("p1", 1.0)
+            assert (await client.query("p1", 1.0)).status is PaymentStatus.NOT_FOUND
+        async with AcquirerClient(
+            f"http://127.0.0.1:{free_port()}", observe=m.acquirer_request
+        ) as client:
+            with pytest.raises(AcquirerUnavailable):
+                await client.pay(PayRequest("p2", WALLET_CODE, 450, "CNY", "p01/l01"), 1.0)
     finally:
         await runner.cleanup()
     assert value(m, "lane_acquirer_request_seconds_count", operation="pay") == 1
@@ -264,3 +282,24 @@ async def test_acquirer_requests_are_timed_and_failures_counted() -> None:
     assert value(m, "lane_acquirer_errors_total", operation="reverse", kind="http_5xx") == 1
     assert value(m, "lane_acquirer_errors_total", operation="query", kind="http_4xx") is None
     assert value(m, "lane_acquirer_errors_total", operation="pay", kind="connection") == 1
+
+
+async def test_an_answer_stalled_or_cut_mid_body_is_counted_as_failed_not_timed() -> None:
+    """Headers at once, then the body slowly or cut short: the metrics see the failure the
+    lane acts on, not an answer as quick as its headers."""
+    m = LaneMetrics("p01/l01", "toll")
+    async with (
+        running_acquirer(Faults(slow_body_rate=1.0)) as acquirer,
+        AcquirerClient(acquirer.url, observe=m.acquirer_request) as client,
+    ):
+        with pytest.raises(AcquirerTimeout):
+            await client.pay(PayRequest("p1", WALLET_CODE, 450, "CNY", "p01/l01"), 0.3)
+        acquirer.update_faults(slow_body_rate=0.0, cut_body_rate=1.0)
+        with pytest.raises(AcquirerUnavailable):
+            await client.query("p1", 1.0)
+        acquirer.update_faults(cut_body_rate=0.0)
+        assert (await client.query("p1", 1.0)).status is PaymentStatus.SUCCEEDED
+    assert value(m, "lane_acquirer_request_seconds_count", operation="pay") is None
+    assert value(m, "lane_acquirer_errors_total", operation="pay", kind="timeout") == 1
+    assert value(m, "lane_acquirer_errors_total", operation="query", kind="connection") == 1
+    assert value(m, "lane_acquirer_request_seconds_count", operation="query") == 1
