@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from alarm_kit import Alarms
 from polling import eventually
 
 from lane.auth.acquirer import Acquirer, AcquirerClient
@@ -100,17 +101,10 @@ async def make_lane(
 ) -> AsyncIterator[Lane]:
     clock = Clock()
     policy = policy or OfflinePolicy("deny")
-    alarms: dict[str, str] = {}
-
-    def alarm(code: str, text: str | None) -> None:
-        if text is None:
-            alarms.pop(code, None)
-        else:
-            alarms[code] = text
-
+    alarms = Alarms()
     async with AcquirerClient(acquirer.url) as client:
         # As the lane wires it (lane.auth.networks.build_acquirer): failures are an alarm.
-        watched: Acquirer = WatchedAcquirer(client, "acquirer", alarm)
+        watched: Acquirer = WatchedAcquirer(client, "acquirer", alarms)
         resolver = Resolver(
             ResolutionStore(tmp_path / "resolve.db"),
             watched,

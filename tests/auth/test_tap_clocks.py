@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from alarm_kit import Alarms
 from polling import eventually
 from test_metro_pricing import NOW, RULES, desk, refund_of, signed, tap_in
 
@@ -60,15 +61,8 @@ def test_a_gate_is_forgotten_once_no_tap_of_it_came_stamped_ahead_for_the_retent
 
 def alarmed_desk(tmp_path: Path, clock: list[float]) -> tuple[TapDesk, dict[str, str]]:
     """A gate on `clock` and the alarms it holds raised (code: text)."""
-    alarms: dict[str, str] = {}
-
-    def alarm(code: str, text: str | None) -> None:
-        if text is None:
-            alarms.pop(code, None)
-        else:
-            alarms[code] = text
-
-    return desk(tmp_path, clock, alarm), alarms
+    alarms = Alarms()
+    return desk(tmp_path, clock, alarms), alarms
 
 
 async def test_a_tap_in_from_the_future_names_its_gate_until_that_gate_is_sane_again(
