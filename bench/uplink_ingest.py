@@ -292,6 +292,38 @@ def bench_store(
     return {"sqlite": sq["store"], "postgres": pg["store"]}
 
 
+def bench_guard(dsn: str, n: int, rounds: int) -> None:
+    """The write guard (`writable_by`, each PostgreSQL write's first statement) pipelined
+    before a statement, beside a plain statement in its place, transaction by transaction in
+    turn: what the guard adds to a 1-record batch (uplink.pg `_guard`)."""
+    store = PostgresIngestStore(dsn, schema=f"bench_{uuid.uuid4().hex[:8]}")
+    firsts: tuple[Callable[[psycopg.Connection[tuple[object, ...]]], object], ...] = (
+        store._guard,
+        lambda conn: conn.execute("SELECT 1"),
+    )
+    best = [float("inf")] * len(firsts)
+    try:
+        with store._connected() as conn:
+            for _ in range(rounds):
+                spent = [0.0] * len(firsts)
+                for _ in range(n):
+                    for i, first in enumerate(firsts):
+                        t0 = time.perf_counter()
+                        with conn.pipeline():
+                            first(conn)
+                            conn.execute("SELECT 1")
+                        spent[i] += time.perf_counter() - t0
+                best = [min(b, t / n) for b, t in zip(best, spent, strict=True)]
+    finally:
+        store.drop()
+        store.close()
+    guard, plain = (t * 1e6 for t in best)
+    print(
+        f"write guard (writable_by) and a statement, pipelined: {guard:.0f} µs,"
+        f" two plain statements {plain:.0f} µs -> {guard / plain:.2f}x"
+    )
+
+
 # --- lane trips over a road's history ------------------------------------------------------
 
 
@@ -507,6 +539,7 @@ def main() -> None:
         bench_store(dsn, tmp, args.ingest, args.rounds, args.singles)
         bench_trips_read(dsn, tmp, args.trip_history, args.rounds)
     if dsn is not None:
+        bench_guard(dsn, args.singles, args.rounds)
         bench_workers(dsn, args.worker_records, args.lanes, args.rounds)
 
 

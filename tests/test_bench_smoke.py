@@ -192,6 +192,7 @@ SMOKES = {
             r"^store, 100-record batches of exits then their entries: .* -> [\d.]+x COPY$",
             r"^workers PostgreSQL, CPU per record .* -> [\d.]+x$",
             r"^workers PostgreSQL, closed-road batches: .* -> [\d.]+x$",
+            r"^write guard \(writable_by\) and a statement, pipelined: .* -> [\d.]+x$",
         ),
     ),
 }

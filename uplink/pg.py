@@ -146,7 +146,11 @@ def _schema_sql(schema: str) -> tuple[str, ...]:
         " SELECT description INTO found FROM pg_catalog.pg_description"
         f" WHERE objoid = '{schema}'::regnamespace"
         " AND classoid = 'pg_catalog.pg_namespace'::regclass AND objsubid = 0;"
-        f" IF substring(found FROM '{_TAG.pattern}')::int"
+        # The writer's own tag (every write's case but a retag) is compared as text first:
+        # it skips the two regexes, half of what the guard cost beyond a plain statement
+        # (bench.uplink_ingest's `write guard` line).
+        " IF found IS DISTINCT FROM tag"
+        f" AND substring(found FROM '{_TAG.pattern}')::int"
         f" > substring(tag FROM '{_TAG.pattern}')::int"
         f" THEN RAISE EXCEPTION USING ERRCODE = '{NEWER_STATE}',"
         " MESSAGE = format('the schema is tagged %L, newer than this worker''s %L', found, tag);"
