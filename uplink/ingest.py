@@ -243,11 +243,7 @@ class Ingest:
                     break
                 await self._sleep(delay)
             except SchemaNewerError as exc:
-                log.error(
-                    "ingest store schema newer, worker stops",
-                    extra={**_ctx(batch), "error": str(exc)},
-                )
-                self.schema_newer.set()
+                self._newer_met(exc, _ctx(batch))
                 break
             except IngestStoreError as exc:
                 log.error("uplink batch not stored", extra={**_ctx(batch), "error": str(exc)})
@@ -259,6 +255,13 @@ class Ingest:
         # Not acknowledged: the lane keeps the batch and sends it again.
         self.stats.store_errors += 1
         return None
+
+    def _newer_met(self, exc: SchemaNewerError, ctx: dict[str, object]) -> None:
+        """A write found the store's schema newer than this release: the worker stops (one
+        line, whichever write met it first)."""
+        if not self.schema_newer.is_set():
+            log.error("ingest store schema newer, worker stops", extra={**ctx, "error": str(exc)})
+        self.schema_newer.set()
 
     def _report(self, batch: Batch, result: StoreResult) -> None:
         for c in result.conflicts:
@@ -298,6 +301,11 @@ class Ingest:
         for lane, epoch in self.holes.open_keys():
             try:
                 infos = await asyncio.to_thread(self.store.epochs, lane)
+            except SchemaNewerError as exc:
+                # Reading a hole's epoch walks its prefix on, a write: a quiet lane sends no
+                # batch that would stop the worker.
+                self._newer_met(exc, {"lane": lane, "epoch": epoch})
+                return
             except IngestStoreError as exc:
                 log.warning(
                     "uplink hole check failed",

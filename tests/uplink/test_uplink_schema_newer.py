@@ -18,6 +18,7 @@ from test_uplink_cli import ingest_drained
 from uplink_kit import Q, recs
 
 from sim.broker import Mosquitto
+from uplink.ingest import Ingest
 from uplink.messages import QueueIdentity
 from uplink.pg import PostgresIngestStore
 from uplink.sql_store import SCHEMA_VERSION
@@ -74,6 +75,26 @@ def test_a_write_finding_the_schema_newer_stores_nothing(
             store.store_batch(lane, queue, records, 3)
     assert store.count(lane) == 6
     assert [e.epoch for e in store.epochs(lane)] == [Q.epoch]
+
+
+async def test_a_hole_check_finding_the_schema_newer_stops_the_worker(
+    opened: tuple[IngestStore, Callable[[], None]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lane's hole is checked by reading its epochs, which walks the prefix on in a write
+    transaction: the check is a write too, and a quiet lane sends no batch to stop the worker
+    (it used to warn `uplink hole check failed` at every check and run on)."""
+    store, upgrade = opened
+    lane = "p09/l06"
+    ingest = Ingest(store)
+    store.store_batch(lane, Q, recs(1, 3), 1)
+    held = store.store_batch(lane, Q, recs(6, 8), 2)  # 4..5 missing: a hole
+    ingest.holes.observe(lane, Q.epoch, held.contiguous, held.max_seq, 0.0)
+    upgrade()
+    await ingest.check_holes()
+    assert ingest.schema_newer.is_set()
+    (stopped,) = [r for r in caplog.records if r.getMessage() == STOPS]
+    assert (stopped.__dict__["lane"], stopped.__dict__["epoch"]) == (lane, Q.epoch)
+    assert not [r for r in caplog.records if r.getMessage() == "uplink hole check failed"]
 
 
 async def test_lane_ingest_left_running_after_a_newer_upgrade_stops_and_exits_1(
