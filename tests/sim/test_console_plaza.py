@@ -65,6 +65,9 @@ async def sixteen(mosquitto: Mosquitto) -> AsyncIterator[tuple[str, list[str]]]:
     tasks = [asyncio.create_task(publisher.run()), asyncio.create_task(feed.run())]
     try:
         await publisher.wait_connected(5)
+        # Subscribed before the garbage below, which is not retained: a feed connecting after
+        # it (a loaded machine) never saw it, and the garbage box stayed hidden.
+        await feed.link.wait_connected(30)
         now_us = int(time.time() * 1e6)
         for n, lane in enumerate(lanes, 1):
             health = lane_health(ALARMS.get(n, []), now_us)
