@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alarm_kit import Alarms
 from polling import eventually
 
 from lane.auth.acquirer import Acquirer, RefundRequest
@@ -25,14 +26,6 @@ from lane.core.backoff import Backoff
 
 KEY = b"lane-secret-for-tests-0123456789"
 FAST = Backoff(0.01, 0.05)
-
-
-class Alarms(dict[str, str]):
-    def __call__(self, code: str, message: str | None) -> None:
-        if message is None:
-            self.pop(code, None)
-        else:
-            self[code] = message
 
 
 @contextlib.asynccontextmanager
