@@ -97,6 +97,12 @@ def raise_notice(state: LaneState, code: Alarm, message: str) -> tuple[LaneState
     return replace(state, notices=state.notices | {code}), [RaiseAlarm(code, message)]
 
 
+def tell_notice(state: LaneState, code: Alarm, message: str) -> tuple[LaneState, list[Action]]:
+    """Raise the notice `code`, or tell a held one's text again as it is now (another cause):
+    `tell_fault` for an alarm that does not stop the lane."""
+    return replace(state, notices=state.notices | {code}), [RaiseAlarm(code, message)]
+
+
 def clear_notice(state: LaneState, code: Alarm) -> tuple[LaneState, list[Action]]:
     if code not in state.notices:
         return state, []

@@ -33,7 +33,7 @@ from lane.core.actions import (
     RaiseAlarm,
     ShowOnDisplay,
 )
-from lane.core.alarms import clear_notice, fault_message
+from lane.core.alarms import clear_notice, fault_message, tell_notice
 from lane.core.display import ASSISTANCE, LANE_CLOSED, class_waits
 from lane.core.names import Alarm, AuthResult, Method, PayloadKind, RecordKind, TripSource
 from lane.core.notes import (
@@ -181,9 +181,8 @@ def on_entry_camera(state: LaneState, event: ev.CameraSees) -> Result:
     if event.seeing:
         return clear_notice(state, Alarm.CAMERA_BLACKOUT)
     # Told again whenever its cause changes (the shell says it once per change).
-    notices = state.notices | {Alarm.CAMERA_BLACKOUT}
     text = fault_message(Alarm.CAMERA_BLACKOUT, event.detail)
-    return replace(state, notices=notices), [RaiseAlarm(Alarm.CAMERA_BLACKOUT, text)]
+    return tell_notice(state, Alarm.CAMERA_BLACKOUT, text)
 
 
 def on_scanned(state: LaneState, event: ev.Scanned, now: float) -> Result:
