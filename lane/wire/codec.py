@@ -47,7 +47,10 @@ def unpack(data: bytes, max_version: int = SCHEMA_VERSION) -> dict[str, Any]:
     except DuplicateKey:
         raise
     except Exception as exc:  # msgpack raises several unrelated types for garbage
-        raise PayloadError(f"not msgpack: {exc.__class__.__name__}: {exc}") from exc
+        # msgpack's FormatError (a byte no value starts with, e.g. 0xc1) carries no text; an
+        # operator reading "FormatError:" alone learns nothing.
+        reason = str(exc) or f"byte 0x{data[:1].hex()} starts no msgpack value"
+        raise PayloadError(f"not msgpack: {exc.__class__.__name__}: {reason}") from exc
     if not isinstance(body, dict):
         raise PayloadError(f"expected a map, got {type(body).__name__}")
     version = body.get("v")

@@ -177,6 +177,12 @@ def test_not_a_message(cls: Any, data: bytes) -> None:
         cls.decode(data)
 
 
+def test_a_reserved_byte_is_named_in_the_error() -> None:
+    # msgpack's own FormatError says nothing; the console shows this text to the operator.
+    with pytest.raises(PayloadError, match="FormatError: byte 0xc1 starts no msgpack value"):
+        unpack(b"\xc1 not msgpack")
+
+
 scalars = st.one_of(
     st.none(),
     st.booleans(),
