@@ -246,6 +246,7 @@ class TapDesk:
             # tap-in of that account would price as it, or as exited once it had.
             self.peers.ignore(
                 Ignored.FUTURE_TAP_IN,
+                opened,
                 {"topic": msg.topic, "record_id": record.record_id, "from_lane": record.lane,
                  "ts_us": record.ts_us},
             )  # fmt: skip

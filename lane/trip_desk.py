@@ -128,10 +128,10 @@ class TripDesk:
         ids = {"lane": self.rules.lane, "topic": msg.topic, "plate": plate,
                "from_lane": binding.lane, "kind": binding.kind.value}  # fmt: skip
         if opened.signed and binding.plate != plate:
-            self.peers.ignore(Ignored.ANOTHER_PLATE, {**ids, "bound_plate": binding.plate})
+            self.peers.ignore(Ignored.ANOTHER_PLATE, opened, {**ids, "bound_plate": binding.plate})
             return
         if self._stale(plate, binding):
-            self.peers.ignore(Ignored.OLDER_BINDING, {**ids, "ts": binding.ts})
+            self.peers.ignore(Ignored.OLDER_BINDING, opened, {**ids, "ts": binding.ts})
             return
         # The broker hands every retained binding and tombstone again at each connect (a
         # day's vehicles): one heard again has its time kept (written, or held for the probe)

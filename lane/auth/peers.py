@@ -37,7 +37,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from lane.auth.keys import KeySet
 from lane.auth.peer_messages import (
@@ -162,7 +162,7 @@ class Peers:
         the store's fault itself."""
         kept = min(exp, latest)
         if kept < exp:
-            self.ignore(Ignored.LIMITED, {**ids, "from_lane": opened.lane, "exp": exp,
+            self.ignore(Ignored.LIMITED, opened, {**ids, "from_lane": opened.lane, "exp": exp,
                                           "kept_exp": kept})  # fmt: skip
         try:
             first = await asyncio.to_thread(
@@ -177,12 +177,15 @@ class Peers:
                       "from_lane": opened.lane, "error": str(exc)})  # fmt: skip
             return True
         if not first:
-            self.ignore(Ignored.HEARD_BEFORE, {**ids, "from_lane": opened.lane})
+            self.ignore(Ignored.HEARD_BEFORE, opened, {**ids, "from_lane": opened.lane})
         return first
 
-    def ignore(self, why: Ignored, extra: Mapping[str, object]) -> None:
-        """Log a genuine message not taken (unless counted: `ignored_log`)."""
-        if self.ignored_log.admit(why, "", self.wall()):
+    def ignore(self, why: Ignored, opened: PeerOpened[Any], extra: Mapping[str, object]) -> None:
+        """Log a genuine message not taken (unless counted: `ignored_log`), one window per
+        signing lane: a second lane replaying beside a first still gets its line. Lanes taken
+        unsigned share one window, as the lane they name is anybody's to make up."""
+        sender = opened.lane if opened.signed else ""
+        if self.ignored_log.admit(why, sender, self.wall()):
             log.log(why.level, why, extra={**extra, "lane": self.lane})
 
     def say_counted(self, now: float, *, stopping: bool = False) -> None:
@@ -197,9 +200,11 @@ class Peers:
             )  # fmt: skip
         for counted in self.ignored_log.rest() if stopping else self.ignored_log.counted(now):
             why = Ignored(counted.what)
-            log.log(why.level, f"{why}: {counted.count} more since {utc_text(counted.since)}",
-                    extra={"lane": self.lane, "refused": counted.count,
-                           "since": counted.since})  # fmt: skip
+            sender = f" from {counted.reason}" if counted.reason else " taken unsigned"
+            log.log(why.level,
+                    f"{why}: {counted.count} more{sender} since {utc_text(counted.since)}",
+                    extra={"lane": self.lane, "from_lane": counted.reason or None,
+                           "refused": counted.count, "since": counted.since})  # fmt: skip
 
     def alarm_texts(self, now: float) -> dict[str, str | None]:
         keys = self.keys()

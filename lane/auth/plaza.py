@@ -203,6 +203,7 @@ class UsedTokenSharing:
             # a good token, a release would free a mark nobody here gave.
             self.peers.ignore(
                 Ignored.OUTSIDE_PLAZA,
+                opened,
                 {"topic": incoming.topic, "from_lane": msg.lane, "token_id": msg.token_id,
                  "kind": msg.kind.value},
             )  # fmt: skip

@@ -249,35 +249,48 @@ async def test_a_use_or_release_from_a_lane_outside_the_plaza_is_refused(
         assert b.store.get("cafe") is None
         kept = b.store.get("beef")
         assert kept is not None and kept.lane == f"{plaza}/l01"
-        # Genuine once (a lane of another plaza, replayed here): one line a window, not eight.
+        # Genuine once (lanes of another plaza, replayed here): one line a window and sending
+        # lane, not one a message.
         refused = [r for r in caplog.records if "outside the plaza" in r.getMessage()]
-        assert [r.__dict__["topic"] for r in refused] == [used_tokens_topic(plaza)]
+        assert len(refused) == 4
         b.peers.say_counted(time.time() + REFUSAL_LOG_EVERY_S)
-        said = [r for r in caplog.records if "outside the plaza" in r.getMessage()][1:]
-        assert [r.__dict__["refused"] for r in said] == [7]
-        assert said[0].getMessage().startswith(f"{Ignored.OUTSIDE_PLAZA}: 7 more since ")
+        said = [r for r in caplog.records if "outside the plaza" in r.getMessage()][4:]
+        assert [r.__dict__["refused"] for r in said] == [1, 1, 1, 1]
+        assert (
+            said[0]
+            .getMessage()
+            .startswith(f"{Ignored.OUTSIDE_PLAZA}: 1 more from x{plaza}/l01 since ")
+        )
 
 
 async def test_a_genuine_use_replayed_again_and_again_is_said_heard_before_once_a_window(
     mosquitto: Mosquitto, lane_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Anybody with the broker password may send a genuine use again as often as they like:
-    taken once, ignored after, and the log says so once a window, with a count, not a line a
-    replay."""
+    taken once, ignored after, and the log says so once a window and sending lane, with a
+    count, not a line a replay: a second lane's replays, begun while the first's flood is
+    counted, still get a line of their own."""
     plaza = lane_id.split("/", maxsplit=1)[0]
     caplog.set_level(logging.INFO)
     async with lane_sharing(mosquitto, tmp_path, plaza, f"{plaza}/l02") as (b, _):
         await b.link.wait_connected(5)
-        payload = signed(UsedTokenMsg("cafe", int(time.time()) + 60, f"{plaza}/l09", NOW))
+        exp = int(time.time()) + 60
+        first = signed(UsedTokenMsg("cafe", exp, f"{plaza}/l09", NOW))
+        second = signed(UsedTokenMsg("beef", exp, f"{plaza}/l08", NOW))
         async with sender(mosquitto, f"replayer-{lane_id}") as link:
-            for _ in range(10):
+            for payload in [first] * 10 + [second] * 4:
                 await link.publish(used_tokens_topic(plaza), payload)
             counted = b.peers.ignored_log.windows
-            await eventually(lambda: sum(n for _, n in counted.values()) == 8, what="counted")
+            await eventually(lambda: sum(n for _, n in counted.values()) == 10, what="counted")
         b.peers.say_counted(time.time() + REFUSAL_LOG_EVERY_S)
-        assert b.received == 1
+        assert b.received == 2
     heard = [r for r in caplog.records if r.getMessage().startswith(Ignored.HEARD_BEFORE)]
-    assert [r.__dict__.get("refused") for r in heard] == [None, 8]
+    assert [(r.__dict__["from_lane"], r.__dict__.get("refused")) for r in heard] == [
+        (f"{plaza}/l09", None),
+        (f"{plaza}/l08", None),
+        (f"{plaza}/l09", 8),
+        (f"{plaza}/l08", 2),
+    ]
 
 
 async def test_a_peer_message_is_marked_heard_no_longer_than_this_lane_keeps_what_it_names(
