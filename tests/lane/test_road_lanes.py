@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
-from mqtt_kit import collected
+from mqtt_kit import collected, handed_at_once
 from polling import eventually
 from test_lane_daemon import idle_camera, show
 
@@ -496,6 +496,13 @@ async def test_a_printer_refusing_jobs_restarted_keeping_its_status_is_believed_
     await entry.device.vehicle_passes()
     await eventually(lambda: entry.daemon.runner.state.passage is None)
     await eventually(lambda: dropped(caplog), what="the refused job dropped, its vehicle gone")
+    # Its status heard again in the same session (as the lane's own reconnection hears the
+    # retained copy) is no restart.
+    [kept] = await handed_at_once(road.broker, f"peek-{road.run_id}", topics.printer_status(lane))
+    await road.publish(topics.printer_status(lane), kept.payload)
+    await road.publish(topics.printer_ack(lane), b"after it")  # heard once the status is
+    await eventually(lambda: any(r.getMessage() == "garbage from the printer"
+                                 for r in caplog.records), what="the status handled")  # fmt: skip
     assert "printer_refused_job" in alarms
 
     await road.printer_stops[lane]()
