@@ -24,6 +24,7 @@ MqttLink with the topic.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -43,7 +44,7 @@ from barrier.messages import (
 from barrier.peripherals import PlateReading
 from lane.refusal_log import RefusalLog
 from lane.transport.broker_link import BrokerLink
-from lane.transport.mqtt import Incoming, WillSpec
+from lane.transport.mqtt import Incoming, PublishRefused, WillSpec
 from lane.wire import topics
 from lane.wire.codec import PayloadError, pack
 
@@ -138,13 +139,15 @@ class BarrierLink:
         await self.mqtt.publish(topics.device_query(self.lane), query.encode(), qos=1, retain=False)
 
     async def show(self, message: DisplayMessage) -> None:
-        """Put lines on the lane display: QoS 0 (a lost frame is replaced by the next one),
-        retained, so a display that (re)starts is handed the lane's current text at once, and
-        expiring with the text's ttl, so the broker never hands it one the lane stopped showing."""
+        """Put lines on the lane display: QoS 1 (a text may be the lane's last word for a long
+        while, "Lane closed" for a whole fault: the broker keeps it for a display away on its
+        persistent session), retained, so a display that (re)starts is handed the lane's current
+        text at once, and expiring with the text's ttl, so the broker never hands it one the
+        lane stopped showing. PublishRefused when the broker's ACL refuses the topic."""
         await self.mqtt.publish(
             topics.display(self.lane),
             message.encode(),
-            qos=0,
+            qos=1,
             retain=True,
             expiry_s=message.expiry_s,
         )
@@ -268,8 +271,12 @@ class BarrierLink:
         # Before the lane is told (and says its status, or its phase's text): the retained
         # text is one this lane's previous process, or the lane before the outage, left; a
         # display that starts must not be handed it (a fare, "Lane open") over a lane that
-        # came back not showing it. QoS 0 goes out in order, ahead of anything the lane says.
-        await self.show(DisplayMessage.none())
+        # came back not showing it. Its PUBACK comes before anything the lane says.
+        # Refused by the ACL, not the link: reconnecting would not mend it, and the lane's
+        # commands must not wait for its display. The link's refusals log it and raise
+        # publish_refused; the lane's next text meets the same refusal.
+        with contextlib.suppress(PublishRefused):
+            await self.show(DisplayMessage.none())
         if self._on_link is not None:
             self._on_link(True, None)
 

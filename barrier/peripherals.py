@@ -78,20 +78,25 @@ class PlateReading(_Message):
 @dataclass(frozen=True)
 class PrintJob(_Message):
     """Controller → printer: print this ESC/POS stream once (the job id makes a redelivered
-    QoS 1 message a duplicate, not a second ticket)."""
+    QoS 1 message a duplicate, not a second ticket), and not after `not_after_us` (UTC, the
+    lane's clock): a printer that holds a job past it (frozen while still connected, the
+    broker's expiry long satisfied) drops it, since its vehicle may be gone."""
 
     job_id: str
     escpos: bytes
     ts_us: int
+    not_after_us: int
 
     def __post_init__(self) -> None:
         _text(self.job_id, "job_id", limit=MAX_ID)
         if not isinstance(self.escpos, bytes) or not 0 < len(self.escpos) <= MAX_JOB_BYTES:
             raise PayloadError(f"field 'escpos' must be 1..{MAX_JOB_BYTES} bytes")
         _count(self.ts_us, "ts")
+        _count(self.not_after_us, "not_after")
 
     def to_map(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "escpos": self.escpos, "ts": self.ts_us}
+        return {"job_id": self.job_id, "escpos": self.escpos, "ts": self.ts_us,
+                "not_after": self.not_after_us}  # fmt: skip
 
     @classmethod
     def from_map(cls, body: Mapping[str, Any]) -> Self:
@@ -99,17 +104,21 @@ class PrintJob(_Message):
             job_id=field(body, "job_id", str),
             escpos=field(body, "escpos", bytes),
             ts_us=field(body, "ts", int),
+            not_after_us=field(body, "not_after", int),
         )
 
 
 @dataclass(frozen=True)
 class PrintAck(_Message):
-    """Printer → controller: the job printed (`error` None) or not, and why."""
+    """Printer → controller: the job printed (`error` None) or not, and why. `not_after_us`
+    echoes the job's (the copy answered: the lane sends a job again with a new deadline);
+    absent from a printer built to the earlier contract."""
 
     job_id: str
     error: PrintError | None
     detail: str
     ts_us: int
+    not_after_us: int | None = None
 
     def __post_init__(self) -> None:
         _text(self.job_id, "job_id", limit=MAX_ID)
@@ -117,6 +126,8 @@ class PrintAck(_Message):
             raise PayloadError(f"field 'error' must be one of {[e.value for e in PrintError]}")
         _text(self.detail, "detail", empty=True)
         _count(self.ts_us, "ts")
+        if self.not_after_us is not None:
+            _count(self.not_after_us, "not_after")
 
     @property
     def printed(self) -> bool:
@@ -125,7 +136,7 @@ class PrintAck(_Message):
     def to_map(self) -> dict[str, Any]:
         error = None if self.error is None else self.error.value
         body = {"job_id": self.job_id, "detail": self.detail, "ts": self.ts_us}
-        return _compact(body | {"error": error})
+        return _compact(body | {"error": error, "not_after": self.not_after_us})
 
     @classmethod
     def from_map(cls, body: Mapping[str, Any]) -> Self:
@@ -135,6 +146,7 @@ class PrintAck(_Message):
             error=None if error is None else _enum(PrintError, error, "error"),
             detail=field(body, "detail", str),
             ts_us=field(body, "ts", int),
+            not_after_us=optional(body, "not_after", int),
         )
 
 
@@ -144,6 +156,9 @@ class PrinterStatus(_Message):
     printed: int  # tickets printed since the printer started
     seq: int
     ts_us: int
+    # A random token the printer draws before each connection to the broker (its will names the
+    # one it ends): a new one says the printer restarted or reconnected, whatever its state.
+    session: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.state, PrinterState):
@@ -151,10 +166,13 @@ class PrinterStatus(_Message):
         _count(self.printed, "printed")
         _count(self.seq, "seq")
         _count(self.ts_us, "ts")
+        if self.session is not None:
+            _text(self.session, "session", limit=MAX_ID)
 
     def to_map(self) -> dict[str, Any]:
-        return {"state": self.state.value, "printed": self.printed, "seq": self.seq,
+        body = {"state": self.state.value, "printed": self.printed, "seq": self.seq,
                 "ts": self.ts_us}  # fmt: skip
+        return _compact(body | {"session": self.session})
 
     @classmethod
     def from_map(cls, body: Mapping[str, Any]) -> Self:
@@ -163,6 +181,7 @@ class PrinterStatus(_Message):
             printed=field(body, "printed", int),
             seq=field(body, "seq", int),
             ts_us=field(body, "ts", int),
+            session=optional(body, "session", str),
         )
 
 

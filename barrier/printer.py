@@ -5,21 +5,26 @@ pass ticket). A real printer gateway writes the stream of each `PrintJob` to the
 this emulator decodes it with barrier.escpos instead, keeps every ticket it printed, and can
 render one as an image (so tests read the pass back with our own scanner). It acks each job
 once (a QoS 1 redelivery of the same job id is acknowledged again, never printed twice),
-publishes its retained `PrinterStatus`, and leaves `offline` as its will.
+drops a job past its deadline (`not_after`) unanswered, publishes its retained
+`PrinterStatus` (with a session token drawn before each connection), and leaves `offline` as
+its will.
 
 Faults: `paper_out` (jobs are refused with PAPER_OUT and the status says so, until paper is
 loaded: `set_paper(True)`), and a stream it cannot print is refused as BAD_JOB (as is every
-job while `refusing` names why: a gateway whose printer model takes another dialect).
+job while `refusing` names why: a gateway whose printer model takes another dialect), and
+`freeze()` holds every job unhandled, the connection kept, until `thaw()` (a gateway process
+stopped and resumed: it then finds the jobs the broker handed it meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -105,15 +110,19 @@ class PrinterEmulator:
     ) -> None:
         self.lane = lane
         self.printed: list[PrintedTicket] = []
+        self.expired: list[str] = []  # the job ids of the copies dropped past their deadline
         self.paper = True
         self.refusing: str | None = None  # a reason: every job is refused as BAD_JOB with it
         self._clock = clock
         self._seq = 0
+        self._session: str | None = None  # until it first connects
+        self._next_session = secrets.token_hex(6)
+        self._thawed = asyncio.Event()
+        self._thawed.set()
         self._memory = memory
         self._acks: OrderedDict[str, PrintAck] = OrderedDict()  # job_id -> its ack
         self._outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()
         self._status_topic = topics.printer_status(lane)
-        offline = PrinterStatus(PrinterState.OFFLINE, 0, 0, self._now_us())
         self.link = MqttLink(
             host,
             port,
@@ -121,7 +130,7 @@ class PrinterEmulator:
             [(topics.printer_print(lane), 1)],
             handler=self._on_message,
             on_connect=self._on_connect,
-            will=WillSpec(self._status_topic, offline.encode()),
+            will=self._will(self._next_session),
             credentials=credentials,
         )
 
@@ -150,10 +159,26 @@ class PrinterEmulator:
         log.warning("printer paper", extra={"lane": self.lane, "state": self.state.value})
         self._publish_status()
 
+    def freeze(self) -> None:
+        """Hold every job unhandled from now on, connected all the same (a stopped process)."""
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        """Handle the jobs held, in the order they came, on the clock of now."""
+        self._thawed.set()
+
     async def _on_connect(self) -> None:
+        # Each connection is a session of its own; the will registered for it names it.
+        self._session, self._next_session = self._next_session, secrets.token_hex(6)
+        self.link.will = self._will(self._next_session)
         self._publish_status()
 
+    def _will(self, session: str) -> WillSpec:
+        offline = PrinterStatus(PrinterState.OFFLINE, 0, 0, self._now_us(), session)
+        return WillSpec(self._status_topic, offline.encode())
+
     async def _on_message(self, msg: Incoming) -> None:
+        await self._thawed.wait()
         try:
             job = PrintJob.decode(msg.payload)
         except PayloadError as exc:
@@ -162,8 +187,19 @@ class PrinterEmulator:
                 extra={"lane": self.lane, "topic": msg.topic, "error": str(exc)},
             )
             return
+        if self._now_us() > job.not_after_us:
+            # Its vehicle may be gone: a ticket now would be nobody's. Unanswered, as a late
+            # barrier command is: the lane's wait for the ack has ended, and it sends the job
+            # again, with a new deadline, while the vehicle still waits.
+            self.expired.append(job.job_id)
+            log.warning(
+                "print job past its deadline dropped",
+                extra={"lane": self.lane, "job_id": job.job_id, "not_after": job.not_after_us},
+            )
+            return
         ack = self._acks.get(job.job_id) or self._print(job)
-        self._queue(topics.printer_ack(self.lane), ack.encode(), retain=False)
+        answer = replace(ack, not_after_us=job.not_after_us)  # the copy answered
+        self._queue(topics.printer_ack(self.lane), answer.encode(), retain=False)
 
     def _print(self, job: PrintJob) -> PrintAck:
         if not self.paper:
@@ -190,7 +226,9 @@ class PrinterEmulator:
 
     def _publish_status(self) -> None:
         self._seq += 1
-        status = PrinterStatus(self.state, len(self.printed), self._seq, self._now_us())
+        status = PrinterStatus(
+            self.state, len(self.printed), self._seq, self._now_us(), self._session
+        )
         self._queue(self._status_topic, status.encode(), retain=True)
 
     def _queue(self, topic: str, payload: bytes, *, retain: bool) -> None:

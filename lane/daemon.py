@@ -227,7 +227,8 @@ class BarrierAdapter:
         try:
             await self.link.show(DisplayMessage(list(lines), ttl_s))
         except ConnectionError as exc:
-            # QoS 0: a display frame lost while offline is not worth a retry; the next replaces it.
+            # Not sent while the link is down: once it is back the lane sends its phase's text
+            # (lane.core.reopened); refused by the ACL: publish_refused says so.
             log.warning("display not updated", extra={"lane": self.lane, "error": str(exc)})
 
 

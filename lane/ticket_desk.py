@@ -8,7 +8,10 @@ events (an async iterator: the runner posts each one):
    plate binding signed with the lane's key (lane.auth.plate_binding, lane.auth.peers): an
    exit lane prices a ticketless vehicle from it (lane.trip_desk).
 3. The ticket is published as a `PrintJob` (job id = issue_id: a printer prints a job id once)
-   on `lane/{id}/printer/print`, and the desk waits for its `PrintAck`. Printed: answered.
+   on `lane/{id}/printer/print`, with a deadline (`not_after`: now + `retry_s`, each copy its
+   own) past which the printer drops it, and the desk waits for its `PrintAck` as long. An ack
+   that comes past the deadline of the copy it names is no ticket (the printer printed it
+   late, or its answer is stale). Printed: answered.
    Not printed (paper out, printer offline or silent): the core is told at once; with a plate
    bound that opens the barrier (flag no_ticket) and the desk stops (a ticket printed later
    would be for nobody); without one the vehicle waits, and the same job is sent again once
@@ -24,7 +27,8 @@ ack clears `printer_offline` too: it answers; not one heard after its status sai
 late ack of a job from before). A job refused for its data (`bad_job`) raises
 `printer_refused_job`, with the printer's reason: it is the printer's fault, not the job's (a
 gateway taking another dialect refuses every job), so it stays over the vehicles served without
-a ticket until a job prints or the printer's status changes (a gateway restarted or mended). A
+a ticket until a job prints, the printer's status changes or it connects again (a new session
+in its status: a gateway restarted, reconnected or mended, whatever state it reports). A
 long failure is logged when it starts (and when its reason changes), not on every retry.
 """
 
@@ -92,6 +96,7 @@ class TicketDesk:
         self.wall = wall
         self.retry_s = retry_s
         self.state: PrinterState | None = None  # None: no status heard yet
+        self._session: str | None = None  # the printer's connection its last status names
         self._ready = asyncio.Event()
         self._refusing = False  # the printer refused a job's data: it refuses the next too
         self._acks: dict[str, asyncio.Future[PrintAck]] = {}
@@ -123,7 +128,16 @@ class TicketDesk:
 
     def _on_ack(self, ack: PrintAck) -> None:
         waiter = self._acks.get(ack.job_id)
-        if waiter is not None and not waiter.done():
+        if ack.not_after_us is not None and self._now_us() > ack.not_after_us:
+            # Printed, if it says so, after its vehicle may have gone (a printer frozen and
+            # thawed, a clock behind ours): no ticket for whoever waits now. A copy sent again
+            # is answered on time (a printed job id is acked again, never printed twice).
+            log.warning(
+                "printer ack past its job's deadline ignored",
+                extra={"lane": self.lane, "issue_id": ack.job_id, "printed": ack.printed,
+                       "late_ms": (self._now_us() - ack.not_after_us) // 1000},
+            )  # fmt: skip
+        elif waiter is not None and not waiter.done():
             waiter.set_result(ack)
         if ack.printed:
             self._set_refusing(None)
@@ -132,9 +146,11 @@ class TicketDesk:
             self._set_alarm(PRINTER_OFFLINE, False)
 
     def _on_status(self, status: PrinterStatus) -> None:
-        if status.state is not self.state:
+        reconnected = status.session is not None and status.session != self._session
+        if reconnected or status.state is not self.state:
             self._set_refusing(None)  # restarted, reloaded: the next job says whether it refuses
         self.state = status.state
+        self._session = status.session
         log.info("printer status", extra={"lane": self.lane, "state": status.state.value})
         ready = status.state is PrinterState.READY
         self._set_alarm(PAPER_OUT, status.state is PrinterState.PAPER_OUT)
@@ -169,7 +185,7 @@ class TicketDesk:
         log.info("pass issued", extra={**extra, "pass_id": entry.pass_hex})
         if request.plate is not None:
             await self._bind(request.plate, text, extra)
-        job = PrintJob(request.issue_id, encode_ticket(ticket_of(entry, text)), self._now_us())
+        escpos = encode_ticket(ticket_of(entry, text))
         told = False
         said: str | None = None  # the failure last logged: a long paper-out logs it once
         tries = 0
@@ -177,7 +193,7 @@ class TicketDesk:
         # boom after the printer came back, its alarm cleared (a stuck lane looking healthy).
         while self.waiting(request.issue_id):
             tries += 1
-            error = await self._print(job)
+            error = await self._print(request.issue_id, escpos)
             if error is None:
                 log.info(
                     "ticket printed", extra={**extra, "pass_id": entry.pass_hex, "tries": tries}
@@ -209,10 +225,13 @@ class TicketDesk:
         dropped = {**extra, "tries": tries}
         log.info("ticket job dropped: its vehicle no longer waits", extra=dropped)
 
-    async def _print(self, job: PrintJob) -> str | None:
-        """Send the job and wait for its ack: None when printed, else why not."""
+    async def _print(self, job_id: str, escpos: bytes) -> str | None:
+        """Send the job and wait for its ack until its deadline: None when printed, else why
+        not."""
         if self.state in (PrinterState.PAPER_OUT, PrinterState.OFFLINE):
             return self.state.value  # the printer said so: sending would only be refused
+        now_us = self._now_us()
+        job = PrintJob(job_id, escpos, now_us, now_us + int(self.retry_s * 1_000_000))
         waiter = asyncio.get_running_loop().create_future()
         self._acks[job.job_id] = waiter
         try:

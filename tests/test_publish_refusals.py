@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from polling import eventually
 
+from barrier.link import BarrierLink
+from barrier.messages import DisplayMessage
 from barrier.printer import PrinterEmulator
 from lane.auth.issuer import PlazaPassKey
 from lane.auth.keys import KeySet
@@ -23,7 +25,8 @@ from lane.core.actions import IssuePass
 from lane.core.backoff import Backoff
 from lane.core.events import TicketIssued
 from lane.ticket_desk import TicketDesk
-from lane.transport.mqtt import Incoming, MqttLink
+from lane.transport.broker_link import BrokerLink
+from lane.transport.mqtt import Incoming, MqttLink, PublishRefused
 from lane.transport.outbox import Outbox
 from lane.transport.refusals import PUBLISH_REFUSED, Refusals, alarm_on_refusals, refused_text
 from lane.wire import topics
@@ -201,6 +204,50 @@ async def test_a_ticket_the_broker_refuses_waits_for_the_acl_not_for_the_printer
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             broker.stop()
+
+
+async def test_a_display_topic_the_acl_refuses_leaves_the_lane_s_link_up_and_alarmed(
+    tmp_path: Path,
+) -> None:
+    """The lane's first word on connecting is its display's (QoS 1, so the broker answers it):
+    refused by the ACL, the link comes up all the same (a refusal raised out of its connect
+    would have it reconnect for ever, the lane never told it is connected), the alarm names the
+    display topic, and it clears with the lane's next text once the ACL is fixed."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic read lane/#\n")
+    broker = Mosquitto(free_port(), tmp_path, acl_config(acl))
+    broker.start()
+    ups: list[bool] = []
+    alarms: list[str | None] = []
+    link = BarrierLink(LANE, BrokerLink(broker.host, broker.port), on_ack=print, on_state=print,
+                       on_sensor=print, on_attendant=print,
+                       on_link=lambda up, cause: ups.append(up))  # fmt: skip
+    alarm_on_refusals([link.mqtt.refusals], alarms.append)
+    task = asyncio.create_task(link.run())
+    try:
+        await eventually(lambda: ups == [True], what="the link up, its first text refused")
+        display = topics.display(LANE)
+        assert alarms == [
+            f"the broker refuses controller-{LANE} publishing {display} (Not authorized): kept"
+            " and retried; check the broker's ACL"
+        ]
+        acl.write_text("topic readwrite lane/#\n")
+        broker.reload()  # mosquitto reads its ACL file again, in its own time
+
+        async def shown() -> bool:
+            try:
+                await link.show(DisplayMessage(["Lane open"], 3.0))
+            except PublishRefused:
+                return False
+            return True
+
+        await eventually(shown, what="the next text taken")
+        assert alarms[-1:] == [None]
+        assert ups == [True] and link.mqtt.reconnects == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        broker.stop()
 
 
 def _handle(desk: TicketDesk) -> Callable[[Incoming], Awaitable[None]]:

@@ -70,8 +70,9 @@ def lane() -> str:
     return f"r{uuid.uuid4().hex[:6]}/e1"
 
 
-def job(stream: bytes) -> PrintJob:
-    return PrintJob(uuid.uuid4().hex, stream, int(time.time() * 1e6))
+def job(stream: bytes, life_s: float = WAIT) -> PrintJob:
+    now_us = int(time.time() * 1e6)
+    return PrintJob(uuid.uuid4().hex, stream, now_us, now_us + int(life_s * 1e6))
 
 
 async def test_an_entry_pass_is_printed_read_back_and_verified(
@@ -145,9 +146,37 @@ async def test_the_printer_will_says_offline(mosquitto: Mosquitto, lane: str) ->
         await ctl.link.wait_connected(WAIT)
         printer = PrinterEmulator(lane, mosquitto.host, mosquitto.port)
         async with tasks(printer.run()):
-            await until(ctl.statuses, lambda s: s.state is PrinterState.READY)
+            first = await until(ctl.statuses, lambda s: s.state is PrinterState.READY)
             await printer.link.drop()  # as if it crashed: the broker publishes the will
-            await until(ctl.statuses, lambda s: s.state is PrinterState.OFFLINE)
+            will = await until(ctl.statuses, lambda s: s.state is PrinterState.OFFLINE)
+            # The will names the session it ends; connected again, the printer is in a new one.
+            again = await until(ctl.statuses, lambda s: s.state is PrinterState.READY)
+    assert first.session and will.session == first.session
+    assert again.session and again.session != first.session
+
+
+async def test_a_job_past_its_deadline_is_dropped_unanswered(
+    mosquitto: Mosquitto, lane: str
+) -> None:
+    """Held by a frozen printer until after its deadline, a job is not printed and not
+    answered; one within its deadline, held alike, prints, its ack naming the copy answered."""
+    ctl = Controller(mosquitto, lane)
+    printer = PrinterEmulator(lane, mosquitto.host, mosquitto.port)
+    async with tasks(printer.run(), ctl.link.run()):
+        await printer.link.wait_connected(WAIT)
+        await ctl.link.wait_connected(WAIT)
+        printer.freeze()
+        late, due = (
+            job(encode_ticket(Ticket("LATE", ())), 0.0),
+            job(encode_ticket(Ticket("DUE", ()))),
+        )
+        await ctl.link.publish(topics.printer_print(lane), late.encode(), qos=1)
+        printer.thaw()
+        ack = await ctl.print(due)
+    assert (ack.printed, ack.not_after_us) == (True, due.not_after_us)
+    assert printer.expired == [late.job_id]
+    assert [t.job_id for t in printer.printed] == [due.job_id]
+    assert [a.job_id for a in ctl.seen] == [due.job_id]
 
 
 async def test_a_plate_on_the_io_topics_reaches_the_lane_and_is_not_garbage(

@@ -131,10 +131,12 @@ def test_every_ticket_round_trips(title: str, lines: list[str], qr: str | None, 
 def test_device_messages_round_trip() -> None:
     for msg in (
         PlateReading("浙A·12345", 0.93, 1_800_000_000_000_000, seq=4),
-        PrintJob("job-1", b"\x1b@x\n", 1),
+        PrintJob("job-1", b"\x1b@x\n", 1, 3_000_001),
         PrintAck("job-1", None, "", 2),
+        PrintAck("job-1", None, "", 2, not_after_us=3_000_001),
         PrintAck("job-1", PrintError.PAPER_OUT, "no paper", 2),
         PrinterStatus(PrinterState.PAPER_OUT, 3, 7, 9),
+        PrinterStatus(PrinterState.READY, 3, 7, 9, "9f2c41d07a3b"),
     ):
         assert type(msg).decode(msg.encode()) == msg
     assert PrintAck("j", None, "", 1).printed
@@ -147,8 +149,9 @@ def test_device_messages_round_trip() -> None:
         (PlateReading, {"plate": "A1;DROP", "confidence": 0.5, "ts": 1}, "field 'plate'"),
         (PlateReading, {"plate": "A1", "confidence": 1.5, "ts": 1}, "'confidence' must be 0..1"),
         (PlateReading, {"plate": "A1", "confidence": True, "ts": 1}, "confidence"),
-        (PrintJob, {"job_id": "j", "escpos": b"", "ts": 1}, "field 'escpos'"),
-        (PrintJob, {"job_id": "j", "escpos": "text", "ts": 1}, "escpos"),
+        (PrintJob, {"job_id": "j", "escpos": b"", "ts": 1, "not_after": 2}, "field 'escpos'"),
+        (PrintJob, {"job_id": "j", "escpos": "text", "ts": 1, "not_after": 2}, "escpos"),
+        (PrintJob, {"job_id": "j", "escpos": b"\n", "ts": 1}, "field 'not_after'"),
         (PrintAck, {"job_id": "j", "error": "jam", "detail": "", "ts": 1}, "field 'error'"),
         (PrinterStatus, {"state": "busy", "printed": 0, "seq": 1, "ts": 1}, "field 'state'"),
     ],

@@ -1,4 +1,4 @@
-"""What the lane display receives (its MQTT topic: QoS 0, retained, expiring with the text's
+"""What the lane display receives (its MQTT topic: QoS 1, retained, expiring with the text's
 ttl) once a fault that closed the lane to payments clears: the text of the lane's phase, not
 the `Lane closed` the fault put there; what a display that (re)starts is handed at once; and
 what it is handed once the lane's process is gone. Against the real things: mosquitto, the
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mqtt_kit import collected, handed_at_once, sender
+from mqtt_kit import collected, handed_at_once, running, sender
 from polling import eventually
 from test_lane_daemon import Lane, named, running_lane, show
 from test_lane_heal import lane_processes, pays
@@ -21,7 +21,7 @@ from test_lane_liveness import live_pictures
 
 from barrier.messages import DisplayMessage, LaneStatus
 from lane.console.model import Plaza
-from lane.transport.mqtt import Incoming
+from lane.transport.mqtt import Incoming, MqttLink
 from lane.wire import topics
 from scanner.sources import PushSource
 from sim.broker import Mosquitto
@@ -107,9 +107,9 @@ async def test_once_barrier_unreadable_clears_the_display_shows_the_lane_open(
 async def test_after_the_lane_s_broker_link_comes_back_the_display_is_sent_again(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str, display: list[list[str]]
 ) -> None:
-    """Display frames are QoS 0 and not retained: one the lane could not send while its link
-    was down is lost, and a display that restarted meanwhile shows its idle text. Once the
-    link is back (`broker_down` cleared), the lane sends what its phase shows."""
+    """A display text the lane could not send while its link was down is lost, and a display
+    that restarted meanwhile shows its idle text. Once the link is back (`broker_down`
+    cleared), the lane sends what its phase shows."""
     async with running_lane(tmp_path, mosquitto, lane_id) as lane:
         await lane.device.vehicle_enters(1)
         await eventually(lambda: last_ask(display) == FARE_ASK)
@@ -142,6 +142,30 @@ async def test_a_display_that_starts_after_the_lane_spoke_is_handed_its_text_at_
         assert text.expiry_s is not None and 1 <= text.expiry_s <= sent.ttl_s
         status = handed_status(handed, lane_id)
         assert len(status) == 1 and status[0].state != LaneStatus.OFFLINE
+
+
+async def test_a_display_back_on_its_session_is_handed_the_lane_closed_said_while_it_was_away(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str, display: list[list[str]]
+) -> None:
+    """A display that keeps its MQTT session (clean_start false, a session expiry) and, back,
+    does not subscribe again (its session holds the subscription, and the broker hands
+    retained copies only to a subscription): the `Lane closed` the lane said once while it was
+    away is kept for it (QoS 1) and handed to it when it connects again. (Sent at QoS 0 it was
+    dropped: the display showed its idle text at a closed lane.)"""
+    client = f"display-{uuid.uuid4().hex[:8]}"
+    handed: list[list[str]] = []
+
+    async def on_text(msg: Incoming) -> None:
+        handed.append(lines(msg.payload))
+
+    async with running_lane(tmp_path, mosquitto, lane_id, QUICK) as lane:
+        subscribed = [(topics.display(lane_id), 1)]
+        async with running(MqttLink(mosquitto.host, mosquitto.port, client, subscribed)):
+            pass  # subscribed in its session, then gone (a clean disconnect keeps the session)
+        said = await lane_speaks(lane, "lane_closed", display)
+        back = MqttLink(mosquitto.host, mosquitto.port, client, [], on_text)
+        async with running(back):
+            await eventually(lambda: handed[-1:] == [said], what="the text said while away")
 
 
 async def told_accepting(mosquitto: Mosquitto, lane_id: str, wanted: bool) -> bool:

@@ -21,13 +21,20 @@ import cv2
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
-from mqtt_kit import collected
+from mqtt_kit import collected, handed_at_once
 from polling import eventually
 from test_lane_daemon import idle_camera, show
 
 from barrier.device import DeviceEmulator, Timings
 from barrier.messages import AttendantCommand
-from barrier.peripherals import PlateReading, PrintAck, PrintError, PrinterState, PrinterStatus
+from barrier.peripherals import (
+    PlateReading,
+    PrintAck,
+    PrintError,
+    PrinterState,
+    PrinterStatus,
+    PrintJob,
+)
 from barrier.printer import PrinterEmulator, render_ticket
 from lane.auth.cose import decode_sign1
 from lane.auth.fares import load_tariff
@@ -135,19 +142,22 @@ class Road:
         return lane
 
     async def entry_lane(
-        self, name: str = "P01/e", clocks: Clocks | None = None
+        self,
+        name: str = "P01/e",
+        clocks: Clocks | None = None,
+        printer_clock: Callable[[], float] = time.time,
     ) -> tuple[RoadLane, PrinterEmulator]:
         lane_id = self.lane_id(name)
-        printer = self.printer(lane_id)
+        printer = self.printer(lane_id, printer_clock)
         road = {"pass_key": str(self.pass_key), "pass_kid": "pass-P01", "print_retry_s": 1.0}
         lane = await self.lane(lane_id, "toll-entry", clocks=clocks, road=road)
         await eventually(lambda: lane.daemon.road.tickets and lane.daemon.road.tickets.state)
         return lane, printer
 
-    def printer(self, lane_id: str) -> PrinterEmulator:
+    def printer(self, lane_id: str, clock: Callable[[], float] = time.time) -> PrinterEmulator:
         """The lane's printer, running; `printer_stops[lane_id]` stops it. A printer started
         again is handed what the broker kept for the session of the one before."""
-        printer = PrinterEmulator(lane_id, self.broker.host, self.broker.port)
+        printer = PrinterEmulator(lane_id, self.broker.host, self.broker.port, clock)
         task = asyncio.create_task(printer.run())
 
         async def down() -> None:
@@ -465,6 +475,117 @@ async def test_a_printer_refusing_jobs_is_believed_mended_when_its_status_change
     await road.publish(topics.printer_status(entry.daemon.lane), status(PrinterState.READY))
     await eventually(lambda: "printer_refused_job" not in alarms, what="cleared on its restart")
     await enter(entry, printer, 1)
+
+
+async def test_a_printer_refusing_jobs_restarted_keeping_its_status_is_believed_mended(
+    road: Road, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The printer's gateway restarts cleanly (no will: its retained status stays `ready`) and
+    says `ready` again, in a new session: the refused-job alarm clears (it stayed until a ticket
+    printed). Still refusing, the next vehicle's job raises it again and the vehicle waits at the
+    shut boom; mended and restarted, the printer prints that vehicle's ticket."""
+    caplog.set_level(logging.INFO, logger="lane.ticket_desk")
+    entry, printer = await road.entry_lane()
+    alarms = entry.daemon.runner.alarms
+    lane = entry.daemon.lane
+    reason = "unsupported command 0x1d 0x28"
+    printer.refusing = reason
+    await entry.device.vehicle_enters(1)
+    await eventually(lambda: "printer_refused_job" in alarms, what="the refused-job alarm")
+    await attendant(road, entry, "open")
+    await entry.device.vehicle_passes()
+    await eventually(lambda: entry.daemon.runner.state.passage is None)
+    await eventually(lambda: dropped(caplog), what="the refused job dropped, its vehicle gone")
+    # Its status heard again in the same session (as the lane's own reconnection hears the
+    # retained copy) is no restart.
+    [kept] = await handed_at_once(road.broker, f"peek-{road.run_id}", topics.printer_status(lane))
+    await road.publish(topics.printer_status(lane), kept.payload)
+    await road.publish(topics.printer_ack(lane), b"after it")  # heard once the status is
+    await eventually(lambda: any(r.getMessage() == "garbage from the printer"
+                                 for r in caplog.records), what="the status handled")  # fmt: skip
+    assert "printer_refused_job" in alarms
+
+    await road.printer_stops[lane]()
+    restarted = road.printer(lane)
+    restarted.refusing = reason  # the same gateway, the same dialect: it still refuses
+    await eventually(lambda: "printer_refused_job" not in alarms, what="cleared on its restart")
+    states = [r.__dict__["state"] for r in caplog.records if r.getMessage() == "printer status"]
+    assert set(states) == {"ready"}  # it never said anything else
+
+    await entry.device.vehicle_enters(1)
+    await eventually(lambda: "printer_refused_job" in alarms, what="refused again: raised again")
+    assert len(entry.named("barrier_opened")) == 1 and entry.records("entry") == []
+    await road.printer_stops[lane]()
+    mended = road.printer(lane)
+    await eventually(lambda: len(entry.named("barrier_opened")) == 2, what="its ticket printed")
+    assert [t.job_id for t in mended.printed] == [
+        f"{entry.named('vehicle_arrived')[1]['vehicle_id']}/pass"
+    ]
+    assert "printer_refused_job" not in alarms
+
+
+async def test_a_frozen_printer_thawed_prints_no_ticket_for_a_vehicle_gone(
+    road: Road, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The printer freezes, still connected: the copies of a job the broker hands it wait in it,
+    past any broker expiry. The vehicle (no plate read) waits at the shut boom under
+    `printer_offline`, then backs away. Thawed a minute on, the printer drops every copy past its
+    deadline (it printed the first before: a valid pass in the slot for the next driver); the
+    next vehicle's ticket is the only one printed, and the alarm clears with it."""
+    caplog.set_level(logging.INFO, logger="lane.ticket_desk")
+    ahead = [0.0]  # the printer's clock: moved on as a minute's freeze would
+    entry, printer = await road.entry_lane(printer_clock=lambda: time.time() + ahead[0])
+    alarms = entry.daemon.runner.alarms
+    printer.freeze()
+    await entry.device.vehicle_enters(1)
+    await eventually(lambda: "printer_offline" in alarms, what="no answer: printer offline")
+    await eventually(lambda: shown(entry, "Ticket printer fault"), what="the fault displayed")
+    await entry.device.vehicle_backs_away()
+    await eventually(lambda: dropped(caplog), what="the job dropped with its vehicle")
+    assert entry.named("barrier_opened") == [] and entry.records("entry") == []
+    [drop] = [r for r in caplog.records if r.getMessage().startswith("ticket job dropped")]
+    ahead[0] = 60.0
+    printer.thaw()
+    sent = drop.__dict__["tries"]  # each try sent a copy: its status said `ready` all along
+    await eventually(lambda: len(printer.expired) == sent, what="every copy dropped")
+    ahead[0] = 0.0
+    assert printer.printed == []
+
+    await enter(entry, printer, 1)
+    arrived = [v["vehicle_id"] for v in entry.named("vehicle_arrived")]
+    assert [t.job_id for t in printer.printed] == [f"{arrived[1]}/pass"]
+    assert "printer_offline" not in alarms
+
+
+async def test_a_printed_ack_past_its_jobs_deadline_lets_no_vehicle_on(
+    road: Road, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A printed ack that reaches the lane after the deadline of the copy it names (a printer
+    that printed it late, a stale answer): the waiting vehicle is not let on by it, the job is
+    sent again, and the ticket the printer prints on time, thawed, opens the lane."""
+    entry, printer = await road.entry_lane()
+    lane = entry.daemon.lane
+    watcher = f"jobs-{road.run_id}"
+    async with collected(road.broker, watcher, topics.printer_print(lane), PrintJob.decode) as jobs:
+        printer.freeze()
+        await entry.device.vehicle_enters(1)
+        # Sent again: the first copy's deadline is past on the lane's clock.
+        await eventually(lambda: len(jobs) >= 2, what="the job sent twice")
+        first = jobs[0]
+        late = PrintAck(first.job_id, None, "", int(time.time() * 1e6), first.not_after_us)
+        await road.publish(topics.printer_ack(lane), late.encode())
+        await eventually(
+            lambda: any(r.getMessage() == "printer ack past its job's deadline ignored"
+                        for r in caplog.records), what="the late ack handled",
+        )  # fmt: skip
+        copies = len(jobs)
+        await eventually(lambda: len(jobs) > copies, what="sent again: the ack was no ticket")
+        assert entry.named("barrier_opened") == [] and entry.records("entry") == []
+        printer.thaw()
+        await eventually(lambda: entry.named("barrier_opened"), what="its ticket printed, opened")
+    assert [t.job_id for t in printer.printed] == [first.job_id]
+    [record] = entry.records("entry")
+    assert record.get("flags", []) == []
 
 
 async def test_no_ticket_is_printed_for_a_vehicle_that_backed_away(road: Road) -> None:
