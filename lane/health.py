@@ -52,6 +52,9 @@ class ReadinessFacts:
     camera_exhausted: bool = False
     # A finite source not started yet: it waits until the lane can take a code.
     camera_held: bool = False
+    # False at a closed road's entry lane, which takes no codes: a camera that reads none
+    # (`camera_blackout`, a notice there) leaves it ready to issue tickets.
+    camera_closes: bool = True
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def _camera(facts: ReadinessFacts) -> Check:
         return Check("camera", False, "scanner not running")
     blackout = facts.alarms.get("camera_blackout")
     if blackout is not None:
-        return Check("camera", False, blackout)
+        return Check("camera", not facts.camera_closes, blackout)
     return Check("camera", True, "scanner running")
 
 

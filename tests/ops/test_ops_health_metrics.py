@@ -88,6 +88,20 @@ def test_each_unusable_part_fails_its_own_check(
     assert detail in bad[check]
 
 
+@pytest.mark.parametrize(
+    ("closes", "ready"),
+    [(True, False), (False, True)],  # a lane that takes codes; a closed road's entry lane
+)
+def test_a_dark_camera_fails_readiness_only_where_it_closes_the_lane(
+    closes: bool, ready: bool
+) -> None:
+    text = "camera reads no codes: camera blackout: no frames for 2.0 s"
+    facts = dataclasses.replace(GOOD, alarms={"camera_blackout": text}, camera_closes=closes)
+    camera = {c.name: c for c in health.readiness(facts)}["camera"]
+    assert (camera.ok, camera.detail) == (ready, text)  # said either way
+    assert health.all_ok(health.readiness(facts)) is ready
+
+
 def test_liveness() -> None:
     assert health.all_ok(health.liveness(LivenessFacts(None, True)))
     assert health.all_ok(health.liveness(LivenessFacts(0.01, True)))
