@@ -75,6 +75,7 @@ from lane.barrier_latches import LatchFiles
 from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
+from lane.core.frozen import frozen_picture
 from lane.core.machine import initial_state
 from lane.core.names import DeviceWords, PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
@@ -717,6 +718,8 @@ class LaneDaemon:
         # lost stream, a failed capture) and the stall watch's; the source's comes first.
         self._source_dark: str | None = None
         self._stall_text: str | None = None
+        # When the vehicle on the entry loop arrived (None: nobody there), for the frozen rule.
+        self._arrived_at: float | None = None
         self._camera_told: str | None = None  # what the core was last told (None: it sees)
         self._publishing: set[asyncio.Future[None]] = set()
         # Once 'offline' is being said, the status loop says nothing more: a later status
@@ -849,6 +852,13 @@ class LaneDaemon:
         elif reading.occupied is not None and reading.sensor in KNOWN_SENSORS:
             # Other names are valid on the wire (docs/barrier.md) and mean nothing to the core.
             self.runner.post(ev.SensorChanged(Sensor(reading.sensor), reading.occupied, new_id()))
+            if reading.sensor == Sensor.ENTRY_LOOP:
+                # A vehicle's arrival, on the clock frames are stamped on: its picture must
+                # change (lane.core.frozen); a repeated "occupied" is the same vehicle.
+                if not reading.occupied:
+                    self._arrived_at = None
+                elif self._arrived_at is None:
+                    self._arrived_at = self.clocks.monotonic()
 
     def _on_attendant(self, cmd: AttendantCommand) -> None:
         self.health.attendant(cmd)
@@ -1184,7 +1194,8 @@ class LaneDaemon:
         """A capture thread stuck in a driver call reports nothing, not even a blackout, a
         frozen camera repeats one picture, and stuck decoders read nothing while frames arrive:
         judged from the pipeline's counters, each raises camera_blackout, and clears what it
-        raised once fresh frames are decoded again.
+        raised once fresh frames are decoded again. A picture is frozen only by the vehicles
+        it must show (lane.core.frozen): an idle lane's may stay the same.
         What the source said itself (its own blackout, a failed capture) is told before it."""
         stats = self.pipeline.stats()
         if self.source.finite or not self.pipeline.started or stats.source_ended:
@@ -1197,7 +1208,12 @@ class LaneDaemon:
             silent_s = self.config.camera.open_timeout_s + self.source.blackout_after_s
             self._stall = StallWatch(silent_s, now)
         processed = stats.decoded + stats.skipped
-        self._stall_text = self._stall.observe(now, stats.frames_in, processed, stats.fresh)
+        stalled = self._stall.observe(now, stats.frames_in, processed)
+        gate = LaneMode(self.config.lane.mode).fare_gate  # no entry loop to say who is there
+        frozen = frozen_picture(
+            stats.changed_ts, stats.looked_ts, self._arrived_at, self._stall.after_s, loop=not gate
+        )
+        self._stall_text = stalled or frozen
         self._tell_camera()
 
     def _reload_changed_files(self) -> None:
