@@ -110,7 +110,6 @@ class LaneOps:
                 data_dir_writable=writable,
                 disk_free_bytes=free,
                 alarms=dict(d.runner.alarms),
-                camera_exhausted=d.source.exhausted,
                 camera_held=d.source.finite and not pipeline.started,
                 camera_closes=not entry_camera(d.runner.state),
             )

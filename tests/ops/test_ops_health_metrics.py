@@ -67,6 +67,14 @@ def test_all_usable_is_ready() -> None:
             "camera",
             "no frames",
         ),
+        (
+            {
+                "camera_running": False,  # a demo source read to its end says so in its alarm
+                "alarms": {"camera_blackout": "camera reads no codes: camera source ended: ..."},
+            },
+            "camera",
+            "camera source ended",
+        ),
         ({"broker_connected": False}, "broker", "not connected"),
         ({"barrier_state": "unknown"}, "barrier", "no state reported yet"),
         ({"barrier_state": "offline"}, "barrier", "device is offline"),
