@@ -139,7 +139,7 @@ DATA_DIR_RETRY_S = 5.0
 STATUS_REFRESH_S = 1.0
 HEALTH_EVERY_S = 1.0
 # What a demo source read to its end (an image folder, a video file) leaves the operator.
-SOURCE_ENDED = "nothing more to read (loop it, or restart the lane to read it again)"
+SOURCE_ENDED = "nothing more to read (restart the lane to read it again)"
 # The uplink down this many `broker.keepalive_s` raises `uplink_down`: as long as a broker that
 # stops answering takes to be seen (MQTT's 1.5 keepalives), so a drop mended by the next
 # reconnect (at most 7.5 s) says nothing.
