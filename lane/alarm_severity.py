@@ -3,14 +3,15 @@
 Severity orders what an operator looks at first and colours the plaza tiles:
 
 - `critical`: the lane cannot pass vehicles safely or at all (barrier, broker, queue, stuck,
-  camera dark).
+  camera dark where codes pay).
 - `major`: the lane works but something an operator must fix is wrong (back office
   not taking records, acquirer failing or declining many payments, a paid vehicle that did not
   pass).
 - `minor`: worth a look, nothing is lost yet (key set ageing, queue filling, a driver waiting).
 
 An alarm code missing from the table is `major`: a new alarm nobody classified is taken
-seriously rather than hidden.
+seriously rather than hidden. A few alarms close a lane of one kind and not another: at a closed
+road's entry lane they take their severity from `AT_ENTRY_LANE`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
         "disk_error": Severity.CRITICAL,
         # A hung data directory: no record can be written, so no payment is taken.
         "disk_not_answering": Severity.CRITICAL,
-        # A camera that reads no codes: the lane is closed to payments (a payment fault).
+        # A camera that reads no codes: the lane is closed to payments (a payment fault); at an
+        # entry lane, which takes none, see AT_ENTRY_LANE.
         "camera_blackout": Severity.CRITICAL,
         # A closed road's entry lane: vehicles without a plate read wait for their ticket.
         "printer_paper_out": Severity.MAJOR,
@@ -101,7 +103,15 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType(
 )
 
 
-def severity_of(code: str) -> Severity:
+# A closed road's entry lane takes no codes (lane.core.road.entry_camera): a camera that reads
+# none closes nothing there, the lane goes on issuing tickets. A warning, not a red tile.
+AT_ENTRY_LANE: Mapping[str, Severity] = MappingProxyType({"camera_blackout": Severity.MINOR})
+
+
+def severity_of(code: str, *, entry_lane: bool = False) -> Severity:
+    """`entry_lane`: the alarm is a closed road's entry lane's."""
+    if entry_lane and code in AT_ENTRY_LANE:
+        return AT_ENTRY_LANE[code]
     return SEVERITY.get(code, Severity.MAJOR)
 
 

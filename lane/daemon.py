@@ -75,6 +75,7 @@ from lane.barrier_latches import LatchFiles
 from lane.config import ConfigError, LaneConfig, load_config
 from lane.core import events as ev
 from lane.core.actions import Authorise
+from lane.core.frozen import frozen_picture
 from lane.core.machine import initial_state
 from lane.core.names import DeviceWords, PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
@@ -110,7 +111,7 @@ from scanner.change_gate import GateSettings
 from scanner.decoders import make_decoder
 from scanner.health import SourceEvent, StallWatch
 from scanner.native_log import capture_native_stderr, release_native_stderr
-from scanner.pipeline import ScanPipeline, ScanResult
+from scanner.pipeline import ScanPipeline, ScanResult, ScanStats
 from scanner.sources import FrameSource, open_source
 from uplink.forwarder import Forwarder, UplinkStatus
 from uplink.queue import OwedPassage, QueueError, RecordQueue
@@ -137,6 +138,8 @@ DATA_DIR_RETRY_S = 5.0
 # the queue loop reads the queue, the health loop the trust files, this often.
 STATUS_REFRESH_S = 1.0
 HEALTH_EVERY_S = 1.0
+# What a demo source read to its end (an image folder, a video file) leaves the operator.
+SOURCE_ENDED = "nothing more to read (restart the lane to read it again)"
 # The uplink down this many `broker.keepalive_s` raises `uplink_down`: as long as a broker that
 # stops answering takes to be seen (MQTT's 1.5 keepalives), so a drop mended by the next
 # reconnect (at most 7.5 s) says nothing.
@@ -718,6 +721,12 @@ class LaneDaemon:
         # lost stream, a failed capture) and the stall watch's; the source's comes first.
         self._source_dark: str | None = None
         self._stall_text: str | None = None
+        # When the vehicle on the entry loop arrived (None: nobody there), for the frozen rule.
+        self._arrived_at: float | None = None
+        # A source read to its end, until the lane is told (`_tell_end`), and whether the last
+        # watch saw everything read from it decided.
+        self._ended: str | None = None
+        self._end_quiet = False
         self._camera_told: str | None = None  # what the core was last told (None: it sees)
         self._publishing: set[asyncio.Future[None]] = set()
         # Once 'offline' is being said, the status loop says nothing more: a later status
@@ -850,6 +859,13 @@ class LaneDaemon:
         elif reading.occupied is not None and reading.sensor in KNOWN_SENSORS:
             # Other names are valid on the wire (docs/barrier.md) and mean nothing to the core.
             self.runner.post(ev.SensorChanged(Sensor(reading.sensor), reading.occupied, new_id()))
+            if reading.sensor == Sensor.ENTRY_LOOP:
+                # A vehicle's arrival, on the clock frames are stamped on: its picture must
+                # change (lane.core.frozen); a repeated "occupied" is the same vehicle.
+                if not reading.occupied:
+                    self._arrived_at = None
+                elif self._arrived_at is None:
+                    self._arrived_at = self.clocks.monotonic()
 
     def _on_attendant(self, cmd: AttendantCommand) -> None:
         self.health.attendant(cmd)
@@ -908,7 +924,10 @@ class LaneDaemon:
         )
 
     def _on_camera(self, event: SourceEvent) -> None:
-        quiet = event.kind in ("opened", "recovered", "ended")
+        # A file or a folder read to its end (not closed by the lane stopping, nor failed: its
+        # error said so) has nothing more to show: no code is read, as from a lost camera.
+        ended = event.kind == "ended" and self.source.exhausted
+        quiet = event.kind in ("opened", "recovered", "ended") and not ended
         log.log(
             logging.INFO if quiet else logging.WARNING,
             "camera event",
@@ -923,6 +942,8 @@ class LaneDaemon:
             self._source_dark = None
         elif event.kind in ("blackout", "error", "lost"):
             self._source_dark = f"camera {event.kind}: {event.detail}"
+        elif ended:
+            self._ended = f"camera source ended: {event.detail}: {SOURCE_ENDED}"
         self._tell_camera()
 
     def _tell_camera(self) -> None:
@@ -1185,9 +1206,12 @@ class LaneDaemon:
         """A capture thread stuck in a driver call reports nothing, not even a blackout, a
         frozen camera repeats one picture, and stuck decoders read nothing while frames arrive:
         judged from the pipeline's counters, each raises camera_blackout, and clears what it
-        raised once fresh frames are decoded again.
+        raised once fresh frames are decoded again. A picture is frozen only by the vehicles
+        it must show (lane.core.frozen): an idle lane's may stay the same.
         What the source said itself (its own blackout, a failed capture) is told before it."""
         stats = self.pipeline.stats()
+        if self._ended is not None:
+            self._tell_end(stats)
         if self.source.finite or not self.pipeline.started or stats.source_ended:
             return
         now = self.clocks.monotonic()
@@ -1198,8 +1222,27 @@ class LaneDaemon:
             silent_s = self.config.camera.open_timeout_s + self.source.blackout_after_s
             self._stall = StallWatch(silent_s, now)
         processed = stats.decoded + stats.skipped
-        self._stall_text = self._stall.observe(now, stats.frames_in, processed, stats.fresh)
+        stalled = self._stall.observe(now, stats.frames_in, processed)
+        gate = LaneMode(self.config.lane.mode).fare_gate  # no entry loop to say who is there
+        frozen = frozen_picture(
+            stats.changed_ts, stats.looked_ts, self._arrived_at, self._stall.after_s, loop=not gate
+        )
+        self._stall_text = stalled or frozen
         self._tell_camera()
+
+    def _tell_end(self, stats: ScanStats) -> None:
+        """A source read to its end closes the lane to payments once what was read from it is
+        decided: a payment in flight would be reversed under the fault, and a code on its way
+        refused. Its last frames decoded and no payment in flight for two watches in a row: the
+        codes decoded before the first were posted to the core by the second."""
+        vehicle = self.runner.state.vehicle
+        if stats.pending or (vehicle is not None and vehicle.attempt is not None):
+            self._end_quiet = False
+        elif not self._end_quiet:
+            self._end_quiet = True
+        else:
+            self._source_dark, self._ended = self._ended, None
+            self._tell_camera()
 
     def _reload_changed_files(self) -> None:
         """Key set and deny list files are re-read when they change (an operator or a sync job

@@ -48,10 +48,11 @@ class ReadinessFacts:
     data_dir_writable: bool
     disk_free_bytes: int | None
     alarms: Mapping[str, str] = field(default_factory=dict)  # active alarms: code -> message
-    # A finite source (image folder, video file) that was read to its end: nothing is wrong.
-    camera_exhausted: bool = False
     # A finite source not started yet: it waits until the lane can take a code.
     camera_held: bool = False
+    # False at a closed road's entry lane, which takes no codes: a camera that reads none
+    # (`camera_blackout`, a notice there) leaves it ready to issue tickets.
+    camera_closes: bool = True
 
 
 @dataclass(frozen=True)
@@ -95,15 +96,14 @@ def as_links(checks: Iterable[Check]) -> dict[str, bool]:
 
 
 def _camera(facts: ReadinessFacts) -> Check:
-    if facts.camera_exhausted:
-        return Check("camera", True, "source read to its end (image folder or video file)")
     if facts.camera_held:
         return Check("camera", True, "finite source held until the lane can take a code")
-    if not facts.camera_running:
-        return Check("camera", False, "scanner not running")
+    # Before whether it runs: a source read to its end says so in its alarm.
     blackout = facts.alarms.get("camera_blackout")
     if blackout is not None:
-        return Check("camera", False, blackout)
+        return Check("camera", not facts.camera_closes, blackout)
+    if not facts.camera_running:
+        return Check("camera", False, "scanner not running")
     return Check("camera", True, "scanner running")
 
 

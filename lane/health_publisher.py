@@ -35,6 +35,7 @@ from barrier.messages import AttendantCommand
 from lane.core.names import Alarm, AuthResult, Method, RecordKind
 from lane.core.notes import BarrierOpened, VehicleArrived
 from lane.core.records import AuthInfo, RecordDraft
+from lane.core.road import entry_camera
 from lane.core.state import phase
 from lane.health import Check
 from lane.lane_health import (
@@ -74,7 +75,7 @@ class HealthPublisher:
         self.lane = daemon.lane
         self.wall = daemon.clocks.wall
         self.monotonic = daemon.clocks.monotonic
-        self.book = AlarmBook()
+        self.book = AlarmBook(entry_lane=entry_camera(daemon.runner.state))
         self.counters: Counter[str] = Counter(
             {"vehicles": 0, "passed": 0, "violations": 0, "paid_not_passed": 0}
         )

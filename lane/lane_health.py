@@ -64,7 +64,9 @@ CLOCK_SET_S = 1.0
 class AlarmBook:
     """Active alarms and the last cleared ones, in the order an operator reads them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, entry_lane: bool = False) -> None:
+        """`entry_lane`: a closed road's entry lane's book (`severity_of`)."""
+        self._entry_lane = entry_lane
         self._active: dict[str, AlarmEntry] = {}
         self._cleared: deque[AlarmEntry] = deque(maxlen=CLEARED_KEPT)
 
@@ -77,7 +79,9 @@ class AlarmBook:
                 self._cleared.remove(back)
                 self._active[code] = replace(back, message=text, cleared_us=None)
             else:
-                self._active[code] = AlarmEntry(code, text, severity_of(code), now_us)
+                self._active[code] = AlarmEntry(
+                    code, text, severity_of(code, entry_lane=self._entry_lane), now_us
+                )
         elif entry.message != text:
             self._active[code] = replace(entry, message=text)  # same occurrence, new detail
 

@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from barrier.messages import BarrierAck
 from lane import health
+from lane.core.road import entry_camera
 from lane.health import Check
 from lane.metrics import LaneMetrics, Snapshot
 from lane.runner import BarrierPort
@@ -109,8 +110,8 @@ class LaneOps:
                 data_dir_writable=writable,
                 disk_free_bytes=free,
                 alarms=dict(d.runner.alarms),
-                camera_exhausted=d.source.exhausted,
                 camera_held=d.source.finite and not pipeline.started,
+                camera_closes=not entry_camera(d.runner.state),
             )
         )
 

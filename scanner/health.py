@@ -100,10 +100,12 @@ class BlackoutMonitor:
 
 
 def same_picture(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> bool:
-    """Two frames equal on every 16th row. A live sensor never gives that (its noise alone
-    changes pixels from frame to frame, and a compressed stream is encoded afresh at each
-    keyframe); a frozen camera (an encoder or a driver repeating its last picture) gives nothing
-    else. Whole rows, as they lie in memory: a column sample costs ten times as much."""
+    """Two frames equal on every 16th row. A live sensor's noise alone changes pixels from
+    frame to frame, but a stream with a long group of pictures and strong noise reduction may
+    repeat a static scene's picture until something moves; a frozen camera (an encoder or a
+    driver repeating its last picture) gives nothing else: lane.core.frozen tells them apart by
+    the vehicles that must move in view. Whole rows, as they lie in memory: a column sample
+    costs ten times as much."""
     return a.shape == b.shape and bool(np.array_equal(a[::16], b[::16]))
 
 
@@ -111,27 +113,23 @@ class StallWatch:
     """The scanner's threads judged from outside them, from its counters (time is a parameter).
 
     A capture thread stuck inside a driver call (a hung USB camera, a read with no timeout)
-    yields nothing at all, so its source never reports a blackout; a frozen camera delivers
-    the same picture over and over, which the change gate lets pass as an empty view; decode
-    workers stuck in a decoder, or failing on every frame, read nothing while frames keep
-    arriving. Either way the lane is blind and nothing else says so. `observe` is called every
-    second or so with the pipeline's counters; it returns the alarm text while one of them
-    holds, else None.
+    yields nothing at all, so its source never reports a blackout; decode workers stuck in a
+    decoder, or failing on every frame, read nothing while frames keep arriving. Either way the
+    lane is blind and nothing else says so. `observe` is called every second or so with the
+    pipeline's counters; it returns the alarm text while one of them holds, else None. (A
+    frozen picture is judged by the vehicles the camera must see: lane.core.frozen.)
     """
 
     def __init__(self, after_s: float, now: float) -> None:
         self.after_s = after_s
         self._frames = -1
         self._frame_at = now
-        self._fresh = -1
-        self._fresh_at = now
         self._processed = -1
         self._unserved_since: float | None = None  # frames came, none processed since then
 
-    def observe(self, now: float, frames_in: int, processed: int, fresh: int) -> str | None:
+    def observe(self, now: float, frames_in: int, processed: int) -> str | None:
         """`processed`: frames a decode worker finished with (decoded or let pass by the change
-        gate; a decoder error is not one); `fresh`: frames seen to differ from the one looked at
-        before (ScanStats.fresh: one frame a second is compared)."""
+        gate; a decoder error is not one)."""
         served = processed != self._processed
         if served:
             self._processed = processed
@@ -140,12 +138,8 @@ class StallWatch:
             self._frames, self._frame_at = frames_in, now
             if not served and self._unserved_since is None:
                 self._unserved_since = now
-        if fresh != self._fresh:
-            self._fresh, self._fresh_at = fresh, now
         if now - self._frame_at >= self.after_s:
             return f"capture stalled: no frame for over {self.after_s:g} s"
-        if now - self._fresh_at >= self.after_s:
-            return f"camera frozen: the same picture for over {self.after_s:g} s"
         if self._unserved_since is not None and now - self._unserved_since >= self.after_s:
             return f"decoding stalled: frames arrive, none decoded for over {self.after_s:g} s"
         return None

@@ -62,7 +62,7 @@ class ScanResult:
 class ScanStats:
     frames_in: int  # frames the source delivered
     # Frames seen to differ from the one looked at before: the first, then of one frame a
-    # FRESH_CHECK_S (a frozen camera's never do: scanner.health.StallWatch).
+    # FRESH_CHECK_S (a frozen camera's never do: lane.core.frozen).
     fresh: int
     decoded: int  # frames a worker decoded
     skipped: int  # frames the change gate let pass undecoded (the same view, nothing in it)
@@ -77,6 +77,10 @@ class ScanStats:
     # Codes known as printed at the booth now: listed (`static_codes`) and learned by the
     # change gate. Read, they are ignored (nobody's try): the operator's to see.
     static_known: int = 0
+    # When (the source's clock) the newest frame looked at was taken, and the newest one seen
+    # to differ from the look before it (None: none yet): lane.core.frozen judges them.
+    looked_ts: float | None = None
+    changed_ts: float | None = None
 
 
 class LatestFrame(NamedTuple):
@@ -149,10 +153,11 @@ class _FreshLooks:
         self._clock = clock
         self._looked: tuple[float, Image] | None = None  # when, and the frame looked at
 
-    def fresh(self, image: Image) -> bool:
+    def fresh(self, image: Image) -> bool | None:
+        """None: not looked at (the last look is too recent); else whether it changed."""
         now = self._clock()
         if self._looked is not None and 0.0 <= now - self._looked[0] < FRESH_CHECK_S:
-            return False
+            return None
         before, self._looked = self._looked, (now, image)
         return before is None or not same_picture(before[1], image)
 
@@ -202,6 +207,8 @@ class ScanPipeline:
         self._decode_ms: deque[float] = deque(maxlen=500)
         self._source_ended = False
         self._newest_ts = -math.inf  # the newest frame the source gave (forget_seen)
+        self._looked_ts: float | None = None
+        self._changed_ts: float | None = None
         self._latest: tuple[Frame, tuple[Polygon, ...]] | None = None
         # The last frame a code was found in, and when (self._clock) it was decoded.
         self._last_read: tuple[Frame, tuple[Polygon, ...], float] | None = None
@@ -282,6 +289,7 @@ class ScanPipeline:
             c = dict(self._counts)
             samples = sorted(self._decode_ms)
             ended = self._source_ended
+            looked, changed = self._looked_ts, self._changed_ts
         learned = frozenset() if self._frame_gate is None else self._frame_gate.known_texts()
         return ScanStats(
             frames_in=c["frames_in"],
@@ -297,6 +305,8 @@ class ScanPipeline:
             decode_ms_p50=_percentile(samples, 0.50),
             decode_ms_p95=_percentile(samples, 0.95),
             static_known=len(self.static_codes | learned),
+            looked_ts=looked,
+            changed_ts=changed,
         )
 
     def latest_frame(
@@ -367,11 +377,11 @@ class ScanPipeline:
     def _event(self, kind: EventKind, detail: str) -> SourceEvent:
         return SourceEvent(kind, self.source.name, self._clock(), detail)
 
-    def _hand_over(self, frame: Frame, fresh: bool) -> None:
+    def _hand_over(self, frame: Frame, fresh: bool | None) -> None:
         """On the capture thread: the change gate's verdict, then the frame to the workers
         unless the gate lets it pass (the same view as its reference). A frame let pass wakes
         no worker and never replaces a frame waiting for one (a phone's, say). `fresh`: not the
-        picture the camera's last look saw (a frozen camera repeats it)."""
+        picture the camera's last look saw (a frozen camera repeats it); None: not looked at."""
         with self._lock:  # before any worker may have it: forget_seen's cut includes it
             self._newest_ts = max(self._newest_ts, frame.ts)
         job = _Job(frame, None, None, 0.0)
@@ -393,7 +403,11 @@ class ScanPipeline:
             replaced = self._slot.put(job)
         with self._lock:
             self._counts["frames_in"] += 1
-            self._counts["fresh"] += int(fresh)
+            if fresh is not None:
+                self._looked_ts = frame.ts
+                if fresh:
+                    self._counts["fresh"] += 1
+                    self._changed_ts = frame.ts
             self._counts["dropped"] += int(replaced)
             self._counts["skipped"] += int(skipped)
             self._counts["errors"] += int(error)

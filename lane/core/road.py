@@ -33,7 +33,7 @@ from lane.core.actions import (
     RaiseAlarm,
     ShowOnDisplay,
 )
-from lane.core.alarms import clear_notice, fault_message, tell_notice
+from lane.core.alarms import clear_notice, tell_notice
 from lane.core.display import ASSISTANCE, LANE_CLOSED, class_waits
 from lane.core.names import Alarm, AuthResult, Method, PayloadKind, RecordKind, TripSource
 from lane.core.notes import (
@@ -175,13 +175,21 @@ def entry_camera(state: LaneState) -> bool:
     return state.rules.mode is LaneMode.TOLL_ENTRY
 
 
+# What a dark camera leaves an entry lane, before the cause: first, so a long cause cut short
+# on the console (256 characters) never hides that the lane works.
+ENTRY_CAMERA_DARK = (
+    "camera reads no codes (this entry lane takes none and still issues tickets;"
+    " plates come from its plate reader, not this camera)"
+)
+
+
 def on_entry_camera(state: LaneState, event: ev.CameraSees) -> Result:
     """`camera_blackout` at an entry lane: the alarm tells it (an operator still fixes the
     camera), the lane goes on issuing passes."""
     if event.seeing:
         return clear_notice(state, Alarm.CAMERA_BLACKOUT)
     # Told again whenever its cause changes (the shell says it once per change).
-    text = fault_message(Alarm.CAMERA_BLACKOUT, event.detail)
+    text = f"{ENTRY_CAMERA_DARK}: {event.detail}" if event.detail else ENTRY_CAMERA_DARK
     return tell_notice(state, Alarm.CAMERA_BLACKOUT, text)
 
 

@@ -471,7 +471,11 @@ def test_an_entry_lane_whose_camera_reads_nothing_goes_on_issuing_passes() -> No
     is not closed, the next vehicle gets its pass; the alarm clears once the camera sees."""
     lane = LaneDriver(ENTRY)
     dark = lane.feed(ev.CameraSees(False, "camera lost: stream stopped delivering frames"))
-    text = "camera reads no codes: camera lost: stream stopped delivering frames"
+    text = (
+        "camera reads no codes (this entry lane takes none and still issues tickets; plates"
+        " come from its plate reader, not this camera): camera lost: stream stopped delivering"
+        " frames"
+    )
     assert dark == [RaiseAlarm(Alarm.CAMERA_BLACKOUT, text)]
     assert lane.state.accepting_payments and not lane.state.faults
     assert "Please take your ticket" in displayed(lane.arrive("v1"))

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lane.alarm_severity import SEVERITY, Severity, severity_of, worst
+from lane.alarm_severity import AT_ENTRY_LANE, SEVERITY, Severity, severity_of, worst
 from lane.auth.peers import KEY_MISSING_ALARM, REFUSED_ALARM, UNSIGNED_ALARM
 from lane.auth.resolver import (
     REFUND_ALARM,
@@ -77,7 +77,7 @@ def documented_severities(
 
 
 @pytest.mark.parametrize(
-    ("doc", "header", "code_cell", "severity_cell"),
+    ("doc", "header", "code_cell", "severity_cell", "per_lane"),
     [
         (
             "operations.md",
@@ -85,15 +85,25 @@ def documented_severities(
             " | the operator should |",
             0,
             2,
+            True,
         ),
-        ("console.md", "| severity | alarms |", 1, 0),
+        ("console.md", "| severity | alarms |", 1, 0, False),
     ],
 )
 def test_the_docs_give_every_alarm_the_severity_the_lane_gives_it(
-    doc: str, header: str, code_cell: int, severity_cell: int
+    doc: str, header: str, code_cell: int, severity_cell: int, per_lane: bool
 ) -> None:
+    """`per_lane`: the table gives an entry lane's severity too, where it differs."""
     said = documented_severities(doc, header, code_cell, severity_cell)
-    assert said == {code: str(severity) for code, severity in SEVERITY.items()}
+    expected = {code: str(severity) for code, severity in SEVERITY.items()}
+    if per_lane:
+        for code, severity in AT_ENTRY_LANE.items():
+            expected[code] += f"; {severity} at an entry lane"
+    assert said == expected
+    if not per_lane:  # said below the table
+        text = (DOCS / doc).read_text()
+        for code, severity in AT_ENTRY_LANE.items():
+            assert f"`{code}` is `{severity}` at a closed road's entry lane" in text
 
 
 @pytest.mark.parametrize(
@@ -108,6 +118,26 @@ def test_the_docs_give_every_alarm_the_severity_the_lane_gives_it(
 )
 def test_the_worst_severity_colours_the_tile(codes: list[str], expected: Severity | None) -> None:
     assert worst([severity_of(c) for c in codes]) == expected
+
+
+@pytest.mark.parametrize(
+    ("code", "entry_lane", "expected"),
+    [
+        ("camera_blackout", False, Severity.CRITICAL),  # closes the lane to payments
+        ("camera_blackout", True, Severity.MINOR),  # an entry lane goes on issuing tickets
+        ("barrier_offline", True, Severity.CRITICAL),  # the entry lane's barrier all the same
+        ("printer_paper_out", True, Severity.MAJOR),
+        ("keyset_stale", True, Severity.MINOR),
+        ("something_new", True, Severity.MAJOR),
+    ],
+)
+def test_an_entry_lane_s_dark_camera_is_a_warning_and_the_rest_as_anywhere(
+    code: str, entry_lane: bool, expected: Severity
+) -> None:
+    assert severity_of(code, entry_lane=entry_lane) is expected
+    book = AlarmBook(entry_lane=entry_lane)
+    book.raised(code, "text", 100)
+    assert [e.severity for e in book.entries()] == [expected]
 
 
 def test_an_alarm_occurrence_keeps_its_since_and_its_acknowledgement() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import cv2
 import numpy as np
 import pytest
@@ -43,6 +44,7 @@ from lane.auth.keys import KeySet, keyset_to_json, load_keyset
 from lane.auth.passes import EntryPass, pass_key
 from lane.auth.plate_binding import BindingKind, PlateBinding, decode_binding, encode_binding
 from lane.config import parse_config
+from lane.core.road import ENTRY_CAMERA_DARK
 from lane.daemon import LaneDaemon, build
 from lane.runner import Clocks
 from lane.transport.mqtt import MqttLink
@@ -52,6 +54,7 @@ from scanner.decoders import ZxingDecoder
 from scanner.sources import PushSource
 from sim.acquirer import AcquirerServer
 from sim.broker import Mosquitto
+from sim.camera import frame_for
 from sim.codes import CodeFactory
 from uplink.ingest import Ingest
 from uplink.sqlite_store import SqliteIngestStore
@@ -103,9 +106,11 @@ class Road:
         mode: str,
         rules: dict[str, Any] | None = None,
         clocks: Clocks | None = None,
+        source: PushSource | None = None,
         **sections: Any,
     ) -> RoadLane:
-        """`rules`: extra [lane] keys; `clocks`: the daemon's (default the real ones)."""
+        """`rules`: extra [lane] keys; `clocks`: the daemon's (default the real ones);
+        `source`: its camera (an idle one by default)."""
         data = self.tmp / lane_id.replace("/", "_")
         # Every lane holds the road's key set and signs with its own key (lane.auth.peers).
         auth = {"keyset": str(self.keyset), **self.codes.lane_auth(self.tmp, lane_id)}
@@ -119,7 +124,7 @@ class Road:
             }
         )
         device = DeviceEmulator(lane_id, self.broker.host, self.broker.port, Timings().scaled(20))
-        source = idle_camera()
+        source = source or idle_camera()
         daemon = await build(config, source=source, shutdown_grace_s=2.0, clocks=clocks)
         lane = RoadLane(daemon, device, source)
         daemon.runner.observers.append(lambda note: lane.notes.append((note.name, note.fields())))
@@ -146,11 +151,13 @@ class Road:
         name: str = "P01/e",
         clocks: Clocks | None = None,
         printer_clock: Callable[[], float] = time.time,
+        **sections: Any,
     ) -> tuple[RoadLane, PrinterEmulator]:
+        """`sections`: `source`, or extra config sections (`metrics`)."""
         lane_id = self.lane_id(name)
         printer = self.printer(lane_id, printer_clock)
         road = {"pass_key": str(self.pass_key), "pass_kid": "pass-P01", "print_retry_s": 1.0}
-        lane = await self.lane(lane_id, "toll-entry", clocks=clocks, road=road)
+        lane = await self.lane(lane_id, "toll-entry", clocks=clocks, road=road, **sections)
         await eventually(lambda: lane.daemon.road.tickets and lane.daemon.road.tickets.state)
         return lane, printer
 
@@ -173,8 +180,9 @@ class Road:
         name: str = "P03/x",
         rules: dict[str, Any] | None = None,
         auth: dict[str, Any] | None = None,
+        **sections: Any,
     ) -> RoadLane:
-        """`auth`: extra [auth] keys."""
+        """`auth`: extra [auth] keys; `sections`: `source`, or extra config sections."""
         acquirer = AcquirerServer()
         url = await acquirer.start()
         self.stack.push_async_callback(acquirer.stop)
@@ -184,6 +192,7 @@ class Road:
             rules,
             auth={"acquirer_url": url, "keyset": str(self.keyset), **(auth or {})},
             fares={"tariff": str(ROAD)},
+            **sections,
         )
 
     async def publish(self, topic: str, payload: bytes) -> None:
@@ -937,3 +946,42 @@ async def test_an_exit_lane_restarted_still_refuses_a_plates_emptied_binding_rep
     assert set(refused()) == {"plate binding older than the plate's: refused"}
     assert plate not in restarted.bound
     await road.publish(topic, b"")  # leave the broker no binding (the lanes refuse a delete)
+
+
+async def test_a_dark_camera_is_a_warning_at_the_entry_lane_and_closes_the_exit_lane(
+    road: Road,
+) -> None:
+    """The entry lane takes no codes: its dark camera is a minor alarm saying the lane still
+    issues tickets, and it stays ready (/readyz 200). The exit lane's closes it to payments: a
+    critical alarm, /readyz 503. Both clear by themselves once the cameras see again."""
+    metrics = {"host": "127.0.0.1", "port": 0}
+    entry, printer = await road.entry_lane(source=PushSource(blackout_after_s=0.5), metrics=metrics)
+    exit_lane = await road.exit_lane(source=PushSource(blackout_after_s=0.5), metrics=metrics)
+    black = np.zeros((720, 1280, 3), np.uint8)  # a covered lens
+    lanes = ((entry, "minor", 200), (exit_lane, "critical", 503))
+
+    def dark(lane: RoadLane) -> bool:
+        return "camera_blackout" in lane.daemon.runner.alarms
+
+    def put(picture: np.ndarray) -> None:
+        for lane, _, _ in lanes:
+            lane.source.put(picture)
+
+    await eventually(lambda: all(dark(lane) for lane, _, _ in lanes), between=lambda: put(black))
+    async with aiohttp.ClientSession() as http:
+        for lane, severity, status in lanes:
+            alarms = [a for a in lane.daemon.health.message().alarms if a.active]
+            assert [(a.code, a.severity) for a in alarms] == [("camera_blackout", severity)]
+            address = lane.daemon.ops.address
+            assert address is not None
+            async with http.get(f"http://127.0.0.1:{address[1]}/readyz") as resp:
+                assert resp.status == status, await resp.text()
+    said = entry.daemon.runner.alarms["camera_blackout"]
+    assert said.startswith(ENTRY_CAMERA_DARK + ": camera blackout: black frames")
+    assert entry.daemon.runner.state.accepting_payments
+    assert not exit_lane.daemon.runner.state.accepting_payments
+    # The entry lane goes on issuing tickets meanwhile.
+    await enter(entry, printer, 1)
+    lit = frame_for(None, "clear", rng=1)
+    await eventually(lambda: not any(dark(lane) for lane, _, _ in lanes), between=lambda: put(lit))
+    assert exit_lane.daemon.runner.state.accepting_payments

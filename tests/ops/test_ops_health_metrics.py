@@ -67,6 +67,14 @@ def test_all_usable_is_ready() -> None:
             "camera",
             "no frames",
         ),
+        (
+            {
+                "camera_running": False,  # a demo source read to its end says so in its alarm
+                "alarms": {"camera_blackout": "camera reads no codes: camera source ended: ..."},
+            },
+            "camera",
+            "camera source ended",
+        ),
         ({"broker_connected": False}, "broker", "not connected"),
         ({"barrier_state": "unknown"}, "barrier", "no state reported yet"),
         ({"barrier_state": "offline"}, "barrier", "device is offline"),
@@ -86,6 +94,20 @@ def test_each_unusable_part_fails_its_own_check(
     bad = failing(dataclasses.replace(GOOD, **change))
     assert list(bad) == [check]
     assert detail in bad[check]
+
+
+@pytest.mark.parametrize(
+    ("closes", "ready"),
+    [(True, False), (False, True)],  # a lane that takes codes; a closed road's entry lane
+)
+def test_a_dark_camera_fails_readiness_only_where_it_closes_the_lane(
+    closes: bool, ready: bool
+) -> None:
+    text = "camera reads no codes: camera blackout: no frames for 2.0 s"
+    facts = dataclasses.replace(GOOD, alarms={"camera_blackout": text}, camera_closes=closes)
+    camera = {c.name: c for c in health.readiness(facts)}["camera"]
+    assert (camera.ok, camera.detail) == (ready, text)  # said either way
+    assert health.all_ok(health.readiness(facts)) is ready
 
 
 def test_liveness() -> None:

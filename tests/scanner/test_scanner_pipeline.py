@@ -237,7 +237,7 @@ async def test_frames_that_repeat_the_one_before_are_not_fresh() -> None:
         for _ in range(n):
             taken = p.stats().frames_in
             clock[0] += every_s
-            source.put(make())
+            source.put(make(), clock[0])
             await eventually(lambda taken=taken: p.stats().frames_in > taken)
 
     def noisy() -> Image:
@@ -249,10 +249,13 @@ async def test_frames_that_repeat_the_one_before_are_not_fresh() -> None:
     async with pipeline as p:
         await frames(frozen.copy, 6, FRESH_CHECK_S)
         assert p.stats().fresh == 1  # the first frame only: the others repeat it
+        # When the newest frame looked at was taken, and the newest one that differed.
+        assert (p.stats().looked_ts, p.stats().changed_ts) == (6.0, 1.0)
         await frames(noisy, 5, FRESH_CHECK_S)
         assert p.stats().fresh == 1 + 5  # each looked at, each a new picture
         await frames(noisy, 6, FRESH_CHECK_S / 4)
         assert p.stats().fresh == 1 + 5 + 1  # one look in that second and a half
+        assert (p.stats().looked_ts, p.stats().changed_ts) == (12.0, 12.0)  # not 12.5's frame
 
 
 async def test_a_live_camera_that_repeats_frames_between_changes_stays_fresh() -> None:
