@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,7 @@ UPGRADE = (
 )
 WAITS = "ingest store waits for another process's upgrade"
 OVER = "ingest store upgrade over"
+POLL_S = 0.005  # between two looks at the upgrader's lock
 
 
 def old_store(path: Path, rows: int) -> Path:
@@ -77,6 +79,7 @@ def upgrade_stopped_midway(path: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         while not write_lock_held(path):
             assert proc.poll() is None, f"the upgrade ended ({proc.returncode}) before it was seen"
+            time.sleep(POLL_S)
         proc.send_signal(signal.SIGSTOP)
         assert version(path) == 2 and write_lock_held(path), "not stopped in its migration"
         yield proc
@@ -108,10 +111,10 @@ async def test_a_worker_waits_for_another_process_s_upgrade_then_starts(
             assert "another process holds the write lock" in str(said["error"])
             if ends == "over":
                 upgrader.send_signal(signal.SIGCONT)
-                assert upgrader.wait(60) == 0
+                assert await asyncio.to_thread(upgrader.wait, 60) == 0
             else:  # SQLite's lock goes with the process: the worker upgrades the file itself
                 upgrader.kill()
-                upgrader.wait(30)
+                await asyncio.to_thread(upgrader.wait, 30)
                 assert version(db) == 2
         await eventually(lambda: lines.named("ingest started"), within=60, what="started")
         assert version(db) == SCHEMA_VERSION
@@ -130,6 +133,23 @@ async def test_a_worker_waits_for_another_process_s_upgrade_then_starts(
         await side.stop()
         if lines is not None and lines.proc.returncode is None:
             await lines.stop()
+
+
+async def test_a_worker_waiting_for_another_process_s_upgrade_stops_at_sigterm(
+    mosquitto: Mosquitto, lane_id: str, tmp_path: Path
+) -> None:
+    """Stopped while it waits, the worker ends (0) within its opening's wait, having opened
+    nothing: the upgrade is the other process's to finish."""
+    db = old_store(tmp_path / "ingest.sqlite", ROWS)
+    with upgrade_stopped_midway(db):
+        lines = Lines(await ingest_process(mosquitto, worker_name(lane_id), "--db", str(db)))
+        try:
+            await eventually(lambda: lines.named(WAITS), within=20, what=WAITS)
+        finally:
+            await lines.stop()  # SIGTERM, its end awaited 10 s at most
+        assert lines.proc.returncode == 0, lines.err.decode()
+        assert not lines.named("ingest started") and not lines.named(OVER)
+        assert version(db) == 2
 
 
 async def test_the_wait_is_said_again_at_most_once_a_minute(
