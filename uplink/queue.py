@@ -305,7 +305,8 @@ class RecordQueue:
 
     def _create(self, migrations: Mapping[int, Migration]) -> None:
         wal = self.path.with_name(self.path.name + "-wal")
-        if wal.exists() and wal.stat().st_size > 0:
+        # A creator that won the race since `__init__` looked has its queue there, and its WAL.
+        if wal.exists() and wal.stat().st_size > 0 and not self.path.exists():
             raise QueueCorrupt(self.path, f"queue file missing but {wal.name} exists; not touched")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _drop_dead_inits(self.path)
