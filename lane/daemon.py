@@ -7,7 +7,8 @@ nothing patched afterwards; what it opened is closed again, in reverse, if a lat
 SIGTERM/SIGINT: no new vehicles, the vehicle in progress finishes (bounded by a grace period on
 the lane's clock), records are already durable, the retained status says offline, exit 0;
 `aclose()` then closes what `build` opened, in reverse; on a data directory that does not
-answer it gives up after STORES_CLOSE_S, says so, and `lane run` exits 3 at once.
+answer it gives up after STORES_CLOSE_S, says so, and `lane run` exits 3 at once. A stop while
+the lane starts (its check of the data directory, its stores' opening) is bounded the same way.
 """
 
 from __future__ import annotations
@@ -151,8 +152,22 @@ UPLINK_DOWN_AFTER_KEEPALIVES = 1.5
 # still waiting is said after STORES_SAY_AFTER_S.
 STORES_CLOSE_S = 5.0
 STORES_SAY_AFTER_S = 1.0
-# `lane run`'s exit when its stores did not close on a disk that does not answer.
+# `lane run`'s exit when its stores did not close on a disk that does not answer (or, stopped
+# while starting, its check of the data directory or its stores' opening did not end).
 EXIT_DISK_HUNG = 3
+# `lane run --help`'s epilog: what a supervisor (systemd's Restart=, an operator) reads of an
+# exit (docs/operations.md says each at length).
+EXIT_CODES = f"""exit codes:
+  0  stopped (SIGTERM, SIGINT), at any time: serving, or waiting at start for a full data
+     directory, the broker or the barrier
+  1  a task of the lane failed (logged as "lane task failed, stopping", with its traceback)
+  2  cannot start: bad arguments or config, a key, CA or store file it cannot use (said on
+     stderr)
+  {EXIT_DISK_HUNG}  stopped on a data directory that does not answer (a hung disk): the stores'
+     closing, or at start the data directory's check or the stores' opening, gave up after
+     {STORES_CLOSE_S:g} s (said on stderr); the process is reaped once the disk answers"""
+# What the start's check of the data directory waits for, in a stop's words.
+CHECKING = "the start's check of the data directory (its mkdir, free space and a probe write)"
 
 
 class Shutdown(Exception):  # noqa: N818 - a signal, not an error
@@ -160,8 +175,16 @@ class Shutdown(Exception):  # noqa: N818 - a signal, not an error
 
 
 class StoresHungError(Exception):
-    """Stopping, the stores did not close within STORES_CLOSE_S: the data directory does not
-    answer. What the lane says, in its text; the threads waiting on the disk are left to it."""
+    """Stopping, the stores did not close (or, starting, the data directory's check or the
+    stores' opening did not end) within STORES_CLOSE_S: the data directory does not answer.
+    What the lane says, in its text; the threads waiting on the disk are left to it."""
+
+
+@dataclass
+class Opening:
+    """What `build` waits for now: the words of a stop that gives up on it."""
+
+    now: str = "the lane's files and its replay, payments and taps stores' opening"
 
 
 @dataclass
@@ -496,12 +519,16 @@ async def build(
     source: FrameSource | None = None,
     clocks: Clocks | None = None,
     shutdown_grace_s: float = 10.0,
+    opening: Opening | None = None,
 ) -> LaneDaemon:
     """The lane, built: files read and stores opened off the loop, then every adapter.
-    `source` (a camera of the caller's) must stamp its frames on `clocks.monotonic`."""
+    `source` (a camera of the caller's) must stamp its frames on `clocks.monotonic`;
+    `opening` is kept told what the build waits for."""
     clocks = clocks or Clocks()
+    opening = opening or Opening()
     opened, closing = await asyncio.to_thread(open_files, config, source, clocks.monotonic)
     try:
+        opening.now = "the record queue's opening"
         # Opened on the thread that will own its connection for the lane's life.
         queue = await QueueThread.open(
             partial(
@@ -518,6 +545,7 @@ async def build(
         closing.close()
         raise
     try:
+        opening.now = "the record queue's owed passages"
         owed = await queue.owed()  # paid vehicles the lane stopped owing a passage
         return LaneDaemon(
             config,
@@ -1112,16 +1140,11 @@ class LaneDaemon:
         committed with an fsync before it counts); what waits cannot be written anyway."""
         await self.pipeline.aclose()
         closing = asyncio.ensure_future(self._close_stores())
-        await asyncio.wait([closing], timeout=STORES_SAY_AFTER_S)
-        extra = {"lane": self.lane, "path": str(self.config.lane.data_dir)}
-        if not closing.done():
-            waits = self._disk_waits()
-            log.warning("lane stopping: waiting for the data directory", extra={**extra, **waits})
-            await asyncio.wait([closing], timeout=STORES_CLOSE_S - STORES_SAY_AFTER_S)
-        if not closing.done():
+        if not await _given_the_disk(closing, self.config, self._disk_waits):
             closing.cancel()
             waits = self._disk_waits()
-            log.error("lane stopped with its stores open", extra={**extra, **waits})
+            extra = {"lane": self.lane, "path": str(self.config.lane.data_dir), **waits}
+            log.error("lane stopped with its stores open", extra=extra)
             raise StoresHungError(
                 f"{self.config.lane.data_dir} does not answer: stopped without closing the"
                 f" stores after {STORES_CLOSE_S:g} s, waiting for {waits['waiting']}; every record"
@@ -1386,6 +1409,32 @@ def _log_failure(task: asyncio.Future[None]) -> None:
         log.warning("event not published", extra={"error": str(task.exception())})
 
 
+async def _given_the_disk(
+    work: asyncio.Future[Any], config: LaneConfig, waits: Callable[[], dict[str, str]]
+) -> bool:
+    """Stopping, whether `work` on the data directory ends within STORES_CLOSE_S; past
+    STORES_SAY_AFTER_S the log says what it waits for (`waits`: its `waiting` words)."""
+    await asyncio.wait([work], timeout=STORES_SAY_AFTER_S)
+    if not work.done():
+        extra = {"lane": config.lane.id, "path": str(config.lane.data_dir), **waits()}
+        log.warning("lane stopping: waiting for the data directory", extra=extra)
+        await asyncio.wait([work], timeout=STORES_CLOSE_S - STORES_SAY_AFTER_S)
+    return work.done()
+
+
+def _stopped_starting(config: LaneConfig, waiting: str) -> StoresHungError:
+    """A stop that gave up on the start's wait for the data directory: logged, and the words
+    `lane run` says on its way out."""
+    data = config.lane.data_dir
+    extra = {"lane": config.lane.id, "path": str(data), "waiting": waiting}
+    log.error("lane stopped while starting", extra=extra)
+    return StoresHungError(
+        f"{data} does not answer: stopped while starting after {STORES_CLOSE_S:g} s, waiting"
+        f" for {waiting}; nothing was served; threads stuck in it hold the process until it"
+        " does"
+    )
+
+
 async def wait_for_data_dir(
     config: LaneConfig, stop: asyncio.Event, systemd: SystemdNotifier | None = None
 ) -> bool:
@@ -1394,7 +1443,8 @@ async def wait_for_data_dir(
     Says why on stderr, in the log and in systemd's status, once per distinct reason, and
     that it tries again. A hung disk (a frozen file system, a dead NFS server) answers the
     check with nothing at all: past `lane.disk_answer_s` that is said too, and the same check
-    is waited for (one thread stuck in the disk, not one more per try)."""
+    is waited for (one thread stuck in the disk, not one more per try). Stopped while the
+    check waits, it waits for it at most STORES_CLOSE_S, then raises StoresHungError."""
     data = config.lane.data_dir
     answer_s = config.lane.disk_answer_s
     said: str | None = None
@@ -1427,6 +1477,10 @@ async def wait_for_data_dir(
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(DATA_DIR_RETRY_S):
                         await stop.wait()
+        if check is not None and not await _given_the_disk(
+            check, config, lambda: {"waiting": CHECKING}
+        ):
+            raise _stopped_starting(config, CHECKING)
         return False
     finally:
         stopped.cancel()
@@ -1435,19 +1489,40 @@ async def wait_for_data_dir(
 
 
 async def build_saying_why(
-    config: LaneConfig, systemd: SystemdNotifier | None = None
-) -> LaneDaemon:
+    config: LaneConfig, stop: asyncio.Event, systemd: SystemdNotifier | None = None
+) -> LaneDaemon | None:
     """`build(config)`, saying past `lane.disk_answer_s` that the data directory does not
     answer, as the start's check says it: a disk may hang between that check and the stores'
-    opening, which waits for it (systemd's status said only "opening the stores")."""
-    building = asyncio.ensure_future(build(config))
-    answer_s = config.lane.disk_answer_s
-    await asyncio.wait([building], timeout=answer_s)
-    if building.done():
-        return building.result()
-    _cannot_start_yet(config, systemd, _not_answering(answer_s), "waiting for it")
-    daemon = await building
-    _usable(config)
+    opening, which waits for it (systemd's status said only "opening the stores"). None when
+    stopped first: what was opened is closed again. A stop while the opening waits on a hung
+    disk waits for it at most STORES_CLOSE_S, then raises StoresHungError (it used to go
+    unseen until the disk answered)."""
+    opening = Opening()
+    building = asyncio.ensure_future(build(config, opening=opening))
+    stopped = asyncio.ensure_future(stop.wait())
+    either: list[asyncio.Future[Any]] = [building, stopped]
+    said = False
+    try:
+        answer_s = config.lane.disk_answer_s
+        await asyncio.wait(either, timeout=answer_s, return_when=asyncio.FIRST_COMPLETED)
+        if not building.done() and not stop.is_set():
+            _cannot_start_yet(config, systemd, _not_answering(answer_s), "waiting for it")
+            said = True
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not building.done() and not await _given_the_disk(
+        building, config, lambda: {"waiting": opening.now}
+    ):
+        # Left to the disk, not cancelled: a cancelled build closes what it opened, on
+        # this loop, on that disk.
+        raise _stopped_starting(config, opening.now)
+    daemon = building.result()
+    if said:
+        _usable(config)
+    if stop.is_set():
+        await daemon.aclose()
+        return None
     return daemon
 
 
@@ -1497,7 +1572,12 @@ def run_with_uvloop(main: Callable[[], Any]) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lane run", description="Run the lane daemon.")
+    parser = argparse.ArgumentParser(
+        prog="lane run",
+        description="Run the lane daemon.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", type=Path, required=True, help="lane.toml")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -1587,16 +1667,28 @@ async def _say_stopping(stop: asyncio.Event, systemd: SystemdNotifier) -> None:
     systemd.stopping()
 
 
-async def _serve(config: LaneConfig, stop: asyncio.Event, systemd: SystemdNotifier) -> int:
+async def _start(
+    config: LaneConfig, stop: asyncio.Event, systemd: SystemdNotifier
+) -> LaneDaemon | None:
+    """The lane built once the data directory takes its stores; None when stopped first."""
     if not await wait_for_data_dir(config, stop, systemd):
-        return 0  # stopped while waiting: nothing was opened
+        return None
     systemd.status = partial(str, "opening the stores")
+    return await build_saying_why(config, stop, systemd)
+
+
+async def _serve(config: LaneConfig, stop: asyncio.Event, systemd: SystemdNotifier) -> int:
     try:
-        daemon = await build_saying_why(config, systemd)
+        daemon = await _start(config, stop, systemd)
     except STARTUP_ERRORS as exc:
         log.error("lane cannot start", extra={"lane": config.lane.id, "error": str(exc)})
         print(f"lane: cannot start: {exc}", file=sys.stderr)
         return 2
+    except StoresHungError as exc:
+        print(f"lane: {exc}", file=sys.stderr)
+        return EXIT_DISK_HUNG
+    if daemon is None:
+        return 0  # stopped while starting: nothing open
     systemd.status = lambda: readiness_status(daemon.ops.readiness())
     # From here on FFmpeg's and OpenCV's stderr lines become JSON events; the lane's own
     # words to the operator at start and exit (above) stay plain stderr.

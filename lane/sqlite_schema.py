@@ -40,6 +40,11 @@ def refuse_newer(conn: sqlite3.Connection, known: int, newer: Newer) -> int:
     return version
 
 
+def busy(exc: sqlite3.Error) -> bool:
+    """SQLite gave up waiting for a lock another connection holds (SQLITE_BUSY, by its code)."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+
+
 def use_wal(conn: sqlite3.Connection) -> str:
     """Switch the file to WAL; the journal mode it is in then. Two openers switching a new
     file (still in rollback mode) at once would each upgrade a read lock, which SQLite refuses
@@ -51,8 +56,7 @@ def use_wal(conn: sqlite3.Connection) -> str:
         try:
             return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
         except sqlite3.OperationalError as exc:
-            busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
-            if not busy or time.monotonic() >= deadline:
+            if not busy(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(WAL_RETRY_S)
 

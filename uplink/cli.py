@@ -23,8 +23,9 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -32,12 +33,18 @@ import uvloop
 
 from lane.core.backoff import Backoff
 from lane.log import setup_logging
+from lane.refusal_log import passed
 from lane.signals import stop_on_signals
 from lane.transport.mqtt import Credentials
 from uplink.ingest import Ingest
 from uplink.ingest_metrics import MetricsServer
 from uplink.sqlite_store import SqliteIngestStore
-from uplink.store import IngestStore, IngestStoreError, StoreUnavailableError
+from uplink.store import (
+    IngestStore,
+    IngestStoreError,
+    StoreUnavailableError,
+    StoreUpgradingError,
+)
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -45,6 +52,13 @@ if TYPE_CHECKING:
 T = TypeVar("T", bound="DataclassInstance")  # a reading command's answer, printed as JSON too
 
 log = logging.getLogger("lane.uplink.cli")
+
+# A worker's opening of its SQLite store waits this long for another process's upgrade of the
+# file (its write lock), then, unless stopped, opens it again: a stop is seen within it, and the
+# worker starts once the upgrade is over, however long it takes (it used to give up after
+# SQLite's 30 s busy wait and exit 1). Its log line says it again at most this often.
+UPGRADE_WAIT_S = 1.0
+UPGRADE_SAY_EVERY_S = 60.0
 
 PASSWORD_ENV = "LANE_INGEST_PASSWORD"
 
@@ -108,7 +122,9 @@ def store_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lock-timeout", type=positive, default=5.0, help=argparse.SUPPRESS)
 
 
-def open_store(args: argparse.Namespace) -> IngestStore:
+def open_store(args: argparse.Namespace, upgrade_wait_s: float | None = None) -> IngestStore:
+    """`upgrade_wait_s`: how long a SQLite store's opening waits for another process's upgrade
+    (uplink.sqlite_store), SQLite's busy wait unless set."""
     if args.dsn:
         # psycopg is imported only when PostgreSQL is used: it is the optional [pg] extra.
         try:
@@ -125,7 +141,7 @@ def open_store(args: argparse.Namespace) -> IngestStore:
             args.dsn, schema=args.schema, lock_timeout_s=args.lock_timeout
         )
         return store
-    return SqliteIngestStore(args.db)
+    return SqliteIngestStore(args.db, upgrade_wait_s=upgrade_wait_s)
 
 
 def answer_from_store(  # noqa: PLR0917 - what each reading command differs in
@@ -197,24 +213,63 @@ def report(store: IngestStore) -> None:
 
 
 async def connect_store(
-    args: argparse.Namespace, stop: asyncio.Event, backoff_min: float = 0.5
+    args: argparse.Namespace,
+    stop: asyncio.Event,
+    backoff_min: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
 ) -> IngestStore | None:
-    """Open the store, retrying while the database refuses connections; None once stopped."""
+    """Open the store, retrying while the database refuses connections, and while another
+    process upgrades the SQLite file (said once, then again at most every UPGRADE_SAY_EVERY_S
+    on `clock`); None once stopped."""
     backoff = Backoff(backoff_min, args.retry_max)
     attempt = 0
+    upgrade = UpgradeWait(clock)
     while not stop.is_set():
-        attempt += 1
-        delay = backoff.delay(attempt)
         try:
-            return await asyncio.to_thread(open_store, args)
+            store = await asyncio.to_thread(open_store, args, UPGRADE_WAIT_S)
+        except StoreUpgradingError as exc:
+            upgrade.still(exc, args.db)
+            continue  # the opening itself waited UPGRADE_WAIT_S
         except StoreUnavailableError as exc:
+            attempt += 1
+            delay = backoff.delay(attempt)
             log.warning(
                 "ingest store unavailable",
                 extra={"attempt": attempt, "error": str(exc).strip(), "retry_s": delay},
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            continue
+        upgrade.over(args.db)
+        return store
     return None
+
+
+@dataclass
+class UpgradeWait:
+    """A worker's wait for another process's upgrade of the SQLite store, in its log lines:
+    the first try that meets it says so, the next ones only once UPGRADE_SAY_EVERY_S passed,
+    the opening once it is over (an upgrade of a large store takes minutes)."""
+
+    clock: Callable[[], float]
+    since: float | None = None
+    said_at: float = 0.0
+
+    def still(self, exc: StoreUpgradingError, path: str) -> None:
+        now = self.clock()
+        if self.since is not None and not passed(self.said_at, now, UPGRADE_SAY_EVERY_S):
+            return
+        self.since = now if self.since is None else self.since
+        self.said_at = now
+        log.warning(
+            "ingest store waits for another process's upgrade",
+            extra={"path": path, "waited_s": round(now - self.since), "error": str(exc)},
+        )
+
+    def over(self, path: str) -> None:
+        if self.since is not None:
+            waited = round(self.clock() - self.since)
+            log.info("ingest store upgrade over", extra={"path": path, "waited_s": waited})
 
 
 async def serve(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lane import sqlite_schema
+from lane.durable import sync_dir
 from lane.sqlite_schema import Migration, Newer, chain
 from lane.wire.codec import PayloadError
 from lane.wire.ids import new_id, uuid7
@@ -38,6 +40,8 @@ from uplink.records import Record, RecordDraft
 log = logging.getLogger("lane.uplink.queue")
 
 SCHEMA_VERSION = 1
+# A queue being created is built as `<name>.init.<pid>.<random>` and linked into place.
+INIT_INFIX = ".init."
 # Bytes a row costs beyond its blob (rowid, ts, record id, cell header); used for the bound check.
 ROW_OVERHEAD = 80
 # What `writable()` commits (and removes again): room for dozens of records, so a disk that
@@ -191,6 +195,25 @@ def migrate(db: sqlite3.Connection, path: Path, steps: Mapping[int, Migration] =
     return target
 
 
+def _drop_dead_inits(path: Path) -> None:
+    """Remove the files a creation of the queue at `path` left when its process died (a
+    crash, a power cut): they never held records. One of a live process is its own to finish."""
+    for leftover in path.parent.glob(f"{path.name}{INIT_INFIX}*"):
+        pid = leftover.name.removeprefix(path.name + INIT_INFIX).split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def _too_new(path: Path, known: int) -> Newer:
     return lambda version: QueueError(
         path, f"schema version {version} is newer than this software ({known}); not touched"
@@ -282,30 +305,43 @@ class RecordQueue:
 
     def _create(self, migrations: Mapping[int, Migration]) -> None:
         wal = self.path.with_name(self.path.name + "-wal")
-        if wal.exists() and wal.stat().st_size > 0:
+        # A creator that won the race since `__init__` looked has its queue there, and its WAL.
+        if wal.exists() and wal.stat().st_size > 0 and not self.path.exists():
             raise QueueCorrupt(self.path, f"queue file missing but {wal.name} exists; not touched")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".init")
-        tmp.unlink(missing_ok=True)  # left by a crash during creation: it never held records
-        db = sqlite3.connect(tmp, isolation_level=None)
+        _drop_dead_inits(self.path)
+        # A name of this process and attempt: two processes creating the queue at once (a
+        # lane restarted while the old one still runs, `lane refunds` at a first start) each
+        # build their own file, where one shared name had one unlink the other's half-built.
+        tmp = self.path.with_name(
+            f"{self.path.name}{INIT_INFIX}{os.getpid()}.{secrets.token_hex(4)}"
+        )
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            migrate(db, tmp, migrations)
-            db.execute("INSERT INTO meta VALUES ('lane', ?)", (self.lane,))
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                migrate(db, tmp, migrations)
+                db.execute("INSERT INTO meta VALUES ('lane', ?)", (self.lane,))
+            finally:
+                db.close()  # checkpoints and removes the -wal file
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # A link, not a rename: it never replaces a queue another creator put there first,
+            # which may hold records already (a rename would drop them with their file).
+            os.link(tmp, self.path)
+        except FileExistsError:
+            log.info(
+                "queue created by another process",
+                extra={"path": str(self.path), "lane": self.lane},
+            )
+            return
         finally:
-            db.close()  # checkpoints and removes the -wal file
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            tmp.unlink(missing_ok=True)
+        sync_dir(self.path.parent)
         log.info("queue created", extra={"path": str(self.path), "lane": self.lane})
 
     def _check_file(self) -> None:

@@ -35,7 +35,12 @@ from uplink.sql_store import (
     SqlIngestStore,
     UpgradeJob,
 )
-from uplink.store import IngestStoreError, SchemaNewerError, StoreBusyError
+from uplink.store import (
+    IngestStoreError,
+    SchemaNewerError,
+    StoreBusyError,
+    StoreUpgradingError,
+)
 
 log = logging.getLogger("lane.uplink.sqlite_store")
 
@@ -127,7 +132,12 @@ MIGRATIONS: dict[int, tuple[tuple[str, ...], tuple[UpgradeJob, ...]]] = {
 
 
 class SqliteIngestStore(SqlIngestStore):
-    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+    """`upgrade_wait_s`: how long the opening waits for another process's upgrade of the file
+    (the write lock it holds) before it raises StoreUpgradingError; `busy_timeout_s` unless set."""
+
+    def __init__(
+        self, path: Path, busy_timeout_s: float = 30.0, upgrade_wait_s: float | None = None
+    ) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
@@ -141,12 +151,27 @@ class SqliteIngestStore(SqlIngestStore):
             sqlite_schema.refuse_newer(self._db, SCHEMA_VERSION, self._too_new)
             sqlite_schema.use_wal(self._db)
             self._db.execute("PRAGMA synchronous=FULL")
-            sqlite_schema.migrate(self._db, SCHEMA_VERSION, self._upgrade, self._too_new)
+            self._migrate(busy_timeout_s if upgrade_wait_s is None else upgrade_wait_s)
+            self._db.execute(f"PRAGMA busy_timeout = {round(busy_timeout_s * 1000)}")
         except sqlite3.Error as exc:
             self._db.close()
             raise IngestStoreError(f"{self.path}: {exc}") from exc
         except IngestStoreError:
             self._db.close()
+            raise
+
+    def _migrate(self, wait_s: float) -> None:
+        self._db.execute(f"PRAGMA busy_timeout = {round(wait_s * 1000)}")
+        try:
+            sqlite_schema.migrate(self._db, SCHEMA_VERSION, self._upgrade, self._too_new)
+        except sqlite3.OperationalError as exc:
+            # A file behind takes the write lock to be upgraded (a current one needs none):
+            # who holds it past the wait is upgrading it, for as long as that takes.
+            if sqlite_schema.busy(exc):
+                raise StoreUpgradingError(
+                    f"{self.path}: another process holds the write lock, upgrading the store"
+                    f" (waited {wait_s:g} s): {exc}"
+                ) from exc
             raise
 
     def _too_new(self, version: int) -> SchemaNewerError:

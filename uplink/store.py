@@ -41,6 +41,12 @@ class SchemaNewerError(IngestStoreError):
     (its rows would miss what the upgrade did to the others) and takes no more batches."""
 
 
+class StoreUpgradingError(IngestStoreError):
+    """Opening an old SQLite store, another process held its write lock past the wait: its
+    upgrade of the store (which holds it for the whole migration). Open it again: the upgrade
+    ends, or its process dies and the lock goes with it."""
+
+
 class StoreBusyError(IngestStoreError):
     """A lock or statement timeout: another transaction held what the batch needs. Retry."""
 

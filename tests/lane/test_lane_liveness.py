@@ -381,14 +381,30 @@ async def test_a_disk_that_hangs_as_the_stores_open_is_said_as_the_start_s_check
     stop = asyncio.Event()
     assert await wait_for_data_dir(config, stop, systemd) is True  # the check answers
     with frozen(ext4_fs):
-        building = asyncio.create_task(build_saying_why(config, systemd))
+        building = asyncio.create_task(build_saying_why(config, stop, systemd))
         await eventually(lambda: "does not answer" in systemd.status(), within=10)
         said = f"cannot start yet: {ext4_fs}: does not answer: nothing back from it for 1 s"
         assert systemd.status().startswith(said)
         assert f"lane: {said} (a hung disk?); waiting for it" in capsys.readouterr().err
         assert not building.done()
     daemon = await asyncio.wait_for(building, 30)
+    assert daemon is not None
     await daemon.aclose()
+
+
+async def test_a_lane_stopped_as_its_stores_open_closes_them_and_serves_nothing(
+    tmp_path: Path,
+) -> None:
+    """A stop while the stores open on a disk that answers: the opening ends, and what it
+    opened is closed again (every SQLite file's WAL checkpointed away), no lane built."""
+    data = tmp_path / "data"
+    lane = {"id": "p01/l01", "data_dir": str(data)}
+    config = parse_config({"lane": lane, "auth": {"accept_unsigned_peers": True}})
+    stop = asyncio.Event()
+    stop.set()
+    assert await build_saying_why(config, stop) is None
+    stores = sorted(p.name for p in data.glob("*.sqlite3*"))
+    assert stores == ["payments.sqlite3", "queue.sqlite3", "replay.sqlite3"], stores
 
 
 def process_state(pid: int) -> str:
@@ -445,6 +461,50 @@ async def test_a_lane_stopped_on_a_hung_disk_says_what_it_waits_for_and_ends_wit
     ) as db:
         results = [row[0] for row in db.execute("SELECT count(*) FROM records")]
     assert results == [1]  # the vehicle's record, written before the disk hung
+
+
+@pytest.mark.parametrize("hangs", ["check", "opening"])
+async def test_a_lane_stopped_while_starting_on_a_hung_disk_ends_within_a_bound(
+    hangs: str, tmp_path: Path, mosquitto: Mosquitto, lane_id: str, ext4_fs: Path
+) -> None:
+    """SIGTERM at a lane whose start waits on a data directory that does not answer (a real
+    ext4 file system frozen with fsfreeze): its check of the data directory (the directory
+    on it), or its stores' opening (the check answered: the directory elsewhere, the replay
+    store's file a link into the frozen one, where the disk hangs between the check and the
+    opening). The stop used to be seen only once the disk answered (the opening), or the exit
+    to wait for the check's thread as long (the check); now it waits 5 s, says on the log what
+    it waits for, gives up with a clear line on stderr and exits 3."""
+    if hangs == "check":
+        data, waiting = ext4_fs / "lane", "the start's check of the data directory"
+    else:
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "replay.sqlite3").symlink_to(ext4_fs / "replay.sqlite3")
+        waiting = "the lane's files and its replay, payments and taps stores' opening"
+    async with lane_processes(tmp_path, mosquitto, lane_id, data) as rig:
+        rig.conf.write_text(rig.conf.read_text().replace("[lane]\n", "[lane]\ndisk_answer_s = 1\n"))
+        output = tmp_path / "lane.log"
+        with frozen(ext4_fs):
+            proc = await rig.start()
+            await eventually(
+                lambda: f"lane: cannot start yet: {data}: does not answer" in output.read_text(),
+                within=30,
+                what="the lane saying the data directory does not answer",
+            )
+            stopped_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            said = f"lane: {data} does not answer: stopped while starting after 5 s, waiting for "
+            await eventually(
+                lambda: said + waiting in output.read_text(errors="replace"),
+                within=30,
+                what="the lane's last word",
+            )
+            await eventually(lambda: process_state(proc.pid) == "Z", what="its main thread gone")
+            assert time.monotonic() - stopped_at < 20  # systemd's TimeoutStopSec
+            log = output.read_text(errors="replace")
+            assert "lane stopping: waiting for the data directory" in log
+            assert "lane stopped while starting" in log
+        assert await asyncio.wait_for(proc.wait(), 30) == 3
 
 
 async def test_the_uplink_down_with_nothing_queued_is_said_after_its_grace_and_cleared_on_reconnect(

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lane.daemon import EXIT_DISK_HUNG
+
 
 def _refused(conf: Path) -> str:
     """`lane run` on the config: exit 2, no traceback; its stderr."""
@@ -86,3 +88,19 @@ def test_a_metro_gate_whose_taps_store_is_not_a_database_stops_at_start(tmp_path
     )
     stderr = _refused_at_start(conf)
     assert "taps.sqlite3: cannot open: file is not a database" in stderr
+
+
+def test_lane_run_s_help_names_every_exit_code() -> None:
+    """Exit 3 (a data directory that does not answer) was written in docs/operations.md only:
+    a supervisor's operator reading `lane run --help` learns each exit there too."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lane", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    codes = proc.stdout.split("exit codes:\n", 1)[1]
+    said = {line.split()[0] for line in codes.splitlines() if line[:3].strip().isdigit()}
+    assert said == {"0", "1", "2", str(EXIT_DISK_HUNG)}
+    assert f"{EXIT_DISK_HUNG}  stopped on a data directory that does not answer" in codes

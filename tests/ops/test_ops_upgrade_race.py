@@ -8,19 +8,22 @@ with the version read before the write lock, both ran the first step and the los
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from race_kit import open_together
+from race_kit import QUEUE_LANE, open_together, written_together
 
 from lane.auth.replay import MIGRATIONS as REPLAY_MIGRATIONS
 from lane.auth.resolution_store import SCHEMA_VERSION as PAYMENTS_VERSION
 from lane.sqlite_schema import Migration
 from lane.tap_store import MIGRATIONS as TAP_MIGRATIONS
 from uplink.queue import MIGRATIONS as QUEUE_MIGRATIONS
+from uplink.queue import RecordQueue
+from uplink.records import Record
 from uplink.sqlite_store import SCHEMA_VERSION as INGEST_VERSION
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -79,9 +82,27 @@ def test_two_processes_opening_an_old_store_at_once_both_open_it(
     assert [user_version(p) for p in paths] == [current] * ROUNDS
 
 
-@pytest.mark.parametrize("store", ["replay", "payments", "taps", "ingest"])
+@pytest.mark.parametrize("store", ["replay", "payments", "taps", "ingest", "queue"])
 def test_two_processes_creating_a_store_at_once_both_open_it(store: str, tmp_path: Path) -> None:
     """A store that is not there yet is version 0: both openers create it, once (the queue
-    is made under a name of its own and renamed into place: uplink.queue)."""
+    is made under a name of its own and linked into place: uplink.queue)."""
     paths = [tmp_path / f"{n}-{store}.sqlite3" for n in range(ROUNDS)]
     assert open_together(store, paths) == []
+
+
+def test_two_processes_creating_a_queue_at_once_both_write_into_the_one_queue(
+    tmp_path: Path,
+) -> None:
+    """Each process appends a record once its queue is open: both records are in the file.
+    The creators shared one temporary name (one unlinked the other's half-built file) and
+    renamed theirs over the path (the first one's queue, with its record, went with its file)."""
+    paths = [tmp_path / f"{n}-queue.sqlite3" for n in range(ROUNDS)]
+    failures, written = written_together("queue", paths)
+    assert failures == []
+    with contextlib.ExitStack() as stack:
+        held = set[str]()
+        for path in paths:
+            queue = stack.enter_context(RecordQueue(path, QUEUE_LANE, 10**8))
+            held |= {Record.decode(data).record_id for _, data in queue.batch(0, 10)}
+    assert sorted(held) == sorted(written) and len(written) == 2 * ROUNDS
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)

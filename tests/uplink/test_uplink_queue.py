@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -174,7 +176,24 @@ def test_corrupted_page_is_detected_and_file_not_replaced(tmp_path: Path) -> Non
         RecordQueue(path, LANE, 10_000_000)
     assert str(path) in str(err.value)
     assert sha(path) == before
-    assert not path.with_name(path.name + ".init").exists()
+    assert list(tmp_path.glob("*.init.*")) == []
+
+
+def test_a_creation_cut_short_by_its_process_s_death_is_cleared_and_a_live_one_s_left(
+    tmp_path: Path,
+) -> None:
+    """The temporary files of a creation whose process died (a crash, a power cut) go at the
+    next creation; another process's, still building its own, stays for it to finish."""
+    path = tmp_path / "q.sqlite"
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead = path.with_name(f"{path.name}.init.{ended.pid}.0a1b2c3d")
+    live = path.with_name(f"{path.name}.init.{os.getpid()}.0a1b2c3d")
+    for leftover in (dead, live, dead.with_name(dead.name + "-wal")):
+        leftover.write_bytes(b"half-built")
+    with RecordQueue(path, LANE, 10_000_000) as q:
+        q.append(draft(1))
+    assert sorted(tmp_path.glob("*.init.*")) == [live]
 
 
 def test_empty_file_is_not_silently_initialised(tmp_path: Path) -> None:
