@@ -968,6 +968,8 @@ async def test_a_dark_camera_is_a_warning_at_the_entry_lane_and_closes_the_exit_
             lane.source.put(picture)
 
     await eventually(lambda: all(dark(lane) for lane, _, _ in lanes), between=lambda: put(black))
+    # Readiness fails on a queue not read yet: only the camera's check is judged here.
+    await eventually(lambda: all(lane.daemon.ops.uplink for lane, _, _ in lanes), what="queue read")
     async with aiohttp.ClientSession() as http:
         for lane, severity, status in lanes:
             alarms = [a for a in lane.daemon.health.message().alarms if a.active]
