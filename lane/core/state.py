@@ -433,6 +433,9 @@ class LaneState:
     # When the entry loop was last seen clear (a vehicle drove on or backed away): a frame
     # taken before it shows the vehicle before the one there now (lane.core.before_arrival).
     entry_cleared_at: float | None = None
+    # The entry loop held, as last heard (its edges, a snapshot): a vehicle arriving on a loop
+    # still held left the one before without its clear being heard (lane.core.before_arrival).
+    entry_held: bool = False
 
     @property
     def safety_occupied(self) -> bool:
