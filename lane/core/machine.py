@@ -144,6 +144,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return static_codes.ignore(state, event)
         case ev.Scanned() if before_arrival.ignores(state, event):
             return before_arrival.ignore(state, event)
+        case ev.Scanned() if before_arrival.paid_before(state, event):
+            return before_arrival.ignore_paid(state, event)
         case ev.Scanned() if carried.claims(state, event):
             return carried.claim(state, event, now)
         case ev.Scanned() if reread.ignores(state, event, now):

@@ -14,7 +14,7 @@ from test_invariants import STEPS, hypothesis_chooser, lane_rules
 
 from lane.core import events as ev
 from lane.core.actions import Authorise, ShowOnDisplay
-from lane.core.before_arrival import BEFORE_ARRIVAL
+from lane.core.before_arrival import BEFORE_ARRIVAL, PAID_BEFORE
 from lane.core.machine import step
 from lane.core.notes import CodeRefused, GateTimeout, ScanIgnored, VehicleArrived, VehicleLeft
 from lane.core.state import LaneMode, LaneRules, Phase
@@ -60,6 +60,23 @@ def test_a_code_of_the_vehicle_before_is_the_new_ones_only_in_a_frame_after_it_l
     else:
         assert actions == [ScanIgnored("v2", BEFORE_ARRIVAL)]  # no try, no display
         assert lane.state == before and lane.phase() is Phase.VEHICLE_PRESENT
+
+
+@pytest.mark.parametrize(("offset", "theirs"), TAKEN)
+def test_the_code_the_vehicle_before_paid_with_is_never_the_next_ones(
+    offset: float, theirs: bool
+) -> None:
+    # Its driver's phone still in view: read again once the next vehicle arrived, it went to
+    # the network, refused as used ("Payment refused", a try of the next driver spent).
+    lane, cleared = next_vehicle()
+    before = lane.state
+    (paid,) = [e for _, e, _ in lane.log if isinstance(e, ev.Persisted)]
+    actions = lane.scan(PAID, taken=cleared + offset)
+    why = PAID_BEFORE if theirs else BEFORE_ARRIVAL
+    record = paid.record_id if theirs else None
+    assert actions == [ScanIgnored("v2", why, record)]  # no try, no display, no record
+    assert lane.state == before and lane.phase() is Phase.VEHICLE_PRESENT
+    assert one(lane.scan(OWN), Authorise).auth_id == "v2/a1"  # every try left
 
 
 @pytest.mark.parametrize(("offset", "theirs"), TAKEN)
@@ -271,8 +288,8 @@ def test_over_lost_clears_a_code_is_the_next_vehicles_exactly_when_shown_after_i
     """Vehicles one after another, each paying and driving through, its entry or exit loop's
     clear sometimes lost, the next arriving at any point of the passage before it. While the
     next waits to pay: a code in a frame taken before the vehicle before drove off the loop
-    (the code that vehicle paid with too) never charges it, and a code in a frame taken from
-    its arrival on is its own."""
+    never charges it (nor, in any frame, the code that vehicle paid with), and a code in a
+    frame taken from its arrival on is its own."""
     lane = LaneDriver(rules(max_tries=3))
     gaps = st.sampled_from((0.01, STEP_S, 0.7, 2.0))
     lane.arrive("v0")
@@ -319,7 +336,7 @@ def _probe(
 ) -> None:
     vehicle = lane.state.vehicle
     assert vehicle is not None and vehicle.vehicle_id == vid and not vehicle.committed
-    for taken, text in [*((t, OTHER) for t in before), *((t, paid) for t in before)]:
+    for taken, text in [*((t, OTHER) for t in before), *((t, paid) for t in before + after)]:
         _, answer = step(lane.state, ev.Scanned(text, "payment_code", None, taken, "p"), lane.now)
         assert not of_type(answer, Authorise), (taken, text, lane.state)
     for taken in after:
