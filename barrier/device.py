@@ -17,7 +17,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, fields, replace
 
 from barrier import gate as rules
@@ -207,8 +207,10 @@ class DeviceEmulator:
         self._publish_io("classifier", vehicle_class=vehicle_class)
         await self.set_sensor("entry_loop", True)
 
-    async def vehicle_passes(self) -> None:
-        """The vehicle at the pay point drives through: safety loop, then exit loop."""
+    async def vehicle_passes(self, lost: Collection[str] = ()) -> None:
+        """The vehicle at the pay point drives through: safety loop, then exit loop. The clears
+        of the loops named in `lost` never reach the broker (a dropped message, a loop fault):
+        the device knows them (its snapshot tells), the lane does not hear them."""
         if self.gate.state != "open":
             log.warning(
                 "vehicle passes a barrier that is not open",
@@ -217,23 +219,25 @@ class DeviceEmulator:
         step = self.timings.step_s
         await self.set_sensor("safety_loop", True)
         await self._sleep(step)
-        await self.set_sensor("entry_loop", False)
+        await self.set_sensor("entry_loop", False, heard="entry_loop" not in lost)
         await self._sleep(step)
         await self.set_sensor("safety_loop", False)
         await self._sleep(step)
         await self.set_sensor("exit_loop", True)
         await self._sleep(step)
-        await self.set_sensor("exit_loop", False)
+        await self.set_sensor("exit_loop", False, heard="exit_loop" not in lost)
 
     async def vehicle_backs_away(self) -> None:
         await self.set_sensor("entry_loop", False)
 
-    async def set_sensor(self, name: str, occupied: bool) -> None:
-        """Set one presence sensor and publish it; a safety sensor also drives the gate."""
+    async def set_sensor(self, name: str, occupied: bool, *, heard: bool = True) -> None:
+        """Set one presence sensor and publish it (unless not `heard`: its message lost); a
+        safety sensor also drives the gate."""
         if name == "classifier":
             raise ValueError("the classifier reports a class: use vehicle_enters()")
         self.sensors[name] = occupied
-        self._publish_io(name, occupied=occupied)
+        if heard:
+            self._publish_io(name, occupied=occupied)
         if name in SAFETY_SENSORS:
             under = any(self.sensors.get(s, False) for s in SAFETY_SENSORS)
             if under != self.gate.safety_occupied:

@@ -993,7 +993,9 @@ class LaneDaemon:
                     self.road.taps.on_record(note.body["record"])  # the line hears of a tap
             case VehicleArrived(implicit=False) | VehicleLeft() | TripPricedNote():
                 # Codes still in view count again for the next person (a screenshot must reach
-                # the replay check), but not for the fare-gate passenger the code just made.
+                # the replay check; the code the vehicle before paid with is set aside by
+                # lane.core.before_arrival), but not for the fare-gate passenger the code just
+                # made.
                 # Frames are stamped on the lane's monotonic clock: one taken before now showed
                 # the pay point before this (lane.core.before_arrival), however late decoded.
                 self.pipeline.forget_seen(self.clocks.monotonic())

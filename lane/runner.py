@@ -43,7 +43,7 @@ from lane.core.actions import (
 from lane.core.machine import IllegalTransitionError, next_deadline, step
 from lane.core.metro import refund_of
 from lane.core.names import Alarm, PersistError
-from lane.core.notes import BarrierSelfTest, PaidCarriedNote
+from lane.core.notes import BarrierSelfTest, PaidCarriedNote, ScanIgnored
 from lane.core.records import RecordDraft
 from lane.core.state import LaneState, Phase, phase
 from lane.notification import Notification, Observer, ShellNote
@@ -296,6 +296,12 @@ class LaneRunner:
                 # A payment honoured with no record of its own: its log line is its trace.
                 extra = {"lane": self.lane, "record_id": record_id, "vehicle_id": vehicle_id}
                 log.info("paid vehicle carried", extra={**extra, "step": str(carried)})
+                self._notify(action)
+            case ScanIgnored(vehicle_id=vehicle_id, reason=reason, record_id=record_id):
+                # Nothing shown, nothing written, no try spent: its log line is its trace (a
+                # code the vehicle before paid with names that payment's record).
+                extra = {"lane": self.lane, "vehicle_id": vehicle_id, "reason": reason}
+                log.info("scan ignored", extra={**extra, "record_id": record_id})
                 self._notify(action)
             case NoteBase():
                 self._notify(action)

@@ -122,6 +122,7 @@ def step(state: LaneState, event: ev.Event, now: float) -> Result:
     actions = recovery.tell_held(state, new_state, actions + more, now)
     actions += reopened.reopened(state, new_state)
     new_state = reread.remember(state, event, new_state, actions, now)
+    new_state = before_arrival.follow(state, event, new_state, actions, now)
     after = phase(new_state)
     label = diagram.event_label(event)
     if not diagram.allows(before, label, after):
@@ -143,6 +144,8 @@ def _handle(state: LaneState, event: ev.Event, now: float) -> Result:
             return static_codes.ignore(state, event)
         case ev.Scanned() if before_arrival.ignores(state, event):
             return before_arrival.ignore(state, event)
+        case ev.Scanned() if before_arrival.paid_before(state, event):
+            return before_arrival.ignore_paid(state, event)
         case ev.Scanned() if carried.claims(state, event):
             return carried.claim(state, event, now)
         case ev.Scanned() if reread.ignores(state, event, now):

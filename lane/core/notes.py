@@ -166,6 +166,8 @@ class ScanWithoutVehicle(NoteBase):
 @dataclass(frozen=True)
 class ScanIgnored(_VehicleReason):
     name = NoteName.SCAN_IGNORED
+    # The paid record of the code, when the code is the one the vehicle before paid with.
+    record_id: str | None = None
 
 
 @dataclass(frozen=True)

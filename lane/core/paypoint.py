@@ -224,11 +224,12 @@ def on_decided(state: LaneState, event: ev.Decided, now: float) -> Result:
         return after_decline(state, vehicle, why, [Abandon(event.auth_id, why)])
     result = AuthResult.DEFERRED if "deferred" in event.flags else AuthResult.APPROVED
     draft = record_draft(state, vehicle, event, result)
-    vehicle = replace(vehicle, stage=Committed(event.auth_id, event, attempt.frame_ts))
+    owes = credential_of(attempt.text)
+    stage = Committed(event.auth_id, event, attempt.frame_ts, credential=owes)
+    vehicle = replace(vehicle, stage=stage)
     state = commit(state, event.auth_id)
     # Owed a passage from its commit on, over a restart too (lane.core.carried), with the pass
     # its refund would release.
-    owes = credential_of(attempt.text)
     persist = Persist(event.auth_id, draft, owes=owes, owed_pass=vehicle.marked_pass)
     return replace(state, vehicle=vehicle), [persist]
 

@@ -164,6 +164,9 @@ class Committed:
     # When the lane could first open for it (its record durable, or a carried payment claimed):
     # held by a blocking fault, it waits `pass_dwell_s` from here (lane.core.recovery).
     durable_at: float | None = None
+    # A payment's code, by its digest (`records.credential_of`): once the record is durable,
+    # the code the next vehicle is not charged with (lane.core.before_arrival).
+    credential: str | None = None
 
 
 # A vehicle's sub-phase at the pay point: one of these, so no illegal mix is representable.
@@ -378,6 +381,16 @@ class DeclinedCode:
 
 
 @dataclass(frozen=True)
+class PaidCode:
+    """The code the vehicle that paid last paid with (lane.core.before_arrival), by its digest
+    (`records.credential_of`), with that vehicle and its durable record."""
+
+    credential: str
+    vehicle_id: str
+    record_id: str
+
+
+@dataclass(frozen=True)
 class UnreadableWords:
     """Words of the barrier device the lane could not read (`barrier_unreadable`): the topic
     and error first heard of them, for the alarm's text."""
@@ -433,6 +446,11 @@ class LaneState:
     # When the entry loop was last seen clear (a vehicle drove on or backed away): a frame
     # taken before it shows the vehicle before the one there now (lane.core.before_arrival).
     entry_cleared_at: float | None = None
+    # The entry loop held, as last heard (its edges, a snapshot): a vehicle arriving on a loop
+    # still held left the one before without its clear being heard (lane.core.before_arrival).
+    entry_held: bool = False
+    # Toll lanes: the code the last vehicle to pay paid with, not the next one's (ditto).
+    paid_code: PaidCode | None = None
 
     @property
     def safety_occupied(self) -> bool:

@@ -8,6 +8,7 @@ against the safety rules and against the declared transition table of `lane.core
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -43,6 +44,7 @@ from lane.core.trip import Priced, TapOut, Ticket
 
 T = TypeVar("T")
 
+CODE = "281234567890123456"
 FARES = FlatFares(((1, 250), (2, 480), (3, 1275)), currency="EUR")
 SAFETY_SENSORS = ("safety_loop", "light_curtain")
 PASSAGE_RESULTS = frozenset({"approved", "deferred", "manual"})
@@ -65,6 +67,15 @@ CARRIED_RECORD = "rec-carried"
 def rules(mode: LaneMode = LaneMode.TOLL, **overrides: Any) -> LaneRules:
     overrides.setdefault("lane_id", "p01/l01")
     return LaneRules(fares=FARES, mode=mode, **overrides)
+
+
+def code_of(vehicle_id: str | None) -> str:
+    """The kit's payment code of a driver: each holds their own (the code the vehicle before
+    paid with is not the next one's: lane.core.before_arrival), the first one's, v1's (or with
+    nobody at the pay point) being CODE."""
+    if vehicle_id in (None, "v1"):
+        return CODE
+    return f"28{zlib.crc32(str(vehicle_id).encode()):016d}"
 
 
 def of_type(actions: Sequence[Action], kind: type[T]) -> list[T]:
@@ -586,7 +597,7 @@ class LaneDriver:
     # payment
     def scan(
         self,
-        text: str = "281234567890123456",
+        text: str | None = None,
         kind: str = "payment_code",
         reason: str | None = None,
         static: bool = False,
@@ -594,7 +605,10 @@ class LaneDriver:
     ) -> list[Action]:
         """The code in a frame taken at `taken`: by default FRAME_AGE_S before the scan, but
         not before the entry loop was last cleared, since the kit's vehicles arrive with no time
-        passing (an earlier frame is the vehicle before's: lane.core.before_arrival)."""
+        passing (an earlier frame is the vehicle before's: lane.core.before_arrival). By default
+        the code of the driver at the pay point (`code_of`)."""
+        if text is None:
+            text = code_of(self.state.vehicle.vehicle_id if self.state.vehicle else None)
         if taken is None:
             cleared = self.state.entry_cleared_at
             taken = self.now - FRAME_AGE_S
@@ -658,14 +672,14 @@ class LaneDriver:
         return found[-1]
 
     # whole paths
-    def pay(self, vehicle_id: str = "v1", text: str = "281234567890123456") -> list[Action]:
+    def pay(self, vehicle_id: str = "v1", text: str | None = None) -> list[Action]:
         """Arrive, pay, persist: returns the actions of the step that opened the barrier."""
         self.arrive(vehicle_id)
         self.scan(text)
         self.decide()
         return self.persisted()
 
-    def through(self, vehicle_id: str = "v1", text: str = "281234567890123456") -> None:
+    def through(self, vehicle_id: str = "v1", text: str | None = None) -> None:
         """One vehicle from arrival to a closed barrier."""
         self.pay(vehicle_id, text)
         self.ack()

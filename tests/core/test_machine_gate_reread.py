@@ -22,6 +22,7 @@ from lane.core.actions import (
     PriceTrip,
     ShowOnDisplay,
 )
+from lane.core.before_arrival import PAID_BEFORE
 from lane.core.names import PersistError
 from lane.core.notes import Declined, ScanIgnored, VehicleArrived
 from lane.core.records import credential_of
@@ -410,8 +411,9 @@ def test_the_memory_is_bounded_by_the_window() -> None:
 
 def test_a_toll_lane_keeps_no_memory_and_needs_none() -> None:
     """A code read while the paid vehicle is still at the pay point or under the boom is
-    ignored (one payment at a time, no vehicle without a loop); the next vehicle's driver
-    showing it is the replay check's to refuse. A declined code is its vehicle's own."""
+    ignored (one payment at a time, no vehicle without a loop); read at the next vehicle's pay
+    point it is the vehicle before's paid code, ignored too (lane.core.before_arrival). A
+    declined code is its vehicle's own."""
     lane = LaneDriver(rules(LaneMode.TOLL))
     lane.pay("v1", CODE)
     assert not sent(lane.scan(CODE))
@@ -422,13 +424,14 @@ def test_a_toll_lane_keeps_no_memory_and_needs_none() -> None:
     lane.ack()
     assert lane.state.approved_codes == ()
     lane.arrive("v2")
-    assert sent(lane.scan(CODE))
+    assert [n.reason for n in of_type(lane.scan(CODE), ScanIgnored)] == [PAID_BEFORE]
+    assert sent(lane.scan(OTHER))
     lane.decide(approved=False)
-    assert not sent(lane.scan(CODE))  # its phone still in view
+    assert not sent(lane.scan(OTHER))  # its phone still in view
     assert lane.state.declined_codes == ()
     lane.leave_pay_point()
     lane.arrive("v3", dt=1.0)
-    assert sent(lane.scan(CODE))
+    assert sent(lane.scan(OTHER))
 
 
 @settings(max_examples=150, deadline=None)

@@ -215,18 +215,22 @@ async def test_paid_vehicle_record_is_durable_before_the_barrier_opens(lane: Lan
 
 
 async def test_replayed_token_is_refused_and_recorded_as_declined(lane: Lane) -> None:
+    # Shown again by the vehicle after the next: the next one's would be its payer's phone
+    # still in view, set aside without asking the replay check (lane.core.before_arrival).
     token = lane.codes.make("token", int(time.time())).text
+    for n, shown in enumerate((token, lane.codes.make("token", int(time.time())).text), 1):
+        await lane.device.vehicle_enters(1)
+        await eventually(lambda n=n: len(named(lane, "vehicle_arrived")) == n)
+        await show(lane, shown, lambda n=n: len(named(lane, "barrier_opened")) == n)
+        await eventually(lambda: lane.device.state == "open")
+        await lane.device.vehicle_passes()
+        await eventually(lambda: lane.daemon.runner.state.passage is None)
     await lane.device.vehicle_enters(1)
-    await eventually(lambda: len(named(lane, "vehicle_arrived")) == 1)
-    await show(lane, token, lambda: named(lane, "barrier_opened"))
-    await lane.device.vehicle_passes()
-    await eventually(lambda: lane.daemon.runner.state.passage is None)
-    await lane.device.vehicle_enters(1)
-    await eventually(lambda: len(named(lane, "vehicle_arrived")) == 2)
+    await eventually(lambda: len(named(lane, "vehicle_arrived")) == 3)
     await show(lane, token, lambda: named(lane, "declined"), within=8)
     assert named(lane, "declined")[0]["reason"] == "replayed"
-    assert len(named(lane, "barrier_opened")) == 1
-    assert [c.op for c in lane.device.received].count("open") == 1
+    assert len(named(lane, "barrier_opened")) == 2
+    assert [c.op for c in lane.device.received].count("open") == 2
 
 
 async def test_garbage_on_lane_topics_is_ignored_or_cleared_by_the_device(
