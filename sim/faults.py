@@ -90,6 +90,25 @@ FAULTS: dict[str, FaultSpec] = {
             params={"rate": NumberParam(0.3, 0.0, 1.0)},
         ),
         FaultSpec(
+            "acquirer_slow_body",
+            "Acquirer answers stall",
+            "plaza",
+            "a share of answers sends its headers, then its body a byte every byte_ms: calls"
+            " time out within their budget, payments in doubt are reversed once answers flow",
+            params={
+                "rate": NumberParam(1.0, 0.0, 1.0),
+                "byte_ms": NumberParam(1000.0, 1.0, 60_000.0),
+            },
+        ),
+        FaultSpec(
+            "acquirer_cut_body",
+            "Acquirer answers cut",
+            "plaza",
+            "a share of answers sends its headers and half its body, then the connection"
+            " closes: the network counts as unreachable (payment_<network>)",
+            params={"rate": NumberParam(1.0, 0.0, 1.0)},
+        ),
+        FaultSpec(
             "wechatpay_rotation",
             "WeChat Pay rotates its certificate",
             "plaza",
@@ -334,6 +353,15 @@ class FaultController:
         elif name == "acquirer_declines":
             for server in sim.payment_servers():
                 server.update_faults(decline_rate=float(values["rate"]) if on else 0.0)
+        elif name == "acquirer_slow_body":
+            for server in sim.payment_servers():
+                server.update_faults(
+                    slow_body_rate=float(values["rate"]) if on else 0.0,
+                    slow_body_ms=float(values["byte_ms"]),
+                )
+        elif name == "acquirer_cut_body":
+            for server in sim.payment_servers():
+                server.update_faults(cut_body_rate=float(values["rate"]) if on else 0.0)
         elif name == "refund_refused":
             for server in sim.payment_servers():
                 server.update_faults(refund_refused=REFUND_REFUSAL if on else None)

@@ -72,6 +72,25 @@ CASES = [
     Case("acquirer_outage", None),
     Case("acquirer_slow", None),
     Case("acquirer_declines", None),
+    # Answers stalled mid-body: the vehicle's call ends at its budget (declined), the payment it
+    # charged is in doubt and reversed once answers flow again.
+    Case(
+        "acquirer_slow_body",
+        None,
+        refused="timeout",
+        vehicle="wechat",
+        declined=True,
+        lingering=frozenset({"acquirer_unhealthy"}),
+    ),
+    # Answers cut mid-body: the network counts as unreachable, the vehicle follows the offline
+    # policy (the simulator's passes it, deferred) and its charged attempt is voided.
+    Case(
+        "acquirer_cut_body",
+        None,
+        with_vehicle="payment_wechatpay",
+        vehicle="wechat",
+        lingering=frozenset({"acquirer_unhealthy"}),
+    ),
     Case("queue_high_water", "queue_high_water"),
     # The broker refuses the lane's records: the vehicle passes, its record waits. The lane
     # tries the topic again at a back-off doubling to REFUSED_RETRY's cap (real seconds).
