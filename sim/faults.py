@@ -66,6 +66,13 @@ FAULTS: dict[str, FaultSpec] = {
             "the ingest leaves the broker: records pile up in each lane's queue, drain after",
         ),
         FaultSpec(
+            "uplink_down",
+            "Lane's uplink down",
+            "lane",
+            "the lane's uplink connection (its road to the back office) goes down, its barrier"
+            " link stays up: payments go on, records queue on disk (uplink_down)",
+        ),
+        FaultSpec(
             "acquirer_outage",
             "Acquirer outage",
             "plaza",
@@ -389,6 +396,8 @@ class FaultController:
                 await asyncio.to_thread(sim.refuse_topic, topic, on)
             elif name == "queue_high_water":
                 await lane.squeeze_queue(on)
+            elif name == "uplink_down":
+                await lane.cut_uplink(on)
             elif name == "code_burst":
                 sim.burst(index, int(values["count"]), str(values["kind"]))
 

@@ -147,7 +147,7 @@ function faultActive(s, name, laneId) {
 }
 
 const GROUPS = [
-  ["Back office", ["backoffice_offline"]],
+  ["Back office", ["backoffice_offline", "uplink_down"]],
   ["Acquirer", ["acquirer_outage", "acquirer_slow", "acquirer_declines", "acquirer_slow_body", "acquirer_cut_body"]],
   ["Barrier", ["barrier_offline", "barrier_stuck", "barrier_stuck_open", "barrier_no_ack", "barrier_slow_ack", "barrier_fault"]],
   ["Camera", ["camera_blackout"]],

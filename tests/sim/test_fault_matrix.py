@@ -231,6 +231,41 @@ async def test_each_fault_clears_itself_and_the_next_vehicle_is_served(
         await within(sim, "the payment in doubt reversed", lambda: no_charge_kept(sim, lane), 60.0)
 
 
+async def test_the_uplink_down_alone_is_safe_seen_and_clears(sim: Simulator) -> None:
+    """Only the lane's uplink connection goes down, its barrier link stays up: a vehicle pays
+    and passes and its record waits on disk; `uplink_down` names the uplink's broker after its
+    grace (1.5 keepalives, real seconds), with no `broker_down` beside it; once the link is
+    back the alarm clears by itself and the record reaches the back office."""
+    lane = sim.lanes[0]
+    lingering = frozenset({"acquirer_unhealthy"})  # a case above may leave its window
+    await within(sim, "healthy before the fault", lambda: healthy(lane, lingering), HEAL_WITHIN_S)
+    assert lane.daemon is not None and lane.uplink_link is not None
+    daemon, where = lane.daemon, f"127.0.0.1:{lane.uplink_link.port}"
+    await sim.faults.apply("uplink_down", True, 1)
+    try:
+        await eventually(lambda: "uplink_down" in alarms(lane), within=30.0, what="uplink_down")
+        text = alarms(lane)["uplink_down"]
+        assert text.startswith(f"back-office link down: no uplink connection to the broker {where}")
+        assert "broker_down" not in alarms(lane) and daemon.link.connected
+        await eventually(lambda: in_health(lane, "uplink_down"), within=10.0, what="in health")
+        before = set(lane.records_written)
+        served = len(lane.outcomes)
+        lane.join(paying(sim, "token"))
+        await lane.drained()
+        assert lane.outcomes[served].passed, lane.outcomes[served]
+        (kept,) = set(lane.records_written) - before
+        assert (await daemon.forwarder.status()).backlog >= 1
+        assert kept not in sim.backoffice.ingested_ids(lane.lane_id)
+    finally:
+        await sim.faults.apply("uplink_down", False, 1)
+    await eventually(lambda: "uplink_down" not in alarms(lane), within=30.0, what="cleared")
+    await within(sim, "healed", lambda: healthy(lane, lingering), HEAL_WITHIN_S)
+    await eventually(
+        lambda: kept in sim.backoffice.ingested_ids(lane.lane_id), within=30.0, what="ingested"
+    )
+    assert sim.faults.active == {}
+
+
 def in_health(lane: SimLane, code: str) -> bool:
     """The alarm is active in the lane's health message (lane/{id}/health), with the text the
     lane raised it with (as much of it as the message holds)."""
