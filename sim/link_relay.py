@@ -40,7 +40,6 @@ class LinkRelay:
         for writer in list(self._carried):
             writer.transport.abort()
         self._carried.clear()
-        log.info("link cut", extra={"port": self.port})
 
     async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -60,6 +59,7 @@ class LinkRelay:
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Copy until either end closes; then the other end is closed too (by `_carry`)."""
+    # A reset or abort is how either end closes here (a cut, the lane or broker going away).
     with contextlib.suppress(ConnectionError):
         while chunk := await reader.read(CHUNK):
             writer.write(chunk)
