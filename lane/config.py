@@ -279,6 +279,14 @@ class UplinkSection(_Section):
     stalled_after_s: PositiveSeconds = Field(
         300.0, description="Alarm uplink_stalled when the oldest unsent record is this old"
     )
+    # The uplink's own road to the plaza, apart from the barrier link's (credentials, TLS and
+    # keepalive stay [broker]'s): the simulator puts a link it can cut there.
+    host: str | None = Field(
+        None, description="Broker host the uplink connects to, when not [broker]'s"
+    )
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Broker port the uplink connects to, when not [broker]'s"
+    )
 
 
 class MetricsSection(_Section):
@@ -393,6 +401,12 @@ class LaneConfig(_Section):
                 "to an entry_exit [transit] tariff (or leave metro.line unset for a flat fare)"
             )
         return self
+
+    @property
+    def uplink_broker(self) -> BrokerSection:
+        """Where the uplink connects: [broker], with [uplink]'s host and port where given."""
+        given = {"host": self.uplink.host, "port": self.uplink.port}
+        return self.broker.model_copy(update={k: v for k, v in given.items() if v is not None})
 
     @property
     def talks_to_peers(self) -> bool:

@@ -605,7 +605,8 @@ class LaneDaemon:
             on_garbage=self._on_garbage,
         )
         self.barrier = BarrierAdapter(self.link, self.lane)
-        self.uplink = broker.link(f"uplink-{self.lane}", handler=self._on_uplink_message)
+        uplink_broker = BrokerLink.of(config.uplink_broker)
+        self.uplink = uplink_broker.link(f"uplink-{self.lane}", handler=self._on_uplink_message)
         # A topic the broker refuses either link (its ACL: barrier commands; records, peer
         # messages, tickets) is one alarm, naming each link, until a publish to it is taken.
         alarm_on_refusals(
@@ -1369,7 +1370,7 @@ class LaneDaemon:
             self._uplink_down_since = None
         elif self._uplink_down_since is None:
             self._uplink_down_since = now
-        broker = self.config.broker
+        broker = self.config.uplink_broker
         grace = UPLINK_DOWN_AFTER_KEEPALIVES * broker.keepalive_s
         where = f"{broker.host}:{broker.port}"
         text = uplink_down(self._uplink_down_since, now, self.clocks.wall(), grace, where)

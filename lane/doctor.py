@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from lane.config import LaneConfig
+from lane.config import BrokerSection, LaneConfig
 from lane.health import MIN_FREE_BYTES
 from lane.install import TOP_LEVEL, clashes
 from lane.transport.broker_link import BrokerLink, CaFileError
@@ -56,6 +56,7 @@ async def run_probes(config: LaneConfig, timeout_s: float = 5.0) -> list[Probe]:
     return [
         await probe_camera(config.camera.source, timeout_s, config.camera.capture()),
         await probe_broker(config, timeout_s),
+        *await probe_uplink(config, timeout_s),
         await probe_acquirer(config.auth.acquirer_url, timeout_s),
         await asyncio.to_thread(probe_disk, config.lane.data_dir, config.uplink.max_bytes),
         await asyncio.to_thread(probe_clock),
@@ -112,26 +113,36 @@ async def probe_camera(
 
 
 async def probe_broker(config: LaneConfig, timeout_s: float) -> Probe:
-    b = config.broker
+    return await _probe_link("broker", config.broker, timeout_s)
+
+
+async def probe_uplink(config: LaneConfig, timeout_s: float) -> list[Probe]:
+    """The uplink's broker, when `[uplink]` names one apart from `[broker]`."""
+    if config.uplink_broker == config.broker:
+        return []
+    return [await _probe_link("uplink", config.uplink_broker, timeout_s)]
+
+
+async def _probe_link(name: str, b: BrokerSection, timeout_s: float) -> Probe:
     where = f"{b.host}:{b.port}"
     try:
         broker = BrokerLink.of(b)
     except CaFileError as exc:
-        return Probe("FAIL", "broker", f"{where}: {exc}")
+        return Probe("FAIL", name, f"{where}: {exc}")
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(b.host, b.port), timeout_s)
     except (OSError, TimeoutError) as exc:
-        return Probe("FAIL", "broker", f"{where}: cannot connect: {exc or 'timed out'}")
+        return Probe("FAIL", name, f"{where}: cannot connect: {exc or 'timed out'}")
     writer.close()
     # As the daemon connects (BrokerLink), only with a throwaway id and no session kept.
     link = broker.link(f"doctor-{uuid.uuid4().hex[:12]}", session_expiry=0, backoff_min=0.2)
     who = f"as {b.username}" if b.username else "(anonymous)"
     if broker.tls is not None:
         who += " over TLS"
-    return await probe_mqtt(link, who, timeout_s)
+    return await probe_mqtt(link, who, timeout_s, name)
 
 
-async def probe_mqtt(link: MqttLink, who: str, timeout_s: float) -> Probe:
+async def probe_mqtt(link: MqttLink, who: str, timeout_s: float, name: str = "broker") -> Probe:
     """Connect `link` once: connected, refused (the broker's last answer), or stopped."""
     where = f"{link.host}:{link.port}"
     started = time.monotonic()
@@ -143,15 +154,15 @@ async def probe_mqtt(link: MqttLink, who: str, timeout_s: float) -> Probe:
         await link.wait_connected(timeout_s)
     except TimeoutError:
         why = errors.error or "no CONNACK"
-        return Probe("FAIL", "broker", f"{where}: TCP works but MQTT refused: {why}")
+        return Probe("FAIL", name, f"{where}: TCP works but MQTT refused: {why}")
     except LinkStopped as exc:
-        return Probe("FAIL", "broker", f"{where}: TCP works but {exc}")
+        return Probe("FAIL", name, f"{where}: TCP works but {exc}")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         mqtt_log.removeHandler(errors)
     ms = (time.monotonic() - started) * 1000
-    return Probe("OK", "broker", f"{where}: MQTT connected {who} in {ms:.0f} ms")
+    return Probe("OK", name, f"{where}: MQTT connected {who} in {ms:.0f} ms")
 
 
 # --- acquirer -----------------------------------------------------------------------------------

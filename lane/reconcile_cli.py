@@ -2,10 +2,14 @@
 
     lane reconcile --config lane.toml --date 2026-12-01 [--db ingest.sqlite | --dsn ...]
                    [--alipay-bill FILE.zip] [--wechat-bill FILE.csv] [--json]
+                   [--timeout-s 60] [--tries 3] [--retry-s 30]
 
 The bills are fetched from the networks configured and routed in `--config` (the same `[auth]`
-section as a lane's: credentials and key files), or read from files. The date is Beijing's
-(the networks' bill day). Exit status: 0 all matched, 1 discrepancies found, 2 could not run.
+section as a lane's: credentials and key files), or read from files. A fetch that stalls,
+times out or finds the network unreachable is tried again (`--tries`, each whole within
+`--timeout-s`, waiting `--retry-s` and then twice as long between them); a bill is used only
+whole. The date is Beijing's (the networks' bill day). Exit status: 0 all matched, 1
+discrepancies found, 2 could not run.
 """
 
 from __future__ import annotations
@@ -16,17 +20,17 @@ import hashlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from lane.auth import bills as billfmt
-from lane.auth.acquirer import AcquirerError
+from lane.auth.acquirer import AcquirerError, AcquirerTimeout, AcquirerUnavailable
 from lane.auth.alipay import AlipayClient
 from lane.auth.alipay_wire import BEIJING
 from lane.auth.netkeys import KeyFileError
@@ -34,6 +38,7 @@ from lane.auth.networks import NetworkKeys, alipay_client, wechatpay_client
 from lane.auth.reconcile import Day, Finding, LaneReport, RecordedPayment, reconcile
 from lane.auth.wechatpay import WeChatPayClient
 from lane.config import AuthSection, ConfigError, load_config
+from lane.core.backoff import Backoff
 from lane.core.names import RecordKind
 from lane.log import setup_logging
 from lane.wire.codec import PayloadError
@@ -43,7 +48,9 @@ from uplink.sqlite_store import SqliteIngestStore
 from uplink.store import IngestStoreError
 
 log = logging.getLogger("lane.reconcile")
-FETCH_TIMEOUT_S = 60.0
+FETCH_TIMEOUT_S = 60.0  # one try of a fetch, its body whole
+FETCH_TRIES = 3
+RETRY_S = 30.0  # the first wait before a fetch is tried again, doubled for each further one
 BILL_MAX_BYTES = 512 * 1024 * 1024  # a day of a large road is tens of MiB
 ROUTE_KINDS = ("alipay", "wechat", "unionpay", "emv")
 
@@ -63,7 +70,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alipay-bill", type=Path, help="Alipay bill zip, instead of fetching it")
     p.add_argument("--wechat-bill", type=Path, help="WeChat Pay bill text, instead of fetching")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--timeout-s",
+        type=_positive,
+        default=FETCH_TIMEOUT_S,
+        help="each try of a bill's fetch must end, its body whole, within this",
+    )
+    p.add_argument(
+        "--tries", type=int, choices=range(1, 11), default=FETCH_TRIES, metavar="1..10",
+        help="tries of a bill's fetch that stalls, times out or finds the network unreachable",
+    )  # fmt: skip
+    p.add_argument(
+        "--retry-s",
+        type=_positive,
+        default=RETRY_S,
+        help="the wait before the second try, doubled before each further one",
+    )
     return p
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,11 +146,17 @@ async def gather_bills(
         async with aiohttp.ClientSession() as session:
             if "alipay" not in bills and keys.alipay is not None:
                 client = alipay_client(auth, keys, session)
-                bills["alipay"] = _parse_alipay(await fetch_alipay(client, session, date))
+                raw = await with_tries(
+                    "Alipay", lambda: fetch_alipay(client, date, args.timeout_s), args
+                )
+                bills["alipay"] = _parse_alipay(raw)
             if "wechatpay" not in bills and keys.wechatpay is not None:
                 wclient = wechatpay_client(auth, keys, session)
-                bills["wechatpay"] = _parse_wechat(await fetch_wechat(wclient, date))
-    except (AcquirerError, aiohttp.ClientError, TimeoutError) as exc:
+                text = await with_tries(
+                    "WeChat Pay", lambda: fetch_wechat(wclient, date, args.timeout_s), args
+                )
+                bills["wechatpay"] = _parse_wechat(text)
+    except (AcquirerError, aiohttp.ClientError) as exc:
         raise ReconcileError(f"could not fetch a bill: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise ReconcileError(f"WeChat Pay bill is not UTF-8: {exc}") from exc
@@ -129,24 +168,54 @@ async def gather_bills(
     return bills
 
 
-async def fetch_alipay(client: AlipayClient, session: aiohttp.ClientSession, date: str) -> bytes:
-    url = await client.bill_url(date, FETCH_TIMEOUT_S)
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)) as resp:
-        if resp.status != 200:
-            raise ReconcileError(f"Alipay bill download: HTTP {resp.status}")
-        return await resp.read()
+T = TypeVar("T")
 
 
-async def fetch_wechat(client: WeChatPayClient, date: str) -> str:
+async def with_tries(
+    network: str, fetch: Callable[[], Awaitable[T]], args: argparse.Namespace
+) -> T:
+    """`fetch` again after a stall, a timeout or the network unreachable, `args.tries` times
+    in all; then ReconcileError saying which bill and why. Anything else is not retried: a
+    second try would get the same answer."""
+    backoff = Backoff(first_s=args.retry_s, max_s=float("inf"))
+    tried = 1
+    while True:
+        try:
+            return await fetch()
+        except (AcquirerTimeout, AcquirerUnavailable) as exc:
+            how = "stalls or times out" if isinstance(exc, AcquirerTimeout) else "fails"
+            if tried == args.tries:
+                raise ReconcileError(
+                    f"{network} bill not fetched: the download {how} ({exc}); tried"
+                    f" {tried} times, each within {args.timeout_s:g} s; nothing reconciled,"
+                    " run it again"
+                ) from exc
+            wait = backoff.delay(tried)
+            log.warning(
+                "bill download failed; retrying",
+                extra={"network": network, "tried": tried, "retry_in_s": wait, "error": str(exc)},
+            )
+            await asyncio.sleep(wait)
+            tried += 1
+
+
+async def fetch_alipay(client: AlipayClient, date: str, timeout_s: float) -> bytes:
+    """The day's bill zip; each step whole within `timeout_s`."""
+    url = await client.bill_url(date, timeout_s)
+    return await client.bill(url, timeout_s, BILL_MAX_BYTES)
+
+
+async def fetch_wechat(client: WeChatPayClient, date: str, timeout_s: float) -> str:
+    """The day's bill text, its SHA1 checked; each step whole within `timeout_s`."""
     status, doc = await client.signed_call(
-        "GET", f"/v3/bill/tradebill?bill_date={date}&bill_type=ALL", None, FETCH_TIMEOUT_S
+        "GET", f"/v3/bill/tradebill?bill_date={date}&bill_type=ALL", None, timeout_s
     )
     url, digest = doc.get("download_url"), doc.get("hash_value")
     if status != 200 or not isinstance(url, str) or not isinstance(digest, str):
         raise ReconcileError(f"WeChat Pay trade bill for {date}: HTTP {status} {doc}")
     parts = urlsplit(url)
     path = f"{parts.path}?{parts.query}" if parts.query else parts.path
-    answer = await client.request("GET", path, None, FETCH_TIMEOUT_S, BILL_MAX_BYTES)
+    answer = await client.request("GET", path, None, timeout_s, BILL_MAX_BYTES)
     # The file itself is not signed: its SHA1, from the signed answer above, vouches for it.
     actual = hashlib.sha1(answer.body, usedforsecurity=False).hexdigest()
     if answer.status != 200 or actual != digest.lower():

@@ -131,19 +131,15 @@ class AcquirerServer:
         )
         if not (cut or slow):
             return response
+        if slow:
+            return await trickle(request, response, faults.slow_body_ms / 1000.0)
         body = response.body
         stream = web.StreamResponse(status=response.status, headers=response.headers)
         stream.content_length = len(body)
         await stream.prepare(request)
-        if cut:
-            await stream.write(body[: len(body) // 2])
-            if request.transport is not None:
-                request.transport.close()
-            return stream
-        for byte in body:
-            await asyncio.sleep(faults.slow_body_ms / 1000.0)
-            await stream.write(bytes([byte]))
-        await stream.write_eof()
+        await stream.write(body[: len(body) // 2])
+        if request.transport is not None:
+            request.transport.close()
         return stream
 
     async def stop(self) -> None:
@@ -364,6 +360,23 @@ async def running_acquirer(
         yield server
     finally:
         await server.stop()
+
+
+async def trickle(
+    request: web.Request, response: web.Response, byte_s: float
+) -> web.StreamResponse:
+    """`response` with its status and headers at once and its body a byte every `byte_s`: a
+    gateway or proxy stalling mid-answer (the client waits for the rest)."""
+    assert isinstance(response.body, bytes)  # made whole by the handler
+    body = response.body
+    stream = web.StreamResponse(status=response.status, headers=response.headers)
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    for byte in body:
+        await asyncio.sleep(byte_s)
+        await stream.write(bytes([byte]))
+    await stream.write_eof()
+    return stream
 
 
 def _error(status: int, error: str, detail: str) -> web.Response:

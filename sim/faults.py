@@ -66,6 +66,13 @@ FAULTS: dict[str, FaultSpec] = {
             "the ingest leaves the broker: records pile up in each lane's queue, drain after",
         ),
         FaultSpec(
+            "uplink_down",
+            "Lane's uplink down",
+            "lane",
+            "the lane's uplink connection (its road to the back office) goes down, its barrier"
+            " link stays up: payments go on, records queue on disk (uplink_down)",
+        ),
+        FaultSpec(
             "acquirer_outage",
             "Acquirer outage",
             "plaza",
@@ -88,6 +95,25 @@ FAULTS: dict[str, FaultSpec] = {
             "plaza",
             "a share of online payments is declined",
             params={"rate": NumberParam(0.3, 0.0, 1.0)},
+        ),
+        FaultSpec(
+            "acquirer_slow_body",
+            "Acquirer answers stall",
+            "plaza",
+            "a share of answers sends its headers, then its body a byte every byte_ms: calls"
+            " time out within their budget, payments in doubt are reversed once answers flow",
+            params={
+                "rate": NumberParam(1.0, 0.0, 1.0),
+                "byte_ms": NumberParam(1000.0, 1.0, 60_000.0),
+            },
+        ),
+        FaultSpec(
+            "acquirer_cut_body",
+            "Acquirer answers cut",
+            "plaza",
+            "a share of answers sends its headers and half its body, then the connection"
+            " closes: the network counts as unreachable (payment_<network>)",
+            params={"rate": NumberParam(1.0, 0.0, 1.0)},
         ),
         FaultSpec(
             "wechatpay_rotation",
@@ -334,6 +360,15 @@ class FaultController:
         elif name == "acquirer_declines":
             for server in sim.payment_servers():
                 server.update_faults(decline_rate=float(values["rate"]) if on else 0.0)
+        elif name == "acquirer_slow_body":
+            for server in sim.payment_servers():
+                server.update_faults(
+                    slow_body_rate=float(values["rate"]) if on else 0.0,
+                    slow_body_ms=float(values["byte_ms"]),
+                )
+        elif name == "acquirer_cut_body":
+            for server in sim.payment_servers():
+                server.update_faults(cut_body_rate=float(values["rate"]) if on else 0.0)
         elif name == "refund_refused":
             for server in sim.payment_servers():
                 server.update_faults(refund_refused=REFUND_REFUSAL if on else None)
@@ -361,6 +396,8 @@ class FaultController:
                 await asyncio.to_thread(sim.refuse_topic, topic, on)
             elif name == "queue_high_water":
                 await lane.squeeze_queue(on)
+            elif name == "uplink_down":
+                await lane.cut_uplink(on)
             elif name == "code_burst":
                 sim.burst(index, int(values["count"]), str(values["kind"]))
 

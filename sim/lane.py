@@ -33,6 +33,7 @@ from sim import metro
 from sim.broker import Mosquitto
 from sim.camera import SyntheticCamera
 from sim.codes import CodeFactory
+from sim.link_relay import LinkRelay
 from sim.options import SimOptions
 from sim.scene import Scene
 from sim.stats import LaneStats
@@ -224,6 +225,7 @@ class SimLane:
         self.camera: LaneCamera | None = None
         self.daemon: LaneDaemon | None = None
         self.ops_url: str | None = None  # its /metrics, /healthz, /readyz: only a booth's
+        self.uplink_link: LinkRelay | None = None  # the uplink's own road to the broker
         self.uplink: dict[str, Any] = {}
         self.backlog_max = 0
         self.started_at = time.monotonic()
@@ -278,7 +280,10 @@ class SimLane:
                 **{key: value / o.speed for key, value in SELFTEST_S.items()},
             },
             "broker": {"port": broker_port},
-            "uplink": {"stalled_after_s": STALLED_AFTER_S / o.speed},
+            "uplink": {
+                "stalled_after_s": STALLED_AFTER_S / o.speed,
+                **({} if self.uplink_link is None else {"port": self.uplink_link.port}),
+            },
             "camera": {
                 "source": "push",
                 "workers": o.decode_workers,
@@ -306,8 +311,19 @@ class SimLane:
         timings = replace(Timings().scaled(speed), slow_ack_s=Timings().slow_ack_s)
         return DeviceEmulator(self.lane_id, broker.host, broker.port, timings)
 
+    async def open_uplink_link(self, broker: Mosquitto) -> None:
+        """The uplink's road to `broker`, apart from the barrier link's (`cut_uplink`)."""
+        self.uplink_link = LinkRelay(broker.address)
+        await self.uplink_link.start()
+
+    async def cut_uplink(self, on: bool) -> None:
+        """The lane's uplink connection down (`on`), its barrier link untouched; or back."""
+        assert self.uplink_link is not None  # opened by start()
+        await (self.uplink_link.stop() if on else self.uplink_link.start())
+
     async def start(self, broker: Mosquitto, acquirer_url: str, keyset: Path) -> None:
         o = self.sim.options
+        await self.open_uplink_link(broker)
         config = self.config(broker.port, acquirer_url, keyset)
         self.device = self.make_device(broker)
         source = PushSource()
@@ -344,6 +360,8 @@ class SimLane:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.uplink_link is not None:
+            await self.uplink_link.stop()
 
     async def clear_loops(self) -> None:
         """Whoever is on a loop drives off, so the lane goes quiet and stops at once."""

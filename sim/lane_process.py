@@ -122,6 +122,7 @@ class ProcessLane(SimLane):
 
     async def start(self, broker: Mosquitto, acquirer_url: str, keyset: Path) -> None:
         o = self.sim.options
+        await self.open_uplink_link(broker)
         config = self.sim.workdir / f"{self.lane_id.replace('/', '_')}.json"
         config.write_text(json.dumps(self.config_body(broker.port, acquirer_url, keyset)))
         self.device = self.make_device(broker)

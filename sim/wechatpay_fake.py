@@ -41,7 +41,7 @@ from lane.auth import wechatpay_certs as certs
 from lane.auth import wechatpay_wire as wire
 from lane.auth.alipay_wire import beijing_time
 from scanner.payload import PaymentCodePayload, classify
-from sim.acquirer import AcquirerServer, ConflictError, StoppingError
+from sim.acquirer import AcquirerServer, ConflictError, StoppingError, trickle
 from sim.acquirer_ledger import SimPayment
 from sim.network_bills import BillRow, wechat_bill_text
 
@@ -63,6 +63,9 @@ class CertificateFault(StrEnum):
     UNAVAILABLE = "unavailable"  # 500 SYSTEMERROR
     TAMPERED = "tampered"  # a ciphertext altered on the way: GCM refuses it
     BAD_SIGNATURE = "bad_signature"  # the answer's signature does not verify
+    # Its status and headers at once, its body a byte every `slow_body_ms` (the faults'): the
+    # download stalls mid-answer while every other call answers as usual.
+    STALLED = "stalled"
 
 
 def make_platform_certificate(
@@ -165,7 +168,7 @@ class WeChatPayFake(AcquirerServer):
         """The serial that signs answers now."""
         return self._signers[-1].serial
 
-    async def _certificates(self, request: web.Request) -> web.Response:
+    async def _certificates(self, request: web.Request) -> web.StreamResponse:
         if (refused := self._check_auth(request, b"")) is not None:
             return refused
         if (refused := await self._gate(request)) is not None:  # outages reach it too
@@ -188,6 +191,8 @@ class WeChatPayFake(AcquirerServer):
         response = self._signed(200, {"data": entries}, signer)
         if fault is CertificateFault.BAD_SIGNATURE:
             response.headers["Wechatpay-Signature"] = base64.b64encode(bytes(256)).decode()
+        if fault is CertificateFault.STALLED:
+            return await trickle(request, response, self.faults.slow_body_ms / 1000.0)
         return response
 
     # -- API -------------------------------------------------------------------------------

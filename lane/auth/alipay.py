@@ -113,6 +113,14 @@ class AlipayClient(HttpClient, OneNetwork):
             )
         return url
 
+    async def bill(self, url: str, timeout_s: float, max_bytes: int) -> bytes:
+        """The bill zip at `url` (`bill_url`'s, unsigned: its content is checked as it is
+        parsed), whole within `timeout_s` (AcquirerTimeout, a stalled body included)."""
+        answer = await self._send("GET", url, "GET Alipay bill", timeout_s, max_bytes)
+        if answer.status != 200:
+            raise AcquirerProtocolError(f"GET Alipay bill: HTTP {answer.status}", answer.status)
+        return answer.body
+
     async def _call(
         self, method: wire.Method, biz: dict[str, str], payment_id: str, timeout_s: float
     ) -> AcquirerResult:

@@ -37,6 +37,7 @@ from lane.auth.acquirer import (
     AcquirerClient,
     AcquirerProtocolError,
     AcquirerResult,
+    AcquirerTimeout,
     AcquirerUnavailable,
     AlarmSink,
     OneNetwork,
@@ -53,6 +54,7 @@ from lane.auth.network_config import AlipaySection, Network, RoutesSection, WeCh
 from lane.auth.wechatpay import WeChatPayClient
 from lane.auth.wechatpay_trust import (
     CertificateFiles,
+    CertificateUnansweredError,
     FixedPlatformKey,
     PlatformCertificates,
     PlatformTrust,
@@ -229,13 +231,18 @@ NETWORK_NAMES: dict[Network, str] = {
 }
 
 
+UNANSWERED = "certificate_unanswered"  # WatchedAcquirer's state: the download got no answer
+
+
 class WatchedAcquirer:
     """An acquirer whose failures are an operator's alarm, cleared by its next good answer.
 
     `payment_<network>` is raised when the network cannot be reached (connection, 5xx) or
     answers something that cannot be trusted (bad signature, unknown key, our request refused),
     with a text saying which; timeouts and declines are business as usual. Only changes are
-    reported, so a long outage is one alarm, not one per vehicle.
+    reported, so a long outage is one alarm, not one per vehicle. An answer refused because
+    WeChat Pay's certificate download got no answer says so, and clears as soon as a download
+    is answered (the idle lane's look too), not only at the next call's good answer.
     """
 
     def __init__(self, inner: Acquirer, network: Network, alarm: AlarmSink) -> None:
@@ -244,6 +251,8 @@ class WatchedAcquirer:
         self._name = NETWORK_NAMES[network]
         self._alarm = alarm
         self._state: str | None = None
+        if isinstance(inner, WeChatPayClient) and isinstance(inner.platform, PlatformCertificates):
+            inner.platform.when_answered(self._download_answered)
 
     def reverse_rule(self, payment_id: str) -> ReverseRule:
         return self._inner.reverse_rule(payment_id)
@@ -280,6 +289,15 @@ class WatchedAcquirer:
                 "unreachable", f"{self._name} unreachable: online codes follow the policy ({exc})"
             )
             raise
+        except CertificateUnansweredError as exc:
+            stalls = isinstance(exc.unanswered, AcquirerTimeout)
+            self._set(
+                UNANSWERED,
+                f"{self._name} answers signed by its new platform certificate are refused: the"
+                f" certificate download {'stalls' if stalls else 'fails'} ({exc.unanswered});"
+                " online codes follow the policy until a download answers",
+            )
+            raise
         except AcquirerProtocolError as exc:
             self._set(
                 "untrusted", f"{self._name} answers cannot be trusted: check its keys ({exc})"
@@ -287,6 +305,10 @@ class WatchedAcquirer:
             raise
         self._set(None, None)
         return result
+
+    def _download_answered(self) -> None:
+        if self._state == UNANSWERED:
+            self._set(None, None)
 
     def _set(self, state: str | None, message: str | None) -> None:
         # The state, not the text (which names each call), decides: one alarm per outage.

@@ -40,7 +40,7 @@ from lane.auth.acquirer import (
     ReverseRule,
 )
 from lane.auth.wechatpay_certs import CERTIFICATES_PATH
-from lane.auth.wechatpay_trust import PlatformTrust
+from lane.auth.wechatpay_trust import CertificateUnansweredError, PlatformTrust
 
 log = logging.getLogger("lane.auth.wechatpay")
 
@@ -176,14 +176,18 @@ class WeChatPayClient(HttpClient, OneNetwork):
     async def _verified(self, answer: HttpAnswer, what: str, deadline: float) -> dict[str, Any]:
         raw, status = answer.body, answer.status
         problem = wire.answer_problem(answer.headers, raw, self.platform.key_for, self._wall())
+        unanswered = None
         if problem is not None and problem.kind is wire.Untrusted.UNKNOWN_KEY:
             # A rotation: learn the new certificate within what is left of the budget.
             left = deadline - self._monotonic()
-            await self.platform.learn(problem.serial, self.download_certificates, left)
+            unanswered = await self.platform.learn(problem.serial, self.download_certificates, left)
             problem = wire.answer_problem(answer.headers, raw, self.platform.key_for, self._wall())
         if problem is not None:
             log.error("wechatpay answer not trusted: %s", problem.detail, extra={"call": what})
-            raise AcquirerProtocolError(f"{what}: HTTP {status}: {problem.detail}", status)
+            message = f"{what}: HTTP {status}: {problem.detail}"
+            if unanswered is not None and problem.kind is wire.Untrusted.UNKNOWN_KEY:
+                raise CertificateUnansweredError(message, status, unanswered)
+            raise AcquirerProtocolError(message, status)
         if not raw:
             return {}
         try:

@@ -44,7 +44,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from lane.auth import netkeys
 from lane.auth import wechatpay_certs as certs
 from lane.auth import wechatpay_wire as wire
-from lane.auth.acquirer import AcquirerError, AlarmSink, HttpAnswer
+from lane.auth.acquirer import (
+    AcquirerError,
+    AcquirerProtocolError,
+    AcquirerTimeout,
+    AcquirerUnavailable,
+    AlarmSink,
+    HttpAnswer,
+)
 from lane.durable import write_atomically
 from lane.wire.utc import utc_text
 
@@ -64,6 +71,17 @@ _FIX = (
 Fetch = Callable[[float], Awaitable[HttpAnswer]]
 # The lane's sleep (`Clocks.sleep`): the idle lane's looks follow the lane's clock.
 Sleep = Callable[[float], Awaitable[None]]
+# Why a download got no answer: it stalled or timed out, or WeChat Pay could not be reached.
+Unanswered = AcquirerTimeout | AcquirerUnavailable
+
+
+class CertificateUnansweredError(AcquirerProtocolError):
+    """An answer signed by a platform certificate the lane could not learn because the
+    certificate download got no answer (`unanswered`): not a key of ours to check."""
+
+    def __init__(self, message: str, http_status: int, unanswered: Unanswered) -> None:
+        super().__init__(message, http_status)
+        self.unanswered = unanswered
 
 
 class PlatformTrust(Protocol):
@@ -73,8 +91,9 @@ class PlatformTrust(Protocol):
         """The key of a serial the lane trusts at `now`, or None."""
         ...
 
-    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> None:
-        """An answer named `serial`, unknown: try to learn it within `timeout_s`."""
+    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> Unanswered | None:
+        """An answer named `serial`, unknown: try to learn it within `timeout_s`; why the
+        download got no answer when that is what left it unknown."""
         ...
 
 
@@ -88,8 +107,9 @@ class FixedPlatformKey:
     def key_for(self, serial: str, now: float) -> rsa.RSAPublicKey | None:
         return self.key if serial == self.serial else None
 
-    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> None:
+    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> Unanswered | None:
         """Nothing to download: any other serial is not this merchant's platform key."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -157,6 +177,8 @@ class PlatformCertificates:
         self._alarmed = False
         self._times = certs.RefreshTimes()
         self._lock = asyncio.Lock()  # one download at a time; the others wait for its outcome
+        self._unanswered: Unanswered | None = None  # the last download's, until one answers
+        self._answered: list[Callable[[], None]] = []
         self._trusted = self._configured.merged(self._stored.certs, wall())
 
     @property
@@ -166,7 +188,12 @@ class PlatformCertificates:
     def key_for(self, serial: str, now: float) -> rsa.RSAPublicKey | None:
         return self._trusted.key_for(serial, now)
 
-    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> None:
+    def when_answered(self, listener: Callable[[], None]) -> None:
+        """Call `listener` each time a download is answered (whatever it holds): a download
+        that went unanswered is over (`WatchedAcquirer` clears its alarm)."""
+        self._answered.append(listener)
+
+    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> Unanswered | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         # The call's time bounds the wait for a download under way too: the idle look has
@@ -181,19 +208,22 @@ class PlatformCertificates:
                 timeout_s,
                 extra={"serial": serial},
             )
-            return
+            return AcquirerTimeout(
+                f"a download under way did not end within the call's {timeout_s:.3f} s"
+            )
         try:
             now, left = self._wall(), deadline - loop.time()
             if self.key_for(serial, now) is not None:  # a download meanwhile brought it
-                return
+                return None
             if left <= 0 or not certs.may_learn(self._times, now, self._retry_s):
                 log.warning(
                     "unknown WeChat Pay platform certificate: no download (one per"
                     " certificate_retry_s at most, or no time left in the call)",
                     extra={"serial": serial, "last_learn": self._times.last_learn},
                 )
-                return
-            await self._learn(serial, fetch, left)
+            else:
+                await self._learn(serial, fetch, left)
+            return None if self.key_for(serial, self._wall()) is not None else self._unanswered
         finally:
             self._lock.release()
 
@@ -260,7 +290,14 @@ class PlatformCertificates:
     async def _download(self, fetch: Fetch, timeout_s: float) -> None:
         """Download, check and keep the certificates; raises what went wrong."""
         self._times = replace(self._times, last_attempt=self._wall())
-        answer = await fetch(timeout_s)
+        try:
+            answer = await fetch(timeout_s)
+        except (AcquirerTimeout, AcquirerUnavailable) as exc:
+            self._unanswered = exc
+            raise
+        self._unanswered = None
+        for listener in self._answered:
+            listener()
         now = self._wall()
         problem = wire.answer_problem(answer.headers, answer.body, self.key_for, now)
         if problem is not None:

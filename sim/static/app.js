@@ -147,8 +147,8 @@ function faultActive(s, name, laneId) {
 }
 
 const GROUPS = [
-  ["Back office", ["backoffice_offline"]],
-  ["Acquirer", ["acquirer_outage", "acquirer_slow", "acquirer_declines"]],
+  ["Back office", ["backoffice_offline", "uplink_down"]],
+  ["Acquirer", ["acquirer_outage", "acquirer_slow", "acquirer_declines", "acquirer_slow_body", "acquirer_cut_body"]],
   ["Barrier", ["barrier_offline", "barrier_stuck", "barrier_stuck_open", "barrier_no_ack", "barrier_slow_ack", "barrier_fault"]],
   ["Camera", ["camera_blackout"]],
   ["Attack", ["code_burst"]],
@@ -224,6 +224,8 @@ function renderUplink(s) {
     else if (a.latency_ms) parts.push(`latency ${a.latency_ms} ms`);
     if (a.decline_rate) parts.push(`declines ${Math.round(a.decline_rate * 100)}%`);
     if (a.error_rate) parts.push(`errors ${Math.round(a.error_rate * 100)}%`);
+    if (a.slow_body_rate) parts.push(`answers stall ${Math.round(a.slow_body_rate * 100)}% (a byte every ${a.slow_body_ms} ms)`);
+    if (a.cut_body_rate) parts.push(`answers cut ${Math.round(a.cut_body_rate * 100)}%`);
     $("acquirer").textContent = parts.length ? parts.join(", ") : "healthy, instant";
   }
 }

@@ -14,14 +14,19 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from polling import eventually
 
 from lane.auth import bills
 from lane.auth.acquirer import PayRequest
+from lane.auth.alipay import AlipayClient
 from lane.auth.alipay_wire import beijing_time
 from lane.auth.reconcile import Finding, RecordedPayment, reconcile
 from lane.auth.refund_ends import RefundEnd, RefundEndKind, refund_draft
+from lane.auth.wechatpay import WeChatPayClient
 from lane.reconcile_cli import day_of, fetch_wechat, load_records, main
+from sim.alipay_fake import AlipayFake
 from sim.network_bills import BillRow, alipay_bill_zip, wechat_bill_text
+from sim.wechatpay_fake import WeChatPayFake
 from uplink.messages import QueueIdentity
 from uplink.pg import PostgresIngestStore
 from uplink.records import AuthInfo, Record, RecordDraft
@@ -202,6 +207,38 @@ def record(seq: int, pid: str, amount: int, ref: str, result: str = "approved") 
     return Record(f"rec-{seq}", "p07/l03", seq, int(time.time() * 1e6), draft)
 
 
+def write_config(
+    tmp_path: Path, keys: Keys, ids: dict[str, str], ali: AlipayFake, wx: WeChatPayFake
+) -> Path:
+    """A `--config` routing Alipay and WeChat Pay codes to the two fakes."""
+    cfg = tmp_path / "lane.toml"
+    merchant_key, _ = keys["merchant"].write(tmp_path, "merchant")
+    _, ali_pub = keys["alipay"].write(tmp_path, "alipay")
+    _, wx_pub = keys["wechat"].write(tmp_path, "wechat")
+    tables = {
+        "auth.routes": {"alipay": "alipay", "wechat": "wechatpay"},
+        "auth.alipay": {
+            "gateway_url": ali.gateway_url,
+            "app_id": ids["app_id"],
+            "private_key_file": merchant_key,
+            "alipay_public_key_file": ali_pub,
+        },
+        "auth.wechatpay": {
+            "base_url": wx.url,
+            **{k: ids[k] for k in ("mchid", "appid", "serial_no", "platform_serial")},
+            "private_key_file": merchant_key,
+            "platform_public_key_file": wx_pub,
+        },
+    }
+    cfg.write_text(
+        "".join(
+            f"[{name}]\n" + "".join(f'{k} = "{v}"\n' for k, v in table.items())
+            for name, table in tables.items()
+        )
+    )
+    return cfg
+
+
 async def test_lane_reconcile_against_both_fakes(
     tmp_path: Path,
     *,
@@ -227,31 +264,7 @@ async def test_lane_reconcile_against_both_fakes(
             # paid[3] has no record at all: charged without a record
         ]
         write_store(tmp_path / "ingest.sqlite", records)
-        cfg = tmp_path / "lane.toml"
-        merchant_key, _ = keys["merchant"].write(tmp_path, "merchant")
-        _, ali_pub = keys["alipay"].write(tmp_path, "alipay")
-        _, wx_pub = keys["wechat"].write(tmp_path, "wechat")
-        tables = {
-            "auth.routes": {"alipay": "alipay", "wechat": "wechatpay"},
-            "auth.alipay": {
-                "gateway_url": ali.gateway_url,
-                "app_id": ids["app_id"],
-                "private_key_file": merchant_key,
-                "alipay_public_key_file": ali_pub,
-            },
-            "auth.wechatpay": {
-                "base_url": wx.url,
-                **{k: ids[k] for k in ("mchid", "appid", "serial_no", "platform_serial")},
-                "private_key_file": merchant_key,
-                "platform_public_key_file": wx_pub,
-            },
-        }
-        cfg.write_text(
-            "".join(
-                f"[{name}]\n" + "".join(f'{k} = "{v}"\n' for k, v in table.items())
-                for name, table in tables.items()
-            )
-        )
+        cfg = write_config(tmp_path, keys, ids, ali, wx)
         date = beijing_time(time.time())[:10]
         argv = ["--config", str(cfg), "--date", date, "--db", str(tmp_path / "ingest.sqlite")]
         code = await asyncio.to_thread(main, [*argv, "--json"])
@@ -274,6 +287,80 @@ async def test_lane_reconcile_against_both_fakes(
         ]
     )
     assert text_code == 1 and "p07/l03" in text_out and "charged_without_record" in text_out
+
+
+async def pay_both(alic: AlipayClient, wxc: WeChatPayClient) -> list[Record]:
+    """Two payments on each fake, each with its approved record."""
+    records = []
+    for n, client in enumerate((alic, alic, wxc, wxc), start=1):
+        pid = "pay_" + f"{n:032x}"
+        code = f"28{n:016d}" if client is alic else f"13{n:016d}"
+        assert (await client.pay(PayRequest(pid, code, 450, "CNY", "p07/l03"), 2.0)).acquirer_ref
+        records.append(record(n, pid, 450, f"{'alipay' if client is alic else 'wechat'}:0{n}"))
+    return records
+
+
+async def test_a_stalled_bill_download_is_bounded_and_says_which_bill_and_why(
+    tmp_path: Path,
+    *,
+    network_keys: Keys,
+    alipay_gateway: Any,
+    wechat_gateway: Any,
+    network_ids: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with alipay_gateway() as (ali, alic), wechat_gateway() as (wx, wxc):
+        write_store(tmp_path / "ingest.sqlite", await pay_both(alic, wxc))
+        cfg = write_config(tmp_path, network_keys, network_ids, ali, wx)
+        date = beijing_time(time.time())[:10]
+        argv = ["--config", str(cfg), "--date", date, "--db", str(tmp_path / "ingest.sqlite")]
+        tries = ["--timeout-s", "0.3", "--tries", "2", "--retry-s", "0.05"]
+        for stalled, name in ((ali, "Alipay"), (wx, "WeChat Pay")):
+            stalled.update_faults(slow_body_rate=1.0)  # headers at once, then a byte a second
+            async with asyncio.timeout(10.0):  # two tries of 0.3 s, not the bodies' hours
+                code = await asyncio.to_thread(main, [*argv, *tries])
+            stalled.update_faults(slow_body_rate=0.0)
+            captured = capsys.readouterr()
+            assert code == 2 and captured.out == ""  # no report made of a bill not whole
+            assert f"{name} bill not fetched: the download stalls" in captured.err, captured.err
+            assert "no answer within 0.300 s" in captured.err
+            assert (
+                "tried 2 times" in captured.err and "bill download failed; retrying" in captured.err
+            )
+
+
+async def test_a_bill_download_stalled_then_answering_is_retried_whole(
+    tmp_path: Path,
+    *,
+    network_keys: Keys,
+    alipay_gateway: Any,
+    wechat_gateway: Any,
+    network_ids: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Both downloads stall until each has been tried once: the run tries again by itself and
+    reconciles every charge of both bills."""
+    async with alipay_gateway() as (ali, alic), wechat_gateway() as (wx, wxc):
+        write_store(tmp_path / "ingest.sqlite", await pay_both(alic, wxc))
+        cfg = write_config(tmp_path, network_keys, network_ids, ali, wx)
+        date = beijing_time(time.time())[:10]
+        argv = ["--config", str(cfg), "--date", date, "--db", str(tmp_path / "ingest.sqlite")]
+        tries = ["--timeout-s", "0.5", "--tries", "6", "--retry-s", "0.2", "--json"]
+        seen = {fake: fake.api_requests for fake in (ali, wx)}
+        for fake in (ali, wx):
+            fake.update_faults(slow_body_rate=1.0)
+        run = asyncio.create_task(asyncio.to_thread(main, [*argv, *tries]))
+        for fake in (ali, wx):  # Alipay's bill is fetched first, then WeChat Pay's
+            await eventually(lambda f=fake: f.api_requests > seen[f], what="a stalled try")
+            fake.update_faults(slow_body_rate=0.0)
+        async with asyncio.timeout(20.0):
+            code = await run
+        captured = capsys.readouterr()
+    assert code == 0, captured.err
+    (lane,) = json.loads(captured.out)["lanes"]
+    assert (lane["matched"], lane["matched_minor"], lane["discrepancies"]) == (4, 1800, [])
+    retried = [line for line in captured.err.splitlines() if "retrying" in line]
+    assert any("Alipay" in line for line in retried) and any("WeChat" in line for line in retried)
 
 
 def test_lane_reconcile_refuses_what_it_cannot_use(
@@ -339,7 +426,7 @@ async def test_a_bill_larger_than_an_api_answer_is_fetched(wechat_gateway: Any) 
                 for i in range(n)
             )
         )
-        text = await fetch_wechat(client, beijing_time(time.time())[:10])
+        text = await fetch_wechat(client, beijing_time(time.time())[:10], 10.0)
     assert len(text.encode()) > 64 * 1024
     orders = bills.parse_wechat(text)
     assert len(orders) == n

@@ -22,7 +22,7 @@ from polling import eventually
 from lane.auth import netkeys
 from lane.auth import wechatpay_certs as certs
 from lane.auth.acquirer import AcquirerProtocolError
-from lane.auth.networks import NetworkKeys, build_acquirer
+from lane.auth.networks import NetworkKeys, WatchedAcquirer, build_acquirer
 from lane.auth.resolver import PaymentState
 from lane.auth.wechatpay import WeChatPayClient
 from lane.auth.wechatpay_trust import (
@@ -308,6 +308,34 @@ async def test_a_download_stalled_mid_body_is_refused_in_time_alarmed_and_retrie
         s.wall.ahead_s += certs.MIN_REFRESH_INTERVAL_S + 1
         assert await s.trust.tick(fetch, 2.0) is certs.RefreshReason.UNKNOWN_SERIAL
         assert s.trust.key_for(new.serial, s.wall()) is not None and s.alarm_text() is None
+
+
+async def test_a_stalled_download_says_so_on_the_network_alarm_and_clears_when_it_answers(
+    cert_gateway: Any, net_lane: Any, network_keys: Keys
+) -> None:
+    """`payment_wechatpay` names the stalled download, not the lane's keys, and clears at the
+    first download answered (the idle look here), before any payment asks again."""
+    async with cert_gateway() as s:
+        payment: list[tuple[str, str | None]] = []
+        watched = WatchedAcquirer(s.client, "wechatpay", lambda c, m: payment.append((c, m)))
+        async with net_lane(watched, s.fake, resolving=False) as lane:
+            s.fake.rotate_certificate(network_keys["rotated"].private)
+            s.fake.certificate_fault = CertificateFault.STALLED  # only the download stalls
+            async with asyncio.timeout(3.0):  # the vehicle's budget, not the body's minutes
+                refused = await lane.auth.authorise(lane.request(code(), budget_s=0.5))
+            assert (refused.approved, refused.reason) == (False, "acquirer_error")  # safe
+            ((alarm, text),) = payment
+            assert alarm == "payment_wechatpay" and text is not None
+            assert "certificate download stalls" in text and "no answer within" in text, text
+            assert "check its keys" not in text
+            refused_too = await lane.auth.authorise(lane.request(code(), budget_s=0.5))
+            assert not refused_too.approved and len(payment) == 1  # one alarm, not one a vehicle
+            s.fake.certificate_fault = CertificateFault.NONE
+            s.wall.ahead_s += certs.MIN_REFRESH_INTERVAL_S + 1
+            fetch = s.client.download_certificates
+            assert await s.trust.tick(fetch, 2.0) is certs.RefreshReason.UNKNOWN_SERIAL
+            assert payment[-1] == ("payment_wechatpay", None), payment
+            assert (await pay(lane)).approved and len(payment) == 2
 
 
 async def test_an_idle_look_stalled_mid_body_holds_no_payment_past_its_budget(

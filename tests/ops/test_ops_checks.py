@@ -29,6 +29,7 @@ from lane.doctor import (
     probe_clock,
     probe_disk,
     probe_mqtt,
+    probe_uplink,
 )
 from lane.transport.mqtt import MqttLink
 from sim.acquirer import AcquirerServer
@@ -291,6 +292,22 @@ async def test_broker_probe(mosquitto: Mosquitto, tmp_path: Path) -> None:
     finally:
         strict.stop()
     assert refused.status == "FAIL" and "TCP works but MQTT refused" in refused.detail
+
+
+async def test_the_uplinks_own_broker_is_probed_too(mosquitto: Mosquitto) -> None:
+    """`[uplink]` host and port apart from `[broker]`: the doctor probes where the uplink
+    connects as well, by its name; the same broker is probed once."""
+    same = parse_config({"broker": {"port": mosquitto.port}})
+    assert await probe_uplink(same, 5) == []
+    nowhere = free_port()
+    apart = parse_config({"broker": {"port": mosquitto.port}, "uplink": {"port": nowhere}})
+    (down,) = await probe_uplink(apart, 5)
+    assert (down.status, down.name) == ("FAIL", "uplink")
+    assert down.detail.startswith(f"127.0.0.1:{nowhere}: cannot connect"), down.detail
+    (up,) = await probe_uplink(
+        parse_config({"broker": {"port": nowhere}, "uplink": {"port": mosquitto.port}}), 5
+    )
+    assert (up.status, up.name) == ("OK", "uplink") and "MQTT connected" in up.detail
 
 
 async def test_broker_probe_connects_over_tls_as_the_daemon_does(tmp_path: Path) -> None:

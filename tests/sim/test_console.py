@@ -52,6 +52,8 @@ FAULTS = [
     ("keyset_lapsed", "keyset_no_token_key", "major"),
     # Seen by the next vehicle's record, which the broker refuses.
     ("publish_refused", "publish_refused", "major"),
+    # Lane 1's uplink alone: its health still comes over the barrier link, after the grace.
+    ("uplink_down", "uplink_down", "major"),
 ]
 # A decline rate well above the alarm's fifth, so that the alarm stays up while it is acked.
 FAULT_PARAMS = {"acquirer_declines": {"rate": 0.9}}
@@ -72,6 +74,7 @@ SAYS = {
     "barrier_unreadable": "cannot be read",
     "keyset_no_token_key": "s1 expired",
     "publish_refused": "Not authorized",
+    "uplink_down": "back-office link down",
 }
 
 

@@ -190,6 +190,66 @@ async def test_a_burst_of_bad_codes_is_refused(running: Running) -> None:
     assert after["lanes"][0]["counts"]["opened"] >= before["opened"]
 
 
+@pytest.mark.parametrize(
+    ("fault", "says", "rate"),
+    [
+        ("acquirer_slow_body", "answers stall 100% (a byte every 1000 ms)", "slow_body_rate"),
+        ("acquirer_cut_body", "answers cut 100%", "cut_body_rate"),
+    ],
+)
+async def test_in_a_browser_the_acquirer_body_faults_have_their_buttons(
+    running: Running, fault: str, says: str, rate: str
+) -> None:
+    """Beside the other acquirer faults: a click sets it on every payment server, the
+    acquirer's line says so, a second click takes it off."""
+    async with browser_page(1600, 1000) as (page, errors):
+        await page.goto(running.url)
+        await page.wait_for_selector("#conn.up", timeout=15_000)
+        group = page.locator("#fault-buttons > *")
+        names = [await b.get_attribute("data-fault") for b in await group.all()]
+        assert names[names.index("acquirer_declines") + 1 :][:2] == [
+            "acquirer_slow_body",
+            "acquirer_cut_body",
+        ], names
+        button = page.locator(f'button[data-fault="{fault}"]')
+        acquirer = page.locator("#acquirer")
+        await button.click()
+        await expect(lambda: _has_class(button, "active"), "the button shown active")
+        await expect(lambda: _text_has(acquirer, says), "the acquirer's line says so")
+        assert all(server.faults.to_map()[rate] == 1.0 for server in running.sim.payment_servers())
+        await button.click()
+        await expect(lambda: _text_is(acquirer, "healthy, instant"), "the acquirer healthy")
+        assert not await _has_class(button, "active")
+        assert all(server.faults.to_map()[rate] == 0.0 for server in running.sim.payment_servers())
+        assert not errors, f"page errors: {errors}"
+
+
+async def test_in_a_browser_the_lanes_uplink_goes_down_alone(running: Running) -> None:
+    """Its button beside the back-office cut: lane 1's uplink shows down, its `uplink_down`
+    alarm comes after its grace (real seconds) while its barrier is untouched, and a second
+    click brings the link back and clears the alarm."""
+    async with browser_page(1600, 1000) as (page, errors):
+        await page.goto(running.url)
+        await page.wait_for_selector("#conn.up", timeout=15_000)
+        group = page.locator("#fault-buttons > *")
+        names = [await b.get_attribute("data-fault") for b in await group.all()]
+        assert names[names.index("backoffice_offline") + 1] == "uplink_down", names
+        button = page.locator('button[data-fault="uplink_down"]')
+        link = page.locator("#link-1")
+        await button.click()
+        await expect(lambda: _text_is(link, "down"), "lane 1's uplink down", 15.0)
+        await expect(lambda: _has_class(button, "active"), "the button shown active")
+        await page.wait_for_selector('#alarms li[data-alarm="uplink_down"]', timeout=30_000)
+        assert await page.locator('#alarms li[data-alarm="broker_down"]').count() == 0
+        assert await page.locator("#phase-1").text_content() != "fault"  # the barrier link is up
+        await button.click()
+        await expect(lambda: _text_is(link, "up"), "lane 1's uplink up again", 30.0)
+        await page.wait_for_selector(
+            '#alarms li[data-alarm="uplink_down"]', state="detached", timeout=30_000
+        )
+        assert not errors, f"page errors: {errors}"
+
+
 async def test_in_a_browser_vehicles_pass_and_a_barrier_fault_shows(
     running: Running, tmp_path: Path
 ) -> None:
@@ -226,6 +286,10 @@ async def test_in_a_browser_vehicles_pass_and_a_barrier_fault_shows(
 
 async def _text_is(locator: Any, text: str) -> bool:
     return bool(await locator.text_content() == text)
+
+
+async def _text_has(locator: Any, text: str) -> bool:
+    return text in ((await locator.text_content()) or "")
 
 
 async def _text_is_not(locator: Any, text: str) -> bool:

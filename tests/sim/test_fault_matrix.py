@@ -84,6 +84,26 @@ CASES = [
     # The plaza issues a newer key set whose token key has expired: offline tokens are refused
     # for their key alone; off, a good set is issued and adopted.
     Case("keyset_lapsed", "keyset_no_token_key", refused="key_not_valid_at_iat"),
+    # Answers stalled mid-body: the vehicle's call ends at its budget (declined), the payment it
+    # charged is in doubt and reversed once answers flow again. This and the cases below leave
+    # acquirer_unhealthy to its window, which each of them finds and tolerates: they come last.
+    Case(
+        "acquirer_slow_body",
+        None,
+        refused="timeout",
+        vehicle="wechat",
+        declined=True,
+        lingering=frozenset({"acquirer_unhealthy"}),
+    ),
+    # Answers cut mid-body: the network counts as unreachable, the vehicle follows the offline
+    # policy (the simulator's passes it, deferred) and its charged attempt is voided.
+    Case(
+        "acquirer_cut_body",
+        None,
+        with_vehicle="payment_wechatpay",
+        vehicle="wechat",
+        lingering=frozenset({"acquirer_unhealthy"}),
+    ),
     # WeChat Pay rotates its certificate while the download is broken: the next WeChat Pay
     # answer names a certificate the lane cannot learn. Once the download works, the lane's
     # next try (a retry is allowed every certificate_retry_s, which the simulator scales like
@@ -149,7 +169,9 @@ async def test_each_fault_clears_itself_and_the_next_vehicle_is_served(
 ) -> None:
     lane = sim.lanes[0]
     index = None if sim.faults.lanes_for(case.fault, None) == [None] else 1
-    await within(sim, "healthy before the fault", lambda: healthy(lane), HEAL_WITHIN_S)
+    await within(
+        sim, "healthy before the fault", lambda: healthy(lane, case.lingering), HEAL_WITHIN_S
+    )
     mark = lane.watch.mark
     met = len(lane.outcomes)
     await sim.faults.apply(case.fault, True, index)
@@ -210,6 +232,41 @@ async def test_each_fault_clears_itself_and_the_next_vehicle_is_served(
     assert sim.faults.active == {}
     if case.declined:
         await within(sim, "the payment in doubt reversed", lambda: no_charge_kept(sim, lane), 60.0)
+
+
+async def test_the_uplink_down_alone_is_safe_seen_and_clears(sim: Simulator) -> None:
+    """Only the lane's uplink connection goes down, its barrier link stays up: a vehicle pays
+    and passes and its record waits on disk; `uplink_down` names the uplink's broker after its
+    grace (1.5 keepalives, real seconds), with no `broker_down` beside it; once the link is
+    back the alarm clears by itself and the record reaches the back office."""
+    lane = sim.lanes[0]
+    lingering = frozenset({"acquirer_unhealthy"})  # a case above may leave its window
+    await within(sim, "healthy before the fault", lambda: healthy(lane, lingering), HEAL_WITHIN_S)
+    assert lane.daemon is not None and lane.uplink_link is not None
+    daemon, where = lane.daemon, f"127.0.0.1:{lane.uplink_link.port}"
+    await sim.faults.apply("uplink_down", True, 1)
+    try:
+        await eventually(lambda: "uplink_down" in alarms(lane), within=30.0, what="uplink_down")
+        text = alarms(lane)["uplink_down"]
+        assert text.startswith(f"back-office link down: no uplink connection to the broker {where}")
+        assert "broker_down" not in alarms(lane) and daemon.link.connected
+        await eventually(lambda: in_health(lane, "uplink_down"), within=10.0, what="in health")
+        before = set(lane.records_written)
+        served = len(lane.outcomes)
+        lane.join(paying(sim, "token"))
+        await lane.drained()
+        assert lane.outcomes[served].passed, lane.outcomes[served]
+        (kept,) = set(lane.records_written) - before
+        assert (await daemon.forwarder.status()).backlog >= 1
+        assert kept not in sim.backoffice.ingested_ids(lane.lane_id)
+    finally:
+        await sim.faults.apply("uplink_down", False, 1)
+    await eventually(lambda: "uplink_down" not in alarms(lane), within=30.0, what="cleared")
+    await within(sim, "healed", lambda: healthy(lane, lingering), HEAL_WITHIN_S)
+    await eventually(
+        lambda: kept in sim.backoffice.ingested_ids(lane.lane_id), within=30.0, what="ingested"
+    )
+    assert sim.faults.active == {}
 
 
 def in_health(lane: SimLane, code: str) -> bool:
