@@ -723,6 +723,9 @@ class LaneDaemon:
         self._stall_text: str | None = None
         # When the vehicle on the entry loop arrived (None: nobody there), for the frozen rule.
         self._arrived_at: float | None = None
+        # A frozen picture found, as (the stats' changed_ts then, its text): it stands until
+        # the picture changes, whoever comes or goes (lane.core.frozen).
+        self._frozen: tuple[float, str] | None = None
         # A source read to its end, until the lane is told (`_tell_end`), and whether the last
         # watch saw everything read from it decided.
         self._ended: str | None = None
@@ -1225,8 +1228,15 @@ class LaneDaemon:
         stalled = self._stall.observe(now, stats.frames_in, processed)
         gate = LaneMode(self.config.lane.mode).fare_gate  # no entry loop to say who is there
         frozen = frozen_picture(
-            stats.changed_ts, stats.looked_ts, self._arrived_at, self._stall.after_s, loop=not gate
+            stats.changed_ts,
+            stats.looked_ts,
+            self._arrived_at,
+            self._stall.after_s,
+            loop=not gate,
+            told=self._frozen,
         )
+        changed = stats.changed_ts
+        self._frozen = None if frozen is None or changed is None else (changed, frozen)
         self._stall_text = stalled or frozen
         self._tell_camera()
 

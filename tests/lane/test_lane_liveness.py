@@ -187,6 +187,23 @@ async def test_a_camera_that_repeats_one_picture_is_seen_by_the_vehicle_it_does_
         assert not daemon.runner.state.accepting_payments  # a frozen picture reads no code
         checks = daemon.health.message().checks
         assert [(c.ok, c.detail) for c in checks if c.name == "camera"] == [(False, text)]
+        # The vehicle backs away, the camera still frozen: its cause is still there, so the
+        # lane stays closed, for the next driver too (not invited to show a code nobody reads).
+        await lane.device.vehicle_backs_away()
+        await eventually(lambda: daemon.runner.state.vehicle is None, between=still)
+        left = time.monotonic()
+        await eventually(
+            lambda: (daemon.pipeline.stats().looked_ts or 0.0) >= left + 3.0, between=still
+        )
+        assert alarms.get("camera_blackout") == text and not camera_ready(lane)
+        await lane.device.vehicle_enters(1)
+        await eventually(lambda: daemon.runner.state.vehicle is not None, between=still)
+        arrived = time.monotonic()
+        await eventually(
+            lambda: (daemon.pipeline.stats().looked_ts or 0.0) >= arrived + 2.0, between=still
+        )
+        assert alarms.get("camera_blackout") == text
+        assert not daemon.runner.state.accepting_payments
         # Clears by itself once the pictures move again; the vehicle waiting pays and passes.
         await eventually(lambda: "camera_blackout" not in alarms, between=live)
         assert camera_ready(lane)
