@@ -81,6 +81,7 @@ from lane.core.names import DeviceWords, PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.road import waits_for_ticket
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
+from lane.core.trip import TapOut
 from lane.disk_answer import DiskPhase, clear_after_s, judged
 from lane.disk_probe import PROBE_FILE, DiskProbe
 from lane.durable import write_atomically
@@ -1244,9 +1245,14 @@ class LaneDaemon:
         """A source read to its end closes the lane to payments once what was read from it is
         decided: a payment in flight would be reversed under the fault, and a code on its way
         refused. Its last frames decoded and no payment in flight for two watches in a row: the
-        codes decoded before the first were posted to the core by the second."""
+        codes decoded before the first were posted to the core by the second. A metro exit's
+        code held while its trip is priced (`TapOut`: a tap store slow to answer) is in flight
+        too: priced under the fault, it would be refused though it was read."""
         vehicle = self.runner.state.vehicle
-        if stats.pending or (vehicle is not None and vehicle.attempt is not None):
+        deciding = vehicle is not None and (
+            vehicle.attempt is not None or isinstance(vehicle.trip, TapOut)
+        )
+        if stats.pending or deciding:
             self._end_quiet = False
         elif not self._end_quiet:
             self._end_quiet = True
