@@ -846,6 +846,11 @@ class LaneDaemon:
         )
         sensors = tuple(sorted(snap.sensors.items()))
         self.runner.post(ev.DeviceSnapshotted(Position(snap.barrier), sensors, new_id()))
+        if not snap.sensors.get(Sensor.ENTRY_LOOP, False):
+            # A vehicle gone while its loop's reading was lost (a device restarted, a link
+            # down): nobody is there for the frozen rule either. One there already keeps its
+            # arrival unknown: its picture changed before the lane could see it.
+            self._arrived_at = None
 
     def _on_garbage(self, topic: str, error: str) -> None:
         """What the device says of its boom and its commands, unreadable: a fault (the core's).
