@@ -82,6 +82,7 @@ from lane.core.names import DeviceWords, PayloadKind, Position, Sensor
 from lane.core.notes import TripPricedNote, VehicleArrived, VehicleLeft
 from lane.core.road import waits_for_ticket
 from lane.core.state import FlatFares, LaneMode, LaneRules, phase
+from lane.core.trip import TapOut
 from lane.disk_answer import DiskPhase, clear_after_s, judged
 from lane.disk_probe import PROBE_FILE, DiskProbe
 from lane.durable import write_atomically
@@ -752,6 +753,9 @@ class LaneDaemon:
         self._stall_text: str | None = None
         # When the vehicle on the entry loop arrived (None: nobody there), for the frozen rule.
         self._arrived_at: float | None = None
+        # A frozen picture found, as (the stats' changed_ts then, its text): it stands until
+        # the picture changes, whoever comes or goes (lane.core.frozen).
+        self._frozen: tuple[float, str] | None = None
         # A source read to its end, until the lane is told (`_tell_end`), and whether the last
         # watch saw everything read from it decided.
         self._ended: str | None = None
@@ -871,6 +875,11 @@ class LaneDaemon:
         )
         sensors = tuple(sorted(snap.sensors.items()))
         self.runner.post(ev.DeviceSnapshotted(Position(snap.barrier), sensors, new_id()))
+        if not snap.sensors.get(Sensor.ENTRY_LOOP, False):
+            # A vehicle gone while its loop's reading was lost (a device restarted, a link
+            # down): nobody is there for the frozen rule either. One there already keeps its
+            # arrival unknown: its picture changed before the lane could see it.
+            self._arrived_at = None
 
     def _on_garbage(self, topic: str, error: str) -> None:
         """What the device says of its boom and its commands, unreadable: a fault (the core's).
@@ -1251,8 +1260,15 @@ class LaneDaemon:
         stalled = self._stall.observe(now, stats.frames_in, processed)
         gate = LaneMode(self.config.lane.mode).fare_gate  # no entry loop to say who is there
         frozen = frozen_picture(
-            stats.changed_ts, stats.looked_ts, self._arrived_at, self._stall.after_s, loop=not gate
+            stats.changed_ts,
+            stats.looked_ts,
+            self._arrived_at,
+            self._stall.after_s,
+            loop=not gate,
+            told=self._frozen,
         )
+        changed = stats.changed_ts
+        self._frozen = None if frozen is None or changed is None else (changed, frozen)
         self._stall_text = stalled or frozen
         self._tell_camera()
 
@@ -1260,9 +1276,14 @@ class LaneDaemon:
         """A source read to its end closes the lane to payments once what was read from it is
         decided: a payment in flight would be reversed under the fault, and a code on its way
         refused. Its last frames decoded and no payment in flight for two watches in a row: the
-        codes decoded before the first were posted to the core by the second."""
+        codes decoded before the first were posted to the core by the second. A metro exit's
+        code held while its trip is priced (`TapOut`: a tap store slow to answer) is in flight
+        too: priced under the fault, it would be refused though it was read."""
         vehicle = self.runner.state.vehicle
-        if stats.pending or (vehicle is not None and vehicle.attempt is not None):
+        deciding = vehicle is not None and (
+            vehicle.attempt is not None or isinstance(vehicle.trip, TapOut)
+        )
+        if stats.pending or deciding:
             self._end_quiet = False
         elif not self._end_quiet:
             self._end_quiet = True

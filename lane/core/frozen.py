@@ -7,7 +7,9 @@ static night scene, sends identical pictures of an idle lane until something mov
 vehicle says that something must move: its arrival changes the picture, and while it is at
 the pay point its driver moves in view. So a picture unchanged while nobody is there is no
 fault; one that stays the same across a vehicle's arrival, or for `after_s` while a vehicle
-is there, is (the shell raises `camera_blackout` with the text, `lane/daemon.py`).
+is there, is (the shell raises `camera_blackout` with the text, `lane/daemon.py`). Found, it
+holds until a newer picture differs: the vehicle leaving removes no cause, and a lane reopened
+under a camera still frozen would invite the next driver to show a code nobody reads.
 
 Times are the lane's monotonic clock: frames are stamped on it, and so is the arrival (the
 entry loop going occupied). A frame is compared with the one looked at before it, once a
@@ -32,14 +34,18 @@ def frozen_picture(
     after_s: float,
     *,
     loop: bool = True,
+    told: tuple[float, str] | None = None,
 ) -> str | None:
     """The text of a frozen picture (`camera_blackout`'s cause), or None.
 
     `arrived_at`: when the vehicle there now arrived, None while the pay point is empty;
     `loop`: the lane has an entry loop. One that has none (a metro gate) is never told when a
-    change is due: there any picture unchanged for `after_s` is frozen."""
+    change is due: there any picture unchanged for `after_s` is frozen. `told`: the verdict
+    said before, as (`changed_at` then, its text): it stands until a picture differs again."""
     if changed_at is None or looked_at is None:
         return None
+    if told is not None and changed_at <= told[0]:
+        return told[1]
     same = f"camera frozen: the same picture for over {after_s:g} s"
     if not loop:
         return same if looked_at - changed_at >= after_s else None

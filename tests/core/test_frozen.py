@@ -95,3 +95,21 @@ def test_only_a_vehicle_makes_an_unchanged_picture_frozen(
             assert (said is not None) == (now - max(seen_since) >= after_s)
         if always_changes:
             assert said is None
+
+
+def test_a_frozen_picture_stands_until_the_picture_changes_whoever_comes_or_goes() -> None:
+    """The vehicle that found it leaving removes no cause: a lane reopened under a camera
+    still frozen would invite the next driver to show a code nobody reads."""
+    found = frozen_picture(50.0, 103.0, 100.0, AFTER_S)
+    assert found == ARRIVAL
+    told = (50.0, found)
+    assert frozen_picture(50.0, 104.0, None, AFTER_S, told=told) == ARRIVAL  # it backed away
+    assert frozen_picture(50.0, 900.0, None, AFTER_S, told=told) == ARRIVAL  # idle, still frozen
+    assert frozen_picture(50.0, 901.0, 900.5, AFTER_S, told=told) == ARRIVAL  # the next one
+    # A picture that differs: the cause is gone, whoever is there.
+    assert frozen_picture(901.5, 902.0, 900.5, AFTER_S, told=told) is None
+    assert frozen_picture(901.5, 902.0, None, AFTER_S, told=told) is None
+    # Found with a vehicle there, it stands after it leaves too, until a change.
+    present = (100.0, PRESENT)
+    assert frozen_picture(100.0, 130.0, None, AFTER_S, told=present) == PRESENT
+    assert frozen_picture(131.0, 131.0, None, AFTER_S, told=present) is None

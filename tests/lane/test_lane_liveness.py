@@ -187,6 +187,23 @@ async def test_a_camera_that_repeats_one_picture_is_seen_by_the_vehicle_it_does_
         assert not daemon.runner.state.accepting_payments  # a frozen picture reads no code
         checks = daemon.health.message().checks
         assert [(c.ok, c.detail) for c in checks if c.name == "camera"] == [(False, text)]
+        # The vehicle backs away, the camera still frozen: its cause is still there, so the
+        # lane stays closed, for the next driver too (not invited to show a code nobody reads).
+        await lane.device.vehicle_backs_away()
+        await eventually(lambda: daemon.runner.state.vehicle is None, between=still)
+        left = time.monotonic()
+        await eventually(
+            lambda: (daemon.pipeline.stats().looked_ts or 0.0) >= left + 3.0, between=still
+        )
+        assert alarms.get("camera_blackout") == text and not camera_ready(lane)
+        await lane.device.vehicle_enters(1)
+        await eventually(lambda: daemon.runner.state.vehicle is not None, between=still)
+        arrived = time.monotonic()
+        await eventually(
+            lambda: (daemon.pipeline.stats().looked_ts or 0.0) >= arrived + 2.0, between=still
+        )
+        assert alarms.get("camera_blackout") == text
+        assert not daemon.runner.state.accepting_payments
         # Clears by itself once the pictures move again; the vehicle waiting pays and passes.
         await eventually(lambda: "camera_blackout" not in alarms, between=live)
         assert camera_ready(lane)
@@ -194,6 +211,41 @@ async def test_a_camera_that_repeats_one_picture_is_seen_by_the_vehicle_it_does_
         await show(lane, token, lambda: named(lane, "barrier_opened"))
         await lane.device.vehicle_passes()
         await eventually(lambda: quiet(lane))
+
+
+async def test_a_vehicle_gone_while_its_device_was_away_leaves_an_idle_picture_unfrozen(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """The lane controller restarts while a vehicle is on the loop, which leaves meanwhile: its
+    snapshot says the loop is clear. The idle lane's picture may then stay the same (a still
+    night scene): no vehicle is there for it to show, no fault."""
+    camera = PushSource()
+    settings = {"open_timeout_s": 1.0}
+    async with running_lane(tmp_path, mosquitto, lane_id, source=camera, camera=settings) as lane:
+        daemon = lane.daemon
+        alarms = daemon.runner.alarms
+        live = live_pictures(camera)
+        await eventually(lambda: camera_ready(lane), between=live)
+        await lane.device.vehicle_enters(1)
+        await eventually(lambda: daemon.runner.state.vehicle is not None, between=live)
+        await lane.device.stop()
+        lane.device.sensors["entry_loop"] = False  # gone while its controller was down
+        device_task = asyncio.create_task(lane.device.run())
+        try:
+            await eventually(lambda: daemon.runner.state.vehicle is None, between=live)
+            await eventually(lambda: camera_ready(lane) and quiet(lane), between=live)
+            still = frame_for(None, "clear", rng=7)
+            stats = daemon.pipeline.stats
+            await eventually(
+                lambda: (stats().looked_ts or 0.0) - (stats().changed_ts or 0.0) >= 6.0,
+                between=lambda: camera.put(still, time.monotonic()),
+                within=15,
+            )
+            assert "camera_blackout" not in alarms and camera_ready(lane)
+            assert daemon.runner.state.accepting_payments
+        finally:
+            await lane.device.stop()
+            await asyncio.gather(device_task, return_exceptions=True)
 
 
 async def test_a_lane_started_while_its_broker_is_down_says_so_and_serves_once_it_is_up(

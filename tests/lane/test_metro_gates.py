@@ -12,18 +12,21 @@ acquirer names the payer; a refund the acquirer refuses is retried, alarmed, and
 back office hears how each refund ended (a `refund` record) and lists the one still owed
 (`lane refund-trail`) until it is made. A gate's refund of a tap (a passenger it never let
 through) is heard by the line's other gates (a third gate, an exit at S02): the tap-in its
-tap-out closed is open again there, a refunded tap-in prices nothing."""
+tap-out closed is open again there, a refunded tap-in prices nothing. A demo folder read to its
+end closes an exit gate only once the code it held for pricing is decided."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 from mqtt_kit import sender
 from polling import eventually
@@ -38,7 +41,9 @@ from lane.core.names import AuthResult, Method, RecordKind
 from lane.core.records import AuthInfo, RecordDraft
 from lane.tap_desk import TapDesk
 from lane.transport.mqtt import MqttLink
+from scanner.sources import ImageFolderSource
 from sim.acquirer import AcquirerServer
+from sim.camera import frame_for
 from sim.codes import KID, CodeFactory
 from uplink.records import Record
 from uplink.refunds import RefundTrail, open_refunds
@@ -169,6 +174,54 @@ async def test_a_locked_taps_store_charges_the_maximum_says_so_and_clears_when_r
     # And keeps the next tap-in.
     await through(entry, token(road, "rider-2", now))
     await eventually(lambda: taps.store.count() == 1, what="the next tap-in kept")
+
+
+async def test_a_demo_folder_s_last_code_held_while_its_trip_is_priced_still_pays(
+    road: Road, tmp_path: Path
+) -> None:
+    """An exit gate reading an image folder (a demo source): its last code is held while the
+    trip is priced, and its tap store is slow to answer (another process holds its write lock,
+    and a tap-in heard from the line waits on it). The folder's end must not close the gate
+    before that code is decided: priced under the fault, it would be refused though read."""
+    line = {"line": f"L{road.run_id}"}
+    auth = {"keyset": str(road.keyset)}
+    entry = await road.lane(
+        road.lane_id("S01/g"), "transit-entry", auth=auth, metro=line, fares=ENTRY_FARES
+    )
+    now = int(time.time())
+    folder = tmp_path / "exit-camera"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a-empty.png"), frame_for(None, "clear", rng=1))
+    cv2.imwrite(str(folder / "b-phone.png"), frame_for(token(road, "rider-1", now - 1), "clear"))
+    shown = threading.Event()  # the folder waits after its first image until the test says
+
+    def pace(_s: float) -> None:
+        shown.wait(30)
+
+    source = ImageFolderSource(folder, fps=1.0, sleep=pace)
+    exit_gate = await road.lane(road.lane_id("S03/x"), "transit-exit", auth=auth, metro=line,
+                                fares={"tariff": str(METRO)}, source=source)  # fmt: skip
+    daemon = exit_gate.daemon
+    holder = sqlite3.connect(daemon.config.lane.data_dir / "taps.sqlite3", isolation_level=None)
+    try:
+        await eventually(lambda: daemon.pipeline.stats().frames_in == 1, within=15)
+        holder.execute("BEGIN IMMEDIATE")
+        # A tap-in heard at the exit gate waits on the lock, holding the store (SQLite's 10 s).
+        await through(entry, token(road, "rider-1", now))
+        shown.set()  # the passenger's code, then the folder's end
+        await eventually(lambda: daemon.pipeline.stats().source_ended)
+        await eventually(lambda: exit_gate.named("trip_priced"), within=20)
+        holder.execute("ROLLBACK")
+        # The code held is decided: paid, the gate opens for the passenger.
+        await eventually(lambda: exit_gate.named("barrier_opened"), within=10)
+        alarms = daemon.runner.alarms
+        ended = "camera reads no codes: camera source ended: end of folder"
+        await eventually(lambda: alarms.get("camera_blackout", "").startswith(ended))
+    finally:
+        shown.set()
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
 
 
 def _outs(store: SqliteIngestStore, n: int) -> list[Any] | None:
