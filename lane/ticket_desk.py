@@ -248,7 +248,8 @@ class TicketDesk:
         if self.state in (PrinterState.PAPER_OUT, PrinterState.OFFLINE):
             return self.state.value  # the printer said so: sending would only be refused
         now_us = self._now_us()
-        job = PrintJob(job_id, escpos, now_us, now_us + int(self.retry_s * 1_000_000))
+        life_us = int(self.retry_s * 1_000_000)
+        job = PrintJob(job_id, escpos, now_us, now_us + life_us)
         waiter = asyncio.get_running_loop().create_future()
         self._acks[job.job_id] = waiter
         try:
@@ -260,7 +261,7 @@ class TicketDesk:
         except ConnectionError as exc:
             return f"not sent: {exc}"
         except TimeoutError:
-            if 2 * self._ahead_us > job.not_after_us - job.ts_us:
+            if 2 * self._ahead_us > life_us:
                 # Not offline: it hears every job and drops it (its log says so), so "check its
                 # power and link" would send the operator the wrong way.
                 self.alarm(PRINTER_OFFLINE, clock_ahead_text(self._ahead_us / 1e6, self.retry_s))
