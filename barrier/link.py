@@ -24,6 +24,7 @@ MqttLink with the topic.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -84,6 +85,10 @@ class BarrierLink:
         self._snapshot_topic = topics.device_snapshot(lane)
         # (session, seq) of the newest barrier state passed on.
         self._last_state: tuple[str, int] | None = None
+        # The newest text the lane said (and when, its wall clock), for `show_again`: a text
+        # the broker refused is not kept by anyone else, and nothing else would try its topic.
+        self._said: tuple[DisplayMessage, float] | None = None
+        self._text_refused = asyncio.Event()
         self.garbage_log = RefusalLog()
         self.mqtt = broker.link(
             client_id or f"controller-{lane}",
@@ -143,14 +148,47 @@ class BarrierLink:
         while, "Lane closed" for a whole fault: the broker keeps it for a display away on its
         persistent session), retained, so a display that (re)starts is handed the lane's current
         text at once, and expiring with the text's ttl, so the broker never hands it one the
-        lane stopped showing. PublishRefused when the broker's ACL refuses the topic."""
-        await self.mqtt.publish(
-            topics.display(self.lane),
-            message.encode(),
-            qos=1,
-            retain=True,
-            expiry_s=message.expiry_s,
-        )
+        lane stopped showing. PublishRefused when the broker's ACL refuses the topic (then
+        `show_again` says the lane's newest text again, at the refusal back-off)."""
+        self._said = (message, self.wall())
+        try:
+            await self.mqtt.publish(
+                topics.display(self.lane),
+                message.encode(),
+                qos=1,
+                retain=True,
+                expiry_s=message.expiry_s,
+            )
+        except PublishRefused:
+            self._text_refused.set()
+            raise
+
+    async def show_again(self) -> None:
+        """A refused text is the lane's word until its next: at an idle lane that may be hours,
+        so `publish_refused` stayed raised, and the display dark or on a stale copy, long after
+        the ACL was fixed. The newest text the lane said (what is left of its ttl; spent, no
+        text) is said again at the link's refusal back-off until the broker takes it. Run as a
+        task."""
+        topic = topics.display(self.lane)
+        while True:
+            await self._text_refused.wait()
+            self._text_refused.clear()
+            await asyncio.sleep(self.mqtt.refusals.wait_s(topic))
+            said = self._said
+            if said is None or not self.mqtt.refusals.wait_s(topic):
+                continue  # taken meanwhile (a newer text, or the first said again)
+            message, at = said
+            left_s = message.ttl_s - (self.wall() - at)
+            again = DisplayMessage(message.lines, left_s) if left_s > 0 else DisplayMessage.none()
+            extra = {"lane": self.lane, "topic": topic}
+            try:
+                await self.show(again)
+            except PublishRefused:
+                continue  # logged once, by the link's refusals; show set the next try
+            except ConnectionError as exc:  # down: on connecting the lane says its text anew
+                log.warning("display text not said again", extra={**extra, "error": str(exc)})
+            else:
+                log.info("display text said again", extra=extra)
 
     async def publish_status(self, status: LaneStatus) -> None:
         await self.mqtt.publish(topics.status(self.lane), status.encode(), qos=1, retain=True)

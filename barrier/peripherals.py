@@ -80,23 +80,26 @@ class PrintJob(_Message):
     """Controller → printer: print this ESC/POS stream once (the job id makes a redelivered
     QoS 1 message a duplicate, not a second ticket), and not after `not_after_us` (UTC, the
     lane's clock): a printer that holds a job past it (frozen while still connected, the
-    broker's expiry long satisfied) drops it, since its vehicle may be gone."""
+    broker's expiry long satisfied) drops it, since its vehicle may be gone. None: a lane built
+    before deadlines, whose jobs are printed as they were then (dropped unanswered, each would
+    leave its vehicle at a shut boom under a `printer_offline` that is not so)."""
 
     job_id: str
     escpos: bytes
     ts_us: int
-    not_after_us: int
+    not_after_us: int | None = None
 
     def __post_init__(self) -> None:
         _text(self.job_id, "job_id", limit=MAX_ID)
         if not isinstance(self.escpos, bytes) or not 0 < len(self.escpos) <= MAX_JOB_BYTES:
             raise PayloadError(f"field 'escpos' must be 1..{MAX_JOB_BYTES} bytes")
         _count(self.ts_us, "ts")
-        _count(self.not_after_us, "not_after")
+        if self.not_after_us is not None:
+            _count(self.not_after_us, "not_after")
 
     def to_map(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "escpos": self.escpos, "ts": self.ts_us,
-                "not_after": self.not_after_us}  # fmt: skip
+        body = {"job_id": self.job_id, "escpos": self.escpos, "ts": self.ts_us}
+        return _compact(body | {"not_after": self.not_after_us})
 
     @classmethod
     def from_map(cls, body: Mapping[str, Any]) -> Self:
@@ -104,7 +107,7 @@ class PrintJob(_Message):
             job_id=field(body, "job_id", str),
             escpos=field(body, "escpos", bytes),
             ts_us=field(body, "ts", int),
-            not_after_us=field(body, "not_after", int),
+            not_after_us=optional(body, "not_after", int),
         )
 
 

@@ -187,7 +187,7 @@ class PrinterEmulator:
                 extra={"lane": self.lane, "topic": msg.topic, "error": str(exc)},
             )
             return
-        if self._now_us() > job.not_after_us:
+        if job.not_after_us is not None and self._now_us() > job.not_after_us:
             # Its vehicle may be gone: a ticket now would be nobody's. Unanswered, as a late
             # barrier command is: the lane's wait for the ack has ended, and it sends the job
             # again, with a new deadline, while the vehicle still waits.

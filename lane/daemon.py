@@ -255,7 +255,8 @@ class BarrierAdapter:
             await self.link.show(DisplayMessage(list(lines), ttl_s))
         except ConnectionError as exc:
             # Not sent while the link is down: once it is back the lane sends its phase's text
-            # (lane.core.reopened); refused by the ACL: publish_refused says so.
+            # (lane.core.reopened); refused by the ACL: publish_refused says so, and the link
+            # says the newest text again until it is taken (BarrierLink.show_again).
             log.warning("display not updated", extra={"lane": self.lane, "error": str(exc)})
 
 
@@ -1031,6 +1032,7 @@ class LaneDaemon:
                 # The links reconnect by themselves; what ends them is a bug, which ends the lane.
                 tg.create_task(guard(self.link.run()), name="barrier-link")
                 tg.create_task(guard(self.barrier.ask_again()), name="device-query-again")
+                tg.create_task(guard(self.link.show_again()), name="display-text-again")
                 tg.create_task(guard(self.uplink.run()), name="uplink-link")
                 self.ops.runner_task = tg.create_task(guard(self.runner.run()), name="lane-runner")
                 tg.create_task(guard(self.forwarder.run()), name="forwarder")

@@ -24,12 +24,17 @@ events (an async iterator: the runner posts each one):
 The printer's retained status raises `printer_paper_out` / `printer_offline` (and a job not
 acknowledged raises `printer_offline`), each cleared by itself when the printer is ready (an
 ack clears `printer_offline` too: it answers; not one heard after its status said `offline`, a
-late ack of a job from before). A job refused for its data (`bad_job`) raises
-`printer_refused_job`, with the printer's reason: it is the printer's fault, not the job's (a
-gateway taking another dialect refuses every job), so it stays over the vehicles served without
-a ticket until a job prints, the printer's status changes or it connects again (a new session
-in its status: a gateway restarted, reconnected or mended, whatever state it reports). A
-long failure is logged when it starts (and when its reason changes), not on every retry.
+late ack of a job from before). A printer whose clock is `retry_s` or more ahead of the
+lane's drops every job as past its deadline as it comes, connected and `ready` all the same:
+a job unanswered while the printer's latest status or ack was stamped over half `retry_s`
+ahead of the lane's clock on arrival (a message cannot arrive before it is sent) raises
+`printer_offline` with a text naming the clock, which clears as ever once a job is answered.
+A job refused for its data (`bad_job`) raises `printer_refused_job`, with the printer's
+reason: it is the printer's fault, not the job's (a gateway taking another dialect refuses
+every job), so it stays over the vehicles served without a ticket until a job prints, the
+printer's status changes or it connects again (a new session in its status: a gateway
+restarted, reconnected or mended, whatever state it reports). A long failure is logged when
+it starts (and when its reason changes), not on every retry.
 """
 
 from __future__ import annotations
@@ -67,6 +72,12 @@ ALARM_TEXT = {
 }
 
 
+def clock_ahead_text(ahead_s: float, retry_s: float) -> str:
+    return (f"ticket printer answers no job: its clock is {ahead_s:.0f} s ahead of this lane's, "
+            f"so each job is past its deadline (road.print_retry_s, {retry_s:g} s) as it comes: "
+            "vehicles without a plate read wait; check both clocks' time sync")  # fmt: skip
+
+
 def refused_job_text(job_id: str, detail: str) -> str:
     return (f"ticket printer refuses its jobs ({detail or 'no reason given'}; the last: {job_id}): "
             "vehicles without a plate read wait; open by hand")  # fmt: skip
@@ -97,6 +108,8 @@ class TicketDesk:
         self.retry_s = retry_s
         self.state: PrinterState | None = None  # None: no status heard yet
         self._session: str | None = None  # the printer's connection its last status names
+        # How far the printer's latest status or ack was stamped ahead of our clock on arrival.
+        self._ahead_us = 0
         self._ready = asyncio.Event()
         self._refusing = False  # the printer refused a job's data: it refuses the next too
         self._acks: dict[str, asyncio.Future[PrintAck]] = {}
@@ -117,9 +130,13 @@ class TicketDesk:
         """A printer ack or status (garbage is logged and dropped: the job is sent again)."""
         try:
             if msg.topic == self._ack_topic:
-                self._on_ack(PrintAck.decode(msg.payload))
+                ack = PrintAck.decode(msg.payload)
+                self._ahead_us = ack.ts_us - self._now_us()
+                self._on_ack(ack)
             elif msg.payload:
-                self._on_status(PrinterStatus.decode(msg.payload))
+                status = PrinterStatus.decode(msg.payload)
+                self._ahead_us = status.ts_us - self._now_us()
+                self._on_status(status)
         except PayloadError as exc:
             log.warning(
                 "garbage from the printer", extra={"lane": self.lane, "topic": msg.topic,
@@ -231,7 +248,8 @@ class TicketDesk:
         if self.state in (PrinterState.PAPER_OUT, PrinterState.OFFLINE):
             return self.state.value  # the printer said so: sending would only be refused
         now_us = self._now_us()
-        job = PrintJob(job_id, escpos, now_us, now_us + int(self.retry_s * 1_000_000))
+        life_us = int(self.retry_s * 1_000_000)
+        job = PrintJob(job_id, escpos, now_us, now_us + life_us)
         waiter = asyncio.get_running_loop().create_future()
         self._acks[job.job_id] = waiter
         try:
@@ -243,7 +261,12 @@ class TicketDesk:
         except ConnectionError as exc:
             return f"not sent: {exc}"
         except TimeoutError:
-            self._set_alarm(PRINTER_OFFLINE, True)
+            if 2 * self._ahead_us > life_us:
+                # Not offline: it hears every job and drops it (its log says so), so "check its
+                # power and link" would send the operator the wrong way.
+                self.alarm(PRINTER_OFFLINE, clock_ahead_text(self._ahead_us / 1e6, self.retry_s))
+            else:
+                self._set_alarm(PRINTER_OFFLINE, True)
             return "no answer from the printer"
         finally:
             self._acks.pop(job.job_id, None)

@@ -179,6 +179,27 @@ async def test_a_job_past_its_deadline_is_dropped_unanswered(
     assert [a.job_id for a in ctl.seen] == [due.job_id]
 
 
+async def test_a_job_from_a_lane_built_before_deadlines_is_printed_once(
+    mosquitto: Mosquitto, lane: str
+) -> None:
+    """A job without `not_after` (a lane not yet upgraded: a plaza upgrades lane by lane) is
+    printed, once, and answered without a deadline, as before deadlines were: dropped as
+    garbage, the lane was never answered, said `printer_offline` and left every vehicle
+    without a plate read at a shut boom."""
+    ctl = Controller(mosquitto, lane)
+    printer = PrinterEmulator(lane, mosquitto.host, mosquitto.port)
+    job_id = uuid.uuid4().hex
+    older = pack({"job_id": job_id, "escpos": encode_ticket(Ticket("OLD", ())), "ts": 1})
+    async with tasks(printer.run(), ctl.link.run()):
+        await printer.link.wait_connected(WAIT)
+        await ctl.link.wait_connected(WAIT)
+        for _ in range(2):  # sent again, its ack not heard in time
+            await ctl.link.publish(topics.printer_print(lane), older, qos=1)
+            ack = await until(ctl.acks, lambda a: a.job_id == job_id)
+            assert (ack.printed, ack.not_after_us) == (True, None)
+    assert [t.job_id for t in printer.printed] == [job_id] and printer.expired == []
+
+
 async def test_a_plate_on_the_io_topics_reaches_the_lane_and_is_not_garbage(
     mosquitto: Mosquitto, lane: str
 ) -> None:

@@ -132,6 +132,7 @@ def test_device_messages_round_trip() -> None:
     for msg in (
         PlateReading("浙A·12345", 0.93, 1_800_000_000_000_000, seq=4),
         PrintJob("job-1", b"\x1b@x\n", 1, 3_000_001),
+        PrintJob("job-1", b"\x1b@x\n", 1),  # a lane built before deadlines
         PrintAck("job-1", None, "", 2),
         PrintAck("job-1", None, "", 2, not_after_us=3_000_001),
         PrintAck("job-1", PrintError.PAPER_OUT, "no paper", 2),
@@ -151,7 +152,7 @@ def test_device_messages_round_trip() -> None:
         (PlateReading, {"plate": "A1", "confidence": True, "ts": 1}, "confidence"),
         (PrintJob, {"job_id": "j", "escpos": b"", "ts": 1, "not_after": 2}, "field 'escpos'"),
         (PrintJob, {"job_id": "j", "escpos": "text", "ts": 1, "not_after": 2}, "escpos"),
-        (PrintJob, {"job_id": "j", "escpos": b"\n", "ts": 1}, "field 'not_after'"),
+        (PrintJob, {"job_id": "j", "escpos": b"\n", "ts": 1, "not_after": "soon"}, "not_after"),
         (PrintAck, {"job_id": "j", "error": "jam", "detail": "", "ts": 1}, "field 'error'"),
         (PrinterStatus, {"state": "busy", "printed": 0, "seq": 1, "ts": 1}, "field 'state'"),
     ],

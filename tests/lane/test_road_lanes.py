@@ -566,6 +566,28 @@ async def test_a_frozen_printer_thawed_prints_no_ticket_for_a_vehicle_gone(
     assert "printer_offline" not in alarms
 
 
+async def test_a_printer_clock_ahead_drops_every_job_and_the_alarm_names_its_clock(
+    road: Road,
+) -> None:
+    """The printer's clock is 10 s ahead of the lane's: connected and `ready`, it drops every
+    job as past its deadline. The vehicle waits at the shut boom under `printer_offline`, whose
+    text names the clock, not a printer gone ("check its power and link" would mislead); the
+    printer's clock set right, the job sent again prints, the vehicle goes, the alarm clears."""
+    ahead = [10.0]
+    entry, printer = await road.entry_lane(printer_clock=lambda: time.time() + ahead[0])
+    alarms = entry.daemon.runner.alarms
+    await entry.device.vehicle_enters(1)
+    await eventually(lambda: "printer_offline" in alarms, what="no answer: the alarm")
+    assert "clock is 10 s ahead of this lane's" in alarms["printer_offline"]
+    assert printer.expired and printer.printed == []
+    assert entry.named("barrier_opened") == []
+
+    ahead[0] = 0.0
+    await eventually(lambda: entry.named("barrier_opened"), what="its ticket printed, opened")
+    assert len(printer.printed) == 1
+    assert "printer_offline" not in alarms
+
+
 async def test_a_printed_ack_past_its_jobs_deadline_lets_no_vehicle_on(
     road: Road, caplog: pytest.LogCaptureFixture
 ) -> None:
