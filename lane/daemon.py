@@ -749,8 +749,6 @@ class LaneDaemon:
         # lost stream, a failed capture) and the stall watch's; the source's comes first.
         self._source_dark: str | None = None
         self._stall_text: str | None = None
-        # When the vehicle on the entry loop arrived (None: nobody there), for the frozen rule.
-        self._arrived_at: float | None = None
         # A source read to its end, until the lane is told (`_tell_end`), and whether the last
         # watch saw everything read from it decided.
         self._ended: str | None = None
@@ -887,13 +885,6 @@ class LaneDaemon:
         elif reading.occupied is not None and reading.sensor in KNOWN_SENSORS:
             # Other names are valid on the wire (docs/barrier.md) and mean nothing to the core.
             self.runner.post(ev.SensorChanged(Sensor(reading.sensor), reading.occupied, new_id()))
-            if reading.sensor == Sensor.ENTRY_LOOP:
-                # A vehicle's arrival, on the clock frames are stamped on: its picture must
-                # change (lane.core.frozen); a repeated "occupied" is the same vehicle.
-                if not reading.occupied:
-                    self._arrived_at = None
-                elif self._arrived_at is None:
-                    self._arrived_at = self.clocks.monotonic()
 
     def _on_attendant(self, cmd: AttendantCommand) -> None:
         self.health.attendant(cmd)
@@ -1249,8 +1240,11 @@ class LaneDaemon:
         processed = stats.decoded + stats.skipped
         stalled = self._stall.observe(now, stats.frames_in, processed)
         gate = LaneMode(self.config.lane.mode).fare_gate  # no entry loop to say who is there
+        # The vehicle's arrival as the core takes it (on the clock frames are stamped on),
+        # proved gone by other evidence when the loop's clear is lost (lane.core.before_arrival).
+        arrived = self.runner.state.entry_arrived_at
         frozen = frozen_picture(
-            stats.changed_ts, stats.looked_ts, self._arrived_at, self._stall.after_s, loop=not gate
+            stats.changed_ts, stats.looked_ts, arrived, self._stall.after_s, loop=not gate
         )
         self._stall_text = stalled or frozen
         self._tell_camera()
