@@ -752,8 +752,6 @@ class LaneDaemon:
         # lost stream, a failed capture) and the stall watch's; the source's comes first.
         self._source_dark: str | None = None
         self._stall_text: str | None = None
-        # When the vehicle on the entry loop arrived (None: nobody there), for the frozen rule.
-        self._arrived_at: float | None = None
         # A frozen picture found, as (the stats' changed_ts then, its text): it stands until
         # the picture changes, whoever comes or goes (lane.core.frozen).
         self._frozen: tuple[float, str] | None = None
@@ -876,11 +874,6 @@ class LaneDaemon:
         )
         sensors = tuple(sorted(snap.sensors.items()))
         self.runner.post(ev.DeviceSnapshotted(Position(snap.barrier), sensors, new_id()))
-        if not snap.sensors.get(Sensor.ENTRY_LOOP, False):
-            # A vehicle gone while its loop's reading was lost (a device restarted, a link
-            # down): nobody is there for the frozen rule either. One there already keeps its
-            # arrival unknown: its picture changed before the lane could see it.
-            self._arrived_at = None
 
     def _on_garbage(self, topic: str, error: str) -> None:
         """What the device says of its boom and its commands, unreadable: a fault (the core's).
@@ -898,13 +891,6 @@ class LaneDaemon:
         elif reading.occupied is not None and reading.sensor in KNOWN_SENSORS:
             # Other names are valid on the wire (docs/barrier.md) and mean nothing to the core.
             self.runner.post(ev.SensorChanged(Sensor(reading.sensor), reading.occupied, new_id()))
-            if reading.sensor == Sensor.ENTRY_LOOP:
-                # A vehicle's arrival, on the clock frames are stamped on: its picture must
-                # change (lane.core.frozen); a repeated "occupied" is the same vehicle.
-                if not reading.occupied:
-                    self._arrived_at = None
-                elif self._arrived_at is None:
-                    self._arrived_at = self.clocks.monotonic()
 
     def _on_attendant(self, cmd: AttendantCommand) -> None:
         self.health.attendant(cmd)
@@ -1261,10 +1247,13 @@ class LaneDaemon:
         processed = stats.decoded + stats.skipped
         stalled = self._stall.observe(now, stats.frames_in, processed)
         gate = LaneMode(self.config.lane.mode).fare_gate  # no entry loop to say who is there
+        # The vehicle's arrival as the core takes it (on the clock frames are stamped on),
+        # proved gone by other evidence when the loop's clear is lost (lane.core.before_arrival).
+        arrived = self.runner.state.entry_arrived_at
         frozen = frozen_picture(
             stats.changed_ts,
             stats.looked_ts,
-            self._arrived_at,
+            arrived,
             self._stall.after_s,
             loop=not gate,
             told=self._frozen,

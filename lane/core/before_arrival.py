@@ -88,34 +88,43 @@ def follow(
     """After each step: whether the entry loop is held as last heard, the clear that other
     evidence proves when the loop's own was lost, and the code the last vehicle to pay paid
     with once its record is durable."""
-    held, cleared = _loop(before, event, after, actions, now)
+    held, cleared, arrived = _loop(before, event, after, actions, now)
     paid = _paid(before, event, after)
-    if (held, cleared, paid) == (after.entry_held, after.entry_cleared_at, after.paid_code):
+    old = (after.entry_held, after.entry_cleared_at, after.entry_arrived_at, after.paid_code)
+    if (held, cleared, arrived, paid) == old:
         return after
-    return replace(after, entry_held=held, entry_cleared_at=cleared, paid_code=paid)
+    return replace(
+        after, entry_held=held, entry_cleared_at=cleared, entry_arrived_at=arrived, paid_code=paid
+    )
 
 
 def _loop(
     before: LaneState, event: ev.Event, after: LaneState, actions: Sequence[Action], now: float
-) -> tuple[bool, float | None]:
-    held, cleared = after.entry_held, after.entry_cleared_at
+) -> tuple[bool, float | None, float | None]:
+    held, cleared, arrived = after.entry_held, after.entry_cleared_at, after.entry_arrived_at
     heard: bool | None = None
+    edge = False
     if isinstance(event, ev.SensorChanged) and event.sensor == Sensor.ENTRY_LOOP:
-        heard = event.occupied
+        heard, edge = event.occupied, True
     elif isinstance(event, ev.DeviceSnapshotted):
         heard = dict(event.sensors).get(Sensor.ENTRY_LOOP)
     if heard is not None:
         # An edge onto a loop held as last heard, with nobody at the pay point: the arrival of
         # the next vehicle, the clear before it lost. Loop chatter under a vehicle that stays
         # (someone at the pay point) moves nothing, else that vehicle's frames were set aside.
-        arrival = heard and isinstance(event, ev.SensorChanged) and before.vehicle is None
+        arrival = heard and edge and before.vehicle is None
         if before.entry_held and (arrival or not heard):
             cleared = now
-        return heard, cleared
+        if not heard:
+            arrived = None
+        elif edge and (arrival or not before.entry_held):
+            arrived = now  # a snapshot's "held" tells no arrival time: the frozen rule waits
+        return heard, cleared, arrived
     through = any(isinstance(a, VehicleLeft) for a in actions)
     if held and through and after.vehicle is None:
-        return False, now  # past the exit, so off the loop; nobody arrived since to be wronged
-    return held, cleared
+        # Past the exit, so off the loop; nobody arrived since to be wronged.
+        return False, now, None
+    return held, cleared, arrived
 
 
 def _paid(before: LaneState, event: ev.Event, after: LaneState) -> PaidCode | None:

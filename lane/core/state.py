@@ -449,6 +449,9 @@ class LaneState:
     # The entry loop held, as last heard (its edges, a snapshot): a vehicle arriving on a loop
     # still held left the one before without its clear being heard (lane.core.before_arrival).
     entry_held: bool = False
+    # When the vehicle on the entry loop arrived (None: the loop proved clear, or held with no
+    # arrival heard): the frozen-camera rule's arrival (lane.core.frozen), on the same evidence.
+    entry_arrived_at: float | None = None
     # Toll lanes: the code the last vehicle to pay paid with, not the next one's (ditto).
     paid_code: PaidCode | None = None
 

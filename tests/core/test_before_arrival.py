@@ -276,6 +276,32 @@ def test_a_gate_closed_on_its_timeout_proves_no_clear() -> None:
     assert lane.scan(OTHER, taken=waited) == [ScanIgnored("v2", BEFORE_ARRIVAL)]
 
 
+def test_the_arrival_the_frozen_rule_waits_on_follows_the_same_evidence() -> None:
+    """lane.core.frozen judges the picture by the vehicle's arrival: the loop's clear lost, the
+    vehicle was taken to be there still, and an idle lane's unchanged picture for frozen."""
+    lane, _ = paid_at_the_barrier()
+    first = lane.state.entry_arrived_at
+    assert first is not None
+    drives_off(lane, {ENTRY_CLEAR})  # seen through the exit
+    assert lane.state.entry_arrived_at is None
+    lane.ack()
+    lane.arrive("v2", dt=ARRIVES_AFTER_S)
+    assert lane.state.entry_arrived_at == lane.now
+    # Both clears lost: the next arrival onto the loop still held is the new vehicle's.
+    lane, _ = paid_at_the_barrier()
+    drives_off(lane, {ENTRY_CLEAR, EXIT_CLEAR})
+    assert lane.state.entry_arrived_at == first
+    lane.arrive("v2", dt=ARRIVES_AFTER_S)
+    assert lane.state.entry_arrived_at == lane.now
+    # A snapshot proves the loop clear; one saying it is held tells no time of arrival.
+    sensors = (("entry_loop", False), ("exit_loop", False), ("safety_loop", False))
+    lane.feed(ev.DeviceSnapshotted("open", sensors, "d1"), dt=STEP_S)
+    assert lane.state.entry_arrived_at is None
+    held = (("entry_loop", True), ("exit_loop", False), ("safety_loop", False))
+    lane.feed(ev.DeviceSnapshotted("open", held, "d2"), dt=STEP_S)
+    assert lane.state.entry_arrived_at is None
+
+
 def _paid_code(k: int) -> str:
     return f"28{k:016d}"
 

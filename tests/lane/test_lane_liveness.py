@@ -248,6 +248,46 @@ async def test_a_vehicle_gone_while_its_device_was_away_leaves_an_idle_picture_u
             await asyncio.gather(device_task, return_exceptions=True)
 
 
+async def test_a_vehicle_gone_with_its_loop_clear_lost_leaves_no_arrival_for_the_frozen_rule(
+    tmp_path: Path, mosquitto: Mosquitto, lane_id: str
+) -> None:
+    """The entry loop's clear of a paid vehicle never heard (a dropped message): the core takes
+    the vehicle seen through the exit as the loop clear (lane.core.before_arrival). The frozen
+    rule must go by the same truth: by the loop's edges alone the vehicle was still there, and
+    an idle lane whose picture stays the same was taken for a frozen camera and closed."""
+    camera = PushSource()
+    settings = {"open_timeout_s": 1.0}
+    async with running_lane(tmp_path, mosquitto, lane_id, source=camera, camera=settings) as lane:
+        daemon = lane.daemon
+        alarms = daemon.runner.alarms
+        live = live_pictures(camera)
+        await eventually(lambda: camera_ready(lane), between=live)
+        await pays(lane, lambda: named(lane, "barrier_opened"))
+        await eventually(lambda: lane.device.state == "open", between=live)
+        await lane.device.vehicle_passes(lost={"entry_loop"})
+        await eventually(daemon.runner.idle, between=live)
+        assert not daemon.runner.state.entry_held  # the vehicle seen through proved it clear
+        idle = frame_for(None, "clear", rng=7)
+
+        def still() -> None:
+            camera.put(idle, time.monotonic())
+
+        def unchanged_s() -> float:
+            stats = daemon.pipeline.stats()
+            if stats.looked_ts is None or stats.changed_ts is None:
+                return 0.0
+            return stats.looked_ts - stats.changed_ts
+
+        # Twice the threshold with nobody there: no fault, the lane open.
+        await eventually(lambda: unchanged_s() >= 6.0, between=still, within=15)
+        assert "camera_blackout" not in alarms and camera_ready(lane)
+        assert daemon.runner.state.accepting_payments
+        # The next vehicle arriving on the picture of before is still seen as frozen.
+        await lane.device.vehicle_enters(1)
+        text = DARK + "camera frozen: the picture did not change as a vehicle arrived (3 s)"
+        await eventually(lambda: alarms.get("camera_blackout") == text, between=still)
+
+
 async def test_a_lane_started_while_its_broker_is_down_says_so_and_serves_once_it_is_up(
     tmp_path: Path, private_broker: Mosquitto, lane_id: str
 ) -> None:
