@@ -42,13 +42,20 @@ class LinkRelay:
         self._carried.clear()
 
     async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Carried from the accept: a cut while the broker is still being dialled drops it too.
+        self._carried.add(writer)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         except OSError as exc:  # the broker itself is down: so is this road to it
             log.info("link relay: broker unreachable", extra={"error": str(exc)})
+            self._carried.discard(writer)
             writer.transport.abort()
             return
-        self._carried |= {writer, up_writer}
+        if writer.transport.is_closing():  # cut (or left) while the broker was dialled
+            self._carried.discard(writer)
+            up_writer.transport.abort()
+            return
+        self._carried.add(up_writer)
         try:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
