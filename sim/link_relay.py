@@ -9,7 +9,6 @@ carries; restored, it listens on the same port again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from sim.broker import free_port
@@ -65,10 +64,14 @@ class LinkRelay:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until either end closes; then the other end is closed too (by `_carry`)."""
-    # A reset or abort is how either end closes here (a cut, the lane or broker going away).
-    with contextlib.suppress(ConnectionError):
+    """Copy one way until its sender is done: its EOF is passed on (the other way goes on
+    until its own), a reset drops the other end at once (`_carry` closes both after)."""
+    try:
         while chunk := await reader.read(CHUNK):
             writer.write(chunk)
             await writer.drain()
-    writer.transport.abort()
+    except ConnectionError:  # a reset (the lane or broker gone): no use waiting for the rest
+        writer.transport.abort()
+        return
+    if writer.can_write_eof():
+        writer.write_eof()

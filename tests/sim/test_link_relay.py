@@ -98,3 +98,26 @@ async def test_a_connection_caught_dialling_the_broker_by_the_cut_is_dropped_too
         await relay.stop()
         for end in (filler, broker, *taken):
             end.close()
+
+
+async def test_a_half_close_is_passed_on_and_the_answer_still_comes_back() -> None:
+    """One end done sending (EOF) is not the connection done: the other way goes on."""
+
+    async def answer_at_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked = await reader.read()  # all of it, up to the EOF passed on
+        writer.write(b"answer to " + asked)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_at_eof, "127.0.0.1", 0)
+    relay = LinkRelay(("127.0.0.1", server.sockets[0].getsockname()[1]))
+    await relay.start()
+    try:
+        reader, writer = await asyncio.open_connection(relay.host, relay.port)
+        writer.write(b"question")
+        writer.write_eof()
+        assert await reader.read() == b"answer to question"
+        writer.close()
+    finally:
+        await relay.stop()
+        server.close()
