@@ -282,7 +282,7 @@ class UplinkSection(_Section):
     # The uplink's own road to the plaza, apart from the barrier link's (credentials, TLS and
     # keepalive stay [broker]'s): the simulator puts a link it can cut there.
     host: str | None = Field(
-        None, description="Broker host the uplink connects to, when not [broker]'s"
+        None, min_length=1, description="Broker host the uplink connects to, when not [broker]'s"
     )
     port: int | None = Field(
         None, ge=1, le=65535, description="Broker port the uplink connects to, when not [broker]'s"

@@ -42,6 +42,7 @@ from lane.core.backoff import Backoff
 from lane.core.names import RecordKind
 from lane.log import setup_logging
 from lane.wire.codec import PayloadError
+from uplink.cli import positive
 from uplink.records import Record
 from uplink.sql_store import SqlIngestStore
 from uplink.sqlite_store import SqliteIngestStore
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--timeout-s",
-        type=_positive,
+        type=positive,
         default=FETCH_TIMEOUT_S,
         help="each try of a bill's fetch must end, its body whole, within this",
     )
@@ -82,21 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--retry-s",
-        type=_positive,
+        type=positive,
         default=RETRY_S,
         help="the wait before the second try, doubled before each further one",
     )
     return p
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

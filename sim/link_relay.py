@@ -9,7 +9,6 @@ carries; restored, it listens on the same port again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from sim.broker import free_port
@@ -42,13 +41,20 @@ class LinkRelay:
         self._carried.clear()
 
     async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Carried from the accept: a cut while the broker is still being dialled drops it too.
+        self._carried.add(writer)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         except OSError as exc:  # the broker itself is down: so is this road to it
             log.info("link relay: broker unreachable", extra={"error": str(exc)})
+            self._carried.discard(writer)
             writer.transport.abort()
             return
-        self._carried |= {writer, up_writer}
+        if writer.transport.is_closing():  # cut (or left) while the broker was dialled
+            self._carried.discard(writer)
+            up_writer.transport.abort()
+            return
+        self._carried.add(up_writer)
         try:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
@@ -58,10 +64,14 @@ class LinkRelay:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until either end closes; then the other end is closed too (by `_carry`)."""
-    # A reset or abort is how either end closes here (a cut, the lane or broker going away).
-    with contextlib.suppress(ConnectionError):
+    """Copy one way until its sender is done: its EOF is passed on (the other way goes on
+    until its own), a reset drops the other end at once (`_carry` closes both after)."""
+    try:
         while chunk := await reader.read(CHUNK):
             writer.write(chunk)
             await writer.drain()
-    writer.transport.abort()
+    except ConnectionError:  # a reset (the lane or broker gone): no use waiting for the rest
+        writer.transport.abort()
+        return
+    if writer.can_write_eof():
+        writer.write_eof()

@@ -379,6 +379,10 @@ def test_lane_reconcile_refuses_what_it_cannot_use(
     bad.write_bytes(b"junk")
     assert main(["--date", "2026-11-30", "--alipay-bill", str(bad)]) == 2
     assert "Alipay bill: not an Alipay bill zip" in capsys.readouterr().err
+    for bad_bound in (["--timeout-s", "inf"], ["--retry-s", "0"], ["--tries", "0"]):
+        with pytest.raises(SystemExit) as exit_:  # no try unbounded, none made of nothing
+            main(["--date", "2026-11-30", *bad_bound])
+        assert exit_.value.code == 2
 
 
 def test_a_refund_record_is_not_taken_for_its_payments_record(tmp_path: Path) -> None:

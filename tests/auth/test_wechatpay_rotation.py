@@ -310,23 +310,35 @@ async def test_a_download_stalled_mid_body_is_refused_in_time_alarmed_and_retrie
         assert s.trust.key_for(new.serial, s.wall()) is not None and s.alarm_text() is None
 
 
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        (CertificateFault.STALLED, ("certificate download stalls", "no answer within")),
+        (CertificateFault.UNAVAILABLE, ("certificate download fails", "HTTP 500")),
+    ],
+)
 async def test_a_stalled_download_says_so_on_the_network_alarm_and_clears_when_it_answers(
-    cert_gateway: Any, net_lane: Any, network_keys: Keys
+    cert_gateway: Any,
+    net_lane: Any,
+    network_keys: Keys,
+    fault: CertificateFault,
+    says: tuple[str, str],
 ) -> None:
-    """`payment_wechatpay` names the stalled download, not the lane's keys, and clears at the
-    first download answered (the idle look here), before any payment asks again."""
+    """`payment_wechatpay` names the stalled (or failing: 5xx) download, not the lane's keys,
+    and clears at the first download answered (the idle look here), before any payment asks
+    again."""
     async with cert_gateway() as s:
         payment: list[tuple[str, str | None]] = []
         watched = WatchedAcquirer(s.client, "wechatpay", lambda c, m: payment.append((c, m)))
         async with net_lane(watched, s.fake, resolving=False) as lane:
             s.fake.rotate_certificate(network_keys["rotated"].private)
-            s.fake.certificate_fault = CertificateFault.STALLED  # only the download stalls
+            s.fake.certificate_fault = fault  # only the download stalls or fails
             async with asyncio.timeout(3.0):  # the vehicle's budget, not the body's minutes
                 refused = await lane.auth.authorise(lane.request(code(), budget_s=0.5))
             assert (refused.approved, refused.reason) == (False, "acquirer_error")  # safe
             ((alarm, text),) = payment
             assert alarm == "payment_wechatpay" and text is not None
-            assert "certificate download stalls" in text and "no answer within" in text, text
+            assert all(words in text for words in says), text
             assert "check its keys" not in text
             refused_too = await lane.auth.authorise(lane.request(code(), budget_s=0.5))
             assert not refused_too.approved and len(payment) == 1  # one alarm, not one a vehicle

@@ -310,6 +310,19 @@ async def test_the_uplinks_own_broker_is_probed_too(mosquitto: Mosquitto) -> Non
     assert (up.status, up.name) == ("OK", "uplink") and "MQTT connected" in up.detail
 
 
+@pytest.mark.parametrize(
+    ("uplink", "key"),
+    [({"port": 0}, "uplink.port"), ({"port": 65536}, "uplink.port"), ({"host": ""}, "uplink.host")],
+)
+def test_the_uplinks_own_broker_address_is_checked_at_load(
+    uplink: dict[str, Any], key: str
+) -> None:
+    """Refused naming the key, not met at the first connect: an empty host never resolves, the
+    lane ran with its uplink down for good and an alarm naming the broker ':1883'."""
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        parse_config({"uplink": uplink})
+
+
 async def test_broker_probe_connects_over_tls_as_the_daemon_does(tmp_path: Path) -> None:
     """The probe built its own link and left `broker.tls_ca_file` out: on a TLS listener it
     spoke plain MQTT and reported 'MQTT refused', a refusal the daemon, which connects over

@@ -137,7 +137,11 @@ def test_report_lists_epochs_gaps_and_conflicts(
 
 
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--broker", "nohostport"], ["--broker", "h:1", "--hole-after", "0"]):
+    for argv in (
+        ["--broker", "nohostport"],
+        ["--broker", "h:1", "--hole-after", "0"],
+        ["--broker", "h:1", "--lock-timeout", "inf"],  # no bound; was an OverflowError later
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
