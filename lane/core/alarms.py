@@ -94,7 +94,7 @@ def raise_notice(state: LaneState, code: Alarm, message: str) -> tuple[LaneState
     """An alarm that does not stop the lane; raised again only after it cleared."""
     if code in state.notices:
         return state, []
-    return replace(state, notices=state.notices | {code}), [RaiseAlarm(code, message)]
+    return tell_notice(state, code, message)
 
 
 def tell_notice(state: LaneState, code: Alarm, message: str) -> tuple[LaneState, list[Action]]:

@@ -195,6 +195,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(P.FAULT, "camera sees", AT_PAY_POINT, "fresh frames decoded again"),
     _t(P.FAULT, "ack ok", IN_SERVICE, "a late ack: the barrier is alive"),
     _t(P.FAULT, "ack refused", P.CLOSING, "a late refusal (loop occupied): alive"),
+    _t(P.FAULT, "ack refused", AT_PAY_POINT, "a stale refusal decodes: the acks read again"),
     # Healing: no phase waits for ever (lane.core.recovery).
     _t(PASSAGE, "tick", NEXT_UP, "paid, not let through in time: refund record, attendant"),
     _t(PASSAGE, "tick", P.IDLE, "paid, not let through in time: refund record, attendant"),

@@ -547,13 +547,19 @@ async def test_a_held_exit_is_marked_once_the_replay_store_heals_with_the_taps_s
             assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
         tasks = [asyncio.create_task(_probe_replay(gate)), asyncio.create_task(_probe_taps(gate))]
         try:
-            # The replay store works again: the held exit is marked there, the taps store
-            # still failing and still saying what it owes.
+            # The replay store works again: the held exit is marked there, and its alarm
+            # clears, not always in the turn of the mark (under load it said the copy of the
+            # refunded tap-in held was in memory only a while longer, until a probe wrote it);
+            # the taps store still failing and still saying what it owes.
             await eventually(
-                lambda: gate.replay.get(f"pass:{trip}") is not None and gate.held.unmarked == {},
+                lambda: (
+                    gate.replay.get(f"pass:{trip}") is not None
+                    and gate.held.unmarked == {}
+                    and "replay_store_error" not in alarms
+                ),
                 within=10,
+                what="the held exit marked, nothing held, replay_store_error cleared",
             )
-            assert "replay_store_error" not in alarms
             assert alarms["taps_store_error"].startswith(f"{TAPS_UNDROPPED} {taps}")
         finally:
             for task in tasks:

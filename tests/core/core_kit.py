@@ -7,6 +7,7 @@ against the safety rules and against the declared transition table of `lane.core
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import zlib
 from collections.abc import Callable, Sequence
@@ -37,7 +38,7 @@ from lane.core.actions import (
 )
 from lane.core.display import LANE_CLOSED
 from lane.core.machine import initial_state, next_deadline, step
-from lane.core.names import Alarm
+from lane.core.names import KEPT_LATCHES, Alarm, DeviceWords
 from lane.core.records import credential_of
 from lane.core.state import FlatFares, LaneMode, LaneRules, LaneState, Paying, Phase, phase
 from lane.core.trip import Priced, TapOut, Ticket
@@ -62,6 +63,15 @@ KEPT_DETAILS = {
 # A payment carried over a restart (lane.core.carried): its code is one the random runs show.
 CARRIED_TEXT = "HC1:token-a"
 CARRIED_RECORD = "rec-carried"
+
+
+# Every event the core can be told: each class lane.core.events defines (not a hand list, so
+# a new event the walks do not draw fails tests/core/test_invariants.py's coverage test).
+EVENT_TYPES = frozenset(
+    kind
+    for kind in vars(ev).values()
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind) and kind.__module__ == ev.__name__
+)
 
 
 def rules(mode: LaneMode = LaneMode.TOLL, **overrides: Any) -> LaneRules:
@@ -170,6 +180,7 @@ class SafetyMonitor:
         self._check_stuck_open(before, event, now, after)
         self._check_no_ack(before, event, after, actions)
         self._check_static(before, event, after, actions)
+        self._check_health(before, event, after, actions)
         passenger = after.vehicle
         if passenger is not None and passenger.implicit:
             # A fare-gate passenger exists only while their code is in hand; else the gate jams.
@@ -312,6 +323,26 @@ class SafetyMonitor:
             assert of_type(actions, Authorise) == [], f"authorised under barrier_no_ack: {actions}"
         if not holds:
             self.no_ack_carried = False
+
+    def _check_health(
+        self, before: LaneState, event: ev.Event, after: LaneState, actions: list[Action]
+    ) -> None:
+        """The device's words unreadable: `barrier_unreadable` holds exactly while one kind
+        is, and nobody is charged meanwhile. Nothing is authorised while the lane takes no
+        payments. The disk answering again in its hold-off tells a held alarm's new text and
+        does nothing else: it neither raises nor clears the fault, the lane stays closed."""
+        code = Alarm.BARRIER_UNREADABLE
+        assert (code in after.faults) == bool(after.unreadable), f"alarm and state: {after}"
+        if before.unreadable and after.unreadable:
+            assert not _charged(actions), f"charged while the device does not read: {actions}"
+        if of_type(actions, Authorise):
+            assert after.accepting_payments, f"authorised at a lane closed to it: {after}"
+        if isinstance(event, ev.DiskAnswersAgain):
+            # (The step's own work still runs: a dwell's end, a notice its time raises, ...)
+            assert after.faults == before.faults, f"{event} raised or cleared: {after}"
+            told = [a.code for a in of_type(actions, RaiseAlarm) if a.code in after.faults]
+            held = Alarm.DISK_NOT_ANSWERING in before.faults
+            assert told == ([Alarm.DISK_NOT_ANSWERING] if held else []), actions
 
     def _take_event(self, before: LaneState, event: ev.Event, after: LaneState) -> None:
         if isinstance(event, ev.SensorChanged) and event.sensor in SAFETY_SENSORS:
@@ -728,6 +759,35 @@ METRO_NO_TAP_IN = (("no_pass", False, 8000),) * 4
 METHODS = ("payment_code", "token", "emv", "bogus")
 ACCOUNTS = ("acct-1", "acct-2", None)
 STEPS = (0.0, 0.001, 0.05, 0.3, 0.7, 2.0, 3.0, 700.0)
+# The barrier device's words the lane may fail to decode (lane.daemon's on_garbage).
+GARBLED = (
+    ("lane/p01/l01/barrier/ack", DeviceWords.ACKS),
+    ("lane/p01/l01/barrier/state", DeviceWords.REPORTS),
+    ("lane/p01/l01/barrier/snapshot", DeviceWords.REPORTS),
+)
+DATA_DIR = "/var/lib/lane"
+# What a restart hands over first: the barrier faults kept on disk ...
+RESTARTS = ((), (), (), *((f,) for f in KEPT_LATCHES), KEPT_LATCHES)
+# ... and a paid vehicle owed its passage, its record this old (None: none owed).
+CARRIED_AGES = (None, None, 0.0, 30.0, 90.0)
+
+
+def start_up(driver: LaneDriver, choose: Chooser) -> None:
+    """A walk's first events, as a restarting shell hands them over: sometimes barrier faults
+    kept on disk (a carried barrier_no_ack must charge nobody before an ack, a carried latch
+    nobody before it clears), sometimes a paid vehicle owed its passage (its code is among those
+    the walks show: never two passages for it, never left without a passage or its refund
+    record, never a close in front of it). The shell hands the faults over first; the core
+    takes either order."""
+    faults = choose.pick(RESTARTS)
+    age = choose.pick(CARRIED_AGES)
+    paid_first = choose.chance(2)
+    if age is not None and paid_first:
+        driver.paid_carried(age_s=age)
+    for fault in faults:
+        driver.carried(fault, KEPT_DETAILS[fault])
+    if age is not None and not paid_first:
+        driver.paid_carried(age_s=age)
 
 
 class EventSource:
@@ -775,16 +835,20 @@ class EventSource:
         dt = self.c.pick(STEPS)
         kinds = (
             "sensor", "sensor", "sensor", "arrive", "scan", "scan", "decided", "decided",
-            "persisted", "persisted", "ack", "ack", "tick", "tick", "other",
+            "persisted", "persisted", "ack", "ack", "tick", "tick", "other", "health",
         )  # fmt: skip
         self.metro = metro.priced_gate(state)
         self.road = state.rules.mode in ("toll-entry", "toll-exit") or self.metro
-        kind = self.c.pick((*kinds, "road", "road") if self.road else kinds)
+        # A lane of another mode hears a closed road's inputs too, rarely (a stray plate read,
+        # a desk's answer to a lane that asked nothing): it must take them and change nothing.
+        kind = self.c.pick((*kinds, "road", "road") if self.road else (*kinds, "road"))
         if kind == "tick":
             deadline = next_deadline(state)
             if deadline is not None and deadline > now and self.c.chance(2):
                 dt = deadline - now
             return dt, ev.Tick()
+        if kind == "health":
+            return dt, self._health(state)
         return dt, getattr(self, f"_{kind}")(now + dt)
 
     def _sensor(self, now: float) -> ev.Event:
@@ -863,13 +927,26 @@ class EventSource:
             return ev.AttendantCloseLane("maintenance")
         if what == "reopen":
             return ev.AttendantReopenLane("done")
-        if what == "queue" and self.c.chance(4):
-            return ev.DiskAnswering(not self.c.chance(2), "/var/lib/lane")
-        if what == "queue" and self.c.chance(4):
-            return ev.CameraSees(not self.c.chance(2), "camera blackout: no frames for 2.0 s")
         if what == "queue":
             return ev.QueueChanged(self.c.chance(3), self.c.chance(2))
         return ev.LinkChanged(not self.c.chance(3))
+
+    def _health(self, state: LaneState) -> ev.Event:
+        """What the shell's watches say of the disk, the camera and the device's words: mostly
+        what follows from the faults held (a disk that answers again in its hold-off, a device
+        read again), sometimes out of turn."""
+        what = self.c.pick(("disk", "disk", "camera", "camera", "garbled", "garbled"))
+        if what == "disk":
+            held = Alarm.DISK_NOT_ANSWERING in state.faults
+            if (held and not self.c.chance(3)) or self.c.chance(6):
+                return ev.DiskAnswersAgain(f"{DATA_DIR} answers again; lane reopens in 5 s")
+            return ev.DiskAnswering(not self.c.chance(2), f"{DATA_DIR} since 10:00:00Z")
+        if what == "camera":
+            return ev.CameraSees(not self.c.chance(2), "camera blackout: no frames for 2.0 s")
+        if state.unreadable and self.c.chance(2):
+            return self.snapshot()  # the device asked while its words did not read
+        topic, words = self.c.pick(GARBLED)
+        return ev.DeviceUnreadable(topic, self.c.pick(("not msgpack", "unsupported v9")), words)
 
     def _road(self, now: float) -> ev.Event:
         """A closed road's inputs: plates, tickets, priced trips, the attendant's road ops."""
@@ -989,6 +1066,9 @@ def heal(driver: LaneDriver, rounds: int = 12) -> None:
                 driver.tick(1.0)  # a refused close waits for its retry time
             else:
                 feed(ev.BarrierAcked(cmd.cmd_id, True, "open" if cmd.op == "open" else "closed"))
+        elif state.unreadable:
+            # The device's words read again: it answers a query readably.
+            feed(ev.DeviceSnapshotted("closed", (), driver.fresh("d")))
         elif vehicle is not None and isinstance(vehicle.trip, TapOut) and not vehicle.committed:
             feed(metro_answer(vehicle.trip.asked))  # the shell always answers a PriceTrip
         elif vehicle is not None and vehicle.attempt is not None:

@@ -111,6 +111,27 @@ def scripted_snapshot_rows() -> LaneDriver:
     return lane
 
 
+def scripted_handover_rows() -> set[tuple[Phase, str, Phase]]:
+    """A passenger paid while the gate waits to close behind the one before (someone still in
+    the curtain): the open gate is theirs. Then the device's acks garbled, read again by a
+    stale refusal."""
+    lane = LaneDriver(rules(LaneMode.TRANSIT_ENTRY))
+    lane.scan("HC1:a", "token")
+    lane.decide(method="token", account_ref="acct-1")
+    lane.persisted()
+    lane.ack()
+    lane.sensor("light_curtain", True)
+    lane.sensor("exit_loop", False)  # open -> closing, the curtain still occupied
+    lane.scan("HC1:b", "token")
+    lane.decide(method="token", account_ref="acct-2")
+    lane.persisted()  # closing -> open: handed over
+    taken = lane.monitor.transitions
+    lane = LaneDriver(rules())
+    lane.feed(ev.DeviceUnreadable("lane/p/l/barrier/ack", "garbled", DeviceWords.ACKS))
+    lane.feed(ev.BarrierAcked("v0/close", False, "closed", "jammed"))  # fault -> idle
+    return taken | lane.monitor.transitions
+
+
 def scripted_reopen_rows() -> LaneDriver:
     """An entry whose record failed at a closed lane: written when the lane reopens."""
     lane = LaneDriver(ENTRY)
@@ -172,6 +193,7 @@ def test_every_row_of_the_table_is_taken() -> None:
     taken |= scripted_late_ack_rows().monitor.transitions
     taken |= scripted_snapshot_rows().monitor.transitions
     taken |= scripted_reopen_rows().monitor.transitions
+    taken |= scripted_handover_rows()
     # Every mode, and a metro exit gate priced by tap-in (lane.core.metro).
     every = [rules(mode) for mode in LaneMode] + [rules(LaneMode.TRANSIT_EXIT, metro_pricing=True)]
     for lane_rules in every:
