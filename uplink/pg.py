@@ -734,14 +734,13 @@ class PostgresIngestStore(SqlIngestStore):
         walks the prefix on in a second transaction after that commit; a worker that stops
         in between leaves the prefix short, and the next `epochs()` walks it on."""
         key = (lane, queue.epoch)
+        trips = batch_trips(records)
         # A batch with a refund of an exit (rare) undoes it in the pipelined transaction.
-        undoes = any(r.trip is not None and r.trip.role == TripRole.UNDO for r in records)
-        if key not in self._seen or (key in self._meeting and self.upgrade_seen) or undoes:
+        if key not in self._seen or (key in self._meeting and self.upgrade_seen) or trips.undoes:
             result = super()._store_new(lane, queue, records, now_us)
             self._seen.add(key)
             return result
         first, last = records[0].seq, records[-1].seq
-        trips = batch_trips(records)
         # An epoch whose last batch met strays (an entry lane's backlog, its exit lanes'
         # batches meanwhile) keeps and prunes them in the same round trip at once; any other
         # batch tries the closed road's form, which refuses itself when it meets them, or an

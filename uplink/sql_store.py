@@ -302,6 +302,7 @@ class BatchTrips:
     # Those its refunds undo without naming their trip (no pass: an exit priced `pass_used`,
     # or carried over the lane queue's v6 upgrade): `_lock_batch` reads their trips.
     unnamed: list[str]
+    undoes: bool  # it holds a refund of an exit
 
 
 def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
@@ -333,7 +334,7 @@ def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
     locked, unnamed = undo_locks(undos, {rid for rid, _ in exits})
     named = sorted(exited)
     trips = sorted(exited.union(first, locked)) if first or locked else named
-    return BatchTrips(trips, named, entries, exits, undoable, unnamed)
+    return BatchTrips(trips, named, entries, exits, undoable, unnamed, bool(undos))
 
 
 def undo_locks(undos: Iterable[TripMark], beside: Collection[str]) -> tuple[set[str], list[str]]:
