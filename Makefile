@@ -70,10 +70,13 @@ test: setup browser-deps rtsp-deps systemd-deps
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 LINTED := lane scanner barrier uplink sim tests bench
+# mypy --strict over bench/ too, file by file as each is made clean (the others still have
+# errors: RecordDraft's fields given as plain strings, paho's dynamic Properties, patched methods).
+TYPED_BENCH := bench/uplink_ingest.py
 lint: setup
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
-	$(BIN)/mypy lane scanner barrier uplink sim
+	$(BIN)/mypy lane scanner barrier uplink sim $(TYPED_BENCH)
 
 # make test runs every script in bench/ small too: tests/test_bench_smoke.py.
 bench: setup

@@ -43,7 +43,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from bench import args as bench_args
-from lane.core.names import RecordKind
+from lane.core.names import AuthResult, Method, RecordKind
 from lane.wire.codec import unpack
 from lane.wire.ids import new_id
 from uplink.ingest import parse_batch
@@ -68,14 +68,14 @@ PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=2"
 
 def draft(i: int) -> RecordDraft:
     return RecordDraft(
-        kind="toll",
+        kind=RecordKind.TOLL,
         vehicle_id=f"veh-{i}",
         vehicle_class=1 + i % 4,
         amount_minor=1500,
         currency="CNY",
-        method="token",
+        method=Method.TOKEN,
         account_ref=f"acct-{i % 1000}",
-        auth=AuthInfo("approved", acquirer_ref=None, latency_ms=3, offline=True),
+        auth=AuthInfo(AuthResult.APPROVED, acquirer_ref=None, latency_ms=3, offline=True),
         payment_id=str(uuid.uuid4()),
     )
 

@@ -5,7 +5,7 @@ for byte, duplicates, conflicts (and their resolution), the prefix per queue epo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -275,19 +275,15 @@ class NewRows:
 
 
 def trip_columns(mark: TripMark | None) -> tuple[str | None, str | None]:
-    """A record's `trip_role` and `trip_id` columns (both NULL: no part in a trip)."""
-    return (None, None) if mark is None else (mark.role.value, mark.trip_id)
+    """A record's `trip_role` and `trip_id` columns (both NULL: no part in a trip). The role's
+    text is read from the member's `_value_`: `value` is a property of `enum`, which cost a
+    closed road's batch more than the rest of its trip columns."""
+    return (None, None) if mark is None else (mark.role._value_, mark.trip_id)
 
 
 def refund_columns(mark: RefundMark | None) -> tuple[str | None, str | None]:
     """A record's `refund_of` and `refund_role` columns (both NULL: no part in a refund)."""
     return (None, None) if mark is None else (mark.payment_id, mark.role.value)
-
-
-class FirstEntry(NamedTuple):
-    trip_id: str
-    record_id: str
-    ts_us: int
 
 
 @dataclass(frozen=True)
@@ -297,8 +293,8 @@ class BatchTrips:
     trips: list[str]  # the trip ids its entries and exits (and its exit refunds) name, sorted
     exited: list[str]  # those its exits name, sorted
     # Each trip's earliest entry in the batch (by time, then record id, as
-    # uplink.trips._keep_first), but for the trips it exits.
-    entries: list[FirstEntry]
+    # uplink.trips._keep_first), but for the trips it exits: trip id -> (time, record id).
+    entries: dict[str, tuple[int, str]]
     exits: list[tuple[str, str]]  # its exits' record ids and trip ids
     # The record ids of its exits and of the exits its refunds undo: `_undo_exits` looks for
     # the refunded ones among them.
@@ -306,6 +302,7 @@ class BatchTrips:
     # Those its refunds undo without naming their trip (no pass: an exit priced `pass_used`,
     # or carried over the lane queue's v6 upgrade): `_lock_batch` reads their trips.
     unnamed: list[str]
+    undoes: bool  # it holds a refund of an exit
 
 
 def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
@@ -313,27 +310,31 @@ def batch_trips(records: Sequence[IngestRecord]) -> BatchTrips:
     exits: list[tuple[str, str]] = []
     first: dict[str, tuple[int, str]] = {}  # trip id: its earliest entry's (time, record id)
     undos: list[TripMark] = []  # its refunds of exits
+    # Each member looked up once: a lookup on the enum costs as much as a record's other work.
+    entry, exit_, undo = TripRole.ENTRY, TripRole.EXIT, TripRole.UNDO
     for r in records:
         mark = r.trip
-        if mark is None or mark.trip_id is None:
+        if mark is None or (trip := mark.trip_id) is None:
             continue
-        if mark.role == TripRole.UNDO:
-            undos.append(mark)
-        elif mark.role == TripRole.EXIT:
-            exits.append((r.record_id, mark.trip_id))
-        elif mark.role == TripRole.ENTRY:
+        role = mark.role
+        if role == entry:
             key = (r.ts_us, r.record_id)
-            held = first.get(mark.trip_id)
+            held = first.get(trip)
             if held is None or key < held:
-                first[mark.trip_id] = key
+                first[trip] = key
+        elif role == exit_:
+            exits.append((r.record_id, trip))
+        elif role == undo:
+            undos.append(mark)
     exited = {trip for _, trip in exits}
-    entries = [FirstEntry(t, rid, ts) for t, (ts, rid) in first.items() if t not in exited]
+    entries = {t: e for t, e in first.items() if t not in exited} if exited else first
     undoable = sorted(
         {*(rid for rid, _ in exits), *(m.trip_id for m in undos if m.trip_id is not None)}
     )
     locked, unnamed = undo_locks(undos, {rid for rid, _ in exits})
-    trips = sorted(exited.union(first, locked))
-    return BatchTrips(trips, sorted(exited), entries, exits, undoable, unnamed)
+    named = sorted(exited)
+    trips = sorted(exited.union(first, locked)) if first or locked else named
+    return BatchTrips(trips, named, entries, exits, undoable, unnamed, bool(undos))
 
 
 def undo_locks(undos: Iterable[TripMark], beside: Collection[str]) -> tuple[set[str], list[str]]:
@@ -456,11 +457,12 @@ class SqlIngestStore:
         back = " RETURNING trip_id" if returning else ""
         return self._sql(f"DELETE FROM {{open_trips}} WHERE trip_id IN ({marks}){back}"), (*trips,)
 
-    def _entry_rows(self, entries: Sequence[FirstEntry]) -> tuple[str, tuple[object, ...]]:
-        """OPEN_NEW's `{rows}` for `entries`, and their parameters: a VALUES list here."""
+    def _entry_rows(self, entries: Mapping[str, tuple[int, str]]) -> tuple[str, tuple[object, ...]]:
+        """OPEN_NEW's `{rows}` for `entries` (`BatchTrips.entries`), and their parameters: a
+        VALUES list here."""
         rows = ", ".join("(?, ?, ?)" for _ in entries)
         return f"(VALUES {rows}) AS t", tuple(
-            v for e in entries for v in (e.trip_id, e.record_id, e.ts_us)
+            v for trip, (ts, rid) in entries.items() for v in (trip, rid, ts)
         )
 
     def _add_trips(self, db: Session, batch: BatchTrips) -> tuple[int, bool]:
