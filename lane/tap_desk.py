@@ -51,8 +51,9 @@ prices as exited here all the same (a trip is never paid twice), and the store's
 the held marks before its alarm clears (`upkeep` those a restart loaded; whether or not the
 tap store works), a heard one as heard
 from its gate (so that gate's refund reopens it, held or written); the first exit held for a
-tap-in stays its gate's, as the replay store keeps the first mark's lane, named by a later exit
-as the mark would be (a refund drops it only as it would give back the mark). The held
+tap-in stays its gate's, named by the exit heard last unless stamped earlier by more than the
+skew (one exit held per tap-in; a refund drops it only as it would give back a mark kept as
+one: lane.core.exit_marks `gives_back`). The held
 exits are kept in the tap store too (`TapStore.hold`, another file), so a restart before the
 replay store heals loads them and still prices those tap-ins as exited; while the tap store
 cannot keep them either they are in memory only, a restart would forget them, and
@@ -61,13 +62,16 @@ gate's own, or another gate's refund heard on the line) is held the same way (`u
 kept in the tap store too): the tap-in prices as reopened here (the trip, as the refund said),
 the alarm says refunded tap-outs are held until reopened, and the held releases are written
 before the held exits; a later exit's mark writes its tap-in's held release first (the mark
-would not go in over the old one), and a release gives back only a mark made by the exit it
-refunds (`made_by`: an exit is marked at its record's time, which the refund names; and the
-mark names the exit that made it last, lane.core.exit_marks), so neither
-a copy loaded late nor a refund heard after a later exit reopens that exit, and a wall clock
-stepped back between an exit and its refund keeps no mark. The tap store's copy of what is
-held is versioned (lane.held_copy): an older copy never overwrites a newer one. What the desk
-holds while a store fails, its copies and the writes it owes are lane.tap_held's (`HeldWrites`).
+would not go in over the old one), and a release gives back only the use of the exit it
+refunds, whichever gate made the mark or refunds it: the replay store keeps every exit of a
+mark and every refund, and the mark stands while an exit of it is not refunded
+(lane.core.exit_marks), so neither a copy loaded late nor a refund heard after a later exit
+reopens that exit, in any order the line's messages come in; a mark kept as one is given back
+by its exit's time (`made_by`: an exit is marked at its record's time, which the refund
+names), so a wall clock stepped back between an exit and its refund keeps no mark. The tap
+store's copy of what is held is versioned (lane.held_copy): an older copy never overwrites a
+newer one. What the desk holds while a store fails, its copies and the writes it owes are
+lane.tap_held's (`HeldWrites`).
 """
 
 from __future__ import annotations

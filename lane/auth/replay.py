@@ -519,7 +519,9 @@ class ReplayStore:
         refunds, and the mark stands, named by the latest stamped exit, unless each is refunded
         (lane.core.exit_marks). Of an id kept already, an unnamed use makes the mark seen that
         `later` (when given and later than the mark)."""
-        use = (token_id, exp, lane, seen_at, int(remote), self._keep_until(exp, now))
+        # The ledger seconds until no lane can accept the token, judged by the wall clock now.
+        keep_until = self.ledger() + max(0.0, exp + self.keep_after_exp_s - now)
+        use = (token_id, exp, lane, seen_at, int(remote), keep_until)
         if exit_id is None and later is None:
             # Nothing to change in a kept id (a token's use): the one statement, as before,
             # not a transaction around it (a replayed id's check costs a third more so).
@@ -541,7 +543,7 @@ class ReplayStore:
                 "INSERT INTO exits VALUES (?, ?, 1, 0, ?, ?, ?) ON CONFLICT (token_id, exit_id)"
                 " DO UPDATE SET used = 1, seen_at = excluded.seen_at,"
                 " exp = max(exp, excluded.exp), keep_until = max(keep_until, excluded.keep_until)",
-                (token_id, exit_id, kept.seen_at, exp, use[5]),
+                (token_id, exit_id, kept.seen_at, exp, keep_until),
             )
             return self._settle(token_id, exits, use)
 
@@ -554,7 +556,10 @@ class ReplayStore:
         it was inserted."""
         mark = mark_of(exits)
         if mark is None:
-            self._conn.execute("DELETE FROM used_tokens WHERE token_id = ?", (token_id,))
+            # Not a mark naming no exit (an older release's): its exits do not make it.
+            self._conn.execute(
+                "DELETE FROM used_tokens WHERE token_id = ? AND exit_id IS NOT NULL", (token_id,)
+            )
             return False
         if (
             use is not None

@@ -570,11 +570,11 @@ def test_a_version_4_file_keeps_its_marks_given_back_by_time_as_before(tmp_path:
     exp = 1_800_000_600
     path = tmp_path / "replay.db"
     marks = [("pass:aa", "S03/x1", 0), ("pass:bb", "S02/x1", 1), ("pass:cc", "S02/x1", 1),
-             ("tok1", "S03/x1", 0)]  # fmt: skip
+             ("pass:dd", "S02/x1", 1), ("tok1", "S03/x1", 0)]  # fmt: skip
     old_file(path, 4, [(used, exp, lane, NOW, remote) for used, lane, remote in marks])
     with ReplayStore(path) as store:
         assert store.schema_version == len(MIGRATIONS) == 6
-        assert store.count() == 4 and not store.check_and_mark("tok1", exp, "S03/x1", NOW)
+        assert store.count() == 5 and not store.check_and_mark("tok1", exp, "S03/x1", NOW)
         assert store.get("pass:aa") == UsedToken("pass:aa", exp, "S03/x1", NOW, False, None)
         # Any exit's refund made by then gives an old mark back; one made before it does not.
         assert store.release("pass:aa", "S03/x1", made_by=NOW - 1, exit_id="exit-a") is None
@@ -587,6 +587,11 @@ def test_a_version_4_file_keeps_its_marks_given_back_by_time_as_before(tmp_path:
                              exit_id="exit-old") is None  # fmt: skip
         assert store.release("pass:cc", "S02/x1", remote=True, made_by=NOW + 1,
                              exit_id="exit-c") == exp  # fmt: skip
+        # Another gate's exit refunded before it is heard: the old mark, not its, stays.
+        assert store.release("pass:dd", "S01/x1", remote=True, exit_id="exit-d", exp=exp,
+                             now=NOW) is None  # fmt: skip
+        assert not store.mark_remote("pass:dd", exp, "S01/x1", NOW, now=NOW, exit_id="exit-d")
+        assert store.get("pass:dd") == UsedToken("pass:dd", exp, "S02/x1", NOW, True, None)
 
 
 def test_a_version_5_file_keeps_each_marks_exit_given_back_by_any_gates_refund(
