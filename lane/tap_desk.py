@@ -51,8 +51,9 @@ prices as exited here all the same (a trip is never paid twice), and the store's
 the held marks before its alarm clears (`upkeep` those a restart loaded; whether or not the
 tap store works), a heard one as heard
 from its gate (so that gate's refund reopens it, held or written); the first exit held for a
-tap-in stays its gate's, as the replay store keeps the first mark's lane, named by a later exit
-as the mark would be (a refund drops it only as it would give back the mark). The held
+tap-in stays its gate's, named by the exit heard last unless stamped earlier by more than the
+skew (one exit held per tap-in; a refund drops it only as it would give back a mark kept as
+one: lane.core.exit_marks `gives_back`). The held
 exits are kept in the tap store too (`TapStore.hold`, another file), so a restart before the
 replay store heals loads them and still prices those tap-ins as exited; while the tap store
 cannot keep them either they are in memory only, a restart would forget them, and
@@ -61,13 +62,16 @@ gate's own, or another gate's refund heard on the line) is held the same way (`u
 kept in the tap store too): the tap-in prices as reopened here (the trip, as the refund said),
 the alarm says refunded tap-outs are held until reopened, and the held releases are written
 before the held exits; a later exit's mark writes its tap-in's held release first (the mark
-would not go in over the old one), and a release gives back only a mark made by the exit it
-refunds (`made_by`: an exit is marked at its record's time, which the refund names; and the
-mark names the exit that made it last, lane.core.exit_marks), so neither
-a copy loaded late nor a refund heard after a later exit reopens that exit, and a wall clock
-stepped back between an exit and its refund keeps no mark. The tap store's copy of what is
-held is versioned (lane.held_copy): an older copy never overwrites a newer one. What the desk
-holds while a store fails, its copies and the writes it owes are lane.tap_held's (`HeldWrites`).
+would not go in over the old one), and a release gives back only the use of the exit it
+refunds, whichever gate made the mark or refunds it: the replay store keeps every exit of a
+mark and every refund, and the mark stands while an exit of it is not refunded
+(lane.core.exit_marks), so neither a copy loaded late nor a refund heard after a later exit
+reopens that exit, in any order the line's messages come in; a mark kept as one is given back
+by its exit's time (`made_by`: an exit is marked at its record's time, which the refund
+names), so a wall clock stepped back between an exit and its refund keeps no mark. The tap
+store's copy of what is held is versioned (lane.held_copy): an older copy never overwrites a
+newer one. What the desk holds while a store fails, its copies and the writes it owes are
+lane.tap_held's (`HeldWrites`).
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ from lane.auth.trip_pricing import ExitLaneRules, code_account, price_tap_out
 from lane.auth.trip_rules import tap_in_entry
 from lane.core.actions import MarkPassUsed, PriceTrip, ReleasePass
 from lane.core.events import TripPriced
-from lane.core.exit_marks import ExitMark, gives_back
+from lane.core.exit_marks import ExitMark, Exits, gives_back, mark_of, refunded_by
 from lane.core.names import AuthResult, RecordKind
 from lane.core.records import FLAG_RECORD, REFUND_FLAG, flag_value, tap_in_trip_id
 from lane.store_watch import PROBE_EVERY_S, Alarm, StoreWatch
@@ -389,7 +393,7 @@ class TapDesk:
             pricing.rules,
         )
         try:
-            tap_in, key, used = await asyncio.to_thread(
+            tap_in, key, used, exits = await asyncio.to_thread(
                 self._open_tap,
                 account,
                 {t: lane for t, (_, lane) in self.held.undropped.items()},
@@ -401,7 +405,9 @@ class TapDesk:
         except ReplayStoreError as exc:
             self.replay_watch.says(exc, REPLAY_UNREAD)
             raise
-        exited = key is not None and (key in self.held.unmarked or self._stays_marked(key, used))
+        exited = key is not None and (
+            key in self.held.unmarked or self._stays_marked(key, used, exits)
+        )
         answer = price_tap_out(request, tap_in, exited, pricing.tariff, pricing.rules, now)
         log.info(
             "tap-out priced",
@@ -419,24 +425,29 @@ class TapDesk:
 
     def _open_tap(
         self, account: str | None, undropped: Mapping[str, str], now: float
-    ) -> tuple[Record | None, str | None, UsedToken | None]:
-        """The account's latest tap-in, its pass key and the replay store's mark of its exit."""
+    ) -> tuple[Record | None, str | None, UsedToken | None, Exits]:
+        """The account's latest tap-in, its pass key, the replay store's mark of its exit and
+        the exits it keeps."""
         encoded = self.store.latest(account, now, undropped) if account is not None else None
         if encoded is None:
-            return None, None, None
+            return None, None, None, Exits()
         record = Record.decode(encoded)
         try:
             trip = tap_in_entry(record).pass_hex
         except ValueError:
-            return record, None, None  # priced as no tap-in (lane.auth.trip_pricing)
+            return record, None, None, Exits()  # priced as no tap-in (lane.auth.trip_pricing)
         key = pass_key(trip)
-        return record, key, self.replay.get(key)
+        used = self.replay.get(key)
+        return record, key, used, Exits() if used is None else self.replay.exits(key)
 
-    def _stays_marked(self, key: str, used: UsedToken | None) -> bool:
-        """Is the exit marked, and not by a mark a refund held until reopened gives back?"""
+    def _stays_marked(self, key: str, used: UsedToken | None, exits: Exits) -> bool:
+        """Is the exit marked, and not by a mark a refund held until reopened gives back (its
+        exit's, when the mark keeps its exits: lane.core.exit_marks)?"""
         release = self.held.unreleased.get(key)
         if used is None or release is None:
             return used is not None
+        if release.exit_id is not None and exits.made:
+            return mark_of(refunded_by(exits, release.exit_id)) is not None
         owner = (release.lane, True) if release.lane is not None else (self.lane, False)
         made = gives_back(ExitMark(used.seen_at, used.exit_id), release.exit_id, release.seen_at)
         return (used.lane, used.remote) != owner or not made
@@ -482,12 +493,12 @@ class TapDesk:
     async def _release(
         self, key: str, lane: str | None, made_by: float, exit_id: str | None
     ) -> bool:
-        """Forget the exit of `key` this gate made (`lane` None) or heard from `lane`, the one
-        stamped by `made_by` (that gate's clock, `_made_by`) as record `exit_id` (a mark a later
-        exit made stays, however the gates' clocks stamped it: lane.core.exit_marks): held only
-        (the replay store never had it), or its mark; True when there was one. A mark the
-        replay store does not give back is held until reopened (`unreleased`) and the error
-        raised."""
+        """Forget the exit record `exit_id` of `key`: its mark, whichever gate made it and
+        refunds it (another exit's stays, lane.core.exit_marks), or, held only (the replay
+        store never had it), the one exit held, when this gate made it (`lane` None) or heard
+        it from `lane`, named `exit_id` and stamped by `made_by` (that gate's clock,
+        `_made_by`); True when the mark went. A mark the replay store does not give back is
+        held until reopened (`unreleased`) and the error raised."""
         held = self.held.unmarked.get(key)
         if held is not None and held.lane == lane:
             if not gives_back(ExitMark(held.seen_at, held.exit_id), exit_id, made_by):

@@ -95,9 +95,10 @@ class HeldWrites:
     def hold_exit(self, key: str, held: Held) -> None:
         """Hold an exit the replay store did not mark. The first exit held stays its gate's,
         as the replay store keeps the first mark's lane: one heard from another gate is not
-        given back by this gate's refund. A later exit names it, and makes it that late when
-        heard, as it would the mark (`ReplayStore.mark_remote`, lane.core.exit_marks): the
-        refund of the first exit then gives back nothing."""
+        given back by this gate's refund. One exit is held per tap-in (the replay store keeps
+        them all): a later exit names it, and makes it that late when heard
+        (lane.core.exit_marks `names_mark`): the refund of the first exit then gives back
+        nothing, and the refund of the one named drops it."""
         first = self.unmarked.get(key)
         if first is None:
             self.unmarked[key] = held
@@ -140,12 +141,12 @@ class HeldWrites:
 
     async def unmark(self, key: str, release: Held) -> bool:
         """Give back the mark of `key` this gate made (`release.lane` None) or heard from
-        `release.lane`, made by `release.seen_at` by the exit `release.exit_id` (a later one,
-        or another exit's, stays)."""
+        `release.lane`, made by `release.seen_at` by the exit `release.exit_id` (whoever made
+        it; another exit's stays), the refund kept until `release.exp`."""
         remote = release.lane is not None
         return await release_mark(self.replay, None, key, release.lane or self.lane, self.wall(),
                                   remote=remote, made_by=release.seen_at,
-                                  exit_id=release.exit_id)  # fmt: skip
+                                  exit_id=release.exit_id, exp=release.exp)  # fmt: skip
 
     async def save_held(self) -> None:
         """Keep the held exits and refunds in the tap store, so a restart still knows them;

@@ -96,8 +96,8 @@ class Held(NamedTuple):
     (marked as heard, `ReplayStore.mark_remote`, so that gate's refund gives it back). A
     refund held until the replay store gives the mark back has the same fields: kept until
     `exp`, whose mark (`lane`) and the refunded exit's time (`seen_at`: a newer mark stays).
-    `exit_id` is the exit record (its own, or the refunded one): a mark names the exit that
-    made it last, and a refund gives back only that exit's (lane.core.exit_marks)."""
+    `exit_id` is the exit record (its own, or the refunded one): a refund gives back only
+    that exit's use (lane.core.exit_marks)."""
 
     exp: int
     lane: str | None = None

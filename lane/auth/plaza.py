@@ -280,13 +280,15 @@ async def release_mark(
     remote: bool = False,
     made_by: float | None = None,
     exit_id: str | None = None,
+    exp: int | None = None,
 ) -> bool:
     """Give back a use `lane` marked itself, or (`remote`) one heard from `lane`
     (`ReplayStore.release`, on a worker thread; `made_by`: only a use marked by then;
-    `exit_id`: only a mark the refunded exit made last), and, when there was one of its own
-    and the lane is in a plaza, share the release from the loop. True when a mark was
-    released."""
-    release = partial(store.release, remote=remote, made_by=made_by, exit_id=exit_id)
+    `exit_id`: the refunded exit's use, whoever made it, the refund kept until `exp`), and,
+    when there was one of its own and the lane is in a plaza, share the release from the
+    loop. True when a mark was released."""
+    release = partial(store.release, remote=remote, made_by=made_by, exit_id=exit_id,
+                      exp=exp, now=now)  # fmt: skip
     exp = await asyncio.to_thread(release, key, lane)
     if exp is not None and sharing is not None and not remote:
         sharing.share(UsedTokenMsg(key, exp, lane, now, MarkKind.RELEASE))

@@ -23,9 +23,11 @@ A metro gate keeps here too the refunded tap-ins its tap store could not drop (l
 held until dropped; `undropped`, schema 3), as that store keeps the exits this one could not
 mark: each store keeps what the other owes, so a restart while one fails still knows it.
 
-A mark names the exit that made it last (`exit_id`, schema 5: a metro exit's record id), and
-a refund gives it back only when it names that exit (lane.core.exit_marks): a pass used again
-after the refunded exit keeps its mark, whatever the gates' clocks say.
+A metro tap-in's mark keeps every exit that used it and every exit refunded (`exits`, schema
+6, by record id; `exit_id`, schema 5, names the latest stamped standing one): the mark stands
+while one of them is not refunded (lane.core.exit_marks), so a refund gives back its own
+exit's mark whichever gate made it or refunds it, never another exit's, in any order the
+line's messages come in.
 
 A toll-exit lane keeps here too the signed time of the latest plate binding it took per plate,
 and whether it was emptied since (lane.trip_desk; `plate_times`, schema 4), while a trip may
@@ -52,7 +54,15 @@ from typing import Any, NamedTuple
 from lane import sqlite_schema
 from lane.auth.passes import DEFAULT_PASS_LIFETIME_S, USED_PASS_PREFIX, pass_valid_until
 from lane.auth.tokens import DEFAULT_MAX_LIFETIME_S, DEFAULT_SKEW_S
-from lane.core.exit_marks import ExitMark, gives_back, names_mark
+from lane.core.exit_marks import (
+    ExitMark,
+    Exits,
+    exits_of,
+    gives_back,
+    mark_of,
+    refunded_by,
+    used_by,
+)
 from lane.sqlite_schema import Migration, Newer, chain
 
 log = logging.getLogger(__name__)
@@ -126,6 +136,29 @@ def _add_exit_id_v5(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE used_tokens ADD COLUMN exit_id TEXT")
 
 
+def _add_exits_v6(conn: sqlite3.Connection) -> None:
+    # Every exit that used a pass (`used`, at `seen_at` by its gate's clock) and every exit
+    # refunded (`refunded`: a refund heard before its exit is kept too), each until `exp` and
+    # `keep_until` as a use is. A schema 5 mark's exit is its one exit.
+    conn.execute(
+        "CREATE TABLE exits ("
+        " token_id TEXT NOT NULL,"
+        " exit_id TEXT NOT NULL,"
+        " used INTEGER NOT NULL,"
+        " refunded INTEGER NOT NULL,"
+        " seen_at REAL,"
+        " exp INTEGER NOT NULL,"
+        " keep_until REAL NOT NULL,"
+        " PRIMARY KEY (token_id, exit_id)"
+        ") WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX exits_exp ON exits (exp)")
+    conn.execute(
+        "INSERT INTO exits SELECT token_id, exit_id, 1, 0, seen_at, exp, keep_until"
+        " FROM used_tokens WHERE exit_id IS NOT NULL"
+    )
+
+
 # A use stored unless its id is kept already: one naming no exit leaves exit_id to the
 # column's NULL (bound, a replayed token's check costs a seventh more), one naming its exit.
 _INSERT_USE = (
@@ -141,6 +174,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _add_undropped_v3,
     _add_plate_times_v4,
     _add_exit_id_v5,
+    _add_exits_v6,
 )
 
 
@@ -267,10 +301,9 @@ class ReplayStore:
         exit_id: str | None = None,
     ) -> bool:
         """Record a local use, made at `seen_at` (None: `now`; a metro exit is marked by its
-        record's time, lane.tap_desk) by the exit record `exit_id` (which names the mark even
-        when it was there already, unless stamped earlier than it by more than the skew: the
-        refund of an earlier exit no longer gives it back);
-        True when this is the first use anywhere we know of."""
+        record's time, lane.tap_desk) by the exit record `exit_id` (kept with the mark's other
+        exits, even when it was there already: the refund of another exit no longer gives it
+        back); True when this is the first use anywhere we know of."""
         return self._insert(token_id, exp, lane, now if seen_at is None else seen_at, now,
                             remote=False, exit_id=exit_id)  # fmt: skip
 
@@ -293,9 +326,9 @@ class ReplayStore:
         exited again, anywhere) frees nothing. The mark's lane stays: a lane never frees a
         mark another lane made by claiming a use of it; and a use stamped past our clock
         counts from `now + skew_s`, so a lane's bad clock holds no release off for long. A use
-        by an exit (`exit_id`, a metro gate's tap-out) names the mark too: only that exit's
-        refund gives it back (lane.core.exit_marks), even when its gate's clock is behind the
-        earlier exit's."""
+        by an exit (`exit_id`, a metro gate's tap-out) is kept with the mark's other exits:
+        the mark stands until each is refunded (lane.core.exit_marks), whatever the gates'
+        clocks stamped and the order they are heard in."""
         kept = self.bounds.kept_exp(token_id, exp, now)
         later = None if seen_at is None else min(seen_at, now + self.bounds.skew_s)
         new = self._insert(token_id, kept, lane, seen_at, now, remote=True, exit_id=exit_id,
@@ -315,25 +348,51 @@ class ReplayStore:
         remote: bool = False,
         made_by: float | None = None,
         exit_id: str | None = None,
+        exp: int | None = None,
+        now: float | None = None,
     ) -> int | None:
         """Forget a use `lane` recorded here itself (a pass whose exit was refunded: not spent),
-        or, `remote`, one heard from `lane` (it shares its release); the exp of the use
-        forgotten, None when there was none. Any other mark of the id stays: another lane's
-        use, or one heard from it. `made_by`: the release's own time on `lane`'s clock (one
-        shared by another lane), or a metro gate's refunded exit's (lane.tap_desk): only a use
-        seen by then (`seen_at`, the time `lane` gave it) goes, never a newer one (a release
-        replayed or written late after the pass was used again). `exit_id`: the refunded exit's
-        record: a mark another exit made last stays (lane.core.exit_marks; a mark that names
-        no exit, stored by an older release, is judged by `made_by` alone)."""
+        or, `remote`, one heard from `lane` (it shares its release); the exp of the mark
+        given back, None when there was none or it stays. Any other mark of the id stays:
+        another lane's use, or one heard from it. `made_by`: the release's own time on
+        `lane`'s clock (one shared by another lane), or a metro gate's refunded exit's
+        (lane.tap_desk): only a use seen by then (`seen_at`, the time `lane` gave it) goes,
+        never a newer one (a release replayed or written late after the pass was used again).
+
+        `exit_id`: the refunded exit's record. When the mark keeps its exits (a metro tap-in's,
+        schema 6) that exit's use goes, whichever lane made or heard it, and the mark with it
+        unless another exit's stands (lane.core.exit_marks); the refund is kept until `exp`
+        (by the ledger from `now`), so its exit heard later marks nothing. A mark that keeps no
+        exit (stored by an older release, or a use of another kind) is judged by `lane` and
+        `made_by` alone, as before."""
         with immediate(self._conn, self._lock, self._error):
+            exits = self._exits(token_id)
             row = self._conn.execute(
-                "SELECT exp, seen_at, exit_id FROM used_tokens"
-                " WHERE token_id = ? AND lane = ? AND remote = ?",
-                (token_id, lane, int(remote)),
+                "SELECT exp, seen_at, exit_id, lane, remote FROM used_tokens WHERE token_id = ?",
+                (token_id,),
             ).fetchone()
-            if row is None or not gives_back(ExitMark(row[1], row[2]), exit_id, made_by):
+            if exit_id is not None:
+                kept_exp = exp if exp is not None or row is None else int(row[0])
+                if kept_exp is not None:
+                    self._conn.execute(
+                        "INSERT INTO exits VALUES (?, ?, 0, 1, NULL, ?, ?)"
+                        " ON CONFLICT (token_id, exit_id) DO UPDATE SET refunded = 1",
+                        (token_id, exit_id, kept_exp, self._keep_until(kept_exp, now)),
+                    )
+                if exits.made:
+                    after = refunded_by(exits, exit_id)
+                    self._settle(token_id, after, None)
+                    gone = row is not None and mark_of(after) is None
+                    return int(row[0]) if gone else None
+            if (
+                row is None
+                or (row[3], bool(row[4])) != (lane, remote)
+                or not gives_back(ExitMark(row[1], row[2]), exit_id, made_by)
+            ):
                 return None
             self._conn.execute("DELETE FROM used_tokens WHERE token_id = ?", (token_id,))
+            # A release naming no exit gives back every exit of the mark (a road pass has none).
+            self._conn.execute("UPDATE exits SET refunded = 1 WHERE token_id = ?", (token_id,))
         return int(row[0])
 
     def keep_undropped(self, undropped: Mapping[str, tuple[float, str]], now: float) -> None:
@@ -387,6 +446,10 @@ class ReplayStore:
         row = rows[0]
         return UsedToken(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
 
+    def exits(self, token_id: str) -> Exits:
+        """The exits kept for a mark, and those refunded (none: a mark that keeps no exit)."""
+        return _exits_of(self._query(_EXITS, (token_id,)))
+
     def purge(self, now: float) -> int:
         """Forget uses whose tokens no lane can accept any more; returns how many.
 
@@ -402,6 +465,9 @@ class ReplayStore:
             purged: int = self._conn.execute(
                 "DELETE FROM used_tokens WHERE exp < ? AND keep_until <= ?", (cutoff, ledger)
             ).rowcount
+            self._conn.execute(
+                "DELETE FROM exits WHERE exp < ? AND keep_until <= ?", (cutoff, ledger)
+            )
         return purged
 
     def probe(self) -> None:
@@ -449,9 +515,10 @@ class ReplayStore:
         exit_id: str | None,
         later: float | None = None,
     ) -> bool:
-        """Store a use; one of an id kept already names the mark by its exit (`exit_id`, when
-        given, unless an earlier exit's heard late: lane.core.exit_marks `names_mark`) and
-        makes it seen that `later` (when given and later than the mark)."""
+        """Store a use; one by an exit (`exit_id`) is kept with the mark's other exits and
+        refunds, and the mark stands, named by the latest stamped exit, unless each is refunded
+        (lane.core.exit_marks). Of an id kept already, an unnamed use makes the mark seen that
+        `later` (when given and later than the mark)."""
         # The ledger seconds until no lane can accept the token, judged by the wall clock now.
         keep_until = self.ledger() + max(0.0, exp + self.keep_after_exp_s - now)
         use = (token_id, exp, lane, seen_at, int(remote), keep_until)
@@ -460,22 +527,60 @@ class ReplayStore:
             # not a transaction around it (a replayed id's check costs a third more so).
             return self._execute(_INSERT_UNNAMED, use) == 1
         with immediate(self._conn, self._lock, self._error):
-            if self._conn.execute(_INSERT_NAMED, (*use, exit_id)).rowcount == 1:
-                return True
-            kept = self._conn.execute(
-                "SELECT seen_at, exit_id FROM used_tokens WHERE token_id = ?", (token_id,)
-            ).fetchone()
-            mark = ExitMark(kept[0], kept[1])
-            used = seen_at if later is None else later
-            if exit_id is None or not names_mark(mark, used, self.bounds.skew_s):
-                exit_id = mark.exit_id  # an earlier exit heard late names nothing
+            if exit_id is None:
+                if self._conn.execute(_INSERT_UNNAMED, use).rowcount == 1:
+                    return True
+                self._conn.execute(
+                    "UPDATE used_tokens SET seen_at = max(coalesce(seen_at, ?), ?)"
+                    " WHERE token_id = ?",
+                    (later, later, token_id),
+                )
+                return False
+            mark = ExitMark(seen_at if later is None else later, exit_id)
+            exits = used_by(self._exits(token_id), mark)
+            (kept,) = (m for m in exits.made if m.exit_id == exit_id)
             self._conn.execute(
-                "UPDATE used_tokens SET exit_id = ?, seen_at ="
-                " CASE WHEN ? IS NULL THEN seen_at ELSE max(coalesce(seen_at, ?), ?) END"
-                " WHERE token_id = ?",
-                (exit_id, later, later, later, token_id),
+                "INSERT INTO exits VALUES (?, ?, 1, 0, ?, ?, ?) ON CONFLICT (token_id, exit_id)"
+                " DO UPDATE SET used = 1, seen_at = excluded.seen_at,"
+                " exp = max(exp, excluded.exp), keep_until = max(keep_until, excluded.keep_until)",
+                (token_id, exit_id, kept.seen_at, exp, keep_until),
             )
+            return self._settle(token_id, exits, use)
+
+    def _exits(self, token_id: str) -> Exits:
+        return _exits_of(self._conn.execute(_EXITS, (token_id,)).fetchall())
+
+    def _settle(self, token_id: str, exits: Exits, use: tuple[object, ...] | None) -> bool:
+        """Make the mark of `token_id` what its exits say: gone when each is refunded, else
+        named by the latest stamped one (inserted as `use` when there was none); True when
+        it was inserted."""
+        mark = mark_of(exits)
+        if mark is None:
+            # Not a mark naming no exit (an older release's): its exits do not make it.
+            self._conn.execute(
+                "DELETE FROM used_tokens WHERE token_id = ? AND exit_id IS NOT NULL", (token_id,)
+            )
+            return False
+        if (
+            use is not None
+            and self._conn.execute(
+                _INSERT_NAMED, (*use[:3], mark.seen_at, *use[4:], mark.exit_id)
+            ).rowcount
+            == 1
+        ):
+            return True
+        self._conn.execute(
+            "UPDATE used_tokens SET exit_id = ?, seen_at = ? WHERE token_id = ?",
+            (mark.exit_id, mark.seen_at, token_id),
+        )
         return False
+
+    def _keep_until(self, exp: int, now: float | None) -> float:
+        """The ledger seconds until no lane can accept the use, judged by the wall clock `now`
+        (None: not known, kept as long as an id of before the ledger)."""
+        if now is None:
+            return self.ledger() + MIGRATED_KEEP_S
+        return self.ledger() + max(0.0, exp + self.keep_after_exp_s - now)
 
     def _execute(self, sql: str, params: tuple[object, ...]) -> int:
         with self._lock:
@@ -491,3 +596,14 @@ class ReplayStore:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise ReplayStoreError(f"{self.path}: {exc}") from exc
+
+
+_EXITS = "SELECT exit_id, used, refunded, seen_at FROM exits WHERE token_id = ?"
+
+
+def _exits_of(rows: Sequence[tuple[Any, ...]]) -> Exits:
+    """The exits of a mark from its `_EXITS` rows."""
+    return exits_of(
+        (ExitMark(seen_at, exit_id) for exit_id, used, _, seen_at in rows if used),
+        (exit_id for exit_id, _, refunded, _ in rows if refunded),
+    )

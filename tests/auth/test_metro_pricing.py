@@ -607,6 +607,73 @@ async def test_a_refund_over_the_line_gives_back_its_exits_mark_and_never_a_late
         assert await priced(there) == ("pass_used", trip)
 
 
+async def test_a_refund_over_the_line_gives_back_its_exits_mark_whichever_gate_made_it(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Two exit gates of the line on the real broker. (1) S01/x1 let rider-1 out, then S03
+    did again (S01's refund crossed it), then each refunded its exit: the mark was S01's (the
+    first heard), so S03's refund gave back nothing, at S03 and at S02, and the passenger let
+    through nowhere paid the maximum at the next exit. (2) S03 let them out and refunded it,
+    then S01/x1 (its clock 10 s behind: stamped earlier), heard first at S02: the earlier exit
+    named the mark there, and S01's refund gave back nothing. Each refund gives back its own
+    exit's mark, whichever gate made the mark or refunds it, in any order heard."""
+    clock = [float(NOW)]
+    topic = topics.line_taps("L1")
+    fare = TARIFF.trip_fare(1, "S01", "S03", NOW).amount_minor
+    async with (
+        line_gate(mosquitto, tmp_path, "S03/x1", clock) as here,
+        line_gate(mosquitto, tmp_path, "S02/x1", clock) as there,
+        sender(mosquitto, "S01-gates") as s01,
+    ):
+        entered = tap_in("S01", NOW - 600)
+        trip = uuid.UUID(entered.record_id).hex
+        await s01.publish(topic, signed(entered), qos=1)
+        await eventually(lambda: here.store.count() == there.store.count() == 1,
+                         what="the tap-in heard at both gates")  # fmt: skip
+
+        async def from_s01(record: Record) -> None:
+            heard = (here.received, there.received)
+            await s01.publish(topic, signed(record), qos=1)
+            await eventually(lambda: (here.received, there.received) == (heard[0] + 1,
+                             heard[1] + 1), what="S01's message heard at both gates")  # fmt: skip
+
+        async def at_s03(out: Record, refunded_at: float | None = None) -> None:
+            """S03 lets rider-1 out (`out`), or refunds that exit at `refunded_at`."""
+            heard = there.received
+            if refunded_at is None:
+                await here.mark_used(MarkPassUsed(trip, NOW + 28_800, None, out.record_id))
+                durable(here, out)
+            else:
+                await here.release(ReleasePass(trip, out.record_id))
+                durable(here, refund_of(out, refunded_at, trip))
+            await eventually(lambda: there.received == heard + 1, what="S03's message at S02")
+
+        async def priced() -> list[str]:
+            return [(await tap_out(gate, clock))[0] for gate in (here, there)]
+
+        # (1) S01's exit, S03's exit, S01's refund, S03's refund.
+        first = tap_out_of(entered, fare, "S01/x1", clock[0])
+        await from_s01(first)
+        clock[0] += 5
+        again = tap_out_of(entered, fare, "S03/x1", clock[0])
+        await at_s03(again)
+        await from_s01(refund_of(first, clock[0], trip))
+        assert await priced() == ["pass_used", "pass_used"]  # S03's exit stands
+        await at_s03(again, refunded_at=clock[0] + 1)
+        assert await priced() == ["charged", "charged"]
+
+        # (2) S01's later exit (its clock behind) heard first, then S03's exit and refund.
+        clock[0] += 60
+        later = tap_out_of(entered, fare, "S01/x1", clock[0] - 10)
+        await from_s01(later)
+        earlier = tap_out_of(entered, fare, "S03/x1", clock[0] - 5)
+        await at_s03(earlier)
+        await at_s03(earlier, refunded_at=clock[0] - 4)
+        assert await priced() == ["pass_used", "pass_used"]  # S01's exit stands
+        await from_s01(refund_of(later, clock[0], trip))
+        assert await priced() == ["charged", "charged"]
+
+
 def tap_out_of(entered: Record, kept: int, lane: str, at: float) -> Record:
     """Another gate's tap-out of the tap-in `entered` (from S01), keeping `kept`, as heard on
     the line."""

@@ -482,25 +482,85 @@ def test_a_release_frees_no_mark_of_an_id_used_again_since(tmp_path: Path) -> No
         assert mark is not None and mark.seen_at == NOW + 40 + store.bounds.skew_s
 
 
-def test_a_refund_gives_back_only_the_mark_its_exit_made_last(tmp_path: Path) -> None:
-    """A metro tap-in exited at S02 (its clock 10 s ahead), then at S01 (its clock behind, the
-    later exit stamped earlier): the mark named by S02's exit and timed by it, S02's refund of
-    it gave back S01's exit too. A mark names the exit that made it last; a refund naming
-    another exit gives back nothing, whatever its time."""
+def test_a_refund_gives_back_its_own_exits_mark_whichever_gate_made_it(tmp_path: Path) -> None:
+    """A metro tap-in let out at S02, refunded there, then let out at S01 (this gate heard
+    S02's exit first: the mark was S02's). S01's refund of its own exit gave back nothing, as
+    the mark was another gate's, and the passenger paid the maximum at the next exit. A refund
+    gives back its exit's mark whichever gate made the mark and whichever refunds it; a refund
+    naming another exit, whatever its time, gives back nothing."""
     exp = 1_800_000_600
     with ReplayStore(tmp_path / "replay.db") as store:
         assert store.mark_remote("pass:aa", exp, "S02/x1", NOW + 10, now=NOW, exit_id="exit-a")
         assert not store.mark_remote("pass:aa", exp, "S01/x1", NOW + 5, now=NOW, exit_id="exit-b")
         assert store.release("pass:aa", "S02/x1", remote=True, made_by=NOW + 10.001,
-                             exit_id="exit-a") is None  # fmt: skip
-        assert store.get("pass:aa") == UsedToken("pass:aa", exp, "S02/x1", NOW + 10, True, "exit-b")
-        # This gate's own exit, marked again by its later exit: the first one's refund keeps it.
-        assert store.check_and_mark("pass:bb", exp, "S03/x1", NOW, NOW, exit_id="exit-c")
-        assert not store.check_and_mark("pass:bb", exp, "S03/x1", NOW, NOW - 1, exit_id="exit-d")
-        assert store.release("pass:bb", "S03/x1", made_by=NOW + 60, exit_id="exit-c") is None
-        # The latest exit's refund gives its mark back; one stamped later than it stays.
-        assert store.release("pass:bb", "S03/x1", made_by=NOW - 2, exit_id="exit-d") is None
-        assert store.release("pass:bb", "S03/x1", made_by=NOW + 60, exit_id="exit-d") == exp
+                             exit_id="exit-a", exp=exp, now=NOW) is None  # fmt: skip
+        assert store.get("pass:aa") == UsedToken("pass:aa", exp, "S02/x1", NOW + 5, True, "exit-b")
+        assert store.release("pass:aa", "S01/x1", remote=True, made_by=NOW + 5.001,
+                             exit_id="exit-b", exp=exp, now=NOW) == exp  # fmt: skip
+        assert store.get("pass:aa") is None
+        # This gate's own exit after one heard, refunded here; then one refunded at a third gate.
+        assert store.mark_remote("pass:bb", exp, "S02/x1", NOW, now=NOW, exit_id="exit-c")
+        assert not store.check_and_mark("pass:bb", exp, "S03/x1", NOW, NOW + 1, exit_id="exit-d")
+        assert store.release("pass:bb", "S03/x1", made_by=NOW + 60, exit_id="exit-d") is None
+        assert store.release("pass:bb", "S01/x1", remote=True, exit_id="exit-c") == exp
+        assert store.get("pass:bb") is None
+
+
+def test_an_exits_refund_heard_before_it_keeps_it_from_marking(tmp_path: Path) -> None:
+    """A refund heard before its exit (the line's messages crossed) gives back the mark that
+    exit makes when it is heard: it marks nothing; the refund is kept over a restart until the
+    mark would have gone, then purged."""
+    exp = int(NOW) + 600
+    path = tmp_path / "replay.db"
+    mono = Ledger()
+    with ReplayStore(path, monotonic=mono) as store:
+        assert store.release("pass:aa", "S02/x1", remote=True, exit_id="exit-a", exp=exp,
+                             now=NOW) is None  # fmt: skip
+    with ReplayStore(path, monotonic=mono) as store:
+        assert not store.mark_remote("pass:aa", exp, "S02/x1", NOW, now=NOW, exit_id="exit-a")
+        assert store.get("pass:aa") is None
+        store.purge(NOW)
+        assert store.exits("pass:aa").refunded == {"exit-a"}
+        mono.t += exp + store.keep_after_exp_s - NOW
+        store.purge(exp + store.keep_after_exp_s + 1)
+        assert store.exits("pass:aa").refunded == frozenset()
+
+
+@settings(max_examples=25)
+@given(data=st.data())
+def test_any_order_of_the_lines_exits_and_refunds_leaves_the_same_mark(
+    data: st.DataObject,
+) -> None:
+    """The exits of a tap-in (its own gate's, heard from others, stamped within the skew of
+    one another) and the refunds of some of them, in any order, on a real store: the same mark
+    as in the order they were made, standing while an exit is not refunded."""
+    exp = int(NOW) + 600
+    gates = ["S01/x1", "S02/x1", "S03/x1"]
+    made = data.draw(st.lists(st.tuples(st.sampled_from(gates), st.integers(-40, 40)),
+                              min_size=1, max_size=4))  # fmt: skip
+    exits = [(f"exit-{n}", lane, NOW + dt) for n, (lane, dt) in enumerate(made)]
+    refunded = data.draw(st.lists(st.sampled_from(exits), unique=True))
+    refunder = data.draw(st.sampled_from(gates))  # any gate of the line issues the refunds
+    steps = [("exit", e) for e in exits] + [("refund", e) for e in refunded]
+    order = data.draw(st.permutations(steps))
+
+    def play(steps: list[tuple[str, tuple[str, str, float]]]) -> tuple[object, object]:
+        with tempfile.TemporaryDirectory() as tmp, ReplayStore(Path(tmp) / "r.db") as store:
+            for what, (exit_id, lane, at) in steps:
+                if what == "refund":
+                    store.release("pass:aa", refunder, remote=refunder != "S03/x1",
+                                  exit_id=exit_id, exp=exp, now=NOW)  # fmt: skip
+                elif lane == "S03/x1":  # this gate's own exit
+                    store.check_and_mark("pass:aa", exp, lane, NOW, at, exit_id=exit_id)
+                else:
+                    store.mark_remote("pass:aa", exp, lane, at, now=NOW, exit_id=exit_id)
+            used = store.get("pass:aa")
+            mark = None if used is None else (used.exit_id, used.seen_at)
+            return mark, store.exits("pass:aa")
+
+    mark, kept = play(order)
+    assert (mark, kept) == play(steps)
+    assert (mark is None) == all(e in refunded for e in exits)
 
 
 def test_a_version_4_file_keeps_its_marks_given_back_by_time_as_before(tmp_path: Path) -> None:
@@ -510,11 +570,11 @@ def test_a_version_4_file_keeps_its_marks_given_back_by_time_as_before(tmp_path:
     exp = 1_800_000_600
     path = tmp_path / "replay.db"
     marks = [("pass:aa", "S03/x1", 0), ("pass:bb", "S02/x1", 1), ("pass:cc", "S02/x1", 1),
-             ("tok1", "S03/x1", 0)]  # fmt: skip
+             ("pass:dd", "S02/x1", 1), ("tok1", "S03/x1", 0)]  # fmt: skip
     old_file(path, 4, [(used, exp, lane, NOW, remote) for used, lane, remote in marks])
     with ReplayStore(path) as store:
-        assert store.schema_version == len(MIGRATIONS) == 5
-        assert store.count() == 4 and not store.check_and_mark("tok1", exp, "S03/x1", NOW)
+        assert store.schema_version == len(MIGRATIONS) == 6
+        assert store.count() == 5 and not store.check_and_mark("tok1", exp, "S03/x1", NOW)
         assert store.get("pass:aa") == UsedToken("pass:aa", exp, "S03/x1", NOW, False, None)
         # Any exit's refund made by then gives an old mark back; one made before it does not.
         assert store.release("pass:aa", "S03/x1", made_by=NOW - 1, exit_id="exit-a") is None
@@ -527,27 +587,54 @@ def test_a_version_4_file_keeps_its_marks_given_back_by_time_as_before(tmp_path:
                              exit_id="exit-old") is None  # fmt: skip
         assert store.release("pass:cc", "S02/x1", remote=True, made_by=NOW + 1,
                              exit_id="exit-c") == exp  # fmt: skip
+        # Another gate's exit refunded before it is heard: the old mark, not its, stays.
+        assert store.release("pass:dd", "S01/x1", remote=True, exit_id="exit-d", exp=exp,
+                             now=NOW) is None  # fmt: skip
+        assert not store.mark_remote("pass:dd", exp, "S01/x1", NOW, now=NOW, exit_id="exit-d")
+        assert store.get("pass:dd") == UsedToken("pass:dd", exp, "S02/x1", NOW, True, None)
 
 
-def test_an_earlier_exit_heard_late_names_no_mark(tmp_path: Path) -> None:
-    """S01's exit heard first, then S02's stamped two minutes before it (S02's messages held
-    up): the mark took the earlier exit's name, and the refund of S01's, the later one, gave
-    back nothing (its passenger paid the maximum at the next exit). An exit stamped earlier by
-    no more than the skew may be the later one (its gate's clock behind): it names the mark."""
+def test_a_version_5_file_keeps_each_marks_exit_given_back_by_any_gates_refund(
+    tmp_path: Path,
+) -> None:
+    """The release before (schema 5) named one exit per mark: over the upgrade that exit is
+    the mark's one exit, given back by its refund from any gate, and another exit heard since
+    keeps the mark past it."""
+    exp = 1_800_000_600
+    path = tmp_path / "replay.db"
+    old_file(path, 5, [("pass:aa", exp, "S02/x1", NOW, 1), ("pass:bb", exp, "S03/x1", NOW, 0),
+                       ("tok1", exp, "S03/x1", NOW, 0)])  # fmt: skip
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE used_tokens SET exit_id = 'exit-' || token_id WHERE token_id != 'tok1'")
+    conn.close()
+    with ReplayStore(path) as store:
+        assert store.schema_version == len(MIGRATIONS) == 6
+        assert store.count() == 3 and not store.check_and_mark("tok1", exp, "S03/x1", NOW)
+        assert store.exits("tok1").made == frozenset()
+        assert store.get("pass:aa") == UsedToken("pass:aa", exp, "S02/x1", NOW, True,
+                                                 "exit-pass:aa")  # fmt: skip
+        assert store.release("pass:aa", "S01/x1", remote=True, exit_id="exit-pass:aa") == exp
+        assert not store.mark_remote("pass:bb", exp, "S01/x1", NOW - 5, now=NOW, exit_id="exit-b")
+        assert store.release("pass:bb", "S03/x1", exit_id="exit-pass:bb") is None
+        assert store.release("pass:bb", "S02/x1", remote=True, exit_id="exit-b") == exp
+
+
+def test_an_earlier_exit_heard_late_leaves_the_later_exits_refund_giving_its_mark_back(
+    tmp_path: Path,
+) -> None:
+    """S01's exit heard first, then S02's stamped before it (S02's messages held up), then
+    S02's refund: the later exit's refund gives the mark back, whether the earlier exit was
+    stamped within the skew of it or beyond; the earlier exit, never refunded, keeps it."""
     exp = 1_800_000_600
     skew = RemoteBounds().skew_s
     with ReplayStore(tmp_path / "replay.db") as store:
-        assert store.mark_remote("pass:aa", exp, "S01/x1", NOW, now=NOW, exit_id="exit-later")
-        assert not store.mark_remote("pass:aa", exp, "S02/x1", NOW - 120, now=NOW,
+        for key, earlier in (("pass:aa", NOW - 120), ("pass:bb", NOW - skew + 1)):
+            assert store.mark_remote(key, exp, "S01/x1", NOW, now=NOW, exit_id="exit-later")
+            assert not store.mark_remote(key, exp, "S02/x1", earlier, now=NOW,
+                                         exit_id="exit-earlier")  # fmt: skip
+            assert store.release(key, "S02/x1", remote=True, exit_id="exit-earlier") is None
+            assert store.release(key, "S01/x1", remote=True, exit_id="exit-later") == exp
+        assert store.check_and_mark("pass:cc", exp, "S03/x1", NOW, NOW, exit_id="exit-own")
+        assert not store.mark_remote("pass:cc", exp, "S02/x1", NOW - 120, now=NOW,
                                      exit_id="exit-earlier")  # fmt: skip
-        assert store.release("pass:aa", "S01/x1", remote=True, made_by=NOW + 0.001,
-                             exit_id="exit-later") == exp  # fmt: skip
-        # This lane's own exit, then an earlier one heard, then a later one its gate stamped
-        # earlier.
-        assert store.check_and_mark("pass:bb", exp, "S03/x1", NOW, NOW, exit_id="exit-own")
-        assert not store.mark_remote("pass:bb", exp, "S02/x1", NOW - 120, now=NOW,
-                                     exit_id="exit-earlier")  # fmt: skip
-        assert store.get("pass:bb") == UsedToken("pass:bb", exp, "S03/x1", NOW, False, "exit-own")
-        assert not store.mark_remote("pass:bb", exp, "S01/x1", NOW - skew, now=NOW,
-                                     exit_id="exit-behind")  # fmt: skip
-        assert store.release("pass:bb", "S03/x1", made_by=NOW + 0.001, exit_id="exit-own") is None
+        assert store.release("pass:cc", "S03/x1", exit_id="exit-own") is None
