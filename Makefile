@@ -1,7 +1,7 @@
 # Two commands on a fresh Debian/Ubuntu machine:  make sim  |  make test
 # Both create .venv, install the system packages that are missing (mosquitto, libzbar0,
-# postgresql: the test session initdbs a throwaway cluster when none runs on 5432) and
-# the Python dependencies, then run.
+# postgresql: the test session initdbs a throwaway cluster when none runs on 5432; dosfstools
+# and fusefat: a FAT data directory in the tests) and the Python dependencies, then run.
 
 PY ?= python3
 VENV := .venv
@@ -22,6 +22,8 @@ system-deps:
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	ldconfig -p 2>/dev/null | grep -q 'libzbar.so.0' || missing="$$missing libzbar0"; \
 	command -v mount >/dev/null 2>&1 || missing="$$missing mount"; \
+	command -v mkfs.vfat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.vfat ] || missing="$$missing dosfstools"; \
+	command -v fusefat >/dev/null 2>&1 || missing="$$missing fusefat"; \
 	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	$(PY) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \

@@ -1,7 +1,7 @@
-"""A real full disk for the tests: a size-limited tmpfs of a test's own, and a filler; a real
-hung disk: an ext4 image of a test's own on a loop device, frozen (`fsfreeze`: every write and
-fsync blocks, no error, until it is thawed); and a SQLite file with one table's page broken
-under the connection that uses it.
+"""A real full disk for the tests: a size-limited tmpfs of a test's own, and a filler; a FAT
+file system (no hard links); a real hung disk: an ext4 image of a test's own on a loop device,
+frozen (`fsfreeze`: every write and fsync blocks, no error, until it is thawed); and a SQLite
+file with one table's page broken under the connection that uses it.
 
 Mounting needs root (CI runs `make test` as root); elsewhere the test is skipped."""
 
@@ -40,6 +40,21 @@ def ext4_image(target: Path, size: str = "64M") -> Iterator[Path]:
         ["mount", "-o", "loop", image, str(target)],
     ]
     with _mounted(target, mount, "an ext4 image on a loop device") as mounted:
+        yield mounted
+
+
+@contextlib.contextmanager
+def fat_image(target: Path, size: str = "32M") -> Iterator[Path]:
+    """`target` (made here) as a FAT file system of `size` (an SD card's, a USB stick's: no
+    hard links) while the block runs: dosfstools' image mounted by fusefat, where the kernel
+    has no vfat of its own (a container's). Its SQLite files take no WAL (FUSE)."""
+    image = str(target.with_name(target.name + ".fat"))
+    mount = [
+        ["truncate", "-s", size, image],
+        ["mkfs.vfat", image],
+        ["fusefat", "-o", "rw+", image, str(target)],
+    ]
+    with _mounted(target, mount, "a FAT image (fusefat)") as mounted:
         yield mounted
 
 

@@ -8,8 +8,9 @@ acknowledged and deleted and the process restarts.
 
 The file is never dropped or recreated behind the caller's back: a file that is not a queue (or
 a queue of another lane, or of a newer schema) raises `QueueError` naming the file. A new file is
-created under a temporary name and renamed into place, so a file at `path` is always a complete
-queue and an empty or garbage one is reported as corrupt instead of being silently re-initialised.
+created under a temporary name and linked (or renamed) into place, so a file at `path` is always
+a complete queue and an empty or garbage one is reported as corrupt instead of being silently
+re-initialised.
 
 Methods are synchronous and thread-safe (one lock around one connection, for tools and tests
 that share a queue between threads); the asyncio shell calls them only through
@@ -18,6 +19,8 @@ that share a queue between threads); the asyncio shell calls them only through
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import secrets
@@ -42,6 +45,9 @@ log = logging.getLogger("lane.uplink.queue")
 SCHEMA_VERSION = 1
 # A queue being created is built as `<name>.init.<pid>.<random>` and linked into place.
 INIT_INFIX = ".init."
+# What link() says on a file system without hard links (vfat and exFAT: an SD card, a USB
+# stick; some FUSE and NFS exports): the queue is then renamed into place (`place_new`).
+NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV})
 # Bytes a row costs beyond its blob (rowid, ts, record id, cell header); used for the bound check.
 ROW_OVERHEAD = 80
 # What `writable()` commits (and removes again): room for dozens of records, so a disk that
@@ -204,6 +210,31 @@ def _drop_dead_inits(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def place_new(tmp: Path, path: Path) -> None:
+    """`tmp` put at `path`, never over a file there (FileExistsError): a hard link, or where
+    the file system takes none, a look and a rename under a lock of the directory that every
+    creator there takes, so no other creator's queue comes between the two (the lock is the
+    process's: one that dies lets go of it)."""
+    try:
+        os.link(tmp, path)
+        return
+    except OSError as exc:
+        if exc.errno not in NO_LINKS:
+            raise
+        log.info(
+            "queue renamed into place: no hard links here",
+            extra={"path": str(path), "error": str(exc)},
+        )
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(dfd, fcntl.LOCK_EX)
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+        os.rename(tmp, path)
+    finally:
+        os.close(dfd)  # lets go of the lock
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -330,9 +361,9 @@ class RecordQueue:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            # A link, not a rename: it never replaces a queue another creator put there first,
-            # which may hold records already (a rename would drop them with their file).
-            os.link(tmp, self.path)
+            # Never over a queue another creator put there first, which may hold records
+            # already (a plain rename would drop them with their file).
+            place_new(tmp, self.path)
         except FileExistsError:
             log.info(
                 "queue created by another process",

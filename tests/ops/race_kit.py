@@ -15,7 +15,7 @@ from lane.auth.replay import ReplayStore
 from lane.auth.resolution_store import ResolutionStore
 from lane.durable import write_atomically
 from lane.tap_store import TapStore
-from uplink.queue import RecordQueue
+from uplink.queue import RecordQueue, place_new
 from uplink.records import AuthInfo, RecordDraft
 from uplink.sqlite_store import SqliteIngestStore
 
@@ -107,3 +107,39 @@ def written_together(store: str, paths: Sequence[Path]) -> tuple[list[str], list
     results = _together(store, paths, write=True)
     failures = [failed for failed, _ in results if failed is not None]
     return failures, [written for _, written in results if written is not None]
+
+
+def _place_each(directory: Path, name: str, rounds: int, barrier: Barrier, out: Any) -> None:
+    for n in range(rounds):
+        tmp = directory / f"q{n}.init.{name}"
+        tmp.write_bytes(name.encode())
+        barrier.wait(WAIT_S)
+        try:
+            place_new(tmp, directory / f"q{n}")
+        except FileExistsError:
+            out.put((n, None))
+        else:
+            out.put((n, name))
+        tmp.unlink(missing_ok=True)
+
+
+def placed_together(directory: Path, rounds: int) -> dict[int, list[str]]:
+    """Two processes at once each putting a file of its own in place as `q<n>` in `directory`
+    (uplink.queue.place_new), `rounds` times: who says it put its file there, each round."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [
+        ctx.Process(target=_place_each, args=(directory, name, rounds, barrier, out))
+        for name in "ab"
+    ]
+    for p in procs:
+        p.start()
+    won: dict[int, list[str]] = {n: [] for n in range(rounds)}
+    for _ in range(2 * rounds):
+        n, name = out.get(timeout=WAIT_S)
+        if name is not None:
+            won[n].append(name)
+    for p in procs:
+        p.join(WAIT_S)
+        assert p.exitcode == 0, f"a placer ended with {p.exitcode}"
+    return won

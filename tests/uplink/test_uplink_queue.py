@@ -196,6 +196,25 @@ def test_a_creation_cut_short_by_its_process_s_death_is_cleared_and_a_live_one_s
     assert sorted(tmp_path.glob("*.init.*")) == [live]
 
 
+def test_a_creator_that_looked_before_another_linked_its_queue_in_takes_that_queue(
+    tmp_path: Path,
+) -> None:
+    """A creator found no file, and another creator linked its queue in and wrote a record
+    before the first came to create its own: the WAL it finds is that queue's, not a stray one
+    beside a missing file. It takes that queue (its creation gives way), record and all; it
+    used to refuse the start ("queue file missing but ...-wal exists")."""
+    path = tmp_path / "q.sqlite"
+    with RecordQueue(path, LANE, 10_000_000) as first:
+        record = first.append(draft(1))
+        assert path.with_name(path.name + "-wal").stat().st_size > 0
+        with RecordQueue(path, LANE, 10_000_000) as late:
+            late._create(MIGRATIONS)  # the creation the late one was on its way to
+            assert [Record.decode(data).record_id for _, data in late.batch(0, 10)] == [
+                record.record_id
+            ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
 def test_empty_file_is_not_silently_initialised(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     path.touch()
