@@ -188,6 +188,9 @@ class Resolver:
         )
         self._queue: dict[str, str] = {}  # payment_id -> why the lane gave up
         self._mine: set[str] = set()  # begun by this run: never "recovered"
+        # Intent writes whose caller was cancelled: held here until they end (asyncio keeps
+        # only weak references to tasks).
+        self._orphan_writes: set[asyncio.Future[tuple[PaymentRow, bool]]] = set()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set while the worker has nothing left to resolve
         self._waiters: dict[str, list[asyncio.Future[PaymentState]]] = {}
@@ -212,21 +215,33 @@ class Resolver:
         method: str,
         network: Network,
     ) -> tuple[PaymentRow, bool]:
-        """Commit the intent to pay on `network`; returns (row, created). Pay only when created."""
-        row, created = await self._db(
-            self._store.begin,
-            payment_id,
-            auth_id=auth_id,
-            lane=lane,
-            amount_minor=amount_minor,
-            currency=currency,
-            method=method,
-            network=network,
-            now_ms=self._now_ms(),
+        """Commit the intent to pay on `network`; returns (row, created). Pay only when created.
+
+        A caller cancelled meanwhile pays nothing, yet the write goes on in the store's thread
+        and may commit the intent: once it has, the payment is given up like any other (a void
+        stops a pay request that might still land), or it would stay open until a restart."""
+        written = asyncio.ensure_future(
+            self._db(
+                self._store.begin,
+                payment_id,
+                auth_id=auth_id,
+                lane=lane,
+                amount_minor=amount_minor,
+                currency=currency,
+                method=method,
+                network=network,
+                now_ms=self._now_ms(),
+            )
         )
+        try:
+            row, created = await asyncio.shield(written)
+        except asyncio.CancelledError:
+            self._orphan_writes.add(written)
+            written.add_done_callback(self._orphan_writes.discard)
+            written.add_done_callback(functools.partial(self._begun_unpaid, payment_id, lane))
+            raise
         if created:
-            self._mine.add(payment_id)
-            self._seen[payment_id] = self._monotonic()
+            self._begun(payment_id)
         return row, created
 
     def charged(self, payment_id: str, acquirer_ref: str | None) -> None:
@@ -615,6 +630,28 @@ class Resolver:
                 if not future.done():
                     future.set_result(row.state)
         return row
+
+    def _begun(self, payment_id: str) -> None:
+        self._mine.add(payment_id)
+        self._seen[payment_id] = self._monotonic()
+
+    def _begun_unpaid(
+        self, payment_id: str, lane: str, written: asyncio.Future[tuple[PaymentRow, bool]]
+    ) -> None:
+        """The write of a cancelled `begin` ended: an intent it committed is given up."""
+        if written.cancelled():  # the loop is closing: the next run recovers what committed
+            return
+        exc = written.exception()
+        if exc is not None:  # nothing committed, nothing to resolve (a StoreError: `_db` said)
+            log.warning("intent of a cancelled payment not written: %s", exc,
+                        extra={"payment_id": payment_id, "lane": lane})  # fmt: skip
+            return
+        row, created = written.result()
+        if created:  # else the row is an earlier attempt's, resolved by that attempt
+            self._begun(payment_id)
+            self.give_up(payment_id, "cancelled")
+            log.warning("payment cancelled while its intent was written: resolving",
+                        extra=_x(row))  # fmt: skip
 
     def _finished(self, payment_id: str) -> None:
         """Final: nothing in memory needs it any more (the store keeps the row). Should

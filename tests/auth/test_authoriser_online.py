@@ -9,10 +9,12 @@ import asyncio
 import functools
 import itertools
 import random
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -31,7 +33,7 @@ from lane.auth.authoriser import (
 from lane.auth.networks import WatchedAcquirer
 from lane.auth.paycodes import online_code
 from lane.auth.policy import OfflinePolicy
-from lane.auth.resolver import PaymentState, ResolutionStore, Resolver
+from lane.auth.resolver import PaymentRow, PaymentState, ResolutionStore, Resolver
 from lane.core.backoff import Backoff
 from sim.acquirer import AcquirerServer, running_acquirer
 from sim.acquirer_faults import Outage
@@ -99,7 +101,10 @@ class Lane:
 
 
 async def make_lane(
-    tmp_path: Path, acquirer: AcquirerServer, policy: OfflinePolicy | None = None
+    tmp_path: Path,
+    acquirer: AcquirerServer,
+    policy: OfflinePolicy | None = None,
+    store: ResolutionStore | None = None,
 ) -> AsyncIterator[Lane]:
     clock = Clock()
     policy = policy or OfflinePolicy("deny")
@@ -108,7 +113,7 @@ async def make_lane(
         # As the lane wires it (lane.auth.networks.build_acquirer): failures are an alarm.
         watched: Acquirer = WatchedAcquirer(client, "acquirer", alarms)
         resolver = Resolver(
-            ResolutionStore(tmp_path / "resolve.db"),
+            store or ResolutionStore(tmp_path / "resolve.db"),
             watched,
             backoff=Backoff(first_s=0.01, max_s=0.05),
             request_timeout_s=0.5,
@@ -414,6 +419,40 @@ async def test_cancelled_authorisation_is_resolved(lane: Lane) -> None:
     assert await asyncio.wait_for(lane.resolver.wait_final(pid), 60) is S.REVERSED
     await asyncio.sleep(0.06)  # the acquirer finishes processing: still nothing charged
     assert lane.charged_not_reversed() == []
+
+
+class HeldBegin(ResolutionStore):
+    """The real store, whose `begin` waits in the store's thread until the test lets it write:
+    a cancel lands exactly while a payment's intent is being written."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def begin(self, payment_id: str, **kw: Any) -> tuple[PaymentRow, bool]:
+        self.entered.set()
+        self.release.wait(60)  # bounded: a failing test must not hold the thread for ever
+        return super().begin(payment_id, **kw)
+
+
+async def test_cancelled_while_its_intent_is_written_is_resolved(
+    tmp_path: Path, acquirer: AcquirerServer
+) -> None:
+    """The cancel hits `begin` while its write is in the thread: the write commits after the
+    authorisation is gone, and that intent is still resolved, not left open until a restart."""
+    store = HeldBegin(tmp_path / "resolve.db")
+    async for lane in make_lane(tmp_path, acquirer, store=store):
+        req = lane.request()
+        task = asyncio.create_task(lane.auth.authorise(req))
+        await eventually(store.entered.is_set, what="begin in the store's thread")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store.release.set()
+        pid = payment_id_for(LANE, req.auth_id)
+        assert await asyncio.wait_for(lane.resolver.wait_final(pid), 60) is S.REVERSED
+        assert lane.charged_not_reversed() == []
 
 
 async def test_bad_codes_never_reach_the_acquirer(lane: Lane) -> None:
