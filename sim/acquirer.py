@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from enum import StrEnum
 from typing import Any
 
 from aiohttp import web
@@ -48,6 +49,15 @@ class StoppingError(Exception):
     """The server stopped while a request was held (the hang fault)."""
 
 
+class BillFileFault(StrEnum):
+    """What is wrong with a network's bill file download (and nothing else)."""
+
+    NONE = "none"
+    # Its status and headers at once, its body a byte every `slow_body_ms` (the faults').
+    STALLED = "stalled"
+    CUT = "cut"  # its status, headers and half its body, then the connection closed
+
+
 class AcquirerServer:
     """Serve the acquirer API on `host:port` (0: a free port) and the admin API on `admin_port`."""
 
@@ -76,6 +86,8 @@ class AcquirerServer:
         self._stopping = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self.api_requests = 0  # calls that reached the payment API (not /admin): routing tests
+        self.bill_file_fault = BillFileFault.NONE  # the networks' fakes' bill file download
+        self.bill_file_requests = 0  # tries of a bill file (tests wait for one)
         self.refund_requests = 0  # refunds asked for, made or refused
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -133,14 +145,20 @@ class AcquirerServer:
             return response
         if slow:
             return await trickle(request, response, faults.slow_body_ms / 1000.0)
-        body = response.body
-        stream = web.StreamResponse(status=response.status, headers=response.headers)
-        stream.content_length = len(body)
-        await stream.prepare(request)
-        await stream.write(body[: len(body) // 2])
-        if request.transport is not None:
-            request.transport.close()
-        return stream
+        return await cut_short(request, response)
+
+    async def bill_file_answer(
+        self, request: web.Request, response: web.Response
+    ) -> web.StreamResponse:
+        """A bill file's `response`, spoiled as `bill_file_fault` says: the networks serve the
+        file from elsewhere than their API, so it can fail while every API call answers."""
+        self.bill_file_requests += 1
+        fault = self.bill_file_fault
+        if fault is BillFileFault.STALLED:
+            return await trickle(request, response, self._faults.slow_body_ms / 1000.0)
+        if fault is BillFileFault.CUT:
+            return await cut_short(request, response)
+        return response
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -376,6 +394,19 @@ async def trickle(
         await asyncio.sleep(byte_s)
         await stream.write(bytes([byte]))
     await stream.write_eof()
+    return stream
+
+
+async def cut_short(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """`response` with its status, headers and half its body, then the connection closed."""
+    assert isinstance(response.body, bytes)  # made whole by the handler
+    body = response.body
+    stream = web.StreamResponse(status=response.status, headers=response.headers)
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    await stream.write(body[: len(body) // 2])
+    if request.transport is not None:
+        request.transport.close()
     return stream
 
 

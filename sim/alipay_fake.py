@@ -203,11 +203,13 @@ class AlipayFake(AcquirerServer):
         status = QUERY_STATUS[self.ledger.view(found)["status"]]
         return {**_ok(), **_trade(found, otn), "trade_status": status}
 
-    async def _bill(self, request: web.Request) -> web.Response:
+    async def _bill(self, request: web.Request) -> web.StreamResponse:
         date = request.match_info["date"]
         rows = [row for row in self.bill_rows() if wire.beijing_time(row.placed)[:10] == date]
         body = alipay_bill_zip(date, rows)
-        return web.Response(body=body, content_type="application/zip")
+        return await self.bill_file_answer(
+            request, web.Response(body=body, content_type="application/zip")
+        )
 
     def bill_rows(self) -> list[BillRow]:
         """What Alipay would bill: every charge, and every refund of a charge."""

@@ -365,10 +365,11 @@ class WeChatPayFake(AcquirerServer):
             },
         )
 
-    async def _bill_file(self, request: web.Request) -> web.Response:
+    async def _bill_file(self, request: web.Request) -> web.StreamResponse:
         if (refused := self._check_auth(request, b"")) is not None:
             return refused
-        return web.Response(text=self.bill_text(request.query.get("token", "")))
+        text = self.bill_text(request.query.get("token", ""))
+        return await self.bill_file_answer(request, web.Response(text=text))
 
     def bill_text(self, date: str) -> str:
         rows = []

@@ -24,6 +24,7 @@ from lane.auth.reconcile import Finding, RecordedPayment, reconcile
 from lane.auth.refund_ends import RefundEnd, RefundEndKind, refund_draft
 from lane.auth.wechatpay import WeChatPayClient
 from lane.reconcile_cli import day_of, fetch_wechat, load_records, main
+from sim.acquirer import BillFileFault
 from sim.alipay_fake import AlipayFake
 from sim.network_bills import BillRow, alipay_bill_zip, wechat_bill_text
 from sim.wechatpay_fake import WeChatPayFake
@@ -361,6 +362,74 @@ async def test_a_bill_download_stalled_then_answering_is_retried_whole(
     assert (lane["matched"], lane["matched_minor"], lane["discrepancies"]) == (4, 1800, [])
     retried = [line for line in captured.err.splitlines() if "retrying" in line]
     assert any("Alipay" in line for line in retried) and any("WeChat" in line for line in retried)
+
+
+@pytest.mark.parametrize("network", ["Alipay", "WeChat Pay"])
+@pytest.mark.parametrize(
+    ("fault", "how"), [(BillFileFault.STALLED, "stalls"), (BillFileFault.CUT, "fails")]
+)
+async def test_a_bill_file_failing_alone_is_retried_then_names_the_bill(
+    tmp_path: Path,
+    network: str,
+    fault: BillFileFault,
+    how: str,
+    *,
+    network_keys: Keys,
+    alipay_gateway: Any,
+    wechat_gateway: Any,
+    network_ids: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every signed call answers; only the file (Alipay's zip, WeChat Pay's download_url)
+    stalls or is cut mid-body: each try is bounded, the file is tried again, and no report is
+    made of a part of it."""
+    async with alipay_gateway() as (ali, alic), wechat_gateway() as (wx, wxc):
+        write_store(tmp_path / "ingest.sqlite", await pay_both(alic, wxc))
+        cfg = write_config(tmp_path, network_keys, network_ids, ali, wx)
+        date = beijing_time(time.time())[:10]
+        argv = ["--config", str(cfg), "--date", date, "--db", str(tmp_path / "ingest.sqlite")]
+        tries = ["--timeout-s", "0.5", "--tries", "3", "--retry-s", "0.05"]
+        failing = ali if network == "Alipay" else wx
+        failing.bill_file_fault = fault
+        async with asyncio.timeout(15.0):  # three tries of 0.5 s, not the body's minutes
+            code = await asyncio.to_thread(main, [*argv, *tries])
+        captured = capsys.readouterr()
+    assert code == 2 and captured.out == "", captured.err  # no report of a bill not whole
+    assert f"{network} bill not fetched: the download {how}" in captured.err, captured.err
+    assert "tried 3 times" in captured.err and "bill download failed; retrying" in captured.err
+    assert failing.bill_file_requests == 3  # the file itself was what was tried again
+
+
+@pytest.mark.parametrize("network", ["Alipay", "WeChat Pay"])
+async def test_a_bill_file_stalled_once_then_answering_gives_the_whole_report(
+    tmp_path: Path,
+    network: str,
+    *,
+    network_keys: Keys,
+    alipay_gateway: Any,
+    wechat_gateway: Any,
+    network_ids: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with alipay_gateway() as (ali, alic), wechat_gateway() as (wx, wxc):
+        write_store(tmp_path / "ingest.sqlite", await pay_both(alic, wxc))
+        cfg = write_config(tmp_path, network_keys, network_ids, ali, wx)
+        date = beijing_time(time.time())[:10]
+        argv = ["--config", str(cfg), "--date", date, "--db", str(tmp_path / "ingest.sqlite")]
+        tries = ["--timeout-s", "0.5", "--tries", "3", "--retry-s", "0.2", "--json"]
+        failing = ali if network == "Alipay" else wx
+        failing.bill_file_fault = BillFileFault.STALLED
+        run = asyncio.create_task(asyncio.to_thread(main, [*argv, *tries]))
+        await eventually(lambda: failing.bill_file_requests > 0, what="a stalled file")
+        failing.bill_file_fault = BillFileFault.NONE
+        async with asyncio.timeout(15.0):
+            code = await run
+        captured = capsys.readouterr()
+    assert code == 0, captured.err
+    (lane,) = json.loads(captured.out)["lanes"]
+    assert (lane["matched"], lane["matched_minor"], lane["discrepancies"]) == (4, 1800, [])
+    assert failing.bill_file_requests == 2
+    assert any(network in line for line in captured.err.splitlines() if "retrying" in line)
 
 
 def test_lane_reconcile_refuses_what_it_cannot_use(
