@@ -7,7 +7,9 @@ bind nor outgoing connection anywhere on the machine lands in them.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from urllib.parse import urlsplit
 
 from sim.broker import PORTS_ENV
 
@@ -31,3 +33,19 @@ def claim_worker_block() -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ[PORTS_ENV] = worker_block(worker, workers)
+
+
+async def refuses_connections(url: str) -> bool:
+    """The listener of the server at `url` is closed: a connection to it is refused (the
+    simulated acquirer's supervisor acts on a `refuse` outage, or its end, in a turn of its
+    own, so a test polls for it)."""
+    where = urlsplit(url)
+    try:
+        _, writer = await asyncio.open_connection(where.hostname, where.port)
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:
+        return False  # the listener closing as it was reached
+    writer.close()
+    await writer.wait_closed()
+    return False

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lane import sqlite_schema
-from lane.durable import sync_dir
+from lane.durable import process_alive, sync_dir
 from lane.sqlite_schema import Migration, Newer, chain
 from lane.wire.codec import PayloadError
 from lane.wire.ids import new_id, uuid7
@@ -206,7 +206,7 @@ def _drop_dead_inits(path: Path) -> None:
     crash, a power cut): they never held records. One of a live process is its own to finish."""
     for leftover in path.parent.glob(f"{path.name}{INIT_INFIX}*"):
         pid = leftover.name.removeprefix(path.name + INIT_INFIX).split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             leftover.unlink(missing_ok=True)
 
 
@@ -233,16 +233,6 @@ def place_new(tmp: Path, path: Path) -> None:
         os.rename(tmp, path)
     finally:
         os.close(dfd)  # lets go of the lock
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def _too_new(path: Path, known: int) -> Newer:

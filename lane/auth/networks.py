@@ -251,6 +251,7 @@ class WatchedAcquirer:
         self._name = NETWORK_NAMES[network]
         self._alarm = alarm
         self._state: str | None = None
+        self._answers = 0  # certificate downloads answered, as the platform last told
         if isinstance(inner, WeChatPayClient) and isinstance(inner.platform, PlatformCertificates):
             inner.platform.when_answered(self._download_answered)
 
@@ -290,6 +291,11 @@ class WatchedAcquirer:
             )
             raise
         except CertificateUnansweredError as exc:
+            # A download answered since the one this call gave up on has cleared the alarm
+            # already (the call's end can come after it): raising it again would hold it on
+            # an idle lane until WeChat Pay's next answer.
+            if exc.answers < self._answers:
+                raise
             stalls = isinstance(exc.unanswered, AcquirerTimeout)
             self._set(
                 UNANSWERED,
@@ -306,7 +312,8 @@ class WatchedAcquirer:
         self._set(None, None)
         return result
 
-    def _download_answered(self) -> None:
+    def _download_answered(self, answers: int) -> None:
+        self._answers = answers
         if self._state == UNANSWERED:
             self._set(None, None)
 

@@ -626,10 +626,13 @@ class Resolver:
         row = await self._db(self._store.move, payment_id, to, self._now_ms(), **kw)
         if row.state in FINAL:
             self._finished(payment_id)
-            for future in self._waiters.pop(payment_id, []):
-                if not future.done():
-                    future.set_result(row.state)
+            self._wake_waiters(payment_id, row.state)
         return row
+
+    def _wake_waiters(self, payment_id: str, state: PaymentState) -> None:
+        for future in self._waiters.pop(payment_id, []):
+            if not future.done():
+                future.set_result(state)
 
     def _begun(self, payment_id: str) -> None:
         self._mine.add(payment_id)
@@ -667,7 +670,13 @@ class Resolver:
         written.add_done_callback(functools.partial(self._written, payment_id, to))
 
     def _written(self, payment_id: str, to: PaymentState, done: asyncio.Future[PaymentRow]) -> None:
-        if done.cancelled() or done.exception() is None:
+        if done.cancelled():
+            return
+        if done.exception() is None:
+            # a decline is final once on disk: a `wait_final` that read the row before it
+            # waits for this write, not for a `_move` that never comes
+            if done.result().state in FINAL:
+                self._wake_waiters(payment_id, done.result().state)
             return
         exc = done.exception()
         if isinstance(exc, IllegalTransition):  # the lane gave up meanwhile: being resolved

@@ -75,13 +75,24 @@ Sleep = Callable[[float], Awaitable[None]]
 Unanswered = AcquirerTimeout | AcquirerUnavailable
 
 
+@dataclass(frozen=True)
+class Unlearned:
+    """Why a download left a serial unknown (`why`), and how many downloads had been answered
+    before it (`answers`): one answered since makes it old news (`WatchedAcquirer`)."""
+
+    why: Unanswered
+    answers: int
+
+
 class CertificateUnansweredError(AcquirerProtocolError):
     """An answer signed by a platform certificate the lane could not learn because the
-    certificate download got no answer (`unanswered`): not a key of ours to check."""
+    certificate download got no answer (`unanswered`, after `answers` answered downloads):
+    not a key of ours to check."""
 
-    def __init__(self, message: str, http_status: int, unanswered: Unanswered) -> None:
+    def __init__(self, message: str, http_status: int, unlearned: Unlearned) -> None:
         super().__init__(message, http_status)
-        self.unanswered = unanswered
+        self.unanswered = unlearned.why
+        self.answers = unlearned.answers
 
 
 class PlatformTrust(Protocol):
@@ -91,7 +102,7 @@ class PlatformTrust(Protocol):
         """The key of a serial the lane trusts at `now`, or None."""
         ...
 
-    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> Unanswered | None:
+    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> Unlearned | None:
         """An answer named `serial`, unknown: try to learn it within `timeout_s`; why the
         download got no answer when that is what left it unknown."""
         ...
@@ -107,7 +118,7 @@ class FixedPlatformKey:
     def key_for(self, serial: str, now: float) -> rsa.RSAPublicKey | None:
         return self.key if serial == self.serial else None
 
-    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> Unanswered | None:
+    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> Unlearned | None:
         """Nothing to download: any other serial is not this merchant's platform key."""
         return None
 
@@ -177,8 +188,9 @@ class PlatformCertificates:
         self._alarmed = False
         self._times = certs.RefreshTimes()
         self._lock = asyncio.Lock()  # one download at a time; the others wait for its outcome
-        self._unanswered: Unanswered | None = None  # the last download's, until one answers
-        self._answered: list[Callable[[], None]] = []
+        self._unanswered: Unlearned | None = None  # the last download's, until one answers
+        self._answers = 0  # downloads answered so far: tells an old stall from a current one
+        self._answered: list[Callable[[int], None]] = []
         self._trusted = self._configured.merged(self._stored.certs, wall())
 
     @property
@@ -188,14 +200,15 @@ class PlatformCertificates:
     def key_for(self, serial: str, now: float) -> rsa.RSAPublicKey | None:
         return self._trusted.key_for(serial, now)
 
-    def when_answered(self, listener: Callable[[], None]) -> None:
-        """Call `listener` each time a download is answered (whatever it holds): a download
-        that went unanswered is over (`WatchedAcquirer` clears its alarm)."""
+    def when_answered(self, listener: Callable[[int], None]) -> None:
+        """Call `listener` with the count of downloads answered each time one is (whatever it
+        holds): a download that went unanswered is over (`WatchedAcquirer` clears its alarm)."""
         self._answered.append(listener)
 
-    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> Unanswered | None:
+    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> Unlearned | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        answers = self._answers  # a download waited for below is answered after this
         # The call's time bounds the wait for a download under way too: the idle look has
         # IDLE_DOWNLOAD_TIMEOUT_S, far more than what a vehicle's budget leaves.
         try:
@@ -208,9 +221,8 @@ class PlatformCertificates:
                 timeout_s,
                 extra={"serial": serial},
             )
-            return AcquirerTimeout(
-                f"a download under way did not end within the call's {timeout_s:.3f} s"
-            )
+            why = f"a download under way did not end within the call's {timeout_s:.3f} s"
+            return Unlearned(AcquirerTimeout(why), answers)
         try:
             now, left = self._wall(), deadline - loop.time()
             if self.key_for(serial, now) is not None:  # a download meanwhile brought it
@@ -293,11 +305,12 @@ class PlatformCertificates:
         try:
             answer = await fetch(timeout_s)
         except (AcquirerTimeout, AcquirerUnavailable) as exc:
-            self._unanswered = exc
+            self._unanswered = Unlearned(exc, self._answers)
             raise
         self._unanswered = None
+        self._answers += 1
         for listener in self._answered:
-            listener()
+            listener(self._answers)
         now = self._wall()
         problem = wire.answer_problem(answer.headers, answer.body, self.key_for, now)
         if problem is not None:

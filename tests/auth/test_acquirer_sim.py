@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
 import statistics
@@ -13,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from polling import ManualClock, eventually
+from port_kit import refuses_connections
 
 from lane.auth.acquirer import (
     AcquirerClient,
@@ -191,7 +191,7 @@ async def test_outage_503_and_refused(acquirer: AcquirerServer, client: Acquirer
         await client.query("pid-warm", 1.0)
     assert err.value.http_status == 503
     await admin_post(acquirer, {"outages": [{"mode": "refuse"}]})
-    await asyncio.sleep(0.02)  # the supervisor closes the listener
+    await eventually(lambda: refuses_connections(acquirer.url), what="listener closed")
     for _ in range(2):  # first the old connection is dropped, then a new one is refused
         with pytest.raises(AcquirerUnavailable):
             await client.query("pid-warm", 1.0)
@@ -199,8 +199,12 @@ async def test_outage_503_and_refused(acquirer: AcquirerServer, client: Acquirer
         with pytest.raises(aiohttp.ClientConnectorError):
             await fresh.get(acquirer.url + "/v1/payments/pid-warm")
     assert (await admin_post(acquirer, {"outages": []}))["outages"] == []
-    await asyncio.sleep(0.02)
+    await eventually(lambda: listening(acquirer.url), what="listener open again")
     assert (await client.query("pid-warm", 1.0)).status is PaymentStatus.SUCCEEDED
+
+
+async def listening(url: str) -> bool:
+    return not await refuses_connections(url)
 
 
 async def refused(client: AcquirerClient, pid: str) -> bool:

@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
 from alarm_kit import Alarms
 from polling import eventually
+from port_kit import refuses_connections
 
 from lane.auth.acquirer import Acquirer, AcquirerClient
 from lane.auth.authoriser import (
@@ -304,7 +304,8 @@ async def test_unavailable_with_deny_policy(lane: Lane, fault: str) -> None:
         lane.acquirer.update_faults(error_rate=1.0)
     else:
         lane.acquirer.update_faults(outages=(Outage(fault),))  # type: ignore[arg-type]
-    await asyncio.sleep(0.02)
+    if fault == "refuse":  # a 5xx or a 503 answers from the next request on
+        await eventually(lambda: refuses_connections(lane.acquirer.url), what="listener closed")
     decision = await lane.auth.authorise(lane.request())
     assert (decision.approved, decision.reason, decision.flags) == (
         False,
@@ -315,21 +316,6 @@ async def test_unavailable_with_deny_policy(lane: Lane, fault: str) -> None:
     lane.acquirer.update_faults(error_rate=0.0, outages=())
     assert await lane.final(decision) is S.REVERSED  # voided, in case it got through
     assert lane.charged_not_reversed() == []
-
-
-async def refuses_connections(url: str) -> bool:
-    """The acquirer's listener is closed (its supervisor acts on a `refuse` outage in a turn
-    of its own): a connection to it is refused."""
-    where = urlsplit(url)
-    try:
-        _, writer = await asyncio.open_connection(where.hostname, where.port)
-    except ConnectionRefusedError:
-        return True
-    except ConnectionResetError:
-        return False  # the listener closing as it was reached
-    writer.close()
-    await writer.wait_closed()
-    return False
 
 
 async def test_unavailable_with_floor_policy(floor_lane: Lane) -> None:
@@ -394,11 +380,22 @@ async def test_abandoned_after_approval_is_reversed(lane: Lane) -> None:
     assert lane.charged_not_reversed() == []
 
 
+def in_flight(lane: Lane, auth_id: str) -> bool:
+    """The acquirer holds the authorisation's pay request (and answers it after its latency)."""
+    return lane.acquirer.payment(payment_id_for(LANE, auth_id)) is not None
+
+
+def processed(lane: Lane, payment_id: str) -> bool:
+    """The acquirer has decided the payment (charged or not): no late charge follows."""
+    payment = lane.acquirer.payment(payment_id)
+    return payment is not None and payment.processed is not None and payment.processed.done()
+
+
 async def test_abandoned_while_in_flight(lane: Lane) -> None:
     lane.acquirer.update_faults(latency_ms=50)
     req = lane.request()
     task = asyncio.create_task(lane.auth.authorise(req))
-    await asyncio.sleep(0.02)
+    await eventually(lambda: in_flight(lane, req.auth_id), what="the pay request at the acquirer")
     await lane.auth.abandon(req.auth_id)
     decision = await task
     assert not decision.approved
@@ -410,14 +407,14 @@ async def test_cancelled_authorisation_is_resolved(lane: Lane) -> None:
     lane.acquirer.update_faults(latency_ms=50)
     req = lane.request()
     task = asyncio.create_task(lane.auth.authorise(req))
-    await asyncio.sleep(0.02)
+    await eventually(lambda: in_flight(lane, req.auth_id), what="the pay request at the acquirer")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     pid = payment_id_for(LANE, req.auth_id)
     # The outcome, not how soon: the resolver's retries outlast 5 s on a loaded machine.
     assert await asyncio.wait_for(lane.resolver.wait_final(pid), 60) is S.REVERSED
-    await asyncio.sleep(0.06)  # the acquirer finishes processing: still nothing charged
+    await eventually(lambda: processed(lane, pid), what="the acquirer done with the payment")
     assert lane.charged_not_reversed() == []
 
 

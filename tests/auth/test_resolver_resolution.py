@@ -241,6 +241,14 @@ async def test_declined_needs_no_reversal(
     assert payment is not None and payment.status == "DECLINED"
 
 
+async def test_a_decline_wakes_who_waited_before_it(resolver: Resolver) -> None:
+    await begin(resolver, "pay_wait")
+    waiter = asyncio.create_task(resolver.wait_final("pay_wait"))
+    await eventually(lambda: resolver._waiters.get("pay_wait"), what="the waiter is waiting")
+    resolver.declined("pay_wait", "insufficient_funds")
+    assert await asyncio.wait_for(waiter, 5) is S.DECLINED
+
+
 def test_refund_queries_wait_a_minute_doubling_to_half_an_hour() -> None:
     assert [refund_query_backoff(60.0).delay(n) for n in (1, 2, 6, 1100)] == [60, 120, 1800, 1800]
 

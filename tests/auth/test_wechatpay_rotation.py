@@ -28,7 +28,10 @@ from lane.auth.wechatpay import WeChatPayClient
 from lane.auth.wechatpay_trust import (
     ALARM,
     STORE_FILE,
+    CertificateFiles,
+    Fetch,
     PlatformCertificates,
+    Unlearned,
     load_certificate_files,
 )
 from lane.checks import check_config
@@ -348,6 +351,53 @@ async def test_a_stalled_download_says_so_on_the_network_alarm_and_clears_when_i
             assert await s.trust.tick(fetch, 2.0) is certs.RefreshReason.UNKNOWN_SERIAL
             assert payment[-1] == ("payment_wechatpay", None), payment
             assert (await pay(lane)).approved and len(payment) == 2
+
+
+class HeldLearn(PlatformCertificates):
+    """The real certificates, whose `learn` waits, once its download is over, until the test
+    lets it return: a download is answered between the moment a call gave up on one and the
+    moment its network alarm is told."""
+
+    def __init__(self, files: CertificateFiles, wall: Wall) -> None:
+        super().__init__(files, wall=wall)
+        self.learned = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def learn(self, serial: str, fetch: Fetch, timeout_s: float) -> Unlearned | None:
+        unlearned = await super().learn(serial, fetch, timeout_s)
+        self.learned.set()
+        await self.release.wait()
+        return unlearned
+
+
+async def test_a_download_answered_before_a_call_tells_its_stall_clears_it_all_the_same(
+    tmp_path: Path, cert_gateway: Any, net_lane: Any, network_keys: Keys
+) -> None:
+    """The call's stall, told after a later download was answered, is old: it raised
+    `payment_wechatpay` again after the answer had cleared it, and an idle lane kept it until
+    WeChat Pay's next answer."""
+    async with cert_gateway() as s:
+        files = load_certificate_files(
+            tmp_path / "wechatpay-platform.pem", tmp_path / "apiv3.key", s.state
+        )
+        s.client.platform = held = HeldLearn(files, s.wall)
+        payment: list[tuple[str, str | None]] = []
+        watched = WatchedAcquirer(s.client, "wechatpay", lambda c, m: payment.append((c, m)))
+        async with net_lane(watched, s.fake, resolving=False) as lane:
+            s.fake.rotate_certificate(network_keys["rotated"].private)
+            s.fake.certificate_fault = CertificateFault.UNAVAILABLE
+            call = asyncio.create_task(lane.auth.authorise(lane.request(code(), budget_s=30.0)))
+            await eventually(held.learned.is_set, what="the call's download failed")
+            # Answered, but of no use for the serial: the answer stays refused, only the
+            # download no longer goes unanswered.
+            s.fake.certificate_fault = CertificateFault.TAMPERED
+            s.wall.ahead_s += certs.MIN_REFRESH_INTERVAL_S + 1
+            fetch = s.client.download_certificates
+            assert await held.tick(fetch, 2.0) is certs.RefreshReason.UNKNOWN_SERIAL
+            held.release.set()
+            refused = await call
+            assert (refused.approved, refused.reason) == (False, "acquirer_error")  # safe
+            assert payment == [], payment  # the stall ended before the call told it
 
 
 async def test_an_idle_look_stalled_mid_body_holds_no_payment_past_its_budget(
