@@ -264,17 +264,14 @@ async def test_lane_reconcile_against_both_fakes(
             record(4, "pay_" + "f" * 32, 450, "wechat:04"),  # approved, never charged
             # paid[3] has no record at all: charged without a record
         ]
-        write_store(tmp_path / "ingest.sqlite", records)
-        cfg = write_config(tmp_path, keys, ids, ali, wx)
-        date = beijing_time(time.time())[:10]
-        argv = ["--config", str(cfg), "--date", date, "--db", str(tmp_path / "ingest.sqlite")]
+        argv = todays_reconcile(tmp_path, records, keys, ids, ali=ali, wx=wx)
         code = await asyncio.to_thread(main, [*argv, "--json"])
         json_out = capsys.readouterr().out
         text_code = await asyncio.to_thread(main, argv)  # the operator's table
         text_out = capsys.readouterr().out
     assert code == 1
     doc = json.loads(json_out)
-    assert doc["date"] == date
+    assert doc["date"] == argv[argv.index("--date") + 1]
     (lane,) = doc["lanes"]
     assert (lane["lane"], lane["matched"], lane["matched_minor"]) == ("p07/l03", 2, 900)
     found = sorted(
@@ -288,6 +285,23 @@ async def test_lane_reconcile_against_both_fakes(
         ]
     )
     assert text_code == 1 and "p07/l03" in text_out and "charged_without_record" in text_out
+
+
+def todays_reconcile(
+    tmp_path: Path,
+    records: list[Record],
+    keys: Keys,
+    ids: dict[str, str],
+    *,
+    ali: AlipayFake,
+    wx: WeChatPayFake,
+) -> list[str]:
+    """`lane reconcile`'s arguments for today's bills against `records`, stored in an ingest
+    file, with both networks' fakes configured."""
+    write_store(tmp_path / "ingest.sqlite", records)
+    cfg = write_config(tmp_path, keys, ids, ali=ali, wx=wx)
+    date = beijing_time(time.time())[:10]
+    return ["--config", str(cfg), "--date", date, "--db", str(tmp_path / "ingest.sqlite")]
 
 
 async def pay_both(alic: AlipayClient, wxc: WeChatPayClient) -> list[Record]:
@@ -311,10 +325,9 @@ async def test_a_stalled_bill_download_is_bounded_and_says_which_bill_and_why(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     async with alipay_gateway() as (ali, alic), wechat_gateway() as (wx, wxc):
-        write_store(tmp_path / "ingest.sqlite", await pay_both(alic, wxc))
-        cfg = write_config(tmp_path, network_keys, network_ids, ali, wx)
-        date = beijing_time(time.time())[:10]
-        argv = ["--config", str(cfg), "--date", date, "--db", str(tmp_path / "ingest.sqlite")]
+        argv = todays_reconcile(
+            tmp_path, await pay_both(alic, wxc), network_keys, network_ids, ali=ali, wx=wx
+        )
         tries = ["--timeout-s", "0.3", "--tries", "2", "--retry-s", "0.05"]
         for stalled, name in ((ali, "Alipay"), (wx, "WeChat Pay")):
             stalled.update_faults(slow_body_rate=1.0)  # headers at once, then a byte a second
@@ -342,10 +355,9 @@ async def test_a_bill_download_stalled_then_answering_is_retried_whole(
     """Both downloads stall until each has been tried once: the run tries again by itself and
     reconciles every charge of both bills."""
     async with alipay_gateway() as (ali, alic), wechat_gateway() as (wx, wxc):
-        write_store(tmp_path / "ingest.sqlite", await pay_both(alic, wxc))
-        cfg = write_config(tmp_path, network_keys, network_ids, ali, wx)
-        date = beijing_time(time.time())[:10]
-        argv = ["--config", str(cfg), "--date", date, "--db", str(tmp_path / "ingest.sqlite")]
+        argv = todays_reconcile(
+            tmp_path, await pay_both(alic, wxc), network_keys, network_ids, ali=ali, wx=wx
+        )
         tries = ["--timeout-s", "0.5", "--tries", "6", "--retry-s", "0.2", "--json"]
         seen = {fake: fake.api_requests for fake in (ali, wx)}
         for fake in (ali, wx):
@@ -384,10 +396,9 @@ async def test_a_bill_file_failing_alone_is_retried_then_names_the_bill(
     stalls or is cut mid-body: each try is bounded, the file is tried again, and no report is
     made of a part of it."""
     async with alipay_gateway() as (ali, alic), wechat_gateway() as (wx, wxc):
-        write_store(tmp_path / "ingest.sqlite", await pay_both(alic, wxc))
-        cfg = write_config(tmp_path, network_keys, network_ids, ali, wx)
-        date = beijing_time(time.time())[:10]
-        argv = ["--config", str(cfg), "--date", date, "--db", str(tmp_path / "ingest.sqlite")]
+        argv = todays_reconcile(
+            tmp_path, await pay_both(alic, wxc), network_keys, network_ids, ali=ali, wx=wx
+        )
         tries = ["--timeout-s", "0.5", "--tries", "3", "--retry-s", "0.05"]
         failing = ali if network == "Alipay" else wx
         failing.bill_file_fault = fault
@@ -412,10 +423,9 @@ async def test_a_bill_file_stalled_once_then_answering_gives_the_whole_report(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     async with alipay_gateway() as (ali, alic), wechat_gateway() as (wx, wxc):
-        write_store(tmp_path / "ingest.sqlite", await pay_both(alic, wxc))
-        cfg = write_config(tmp_path, network_keys, network_ids, ali, wx)
-        date = beijing_time(time.time())[:10]
-        argv = ["--config", str(cfg), "--date", date, "--db", str(tmp_path / "ingest.sqlite")]
+        argv = todays_reconcile(
+            tmp_path, await pay_both(alic, wxc), network_keys, network_ids, ali=ali, wx=wx
+        )
         tries = ["--timeout-s", "0.5", "--tries", "3", "--retry-s", "0.2", "--json"]
         failing = ali if network == "Alipay" else wx
         failing.bill_file_fault = BillFileFault.STALLED

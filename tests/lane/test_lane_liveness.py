@@ -146,6 +146,31 @@ def live_pictures(camera: PushSource) -> Callable[[], None]:
     return lambda: camera.put(next(pictures), time.monotonic())
 
 
+async def frozen_only_once_a_vehicle_arrives(lane: Lane, still: Callable[[], None]) -> str:
+    """The idle lane's picture unchanged (`still` puts it) for twice the frozen threshold: no
+    fault, the lane open. Then a vehicle arrives and the picture stays what it was: the camera
+    is seen frozen. Returns the alarm's text."""
+    daemon = lane.daemon
+
+    def unchanged_s() -> float:
+        stats = daemon.pipeline.stats()
+        if stats.looked_ts is None or stats.changed_ts is None:
+            return 0.0  # no frame looked at yet
+        return stats.looked_ts - stats.changed_ts
+
+    await eventually(lambda: unchanged_s() >= 6.0, between=still, within=15)
+    assert "camera_blackout" not in daemon.runner.alarms and camera_ready(lane)
+    assert daemon.runner.state.accepting_payments
+    await lane.device.vehicle_enters(1)
+    text = DARK + "camera frozen: the picture did not change as a vehicle arrived (3 s)"
+    await eventually(
+        lambda: daemon.runner.alarms.get("camera_blackout") == text,
+        between=still,
+        what="the frozen camera",
+    )
+    return text
+
+
 async def test_a_camera_that_repeats_one_picture_is_seen_by_the_vehicle_it_does_not_show(
     tmp_path: Path, mosquitto: Mosquitto, lane_id: str
 ) -> None:
@@ -167,22 +192,7 @@ async def test_a_camera_that_repeats_one_picture_is_seen_by_the_vehicle_it_does_
         def still() -> None:
             camera.put(frozen, time.monotonic())
 
-        def unchanged_s() -> float:
-            stats = daemon.pipeline.stats()
-            if stats.looked_ts is None or stats.changed_ts is None:
-                return 0.0  # no frame looked at yet
-            return stats.looked_ts - stats.changed_ts
-
-        # The idle lane's picture unchanged for twice the threshold: no fault, the lane open.
-        await eventually(lambda: unchanged_s() >= 6.0, between=still, within=15)
-        assert "camera_blackout" not in alarms and camera_ready(lane)
-        assert daemon.runner.state.accepting_payments
-        # A vehicle arrives and the picture stays what it was: seen, the lane closed.
-        await lane.device.vehicle_enters(1)
-        text = DARK + "camera frozen: the picture did not change as a vehicle arrived (3 s)"
-        await eventually(
-            lambda: alarms.get("camera_blackout") == text, between=still, what="the frozen camera"
-        )
+        text = await frozen_only_once_a_vehicle_arrives(lane, still)
         assert not camera_ready(lane)
         assert not daemon.runner.state.accepting_payments  # a frozen picture reads no code
         checks = daemon.health.message().checks
@@ -259,7 +269,6 @@ async def test_a_vehicle_gone_with_its_loop_clear_lost_leaves_no_arrival_for_the
     settings = {"open_timeout_s": 1.0}
     async with running_lane(tmp_path, mosquitto, lane_id, source=camera, camera=settings) as lane:
         daemon = lane.daemon
-        alarms = daemon.runner.alarms
         live = live_pictures(camera)
         await eventually(lambda: camera_ready(lane), between=live)
         await pays(lane, lambda: named(lane, "barrier_opened"))
@@ -272,20 +281,7 @@ async def test_a_vehicle_gone_with_its_loop_clear_lost_leaves_no_arrival_for_the
         def still() -> None:
             camera.put(idle, time.monotonic())
 
-        def unchanged_s() -> float:
-            stats = daemon.pipeline.stats()
-            if stats.looked_ts is None or stats.changed_ts is None:
-                return 0.0
-            return stats.looked_ts - stats.changed_ts
-
-        # Twice the threshold with nobody there: no fault, the lane open.
-        await eventually(lambda: unchanged_s() >= 6.0, between=still, within=15)
-        assert "camera_blackout" not in alarms and camera_ready(lane)
-        assert daemon.runner.state.accepting_payments
-        # The next vehicle arriving on the picture of before is still seen as frozen.
-        await lane.device.vehicle_enters(1)
-        text = DARK + "camera frozen: the picture did not change as a vehicle arrived (3 s)"
-        await eventually(lambda: alarms.get("camera_blackout") == text, between=still)
+        await frozen_only_once_a_vehicle_arrives(lane, still)
 
 
 async def test_a_lane_started_while_its_broker_is_down_says_so_and_serves_once_it_is_up(
